@@ -1,0 +1,253 @@
+//! A tape autograd that records nothing it will not differentiate.
+//!
+//! An op appends a node to the [`Tape`] only if one of its inputs requires a gradient; the
+//! node keeps only the tensors its *needed* gradients use (a frozen weight's input is never
+//! kept, a LayerNorm whose γ is frozen and whose input needs no gradient keeps nothing). So
+//! layers below the lowest trainable parameter record no node at all, and memory grows with
+//! the trainable depth, not the model depth. [`TapeStats`] makes that measurable.
+//!
+//! Usage: create a tape per step, turn parameters into [`Var`]s with [`Tape::param`], run the
+//! forward ops (methods of `Tape`), then call [`Tape::backward`] on the scalar loss.
+
+mod ops;
+mod stats;
+
+pub use ops::LoraVars;
+pub use stats::{ScopeStats, TapeStats};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Tensor};
+
+/// A value in the computation: a tensor, plus a tape identity when it requires a gradient.
+pub struct Var<B: Backend> {
+    value: Tensor<B>,
+    id: Option<usize>,
+}
+
+impl<B: Backend> Clone for Var<B> {
+    fn clone(&self) -> Self {
+        Var {
+            value: self.value.clone(),
+            id: self.id,
+        }
+    }
+}
+
+impl<B: Backend> Var<B> {
+    /// The tensor.
+    pub fn value(&self) -> &Tensor<B> {
+        &self.value
+    }
+
+    /// Whether a gradient flows to this value.
+    pub fn requires_grad(&self) -> bool {
+        self.id.is_some()
+    }
+}
+
+/// The gradient computation of one recorded op.
+trait BackwardOp<B: Backend> {
+    /// Gradients for the op's input slots; `needs[i]` says whether slot `i` wants one.
+    fn backward(
+        &self,
+        backend: &B,
+        d_out: &Tensor<B>,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor<B>>>>;
+
+    /// The activations this node keeps alive (parameters are not activations).
+    fn saved_activations(&self) -> Vec<&Tensor<B>>;
+}
+
+struct Node<B: Backend> {
+    op: Box<dyn BackwardOp<B>>,
+    inputs: Vec<Option<usize>>,
+    output: usize,
+}
+
+/// Gradients of the trainable parameters, by name; frozen parameters have none.
+pub struct Gradients<B: Backend> {
+    by_name: BTreeMap<String, Tensor<B>>,
+}
+
+impl<B: Backend> Gradients<B> {
+    /// The gradient of parameter `name`, if it is trainable and the loss depends on it.
+    pub fn get(&self, name: &str) -> Option<&Tensor<B>> {
+        self.by_name.get(name)
+    }
+
+    /// All gradients in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor<B>)> {
+        self.by_name.iter().map(|(n, t)| (n.as_str(), t))
+    }
+
+    /// Moves the gradients out, keyed by name.
+    pub fn into_map(self) -> BTreeMap<String, Tensor<B>> {
+        self.by_name
+    }
+
+    /// Number of gradient tensors.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there is no gradient.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// The record of one forward pass.
+pub struct Tape<B: Backend> {
+    backend: B,
+    nodes: Vec<Node<B>>,
+    next_id: usize,
+    param_ids: HashMap<String, usize>,
+    saved_storages: HashSet<usize>,
+    scope: usize,
+    stats: TapeStats,
+}
+
+impl<B: Backend> Tape<B> {
+    /// An empty tape computing on `backend`.
+    pub fn new(backend: B) -> Self {
+        Tape {
+            backend,
+            nodes: Vec::new(),
+            next_id: 0,
+            param_ids: HashMap::new(),
+            saved_storages: HashSet::new(),
+            scope: 0,
+            stats: TapeStats::new(),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Counters so far (grad buffers are counted by [`Tape::backward`]).
+    pub fn stats(&self) -> &TapeStats {
+        &self.stats
+    }
+
+    /// Attributes the nodes recorded from now on to `scope` (e.g. `layer.3`) in the stats.
+    pub fn set_scope(&mut self, scope: &str) {
+        self.scope = self.stats.scope_index(scope);
+    }
+
+    /// A value that needs no gradient (inputs, masks, labels).
+    pub fn constant(&self, t: Tensor<B>) -> Var<B> {
+        Var { value: t, id: None }
+    }
+
+    /// A parameter. Trainable ones get a gradient named `name`; frozen ones are constants
+    /// and cost the tape nothing. The same name always maps to the same variable.
+    pub fn param(&mut self, name: &str, t: &Tensor<B>, trainable: bool) -> Var<B> {
+        if !trainable {
+            return self.constant(t.clone());
+        }
+        let id = match self.param_ids.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.fresh_id();
+                self.param_ids.insert(name.to_string(), id);
+                id
+            }
+        };
+        Var {
+            value: t.clone(),
+            id: Some(id),
+        }
+    }
+
+    fn fresh_id(&mut self) -> usize {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Records `op` producing `output` from the inputs with tape identities `ids` (one per
+    /// input slot of the op), or returns a constant when no input
+    /// requires a gradient (then `op` is never built and nothing is saved).
+    fn record(
+        &mut self,
+        output: Tensor<B>,
+        ids: Vec<Option<usize>>,
+        op: impl FnOnce(&[bool]) -> Box<dyn BackwardOp<B>>,
+    ) -> Var<B> {
+        if ids.iter().all(Option::is_none) {
+            return self.constant(output);
+        }
+        let needs: Vec<bool> = ids.iter().map(Option::is_some).collect();
+        let op = op(&needs);
+        let mut new_bytes = 0;
+        for t in op.saved_activations() {
+            if self.saved_storages.insert(t.storage_id()) {
+                new_bytes += t.size_in_bytes();
+            }
+        }
+        self.stats.record_node(self.scope, new_bytes);
+        let id = self.fresh_id();
+        self.nodes.push(Node {
+            op,
+            inputs: ids,
+            output: id,
+        });
+        Var {
+            value: output,
+            id: Some(id),
+        }
+    }
+
+    /// Backpropagates from the scalar `loss`, consuming the recorded nodes (their saved
+    /// activations are freed as soon as each is used), and returns the gradients of the
+    /// trainable parameters.
+    pub fn backward(&mut self, loss: &Var<B>) -> Result<Gradients<B>> {
+        let Some(loss_id) = loss.id else {
+            return Err(Error::Autograd(
+                "the loss does not depend on any trainable parameter".into(),
+            ));
+        };
+        if loss.value.numel() != 1 {
+            return Err(Error::Autograd(format!(
+                "backward needs a scalar loss, got shape {}",
+                loss.value.shape()
+            )));
+        }
+        let seed = self.backend.tensor_from_f64(Shape::new([1]), &[1.0])?;
+        let mut grads: HashMap<usize, Tensor<B>> = HashMap::new();
+        grads.insert(loss_id, seed.reshape(loss.value.shape().clone())?);
+        let nodes = std::mem::take(&mut self.nodes);
+        self.saved_storages.clear();
+        for node in nodes.into_iter().rev() {
+            let Some(d_out) = grads.remove(&node.output) else {
+                continue;
+            };
+            let needs: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
+            let input_grads = node.op.backward(&self.backend, &d_out, &needs)?;
+            for (slot, g) in node.inputs.iter().zip(input_grads) {
+                if let (Some(id), Some(g)) = (slot, g) {
+                    match grads.get_mut(id) {
+                        Some(acc) => self.backend.add_assign(acc, &g)?,
+                        None => {
+                            grads.insert(*id, g);
+                        }
+                    }
+                }
+            }
+        }
+        let mut by_name = BTreeMap::new();
+        for (name, id) in &self.param_ids {
+            if let Some(g) = grads.remove(id) {
+                self.stats.record_grad_buffer(g.size_in_bytes());
+                by_name.insert(name.clone(), g);
+            }
+        }
+        Ok(Gradients { by_name })
+    }
+}

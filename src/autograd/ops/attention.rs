@@ -1,0 +1,76 @@
+use super::super::{BackwardOp, Tape, Var};
+use crate::backend::{AttentionConfig, AttentionGradRequest, Backend};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+struct AttentionNode<B: Backend> {
+    q: Tensor<B>,
+    k: Tensor<B>,
+    /// Needed only for `dq`/`dk`.
+    v: Option<Tensor<B>>,
+    lse: Tensor<B>,
+    mask: Tensor<B>,
+    config: AttentionConfig,
+}
+
+impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
+    fn backward(
+        &self,
+        backend: &B,
+        d_out: &Tensor<B>,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor<B>>>> {
+        // Only dv can be asked for without v; the backend reads v solely for dq/dk.
+        let v = self.v.as_ref().unwrap_or(&self.q);
+        let g = backend.attention_backward(
+            d_out,
+            &self.q,
+            &self.k,
+            v,
+            &self.lse,
+            &self.mask,
+            &self.config,
+            AttentionGradRequest {
+                dq: needs[0],
+                dk: needs[1],
+                dv: needs[2],
+            },
+        )?;
+        Ok(vec![g.dq, g.dk, g.dv])
+    }
+
+    fn saved_activations(&self) -> Vec<&Tensor<B>> {
+        let mut saved = vec![&self.q, &self.k, &self.lse, &self.mask];
+        saved.extend(self.v.as_ref());
+        saved
+    }
+}
+
+impl<B: Backend> Tape<B> {
+    /// Multi-head self-attention over `[batch·seq, hidden]` projections with a key padding
+    /// `mask` `[batch, seq]`. Keeps q, k (and v when q or k trains) and the per-row
+    /// log-sum-exp, never the `seq × seq` probabilities.
+    pub fn attention(
+        &mut self,
+        q: &Var<B>,
+        k: &Var<B>,
+        v: &Var<B>,
+        mask: &Tensor<B>,
+        config: AttentionConfig,
+    ) -> Result<Var<B>> {
+        let out = self
+            .backend
+            .attention_forward(&q.value, &k.value, &v.value, mask, &config)?;
+        let lse = out.lse;
+        Ok(self.record(out.out, vec![q.id, k.id, v.id], |needs| {
+            Box::new(AttentionNode {
+                q: q.value.clone(),
+                k: k.value.clone(),
+                v: (needs[0] || needs[1]).then(|| v.value.clone()),
+                lse,
+                mask: mask.clone(),
+                config,
+            })
+        }))
+    }
+}

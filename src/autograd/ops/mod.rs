@@ -1,0 +1,21 @@
+//! The differentiable ops of the tape, one file each: the forward call and the node that
+//! knows which activations its needed gradients use.
+
+mod activation;
+mod add;
+mod attention;
+mod dropout;
+mod embedding;
+mod layernorm;
+mod linear;
+mod loss;
+
+pub use linear::LoraVars;
+
+use super::Var;
+use crate::backend::Backend;
+
+/// The tape identity of an optional input slot.
+fn id_of<B: Backend>(v: Option<&Var<B>>) -> Option<usize> {
+    v.and_then(|v| v.id)
+}

@@ -1,0 +1,218 @@
+//! Multi-head self-attention on the CPU, one (sequence, head) pair at a time.
+//!
+//! Heads are column windows of the `[batch·seq, hidden]` activations, so no transpose is ever
+//! materialised. Forward keeps only the log-sum-exp of each score row; backward recomputes
+//! the probabilities from it (as flash attention does), so memory per layer is O(seq), not
+//! O(seq²).
+
+use super::element::Element;
+use super::gemm::{gemm, Layout};
+use crate::backend::shapes::AttentionDims;
+use crate::backend::Dropout;
+use crate::rng;
+
+struct Head {
+    /// Offset of element (0, 0) of this head in the activations.
+    base: usize,
+    /// First dropout counter of this head's `[seq, seq]` probabilities.
+    counter: u64,
+    /// First row of this sequence in the mask.
+    mask_row: usize,
+}
+
+fn heads(d: &AttentionDims) -> impl Iterator<Item = Head> + '_ {
+    (0..d.batch).flat_map(move |b| {
+        (0..d.heads).map(move |h| Head {
+            base: b * d.seq * d.hidden() + h * d.head_dim,
+            counter: ((b * d.heads + h) * d.seq * d.seq) as u64,
+            mask_row: b * d.seq,
+        })
+    })
+}
+
+fn window(d: &AttentionDims, head: &Head) -> Layout {
+    Layout::window(head.base, d.seq, d.head_dim, d.hidden())
+}
+
+/// `scores = scale · q·kᵀ` for one head.
+fn scores<T: Element>(d: &AttentionDims, head: &Head, q: &[T], k: &[T], scale: T, s: &mut [T]) {
+    let w = window(d, head);
+    gemm(
+        scale,
+        q,
+        w,
+        k,
+        w.t(),
+        T::ZERO,
+        s,
+        Layout::row_major(d.seq, d.seq),
+    );
+}
+
+/// Turns score rows into probabilities `exp(s − lse)` over the valid keys (0 elsewhere).
+/// With `lse_out` it computes the log-sum-exp; otherwise it reuses `lse_in`.
+fn probabilities<T: Element>(
+    s: &mut [T],
+    valid: &[u32],
+    lse_in: Option<&[T]>,
+    lse_out: Option<&mut [T]>,
+) {
+    let n = valid.len();
+    let mut lse_out = lse_out;
+    for (i, row) in s.chunks_exact_mut(n).enumerate() {
+        let lse = match lse_in {
+            Some(l) => l[i],
+            None => {
+                let mut max: Option<T> = None;
+                for (j, &v) in row.iter().enumerate() {
+                    if valid[j] != 0 && max.is_none_or(|m| v > m) {
+                        max = Some(v);
+                    }
+                }
+                let l = match max {
+                    Some(m) => {
+                        let mut sum = T::ZERO;
+                        for (j, &v) in row.iter().enumerate() {
+                            if valid[j] != 0 {
+                                sum += (v - m).exp();
+                            }
+                        }
+                        m + sum.ln()
+                    }
+                    // No key to attend: the row's probabilities are all zero.
+                    None => T::ZERO,
+                };
+                if let Some(out) = lse_out.as_deref_mut() {
+                    out[i] = l;
+                }
+                l
+            }
+        };
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = if valid[j] != 0 {
+                (*v - lse).exp()
+            } else {
+                T::ZERO
+            };
+        }
+    }
+}
+
+/// Multiplies by the dropout mask scaled by `1/(1−p)`, in place.
+fn apply_dropout<T: Element>(m: &mut [T], counter: u64, dropout: &Dropout) {
+    let threshold = rng::drop_threshold(dropout.p);
+    let keep_scale = T::from_f64(1.0 / (1.0 - dropout.p));
+    for (i, v) in m.iter_mut().enumerate() {
+        *v = if rng::keeps(dropout.seed, counter + i as u64, threshold) {
+            *v * keep_scale
+        } else {
+            T::ZERO
+        };
+    }
+}
+
+/// Returns the context `[batch·seq, hidden]` and the log-sum-exp `[batch, heads, seq]`.
+pub fn forward<T: Element>(
+    d: AttentionDims,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: &[u32],
+    scale: T,
+    dropout: Option<&Dropout>,
+) -> (Vec<T>, Vec<T>) {
+    let mut out = vec![T::ZERO; q.len()];
+    let mut lse = vec![T::ZERO; d.batch * d.heads * d.seq];
+    let mut p = vec![T::ZERO; d.seq * d.seq];
+    for (idx, head) in heads(&d).enumerate() {
+        scores(&d, &head, q, k, scale, &mut p);
+        let valid = &mask[head.mask_row..head.mask_row + d.seq];
+        let lse_row = &mut lse[idx * d.seq..(idx + 1) * d.seq];
+        probabilities(&mut p, valid, None, Some(lse_row));
+        if let Some(dr) = dropout {
+            apply_dropout(&mut p, head.counter, dr);
+        }
+        let w = window(&d, &head);
+        gemm(
+            T::ONE,
+            &p,
+            Layout::row_major(d.seq, d.seq),
+            v,
+            w,
+            T::ZERO,
+            &mut out,
+            w,
+        );
+    }
+    (out, lse)
+}
+
+/// Requested gradients of [`forward`] as `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn backward<T: Element>(
+    d: AttentionDims,
+    d_out: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    lse: &[T],
+    mask: &[u32],
+    scale: T,
+    dropout: Option<&Dropout>,
+    (want_dq, want_dk, want_dv): (bool, bool, bool),
+) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+    let n = q.len();
+    let mut dq = want_dq.then(|| vec![T::ZERO; n]);
+    let mut dk = want_dk.then(|| vec![T::ZERO; n]);
+    let mut dv = want_dv.then(|| vec![T::ZERO; n]);
+    let tt = Layout::row_major(d.seq, d.seq);
+    let mut p = vec![T::ZERO; d.seq * d.seq];
+    let mut p_dropped = vec![T::ZERO; d.seq * d.seq];
+    let mut dp = vec![T::ZERO; d.seq * d.seq];
+    for (idx, head) in heads(&d).enumerate() {
+        let w = window(&d, &head);
+        scores(&d, &head, q, k, scale, &mut p);
+        let valid = &mask[head.mask_row..head.mask_row + d.seq];
+        probabilities(
+            &mut p,
+            valid,
+            Some(&lse[idx * d.seq..(idx + 1) * d.seq]),
+            None,
+        );
+        if let Some(dv) = dv.as_deref_mut() {
+            let pd: &[T] = match dropout {
+                Some(dr) => {
+                    p_dropped.copy_from_slice(&p);
+                    apply_dropout(&mut p_dropped, head.counter, dr);
+                    &p_dropped
+                }
+                None => &p,
+            };
+            gemm(T::ONE, pd, tt.t(), d_out, w, T::ZERO, dv, w);
+        }
+        if !(want_dq || want_dk) {
+            continue;
+        }
+        // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
+        gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, &mut dp, tt);
+        if let Some(dr) = dropout {
+            apply_dropout(&mut dp, head.counter, dr);
+        }
+        for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
+            let mut dot = T::ZERO;
+            for (&pv, &g) in prow.iter().zip(dprow.iter()) {
+                dot += pv * g;
+            }
+            for (g, &pv) in dprow.iter_mut().zip(prow) {
+                *g = pv * (*g - dot);
+            }
+        }
+        if let Some(dq) = dq.as_deref_mut() {
+            gemm(scale, &dp, tt, k, w, T::ZERO, dq, w);
+        }
+        if let Some(dk) = dk.as_deref_mut() {
+            gemm(scale, &dp, tt.t(), q, w, T::ZERO, dk, w);
+        }
+    }
+    (dq, dk, dv)
+}

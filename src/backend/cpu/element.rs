@@ -1,0 +1,182 @@
+//! The float types the CPU backend computes in, and their storage.
+
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub, SubAssign};
+
+use crate::backend::DeviceBuffer;
+use crate::tensor::DType;
+
+/// Storage of one CPU tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuBuffer {
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// f64 elements.
+    F64(Vec<f64>),
+    /// u32 ids, labels and masks.
+    U32(Vec<u32>),
+}
+
+impl DeviceBuffer for CpuBuffer {
+    fn len(&self) -> usize {
+        match self {
+            CpuBuffer::F32(v) => v.len(),
+            CpuBuffer::F64(v) => v.len(),
+            CpuBuffer::U32(v) => v.len(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            CpuBuffer::F32(_) => DType::F32,
+            CpuBuffer::F64(_) => DType::F64,
+            CpuBuffer::U32(_) => DType::U32,
+        }
+    }
+}
+
+/// A float type the CPU kernels are generic over (f32 and f64).
+pub trait Element:
+    Copy
+    + Debug
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+{
+    /// The matching [`DType`].
+    const DTYPE: DType;
+    /// Zero.
+    const ZERO: Self;
+    /// One.
+    const ONE: Self;
+    /// Conversion from f64 (rounds for f32).
+    fn from_f64(v: f64) -> Self;
+    /// Exact widening to f64.
+    fn to_f64(self) -> f64;
+    /// `e^x`.
+    fn exp(self) -> Self;
+    /// Natural logarithm.
+    fn ln(self) -> Self;
+    /// Square root.
+    fn sqrt(self) -> Self;
+    /// Hyperbolic tangent.
+    fn tanh(self) -> Self;
+    /// Error function.
+    fn erf(self) -> Self;
+    /// Whether the value is neither NaN nor infinite.
+    fn is_finite(self) -> bool;
+    /// The elements of `buf`, if it holds this type.
+    fn slice(buf: &CpuBuffer) -> Option<&[Self]>;
+    /// The elements of `buf` mutably, if it holds this type.
+    fn slice_mut(buf: &mut CpuBuffer) -> Option<&mut [Self]>;
+    /// Wraps a vector as a buffer.
+    fn wrap(v: Vec<Self>) -> CpuBuffer;
+    /// `c = alpha·a·b + beta·c` on raw strided matrices (see [`super::gemm`]).
+    ///
+    /// # Safety
+    /// Every addressed element of `a`, `b`, `c` must be in bounds, and `c` must not alias.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+macro_rules! impl_element {
+    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $erf:path) => {
+        impl Element for $t {
+            const DTYPE: DType = $dtype;
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            #[inline]
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            #[inline]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            fn slice(buf: &CpuBuffer) -> Option<&[Self]> {
+                match buf {
+                    CpuBuffer::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn slice_mut(buf: &mut CpuBuffer) -> Option<&mut [Self]> {
+                match buf {
+                    CpuBuffer::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn wrap(v: Vec<Self>) -> CpuBuffer {
+                CpuBuffer::$variant(v)
+            }
+            unsafe fn gemm_raw(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+            }
+        }
+    };
+}
+
+impl_element!(f32, F32, DType::F32, matrixmultiply::sgemm, libm::erff);
+impl_element!(f64, F64, DType::F64, matrixmultiply::dgemm, libm::erf);

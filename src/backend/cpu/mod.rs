@@ -1,0 +1,709 @@
+//! The CPU backend: the numerical reference of the project, in f32 or f64.
+//!
+//! Every op validates its operands through [`crate::backend::shapes`], dispatches once on the
+//! dtype and runs a generic kernel over slices. GEMMs go through [`gemm`]; everything else is
+//! plain loops in a fixed order, so results are bitwise reproducible.
+
+mod adamw;
+mod attention;
+mod element;
+mod elementwise;
+mod embedding;
+pub mod gemm;
+mod layernorm;
+mod linear;
+mod loss;
+
+pub use element::{CpuBuffer, Element};
+
+use super::shapes::{self, LinearDims};
+use super::{
+    AdamWStep, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput, Backend,
+    Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
+    LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
+};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Shape, Tensor};
+
+/// The CPU backend. `dtype` is the precision new float tensors are created in; ops compute
+/// in the dtype of their inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuBackend {
+    dtype: DType,
+}
+
+impl CpuBackend {
+    /// A CPU backend creating tensors in `dtype` (f32 or f64).
+    pub fn new(dtype: DType) -> Result<Self> {
+        match dtype {
+            DType::F32 | DType::F64 => Ok(CpuBackend { dtype }),
+            other => Err(Error::dtype(
+                "cpu backend",
+                format!("the CPU backend computes in f32 or f64, not {other}"),
+            )),
+        }
+    }
+
+    /// The f64 reference backend.
+    pub fn f64() -> Self {
+        CpuBackend { dtype: DType::F64 }
+    }
+
+    /// The f32 backend.
+    pub fn f32() -> Self {
+        CpuBackend { dtype: DType::F32 }
+    }
+}
+
+/// Runs `$body` with `$t` bound to the Rust type of a float dtype.
+macro_rules! with_float {
+    ($dtype:expr, $op:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            other => Err(Error::dtype(
+                $op,
+                format!("the CPU backend computes in f32 or f64, not {other}"),
+            )),
+        }
+    };
+}
+
+/// The elements of a tensor whose dtype was checked by the caller.
+fn view<T: Element>(t: &Tensor<CpuBackend>) -> &[T] {
+    T::slice(t.buffer()).expect("dtype checked before dispatch")
+}
+
+fn view_mut<T: Element>(t: &mut Tensor<CpuBackend>) -> &mut [T] {
+    T::slice_mut(t.buffer_mut()).expect("dtype checked before dispatch")
+}
+
+fn ids(t: &Tensor<CpuBackend>) -> &[u32] {
+    match t.buffer() {
+        CpuBuffer::U32(v) => v,
+        _ => unreachable!("u32 checked before dispatch"),
+    }
+}
+
+fn tensor<T: Element>(shape: impl Into<Shape>, data: Vec<T>) -> Result<Tensor<CpuBackend>> {
+    Tensor::from_buffer(shape, T::wrap(data))
+}
+
+/// `shape` with its last dimension replaced.
+fn with_last_dim(shape: &Shape, last: usize) -> Shape {
+    let mut dims = shape.dims().to_vec();
+    if let Some(l) = dims.last_mut() {
+        *l = last;
+    }
+    Shape::new(dims)
+}
+
+fn require_input<'a>(
+    op: &'static str,
+    grad: &str,
+    name: &str,
+    t: Option<&'a Tensor<CpuBackend>>,
+) -> Result<&'a Tensor<CpuBackend>> {
+    t.ok_or_else(|| {
+        Error::invalid(
+            op,
+            format!("{grad} was requested but `{name}` was not given"),
+        )
+    })
+}
+
+fn check_ids(op: &'static str, what: &'static str, ids: &[u32], limit: usize) -> Result<()> {
+    match ids.iter().position(|&i| i as usize >= limit) {
+        Some(position) => Err(Error::IndexOutOfRange {
+            op,
+            what,
+            index: u64::from(ids[position]),
+            position,
+            limit,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn scalar_value<T: Element>(op: &'static str, d_loss: &Tensor<CpuBackend>) -> Result<T> {
+    if d_loss.numel() != 1 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`d_loss` must hold one element, got shape {}",
+                d_loss.shape()
+            ),
+        ));
+    }
+    Ok(view::<T>(d_loss)[0])
+}
+
+impl Backend for CpuBackend {
+    type Buffer = CpuBuffer;
+
+    fn name(&self) -> String {
+        format!("cpu-{}", self.dtype)
+    }
+
+    fn float_dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn tensor_from_f64(&self, shape: Shape, data: &[f64]) -> Result<Tensor<Self>> {
+        let buf = match self.dtype {
+            DType::F32 => CpuBuffer::F32(data.iter().map(|&v| v as f32).collect()),
+            _ => CpuBuffer::F64(data.to_vec()),
+        };
+        Tensor::from_buffer(shape, buf)
+    }
+
+    fn tensor_from_u32(&self, shape: Shape, data: &[u32]) -> Result<Tensor<Self>> {
+        Tensor::from_buffer(shape, CpuBuffer::U32(data.to_vec()))
+    }
+
+    fn zeros(&self, shape: Shape) -> Result<Tensor<Self>> {
+        let n = shape.numel();
+        let buf = match self.dtype {
+            DType::F32 => CpuBuffer::F32(vec![0.0; n]),
+            _ => CpuBuffer::F64(vec![0.0; n]),
+        };
+        Tensor::from_buffer(shape, buf)
+    }
+
+    fn to_f64(&self, t: &Tensor<Self>) -> Result<Vec<f64>> {
+        match t.buffer() {
+            CpuBuffer::F32(v) => Ok(v.iter().map(|&x| f64::from(x)).collect()),
+            CpuBuffer::F64(v) => Ok(v.clone()),
+            CpuBuffer::U32(_) => Err(Error::dtype("to_f64", "tensor holds u32, not floats")),
+        }
+    }
+
+    fn to_u32(&self, t: &Tensor<Self>) -> Result<Vec<u32>> {
+        match t.buffer() {
+            CpuBuffer::U32(v) => Ok(v.clone()),
+            other => Err(Error::dtype(
+                "to_u32",
+                format!(
+                    "tensor holds {}, not u32",
+                    super::DeviceBuffer::dtype(other)
+                ),
+            )),
+        }
+    }
+
+    fn linear_forward(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        lora: Option<LoraWeights<'_, Self>>,
+        x_lora: Option<&Tensor<Self>>,
+    ) -> Result<LinearOutput<Self>> {
+        let d = shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
+        with_float!(x.dtype(), "linear", T => {
+            let l = lora.as_ref().map(|l| linear::Lora {
+                a: view::<T>(l.a),
+                b: view::<T>(l.b),
+                scale: T::from_f64(l.scale),
+            });
+            let (y, h) = linear::forward(
+                d,
+                view::<T>(x),
+                view::<T>(w),
+                bias.map(view::<T>),
+                l.as_ref(),
+                view::<T>(x_lora.unwrap_or(x)),
+            );
+            let h = match h {
+                Some(h) => Some(tensor(with_last_dim(x.shape(), d.rank), h)?),
+                None => None,
+            };
+            Ok(LinearOutput { y: tensor(with_last_dim(x.shape(), d.output), y)?, h })
+        })
+    }
+
+    fn linear_backward(
+        &self,
+        inp: LinearBackwardInputs<'_, Self>,
+        want: LinearGradRequest,
+    ) -> Result<LinearGrads<Self>> {
+        const OP: &str = "linear backward";
+        let dy = inp.dy;
+        let (rows, output) = shapes::matrix(OP, "dy", dy)?;
+        let mut named = vec![("dy", dy)];
+        named.extend(inp.x.map(|t| ("x", t)));
+        named.extend(inp.w.map(|t| ("weight", t)));
+        named.extend(inp.x_lora.map(|t| ("x_lora", t)));
+        named.extend(inp.h.map(|t| ("h", t)));
+        if let Some(l) = &inp.lora {
+            named.push(("lora_A", l.a));
+            named.push(("lora_B", l.b));
+        }
+        let dtype = shapes::common_float_dtype(OP, &named)?;
+        // The input width comes from whichever operand carries it.
+        let input = inp
+            .w
+            .map(|w| w.shape().last_dim())
+            .or(inp.x.map(|x| x.shape().last_dim()))
+            .or(inp.lora.as_ref().map(|l| l.a.shape().last_dim()))
+            .unwrap_or(0);
+        let rank = inp.lora.as_ref().map_or(0, |l| l.a.dims()[0]);
+        let d = LinearDims {
+            rows,
+            input,
+            output,
+            rank,
+        };
+        if let Some(w) = inp.w {
+            shapes::require_dims(OP, "weight", w, &[output, input])?;
+        }
+        for (name, t) in [("x", inp.x), ("x_lora", inp.x_lora)] {
+            if let Some(t) = t {
+                shapes::require_dims(OP, name, t, &[rows, input]).or_else(|_| {
+                    // Leading dims may differ in grouping; only the 2-D view matters.
+                    if t.shape().rows() == rows && t.shape().last_dim() == input {
+                        Ok(())
+                    } else {
+                        Err(Error::shape(
+                            OP,
+                            format!(
+                                "`{name}` {} does not match dy {} and input width {input}",
+                                t.shape(),
+                                dy.shape()
+                            ),
+                        ))
+                    }
+                })?;
+            }
+        }
+        if let Some(l) = &inp.lora {
+            shapes::require_dims(OP, "lora_A", l.a, &[rank, input])?;
+            shapes::require_dims(OP, "lora_B", l.b, &[output, rank])?;
+        }
+        if let Some(h) = inp.h {
+            if h.shape().rows() != rows || h.shape().last_dim() != rank {
+                return Err(Error::shape(
+                    OP,
+                    format!("`h` {} must be [{rows}, {rank}]", h.shape()),
+                ));
+            }
+        }
+        let in_shape = with_last_dim(dy.shape(), input);
+        with_float!(dtype, OP, T => {
+            let dyv = view::<T>(dy);
+            let mut g = LinearGrads::default();
+            if want.dx {
+                let w = require_input(OP, "dX", "weight", inp.w)?;
+                g.dx = Some(tensor(in_shape.clone(), linear::grad_input(d, dyv, view::<T>(w)))?);
+            }
+            if want.dw {
+                let x = require_input(OP, "dW", "x", inp.x)?;
+                g.dw = Some(tensor([output, input], linear::grad_weight(d, dyv, view::<T>(x)))?);
+            }
+            if want.db {
+                g.db = Some(tensor([output], linear::column_sum(dyv, output))?);
+            }
+            if want.da || want.dx_lora || want.db_lora {
+                let l = inp.lora.as_ref().ok_or_else(|| {
+                    Error::invalid(OP, "a LoRA gradient was requested without LoRA weights")
+                })?;
+                let lora = linear::Lora { a: view::<T>(l.a), b: view::<T>(l.b), scale: T::from_f64(l.scale) };
+                if want.db_lora {
+                    let h = require_input(OP, "dB", "h", inp.h)?;
+                    g.db_lora = Some(tensor([output, rank], linear::grad_lora_b(d, dyv, view::<T>(h), lora.scale))?);
+                }
+                if want.da || want.dx_lora {
+                    let bottleneck = linear::grad_bottleneck(d, dyv, &lora);
+                    if want.da {
+                        let xl = require_input(OP, "dA", "x_lora", inp.x_lora)?;
+                        g.da = Some(tensor([rank, input], linear::grad_lora_a(d, &bottleneck, view::<T>(xl)))?);
+                    }
+                    if want.dx_lora {
+                        g.dx_lora = Some(tensor(in_shape.clone(), linear::grad_lora_input(d, &bottleneck, lora.a))?);
+                    }
+                }
+            }
+            Ok(g)
+        })
+    }
+
+    fn layernorm_forward(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+        eps: f64,
+    ) -> Result<LayerNormOutput<Self>> {
+        const OP: &str = "layernorm";
+        let dtype = shapes::common_float_dtype(OP, &[("x", x), ("gamma", gamma), ("beta", beta)])?;
+        let (rows, n) = shapes::matrix(OP, "x", x)?;
+        shapes::require_dims(OP, "gamma", gamma, &[n])?;
+        shapes::require_dims(OP, "beta", beta, &[n])?;
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(Error::invalid(
+                OP,
+                format!("eps must be positive and finite, got {eps}"),
+            ));
+        }
+        with_float!(dtype, OP, T => {
+            let (y, mean, rstd) =
+                layernorm::forward(view::<T>(x), view::<T>(gamma), view::<T>(beta), n, T::from_f64(eps));
+            Ok(LayerNormOutput {
+                y: tensor(x.shape().clone(), y)?,
+                mean: tensor([rows], mean)?,
+                rstd: tensor([rows], rstd)?,
+            })
+        })
+    }
+
+    fn layernorm_backward(
+        &self,
+        dy: &Tensor<Self>,
+        x: Option<&Tensor<Self>>,
+        mean: Option<&Tensor<Self>>,
+        rstd: Option<&Tensor<Self>>,
+        gamma: Option<&Tensor<Self>>,
+        want: LayerNormGradRequest,
+    ) -> Result<LayerNormGrads<Self>> {
+        const OP: &str = "layernorm backward";
+        let (rows, n) = shapes::matrix(OP, "dy", dy)?;
+        let mut named = vec![("dy", dy)];
+        for (name, t) in [("x", x), ("mean", mean), ("rstd", rstd), ("gamma", gamma)] {
+            named.extend(t.map(|t| (name, t)));
+        }
+        let dtype = shapes::common_float_dtype(OP, &named)?;
+        if let Some(x) = x {
+            shapes::require_same_shape(OP, ("x", x), ("dy", dy))?;
+        }
+        for (name, t, len) in [
+            ("mean", mean, rows),
+            ("rstd", rstd, rows),
+            ("gamma", gamma, n),
+        ] {
+            if let Some(t) = t {
+                shapes::require_dims(OP, name, t, &[len])?;
+            }
+        }
+        with_float!(dtype, OP, T => {
+            let dyv = view::<T>(dy);
+            let mut g = LayerNormGrads::default();
+            if want.dbeta {
+                g.dbeta = Some(tensor([n], layernorm::grad_beta(dyv, n))?);
+            }
+            if want.dgamma || want.dx {
+                let xv = view::<T>(require_input(OP, "dgamma/dx", "x", x)?);
+                let mv = view::<T>(require_input(OP, "dgamma/dx", "mean", mean)?);
+                let rv = view::<T>(require_input(OP, "dgamma/dx", "rstd", rstd)?);
+                if want.dgamma {
+                    g.dgamma = Some(tensor([n], layernorm::grad_gamma(dyv, xv, mv, rv, n))?);
+                }
+                if want.dx {
+                    let gv = view::<T>(require_input(OP, "dx", "gamma", gamma)?);
+                    g.dx = Some(tensor(dy.shape().clone(), layernorm::grad_input(dyv, xv, mv, rv, gv, n))?);
+                }
+            }
+            Ok(g)
+        })
+    }
+
+    fn attention_forward(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        config: &AttentionConfig,
+    ) -> Result<AttentionOutput<Self>> {
+        let d = shapes::attention(q, k, v, mask, config)?;
+        with_float!(q.dtype(), "attention", T => {
+            let (out, lse) = attention::forward(
+                d,
+                view::<T>(q),
+                view::<T>(k),
+                view::<T>(v),
+                ids(mask),
+                T::from_f64(config.scale),
+                config.dropout.as_ref(),
+            );
+            Ok(AttentionOutput {
+                out: tensor(q.shape().clone(), out)?,
+                lse: tensor([d.batch, d.heads, d.seq], lse)?,
+            })
+        })
+    }
+
+    fn attention_backward(
+        &self,
+        d_out: &Tensor<Self>,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        lse: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        config: &AttentionConfig,
+        want: AttentionGradRequest,
+    ) -> Result<AttentionGrads<Self>> {
+        const OP: &str = "attention backward";
+        let d = shapes::attention(q, k, v, mask, config)?;
+        shapes::common_float_dtype(OP, &[("q", q), ("d_out", d_out), ("lse", lse)])?;
+        shapes::require_same_shape(OP, ("d_out", d_out), ("q", q))?;
+        shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
+        with_float!(q.dtype(), OP, T => {
+            let (dq, dk, dv) = attention::backward(
+                d,
+                view::<T>(d_out),
+                view::<T>(q),
+                view::<T>(k),
+                view::<T>(v),
+                view::<T>(lse),
+                ids(mask),
+                T::from_f64(config.scale),
+                config.dropout.as_ref(),
+                (want.dq, want.dk, want.dv),
+            );
+            let wrap = |g: Option<Vec<T>>| g.map(|g| tensor(q.shape().clone(), g)).transpose();
+            Ok(AttentionGrads { dq: wrap(dq)?, dk: wrap(dk)?, dv: wrap(dv)? })
+        })
+    }
+
+    fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
+        let dtype = shapes::common_float_dtype("gelu", &[("x", x)])?;
+        with_float!(dtype, "gelu", T => tensor(x.shape().clone(), elementwise::gelu(view::<T>(x))))
+    }
+
+    fn gelu_backward(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>> {
+        const OP: &str = "gelu backward";
+        let dtype = shapes::common_float_dtype(OP, &[("dy", dy), ("x", x)])?;
+        shapes::require_same_shape(OP, ("dy", dy), ("x", x))?;
+        with_float!(dtype, OP, T => tensor(x.shape().clone(), elementwise::gelu_backward(view::<T>(dy), view::<T>(x))))
+    }
+
+    fn tanh_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
+        let dtype = shapes::common_float_dtype("tanh", &[("x", x)])?;
+        with_float!(dtype, "tanh", T => tensor(x.shape().clone(), elementwise::tanh(view::<T>(x))))
+    }
+
+    fn tanh_backward(&self, dy: &Tensor<Self>, y: &Tensor<Self>) -> Result<Tensor<Self>> {
+        const OP: &str = "tanh backward";
+        let dtype = shapes::common_float_dtype(OP, &[("dy", dy), ("y", y)])?;
+        shapes::require_same_shape(OP, ("dy", dy), ("y", y))?;
+        with_float!(dtype, OP, T => tensor(y.shape().clone(), elementwise::tanh_backward(view::<T>(dy), view::<T>(y))))
+    }
+
+    fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Tensor<Self>> {
+        let dtype = shapes::common_float_dtype("add", &[("a", a), ("b", b)])?;
+        shapes::require_same_shape("add", ("a", a), ("b", b))?;
+        with_float!(dtype, "add", T => tensor(a.shape().clone(), elementwise::add(view::<T>(a), view::<T>(b))))
+    }
+
+    fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()> {
+        let dtype = shapes::common_float_dtype("add_assign", &[("acc", acc), ("x", x)])?;
+        shapes::require_same_shape("add_assign", ("acc", acc), ("x", x))?;
+        with_float!(dtype, "add_assign", T => {
+            elementwise::add_assign(view_mut::<T>(acc), view::<T>(x));
+            Ok(())
+        })
+    }
+
+    fn scale_in_place(&self, t: &mut Tensor<Self>, s: f64) -> Result<()> {
+        let dtype = shapes::common_float_dtype("scale", &[("t", t)])?;
+        with_float!(dtype, "scale", T => {
+            elementwise::scale(view_mut::<T>(t), T::from_f64(s));
+            Ok(())
+        })
+    }
+
+    fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64> {
+        let dtype = shapes::common_float_dtype("sum_squares", &[("t", t)])?;
+        with_float!(dtype, "sum_squares", T => Ok(elementwise::sum_squares(view::<T>(t))))
+    }
+
+    fn dropout(&self, x: &Tensor<Self>, dropout: Dropout) -> Result<Tensor<Self>> {
+        let dtype = shapes::common_float_dtype("dropout", &[("x", x)])?;
+        shapes::dropout("dropout", &dropout)?;
+        with_float!(dtype, "dropout", T => tensor(x.shape().clone(), elementwise::dropout(view::<T>(x), &dropout)))
+    }
+
+    fn embedding_forward(&self, table: &Tensor<Self>, idx: &Tensor<Self>) -> Result<Tensor<Self>> {
+        const OP: &str = "embedding";
+        let dtype = shapes::common_float_dtype(OP, &[("table", table)])?;
+        shapes::require_u32(OP, "ids", idx)?;
+        if table.shape().rank() != 2 {
+            return Err(Error::shape(
+                OP,
+                format!("`table` must be [vocab, dim], got {}", table.shape()),
+            ));
+        }
+        let (vocab, dim) = (table.dims()[0], table.dims()[1]);
+        check_ids(OP, "id", ids(idx), vocab)?;
+        let mut out_shape = idx.dims().to_vec();
+        out_shape.push(dim);
+        with_float!(dtype, OP, T => tensor(out_shape, embedding::forward(view::<T>(table), ids(idx), dim)))
+    }
+
+    fn embedding_backward(
+        &self,
+        d_out: &Tensor<Self>,
+        idx: &Tensor<Self>,
+        vocab: usize,
+    ) -> Result<Tensor<Self>> {
+        const OP: &str = "embedding backward";
+        let dtype = shapes::common_float_dtype(OP, &[("d_out", d_out)])?;
+        shapes::require_u32(OP, "ids", idx)?;
+        let (rows, dim) = shapes::matrix(OP, "d_out", d_out)?;
+        if rows != idx.numel() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "`d_out` {} has {rows} rows but there are {} ids",
+                    d_out.shape(),
+                    idx.numel()
+                ),
+            ));
+        }
+        check_ids(OP, "id", ids(idx), vocab)?;
+        with_float!(dtype, OP, T => tensor([vocab, dim], embedding::backward(view::<T>(d_out), ids(idx), vocab, dim)))
+    }
+
+    fn cross_entropy_forward(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        let (dtype, classes) = check_cross_entropy("cross_entropy", logits, labels)?;
+        with_float!(dtype, "cross_entropy", T => {
+            tensor([1], vec![loss::cross_entropy(view::<T>(logits), ids(labels), classes)])
+        })
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        d_loss: &Tensor<Self>,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        const OP: &str = "cross_entropy backward";
+        let (dtype, classes) = check_cross_entropy(OP, logits, labels)?;
+        shapes::common_float_dtype(OP, &[("logits", logits), ("d_loss", d_loss)])?;
+        with_float!(dtype, OP, T => {
+            let g = scalar_value::<T>(OP, d_loss)?;
+            tensor(logits.shape().clone(), loss::cross_entropy_backward(g, view::<T>(logits), ids(labels), classes))
+        })
+    }
+
+    fn mse_forward(&self, pred: &Tensor<Self>, target: &Tensor<Self>) -> Result<Tensor<Self>> {
+        let dtype = check_mse("mse", pred, target)?;
+        with_float!(dtype, "mse", T => tensor([1], vec![loss::mse(view::<T>(pred), view::<T>(target))]))
+    }
+
+    fn mse_backward(
+        &self,
+        d_loss: &Tensor<Self>,
+        pred: &Tensor<Self>,
+        target: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        const OP: &str = "mse backward";
+        let dtype = check_mse(OP, pred, target)?;
+        shapes::common_float_dtype(OP, &[("pred", pred), ("d_loss", d_loss)])?;
+        with_float!(dtype, OP, T => {
+            let g = scalar_value::<T>(OP, d_loss)?;
+            tensor(pred.shape().clone(), loss::mse_backward(g, view::<T>(pred), view::<T>(target)))
+        })
+    }
+
+    fn adamw_step(
+        &self,
+        param: &mut Tensor<Self>,
+        grad: &Tensor<Self>,
+        m: &mut Tensor<Self>,
+        v: &mut Tensor<Self>,
+        step: &AdamWStep,
+    ) -> Result<()> {
+        const OP: &str = "adamw";
+        let dtype = shapes::common_float_dtype(
+            OP,
+            &[("param", param), ("grad", grad), ("m", m), ("v", v)],
+        )?;
+        for (name, t) in [("grad", grad), ("m", &*m), ("v", &*v)] {
+            shapes::require_same_shape(OP, (name, t), ("param", param))?;
+        }
+        check_adamw(step)?;
+        with_float!(dtype, OP, T => {
+            adamw::step(view_mut::<T>(param), view::<T>(grad), view_mut::<T>(m), view_mut::<T>(v), step);
+            Ok(())
+        })
+    }
+}
+
+fn check_cross_entropy(
+    op: &'static str,
+    logits: &Tensor<CpuBackend>,
+    labels: &Tensor<CpuBackend>,
+) -> Result<(DType, usize)> {
+    let dtype = shapes::common_float_dtype(op, &[("logits", logits)])?;
+    shapes::require_u32(op, "labels", labels)?;
+    let (rows, classes) = shapes::matrix(op, "logits", logits)?;
+    if labels.numel() != rows {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{} labels for {rows} rows of logits {}",
+                labels.numel(),
+                logits.shape()
+            ),
+        ));
+    }
+    check_ids(op, "label", ids(labels), classes)?;
+    Ok((dtype, classes))
+}
+
+fn check_mse(
+    op: &'static str,
+    pred: &Tensor<CpuBackend>,
+    target: &Tensor<CpuBackend>,
+) -> Result<DType> {
+    let dtype = shapes::common_float_dtype(op, &[("pred", pred), ("target", target)])?;
+    if pred.numel() != target.numel() || pred.numel() == 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`pred` {} and `target` {} must have the same, non-zero size",
+                pred.shape(),
+                target.shape()
+            ),
+        ));
+    }
+    Ok(dtype)
+}
+
+fn check_adamw(s: &AdamWStep) -> Result<()> {
+    let bad = if !(s.lr >= 0.0 && s.lr.is_finite()) {
+        Some(format!("lr must be ≥ 0 and finite, got {}", s.lr))
+    } else if !(0.0..1.0).contains(&s.beta1) || !(0.0..1.0).contains(&s.beta2) {
+        Some(format!(
+            "betas must be in [0, 1), got ({}, {})",
+            s.beta1, s.beta2
+        ))
+    } else if !(s.eps > 0.0 && s.eps.is_finite()) {
+        Some(format!("eps must be positive and finite, got {}", s.eps))
+    } else if !(s.weight_decay >= 0.0 && s.weight_decay.is_finite()) {
+        Some(format!(
+            "weight_decay must be ≥ 0 and finite, got {}",
+            s.weight_decay
+        ))
+    } else if s.step == 0 || s.step > i32::MAX as u64 {
+        Some(format!("step counts from 1, got {}", s.step))
+    } else {
+        None
+    };
+    match bad {
+        Some(detail) => Err(Error::invalid("adamw", detail)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,394 @@
+//! The backend interface: one method per fused operation of a BERT training step.
+//!
+//! Model and autograd code only ever talk to this trait, so the CPU reference and the CUDA
+//! kernels are interchangeable. Every operation works on 2-D views `[rows, features]` of
+//! contiguous row-major tensors; a batch of sequences is `[batch * seq_len, hidden]`, with the
+//! attention mask `[batch, seq_len]` carrying the batch structure. Backward methods take a
+//! request of which gradients to produce and compute nothing else, which is how frozen weights
+//! cost no weight-gradient GEMM.
+//!
+//! Conventions every backend follows:
+//! - outputs are freshly allocated, never accumulated into inputs (except the explicit in-place
+//!   methods `add_assign`, `scale_in_place` and `adamw_step`);
+//! - all float inputs of one call share one dtype, else [`Error::DType`];
+//! - shapes are validated by [`shapes`] before any work, else [`Error::Shape`];
+//! - reductions are deterministic: the same inputs give the same bits.
+
+pub mod cpu;
+pub mod shapes;
+
+use crate::error::Result;
+use crate::tensor::{DType, Shape, Tensor};
+
+/// A backend's storage for one tensor.
+pub trait DeviceBuffer: Clone + Send + Sync + 'static {
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// Whether the buffer holds no element.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Element type.
+    fn dtype(&self) -> DType;
+}
+
+/// A dropout draw: elements are dropped with probability `p` and survivors scaled by
+/// `1 / (1 - p)`. The mask is a pure function of `(seed, element index)` (see
+/// [`crate::rng`]), so backward regenerates it instead of storing it, and every backend draws
+/// the same mask.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    /// Drop probability in `[0, 1)`.
+    pub p: f64,
+    /// Seed of this draw; use a fresh one per call site and step.
+    pub seed: u64,
+}
+
+/// The LoRA adapter of a linear map: `y += scale · (x_lora · Aᵀ) · Bᵀ`.
+pub struct LoraWeights<'a, B: Backend> {
+    /// `A`: `[r, in]`.
+    pub a: &'a Tensor<B>,
+    /// `B`: `[out, r]`.
+    pub b: &'a Tensor<B>,
+    /// `alpha / r`.
+    pub scale: f64,
+}
+
+/// Output of [`Backend::linear_forward`].
+pub struct LinearOutput<B: Backend> {
+    /// `y = x·Wᵀ + b + scale·h·Bᵀ`: `[rows, out]`.
+    pub y: Tensor<B>,
+    /// `h = x_lora · Aᵀ`: `[rows, r]`, present with LoRA; backward needs it for `dB`.
+    pub h: Option<Tensor<B>>,
+}
+
+/// Which gradients [`Backend::linear_backward`] must produce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinearGradRequest {
+    /// `dX = dY·W` (through the frozen or trained weight only).
+    pub dx: bool,
+    /// `dW = dYᵀ·X`.
+    pub dw: bool,
+    /// `db = Σ_rows dY`.
+    pub db: bool,
+    /// `dA = scale · (dY·B)ᵀ · X_lora`.
+    pub da: bool,
+    /// `dB = scale · dYᵀ · H`.
+    pub db_lora: bool,
+    /// `dX_lora = scale · (dY·B) · A`: the gradient reaching the LoRA input.
+    pub dx_lora: bool,
+}
+
+/// Inputs of [`Backend::linear_backward`]; each is needed only by some gradients (see
+/// [`LinearGradRequest`]) and may be `None` when those are not requested.
+pub struct LinearBackwardInputs<'a, B: Backend> {
+    /// Upstream gradient `[rows, out]`.
+    pub dy: &'a Tensor<B>,
+    /// Forward input, needed for `dW`.
+    pub x: Option<&'a Tensor<B>>,
+    /// Weight `[out, in]`, needed for `dX`.
+    pub w: Option<&'a Tensor<B>>,
+    /// LoRA weights, needed for `dA`, `dX_lora`.
+    pub lora: Option<LoraWeights<'a, B>>,
+    /// LoRA input (the possibly dropped-out `x`), needed for `dA`.
+    pub x_lora: Option<&'a Tensor<B>>,
+    /// `h` from the forward pass, needed for `dB`.
+    pub h: Option<&'a Tensor<B>>,
+}
+
+/// Gradients from [`Backend::linear_backward`]; `None` where not requested.
+pub struct LinearGrads<B: Backend> {
+    /// `[rows, in]`.
+    pub dx: Option<Tensor<B>>,
+    /// `[out, in]`.
+    pub dw: Option<Tensor<B>>,
+    /// `[out]`.
+    pub db: Option<Tensor<B>>,
+    /// `[r, in]`.
+    pub da: Option<Tensor<B>>,
+    /// `[out, r]`.
+    pub db_lora: Option<Tensor<B>>,
+    /// `[rows, in]`.
+    pub dx_lora: Option<Tensor<B>>,
+}
+
+/// Output of [`Backend::layernorm_forward`].
+pub struct LayerNormOutput<B: Backend> {
+    /// Normalized, scaled and shifted rows.
+    pub y: Tensor<B>,
+    /// Per-row mean `[rows]`.
+    pub mean: Tensor<B>,
+    /// Per-row `1 / sqrt(var + eps)` `[rows]`.
+    pub rstd: Tensor<B>,
+}
+
+/// Which gradients [`Backend::layernorm_backward`] must produce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerNormGradRequest {
+    /// Gradient of the input.
+    pub dx: bool,
+    /// Gradient of the scale γ.
+    pub dgamma: bool,
+    /// Gradient of the shift β (needs nothing saved: `Σ_rows dY`).
+    pub dbeta: bool,
+}
+
+/// Gradients from [`Backend::layernorm_backward`].
+pub struct LayerNormGrads<B: Backend> {
+    /// `[rows, n]`.
+    pub dx: Option<Tensor<B>>,
+    /// `[n]`.
+    pub dgamma: Option<Tensor<B>>,
+    /// `[n]`.
+    pub dbeta: Option<Tensor<B>>,
+}
+
+/// Settings of multi-head self-attention.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionConfig {
+    /// Number of heads; the hidden size must divide by it.
+    pub heads: usize,
+    /// Factor on `q·kᵀ`, usually `1 / sqrt(head_dim)`.
+    pub scale: f64,
+    /// Dropout on the attention probabilities (training only).
+    pub dropout: Option<Dropout>,
+}
+
+/// Output of [`Backend::attention_forward`].
+pub struct AttentionOutput<B: Backend> {
+    /// Context `[batch * seq, hidden]`.
+    pub out: Tensor<B>,
+    /// Log-sum-exp of each score row `[batch, heads, seq]`: backward recomputes the
+    /// probabilities from it instead of storing `[batch, heads, seq, seq]`.
+    pub lse: Tensor<B>,
+}
+
+/// Which gradients [`Backend::attention_backward`] must produce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttentionGradRequest {
+    /// Gradient of the queries.
+    pub dq: bool,
+    /// Gradient of the keys.
+    pub dk: bool,
+    /// Gradient of the values.
+    pub dv: bool,
+}
+
+/// Gradients from [`Backend::attention_backward`].
+pub struct AttentionGrads<B: Backend> {
+    /// `[batch * seq, hidden]`.
+    pub dq: Option<Tensor<B>>,
+    /// `[batch * seq, hidden]`.
+    pub dk: Option<Tensor<B>>,
+    /// `[batch * seq, hidden]`.
+    pub dv: Option<Tensor<B>>,
+}
+
+/// Hyper-parameters of one AdamW step (PyTorch's `torch.optim.AdamW` semantics).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate of this step (after any schedule).
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Decoupled weight decay: `p -= lr · wd · p` before the Adam update.
+    pub weight_decay: f64,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+}
+
+/// A compute backend. See the module documentation for the conventions.
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// Storage of one tensor.
+    type Buffer: DeviceBuffer;
+
+    /// A short name for messages and benchmarks (`cpu`, `cuda:0`).
+    fn name(&self) -> String;
+
+    /// The float dtype this backend creates tensors in.
+    fn float_dtype(&self) -> DType;
+
+    // ---- host transfer -------------------------------------------------------------------
+
+    /// A float tensor in [`Backend::float_dtype`] from host values.
+    fn tensor_from_f64(&self, shape: Shape, data: &[f64]) -> Result<Tensor<Self>>;
+    /// A `U32` tensor (ids, labels, masks) from host values.
+    fn tensor_from_u32(&self, shape: Shape, data: &[u32]) -> Result<Tensor<Self>>;
+    /// A float tensor of zeros.
+    fn zeros(&self, shape: Shape) -> Result<Tensor<Self>>;
+    /// Copies a float tensor to the host as f64.
+    fn to_f64(&self, t: &Tensor<Self>) -> Result<Vec<f64>>;
+    /// Copies a `U32` tensor to the host.
+    fn to_u32(&self, t: &Tensor<Self>) -> Result<Vec<u32>>;
+
+    // ---- linear (+ fused LoRA) ----------------------------------------------------------
+
+    /// `y = x·Wᵀ + b + scale·(x_lora·Aᵀ)·Bᵀ`; `x: [rows, in]`, `w: [out, in]`, `b: [out]`.
+    /// `x_lora` defaults to `x` (it differs when LoRA dropout is on).
+    fn linear_forward(
+        &self,
+        x: &Tensor<Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        lora: Option<LoraWeights<'_, Self>>,
+        x_lora: Option<&Tensor<Self>>,
+    ) -> Result<LinearOutput<Self>>;
+
+    /// The requested gradients of [`Backend::linear_forward`].
+    fn linear_backward(
+        &self,
+        inputs: LinearBackwardInputs<'_, Self>,
+        want: LinearGradRequest,
+    ) -> Result<LinearGrads<Self>>;
+
+    // ---- layernorm -----------------------------------------------------------------------
+
+    /// Layernorm over the last dimension.
+    fn layernorm_forward(
+        &self,
+        x: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+        eps: f64,
+    ) -> Result<LayerNormOutput<Self>>;
+
+    /// The requested gradients of [`Backend::layernorm_forward`]. `x`, `mean`, `rstd` are
+    /// needed for `dx`/`dgamma`, `gamma` for `dx`; pass `None` otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        dy: &Tensor<Self>,
+        x: Option<&Tensor<Self>>,
+        mean: Option<&Tensor<Self>>,
+        rstd: Option<&Tensor<Self>>,
+        gamma: Option<&Tensor<Self>>,
+        want: LayerNormGradRequest,
+    ) -> Result<LayerNormGrads<Self>>;
+
+    // ---- attention -----------------------------------------------------------------------
+
+    /// Multi-head self-attention `softmax(scale·q·kᵀ + mask)·v` per head. `q, k, v:
+    /// [batch*seq, hidden]`, `mask: [batch, seq]` `U32`, nonzero where a key may be attended.
+    /// A query whose keys are all masked gets a zero context.
+    fn attention_forward(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        config: &AttentionConfig,
+    ) -> Result<AttentionOutput<Self>>;
+
+    /// The requested gradients of [`Backend::attention_forward`]; probabilities are
+    /// recomputed from `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        d_out: &Tensor<Self>,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        lse: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        config: &AttentionConfig,
+        want: AttentionGradRequest,
+    ) -> Result<AttentionGrads<Self>>;
+
+    // ---- elementwise ---------------------------------------------------------------------
+
+    /// GELU, erf form: `x · Φ(x)`.
+    fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// `dy · GELU'(x)`.
+    fn gelu_backward(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// `tanh(x)`.
+    fn tanh_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// `dy · (1 − y²)` from the forward output `y`.
+    fn tanh_backward(&self, dy: &Tensor<Self>, y: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// `a + b` (same shape): the residual connection.
+    fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// `acc += x` in place: gradient accumulation.
+    fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()>;
+    /// `t *= s` in place: gradient clipping.
+    fn scale_in_place(&self, t: &mut Tensor<Self>, s: f64) -> Result<()>;
+    /// `Σ t²`, accumulated in f64: gradient norms.
+    fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64>;
+    /// `x ∘ mask / (1 − p)`. The same call is its own backward: apply it to `dy` with the
+    /// same [`Dropout`] and shape.
+    fn dropout(&self, x: &Tensor<Self>, dropout: Dropout) -> Result<Tensor<Self>>;
+
+    // ---- embeddings ----------------------------------------------------------------------
+
+    /// `out[i] = table[ids[i]]`: `table: [vocab, dim]`, `ids: [n]` `U32` → `[n, dim]`.
+    fn embedding_forward(&self, table: &Tensor<Self>, ids: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// Scatter-add of `d_out` rows into a `[vocab, dim]` gradient, in a fixed order.
+    fn embedding_backward(
+        &self,
+        d_out: &Tensor<Self>,
+        ids: &Tensor<Self>,
+        vocab: usize,
+    ) -> Result<Tensor<Self>>;
+
+    // ---- losses --------------------------------------------------------------------------
+
+    /// Mean softmax cross-entropy: `logits: [n, classes]`, `labels: [n]` `U32` → `[1]`.
+    fn cross_entropy_forward(
+        &self,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
+    /// `d_loss: [1]` → `d_logits`.
+    fn cross_entropy_backward(
+        &self,
+        d_loss: &Tensor<Self>,
+        logits: &Tensor<Self>,
+        labels: &Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
+    /// Mean squared error of `pred` against float `target` (same element count) → `[1]`.
+    fn mse_forward(&self, pred: &Tensor<Self>, target: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// `d_loss: [1]` → `d_pred`.
+    fn mse_backward(
+        &self,
+        d_loss: &Tensor<Self>,
+        pred: &Tensor<Self>,
+        target: &Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
+
+    // ---- optimizer -----------------------------------------------------------------------
+
+    /// One fused AdamW update of `param` and its moments `m`, `v` in place.
+    fn adamw_step(
+        &self,
+        param: &mut Tensor<Self>,
+        grad: &Tensor<Self>,
+        m: &mut Tensor<Self>,
+        v: &mut Tensor<Self>,
+        step: &AdamWStep,
+    ) -> Result<()>;
+}
+
+macro_rules! impl_empty_default {
+    ($($t:ident { $($f:ident),* }),*) => {$(
+        impl<B: Backend> Default for $t<B> {
+            fn default() -> Self {
+                $t { $($f: None),* }
+            }
+        }
+    )*};
+}
+
+impl_empty_default!(
+    LinearGrads {
+        dx,
+        dw,
+        db,
+        da,
+        db_lora,
+        dx_lora
+    },
+    LayerNormGrads { dx, dgamma, dbeta },
+    AttentionGrads { dq, dk, dv }
+);

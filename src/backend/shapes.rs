@@ -1,0 +1,249 @@
+//! Argument validation shared by every backend, so the CPU reference and the CUDA kernels
+//! accept and reject exactly the same inputs, with the same messages.
+
+use super::{AttentionConfig, Backend, Dropout, LoraWeights};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// Checks that all named tensors hold the same float dtype and returns it.
+pub fn common_float_dtype<B: Backend>(
+    op: &'static str,
+    tensors: &[(&str, &Tensor<B>)],
+) -> Result<DType> {
+    let (first_name, first) = tensors[0];
+    let dtype = first.dtype();
+    if !dtype.is_float() {
+        return Err(Error::dtype(
+            op,
+            format!("`{first_name}` must be a float tensor, got {dtype}"),
+        ));
+    }
+    for (name, t) in &tensors[1..] {
+        if t.dtype() != dtype {
+            return Err(Error::dtype(
+                op,
+                format!("`{name}` is {} but `{first_name}` is {dtype}", t.dtype()),
+            ));
+        }
+    }
+    Ok(dtype)
+}
+
+/// Checks that `t` holds `U32` indices.
+pub fn require_u32<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) -> Result<()> {
+    if t.dtype() != DType::U32 {
+        return Err(Error::dtype(
+            op,
+            format!("`{name}` must be u32, got {}", t.dtype()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `t` has exactly `dims`.
+pub fn require_dims<B: Backend>(
+    op: &'static str,
+    name: &str,
+    t: &Tensor<B>,
+    dims: &[usize],
+) -> Result<()> {
+    if t.dims() != dims {
+        return Err(Error::shape(
+            op,
+            format!("`{name}` has shape {} but must be {dims:?}", t.shape()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that two tensors have the same shape.
+pub fn require_same_shape<B: Backend>(
+    op: &'static str,
+    (a_name, a): (&str, &Tensor<B>),
+    (b_name, b): (&str, &Tensor<B>),
+) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`{a_name}` {} and `{b_name}` {} must have the same shape",
+                a.shape(),
+                b.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a non-empty tensor of rank ≥ 1 and returns its 2-D view `(rows, cols)`.
+pub fn matrix<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) -> Result<(usize, usize)> {
+    if t.shape().rank() == 0 || t.numel() == 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`{name}` must be a non-empty tensor of rank ≥ 1, got {}",
+                t.shape()
+            ),
+        ));
+    }
+    Ok((t.shape().rows(), t.shape().last_dim()))
+}
+
+/// Validates a dropout draw.
+pub fn dropout(op: &'static str, d: &Dropout) -> Result<()> {
+    if !(0.0..1.0).contains(&d.p) {
+        return Err(Error::invalid(
+            op,
+            format!("dropout probability must be in [0, 1), got {}", d.p),
+        ));
+    }
+    Ok(())
+}
+
+/// Sizes of a linear map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearDims {
+    /// Rows of `x`.
+    pub rows: usize,
+    /// Input features.
+    pub input: usize,
+    /// Output features.
+    pub output: usize,
+    /// LoRA rank (0 without LoRA).
+    pub rank: usize,
+}
+
+/// Validates the operands of a linear map and returns its sizes.
+pub fn linear<B: Backend>(
+    x: &Tensor<B>,
+    w: &Tensor<B>,
+    bias: Option<&Tensor<B>>,
+    lora: Option<&LoraWeights<'_, B>>,
+    x_lora: Option<&Tensor<B>>,
+) -> Result<LinearDims> {
+    const OP: &str = "linear";
+    let mut all = vec![("x", x), ("weight", w)];
+    if let Some(b) = bias {
+        all.push(("bias", b));
+    }
+    if let Some(l) = lora {
+        all.push(("lora_A", l.a));
+        all.push(("lora_B", l.b));
+    }
+    if let Some(xl) = x_lora {
+        all.push(("x_lora", xl));
+    }
+    common_float_dtype(OP, &all)?;
+    let (rows, input) = matrix(OP, "x", x)?;
+    if w.shape().rank() != 2 || w.dims()[1] != input {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "`weight` has shape {} but `x` has {input} features: weight must be [out, {input}]",
+                w.shape()
+            ),
+        ));
+    }
+    let output = w.dims()[0];
+    if let Some(b) = bias {
+        require_dims(OP, "bias", b, &[output])?;
+    }
+    let mut rank = 0;
+    if let Some(l) = lora {
+        if l.a.shape().rank() != 2 || l.a.dims()[0] == 0 || l.a.dims()[1] != input {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "`lora_A` has shape {} but must be [r, {input}] with r ≥ 1",
+                    l.a.shape()
+                ),
+            ));
+        }
+        rank = l.a.dims()[0];
+        require_dims(OP, "lora_B", l.b, &[output, rank])?;
+        if !l.scale.is_finite() {
+            return Err(Error::invalid(
+                OP,
+                format!("LoRA scale must be finite, got {}", l.scale),
+            ));
+        }
+    }
+    if let Some(xl) = x_lora {
+        require_same_shape(OP, ("x_lora", xl), ("x", x))?;
+    }
+    Ok(LinearDims {
+        rows,
+        input,
+        output,
+        rank,
+    })
+}
+
+/// Sizes of an attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Tokens per sequence (padded).
+    pub seq: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+}
+
+impl AttentionDims {
+    /// `heads * head_dim`.
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// Validates the operands of self-attention and returns its sizes.
+pub fn attention<B: Backend>(
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+    v: &Tensor<B>,
+    mask: &Tensor<B>,
+    config: &AttentionConfig,
+) -> Result<AttentionDims> {
+    const OP: &str = "attention";
+    common_float_dtype(OP, &[("q", q), ("k", k), ("v", v)])?;
+    require_u32(OP, "mask", mask)?;
+    let (rows, hidden) = matrix(OP, "q", q)?;
+    require_same_shape(OP, ("k", k), ("q", q))?;
+    require_same_shape(OP, ("v", v), ("q", q))?;
+    if mask.shape().rank() != 2 || mask.numel() != rows {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "`mask` has shape {} but must be [batch, seq] with batch·seq = {rows} rows of q",
+                mask.shape()
+            ),
+        ));
+    }
+    if config.heads == 0 || hidden % config.heads != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "hidden size {hidden} is not divisible by {} heads",
+                config.heads
+            ),
+        ));
+    }
+    if !config.scale.is_finite() {
+        return Err(Error::invalid(
+            OP,
+            format!("scale must be finite, got {}", config.scale),
+        ));
+    }
+    if let Some(d) = &config.dropout {
+        dropout(OP, d)?;
+    }
+    Ok(AttentionDims {
+        batch: mask.dims()[0],
+        seq: mask.dims()[1],
+        heads: config.heads,
+        head_dim: hidden / config.heads,
+    })
+}

@@ -1,0 +1,100 @@
+//! The one error type of the library: every failure a caller can cause comes back as a value.
+
+use std::path::PathBuf;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in spafit. Each variant names the operation (or file) and
+/// the offending tensor so a message alone is enough to find the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Tensor shapes do not fit the operation.
+    #[error("{op}: shape mismatch: {detail}")]
+    Shape {
+        /// The operation that rejected its inputs.
+        op: &'static str,
+        /// Which tensor and which dimensions.
+        detail: String,
+    },
+    /// Tensors of different element types, or a type the operation does not accept.
+    #[error("{op}: dtype mismatch: {detail}")]
+    DType {
+        /// The operation that rejected its inputs.
+        op: &'static str,
+        /// Which tensor and which dtypes.
+        detail: String,
+    },
+    /// An argument outside its valid range (probability, epsilon, head count...).
+    #[error("{op}: invalid argument: {detail}")]
+    InvalidArgument {
+        /// The operation that rejected its arguments.
+        op: &'static str,
+        /// Which argument and why.
+        detail: String,
+    },
+    /// An index (token id, label) outside the range of the tensor it indexes.
+    #[error("{op}: {what} {index} at position {position} is out of range (must be < {limit})")]
+    IndexOutOfRange {
+        /// The operation that found it.
+        op: &'static str,
+        /// What the index is (token id, label).
+        what: &'static str,
+        /// The bad index value.
+        index: u64,
+        /// Its flat position in the index tensor.
+        position: usize,
+        /// The exclusive upper bound.
+        limit: usize,
+    },
+    /// Misuse of the autograd tape (a variable from another tape, backward on a non-scalar...).
+    #[error("autograd: {0}")]
+    Autograd(String),
+    /// A backend that cannot run here (no driver, not built, no device).
+    #[error("backend {backend} is unavailable: {reason}")]
+    BackendUnavailable {
+        /// The backend asked for.
+        backend: String,
+        /// Why it cannot run and what to do about it.
+        reason: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A file was read but its content is not what it must be.
+    #[error("{path}: {detail}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor or field.
+        detail: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn dtype(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::DType {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            op,
+            detail: detail.into(),
+        }
+    }
+}

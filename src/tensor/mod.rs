@@ -1,0 +1,111 @@
+//! Tensors: a shape, a dtype and a reference-counted buffer owned by a backend.
+//!
+//! Tensors are immutable values that share their buffer on clone, which is what lets the
+//! autograd tape keep an activation without copying it. In-place updates (optimizer steps,
+//! gradient accumulation) go through [`Tensor::buffer_mut`], which copies only when the
+//! buffer is shared.
+
+mod dtype;
+mod shape;
+
+pub use dtype::DType;
+pub use shape::Shape;
+
+use std::sync::Arc;
+
+use crate::backend::{Backend, DeviceBuffer};
+use crate::error::{Error, Result};
+
+/// A tensor living on backend `B`.
+pub struct Tensor<B: Backend> {
+    shape: Shape,
+    buf: Arc<B::Buffer>,
+}
+
+impl<B: Backend> Clone for Tensor<B> {
+    fn clone(&self) -> Self {
+        Tensor {
+            shape: self.shape.clone(),
+            buf: Arc::clone(&self.buf),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Tensor<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({}, {})", self.shape, self.dtype())
+    }
+}
+
+impl<B: Backend> Tensor<B> {
+    /// Wraps a backend buffer. Fails when the buffer's length is not the shape's size.
+    pub fn from_buffer(shape: impl Into<Shape>, buf: B::Buffer) -> Result<Self> {
+        let shape = shape.into();
+        if buf.len() != shape.numel() {
+            return Err(Error::shape(
+                "tensor",
+                format!("buffer of {} elements cannot have shape {shape}", buf.len()),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            buf: Arc::new(buf),
+        })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The dimensions.
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.buf.dtype()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+
+    /// Bytes held by the buffer.
+    pub fn size_in_bytes(&self) -> usize {
+        self.numel() * self.dtype().size_in_bytes()
+    }
+
+    /// The backend buffer.
+    pub fn buffer(&self) -> &B::Buffer {
+        &self.buf
+    }
+
+    /// Mutable access to the buffer; copies it first if another tensor shares it.
+    pub fn buffer_mut(&mut self) -> &mut B::Buffer {
+        Arc::make_mut(&mut self.buf)
+    }
+
+    /// The same data under another shape with the same element count (no copy).
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Self> {
+        let shape = shape.into();
+        if shape.numel() != self.numel() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot view {} as {shape}", self.shape),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            buf: Arc::clone(&self.buf),
+        })
+    }
+
+    /// An identity for the buffer, equal for tensors that share storage. The tape uses it to
+    /// count an activation saved by several nodes once.
+    pub fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.buf) as *const u8 as usize
+    }
+}
