@@ -3,6 +3,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod error;
+pub mod nn;
 pub mod rng;
 pub mod tensor;
 

@@ -1,0 +1,62 @@
+use crate::backend::Dropout;
+use crate::rng;
+
+/// Dropout probabilities of a forward pass and a fresh seed for every call site.
+///
+/// Seeds derive from `(seed, call index)`, so the same plan replayed gives the same masks:
+/// a training step is reproducible, and a finite-difference check can rerun it exactly.
+#[derive(Clone, Debug)]
+pub struct DropoutPlan {
+    /// On hidden states (BERT's `hidden_dropout_prob`).
+    pub hidden: f64,
+    /// On attention probabilities (`attention_probs_dropout_prob`).
+    pub attention: f64,
+    /// On LoRA inputs (PEFT's `lora_dropout`).
+    pub lora: f64,
+    seed: u64,
+    calls: u64,
+}
+
+impl DropoutPlan {
+    /// Evaluation: no dropout anywhere.
+    pub fn eval() -> Self {
+        DropoutPlan::train(0.0, 0.0, 0.0, 0)
+    }
+
+    /// Training with the given probabilities and step seed.
+    pub fn train(hidden: f64, attention: f64, lora: f64, seed: u64) -> Self {
+        DropoutPlan {
+            hidden,
+            attention,
+            lora,
+            seed,
+            calls: 0,
+        }
+    }
+
+    fn draw(&mut self, p: f64) -> Option<Dropout> {
+        if p == 0.0 {
+            return None;
+        }
+        self.calls += 1;
+        Some(Dropout {
+            p,
+            seed: rng::mix(self.seed, self.calls),
+        })
+    }
+
+    /// The next hidden-state dropout, `None` when off.
+    pub fn next_hidden(&mut self) -> Option<Dropout> {
+        self.draw(self.hidden)
+    }
+
+    /// The next attention-probability dropout.
+    pub fn next_attention(&mut self) -> Option<Dropout> {
+        self.draw(self.attention)
+    }
+
+    /// The next LoRA-input dropout.
+    pub fn next_lora(&mut self) -> Option<Dropout> {
+        self.draw(self.lora)
+    }
+}

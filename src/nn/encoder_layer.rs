@@ -1,0 +1,222 @@
+use super::{DropoutPlan, LayerNorm, Linear, LoraConfig, LoraTarget, Param, Stratum};
+use crate::autograd::{Tape, Var};
+use crate::backend::{AttentionConfig, Backend};
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Tensor};
+
+/// Sizes of a BERT encoder layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EncoderLayerConfig {
+    /// Hidden size.
+    pub hidden: usize,
+    /// Attention heads (must divide `hidden`).
+    pub heads: usize,
+    /// FFN inner size.
+    pub intermediate: usize,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+}
+
+/// One post-LN BERT layer:
+/// `h = LN(x + drop(O(attn(Q x, K x, V x))))`, `y = LN(h + drop(W2 · gelu(W1 h)))`.
+/// Parameter names follow Hugging Face under `prefix` (e.g. `encoder.layer.3`).
+pub struct EncoderLayer<B: Backend> {
+    /// Sizes.
+    pub config: EncoderLayerConfig,
+    /// `attention.self.query`.
+    pub query: Linear<B>,
+    /// `attention.self.key`.
+    pub key: Linear<B>,
+    /// `attention.self.value`.
+    pub value: Linear<B>,
+    /// `attention.output.dense`.
+    pub attention_output: Linear<B>,
+    /// `attention.output.LayerNorm`.
+    pub attention_norm: LayerNorm<B>,
+    /// `intermediate.dense`.
+    pub intermediate: Linear<B>,
+    /// `output.dense`.
+    pub output: Linear<B>,
+    /// `output.LayerNorm`.
+    pub output_norm: LayerNorm<B>,
+    stratum: Stratum,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    /// Builds a frozen layer, asking `tensor(name, shape)` for each Hugging Face tensor.
+    pub fn load(
+        prefix: &str,
+        config: EncoderLayerConfig,
+        mut tensor: impl FnMut(&str, Shape) -> Result<Tensor<B>>,
+    ) -> Result<Self> {
+        let (h, i) = (config.hidden, config.intermediate);
+        if config.heads == 0 || h % config.heads != 0 {
+            return Err(Error::invalid(
+                "encoder layer",
+                format!("hidden size {h} is not divisible by {} heads", config.heads),
+            ));
+        }
+        let mut linear = |module: &str, out: usize, inp: usize| -> Result<Linear<B>> {
+            let name = format!("{prefix}.{module}");
+            let w = tensor(&format!("{name}.weight"), Shape::new([out, inp]))?;
+            let b = tensor(&format!("{name}.bias"), Shape::new([out]))?;
+            Ok(Linear::new(&name, w, b))
+        };
+        let query = linear("attention.self.query", h, h)?;
+        let key = linear("attention.self.key", h, h)?;
+        let value = linear("attention.self.value", h, h)?;
+        let attention_output = linear("attention.output.dense", h, h)?;
+        let intermediate = linear("intermediate.dense", i, h)?;
+        let output = linear("output.dense", h, i)?;
+        let mut norm = |module: &str| -> Result<LayerNorm<B>> {
+            let name = format!("{prefix}.{module}");
+            let g = tensor(&format!("{name}.weight"), Shape::new([h]))?;
+            let b = tensor(&format!("{name}.bias"), Shape::new([h]))?;
+            Ok(LayerNorm::new(&name, g, b, config.layer_norm_eps))
+        };
+        let attention_norm = norm("attention.output.LayerNorm")?;
+        let output_norm = norm("output.LayerNorm")?;
+        Ok(EncoderLayer {
+            config,
+            query,
+            key,
+            value,
+            attention_output,
+            attention_norm,
+            intermediate,
+            output,
+            output_norm,
+            stratum: Stratum::Frozen,
+        })
+    }
+
+    /// The layer's stratum.
+    pub fn stratum(&self) -> Stratum {
+        self.stratum
+    }
+
+    /// The linear map a LoRA target names.
+    pub fn linear(&self, target: LoraTarget) -> &Linear<B> {
+        match target {
+            LoraTarget::Query => &self.query,
+            LoraTarget::Key => &self.key,
+            LoraTarget::Value => &self.value,
+            LoraTarget::AttentionOutput => &self.attention_output,
+            LoraTarget::Intermediate => &self.intermediate,
+            LoraTarget::Output => &self.output,
+        }
+    }
+
+    fn linear_mut(&mut self, target: LoraTarget) -> &mut Linear<B> {
+        match target {
+            LoraTarget::Query => &mut self.query,
+            LoraTarget::Key => &mut self.key,
+            LoraTarget::Value => &mut self.value,
+            LoraTarget::AttentionOutput => &mut self.attention_output,
+            LoraTarget::Intermediate => &mut self.intermediate,
+            LoraTarget::Output => &mut self.output,
+        }
+    }
+
+    /// Puts the layer in `stratum`: sets which tensors train and, for LoRA strata, attaches
+    /// adapters to `lora.targets` with `A`, `B` from `init(name, shape)` (removing any
+    /// others).
+    pub fn set_stratum(
+        &mut self,
+        stratum: Stratum,
+        lora: Option<&LoraConfig>,
+        mut init: impl FnMut(&str, Shape) -> Result<Tensor<B>>,
+    ) -> Result<()> {
+        for target in LoraTarget::ALL {
+            self.linear_mut(target).lora = None;
+        }
+        if stratum.has_lora() {
+            let cfg = lora.ok_or_else(|| {
+                Error::invalid("stratum", format!("{stratum:?} needs a LoRA configuration"))
+            })?;
+            cfg.validate()?;
+            for &target in &cfg.targets {
+                let lin = self.linear_mut(target);
+                let (out, inp) = lin.out_in();
+                let prefix = lin.prefix.clone();
+                let a = init(
+                    &format!("{prefix}.lora_A.weight"),
+                    Shape::new([cfg.rank, inp]),
+                )?;
+                let b = init(
+                    &format!("{prefix}.lora_B.weight"),
+                    Shape::new([out, cfg.rank]),
+                )?;
+                lin.attach_lora(a, b, cfg.scale());
+            }
+        }
+        for target in LoraTarget::ALL {
+            let lin = self.linear_mut(target);
+            lin.weight.trainable = stratum.trains_weights();
+            lin.bias.trainable = stratum.trains_biases();
+        }
+        for norm in [&mut self.attention_norm, &mut self.output_norm] {
+            norm.weight.trainable = stratum.trains_weights();
+            norm.bias.trainable = stratum.trains_biases();
+        }
+        self.stratum = stratum;
+        Ok(())
+    }
+
+    /// The layer on the tape; `x` is `[batch·seq, hidden]`, `mask` `[batch, seq]`.
+    pub fn forward(
+        &self,
+        tape: &mut Tape<B>,
+        x: &Var<B>,
+        mask: &Tensor<B>,
+        dropouts: &mut DropoutPlan,
+    ) -> Result<Var<B>> {
+        let q = self.query.forward(tape, x, dropouts)?;
+        let k = self.key.forward(tape, x, dropouts)?;
+        let v = self.value.forward(tape, x, dropouts)?;
+        let head_dim = self.config.hidden / self.config.heads;
+        let attention = AttentionConfig {
+            heads: self.config.heads,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            dropout: dropouts.next_attention(),
+        };
+        let context = tape.attention(&q, &k, &v, mask, attention)?;
+        let a = self.attention_output.forward(tape, &context, dropouts)?;
+        let a = tape.dropout(&a, dropouts.next_hidden())?;
+        let a = tape.add(&a, x)?;
+        let h = self.attention_norm.forward(tape, &a)?;
+        let f = self.intermediate.forward(tape, &h, dropouts)?;
+        let f = tape.gelu(&f)?;
+        let f = self.output.forward(tape, &f, dropouts)?;
+        let f = tape.dropout(&f, dropouts.next_hidden())?;
+        let f = tape.add(&f, &h)?;
+        self.output_norm.forward(tape, &f)
+    }
+
+    /// Every parameter of the layer, adapters included.
+    pub fn params(&self) -> Vec<&Param<B>> {
+        let mut v = Vec::new();
+        for target in LoraTarget::ALL {
+            v.extend(self.linear(target).params());
+        }
+        for norm in [&self.attention_norm, &self.output_norm] {
+            v.extend([&norm.weight, &norm.bias]);
+        }
+        v
+    }
+
+    /// Every parameter, mutably (for optimizer updates).
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut v = Vec::new();
+        v.extend(self.query.params_mut());
+        v.extend(self.key.params_mut());
+        v.extend(self.value.params_mut());
+        v.extend(self.attention_output.params_mut());
+        v.extend(self.intermediate.params_mut());
+        v.extend(self.output.params_mut());
+        for norm in [&mut self.attention_norm, &mut self.output_norm] {
+            v.extend([&mut norm.weight, &mut norm.bias]);
+        }
+        v
+    }
+}

@@ -1,0 +1,98 @@
+use super::{DropoutPlan, Param};
+use crate::autograd::{LoraVars, Tape, Var};
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// A LoRA adapter: `A` `[r, in]`, `B` `[out, r]`, scale `alpha / r`.
+pub struct LoraAdapter<B: Backend> {
+    /// `…lora_A.weight`.
+    pub a: Param<B>,
+    /// `…lora_B.weight`.
+    pub b: Param<B>,
+    /// `alpha / r`.
+    pub scale: f64,
+}
+
+/// A linear map with bias (`prefix.weight` `[out, in]`, `prefix.bias` `[out]`) and an
+/// optional LoRA adapter.
+pub struct Linear<B: Backend> {
+    /// The module path, e.g. `encoder.layer.0.attention.self.query`.
+    pub prefix: String,
+    /// `[out, in]`.
+    pub weight: Param<B>,
+    /// `[out]`.
+    pub bias: Param<B>,
+    /// Present on LoRA targets.
+    pub lora: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// A frozen linear map under `prefix`.
+    pub fn new(prefix: &str, weight: Tensor<B>, bias: Tensor<B>) -> Self {
+        Linear {
+            prefix: prefix.to_string(),
+            weight: Param::new(format!("{prefix}.weight"), weight, false),
+            bias: Param::new(format!("{prefix}.bias"), bias, false),
+            lora: None,
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn out_in(&self) -> (usize, usize) {
+        let d = self.weight.value.dims();
+        (d[0], d[1])
+    }
+
+    /// Adds a trainable adapter from the given `A` and `B`, named as PEFT names them.
+    pub fn attach_lora(&mut self, a: Tensor<B>, b: Tensor<B>, scale: f64) {
+        let p = &self.prefix;
+        self.lora = Some(LoraAdapter {
+            a: Param::new(format!("{p}.lora_A.weight"), a, true),
+            b: Param::new(format!("{p}.lora_B.weight"), b, true),
+            scale,
+        });
+    }
+
+    /// `x·Wᵀ + b (+ LoRA)` on the tape.
+    pub fn forward(
+        &self,
+        tape: &mut Tape<B>,
+        x: &Var<B>,
+        dropouts: &mut DropoutPlan,
+    ) -> Result<Var<B>> {
+        let w = self.weight.var(tape);
+        let b = self.bias.var(tape);
+        match &self.lora {
+            None => tape.linear(x, &w, Some(&b), None),
+            Some(l) => {
+                let (a, bl) = (l.a.var(tape), l.b.var(tape));
+                let lora = LoraVars {
+                    a: &a,
+                    b: &bl,
+                    scale: l.scale,
+                    dropout: dropouts.next_lora(),
+                };
+                tape.linear(x, &w, Some(&b), Some(lora))
+            }
+        }
+    }
+
+    /// Every parameter, adapter included.
+    pub fn params(&self) -> Vec<&Param<B>> {
+        let mut v = vec![&self.weight, &self.bias];
+        if let Some(l) = &self.lora {
+            v.extend([&l.a, &l.b]);
+        }
+        v
+    }
+
+    /// Every parameter, mutably.
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut v = vec![&mut self.weight, &mut self.bias];
+        if let Some(l) = &mut self.lora {
+            v.extend([&mut l.a, &mut l.b]);
+        }
+        v
+    }
+}

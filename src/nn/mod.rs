@@ -1,0 +1,17 @@
+//! Building blocks of a BERT encoder on the tape: parameters with Hugging Face names,
+//! linear maps with optional LoRA adapters, layernorm, the post-LN encoder layer, and the
+//! stratum that decides which of a layer's tensors train.
+
+mod dropout_plan;
+mod encoder_layer;
+mod layer_norm;
+mod linear;
+mod param;
+mod stratum;
+
+pub use dropout_plan::DropoutPlan;
+pub use encoder_layer::{EncoderLayer, EncoderLayerConfig};
+pub use layer_norm::LayerNorm;
+pub use linear::{Linear, LoraAdapter};
+pub use param::Param;
+pub use stratum::{LoraConfig, LoraTarget, Stratum};

@@ -1,0 +1,149 @@
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// How one encoder layer trains (SPAFIT's strata, plus full fine-tuning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stratum {
+    /// Nothing trains.
+    Frozen,
+    /// Every bias trains (attention q/k/v/output, FFN in/out, both LayerNorm biases).
+    BiasOnly,
+    /// LoRA adapters on the chosen linear maps, plus every bias.
+    LoraAndBias,
+    /// LoRA adapters only, biases frozen (plain LoRA).
+    LoraOnly,
+    /// Every tensor trains.
+    Full,
+}
+
+impl Stratum {
+    /// Whether linear and LayerNorm biases train.
+    pub fn trains_biases(self) -> bool {
+        matches!(
+            self,
+            Stratum::BiasOnly | Stratum::LoraAndBias | Stratum::Full
+        )
+    }
+
+    /// Whether weight matrices and LayerNorm scales train.
+    pub fn trains_weights(self) -> bool {
+        self == Stratum::Full
+    }
+
+    /// Whether the layer carries LoRA adapters.
+    pub fn has_lora(self) -> bool {
+        matches!(self, Stratum::LoraAndBias | Stratum::LoraOnly)
+    }
+}
+
+/// A linear map of an encoder layer that can carry a LoRA adapter, named as Hugging Face
+/// names the module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LoraTarget {
+    /// `attention.self.query`
+    Query,
+    /// `attention.self.key`
+    Key,
+    /// `attention.self.value`
+    Value,
+    /// `attention.output.dense`
+    AttentionOutput,
+    /// `intermediate.dense`
+    Intermediate,
+    /// `output.dense`
+    Output,
+}
+
+impl LoraTarget {
+    /// All six linear maps of a layer.
+    pub const ALL: [LoraTarget; 6] = [
+        LoraTarget::Query,
+        LoraTarget::Key,
+        LoraTarget::Value,
+        LoraTarget::AttentionOutput,
+        LoraTarget::Intermediate,
+        LoraTarget::Output,
+    ];
+
+    /// The module path inside a layer, as Hugging Face names it.
+    pub fn module(self) -> &'static str {
+        match self {
+            LoraTarget::Query => "attention.self.query",
+            LoraTarget::Key => "attention.self.key",
+            LoraTarget::Value => "attention.self.value",
+            LoraTarget::AttentionOutput => "attention.output.dense",
+            LoraTarget::Intermediate => "intermediate.dense",
+            LoraTarget::Output => "output.dense",
+        }
+    }
+}
+
+impl fmt::Display for LoraTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.module())
+    }
+}
+
+impl FromStr for LoraTarget {
+    type Err = Error;
+
+    /// Accepts the module path or its last part where unambiguous (`query`, `key`, `value`).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let found = match s {
+            "query" => Some(LoraTarget::Query),
+            "key" => Some(LoraTarget::Key),
+            "value" => Some(LoraTarget::Value),
+            _ => LoraTarget::ALL.into_iter().find(|t| t.module() == s),
+        };
+        found.ok_or_else(|| {
+            Error::invalid(
+                "lora target",
+                format!(
+                    "unknown target `{s}`; expected one of query, key, value, \
+                     attention.output.dense, intermediate.dense, output.dense"
+                ),
+            )
+        })
+    }
+}
+
+/// LoRA settings: `y += (alpha / r) · (dropout(x)·Aᵀ)·Bᵀ` on each target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Rank `r` ≥ 1.
+    pub rank: usize,
+    /// `alpha`; the scale is `alpha / r`.
+    pub alpha: f64,
+    /// Dropout on the adapter input during training.
+    pub dropout: f64,
+    /// The linear maps that get adapters.
+    pub targets: Vec<LoraTarget>,
+}
+
+impl LoraConfig {
+    /// `alpha / r`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Checks rank, alpha, dropout and targets.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = if self.rank == 0 {
+            Some("rank r must be at least 1".to_string())
+        } else if !self.alpha.is_finite() {
+            Some(format!("alpha must be finite, got {}", self.alpha))
+        } else if !(0.0..1.0).contains(&self.dropout) {
+            Some(format!("dropout must be in [0, 1), got {}", self.dropout))
+        } else if self.targets.is_empty() {
+            Some("at least one target module is needed".to_string())
+        } else {
+            None
+        };
+        match bad {
+            Some(detail) => Err(Error::invalid("lora config", detail)),
+            None => Ok(()),
+        }
+    }
+}

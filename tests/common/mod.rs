@@ -1,0 +1,137 @@
+//! Helpers shared by the integration tests: random data that is never zero, central finite
+//! differences, error norms, and a tiny stratified encoder stack.
+#![allow(dead_code)]
+
+pub mod stack;
+
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+use spafit::rng::SplitMix;
+use spafit::tensor::{Shape, Tensor};
+
+/// `n` values with magnitudes in `[0.1, 1)` and random signs: never zero, never tiny.
+pub fn nonzero(rng: &mut SplitMix, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let m = rng.uniform_in(0.1, 1.0);
+            if rng.uniform() < 0.5 {
+                -m
+            } else {
+                m
+            }
+        })
+        .collect()
+}
+
+/// A random f64 CPU tensor of `shape` (values from [`nonzero`], times `scale`).
+pub fn random(rng: &mut SplitMix, shape: &[usize], scale: f64) -> Tensor<CpuBackend> {
+    let n = shape.iter().product();
+    let data: Vec<f64> = nonzero(rng, n).into_iter().map(|v| v * scale).collect();
+    CpuBackend::f64()
+        .tensor_from_f64(Shape::new(shape), &data)
+        .unwrap()
+}
+
+/// A tensor of `data` on `backend`.
+pub fn tensor<B: Backend>(backend: &B, shape: &[usize], data: &[f64]) -> Tensor<B> {
+    backend.tensor_from_f64(Shape::new(shape), data).unwrap()
+}
+
+/// Host copy of a float CPU tensor.
+pub fn host(t: &Tensor<CpuBackend>) -> Vec<f64> {
+    CpuBackend::f64().to_f64(t).unwrap()
+}
+
+/// `‖a − b‖ / ‖b‖` (or `‖a − b‖` when `b` is zero).
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "compared vectors differ in length");
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        diff
+    } else {
+        diff / norm
+    }
+}
+
+/// `Σ a ∘ b`.
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Central finite differences of `f` at `x` in the coordinates `coords`, step
+/// `1e-6 · max(1, |x_i|)`.
+pub fn finite_differences(
+    x: &[f64],
+    coords: &[usize],
+    mut f: impl FnMut(&[f64]) -> f64,
+) -> Vec<f64> {
+    let mut p = x.to_vec();
+    coords
+        .iter()
+        .map(|&i| {
+            let h = 1e-6 * x[i].abs().max(1.0);
+            p[i] = x[i] + h;
+            let up = f(&p);
+            p[i] = x[i] - h;
+            let down = f(&p);
+            p[i] = x[i];
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// Compares an analytic gradient with central differences at `coords` and returns the
+/// relative error; fails the test when it exceeds `tol` or any coordinate is off by more
+/// than `tol · |fd| + 1e-7` (central differences in f64 are good to ~1e-9 here).
+pub fn check_gradient(
+    what: &str,
+    analytic: &[f64],
+    x: &[f64],
+    coords: &[usize],
+    tol: f64,
+    f: impl FnMut(&[f64]) -> f64,
+) -> f64 {
+    assert_eq!(
+        analytic.len(),
+        x.len(),
+        "{what}: gradient and input differ in size"
+    );
+    let fd = finite_differences(x, coords, f);
+    let picked: Vec<f64> = coords.iter().map(|&i| analytic[i]).collect();
+    let err = rel_err(&picked, &fd);
+    println!("FD {what}: {} coords, rel err {err:.3e}", coords.len());
+    for (k, (&a, &n)) in picked.iter().zip(&fd).enumerate() {
+        assert!(
+            (a - n).abs() <= tol * n.abs().max(1e-3) + 1e-7,
+            "{what}: coordinate {} analytic {a:e} vs finite difference {n:e}",
+            coords[k]
+        );
+    }
+    assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
+    assert!(
+        fd.iter().any(|&v| v.abs() > 1e-6),
+        "{what}: gradient is trivially zero"
+    );
+    err
+}
+
+/// All coordinates `0..n`.
+pub fn all(n: usize) -> Vec<usize> {
+    (0..n).collect()
+}
+
+/// Up to `k` distinct coordinates of `0..n`, spread out and including both ends.
+pub fn sample(n: usize, k: usize) -> Vec<usize> {
+    if n <= k {
+        return all(n);
+    }
+    let mut v: Vec<usize> = (0..k).map(|i| i * (n - 1) / (k - 1)).collect();
+    v.dedup();
+    v
+}

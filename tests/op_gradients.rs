@@ -1,0 +1,587 @@
+//! Central finite differences in f64 for every backend op and every output of its backward,
+//! on random non-zero inputs at odd shapes, with padded attention masks.
+
+mod common;
+
+use common::{all, check_gradient, dot, host, nonzero, random, tensor};
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::{
+    AttentionConfig, AttentionGradRequest, Backend, Dropout, LayerNormGradRequest,
+    LinearBackwardInputs, LinearGradRequest, LoraWeights,
+};
+use spafit::rng::SplitMix;
+use spafit::tensor::{Shape, Tensor};
+
+type T = Tensor<CpuBackend>;
+const TOL: f64 = 1e-6;
+
+fn cpu() -> CpuBackend {
+    CpuBackend::f64()
+}
+
+/// `f(values)` with `values` placed in a tensor shaped like `like`.
+fn with<R>(like: &T, values: &[f64], f: impl FnOnce(&T) -> R) -> R {
+    f(&tensor(&cpu(), like.dims(), values))
+}
+
+// ---- linear + LoRA -------------------------------------------------------------------------
+
+struct LinearCase {
+    x: T,
+    w: T,
+    b: T,
+    a: T,
+    bl: T,
+    xl: T,
+    scale: f64,
+    r: Vec<f64>,
+}
+
+fn linear_case() -> LinearCase {
+    let mut rng = SplitMix::new(11);
+    // x: [3, 5, 7] → 15 rows of 7 features; 5 outputs; rank 3.
+    let x = random(&mut rng, &[3, 5, 7], 1.0);
+    let xl = random(&mut rng, &[3, 5, 7], 1.0);
+    let w = random(&mut rng, &[5, 7], 0.5);
+    let b = random(&mut rng, &[5], 0.5);
+    let a = random(&mut rng, &[3, 7], 0.5);
+    let bl = random(&mut rng, &[5, 3], 0.5);
+    let r = nonzero(&mut rng, 3 * 5 * 5);
+    LinearCase {
+        x,
+        w,
+        b,
+        a,
+        bl,
+        xl,
+        scale: 1.7,
+        r,
+    }
+}
+
+impl LinearCase {
+    fn loss(&self, x: &T, w: &T, b: &T, a: &T, bl: &T, xl: &T) -> f64 {
+        let lora = LoraWeights {
+            a,
+            b: bl,
+            scale: self.scale,
+        };
+        let y = cpu()
+            .linear_forward(x, w, Some(b), Some(lora), Some(xl))
+            .unwrap()
+            .y;
+        dot(&host(&y), &self.r)
+    }
+
+    fn grads(&self) -> spafit::backend::LinearGrads<CpuBackend> {
+        let c = cpu();
+        let out = c
+            .linear_forward(
+                &self.x,
+                &self.w,
+                Some(&self.b),
+                Some(LoraWeights {
+                    a: &self.a,
+                    b: &self.bl,
+                    scale: self.scale,
+                }),
+                Some(&self.xl),
+            )
+            .unwrap();
+        let dy = tensor(&c, out.y.dims(), &self.r);
+        let all_grads = LinearGradRequest {
+            dx: true,
+            dw: true,
+            db: true,
+            da: true,
+            db_lora: true,
+            dx_lora: true,
+        };
+        c.linear_backward(
+            LinearBackwardInputs {
+                dy: &dy,
+                x: Some(&self.x),
+                w: Some(&self.w),
+                lora: Some(LoraWeights {
+                    a: &self.a,
+                    b: &self.bl,
+                    scale: self.scale,
+                }),
+                x_lora: Some(&self.xl),
+                h: out.h.as_ref(),
+            },
+            all_grads,
+        )
+        .unwrap()
+    }
+}
+
+#[test]
+fn linear_lora_every_gradient() {
+    let c = linear_case();
+    let g = c.grads();
+    let (x, w, b, a, bl, xl) = (&c.x, &c.w, &c.b, &c.a, &c.bl, &c.xl);
+    check_gradient(
+        "linear dX",
+        &host(g.dx.as_ref().unwrap()),
+        &host(x),
+        &all(x.numel()),
+        TOL,
+        |v| with(x, v, |t| c.loss(t, w, b, a, bl, xl)),
+    );
+    check_gradient(
+        "linear dW",
+        &host(g.dw.as_ref().unwrap()),
+        &host(w),
+        &all(w.numel()),
+        TOL,
+        |v| with(w, v, |t| c.loss(x, t, b, a, bl, xl)),
+    );
+    check_gradient(
+        "linear db",
+        &host(g.db.as_ref().unwrap()),
+        &host(b),
+        &all(b.numel()),
+        TOL,
+        |v| with(b, v, |t| c.loss(x, w, t, a, bl, xl)),
+    );
+    check_gradient(
+        "linear dA",
+        &host(g.da.as_ref().unwrap()),
+        &host(a),
+        &all(a.numel()),
+        TOL,
+        |v| with(a, v, |t| c.loss(x, w, b, t, bl, xl)),
+    );
+    check_gradient(
+        "linear dB",
+        &host(g.db_lora.as_ref().unwrap()),
+        &host(bl),
+        &all(bl.numel()),
+        TOL,
+        |v| with(bl, v, |t| c.loss(x, w, b, a, t, xl)),
+    );
+    check_gradient(
+        "linear dX_lora",
+        &host(g.dx_lora.as_ref().unwrap()),
+        &host(xl),
+        &all(xl.numel()),
+        TOL,
+        |v| with(xl, v, |t| c.loss(x, w, b, a, bl, t)),
+    );
+}
+
+#[test]
+fn linear_backward_computes_only_what_is_requested() {
+    let c = linear_case();
+    let cpu = cpu();
+    let dy = tensor(&cpu, &[3, 5, 5], &c.r);
+    // Bias-only request: no x, no weights' inputs needed, only db comes back.
+    let g = cpu
+        .linear_backward(
+            LinearBackwardInputs {
+                dy: &dy,
+                x: None,
+                w: None,
+                lora: None,
+                x_lora: None,
+                h: None,
+            },
+            LinearGradRequest {
+                db: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(g.db.is_some());
+    assert!(
+        g.dx.is_none()
+            && g.dw.is_none()
+            && g.da.is_none()
+            && g.db_lora.is_none()
+            && g.dx_lora.is_none()
+    );
+    // Asking for dW without its input is an error, not a panic or a silent zero.
+    let err = cpu
+        .linear_backward(
+            LinearBackwardInputs {
+                dy: &dy,
+                x: None,
+                w: Some(&c.w),
+                lora: None,
+                x_lora: None,
+                h: None,
+            },
+            LinearGradRequest {
+                dw: true,
+                ..Default::default()
+            },
+        )
+        .err()
+        .expect("dW without x must fail");
+    assert!(err.to_string().contains("`x`"), "{err}");
+}
+
+// ---- layernorm -----------------------------------------------------------------------------
+
+#[test]
+fn layernorm_every_gradient() {
+    let mut rng = SplitMix::new(12);
+    let x = random(&mut rng, &[5, 9], 2.0);
+    let gamma = random(&mut rng, &[9], 1.0);
+    let beta = random(&mut rng, &[9], 1.0);
+    let r = nonzero(&mut rng, 45);
+    let c = cpu();
+    let loss = |x: &T, g: &T, b: &T| dot(&host(&c.layernorm_forward(x, g, b, 1e-5).unwrap().y), &r);
+    let out = c.layernorm_forward(&x, &gamma, &beta, 1e-5).unwrap();
+    let dy = tensor(&c, &[5, 9], &r);
+    let g = c
+        .layernorm_backward(
+            &dy,
+            Some(&x),
+            Some(&out.mean),
+            Some(&out.rstd),
+            Some(&gamma),
+            LayerNormGradRequest {
+                dx: true,
+                dgamma: true,
+                dbeta: true,
+            },
+        )
+        .unwrap();
+    check_gradient(
+        "layernorm dx",
+        &host(g.dx.as_ref().unwrap()),
+        &host(&x),
+        &all(45),
+        TOL,
+        |v| with(&x, v, |t| loss(t, &gamma, &beta)),
+    );
+    check_gradient(
+        "layernorm dgamma",
+        &host(g.dgamma.as_ref().unwrap()),
+        &host(&gamma),
+        &all(9),
+        TOL,
+        |v| with(&gamma, v, |t| loss(&x, t, &beta)),
+    );
+    check_gradient(
+        "layernorm dbeta",
+        &host(g.dbeta.as_ref().unwrap()),
+        &host(&beta),
+        &all(9),
+        TOL,
+        |v| with(&beta, v, |t| loss(&x, &gamma, t)),
+    );
+}
+
+// ---- attention -----------------------------------------------------------------------------
+
+fn attention_check(dropout: Option<Dropout>, label: &str) {
+    // 4 sequences of 7 tokens, 3 heads of 5: lengths 7, 4, 1 and 0 (a fully padded sequence).
+    let (batch, seq, hidden) = (4, 7, 15);
+    let lengths = [7usize, 4, 1, 0];
+    let mut rng = SplitMix::new(13);
+    let q = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let k = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let v = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let r = nonzero(&mut rng, batch * seq * hidden);
+    let c = cpu();
+    let mask_values: Vec<u32> = lengths
+        .iter()
+        .flat_map(|&l| (0..seq).map(move |t| u32::from(t < l)))
+        .collect();
+    let mask = c
+        .tensor_from_u32(Shape::new([batch, seq]), &mask_values)
+        .unwrap();
+    let config = AttentionConfig {
+        heads: 3,
+        scale: 1.0 / 5f64.sqrt(),
+        dropout,
+    };
+    let loss = |q: &T, k: &T, v: &T| {
+        dot(
+            &host(&c.attention_forward(q, k, v, &mask, &config).unwrap().out),
+            &r,
+        )
+    };
+    let out = c.attention_forward(&q, &k, &v, &mask, &config).unwrap();
+    let dy = tensor(&c, out.out.dims(), &r);
+    let g = c
+        .attention_backward(
+            &dy,
+            &q,
+            &k,
+            &v,
+            &out.lse,
+            &mask,
+            &config,
+            AttentionGradRequest {
+                dq: true,
+                dk: true,
+                dv: true,
+            },
+        )
+        .unwrap();
+    let n = q.numel();
+    check_gradient(
+        &format!("attention{label} dq"),
+        &host(g.dq.as_ref().unwrap()),
+        &host(&q),
+        &all(n),
+        TOL,
+        |x| with(&q, x, |t| loss(t, &k, &v)),
+    );
+    check_gradient(
+        &format!("attention{label} dk"),
+        &host(g.dk.as_ref().unwrap()),
+        &host(&k),
+        &all(n),
+        TOL,
+        |x| with(&k, x, |t| loss(&q, t, &v)),
+    );
+    check_gradient(
+        &format!("attention{label} dv"),
+        &host(g.dv.as_ref().unwrap()),
+        &host(&v),
+        &all(n),
+        TOL,
+        |x| with(&v, x, |t| loss(&q, &k, t)),
+    );
+    // The fully padded sequence attends to nothing: its context is exactly zero.
+    let o = host(&out.out);
+    assert!(o[3 * seq * hidden..].iter().all(|&x| x == 0.0));
+    assert!(o[..3 * seq * hidden].iter().all(|&x| x != 0.0) || dropout.is_some());
+}
+
+#[test]
+fn attention_every_gradient_with_padding() {
+    attention_check(None, "");
+}
+
+#[test]
+fn attention_every_gradient_with_dropout() {
+    attention_check(Some(Dropout { p: 0.2, seed: 99 }), "+dropout");
+}
+
+#[test]
+fn attention_matches_direct_softmax() {
+    // An independent check of the forward values: softmax written out per query.
+    let (batch, seq, heads, dim) = (2, 5, 2, 3);
+    let hidden = heads * dim;
+    let mut rng = SplitMix::new(14);
+    let q = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let k = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let v = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let lengths = [5usize, 3];
+    let c = cpu();
+    let mask_values: Vec<u32> = lengths
+        .iter()
+        .flat_map(|&l| (0..seq).map(move |t| u32::from(t < l)))
+        .collect();
+    let mask = c
+        .tensor_from_u32(Shape::new([batch, seq]), &mask_values)
+        .unwrap();
+    let scale = 0.6;
+    let out = host(
+        &c.attention_forward(
+            &q,
+            &k,
+            &v,
+            &mask,
+            &AttentionConfig {
+                heads,
+                scale,
+                dropout: None,
+            },
+        )
+        .unwrap()
+        .out,
+    );
+    let (qh, kh, vh) = (host(&q), host(&k), host(&v));
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..seq {
+                let at = |m: &[f64], t: usize, e: usize| m[(b * seq + t) * hidden + h * dim + e];
+                let s: Vec<f64> = (0..lengths[b])
+                    .map(|j| scale * (0..dim).map(|e| at(&qh, i, e) * at(&kh, j, e)).sum::<f64>())
+                    .collect();
+                let z: f64 = s.iter().map(|x| x.exp()).sum();
+                for e in 0..dim {
+                    let want: f64 = s
+                        .iter()
+                        .enumerate()
+                        .map(|(j, x)| x.exp() / z * at(&vh, j, e))
+                        .sum();
+                    let got = out[(b * seq + i) * hidden + h * dim + e];
+                    assert!(
+                        (got - want).abs() < 1e-12,
+                        "b{b} h{h} i{i} e{e}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---- elementwise ---------------------------------------------------------------------------
+
+fn unary_check(name: &str, forward: impl Fn(&T) -> T, backward: impl Fn(&T, &T, &T) -> T) {
+    let mut rng = SplitMix::new(15);
+    let x = random(&mut rng, &[4, 7], 3.0);
+    let r = nonzero(&mut rng, 28);
+    let c = cpu();
+    let y = forward(&x);
+    let dy = tensor(&c, &[4, 7], &r);
+    let dx = backward(&dy, &x, &y);
+    check_gradient(name, &host(&dx), &host(&x), &all(28), TOL, |v| {
+        with(&x, v, |t| dot(&host(&forward(t)), &r))
+    });
+}
+
+#[test]
+fn gelu_gradient() {
+    let c = cpu();
+    unary_check(
+        "gelu",
+        |x| c.gelu_forward(x).unwrap(),
+        |dy, x, _| c.gelu_backward(dy, x).unwrap(),
+    );
+}
+
+#[test]
+fn gelu_is_the_erf_form() {
+    // Values of x·Φ(x) from the closed form with known Φ: Φ(1) = 0.841344746068543,
+    // Φ(−0.5) = 0.308537538725987, Φ(2) = 0.977249868051821.
+    let c = cpu();
+    let y = host(
+        &c.gelu_forward(&tensor(&c, &[3], &[1.0, -0.5, 2.0]))
+            .unwrap(),
+    );
+    let want = [
+        0.841344746068543,
+        -0.5 * 0.308537538725987,
+        2.0 * 0.977249868051821,
+    ];
+    for (g, w) in y.iter().zip(want) {
+        assert!((g - w).abs() < 1e-14, "{g} vs {w}");
+    }
+}
+
+#[test]
+fn tanh_gradient() {
+    let c = cpu();
+    unary_check(
+        "tanh",
+        |x| c.tanh_forward(x).unwrap(),
+        |dy, _, y| c.tanh_backward(dy, y).unwrap(),
+    );
+}
+
+#[test]
+fn dropout_gradient_and_rate() {
+    let c = cpu();
+    let d = Dropout { p: 0.3, seed: 7 };
+    unary_check(
+        "dropout",
+        |x| c.dropout(x, d).unwrap(),
+        |dy, _, _| c.dropout(dy, d).unwrap(),
+    );
+    // Survivors are scaled by 1/(1-p), the rest are zero, and the rate is near p.
+    let ones = tensor(&c, &[10_000], &vec![1.0; 10_000]);
+    let y = host(&c.dropout(&ones, d).unwrap());
+    let kept = y.iter().filter(|&&v| v != 0.0).count();
+    assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-12));
+    assert!((kept as f64 / 10_000.0 - 0.7).abs() < 0.02, "kept {kept}");
+}
+
+#[test]
+fn residual_add_gradient() {
+    // add has no backward kernel: the gradient passes through. Check the forward it relies on.
+    let mut rng = SplitMix::new(16);
+    let (a, b) = (
+        random(&mut rng, &[3, 5], 1.0),
+        random(&mut rng, &[3, 5], 1.0),
+    );
+    let c = cpu();
+    let r = nonzero(&mut rng, 15);
+    check_gradient("add da", &r, &host(&a), &all(15), TOL, |v| {
+        with(&a, v, |t| dot(&host(&c.add(t, &b).unwrap()), &r))
+    });
+}
+
+// ---- embedding -----------------------------------------------------------------------------
+
+#[test]
+fn embedding_gradient_with_repeated_ids() {
+    let mut rng = SplitMix::new(17);
+    let table = random(&mut rng, &[11, 6], 1.0);
+    let c = cpu();
+    let ids = c
+        .tensor_from_u32(Shape::new([3, 3]), &[4, 0, 10, 4, 7, 4, 1, 10, 3])
+        .unwrap();
+    let r = nonzero(&mut rng, 9 * 6);
+    let out = c.embedding_forward(&table, &ids).unwrap();
+    assert_eq!(out.dims(), &[3, 3, 6]);
+    let dt = c
+        .embedding_backward(&tensor(&c, &[9, 6], &r), &ids, 11)
+        .unwrap();
+    check_gradient(
+        "embedding dtable",
+        &host(&dt),
+        &host(&table),
+        &all(66),
+        TOL,
+        |v| {
+            with(&table, v, |t| {
+                dot(&host(&c.embedding_forward(t, &ids).unwrap()), &r)
+            })
+        },
+    );
+}
+
+// ---- losses --------------------------------------------------------------------------------
+
+#[test]
+fn cross_entropy_gradient() {
+    let mut rng = SplitMix::new(18);
+    let logits = random(&mut rng, &[7, 3], 2.0);
+    let c = cpu();
+    let labels = c
+        .tensor_from_u32(Shape::new([7]), &[0, 2, 1, 1, 0, 2, 2])
+        .unwrap();
+    let d_loss = tensor(&c, &[1], &[0.7]);
+    let g = c.cross_entropy_backward(&d_loss, &logits, &labels).unwrap();
+    check_gradient(
+        "cross_entropy dlogits",
+        &host(&g),
+        &host(&logits),
+        &all(21),
+        TOL,
+        |v| {
+            with(&logits, v, |t| {
+                0.7 * host(&c.cross_entropy_forward(t, &labels).unwrap())[0]
+            })
+        },
+    );
+    // log(3) for uniform logits: an independent value.
+    let flat = tensor(&c, &[2, 3], &[0.5; 6]);
+    let two = c.tensor_from_u32(Shape::new([2]), &[0, 2]).unwrap();
+    let l = host(&c.cross_entropy_forward(&flat, &two).unwrap())[0];
+    assert!((l - 3f64.ln()).abs() < 1e-15);
+}
+
+#[test]
+fn mse_gradient() {
+    let mut rng = SplitMix::new(19);
+    let pred = random(&mut rng, &[7, 1], 2.0);
+    let target = random(&mut rng, &[7], 2.0);
+    let c = cpu();
+    let d_loss = tensor(&c, &[1], &[1.3]);
+    let g = c.mse_backward(&d_loss, &pred, &target).unwrap();
+    check_gradient("mse dpred", &host(&g), &host(&pred), &all(7), TOL, |v| {
+        with(&pred, v, |t| {
+            1.3 * host(&c.mse_forward(t, &target).unwrap())[0]
+        })
+    });
+}
