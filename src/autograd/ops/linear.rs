@@ -22,15 +22,15 @@ const W: usize = 1;
 const BIAS: usize = 2;
 const A: usize = 3;
 const B_LORA: usize = 4;
-const X_LORA: usize = 5;
 
 struct LinearNode<B: Backend> {
     w: Tensor<B>,
     lora: Option<(Tensor<B>, Tensor<B>, f64)>,
-    /// Kept only when `dW` is needed.
+    /// The adapter's input dropout: its mask is redrawn from the seed in backward, so the
+    /// dropped copy of `x` is never stored.
+    lora_dropout: Option<Dropout>,
+    /// Kept only when `dW` or `dA` is needed.
     x: Option<Tensor<B>>,
-    /// Kept only when `dA` is needed.
-    x_lora: Option<Tensor<B>>,
     /// Kept only when `dB` is needed.
     h: Option<Tensor<B>>,
 }
@@ -42,13 +42,18 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
         d_out: &Tensor<B>,
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor<B>>>> {
+        let has_lora = self.lora.is_some();
         let want = LinearGradRequest {
             dx: needs[X],
             dw: needs[W],
             db: needs[BIAS],
             da: needs[A],
             db_lora: needs[B_LORA],
-            dx_lora: needs[X_LORA],
+            dx_lora: needs[X] && has_lora,
+        };
+        let x_lora = match (&self.x, self.lora_dropout) {
+            (Some(x), Some(d)) if want.da => Some(backend.dropout(x, d)?),
+            _ => None,
         };
         let g = backend.linear_backward(
             LinearBackwardInputs {
@@ -60,25 +65,33 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
                     b,
                     scale: *scale,
                 }),
-                x_lora: self.x_lora.as_ref(),
+                x_lora: x_lora.as_ref().or(self.x.as_ref()),
                 h: self.h.as_ref(),
             },
             want,
         )?;
-        Ok(vec![g.dx, g.dw, g.db, g.da, g.db_lora, g.dx_lora])
+        let dx = match (g.dx, g.dx_lora) {
+            (Some(mut dx), Some(dxl)) => {
+                let dxl = match self.lora_dropout {
+                    Some(d) => backend.dropout(&dxl, d)?,
+                    None => dxl,
+                };
+                backend.add_assign(&mut dx, &dxl)?;
+                Some(dx)
+            }
+            (dx, _) => dx,
+        };
+        Ok(vec![dx, g.dw, g.db, g.da, g.db_lora])
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {
-        [&self.x, &self.x_lora, &self.h]
-            .into_iter()
-            .flatten()
-            .collect()
+        [&self.x, &self.h].into_iter().flatten().collect()
     }
 }
 
 impl<B: Backend> Tape<B> {
-    /// `y = x·Wᵀ + b (+ LoRA)`. Keeps `x` only if `W` trains, the adapter input only if `A`
-    /// trains and the bottleneck `h` only if `B` trains.
+    /// `y = x·Wᵀ + b (+ LoRA)`. Keeps `x` only if `W` or `A` trains and the bottleneck `h`
+    /// only if `B` trains; the adapter's dropout is redrawn in backward, never stored.
     pub fn linear(
         &mut self,
         x: &Var<B>,
@@ -86,11 +99,11 @@ impl<B: Backend> Tape<B> {
         bias: Option<&Var<B>>,
         lora: Option<LoraVars<'_, B>>,
     ) -> Result<Var<B>> {
-        let dropped = match lora.as_ref().and_then(|l| l.dropout) {
-            Some(d) if d.p > 0.0 => Some(self.dropout(x, Some(d))?),
-            _ => None,
+        let lora_dropout = lora.as_ref().and_then(|l| l.dropout).filter(|d| d.p > 0.0);
+        let dropped = match lora_dropout {
+            Some(d) => Some(self.backend.dropout(&x.value, d)?),
+            None => None,
         };
-        let x_lora = dropped.as_ref().unwrap_or(x);
         let out = self.backend.linear_forward(
             &x.value,
             &w.value,
@@ -100,7 +113,7 @@ impl<B: Backend> Tape<B> {
                 b: &l.b.value,
                 scale: l.scale,
             }),
-            dropped.as_ref().map(|d| &d.value),
+            dropped.as_ref(),
         )?;
         let ids = vec![
             x.id,
@@ -108,7 +121,6 @@ impl<B: Backend> Tape<B> {
             id_of(bias),
             id_of(lora.as_ref().map(|l| l.a)),
             id_of(lora.as_ref().map(|l| l.b)),
-            lora.as_ref().and(x_lora.id),
         ];
         let h = out.h;
         Ok(self.record(out.y, ids, |needs| {
@@ -117,8 +129,8 @@ impl<B: Backend> Tape<B> {
                 lora: lora
                     .as_ref()
                     .map(|l| (l.a.value.clone(), l.b.value.clone(), l.scale)),
-                x: needs[W].then(|| x.value.clone()),
-                x_lora: needs[A].then(|| x_lora.value.clone()),
+                lora_dropout,
+                x: (needs[W] || needs[A]).then(|| x.value.clone()),
                 h: if needs[B_LORA] { h } else { None },
             })
         }))

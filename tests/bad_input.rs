@@ -1,0 +1,304 @@
+//! Bad input comes back as an error value that names the operation and the tensor.
+
+mod common;
+
+use common::{random, tensor};
+use spafit::autograd::Tape;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::{AdamWStep, AttentionConfig, Backend, Dropout};
+use spafit::nn::{EncoderLayer, EncoderLayerConfig, LoraConfig, LoraTarget, Stratum};
+use spafit::rng::SplitMix;
+use spafit::tensor::{DType, Shape, Tensor};
+use spafit::Error;
+
+fn cpu() -> CpuBackend {
+    CpuBackend::f64()
+}
+
+fn expect_err<T>(r: spafit::Result<T>, what: &str) -> Error {
+    match r {
+        Ok(_) => panic!("{what}: expected an error"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn linear_shape_and_dtype_mismatches() {
+    let mut rng = SplitMix::new(1);
+    let x = random(&mut rng, &[4, 7], 1.0);
+    let w_bad = random(&mut rng, &[5, 6], 1.0);
+    let e = expect_err(
+        cpu().linear_forward(&x, &w_bad, None, None, None),
+        "weight width",
+    );
+    assert!(matches!(e, Error::Shape { op: "linear", .. }), "{e}");
+    assert!(
+        e.to_string().contains("weight") && e.to_string().contains("[5, 6]"),
+        "{e}"
+    );
+
+    let w = random(&mut rng, &[5, 7], 1.0);
+    let bias_bad = random(&mut rng, &[4], 1.0);
+    let e = expect_err(
+        cpu().linear_forward(&x, &w, Some(&bias_bad), None, None),
+        "bias",
+    );
+    assert!(e.to_string().contains("bias"), "{e}");
+
+    let w32 = CpuBackend::f32()
+        .tensor_from_f64(Shape::new([5, 7]), &[0.5; 35])
+        .unwrap();
+    let e = expect_err(cpu().linear_forward(&x, &w32, None, None, None), "dtype");
+    assert!(matches!(e, Error::DType { .. }), "{e}");
+    assert!(
+        e.to_string().contains("f32") && e.to_string().contains("f64"),
+        "{e}"
+    );
+
+    let ids = cpu().tensor_from_u32(Shape::new([4, 7]), &[1; 28]).unwrap();
+    let e = expect_err(
+        cpu().linear_forward(&ids, &w, None, None, None),
+        "u32 input",
+    );
+    assert!(matches!(e, Error::DType { .. }), "{e}");
+
+    let a_bad = random(&mut rng, &[3, 6], 1.0);
+    let b = random(&mut rng, &[5, 3], 1.0);
+    let lora = spafit::backend::LoraWeights {
+        a: &a_bad,
+        b: &b,
+        scale: 2.0,
+    };
+    let e = expect_err(
+        cpu().linear_forward(&x, &w, None, Some(lora), None),
+        "lora A",
+    );
+    assert!(e.to_string().contains("lora_A"), "{e}");
+}
+
+#[test]
+fn attention_arguments() {
+    let mut rng = SplitMix::new(2);
+    let q = random(&mut rng, &[6, 10], 1.0);
+    let mask = cpu().tensor_from_u32(Shape::new([2, 3]), &[1; 6]).unwrap();
+    let bad_heads = AttentionConfig {
+        heads: 3,
+        scale: 0.5,
+        dropout: None,
+    };
+    let e = expect_err(
+        cpu().attention_forward(&q, &q, &q, &mask, &bad_heads),
+        "heads",
+    );
+    assert!(
+        matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("3 heads"),
+        "{e}"
+    );
+
+    let ok_heads = AttentionConfig {
+        heads: 2,
+        scale: 0.5,
+        dropout: None,
+    };
+    let short_mask = cpu().tensor_from_u32(Shape::new([2, 2]), &[1; 4]).unwrap();
+    let e = expect_err(
+        cpu().attention_forward(&q, &q, &q, &short_mask, &ok_heads),
+        "mask",
+    );
+    assert!(e.to_string().contains("mask"), "{e}");
+
+    let float_mask = tensor(&cpu(), &[2, 3], &[1.0; 6]);
+    let e = expect_err(
+        cpu().attention_forward(&q, &q, &q, &float_mask, &ok_heads),
+        "float mask",
+    );
+    assert!(matches!(e, Error::DType { .. }), "{e}");
+
+    let k_bad = random(&mut rng, &[6, 8], 1.0);
+    let e = expect_err(
+        cpu().attention_forward(&q, &k_bad, &q, &mask, &ok_heads),
+        "k",
+    );
+    assert!(e.to_string().contains("`k`"), "{e}");
+
+    let p_one = AttentionConfig {
+        dropout: Some(Dropout { p: 1.0, seed: 0 }),
+        ..ok_heads
+    };
+    let e = expect_err(cpu().attention_forward(&q, &q, &q, &mask, &p_one), "p = 1");
+    assert!(e.to_string().contains("[0, 1)"), "{e}");
+}
+
+#[test]
+fn indices_out_of_range() {
+    let mut rng = SplitMix::new(3);
+    let table = random(&mut rng, &[5, 4], 1.0);
+    let ids = cpu().tensor_from_u32(Shape::new([3]), &[0, 5, 2]).unwrap();
+    let e = expect_err(cpu().embedding_forward(&table, &ids), "id 5");
+    assert!(
+        matches!(
+            e,
+            Error::IndexOutOfRange {
+                index: 5,
+                position: 1,
+                limit: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    let logits = random(&mut rng, &[2, 3], 1.0);
+    let labels = cpu().tensor_from_u32(Shape::new([2]), &[2, 3]).unwrap();
+    let e = expect_err(cpu().cross_entropy_forward(&logits, &labels), "label 3");
+    assert!(e.to_string().contains("label 3 at position 1"), "{e}");
+
+    let few = cpu().tensor_from_u32(Shape::new([1]), &[0]).unwrap();
+    let e = expect_err(cpu().cross_entropy_forward(&logits, &few), "label count");
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
+#[test]
+fn elementwise_losses_and_norms() {
+    let mut rng = SplitMix::new(4);
+    let a = random(&mut rng, &[2, 3], 1.0);
+    let b = random(&mut rng, &[3, 2], 1.0);
+    assert!(matches!(cpu().add(&a, &b), Err(Error::Shape { .. })));
+    assert!(matches!(
+        cpu().gelu_backward(&a, &b),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        cpu().mse_forward(&a, &random(&mut rng, &[5], 1.0)),
+        Err(Error::Shape { .. })
+    ));
+    assert!(matches!(
+        cpu().dropout(&a, Dropout { p: -0.1, seed: 1 }),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let g = random(&mut rng, &[4], 1.0);
+    let e = expect_err(cpu().layernorm_forward(&a, &g, &g, 1e-5), "gamma width");
+    assert!(e.to_string().contains("gamma"), "{e}");
+    let g2 = random(&mut rng, &[3], 1.0);
+    let a3 = random(&mut rng, &[2, 3], 1.0);
+    assert!(matches!(
+        cpu().layernorm_forward(&a3, &g2, &g2, 0.0),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+#[test]
+fn tensor_construction_and_backends() {
+    let e = expect_err(
+        cpu().tensor_from_f64(Shape::new([2, 3]), &[1.0; 5]),
+        "numel",
+    );
+    assert!(e.to_string().contains("[2, 3]"), "{e}");
+    let t = tensor(&cpu(), &[2, 3], &[1.0; 6]);
+    assert!(t.reshape([4, 2]).is_err());
+    assert_eq!(t.reshape([3, 2]).unwrap().dims(), &[3, 2]);
+    assert!(matches!(
+        CpuBackend::new(DType::BF16),
+        Err(Error::DType { .. })
+    ));
+    assert!(cpu().to_u32(&t).is_err());
+}
+
+#[test]
+fn adamw_hyperparameters() {
+    let mut p = tensor(&cpu(), &[3], &[1.0, 2.0, 3.0]);
+    let g = tensor(&cpu(), &[3], &[0.1, 0.2, 0.3]);
+    let mut m = tensor(&cpu(), &[3], &[0.0; 3]);
+    let mut v = tensor(&cpu(), &[3], &[0.0; 3]);
+    let good = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        step: 1,
+    };
+    for bad in [
+        AdamWStep { step: 0, ..good },
+        AdamWStep {
+            lr: f64::NAN,
+            ..good
+        },
+        AdamWStep { beta1: 1.0, ..good },
+        AdamWStep { eps: 0.0, ..good },
+        AdamWStep {
+            weight_decay: -1.0,
+            ..good
+        },
+    ] {
+        let e = expect_err(cpu().adamw_step(&mut p, &g, &mut m, &mut v, &bad), "adamw");
+        assert!(
+            matches!(e, Error::InvalidArgument { op: "adamw", .. }),
+            "{e}"
+        );
+    }
+    let mut short: Tensor<CpuBackend> = tensor(&cpu(), &[2], &[0.0; 2]);
+    assert!(matches!(
+        cpu().adamw_step(&mut p, &g, &mut short, &mut v, &good),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn autograd_misuse() {
+    let mut rng = SplitMix::new(5);
+    let mut tape = Tape::new(cpu());
+    let x = tape.constant(random(&mut rng, &[2, 3], 1.0));
+    let y = tape.gelu(&x).unwrap();
+    let e = expect_err(tape.backward(&y), "no trainable input");
+    assert!(
+        e.to_string().contains("does not depend on any trainable"),
+        "{e}"
+    );
+    let w = tape.param("w", &random(&mut rng, &[2, 3], 1.0), true);
+    let s = tape.add(&x, &w).unwrap();
+    let e = expect_err(tape.backward(&s), "non-scalar");
+    assert!(e.to_string().contains("scalar"), "{e}");
+}
+
+#[test]
+fn strata_and_lora_configuration() {
+    let config = EncoderLayerConfig {
+        hidden: 10,
+        heads: 3,
+        intermediate: 7,
+        layer_norm_eps: 1e-12,
+    };
+    let make = |_: &str, s: Shape| cpu().tensor_from_f64(s.clone(), &vec![0.5; s.numel()]);
+    let e = expect_err(EncoderLayer::load("encoder.layer.0", config, make), "heads");
+    assert!(e.to_string().contains("not divisible"), "{e}");
+
+    let config = EncoderLayerConfig { heads: 2, ..config };
+    let mut layer = EncoderLayer::load("encoder.layer.0", config, make).unwrap();
+    let e = expect_err(
+        layer.set_stratum(Stratum::LoraAndBias, None, make),
+        "no lora config",
+    );
+    assert!(e.to_string().contains("LoRA configuration"), "{e}");
+    let rank0 = LoraConfig {
+        rank: 0,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec![LoraTarget::Query],
+    };
+    let e = expect_err(
+        layer.set_stratum(Stratum::LoraAndBias, Some(&rank0), make),
+        "rank 0",
+    );
+    assert!(e.to_string().contains("rank"), "{e}");
+    let e = expect_err("attention.query".parse::<LoraTarget>(), "unknown target");
+    assert!(
+        e.to_string().contains("unknown target `attention.query`"),
+        "{e}"
+    );
+    assert_eq!(
+        "intermediate.dense".parse::<LoraTarget>().unwrap(),
+        LoraTarget::Intermediate
+    );
+    assert_eq!("value".parse::<LoraTarget>().unwrap(), LoraTarget::Value);
+}

@@ -1,0 +1,91 @@
+//! AdamW against closed-form consequences of its definition (torch.optim.AdamW semantics).
+
+mod common;
+
+use common::{host, tensor};
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::{AdamWStep, Backend};
+
+const P0: [f64; 4] = [0.7, -1.3, 2.1, -0.4];
+
+fn hyper(step: u64, weight_decay: f64) -> AdamWStep {
+    AdamWStep {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay,
+        step,
+    }
+}
+
+#[test]
+fn zero_gradient_is_pure_decoupled_decay() {
+    for cpu in [CpuBackend::f64(), CpuBackend::f32()] {
+        let mut p = tensor(&cpu, &[4], &P0);
+        let g = tensor(&cpu, &[4], &[0.0; 4]);
+        let (mut m, mut v) = (tensor(&cpu, &[4], &[0.0; 4]), tensor(&cpu, &[4], &[0.0; 4]));
+        for t in 1..=3 {
+            cpu.adamw_step(&mut p, &g, &mut m, &mut v, &hyper(t, 0.5))
+                .unwrap();
+        }
+        let got = cpu.to_f64(&p).unwrap();
+        for (x, p0) in got.iter().zip(P0) {
+            let want = p0 * (1.0f64 - 0.01 * 0.5).powi(3);
+            assert!(
+                (x - want).abs() < 1e-6 * want.abs(),
+                "{}: {x} vs {want}",
+                cpu.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn constant_gradient_moves_lr_per_step_after_bias_correction() {
+    // With g constant, m̂ = g and v̂ = g² exactly, so each step moves p by lr·g/(|g| + eps).
+    let cpu = CpuBackend::f64();
+    let grad = [0.3, -2.0, 1e-3, 5.0];
+    let mut p = tensor(&cpu, &[4], &P0);
+    let g = tensor(&cpu, &[4], &grad);
+    let (mut m, mut v) = (tensor(&cpu, &[4], &[0.0; 4]), tensor(&cpu, &[4], &[0.0; 4]));
+    let steps = 5;
+    for t in 1..=steps {
+        cpu.adamw_step(&mut p, &g, &mut m, &mut v, &hyper(t, 0.0))
+            .unwrap();
+    }
+    let (pv, mv, vv) = (host(&p), host(&m), host(&v));
+    for i in 0..4 {
+        let gi: f64 = grad[i];
+        let want_p = P0[i] - steps as f64 * 0.01 * gi / (gi.abs() + 1e-8);
+        assert!(
+            (pv[i] - want_p).abs() < 1e-12,
+            "p[{i}] {} vs {want_p}",
+            pv[i]
+        );
+        let want_m = gi * (1.0 - 0.9f64.powi(steps as i32));
+        let want_v = gi * gi * (1.0 - 0.999f64.powi(steps as i32));
+        assert!((mv[i] - want_m).abs() < 1e-14 * gi.abs().max(1.0), "m[{i}]");
+        assert!(
+            (vv[i] - want_v).abs() < 1e-14 * (gi * gi).max(1.0),
+            "v[{i}]"
+        );
+    }
+}
+
+#[test]
+fn shared_parameter_is_copied_not_mutated_behind_a_clone() {
+    let cpu = CpuBackend::f64();
+    let mut p = tensor(&cpu, &[4], &P0);
+    let snapshot = p.clone();
+    let g = tensor(&cpu, &[4], &[1.0; 4]);
+    let (mut m, mut v) = (tensor(&cpu, &[4], &[0.0; 4]), tensor(&cpu, &[4], &[0.0; 4]));
+    cpu.adamw_step(&mut p, &g, &mut m, &mut v, &hyper(1, 0.0))
+        .unwrap();
+    assert_eq!(
+        host(&snapshot),
+        P0.to_vec(),
+        "a clone saw the in-place update"
+    );
+    assert_ne!(host(&p), P0.to_vec());
+}
