@@ -8,14 +8,21 @@
 //! - [`tensor`]: shapes, dtypes and backend-owned buffers;
 //! - [`backend`]: one interface with one method per fused op, and the CPU reference backend;
 //! - [`autograd`]: a tape that records only what it will differentiate;
-//! - [`nn`]: BERT layers with Hugging Face parameter names and per-layer strata.
+//! - [`nn`]: BERT layers with Hugging Face parameter names and per-layer strata;
+//! - [`checkpoint`], [`text`]: Hugging Face checkpoints and tokenizers;
+//! - [`model`]: BERT for sequence classification / regression;
+//! - [`peft`]: full, BitFit, LoRA and SPAFIT as plans of strata.
 #![warn(missing_docs)]
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
 pub mod error;
+pub mod model;
 pub mod nn;
+pub mod peft;
 pub mod rng;
 pub mod tensor;
+pub mod text;
 
 pub use error::{Error, Result};

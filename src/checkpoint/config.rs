@@ -1,0 +1,134 @@
+//! `config.json` of a Hugging Face BERT checkpoint.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The architecture settings spafit reads from `config.json`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct BertConfig {
+    /// Rows of the word-embedding table.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// FFN inner size.
+    pub intermediate_size: usize,
+    /// Rows of the position-embedding table.
+    pub max_position_embeddings: usize,
+    /// Rows of the token-type table.
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Activation; only the exact (erf) `gelu` is supported.
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Dropout on hidden states during training.
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities during training.
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// Must be `absolute` when present.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    /// `bert` (or a BERT-shaped family) when present.
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+
+impl BertConfig {
+    /// Reads and validates `path`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and validates JSON text; `path` names the file in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let format = |detail: String| Error::Format {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let config: BertConfig =
+            serde_json::from_str(text).map_err(|e| format(format!("invalid BERT config: {e}")))?;
+        config.validate().map_err(format)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (field, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if v == 0 {
+                return Err(format!("`{field}` must be positive"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "`hidden_size` {} is not divisible by `num_attention_heads` {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.hidden_act != "gelu" {
+            return Err(format!(
+                "`hidden_act` is `{}`; only the exact erf `gelu` of BERT is supported",
+                self.hidden_act
+            ));
+        }
+        if let Some(p) = &self.position_embedding_type {
+            if p != "absolute" {
+                return Err(format!(
+                    "`position_embedding_type` `{p}` is not supported (only `absolute`)"
+                ));
+            }
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            return Err(format!(
+                "`layer_norm_eps` must be positive, got {}",
+                self.layer_norm_eps
+            ));
+        }
+        for (field, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("`{field}` must be in [0, 1), got {p}"));
+            }
+        }
+        Ok(())
+    }
+}

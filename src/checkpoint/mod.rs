@@ -1,0 +1,76 @@
+//! Hugging Face BERT checkpoints: `config.json`, `model.safetensors`, `tokenizer.json`.
+
+mod config;
+mod location;
+mod weights;
+
+pub use config::BertConfig;
+pub use location::resolve;
+pub use weights::WeightsFile;
+
+use std::path::{Path, PathBuf};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Tensor};
+use crate::text::TextTokenizer;
+
+/// An opened checkpoint directory.
+pub struct Checkpoint {
+    dir: PathBuf,
+    /// The architecture.
+    pub config: BertConfig,
+    /// The weights.
+    pub weights: WeightsFile,
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint directory or offline Hugging Face cache entry (see [`resolve`]).
+    pub fn open(spec: impl AsRef<Path>) -> Result<Self> {
+        let dir = resolve(spec.as_ref())?;
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let weights = WeightsFile::open(&dir.join("model.safetensors"))?;
+        Ok(Checkpoint {
+            dir,
+            config,
+            weights,
+        })
+    }
+
+    /// The resolved directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Tensor `name` (Hugging Face name, `bert.` prefix optional in the file) on `backend`.
+    pub fn tensor<B: Backend>(&self, backend: &B, name: &str, shape: Shape) -> Result<Tensor<B>> {
+        self.weights.tensor(backend, name, shape)
+    }
+
+    /// The tokenizer in `tokenizer.json`, truncating to `max_len` tokens, checked against
+    /// the model's vocabulary and position table.
+    pub fn tokenizer(&self, max_len: usize) -> Result<TextTokenizer> {
+        let path = self.dir.join("tokenizer.json");
+        if max_len > self.config.max_position_embeddings {
+            return Err(Error::invalid(
+                "tokenizer",
+                format!(
+                    "max length {max_len} exceeds the model's {} positions",
+                    self.config.max_position_embeddings
+                ),
+            ));
+        }
+        let tok = TextTokenizer::from_file(&path, max_len)?;
+        if tok.vocab_size() > self.config.vocab_size {
+            return Err(Error::Format {
+                path,
+                detail: format!(
+                    "the tokenizer has {} tokens but the model's vocab_size is {}",
+                    tok.vocab_size(),
+                    self.config.vocab_size
+                ),
+            });
+        }
+        Ok(tok)
+    }
+}

@@ -1,0 +1,119 @@
+//! Reading tensors out of `model.safetensors`, in whatever float dtype they were saved.
+
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::tensor::{Shape, Tensor};
+
+/// A safetensors file held in memory.
+pub struct WeightsFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    names: Vec<String>,
+}
+
+impl WeightsFile {
+    /// Reads and indexes `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// Indexes safetensors `bytes`; `path` names them in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let names = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Format {
+                path: path.to_path_buf(),
+                detail: format!("not a valid safetensors file: {e}"),
+            })?
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        Ok(WeightsFile {
+            path: path.to_path_buf(),
+            bytes,
+            names,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every tensor name in the file.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The name under which `name` is stored: as is, or without the `bert.` prefix that
+    /// `BertModel` checkpoints lack and `BertFor…` checkpoints have.
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        let candidates = [Some(name), name.strip_prefix("bert.")];
+        candidates.into_iter().flatten().find_map(|c| {
+            self.names
+                .iter()
+                .find(|n| n.as_str() == c)
+                .map(String::as_str)
+        })
+    }
+
+    /// Tensor `name` as f64 values, checked against `shape`.
+    pub fn read_f64(&self, name: &str, shape: &Shape) -> Result<Vec<f64>> {
+        let format = |detail: String| Error::Format {
+            path: self.path.clone(),
+            detail,
+        };
+        let stored = self
+            .resolve(name)
+            .ok_or_else(|| format(format!("tensor `{name}` is missing")))?;
+        let st = SafeTensors::deserialize(&self.bytes).map_err(|e| format(e.to_string()))?;
+        let view = st
+            .tensor(stored)
+            .map_err(|e| format(format!("tensor `{stored}`: {e}")))?;
+        if view.shape() != shape.dims() {
+            return Err(format(format!(
+                "tensor `{stored}` has shape {:?}, expected {shape}",
+                view.shape()
+            )));
+        }
+        let data = view.data();
+        let values = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
+                .collect(),
+            other => {
+                return Err(format(format!(
+                    "tensor `{stored}` has dtype {other:?}; expected F32, F16, BF16 or F64"
+                )))
+            }
+        };
+        Ok(values)
+    }
+
+    /// Tensor `name` on `backend`, checked against `shape`.
+    pub fn tensor<B: Backend>(&self, backend: &B, name: &str, shape: Shape) -> Result<Tensor<B>> {
+        let values = self.read_f64(name, &shape)?;
+        backend.tensor_from_f64(shape, &values)
+    }
+}

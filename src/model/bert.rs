@@ -1,0 +1,118 @@
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::checkpoint::BertConfig;
+use crate::error::{Error, Result};
+use crate::nn::{DropoutPlan, EncoderLayer, EncoderLayerConfig, Linear, Param};
+use crate::tensor::{Shape, Tensor};
+
+use super::{BertEmbeddings, ModelInput};
+
+/// Outputs of [`BertModel::forward`].
+pub struct BertOutput<B: Backend> {
+    /// `[batch·seq, hidden]`.
+    pub last_hidden_state: Var<B>,
+    /// `tanh(W · h[CLS] + b)`: `[batch, hidden]`.
+    pub pooler_output: Var<B>,
+}
+
+/// The BERT encoder: embeddings, post-LN layers and the tanh pooler, parameters named as
+/// in `BertForSequenceClassification` (`bert.…`).
+pub struct BertModel<B: Backend> {
+    /// Architecture.
+    pub config: BertConfig,
+    /// `bert.embeddings`.
+    pub embeddings: BertEmbeddings<B>,
+    /// `bert.encoder.layer.{i}`.
+    pub layers: Vec<EncoderLayer<B>>,
+    /// `bert.pooler.dense`.
+    pub pooler: Linear<B>,
+}
+
+impl<B: Backend> BertModel<B> {
+    /// Builds a frozen model, asking `tensor(name, shape)` for every Hugging Face tensor.
+    pub fn load(
+        config: &BertConfig,
+        tensor: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
+    ) -> Result<Self> {
+        let embeddings = BertEmbeddings::load("bert.embeddings", config, tensor)?;
+        let layer_config = EncoderLayerConfig {
+            hidden: config.hidden_size,
+            heads: config.num_attention_heads,
+            intermediate: config.intermediate_size,
+            layer_norm_eps: config.layer_norm_eps,
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                EncoderLayer::load(
+                    &format!("bert.encoder.layer.{i}"),
+                    layer_config,
+                    &mut *tensor,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let h = config.hidden_size;
+        let pooler = Linear::new(
+            "bert.pooler.dense",
+            tensor("bert.pooler.dense.weight", Shape::new([h, h]))?,
+            tensor("bert.pooler.dense.bias", Shape::new([h]))?,
+        );
+        Ok(BertModel {
+            config: config.clone(),
+            embeddings,
+            layers,
+            pooler,
+        })
+    }
+
+    /// The encoder on the tape. Nodes are scoped `embeddings`, `layer.{i}`, `pooler`.
+    pub fn forward(
+        &self,
+        tape: &mut Tape<B>,
+        input: &ModelInput<B>,
+        dropouts: &mut DropoutPlan,
+    ) -> Result<BertOutput<B>> {
+        if input.seq > self.config.max_position_embeddings {
+            return Err(Error::invalid(
+                "bert",
+                format!(
+                    "sequence length {} exceeds the model's {} positions",
+                    input.seq, self.config.max_position_embeddings
+                ),
+            ));
+        }
+        tape.set_scope("embeddings");
+        let mut hidden = self.embeddings.forward(tape, input, dropouts)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            tape.set_scope(&format!("layer.{i}"));
+            hidden = layer.forward(tape, &hidden, &input.attention_mask, dropouts)?;
+        }
+        tape.set_scope("pooler");
+        let first = tape.embedding(&hidden, &input.first_tokens)?;
+        let pooled = self.pooler.forward(tape, &first, dropouts)?;
+        let pooler_output = tape.tanh(&pooled)?;
+        Ok(BertOutput {
+            last_hidden_state: hidden,
+            pooler_output,
+        })
+    }
+
+    /// Every parameter, in checkpoint order.
+    pub fn params(&self) -> Vec<&Param<B>> {
+        let mut v = self.embeddings.params();
+        for layer in &self.layers {
+            v.extend(layer.params());
+        }
+        v.extend(self.pooler.params());
+        v
+    }
+
+    /// Every parameter, mutably.
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut v = self.embeddings.params_mut();
+        for layer in &mut self.layers {
+            v.extend(layer.params_mut());
+        }
+        v.extend(self.pooler.params_mut());
+        v
+    }
+}

@@ -1,0 +1,97 @@
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::checkpoint::BertConfig;
+use crate::error::Result;
+use crate::nn::{DropoutPlan, LayerNorm, Param};
+use crate::tensor::{Shape, Tensor};
+
+use super::ModelInput;
+
+/// Word + position + token-type embeddings, LayerNorm, dropout.
+pub struct BertEmbeddings<B: Backend> {
+    /// `[vocab, hidden]`.
+    pub word: Param<B>,
+    /// `[max_positions, hidden]`.
+    pub position: Param<B>,
+    /// `[type_vocab, hidden]`.
+    pub token_type: Param<B>,
+    /// `embeddings.LayerNorm`.
+    pub norm: LayerNorm<B>,
+}
+
+impl<B: Backend> BertEmbeddings<B> {
+    /// Loads the frozen embeddings under `prefix` (`bert.embeddings`).
+    pub fn load(
+        prefix: &str,
+        c: &BertConfig,
+        tensor: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
+    ) -> Result<Self> {
+        let mut param = |name: &str, dims: [usize; 2]| -> Result<Param<B>> {
+            let full = format!("{prefix}.{name}");
+            Ok(Param::new(
+                full.clone(),
+                tensor(&full, Shape::new(dims))?,
+                false,
+            ))
+        };
+        let word = param("word_embeddings.weight", [c.vocab_size, c.hidden_size])?;
+        let position = param(
+            "position_embeddings.weight",
+            [c.max_position_embeddings, c.hidden_size],
+        )?;
+        let token_type = param(
+            "token_type_embeddings.weight",
+            [c.type_vocab_size, c.hidden_size],
+        )?;
+        let norm_name = format!("{prefix}.LayerNorm");
+        let gamma = tensor(&format!("{norm_name}.weight"), Shape::new([c.hidden_size]))?;
+        let beta = tensor(&format!("{norm_name}.bias"), Shape::new([c.hidden_size]))?;
+        Ok(BertEmbeddings {
+            word,
+            position,
+            token_type,
+            norm: LayerNorm::new(&norm_name, gamma, beta, c.layer_norm_eps),
+        })
+    }
+
+    /// `[batch·seq, hidden]` embeddings of `input`.
+    pub fn forward(
+        &self,
+        tape: &mut Tape<B>,
+        input: &ModelInput<B>,
+        dropouts: &mut DropoutPlan,
+    ) -> Result<Var<B>> {
+        let word = self.word.var(tape);
+        let position = self.position.var(tape);
+        let token_type = self.token_type.var(tape);
+        let w = tape.embedding(&word, &input.input_ids)?;
+        let p = tape.embedding(&position, &input.position_ids)?;
+        let t = tape.embedding(&token_type, &input.token_type_ids)?;
+        let sum = tape.add(&w, &p)?;
+        let sum = tape.add(&sum, &t)?;
+        let normed = self.norm.forward(tape, &sum)?;
+        tape.dropout(&normed, dropouts.next_hidden())
+    }
+
+    /// Every parameter.
+    pub fn params(&self) -> Vec<&Param<B>> {
+        vec![
+            &self.word,
+            &self.position,
+            &self.token_type,
+            &self.norm.weight,
+            &self.norm.bias,
+        ]
+    }
+
+    /// Every parameter, mutably.
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        vec![
+            &mut self.word,
+            &mut self.position,
+            &mut self.token_type,
+            &mut self.norm.weight,
+            &mut self.norm.bias,
+        ]
+    }
+}

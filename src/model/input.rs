@@ -1,0 +1,42 @@
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::tensor::{Shape, Tensor};
+use crate::text::EncodedBatch;
+
+/// A tokenized batch on a backend, in the layout the model reads.
+pub struct ModelInput<B: Backend> {
+    /// `[batch·seq]` token ids.
+    pub input_ids: Tensor<B>,
+    /// `[batch·seq]` segment ids.
+    pub token_type_ids: Tensor<B>,
+    /// `[batch·seq]` positions `0..seq` per row.
+    pub position_ids: Tensor<B>,
+    /// `[batch, seq]`, 1 for real tokens.
+    pub attention_mask: Tensor<B>,
+    /// `[batch]` row index of each sequence's first token (`[CLS]`), for the pooler.
+    pub first_tokens: Tensor<B>,
+    /// Sequences.
+    pub batch: usize,
+    /// Padded length.
+    pub seq: usize,
+}
+
+impl<B: Backend> ModelInput<B> {
+    /// Uploads an encoded batch.
+    pub fn new(backend: &B, encoded: &EncodedBatch) -> Result<Self> {
+        let (batch, seq) = (encoded.batch, encoded.seq);
+        let flat = Shape::new([batch * seq]);
+        let positions: Vec<u32> = (0..batch).flat_map(|_| 0..seq as u32).collect();
+        let first: Vec<u32> = (0..batch).map(|b| (b * seq) as u32).collect();
+        Ok(ModelInput {
+            input_ids: backend.tensor_from_u32(flat.clone(), &encoded.input_ids)?,
+            token_type_ids: backend.tensor_from_u32(flat.clone(), &encoded.token_type_ids)?,
+            position_ids: backend.tensor_from_u32(flat, &positions)?,
+            attention_mask: backend
+                .tensor_from_u32(Shape::new([batch, seq]), &encoded.attention_mask)?,
+            first_tokens: backend.tensor_from_u32(Shape::new([batch]), &first)?,
+            batch,
+            seq,
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! BERT for sequence classification and regression, on any backend.
+
+mod bert;
+mod embeddings;
+mod input;
+mod sequence_classifier;
+
+pub use bert::{BertModel, BertOutput};
+pub use embeddings::BertEmbeddings;
+pub use input::ModelInput;
+pub use sequence_classifier::{BertClassifier, Labels};

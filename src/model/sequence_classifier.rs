@@ -1,0 +1,206 @@
+use crate::autograd::{Tape, Var};
+use crate::backend::Backend;
+use crate::checkpoint::{BertConfig, Checkpoint};
+use crate::error::{Error, Result};
+use crate::nn::{DropoutPlan, Linear, Param, Stratum};
+use crate::peft::PeftPlan;
+use crate::rng::SplitMix;
+use crate::tensor::{Shape, Tensor};
+
+use super::{BertModel, ModelInput};
+
+/// Targets of a batch: class ids for classification, scores for regression.
+pub enum Labels<B: Backend> {
+    /// `U32` class ids `[batch]` (`num_labels ≥ 2`, cross-entropy).
+    Classes(Tensor<B>),
+    /// Float scores `[batch]` (`num_labels = 1`, mean squared error).
+    Scores(Tensor<B>),
+}
+
+/// `BertForSequenceClassification`: BERT, dropout on the pooled output, a linear classifier.
+pub struct BertClassifier<B: Backend> {
+    /// The encoder.
+    pub bert: BertModel<B>,
+    /// `classifier`: `[num_labels, hidden]`.
+    pub classifier: Linear<B>,
+    /// 1 for regression, ≥ 2 for classification.
+    pub num_labels: usize,
+}
+
+impl<B: Backend> BertClassifier<B> {
+    /// Loads `checkpoint` on `backend` with a `num_labels` head: the checkpoint's own
+    /// `classifier` tensors when it has them with that shape, otherwise a fresh head drawn as
+    /// transformers draws it (weights N(0, 0.02), bias 0) from `seed`. Everything starts
+    /// frozen; apply a plan to choose what trains.
+    pub fn from_checkpoint(
+        checkpoint: &Checkpoint,
+        backend: &B,
+        num_labels: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let mut source = |name: &str, shape: Shape| checkpoint.tensor(backend, name, shape);
+        let bert = BertModel::load(&checkpoint.config, &mut source)?;
+        let h = checkpoint.config.hidden_size;
+        let has_head = checkpoint.weights.resolve("classifier.weight").is_some();
+        let classifier = if has_head {
+            Linear::new(
+                "classifier",
+                checkpoint.tensor(backend, "classifier.weight", Shape::new([num_labels, h]))?,
+                checkpoint.tensor(backend, "classifier.bias", Shape::new([num_labels]))?,
+            )
+        } else {
+            fresh_head(backend, num_labels, h, seed)?
+        };
+        Self::new(bert, classifier, num_labels)
+    }
+
+    /// Assembles a model from parts (e.g. a [`BertModel`] built from other tensors).
+    pub fn new(bert: BertModel<B>, mut classifier: Linear<B>, num_labels: usize) -> Result<Self> {
+        if num_labels == 0 {
+            return Err(Error::invalid(
+                "classifier",
+                "num_labels must be at least 1",
+            ));
+        }
+        let (out, inp) = classifier.out_in();
+        if out != num_labels || inp != bert.config.hidden_size {
+            return Err(Error::shape(
+                "classifier",
+                format!(
+                    "classifier weight is [{out}, {inp}] but the model needs [{num_labels}, {}]",
+                    bert.config.hidden_size
+                ),
+            ));
+        }
+        classifier.weight.trainable = true;
+        classifier.bias.trainable = true;
+        Ok(BertClassifier {
+            bert,
+            classifier,
+            num_labels,
+        })
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &BertConfig {
+        &self.bert.config
+    }
+
+    /// Applies a PEFT plan: strata per layer, adapters from `init(name, shape)` (see
+    /// [`crate::peft::peft_lora_init`]), embeddings / pooler / LayerNorm options. The
+    /// classifier always trains.
+    pub fn apply_plan(
+        &mut self,
+        plan: &PeftPlan,
+        init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
+    ) -> Result<()> {
+        let layers = self.bert.layers.len();
+        if plan.strata.len() != layers {
+            return Err(Error::invalid(
+                "peft plan",
+                format!(
+                    "the plan has {} strata but the model has {layers} layers",
+                    plan.strata.len()
+                ),
+            ));
+        }
+        for (layer, &stratum) in self.bert.layers.iter_mut().zip(&plan.strata) {
+            layer.set_stratum(stratum, plan.lora.as_ref(), &mut *init)?;
+            if plan.train_layer_norm_weights && stratum != Stratum::Frozen {
+                layer.attention_norm.weight.trainable = true;
+                layer.output_norm.weight.trainable = true;
+            }
+        }
+        for p in self.bert.embeddings.params_mut() {
+            p.trainable = plan.train_embeddings;
+        }
+        for p in self.bert.pooler.params_mut() {
+            p.trainable = plan.train_pooler;
+        }
+        self.classifier.weight.trainable = true;
+        self.classifier.bias.trainable = true;
+        Ok(())
+    }
+
+    /// Logits `[batch, num_labels]`.
+    pub fn forward(
+        &self,
+        tape: &mut Tape<B>,
+        input: &ModelInput<B>,
+        dropouts: &mut DropoutPlan,
+    ) -> Result<Var<B>> {
+        let out = self.bert.forward(tape, input, dropouts)?;
+        tape.set_scope("classifier");
+        let pooled = tape.dropout(&out.pooler_output, dropouts.next_hidden())?;
+        self.classifier.forward(tape, &pooled, dropouts)
+    }
+
+    /// Mean cross-entropy (classification) or mean squared error (regression) of `logits`.
+    pub fn loss(&self, tape: &mut Tape<B>, logits: &Var<B>, labels: &Labels<B>) -> Result<Var<B>> {
+        tape.set_scope("loss");
+        match (labels, self.num_labels) {
+            (Labels::Classes(y), n) if n >= 2 => tape.cross_entropy(logits, y),
+            (Labels::Scores(y), 1) => tape.mse(logits, y),
+            (Labels::Classes(_), _) => Err(Error::invalid(
+                "loss",
+                "class labels need num_labels ≥ 2; a 1-label head is a regression head",
+            )),
+            (Labels::Scores(_), n) => Err(Error::invalid(
+                "loss",
+                format!("float scores need a regression head (num_labels = 1), not {n}"),
+            )),
+        }
+    }
+
+    /// Every parameter.
+    pub fn params(&self) -> Vec<&Param<B>> {
+        let mut v = self.bert.params();
+        v.extend(self.classifier.params());
+        v
+    }
+
+    /// Every parameter, mutably.
+    pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
+        let mut v = self.bert.params_mut();
+        v.extend(self.classifier.params_mut());
+        v
+    }
+
+    /// Names of the trainable tensors, sorted.
+    pub fn trainable_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .params()
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Number of trainable scalars.
+    pub fn trainable_parameter_count(&self) -> usize {
+        self.params()
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.value.numel())
+            .sum()
+    }
+}
+
+fn fresh_head<B: Backend>(
+    backend: &B,
+    num_labels: usize,
+    hidden: usize,
+    seed: u64,
+) -> Result<Linear<B>> {
+    let mut rng = SplitMix::new(seed ^ crate::peft::init_hash("classifier.weight"));
+    let w: Vec<f64> = (0..num_labels * hidden)
+        .map(|_| 0.02 * rng.normal())
+        .collect();
+    Ok(Linear::new(
+        "classifier",
+        backend.tensor_from_f64(Shape::new([num_labels, hidden]), &w)?,
+        backend.zeros(Shape::new([num_labels]))?,
+    ))
+}

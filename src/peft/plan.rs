@@ -1,0 +1,231 @@
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::nn::{LoraConfig, LoraTarget, Stratum};
+
+/// A fine-tuning method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Every tensor trains.
+    Full,
+    /// Every encoder bias (LayerNorm biases included) trains.
+    BitFit,
+    /// LoRA adapters on chosen layers and targets; biases frozen.
+    Lora,
+    /// Frozen `[0, N1)`, bias-only `[N1, N2)`, LoRA + bias `[N2, L)`.
+    Spafit,
+}
+
+impl FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Method::Full),
+            "bitfit" => Ok(Method::BitFit),
+            "lora" => Ok(Method::Lora),
+            "spafit" => Ok(Method::Spafit),
+            _ => Err(Error::invalid(
+                "peft method",
+                format!("unknown method `{s}`; expected full, bitfit, lora or spafit"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Full => "full",
+            Method::BitFit => "bitfit",
+            Method::Lora => "lora",
+            Method::Spafit => "spafit",
+        })
+    }
+}
+
+/// A stratum boundary: a layer index, or a fraction of the depth (rounded to the nearest
+/// layer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Boundary {
+    /// Layer index (0-based; the boundary sits below this layer).
+    Layer(usize),
+    /// Fraction of the layer count in `[0, 1]`.
+    Fraction(f64),
+}
+
+impl Boundary {
+    fn resolve(self, name: &str, layers: usize) -> Result<usize> {
+        match self {
+            Boundary::Layer(n) => Ok(n),
+            Boundary::Fraction(f) if (0.0..=1.0).contains(&f) => {
+                Ok((f * layers as f64).round() as usize)
+            }
+            Boundary::Fraction(f) => Err(Error::invalid(
+                "spafit plan",
+                format!("{name} as a fraction must be in [0, 1], got {f}"),
+            )),
+        }
+    }
+}
+
+impl FromStr for Boundary {
+    type Err = Error;
+    /// `4` is a layer index; `0.5` or `1/3` is a fraction.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(
+                "boundary",
+                format!("`{s}` is neither a layer index nor a fraction"),
+            )
+        };
+        if let Ok(n) = s.parse::<usize>() {
+            return Ok(Boundary::Layer(n));
+        }
+        if let Some((a, b)) = s.split_once('/') {
+            let (a, b): (f64, f64) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            return Ok(Boundary::Fraction(a / b));
+        }
+        s.parse::<f64>().map(Boundary::Fraction).map_err(|_| bad())
+    }
+}
+
+/// What the user asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftConfig {
+    /// The method.
+    pub method: Method,
+    /// Adapter settings (LoRA and SPAFIT's top stratum).
+    pub lora: LoraConfig,
+    /// LoRA only: the layers that get adapters (all when `None`).
+    pub lora_layers: Option<Vec<usize>>,
+    /// SPAFIT: first bias-only layer.
+    pub n1: Boundary,
+    /// SPAFIT: first LoRA + bias layer.
+    pub n2: Boundary,
+    /// Also train the pooler.
+    pub train_pooler: bool,
+    /// Also train the embeddings (tables and their LayerNorm).
+    pub train_embeddings: bool,
+    /// Also train the LayerNorm scales of every layer that trains anything.
+    pub train_layer_norm_weights: bool,
+}
+
+impl PeftConfig {
+    /// `method` with defaults: LoRA r = 8, alpha = 16, dropout 0.1 on query and value
+    /// (SPAFIT: on all six linear maps), SPAFIT boundaries at thirds.
+    pub fn new(method: Method) -> Self {
+        let targets = match method {
+            Method::Spafit => LoraTarget::ALL.to_vec(),
+            _ => vec![LoraTarget::Query, LoraTarget::Value],
+        };
+        PeftConfig {
+            method,
+            lora: LoraConfig {
+                rank: 8,
+                alpha: 16.0,
+                dropout: 0.1,
+                targets,
+            },
+            lora_layers: None,
+            n1: Boundary::Fraction(1.0 / 3.0),
+            n2: Boundary::Fraction(2.0 / 3.0),
+            train_pooler: false,
+            train_embeddings: false,
+            train_layer_norm_weights: false,
+        }
+    }
+}
+
+/// A [`PeftConfig`] resolved against a model depth: one stratum per layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftPlan {
+    /// The method.
+    pub method: Method,
+    /// Stratum of each encoder layer.
+    pub strata: Vec<Stratum>,
+    /// Adapter settings where any layer has adapters.
+    pub lora: Option<LoraConfig>,
+    /// SPAFIT's resolved boundaries.
+    pub boundaries: Option<(usize, usize)>,
+    /// Embeddings train.
+    pub train_embeddings: bool,
+    /// Pooler trains.
+    pub train_pooler: bool,
+    /// LayerNorm scales of non-frozen layers train.
+    pub train_layer_norm_weights: bool,
+}
+
+impl PeftPlan {
+    /// Resolves and validates `config` for a model with `layers` encoder layers.
+    pub fn new(config: &PeftConfig, layers: usize) -> Result<Self> {
+        let invalid = |detail: String| Error::invalid("peft plan", detail);
+        let mut boundaries = None;
+        let (strata, lora) = match config.method {
+            Method::Full => (vec![Stratum::Full; layers], None),
+            Method::BitFit => (vec![Stratum::BiasOnly; layers], None),
+            Method::Lora => {
+                config.lora.validate()?;
+                let mut strata = vec![Stratum::Frozen; layers];
+                match &config.lora_layers {
+                    None => strata.fill(Stratum::LoraOnly),
+                    Some(list) if list.is_empty() => {
+                        return Err(invalid("the LoRA layer list is empty".into()))
+                    }
+                    Some(list) => {
+                        for &l in list {
+                            if l >= layers {
+                                return Err(invalid(format!(
+                                    "LoRA layer {l} does not exist (the model has {layers} layers)"
+                                )));
+                            }
+                            strata[l] = Stratum::LoraOnly;
+                        }
+                    }
+                }
+                (strata, Some(config.lora.clone()))
+            }
+            Method::Spafit => {
+                let n1 = config.n1.resolve("N1", layers)?;
+                let n2 = config.n2.resolve("N2", layers)?;
+                if n1 > n2 {
+                    return Err(invalid(format!("N1 = {n1} is above N2 = {n2}")));
+                }
+                if n2 > layers {
+                    return Err(invalid(format!(
+                        "N2 = {n2} is beyond the model's {layers} layers"
+                    )));
+                }
+                if n2 < layers {
+                    config.lora.validate()?;
+                }
+                boundaries = Some((n1, n2));
+                let strata = (0..layers)
+                    .map(|i| {
+                        if i < n1 {
+                            Stratum::Frozen
+                        } else if i < n2 {
+                            Stratum::BiasOnly
+                        } else {
+                            Stratum::LoraAndBias
+                        }
+                    })
+                    .collect();
+                (strata, (n2 < layers).then(|| config.lora.clone()))
+            }
+        };
+        let full = config.method == Method::Full;
+        Ok(PeftPlan {
+            method: config.method,
+            strata,
+            lora,
+            boundaries,
+            train_embeddings: full || config.train_embeddings,
+            train_pooler: full || config.train_pooler,
+            train_layer_norm_weights: config.train_layer_norm_weights,
+        })
+    }
+}

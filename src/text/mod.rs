@@ -1,0 +1,5 @@
+//! Text to model inputs.
+
+mod tokenizer;
+
+pub use tokenizer::{EncodedBatch, TextInput, TextTokenizer};

@@ -1,0 +1,163 @@
+//! Hugging Face `tokenizer.json` through the `tokenizers` crate, with spafit's own
+//! truncation (longest-first to a max length) and dynamic padding to the longest row,
+//! whatever padding or truncation the file has baked in.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{
+    PaddingParams, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+use crate::error::{Error, Result};
+
+/// One example's text: a sentence or a sentence pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextInput<'a> {
+    /// A single sentence.
+    Single(&'a str),
+    /// A sentence pair (`[CLS] a [SEP] b [SEP]`, token types 0 then 1).
+    Pair(&'a str, &'a str),
+}
+
+/// Token ids of a batch padded to its longest row, row-major `[batch, seq]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedBatch {
+    /// Token ids (padding uses the tokenizer's pad id).
+    pub input_ids: Vec<u32>,
+    /// Segment ids (0 for the first sentence, 1 for the second).
+    pub token_type_ids: Vec<u32>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<u32>,
+    /// Rows.
+    pub batch: usize,
+    /// Tokens per row after padding.
+    pub seq: usize,
+}
+
+impl EncodedBatch {
+    /// Row `i` of a `[batch, seq]` field.
+    pub fn row<'a>(&self, field: &'a [u32], i: usize) -> &'a [u32] {
+        &field[i * self.seq..(i + 1) * self.seq]
+    }
+}
+
+/// A tokenizer loaded from `tokenizer.json`.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    path: PathBuf,
+    pad_id: u32,
+    max_len: usize,
+}
+
+impl TextTokenizer {
+    /// Loads `path`, truncating encodings longest-first to `max_len` tokens (special tokens
+    /// included).
+    pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {
+        let format = |detail: String| Error::Format {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if !path.is_file() {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "tokenizer file not found",
+                ),
+            });
+        }
+        let mut inner =
+            Tokenizer::from_file(path).map_err(|e| format(format!("invalid tokenizer: {e}")))?;
+        let pad_id = match inner.get_padding() {
+            Some(PaddingParams { pad_id, .. }) => *pad_id,
+            None => inner.token_to_id("[PAD]").unwrap_or(0),
+        };
+        inner.with_padding(None);
+        let mut tok = TextTokenizer {
+            inner,
+            path: path.to_path_buf(),
+            pad_id,
+            max_len: 0,
+        };
+        tok.set_max_len(max_len)?;
+        Ok(tok)
+    }
+
+    /// Changes the truncation length.
+    pub fn set_max_len(&mut self, max_len: usize) -> Result<()> {
+        let min = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+        if max_len <= min {
+            return Err(Error::invalid(
+                "tokenizer",
+                format!("max length {max_len} leaves no room next to {min} special tokens"),
+            ));
+        }
+        self.inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| Error::invalid("tokenizer", e.to_string()))?;
+        self.max_len = max_len;
+        Ok(())
+    }
+
+    /// The truncation length.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id used for padding.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Encodes a batch, truncated and padded to its longest row.
+    pub fn encode_batch(&self, inputs: &[TextInput<'_>]) -> Result<EncodedBatch> {
+        let encodings = inputs
+            .iter()
+            .map(|input| {
+                let r = match *input {
+                    TextInput::Single(a) => self.inner.encode(a, true),
+                    TextInput::Pair(a, b) => self.inner.encode((a, b), true),
+                };
+                r.map_err(|e| Error::Format {
+                    path: self.path.clone(),
+                    detail: format!("cannot encode {input:?}: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let seq = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0);
+        let batch = encodings.len();
+        let mut out = EncodedBatch {
+            input_ids: vec![self.pad_id; batch * seq],
+            token_type_ids: vec![0; batch * seq],
+            attention_mask: vec![0; batch * seq],
+            batch,
+            seq,
+        };
+        for (i, e) in encodings.iter().enumerate() {
+            let n = e.get_ids().len();
+            let at = i * seq;
+            out.input_ids[at..at + n].copy_from_slice(e.get_ids());
+            out.token_type_ids[at..at + n].copy_from_slice(e.get_type_ids());
+            out.attention_mask[at..at + n].fill(1);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,385 @@
+//! Parity with Hugging Face transformers + PEFT (float64) on the real all-MiniLM-L6-v2
+//! checkpoint. Every setting comes from the fixture's `fixture.json`, so any fixture in the
+//! same format (`SPAFIT_FIXTURE_DIR`) is checked the same way. The checkpoint comes from
+//! `scripts/fetch_assets.sh` (or `SPAFIT_MODEL_DIR`); without it these tests FAIL.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use common::rel_err;
+use serde_json::Value;
+use spafit::autograd::Tape;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+use spafit::checkpoint::{Checkpoint, WeightsFile};
+use spafit::model::{BertClassifier, BertModel, Labels, ModelInput};
+use spafit::nn::{DropoutPlan, LoraConfig, LoraTarget};
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::tensor::Shape;
+use spafit::text::{EncodedBatch, TextInput};
+
+fn fixture_dir() -> PathBuf {
+    std::env::var_os("SPAFIT_FIXTURE_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm-l6"),
+        PathBuf::from,
+    )
+}
+
+fn checkpoint() -> &'static Checkpoint {
+    static CHECKPOINT: OnceLock<Checkpoint> = OnceLock::new();
+    CHECKPOINT.get_or_init(|| {
+        let dir = std::env::var_os("SPAFIT_MODEL_DIR").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2"),
+            PathBuf::from,
+        );
+        Checkpoint::open(&dir).unwrap_or_else(|e| {
+            panic!("the all-MiniLM-L6-v2 checkpoint is required: {e}\nrun scripts/fetch_assets.sh first")
+        })
+    })
+}
+
+fn fixture() -> &'static Value {
+    static FIXTURE: OnceLock<Value> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let path = fixture_dir().join("fixture.json");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+fn fixture_file(name: &str) -> WeightsFile {
+    WeightsFile::open(&fixture_dir().join(name)).unwrap()
+}
+
+/// A fixture tensor as f64 with its shape.
+fn read(file: &WeightsFile, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(file.path()).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shape = st
+        .tensor(name)
+        .unwrap_or_else(|_| panic!("fixture lacks {name}"))
+        .shape()
+        .to_vec();
+    let values = file.read_f64(name, &Shape::new(shape.clone())).unwrap();
+    (shape, values)
+}
+
+fn texts(key: &str) -> Vec<Vec<String>> {
+    fixture()["inputs"][key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a.iter().map(|s| s.as_str().unwrap().to_string()).collect(),
+            _ => panic!("unexpected input {v}"),
+        })
+        .collect()
+}
+
+fn encode(inputs: &str) -> EncodedBatch {
+    let max_len = fixture()["inputs"]["max_len"].as_u64().unwrap() as usize;
+    let tok = checkpoint().tokenizer(max_len).unwrap();
+    let rows = texts(inputs);
+    let batch: Vec<TextInput> = rows
+        .iter()
+        .map(|r| match r.as_slice() {
+            [a] => TextInput::Single(a),
+            [a, b] => TextInput::Pair(a, b),
+            _ => panic!("bad row"),
+        })
+        .collect();
+    tok.encode_batch(&batch).unwrap()
+}
+
+fn u32_matrix(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+        })
+        .collect()
+}
+
+#[test]
+fn token_ids_types_and_masks_match_exactly() {
+    for (inputs, tokens) in [("singles", "tokens_singles"), ("pairs", "tokens_pairs")] {
+        let ours = encode(inputs);
+        let theirs = &fixture()["inputs"][tokens];
+        assert_eq!(
+            ours.input_ids,
+            u32_matrix(&theirs["input_ids"]),
+            "{inputs}: input_ids"
+        );
+        assert_eq!(
+            ours.token_type_ids,
+            u32_matrix(&theirs["token_type_ids"]),
+            "{inputs}: token_type_ids"
+        );
+        assert_eq!(
+            ours.attention_mask,
+            u32_matrix(&theirs["attention_mask"]),
+            "{inputs}: attention_mask"
+        );
+    }
+}
+
+fn encoder_check<B: Backend>(backend: B, tol: f64) {
+    let ck = checkpoint();
+    let mut source = |name: &str, shape: Shape| ck.tensor(&backend, name, shape);
+    let model = BertModel::load(&ck.config, &mut source).unwrap();
+    let reference = fixture_file("encoder.safetensors");
+    for inputs in ["singles", "pairs"] {
+        let enc = encode(inputs);
+        let input = ModelInput::new(&backend, &enc).unwrap();
+        let mut tape = Tape::new(backend.clone());
+        let out = model
+            .forward(&mut tape, &input, &mut DropoutPlan::eval())
+            .unwrap();
+        let hidden = backend.to_f64(out.last_hidden_state.value()).unwrap();
+        let pooled = backend.to_f64(out.pooler_output.value()).unwrap();
+        let h = ck.config.hidden_size;
+        let mut mean = vec![0.0; enc.batch * h];
+        for b in 0..enc.batch {
+            let n: u32 = enc.row(&enc.attention_mask, b).iter().sum();
+            for t in 0..enc.seq {
+                if enc.attention_mask[b * enc.seq + t] == 1 {
+                    for j in 0..h {
+                        mean[b * h + j] += hidden[(b * enc.seq + t) * h + j] / f64::from(n);
+                    }
+                }
+            }
+        }
+        for (name, ours) in [
+            ("last_hidden_state", &hidden),
+            ("pooler_output", &pooled),
+            ("mean_pooled", &mean),
+        ] {
+            let (_, theirs) = read(&reference, &format!("{inputs}.{name}"));
+            let e = rel_err(ours, &theirs);
+            println!("PARITY {} {inputs}.{name}: rel err {e:.3e}", backend.name());
+            assert!(
+                e <= tol,
+                "{inputs}.{name}: relative error {e:e} > {tol:e} on {}",
+                backend.name()
+            );
+        }
+        assert_eq!(tape.stats().nodes, 0, "a frozen model must record nothing");
+    }
+}
+
+#[test]
+fn encoder_outputs_match_in_f64() {
+    encoder_check(CpuBackend::f64(), 1e-9);
+}
+
+#[test]
+fn encoder_outputs_match_in_f32() {
+    encoder_check(CpuBackend::f32(), 1e-4);
+}
+
+/// The PEFT configuration a fixture case describes.
+fn case_config(case: &Value) -> PeftConfig {
+    let method: Method = case["method"].as_str().unwrap().parse().unwrap();
+    let mut config = PeftConfig::new(method);
+    if let Some(r) = case.get("lora_r") {
+        let targets: Vec<LoraTarget> = case["lora_targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().parse().unwrap())
+            .collect();
+        config.lora = LoraConfig {
+            rank: r.as_u64().unwrap() as usize,
+            alpha: case["lora_alpha"].as_f64().unwrap(),
+            dropout: 0.0,
+            targets,
+        };
+        let layers: Vec<usize> = case["lora_layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_u64().unwrap() as usize)
+            .collect();
+        config.lora_layers = Some(layers);
+    }
+    if let (Some(n1), Some(n2)) = (case.get("n1"), case.get("n2")) {
+        config.n1 = Boundary::Layer(n1.as_u64().unwrap() as usize);
+        config.n2 = Boundary::Layer(n2.as_u64().unwrap() as usize);
+    }
+    config
+}
+
+fn build_case<B: Backend>(
+    backend: &B,
+    case: &Value,
+    file: &WeightsFile,
+) -> (BertClassifier<B>, ModelInput<B>, Labels<B>) {
+    let ck = checkpoint();
+    let num_labels = case["num_labels"].as_u64().unwrap() as usize;
+    let mut model = BertClassifier::from_checkpoint(ck, backend, num_labels, 0).unwrap();
+    let plan = PeftPlan::new(&case_config(case), ck.config.num_hidden_layers).unwrap();
+    if let Some(lora_layers) = case.get("lora_layers") {
+        // The fixture's own statement of where adapters go must agree with the plan.
+        for l in lora_layers.as_array().unwrap() {
+            assert!(plan.strata[l.as_u64().unwrap() as usize].has_lora());
+        }
+    }
+    let mut init = |name: &str, shape: Shape| file.tensor(backend, &format!("init.{name}"), shape);
+    model.apply_plan(&plan, &mut init).unwrap();
+    for p in model.classifier.params_mut() {
+        p.value = file
+            .tensor(
+                backend,
+                &format!("init.{}", p.name),
+                p.value.shape().clone(),
+            )
+            .unwrap();
+    }
+    let enc = encode(case["inputs"].as_str().unwrap());
+    let input = ModelInput::new(backend, &enc).unwrap();
+    let labels = &case["labels"];
+    let n = enc.batch;
+    let labels = if num_labels == 1 {
+        let y: Vec<f64> = labels
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        Labels::Scores(backend.tensor_from_f64(Shape::new([n]), &y).unwrap())
+    } else {
+        let y: Vec<u32> = labels
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        Labels::Classes(backend.tensor_from_u32(Shape::new([n]), &y).unwrap())
+    };
+    (model, input, labels)
+}
+
+fn method_parity(method: &str) {
+    let cases: Vec<&Value> = fixture()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["method"] == method)
+        .collect();
+    assert!(!cases.is_empty(), "the fixture has no {method} case");
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let file = fixture_file(&format!("{name}.safetensors"));
+        let (_, want_logits) = read(&file, "logits");
+        let (_, want_loss) = read(&file, "loss");
+
+        // f64: values, loss and every trainable gradient.
+        let cpu = CpuBackend::f64();
+        let (model, input, labels) = build_case(&cpu, case, &file);
+        let want_names: Vec<String> = case["trainable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            model.trainable_names(),
+            want_names,
+            "{name}: trainable tensors"
+        );
+        assert_eq!(
+            model.trainable_parameter_count() as u64,
+            case["n_trainable_params"].as_u64().unwrap(),
+            "{name}: count"
+        );
+        let mut tape = Tape::new(cpu);
+        let logits = model
+            .forward(&mut tape, &input, &mut DropoutPlan::eval())
+            .unwrap();
+        let loss = model.loss(&mut tape, &logits, &labels).unwrap();
+        let e_logits = rel_err(&cpu.to_f64(logits.value()).unwrap(), &want_logits);
+        let e_loss = rel_err(&cpu.to_f64(loss.value()).unwrap(), &want_loss);
+        assert!(e_logits <= 1e-9, "{name}: logits {e_logits:e}");
+        assert!(e_loss <= 1e-9, "{name}: loss {e_loss:e}");
+        let grads = tape.backward(&loss).unwrap();
+        let mut worst: f64 = 0.0;
+        let mut checked = 0;
+        for grad_name in file.names().iter().filter_map(|n| n.strip_prefix("grad.")) {
+            let (_, want) = read(&file, &format!("grad.{grad_name}"));
+            let ours = cpu
+                .to_f64(
+                    grads
+                        .get(grad_name)
+                        .unwrap_or_else(|| panic!("{name}: no gradient for {grad_name}")),
+                )
+                .unwrap();
+            if grad_name.ends_with("attention.self.key.bias") {
+                // Exactly zero in exact arithmetic (softmax ignores a per-query shift); the
+                // reference holds rounding noise, so compare absolutely.
+                let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                assert!(
+                    ours.iter().all(|v| v.abs() < 1e-12) && scale < 1e-12,
+                    "{name}: {grad_name}"
+                );
+                continue;
+            }
+            let e = rel_err(&ours, &want);
+            assert!(
+                e <= 1e-7,
+                "{name}: gradient of {grad_name}: relative error {e:e}"
+            );
+            worst = worst.max(e);
+            checked += 1;
+        }
+        assert!(checked > 0, "{name}: the fixture holds no gradient");
+        if method != "full" {
+            // The reference holds every trainable gradient; ours must not hold more.
+            assert_eq!(grads.len(), want_names.len(), "{name}: gradient buffers");
+        }
+        println!("PARITY {name} f64: logits {e_logits:.2e}, loss {e_loss:.2e}, {checked} gradients worst {worst:.2e}");
+
+        // f32: values and loss.
+        let c32 = CpuBackend::f32();
+        let (model, input, labels) = build_case(&c32, case, &file);
+        let mut tape = Tape::new(c32);
+        let logits = model
+            .forward(&mut tape, &input, &mut DropoutPlan::eval())
+            .unwrap();
+        let loss = model.loss(&mut tape, &logits, &labels).unwrap();
+        let e32_logits = rel_err(&c32.to_f64(logits.value()).unwrap(), &want_logits);
+        let e32_loss = rel_err(&c32.to_f64(loss.value()).unwrap(), &want_loss);
+        assert!(
+            e32_logits <= 1e-4 && e32_loss <= 1e-4,
+            "{name} f32: logits {e32_logits:e}, loss {e32_loss:e}"
+        );
+        println!("PARITY {name} f32: logits {e32_logits:.2e}, loss {e32_loss:.2e}");
+    }
+}
+
+#[test]
+fn full_fine_tuning_matches_transformers() {
+    method_parity("full");
+}
+
+#[test]
+fn bitfit_matches_transformers() {
+    method_parity("bitfit");
+}
+
+#[test]
+fn lora_matches_peft() {
+    method_parity("lora");
+}
+
+#[test]
+fn spafit_matches_peft() {
+    method_parity("spafit");
+}
