@@ -383,3 +383,72 @@ fn lora_matches_peft() {
 fn spafit_matches_peft() {
     method_parity("spafit");
 }
+
+#[test]
+fn spafit_keeps_less_than_lora_and_full_on_the_real_model() {
+    let cpu = CpuBackend::f64();
+    let ck = checkpoint();
+    let enc = encode("singles");
+    let input = ModelInput::new(&cpu, &enc).unwrap();
+    let labels = Labels::Classes(
+        cpu.tensor_from_u32(Shape::new([enc.batch]), &vec![1; enc.batch])
+            .unwrap(),
+    );
+    let layers = ck.config.num_hidden_layers;
+    let mut spafit = PeftConfig::new(Method::Spafit);
+    spafit.n1 = Boundary::Layer(2);
+    spafit.n2 = Boundary::Layer(4);
+    let mut results = Vec::new();
+    for (label, config) in [
+        ("spafit", spafit),
+        ("lora", PeftConfig::new(Method::Lora)),
+        ("full", PeftConfig::new(Method::Full)),
+    ] {
+        let mut model = BertClassifier::from_checkpoint(ck, &cpu, 2, 0).unwrap();
+        let plan = PeftPlan::new(&config, layers).unwrap();
+        model
+            .apply_plan(&plan, &mut spafit::peft::peft_lora_init(&cpu, 1))
+            .unwrap();
+        let mut tape = Tape::new(cpu);
+        let logits = model
+            .forward(&mut tape, &input, &mut DropoutPlan::train(0.1, 0.1, 0.1, 3))
+            .unwrap();
+        let loss = model.loss(&mut tape, &logits, &labels).unwrap();
+        let stats = tape.stats().clone();
+        tape.backward(&loss).unwrap();
+        let stats_after = tape.stats().clone();
+        println!(
+            "MEMORY {label}: nodes {}, saved activation bytes {}, grad buffers {} ({} bytes), trainable params {}",
+            stats.nodes,
+            stats.saved_activation_bytes,
+            stats_after.grad_buffers,
+            stats_after.grad_bytes,
+            model.trainable_parameter_count()
+        );
+        if label == "spafit" {
+            for scope in ["embeddings", "layer.0", "layer.1"] {
+                assert_eq!(
+                    stats.scope(scope).nodes,
+                    0,
+                    "SPAFIT's frozen stratum recorded nodes in {scope}"
+                );
+                assert_eq!(stats.scope(scope).saved_activation_bytes, 0);
+            }
+        }
+        results.push(stats_after);
+    }
+    let (s, l, f) = (&results[0], &results[1], &results[2]);
+    assert!(
+        s.saved_activation_bytes < l.saved_activation_bytes,
+        "SPAFIT {} vs LoRA {}",
+        s.saved_activation_bytes,
+        l.saved_activation_bytes
+    );
+    assert!(
+        l.saved_activation_bytes < f.saved_activation_bytes,
+        "LoRA {} vs full {}",
+        l.saved_activation_bytes,
+        f.saved_activation_bytes
+    );
+    assert!(s.grad_bytes < f.grad_bytes);
+}

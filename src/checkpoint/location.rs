@@ -11,6 +11,11 @@ use crate::error::{Error, Result};
 /// - a hub id (`org/name`) is looked up in `$HF_HUB_CACHE`, `$HF_HOME/hub` or
 ///   `~/.cache/huggingface/hub`. Nothing is downloaded.
 pub fn resolve(spec: &Path) -> Result<PathBuf> {
+    resolve_with_caches(spec, &hub_caches())
+}
+
+/// [`resolve`] with explicit hub cache roots instead of the environment's.
+pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBuf> {
     if spec.join("config.json").is_file() {
         return Ok(spec.to_path_buf());
     }
@@ -20,7 +25,7 @@ pub fn resolve(spec: &Path) -> Result<PathBuf> {
     if !spec.exists() {
         if let Some(id) = spec.to_str().filter(|s| s.matches('/').count() == 1) {
             let folder = format!("models--{}", id.replace('/', "--"));
-            for hub in hub_caches() {
+            for hub in hub_caches {
                 let repo = hub.join(&folder);
                 if repo.join("snapshots").is_dir() {
                     return snapshot(&repo);

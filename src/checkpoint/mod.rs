@@ -5,7 +5,7 @@ mod location;
 mod weights;
 
 pub use config::BertConfig;
-pub use location::resolve;
+pub use location::{resolve, resolve_with_caches};
 pub use weights::WeightsFile;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod stack;
+pub mod tiny_bert;
 
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;

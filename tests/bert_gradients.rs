@@ -1,0 +1,160 @@
+//! Whole-model finite differences: a tiny random BERT (3 layers, odd sizes) under every PEFT
+//! method, classification and regression, in f64 with dropout on (fixed seeds), every
+//! trainable tensor sampled.
+
+mod common;
+
+use common::{check_gradient, host, sample, tensor, tiny_bert};
+use spafit::autograd::Tape;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+use spafit::model::{BertClassifier, BertModel, Labels, ModelInput};
+use spafit::nn::{DropoutPlan, Linear, LoraConfig, LoraTarget};
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::tensor::Shape;
+use spafit::text::EncodedBatch;
+
+/// Two sequences of 7 tokens; the second a pair with a padded tail of three.
+fn batch() -> EncodedBatch {
+    EncodedBatch {
+        input_ids: vec![2, 5, 9, 14, 3, 27, 1, 2, 8, 1, 20, 1, 0, 0],
+        token_type_ids: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0],
+        attention_mask: vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        batch: 2,
+        seq: 7,
+    }
+}
+
+fn config_for(method: Method) -> PeftConfig {
+    let mut c = PeftConfig::new(method);
+    c.lora = LoraConfig {
+        rank: 2,
+        alpha: 3.0,
+        dropout: 0.2,
+        targets: match method {
+            Method::Lora => vec![LoraTarget::Query, LoraTarget::Value, LoraTarget::Output],
+            _ => LoraTarget::ALL.to_vec(),
+        },
+    };
+    if method == Method::Lora {
+        c.lora_layers = Some(vec![0, 2]);
+    }
+    c.n1 = Boundary::Layer(1);
+    c.n2 = Boundary::Layer(2);
+    if method == Method::Spafit {
+        // Exercise the options too: they must produce correct gradients like the rest.
+        c.train_pooler = true;
+        c.train_layer_norm_weights = true;
+    }
+    c
+}
+
+fn check(method: Method, num_labels: usize) {
+    let cpu = CpuBackend::f64();
+    let config = tiny_bert::config(3);
+    let tensors = tiny_bert::tensors(&config, 42);
+    let mut source = tiny_bert::source(&cpu, &tensors);
+    let bert = BertModel::load(&config, &mut source).unwrap();
+    let head = Linear::new(
+        "classifier",
+        tensor(
+            &cpu,
+            &[num_labels, 15],
+            &common::nonzero(&mut spafit::rng::SplitMix::new(7), num_labels * 15),
+        ),
+        tensor(&cpu, &[num_labels], &vec![0.05; num_labels]),
+    );
+    let mut model = BertClassifier::new(bert, head, num_labels).unwrap();
+    let plan = PeftPlan::new(&config_for(method), 3).unwrap();
+    model
+        .apply_plan(&plan, &mut tiny_bert::random_init(&cpu, 9))
+        .unwrap();
+    let input = ModelInput::new(&cpu, &batch()).unwrap();
+    let labels = if num_labels == 1 {
+        Labels::Scores(tensor(&cpu, &[2], &[0.7, -1.2]))
+    } else {
+        Labels::Classes(cpu.tensor_from_u32(Shape::new([2]), &[2, 0]).unwrap())
+    };
+    let dropouts = || DropoutPlan::train(0.1, 0.1, 0.2, 77);
+    let loss_of = |model: &BertClassifier<CpuBackend>, tape: &mut Tape<CpuBackend>| {
+        let logits = model.forward(tape, &input, &mut dropouts()).unwrap();
+        model.loss(tape, &logits, &labels).unwrap()
+    };
+    let mut tape = Tape::new(cpu);
+    let loss = loss_of(&model, &mut tape);
+    let grads = tape.backward(&loss).unwrap();
+    let names = model.trainable_names();
+    assert_eq!(
+        grads.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+        names
+    );
+    let mut worst: f64 = 0.0;
+    for name in &names {
+        let g = host(grads.get(name).unwrap());
+        if name.ends_with("attention.self.key.bias") {
+            assert!(
+                g.iter().all(|v| v.abs() < 1e-12),
+                "{name} must have zero gradient"
+            );
+            continue;
+        }
+        let idx = model.params().iter().position(|p| &p.name == name).unwrap();
+        let x = host(&model.params()[idx].value);
+        let shape = model.params()[idx].value.dims().to_vec();
+        // Embedding tables: sample only rows the batch uses (other rows have zero gradient).
+        let coords: Vec<usize> = if name.contains("embeddings.") && !name.contains("LayerNorm") {
+            let used: Vec<usize> = g
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0.0)
+                .map(|(i, _)| i)
+                .collect();
+            sample(used.len(), 8).into_iter().map(|i| used[i]).collect()
+        } else {
+            sample(x.len(), 6)
+        };
+        let err = check_gradient(
+            &format!("{method} {num_labels}-label {name}"),
+            &g,
+            &x,
+            &coords,
+            1e-6,
+            |v| {
+                model.params_mut()[idx].value = tensor(&cpu, &shape, v);
+                let mut t = Tape::new(cpu);
+                let l = loss_of(&model, &mut t);
+                host(l.value())[0]
+            },
+        );
+        model.params_mut()[idx].value = tensor(&cpu, &shape, &x);
+        worst = worst.max(err);
+    }
+    println!(
+        "BERT FD {method} {num_labels}-label: {} trainable tensors, worst rel err {worst:.3e}",
+        names.len()
+    );
+}
+
+#[test]
+fn full_fine_tuning_gradients() {
+    check(Method::Full, 3);
+    check(Method::Full, 1);
+}
+
+#[test]
+fn bitfit_gradients() {
+    check(Method::BitFit, 3);
+    check(Method::BitFit, 1);
+}
+
+#[test]
+fn lora_gradients() {
+    check(Method::Lora, 3);
+    check(Method::Lora, 1);
+}
+
+#[test]
+fn spafit_gradients() {
+    check(Method::Spafit, 3);
+    check(Method::Spafit, 1);
+}

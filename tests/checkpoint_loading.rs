@@ -1,0 +1,338 @@
+//! Loading Hugging Face checkpoints: dtypes, name prefixes, the hub cache layout, and every
+//! failure as an error naming the file and the tensor or field.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::{host, tiny_bert};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use spafit::backend::cpu::CpuBackend;
+use spafit::checkpoint::{resolve_with_caches, BertConfig, Checkpoint};
+use spafit::model::BertClassifier;
+use spafit::Error;
+
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
+
+fn encode(dtype: Dtype, values: &[f64]) -> Vec<u8> {
+    match dtype {
+        Dtype::F32 => values
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect(),
+        Dtype::F64 => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+            .collect(),
+        Dtype::I64 => values
+            .iter()
+            .flat_map(|&v| (v as i64).to_le_bytes())
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Writes a checkpoint directory: config.json + model.safetensors in `dtype`, names with or
+/// without the `bert.` prefix, plus the `position_ids` buffer real checkpoints carry.
+fn write_checkpoint(dir: &Path, config: &str, tensors: &Tensors, dtype: Dtype, prefix: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, (shape, v))| {
+            let name = if prefix {
+                name.clone()
+            } else {
+                name.trim_start_matches("bert.").to_string()
+            };
+            (name, dtype, shape.clone(), encode(dtype, v))
+        })
+        .collect();
+    let pos: Vec<f64> = (0..11).map(f64::from).collect();
+    owned.push((
+        "embeddings.position_ids".into(),
+        Dtype::I64,
+        vec![1, 11],
+        encode(Dtype::I64, &pos),
+    ));
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+fn tiny_config_json(layers: usize) -> String {
+    format!(
+        r#"{{"architectures": ["BertModel"], "model_type": "bert", "vocab_size": 29, "hidden_size": 15,
+            "num_hidden_layers": {layers}, "num_attention_heads": 3, "intermediate_size": 13,
+            "max_position_embeddings": 11, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+            "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}}"#
+    )
+}
+
+fn load_err(dir: &Path) -> Error {
+    match Checkpoint::open(dir)
+        .and_then(|ck| BertClassifier::from_checkpoint(&ck, &CpuBackend::f64(), 2, 0))
+    {
+        Ok(_) => panic!("{}: expected a loading error", dir.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn every_float_dtype_and_both_name_styles_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
+    let probe = "bert.encoder.layer.1.output.dense.weight";
+    let (_, exact) = &tensors[probe];
+    for (dtype, tol) in [
+        (Dtype::F32, 1e-7),
+        (Dtype::F64, 0.0),
+        (Dtype::F16, 1e-3),
+        (Dtype::BF16, 8e-3),
+    ] {
+        for prefix in [false, true] {
+            let dir = tmp.path().join(format!("{dtype:?}-{prefix}"));
+            write_checkpoint(&dir, &tiny_config_json(2), &tensors, dtype, prefix);
+            let ck = Checkpoint::open(&dir).unwrap();
+            let model = BertClassifier::from_checkpoint(&ck, &CpuBackend::f64(), 2, 0).unwrap();
+            let p = model
+                .params()
+                .into_iter()
+                .find(|p| p.name == probe)
+                .unwrap();
+            let got = host(&p.value);
+            let worst = got
+                .iter()
+                .zip(exact)
+                .map(|(g, e)| ((g - e) / e).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= tol,
+                "{dtype:?} prefix={prefix}: relative rounding {worst}"
+            );
+            assert_eq!(model.params().len(), 7 + 2 * 16 + 2);
+        }
+    }
+}
+
+#[test]
+fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tiny_bert::tensors(&tiny_bert::config(2), 5);
+
+    let mut missing = full.clone();
+    missing.remove("bert.encoder.layer.1.output.dense.bias");
+    let dir = tmp.path().join("missing");
+    write_checkpoint(&dir, &tiny_config_json(2), &missing, Dtype::F32, false);
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("bert.encoder.layer.1.output.dense.bias")
+            && e.contains("missing"),
+        "{e}"
+    );
+
+    let mut misshapen = full.clone();
+    misshapen.insert(
+        "bert.pooler.dense.weight".into(),
+        (vec![15, 14], vec![0.5; 210]),
+    );
+    let dir = tmp.path().join("misshapen");
+    write_checkpoint(&dir, &tiny_config_json(2), &misshapen, Dtype::F32, true);
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("bert.pooler.dense.weight") && e.contains("[15, 14]") && e.contains("[15, 15]"),
+        "{e}"
+    );
+
+    // A config that claims more layers than the file holds: the first absent tensor is named.
+    let dir = tmp.path().join("deeper-config");
+    write_checkpoint(&dir, &tiny_config_json(3), &full, Dtype::F32, false);
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("encoder.layer.2."), "{e}");
+
+    // A vocabulary the config does not match.
+    let dir = tmp.path().join("vocab");
+    write_checkpoint(
+        &dir,
+        &tiny_config_json(2).replace("\"vocab_size\": 29", "\"vocab_size\": 30"),
+        &full,
+        Dtype::F32,
+        false,
+    );
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("word_embeddings") && e.contains("[29, 15]") && e.contains("[30, 15]"),
+        "{e}"
+    );
+
+    // Integer data where floats belong.
+    let dir = tmp.path().join("int");
+    write_checkpoint(&dir, &tiny_config_json(2), &full, Dtype::I64, false);
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("I64") && e.contains("expected F32"), "{e}");
+}
+
+#[test]
+fn broken_files_are_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
+
+    let dir = tmp.path().join("bad-json");
+    write_checkpoint(&dir, "{ \"hidden_size\": 15,", &tensors, Dtype::F32, false);
+    let e = load_err(&dir);
+    assert!(
+        matches!(e, Error::Format { .. }) && e.to_string().contains("config.json"),
+        "{e}"
+    );
+
+    let dir = tmp.path().join("no-field");
+    write_checkpoint(
+        &dir,
+        &tiny_config_json(2).replace("\"intermediate_size\": 13,", ""),
+        &tensors,
+        Dtype::F32,
+        false,
+    );
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("config.json") && e.contains("intermediate_size"),
+        "{e}"
+    );
+
+    let dir = tmp.path().join("tanh-gelu");
+    write_checkpoint(
+        &dir,
+        &tiny_config_json(2).replace("\"gelu\"", "\"gelu_new\""),
+        &tensors,
+        Dtype::F32,
+        false,
+    );
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("gelu_new"), "{e}");
+
+    let dir = tmp.path().join("heads");
+    write_checkpoint(
+        &dir,
+        &tiny_config_json(2).replace("\"num_attention_heads\": 3", "\"num_attention_heads\": 4"),
+        &tensors,
+        Dtype::F32,
+        false,
+    );
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("not divisible"), "{e}");
+
+    let dir = tmp.path().join("corrupt");
+    write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}",
+    )
+    .unwrap();
+    let e = load_err(&dir);
+    assert!(
+        matches!(e, Error::Format { .. }) && e.to_string().contains("model.safetensors"),
+        "{e}"
+    );
+
+    let dir = tmp.path().join("no-weights");
+    write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = load_err(&dir);
+    assert!(
+        matches!(e, Error::Io { .. }) && e.to_string().contains("model.safetensors"),
+        "{e}"
+    );
+
+    let e = load_err(&tmp.path().join("does-not-exist"));
+    assert!(e.to_string().contains("does-not-exist"), "{e}");
+    let e = load_err(tmp.path());
+    assert!(e.to_string().contains("no config.json"), "{e}");
+}
+
+#[test]
+fn hugging_face_hub_cache_layout_resolves_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
+    let repo = tmp.path().join("hub/models--acme--tiny-bert");
+    let snap = repo.join("snapshots/0123abcd");
+    write_checkpoint(&snap, &tiny_config_json(2), &tensors, Dtype::F32, false);
+    // A second, stale snapshot: refs/main decides.
+    write_checkpoint(
+        &repo.join("snapshots/ffff0000"),
+        &tiny_config_json(2),
+        &tensors,
+        Dtype::F32,
+        false,
+    );
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd\n").unwrap();
+
+    let caches = vec![tmp.path().join("elsewhere"), tmp.path().join("hub")];
+    assert_eq!(
+        resolve_with_caches(Path::new("acme/tiny-bert"), &caches).unwrap(),
+        snap
+    );
+    assert_eq!(resolve_with_caches(&repo, &caches).unwrap(), snap);
+    assert_eq!(resolve_with_caches(&snap, &caches).unwrap(), snap);
+    let e = resolve_with_caches(Path::new("acme/other-model"), &caches).unwrap_err();
+    assert!(e.to_string().contains("acme/other-model"), "{e}");
+
+    std::fs::remove_file(repo.join("refs/main")).unwrap();
+    let e = resolve_with_caches(&repo, &caches).unwrap_err();
+    assert!(e.to_string().contains("several snapshots"), "{e}");
+}
+
+#[test]
+fn tokenizer_must_fit_the_vocabulary() {
+    let real = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/models/all-MiniLM-L6-v2/tokenizer.json");
+    assert!(
+        real.is_file(),
+        "{} is required: run scripts/fetch_assets.sh",
+        real.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
+    write_checkpoint(
+        tmp.path(),
+        &tiny_config_json(2),
+        &tensors,
+        Dtype::F32,
+        false,
+    );
+    std::fs::copy(&real, tmp.path().join("tokenizer.json")).unwrap();
+    let ck = Checkpoint::open(tmp.path()).unwrap();
+    let e = ck
+        .tokenizer(8)
+        .err()
+        .expect("30522 tokens cannot index 29 rows");
+    assert!(
+        e.to_string().contains("30522") && e.to_string().contains("29"),
+        "{e}"
+    );
+    let e = ck
+        .tokenizer(64)
+        .err()
+        .expect("longer than the position table");
+    assert!(e.to_string().contains("11 positions"), "{e}");
+
+    std::fs::write(tmp.path().join("tokenizer.json"), "{\"version\": \"1.0\"").unwrap();
+    let e = ck.tokenizer(8).err().expect("broken tokenizer");
+    assert!(
+        matches!(e, Error::Format { .. }) && e.to_string().contains("tokenizer.json"),
+        "{e}"
+    );
+
+    let cfg = BertConfig::from_json(&tiny_config_json(2), Path::new("x/config.json")).unwrap();
+    assert_eq!(cfg.num_hidden_layers, 2);
+}

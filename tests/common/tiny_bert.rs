@@ -1,0 +1,113 @@
+//! A tiny random BERT at odd sizes, as named tensors, to build models and checkpoints from.
+
+use std::collections::BTreeMap;
+
+use spafit::backend::Backend;
+use spafit::checkpoint::BertConfig;
+use spafit::rng::SplitMix;
+use spafit::tensor::{Shape, Tensor};
+
+use super::nonzero;
+
+pub fn config(layers: usize) -> BertConfig {
+    BertConfig {
+        vocab_size: 29,
+        hidden_size: 15,
+        num_hidden_layers: layers,
+        num_attention_heads: 3,
+        intermediate_size: 13,
+        max_position_embeddings: 11,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        hidden_act: "gelu".into(),
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        position_embedding_type: None,
+        model_type: Some("bert".into()),
+    }
+}
+
+/// Every tensor of `BertModel` + pooler with Hugging Face names (`bert.` prefix).
+pub fn tensors(c: &BertConfig, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        (
+            "bert.embeddings.word_embeddings.weight".into(),
+            vec![c.vocab_size, h],
+        ),
+        (
+            "bert.embeddings.position_embeddings.weight".into(),
+            vec![c.max_position_embeddings, h],
+        ),
+        (
+            "bert.embeddings.token_type_embeddings.weight".into(),
+            vec![c.type_vocab_size, h],
+        ),
+        ("bert.embeddings.LayerNorm.weight".into(), vec![h]),
+        ("bert.embeddings.LayerNorm.bias".into(), vec![h]),
+        ("bert.pooler.dense.weight".into(), vec![h, h]),
+        ("bert.pooler.dense.bias".into(), vec![h]),
+    ];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("bert.encoder.layer.{l}");
+        for (m, out, inp) in [
+            ("attention.self.query", h, h),
+            ("attention.self.key", h, h),
+            ("attention.self.value", h, h),
+            ("attention.output.dense", h, h),
+            ("intermediate.dense", i, h),
+            ("output.dense", h, i),
+        ] {
+            shapes.push((format!("{p}.{m}.weight"), vec![out, inp]));
+            shapes.push((format!("{p}.{m}.bias"), vec![out]));
+        }
+        for m in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            shapes.push((format!("{p}.{m}.weight"), vec![h]));
+            shapes.push((format!("{p}.{m}.bias"), vec![h]));
+        }
+    }
+    let mut rng = SplitMix::new(seed);
+    shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let v = nonzero(&mut rng, shape.iter().product());
+            let v = if name.ends_with("LayerNorm.weight") {
+                v.iter().map(|x| 1.0 + 0.2 * x).collect()
+            } else if name.ends_with("bias") {
+                v.iter().map(|x| 0.1 * x).collect()
+            } else {
+                v.iter().map(|x| 0.5 * x).collect()
+            };
+            (name, (shape, v))
+        })
+        .collect()
+}
+
+/// A tensor source over `tensors`, checking shapes the way a checkpoint does.
+pub fn source<'a, B: Backend>(
+    backend: &'a B,
+    tensors: &'a BTreeMap<String, (Vec<usize>, Vec<f64>)>,
+) -> impl FnMut(&str, Shape) -> spafit::Result<Tensor<B>> + 'a {
+    move |name, shape| {
+        let (dims, values) = tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"));
+        assert_eq!(dims.as_slice(), shape.dims(), "{name}");
+        backend.tensor_from_f64(shape, values)
+    }
+}
+
+/// Random non-zero adapters (unlike PEFT's zero B, so every gradient is non-trivial).
+pub fn random_init<B: Backend>(
+    backend: &B,
+    seed: u64,
+) -> impl FnMut(&str, Shape) -> spafit::Result<Tensor<B>> + '_ {
+    let mut rng = SplitMix::new(seed);
+    move |_, shape| {
+        let v: Vec<f64> = nonzero(&mut rng, shape.numel())
+            .iter()
+            .map(|x| 0.3 * x)
+            .collect();
+        backend.tensor_from_f64(shape, &v)
+    }
+}

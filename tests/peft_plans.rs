@@ -1,0 +1,118 @@
+//! PEFT configurations resolve to the documented strata, and impossible ones are errors.
+
+use spafit::nn::{LoraTarget, Stratum};
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::Error;
+
+fn spafit(n1: Boundary, n2: Boundary) -> PeftConfig {
+    let mut c = PeftConfig::new(Method::Spafit);
+    c.n1 = n1;
+    c.n2 = n2;
+    c
+}
+
+fn err(config: &PeftConfig, layers: usize) -> String {
+    match PeftPlan::new(config, layers) {
+        Ok(p) => panic!("expected an error, got {p:?}"),
+        Err(e) => {
+            assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn default_spafit_boundaries_are_thirds() {
+    for (layers, want) in [(6, (2, 4)), (12, (4, 8)), (24, (8, 16)), (3, (1, 2))] {
+        let plan = PeftPlan::new(&PeftConfig::new(Method::Spafit), layers).unwrap();
+        assert_eq!(plan.boundaries, Some(want), "{layers} layers");
+        let (n1, n2) = want;
+        for (i, s) in plan.strata.iter().enumerate() {
+            let expect = if i < n1 {
+                Stratum::Frozen
+            } else if i < n2 {
+                Stratum::BiasOnly
+            } else {
+                Stratum::LoraAndBias
+            };
+            assert_eq!(*s, expect, "layer {i} of {layers}");
+        }
+        assert_eq!(
+            plan.lora.as_ref().unwrap().targets,
+            LoraTarget::ALL.to_vec()
+        );
+    }
+}
+
+#[test]
+fn baselines_are_plans_of_strata() {
+    let full = PeftPlan::new(&PeftConfig::new(Method::Full), 4).unwrap();
+    assert!(
+        full.strata.iter().all(|s| *s == Stratum::Full)
+            && full.train_embeddings
+            && full.train_pooler
+    );
+    let bitfit = PeftPlan::new(&PeftConfig::new(Method::BitFit), 4).unwrap();
+    assert!(
+        bitfit.strata.iter().all(|s| *s == Stratum::BiasOnly)
+            && !bitfit.train_pooler
+            && bitfit.lora.is_none()
+    );
+    let mut lora = PeftConfig::new(Method::Lora);
+    lora.lora_layers = Some(vec![1, 3]);
+    let plan = PeftPlan::new(&lora, 4).unwrap();
+    assert_eq!(
+        plan.strata,
+        vec![
+            Stratum::Frozen,
+            Stratum::LoraOnly,
+            Stratum::Frozen,
+            Stratum::LoraOnly
+        ]
+    );
+    // N1 = 0, N2 = L is BitFit's strata; N1 = N2 = 0 is LoRA + bias everywhere.
+    let as_bitfit = PeftPlan::new(&spafit(Boundary::Layer(0), Boundary::Layer(4)), 4).unwrap();
+    assert_eq!(as_bitfit.strata, bitfit.strata);
+    assert!(as_bitfit.lora.is_none());
+    let everywhere = PeftPlan::new(&spafit(Boundary::Layer(0), Boundary::Layer(0)), 4).unwrap();
+    assert!(everywhere.strata.iter().all(|s| *s == Stratum::LoraAndBias));
+}
+
+#[test]
+fn impossible_plans_are_errors() {
+    assert!(
+        err(&spafit(Boundary::Layer(4), Boundary::Layer(2)), 6).contains("N1 = 4 is above N2 = 2")
+    );
+    assert!(err(&spafit(Boundary::Layer(2), Boundary::Layer(7)), 6).contains("N2 = 7"));
+    assert!(err(&spafit(Boundary::Fraction(0.2), Boundary::Fraction(1.5)), 6).contains("[0, 1]"));
+    let mut rank0 = PeftConfig::new(Method::Lora);
+    rank0.lora.rank = 0;
+    assert!(err(&rank0, 6).contains("rank"));
+    let mut no_targets = PeftConfig::new(Method::Spafit);
+    no_targets.lora.targets.clear();
+    assert!(err(&no_targets, 6).contains("target"));
+    let mut far = PeftConfig::new(Method::Lora);
+    far.lora_layers = Some(vec![0, 6]);
+    assert!(err(&far, 6).contains("LoRA layer 6"));
+    let mut empty = PeftConfig::new(Method::Lora);
+    empty.lora_layers = Some(vec![]);
+    assert!(err(&empty, 6).contains("empty"));
+    assert!("qlora"
+        .parse::<Method>()
+        .unwrap_err()
+        .to_string()
+        .contains("unknown method `qlora`"));
+    assert!("dense".parse::<LoraTarget>().is_err());
+}
+
+#[test]
+fn boundaries_parse_as_layers_or_fractions() {
+    assert_eq!("4".parse::<Boundary>().unwrap(), Boundary::Layer(4));
+    assert_eq!("0.5".parse::<Boundary>().unwrap(), Boundary::Fraction(0.5));
+    assert_eq!(
+        "2/3".parse::<Boundary>().unwrap(),
+        Boundary::Fraction(2.0 / 3.0)
+    );
+    assert!("two".parse::<Boundary>().is_err());
+    assert!("1/x".parse::<Boundary>().is_err());
+}
