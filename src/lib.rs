@@ -17,7 +17,9 @@
 pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
+pub mod data;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod peft;

@@ -2,4 +2,4 @@
 
 mod tokenizer;
 
-pub use tokenizer::{EncodedBatch, TextInput, TextTokenizer};
+pub use tokenizer::{EncodedBatch, EncodedText, TextInput, TextTokenizer};

@@ -34,7 +34,36 @@ pub struct EncodedBatch {
     pub seq: usize,
 }
 
+/// One encoded input before padding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedText {
+    /// Token ids, special tokens included.
+    pub ids: Vec<u32>,
+    /// Segment ids.
+    pub type_ids: Vec<u32>,
+}
+
 impl EncodedBatch {
+    /// Pads `rows` to the longest one with `pad_id` (mask 0, segment 0).
+    pub fn pad(rows: &[&EncodedText], pad_id: u32) -> Self {
+        let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let batch = rows.len();
+        let mut out = EncodedBatch {
+            input_ids: vec![pad_id; batch * seq],
+            token_type_ids: vec![0; batch * seq],
+            attention_mask: vec![0; batch * seq],
+            batch,
+            seq,
+        };
+        for (i, r) in rows.iter().enumerate() {
+            let (n, at) = (r.ids.len(), i * seq);
+            out.input_ids[at..at + n].copy_from_slice(&r.ids);
+            out.token_type_ids[at..at + n].copy_from_slice(&r.type_ids);
+            out.attention_mask[at..at + n].fill(1);
+        }
+        out
+    }
+
     /// Row `i` of a `[batch, seq]` field.
     pub fn row<'a>(&self, field: &'a [u32], i: usize) -> &'a [u32] {
         &field[i * self.seq..(i + 1) * self.seq]
@@ -123,41 +152,31 @@ impl TextTokenizer {
         self.pad_id
     }
 
+    /// Token ids and segment ids of one input, truncated to the max length.
+    pub fn encode(&self, input: TextInput<'_>) -> Result<EncodedText> {
+        let r = match input {
+            TextInput::Single(a) => self.inner.encode(a, true),
+            TextInput::Pair(a, b) => self.inner.encode((a, b), true),
+        };
+        let e = r.map_err(|e| Error::Format {
+            path: self.path.clone(),
+            detail: format!("cannot encode {input:?}: {e}"),
+        })?;
+        Ok(EncodedText {
+            ids: e.get_ids().to_vec(),
+            type_ids: e.get_type_ids().to_vec(),
+        })
+    }
+
     /// Encodes a batch, truncated and padded to its longest row.
     pub fn encode_batch(&self, inputs: &[TextInput<'_>]) -> Result<EncodedBatch> {
-        let encodings = inputs
+        let rows = inputs
             .iter()
-            .map(|input| {
-                let r = match *input {
-                    TextInput::Single(a) => self.inner.encode(a, true),
-                    TextInput::Pair(a, b) => self.inner.encode((a, b), true),
-                };
-                r.map_err(|e| Error::Format {
-                    path: self.path.clone(),
-                    detail: format!("cannot encode {input:?}: {e}"),
-                })
-            })
+            .map(|&input| self.encode(input))
             .collect::<Result<Vec<_>>>()?;
-        let seq = encodings
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0);
-        let batch = encodings.len();
-        let mut out = EncodedBatch {
-            input_ids: vec![self.pad_id; batch * seq],
-            token_type_ids: vec![0; batch * seq],
-            attention_mask: vec![0; batch * seq],
-            batch,
-            seq,
-        };
-        for (i, e) in encodings.iter().enumerate() {
-            let n = e.get_ids().len();
-            let at = i * seq;
-            out.input_ids[at..at + n].copy_from_slice(e.get_ids());
-            out.token_type_ids[at..at + n].copy_from_slice(e.get_type_ids());
-            out.attention_mask[at..at + n].fill(1);
-        }
-        Ok(out)
+        Ok(EncodedBatch::pad(
+            &rows.iter().collect::<Vec<_>>(),
+            self.pad_id,
+        ))
     }
 }

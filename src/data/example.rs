@@ -1,0 +1,136 @@
+use crate::text::TextInput;
+
+/// What an example is labelled with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// A class id.
+    Class(u32),
+    /// A real-valued score (regression).
+    Score(f64),
+}
+
+/// One example: one or two texts and, except in test files, a target.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    /// First (or only) text.
+    pub text_a: String,
+    /// Second text of a pair task.
+    pub text_b: Option<String>,
+    /// `None` for unlabeled (test) data.
+    pub target: Option<Target>,
+}
+
+impl Example {
+    /// The texts as tokenizer input.
+    pub fn input(&self) -> TextInput<'_> {
+        match &self.text_b {
+            Some(b) => TextInput::Pair(&self.text_a, b),
+            None => TextInput::Single(&self.text_a),
+        }
+    }
+}
+
+/// Classification with named labels, or regression.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskKind {
+    /// Class `i` is `labels[i]`.
+    Classification {
+        /// Label names in id order.
+        labels: Vec<String>,
+    },
+    /// One real-valued output.
+    Regression,
+}
+
+impl TaskKind {
+    /// Outputs of the head: the class count, or 1.
+    pub fn num_labels(&self) -> usize {
+        match self {
+            TaskKind::Classification { labels } => labels.len(),
+            TaskKind::Regression => 1,
+        }
+    }
+}
+
+/// What to do with a row that cannot be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnMalformed {
+    /// Stop with an error naming the file and line (the default).
+    #[default]
+    Error,
+    /// Skip it and count it in [`Dataset::skipped`].
+    Skip,
+}
+
+/// A loaded split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Where it came from (`SST-2/dev.tsv`, a path...).
+    pub name: String,
+    /// Label space.
+    pub kind: TaskKind,
+    /// The examples, in file order.
+    pub examples: Vec<Example>,
+    /// One message per skipped malformed row (`file:line: why`).
+    pub skipped: Vec<String>,
+}
+
+impl Dataset {
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    /// Whether there is no example.
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    /// Whether every example has a target.
+    pub fn is_labeled(&self) -> bool {
+        self.examples.iter().all(|e| e.target.is_some())
+    }
+}
+
+/// Collects rows, either stopping at the first malformed one or skipping and counting.
+pub(crate) struct RowSink {
+    pub policy: OnMalformed,
+    pub examples: Vec<Example>,
+    pub skipped: Vec<String>,
+}
+
+impl RowSink {
+    pub fn new(policy: OnMalformed) -> Self {
+        RowSink {
+            policy,
+            examples: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Takes a parsed row, or a `(location, why)` failure.
+    pub fn take(
+        &mut self,
+        row: std::result::Result<Example, String>,
+        path: &std::path::Path,
+        line: usize,
+    ) -> crate::Result<()> {
+        match row {
+            Ok(e) => {
+                self.examples.push(e);
+                Ok(())
+            }
+            Err(why) => match self.policy {
+                OnMalformed::Error => Err(crate::Error::Format {
+                    path: path.to_path_buf(),
+                    detail: format!("line {line}: {why}"),
+                }),
+                OnMalformed::Skip => {
+                    self.skipped
+                        .push(format!("{}:{line}: {why}", path.display()));
+                    Ok(())
+                }
+            },
+        }
+    }
+}

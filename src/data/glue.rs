@@ -1,0 +1,325 @@
+//! The nine GLUE tasks, read from the standard GLUE distribution layout
+//! (`CoLA/train.tsv`, `MNLI/dev_matched.tsv`, ...): tab-separated, unquoted, one example per
+//! line, each task with its own columns and quirks.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use super::example::{Dataset, Example, OnMalformed, RowSink, Target, TaskKind};
+use crate::error::{Error, Result};
+
+/// A GLUE task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GlueTask {
+    /// Corpus of Linguistic Acceptability (Matthews correlation).
+    Cola,
+    /// Stanford Sentiment Treebank, binary (accuracy).
+    Sst2,
+    /// Microsoft Research Paraphrase Corpus (F1, accuracy).
+    Mrpc,
+    /// Semantic Textual Similarity Benchmark (Pearson, Spearman).
+    Stsb,
+    /// Quora Question Pairs (F1, accuracy).
+    Qqp,
+    /// Multi-Genre NLI (accuracy, matched / mismatched).
+    Mnli,
+    /// Question NLI (accuracy).
+    Qnli,
+    /// Recognizing Textual Entailment (accuracy).
+    Rte,
+    /// Winograd NLI (accuracy).
+    Wnli,
+}
+
+/// Where a field sits in a row.
+#[derive(Clone, Copy)]
+enum Column {
+    Index(usize),
+    Named(&'static str),
+}
+
+struct Layout {
+    dir: &'static str,
+    /// Train and dev files carry a header row (CoLA's do not; its test file does).
+    labeled_header: bool,
+    text_a: Column,
+    text_b: Option<Column>,
+    label: Column,
+    /// Test files name their columns like this.
+    test_a: &'static str,
+    test_b: Option<&'static str>,
+    labels: Option<&'static [&'static str]>,
+}
+
+const BINARY: &[&str] = &["0", "1"];
+const ENTAILMENT: &[&str] = &["entailment", "not_entailment"];
+
+impl GlueTask {
+    /// All nine tasks.
+    pub const ALL: [GlueTask; 9] = [
+        GlueTask::Cola,
+        GlueTask::Sst2,
+        GlueTask::Mrpc,
+        GlueTask::Stsb,
+        GlueTask::Qqp,
+        GlueTask::Mnli,
+        GlueTask::Qnli,
+        GlueTask::Rte,
+        GlueTask::Wnli,
+    ];
+
+    fn layout(self) -> Layout {
+        use Column::*;
+        let pair = |a, b, label, labels| Layout {
+            dir: "",
+            labeled_header: true,
+            text_a: Named(a),
+            text_b: Some(Named(b)),
+            label: Named(label),
+            test_a: a,
+            test_b: Some(b),
+            labels,
+        };
+        match self {
+            GlueTask::Cola => Layout {
+                dir: "CoLA",
+                labeled_header: false,
+                text_a: Index(3),
+                text_b: None,
+                label: Index(1),
+                test_a: "sentence",
+                test_b: None,
+                labels: Some(BINARY),
+            },
+            GlueTask::Sst2 => Layout {
+                dir: "SST-2",
+                labeled_header: true,
+                text_a: Named("sentence"),
+                text_b: None,
+                label: Named("label"),
+                test_a: "sentence",
+                test_b: None,
+                labels: Some(BINARY),
+            },
+            GlueTask::Mrpc => Layout {
+                dir: "MRPC",
+                ..pair("#1 String", "#2 String", "Quality", Some(BINARY))
+            },
+            GlueTask::Stsb => Layout {
+                dir: "STS-B",
+                ..pair("sentence1", "sentence2", "score", None)
+            },
+            GlueTask::Qqp => Layout {
+                dir: "QQP",
+                ..pair("question1", "question2", "is_duplicate", Some(BINARY))
+            },
+            GlueTask::Mnli => Layout {
+                dir: "MNLI",
+                ..pair(
+                    "sentence1",
+                    "sentence2",
+                    "gold_label",
+                    Some(&["entailment", "neutral", "contradiction"]),
+                )
+            },
+            GlueTask::Qnli => Layout {
+                dir: "QNLI",
+                ..pair("question", "sentence", "label", Some(ENTAILMENT))
+            },
+            GlueTask::Rte => Layout {
+                dir: "RTE",
+                ..pair("sentence1", "sentence2", "label", Some(ENTAILMENT))
+            },
+            GlueTask::Wnli => Layout {
+                dir: "WNLI",
+                ..pair("sentence1", "sentence2", "label", Some(BINARY))
+            },
+        }
+    }
+
+    /// The task's folder in the GLUE layout.
+    pub fn dir_name(self) -> &'static str {
+        self.layout().dir
+    }
+
+    /// Label space.
+    pub fn kind(self) -> TaskKind {
+        match self.layout().labels {
+            Some(l) => TaskKind::Classification {
+                labels: l.iter().map(|s| s.to_string()).collect(),
+            },
+            None => TaskKind::Regression,
+        }
+    }
+
+    /// The dev split(s) GLUE reports on.
+    pub fn dev_splits(self) -> &'static [&'static str] {
+        match self {
+            GlueTask::Mnli => &["dev_matched", "dev_mismatched"],
+            _ => &["dev"],
+        }
+    }
+
+    /// The file of `split` (`train`, `dev`, `test`, MNLI's `dev_matched`...).
+    pub fn file(self, glue_dir: &Path, split: &str) -> Result<PathBuf> {
+        let allowed: &[&str] = match self {
+            GlueTask::Mnli => &[
+                "train",
+                "dev_matched",
+                "dev_mismatched",
+                "test_matched",
+                "test_mismatched",
+            ],
+            _ => &["train", "dev", "test"],
+        };
+        if !allowed.contains(&split) {
+            return Err(Error::invalid(
+                "glue",
+                format!(
+                    "{} has no split `{split}`; it has {}",
+                    self.dir_name(),
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        Ok(glue_dir.join(self.dir_name()).join(format!("{split}.tsv")))
+    }
+
+    /// Reads `split` from a GLUE directory. Test splits are unlabeled.
+    pub fn load(self, glue_dir: &Path, split: &str, on_malformed: OnMalformed) -> Result<Dataset> {
+        let path = self.file(glue_dir, split)?;
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let layout = self.layout();
+        let labeled = !split.starts_with("test");
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
+        let has_header = !labeled || layout.labeled_header;
+        let header: Vec<&str> = if has_header {
+            match lines.next() {
+                Some((_, h)) => h.split('\t').collect(),
+                None => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let find = |col: Column| -> Result<usize> {
+            match col {
+                Column::Index(i) => Ok(i),
+                Column::Named(name) => {
+                    header
+                        .iter()
+                        .position(|h| *h == name)
+                        .ok_or_else(|| Error::Format {
+                            path: path.clone(),
+                            detail: format!(
+                                "line 1: the header has no `{name}` column (it has: {})",
+                                header.join(", ")
+                            ),
+                        })
+                }
+            }
+        };
+        let (a, b, label) = if labeled {
+            (
+                find(layout.text_a)?,
+                layout.text_b.map(find).transpose()?,
+                Some(find(layout.label)?),
+            )
+        } else {
+            (
+                find(Column::Named(layout.test_a))?,
+                layout.test_b.map(|n| find(Column::Named(n))).transpose()?,
+                None,
+            )
+        };
+        let width = if has_header { Some(header.len()) } else { None };
+        let kind = self.kind();
+        let mut sink = RowSink::new(on_malformed);
+        for (line_no, line) in lines {
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split('\t').collect();
+            let row = parse_row(&fields, width, a, b, label, &kind);
+            sink.take(row, &path, line_no)?;
+        }
+        Ok(Dataset {
+            name: format!("{}/{split}", self.dir_name()),
+            kind,
+            examples: sink.examples,
+            skipped: sink.skipped,
+        })
+    }
+}
+
+fn parse_row(
+    fields: &[&str],
+    width: Option<usize>,
+    a: usize,
+    b: Option<usize>,
+    label: Option<usize>,
+    kind: &TaskKind,
+) -> std::result::Result<Example, String> {
+    let needed = [Some(a), b, label].into_iter().flatten().max().unwrap_or(0) + 1;
+    if let Some(w) = width {
+        if fields.len() != w {
+            return Err(format!("{} fields, the header has {w}", fields.len()));
+        }
+    } else if fields.len() < needed {
+        return Err(format!("{} fields, need at least {needed}", fields.len()));
+    }
+    let target = match label {
+        None => None,
+        Some(i) => Some(parse_target(fields[i], kind)?),
+    };
+    Ok(Example {
+        text_a: fields[a].to_string(),
+        text_b: b.map(|i| fields[i].to_string()),
+        target,
+    })
+}
+
+/// A label field as a target of `kind`.
+pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<Target, String> {
+    let field = field.trim();
+    match kind {
+        TaskKind::Regression => field
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(Target::Score)
+            .ok_or_else(|| format!("label `{field}` is not a number")),
+        TaskKind::Classification { labels } => labels
+            .iter()
+            .position(|l| l == field)
+            .map(|i| Target::Class(i as u32))
+            .ok_or_else(|| format!("label `{field}` is not one of {}", labels.join(", "))),
+    }
+}
+
+impl FromStr for GlueTask {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let key: String = s
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        GlueTask::ALL
+            .into_iter()
+            .find(|t| {
+                t.dir_name().chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase() == key
+            })
+            .ok_or_else(|| {
+                Error::invalid(
+                    "glue",
+                    format!("unknown GLUE task `{s}`; expected one of cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli"),
+                )
+            })
+    }
+}

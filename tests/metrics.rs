@@ -1,0 +1,69 @@
+//! Metrics against values worked out by hand.
+
+use spafit::data::GlueTask;
+use spafit::metrics::*;
+
+#[test]
+fn classification_metrics_by_hand() {
+    // gold: 1 1 1 0 0 0 0 1 ; pred: 1 0 1 0 1 0 0 1 → tp 3, fn 1, fp 1, tn 3.
+    let gold = [1, 1, 1, 0, 0, 0, 0, 1];
+    let pred = [1, 0, 1, 0, 1, 0, 0, 1];
+    assert_eq!(accuracy(&pred, &gold), 6.0 / 8.0);
+    // F1 = 2·3 / (2·3 + 1 + 1) = 0.75
+    assert!((f1(&pred, &gold) - 0.75).abs() < 1e-15);
+    // MCC = (3·3 − 1·1) / sqrt(4·4·4·4) = 8 / 16 = 0.5
+    assert!((matthews_correlation(&pred, &gold) - 0.5).abs() < 1e-15);
+    // All one class predicted: MCC is 0 by convention, F1 of no positives is 0.
+    assert_eq!(matthews_correlation(&[0; 8], &gold), 0.0);
+    assert_eq!(f1(&[0; 8], &gold), 0.0);
+    // Perfectly wrong: MCC = −1.
+    let flipped: Vec<u32> = gold.iter().map(|g| 1 - g).collect();
+    assert!((matthews_correlation(&flipped, &gold) + 1.0).abs() < 1e-15);
+}
+
+#[test]
+fn correlations_by_hand_with_ties() {
+    // x = 1 2 3 4, y = 2 4 5 9: means 2.5, 5; sxy = 1.5·3 + 0.5·1 + 0.5·0 + 1.5·4 = 11,
+    // sxx = 5, syy = 9 + 1 + 0 + 16 = 26 → r = 11 / sqrt(130).
+    let (x, y) = ([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 9.0]);
+    assert!((pearson(&x, &y) - 11.0 / 130f64.sqrt()).abs() < 1e-15);
+    assert!((spearman(&x, &y) - 1.0).abs() < 1e-15);
+    // Ties: y = 1 2 2 3 has ranks 1 2.5 2.5 4.
+    assert_eq!(
+        average_ranks(&[1.0, 2.0, 2.0, 3.0]),
+        vec![1.0, 2.5, 2.5, 4.0]
+    );
+    assert_eq!(average_ranks(&[5.0, 5.0, 5.0]), vec![2.0, 2.0, 2.0]);
+    // Spearman with ties = Pearson of (1,2,3,4) and (1,2.5,2.5,4):
+    // means 2.5, 2.5; sxy = 2.25 + 0 + 0 + 2.25 = 4.5; sxx = 5; syy = 2.25+0+0+2.25 = 4.5.
+    let s = spearman(&x, &[1.0, 2.0, 2.0, 3.0]);
+    assert!((s - 4.5 / (5.0f64 * 4.5).sqrt()).abs() < 1e-15, "{s}");
+    assert_eq!(pearson(&x, &[3.0; 4]), 0.0);
+}
+
+#[test]
+fn glue_reports_the_right_metrics() {
+    let classes = Predictions::Classes {
+        pred: vec![1, 0, 1],
+        gold: vec![1, 1, 1],
+    };
+    let keys = |t| report(Some(t), &classes).into_keys().collect::<Vec<_>>();
+    assert_eq!(keys(GlueTask::Cola), ["accuracy", "matthews_correlation"]);
+    assert_eq!(keys(GlueTask::Mrpc), ["accuracy", "f1"]);
+    assert_eq!(keys(GlueTask::Qqp), ["accuracy", "f1"]);
+    assert_eq!(keys(GlueTask::Sst2), ["accuracy"]);
+    assert_eq!(
+        main_metric(Some(GlueTask::Cola), &classes),
+        "matthews_correlation"
+    );
+    let scores = Predictions::Scores {
+        pred: vec![1.0, 2.0, 3.5],
+        gold: vec![1.5, 2.0, 3.0],
+    };
+    assert_eq!(
+        report(Some(GlueTask::Stsb), &scores)
+            .into_keys()
+            .collect::<Vec<_>>(),
+        ["pearson", "spearman"]
+    );
+}
