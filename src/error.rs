@@ -66,6 +66,22 @@ pub enum Error {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// Training produced a NaN or infinite loss.
+    #[error("training step {step}: the loss is {value}; stopping (checkpoints written before this step are intact)")]
+    NonFiniteLoss {
+        /// 1-based optimizer step at which it happened.
+        step: usize,
+        /// The loss value.
+        value: f64,
+    },
+    /// An adapter or checkpoint that does not belong to this base model or plan.
+    #[error("{path}: {detail}")]
+    Mismatch {
+        /// The adapter or state file.
+        path: PathBuf,
+        /// What differs.
+        detail: String,
+    },
     /// A file was read but its content is not what it must be.
     #[error("{path}: {detail}")]
     Format {
@@ -77,21 +93,24 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+    /// A [`Error::Shape`].
+    pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape {
             op,
             detail: detail.into(),
         }
     }
 
-    pub(crate) fn dtype(op: &'static str, detail: impl Into<String>) -> Self {
+    /// A [`Error::DType`].
+    pub fn dtype(op: &'static str, detail: impl Into<String>) -> Self {
         Error::DType {
             op,
             detail: detail.into(),
         }
     }
 
-    pub(crate) fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
+    /// An [`Error::InvalidArgument`].
+    pub fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
         Error::InvalidArgument {
             op,
             detail: detail.into(),

@@ -14,11 +14,14 @@
 //! - [`peft`]: full, BitFit, LoRA and SPAFIT as plans of strata.
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod autograd;
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod gradcheck;
 pub mod metrics;
 pub mod model;
 pub mod nn;
@@ -26,5 +29,6 @@ pub mod peft;
 pub mod rng;
 pub mod tensor;
 pub mod text;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -84,6 +84,11 @@ impl<B: Backend> Gradients<B> {
         self.by_name.iter().map(|(n, t)| (n.as_str(), t))
     }
 
+    /// Gradients from a name → tensor map (e.g. after clipping them in place).
+    pub fn from_map(by_name: BTreeMap<String, Tensor<B>>) -> Self {
+        Gradients { by_name }
+    }
+
     /// Moves the gradients out, keyed by name.
     pub fn into_map(self) -> BTreeMap<String, Tensor<B>> {
         self.by_name

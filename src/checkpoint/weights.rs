@@ -13,6 +13,7 @@ pub struct WeightsFile {
     path: PathBuf,
     bytes: Vec<u8>,
     names: Vec<String>,
+    sha256: std::sync::OnceLock<String>,
 }
 
 impl WeightsFile {
@@ -40,7 +41,14 @@ impl WeightsFile {
             path: path.to_path_buf(),
             bytes,
             names,
+            sha256: std::sync::OnceLock::new(),
         })
+    }
+
+    /// SHA-256 of the file's bytes (hex), computed once: the identity of a base model.
+    pub fn sha256(&self) -> &str {
+        self.sha256
+            .get_or_init(|| crate::adapter::sha256_hex(&self.bytes))
     }
 
     /// The file.

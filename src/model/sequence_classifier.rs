@@ -122,6 +122,16 @@ impl<B: Backend> BertClassifier<B> {
         Ok(())
     }
 
+    /// Folds every LoRA adapter into its base weight (see [`Linear::merge_lora`]).
+    pub fn merge_lora(&mut self, backend: &B) -> Result<()> {
+        for layer in &mut self.bert.layers {
+            for target in crate::nn::LoraTarget::ALL {
+                layer.linear_mut(target).merge_lora(backend)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Logits `[batch, num_labels]`.
     pub fn forward(
         &self,

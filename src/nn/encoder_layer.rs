@@ -107,7 +107,8 @@ impl<B: Backend> EncoderLayer<B> {
         }
     }
 
-    fn linear_mut(&mut self, target: LoraTarget) -> &mut Linear<B> {
+    /// The linear map a LoRA target names, mutably.
+    pub fn linear_mut(&mut self, target: LoraTarget) -> &mut Linear<B> {
         match target {
             LoraTarget::Query => &mut self.query,
             LoraTarget::Key => &mut self.key,

@@ -78,6 +78,32 @@ impl<B: Backend> Linear<B> {
         }
     }
 
+    /// Folds the adapter into the weight, `W += scale · B·A`, and removes it: the same
+    /// outputs with no LoRA cost at inference.
+    pub fn merge_lora(&mut self, backend: &B) -> Result<()> {
+        let Some(l) = self.lora.take() else {
+            return Ok(());
+        };
+        let (out, inp) = self.out_in();
+        let rank = l.a.value.dims()[0];
+        let mut w = backend.to_f64(&self.weight.value)?;
+        let a = backend.to_f64(&l.a.value)?;
+        let b = backend.to_f64(&l.b.value)?;
+        for o in 0..out {
+            for k in 0..rank {
+                let s = l.scale * b[o * rank + k];
+                for (wi, ai) in w[o * inp..(o + 1) * inp]
+                    .iter_mut()
+                    .zip(&a[k * inp..(k + 1) * inp])
+                {
+                    *wi += s * ai;
+                }
+            }
+        }
+        self.weight.value = backend.tensor_from_f64(self.weight.value.shape().clone(), &w)?;
+        Ok(())
+    }
+
     /// Every parameter, adapter included.
     pub fn params(&self) -> Vec<&Param<B>> {
         let mut v = vec![&self.weight, &self.bias];

@@ -1,0 +1,96 @@
+//! Embedding spafit in another program: load a checkpoint, build a SPAFIT plan, train a few
+//! steps on in-memory examples, evaluate and save the adapter — public API only.
+//!
+//! `cargo run --release --example finetune -- [CHECKPOINT_DIR] [OUTPUT_DIR]`
+
+use spafit::adapter::save_adapter;
+use spafit::backend::cpu::CpuBackend;
+use spafit::checkpoint::Checkpoint;
+use spafit::data::{Dataset, Example, Target, TaskKind};
+use spafit::model::BertClassifier;
+use spafit::peft::{peft_lora_init, Method, PeftConfig, PeftPlan};
+use spafit::train::{evaluate, EncodedDataset, TrainConfig, Trainer};
+
+fn dataset(rows: &[(&str, u32)]) -> Dataset {
+    Dataset {
+        name: "in-memory".into(),
+        kind: TaskKind::Classification {
+            labels: vec!["negative".into(), "positive".into()],
+        },
+        examples: rows
+            .iter()
+            .map(|&(text, label)| Example {
+                text_a: text.into(),
+                text_b: None,
+                target: Some(Target::Class(label)),
+            })
+            .collect(),
+        skipped: Vec::new(),
+    }
+}
+
+fn main() -> spafit::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let model_dir = args
+        .next()
+        .unwrap_or_else(|| ".cache/models/all-MiniLM-L6-v2".into());
+    let output = args
+        .next()
+        .unwrap_or_else(|| "target/example-adapter".into());
+
+    let train = dataset(&[
+        ("a gorgeous, witty, seductive movie.", 1),
+        ("an utterly charming and hilarious film", 1),
+        ("a joy from start to finish", 1),
+        ("sharp, moving and beautifully acted", 1),
+        ("tedious, overlong and painfully self-serious", 0),
+        ("unbelievably dull!", 0),
+        ("a lifeless, boring mess", 0),
+        ("the plot? what plot?", 0),
+    ]);
+    let dev = dataset(&[("witty and moving", 1), ("dull and lifeless", 0)]);
+
+    let backend = CpuBackend::f32();
+    let checkpoint = Checkpoint::open(&model_dir)?;
+    let plan = PeftPlan::new(
+        &PeftConfig::new(Method::Spafit),
+        checkpoint.config.num_hidden_layers,
+    )?;
+    let mut model = BertClassifier::from_checkpoint(&checkpoint, &backend, 2, 0)?;
+    model.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
+    let tokenizer = checkpoint.tokenizer(64)?;
+
+    let config = TrainConfig {
+        batch_size: 4,
+        epochs: 3,
+        learning_rate: 2e-3,
+        ..TrainConfig::default()
+    };
+    let report = Trainer::new(&backend, &mut model, &plan, &checkpoint.weights, config).fit(
+        &tokenizer,
+        &train,
+        Some(&dev),
+    )?;
+    let eval = evaluate(
+        &backend,
+        &model,
+        &EncodedDataset::new(&tokenizer, &dev)?,
+        8,
+        None,
+    )?;
+    save_adapter(
+        output.as_ref(),
+        &backend,
+        &model,
+        &plan,
+        checkpoint.weights.sha256(),
+        None,
+    )?;
+    println!(
+        "{} steps, {} trainable parameters, dev accuracy {:.2}, adapter saved to {output}",
+        report.steps,
+        model.trainable_parameter_count(),
+        eval.metrics["accuracy"]
+    );
+    Ok(())
+}

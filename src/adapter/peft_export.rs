@@ -1,0 +1,109 @@
+//! Export to PEFT's on-disk format: `adapter_model.safetensors` + `adapter_config.json`.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::atomic::write_atomic;
+use super::store::tensors_to_safetensors;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::BertClassifier;
+use crate::nn::Stratum;
+use crate::peft::PeftPlan;
+use crate::tensor::Tensor;
+
+/// Writes `model`'s adapters as PEFT saves a `LoraConfig` model for sequence classification:
+/// LoRA tensors as `base_model.model.<module>.lora_A.weight`, the classifier (and any other
+/// trained non-LoRA tensor: SPAFIT's biases, a trained pooler) under `base_model.model.<name>`
+/// as `modules_to_save` and `bias` saving hold them — a bias inside a LoRA-wrapped module
+/// lives at `<module>.base_layer.bias` in PEFT. `target_modules` is a full-match regular
+/// expression over the exact modules that carry adapters, so PEFT's suffix matching cannot
+/// wrap a module that was not trained (`output.dense` also ends `attention.output.dense`).
+pub fn export_peft<B: Backend>(
+    dir: &Path,
+    backend: &B,
+    model: &BertClassifier<B>,
+    plan: &PeftPlan,
+    base_model_name_or_path: &str,
+) -> Result<()> {
+    let lora = plan.lora.as_ref().ok_or_else(|| {
+        Error::invalid(
+            "peft export",
+            format!(
+                "the {} plan has no LoRA adapter; PEFT's LoRA format needs one",
+                plan.method
+            ),
+        )
+    })?;
+    let lora_layers: Vec<usize> = plan
+        .strata
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.has_lora())
+        .map(|(i, _)| i)
+        .collect();
+    let wrapped = |name: &str| {
+        lora_layers.iter().any(|l| {
+            lora.targets
+                .iter()
+                .any(|t| name.starts_with(&format!("bert.encoder.layer.{l}.{}.", t.module())))
+        })
+    };
+    let mut tensors: Vec<(String, Tensor<B>)> = Vec::new();
+    for p in model.params().into_iter().filter(|p| p.trainable) {
+        let key = if p.name.contains(".lora_") {
+            p.name.clone()
+        } else if wrapped(&p.name) && p.name.ends_with(".bias") {
+            p.name.replace(".bias", ".base_layer.bias")
+        } else {
+            p.name.clone()
+        };
+        tensors.push((format!("base_model.model.{key}"), p.value.clone()));
+    }
+    let layers_alt = lora_layers
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("|");
+    let modules_alt = lora
+        .targets
+        .iter()
+        .map(|t| t.module().replace('.', "\\."))
+        .collect::<Vec<_>>()
+        .join("|");
+    let trains_biases = plan
+        .strata
+        .iter()
+        .any(|s| s.trains_biases() && *s != Stratum::Full);
+    let mut modules_to_save = vec!["classifier".to_string()];
+    if plan.train_pooler {
+        modules_to_save.push("pooler".into());
+    }
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": format!("bert\\.encoder\\.layer\\.({layers_alt})\\.({modules_alt})"),
+        "bias": "none",
+        "modules_to_save": modules_to_save,
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "spafit": {
+            "method": plan.method.to_string(),
+            "boundaries": plan.boundaries,
+            "trained_biases_included": trains_biases,
+        },
+    });
+    let bytes = tensors_to_safetensors(backend, &tensors)?;
+    write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
+    let text = serde_json::to_vec_pretty(&config)
+        .map_err(|e| Error::invalid("peft export", e.to_string()))?;
+    write_atomic(&dir.join("adapter_config.json"), &text)
+}

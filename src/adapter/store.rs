@@ -1,0 +1,189 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use super::atomic::{sha256_hex, write_atomic};
+use super::manifest::AdapterManifest;
+use crate::backend::Backend;
+use crate::checkpoint::{Checkpoint, WeightsFile};
+use crate::error::{Error, Result};
+use crate::model::BertClassifier;
+use crate::peft::PeftPlan;
+use crate::tensor::{DType, Tensor};
+
+/// File of the trainable tensors inside an adapter directory.
+pub const WEIGHTS_FILE: &str = "adapter.safetensors";
+/// Manifest inside an adapter directory.
+pub const MANIFEST_FILE: &str = "adapter.json";
+
+/// Serializes named tensors (f64 tensors as F64, everything else as F32).
+pub fn tensors_to_safetensors<B: Backend>(
+    backend: &B,
+    tensors: &[(String, Tensor<B>)],
+) -> Result<Vec<u8>> {
+    let mut owned = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let values = backend.to_f64(t)?;
+        let (dtype, bytes): (Dtype, Vec<u8>) = if t.dtype() == DType::F64 {
+            (
+                Dtype::F64,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        } else {
+            (
+                Dtype::F32,
+                values
+                    .iter()
+                    .flat_map(|&v| (v as f32).to_le_bytes())
+                    .collect(),
+            )
+        };
+        owned.push((name.clone(), dtype, t.dims().to_vec(), bytes));
+    }
+    let views = owned
+        .iter()
+        .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
+    safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::invalid("safetensors", e.to_string()))
+}
+
+/// Reads every tensor of a safetensors file onto `backend`.
+pub fn read_tensors<B: Backend>(backend: &B, path: &Path) -> Result<BTreeMap<String, Tensor<B>>> {
+    let file = WeightsFile::open(path)?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Format {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let mut out = BTreeMap::new();
+    for name in file.names() {
+        let shape = st
+            .tensor(name)
+            .map_err(|e| Error::Format {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?
+            .shape()
+            .to_vec();
+        out.insert(name.clone(), file.tensor(backend, name, shape.into())?);
+    }
+    Ok(out)
+}
+
+/// Saves the trainable tensors of `model` and a manifest into `dir`. The weights are written
+/// first and the manifest (which holds their hash) last, each atomically.
+pub fn save_adapter<B: Backend>(
+    dir: &Path,
+    backend: &B,
+    model: &BertClassifier<B>,
+    plan: &PeftPlan,
+    base_model_sha256: &str,
+    labels: Option<&[String]>,
+) -> Result<()> {
+    let trainable: Vec<(String, Tensor<B>)> = model
+        .params()
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| (p.name.clone(), p.value.clone()))
+        .collect();
+    let bytes = tensors_to_safetensors(backend, &trainable)?;
+    let (method, strata, lora) = AdapterManifest::describe(plan);
+    let manifest = AdapterManifest {
+        format: "spafit-adapter".into(),
+        version: 1,
+        method,
+        strata,
+        boundaries: plan.boundaries,
+        lora,
+        train_embeddings: plan.train_embeddings,
+        train_pooler: plan.train_pooler,
+        train_layer_norm_weights: plan.train_layer_norm_weights,
+        num_labels: model.num_labels,
+        labels: labels.map(<[String]>::to_vec),
+        base_model_sha256: base_model_sha256.to_string(),
+        weights_sha256: sha256_hex(&bytes),
+        tensors: trainable.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    let json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::invalid("adapter", e.to_string()))?;
+    write_atomic(&dir.join(MANIFEST_FILE), &json)
+}
+
+/// Reads an adapter's manifest.
+pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let m: AdapterManifest = serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.clone(),
+        detail: format!("invalid adapter manifest: {e}"),
+    })?;
+    if m.format != "spafit-adapter" {
+        return Err(Error::Format {
+            path,
+            detail: format!("not a spafit adapter (format `{}`)", m.format),
+        });
+    }
+    Ok(m)
+}
+
+/// Loads the adapter in `dir` onto the base `checkpoint`: rebuilds its plan and sets its
+/// tensors. Refuses an adapter trained on another base, or whose files do not match.
+pub fn load_adapter<B: Backend>(
+    dir: &Path,
+    checkpoint: &Checkpoint,
+    backend: &B,
+) -> Result<(BertClassifier<B>, AdapterManifest)> {
+    let manifest = read_manifest(dir)?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if manifest.base_model_sha256 != checkpoint.weights.sha256() {
+        return Err(Error::Mismatch {
+            path: manifest_path,
+            detail: format!(
+                "the adapter was trained on base model sha256 {} but {} has sha256 {}",
+                manifest.base_model_sha256,
+                checkpoint.weights.path().display(),
+                checkpoint.weights.sha256()
+            ),
+        });
+    }
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights_path).map_err(|source| Error::Io {
+        path: weights_path.clone(),
+        source,
+    })?;
+    if sha256_hex(&bytes) != manifest.weights_sha256 {
+        return Err(Error::Mismatch {
+            path: weights_path,
+            detail: "the weights do not match the manifest's hash (torn or edited adapter)".into(),
+        });
+    }
+    let plan = manifest.plan(&manifest_path)?;
+    let mut model = BertClassifier::from_checkpoint(checkpoint, backend, manifest.num_labels, 0)?;
+    model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
+    let file = WeightsFile::from_bytes(&weights_path, bytes)?;
+    let mut expected = model.trainable_names();
+    let mut stored = manifest.tensors.clone();
+    expected.sort();
+    stored.sort();
+    if expected != stored {
+        return Err(Error::Mismatch {
+            path: manifest_path,
+            detail: "the stored tensors are not the plan's trainable tensors".into(),
+        });
+    }
+    for p in model.params_mut().into_iter().filter(|p| p.trainable) {
+        p.value = file.tensor(backend, &p.name, p.value.shape().clone())?;
+    }
+    Ok((model, manifest))
+}

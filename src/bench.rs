@@ -1,0 +1,121 @@
+//! Training-step throughput on a synthetic batch: what `spafit bench` reports.
+
+use std::time::Instant;
+
+use crate::autograd::Tape;
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::model::{BertClassifier, Labels, ModelInput};
+use crate::nn::DropoutPlan;
+use crate::rng::SplitMix;
+use crate::tensor::Shape;
+use crate::text::EncodedBatch;
+use crate::train::AdamW;
+
+/// Results of [`bench_train_step`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchReport {
+    /// Examples per step.
+    pub batch: usize,
+    /// Tokens per example.
+    pub seq_len: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Median milliseconds per step (forward, backward, AdamW).
+    pub ms_per_step: f64,
+    /// `batch / step time`.
+    pub samples_per_s: f64,
+    /// `batch · seq_len / step time`.
+    pub tokens_per_s: f64,
+    /// Peak resident memory of the process in MiB (Linux `VmHWM`; `None` elsewhere).
+    pub peak_mem_mib: Option<f64>,
+    /// Trainable scalars.
+    pub trainable_params: usize,
+    /// Autograd nodes per step.
+    pub nodes: usize,
+    /// Activation bytes kept for backward per step.
+    pub saved_activation_bytes: usize,
+}
+
+/// Times `steps` full training steps (after `warmup` untimed ones) of `model` on a random
+/// batch of `batch × seq_len` tokens with training-mode dropout.
+pub fn bench_train_step<B: Backend>(
+    backend: &B,
+    model: &mut BertClassifier<B>,
+    batch: usize,
+    seq_len: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<BenchReport> {
+    let mut rng = SplitMix::new(7);
+    let vocab = model.config().vocab_size as u64;
+    let ids: Vec<u32> = (0..batch * seq_len)
+        .map(|i| {
+            if i % seq_len == 0 {
+                101
+            } else {
+                1000.min(vocab as u32 - 1)
+                    + (rng.next_u64() % (vocab.saturating_sub(1000).max(1))) as u32
+            }
+        })
+        .collect();
+    let enc = EncodedBatch {
+        input_ids: ids,
+        token_type_ids: vec![0; batch * seq_len],
+        attention_mask: vec![1; batch * seq_len],
+        batch,
+        seq: seq_len,
+    };
+    let input = ModelInput::new(backend, &enc)?;
+    let labels = if model.num_labels == 1 {
+        Labels::Scores(backend.tensor_from_f64(Shape::new([batch]), &vec![0.5; batch])?)
+    } else {
+        let y: Vec<u32> = (0..batch).map(|i| (i % model.num_labels) as u32).collect();
+        Labels::Classes(backend.tensor_from_u32(Shape::new([batch]), &y)?)
+    };
+    let mut optimizer = AdamW::new(0.01);
+    let mut times = Vec::with_capacity(steps);
+    let (mut nodes, mut saved) = (0, 0);
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let mut tape = Tape::new(backend.clone());
+        let cfg = model.config();
+        let mut dropouts = DropoutPlan::train(
+            cfg.hidden_dropout_prob,
+            cfg.attention_probs_dropout_prob,
+            0.1,
+            i as u64,
+        );
+        let logits = model.forward(&mut tape, &input, &mut dropouts)?;
+        let loss = model.loss(&mut tape, &logits, &labels)?;
+        nodes = tape.stats().nodes;
+        saved = tape.stats().saved_activation_bytes;
+        let grads = tape.backward(&loss)?;
+        optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    Ok(BenchReport {
+        batch,
+        seq_len,
+        steps,
+        ms_per_step: median * 1e3,
+        samples_per_s: batch as f64 / median,
+        tokens_per_s: (batch * seq_len) as f64 / median,
+        peak_mem_mib: peak_resident_mib(),
+        trainable_params: model.trainable_parameter_count(),
+        nodes,
+        saved_activation_bytes: saved,
+    })
+}
+
+/// Peak resident set size of this process in MiB, from `/proc/self/status` (Linux).
+pub fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,246 @@
+//! Option groups shared by several commands.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use spafit::backend::cpu::CpuBackend;
+use spafit::data::{Dataset, GlueTask, OnMalformed, TableSpec, TaskKind};
+use spafit::nn::{LoraConfig, LoraTarget};
+use spafit::peft::{Boundary, Method, PeftConfig};
+use spafit::tensor::DType;
+use spafit::{Error, Result};
+
+/// Where the model is and what runs it.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint directory (config.json, model.safetensors, tokenizer.json), a Hugging Face
+    /// hub cache folder, or a hub id found in the offline cache (`org/name`).
+    #[arg(long, default_value = ".cache/models/all-MiniLM-L6-v2")]
+    pub model: PathBuf,
+    /// Compute device: `cpu`, or `cuda[:N]` once the CUDA backend lands.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Precision of the CPU backend: f32, or f64 (the reference, slower).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Truncate inputs to this many tokens (special tokens included).
+    #[arg(long, default_value_t = 64)]
+    pub max_len: usize,
+}
+
+impl ModelArgs {
+    /// The backend the flags name.
+    pub fn backend(&self) -> Result<CpuBackend> {
+        let device = self.device.trim();
+        if device.starts_with("cuda") {
+            return Err(Error::BackendUnavailable {
+                backend: device.to_string(),
+                reason: "the CUDA backend is not built yet (its kernels arrive in later issues); use --device cpu".into(),
+            });
+        }
+        if device != "cpu" {
+            return Err(Error::invalid(
+                "--device",
+                format!("unknown device `{device}`; expected cpu or cuda[:N]"),
+            ));
+        }
+        let dtype = match self.dtype.as_str() {
+            "f32" => DType::F32,
+            "f64" => DType::F64,
+            other => {
+                return Err(Error::invalid(
+                    "--dtype",
+                    format!("`{other}`: the CPU backend computes in f32 or f64"),
+                ))
+            }
+        };
+        CpuBackend::new(dtype)
+    }
+}
+
+/// The PEFT method and its settings.
+#[derive(Args, Debug, Clone)]
+pub struct PeftArgs {
+    /// full, bitfit, lora or spafit.
+    #[arg(long, default_value = "spafit")]
+    pub method: String,
+    /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`).
+    #[arg(long, default_value = "1/3")]
+    pub n1: String,
+    /// SPAFIT: first LoRA + bias layer, as an index or a fraction.
+    #[arg(long, default_value = "2/3")]
+    pub n2: String,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    /// LoRA alpha (scale = alpha / r).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Dropout on the adapters' input during training.
+    #[arg(long, default_value_t = 0.1)]
+    pub lora_dropout: f64,
+    /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
+    /// intermediate.dense, output.dense. Default: query,value for lora; all six for spafit.
+    #[arg(long)]
+    pub lora_targets: Option<String>,
+    /// lora only: comma-separated layer indices that get adapters (default: all).
+    #[arg(long)]
+    pub lora_layers: Option<String>,
+    /// Also train the pooler.
+    #[arg(long)]
+    pub train_pooler: bool,
+    /// Also train the embeddings.
+    #[arg(long)]
+    pub train_embeddings: bool,
+    /// Also train the LayerNorm scales of every layer that trains anything.
+    #[arg(long)]
+    pub train_layernorm: bool,
+}
+
+impl PeftArgs {
+    /// The configuration the flags describe.
+    pub fn config(&self) -> Result<PeftConfig> {
+        let method: Method = self.method.parse()?;
+        let mut c = PeftConfig::new(method);
+        let targets = match &self.lora_targets {
+            Some(list) => list
+                .split(',')
+                .map(|t| t.trim().parse::<LoraTarget>())
+                .collect::<Result<Vec<_>>>()?,
+            None => c.lora.targets.clone(),
+        };
+        c.lora = LoraConfig {
+            rank: self.lora_r,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets,
+        };
+        c.lora_layers = match &self.lora_layers {
+            Some(list) => Some(
+                list.split(',')
+                    .map(|l| {
+                        l.trim().parse::<usize>().map_err(|_| {
+                            Error::invalid("--lora-layers", format!("`{l}` is not a layer index"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        c.n1 = self.n1.parse::<Boundary>()?;
+        c.n2 = self.n2.parse::<Boundary>()?;
+        c.train_pooler = self.train_pooler;
+        c.train_embeddings = self.train_embeddings;
+        c.train_layer_norm_weights = self.train_layernorm;
+        Ok(c)
+    }
+}
+
+/// A task: a GLUE task in a GLUE directory, or custom CSV/TSV/JSONL files.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli); needs --glue-dir.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Root of the GLUE distribution (holding CoLA/, SST-2/, ...).
+    #[arg(long)]
+    pub glue_dir: Option<PathBuf>,
+    /// Custom data: training file (.csv, .tsv or .jsonl).
+    #[arg(long)]
+    pub train_file: Option<PathBuf>,
+    /// Custom data: evaluation file.
+    #[arg(long)]
+    pub dev_file: Option<PathBuf>,
+    /// Custom data: column of the first text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Custom data: column of the second text (pair tasks).
+    #[arg(long)]
+    pub text_pair_column: Option<String>,
+    /// Custom data: label column.
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// Custom data: comma-separated label names in id order (default: 0,1).
+    #[arg(long, default_value = "0,1")]
+    pub labels: String,
+    /// Custom data: the label is a real number (regression, one output).
+    #[arg(long)]
+    pub regression: bool,
+    /// Skip malformed rows (reported with their file and line) instead of stopping.
+    #[arg(long)]
+    pub skip_malformed: bool,
+}
+
+impl DataArgs {
+    /// The GLUE task named by --task.
+    pub fn glue_task(&self) -> Result<Option<GlueTask>> {
+        self.task.as_deref().map(str::parse).transpose()
+    }
+
+    fn policy(&self) -> OnMalformed {
+        if self.skip_malformed {
+            OnMalformed::Skip
+        } else {
+            OnMalformed::Error
+        }
+    }
+
+    fn kind(&self) -> TaskKind {
+        if self.regression {
+            TaskKind::Regression
+        } else {
+            TaskKind::Classification {
+                labels: self
+                    .labels
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect(),
+            }
+        }
+    }
+
+    fn table(&self, path: &std::path::Path, labeled: bool) -> TableSpec {
+        TableSpec {
+            path: path.to_path_buf(),
+            text_column: self.text_column.clone(),
+            text_pair_column: self.text_pair_column.clone(),
+            label_column: labeled.then(|| self.label_column.clone()),
+            kind: self.kind(),
+            filter: None,
+        }
+    }
+
+    /// Loads a split: GLUE `split` (`train`, `dev`, `dev_matched`, `test`...) or the custom
+    /// file for `train` / anything else.
+    pub fn load(&self, split: &str) -> Result<Dataset> {
+        let report = |d: Dataset| {
+            if !d.skipped.is_empty() {
+                eprintln!(
+                    "{}: skipped {} malformed rows (first: {})",
+                    d.name,
+                    d.skipped.len(),
+                    d.skipped[0]
+                );
+            }
+            d
+        };
+        if let Some(task) = self.glue_task()? {
+            let dir = self
+                .glue_dir
+                .as_ref()
+                .ok_or_else(|| Error::invalid("--task", "a GLUE task needs --glue-dir"))?;
+            return task.load(dir, split, self.policy()).map(report);
+        }
+        let file = if split == "train" {
+            &self.train_file
+        } else {
+            &self.dev_file
+        };
+        let file = file.as_ref().ok_or_else(|| {
+            Error::invalid("data", format!("no data for `{split}`: give --task with --glue-dir, or --train-file / --dev-file"))
+        })?;
+        self.table(file, !split.starts_with("test"))
+            .load(self.policy())
+            .map(report)
+    }
+}

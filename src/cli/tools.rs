@@ -1,0 +1,98 @@
+use clap::Args;
+use serde_json::json;
+use spafit::bench::bench_train_step;
+use spafit::checkpoint::Checkpoint;
+use spafit::gradcheck::gradcheck;
+use spafit::Result;
+
+use super::args::{ModelArgs, PeftArgs};
+use super::train::setup;
+
+/// `spafit gradcheck`.
+#[derive(Args, Debug)]
+pub struct GradcheckCommand {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub peft: PeftArgs,
+    /// Coordinates per trainable tensor.
+    #[arg(long, default_value_t = 2)]
+    pub samples: usize,
+    /// Seed of the adapters, dropout and sampled coordinates.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl GradcheckCommand {
+    pub fn run(&self) -> Result<()> {
+        let checkpoint = Checkpoint::open(&self.model.model)?;
+        let texts = [
+            "a gorgeous, witty, seductive movie.",
+            "unbelievably dull and overlong.",
+            "it is not bad at all",
+            "so-so",
+        ];
+        let r = gradcheck(
+            &checkpoint,
+            &self.peft.config()?,
+            &texts,
+            self.samples,
+            self.seed,
+        )?;
+        eprintln!(
+            "checked {} coordinates of {} tensors in f64; worst relative error {:.3e} ({})",
+            r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
+        );
+        println!(
+            "{}",
+            json!({"method": self.peft.method, "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor})
+        );
+        Ok(())
+    }
+}
+
+/// `spafit bench`.
+#[derive(Args, Debug)]
+pub struct BenchCommand {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub peft: PeftArgs,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Tokens per example.
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+}
+
+impl BenchCommand {
+    pub fn run(&self) -> Result<()> {
+        let mut run = setup(&self.model, &self.peft, 2, 0)?;
+        let r = bench_train_step(
+            &run.backend,
+            &mut run.model,
+            self.batch_size,
+            self.seq_len,
+            self.warmup,
+            self.steps,
+        )?;
+        println!(
+            "{}",
+            json!({
+                "method": self.peft.method, "device": self.model.device, "dtype": self.model.dtype,
+                "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
+                "ms_per_step": r.ms_per_step, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
+                "peak_mem_mib": r.peak_mem_mib, "trainable_params": r.trainable_params,
+                "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
+            })
+        );
+        Ok(())
+    }
+}

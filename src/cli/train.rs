@@ -1,0 +1,207 @@
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+use spafit::adapter::export_peft;
+use spafit::backend::cpu::CpuBackend;
+use spafit::checkpoint::Checkpoint;
+use spafit::data::Dataset;
+use spafit::model::BertClassifier;
+use spafit::peft::{peft_lora_init, PeftPlan};
+use spafit::train::{TrainConfig, TrainReport, Trainer};
+use spafit::Result;
+
+use super::args::{DataArgs, ModelArgs, PeftArgs};
+
+/// Optimizer, schedule and run bookkeeping.
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Peak learning rate (after linear warmup, decays linearly to 0).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AdamW decoupled weight decay (never on biases or LayerNorm).
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Fraction of steps spent warming up.
+    #[arg(long, default_value_t = 0.06)]
+    pub warmup_ratio: f64,
+    /// Clip the global gradient norm to this (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Seed of batch order, dropout, adapters and a fresh head.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also evaluate every N steps (always at each epoch end).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Write a metrics.jsonl line every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// Stop after N steps in total.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Output directory: metrics.jsonl, best/ (the best adapter), last/ (resumable state).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Continue the run saved in OUTPUT/last.
+    #[arg(long)]
+    pub resume: bool,
+    /// Also export the best adapter in PEFT's format (LoRA and SPAFIT) to this directory.
+    #[arg(long)]
+    pub export_peft: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The learning rate each method's reference run uses, when --lr is not given.
+pub fn default_lr(method: &str) -> f64 {
+    match method {
+        "full" => 5e-5,
+        "bitfit" => 1e-3,
+        _ => 5e-4,
+    }
+}
+
+/// Everything a run needs, set up from flags.
+pub struct Run {
+    pub backend: CpuBackend,
+    pub checkpoint: Checkpoint,
+    pub model: BertClassifier<CpuBackend>,
+    pub plan: PeftPlan,
+}
+
+pub fn setup(model: &ModelArgs, peft: &PeftArgs, num_labels: usize, seed: u64) -> Result<Run> {
+    let backend = model.backend()?;
+    let checkpoint = Checkpoint::open(&model.model)?;
+    let config = peft.config()?;
+    let plan = PeftPlan::new(&config, checkpoint.config.num_hidden_layers)?;
+    let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
+    m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
+    Ok(Run {
+        backend,
+        checkpoint,
+        model: m,
+        plan,
+    })
+}
+
+pub fn fit(
+    run: &mut Run,
+    model: &ModelArgs,
+    args: &TrainArgs,
+    method: &str,
+    train: &Dataset,
+    dev: Option<&Dataset>,
+    task: Option<spafit::data::GlueTask>,
+) -> Result<TrainReport> {
+    let tokenizer = run.checkpoint.tokenizer(model.max_len)?;
+    let config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr.unwrap_or_else(|| default_lr(method)),
+        weight_decay: args.weight_decay,
+        warmup_ratio: args.warmup_ratio,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        seed: args.seed,
+        eval_every: args.eval_every,
+        log_every: args.log_every,
+        max_steps: args.max_steps,
+        output_dir: args.output.clone(),
+        resume: args.resume,
+        progress: !args.quiet,
+        task,
+        ..TrainConfig::default()
+    };
+    eprintln!(
+        "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}, lr {:e}",
+        method,
+        run.model.trainable_parameter_count(),
+        train.len(),
+        config.epochs,
+        config.batch_size,
+        config.learning_rate
+    );
+    let report = Trainer::new(
+        &run.backend,
+        &mut run.model,
+        &run.plan,
+        &run.checkpoint.weights,
+        config,
+    )
+    .fit(&tokenizer, train, dev)?;
+    if let Some(dir) = &args.export_peft {
+        export_peft(
+            dir,
+            &run.backend,
+            &run.model,
+            &run.plan,
+            &run.checkpoint.dir().display().to_string(),
+        )?;
+    }
+    Ok(report)
+}
+
+/// `spafit train`.
+#[derive(Args, Debug)]
+pub struct TrainCommand {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub peft: PeftArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+impl TrainCommand {
+    pub fn run(&self) -> Result<()> {
+        let task = self.data.glue_task()?;
+        let train = self.data.load("train")?;
+        let dev_split = task.map_or("dev", |t| t.dev_splits()[0]);
+        let dev = if task.is_some() || self.data.dev_file.is_some() {
+            Some(self.data.load(dev_split)?)
+        } else {
+            None
+        };
+        let mut run = setup(
+            &self.model,
+            &self.peft,
+            train.kind.num_labels(),
+            self.train.seed,
+        )?;
+        let report = fit(
+            &mut run,
+            &self.model,
+            &self.train,
+            &self.peft.method,
+            &train,
+            dev.as_ref(),
+            task,
+        )?;
+        let mut line = json!({
+            "task": task.map_or_else(|| train.name.clone(), |t| t.dir_name().to_string()),
+            "method": self.peft.method,
+            "steps": report.steps,
+            "train_seconds": report.train_seconds,
+            "samples_per_s": report.samples_per_s,
+            "tokens_per_s": report.tokens_per_s,
+            "trainable_params": run.model.trainable_parameter_count(),
+        });
+        if let Some((step, eval)) = &report.best {
+            line["best_step"] = json!(step);
+            for (k, v) in &eval.metrics {
+                line[format!("dev_{k}")] = json!(v);
+            }
+        }
+        println!("{line}");
+        Ok(())
+    }
+}

@@ -1,0 +1,94 @@
+use crate::backend::Backend;
+use crate::data::{Dataset, Target, TaskKind};
+use crate::error::{Error, Result};
+use crate::model::{Labels, ModelInput};
+use crate::tensor::Shape;
+use crate::text::{EncodedBatch, EncodedText, TextTokenizer};
+
+/// A dataset tokenized once, ready to be cut into padded batches.
+pub struct EncodedDataset {
+    /// Per example.
+    pub texts: Vec<EncodedText>,
+    /// Per example, `None` for unlabeled data.
+    pub targets: Vec<Option<Target>>,
+    /// Label space.
+    pub kind: TaskKind,
+    pad_id: u32,
+}
+
+impl EncodedDataset {
+    /// Tokenizes every example of `data`.
+    pub fn new(tokenizer: &TextTokenizer, data: &Dataset) -> Result<Self> {
+        let texts = data
+            .examples
+            .iter()
+            .map(|e| tokenizer.encode(e.input()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(EncodedDataset {
+            texts,
+            targets: data.examples.iter().map(|e| e.target).collect(),
+            kind: data.kind.clone(),
+            pad_id: tokenizer.pad_id(),
+        })
+    }
+
+    /// Token count of each example.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.texts.iter().map(|t| t.ids.len()).collect()
+    }
+
+    /// Examples `rows`, padded to the longest.
+    pub fn batch(&self, rows: &[usize]) -> EncodedBatch {
+        let picked: Vec<&EncodedText> = rows.iter().map(|&i| &self.texts[i]).collect();
+        EncodedBatch::pad(&picked, self.pad_id)
+    }
+
+    /// Model input and labels of examples `rows`.
+    pub fn tensors<B: Backend>(
+        &self,
+        backend: &B,
+        rows: &[usize],
+    ) -> Result<(ModelInput<B>, Option<Labels<B>>, usize)> {
+        let enc = self.batch(rows);
+        let tokens = enc.attention_mask.iter().filter(|&&m| m == 1).count();
+        let input = ModelInput::new(backend, &enc)?;
+        let targets: Option<Vec<Target>> = rows.iter().map(|&i| self.targets[i]).collect();
+        let labels = match targets {
+            None => None,
+            Some(t) => Some(labels(backend, &self.kind, &t)?),
+        };
+        Ok((input, labels, tokens))
+    }
+}
+
+fn labels<B: Backend>(backend: &B, kind: &TaskKind, targets: &[Target]) -> Result<Labels<B>> {
+    let shape = Shape::new([targets.len()]);
+    let mismatch = || {
+        Error::invalid(
+            "labels",
+            "targets do not match the task kind (class ids vs scores)",
+        )
+    };
+    match kind {
+        TaskKind::Classification { .. } => {
+            let ids = targets
+                .iter()
+                .map(|t| match t {
+                    Target::Class(c) => Ok(*c),
+                    Target::Score(_) => Err(mismatch()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Labels::Classes(backend.tensor_from_u32(shape, &ids)?))
+        }
+        TaskKind::Regression => {
+            let scores = targets
+                .iter()
+                .map(|t| match t {
+                    Target::Score(s) => Ok(*s),
+                    Target::Class(_) => Err(mismatch()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Labels::Scores(backend.tensor_from_f64(shape, &scores)?))
+        }
+    }
+}

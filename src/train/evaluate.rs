@@ -1,0 +1,138 @@
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::EncodedDataset;
+use crate::autograd::Tape;
+use crate::backend::Backend;
+use crate::data::{evaluation_batches, GlueTask, Target, TaskKind};
+use crate::error::Result;
+use crate::metrics::{main_metric, report, Predictions};
+use crate::model::BertClassifier;
+use crate::nn::DropoutPlan;
+
+/// Model outputs on a split, in the split's order.
+pub struct ModelOutputs {
+    /// `[n, num_labels]` row-major.
+    pub logits: Vec<f64>,
+    /// Mean loss over the split when it is labeled.
+    pub loss: Option<f64>,
+}
+
+/// Metrics on a labeled split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Metric name → value (`accuracy`, `f1`, ...).
+    pub metrics: BTreeMap<String, f64>,
+    /// The metric model selection uses.
+    pub main_metric: &'static str,
+    /// Mean loss.
+    pub loss: f64,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+impl Evaluation {
+    /// The value of [`Evaluation::main_metric`].
+    pub fn main_value(&self) -> f64 {
+        self.metrics[self.main_metric]
+    }
+}
+
+/// Runs the model in evaluation mode (no dropout, no tape nodes) over `data`.
+pub fn infer<B: Backend>(
+    backend: &B,
+    model: &BertClassifier<B>,
+    data: &EncodedDataset,
+    batch_size: usize,
+) -> Result<ModelOutputs> {
+    let n = data.texts.len();
+    let k = model.num_labels;
+    let mut logits = vec![0.0; n * k];
+    let mut loss_sum = 0.0;
+    let mut labeled = true;
+    for rows in evaluation_batches(&data.lengths(), batch_size) {
+        let (input, labels, _) = data.tensors(backend, &rows)?;
+        let mut tape = Tape::new(backend.clone());
+        let out = model.forward(&mut tape, &input, &mut DropoutPlan::eval())?;
+        let values = backend.to_f64(out.value())?;
+        for (j, &i) in rows.iter().enumerate() {
+            logits[i * k..(i + 1) * k].copy_from_slice(&values[j * k..(j + 1) * k]);
+        }
+        match labels {
+            Some(l) => {
+                let loss = model.loss(&mut tape, &out, &l)?;
+                loss_sum += backend.to_f64(loss.value())?[0] * rows.len() as f64;
+            }
+            None => labeled = false,
+        }
+    }
+    Ok(ModelOutputs {
+        logits,
+        loss: (labeled && n > 0).then(|| loss_sum / n as f64),
+    })
+}
+
+/// Class ids (argmax) or scores from logits.
+pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Vec<Target> {
+    logits
+        .chunks_exact(num_labels)
+        .map(|row| match kind {
+            TaskKind::Regression => Target::Score(row[0]),
+            TaskKind::Classification { .. } => {
+                let best = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+                Target::Class(best as u32)
+            }
+        })
+        .collect()
+}
+
+/// Metrics of the model on a labeled split (GLUE's metrics for `task`).
+pub fn evaluate<B: Backend>(
+    backend: &B,
+    model: &BertClassifier<B>,
+    data: &EncodedDataset,
+    batch_size: usize,
+    task: Option<GlueTask>,
+) -> Result<Evaluation> {
+    let start = Instant::now();
+    let out = infer(backend, model, data, batch_size)?;
+    let pred = predictions(&data.kind, &out.logits, model.num_labels);
+    let gold: Vec<Target> = data
+        .targets
+        .iter()
+        .map(|t| t.ok_or_else(|| crate::Error::invalid("evaluate", "the split is unlabeled")))
+        .collect::<Result<_>>()?;
+    let preds = match data.kind {
+        TaskKind::Regression => Predictions::Scores {
+            pred: pred.iter().map(score).collect(),
+            gold: gold.iter().map(score).collect(),
+        },
+        TaskKind::Classification { .. } => Predictions::Classes {
+            pred: pred.iter().map(class).collect(),
+            gold: gold.iter().map(class).collect(),
+        },
+    };
+    Ok(Evaluation {
+        metrics: report(task, &preds),
+        main_metric: main_metric(task, &preds),
+        loss: out.loss.unwrap_or(f64::NAN),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn score(t: &Target) -> f64 {
+    match *t {
+        Target::Score(s) => s,
+        Target::Class(c) => f64::from(c),
+    }
+}
+
+fn class(t: &Target) -> u32 {
+    match *t {
+        Target::Class(c) => c,
+        Target::Score(s) => s as u32,
+    }
+}

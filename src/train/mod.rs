@@ -1,0 +1,16 @@
+//! Fine-tuning: AdamW with warmup and linear decay, gradient clipping, length-bucketed
+//! batches, periodic evaluation, best-checkpoint keeping, `metrics.jsonl`, resumable state.
+
+mod encoded;
+mod evaluate;
+mod optimizer;
+mod progress;
+mod schedule;
+mod trainer;
+
+pub use encoded::EncodedDataset;
+pub use evaluate::{evaluate, infer, predictions, Evaluation, ModelOutputs};
+pub use optimizer::{no_decay, AdamW};
+pub use progress::Progress;
+pub use schedule::LinearSchedule;
+pub use trainer::{TrainConfig, TrainReport, Trainer};

@@ -1,0 +1,53 @@
+use std::io::{IsTerminal, Write};
+
+/// A one-line progress display on stderr: redrawn in place on a terminal, a plain line every
+/// `every` steps otherwise (logs stay readable).
+pub struct Progress {
+    enabled: bool,
+    terminal: bool,
+    every: usize,
+}
+
+impl Progress {
+    /// Shows progress when `enabled`.
+    pub fn new(enabled: bool, every: usize) -> Self {
+        Progress {
+            enabled,
+            terminal: std::io::stderr().is_terminal(),
+            every: every.max(1),
+        }
+    }
+
+    /// Reports step `step` of `total`.
+    pub fn step(&self, step: usize, total: usize, epoch: usize, loss: f64, samples_per_s: f64) {
+        if !self.enabled || (!self.terminal && step % self.every != 0 && step != total) {
+            return;
+        }
+        let width = 30;
+        let filled = (step * width).checked_div(total).unwrap_or(width).min(width);
+        let bar: String = "#".repeat(filled) + &"-".repeat(width - filled);
+        let line = format!(
+            "epoch {epoch} [{bar}] {step}/{total} loss {loss:.4} {samples_per_s:.1} samples/s"
+        );
+        let mut err = std::io::stderr().lock();
+        if self.terminal {
+            let _ = write!(err, "\r{line}\x1b[K");
+            if step == total {
+                let _ = writeln!(err);
+            }
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+
+    /// Prints a message on its own line.
+    pub fn message(&self, text: &str) {
+        if self.enabled {
+            let mut err = std::io::stderr().lock();
+            if self.terminal {
+                let _ = write!(err, "\r\x1b[K");
+            }
+            let _ = writeln!(err, "{text}");
+        }
+    }
+}

