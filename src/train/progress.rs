@@ -24,7 +24,10 @@ impl Progress {
             return;
         }
         let width = 30;
-        let filled = (step * width).checked_div(total).unwrap_or(width).min(width);
+        let filled = (step * width)
+            .checked_div(total)
+            .unwrap_or(width)
+            .min(width);
         let bar: String = "#".repeat(filled) + &"-".repeat(width - filled);
         let line = format!(
             "epoch {epoch} [{bar}] {step}/{total} loss {loss:.4} {samples_per_s:.1} samples/s"
