@@ -11,6 +11,35 @@ use spafit::{Error, Result};
 
 use super::args::{DataArgs, ModelArgs};
 
+/// The base model with a saved adapter, a split of data, and its tokenized form.
+struct Loaded {
+    backend: spafit::backend::cpu::CpuBackend,
+    model: spafit::model::BertClassifier<spafit::backend::cpu::CpuBackend>,
+    manifest: spafit::adapter::AdapterManifest,
+    data: spafit::data::Dataset,
+    encoded: EncodedDataset,
+}
+
+fn load(
+    model: &ModelArgs,
+    data: &DataArgs,
+    adapter: &std::path::Path,
+    split: &str,
+) -> Result<Loaded> {
+    let backend = model.backend()?;
+    let checkpoint = Checkpoint::open(&model.model)?;
+    let (m, manifest) = load_adapter(adapter, &checkpoint, &backend)?;
+    let data = data.load(split)?;
+    let encoded = EncodedDataset::new(&checkpoint.tokenizer(model.max_len)?, &data)?;
+    Ok(Loaded {
+        backend,
+        model: m,
+        manifest,
+        data,
+        encoded,
+    })
+}
+
 /// `spafit eval`.
 #[derive(Args, Debug)]
 pub struct EvalCommand {
@@ -31,11 +60,13 @@ pub struct EvalCommand {
 
 impl EvalCommand {
     pub fn run(&self) -> Result<()> {
-        let backend = self.model.backend()?;
-        let checkpoint = Checkpoint::open(&self.model.model)?;
-        let (model, _) = load_adapter(&self.adapter, &checkpoint, &backend)?;
-        let data = self.data.load(&self.split)?;
-        let encoded = EncodedDataset::new(&checkpoint.tokenizer(self.model.max_len)?, &data)?;
+        let Loaded {
+            backend,
+            model,
+            data,
+            encoded,
+            ..
+        } = load(&self.model, &self.data, &self.adapter, &self.split)?;
         let eval = evaluate(
             &backend,
             &model,
@@ -75,11 +106,13 @@ pub struct PredictCommand {
 
 impl PredictCommand {
     pub fn run(&self) -> Result<()> {
-        let backend = self.model.backend()?;
-        let checkpoint = Checkpoint::open(&self.model.model)?;
-        let (model, manifest) = load_adapter(&self.adapter, &checkpoint, &backend)?;
-        let data = self.data.load(&self.split)?;
-        let encoded = EncodedDataset::new(&checkpoint.tokenizer(self.model.max_len)?, &data)?;
+        let Loaded {
+            backend,
+            model,
+            manifest,
+            data,
+            encoded,
+        } = load(&self.model, &self.data, &self.adapter, &self.split)?;
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
         let kind = match &manifest.labels {
             Some(labels) => TaskKind::Classification {

@@ -233,6 +233,67 @@ impl<'a, B: Backend> Trainer<'a, B> {
         Ok(Some(state))
     }
 
+    /// One optimizer step on examples `rows` (the `step`-th, 0-based): forward, loss,
+    /// backward, global-norm clipping, AdamW. Returns the loss, the gradient norm before
+    /// clipping and the real token count.
+    fn step(
+        &mut self,
+        data: &EncodedDataset,
+        rows: &[usize],
+        step: usize,
+        mut dropouts: DropoutPlan,
+        optimizer: &mut AdamW<B>,
+        lr: f64,
+    ) -> Result<(f64, f64, usize)> {
+        let (input, labels, tokens) = data.tensors(&self.backend, rows)?;
+        let labels =
+            labels.ok_or_else(|| Error::invalid("train", "an unlabeled training batch"))?;
+        let mut tape = Tape::new(self.backend.clone());
+        let logits = self.model.forward(&mut tape, &input, &mut dropouts)?;
+        let loss = self.model.loss(&mut tape, &logits, &labels)?;
+        let loss_value = self.backend.to_f64(loss.value())?[0];
+        if !loss_value.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                step: step + 1,
+                value: loss_value,
+            });
+        }
+        let mut grads = tape.backward(&loss)?.into_map();
+        let mut norm_sq = 0.0;
+        for g in grads.values() {
+            norm_sq += self.backend.sum_squares(g)?;
+        }
+        let grad_norm = norm_sq.sqrt();
+        // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+        if let Some(max) = self.config.max_grad_norm {
+            let coef = max / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                for g in grads.values_mut() {
+                    self.backend.scale_in_place(g, coef)?;
+                }
+            }
+        }
+        let grads = crate::autograd::Gradients::from_map(grads);
+        optimizer.update(&self.backend, self.model.params_mut(), &grads, lr)?;
+        Ok((loss_value, grad_norm, tokens))
+    }
+
+    /// Writes the current trainable tensors as the best adapter, when there is an output
+    /// directory.
+    fn save_best(&self, labels: Option<&[String]>) -> Result<()> {
+        match &self.config.output_dir {
+            Some(dir) => save_adapter(
+                &dir.join("best"),
+                &self.backend,
+                self.model,
+                self.plan,
+                &self.base_sha256,
+                labels,
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// Trains on `train`, evaluating on `dev` at each epoch end (and every `eval_every`
     /// steps). With an output directory: `metrics.jsonl`, the best adapter in `best/`, and
     /// the resumable state in `last/`. The model ends with the best evaluated weights.
@@ -333,41 +394,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     break 'epochs;
                 }
                 let t0 = Instant::now();
-                let (input, labels_t, n_tokens) = train_data.tensors(&self.backend, rows)?;
-                let labels_t = labels_t.expect("training data is labeled");
-                let mut tape = Tape::new(self.backend.clone());
-                let mut dropouts = DropoutPlan::train(
+                let dropouts = DropoutPlan::train(
                     hidden_p,
                     attention_p,
                     lora_p,
                     rng::mix(c.seed ^ 0xd5, step as u64),
                 );
-                let logits = self.model.forward(&mut tape, &input, &mut dropouts)?;
-                let loss = self.model.loss(&mut tape, &logits, &labels_t)?;
-                let loss_value = self.backend.to_f64(loss.value())?[0];
-                if !loss_value.is_finite() {
-                    return Err(Error::NonFiniteLoss {
-                        step: step + 1,
-                        value: loss_value,
-                    });
-                }
-                let mut grads = tape.backward(&loss)?.into_map();
-                let mut norm_sq = 0.0;
-                for g in grads.values() {
-                    norm_sq += self.backend.sum_squares(g)?;
-                }
-                let grad_norm = norm_sq.sqrt();
-                if let Some(max) = c.max_grad_norm {
-                    let coef = max / (grad_norm + 1e-6);
-                    if coef < 1.0 {
-                        for g in grads.values_mut() {
-                            self.backend.scale_in_place(g, coef)?;
-                        }
-                    }
-                }
-                let grads = crate::autograd::Gradients::from_map(grads);
                 let lr = schedule.lr(step);
-                optimizer.update(&self.backend, self.model.params_mut(), &grads, lr)?;
+                let (loss_value, grad_norm, n_tokens) =
+                    self.step(&train_data, rows, step, dropouts, &mut optimizer, lr)?;
                 step += 1;
                 steps_here += 1;
                 train_seconds += t0.elapsed().as_secs_f64();
@@ -411,16 +446,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                         if best_value.is_none_or(|v| eval.main_value() > v) {
                             best_value = Some(eval.main_value());
                             best_weights = Some(self.trainable().into_iter().collect());
-                            if let Some(dir) = &c.output_dir {
-                                save_adapter(
-                                    &dir.join("best"),
-                                    &self.backend,
-                                    self.model,
-                                    self.plan,
-                                    &self.base_sha256,
-                                    labels.as_deref(),
-                                )?;
-                            }
+                            self.save_best(labels.as_deref())?;
                             best = Some((step, eval));
                         }
                     }
@@ -447,16 +473,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.restore(w)?;
         }
         if dev_data.is_none() {
-            if let Some(dir) = &c.output_dir {
-                save_adapter(
-                    &dir.join("best"),
-                    &self.backend,
-                    self.model,
-                    self.plan,
-                    &self.base_sha256,
-                    labels.as_deref(),
-                )?;
-            }
+            self.save_best(labels.as_deref())?;
         }
         Ok(TrainReport {
             steps: step,
