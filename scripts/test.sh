@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command: format check, clippy with warnings as errors, every test.
-# Prints a total line "tests: N passed, N failed, N ignored" at the end.
+# Prints a total line "tests: N passed, N failed, N skipped" at the end; "skipped" counts the
+# ignored tests and the GPU tests that reported "SKIPPED <name>" for want of a CUDA device
+# (they are not counted as passed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +22,6 @@ awk '/^test result:/ {
             if ($(i+1) ~ /^ignored/) g += $i
         }
      }
-     END { printf "tests: %d passed, %d failed, %d ignored\n", p, f, g }' "$log"
+     /^SKIPPED / { s += 1 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p - s, f, g + s }' "$log"
 exit "$status"

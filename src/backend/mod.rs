@@ -15,6 +15,7 @@
 //! - reductions are deterministic: the same inputs give the same bits.
 
 pub mod cpu;
+pub mod cuda;
 pub mod shapes;
 
 use crate::error::Result;

@@ -1,7 +1,7 @@
 //! Argument validation shared by every backend, so the CPU reference and the CUDA kernels
 //! accept and reject exactly the same inputs, with the same messages.
 
-use super::{AttentionConfig, Backend, Dropout, LoraWeights};
+use super::{AdamWStep, AttentionConfig, Backend, Dropout, LoraWeights};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -246,4 +246,50 @@ pub fn attention<B: Backend>(
         heads: config.heads,
         head_dim: hidden / config.heads,
     })
+}
+
+/// Checks that every index (token id, label) is below `limit`, naming the first that is not.
+pub fn check_indices(
+    op: &'static str,
+    what: &'static str,
+    ids: &[u32],
+    limit: usize,
+) -> Result<()> {
+    match ids.iter().position(|&i| i as usize >= limit) {
+        Some(position) => Err(Error::IndexOutOfRange {
+            op,
+            what,
+            index: u64::from(ids[position]),
+            position,
+            limit,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Validates the hyper-parameters of an AdamW step.
+pub fn adamw(s: &AdamWStep) -> Result<()> {
+    let bad = if !(s.lr >= 0.0 && s.lr.is_finite()) {
+        Some(format!("lr must be ≥ 0 and finite, got {}", s.lr))
+    } else if !(0.0..1.0).contains(&s.beta1) || !(0.0..1.0).contains(&s.beta2) {
+        Some(format!(
+            "betas must be in [0, 1), got ({}, {})",
+            s.beta1, s.beta2
+        ))
+    } else if !(s.eps > 0.0 && s.eps.is_finite()) {
+        Some(format!("eps must be positive and finite, got {}", s.eps))
+    } else if !(s.weight_decay >= 0.0 && s.weight_decay.is_finite()) {
+        Some(format!(
+            "weight_decay must be ≥ 0 and finite, got {}",
+            s.weight_decay
+        ))
+    } else if s.step == 0 || s.step > i32::MAX as u64 {
+        Some(format!("step counts from 1, got {}", s.step))
+    } else {
+        None
+    };
+    match bad {
+        Some(detail) => Err(Error::invalid("adamw", detail)),
+        None => Ok(()),
+    }
 }

@@ -118,19 +118,6 @@ fn require_input<'a>(
     })
 }
 
-fn check_ids(op: &'static str, what: &'static str, ids: &[u32], limit: usize) -> Result<()> {
-    match ids.iter().position(|&i| i as usize >= limit) {
-        Some(position) => Err(Error::IndexOutOfRange {
-            op,
-            what,
-            index: u64::from(ids[position]),
-            position,
-            limit,
-        }),
-        None => Ok(()),
-    }
-}
-
 fn scalar_value<T: Element>(op: &'static str, d_loss: &Tensor<CpuBackend>) -> Result<T> {
     if d_loss.numel() != 1 {
         return Err(Error::shape(
@@ -541,7 +528,7 @@ impl Backend for CpuBackend {
             ));
         }
         let (vocab, dim) = (table.dims()[0], table.dims()[1]);
-        check_ids(OP, "id", ids(idx), vocab)?;
+        shapes::check_indices(OP, "id", ids(idx), vocab)?;
         let mut out_shape = idx.dims().to_vec();
         out_shape.push(dim);
         with_float!(dtype, OP, T => tensor(out_shape, embedding::forward(view::<T>(table), ids(idx), dim)))
@@ -567,7 +554,7 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
-        check_ids(OP, "id", ids(idx), vocab)?;
+        shapes::check_indices(OP, "id", ids(idx), vocab)?;
         with_float!(dtype, OP, T => tensor([vocab, dim], embedding::backward(view::<T>(d_out), ids(idx), vocab, dim)))
     }
 
@@ -633,7 +620,7 @@ impl Backend for CpuBackend {
         for (name, t) in [("grad", grad), ("m", &*m), ("v", &*v)] {
             shapes::require_same_shape(OP, (name, t), ("param", param))?;
         }
-        check_adamw(step)?;
+        shapes::adamw(step)?;
         with_float!(dtype, OP, T => {
             adamw::step(view_mut::<T>(param), view::<T>(grad), view_mut::<T>(m), view_mut::<T>(v), step);
             Ok(())
@@ -659,7 +646,7 @@ fn check_cross_entropy(
             ),
         ));
     }
-    check_ids(op, "label", ids(labels), classes)?;
+    shapes::check_indices(op, "label", ids(labels), classes)?;
     Ok((dtype, classes))
 }
 
@@ -680,30 +667,4 @@ fn check_mse(
         ));
     }
     Ok(dtype)
-}
-
-fn check_adamw(s: &AdamWStep) -> Result<()> {
-    let bad = if !(s.lr >= 0.0 && s.lr.is_finite()) {
-        Some(format!("lr must be ≥ 0 and finite, got {}", s.lr))
-    } else if !(0.0..1.0).contains(&s.beta1) || !(0.0..1.0).contains(&s.beta2) {
-        Some(format!(
-            "betas must be in [0, 1), got ({}, {})",
-            s.beta1, s.beta2
-        ))
-    } else if !(s.eps > 0.0 && s.eps.is_finite()) {
-        Some(format!("eps must be positive and finite, got {}", s.eps))
-    } else if !(s.weight_decay >= 0.0 && s.weight_decay.is_finite()) {
-        Some(format!(
-            "weight_decay must be ≥ 0 and finite, got {}",
-            s.weight_decay
-        ))
-    } else if s.step == 0 || s.step > i32::MAX as u64 {
-        Some(format!("step counts from 1, got {}", s.step))
-    } else {
-        None
-    };
-    match bad {
-        Some(detail) => Err(Error::invalid("adamw", detail)),
-        None => Ok(()),
-    }
 }

@@ -1,0 +1,69 @@
+// Elementwise ops: GELU (erf form) and its derivative, tanh and its derivative from the
+// output, residual add, in-place accumulate and scale, dropout, f32 ↔ bf16 casts, and the
+// per-block partial sums of squares behind gradient norms.
+//
+// Decomposition: a grid-stride loop, one element per thread per iteration. Outputs are
+// assigned except add_assign (acc += x) and scale (t *= s), which update in place.
+// Dropout draws the CPU backend's mask: element i is kept iff the top 24 bits of
+// spafit_mix(seed, i) are ≥ threshold; survivors are multiplied by keep_scale = 1/(1−p).
+#include "common.cuh"
+
+#define GRID_STRIDE(i, n) for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
+__device__ __forceinline__ float gelu_grad(float x) {
+    float cdf = 0.5f * (1.f + erff(x * 0.70710678118654752f));
+    return cdf + x * 0.39894228040143268f * expf(-0.5f * x * x);
+}
+
+#define ELEMENTWISE_ENTRIES(T, S)                                                                 \
+    extern "C" __global__ void gelu_forward_##S(const T* x, T* y, long n) {                       \
+        GRID_STRIDE(i, n) store(y, i, gelu(load(x, i)));                                          \
+    }                                                                                             \
+    extern "C" __global__ void gelu_backward_##S(const T* dy, const T* x, T* dx, long n) {        \
+        GRID_STRIDE(i, n) store(dx, i, load(dy, i) * gelu_grad(load(x, i)));                      \
+    }                                                                                             \
+    extern "C" __global__ void tanh_forward_##S(const T* x, T* y, long n) {                       \
+        GRID_STRIDE(i, n) store(y, i, tanhf(load(x, i)));                                         \
+    }                                                                                             \
+    extern "C" __global__ void tanh_backward_##S(const T* dy, const T* y, T* dx, long n) {        \
+        GRID_STRIDE(i, n) {                                                                       \
+            float t = load(y, i);                                                                 \
+            store(dx, i, load(dy, i) * (1.f - t * t));                                            \
+        }                                                                                         \
+    }                                                                                             \
+    extern "C" __global__ void add_##S(const T* a, const T* b, T* c, long n) {                    \
+        GRID_STRIDE(i, n) store(c, i, load(a, i) + load(b, i));                                   \
+    }                                                                                             \
+    extern "C" __global__ void add_assign_##S(T* acc, const T* x, long n) {                       \
+        GRID_STRIDE(i, n) store(acc, i, load(acc, i) + load(x, i));                               \
+    }                                                                                             \
+    extern "C" __global__ void scale_##S(T* t, float s, long n) {                                 \
+        GRID_STRIDE(i, n) store(t, i, load(t, i) * s);                                            \
+    }                                                                                             \
+    extern "C" __global__ void dropout_##S(const T* x, T* y, long n, unsigned long long seed,     \
+                                           unsigned int threshold, float keep_scale) {            \
+        GRID_STRIDE(i, n) store(y, i, spafit_keeps(seed, i, threshold) ? load(x, i) * keep_scale  \
+                                                                        : 0.f);                   \
+    }                                                                                             \
+    /* Per-block partial Σ x² (f32); the host adds the partials in order, in f64. */              \
+    extern "C" __global__ void sum_squares_partial_##S(const T* x, float* partial, long n) {      \
+        extern __shared__ float scratch[];                                                        \
+        float acc = 0.f;                                                                          \
+        GRID_STRIDE(i, n) {                                                                       \
+            float v = load(x, i);                                                                 \
+            acc += v * v;                                                                         \
+        }                                                                                         \
+        float total = block_sum(acc, scratch);                                                    \
+        if (threadIdx.x == 0) partial[blockIdx.x] = total;                                        \
+    }
+
+ELEMENTWISE_ENTRIES(float, f32)
+ELEMENTWISE_ENTRIES(bf16, bf16)
+
+extern "C" __global__ void cast_f32_to_bf16(const float* x, bf16* y, long n) {
+    GRID_STRIDE(i, n) y[i] = __float2bfloat16(x[i]);
+}
+extern "C" __global__ void cast_bf16_to_f32(const bf16* x, float* y, long n) {
+    GRID_STRIDE(i, n) y[i] = __bfloat162float(x[i]);
+}

@@ -1,0 +1,105 @@
+// LayerNorm over the last dimension: y = (x − mean) · rstd · γ + β, rstd = 1/sqrt(var + eps).
+//
+// Forward: one block per row; the row is read twice (mean, then centred variance) with
+// block_sum trees. Writes y, mean[row], rstd[row] (mean/rstd always f32).
+// Backward: dx — one block per row, two block sums (mean of g = dy·γ and of g·x̂);
+// dγ, dβ — column reductions over rows in the bias_grad pattern (32×8 threads per 32
+// columns, fixed order). Every output is assigned; no atomics.
+#include "common.cuh"
+
+template <typename T>
+__device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd,
+                           int n, float eps) {
+    extern __shared__ float scratch[];
+    long row = blockIdx.x;
+    const long base = row * n;
+    float s = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) s += load(x, base + j);
+    float mu = block_sum(s, scratch) / n;
+    float v = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float d = load(x, base + j) - mu;
+        v += d * d;
+    }
+    float rs = rsqrtf(block_sum(v, scratch) / n + eps);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        store(y, base + j, (load(x, base + j) - mu) * rs * load(gamma, j) + load(beta, j));
+    }
+    if (threadIdx.x == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+template <typename T>
+__device__ void ln_backward_input(const T* dy, const T* x, const float* mean, const float* rstd,
+                                  const T* gamma, T* dx, int n) {
+    extern __shared__ float scratch[];
+    long row = blockIdx.x;
+    const long base = row * n;
+    float mu = mean[row], rs = rstd[row];
+    float sg = 0.f, sgx = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float g = load(dy, base + j) * load(gamma, j);
+        sg += g;
+        sgx += g * (load(x, base + j) - mu) * rs;
+    }
+    float mean_g = block_sum(sg, scratch) / n;
+    float mean_gx = block_sum(sgx, scratch) / n;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float xhat = (load(x, base + j) - mu) * rs;
+        store(dx, base + j, rs * (load(dy, base + j) * load(gamma, j) - mean_g - xhat * mean_gx));
+    }
+}
+
+// dγ[c] = Σ_r dy[r,c]·x̂[r,c] and dβ[c] = Σ_r dy[r,c]; either output may be null.
+template <typename T>
+__device__ void ln_backward_params(const T* dy, const T* x, const float* mean, const float* rstd,
+                                   T* dgamma, T* dbeta, int rows, int n) {
+    __shared__ float pg[8][33];
+    __shared__ float pb[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    float ag = 0.f, ab = 0.f;
+    if (c < n) {
+        for (int r = threadIdx.y; r < rows; r += 8) {
+            float g = load(dy, (long)r * n + c);
+            ab += g;
+            if (dgamma) ag += g * (load(x, (long)r * n + c) - mean[r]) * rstd[r];
+        }
+    }
+    pg[threadIdx.y][threadIdx.x] = ag;
+    pb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    for (int s = 4; s > 0; s >>= 1) {
+        if (threadIdx.y < s) {
+            pg[threadIdx.y][threadIdx.x] += pg[threadIdx.y + s][threadIdx.x];
+            pb[threadIdx.y][threadIdx.x] += pb[threadIdx.y + s][threadIdx.x];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.y == 0 && c < n) {
+        if (dgamma) store(dgamma, c, pg[0][threadIdx.x]);
+        if (dbeta) store(dbeta, c, pb[0][threadIdx.x]);
+    }
+}
+
+#define LAYERNORM_ENTRIES(T, S)                                                                  \
+    extern "C" __global__ void layernorm_forward_##S(const T* x, const T* gamma, const T* beta,  \
+                                                     T* y, float* mean, float* rstd, int n,      \
+                                                     float eps) {                                \
+        ln_forward(x, gamma, beta, y, mean, rstd, n, eps);                                       \
+    }                                                                                            \
+    extern "C" __global__ void layernorm_backward_input_##S(const T* dy, const T* x,             \
+                                                            const float* mean, const float* rstd,\
+                                                            const T* gamma, T* dx, int n) {      \
+        ln_backward_input(dy, x, mean, rstd, gamma, dx, n);                                      \
+    }                                                                                            \
+    extern "C" __global__ void layernorm_backward_params_##S(const T* dy, const T* x,            \
+                                                             const float* mean,                  \
+                                                             const float* rstd, T* dgamma,       \
+                                                             T* dbeta, int rows, int n) {        \
+        ln_backward_params(dy, x, mean, rstd, dgamma, dbeta, rows, n);                           \
+    }
+
+LAYERNORM_ENTRIES(float, f32)
+LAYERNORM_ENTRIES(bf16, bf16)

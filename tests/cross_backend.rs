@@ -1,0 +1,459 @@
+//! One test body per op, run on every backend present against the f64 CPU reference:
+//! random non-zero inputs at odd shapes, outputs poisoned with NaN before the kernels run,
+//! every element checked. f32 ≤ 1e-5 relative, bf16 ≤ 1e-2. On a machine without a CUDA
+//! device the CUDA tests say `SKIPPED <test>` on stderr (uncaptured) and return; they never
+//! pass by checking nothing. Each checked result prints an `XB` line for the GPU check table.
+
+mod common;
+
+use std::io::Write;
+
+use common::{nonzero, rel_err};
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::cuda::CudaBackend;
+use spafit::backend::{
+    AdamWStep, Backend, Dropout, LayerNormGradRequest, LinearBackwardInputs, LinearGradRequest,
+};
+use spafit::rng::SplitMix;
+use spafit::tensor::{DType, Shape, Tensor};
+
+fn reference() -> CpuBackend {
+    CpuBackend::f64()
+}
+
+/// The CUDA backend with poisoned outputs, or why there is none.
+fn cuda(dtype: DType) -> Result<CudaBackend, String> {
+    CudaBackend::new(0, dtype)
+        .map(CudaBackend::with_poisoned_outputs)
+        .map_err(|e| e.to_string())
+}
+
+fn skipped(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Compares `got` (from backend `b`) with the f64 reference; every element must be finite.
+fn check<B: Backend>(b: &B, what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!(
+            "{what} on {}: element {i} is {} (unwritten or overflow)",
+            b.name(),
+            got[i]
+        );
+    }
+    let e = rel_err(got, want);
+    let _ = writeln!(
+        std::io::stdout(),
+        "XB {what} {} {e:.3e} {}",
+        b.name(),
+        if e <= tol { "PASS" } else { "FAIL" }
+    );
+    assert!(
+        e <= tol,
+        "{what} on {}: relative error {e:e} > {tol:e}",
+        b.name()
+    );
+}
+
+fn up<B: Backend>(b: &B, dims: &[usize], v: &[f64]) -> Tensor<B> {
+    b.tensor_from_f64(Shape::new(dims), v).unwrap()
+}
+
+fn down<B: Backend>(b: &B, t: &Tensor<B>) -> Vec<f64> {
+    b.to_f64(t).unwrap()
+}
+
+/// The values `b` actually stores for `v` (bf16 rounds): the reference computes on these.
+fn stored<B: Backend>(b: &B, dims: &[usize], v: &[f64]) -> Vec<f64> {
+    down(b, &up(b, dims, v))
+}
+
+fn layernorm<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(1);
+    let (rows, n) = (37, 129);
+    let x = stored(b, &[rows, n], &nonzero(&mut rng, rows * n));
+    let g = stored(b, &[n], &nonzero(&mut rng, n));
+    let beta = stored(b, &[n], &nonzero(&mut rng, n));
+    let dy = stored(b, &[rows, n], &nonzero(&mut rng, rows * n));
+    let want = r
+        .layernorm_forward(
+            &up(&r, &[rows, n], &x),
+            &up(&r, &[n], &g),
+            &up(&r, &[n], &beta),
+            1e-5,
+        )
+        .unwrap();
+    let got = b
+        .layernorm_forward(
+            &up(b, &[rows, n], &x),
+            &up(b, &[n], &g),
+            &up(b, &[n], &beta),
+            1e-5,
+        )
+        .unwrap();
+    check(b, "layernorm.y", &down(b, &got.y), &down(&r, &want.y), tol);
+    check(
+        b,
+        "layernorm.rstd",
+        &down(b, &got.rstd),
+        &down(&r, &want.rstd),
+        tol,
+    );
+    let all = LayerNormGradRequest {
+        dx: true,
+        dgamma: true,
+        dbeta: true,
+    };
+    let wg = r
+        .layernorm_backward(
+            &up(&r, &[rows, n], &dy),
+            Some(&up(&r, &[rows, n], &x)),
+            Some(&want.mean),
+            Some(&want.rstd),
+            Some(&up(&r, &[n], &g)),
+            all,
+        )
+        .unwrap();
+    let gg = b
+        .layernorm_backward(
+            &up(b, &[rows, n], &dy),
+            Some(&up(b, &[rows, n], &x)),
+            Some(&got.mean),
+            Some(&got.rstd),
+            Some(&up(b, &[n], &g)),
+            all,
+        )
+        .unwrap();
+    check(
+        b,
+        "layernorm.dx",
+        &down(b, gg.dx.as_ref().unwrap()),
+        &down(&r, wg.dx.as_ref().unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "layernorm.dgamma",
+        &down(b, gg.dgamma.as_ref().unwrap()),
+        &down(&r, wg.dgamma.as_ref().unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "layernorm.dbeta",
+        &down(b, gg.dbeta.as_ref().unwrap()),
+        &down(&r, wg.dbeta.as_ref().unwrap()),
+        tol,
+    );
+}
+
+fn bias_gradient<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(2);
+    let (rows, cols) = (301, 67);
+    let dy = stored(b, &[rows, cols], &nonzero(&mut rng, rows * cols));
+    let want = LinearGradRequest {
+        db: true,
+        ..Default::default()
+    };
+    let inputs = |t| LinearBackwardInputs {
+        dy: t,
+        x: None,
+        w: None,
+        lora: None,
+        x_lora: None,
+        h: None,
+    };
+    let w = r
+        .linear_backward(inputs(&up(&r, &[rows, cols], &dy)), want)
+        .unwrap();
+    let upd = up(b, &[rows, cols], &dy);
+    let g = b
+        .linear_backward(
+            LinearBackwardInputs {
+                dy: &upd,
+                x: None,
+                w: None,
+                lora: None,
+                x_lora: None,
+                h: None,
+            },
+            want,
+        )
+        .unwrap();
+    check(
+        b,
+        "bias_grad",
+        &down(b, g.db.as_ref().unwrap()),
+        &down(&r, w.db.as_ref().unwrap()),
+        tol,
+    );
+}
+
+fn elementwise<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(3);
+    let n = 1031;
+    let x: Vec<f64> = stored(
+        b,
+        &[n],
+        &nonzero(&mut rng, n)
+            .iter()
+            .map(|v| 3.0 * v)
+            .collect::<Vec<_>>(),
+    );
+    let y = stored(b, &[n], &nonzero(&mut rng, n));
+    let (xr, yr, xb, yb) = (
+        up(&r, &[n], &x),
+        up(&r, &[n], &y),
+        up(b, &[n], &x),
+        up(b, &[n], &y),
+    );
+    check(
+        b,
+        "gelu",
+        &down(b, &b.gelu_forward(&xb).unwrap()),
+        &down(&r, &r.gelu_forward(&xr).unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "gelu_backward",
+        &down(b, &b.gelu_backward(&yb, &xb).unwrap()),
+        &down(&r, &r.gelu_backward(&yr, &xr).unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "tanh",
+        &down(b, &b.tanh_forward(&xb).unwrap()),
+        &down(&r, &r.tanh_forward(&xr).unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "tanh_backward",
+        &down(b, &b.tanh_backward(&yb, &xb).unwrap()),
+        &down(&r, &r.tanh_backward(&yr, &xr).unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "add",
+        &down(b, &b.add(&xb, &yb).unwrap()),
+        &down(&r, &r.add(&xr, &yr).unwrap()),
+        tol,
+    );
+    let (mut accb, mut accr) = (xb.clone(), xr.clone());
+    b.add_assign(&mut accb, &yb).unwrap();
+    r.add_assign(&mut accr, &yr).unwrap();
+    check(b, "add_assign", &down(b, &accb), &down(&r, &accr), tol);
+    b.scale_in_place(&mut accb, 0.37).unwrap();
+    r.scale_in_place(&mut accr, 0.37).unwrap();
+    check(b, "scale", &down(b, &accb), &down(&r, &accr), tol);
+    let (sb, sr) = (b.sum_squares(&xb).unwrap(), r.sum_squares(&xr).unwrap());
+    check(b, "sum_squares", &[sb], &[sr], tol);
+    // Dropout: the same mask as the CPU, element for element.
+    let d = Dropout { p: 0.3, seed: 1234 };
+    let (db, dr) = (
+        down(b, &b.dropout(&xb, d).unwrap()),
+        down(&r, &r.dropout(&xr, d).unwrap()),
+    );
+    assert!(
+        db.iter().zip(&dr).all(|(g, w)| (*g == 0.0) == (*w == 0.0)),
+        "dropout masks differ on {}",
+        b.name()
+    );
+    check(b, "dropout", &db, &dr, tol);
+}
+
+fn embedding<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(4);
+    let (vocab, dim) = (53, 45);
+    let table = stored(b, &[vocab, dim], &nonzero(&mut rng, vocab * dim));
+    let ids: Vec<u32> = (0..77).map(|i| ((i * 31 + 7) % 19) as u32 * 2).collect();
+    let d_out = stored(b, &[77, dim], &nonzero(&mut rng, 77 * dim));
+    let (ib, ir) = (
+        b.tensor_from_u32(Shape::new([77]), &ids).unwrap(),
+        r.tensor_from_u32(Shape::new([77]), &ids).unwrap(),
+    );
+    let got = b
+        .embedding_forward(&up(b, &[vocab, dim], &table), &ib)
+        .unwrap();
+    let want = r
+        .embedding_forward(&up(&r, &[vocab, dim], &table), &ir)
+        .unwrap();
+    check(b, "embedding", &down(b, &got), &down(&r, &want), tol);
+    let gb = b
+        .embedding_backward(&up(b, &[77, dim], &d_out), &ib, vocab)
+        .unwrap();
+    let gr = r
+        .embedding_backward(&up(&r, &[77, dim], &d_out), &ir, vocab)
+        .unwrap();
+    check(b, "embedding_backward", &down(b, &gb), &down(&r, &gr), tol);
+}
+
+fn losses<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(5);
+    let (rows, classes) = (29, 3);
+    let logits = stored(b, &[rows, classes], &nonzero(&mut rng, rows * classes));
+    let labels: Vec<u32> = (0..rows).map(|i| (i % classes) as u32).collect();
+    let (lb, lr) = (
+        b.tensor_from_u32(Shape::new([rows]), &labels).unwrap(),
+        r.tensor_from_u32(Shape::new([rows]), &labels).unwrap(),
+    );
+    let (zb, zr) = (
+        up(b, &[rows, classes], &logits),
+        up(&r, &[rows, classes], &logits),
+    );
+    check(
+        b,
+        "cross_entropy",
+        &down(b, &b.cross_entropy_forward(&zb, &lb).unwrap()),
+        &down(&r, &r.cross_entropy_forward(&zr, &lr).unwrap()),
+        tol,
+    );
+    let (ob, or) = (up(b, &[1], &[0.7]), up(&r, &[1], &[0.7]));
+    check(
+        b,
+        "cross_entropy_backward",
+        &down(b, &b.cross_entropy_backward(&ob, &zb, &lb).unwrap()),
+        &down(&r, &r.cross_entropy_backward(&or, &zr, &lr).unwrap()),
+        tol,
+    );
+    let target = stored(b, &[rows], &nonzero(&mut rng, rows));
+    let pred = stored(b, &[rows, 1], &nonzero(&mut rng, rows));
+    let (pb, pr, tb, tr) = (
+        up(b, &[rows, 1], &pred),
+        up(&r, &[rows, 1], &pred),
+        up(b, &[rows], &target),
+        up(&r, &[rows], &target),
+    );
+    check(
+        b,
+        "mse",
+        &down(b, &b.mse_forward(&pb, &tb).unwrap()),
+        &down(&r, &r.mse_forward(&pr, &tr).unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "mse_backward",
+        &down(b, &b.mse_backward(&ob, &pb, &tb).unwrap()),
+        &down(&r, &r.mse_backward(&or, &pr, &tr).unwrap()),
+        tol,
+    );
+}
+
+fn adamw<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(6);
+    let n = 515;
+    let p0 = nonzero(&mut rng, n);
+    let g = stored(b, &[n], &nonzero(&mut rng, n));
+    // Parameters and moments are master weights (f32 on CUDA, the backend's dtype on CPU).
+    let (mut pb, mut mb, mut vb) = (
+        up(b, &[n], &p0),
+        up(b, &[n], &vec![0.0; n]),
+        up(b, &[n], &vec![0.0; n]),
+    );
+    let (mut pr, mut mr, mut vr) = (
+        up(&r, &[n], &p0),
+        up(&r, &[n], &vec![0.0; n]),
+        up(&r, &[n], &vec![0.0; n]),
+    );
+    for step in 1..=3 {
+        let s = AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            step,
+        };
+        b.adamw_step(&mut pb, &up(b, &[n], &g), &mut mb, &mut vb, &s)
+            .unwrap();
+        r.adamw_step(&mut pr, &up(&r, &[n], &g), &mut mr, &mut vr, &s)
+            .unwrap();
+    }
+    check(b, "adamw.param", &down(b, &pb), &down(&r, &pr), tol);
+    check(b, "adamw.m", &down(b, &mb), &down(&r, &mr), tol);
+    check(b, "adamw.v", &down(b, &vb), &down(&r, &vr), tol);
+}
+
+/// Instantiates each test body for the CPU (f32, f64) and CUDA (f32, bf16) backends.
+macro_rules! on_every_backend {
+    ($($name:ident: cuda_bf16 = $bf16:expr),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn cpu_f64() {
+                super::$name(&CpuBackend::f64(), 1e-12);
+            }
+
+            #[test]
+            fn cpu_f32() {
+                super::$name(&CpuBackend::f32(), 1e-5);
+            }
+
+            #[test]
+            fn cuda_f32() {
+                match cuda(DType::F32) {
+                    Ok(b) => super::$name(&b, 1e-5),
+                    Err(why) => skipped(concat!(stringify!($name), "::cuda_f32"), &why),
+                }
+            }
+
+            #[test]
+            fn cuda_bf16() {
+                if !$bf16 {
+                    return skipped(concat!(stringify!($name), "::cuda_bf16"), "f32-only op (master weights)");
+                }
+                match cuda(DType::BF16) {
+                    Ok(b) => super::$name(&b, 1e-2),
+                    Err(why) => skipped(concat!(stringify!($name), "::cuda_bf16"), &why),
+                }
+            }
+        }
+    )*};
+}
+
+on_every_backend!(
+    layernorm: cuda_bf16 = true,
+    bias_gradient: cuda_bf16 = true,
+    elementwise: cuda_bf16 = true,
+    embedding: cuda_bf16 = true,
+    losses: cuda_bf16 = true,
+    adamw: cuda_bf16 = false,
+);
+
+#[test]
+fn cuda_backend_without_a_gpu_is_an_error_not_a_panic() {
+    match CudaBackend::new(0, DType::F32) {
+        Ok(b) => {
+            // A GPU is present: the unported ops must say so rather than compute nothing.
+            let x = up(&b, &[2, 3], &[1.0; 6]);
+            let e = b
+                .linear_forward(&x, &up(&b, &[4, 3], &[1.0; 12]), None, None, None)
+                .err()
+                .expect("linear is not on CUDA yet");
+            assert!(e.to_string().contains("GEMM"), "{e}");
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("cuda:0")
+                    && (msg.contains("no CUDA driver")
+                        || msg.contains("nvcc")
+                        || msg.contains("device")),
+                "{msg}"
+            );
+        }
+    }
+    assert!(CudaBackend::new(0, DType::F64).is_err());
+}
