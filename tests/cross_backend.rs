@@ -433,6 +433,30 @@ on_every_backend!(
 );
 
 #[test]
+fn cuda_casts_between_f32_and_bf16() {
+    let b = match cuda(DType::F32) {
+        Ok(b) => b,
+        Err(why) => return skipped("cuda_casts_between_f32_and_bf16", &why),
+    };
+    let mut rng = SplitMix::new(7);
+    let x = nonzero(&mut rng, 1001);
+    let t = up(&b, &[7, 11, 13], &x);
+    let half = b.cast(&t, DType::BF16).unwrap();
+    assert_eq!(half.dtype(), DType::BF16);
+    let want: Vec<f64> = x
+        .iter()
+        .map(|&v| half::bf16::from_f32(v as f32).to_f64())
+        .collect();
+    let got = down(&b, &half);
+    assert_eq!(
+        got, want,
+        "f32 → bf16 must round to nearest even, as half::bf16 does"
+    );
+    let back = b.cast(&half, DType::F32).unwrap();
+    check(&b, "cast", &down(&b, &back), &want, 0.0);
+}
+
+#[test]
 fn cuda_backend_without_a_gpu_is_an_error_not_a_panic() {
     match CudaBackend::new(0, DType::F32) {
         Ok(b) => {

@@ -894,6 +894,47 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
+    /// `t` converted to `dtype` (f32 ↔ bf16; round to nearest even into bf16), on the device.
+    pub fn cast(&self, t: &Tensor<Self>, dtype: DType) -> Result<Tensor<Self>> {
+        let n = t.numel();
+        let buf = match (t.buffer(), dtype) {
+            (CudaBuffer::F32(x), DType::BF16) => {
+                let mut y = self.output::<bf16>(n)?;
+                launch!(
+                    self,
+                    "elementwise",
+                    "cast_f32_to_bf16",
+                    grid_for(n),
+                    x,
+                    &mut y,
+                    &(n as i64)
+                );
+                CudaBuffer::BF16(y)
+            }
+            (CudaBuffer::BF16(x), DType::F32) => {
+                let mut y = self.output::<f32>(n)?;
+                launch!(
+                    self,
+                    "elementwise",
+                    "cast_bf16_to_f32",
+                    grid_for(n),
+                    x,
+                    &mut y,
+                    &(n as i64)
+                );
+                CudaBuffer::F32(y)
+            }
+            (b, d) if crate::backend::DeviceBuffer::dtype(b) == d => b.clone(),
+            (_, d) => {
+                return Err(Error::dtype(
+                    "cast",
+                    format!("cannot cast {} to {d}", t.dtype()),
+                ))
+            }
+        };
+        Tensor::from_buffer(t.shape().clone(), buf)
+    }
+
     fn unary(&self, op: &'static str, kernel: &str, x: &Tensor<Self>) -> Result<Tensor<Self>> {
         let dtype = shapes::common_float_dtype(op, &[("x", x)])?;
         let n = x.numel();
