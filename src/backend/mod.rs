@@ -315,7 +315,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()>;
     /// `t *= s` in place: gradient clipping.
     fn scale_in_place(&self, t: &mut Tensor<Self>, s: f64) -> Result<()>;
-    /// `Σ t²`, accumulated in f64: gradient norms.
+    /// `Σ t²` as f64, for gradient norms (the CPU accumulates in f64; CUDA in f32 within a
+    /// block and in f64 across blocks).
     fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64>;
     /// `x ∘ mask / (1 − p)`. The same call is its own backward: apply it to `dy` with the
     /// same [`Dropout`] and shape.

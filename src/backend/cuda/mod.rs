@@ -201,7 +201,9 @@ impl CudaBackend {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(ordinal, e.to_string()))?;
         let stream = ctx.default_stream();
-        keep_freed_memory(&ctx).map_err(|e| unavailable(ordinal, e.to_string()))?;
+        // Devices without stream-ordered allocation have no pool to configure: cudarc falls
+        // back to synchronous allocation there, so this is an optimisation, not a requirement.
+        let _ = keep_freed_memory(&ctx);
         Ok(CudaBackend {
             device: Arc::new(Device {
                 ordinal,
@@ -530,6 +532,12 @@ impl Backend for CudaBackend {
                 }
             }
         }
+        if let Some(x) = x {
+            shapes::require_same_shape(OP, ("x", x), ("dy", dy))?;
+        }
+        if let Some(g) = gamma {
+            shapes::require_dims(OP, "gamma", g, &[n])?;
+        }
         let missing = |name: &str| {
             Error::invalid(
                 OP,
@@ -845,6 +853,7 @@ impl Backend for CudaBackend {
         let step_size = (step.lr / (1.0 - step.beta1.powi(t))) as f32;
         let bias2_sqrt = (1.0 - step.beta2.powi(t)).sqrt() as f32;
         let (b1, b2, eps) = (step.beta1 as f32, step.beta2 as f32, step.eps as f32);
+        let (one_b1, one_b2) = ((1.0 - step.beta1) as f32, (1.0 - step.beta2) as f32);
         let p = f32::slice_mut(param.buffer_mut()).expect("checked f32");
         let ms = f32::slice_mut(m.buffer_mut()).expect("checked f32");
         let vs = f32::slice_mut(v.buffer_mut()).expect("checked f32");
@@ -862,7 +871,9 @@ impl Backend for CudaBackend {
                     &(n as i64),
                     &decay,
                     &b1,
+                    &one_b1,
                     &b2,
+                    &one_b2,
                     &step_size,
                     &bias2_sqrt,
                     &eps
@@ -881,7 +892,9 @@ impl Backend for CudaBackend {
                     &(n as i64),
                     &decay,
                     &b1,
+                    &one_b1,
                     &b2,
+                    &one_b2,
                     &step_size,
                     &bias2_sqrt,
                     &eps
