@@ -74,6 +74,14 @@ pub enum Error {
         /// The loss value.
         value: f64,
     },
+    /// Training produced a NaN or infinite gradient norm (with a finite loss).
+    #[error("training step {step}: the gradient norm is {norm}; stopping before the update (checkpoints written before this step are intact)")]
+    NonFiniteGradient {
+        /// 1-based optimizer step at which it happened.
+        step: usize,
+        /// The global gradient norm.
+        norm: f64,
+    },
     /// An adapter or checkpoint that does not belong to this base model or plan.
     #[error("{path}: {detail}")]
     Mismatch {

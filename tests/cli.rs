@@ -141,6 +141,10 @@ fn train_eval_predict_on_glue_layout() {
     // BitFit has no LoRA: the PEFT export is refused with a clear error, after training.
     assert!(!ok && err.contains("no LoRA adapter"), "{err}");
     assert!(stdout.is_empty());
+    assert!(
+        !out.path().join("metrics.jsonl").exists(),
+        "refused before training, not after"
+    );
     let (ok, stdout, err) = spafit(&[
         "train",
         "--model",
@@ -186,6 +190,22 @@ fn train_eval_predict_on_glue_layout() {
     let line = last_json(&stdout);
     assert_eq!(line["examples"], 2);
     assert!(line["accuracy"].as_f64().unwrap() >= 0.0);
+
+    // The same adapter on data with other labels: refused, not silently mis-scored.
+    write(glue.path(), "custom.tsv", "text\tlabel\nfine\tpos\n");
+    let custom = glue.path().join("custom.tsv").display().to_string();
+    let (ok, _, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--dev-file",
+        &custom,
+        "--labels",
+        "neg,pos",
+        "--adapter",
+        &adapter,
+    ]);
+    assert!(!ok && err.contains("trained for labels"), "{err}");
 
     let (ok, stdout, err) = spafit(&[
         "predict",

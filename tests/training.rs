@@ -323,13 +323,71 @@ fn resume_reproduces_an_uninterrupted_run() {
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let other = TrainConfig {
         resume: true,
-        epochs: 3,
+        learning_rate: 2e-2,
         ..tiny_config(&parts)
     };
     let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, other)
         .fit(&tok, &data, None)
         .unwrap_err();
-    assert!(matches!(e, Error::Mismatch { .. }), "{e}");
+    assert!(
+        matches!(e, Error::Mismatch { .. }) && e.to_string().contains("other settings"),
+        "{e}"
+    );
+    // So is a torn state (weights that do not match state.json).
+    let state = parts.join("last/state.safetensors");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let end = bytes.len() - 1;
+    bytes[end] ^= 1;
+    std::fs::write(&state, bytes).unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let again = TrainConfig {
+        resume: true,
+        ..tiny_config(&parts)
+    };
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, again)
+        .fit(&tok, &data, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("torn"), "{e}");
+}
+
+#[test]
+fn resume_keeps_the_best_evaluation_and_a_clean_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let (data, dev) = (regression_data(40, None), regression_data(12, None));
+    let tok = tokenizer(&ck);
+    let out = tmp.path().join("run");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let first = TrainConfig {
+        stop_after_steps: Some(4),
+        ..tiny_config(&out)
+    };
+    let r = Trainer::new(&cpu, &mut model, &plan, &ck.weights, first)
+        .fit(&tok, &data, Some(&dev))
+        .unwrap();
+    let (best_step, best_eval) = r.best.expect("an evaluation ran at step 3");
+    assert_eq!(best_step, 3);
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let rest = TrainConfig {
+        resume: true,
+        ..tiny_config(&out)
+    };
+    let r = Trainer::new(&cpu, &mut model, &plan, &ck.weights, rest)
+        .fit(&tok, &data, Some(&dev))
+        .unwrap();
+    let (step, eval) = r.best.expect("the best evaluation survives the resume");
+    assert!(step >= 3);
+    assert!(eval.main_value() >= best_eval.main_value());
+    // Every step is logged once: the lines after the saved state (step 4) were rewritten.
+    let steps: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<u64>>());
 }
 
 #[test]

@@ -95,15 +95,19 @@ pub fn export_peft<B: Backend>(
         "init_lora_weights": true,
         "use_rslora": false,
         "use_dora": false,
-        "spafit": {
-            "method": plan.method.to_string(),
-            "boundaries": plan.boundaries,
-            "trained_biases_included": trains_biases,
-        },
+    });
+    // Kept out of adapter_config.json: older PEFT versions reject unknown keys there.
+    let provenance = json!({
+        "method": plan.method.to_string(),
+        "boundaries": plan.boundaries,
+        "trained_biases_included": trains_biases,
     });
     let bytes = tensors_to_safetensors(backend, &tensors)?;
     write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
     let text = serde_json::to_vec_pretty(&config)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
-    write_atomic(&dir.join("adapter_config.json"), &text)
+    write_atomic(&dir.join("adapter_config.json"), &text)?;
+    let text = serde_json::to_vec_pretty(&provenance)
+        .map_err(|e| Error::invalid("peft export", e.to_string()))?;
+    write_atomic(&dir.join("spafit_export.json"), &text)
 }

@@ -134,6 +134,18 @@ pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
             detail: format!("not a spafit adapter (format `{}`)", m.format),
         });
     }
+    if let Some(labels) = &m.labels {
+        if labels.len() != m.num_labels {
+            return Err(Error::Format {
+                path,
+                detail: format!(
+                    "{} label names for a head of {} outputs",
+                    labels.len(),
+                    m.num_labels
+                ),
+            });
+        }
+    }
     Ok(m)
 }
 

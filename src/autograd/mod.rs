@@ -114,6 +114,7 @@ pub struct Tape<B: Backend> {
     saved_storages: HashSet<usize>,
     scope: usize,
     stats: TapeStats,
+    tracking: bool,
 }
 
 impl<B: Backend> Tape<B> {
@@ -127,6 +128,16 @@ impl<B: Backend> Tape<B> {
             saved_storages: HashSet::new(),
             scope: 0,
             stats: TapeStats::new(),
+            tracking: true,
+        }
+    }
+
+    /// A tape for inference: every parameter is a constant, so nothing is recorded or kept,
+    /// whatever trains.
+    pub fn inference(backend: B) -> Self {
+        Tape {
+            tracking: false,
+            ..Tape::new(backend)
         }
     }
 
@@ -153,7 +164,7 @@ impl<B: Backend> Tape<B> {
     /// A parameter. Trainable ones get a gradient named `name`; frozen ones are constants
     /// and cost the tape nothing. The same name always maps to the same variable.
     pub fn param(&mut self, name: &str, t: &Tensor<B>, trainable: bool) -> Var<B> {
-        if !trainable {
+        if !trainable || !self.tracking {
             return self.constant(t.clone());
         }
         let id = match self.param_ids.get(name) {

@@ -40,15 +40,7 @@ impl DemoCommand {
         }
         let (train, dev) = rotten_tomatoes(&self.data)?;
         let mut run = setup(&self.model, &self.peft, 2, self.train.seed)?;
-        let report = fit(
-            &mut run,
-            &self.model,
-            &self.train,
-            &self.peft.method,
-            &train,
-            Some(&dev),
-            None,
-        )?;
+        let report = fit(&mut run, &self.model, &self.train, &train, Some(&dev), None)?;
         let (best_step, eval) = report
             .best
             .as_ref()

@@ -30,6 +30,22 @@ fn load(
     let checkpoint = Checkpoint::open(&model.model)?;
     let (m, manifest) = load_adapter(adapter, &checkpoint, &backend)?;
     let data = data.load(split)?;
+    let matches = match (&data.kind, &manifest.labels) {
+        (spafit::data::TaskKind::Classification { labels }, Some(trained)) => labels == trained,
+        (spafit::data::TaskKind::Classification { labels }, None) => {
+            labels.len() == manifest.num_labels && manifest.num_labels > 1
+        }
+        (spafit::data::TaskKind::Regression, _) => manifest.num_labels == 1,
+    };
+    if !matches {
+        return Err(spafit::Error::Mismatch {
+            path: adapter.join(spafit::adapter::MANIFEST_FILE),
+            detail: format!(
+                "the adapter was trained for labels {:?} ({} outputs) but {} has {:?}",
+                manifest.labels, manifest.num_labels, data.name, data.kind
+            ),
+        });
+    }
     let encoded = EncodedDataset::new(&checkpoint.tokenizer(model.max_len)?, &data)?;
     Ok(Loaded {
         backend,

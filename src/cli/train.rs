@@ -61,10 +61,10 @@ pub struct TrainArgs {
 }
 
 /// The learning rate each method's reference run uses, when --lr is not given.
-pub fn default_lr(method: &str) -> f64 {
+pub fn default_lr(method: spafit::peft::Method) -> f64 {
     match method {
-        "full" => 5e-5,
-        "bitfit" => 1e-3,
+        spafit::peft::Method::Full => 5e-5,
+        spafit::peft::Method::BitFit => 1e-3,
         _ => 5e-4,
     }
 }
@@ -96,16 +96,21 @@ pub fn fit(
     run: &mut Run,
     model: &ModelArgs,
     args: &TrainArgs,
-    method: &str,
     train: &Dataset,
     dev: Option<&Dataset>,
     task: Option<spafit::data::GlueTask>,
 ) -> Result<TrainReport> {
+    if args.export_peft.is_some() && run.plan.lora.is_none() {
+        return Err(spafit::Error::invalid(
+            "--export-peft",
+            format!("the {} plan has no LoRA adapter; PEFT's LoRA format needs one (nothing was trained)", run.plan.method),
+        ));
+    }
     let tokenizer = run.checkpoint.tokenizer(model.max_len)?;
     let config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
-        learning_rate: args.lr.unwrap_or_else(|| default_lr(method)),
+        learning_rate: args.lr.unwrap_or_else(|| default_lr(run.plan.method)),
         weight_decay: args.weight_decay,
         warmup_ratio: args.warmup_ratio,
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
@@ -121,7 +126,7 @@ pub fn fit(
     };
     eprintln!(
         "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}, lr {:e}",
-        method,
+        run.plan.method,
         run.model.trainable_parameter_count(),
         train.len(),
         config.epochs,
@@ -181,7 +186,6 @@ impl TrainCommand {
             &mut run,
             &self.model,
             &self.train,
-            &self.peft.method,
             &train,
             dev.as_ref(),
             task,

@@ -123,7 +123,7 @@ impl RowSink {
             Err(why) => match self.policy {
                 OnMalformed::Error => Err(crate::Error::Format {
                     path: path.to_path_buf(),
-                    detail: format!("line {line}: {why}"),
+                    detail: format!("line {line}: {why} (to skip and count such rows instead: OnMalformed::Skip, `--skip-malformed`)"),
                 }),
                 OnMalformed::Skip => {
                     self.skipped

@@ -192,6 +192,8 @@ impl GlueTask {
             path: path.clone(),
             source,
         })?;
+        // The GLUE distribution's MRPC files start with a UTF-8 byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let layout = self.layout();
         let labeled = !split.starts_with("test");
         let mut lines = text

@@ -188,6 +188,7 @@ impl TableSpec {
             }
             TableFormat::Jsonl => {
                 let text = std::fs::read_to_string(path).map_err(io)?;
+                let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
                 for (i, line) in text.lines().enumerate() {
                     if line.trim().is_empty() {
                         continue;

@@ -52,7 +52,7 @@ pub fn infer<B: Backend>(
     let mut labeled = true;
     for rows in evaluation_batches(&data.lengths(), batch_size) {
         let (input, labels, _) = data.tensors(backend, &rows)?;
-        let mut tape = Tape::new(backend.clone());
+        let mut tape = Tape::inference(backend.clone());
         let out = model.forward(&mut tape, &input, &mut DropoutPlan::eval())?;
         let values = backend.to_f64(out.value())?;
         for (j, &i) in rows.iter().enumerate() {

@@ -112,9 +112,55 @@ struct RunState {
     step: usize,
     epoch: usize,
     next_batch: usize,
-    best_step: Option<usize>,
-    best_value: Option<f64>,
     total_steps: usize,
+    best: Option<SavedBest>,
+    /// SHA-256 of the settings that must not change across a resume (see `fingerprint`).
+    fingerprint: String,
+    /// SHA-256 of `state.safetensors`: the JSON is written last, so a torn pair is detected.
+    weights_sha256: String,
+}
+
+/// The best evaluation so far, kept across a resume (the value as bits: exact).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SavedBest {
+    step: usize,
+    main_metric: String,
+    value_bits: u64,
+    loss: f64,
+    metrics: BTreeMap<String, f64>,
+}
+
+impl SavedBest {
+    fn new(step: usize, e: &Evaluation) -> Self {
+        SavedBest {
+            step,
+            main_metric: e.main_metric.to_string(),
+            value_bits: e.main_value().to_bits(),
+            loss: e.loss,
+            metrics: e.metrics.clone(),
+        }
+    }
+
+    fn evaluation(&self) -> Evaluation {
+        let main_metric = [
+            "accuracy",
+            "f1",
+            "matthews_correlation",
+            "pearson",
+            "spearman",
+        ]
+        .into_iter()
+        .find(|m| *m == self.main_metric)
+        .unwrap_or("accuracy");
+        let mut metrics = self.metrics.clone();
+        metrics.insert(main_metric.to_string(), f64::from_bits(self.value_bits));
+        Evaluation {
+            metrics,
+            main_metric,
+            loss: self.loss,
+            seconds: 0.0,
+        }
+    }
 }
 
 /// Fine-tunes a model with AdamW under a PEFT plan.
@@ -166,7 +212,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .append(true)
             .open(&path)
             .map_err(io)?;
-        writeln!(f, "{line}").map_err(io)
+        // One write per line, so an interrupted run leaves no torn line.
+        f.write_all(format!("{line}\n").as_bytes()).map_err(io)
     }
 
     fn trainable(&self) -> Vec<(String, Tensor<B>)> {
@@ -184,18 +231,30 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 path: PathBuf::from("last/state.safetensors"),
                 detail: format!("no saved value for trainable tensor `{}`", p.name),
             })?;
+            if t.shape() != p.value.shape() {
+                return Err(Error::Mismatch {
+                    path: PathBuf::from("last/state.safetensors"),
+                    detail: format!(
+                        "`{}` was saved as {} but the model has {}",
+                        p.name,
+                        t.shape(),
+                        p.value.shape()
+                    ),
+                });
+            }
             p.value = t.clone();
         }
         Ok(())
     }
 
-    fn save_state(&self, dir: &Path, state: &RunState, optimizer: &AdamW<B>) -> Result<()> {
+    fn save_state(&self, dir: &Path, state: &mut RunState, optimizer: &AdamW<B>) -> Result<()> {
         let mut tensors = self.trainable();
         for (name, (m, v)) in optimizer.moments() {
             tensors.push((format!("adam.m.{name}"), m.clone()));
             tensors.push((format!("adam.v.{name}"), v.clone()));
         }
         let bytes = tensors_to_safetensors(&self.backend, &tensors)?;
+        state.weights_sha256 = crate::adapter::sha256_hex(&bytes);
         write_atomic(&dir.join("state.safetensors"), &bytes)?;
         let json =
             serde_json::to_vec_pretty(state).map_err(|e| Error::invalid("state", e.to_string()))?;
@@ -215,6 +274,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
             path: json_path.clone(),
             detail: e.to_string(),
         })?;
+        let weights_path = dir.join("state.safetensors");
+        let bytes = std::fs::read(&weights_path).map_err(|source| Error::Io {
+            path: weights_path.clone(),
+            source,
+        })?;
+        if crate::adapter::sha256_hex(&bytes) != state.weights_sha256 {
+            return Err(Error::Mismatch {
+                path: weights_path,
+                detail: "the saved weights do not match state.json (a torn or edited state)".into(),
+            });
+        }
         let tensors = crate::adapter::read_tensors(&self.backend, &dir.join("state.safetensors"))?;
         self.restore(&tensors)?;
         let mut moments = BTreeMap::new();
@@ -264,6 +334,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             norm_sq += self.backend.sum_squares(g)?;
         }
         let grad_norm = norm_sq.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFiniteGradient {
+                step: step + 1,
+                norm: grad_norm,
+            });
+        }
         // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
         if let Some(max) = self.config.max_grad_norm {
             let coef = max / (grad_norm + 1e-6);
@@ -276,6 +352,33 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let grads = crate::autograd::Gradients::from_map(grads);
         optimizer.update(&self.backend, self.model.params_mut(), &grads, lr)?;
         Ok((loss_value, grad_norm, tokens))
+    }
+
+    /// What must not change between a run and its resumption, hashed.
+    fn fingerprint(&self, total_steps: usize, dropouts: (f64, f64, f64)) -> String {
+        let c = &self.config;
+        let shapes: Vec<(String, Vec<usize>)> = self
+            .model
+            .params()
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| (p.name.clone(), p.value.dims().to_vec()))
+            .collect();
+        let text = format!(
+            "{total_steps} {} {} {} {:x} {:x} {:x} {:?} {} {:?} {:?} {} {shapes:?}",
+            c.epochs,
+            c.batch_size,
+            c.bucket_batches,
+            c.learning_rate.to_bits(),
+            c.warmup_ratio.to_bits(),
+            c.weight_decay.to_bits(),
+            c.max_grad_norm.map(f64::to_bits),
+            c.seed,
+            dropouts,
+            c.max_steps,
+            self.base_sha256,
+        );
+        crate::adapter::sha256_hex(text.as_bytes())
     }
 
     /// Writes the current trainable tensors as the best adapter, when there is an output
@@ -349,30 +452,42 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mut best: Option<(usize, Evaluation)> = None;
         let mut best_value: Option<f64> = None;
         let mut best_weights: Option<BTreeMap<String, Tensor<B>>> = None;
+        let fingerprint = self.fingerprint(total, (hidden_p, attention_p, lora_p));
         if c.resume {
             let dir = c
                 .output_dir
                 .as_ref()
                 .ok_or_else(|| Error::invalid("train", "--resume needs an output directory"))?;
-            if let Some(state) = self.load_state(&dir.join("last"), &mut optimizer)? {
-                if state.total_steps != total {
-                    return Err(Error::Mismatch {
-                        path: dir.join("last/state.json"),
-                        detail: format!("the saved run had {} steps, this one has {total}: different data or settings", state.total_steps),
-                    });
-                }
-                progress.message(&format!(
-                    "resuming at step {} (epoch {})",
-                    state.step,
-                    state.epoch + 1
-                ));
-                step = state.step;
-                start_epoch = state.epoch;
-                skip = state.next_batch;
-                best_value = state.best_value;
-                let best_file = dir.join("best").join(crate::adapter::WEIGHTS_FILE);
-                if state.best_step.is_some() && best_file.is_file() {
-                    best_weights = Some(crate::adapter::read_tensors(&self.backend, &best_file)?);
+            match self.load_state(&dir.join("last"), &mut optimizer)? {
+                None => progress.message(&format!(
+                    "no saved state in {}: starting from scratch",
+                    dir.join("last").display()
+                )),
+                Some(state) => {
+                    if state.fingerprint != fingerprint {
+                        return Err(Error::Mismatch {
+                            path: dir.join("last/state.json"),
+                            detail: "the saved run used other settings (data size, epochs, batch size, learning rate, schedule, \
+                                     seed, dropout, base model or trainable tensors); resume with the same ones or use another output directory"
+                                .into(),
+                        });
+                    }
+                    progress.message(&format!(
+                        "resuming at step {} (epoch {})",
+                        state.step,
+                        state.epoch + 1
+                    ));
+                    step = state.step;
+                    start_epoch = state.epoch;
+                    skip = state.next_batch;
+                    if let Some(saved) = &state.best {
+                        let best_file = dir.join("best").join(crate::adapter::WEIGHTS_FILE);
+                        best_weights =
+                            Some(crate::adapter::read_tensors(&self.backend, &best_file)?);
+                        best_value = Some(f64::from_bits(saved.value_bits));
+                        best = Some((saved.step, saved.evaluation()));
+                    }
+                    truncate_metrics(&dir.join("metrics.jsonl"), step)?;
                 }
             }
         }
@@ -443,8 +558,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                             eval.main_value(),
                             eval.loss
                         ));
-                        if best_value.is_none_or(|v| eval.main_value() > v) {
-                            best_value = Some(eval.main_value());
+                        let value = eval.main_value();
+                        if value.is_finite() && best_value.is_none_or(|v| value > v) {
+                            best_value = Some(value);
                             best_weights = Some(self.trainable().into_iter().collect());
                             self.save_best(labels.as_deref())?;
                             best = Some((step, eval));
@@ -456,15 +572,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
                         } else {
                             (epoch, b + 1)
                         };
-                        let state = RunState {
+                        let mut state = RunState {
                             step,
                             epoch: next_epoch,
                             next_batch,
-                            best_step: best.as_ref().map(|(s, _)| *s),
-                            best_value,
                             total_steps: total,
+                            best: best.as_ref().map(|(s, e)| SavedBest::new(*s, e)),
+                            fingerprint: fingerprint.clone(),
+                            weights_sha256: String::new(),
                         };
-                        self.save_state(&dir.join("last"), &state, &optimizer)?;
+                        self.save_state(&dir.join("last"), &mut state, &optimizer)?;
                     }
                 }
             }
@@ -484,4 +601,22 @@ impl<'a, B: Backend> Trainer<'a, B> {
             best,
         })
     }
+}
+
+/// Keeps the lines of `metrics.jsonl` up to `step`: a resumed run rewrites what followed.
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
 }
