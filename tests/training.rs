@@ -248,20 +248,18 @@ fn tokenizer(ck: &Checkpoint) -> TextTokenizer {
 
 fn file_tensors(path: &Path) -> Vec<(String, Vec<f64>)> {
     let f = WeightsFile::open(path).unwrap();
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    f.names()
+    let mut v: Vec<(String, Vec<f64>)> = f
+        .names()
         .iter()
         .map(|n| {
             (
                 n.clone(),
-                f.read_f64(n, &st.tensor(n).unwrap().shape().to_vec().into())
-                    .unwrap(),
+                f.read_f64(n, &f.shape(n).unwrap().into()).unwrap(),
             )
         })
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_iter()
-        .collect()
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 #[test]
@@ -398,8 +396,9 @@ fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
     let tok = tokenizer(&ck);
     let out = tmp.path().join("run");
     let (mut model, plan) = tiny_model(&ck, &cpu);
+    // Interrupted after step 4; its state was saved at step 3 (eval_every = 3).
     let good = TrainConfig {
-        max_steps: Some(4),
+        stop_after_steps: Some(4),
         ..tiny_config(&out)
     };
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, good)
@@ -415,13 +414,25 @@ fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
     .map(|f| (out.join(f), std::fs::read(out.join(f)).unwrap()))
     .collect();
 
+    // A fresh run into the same directory is refused: it would mix two runs.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
+        .fit(&tok, &regression_data(40, None), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("holds an earlier run"), "{e}");
+
+    // Resumed on data whose targets are all NaN: the first step taken (step 4) stops the run.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let resume = TrainConfig {
+        resume: true,
+        ..tiny_config(&out)
+    };
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume)
         .fit(&tok, &regression_data(40, Some(0)), None)
         .unwrap_err();
-    assert!(matches!(e, Error::NonFiniteLoss { step: 1, .. }), "{e}");
+    assert!(matches!(e, Error::NonFiniteLoss { step: 4, .. }), "{e}");
     assert!(
-        e.to_string().contains("training step 1") && e.to_string().contains("NaN"),
+        e.to_string().contains("training step 4") && e.to_string().contains("NaN"),
         "{e}"
     );
     for (path, bytes) in snapshot {

@@ -54,24 +54,12 @@ pub fn tensors_to_safetensors<B: Backend>(
 /// Reads every tensor of a safetensors file onto `backend`.
 pub fn read_tensors<B: Backend>(backend: &B, path: &Path) -> Result<BTreeMap<String, Tensor<B>>> {
     let file = WeightsFile::open(path)?;
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Format {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
     let mut out = BTreeMap::new();
     for name in file.names() {
-        let shape = st
-            .tensor(name)
-            .map_err(|e| Error::Format {
-                path: path.to_path_buf(),
-                detail: e.to_string(),
-            })?
-            .shape()
-            .to_vec();
+        let shape = file.shape(name).ok_or_else(|| Error::Format {
+            path: path.to_path_buf(),
+            detail: format!("tensor `{name}` is unreadable"),
+        })?;
         out.insert(name.clone(), file.tensor(backend, name, shape.into())?);
     }
     Ok(out)

@@ -10,8 +10,8 @@
 //! Conventions every backend follows:
 //! - outputs are freshly allocated, never accumulated into inputs (except the explicit in-place
 //!   methods `add_assign`, `scale_in_place` and `adamw_step`);
-//! - all float inputs of one call share one dtype, else [`Error::DType`];
-//! - shapes are validated by [`shapes`] before any work, else [`Error::Shape`];
+//! - all float inputs of one call share one dtype, else [`crate::Error::DType`];
+//! - shapes are validated by [`shapes`] before any work, else [`crate::Error::Shape`];
 //! - reductions are deterministic: the same inputs give the same bits.
 
 pub mod cpu;

@@ -73,6 +73,13 @@ impl WeightsFile {
         })
     }
 
+    /// The stored shape of tensor `name` (resolved as [`WeightsFile::resolve`] does).
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let stored = self.resolve(name)?;
+        let st = SafeTensors::deserialize(&self.bytes).ok()?;
+        st.tensor(stored).ok().map(|v| v.shape().to_vec())
+    }
+
     /// Tensor `name` as f64 values, checked against `shape`.
     pub fn read_f64(&self, name: &str, shape: &Shape) -> Result<Vec<f64>> {
         let format = |detail: String| Error::Format {

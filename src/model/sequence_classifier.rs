@@ -41,7 +41,8 @@ impl<B: Backend> BertClassifier<B> {
         let mut source = |name: &str, shape: Shape| checkpoint.tensor(backend, name, shape);
         let bert = BertModel::load(&checkpoint.config, &mut source)?;
         let h = checkpoint.config.hidden_size;
-        let has_head = checkpoint.weights.resolve("classifier.weight").is_some();
+        let has_head = checkpoint.weights.shape("classifier.weight") == Some(vec![num_labels, h])
+            && checkpoint.weights.shape("classifier.bias") == Some(vec![num_labels]);
         let classifier = if has_head {
             Linear::new(
                 "classifier",

@@ -413,6 +413,37 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 "batch size and epochs must be positive",
             ));
         }
+        let valid = c.learning_rate >= 0.0
+            && c.learning_rate.is_finite()
+            && (0.0..=1.0).contains(&c.warmup_ratio);
+        if !valid {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "learning rate {} must be ≥ 0 and warmup ratio {} in [0, 1]",
+                    c.learning_rate, c.warmup_ratio
+                ),
+            ));
+        }
+        if let Some(d) = dev {
+            if d.kind != train.kind {
+                return Err(Error::invalid(
+                    "train",
+                    format!("{} and {} have different label spaces", train.name, d.name),
+                ));
+            }
+        }
+        if let Some(dir) = &c.output_dir {
+            if !c.resume && dir.join("last/state.json").is_file() {
+                return Err(Error::invalid(
+                    "train",
+                    format!(
+                        "{} holds an earlier run: resume it, or use another output directory",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
         if train.is_empty() || !train.is_labeled() {
             return Err(Error::invalid(
                 "train",
