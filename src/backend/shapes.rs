@@ -293,3 +293,126 @@ pub fn adamw(s: &AdamWStep) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// Validates a layernorm forward; returns `(dtype, rows, n)`.
+pub fn layernorm<B: Backend>(
+    x: &Tensor<B>,
+    gamma: &Tensor<B>,
+    beta: &Tensor<B>,
+    eps: f64,
+) -> Result<(DType, usize, usize)> {
+    const OP: &str = "layernorm";
+    let dtype = common_float_dtype(OP, &[("x", x), ("gamma", gamma), ("beta", beta)])?;
+    let (rows, n) = matrix(OP, "x", x)?;
+    require_dims(OP, "gamma", gamma, &[n])?;
+    require_dims(OP, "beta", beta, &[n])?;
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(Error::invalid(
+            OP,
+            format!("eps must be positive and finite, got {eps}"),
+        ));
+    }
+    Ok((dtype, rows, n))
+}
+
+/// Validates the shapes of a layernorm backward (each backend checks the dtypes of its saved
+/// statistics); returns `(rows, n)`.
+pub fn layernorm_backward<B: Backend>(
+    dy: &Tensor<B>,
+    x: Option<&Tensor<B>>,
+    mean: Option<&Tensor<B>>,
+    rstd: Option<&Tensor<B>>,
+    gamma: Option<&Tensor<B>>,
+) -> Result<(usize, usize)> {
+    const OP: &str = "layernorm backward";
+    let (rows, n) = matrix(OP, "dy", dy)?;
+    if let Some(x) = x {
+        require_same_shape(OP, ("x", x), ("dy", dy))?;
+    }
+    for (name, t, len) in [
+        ("mean", mean, rows),
+        ("rstd", rstd, rows),
+        ("gamma", gamma, n),
+    ] {
+        if let Some(t) = t {
+            require_dims(OP, name, t, &[len])?;
+        }
+    }
+    Ok((rows, n))
+}
+
+/// Validates an embedding lookup (the id range is checked by the backend, which holds the
+/// ids); returns `(dtype, vocab, dim)`.
+pub fn embedding<B: Backend>(table: &Tensor<B>, ids: &Tensor<B>) -> Result<(DType, usize, usize)> {
+    const OP: &str = "embedding";
+    let dtype = common_float_dtype(OP, &[("table", table)])?;
+    require_u32(OP, "ids", ids)?;
+    if table.shape().rank() != 2 {
+        return Err(Error::shape(
+            OP,
+            format!("`table` must be [vocab, dim], got {}", table.shape()),
+        ));
+    }
+    Ok((dtype, table.dims()[0], table.dims()[1]))
+}
+
+/// Validates an embedding backward; returns `(dtype, rows, dim)`.
+pub fn embedding_backward<B: Backend>(
+    d_out: &Tensor<B>,
+    ids: &Tensor<B>,
+) -> Result<(DType, usize, usize)> {
+    const OP: &str = "embedding backward";
+    let dtype = common_float_dtype(OP, &[("d_out", d_out)])?;
+    require_u32(OP, "ids", ids)?;
+    let (rows, dim) = matrix(OP, "d_out", d_out)?;
+    if rows != ids.numel() {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "`d_out` {} has {rows} rows but there are {} ids",
+                d_out.shape(),
+                ids.numel()
+            ),
+        ));
+    }
+    Ok((dtype, rows, dim))
+}
+
+/// Validates softmax cross-entropy operands (the label range is checked by the backend);
+/// returns `(dtype, rows, classes)`.
+pub fn cross_entropy<B: Backend>(
+    op: &'static str,
+    logits: &Tensor<B>,
+    labels: &Tensor<B>,
+) -> Result<(DType, usize, usize)> {
+    let dtype = common_float_dtype(op, &[("logits", logits)])?;
+    require_u32(op, "labels", labels)?;
+    let (rows, classes) = matrix(op, "logits", logits)?;
+    if labels.numel() != rows {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{} labels for {rows} rows of logits {}",
+                labels.numel(),
+                logits.shape()
+            ),
+        ));
+    }
+    Ok((dtype, rows, classes))
+}
+
+/// Validates mean-squared-error operands; returns the dtype.
+pub fn mse<B: Backend>(op: &'static str, pred: &Tensor<B>, target: &Tensor<B>) -> Result<DType> {
+    let dtype = common_float_dtype(op, &[("pred", pred), ("target", target)])?;
+    if pred.numel() != target.numel() || pred.numel() == 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`pred` {} and `target` {} must have the same, non-zero size",
+                pred.shape(),
+                target.shape()
+            ),
+        ));
+    }
+    Ok(dtype)
+}

@@ -328,16 +328,7 @@ impl Backend for CpuBackend {
         eps: f64,
     ) -> Result<LayerNormOutput<Self>> {
         const OP: &str = "layernorm";
-        let dtype = shapes::common_float_dtype(OP, &[("x", x), ("gamma", gamma), ("beta", beta)])?;
-        let (rows, n) = shapes::matrix(OP, "x", x)?;
-        shapes::require_dims(OP, "gamma", gamma, &[n])?;
-        shapes::require_dims(OP, "beta", beta, &[n])?;
-        if !(eps > 0.0 && eps.is_finite()) {
-            return Err(Error::invalid(
-                OP,
-                format!("eps must be positive and finite, got {eps}"),
-            ));
-        }
+        let (dtype, rows, n) = shapes::layernorm(x, gamma, beta, eps)?;
         with_float!(dtype, OP, T => {
             let (y, mean, rstd) =
                 layernorm::forward(view::<T>(x), view::<T>(gamma), view::<T>(beta), n, T::from_f64(eps));
@@ -359,24 +350,12 @@ impl Backend for CpuBackend {
         want: LayerNormGradRequest,
     ) -> Result<LayerNormGrads<Self>> {
         const OP: &str = "layernorm backward";
-        let (rows, n) = shapes::matrix(OP, "dy", dy)?;
+        let (_, n) = shapes::layernorm_backward(dy, x, mean, rstd, gamma)?;
         let mut named = vec![("dy", dy)];
         for (name, t) in [("x", x), ("mean", mean), ("rstd", rstd), ("gamma", gamma)] {
             named.extend(t.map(|t| (name, t)));
         }
         let dtype = shapes::common_float_dtype(OP, &named)?;
-        if let Some(x) = x {
-            shapes::require_same_shape(OP, ("x", x), ("dy", dy))?;
-        }
-        for (name, t, len) in [
-            ("mean", mean, rows),
-            ("rstd", rstd, rows),
-            ("gamma", gamma, n),
-        ] {
-            if let Some(t) = t {
-                shapes::require_dims(OP, name, t, &[len])?;
-            }
-        }
         with_float!(dtype, OP, T => {
             let dyv = view::<T>(dy);
             let mut g = LayerNormGrads::default();
@@ -519,15 +498,7 @@ impl Backend for CpuBackend {
 
     fn embedding_forward(&self, table: &Tensor<Self>, idx: &Tensor<Self>) -> Result<Tensor<Self>> {
         const OP: &str = "embedding";
-        let dtype = shapes::common_float_dtype(OP, &[("table", table)])?;
-        shapes::require_u32(OP, "ids", idx)?;
-        if table.shape().rank() != 2 {
-            return Err(Error::shape(
-                OP,
-                format!("`table` must be [vocab, dim], got {}", table.shape()),
-            ));
-        }
-        let (vocab, dim) = (table.dims()[0], table.dims()[1]);
+        let (dtype, vocab, dim) = shapes::embedding(table, idx)?;
         shapes::check_indices(OP, "id", ids(idx), vocab)?;
         let mut out_shape = idx.dims().to_vec();
         out_shape.push(dim);
@@ -541,19 +512,7 @@ impl Backend for CpuBackend {
         vocab: usize,
     ) -> Result<Tensor<Self>> {
         const OP: &str = "embedding backward";
-        let dtype = shapes::common_float_dtype(OP, &[("d_out", d_out)])?;
-        shapes::require_u32(OP, "ids", idx)?;
-        let (rows, dim) = shapes::matrix(OP, "d_out", d_out)?;
-        if rows != idx.numel() {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "`d_out` {} has {rows} rows but there are {} ids",
-                    d_out.shape(),
-                    idx.numel()
-                ),
-            ));
-        }
+        let (dtype, _, dim) = shapes::embedding_backward(d_out, idx)?;
         shapes::check_indices(OP, "id", ids(idx), vocab)?;
         with_float!(dtype, OP, T => tensor([vocab, dim], embedding::backward(view::<T>(d_out), ids(idx), vocab, dim)))
     }
@@ -585,7 +544,7 @@ impl Backend for CpuBackend {
     }
 
     fn mse_forward(&self, pred: &Tensor<Self>, target: &Tensor<Self>) -> Result<Tensor<Self>> {
-        let dtype = check_mse("mse", pred, target)?;
+        let dtype = shapes::mse("mse", pred, target)?;
         with_float!(dtype, "mse", T => tensor([1], vec![loss::mse(view::<T>(pred), view::<T>(target))]))
     }
 
@@ -596,7 +555,7 @@ impl Backend for CpuBackend {
         target: &Tensor<Self>,
     ) -> Result<Tensor<Self>> {
         const OP: &str = "mse backward";
-        let dtype = check_mse(OP, pred, target)?;
+        let dtype = shapes::mse(OP, pred, target)?;
         shapes::common_float_dtype(OP, &[("pred", pred), ("d_loss", d_loss)])?;
         with_float!(dtype, OP, T => {
             let g = scalar_value::<T>(OP, d_loss)?;
@@ -633,38 +592,7 @@ fn check_cross_entropy(
     logits: &Tensor<CpuBackend>,
     labels: &Tensor<CpuBackend>,
 ) -> Result<(DType, usize)> {
-    let dtype = shapes::common_float_dtype(op, &[("logits", logits)])?;
-    shapes::require_u32(op, "labels", labels)?;
-    let (rows, classes) = shapes::matrix(op, "logits", logits)?;
-    if labels.numel() != rows {
-        return Err(Error::shape(
-            op,
-            format!(
-                "{} labels for {rows} rows of logits {}",
-                labels.numel(),
-                logits.shape()
-            ),
-        ));
-    }
+    let (dtype, _, classes) = shapes::cross_entropy(op, logits, labels)?;
     shapes::check_indices(op, "label", ids(labels), classes)?;
     Ok((dtype, classes))
-}
-
-fn check_mse(
-    op: &'static str,
-    pred: &Tensor<CpuBackend>,
-    target: &Tensor<CpuBackend>,
-) -> Result<DType> {
-    let dtype = shapes::common_float_dtype(op, &[("pred", pred), ("target", target)])?;
-    if pred.numel() != target.numel() || pred.numel() == 0 {
-        return Err(Error::shape(
-            op,
-            format!(
-                "`pred` {} and `target` {} must have the same, non-zero size",
-                pred.shape(),
-                target.shape()
-            ),
-        ));
-    }
-    Ok(dtype)
 }

@@ -486,16 +486,7 @@ impl Backend for CudaBackend {
         eps: f64,
     ) -> Result<LayerNormOutput<Self>> {
         const OP: &str = "layernorm";
-        let dtype = shapes::common_float_dtype(OP, &[("x", x), ("gamma", gamma), ("beta", beta)])?;
-        let (rows, n) = shapes::matrix(OP, "x", x)?;
-        shapes::require_dims(OP, "gamma", gamma, &[n])?;
-        shapes::require_dims(OP, "beta", beta, &[n])?;
-        if !(eps > 0.0 && eps.is_finite()) {
-            return Err(Error::invalid(
-                OP,
-                format!("eps must be positive and finite, got {eps}"),
-            ));
-        }
+        let (dtype, rows, n) = shapes::layernorm(x, gamma, beta, eps)?;
         with_float!(dtype, OP, T => {
             let mut y = self.output::<T>(rows * n)?;
             let mut mean = self.f32_output(rows)?;
@@ -516,27 +507,18 @@ impl Backend for CudaBackend {
         want: LayerNormGradRequest,
     ) -> Result<LayerNormGrads<Self>> {
         const OP: &str = "layernorm backward";
-        let (rows, n) = shapes::matrix(OP, "dy", dy)?;
+        let (rows, n) = shapes::layernorm_backward(dy, x, mean, rstd, gamma)?;
         let mut named = vec![("dy", dy)];
         named.extend(x.map(|t| ("x", t)));
         named.extend(gamma.map(|t| ("gamma", t)));
         let dtype = shapes::common_float_dtype(OP, &named)?;
         for (name, t) in [("mean", mean), ("rstd", rstd)] {
-            if let Some(t) = t {
-                shapes::require_dims(OP, name, t, &[rows])?;
-                if t.dtype() != DType::F32 {
-                    return Err(Error::dtype(
-                        OP,
-                        format!("`{name}` must be f32 on CUDA, got {}", t.dtype()),
-                    ));
-                }
+            if let Some(t) = t.filter(|t| t.dtype() != DType::F32) {
+                return Err(Error::dtype(
+                    OP,
+                    format!("`{name}` must be f32 on CUDA, got {}", t.dtype()),
+                ));
             }
-        }
-        if let Some(x) = x {
-            shapes::require_same_shape(OP, ("x", x), ("dy", dy))?;
-        }
-        if let Some(g) = gamma {
-            shapes::require_dims(OP, "gamma", g, &[n])?;
         }
         let missing = |name: &str| {
             Error::invalid(
@@ -592,7 +574,6 @@ impl Backend for CudaBackend {
             }
             if want.dx {
                 let (x, m, r, gm) = (x.ok_or_else(|| missing("x"))?, mean.ok_or_else(|| missing("mean"))?, rstd.ok_or_else(|| missing("rstd"))?, gamma.ok_or_else(|| missing("gamma"))?);
-                shapes::require_same_shape(OP, ("x", x), ("dy", dy))?;
                 let mut dx = self.output::<T>(rows * n)?;
                 launch!(self, "layernorm", format!("layernorm_backward_input_{}", T::SUFFIX), block_reduce(rows as u32, THREADS),
                     view::<T>(dy), view::<T>(x), view::<f32>(m), view::<f32>(r), view::<T>(gm), &mut dx, &(n as i32));
@@ -700,15 +681,7 @@ impl Backend for CudaBackend {
 
     fn embedding_forward(&self, table: &Tensor<Self>, idx: &Tensor<Self>) -> Result<Tensor<Self>> {
         const OP: &str = "embedding";
-        let dtype = shapes::common_float_dtype(OP, &[("table", table)])?;
-        shapes::require_u32(OP, "ids", idx)?;
-        if table.shape().rank() != 2 {
-            return Err(Error::shape(
-                OP,
-                format!("`table` must be [vocab, dim], got {}", table.shape()),
-            ));
-        }
-        let (vocab, dim) = (table.dims()[0], table.dims()[1]);
+        let (dtype, vocab, dim) = shapes::embedding(table, idx)?;
         shapes::check_indices(OP, "id", &self.to_u32(idx)?, vocab)?;
         let n = idx.numel();
         let mut out_shape = idx.dims().to_vec();
@@ -727,19 +700,7 @@ impl Backend for CudaBackend {
         vocab: usize,
     ) -> Result<Tensor<Self>> {
         const OP: &str = "embedding backward";
-        let dtype = shapes::common_float_dtype(OP, &[("d_out", d_out)])?;
-        shapes::require_u32(OP, "ids", idx)?;
-        let (rows, dim) = shapes::matrix(OP, "d_out", d_out)?;
-        if rows != idx.numel() {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "`d_out` {} has {rows} rows but there are {} ids",
-                    d_out.shape(),
-                    idx.numel()
-                ),
-            ));
-        }
+        let (dtype, rows, dim) = shapes::embedding_backward(d_out, idx)?;
         let host_ids = self.to_u32(idx)?;
         shapes::check_indices(OP, "id", &host_ids, vocab)?;
         // Group positions by id, each group in increasing position order (a stable sort).
@@ -797,7 +758,7 @@ impl Backend for CudaBackend {
     }
 
     fn mse_forward(&self, pred: &Tensor<Self>, target: &Tensor<Self>) -> Result<Tensor<Self>> {
-        let dtype = check_mse("mse", pred, target)?;
+        let dtype = shapes::mse("mse", pred, target)?;
         let n = pred.numel();
         with_float!(dtype, "mse", T => {
             let mut loss = self.f32_output(1)?;
@@ -813,7 +774,7 @@ impl Backend for CudaBackend {
         target: &Tensor<Self>,
     ) -> Result<Tensor<Self>> {
         const OP: &str = "mse backward";
-        let dtype = check_mse(OP, pred, target)?;
+        let dtype = shapes::mse(OP, pred, target)?;
         let d = self.scalar_f32(OP, d_loss)?;
         let n = pred.numel();
         with_float!(dtype, OP, T => {
@@ -999,39 +960,8 @@ impl CudaBackend {
         logits: &Tensor<Self>,
         labels: &Tensor<Self>,
     ) -> Result<(DType, usize, usize)> {
-        let dtype = shapes::common_float_dtype(op, &[("logits", logits)])?;
-        shapes::require_u32(op, "labels", labels)?;
-        let (rows, classes) = shapes::matrix(op, "logits", logits)?;
-        if labels.numel() != rows {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "{} labels for {rows} rows of logits {}",
-                    labels.numel(),
-                    logits.shape()
-                ),
-            ));
-        }
+        let (dtype, rows, classes) = shapes::cross_entropy(op, logits, labels)?;
         shapes::check_indices(op, "label", &self.to_u32(labels)?, classes)?;
         Ok((dtype, rows, classes))
     }
-}
-
-fn check_mse(
-    op: &'static str,
-    pred: &Tensor<CudaBackend>,
-    target: &Tensor<CudaBackend>,
-) -> Result<DType> {
-    let dtype = shapes::common_float_dtype(op, &[("pred", pred), ("target", target)])?;
-    if pred.numel() != target.numel() || pred.numel() == 0 {
-        return Err(Error::shape(
-            op,
-            format!(
-                "`pred` {} and `target` {} must have the same, non-zero size",
-                pred.shape(),
-                target.shape()
-            ),
-        ));
-    }
-    Ok(dtype)
 }
