@@ -276,3 +276,86 @@ fn gradcheck_and_bench_print_json() {
     }
     assert_eq!(line["trainable_params"], 26114);
 }
+
+#[test]
+fn mnli_reports_both_dev_sets() {
+    let glue = tempfile::tempdir().unwrap();
+    let head = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
+    let row = |i: usize, a: &str, b: &str, labels: &str| {
+        format!("{i}\t1\t1n\tfiction\t(a)\t(b)\t(A)\t(B)\t{a}\t{b}\t{labels}\n")
+    };
+    let mut train = format!("{head}\tlabel1\tgold_label\n");
+    for i in 0..8 {
+        train += &row(
+            i,
+            "A man plays a guitar.",
+            "A person makes music.",
+            "entailment\tentailment",
+        );
+        train += &row(
+            i,
+            "A man plays a guitar.",
+            "Nobody is playing.",
+            "contradiction\tcontradiction",
+        );
+    }
+    let dev_head = format!("{head}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n");
+    let five = |l: &str| [l; 6].join("\t");
+    write(glue.path(), "MNLI/train.tsv", &train);
+    write(
+        glue.path(),
+        "MNLI/dev_matched.tsv",
+        &(dev_head.clone() + &row(0, "Kids run.", "Children move.", &five("entailment"))),
+    );
+    write(
+        glue.path(),
+        "MNLI/dev_mismatched.tsv",
+        &(dev_head
+            + &row(0, "It rains.", "It is dry.", &five("contradiction"))
+            + &row(1, "Cats nap.", "Animals sleep.", &five("neutral"))),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let (g, o, m) = (
+        glue.path().display().to_string(),
+        out.path().display().to_string(),
+        model(),
+    );
+    let (ok, stdout, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--task",
+        "mnli",
+        "--glue-dir",
+        &g,
+        "--method",
+        "bitfit",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "1",
+        "--output",
+        &o,
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert!(
+        line["dev_accuracy"].is_number() && line["dev_mismatched_accuracy"].is_number(),
+        "{line}"
+    );
+    // eval defaults to MNLI's first dev split (there is no plain `dev`).
+    let (ok, stdout, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--task",
+        "mnli",
+        "--glue-dir",
+        &g,
+        "--adapter",
+        &format!("{o}/best"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(last_json(&stdout)["split"], "MNLI/dev_matched");
+}

@@ -66,15 +66,24 @@ pub struct EvalCommand {
     /// Adapter directory written by `spafit train` (OUTPUT/best).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// Split to evaluate (GLUE: dev, dev_matched, ...; custom data: the --dev-file).
-    #[arg(long, default_value = "dev")]
-    pub split: String,
+    /// Split to evaluate (GLUE: dev, dev_matched, ...; default: the task's first dev split;
+    /// custom data: the --dev-file).
+    #[arg(long)]
+    pub split: Option<String>,
     /// Examples per batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
 }
 
 impl EvalCommand {
+    fn split(&self) -> Result<String> {
+        Ok(match (&self.split, self.data.glue_task()?) {
+            (Some(s), _) => s.clone(),
+            (None, Some(task)) => task.dev_splits()[0].to_string(),
+            (None, None) => "dev".to_string(),
+        })
+    }
+
     pub fn run(&self) -> Result<()> {
         let Loaded {
             backend,
@@ -82,7 +91,7 @@ impl EvalCommand {
             data,
             encoded,
             ..
-        } = load(&self.model, &self.data, &self.adapter, &self.split)?;
+        } = load(&self.model, &self.data, &self.adapter, &self.split()?)?;
         let eval = evaluate(
             &backend,
             &model,

@@ -205,6 +205,18 @@ impl TrainCommand {
                 line[format!("dev_{k}")] = json!(v);
             }
         }
+        // GLUE reports MNLI on both dev sets; the first one selected the model.
+        if let Some(t) = task {
+            for split in &t.dev_splits()[1..] {
+                let data = self.data.load(split)?;
+                let tokenizer = run.checkpoint.tokenizer(self.model.max_len)?;
+                let encoded = spafit::train::EncodedDataset::new(&tokenizer, &data)?;
+                let eval = spafit::train::evaluate(&run.backend, &run.model, &encoded, 64, task)?;
+                for (k, v) in &eval.metrics {
+                    line[format!("{split}_{k}")] = json!(v);
+                }
+            }
+        }
         println!("{line}");
         Ok(())
     }
