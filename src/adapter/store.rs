@@ -172,9 +172,8 @@ pub fn load_adapter<B: Backend>(
     let mut model = BertClassifier::from_checkpoint(checkpoint, backend, manifest.num_labels, 0)?;
     model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
     let file = WeightsFile::from_bytes(&weights_path, bytes)?;
-    let mut expected = model.trainable_names();
+    let expected = model.trainable_names();
     let mut stored = manifest.tensors.clone();
-    expected.sort();
     stored.sort();
     if expected != stored {
         return Err(Error::Mismatch {

@@ -179,14 +179,7 @@ impl<B: Backend> BertClassifier<B> {
 
     /// Names of the trainable tensors, sorted.
     pub fn trainable_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .params()
-            .into_iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.name.clone())
-            .collect();
-        v.sort();
-        v
+        crate::nn::trainable_names(self.params())
     }
 
     /// Number of trainable scalars.

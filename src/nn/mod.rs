@@ -13,5 +13,5 @@ pub use dropout_plan::DropoutPlan;
 pub use encoder_layer::{EncoderLayer, EncoderLayerConfig};
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, LoraAdapter};
-pub use param::Param;
+pub use param::{trainable_names, Param};
 pub use stratum::{LoraConfig, LoraTarget, Stratum};

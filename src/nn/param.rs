@@ -12,6 +12,19 @@ pub struct Param<B: Backend> {
     pub trainable: bool,
 }
 
+/// Names of the trainable parameters among `params`, sorted.
+pub fn trainable_names<'a, B: Backend>(
+    params: impl IntoIterator<Item = &'a Param<B>>,
+) -> Vec<String> {
+    let mut names: Vec<String> = params
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| p.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
 impl<B: Backend> Param<B> {
     /// A parameter.
     pub fn new(name: impl Into<String>, value: Tensor<B>, trainable: bool) -> Self {

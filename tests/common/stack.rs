@@ -166,13 +166,6 @@ impl<B: Backend> Stack<B> {
     }
 
     pub fn trainable_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .params()
-            .into_iter()
-            .filter(|p| p.trainable)
-            .map(|p| p.name.clone())
-            .collect();
-        v.sort();
-        v
+        spafit::nn::trainable_names(self.params())
     }
 }
