@@ -213,10 +213,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// The float dtype this backend creates tensors in.
     fn float_dtype(&self) -> DType;
 
+    /// The dtype of trainable master weights and optimizer moments: the backend's own on the
+    /// CPU; f32 on CUDA whatever the storage dtype (bf16 cannot hold small updates).
+    fn master_dtype(&self) -> DType {
+        self.float_dtype()
+    }
+
     // ---- host transfer -------------------------------------------------------------------
 
     /// A float tensor in [`Backend::float_dtype`] from host values.
-    fn tensor_from_f64(&self, shape: Shape, data: &[f64]) -> Result<Tensor<Self>>;
+    fn tensor_from_f64(&self, shape: Shape, data: &[f64]) -> Result<Tensor<Self>> {
+        self.tensor_from_f64_as(shape, data, self.float_dtype())
+    }
+    /// A float tensor of `dtype` (one this backend stores) from host values.
+    fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>>;
+    /// `t` converted to the float `dtype` (round to nearest even when narrowing).
+    fn cast(&self, t: &Tensor<Self>, dtype: DType) -> Result<Tensor<Self>>;
     /// A `U32` tensor (ids, labels, masks) from host values.
     fn tensor_from_u32(&self, shape: Shape, data: &[u32]) -> Result<Tensor<Self>>;
     /// A float tensor of zeros.

@@ -142,12 +142,33 @@ impl Backend for CpuBackend {
         self.dtype
     }
 
-    fn tensor_from_f64(&self, shape: Shape, data: &[f64]) -> Result<Tensor<Self>> {
-        let buf = match self.dtype {
+    fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>> {
+        let buf = match dtype {
             DType::F32 => CpuBuffer::F32(data.iter().map(|&v| v as f32).collect()),
-            _ => CpuBuffer::F64(data.to_vec()),
+            DType::F64 => CpuBuffer::F64(data.to_vec()),
+            other => {
+                return Err(Error::dtype(
+                    "tensor",
+                    format!("the CPU backend stores f32 or f64, not {other}"),
+                ))
+            }
         };
         Tensor::from_buffer(shape, buf)
+    }
+
+    fn cast(&self, t: &Tensor<Self>, dtype: DType) -> Result<Tensor<Self>> {
+        if t.dtype() == dtype {
+            return Ok(t.clone());
+        }
+        match t.dtype() {
+            DType::F32 | DType::F64 => {
+                self.tensor_from_f64_as(t.shape().clone(), &self.to_f64(t)?, dtype)
+            }
+            other => Err(Error::dtype(
+                "cast",
+                format!("cannot cast {other} to {dtype}"),
+            )),
+        }
     }
 
     fn tensor_from_u32(&self, shape: Shape, data: &[u32]) -> Result<Tensor<Self>> {

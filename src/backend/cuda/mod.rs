@@ -8,9 +8,11 @@
 //! first performs no `cuMemAlloc`.
 
 mod buffer;
+pub mod emulator;
 pub mod kernels;
 
 pub use buffer::CudaBuffer;
+pub use emulator::Driver;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -102,6 +104,7 @@ macro_rules! with_float {
 
 struct Device {
     ordinal: usize,
+    driver: Driver,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -117,11 +120,7 @@ pub struct CudaBackend {
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "CudaBackend(cuda:{}, {})",
-            self.device.ordinal, self.dtype
-        )
+        write!(f, "CudaBackend({}, {})", self.device_name(), self.dtype)
     }
 }
 
@@ -132,9 +131,13 @@ fn unavailable(ordinal: usize, reason: impl Into<String>) -> Error {
     }
 }
 
-/// A driver error of `op` as an error value; out-of-memory says so plainly.
+/// A driver error of `op` as an error value; out-of-memory says so plainly, and the CPU
+/// stand-in adds what it found (kernel, block, thread, address).
 fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
-    let text = e.to_string();
+    let mut text = e.to_string();
+    if let Some(detail) = emulator::last_error() {
+        text = format!("{text}: {detail}");
+    }
     if text.contains("OUT_OF_MEMORY") {
         Error::invalid(op, format!("out of GPU memory ({text})"))
     } else {
@@ -170,28 +173,26 @@ fn columns(cols: usize) -> LaunchConfig {
 }
 
 impl CudaBackend {
-    /// The backend on device `ordinal`. Fails with a message (never a panic) when this build
-    /// has no kernels, the machine has no CUDA driver, or there is no such device.
+    /// The backend on GPU `ordinal` (NVIDIA's driver). Fails with a message (never a panic)
+    /// when this build has no kernels, the machine has no CUDA driver (the message names
+    /// `cuda-emu`), there is no such device, or this process already runs on the stand-in.
     pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::BF16) {
-            return Err(Error::dtype(
-                "cuda backend",
-                format!("the CUDA backend stores f32 or bf16, not {dtype}"),
-            ));
-        }
-        if kernels::KERNELS.is_empty() {
+        check_dtype(dtype)?;
+        check_kernels(&format!("cuda:{ordinal}"))?;
+        if emulator::driver() == Some(Driver::Emulator) {
             return Err(unavailable(
                 ordinal,
-                "this build has no CUDA kernels: nvcc was not found when it was built; run scripts/install_nvcc.sh and rebuild",
+                "this process runs CUDA on the CPU stand-in (cuda-emu); a process uses one driver",
             ));
         }
         // SAFETY: only probes whether the driver library can be loaded.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(unavailable(
                 ordinal,
-                "no CUDA driver (libcuda) on this machine",
+                "no CUDA driver (libcuda) on this machine; `--device cuda-emu` (CudaBackend::emulated) runs the same kernels on the CPU stand-in",
             ));
         }
+        emulator::claim_hardware()?;
         let count = CudaContext::device_count().map_err(|e| unavailable(ordinal, e.to_string()))?;
         if ordinal >= count as usize {
             return Err(unavailable(
@@ -199,6 +200,34 @@ impl CudaBackend {
                 format!("no such device: this machine has {count} CUDA device(s)"),
             ));
         }
+        Self::on_context(ordinal, Driver::Hardware, dtype)
+    }
+
+    /// The backend on the CPU stand-in for the CUDA driver (`cuda-emu`): the same kernels,
+    /// launch code and memory handling, run on the CPU with guard pages, NaN-poisoned memory
+    /// and checked barriers (see [`emulator`]). For tests and development without a GPU; it
+    /// says nothing about GPU speed or the hardware's rounding.
+    pub fn emulated(dtype: DType) -> Result<Self> {
+        check_dtype(dtype)?;
+        check_kernels("cuda-emu")?;
+        emulator::use_emulator()?;
+        Self::on_context(0, Driver::Emulator, dtype)
+    }
+
+    /// A GPU when this machine has one, else the CPU stand-in: what the tests run on.
+    pub fn hardware_or_emulated(dtype: DType) -> Result<Self> {
+        if emulator::driver() != Some(Driver::Emulator)
+            // SAFETY: only probes whether the driver library can be loaded.
+            && unsafe { cudarc::driver::sys::is_culib_present() }
+        {
+            if let Ok(b) = Self::new(0, dtype) {
+                return Ok(b);
+            }
+        }
+        Self::emulated(dtype)
+    }
+
+    fn on_context(ordinal: usize, driver: Driver, dtype: DType) -> Result<Self> {
         let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(ordinal, e.to_string()))?;
         let stream = ctx.default_stream();
         // Devices without stream-ordered allocation have no pool to configure: cudarc falls
@@ -207,6 +236,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             device: Arc::new(Device {
                 ordinal,
+                driver,
                 ctx,
                 stream,
                 modules: Mutex::new(HashMap::new()),
@@ -216,6 +246,18 @@ impl CudaBackend {
         })
     }
 
+    /// Whether this backend runs on NVIDIA's driver or the CPU stand-in.
+    pub fn driver(&self) -> Driver {
+        self.device.driver
+    }
+
+    fn device_name(&self) -> String {
+        match self.device.driver {
+            Driver::Hardware => format!("cuda:{}", self.device.ordinal),
+            Driver::Emulator => "cuda-emu".into(),
+        }
+    }
+
     /// The same device with every freshly allocated output pre-filled with NaN, so a test
     /// sees any element a kernel failed to write.
     pub fn with_poisoned_outputs(self) -> Self {
@@ -223,6 +265,7 @@ impl CudaBackend {
         CudaBackend {
             device: Arc::new(Device {
                 ordinal: d.ordinal,
+                driver: d.driver,
                 ctx: d.ctx.clone(),
                 stream: d.stream.clone(),
                 modules: Mutex::new(HashMap::new()),
@@ -234,12 +277,7 @@ impl CudaBackend {
 
     /// The same device creating tensors in `dtype`.
     pub fn with_dtype(&self, dtype: DType) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::BF16) {
-            return Err(Error::dtype(
-                "cuda backend",
-                format!("the CUDA backend stores f32 or bf16, not {dtype}"),
-            ));
-        }
+        check_dtype(dtype)?;
         Ok(CudaBackend {
             device: self.device.clone(),
             dtype,
@@ -314,6 +352,27 @@ impl CudaBackend {
     }
 }
 
+fn check_dtype(dtype: DType) -> Result<()> {
+    if matches!(dtype, DType::F32 | DType::BF16) {
+        Ok(())
+    } else {
+        Err(Error::dtype(
+            "cuda backend",
+            format!("the CUDA backend stores f32 or bf16, not {dtype}"),
+        ))
+    }
+}
+
+fn check_kernels(backend: &str) -> Result<()> {
+    if kernels::KERNELS.is_empty() {
+        return Err(Error::BackendUnavailable {
+            backend: backend.into(),
+            reason: "this build has no CUDA kernels: nvcc was not found when it was built; run scripts/install_nvcc.sh and rebuild".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Raises the default memory pool's release threshold so freed memory stays cached.
 fn keep_freed_memory(
     ctx: &Arc<CudaContext>,
@@ -379,26 +438,40 @@ impl Backend for CudaBackend {
     type Buffer = CudaBuffer;
 
     fn name(&self) -> String {
-        format!("cuda:{}-{}", self.device.ordinal, self.dtype)
+        format!("{}-{}", self.device_name(), self.dtype)
     }
 
     fn float_dtype(&self) -> DType {
         self.dtype
     }
 
-    fn tensor_from_f64(&self, shape: Shape, data: &[f64]) -> Result<Tensor<Self>> {
+    fn master_dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>> {
         let s = &self.device.stream;
-        let buf = match self.dtype {
+        let buf = match dtype {
             DType::BF16 => CudaBuffer::BF16(
                 s.clone_htod(&data.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())
                     .map_err(|e| driver("upload", e))?,
             ),
-            _ => CudaBuffer::F32(
+            DType::F32 => CudaBuffer::F32(
                 s.clone_htod(&data.iter().map(|&v| v as f32).collect::<Vec<_>>())
                     .map_err(|e| driver("upload", e))?,
             ),
+            other => {
+                return Err(Error::dtype(
+                    "tensor",
+                    format!("the CUDA backend stores f32 or bf16, not {other}"),
+                ))
+            }
         };
         Tensor::from_buffer(shape, buf)
+    }
+
+    fn cast(&self, t: &Tensor<Self>, dtype: DType) -> Result<Tensor<Self>> {
+        self.cast_on_device(t, dtype)
     }
 
     fn tensor_from_u32(&self, shape: Shape, data: &[u32]) -> Result<Tensor<Self>> {
@@ -869,7 +942,7 @@ impl Backend for CudaBackend {
 
 impl CudaBackend {
     /// `t` converted to `dtype` (f32 ↔ bf16; round to nearest even into bf16), on the device.
-    pub fn cast(&self, t: &Tensor<Self>, dtype: DType) -> Result<Tensor<Self>> {
+    fn cast_on_device(&self, t: &Tensor<Self>, dtype: DType) -> Result<Tensor<Self>> {
         let n = t.numel();
         let buf = match (t.buffer(), dtype) {
             (CudaBuffer::F32(x), DType::BF16) => {

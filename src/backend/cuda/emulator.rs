@@ -1,0 +1,169 @@
+//! The CPU stand-in for the CUDA driver (`cuda-emu`): a `libcuda.so` built by `build.rs` from
+//! `kernels/emulator/` that runs host builds of the project's own `kernels/*.cu`, so the CUDA
+//! backend runs, and is tested, on machines without a GPU.
+//!
+//! A process has one CUDA driver: cudarc opens `libcuda.so` once, at its first driver call.
+//! Loading the stand-in by absolute path first (`RTLD_GLOBAL`, SONAME `libcuda.so`) makes
+//! that open return the stand-in. So the choice is made once per process, before any CUDA
+//! work; [`use_emulator`] refuses once NVIDIA's driver is in use, and the hardware constructor
+//! refuses once the stand-in is.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::kernels;
+use crate::error::{Error, Result};
+
+/// Which driver this process's CUDA calls reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// NVIDIA's driver and a GPU.
+    Hardware,
+    /// The CPU stand-in (`cuda-emu`).
+    Emulator,
+}
+
+static CHOICE: Mutex<Option<Driver>> = Mutex::new(None);
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::BackendUnavailable {
+        backend: "cuda-emu".into(),
+        reason: reason.into(),
+    }
+}
+
+/// The directory holding the stand-in's `libcuda.so` and `kernels/*.so`:
+/// `$SPAFIT_EMULATOR_DIR`, else the one this build made.
+pub fn emulator_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("SPAFIT_EMULATOR_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    kernels::EMULATOR_DIR.map(PathBuf::from).ok_or_else(|| {
+        unavailable(format!(
+            "this build has no CPU stand-in for the CUDA driver: {}",
+            kernels::EMULATOR_MISSING
+        ))
+    })
+}
+
+/// Makes the stand-in this process's CUDA driver (idempotent). Fails when NVIDIA's driver is
+/// already in use here, or the stand-in was not built.
+pub fn use_emulator() -> Result<()> {
+    let mut choice = CHOICE
+        .lock()
+        .map_err(|_| unavailable("driver choice poisoned"))?;
+    match *choice {
+        Some(Driver::Emulator) => return Ok(()),
+        Some(Driver::Hardware) => return Err(unavailable(
+            "this process already uses NVIDIA's CUDA driver; choose cuda-emu before any CUDA work",
+        )),
+        None => {}
+    }
+    let dir = emulator_dir()?;
+    let path = dir.join("libcuda.so");
+    if !path.is_file() {
+        return Err(unavailable(format!(
+            "{} is missing: rebuild spafit (build.rs makes it) or set SPAFIT_EMULATOR_DIR",
+            path.display()
+        )));
+    }
+    // SAFETY: loading our own library, whose initialisers only read environment variables.
+    let lib = unsafe {
+        libloading::os::unix::Library::open(
+            Some(&path),
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+        )
+    }
+    .map_err(|e| unavailable(format!("cannot load {}: {e}", path.display())))?;
+    // The stand-in must stay loaded for the rest of the process: cudarc holds its functions.
+    std::mem::forget(lib);
+    *choice = Some(Driver::Emulator);
+    drop(choice);
+    if !is_emulated() {
+        return Err(unavailable(
+            "cudarc opened another libcuda.so than the stand-in (NVIDIA's driver was loaded first)",
+        ));
+    }
+    Ok(())
+}
+
+/// Records that this process uses NVIDIA's driver; fails if it already uses the stand-in.
+pub(super) fn claim_hardware() -> Result<()> {
+    let mut choice = CHOICE
+        .lock()
+        .map_err(|_| unavailable("driver choice poisoned"))?;
+    match *choice {
+        Some(Driver::Emulator) => Err(Error::BackendUnavailable {
+            backend: "cuda".into(),
+            reason: "this process already runs CUDA on the CPU stand-in (cuda-emu); a process uses one driver"
+                .into(),
+        }),
+        _ => {
+            *choice = Some(Driver::Hardware);
+            Ok(())
+        }
+    }
+}
+
+/// The driver chosen in this process, if any.
+pub fn driver() -> Option<Driver> {
+    CHOICE.lock().ok().and_then(|c| *c)
+}
+
+type LastError = unsafe extern "C" fn() -> *const c_char;
+type SetSchedule = unsafe extern "C" fn(*const c_char) -> c_int;
+type SetMemory = unsafe extern "C" fn(u64);
+
+/// A function of the stand-in, through the library cudarc opened (so it is the same one).
+fn symbol<T: Copy>(name: &[u8]) -> Option<T> {
+    if driver() != Some(Driver::Emulator) {
+        return None;
+    }
+    // SAFETY: the stand-in is loaded (driver() says so), so culib() finds it and cannot
+    // panic; the symbol types match the `API` functions in kernels/emulator/driver.cpp.
+    unsafe { cudarc::driver::sys::culib().get::<T>(name).ok().map(|s| *s) }
+}
+
+fn is_emulated() -> bool {
+    symbol::<LastError>(b"spafit_emu_last_error\0").is_some()
+}
+
+/// The stand-in's account of its last failure (which kernel, block and thread; what was
+/// wrong), or `None` on hardware or when it has none.
+pub fn last_error() -> Option<String> {
+    let f = symbol::<LastError>(b"spafit_emu_last_error\0")?;
+    // SAFETY: returns a NUL-terminated string owned by the calling thread, valid until its
+    // next call; copied at once.
+    let text = unsafe { CStr::from_ptr(f()) }
+        .to_string_lossy()
+        .into_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Sets the order in which the stand-in runs the threads of a block and the blocks of a grid:
+/// `forward`, `reverse` or `shuffle[:seed]`. Every order is one a GPU may choose, so a kernel
+/// whose results change between orders has a race. Also settable per process with
+/// `SPAFIT_EMU_SCHEDULE`.
+pub fn set_schedule(schedule: &str) -> Result<()> {
+    let f = symbol::<SetSchedule>(b"spafit_emu_set_schedule\0")
+        .ok_or_else(|| unavailable("the CPU stand-in is not this process's driver"))?;
+    let c = CString::new(schedule).map_err(|_| Error::invalid("schedule", "contains NUL"))?;
+    // SAFETY: a NUL-terminated string the callee only reads.
+    if unsafe { f(c.as_ptr()) } != 0 {
+        return Err(Error::invalid(
+            "schedule",
+            format!("`{schedule}`: expected forward, reverse or shuffle[:seed]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sets the stand-in's device memory size: allocations beyond it fail with out of memory.
+pub fn set_device_memory(bytes: u64) -> Result<()> {
+    let f = symbol::<SetMemory>(b"spafit_emu_set_memory\0")
+        .ok_or_else(|| unavailable("the CPU stand-in is not this process's driver"))?;
+    // SAFETY: plain value argument.
+    unsafe { f(bytes) };
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! The CPU stand-in for the CUDA driver (`cuda-emu`) checked on its own: each deliberate bug
+//! in `kernels/emulator_selftest.cu` must become an error value naming what went wrong, or a
+//! visible difference, never a silent pass or a crashed test process.
+//!
+//! A fault poisons the CUDA context for the rest of the process, as on hardware, so each
+//! faulting case runs in a child process (this test binary, filtered to that test).
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{
+    CudaContext, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use spafit::backend::cuda::{emulator, kernels, CudaBackend, Driver};
+use spafit::tensor::DType;
+
+/// Tests that change the stand-in's schedule hold this, so they do not change it for each other.
+static SCHEDULE: Mutex<()> = Mutex::new(());
+
+struct Emu {
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+}
+
+fn emu() -> Emu {
+    emulator::use_emulator().expect("the CPU stand-in is built and loads");
+    let ctx = CudaContext::new(0).expect("context on the stand-in");
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(
+            kernels::ptx("emulator_selftest").expect("compiled in"),
+        ))
+        .expect("load emulator_selftest");
+    Emu {
+        stream: ctx.default_stream(),
+        module,
+    }
+}
+
+fn threads(blocks: u32, threads: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
+    }
+}
+
+fn nan_buffer(e: &Emu, n: usize) -> CudaSlice<f32> {
+    e.stream.clone_htod(&vec![f32::NAN; n]).unwrap()
+}
+
+/// Runs the calling test's body in a child process; returns the child's combined output
+/// (the parent's view), or `None` in the child itself, which then runs the body.
+fn in_child(test: &str) -> Option<String> {
+    if std::env::var("SPAFIT_EMU_CHILD").as_deref() == Ok(test) {
+        return None;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SPAFIT_EMU_CHILD", test)
+        .output()
+        .expect("run the child test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the child process for {test} failed or crashed:\n{text}"
+    );
+    Some(text)
+}
+
+/// In the child: the launch must fail with `code`, and so must every later call (sticky).
+fn expect_sticky_failure(e: &Emu, result: Result<(), cudarc::driver::DriverError>, code: &str) {
+    let err = result.expect_err("the faulty launch must fail");
+    let detail = emulator::last_error().unwrap_or_default();
+    println!("LAUNCH ERROR: {err} :: {detail}");
+    assert!(err.to_string().contains(code), "{err}");
+    let later = e.stream.clone_htod(&[1.0f32]);
+    let later = later.and_then(|s| e.stream.clone_dtoh(&s).map(|_| ()));
+    assert!(
+        later.is_err(),
+        "a failed kernel must poison the context, as on hardware"
+    );
+    println!("LATER CALL FAILS: {}", later.unwrap_err());
+}
+
+#[test]
+fn write_one_past_the_end_is_an_illegal_address_naming_kernel_block_and_thread() {
+    let Some(out) =
+        in_child("write_one_past_the_end_is_an_illegal_address_naming_kernel_block_and_thread")
+    else {
+        let e = emu();
+        // 1000 floats end exactly at a guard page: the write past the end faults.
+        let mut buf = nan_buffer(&e, 1000);
+        let f = e.module.load_function("selftest_write_past_end").unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&mut buf).arg(&1000i32);
+        let r = unsafe { l.launch(threads(4, 256, 0)) }.map(|_| ());
+        return expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
+    };
+    for needle in [
+        "CUDA_ERROR_ILLEGAL_ADDRESS",
+        "selftest_write_past_end",
+        "block (3,0,0)",
+        "thread (232,0,0)",
+        "past its end",
+        "LATER CALL FAILS",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+}
+
+#[test]
+fn write_into_the_rounding_slack_is_found_after_the_launch() {
+    let Some(out) = in_child("write_into_the_rounding_slack_is_found_after_the_launch") else {
+        let e = emu();
+        // 1001 floats: the element past the end lies in the 16-byte rounding, not a guard page.
+        let mut buf = nan_buffer(&e, 1001);
+        let f = e.module.load_function("selftest_write_past_end").unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&mut buf).arg(&1001i32);
+        let r = unsafe { l.launch(threads(4, 256, 0)) }.map(|_| ());
+        return expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
+    };
+    for needle in [
+        "out-of-bounds write by kernel selftest_write_past_end",
+        "byte 4004 of the 4004-byte allocation",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+}
+
+#[test]
+fn read_far_past_the_end_is_an_illegal_address() {
+    let Some(out) = in_child("read_far_past_the_end_is_an_illegal_address") else {
+        let e = emu();
+        let input = nan_buffer(&e, 64);
+        let mut output = nan_buffer(&e, 1);
+        let f = e
+            .module
+            .load_function("selftest_read_far_past_end")
+            .unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&input).arg(&mut output).arg(&64i32);
+        let r = unsafe { l.launch(threads(1, 32, 0)) }.map(|_| ());
+        return expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
+    };
+    assert!(
+        out.contains("selftest_read_far_past_end") && out.contains("thread (0,0,0)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn use_after_free_is_an_illegal_address() {
+    let Some(out) = in_child("use_after_free_is_an_illegal_address") else {
+        let e = emu();
+        let freed = nan_buffer(&e, 256);
+        let (ptr, _sync) = freed.device_ptr(&e.stream);
+        let raw: u64 = ptr;
+        drop(_sync);
+        drop(freed);
+        e.stream.synchronize().unwrap();
+        let mut output = nan_buffer(&e, 256);
+        let f = e.module.load_function("selftest_read").unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&raw).arg(&mut output).arg(&256i32);
+        let r = unsafe { l.launch(threads(1, 256, 0)) }.map(|_| ());
+        return expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
+    };
+    assert!(
+        out.contains("FREED") && out.contains("use after free"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_missing_barrier_changes_results_between_schedules() {
+    let _guard = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+    let e = emu();
+    let input: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let din = e.stream.clone_htod(&input).unwrap();
+    let run = |kernel: &str, schedule: &str| -> Vec<f32> {
+        emulator::set_schedule(schedule).unwrap();
+        let mut out = nan_buffer(&e, 256);
+        let f = e.module.load_function(kernel).unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&din).arg(&mut out);
+        unsafe { l.launch(threads(1, 256, 0)) }.unwrap();
+        e.stream.clone_dtoh(&out).unwrap()
+    };
+    let want: Vec<f32> = (0..256).map(|i| ((i + 1) % 256) as f32).collect();
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    let schedules = ["forward", "reverse", "shuffle:1", "shuffle:2"];
+    let racy: Vec<Vec<f32>> = schedules
+        .iter()
+        .map(|s| run("selftest_missing_barrier", s))
+        .collect();
+    let fixed: Vec<Vec<f32>> = schedules
+        .iter()
+        .map(|s| run("selftest_with_barrier", s))
+        .collect();
+    emulator::set_schedule("forward").unwrap();
+    for (s, f) in schedules.iter().zip(&fixed) {
+        assert!(
+            same(f, &want),
+            "with the barrier, {s} must give the right answer"
+        );
+    }
+    let differing = (1..racy.len())
+        .filter(|&i| !same(&racy[0], &racy[i]))
+        .count();
+    println!(
+        "MISSING BARRIER: forward has {} NaN of 256, reverse {}; {differing} of 3 other schedules differ from forward",
+        racy[0].iter().filter(|v| v.is_nan()).count(),
+        racy[1].iter().filter(|v| v.is_nan()).count()
+    );
+    assert!(
+        !same(&racy[0], &racy[1]),
+        "forward and reverse must disagree without the barrier"
+    );
+}
+
+#[test]
+fn shared_memory_limits_are_enforced_and_do_not_poison_the_context() {
+    let e = emu();
+    let f = e.module.load_function("selftest_dynamic_shared").unwrap();
+    let launch = |bytes: u32| {
+        let mut out = nan_buffer(&e, 1);
+        let bytes_arg = bytes as i32;
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&mut out).arg(&bytes_arg);
+        unsafe { l.launch(threads(1, 128, bytes)) }.map(|_| e.stream.clone_dtoh(&out).unwrap()[0])
+    };
+    assert_eq!(
+        launch(48 * 1024).unwrap(),
+        49152.0,
+        "48 KiB needs no opt-in"
+    );
+    let refused = launch(48 * 1024 + 16).expect_err("over 48 KiB without the opt-in");
+    println!(
+        "OVER 48 KiB: {refused} :: {}",
+        emulator::last_error().unwrap_or_default()
+    );
+    assert!(refused.to_string().contains("INVALID_VALUE"), "{refused}");
+    assert!(
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            228 * 1024
+        )
+        .is_err(),
+        "more than 227 KiB cannot be opted into"
+    );
+    f.set_attribute(
+        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        100_000,
+    )
+    .unwrap();
+    assert_eq!(launch(100_000).unwrap(), 100_000.0, "within the opt-in");
+    assert!(launch(100_016).is_err(), "beyond the opt-in");
+    // Launch limits: 1024 threads per block.
+    let mut out = nan_buffer(&e, 1);
+    let mut l = e.stream.launch_builder(&f);
+    l.arg(&mut out).arg(&0i32);
+    let too_many = unsafe { l.launch(threads(1, 1025, 0)) };
+    assert!(too_many.is_err(), "1025 threads per block");
+    // None of this poisoned the context.
+    assert_eq!(launch(1024).unwrap(), 1024.0);
+}
+
+#[test]
+fn an_unknown_kernel_name_is_an_error_value() {
+    let e = emu();
+    let err = e
+        .module
+        .load_function("no_such_kernel")
+        .expect_err("unknown name");
+    assert!(err.to_string().contains("NOT_FOUND"), "{err}");
+    assert!(
+        emulator::last_error()
+            .unwrap_or_default()
+            .contains("no_such_kernel"),
+        "the stand-in names the missing kernel"
+    );
+}
+
+#[test]
+fn fresh_memory_and_shared_memory_read_as_nan() {
+    let e = emu();
+    let fresh: CudaSlice<f32> = unsafe { e.stream.alloc(100) }.unwrap();
+    assert!(e
+        .stream
+        .clone_dtoh(&fresh)
+        .unwrap()
+        .iter()
+        .all(|v| v.is_nan()));
+    let mut out = e.stream.clone_htod(&[0.0f32; 32]).unwrap();
+    let f = e
+        .module
+        .load_function("selftest_uninitialized_shared")
+        .unwrap();
+    let mut l = e.stream.launch_builder(&f);
+    l.arg(&mut out);
+    unsafe { l.launch(threads(2, 32, 0)) }.unwrap();
+    assert!(e
+        .stream
+        .clone_dtoh(&out)
+        .unwrap()
+        .iter()
+        .all(|v| v.is_nan()));
+}
+
+#[test]
+fn reading_a_cp_async_destination_before_its_wait_reads_nan() {
+    let e = emu();
+    let input = e.stream.clone_htod(&vec![1.5f32; 128]).unwrap();
+    let mut out = e.stream.clone_htod(&vec![0.0f32; 128]).unwrap();
+    let f = e
+        .module
+        .load_function("selftest_cp_async_without_wait")
+        .unwrap();
+    let mut l = e.stream.launch_builder(&f);
+    l.arg(&input).arg(&mut out);
+    unsafe { l.launch(threads(1, 32, 0)) }.unwrap();
+    assert!(e
+        .stream
+        .clone_dtoh(&out)
+        .unwrap()
+        .iter()
+        .all(|v| v.is_nan()));
+}
+
+/// A child test whose kernel must fail with `code` and a message containing `needles`.
+fn failing_kernel(test: &str, kernel: &str, threads_per_block: u32, code: &str, needles: &[&str]) {
+    let Some(out) = in_child(test) else {
+        let e = emu();
+        let input = e.stream.clone_htod(&vec![1.0f32; 256]).unwrap();
+        let mut buf = nan_buffer(&e, 256);
+        let f = e.module.load_function(kernel).unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        if kernel == "selftest_misaligned_cp_async" {
+            l.arg(&input);
+        } else {
+            l.arg(&mut buf);
+        }
+        let r = unsafe { l.launch(threads(1, threads_per_block, 0)) }.map(|_| ());
+        return expect_sticky_failure(&e, r, code);
+    };
+    for needle in needles {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+}
+
+#[test]
+fn divergent_warp_shuffles_fail_the_launch() {
+    failing_kernel(
+        "divergent_warp_shuffles_fail_the_launch",
+        "selftest_divergent_shuffle",
+        32,
+        "LAUNCH_FAILED",
+        &["divergent warp collective", "emulator_selftest.cu"],
+    );
+}
+
+#[test]
+fn partial_warp_masks_fail_the_launch() {
+    failing_kernel(
+        "partial_warp_masks_fail_the_launch",
+        "selftest_partial_mask",
+        32,
+        "LAUNCH_FAILED",
+        &["partial-warp collectives are not emulated", "0xffff"],
+    );
+}
+
+#[test]
+fn threads_at_different_barriers_fail_the_launch() {
+    failing_kernel(
+        "threads_at_different_barriers_fail_the_launch",
+        "selftest_divergent_barrier",
+        64,
+        "LAUNCH_FAILED",
+        &["divergent barrier"],
+    );
+}
+
+#[test]
+fn misaligned_cp_async_fails_the_launch() {
+    failing_kernel(
+        "misaligned_cp_async_fails_the_launch",
+        "selftest_misaligned_cp_async",
+        32,
+        "MISALIGNED_ADDRESS",
+        &["not 16-byte aligned"],
+    );
+}
+
+#[test]
+fn mma_without_the_whole_warp_fails_the_launch() {
+    failing_kernel(
+        "mma_without_the_whole_warp_fails_the_launch",
+        "selftest_mma_half_warp",
+        32,
+        "LAUNCH_FAILED",
+        &["needs all 32 lanes"],
+    );
+}
+
+#[test]
+fn out_of_device_memory_is_an_error_value() {
+    let Some(out) = in_child("out_of_device_memory_is_an_error_value") else {
+        let b = CudaBackend::emulated(DType::F32).unwrap();
+        emulator::set_device_memory(1 << 20).unwrap();
+        let err = spafit::backend::Backend::zeros(&b, spafit::tensor::Shape::new([1 << 19]))
+            .expect_err("2 MiB on a 1 MiB device");
+        println!("OOM: {err}");
+        return;
+    };
+    assert!(
+        out.contains("OOM: ") && out.contains("out of GPU memory"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_stand_in_and_the_hardware_constructor_exclude_each_other() {
+    let b = CudaBackend::emulated(DType::F32).unwrap();
+    assert_eq!(b.driver(), Driver::Emulator);
+    assert_eq!(spafit::backend::Backend::name(&b), "cuda-emu-f32");
+    let err = CudaBackend::new(0, DType::F32).expect_err("one driver per process");
+    assert!(err.to_string().contains("cuda-emu"), "{err}");
+}
+
+#[test]
+fn without_a_driver_cuda_says_so_and_names_cuda_emu() {
+    let Some(out) = in_child("without_a_driver_cuda_says_so_and_names_cuda_emu") else {
+        match CudaBackend::new(0, DType::F32) {
+            Ok(b) => println!("HARDWARE PRESENT: {}", spafit::backend::Backend::name(&b)),
+            Err(e) => println!("NO DRIVER: {e}"),
+        }
+        return;
+    };
+    assert!(
+        out.contains("HARDWARE PRESENT")
+            || (out.contains("NO DRIVER")
+                && out.contains("no CUDA driver")
+                && out.contains("cuda-emu")),
+        "{out}"
+    );
+}
