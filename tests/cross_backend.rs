@@ -13,7 +13,8 @@ use common::{nonzero, rel_err};
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::CudaBackend;
 use spafit::backend::{
-    AdamWStep, Backend, Dropout, LayerNormGradRequest, LinearBackwardInputs, LinearGradRequest,
+    AdamWStep, AttentionConfig, AttentionGradRequest, Backend, Dropout, LayerNormGradRequest,
+    LinearBackwardInputs, LinearGradRequest, LoraWeights,
 };
 use spafit::rng::SplitMix;
 use spafit::tensor::{DType, Shape, Tensor};
@@ -187,6 +188,381 @@ fn bias_gradient<B: Backend>(b: &B, tol: f64) {
         &down(&r, w.db.as_ref().unwrap()),
         tol,
     );
+}
+
+/// One linear-map case: rows, input, output, LoRA rank, whether the adapter reads a
+/// different input (adapter dropout), and LoRA scale.
+struct LinearCase {
+    rows: usize,
+    input: usize,
+    output: usize,
+    rank: usize,
+    separate_lora_input: bool,
+    scale: f64,
+}
+
+/// Linear with fused LoRA, forward and every backward piece, on shapes that are not
+/// multiples of any tile: odd K (rows staged without cp.async), aligned K (cp.async), more
+/// than one block along M and N, ranks 1 and 64, long reductions (split-K).
+fn linear<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let cases = [
+        LinearCase {
+            rows: 37,
+            input: 29,
+            output: 23,
+            rank: 3,
+            separate_lora_input: false,
+            scale: 2.0,
+        },
+        LinearCase {
+            rows: 130,
+            input: 67,
+            output: 150,
+            rank: 1,
+            separate_lora_input: true,
+            scale: 0.7,
+        },
+        LinearCase {
+            rows: 96,
+            input: 64,
+            output: 80,
+            rank: 8,
+            separate_lora_input: false,
+            scale: 2.0,
+        },
+        LinearCase {
+            rows: 300,
+            input: 45,
+            output: 33,
+            rank: 64,
+            separate_lora_input: true,
+            scale: 0.25,
+        },
+    ];
+    let mut rng = SplitMix::new(21);
+    for c in cases {
+        let tag = format!("{}x{}x{}r{}", c.rows, c.input, c.output, c.rank);
+        let x = stored(b, &[c.rows, c.input], &nonzero(&mut rng, c.rows * c.input));
+        let xl = if c.separate_lora_input {
+            stored(b, &[c.rows, c.input], &nonzero(&mut rng, c.rows * c.input))
+        } else {
+            x.clone()
+        };
+        let w = stored(
+            b,
+            &[c.output, c.input],
+            &nonzero(&mut rng, c.output * c.input),
+        );
+        let bias = stored(b, &[c.output], &nonzero(&mut rng, c.output));
+        let a = stored(b, &[c.rank, c.input], &nonzero(&mut rng, c.rank * c.input));
+        let bl = stored(
+            b,
+            &[c.output, c.rank],
+            &nonzero(&mut rng, c.output * c.rank),
+        );
+        let dy = stored(
+            b,
+            &[c.rows, c.output],
+            &nonzero(&mut rng, c.rows * c.output),
+        );
+        let (xr, xlr, wr, br, ar, blr, dyr) = (
+            up(&r, &[c.rows, c.input], &x),
+            up(&r, &[c.rows, c.input], &xl),
+            up(&r, &[c.output, c.input], &w),
+            up(&r, &[c.output], &bias),
+            up(&r, &[c.rank, c.input], &a),
+            up(&r, &[c.output, c.rank], &bl),
+            up(&r, &[c.rows, c.output], &dy),
+        );
+        let (xb, xlb, wb, bb, ab, blb, dyb) = (
+            up(b, &[c.rows, c.input], &x),
+            up(b, &[c.rows, c.input], &xl),
+            up(b, &[c.output, c.input], &w),
+            up(b, &[c.output], &bias),
+            up(b, &[c.rank, c.input], &a),
+            up(b, &[c.output, c.rank], &bl),
+            up(b, &[c.rows, c.output], &dy),
+        );
+        let lora_r = || LoraWeights {
+            a: &ar,
+            b: &blr,
+            scale: c.scale,
+        };
+        let lora_b = || LoraWeights {
+            a: &ab,
+            b: &blb,
+            scale: c.scale,
+        };
+        let want = r
+            .linear_forward(&xr, &wr, Some(&br), Some(lora_r()), Some(&xlr))
+            .unwrap();
+        let got = b
+            .linear_forward(&xb, &wb, Some(&bb), Some(lora_b()), Some(&xlb))
+            .unwrap();
+        check(
+            b,
+            &format!("linear.y {tag}"),
+            &down(b, &got.y),
+            &down(&r, &want.y),
+            tol,
+        );
+        check(
+            b,
+            &format!("linear.h {tag}"),
+            &down(b, got.h.as_ref().unwrap()),
+            &down(&r, want.h.as_ref().unwrap()),
+            tol,
+        );
+        // Without LoRA or bias: the plain GEMM.
+        let plain_r = r.linear_forward(&xr, &wr, None, None, None).unwrap();
+        let plain_b = b.linear_forward(&xb, &wb, None, None, None).unwrap();
+        check(
+            b,
+            &format!("linear.y_plain {tag}"),
+            &down(b, &plain_b.y),
+            &down(&r, &plain_r.y),
+            tol,
+        );
+        // Backward: every piece, then dX with the LoRA term fused in.
+        let every = LinearGradRequest {
+            dx: true,
+            dw: true,
+            db: true,
+            da: true,
+            db_lora: true,
+            dx_lora: true,
+            dx_includes_lora: false,
+        };
+        let gr = r
+            .linear_backward(
+                LinearBackwardInputs {
+                    dy: &dyr,
+                    x: Some(&xr),
+                    w: Some(&wr),
+                    lora: Some(lora_r()),
+                    x_lora: Some(&xlr),
+                    h: want.h.as_ref(),
+                },
+                every,
+            )
+            .unwrap();
+        let gb = b
+            .linear_backward(
+                LinearBackwardInputs {
+                    dy: &dyb,
+                    x: Some(&xb),
+                    w: Some(&wb),
+                    lora: Some(lora_b()),
+                    x_lora: Some(&xlb),
+                    h: got.h.as_ref(),
+                },
+                every,
+            )
+            .unwrap();
+        for (name, g, w) in [
+            ("dx", &gb.dx, &gr.dx),
+            ("dw", &gb.dw, &gr.dw),
+            ("db", &gb.db, &gr.db),
+            ("da", &gb.da, &gr.da),
+            ("db_lora", &gb.db_lora, &gr.db_lora),
+            ("dx_lora", &gb.dx_lora, &gr.dx_lora),
+        ] {
+            check(
+                b,
+                &format!("linear.{name} {tag}"),
+                &down(b, g.as_ref().unwrap()),
+                &down(&r, w.as_ref().unwrap()),
+                tol,
+            );
+        }
+        let fused = LinearGradRequest {
+            dx: true,
+            dx_includes_lora: true,
+            ..Default::default()
+        };
+        let fr = r
+            .linear_backward(
+                LinearBackwardInputs {
+                    dy: &dyr,
+                    x: None,
+                    w: Some(&wr),
+                    lora: Some(lora_r()),
+                    x_lora: None,
+                    h: None,
+                },
+                fused,
+            )
+            .unwrap();
+        let fb = b
+            .linear_backward(
+                LinearBackwardInputs {
+                    dy: &dyb,
+                    x: None,
+                    w: Some(&wb),
+                    lora: Some(lora_b()),
+                    x_lora: None,
+                    h: None,
+                },
+                fused,
+            )
+            .unwrap();
+        assert!(
+            fb.dx_lora.is_none() && fb.dw.is_none(),
+            "only dX was asked for"
+        );
+        check(
+            b,
+            &format!("linear.dx_fused_lora {tag}"),
+            &down(b, fb.dx.as_ref().unwrap()),
+            &down(&r, fr.dx.as_ref().unwrap()),
+            tol,
+        );
+    }
+}
+
+/// Self-attention forward and backward with padding masks: a fully padded sequence (every
+/// key masked: zero context), padded tails, a mask with holes, more than one 64-row tile per
+/// sequence, head dims 12 (rows not 16-byte aligned), 64 and 128, with and without dropout.
+fn attention<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(31);
+    // (batch, seq, heads, head_dim, key lengths, holes, dropout)
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        Vec<usize>,
+        bool,
+        Option<Dropout>,
+    );
+    let cases: [Case; 4] = [
+        (3, 70, 3, 12, vec![70, 41, 0], false, None),
+        (
+            2,
+            20,
+            2,
+            64,
+            vec![17, 20],
+            true,
+            Some(Dropout { p: 0.2, seed: 99 }),
+        ),
+        (1, 9, 1, 128, vec![9], false, None),
+        (
+            2,
+            33,
+            4,
+            8,
+            vec![5, 33],
+            false,
+            Some(Dropout { p: 0.5, seed: 7 }),
+        ),
+    ];
+    for (batch, seq, heads, hd, lengths, holes, dropout) in cases {
+        let tag = format!(
+            "b{batch}s{seq}h{heads}d{hd}{}",
+            if dropout.is_some() { "drop" } else { "" }
+        );
+        let rows = batch * seq;
+        let hidden = heads * hd;
+        let mask: Vec<u32> = (0..batch)
+            .flat_map(|bi| (0..seq).map(move |j| (bi, j)))
+            .map(|(bi, j)| u32::from(j < lengths[bi] && !(holes && j % 5 == 3)))
+            .collect();
+        let q = stored(b, &[rows, hidden], &nonzero(&mut rng, rows * hidden));
+        let k = stored(b, &[rows, hidden], &nonzero(&mut rng, rows * hidden));
+        let v = stored(b, &[rows, hidden], &nonzero(&mut rng, rows * hidden));
+        let dy = stored(b, &[rows, hidden], &nonzero(&mut rng, rows * hidden));
+        let config = AttentionConfig {
+            heads,
+            scale: 1.0 / (hd as f64).sqrt(),
+            dropout,
+        };
+        let mr = r.tensor_from_u32(Shape::new([batch, seq]), &mask).unwrap();
+        let mb = b.tensor_from_u32(Shape::new([batch, seq]), &mask).unwrap();
+        let dims = [rows, hidden];
+        let (qr, kr, vr, dyr) = (
+            up(&r, &dims, &q),
+            up(&r, &dims, &k),
+            up(&r, &dims, &v),
+            up(&r, &dims, &dy),
+        );
+        let (qb, kb, vb, dyb) = (
+            up(b, &dims, &q),
+            up(b, &dims, &k),
+            up(b, &dims, &v),
+            up(b, &dims, &dy),
+        );
+        let want = r.attention_forward(&qr, &kr, &vr, &mr, &config).unwrap();
+        let got = b.attention_forward(&qb, &kb, &vb, &mb, &config).unwrap();
+        check(
+            b,
+            &format!("attention.out {tag}"),
+            &down(b, &got.out),
+            &down(&r, &want.out),
+            tol,
+        );
+        check(
+            b,
+            &format!("attention.lse {tag}"),
+            &down(b, &got.lse),
+            &down(&r, &want.lse),
+            tol,
+        );
+        // A fully masked sequence has exactly zero context.
+        if let Some(bi) = lengths.iter().position(|&l| l == 0) {
+            let o = down(b, &got.out);
+            assert!(
+                o[bi * seq * hidden..(bi + 1) * seq * hidden]
+                    .iter()
+                    .all(|&v| v == 0.0),
+                "{tag}: masked context must be 0"
+            );
+        }
+        let all = AttentionGradRequest {
+            dq: true,
+            dk: true,
+            dv: true,
+        };
+        let gr = r
+            .attention_backward(&dyr, &qr, &kr, &vr, &want.out, &want.lse, &mr, &config, all)
+            .unwrap();
+        let gb = b
+            .attention_backward(&dyb, &qb, &kb, &vb, &got.out, &got.lse, &mb, &config, all)
+            .unwrap();
+        for (name, g, w) in [
+            ("dq", &gb.dq, &gr.dq),
+            ("dk", &gb.dk, &gr.dk),
+            ("dv", &gb.dv, &gr.dv),
+        ] {
+            check(
+                b,
+                &format!("attention.{name} {tag}"),
+                &down(b, g.as_ref().unwrap()),
+                &down(&r, w.as_ref().unwrap()),
+                tol,
+            );
+        }
+        // dV alone reads neither the probabilities' gradient path nor dq/dk buffers.
+        let only_dv = AttentionGradRequest {
+            dv: true,
+            ..Default::default()
+        };
+        let gv = b
+            .attention_backward(
+                &dyb, &qb, &kb, &vb, &got.out, &got.lse, &mb, &config, only_dv,
+            )
+            .unwrap();
+        assert!(gv.dq.is_none() && gv.dk.is_none());
+        check(
+            b,
+            &format!("attention.dv_only {tag}"),
+            &down(b, gv.dv.as_ref().unwrap()),
+            &down(&r, gr.dv.as_ref().unwrap()),
+            tol,
+        );
+    }
 }
 
 fn elementwise<B: Backend>(b: &B, tol: f64) {
@@ -413,6 +789,8 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    linear,
+    attention,
     layernorm,
     bias_gradient,
     elementwise,

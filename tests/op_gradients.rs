@@ -96,6 +96,7 @@ impl LinearCase {
             da: true,
             db_lora: true,
             dx_lora: true,
+            dx_includes_lora: false,
         };
         c.linear_backward(
             LinearBackwardInputs {
@@ -313,6 +314,7 @@ fn attention_check(dropout: Option<Dropout>, label: &str) {
             &q,
             &k,
             &v,
+            &out.out,
             &out.lse,
             &mask,
             &config,

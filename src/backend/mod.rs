@@ -78,6 +78,10 @@ pub struct LinearGradRequest {
     pub db_lora: bool,
     /// `dX_lora = scale · (dY·B) · A`: the gradient reaching the LoRA input.
     pub dx_lora: bool,
+    /// With `dx` and LoRA weights: `dx` is the whole `dY·W + scale·(dY·B)·A`, the gradient
+    /// of `x` when the adapter reads `x` itself (no adapter dropout). CUDA computes it as one
+    /// GEMM with `r` more reduction columns.
+    pub dx_includes_lora: bool,
 }
 
 /// Inputs of [`Backend::linear_backward`]; each is needed only by some gradients (see
@@ -202,6 +206,37 @@ pub struct AdamWStep {
     pub step: u64,
 }
 
+/// The per-step constants of an AdamW update, computed once in f64 and shared by every
+/// backend, so they round the same way everywhere.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWCoefficients {
+    /// `1 − lr · wd`: the decoupled decay factor.
+    pub decay: f64,
+    /// `lr / (1 − β₁ᵗ)`.
+    pub step_size: f64,
+    /// `sqrt(1 − β₂ᵗ)`.
+    pub bias2_sqrt: f64,
+    /// `1 − β₁` (in f64: `1 − f32(β₁)` would be off).
+    pub one_minus_beta1: f64,
+    /// `1 − β₂`.
+    pub one_minus_beta2: f64,
+}
+
+impl AdamWStep {
+    /// The constants of this step. The step count enters as a float power, so counts past
+    /// `i32::MAX` do not wrap.
+    pub fn coefficients(&self) -> AdamWCoefficients {
+        let t = self.step as f64;
+        AdamWCoefficients {
+            decay: 1.0 - self.lr * self.weight_decay,
+            step_size: self.lr / (1.0 - self.beta1.powf(t)),
+            bias2_sqrt: (1.0 - self.beta2.powf(t)).sqrt(),
+            one_minus_beta1: 1.0 - self.beta1,
+            one_minus_beta2: 1.0 - self.beta2,
+        }
+    }
+}
+
 /// A compute backend. See the module documentation for the conventions.
 pub trait Backend: Clone + Send + Sync + 'static {
     /// Storage of one tensor.
@@ -297,7 +332,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> Result<AttentionOutput<Self>>;
 
     /// The requested gradients of [`Backend::attention_forward`]; probabilities are
-    /// recomputed from `lse`.
+    /// recomputed from `lse`. `out` is the forward's context: `rowsum(d_out ∘ out)` is the
+    /// softmax's correction term (FlashAttention-2), so backward needs no `[seq, seq]` pass for it.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -305,6 +341,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         q: &Tensor<Self>,
         k: &Tensor<Self>,
         v: &Tensor<Self>,
+        out: &Tensor<Self>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
         config: &AttentionConfig,

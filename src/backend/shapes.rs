@@ -199,6 +199,79 @@ impl AttentionDims {
     }
 }
 
+/// Validates the operands of [`Backend::linear_backward`](crate::backend::Backend::linear_backward)
+/// (each backend accepts and refuses the same inputs) and returns their dtype and sizes.
+pub fn linear_backward<B: Backend>(
+    inp: &crate::backend::LinearBackwardInputs<'_, B>,
+) -> Result<(DType, LinearDims)> {
+    const OP: &str = "linear backward";
+    let dy = inp.dy;
+    let (rows, output) = matrix(OP, "dy", dy)?;
+    let mut named = vec![("dy", dy)];
+    named.extend(inp.x.map(|t| ("x", t)));
+    named.extend(inp.w.map(|t| ("weight", t)));
+    named.extend(inp.x_lora.map(|t| ("x_lora", t)));
+    named.extend(inp.h.map(|t| ("h", t)));
+    if let Some(l) = &inp.lora {
+        named.push(("lora_A", l.a));
+        named.push(("lora_B", l.b));
+    }
+    let dtype = common_float_dtype(OP, &named)?;
+    // The input width comes from whichever operand carries it.
+    let input = inp
+        .w
+        .map(|w| w.shape().last_dim())
+        .or(inp.x.map(|x| x.shape().last_dim()))
+        .or(inp.lora.as_ref().map(|l| l.a.shape().last_dim()))
+        .unwrap_or(0);
+    let rank = inp.lora.as_ref().map_or(0, |l| l.a.dims()[0]);
+    if let Some(w) = inp.w {
+        require_dims(OP, "weight", w, &[output, input])?;
+    }
+    for (name, t) in [("x", inp.x), ("x_lora", inp.x_lora)] {
+        if let Some(t) = t {
+            // Leading dims may differ in grouping; only the 2-D view matters.
+            if t.shape().rows() != rows || t.shape().last_dim() != input {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "`{name}` {} does not match dy {} and input width {input}",
+                        t.shape(),
+                        dy.shape()
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(l) = &inp.lora {
+        require_dims(OP, "lora_A", l.a, &[rank, input])?;
+        require_dims(OP, "lora_B", l.b, &[output, rank])?;
+        if !l.scale.is_finite() {
+            return Err(Error::invalid(
+                OP,
+                format!("LoRA scale must be finite, got {}", l.scale),
+            ));
+        }
+    }
+    if let Some(h) = inp.h {
+        if h.shape().rows() != rows || h.shape().last_dim() != rank {
+            return Err(Error::shape(
+                OP,
+                format!("`h` {} must be [{rows}, {rank}]", h.shape()),
+            ));
+        }
+    }
+    Ok((
+        dtype,
+        LinearDims {
+            rows,
+            input,
+            output,
+            rank,
+        },
+    ))
+}
+
 /// Validates the operands of self-attention and returns its sizes.
 pub fn attention<B: Backend>(
     q: &Tensor<B>,

@@ -8,6 +8,8 @@ struct AttentionNode<B: Backend> {
     k: Tensor<B>,
     /// Needed only for `dq`/`dk`.
     v: Option<Tensor<B>>,
+    /// The forward's output: backward's softmax correction is `rowsum(d_out ∘ out)`.
+    out: Tensor<B>,
     lse: Tensor<B>,
     mask: Tensor<B>,
     config: AttentionConfig,
@@ -27,6 +29,7 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
             &self.q,
             &self.k,
             v,
+            &self.out,
             &self.lse,
             &self.mask,
             &self.config,
@@ -40,7 +43,7 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {
-        let mut saved = vec![&self.q, &self.k, &self.lse, &self.mask];
+        let mut saved = vec![&self.q, &self.k, &self.out, &self.lse, &self.mask];
         saved.extend(self.v.as_ref());
         saved
     }
@@ -49,7 +52,7 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
 impl<B: Backend> Tape<B> {
     /// Multi-head self-attention over `[batch·seq, hidden]` projections with a key padding
     /// `mask` `[batch, seq]`. Keeps q, k (and v when q or k trains) and the per-row
-    /// log-sum-exp, never the `seq × seq` probabilities.
+    /// log-sum-exp and the output, never the `seq × seq` probabilities.
     pub fn attention(
         &mut self,
         q: &Var<B>,
@@ -62,11 +65,13 @@ impl<B: Backend> Tape<B> {
             .backend
             .attention_forward(&q.value, &k.value, &v.value, mask, &config)?;
         let lse = out.lse;
+        let context = out.out.clone();
         Ok(self.record(out.out, vec![q.id, k.id, v.id], |needs| {
             Box::new(AttentionNode {
                 q: q.value.clone(),
                 k: k.value.clone(),
                 v: (needs[0] || needs[1]).then(|| v.value.clone()),
+                out: context,
                 lse,
                 mask: mask.clone(),
                 config,

@@ -49,7 +49,10 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
             db: needs[BIAS],
             da: needs[A],
             db_lora: needs[B_LORA],
-            dx_lora: needs[X] && has_lora,
+            // Without adapter dropout the adapter reads x itself: one fused gradient. With it,
+            // the adapter's part goes back through the dropout mask first.
+            dx_lora: needs[X] && has_lora && self.lora_dropout.is_some(),
+            dx_includes_lora: needs[X] && has_lora && self.lora_dropout.is_none(),
         };
         let x_lora = match (&self.x, self.lora_dropout) {
             (Some(x), Some(d)) if want.da => Some(backend.dropout(x, d)?),

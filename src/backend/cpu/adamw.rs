@@ -5,14 +5,15 @@ use crate::backend::AdamWStep;
 
 /// Updates `param`, `m`, `v` in place from `grad`.
 pub fn step<T: Element>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], s: &AdamWStep) {
-    let t = s.step as i32;
-    let bias1 = 1.0 - s.beta1.powi(t);
-    let bias2_sqrt = (1.0 - s.beta2.powi(t)).sqrt();
-    let decay = T::from_f64(1.0 - s.lr * s.weight_decay);
+    let c = s.coefficients();
+    let decay = T::from_f64(c.decay);
     let (b1, b2) = (T::from_f64(s.beta1), T::from_f64(s.beta2));
-    let (one_b1, one_b2) = (T::from_f64(1.0 - s.beta1), T::from_f64(1.0 - s.beta2));
-    let step_size = T::from_f64(s.lr / bias1);
-    let bias2_sqrt = T::from_f64(bias2_sqrt);
+    let (one_b1, one_b2) = (
+        T::from_f64(c.one_minus_beta1),
+        T::from_f64(c.one_minus_beta2),
+    );
+    let step_size = T::from_f64(c.step_size);
+    let bias2_sqrt = T::from_f64(c.bias2_sqrt);
     let eps = T::from_f64(s.eps);
     for i in 0..param.len() {
         let g = grad[i];

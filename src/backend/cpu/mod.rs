@@ -243,65 +243,13 @@ impl Backend for CpuBackend {
     ) -> Result<LinearGrads<Self>> {
         const OP: &str = "linear backward";
         let dy = inp.dy;
-        let (rows, output) = shapes::matrix(OP, "dy", dy)?;
-        let mut named = vec![("dy", dy)];
-        named.extend(inp.x.map(|t| ("x", t)));
-        named.extend(inp.w.map(|t| ("weight", t)));
-        named.extend(inp.x_lora.map(|t| ("x_lora", t)));
-        named.extend(inp.h.map(|t| ("h", t)));
-        if let Some(l) = &inp.lora {
-            named.push(("lora_A", l.a));
-            named.push(("lora_B", l.b));
-        }
-        let dtype = shapes::common_float_dtype(OP, &named)?;
-        // The input width comes from whichever operand carries it.
-        let input = inp
-            .w
-            .map(|w| w.shape().last_dim())
-            .or(inp.x.map(|x| x.shape().last_dim()))
-            .or(inp.lora.as_ref().map(|l| l.a.shape().last_dim()))
-            .unwrap_or(0);
-        let rank = inp.lora.as_ref().map_or(0, |l| l.a.dims()[0]);
-        let d = LinearDims {
-            rows,
+        let (dtype, d) = shapes::linear_backward(&inp)?;
+        let LinearDims {
+            rows: _,
             input,
             output,
             rank,
-        };
-        if let Some(w) = inp.w {
-            shapes::require_dims(OP, "weight", w, &[output, input])?;
-        }
-        for (name, t) in [("x", inp.x), ("x_lora", inp.x_lora)] {
-            if let Some(t) = t {
-                shapes::require_dims(OP, name, t, &[rows, input]).or_else(|_| {
-                    // Leading dims may differ in grouping; only the 2-D view matters.
-                    if t.shape().rows() == rows && t.shape().last_dim() == input {
-                        Ok(())
-                    } else {
-                        Err(Error::shape(
-                            OP,
-                            format!(
-                                "`{name}` {} does not match dy {} and input width {input}",
-                                t.shape(),
-                                dy.shape()
-                            ),
-                        ))
-                    }
-                })?;
-            }
-        }
-        if let Some(l) = &inp.lora {
-            shapes::require_dims(OP, "lora_A", l.a, &[rank, input])?;
-            shapes::require_dims(OP, "lora_B", l.b, &[output, rank])?;
-        }
-        if let Some(h) = inp.h {
-            if h.shape().rows() != rows || h.shape().last_dim() != rank {
-                return Err(Error::shape(
-                    OP,
-                    format!("`h` {} must be [{rows}, {rank}]", h.shape()),
-                ));
-            }
-        }
+        } = d;
         let in_shape = with_last_dim(dy.shape(), input);
         with_float!(dtype, OP, T => {
             let dyv = view::<T>(dy);
@@ -334,6 +282,15 @@ impl Backend for CpuBackend {
                     }
                     if want.dx_lora {
                         g.dx_lora = Some(tensor(in_shape.clone(), linear::grad_lora_input(d, &bottleneck, lora.a))?);
+                    }
+                }
+            }
+            if want.dx && want.dx_includes_lora {
+                if let (Some(dx), Some(l)) = (g.dx.as_mut(), inp.lora.as_ref()) {
+                    let lora = linear::Lora { a: view::<T>(l.a), b: view::<T>(l.b), scale: T::from_f64(l.scale) };
+                    let through = linear::grad_lora_input(d, &linear::grad_bottleneck(d, dyv, &lora), lora.a);
+                    for (a, b) in view_mut::<T>(dx).iter_mut().zip(&through) {
+                        *a += *b;
                     }
                 }
             }
@@ -431,6 +388,7 @@ impl Backend for CpuBackend {
         q: &Tensor<Self>,
         k: &Tensor<Self>,
         v: &Tensor<Self>,
+        out: &Tensor<Self>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
         config: &AttentionConfig,
@@ -440,6 +398,8 @@ impl Backend for CpuBackend {
         let d = shapes::attention(q, k, v, mask, config)?;
         shapes::common_float_dtype(OP, &[("q", q), ("d_out", d_out), ("lse", lse)])?;
         shapes::require_same_shape(OP, ("d_out", d_out), ("q", q))?;
+        // The reference recomputes rowsum(dP ∘ P) from the probabilities and needs no `out`.
+        shapes::require_same_shape(OP, ("out", out), ("q", q))?;
         shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
         with_float!(q.dtype(), OP, T => {
             let (dq, dk, dv) = attention::backward(

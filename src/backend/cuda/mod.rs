@@ -1,15 +1,27 @@
-//! The CUDA backend: hand-written kernels from `kernels/`, launched through cudarc.
+//! The CUDA backend: the hand-written kernels of `kernels/`, launched through cudarc, on a
+//! GPU or on the CPU stand-in for the driver ([`emulator`], `cuda-emu`).
 //!
-//! Status: every op except the GEMM family (linear and its weight/input gradients) and
-//! attention, which arrive with their own kernels; those answer with a clear error. The bias
-//! gradient of a linear map (`db` alone) is here. Modules load lazily on first use and are
-//! cached. Memory comes from the driver's stream-ordered pool with its release threshold
-//! raised to the maximum, so freed blocks are kept and reused: a training step after the
-//! first performs no `cuMemAlloc`.
+//! Layout mirrors the kernels: one launcher file per kernel file (`gemm.rs` beside
+//! `kernels/gemm.cu`, `attention.rs` beside `kernels/attention.cu`, …); this file holds the
+//! device, buffers and the dispatch of the [`Backend`] methods to them.
+//!
+//! Storage is f32 or bf16 (the backend's dtype); every kernel accumulates in f32, and
+//! per-row statistics (layernorm mean / rstd, attention log-sum-exp) are always f32, as are
+//! trainable master weights and AdamW moments ([`Backend::master_dtype`]). Modules load
+//! lazily on first use and are cached. Memory comes from the driver's stream-ordered pool with
+//! its release threshold raised to the maximum, so freed blocks are kept and reused: a
+//! training step after the first performs no `cuMemAlloc`.
 
+mod adamw;
+mod attention;
 mod buffer;
+mod elementwise;
+mod embedding;
 pub mod emulator;
+pub mod gemm;
 pub mod kernels;
+mod layernorm;
+mod loss;
 
 pub use buffer::CudaBuffer;
 pub use emulator::Driver;
@@ -18,19 +30,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    CudaContext, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
     ValidAsZeroBits,
 };
 use half::bf16;
 
-use super::shapes;
 use super::{
     AdamWStep, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput, Backend,
     Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
     LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
 };
 use crate::error::{Error, Result};
-use crate::rng;
 use crate::tensor::{DType, Shape, Tensor};
 
 /// A float storage type the kernels take.
@@ -91,7 +101,7 @@ macro_rules! with_float {
                 $body
             }
             DType::BF16 => {
-                type $t = bf16;
+                type $t = half::bf16;
                 $body
             }
             other => Err(Error::dtype(
@@ -101,6 +111,22 @@ macro_rules! with_float {
         }
     };
 }
+use with_float;
+
+/// Launches `$func` of kernel file `$module` with the arguments in order.
+macro_rules! launch {
+    ($self:expr, $module:expr, $func:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let f = $self.function($module, AsRef::<str>::as_ref(&$func))?;
+        let mut b = $self.device.stream.launch_builder(&f);
+        // Each argument is bound in this block (shadowed, not dropped) so that temporaries
+        // like `&(n as i32)` live until the launch.
+        $( let arg = $arg; cudarc::driver::PushKernelArg::arg(&mut b, arg); )+
+        // SAFETY: argument types and order match the kernel's extern "C" signature in
+        // kernels/$module.cu, and every buffer holds the element count the kernel indexes.
+        unsafe { b.launch($cfg) }.map_err(|e| driver($module, e))?;
+    }};
+}
+use launch;
 
 struct Device {
     ordinal: usize,
@@ -108,7 +134,8 @@ struct Device {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    poison: bool,
+    /// Kernels whose dynamic shared-memory limit was raised, with the limit set.
+    opted_in: Mutex<HashMap<String, u32>>,
 }
 
 /// The CUDA backend on one device, creating float tensors in f32 or bf16.
@@ -116,6 +143,10 @@ struct Device {
 pub struct CudaBackend {
     device: Arc<Device>,
     dtype: DType,
+    /// Every fresh output pre-filled with NaN (tests: an unwritten element shows).
+    poison: bool,
+    /// A GEMM tile configuration forced for every GEMM (benchmarks sweep them).
+    gemm_tile: Option<&'static str>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -170,6 +201,27 @@ fn columns(cols: usize) -> LaunchConfig {
         block_dim: (32, 8, 1),
         shared_mem_bytes: 0,
     }
+}
+
+fn check_dtype(dtype: DType) -> Result<()> {
+    if matches!(dtype, DType::F32 | DType::BF16) {
+        Ok(())
+    } else {
+        Err(Error::dtype(
+            "cuda backend",
+            format!("the CUDA backend stores f32 or bf16, not {dtype}"),
+        ))
+    }
+}
+
+fn check_kernels(backend: &str) -> Result<()> {
+    if kernels::KERNELS.is_empty() {
+        return Err(Error::BackendUnavailable {
+            backend: backend.into(),
+            reason: "this build has no CUDA kernels: nvcc was not found when it was built; run scripts/install_nvcc.sh and rebuild".into(),
+        });
+    }
+    Ok(())
 }
 
 impl CudaBackend {
@@ -240,9 +292,11 @@ impl CudaBackend {
                 ctx,
                 stream,
                 modules: Mutex::new(HashMap::new()),
-                poison: false,
+                opted_in: Mutex::new(HashMap::new()),
             }),
             dtype,
+            poison: false,
+            gemm_tile: None,
         })
     }
 
@@ -260,27 +314,17 @@ impl CudaBackend {
 
     /// The same device with every freshly allocated output pre-filled with NaN, so a test
     /// sees any element a kernel failed to write.
-    pub fn with_poisoned_outputs(self) -> Self {
-        let d = &self.device;
-        CudaBackend {
-            device: Arc::new(Device {
-                ordinal: d.ordinal,
-                driver: d.driver,
-                ctx: d.ctx.clone(),
-                stream: d.stream.clone(),
-                modules: Mutex::new(HashMap::new()),
-                poison: true,
-            }),
-            dtype: self.dtype,
-        }
+    pub fn with_poisoned_outputs(mut self) -> Self {
+        self.poison = true;
+        self
     }
 
     /// The same device creating tensors in `dtype`.
     pub fn with_dtype(&self, dtype: DType) -> Result<Self> {
         check_dtype(dtype)?;
         Ok(CudaBackend {
-            device: self.device.clone(),
             dtype,
+            ..self.clone()
         })
     }
 
@@ -292,7 +336,12 @@ impl CudaBackend {
             .map_err(|e| driver("synchronize", e))
     }
 
-    fn function(&self, module: &'static str, name: &str) -> Result<cudarc::driver::CudaFunction> {
+    /// The cudarc stream every kernel of this backend runs on (benchmarks time it).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.device.stream
+    }
+
+    fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
         let mut modules = self
             .device
             .modules
@@ -319,16 +368,45 @@ impl CudaBackend {
         m.load_function(name).map_err(|e| driver(module, e))
     }
 
+    /// `function` with its dynamic shared memory limit raised to `bytes` when that exceeds
+    /// the 48 KiB every kernel gets without asking.
+    fn function_with_shared(
+        &self,
+        module: &'static str,
+        name: &str,
+        bytes: u32,
+    ) -> Result<CudaFunction> {
+        let f = self.function(module, name)?;
+        if bytes > 48 * 1024 {
+            let mut opted = self
+                .device
+                .opted_in
+                .lock()
+                .map_err(|_| Error::invalid(module, "attribute cache poisoned"))?;
+            if opted.get(name).is_none_or(|&b| b < bytes) {
+                f.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .map_err(|e| driver(module, e))?;
+                opted.insert(name.to_string(), bytes);
+            }
+        }
+        Ok(f)
+    }
+
     fn output<T: CudaFloat>(&self, n: usize) -> Result<CudaSlice<T>> {
         if n == 0 {
             return Err(Error::invalid("cuda", "empty tensors are not supported"));
         }
         let s = &self.device.stream;
-        if self.device.poison {
+        if self.poison {
             s.clone_htod(&vec![T::NAN; n])
                 .map_err(|e| driver("alloc", e))
         } else {
-            s.alloc_zeros::<T>(n).map_err(|e| driver("alloc", e))
+            // SAFETY: every kernel writing into an output assigns each of its elements
+            // (kernels/common.cuh's convention; the poisoned-output tests check it).
+            unsafe { s.alloc::<T>(n) }.map_err(|e| driver("alloc", e))
         }
     }
 
@@ -340,37 +418,12 @@ impl CudaBackend {
             .map_err(|e| driver("alloc", e))
     }
 
-    fn f32_output(&self, n: usize) -> Result<CudaSlice<f32>> {
-        self.output::<f32>(n)
-    }
-
-    fn upload_u32(&self, v: &[u32]) -> Result<CudaSlice<u32>> {
+    fn upload<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>> {
         self.device
             .stream
             .clone_htod(v)
             .map_err(|e| driver("upload", e))
     }
-}
-
-fn check_dtype(dtype: DType) -> Result<()> {
-    if matches!(dtype, DType::F32 | DType::BF16) {
-        Ok(())
-    } else {
-        Err(Error::dtype(
-            "cuda backend",
-            format!("the CUDA backend stores f32 or bf16, not {dtype}"),
-        ))
-    }
-}
-
-fn check_kernels(backend: &str) -> Result<()> {
-    if kernels::KERNELS.is_empty() {
-        return Err(Error::BackendUnavailable {
-            backend: backend.into(),
-            reason: "this build has no CUDA kernels: nvcc was not found when it was built; run scripts/install_nvcc.sh and rebuild".into(),
-        });
-    }
-    Ok(())
 }
 
 /// Raises the default memory pool's release threshold so freed memory stays cached.
@@ -409,29 +462,16 @@ fn tensor<T: CudaFloat>(shape: impl Into<Shape>, s: CudaSlice<T>) -> Result<Tens
     Tensor::from_buffer(shape, T::wrap(s))
 }
 
-fn f32_tensor(shape: impl Into<Shape>, s: CudaSlice<f32>) -> Result<Tensor<CudaBackend>> {
-    Tensor::from_buffer(shape, CudaBuffer::F32(s))
-}
-
-fn gemm_pending(op: &'static str) -> Error {
-    Error::BackendUnavailable {
-        backend: "cuda".into(),
-        reason: format!("{op} needs the GEMM / attention kernels, which arrive in their own issue; use the CPU backend for now"),
+/// An f32 tensor (statistics, losses, master weights) whatever the storage dtype.
+fn require_f32(op: &'static str, name: &str, t: &Tensor<CudaBackend>) -> Result<()> {
+    if t.dtype() == DType::F32 {
+        Ok(())
+    } else {
+        Err(Error::dtype(
+            op,
+            format!("`{name}` must be f32 on CUDA, got {}", t.dtype()),
+        ))
     }
-}
-
-/// Launches `$func` of kernel file `$module` with the arguments in order.
-macro_rules! launch {
-    ($self:expr, $module:expr, $func:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let f = $self.function($module, AsRef::<str>::as_ref(&$func))?;
-        let mut b = $self.device.stream.launch_builder(&f);
-        // Each argument is bound in this block (shadowed, not dropped) so that temporaries
-        // like `&(n as i32)` live until the launch.
-        $( let arg = $arg; b.arg(arg); )+
-        // SAFETY: argument types and order match the kernel's extern "C" signature in
-        // kernels/$module.cu, and every buffer holds the element count the kernel indexes.
-        unsafe { b.launch($cfg) }.map_err(|e| driver($module, e))?;
-    }};
 }
 
 impl Backend for CudaBackend {
@@ -450,16 +490,13 @@ impl Backend for CudaBackend {
     }
 
     fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>> {
-        let s = &self.device.stream;
         let buf = match dtype {
             DType::BF16 => CudaBuffer::BF16(
-                s.clone_htod(&data.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())
-                    .map_err(|e| driver("upload", e))?,
+                self.upload(&data.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())?,
             ),
-            DType::F32 => CudaBuffer::F32(
-                s.clone_htod(&data.iter().map(|&v| v as f32).collect::<Vec<_>>())
-                    .map_err(|e| driver("upload", e))?,
-            ),
+            DType::F32 => {
+                CudaBuffer::F32(self.upload(&data.iter().map(|&v| v as f32).collect::<Vec<_>>())?)
+            }
             other => {
                 return Err(Error::dtype(
                     "tensor",
@@ -471,11 +508,11 @@ impl Backend for CudaBackend {
     }
 
     fn cast(&self, t: &Tensor<Self>, dtype: DType) -> Result<Tensor<Self>> {
-        self.cast_on_device(t, dtype)
+        elementwise::cast(self, t, dtype)
     }
 
     fn tensor_from_u32(&self, shape: Shape, data: &[u32]) -> Result<Tensor<Self>> {
-        Tensor::from_buffer(shape, CudaBuffer::U32(self.upload_u32(data)?))
+        Tensor::from_buffer(shape, CudaBuffer::U32(self.upload(data)?))
     }
 
     fn zeros(&self, shape: Shape) -> Result<Tensor<Self>> {
@@ -524,31 +561,15 @@ impl Backend for CudaBackend {
         lora: Option<LoraWeights<'_, Self>>,
         x_lora: Option<&Tensor<Self>>,
     ) -> Result<LinearOutput<Self>> {
-        shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
-        Err(gemm_pending("linear"))
+        gemm::linear_forward(self, x, w, bias, lora, x_lora)
     }
 
     fn linear_backward(
         &self,
-        inp: LinearBackwardInputs<'_, Self>,
+        inputs: LinearBackwardInputs<'_, Self>,
         want: LinearGradRequest,
     ) -> Result<LinearGrads<Self>> {
-        const OP: &str = "linear backward";
-        let (rows, output) = shapes::matrix(OP, "dy", inp.dy)?;
-        if want.dx || want.dw || want.da || want.db_lora || want.dx_lora {
-            return Err(gemm_pending(OP));
-        }
-        let mut g = LinearGrads::default();
-        if want.db {
-            let dtype = shapes::common_float_dtype(OP, &[("dy", inp.dy)])?;
-            g.db = Some(with_float!(dtype, OP, T => {
-                let out = self.output::<T>(output)?;
-                let mut out = out;
-                launch!(self, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), view::<T>(inp.dy), &mut out, &(rows as i32), &(output as i32));
-                tensor([output], out)
-            })?);
-        }
-        Ok(g)
+        gemm::linear_backward(self, inputs, want)
     }
 
     fn layernorm_forward(
@@ -558,16 +579,7 @@ impl Backend for CudaBackend {
         beta: &Tensor<Self>,
         eps: f64,
     ) -> Result<LayerNormOutput<Self>> {
-        const OP: &str = "layernorm";
-        let (dtype, rows, n) = shapes::layernorm(x, gamma, beta, eps)?;
-        with_float!(dtype, OP, T => {
-            let mut y = self.output::<T>(rows * n)?;
-            let mut mean = self.f32_output(rows)?;
-            let mut rstd = self.f32_output(rows)?;
-            launch!(self, "layernorm", format!("layernorm_forward_{}", T::SUFFIX), block_reduce(rows as u32, THREADS),
-                view::<T>(x), view::<T>(gamma), view::<T>(beta), &mut y, &mut mean, &mut rstd, &(n as i32), &(eps as f32));
-            Ok(LayerNormOutput { y: tensor(x.shape().clone(), y)?, mean: f32_tensor([rows], mean)?, rstd: f32_tensor([rows], rstd)? })
-        })
+        layernorm::forward(self, x, gamma, beta, eps)
     }
 
     fn layernorm_backward(
@@ -579,81 +591,7 @@ impl Backend for CudaBackend {
         gamma: Option<&Tensor<Self>>,
         want: LayerNormGradRequest,
     ) -> Result<LayerNormGrads<Self>> {
-        const OP: &str = "layernorm backward";
-        let (rows, n) = shapes::layernorm_backward(dy, x, mean, rstd, gamma)?;
-        let mut named = vec![("dy", dy)];
-        named.extend(x.map(|t| ("x", t)));
-        named.extend(gamma.map(|t| ("gamma", t)));
-        let dtype = shapes::common_float_dtype(OP, &named)?;
-        for (name, t) in [("mean", mean), ("rstd", rstd)] {
-            if let Some(t) = t.filter(|t| t.dtype() != DType::F32) {
-                return Err(Error::dtype(
-                    OP,
-                    format!("`{name}` must be f32 on CUDA, got {}", t.dtype()),
-                ));
-            }
-        }
-        let missing = |name: &str| {
-            Error::invalid(
-                OP,
-                format!("a gradient was requested but `{name}` was not given"),
-            )
-        };
-        with_float!(dtype, OP, T => {
-            let mut g = LayerNormGrads::default();
-            if want.dgamma || want.dbeta {
-                let need_stats = want.dgamma;
-                let (xs, ms, rs) = if need_stats {
-                    (Some(x.ok_or_else(|| missing("x"))?), Some(mean.ok_or_else(|| missing("mean"))?), Some(rstd.ok_or_else(|| missing("rstd"))?))
-                } else {
-                    (None, None, None)
-                };
-                let mut dgamma = if want.dgamma { Some(self.output::<T>(n)?) } else { None };
-                let mut dbeta = if want.dbeta { Some(self.output::<T>(n)?) } else { None };
-                // Absent operands are passed as null pointers; the kernel only reads them for dγ.
-                let null = 0u64;
-                let f = self.function("layernorm", &format!("layernorm_backward_params_{}", T::SUFFIX))?;
-                let mut b = self.device.stream.launch_builder(&f);
-                b.arg(view::<T>(dy));
-                match (xs, ms, rs) {
-                    (Some(x), Some(m), Some(r)) => {
-                        b.arg(view::<T>(x));
-                        b.arg(view::<f32>(m));
-                        b.arg(view::<f32>(r));
-                    }
-                    _ => {
-                        b.arg(&null);
-                        b.arg(&null);
-                        b.arg(&null);
-                    }
-                }
-                match dgamma.as_mut() {
-                    Some(d) => b.arg(d),
-                    None => b.arg(&null),
-                };
-                match dbeta.as_mut() {
-                    Some(d) => b.arg(d),
-                    None => b.arg(&null),
-                };
-                let (rows_i, n_i) = (rows as i32, n as i32);
-                b.arg(&rows_i);
-                b.arg(&n_i);
-                // SAFETY: matches layernorm_backward_params_* in kernels/layernorm.cu; null
-                // pointers only where the kernel does not read (x, mean, rstd without dγ) or
-                // write (the gradient not requested).
-                unsafe { b.launch(columns(n)) }.map_err(|e| driver(OP, e))?;
-                g.dgamma = dgamma.map(|d| tensor([n], d)).transpose()?;
-                g.dbeta = dbeta.map(|d| tensor([n], d)).transpose()?;
-            }
-            if want.dx {
-                let (x, m, r, gm) = (x.ok_or_else(|| missing("x"))?, mean.ok_or_else(|| missing("mean"))?, rstd.ok_or_else(|| missing("rstd"))?, gamma.ok_or_else(|| missing("gamma"))?);
-                let mut dx = self.output::<T>(rows * n)?;
-                launch!(self, "layernorm", format!("layernorm_backward_input_{}", T::SUFFIX), block_reduce(rows as u32, THREADS),
-                    view::<T>(dy), view::<T>(x), view::<f32>(m), view::<f32>(r), view::<T>(gm), &mut dx, &(n as i32));
-                g.dx = Some(tensor(dy.shape().clone(), dx)?);
-            }
-            Ok(g)
-        })
+        layernorm::backward(self, dy, x, mean, rstd, gamma, want)
     }
 
     fn attention_forward(
@@ -664,141 +602,71 @@ impl Backend for CudaBackend {
         mask: &Tensor<Self>,
         config: &AttentionConfig,
     ) -> Result<AttentionOutput<Self>> {
-        shapes::attention(q, k, v, mask, config)?;
-        Err(gemm_pending("attention"))
+        attention::forward(self, q, k, v, mask, config)
     }
 
     fn attention_backward(
         &self,
-        _d_out: &Tensor<Self>,
+        d_out: &Tensor<Self>,
         q: &Tensor<Self>,
         k: &Tensor<Self>,
         v: &Tensor<Self>,
-        _lse: &Tensor<Self>,
+        out: &Tensor<Self>,
+        lse: &Tensor<Self>,
         mask: &Tensor<Self>,
         config: &AttentionConfig,
-        _want: AttentionGradRequest,
+        want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
-        shapes::attention(q, k, v, mask, config)?;
-        Err(gemm_pending("attention backward"))
+        attention::backward(self, d_out, q, k, v, out, lse, mask, config, want)
     }
 
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
-        self.unary("gelu", "gelu_forward", x)
+        elementwise::unary(self, "gelu", "gelu_forward", x)
     }
 
     fn gelu_backward(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>> {
-        self.binary("gelu backward", "gelu_backward", dy, x)
+        elementwise::binary(self, "gelu backward", "gelu_backward", dy, x)
     }
 
     fn tanh_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
-        self.unary("tanh", "tanh_forward", x)
+        elementwise::unary(self, "tanh", "tanh_forward", x)
     }
 
     fn tanh_backward(&self, dy: &Tensor<Self>, y: &Tensor<Self>) -> Result<Tensor<Self>> {
-        self.binary("tanh backward", "tanh_backward", dy, y)
+        elementwise::binary(self, "tanh backward", "tanh_backward", dy, y)
     }
 
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Tensor<Self>> {
-        self.binary("add", "add", a, b)
+        elementwise::binary(self, "add", "add", a, b)
     }
 
     fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()> {
-        let dtype = shapes::common_float_dtype("add_assign", &[("acc", acc), ("x", x)])?;
-        shapes::require_same_shape("add_assign", ("acc", acc), ("x", x))?;
-        let n = x.numel();
-        with_float!(dtype, "add_assign", T => {
-            let a = T::slice_mut(acc.buffer_mut()).expect("dtype checked");
-            launch!(self, "elementwise", format!("add_assign_{}", T::SUFFIX), grid_for(n), a, view::<T>(x), &(n as i64));
-            Ok(())
-        })
+        elementwise::add_assign(self, acc, x)
     }
 
     fn scale_in_place(&self, t: &mut Tensor<Self>, s: f64) -> Result<()> {
-        let dtype = shapes::common_float_dtype("scale", &[("t", t)])?;
-        let n = t.numel();
-        with_float!(dtype, "scale", T => {
-            let b = T::slice_mut(t.buffer_mut()).expect("dtype checked");
-            launch!(self, "elementwise", format!("scale_{}", T::SUFFIX), grid_for(n), b, &(s as f32), &(n as i64));
-            Ok(())
-        })
+        elementwise::scale_in_place(self, t, s)
     }
 
     fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64> {
-        let dtype = shapes::common_float_dtype("sum_squares", &[("t", t)])?;
-        let n = t.numel();
-        let cfg = LaunchConfig {
-            shared_mem_bytes: THREADS * 4,
-            ..grid_for(n)
-        };
-        let blocks = cfg.grid_dim.0 as usize;
-        with_float!(dtype, "sum_squares", T => {
-            let mut partial = self.zeroed::<f32>(blocks)?;
-            launch!(self, "elementwise", format!("sum_squares_partial_{}", T::SUFFIX), cfg, view::<T>(t), &mut partial, &(n as i64));
-            let host = self.device.stream.clone_dtoh(&partial).map_err(|e| driver("sum_squares", e))?;
-            Ok(host.iter().map(|&v| f64::from(v)).sum())
-        })
+        elementwise::sum_squares(self, t)
     }
 
     fn dropout(&self, x: &Tensor<Self>, dropout: Dropout) -> Result<Tensor<Self>> {
-        let dtype = shapes::common_float_dtype("dropout", &[("x", x)])?;
-        shapes::dropout("dropout", &dropout)?;
-        let n = x.numel();
-        with_float!(dtype, "dropout", T => {
-            let mut y = self.output::<T>(n)?;
-            launch!(self, "elementwise", format!("dropout_{}", T::SUFFIX), grid_for(n), view::<T>(x), &mut y, &(n as i64),
-                &dropout.seed, &rng::drop_threshold(dropout.p), &((1.0 / (1.0 - dropout.p)) as f32));
-            tensor(x.shape().clone(), y)
-        })
+        elementwise::dropout(self, x, dropout)
     }
 
-    fn embedding_forward(&self, table: &Tensor<Self>, idx: &Tensor<Self>) -> Result<Tensor<Self>> {
-        const OP: &str = "embedding";
-        let (dtype, vocab, dim) = shapes::embedding(table, idx)?;
-        shapes::check_indices(OP, "id", &self.to_u32(idx)?, vocab)?;
-        let n = idx.numel();
-        let mut out_shape = idx.dims().to_vec();
-        out_shape.push(dim);
-        with_float!(dtype, OP, T => {
-            let mut out = self.output::<T>(n * dim)?;
-            launch!(self, "embedding", format!("embedding_forward_{}", T::SUFFIX), grid_for(n * dim), view::<T>(table), ids(idx), &mut out, &(n as i64), &(dim as i32));
-            tensor(out_shape, out)
-        })
+    fn embedding_forward(&self, table: &Tensor<Self>, ids: &Tensor<Self>) -> Result<Tensor<Self>> {
+        embedding::forward(self, table, ids)
     }
 
     fn embedding_backward(
         &self,
         d_out: &Tensor<Self>,
-        idx: &Tensor<Self>,
+        ids: &Tensor<Self>,
         vocab: usize,
     ) -> Result<Tensor<Self>> {
-        const OP: &str = "embedding backward";
-        let (dtype, rows, dim) = shapes::embedding_backward(d_out, idx)?;
-        let host_ids = self.to_u32(idx)?;
-        shapes::check_indices(OP, "id", &host_ids, vocab)?;
-        // Group positions by id, each group in increasing position order (a stable sort).
-        let mut order: Vec<u32> = (0..rows as u32).collect();
-        order.sort_by_key(|&i| host_ids[i as usize]);
-        let (mut starts, mut groups) = (Vec::new(), Vec::new());
-        for (k, &i) in order.iter().enumerate() {
-            let id = host_ids[i as usize];
-            if groups.last() != Some(&id) {
-                groups.push(id);
-                starts.push(k as u32);
-            }
-        }
-        starts.push(rows as u32);
-        let (order_d, starts_d, groups_d) = (
-            self.upload_u32(&order)?,
-            self.upload_u32(&starts)?,
-            self.upload_u32(&groups)?,
-        );
-        with_float!(dtype, OP, T => {
-            let mut table = self.zeroed::<T>(vocab * dim)?;
-            let cfg = LaunchConfig { grid_dim: (groups.len() as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-            launch!(self, "embedding", format!("embedding_backward_{}", T::SUFFIX), cfg, view::<T>(d_out), &order_d, &starts_d, &groups_d, &mut table, &(dim as i32));
-            tensor([vocab, dim], table)
-        })
+        embedding::backward(self, d_out, ids, vocab)
     }
 
     fn cross_entropy_forward(
@@ -806,12 +674,7 @@ impl Backend for CudaBackend {
         logits: &Tensor<Self>,
         labels: &Tensor<Self>,
     ) -> Result<Tensor<Self>> {
-        let (dtype, rows, classes) = self.check_cross_entropy("cross_entropy", logits, labels)?;
-        with_float!(dtype, "cross_entropy", T => {
-            let mut loss = self.f32_output(1)?;
-            launch!(self, "loss", format!("cross_entropy_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(logits), ids(labels), &mut loss, &(rows as i32), &(classes as i32));
-            f32_tensor([1], loss)
-        })
+        loss::cross_entropy_forward(self, logits, labels)
     }
 
     fn cross_entropy_backward(
@@ -820,24 +683,11 @@ impl Backend for CudaBackend {
         logits: &Tensor<Self>,
         labels: &Tensor<Self>,
     ) -> Result<Tensor<Self>> {
-        const OP: &str = "cross_entropy backward";
-        let (dtype, rows, classes) = self.check_cross_entropy(OP, logits, labels)?;
-        let d = self.scalar_f32(OP, d_loss)?;
-        with_float!(dtype, OP, T => {
-            let mut out = self.output::<T>(rows * classes)?;
-            launch!(self, "loss", format!("cross_entropy_backward_{}", T::SUFFIX), grid_for(rows * classes), &d, view::<T>(logits), ids(labels), &mut out, &(rows as i32), &(classes as i32));
-            tensor(logits.shape().clone(), out)
-        })
+        loss::cross_entropy_backward(self, d_loss, logits, labels)
     }
 
     fn mse_forward(&self, pred: &Tensor<Self>, target: &Tensor<Self>) -> Result<Tensor<Self>> {
-        let dtype = shapes::mse("mse", pred, target)?;
-        let n = pred.numel();
-        with_float!(dtype, "mse", T => {
-            let mut loss = self.f32_output(1)?;
-            launch!(self, "loss", format!("mse_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(pred), view::<T>(target), &mut loss, &(n as i32));
-            f32_tensor([1], loss)
-        })
+        loss::mse_forward(self, pred, target)
     }
 
     fn mse_backward(
@@ -846,15 +696,7 @@ impl Backend for CudaBackend {
         pred: &Tensor<Self>,
         target: &Tensor<Self>,
     ) -> Result<Tensor<Self>> {
-        const OP: &str = "mse backward";
-        let dtype = shapes::mse(OP, pred, target)?;
-        let d = self.scalar_f32(OP, d_loss)?;
-        let n = pred.numel();
-        with_float!(dtype, OP, T => {
-            let mut out = self.output::<T>(n)?;
-            launch!(self, "loss", format!("mse_backward_{}", T::SUFFIX), grid_for(n), &d, view::<T>(pred), view::<T>(target), &mut out, &(n as i32));
-            tensor(pred.shape().clone(), out)
-        })
+        loss::mse_backward(self, d_loss, pred, target)
     }
 
     fn adamw_step(
@@ -865,176 +707,6 @@ impl Backend for CudaBackend {
         v: &mut Tensor<Self>,
         step: &AdamWStep,
     ) -> Result<()> {
-        const OP: &str = "adamw";
-        for (name, t) in [("param", &*param), ("m", &*m), ("v", &*v)] {
-            if t.dtype() != DType::F32 {
-                return Err(Error::dtype(
-                    OP,
-                    format!(
-                        "`{name}` must be f32 (master weights) on CUDA, got {}",
-                        t.dtype()
-                    ),
-                ));
-            }
-        }
-        for (name, t) in [("grad", grad), ("m", &*m), ("v", &*v)] {
-            shapes::require_same_shape(OP, (name, t), ("param", param))?;
-        }
-        shapes::adamw(step)?;
-        let n = param.numel();
-        let t = step.step as i32;
-        let decay = (1.0 - step.lr * step.weight_decay) as f32;
-        let step_size = (step.lr / (1.0 - step.beta1.powi(t))) as f32;
-        let bias2_sqrt = (1.0 - step.beta2.powi(t)).sqrt() as f32;
-        let (b1, b2, eps) = (step.beta1 as f32, step.beta2 as f32, step.eps as f32);
-        let (one_b1, one_b2) = ((1.0 - step.beta1) as f32, (1.0 - step.beta2) as f32);
-        let p = f32::slice_mut(param.buffer_mut()).expect("checked f32");
-        let ms = f32::slice_mut(m.buffer_mut()).expect("checked f32");
-        let vs = f32::slice_mut(v.buffer_mut()).expect("checked f32");
-        match grad.buffer() {
-            CudaBuffer::F32(g) => {
-                launch!(
-                    self,
-                    "adamw",
-                    "adamw_f32",
-                    grid_for(n),
-                    p,
-                    g,
-                    ms,
-                    vs,
-                    &(n as i64),
-                    &decay,
-                    &b1,
-                    &one_b1,
-                    &b2,
-                    &one_b2,
-                    &step_size,
-                    &bias2_sqrt,
-                    &eps
-                );
-            }
-            CudaBuffer::BF16(g) => {
-                launch!(
-                    self,
-                    "adamw",
-                    "adamw_bf16_grad",
-                    grid_for(n),
-                    p,
-                    g,
-                    ms,
-                    vs,
-                    &(n as i64),
-                    &decay,
-                    &b1,
-                    &one_b1,
-                    &b2,
-                    &one_b2,
-                    &step_size,
-                    &bias2_sqrt,
-                    &eps
-                );
-            }
-            CudaBuffer::U32(_) => return Err(Error::dtype(OP, "`grad` must be a float tensor")),
-        }
-        Ok(())
-    }
-}
-
-impl CudaBackend {
-    /// `t` converted to `dtype` (f32 ↔ bf16; round to nearest even into bf16), on the device.
-    fn cast_on_device(&self, t: &Tensor<Self>, dtype: DType) -> Result<Tensor<Self>> {
-        let n = t.numel();
-        let buf = match (t.buffer(), dtype) {
-            (CudaBuffer::F32(x), DType::BF16) => {
-                let mut y = self.output::<bf16>(n)?;
-                launch!(
-                    self,
-                    "elementwise",
-                    "cast_f32_to_bf16",
-                    grid_for(n),
-                    x,
-                    &mut y,
-                    &(n as i64)
-                );
-                CudaBuffer::BF16(y)
-            }
-            (CudaBuffer::BF16(x), DType::F32) => {
-                let mut y = self.output::<f32>(n)?;
-                launch!(
-                    self,
-                    "elementwise",
-                    "cast_bf16_to_f32",
-                    grid_for(n),
-                    x,
-                    &mut y,
-                    &(n as i64)
-                );
-                CudaBuffer::F32(y)
-            }
-            (b, d) if crate::backend::DeviceBuffer::dtype(b) == d => b.clone(),
-            (_, d) => {
-                return Err(Error::dtype(
-                    "cast",
-                    format!("cannot cast {} to {d}", t.dtype()),
-                ))
-            }
-        };
-        Tensor::from_buffer(t.shape().clone(), buf)
-    }
-
-    fn unary(&self, op: &'static str, kernel: &str, x: &Tensor<Self>) -> Result<Tensor<Self>> {
-        let dtype = shapes::common_float_dtype(op, &[("x", x)])?;
-        let n = x.numel();
-        with_float!(dtype, op, T => {
-            let mut y = self.output::<T>(n)?;
-            launch!(self, "elementwise", format!("{kernel}_{}", T::SUFFIX), grid_for(n), view::<T>(x), &mut y, &(n as i64));
-            tensor(x.shape().clone(), y)
-        })
-    }
-
-    fn binary(
-        &self,
-        op: &'static str,
-        kernel: &str,
-        a: &Tensor<Self>,
-        b: &Tensor<Self>,
-    ) -> Result<Tensor<Self>> {
-        let dtype = shapes::common_float_dtype(op, &[("a", a), ("b", b)])?;
-        shapes::require_same_shape(op, ("a", a), ("b", b))?;
-        let n = a.numel();
-        with_float!(dtype, op, T => {
-            let mut y = self.output::<T>(n)?;
-            launch!(self, "elementwise", format!("{kernel}_{}", T::SUFFIX), grid_for(n), view::<T>(a), view::<T>(b), &mut y, &(n as i64));
-            tensor(a.shape().clone(), y)
-        })
-    }
-
-    /// The one-element upstream gradient of a loss, as f32 on the device.
-    fn scalar_f32(&self, op: &'static str, d_loss: &Tensor<Self>) -> Result<CudaSlice<f32>> {
-        if d_loss.numel() != 1 {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "`d_loss` must hold one element, got shape {}",
-                    d_loss.shape()
-                ),
-            ));
-        }
-        let v = self.to_f64(d_loss)?[0] as f32;
-        self.device
-            .stream
-            .clone_htod(&[v])
-            .map_err(|e| driver(op, e))
-    }
-
-    fn check_cross_entropy(
-        &self,
-        op: &'static str,
-        logits: &Tensor<Self>,
-        labels: &Tensor<Self>,
-    ) -> Result<(DType, usize, usize)> {
-        let (dtype, rows, classes) = shapes::cross_entropy(op, logits, labels)?;
-        shapes::check_indices(op, "label", &self.to_u32(labels)?, classes)?;
-        Ok((dtype, rows, classes))
+        adamw::step(self, param, grad, m, v, step)
     }
 }

@@ -1,0 +1,650 @@
+// Fused multi-head self-attention, forward and backward (FlashAttention-2 style): the
+// forward never writes the [seq, seq] scores or probabilities anywhere but registers and
+// saves one log-sum-exp per query row; the backward recomputes the probabilities from it.
+//
+// Layout: q, k, v, out and their gradients are [rows, ld] with head h in columns
+// [h·D, (h+1)·D). Sequences are indexed by start offsets (`starts[b]` .. `starts[b+1]`, the
+// varlen interface), so a padded batch (starts = 0, S, 2S, …) and a packed one (no padding
+// rows at all) are the same kernel. A key j of sequence b is attended iff j < its length and
+// mask[b·mask_stride + j] != 0 (mask may be null). A query whose keys are all masked gets a
+// zero context and lse = 0 (the CPU reference's convention). lse and delta are
+// [batch][heads][max_seq] f32.
+//
+// Dropout on the probabilities draws the CPU's mask (src/rng.rs) for element (b, h, i, j) at
+// counter ((b·heads + h)·max_seq + i)·max_seq + j.
+//
+// Backward: delta_i = rowsum(dO_i ∘ O_i) first; then one kernel per key tile for dK, dV and
+// one per query tile for dQ, each summing over the other dimension in a fixed order inside one
+// block: deterministic, no atomics (at the price of recomputing the scores in both).
+//
+// bf16: tensor cores (mma.sync, f32 accumulation) on 64-row tiles, 4 warps of 16 rows; the
+// head dim is padded to DP ∈ {32, 64, 128} with zeros. f32: one thread per query (or key) row,
+// plain FMA, tiles of the other side in shared memory (the f32 path is for exactness, not
+// speed). Outputs are assigned.
+#include "common.cuh"
+#include "tensor_core.cuh"
+
+// Mirrors AttentionParams in src/backend/cuda/attention.rs, field for field.
+struct AttnParams {
+    const void* q;
+    const void* k;
+    const void* v;
+    const void* dout;  // backward
+    void* o;           // forward output; backward reads it for delta
+    void* dq;          // backward outputs, null when not requested
+    void* dk;
+    void* dv;
+    float* lse;
+    float* delta;
+    const int* starts;
+    const unsigned* mask;
+    unsigned long long seed;
+    long long ld;
+    int heads, head_dim, max_seq, mask_stride;
+    float scale;
+    unsigned drop_threshold;  // 0: no dropout
+    float keep_scale;
+};
+
+__device__ __forceinline__ bool key_valid(const AttnParams& p, int b, int j, int len) {
+    return j < len && (p.mask == nullptr || p.mask[(long long)b * p.mask_stride + j] != 0u);
+}
+
+__device__ __forceinline__ float drop_factor(const AttnParams& p, int b, int h, int i, int j) {
+    if (p.drop_threshold == 0u) return 1.f;
+    unsigned long long counter = (((unsigned long long)b * p.heads + h) * p.max_seq + i) * p.max_seq + j;
+    return spafit_keeps(p.seed, counter, p.drop_threshold) ? p.keep_scale : 0.f;
+}
+
+__device__ __forceinline__ long long stat_index(const AttnParams& p, int b, int h, int i) {
+    return ((long long)b * p.heads + h) * p.max_seq + i;
+}
+
+// ---------------------------------------------------------------- bf16 tile helpers
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16(hi)) << 16);
+}
+
+// A fragment (16 rows × 16 k) from shared [row][k].
+__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16* s, int cols, int r0, int k0) {
+    const int l = threadIdx.x % 32;
+    ldmatrix<4, false>(a, s + (r0 + l % 8 + 8 * (l / 8 % 2)) * cols + k0 + 8 * (l / 16));
+}
+// B fragments of n-tiles n0 and n0 + 8 (16 k each) from shared [n][k].
+__device__ __forceinline__ void frag_b_nk(uint32_t b0[2], uint32_t b1[2], const bf16* s, int cols, int n0, int k0) {
+    const int l = threadIdx.x % 32;
+    uint32_t r[4];
+    ldmatrix<4, false>(r, s + (n0 + l % 8 + 8 * (l / 16)) * cols + k0 + 8 * (l / 8 % 2));
+    b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+// The same from shared [k][n].
+__device__ __forceinline__ void frag_b_kn(uint32_t b0[2], uint32_t b1[2], const bf16* s, int cols, int n0, int k0) {
+    const int l = threadIdx.x % 32;
+    uint32_t r[4];
+    ldmatrix<4, true>(r, s + (k0 + l % 8 + 8 * (l / 8 % 2)) * cols + n0 + 8 * (l / 16));
+    b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+// The A fragment over k = 16 formed by two accumulator tiles (8 columns each) of a 16-row
+// result: how a probability tile becomes the left operand of the next product.
+__device__ __forceinline__ void frag_a_from_acc(uint32_t a[4], const float c0[4], const float c1[4]) {
+    a[0] = pack_bf16(c0[0], c0[1]);
+    a[1] = pack_bf16(c0[2], c0[3]);
+    a[2] = pack_bf16(c1[0], c1[1]);
+    a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+// Rows [r0, r0 + 64) of head h, columns [0, DP) (zero past head_dim and past `limit` rows),
+// into shared [64][DP + 8].
+template <int DP>
+__device__ void stage_rows(bf16* dst, const bf16* src, const AttnParams& p, int start, int r0, int limit, int h) {
+    constexpr int COLS = DP + 8, CHUNKS = 64 * DP / 8;
+    const bool vec = p.ld % 8 == 0 && p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+    for (int c = threadIdx.x; c < CHUNKS; c += blockDim.x) {
+        const int r = c / (DP / 8), cc = (c % (DP / 8)) * 8;
+        const int valid = r0 + r < limit ? min(max(p.head_dim - cc, 0), 8) : 0;
+        bf16* d = dst + r * COLS + cc;
+        const bf16* s = src + (valid ? (long long)(start + r0 + r) * p.ld + (long long)h * p.head_dim + cc : 0);
+        if (vec) {
+            cp_async_16(d, s, valid * 2);
+        } else {
+            for (int e = 0; e < 8; ++e) d[e] = e < valid ? s[e] : __float2bfloat16(0.f);
+        }
+    }
+}
+
+template <int DP>
+struct AttnTc {
+    static constexpr int COLS = DP + 8, TILE = 64 * COLS, NT = DP / 8;
+    // Dynamic shared memory: four bf16 tiles and four 64-float vectors.
+    static constexpr int SMEM_BYTES = 4 * TILE * 2 + 4 * 64 * 4;
+
+    // ---- forward: block (query tile, head, sequence), warp w owns queries 16w .. 16w + 15.
+    static __device__ void forward(const AttnParams& p) {
+        extern __shared__ __align__(16) unsigned char smem[];
+        bf16* Qs = reinterpret_cast<bf16*>(smem);
+        bf16* Ks = Qs + TILE;
+        bf16* Vs = Ks + TILE;
+        float* kbias = reinterpret_cast<float*>(Vs + 2 * TILE);
+        const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * 64;
+        const int start = p.starts[b], len = p.starts[b + 1] - start;
+        if (q0 >= len) return;
+        const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+        const bf16* q = static_cast<const bf16*>(p.q);
+        const bf16* k = static_cast<const bf16*>(p.k);
+        const bf16* v = static_cast<const bf16*>(p.v);
+        stage_rows<DP>(Qs, q, p, start, q0, len, h);
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+        float o[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+        for (int k0 = 0; k0 < len; k0 += 64) {
+            __syncthreads();  // the previous key tile is consumed
+            stage_rows<DP>(Ks, k, p, start, k0, len, h);
+            stage_rows<DP>(Vs, v, p, start, k0, len, h);
+            for (int j = threadIdx.x; j < 64; j += blockDim.x) kbias[j] = key_valid(p, b, k0 + j, len) ? 0.f : -INFINITY;
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+            float s[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < DP; kk += 16) {
+                uint32_t a[4];
+                frag_a(a, Qs, COLS, 16 * w, kk);
+#pragma unroll
+                for (int j = 0; j < 8; j += 2) {
+                    uint32_t b0[2], b1[2];
+                    frag_b_nk(b0, b1, Ks, COLS, j * 8, kk);
+                    mma_m16n8k16_bf16(s[j], a, b0, s[j]);
+                    mma_m16n8k16_bf16(s[j + 1], a, b1, s[j + 1]);
+                }
+            }
+            // Online softmax over this tile, rows g (e = 0, 1) and g + 8 (e = 2, 3).
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[j][e] = s[j][e] * p.scale + kbias[j * 8 + 2 * t + (e & 1)];
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+                }
+            float corr[2], mu[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                const float m_new = fmaxf(m[r], mx[r]);
+                mu[r] = m_new == -INFINITY ? 0.f : m_new;  // all masked so far: nothing to scale
+                corr[r] = m[r] == -INFINITY ? 0.f : __expf(m[r] - mu[r]);
+                m[r] = m_new;
+            }
+            float sum[2] = {0.f, 0.f};
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float pe = s[j][e] == -INFINITY ? 0.f : __expf(s[j][e] - mu[e >> 1]);
+                    sum[e >> 1] += pe;
+                    const int qi = q0 + 16 * w + g + 8 * (e >> 1), kj = k0 + j * 8 + 2 * t + (e & 1);
+                    s[j][e] = pe * drop_factor(p, b, h, qi, kj);
+                }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+                sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+                l[r] = l[r] * corr[r] + sum[r];
+            }
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                o[n][0] *= corr[0], o[n][1] *= corr[0];
+                o[n][2] *= corr[1], o[n][3] *= corr[1];
+            }
+            // O += P·V over the tile's 64 keys.
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                uint32_t a[4];
+                frag_a_from_acc(a, s[2 * kc], s[2 * kc + 1]);
+#pragma unroll
+                for (int n = 0; n < NT; n += 2) {
+                    uint32_t b0[2], b1[2];
+                    frag_b_kn(b0, b1, Vs, COLS, n * 8, kc * 16);
+                    mma_m16n8k16_bf16(o[n], a, b0, o[n]);
+                    mma_m16n8k16_bf16(o[n + 1], a, b1, o[n + 1]);
+                }
+            }
+        }
+        bf16* out = static_cast<bf16*>(p.o);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int qi = q0 + 16 * w + g + 8 * r;
+            if (qi >= len) continue;
+            const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+            const long long row = (long long)(start + qi) * p.ld + (long long)h * p.head_dim;
+#pragma unroll
+            for (int n = 0; n < NT; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int d = n * 8 + 2 * t + e;
+                    if (d < p.head_dim) store(out, row + d, o[n][2 * r + e] * inv);
+                }
+            if (t == 0) p.lse[stat_index(p, b, h, qi)] = l[r] > 0.f ? m[r] + __logf(l[r]) : 0.f;
+        }
+    }
+
+    // ---- dK, dV: block (key tile, head, sequence), warp w owns keys 16w .. 16w + 15.
+    static __device__ void backward_dkdv(const AttnParams& p) {
+        extern __shared__ __align__(16) unsigned char smem[];
+        bf16* Ks = reinterpret_cast<bf16*>(smem);
+        bf16* Vs = Ks + TILE;
+        bf16* Qs = Vs + TILE;
+        bf16* dOs = Qs + TILE;
+        float* lse_s = reinterpret_cast<float*>(dOs + TILE);
+        float* delta_s = lse_s + 64;
+        float* kvalid = delta_s + 64;
+        const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * 64;
+        const int start = p.starts[b], len = p.starts[b + 1] - start;
+        if (k0 >= len) return;
+        const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+        stage_rows<DP>(Ks, static_cast<const bf16*>(p.k), p, start, k0, len, h);
+        stage_rows<DP>(Vs, static_cast<const bf16*>(p.v), p, start, k0, len, h);
+        for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
+        float dk[NT][4], dv[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
+        for (int q0 = 0; q0 < len; q0 += 64) {
+            __syncthreads();
+            stage_rows<DP>(Qs, static_cast<const bf16*>(p.q), p, start, q0, len, h);
+            stage_rows<DP>(dOs, static_cast<const bf16*>(p.dout), p, start, q0, len, h);
+            for (int i = threadIdx.x; i < 64; i += blockDim.x) {
+                const bool in = q0 + i < len;
+                lse_s[i] = in ? p.lse[stat_index(p, b, h, q0 + i)] : 0.f;
+                delta_s[i] = in ? p.delta[stat_index(p, b, h, q0 + i)] : 0.f;
+            }
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+            // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: 16 keys × 64 queries per warp.
+            float st[8][4], dpt[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < DP; kk += 16) {
+                uint32_t ak[4], av[4];
+                frag_a(ak, Ks, COLS, 16 * w, kk);
+                frag_a(av, Vs, COLS, 16 * w, kk);
+#pragma unroll
+                for (int j = 0; j < 8; j += 2) {
+                    uint32_t b0[2], b1[2];
+                    frag_b_nk(b0, b1, Qs, COLS, j * 8, kk);
+                    mma_m16n8k16_bf16(st[j], ak, b0, st[j]);
+                    mma_m16n8k16_bf16(st[j + 1], ak, b1, st[j + 1]);
+                    frag_b_nk(b0, b1, dOs, COLS, j * 8, kk);
+                    mma_m16n8k16_bf16(dpt[j], av, b0, dpt[j]);
+                    mma_m16n8k16_bf16(dpt[j + 1], av, b1, dpt[j + 1]);
+                }
+            }
+            // Pᵀ, the dropped P̃ᵀ (into st) and dSᵀ (into dpt).
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int kr = 16 * w + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1);
+                    const bool live = kvalid[kr] != 0.f && q0 + qc < len;
+                    const float pt = live ? __expf(st[j][e] * p.scale - lse_s[qc]) : 0.f;
+                    const float z = drop_factor(p, b, h, q0 + qc, k0 + kr);
+                    dpt[j][e] = pt * (dpt[j][e] * z - delta_s[qc]);
+                    st[j][e] = pt * z;
+                }
+            // dV += P̃ᵀ·dO and dK += dSᵀ·Q over the tile's 64 queries.
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                uint32_t ap[4], ads[4];
+                frag_a_from_acc(ap, st[2 * kc], st[2 * kc + 1]);
+                frag_a_from_acc(ads, dpt[2 * kc], dpt[2 * kc + 1]);
+#pragma unroll
+                for (int n = 0; n < NT; n += 2) {
+                    uint32_t b0[2], b1[2];
+                    frag_b_kn(b0, b1, dOs, COLS, n * 8, kc * 16);
+                    mma_m16n8k16_bf16(dv[n], ap, b0, dv[n]);
+                    mma_m16n8k16_bf16(dv[n + 1], ap, b1, dv[n + 1]);
+                    frag_b_kn(b0, b1, Qs, COLS, n * 8, kc * 16);
+                    mma_m16n8k16_bf16(dk[n], ads, b0, dk[n]);
+                    mma_m16n8k16_bf16(dk[n + 1], ads, b1, dk[n + 1]);
+                }
+            }
+        }
+        bf16* dk_out = static_cast<bf16*>(p.dk);
+        bf16* dv_out = static_cast<bf16*>(p.dv);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int kj = k0 + 16 * w + g + 8 * r;
+            if (kj >= len) continue;
+            const long long row = (long long)(start + kj) * p.ld + (long long)h * p.head_dim;
+#pragma unroll
+            for (int n = 0; n < NT; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int d = n * 8 + 2 * t + e;
+                    if (d >= p.head_dim) continue;
+                    if (dk_out) store(dk_out, row + d, p.scale * dk[n][2 * r + e]);
+                    if (dv_out) store(dv_out, row + d, dv[n][2 * r + e]);
+                }
+        }
+    }
+
+    // ---- dQ: block (query tile, head, sequence), warp w owns queries 16w .. 16w + 15.
+    static __device__ void backward_dq(const AttnParams& p) {
+        extern __shared__ __align__(16) unsigned char smem[];
+        bf16* Qs = reinterpret_cast<bf16*>(smem);
+        bf16* dOs = Qs + TILE;
+        bf16* Ks = dOs + TILE;
+        bf16* Vs = Ks + TILE;
+        float* kvalid = reinterpret_cast<float*>(Vs + TILE);
+        const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * 64;
+        const int start = p.starts[b], len = p.starts[b + 1] - start;
+        if (q0 >= len) return;
+        const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+        stage_rows<DP>(Qs, static_cast<const bf16*>(p.q), p, start, q0, len, h);
+        stage_rows<DP>(dOs, static_cast<const bf16*>(p.dout), p, start, q0, len, h);
+        float lse_r[2], delta_r[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int qi = q0 + 16 * w + g + 8 * r;
+            lse_r[r] = qi < len ? p.lse[stat_index(p, b, h, qi)] : 0.f;
+            delta_r[r] = qi < len ? p.delta[stat_index(p, b, h, qi)] : 0.f;
+        }
+        float dq[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+        for (int k0 = 0; k0 < len; k0 += 64) {
+            __syncthreads();
+            stage_rows<DP>(Ks, static_cast<const bf16*>(p.k), p, start, k0, len, h);
+            stage_rows<DP>(Vs, static_cast<const bf16*>(p.v), p, start, k0, len, h);
+            for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+            float s[8][4], dp[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < DP; kk += 16) {
+                uint32_t aq[4], ado[4];
+                frag_a(aq, Qs, COLS, 16 * w, kk);
+                frag_a(ado, dOs, COLS, 16 * w, kk);
+#pragma unroll
+                for (int j = 0; j < 8; j += 2) {
+                    uint32_t b0[2], b1[2];
+                    frag_b_nk(b0, b1, Ks, COLS, j * 8, kk);
+                    mma_m16n8k16_bf16(s[j], aq, b0, s[j]);
+                    mma_m16n8k16_bf16(s[j + 1], aq, b1, s[j + 1]);
+                    frag_b_nk(b0, b1, Vs, COLS, j * 8, kk);
+                    mma_m16n8k16_bf16(dp[j], ado, b0, dp[j]);
+                    mma_m16n8k16_bf16(dp[j + 1], ado, b1, dp[j + 1]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = e >> 1, kc = j * 8 + 2 * t + (e & 1);
+                    const int qi = q0 + 16 * w + g + 8 * r;
+                    const float pr = kvalid[kc] != 0.f && qi < len ? __expf(s[j][e] * p.scale - lse_r[r]) : 0.f;
+                    const float z = drop_factor(p, b, h, qi, k0 + kc);
+                    dp[j][e] = pr * (dp[j][e] * z - delta_r[r]);
+                }
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                uint32_t a[4];
+                frag_a_from_acc(a, dp[2 * kc], dp[2 * kc + 1]);
+#pragma unroll
+                for (int n = 0; n < NT; n += 2) {
+                    uint32_t b0[2], b1[2];
+                    frag_b_kn(b0, b1, Ks, COLS, n * 8, kc * 16);
+                    mma_m16n8k16_bf16(dq[n], a, b0, dq[n]);
+                    mma_m16n8k16_bf16(dq[n + 1], a, b1, dq[n + 1]);
+                }
+            }
+        }
+        bf16* dq_out = static_cast<bf16*>(p.dq);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int qi = q0 + 16 * w + g + 8 * r;
+            if (qi >= len) continue;
+            const long long row = (long long)(start + qi) * p.ld + (long long)h * p.head_dim;
+#pragma unroll
+            for (int n = 0; n < NT; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int d = n * 8 + 2 * t + e;
+                    if (d < p.head_dim) store(dq_out, row + d, p.scale * dq[n][2 * r + e]);
+                }
+        }
+    }
+};
+
+// ---------------------------------------------------------------- f32: one thread per row
+
+// Rows of a tile in shared memory are padded to head_dim + 1 floats: each thread walks its
+// own row, and the padding puts the 32 rows of a warp in 32 different banks.
+struct F32Tiles {
+    static constexpr int ROWS = 32;  // own rows per block (one warp)
+    static constexpr int OTHER = 16; // rows of the streamed side per step
+};
+
+__device__ __forceinline__ void load_rows_f32(float* dst, int pitch, const float* src, const AttnParams& p, int start,
+                                              int r0, int rows, int limit, int h) {
+    for (int e = threadIdx.x; e < rows * p.head_dim; e += blockDim.x) {
+        const int r = e / p.head_dim, d = e % p.head_dim;
+        dst[r * pitch + d] = r0 + r < limit ? src[(long long)(start + r0 + r) * p.ld + (long long)h * p.head_dim + d] : 0.f;
+    }
+}
+
+// Forward: thread i owns query q0 + i; keys stream through shared memory 16 at a time.
+__device__ void attention_forward_f32_impl(const AttnParams& p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int D = p.head_dim, pitch = D + 1;
+    float* Qs = reinterpret_cast<float*>(smem);        // [32][pitch]
+    float* Os = Qs + F32Tiles::ROWS * pitch;           // [32][pitch]
+    float* Ks = Os + F32Tiles::ROWS * pitch;           // [16][pitch]
+    float* Vs = Ks + F32Tiles::OTHER * pitch;          // [16][pitch]
+    float* kvalid = Vs + F32Tiles::OTHER * pitch;      // [16]
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * F32Tiles::ROWS;
+    const int start = p.starts[b], len = p.starts[b + 1] - start;
+    if (q0 >= len) return;
+    const int i = threadIdx.x, qi = q0 + i;
+    load_rows_f32(Qs, pitch, static_cast<const float*>(p.q), p, start, q0, F32Tiles::ROWS, len, h);
+    for (int d = 0; d < D; ++d) Os[i * pitch + d] = 0.f;
+    float m = -INFINITY, l = 0.f;
+    for (int k0 = 0; k0 < len; k0 += F32Tiles::OTHER) {
+        __syncthreads();
+        load_rows_f32(Ks, pitch, static_cast<const float*>(p.k), p, start, k0, F32Tiles::OTHER, len, h);
+        load_rows_f32(Vs, pitch, static_cast<const float*>(p.v), p, start, k0, F32Tiles::OTHER, len, h);
+        if (i < F32Tiles::OTHER) kvalid[i] = key_valid(p, b, k0 + i, len) ? 1.f : 0.f;
+        __syncthreads();
+        float s[F32Tiles::OTHER];
+        float mx = -INFINITY;
+        for (int j = 0; j < F32Tiles::OTHER; ++j) {
+            float acc = 0.f;
+            for (int d = 0; d < D; ++d) acc = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], acc);
+            s[j] = kvalid[j] != 0.f ? acc * p.scale : -INFINITY;
+            mx = fmaxf(mx, s[j]);
+        }
+        const float m_new = fmaxf(m, mx);
+        const float mu = m_new == -INFINITY ? 0.f : m_new;
+        const float corr = m == -INFINITY ? 0.f : expf(m - mu);
+        m = m_new;
+        float sum = 0.f;
+        for (int j = 0; j < F32Tiles::OTHER; ++j) {
+            const float pe = s[j] == -INFINITY ? 0.f : expf(s[j] - mu);
+            sum += pe;
+            s[j] = pe * drop_factor(p, b, h, qi, k0 + j);
+        }
+        l = l * corr + sum;
+        for (int d = 0; d < D; ++d) {
+            float acc = Os[i * pitch + d] * corr;
+            for (int j = 0; j < F32Tiles::OTHER; ++j) acc = fmaf(s[j], Vs[j * pitch + d], acc);
+            Os[i * pitch + d] = acc;
+        }
+    }
+    if (qi >= len) return;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    float* out = static_cast<float*>(p.o);
+    const long long row = (long long)(start + qi) * p.ld + (long long)h * D;
+    for (int d = 0; d < D; ++d) out[row + d] = Os[i * pitch + d] * inv;
+    p.lse[stat_index(p, b, h, qi)] = l > 0.f ? m + logf(l) : 0.f;
+}
+
+// dK, dV: thread j owns key k0 + j; queries stream through shared memory 16 at a time.
+__device__ void attention_dkdv_f32_impl(const AttnParams& p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int D = p.head_dim, pitch = D + 1;
+    float* Ks = reinterpret_cast<float*>(smem);        // [32][pitch] own keys
+    float* Vs = Ks + F32Tiles::ROWS * pitch;
+    float* dKs = Vs + F32Tiles::ROWS * pitch;
+    float* dVs = dKs + F32Tiles::ROWS * pitch;
+    float* Qs = dVs + F32Tiles::ROWS * pitch;          // [16][pitch] streamed queries
+    float* dOs = Qs + F32Tiles::OTHER * pitch;
+    float* stat = dOs + F32Tiles::OTHER * pitch;       // lse[16], delta[16]
+    const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * F32Tiles::ROWS;
+    const int start = p.starts[b], len = p.starts[b + 1] - start;
+    if (k0 >= len) return;
+    const int j = threadIdx.x, kj = k0 + j;
+    load_rows_f32(Ks, pitch, static_cast<const float*>(p.k), p, start, k0, F32Tiles::ROWS, len, h);
+    load_rows_f32(Vs, pitch, static_cast<const float*>(p.v), p, start, k0, F32Tiles::ROWS, len, h);
+    for (int d = 0; d < D; ++d) dKs[j * pitch + d] = dVs[j * pitch + d] = 0.f;
+    const bool valid = key_valid(p, b, kj, len);
+    for (int q0 = 0; q0 < len; q0 += F32Tiles::OTHER) {
+        __syncthreads();
+        load_rows_f32(Qs, pitch, static_cast<const float*>(p.q), p, start, q0, F32Tiles::OTHER, len, h);
+        load_rows_f32(dOs, pitch, static_cast<const float*>(p.dout), p, start, q0, F32Tiles::OTHER, len, h);
+        if (j < F32Tiles::OTHER) {
+            const bool in = q0 + j < len;
+            stat[j] = in ? p.lse[stat_index(p, b, h, q0 + j)] : 0.f;
+            stat[F32Tiles::OTHER + j] = in ? p.delta[stat_index(p, b, h, q0 + j)] : 0.f;
+        }
+        __syncthreads();
+        for (int i = 0; i < F32Tiles::OTHER; ++i) {
+            if (!valid || q0 + i >= len) continue;
+            float s = 0.f, dp = 0.f;
+            for (int d = 0; d < D; ++d) {
+                s = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], s);
+                dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
+            }
+            const float pr = expf(s * p.scale - stat[i]);
+            const float z = drop_factor(p, b, h, q0 + i, kj);
+            const float ds = pr * (dp * z - stat[F32Tiles::OTHER + i]);
+            const float pd = pr * z;
+            for (int d = 0; d < D; ++d) {
+                dVs[j * pitch + d] = fmaf(pd, dOs[i * pitch + d], dVs[j * pitch + d]);
+                dKs[j * pitch + d] = fmaf(ds, Qs[i * pitch + d], dKs[j * pitch + d]);
+            }
+        }
+    }
+    if (kj >= len) return;
+    const long long row = (long long)(start + kj) * p.ld + (long long)h * D;
+    float* dk = static_cast<float*>(p.dk);
+    float* dv = static_cast<float*>(p.dv);
+    for (int d = 0; d < D; ++d) {
+        if (dk) dk[row + d] = p.scale * dKs[j * pitch + d];
+        if (dv) dv[row + d] = dVs[j * pitch + d];
+    }
+}
+
+// dQ: thread i owns query q0 + i; keys stream through shared memory 16 at a time.
+__device__ void attention_dq_f32_impl(const AttnParams& p) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int D = p.head_dim, pitch = D + 1;
+    float* Qs = reinterpret_cast<float*>(smem);
+    float* dOs = Qs + F32Tiles::ROWS * pitch;
+    float* dQs = dOs + F32Tiles::ROWS * pitch;
+    float* Ks = dQs + F32Tiles::ROWS * pitch;
+    float* Vs = Ks + F32Tiles::OTHER * pitch;
+    float* kvalid = Vs + F32Tiles::OTHER * pitch;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * F32Tiles::ROWS;
+    const int start = p.starts[b], len = p.starts[b + 1] - start;
+    if (q0 >= len) return;
+    const int i = threadIdx.x, qi = q0 + i;
+    load_rows_f32(Qs, pitch, static_cast<const float*>(p.q), p, start, q0, F32Tiles::ROWS, len, h);
+    load_rows_f32(dOs, pitch, static_cast<const float*>(p.dout), p, start, q0, F32Tiles::ROWS, len, h);
+    for (int d = 0; d < D; ++d) dQs[i * pitch + d] = 0.f;
+    const float lse = qi < len ? p.lse[stat_index(p, b, h, qi)] : 0.f;
+    const float delta = qi < len ? p.delta[stat_index(p, b, h, qi)] : 0.f;
+    for (int k0 = 0; k0 < len; k0 += F32Tiles::OTHER) {
+        __syncthreads();
+        load_rows_f32(Ks, pitch, static_cast<const float*>(p.k), p, start, k0, F32Tiles::OTHER, len, h);
+        load_rows_f32(Vs, pitch, static_cast<const float*>(p.v), p, start, k0, F32Tiles::OTHER, len, h);
+        if (i < F32Tiles::OTHER) kvalid[i] = key_valid(p, b, k0 + i, len) ? 1.f : 0.f;
+        __syncthreads();
+        if (qi >= len) continue;
+        for (int j = 0; j < F32Tiles::OTHER; ++j) {
+            if (kvalid[j] == 0.f) continue;
+            float s = 0.f, dp = 0.f;
+            for (int d = 0; d < D; ++d) {
+                s = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], s);
+                dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
+            }
+            const float pr = expf(s * p.scale - lse);
+            const float ds = pr * (dp * drop_factor(p, b, h, qi, k0 + j) - delta);
+            for (int d = 0; d < D; ++d) dQs[i * pitch + d] = fmaf(ds, Ks[j * pitch + d], dQs[i * pitch + d]);
+        }
+    }
+    if (qi >= len) return;
+    const long long row = (long long)(start + qi) * p.ld + (long long)h * D;
+    float* dq = static_cast<float*>(p.dq);
+    for (int d = 0; d < D; ++d) dq[row + d] = p.scale * dQs[i * pitch + d];
+}
+
+// delta[b][h][i] = Σ_d dO[i, hD + d] · O[i, hD + d]: one warp per (row, head), fixed order.
+template <typename T>
+__device__ void attention_delta_impl(const AttnParams& p, int batch) {
+    const int lane = threadIdx.x % 32;
+    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    for (long long wi = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
+         wi < (long long)batch * p.heads * p.max_seq; wi += warps) {
+        const int i = static_cast<int>(wi % p.max_seq);
+        const int h = static_cast<int>(wi / p.max_seq % p.heads);
+        const int b = static_cast<int>(wi / ((long long)p.max_seq * p.heads));
+        const int start = p.starts[b], len = p.starts[b + 1] - start;
+        float acc = 0.f;
+        if (i < len) {
+            const long long row = (long long)(start + i) * p.ld + (long long)h * p.head_dim;
+            for (int d = lane; d < p.head_dim; d += 32)
+                acc += load(static_cast<const T*>(p.dout), row + d) * load(static_cast<const T*>(p.o), row + d);
+        }
+        for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        if (lane == 0 && i < len) p.delta[stat_index(p, b, h, i)] = acc;
+    }
+}
+
+// ---------------------------------------------------------------- entry points
+
+#define ATTENTION_TC(DP)                                                                                       \
+    extern "C" __global__ void __launch_bounds__(128) attention_forward_bf16_d##DP(AttnParams p) {            \
+        AttnTc<DP>::forward(p);                                                                                \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_bf16_d##DP(AttnParams p) {      \
+        AttnTc<DP>::backward_dkdv(p);                                                                          \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_bf16_d##DP(AttnParams p) {        \
+        AttnTc<DP>::backward_dq(p);                                                                            \
+    }
+
+ATTENTION_TC(32)
+ATTENTION_TC(64)
+ATTENTION_TC(128)
+
+extern "C" __global__ void __launch_bounds__(32) attention_forward_f32(AttnParams p) { attention_forward_f32_impl(p); }
+extern "C" __global__ void __launch_bounds__(32) attention_backward_dkdv_f32(AttnParams p) { attention_dkdv_f32_impl(p); }
+extern "C" __global__ void __launch_bounds__(32) attention_backward_dq_f32(AttnParams p) { attention_dq_f32_impl(p); }
+extern "C" __global__ void attention_delta_f32(AttnParams p, int batch) { attention_delta_impl<float>(p, batch); }
+extern "C" __global__ void attention_delta_bf16(AttnParams p, int batch) { attention_delta_impl<bf16>(p, batch); }

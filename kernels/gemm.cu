@@ -1,0 +1,313 @@
+// Linear maps with fused LoRA and every GEMM of their backward, as one kernel family:
+//
+//     C[m, n] = alpha · Σ_s Σ_k A_s[m, k] · B_s[k, n]  (+ bias[n])
+//
+// over one or two segments s that share the output, so `[X | H]·[W | s·B]ᵀ` (the LoRA term
+// as r extra reduction columns) is a single GEMM. Operand layouts, per template:
+//   A_KMAJOR: A[m, k] at a[m·lda + k] (K contiguous), else a[k·lda + m] (M contiguous);
+//   B_KMAJOR: B[k, n] at b[n·ldb + k] (a weight W[out][in] as Wᵀ), else b[k·ldb + n].
+// The linear map's GEMMs: Y = X·Wᵀ (A K, B K); dX = dY·W, G = dY·B_lora (A K, B N);
+// dW = dYᵀ·X, dA = Gᵀ·X, dB = dYᵀ·H (A M, B N).
+//
+// bf16 storage: tensor cores (mma.sync m16n8k16, f32 accumulation) fed by ldmatrix from
+// padded shared memory (rows padded by 8 elements: conflict-free ldmatrix rows), filled by a
+// STAGES-deep cp.async pipeline, all through tensor_core.cuh. A BM×BN block tile of WM×WN
+// warps, BK-deep k-tiles. Operands whose rows are not 16-byte aligned (an odd K or LoRA rank)
+// are staged with plain loads instead of cp.async; edges are zero-filled, so any M, N, K works.
+// f32 storage: a plain 64×64 tiled kernel (16×16 threads, 4×4 outputs each), f32 FMA.
+//
+// Outputs are assigned. Deterministic: each output element is one thread's sum in a fixed
+// k order; with split-K (gridDim.z = split > 1, for long reductions into small outputs) block z
+// sums a fixed range of k-tiles into its own f32 workspace slice and gemm_reduce_* adds the
+// slices in z order. No atomics.
+#include "common.cuh"
+#include "tensor_core.cuh"
+
+// One launch's operands (mirrors GemmParams in src/backend/cuda/gemm.rs, field for field).
+struct GemmParams {
+    const void* a[2];
+    const void* b[2];
+    long long lda[2];
+    long long ldb[2];
+    int k[2];        // reduction length of each segment (k[1] = 0: one segment)
+    int m, n;
+    void* c;         // [m][ldc] output, or the f32 workspace [split][m][n] when split > 1
+    long long ldc;
+    const void* bias;  // [n], storage type, or null
+    float alpha;
+    int split;
+};
+
+__device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// The k-tiles [begin, end) of block z over both segments.
+__device__ __forceinline__ void tile_range(const GemmParams& p, int bk, int* t0, int* begin, int* end) {
+    *t0 = ceil_div(p.k[0], bk);
+    int total = *t0 + ceil_div(p.k[1], bk);
+    int per = ceil_div(total, p.split);
+    *begin = blockIdx.z * per;
+    *end = min(total, *begin + per);
+}
+
+// ---------------------------------------------------------------- bf16, tensor cores
+
+template <bool A_KMAJOR, bool B_KMAJOR, int BM, int BN, int BK, int WM, int WN, int STAGES>
+struct TcGemm {
+    static constexpr int THREADS = WM * WN * 32;
+    static constexpr int WTM = BM / WM, WTN = BN / WN;  // one warp's tile
+    static constexpr int MI = WTM / 16, NI = WTN / 8;   // mma tiles per warp
+    static constexpr int PAD = 8;
+    static constexpr int A_COLS = (A_KMAJOR ? BK : BM) + PAD;
+    static constexpr int B_COLS = (B_KMAJOR ? BK : BN) + PAD;
+    static constexpr int A_TILE = (A_KMAJOR ? BM : BK) * A_COLS;
+    static constexpr int B_TILE = (B_KMAJOR ? BN : BK) * B_COLS;
+    static constexpr int SMEM_BYTES = STAGES * (A_TILE + B_TILE) * 2;
+    static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile: multiples of 16");
+    static_assert(BK % 16 == 0, "BK: multiple of 16");
+
+    // Stages rows × 8-element chunks of one operand tile. `rows` runs over the contiguous
+    // dimension's partner (m or n for K-major, k otherwise); `valid(r, c)` is how many of the
+    // 8 elements at chunk c of row r exist.
+    template <int ROWS, int COLS, int LD_SMEM>
+    static __device__ __forceinline__ void stage(bf16* dst, const bf16* src, long long ld, bool vec, int row0,
+                                                 int row_limit, int col0, int col_limit) {
+        constexpr int CHUNKS = ROWS * (COLS / 8);
+        for (int c = threadIdx.x; c < CHUNKS; c += THREADS) {
+            int r = c / (COLS / 8), cc = (c % (COLS / 8)) * 8;
+            int gr = row0 + r, gc = col0 + cc;
+            int valid = gr < row_limit ? min(max(col_limit - gc, 0), 8) : 0;
+            bf16* d = dst + r * LD_SMEM + cc;
+            const bf16* s = src + (valid ? gr * ld + gc : 0);
+            if (vec) {
+                cp_async_16(d, s, valid * 2);
+            } else {
+                for (int e = 0; e < 8; ++e) d[e] = e < valid ? s[e] : __float2bfloat16(0.f);
+            }
+        }
+    }
+
+    static __device__ void load_tile(const GemmParams& p, bf16* As, bf16* Bs, int tile, int t0, int m0, int n0) {
+        const int seg = tile < t0 ? 0 : 1;
+        const int kbase = (tile - (seg ? t0 : 0)) * BK;
+        // Ternaries, not p.k[seg]: indexing the parameter struct with a variable would copy it
+        // to local memory.
+        const int K = seg ? p.k[1] : p.k[0];
+        const bf16* a = static_cast<const bf16*>(seg ? p.a[1] : p.a[0]);
+        const bf16* b = static_cast<const bf16*>(seg ? p.b[1] : p.b[0]);
+        const long long lda = seg ? p.lda[1] : p.lda[0], ldb = seg ? p.ldb[1] : p.ldb[0];
+        const bool vec_a = lda % 8 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0;
+        const bool vec_b = ldb % 8 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
+        if (A_KMAJOR)
+            stage<BM, BK, A_COLS>(As, a, lda, vec_a, m0, p.m, kbase, K);
+        else
+            stage<BK, BM, A_COLS>(As, a, lda, vec_a, kbase, K, m0, p.m);
+        if (B_KMAJOR)
+            stage<BN, BK, B_COLS>(Bs, b, ldb, vec_b, n0, p.n, kbase, K);
+        else
+            stage<BK, BN, B_COLS>(Bs, b, ldb, vec_b, kbase, K, n0, p.n);
+    }
+
+    static __device__ void run(const GemmParams& p) {
+        extern __shared__ __align__(16) unsigned char smem[];
+        bf16* As = reinterpret_cast<bf16*>(smem);
+        bf16* Bs = As + STAGES * A_TILE;
+        const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+        const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+        const int wm = warp / WN, wn = warp % WN;
+        int t0, begin, end;
+        tile_range(p, BK, &t0, &begin, &end);
+
+        float acc[MI][NI][4];
+        #pragma unroll
+        for (int i = 0; i < MI; ++i)
+            #pragma unroll
+            for (int j = 0; j < NI; ++j)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+        // Prologue: the first STAGES - 1 tiles in flight. Every thread commits a group per
+        // tile slot, empty or not, so group counts stay in step.
+        #pragma unroll
+        for (int s = 0; s < STAGES - 1; ++s) {
+            if (begin + s < end) load_tile(p, As + s * A_TILE, Bs + s * B_TILE, begin + s, t0, m0, n0);
+            cp_async_commit();
+        }
+        for (int tile = begin; tile < end; ++tile) {
+            const int s = (tile - begin) % STAGES;
+            cp_async_wait<STAGES - 2>();
+            __syncthreads();  // tile's data visible to all; the stage refilled below is free
+            const int next = tile + STAGES - 1;
+            if (next < end) {
+                const int ns = (next - begin) % STAGES;
+                load_tile(p, As + ns * A_TILE, Bs + ns * B_TILE, next, t0, m0, n0);
+            }
+            cp_async_commit();
+            const bf16* as = As + s * A_TILE;
+            const bf16* bs = Bs + s * B_TILE;
+            #pragma unroll
+            for (int kk = 0; kk < BK; kk += 16) {
+                uint32_t af[MI][4], bfrag[NI][2];
+                #pragma unroll
+                for (int i = 0; i < MI; ++i) {
+                    const int row0 = wm * WTM + i * 16;
+                    if (A_KMAJOR)
+                        ldmatrix<4, false>(af[i], as + (row0 + lane % 8 + 8 * (lane / 8 % 2)) * A_COLS + kk + 8 * (lane / 16));
+                    else
+                        ldmatrix<4, true>(af[i], as + (kk + lane % 8 + 8 * (lane / 16)) * A_COLS + row0 + 8 * (lane / 8 % 2));
+                }
+                #pragma unroll
+                for (int j = 0; j < NI; j += 2) {
+                    const int col0 = wn * WTN + j * 8;
+                    uint32_t r[4];
+                    if (B_KMAJOR)
+                        ldmatrix<4, false>(r, bs + (col0 + lane % 8 + 8 * (lane / 16)) * B_COLS + kk + 8 * (lane / 8 % 2));
+                    else
+                        ldmatrix<4, true>(r, bs + (kk + lane % 8 + 8 * (lane / 8 % 2)) * B_COLS + col0 + 8 * (lane / 16));
+                    bfrag[j][0] = r[0];
+                    bfrag[j][1] = r[1];
+                    bfrag[j + 1][0] = r[2];
+                    bfrag[j + 1][1] = r[3];
+                }
+                #pragma unroll
+                for (int i = 0; i < MI; ++i)
+                    #pragma unroll
+                    for (int j = 0; j < NI; ++j) mma_m16n8k16_bf16(acc[i][j], af[i], bfrag[j], acc[i][j]);
+            }
+        }
+        cp_async_wait<0>();
+
+        const int g = lane / 4, t = lane % 4;
+        #pragma unroll
+        for (int i = 0; i < MI; ++i)
+            #pragma unroll
+            for (int j = 0; j < NI; ++j)
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = m0 + wm * WTM + i * 16 + g + 8 * h;
+                    const int col = n0 + wn * WTN + j * 8 + 2 * t;
+                    if (row >= p.m) continue;
+                    #pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        if (col + e >= p.n) continue;
+                        const float v = acc[i][j][2 * h + e];
+                        if (p.split > 1) {
+                            static_cast<float*>(p.c)[((long long)blockIdx.z * p.m + row) * p.n + col + e] = v;
+                        } else {
+                            float out = p.alpha * v;
+                            if (p.bias) out += load(static_cast<const bf16*>(p.bias), col + e);
+                            store(static_cast<bf16*>(p.c), row * p.ldc + col + e, out);
+                        }
+                    }
+                }
+    }
+};
+
+// ---------------------------------------------------------------- f32, plain FMA
+
+template <bool A_KMAJOR, bool B_KMAJOR>
+__device__ void gemm_f32(const GemmParams& p) {
+    constexpr int BM = 64, BN = 64, BK = 16;
+    __shared__ float As[BK][BM + 4];
+    __shared__ float Bs[BK][BN + 4];
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    int t0, begin, end;
+    tile_range(p, BK, &t0, &begin, &end);
+    float acc[4][4] = {};
+    for (int tile = begin; tile < end; ++tile) {
+        const int seg = tile < t0 ? 0 : 1;
+        const int kbase = (tile - (seg ? t0 : 0)) * BK;
+        const int K = seg ? p.k[1] : p.k[0];
+        const float* a = static_cast<const float*>(seg ? p.a[1] : p.a[0]);
+        const float* b = static_cast<const float*>(seg ? p.b[1] : p.b[0]);
+        const long long lda = seg ? p.lda[1] : p.lda[0], ldb = seg ? p.ldb[1] : p.ldb[0];
+        for (int e = threadIdx.x; e < BM * BK; e += 256) {
+            // Consecutive threads walk the operand's contiguous dimension.
+            int mm = A_KMAJOR ? e / BK : e % BM, kk = A_KMAJOR ? e % BK : e / BM;
+            int gm = m0 + mm, gk = kbase + kk;
+            As[kk][mm] = gm < p.m && gk < K ? a[A_KMAJOR ? gm * lda + gk : gk * lda + gm] : 0.f;
+            int nn = B_KMAJOR ? e / BK : e % BN, kb = B_KMAJOR ? e % BK : e / BN;
+            int gn = n0 + nn, gkb = kbase + kb;
+            Bs[kb][nn] = gn < p.n && gkb < K ? b[B_KMAJOR ? gn * ldb + gkb : gkb * ldb + gn] : 0.f;
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int k = 0; k < BK; ++k) {
+            float av[4], bv[4];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) av[i] = As[k][ty + 16 * i];
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) bv[j] = Bs[k][tx + 16 * j];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i)
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    #pragma unroll
+    for (int i = 0; i < 4; ++i)
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int row = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
+            if (row >= p.m || col >= p.n) continue;
+            float* c = static_cast<float*>(p.c);
+            if (p.split > 1) {
+                c[((long long)blockIdx.z * p.m + row) * p.n + col] = acc[i][j];
+            } else {
+                float out = p.alpha * acc[i][j];
+                if (p.bias) out += static_cast<const float*>(p.bias)[col];
+                c[row * p.ldc + col] = out;
+            }
+        }
+}
+
+// ---------------------------------------------------------------- split-K reduction
+
+// out[i] = alpha · Σ_z ws[z][i] (+ bias[i % n]), z in increasing order.
+template <typename T>
+__device__ void gemm_reduce(const float* ws, int split, long long count, int n, float alpha, const T* bias, T* out,
+                            long long ldc) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (int z = 0; z < split; ++z) s += ws[z * count + i];
+        float v = alpha * s;
+        const int col = static_cast<int>(i % n);
+        if (bias) v += load(bias, col);
+        store(out, (i / n) * ldc + col, v);
+    }
+}
+
+// ---------------------------------------------------------------- entry points
+
+#define GEMM_TC(LAYOUT, AK, BK_, BM, BN, BKT, WM, WN, ST)                                                   \
+    extern "C" __global__ void __launch_bounds__(WM * WN * 32)                                              \
+        gemm_bf16_##LAYOUT##_##BM##x##BN##x##BKT##_w##WM##x##WN##_s##ST(GemmParams p) {                    \
+        TcGemm<AK, BK_, BM, BN, BKT, WM, WN, ST>::run(p);                                                   \
+    }
+
+// The tile configurations the GPU check sweeps (src/backend/cuda/gemm.rs lists the same).
+#define GEMM_TC_CONFIGS(LAYOUT, AK, BK_)                 \
+    GEMM_TC(LAYOUT, AK, BK_, 128, 128, 32, 2, 4, 3)     \
+    GEMM_TC(LAYOUT, AK, BK_, 128, 256, 32, 2, 4, 3)     \
+    GEMM_TC(LAYOUT, AK, BK_, 128, 64, 32, 2, 2, 4)      \
+    GEMM_TC(LAYOUT, AK, BK_, 64, 128, 32, 2, 2, 4)      \
+    GEMM_TC(LAYOUT, AK, BK_, 64, 64, 32, 2, 2, 4)       \
+    GEMM_TC(LAYOUT, AK, BK_, 64, 64, 64, 2, 2, 3)
+
+GEMM_TC_CONFIGS(kk, true, true)
+GEMM_TC_CONFIGS(kn, true, false)
+GEMM_TC_CONFIGS(mn, false, false)
+
+extern "C" __global__ void __launch_bounds__(256) gemm_f32_kk(GemmParams p) { gemm_f32<true, true>(p); }
+extern "C" __global__ void __launch_bounds__(256) gemm_f32_kn(GemmParams p) { gemm_f32<true, false>(p); }
+extern "C" __global__ void __launch_bounds__(256) gemm_f32_mn(GemmParams p) { gemm_f32<false, false>(p); }
+
+extern "C" __global__ void gemm_reduce_f32(const float* ws, int split, long long count, int n, float alpha,
+                                           const float* bias, float* out, long long ldc) {
+    gemm_reduce(ws, split, count, n, alpha, bias, out, ldc);
+}
+extern "C" __global__ void gemm_reduce_bf16(const float* ws, int split, long long count, int n, float alpha,
+                                            const bf16* bias, bf16* out, long long ldc) {
+    gemm_reduce(ws, split, count, n, alpha, bias, out, ldc);
+}

@@ -1,0 +1,253 @@
+//! Launchers of `kernels/attention.cu`: fused multi-head self-attention, forward and backward.
+//!
+//! Sequences are handed to the kernels as start offsets (`starts[b]` .. `starts[b + 1]`), the
+//! varlen interface: today's callers pass a padded batch (offsets `0, S, 2S, …` plus the key
+//! mask); packed batches without padding rows need no kernel change. bf16 runs the
+//! tensor-core kernels (head dims up to 128, padded to 32, 64 or 128); f32 the exact
+//! one-thread-per-row kernels.
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::{driver, ids, require_f32, tensor, view, with_float, CudaBackend, CudaFloat};
+use crate::backend::shapes::{self, AttentionDims};
+use crate::backend::{AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput};
+use crate::error::{Error, Result};
+use crate::rng;
+use crate::tensor::{DType, Tensor};
+
+const MODULE: &str = "attention";
+
+/// Field for field the `AttnParams` of `kernels/attention.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct AttentionParams {
+    q: u64,
+    k: u64,
+    v: u64,
+    dout: u64,
+    o: u64,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    lse: u64,
+    delta: u64,
+    starts: u64,
+    mask: u64,
+    seed: u64,
+    ld: i64,
+    heads: i32,
+    head_dim: i32,
+    max_seq: i32,
+    mask_stride: i32,
+    scale: f32,
+    drop_threshold: u32,
+    keep_scale: f32,
+}
+
+// SAFETY: a plain C struct of integers and floats, laid out as the kernel's.
+unsafe impl DeviceRepr for AttentionParams {}
+
+/// The tensor-core kernels' padded head dim for `head_dim`.
+fn padded_head_dim(op: &'static str, head_dim: usize) -> Result<usize> {
+    match head_dim {
+        0..=32 => Ok(32),
+        33..=64 => Ok(64),
+        65..=128 => Ok(128),
+        _ => Err(Error::invalid(
+            op,
+            format!("head dim {head_dim}: the bf16 attention kernels take head dims up to 128"),
+        )),
+    }
+}
+
+/// Shared memory of the bf16 kernels: four [64][DP + 8] bf16 tiles and four 64-float vectors.
+fn tc_shared(dp: usize) -> u32 {
+    (4 * 64 * (dp + 8) * 2 + 4 * 64 * 4) as u32
+}
+
+/// Shared memory of the f32 kernels: `own` rows of 32 and `streamed` rows of 16, padded to
+/// head_dim + 1 floats, plus `extra` floats.
+fn f32_shared(head_dim: usize, own: usize, streamed: usize, extra: usize) -> u32 {
+    (((own * 32 + streamed * 16) * (head_dim + 1) + extra) * 4) as u32
+}
+
+fn base_params(d: &AttentionDims, config: &AttentionConfig) -> AttentionParams {
+    let (seed, threshold, keep) = match config.dropout {
+        Some(dr) if dr.p > 0.0 => (
+            dr.seed,
+            rng::drop_threshold(dr.p),
+            (1.0 / (1.0 - dr.p)) as f32,
+        ),
+        _ => (0, 0, 1.0),
+    };
+    AttentionParams {
+        seed,
+        ld: d.hidden() as i64,
+        heads: d.heads as i32,
+        head_dim: d.head_dim as i32,
+        max_seq: d.seq as i32,
+        mask_stride: d.seq as i32,
+        scale: config.scale as f32,
+        drop_threshold: threshold,
+        keep_scale: keep,
+        ..Default::default()
+    }
+}
+
+/// Start offsets of a padded batch: sequence b is rows [b·S, (b + 1)·S).
+fn padded_starts(b: &CudaBackend, d: &AttentionDims) -> Result<CudaSlice<i32>> {
+    b.upload(
+        &(0..=d.batch)
+            .map(|i| (i * d.seq) as i32)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Launches `kernel` over (tiles of `tile` rows, heads, sequences).
+#[allow(clippy::too_many_arguments)]
+fn launch_tiles(
+    b: &CudaBackend,
+    op: &'static str,
+    kernel: &str,
+    d: &AttentionDims,
+    tile: usize,
+    threads: u32,
+    smem: u32,
+    p: &AttentionParams,
+) -> Result<()> {
+    let f = b.function_with_shared(MODULE, kernel, smem)?;
+    let cfg = LaunchConfig {
+        grid_dim: (d.seq.div_ceil(tile) as u32, d.heads as u32, d.batch as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    if d.heads > 65_535 || d.batch > 65_535 {
+        return Err(Error::invalid(
+            op,
+            "more than 65535 heads or sequences in one launch",
+        ));
+    }
+    let mut l = b.device.stream.launch_builder(&f);
+    l.arg(p);
+    // SAFETY: AttentionParams mirrors the kernel's struct; its pointers were taken from live
+    // buffers of the validated shapes just before this call and stay alive past it.
+    unsafe { l.launch(cfg) }.map_err(|e| driver(op, e))?;
+    Ok(())
+}
+
+pub(super) fn forward(
+    b: &CudaBackend,
+    q: &Tensor<CudaBackend>,
+    k: &Tensor<CudaBackend>,
+    v: &Tensor<CudaBackend>,
+    mask: &Tensor<CudaBackend>,
+    config: &AttentionConfig,
+) -> Result<AttentionOutput<CudaBackend>> {
+    const OP: &str = "attention";
+    let d = shapes::attention(q, k, v, mask, config)?;
+    let stream = &b.device.stream;
+    let starts = padded_starts(b, &d)?;
+    with_float!(q.dtype(), OP, T => {
+        let mut out = b.output::<T>(q.numel())?;
+        let mut lse = b.output::<f32>(d.batch * d.heads * d.seq)?;
+        let mut p = base_params(&d, config);
+        {
+            let (pq, _gq) = view::<T>(q).device_ptr(stream);
+            let (pk, _gk) = view::<T>(k).device_ptr(stream);
+            let (pv, _gv) = view::<T>(v).device_ptr(stream);
+            let (pm, _gm) = ids(mask).device_ptr(stream);
+            let (ps, _gs) = starts.device_ptr(stream);
+            let (po, _go) = out.device_ptr_mut(stream);
+            let (pl, _gl) = lse.device_ptr_mut(stream);
+            (p.q, p.k, p.v, p.mask, p.starts, p.o, p.lse) = (pq, pk, pv, pm, ps, po, pl);
+            if T::SUFFIX == "bf16" {
+                let dp = padded_head_dim(OP, d.head_dim)?;
+                launch_tiles(b, OP, &format!("attention_forward_bf16_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
+            } else {
+                launch_tiles(b, OP, "attention_forward_f32", &d, 32, 32, f32_shared(d.head_dim, 2, 2, 16), &p)?;
+            }
+        }
+        Ok(AttentionOutput { out: tensor(q.shape().clone(), out)?, lse: tensor([d.batch, d.heads, d.seq], lse)? })
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    b: &CudaBackend,
+    d_out: &Tensor<CudaBackend>,
+    q: &Tensor<CudaBackend>,
+    k: &Tensor<CudaBackend>,
+    v: &Tensor<CudaBackend>,
+    out: &Tensor<CudaBackend>,
+    lse: &Tensor<CudaBackend>,
+    mask: &Tensor<CudaBackend>,
+    config: &AttentionConfig,
+    want: AttentionGradRequest,
+) -> Result<AttentionGrads<CudaBackend>> {
+    const OP: &str = "attention backward";
+    let d = shapes::attention(q, k, v, mask, config)?;
+    let dtype = shapes::common_float_dtype(OP, &[("q", q), ("d_out", d_out), ("out", out)])?;
+    shapes::require_same_shape(OP, ("d_out", d_out), ("q", q))?;
+    shapes::require_same_shape(OP, ("out", out), ("q", q))?;
+    require_f32(OP, "lse", lse)?;
+    shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
+    let mut grads = AttentionGrads::default();
+    if !(want.dq || want.dk || want.dv) {
+        return Ok(grads);
+    }
+    let stream = &b.device.stream;
+    let starts = padded_starts(b, &d)?;
+    with_float!(dtype, OP, T => {
+        let bf16 = T::SUFFIX == "bf16";
+        let dp = if bf16 { padded_head_dim(OP, d.head_dim)? } else { 0 };
+        let mut delta = b.output::<f32>(d.batch * d.heads * d.seq)?;
+        let mut dq = if want.dq { Some(b.output::<T>(q.numel())?) } else { None };
+        let mut dk = if want.dk { Some(b.output::<T>(q.numel())?) } else { None };
+        let mut dv = if want.dv { Some(b.output::<T>(q.numel())?) } else { None };
+        {
+            let mut p = base_params(&d, config);
+            let (pq, _gq) = view::<T>(q).device_ptr(stream);
+            let (pk, _gk) = view::<T>(k).device_ptr(stream);
+            let (pv, _gv) = view::<T>(v).device_ptr(stream);
+            let (pd, _gd) = view::<T>(d_out).device_ptr(stream);
+            let (po, _go) = view::<T>(out).device_ptr(stream);
+            let (pl, _gl) = view::<f32>(lse).device_ptr(stream);
+            let (pm, _gm) = ids(mask).device_ptr(stream);
+            let (ps, _gs) = starts.device_ptr(stream);
+            let (pdelta, _gdelta) = delta.device_ptr_mut(stream);
+            (p.q, p.k, p.v, p.dout, p.o, p.lse, p.mask, p.starts, p.delta) = (pq, pk, pv, pd, po, pl, pm, ps, pdelta);
+            let mut guards = Vec::new();
+            if let Some(t) = dq.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dq = ptr; guards.push(g); }
+            if let Some(t) = dk.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dk = ptr; guards.push(g); }
+            if let Some(t) = dv.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dv = ptr; guards.push(g); }
+            // delta = rowsum(dO ∘ O): one warp per (row, head).
+            let rows = d.batch * d.heads * d.seq;
+            let f = b.function(MODULE, &format!("attention_delta_{}", T::SUFFIX))?;
+            let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8).min(65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let batch = d.batch as i32;
+            let mut l = stream.launch_builder(&f);
+            l.arg(&p).arg(&batch);
+            // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
+            unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+            if want.dk || want.dv {
+                if bf16 {
+                    launch_tiles(b, OP, &format!("attention_backward_dkdv_bf16_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
+                } else {
+                    launch_tiles(b, OP, "attention_backward_dkdv_f32", &d, 32, 32, f32_shared(d.head_dim, 4, 2, 32), &p)?;
+                }
+            }
+            if want.dq {
+                if bf16 {
+                    launch_tiles(b, OP, &format!("attention_backward_dq_bf16_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
+                } else {
+                    launch_tiles(b, OP, "attention_backward_dq_f32", &d, 32, 32, f32_shared(d.head_dim, 3, 2, 16), &p)?;
+                }
+            }
+            drop(guards);
+        }
+        grads.dq = dq.map(|t| tensor(q.shape().clone(), t)).transpose()?;
+        grads.dk = dk.map(|t| tensor(q.shape().clone(), t)).transpose()?;
+        grads.dv = dv.map(|t| tensor(q.shape().clone(), t)).transpose()?;
+        Ok(grads)
+    })
+}

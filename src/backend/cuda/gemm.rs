@@ -1,0 +1,530 @@
+//! Launchers of `kernels/gemm.cu` (and `kernels/bias_grad.cu`): the linear map with fused
+//! LoRA and every piece of its backward.
+//!
+//! Forward: `H = X_lora·Aᵀ` (a skinny GEMM, kept for `dB`), then ONE GEMM over
+//! `[X | H]·[W | s·B]ᵀ + b`: the LoRA term is `r` extra reduction columns. Backward, each only
+//! on request: `G = s·dY·B` (skinny); `dX = [dY | G]·[W ; A]` (the LoRA term fused when the
+//! adapter reads `x` itself); `dX_lora = G·A`; `dW = dYᵀ·X`, `dA = Gᵀ·X_lora`,
+//! `dB = s·dYᵀ·H` (long reductions over rows into small outputs: split-K with a fixed split and
+//! a fixed-order reduction); `db` (column sums). Deterministic throughout: no atomics.
+//!
+//! bf16 runs on tensor cores with one of the tile configurations in [`TILES`] (chosen per
+//! shape, or forced with [`CudaBackend::with_gemm_tile`] — the GPU check sweeps them all); f32
+//! runs a plain tiled FMA kernel.
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::{columns, driver, grid_for, launch, tensor, view, with_float, CudaBackend, CudaFloat};
+use crate::backend::shapes::{self, LinearDims};
+use crate::backend::{
+    LinearBackwardInputs, LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
+};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Shape, Tensor};
+
+const MODULE: &str = "gemm";
+
+/// One launch's operands; field for field the `GemmParams` of `kernels/gemm.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct GemmParams {
+    a: [u64; 2],
+    b: [u64; 2],
+    lda: [i64; 2],
+    ldb: [i64; 2],
+    k: [i32; 2],
+    m: i32,
+    n: i32,
+    c: u64,
+    ldc: i64,
+    bias: u64,
+    alpha: f32,
+    split: i32,
+}
+
+// SAFETY: a plain C struct of integers and floats, laid out as the kernel's.
+unsafe impl DeviceRepr for GemmParams {}
+
+/// Which dimension of each operand is contiguous (the kernels' `A_KMAJOR` / `B_KMAJOR`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `A[m, k]` at `a[m·lda + k]`, `B[k, n]` at `b[n·ldb + k]`: `X·Wᵀ`.
+    Kk,
+    /// `A[m, k]` at `a[m·lda + k]`, `B[k, n]` at `b[k·ldb + n]`: `dY·W`.
+    Kn,
+    /// `A[m, k]` at `a[k·lda + m]`, `B[k, n]` at `b[k·ldb + n]`: `dYᵀ·X`.
+    Mn,
+}
+
+impl Layout {
+    fn suffix(self) -> &'static str {
+        match self {
+            Layout::Kk => "kk",
+            Layout::Kn => "kn",
+            Layout::Mn => "mn",
+        }
+    }
+}
+
+/// A tensor-core tile configuration of `kernels/gemm.cu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    /// The name in the kernel entry (`gemm_bf16_<layout>_<name>`).
+    pub name: &'static str,
+    /// Block tile rows.
+    pub bm: usize,
+    /// Block tile columns.
+    pub bn: usize,
+    /// Reduction depth of one pipeline stage.
+    pub bk: usize,
+    /// Warps along M and N.
+    pub warps: (usize, usize),
+    /// Pipeline depth (`cp.async` stages in flight).
+    pub stages: usize,
+}
+
+impl Tile {
+    /// Threads per block.
+    pub fn threads(&self) -> usize {
+        self.warps.0 * self.warps.1 * 32
+    }
+
+    /// Dynamic shared memory of one block for `layout`: `stages` × (A tile + B tile), rows
+    /// padded by 8 elements so ldmatrix rows fall in distinct banks.
+    fn shared_bytes(&self, layout: Layout) -> usize {
+        let (a_kmajor, b_kmajor) = match layout {
+            Layout::Kk => (true, true),
+            Layout::Kn => (true, false),
+            Layout::Mn => (false, false),
+        };
+        let a = if a_kmajor {
+            self.bm * (self.bk + 8)
+        } else {
+            self.bk * (self.bm + 8)
+        };
+        let b = if b_kmajor {
+            self.bn * (self.bk + 8)
+        } else {
+            self.bk * (self.bn + 8)
+        };
+        self.stages * (a + b) * 2
+    }
+}
+
+/// The tile configurations compiled into `kernels/gemm.cu` (`GEMM_TC_CONFIGS` there).
+pub const TILES: &[Tile] = &[
+    Tile {
+        name: "128x128x32_w2x4_s3",
+        bm: 128,
+        bn: 128,
+        bk: 32,
+        warps: (2, 4),
+        stages: 3,
+    },
+    Tile {
+        name: "128x256x32_w2x4_s3",
+        bm: 128,
+        bn: 256,
+        bk: 32,
+        warps: (2, 4),
+        stages: 3,
+    },
+    Tile {
+        name: "128x64x32_w2x2_s4",
+        bm: 128,
+        bn: 64,
+        bk: 32,
+        warps: (2, 2),
+        stages: 4,
+    },
+    Tile {
+        name: "64x128x32_w2x2_s4",
+        bm: 64,
+        bn: 128,
+        bk: 32,
+        warps: (2, 2),
+        stages: 4,
+    },
+    Tile {
+        name: "64x64x32_w2x2_s4",
+        bm: 64,
+        bn: 64,
+        bk: 32,
+        warps: (2, 2),
+        stages: 4,
+    },
+    Tile {
+        name: "64x64x64_w2x2_s3",
+        bm: 64,
+        bn: 64,
+        bk: 64,
+        warps: (2, 2),
+        stages: 3,
+    },
+];
+
+/// A tile by name.
+pub fn tile(name: &str) -> Option<Tile> {
+    TILES.iter().copied().find(|t| t.name == name)
+}
+
+/// The default tile for an `m × n` output: the largest tile that still gives one block per
+/// SM of an H100/H200 (132) or more, else the smallest. Until a GPU sweep has measured the
+/// candidates, this rule is a guess, and the GPU check's sweep is what should replace it.
+fn default_tile(m: usize, n: usize) -> Tile {
+    let blocks = |t: &Tile| m.div_ceil(t.bm) * n.div_ceil(t.bn);
+    let pick = |name| tile(name).expect("a compiled tile");
+    for name in [
+        "128x128x32_w2x4_s3",
+        "128x64x32_w2x2_s4",
+        "64x128x32_w2x2_s4",
+    ] {
+        let t = pick(name);
+        if m >= t.bm && n >= t.bn && blocks(&t) >= 132 {
+            return t;
+        }
+    }
+    pick("64x64x32_w2x2_s4")
+}
+
+/// Splits of the reduction for an output of `blocks` tiles over `k_tiles` k-tiles: only when
+/// the output alone would leave most of the GPU idle (the `dA`, `dB`, `dW` reductions over
+/// all rows). A function of the shape only, so results never depend on the device.
+fn split_for(blocks: usize, k_tiles: usize) -> usize {
+    if blocks >= 64 {
+        return 1;
+    }
+    (k_tiles / 4).min(128usize.div_ceil(blocks)).clamp(1, 32)
+}
+
+/// One operand: a device buffer read as a matrix with leading dimension `ld`.
+struct Operand<'a, T> {
+    s: &'a CudaSlice<T>,
+    ld: usize,
+}
+
+/// `C[m, n] = alpha · Σ_segments A·B (+ bias)`, one or two segments of reduction length `k`.
+struct Gemm<'a, T> {
+    layout: Layout,
+    m: usize,
+    n: usize,
+    segments: Vec<(Operand<'a, T>, Operand<'a, T>, usize)>,
+    alpha: f64,
+    bias: Option<&'a CudaSlice<T>>,
+}
+
+impl<T: CudaFloat> Gemm<'_, T> {
+    fn run(&self, b: &CudaBackend) -> Result<CudaSlice<T>> {
+        const OP: &str = "gemm";
+        let (m, n) = (self.m, self.n);
+        let is_bf16 = T::SUFFIX == "bf16";
+        let tile = match (is_bf16, b.gemm_tile) {
+            (false, _) => None,
+            (true, Some(name)) => Some(
+                tile(name)
+                    .ok_or_else(|| Error::invalid(OP, format!("no GEMM tile named `{name}`")))?,
+            ),
+            (true, None) => Some(default_tile(m, n)),
+        };
+        let (bm, bn, bk, threads) = match tile {
+            Some(t) => (t.bm, t.bn, t.bk, t.threads()),
+            None => (64, 64, 16, 256),
+        };
+        let k_tiles: usize = self.segments.iter().map(|s| s.2.div_ceil(bk)).sum();
+        let blocks = m.div_ceil(bm) * n.div_ceil(bn);
+        let split = split_for(blocks, k_tiles);
+        if m.div_ceil(bm) > 65_535 || split > 65_535 {
+            return Err(Error::invalid(
+                OP,
+                format!("{m} rows are too many for one launch"),
+            ));
+        }
+        let mut out = b.output::<T>(m * n)?;
+        let mut workspace = if split > 1 {
+            Some(b.output::<f32>(split * m * n)?)
+        } else {
+            None
+        };
+        {
+            let stream = &b.device.stream;
+            let mut p = GemmParams {
+                m: m as i32,
+                n: n as i32,
+                ldc: n as i64,
+                alpha: self.alpha as f32,
+                split: split as i32,
+                ..Default::default()
+            };
+            // Raw pointers go into the parameter struct; the guards keep cudarc's stream
+            // bookkeeping alive until the launch is queued.
+            let mut guards = Vec::new();
+            for (i, (a, bo, k)) in self.segments.iter().enumerate() {
+                let (pa, ga) = a.s.device_ptr(stream);
+                let (pb, gb) = bo.s.device_ptr(stream);
+                guards.push(ga);
+                guards.push(gb);
+                p.a[i] = pa;
+                p.b[i] = pb;
+                p.lda[i] = a.ld as i64;
+                p.ldb[i] = bo.ld as i64;
+                p.k[i] = *k as i32;
+            }
+            if let Some(bias) = self.bias {
+                let (pb, g) = bias.device_ptr(stream);
+                guards.push(g);
+                p.bias = pb;
+            }
+            let (pc, gc) = match workspace.as_mut() {
+                Some(w) => w.device_ptr_mut(stream),
+                None => out.device_ptr_mut(stream),
+            };
+            p.c = pc;
+            let grid = (n.div_ceil(bn) as u32, m.div_ceil(bm) as u32, split as u32);
+            let (name, smem) = match tile {
+                Some(t) => (
+                    format!("gemm_bf16_{}_{}", self.layout.suffix(), t.name),
+                    t.shared_bytes(self.layout) as u32,
+                ),
+                None => (format!("gemm_f32_{}", self.layout.suffix()), 0),
+            };
+            let f = b.function_with_shared(MODULE, &name, smem)?;
+            let cfg = LaunchConfig {
+                grid_dim: grid,
+                block_dim: (threads as u32, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            let mut l = stream.launch_builder(&f);
+            l.arg(&p);
+            // SAFETY: GemmParams mirrors the kernel's struct; every pointer is a live buffer
+            // holding the rows × ld elements the kernel reads (checked by the callers'
+            // shape validation), and `c` holds m × n (split × m × n) elements.
+            unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+            drop(gc);
+            drop(guards);
+        }
+        if let Some(ws) = workspace {
+            let count = (m * n) as i64;
+            let null = 0u64;
+            let f = b.function(MODULE, &format!("gemm_reduce_{}", T::SUFFIX))?;
+            let mut l = b.device.stream.launch_builder(&f);
+            let (split_i, n_i, alpha, ldc) = (split as i32, n as i32, self.alpha as f32, n as i64);
+            l.arg(&ws).arg(&split_i).arg(&count).arg(&n_i).arg(&alpha);
+            match self.bias {
+                Some(bias) => l.arg(bias),
+                None => l.arg(&null),
+            };
+            l.arg(&mut out).arg(&ldc);
+            // SAFETY: matches gemm_reduce_* in kernels/gemm.cu; ws holds split × m × n f32.
+            unsafe { l.launch(grid_for(m * n)) }.map_err(|e| driver(OP, e))?;
+        }
+        Ok(out)
+    }
+}
+
+/// `shape` with its last dimension replaced.
+fn with_last_dim(shape: &Shape, last: usize) -> Shape {
+    let mut dims = shape.dims().to_vec();
+    if let Some(l) = dims.last_mut() {
+        *l = last;
+    }
+    Shape::new(dims)
+}
+
+pub(super) fn linear_forward(
+    b: &CudaBackend,
+    x: &Tensor<CudaBackend>,
+    w: &Tensor<CudaBackend>,
+    bias: Option<&Tensor<CudaBackend>>,
+    lora: Option<LoraWeights<'_, CudaBackend>>,
+    x_lora: Option<&Tensor<CudaBackend>>,
+) -> Result<LinearOutput<CudaBackend>> {
+    let d = shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
+    let LinearDims {
+        rows,
+        input,
+        output,
+        rank,
+    } = d;
+    with_float!(x.dtype(), "linear", T => {
+        let (h, scaled_b) = match &lora {
+            Some(l) => {
+                let xl = x_lora.unwrap_or(x);
+                let h = Gemm {
+                    layout: Layout::Kk,
+                    m: rows,
+                    n: rank,
+                    segments: vec![(Operand { s: view::<T>(xl), ld: input }, Operand { s: view::<T>(l.a), ld: input }, input)],
+                    alpha: 1.0,
+                    bias: None,
+                }
+                .run(b)?;
+                let mut sb = b.device.stream.clone_dtod(view::<T>(l.b)).map_err(|e| driver("linear", e))?;
+                launch!(b, "elementwise", format!("scale_{}", T::SUFFIX), grid_for(output * rank), &mut sb, &(l.scale as f32), &((output * rank) as i64));
+                (Some(h), Some(sb))
+            }
+            None => (None, None),
+        };
+        let mut segments = vec![(Operand { s: view::<T>(x), ld: input }, Operand { s: view::<T>(w), ld: input }, input)];
+        if let (Some(h), Some(sb)) = (&h, &scaled_b) {
+            segments.push((Operand { s: h, ld: rank }, Operand { s: sb, ld: rank }, rank));
+        }
+        let y = Gemm {
+            layout: Layout::Kk,
+            m: rows,
+            n: output,
+            segments,
+            alpha: 1.0,
+            bias: bias.map(view::<T>),
+        }
+        .run(b)?;
+        Ok(LinearOutput {
+            y: tensor(with_last_dim(x.shape(), output), y)?,
+            h: h.map(|h| tensor(with_last_dim(x.shape(), rank), h)).transpose()?,
+        })
+    })
+}
+
+fn require<'a>(
+    grad: &str,
+    name: &str,
+    t: Option<&'a Tensor<CudaBackend>>,
+) -> Result<&'a Tensor<CudaBackend>> {
+    t.ok_or_else(|| {
+        Error::invalid(
+            "linear backward",
+            format!("{grad} was requested but `{name}` was not given"),
+        )
+    })
+}
+
+pub(super) fn linear_backward(
+    b: &CudaBackend,
+    inp: LinearBackwardInputs<'_, CudaBackend>,
+    want: LinearGradRequest,
+) -> Result<LinearGrads<CudaBackend>> {
+    const OP: &str = "linear backward";
+    let (dtype, d) = shapes::linear_backward(&inp)?;
+    let LinearDims {
+        rows,
+        input,
+        output,
+        rank,
+    } = d;
+    let fused_lora = want.dx && want.dx_includes_lora && inp.lora.is_some();
+    if (want.da || want.dx_lora || want.db_lora) && inp.lora.is_none() {
+        return Err(Error::invalid(
+            OP,
+            "a LoRA gradient was requested without LoRA weights",
+        ));
+    }
+    let in_shape = with_last_dim(inp.dy.shape(), input);
+    with_float!(dtype, OP, T => {
+        let dy = view::<T>(inp.dy);
+        let mut g = LinearGrads::default();
+        // G = s·dY·B: [rows, r], the adapter's bottleneck gradient, shared by dX, dX_lora, dA.
+        let bottleneck = match &inp.lora {
+            Some(l) if want.da || want.dx_lora || fused_lora => Some(
+                Gemm {
+                    layout: Layout::Kn,
+                    m: rows,
+                    n: rank,
+                    segments: vec![(Operand { s: dy, ld: output }, Operand { s: view::<T>(l.b), ld: rank }, output)],
+                    alpha: l.scale,
+                    bias: None,
+                }
+                .run(b)?,
+            ),
+            _ => None,
+        };
+        if want.dx {
+            let w = require("dX", "weight", inp.w)?;
+            let mut segments = vec![(Operand { s: dy, ld: output }, Operand { s: view::<T>(w), ld: input }, output)];
+            if fused_lora {
+                let (l, gb) = (inp.lora.as_ref().expect("checked"), bottleneck.as_ref().expect("computed"));
+                segments.push((Operand { s: gb, ld: rank }, Operand { s: view::<T>(l.a), ld: input }, rank));
+            }
+            let dx = Gemm { layout: Layout::Kn, m: rows, n: input, segments, alpha: 1.0, bias: None }.run(b)?;
+            g.dx = Some(tensor(in_shape.clone(), dx)?);
+        }
+        if want.dx_lora {
+            let (l, gb) = (inp.lora.as_ref().expect("checked"), bottleneck.as_ref().expect("computed"));
+            let dxl = Gemm {
+                layout: Layout::Kn,
+                m: rows,
+                n: input,
+                segments: vec![(Operand { s: gb, ld: rank }, Operand { s: view::<T>(l.a), ld: input }, rank)],
+                alpha: 1.0,
+                bias: None,
+            }
+            .run(b)?;
+            g.dx_lora = Some(tensor(in_shape.clone(), dxl)?);
+        }
+        if want.dw {
+            let x = require("dW", "x", inp.x)?;
+            let dw = Gemm {
+                layout: Layout::Mn,
+                m: output,
+                n: input,
+                segments: vec![(Operand { s: dy, ld: output }, Operand { s: view::<T>(x), ld: input }, rows)],
+                alpha: 1.0,
+                bias: None,
+            }
+            .run(b)?;
+            g.dw = Some(tensor([output, input], dw)?);
+        }
+        if want.da {
+            let xl = require("dA", "x_lora", inp.x_lora)?;
+            let gb = bottleneck.as_ref().expect("computed");
+            let da = Gemm {
+                layout: Layout::Mn,
+                m: rank,
+                n: input,
+                segments: vec![(Operand { s: gb, ld: rank }, Operand { s: view::<T>(xl), ld: input }, rows)],
+                alpha: 1.0,
+                bias: None,
+            }
+            .run(b)?;
+            g.da = Some(tensor([rank, input], da)?);
+        }
+        if want.db_lora {
+            let l = inp.lora.as_ref().expect("checked");
+            let h = require("dB", "h", inp.h)?;
+            let dbl = Gemm {
+                layout: Layout::Mn,
+                m: output,
+                n: rank,
+                segments: vec![(Operand { s: dy, ld: output }, Operand { s: view::<T>(h), ld: rank }, rows)],
+                alpha: l.scale,
+                bias: None,
+            }
+            .run(b)?;
+            g.db_lora = Some(tensor([output, rank], dbl)?);
+        }
+        if want.db {
+            let mut db = b.output::<T>(output)?;
+            launch!(b, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), dy, &mut db, &(rows as i32), &(output as i32));
+            g.db = Some(tensor([output], db)?);
+        }
+        Ok(g)
+    })
+}
+
+impl CudaBackend {
+    /// The same device with every bf16 GEMM forced onto tile configuration `name` (one of
+    /// [`TILES`]): how the GPU check's microbenchmark compares them.
+    pub fn with_gemm_tile(&self, name: &str) -> Result<Self> {
+        let t = tile(name).ok_or_else(|| {
+            Error::invalid(
+                "gemm tile",
+                format!(
+                    "`{name}` is not one of {}",
+                    TILES.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        Ok(CudaBackend {
+            gemm_tile: Some(t.name),
+            ..self.clone()
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! Launchers of `kernels/layernorm.cu`: forward (y, mean, rstd per row) and backward
+//! (dx per row; dγ, dβ as fixed-order column reductions).
+
+use super::{
+    block_reduce, columns, driver, launch, require_f32, tensor, view, with_float, CudaBackend,
+    CudaFloat, THREADS,
+};
+use crate::backend::{shapes, LayerNormGradRequest, LayerNormGrads, LayerNormOutput};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+const MODULE: &str = "layernorm";
+
+pub(super) fn forward(
+    b: &CudaBackend,
+    x: &Tensor<CudaBackend>,
+    gamma: &Tensor<CudaBackend>,
+    beta: &Tensor<CudaBackend>,
+    eps: f64,
+) -> Result<LayerNormOutput<CudaBackend>> {
+    const OP: &str = "layernorm";
+    let (dtype, rows, n) = shapes::layernorm(x, gamma, beta, eps)?;
+    with_float!(dtype, OP, T => {
+        let mut y = b.output::<T>(rows * n)?;
+        let mut mean = b.output::<f32>(rows)?;
+        let mut rstd = b.output::<f32>(rows)?;
+        launch!(b, MODULE, format!("layernorm_forward_{}", T::SUFFIX), block_reduce(rows as u32, THREADS),
+            view::<T>(x), view::<T>(gamma), view::<T>(beta), &mut y, &mut mean, &mut rstd, &(n as i32), &(eps as f32));
+        Ok(LayerNormOutput { y: tensor(x.shape().clone(), y)?, mean: tensor([rows], mean)?, rstd: tensor([rows], rstd)? })
+    })
+}
+
+pub(super) fn backward(
+    b: &CudaBackend,
+    dy: &Tensor<CudaBackend>,
+    x: Option<&Tensor<CudaBackend>>,
+    mean: Option<&Tensor<CudaBackend>>,
+    rstd: Option<&Tensor<CudaBackend>>,
+    gamma: Option<&Tensor<CudaBackend>>,
+    want: LayerNormGradRequest,
+) -> Result<LayerNormGrads<CudaBackend>> {
+    const OP: &str = "layernorm backward";
+    let (rows, n) = shapes::layernorm_backward(dy, x, mean, rstd, gamma)?;
+    let mut named = vec![("dy", dy)];
+    named.extend(x.map(|t| ("x", t)));
+    named.extend(gamma.map(|t| ("gamma", t)));
+    let dtype = shapes::common_float_dtype(OP, &named)?;
+    for (name, t) in [("mean", mean), ("rstd", rstd)] {
+        if let Some(t) = t {
+            require_f32(OP, name, t)?;
+        }
+    }
+    let missing = |name: &str| {
+        Error::invalid(
+            OP,
+            format!("a gradient was requested but `{name}` was not given"),
+        )
+    };
+    with_float!(dtype, OP, T => {
+        let mut g = LayerNormGrads::default();
+        if want.dgamma || want.dbeta {
+            let stats = if want.dgamma {
+                Some((x.ok_or_else(|| missing("x"))?, mean.ok_or_else(|| missing("mean"))?, rstd.ok_or_else(|| missing("rstd"))?))
+            } else {
+                None
+            };
+            let mut dgamma = if want.dgamma { Some(b.output::<T>(n)?) } else { None };
+            let mut dbeta = if want.dbeta { Some(b.output::<T>(n)?) } else { None };
+            // Absent operands are passed as null pointers; the kernel only reads them for dγ.
+            let null = 0u64;
+            let f = b.function(MODULE, &format!("layernorm_backward_params_{}", T::SUFFIX))?;
+            let mut l = b.device.stream.launch_builder(&f);
+            use cudarc::driver::PushKernelArg;
+            l.arg(view::<T>(dy));
+            match stats {
+                Some((x, m, r)) => {
+                    l.arg(view::<T>(x));
+                    l.arg(view::<f32>(m));
+                    l.arg(view::<f32>(r));
+                }
+                None => {
+                    l.arg(&null);
+                    l.arg(&null);
+                    l.arg(&null);
+                }
+            }
+            match dgamma.as_mut() {
+                Some(d) => l.arg(d),
+                None => l.arg(&null),
+            };
+            match dbeta.as_mut() {
+                Some(d) => l.arg(d),
+                None => l.arg(&null),
+            };
+            let (rows_i, n_i) = (rows as i32, n as i32);
+            l.arg(&rows_i);
+            l.arg(&n_i);
+            // SAFETY: matches layernorm_backward_params_* in kernels/layernorm.cu; null
+            // pointers only where the kernel does not read (x, mean, rstd without dγ) or
+            // write (the gradient not requested).
+            unsafe { l.launch(columns(n)) }.map_err(|e| driver(OP, e))?;
+            g.dgamma = dgamma.map(|d| tensor([n], d)).transpose()?;
+            g.dbeta = dbeta.map(|d| tensor([n], d)).transpose()?;
+        }
+        if want.dx {
+            let (x, m, r, gm) = (x.ok_or_else(|| missing("x"))?, mean.ok_or_else(|| missing("mean"))?, rstd.ok_or_else(|| missing("rstd"))?, gamma.ok_or_else(|| missing("gamma"))?);
+            let mut dx = b.output::<T>(rows * n)?;
+            launch!(b, MODULE, format!("layernorm_backward_input_{}", T::SUFFIX), block_reduce(rows as u32, THREADS),
+                view::<T>(dy), view::<T>(x), view::<f32>(m), view::<f32>(r), view::<T>(gm), &mut dx, &(n as i32));
+            g.dx = Some(tensor(dy.shape().clone(), dx)?);
+        }
+        Ok(g)
+    })
+}

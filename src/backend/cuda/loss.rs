@@ -1,0 +1,104 @@
+//! Launchers of `kernels/loss.cu`: mean softmax cross-entropy and mean squared error, each
+//! loss a one-block fixed-order reduction into an f32 scalar.
+
+use cudarc::driver::CudaSlice;
+
+use super::{
+    block_reduce, driver, grid_for, ids, launch, tensor, view, with_float, CudaBackend, CudaFloat,
+    THREADS,
+};
+use crate::backend::{shapes, Backend};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+const MODULE: &str = "loss";
+
+fn check_cross_entropy(
+    b: &CudaBackend,
+    op: &'static str,
+    logits: &Tensor<CudaBackend>,
+    labels: &Tensor<CudaBackend>,
+) -> Result<(DType, usize, usize)> {
+    let (dtype, rows, classes) = shapes::cross_entropy(op, logits, labels)?;
+    shapes::check_indices(op, "label", &b.to_u32(labels)?, classes)?;
+    Ok((dtype, rows, classes))
+}
+
+/// The one-element upstream gradient of a loss, as f32 on the device.
+fn scalar_f32(
+    b: &CudaBackend,
+    op: &'static str,
+    d_loss: &Tensor<CudaBackend>,
+) -> Result<CudaSlice<f32>> {
+    if d_loss.numel() != 1 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`d_loss` must hold one element, got shape {}",
+                d_loss.shape()
+            ),
+        ));
+    }
+    let v = b.to_f64(d_loss)?[0] as f32;
+    b.upload(&[v])
+}
+
+pub(super) fn cross_entropy_forward(
+    b: &CudaBackend,
+    logits: &Tensor<CudaBackend>,
+    labels: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    let (dtype, rows, classes) = check_cross_entropy(b, "cross_entropy", logits, labels)?;
+    with_float!(dtype, "cross_entropy", T => {
+        let mut loss = b.output::<f32>(1)?;
+        launch!(b, MODULE, format!("cross_entropy_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(logits), ids(labels), &mut loss, &(rows as i32), &(classes as i32));
+        tensor([1], loss)
+    })
+}
+
+pub(super) fn cross_entropy_backward(
+    b: &CudaBackend,
+    d_loss: &Tensor<CudaBackend>,
+    logits: &Tensor<CudaBackend>,
+    labels: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    const OP: &str = "cross_entropy backward";
+    let (dtype, rows, classes) = check_cross_entropy(b, OP, logits, labels)?;
+    let d = scalar_f32(b, OP, d_loss)?;
+    with_float!(dtype, OP, T => {
+        let mut out = b.output::<T>(rows * classes)?;
+        launch!(b, MODULE, format!("cross_entropy_backward_{}", T::SUFFIX), grid_for(rows * classes), &d, view::<T>(logits), ids(labels), &mut out, &(rows as i32), &(classes as i32));
+        tensor(logits.shape().clone(), out)
+    })
+}
+
+pub(super) fn mse_forward(
+    b: &CudaBackend,
+    pred: &Tensor<CudaBackend>,
+    target: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    let dtype = shapes::mse("mse", pred, target)?;
+    let n = pred.numel();
+    with_float!(dtype, "mse", T => {
+        let mut loss = b.output::<f32>(1)?;
+        launch!(b, MODULE, format!("mse_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(pred), view::<T>(target), &mut loss, &(n as i32));
+        tensor([1], loss)
+    })
+}
+
+pub(super) fn mse_backward(
+    b: &CudaBackend,
+    d_loss: &Tensor<CudaBackend>,
+    pred: &Tensor<CudaBackend>,
+    target: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    const OP: &str = "mse backward";
+    let dtype = shapes::mse(OP, pred, target)?;
+    let d = scalar_f32(b, OP, d_loss)?;
+    let n = pred.numel();
+    with_float!(dtype, OP, T => {
+        let mut out = b.output::<T>(n)?;
+        launch!(b, MODULE, format!("mse_backward_{}", T::SUFFIX), grid_for(n), &d, view::<T>(pred), view::<T>(target), &mut out, &(n as i32));
+        tensor(pred.shape().clone(), out)
+    })
+}
