@@ -29,6 +29,8 @@ pub struct BenchReport {
     pub tokens_per_s: f64,
     /// Peak resident memory of the process in MiB (Linux `VmHWM`; `None` elsewhere).
     pub peak_mem_mib: Option<f64>,
+    /// Peak device memory during the timed steps in MiB, where the backend tracks it (CUDA).
+    pub peak_device_mib: Option<f64>,
     /// Trainable scalars.
     pub trainable_params: usize,
     /// Autograd nodes per step.
@@ -77,6 +79,10 @@ pub fn bench_train_step<B: Backend>(
     let mut times = Vec::with_capacity(steps);
     let (mut nodes, mut saved) = (0, 0);
     for i in 0..warmup + steps {
+        if i == warmup {
+            backend.reset_peak_memory();
+        }
+        backend.synchronize()?;
         let t = Instant::now();
         let mut tape = Tape::new(backend.clone());
         let cfg = model.config();
@@ -92,6 +98,7 @@ pub fn bench_train_step<B: Backend>(
         saved = tape.stats().saved_activation_bytes;
         let grads = tape.backward(&loss)?;
         optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;
+        backend.synchronize()?;
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -106,6 +113,9 @@ pub fn bench_train_step<B: Backend>(
         samples_per_s: batch as f64 / median,
         tokens_per_s: (batch * seq_len) as f64 / median,
         peak_mem_mib: peak_resident_mib(),
+        peak_device_mib: backend
+            .peak_memory_bytes()
+            .map(|b| b as f64 / (1024.0 * 1024.0)),
         trainable_params: model.trainable_parameter_count(),
         nodes,
         saved_activation_bytes: saved,

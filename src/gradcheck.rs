@@ -27,9 +27,12 @@ pub struct GradcheckReport {
 }
 
 /// Checks the gradient of the loss on `texts` (labels alternate 0/1) with respect to
-/// `samples` coordinates of every trainable tensor, in f64 with dropout on at a fixed seed.
+/// `samples` coordinates of every trainable tensor, with dropout on at a fixed seed: the
+/// analytic gradients come from `device` (any backend, in its dtype), the central finite
+/// differences from the f64 CPU reference on the same weights, adapters and dropout masks.
 /// Adapters start random (not PEFT's zero B) so every gradient is non-trivial.
-pub fn gradcheck(
+pub fn gradcheck<B: Backend>(
+    device: &B,
     checkpoint: &Checkpoint,
     config: &PeftConfig,
     texts: &[&str],
@@ -67,13 +70,35 @@ pub fn gradcheck(
         let loss = m.loss(&mut tape, &logits, &labels)?;
         Ok(cpu.to_f64(loss.value())?[0])
     };
-    let mut tape = Tape::new(cpu);
-    let logits = model.forward(
+    // The same model on the device: the checkpoint's weights and the reference's adapters
+    // and head, by name.
+    let reference_values: std::collections::BTreeMap<String, Vec<f64>> = model
+        .params()
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| Ok((p.name.clone(), cpu.to_f64(&p.value)?)))
+        .collect::<Result<_>>()?;
+    let mut on_device = BertClassifier::from_checkpoint(checkpoint, device, 2, seed)?;
+    on_device.apply_plan(&plan, &mut |name, shape: Shape| {
+        let v = reference_values.get(name).ok_or_else(|| {
+            Error::invalid("gradcheck", format!("no reference value for `{name}`"))
+        })?;
+        device.tensor_from_f64(shape, v)
+    })?;
+    for p in on_device.params_mut().into_iter().filter(|p| p.trainable) {
+        if let Some(v) = reference_values.get(&p.name) {
+            p.value = device.tensor_from_f64(p.value.shape().clone(), v)?;
+        }
+    }
+    let device_input = ModelInput::new(device, &tokenizer.encode_batch(&inputs)?)?;
+    let device_labels = Labels::Classes(device.tensor_from_u32(Shape::new([texts.len()]), &y)?);
+    let mut tape = Tape::new(device.clone());
+    let logits = on_device.forward(
         &mut tape,
-        &input,
+        &device_input,
         &mut DropoutPlan::train(0.1, 0.1, 0.1, seed),
     )?;
-    let loss = model.loss(&mut tape, &logits, &labels)?;
+    let loss = on_device.loss(&mut tape, &logits, &device_labels)?;
     let grads = tape.backward(&loss)?;
     let names = model.trainable_names();
     let mut report = GradcheckReport {
@@ -87,7 +112,7 @@ pub fn gradcheck(
             // Its gradient is exactly zero (softmax ignores a per-query shift): no ratio to take.
             continue;
         }
-        let g = cpu.to_f64(
+        let g = device.to_f64(
             grads
                 .get(name)
                 .ok_or_else(|| Error::Autograd(format!("no gradient for {name}")))?,

@@ -98,6 +98,7 @@ size_t initial_memory() {
 }
 size_t g_memory_total = initial_memory();
 size_t g_memory_used = 0;
+size_t g_memory_high = 0;  // the most in use at once since the last reset
 
 // Async-signal-safe write of a message to stderr.
 void say(const char* fmt, ...) {
@@ -192,6 +193,7 @@ CUresult do_alloc(CUdeviceptr* out, size_t n) {
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
         g_memory_used += n;
+        if (g_memory_used > g_memory_high) g_memory_high = g_memory_used;
     }
     if (g_guard) {
         // [guard][0xFF slack | user, 16-byte aligned, ending at the guard][guard]
@@ -585,13 +587,28 @@ API CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* p, CUdevice) {
     return CUDA_SUCCESS;
 }
 API CUresult cuDeviceGetMemPool(CUmemoryPool* p, CUdevice d) { return cuDeviceGetDefaultMemPool(p, d); }
-API CUresult cuMemPoolSetAttribute(CUmemoryPool, CUmemPool_attribute, void*) {
+// The pool's usage counters are the allocator's: every allocation is "used" until freed.
+API CUresult cuMemPoolSetAttribute(CUmemoryPool, CUmemPool_attribute a, void* v) {
     TRACE();
+    if (a == CU_MEMPOOL_ATTR_USED_MEM_HIGH || a == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH) {
+        std::lock_guard<std::mutex> l(g_mu);
+        (void)v;  // only a reset (to the current use) is allowed
+        g_memory_high = g_memory_used;
+    }
     return CUDA_SUCCESS;
 }
-API CUresult cuMemPoolGetAttribute(CUmemoryPool, CUmemPool_attribute, void* v) {
+API CUresult cuMemPoolGetAttribute(CUmemoryPool, CUmemPool_attribute a, void* v) {
     TRACE();
-    memset(v, 0, 8);
+    std::lock_guard<std::mutex> l(g_mu);
+    unsigned long long value = 0;
+    switch (a) {
+        case CU_MEMPOOL_ATTR_USED_MEM_CURRENT:
+        case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: value = g_memory_used; break;
+        case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+        case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH: value = g_memory_high; break;
+        default: break;
+    }
+    memcpy(v, &value, 8);
     return CUDA_SUCCESS;
 }
 API CUresult cuMemPoolTrimTo(CUmemoryPool, size_t) {

@@ -254,6 +254,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
         self.float_dtype()
     }
 
+    /// Waits until all queued work is done (a no-op where every call is synchronous): for
+    /// timing, and to surface asynchronous failures.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The most device memory in use at once since the last [`Backend::reset_peak_memory`],
+    /// in bytes, where the backend tracks it (CUDA's memory pool).
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Starts a new peak-memory measurement.
+    fn reset_peak_memory(&self) {}
+
     // ---- host transfer -------------------------------------------------------------------
 
     /// A float tensor in [`Backend::float_dtype`] from host values.

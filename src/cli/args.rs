@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use spafit::backend::cpu::CpuBackend;
+use spafit::backend::cuda::CudaBackend;
 use spafit::data::{Dataset, GlueTask, OnMalformed, TableSpec, TaskKind};
 use spafit::nn::{LoraConfig, LoraTarget};
 use spafit::peft::{Boundary, Method, PeftConfig};
@@ -17,10 +18,12 @@ pub struct ModelArgs {
     /// hub cache folder, or a hub id found in the offline cache (`org/name`).
     #[arg(long, default_value = ".cache/models/all-MiniLM-L6-v2")]
     pub model: PathBuf,
-    /// Compute device: `cpu`, or `cuda[:N]` once the CUDA backend lands.
+    /// Compute device: `cpu`, `cuda[:N]` (a GPU), or `cuda-emu` (the same CUDA kernels on
+    /// the CPU stand-in for the driver: for development and tests without a GPU, slow).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Precision of the CPU backend: f32, or f64 (the reference, slower).
+    /// Storage precision: f32; f64 (CPU only: the reference, slower); bf16 (CUDA only:
+    /// tensor cores, f32 accumulation, f32 master weights for what trains).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Truncate inputs to this many tokens (special tokens included).
@@ -28,33 +31,78 @@ pub struct ModelArgs {
     pub max_len: usize,
 }
 
+/// The backend the flags name.
+pub enum AnyBackend {
+    /// The CPU reference backend.
+    Cpu(CpuBackend),
+    /// The CUDA backend (a GPU or the CPU stand-in).
+    Cuda(CudaBackend),
+}
+
+/// Runs `$body` with `$b` bound to the concrete backend inside an [`AnyBackend`], so the
+/// commands are written once, generic over `Backend`.
+macro_rules! on_backend {
+    ($any:expr, $b:ident => $body:expr) => {
+        match $any {
+            $crate::cli::args::AnyBackend::Cpu($b) => $body,
+            $crate::cli::args::AnyBackend::Cuda($b) => $body,
+        }
+    };
+}
+pub(crate) use on_backend;
+
 impl ModelArgs {
     /// The backend the flags name.
-    pub fn backend(&self) -> Result<CpuBackend> {
+    pub fn backend(&self) -> Result<AnyBackend> {
         let device = self.device.trim();
-        if device.starts_with("cuda") {
-            return Err(Error::BackendUnavailable {
-                backend: device.to_string(),
-                reason: "the CUDA backend is not built yet (its kernels arrive in later issues); use --device cpu".into(),
-            });
-        }
-        if device != "cpu" {
-            return Err(Error::invalid(
-                "--device",
-                format!("unknown device `{device}`; expected cpu or cuda[:N]"),
-            ));
-        }
         let dtype = match self.dtype.as_str() {
             "f32" => DType::F32,
             "f64" => DType::F64,
+            "bf16" => DType::BF16,
             other => {
                 return Err(Error::invalid(
                     "--dtype",
-                    format!("`{other}`: the CPU backend computes in f32 or f64"),
+                    format!("`{other}`: expected f32, f64 (CPU) or bf16 (CUDA)"),
                 ))
             }
         };
-        CpuBackend::new(dtype)
+        if device == "cpu" {
+            if dtype == DType::BF16 {
+                return Err(Error::invalid(
+                    "--dtype",
+                    "bf16 runs on CUDA (--device cuda or cuda-emu); the CPU computes in f32 or f64",
+                ));
+            }
+            return Ok(AnyBackend::Cpu(CpuBackend::new(dtype)?));
+        }
+        if dtype == DType::F64 {
+            return Err(Error::invalid(
+                "--dtype",
+                "f64 is the CPU reference; CUDA stores f32 or bf16",
+            ));
+        }
+        if device == "cuda-emu" {
+            return Ok(AnyBackend::Cuda(CudaBackend::emulated(dtype)?));
+        }
+        if let Some(rest) = device.strip_prefix("cuda") {
+            let ordinal = match rest.strip_prefix(':') {
+                None if rest.is_empty() => 0,
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    Error::invalid("--device", format!("`{device}`: expected cuda:N with N a device number"))
+                })?,
+                None => {
+                    return Err(Error::invalid(
+                        "--device",
+                        format!("unknown device `{device}`; expected cpu, cuda[:N] or cuda-emu"),
+                    ))
+                }
+            };
+            return Ok(AnyBackend::Cuda(CudaBackend::new(ordinal, dtype)?));
+        }
+        Err(Error::invalid(
+            "--device",
+            format!("unknown device `{device}`; expected cpu, cuda[:N] or cuda-emu"),
+        ))
     }
 }
 

@@ -5,7 +5,9 @@ use serde_json::json;
 use spafit::data::rotten_tomatoes;
 use spafit::{Error, Result};
 
-use super::args::{ModelArgs, PeftArgs};
+use spafit::backend::Backend;
+
+use super::args::{on_backend, ModelArgs, PeftArgs};
 use super::train::{fit, setup, TrainArgs};
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.
@@ -27,6 +29,10 @@ pub struct DemoCommand {
 
 impl DemoCommand {
     pub fn run(&self) -> Result<()> {
+        on_backend!(self.model.backend()?, b => self.run_on(b))
+    }
+
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         for path in [&self.model.model, &self.data] {
             if !path.exists() {
                 return Err(Error::Io {
@@ -39,7 +45,7 @@ impl DemoCommand {
             }
         }
         let (train, dev) = rotten_tomatoes(&self.data)?;
-        let mut run = setup(&self.model, &self.peft, 2, self.train.seed)?;
+        let mut run = setup(backend, &self.model, &self.peft, 2, self.train.seed)?;
         let report = fit(&mut run, &self.model, &self.train, &train, Some(&dev), None)?;
         let (best_step, eval) = report
             .best
@@ -54,7 +60,7 @@ impl DemoCommand {
                 "trainable_params": run.model.trainable_parameter_count(),
                 "train_seconds": report.train_seconds, "eval_seconds": eval.seconds,
                 "samples_per_s": report.samples_per_s, "tokens_per_s": report.tokens_per_s,
-                "train_examples": train.len(), "dev_examples": dev.len(),
+                "train_examples": train.len(), "dev_examples": dev.len(), "device": run.backend.name(),
             })
         );
         Ok(())

@@ -9,24 +9,26 @@ use spafit::data::{Target, TaskKind};
 use spafit::train::{evaluate, infer, predictions, EncodedDataset};
 use spafit::{Error, Result};
 
-use super::args::{DataArgs, ModelArgs};
+use spafit::backend::Backend;
+
+use super::args::{on_backend, DataArgs, ModelArgs};
 
 /// The base model with a saved adapter, a split of data, and its tokenized form.
-struct Loaded {
-    backend: spafit::backend::cpu::CpuBackend,
-    model: spafit::model::BertClassifier<spafit::backend::cpu::CpuBackend>,
+struct Loaded<B: Backend> {
+    backend: B,
+    model: spafit::model::BertClassifier<B>,
     manifest: spafit::adapter::AdapterManifest,
     data: spafit::data::Dataset,
     encoded: EncodedDataset,
 }
 
-fn load(
+fn load<B: Backend>(
+    backend: B,
     model: &ModelArgs,
     data: &DataArgs,
     adapter: &std::path::Path,
     split: &str,
-) -> Result<Loaded> {
-    let backend = model.backend()?;
+) -> Result<Loaded<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
     let (m, manifest) = load_adapter(adapter, &checkpoint, &backend)?;
     let data = data.load(split)?;
@@ -85,13 +87,17 @@ impl EvalCommand {
     }
 
     pub fn run(&self) -> Result<()> {
+        on_backend!(self.model.backend()?, b => self.run_on(b))
+    }
+
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         let Loaded {
             backend,
             model,
             data,
             encoded,
             ..
-        } = load(&self.model, &self.data, &self.adapter, &self.split()?)?;
+        } = load(backend, &self.model, &self.data, &self.adapter, &self.split()?)?;
         let eval = evaluate(
             &backend,
             &model,
@@ -131,13 +137,17 @@ pub struct PredictCommand {
 
 impl PredictCommand {
     pub fn run(&self) -> Result<()> {
+        on_backend!(self.model.backend()?, b => self.run_on(b))
+    }
+
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         let Loaded {
             backend,
             model,
             manifest,
             data,
             encoded,
-        } = load(&self.model, &self.data, &self.adapter, &self.split)?;
+        } = load(backend, &self.model, &self.data, &self.adapter, &self.split)?;
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
         let kind = match &manifest.labels {
             Some(labels) => TaskKind::Classification {

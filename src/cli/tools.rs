@@ -5,7 +5,10 @@ use spafit::checkpoint::Checkpoint;
 use spafit::gradcheck::gradcheck;
 use spafit::Result;
 
-use super::args::{ModelArgs, PeftArgs};
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+
+use super::args::{on_backend, AnyBackend, ModelArgs, PeftArgs};
 use super::train::setup;
 
 /// `spafit gradcheck`.
@@ -25,6 +28,15 @@ pub struct GradcheckCommand {
 
 impl GradcheckCommand {
     pub fn run(&self) -> Result<()> {
+        // On the CPU the analytic gradients come from the f64 reference itself; on CUDA from
+        // the device, in its dtype, against the same f64 finite differences.
+        match self.model.backend()? {
+            AnyBackend::Cpu(_) => self.run_on(CpuBackend::f64()),
+            other => on_backend!(other, b => self.run_on(b)),
+        }
+    }
+
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         let checkpoint = Checkpoint::open(&self.model.model)?;
         let texts = [
             "a gorgeous, witty, seductive movie.",
@@ -33,6 +45,7 @@ impl GradcheckCommand {
             "so-so",
         ];
         let r = gradcheck(
+            &backend,
             &checkpoint,
             &self.peft.config()?,
             &texts,
@@ -40,12 +53,12 @@ impl GradcheckCommand {
             self.seed,
         )?;
         eprintln!(
-            "checked {} coordinates of {} tensors in f64; worst relative error {:.3e} ({})",
+            "checked {} coordinates of {} tensors against f64 finite differences; worst relative error {:.3e} ({})",
             r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
         );
         println!(
             "{}",
-            json!({"method": self.peft.method, "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor})
+            json!({"method": self.peft.method, "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor})
         );
         Ok(())
     }
@@ -74,7 +87,11 @@ pub struct BenchCommand {
 
 impl BenchCommand {
     pub fn run(&self) -> Result<()> {
-        let mut run = setup(&self.model, &self.peft, 2, 0)?;
+        on_backend!(self.model.backend()?, b => self.run_on(b))
+    }
+
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
+        let mut run = setup(backend, &self.model, &self.peft, 2, 0)?;
         let r = bench_train_step(
             &run.backend,
             &mut run.model,
@@ -86,10 +103,10 @@ impl BenchCommand {
         println!(
             "{}",
             json!({
-                "method": self.peft.method, "device": self.model.device, "dtype": self.model.dtype,
+                "method": self.peft.method, "device": run.backend.name(), "dtype": self.model.dtype,
                 "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
                 "ms_per_step": r.ms_per_step, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
-                "peak_mem_mib": r.peak_mem_mib, "trainable_params": r.trainable_params,
+                "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
                 "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
             })
         );

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 use spafit::adapter::export_peft;
-use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::Dataset;
 use spafit::model::BertClassifier;
@@ -11,7 +11,7 @@ use spafit::peft::{peft_lora_init, PeftPlan};
 use spafit::train::{TrainConfig, TrainReport, Trainer};
 use spafit::Result;
 
-use super::args::{DataArgs, ModelArgs, PeftArgs};
+use super::args::{on_backend, DataArgs, ModelArgs, PeftArgs};
 
 /// Optimizer, schedule and run bookkeeping.
 #[derive(Args, Debug, Clone)]
@@ -70,15 +70,20 @@ pub fn default_lr(method: spafit::peft::Method) -> f64 {
 }
 
 /// Everything a run needs, set up from flags.
-pub struct Run {
-    pub backend: CpuBackend,
+pub struct Run<B: Backend> {
+    pub backend: B,
     pub checkpoint: Checkpoint,
-    pub model: BertClassifier<CpuBackend>,
+    pub model: BertClassifier<B>,
     pub plan: PeftPlan,
 }
 
-pub fn setup(model: &ModelArgs, peft: &PeftArgs, num_labels: usize, seed: u64) -> Result<Run> {
-    let backend = model.backend()?;
+pub fn setup<B: Backend>(
+    backend: B,
+    model: &ModelArgs,
+    peft: &PeftArgs,
+    num_labels: usize,
+    seed: u64,
+) -> Result<Run<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
     let config = peft.config()?;
     let plan = PeftPlan::new(&config, checkpoint.config.num_hidden_layers)?;
@@ -92,8 +97,8 @@ pub fn setup(model: &ModelArgs, peft: &PeftArgs, num_labels: usize, seed: u64) -
     })
 }
 
-pub fn fit(
-    run: &mut Run,
+pub fn fit<B: Backend>(
+    run: &mut Run<B>,
     model: &ModelArgs,
     args: &TrainArgs,
     train: &Dataset,
@@ -168,6 +173,10 @@ pub struct TrainCommand {
 
 impl TrainCommand {
     pub fn run(&self) -> Result<()> {
+        on_backend!(self.model.backend()?, b => self.run_on(b))
+    }
+
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         let task = self.data.glue_task()?;
         let train = self.data.load("train")?;
         let dev_split = task.map_or("dev", |t| t.dev_splits()[0]);
@@ -177,6 +186,7 @@ impl TrainCommand {
             None
         };
         let mut run = setup(
+            backend,
             &self.model,
             &self.peft,
             train.kind.num_labels(),
@@ -198,6 +208,7 @@ impl TrainCommand {
             "samples_per_s": report.samples_per_s,
             "tokens_per_s": report.tokens_per_s,
             "trainable_params": run.model.trainable_parameter_count(),
+            "device": run.backend.name(),
         });
         if let Some((step, eval)) = &report.best {
             line["best_step"] = json!(step);

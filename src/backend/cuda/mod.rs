@@ -426,6 +426,30 @@ impl CudaBackend {
     }
 }
 
+/// Reads (or, with `set`, writes) a 64-bit attribute of the device's default memory pool.
+fn pool_attribute(
+    ctx: &Arc<CudaContext>,
+    attribute: cudarc::driver::sys::CUmemPool_attribute,
+    set: Option<u64>,
+) -> std::result::Result<u64, cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    let mut pool = std::ptr::null_mut();
+    let mut value: u64 = set.unwrap_or(0);
+    // SAFETY: plain driver calls on the context's own device with valid out-pointers; the
+    // attributes used here are 64-bit values.
+    unsafe {
+        ctx.bind_to_thread()?;
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        let p = &mut value as *mut u64 as *mut std::ffi::c_void;
+        if set.is_some() {
+            sys::cuMemPoolSetAttribute(pool, attribute, p).result()?;
+        } else {
+            sys::cuMemPoolGetAttribute(pool, attribute, p).result()?;
+        }
+    }
+    Ok(value)
+}
+
 /// Raises the default memory pool's release threshold so freed memory stays cached.
 fn keep_freed_memory(
     ctx: &Arc<CudaContext>,
@@ -487,6 +511,27 @@ impl Backend for CudaBackend {
 
     fn master_dtype(&self) -> DType {
         DType::F32
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        CudaBackend::synchronize(self)
+    }
+
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        pool_attribute(
+            &self.device.ctx,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            None,
+        )
+        .ok()
+    }
+
+    fn reset_peak_memory(&self) {
+        let _ = pool_attribute(
+            &self.device.ctx,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            Some(0),
+        );
     }
 
     fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>> {

