@@ -13,14 +13,18 @@
 // Dropout on the probabilities draws the CPU's mask (src/rng.rs) for element (b, h, i, j) at
 // counter ((b·heads + h)·max_seq + i)·max_seq + j.
 //
-// Backward: delta_i = rowsum(dO_i ∘ O_i) first; then one kernel per key tile for dK, dV and
-// one per query tile for dQ, each summing over the other dimension in a fixed order inside one
-// block: deterministic, no atomics (at the price of recomputing the scores in both).
+// Backward: delta_i = Σ_j P_ij·dP̃_ij first (tensor cores: recomputed from the same rounded
+// operands dS uses, in the dQ kernel; exact f32: rowsum(dO_i ∘ O_i)); then one kernel per key
+// tile for dK, dV and one per query tile for dQ, each summing over the other dimension in a
+// fixed order inside one block: deterministic, no atomics (at the price of recomputing the
+// scores in each).
 //
-// bf16: tensor cores (mma.sync, f32 accumulation) on 64-row tiles, 4 warps of 16 rows; the
-// head dim is padded to DP ∈ {32, 64, 128} with zeros. f32: one thread per query (or key) row,
-// plain FMA, tiles of the other side in shared memory (the f32 path is for exactness, not
-// speed). Outputs are assigned.
+// Tensor cores (attention_*_tc_<storage>_d<DP>): mma.sync on bf16 with f32 accumulation, on
+// 64-row tiles, 4 warps of 16 rows; the head dim is padded to DP ∈ {32, 64, 128} with zeros.
+// Storage is bf16 or f32 (the mixed-precision path: f32 activations rounded to bf16 on their
+// way into shared memory). Exact f32 (attention_*_exact): one thread per query (or key) row,
+// plain FMA, tiles of the other side in shared memory (for exactness, not speed). Outputs are
+// assigned.
 #include "common.cuh"
 #include "tensor_core.cuh"
 
@@ -96,25 +100,28 @@ __device__ __forceinline__ void frag_a_from_acc(uint32_t a[4], const float c0[4]
 }
 
 // Rows [r0, r0 + 64) of head h, columns [0, DP) (zero past head_dim and past `limit` rows),
-// into shared [64][DP + 8].
-template <int DP>
-__device__ void stage_rows(bf16* dst, const bf16* src, const AttnParams& p, int start, int r0, int limit, int h) {
+// into shared [64][DP + 8] as bf16: bf16 rows by cp.async when 16-byte aligned, f32 rows
+// rounded on the way.
+template <int DP, typename T>
+__device__ void stage_rows(bf16* dst, const T* src, const AttnParams& p, int start, int r0, int limit, int h) {
     constexpr int COLS = DP + 8, CHUNKS = 64 * DP / 8;
-    const bool vec = p.ld % 8 == 0 && p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+    constexpr bool BF16 = sizeof(T) == 2;
+    const bool vec = BF16 && p.ld % 8 == 0 && p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
     for (int c = threadIdx.x; c < CHUNKS; c += blockDim.x) {
         const int r = c / (DP / 8), cc = (c % (DP / 8)) * 8;
         const int valid = r0 + r < limit ? min(max(p.head_dim - cc, 0), 8) : 0;
         bf16* d = dst + r * COLS + cc;
-        const bf16* s = src + (valid ? (long long)(start + r0 + r) * p.ld + (long long)h * p.head_dim + cc : 0);
+        const T* s = src + (valid ? (long long)(start + r0 + r) * p.ld + (long long)h * p.head_dim + cc : 0);
         if (vec) {
             cp_async_16(d, s, valid * 2);
         } else {
-            for (int e = 0; e < 8; ++e) d[e] = e < valid ? s[e] : __float2bfloat16(0.f);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) d[e] = __float2bfloat16(e < valid ? load(s, e) : 0.f);
         }
     }
 }
 
-template <int DP>
+template <int DP, typename T>
 struct AttnTc {
     static constexpr int COLS = DP + 8, TILE = 64 * COLS, NT = DP / 8;
     // Dynamic shared memory: four bf16 tiles and four 64-float vectors.
@@ -131,18 +138,18 @@ struct AttnTc {
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (q0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-        const bf16* q = static_cast<const bf16*>(p.q);
-        const bf16* k = static_cast<const bf16*>(p.k);
-        const bf16* v = static_cast<const bf16*>(p.v);
-        stage_rows<DP>(Qs, q, p, start, q0, len, h);
+        const T* q = static_cast<const T*>(p.q);
+        const T* k = static_cast<const T*>(p.k);
+        const T* v = static_cast<const T*>(p.v);
+        stage_rows<DP, T>(Qs, q, p, start, q0, len, h);
         float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
         float o[NT][4];
 #pragma unroll
         for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
         for (int k0 = 0; k0 < len; k0 += 64) {
             __syncthreads();  // the previous key tile is consumed
-            stage_rows<DP>(Ks, k, p, start, k0, len, h);
-            stage_rows<DP>(Vs, v, p, start, k0, len, h);
+            stage_rows<DP, T>(Ks, k, p, start, k0, len, h);
+            stage_rows<DP, T>(Vs, v, p, start, k0, len, h);
             for (int j = threadIdx.x; j < 64; j += blockDim.x) kbias[j] = key_valid(p, b, k0 + j, len) ? 0.f : -INFINITY;
             cp_async_commit();
             cp_async_wait<0>();
@@ -216,7 +223,7 @@ struct AttnTc {
                 }
             }
         }
-        bf16* out = static_cast<bf16*>(p.o);
+        T* out = static_cast<T*>(p.o);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int qi = q0 + 16 * w + g + 8 * r;
@@ -248,8 +255,8 @@ struct AttnTc {
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (k0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-        stage_rows<DP>(Ks, static_cast<const bf16*>(p.k), p, start, k0, len, h);
-        stage_rows<DP>(Vs, static_cast<const bf16*>(p.v), p, start, k0, len, h);
+        stage_rows<DP, T>(Ks, static_cast<const T*>(p.k), p, start, k0, len, h);
+        stage_rows<DP, T>(Vs, static_cast<const T*>(p.v), p, start, k0, len, h);
         for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
         float dk[NT][4], dv[NT][4];
 #pragma unroll
@@ -258,8 +265,8 @@ struct AttnTc {
             for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
         for (int q0 = 0; q0 < len; q0 += 64) {
             __syncthreads();
-            stage_rows<DP>(Qs, static_cast<const bf16*>(p.q), p, start, q0, len, h);
-            stage_rows<DP>(dOs, static_cast<const bf16*>(p.dout), p, start, q0, len, h);
+            stage_rows<DP, T>(Qs, static_cast<const T*>(p.q), p, start, q0, len, h);
+            stage_rows<DP, T>(dOs, static_cast<const T*>(p.dout), p, start, q0, len, h);
             for (int i = threadIdx.x; i < 64; i += blockDim.x) {
                 const bool in = q0 + i < len;
                 lse_s[i] = in ? p.lse[stat_index(p, b, h, q0 + i)] : 0.f;
@@ -320,8 +327,8 @@ struct AttnTc {
                 }
             }
         }
-        bf16* dk_out = static_cast<bf16*>(p.dk);
-        bf16* dv_out = static_cast<bf16*>(p.dv);
+        T* dk_out = static_cast<T*>(p.dk);
+        T* dv_out = static_cast<T*>(p.dv);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int kj = k0 + 16 * w + g + 8 * r;
@@ -339,7 +346,39 @@ struct AttnTc {
         }
     }
 
-    // ---- dQ: block (query tile, head, sequence), warp w owns queries 16w .. 16w + 15.
+    // S = Q·Kᵀ and dP = dO·Vᵀ of the staged tiles, 16 queries (warp w) × 64 keys.
+    static __device__ __forceinline__ void scores_and_dp(const bf16* Qs, const bf16* dOs, const bf16* Ks,
+                                                         const bf16* Vs, float s[8][4], float dp[8][4]) {
+        const int w = threadIdx.x / 32;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < DP; kk += 16) {
+            uint32_t aq[4], ado[4];
+            frag_a(aq, Qs, COLS, 16 * w, kk);
+            frag_a(ado, dOs, COLS, 16 * w, kk);
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                uint32_t b0[2], b1[2];
+                frag_b_nk(b0, b1, Ks, COLS, j * 8, kk);
+                mma_m16n8k16_bf16(s[j], aq, b0, s[j]);
+                mma_m16n8k16_bf16(s[j + 1], aq, b1, s[j + 1]);
+                frag_b_nk(b0, b1, Vs, COLS, j * 8, kk);
+                mma_m16n8k16_bf16(dp[j], ado, b0, dp[j]);
+                mma_m16n8k16_bf16(dp[j + 1], ado, b1, dp[j + 1]);
+            }
+        }
+    }
+
+    // ---- delta and dQ: block (query tile, head, sequence), warp w owns queries 16w .. 16w + 15.
+    // Pass 1 writes delta_i = Σ_j P_ij·dP̃_ij over all keys, from exactly the P and dP̃ that dS
+    // uses, so every row of dS sums to zero as the exact softmax gradient's does.
+    // (FlashAttention's rowsum(dO ∘ O) would mix in the forward's bf16 rounding of P and the
+    // output: an error common to a whole row, which lands coherently in dQ, dK and the query
+    // bias gradient.) Pass 2, when dQ is asked for: dS = P ∘ (dP̃ − delta), dQ = scale·dS·K.
+    // Runs before the dK/dV kernel, which reads delta.
     static __device__ void backward_dq(const AttnParams& p) {
         extern __shared__ __align__(16) unsigned char smem[];
         bf16* Qs = reinterpret_cast<bf16*>(smem);
@@ -351,71 +390,69 @@ struct AttnTc {
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (q0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-        stage_rows<DP>(Qs, static_cast<const bf16*>(p.q), p, start, q0, len, h);
-        stage_rows<DP>(dOs, static_cast<const bf16*>(p.dout), p, start, q0, len, h);
-        float lse_r[2], delta_r[2];
+        stage_rows<DP, T>(Qs, static_cast<const T*>(p.q), p, start, q0, len, h);
+        stage_rows<DP, T>(dOs, static_cast<const T*>(p.dout), p, start, q0, len, h);
+        float lse_r[2], delta_r[2] = {0.f, 0.f};
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int qi = q0 + 16 * w + g + 8 * r;
             lse_r[r] = qi < len ? p.lse[stat_index(p, b, h, qi)] : 0.f;
-            delta_r[r] = qi < len ? p.delta[stat_index(p, b, h, qi)] : 0.f;
         }
         float dq[NT][4];
 #pragma unroll
         for (int n = 0; n < NT; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
-        for (int k0 = 0; k0 < len; k0 += 64) {
-            __syncthreads();
-            stage_rows<DP>(Ks, static_cast<const bf16*>(p.k), p, start, k0, len, h);
-            stage_rows<DP>(Vs, static_cast<const bf16*>(p.v), p, start, k0, len, h);
-            for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
-            cp_async_commit();
-            cp_async_wait<0>();
-            __syncthreads();
-            float s[8][4], dp[8][4];
+        const int passes = p.dq ? 2 : 1;
+        for (int pass = 0; pass < passes; ++pass) {
+            for (int k0 = 0; k0 < len; k0 += 64) {
+                __syncthreads();
+                stage_rows<DP, T>(Ks, static_cast<const T*>(p.k), p, start, k0, len, h);
+                stage_rows<DP, T>(Vs, static_cast<const T*>(p.v), p, start, k0, len, h);
+                for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
+                cp_async_commit();
+                cp_async_wait<0>();
+                __syncthreads();
+                float s[8][4], dp[8][4];
+                scores_and_dp(Qs, dOs, Ks, Vs, s, dp);
 #pragma unroll
-            for (int j = 0; j < 8; ++j)
+                for (int j = 0; j < 8; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+                    for (int e = 0; e < 4; ++e) {
+                        const int r = e >> 1, kc = j * 8 + 2 * t + (e & 1);
+                        const int qi = q0 + 16 * w + g + 8 * r;
+                        const float pr = kvalid[kc] != 0.f && qi < len ? __expf(s[j][e] * p.scale - lse_r[r]) : 0.f;
+                        const float dpz = dp[j][e] * drop_factor(p, b, h, qi, k0 + kc);
+                        if (pass == 0)
+                            delta_r[r] += pr * dpz;
+                        else
+                            dp[j][e] = pr * (dpz - delta_r[r]);
+                    }
+                if (pass == 0) continue;
 #pragma unroll
-            for (int kk = 0; kk < DP; kk += 16) {
-                uint32_t aq[4], ado[4];
-                frag_a(aq, Qs, COLS, 16 * w, kk);
-                frag_a(ado, dOs, COLS, 16 * w, kk);
+                for (int kc = 0; kc < 4; ++kc) {
+                    uint32_t a[4];
+                    frag_a_from_acc(a, dp[2 * kc], dp[2 * kc + 1]);
 #pragma unroll
-                for (int j = 0; j < 8; j += 2) {
-                    uint32_t b0[2], b1[2];
-                    frag_b_nk(b0, b1, Ks, COLS, j * 8, kk);
-                    mma_m16n8k16_bf16(s[j], aq, b0, s[j]);
-                    mma_m16n8k16_bf16(s[j + 1], aq, b1, s[j + 1]);
-                    frag_b_nk(b0, b1, Vs, COLS, j * 8, kk);
-                    mma_m16n8k16_bf16(dp[j], ado, b0, dp[j]);
-                    mma_m16n8k16_bf16(dp[j + 1], ado, b1, dp[j + 1]);
+                    for (int n = 0; n < NT; n += 2) {
+                        uint32_t b0[2], b1[2];
+                        frag_b_kn(b0, b1, Ks, COLS, n * 8, kc * 16);
+                        mma_m16n8k16_bf16(dq[n], a, b0, dq[n]);
+                        mma_m16n8k16_bf16(dq[n + 1], a, b1, dq[n + 1]);
+                    }
                 }
             }
+            if (pass == 0) {
+                // A row's 64 keys are spread over the quad of lanes g·4 .. g·4 + 3.
 #pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = e >> 1, kc = j * 8 + 2 * t + (e & 1);
+                for (int r = 0; r < 2; ++r) {
+                    delta_r[r] += __shfl_xor_sync(0xffffffffu, delta_r[r], 1);
+                    delta_r[r] += __shfl_xor_sync(0xffffffffu, delta_r[r], 2);
                     const int qi = q0 + 16 * w + g + 8 * r;
-                    const float pr = kvalid[kc] != 0.f && qi < len ? __expf(s[j][e] * p.scale - lse_r[r]) : 0.f;
-                    const float z = drop_factor(p, b, h, qi, k0 + kc);
-                    dp[j][e] = pr * (dp[j][e] * z - delta_r[r]);
-                }
-#pragma unroll
-            for (int kc = 0; kc < 4; ++kc) {
-                uint32_t a[4];
-                frag_a_from_acc(a, dp[2 * kc], dp[2 * kc + 1]);
-#pragma unroll
-                for (int n = 0; n < NT; n += 2) {
-                    uint32_t b0[2], b1[2];
-                    frag_b_kn(b0, b1, Ks, COLS, n * 8, kc * 16);
-                    mma_m16n8k16_bf16(dq[n], a, b0, dq[n]);
-                    mma_m16n8k16_bf16(dq[n + 1], a, b1, dq[n + 1]);
+                    if (t == 0 && qi < len) p.delta[stat_index(p, b, h, qi)] = delta_r[r];
                 }
             }
         }
-        bf16* dq_out = static_cast<bf16*>(p.dq);
+        if (!p.dq) return;
+        T* dq_out = static_cast<T*>(p.dq);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int qi = q0 + 16 * w + g + 8 * r;
@@ -628,23 +665,26 @@ __device__ void attention_delta_impl(const AttnParams& p, int batch) {
 
 // ---------------------------------------------------------------- entry points
 
-#define ATTENTION_TC(DP)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(128) attention_forward_bf16_d##DP(AttnParams p) {            \
-        AttnTc<DP>::forward(p);                                                                                \
+#define ATTENTION_TC(DP, T, S)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_##S##_d##DP(AttnParams p) {         \
+        AttnTc<DP, T>::forward(p);                                                                             \
     }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_bf16_d##DP(AttnParams p) {      \
-        AttnTc<DP>::backward_dkdv(p);                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_##S##_d##DP(AttnParams p) {   \
+        AttnTc<DP, T>::backward_dkdv(p);                                                                       \
     }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_bf16_d##DP(AttnParams p) {        \
-        AttnTc<DP>::backward_dq(p);                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_tc_##S##_d##DP(AttnParams p) {     \
+        AttnTc<DP, T>::backward_dq(p);                                                                         \
     }
 
-ATTENTION_TC(32)
-ATTENTION_TC(64)
-ATTENTION_TC(128)
+ATTENTION_TC(32, bf16, bf16)
+ATTENTION_TC(64, bf16, bf16)
+ATTENTION_TC(128, bf16, bf16)
+ATTENTION_TC(32, float, f32)
+ATTENTION_TC(64, float, f32)
+ATTENTION_TC(128, float, f32)
 
-extern "C" __global__ void __launch_bounds__(32) attention_forward_f32(AttnParams p) { attention_forward_f32_impl(p); }
-extern "C" __global__ void __launch_bounds__(32) attention_backward_dkdv_f32(AttnParams p) { attention_dkdv_f32_impl(p); }
-extern "C" __global__ void __launch_bounds__(32) attention_backward_dq_f32(AttnParams p) { attention_dq_f32_impl(p); }
+extern "C" __global__ void __launch_bounds__(32) attention_forward_exact(AttnParams p) { attention_forward_f32_impl(p); }
+extern "C" __global__ void __launch_bounds__(32) attention_backward_dkdv_exact(AttnParams p) { attention_dkdv_f32_impl(p); }
+extern "C" __global__ void __launch_bounds__(32) attention_backward_dq_exact(AttnParams p) { attention_dq_f32_impl(p); }
 extern "C" __global__ void attention_delta_f32(AttnParams p, int batch) { attention_delta_impl<float>(p, batch); }
 extern "C" __global__ void attention_delta_bf16(AttnParams p, int batch) { attention_delta_impl<bf16>(p, batch); }

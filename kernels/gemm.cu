@@ -9,12 +9,16 @@
 // The linear map's GEMMs: Y = X·Wᵀ (A K, B K); dX = dY·W, G = dY·B_lora (A K, B N);
 // dW = dYᵀ·X, dA = Gᵀ·X, dB = dYᵀ·H (A M, B N).
 //
-// bf16 storage: tensor cores (mma.sync m16n8k16, f32 accumulation) fed by ldmatrix from
-// padded shared memory (rows padded by 8 elements: conflict-free ldmatrix rows), filled by a
-// STAGES-deep cp.async pipeline, all through tensor_core.cuh. A BM×BN block tile of WM×WN
-// warps, BK-deep k-tiles. Operands whose rows are not 16-byte aligned (an odd K or LoRA rank)
-// are staged with plain loads instead of cp.async; edges are zero-filled, so any M, N, K works.
-// f32 storage: a plain 64×64 tiled kernel (16×16 threads, 4×4 outputs each), f32 FMA.
+// Tensor cores (gemm_tc_*): mma.sync m16n8k16 on bf16 with f32 accumulation, fed by
+// ldmatrix from padded shared memory (rows padded by 8 elements: conflict-free ldmatrix
+// rows) filled by a STAGES-deep pipeline, all through tensor_core.cuh. A BM×BN block tile of
+// WM×WN warps, BK-deep k-tiles. Each operand (per segment), the bias and the output is bf16 or
+// f32 in global memory (GemmParams::flags): bf16 operands whose rows are 16-byte aligned are
+// staged with cp.async, f32 operands are loaded, rounded to bf16 on the way into shared memory
+// (the mixed-precision path: f32 activations, bf16 frozen weights, bf16 tensor-core math) and
+// anything unaligned (an odd K or LoRA rank) element by element. Edges are zero-filled, so any
+// M, N, K works.
+// Exact f32 (gemm_f32_*): a plain 64×64 tiled kernel (16×16 threads, 4×4 outputs each), FMA.
 //
 // Outputs are assigned. Deterministic: each output element is one thread's sum in a fixed
 // k order; with split-K (gridDim.z = split > 1, for long reductions into small outputs) block z
@@ -36,7 +40,15 @@ struct GemmParams {
     const void* bias;  // [n], storage type, or null
     float alpha;
     int split;
+    int flags;  // GEMM_*_BF16 bits: which of a[0], a[1], b[0], b[1], c, bias are bf16 (else f32)
 };
+
+#define GEMM_A0_BF16 1
+#define GEMM_A1_BF16 2
+#define GEMM_B0_BF16 4
+#define GEMM_B1_BF16 8
+#define GEMM_C_BF16 16
+#define GEMM_BIAS_BF16 32
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
@@ -66,22 +78,43 @@ struct TcGemm {
     static_assert(BK % 16 == 0, "BK: multiple of 16");
 
     // Stages rows × 8-element chunks of one operand tile. `rows` runs over the contiguous
-    // dimension's partner (m or n for K-major, k otherwise); `valid(r, c)` is how many of the
-    // 8 elements at chunk c of row r exist.
+    // dimension's partner (m or n for K-major, k otherwise); `valid` is how many of the 8
+    // elements at a chunk exist. bf16 sources go by cp.async when aligned; f32 sources are
+    // rounded to bf16 on the way.
     template <int ROWS, int COLS, int LD_SMEM>
-    static __device__ __forceinline__ void stage(bf16* dst, const bf16* src, long long ld, bool vec, int row0,
+    static __device__ __forceinline__ void stage(bf16* dst, const void* src, bool src_bf16, long long ld, int row0,
                                                  int row_limit, int col0, int col_limit) {
         constexpr int CHUNKS = ROWS * (COLS / 8);
+        const bool vec = src_bf16 ? ld % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0
+                                  : ld % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
         for (int c = threadIdx.x; c < CHUNKS; c += THREADS) {
             int r = c / (COLS / 8), cc = (c % (COLS / 8)) * 8;
             int gr = row0 + r, gc = col0 + cc;
             int valid = gr < row_limit ? min(max(col_limit - gc, 0), 8) : 0;
             bf16* d = dst + r * LD_SMEM + cc;
-            const bf16* s = src + (valid ? gr * ld + gc : 0);
-            if (vec) {
-                cp_async_16(d, s, valid * 2);
+            const long long at = valid ? gr * ld + gc : 0;
+            if (src_bf16) {
+                const bf16* s = static_cast<const bf16*>(src) + at;
+                if (vec) {
+                    cp_async_16(d, s, valid * 2);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) d[e] = e < valid ? s[e] : __float2bfloat16(0.f);
+                }
             } else {
-                for (int e = 0; e < 8; ++e) d[e] = e < valid ? s[e] : __float2bfloat16(0.f);
+                const float* s = static_cast<const float*>(src) + at;
+                float v[8];
+                if (vec && valid == 8) {
+                    const float4 lo = *reinterpret_cast<const float4*>(s);
+                    const float4 hi = *reinterpret_cast<const float4*>(s + 4);
+                    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+                    v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) v[e] = e < valid ? s[e] : 0.f;
+                }
+#pragma unroll
+                for (int e = 0; e < 8; ++e) d[e] = __float2bfloat16(v[e]);
             }
         }
     }
@@ -92,19 +125,19 @@ struct TcGemm {
         // Ternaries, not p.k[seg]: indexing the parameter struct with a variable would copy it
         // to local memory.
         const int K = seg ? p.k[1] : p.k[0];
-        const bf16* a = static_cast<const bf16*>(seg ? p.a[1] : p.a[0]);
-        const bf16* b = static_cast<const bf16*>(seg ? p.b[1] : p.b[0]);
+        const void* a = seg ? p.a[1] : p.a[0];
+        const void* b = seg ? p.b[1] : p.b[0];
         const long long lda = seg ? p.lda[1] : p.lda[0], ldb = seg ? p.ldb[1] : p.ldb[0];
-        const bool vec_a = lda % 8 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0;
-        const bool vec_b = ldb % 8 == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
+        const bool a_bf16 = p.flags & (seg ? GEMM_A1_BF16 : GEMM_A0_BF16);
+        const bool b_bf16 = p.flags & (seg ? GEMM_B1_BF16 : GEMM_B0_BF16);
         if (A_KMAJOR)
-            stage<BM, BK, A_COLS>(As, a, lda, vec_a, m0, p.m, kbase, K);
+            stage<BM, BK, A_COLS>(As, a, a_bf16, lda, m0, p.m, kbase, K);
         else
-            stage<BK, BM, A_COLS>(As, a, lda, vec_a, kbase, K, m0, p.m);
+            stage<BK, BM, A_COLS>(As, a, a_bf16, lda, kbase, K, m0, p.m);
         if (B_KMAJOR)
-            stage<BN, BK, B_COLS>(Bs, b, ldb, vec_b, n0, p.n, kbase, K);
+            stage<BN, BK, B_COLS>(Bs, b, b_bf16, ldb, n0, p.n, kbase, K);
         else
-            stage<BK, BN, B_COLS>(Bs, b, ldb, vec_b, kbase, K, n0, p.n);
+            stage<BK, BN, B_COLS>(Bs, b, b_bf16, ldb, kbase, K, n0, p.n);
     }
 
     static __device__ void run(const GemmParams& p) {
@@ -194,8 +227,13 @@ struct TcGemm {
                             static_cast<float*>(p.c)[((long long)blockIdx.z * p.m + row) * p.n + col + e] = v;
                         } else {
                             float out = p.alpha * v;
-                            if (p.bias) out += load(static_cast<const bf16*>(p.bias), col + e);
-                            store(static_cast<bf16*>(p.c), row * p.ldc + col + e, out);
+                            if (p.bias)
+                                out += p.flags & GEMM_BIAS_BF16 ? load(static_cast<const bf16*>(p.bias), col + e)
+                                                                : static_cast<const float*>(p.bias)[col + e];
+                            if (p.flags & GEMM_C_BF16)
+                                store(static_cast<bf16*>(p.c), row * p.ldc + col + e, out);
+                            else
+                                static_cast<float*>(p.c)[row * p.ldc + col + e] = out;
                         }
                     }
                 }
@@ -282,7 +320,7 @@ __device__ void gemm_reduce(const float* ws, int split, long long count, int n, 
 
 #define GEMM_TC(LAYOUT, AK, BK_, BM, BN, BKT, WM, WN, ST)                                                   \
     extern "C" __global__ void __launch_bounds__(WM * WN * 32)                                              \
-        gemm_bf16_##LAYOUT##_##BM##x##BN##x##BKT##_w##WM##x##WN##_s##ST(GemmParams p) {                    \
+        gemm_tc_##LAYOUT##_##BM##x##BN##x##BKT##_w##WM##x##WN##_s##ST(GemmParams p) {                    \
         TcGemm<AK, BK_, BM, BN, BKT, WM, WN, ST>::run(p);                                                   \
     }
 

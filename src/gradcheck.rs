@@ -90,6 +90,7 @@ pub fn gradcheck<B: Backend>(
             p.value = device.tensor_from_f64(p.value.shape().clone(), v)?;
         }
     }
+    on_device.store_frozen_weights(device)?;
     let device_input = ModelInput::new(device, &tokenizer.encode_batch(&inputs)?)?;
     let device_labels = Labels::Classes(device.tensor_from_u32(Shape::new([texts.len()]), &y)?);
     let mut tape = Tape::new(device.clone());

@@ -57,11 +57,46 @@ fn help_documents_every_command_and_flag() {
 
 #[test]
 fn cuda_and_bad_arguments_are_clear_errors() {
-    let (ok, _, err) = spafit(&["bench", "--model", &model(), "--device", "cuda:0"]);
+    // Without a GPU `--device cuda` says so and names the stand-in; with one it just runs.
+    let (ok, _, err) = spafit(&[
+        "bench",
+        "--model",
+        &model(),
+        "--device",
+        "cuda:0",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
     assert!(
-        !ok && err.contains("CUDA backend is not built yet"),
+        ok || (err.contains("no CUDA driver") && err.contains("cuda-emu")),
         "{err}"
     );
+    for (device, dtype, needle) in [
+        ("cpu", "bf16", "bf16 runs on CUDA"),
+        ("cuda-emu", "f64", "f64 is the CPU reference"),
+        ("tpu", "f32", "unknown device `tpu`"),
+        ("cuda:x", "f32", "cuda:N"),
+    ] {
+        let (ok, _, err) = spafit(&[
+            "bench",
+            "--model",
+            &model(),
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+        ]);
+        assert!(
+            !ok && err.contains(needle),
+            "--device {device} --dtype {dtype}: {err}"
+        );
+    }
     let (ok, _, err) = spafit(&[
         "bench",
         "--model",
@@ -358,4 +393,189 @@ fn mnli_reports_both_dev_sets() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(last_json(&stdout)["split"], "MNLI/dev_matched");
+}
+
+/// Rows of a tiny sentiment task, as CSV.
+fn sentiment_csv(rows: &[(&str, u8)]) -> String {
+    let mut s = String::from("text,label\n");
+    for (t, l) in rows {
+        s.push_str(&format!("\"{t}\",{l}\n"));
+    }
+    s
+}
+
+/// The training losses and the final dev loss logged in `out/metrics.jsonl`.
+fn logged_losses(out: &Path) -> (Vec<f64>, f64) {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let train = lines
+        .iter()
+        .filter(|l| l["type"] == "train")
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect();
+    let dev = lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "eval")
+        .map(|l| l["loss"].as_f64().unwrap())
+        .expect("an evaluation");
+    (train, dev)
+}
+
+/// `spafit train --device cuda-emu` on the real all-MiniLM-L6-v2, in f32 and bf16, logs the
+/// losses the CPU logs (f32 ≤ 1e-4 relative, bf16 ≤ 2e-2); eval, gradcheck and bench run there
+/// too. The stand-in runs the same kernels a GPU would, on the CPU.
+#[test]
+fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = [
+        ("a gorgeous, witty, seductive movie.", 1),
+        ("unbelievably dull and overlong.", 0),
+        ("it is not bad at all", 1),
+        ("so-so", 0),
+        ("the best film of the year", 1),
+        ("a waste of two hours", 0),
+        ("charming and funny", 1),
+        ("tedious, predictable and flat", 0),
+        ("an absolute delight", 1),
+        ("i fell asleep halfway", 0),
+        ("smart, moving, and beautifully acted", 1),
+        ("the plot makes no sense", 0),
+        ("a triumph", 1),
+        ("painfully boring", 0),
+        ("warm and wise", 1),
+        ("a mess from start to finish", 0),
+    ];
+    let dev = [
+        ("lovely", 1),
+        ("awful", 0),
+        ("a fine piece of work", 1),
+        ("dreadful acting", 0),
+        ("surprisingly good", 1),
+        ("not worth it", 0),
+        ("great fun", 1),
+        ("dull", 0),
+    ];
+    write(dir.path(), "train.csv", &sentiment_csv(&train));
+    write(dir.path(), "dev.csv", &sentiment_csv(&dev));
+    let m = model();
+    let run = |device: &str, dtype: &str| -> (Vec<f64>, f64) {
+        let out = dir.path().join(format!("out-{device}-{dtype}"));
+        let (ok, stdout, err) = spafit(&[
+            "train",
+            "--model",
+            &m,
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+            "--train-file",
+            dir.path().join("train.csv").to_str().unwrap(),
+            "--dev-file",
+            dir.path().join("dev.csv").to_str().unwrap(),
+            "--max-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--log-every",
+            "1",
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(ok, "train on {device} {dtype}: {err}");
+        let line = last_json(&stdout);
+        assert!(
+            line["device"].as_str().unwrap().starts_with(device),
+            "{line}"
+        );
+        logged_losses(&out)
+    };
+    let (cpu_train, cpu_dev) = run("cpu", "f32");
+    for (dtype, tol) in [("f32", 1e-4), ("bf16", 2e-2)] {
+        let (train, dev) = run("cuda-emu", dtype);
+        assert_eq!(train.len(), cpu_train.len());
+        for (i, (a, b)) in train.iter().zip(&cpu_train).enumerate() {
+            let e = (a - b).abs() / b.abs();
+            println!(
+                "CUDA-EMU {dtype} step {} loss {a} vs cpu {b}: {e:.2e}",
+                i + 1
+            );
+            assert!(
+                e <= tol,
+                "step {} loss on cuda-emu {dtype}: {a} vs {b}",
+                i + 1
+            );
+        }
+        let e = (dev - cpu_dev).abs() / cpu_dev.abs();
+        println!("CUDA-EMU {dtype} dev loss {dev} vs cpu {cpu_dev}: {e:.2e}");
+        assert!(e <= tol, "dev loss on cuda-emu {dtype}: {dev} vs {cpu_dev}");
+    }
+    // The CPU-trained adapter evaluates to the same loss on the stand-in.
+    let (ok, stdout, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--device",
+        "cuda-emu",
+        "--max-len",
+        "16",
+        "--adapter",
+        dir.path().join("out-cpu-f32/best").to_str().unwrap(),
+        "--train-file",
+        dir.path().join("train.csv").to_str().unwrap(),
+        "--dev-file",
+        dir.path().join("dev.csv").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let eval_loss = last_json(&stdout)["loss"].as_f64().unwrap();
+    assert!(
+        (eval_loss - cpu_dev).abs() / cpu_dev <= 1e-4,
+        "eval on cuda-emu: {eval_loss} vs {cpu_dev}"
+    );
+    // Gradients on the stand-in against f64 finite differences on the CPU.
+    let (ok, stdout, err) = spafit(&[
+        "gradcheck",
+        "--model",
+        &m,
+        "--device",
+        "cuda-emu",
+        "--method",
+        "bitfit",
+        "--samples",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    println!("GRADCHECK cuda-emu f32 bitfit: {line}");
+    assert!(line["max_rel_err"].as_f64().unwrap() < 1e-3, "{line}");
+    assert_eq!(line["device"], "cuda-emu-f32");
+    // Bench reports the device's peak memory.
+    let (ok, stdout, err) = spafit(&[
+        "bench",
+        "--model",
+        &m,
+        "--device",
+        "cuda-emu",
+        "--dtype",
+        "bf16",
+        "--method",
+        "spafit",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert!(line["peak_device_mib"].as_f64().unwrap() > 10.0, "{line}");
 }

@@ -1,6 +1,7 @@
 //! One test body per op, run on every backend against the f64 CPU reference: random
 //! non-zero inputs at odd shapes, outputs poisoned with NaN before the kernels run, every
-//! element checked. f32 ≤ 1e-5 relative, bf16 ≤ 1e-2. The CUDA cases run on a GPU when the
+//! element checked. f32 ≤ 1e-5 relative, bf16 ≤ 1e-2 — both the mixed-precision bf16 mode
+//! (f32 tensors, bf16 tensor cores) and bf16 storage (bf16 tensors everywhere). The CUDA cases run on a GPU when the
 //! machine has one and on the CPU stand-in for the driver (`cuda-emu`) otherwise, so they
 //! run everywhere; a machine that has neither fails them. Each checked result prints an `XB`
 //! line for the GPU check table.
@@ -373,6 +374,63 @@ fn linear<B: Backend>(b: &B, tol: f64) {
                 &format!("linear.{name} {tag}"),
                 &down(b, g.as_ref().unwrap()),
                 &down(&r, w.as_ref().unwrap()),
+                tol,
+            );
+        }
+        // A frozen weight stored compactly (bf16 in bf16 mode): the reference multiplies the
+        // same rounded values.
+        if b.frozen_dtype() != b.float_dtype() {
+            let wc = b.cast(&wb, b.frozen_dtype()).unwrap();
+            let w_rounded = down(b, &wc);
+            let wcr = up(&r, &[c.output, c.input], &w_rounded);
+            let want_c = r
+                .linear_forward(&xr, &wcr, Some(&br), Some(lora_r()), Some(&xlr))
+                .unwrap();
+            let got_c = b
+                .linear_forward(&xb, &wc, Some(&bb), Some(lora_b()), Some(&xlb))
+                .unwrap();
+            check(
+                b,
+                &format!("linear.y_frozen_bf16 {tag}"),
+                &down(b, &got_c.y),
+                &down(&r, &want_c.y),
+                tol,
+            );
+            let only_dx = LinearGradRequest {
+                dx: true,
+                ..Default::default()
+            };
+            let dr = r
+                .linear_backward(
+                    LinearBackwardInputs {
+                        dy: &dyr,
+                        x: None,
+                        w: Some(&wcr),
+                        lora: None,
+                        x_lora: None,
+                        h: None,
+                    },
+                    only_dx,
+                )
+                .unwrap();
+            let dbk = b
+                .linear_backward(
+                    LinearBackwardInputs {
+                        dy: &dyb,
+                        x: None,
+                        w: Some(&wc),
+                        lora: None,
+                        x_lora: None,
+                        h: None,
+                    },
+                    only_dx,
+                )
+                .unwrap();
+            check(
+                b,
+                &format!("linear.dx_frozen_bf16 {tag}"),
+                &down(b, dbk.dx.as_ref().unwrap()),
+                &down(&r, dr.dx.as_ref().unwrap()),
                 tol,
             );
         }
@@ -783,6 +841,11 @@ macro_rules! on_every_backend {
             #[test]
             fn cuda_bf16() {
                 super::$name(&cuda(DType::BF16), 1e-2);
+            }
+
+            #[test]
+            fn cuda_bf16_storage() {
+                super::$name(&cuda(DType::BF16).with_bf16_storage(), 1e-2);
             }
         }
     )*};

@@ -230,6 +230,7 @@ fn build_case<B: Backend>(
     }
     let mut init = |name: &str, shape: Shape| file.tensor(backend, &format!("init.{name}"), shape);
     model.apply_plan(&plan, &mut init).unwrap();
+    model.store_frozen_weights(backend).unwrap();
     for p in model.classifier.params_mut() {
         p.value = file
             .tensor(
@@ -378,6 +379,66 @@ fn lora_matches_peft() {
 #[test]
 fn spafit_matches_peft() {
     method_parity("spafit");
+}
+
+/// SPAFIT on the CUDA backend (a GPU, else the CPU stand-in) against the transformers + PEFT
+/// float64 oracle: logits, loss and every trainable gradient, classification and regression;
+/// f32 ≤ 1e-4, bf16 (mixed precision, frozen weights stored in bf16) ≤ 2e-2.
+#[test]
+fn spafit_matches_peft_on_cuda() {
+    use spafit::backend::cuda::CudaBackend;
+    use spafit::tensor::DType;
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 2e-2)] {
+        let b = CudaBackend::hardware_or_emulated(dtype).expect("a CUDA backend");
+        for case in fixture()["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["method"] == "spafit")
+        {
+            let name = case["name"].as_str().unwrap();
+            let file = fixture_file(&format!("{name}.safetensors"));
+            let (_, want_logits) = read(&file, "logits");
+            let (_, want_loss) = read(&file, "loss");
+            let (model, input, labels) = build_case(&b, case, &file);
+            let mut tape = Tape::new(b.clone());
+            let logits = model
+                .forward(&mut tape, &input, &mut DropoutPlan::eval())
+                .unwrap();
+            let loss = model.loss(&mut tape, &logits, &labels).unwrap();
+            let e_logits = rel_err(&b.to_f64(logits.value()).unwrap(), &want_logits);
+            let e_loss = rel_err(&b.to_f64(loss.value()).unwrap(), &want_loss);
+            let grads = tape.backward(&loss).unwrap();
+            let mut worst = (0.0f64, String::new());
+            for grad_name in file.names().iter().filter_map(|n| n.strip_prefix("grad.")) {
+                if grad_name.ends_with("attention.self.key.bias") {
+                    continue; // zero in exact arithmetic; checked in f64 above
+                }
+                let (_, want) = read(&file, &format!("grad.{grad_name}"));
+                let ours = b.to_f64(grads.get(grad_name).unwrap()).unwrap();
+                let e = rel_err(&ours, &want);
+                if e >= worst.0 {
+                    worst = (e, grad_name.to_string());
+                }
+            }
+            println!(
+                "PARITY {name} {}: logits {e_logits:.2e}, loss {e_loss:.2e}, worst gradient {:.2e} ({})",
+                spafit::backend::Backend::name(&b),
+                worst.0,
+                worst.1
+            );
+            assert!(
+                e_logits <= tol && e_loss <= tol,
+                "{name}: logits {e_logits:e}, loss {e_loss:e}"
+            );
+            assert!(
+                worst.0 <= tol,
+                "{name}: gradient of {}: {:e}",
+                worst.1,
+                worst.0
+            );
+        }
+    }
 }
 
 #[test]

@@ -184,5 +184,6 @@ pub fn load_adapter<B: Backend>(
     for p in model.params_mut().into_iter().filter(|p| p.trainable) {
         p.value = file.tensor(backend, &p.name, p.value.shape().clone())?;
     }
+    model.store_frozen_weights(backend)?;
     Ok((model, manifest))
 }

@@ -10,7 +10,8 @@
 //! Conventions every backend follows:
 //! - outputs are freshly allocated, never accumulated into inputs (except the explicit in-place
 //!   methods `add_assign`, `scale_in_place` and `adamw_step`);
-//! - all float inputs of one call share one dtype, else [`crate::Error::DType`];
+//! - all float inputs of one call share one dtype, else [`crate::Error::DType`] (one
+//!   exception: a linear map's weight may be stored in the backend's [`Backend::frozen_dtype`]);
 //! - shapes are validated by [`shapes`] before any work, else [`crate::Error::Shape`];
 //! - reductions are deterministic: the same inputs give the same bits.
 
@@ -251,6 +252,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// The dtype of trainable master weights and optimizer moments: the backend's own on the
     /// CPU; f32 on CUDA whatever the storage dtype (bf16 cannot hold small updates).
     fn master_dtype(&self) -> DType {
+        self.float_dtype()
+    }
+
+    /// The dtype frozen linear weights are stored in, when a model is asked to store them
+    /// compactly ([`crate::model::BertClassifier::store_frozen_weights`]): bf16 on CUDA in
+    /// bf16 mode (half the weight memory; the tensor cores read bf16 anyway), the float dtype
+    /// elsewhere. [`Backend::linear_forward`] and [`Backend::linear_backward`] accept a weight
+    /// in either dtype.
+    fn frozen_dtype(&self) -> DType {
         self.float_dtype()
     }
 

@@ -29,6 +29,37 @@ pub fn common_float_dtype<B: Backend>(
     Ok(dtype)
 }
 
+/// Checks that `t` holds floats.
+pub fn require_float<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) -> Result<()> {
+    if !t.dtype().is_float() {
+        return Err(Error::dtype(
+            op,
+            format!("`{name}` must be a float tensor, got {}", t.dtype()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a linear map's weight is stored in `dtype` (the activations' dtype) or in
+/// `frozen`, the backend's compact storage for frozen weights.
+pub fn weight_dtype<B: Backend>(
+    op: &'static str,
+    w: &Tensor<B>,
+    dtype: DType,
+    frozen: DType,
+) -> Result<()> {
+    if w.dtype() != dtype && w.dtype() != frozen {
+        return Err(Error::dtype(
+            op,
+            format!(
+                "`weight` is {} but the activations are {dtype} (frozen weights may be {frozen})",
+                w.dtype()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `t` holds `U32` indices.
 pub fn require_u32<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) -> Result<()> {
     if t.dtype() != DType::U32 {
@@ -122,7 +153,9 @@ pub fn linear<B: Backend>(
     x_lora: Option<&Tensor<B>>,
 ) -> Result<LinearDims> {
     const OP: &str = "linear";
-    let mut all = vec![("x", x), ("weight", w)];
+    // The weight may be stored in the backend's frozen dtype: each backend checks its dtype.
+    require_float(OP, "weight", w)?;
+    let mut all = vec![("x", x)];
     if let Some(b) = bias {
         all.push(("bias", b));
     }
@@ -209,7 +242,10 @@ pub fn linear_backward<B: Backend>(
     let (rows, output) = matrix(OP, "dy", dy)?;
     let mut named = vec![("dy", dy)];
     named.extend(inp.x.map(|t| ("x", t)));
-    named.extend(inp.w.map(|t| ("weight", t)));
+    if let Some(w) = inp.w {
+        // Stored in the backend's frozen dtype or the float dtype: each backend checks.
+        require_float(OP, "weight", w)?;
+    }
     named.extend(inp.x_lora.map(|t| ("x_lora", t)));
     named.extend(inp.h.map(|t| ("h", t)));
     if let Some(l) = &inp.lora {

@@ -88,7 +88,10 @@ impl ModelArgs {
             let ordinal = match rest.strip_prefix(':') {
                 None if rest.is_empty() => 0,
                 Some(n) => n.parse::<usize>().map_err(|_| {
-                    Error::invalid("--device", format!("`{device}`: expected cuda:N with N a device number"))
+                    Error::invalid(
+                        "--device",
+                        format!("`{device}`: expected cuda:N with N a device number"),
+                    )
                 })?,
                 None => {
                     return Err(Error::invalid(

@@ -97,7 +97,13 @@ impl EvalCommand {
             data,
             encoded,
             ..
-        } = load(backend, &self.model, &self.data, &self.adapter, &self.split()?)?;
+        } = load(
+            backend,
+            &self.model,
+            &self.data,
+            &self.adapter,
+            &self.split()?,
+        )?;
         let eval = evaluate(
             &backend,
             &model,

@@ -89,6 +89,7 @@ pub fn setup<B: Backend>(
     let plan = PeftPlan::new(&config, checkpoint.config.num_hidden_layers)?;
     let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
     m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
+    m.store_frozen_weights(&backend)?;
     Ok(Run {
         backend,
         checkpoint,

@@ -206,6 +206,22 @@ impl<B: Backend> EncoderLayer<B> {
         v
     }
 
+    /// Stores the frozen weights of the six linear maps compactly (see
+    /// [`Linear::store_frozen_weight`]).
+    pub fn store_frozen_weights(&mut self, backend: &B) -> Result<()> {
+        for l in [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attention_output,
+            &mut self.intermediate,
+            &mut self.output,
+        ] {
+            l.store_frozen_weight(backend)?;
+        }
+        Ok(())
+    }
+
     /// Every parameter, mutably (for optimizer updates).
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
         let mut v = Vec::new();

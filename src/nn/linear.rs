@@ -104,6 +104,15 @@ impl<B: Backend> Linear<B> {
         Ok(())
     }
 
+    /// Stores a frozen weight in `backend`'s [`Backend::frozen_dtype`] (bf16 on CUDA in bf16
+    /// mode); a trainable one stays as it is.
+    pub fn store_frozen_weight(&mut self, backend: &B) -> Result<()> {
+        if !self.weight.trainable && self.weight.value.dtype() != backend.frozen_dtype() {
+            self.weight.value = backend.cast(&self.weight.value, backend.frozen_dtype())?;
+        }
+        Ok(())
+    }
+
     /// Every parameter, adapter included.
     pub fn params(&self) -> Vec<&Param<B>> {
         let mut v = vec![&self.weight, &self.bias];

@@ -413,6 +413,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 "batch size and epochs must be positive",
             ));
         }
+        self.model.store_frozen_weights(&self.backend)?;
         let valid = c.learning_rate >= 0.0
             && c.learning_rate.is_finite()
             && (0.0..=1.0).contains(&c.warmup_ratio);

@@ -214,6 +214,7 @@ impl Backend for CpuBackend {
         x_lora: Option<&Tensor<Self>>,
     ) -> Result<LinearOutput<Self>> {
         let d = shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
+        shapes::weight_dtype("linear", w, x.dtype(), x.dtype())?;
         with_float!(x.dtype(), "linear", T => {
             let l = lora.as_ref().map(|l| linear::Lora {
                 a: view::<T>(l.a),
@@ -244,6 +245,9 @@ impl Backend for CpuBackend {
         const OP: &str = "linear backward";
         let dy = inp.dy;
         let (dtype, d) = shapes::linear_backward(&inp)?;
+        if let Some(w) = inp.w {
+            shapes::weight_dtype(OP, w, dtype, dtype)?;
+        }
         let LinearDims {
             rows: _,
             input,

@@ -2,13 +2,15 @@
 //!
 //! Sequences are handed to the kernels as start offsets (`starts[b]` .. `starts[b + 1]`), the
 //! varlen interface: today's callers pass a padded batch (offsets `0, S, 2S, …` plus the key
-//! mask); packed batches without padding rows need no kernel change. bf16 runs the
-//! tensor-core kernels (head dims up to 128, padded to 32, 64 or 128); f32 the exact
-//! one-thread-per-row kernels.
+//! mask); packed batches without padding rows need no kernel change. In bf16 precision the
+//! tensor-core kernels run (head dims up to 128, padded to 32, 64 or 128) on f32 or bf16
+//! storage; in f32 precision the exact one-thread-per-row kernels.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::{driver, ids, require_f32, tensor, view, with_float, CudaBackend, CudaFloat};
+use super::{
+    driver, ids, require_f32, tensor, view, with_float, CudaBackend, CudaFloat, Precision,
+};
 use crate::backend::shapes::{self, AttentionDims};
 use crate::backend::{AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput};
 use crate::error::{Error, Result};
@@ -160,11 +162,11 @@ pub(super) fn forward(
             let (po, _go) = out.device_ptr_mut(stream);
             let (pl, _gl) = lse.device_ptr_mut(stream);
             (p.q, p.k, p.v, p.mask, p.starts, p.o, p.lse) = (pq, pk, pv, pm, ps, po, pl);
-            if T::SUFFIX == "bf16" {
-                let dp = padded_head_dim(OP, d.head_dim)?;
-                launch_tiles(b, OP, &format!("attention_forward_bf16_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
+            if b.precision == Precision::F32 && T::SUFFIX == "f32" {
+                launch_tiles(b, OP, "attention_forward_exact", &d, 32, 32, f32_shared(d.head_dim, 2, 2, 16), &p)?;
             } else {
-                launch_tiles(b, OP, "attention_forward_f32", &d, 32, 32, f32_shared(d.head_dim, 2, 2, 16), &p)?;
+                let dp = padded_head_dim(OP, d.head_dim)?;
+                launch_tiles(b, OP, &format!("attention_forward_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
             }
         }
         Ok(AttentionOutput { out: tensor(q.shape().clone(), out)?, lse: tensor([d.batch, d.heads, d.seq], lse)? })
@@ -198,8 +200,8 @@ pub(super) fn backward(
     let stream = &b.device.stream;
     let starts = padded_starts(b, &d)?;
     with_float!(dtype, OP, T => {
-        let bf16 = T::SUFFIX == "bf16";
-        let dp = if bf16 { padded_head_dim(OP, d.head_dim)? } else { 0 };
+        let exact = b.precision == Precision::F32 && T::SUFFIX == "f32";
+        let dp = if exact { 0 } else { padded_head_dim(OP, d.head_dim)? };
         let mut delta = b.output::<f32>(d.batch * d.heads * d.seq)?;
         let mut dq = if want.dq { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dk = if want.dk { Some(b.output::<T>(q.numel())?) } else { None };
@@ -220,27 +222,27 @@ pub(super) fn backward(
             if let Some(t) = dq.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dq = ptr; guards.push(g); }
             if let Some(t) = dk.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dk = ptr; guards.push(g); }
             if let Some(t) = dv.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dv = ptr; guards.push(g); }
-            // delta = rowsum(dO ∘ O): one warp per (row, head).
-            let rows = d.batch * d.heads * d.seq;
-            let f = b.function(MODULE, &format!("attention_delta_{}", T::SUFFIX))?;
-            let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8).min(65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            let batch = d.batch as i32;
-            let mut l = stream.launch_builder(&f);
-            l.arg(&p).arg(&batch);
-            // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
-            unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
-            if want.dk || want.dv {
-                if bf16 {
-                    launch_tiles(b, OP, &format!("attention_backward_dkdv_bf16_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
-                } else {
-                    launch_tiles(b, OP, "attention_backward_dkdv_f32", &d, 32, 32, f32_shared(d.head_dim, 4, 2, 32), &p)?;
+            if exact {
+                // delta = rowsum(dO ∘ O) in f32: one warp per (row, head).
+                let rows = d.batch * d.heads * d.seq;
+                let f = b.function(MODULE, &format!("attention_delta_{}", T::SUFFIX))?;
+                let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8).min(65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let batch = d.batch as i32;
+                let mut l = stream.launch_builder(&f);
+                l.arg(&p).arg(&batch);
+                // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
+                unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+                if want.dk || want.dv {
+                    launch_tiles(b, OP, "attention_backward_dkdv_exact", &d, 32, 32, f32_shared(d.head_dim, 4, 2, 32), &p)?;
                 }
-            }
-            if want.dq {
-                if bf16 {
-                    launch_tiles(b, OP, &format!("attention_backward_dq_bf16_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
-                } else {
-                    launch_tiles(b, OP, "attention_backward_dq_f32", &d, 32, 32, f32_shared(d.head_dim, 3, 2, 16), &p)?;
+                if want.dq {
+                    launch_tiles(b, OP, "attention_backward_dq_exact", &d, 32, 32, f32_shared(d.head_dim, 3, 2, 16), &p)?;
+                }
+            } else {
+                // The dQ kernel writes delta first (with dq null it does only that).
+                launch_tiles(b, OP, &format!("attention_backward_dq_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
+                if want.dk || want.dv {
+                    launch_tiles(b, OP, &format!("attention_backward_dkdv_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
                 }
             }
             drop(guards);

@@ -8,16 +8,24 @@
 //! `dB = s·dYᵀ·H` (long reductions over rows into small outputs: split-K with a fixed split and
 //! a fixed-order reduction); `db` (column sums). Deterministic throughout: no atomics.
 //!
-//! bf16 runs on tensor cores with one of the tile configurations in [`TILES`] (chosen per
-//! shape, or forced with [`CudaBackend::with_gemm_tile`] — the GPU check sweeps them all); f32
-//! runs a plain tiled FMA kernel.
+//! In bf16 precision the GEMMs run on tensor cores (operands bf16 or f32 in memory, per
+//! operand) with one of the tile configurations in [`TILES`] (chosen per shape, or forced
+//! with [`CudaBackend::with_gemm_tile`] — the GPU check sweeps them all); in f32 precision a
+//! plain tiled FMA kernel computes them exactly.
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    SyncOnDrop,
+};
+use half::bf16;
 
-use super::{columns, driver, grid_for, launch, tensor, view, with_float, CudaBackend, CudaFloat};
+use super::{
+    columns, driver, grid_for, launch, tensor, view, with_float, CudaBackend, CudaBuffer,
+    CudaFloat, Precision,
+};
 use crate::backend::shapes::{self, LinearDims};
 use crate::backend::{
-    LinearBackwardInputs, LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
+    Backend, LinearBackwardInputs, LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
@@ -40,6 +48,7 @@ struct GemmParams {
     bias: u64,
     alpha: f32,
     split: i32,
+    flags: i32,
 }
 
 // SAFETY: a plain C struct of integers and floats, laid out as the kernel's.
@@ -197,34 +206,95 @@ fn split_for(blocks: usize, k_tiles: usize) -> usize {
     (k_tiles / 4).min(128usize.div_ceil(blocks)).clamp(1, 32)
 }
 
+/// A float device buffer of either storage dtype.
+#[derive(Clone, Copy)]
+enum Buf<'a> {
+    F32(&'a CudaSlice<f32>),
+    Bf16(&'a CudaSlice<bf16>),
+}
+
+impl<'a> Buf<'a> {
+    fn of(op: &'static str, t: &'a Tensor<CudaBackend>) -> Result<Self> {
+        match t.buffer() {
+            CudaBuffer::F32(s) => Ok(Buf::F32(s)),
+            CudaBuffer::BF16(s) => Ok(Buf::Bf16(s)),
+            CudaBuffer::U32(_) => Err(Error::dtype(op, "a GEMM operand must be a float tensor")),
+        }
+    }
+
+    fn is_bf16(self) -> bool {
+        matches!(self, Buf::Bf16(_))
+    }
+
+    fn ptr(self, stream: &'a CudaStream) -> (u64, SyncOnDrop<'a>) {
+        match self {
+            Buf::F32(s) => s.device_ptr(stream),
+            Buf::Bf16(s) => s.device_ptr(stream),
+        }
+    }
+}
+
 /// One operand: a device buffer read as a matrix with leading dimension `ld`.
-struct Operand<'a, T> {
-    s: &'a CudaSlice<T>,
+struct Operand<'a> {
+    buf: Buf<'a>,
     ld: usize,
 }
 
-/// `C[m, n] = alpha · Σ_segments A·B (+ bias)`, one or two segments of reduction length `k`.
-struct Gemm<'a, T> {
+fn operand<'a>(t: &'a Tensor<CudaBackend>, ld: usize) -> Result<Operand<'a>> {
+    Ok(Operand {
+        buf: Buf::of("gemm", t)?,
+        ld,
+    })
+}
+
+// Bits of GemmParams::flags (kernels/gemm.cu): which buffers hold bf16 (else f32).
+const A0_BF16: i32 = 1;
+const A1_BF16: i32 = 2;
+const B0_BF16: i32 = 4;
+const B1_BF16: i32 = 8;
+const C_BF16: i32 = 16;
+const BIAS_BF16: i32 = 32;
+
+/// `C[m, n] = alpha · Σ_segments A·B (+ bias)`, one or two segments of reduction length `k`,
+/// `C` in `out`.
+struct Gemm<'a> {
     layout: Layout,
     m: usize,
     n: usize,
-    segments: Vec<(Operand<'a, T>, Operand<'a, T>, usize)>,
+    segments: Vec<(Operand<'a>, Operand<'a>, usize)>,
     alpha: f64,
-    bias: Option<&'a CudaSlice<T>>,
+    bias: Option<Buf<'a>>,
+    out: DType,
 }
 
-impl<T: CudaFloat> Gemm<'_, T> {
-    fn run(&self, b: &CudaBackend) -> Result<CudaSlice<T>> {
+impl Gemm<'_> {
+    fn run(&self, b: &CudaBackend) -> Result<CudaBuffer> {
+        with_float!(self.out, "gemm", T => self.run_into::<T>(b).map(T::wrap))
+    }
+
+    fn run_into<T: CudaFloat>(&self, b: &CudaBackend) -> Result<CudaSlice<T>> {
         const OP: &str = "gemm";
         let (m, n) = (self.m, self.n);
-        let is_bf16 = T::SUFFIX == "bf16";
-        let tile = match (is_bf16, b.gemm_tile) {
-            (false, _) => None,
-            (true, Some(name)) => Some(
-                tile(name)
+        let out_bf16 = T::SUFFIX == "bf16";
+        if let Some(bias) = self.bias {
+            if bias.is_bf16() != out_bf16 {
+                return Err(Error::dtype(OP, "the bias must have the output's dtype"));
+            }
+        }
+        let any_bf16 = out_bf16
+            || self
+                .segments
+                .iter()
+                .any(|(a, bo, _)| a.buf.is_bf16() || bo.buf.is_bf16());
+        // Exact f32 FMA only where everything is f32 and the backend asks for exactness.
+        let tile = if b.precision == Precision::F32 && !any_bf16 {
+            None
+        } else {
+            Some(match b.gemm_tile {
+                Some(name) => tile(name)
                     .ok_or_else(|| Error::invalid(OP, format!("no GEMM tile named `{name}`")))?,
-            ),
-            (true, None) => Some(default_tile(m, n)),
+                None => default_tile(m, n),
+            })
         };
         let (bm, bn, bk, threads) = match tile {
             Some(t) => (t.bm, t.bn, t.bk, t.threads()),
@@ -233,7 +303,7 @@ impl<T: CudaFloat> Gemm<'_, T> {
         let k_tiles: usize = self.segments.iter().map(|s| s.2.div_ceil(bk)).sum();
         let blocks = m.div_ceil(bm) * n.div_ceil(bn);
         let split = split_for(blocks, k_tiles);
-        if m.div_ceil(bm) > 65_535 || split > 65_535 {
+        if m.div_ceil(bm) > 65_535 {
             return Err(Error::invalid(
                 OP,
                 format!("{m} rows are too many for one launch"),
@@ -253,14 +323,15 @@ impl<T: CudaFloat> Gemm<'_, T> {
                 ldc: n as i64,
                 alpha: self.alpha as f32,
                 split: split as i32,
+                flags: if out_bf16 { C_BF16 } else { 0 },
                 ..Default::default()
             };
             // Raw pointers go into the parameter struct; the guards keep cudarc's stream
             // bookkeeping alive until the launch is queued.
             let mut guards = Vec::new();
             for (i, (a, bo, k)) in self.segments.iter().enumerate() {
-                let (pa, ga) = a.s.device_ptr(stream);
-                let (pb, gb) = bo.s.device_ptr(stream);
+                let (pa, ga) = a.buf.ptr(stream);
+                let (pb, gb) = bo.buf.ptr(stream);
                 guards.push(ga);
                 guards.push(gb);
                 p.a[i] = pa;
@@ -268,11 +339,20 @@ impl<T: CudaFloat> Gemm<'_, T> {
                 p.lda[i] = a.ld as i64;
                 p.ldb[i] = bo.ld as i64;
                 p.k[i] = *k as i32;
+                if a.buf.is_bf16() {
+                    p.flags |= if i == 0 { A0_BF16 } else { A1_BF16 };
+                }
+                if bo.buf.is_bf16() {
+                    p.flags |= if i == 0 { B0_BF16 } else { B1_BF16 };
+                }
             }
             if let Some(bias) = self.bias {
-                let (pb, g) = bias.device_ptr(stream);
+                let (pb, g) = bias.ptr(stream);
                 guards.push(g);
                 p.bias = pb;
+                if bias.is_bf16() {
+                    p.flags |= BIAS_BF16;
+                }
             }
             let (pc, gc) = match workspace.as_mut() {
                 Some(w) => w.device_ptr_mut(stream),
@@ -282,7 +362,7 @@ impl<T: CudaFloat> Gemm<'_, T> {
             let grid = (n.div_ceil(bn) as u32, m.div_ceil(bm) as u32, split as u32);
             let (name, smem) = match tile {
                 Some(t) => (
-                    format!("gemm_bf16_{}_{}", self.layout.suffix(), t.name),
+                    format!("gemm_tc_{}_{}", self.layout.suffix(), t.name),
                     t.shared_bytes(self.layout) as u32,
                 ),
                 None => (format!("gemm_f32_{}", self.layout.suffix()), 0),
@@ -297,25 +377,31 @@ impl<T: CudaFloat> Gemm<'_, T> {
             l.arg(&p);
             // SAFETY: GemmParams mirrors the kernel's struct; every pointer is a live buffer
             // holding the rows × ld elements the kernel reads (checked by the callers'
-            // shape validation), and `c` holds m × n (split × m × n) elements.
+            // shape validation) in the dtype its flag names, and `c` holds m × n
+            // (split × m × n f32) elements.
             unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
             drop(gc);
             drop(guards);
         }
         if let Some(ws) = workspace {
             let count = (m * n) as i64;
-            let null = 0u64;
             let f = b.function(MODULE, &format!("gemm_reduce_{}", T::SUFFIX))?;
             let mut l = b.device.stream.launch_builder(&f);
             let (split_i, n_i, alpha, ldc) = (split as i32, n as i32, self.alpha as f32, n as i64);
             l.arg(&ws).arg(&split_i).arg(&count).arg(&n_i).arg(&alpha);
-            match self.bias {
-                Some(bias) => l.arg(bias),
-                None => l.arg(&null),
+            let (bias_ptr, bias_guard) = match self.bias {
+                Some(bias) => {
+                    let (pb, g) = bias.ptr(&b.device.stream);
+                    (pb, Some(g))
+                }
+                None => (0u64, None),
             };
+            l.arg(&bias_ptr);
             l.arg(&mut out).arg(&ldc);
-            // SAFETY: matches gemm_reduce_* in kernels/gemm.cu; ws holds split × m × n f32.
+            // SAFETY: matches gemm_reduce_* in kernels/gemm.cu; ws holds split × m × n f32 and
+            // the bias (checked above) the output's dtype.
             unsafe { l.launch(grid_for(m * n)) }.map_err(|e| driver(OP, e))?;
+            drop(bias_guard);
         }
         Ok(out)
     }
@@ -338,49 +424,62 @@ pub(super) fn linear_forward(
     lora: Option<LoraWeights<'_, CudaBackend>>,
     x_lora: Option<&Tensor<CudaBackend>>,
 ) -> Result<LinearOutput<CudaBackend>> {
+    const OP: &str = "linear";
     let d = shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
+    let dtype = x.dtype();
+    shapes::weight_dtype(OP, w, dtype, b.frozen_dtype())?;
     let LinearDims {
         rows,
         input,
         output,
         rank,
     } = d;
-    with_float!(x.dtype(), "linear", T => {
-        let (h, scaled_b) = match &lora {
-            Some(l) => {
-                let xl = x_lora.unwrap_or(x);
-                let h = Gemm {
-                    layout: Layout::Kk,
-                    m: rows,
-                    n: rank,
-                    segments: vec![(Operand { s: view::<T>(xl), ld: input }, Operand { s: view::<T>(l.a), ld: input }, input)],
-                    alpha: 1.0,
-                    bias: None,
-                }
-                .run(b)?;
-                let mut sb = b.device.stream.clone_dtod(view::<T>(l.b)).map_err(|e| driver("linear", e))?;
-                launch!(b, "elementwise", format!("scale_{}", T::SUFFIX), grid_for(output * rank), &mut sb, &(l.scale as f32), &((output * rank) as i64));
-                (Some(h), Some(sb))
+    let (h, scaled_b) = match &lora {
+        Some(l) => {
+            let h = Gemm {
+                layout: Layout::Kk,
+                m: rows,
+                n: rank,
+                segments: vec![(
+                    operand(x_lora.unwrap_or(x), input)?,
+                    operand(l.a, input)?,
+                    input,
+                )],
+                alpha: 1.0,
+                bias: None,
+                out: dtype,
             }
-            None => (None, None),
-        };
-        let mut segments = vec![(Operand { s: view::<T>(x), ld: input }, Operand { s: view::<T>(w), ld: input }, input)];
-        if let (Some(h), Some(sb)) = (&h, &scaled_b) {
-            segments.push((Operand { s: h, ld: rank }, Operand { s: sb, ld: rank }, rank));
+            .run(b)?;
+            // s·B, so the adapter is r more reduction columns of the main GEMM.
+            let sb = with_float!(dtype, OP, T => {
+                let mut sb = b.device.stream.clone_dtod(view::<T>(l.b)).map_err(|e| driver(OP, e))?;
+                launch!(b, "elementwise", format!("scale_{}", T::SUFFIX), grid_for(output * rank), &mut sb, &(l.scale as f32), &((output * rank) as i64));
+                Ok(tensor([output, rank], sb)?)
+            })?;
+            (
+                Some(Tensor::from_buffer(with_last_dim(x.shape(), rank), h)?),
+                Some(sb),
+            )
         }
-        let y = Gemm {
-            layout: Layout::Kk,
-            m: rows,
-            n: output,
-            segments,
-            alpha: 1.0,
-            bias: bias.map(view::<T>),
-        }
-        .run(b)?;
-        Ok(LinearOutput {
-            y: tensor(with_last_dim(x.shape(), output), y)?,
-            h: h.map(|h| tensor(with_last_dim(x.shape(), rank), h)).transpose()?,
-        })
+        None => (None, None),
+    };
+    let mut segments = vec![(operand(x, input)?, operand(w, input)?, input)];
+    if let (Some(h), Some(sb)) = (&h, &scaled_b) {
+        segments.push((operand(h, rank)?, operand(sb, rank)?, rank));
+    }
+    let y = Gemm {
+        layout: Layout::Kk,
+        m: rows,
+        n: output,
+        segments,
+        alpha: 1.0,
+        bias: bias.map(|t| Buf::of(OP, t)).transpose()?,
+        out: dtype,
+    }
+    .run(b)?;
+    Ok(LinearOutput {
+        y: Tensor::from_buffer(with_last_dim(x.shape(), output), y)?,
+        h,
     })
 }
 
@@ -404,6 +503,9 @@ pub(super) fn linear_backward(
 ) -> Result<LinearGrads<CudaBackend>> {
     const OP: &str = "linear backward";
     let (dtype, d) = shapes::linear_backward(&inp)?;
+    if let Some(w) = inp.w {
+        shapes::weight_dtype(OP, w, dtype, b.frozen_dtype())?;
+    }
     let LinearDims {
         rows,
         input,
@@ -418,95 +520,89 @@ pub(super) fn linear_backward(
         ));
     }
     let in_shape = with_last_dim(inp.dy.shape(), input);
-    with_float!(dtype, OP, T => {
-        let dy = view::<T>(inp.dy);
-        let mut g = LinearGrads::default();
-        // G = s·dY·B: [rows, r], the adapter's bottleneck gradient, shared by dX, dX_lora, dA.
-        let bottleneck = match &inp.lora {
-            Some(l) if want.da || want.dx_lora || fused_lora => Some(
-                Gemm {
-                    layout: Layout::Kn,
-                    m: rows,
-                    n: rank,
-                    segments: vec![(Operand { s: dy, ld: output }, Operand { s: view::<T>(l.b), ld: rank }, output)],
-                    alpha: l.scale,
-                    bias: None,
-                }
-                .run(b)?,
-            ),
-            _ => None,
-        };
-        if want.dx {
-            let w = require("dX", "weight", inp.w)?;
-            let mut segments = vec![(Operand { s: dy, ld: output }, Operand { s: view::<T>(w), ld: input }, output)];
-            if fused_lora {
-                let (l, gb) = (inp.lora.as_ref().expect("checked"), bottleneck.as_ref().expect("computed"));
-                segments.push((Operand { s: gb, ld: rank }, Operand { s: view::<T>(l.a), ld: input }, rank));
-            }
-            let dx = Gemm { layout: Layout::Kn, m: rows, n: input, segments, alpha: 1.0, bias: None }.run(b)?;
-            g.dx = Some(tensor(in_shape.clone(), dx)?);
+    let gemm = |layout, m, n, segments, alpha| Gemm {
+        layout,
+        m,
+        n,
+        segments,
+        alpha,
+        bias: None,
+        out: dtype,
+    };
+    let wrap = |shape: Shape, buf| Tensor::from_buffer(shape, buf);
+    let dy = inp.dy;
+    let mut g = LinearGrads::default();
+    // G = s·dY·B: [rows, r], the adapter's bottleneck gradient, shared by dX, dX_lora, dA.
+    let bottleneck = match &inp.lora {
+        Some(l) if want.da || want.dx_lora || fused_lora => {
+            let seg = vec![(operand(dy, output)?, operand(l.b, rank)?, output)];
+            Some(wrap(
+                Shape::new([rows, rank]),
+                gemm(Layout::Kn, rows, rank, seg, l.scale).run(b)?,
+            )?)
         }
-        if want.dx_lora {
-            let (l, gb) = (inp.lora.as_ref().expect("checked"), bottleneck.as_ref().expect("computed"));
-            let dxl = Gemm {
-                layout: Layout::Kn,
-                m: rows,
-                n: input,
-                segments: vec![(Operand { s: gb, ld: rank }, Operand { s: view::<T>(l.a), ld: input }, rank)],
-                alpha: 1.0,
-                bias: None,
-            }
-            .run(b)?;
-            g.dx_lora = Some(tensor(in_shape.clone(), dxl)?);
+        _ => None,
+    };
+    if want.dx {
+        let w = require("dX", "weight", inp.w)?;
+        let mut segments = vec![(operand(dy, output)?, operand(w, input)?, output)];
+        if fused_lora {
+            let (l, gb) = (
+                inp.lora.as_ref().expect("checked"),
+                bottleneck.as_ref().expect("computed"),
+            );
+            segments.push((operand(gb, rank)?, operand(l.a, input)?, rank));
         }
-        if want.dw {
-            let x = require("dW", "x", inp.x)?;
-            let dw = Gemm {
-                layout: Layout::Mn,
-                m: output,
-                n: input,
-                segments: vec![(Operand { s: dy, ld: output }, Operand { s: view::<T>(x), ld: input }, rows)],
-                alpha: 1.0,
-                bias: None,
-            }
-            .run(b)?;
-            g.dw = Some(tensor([output, input], dw)?);
-        }
-        if want.da {
-            let xl = require("dA", "x_lora", inp.x_lora)?;
-            let gb = bottleneck.as_ref().expect("computed");
-            let da = Gemm {
-                layout: Layout::Mn,
-                m: rank,
-                n: input,
-                segments: vec![(Operand { s: gb, ld: rank }, Operand { s: view::<T>(xl), ld: input }, rows)],
-                alpha: 1.0,
-                bias: None,
-            }
-            .run(b)?;
-            g.da = Some(tensor([rank, input], da)?);
-        }
-        if want.db_lora {
-            let l = inp.lora.as_ref().expect("checked");
-            let h = require("dB", "h", inp.h)?;
-            let dbl = Gemm {
-                layout: Layout::Mn,
-                m: output,
-                n: rank,
-                segments: vec![(Operand { s: dy, ld: output }, Operand { s: view::<T>(h), ld: rank }, rows)],
-                alpha: l.scale,
-                bias: None,
-            }
-            .run(b)?;
-            g.db_lora = Some(tensor([output, rank], dbl)?);
-        }
-        if want.db {
+        g.dx = Some(wrap(
+            in_shape.clone(),
+            gemm(Layout::Kn, rows, input, segments, 1.0).run(b)?,
+        )?);
+    }
+    if want.dx_lora {
+        let (l, gb) = (
+            inp.lora.as_ref().expect("checked"),
+            bottleneck.as_ref().expect("computed"),
+        );
+        let seg = vec![(operand(gb, rank)?, operand(l.a, input)?, rank)];
+        g.dx_lora = Some(wrap(
+            in_shape.clone(),
+            gemm(Layout::Kn, rows, input, seg, 1.0).run(b)?,
+        )?);
+    }
+    if want.dw {
+        let x = require("dW", "x", inp.x)?;
+        let seg = vec![(operand(dy, output)?, operand(x, input)?, rows)];
+        g.dw = Some(wrap(
+            Shape::new([output, input]),
+            gemm(Layout::Mn, output, input, seg, 1.0).run(b)?,
+        )?);
+    }
+    if want.da {
+        let xl = require("dA", "x_lora", inp.x_lora)?;
+        let gb = bottleneck.as_ref().expect("computed");
+        let seg = vec![(operand(gb, rank)?, operand(xl, input)?, rows)];
+        g.da = Some(wrap(
+            Shape::new([rank, input]),
+            gemm(Layout::Mn, rank, input, seg, 1.0).run(b)?,
+        )?);
+    }
+    if want.db_lora {
+        let l = inp.lora.as_ref().expect("checked");
+        let h = require("dB", "h", inp.h)?;
+        let seg = vec![(operand(dy, output)?, operand(h, rank)?, rows)];
+        g.db_lora = Some(wrap(
+            Shape::new([output, rank]),
+            gemm(Layout::Mn, output, rank, seg, l.scale).run(b)?,
+        )?);
+    }
+    if want.db {
+        g.db = Some(with_float!(dtype, OP, T => {
             let mut db = b.output::<T>(output)?;
-            launch!(b, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), dy, &mut db, &(rows as i32), &(output as i32));
-            g.db = Some(tensor([output], db)?);
-        }
-        Ok(g)
-    })
+            launch!(b, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), view::<T>(dy), &mut db, &(rows as i32), &(output as i32));
+            tensor([output], db)
+        })?);
+    }
+    Ok(g)
 }
 
 impl CudaBackend {

@@ -5,9 +5,13 @@
 //! `kernels/gemm.cu`, `attention.rs` beside `kernels/attention.cu`, …); this file holds the
 //! device, buffers and the dispatch of the [`Backend`] methods to them.
 //!
-//! Storage is f32 or bf16 (the backend's dtype); every kernel accumulates in f32, and
-//! per-row statistics (layernorm mean / rstd, attention log-sum-exp) are always f32, as are
-//! trainable master weights and AdamW moments ([`Backend::master_dtype`]). Modules load
+//! Precision ([`Precision`]): `F32` computes everything in f32 with exact FMA kernels; `Bf16`
+//! is mixed precision as AMP does it — activations, gradients, trainable weights and AdamW
+//! state in f32, frozen linear weights stored in bf16 ([`Backend::frozen_dtype`]), GEMMs and
+//! attention on bf16 tensor cores with f32 accumulation (operands rounded to bf16 on their way
+//! into shared memory); `Bf16Storage` stores activations in bf16 too (least memory, least
+//! precise). Every kernel accumulates in f32; per-row statistics (layernorm mean / rstd,
+//! attention log-sum-exp) are always f32. Modules load
 //! lazily on first use and are cached. Memory comes from the driver's stream-ordered pool with
 //! its release threshold raised to the maximum, so freed blocks are kept and reused: a
 //! training step after the first performs no `cuMemAlloc`.
@@ -138,11 +142,24 @@ struct Device {
     opted_in: Mutex<HashMap<String, u32>>,
 }
 
-/// The CUDA backend on one device, creating float tensors in f32 or bf16.
+/// How a CUDA backend computes (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 storage and exact f32 FMA kernels.
+    F32,
+    /// Mixed precision: f32 activations, gradients and trainable weights; bf16 frozen linear
+    /// weights; bf16 tensor cores with f32 accumulation for GEMMs and attention.
+    Bf16,
+    /// bf16 storage for activations and gradients as well: half the activation memory,
+    /// coarser results.
+    Bf16Storage,
+}
+
+/// The CUDA backend on one device.
 #[derive(Clone)]
 pub struct CudaBackend {
     device: Arc<Device>,
-    dtype: DType,
+    precision: Precision,
     /// Every fresh output pre-filled with NaN (tests: an unwritten element shows).
     poison: bool,
     /// A GEMM tile configuration forced for every GEMM (benchmarks sweep them).
@@ -151,7 +168,12 @@ pub struct CudaBackend {
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaBackend({}, {})", self.device_name(), self.dtype)
+        write!(
+            f,
+            "CudaBackend({}, {:?})",
+            self.device_name(),
+            self.precision
+        )
     }
 }
 
@@ -203,14 +225,15 @@ fn columns(cols: usize) -> LaunchConfig {
     }
 }
 
-fn check_dtype(dtype: DType) -> Result<()> {
-    if matches!(dtype, DType::F32 | DType::BF16) {
-        Ok(())
-    } else {
-        Err(Error::dtype(
+/// The precision a dtype names: f32 exact, bf16 mixed.
+fn precision_of(dtype: DType) -> Result<Precision> {
+    match dtype {
+        DType::F32 => Ok(Precision::F32),
+        DType::BF16 => Ok(Precision::Bf16),
+        other => Err(Error::dtype(
             "cuda backend",
-            format!("the CUDA backend stores f32 or bf16, not {dtype}"),
-        ))
+            format!("the CUDA backend computes in f32 or bf16, not {other}"),
+        )),
     }
 }
 
@@ -229,7 +252,7 @@ impl CudaBackend {
     /// when this build has no kernels, the machine has no CUDA driver (the message names
     /// `cuda-emu`), there is no such device, or this process already runs on the stand-in.
     pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
-        check_dtype(dtype)?;
+        let precision = precision_of(dtype)?;
         check_kernels(&format!("cuda:{ordinal}"))?;
         if emulator::driver() == Some(Driver::Emulator) {
             return Err(unavailable(
@@ -252,7 +275,7 @@ impl CudaBackend {
                 format!("no such device: this machine has {count} CUDA device(s)"),
             ));
         }
-        Self::on_context(ordinal, Driver::Hardware, dtype)
+        Self::on_context(ordinal, Driver::Hardware, precision)
     }
 
     /// The backend on the CPU stand-in for the CUDA driver (`cuda-emu`): the same kernels,
@@ -260,10 +283,10 @@ impl CudaBackend {
     /// and checked barriers (see [`emulator`]). For tests and development without a GPU; it
     /// says nothing about GPU speed or the hardware's rounding.
     pub fn emulated(dtype: DType) -> Result<Self> {
-        check_dtype(dtype)?;
+        let precision = precision_of(dtype)?;
         check_kernels("cuda-emu")?;
         emulator::use_emulator()?;
-        Self::on_context(0, Driver::Emulator, dtype)
+        Self::on_context(0, Driver::Emulator, precision)
     }
 
     /// A GPU when this machine has one, else the CPU stand-in: what the tests run on.
@@ -279,7 +302,7 @@ impl CudaBackend {
         Self::emulated(dtype)
     }
 
-    fn on_context(ordinal: usize, driver: Driver, dtype: DType) -> Result<Self> {
+    fn on_context(ordinal: usize, driver: Driver, precision: Precision) -> Result<Self> {
         let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(ordinal, e.to_string()))?;
         let stream = ctx.default_stream();
         // Devices without stream-ordered allocation have no pool to configure: cudarc falls
@@ -294,7 +317,7 @@ impl CudaBackend {
                 modules: Mutex::new(HashMap::new()),
                 opted_in: Mutex::new(HashMap::new()),
             }),
-            dtype,
+            precision,
             poison: false,
             gemm_tile: None,
         })
@@ -319,13 +342,26 @@ impl CudaBackend {
         self
     }
 
-    /// The same device creating tensors in `dtype`.
+    /// The same device at the precision `dtype` names (f32 exact, bf16 mixed).
     pub fn with_dtype(&self, dtype: DType) -> Result<Self> {
-        check_dtype(dtype)?;
         Ok(CudaBackend {
-            dtype,
+            precision: precision_of(dtype)?,
             ..self.clone()
         })
+    }
+
+    /// The same device storing activations and gradients in bf16 too
+    /// ([`Precision::Bf16Storage`]).
+    pub fn with_bf16_storage(&self) -> Self {
+        CudaBackend {
+            precision: Precision::Bf16Storage,
+            ..self.clone()
+        }
+    }
+
+    /// How this backend computes.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Waits for all queued work (and surfaces asynchronous launch failures).
@@ -502,11 +538,26 @@ impl Backend for CudaBackend {
     type Buffer = CudaBuffer;
 
     fn name(&self) -> String {
-        format!("{}-{}", self.device_name(), self.dtype)
+        let precision = match self.precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Bf16Storage => "bf16-storage",
+        };
+        format!("{}-{precision}", self.device_name())
     }
 
     fn float_dtype(&self) -> DType {
-        self.dtype
+        match self.precision {
+            Precision::Bf16Storage => DType::BF16,
+            _ => DType::F32,
+        }
+    }
+
+    fn frozen_dtype(&self) -> DType {
+        match self.precision {
+            Precision::F32 => DType::F32,
+            _ => DType::BF16,
+        }
     }
 
     fn master_dtype(&self) -> DType {
@@ -562,7 +613,7 @@ impl Backend for CudaBackend {
 
     fn zeros(&self, shape: Shape) -> Result<Tensor<Self>> {
         let n = shape.numel();
-        with_float!(self.dtype, "zeros", T => tensor(shape, self.zeroed::<T>(n)?))
+        with_float!(self.float_dtype(), "zeros", T => tensor(shape, self.zeroed::<T>(n)?))
     }
 
     fn to_f64(&self, t: &Tensor<Self>) -> Result<Vec<f64>> {
