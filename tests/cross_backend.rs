@@ -44,7 +44,8 @@ fn check<B: Backend>(b: &B, what: &str, got: &[f64], want: &[f64], tol: f64) {
     let e = rel_err(got, want);
     let _ = writeln!(
         std::io::stdout(),
-        "XB {what} {} {e:.3e} {}",
+        "XB {} {} {e:.3e} {}",
+        what.replace(' ', "/"),
         b.name(),
         if e <= tol { "PASS" } else { "FAIL" }
     );

@@ -181,13 +181,9 @@ fn compare(b: &CudaBackend, what: &str, got: &[f64], want: &[f64], tol: f64) -> 
 /// `scripts/bf16_error_floor.py`.
 fn torch_bf16_errors() -> &'static serde_json::Value {
     static ERRORS: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    // Compiled in, so the test binary carried to a GPU machine has it too.
     ERRORS.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/tiny-bert-bf16/torch_errors.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).expect("the calibration fixture"))
-            .unwrap()
+        serde_json::from_str(include_str!("fixtures/tiny-bert-bf16/torch_errors.json")).unwrap()
     })
 }
 

@@ -58,6 +58,31 @@ fn default_dropout() -> f64 {
 }
 
 impl BertConfig {
+    /// The shape of BERT-base (`base`: 12 layers, hidden 768) or BERT-large (`large`: 24
+    /// layers, hidden 1024), uncased vocabulary: for benchmarks on random weights.
+    pub fn preset(name: &str) -> Option<BertConfig> {
+        let (hidden, layers, heads) = match name {
+            "base" => (768, 12, 12),
+            "large" => (1024, 24, 16),
+            _ => return None,
+        };
+        Some(BertConfig {
+            vocab_size: 30522,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: 4 * hidden,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            position_embedding_type: None,
+            model_type: Some("bert".into()),
+        })
+    }
+
     /// Reads and validates `path`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {

@@ -1,8 +1,10 @@
 use clap::Args;
 use serde_json::json;
 use spafit::bench::bench_train_step;
-use spafit::checkpoint::Checkpoint;
+use spafit::checkpoint::{BertConfig, Checkpoint};
 use spafit::gradcheck::gradcheck;
+use spafit::model::BertClassifier;
+use spafit::peft::{peft_lora_init, PeftPlan};
 use spafit::Result;
 
 use spafit::backend::cpu::CpuBackend;
@@ -83,6 +85,10 @@ pub struct BenchCommand {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Benchmark a model of this shape with random weights instead of --model: `base`
+    /// (BERT-base: 12 layers, hidden 768) or `large` (24 layers, hidden 1024).
+    #[arg(long)]
+    pub shape: Option<String>,
 }
 
 impl BenchCommand {
@@ -91,10 +97,25 @@ impl BenchCommand {
     }
 
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
-        let mut run = setup(backend, &self.model, &self.peft, 2, 0)?;
+        let (backend, mut model) = match &self.shape {
+            Some(shape) => {
+                let config = BertConfig::preset(shape).ok_or_else(|| {
+                    spafit::Error::invalid("--shape", format!("`{shape}`: expected base or large"))
+                })?;
+                let plan = PeftPlan::new(&self.peft.config()?, config.num_hidden_layers)?;
+                let mut m = BertClassifier::random(&config, &backend, 2, 0)?;
+                m.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
+                m.store_frozen_weights(&backend)?;
+                (backend, m)
+            }
+            None => {
+                let run = setup(backend, &self.model, &self.peft, 2, 0)?;
+                (run.backend, run.model)
+            }
+        };
         let r = bench_train_step(
-            &run.backend,
-            &mut run.model,
+            &backend,
+            &mut model,
             self.batch_size,
             self.seq_len,
             self.warmup,
@@ -103,7 +124,8 @@ impl BenchCommand {
         println!(
             "{}",
             json!({
-                "method": self.peft.method, "device": run.backend.name(), "dtype": self.model.dtype,
+                "method": self.peft.method, "device": backend.name(), "dtype": self.model.dtype,
+                "model": self.shape.as_deref().map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
                 "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
                 "ms_per_step": r.ms_per_step, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
                 "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,

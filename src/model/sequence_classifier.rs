@@ -55,6 +55,27 @@ impl<B: Backend> BertClassifier<B> {
         Self::new(bert, classifier, num_labels)
     }
 
+    /// A model of `config`'s shape with random weights as transformers initialises them
+    /// (N(0, 0.02) weights and embeddings, zero biases, unit LayerNorm scales): for
+    /// throughput benchmarks, where values do not matter.
+    pub fn random(config: &BertConfig, backend: &B, num_labels: usize, seed: u64) -> Result<Self> {
+        let mut rng = SplitMix::new(seed);
+        let mut source = |name: &str, shape: Shape| {
+            let n = shape.numel();
+            let values: Vec<f64> = if name.ends_with("LayerNorm.weight") {
+                vec![1.0; n]
+            } else if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else {
+                (0..n).map(|_| 0.02 * rng.normal()).collect()
+            };
+            backend.tensor_from_f64(shape, &values)
+        };
+        let bert = BertModel::load(config, &mut source)?;
+        let classifier = fresh_head(backend, num_labels, config.hidden_size, seed)?;
+        Self::new(bert, classifier, num_labels)
+    }
+
     /// Assembles a model from parts (e.g. a [`BertModel`] built from other tensors).
     pub fn new(bert: BertModel<B>, mut classifier: Linear<B>, num_labels: usize) -> Result<Self> {
         if num_labels == 0 {

@@ -1,0 +1,150 @@
+//! The linear map with fused LoRA on a GPU, in TFLOP/s: every tile configuration of
+//! `kernels/gemm.cu` (the sweep that picks the best per shape) at the shapes of a BERT-large
+//! step, with and without a rank-8 adapter, beside cuBLAS through cudarc at the same shapes
+//! (bf16 in, bf16 out, f32 accumulation) as the ceiling. One table, best tile per shape last.
+//!
+//! `cargo bench --bench gpu_gemm` (the GPU check runs the built binary). On the CPU stand-in
+//! it runs one small shape once, to show the code path works; its times mean nothing there.
+
+use std::time::Instant;
+
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use half::bf16;
+use spafit::backend::cuda::{gemm, CudaBackend, CudaBuffer, Driver};
+use spafit::backend::{Backend, LoraWeights};
+use spafit::rng::SplitMix;
+use spafit::tensor::{DType, Shape, Tensor};
+
+fn random(b: &CudaBackend, dims: &[usize], rng: &mut SplitMix) -> Tensor<CudaBackend> {
+    let n: usize = dims.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect();
+    b.tensor_from_f64(Shape::new(dims), &v).unwrap()
+}
+
+/// Seconds per call of `f`, the best of `rounds` rounds of `iters` calls (after a warm-up).
+fn time(b: &CudaBackend, rounds: usize, iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    b.synchronize().unwrap();
+    (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            b.synchronize().unwrap();
+            t.elapsed().as_secs_f64() / iters as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn slice(t: &Tensor<CudaBackend>) -> &cudarc::driver::CudaSlice<bf16> {
+    match t.buffer() {
+        CudaBuffer::BF16(s) => s,
+        _ => unreachable!("bf16 storage"),
+    }
+}
+
+fn main() {
+    let b = CudaBackend::hardware_or_emulated(DType::BF16)
+        .expect("a CUDA backend")
+        .with_bf16_storage();
+    let on_gpu = b.driver() == Driver::Hardware;
+    let shapes: &[(usize, usize, usize)] = if on_gpu {
+        &[(4096, 1024, 1024), (4096, 4096, 1024), (4096, 1024, 4096)]
+    } else {
+        &[(96, 80, 64)]
+    };
+    let (rounds, iters) = if on_gpu { (5, 20) } else { (1, 1) };
+    let rank = 8;
+    let blas = if on_gpu {
+        // SAFETY: only probes whether the cuBLAS library can be loaded.
+        if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            CudaBlas::new(b.stream().clone()).ok()
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    println!(
+        "GEMM on {} ({}), bf16 in/out, f32 accumulation, LoRA rank {rank}",
+        b.name(),
+        if on_gpu {
+            "timed"
+        } else {
+            "CPU stand-in: functional run, times mean nothing"
+        }
+    );
+    println!(
+        "{:<18} {:<22} {:>14} {:>14} {:>12}",
+        "M x N x K", "tile", "fused LoRA", "plain", "cuBLAS"
+    );
+    let mut rng = SplitMix::new(3);
+    for &(m, n, k) in shapes {
+        let x = random(&b, &[m, k], &mut rng);
+        let w = random(&b, &[n, k], &mut rng);
+        let a = random(&b, &[rank, k], &mut rng);
+        let bl = random(&b, &[n, rank], &mut rng);
+        let cublas_tflops = blas.as_ref().map(|blas| {
+            let mut c = b.zeros(Shape::new([m, n])).unwrap();
+            let cfg = GemmConfig {
+                transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
+                transb: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
+                m: n as i32,
+                n: m as i32,
+                k: k as i32,
+                alpha: bf16::ONE,
+                lda: k as i32,
+                ldb: k as i32,
+                beta: bf16::ZERO,
+                ldc: n as i32,
+            };
+            let (ws, xs) = (slice(&w).clone(), slice(&x).clone());
+            let t = time(&b, rounds, iters, || {
+                let cs = match c.buffer_mut() {
+                    CudaBuffer::BF16(s) => s,
+                    _ => unreachable!(),
+                };
+                // SAFETY: column-major Yᵀ[N, M] = W[N, K]·Xᵀ: the buffers hold these sizes.
+                unsafe { blas.gemm(cfg, &ws, &xs, cs) }.unwrap();
+            });
+            2.0 * (m * n * k) as f64 / t / 1e12
+        });
+        let mut best = (0.0f64, "");
+        for tile in gemm::TILES {
+            let bt = b.with_gemm_tile(tile.name).unwrap();
+            let fused = time(&bt, rounds, iters, || {
+                let lora = LoraWeights {
+                    a: &a,
+                    b: &bl,
+                    scale: 2.0,
+                };
+                bt.linear_forward(&x, &w, None, Some(lora), None).unwrap();
+            });
+            let plain = time(&bt, rounds, iters, || {
+                bt.linear_forward(&x, &w, None, None, None).unwrap();
+            });
+            // The fused GEMM's work: X·Wᵀ, the r extra reduction columns, and H = X·Aᵀ.
+            let fused_tflops = 2.0 * (m * n * (k + rank) + m * k * rank) as f64 / fused / 1e12;
+            let plain_tflops = 2.0 * (m * n * k) as f64 / plain / 1e12;
+            if plain_tflops > best.0 {
+                best = (plain_tflops, tile.name);
+            }
+            println!(
+                "GG {:<15} {:<22} {:>10.1} TF {:>10.1} TF {:>12}",
+                format!("{m}x{n}x{k}"),
+                tile.name,
+                fused_tflops,
+                plain_tflops,
+                cublas_tflops.map_or("-".into(), |t| format!("{t:.1} TF"))
+            );
+        }
+        println!(
+            "GG best {:<10} {:<22} {:>10.1} TF plain = {} of cuBLAS",
+            format!("{m}x{n}x{k}"),
+            best.1,
+            best.0,
+            cublas_tflops.map_or("-".into(), |t| format!("{:.2}", best.0 / t))
+        );
+    }
+}
