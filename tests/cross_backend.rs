@@ -482,7 +482,8 @@ fn linear<B: Backend>(b: &B, tol: f64) {
 
 /// Self-attention forward and backward with padding masks: a fully padded sequence (every
 /// key masked: zero context), padded tails, a mask with holes, more than one 64-row tile per
-/// sequence, head dims 12 (rows not 16-byte aligned), 64 and 128, with and without dropout.
+/// sequence up to 512 tokens, head dims 12 (rows not 16-byte aligned), 64 and 128, with and
+/// without dropout.
 fn attention<B: Backend>(b: &B, tol: f64) {
     let r = reference();
     let mut rng = SplitMix::new(31);
@@ -496,8 +497,17 @@ fn attention<B: Backend>(b: &B, tol: f64) {
         bool,
         Option<Dropout>,
     );
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (3, 70, 3, 12, vec![70, 41, 0], false, None),
+        (
+            1,
+            512,
+            2,
+            64,
+            vec![500],
+            false,
+            Some(Dropout { p: 0.1, seed: 3 }),
+        ),
         (
             2,
             20,
