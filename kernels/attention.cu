@@ -64,6 +64,14 @@ __device__ __forceinline__ long long stat_index(const AttnParams& p, int b, int 
     return ((long long)b * p.heads + h) * p.max_seq + i;
 }
 
+// lse = 0 for the rows [from, to) of a tile that lie past the sequence's length but inside
+// max_seq (a packed batch's shorter sequences), so every lse element is written, as the CPU
+// writes it. Called by whole blocks before they return.
+__device__ __forceinline__ void zero_lse_past_end(const AttnParams& p, int b, int h, int from, int to) {
+    to = min(to, p.max_seq);
+    for (int i = from + threadIdx.x; i < to; i += blockDim.x) p.lse[stat_index(p, b, h, i)] = 0.f;
+}
+
 // ---------------------------------------------------------------- bf16 tile helpers
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -136,6 +144,7 @@ struct AttnTc {
         float* kbias = reinterpret_cast<float*>(Vs + 2 * TILE);
         const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
+        zero_lse_past_end(p, b, h, max(q0, len), q0 + 64);
         if (q0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
         const T* q = static_cast<const T*>(p.q);
@@ -497,6 +506,7 @@ __device__ void attention_forward_f32_impl(const AttnParams& p) {
     float* kvalid = Vs + F32Tiles::OTHER * pitch;      // [16]
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * F32Tiles::ROWS;
     const int start = p.starts[b], len = p.starts[b + 1] - start;
+    zero_lse_past_end(p, b, h, max(q0, len), q0 + F32Tiles::ROWS);
     if (q0 >= len) return;
     const int i = threadIdx.x, qi = q0 + i;
     load_rows_f32(Qs, pitch, static_cast<const float*>(p.q), p, start, q0, F32Tiles::ROWS, len, h);

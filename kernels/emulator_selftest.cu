@@ -123,3 +123,14 @@ extern "C" __global__ void selftest_mma_chain(float* out, int rounds) {
     for (int i = 0; i < rounds; ++i) mma_m16n8k16_bf16(acc, a, b, acc);
     out[blockIdx.x * blockDim.x + threadIdx.x] = acc[0];
 }
+
+// Writes global memory that an in-flight cp.async still reads (the hardware may read it at
+// any point until the wait).
+extern "C" __global__ void selftest_cp_async_source_race(float* data) {
+    __shared__ __align__(16) float buf[32 * 4];
+    int l = threadIdx.x;
+    cp_async_16(&buf[l * 4], data + l * 4, 16);
+    cp_async_commit();
+    data[l * 4] = 2.0f;
+    cp_async_wait<0>();
+}

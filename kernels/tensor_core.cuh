@@ -142,21 +142,21 @@ __device__ __forceinline__ void ldmatrix(uint32_t r[N], const void* row EMU_CALL
     if constexpr (N == 4 && TRANS)
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
+                     : "r"(addr) : "memory");
     else if constexpr (N == 4)
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
+                     : "r"(addr) : "memory");
     else if constexpr (N == 2 && TRANS)
         asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                      : "=r"(r[0]), "=r"(r[1])
-                     : "r"(addr));
+                     : "r"(addr) : "memory");
     else if constexpr (N == 2)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr) : "memory");
     else if constexpr (TRANS)
-        asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(addr));
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(addr) : "memory");
     else
-        asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(addr));
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(addr) : "memory");
 #endif
 }
 
@@ -170,19 +170,26 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int sr
     if (!emu::in_shared(smem, 16))
         emu::fail_here("cp.async: destination %p is not in this block's shared memory", smem);
     if (src_bytes < 0 || src_bytes > 16) emu::fail_here("cp.async: source size %d is not in 0..16", src_bytes);
-    if (src_bytes > 0 && reinterpret_cast<uintptr_t>(gmem) % 16 != 0)
+    // The alignment rule holds whatever src-size says (PTX ISA), zero-fill included.
+    if (reinterpret_cast<uintptr_t>(gmem) % 16 != 0)
         emu::fail_here("cp.async: global address %p is not 16-byte aligned", gmem);
     emu::Thread* t = emu::t_rt->cur;
     emu::PendingCopy c{};
     c.dst = smem;
+    c.src = gmem;
     c.size = 16;
+    c.src_bytes = src_bytes;
     c.group = t->committed_groups;
-    std::memcpy(c.bytes, gmem, static_cast<size_t>(src_bytes));  // reads now: a bad source faults here
-    std::memset(smem, 0xFF, 16);                                   // in flight: NaN until waited for
+    // Read now, so a bad source faults at the copy that reads it; the wait reads it again and
+    // fails the launch if it changed meanwhile (the hardware may read at any point until then).
+    std::memcpy(c.bytes, gmem, static_cast<size_t>(src_bytes));
+    std::memset(smem, 0xFF, 16);  // in flight: NaN until waited for
     t->copies.push_back(c);
 #else
     unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
+                 "l"(__cvta_generic_to_global(gmem)), "r"(src_bytes)
+                 : "memory");
 #endif
 }
 
@@ -191,7 +198,7 @@ __device__ __forceinline__ void cp_async_commit() {
 #ifdef __EMU__
     emu::t_rt->cur->committed_groups++;
 #else
-    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
@@ -203,13 +210,16 @@ __device__ __forceinline__ void cp_async_wait() {
     auto& q = t->copies;
     size_t kept = 0;
     for (size_t i = 0; i < q.size(); ++i) {
-        if (q[i].group + N < t->committed_groups)
+        if (q[i].group + N < t->committed_groups) {
+            if (q[i].src_bytes > 0 && std::memcmp(q[i].bytes, q[i].src, static_cast<size_t>(q[i].src_bytes)) != 0)
+                emu::fail_here("cp.async: global memory at %p changed while a copy from it was in flight", q[i].src);
             std::memcpy(q[i].dst, q[i].bytes, static_cast<size_t>(q[i].size));
-        else
+        } else {
             q[kept++] = q[i];
+        }
     }
     q.resize(kept);
 #else
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }

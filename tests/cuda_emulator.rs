@@ -399,6 +399,17 @@ fn misaligned_cp_async_fails_the_launch() {
 }
 
 #[test]
+fn writing_a_cp_async_source_before_its_wait_fails_the_launch() {
+    failing_kernel(
+        "writing_a_cp_async_source_before_its_wait_fails_the_launch",
+        "selftest_cp_async_source_race",
+        32,
+        "LAUNCH_FAILED",
+        &["changed while a copy from it was in flight"],
+    );
+}
+
+#[test]
 fn mma_without_the_whole_warp_fails_the_launch() {
     failing_kernel(
         "mma_without_the_whole_warp_fails_the_launch",

@@ -60,8 +60,10 @@ using Combine = void (*)(Warp& warp, unsigned parity, unsigned participants);
 
 struct PendingCopy {
     void* dst;
+    const void* src;
     unsigned char bytes[16];
     int size;
+    int src_bytes;
     unsigned group;
 };
 

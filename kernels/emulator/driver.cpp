@@ -508,9 +508,10 @@ API CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
 API CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
     TRACE();
     switch (a) {
-        // An sm_80-class part with Hopper's shared-memory opt-in limit.
+        // The H100 / H200 the project targets: compute capability 9.0, 227 KiB of opt-in
+        // shared memory per block.
         case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED: *v = 1; break;
-        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 8; break;
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
         case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = 0; break;
         case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = 1024; break;
         case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *v = 32; break;

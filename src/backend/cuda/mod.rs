@@ -140,6 +140,8 @@ struct Device {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Kernels whose dynamic shared-memory limit was raised, with the limit set.
     opted_in: Mutex<HashMap<String, u32>>,
+    /// The most shared memory one block may opt into on this device.
+    max_shared_per_block: u32,
 }
 
 /// How a CUDA backend computes (see the module documentation).
@@ -308,6 +310,9 @@ impl CudaBackend {
         // Devices without stream-ordered allocation have no pool to configure: cudarc falls
         // back to synchronous allocation there, so this is an optimisation, not a requirement.
         let _ = keep_freed_memory(&ctx);
+        let max_shared_per_block = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_or(48 * 1024, |v| v.max(48 * 1024) as u32);
         Ok(CudaBackend {
             device: Arc::new(Device {
                 ordinal,
@@ -316,6 +321,7 @@ impl CudaBackend {
                 stream,
                 modules: Mutex::new(HashMap::new()),
                 opted_in: Mutex::new(HashMap::new()),
+                max_shared_per_block,
             }),
             precision,
             poison: false,
@@ -412,6 +418,17 @@ impl CudaBackend {
         name: &str,
         bytes: u32,
     ) -> Result<CudaFunction> {
+        if bytes > self.device.max_shared_per_block {
+            return Err(Error::invalid(
+                module,
+                format!(
+                    "kernel {name} needs {bytes} bytes of shared memory per block but {} allows {} \
+                     (a head dim or tile this device cannot hold)",
+                    self.device_name(),
+                    self.device.max_shared_per_block
+                ),
+            ));
+        }
         let f = self.function(module, name)?;
         if bytes > 48 * 1024 {
             let mut opted = self
