@@ -264,8 +264,10 @@ struct AttnTc {
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (k0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+        // dV alone needs neither V nor delta: dV = P̃ᵀ·dO (v and delta may be null then).
+        const bool want_dk = p.dk != nullptr;
         stage_rows<DP, T>(Ks, static_cast<const T*>(p.k), p, start, k0, len, h);
-        stage_rows<DP, T>(Vs, static_cast<const T*>(p.v), p, start, k0, len, h);
+        if (want_dk) stage_rows<DP, T>(Vs, static_cast<const T*>(p.v), p, start, k0, len, h);
         for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
         float dk[NT][4], dv[NT][4];
 #pragma unroll
@@ -279,7 +281,7 @@ struct AttnTc {
             for (int i = threadIdx.x; i < 64; i += blockDim.x) {
                 const bool in = q0 + i < len;
                 lse_s[i] = in ? p.lse[stat_index(p, b, h, q0 + i)] : 0.f;
-                delta_s[i] = in ? p.delta[stat_index(p, b, h, q0 + i)] : 0.f;
+                delta_s[i] = in && want_dk ? p.delta[stat_index(p, b, h, q0 + i)] : 0.f;
             }
             cp_async_commit();
             cp_async_wait<0>();
@@ -294,16 +296,18 @@ struct AttnTc {
             for (int kk = 0; kk < DP; kk += 16) {
                 uint32_t ak[4], av[4];
                 frag_a(ak, Ks, COLS, 16 * w, kk);
-                frag_a(av, Vs, COLS, 16 * w, kk);
+                if (want_dk) frag_a(av, Vs, COLS, 16 * w, kk);
 #pragma unroll
                 for (int j = 0; j < 8; j += 2) {
                     uint32_t b0[2], b1[2];
                     frag_b_nk(b0, b1, Qs, COLS, j * 8, kk);
                     mma_m16n8k16_bf16(st[j], ak, b0, st[j]);
                     mma_m16n8k16_bf16(st[j + 1], ak, b1, st[j + 1]);
-                    frag_b_nk(b0, b1, dOs, COLS, j * 8, kk);
-                    mma_m16n8k16_bf16(dpt[j], av, b0, dpt[j]);
-                    mma_m16n8k16_bf16(dpt[j + 1], av, b1, dpt[j + 1]);
+                    if (want_dk) {
+                        frag_b_nk(b0, b1, dOs, COLS, j * 8, kk);
+                        mma_m16n8k16_bf16(dpt[j], av, b0, dpt[j]);
+                        mma_m16n8k16_bf16(dpt[j + 1], av, b1, dpt[j + 1]);
+                    }
                 }
             }
             // Pᵀ, the dropped P̃ᵀ (into st) and dSᵀ (into dpt).
@@ -330,9 +334,11 @@ struct AttnTc {
                     frag_b_kn(b0, b1, dOs, COLS, n * 8, kc * 16);
                     mma_m16n8k16_bf16(dv[n], ap, b0, dv[n]);
                     mma_m16n8k16_bf16(dv[n + 1], ap, b1, dv[n + 1]);
-                    frag_b_kn(b0, b1, Qs, COLS, n * 8, kc * 16);
-                    mma_m16n8k16_bf16(dk[n], ads, b0, dk[n]);
-                    mma_m16n8k16_bf16(dk[n + 1], ads, b1, dk[n + 1]);
+                    if (want_dk) {
+                        frag_b_kn(b0, b1, Qs, COLS, n * 8, kc * 16);
+                        mma_m16n8k16_bf16(dk[n], ads, b0, dk[n]);
+                        mma_m16n8k16_bf16(dk[n + 1], ads, b1, dk[n + 1]);
+                    }
                 }
             }
         }
@@ -566,8 +572,10 @@ __device__ void attention_dkdv_f32_impl(const AttnParams& p) {
     const int start = p.starts[b], len = p.starts[b + 1] - start;
     if (k0 >= len) return;
     const int j = threadIdx.x, kj = k0 + j;
+    // dV alone needs neither V nor delta (both may be null then).
+    const bool want_dk = p.dk != nullptr;
     load_rows_f32(Ks, pitch, static_cast<const float*>(p.k), p, start, k0, F32Tiles::ROWS, len, h);
-    load_rows_f32(Vs, pitch, static_cast<const float*>(p.v), p, start, k0, F32Tiles::ROWS, len, h);
+    if (want_dk) load_rows_f32(Vs, pitch, static_cast<const float*>(p.v), p, start, k0, F32Tiles::ROWS, len, h);
     for (int d = 0; d < D; ++d) dKs[j * pitch + d] = dVs[j * pitch + d] = 0.f;
     const bool valid = key_valid(p, b, kj, len);
     for (int q0 = 0; q0 < len; q0 += F32Tiles::OTHER) {
@@ -577,7 +585,7 @@ __device__ void attention_dkdv_f32_impl(const AttnParams& p) {
         if (j < F32Tiles::OTHER) {
             const bool in = q0 + j < len;
             stat[j] = in ? p.lse[stat_index(p, b, h, q0 + j)] : 0.f;
-            stat[F32Tiles::OTHER + j] = in ? p.delta[stat_index(p, b, h, q0 + j)] : 0.f;
+            stat[F32Tiles::OTHER + j] = in && want_dk ? p.delta[stat_index(p, b, h, q0 + j)] : 0.f;
         }
         __syncthreads();
         for (int i = 0; i < F32Tiles::OTHER; ++i) {
@@ -585,7 +593,7 @@ __device__ void attention_dkdv_f32_impl(const AttnParams& p) {
             float s = 0.f, dp = 0.f;
             for (int d = 0; d < D; ++d) {
                 s = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], s);
-                dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
+                if (want_dk) dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
             }
             const float pr = expf(s * p.scale - stat[i]);
             const float z = drop_factor(p, b, h, q0 + i, kj);

@@ -155,7 +155,7 @@ fn bias_gradient<B: Backend>(b: &B, tol: f64) {
     let (rows, cols) = (301, 67);
     let dy = stored(b, &[rows, cols], &nonzero(&mut rng, rows * cols));
     let want = LinearGradRequest {
-        db: true,
+        dbias: true,
         ..Default::default()
     };
     let inputs = |t| LinearBackwardInputs {
@@ -186,8 +186,8 @@ fn bias_gradient<B: Backend>(b: &B, tol: f64) {
     check(
         b,
         "bias_grad",
-        &down(b, g.db.as_ref().unwrap()),
-        &down(&r, w.db.as_ref().unwrap()),
+        &down(b, g.dbias.as_ref().unwrap()),
+        &down(&r, w.dbias.as_ref().unwrap()),
         tol,
     );
 }
@@ -330,10 +330,10 @@ fn linear<B: Backend>(b: &B, tol: f64) {
         let every = LinearGradRequest {
             dx: true,
             dw: true,
-            db: true,
-            da: true,
-            db_lora: true,
-            dx_lora: true,
+            dbias: true,
+            dlora_a: true,
+            dlora_b: true,
+            dlora_input: true,
             dx_includes_lora: false,
         };
         let gr = r
@@ -365,10 +365,10 @@ fn linear<B: Backend>(b: &B, tol: f64) {
         for (name, g, w) in [
             ("dx", &gb.dx, &gr.dx),
             ("dw", &gb.dw, &gr.dw),
-            ("db", &gb.db, &gr.db),
-            ("da", &gb.da, &gr.da),
-            ("db_lora", &gb.db_lora, &gr.db_lora),
-            ("dx_lora", &gb.dx_lora, &gr.dx_lora),
+            ("dbias", &gb.dbias, &gr.dbias),
+            ("dlora_a", &gb.dlora_a, &gr.dlora_a),
+            ("dlora_b", &gb.dlora_b, &gr.dlora_b),
+            ("dlora_input", &gb.dlora_input, &gr.dlora_input),
         ] {
             check(
                 b,
@@ -467,7 +467,7 @@ fn linear<B: Backend>(b: &B, tol: f64) {
             )
             .unwrap();
         assert!(
-            fb.dx_lora.is_none() && fb.dw.is_none(),
+            fb.dlora_input.is_none() && fb.dw.is_none(),
             "only dX was asked for"
         );
         check(
@@ -595,10 +595,30 @@ fn attention<B: Backend>(b: &B, tol: f64) {
             dv: true,
         };
         let gr = r
-            .attention_backward(&dyr, &qr, &kr, &vr, &want.out, &want.lse, &mr, &config, all)
+            .attention_backward(
+                &dyr,
+                &qr,
+                &kr,
+                Some(&vr),
+                &want.out,
+                &want.lse,
+                &mr,
+                &config,
+                all,
+            )
             .unwrap();
         let gb = b
-            .attention_backward(&dyb, &qb, &kb, &vb, &got.out, &got.lse, &mb, &config, all)
+            .attention_backward(
+                &dyb,
+                &qb,
+                &kb,
+                Some(&vb),
+                &got.out,
+                &got.lse,
+                &mb,
+                &config,
+                all,
+            )
             .unwrap();
         for (name, g, w) in [
             ("dq", &gb.dq, &gr.dq),
@@ -618,12 +638,22 @@ fn attention<B: Backend>(b: &B, tol: f64) {
             dv: true,
             ..Default::default()
         };
+        // dV alone reads no v: none is given.
         let gv = b
             .attention_backward(
-                &dyb, &qb, &kb, &vb, &got.out, &got.lse, &mb, &config, only_dv,
+                &dyb, &qb, &kb, None, &got.out, &got.lse, &mb, &config, only_dv,
             )
             .unwrap();
         assert!(gv.dq.is_none() && gv.dk.is_none());
+        let needs_v = AttentionGradRequest {
+            dk: true,
+            ..Default::default()
+        };
+        assert!(
+            b.attention_backward(&dyb, &qb, &kb, None, &got.out, &got.lse, &mb, &config, needs_v)
+                .is_err(),
+            "dk without v must be refused"
+        );
         check(
             b,
             &format!("attention.dv_only {tag}"),

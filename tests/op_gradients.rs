@@ -92,10 +92,10 @@ impl LinearCase {
         let all_grads = LinearGradRequest {
             dx: true,
             dw: true,
-            db: true,
-            da: true,
-            db_lora: true,
-            dx_lora: true,
+            dbias: true,
+            dlora_a: true,
+            dlora_b: true,
+            dlora_input: true,
             dx_includes_lora: false,
         };
         c.linear_backward(
@@ -140,7 +140,7 @@ fn linear_lora_every_gradient() {
     );
     check_gradient(
         "linear db",
-        &host(g.db.as_ref().unwrap()),
+        &host(g.dbias.as_ref().unwrap()),
         &host(b),
         &all(b.numel()),
         TOL,
@@ -148,7 +148,7 @@ fn linear_lora_every_gradient() {
     );
     check_gradient(
         "linear dA",
-        &host(g.da.as_ref().unwrap()),
+        &host(g.dlora_a.as_ref().unwrap()),
         &host(a),
         &all(a.numel()),
         TOL,
@@ -156,7 +156,7 @@ fn linear_lora_every_gradient() {
     );
     check_gradient(
         "linear dB",
-        &host(g.db_lora.as_ref().unwrap()),
+        &host(g.dlora_b.as_ref().unwrap()),
         &host(bl),
         &all(bl.numel()),
         TOL,
@@ -164,7 +164,7 @@ fn linear_lora_every_gradient() {
     );
     check_gradient(
         "linear dX_lora",
-        &host(g.dx_lora.as_ref().unwrap()),
+        &host(g.dlora_input.as_ref().unwrap()),
         &host(xl),
         &all(xl.numel()),
         TOL,
@@ -189,18 +189,18 @@ fn linear_backward_computes_only_what_is_requested() {
                 h: None,
             },
             LinearGradRequest {
-                db: true,
+                dbias: true,
                 ..Default::default()
             },
         )
         .unwrap();
-    assert!(g.db.is_some());
+    assert!(g.dbias.is_some());
     assert!(
         g.dx.is_none()
             && g.dw.is_none()
-            && g.da.is_none()
-            && g.db_lora.is_none()
-            && g.dx_lora.is_none()
+            && g.dlora_a.is_none()
+            && g.dlora_b.is_none()
+            && g.dlora_input.is_none()
     );
     // Asking for dW without its input is an error, not a panic or a silent zero.
     let err = cpu
@@ -313,7 +313,7 @@ fn attention_check(dropout: Option<Dropout>, label: &str) {
             &dy,
             &q,
             &k,
-            &v,
+            Some(&v),
             &out.out,
             &out.lse,
             &mask,
@@ -586,4 +586,99 @@ fn mse_gradient() {
             1.3 * host(&c.mse_forward(t, &target).unwrap())[0]
         })
     });
+}
+
+// ---- tape nodes ----------------------------------------------------------------------------
+// The tape's own nodes against finite differences, where a node does more than call the
+// backend op (dropout regenerates its mask from a seed; attention keeps only what the
+// requested gradients need).
+
+#[test]
+fn tape_dropout_node_gradient() {
+    use spafit::autograd::Tape;
+    let mut rng = SplitMix::new(41);
+    let x = random(&mut rng, &[9, 11], 1.0);
+    let r = nonzero(&mut rng, 99);
+    let drop = Some(Dropout { p: 0.3, seed: 17 });
+    let loss = |x: &T| -> f64 {
+        let mut tape = Tape::new(cpu());
+        let xv = tape.param("x", x, true);
+        let y = tape.dropout(&xv, drop).unwrap();
+        dot(&host(y.value()), &r)
+    };
+    let mut tape = Tape::new(cpu());
+    let xv = tape.param("x", &x, true);
+    let y = tape.dropout(&xv, drop).unwrap();
+    // loss = Σ y ∘ r through the tape: MSE against a target chosen so that d loss / d y = r.
+    let target: Vec<f64> = host(y.value())
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| a - b / 2.0 * 99.0)
+        .collect();
+    let t = tensor(&cpu(), &[99], &target);
+    let mse = tape.mse(&y, &t).unwrap();
+    let grads = tape.backward(&mse).unwrap();
+    // d mse / d y = 2 (y − t) / n = r: so the gradient of x is the gradient of Σ y ∘ r.
+    check_gradient(
+        "tape dropout node dx",
+        &host(grads.get("x").unwrap()),
+        &host(&x),
+        &all(99),
+        TOL,
+        |v| with(&x, v, &loss),
+    );
+}
+
+#[test]
+fn tape_attention_node_computes_dv_alone_without_v() {
+    use spafit::autograd::Tape;
+    let (batch, seq, hidden) = (2, 5, 6);
+    let mut rng = SplitMix::new(43);
+    let q = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let k = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let v = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let r = nonzero(&mut rng, batch * seq * hidden);
+    let c = cpu();
+    let mask = c
+        .tensor_from_u32(Shape::new([batch, seq]), &[1, 1, 1, 0, 0, 1, 1, 1, 1, 1])
+        .unwrap();
+    let config = AttentionConfig {
+        heads: 2,
+        scale: 1.0 / 3f64.sqrt(),
+        dropout: Some(Dropout { p: 0.2, seed: 5 }),
+    };
+    let out_of = |v: &T| c.attention_forward(&q, &k, v, &mask, &config).unwrap().out;
+    let loss = |v: &T| dot(&host(&out_of(v)), &r);
+    // Only v trains: the node keeps q, k (for the probabilities), not v.
+    let mut tape = Tape::new(c);
+    let (qv, kv) = (tape.param("q", &q, false), tape.param("k", &k, false));
+    let vv = tape.param("v", &v, true);
+    let out = tape.attention(&qv, &kv, &vv, &mask, config).unwrap();
+    let kept = tape.stats().saved_activation_bytes;
+    let lse_bytes = batch * 2 * seq * 8;
+    assert_eq!(
+        kept,
+        q.size_in_bytes()
+            + k.size_in_bytes()
+            + out.value().size_in_bytes()
+            + lse_bytes
+            + mask.size_in_bytes(),
+        "the node keeps q, k, the output, lse and the mask: not v"
+    );
+    let target: Vec<f64> = host(out.value())
+        .iter()
+        .zip(&r)
+        .map(|(a, b)| a - b * r.len() as f64 / 2.0)
+        .collect();
+    let t = tensor(&c, &[batch * seq, hidden], &target);
+    let mse = tape.mse(&out, &t).unwrap();
+    let grads = tape.backward(&mse).unwrap();
+    check_gradient(
+        "tape attention node dv (v not kept)",
+        &host(grads.get("v").unwrap()),
+        &host(&v),
+        &all(v.numel()),
+        TOL,
+        |x| with(&v, x, &loss),
+    );
 }

@@ -89,3 +89,26 @@ fn shared_parameter_is_copied_not_mutated_behind_a_clone() {
     );
     assert_ne!(host(&p), P0.to_vec());
 }
+
+#[test]
+fn step_counts_beyond_i32_do_not_wrap() {
+    // The bias corrections use β^t with t the 1-based step: a count past i32::MAX must give
+    // corrections of 1 (β^t = 0), not the overflowed exponents of a truncating cast.
+    let cpu = CpuBackend::f64();
+    let grad = [0.3, -2.0, 1e-3, 5.0];
+    for step in [u64::from(u32::MAX) + 7, 1 << 40] {
+        let c = hyper(step, 0.0).coefficients();
+        assert_eq!(c.step_size, 0.01, "step {step}: lr / (1 − β₁ᵗ)");
+        assert_eq!(c.bias2_sqrt, 1.0, "step {step}: sqrt(1 − β₂ᵗ)");
+        let mut p = tensor(&cpu, &[4], &P0);
+        let g = tensor(&cpu, &[4], &grad);
+        let (mut m, mut v) = (tensor(&cpu, &[4], &[0.0; 4]), tensor(&cpu, &[4], &[0.0; 4]));
+        cpu.adamw_step(&mut p, &g, &mut m, &mut v, &hyper(step, 0.0))
+            .unwrap();
+        for (i, (x, g)) in host(&p).iter().zip(grad).enumerate() {
+            // m = 0.1·g, v = 0.001·g² without bias correction.
+            let want = P0[i] - 0.01 * (0.1 * g) / ((0.001 * g * g).sqrt() + 1e-8);
+            assert!((x - want).abs() < 1e-12, "step {step}: {x} vs {want}");
+        }
+    }
+}

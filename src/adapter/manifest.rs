@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::nn::{LoraConfig, LoraTarget, Stratum};
+use crate::nn::{LoraConfig, Stratum};
 use crate::peft::{Method, PeftPlan};
 
 /// `adapter.json`: everything needed to rebuild the plan and check the base.
@@ -18,7 +18,7 @@ pub struct AdapterManifest {
     /// SPAFIT's boundaries.
     pub boundaries: Option<(usize, usize)>,
     /// Adapter settings.
-    pub lora: Option<LoraManifest>,
+    pub lora: Option<LoraConfig>,
     /// Whether the embeddings trained.
     pub train_embeddings: bool,
     /// Whether the pooler trained.
@@ -35,19 +35,6 @@ pub struct AdapterManifest {
     pub weights_sha256: String,
     /// Names of the stored tensors.
     pub tensors: Vec<String>,
-}
-
-/// LoRA part of [`AdapterManifest`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LoraManifest {
-    /// Rank.
-    pub rank: usize,
-    /// Alpha.
-    pub alpha: f64,
-    /// Input dropout used in training.
-    pub dropout: f64,
-    /// Hugging Face module paths.
-    pub targets: Vec<String>,
 }
 
 pub(crate) fn stratum_name(s: Stratum) -> &'static str {
@@ -74,13 +61,8 @@ fn parse_stratum(s: &str) -> Option<Stratum> {
 
 impl AdapterManifest {
     /// The manifest part that describes `plan`.
-    pub(crate) fn describe(plan: &PeftPlan) -> (String, Vec<String>, Option<LoraManifest>) {
-        let lora = plan.lora.as_ref().map(|l| LoraManifest {
-            rank: l.rank,
-            alpha: l.alpha,
-            dropout: l.dropout,
-            targets: l.targets.iter().map(|t| t.module().to_string()).collect(),
-        });
+    pub(crate) fn describe(plan: &PeftPlan) -> (String, Vec<String>, Option<LoraConfig>) {
+        let lora = plan.lora.clone();
         (
             plan.method.to_string(),
             plan.strata
@@ -103,19 +85,10 @@ impl AdapterManifest {
             .iter()
             .map(|s| parse_stratum(s).ok_or_else(|| bad(format!("unknown stratum `{s}`"))))
             .collect::<Result<Vec<_>>>()?;
-        let lora = match &self.lora {
-            None => None,
-            Some(l) => Some(LoraConfig {
-                rank: l.rank,
-                alpha: l.alpha,
-                dropout: l.dropout,
-                targets: l
-                    .targets
-                    .iter()
-                    .map(|t| t.parse::<LoraTarget>().map_err(|e| bad(e.to_string())))
-                    .collect::<Result<Vec<_>>>()?,
-            }),
-        };
+        let lora = self.lora.clone();
+        if let Some(l) = &lora {
+            l.validate().map_err(|e| bad(e.to_string()))?;
+        }
         Ok(PeftPlan {
             method,
             strata,

@@ -8,7 +8,7 @@ mod peft_export;
 mod store;
 
 pub use atomic::{sha256_hex, write_atomic};
-pub use manifest::{AdapterManifest, LoraManifest};
+pub use manifest::AdapterManifest;
 pub use peft_export::export_peft;
 pub use store::{
     load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors, MANIFEST_FILE,

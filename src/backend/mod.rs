@@ -71,14 +71,15 @@ pub struct LinearGradRequest {
     pub dx: bool,
     /// `dW = dYᵀ·X`.
     pub dw: bool,
-    /// `db = Σ_rows dY`.
-    pub db: bool,
-    /// `dA = scale · (dY·B)ᵀ · X_lora`.
-    pub da: bool,
-    /// `dB = scale · dYᵀ · H`.
-    pub db_lora: bool,
-    /// `dX_lora = scale · (dY·B) · A`: the gradient reaching the LoRA input.
-    pub dx_lora: bool,
+    /// The bias gradient `Σ_rows dY`.
+    pub dbias: bool,
+    /// The LoRA down-projection's gradient `dA = scale · (dY·B)ᵀ · X_lora`.
+    pub dlora_a: bool,
+    /// The LoRA up-projection's gradient `dB = scale · dYᵀ · H`.
+    pub dlora_b: bool,
+    /// `scale · (dY·B) · A`: the gradient reaching the adapter's input (with adapter
+    /// dropout, the caller sends it back through the mask and adds it to `dx`).
+    pub dlora_input: bool,
     /// With `dx` and LoRA weights: `dx` is the whole `dY·W + scale·(dY·B)·A`, the gradient
     /// of `x` when the adapter reads `x` itself (no adapter dropout). CUDA computes it as one
     /// GEMM with `r` more reduction columns.
@@ -109,13 +110,13 @@ pub struct LinearGrads<B: Backend> {
     /// `[out, in]`.
     pub dw: Option<Tensor<B>>,
     /// `[out]`.
-    pub db: Option<Tensor<B>>,
+    pub dbias: Option<Tensor<B>>,
     /// `[r, in]`.
-    pub da: Option<Tensor<B>>,
+    pub dlora_a: Option<Tensor<B>>,
     /// `[out, r]`.
-    pub db_lora: Option<Tensor<B>>,
+    pub dlora_b: Option<Tensor<B>>,
     /// `[rows, in]`.
-    pub dx_lora: Option<Tensor<B>>,
+    pub dlora_input: Option<Tensor<B>>,
 }
 
 /// Output of [`Backend::layernorm_forward`].
@@ -358,14 +359,16 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// The requested gradients of [`Backend::attention_forward`]; probabilities are
     /// recomputed from `lse`. `out` is the forward's context: `rowsum(d_out ∘ out)` is the
-    /// softmax's correction term (FlashAttention-2), so backward needs no `[seq, seq]` pass for it.
+    /// softmax's correction term (FlashAttention-2), so backward needs no `[seq, seq]` pass for
+    /// it. `v` is read only for `dq` and `dk` (`dV = P̃ᵀ·d_out` needs none): pass `None` when
+    /// only `dv` is asked for.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
         d_out: &Tensor<Self>,
         q: &Tensor<Self>,
         k: &Tensor<Self>,
-        v: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
@@ -460,10 +463,10 @@ impl_empty_default!(
     LinearGrads {
         dx,
         dw,
-        db,
-        da,
-        db_lora,
-        dx_lora
+        dbias,
+        dlora_a,
+        dlora_b,
+        dlora_input
     },
     LayerNormGrads { dx, dgamma, dbeta },
     AttentionGrads { dq, dk, dv }

@@ -357,6 +357,38 @@ pub fn attention<B: Backend>(
     })
 }
 
+/// Validates the operands of attention's backward (`v` only where `dq` or `dk` is asked
+/// for) and returns the sizes.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<B: Backend>(
+    d_out: &Tensor<B>,
+    q: &Tensor<B>,
+    k: &Tensor<B>,
+    v: Option<&Tensor<B>>,
+    out: &Tensor<B>,
+    mask: &Tensor<B>,
+    config: &AttentionConfig,
+    want: crate::backend::AttentionGradRequest,
+) -> Result<(DType, AttentionDims)> {
+    const OP: &str = "attention backward";
+    let v = match v {
+        Some(v) => v,
+        None if want.dq || want.dk => {
+            return Err(Error::invalid(
+                OP,
+                "dq and dk need `v` (only dv can be computed without it)",
+            ))
+        }
+        // dv alone: the shape checks below stand in q for v.
+        None => q,
+    };
+    let d = attention(q, k, v, mask, config)?;
+    let dtype = common_float_dtype(OP, &[("q", q), ("d_out", d_out), ("out", out)])?;
+    require_same_shape(OP, ("d_out", d_out), ("q", q))?;
+    require_same_shape(OP, ("out", out), ("q", q))?;
+    Ok((dtype, d))
+}
+
 /// Checks that every index (token id, label) is below `limit`, naming the first that is not.
 pub fn check_indices(
     op: &'static str,

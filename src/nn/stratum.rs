@@ -1,6 +1,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Error;
 
 /// How one encoder layer trains (SPAFIT's strata, plus full fine-tuning).
@@ -39,8 +41,9 @@ impl Stratum {
 }
 
 /// A linear map of an encoder layer that can carry a LoRA adapter, named as Hugging Face
-/// names the module.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// names the module (and stored so in adapter manifests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum LoraTarget {
     /// `attention.self.query`
     Query,
@@ -86,6 +89,19 @@ impl fmt::Display for LoraTarget {
     }
 }
 
+impl From<LoraTarget> for String {
+    fn from(t: LoraTarget) -> String {
+        t.module().to_string()
+    }
+}
+
+impl TryFrom<String> for LoraTarget {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        s.parse()
+    }
+}
+
 impl FromStr for LoraTarget {
     type Err = Error;
 
@@ -109,8 +125,12 @@ impl FromStr for LoraTarget {
     }
 }
 
-/// LoRA settings: `y += (alpha / r) · (dropout(x)·Aᵀ)·Bᵀ` on each target.
-#[derive(Clone, Debug, PartialEq)]
+/// LoRA settings: `y += (alpha / r) · (dropout(x)·Aᵀ)·Bᵀ` on each target — what a plan
+/// asks for and what an adapter's manifest records. The other LoRA types each hold one
+/// adapter's tensors at one level: [`crate::nn::LoraAdapter`] its parameters in the model,
+/// [`crate::autograd::LoraVars`] their tape variables, [`crate::backend::LoraWeights`] the
+/// operands a backend's linear map reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
     /// Rank `r` ≥ 1.
     pub rank: usize,

@@ -22,13 +22,11 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
         d_out: &Tensor<B>,
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor<B>>>> {
-        // Only dv can be asked for without v; the backend reads v solely for dq/dk.
-        let v = self.v.as_ref().unwrap_or(&self.q);
         let g = backend.attention_backward(
             d_out,
             &self.q,
             &self.k,
-            v,
+            self.v.as_ref(),
             &self.out,
             &self.lse,
             &self.mask,

@@ -46,16 +46,16 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
         let want = LinearGradRequest {
             dx: needs[X],
             dw: needs[W],
-            db: needs[BIAS],
-            da: needs[A],
-            db_lora: needs[B_LORA],
+            dbias: needs[BIAS],
+            dlora_a: needs[A],
+            dlora_b: needs[B_LORA],
             // Without adapter dropout the adapter reads x itself: one fused gradient. With it,
             // the adapter's part goes back through the dropout mask first.
-            dx_lora: needs[X] && has_lora && self.lora_dropout.is_some(),
+            dlora_input: needs[X] && has_lora && self.lora_dropout.is_some(),
             dx_includes_lora: needs[X] && has_lora && self.lora_dropout.is_none(),
         };
         let x_lora = match (&self.x, self.lora_dropout) {
-            (Some(x), Some(d)) if want.da => Some(backend.dropout(x, d)?),
+            (Some(x), Some(d)) if want.dlora_a => Some(backend.dropout(x, d)?),
             _ => None,
         };
         let g = backend.linear_backward(
@@ -73,7 +73,7 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
             },
             want,
         )?;
-        let dx = match (g.dx, g.dx_lora) {
+        let dx = match (g.dx, g.dlora_input) {
             (Some(mut dx), Some(dxl)) => {
                 let dxl = match self.lora_dropout {
                     Some(d) => backend.dropout(&dxl, d)?,
@@ -84,7 +84,7 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
             }
             (dx, _) => dx,
         };
-        Ok(vec![dx, g.dw, g.db, g.da, g.db_lora])
+        Ok(vec![dx, g.dw, g.dbias, g.dlora_a, g.dlora_b])
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {

@@ -154,7 +154,7 @@ pub fn backward<T: Element>(
     d_out: &[T],
     q: &[T],
     k: &[T],
-    v: &[T],
+    v: Option<&[T]>,
     lse: &[T],
     mask: &[u32],
     scale: T,
@@ -194,6 +194,7 @@ pub fn backward<T: Element>(
             continue;
         }
         // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
+        let v = v.expect("v is given whenever dq or dk is asked for (checked by the caller)");
         gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, &mut dp, tt);
         if let Some(dr) = dropout {
             apply_dropout(&mut dp, head.counter, dr);

@@ -266,26 +266,26 @@ impl Backend for CpuBackend {
                 let x = require_input(OP, "dW", "x", inp.x)?;
                 g.dw = Some(tensor([output, input], linear::grad_weight(d, dyv, view::<T>(x)))?);
             }
-            if want.db {
-                g.db = Some(tensor([output], linear::column_sum(dyv, output))?);
+            if want.dbias {
+                g.dbias = Some(tensor([output], linear::column_sum(dyv, output))?);
             }
-            if want.da || want.dx_lora || want.db_lora {
+            if want.dlora_a || want.dlora_input || want.dlora_b {
                 let l = inp.lora.as_ref().ok_or_else(|| {
                     Error::invalid(OP, "a LoRA gradient was requested without LoRA weights")
                 })?;
                 let lora = linear::Lora { a: view::<T>(l.a), b: view::<T>(l.b), scale: T::from_f64(l.scale) };
-                if want.db_lora {
+                if want.dlora_b {
                     let h = require_input(OP, "dB", "h", inp.h)?;
-                    g.db_lora = Some(tensor([output, rank], linear::grad_lora_b(d, dyv, view::<T>(h), lora.scale))?);
+                    g.dlora_b = Some(tensor([output, rank], linear::grad_lora_b(d, dyv, view::<T>(h), lora.scale))?);
                 }
-                if want.da || want.dx_lora {
+                if want.dlora_a || want.dlora_input {
                     let bottleneck = linear::grad_bottleneck(d, dyv, &lora);
-                    if want.da {
+                    if want.dlora_a {
                         let xl = require_input(OP, "dA", "x_lora", inp.x_lora)?;
-                        g.da = Some(tensor([rank, input], linear::grad_lora_a(d, &bottleneck, view::<T>(xl)))?);
+                        g.dlora_a = Some(tensor([rank, input], linear::grad_lora_a(d, &bottleneck, view::<T>(xl)))?);
                     }
-                    if want.dx_lora {
-                        g.dx_lora = Some(tensor(in_shape.clone(), linear::grad_lora_input(d, &bottleneck, lora.a))?);
+                    if want.dlora_input {
+                        g.dlora_input = Some(tensor(in_shape.clone(), linear::grad_lora_input(d, &bottleneck, lora.a))?);
                     }
                 }
             }
@@ -391,7 +391,7 @@ impl Backend for CpuBackend {
         d_out: &Tensor<Self>,
         q: &Tensor<Self>,
         k: &Tensor<Self>,
-        v: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
@@ -399,11 +399,9 @@ impl Backend for CpuBackend {
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
         const OP: &str = "attention backward";
-        let d = shapes::attention(q, k, v, mask, config)?;
-        shapes::common_float_dtype(OP, &[("q", q), ("d_out", d_out), ("lse", lse)])?;
-        shapes::require_same_shape(OP, ("d_out", d_out), ("q", q))?;
-        // The reference recomputes rowsum(dP ∘ P) from the probabilities and needs no `out`.
-        shapes::require_same_shape(OP, ("out", out), ("q", q))?;
+        // The reference recomputes rowsum(dP ∘ P) from the probabilities and reads no `out`.
+        let (_, d) = shapes::attention_backward(d_out, q, k, v, out, mask, config, want)?;
+        shapes::common_float_dtype(OP, &[("q", q), ("lse", lse)])?;
         shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
         with_float!(q.dtype(), OP, T => {
             let (dq, dk, dv) = attention::backward(
@@ -411,7 +409,7 @@ impl Backend for CpuBackend {
                 view::<T>(d_out),
                 view::<T>(q),
                 view::<T>(k),
-                view::<T>(v),
+                v.map(view::<T>),
                 view::<T>(lse),
                 ids(mask),
                 T::from_f64(config.scale),

@@ -179,7 +179,7 @@ pub(super) fn backward(
     d_out: &Tensor<CudaBackend>,
     q: &Tensor<CudaBackend>,
     k: &Tensor<CudaBackend>,
-    v: &Tensor<CudaBackend>,
+    v: Option<&Tensor<CudaBackend>>,
     out: &Tensor<CudaBackend>,
     lse: &Tensor<CudaBackend>,
     mask: &Tensor<CudaBackend>,
@@ -187,10 +187,7 @@ pub(super) fn backward(
     want: AttentionGradRequest,
 ) -> Result<AttentionGrads<CudaBackend>> {
     const OP: &str = "attention backward";
-    let d = shapes::attention(q, k, v, mask, config)?;
-    let dtype = shapes::common_float_dtype(OP, &[("q", q), ("d_out", d_out), ("out", out)])?;
-    shapes::require_same_shape(OP, ("d_out", d_out), ("q", q))?;
-    shapes::require_same_shape(OP, ("out", out), ("q", q))?;
+    let (dtype, d) = shapes::attention_backward(d_out, q, k, v, out, mask, config, want)?;
     require_f32(OP, "lse", lse)?;
     shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
     let mut grads = AttentionGrads::default();
@@ -210,7 +207,11 @@ pub(super) fn backward(
             let mut p = base_params(&d, config);
             let (pq, _gq) = view::<T>(q).device_ptr(stream);
             let (pk, _gk) = view::<T>(k).device_ptr(stream);
-            let (pv, _gv) = view::<T>(v).device_ptr(stream);
+            // Only dq and dk read v (and delta); dV alone gets a null v.
+            let (pv, _gv) = match v {
+                Some(v) => { let (p, g) = view::<T>(v).device_ptr(stream); (p, Some(g)) }
+                None => (0, None),
+            };
             let (pd, _gd) = view::<T>(d_out).device_ptr(stream);
             let (po, _go) = view::<T>(out).device_ptr(stream);
             let (pl, _gl) = view::<f32>(lse).device_ptr(stream);
@@ -222,16 +223,19 @@ pub(super) fn backward(
             if let Some(t) = dq.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dq = ptr; guards.push(g); }
             if let Some(t) = dk.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dk = ptr; guards.push(g); }
             if let Some(t) = dv.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dv = ptr; guards.push(g); }
+            let needs_delta = want.dq || want.dk;
             if exact {
                 // delta = rowsum(dO ∘ O) in f32: one warp per (row, head).
                 let rows = d.batch * d.heads * d.seq;
                 let f = b.function(MODULE, &format!("attention_delta_{}", T::SUFFIX))?;
                 let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8).min(65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 let batch = d.batch as i32;
-                let mut l = stream.launch_builder(&f);
-                l.arg(&p).arg(&batch);
-                // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
-                unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+                if needs_delta {
+                    let mut l = stream.launch_builder(&f);
+                    l.arg(&p).arg(&batch);
+                    // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
+                    unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+                }
                 if want.dk || want.dv {
                     launch_tiles(b, OP, "attention_backward_dkdv_exact", &d, 32, 32, f32_shared(d.head_dim, 4, 2, 32), &p)?;
                 }
@@ -240,7 +244,9 @@ pub(super) fn backward(
                 }
             } else {
                 // The dQ kernel writes delta first (with dq null it does only that).
-                launch_tiles(b, OP, &format!("attention_backward_dq_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
+                if needs_delta {
+                    launch_tiles(b, OP, &format!("attention_backward_dq_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
+                }
                 if want.dk || want.dv {
                     launch_tiles(b, OP, &format!("attention_backward_dkdv_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
                 }

@@ -513,7 +513,7 @@ pub(super) fn linear_backward(
         rank,
     } = d;
     let fused_lora = want.dx && want.dx_includes_lora && inp.lora.is_some();
-    if (want.da || want.dx_lora || want.db_lora) && inp.lora.is_none() {
+    if (want.dlora_a || want.dlora_input || want.dlora_b) && inp.lora.is_none() {
         return Err(Error::invalid(
             OP,
             "a LoRA gradient was requested without LoRA weights",
@@ -534,7 +534,7 @@ pub(super) fn linear_backward(
     let mut g = LinearGrads::default();
     // G = s·dY·B: [rows, r], the adapter's bottleneck gradient, shared by dX, dX_lora, dA.
     let bottleneck = match &inp.lora {
-        Some(l) if want.da || want.dx_lora || fused_lora => {
+        Some(l) if want.dlora_a || want.dlora_input || fused_lora => {
             let seg = vec![(operand(dy, output)?, operand(l.b, rank)?, output)];
             Some(wrap(
                 Shape::new([rows, rank]),
@@ -558,13 +558,13 @@ pub(super) fn linear_backward(
             gemm(Layout::Kn, rows, input, segments, 1.0).run(b)?,
         )?);
     }
-    if want.dx_lora {
+    if want.dlora_input {
         let (l, gb) = (
             inp.lora.as_ref().expect("checked"),
             bottleneck.as_ref().expect("computed"),
         );
         let seg = vec![(operand(gb, rank)?, operand(l.a, input)?, rank)];
-        g.dx_lora = Some(wrap(
+        g.dlora_input = Some(wrap(
             in_shape.clone(),
             gemm(Layout::Kn, rows, input, seg, 1.0).run(b)?,
         )?);
@@ -577,26 +577,26 @@ pub(super) fn linear_backward(
             gemm(Layout::Mn, output, input, seg, 1.0).run(b)?,
         )?);
     }
-    if want.da {
+    if want.dlora_a {
         let xl = require("dA", "x_lora", inp.x_lora)?;
         let gb = bottleneck.as_ref().expect("computed");
         let seg = vec![(operand(gb, rank)?, operand(xl, input)?, rows)];
-        g.da = Some(wrap(
+        g.dlora_a = Some(wrap(
             Shape::new([rank, input]),
             gemm(Layout::Mn, rank, input, seg, 1.0).run(b)?,
         )?);
     }
-    if want.db_lora {
+    if want.dlora_b {
         let l = inp.lora.as_ref().expect("checked");
         let h = require("dB", "h", inp.h)?;
         let seg = vec![(operand(dy, output)?, operand(h, rank)?, rows)];
-        g.db_lora = Some(wrap(
+        g.dlora_b = Some(wrap(
             Shape::new([output, rank]),
             gemm(Layout::Mn, output, rank, seg, l.scale).run(b)?,
         )?);
     }
-    if want.db {
-        g.db = Some(with_float!(dtype, OP, T => {
+    if want.dbias {
+        g.dbias = Some(with_float!(dtype, OP, T => {
             let mut db = b.output::<T>(output)?;
             launch!(b, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), view::<T>(dy), &mut db, &(rows as i32), &(output as i32));
             tensor([output], db)

@@ -723,7 +723,7 @@ impl Backend for CudaBackend {
         d_out: &Tensor<Self>,
         q: &Tensor<Self>,
         k: &Tensor<Self>,
-        v: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
         out: &Tensor<Self>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
