@@ -625,7 +625,7 @@ fn tape_dropout_node_gradient() {
         &host(&x),
         &all(99),
         TOL,
-        |v| with(&x, v, &loss),
+        |v| with(&x, v, loss),
     );
 }
 
@@ -679,6 +679,6 @@ fn tape_attention_node_computes_dv_alone_without_v() {
         &host(&v),
         &all(v.numel()),
         TOL,
-        |x| with(&v, x, &loss),
+        |x| with(&v, x, loss),
     );
 }
