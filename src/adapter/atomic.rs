@@ -20,14 +20,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let pause = slow_write_pause();
+        if pause.is_zero() {
+            f.write_all(bytes)?;
+        } else {
+            let (head, tail) = bytes.split_at(bytes.len() / 2);
+            f.write_all(head)?;
+            f.sync_all()?;
+            std::thread::sleep(pause);
+            f.write_all(tail)?;
+        }
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename itself must survive a power cut, not only a killed process.
+        std::fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// Fault injection for crash tests: `SPAFIT_SLOW_WRITES_MS` pauses every atomic write halfway
+/// through its temporary file, so a test can kill the process in the middle of a checkpoint.
+fn slow_write_pause() -> std::time::Duration {
+    let ms = std::env::var("SPAFIT_SLOW_WRITES_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_millis(ms)
 }
 
 /// SHA-256 of `bytes` as lowercase hex.

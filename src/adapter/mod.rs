@@ -10,6 +10,7 @@ mod store;
 pub use atomic::{sha256_hex, write_atomic};
 pub use manifest::AdapterManifest;
 pub use peft_export::export_peft;
+pub(crate) use store::tensors_to_safetensors_with_metadata;
 pub use store::{
     load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors, MANIFEST_FILE,
     WEIGHTS_FILE,

@@ -23,6 +23,15 @@ pub fn tensors_to_safetensors<B: Backend>(
     backend: &B,
     tensors: &[(String, Tensor<B>)],
 ) -> Result<Vec<u8>> {
+    tensors_to_safetensors_with_metadata(backend, tensors, None)
+}
+
+/// [`tensors_to_safetensors`] with string metadata in the file's header.
+pub(crate) fn tensors_to_safetensors_with_metadata<B: Backend>(
+    backend: &B,
+    tensors: &[(String, Tensor<B>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let values = backend.to_f64(t)?;
@@ -47,7 +56,7 @@ pub fn tensors_to_safetensors<B: Backend>(
         .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
-    safetensors::tensor::serialize(views, None)
+    safetensors::tensor::serialize(views, metadata)
         .map_err(|e| Error::invalid("safetensors", e.to_string()))
 }
 
@@ -108,10 +117,7 @@ pub fn save_adapter<B: Backend>(
 /// Reads an adapter's manifest.
 pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let text = crate::text_file::read_utf8(&path)?;
     let m: AdapterManifest = serde_json::from_str(&text).map_err(|e| Error::Format {
         path: path.clone(),
         detail: format!("invalid adapter manifest: {e}"),

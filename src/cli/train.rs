@@ -40,6 +40,10 @@ pub struct TrainArgs {
     /// Also evaluate every N steps (always at each epoch end).
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Also save the resumable state in OUTPUT/last every N steps (it is always saved after
+    /// an evaluation); a killed run repeats at most the steps since the last save.
+    #[arg(long)]
+    pub save_every: Option<usize>,
     /// Write a metrics.jsonl line every N steps.
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
@@ -122,6 +126,7 @@ pub fn fit<B: Backend>(
         max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
         seed: args.seed,
         eval_every: args.eval_every,
+        save_every: args.save_every,
         log_every: args.log_every,
         max_steps: args.max_steps,
         output_dir: args.output.clone(),

@@ -5,6 +5,7 @@ mod encoded;
 mod evaluate;
 mod optimizer;
 mod progress;
+mod run_state;
 mod schedule;
 mod trainer;
 
@@ -12,5 +13,6 @@ pub use encoded::EncodedDataset;
 pub use evaluate::{evaluate, infer, predictions, Evaluation, ModelOutputs};
 pub use optimizer::{no_decay, AdamW};
 pub use progress::Progress;
+pub use run_state::STATE_FILE;
 pub use schedule::LinearSchedule;
 pub use trainer::{TrainConfig, TrainReport, Trainer};

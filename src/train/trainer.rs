@@ -1,13 +1,12 @@
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::run_state::{self, NamedTensors, RunPosition, SavedBest, STATE_FILE};
 use super::{evaluate, AdamW, EncodedDataset, Evaluation, LinearSchedule, Progress};
-use crate::adapter::{save_adapter, tensors_to_safetensors, write_atomic};
+use crate::adapter::save_adapter;
 use crate::autograd::Tape;
 use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
@@ -45,6 +44,9 @@ pub struct TrainConfig {
     pub attention_dropout: Option<f64>,
     /// Also evaluate every this many steps (always at each epoch end).
     pub eval_every: Option<usize>,
+    /// Also save the resumable state every this many steps (it is always saved after an
+    /// evaluation); a run killed between saves repeats the steps since the last one.
+    pub save_every: Option<usize>,
     /// Write a `metrics.jsonl` train line every this many steps.
     pub log_every: usize,
     /// Length buckets span this many batches.
@@ -77,6 +79,7 @@ impl Default for TrainConfig {
             hidden_dropout: None,
             attention_dropout: None,
             eval_every: None,
+            save_every: None,
             log_every: 10,
             bucket_batches: 50,
             max_steps: None,
@@ -106,61 +109,87 @@ pub struct TrainReport {
     pub best: Option<(usize, Evaluation)>,
 }
 
-/// `last/state.json`: where a run stopped.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct RunState {
+/// Dropout probabilities of a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct DropoutRates {
+    pub hidden: f64,
+    pub attention: f64,
+    pub lora: f64,
+}
+
+/// What stays fixed for a whole run.
+struct RunPlan {
+    train: EncodedDataset,
+    /// The evaluation split and its name.
+    dev: Option<(EncodedDataset, String)>,
+    lengths: Vec<usize>,
+    total_steps: usize,
+    schedule: LinearSchedule,
+    dropout: DropoutRates,
+    fingerprint: String,
+    labels: Option<Vec<String>>,
+}
+
+/// The best evaluation so far and the weights that gave it.
+struct Best<B: Backend> {
+    step: usize,
+    evaluation: Evaluation,
+    weights: NamedTensors<B>,
+}
+
+/// Time, throughput and the loss window of this process's steps.
+#[derive(Default)]
+struct Meter {
+    seconds: f64,
+    samples: usize,
+    tokens: usize,
+    steps: usize,
+    window_loss: f64,
+    window_steps: usize,
+    last_logged_loss: Option<f64>,
+}
+
+impl Meter {
+    fn samples_per_s(&self) -> f64 {
+        self.samples as f64 / self.seconds.max(1e-9)
+    }
+
+    fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.seconds.max(1e-9)
+    }
+
+    fn window_mean(&self) -> f64 {
+        self.window_loss / self.window_steps.max(1) as f64
+    }
+}
+
+/// A run in progress: where it is, its optimizer, its best evaluation.
+struct Run<B: Backend> {
     step: usize,
     epoch: usize,
     next_batch: usize,
-    total_steps: usize,
-    best: Option<SavedBest>,
-    /// SHA-256 of the settings that must not change across a resume (see `fingerprint`).
-    fingerprint: String,
-    /// SHA-256 of `state.safetensors`: the JSON is written last, so a torn pair is detected.
-    weights_sha256: String,
+    optimizer: AdamW<B>,
+    best: Option<Best<B>>,
+    meter: Meter,
 }
 
-/// The best evaluation so far, kept across a resume (the value as bits: exact).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct SavedBest {
-    step: usize,
-    main_metric: String,
-    value_bits: u64,
+impl<B: Backend> Run<B> {
+    /// Moves past the batch just trained on, into the next epoch after its last batch.
+    fn advance(&mut self, batches_in_epoch: usize) {
+        self.step += 1;
+        self.next_batch += 1;
+        if self.next_batch >= batches_in_epoch {
+            self.epoch += 1;
+            self.next_batch = 0;
+        }
+    }
+}
+
+/// What one optimizer step measured.
+struct StepOutcome {
     loss: f64,
-    metrics: BTreeMap<String, f64>,
-}
-
-impl SavedBest {
-    fn new(step: usize, e: &Evaluation) -> Self {
-        SavedBest {
-            step,
-            main_metric: e.main_metric.to_string(),
-            value_bits: e.main_value().to_bits(),
-            loss: e.loss,
-            metrics: e.metrics.clone(),
-        }
-    }
-
-    fn evaluation(&self) -> Evaluation {
-        let main_metric = [
-            "accuracy",
-            "f1",
-            "matthews_correlation",
-            "pearson",
-            "spearman",
-        ]
-        .into_iter()
-        .find(|m| *m == self.main_metric)
-        .unwrap_or("accuracy");
-        let mut metrics = self.metrics.clone();
-        metrics.insert(main_metric.to_string(), f64::from_bits(self.value_bits));
-        Evaluation {
-            metrics,
-            main_metric,
-            loss: self.loss,
-            seconds: 0.0,
-        }
-    }
+    grad_norm: f64,
+    tokens: usize,
 }
 
 /// Fine-tunes a model with AdamW under a PEFT plan.
@@ -190,18 +219,446 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
     }
 
-    fn label_names(kind: &TaskKind) -> Option<Vec<String>> {
-        match kind {
-            TaskKind::Classification { labels } => Some(labels.clone()),
-            TaskKind::Regression => None,
+    /// Trains on `train`, evaluating on `dev` at each epoch end (and every `eval_every`
+    /// steps). With an output directory: `metrics.jsonl`, the best adapter in `best/`, and
+    /// the resumable state in `last/`. The model ends with the best evaluated weights.
+    pub fn fit(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        train: &Dataset,
+        dev: Option<&Dataset>,
+    ) -> Result<TrainReport> {
+        self.check_settings(train, dev)?;
+        self.model.store_frozen_weights(&self.backend)?;
+        let plan = self.plan_run(tokenizer, train, dev)?;
+        let progress = Progress::new(self.config.progress, self.config.log_every);
+        let mut run = self.start_or_resume(&plan, &progress)?;
+        while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
+            let epoch = run.epoch;
+            let batches = training_batches(
+                &plan.lengths,
+                self.config.batch_size,
+                self.config.bucket_batches,
+                rng::mix(self.config.seed, epoch as u64),
+            );
+            while run.epoch == epoch && !self.must_stop(&plan, &run) {
+                let rows = &batches[run.next_batch];
+                let lr = plan.schedule.lr(run.step);
+                let outcome = self.step(&plan, &mut run, rows, lr)?;
+                run.advance(batches.len());
+                let epoch_done = run.epoch != epoch || run.step == plan.total_steps;
+                self.record(&plan, &mut run, &outcome, rows.len(), epoch, lr, &progress)?;
+                self.evaluate_and_save_when_due(&plan, &mut run, epoch, epoch_done, &progress)?;
+            }
         }
+        self.finish(&plan, run)
+    }
+
+    /// Refuses settings that cannot give a meaningful run, before any work.
+    fn check_settings(&self, train: &Dataset, dev: Option<&Dataset>) -> Result<()> {
+        let c = &self.config;
+        let refuse = |detail: String| Err(Error::invalid("train", detail));
+        if c.batch_size == 0 || c.epochs == 0 {
+            return refuse("batch size and epochs must be positive".into());
+        }
+        if c.eval_every == Some(0) || c.save_every == Some(0) {
+            return refuse("evaluating or saving every 0 steps: give a positive interval".into());
+        }
+        let valid = c.learning_rate >= 0.0
+            && c.learning_rate.is_finite()
+            && (0.0..=1.0).contains(&c.warmup_ratio);
+        if !valid {
+            return refuse(format!(
+                "learning rate {} must be ≥ 0 and warmup ratio {} in [0, 1]",
+                c.learning_rate, c.warmup_ratio
+            ));
+        }
+        if let Some(d) = dev.filter(|d| d.kind != train.kind) {
+            return refuse(format!(
+                "{} and {} have different label spaces",
+                train.name, d.name
+            ));
+        }
+        match &c.output_dir {
+            None if c.resume => return refuse("--resume needs an output directory".into()),
+            Some(dir) if !c.resume && run_state::has_saved_run(dir) => {
+                return refuse(format!(
+                    "{} holds an earlier run: resume it, or use another output directory",
+                    dir.display()
+                ))
+            }
+            _ => {}
+        }
+        if train.is_empty() || !train.is_labeled() {
+            return refuse(format!(
+                "the training set {} is empty or unlabeled",
+                train.name
+            ));
+        }
+        if train.kind.num_labels() != self.model.num_labels {
+            return refuse(format!(
+                "the task has {} labels but the model head has {}",
+                train.kind.num_labels(),
+                self.model.num_labels
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tokenizes the data and fixes the schedule, dropout and the run's fingerprint.
+    fn plan_run(
+        &self,
+        tokenizer: &TextTokenizer,
+        train: &Dataset,
+        dev: Option<&Dataset>,
+    ) -> Result<RunPlan> {
+        let c = &self.config;
+        let train_data = EncodedDataset::new(tokenizer, train)?;
+        let dev = match dev {
+            Some(d) => Some((EncodedDataset::new(tokenizer, d)?, d.name.clone())),
+            None => None,
+        };
+        let lengths = train_data.lengths();
+        let mut total_steps = lengths.len().div_ceil(c.batch_size) * c.epochs;
+        if let Some(m) = c.max_steps {
+            total_steps = total_steps.min(m);
+        }
+        let cfg = self.model.config();
+        let dropout = DropoutRates {
+            hidden: c.hidden_dropout.unwrap_or(cfg.hidden_dropout_prob),
+            attention: c
+                .attention_dropout
+                .unwrap_or(cfg.attention_probs_dropout_prob),
+            lora: self.plan.lora.as_ref().map_or(0.0, |l| l.dropout),
+        };
+        let shapes: Vec<(String, Vec<usize>)> = self
+            .trainable()
+            .into_iter()
+            .map(|(name, t)| (name, t.dims().to_vec()))
+            .collect();
+        Ok(RunPlan {
+            train: train_data,
+            dev,
+            lengths,
+            total_steps,
+            schedule: LinearSchedule::with_warmup_ratio(
+                c.learning_rate,
+                c.warmup_ratio,
+                total_steps,
+            ),
+            dropout,
+            fingerprint: run_state::fingerprint(
+                c,
+                total_steps,
+                dropout,
+                &shapes,
+                &self.base_sha256,
+            ),
+            labels: match &train.kind {
+                TaskKind::Classification { labels } => Some(labels.clone()),
+                TaskKind::Regression => None,
+            },
+        })
+    }
+
+    /// A fresh run, or the one saved in `last/` with `resume`. Without a saved state the
+    /// metrics of an earlier attempt are cleared; with one, the lines after it are.
+    fn start_or_resume(&mut self, plan: &RunPlan, progress: &Progress) -> Result<Run<B>> {
+        let mut run = Run {
+            step: 0,
+            epoch: 0,
+            next_batch: 0,
+            optimizer: AdamW::new(self.config.weight_decay),
+            best: None,
+            meter: Meter::default(),
+        };
+        let Some(dir) = self.config.output_dir.clone() else {
+            return Ok(run);
+        };
+        run_state::remove_interrupted_writes(&dir)?;
+        let saved = match self.config.resume {
+            true => run_state::load_run(&self.backend, &dir)?,
+            false => None,
+        };
+        let Some(saved) = saved else {
+            if self.config.resume {
+                progress.message(&format!(
+                    "no saved state in {}: starting from scratch",
+                    dir.join("last").display()
+                ));
+            }
+            run_state::truncate_metrics(&run_state::metrics_path(&dir), 0)?;
+            return Ok(run);
+        };
+        let state_path = dir.join("last").join(STATE_FILE);
+        if saved.position.fingerprint != plan.fingerprint {
+            return Err(Error::Mismatch {
+                path: state_path,
+                detail: "the saved run used other settings (data size, epochs, batch size, learning rate, schedule, \
+                         seed, dropout, base model or trainable tensors); resume with the same ones or use another output directory"
+                    .into(),
+            });
+        }
+        let position = saved.position;
+        let batches_per_epoch = plan.lengths.len().div_ceil(self.config.batch_size);
+        if position.step > plan.total_steps || position.next_batch >= batches_per_epoch {
+            return Err(Error::Format {
+                path: state_path,
+                detail: format!(
+                    "step {} / batch {} lies outside this run ({} steps, {batches_per_epoch} batches per epoch)",
+                    position.step, position.next_batch, plan.total_steps
+                ),
+            });
+        }
+        progress.message(&format!(
+            "resuming at step {} (epoch {})",
+            position.step,
+            position.epoch + 1
+        ));
+        self.restore(&saved.trainable, &state_path)?;
+        run.optimizer
+            .set_moments(position.step as u64, saved.moments);
+        (run.step, run.epoch, run.next_batch) =
+            (position.step, position.epoch, position.next_batch);
+        if let (Some(best), Some(weights)) = (&position.best, saved.best_weights) {
+            run.best = Some(Best {
+                step: best.step,
+                evaluation: best.evaluation(),
+                weights,
+            });
+            // A kill between writing `best/` and the state can leave `best/` ahead of the
+            // state; the state is the truth.
+            self.rewrite_best_adapter(&run, plan, &state_path)?;
+        }
+        run_state::truncate_metrics(&run_state::metrics_path(&dir), run.step)?;
+        Ok(run)
+    }
+
+    /// Whether this process's run ends before another step.
+    fn must_stop(&self, plan: &RunPlan, run: &Run<B>) -> bool {
+        run.step >= plan.total_steps
+            || self
+                .config
+                .stop_after_steps
+                .is_some_and(|n| run.meter.steps >= n)
+    }
+
+    /// One optimizer step on examples `rows`: forward, loss, backward, global-norm
+    /// clipping, AdamW.
+    fn step(
+        &mut self,
+        plan: &RunPlan,
+        run: &mut Run<B>,
+        rows: &[usize],
+        lr: f64,
+    ) -> Result<StepOutcome> {
+        let started = Instant::now();
+        let step_number = run.step + 1;
+        let (input, labels, tokens) = plan.train.tensors(&self.backend, rows)?;
+        let labels =
+            labels.ok_or_else(|| Error::invalid("train", "an unlabeled training batch"))?;
+        let mut dropouts = DropoutPlan::train(
+            plan.dropout.hidden,
+            plan.dropout.attention,
+            plan.dropout.lora,
+            rng::mix(self.config.seed ^ 0xd5, run.step as u64),
+        );
+        let mut tape = Tape::new(self.backend.clone());
+        let logits = self.model.forward(&mut tape, &input, &mut dropouts)?;
+        let loss = self.model.loss(&mut tape, &logits, &labels)?;
+        let loss_value = self.backend.to_f64(loss.value())?[0];
+        if !loss_value.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                step: step_number,
+                value: loss_value,
+            });
+        }
+        let mut grads = tape.backward(&loss)?.into_map();
+        let mut norm_sq = 0.0;
+        for g in grads.values() {
+            norm_sq += self.backend.sum_squares(g)?;
+        }
+        let grad_norm = norm_sq.sqrt();
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFiniteGradient {
+                step: step_number,
+                norm: grad_norm,
+            });
+        }
+        // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+        if let Some(max) = self.config.max_grad_norm {
+            let coef = max / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                for g in grads.values_mut() {
+                    self.backend.scale_in_place(g, coef)?;
+                }
+            }
+        }
+        let grads = crate::autograd::Gradients::from_map(grads);
+        run.optimizer
+            .update(&self.backend, self.model.params_mut(), &grads, lr)?;
+        run.meter.seconds += started.elapsed().as_secs_f64();
+        Ok(StepOutcome {
+            loss: loss_value,
+            grad_norm,
+            tokens,
+        })
+    }
+
+    /// Adds a step to the meter, the progress display and, every `log_every` steps, the log.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        plan: &RunPlan,
+        run: &mut Run<B>,
+        outcome: &StepOutcome,
+        examples: usize,
+        epoch: usize,
+        lr: f64,
+        progress: &Progress,
+    ) -> Result<()> {
+        let m = &mut run.meter;
+        m.steps += 1;
+        m.samples += examples;
+        m.tokens += outcome.tokens;
+        m.window_loss += outcome.loss;
+        m.window_steps += 1;
+        progress.step(
+            run.step,
+            plan.total_steps,
+            epoch + 1,
+            m.window_mean(),
+            m.samples_per_s(),
+        );
+        if run.step % self.config.log_every.max(1) != 0 && run.step != plan.total_steps {
+            return Ok(());
+        }
+        let loss = m.window_mean();
+        m.last_logged_loss = Some(loss);
+        m.window_loss = 0.0;
+        m.window_steps = 0;
+        self.log(json!({
+            "type": "train", "step": run.step, "epoch": epoch + 1, "loss": loss, "lr": lr,
+            "grad_norm": outcome.grad_norm, "samples_per_s": m.samples_per_s(), "tokens_per_s": m.tokens_per_s(),
+        }))
+    }
+
+    /// Evaluates at epoch ends and every `eval_every` steps, and saves the resumable state
+    /// then and every `save_every` steps.
+    fn evaluate_and_save_when_due(
+        &mut self,
+        plan: &RunPlan,
+        run: &mut Run<B>,
+        epoch: usize,
+        epoch_done: bool,
+        progress: &Progress,
+    ) -> Result<()> {
+        let every = |n: Option<usize>| n.is_some_and(|n| run.step % n == 0);
+        let evaluate_now = epoch_done || every(self.config.eval_every);
+        let save_now = evaluate_now || every(self.config.save_every);
+        if evaluate_now {
+            self.evaluate_and_keep_best(plan, run, epoch, progress)?;
+        }
+        if save_now {
+            self.save_run(plan, run)?;
+        }
+        Ok(())
+    }
+
+    /// Evaluates on the dev split (when there is one), logs it, and keeps the weights and
+    /// `best/` adapter when the main metric improved.
+    fn evaluate_and_keep_best(
+        &mut self,
+        plan: &RunPlan,
+        run: &mut Run<B>,
+        epoch: usize,
+        progress: &Progress,
+    ) -> Result<()> {
+        let Some((dev, split)) = &plan.dev else {
+            return Ok(());
+        };
+        let c = &self.config;
+        let eval = evaluate(&self.backend, self.model, dev, c.eval_batch_size, c.task)?;
+        let mut line = json!({"type": "eval", "step": run.step, "epoch": epoch + 1, "split": split, "loss": eval.loss});
+        for (k, v) in &eval.metrics {
+            line[k] = json!(v);
+        }
+        self.log(line)?;
+        progress.message(&format!(
+            "step {}: dev {} {:.4} (loss {:.4})",
+            run.step,
+            eval.main_metric,
+            eval.main_value(),
+            eval.loss
+        ));
+        let value = eval.main_value();
+        let improved = value.is_finite()
+            && run
+                .best
+                .as_ref()
+                .is_none_or(|b| value > b.evaluation.main_value());
+        if improved {
+            run.best = Some(Best {
+                step: run.step,
+                evaluation: eval,
+                weights: self.trainable().into_iter().collect(),
+            });
+            self.save_best(plan.labels.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the resumable state in `last/`, when there is an output directory.
+    fn save_run(&self, plan: &RunPlan, run: &Run<B>) -> Result<()> {
+        let Some(dir) = &self.config.output_dir else {
+            return Ok(());
+        };
+        let position = RunPosition {
+            step: run.step,
+            epoch: run.epoch,
+            next_batch: run.next_batch,
+            total_steps: plan.total_steps,
+            best: run
+                .best
+                .as_ref()
+                .map(|b| SavedBest::new(b.step, &b.evaluation)),
+            fingerprint: plan.fingerprint.clone(),
+        };
+        run_state::save_run(
+            &self.backend,
+            dir,
+            &position,
+            &self.trainable(),
+            run.optimizer.moments(),
+            run.best.as_ref().map(|b| &b.weights),
+        )
+    }
+
+    /// Leaves the model with the best weights (or the last ones without a dev split, which
+    /// then become `best/`) and reports.
+    fn finish(&mut self, plan: &RunPlan, run: Run<B>) -> Result<TrainReport> {
+        if let Some(best) = &run.best {
+            self.restore(&best.weights, Path::new("the best weights"))?;
+        }
+        if plan.dev.is_none() {
+            self.save_best(plan.labels.as_deref())?;
+        }
+        let m = &run.meter;
+        Ok(TrainReport {
+            steps: run.step,
+            train_seconds: m.seconds,
+            samples_per_s: m.samples_per_s(),
+            tokens_per_s: m.tokens_per_s(),
+            last_loss: m.last_logged_loss.unwrap_or(f64::NAN),
+            best: run.best.map(|b| (b.step, b.evaluation)),
+        })
     }
 
     fn log(&self, line: serde_json::Value) -> Result<()> {
         let Some(dir) = &self.config.output_dir else {
             return Ok(());
         };
-        let path = dir.join("metrics.jsonl");
+        let path = run_state::metrics_path(dir);
         let io = |source| Error::Io {
             path: path.clone(),
             source,
@@ -225,15 +682,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .collect()
     }
 
-    fn restore(&mut self, saved: &BTreeMap<String, Tensor<B>>) -> Result<()> {
+    /// Sets every trainable tensor from `saved` (read from `source`, named in errors).
+    fn restore(&mut self, saved: &NamedTensors<B>, source: &Path) -> Result<()> {
         for p in self.model.params_mut().into_iter().filter(|p| p.trainable) {
             let t = saved.get(&p.name).ok_or_else(|| Error::Mismatch {
-                path: PathBuf::from("last/state.safetensors"),
+                path: source.to_path_buf(),
                 detail: format!("no saved value for trainable tensor `{}`", p.name),
             })?;
             if t.shape() != p.value.shape() {
                 return Err(Error::Mismatch {
-                    path: PathBuf::from("last/state.safetensors"),
+                    path: source.to_path_buf(),
                     detail: format!(
                         "`{}` was saved as {} but the model has {}",
                         p.name,
@@ -245,140 +703,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
             p.value = t.clone();
         }
         Ok(())
-    }
-
-    fn save_state(&self, dir: &Path, state: &mut RunState, optimizer: &AdamW<B>) -> Result<()> {
-        let mut tensors = self.trainable();
-        for (name, (m, v)) in optimizer.moments() {
-            tensors.push((format!("adam.m.{name}"), m.clone()));
-            tensors.push((format!("adam.v.{name}"), v.clone()));
-        }
-        let bytes = tensors_to_safetensors(&self.backend, &tensors)?;
-        state.weights_sha256 = crate::adapter::sha256_hex(&bytes);
-        write_atomic(&dir.join("state.safetensors"), &bytes)?;
-        let json =
-            serde_json::to_vec_pretty(state).map_err(|e| Error::invalid("state", e.to_string()))?;
-        write_atomic(&dir.join("state.json"), &json)
-    }
-
-    fn load_state(&mut self, dir: &Path, optimizer: &mut AdamW<B>) -> Result<Option<RunState>> {
-        let json_path = dir.join("state.json");
-        if !json_path.is_file() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&json_path).map_err(|source| Error::Io {
-            path: json_path.clone(),
-            source,
-        })?;
-        let state: RunState = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: json_path.clone(),
-            detail: e.to_string(),
-        })?;
-        let weights_path = dir.join("state.safetensors");
-        let bytes = std::fs::read(&weights_path).map_err(|source| Error::Io {
-            path: weights_path.clone(),
-            source,
-        })?;
-        if crate::adapter::sha256_hex(&bytes) != state.weights_sha256 {
-            return Err(Error::Mismatch {
-                path: weights_path,
-                detail: "the saved weights do not match state.json (a torn or edited state)".into(),
-            });
-        }
-        let tensors = crate::adapter::read_tensors(&self.backend, &dir.join("state.safetensors"))?;
-        self.restore(&tensors)?;
-        let mut moments = BTreeMap::new();
-        for (name, t) in &tensors {
-            if let Some(p) = name.strip_prefix("adam.m.") {
-                let v = tensors
-                    .get(&format!("adam.v.{p}"))
-                    .ok_or_else(|| Error::Format {
-                        path: dir.join("state.safetensors"),
-                        detail: format!("`adam.v.{p}` is missing"),
-                    })?;
-                moments.insert(p.to_string(), (t.clone(), v.clone()));
-            }
-        }
-        optimizer.set_moments(state.step as u64, moments);
-        Ok(Some(state))
-    }
-
-    /// One optimizer step on examples `rows` (the `step`-th, 0-based): forward, loss,
-    /// backward, global-norm clipping, AdamW. Returns the loss, the gradient norm before
-    /// clipping and the real token count.
-    fn step(
-        &mut self,
-        data: &EncodedDataset,
-        rows: &[usize],
-        step: usize,
-        mut dropouts: DropoutPlan,
-        optimizer: &mut AdamW<B>,
-        lr: f64,
-    ) -> Result<(f64, f64, usize)> {
-        let (input, labels, tokens) = data.tensors(&self.backend, rows)?;
-        let labels =
-            labels.ok_or_else(|| Error::invalid("train", "an unlabeled training batch"))?;
-        let mut tape = Tape::new(self.backend.clone());
-        let logits = self.model.forward(&mut tape, &input, &mut dropouts)?;
-        let loss = self.model.loss(&mut tape, &logits, &labels)?;
-        let loss_value = self.backend.to_f64(loss.value())?[0];
-        if !loss_value.is_finite() {
-            return Err(Error::NonFiniteLoss {
-                step: step + 1,
-                value: loss_value,
-            });
-        }
-        let mut grads = tape.backward(&loss)?.into_map();
-        let mut norm_sq = 0.0;
-        for g in grads.values() {
-            norm_sq += self.backend.sum_squares(g)?;
-        }
-        let grad_norm = norm_sq.sqrt();
-        if !grad_norm.is_finite() {
-            return Err(Error::NonFiniteGradient {
-                step: step + 1,
-                norm: grad_norm,
-            });
-        }
-        // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
-        if let Some(max) = self.config.max_grad_norm {
-            let coef = max / (grad_norm + 1e-6);
-            if coef < 1.0 {
-                for g in grads.values_mut() {
-                    self.backend.scale_in_place(g, coef)?;
-                }
-            }
-        }
-        let grads = crate::autograd::Gradients::from_map(grads);
-        optimizer.update(&self.backend, self.model.params_mut(), &grads, lr)?;
-        Ok((loss_value, grad_norm, tokens))
-    }
-
-    /// What must not change between a run and its resumption, hashed.
-    fn fingerprint(&self, total_steps: usize, dropouts: (f64, f64, f64)) -> String {
-        let c = &self.config;
-        let shapes: Vec<(String, Vec<usize>)> = self
-            .model
-            .params()
-            .into_iter()
-            .filter(|p| p.trainable)
-            .map(|p| (p.name.clone(), p.value.dims().to_vec()))
-            .collect();
-        let text = format!(
-            "{total_steps} {} {} {} {:x} {:x} {:x} {:?} {} {:?} {:?} {} {shapes:?}",
-            c.epochs,
-            c.batch_size,
-            c.bucket_batches,
-            c.learning_rate.to_bits(),
-            c.warmup_ratio.to_bits(),
-            c.weight_decay.to_bits(),
-            c.max_grad_norm.map(f64::to_bits),
-            c.seed,
-            dropouts,
-            c.max_steps,
-            self.base_sha256,
-        );
-        crate::adapter::sha256_hex(text.as_bytes())
     }
 
     /// Writes the current trainable tensors as the best adapter, when there is an output
@@ -397,258 +721,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
     }
 
-    /// Trains on `train`, evaluating on `dev` at each epoch end (and every `eval_every`
-    /// steps). With an output directory: `metrics.jsonl`, the best adapter in `best/`, and
-    /// the resumable state in `last/`. The model ends with the best evaluated weights.
-    pub fn fit(
-        &mut self,
-        tokenizer: &TextTokenizer,
-        train: &Dataset,
-        dev: Option<&Dataset>,
-    ) -> Result<TrainReport> {
-        let c = self.config.clone();
-        if c.batch_size == 0 || c.epochs == 0 {
-            return Err(Error::invalid(
-                "train",
-                "batch size and epochs must be positive",
-            ));
-        }
-        self.model.store_frozen_weights(&self.backend)?;
-        let valid = c.learning_rate >= 0.0
-            && c.learning_rate.is_finite()
-            && (0.0..=1.0).contains(&c.warmup_ratio);
-        if !valid {
-            return Err(Error::invalid(
-                "train",
-                format!(
-                    "learning rate {} must be ≥ 0 and warmup ratio {} in [0, 1]",
-                    c.learning_rate, c.warmup_ratio
-                ),
-            ));
-        }
-        if let Some(d) = dev {
-            if d.kind != train.kind {
-                return Err(Error::invalid(
-                    "train",
-                    format!("{} and {} have different label spaces", train.name, d.name),
-                ));
-            }
-        }
-        if let Some(dir) = &c.output_dir {
-            if !c.resume && dir.join("last/state.json").is_file() {
-                return Err(Error::invalid(
-                    "train",
-                    format!(
-                        "{} holds an earlier run: resume it, or use another output directory",
-                        dir.display()
-                    ),
-                ));
-            }
-        }
-        if train.is_empty() || !train.is_labeled() {
-            return Err(Error::invalid(
-                "train",
-                format!("the training set {} is empty or unlabeled", train.name),
-            ));
-        }
-        if train.kind.num_labels() != self.model.num_labels {
-            return Err(Error::invalid(
-                "train",
-                format!(
-                    "the task has {} labels but the model head has {}",
-                    train.kind.num_labels(),
-                    self.model.num_labels
-                ),
-            ));
-        }
-        let train_data = EncodedDataset::new(tokenizer, train)?;
-        let dev_data = dev.map(|d| EncodedDataset::new(tokenizer, d)).transpose()?;
-        let lengths = train_data.lengths();
-        let batches_per_epoch = lengths.len().div_ceil(c.batch_size);
-        let mut total = batches_per_epoch * c.epochs;
-        if let Some(m) = c.max_steps {
-            total = total.min(m);
-        }
-        let schedule = LinearSchedule::with_warmup_ratio(c.learning_rate, c.warmup_ratio, total);
-        let mut optimizer = AdamW::new(c.weight_decay);
-        let cfg = self.model.config();
-        let hidden_p = c.hidden_dropout.unwrap_or(cfg.hidden_dropout_prob);
-        let attention_p = c
-            .attention_dropout
-            .unwrap_or(cfg.attention_probs_dropout_prob);
-        let lora_p = self.plan.lora.as_ref().map_or(0.0, |l| l.dropout);
-        let labels = Self::label_names(&train.kind);
-        let progress = Progress::new(c.progress, c.log_every);
-
-        let (mut step, mut start_epoch, mut skip) = (0, 0, 0);
-        let mut best: Option<(usize, Evaluation)> = None;
-        let mut best_value: Option<f64> = None;
-        let mut best_weights: Option<BTreeMap<String, Tensor<B>>> = None;
-        let fingerprint = self.fingerprint(total, (hidden_p, attention_p, lora_p));
-        if c.resume {
-            let dir = c
-                .output_dir
-                .as_ref()
-                .ok_or_else(|| Error::invalid("train", "--resume needs an output directory"))?;
-            match self.load_state(&dir.join("last"), &mut optimizer)? {
-                None => progress.message(&format!(
-                    "no saved state in {}: starting from scratch",
-                    dir.join("last").display()
-                )),
-                Some(state) => {
-                    if state.fingerprint != fingerprint {
-                        return Err(Error::Mismatch {
-                            path: dir.join("last/state.json"),
-                            detail: "the saved run used other settings (data size, epochs, batch size, learning rate, schedule, \
-                                     seed, dropout, base model or trainable tensors); resume with the same ones or use another output directory"
-                                .into(),
-                        });
-                    }
-                    progress.message(&format!(
-                        "resuming at step {} (epoch {})",
-                        state.step,
-                        state.epoch + 1
-                    ));
-                    step = state.step;
-                    start_epoch = state.epoch;
-                    skip = state.next_batch;
-                    if let Some(saved) = &state.best {
-                        let best_file = dir.join("best").join(crate::adapter::WEIGHTS_FILE);
-                        best_weights =
-                            Some(crate::adapter::read_tensors(&self.backend, &best_file)?);
-                        best_value = Some(f64::from_bits(saved.value_bits));
-                        best = Some((saved.step, saved.evaluation()));
-                    }
-                    truncate_metrics(&dir.join("metrics.jsonl"), step)?;
-                }
-            }
-        }
-
-        let (mut train_seconds, mut samples, mut tokens) = (0.0, 0usize, 0usize);
-        let (mut window_loss, mut window_n) = (0.0, 0usize);
-        let mut steps_here = 0usize;
-        let mut last_loss = f64::NAN;
-        'epochs: for epoch in start_epoch..c.epochs {
-            let batches = training_batches(
-                &lengths,
-                c.batch_size,
-                c.bucket_batches,
-                rng::mix(c.seed, epoch as u64),
-            );
-            let first = if epoch == start_epoch { skip } else { 0 };
-            for (b, rows) in batches.iter().enumerate().skip(first) {
-                if step >= total || c.stop_after_steps.is_some_and(|n| steps_here >= n) {
-                    break 'epochs;
-                }
-                let t0 = Instant::now();
-                let dropouts = DropoutPlan::train(
-                    hidden_p,
-                    attention_p,
-                    lora_p,
-                    rng::mix(c.seed ^ 0xd5, step as u64),
-                );
-                let lr = schedule.lr(step);
-                let (loss_value, grad_norm, n_tokens) =
-                    self.step(&train_data, rows, step, dropouts, &mut optimizer, lr)?;
-                step += 1;
-                steps_here += 1;
-                train_seconds += t0.elapsed().as_secs_f64();
-                samples += rows.len();
-                tokens += n_tokens;
-                window_loss += loss_value;
-                window_n += 1;
-                let sps = samples as f64 / train_seconds.max(1e-9);
-                progress.step(step, total, epoch + 1, window_loss / window_n as f64, sps);
-                if step % c.log_every.max(1) == 0 || step == total {
-                    last_loss = window_loss / window_n as f64;
-                    self.log(json!({
-                        "type": "train", "step": step, "epoch": epoch + 1, "loss": last_loss, "lr": lr,
-                        "grad_norm": grad_norm, "samples_per_s": sps, "tokens_per_s": tokens as f64 / train_seconds.max(1e-9),
-                    }))?;
-                    window_loss = 0.0;
-                    window_n = 0;
-                }
-                let epoch_end = b + 1 == batches.len() || step == total;
-                let scheduled = c.eval_every.is_some_and(|n| n > 0 && step % n == 0);
-                if epoch_end || scheduled {
-                    if let Some(dev_data) = &dev_data {
-                        let eval = evaluate(
-                            &self.backend,
-                            self.model,
-                            dev_data,
-                            c.eval_batch_size,
-                            c.task,
-                        )?;
-                        let mut line = json!({"type": "eval", "step": step, "epoch": epoch + 1, "split": dev.map(|d| d.name.clone()), "loss": eval.loss});
-                        for (k, v) in &eval.metrics {
-                            line[k] = json!(v);
-                        }
-                        self.log(line)?;
-                        progress.message(&format!(
-                            "step {step}: dev {} {:.4} (loss {:.4})",
-                            eval.main_metric,
-                            eval.main_value(),
-                            eval.loss
-                        ));
-                        let value = eval.main_value();
-                        if value.is_finite() && best_value.is_none_or(|v| value > v) {
-                            best_value = Some(value);
-                            best_weights = Some(self.trainable().into_iter().collect());
-                            self.save_best(labels.as_deref())?;
-                            best = Some((step, eval));
-                        }
-                    }
-                    if let Some(dir) = &c.output_dir {
-                        let (next_epoch, next_batch) = if b + 1 == batches.len() {
-                            (epoch + 1, 0)
-                        } else {
-                            (epoch, b + 1)
-                        };
-                        let mut state = RunState {
-                            step,
-                            epoch: next_epoch,
-                            next_batch,
-                            total_steps: total,
-                            best: best.as_ref().map(|(s, e)| SavedBest::new(*s, e)),
-                            fingerprint: fingerprint.clone(),
-                            weights_sha256: String::new(),
-                        };
-                        self.save_state(&dir.join("last"), &mut state, &optimizer)?;
-                    }
-                }
-            }
-        }
-        if let Some(w) = &best_weights {
-            self.restore(w)?;
-        }
-        if dev_data.is_none() {
-            self.save_best(labels.as_deref())?;
-        }
-        Ok(TrainReport {
-            steps: step,
-            train_seconds,
-            samples_per_s: samples as f64 / train_seconds.max(1e-9),
-            tokens_per_s: tokens as f64 / train_seconds.max(1e-9),
-            last_loss,
-            best,
-        })
+    /// Writes `best/` from the run's best weights, keeping the model's current ones.
+    fn rewrite_best_adapter(&mut self, run: &Run<B>, plan: &RunPlan, source: &Path) -> Result<()> {
+        let Some(best) = &run.best else {
+            return Ok(());
+        };
+        let current: NamedTensors<B> = self.trainable().into_iter().collect();
+        self.restore(&best.weights, source)?;
+        self.save_best(plan.labels.as_deref())?;
+        self.restore(&current, source)
     }
-}
-
-/// Keeps the lines of `metrics.jsonl` up to `step`: a resumed run rewrites what followed.
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s as usize <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    write_atomic(path, kept.as_bytes())
 }

@@ -1,0 +1,312 @@
+//! A run's resumable state on disk: `last/state.safetensors`, one file written atomically.
+//!
+//! The trainable weights, AdamW's moments, the best weights so far and where the run stopped
+//! (in the header's metadata) travel in that single file, so the rename that publishes it is
+//! the only commit point: a process killed at any moment leaves either the previous state or
+//! the new one, never a mixed pair. A checksum of the tensor bytes catches a file damaged
+//! afterwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::trainer::DropoutRates;
+use super::{Evaluation, TrainConfig};
+use crate::adapter::{sha256_hex, tensors_to_safetensors_with_metadata, write_atomic};
+use crate::backend::Backend;
+use crate::checkpoint::WeightsFile;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// File of the resumable state inside `<output>/last/`.
+pub const STATE_FILE: &str = "state.safetensors";
+/// The one metadata key (one, so that the header's bytes do not depend on hash-map order).
+const HEADER_KEY: &str = "spafit.run";
+const MOMENT_M: &str = "adam.m.";
+const MOMENT_V: &str = "adam.v.";
+const BEST: &str = "best.";
+
+/// Where a run stopped: the next batch to train on and what it has achieved.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RunPosition {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Epoch of the next batch (0-based).
+    pub epoch: usize,
+    /// Index of the next batch within that epoch.
+    pub next_batch: usize,
+    /// Steps the schedule spans.
+    pub total_steps: usize,
+    /// The best evaluation so far.
+    pub best: Option<SavedBest>,
+    /// SHA-256 of the settings that must not change across a resume (see [`fingerprint`]).
+    pub fingerprint: String,
+}
+
+/// What the header carries: the position and a checksum of the tensor bytes.
+#[derive(Serialize, Deserialize)]
+struct StateHeader {
+    #[serde(flatten)]
+    position: RunPosition,
+    tensors_sha256: String,
+}
+
+/// The best evaluation so far, kept across a resume (the value as bits: exact).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct SavedBest {
+    pub step: usize,
+    main_metric: String,
+    value_bits: u64,
+    loss: f64,
+    metrics: BTreeMap<String, f64>,
+}
+
+impl SavedBest {
+    pub fn new(step: usize, e: &Evaluation) -> Self {
+        SavedBest {
+            step,
+            main_metric: e.main_metric.to_string(),
+            value_bits: e.main_value().to_bits(),
+            loss: e.loss,
+            metrics: e.metrics.clone(),
+        }
+    }
+
+    pub fn evaluation(&self) -> Evaluation {
+        let main_metric = [
+            "accuracy",
+            "f1",
+            "matthews_correlation",
+            "pearson",
+            "spearman",
+        ]
+        .into_iter()
+        .find(|m| *m == self.main_metric)
+        .unwrap_or("accuracy");
+        let mut metrics = self.metrics.clone();
+        metrics.insert(main_metric.to_string(), f64::from_bits(self.value_bits));
+        Evaluation {
+            metrics,
+            main_metric,
+            loss: self.loss,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// Named tensors, in name order.
+pub(crate) type NamedTensors<B> = BTreeMap<String, Tensor<B>>;
+
+/// Everything a resumed run needs.
+pub(crate) struct SavedRun<B: Backend> {
+    pub position: RunPosition,
+    pub trainable: NamedTensors<B>,
+    pub moments: BTreeMap<String, (Tensor<B>, Tensor<B>)>,
+    /// The weights of `position.best`, when there is one.
+    pub best_weights: Option<NamedTensors<B>>,
+}
+
+/// Whether `dir` (an output directory) holds a run that could be resumed.
+pub(crate) fn has_saved_run(output_dir: &Path) -> bool {
+    output_dir.join("last").join(STATE_FILE).is_file()
+}
+
+/// Publishes the state of a run in `<output_dir>/last/` with a single atomic rename.
+pub(crate) fn save_run<B: Backend>(
+    backend: &B,
+    output_dir: &Path,
+    position: &RunPosition,
+    trainable: &[(String, Tensor<B>)],
+    moments: &BTreeMap<String, (Tensor<B>, Tensor<B>)>,
+    best_weights: Option<&NamedTensors<B>>,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor<B>)> = trainable.to_vec();
+    for (name, (m, v)) in moments {
+        tensors.push((format!("{MOMENT_M}{name}"), m.clone()));
+        tensors.push((format!("{MOMENT_V}{name}"), v.clone()));
+    }
+    if let Some(best) = best_weights {
+        tensors.extend(best.iter().map(|(n, t)| (format!("{BEST}{n}"), t.clone())));
+    }
+    // The tensor bytes do not depend on the header, so a first serialization gives the
+    // checksum the second one carries.
+    let plain = tensors_to_safetensors_with_metadata(backend, &tensors, None)?;
+    let header = StateHeader {
+        position: position.clone(),
+        tensors_sha256: sha256_hex(data_section(&plain).unwrap_or(&[])),
+    };
+    let header =
+        serde_json::to_string(&header).map_err(|e| Error::invalid("state", e.to_string()))?;
+    let metadata = HashMap::from([(HEADER_KEY.to_string(), header)]);
+    let bytes = tensors_to_safetensors_with_metadata(backend, &tensors, Some(metadata))?;
+    write_atomic(&output_dir.join("last").join(STATE_FILE), &bytes)
+}
+
+/// Reads `<output_dir>/last/state.safetensors`; `None` when the run never saved a state.
+pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Option<SavedRun<B>>> {
+    let path = output_dir.join("last").join(STATE_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let corrupt = |detail: String| Error::Format {
+        path: path.clone(),
+        detail,
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let text = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(HEADER_KEY))
+        .ok_or_else(|| {
+            corrupt(format!(
+                "the header has no `{HEADER_KEY}`: not a spafit run state"
+            ))
+        })?;
+    let StateHeader {
+        position,
+        tensors_sha256,
+    } = serde_json::from_str(text)
+        .map_err(|e| corrupt(format!("`{HEADER_KEY}` in the header: {e}")))?;
+    if sha256_hex(data_section(&bytes).unwrap_or(&[])) != tensors_sha256 {
+        return Err(Error::Mismatch {
+            path,
+            detail: "the tensors do not match the checksum written with them: the file was \
+                     damaged after it was saved; restore it or start another run"
+                .into(),
+        });
+    }
+    let file = WeightsFile::from_bytes(&path, bytes)?;
+    let mut trainable = BTreeMap::new();
+    let mut m_parts = BTreeMap::new();
+    let mut v_parts = BTreeMap::new();
+    let mut best = BTreeMap::new();
+    for name in file.names() {
+        let shape = file
+            .shape(name)
+            .ok_or_else(|| corrupt(format!("tensor `{name}` is unreadable")))?;
+        let tensor = file.tensor(backend, name, shape.into())?;
+        if let Some(p) = name.strip_prefix(MOMENT_M) {
+            m_parts.insert(p.to_string(), tensor);
+        } else if let Some(p) = name.strip_prefix(MOMENT_V) {
+            v_parts.insert(p.to_string(), tensor);
+        } else if let Some(p) = name.strip_prefix(BEST) {
+            best.insert(p.to_string(), tensor);
+        } else {
+            trainable.insert(name.clone(), tensor);
+        }
+    }
+    let mut moments = BTreeMap::new();
+    for (name, m) in m_parts {
+        let v = v_parts
+            .remove(&name)
+            .ok_or_else(|| corrupt(format!("`{MOMENT_V}{name}` is missing")))?;
+        moments.insert(name, (m, v));
+    }
+    if let Some(name) = v_parts.keys().next() {
+        return Err(corrupt(format!("`{MOMENT_M}{name}` is missing")));
+    }
+    let best_weights = match (&position.best, best.is_empty()) {
+        (Some(_), true) => {
+            return Err(corrupt(
+                "the state names a best evaluation but holds no best weights".into(),
+            ))
+        }
+        (Some(_), false) => Some(best),
+        (None, _) => None,
+    };
+    Ok(Some(SavedRun {
+        position,
+        trainable,
+        moments,
+        best_weights,
+    }))
+}
+
+/// The bytes after a safetensors header.
+fn data_section(bytes: &[u8]) -> Option<&[u8]> {
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    bytes.get(8usize.checked_add(usize::try_from(len).ok()?)?..)
+}
+
+/// Removes the `.name.tmp-PID` files that a killed writer left in `last/` and `best/` (see
+/// `write_atomic`); the files they were to replace are intact.
+pub(crate) fn remove_interrupted_writes(output_dir: &Path) -> Result<()> {
+    for sub in ["last", "best"] {
+        remove_temporary_files(&output_dir.join(sub))?;
+    }
+    Ok(())
+}
+
+fn remove_temporary_files(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
+        }
+    }
+    Ok(())
+}
+
+/// What must not change between a run and its resumption, hashed: everything that decides
+/// the batches, the schedule, dropout and the starting weights.
+pub(crate) fn fingerprint(
+    config: &TrainConfig,
+    total_steps: usize,
+    dropout: DropoutRates,
+    trainable_shapes: &[(String, Vec<usize>)],
+    base_sha256: &str,
+) -> String {
+    let c = config;
+    let text = format!(
+        "{total_steps} {} {} {} {:x} {:x} {:x} {:?} {} {:?} {:?} {base_sha256} {trainable_shapes:?}",
+        c.epochs,
+        c.batch_size,
+        c.bucket_batches,
+        c.learning_rate.to_bits(),
+        c.warmup_ratio.to_bits(),
+        c.weight_decay.to_bits(),
+        c.max_grad_norm.map(f64::to_bits),
+        c.seed,
+        (dropout.hidden, dropout.attention, dropout.lora),
+        c.max_steps,
+    );
+    sha256_hex(text.as_bytes())
+}
+
+/// Keeps the lines of `metrics.jsonl` up to `step`: a resumed run rewrites what followed, and
+/// a run starting over (`step` 0) clears the lines of one that never saved a state.
+pub(crate) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() == text.len() {
+        return Ok(());
+    }
+    write_atomic(path, kept.as_bytes())
+}
+
+/// Path of `metrics.jsonl` in an output directory.
+pub(crate) fn metrics_path(output_dir: &Path) -> PathBuf {
+    output_dir.join("metrics.jsonl")
+}

@@ -1,0 +1,310 @@
+//! Real `spafit train` processes killed with SIGKILL at several points — between saves, halfway
+//! through a state write, halfway through `best/`, and again while resuming — each resumed
+//! with `--resume` to the same losses, the same final dev loss and the same files, bit for bit,
+//! as a run that was never interrupted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn model() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
+    assert!(p.is_dir(), "run scripts/fetch_assets.sh first");
+    p.display().to_string()
+}
+
+/// A small sentiment task as CSV: `n` rows alternating labels.
+fn write_task(path: &Path, n: usize, offset: usize) {
+    let good = [
+        "a gorgeous witty movie",
+        "charming and funny",
+        "warm and wise",
+    ];
+    let bad = [
+        "unbelievably dull",
+        "a waste of two hours",
+        "tedious and flat",
+    ];
+    let mut text = String::from("text,label\n");
+    for i in 0..n {
+        let (words, label) = if i % 2 == 1 {
+            (good[(i + offset) % 3], 1)
+        } else {
+            (bad[(i + offset) % 3], 0)
+        };
+        text.push_str(&format!("\"{words} {}\",{label}\n", i + offset));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+struct Task {
+    dir: tempfile::TempDir,
+}
+
+impl Task {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        write_task(&dir.path().join("train.csv"), 32, 0);
+        write_task(&dir.path().join("dev.csv"), 8, 100);
+        Task { dir }
+    }
+
+    /// `spafit train` into `out`: 16 steps, evaluation (and so a state save) every 4 steps
+    /// and at each epoch end, a state save every 2 steps.
+    fn command(&self, out: &Path, resume: bool, slow_writes_ms: u64) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_spafit"));
+        let file = |name: &str| self.dir.path().join(name).display().to_string();
+        c.args(["train", "--model", &model(), "--method", "spafit"])
+            .args(["--train-file", &file("train.csv")])
+            .args(["--dev-file", &file("dev.csv")])
+            .args([
+                "--max-len",
+                "16",
+                "--batch-size",
+                "4",
+                "--epochs",
+                "2",
+                "--lr",
+                "5e-3",
+            ])
+            .args(["--eval-every", "4", "--save-every", "2", "--log-every", "1"])
+            .args(["--output", &out.display().to_string(), "--quiet"])
+            .env("SPAFIT_SLOW_WRITES_MS", slow_writes_ms.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if resume {
+            c.arg("--resume");
+        }
+        c
+    }
+
+    fn run_to_completion(&self, out: &Path, resume: bool) {
+        let o = self.command(out, resume, 0).output().unwrap();
+        assert!(
+            o.status.success(),
+            "spafit train{} into {} failed: {}",
+            if resume { " --resume" } else { "" },
+            out.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Starts a run and SIGKILLs it as soon as `moment` holds for its output directory.
+    /// Returns what the directory held at the kill.
+    fn kill_when(
+        &self,
+        out: &Path,
+        resume: bool,
+        slow_writes_ms: u64,
+        what: &str,
+        moment: impl Fn(&Path) -> bool,
+    ) -> String {
+        let mut child: Child = self.command(out, resume, slow_writes_ms).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if moment(out) {
+                child.kill().unwrap(); // SIGKILL on Unix
+                child.wait().unwrap();
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("the run ended ({status}) before the moment `{what}`: {err}");
+            }
+            assert!(Instant::now() < deadline, "`{what}` never came");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        format!(
+            "{what}: saved state at step {}, temporary files {:?}",
+            saved_step(out).map_or("none".to_string(), |s| s.to_string()),
+            temporary_files(out)
+        )
+    }
+}
+
+/// Temporary files (`.<name>.tmp-<pid>`) under `out`'s `last/` and `best/`.
+fn temporary_files(out: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for sub in ["last", "best"] {
+        if let Ok(entries) = std::fs::read_dir(out.join(sub)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.contains(".tmp-") {
+                    found.push(format!("{sub}/{name}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn has_temporary(out: &Path, prefix: &str) -> bool {
+    temporary_files(out).iter().any(|f| f.starts_with(prefix))
+}
+
+/// The step recorded in `last/state.safetensors`, when there is one.
+fn saved_step(out: &Path) -> Option<u64> {
+    let bytes = std::fs::read(out.join("last/state.safetensors")).ok()?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    let run = header.metadata().as_ref()?.get("spafit.run")?.clone();
+    serde_json::from_str::<serde_json::Value>(&run).ok()?["step"].as_u64()
+}
+
+/// The highest training step logged so far.
+fn logged_step(out: &Path) -> u64 {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "train")
+        .filter_map(|v| v["step"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every logged (type, step, loss), in order, with the loss as bits.
+fn logged_losses(out: &Path) -> Vec<(String, u64, u64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect()
+}
+
+fn final_dev_loss(out: &Path) -> f64 {
+    let (_, _, bits) = logged_losses(out)
+        .into_iter()
+        .rev()
+        .find(|(kind, _, _)| kind == "eval")
+        .expect("an evaluation");
+    f64::from_bits(bits)
+}
+
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_result() {
+    let task = Task::new();
+    let reference = task.dir.path().join("reference");
+    task.run_to_completion(&reference, false);
+    let expected_losses = logged_losses(&reference);
+    assert_eq!(
+        expected_losses
+            .iter()
+            .filter(|(k, _, _)| k == "train")
+            .count(),
+        16
+    );
+    let files = [
+        "last/state.safetensors",
+        "best/adapter.safetensors",
+        "best/adapter.json",
+    ];
+    let expected_files: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(reference.join(f)).unwrap())
+        .collect();
+    let expected_dev = final_dev_loss(&reference);
+    // The step-8 evaluation beats step 4's, so one kill below finds best/ ahead of the state.
+    let accuracy_at = |step: u64| -> f64 {
+        std::fs::read_to_string(reference.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["type"] == "eval" && v["step"] == step)
+            .and_then(|v| v["accuracy"].as_f64())
+            .unwrap()
+    };
+    assert!(accuracy_at(8) > accuracy_at(4));
+    println!("KILL uninterrupted: final dev loss {expected_dev:?}");
+
+    let slow = 600;
+    type Moment = Box<dyn Fn(&Path) -> bool>;
+    // Each scenario: one or more (resume?, slow writes, label, moment) kills, then a resume.
+    let scenarios: Vec<Vec<(bool, u64, &str, Moment)>> = vec![
+        vec![(
+            false,
+            0,
+            "between saves, once step 3 is logged",
+            Box::new(|o: &Path| logged_step(o) >= 3),
+        )],
+        vec![(
+            false,
+            slow,
+            "halfway through the first state write (no state yet)",
+            Box::new(|o: &Path| has_temporary(o, "last/")),
+        )],
+        vec![(
+            false,
+            slow,
+            "halfway through writing best/",
+            Box::new(|o: &Path| has_temporary(o, "best/")),
+        )],
+        vec![(
+            false,
+            slow,
+            "halfway through the step-8 state write, best/ already replaced by step 8's weights",
+            Box::new(|o: &Path| saved_step(o) == Some(6) && has_temporary(o, "last/")),
+        )],
+        vec![
+            (
+                false,
+                0,
+                "between saves, once step 9 is logged",
+                Box::new(|o: &Path| logged_step(o) >= 9),
+            ),
+            (
+                true,
+                slow,
+                "again while resuming, halfway through its first state write",
+                Box::new(|o: &Path| has_temporary(o, "last/")),
+            ),
+        ],
+    ];
+    for (i, kills) in scenarios.into_iter().enumerate() {
+        let out = task.dir.path().join(format!("killed-{i}"));
+        let mut first = true;
+        for (resume, slow_ms, what, moment) in kills {
+            assert_eq!(resume, !first);
+            let seen = task.kill_when(&out, resume, slow_ms, what, moment);
+            println!("KILL scenario {i}: {seen}");
+            first = false;
+        }
+        task.run_to_completion(&out, true);
+        assert!(
+            temporary_files(&out).is_empty(),
+            "scenario {i}: {:?} left behind",
+            temporary_files(&out)
+        );
+        let dev = final_dev_loss(&out);
+        println!("KILL scenario {i}: resumed to final dev loss {dev:?}");
+        assert_eq!(
+            dev.to_bits(),
+            expected_dev.to_bits(),
+            "scenario {i}: {dev} vs {expected_dev}"
+        );
+        assert_eq!(
+            logged_losses(&out),
+            expected_losses,
+            "scenario {i}: the log differs from the uninterrupted run's"
+        );
+        for (f, expected) in files.iter().zip(&expected_files) {
+            assert!(
+                std::fs::read(out.join(f)).unwrap() == *expected,
+                "scenario {i}: {f} differs from the uninterrupted run's"
+            );
+        }
+    }
+}
