@@ -29,6 +29,7 @@ pub mod peft;
 pub mod rng;
 pub mod tensor;
 pub mod text;
+mod text_file;
 pub mod train;
 
 pub use error::{Error, Result};

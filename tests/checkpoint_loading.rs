@@ -195,6 +195,19 @@ fn broken_files_are_errors() {
         "{e}"
     );
 
+    // A config that is not UTF-8 names the line and the byte.
+    let dir = tmp.path().join("latin1");
+    write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+    let mut bytes = tiny_config_json(2).into_bytes();
+    let at = bytes.iter().position(|&b| b == b'\n').unwrap() + 3;
+    bytes.insert(at, 0xe9);
+    std::fs::write(dir.join("config.json"), bytes).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("config.json") && e.contains("line 2, byte 3") && e.contains("0xe9"),
+        "{e}"
+    );
+
     let dir = tmp.path().join("no-field");
     write_checkpoint(
         &dir,

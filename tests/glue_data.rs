@@ -325,6 +325,106 @@ fn custom_csv_tsv_jsonl() {
         .contains("unknown table format"));
 }
 
+/// A row that is not UTF-8 names its file, line and what to do, in every reader; skipping
+/// malformed rows skips it (and only it) and reports where it was. A header that is not UTF-8
+/// cannot be skipped.
+#[test]
+fn rows_that_are_not_utf8_name_the_line_or_are_skipped() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    let put = |rel: &str, bytes: &[u8]| {
+        let p = r.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    put(
+        "SST-2/dev.tsv",
+        b"sentence\tlabel\ngood\t1\nbad \xff film\t0\nfine\t1\n",
+    );
+    put(
+        "a.csv",
+        b"text,label\ngood,1\n\"bad \xe9 film\",0\nfine,1\n",
+    );
+    put(
+        "a.tsv",
+        b"text\tlabel\ngood\t1\nbad \xe9 film\t0\nfine\t1\n",
+    );
+    // A blank line (skipped) first, so that the bad row is on line 3 here too.
+    put("a.jsonl", b"\n{\"text\":\"good\",\"label\":1}\n{\"text\":\"bad \xe9\",\"label\":0}\n{\"text\":\"fine\",\"label\":1}\n");
+    let table = |file: &str| TableSpec {
+        path: r.join(file),
+        text_column: "text".into(),
+        text_pair_column: None,
+        label_column: Some("label".into()),
+        kind: TaskKind::Classification {
+            labels: vec!["0".into(), "1".into()],
+        },
+        filter: None,
+    };
+    type Load<'a> = Box<dyn Fn(OnMalformed) -> spafit::Result<spafit::data::Dataset> + 'a>;
+    let readers: Vec<(&str, &str, Load)> = vec![
+        (
+            "SST-2/dev.tsv",
+            "0xff",
+            Box::new(|p| GlueTask::Sst2.load(r, "dev", p)),
+        ),
+        ("a.csv", "0xe9", Box::new(|p| table("a.csv").load(p))),
+        ("a.tsv", "0xe9", Box::new(|p| table("a.tsv").load(p))),
+        ("a.jsonl", "0xe9", Box::new(|p| table("a.jsonl").load(p))),
+    ];
+    for (file, byte, load) in readers {
+        let e = load(OnMalformed::Error).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Format { .. }), "{msg}");
+        for needle in [
+            file,
+            "line 3",
+            byte,
+            "not valid UTF-8",
+            "save the file as UTF-8",
+            "--skip-malformed",
+        ] {
+            assert!(
+                msg.contains(needle),
+                "{file}: `{needle}` missing from: {msg}"
+            );
+        }
+        let ds = load(OnMalformed::Skip).unwrap();
+        assert_eq!(
+            ds.examples
+                .iter()
+                .map(|e| e.text_a.as_str())
+                .collect::<Vec<_>>(),
+            ["good", "fine"],
+            "{file}"
+        );
+        assert_eq!(ds.skipped.len(), 1, "{file}");
+        assert!(
+            ds.skipped[0].contains(&format!("{file}:3:")) && ds.skipped[0].contains(byte),
+            "{file}: {:?}",
+            ds.skipped
+        );
+    }
+    put("h.csv", b"te\xffxt,label\ngood,1\n");
+    let msg = table("h.csv")
+        .load(OnMalformed::Skip)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("line 1 (the header)") && msg.contains("0xff"),
+        "{msg}"
+    );
+    put("SST-2/train.tsv", b"sent\xffence\tlabel\ngood\t1\n");
+    let msg = GlueTask::Sst2
+        .load(r, "train", OnMalformed::Skip)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("line 1 (the header)") && msg.contains("0xff"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn rotten_tomatoes_demo_split() {
     let csv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -85,11 +85,7 @@ impl BertConfig {
 
     /// Reads and validates `path`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_json(&text, path)
+        Self::from_json(&crate::text_file::read_utf8(path)?, path)
     }
 
     /// Parses and validates JSON text; `path` names the file in errors.

@@ -265,13 +265,15 @@ impl DataArgs {
     /// file for `train` / anything else.
     pub fn load(&self, split: &str) -> Result<Dataset> {
         let report = |d: Dataset| {
+            const SHOWN: usize = 10;
             if !d.skipped.is_empty() {
-                eprintln!(
-                    "{}: skipped {} malformed rows (first: {})",
-                    d.name,
-                    d.skipped.len(),
-                    d.skipped[0]
-                );
+                eprintln!("{}: skipped {} malformed row(s):", d.name, d.skipped.len());
+                for row in d.skipped.iter().take(SHOWN) {
+                    eprintln!("  {row}");
+                }
+                if d.skipped.len() > SHOWN {
+                    eprintln!("  ... and {} more", d.skipped.len() - SHOWN);
+                }
             }
             d
         };

@@ -188,22 +188,21 @@ impl GlueTask {
     /// Reads `split` from a GLUE directory. Test splits are unlabeled.
     pub fn load(self, glue_dir: &Path, split: &str, on_malformed: OnMalformed) -> Result<Dataset> {
         let path = self.file(glue_dir, split)?;
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        // The GLUE distribution's MRPC files start with a UTF-8 byte-order mark.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        // The GLUE distribution's MRPC files start with a UTF-8 byte-order mark (dropped here).
+        let bytes = crate::text_file::read_bytes(&path)?;
         let layout = self.layout();
         let labeled = !split.starts_with("test");
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
+        let mut lines = crate::text_file::utf8_lines(&bytes);
         let has_header = !labeled || layout.labeled_header;
         let header: Vec<&str> = if has_header {
             match lines.next() {
-                Some((_, h)) => h.split('\t').collect(),
+                Some((_, Ok(h))) => h.split('\t').collect(),
+                Some((_, Err(why))) => {
+                    return Err(Error::Format {
+                        path: path.clone(),
+                        detail: format!("line 1 (the header): {why}"),
+                    })
+                }
                 None => Vec::new(),
             }
         } else {
@@ -243,9 +242,14 @@ impl GlueTask {
         let kind = self.kind();
         let mut sink = RowSink::new(on_malformed);
         for (line_no, line) in lines {
-            if line.is_empty() {
-                continue;
-            }
+            let line = match line {
+                Ok("") => continue,
+                Ok(line) => line,
+                Err(why) => {
+                    sink.take(Err(why), &path, line_no)?;
+                    continue;
+                }
+            };
             let fields: Vec<&str> = line.split('\t').collect();
             let row = parse_row(&fields, width, a, b, label, &kind);
             sink.take(row, &path, line_no)?;

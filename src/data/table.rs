@@ -60,7 +60,7 @@ trait Row {
 }
 
 struct CsvRow<'a> {
-    header: &'a csv::StringRecord,
+    header: &'a [String],
     record: csv::StringRecord,
 }
 
@@ -73,6 +73,27 @@ impl Row for CsvRow<'_> {
             .ok_or_else(|| format!("no column `{column}`"))?;
         Ok(self.record.get(i).map(str::to_string))
     }
+}
+
+/// A CSV record as text; a field that is not UTF-8 is named (by column when the header
+/// names it) with the offending byte.
+fn decode_record(
+    record: csv::ByteRecord,
+    header: &[String],
+) -> std::result::Result<csv::StringRecord, String> {
+    csv::StringRecord::from_byte_record(record).map_err(|e| {
+        let (field, at) = (e.utf8_error().field(), e.utf8_error().valid_up_to());
+        let record = e.into_byte_record();
+        let bytes = record.get(field).unwrap_or_default();
+        let name = header
+            .get(field)
+            .map_or(format!("field {}", field + 1), |h| format!("field `{h}`"));
+        format!(
+            "{name}, byte {} of the field: {}",
+            at + 1,
+            crate::text_file::invalid_utf8(bytes.get(at).copied().unwrap_or(0))
+        )
+    })
 }
 
 struct JsonRow(serde_json::Map<String, serde_json::Value>);
@@ -112,10 +133,6 @@ impl TableSpec {
     /// Reads the table.
     pub fn load(&self, on_malformed: OnMalformed) -> Result<Dataset> {
         let path = &self.path;
-        let io = |source| Error::Io {
-            path: path.clone(),
-            source,
-        };
         let mut sink = RowSink::new(on_malformed);
         match TableFormat::from_path(path)? {
             format @ (TableFormat::Csv | TableFormat::Tsv) => {
@@ -131,13 +148,19 @@ impl TableSpec {
                         path: path.clone(),
                         detail: e.to_string(),
                     })?;
-                let header = reader
-                    .headers()
-                    .map_err(|e| Error::Format {
-                        path: path.clone(),
-                        detail: format!("line 1: {e}"),
-                    })?
+                let line_one = |detail: String| Error::Format {
+                    path: path.clone(),
+                    detail: format!("line 1 (the header): {detail}"),
+                };
+                let header_bytes = reader
+                    .byte_headers()
+                    .map_err(|e| line_one(e.to_string()))?
                     .clone();
+                let header: Vec<String> = decode_record(header_bytes, &[])
+                    .map_err(line_one)?
+                    .iter()
+                    .map(str::to_string)
+                    .collect();
                 for col in [
                     Some(&self.text_column),
                     self.text_pair_column.as_ref(),
@@ -146,17 +169,17 @@ impl TableSpec {
                 .into_iter()
                 .flatten()
                 {
-                    if !header.iter().any(|h| h == col) {
+                    if !header.contains(col) {
                         return Err(Error::Format {
                             path: path.clone(),
                             detail: format!(
                                 "line 1: no column `{col}` (columns: {})",
-                                header.iter().collect::<Vec<_>>().join(", ")
+                                header.join(", ")
                             ),
                         });
                     }
                 }
-                for record in reader.records() {
+                for record in reader.byte_records() {
                     let (line, row) = match record {
                         Ok(r) => {
                             let line = r.position().map_or(0, |p| p.line() as usize);
@@ -167,9 +190,11 @@ impl TableSpec {
                                     header.len()
                                 ))
                             } else {
-                                self.example(&CsvRow {
-                                    header: &header,
-                                    record: r,
+                                decode_record(r, &header).and_then(|record| {
+                                    self.example(&CsvRow {
+                                        header: &header,
+                                        record,
+                                    })
                                 })
                             };
                             (line, row)
@@ -187,21 +212,21 @@ impl TableSpec {
                 }
             }
             TableFormat::Jsonl => {
-                let text = std::fs::read_to_string(path).map_err(io)?;
-                let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-                for (i, line) in text.lines().enumerate() {
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    let row = match serde_json::from_str::<serde_json::Value>(line) {
-                        Ok(serde_json::Value::Object(map)) => self.example(&JsonRow(map)),
-                        Ok(_) => Err("not a JSON object".to_string()),
-                        Err(e) => Err(format!("invalid JSON: {e}")),
+                let bytes = crate::text_file::read_bytes(path)?;
+                for (line_no, line) in crate::text_file::utf8_lines(&bytes) {
+                    let row = match line {
+                        Ok(line) if line.trim().is_empty() => continue,
+                        Ok(line) => match serde_json::from_str::<serde_json::Value>(line) {
+                            Ok(serde_json::Value::Object(map)) => self.example(&JsonRow(map)),
+                            Ok(_) => Err("not a JSON object".to_string()),
+                            Err(e) => Err(format!("invalid JSON: {e}")),
+                        },
+                        Err(why) => Err(why),
                     };
                     match row {
-                        Ok(Some(e)) => sink.take(Ok(e), path, i + 1)?,
+                        Ok(Some(e)) => sink.take(Ok(e), path, line_no)?,
                         Ok(None) => {}
-                        Err(why) => sink.take(Err(why), path, i + 1)?,
+                        Err(why) => sink.take(Err(why), path, line_no)?,
                     }
                 }
             }

@@ -96,8 +96,10 @@ impl TextTokenizer {
                 ),
             });
         }
-        let mut inner =
-            Tokenizer::from_file(path).map_err(|e| format(format!("invalid tokenizer: {e}")))?;
+        let text = crate::text_file::read_utf8(path)?;
+        let mut inner: Tokenizer = text
+            .parse()
+            .map_err(|e| format(format!("invalid tokenizer: {e}")))?;
         let pad_id = match inner.get_padding() {
             Some(PaddingParams { pad_id, .. }) => *pad_id,
             None => inner.token_to_id("[PAD]").unwrap_or(0),

@@ -1,0 +1,100 @@
+//! Text files read so that a decoding error names the line, the column and what to do, and
+//! one bad line of a data file can be skipped rather than sinking the whole file.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// What a user can do about a file that is not UTF-8.
+pub(crate) const SAVE_AS_UTF8: &str = "save the file as UTF-8";
+
+/// The bytes of `path`, without a UTF-8 byte-order mark.
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.starts_with(b"\xef\xbb\xbf") {
+        bytes.drain(..3);
+    }
+    Ok(bytes)
+}
+
+/// The whole of `path` as UTF-8 text (a byte-order mark dropped); an invalid byte is an
+/// error naming its line and column.
+pub(crate) fn read_utf8(path: &Path) -> Result<String> {
+    let bytes = read_bytes(path)?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        let line_start = bytes[..at]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::Format {
+            path: path.to_path_buf(),
+            detail: format!(
+                "line {line}, byte {} of the line: {}",
+                at - line_start + 1,
+                invalid_utf8(bytes[at])
+            ),
+        }
+    })
+}
+
+/// `bytes` split into numbered lines (1-based; `\r\n` or `\n`), each decoded on its own.
+pub(crate) fn utf8_lines(
+    bytes: &[u8],
+) -> impl Iterator<Item = (usize, std::result::Result<&str, String>)> {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(move |_| !bytes.is_empty())
+        .map(|(i, line)| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let text = std::str::from_utf8(line).map_err(|e| {
+                let at = e.valid_up_to();
+                format!("byte {} of the line: {}", at + 1, invalid_utf8(line[at]))
+            });
+            (i + 1, text)
+        })
+}
+
+/// The message for an invalid byte.
+pub(crate) fn invalid_utf8(byte: u8) -> String {
+    format!("0x{byte:02x} is not valid UTF-8 ({SAVE_AS_UTF8})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_byte_is_located_by_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        std::fs::write(&path, b"\xef\xbb\xbf{\n  \"a\": \"x\xffy\"\n}").unwrap();
+        let e = read_utf8(&path).unwrap_err().to_string();
+        assert!(e.contains("line 2, byte 10 of the line: 0xff"), "{e}");
+        std::fs::write(&path, "é\n").unwrap();
+        assert_eq!(read_utf8(&path).unwrap(), "é\n");
+    }
+
+    #[test]
+    fn lines_decode_one_by_one() {
+        let lines: Vec<_> = utf8_lines(b"a\r\nb\xc3(\n\nc\n").collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0], (1, Ok("a")));
+        assert_eq!(lines[1].0, 2);
+        assert!(lines[1]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("byte 2 of the line: 0xc3"));
+        assert_eq!(lines[2], (3, Ok("")));
+        assert_eq!(lines[3], (4, Ok("c")));
+        assert_eq!(utf8_lines(b"").count(), 0);
+    }
+}
