@@ -258,10 +258,82 @@ fn train_eval_predict_on_glue_layout() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    println!("PREDICT jsonl:\n{stdout}");
     assert_eq!(preds.len(), 2);
-    assert!(preds
-        .iter()
-        .all(|p| p["prediction"] == "0" || p["prediction"] == "1"));
+    for (i, p) in preds.iter().enumerate() {
+        // Index in the split, line in the file (after the header), the label with its
+        // probability, every class's probability (in class order, summing to 1).
+        assert_eq!(p["index"], i);
+        assert_eq!(p["line"], i + 2);
+        let probs = p["probabilities"].as_object().unwrap();
+        assert_eq!(probs.keys().collect::<Vec<_>>(), ["0", "1"]);
+        let sum: f64 = probs.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-12, "{p}");
+        let label = p["label"].as_str().unwrap();
+        assert_eq!(p["probability"], probs[label]);
+        assert!(probs
+            .values()
+            .all(|v| v.as_f64().unwrap() <= p["probability"].as_f64().unwrap()));
+    }
+    // The same predictions as CSV and as GLUE's submission TSV, written to files.
+    let predict_to = |file: &str, format: Option<&str>| -> String {
+        let path = out.path().join(file);
+        let mut args = vec![
+            "predict",
+            "--model",
+            &m,
+            "--task",
+            "sst2",
+            "--glue-dir",
+            &g,
+            "--adapter",
+            &adapter,
+            "--output",
+            path.to_str().unwrap(),
+        ];
+        if let Some(f) = format {
+            args.extend(["--format", f]);
+        }
+        let (ok, stdout, err) = spafit(&args);
+        assert!(ok && stdout.is_empty(), "{err}");
+        std::fs::read_to_string(path).unwrap()
+    };
+    let csv = predict_to("predictions.csv", None);
+    println!("PREDICT csv:\n{csv}");
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "index",
+            "line",
+            "label",
+            "probability",
+            "probability_0",
+            "probability_1"
+        ]
+    );
+    for (i, p) in preds.iter().enumerate() {
+        let row = &rows[i + 1];
+        assert_eq!(row[2], p["label"].as_str().unwrap());
+        assert_eq!(
+            row[3].parse::<f64>().unwrap(),
+            p["probability"].as_f64().unwrap()
+        );
+        assert_eq!(
+            row[5].parse::<f64>().unwrap(),
+            p["probabilities"]["1"].as_f64().unwrap()
+        );
+    }
+    let submission = predict_to("SST-2.out", Some("tsv"));
+    println!("PREDICT glue tsv:\n{submission}");
+    let expected: String = std::iter::once("index\tprediction\n".to_string())
+        .chain(
+            preds
+                .iter()
+                .map(|p| format!("{}\t{}\n", p["index"], p["label"].as_str().unwrap())),
+        )
+        .collect();
+    assert_eq!(submission, expected);
 }
 
 #[test]

@@ -208,6 +208,7 @@ fn regression_data(n: usize, nan_from: Option<usize>) -> Dataset {
             })
             .collect(),
         skipped: vec![],
+        source_lines: vec![],
     }
 }
 

@@ -5,19 +5,19 @@ use clap::Args;
 use serde_json::json;
 use spafit::adapter::load_adapter;
 use spafit::checkpoint::Checkpoint;
-use spafit::data::{Target, TaskKind};
-use spafit::train::{evaluate, infer, predictions, EncodedDataset};
+use spafit::data::TaskKind;
+use spafit::train::{evaluate, infer, scored_predictions, EncodedDataset};
 use spafit::{Error, Result};
 
 use spafit::backend::Backend;
 
 use super::args::{on_backend, DataArgs, ModelArgs};
+use super::prediction_output::{PredictionFormat, PredictionTable};
 
 /// The base model with a saved adapter, a split of data, and its tokenized form.
 struct Loaded<B: Backend> {
     backend: B,
     model: spafit::model::BertClassifier<B>,
-    manifest: spafit::adapter::AdapterManifest,
     data: spafit::data::Dataset,
     encoded: EncodedDataset,
 }
@@ -52,7 +52,6 @@ fn load<B: Backend>(
     Ok(Loaded {
         backend,
         model: m,
-        manifest,
         data,
         encoded,
     })
@@ -133,9 +132,14 @@ pub struct PredictCommand {
     /// Split to predict (GLUE: test, test_matched, ...; custom data: the --dev-file).
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// Write predictions here (JSON lines) instead of standard output.
+    /// Write predictions here instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Output format: jsonl (index, file line, label, its probability and every class's
+    /// probability; or the score), csv, or tsv (for a GLUE task: GLUE's submission file).
+    /// Default: the --output file's extension, else jsonl.
+    #[arg(long, value_enum)]
+    pub format: Option<PredictionFormat>,
     /// Examples per batch.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -150,32 +154,31 @@ impl PredictCommand {
         let Loaded {
             backend,
             model,
-            manifest,
             data,
             encoded,
         } = load(backend, &self.model, &self.data, &self.adapter, &self.split)?;
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
-        let kind = match &manifest.labels {
-            Some(labels) => TaskKind::Classification {
-                labels: labels.clone(),
-            },
-            None => TaskKind::Regression,
+        // `load` checked that the data's label space is the adapter's.
+        let labels = match &data.kind {
+            TaskKind::Classification { labels } => Some(labels.as_slice()),
+            TaskKind::Regression => None,
         };
-        let mut text = String::new();
-        for (i, p) in predictions(&kind, &out.logits, model.num_labels)
-            .into_iter()
-            .enumerate()
-        {
-            let value = match (p, &kind) {
-                (Target::Class(c), TaskKind::Classification { labels }) => {
-                    json!(labels[c as usize])
-                }
-                (Target::Score(s), _) => json!(s),
-                (Target::Class(c), _) => json!(c),
-            };
-            text.push_str(&json!({"index": i, "prediction": value}).to_string());
-            text.push('\n');
+        let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels);
+        let glue = self.data.glue_task()?;
+        let format = PredictionFormat::choose(self.format, self.output.as_deref());
+        if glue.is_some() && format == PredictionFormat::Tsv && !data.skipped.is_empty() {
+            eprintln!(
+                "warning: {} rows were skipped, so this submission file lacks them",
+                data.skipped.len()
+            );
         }
+        let text = PredictionTable {
+            predictions: &predictions,
+            labels,
+            source_lines: &data.source_lines,
+            glue,
+        }
+        .render(format)?;
         match &self.output {
             Some(path) => spafit::adapter::write_atomic(path, text.as_bytes())?,
             None => std::io::stdout()

@@ -3,6 +3,7 @@
 mod args;
 mod demo;
 mod evaluate;
+mod prediction_output;
 mod tools;
 mod train;
 
@@ -23,7 +24,7 @@ enum Command {
     Train(train::TrainCommand),
     /// Evaluate a saved adapter on a labeled split (ends with one JSON line).
     Eval(evaluate::EvalCommand),
-    /// Predict labels or scores for a split with a saved adapter (JSON lines).
+    /// Predict labels with their probabilities, or scores, for a split with a saved adapter (JSON lines, CSV, TSV or GLUE's submission TSV).
     Predict(evaluate::PredictCommand),
     /// Finite-difference check of a real model's gradients under a method (prints max_rel_err).
     Gradcheck(tools::GradcheckCommand),

@@ -73,6 +73,9 @@ pub struct Dataset {
     pub examples: Vec<Example>,
     /// One message per skipped malformed row (`file:line: why`).
     pub skipped: Vec<String>,
+    /// The file line (1-based) each example was read from, in step with `examples`; empty
+    /// when the examples did not come from a file.
+    pub source_lines: Vec<usize>,
 }
 
 impl Dataset {
@@ -97,6 +100,7 @@ pub(crate) struct RowSink {
     pub policy: OnMalformed,
     pub examples: Vec<Example>,
     pub skipped: Vec<String>,
+    pub lines: Vec<usize>,
 }
 
 impl RowSink {
@@ -105,6 +109,7 @@ impl RowSink {
             policy,
             examples: Vec::new(),
             skipped: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
@@ -118,6 +123,7 @@ impl RowSink {
         match row {
             Ok(e) => {
                 self.examples.push(e);
+                self.lines.push(line);
                 Ok(())
             }
             Err(why) => match self.policy {

@@ -259,6 +259,7 @@ impl GlueTask {
             kind,
             examples: sink.examples,
             skipped: sink.skipped,
+            source_lines: sink.lines,
         })
     }
 }

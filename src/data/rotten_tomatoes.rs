@@ -21,19 +21,18 @@ pub fn rotten_tomatoes(csv_path: &Path) -> Result<(Dataset, Dataset)> {
         filter: Some(("source".into(), "rotten_tomatoes".into())),
     };
     let all = spec.load(OnMalformed::Error)?;
-    let (mut train, mut dev) = (Vec::new(), Vec::new());
-    for (i, e) in all.examples.into_iter().enumerate() {
-        if i % 10 == 0 {
-            dev.push(e);
-        } else {
-            train.push(e);
-        }
+    let (mut train, mut dev) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for (i, (e, line)) in all.examples.into_iter().zip(all.source_lines).enumerate() {
+        let (examples, lines) = if i % 10 == 0 { &mut dev } else { &mut train };
+        examples.push(e);
+        lines.push(line);
     }
-    let split = |name: &str, examples| Dataset {
+    let split = |name: &str, (examples, source_lines)| Dataset {
         name: format!("rotten_tomatoes/{name}"),
         kind: all.kind.clone(),
         examples,
         skipped: Vec::new(),
+        source_lines,
     };
     Ok((split("train", train), split("dev", dev)))
 }

@@ -236,6 +236,7 @@ impl TableSpec {
             kind: self.kind.clone(),
             examples: sink.examples,
             skipped: sink.skipped,
+            source_lines: sink.lines,
         })
     }
 }

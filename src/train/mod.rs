@@ -4,6 +4,7 @@
 mod encoded;
 mod evaluate;
 mod optimizer;
+mod prediction;
 mod progress;
 mod run_state;
 mod schedule;
@@ -12,6 +13,7 @@ mod trainer;
 pub use encoded::EncodedDataset;
 pub use evaluate::{evaluate, infer, predictions, Evaluation, ModelOutputs};
 pub use optimizer::{no_decay, AdamW};
+pub use prediction::{scored_predictions, Prediction};
 pub use progress::Progress;
 pub use run_state::STATE_FILE;
 pub use schedule::LinearSchedule;

@@ -1,0 +1,225 @@
+//! `spafit predict`'s output: JSON lines, CSV, TSV, or GLUE's submission TSV.
+
+use clap::ValueEnum;
+use spafit::data::GlueTask;
+use spafit::train::Prediction;
+use spafit::{Error, Result};
+
+/// How `spafit predict` writes its predictions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PredictionFormat {
+    /// One JSON object per example.
+    Jsonl,
+    /// A header row, then one row per example.
+    Csv,
+    /// As CSV with tabs; for a GLUE task, GLUE's submission file (`index`, `prediction`).
+    Tsv,
+}
+
+impl PredictionFormat {
+    /// The format `--format` names, else the one the output file's extension names, else
+    /// JSON lines.
+    pub fn choose(given: Option<Self>, output: Option<&std::path::Path>) -> Self {
+        let by_extension = output
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+            .and_then(|e| match e.to_ascii_lowercase().as_str() {
+                "csv" => Some(PredictionFormat::Csv),
+                "tsv" => Some(PredictionFormat::Tsv),
+                "jsonl" | "json" => Some(PredictionFormat::Jsonl),
+                _ => None,
+            });
+        given.or(by_extension).unwrap_or(PredictionFormat::Jsonl)
+    }
+}
+
+/// The predictions of a split, with what names them.
+pub struct PredictionTable<'a> {
+    pub predictions: &'a [Prediction],
+    /// Class names in id order (classification).
+    pub labels: Option<&'a [String]>,
+    /// The file line of each example (may be empty).
+    pub source_lines: &'a [usize],
+    /// The GLUE task, whose TSV is the submission format.
+    pub glue: Option<GlueTask>,
+}
+
+impl PredictionTable<'_> {
+    /// The whole output as text.
+    pub fn render(&self, format: PredictionFormat) -> Result<String> {
+        match format {
+            PredictionFormat::Jsonl => Ok(self.jsonl()),
+            PredictionFormat::Tsv if self.glue.is_some() => Ok(self.glue_submission()),
+            PredictionFormat::Csv => self.delimited(b','),
+            PredictionFormat::Tsv => self.delimited(b'\t'),
+        }
+    }
+
+    fn label(&self, class: usize) -> String {
+        self.labels
+            .and_then(|l| l.get(class))
+            .cloned()
+            .unwrap_or_else(|| class.to_string())
+    }
+
+    fn line(&self, i: usize) -> Option<usize> {
+        self.source_lines.get(i).copied()
+    }
+
+    fn jsonl(&self) -> String {
+        // Written by hand so that class probabilities keep the class order.
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        let number = |v: f64| serde_json::Value::from(v).to_string();
+        let mut out = String::new();
+        for (i, p) in self.predictions.iter().enumerate() {
+            out.push_str(&format!("{{\"index\":{i}"));
+            if let Some(line) = self.line(i) {
+                out.push_str(&format!(",\"line\":{line}"));
+            }
+            match p {
+                Prediction::Class {
+                    class,
+                    probability,
+                    probabilities,
+                } => {
+                    let all: Vec<String> = probabilities
+                        .iter()
+                        .enumerate()
+                        .map(|(c, v)| format!("{}:{}", quote(&self.label(c)), number(*v)))
+                        .collect();
+                    out.push_str(&format!(
+                        ",\"label\":{},\"probability\":{},\"probabilities\":{{{}}}}}\n",
+                        quote(&self.label(*class)),
+                        number(*probability),
+                        all.join(",")
+                    ));
+                }
+                Prediction::Score(s) => out.push_str(&format!(",\"score\":{}}}\n", number(*s))),
+            }
+        }
+        out
+    }
+
+    fn glue_submission(&self) -> String {
+        let mut out = String::from("index\tprediction\n");
+        for (i, p) in self.predictions.iter().enumerate() {
+            let value = match p {
+                Prediction::Class { class, .. } => self.label(*class),
+                Prediction::Score(s) => s.to_string(),
+            };
+            out.push_str(&format!("{i}\t{value}\n"));
+        }
+        out
+    }
+
+    fn delimited(&self, delimiter: u8) -> Result<String> {
+        let mut w = csv::WriterBuilder::new()
+            .delimiter(delimiter)
+            .from_writer(Vec::new());
+        let classes = match self.predictions.first() {
+            Some(Prediction::Class { probabilities, .. }) => probabilities.len(),
+            _ => 0,
+        };
+        let has_lines = !self.source_lines.is_empty();
+        let mut header = vec!["index".to_string()];
+        if has_lines {
+            header.push("line".into());
+        }
+        if classes > 0 {
+            header.extend(["label".to_string(), "probability".to_string()]);
+            header.extend((0..classes).map(|c| format!("probability_{}", self.label(c))));
+        } else {
+            header.push("score".into());
+        }
+        let io = |e: csv::Error| Error::invalid("predict", e.to_string());
+        w.write_record(&header).map_err(io)?;
+        for (i, p) in self.predictions.iter().enumerate() {
+            let mut row = vec![i.to_string()];
+            if has_lines {
+                row.push(self.line(i).map_or(String::new(), |l| l.to_string()));
+            }
+            match p {
+                Prediction::Class {
+                    class,
+                    probability,
+                    probabilities,
+                } => {
+                    row.extend([self.label(*class), probability.to_string()]);
+                    row.extend(probabilities.iter().map(f64::to_string));
+                }
+                Prediction::Score(s) => row.push(s.to_string()),
+            }
+            w.write_record(&row).map_err(io)?;
+        }
+        let bytes = w
+            .into_inner()
+            .map_err(|e| Error::invalid("predict", e.to_string()))?;
+        String::from_utf8(bytes).map_err(|e| Error::invalid("predict", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_and_quoted_labels() {
+        let scores = [Prediction::Score(2.5), Prediction::Score(-0.125)];
+        let table = PredictionTable {
+            predictions: &scores,
+            labels: None,
+            source_lines: &[],
+            glue: None,
+        };
+        assert_eq!(
+            table.render(PredictionFormat::Jsonl).unwrap(),
+            "{\"index\":0,\"score\":2.5}\n{\"index\":1,\"score\":-0.125}\n"
+        );
+        assert_eq!(
+            table.render(PredictionFormat::Csv).unwrap(),
+            "index,score\n0,2.5\n1,-0.125\n"
+        );
+        let glue = PredictionTable {
+            glue: Some(GlueTask::Stsb),
+            ..table
+        };
+        assert_eq!(
+            glue.render(PredictionFormat::Tsv).unwrap(),
+            "index\tprediction\n0\t2.5\n1\t-0.125\n"
+        );
+
+        let labels = ["no, never".to_string(), "yes \"sure\"".to_string()];
+        let classes = [Prediction::Class {
+            class: 1,
+            probability: 0.75,
+            probabilities: vec![0.25, 0.75],
+        }];
+        let table = PredictionTable {
+            predictions: &classes,
+            labels: Some(&labels),
+            source_lines: &[7],
+            glue: None,
+        };
+        assert_eq!(
+            table.render(PredictionFormat::Csv).unwrap(),
+            "index,line,label,probability,\"probability_no, never\",\"probability_yes \"\"sure\"\"\"\n\
+             0,7,\"yes \"\"sure\"\"\",0.75,0.25,0.75\n"
+        );
+        assert_eq!(
+            table.render(PredictionFormat::Jsonl).unwrap(),
+            "{\"index\":0,\"line\":7,\"label\":\"yes \\\"sure\\\"\",\"probability\":0.75,\
+             \"probabilities\":{\"no, never\":0.25,\"yes \\\"sure\\\"\":0.75}}\n"
+        );
+        assert_eq!(
+            PredictionFormat::choose(None, Some(std::path::Path::new("p.TSV"))),
+            PredictionFormat::Tsv
+        );
+        assert_eq!(
+            PredictionFormat::choose(
+                Some(PredictionFormat::Csv),
+                Some(std::path::Path::new("p.tsv"))
+            ),
+            PredictionFormat::Csv
+        );
+    }
+}

@@ -1,0 +1,90 @@
+//! What a model answers for each example: the class with its probability and every class's
+//! probability, or a score.
+
+use crate::data::TaskKind;
+
+/// A model's answer for one example.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prediction {
+    /// Classification: the most probable class (the first one on a tie) and the softmax of
+    /// the logits over every class, in class-id order.
+    Class {
+        /// The predicted class id.
+        class: usize,
+        /// Its probability.
+        probability: f64,
+        /// Every class's probability.
+        probabilities: Vec<f64>,
+    },
+    /// Regression: the predicted score.
+    Score(f64),
+}
+
+/// One prediction per row of `logits` (`[n, num_labels]`, row-major).
+pub fn scored_predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Vec<Prediction> {
+    logits
+        .chunks_exact(num_labels.max(1))
+        .map(|row| match kind {
+            TaskKind::Regression => Prediction::Score(row[0]),
+            TaskKind::Classification { .. } => {
+                let class = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+                // Shifting by the largest logit keeps exp() finite for any logits.
+                let exps: Vec<f64> = row.iter().map(|&v| (v - row[class]).exp()).collect();
+                let total: f64 = exps.iter().sum();
+                let probabilities: Vec<f64> = exps.iter().map(|e| e / total).collect();
+                Prediction::Class {
+                    class,
+                    probability: probabilities[class],
+                    probabilities,
+                }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_are_the_softmax_and_the_class_its_argmax() {
+        let kind = TaskKind::Classification {
+            labels: vec!["a".into(), "b".into(), "c".into()],
+        };
+        let p = scored_predictions(&kind, &[1.0, 3.0, 2.0, 1000.0, 0.0, 1000.0], 3);
+        let Prediction::Class {
+            class,
+            probability,
+            probabilities,
+        } = &p[0]
+        else {
+            panic!("{p:?}")
+        };
+        let z = 1f64.exp() + 3f64.exp() + 2f64.exp();
+        assert_eq!(*class, 1);
+        for (got, want) in
+            probabilities
+                .iter()
+                .zip([1f64.exp() / z, 3f64.exp() / z, 2f64.exp() / z])
+        {
+            assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+        }
+        assert_eq!(*probability, probabilities[1]);
+        // Huge logits stay finite; a tie goes to the first class.
+        assert_eq!(
+            p[1],
+            Prediction::Class {
+                class: 0,
+                probability: 0.5,
+                probabilities: vec![0.5, 0.0, 0.5]
+            }
+        );
+        assert_eq!(
+            scored_predictions(&TaskKind::Regression, &[2.5, -1.0], 1),
+            vec![Prediction::Score(2.5), Prediction::Score(-1.0)]
+        );
+    }
+}
