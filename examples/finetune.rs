@@ -12,21 +12,19 @@ use spafit::peft::{peft_lora_init, Method, PeftConfig, PeftPlan};
 use spafit::train::{evaluate, EncodedDataset, TrainConfig, Trainer};
 
 fn dataset(rows: &[(&str, u32)]) -> Dataset {
-    Dataset {
-        name: "in-memory".into(),
-        kind: TaskKind::Classification {
+    Dataset::from_examples(
+        "in-memory",
+        TaskKind::Classification {
             labels: vec!["negative".into(), "positive".into()],
         },
-        examples: rows
-            .iter()
+        rows.iter()
             .map(|&(text, label)| Example {
                 text_a: text.into(),
                 text_b: None,
                 target: Some(Target::Class(label)),
             })
             .collect(),
-        skipped: Vec::new(),
-    }
+    )
 }
 
 fn main() -> spafit::Result<()> {

@@ -79,6 +79,17 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// In-memory examples (nothing skipped, no source file).
+    pub fn from_examples(name: impl Into<String>, kind: TaskKind, examples: Vec<Example>) -> Self {
+        Dataset {
+            name: name.into(),
+            kind,
+            examples,
+            skipped: Vec::new(),
+            source_lines: Vec::new(),
+        }
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.examples.len()
