@@ -651,3 +651,173 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
     let line = last_json(&stdout);
     assert!(line["peak_device_mib"].as_f64().unwrap() > 10.0, "{line}");
 }
+
+/// A PEFT-written adapter evaluates (to the loss PEFT's own logits give), predicts and keeps
+/// training from the command line; the method flags cannot be mixed with `--adapter`.
+#[test]
+fn peft_adapters_evaluate_predict_and_keep_training() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft-adapters");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("expected.json")).unwrap())
+            .unwrap();
+    let texts: Vec<&str> = expected["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let labels = [1usize, 0, 0, 1];
+    let rows: Vec<(&str, u8)> = texts
+        .iter()
+        .zip(labels)
+        .map(|(t, l)| (*t, l as u8))
+        .collect();
+    write(dir.path(), "dev.csv", &sentiment_csv(&rows));
+    let dev = dir.path().join("dev.csv").display().to_string();
+    let m = model();
+    let adapter = |case: &str| root.join(case).display().to_string();
+
+    // Cross-entropy of PEFT's own logits on these labels: what eval must report.
+    let logits = expected["cases"]["lora_qv"]["logits"].as_array().unwrap();
+    let mut want = 0.0;
+    for (row, &label) in logits.iter().zip(&labels) {
+        let z: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let max = z.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        want += lse - z[label];
+    }
+    want /= labels.len() as f64;
+    let (ok, stdout, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--adapter",
+        &adapter("lora_qv"),
+        "--dev-file",
+        &dev,
+    ]);
+    assert!(ok, "{err}");
+    let got = last_json(&stdout)["loss"].as_f64().unwrap();
+    println!("PEFT-CLI eval lora_qv loss {got} vs PEFT's logits {want}");
+    assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
+
+    // A 3-label adapter on 2-label data: refused, naming both.
+    let (ok, _, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--adapter",
+        &adapter("spafit_top2"),
+        "--dev-file",
+        &dev,
+    ]);
+    assert!(
+        !ok && err.contains("3 outputs") && err.contains("labels [\"0\", \"1\"]"),
+        "{err}"
+    );
+
+    // Regression: one score per example.
+    let mut scores = String::from("text,label\n");
+    for t in &texts {
+        scores += &format!("\"{t}\",0.5\n");
+    }
+    write(dir.path(), "scores.csv", &scores);
+    let (ok, stdout, err) = spafit(&[
+        "predict",
+        "--model",
+        &m,
+        "--adapter",
+        &adapter("lora_regression"),
+        "--dev-file",
+        dir.path().join("scores.csv").to_str().unwrap(),
+        "--regression",
+        "--split",
+        "dev",
+    ]);
+    assert!(ok, "{err}");
+    let preds: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want: Vec<f64> = expected["cases"]["lora_regression"]["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_f64().unwrap())
+        .collect();
+    assert_eq!(preds.len(), want.len());
+    for (p, w) in preds.iter().zip(&want) {
+        assert!(
+            (p["score"].as_f64().unwrap() - w).abs() < 1e-5,
+            "{p} vs {w}"
+        );
+    }
+
+    // Training continues from the SPAFIT-shaped PEFT adapter, under its plan.
+    let mut three = String::from("text,label\n");
+    for (i, t) in texts.iter().enumerate() {
+        three += &format!("\"{t}\",{}\n", ["a", "b", "c"][i % 3]);
+    }
+    write(dir.path(), "three.csv", &three);
+    let three = dir.path().join("three.csv").display().to_string();
+    let out = dir.path().join("continued");
+    let (ok, stdout, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--adapter",
+        &adapter("spafit_top2"),
+        "--train-file",
+        &three,
+        "--dev-file",
+        &three,
+        "--labels",
+        "a,b,c",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("continuing from the Peft adapter"), "{err}");
+    let line = last_json(&stdout);
+    assert_eq!(line["method"], "spafit");
+    assert_eq!(line["steps"], 2);
+    let (ok, _, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--adapter",
+        out.join("best").to_str().unwrap(),
+        "--dev-file",
+        &three,
+        "--labels",
+        "a,b,c",
+    ]);
+    assert!(ok, "{err}");
+
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--adapter",
+        &adapter("lora_qv"),
+        "--method",
+        "lora",
+        "--train-file",
+        &dev,
+    ]);
+    assert!(
+        !ok && err.contains("--method") && err.contains("--adapter"),
+        "{err}"
+    );
+}

@@ -1,15 +1,22 @@
 //! Trained adapters on disk: spafit's own format (only the trainable tensors, plus a manifest
-//! tied to the base checkpoint's hash), export to PEFT's format, and merging LoRA into the
-//! base weights. Every write is atomic.
+//! tied to the base checkpoint's hash), export to and import from PEFT's format. Every write
+//! is atomic.
 
 mod atomic;
 mod manifest;
+mod open;
+mod peft_config;
 mod peft_export;
+mod peft_import;
 mod store;
 
 pub use atomic::{sha256_hex, write_atomic};
 pub use manifest::AdapterManifest;
+pub use open::{open_adapter, AdapterFormat, OpenedAdapter};
 pub use peft_export::export_peft;
+pub use peft_import::{
+    import_peft, is_peft_adapter, PeftImport, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,
+};
 pub(crate) use store::tensors_to_safetensors_with_metadata;
 pub use store::{
     load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors, MANIFEST_FILE,

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use spafit::adapter::load_adapter;
+use spafit::adapter::open_adapter;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::TaskKind;
 use spafit::train::{evaluate, infer, scored_predictions, EncodedDataset};
@@ -30,28 +30,13 @@ fn load<B: Backend>(
     split: &str,
 ) -> Result<Loaded<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
-    let (m, manifest) = load_adapter(adapter, &checkpoint, &backend)?;
+    let opened = open_adapter(adapter, &checkpoint, &backend)?;
     let data = data.load(split)?;
-    let matches = match (&data.kind, &manifest.labels) {
-        (spafit::data::TaskKind::Classification { labels }, Some(trained)) => labels == trained,
-        (spafit::data::TaskKind::Classification { labels }, None) => {
-            labels.len() == manifest.num_labels && manifest.num_labels > 1
-        }
-        (spafit::data::TaskKind::Regression, _) => manifest.num_labels == 1,
-    };
-    if !matches {
-        return Err(spafit::Error::Mismatch {
-            path: adapter.join(spafit::adapter::MANIFEST_FILE),
-            detail: format!(
-                "the adapter was trained for labels {:?} ({} outputs) but {} has {:?}",
-                manifest.labels, manifest.num_labels, data.name, data.kind
-            ),
-        });
-    }
+    opened.check_labels(&data.kind, &data.name, adapter)?;
     let encoded = EncodedDataset::new(&checkpoint.tokenizer(model.max_len)?, &data)?;
     Ok(Loaded {
         backend,
-        model: m,
+        model: opened.model,
         data,
         encoded,
     })
@@ -64,7 +49,8 @@ pub struct EvalCommand {
     pub model: ModelArgs,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Adapter directory written by `spafit train` (OUTPUT/best).
+    /// Adapter directory: written by `spafit train` (OUTPUT/best) or by Python PEFT
+    /// (adapter_config.json + adapter_model.safetensors, LoRA).
     #[arg(long)]
     pub adapter: PathBuf,
     /// Split to evaluate (GLUE: dev, dev_matched, ...; default: the task's first dev split;
@@ -126,7 +112,8 @@ pub struct PredictCommand {
     pub model: ModelArgs,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Adapter directory written by `spafit train`.
+    /// Adapter directory: written by `spafit train` (OUTPUT/best) or by Python PEFT
+    /// (adapter_config.json + adapter_model.safetensors, LoRA).
     #[arg(long)]
     pub adapter: PathBuf,
     /// Split to predict (GLUE: test, test_matched, ...; custom data: the --dev-file).

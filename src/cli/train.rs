@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use spafit::adapter::export_peft;
+use spafit::adapter::{export_peft, open_adapter};
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::Dataset;
@@ -102,6 +102,33 @@ pub fn setup<B: Backend>(
     })
 }
 
+/// A run that continues from an adapter (spafit's or PEFT's): its plan and head.
+pub fn setup_from_adapter<B: Backend>(
+    backend: B,
+    model: &ModelArgs,
+    adapter: &std::path::Path,
+    train: &Dataset,
+) -> Result<Run<B>> {
+    let checkpoint = Checkpoint::open(&model.model)?;
+    let opened = open_adapter(adapter, &checkpoint, &backend)?;
+    opened.check_labels(&train.kind, &train.name, adapter)?;
+    eprintln!(
+        "continuing from the {:?} adapter in {} ({} plan)",
+        opened.format,
+        adapter.display(),
+        opened.plan.method
+    );
+    for note in &opened.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(Run {
+        backend,
+        checkpoint,
+        model: opened.model,
+        plan: opened.plan,
+    })
+}
+
 pub fn fit<B: Backend>(
     run: &mut Run<B>,
     model: &ModelArgs,
@@ -175,6 +202,14 @@ pub struct TrainCommand {
     pub data: DataArgs,
     #[command(flatten)]
     pub train: TrainArgs,
+    /// Continue training this adapter (spafit's OUTPUT/best, or a PEFT directory with
+    /// adapter_config.json + adapter_model.safetensors): its plan, LoRA settings and head
+    /// come from it, so the method flags cannot be given with it.
+    #[arg(long, conflicts_with_all = [
+        "method", "n1", "n2", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+        "lora_layers", "train_pooler", "train_embeddings", "train_layernorm",
+    ])]
+    pub adapter: Option<PathBuf>,
 }
 
 impl TrainCommand {
@@ -191,13 +226,16 @@ impl TrainCommand {
         } else {
             None
         };
-        let mut run = setup(
-            backend,
-            &self.model,
-            &self.peft,
-            train.kind.num_labels(),
-            self.train.seed,
-        )?;
+        let mut run = match &self.adapter {
+            Some(dir) => setup_from_adapter(backend, &self.model, dir, &train)?,
+            None => setup(
+                backend,
+                &self.model,
+                &self.peft,
+                train.kind.num_labels(),
+                self.train.seed,
+            )?,
+        };
         let report = fit(
             &mut run,
             &self.model,
@@ -208,7 +246,7 @@ impl TrainCommand {
         )?;
         let mut line = json!({
             "task": task.map_or_else(|| train.name.clone(), |t| t.dir_name().to_string()),
-            "method": self.peft.method,
+            "method": run.plan.method.to_string(),
             "steps": report.steps,
             "train_seconds": report.train_seconds,
             "samples_per_s": report.samples_per_s,

@@ -1,0 +1,317 @@
+//! `adapter_config.json` as Python PEFT writes it for LoRA: what spafit can represent, and a
+//! clear refusal, naming the field, for anything else.
+
+use std::path::{Path, PathBuf};
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Fields whose value never changes what the adapter computes.
+const INFORMATIONAL: &[&str] = &[
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "init_lora_weights",
+    "peft_version",
+    "megatron_core",
+    "qalora_group_size",
+    "ensure_weight_tying",
+    "auto_mapping",
+    "bias",
+];
+
+/// Fields spafit reads.
+const READ: &[&str] = &[
+    "peft_type",
+    "task_type",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
+    "modules_to_save",
+    "use_dora",
+    "use_rslora",
+    "fan_in_fan_out",
+    "rank_pattern",
+    "alpha_pattern",
+    "layer_replication",
+    "lora_bias",
+];
+
+/// Which modules a list or regex selects, as PEFT decides it.
+#[derive(Clone, Debug)]
+pub(crate) enum ModuleSelector {
+    /// A module matches when its name is an entry or ends with `.` + an entry.
+    Suffixes(Vec<String>),
+    /// A module matches when the whole name matches.
+    FullMatch(Regex),
+    /// Every linear layer but the output head (`"all-linear"`).
+    AllLinear,
+}
+
+impl ModuleSelector {
+    fn parse(value: &Value, field: &str, path: &Path) -> Result<Option<Self>> {
+        let bad = |detail: String| field_error(path, field, detail);
+        match value {
+            Value::Null => Ok(None),
+            Value::String(s) if s == "all-linear" => Ok(Some(ModuleSelector::AllLinear)),
+            Value::String(s) => Regex::new(&format!("^(?:{s})$"))
+                .map(|r| Some(ModuleSelector::FullMatch(r)))
+                .map_err(|e| {
+                    bad(format!(
+                        "the regular expression `{s}` does not compile here (Rust's regex has no \
+                         look-around or back-references): {e}"
+                    ))
+                }),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("{v} is not a module name")))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(|v| Some(ModuleSelector::Suffixes(v))),
+            other => Err(bad(format!(
+                "{other} is neither a list nor a regular expression"
+            ))),
+        }
+    }
+
+    /// Whether `module` matches as a name in the list exactly (which PEFT lets bypass
+    /// `layers_to_transform`) or by suffix / regex.
+    fn matches(&self, module: &str, is_linear: bool, is_head: bool) -> Match {
+        match self {
+            ModuleSelector::Suffixes(list) => {
+                if list.iter().any(|t| t == module) {
+                    Match::Exact
+                } else if list.iter().any(|t| module.ends_with(&format!(".{t}"))) {
+                    Match::Suffix
+                } else {
+                    Match::No
+                }
+            }
+            ModuleSelector::FullMatch(r) if r.is_match(module) => Match::Exact,
+            ModuleSelector::AllLinear if is_linear && !is_head => Match::Exact,
+            _ => Match::No,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Match {
+    No,
+    Exact,
+    Suffix,
+}
+
+/// The LoRA settings of a PEFT adapter that spafit represents.
+#[derive(Clone, Debug)]
+pub(crate) struct PeftLoraSettings {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    targets: ModuleSelector,
+    exclude: Option<ModuleSelector>,
+    layers_to_transform: Option<Vec<usize>>,
+    pub modules_to_save: Vec<String>,
+    pub base_model_name_or_path: Option<String>,
+}
+
+fn field_error(path: &Path, field: &str, detail: String) -> Error {
+    Error::Format {
+        path: path.to_path_buf(),
+        detail: format!("`{field}`: {detail}"),
+    }
+}
+
+/// Whether a JSON value means "unset" (null, false, 0, "", [] or {}).
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Number(_) => false,
+    }
+}
+
+impl PeftLoraSettings {
+    /// Reads `adapter_config.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = crate::text_file::read_utf8(path)?;
+        let json: Map<String, Value> = serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            detail: format!("not a PEFT adapter config: {e}"),
+        })?;
+        Self::from_json(&json, path)
+    }
+
+    /// Validates a parsed config; `path` names the file in errors.
+    pub fn from_json(json: &Map<String, Value>, path: &Path) -> Result<Self> {
+        let path = PathBuf::from(path);
+        let bad = |field: &str, detail: String| field_error(&path, field, detail);
+        let get = |field: &str| json.get(field).unwrap_or(&Value::Null);
+        match get("peft_type").as_str() {
+            Some("LORA") => {}
+            Some(other) => {
+                return Err(bad(
+                    "peft_type",
+                    format!("`{other}`: spafit imports LoRA adapters only (peft_type LORA)"),
+                ))
+            }
+            None => {
+                return Err(bad(
+                    "peft_type",
+                    "missing: not a PEFT adapter config".into(),
+                ))
+            }
+        }
+        if let Some(task) = get("task_type").as_str().filter(|t| *t != "SEQ_CLS") {
+            return Err(bad(
+                "task_type",
+                format!("`{task}`: spafit needs a sequence-classification adapter (SEQ_CLS) with its classifier"),
+            ));
+        }
+        let refusals: [(&str, &str); 6] = [
+            ("use_dora", "DoRA (weight-decomposed LoRA) is not supported"),
+            ("use_rslora", "rank-stabilized LoRA (scale alpha/sqrt(r)) is not supported; spafit scales by alpha/r"),
+            ("fan_in_fan_out", "fan-in-fan-out (Conv1D) weights are not BERT's layout"),
+            ("rank_pattern", "per-module ranks are not supported: one rank for every adapter"),
+            ("alpha_pattern", "per-module alphas are not supported: one alpha for every adapter"),
+            ("layer_replication", "replicated layers are not supported"),
+        ];
+        for (field, why) in refusals {
+            if !is_unset(get(field)) {
+                return Err(bad(field, format!("{} — {why}", get(field))));
+            }
+        }
+        if !is_unset(get("lora_bias")) {
+            return Err(bad(
+                "lora_bias",
+                "a bias on LoRA's B matrix is not supported".into(),
+            ));
+        }
+        for (field, value) in json {
+            let known = READ.contains(&field.as_str()) || INFORMATIONAL.contains(&field.as_str());
+            if !known && !is_unset(value) {
+                return Err(bad(
+                    field,
+                    format!("{value}: this PEFT option changes what the adapter computes and spafit does not support it"),
+                ));
+            }
+        }
+        match get("layers_pattern") {
+            Value::Null => {}
+            Value::String(s) if s == "layer" => {}
+            Value::Array(a) if a.iter().all(|v| v == "layer") => {}
+            other => {
+                return Err(bad(
+                    "layers_pattern",
+                    format!("{other}: BERT's layers are `layer`"),
+                ))
+            }
+        }
+        let rank = get("r")
+            .as_u64()
+            .filter(|&r| r > 0)
+            .ok_or_else(|| bad("r", format!("{} is not a positive rank", get("r"))))?
+            as usize;
+        let alpha = match get("lora_alpha") {
+            Value::Null => 8.0,
+            v => v
+                .as_f64()
+                .filter(|a| a.is_finite())
+                .ok_or_else(|| bad("lora_alpha", format!("{v} is not a number")))?,
+        };
+        let dropout = match get("lora_dropout") {
+            Value::Null => 0.0,
+            v => v
+                .as_f64()
+                .filter(|p| (0.0..1.0).contains(p))
+                .ok_or_else(|| bad("lora_dropout", format!("{v} is not in [0, 1)")))?,
+        };
+        let targets = ModuleSelector::parse(get("target_modules"), "target_modules", &path)?
+            .ok_or_else(|| {
+                bad(
+                    "target_modules",
+                    "missing: which modules carry adapters?".into(),
+                )
+            })?;
+        let exclude = ModuleSelector::parse(get("exclude_modules"), "exclude_modules", &path)?;
+        let layers_to_transform = match get("layers_to_transform") {
+            Value::Null => None,
+            Value::Number(n) => Some(vec![n
+                .as_u64()
+                .ok_or_else(|| bad("layers_to_transform", format!("{n} is not a layer index")))?
+                as usize]),
+            Value::Array(a) => Some(
+                a.iter()
+                    .map(|v| {
+                        v.as_u64().map(|v| v as usize).ok_or_else(|| {
+                            bad("layers_to_transform", format!("{v} is not a layer index"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            other => {
+                return Err(bad(
+                    "layers_to_transform",
+                    format!("{other} is not a list of layer indices"),
+                ))
+            }
+        };
+        let modules_to_save = match get("modules_to_save") {
+            Value::Null => Vec::new(),
+            Value::Array(a) => a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad("modules_to_save", format!("{v} is not a module name")))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            other => return Err(bad("modules_to_save", format!("{other} is not a list"))),
+        };
+        Ok(PeftLoraSettings {
+            rank,
+            alpha,
+            dropout,
+            targets,
+            exclude,
+            layers_to_transform,
+            modules_to_save,
+            base_model_name_or_path: get("base_model_name_or_path").as_str().map(str::to_string),
+        })
+    }
+
+    /// Whether PEFT would put an adapter on `module` (in encoder layer `layer`, if any).
+    pub fn targets(
+        &self,
+        module: &str,
+        layer: Option<usize>,
+        is_linear: bool,
+        is_head: bool,
+    ) -> bool {
+        if let Some(ex) = &self.exclude {
+            if ex.matches(module, is_linear, is_head) != Match::No {
+                return false;
+            }
+        }
+        match self.targets.matches(module, is_linear, is_head) {
+            Match::No => false,
+            Match::Exact => true,
+            Match::Suffix => match (&self.layers_to_transform, layer) {
+                (None, _) => true,
+                (Some(list), Some(l)) => list.contains(&l),
+                (Some(_), None) => false,
+            },
+        }
+    }
+}

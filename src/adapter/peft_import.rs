@@ -1,0 +1,345 @@
+//! Import of adapters that Python PEFT wrote (`save_pretrained`): LoRA on BERT's encoder
+//! layers, the saved classifier, and any biases (or other base tensors) stored beside them.
+//!
+//! The adapted modules are read from two sources that must agree: the config's
+//! `target_modules` (as PEFT matches it) and the `lora_A`/`lora_B` tensors in the file.
+//! The plan spafit trains with when training continues is the nearest it has: LoRA where the
+//! file has it, and every bias of a layer whose biases the file stores (see
+//! [`PeftImport::notes`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use super::peft_config::PeftLoraSettings;
+use crate::backend::Backend;
+use crate::checkpoint::{Checkpoint, WeightsFile};
+use crate::error::{Error, Result};
+use crate::model::BertClassifier;
+use crate::nn::{LoraConfig, LoraTarget, Stratum};
+use crate::peft::{Method, PeftPlan};
+
+/// PEFT's adapter config file.
+pub const PEFT_CONFIG_FILE: &str = "adapter_config.json";
+/// PEFT's adapter weights file.
+pub const PEFT_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const PREFIX: &str = "base_model.model.";
+
+/// What an import found beyond the model itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftImport {
+    /// The plan the imported model is under (and trains with, when training continues).
+    pub plan: PeftPlan,
+    /// `base_model_name_or_path` from the config: informational (PEFT stores no hash).
+    pub base_model_name_or_path: Option<String>,
+    /// Model parameters set from the file, by spafit name.
+    pub loaded: Vec<String>,
+    /// What a user continuing training should know: trainable tensors the file did not
+    /// store (they start from the base model), stored tensors that stay frozen.
+    pub notes: Vec<String>,
+}
+
+/// Whether `dir` holds a PEFT adapter.
+pub fn is_peft_adapter(dir: &Path) -> bool {
+    dir.join(PEFT_CONFIG_FILE).is_file()
+}
+
+/// A LoRA module of the file, by its spafit/Hugging Face module path.
+#[derive(Default)]
+struct LoraPair {
+    a: Option<String>,
+    b: Option<String>,
+}
+
+/// Loads the PEFT adapter in `dir` onto the base `checkpoint`.
+pub fn import_peft<B: Backend>(
+    dir: &Path,
+    checkpoint: &Checkpoint,
+    backend: &B,
+) -> Result<(BertClassifier<B>, PeftImport)> {
+    let config_path = dir.join(PEFT_CONFIG_FILE);
+    let weights_path = dir.join(PEFT_WEIGHTS_FILE);
+    if !weights_path.is_file() && dir.join("adapter_model.bin").is_file() {
+        return Err(Error::Format {
+            path: dir.join("adapter_model.bin"),
+            detail: "a pickled PyTorch file; save the adapter with safe_serialization=True \
+                     (adapter_model.safetensors)"
+                .into(),
+        });
+    }
+    let settings = PeftLoraSettings::read(&config_path)?;
+    let file = WeightsFile::open(&weights_path)?;
+    let bad_tensor = |detail: String| Error::Format {
+        path: weights_path.clone(),
+        detail,
+    };
+    let config = &checkpoint.config;
+    let layers = config.num_hidden_layers;
+
+    // Sort the file's tensors into LoRA pairs and base-model parameters.
+    let mut lora: BTreeMap<String, LoraPair> = BTreeMap::new();
+    let mut others: BTreeMap<String, String> = BTreeMap::new();
+    for name in file.names() {
+        let key = name.strip_prefix(PREFIX).ok_or_else(|| {
+            bad_tensor(format!(
+                "tensor `{name}` is not under `{PREFIX}`: not a PEFT model's state"
+            ))
+        })?;
+        if let Some(module) = key.strip_suffix(".lora_A.weight") {
+            lora.entry(module.to_string()).or_default().a = Some(name.clone());
+        } else if let Some(module) = key.strip_suffix(".lora_B.weight") {
+            lora.entry(module.to_string()).or_default().b = Some(name.clone());
+        } else if key.contains(".lora_") {
+            return Err(bad_tensor(format!(
+                "tensor `{name}`: spafit supports LoRA's A and B matrices only (not embedding \
+                 adapters, DoRA magnitudes or LoRA biases)"
+            )));
+        } else {
+            // A wrapped module keeps its own weight and bias under `base_layer`.
+            others.insert(key.replace(".base_layer.", "."), name.clone());
+        }
+    }
+
+    // The modules the config selects, and the adapters the file holds, must be the same.
+    let mut selected: BTreeSet<String> = BTreeSet::new();
+    for l in 0..layers {
+        for t in LoraTarget::ALL {
+            let module = format!("bert.encoder.layer.{l}.{}", t.module());
+            if settings.targets(&module, Some(l), true, false) {
+                selected.insert(module);
+            }
+        }
+    }
+    let unsupported = [
+        ("bert.pooler.dense", true, false),
+        ("classifier", true, true),
+        ("bert.embeddings.word_embeddings", false, false),
+        ("bert.embeddings.position_embeddings", false, false),
+        ("bert.embeddings.token_type_embeddings", false, false),
+    ];
+    for (module, linear, head) in unsupported {
+        let saved = settings
+            .modules_to_save
+            .iter()
+            .any(|m| module.ends_with(m.as_str()));
+        if !saved && settings.targets(module, None, linear, head) {
+            return Err(Error::Format {
+                path: config_path.clone(),
+                detail: format!(
+                    "`target_modules` selects `{module}`; spafit puts LoRA only on the six linear \
+                     maps of encoder layers"
+                ),
+            });
+        }
+    }
+    for (module, pair) in &lora {
+        if !selected.contains(module) {
+            return Err(bad_tensor(format!(
+                "LoRA tensors for `{module}`, which `target_modules` in {PEFT_CONFIG_FILE} does not \
+                 select (or this model has no such module)"
+            )));
+        }
+        if pair.a.is_none() || pair.b.is_none() {
+            let missing = if pair.a.is_none() { "lora_A" } else { "lora_B" };
+            return Err(bad_tensor(format!(
+                "`{PREFIX}{module}.{missing}.weight` is missing"
+            )));
+        }
+    }
+    if let Some(module) = selected.iter().find(|m| !lora.contains_key(*m)) {
+        return Err(bad_tensor(format!(
+            "no LoRA tensors for `{module}`, which `target_modules` selects"
+        )));
+    }
+    if selected.is_empty() {
+        return Err(Error::Format {
+            path: config_path,
+            detail: "`target_modules` selects no linear map of this model's encoder layers".into(),
+        });
+    }
+
+    // One set of targets for every adapted layer: spafit's plan has one LoRA configuration.
+    let mut per_layer: BTreeMap<usize, BTreeSet<LoraTarget>> = BTreeMap::new();
+    for l in 0..layers {
+        for t in LoraTarget::ALL {
+            if selected.contains(&format!("bert.encoder.layer.{l}.{}", t.module())) {
+                per_layer.entry(l).or_default().insert(t);
+            }
+        }
+    }
+    let targets = per_layer.values().next().cloned().unwrap_or_default();
+    if let Some((l, other)) = per_layer.iter().find(|(_, t)| **t != targets) {
+        return Err(Error::Format {
+            path: config_path,
+            detail: format!(
+                "`target_modules` adapts {:?} in layer {l} but {:?} in layer {}; spafit applies the \
+                 same targets in every adapted layer",
+                other.iter().map(|t| t.module()).collect::<Vec<_>>(),
+                targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
+                per_layer.keys().next().unwrap_or(&0)
+            ),
+        });
+    }
+
+    // The head PEFT saved (modules_to_save): it fixes the number of outputs.
+    let head_shape = others
+        .get("classifier.weight")
+        .and_then(|n| file.shape(n))
+        .ok_or_else(|| {
+            bad_tensor(
+                "no `base_model.model.classifier.weight`: the adapter must carry its classifier \
+                 (modules_to_save)"
+                    .into(),
+            )
+        })?;
+    if head_shape.len() != 2 || head_shape[1] != config.hidden_size || head_shape[0] == 0 {
+        return Err(Error::Mismatch {
+            path: weights_path,
+            detail: format!(
+                "the classifier has shape {head_shape:?} but this base model's hidden size is {} \
+                 (the adapter was made for {})",
+                config.hidden_size,
+                settings
+                    .base_model_name_or_path
+                    .as_deref()
+                    .unwrap_or("another base model")
+            ),
+        });
+    }
+    let num_labels = head_shape[0];
+
+    // Strata: LoRA where the file has it; biases train in a layer whose biases it stores.
+    let layer_of = |name: &str| -> Option<usize> {
+        name.strip_prefix("bert.encoder.layer.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let layer_stores_biases: BTreeSet<usize> = others
+        .keys()
+        .filter(|n| n.ends_with(".bias"))
+        .filter_map(|n| layer_of(n))
+        .collect();
+    let strata: Vec<Stratum> = (0..layers)
+        .map(
+            |l| match (per_layer.contains_key(&l), layer_stores_biases.contains(&l)) {
+                (true, true) => Stratum::LoraAndBias,
+                (true, false) => Stratum::LoraOnly,
+                (false, true) => Stratum::BiasOnly,
+                (false, false) => Stratum::Frozen,
+            },
+        )
+        .collect();
+    let train_pooler = others.keys().any(|n| n.starts_with("bert.pooler."));
+    let (method, boundaries) =
+        spafit_shape(&strata).map_or((Method::Lora, None), |b| (Method::Spafit, Some(b)));
+    let lora_config = LoraConfig {
+        rank: settings.rank,
+        alpha: settings.alpha,
+        dropout: settings.dropout,
+        targets: targets.into_iter().collect(),
+    };
+    lora_config.validate()?;
+    let plan = PeftPlan {
+        method,
+        strata,
+        lora: Some(lora_config),
+        boundaries,
+        train_embeddings: false,
+        train_pooler,
+        train_layer_norm_weights: false,
+    };
+
+    let mut model = BertClassifier::from_checkpoint(checkpoint, backend, num_labels, 0)?;
+    model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
+    let mut sources: BTreeMap<String, String> = others.clone();
+    for (module, pair) in &lora {
+        sources.insert(
+            format!("{module}.lora_A.weight"),
+            pair.a.clone().unwrap_or_default(),
+        );
+        sources.insert(
+            format!("{module}.lora_B.weight"),
+            pair.b.clone().unwrap_or_default(),
+        );
+    }
+    let mut loaded = Vec::new();
+    let mut untouched_trainable = Vec::new();
+    for p in model.params_mut() {
+        match sources.remove(&p.name) {
+            // Shapes are checked on read: a LoRA pair for another hidden size, rank or
+            // orientation is refused, naming the tensor.
+            Some(stored) => {
+                p.value = file
+                    .tensor(backend, &stored, p.value.shape().clone())
+                    .map_err(|e| match e {
+                        Error::Format { path, detail } => Error::Mismatch {
+                            path,
+                            detail: format!(
+                                "{detail} (does the adapter belong to this base model? it names {})",
+                                settings.base_model_name_or_path.as_deref().unwrap_or("none")
+                            ),
+                        },
+                        e => e,
+                    })?;
+                loaded.push(p.name.clone());
+            }
+            None if p.trainable => untouched_trainable.push(p.name.clone()),
+            None => {}
+        }
+    }
+    if let Some((name, stored)) = sources.into_iter().next() {
+        return Err(bad_tensor(format!(
+            "tensor `{stored}` is not a parameter of this model (`{name}`); is the base model {}?",
+            settings
+                .base_model_name_or_path
+                .as_deref()
+                .unwrap_or("the one it was made for")
+        )));
+    }
+    let mut notes = Vec::new();
+    if !untouched_trainable.is_empty() {
+        notes.push(format!(
+            "{} trainable tensors are not in the adapter and start from the base model (spafit \
+             trains every bias of a layer whose biases train): {}",
+            untouched_trainable.len(),
+            untouched_trainable.join(", ")
+        ));
+    }
+    let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();
+    let frozen_loaded: Vec<&String> = loaded.iter().filter(|n| !trainable.contains(*n)).collect();
+    if !frozen_loaded.is_empty() {
+        notes.push(format!(
+            "{} tensors from the adapter stay frozen when training continues: {}",
+            frozen_loaded.len(),
+            frozen_loaded
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    model.store_frozen_weights(backend)?;
+    Ok((
+        model,
+        PeftImport {
+            plan,
+            base_model_name_or_path: settings.base_model_name_or_path,
+            loaded,
+            notes,
+        },
+    ))
+}
+
+/// SPAFIT's boundaries when the strata are frozen, then bias-only, then LoRA + bias (with
+/// at least one LoRA + bias layer).
+fn spafit_shape(strata: &[Stratum]) -> Option<(usize, usize)> {
+    let n1 = strata.iter().take_while(|s| **s == Stratum::Frozen).count();
+    let n2 = n1
+        + strata[n1..]
+            .iter()
+            .take_while(|s| **s == Stratum::BiasOnly)
+            .count();
+    let top_ok = n2 < strata.len() && strata[n2..].iter().all(|s| *s == Stratum::LoraAndBias);
+    top_ok.then_some((n1, n2))
+}

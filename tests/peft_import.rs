@@ -1,0 +1,521 @@
+//! PEFT adapters in both directions: adapters that Python PEFT itself wrote give PEFT's float64
+//! logits; spafit's export holds exactly the model's tensors (names, shapes, values) and
+//! imports back to bitwise the same logits; what cannot be represented is refused, naming the
+//! field or tensor.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use spafit::adapter::{export_peft, import_peft, open_adapter, AdapterFormat};
+use spafit::autograd::Tape;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+use spafit::checkpoint::Checkpoint;
+use spafit::model::{BertClassifier, ModelInput};
+use spafit::nn::{DropoutPlan, LoraTarget, Stratum};
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::rng::SplitMix;
+use spafit::text::TextInput;
+use spafit::Error;
+
+fn checkpoint() -> Checkpoint {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
+    Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{e}: run scripts/fetch_assets.sh first"))
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft-adapters")
+}
+
+fn expected() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+        .unwrap()
+}
+
+/// Logits of `model` on `texts`, tokenized as PEFT's reference was (padding to the longest).
+fn logits<B: Backend>(
+    ck: &Checkpoint,
+    backend: &B,
+    model: &BertClassifier<B>,
+    texts: &[&str],
+    max_len: usize,
+) -> Vec<f64> {
+    let tok = ck.tokenizer(max_len).unwrap();
+    let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
+    let enc = tok.encode_batch(&inputs).unwrap();
+    let input = ModelInput::new(backend, &enc).unwrap();
+    let mut tape = Tape::inference(backend.clone());
+    let out = model
+        .forward(&mut tape, &input, &mut DropoutPlan::eval())
+        .unwrap();
+    backend.to_f64(out.value()).unwrap()
+}
+
+#[test]
+fn adapters_written_by_peft_give_peft_logits() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let reference = expected();
+    let texts: Vec<&str> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let max_len = reference["max_length"].as_u64().unwrap() as usize;
+    let cases = reference["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 4);
+    for (name, case) in cases {
+        let dir = fixtures().join(name);
+        let opened = open_adapter(&dir, &ck, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(opened.format, AdapterFormat::Peft);
+        let labels = case["num_labels"].as_u64().unwrap() as usize;
+        assert_eq!(opened.model.num_labels, labels, "{name}");
+        let want: Vec<f64> = case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect();
+        let got = logits(&ck, &cpu, &opened.model, &texts, max_len);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        println!(
+            "PEFT-IMPORT {name}: max |logit - PEFT f64| = {err:.2e} ({} logits)",
+            want.len()
+        );
+        assert_eq!(got.len(), want.len());
+        assert!(err <= 1e-9, "{name}: {err:.3e}");
+        // Every tensor of the file landed somewhere (a silently skipped tensor would change
+        // the logits above only if it mattered; count them too).
+        let (_, import) = import_peft(&dir, &ck, &cpu).unwrap();
+        let stored = spafit::checkpoint::WeightsFile::open(&dir.join("adapter_model.safetensors"))
+            .unwrap()
+            .names()
+            .len();
+        assert_eq!(import.loaded.len(), stored, "{name}");
+        // The plan spafit continues training with.
+        let plan = &opened.plan;
+        let lora = plan.lora.as_ref().unwrap();
+        match name.as_str() {
+            "lora_qv" => {
+                assert_eq!(plan.method, Method::Lora);
+                assert_eq!(plan.strata, vec![Stratum::LoraOnly; 6]);
+                assert_eq!((lora.rank, lora.alpha), (8, 16.0));
+                assert_eq!(lora.targets, [LoraTarget::Query, LoraTarget::Value]);
+                assert!(opened.notes.is_empty(), "{:?}", opened.notes);
+            }
+            "spafit_top2" => {
+                assert_eq!(plan.method, Method::Spafit);
+                assert_eq!(plan.boundaries, Some((2, 4)));
+                assert_eq!(lora.targets, LoraTarget::ALL);
+                assert!(opened.notes.is_empty(), "{:?}", opened.notes);
+            }
+            "regex_lora_only_bias" => {
+                let mut strata = vec![Stratum::Frozen; 6];
+                strata[1] = Stratum::LoraAndBias;
+                strata[3] = Stratum::LoraAndBias;
+                assert_eq!(plan.strata, strata);
+                assert_eq!(lora.targets, [LoraTarget::Query, LoraTarget::Key]);
+                // bias "lora_only" stores the adapted maps' biases; spafit would also train the
+                // layers' other biases, and says so.
+                assert!(
+                    opened.notes.len() == 1
+                        && opened.notes[0].contains("bert.encoder.layer.1.output.LayerNorm.bias"),
+                    "{:?}",
+                    opened.notes
+                );
+            }
+            "lora_regression" => {
+                assert_eq!(lora.alpha, 32.0);
+                assert_eq!(lora.targets.len(), 3);
+            }
+            other => panic!("unknown case {other}"),
+        }
+    }
+}
+
+/// A model under `plan` whose trainable tensors are all random (as after training).
+fn trained<B: Backend>(
+    ck: &Checkpoint,
+    backend: &B,
+    plan: &PeftPlan,
+    labels: usize,
+) -> BertClassifier<B> {
+    let mut model = BertClassifier::from_checkpoint(ck, backend, labels, 0).unwrap();
+    model
+        .apply_plan(plan, &mut |_, s| backend.zeros(s))
+        .unwrap();
+    let mut rng = SplitMix::new(17);
+    for p in model.params_mut().into_iter().filter(|p| p.trainable) {
+        let base = backend.to_f64(&p.value).unwrap();
+        let v: Vec<f64> = base
+            .iter()
+            .map(|b| b + rng.uniform_in(-0.05, 0.05))
+            .collect();
+        p.value = backend
+            .tensor_from_f64_as(p.value.shape().clone(), &v, p.value.dtype())
+            .unwrap();
+    }
+    model
+}
+
+fn plans() -> Vec<(&'static str, PeftPlan)> {
+    let lora = PeftPlan::new(&PeftConfig::new(Method::Lora), 6).unwrap();
+    let mut some_layers = PeftConfig::new(Method::Lora);
+    some_layers.lora_layers = Some(vec![0, 3, 5]);
+    some_layers.lora.targets = LoraTarget::ALL.to_vec();
+    some_layers.lora.rank = 4;
+    some_layers.lora.alpha = 12.0;
+    let mut spafit = PeftConfig::new(Method::Spafit);
+    spafit.n1 = Boundary::Layer(2);
+    spafit.n2 = Boundary::Layer(4);
+    spafit.train_pooler = true;
+    let mut spafit_all_top = PeftConfig::new(Method::Spafit);
+    spafit_all_top.n1 = Boundary::Layer(0);
+    spafit_all_top.n2 = Boundary::Layer(1);
+    spafit_all_top.lora.targets = vec![LoraTarget::Output, LoraTarget::AttentionOutput];
+    vec![
+        ("lora q,v", lora),
+        (
+            "lora layers 0,3,5 all maps",
+            PeftPlan::new(&some_layers, 6).unwrap(),
+        ),
+        ("spafit 2/4 + pooler", PeftPlan::new(&spafit, 6).unwrap()),
+        (
+            "spafit 0/1 output maps",
+            PeftPlan::new(&spafit_all_top, 6).unwrap(),
+        ),
+    ]
+}
+
+/// Export → import gives bitwise the same logits and the same plan, in f64 and f32.
+#[test]
+fn export_then_import_gives_bitwise_the_same_logits() {
+    let ck = checkpoint();
+    let texts = [
+        "a gorgeous, witty movie",
+        "dull",
+        "it is not bad at all, is it?",
+    ];
+    for backend in [CpuBackend::f64(), CpuBackend::f32()] {
+        for (name, plan) in plans() {
+            let model = trained(&ck, &backend, &plan, 3);
+            let dir = tempfile::tempdir().unwrap();
+            export_peft(dir.path(), &backend, &model, &plan, "all-MiniLM-L6-v2").unwrap();
+            let (back, import) = import_peft(dir.path(), &ck, &backend).unwrap();
+            let (a, b) = (
+                logits(&ck, &backend, &model, &texts, 32),
+                logits(&ck, &backend, &back, &texts, 32),
+            );
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name} on {}: {a:?} vs {b:?}",
+                backend.name()
+            );
+            assert_eq!(import.plan.strata, plan.strata, "{name}");
+            let sorted = |p: &PeftPlan| {
+                let mut l = p.lora.clone().unwrap();
+                l.targets.sort();
+                l
+            };
+            assert_eq!(sorted(&import.plan), sorted(&plan), "{name}");
+            assert_eq!(import.plan.method, plan.method, "{name}");
+            assert_eq!(import.plan.train_pooler, plan.train_pooler, "{name}");
+            assert_eq!(back.trainable_names(), model.trainable_names(), "{name}");
+            assert!(import.notes.is_empty(), "{name}: {:?}", import.notes);
+            println!(
+                "PEFT-ROUNDTRIP {name} on {}: logits bitwise equal",
+                backend.name()
+            );
+        }
+    }
+    // BitFit and full fine-tuning have no LoRA adapter: PEFT's LoRA format cannot hold them.
+    let cpu = CpuBackend::f64();
+    for method in [Method::BitFit, Method::Full] {
+        let plan = PeftPlan::new(&PeftConfig::new(method), 6).unwrap();
+        let model = trained(&ck, &cpu, &plan, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let e = export_peft(dir.path(), &cpu, &model, &plan, "x").unwrap_err();
+        assert!(e.to_string().contains("no LoRA adapter"), "{method}: {e}");
+    }
+}
+
+/// Every exported tensor, value by value: its PEFT name, PEFT's shape (`lora_A` `[r, in]`,
+/// `lora_B` `[out, r]`, derived here from the frozen weight's `[out, in]`) and the model's
+/// values; nothing else is in the file.
+#[test]
+fn export_holds_the_models_tensors_value_by_value() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    for (name, plan) in plans() {
+        let model = trained(&ck, &cpu, &plan, 3);
+        let dir = tempfile::tempdir().unwrap();
+        export_peft(dir.path(), &cpu, &model, &plan, "all-MiniLM-L6-v2").unwrap();
+        let file =
+            spafit::checkpoint::WeightsFile::open(&dir.path().join("adapter_model.safetensors"))
+                .unwrap();
+        let params: BTreeMap<String, Vec<f64>> = model
+            .params()
+            .into_iter()
+            .map(|p| (p.name.clone(), cpu.to_f64(&p.value).unwrap()))
+            .collect();
+        let shapes: BTreeMap<String, Vec<usize>> = model
+            .params()
+            .into_iter()
+            .map(|p| (p.name.clone(), p.value.dims().to_vec()))
+            .collect();
+        let lora = plan.lora.as_ref().unwrap();
+        let mut expected_names = Vec::new();
+        for p in model.params().into_iter().filter(|p| p.trainable) {
+            // Where PEFT keeps it: a bias of a module that carries LoRA sits in `base_layer`.
+            let module = p.name.rsplit_once('.').unwrap().0;
+            let wrapped = shapes.contains_key(&format!("{module}.lora_A.weight"));
+            let peft_name = if wrapped && p.name.ends_with(".bias") {
+                format!("base_model.model.{module}.base_layer.bias")
+            } else {
+                format!("base_model.model.{}", p.name)
+            };
+            let stored_shape = file
+                .shape(&peft_name)
+                .unwrap_or_else(|| panic!("{name}: `{peft_name}` is not in the export"));
+            let want_shape = if let Some(m) = p.name.strip_suffix(".lora_A.weight") {
+                let w = &shapes[&format!("{m}.weight")];
+                vec![lora.rank, w[1]]
+            } else if let Some(m) = p.name.strip_suffix(".lora_B.weight") {
+                let w = &shapes[&format!("{m}.weight")];
+                vec![w[0], lora.rank]
+            } else {
+                shapes[&p.name].clone()
+            };
+            assert_eq!(stored_shape, want_shape, "{name}: {peft_name}");
+            let values = file
+                .read_f64(&peft_name, &want_shape.clone().into())
+                .unwrap();
+            assert!(
+                values
+                    .iter()
+                    .zip(&params[&p.name])
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: {peft_name} holds other values than {}",
+                p.name
+            );
+            expected_names.push(peft_name);
+        }
+        expected_names.sort();
+        let mut stored: Vec<String> = file.names().to_vec();
+        stored.sort();
+        assert_eq!(stored, expected_names, "{name}: extra or missing tensors");
+    }
+}
+
+/// A copy of a fixture adapter, with its config and tensors open to edits.
+struct Edited {
+    dir: tempfile::TempDir,
+}
+
+impl Edited {
+    fn of(case: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(fixtures().join(case).join(f), dir.path().join(f)).unwrap();
+        }
+        Edited { dir }
+    }
+
+    fn config(&self, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+        let path = self.dir.path().join("adapter_config.json");
+        let mut json: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    }
+
+    /// Rewrites the tensors: `edit` gets (name, shape, f64 values) and may change them.
+    fn tensors(&self, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f64>)>)) {
+        let path = self.dir.path().join("adapter_model.safetensors");
+        let file = spafit::checkpoint::WeightsFile::open(&path).unwrap();
+        let mut all: Vec<(String, Vec<usize>, Vec<f64>)> = file
+            .names()
+            .iter()
+            .map(|n| {
+                let shape = file.shape(n).unwrap();
+                let v = file.read_f64(n, &shape.clone().into()).unwrap();
+                (n.clone(), shape, v)
+            })
+            .collect();
+        edit(&mut all);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = all
+            .into_iter()
+            .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        safetensors::tensor::serialize_to_file(views, None, &path).unwrap();
+    }
+
+    fn error(&self) -> String {
+        let ck = checkpoint();
+        match import_peft(self.dir.path(), &ck, &CpuBackend::f64()) {
+            Ok(_) => panic!("imported"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+#[test]
+fn what_spafit_cannot_represent_is_refused_naming_the_field() {
+    use serde_json::json;
+    let config_cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("use_dora", json!(true), "DoRA"),
+        ("use_rslora", json!(true), "rank-stabilized"),
+        ("fan_in_fan_out", json!(true), "fan-in-fan-out"),
+        ("rank_pattern", json!({"query": 4}), "per-module ranks"),
+        ("alpha_pattern", json!({"value": 32}), "per-module alphas"),
+        (
+            "layer_replication",
+            json!([[0, 4], [2, 6]]),
+            "replicated layers",
+        ),
+        ("lora_bias", json!(true), "bias on LoRA's B"),
+        ("peft_type", json!("IA3"), "LoRA adapters only"),
+        ("task_type", json!("CAUSAL_LM"), "SEQ_CLS"),
+        ("use_qalora", json!(true), "does not support"),
+        ("a_future_option", json!(3), "does not support"),
+        ("layers_pattern", json!("h"), "BERT's layers"),
+        ("target_modules", json!("(?=query).*"), "does not compile"),
+        ("target_modules", json!(["dense"]), "bert.pooler.dense"),
+        (
+            "target_modules",
+            json!(["word_embeddings", "query", "value"]),
+            "word_embeddings",
+        ),
+        ("r", json!(0), "positive rank"),
+    ];
+    for (field, value, needle) in config_cases {
+        let a = Edited::of("lora_qv");
+        a.config(|c| {
+            c.insert(field.to_string(), value.clone());
+        });
+        let e = a.error();
+        assert!(
+            e.contains(&format!("`{field}`")) || e.contains(needle),
+            "{field} = {value}: {e}"
+        );
+        assert!(e.contains(needle), "{field} = {value}: {e}");
+        println!("PEFT-REFUSED {field} = {value}: {e}");
+    }
+
+    // A regex that adapts other maps in other layers (the file agreeing with it).
+    let a = Edited::of("lora_qv");
+    a.config(|c| {
+        c.insert(
+            "target_modules".into(),
+            json!(r".*\.layer\.0\.attention\.self\.(query|value)|.*\.layer\.[1-5]\.attention\.self\.query"),
+        );
+    });
+    a.tensors(|t| t.retain(|(n, _, _)| n.contains("layer.0.") || !n.contains(".value.lora_")));
+    let e = a.error();
+    assert!(
+        e.contains("`target_modules`") && e.contains("same targets in every adapted layer"),
+        "{e}"
+    );
+    println!("PEFT-REFUSED per-layer targets: {e}");
+
+    // Tensors that do not fit: a transposed lora_B, a missing one, one for a module the
+    // config does not target, a tensor the model does not have, no classifier.
+    let b_name = "base_model.model.bert.encoder.layer.2.attention.self.value.lora_B.weight";
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| {
+        let e = t.iter_mut().find(|(n, _, _)| n == b_name).unwrap();
+        e.1.reverse();
+    });
+    let e = a.error();
+    assert!(e.contains(b_name) && e.contains("[8, 384]"), "{e}");
+
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| t.retain(|(n, _, _)| n != b_name));
+    let e = a.error();
+    assert!(e.contains("lora_B.weight` is missing"), "{e}");
+
+    let a = Edited::of("lora_qv");
+    a.config(|c| {
+        c.insert("target_modules".into(), json!(["query"]));
+    });
+    let e = a.error();
+    assert!(e.contains("value") && e.contains("does not select"), "{e}");
+
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| {
+        t.push((
+            "base_model.model.bert.encoder.layer.9.output.dense.bias".into(),
+            vec![384],
+            vec![0.0; 384],
+        ))
+    });
+    let e = a.error();
+    assert!(
+        e.contains("layer.9.output.dense.bias") && e.contains("not a parameter"),
+        "{e}"
+    );
+
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| t.retain(|(n, _, _)| !n.contains("classifier")));
+    let e = a.error();
+    assert!(
+        e.contains("classifier") && e.contains("modules_to_save"),
+        "{e}"
+    );
+
+    let a = Edited::of("lora_qv");
+    std::fs::write(
+        a.path().join("adapter_config.json"),
+        "{\n  \"r\": 8,\n  oops\n}",
+    )
+    .unwrap();
+    let e = a.error();
+    assert!(
+        e.contains("adapter_config.json") && e.contains("line 3"),
+        "{e}"
+    );
+
+    let a = Edited::of("lora_qv");
+    std::fs::remove_file(a.path().join("adapter_model.safetensors")).unwrap();
+    std::fs::write(a.path().join("adapter_model.bin"), b"pickle").unwrap();
+    let e = a.error();
+    assert!(e.contains("safe_serialization"), "{e}");
+
+    // A directory with neither format.
+    let empty = tempfile::tempdir().unwrap();
+    let e = open_adapter(empty.path(), &checkpoint(), &CpuBackend::f64())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("adapter.json") && e.contains("adapter_config.json"),
+        "{e}"
+    );
+    assert!(matches!(
+        open_adapter(
+            &empty.path().join("nope"),
+            &checkpoint(),
+            &CpuBackend::f64()
+        ),
+        Err(Error::Io { .. })
+    ));
+}
