@@ -424,7 +424,7 @@ pub fn adamw(s: &AdamWStep) -> Result<()> {
             "weight_decay must be ≥ 0 and finite, got {}",
             s.weight_decay
         ))
-    } else if s.step == 0 || s.step > i32::MAX as u64 {
+    } else if s.step == 0 {
         Some(format!("step counts from 1, got {}", s.step))
     } else {
         None
