@@ -23,6 +23,8 @@ pub struct BenchReport {
     pub steps: usize,
     /// Median milliseconds per step (forward, backward, AdamW).
     pub ms_per_step: f64,
+    /// Fastest timed step: the least disturbed by other work on a shared machine.
+    pub ms_per_step_min: f64,
     /// `batch / step time`.
     pub samples_per_s: f64,
     /// `batch · seq_len / step time`.
@@ -110,6 +112,7 @@ pub fn bench_train_step<B: Backend>(
         seq_len,
         steps,
         ms_per_step: median * 1e3,
+        ms_per_step_min: times.first().copied().unwrap_or(f64::NAN) * 1e3,
         samples_per_s: batch as f64 / median,
         tokens_per_s: (batch * seq_len) as f64 / median,
         peak_mem_mib: peak_resident_mib(),

@@ -4,7 +4,25 @@ mod cli;
 
 use clap::Parser;
 
+/// Keeps freed activation buffers in the heap instead of returning them to the kernel: a
+/// training step allocates and frees the same large buffers every step, and with glibc's
+/// defaults each one comes back as fresh pages to fault in and zero (5–10% of a CPU step on
+/// all-MiniLM-L6-v2). Peak memory does not grow: the same buffers are reused.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // glibc caps the mmap threshold at 32 MiB on 64-bit; larger blocks still use mmap.
+    const M_TRIM_THRESHOLD: libc::c_int = -1;
+    const M_MMAP_THRESHOLD: libc::c_int = -3;
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
 fn main() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    keep_freed_memory();
     if let Err(e) = cli::Cli::parse().run() {
         eprintln!("spafit: {e}");
         std::process::exit(1);

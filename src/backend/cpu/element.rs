@@ -80,6 +80,10 @@ pub trait Element:
     fn slice_mut(buf: &mut CpuBuffer) -> Option<&mut [Self]>;
     /// Wraps a vector as a buffer.
     fn wrap(v: Vec<Self>) -> CpuBuffer;
+    /// `out = x·Φ(x)`, BERT's exact GELU.
+    fn gelu_block(x: &[Self], out: &mut [Self]);
+    /// `out = dy·(Φ(x) + x·φ(x))`.
+    fn gelu_backward_block(dy: &[Self], x: &[Self], out: &mut [Self]);
     /// `c = alpha·a·b + beta·c` on raw strided matrices (see [`super::gemm`]).
     ///
     /// # Safety
@@ -104,7 +108,7 @@ pub trait Element:
 }
 
 macro_rules! impl_element {
-    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $erf:path) => {
+    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $erf:path, $gelu:path, $gelu_backward:path) => {
         impl Element for $t {
             const DTYPE: DType = $dtype;
             const ZERO: Self = 0.0;
@@ -156,6 +160,12 @@ macro_rules! impl_element {
             fn wrap(v: Vec<Self>) -> CpuBuffer {
                 CpuBuffer::$variant(v)
             }
+            fn gelu_block(x: &[Self], out: &mut [Self]) {
+                $gelu(x, out)
+            }
+            fn gelu_backward_block(dy: &[Self], x: &[Self], out: &mut [Self]) {
+                $gelu_backward(dy, x, out)
+            }
             unsafe fn gemm_raw(
                 m: usize,
                 k: usize,
@@ -178,5 +188,23 @@ macro_rules! impl_element {
     };
 }
 
-impl_element!(f32, F32, DType::F32, matrixmultiply::sgemm, libm::erff);
-impl_element!(f64, F64, DType::F64, matrixmultiply::dgemm, libm::erf);
+// f32's GELU is the vectorized one (within an ulp of the rounded exact value); f64, the
+// reference, keeps libm's erf.
+impl_element!(
+    f32,
+    F32,
+    DType::F32,
+    matrixmultiply::sgemm,
+    libm::erff,
+    super::gelu::gelu_f32,
+    super::gelu::gelu_backward_f32
+);
+impl_element!(
+    f64,
+    F64,
+    DType::F64,
+    matrixmultiply::dgemm,
+    libm::erf,
+    super::elementwise::gelu_with_erf,
+    super::elementwise::gelu_backward_with_erf
+);

@@ -6,53 +6,63 @@ use crate::rng;
 
 const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 
-/// Below this many elements a second thread costs more than it saves.
-const PARALLEL_MIN: usize = 1 << 16;
+/// Elements per parallel task: big enough that scheduling is noise, small enough that two
+/// cores share a 1.5M-element activation evenly.
+const BLOCK: usize = 1 << 14;
 
-/// `out[i] = f(i)` for every `i`, split over the available cores. Each element is computed on
-/// its own, so the result is the same bits whatever the split.
-fn map_indexed<T: Element>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+/// `out[range] = f(range)` over fixed blocks of the output, on the shared thread pool. Each
+/// element is computed on its own, so the result is the same bits whatever the split.
+fn map_blocks<T: Element>(n: usize, f: impl Fn(std::ops::Range<usize>, &mut [T]) + Sync) -> Vec<T> {
+    use rayon::prelude::*;
     let mut out = vec![T::ZERO; n];
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    if n < PARALLEL_MIN || threads < 2 {
-        for (i, v) in out.iter_mut().enumerate() {
-            *v = f(i);
-        }
-        return out;
-    }
-    let chunk = n.div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (k, part) in out.chunks_mut(chunk).enumerate() {
-            let f = &f;
-            scope.spawn(move || {
-                for (j, v) in part.iter_mut().enumerate() {
-                    *v = f(k * chunk + j);
-                }
-            });
-        }
+    out.par_chunks_mut(BLOCK).enumerate().for_each(|(b, part)| {
+        let start = b * BLOCK;
+        f(start..start + part.len(), part)
     });
     out
+}
+
+/// `out[i] = f(i)` for every `i`, over [`map_blocks`].
+fn map_indexed<T: Element>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    map_blocks(n, |range, out| {
+        for (v, i) in out.iter_mut().zip(range) {
+            *v = f(i);
+        }
+    })
 }
 /// `1 / sqrt(2π)`.
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 /// `x · Φ(x)` with `Φ(x) = (1 + erf(x/√2)) / 2` (BERT's exact GELU, not the tanh fit).
 pub fn gelu<T: Element>(x: &[T]) -> Vec<T> {
-    let half = T::from_f64(0.5);
-    let c = T::from_f64(FRAC_1_SQRT_2);
-    map_indexed(x.len(), |i| half * x[i] * (T::ONE + (x[i] * c).erf()))
+    map_blocks(x.len(), |range, out| T::gelu_block(&x[range], out))
 }
 
 /// `dy · (Φ(x) + x·φ(x))`.
 pub fn gelu_backward<T: Element>(dy: &[T], x: &[T]) -> Vec<T> {
+    map_blocks(x.len(), |range, out| {
+        T::gelu_backward_block(&dy[range.clone()], &x[range], out)
+    })
+}
+
+/// [`gelu`] one element at a time with the type's `erf` (the f64 reference).
+pub fn gelu_with_erf<T: Element>(x: &[T], out: &mut [T]) {
+    let half = T::from_f64(0.5);
+    let c = T::from_f64(FRAC_1_SQRT_2);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = half * v * (T::ONE + (v * c).erf());
+    }
+}
+
+/// [`gelu_backward`] one element at a time with the type's `erf` (the f64 reference).
+pub fn gelu_backward_with_erf<T: Element>(dy: &[T], x: &[T], out: &mut [T]) {
     let half = T::from_f64(0.5);
     let c = T::from_f64(FRAC_1_SQRT_2);
     let pdf = T::from_f64(FRAC_1_SQRT_2PI);
-    map_indexed(x.len(), |i| {
-        let v = x[i];
+    for ((o, &g), &v) in out.iter_mut().zip(dy).zip(x) {
         let cdf = half * (T::ONE + (v * c).erf());
-        dy[i] * (cdf + v * pdf * (-half * v * v).exp())
-    })
+        *o = g * (cdf + v * pdf * (-half * v * v).exp());
+    }
 }
 
 /// `tanh(x)`.

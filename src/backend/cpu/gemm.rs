@@ -1,8 +1,11 @@
 //! A safe, strided GEMM over `matrixmultiply`'s packed SIMD kernels.
 //!
 //! Strides make every transpose free: `x·Wᵀ` reads `W` with swapped strides, and one head of
-//! attention is a column window of the `[rows, hidden]` activations. Threads split the output
-//! only, so results are bitwise deterministic.
+//! attention is a column window of the `[rows, hidden]` activations. Large products are split
+//! into blocks of output rows (or columns) on the shared rayon pool — the one pool every CPU
+//! op uses, so no second set of threads spins while it works. Each block is a whole
+//! `matrixmultiply` call over the full `K`, and an element's value does not depend on which
+//! block it falls in: results are bitwise the same for any number of threads.
 
 use super::element::Element;
 
@@ -89,27 +92,94 @@ pub fn gemm<T: Element>(
     if lc.rows == 0 || lc.cols == 0 {
         return;
     }
-    // SAFETY: every addressed element is in bounds (checked above); `c` is a unique borrow,
-    // so it cannot alias `a` or `b`.
-    unsafe {
-        T::gemm_raw(
-            la.rows,
-            la.cols,
-            lb.cols,
-            alpha,
-            a.as_ptr().add(la.offset),
-            la.row_stride as isize,
-            la.col_stride as isize,
-            b.as_ptr().add(lb.offset),
-            lb.row_stride as isize,
-            lb.col_stride as isize,
-            beta,
-            c.as_mut_ptr().add(lc.offset),
-            lc.row_stride as isize,
-            lc.col_stride as isize,
-        );
+    assert!(
+        lc.col_stride >= 1
+            && (lc.row_stride >= lc.cols * lc.col_stride
+                || lc.col_stride >= lc.rows * lc.row_stride),
+        "gemm: the output layout {lc:?} overlaps itself"
+    );
+    let (m, k, n) = (la.rows, la.cols, lb.cols);
+    let threads = rayon::current_num_threads();
+    let split_rows = m >= n;
+    let along = if split_rows { m } else { n };
+    // Below ~1M multiply-adds a second thread costs more than it saves.
+    let parts = if m * n * k < (1 << 20) || threads < 2 {
+        1
+    } else {
+        threads.min(along / SPLIT_ALIGN).max(1)
+    };
+    let block = along.div_ceil(parts).next_multiple_of(SPLIT_ALIGN);
+    let ptrs = Pointers {
+        a: a.as_ptr(),
+        b: b.as_ptr(),
+        c: c.as_mut_ptr(),
+    };
+    let run = |start: usize| {
+        let len = block.min(along - start);
+        let (ma, nb) = if split_rows { (len, n) } else { (m, len) };
+        let (ao, bo, co) = if split_rows {
+            (
+                la.offset + start * la.row_stride,
+                lb.offset,
+                lc.offset + start * lc.row_stride,
+            )
+        } else {
+            (
+                la.offset,
+                lb.offset + start * lb.col_stride,
+                lc.offset + start * lc.col_stride,
+            )
+        };
+        let p = &ptrs;
+        // SAFETY: every addressed element is in bounds (checked above for the whole product,
+        // and a block is a sub-range of it). Blocks write disjoint rows (or columns) of `c`,
+        // whose layout does not overlap itself (checked), and `c` is a unique borrow, so it
+        // aliases neither `a` nor `b`.
+        unsafe {
+            T::gemm_raw(
+                ma,
+                k,
+                nb,
+                alpha,
+                p.a.add(ao),
+                la.row_stride as isize,
+                la.col_stride as isize,
+                p.b.add(bo),
+                lb.row_stride as isize,
+                lb.col_stride as isize,
+                beta,
+                p.c.add(co),
+                lc.row_stride as isize,
+                lc.col_stride as isize,
+            );
+        }
+    };
+    if parts == 1 {
+        run(0);
+    } else {
+        use rayon::prelude::*;
+        (0..along)
+            .step_by(block)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(run);
     }
 }
+
+/// Blocks of a split product start at multiples of this (the kernels' tile edges).
+const SPLIT_ALIGN: usize = 16;
+
+/// The operands' addresses, shared by the blocks of one product.
+struct Pointers<T> {
+    a: *const T,
+    b: *const T,
+    c: *mut T,
+}
+
+// SAFETY: the blocks read `a` and `b` and write disjoint parts of `c` (see `gemm`), and the
+// borrows behind these pointers outlive the parallel loop that uses them.
+unsafe impl<T: Send> Send for Pointers<T> {}
+unsafe impl<T: Sync> Sync for Pointers<T> {}
 
 #[cfg(test)]
 mod tests {
@@ -142,6 +212,64 @@ mod tests {
                 let want = 2.0 * s + 3.0 * 0.5;
                 assert!((c[i * 4 + j] - want).abs() < 1e-12, "c[{i},{j}]");
             }
+        }
+    }
+
+    /// Splitting a product over threads changes no bit: shapes that split along rows and
+    /// along columns, transposed operands, a strided output window, beta ≠ 0, f32 and f64.
+    #[test]
+    fn any_thread_count_gives_the_same_bits() {
+        fn case<T: Element>(m: usize, k: usize, n: usize, transpose_a: bool) {
+            let a: Vec<T> = (0..m * k)
+                .map(|i| T::from_f64(((i * 7919) % 1009) as f64 * 1e-3 - 0.5))
+                .collect();
+            let b: Vec<T> = (0..k * n)
+                .map(|i| T::from_f64(((i * 104_729) % 997) as f64 * 1e-3 - 0.5))
+                .collect();
+            let la = if transpose_a {
+                Layout::row_major(k, m).t()
+            } else {
+                Layout::row_major(m, k)
+            };
+            // The output: a window of a wider buffer.
+            let lc = Layout::window(3, m, n, n + 5);
+            let product = |threads: usize| {
+                let mut c: Vec<T> = (0..m * (n + 5) + 3)
+                    .map(|i| T::from_f64(i as f64 * 1e-4))
+                    .collect();
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        gemm(
+                            T::from_f64(0.75),
+                            &a,
+                            la,
+                            &b,
+                            Layout::row_major(k, n),
+                            T::from_f64(0.5),
+                            &mut c,
+                            lc,
+                        )
+                    });
+                c
+            };
+            let one = product(1);
+            for threads in [2, 3, 5] {
+                let c = product(threads);
+                assert!(
+                    one.iter()
+                        .zip(&c)
+                        .all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()),
+                    "{m}x{k}x{n} transposed {transpose_a}: {threads} threads differ"
+                );
+            }
+        }
+        for transpose_a in [false, true] {
+            case::<f32>(1024, 384, 96, transpose_a);
+            case::<f32>(40, 1536, 1000, transpose_a);
+            case::<f64>(300, 200, 50, transpose_a);
         }
     }
 }

@@ -1,6 +1,12 @@
-//! Layernorm over the last dimension on the CPU, one row at a time, two-pass statistics.
+//! Layernorm over the last dimension on the CPU: rows in parallel, each row on its own with
+//! two-pass statistics (so the bits do not depend on the number of threads).
+
+use rayon::prelude::*;
 
 use super::element::Element;
+
+/// Rows per parallel task.
+const ROWS_PER_TASK: usize = 32;
 
 /// Returns `(y, mean, rstd)`.
 pub fn forward<T: Element>(
@@ -15,23 +21,30 @@ pub fn forward<T: Element>(
     let mut y = vec![T::ZERO; x.len()];
     let mut mean = vec![T::ZERO; rows];
     let mut rstd = vec![T::ZERO; rows];
-    for (r, (xr, yr)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).enumerate() {
-        let mut s = T::ZERO;
-        for &v in xr {
-            s += v;
-        }
-        let mu = s * inv_n;
-        let mut var = T::ZERO;
-        for &v in xr {
-            var += (v - mu) * (v - mu);
-        }
-        let rs = T::ONE / (var * inv_n + eps).sqrt();
-        for j in 0..n {
-            yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
-        }
-        mean[r] = mu;
-        rstd[r] = rs;
-    }
+    let task = ROWS_PER_TASK * n;
+    y.par_chunks_mut(task)
+        .zip(x.par_chunks(task))
+        .zip(mean.par_chunks_mut(ROWS_PER_TASK))
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .for_each(|(((y, x), mean), rstd)| {
+            for (r, (xr, yr)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).enumerate() {
+                let mut s = T::ZERO;
+                for &v in xr {
+                    s += v;
+                }
+                let mu = s * inv_n;
+                let mut var = T::ZERO;
+                for &v in xr {
+                    var += (v - mu) * (v - mu);
+                }
+                let rs = T::ONE / (var * inv_n + eps).sqrt();
+                for j in 0..n {
+                    yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
+                }
+                mean[r] = mu;
+                rstd[r] = rs;
+            }
+        });
     (y, mean, rstd)
 }
 
@@ -62,26 +75,25 @@ pub fn grad_input<T: Element>(
 ) -> Vec<T> {
     let inv_n = T::ONE / T::from_f64(n as f64);
     let mut dx = vec![T::ZERO; x.len()];
-    for (r, ((dyr, xr), dxr)) in dy
-        .chunks_exact(n)
-        .zip(x.chunks_exact(n))
-        .zip(dx.chunks_exact_mut(n))
+    dx.par_chunks_mut(n)
         .enumerate()
-    {
-        let (mu, rs) = (mean[r], rstd[r]);
-        let mut mean_g = T::ZERO;
-        let mut mean_gx = T::ZERO;
-        for j in 0..n {
-            let g = dyr[j] * gamma[j];
-            mean_g += g;
-            mean_gx += g * (xr[j] - mu) * rs;
-        }
-        mean_g = mean_g * inv_n;
-        mean_gx = mean_gx * inv_n;
-        for j in 0..n {
-            let xhat = (xr[j] - mu) * rs;
-            dxr[j] = rs * (dyr[j] * gamma[j] - mean_g - xhat * mean_gx);
-        }
-    }
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(r, dxr)| {
+            let (dyr, xr) = (&dy[r * n..(r + 1) * n], &x[r * n..(r + 1) * n]);
+            let (mu, rs) = (mean[r], rstd[r]);
+            let mut mean_g = T::ZERO;
+            let mut mean_gx = T::ZERO;
+            for j in 0..n {
+                let g = dyr[j] * gamma[j];
+                mean_g += g;
+                mean_gx += g * (xr[j] - mu) * rs;
+            }
+            mean_g = mean_g * inv_n;
+            mean_gx = mean_gx * inv_n;
+            for j in 0..n {
+                let xhat = (xr[j] - mu) * rs;
+                dxr[j] = rs * (dyr[j] * gamma[j] - mean_g - xhat * mean_gx);
+            }
+        });
     dx
 }

@@ -9,6 +9,7 @@ mod attention;
 mod element;
 mod elementwise;
 mod embedding;
+mod gelu;
 pub mod gemm;
 mod layernorm;
 mod linear;

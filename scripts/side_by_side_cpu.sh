@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# PyTorch + PEFT beside `spafit bench` on this machine's CPU, alternating in ONE run with the
+# same work: all-MiniLM-L6-v2, batch 16, fixed lengths 64 and 256, dropout on, AdamW; full,
+# BitFit, LoRA (query, value) and SPAFIT (N1 2, N2 4, r 8, six maps). Two rounds; the table
+# ends with the speed ratio (PyTorch ms / spafit ms: above 1 means spafit is faster).
+#
+# usage: scripts/side_by_side_cpu.sh [VENV]   (default .cache/torchenv; it needs torch,
+# transformers and peft, and is created with them when missing: about 5 GB, not part of CI)
+# env: STEPS (5), WARMUP (2), ROUNDS (2), LENGTHS ("64 256"), METHODS ("full bitfit lora spafit")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-.cache/torchenv}
+steps=${STEPS:-5}; warmup=${WARMUP:-2}; rounds=${ROUNDS:-2}
+lengths=${LENGTHS:-"64 256"}; methods=${METHODS:-"full bitfit lora spafit"}
+model=.cache/models/all-MiniLM-L6-v2
+threads=$(nproc)
+
+if ! "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null; then
+    echo "creating $venv (torch 2.15 CPU, transformers 5.24, peft 0.21.2) ..." >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu "torch==2.15.*" \
+        || "$venv/bin/pip" install -q "torch==2.15.*"
+    "$venv/bin/pip" install -q "transformers==5.24.*" "peft==0.21.2"
+fi
+scripts/fetch_assets.sh >/dev/null
+cargo build --release --quiet
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+echo "machine: $cpu, $threads cores; torch threads $threads; $(date -u +%FT%TZ)"
+
+results=$(mktemp)
+for round in $(seq "$rounds"); do
+    for len in $lengths; do
+        for method in $methods; do
+            t=$("$venv/bin/python" scripts/torch_peft_cpu_bench.py "$model" 16 "$len" "$steps" "$warmup" \
+                "$threads" 2 4 "$method" 2>/dev/null | sed -n 's/^TORCH //p')
+            s=$(target/release/spafit bench --model "$model" --method "$method" --n1 2 --n2 4 \
+                --batch-size 16 --seq-len "$len" --steps "$steps" --warmup "$warmup")
+            tm=$(echo "$t" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')
+            sm=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')
+            echo "$round $len $method $tm $sm" | tee -a "$results" >&2
+        done
+    done
+done
+python3 - "$results" <<'PY'
+import sys, collections
+rows = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    r, length, method, t, s = line.split()
+    rows.setdefault((int(length), method), []).append((float(t), float(s)))
+print("| batch × length | method | PyTorch + PEFT ms/step (rounds) | spafit ms/step (rounds) | speed ratio PyTorch/spafit |")
+print("|---|---|---|---|---|")
+for (length, method), v in rows.items():
+    ts = " / ".join(f"{t:.0f}" for t, _ in v)
+    ss = " / ".join(f"{s:.0f}" for _, s in v)
+    ratio = sum(t for t, _ in v) / sum(s for _, s in v)
+    print(f"| 16 × {length} | {method} | {ts} | {ss} | {ratio:.2f}× |")
+PY
+rm -f "$results"

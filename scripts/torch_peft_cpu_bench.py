@@ -1,0 +1,83 @@
+"""The PyTorch + PEFT side of the CPU side-by-side benchmark (scripts/side_by_side_cpu.sh):
+one fine-tuning step (forward, cross-entropy, backward, AdamW) of a real checkpoint under each
+method, in float32 on the CPU with `torch.set_num_threads(THREADS)` — the same work as
+`spafit bench --model MODEL --batch-size B --seq-len T --method M`:
+
+  full    every tensor trains
+  bitfit  every bias of the encoder (LayerNorm biases included) + the classifier
+  lora    r 8, alpha 16, dropout 0.1 on query and value of every layer (+ classifier)
+  spafit  layers [0, N1) frozen, [N1, N2) biases, [N2, L) biases + LoRA r 8, alpha 16,
+          dropout 0.1 on all six linear maps (+ classifier)
+
+Training mode (dropout on), random token ids (the first one [CLS]), every token real, two
+labels. Prints one JSON line per method prefixed `TORCH`; the step time is the median.
+usage: torch_peft_cpu_bench.py MODEL_DIR B T STEPS WARMUP THREADS N1 N2 METHOD...
+"""
+import json
+import sys
+import time
+
+import torch
+from transformers import BertForSequenceClassification
+
+SIX = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+
+
+def layer_of(name):
+    return int(name.split(".layer.")[1].split(".")[0])
+
+
+def model_for(path, method, n1, n2):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="sdpa")
+    layers = model.config.num_hidden_layers
+    if method == "bitfit":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("classifier") or (name.startswith("bert.encoder.") and name.endswith(".bias"))
+    elif method in ("lora", "spafit"):
+        from peft import LoraConfig, get_peft_model
+        targets, lora_layers = (["query", "value"], list(range(layers))) if method == "lora" else (SIX, list(range(n2, layers)))
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=targets,
+                                                 layers_to_transform=lora_layers, modules_to_save=["classifier"]))
+        if method == "spafit":
+            for name, p in model.named_parameters():
+                if name.endswith(".bias") and ".layer." in name and layer_of(name) >= n1:
+                    p.requires_grad = True
+    return model
+
+
+def bench(path, method, batch, seq, steps, warmup, n1, n2):
+    model = model_for(path, method, n1, n2).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(1000, model.config.vocab_size, (batch, seq), generator=g)
+    ids[:, 0] = 101
+    labels = torch.arange(batch) % 2
+
+    def step():
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    ms = times[len(times) // 2] * 1e3
+    line = {"method": method, "batch": batch, "seq_len": seq, "ms_per_step": round(ms, 3),
+            "trainable_params": sum(p.numel() for p in params), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+    print("TORCH " + json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    path, batch, seq, steps, warmup, threads, n1, n2 = sys.argv[1], *map(int, sys.argv[2:9])
+    torch.set_num_threads(threads)
+    for method in sys.argv[9:] or ["full", "bitfit", "lora", "spafit"]:
+        bench(path, method, batch, seq, steps, warmup, n1, n2)
