@@ -2,11 +2,11 @@
 //!
 //! libm's `erff` is scalar and branchy, and was the largest cost of a training step after the
 //! GEMMs. Here Φ comes from one smooth formula that vectorizes: for `z = |x|/√2`,
-//! `erfc(z) = t·e^(−z²)·P(t)` with `t = 1/(1 + z/2)` and `P` a degree-13 polynomial fitted by
+//! `erfc(z) = t·e^(−z²)·P(t)` with `t = 1/(1 + z/2)` and `P` a degree-11 polynomial fitted by
 //! relative least squares to `erfc(z)·e^(z²)/t` on `z ∈ [0, 10]` (relative error of `erfc`
-//! below 2e-11 there; `erfc(10)` is already far below f32's smallest number). It is evaluated
+//! below 4e-10 there; `erfc(10)` is already far below f32's smallest number). It is evaluated
 //! in f64 and rounded once to f32: every GELU value is within one f32 ulp of the correctly
-//! rounded one (over 99.9% of a dense grid on [−12, 12] are exactly it). Plain multiplies and
+//! rounded one (99.89% of a dense grid on [−12, 12] are exactly it). Plain multiplies and
 //! adds, no FMA, so the scalar and AVX2 builds of the loop give the same bits.
 
 use std::f64::consts::FRAC_1_SQRT_2;
@@ -15,21 +15,19 @@ use std::f64::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 /// `P(t)`'s coefficients, lowest degree first.
-const ERFC_P: [f64; 14] = [
-    0.282_094_934_486_735_8,
-    0.282_091_633_498_114_7,
-    0.246_848_518_089_516_74,
-    0.176_539_721_595_786_24,
-    0.079_558_247_570_769_44,
-    0.028_005_555_003_019_55,
-    -0.210_984_090_609_305_73,
-    0.440_191_848_789_130_65,
-    -1.092_585_070_087_702_2,
-    1.680_949_333_437_195_2,
-    -1.505_668_827_928_270_2,
-    0.799_672_049_079_836,
-    -0.237_363_731_502_590_44,
-    0.030_649_878_607_009_15,
+const ERFC_P: [f64; 12] = [
+    0.282_099_080_808_719_54,
+    0.281_960_921_611_129_46,
+    0.248_680_199_431_308_8,
+    0.161_426_353_531_880_45,
+    0.161_549_290_791_537_8,
+    -0.281_204_255_202_164_35,
+    0.624_224_197_454_272_4,
+    -1.198_512_579_427_388_5,
+    1.246_927_454_835_798_3,
+    -0.723_635_879_263_544_7,
+    0.226_809_143_884_539_32,
+    -0.030_323_928_389_967_156,
 ];
 
 /// Elements evaluated together. The polynomials are long dependency chains; running each
@@ -39,7 +37,8 @@ const LANES: usize = 16;
 type Lanes = [f64; LANES];
 
 /// `e^y` lane by lane for `y ∈ [−700, 1]`: `y = k·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by
-/// its Taylor series to degree 12 (relative error ~2e-16), `2^k` built in the exponent bits.
+/// its Taylor series to degree 10 (relative error below 3e-13, far past what an f32 result
+/// needs), `2^k` built in the exponent bits.
 #[inline(always)]
 fn exp_lanes(y: &Lanes) -> Lanes {
     const LOG2_E: f64 = std::f64::consts::LOG2_E;
@@ -47,9 +46,7 @@ fn exp_lanes(y: &Lanes) -> Lanes {
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     // Adding 1.5·2⁵² rounds to an integer and leaves it in the low bits of the mantissa.
     const ROUND: f64 = 6_755_399_441_055_744.0;
-    const INVERSE_FACTORIALS: [f64; 12] = [
-        1.0 / 39_916_800.0,
-        1.0 / 3_628_800.0,
+    const INVERSE_FACTORIALS: [f64; 10] = [
         1.0 / 362_880.0,
         1.0 / 40_320.0,
         1.0 / 5_040.0,
@@ -68,7 +65,7 @@ fn exp_lanes(y: &Lanes) -> Lanes {
         let k = shifted[i] - ROUND;
         r[i] = (y[i] - k * LN2_HI) - k * LN2_LO;
     }
-    let mut p = [1.0 / 479_001_600.0; LANES];
+    let mut p = [1.0 / 3_628_800.0; LANES];
     for c in INVERSE_FACTORIALS {
         for i in 0..LANES {
             p[i] = p[i] * r[i] + c;
@@ -93,8 +90,8 @@ fn normal_cdf_pdf(x: &Lanes) -> (Lanes, Lanes) {
         t[i] = 1.0 / (1.0 + 0.5 * z[i]);
         minus_z2[i] = -(z[i] * z[i]);
     }
-    let mut p = [ERFC_P[13]; LANES];
-    for &c in ERFC_P[..13].iter().rev() {
+    let mut p = [ERFC_P[11]; LANES];
+    for &c in ERFC_P[..11].iter().rev() {
         for i in 0..LANES {
             p[i] = p[i] * t[i] + c;
         }
@@ -261,7 +258,7 @@ mod tests {
         assert!(worst_f <= 1, "forward {worst_f} ulp");
         assert!(worst_b <= 1.0, "backward {worst_b} roundings of its terms");
         assert!(
-            exact as f64 / xs.len() as f64 > 0.999,
+            exact as f64 / xs.len() as f64 > 0.998,
             "{exact} of {}",
             xs.len()
         );
