@@ -12,7 +12,6 @@ use super::element::Element;
 use super::gemm::{gemm, Layout};
 use crate::backend::shapes::AttentionDims;
 use crate::backend::Dropout;
-use crate::rng;
 
 use rayon::prelude::*;
 
@@ -63,12 +62,14 @@ fn scores<T: Element>(d: &AttentionDims, head: &Head, q: &[T], k: &[T], scale: T
 }
 
 /// Turns score rows into probabilities `exp(s − lse)` over the valid keys (0 elsewhere).
-/// With `lse_out` it computes the log-sum-exp; otherwise it reuses `lse_in`.
+/// With `lse_out` it computes the log-sum-exp; otherwise it reuses `lse_in`. `tmp` is scratch
+/// of one row.
 fn probabilities<T: Element>(
     s: &mut [T],
     valid: &[u32],
     lse_in: Option<&[T]>,
     lse_out: Option<&mut [T]>,
+    tmp: &mut Vec<T>,
 ) {
     let n = valid.len();
     let mut lse_out = lse_out;
@@ -84,10 +85,13 @@ fn probabilities<T: Element>(
                 }
                 let l = match max {
                     Some(m) => {
+                        tmp.clear();
+                        tmp.extend(row.iter().map(|&v| v - m));
+                        T::exp_block(tmp);
                         let mut sum = T::ZERO;
-                        for (j, &v) in row.iter().enumerate() {
+                        for (j, &e) in tmp.iter().enumerate() {
                             if valid[j] != 0 {
-                                sum += (v - m).exp();
+                                sum += e;
                             }
                         }
                         m + sum.ln()
@@ -101,27 +105,21 @@ fn probabilities<T: Element>(
                 l
             }
         };
+        for v in row.iter_mut() {
+            *v -= lse;
+        }
+        T::exp_block(row);
         for (j, v) in row.iter_mut().enumerate() {
-            *v = if valid[j] != 0 {
-                (*v - lse).exp()
-            } else {
-                T::ZERO
-            };
+            if valid[j] == 0 {
+                *v = T::ZERO;
+            }
         }
     }
 }
 
 /// Multiplies by the dropout mask scaled by `1/(1−p)`, in place.
 fn apply_dropout<T: Element>(m: &mut [T], counter: u64, dropout: &Dropout) {
-    let threshold = rng::drop_threshold(dropout.p);
-    let keep_scale = T::from_f64(1.0 / (1.0 - dropout.p));
-    for (i, v) in m.iter_mut().enumerate() {
-        *v = if rng::keeps(dropout.seed, counter + i as u64, threshold) {
-            *v * keep_scale
-        } else {
-            T::ZERO
-        };
-    }
+    super::dropout::apply_in_place(m, counter, dropout)
 }
 
 /// Returns the context `[batch·seq, hidden]` and the log-sum-exp `[batch, heads, seq]`.
@@ -139,12 +137,12 @@ pub fn forward<T: Element>(
     let per_head: Vec<(Vec<T>, Vec<T>)> = all
         .par_iter()
         .map_init(
-            || vec![T::ZERO; d.seq * d.seq],
-            |p, head| {
+            || (vec![T::ZERO; d.seq * d.seq], Vec::with_capacity(d.seq)),
+            |(p, tmp), head| {
                 scores(&d, head, q, k, scale, p);
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
                 let mut lse = vec![T::ZERO; d.seq];
-                probabilities(p, valid, None, Some(&mut lse));
+                probabilities(p, valid, None, Some(&mut lse), tmp);
                 if let Some(dr) = dropout {
                     apply_dropout(p, head.counter, dr);
                 }
@@ -178,6 +176,7 @@ struct BackwardScratch<T> {
     p: Vec<T>,
     p_dropped: Vec<T>,
     dp: Vec<T>,
+    row: Vec<T>,
 }
 
 /// Requested gradients of [`forward`] as `(dq, dk, dv)`.
@@ -207,13 +206,25 @@ pub fn backward<T: Element>(
                 p: vec![T::ZERO; d.seq * d.seq],
                 p_dropped: vec![T::ZERO; d.seq * d.seq],
                 dp: vec![T::ZERO; d.seq * d.seq],
+                row: Vec::with_capacity(d.seq),
             },
             |scratch, (idx, head)| {
-                let BackwardScratch { p, p_dropped, dp } = scratch;
+                let BackwardScratch {
+                    p,
+                    p_dropped,
+                    dp,
+                    row,
+                } = scratch;
                 let w = window(&d, head);
                 scores(&d, head, q, k, scale, p);
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
-                probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
+                probabilities(
+                    p,
+                    valid,
+                    Some(&lse[idx * d.seq..(idx + 1) * d.seq]),
+                    None,
+                    row,
+                );
                 let dv = want_dv.then(|| {
                     let pd: &[T] = match dropout {
                         Some(dr) => {

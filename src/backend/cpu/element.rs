@@ -80,6 +80,8 @@ pub trait Element:
     fn slice_mut(buf: &mut CpuBuffer) -> Option<&mut [Self]>;
     /// Wraps a vector as a buffer.
     fn wrap(v: Vec<Self>) -> CpuBuffer;
+    /// `x = e^x` in place.
+    fn exp_block(x: &mut [Self]);
     /// `out = x·Φ(x)`, BERT's exact GELU.
     fn gelu_block(x: &[Self], out: &mut [Self]);
     /// `out = dy·(Φ(x) + x·φ(x))`.
@@ -108,7 +110,7 @@ pub trait Element:
 }
 
 macro_rules! impl_element {
-    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $erf:path, $gelu:path, $gelu_backward:path) => {
+    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $erf:path, $exp_block:path, $gelu:path, $gelu_backward:path) => {
         impl Element for $t {
             const DTYPE: DType = $dtype;
             const ZERO: Self = 0.0;
@@ -160,6 +162,9 @@ macro_rules! impl_element {
             fn wrap(v: Vec<Self>) -> CpuBuffer {
                 CpuBuffer::$variant(v)
             }
+            fn exp_block(x: &mut [Self]) {
+                $exp_block(x)
+            }
             fn gelu_block(x: &[Self], out: &mut [Self]) {
                 $gelu(x, out)
             }
@@ -188,7 +193,14 @@ macro_rules! impl_element {
     };
 }
 
-// f32's GELU is the vectorized one (within an ulp of the rounded exact value); f64, the
+/// `x = e^x` one element at a time (the f64 reference).
+fn exp_each<T: Element>(x: &mut [T]) {
+    for v in x {
+        *v = v.exp();
+    }
+}
+
+// f32's GELU and exp are the vectorized ones (within an ulp of the rounded exact value); f64, the
 // reference, keeps libm's erf.
 impl_element!(
     f32,
@@ -196,8 +208,9 @@ impl_element!(
     DType::F32,
     matrixmultiply::sgemm,
     libm::erff,
-    super::gelu::gelu_f32,
-    super::gelu::gelu_backward_f32
+    super::fast_math::exp_f32,
+    super::fast_math::gelu_f32,
+    super::fast_math::gelu_backward_f32
 );
 impl_element!(
     f64,
@@ -205,6 +218,7 @@ impl_element!(
     DType::F64,
     matrixmultiply::dgemm,
     libm::erf,
+    exp_each::<f64>,
     super::elementwise::gelu_with_erf,
     super::elementwise::gelu_backward_with_erf
 );

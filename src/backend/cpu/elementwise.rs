@@ -2,7 +2,6 @@
 
 use super::element::Element;
 use crate::backend::Dropout;
-use crate::rng;
 
 const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
 
@@ -101,13 +100,8 @@ pub fn sum_squares<T: Element>(t: &[T]) -> f64 {
 
 /// `x ∘ keep / (1 − p)`, the mask drawn from `(seed, element index)`.
 pub fn dropout<T: Element>(x: &[T], d: &Dropout) -> Vec<T> {
-    let threshold = rng::drop_threshold(d.p);
-    let keep_scale = T::from_f64(1.0 / (1.0 - d.p));
-    map_indexed(x.len(), |i| {
-        if rng::keeps(d.seed, i as u64, threshold) {
-            x[i] * keep_scale
-        } else {
-            T::ZERO
-        }
+    map_blocks(x.len(), |range, out| {
+        out.copy_from_slice(&x[range.clone()]);
+        super::dropout::apply_in_place(out, range.start as u64, d);
     })
 }

@@ -6,10 +6,11 @@
 
 mod adamw;
 mod attention;
+mod dropout;
 mod element;
 mod elementwise;
 mod embedding;
-mod gelu;
+mod fast_math;
 pub mod gemm;
 mod layernorm;
 mod linear;

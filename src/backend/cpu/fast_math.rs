@@ -1,4 +1,8 @@
-//! BERT's exact GELU, `x·Φ(x)`, in f32 at the speed of vector code.
+//! f32 transcendentals at the speed of vector code: BERT's exact GELU `x·Φ(x)` and its
+//! derivative, and `e^x` for attention's softmax. Each is evaluated in f64 and rounded once.
+//!
+//! `e^x` is the same range reduction and series as [`exp_lanes`]: within an f32 ulp of the
+//! rounded exact value (libm's `expf` was, at 256 tokens, the largest cost of attention).
 //!
 //! libm's `erff` is scalar and branchy, and was the largest cost of a training step after the
 //! GEMMs. Here Φ comes from one smooth formula that vectorizes: for `z = |x|/√2`,
@@ -36,7 +40,7 @@ const ERFC_P: [f64; 12] = [
 const LANES: usize = 16;
 type Lanes = [f64; LANES];
 
-/// `e^y` lane by lane for `y ∈ [−700, 1]`: `y = k·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by
+/// `e^y` lane by lane for `y ∈ [−700, 89]`: `y = k·ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by
 /// its Taylor series to degree 10 (relative error below 3e-13, far past what an f32 result
 /// needs), `2^k` built in the exponent bits.
 #[inline(always)]
@@ -159,6 +163,42 @@ fn gelu_backward_loop(dy: &[f32], x: &[f32], out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
+fn exp_loop(x: &mut [f32]) {
+    let mut start = 0;
+    while start < x.len() {
+        let end = (start + LANES).min(x.len());
+        let mut v = widen(x, start, end);
+        for lane in v.iter_mut() {
+            // Below −700 the result is 0 in f32 anyway; NaN stays NaN (the comparison fails).
+            if *lane < -700.0 {
+                *lane = -700.0;
+            }
+        }
+        let e = exp_lanes(&v);
+        for (o, &y) in x[start..end].iter_mut().zip(&e) {
+            *o = y as f32;
+        }
+        start = end;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_avx2(x: &mut [f32]) {
+    exp_loop(x)
+}
+
+/// `x = e^x` in place, for `x ≤ 88` (softmax arguments are at most 0).
+pub fn exp_f32(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { exp_avx2(x) };
+    }
+    exp_loop(x)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn gelu_avx2(x: &[f32], out: &mut [f32]) {
@@ -269,6 +309,24 @@ mod tests {
             .iter()
             .zip(&fwd)
             .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    #[test]
+    fn exp_within_one_f32_ulp() {
+        let mut xs: Vec<f32> = (-1_000_000..=100_000).map(|i| i as f32 * 1e-4).collect();
+        let want: Vec<f32> = xs.iter().map(|&x| f64::from(x).exp() as f32).collect();
+        exp_f32(&mut xs);
+        let worst = xs
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| ulps(a, b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "{worst} ulp");
+        let mut specials = [-1e30f32, -800.0, 0.0, f32::NAN];
+        exp_f32(&mut specials);
+        assert_eq!(&specials[..3], &[0.0, 0.0, 1.0]);
+        assert!(specials[3].is_nan());
     }
 
     #[test]
