@@ -511,3 +511,50 @@ fn the_thread_count_changes_no_bit() {
         assert!(a == b, "{name} differs between 1 and 3 threads");
     }
 }
+
+#[test]
+fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let data = regression_data(40, None);
+    let tok = tokenizer(&ck);
+    let log = tmp.path().join("batches.jsonl");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let config = TrainConfig {
+        batch_log: Some(log.clone()),
+        ..tiny_config(&tmp.path().join("run"))
+    };
+    let report = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), report.steps);
+    let mut seen = vec![Vec::new(), Vec::new()];
+    for (k, line) in lines.iter().enumerate() {
+        assert_eq!(line["step"], k + 1);
+        let rows: Vec<usize> = serde_json::from_value(line["rows"].clone()).unwrap();
+        let ids: Vec<Vec<u32>> = serde_json::from_value(line["input_ids"].clone()).unwrap();
+        let labels: Vec<f64> = serde_json::from_value(line["labels"].clone()).unwrap();
+        assert_eq!((rows.len(), ids.len(), labels.len()), (8, 8, 8));
+        for ((&row, ids), label) in rows.iter().zip(&ids).zip(&labels) {
+            let example = &data.examples[row];
+            assert_eq!(
+                ids,
+                &tok.encode(example.input()).unwrap().ids,
+                "step {}",
+                k + 1
+            );
+            assert_eq!(Some(Target::Score(*label)), example.target);
+        }
+        seen[line["epoch"].as_u64().unwrap() as usize].extend(rows);
+    }
+    for epoch in &mut seen {
+        epoch.sort_unstable();
+        assert_eq!(*epoch, (0..40).collect::<Vec<_>>());
+    }
+}

@@ -8,7 +8,7 @@ use spafit::{Error, Result};
 use spafit::backend::Backend;
 
 use super::args::{on_backend, ModelArgs, PeftArgs};
-use super::train::{fit, setup, TrainArgs};
+use super::train::{default_lr, fit, setup, TrainArgs};
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.
 #[derive(Args, Debug)]
@@ -57,6 +57,7 @@ impl DemoCommand {
                 "task": "rotten_tomatoes", "method": self.peft.method,
                 "dev_accuracy": eval.metrics["accuracy"], "dev_f1": eval.metrics.get("f1"), "dev_loss": eval.loss,
                 "best_step": best_step, "steps": report.steps, "epochs": self.train.epochs,
+                "lr": self.train.lr.unwrap_or_else(|| default_lr(run.plan.method)),
                 "trainable_params": run.model.trainable_parameter_count(),
                 "train_seconds": report.train_seconds, "eval_seconds": eval.seconds,
                 "samples_per_s": report.samples_per_s, "tokens_per_s": report.tokens_per_s,

@@ -59,6 +59,10 @@ pub struct TrainArgs {
     /// Also export the best adapter in PEFT's format (LoRA and SPAFIT) to this directory.
     #[arg(long)]
     pub export_peft: Option<PathBuf>,
+    /// Write each step's examples (row indices, token ids, labels) as JSON lines to this
+    /// file, so another trainer can replay the same batches (scripts/side_by_side_demo.sh).
+    #[arg(long)]
+    pub write_batches: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -160,6 +164,7 @@ pub fn fit<B: Backend>(
         resume: args.resume,
         progress: !args.quiet,
         task,
+        batch_log: args.write_batches.clone(),
         ..TrainConfig::default()
     };
     eprintln!(

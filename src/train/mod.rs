@@ -1,6 +1,7 @@
 //! Fine-tuning: AdamW with warmup and linear decay, gradient clipping, length-bucketed
 //! batches, periodic evaluation, best-checkpoint keeping, `metrics.jsonl`, resumable state.
 
+mod batch_log;
 mod encoded;
 mod evaluate;
 mod optimizer;
@@ -10,6 +11,7 @@ mod run_state;
 mod schedule;
 mod trainer;
 
+pub use batch_log::BatchLog;
 pub use encoded::EncodedDataset;
 pub use evaluate::{evaluate, infer, predictions, Evaluation, ModelOutputs};
 pub use optimizer::{no_decay, AdamW};

@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::run_state::{self, NamedTensors, RunPosition, SavedBest, STATE_FILE};
-use super::{evaluate, AdamW, EncodedDataset, Evaluation, LinearSchedule, Progress};
+use super::{evaluate, AdamW, BatchLog, EncodedDataset, Evaluation, LinearSchedule, Progress};
 use crate::adapter::save_adapter;
 use crate::autograd::Tape;
 use crate::backend::Backend;
@@ -63,6 +63,8 @@ pub struct TrainConfig {
     pub progress: bool,
     /// GLUE task, for its metrics.
     pub task: Option<GlueTask>,
+    /// Write each step's examples here (see [`BatchLog`]), so another trainer can replay them.
+    pub batch_log: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -88,6 +90,7 @@ impl Default for TrainConfig {
             resume: false,
             progress: false,
             task: None,
+            batch_log: None,
         }
     }
 }
@@ -233,6 +236,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let plan = self.plan_run(tokenizer, train, dev)?;
         let progress = Progress::new(self.config.progress, self.config.log_every);
         let mut run = self.start_or_resume(&plan, &progress)?;
+        let mut batch_log = match &self.config.batch_log {
+            Some(path) => Some(BatchLog::open(path, self.config.resume)?),
+            None => None,
+        };
         while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
             let epoch = run.epoch;
             let batches = training_batches(
@@ -246,6 +253,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let lr = plan.schedule.lr(run.step);
                 let outcome = self.step(&plan, &mut run, rows, lr)?;
                 run.advance(batches.len());
+                if let Some(log) = &mut batch_log {
+                    log.write(run.step, epoch, rows, &plan.train)?;
+                }
                 let epoch_done = run.epoch != epoch || run.step == plan.total_steps;
                 self.record(&plan, &mut run, &outcome, rows.len(), epoch, lr, &progress)?;
                 self.evaluate_and_save_when_due(&plan, &mut run, epoch, epoch_done, &progress)?;

@@ -1,0 +1,75 @@
+//! A record of the batches a run trained on, one JSON line per optimizer step, so another
+//! trainer (PyTorch in `scripts/side_by_side_demo.sh`) can replay exactly the same work.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::EncodedDataset;
+use crate::data::Target;
+use crate::error::{Error, Result};
+
+/// Where each step's examples go: `{"step", "epoch", "rows", "input_ids", "token_type_ids",
+/// "labels"}`, token ids unpadded (the replaying side pads each batch to its longest row).
+pub struct BatchLog {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl BatchLog {
+    /// Starts the log at `path`; a resumed run appends to what the interrupted one wrote
+    /// (steps repeated since its last save then appear twice, the later line being the one
+    /// that counted).
+    pub fn open(path: &Path, resume: bool) -> Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(resume)
+            .write(true)
+            .truncate(!resume)
+            .open(path)
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(BatchLog {
+            path: path.to_path_buf(),
+            out: BufWriter::new(file),
+        })
+    }
+
+    /// Appends step `step` (1-based) of epoch `epoch`, examples `rows` of `data`, and flushes
+    /// so a killed run leaves whole lines.
+    pub fn write(
+        &mut self,
+        step: usize,
+        epoch: usize,
+        rows: &[usize],
+        data: &EncodedDataset,
+    ) -> Result<()> {
+        let texts = rows.iter().map(|&i| &data.texts[i]);
+        let labels: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|&i| match data.targets[i] {
+                Some(Target::Class(c)) => json!(c),
+                Some(Target::Score(s)) => json!(s),
+                None => serde_json::Value::Null,
+            })
+            .collect();
+        let line = json!({
+            "step": step,
+            "epoch": epoch,
+            "rows": rows,
+            "input_ids": texts.clone().map(|t| &t.ids).collect::<Vec<_>>(),
+            "token_type_ids": texts.map(|t| &t.type_ids).collect::<Vec<_>>(),
+            "labels": labels,
+        });
+        writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
