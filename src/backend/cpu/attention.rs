@@ -61,38 +61,51 @@ fn scores<T: Element>(d: &AttentionDims, head: &Head, q: &[T], k: &[T], scale: T
     );
 }
 
-/// Turns score rows into probabilities `exp(s − lse)` over the valid keys (0 elsewhere).
-/// With `lse_out` it computes the log-sum-exp; otherwise it reuses `lse_in`. `tmp` is scratch
-/// of one row.
+/// Turns score rows into probabilities over the valid keys (0 elsewhere). Without `lse_in`,
+/// `p = e^(s − max) / Σ e^(s − max)`, one exponential per score, and the log-sum-exp
+/// `max + ln Σ` goes to `lse_out`; with it (the backward pass), `p = e^(s − lse)`, as flash
+/// attention recomputes them (equal to the forward's up to f32 rounding).
 fn probabilities<T: Element>(
     s: &mut [T],
     valid: &[u32],
     lse_in: Option<&[T]>,
     lse_out: Option<&mut [T]>,
-    tmp: &mut Vec<T>,
 ) {
     let n = valid.len();
+    let all_valid = valid.iter().all(|&v| v != 0);
     let mut lse_out = lse_out;
     for (i, row) in s.chunks_exact_mut(n).enumerate() {
-        let lse = match lse_in {
-            Some(l) => l[i],
-            None => {
-                let mut max: Option<T> = None;
-                for (j, &v) in row.iter().enumerate() {
-                    if valid[j] != 0 && max.is_none_or(|m| v > m) {
-                        max = Some(v);
-                    }
+        match lse_in {
+            Some(l) => {
+                for v in row.iter_mut() {
+                    *v -= l[i];
                 }
-                let l = match max {
+                T::exp_block(row);
+            }
+            None => {
+                let max = row
+                    .iter()
+                    .zip(valid)
+                    .filter(|&(_, &ok)| ok != 0)
+                    .map(|(&v, _)| v)
+                    .reduce(|m, v| if v > m { v } else { m });
+                let lse = match max {
                     Some(m) => {
-                        tmp.clear();
-                        tmp.extend(row.iter().map(|&v| v - m));
-                        T::exp_block(tmp);
-                        let mut sum = T::ZERO;
-                        for (j, &e) in tmp.iter().enumerate() {
-                            if valid[j] != 0 {
-                                sum += e;
-                            }
+                        for v in row.iter_mut() {
+                            *v -= m;
+                        }
+                        T::exp_block(row);
+                        let sum = if all_valid {
+                            row.iter().fold(T::ZERO, |acc, &e| acc + e)
+                        } else {
+                            row.iter()
+                                .zip(valid)
+                                .filter(|&(_, &ok)| ok != 0)
+                                .fold(T::ZERO, |acc, (&e, _)| acc + e)
+                        };
+                        let inverse = T::ONE / sum;
+                        for v in row.iter_mut() {
+                            *v = *v * inverse;
                         }
                         m + sum.ln()
                     }
@@ -100,18 +113,15 @@ fn probabilities<T: Element>(
                     None => T::ZERO,
                 };
                 if let Some(out) = lse_out.as_deref_mut() {
-                    out[i] = l;
+                    out[i] = lse;
                 }
-                l
             }
-        };
-        for v in row.iter_mut() {
-            *v -= lse;
         }
-        T::exp_block(row);
-        for (j, v) in row.iter_mut().enumerate() {
-            if valid[j] == 0 {
-                *v = T::ZERO;
+        if !all_valid {
+            for (v, &ok) in row.iter_mut().zip(valid) {
+                if ok == 0 {
+                    *v = T::ZERO;
+                }
             }
         }
     }
@@ -137,12 +147,12 @@ pub fn forward<T: Element>(
     let per_head: Vec<(Vec<T>, Vec<T>)> = all
         .par_iter()
         .map_init(
-            || (vec![T::ZERO; d.seq * d.seq], Vec::with_capacity(d.seq)),
-            |(p, tmp), head| {
+            || vec![T::ZERO; d.seq * d.seq],
+            |p, head| {
                 scores(&d, head, q, k, scale, p);
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
                 let mut lse = vec![T::ZERO; d.seq];
-                probabilities(p, valid, None, Some(&mut lse), tmp);
+                probabilities(p, valid, None, Some(&mut lse));
                 if let Some(dr) = dropout {
                     apply_dropout(p, head.counter, dr);
                 }
@@ -171,12 +181,13 @@ pub fn forward<T: Element>(
     (out, lse)
 }
 
-/// Scratch of one backward task: probabilities, dropped probabilities, their gradient.
+/// Scratch of one backward task: probabilities, dropped probabilities, their gradient, and
+/// the dropout mask (drawn once, used on both).
 struct BackwardScratch<T> {
     p: Vec<T>,
     p_dropped: Vec<T>,
     dp: Vec<T>,
-    row: Vec<T>,
+    keep: Vec<T>,
 }
 
 /// Requested gradients of [`forward`] as `(dq, dk, dv)`.
@@ -206,30 +217,33 @@ pub fn backward<T: Element>(
                 p: vec![T::ZERO; d.seq * d.seq],
                 p_dropped: vec![T::ZERO; d.seq * d.seq],
                 dp: vec![T::ZERO; d.seq * d.seq],
-                row: Vec::with_capacity(d.seq),
+                keep: Vec::new(),
             },
             |scratch, (idx, head)| {
                 let BackwardScratch {
                     p,
                     p_dropped,
                     dp,
-                    row,
+                    keep,
                 } = scratch;
                 let w = window(&d, head);
                 scores(&d, head, q, k, scale, p);
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
-                probabilities(
-                    p,
-                    valid,
-                    Some(&lse[idx * d.seq..(idx + 1) * d.seq]),
-                    None,
-                    row,
-                );
+                probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
+                // The mask scaled by 1/(1−p): `x·keep` has the bits of the mask applied to x.
+                if let Some(dr) = dropout {
+                    keep.clear();
+                    keep.resize(d.seq * d.seq, T::ONE);
+                    apply_dropout(keep, head.counter, dr);
+                }
                 let dv = want_dv.then(|| {
                     let pd: &[T] = match dropout {
-                        Some(dr) => {
-                            p_dropped.copy_from_slice(p);
-                            apply_dropout(p_dropped, head.counter, dr);
+                        Some(_) => {
+                            for ((o, &pv), &m) in
+                                p_dropped.iter_mut().zip(p.iter()).zip(keep.iter())
+                            {
+                                *o = pv * m;
+                            }
                             p_dropped
                         }
                         None => p,
@@ -245,8 +259,10 @@ pub fn backward<T: Element>(
                 let v =
                     v.expect("v is given whenever dq or dk is asked for (checked by the caller)");
                 gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, dp, tt);
-                if let Some(dr) = dropout {
-                    apply_dropout(dp, head.counter, dr);
+                if dropout.is_some() {
+                    for (g, &m) in dp.iter_mut().zip(keep.iter()) {
+                        *g = *g * m;
+                    }
                 }
                 for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
                     let mut dot = T::ZERO;

@@ -81,12 +81,55 @@ pub fn gemm<T: Element>(
     c: &mut [T],
     lc: Layout,
 ) {
+    // SAFETY: `c` is a unique borrow of `c.len()` initialized elements.
+    unsafe { gemm_into(alpha, a, la, b, lb, beta, c.as_mut_ptr(), c.len(), lc) }
+}
+
+/// `alpha·a·b` as a new row-major `[a rows, b cols]` matrix. It is not zero-filled first
+/// (a measurable share of a step was `memset`): with `beta = 0` the kernels write every
+/// element of `c` without reading it (matrixmultiply's contract, `K = 0` included).
+pub fn product<T: Element>(alpha: T, a: &[T], la: Layout, b: &[T], lb: Layout) -> Vec<T> {
+    let len = la.rows * lb.cols;
+    let mut c = Vec::with_capacity(len);
+    // SAFETY: `c` owns room for `len` elements and nothing else refers to it; `beta = 0`, so
+    // nothing is read from it and every element is written before `set_len`.
+    unsafe {
+        gemm_into(
+            alpha,
+            a,
+            la,
+            b,
+            lb,
+            T::ZERO,
+            c.as_mut_ptr(),
+            len,
+            Layout::row_major(la.rows, lb.cols),
+        );
+        c.set_len(len);
+    }
+    c
+}
+
+/// [`gemm`] into `c_len` elements at `c`, which must be valid for writes (and for reads
+/// unless `beta` is zero) and alias neither `a` nor `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into<T: Element>(
+    alpha: T,
+    a: &[T],
+    la: Layout,
+    b: &[T],
+    lb: Layout,
+    beta: T,
+    c: *mut T,
+    c_len: usize,
+    lc: Layout,
+) {
     assert!(
         la.cols == lb.rows && lc.rows == la.rows && lc.cols == lb.cols,
         "gemm: inconsistent layouts {la:?} {lb:?} {lc:?}"
     );
     assert!(
-        la.fits(a.len()) && lb.fits(b.len()) && lc.fits(c.len()),
+        la.fits(a.len()) && lb.fits(b.len()) && lc.fits(c_len),
         "gemm: layout out of bounds"
     );
     if lc.rows == 0 || lc.cols == 0 {
@@ -112,7 +155,7 @@ pub fn gemm<T: Element>(
     let ptrs = Pointers {
         a: a.as_ptr(),
         b: b.as_ptr(),
-        c: c.as_mut_ptr(),
+        c,
     };
     let run = |start: usize| {
         let len = block.min(along - start);
@@ -133,7 +176,7 @@ pub fn gemm<T: Element>(
         let p = &ptrs;
         // SAFETY: every addressed element is in bounds (checked above for the whole product,
         // and a block is a sub-range of it). Blocks write disjoint rows (or columns) of `c`,
-        // whose layout does not overlap itself (checked), and `c` is a unique borrow, so it
+        // whose layout does not overlap itself (checked), and the caller guarantees `c`
         // aliases neither `a` nor `b`.
         unsafe {
             T::gemm_raw(
