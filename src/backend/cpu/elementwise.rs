@@ -79,23 +79,37 @@ pub fn add<T: Element>(a: &[T], b: &[T]) -> Vec<T> {
     map_indexed(a.len(), |i| a[i] + b[i])
 }
 
-/// `acc += x`.
+/// `acc += x`, over fixed blocks on the shared pool.
 pub fn add_assign<T: Element>(acc: &mut [T], x: &[T]) {
-    for (a, &v) in acc.iter_mut().zip(x) {
-        *a += v;
-    }
+    use rayon::prelude::*;
+    acc.par_chunks_mut(BLOCK)
+        .zip(x.par_chunks(BLOCK))
+        .for_each(|(acc, x)| {
+            for (a, &v) in acc.iter_mut().zip(x) {
+                *a += v;
+            }
+        });
 }
 
-/// `t *= s`.
+/// `t *= s`, over fixed blocks on the shared pool.
 pub fn scale<T: Element>(t: &mut [T], s: T) {
-    for v in t {
-        *v = *v * s;
-    }
+    use rayon::prelude::*;
+    t.par_chunks_mut(BLOCK).for_each(|t| {
+        for v in t {
+            *v = *v * s;
+        }
+    });
 }
 
-/// `Σ t²` in f64, in order.
+/// `Σ t²` in f64: each fixed block of `t` summed in order, then the block sums in order, so
+/// the bits depend on the length alone, not on the number of threads.
 pub fn sum_squares<T: Element>(t: &[T]) -> f64 {
-    t.iter().map(|&v| v.to_f64() * v.to_f64()).sum()
+    use rayon::prelude::*;
+    let blocks: Vec<f64> = t
+        .par_chunks(BLOCK)
+        .map(|b| b.iter().map(|&v| v.to_f64() * v.to_f64()).sum())
+        .collect();
+    blocks.iter().sum()
 }
 
 /// `x ∘ keep / (1 − p)`, the mask drawn from `(seed, element index)`.
