@@ -136,6 +136,8 @@ impl TableSpec {
         let mut sink = RowSink::new(on_malformed);
         match TableFormat::from_path(path)? {
             format @ (TableFormat::Csv | TableFormat::Tsv) => {
+                let bytes = crate::text_file::read_bytes(path)?;
+                let mut lines = LineCounter::new(&bytes);
                 let mut reader = csv::ReaderBuilder::new()
                     .delimiter(if format == TableFormat::Csv {
                         b','
@@ -143,11 +145,7 @@ impl TableSpec {
                         b'\t'
                     })
                     .flexible(true)
-                    .from_path(path)
-                    .map_err(|e| Error::Format {
-                        path: path.clone(),
-                        detail: e.to_string(),
-                    })?;
+                    .from_reader(bytes.as_slice());
                 let line_one = |detail: String| Error::Format {
                     path: path.clone(),
                     detail: format!("line 1 (the header): {detail}"),
@@ -182,7 +180,7 @@ impl TableSpec {
                 for record in reader.byte_records() {
                     let (line, row) = match record {
                         Ok(r) => {
-                            let line = r.position().map_or(0, |p| p.line() as usize);
+                            let line = r.position().map_or(0, |p| lines.line_of(p.byte()));
                             let row = if r.len() != header.len() {
                                 Err(format!(
                                     "{} fields, the header has {}",
@@ -200,7 +198,7 @@ impl TableSpec {
                             (line, row)
                         }
                         Err(e) => (
-                            e.position().map_or(0, |p| p.line() as usize),
+                            e.position().map_or(0, |p| lines.line_of(p.byte())),
                             Err(e.to_string()),
                         ),
                     };
@@ -238,5 +236,43 @@ impl TableSpec {
             skipped: sink.skipped,
             source_lines: sink.lines,
         })
+    }
+}
+
+/// 1-based line numbers of the byte offsets where records start, counted forward through
+/// the file once (records come in order). The csv crate's own `Position::line` is one short
+/// in files with CRLF line ends, where a record's position is the `\n` left over from the
+/// previous `\r\n`; here line ends before the record's first byte are skipped, then the
+/// `\n`s before it counted.
+struct LineCounter<'a> {
+    bytes: &'a [u8],
+    counted_to: usize,
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        LineCounter {
+            bytes,
+            counted_to: 0,
+            line: 1,
+        }
+    }
+
+    fn line_of(&mut self, offset: u64) -> usize {
+        let mut start =
+            usize::try_from(offset).map_or(self.bytes.len(), |o| o.min(self.bytes.len()));
+        while start < self.bytes.len() && matches!(self.bytes[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        if start < self.counted_to {
+            (self.counted_to, self.line) = (0, 1);
+        }
+        self.line += self.bytes[self.counted_to..start]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        self.counted_to = start;
+        self.line
     }
 }
