@@ -480,6 +480,10 @@ fn csv_rows_know_their_line_with_lf_and_crlf_ends() {
         assert!(e.contains("line 7"), "{name}: {e}");
         let ds = spec.load(OnMalformed::Skip).unwrap();
         assert_eq!(ds.source_lines, vec![2, 4, 6], "{name}");
-        assert_eq!(ds.examples[1].text_a, format!("b first{end}b second"), "{name}");
+        assert_eq!(
+            ds.examples[1].text_a,
+            format!("b first{end}b second"),
+            "{name}"
+        );
     }
 }
