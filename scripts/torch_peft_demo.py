@@ -59,8 +59,9 @@ def main():
     steps = [json.loads(line) for line in open(batches_path)]
     model = model_for(path, method, n1, n2).train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    exempt = [p for n, p in named if n.endswith(".bias") or "LayerNorm" in n]
-    decayed = [p for n, p in named if not (n.endswith(".bias") or "LayerNorm" in n)]
+    no_decay = {n for n, _ in named if n.endswith(".bias") or "LayerNorm" in n}  # as spafit
+    exempt = [p for n, p in named if n in no_decay]
+    decayed = [p for n, p in named if n not in no_decay]
     optimizer = torch.optim.AdamW(
         [{"params": decayed, "weight_decay": 0.01}, {"params": exempt, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.999), eps=1e-8)

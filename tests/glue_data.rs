@@ -22,6 +22,20 @@ fn ex(a: &str, b: Option<&str>, t: Option<Target>) -> Example {
 
 const MNLI_HEAD: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
 
+/// A table with columns `text` and `label`, labels `0` and `1`.
+fn text_label_table(path: PathBuf) -> TableSpec {
+    TableSpec {
+        path,
+        text_column: "text".into(),
+        text_pair_column: None,
+        label_column: Some("label".into()),
+        kind: TaskKind::Classification {
+            labels: vec!["0".into(), "1".into()],
+        },
+        filter: None,
+    }
+}
+
 fn glue_dir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let r = d.path();
@@ -351,16 +365,7 @@ fn rows_that_are_not_utf8_name_the_line_or_are_skipped() {
     );
     // A blank line (skipped) first, so that the bad row is on line 3 here too.
     put("a.jsonl", b"\n{\"text\":\"good\",\"label\":1}\n{\"text\":\"bad \xe9\",\"label\":0}\n{\"text\":\"fine\",\"label\":1}\n");
-    let table = |file: &str| TableSpec {
-        path: r.join(file),
-        text_column: "text".into(),
-        text_pair_column: None,
-        label_column: Some("label".into()),
-        kind: TaskKind::Classification {
-            labels: vec!["0".into(), "1".into()],
-        },
-        filter: None,
-    };
+    let table = |file: &str| text_label_table(r.join(file));
     type Load<'a> = Box<dyn Fn(OnMalformed) -> spafit::Result<spafit::data::Dataset> + 'a>;
     let readers: Vec<(&str, &str, Load)> = vec![
         (
@@ -466,16 +471,7 @@ fn csv_rows_know_their_line_with_lf_and_crlf_ends() {
     for end in ["\n", "\r\n"] {
         let name = if end == "\n" { "lf.csv" } else { "crlf.csv" };
         write(d.path(), name, &(lines.join(end) + end));
-        let spec = TableSpec {
-            path: d.path().join(name),
-            text_column: "text".into(),
-            text_pair_column: None,
-            label_column: Some("label".into()),
-            kind: TaskKind::Classification {
-                labels: vec!["0".into(), "1".into()],
-            },
-            filter: None,
-        };
+        let spec = text_label_table(d.path().join(name));
         let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
         assert!(e.contains("line 7"), "{name}: {e}");
         let ds = spec.load(OnMalformed::Skip).unwrap();

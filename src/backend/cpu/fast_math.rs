@@ -367,11 +367,10 @@ mod avx2 {
         }
         let rest = groups.into_remainder();
         if !rest.is_empty() {
-            let n = rest.len();
-            let mut group = [0.0f32; 4];
-            group[..n].copy_from_slice(rest);
+            let mut group = padded_tail(rest);
             let v = load(&group);
             store(clamped_exp4(v), &mut group);
+            let n = rest.len();
             rest.copy_from_slice(&group[..n]);
         }
     }
