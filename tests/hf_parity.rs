@@ -509,3 +509,71 @@ fn spafit_keeps_less_than_lora_and_full_on_the_real_model() {
     );
     assert!(s.grad_bytes < f.grad_bytes);
 }
+
+/// The classifier runs its last layer on the `[CLS]` rows alone; the full last layer, with
+/// the same head, is the oracle: the same logits, loss and trainable gradients to f64
+/// rounding, from a tape that keeps less.
+#[test]
+fn the_classifier_last_layer_on_cls_rows_matches_the_full_layer() {
+    let case = fixture()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["method"] == "spafit")
+        .expect("a spafit case");
+    let file = fixture_file(&format!("{}.safetensors", case["name"].as_str().unwrap()));
+    let cpu = CpuBackend::f64();
+    let (model, input, labels) = build_case(&cpu, case, &file);
+
+    let mut trimmed = Tape::new(cpu);
+    let logits = model
+        .forward(&mut trimmed, &input, &mut DropoutPlan::eval())
+        .unwrap();
+    let loss = model.loss(&mut trimmed, &logits, &labels).unwrap();
+    let trimmed_saved = trimmed.stats().saved_activation_bytes;
+    let trimmed_logits = cpu.to_f64(logits.value()).unwrap();
+    let trimmed_loss = cpu.to_f64(loss.value()).unwrap();
+    let trimmed_grads = trimmed.backward(&loss).unwrap();
+
+    let mut full = Tape::new(cpu);
+    let mut dropouts = DropoutPlan::eval();
+    let out = model
+        .bert
+        .forward(&mut full, &input, &mut dropouts)
+        .unwrap();
+    let logits = model
+        .classifier
+        .forward(&mut full, &out.pooler_output, &mut dropouts)
+        .unwrap();
+    let loss = model.loss(&mut full, &logits, &labels).unwrap();
+    let full_saved = full.stats().saved_activation_bytes;
+    let e_logits = rel_err(&trimmed_logits, &cpu.to_f64(logits.value()).unwrap());
+    let e_loss = rel_err(&trimmed_loss, &cpu.to_f64(loss.value()).unwrap());
+    assert!(e_logits <= 1e-12, "logits {e_logits:e}");
+    assert!(e_loss <= 1e-12, "loss {e_loss:e}");
+    let full_grads = full.backward(&loss).unwrap();
+    assert_eq!(trimmed_grads.len(), full_grads.len());
+    let mut worst: f64 = 0.0;
+    for name in model.trainable_names() {
+        let want = cpu.to_f64(full_grads.get(&name).unwrap()).unwrap();
+        let ours = cpu.to_f64(trimmed_grads.get(&name).unwrap()).unwrap();
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = ours
+            .iter()
+            .zip(&want)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        // Relative to the tensor's largest entry: the key biases' gradients are zero up to
+        // rounding on both sides.
+        let e = diff / scale.max(1e-300);
+        assert!(scale < 1e-12 || e <= 1e-10, "gradient of {name}: {e:e}");
+        worst = worst.max(if scale < 1e-12 { 0.0 } else { e });
+    }
+    assert!(
+        trimmed_saved < full_saved,
+        "saved activations: [CLS] rows {trimmed_saved} vs full {full_saved}"
+    );
+    println!(
+        "CLS-ROWS logits {e_logits:.2e}, loss {e_loss:.2e}, {} gradients worst {worst:.2e}, saved activation bytes {trimmed_saved} vs {full_saved}",
+        trimmed_grads.len()
+    );
+}

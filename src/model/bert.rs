@@ -71,15 +71,7 @@ impl<B: Backend> BertModel<B> {
         input: &ModelInput<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<BertOutput<B>> {
-        if input.seq > self.config.max_position_embeddings {
-            return Err(Error::invalid(
-                "bert",
-                format!(
-                    "sequence length {} exceeds the model's {} positions",
-                    input.seq, self.config.max_position_embeddings
-                ),
-            ));
-        }
+        self.check_length(input)?;
         tape.set_scope("embeddings");
         let mut hidden = self.embeddings.forward(tape, input, dropouts)?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -94,6 +86,56 @@ impl<B: Backend> BertModel<B> {
             last_hidden_state: hidden,
             pooler_output,
         })
+    }
+
+    /// `tanh(W · h[CLS] + b)` `[batch, hidden]` alone, without the rest of the last hidden
+    /// state: the last layer runs only on the `[CLS]` rows (see
+    /// [`EncoderLayer::forward_at_rows`]), which a classifier's step spends a good part of
+    /// its multiply-adds on in [`BertModel::forward`] for rows nothing reads.
+    pub fn forward_pooled(
+        &self,
+        tape: &mut Tape<B>,
+        input: &ModelInput<B>,
+        dropouts: &mut DropoutPlan,
+    ) -> Result<Var<B>> {
+        self.check_length(input)?;
+        tape.set_scope("embeddings");
+        let mut hidden = self.embeddings.forward(tape, input, dropouts)?;
+        let mut first = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            tape.set_scope(&format!("layer.{i}"));
+            if i + 1 == self.layers.len() {
+                first = Some(layer.forward_at_rows(
+                    tape,
+                    &hidden,
+                    &input.attention_mask,
+                    dropouts,
+                    &input.first_tokens,
+                )?);
+            } else {
+                hidden = layer.forward(tape, &hidden, &input.attention_mask, dropouts)?;
+            }
+        }
+        tape.set_scope("pooler");
+        let first = match first {
+            Some(first) => first,
+            None => tape.embedding(&hidden, &input.first_tokens)?,
+        };
+        let pooled = self.pooler.forward(tape, &first, dropouts)?;
+        tape.tanh(&pooled)
+    }
+
+    fn check_length(&self, input: &ModelInput<B>) -> Result<()> {
+        if input.seq > self.config.max_position_embeddings {
+            return Err(Error::invalid(
+                "bert",
+                format!(
+                    "sequence length {} exceeds the model's {} positions",
+                    input.seq, self.config.max_position_embeddings
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Every parameter, in checkpoint order.

@@ -161,9 +161,9 @@ impl<B: Backend> BertClassifier<B> {
         input: &ModelInput<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
-        let out = self.bert.forward(tape, input, dropouts)?;
+        let pooler_output = self.bert.forward_pooled(tape, input, dropouts)?;
         tape.set_scope("classifier");
-        let pooled = tape.dropout(&out.pooler_output, dropouts.next_hidden())?;
+        let pooled = tape.dropout(&pooler_output, dropouts.next_hidden())?;
         self.classifier.forward(tape, &pooled, dropouts)
     }
 

@@ -172,6 +172,34 @@ impl<B: Backend> EncoderLayer<B> {
         mask: &Tensor<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
+        self.forward_rows(tape, x, mask, dropouts, None)
+    }
+
+    /// The layer's output at rows `rows` of `x` only (`[rows.len(), hidden]`). Every token
+    /// still serves as a key and value, but the attention output map, both LayerNorms and the
+    /// FFN — three quarters of the layer's multiply-adds — run on the kept rows alone: the
+    /// last layer of a classifier, whose pooler reads only the `[CLS]` rows. The kept rows
+    /// are the same numbers as in [`EncoderLayer::forward`]'s output, up to rounding, except
+    /// that dropout draws its masks over the smaller tensors.
+    pub fn forward_at_rows(
+        &self,
+        tape: &mut Tape<B>,
+        x: &Var<B>,
+        mask: &Tensor<B>,
+        dropouts: &mut DropoutPlan,
+        rows: &Tensor<B>,
+    ) -> Result<Var<B>> {
+        self.forward_rows(tape, x, mask, dropouts, Some(rows))
+    }
+
+    fn forward_rows(
+        &self,
+        tape: &mut Tape<B>,
+        x: &Var<B>,
+        mask: &Tensor<B>,
+        dropouts: &mut DropoutPlan,
+        rows: Option<&Tensor<B>>,
+    ) -> Result<Var<B>> {
         let q = self.query.forward(tape, x, dropouts)?;
         let k = self.key.forward(tape, x, dropouts)?;
         let v = self.value.forward(tape, x, dropouts)?;
@@ -182,9 +210,13 @@ impl<B: Backend> EncoderLayer<B> {
             dropout: dropouts.next_attention(),
         };
         let context = tape.attention(&q, &k, &v, mask, attention)?;
+        let (context, x) = match rows {
+            Some(rows) => (tape.embedding(&context, rows)?, tape.embedding(x, rows)?),
+            None => (context, x.clone()),
+        };
         let a = self.attention_output.forward(tape, &context, dropouts)?;
         let a = tape.dropout(&a, dropouts.next_hidden())?;
-        let a = tape.add(&a, x)?;
+        let a = tape.add(&a, &x)?;
         let h = self.attention_norm.forward(tape, &a)?;
         let f = self.intermediate.forward(tape, &h, dropouts)?;
         let f = tape.gelu(&f)?;
