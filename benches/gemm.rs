@@ -1,10 +1,13 @@
 //! CPU GEMM throughput through the backend's linear map (`y = x·Wᵀ`), the op every BERT
 //! layer spends its time in. Prints one JSON line per (dtype, size).
 //!
-//! `cargo bench --bench gemm` (sizes via `SPAFIT_BENCH_SIZES=512,1024`).
+//! `cargo bench --bench gemm` (sizes via `SPAFIT_BENCH_SIZES=512,1024`). Then the f32 products of
+//! a training step at the demo's shape (1024 token rows, MiniLM's 384 / 1536): the forward
+//! `x·Wᵀ`, the input gradient `dY·W` and the weight gradient `dYᵀ·X`.
 
 use std::time::Instant;
 
+use spafit::backend::cpu::gemm::{product, Layout};
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::rng::SplitMix;
@@ -37,6 +40,62 @@ fn main() {
             println!(
                 "{{\"bench\":\"cpu_gemm\",\"dtype\":\"{}\",\"m\":{n},\"n\":{n},\"k\":{n},\"reps\":{reps},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads}}}",
                 backend.float_dtype(),
+                best * 1e3,
+                flops / best / 1e9
+            );
+        }
+    }
+    step_shapes(threads);
+}
+
+/// Best-of-repetitions GFLOP/s of `product` for each orientation at each step shape.
+fn step_shapes(threads: usize) {
+    let rows = 1024;
+    for (out, inp) in [(384, 384), (1536, 384), (384, 1536)] {
+        let mut rng = SplitMix::new(2);
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect() };
+        let x = values(rows * inp);
+        let w = values(out * inp);
+        let dy = values(rows * out);
+        // (name, a, layout of a, b, layout of b)
+        let cases: [(&str, &[f32], Layout, &[f32], Layout); 3] = [
+            (
+                "x·Wt",
+                &x,
+                Layout::row_major(rows, inp),
+                &w,
+                Layout::row_major(out, inp).t(),
+            ),
+            (
+                "dY·W",
+                &dy,
+                Layout::row_major(rows, out),
+                &w,
+                Layout::row_major(out, inp),
+            ),
+            (
+                "dYt·X",
+                &dy,
+                Layout::row_major(rows, out).t(),
+                &x,
+                Layout::row_major(rows, inp),
+            ),
+        ];
+        for (name, a, la, b, lb) in cases {
+            let flops = 2.0 * (la.rows * la.cols * lb.cols) as f64;
+            std::hint::black_box(product(1.0f32, a, la, b, lb));
+            let mut best = f64::INFINITY;
+            for _ in 0..30 {
+                let t = Instant::now();
+                std::hint::black_box(product(1.0f32, a, la, b, lb));
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "{{\"bench\":\"cpu_gemm_step\",\"op\":\"{name}\",\"m\":{},\"k\":{},\"n\":{},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads}}}",
+                la.rows,
+                la.cols,
+                lb.cols,
                 best * 1e3,
                 flops / best / 1e9
             );
