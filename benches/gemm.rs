@@ -48,6 +48,9 @@ fn main() {
     step_shapes(threads);
 }
 
+/// A matrix: its elements and where they lie.
+type Operand<'a> = (&'a [f32], Layout);
+
 /// Best-of-repetitions GFLOP/s of `product` for each orientation at each step shape.
 fn step_shapes(threads: usize) {
     let rows = 1024;
@@ -58,31 +61,24 @@ fn step_shapes(threads: usize) {
         let x = values(rows * inp);
         let w = values(out * inp);
         let dy = values(rows * out);
-        // (name, a, layout of a, b, layout of b)
-        let cases: [(&str, &[f32], Layout, &[f32], Layout); 3] = [
+        let cases: [(&str, Operand, Operand); 3] = [
             (
                 "x·Wt",
-                &x,
-                Layout::row_major(rows, inp),
-                &w,
-                Layout::row_major(out, inp).t(),
+                (&x, Layout::row_major(rows, inp)),
+                (&w, Layout::row_major(out, inp).t()),
             ),
             (
                 "dY·W",
-                &dy,
-                Layout::row_major(rows, out),
-                &w,
-                Layout::row_major(out, inp),
+                (&dy, Layout::row_major(rows, out)),
+                (&w, Layout::row_major(out, inp)),
             ),
             (
                 "dYt·X",
-                &dy,
-                Layout::row_major(rows, out).t(),
-                &x,
-                Layout::row_major(rows, inp),
+                (&dy, Layout::row_major(rows, out).t()),
+                (&x, Layout::row_major(rows, inp)),
             ),
         ];
-        for (name, a, la, b, lb) in cases {
+        for (name, (a, la), (b, lb)) in cases {
             let flops = 2.0 * (la.rows * la.cols * lb.cols) as f64;
             std::hint::black_box(product(1.0f32, a, la, b, lb));
             let mut best = f64::INFINITY;

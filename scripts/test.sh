@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's one test command: format check, clippy with warnings as errors, every test,
+# The project's one test command: format check, clippy and rustdoc with warnings as errors,
+# every test,
 # then the CUDA tests again with the CPU stand-in running the threads of each block (and the
 # blocks of each grid) in reverse order: a kernel with a race between barriers gives other
 # results there. On a machine with a GPU the CUDA tests run on it instead, and the second
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The public API's rustdoc builds without a warning (broken or redundant links included).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

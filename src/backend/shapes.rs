@@ -232,7 +232,7 @@ impl AttentionDims {
     }
 }
 
-/// Validates the operands of [`Backend::linear_backward`](crate::backend::Backend::linear_backward)
+/// Validates the operands of [`Backend::linear_backward`]
 /// (each backend accepts and refuses the same inputs) and returns their dtype and sizes.
 pub fn linear_backward<B: Backend>(
     inp: &crate::backend::LinearBackwardInputs<'_, B>,
