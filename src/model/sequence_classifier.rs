@@ -154,7 +154,8 @@ impl<B: Backend> BertClassifier<B> {
         Ok(())
     }
 
-    /// Logits `[batch, num_labels]`.
+    /// Logits `[batch, num_labels]`. The last encoder layer runs on the `[CLS]` rows only
+    /// ([`BertModel::forward_pooled`]); [`BertModel::forward`] gives every token's hidden state.
     pub fn forward(
         &self,
         tape: &mut Tape<B>,
