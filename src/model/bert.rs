@@ -71,17 +71,10 @@ impl<B: Backend> BertModel<B> {
         input: &ModelInput<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<BertOutput<B>> {
-        self.check_length(input)?;
-        tape.set_scope("embeddings");
-        let mut hidden = self.embeddings.forward(tape, input, dropouts)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            tape.set_scope(&format!("layer.{i}"));
-            hidden = layer.forward(tape, &hidden, &input.attention_mask, dropouts)?;
-        }
+        let hidden = self.encode(tape, input, dropouts, None)?;
         tape.set_scope("pooler");
         let first = tape.embedding(&hidden, &input.first_tokens)?;
-        let pooled = self.pooler.forward(tape, &first, dropouts)?;
-        let pooler_output = tape.tanh(&pooled)?;
+        let pooler_output = self.pool(tape, &first, dropouts)?;
         Ok(BertOutput {
             last_hidden_state: hidden,
             pooler_output,
@@ -98,34 +91,25 @@ impl<B: Backend> BertModel<B> {
         input: &ModelInput<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
-        self.check_length(input)?;
-        tape.set_scope("embeddings");
-        let mut hidden = self.embeddings.forward(tape, input, dropouts)?;
-        let mut first = None;
-        for (i, layer) in self.layers.iter().enumerate() {
-            tape.set_scope(&format!("layer.{i}"));
-            if i + 1 == self.layers.len() {
-                first = Some(layer.forward_at_rows(
-                    tape,
-                    &hidden,
-                    &input.attention_mask,
-                    dropouts,
-                    &input.first_tokens,
-                )?);
-            } else {
-                hidden = layer.forward(tape, &hidden, &input.attention_mask, dropouts)?;
-            }
-        }
+        let hidden = self.encode(tape, input, dropouts, Some(&input.first_tokens))?;
         tape.set_scope("pooler");
-        let first = match first {
-            Some(first) => first,
-            None => tape.embedding(&hidden, &input.first_tokens)?,
+        // Without layers nothing ran at the `[CLS]` rows: the embeddings hold every row.
+        let first = if self.layers.is_empty() {
+            tape.embedding(&hidden, &input.first_tokens)?
+        } else {
+            hidden
         };
-        let pooled = self.pooler.forward(tape, &first, dropouts)?;
-        tape.tanh(&pooled)
+        self.pool(tape, &first, dropouts)
     }
 
-    fn check_length(&self, input: &ModelInput<B>) -> Result<()> {
+    /// Embeddings and layers; the last layer's output only at `last_layer_rows` when given.
+    fn encode(
+        &self,
+        tape: &mut Tape<B>,
+        input: &ModelInput<B>,
+        dropouts: &mut DropoutPlan,
+        last_layer_rows: Option<&Tensor<B>>,
+    ) -> Result<Var<B>> {
         if input.seq > self.config.max_position_embeddings {
             return Err(Error::invalid(
                 "bert",
@@ -135,7 +119,31 @@ impl<B: Backend> BertModel<B> {
                 ),
             ));
         }
-        Ok(())
+        tape.set_scope("embeddings");
+        let mut hidden = self.embeddings.forward(tape, input, dropouts)?;
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            tape.set_scope(&format!("layer.{i}"));
+            let mask = &input.attention_mask;
+            hidden = match last_layer_rows {
+                Some(rows) if i == last => {
+                    layer.forward_at_rows(tape, &hidden, mask, dropouts, rows)?
+                }
+                _ => layer.forward(tape, &hidden, mask, dropouts)?,
+            };
+        }
+        Ok(hidden)
+    }
+
+    /// The pooler on the `[CLS]` rows `first`.
+    fn pool(
+        &self,
+        tape: &mut Tape<B>,
+        first: &Var<B>,
+        dropouts: &mut DropoutPlan,
+    ) -> Result<Var<B>> {
+        let pooled = self.pooler.forward(tape, first, dropouts)?;
+        tape.tanh(&pooled)
     }
 
     /// Every parameter, in checkpoint order.
