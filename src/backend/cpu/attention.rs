@@ -64,7 +64,9 @@ fn scores<T: Element>(d: &AttentionDims, head: &Head, q: &[T], k: &[T], scale: T
 /// Turns score rows into probabilities over the valid keys (0 elsewhere). Without `lse_in`,
 /// `p = e^(s − max) / Σ e^(s − max)`, one exponential per score, and the log-sum-exp
 /// `max + ln Σ` goes to `lse_out`; with it (the backward pass), `p = e^(s − lse)`, as flash
-/// attention recomputes them (equal to the forward's up to f32 rounding).
+/// attention recomputes them (equal to the forward's up to f32 rounding). The exponentials
+/// run as one pass over the whole block (each element's value does not depend on the
+/// grouping): per row, at 27 keys, the call and the padded tail cost as much as the rest.
 fn probabilities<T: Element>(
     s: &mut [T],
     valid: &[u32],
@@ -73,28 +75,38 @@ fn probabilities<T: Element>(
 ) {
     let n = valid.len();
     let all_valid = valid.iter().all(|&v| v != 0);
-    let mut lse_out = lse_out;
-    for (i, row) in s.chunks_exact_mut(n).enumerate() {
-        match lse_in {
-            Some(l) => {
+    match lse_in {
+        Some(l) => {
+            for (row, &lse) in s.chunks_exact_mut(n).zip(l) {
                 for v in row.iter_mut() {
-                    *v -= l[i];
+                    *v -= lse;
                 }
-                T::exp_block(row);
             }
-            None => {
+            T::exp_block(s);
+        }
+        None => {
+            let rows = s.len() / n;
+            // Each row's max over the valid keys; `None` when no key is valid.
+            let mut maxima = Vec::with_capacity(rows);
+            for row in s.chunks_exact_mut(n) {
                 let max = row
                     .iter()
                     .zip(valid)
                     .filter(|&(_, &ok)| ok != 0)
                     .map(|(&v, _)| v)
                     .reduce(|m, v| if v > m { v } else { m });
+                if let Some(m) = max {
+                    for v in row.iter_mut() {
+                        *v -= m;
+                    }
+                }
+                maxima.push(max);
+            }
+            T::exp_block(s);
+            let mut lse_out = lse_out;
+            for (i, (row, max)) in s.chunks_exact_mut(n).zip(maxima).enumerate() {
                 let lse = match max {
                     Some(m) => {
-                        for v in row.iter_mut() {
-                            *v -= m;
-                        }
-                        T::exp_block(row);
                         let sum = if all_valid {
                             row.iter().fold(T::ZERO, |acc, &e| acc + e)
                         } else {
@@ -109,7 +121,7 @@ fn probabilities<T: Element>(
                         }
                         m + sum.ln()
                     }
-                    // No key to attend: the row's probabilities are all zero.
+                    // No key to attend: the row's probabilities are all zero (below).
                     None => T::ZERO,
                 };
                 if let Some(out) = lse_out.as_deref_mut() {
@@ -117,7 +129,9 @@ fn probabilities<T: Element>(
                 }
             }
         }
-        if !all_valid {
+    }
+    if !all_valid {
+        for row in s.chunks_exact_mut(n) {
             for (v, &ok) in row.iter_mut().zip(valid) {
                 if ok == 0 {
                     *v = T::ZERO;
