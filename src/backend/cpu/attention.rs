@@ -2,14 +2,14 @@
 //! on its own.
 //!
 //! Heads are column windows of the `[batch·seq, hidden]` activations, so no transpose of the
-//! inputs is ever materialised; each pair writes its `[seq, head_dim]` result to its own
-//! buffer, copied into place afterwards. Forward keeps only the log-sum-exp of each score row;
+//! inputs is ever materialised; each pair's product writes its `[seq, head_dim]` result
+//! straight into its window of the output (the windows tile it, so it needs no zero fill). Forward keeps only the log-sum-exp of each score row;
 //! backward recomputes the probabilities from it (as flash attention does), so memory per
 //! layer is O(seq), not O(seq²). Every pair computes exactly what it would alone, so the
 //! result does not depend on the number of threads.
 
 use super::element::Element;
-use super::gemm::{gemm, Layout};
+use super::gemm::{gemm, DisjointWindows, Layout};
 use crate::backend::shapes::AttentionDims;
 use crate::backend::Dropout;
 
@@ -38,11 +38,35 @@ fn window(d: &AttentionDims, head: &Head) -> Layout {
     Layout::window(head.base, d.seq, d.head_dim, d.hidden())
 }
 
-/// Copies one pair's contiguous `[seq, head_dim]` block into its window of `out`.
-fn scatter<T: Element>(d: &AttentionDims, head: &Head, block: &[T], out: &mut [T]) {
-    for (r, row) in block.chunks_exact(d.head_dim).enumerate() {
-        let at = head.base + r * d.hidden();
-        out[at..at + d.head_dim].copy_from_slice(row);
+/// A `[batch·seq, hidden]` output that the pairs' products fill window by window: every
+/// element is written once, by the pair whose window holds it.
+struct HeadOutputs<T> {
+    data: Vec<T>,
+    windows: DisjointWindows<T>,
+}
+
+impl<T: Element> HeadOutputs<T> {
+    fn new(d: &AttentionDims) -> Self {
+        let n = d.batch * d.seq * d.hidden();
+        let mut data = Vec::with_capacity(n);
+        let windows = DisjointWindows::new(&mut data.spare_capacity_mut()[..n]);
+        HeadOutputs { data, windows }
+    }
+
+    /// `head's window = alpha·a·b`.
+    fn write(&self, d: &AttentionDims, head: &Head, alpha: T, (a, la): (&[T], Layout), b: &[T]) {
+        let w = window(d, head);
+        // SAFETY: `data` lives in `self`; each pair writes only its own window, and the
+        // windows of distinct pairs do not overlap.
+        unsafe { self.windows.product(alpha, a, la, b, w, w) }
+    }
+
+    /// The filled output, once every pair has written its window.
+    fn finish(mut self) -> Vec<T> {
+        // SAFETY: the windows of all `batch·heads` pairs tile the `[batch·seq, hidden]`
+        // buffer, and each pair's product wrote every element of its window.
+        unsafe { self.data.set_len(self.windows.len()) };
+        self.data
     }
 }
 
@@ -157,42 +181,24 @@ pub fn forward<T: Element>(
     dropout: Option<&Dropout>,
 ) -> (Vec<T>, Vec<T>) {
     let all: Vec<Head> = heads(&d).collect();
-    let block = Layout::row_major(d.seq, d.head_dim);
-    let per_head: Vec<(Vec<T>, Vec<T>)> = all
-        .par_iter()
-        .map_init(
+    let out = HeadOutputs::new(&d);
+    // One row of log-sum-exps per pair, in the pairs' order.
+    let mut lse = vec![T::ZERO; d.batch * d.heads * d.seq];
+    lse.par_chunks_mut(d.seq.max(1))
+        .zip(all.par_iter())
+        .for_each_init(
             || vec![T::ZERO; d.seq * d.seq],
-            |p, head| {
+            |p, (lse, head)| {
                 scores(&d, head, q, k, scale, p);
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
-                let mut lse = vec![T::ZERO; d.seq];
-                probabilities(p, valid, None, Some(&mut lse));
+                probabilities(p, valid, None, Some(lse));
                 if let Some(dr) = dropout {
                     apply_dropout(p, head.counter, dr);
                 }
-                let mut out = vec![T::ZERO; d.seq * d.head_dim];
-                let w = window(&d, head);
-                gemm(
-                    T::ONE,
-                    p,
-                    Layout::row_major(d.seq, d.seq),
-                    v,
-                    w,
-                    T::ZERO,
-                    &mut out,
-                    block,
-                );
-                (out, lse)
+                out.write(&d, head, T::ONE, (p, Layout::row_major(d.seq, d.seq)), v);
             },
-        )
-        .collect();
-    let mut out = vec![T::ZERO; q.len()];
-    let mut lse = Vec::with_capacity(d.batch * d.heads * d.seq);
-    for (head, (o, l)) in all.iter().zip(per_head) {
-        scatter(&d, head, &o, &mut out);
-        lse.extend_from_slice(&l);
-    }
-    (out, lse)
+        );
+    (out.finish(), lse)
 }
 
 /// Scratch of one backward task: probabilities, dropped probabilities, their gradient, and
@@ -219,98 +225,77 @@ pub fn backward<T: Element>(
     (want_dq, want_dk, want_dv): (bool, bool, bool),
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
     let tt = Layout::row_major(d.seq, d.seq);
-    let block = Layout::row_major(d.seq, d.head_dim);
     let all: Vec<Head> = heads(&d).collect();
-    let zeros = || vec![T::ZERO; d.seq * d.head_dim];
-    type Grads<T> = (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>);
-    let per_head: Vec<Grads<T>> = all
-        .par_iter()
-        .enumerate()
-        .map_init(
-            || BackwardScratch {
-                p: vec![T::ZERO; d.seq * d.seq],
-                p_dropped: vec![T::ZERO; d.seq * d.seq],
-                dp: vec![T::ZERO; d.seq * d.seq],
-                keep: Vec::new(),
-            },
-            |scratch, (idx, head)| {
-                let BackwardScratch {
-                    p,
-                    p_dropped,
-                    dp,
-                    keep,
-                } = scratch;
-                let w = window(&d, head);
-                scores(&d, head, q, k, scale, p);
-                let valid = &mask[head.mask_row..head.mask_row + d.seq];
-                probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
-                // The mask scaled by 1/(1−p): `x·keep` has the bits of the mask applied to x.
-                if let Some(dr) = dropout {
-                    keep.clear();
-                    keep.resize(d.seq * d.seq, T::ONE);
-                    apply_dropout(keep, head.counter, dr);
-                }
-                let dv = want_dv.then(|| {
-                    let pd: &[T] = match dropout {
-                        Some(_) => {
-                            for ((o, &pv), &m) in
-                                p_dropped.iter_mut().zip(p.iter()).zip(keep.iter())
-                            {
-                                *o = pv * m;
-                            }
-                            p_dropped
-                        }
-                        None => p,
-                    };
-                    let mut dv = zeros();
-                    gemm(T::ONE, pd, tt.t(), d_out, w, T::ZERO, &mut dv, block);
-                    dv
-                });
-                if !(want_dq || want_dk) {
-                    return (None, None, dv);
-                }
-                // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
-                let v =
-                    v.expect("v is given whenever dq or dk is asked for (checked by the caller)");
-                gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, dp, tt);
-                if dropout.is_some() {
-                    for (g, &m) in dp.iter_mut().zip(keep.iter()) {
-                        *g = *g * m;
-                    }
-                }
-                for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
-                    let mut dot = T::ZERO;
-                    for (&pv, &g) in prow.iter().zip(dprow.iter()) {
-                        dot += pv * g;
-                    }
-                    for (g, &pv) in dprow.iter_mut().zip(prow.iter()) {
-                        *g = pv * (*g - dot);
-                    }
-                }
-                let dq = want_dq.then(|| {
-                    let mut dq = zeros();
-                    gemm(scale, dp, tt, k, w, T::ZERO, &mut dq, block);
-                    dq
-                });
-                let dk = want_dk.then(|| {
-                    let mut dk = zeros();
-                    gemm(scale, dp, tt.t(), q, w, T::ZERO, &mut dk, block);
-                    dk
-                });
-                (dq, dk, dv)
-            },
-        )
-        .collect();
-    let n = q.len();
-    let mut dq = want_dq.then(|| vec![T::ZERO; n]);
-    let mut dk = want_dk.then(|| vec![T::ZERO; n]);
-    let mut dv = want_dv.then(|| vec![T::ZERO; n]);
-    for (head, grads) in all.iter().zip(per_head) {
-        for (full, part) in [(&mut dq, grads.0), (&mut dk, grads.1), (&mut dv, grads.2)] {
-            if let (Some(full), Some(part)) = (full.as_deref_mut(), part) {
-                scatter(&d, head, &part, full);
+    let dq = want_dq.then(|| HeadOutputs::new(&d));
+    let dk = want_dk.then(|| HeadOutputs::new(&d));
+    let dv = want_dv.then(|| HeadOutputs::new(&d));
+    all.par_iter().enumerate().for_each_init(
+        || BackwardScratch {
+            p: vec![T::ZERO; d.seq * d.seq],
+            p_dropped: vec![T::ZERO; d.seq * d.seq],
+            dp: vec![T::ZERO; d.seq * d.seq],
+            keep: Vec::new(),
+        },
+        |scratch, (idx, head)| {
+            let BackwardScratch {
+                p,
+                p_dropped,
+                dp,
+                keep,
+            } = scratch;
+            let w = window(&d, head);
+            scores(&d, head, q, k, scale, p);
+            let valid = &mask[head.mask_row..head.mask_row + d.seq];
+            probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
+            // The mask scaled by 1/(1−p): `x·keep` has the bits of the mask applied to x.
+            if let Some(dr) = dropout {
+                keep.clear();
+                keep.resize(d.seq * d.seq, T::ONE);
+                apply_dropout(keep, head.counter, dr);
             }
-        }
-    }
-    (dq, dk, dv)
+            if let Some(dv) = &dv {
+                let pd: &[T] = match dropout {
+                    Some(_) => {
+                        for ((o, &pv), &m) in p_dropped.iter_mut().zip(p.iter()).zip(keep.iter()) {
+                            *o = pv * m;
+                        }
+                        p_dropped
+                    }
+                    None => p,
+                };
+                dv.write(&d, head, T::ONE, (pd, tt.t()), d_out);
+            }
+            if !(want_dq || want_dk) {
+                return;
+            }
+            // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
+            let v = v.expect("v is given whenever dq or dk is asked for (checked by the caller)");
+            gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, dp, tt);
+            if dropout.is_some() {
+                for (g, &m) in dp.iter_mut().zip(keep.iter()) {
+                    *g = *g * m;
+                }
+            }
+            for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
+                let mut dot = T::ZERO;
+                for (&pv, &g) in prow.iter().zip(dprow.iter()) {
+                    dot += pv * g;
+                }
+                for (g, &pv) in dprow.iter_mut().zip(prow.iter()) {
+                    *g = pv * (*g - dot);
+                }
+            }
+            if let Some(dq) = &dq {
+                dq.write(&d, head, scale, (dp, tt), k);
+            }
+            if let Some(dk) = &dk {
+                dk.write(&d, head, scale, (dp, tt.t()), q);
+            }
+        },
+    );
+    (
+        dq.map(HeadOutputs::finish),
+        dk.map(HeadOutputs::finish),
+        dv.map(HeadOutputs::finish),
+    )
 }

@@ -110,6 +110,50 @@ pub fn product<T: Element>(alpha: T, a: &[T], la: Layout, b: &[T], lb: Layout) -
     c
 }
 
+/// An output matrix that parallel tasks fill window by window (attention's heads), straight
+/// from the products, without a zero fill first and without a copy from per-task buffers.
+pub(super) struct DisjointWindows<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: tasks only write through the pointer, each to its own window (the contract of
+// `product`), and the buffer outlives the tasks (the caller holds it).
+unsafe impl<T: Send> Send for DisjointWindows<T> {}
+unsafe impl<T: Send> Sync for DisjointWindows<T> {}
+
+impl<T: Element> DisjointWindows<T> {
+    /// Windows of `out`, which may be uninitialised: `product` writes without reading.
+    pub(super) fn new(out: &mut [std::mem::MaybeUninit<T>]) -> Self {
+        DisjointWindows {
+            ptr: out.as_mut_ptr().cast(),
+            len: out.len(),
+        }
+    }
+
+    /// Elements in the buffer.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// `window = alpha·a·b`, writing every element of the window.
+    ///
+    /// # Safety
+    /// The buffer given to [`DisjointWindows::new`] must still be alive, and no other
+    /// call running at the same time may write an overlapping window.
+    pub(super) unsafe fn product(
+        &self,
+        alpha: T,
+        a: &[T],
+        la: Layout,
+        b: &[T],
+        lb: Layout,
+        window: Layout,
+    ) {
+        gemm_into(alpha, a, la, b, lb, T::ZERO, self.ptr, self.len, window)
+    }
+}
+
 /// [`gemm`] into `c_len` elements at `c`, which must be valid for writes (and for reads
 /// unless `beta` is zero) and alias neither `a` nor `b`.
 #[allow(clippy::too_many_arguments)]
