@@ -104,6 +104,14 @@ pub fn write_masked<T: Element>(
     let threshold = rng::drop_threshold(dropout.p);
     let keep_scale = T::from_f64(1.0 / (1.0 - dropout.p));
     #[cfg(target_arch = "x86_64")]
+    if f32_avx2::applies::<T>() {
+        let (src, dst) = (x.as_ptr().cast::<f32>(), out.as_mut_ptr().cast::<f32>());
+        let scale = keep_scale.to_f64() as f32;
+        // SAFETY: `T` is f32 and the CPU has AVX2 (`applies`); `x` and `out` hold `x.len()`
+        // elements each (checked above), and `out` is only written.
+        return unsafe { f32_avx2::mask(src, dst, x.len(), first, dropout.seed, threshold, scale) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
         return unsafe { write_avx2(x, out, first, dropout.seed, threshold, keep_scale) };
