@@ -10,6 +10,7 @@
 
 use super::element::Element;
 use super::gemm::{gemm, DisjointWindows, Layout};
+use super::lanes::{max_by, sum_by, with_avx2};
 use crate::backend::shapes::AttentionDims;
 use crate::backend::Dropout;
 
@@ -85,80 +86,77 @@ fn scores<T: Element>(d: &AttentionDims, head: &Head, q: &[T], k: &[T], scale: T
     );
 }
 
-/// Turns score rows into probabilities over the valid keys (0 elsewhere). Without `lse_in`,
-/// `p = e^(s − max) / Σ e^(s − max)`, one exponential per score, and the log-sum-exp
-/// `max + ln Σ` goes to `lse_out`; with it (the backward pass), `p = e^(s − lse)`, as flash
-/// attention recomputes them (equal to the forward's up to f32 rounding). The exponentials
-/// run as one pass over the whole block (each element's value does not depend on the
-/// grouping): per row, at 27 keys, the call and the padded tail cost as much as the rest.
-fn probabilities<T: Element>(
-    s: &mut [T],
-    valid: &[u32],
-    lse_in: Option<&[T]>,
-    lse_out: Option<&mut [T]>,
-) {
-    let n = valid.len();
-    let all_valid = valid.iter().all(|&v| v != 0);
-    match lse_in {
-        Some(l) => {
-            for (row, &lse) in s.chunks_exact_mut(n).zip(l) {
-                for v in row.iter_mut() {
-                    *v -= lse;
-                }
-            }
-            T::exp_block(s);
-        }
-        None => {
-            let rows = s.len() / n;
-            // Each row's max over the valid keys; `None` when no key is valid.
-            let mut maxima = Vec::with_capacity(rows);
-            for row in s.chunks_exact_mut(n) {
-                let max = row
-                    .iter()
-                    .zip(valid)
-                    .filter(|&(_, &ok)| ok != 0)
-                    .map(|(&v, _)| v)
-                    .reduce(|m, v| if v > m { v } else { m });
-                if let Some(m) = max {
+with_avx2! {
+    /// Turns score rows into probabilities over the valid keys (0 elsewhere). Without
+    /// `lse_in`, `p = e^(s − max) / Σ e^(s − max)`, one exponential per score, and the
+    /// log-sum-exp `max + ln Σ` goes to `lse_out`; with it (the backward pass),
+    /// `p = e^(s − lse)`, as flash attention recomputes them (equal to the forward's up to f32
+    /// rounding). The exponentials run as one pass over the whole block (each element's value
+    /// does not depend on the grouping): per row, at 27 keys, the call and the padded tail
+    /// cost as much as the rest. Maxima and sums go by lanes ([`super::lanes`]).
+    fn probabilities<T>(
+        s: &mut [T],
+        valid: &[u32],
+        lse_in: Option<&[T]>,
+        lse_out: Option<&mut [T]>,
+    ) {
+        let n = valid.len();
+        let all_valid = valid.iter().all(|&v| v != 0);
+        let any_valid = valid.iter().any(|&v| v != 0);
+        match lse_in {
+            Some(l) => {
+                for (row, &lse) in s.chunks_exact_mut(n).zip(l) {
                     for v in row.iter_mut() {
-                        *v -= m;
+                        *v -= lse;
                     }
                 }
-                maxima.push(max);
+                T::exp_block(s);
             }
-            T::exp_block(s);
-            let mut lse_out = lse_out;
-            for (i, (row, max)) in s.chunks_exact_mut(n).zip(maxima).enumerate() {
-                let lse = match max {
-                    Some(m) => {
-                        let sum = if all_valid {
-                            row.iter().fold(T::ZERO, |acc, &e| acc + e)
-                        } else {
-                            row.iter()
-                                .zip(valid)
-                                .filter(|&(_, &ok)| ok != 0)
-                                .fold(T::ZERO, |acc, (&e, _)| acc + e)
-                        };
-                        let inverse = T::ONE / sum;
-                        for v in row.iter_mut() {
-                            *v = *v * inverse;
-                        }
-                        m + sum.ln()
+            // No key to attend: every probability is zero (below), and so is the lse.
+            None if !any_valid => {
+                if let Some(out) = lse_out {
+                    out.fill(T::ZERO);
+                }
+            }
+            None => {
+                let below_all = T::from_f64(f64::NEG_INFINITY);
+                let mut maxima = Vec::with_capacity(s.len() / n);
+                for row in s.chunks_exact_mut(n) {
+                    let max = if all_valid {
+                        max_by(n, |j| row[j])
+                    } else {
+                        max_by(n, |j| if valid[j] != 0 { row[j] } else { below_all })
                     }
-                    // No key to attend: the row's probabilities are all zero (below).
-                    None => T::ZERO,
-                };
-                if let Some(out) = lse_out.as_deref_mut() {
-                    out[i] = lse;
+                    .unwrap_or(T::ZERO);
+                    for v in row.iter_mut() {
+                        *v -= max;
+                    }
+                    maxima.push(max);
+                }
+                T::exp_block(s);
+                let mut lse_out = lse_out;
+                for (i, (row, max)) in s.chunks_exact_mut(n).zip(maxima).enumerate() {
+                    let sum = if all_valid {
+                        sum_by(n, |j| row[j])
+                    } else {
+                        sum_by(n, |j| if valid[j] != 0 { row[j] } else { T::ZERO })
+                    };
+                    let inverse = T::ONE / sum;
+                    for v in row.iter_mut() {
+                        *v = *v * inverse;
+                    }
+                    if let Some(out) = lse_out.as_deref_mut() {
+                        out[i] = max + sum.ln();
+                    }
                 }
             }
         }
-    }
-    if !all_valid {
-        for row in s.chunks_exact_mut(n) {
-            for (v, &ok) in row.iter_mut().zip(valid) {
-                if ok == 0 {
-                    *v = T::ZERO;
+        if !all_valid {
+            for row in s.chunks_exact_mut(n) {
+                for (v, &ok) in row.iter_mut().zip(valid) {
+                    if ok == 0 {
+                        *v = T::ZERO;
+                    }
                 }
             }
         }

@@ -1,12 +1,41 @@
 //! Layernorm over the last dimension on the CPU: rows in parallel, each row on its own with
-//! two-pass statistics (so the bits do not depend on the number of threads).
+//! two-pass statistics summed in fixed lanes (so the bits do not depend on the number of
+//! threads).
 
 use rayon::prelude::*;
 
 use super::element::Element;
+use super::lanes::{sum_by, with_avx2};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
+
+with_avx2! {
+    /// Normalizes the rows of one task.
+    #[allow(clippy::too_many_arguments)]
+    fn normalize_rows<T>(
+        x: &[T],
+        y: &mut [T],
+        mean: &mut [T],
+        rstd: &mut [T],
+        gamma: &[T],
+        beta: &[T],
+        n: usize,
+        eps: T,
+    ) {
+        let inv_n = T::ONE / T::from_f64(n as f64);
+        for (r, (xr, yr)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).enumerate() {
+            let mu = sum_by(xr.len(), |j| xr[j]) * inv_n;
+            let var = sum_by(xr.len(), |j| (xr[j] - mu) * (xr[j] - mu));
+            let rs = T::ONE / (var * inv_n + eps).sqrt();
+            for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                *o = (v - mu) * rs * g + b;
+            }
+            mean[r] = mu;
+            rstd[r] = rs;
+        }
+    }
+}
 
 /// Returns `(y, mean, rstd)`.
 pub fn forward<T: Element>(
@@ -17,7 +46,6 @@ pub fn forward<T: Element>(
     eps: T,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = x.len() / n;
-    let inv_n = T::ONE / T::from_f64(n as f64);
     let mut y = vec![T::ZERO; x.len()];
     let mut mean = vec![T::ZERO; rows];
     let mut rstd = vec![T::ZERO; rows];
@@ -26,25 +54,7 @@ pub fn forward<T: Element>(
         .zip(x.par_chunks(task))
         .zip(mean.par_chunks_mut(ROWS_PER_TASK))
         .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
-        .for_each(|(((y, x), mean), rstd)| {
-            for (r, (xr, yr)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).enumerate() {
-                let mut s = T::ZERO;
-                for &v in xr {
-                    s += v;
-                }
-                let mu = s * inv_n;
-                let mut var = T::ZERO;
-                for &v in xr {
-                    var += (v - mu) * (v - mu);
-                }
-                let rs = T::ONE / (var * inv_n + eps).sqrt();
-                for j in 0..n {
-                    yr[j] = (xr[j] - mu) * rs * gamma[j] + beta[j];
-                }
-                mean[r] = mu;
-                rstd[r] = rs;
-            }
-        });
+        .for_each(|(((y, x), mean), rstd)| normalize_rows(x, y, mean, rstd, gamma, beta, n, eps));
     (y, mean, rstd)
 }
 
@@ -64,6 +74,31 @@ pub fn grad_gamma<T: Element>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], n: usiz
     dg
 }
 
+with_avx2! {
+    /// [`grad_input`] for the rows of one task.
+    fn grad_input_rows<T>(
+        dy: &[T],
+        x: &[T],
+        mean: &[T],
+        rstd: &[T],
+        gamma: &[T],
+        n: usize,
+        dx: &mut [T],
+    ) {
+        let inv_n = T::ONE / T::from_f64(n as f64);
+        let rows = dx.chunks_exact_mut(n).zip(dy.chunks_exact(n)).zip(x.chunks_exact(n));
+        for (r, ((dxr, dyr), xr)) in rows.enumerate() {
+            let (mu, rs) = (mean[r], rstd[r]);
+            let mean_g = sum_by(n, |j| dyr[j] * gamma[j]) * inv_n;
+            let mean_gx = sum_by(n, |j| dyr[j] * gamma[j] * (xr[j] - mu) * rs) * inv_n;
+            for j in 0..n {
+                let xhat = (xr[j] - mu) * rs;
+                dxr[j] = rs * (dyr[j] * gamma[j] - mean_g - xhat * mean_gx);
+            }
+        }
+    }
+}
+
 /// `dx = rstd · (g − mean(g) − x̂ · mean(g ∘ x̂))` with `g = dY ∘ γ`.
 pub fn grad_input<T: Element>(
     dy: &[T],
@@ -73,27 +108,14 @@ pub fn grad_input<T: Element>(
     gamma: &[T],
     n: usize,
 ) -> Vec<T> {
-    let inv_n = T::ONE / T::from_f64(n as f64);
     let mut dx = vec![T::ZERO; x.len()];
-    dx.par_chunks_mut(n)
-        .enumerate()
-        .with_min_len(ROWS_PER_TASK)
-        .for_each(|(r, dxr)| {
-            let (dyr, xr) = (&dy[r * n..(r + 1) * n], &x[r * n..(r + 1) * n]);
-            let (mu, rs) = (mean[r], rstd[r]);
-            let mut mean_g = T::ZERO;
-            let mut mean_gx = T::ZERO;
-            for j in 0..n {
-                let g = dyr[j] * gamma[j];
-                mean_g += g;
-                mean_gx += g * (xr[j] - mu) * rs;
-            }
-            mean_g = mean_g * inv_n;
-            mean_gx = mean_gx * inv_n;
-            for j in 0..n {
-                let xhat = (xr[j] - mu) * rs;
-                dxr[j] = rs * (dyr[j] * gamma[j] - mean_g - xhat * mean_gx);
-            }
-        });
+    let task = ROWS_PER_TASK * n;
+    dx.par_chunks_mut(task)
+        .zip(dy.par_chunks(task).zip(x.par_chunks(task)))
+        .zip(
+            mean.par_chunks(ROWS_PER_TASK)
+                .zip(rstd.par_chunks(ROWS_PER_TASK)),
+        )
+        .for_each(|((dx, (dy, x)), (mean, rstd))| grad_input_rows(dy, x, mean, rstd, gamma, n, dx));
     dx
 }

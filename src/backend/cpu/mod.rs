@@ -12,6 +12,7 @@ mod elementwise;
 mod embedding;
 mod fast_math;
 pub mod gemm;
+mod lanes;
 mod layernorm;
 mod linear;
 mod loss;
