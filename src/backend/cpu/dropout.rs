@@ -10,81 +10,11 @@ use super::element::Element;
 use crate::backend::Dropout;
 use crate::rng;
 
-#[inline(always)]
-fn apply_loop<T: Element>(x: &mut [T], first: u64, seed: u64, threshold: u32, keep_scale: T) {
-    for (i, v) in x.iter_mut().enumerate() {
-        let keep = rng::keeps(seed, first + i as u64, threshold);
-        *v = if keep { *v * keep_scale } else { T::ZERO };
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn apply_avx2<T: Element>(
-    x: &mut [T],
-    first: u64,
-    seed: u64,
-    threshold: u32,
-    keep_scale: T,
-) {
-    apply_loop(x, first, seed, threshold, keep_scale)
-}
-
 /// `x ∘ mask / (1 − p)` in place, where `x[i]` is element `first + i` of the mask stream.
 pub fn apply_in_place<T: Element>(x: &mut [T], first: u64, dropout: &Dropout) {
-    let threshold = rng::drop_threshold(dropout.p);
-    let keep_scale = T::from_f64(1.0 / (1.0 - dropout.p));
-    #[cfg(target_arch = "x86_64")]
-    if f32_avx2::applies::<T>() {
-        let (ptr, n) = (x.as_mut_ptr().cast::<f32>(), x.len());
-        // SAFETY: `T` is f32 and the CPU has AVX2 (`applies`); source and destination are
-        // the same `n` elements, which the kernel allows.
-        return unsafe {
-            f32_avx2::mask(
-                ptr,
-                ptr,
-                n,
-                first,
-                dropout.seed,
-                threshold,
-                keep_scale.to_f64() as f32,
-            )
-        };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { apply_avx2(x, first, dropout.seed, threshold, keep_scale) };
-    }
-    apply_loop(x, first, dropout.seed, threshold, keep_scale)
-}
-
-#[inline(always)]
-fn write_loop<T: Element>(
-    x: &[T],
-    out: &mut [MaybeUninit<T>],
-    first: u64,
-    seed: u64,
-    threshold: u32,
-    keep_scale: T,
-) {
-    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        let keep = rng::keeps(seed, first + i as u64, threshold);
-        o.write(if keep { v * keep_scale } else { T::ZERO });
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn write_avx2<T: Element>(
-    x: &[T],
-    out: &mut [MaybeUninit<T>],
-    first: u64,
-    seed: u64,
-    threshold: u32,
-    keep_scale: T,
-) {
-    write_loop(x, out, first, seed, threshold, keep_scale)
+    let (ptr, n) = (x.as_mut_ptr(), x.len());
+    // SAFETY: source and destination are the same `n` elements of `x`, which `mask` allows.
+    unsafe { mask(ptr, ptr, n, first, dropout) }
 }
 
 /// `out = x ∘ mask / (1 − p)`, where `x[i]` is element `first + i` of the mask stream: the
@@ -101,22 +31,77 @@ pub fn write_masked<T: Element>(
         out.len(),
         "dropout: input and output lengths differ"
     );
+    // SAFETY: `x` and `out` hold `x.len()` elements each (checked above), are distinct
+    // borrows, and `out` is only written.
+    unsafe { mask(x.as_ptr(), out.as_mut_ptr().cast(), x.len(), first, dropout) }
+}
+
+/// `dst[i] = src[i]·keep_scale` where element `first + i` of the stream is kept, `0`
+/// elsewhere: the f32 AVX2 kernel where it applies, else the generic loop (built for AVX2
+/// when the CPU has it).
+///
+/// # Safety
+/// `src` must be valid for `n` reads and `dst` for `n` writes; they may be the same pointer
+/// but must not otherwise overlap.
+unsafe fn mask<T: Element>(src: *const T, dst: *mut T, n: usize, first: u64, dropout: &Dropout) {
     let threshold = rng::drop_threshold(dropout.p);
     let keep_scale = T::from_f64(1.0 / (1.0 - dropout.p));
+    let seed = dropout.seed;
     #[cfg(target_arch = "x86_64")]
-    if f32_avx2::applies::<T>() {
-        let (src, dst) = (x.as_ptr().cast::<f32>(), out.as_mut_ptr().cast::<f32>());
-        let scale = keep_scale.to_f64() as f32;
-        // SAFETY: `T` is f32 and the CPU has AVX2 (`applies`); `x` and `out` hold `x.len()`
-        // elements each (checked above), and `out` is only written.
-        return unsafe { f32_avx2::mask(src, dst, x.len(), first, dropout.seed, threshold, scale) };
+    {
+        if f32_avx2::applies::<T>() {
+            let scale = keep_scale.to_f64() as f32;
+            // SAFETY: `T` is f32 and the CPU has AVX2 (`applies`); the pointers are as the
+            // caller guarantees.
+            return f32_avx2::mask(src.cast(), dst.cast(), n, first, seed, threshold, scale);
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above); the pointers are as the caller
+            // guarantees.
+            return mask_avx2(src, dst, n, first, seed, threshold, keep_scale);
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { write_avx2(x, out, first, dropout.seed, threshold, keep_scale) };
+    mask_loop(src, dst, n, first, seed, threshold, keep_scale)
+}
+
+/// The generic loop of [`mask`]: each element is read before it is written, so `src` may
+/// be `dst`.
+///
+/// # Safety
+/// As for [`mask`].
+#[inline(always)]
+unsafe fn mask_loop<T: Element>(
+    src: *const T,
+    dst: *mut T,
+    n: usize,
+    first: u64,
+    seed: u64,
+    threshold: u32,
+    keep_scale: T,
+) {
+    for i in 0..n {
+        let keep = rng::keeps(seed, first + i as u64, threshold);
+        let v = *src.add(i);
+        *dst.add(i) = if keep { v * keep_scale } else { T::ZERO };
     }
-    write_loop(x, out, first, dropout.seed, threshold, keep_scale)
+}
+
+/// [`mask_loop`] built for AVX2.
+///
+/// # Safety
+/// As for [`mask`], and the CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn mask_avx2<T: Element>(
+    src: *const T,
+    dst: *mut T,
+    n: usize,
+    first: u64,
+    seed: u64,
+    threshold: u32,
+    keep_scale: T,
+) {
+    mask_loop(src, dst, n, first, seed, threshold, keep_scale)
 }
 
 /// The mask on f32, eight elements per step, with the bits of [`rng::keeps`]:
