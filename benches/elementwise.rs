@@ -4,23 +4,13 @@
 //!
 //! `cargo bench --bench elementwise`
 
-use std::time::Instant;
+mod timing;
 
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::{Backend, Dropout};
 use spafit::rng::SplitMix;
 use spafit::tensor::Shape;
-
-fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+use timing::best_seconds;
 
 fn main() {
     let backend = CpuBackend::f32();

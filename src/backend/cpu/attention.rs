@@ -3,10 +3,11 @@
 //!
 //! Heads are column windows of the `[batch·seq, hidden]` activations, so no transpose of the
 //! inputs is ever materialised; each pair's product writes its `[seq, head_dim]` result
-//! straight into its window of the output (the windows tile it, so it needs no zero fill). Forward keeps only the log-sum-exp of each score row;
-//! backward recomputes the probabilities from it (as flash attention does), so memory per
-//! layer is O(seq), not O(seq²). Every pair computes exactly what it would alone, so the
-//! result does not depend on the number of threads.
+//! straight into its window of the output (the windows tile it, so it needs no zero fill).
+//! Forward keeps only the log-sum-exp of each score row; backward recomputes the
+//! probabilities from it (as flash attention does), so memory per layer is O(seq), not
+//! O(seq²). Every pair computes exactly what it would alone, so the result does not depend
+//! on the number of threads.
 
 use super::element::Element;
 use super::gemm::{gemm, DisjointWindows, Layout};
