@@ -114,6 +114,7 @@ unsafe fn mask_avx2<T: Element>(
 mod f32_avx2 {
     use std::arch::x86_64::*;
 
+    use super::super::chains::issue_together;
     use super::rng;
 
     const WEYL: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -139,27 +140,11 @@ mod f32_avx2 {
         _mm256_add_epi64(low, _mm256_slli_epi64::<32>(cross))
     }
 
-    /// Hands the four registers through an empty `asm!` block, unchanged, after each stage
-    /// of the mixer: the next stage of any of the four waits for this stage of all four, so
-    /// their dependency chains issue side by side instead of one after another, as LLVM
-    /// otherwise schedules them (the same remedy as in `fast_math`; 0.79 → 0.60 ms in
-    /// `cargo bench --bench elementwise`).
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn settle(v: &mut [__m256i; 4]) {
-        std::arch::asm!(
-            "/* {0} {1} {2} {3} */",
-            inout(ymm_reg) v[0],
-            inout(ymm_reg) v[1],
-            inout(ymm_reg) v[2],
-            inout(ymm_reg) v[3],
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-
     /// All-ones in the 64-bit lanes that keep their element, for sixteen Weyl values: the
     /// mixer's top 24 bits at least `threshold` (as a signed compare against `threshold − 1`;
-    /// the bits are below 2²⁴).
+    /// the bits are below 2²⁴). The four registers go through each stage of the mixer
+    /// together ([`issue_together`]; the op 0.79 → 0.60 ms in `cargo bench --bench
+    /// elementwise`).
     #[target_feature(enable = "avx2")]
     #[inline]
     unsafe fn keeps16(weyl: [__m256i; 4], seed: __m256i, below: __m256i) -> [__m256i; 4] {
@@ -168,19 +153,19 @@ mod f32_avx2 {
             let x = _mm256_xor_si256(*zj, seed);
             *zj = _mm256_xor_si256(x, _mm256_srli_epi64::<30>(x));
         }
-        settle(&mut z);
+        issue_together(&mut z);
         for zj in &mut z {
             *zj = mul64(*zj, MUL1);
         }
-        settle(&mut z);
+        issue_together(&mut z);
         for zj in &mut z {
             *zj = _mm256_xor_si256(*zj, _mm256_srli_epi64::<27>(*zj));
         }
-        settle(&mut z);
+        issue_together(&mut z);
         for zj in &mut z {
             *zj = mul64(*zj, MUL2);
         }
-        settle(&mut z);
+        issue_together(&mut z);
         for zj in &mut z {
             *zj = _mm256_cmpgt_epi64(_mm256_srli_epi64::<40>(*zj), below);
         }

@@ -6,6 +6,7 @@
 
 mod adamw;
 mod attention;
+mod chains;
 mod dropout;
 mod element;
 mod elementwise;
