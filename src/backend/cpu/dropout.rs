@@ -115,7 +115,6 @@ mod f32_avx2 {
     use std::arch::x86_64::*;
 
     use super::super::chains::issue_together;
-    use super::rng;
 
     const WEYL: u64 = 0x9E37_79B9_7F4A_7C15;
     const MUL1: u64 = 0xBF58_476D_1CE4_E5B9;
@@ -216,10 +215,18 @@ mod f32_avx2 {
                 *w = _mm256_add_epi64(*w, step);
             }
         }
-        for i in groups * 16..n {
-            let keep = rng::keeps(seed, first + i as u64, threshold);
-            *dst.add(i) = if keep { *src.add(i) * keep_scale } else { 0.0 };
-        }
+        // The last `n % 16` elements by the generic loop, which draws the same bits.
+        let done = groups * 16;
+        let (src, dst) = (src.add(done), dst.add(done));
+        super::mask_loop(
+            src,
+            dst,
+            n - done,
+            first + done as u64,
+            seed,
+            threshold,
+            keep_scale,
+        );
     }
 }
 
