@@ -27,9 +27,14 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft-adapters")
 }
 
-fn expected() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
-        .unwrap()
+/// Adapters PEFT saved with its `modules_to_save` wrappers and exclusions (made by
+/// `tests/fixtures/peft-adapters-wrapped/make_peft_adapters_wrapped.py`).
+fn wrapped_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft-adapters-wrapped")
+}
+
+fn expected_in(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
 }
 
 /// Logits of `model` on `texts`, tokenized as PEFT's reference was (padding to the longest).
@@ -53,9 +58,21 @@ fn logits<B: Backend>(
 
 #[test]
 fn adapters_written_by_peft_give_peft_logits() {
+    check_peft_written_set(&fixtures(), 4);
+}
+
+#[test]
+fn adapters_with_peft_wrappers_and_saved_modules_give_peft_logits() {
+    check_peft_written_set(&wrapped_fixtures(), 4);
+}
+
+/// Every case of a PEFT-written fixture set loads to PEFT's float64 logits, every stored
+/// tensor is either loaded or one PEFT ignores too, and the continued-training plan is the
+/// one expected for the case.
+fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
     let ck = checkpoint();
     let cpu = CpuBackend::f64();
-    let reference = expected();
+    let reference = expected_in(fixtures);
     let texts: Vec<&str> = reference["texts"]
         .as_array()
         .unwrap()
@@ -64,9 +81,9 @@ fn adapters_written_by_peft_give_peft_logits() {
         .collect();
     let max_len = reference["max_length"].as_u64().unwrap() as usize;
     let cases = reference["cases"].as_object().unwrap();
-    assert_eq!(cases.len(), 4);
+    assert_eq!(cases.len(), cases_expected);
     for (name, case) in cases {
-        let dir = fixtures().join(name);
+        let dir = fixtures.join(name);
         let opened = open_adapter(&dir, &ck, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(opened.format, AdapterFormat::Peft);
         let labels = case["num_labels"].as_u64().unwrap() as usize;
@@ -89,14 +106,23 @@ fn adapters_written_by_peft_give_peft_logits() {
         );
         assert_eq!(got.len(), want.len());
         assert!(err <= 1e-9, "{name}: {err:.3e}");
-        // Every tensor of the file landed somewhere (a silently skipped tensor would change
-        // the logits above only if it mattered; count them too).
+        // Every tensor of the file landed somewhere or is one PEFT does not use either (a
+        // silently skipped tensor would change the logits above only if it mattered; count
+        // them too).
         let (_, import) = import_peft(&dir, &ck, &cpu).unwrap();
         let stored = spafit::checkpoint::WeightsFile::open(&dir.join("adapter_model.safetensors"))
             .unwrap()
             .names()
             .len();
-        assert_eq!(import.loaded.len(), stored, "{name}");
+        assert_eq!(import.loaded.len() + import.ignored.len(), stored, "{name}");
+        assert!(
+            import
+                .ignored
+                .iter()
+                .all(|n| n.contains(".original_module.") || n.contains(".modules_to_save.")),
+            "{name}: {:?}",
+            import.ignored
+        );
         // The plan spafit continues training with.
         let plan = &opened.plan;
         let lora = plan.lora.as_ref().unwrap();
@@ -132,6 +158,40 @@ fn adapters_written_by_peft_give_peft_logits() {
             "lora_regression" => {
                 assert_eq!(lora.alpha, 32.0);
                 assert_eq!(lora.targets.len(), 3);
+            }
+            "bias_all_pooler" => {
+                // The wrappers' copies and the frozen originals of the classifier and the
+                // pooler: four tensors PEFT does not use either.
+                assert_eq!(import.ignored.len(), 4, "{:?}", import.ignored);
+                assert_eq!(plan.strata, vec![Stratum::LoraAndBias; 6]);
+                assert!(plan.train_pooler);
+                assert_eq!(lora.targets, [LoraTarget::Query, LoraTarget::Value]);
+            }
+            "dense_pooler_saved" => {
+                // `dense` would also select the pooler, but modules_to_save keeps it whole.
+                assert!(import
+                    .loaded
+                    .iter()
+                    .any(|n| n == "bert.pooler.dense.weight"));
+                assert!(plan.train_pooler);
+                assert_eq!(
+                    lora.targets,
+                    [
+                        LoraTarget::AttentionOutput,
+                        LoraTarget::Intermediate,
+                        LoraTarget::Output
+                    ]
+                );
+            }
+            "key_saved_not_adapted" => {
+                assert_eq!(lora.targets, [LoraTarget::Query, LoraTarget::Value]);
+                assert!(import
+                    .loaded
+                    .iter()
+                    .any(|n| n == "bert.encoder.layer.3.attention.self.key.weight"));
+            }
+            "empty_layers_list" => {
+                assert_eq!(plan.strata, vec![Stratum::LoraOnly; 6]);
             }
             other => panic!("unknown case {other}"),
         }
@@ -386,7 +446,26 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         ("use_rslora", json!(true), "rank-stabilized"),
         ("fan_in_fan_out", json!(true), "fan-in-fan-out"),
         ("rank_pattern", json!({"query": 4}), "per-module ranks"),
-        ("alpha_pattern", json!({"value": 32}), "per-module alphas"),
+        (
+            "alpha_pattern",
+            json!({"value": 32}),
+            "alpha_pattern `value`",
+        ),
+        (
+            "init_lora_weights",
+            json!("pissa"),
+            "changes the base weights",
+        ),
+        (
+            "init_lora_weights",
+            json!("olora"),
+            "changes the base weights",
+        ),
+        (
+            "init_lora_weights",
+            json!("loftq"),
+            "changes the base weights",
+        ),
         (
             "layer_replication",
             json!([[0, 4], [2, 6]]),
@@ -420,6 +499,39 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         assert!(e.contains(needle), "{field} = {value}: {e}");
         println!("PEFT-REFUSED {field} = {value}: {e}");
     }
+
+    // Settings that change nothing here are accepted: patterns that match no adapted module
+    // or repeat the global value, PEFT's plain initialisations, a longer layers pattern.
+    let harmless: Vec<(&str, serde_json::Value)> = vec![
+        ("rank_pattern", json!({"nomatch": 4})),
+        ("rank_pattern", json!({"query": 8})),
+        ("alpha_pattern", json!({"layer.7.attention.self.value": 4})),
+        ("init_lora_weights", json!("gaussian")),
+        ("init_lora_weights", json!(false)),
+        ("layers_pattern", json!("encoder.layer")),
+    ];
+    for (field, value) in harmless {
+        let a = Edited::of("lora_qv");
+        a.config(|c| {
+            c.insert(field.to_string(), value.clone());
+        });
+        import_peft(a.path(), &checkpoint(), &CpuBackend::f64())
+            .unwrap_or_else(|e| panic!("{field} = {value}: {e}"));
+    }
+
+    // An adapter PEFT saved under another name sits in a folder of that name: the error
+    // points there.
+    let outer = tempfile::tempdir().unwrap();
+    let named = outer.path().join("sst");
+    std::fs::create_dir(&named).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixtures().join("lora_qv").join(f), named.join(f)).unwrap();
+    }
+    let e = match open_adapter(outer.path(), &checkpoint(), &CpuBackend::f64()) {
+        Ok(_) => panic!("opened a folder without an adapter"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("adapters are in") && e.contains("sst"), "{e}");
 
     // A regex that adapts other maps in other layers (the file agreeing with it).
     let a = Edited::of("lora_qv");

@@ -13,7 +13,6 @@ const INFORMATIONAL: &[&str] = &[
     "base_model_name_or_path",
     "revision",
     "inference_mode",
-    "init_lora_weights",
     "peft_version",
     "megatron_core",
     "qalora_group_size",
@@ -41,7 +40,14 @@ const READ: &[&str] = &[
     "alpha_pattern",
     "layer_replication",
     "lora_bias",
+    "init_lora_weights",
 ];
+
+/// `init_lora_weights` values that only choose how A and B started. Every other one (PiSSA,
+/// OLoRA, CorDA, LoftQ, EVA, ...) also rewrites the base weights, and PEFT repeats that when
+/// it loads the adapter, so the stored A and B on the unchanged base would compute something
+/// else.
+const PLAIN_INITS: &[&str] = &["gaussian", "orthogonal"];
 
 /// Which modules a list or regex selects, as PEFT decides it.
 #[derive(Clone, Debug)]
@@ -120,6 +126,10 @@ pub(crate) struct PeftLoraSettings {
     exclude: Option<ModuleSelector>,
     layers_to_transform: Option<Vec<usize>>,
     pub modules_to_save: Vec<String>,
+    /// `rank_pattern` and `alpha_pattern` entries (pattern → value): harmless only where
+    /// they match no adapted module or repeat the global value (checked by the import).
+    pub rank_pattern: Vec<(String, f64)>,
+    pub alpha_pattern: Vec<(String, f64)>,
     pub base_model_name_or_path: Option<String>,
 }
 
@@ -179,12 +189,10 @@ impl PeftLoraSettings {
                 format!("`{task}`: spafit needs a sequence-classification adapter (SEQ_CLS) with its classifier"),
             ));
         }
-        let refusals: [(&str, &str); 6] = [
+        let refusals: [(&str, &str); 4] = [
             ("use_dora", "DoRA (weight-decomposed LoRA) is not supported"),
             ("use_rslora", "rank-stabilized LoRA (scale alpha/sqrt(r)) is not supported; spafit scales by alpha/r"),
             ("fan_in_fan_out", "fan-in-fan-out (Conv1D) weights are not BERT's layout"),
-            ("rank_pattern", "per-module ranks are not supported: one rank for every adapter"),
-            ("alpha_pattern", "per-module alphas are not supported: one alpha for every adapter"),
             ("layer_replication", "replicated layers are not supported"),
         ];
         for (field, why) in refusals {
@@ -207,10 +215,30 @@ impl PeftLoraSettings {
                 ));
             }
         }
+        match get("init_lora_weights") {
+            Value::Null | Value::Bool(_) => {}
+            Value::String(s) if PLAIN_INITS.contains(&s.as_str()) => {}
+            other => {
+                return Err(bad(
+                    "init_lora_weights",
+                    format!(
+                        "{other}: this initialisation also changes the base weights, which PEFT \
+                         recomputes when it loads the adapter; spafit loads A and B onto the \
+                         unchanged base model, so it would compute something else (convert the \
+                         adapter with PEFT's `path_initial_model_for_weight_conversion` first)"
+                    ),
+                ))
+            }
+        }
+        // PEFT finds the layer index after this name; BERT's is `...encoder.layer.N`.
+        let names_bert_layers = |v: &Value| {
+            v.as_str()
+                .is_some_and(|s| s == "layer" || s.ends_with(".layer"))
+        };
         match get("layers_pattern") {
             Value::Null => {}
-            Value::String(s) if s == "layer" => {}
-            Value::Array(a) if a.iter().all(|v| v == "layer") => {}
+            v if names_bert_layers(v) => {}
+            Value::Array(a) if a.iter().all(names_bert_layers) => {}
             other => {
                 return Err(bad(
                     "layers_pattern",
@@ -246,7 +274,9 @@ impl PeftLoraSettings {
             })?;
         let exclude = ModuleSelector::parse(get("exclude_modules"), "exclude_modules", &path)?;
         let layers_to_transform = match get("layers_to_transform") {
+            // PEFT reads an empty list as "every layer".
             Value::Null => None,
+            Value::Array(a) if a.is_empty() => None,
             Value::Number(n) => Some(vec![n
                 .as_u64()
                 .ok_or_else(|| bad("layers_to_transform", format!("{n} is not a layer index")))?
@@ -279,7 +309,25 @@ impl PeftLoraSettings {
                 .collect::<Result<Vec<_>>>()?,
             other => return Err(bad("modules_to_save", format!("{other} is not a list"))),
         };
+        let pattern = |field: &str| -> Result<Vec<(String, f64)>> {
+            match get(field) {
+                Value::Null => Ok(Vec::new()),
+                Value::Object(map) => map
+                    .iter()
+                    .map(|(k, v)| {
+                        v.as_f64()
+                            .map(|v| (k.clone(), v))
+                            .ok_or_else(|| bad(field, format!("`{k}`: {v} is not a number")))
+                    })
+                    .collect(),
+                other => Err(bad(field, format!("{other} is not a map of patterns"))),
+            }
+        };
+        let rank_pattern = pattern("rank_pattern")?;
+        let alpha_pattern = pattern("alpha_pattern")?;
         Ok(PeftLoraSettings {
+            rank_pattern,
+            alpha_pattern,
             rank,
             alpha,
             dropout,
@@ -291,6 +339,39 @@ impl PeftLoraSettings {
         })
     }
 
+    /// Whether `module` is one `modules_to_save` names, or lies inside one: PEFT saves such
+    /// a module whole and never puts an adapter on it (an entry matches a whole run of dotted
+    /// name parts: `key` matches `...attention.self.key`, `layer.5` everything in layer 5).
+    pub fn saved_whole(&self, module: &str) -> bool {
+        let dotted = format!(".{module}.");
+        self.modules_to_save
+            .iter()
+            .any(|m| dotted.contains(&format!(".{m}.")))
+    }
+
+    /// The `rank_pattern` / `alpha_pattern` entries that would give `module` another rank or
+    /// alpha than the global one (PEFT matches a pattern against the end of the name).
+    pub fn per_module_overrides(&self, module: &str) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        for (field, patterns, global) in [
+            ("rank_pattern", &self.rank_pattern, self.rank as f64),
+            ("alpha_pattern", &self.alpha_pattern, self.alpha),
+        ] {
+            for (pattern, value) in patterns {
+                let re = Regex::new(&format!("^(?:.*\\.)?(?:{pattern})$")).map_err(|e| {
+                    Error::invalid(
+                        "adapter_config.json",
+                        format!("`{field}`: the pattern `{pattern}` does not compile here: {e}"),
+                    )
+                })?;
+                if re.is_match(module) && *value != global {
+                    found.push(format!("{field} `{pattern}`: {value}"));
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Whether PEFT would put an adapter on `module` (in encoder layer `layer`, if any).
     pub fn targets(
         &self,
@@ -299,6 +380,9 @@ impl PeftLoraSettings {
         is_linear: bool,
         is_head: bool,
     ) -> bool {
+        if self.saved_whole(module) {
+            return false;
+        }
         if let Some(ex) = &self.exclude {
             if ex.matches(module, is_linear, is_head) != Match::No {
                 return false;

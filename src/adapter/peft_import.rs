@@ -33,6 +33,10 @@ pub struct PeftImport {
     pub base_model_name_or_path: Option<String>,
     /// Model parameters set from the file, by spafit name.
     pub loaded: Vec<String>,
+    /// Tensors of the file that PEFT itself does not use either: the frozen originals of
+    /// modules saved whole (`...original_module...`) and the wrapper's copies
+    /// (`...modules_to_save...`) of tensors also stored under their plain names.
+    pub ignored: Vec<String>,
     /// What a user continuing training should know: trainable tensors the file did not
     /// store (they start from the base model), stored tensors that stay frozen.
     pub notes: Vec<String>,
@@ -78,6 +82,8 @@ pub fn import_peft<B: Backend>(
     // Sort the file's tensors into LoRA pairs and base-model parameters.
     let mut lora: BTreeMap<String, LoraPair> = BTreeMap::new();
     let mut others: BTreeMap<String, String> = BTreeMap::new();
+    let mut wrapped: Vec<(String, String)> = Vec::new();
+    let mut ignored: Vec<String> = Vec::new();
     for name in file.names() {
         let key = name.strip_prefix(PREFIX).ok_or_else(|| {
             bad_tensor(format!(
@@ -93,9 +99,22 @@ pub fn import_peft<B: Backend>(
                 "tensor `{name}`: spafit supports LoRA's A and B matrices only (not embedding \
                  adapters, DoRA magnitudes or LoRA biases)"
             )));
+        } else if key.contains(".original_module.") {
+            ignored.push(name.clone());
+        } else if key.contains(".modules_to_save.") {
+            wrapped.push((unwrap_saved_module(key), name.clone()));
         } else {
             // A wrapped module keeps its own weight and bias under `base_layer`.
             others.insert(key.replace(".base_layer.", "."), name.clone());
+        }
+    }
+    // `bias = "all"` also stores the wrapper's copy of a module saved whole; PEFT loads the
+    // plain name, so the copy counts only where the plain name is absent.
+    for (plain, name) in wrapped {
+        if others.contains_key(&plain) {
+            ignored.push(name);
+        } else {
+            others.insert(plain, name);
         }
     }
 
@@ -117,11 +136,7 @@ pub fn import_peft<B: Backend>(
         ("bert.embeddings.token_type_embeddings", false, false),
     ];
     for (module, linear, head) in unsupported {
-        let saved = settings
-            .modules_to_save
-            .iter()
-            .any(|m| module.ends_with(m.as_str()));
-        if !saved && settings.targets(module, None, linear, head) {
+        if settings.targets(module, None, linear, head) {
             return Err(Error::Format {
                 path: config_path.clone(),
                 detail: format!(
@@ -149,6 +164,19 @@ pub fn import_peft<B: Backend>(
         return Err(bad_tensor(format!(
             "no LoRA tensors for `{module}`, which `target_modules` selects"
         )));
+    }
+    for module in &selected {
+        let overrides = settings.per_module_overrides(module)?;
+        if !overrides.is_empty() {
+            return Err(Error::Format {
+                path: config_path,
+                detail: format!(
+                    "{} for `{module}`: per-module ranks and alphas are not supported (one rank \
+                     and alpha for every adapter)",
+                    overrides.join(", ")
+                ),
+            });
+        }
     }
     if selected.is_empty() {
         return Err(Error::Format {
@@ -326,9 +354,19 @@ pub fn import_peft<B: Backend>(
             plan,
             base_model_name_or_path: settings.base_model_name_or_path,
             loaded,
+            ignored,
             notes,
         },
     ))
+}
+
+/// The plain name of a tensor stored under a `modules_to_save` wrapper:
+/// `classifier.modules_to_save.bias` → `classifier.bias`,
+/// `bert.pooler.modules_to_save.default.dense.bias` → `bert.pooler.dense.bias`.
+fn unwrap_saved_module(key: &str) -> String {
+    let (head, tail) = key.split_once(".modules_to_save.").unwrap_or((key, ""));
+    let tail = tail.strip_prefix("default.").unwrap_or(tail);
+    format!("{head}.{tail}")
 }
 
 /// SPAFIT's boundaries when the strata are frozen, then bias-only, then LoRA + bias (with
