@@ -82,6 +82,15 @@ pub enum Error {
         /// The global gradient norm.
         norm: f64,
     },
+    /// Training left a trainable tensor with NaN or infinite values (a finite loss can
+    /// still come before the step that overflows), or an evaluation with a NaN loss.
+    #[error("after training step {step}: {what}; the run diverged (try a lower --lr); stopping without saving these weights (checkpoints written before are intact)")]
+    Diverged {
+        /// Optimizer steps taken.
+        step: usize,
+        /// The tensor or the evaluation, and its value.
+        what: String,
+    },
     /// An adapter or checkpoint that does not belong to this base model or plan.
     #[error("{path}: {detail}")]
     Mismatch {

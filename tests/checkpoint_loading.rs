@@ -154,11 +154,23 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
         "{e}"
     );
 
-    // A config that claims more layers than the file holds: the first absent tensor is named.
-    let dir = tmp.path().join("deeper-config");
-    write_checkpoint(&dir, &tiny_config_json(3), &full, Dtype::F32, false);
-    let e = load_err(&dir).to_string();
-    assert!(e.contains("encoder.layer.2."), "{e}");
+    // A config that claims more layers than the file holds (up to absurdly many, which must
+    // not allocate for them), or fewer (which would run a truncated model): both refused.
+    for (layers, name) in [
+        (3, "deeper-config"),
+        (1, "shallower-config"),
+        (1_000_000_000_000, "absurd-config"),
+    ] {
+        let dir = tmp.path().join(name);
+        write_checkpoint(&dir, &tiny_config_json(layers), &full, Dtype::F32, false);
+        let e = load_err(&dir).to_string();
+        assert!(
+            e.contains("model.safetensors")
+                && e.contains("holds 2 encoder layers")
+                && e.contains(&format!("`num_hidden_layers` is {layers}")),
+            "{e}"
+        );
+    }
 
     // A vocabulary the config does not match.
     let dir = tmp.path().join("vocab");

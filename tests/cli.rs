@@ -821,3 +821,187 @@ fn peft_adapters_evaluate_predict_and_keep_training() {
         "{err}"
     );
 }
+
+/// What would fail only after training, overwrite an input, or train on a label space the
+/// user did not mean is refused before any work, naming the flag or file.
+#[test]
+fn bad_paths_and_labels_are_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let m = model();
+    let csv = sentiment_csv(&[("good fun", 1), ("dull mess", 0), ("great", 1), ("bad", 0)]);
+    write(root, "train.csv", &csv);
+    write(root, "header_only.csv", "text,label\n");
+    write(root, "a_file", "not a directory");
+    let p = |rel: &str| root.join(rel).display().to_string();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            &m,
+            "--max-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "1",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        spafit(&args)
+    };
+    let (t, out, file) = (p("train.csv"), p("out"), p("a_file"));
+    let (header_only, glue_dir) = (p("header_only.csv"), p("glue"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--train-file", &t, "--labels", "0,0,1"],
+            "`0` appears twice",
+        ),
+        (
+            vec!["--train-file", &t, "--labels", "0,1,"],
+            "empty label name",
+        ),
+        (vec!["--train-file", &t, "--labels", "1"], "at least two"),
+        (vec!["--train-file", &t, "--output", &file], "is a file"),
+        (
+            vec![
+                "--train-file",
+                &t,
+                "--method",
+                "lora",
+                "--export-peft",
+                &file,
+            ],
+            "is a file",
+        ),
+        (
+            vec!["--train-file", &t, "--write-batches", &t],
+            "is an input of this run",
+        ),
+        (
+            vec!["--train-file", &t, "--dev-file", &header_only],
+            "has no examples",
+        ),
+        (
+            vec!["--train-file", &t, "--max-grad-norm", "NaN"],
+            "gradient clipping",
+        ),
+        (
+            vec!["--train-file", &t, "--lora-r", "100000"],
+            "exceeds 384",
+        ),
+        (
+            vec![
+                "--task",
+                "sst2",
+                "--glue-dir",
+                &glue_dir,
+                "--train-file",
+                &t,
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (ok, _, err) = train(&args);
+        assert!(!ok && err.contains(needle), "{args:?}: {err}");
+        println!("REFUSED {args:?}: {}", err.trim());
+    }
+    assert!(
+        !root.join("out").exists(),
+        "a refused run wrote its output directory"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("train.csv")).unwrap(),
+        csv
+    );
+
+    // MNLI without its second dev set fails before training, not after.
+    let glue = root.join("glue");
+    write(
+        &glue,
+        "MNLI/train.tsv",
+        "index\tsentence1\tsentence2\tgold_label\n0\tA.\tB.\tentailment\n",
+    );
+    write(
+        &glue,
+        "MNLI/dev_matched.tsv",
+        "index\tsentence1\tsentence2\tgold_label\n0\tA.\tB.\tentailment\n",
+    );
+    let g = glue.display().to_string();
+    let (ok, _, err) = train(&["--task", "mnli", "--glue-dir", &g, "--output", &out]);
+    assert!(!ok && err.contains("dev_mismatched.tsv"), "{err}");
+    assert!(!root.join("out").exists(), "{err}");
+
+    // An adapter trained on named labels predicts an unlabeled file without --labels (its
+    // own names are the default), and never over its input.
+    let (ok, _, err) = train(&[
+        "--train-file",
+        &t,
+        "--labels",
+        "neg,pos",
+        "--method",
+        "bitfit",
+        "--output",
+        &out,
+    ]);
+    write(
+        root,
+        "named.csv",
+        "text,label\n\"good fun\",pos\n\"dull mess\",neg\n",
+    );
+    assert!(!ok && err.contains("`1` is not one of"), "{err}");
+    let (ok, _, err) = train(&[
+        "--train-file",
+        &p("named.csv"),
+        "--labels",
+        "neg,pos",
+        "--method",
+        "bitfit",
+        "--output",
+        &out,
+    ]);
+    assert!(ok, "{err}");
+    write(root, "unlabeled.csv", "text\nwhat a film\n");
+    let adapter = format!("{out}/best");
+    let predict = |extra: &[&str]| {
+        let mut args = vec![
+            "predict",
+            "--model",
+            &m,
+            "--adapter",
+            &adapter,
+            "--dev-file",
+            extra[0],
+            "--max-len",
+            "16",
+        ];
+        args.extend_from_slice(&extra[1..]);
+        spafit(&args)
+    };
+    let unlabeled = p("unlabeled.csv");
+    let (ok, stdout, err) = predict(&[&unlabeled]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert!(
+        line["probabilities"]["neg"].is_number() && line["probabilities"]["pos"].is_number(),
+        "{line}"
+    );
+    let (ok, _, err) = predict(&[&unlabeled, "--output", &unlabeled]);
+    assert!(!ok && err.contains("is the input"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&unlabeled).unwrap(),
+        "text\nwhat a film\n"
+    );
+    // A run directory that holds a finished run is not trained over, even without last/.
+    std::fs::remove_dir_all(root.join("out/last")).unwrap();
+    let (ok, _, err) = train(&[
+        "--train-file",
+        &p("named.csv"),
+        "--labels",
+        "neg,pos",
+        "--output",
+        &out,
+    ]);
+    assert!(!ok && err.contains("holds an earlier run"), "{err}");
+}

@@ -310,6 +310,35 @@ fn custom_csv_tsv_jsonl() {
         Some(Target::Class(1))
     );
 
+    // TSV has no quoting (as GLUE's files): a quote is text, every line is one row, even
+    // one with an unbalanced quote, and a line of spaces is blank.
+    write(
+        r,
+        "q.tsv",
+        "review\tsentiment\n\"Hello there\tpos\n   \nsecond row\tneg\nthird\" row\tpos\n\"Stop,\" she said.\tneg\n",
+    );
+    let ds = spec("q.tsv", pn()).load(OnMalformed::Error).unwrap();
+    assert_eq!(
+        ds.examples,
+        vec![
+            ex("\"Hello there", None, Some(Target::Class(1))),
+            ex("second row", None, Some(Target::Class(0))),
+            ex("third\" row", None, Some(Target::Class(1))),
+            ex("\"Stop,\" she said.", None, Some(Target::Class(0))),
+        ]
+    );
+    assert_eq!(ds.source_lines, vec![2, 4, 5, 6]);
+    // A header naming a column twice would make one of them unreachable.
+    write(r, "dup.csv", "review,sentiment,review\nA,pos,B\n");
+    let e = spec("dup.csv", pn())
+        .load(OnMalformed::Skip)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dup.csv") && e.contains("line 1") && e.contains("`review` appears twice"),
+        "{e}"
+    );
+
     write(r, "c.jsonl", "{\"review\": \"Nice\", \"sentiment\": 0.5}\n\n{\"review\": \"Bad\", \"sentiment\": -1}\n{\"review\": 3}\nnot json\n");
     let e = spec("c.jsonl", TaskKind::Regression)
         .load(OnMalformed::Error)

@@ -533,6 +533,24 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
     };
     assert!(e.contains("adapters are in") && e.contains("sst"), "{e}");
 
+    // An adapter saved from a diverged run: every prediction would be NaN.
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| {
+        let e = t
+            .iter_mut()
+            .find(|(n, _, _)| n == b_name_for_nan())
+            .unwrap();
+        e.2[5] = f64::NAN;
+    });
+    let e = match open_adapter(a.path(), &checkpoint(), &CpuBackend::f64()) {
+        Ok(_) => panic!("opened an adapter holding NaN"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("layer.2.attention.self.value.lora_B.weight") && e.contains("NaN"),
+        "{e}"
+    );
+
     // A regex that adapts other maps in other layers (the file agreeing with it).
     let a = Edited::of("lora_qv");
     a.config(|c| {
@@ -630,4 +648,8 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         ),
         Err(Error::Io { .. })
     ));
+}
+
+fn b_name_for_nan() -> &'static str {
+    "base_model.model.bert.encoder.layer.2.attention.self.value.lora_B.weight"
 }

@@ -9,7 +9,7 @@ use common::tiny_bert;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::checkpoint::{BertConfig, Checkpoint, WeightsFile};
-use spafit::data::{rotten_tomatoes, Dataset, Example, Target, TaskKind};
+use spafit::data::{rotten_tomatoes, training_batches, Dataset, Example, Target, TaskKind};
 use spafit::model::{BertClassifier, BertModel};
 use spafit::nn::Linear;
 use spafit::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
@@ -389,6 +389,23 @@ fn resume_keeps_the_best_evaluation_and_a_clean_log() {
     assert_eq!(steps, (1..=10).collect::<Vec<u64>>());
 }
 
+/// `regression_data(40)` with NaN targets in exactly the examples of step `step`'s batch
+/// under `config` (so a run hits them first at that step, and a resume sees the same data).
+fn data_with_nan_at_step(tok: &TextTokenizer, config: &TrainConfig, step: usize) -> Dataset {
+    let mut data = regression_data(40, None);
+    let lengths = EncodedDataset::new(tok, &data).unwrap().lengths();
+    let batches = training_batches(
+        &lengths,
+        config.batch_size,
+        config.bucket_batches,
+        spafit::rng::mix(config.seed, 0),
+    );
+    for &row in &batches[step - 1] {
+        data.examples[row].target = Some(Target::Score(f64::NAN));
+    }
+    data
+}
+
 #[test]
 fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
@@ -396,14 +413,15 @@ fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let out = tmp.path().join("run");
+    let data = data_with_nan_at_step(&tok, &tiny_config(&out), 4);
     let (mut model, plan) = tiny_model(&ck, &cpu);
-    // Interrupted after step 4; its state was saved at step 3 (eval_every = 3).
+    // Interrupted after step 3, where its state was saved (eval_every = 3).
     let good = TrainConfig {
-        stop_after_steps: Some(4),
+        stop_after_steps: Some(3),
         ..tiny_config(&out)
     };
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, good)
-        .fit(&tok, &regression_data(40, None), None)
+        .fit(&tok, &data, None)
         .unwrap();
     let snapshot: Vec<(PathBuf, Vec<u8>)> = [
         "best/adapter.safetensors",
@@ -417,18 +435,18 @@ fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
     // A fresh run into the same directory is refused: it would mix two runs.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
-        .fit(&tok, &regression_data(40, None), None)
+        .fit(&tok, &data, None)
         .unwrap_err();
     assert!(e.to_string().contains("holds an earlier run"), "{e}");
 
-    // Resumed on data whose targets are all NaN: the first step taken (step 4) stops the run.
+    // Resumed: the first step taken (step 4) meets the NaN targets and stops the run.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let resume = TrainConfig {
         resume: true,
         ..tiny_config(&out)
     };
     let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume)
-        .fit(&tok, &regression_data(40, Some(0)), None)
+        .fit(&tok, &data, None)
         .unwrap_err();
     assert!(matches!(e, Error::NonFiniteLoss { step: 4, .. }), "{e}");
     assert!(
@@ -443,6 +461,138 @@ fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
             path.display()
         );
     }
+}
+
+/// A learning rate that overflows the weights on the very last step gives a finite loss on
+/// every step taken; the weights themselves are checked before they become `best/`, and a
+/// diverged evaluation stops the run instead of being kept as the best one.
+#[test]
+fn diverged_weights_and_evaluations_are_never_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    // One batch: the step that overflows is the last one.
+    let data = regression_data(8, None);
+    for (name, dev) in [
+        ("no-dev", None),
+        ("with-dev", Some(regression_data(8, None))),
+    ] {
+        let out = tmp.path().join(name);
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        let config = TrainConfig {
+            epochs: 1,
+            learning_rate: 1e300,
+            max_grad_norm: None,
+            warmup_ratio: 0.0,
+            eval_every: None,
+            ..tiny_config(&out)
+        };
+        let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+            .fit(&tok, &data, dev.as_ref())
+            .unwrap_err();
+        assert!(matches!(e, Error::Diverged { step: 1, .. }), "{name}: {e}");
+        assert!(!out.join("best").exists(), "{name}: best/ was written: {e}");
+        println!("DIVERGED {name}: {e}");
+    }
+}
+
+/// A resume is refused when anything that decides the result changed, naming what: here
+/// other data of the same size, and another batch size.
+#[test]
+fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let out = tmp.path().join("run");
+    let data = regression_data(40, None);
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let first = TrainConfig {
+        stop_after_steps: Some(3),
+        ..tiny_config(&out)
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, first)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let mut other = data.clone();
+    other.examples[7].text_a.push_str(" indeed");
+    let resume = || TrainConfig {
+        resume: true,
+        ..tiny_config(&out)
+    };
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
+        .fit(&tok, &other, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("training data: saved 40 examples") && !e.contains("--batch-size"),
+        "{e}"
+    );
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            batch_size: 4,
+            ..resume()
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("--batch-size: saved 8, now 4") && !e.contains("training data"),
+        "{e}"
+    );
+    // The same settings resume.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
+        .fit(&tok, &data, None)
+        .unwrap();
+}
+
+/// A directory that holds only `best/` and `metrics.jsonl` of a finished run (its `last/`
+/// deleted) is not overwritten by a fresh run.
+#[test]
+fn a_finished_run_without_its_state_is_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let out = tmp.path().join("run");
+    let data = regression_data(16, None);
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
+        .fit(&tok, &data, None)
+        .unwrap();
+    std::fs::remove_dir_all(out.join("last")).unwrap();
+    let before = std::fs::read(out.join("best/adapter.safetensors")).unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            seed: 9,
+            ..tiny_config(&out)
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("holds an earlier run") && e.contains("best/") && e.contains("metrics.jsonl"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("best/adapter.safetensors")).unwrap(),
+        before
+    );
 }
 
 /// The CPU backend splits GEMMs, attention heads, layernorm rows and elementwise blocks over

@@ -5,12 +5,23 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Replaces `path` with `bytes` atomically (readers see the old file or the new one).
+/// Replaces `path` with `bytes` atomically (readers see the old file or the new one). A
+/// symbolic link is followed, so the file it points to is replaced and the link stays, and
+/// an existing file keeps its permissions.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
+    let is_link = path
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink());
+    let resolved = match is_link {
+        true => std::fs::canonicalize(path).ok(),
+        false => None,
+    };
+    let path = resolved.as_deref().unwrap_or(path);
+    let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -31,6 +42,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             f.write_all(tail)?;
         }
         f.sync_all()?;
+        if let Some(p) = permissions {
+            std::fs::set_permissions(&tmp, p)?;
+        }
         std::fs::rename(&tmp, path)?;
         // The rename itself must survive a power cut, not only a killed process.
         std::fs::File::open(dir)?.sync_all()

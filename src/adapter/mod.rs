@@ -12,7 +12,7 @@ mod store;
 
 pub use atomic::{sha256_hex, write_atomic};
 pub use manifest::AdapterManifest;
-pub use open::{open_adapter, AdapterFormat, OpenedAdapter};
+pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
 pub use peft_export::export_peft;
 pub use peft_import::{
     import_peft, is_peft_adapter, PeftImport, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,

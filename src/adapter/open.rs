@@ -36,11 +36,34 @@ pub struct OpenedAdapter<B: Backend> {
     pub notes: Vec<String>,
 }
 
-impl<B: Backend> OpenedAdapter<B> {
-    /// Refuses data whose label space is not the adapter's head: other class names (when the
+/// The label space an adapter's head was trained for.
+#[derive(Clone, Debug)]
+pub struct AdapterHead {
+    /// Class names, when the adapter records them.
+    pub labels: Option<Vec<String>>,
+    /// Outputs of the classifier (1 for regression).
+    pub outputs: usize,
+}
+
+impl AdapterHead {
+    /// The label space data is read with when the user names none: the class names the
+    /// adapter records, or regression for a single output. `None` for a PEFT classifier,
+    /// which records no names (so the data's labels must be given, and are checked
+    /// against the number of outputs).
+    pub fn default_kind(&self) -> Option<TaskKind> {
+        match (&self.labels, self.outputs) {
+            (Some(labels), _) => Some(TaskKind::Classification {
+                labels: labels.clone(),
+            }),
+            (None, 1) => Some(TaskKind::Regression),
+            (None, _) => None,
+        }
+    }
+
+    /// Refuses data whose label space is not the head's: other class names (when the
     /// adapter records them), another class count, or regression against classification.
-    pub fn check_labels(&self, kind: &TaskKind, data_name: &str, dir: &Path) -> Result<()> {
-        let outputs = self.model.num_labels;
+    pub fn check(&self, kind: &TaskKind, data_name: &str, dir: &Path) -> Result<()> {
+        let outputs = self.outputs;
         let fits = match (kind, &self.labels) {
             (TaskKind::Classification { labels }, Some(trained)) => labels == trained,
             (TaskKind::Classification { labels }, None) => labels.len() == outputs && outputs > 1,
@@ -52,7 +75,8 @@ impl<B: Backend> OpenedAdapter<B> {
         Err(Error::Mismatch {
             path: dir.to_path_buf(),
             detail: format!(
-                "the adapter was trained for labels {} ({outputs} outputs) but {data_name} has {}",
+                "the adapter was trained for labels {} ({outputs} outputs) but {data_name} has {} \
+                 (--labels / --regression give the data's label space)",
                 self.labels
                     .as_ref()
                     .map_or("without names".to_string(), |l| format!("{l:?}")),
@@ -62,6 +86,21 @@ impl<B: Backend> OpenedAdapter<B> {
                 }
             ),
         })
+    }
+}
+
+impl<B: Backend> OpenedAdapter<B> {
+    /// The label space of the adapter's head.
+    pub fn head(&self) -> AdapterHead {
+        AdapterHead {
+            labels: self.labels.clone(),
+            outputs: self.model.num_labels,
+        }
+    }
+
+    /// [`AdapterHead::check`] for this adapter.
+    pub fn check_labels(&self, kind: &TaskKind, data_name: &str, dir: &Path) -> Result<()> {
+        self.head().check(kind, data_name, dir)
     }
 }
 
@@ -80,6 +119,7 @@ pub fn open_adapter<B: Backend>(
     if dir.join(MANIFEST_FILE).is_file() {
         let (model, manifest) = load_adapter(dir, checkpoint, backend)?;
         let plan = manifest.plan(&dir.join(MANIFEST_FILE))?;
+        check_finite(dir, backend, &model)?;
         return Ok(OpenedAdapter {
             model,
             plan,
@@ -90,6 +130,7 @@ pub fn open_adapter<B: Backend>(
     }
     if is_peft_adapter(dir) {
         let (model, import) = import_peft(dir, checkpoint, backend)?;
+        check_finite(dir, backend, &model)?;
         return Ok(OpenedAdapter {
             model,
             plan: import.plan,
@@ -98,10 +139,41 @@ pub fn open_adapter<B: Backend>(
             notes: import.notes,
         });
     }
+    // PEFT saves an adapter with a name other than `default` in a folder of that name.
+    let mut inside: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(PEFT_CONFIG_FILE).is_file() || p.join(MANIFEST_FILE).is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    inside.sort();
+    let hint = match inside.is_empty() {
+        true => String::new(),
+        false => format!("; adapters are in {}", inside.join(", ")),
+    };
     Err(Error::Format {
         path: dir.to_path_buf(),
         detail: format!(
-            "neither {MANIFEST_FILE} (a spafit adapter) nor {PEFT_CONFIG_FILE} (a PEFT adapter) is here"
+            "neither {MANIFEST_FILE} (a spafit adapter) nor {PEFT_CONFIG_FILE} (a PEFT adapter) is here{hint}"
         ),
     })
+}
+
+/// Refuses an adapter whose tensors hold NaN or infinite values (saved from a diverged run,
+/// or damaged): every prediction made with it would be NaN.
+fn check_finite<B: Backend>(dir: &Path, backend: &B, model: &BertClassifier<B>) -> Result<()> {
+    for p in model.params().into_iter().filter(|p| p.trainable) {
+        if !backend.sum_squares(&p.value)?.is_finite() {
+            return Err(Error::Format {
+                path: dir.to_path_buf(),
+                detail: format!(
+                    "tensor `{}` holds NaN or infinite values (saved from a diverged run?)",
+                    p.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }

@@ -111,10 +111,11 @@ pub fn import_peft<B: Backend>(
     // `bias = "all"` also stores the wrapper's copy of a module saved whole; PEFT loads the
     // plain name, so the copy counts only where the plain name is absent.
     for (plain, name) in wrapped {
-        if others.contains_key(&plain) {
-            ignored.push(name);
-        } else {
-            others.insert(plain, name);
+        match others.entry(plain) {
+            std::collections::btree_map::Entry::Occupied(_) => ignored.push(name),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(name);
+            }
         }
     }
 

@@ -182,9 +182,14 @@ pub fn load_adapter<B: Backend>(
     let mut stored = manifest.tensors.clone();
     stored.sort();
     if expected != stored {
+        let missing: Vec<&String> = expected.iter().filter(|n| !stored.contains(n)).collect();
+        let extra: Vec<&String> = stored.iter().filter(|n| !expected.contains(n)).collect();
         return Err(Error::Mismatch {
             path: manifest_path,
-            detail: "the stored tensors are not the plan's trainable tensors".into(),
+            detail: format!(
+                "the stored tensors are not the plan's trainable tensors (missing: {missing:?}; \
+                 not trained under the plan: {extra:?})"
+            ),
         });
     }
     for p in model.params_mut().into_iter().filter(|p| p.trainable) {

@@ -30,6 +30,7 @@ impl Checkpoint {
         let dir = resolve(spec.as_ref())?;
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let weights = WeightsFile::open(&dir.join("model.safetensors"))?;
+        check_layer_count(&config, &weights)?;
         Ok(Checkpoint {
             dir,
             config,
@@ -73,4 +74,31 @@ impl Checkpoint {
         }
         Ok(tok)
     }
+}
+
+/// Refuses a config whose layer count is not the one the weights hold: more layers would
+/// fail later on a missing tensor (after allocating for all of them), fewer would silently
+/// run a truncated model.
+fn check_layer_count(config: &BertConfig, weights: &WeightsFile) -> Result<()> {
+    let layers = weights
+        .names()
+        .iter()
+        .filter_map(|name| {
+            let rest = name.split_once("encoder.layer.")?.1;
+            rest.split('.').next()?.parse::<usize>().ok()
+        })
+        .max()
+        .map_or(0, |last| last + 1);
+    if layers == config.num_hidden_layers {
+        return Ok(());
+    }
+    Err(Error::Format {
+        path: weights.path().to_path_buf(),
+        detail: format!(
+            "holds {layers} encoder layers (`encoder.layer.0` to `encoder.layer.{}`) but config.json's \
+             `num_hidden_layers` is {}",
+            layers.saturating_sub(1),
+            config.num_hidden_layers
+        ),
+    })
 }

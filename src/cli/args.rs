@@ -191,7 +191,7 @@ impl PeftArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli); needs --glue-dir.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["train_file", "dev_file", "labels", "regression"])]
     pub task: Option<String>,
     /// Root of the GLUE distribution (holding CoLA/, SST-2/, ...).
     #[arg(long)]
@@ -211,9 +211,10 @@ pub struct DataArgs {
     /// Custom data: label column.
     #[arg(long, default_value = "label")]
     pub label_column: String,
-    /// Custom data: comma-separated label names in id order (default: 0,1).
-    #[arg(long, default_value = "0,1")]
-    pub labels: String,
+    /// Custom data: comma-separated label names in id order (default: 0,1; with --adapter,
+    /// the adapter's).
+    #[arg(long, conflicts_with = "regression")]
+    pub labels: Option<String>,
     /// Custom data: the label is a real number (regression, one output).
     #[arg(long)]
     pub regression: bool,
@@ -236,34 +237,77 @@ impl DataArgs {
         }
     }
 
-    fn kind(&self) -> TaskKind {
+    /// The label space the flags give; without --labels or --regression, `default` (an
+    /// adapter's), else the two classes `0,1`.
+    fn kind(&self, default: Option<&TaskKind>) -> Result<TaskKind> {
         if self.regression {
-            TaskKind::Regression
-        } else {
-            TaskKind::Classification {
-                labels: self
-                    .labels
-                    .split(',')
-                    .map(|s| s.trim().to_string())
-                    .collect(),
-            }
+            return Ok(TaskKind::Regression);
         }
+        let Some(list) = &self.labels else {
+            return Ok(default
+                .cloned()
+                .unwrap_or_else(|| TaskKind::Classification {
+                    labels: vec!["0".into(), "1".into()],
+                }));
+        };
+        let labels: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+        if labels.iter().any(String::is_empty) {
+            return Err(Error::invalid(
+                "--labels",
+                format!("`{list}` has an empty label name"),
+            ));
+        }
+        if let Some((i, dup)) = labels
+            .iter()
+            .enumerate()
+            .find(|(i, l)| labels[..*i].contains(l))
+        {
+            return Err(Error::invalid(
+                "--labels",
+                format!(
+                    "`{dup}` appears twice (as class {} and {i})",
+                    labels.iter().position(|l| l == dup).unwrap_or(0)
+                ),
+            ));
+        }
+        if labels.len() < 2 {
+            return Err(Error::invalid(
+                "--labels",
+                format!("`{list}` names one class; classification needs at least two (or --regression for a real-valued label)"),
+            ));
+        }
+        Ok(TaskKind::Classification { labels })
     }
 
-    fn table(&self, path: &std::path::Path, labeled: bool) -> TableSpec {
-        TableSpec {
+    fn table(
+        &self,
+        path: &std::path::Path,
+        labeled: bool,
+        default_kind: Option<&TaskKind>,
+    ) -> Result<TableSpec> {
+        Ok(TableSpec {
             path: path.to_path_buf(),
             text_column: self.text_column.clone(),
             text_pair_column: self.text_pair_column.clone(),
             label_column: labeled.then(|| self.label_column.clone()),
-            kind: self.kind(),
+            kind: self.kind(default_kind)?,
             filter: None,
-        }
+        })
     }
 
     /// Loads a split: GLUE `split` (`train`, `dev`, `dev_matched`, `test`...) or the custom
     /// file for `train` / anything else.
     pub fn load(&self, split: &str) -> Result<Dataset> {
+        self.load_with_default_kind(split, None)
+    }
+
+    /// [`Self::load`], with the label space `default_kind` (an adapter's) for custom data
+    /// when the flags give none.
+    pub fn load_with_default_kind(
+        &self,
+        split: &str,
+        default_kind: Option<&TaskKind>,
+    ) -> Result<Dataset> {
         let report = |d: Dataset| {
             const SHOWN: usize = 10;
             if !d.skipped.is_empty() {
@@ -292,7 +336,7 @@ impl DataArgs {
         let file = file.as_ref().ok_or_else(|| {
             Error::invalid("data", format!("no data for `{split}`: give --task with --glue-dir, or --train-file / --dev-file"))
         })?;
-        self.table(file, !split.starts_with("test"))
+        self.table(file, !split.starts_with("test"), default_kind)?
             .load(self.policy())
             .map(report)
     }

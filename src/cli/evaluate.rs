@@ -31,7 +31,7 @@ fn load<B: Backend>(
 ) -> Result<Loaded<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
     let opened = open_adapter(adapter, &checkpoint, &backend)?;
-    let data = data.load(split)?;
+    let data = data.load_with_default_kind(split, opened.head().default_kind().as_ref())?;
     opened.check_labels(&data.kind, &data.name, adapter)?;
     let encoded = EncodedDataset::new(&checkpoint.tokenizer(model.max_len)?, &data)?;
     Ok(Loaded {
@@ -58,7 +58,7 @@ pub struct EvalCommand {
     #[arg(long)]
     pub split: Option<String>,
     /// Examples per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 64)]
     pub batch_size: usize,
 }
 
@@ -89,6 +89,12 @@ impl EvalCommand {
             &self.adapter,
             &self.split()?,
         )?;
+        if data.is_empty() || !data.is_labeled() {
+            return Err(Error::Format {
+                path: data.name.clone().into(),
+                detail: "eval needs labeled examples and this split has none (for unlabeled data, use `spafit predict`)".into(),
+            });
+        }
         let eval = evaluate(
             &backend,
             &model,
@@ -128,7 +134,7 @@ pub struct PredictCommand {
     #[arg(long, value_enum)]
     pub format: Option<PredictionFormat>,
     /// Examples per batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 64)]
     pub batch_size: usize,
 }
 
@@ -138,6 +144,22 @@ impl PredictCommand {
     }
 
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
+        if let Some(out) = &self.output {
+            let inputs = [&self.data.train_file, &self.data.dev_file];
+            if let Some(input) = inputs
+                .into_iter()
+                .flatten()
+                .find(|input| super::same_file(out, input))
+            {
+                return Err(Error::invalid(
+                    "--output",
+                    format!(
+                        "{} is the input; write the predictions elsewhere",
+                        input.display()
+                    ),
+                ));
+            }
+        }
         let Loaded {
             backend,
             model,

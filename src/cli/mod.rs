@@ -46,3 +46,11 @@ impl Cli {
         }
     }
 }
+
+/// Whether two paths name the same existing file (through links and relative parts).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use spafit::adapter::{export_peft, open_adapter};
+use spafit::adapter::{export_peft, open_adapter, AdapterHead};
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::Dataset;
@@ -17,10 +17,10 @@ use super::args::{on_backend, DataArgs, ModelArgs, PeftArgs};
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// Passes over the training data.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 1)]
     pub epochs: usize,
     /// Examples per step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 32)]
     pub batch_size: usize,
     /// Peak learning rate (after linear warmup, decays linearly to 0).
     #[arg(long)]
@@ -45,7 +45,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub save_every: Option<usize>,
     /// Write a metrics.jsonl line every N steps.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 10)]
     pub log_every: usize,
     /// Stop after N steps in total.
     #[arg(long)]
@@ -106,16 +106,15 @@ pub fn setup<B: Backend>(
     })
 }
 
-/// A run that continues from an adapter (spafit's or PEFT's): its plan and head.
+/// A run that continues from an adapter (spafit's or PEFT's): its plan and head, and the
+/// label space that head was trained for.
 pub fn setup_from_adapter<B: Backend>(
     backend: B,
     model: &ModelArgs,
     adapter: &std::path::Path,
-    train: &Dataset,
-) -> Result<Run<B>> {
+) -> Result<(Run<B>, AdapterHead)> {
     let checkpoint = Checkpoint::open(&model.model)?;
     let opened = open_adapter(adapter, &checkpoint, &backend)?;
-    opened.check_labels(&train.kind, &train.name, adapter)?;
     eprintln!(
         "continuing from the {:?} adapter in {} ({} plan)",
         opened.format,
@@ -125,12 +124,16 @@ pub fn setup_from_adapter<B: Backend>(
     for note in &opened.notes {
         eprintln!("note: {note}");
     }
-    Ok(Run {
-        backend,
-        checkpoint,
-        model: opened.model,
-        plan: opened.plan,
-    })
+    let head = opened.head();
+    Ok((
+        Run {
+            backend,
+            checkpoint,
+            model: opened.model,
+            plan: opened.plan,
+        },
+        head,
+    ))
 }
 
 pub fn fit<B: Backend>(
@@ -154,7 +157,7 @@ pub fn fit<B: Backend>(
         learning_rate: args.lr.unwrap_or_else(|| default_lr(run.plan.method)),
         weight_decay: args.weight_decay,
         warmup_ratio: args.warmup_ratio,
-        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
         seed: args.seed,
         eval_every: args.eval_every,
         save_every: args.save_every,
@@ -218,37 +221,84 @@ pub struct TrainCommand {
 }
 
 impl TrainCommand {
+    /// The training split and every evaluation split, all read before training, so a
+    /// missing or malformed one stops the run before it costs anything.
+    fn load_data(
+        &self,
+        task: Option<spafit::data::GlueTask>,
+        default_kind: Option<&spafit::data::TaskKind>,
+    ) -> Result<(Dataset, Vec<Dataset>)> {
+        let train = self.data.load_with_default_kind("train", default_kind)?;
+        let devs = match task {
+            Some(t) => t
+                .dev_splits()
+                .iter()
+                .map(|split| self.data.load(split))
+                .collect::<Result<Vec<_>>>()?,
+            None if self.data.dev_file.is_some() => {
+                vec![self.data.load_with_default_kind("dev", default_kind)?]
+            }
+            None => Vec::new(),
+        };
+        Ok((train, devs))
+    }
+
+    /// Refuses output paths that would fail only after training (a file where a directory
+    /// goes) or overwrite an input.
+    fn check_output_paths(&self) -> Result<()> {
+        let t = &self.train;
+        for (flag, dir) in [("--output", &t.output), ("--export-peft", &t.export_peft)] {
+            if let Some(dir) = dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+                return Err(spafit::Error::invalid(
+                    flag,
+                    format!("{} is a file; give a directory", dir.display()),
+                ));
+            }
+        }
+        if let Some(log) = &t.write_batches {
+            let inputs = [&self.data.train_file, &self.data.dev_file];
+            if let Some(input) = inputs
+                .into_iter()
+                .flatten()
+                .find(|input| super::same_file(log, input))
+            {
+                return Err(spafit::Error::invalid(
+                    "--write-batches",
+                    format!("{} is an input of this run", input.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn run(&self) -> Result<()> {
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         let task = self.data.glue_task()?;
-        let train = self.data.load("train")?;
-        let dev_split = task.map_or("dev", |t| t.dev_splits()[0]);
-        let dev = if task.is_some() || self.data.dev_file.is_some() {
-            Some(self.data.load(dev_split)?)
-        } else {
-            None
+        self.check_output_paths()?;
+        let (mut run, train, devs) = match &self.adapter {
+            Some(dir) => {
+                let (run, head) = setup_from_adapter(backend, &self.model, dir)?;
+                let (train, devs) = self.load_data(task, head.default_kind().as_ref())?;
+                head.check(&train.kind, &train.name, dir)?;
+                (run, train, devs)
+            }
+            None => {
+                let (train, devs) = self.load_data(task, None)?;
+                let run = setup(
+                    backend,
+                    &self.model,
+                    &self.peft,
+                    train.kind.num_labels(),
+                    self.train.seed,
+                )?;
+                (run, train, devs)
+            }
         };
-        let mut run = match &self.adapter {
-            Some(dir) => setup_from_adapter(backend, &self.model, dir, &train)?,
-            None => setup(
-                backend,
-                &self.model,
-                &self.peft,
-                train.kind.num_labels(),
-                self.train.seed,
-            )?,
-        };
-        let report = fit(
-            &mut run,
-            &self.model,
-            &self.train,
-            &train,
-            dev.as_ref(),
-            task,
-        )?;
+        let dev = devs.first();
+        let report = fit(&mut run, &self.model, &self.train, &train, dev, task)?;
         let mut line = json!({
             "task": task.map_or_else(|| train.name.clone(), |t| t.dir_name().to_string()),
             "method": run.plan.method.to_string(),
@@ -266,11 +316,10 @@ impl TrainCommand {
             }
         }
         // GLUE reports MNLI on both dev sets; the first one selected the model.
-        if let Some(t) = task {
-            for split in &t.dev_splits()[1..] {
-                let data = self.data.load(split)?;
-                let tokenizer = run.checkpoint.tokenizer(self.model.max_len)?;
-                let encoded = spafit::train::EncodedDataset::new(&tokenizer, &data)?;
+        if let Some(t) = task.filter(|_| devs.len() > 1) {
+            let tokenizer = run.checkpoint.tokenizer(self.model.max_len)?;
+            for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
+                let encoded = spafit::train::EncodedDataset::new(&tokenizer, data)?;
                 let eval = spafit::train::evaluate(&run.backend, &run.model, &encoded, 64, task)?;
                 for (k, v) in &eval.metrics {
                     line[format!("{split}_{k}")] = json!(v);

@@ -140,7 +140,7 @@ impl RowSink {
             Err(why) => match self.policy {
                 OnMalformed::Error => Err(crate::Error::Format {
                     path: path.to_path_buf(),
-                    detail: format!("line {line}: {why} (to skip and count such rows instead: OnMalformed::Skip, `--skip-malformed`)"),
+                    detail: format!("line {line}: {why} (to skip such rows and list them instead: `--skip-malformed`; in the library, OnMalformed::Skip)"),
                 }),
                 OnMalformed::Skip => {
                     self.skipped

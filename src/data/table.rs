@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 pub enum TableFormat {
     /// Comma-separated with a header row, RFC 4180 quoting.
     Csv,
-    /// Tab-separated with a header row, RFC 4180 quoting.
+    /// Tab-separated with a header row, one record per line and no quoting (as GLUE's files
+    /// and the IANA TSV format): a `"` is text like any other character.
     Tsv,
     /// One JSON object per line.
     Jsonl,
@@ -144,6 +145,7 @@ impl TableSpec {
                     } else {
                         b'\t'
                     })
+                    .quoting(format == TableFormat::Csv)
                     .flexible(true)
                     .from_reader(bytes.as_slice());
                 let line_one = |detail: String| Error::Format {
@@ -159,6 +161,17 @@ impl TableSpec {
                     .iter()
                     .map(str::to_string)
                     .collect();
+                if let Some((i, dup)) = header
+                    .iter()
+                    .enumerate()
+                    .find(|(i, h)| header[..*i].contains(h))
+                {
+                    return Err(line_one(format!(
+                        "column `{dup}` appears twice (columns {} and {})",
+                        header.iter().position(|h| h == dup).unwrap_or(0) + 1,
+                        i + 1
+                    )));
+                }
                 for col in [
                     Some(&self.text_column),
                     self.text_pair_column.as_ref(),
@@ -179,6 +192,8 @@ impl TableSpec {
                 }
                 for record in reader.byte_records() {
                     let (line, row) = match record {
+                        // A line of only spaces is blank, as in JSONL.
+                        Ok(r) if r.len() == 1 && r[0].trim_ascii().is_empty() => continue,
                         Ok(r) => {
                             let line = r.position().map_or(0, |p| lines.line_of(p.byte()));
                             let row = if r.len() != header.len() {

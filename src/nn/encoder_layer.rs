@@ -140,6 +140,18 @@ impl<B: Backend> EncoderLayer<B> {
                 let lin = self.linear_mut(target);
                 let (out, inp) = lin.out_in();
                 let prefix = lin.prefix.clone();
+                // Beyond min(out, in) a rank adds parameters and memory but no expressive
+                // power; refusing it also stops a mistyped rank from exhausting memory.
+                if cfg.rank > out.min(inp) {
+                    return Err(Error::invalid(
+                        "lora config",
+                        format!(
+                            "rank r = {} exceeds {} (the smaller side of `{prefix}`, [{out}, {inp}])",
+                            cfg.rank,
+                            out.min(inp)
+                        ),
+                    ));
+                }
                 let a = init(
                     &format!("{prefix}.lora_A.weight"),
                     Shape::new([cfg.rank, inp]),

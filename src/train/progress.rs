@@ -46,11 +46,16 @@ impl Progress {
     /// Prints a message on its own line.
     pub fn message(&self, text: &str) {
         if self.enabled {
-            let mut err = std::io::stderr().lock();
-            if self.terminal {
-                let _ = write!(err, "\r\x1b[K");
-            }
-            let _ = writeln!(err, "{text}");
+            self.notice(text);
         }
+    }
+
+    /// A message shown even without a progress display: something the user must know.
+    pub fn notice(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.enabled && self.terminal {
+            let _ = write!(err, "\r\x1b[K");
+        }
+        let _ = writeln!(err, "{text}");
     }
 }

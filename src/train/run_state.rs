@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::trainer::DropoutRates;
-use super::{Evaluation, TrainConfig};
+use super::{EncodedDataset, Evaluation, TrainConfig};
 use crate::adapter::{sha256_hex, tensors_to_safetensors_with_metadata, write_atomic};
 use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
+use crate::data::Target;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -40,8 +41,8 @@ pub(crate) struct RunPosition {
     pub total_steps: usize,
     /// The best evaluation so far.
     pub best: Option<SavedBest>,
-    /// SHA-256 of the settings that must not change across a resume (see [`fingerprint`]).
-    pub fingerprint: String,
+    /// The settings that must not change across a resume, by name (see [`run_settings`]).
+    pub settings: RunSettings,
 }
 
 /// What the header carries: the position and a checksum of the tensor bytes.
@@ -107,9 +108,17 @@ pub(crate) struct SavedRun<B: Backend> {
     pub best_weights: Option<NamedTensors<B>>,
 }
 
-/// Whether `dir` (an output directory) holds a run that could be resumed.
-pub(crate) fn has_saved_run(output_dir: &Path) -> bool {
-    output_dir.join("last").join(STATE_FILE).is_file()
+/// What `output_dir` holds of an earlier run (`last/state.safetensors`, `best/`,
+/// `metrics.jsonl`), which a fresh run would overwrite.
+pub(crate) fn run_outputs(output_dir: &Path) -> Vec<String> {
+    [
+        format!("last/{STATE_FILE}"),
+        "best/".to_string(),
+        "metrics.jsonl".to_string(),
+    ]
+    .into_iter()
+    .filter(|name| output_dir.join(name).exists())
+    .collect()
 }
 
 /// Publishes the state of a run in `<output_dir>/last/` with a single atomic rename.
@@ -258,30 +267,113 @@ fn remove_temporary_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What must not change between a run and its resumption, hashed: everything that decides
-/// the batches, the schedule, dropout and the starting weights.
-pub(crate) fn fingerprint(
-    config: &TrainConfig,
-    total_steps: usize,
-    dropout: DropoutRates,
-    trainable_shapes: &[(String, Vec<usize>)],
-    base_sha256: &str,
-) -> String {
+/// What must not change between a run and its resumption, by the name a user knows it under
+/// (a flag where there is one), so that a refused resume can say what changed.
+pub(crate) type RunSettings = BTreeMap<String, String>;
+
+/// The inputs of [`run_settings`] that are not part of [`TrainConfig`].
+pub(crate) struct RunInputs<'a> {
+    pub total_steps: usize,
+    pub dropout: DropoutRates,
+    pub trainable_shapes: &'a [(String, Vec<usize>)],
+    pub base_sha256: &'a str,
+    pub train: &'a EncodedDataset,
+    pub dev: Option<&'a EncodedDataset>,
+}
+
+/// Everything that decides the batches, the schedule, dropout, the starting weights and the
+/// choice of the best evaluation. The data enter as a hash of their token ids and labels, so
+/// another file, another `--max-len` or another label order all count as a change.
+pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
-    let text = format!(
-        "{total_steps} {} {} {} {:x} {:x} {:x} {:?} {} {:?} {:?} {base_sha256} {trainable_shapes:?}",
-        c.epochs,
-        c.batch_size,
-        c.bucket_batches,
-        c.learning_rate.to_bits(),
-        c.warmup_ratio.to_bits(),
-        c.weight_decay.to_bits(),
-        c.max_grad_norm.map(f64::to_bits),
-        c.seed,
-        (dropout.hidden, dropout.attention, dropout.lora),
-        c.max_steps,
-    );
-    sha256_hex(text.as_bytes())
+    let shapes = format!("{:?}", inputs.trainable_shapes);
+    let entries: [(&str, String); 15] = [
+        ("training data", data_digest(inputs.train)),
+        (
+            "evaluation data",
+            inputs.dev.map_or_else(|| "none".into(), data_digest),
+        ),
+        ("--epochs", c.epochs.to_string()),
+        ("--batch-size", c.batch_size.to_string()),
+        ("length buckets", c.bucket_batches.to_string()),
+        ("--lr", c.learning_rate.to_string()),
+        ("--warmup-ratio", c.warmup_ratio.to_string()),
+        ("--weight-decay", c.weight_decay.to_string()),
+        (
+            "--max-grad-norm",
+            c.max_grad_norm
+                .map_or_else(|| "off".into(), |v| v.to_string()),
+        ),
+        ("--seed", c.seed.to_string()),
+        (
+            "dropout (hidden, attention, LoRA)",
+            format!(
+                "{}, {}, {}",
+                inputs.dropout.hidden, inputs.dropout.attention, inputs.dropout.lora
+            ),
+        ),
+        (
+            "--max-steps",
+            c.max_steps.map_or_else(|| "none".into(), |v| v.to_string()),
+        ),
+        ("steps in the schedule", inputs.total_steps.to_string()),
+        ("base model (SHA-256)", inputs.base_sha256.to_string()),
+        (
+            "trainable tensors",
+            format!(
+                "{} tensors, shapes SHA-256 {}",
+                inputs.trainable_shapes.len(),
+                &sha256_hex(shapes.as_bytes())[..16]
+            ),
+        ),
+    ];
+    entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// `N examples, SHA-256 …` of a tokenized dataset: its token ids, segment ids and labels.
+fn data_digest(data: &EncodedDataset) -> String {
+    let mut bytes = Vec::new();
+    for (text, target) in data.texts.iter().zip(&data.targets) {
+        bytes.extend_from_slice(&(text.ids.len() as u64).to_le_bytes());
+        for id in text.ids.iter().chain(&text.type_ids) {
+            bytes.extend_from_slice(&id.to_le_bytes());
+        }
+        match target {
+            None => bytes.push(0),
+            Some(Target::Class(c)) => {
+                bytes.push(1);
+                bytes.extend_from_slice(&c.to_le_bytes());
+            }
+            Some(Target::Score(s)) => {
+                bytes.push(2);
+                bytes.extend_from_slice(&s.to_bits().to_le_bytes());
+            }
+        }
+    }
+    format!(
+        "{} examples, SHA-256 {}",
+        data.texts.len(),
+        &sha256_hex(&bytes)[..16]
+    )
+}
+
+/// The settings of a saved run that differ from this one, as `name: saved X, now Y`.
+pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
+    keys.into_iter()
+        .filter(|k| saved.get(*k) != now.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.map_or("(not recorded)", |v| v.as_str()).to_string();
+            format!(
+                "{k}: saved {}, now {}",
+                show(saved.get(k)),
+                show(now.get(k))
+            )
+        })
+        .collect()
 }
 
 /// Keeps the lines of `metrics.jsonl` up to `step`: a resumed run rewrites what followed, and

@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::run_state::{self, NamedTensors, RunPosition, SavedBest, STATE_FILE};
+use super::run_state::{
+    self, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
+};
 use super::{evaluate, AdamW, BatchLog, EncodedDataset, Evaluation, LinearSchedule, Progress};
 use crate::adapter::save_adapter;
 use crate::autograd::Tape;
@@ -129,7 +131,7 @@ struct RunPlan {
     total_steps: usize,
     schedule: LinearSchedule,
     dropout: DropoutRates,
-    fingerprint: String,
+    settings: RunSettings,
     labels: Option<Vec<String>>,
 }
 
@@ -289,15 +291,36 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 train.name, d.name
             ));
         }
+        if let Some(norm) = c.max_grad_norm.filter(|n| !(n.is_finite() && *n > 0.0)) {
+            return refuse(format!(
+                "gradient clipping at norm {norm}: give a positive finite norm (or no clipping)"
+            ));
+        }
+        if !(c.weight_decay.is_finite() && c.weight_decay >= 0.0) {
+            return refuse(format!(
+                "weight decay {} must be finite and ≥ 0",
+                c.weight_decay
+            ));
+        }
         match &c.output_dir {
             None if c.resume => return refuse("--resume needs an output directory".into()),
-            Some(dir) if !c.resume && run_state::has_saved_run(dir) => {
-                return refuse(format!(
-                    "{} holds an earlier run: resume it, or use another output directory",
-                    dir.display()
-                ))
+            Some(dir) if dir.exists() && !dir.is_dir() => {
+                return refuse(format!("the output directory {} is a file", dir.display()))
+            }
+            Some(dir) if !c.resume => {
+                let earlier = run_state::run_outputs(dir);
+                if !earlier.is_empty() {
+                    return refuse(format!(
+                        "{} holds an earlier run ({}): resume it with --resume, or use another output directory",
+                        dir.display(),
+                        earlier.join(", ")
+                    ));
+                }
             }
             _ => {}
+        }
+        if let Some(d) = dev.filter(|d| d.is_empty()) {
+            return refuse(format!("the evaluation set {} has no examples", d.name));
         }
         if train.is_empty() || !train.is_labeled() {
             return refuse(format!(
@@ -346,24 +369,27 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .into_iter()
             .map(|(name, t)| (name, t.dims().to_vec()))
             .collect();
+        let schedule =
+            LinearSchedule::with_warmup_ratio(c.learning_rate, c.warmup_ratio, total_steps);
+        let settings = run_state::run_settings(
+            c,
+            &RunInputs {
+                total_steps,
+                dropout,
+                trainable_shapes: &shapes,
+                base_sha256: &self.base_sha256,
+                train: &train_data,
+                dev: dev.as_ref().map(|(d, _)| d),
+            },
+        );
         Ok(RunPlan {
             train: train_data,
             dev,
             lengths,
             total_steps,
-            schedule: LinearSchedule::with_warmup_ratio(
-                c.learning_rate,
-                c.warmup_ratio,
-                total_steps,
-            ),
+            schedule,
             dropout,
-            fingerprint: run_state::fingerprint(
-                c,
-                total_steps,
-                dropout,
-                &shapes,
-                &self.base_sha256,
-            ),
+            settings,
             labels: match &train.kind {
                 TaskKind::Classification { labels } => Some(labels.clone()),
                 TaskKind::Regression => None,
@@ -392,8 +418,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         let Some(saved) = saved else {
             if self.config.resume {
-                progress.message(&format!(
-                    "no saved state in {}: starting from scratch",
+                progress.notice(&format!(
+                    "no saved state in {}: starting from step 0 (the metrics and best/ of an \
+                     earlier attempt there are replaced)",
                     dir.join("last").display()
                 ));
             }
@@ -401,12 +428,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return Ok(run);
         };
         let state_path = dir.join("last").join(STATE_FILE);
-        if saved.position.fingerprint != plan.fingerprint {
+        let changed = run_state::changed_settings(&saved.position.settings, &plan.settings);
+        if !changed.is_empty() {
             return Err(Error::Mismatch {
                 path: state_path,
-                detail: "the saved run used other settings (data size, epochs, batch size, learning rate, schedule, \
-                         seed, dropout, base model or trainable tensors); resume with the same ones or use another output directory"
-                    .into(),
+                detail: format!(
+                    "the saved run used other settings ({}); resume with the same ones or use another output directory",
+                    changed.join("; ")
+                ),
             });
         }
         let position = saved.position;
@@ -601,6 +630,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             eval.main_value(),
             eval.loss
         ));
+        if !eval.loss.is_finite() {
+            return Err(Error::Diverged {
+                step: run.step,
+                what: format!("the loss on {split} is {}", eval.loss),
+            });
+        }
         let value = eval.main_value();
         let improved = value.is_finite()
             && run
@@ -618,11 +653,29 @@ impl<'a, B: Backend> Trainer<'a, B> {
         Ok(())
     }
 
+    /// Refuses to save weights a diverged step left with NaN or infinite values.
+    fn check_weights_finite(&self, step: usize) -> Result<()> {
+        for (name, t) in self.trainable() {
+            let sum = self.backend.sum_squares(&t)?;
+            if !sum.is_finite() {
+                return Err(Error::Diverged {
+                    step,
+                    what: format!(
+                        "trainable tensor `{name}` holds NaN, infinite or overflowing values \
+                         (sum of squares {sum})"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes the resumable state in `last/`, when there is an output directory.
     fn save_run(&self, plan: &RunPlan, run: &Run<B>) -> Result<()> {
         let Some(dir) = &self.config.output_dir else {
             return Ok(());
         };
+        self.check_weights_finite(run.step)?;
         let position = RunPosition {
             step: run.step,
             epoch: run.epoch,
@@ -632,7 +685,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .best
                 .as_ref()
                 .map(|b| SavedBest::new(b.step, &b.evaluation)),
-            fingerprint: plan.fingerprint.clone(),
+            settings: plan.settings.clone(),
         };
         run_state::save_run(
             &self.backend,
@@ -651,6 +704,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.restore(&best.weights, Path::new("the best weights"))?;
         }
         if plan.dev.is_none() {
+            self.check_weights_finite(run.step)?;
             self.save_best(plan.labels.as_deref())?;
         }
         let m = &run.meter;
