@@ -120,6 +120,26 @@ fn adapter_round_trip_and_refusals() {
     );
     std::fs::write(&manifest_path, &original).unwrap();
 
+    // An edited manifest whose parts cannot belong together: refused, naming the field.
+    let edit = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+        change(&mut json);
+        std::fs::write(&manifest_path, json.to_string()).unwrap();
+        let e = load_adapter(dir.path(), &ck, &cpu).err().expect("edited");
+        std::fs::write(&manifest_path, &original).unwrap();
+        e.to_string()
+    };
+    let e = edit(&|j| j["version"] = 99.into());
+    assert!(e.contains("`version` 99"), "{e}");
+    let e = edit(&|j| j["method"] = "full".into());
+    assert!(e.contains("`strata`") && e.contains("full"), "{e}");
+    let e = edit(&|j| j["boundaries"] = serde_json::json!([1, 4]));
+    assert!(e.contains("`boundaries`"), "{e}");
+    let e = edit(&|j| j["lora"] = serde_json::Value::Null);
+    assert!(e.contains("`lora`"), "{e}");
+    let e = edit(&|j| j["strata"].as_array_mut().unwrap().truncate(5));
+    assert!(e.contains("strata for 5 layers"), "{e}");
+
     // Weights that do not match the manifest (a torn write or an edit): refused.
     let mut bytes = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
     let last = bytes.len() - 1;

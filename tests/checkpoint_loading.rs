@@ -269,6 +269,49 @@ fn broken_files_are_errors() {
         "{e}"
     );
 
+    // A header entry that does not fit the data: the tensor is named, whether its shape
+    // needs other bytes than its range holds or its range runs past the end.
+    let good = {
+        let dir = tmp.path().join("header-source");
+        write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+        std::fs::read(dir.join("model.safetensors")).unwrap()
+    };
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&good[8..8 + header_len]).unwrap();
+    let data = &good[8 + header_len..];
+    type Edit = fn(&mut serde_json::Value, usize);
+    let edits: [(&str, Edit, &str); 2] = [
+        (
+            "misshapen-header",
+            |t, _| t["shape"] = serde_json::json!([15, 14]),
+            "need 840 bytes",
+        ),
+        (
+            "offset-past-end",
+            |t, len| t["data_offsets"] = serde_json::json!([len, len + 60]),
+            "lies outside",
+        ),
+    ];
+    for (name, edit, needle) in edits {
+        let mut h = header.clone();
+        edit(h.get_mut("pooler.dense.bias").unwrap(), data.len());
+        let text = serde_json::to_vec(&h).unwrap();
+        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&text);
+        bytes.extend_from_slice(data);
+        let dir = tmp.path().join(name);
+        write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        let e = load_err(&dir).to_string();
+        assert!(
+            e.contains("model.safetensors")
+                && e.contains("`pooler.dense.bias`")
+                && e.contains(needle),
+            "{name}: {e}"
+        );
+    }
+
     let dir = tmp.path().join("no-weights");
     write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
@@ -350,6 +393,30 @@ fn tokenizer_must_fit_the_vocabulary() {
         .err()
         .expect("longer than the position table");
     assert!(e.to_string().contains("11 positions"), "{e}");
+
+    // As many tokens as the table has rows, but one id beyond it: the ids must fit, not
+    // only their count.
+    let big = tempfile::tempdir().unwrap();
+    write_checkpoint(
+        big.path(),
+        &tiny_config_json(2).replace("\"vocab_size\": 29", "\"vocab_size\": 30522"),
+        &tensors,
+        Dtype::F32,
+        false,
+    );
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&real).unwrap()).unwrap();
+    json["model"]["vocab"]["[unused5]"] = serde_json::json!(99_999);
+    std::fs::write(big.path().join("tokenizer.json"), json.to_string()).unwrap();
+    let e = Checkpoint::open(big.path())
+        .unwrap()
+        .tokenizer(8)
+        .err()
+        .expect("id 99999 cannot index 30522 rows");
+    assert!(
+        e.to_string().contains("[unused5]") && e.to_string().contains("99999"),
+        "{e}"
+    );
 
     std::fs::write(tmp.path().join("tokenizer.json"), "{\"version\": \"1.0\"").unwrap();
     let e = ck.tokenizer(8).err().expect("broken tokenizer");

@@ -94,7 +94,7 @@ pub fn save_adapter<B: Backend>(
     let (method, strata, lora) = AdapterManifest::describe(plan);
     let manifest = AdapterManifest {
         format: "spafit-adapter".into(),
-        version: 1,
+        version: MANIFEST_VERSION,
         method,
         strata,
         boundaries: plan.boundaries,
@@ -114,6 +114,9 @@ pub fn save_adapter<B: Backend>(
     write_atomic(&dir.join(MANIFEST_FILE), &json)
 }
 
+/// The `adapter.json` version this code writes and reads.
+const MANIFEST_VERSION: u32 = 1;
+
 /// Reads an adapter's manifest.
 pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
     let path = dir.join(MANIFEST_FILE);
@@ -126,6 +129,15 @@ pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
         return Err(Error::Format {
             path,
             detail: format!("not a spafit adapter (format `{}`)", m.format),
+        });
+    }
+    if m.version != MANIFEST_VERSION {
+        return Err(Error::Format {
+            path,
+            detail: format!(
+                "`version` {}: this spafit reads version {MANIFEST_VERSION} adapters",
+                m.version
+            ),
         });
     }
     if let Some(labels) = &m.labels {
@@ -175,6 +187,16 @@ pub fn load_adapter<B: Backend>(
         });
     }
     let plan = manifest.plan(&manifest_path)?;
+    if plan.strata.len() != checkpoint.config.num_hidden_layers {
+        return Err(Error::Mismatch {
+            path: manifest_path,
+            detail: format!(
+                "the adapter has strata for {} layers but the base model has {}",
+                plan.strata.len(),
+                checkpoint.config.num_hidden_layers
+            ),
+        });
+    }
     let mut model = BertClassifier::from_checkpoint(checkpoint, backend, manifest.num_labels, 0)?;
     model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
     let file = WeightsFile::from_bytes(&weights_path, bytes)?;

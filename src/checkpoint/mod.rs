@@ -72,6 +72,18 @@ impl Checkpoint {
                 ),
             });
         }
+        if let Some((id, token)) = tok
+            .largest_id()
+            .filter(|(id, _)| *id as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Format {
+                path,
+                detail: format!(
+                    "token `{token}` has id {id}, beyond the model's vocab_size {} (config.json)",
+                    self.config.vocab_size
+                ),
+            });
+        }
         Ok(tok)
     }
 }

@@ -31,7 +31,10 @@ impl WeightsFile {
         let names = SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::Format {
                 path: path.to_path_buf(),
-                detail: format!("not a valid safetensors file: {e}"),
+                detail: format!(
+                    "not a valid safetensors file: {}",
+                    misfit_tensor(&bytes).unwrap_or_else(|| e.to_string())
+                ),
             })?
             .names()
             .into_iter()
@@ -131,4 +134,55 @@ impl WeightsFile {
         let values = self.read_f64(name, &shape)?;
         backend.tensor_from_f64(shape, &values)
     }
+}
+
+/// The first tensor whose header entry does not fit the file, named, for a file the
+/// safetensors crate refused (its own message names no tensor when a size is wrong, and
+/// names a neighbour when an offset is out of range).
+fn misfit_tensor(bytes: &[u8]) -> Option<String> {
+    let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(header_len)?)?).ok()?;
+    let data_len = bytes.len() - 8 - header_len;
+    let mut entries: Vec<(&String, usize, usize, Option<usize>)> = Vec::new();
+    for (name, info) in header.iter().filter(|(n, _)| *n != "__metadata__") {
+        let offsets = info.get("data_offsets")?.as_array()?;
+        let (start, end) = (
+            offsets.first()?.as_u64()? as usize,
+            offsets.get(1)?.as_u64()? as usize,
+        );
+        let element = match info.get("dtype")?.as_str()? {
+            "F64" | "I64" | "U64" => Some(8),
+            "F32" | "I32" | "U32" => Some(4),
+            "F16" | "BF16" | "I16" | "U16" => Some(2),
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => Some(1),
+            _ => None,
+        };
+        let count = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .try_fold(1usize, |n, d| n.checked_mul(d.as_u64()? as usize));
+        let size = element.and_then(|e| count?.checked_mul(e));
+        if end < start || end > data_len {
+            return Some(format!(
+                "tensor `{name}`: byte range {start}..{end} lies outside the {data_len} data bytes"
+            ));
+        }
+        if let Some(size) = size.filter(|&size| size != end - start) {
+            return Some(format!(
+                "tensor `{name}`: its dtype and shape need {size} bytes but its byte range \
+                 {start}..{end} holds {}",
+                end - start
+            ));
+        }
+        entries.push((name, start, end, size));
+    }
+    entries.sort_by_key(|e| e.1);
+    entries.windows(2).find(|w| w[1].1 < w[0].2).map(|w| {
+        format!(
+            "tensors `{}` and `{}` overlap in the data (byte ranges {}..{} and {}..{})",
+            w[0].0, w[1].0, w[0].1, w[0].2, w[1].1, w[1].2
+        )
+    })
 }

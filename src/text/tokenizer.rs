@@ -149,6 +149,16 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The largest token id the tokenizer can produce (added tokens included), with its
+    /// token: ids need not be contiguous, so this, not the count, must fit the embeddings.
+    pub fn largest_id(&self) -> Option<(u32, String)> {
+        self.inner
+            .get_vocab(true)
+            .into_iter()
+            .max_by_key(|(_, id)| *id)
+            .map(|(token, id)| (id, token))
+    }
+
     /// The id used for padding.
     pub fn pad_id(&self) -> u32 {
         self.pad_id
