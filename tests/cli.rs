@@ -852,7 +852,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
     };
     let (t, out, file) = (p("train.csv"), p("out"), p("a_file"));
     let (header_only, glue_dir) = (p("header_only.csv"), p("glue"));
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--train-file", &t, "--labels", "0,0,1"],
             "`0` appears twice",
@@ -902,6 +902,14 @@ fn bad_paths_and_labels_are_refused_before_training() {
             "cannot be used with",
         ),
     ];
+    let saved_whole = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/peft-adapters-wrapped/key_saved_not_adapted")
+        .display()
+        .to_string();
+    cases.push((
+        vec!["--train-file", &t, "--adapter", &saved_whole],
+        "no spafit plan trains",
+    ));
     for (args, needle) in cases {
         let (ok, _, err) = train(&args);
         assert!(!ok && err.contains(needle), "{args:?}: {err}");

@@ -163,6 +163,8 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
                 // The wrappers' copies and the frozen originals of the classifier and the
                 // pooler: four tensors PEFT does not use either.
                 assert_eq!(import.ignored.len(), 4, "{:?}", import.ignored);
+                // No spafit plan trains the embeddings' LayerNorm bias alone.
+                assert_eq!(import.kept_frozen, ["bert.embeddings.LayerNorm.bias"]);
                 assert_eq!(plan.strata, vec![Stratum::LoraAndBias; 6]);
                 assert!(plan.train_pooler);
                 assert_eq!(lora.targets, [LoraTarget::Query, LoraTarget::Value]);
@@ -185,6 +187,10 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
             }
             "key_saved_not_adapted" => {
                 assert_eq!(lora.targets, [LoraTarget::Query, LoraTarget::Value]);
+                assert!(import
+                    .kept_frozen
+                    .iter()
+                    .any(|n| n == "bert.encoder.layer.0.attention.self.key.weight"));
                 assert!(import
                     .loaded
                     .iter()
@@ -507,6 +513,7 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         ("rank_pattern", json!({"query": 8})),
         ("alpha_pattern", json!({"layer.7.attention.self.value": 4})),
         ("init_lora_weights", json!("gaussian")),
+        ("init_lora_weights", json!("eva")),
         ("init_lora_weights", json!(false)),
         ("layers_pattern", json!("encoder.layer")),
     ];

@@ -6,8 +6,9 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// Replaces `path` with `bytes` atomically (readers see the old file or the new one). A
-/// symbolic link is followed, so the file it points to is replaced and the link stays, and
-/// an existing file keeps its permissions.
+/// symbolic link to an existing file is followed, so that file is replaced and the link
+/// stays (a dangling link is replaced by the file), and an existing file keeps its
+/// permissions.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),

@@ -34,6 +34,9 @@ pub struct OpenedAdapter<B: Backend> {
     pub format: AdapterFormat,
     /// What the import could not carry over exactly (see [`super::PeftImport::notes`]).
     pub notes: Vec<String>,
+    /// Tensors set from the adapter that stay frozen under its plan (see
+    /// [`super::PeftImport::kept_frozen`]); training cannot continue from it when any are.
+    pub kept_frozen: Vec<String>,
 }
 
 /// The label space an adapter's head was trained for.
@@ -126,6 +129,7 @@ pub fn open_adapter<B: Backend>(
             labels: manifest.labels,
             format: AdapterFormat::Spafit,
             notes: Vec::new(),
+            kept_frozen: Vec::new(),
         });
     }
     if is_peft_adapter(dir) {
@@ -137,6 +141,7 @@ pub fn open_adapter<B: Backend>(
             labels: None,
             format: AdapterFormat::Peft,
             notes: import.notes,
+            kept_frozen: import.kept_frozen,
         });
     }
     // PEFT saves an adapter with a name other than `default` in a folder of that name.

@@ -47,7 +47,9 @@ const READ: &[&str] = &[
 /// OLoRA, CorDA, LoftQ, EVA, ...) also rewrites the base weights, and PEFT repeats that when
 /// it loads the adapter, so the stored A and B on the unchanged base would compute something
 /// else.
-const PLAIN_INITS: &[&str] = &["gaussian", "orthogonal"];
+const PLAIN_INITS: &[&str] = &["gaussian", "orthogonal", "eva"];
+/// The initialisations PEFT can convert to a plain LoRA adapter.
+const CONVERTIBLE_INITS: &[&str] = &["pissa", "olora"];
 
 /// Which modules a list or regex selects, as PEFT decides it.
 #[derive(Clone, Debug)]
@@ -217,23 +219,30 @@ impl PeftLoraSettings {
         }
         match get("init_lora_weights") {
             Value::Null | Value::Bool(_) => {}
-            Value::String(s) if PLAIN_INITS.contains(&s.as_str()) => {}
+            Value::String(s) if PLAIN_INITS.contains(&s.to_ascii_lowercase().as_str()) => {}
             other => {
+                let name = other.as_str().unwrap_or_default().to_ascii_lowercase();
+                let remedy = match CONVERTIBLE_INITS.iter().any(|c| name.starts_with(c)) {
+                    true => {
+                        " (PEFT's `path_initial_model_for_weight_conversion` turns it into \
+                              one that does not)"
+                    }
+                    false => "",
+                };
                 return Err(bad(
                     "init_lora_weights",
                     format!(
                         "{other}: this initialisation also changes the base weights, which PEFT \
                          recomputes when it loads the adapter; spafit loads A and B onto the \
-                         unchanged base model, so it would compute something else (convert the \
-                         adapter with PEFT's `path_initial_model_for_weight_conversion` first)"
+                         unchanged base model, so it would compute something else{remedy}"
                     ),
-                ))
+                ));
             }
         }
         // PEFT finds the layer index after this name; BERT's is `...encoder.layer.N`.
         let names_bert_layers = |v: &Value| {
             v.as_str()
-                .is_some_and(|s| s == "layer" || s.ends_with(".layer"))
+                .is_some_and(|s| s == "layer" || s == "encoder.layer")
         };
         match get("layers_pattern") {
             Value::Null => {}

@@ -37,8 +37,13 @@ pub struct PeftImport {
     /// modules saved whole (`...original_module...`) and the wrapper's copies
     /// (`...modules_to_save...`) of tensors also stored under their plain names.
     pub ignored: Vec<String>,
+    /// Tensors set from the file that stay frozen under the nearest spafit plan (a module
+    /// saved whole, the embeddings' LayerNorm bias of `bias = "all"`): evaluation uses them,
+    /// but a spafit adapter stores only trainable tensors, so training cannot continue from
+    /// such an adapter without losing them.
+    pub kept_frozen: Vec<String>,
     /// What a user continuing training should know: trainable tensors the file did not
-    /// store (they start from the base model), stored tensors that stay frozen.
+    /// store (they start from the base model).
     pub notes: Vec<String>,
 }
 
@@ -336,18 +341,11 @@ pub fn import_peft<B: Backend>(
         ));
     }
     let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();
-    let frozen_loaded: Vec<&String> = loaded.iter().filter(|n| !trainable.contains(*n)).collect();
-    if !frozen_loaded.is_empty() {
-        notes.push(format!(
-            "{} tensors from the adapter stay frozen when training continues: {}",
-            frozen_loaded.len(),
-            frozen_loaded
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    let kept_frozen: Vec<String> = loaded
+        .iter()
+        .filter(|n| !trainable.contains(*n))
+        .cloned()
+        .collect();
     model.store_frozen_weights(backend)?;
     Ok((
         model,
@@ -356,6 +354,7 @@ pub fn import_peft<B: Backend>(
             base_model_name_or_path: settings.base_model_name_or_path,
             loaded,
             ignored,
+            kept_frozen,
             notes,
         },
     ))
@@ -363,10 +362,15 @@ pub fn import_peft<B: Backend>(
 
 /// The plain name of a tensor stored under a `modules_to_save` wrapper:
 /// `classifier.modules_to_save.bias` → `classifier.bias`,
-/// `bert.pooler.modules_to_save.default.dense.bias` → `bert.pooler.dense.bias`.
+/// `bert.pooler.modules_to_save.default.dense.bias` → `bert.pooler.dense.bias`. PEFT drops
+/// the adapter's name (`default`, or the name it was saved under) only where it is the
+/// second-to-last part, so a longer tail still starts with it.
 fn unwrap_saved_module(key: &str) -> String {
     let (head, tail) = key.split_once(".modules_to_save.").unwrap_or((key, ""));
-    let tail = tail.strip_prefix("default.").unwrap_or(tail);
+    let tail = match tail.split_once('.') {
+        Some((_adapter, rest)) => rest,
+        None => tail,
+    };
     format!("{head}.{tail}")
 }
 
@@ -381,4 +385,26 @@ fn spafit_shape(strata: &[Stratum]) -> Option<(usize, usize)> {
             .count();
     let top_ok = n2 < strata.len() && strata[n2..].iter().all(|s| *s == Stratum::LoraAndBias);
     top_ok.then_some((n1, n2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unwrap_saved_module;
+
+    #[test]
+    fn wrapper_names_unwrap_whatever_the_adapter_is_called() {
+        for (key, plain) in [
+            ("classifier.modules_to_save.bias", "classifier.bias"),
+            (
+                "bert.pooler.modules_to_save.default.dense.bias",
+                "bert.pooler.dense.bias",
+            ),
+            (
+                "bert.pooler.modules_to_save.sst.dense.bias",
+                "bert.pooler.dense.bias",
+            ),
+        ] {
+            assert_eq!(unwrap_saved_module(key), plain, "{key}");
+        }
+    }
 }

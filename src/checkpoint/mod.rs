@@ -100,7 +100,7 @@ fn check_layer_count(config: &BertConfig, weights: &WeightsFile) -> Result<()> {
             rest.split('.').next()?.parse::<usize>().ok()
         })
         .max()
-        .map_or(0, |last| last + 1);
+        .map_or(0, |last| last.saturating_add(1));
     if layers == config.num_hidden_layers {
         return Ok(());
     }

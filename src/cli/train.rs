@@ -31,7 +31,7 @@ pub struct TrainArgs {
     /// Fraction of steps spent warming up.
     #[arg(long, default_value_t = 0.06)]
     pub warmup_ratio: f64,
-    /// Clip the global gradient norm to this (0 disables).
+    /// Clip the global gradient norm to this (0 disables; negative is refused).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
     /// Seed of batch order, dropout, adapters and a fresh head.
@@ -115,6 +115,18 @@ pub fn setup_from_adapter<B: Backend>(
 ) -> Result<(Run<B>, AdapterHead)> {
     let checkpoint = Checkpoint::open(&model.model)?;
     let opened = open_adapter(adapter, &checkpoint, &backend)?;
+    if !opened.kept_frozen.is_empty() {
+        return Err(spafit::Error::Mismatch {
+            path: adapter.to_path_buf(),
+            detail: format!(
+                "the adapter sets {} tensors that no spafit plan trains ({}); a continued run's \
+                 adapter would not carry them, so training cannot continue from it (eval and \
+                 predict use it as it is)",
+                opened.kept_frozen.len(),
+                opened.kept_frozen.join(", ")
+            ),
+        });
+    }
     eprintln!(
         "continuing from the {:?} adapter in {} ({} plan)",
         opened.format,

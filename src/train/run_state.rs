@@ -41,7 +41,9 @@ pub(crate) struct RunPosition {
     pub total_steps: usize,
     /// The best evaluation so far.
     pub best: Option<SavedBest>,
-    /// The settings that must not change across a resume, by name (see [`run_settings`]).
+    /// The settings that must not change across a resume, by name (see [`run_settings`]);
+    /// empty in a state written before they were recorded by name.
+    #[serde(default)]
     pub settings: RunSettings,
 }
 

@@ -419,8 +419,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let Some(saved) = saved else {
             if self.config.resume {
                 progress.notice(&format!(
-                    "no saved state in {}: starting from step 0 (the metrics and best/ of an \
-                     earlier attempt there are replaced)",
+                    "no saved state in {}: starting from step 0 (the metrics of an earlier \
+                     attempt there are cleared, and its best/ replaced at the first evaluation)",
                     dir.join("last").display()
                 ));
             }
@@ -428,6 +428,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return Ok(run);
         };
         let state_path = dir.join("last").join(STATE_FILE);
+        if saved.position.settings.is_empty() {
+            return Err(Error::Format {
+                path: state_path,
+                detail: "this state was written by an older spafit, which recorded its settings \
+                         only as a hash; finish the run with that version, or start another run"
+                    .into(),
+            });
+        }
         let changed = run_state::changed_settings(&saved.position.settings, &plan.settings);
         if !changed.is_empty() {
             return Err(Error::Mismatch {
