@@ -339,6 +339,22 @@ fn custom_csv_tsv_jsonl() {
         "{e}"
     );
 
+    // Class ids written as floats (`1.0`) name the integer's class; other numbers do not.
+    write(
+        r,
+        "ids.jsonl",
+        "{\"review\": \"A\", \"sentiment\": 1.0}\n{\"review\": \"B\", \"sentiment\": 0}\n{\"review\": \"C\", \"sentiment\": 2.0}\n{\"review\": \"D\", \"sentiment\": 0.5}\n",
+    );
+    let ids = TaskKind::Classification {
+        labels: vec!["0".into(), "1".into()],
+    };
+    let ds = spec("ids.jsonl", ids).load(OnMalformed::Skip).unwrap();
+    assert_eq!(
+        ds.examples.iter().map(|e| e.target).collect::<Vec<_>>(),
+        vec![Some(Target::Class(1)), Some(Target::Class(0))]
+    );
+    assert_eq!(ds.skipped.len(), 2);
+
     write(r, "c.jsonl", "{\"review\": \"Nice\", \"sentiment\": 0.5}\n\n{\"review\": \"Bad\", \"sentiment\": -1}\n{\"review\": 3}\nnot json\n");
     let e = spec("c.jsonl", TaskKind::Regression)
         .load(OnMalformed::Error)
@@ -485,7 +501,7 @@ fn rotten_tomatoes_demo_split() {
 /// Every row's line number is the line it starts on, whatever the line ends: LF, CRLF (the
 /// csv crate alone is one short there), blank lines and a quoted field that spans two lines.
 #[test]
-fn csv_rows_know_their_line_with_lf_and_crlf_ends() {
+fn csv_rows_know_their_line_with_lf_crlf_and_cr_ends() {
     let d = tempfile::tempdir().unwrap();
     // Line 1 header, 2 "a", 3 blank, 4–5 the two-line quoted field, 6 "c", 7 "bad".
     let lines = [
@@ -497,8 +513,12 @@ fn csv_rows_know_their_line_with_lf_and_crlf_ends() {
         "c,1",
         "bad,7",
     ];
-    for end in ["\n", "\r\n"] {
-        let name = if end == "\n" { "lf.csv" } else { "crlf.csv" };
+    for end in ["\n", "\r\n", "\r"] {
+        let name = match end {
+            "\n" => "lf.csv",
+            "\r\n" => "crlf.csv",
+            _ => "cr.csv",
+        };
         write(d.path(), name, &(lines.join(end) + end));
         let spec = text_label_table(d.path().join(name));
         let e = spec.load(OnMalformed::Error).unwrap_err().to_string();

@@ -301,11 +301,21 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
             .filter(|v| v.is_finite())
             .map(Target::Score)
             .ok_or_else(|| format!("label `{field}` is not a number")),
-        TaskKind::Classification { labels } => labels
-            .iter()
-            .position(|l| l == field)
-            .map(|i| Target::Class(i as u32))
-            .ok_or_else(|| format!("label `{field}` is not one of {}", labels.join(", "))),
+        TaskKind::Classification { labels } => {
+            // Tools that store class ids as floats write `1.0` for class `1` (pandas with a
+            // missing value in the column, JSON numbers): the integer's name is meant.
+            let integral = field
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.fract() == 0.0 && v.abs() < 9.0e15)
+                .map(|v| format!("{}", v as i64));
+            labels
+                .iter()
+                .position(|l| l == field)
+                .or_else(|| labels.iter().position(|l| Some(l) == integral.as_ref()))
+                .map(|i| Target::Class(i as u32))
+                .ok_or_else(|| format!("label `{field}` is not one of {}", labels.join(", ")))
+        }
     }
 }
 

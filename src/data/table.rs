@@ -283,9 +283,16 @@ impl<'a> LineCounter<'a> {
         if start < self.counted_to {
             (self.counted_to, self.line) = (0, 1);
         }
-        self.line += self.bytes[self.counted_to..start]
+        // The csv reader ends a record at `\n`, `\r\n` or a lone `\r` (old Mac files); so
+        // does this count.
+        let span = &self.bytes[self.counted_to..start];
+        self.line += span
             .iter()
-            .filter(|&&b| b == b'\n')
+            .enumerate()
+            .filter(|&(i, &b)| {
+                b == b'\n'
+                    || (b == b'\r' && self.bytes.get(self.counted_to + i + 1) != Some(&b'\n'))
+            })
             .count();
         self.counted_to = start;
         self.line
