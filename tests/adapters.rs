@@ -137,6 +137,8 @@ fn adapter_round_trip_and_refusals() {
     assert!(e.contains("`boundaries`"), "{e}");
     let e = edit(&|j| j["lora"] = serde_json::Value::Null);
     assert!(e.contains("`lora`"), "{e}");
+    let e = edit(&|j| j["labels"] = serde_json::json!(["a", "a", "c"]));
+    assert!(e.contains("`labels`") && e.contains("repeated"), "{e}");
     let e = edit(&|j| j["strata"].as_array_mut().unwrap().truncate(5));
     assert!(e.contains("strata for 5 layers"), "{e}");
 

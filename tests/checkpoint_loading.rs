@@ -281,7 +281,22 @@ fn broken_files_are_errors() {
         serde_json::from_slice(&good[8..8 + header_len]).unwrap();
     let data = &good[8 + header_len..];
     type Edit = fn(&mut serde_json::Value, usize);
-    let edits: [(&str, Edit, &str); 2] = [
+    let edits: [(&str, Edit, &str); 5] = [
+        (
+            "unknown-dtype",
+            |t, _| t["dtype"] = serde_json::json!("Q9"),
+            "unknown dtype \"Q9\"",
+        ),
+        (
+            "negative-shape",
+            |t, _| t["shape"] = serde_json::json!([-1]),
+            "is not a list of sizes",
+        ),
+        (
+            "huge-shape",
+            |t, _| t["shape"] = serde_json::json!([1u64 << 62, 1u64 << 62]),
+            "too large",
+        ),
         (
             "misshapen-header",
             |t, _| t["shape"] = serde_json::json!([15, 14]),
@@ -417,6 +432,37 @@ fn tokenizer_must_fit_the_vocabulary() {
         e.to_string().contains("[unused5]") && e.to_string().contains("99999"),
         "{e}"
     );
+    // Ids that come from the post-processor or the padding, and segment ids of a pair.
+    type TokenizerEdit = fn(&mut serde_json::Value);
+    let edits: [(TokenizerEdit, &str); 3] = [
+        (
+            |j| j["post_processor"]["special_tokens"]["[CLS]"]["ids"] = serde_json::json!([99_999]),
+            "token id 99999",
+        ),
+        (
+            |j| j["padding"]["pad_id"] = serde_json::json!(88_888),
+            "token id 88888",
+        ),
+        (
+            |j| j["post_processor"]["pair"][3]["Sequence"]["type_id"] = serde_json::json!(7),
+            "segment (type) id 7",
+        ),
+    ];
+    for (edit, needle) in edits {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&real).unwrap()).unwrap();
+        edit(&mut json);
+        std::fs::write(big.path().join("tokenizer.json"), json.to_string()).unwrap();
+        let e = Checkpoint::open(big.path())
+            .unwrap()
+            .tokenizer(8)
+            .err()
+            .unwrap_or_else(|| panic!("{needle}: accepted"));
+        assert!(
+            e.to_string().contains("tokenizer.json") && e.to_string().contains(needle),
+            "{e}"
+        );
+    }
 
     std::fs::write(tmp.path().join("tokenizer.json"), "{\"version\": \"1.0\"").unwrap();
     let e = ck.tokenizer(8).err().expect("broken tokenizer");

@@ -334,6 +334,35 @@ fn train_eval_predict_on_glue_layout() {
         )
         .collect();
     assert_eq!(submission, expected);
+
+    // A skipped test row would shift every later prediction in a submission, which GLUE
+    // numbers by position: refused (JSON lines carry their file line instead).
+    write(
+        Path::new(&g),
+        "SST-2/test.tsv",
+        "index\tsentence\n0\tgood movie\n1\tbad\textra\n2\tfine\n",
+    );
+    let bad_row = out.path().join("skipped.tsv");
+    let (ok, _, err) = spafit(&[
+        "predict",
+        "--model",
+        &m,
+        "--task",
+        "sst2",
+        "--glue-dir",
+        &g,
+        "--adapter",
+        &adapter,
+        "--skip-malformed",
+        "--format",
+        "tsv",
+        "--output",
+        bad_row.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("GLUE submission needs every test row") && !bad_row.exists(),
+        "{err}"
+    );
 }
 
 #[test]
@@ -910,6 +939,34 @@ fn bad_paths_and_labels_are_refused_before_training() {
         vec!["--train-file", &t, "--adapter", &saved_whole],
         "no spafit plan trains",
     ));
+    let below_file = p("a_file/sub");
+    cases.push((
+        vec![
+            "--train-file",
+            &t,
+            "--method",
+            "lora",
+            "--export-peft",
+            &below_file,
+        ],
+        "cannot be created",
+    ));
+    cases.push((
+        vec!["--train-file", &t, "--output", &below_file],
+        "cannot be created",
+    ));
+    // A model whose files are copies (so a failing check could not damage the real one).
+    let model_copy = root.join("model");
+    std::fs::create_dir_all(&model_copy).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(Path::new(&m).join(f), model_copy.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(
+        Path::new(&m).join("model.safetensors"),
+        model_copy.join("model.safetensors"),
+    )
+    .unwrap();
+    let (mc, mc_config) = (p("model"), p("model/config.json"));
     for (args, needle) in cases {
         let (ok, _, err) = train(&args);
         assert!(!ok && err.contains(needle), "{args:?}: {err}");
@@ -919,6 +976,42 @@ fn bad_paths_and_labels_are_refused_before_training() {
         !root.join("out").exists(),
         "a refused run wrote its output directory"
     );
+    assert_eq!(
+        std::fs::read(model_copy.join("config.json")).unwrap(),
+        std::fs::read(Path::new(&m).join("config.json")).unwrap()
+    );
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &mc,
+        "--train-file",
+        &t,
+        "--max-len",
+        "16",
+        "--write-batches",
+        &mc_config,
+    ]);
+    assert!(
+        !ok && err.contains("a file of the model or adapter"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(model_copy.join("config.json")).unwrap(),
+        std::fs::read(Path::new(&m).join("config.json")).unwrap()
+    );
+    // A batch that cannot fit in memory is refused, not an aborted process.
+    let (ok, _, err) = spafit(&[
+        "bench",
+        "--model",
+        &m,
+        "--batch-size",
+        "100000000",
+        "--seq-len",
+        "4",
+        "--steps",
+        "1",
+    ]);
+    assert!(!ok && err.contains("of memory is available"), "{err}");
     assert_eq!(
         std::fs::read_to_string(root.join("train.csv")).unwrap(),
         csv
@@ -939,6 +1032,18 @@ fn bad_paths_and_labels_are_refused_before_training() {
     let g = glue.display().to_string();
     let (ok, _, err) = train(&["--task", "mnli", "--glue-dir", &g, "--output", &out]);
     assert!(!ok && err.contains("dev_mismatched.tsv"), "{err}");
+    assert!(!root.join("out").exists(), "{err}");
+    // ... and with an empty one.
+    write(
+        &glue,
+        "MNLI/dev_mismatched.tsv",
+        "index\tsentence1\tsentence2\tgold_label\n",
+    );
+    let (ok, _, err) = train(&["--task", "mnli", "--glue-dir", &g, "--output", &out]);
+    assert!(
+        !ok && err.contains("MNLI/dev_mismatched") && err.contains("no examples"),
+        "{err}"
+    );
     assert!(!root.join("out").exists(), "{err}");
 
     // An adapter trained on named labels predicts an unlabeled file without --labels (its
@@ -997,6 +1102,12 @@ fn bad_paths_and_labels_are_refused_before_training() {
     );
     let (ok, _, err) = predict(&[&unlabeled, "--output", &unlabeled]);
     assert!(!ok && err.contains("is the input"), "{err}");
+    let manifest = format!("{adapter}/adapter.json");
+    let (ok, _, err) = predict(&[&unlabeled, "--output", &manifest]);
+    assert!(
+        !ok && err.contains("a file of the model or adapter"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(&unlabeled).unwrap(),
         "text\nwhat a film\n"

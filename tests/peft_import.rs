@@ -514,6 +514,10 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         ("alpha_pattern", json!({"layer.7.attention.self.value": 4})),
         ("init_lora_weights", json!("gaussian")),
         ("init_lora_weights", json!("eva")),
+        (
+            "eva_config",
+            json!({"rho": 1.0, "adjust_scaling_factors": true}),
+        ),
         ("init_lora_weights", json!(false)),
         ("layers_pattern", json!("encoder.layer")),
     ];

@@ -527,7 +527,7 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("training data: saved 40 examples") && !e.contains("--batch-size"),
+        e.contains("training data (token ids and labels: the file, --max-len, --labels): saved 40 examples") && !e.contains("--batch-size"),
         "{e}"
     );
     let (mut model, plan) = tiny_model(&ck, &cpu);
@@ -670,9 +670,21 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
     let data = regression_data(40, None);
     let tok = tokenizer(&ck);
     let log = tmp.path().join("batches.jsonl");
+    // Interrupted after step 5 (state saved at step 3), then resumed: the log holds every
+    // step once, as an uninterrupted run's would (steps 4 and 5 are not doubled).
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let config = TrainConfig {
         batch_log: Some(log.clone()),
+        stop_after_steps: Some(5),
+        ..tiny_config(&tmp.path().join("run"))
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let config = TrainConfig {
+        batch_log: Some(log.clone()),
+        resume: true,
         ..tiny_config(&tmp.path().join("run"))
     };
     let report = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)

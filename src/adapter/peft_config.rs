@@ -19,6 +19,9 @@ const INFORMATIONAL: &[&str] = &[
     "ensure_weight_tying",
     "auto_mapping",
     "bias",
+    // How EVA computed the initial A (a non-uniform rank it chose is refused through
+    // `rank_pattern`); PEFT does not redo it on load.
+    "eva_config",
 ];
 
 /// Fields spafit reads.

@@ -141,6 +141,18 @@ pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
         });
     }
     if let Some(labels) = &m.labels {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(bad) = labels
+            .iter()
+            .find(|l| l.is_empty() || l.contains(['\t', '\n', '\r']) || !seen.insert(*l))
+        {
+            return Err(Error::Format {
+                path,
+                detail: format!(
+                    "`labels`: {bad:?} is empty, repeated, or holds a tab or line break"
+                ),
+            });
+        }
         if labels.len() != m.num_labels {
             return Err(Error::Format {
                 path,

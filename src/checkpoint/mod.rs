@@ -84,6 +84,37 @@ impl Checkpoint {
                 ),
             });
         }
+        // The post-processor's special tokens, the padding id and the segment ids come from
+        // other parts of the file than the vocabulary: a probe pair shows what they are.
+        let probe = tok.encode(crate::text::TextInput::Pair("a", "b")).ok();
+        let ids = probe.iter().flat_map(|e| &e.ids).copied();
+        if let Some(id) = ids
+            .chain([tok.pad_id()])
+            .find(|&id| id as usize >= self.config.vocab_size)
+        {
+            return Err(Error::Format {
+                path,
+                detail: format!(
+                    "the tokenizer emits token id {id} (a special or padding token), beyond the \
+                     model's vocab_size {} (config.json)",
+                    self.config.vocab_size
+                ),
+            });
+        }
+        let types = probe.iter().flat_map(|e| &e.type_ids).copied();
+        if let Some(t) = types
+            .into_iter()
+            .find(|&t| t as usize >= self.config.type_vocab_size)
+        {
+            return Err(Error::Format {
+                path,
+                detail: format!(
+                    "the tokenizer emits segment (type) id {t} for a sentence pair, beyond the \
+                     model's type_vocab_size {} (config.json)",
+                    self.config.type_vocab_size
+                ),
+            });
+        }
         Ok(tok)
     }
 }

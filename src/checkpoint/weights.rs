@@ -144,39 +144,61 @@ fn misfit_tensor(bytes: &[u8]) -> Option<String> {
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(bytes.get(8..8usize.checked_add(header_len)?)?).ok()?;
     let data_len = bytes.len() - 8 - header_len;
-    let mut entries: Vec<(&String, usize, usize, Option<usize>)> = Vec::new();
+    let mut entries: Vec<(&String, usize, usize)> = Vec::new();
     for (name, info) in header.iter().filter(|(n, _)| *n != "__metadata__") {
-        let offsets = info.get("data_offsets")?.as_array()?;
-        let (start, end) = (
-            offsets.first()?.as_u64()? as usize,
-            offsets.get(1)?.as_u64()? as usize,
-        );
-        let element = match info.get("dtype")?.as_str()? {
+        let offsets = info.get("data_offsets").and_then(|o| o.as_array());
+        let offsets = offsets.and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)));
+        let Some((start, end)) = offsets.map(|(s, e)| (s as usize, e as usize)) else {
+            return Some(format!(
+                "tensor `{name}`: `data_offsets` {} is not a pair of byte offsets",
+                info.get("data_offsets").unwrap_or(&serde_json::Value::Null)
+            ));
+        };
+        let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+        let element = match dtype {
             "F64" | "I64" | "U64" => Some(8),
             "F32" | "I32" | "U32" => Some(4),
             "F16" | "BF16" | "I16" | "U16" => Some(2),
-            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => Some(1),
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => Some(1),
             _ => None,
         };
-        let count = info
-            .get("shape")?
-            .as_array()?
+        let Some(element) = element else {
+            return Some(format!(
+                "tensor `{name}`: unknown dtype {}",
+                info.get("dtype").unwrap_or(&serde_json::Value::Null)
+            ));
+        };
+        let dims: Option<Vec<usize>> = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .and_then(|s| s.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+        let Some(dims) = dims else {
+            return Some(format!(
+                "tensor `{name}`: shape {} is not a list of sizes",
+                info.get("shape").unwrap_or(&serde_json::Value::Null)
+            ));
+        };
+        let Some(size) = dims
             .iter()
-            .try_fold(1usize, |n, d| n.checked_mul(d.as_u64()? as usize));
-        let size = element.and_then(|e| count?.checked_mul(e));
+            .try_fold(element, |n: usize, &d| n.checked_mul(d))
+        else {
+            return Some(format!(
+                "tensor `{name}`: shape {dims:?} is too large to address"
+            ));
+        };
         if end < start || end > data_len {
             return Some(format!(
                 "tensor `{name}`: byte range {start}..{end} lies outside the {data_len} data bytes"
             ));
         }
-        if let Some(size) = size.filter(|&size| size != end - start) {
+        if size != end - start {
             return Some(format!(
                 "tensor `{name}`: its dtype and shape need {size} bytes but its byte range \
                  {start}..{end} holds {}",
                 end - start
             ));
         }
-        entries.push((name, start, end, size));
+        entries.push((name, start, end));
     }
     entries.sort_by_key(|e| e.1);
     entries.windows(2).find(|w| w[1].1 < w[0].2).map(|w| {

@@ -257,6 +257,13 @@ impl DataArgs {
                 format!("`{list}` has an empty label name"),
             ));
         }
+        // Names go into TSV / CSV prediction files, one row per line.
+        if let Some(bad) = labels.iter().find(|l| l.contains(['\t', '\n', '\r'])) {
+            return Err(Error::invalid(
+                "--labels",
+                format!("{bad:?} holds a tab or line break"),
+            ));
+        }
         if let Some((i, dup)) = labels
             .iter()
             .enumerate()

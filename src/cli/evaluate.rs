@@ -145,6 +145,25 @@ impl PredictCommand {
 
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         if let Some(out) = &self.output {
+            if let Some(file) = super::blocked_by_file(out) {
+                return Err(Error::invalid(
+                    "--output",
+                    format!(
+                        "{} is a file, so {} cannot be created",
+                        file.display(),
+                        out.display()
+                    ),
+                ));
+            }
+            if super::is_read_file(out, &self.model.model, Some(&self.adapter)) {
+                return Err(Error::invalid(
+                    "--output",
+                    format!(
+                        "{} is a file of the model or adapter predict reads",
+                        out.display()
+                    ),
+                ));
+            }
             let inputs = [&self.data.train_file, &self.data.dev_file];
             if let Some(input) = inputs
                 .into_iter()
@@ -175,11 +194,18 @@ impl PredictCommand {
         let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels);
         let glue = self.data.glue_task()?;
         let format = PredictionFormat::choose(self.format, self.output.as_deref());
+        // GLUE numbers a submission's rows by position: a skipped row would shift every
+        // later prediction onto the wrong example.
         if glue.is_some() && format == PredictionFormat::Tsv && !data.skipped.is_empty() {
-            eprintln!(
-                "warning: {} rows were skipped, so this submission file lacks them",
-                data.skipped.len()
-            );
+            return Err(Error::invalid(
+                "predict",
+                format!(
+                    "{} rows of {} were skipped ({}), and a GLUE submission needs every test row in order; fix them, or write --format jsonl or csv, whose rows carry their file line",
+                    data.skipped.len(),
+                    data.name,
+                    data.skipped.first().map_or("", String::as_str)
+                ),
+            ));
         }
         let text = PredictionTable {
             predictions: &predictions,

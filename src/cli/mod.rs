@@ -47,10 +47,46 @@ impl Cli {
     }
 }
 
-/// Whether two paths name the same existing file (through links and relative parts).
+/// Whether two paths name the same existing file (through links, relative parts and hard
+/// links).
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
     }
+}
+
+/// Whether `path` is one of the files a command reads from the checkpoint in `model` or the
+/// adapter in `adapter` (an output there would destroy the input).
+fn is_read_file(
+    path: &std::path::Path,
+    model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+) -> bool {
+    let model_files = ["config.json", "model.safetensors", "tokenizer.json"].map(|f| model.join(f));
+    let adapter_files = adapter.into_iter().flat_map(|a| {
+        [
+            "adapter.json",
+            "adapter.safetensors",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+        ]
+        .map(|f| a.join(f))
+    });
+    model_files
+        .into_iter()
+        .chain(adapter_files)
+        .any(|f| same_file(path, &f))
+}
+
+/// An output path whose nearest existing ancestor is a file: writing would fail only later,
+/// after the work.
+fn blocked_by_file(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.exists())
+        .filter(|a| !a.is_dir())
+        .map(std::path::Path::to_path_buf)
 }

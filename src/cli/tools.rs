@@ -80,10 +80,10 @@ pub struct BenchCommand {
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 64)]
     pub seq_len: usize,
     /// Timed steps (the median is reported).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 10)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), default_value_t = 10)]
     pub steps: usize,
     /// Untimed steps first.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000), default_value_t = 2)]
     pub warmup: usize,
     /// Benchmark a model of this shape with random weights instead of --model: `base`
     /// (BERT-base: 12 layers, hidden 768) or `large` (24 layers, hidden 1024).

@@ -252,6 +252,12 @@ impl TrainCommand {
             }
             None => Vec::new(),
         };
+        if let Some(empty) = devs.iter().find(|d| d.is_empty()) {
+            return Err(spafit::Error::invalid(
+                "train",
+                format!("the evaluation set {} has no examples", empty.name),
+            ));
+        }
         Ok((train, devs))
     }
 
@@ -259,25 +265,76 @@ impl TrainCommand {
     /// goes) or overwrite an input.
     fn check_output_paths(&self) -> Result<()> {
         let t = &self.train;
+        let refuse = |flag: &'static str, detail: String| Err(spafit::Error::invalid(flag, detail));
         for (flag, dir) in [("--output", &t.output), ("--export-peft", &t.export_peft)] {
-            if let Some(dir) = dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
-                return Err(spafit::Error::invalid(
+            let Some(dir) = dir else { continue };
+            if dir.exists() && !dir.is_dir() {
+                return refuse(
                     flag,
                     format!("{} is a file; give a directory", dir.display()),
-                ));
+                );
+            }
+            if let Some(file) = super::blocked_by_file(dir) {
+                return refuse(
+                    flag,
+                    format!(
+                        "{} is a file, so {} cannot be created",
+                        file.display(),
+                        dir.display()
+                    ),
+                );
             }
         }
+        if let Some(dir) = &t.export_peft {
+            let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
+            if let Some(read) = read_dirs
+                .into_iter()
+                .flatten()
+                .find(|d| super::same_file(dir, d))
+            {
+                return refuse(
+                    "--export-peft",
+                    format!(
+                        "{} is where this run reads its model or adapter",
+                        read.display()
+                    ),
+                );
+            }
+        }
+        if let Some(log) = t
+            .write_batches
+            .as_ref()
+            .filter(|log| super::is_read_file(log, &self.model.model, self.adapter.as_deref()))
+        {
+            return refuse(
+                "--write-batches",
+                format!(
+                    "{} is a file of the model or adapter this run reads",
+                    log.display()
+                ),
+            );
+        }
         if let Some(log) = &t.write_batches {
+            if let Some(file) = super::blocked_by_file(log) {
+                return refuse(
+                    "--write-batches",
+                    format!(
+                        "{} is a file, so {} cannot be created",
+                        file.display(),
+                        log.display()
+                    ),
+                );
+            }
             let inputs = [&self.data.train_file, &self.data.dev_file];
             if let Some(input) = inputs
                 .into_iter()
                 .flatten()
                 .find(|input| super::same_file(log, input))
             {
-                return Err(spafit::Error::invalid(
+                return refuse(
                     "--write-batches",
                     format!("{} is an input of this run", input.display()),
-                ));
+                );
             }
         }
         Ok(())

@@ -19,9 +19,30 @@ pub struct BatchLog {
 }
 
 impl BatchLog {
-    /// Starts the log at `path`; a resumed run appends to what the interrupted one wrote
-    /// (steps repeated since its last save then appear twice, the later line being the one
-    /// that counted).
+    /// A resumed run's log: the lines of the interrupted run up to `step` (the state it
+    /// resumes from) are kept, the ones after it (steps it is about to repeat, and a line
+    /// torn by the kill) dropped, so every step appears once.
+    pub fn resume_at(path: &Path, step: usize) -> Result<Self> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            if kept.len() != text.len() {
+                crate::adapter::write_atomic(path, kept.as_bytes())?;
+            }
+        }
+        Self::open(path, true)
+    }
+
+    /// Starts the log at `path`, or with `resume` appends to it (see [`Self::resume_at`],
+    /// which first drops the steps a resumed run repeats).
     pub fn open(path: &Path, resume: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)

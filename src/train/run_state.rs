@@ -290,9 +290,12 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
     let entries: [(&str, String); 15] = [
-        ("training data", data_digest(inputs.train)),
         (
-            "evaluation data",
+            "training data (token ids and labels: the file, --max-len, --labels)",
+            data_digest(inputs.train),
+        ),
+        (
+            "evaluation data (token ids and labels)",
             inputs.dev.map_or_else(|| "none".into(), data_digest),
         ),
         ("--epochs", c.epochs.to_string()),

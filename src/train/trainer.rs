@@ -239,7 +239,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let progress = Progress::new(self.config.progress, self.config.log_every);
         let mut run = self.start_or_resume(&plan, &progress)?;
         let mut batch_log = match &self.config.batch_log {
-            Some(path) => Some(BatchLog::open(path, self.config.resume)?),
+            Some(path) if self.config.resume => Some(BatchLog::resume_at(path, run.step)?),
+            Some(path) => Some(BatchLog::open(path, false)?),
             None => None,
         };
         while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
@@ -274,7 +275,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return refuse("batch size and epochs must be positive".into());
         }
         if c.eval_every == Some(0) || c.save_every == Some(0) {
-            return refuse("evaluating or saving every 0 steps: give a positive interval".into());
+            return refuse(
+                "evaluating or saving every 0 steps (--eval-every / --save-every): give a positive interval"
+                    .into(),
+            );
         }
         let valid = c.learning_rate >= 0.0
             && c.learning_rate.is_finite()
