@@ -238,7 +238,7 @@ fn malformed_rows_name_file_and_line_or_are_counted() {
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("line 2") && msg.contains("`five` is not a number"),
+        msg.contains("line 2") && msg.contains("`five` is not a finite number"),
         "{msg}"
     );
 

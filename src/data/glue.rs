@@ -300,7 +300,7 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
             .ok()
             .filter(|v| v.is_finite())
             .map(Target::Score)
-            .ok_or_else(|| format!("label `{field}` is not a number")),
+            .ok_or_else(|| format!("label `{field}` is not a finite number")),
         TaskKind::Classification { labels } => {
             // Tools that store class ids as floats write `1.0` for class `1` (pandas with a
             // missing value in the column, JSON numbers): the integer's name is meant.

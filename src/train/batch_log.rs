@@ -23,21 +23,7 @@ impl BatchLog {
     /// resumes from) are kept, the ones after it (steps it is about to repeat, and a line
     /// torn by the kill) dropped, so every step appears once.
     pub fn resume_at(path: &Path, step: usize) -> Result<Self> {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s as usize <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            if kept.len() != text.len() {
-                crate::adapter::write_atomic(path, kept.as_bytes())?;
-            }
-        }
+        super::run_state::truncate_step_log(path, step)?;
         Self::open(path, true)
     }
 

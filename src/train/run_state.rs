@@ -381,9 +381,10 @@ pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<St
         .collect()
 }
 
-/// Keeps the lines of `metrics.jsonl` up to `step`: a resumed run rewrites what followed, and
-/// a run starting over (`step` 0) clears the lines of one that never saved a state.
-pub(crate) fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+/// Keeps the lines of a JSON-lines log with a `step` field (`metrics.jsonl`, the batch log)
+/// up to `step`: a resumed run rewrites what followed, and a run starting over (`step` 0)
+/// clears the lines of one that never saved a state. A line torn by a kill goes too.
+pub(crate) fn truncate_step_log(path: &Path, step: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };

@@ -285,7 +285,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             && (0.0..=1.0).contains(&c.warmup_ratio);
         if !valid {
             return refuse(format!(
-                "learning rate {} must be ≥ 0 and warmup ratio {} in [0, 1]",
+                "learning rate {} must be finite and ≥ 0, and warmup ratio {} in [0, 1]",
                 c.learning_rate, c.warmup_ratio
             ));
         }
@@ -428,7 +428,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     dir.join("last").display()
                 ));
             }
-            run_state::truncate_metrics(&run_state::metrics_path(&dir), 0)?;
+            run_state::truncate_step_log(&run_state::metrics_path(&dir), 0)?;
             return Ok(run);
         };
         let state_path = dir.join("last").join(STATE_FILE);
@@ -481,7 +481,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             // state; the state is the truth.
             self.rewrite_best_adapter(&run, plan, &state_path)?;
         }
-        run_state::truncate_metrics(&run_state::metrics_path(&dir), run.step)?;
+        run_state::truncate_step_log(&run_state::metrics_path(&dir), run.step)?;
         Ok(run)
     }
 
