@@ -905,7 +905,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         ),
         (
             vec!["--train-file", &t, "--write-batches", &t],
-            "is an input of this run",
+            "is an input of this command",
         ),
         (
             vec!["--train-file", &t, "--dev-file", &header_only],
@@ -1097,7 +1097,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         "{line}"
     );
     let (ok, _, err) = predict(&[&unlabeled, "--output", &unlabeled]);
-    assert!(!ok && err.contains("is the input"), "{err}");
+    assert!(!ok && err.contains("is an input of this command"), "{err}");
     let manifest = format!("{adapter}/adapter.json");
     let (ok, _, err) = predict(&[&unlabeled, "--output", &manifest]);
     assert!(

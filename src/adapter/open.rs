@@ -169,16 +169,13 @@ pub fn open_adapter<B: Backend>(
 /// Refuses an adapter whose tensors hold NaN or infinite values (saved from a diverged run,
 /// or damaged): every prediction made with it would be NaN.
 fn check_finite<B: Backend>(dir: &Path, backend: &B, model: &BertClassifier<B>) -> Result<()> {
-    for p in model.params().into_iter().filter(|p| p.trainable) {
-        if !backend.sum_squares(&p.value)?.is_finite() {
-            return Err(Error::Format {
-                path: dir.to_path_buf(),
-                detail: format!(
-                    "tensor `{}` holds NaN or infinite values (saved from a diverged run?)",
-                    p.name
-                ),
-            });
-        }
+    match model.non_finite_trainable(backend)? {
+        Some((name, _)) => Err(Error::Format {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "tensor `{name}` holds NaN or infinite values (saved from a diverged run?)"
+            ),
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }

@@ -11,6 +11,12 @@ use spafit::peft::{Boundary, Method, PeftConfig};
 use spafit::tensor::DType;
 use spafit::{Error, Result};
 
+/// Parses a count that must be at least 1 (a batch size, a number of steps), so that 0 is
+/// refused with the flag's name before any work.
+pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 /// Where the model is and what runs it.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {

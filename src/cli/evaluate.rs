@@ -58,7 +58,7 @@ pub struct EvalCommand {
     #[arg(long)]
     pub split: Option<String>,
     /// Examples per batch.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 64)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64)]
     pub batch_size: usize,
 }
 
@@ -134,7 +134,7 @@ pub struct PredictCommand {
     #[arg(long, value_enum)]
     pub format: Option<PredictionFormat>,
     /// Examples per batch.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 64)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64)]
     pub batch_size: usize,
 }
 
@@ -145,39 +145,13 @@ impl PredictCommand {
 
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         if let Some(out) = &self.output {
-            if let Some(file) = super::blocked_by_file(out) {
-                return Err(Error::invalid(
-                    "--output",
-                    format!(
-                        "{} is a file, so {} cannot be created",
-                        file.display(),
-                        out.display()
-                    ),
-                ));
-            }
-            if super::is_read_file(out, &self.model.model, Some(&self.adapter)) {
-                return Err(Error::invalid(
-                    "--output",
-                    format!(
-                        "{} is a file of the model or adapter predict reads",
-                        out.display()
-                    ),
-                ));
-            }
-            let inputs = [&self.data.train_file, &self.data.dev_file];
-            if let Some(input) = inputs
-                .into_iter()
-                .flatten()
-                .find(|input| super::same_file(out, input))
-            {
-                return Err(Error::invalid(
-                    "--output",
-                    format!(
-                        "{} is the input; write the predictions elsewhere",
-                        input.display()
-                    ),
-                ));
-            }
+            super::check_output_file(
+                "--output",
+                out,
+                &self.model.model,
+                Some(&self.adapter),
+                &[&self.data.train_file, &self.data.dev_file],
+            )?;
         }
         let Loaded {
             backend,

@@ -47,6 +47,33 @@ impl Cli {
     }
 }
 
+/// Refuses an output file that could not be created (a file stands where a folder goes) or
+/// that would overwrite what the command reads: one of `inputs`, or a file of the checkpoint
+/// in `model` or of the adapter in `adapter`.
+fn check_output_file(
+    flag: &'static str,
+    out: &std::path::Path,
+    model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    inputs: &[&Option<std::path::PathBuf>],
+) -> spafit::Result<()> {
+    let refuse = |detail: String| Err(spafit::Error::invalid(flag, detail));
+    check_creatable(flag, out)?;
+    if is_read_file(out, model, adapter) {
+        return refuse(format!(
+            "{} is a file of the model or adapter this command reads",
+            out.display()
+        ));
+    }
+    match inputs.iter().copied().flatten().find(|i| same_file(out, i)) {
+        Some(input) => refuse(format!(
+            "{} is an input of this command; write the output elsewhere",
+            input.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Whether two paths name the same existing file (through links, relative parts and hard
 /// links).
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
@@ -80,13 +107,24 @@ fn is_read_file(
         .any(|f| same_file(path, &f))
 }
 
-/// An output path whose nearest existing ancestor is a file: writing would fail only later,
-/// after the work.
-fn blocked_by_file(path: &std::path::Path) -> Option<std::path::PathBuf> {
-    path.ancestors()
+/// Refuses an output path whose nearest existing ancestor is a file: writing would fail
+/// only later, after the work.
+fn check_creatable(flag: &'static str, path: &std::path::Path) -> spafit::Result<()> {
+    let blocking = path
+        .ancestors()
         .skip(1)
         .filter(|a| !a.as_os_str().is_empty())
         .find(|a| a.exists())
-        .filter(|a| !a.is_dir())
-        .map(std::path::Path::to_path_buf)
+        .filter(|a| !a.is_dir());
+    match blocking {
+        Some(file) => Err(spafit::Error::invalid(
+            flag,
+            format!(
+                "{} is a file, so {} cannot be created",
+                file.display(),
+                path.display()
+            ),
+        )),
+        None => Ok(()),
+    }
 }

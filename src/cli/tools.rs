@@ -21,7 +21,7 @@ pub struct GradcheckCommand {
     #[command(flatten)]
     pub peft: PeftArgs,
     /// Coordinates per trainable tensor.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 2)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 2)]
     pub samples: usize,
     /// Seed of the adapters, dropout and sampled coordinates.
     #[arg(long, default_value_t = 0)]
@@ -74,10 +74,10 @@ pub struct BenchCommand {
     #[command(flatten)]
     pub peft: PeftArgs,
     /// Examples per step.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 32)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32)]
     pub batch_size: usize,
     /// Tokens per example.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 64)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64)]
     pub seq_len: usize,
     /// Timed steps (the median is reported).
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), default_value_t = 10)]

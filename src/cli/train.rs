@@ -17,10 +17,10 @@ use super::args::{on_backend, DataArgs, ModelArgs, PeftArgs};
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// Passes over the training data.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 1)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 1)]
     pub epochs: usize,
     /// Examples per step.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 32)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32)]
     pub batch_size: usize,
     /// Peak learning rate (after linear warmup, decays linearly to 0).
     #[arg(long)]
@@ -45,7 +45,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub save_every: Option<usize>,
     /// Write a metrics.jsonl line every N steps.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..), default_value_t = 10)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 10)]
     pub log_every: usize,
     /// Stop after N steps in total.
     #[arg(long)]
@@ -274,16 +274,7 @@ impl TrainCommand {
                     format!("{} is a file; give a directory", dir.display()),
                 );
             }
-            if let Some(file) = super::blocked_by_file(dir) {
-                return refuse(
-                    flag,
-                    format!(
-                        "{} is a file, so {} cannot be created",
-                        file.display(),
-                        dir.display()
-                    ),
-                );
-            }
+            super::check_creatable(flag, dir)?;
         }
         if let Some(dir) = &t.export_peft {
             let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
@@ -301,41 +292,14 @@ impl TrainCommand {
                 );
             }
         }
-        if let Some(log) = t
-            .write_batches
-            .as_ref()
-            .filter(|log| super::is_read_file(log, &self.model.model, self.adapter.as_deref()))
-        {
-            return refuse(
-                "--write-batches",
-                format!(
-                    "{} is a file of the model or adapter this run reads",
-                    log.display()
-                ),
-            );
-        }
         if let Some(log) = &t.write_batches {
-            if let Some(file) = super::blocked_by_file(log) {
-                return refuse(
-                    "--write-batches",
-                    format!(
-                        "{} is a file, so {} cannot be created",
-                        file.display(),
-                        log.display()
-                    ),
-                );
-            }
-            let inputs = [&self.data.train_file, &self.data.dev_file];
-            if let Some(input) = inputs
-                .into_iter()
-                .flatten()
-                .find(|input| super::same_file(log, input))
-            {
-                return refuse(
-                    "--write-batches",
-                    format!("{} is an input of this run", input.display()),
-                );
-            }
+            super::check_output_file(
+                "--write-batches",
+                log,
+                &self.model.model,
+                self.adapter.as_deref(),
+                &[&self.data.train_file, &self.data.dev_file],
+            )?;
         }
         Ok(())
     }

@@ -224,6 +224,18 @@ impl<B: Backend> BertClassifier<B> {
             .map(|p| p.value.numel())
             .sum()
     }
+
+    /// The first trainable tensor holding NaN, infinite or overflowing values, with its sum
+    /// of squares: weights a diverged run left, which must be neither saved nor used.
+    pub fn non_finite_trainable(&self, backend: &B) -> Result<Option<(String, f64)>> {
+        for p in self.params().into_iter().filter(|p| p.trainable) {
+            let sum = backend.sum_squares(&p.value)?;
+            if !sum.is_finite() {
+                return Ok(Some((p.name.clone(), sum)));
+            }
+        }
+        Ok(None)
+    }
 }
 
 fn fresh_head<B: Backend>(

@@ -667,19 +667,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Refuses to save weights a diverged step left with NaN or infinite values.
     fn check_weights_finite(&self, step: usize) -> Result<()> {
-        for (name, t) in self.trainable() {
-            let sum = self.backend.sum_squares(&t)?;
-            if !sum.is_finite() {
-                return Err(Error::Diverged {
-                    step,
-                    what: format!(
-                        "trainable tensor `{name}` holds NaN, infinite or overflowing values \
-                         (sum of squares {sum})"
-                    ),
-                });
-            }
+        match self.model.non_finite_trainable(&self.backend)? {
+            Some((name, sum)) => Err(Error::Diverged {
+                step,
+                what: format!(
+                    "trainable tensor `{name}` holds NaN, infinite or overflowing values \
+                     (sum of squares {sum})"
+                ),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Publishes the resumable state in `last/`, when there is an output directory.
