@@ -33,7 +33,9 @@ for round in $(seq "$rounds"); do
         for method in $methods; do
             t=$("$venv/bin/python" scripts/torch_peft_cpu_bench.py "$model" 16 "$len" "$steps" "$warmup" \
                 "$threads" 2 4 "$method" 2>/dev/null | sed -n 's/^TORCH //p')
-            s=$(target/release/spafit bench --model "$model" --method "$method" --n1 2 --n2 4 \
+            strata=()
+            [ "$method" = spafit ] && strata=(--n1 2 --n2 4)
+            s=$(target/release/spafit bench --model "$model" --method "$method" "${strata[@]}" \
                 --batch-size 16 --seq-len "$len" --steps "$steps" --warmup "$warmup")
             tm=$(echo "$t" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')
             sm=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')

@@ -113,6 +113,89 @@ fn cuda_and_bad_arguments_are_clear_errors() {
     assert!(!ok && err.contains("/nonexistent/model"), "{err}");
 }
 
+#[test]
+fn flags_a_method_does_not_read_are_refused() {
+    for (method, flag, value, applies) in [
+        ("bitfit", "--n1", Some("2"), "--method spafit"),
+        ("lora", "--n2", Some("4"), "--method spafit"),
+        (
+            "full",
+            "--lora-r",
+            Some("4"),
+            "--method lora, --method spafit",
+        ),
+        ("bitfit", "--lora-targets", Some("query"), "--method lora"),
+        ("spafit", "--lora-layers", Some("1"), "--method lora"),
+        ("full", "--train-pooler", None, "--method bitfit"),
+    ] {
+        let mut args = vec![
+            "bench",
+            "--model",
+            "/nonexistent/model",
+            "--method",
+            method,
+            flag,
+        ];
+        args.extend(value);
+        let (ok, _, err) = spafit(&args);
+        assert!(
+            !ok && err.contains(flag)
+                && err.contains(&format!("no effect with --method {method}"))
+                && err.contains(applies),
+            "{method} {flag}: {err}"
+        );
+    }
+    // The same flags where the method reads them get past the check (to the missing model).
+    for (method, flag, value) in [
+        ("spafit", "--n1", "2"),
+        ("lora", "--lora-layers", "1"),
+        ("lora", "--lora-r", "4"),
+    ] {
+        let (ok, _, err) = spafit(&[
+            "bench",
+            "--model",
+            "/nonexistent/model",
+            "--method",
+            method,
+            flag,
+            value,
+        ]);
+        assert!(
+            !ok && err.contains("/nonexistent/model"),
+            "{method} {flag}: {err}"
+        );
+    }
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        "/nonexistent/model",
+        "--task",
+        "sst2",
+        "--glue-dir",
+        "/tmp",
+        "--text-column",
+        "sentence",
+        "--output",
+        "/tmp/unused",
+    ]);
+    assert!(!ok && err.contains("--text-column"), "{err}");
+    let (ok, _, err) = spafit(&[
+        "eval",
+        "--model",
+        "/nonexistent/model",
+        "--glue-dir",
+        "/tmp",
+        "--dev-file",
+        "/tmp/x.csv",
+        "--adapter",
+        "/tmp/unused",
+    ]);
+    assert!(
+        !ok && err.contains("--glue-dir") && err.contains("--task"),
+        "{err}"
+    );
+}
+
 fn write(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();

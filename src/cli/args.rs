@@ -6,7 +6,7 @@ use clap::Args;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::CudaBackend;
 use spafit::data::{Dataset, GlueTask, OnMalformed, TableSpec, TaskKind};
-use spafit::nn::{LoraConfig, LoraTarget};
+use spafit::nn::LoraTarget;
 use spafit::peft::{Boundary, Method, PeftConfig};
 use spafit::tensor::DType;
 use spafit::{Error, Result};
@@ -121,21 +121,21 @@ pub struct PeftArgs {
     /// full, bitfit, lora or spafit.
     #[arg(long, default_value = "spafit")]
     pub method: String,
-    /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`).
-    #[arg(long, default_value = "1/3")]
-    pub n1: String,
-    /// SPAFIT: first LoRA + bias layer, as an index or a fraction.
-    #[arg(long, default_value = "2/3")]
-    pub n2: String,
-    /// LoRA rank r.
-    #[arg(long, default_value_t = 8)]
-    pub lora_r: usize,
-    /// LoRA alpha (scale = alpha / r).
-    #[arg(long, default_value_t = 16.0)]
-    pub lora_alpha: f64,
-    /// Dropout on the adapters' input during training.
-    #[arg(long, default_value_t = 0.1)]
-    pub lora_dropout: f64,
+    /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`) [default: 1/3].
+    #[arg(long)]
+    pub n1: Option<String>,
+    /// SPAFIT: first LoRA + bias layer, as an index or a fraction [default: 2/3].
+    #[arg(long)]
+    pub n2: Option<String>,
+    /// LoRA rank r [default: 8].
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha (scale = alpha / r) [default: 16].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapters' input during training [default: 0.1].
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
     /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense. Default: query,value for lora; all six for spafit.
     #[arg(long)]
@@ -158,20 +158,17 @@ impl PeftArgs {
     /// The configuration the flags describe.
     pub fn config(&self) -> Result<PeftConfig> {
         let method: Method = self.method.parse()?;
+        self.refuse_flags_without_effect(method)?;
         let mut c = PeftConfig::new(method);
-        let targets = match &self.lora_targets {
-            Some(list) => list
+        if let Some(list) = &self.lora_targets {
+            c.lora.targets = list
                 .split(',')
                 .map(|t| t.trim().parse::<LoraTarget>())
-                .collect::<Result<Vec<_>>>()?,
-            None => c.lora.targets.clone(),
-        };
-        c.lora = LoraConfig {
-            rank: self.lora_r,
-            alpha: self.lora_alpha,
-            dropout: self.lora_dropout,
-            targets,
-        };
+                .collect::<Result<Vec<_>>>()?;
+        }
+        c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);
+        c.lora.alpha = self.lora_alpha.unwrap_or(c.lora.alpha);
+        c.lora.dropout = self.lora_dropout.unwrap_or(c.lora.dropout);
         c.lora_layers = match &self.lora_layers {
             Some(list) => Some(
                 list.split(',')
@@ -184,12 +181,84 @@ impl PeftArgs {
             ),
             None => None,
         };
-        c.n1 = self.n1.parse::<Boundary>()?;
-        c.n2 = self.n2.parse::<Boundary>()?;
+        if let Some(n1) = &self.n1 {
+            c.n1 = n1.parse::<Boundary>()?;
+        }
+        if let Some(n2) = &self.n2 {
+            c.n2 = n2.parse::<Boundary>()?;
+        }
         c.train_pooler = self.train_pooler;
         c.train_embeddings = self.train_embeddings;
         c.train_layer_norm_weights = self.train_layernorm;
         Ok(c)
+    }
+
+    /// A flag the method never reads is refused: a run that silently ignored `--n1` or
+    /// `--lora-r` would be reported under settings it never used.
+    fn refuse_flags_without_effect(&self, method: Method) -> Result<()> {
+        let given = [
+            ("--n1", self.n1.is_some(), &[Method::Spafit][..]),
+            ("--n2", self.n2.is_some(), &[Method::Spafit]),
+            (
+                "--lora-r",
+                self.lora_r.is_some(),
+                &[Method::Lora, Method::Spafit],
+            ),
+            (
+                "--lora-alpha",
+                self.lora_alpha.is_some(),
+                &[Method::Lora, Method::Spafit],
+            ),
+            (
+                "--lora-dropout",
+                self.lora_dropout.is_some(),
+                &[Method::Lora, Method::Spafit],
+            ),
+            (
+                "--lora-targets",
+                self.lora_targets.is_some(),
+                &[Method::Lora, Method::Spafit],
+            ),
+            ("--lora-layers", self.lora_layers.is_some(), &[Method::Lora]),
+            // Full fine-tuning trains these anyway.
+            (
+                "--train-pooler",
+                self.train_pooler,
+                &[Method::BitFit, Method::Lora, Method::Spafit],
+            ),
+            (
+                "--train-embeddings",
+                self.train_embeddings,
+                &[Method::BitFit, Method::Lora, Method::Spafit],
+            ),
+            (
+                "--train-layernorm",
+                self.train_layernorm,
+                &[Method::BitFit, Method::Lora, Method::Spafit],
+            ),
+        ];
+        match given
+            .iter()
+            .find(|(_, present, methods)| *present && !methods.contains(&method))
+        {
+            Some((flag, _, methods)) => Err(Error::invalid(
+                flag,
+                format!(
+                    "has no effect with --method {method}{}; it applies to {}",
+                    if method == Method::Full {
+                        " (full fine-tuning trains every weight)"
+                    } else {
+                        ""
+                    },
+                    methods
+                        .iter()
+                        .map(|m| format!("--method {m}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -197,7 +266,10 @@ impl PeftArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli); needs --glue-dir.
-    #[arg(long, conflicts_with_all = ["train_file", "dev_file", "labels", "regression"])]
+    #[arg(long, conflicts_with_all = [
+        "train_file", "dev_file", "labels", "regression", "text_column", "text_pair_column",
+        "label_column",
+    ])]
     pub task: Option<String>,
     /// Root of the GLUE distribution (holding CoLA/, SST-2/, ...).
     #[arg(long)]
@@ -232,6 +304,13 @@ pub struct DataArgs {
 impl DataArgs {
     /// The GLUE task named by --task.
     pub fn glue_task(&self) -> Result<Option<GlueTask>> {
+        // clap's `requires` lets this pass when a custom-data flag is present.
+        if self.task.is_none() && self.glue_dir.is_some() {
+            return Err(Error::invalid(
+                "--glue-dir",
+                "it needs --task (GLUE data); custom files take --train-file / --dev-file",
+            ));
+        }
         self.task.as_deref().map(str::parse).transpose()
     }
 

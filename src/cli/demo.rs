@@ -29,6 +29,7 @@ pub struct DemoCommand {
 
 impl DemoCommand {
     pub fn run(&self) -> Result<()> {
+        self.peft.config()?;
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 

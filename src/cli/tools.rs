@@ -30,6 +30,7 @@ pub struct GradcheckCommand {
 
 impl GradcheckCommand {
     pub fn run(&self) -> Result<()> {
+        self.peft.config()?;
         // On the CPU the analytic gradients come from the f64 reference itself; on CUDA from
         // the device, in its dtype, against the same f64 finite differences.
         match self.model.backend()? {
@@ -93,6 +94,7 @@ pub struct BenchCommand {
 
 impl BenchCommand {
     pub fn run(&self) -> Result<()> {
+        self.peft.config()?;
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 

@@ -305,6 +305,8 @@ impl TrainCommand {
     }
 
     pub fn run(&self) -> Result<()> {
+        // Settings first: a refused flag costs no model load.
+        self.peft.config()?;
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 
