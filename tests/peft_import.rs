@@ -664,3 +664,36 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
 fn b_name_for_nan() -> &'static str {
     "base_model.model.bert.encoder.layer.2.attention.self.value.lora_B.weight"
 }
+
+#[test]
+fn the_first_matching_rank_pattern_decides_as_in_peft() {
+    // PEFT 0.21.2 walks `rank_pattern` in the file's order and stops at the first match:
+    // with these two configs its layer-0 query gets rank 8 and 4 (checked there with
+    // `get_peft_model`). lora_qv's tensors have rank 8 everywhere.
+    for (patterns, accepted) in [
+        (r#"{"query": 8, "layer.0.attention.self.query": 4}"#, true),
+        (r#"{"layer.0.attention.self.query": 4, "query": 8}"#, false),
+    ] {
+        let a = Edited::of("lora_qv");
+        let path = a.path().join("adapter_config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""rank_pattern": {}"#));
+        let text = text.replace(
+            r#""rank_pattern": {}"#,
+            &format!(r#""rank_pattern": {patterns}"#),
+        );
+        std::fs::write(&path, text).unwrap();
+        match import_peft(a.path(), &checkpoint(), &CpuBackend::f64()) {
+            Ok(_) => assert!(accepted, "{patterns} accepted"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!accepted, "{patterns}: {e}");
+                assert!(
+                    e.contains("rank_pattern `layer.0.attention.self.query`: 4")
+                        && e.contains("bert.encoder.layer.0.attention.self.query"),
+                    "{e}"
+                );
+            }
+        }
+    }
+}

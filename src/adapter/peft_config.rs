@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -131,8 +133,9 @@ pub(crate) struct PeftLoraSettings {
     exclude: Option<ModuleSelector>,
     layers_to_transform: Option<Vec<usize>>,
     pub modules_to_save: Vec<String>,
-    /// `rank_pattern` and `alpha_pattern` entries (pattern → value): harmless only where
-    /// they match no adapted module or repeat the global value (checked by the import).
+    /// `rank_pattern` and `alpha_pattern` entries (pattern → value), in the file's order: PEFT
+    /// gives a module the value of the FIRST pattern that matches it. Harmless only where
+    /// that value is the global one (checked by the import).
     pub rank_pattern: Vec<(String, f64)>,
     pub alpha_pattern: Vec<(String, f64)>,
     pub base_model_name_or_path: Option<String>,
@@ -165,7 +168,13 @@ impl PeftLoraSettings {
             path: path.to_path_buf(),
             detail: format!("not a PEFT adapter config: {e}"),
         })?;
-        Self::from_json(&json, path)
+        let mut settings = Self::from_json(&json, path)?;
+        // serde_json's map sorts the keys; PEFT walks the patterns in the file's order.
+        if let Ok(order) = serde_json::from_str::<PatternKeyOrder>(&text) {
+            in_key_order(&mut settings.rank_pattern, order.rank_pattern);
+            in_key_order(&mut settings.alpha_pattern, order.alpha_pattern);
+        }
+        Ok(settings)
     }
 
     /// Validates a parsed config; `path` names the file in errors.
@@ -361,8 +370,9 @@ impl PeftLoraSettings {
             .any(|m| dotted.contains(&format!(".{m}.")))
     }
 
-    /// The `rank_pattern` / `alpha_pattern` entries that would give `module` another rank or
-    /// alpha than the global one (PEFT matches a pattern against the end of the name).
+    /// The `rank_pattern` / `alpha_pattern` entries that give `module` another rank or alpha
+    /// than the global one: for each, the first pattern matching the end of the name, as in
+    /// PEFT's `get_pattern_key`.
     pub fn per_module_overrides(&self, module: &str) -> Result<Vec<String>> {
         let mut found = Vec::new();
         for (field, patterns, global) in [
@@ -376,8 +386,12 @@ impl PeftLoraSettings {
                         format!("`{field}`: the pattern `{pattern}` does not compile here: {e}"),
                     )
                 })?;
-                if re.is_match(module) && *value != global {
-                    found.push(format!("{field} `{pattern}`: {value}"));
+                if re.is_match(module) {
+                    if *value != global {
+                        found.push(format!("{field} `{pattern}`: {value}"));
+                    }
+                    // Later patterns never apply to this module.
+                    break;
                 }
             }
         }
@@ -410,4 +424,48 @@ impl PeftLoraSettings {
             },
         }
     }
+}
+
+/// The keys of `rank_pattern` and `alpha_pattern` as the file writes them.
+#[derive(Deserialize)]
+struct PatternKeyOrder {
+    #[serde(default)]
+    rank_pattern: Option<KeysInFileOrder>,
+    #[serde(default)]
+    alpha_pattern: Option<KeysInFileOrder>,
+}
+
+struct KeysInFileOrder(Vec<String>);
+
+impl<'de> Deserialize<'de> for KeysInFileOrder {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = KeysInFileOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((key, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? {
+                    keys.push(key);
+                }
+                Ok(KeysInFileOrder(keys))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
+}
+
+/// Reorders `entries` as `order` lists their keys (a key written twice counts where it
+/// first appears, as in a Python dict).
+fn in_key_order(entries: &mut [(String, f64)], order: Option<KeysInFileOrder>) {
+    let Some(KeysInFileOrder(keys)) = order else {
+        return;
+    };
+    let position = |k: &str| keys.iter().position(|o| o == k).unwrap_or(usize::MAX);
+    entries.sort_by_key(|(k, _)| position(k));
 }
