@@ -6,22 +6,15 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// Replaces `path` with `bytes` atomically (readers see the old file or the new one). A
-/// symbolic link to an existing file is followed, so that file is replaced and the link
-/// stays (a dangling link is replaced by the file), and an existing file keeps its
-/// permissions.
+/// symbolic link is followed, as a shell's `>` does: the file it points to is written (and
+/// created, for a dangling link) and the link stays; an existing file keeps its permissions.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
-    let is_link = path
-        .symlink_metadata()
-        .is_ok_and(|m| m.file_type().is_symlink());
-    let resolved = match is_link {
-        true => std::fs::canonicalize(path).ok(),
-        false => None,
-    };
-    let path = resolved.as_deref().unwrap_or(path);
+    let resolved = link_target(path).map_err(io)?;
+    let path = resolved.as_path();
     let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
     let dir = path
         .parent()
@@ -56,6 +49,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(io)
 }
 
+/// Where `path` leads through any chain of symbolic links (the last target may not exist).
+fn link_target(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    // Linux's own limit on links followed in one lookup.
+    const MAX_LINKS: usize = 40;
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        if !current
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Ok(current);
+        }
+        let target = std::fs::read_link(&current)?;
+        current = match current.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+    }
+    Err(std::io::Error::other(format!(
+        "more than {MAX_LINKS} symbolic links in a chain (a loop?)"
+    )))
+}
+
 /// Fault injection for crash tests: `SPAFIT_SLOW_WRITES_MS` pauses every atomic write halfway
 /// through its temporary file, so a test can kill the process in the middle of a checkpoint.
 fn slow_write_pause() -> std::time::Duration {
@@ -73,4 +89,35 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn links_are_followed_and_kept_dangling_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::fs::write(d.join("real/old.txt"), "old").unwrap();
+        symlink("real/old.txt", d.join("to_old")).unwrap();
+        symlink("real/new.txt", d.join("dangling")).unwrap();
+        symlink("dangling", d.join("to_dangling")).unwrap();
+        write_atomic(&d.join("to_old"), b"A").unwrap();
+        write_atomic(&d.join("to_dangling"), b"B").unwrap();
+        assert_eq!(std::fs::read(d.join("real/old.txt")).unwrap(), b"A");
+        assert_eq!(std::fs::read(d.join("real/new.txt")).unwrap(), b"B");
+        for link in ["to_old", "dangling", "to_dangling"] {
+            let m = d.join(link).symlink_metadata().unwrap();
+            assert!(m.file_type().is_symlink(), "{link} was replaced");
+        }
+        symlink("loop_b", d.join("loop_a")).unwrap();
+        symlink("loop_a", d.join("loop_b")).unwrap();
+        let e = write_atomic(&d.join("loop_a"), b"C")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loop_a") && e.contains("symbolic links"), "{e}");
+    }
 }
