@@ -482,7 +482,7 @@ fn linear<B: Backend>(b: &B, tol: f64) {
 
 /// Self-attention forward and backward with padding masks: a fully padded sequence (every
 /// key masked: zero context), padded tails, a mask with holes, more than one 64-row tile per
-/// sequence up to 512 tokens, head dims 12 (rows not 16-byte aligned), 64 and 128, with and
+/// sequence up to 512 tokens, head dims 12 (rows not 16-byte aligned), 32, 64 and 128, with and
 /// without dropout.
 fn attention<B: Backend>(b: &B, tol: f64) {
     let r = reference();
@@ -497,8 +497,18 @@ fn attention<B: Backend>(b: &B, tol: f64) {
         bool,
         Option<Dropout>,
     );
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         (3, 70, 3, 12, vec![70, 41, 0], false, None),
+        // Head dim 32 fills the narrowest tensor-core tile exactly; 65 rows take two tiles.
+        (
+            2,
+            65,
+            2,
+            32,
+            vec![65, 30],
+            false,
+            Some(Dropout { p: 0.1, seed: 5 }),
+        ),
         (
             1,
             512,
