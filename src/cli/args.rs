@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::CudaBackend;
-use spafit::data::{Dataset, GlueTask, OnMalformed, TableSpec, TaskKind};
+use spafit::data::{label_names_problem, Dataset, GlueTask, OnMalformed, TableSpec, TaskKind};
 use spafit::nn::LoraTarget;
 use spafit::peft::{Boundary, Method, PeftConfig};
 use spafit::tensor::DType;
@@ -196,46 +196,22 @@ impl PeftArgs {
     /// A flag the method never reads is refused: a run that silently ignored `--n1` or
     /// `--lora-r` would be reported under settings it never used.
     fn refuse_flags_without_effect(&self, method: Method) -> Result<()> {
+        use Method::{BitFit, Lora, Spafit};
+        const SPAFIT: &[Method] = &[Spafit];
+        const WITH_ADAPTERS: &[Method] = &[Lora, Spafit];
+        // Full fine-tuning trains the pooler, embeddings and LayerNorms anyway.
+        const NOT_FULL: &[Method] = &[BitFit, Lora, Spafit];
         let given = [
-            ("--n1", self.n1.is_some(), &[Method::Spafit][..]),
-            ("--n2", self.n2.is_some(), &[Method::Spafit]),
-            (
-                "--lora-r",
-                self.lora_r.is_some(),
-                &[Method::Lora, Method::Spafit],
-            ),
-            (
-                "--lora-alpha",
-                self.lora_alpha.is_some(),
-                &[Method::Lora, Method::Spafit],
-            ),
-            (
-                "--lora-dropout",
-                self.lora_dropout.is_some(),
-                &[Method::Lora, Method::Spafit],
-            ),
-            (
-                "--lora-targets",
-                self.lora_targets.is_some(),
-                &[Method::Lora, Method::Spafit],
-            ),
-            ("--lora-layers", self.lora_layers.is_some(), &[Method::Lora]),
-            // Full fine-tuning trains these anyway.
-            (
-                "--train-pooler",
-                self.train_pooler,
-                &[Method::BitFit, Method::Lora, Method::Spafit],
-            ),
-            (
-                "--train-embeddings",
-                self.train_embeddings,
-                &[Method::BitFit, Method::Lora, Method::Spafit],
-            ),
-            (
-                "--train-layernorm",
-                self.train_layernorm,
-                &[Method::BitFit, Method::Lora, Method::Spafit],
-            ),
+            ("--n1", self.n1.is_some(), SPAFIT),
+            ("--n2", self.n2.is_some(), SPAFIT),
+            ("--lora-r", self.lora_r.is_some(), WITH_ADAPTERS),
+            ("--lora-alpha", self.lora_alpha.is_some(), WITH_ADAPTERS),
+            ("--lora-dropout", self.lora_dropout.is_some(), WITH_ADAPTERS),
+            ("--lora-targets", self.lora_targets.is_some(), WITH_ADAPTERS),
+            ("--lora-layers", self.lora_layers.is_some(), &[Lora]),
+            ("--train-pooler", self.train_pooler, NOT_FULL),
+            ("--train-embeddings", self.train_embeddings, NOT_FULL),
+            ("--train-layernorm", self.train_layernorm, NOT_FULL),
         ];
         match given
             .iter()
@@ -336,31 +312,8 @@ impl DataArgs {
                 }));
         };
         let labels: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
-        if labels.iter().any(String::is_empty) {
-            return Err(Error::invalid(
-                "--labels",
-                format!("`{list}` has an empty label name"),
-            ));
-        }
-        // Names go into TSV / CSV prediction files, one row per line.
-        if let Some(bad) = labels.iter().find(|l| l.contains(['\t', '\n', '\r'])) {
-            return Err(Error::invalid(
-                "--labels",
-                format!("{bad:?} holds a tab or line break"),
-            ));
-        }
-        if let Some((i, dup)) = labels
-            .iter()
-            .enumerate()
-            .find(|(i, l)| labels[..*i].contains(l))
-        {
-            return Err(Error::invalid(
-                "--labels",
-                format!(
-                    "`{dup}` appears twice (as class {} and {i})",
-                    labels.iter().position(|l| l == dup).unwrap_or(0)
-                ),
-            ));
+        if let Some(problem) = label_names_problem(&labels) {
+            return Err(Error::invalid("--labels", format!("`{list}`: {problem}")));
         }
         if labels.len() < 2 {
             return Err(Error::invalid(

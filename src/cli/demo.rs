@@ -6,6 +6,7 @@ use spafit::data::rotten_tomatoes;
 use spafit::{Error, Result};
 
 use spafit::backend::Backend;
+use spafit::peft::PeftConfig;
 
 use super::args::{on_backend, ModelArgs, PeftArgs};
 use super::train::{default_lr, fit, setup, TrainArgs};
@@ -29,11 +30,11 @@ pub struct DemoCommand {
 
 impl DemoCommand {
     pub fn run(&self) -> Result<()> {
-        self.peft.config()?;
-        on_backend!(self.model.backend()?, b => self.run_on(b))
+        let peft = self.peft.config()?;
+        on_backend!(self.model.backend()?, b => self.run_on(b, &peft))
     }
 
-    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
+    fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
         for path in [&self.model.model, &self.data] {
             if !path.exists() {
                 return Err(Error::Io {
@@ -46,7 +47,7 @@ impl DemoCommand {
             }
         }
         let (train, dev) = rotten_tomatoes(&self.data)?;
-        let mut run = setup(backend, &self.model, &self.peft, 2, self.train.seed)?;
+        let mut run = setup(backend, &self.model, peft, 2, self.train.seed)?;
         let report = fit(&mut run, &self.model, &self.train, &train, Some(&dev), None)?;
         let (best_step, eval) = report
             .best

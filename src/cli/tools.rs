@@ -4,7 +4,7 @@ use spafit::bench::bench_train_step;
 use spafit::checkpoint::{BertConfig, Checkpoint};
 use spafit::gradcheck::gradcheck;
 use spafit::model::BertClassifier;
-use spafit::peft::{peft_lora_init, PeftPlan};
+use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
 use spafit::Result;
 
 use spafit::backend::cpu::CpuBackend;
@@ -30,16 +30,16 @@ pub struct GradcheckCommand {
 
 impl GradcheckCommand {
     pub fn run(&self) -> Result<()> {
-        self.peft.config()?;
+        let peft = self.peft.config()?;
         // On the CPU the analytic gradients come from the f64 reference itself; on CUDA from
         // the device, in its dtype, against the same f64 finite differences.
         match self.model.backend()? {
-            AnyBackend::Cpu(_) => self.run_on(CpuBackend::f64()),
-            other => on_backend!(other, b => self.run_on(b)),
+            AnyBackend::Cpu(_) => self.run_on(CpuBackend::f64(), &peft),
+            other => on_backend!(other, b => self.run_on(b, &peft)),
         }
     }
 
-    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
+    fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
         let checkpoint = Checkpoint::open(&self.model.model)?;
         let texts = [
             "a gorgeous, witty, seductive movie.",
@@ -47,14 +47,7 @@ impl GradcheckCommand {
             "it is not bad at all",
             "so-so",
         ];
-        let r = gradcheck(
-            &backend,
-            &checkpoint,
-            &self.peft.config()?,
-            &texts,
-            self.samples,
-            self.seed,
-        )?;
+        let r = gradcheck(&backend, &checkpoint, peft, &texts, self.samples, self.seed)?;
         eprintln!(
             "checked {} coordinates of {} tensors against f64 finite differences; worst relative error {:.3e} ({})",
             r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
@@ -94,24 +87,24 @@ pub struct BenchCommand {
 
 impl BenchCommand {
     pub fn run(&self) -> Result<()> {
-        self.peft.config()?;
-        on_backend!(self.model.backend()?, b => self.run_on(b))
+        let peft = self.peft.config()?;
+        on_backend!(self.model.backend()?, b => self.run_on(b, &peft))
     }
 
-    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
+    fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
         let (backend, mut model) = match &self.shape {
             Some(shape) => {
                 let config = BertConfig::preset(shape).ok_or_else(|| {
                     spafit::Error::invalid("--shape", format!("`{shape}`: expected base or large"))
                 })?;
-                let plan = PeftPlan::new(&self.peft.config()?, config.num_hidden_layers)?;
+                let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
                 let mut m = BertClassifier::random(&config, &backend, 2, 0)?;
                 m.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
                 m.store_frozen_weights(&backend)?;
                 (backend, m)
             }
             None => {
-                let run = setup(backend, &self.model, &self.peft, 2, 0)?;
+                let run = setup(backend, &self.model, peft, 2, 0)?;
                 (run.backend, run.model)
             }
         };

@@ -7,7 +7,7 @@ use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::Dataset;
 use spafit::model::BertClassifier;
-use spafit::peft::{peft_lora_init, PeftPlan};
+use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
 use spafit::train::{TrainConfig, TrainReport, Trainer};
 use spafit::Result;
 
@@ -88,13 +88,12 @@ pub struct Run<B: Backend> {
 pub fn setup<B: Backend>(
     backend: B,
     model: &ModelArgs,
-    peft: &PeftArgs,
+    peft: &PeftConfig,
     num_labels: usize,
     seed: u64,
 ) -> Result<Run<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
-    let config = peft.config()?;
-    let plan = PeftPlan::new(&config, checkpoint.config.num_hidden_layers)?;
+    let plan = PeftPlan::new(peft, checkpoint.config.num_hidden_layers)?;
     let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
     m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
     m.store_frozen_weights(&backend)?;
@@ -306,11 +305,11 @@ impl TrainCommand {
 
     pub fn run(&self) -> Result<()> {
         // Settings first: a refused flag costs no model load.
-        self.peft.config()?;
-        on_backend!(self.model.backend()?, b => self.run_on(b))
+        let peft = self.peft.config()?;
+        on_backend!(self.model.backend()?, b => self.run_on(b, &peft))
     }
 
-    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
+    fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
         let task = self.data.glue_task()?;
         self.check_output_paths()?;
         let (mut run, train, devs) = match &self.adapter {
@@ -325,7 +324,7 @@ impl TrainCommand {
                 let run = setup(
                     backend,
                     &self.model,
-                    &self.peft,
+                    peft,
                     train.kind.num_labels(),
                     self.train.seed,
                 )?;
