@@ -141,16 +141,10 @@ pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
         });
     }
     if let Some(labels) = &m.labels {
-        let mut seen = std::collections::BTreeSet::new();
-        if let Some(bad) = labels
-            .iter()
-            .find(|l| l.is_empty() || l.contains(['\t', '\n', '\r']) || !seen.insert(*l))
-        {
+        if let Some(problem) = crate::data::label_names_problem(labels) {
             return Err(Error::Format {
                 path,
-                detail: format!(
-                    "`labels`: {bad:?} is empty, repeated, or holds a tab or line break"
-                ),
+                detail: format!("`labels`: {problem}"),
             });
         }
         if labels.len() != m.num_labels {

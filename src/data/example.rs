@@ -52,6 +52,22 @@ impl TaskKind {
     }
 }
 
+/// What is wrong with class names in id order, if anything: an empty name, a tab or line
+/// break (names go into TSV / CSV prediction files, one row per line), or a name given twice.
+pub fn label_names_problem(labels: &[String]) -> Option<String> {
+    if labels.iter().any(String::is_empty) {
+        return Some("an empty label name".into());
+    }
+    if let Some(bad) = labels.iter().find(|l| l.contains(['\t', '\n', '\r'])) {
+        return Some(format!("{bad:?} holds a tab or line break"));
+    }
+    let (first, repeat) = super::first_repeat(labels)?;
+    Some(format!(
+        "`{}` appears twice (class {first} repeated as class {repeat})",
+        labels[repeat]
+    ))
+}
+
 /// What to do with a row that cannot be read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnMalformed {

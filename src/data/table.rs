@@ -161,15 +161,12 @@ impl TableSpec {
                     .iter()
                     .map(str::to_string)
                     .collect();
-                if let Some((i, dup)) = header
-                    .iter()
-                    .enumerate()
-                    .find(|(i, h)| header[..*i].contains(h))
-                {
+                if let Some((first, repeat)) = super::first_repeat(&header) {
                     return Err(line_one(format!(
-                        "column `{dup}` appears twice (columns {} and {})",
-                        header.iter().position(|h| h == dup).unwrap_or(0) + 1,
-                        i + 1
+                        "column `{}` appears twice (columns {} and {})",
+                        header[repeat],
+                        first + 1,
+                        repeat + 1
                     )));
                 }
                 for col in [
