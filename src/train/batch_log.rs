@@ -27,14 +27,19 @@ impl BatchLog {
         Self::open(path, true)
     }
 
-    /// Starts the log at `path`, or with `resume` appends to it (see [`Self::resume_at`],
-    /// which first drops the steps a resumed run repeats).
-    pub fn open(path: &Path, resume: bool) -> Result<Self> {
+    /// Starts a new log at `path`, replacing any file there.
+    pub fn create(path: &Path) -> Result<Self> {
+        Self::open(path, false)
+    }
+
+    /// Only through [`Self::create`] and [`Self::resume_at`]: appending without first
+    /// dropping the steps a resumed run repeats would log them twice.
+    fn open(path: &Path, append: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
-            .append(resume)
+            .append(append)
             .write(true)
-            .truncate(!resume)
+            .truncate(!append)
             .open(path)
             .map_err(|source| Error::Io {
                 path: path.to_path_buf(),

@@ -240,7 +240,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mut run = self.start_or_resume(&plan, &progress)?;
         let mut batch_log = match &self.config.batch_log {
             Some(path) if self.config.resume => Some(BatchLog::resume_at(path, run.step)?),
-            Some(path) => Some(BatchLog::open(path, false)?),
+            Some(path) => Some(BatchLog::create(path)?),
             None => None,
         };
         while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
