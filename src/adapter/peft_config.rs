@@ -163,22 +163,17 @@ fn is_unset(v: &Value) -> bool {
 impl PeftLoraSettings {
     /// Reads `adapter_config.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = crate::text_file::read_utf8(path)?;
-        let json: Map<String, Value> = serde_json::from_str(&text).map_err(|e| Error::Format {
+        Self::from_json(&crate::text_file::read_utf8(path)?, path)
+    }
+
+    /// Parses and validates the text of a config; `path` names the file in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let json: Map<String, Value> = serde_json::from_str(text).map_err(|e| Error::Format {
             path: path.to_path_buf(),
             detail: format!("not a PEFT adapter config: {e}"),
         })?;
-        let mut settings = Self::from_json(&json, path)?;
         // serde_json's map sorts the keys; PEFT walks the patterns in the file's order.
-        if let Ok(order) = serde_json::from_str::<PatternKeyOrder>(&text) {
-            in_key_order(&mut settings.rank_pattern, order.rank_pattern);
-            in_key_order(&mut settings.alpha_pattern, order.alpha_pattern);
-        }
-        Ok(settings)
-    }
-
-    /// Validates a parsed config; `path` names the file in errors.
-    pub fn from_json(json: &Map<String, Value>, path: &Path) -> Result<Self> {
+        let file_order = serde_json::from_str::<PatternKeyOrder>(text).ok();
         let path = PathBuf::from(path);
         let bad = |field: &str, detail: String| field_error(&path, field, detail);
         let get = |field: &str| json.get(field).unwrap_or(&Value::Null);
@@ -220,7 +215,7 @@ impl PeftLoraSettings {
                 "a bias on LoRA's B matrix is not supported".into(),
             ));
         }
-        for (field, value) in json {
+        for (field, value) in &json {
             let known = READ.contains(&field.as_str()) || INFORMATIONAL.contains(&field.as_str());
             if !known && !is_unset(value) {
                 return Err(bad(
@@ -330,22 +325,28 @@ impl PeftLoraSettings {
                 .collect::<Result<Vec<_>>>()?,
             other => return Err(bad("modules_to_save", format!("{other} is not a list"))),
         };
-        let pattern = |field: &str| -> Result<Vec<(String, f64)>> {
+        let pattern = |field: &str, order: Option<KeysInFileOrder>| -> Result<Vec<(String, f64)>> {
             match get(field) {
                 Value::Null => Ok(Vec::new()),
-                Value::Object(map) => map
-                    .iter()
-                    .map(|(k, v)| {
-                        v.as_f64()
-                            .map(|v| (k.clone(), v))
-                            .ok_or_else(|| bad(field, format!("`{k}`: {v} is not a number")))
-                    })
-                    .collect(),
+                Value::Object(map) => {
+                    let mut entries = map
+                        .iter()
+                        .map(|(k, v)| {
+                            v.as_f64()
+                                .map(|v| (k.clone(), v))
+                                .ok_or_else(|| bad(field, format!("`{k}`: {v} is not a number")))
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    in_key_order(&mut entries, order);
+                    Ok(entries)
+                }
                 other => Err(bad(field, format!("{other} is not a map of patterns"))),
             }
         };
-        let rank_pattern = pattern("rank_pattern")?;
-        let alpha_pattern = pattern("alpha_pattern")?;
+        let (rank_order, alpha_order) =
+            file_order.map_or((None, None), |o| (o.rank_pattern, o.alpha_pattern));
+        let rank_pattern = pattern("rank_pattern", rank_order)?;
+        let alpha_pattern = pattern("alpha_pattern", alpha_order)?;
         Ok(PeftLoraSettings {
             rank_pattern,
             alpha_pattern,
