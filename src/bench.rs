@@ -133,7 +133,8 @@ pub fn bench_train_step<B: Backend>(
             cfg.attention_probs_dropout_prob,
             0.1,
             i as u64,
-        );
+        )
+        .with_classifier(cfg.classifier_dropout_or(cfg.hidden_dropout_prob));
         let logits = model.forward(&mut tape, &input, &mut dropouts)?;
         let loss = model.loss(&mut tape, &logits, &labels)?;
         nodes = tape.stats().nodes;

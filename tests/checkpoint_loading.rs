@@ -342,6 +342,77 @@ fn broken_files_are_errors() {
     assert!(e.to_string().contains("no config.json"), "{e}");
 }
 
+/// Configs whose tensor names may match BERT's but whose forward is another: other model
+/// families (RoBERTa's position ids start past the padding id, ELECTRA may project its
+/// embeddings, DistilBERT has other names throughout) and causal decoders. Each is refused
+/// naming the field, before any tensor is read.
+#[test]
+fn other_model_families_and_decoders_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
+    let bert = tiny_config_json(2);
+    let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
+        "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
+    let cases: [(&str, String, &str); 7] = [
+        (
+            "roberta",
+            bert.replace(r#""bert""#, r#""roberta""#),
+            r#"`model_type` is "roberta""#,
+        ),
+        (
+            "electra",
+            bert.replace(r#""bert""#, r#""electra""#),
+            r#"`model_type` is "electra""#,
+        ),
+        (
+            "distilbert",
+            distilbert.to_string(),
+            r#"`model_type` is "distilbert""#,
+        ),
+        (
+            "decoder",
+            bert.replace(r#""gelu","#, r#""gelu", "is_decoder": true,"#),
+            "`is_decoder` is true",
+        ),
+        (
+            "classifier-dropout",
+            bert.replace(r#""gelu","#, r#""gelu", "classifier_dropout": 1.0,"#),
+            "`classifier_dropout` must be in [0, 1), got 1",
+        ),
+        (
+            "initializer-range",
+            bert.replace(r#""gelu","#, r#""gelu", "initializer_range": -0.02,"#),
+            "`initializer_range` must be positive",
+        ),
+        (
+            "model-type-number",
+            bert.replace(r#""bert""#, "7"),
+            "`model_type` is 7",
+        ),
+    ];
+    for (name, config, needle) in cases {
+        let dir = tmp.path().join(name);
+        write_checkpoint(&dir, &config, &tensors, Dtype::F32, true);
+        let e = load_err(&dir);
+        assert!(
+            matches!(e, Error::Format { .. })
+                && e.to_string().contains("config.json")
+                && e.to_string().contains(needle),
+            "{name}: {e}"
+        );
+    }
+    // Fields that change nothing in BERT's forward are read or ignored, not refused.
+    let dir = tmp.path().join("decoder-false");
+    let config = bert.replace(
+        r#""gelu","#,
+        r#""gelu", "is_decoder": false, "classifier_dropout": null, "initializer_range": 0.05,"#,
+    );
+    write_checkpoint(&dir, &config, &tensors, Dtype::F32, true);
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_eq!(ck.config.classifier_dropout_or(0.1), 0.1);
+    assert_eq!(ck.config.initializer_range, 0.05);
+}
+
 #[test]
 fn hugging_face_hub_cache_layout_resolves_offline() {
     let tmp = tempfile::tempdir().unwrap();

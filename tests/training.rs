@@ -349,6 +349,40 @@ fn resume_reproduces_an_uninterrupted_run() {
     assert!(e.to_string().contains("damaged"), "{e}");
 }
 
+/// The pooled output's dropout is config.json's `classifier_dropout` when set, else the
+/// hidden rate (an overridden one too), as in `BertForSequenceClassification`.
+#[test]
+fn the_classifier_dropout_follows_the_config_as_in_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let data = regression_data(24, None);
+    let tok = tokenizer(&ck);
+    let mut losses = |classifier: Option<f64>, hidden: Option<f64>| {
+        ck.config.classifier_dropout = classifier;
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        let out = tmp.path().join(format!("{classifier:?}-{hidden:?}"));
+        let config = TrainConfig {
+            hidden_dropout: hidden,
+            attention_dropout: Some(0.0),
+            max_steps: Some(3),
+            eval_every: None,
+            ..tiny_config(&out)
+        };
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+            .fit(&tok, &data, None)
+            .unwrap();
+        read_losses(&out)
+    };
+    let none_anywhere = losses(None, Some(0.0));
+    assert_eq!(none_anywhere.len(), 3);
+    assert_eq!(losses(Some(0.0), Some(0.0)), none_anywhere);
+    assert_ne!(losses(Some(0.5), Some(0.0)), none_anywhere);
+    // The checkpoint's hidden rate (0.1): the classifier drops with it unless the config
+    // says otherwise.
+    assert_ne!(losses(None, None), losses(Some(0.0), None));
+}
+
 #[test]
 fn resume_keeps_the_best_evaluation_and_a_clean_log() {
     let tmp = tempfile::tempdir().unwrap();

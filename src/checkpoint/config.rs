@@ -36,12 +36,24 @@ pub struct BertConfig {
     /// Dropout on attention probabilities during training.
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// Dropout on the pooled output before the classifier; `None` uses
+    /// `hidden_dropout_prob`, as `BertForSequenceClassification` does.
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    /// Standard deviation of the normal draws that initialise weights the checkpoint lacks
+    /// (a fresh classifier head).
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
     /// Must be `absolute` when present.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
-    /// `bert` (or a BERT-shaped family) when present.
+    /// Must be `bert` when present: the families that share BERT's tensor names (RoBERTa,
+    /// ELECTRA, ERNIE, ...) differ in their positions, embeddings or layers.
     #[serde(default)]
     pub model_type: Option<String>,
+    /// Must be false: a decoder's attention is causal.
+    #[serde(default)]
+    pub is_decoder: bool,
 }
 
 fn default_type_vocab() -> usize {
@@ -55,6 +67,9 @@ fn default_act() -> String {
 }
 fn default_dropout() -> f64 {
     0.1
+}
+fn default_initializer_range() -> f64 {
+    0.02
 }
 
 impl BertConfig {
@@ -78,8 +93,11 @@ impl BertConfig {
             hidden_act: "gelu".into(),
             hidden_dropout_prob: 0.1,
             attention_probs_dropout_prob: 0.1,
+            classifier_dropout: None,
+            initializer_range: 0.02,
             position_embedding_type: None,
             model_type: Some("bert".into()),
+            is_decoder: false,
         })
     }
 
@@ -88,14 +106,35 @@ impl BertConfig {
         Self::from_json(&crate::text_file::read_utf8(path)?, path)
     }
 
+    /// The dropout on the pooled output when hidden states drop with `hidden`:
+    /// `classifier_dropout` when the config sets it, else `hidden`.
+    pub fn classifier_dropout_or(&self, hidden: f64) -> f64 {
+        self.classifier_dropout.unwrap_or(hidden)
+    }
+
     /// Parses and validates JSON text; `path` names the file in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let format = |detail: String| Error::Format {
             path: path.to_path_buf(),
             detail,
         };
-        let config: BertConfig =
+        let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format(format!("invalid BERT config: {e}")))?;
+        // Another family's config usually lacks BERT's field names too; naming the family
+        // says more than a missing `hidden_size` would.
+        match value.get("model_type") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(t)) if t == "bert" => {}
+            Some(other) => {
+                return Err(format(format!(
+                    "`model_type` is {other}; spafit runs BERT checkpoints (`bert`) only: other \
+                     families differ in their position ids, embeddings or layers even where \
+                     their tensor names match BERT's"
+                )))
+            }
+        }
+        let config: BertConfig = serde_json::from_value(value)
+            .map_err(|e| format(format!("invalid BERT config: {e}")))?;
         config.validate().map_err(format)?;
         Ok(config)
     }
@@ -133,6 +172,19 @@ impl BertConfig {
                 ));
             }
         }
+        if self.is_decoder {
+            return Err(
+                "`is_decoder` is true: a decoder's attention is causal, BERT's encoder attends \
+                 to every token"
+                    .into(),
+            );
+        }
+        if !(self.initializer_range > 0.0 && self.initializer_range.is_finite()) {
+            return Err(format!(
+                "`initializer_range` must be positive, got {}",
+                self.initializer_range
+            ));
+        }
         if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
             return Err(format!(
                 "`layer_norm_eps` must be positive, got {}",
@@ -149,6 +201,9 @@ impl BertConfig {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("`{field}` must be in [0, 1), got {p}"));
             }
+        }
+        if let Some(p) = self.classifier_dropout.filter(|p| !(0.0..1.0).contains(p)) {
+            return Err(format!("`classifier_dropout` must be in [0, 1), got {p}"));
         }
         Ok(())
     }

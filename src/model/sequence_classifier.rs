@@ -30,7 +30,7 @@ pub struct BertClassifier<B: Backend> {
 impl<B: Backend> BertClassifier<B> {
     /// Loads `checkpoint` on `backend` with a `num_labels` head: the checkpoint's own
     /// `classifier` tensors when it has them with that shape, otherwise a fresh head drawn as
-    /// transformers draws it (weights N(0, 0.02), bias 0) from `seed`. Everything starts
+    /// transformers draws it (weights N(0, `initializer_range`), bias 0) from `seed`. Everything starts
     /// frozen; apply a plan to choose what trains.
     pub fn from_checkpoint(
         checkpoint: &Checkpoint,
@@ -50,13 +50,13 @@ impl<B: Backend> BertClassifier<B> {
                 checkpoint.tensor(backend, "classifier.bias", Shape::new([num_labels]))?,
             )
         } else {
-            fresh_head(backend, num_labels, h, seed)?
+            fresh_head(backend, &checkpoint.config, num_labels, seed)?
         };
         Self::new(bert, classifier, num_labels)
     }
 
     /// A model of `config`'s shape with random weights as transformers initialises them
-    /// (N(0, 0.02) weights and embeddings, zero biases, unit LayerNorm scales): for
+    /// (N(0, `initializer_range`) weights and embeddings, zero biases, unit LayerNorm scales): for
     /// throughput benchmarks, where values do not matter.
     pub fn random(config: &BertConfig, backend: &B, num_labels: usize, seed: u64) -> Result<Self> {
         let mut rng = SplitMix::new(seed);
@@ -67,12 +67,14 @@ impl<B: Backend> BertClassifier<B> {
             } else if name.ends_with(".bias") {
                 vec![0.0; n]
             } else {
-                (0..n).map(|_| 0.02 * rng.normal()).collect()
+                (0..n)
+                    .map(|_| config.initializer_range * rng.normal())
+                    .collect()
             };
             backend.tensor_from_f64(shape, &values)
         };
         let bert = BertModel::load(config, &mut source)?;
-        let classifier = fresh_head(backend, num_labels, config.hidden_size, seed)?;
+        let classifier = fresh_head(backend, config, num_labels, seed)?;
         Self::new(bert, classifier, num_labels)
     }
 
@@ -164,7 +166,7 @@ impl<B: Backend> BertClassifier<B> {
     ) -> Result<Var<B>> {
         let pooler_output = self.bert.forward_pooled(tape, input, dropouts)?;
         tape.set_scope("classifier");
-        let pooled = tape.dropout(&pooler_output, dropouts.next_hidden())?;
+        let pooled = tape.dropout(&pooler_output, dropouts.next_classifier())?;
         self.classifier.forward(tape, &pooled, dropouts)
     }
 
@@ -240,13 +242,14 @@ impl<B: Backend> BertClassifier<B> {
 
 fn fresh_head<B: Backend>(
     backend: &B,
+    config: &BertConfig,
     num_labels: usize,
-    hidden: usize,
     seed: u64,
 ) -> Result<Linear<B>> {
+    let hidden = config.hidden_size;
     let mut rng = SplitMix::new(seed ^ crate::peft::init_hash("classifier.weight"));
     let w: Vec<f64> = (0..num_labels * hidden)
-        .map(|_| 0.02 * rng.normal())
+        .map(|_| config.initializer_range * rng.normal())
         .collect();
     Ok(Linear::new(
         "classifier",

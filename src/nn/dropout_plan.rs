@@ -13,6 +13,9 @@ pub struct DropoutPlan {
     pub attention: f64,
     /// On LoRA inputs (PEFT's `lora_dropout`).
     pub lora: f64,
+    /// On the pooled output before the classifier (BERT's `classifier_dropout`, which
+    /// defaults to `hidden_dropout_prob`).
+    pub classifier: f64,
     seed: u64,
     calls: u64,
 }
@@ -23,14 +26,24 @@ impl DropoutPlan {
         DropoutPlan::train(0.0, 0.0, 0.0, 0)
     }
 
-    /// Training with the given probabilities and step seed.
+    /// Training with the given probabilities and step seed; the classifier's dropout is
+    /// the hidden one (see [`DropoutPlan::with_classifier`]).
     pub fn train(hidden: f64, attention: f64, lora: f64, seed: u64) -> Self {
         DropoutPlan {
             hidden,
             attention,
             lora,
+            classifier: hidden,
             seed,
             calls: 0,
+        }
+    }
+
+    /// The same plan with `p` on the pooled output before the classifier.
+    pub fn with_classifier(self, p: f64) -> Self {
+        DropoutPlan {
+            classifier: p,
+            ..self
         }
     }
 
@@ -53,6 +66,11 @@ impl DropoutPlan {
     /// The next attention-probability dropout.
     pub fn next_attention(&mut self) -> Option<Dropout> {
         self.draw(self.attention)
+    }
+
+    /// The classifier's dropout on the pooled output.
+    pub fn next_classifier(&mut self) -> Option<Dropout> {
+        self.draw(self.classifier)
     }
 
     /// The next LoRA-input dropout.

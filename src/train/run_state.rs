@@ -312,10 +312,7 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         ("--seed", c.seed.to_string()),
         (
             "dropout (hidden, attention, LoRA)",
-            format!(
-                "{}, {}, {}",
-                inputs.dropout.hidden, inputs.dropout.attention, inputs.dropout.lora
-            ),
+            dropout_setting(&inputs.dropout),
         ),
         (
             "--max-steps",
@@ -336,6 +333,17 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+}
+
+/// The dropout rates; the classifier's only where a config's `classifier_dropout` sets it
+/// apart from the hidden one, so the states of runs without one still resume.
+fn dropout_setting(d: &DropoutRates) -> String {
+    let shared = format!("{}, {}, {}", d.hidden, d.attention, d.lora);
+    if d.classifier == d.hidden {
+        shared
+    } else {
+        format!("{shared}; classifier {}", d.classifier)
+    }
 }
 
 /// `N examples, SHA-256 …` of a tokenized dataset: its token ids, segment ids and labels.

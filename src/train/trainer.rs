@@ -120,6 +120,7 @@ pub(crate) struct DropoutRates {
     pub hidden: f64,
     pub attention: f64,
     pub lora: f64,
+    pub classifier: f64,
 }
 
 /// What stays fixed for a whole run.
@@ -361,12 +362,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
             total_steps = total_steps.min(m);
         }
         let cfg = self.model.config();
+        let hidden = c.hidden_dropout.unwrap_or(cfg.hidden_dropout_prob);
         let dropout = DropoutRates {
-            hidden: c.hidden_dropout.unwrap_or(cfg.hidden_dropout_prob),
+            hidden,
             attention: c
                 .attention_dropout
                 .unwrap_or(cfg.attention_probs_dropout_prob),
             lora: self.plan.lora.as_ref().map_or(0.0, |l| l.dropout),
+            classifier: cfg.classifier_dropout_or(hidden),
         };
         let shapes: Vec<(String, Vec<usize>)> = self
             .trainable()
@@ -513,7 +516,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             plan.dropout.attention,
             plan.dropout.lora,
             rng::mix(self.config.seed ^ 0xd5, run.step as u64),
-        );
+        )
+        .with_classifier(plan.dropout.classifier);
         let mut tape = Tape::new(self.backend.clone());
         let logits = self.model.forward(&mut tape, &input, &mut dropouts)?;
         let loss = self.model.loss(&mut tape, &logits, &labels)?;

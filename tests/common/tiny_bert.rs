@@ -22,8 +22,11 @@ pub fn config(layers: usize) -> BertConfig {
         hidden_act: "gelu".into(),
         hidden_dropout_prob: 0.1,
         attention_probs_dropout_prob: 0.1,
+        classifier_dropout: None,
+        initializer_range: 0.02,
         position_embedding_type: None,
         model_type: Some("bert".into()),
+        is_decoder: false,
     }
 }
 
