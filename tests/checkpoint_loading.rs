@@ -413,6 +413,162 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     assert_eq!(ck.config.initializer_range, 0.05);
 }
 
+/// Writes `tensors` as `model-0000i-of-0000n.safetensors` shards (tensor k in shard k mod n)
+/// with the index transformers writes beside them; returns the weight map.
+fn write_shards(dir: &Path, config: &str, tensors: &Tensors, n: usize) -> BTreeMap<String, String> {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let file = |i: usize| format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+    let mut map = BTreeMap::new();
+    for i in 0..n {
+        let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, (name, (shape, v)))| (name.clone(), shape.clone(), encode(Dtype::F32, v)))
+            .collect();
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(name, shape, b)| {
+                map.insert(name.clone(), file(i));
+                (
+                    name.clone(),
+                    TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::tensor::serialize_to_file(views, None, &dir.join(file(i))).unwrap();
+    }
+    write_index(dir, &map);
+    map
+}
+
+fn write_index(dir: &Path, map: &BTreeMap<String, String>) {
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::to_string_pretty(&index).unwrap(),
+    )
+    .unwrap();
+}
+
+/// A checkpoint saved in shards (`model.safetensors.index.json`, as transformers writes
+/// models above its shard size) loads the same tensors as one file, and a broken index or
+/// shard is named.
+#[test]
+fn sharded_checkpoints_load_as_one_file_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
+    let config = tiny_config_json(2);
+    let one = tmp.path().join("one");
+    write_checkpoint(&one, &config, &tensors, Dtype::F32, true);
+    let sharded = tmp.path().join("sharded");
+    let map = write_shards(&sharded, &config, &tensors, 3);
+
+    let cpu = CpuBackend::f64();
+    let load = |dir: &Path| {
+        let ck = Checkpoint::open(dir).unwrap();
+        let model = BertClassifier::from_checkpoint(&ck, &cpu, 2, 0).unwrap();
+        let values: Vec<(String, Vec<f64>)> = model
+            .params()
+            .iter()
+            .map(|p| (p.name.clone(), host(&p.value)))
+            .collect();
+        (ck.weights.sha256().to_string(), values)
+    };
+    let (one_sha, one_values) = load(&one);
+    let (sharded_sha, sharded_values) = load(&sharded);
+    assert_eq!(sharded_values, one_values);
+    assert_ne!(sharded_sha, one_sha);
+    // The identity does not depend on how the index is laid out, only on the shards.
+    let text = std::fs::read_to_string(sharded.join("model.safetensors.index.json")).unwrap();
+    std::fs::write(
+        sharded.join("model.safetensors.index.json"),
+        text.replace('\n', "").replace("  ", ""),
+    )
+    .unwrap();
+    assert_eq!(load(&sharded).0, sharded_sha);
+
+    let broken = |name: &str, edit: &dyn Fn(&Path, &mut BTreeMap<String, String>)| {
+        let dir = tmp.path().join(name);
+        let mut map = write_shards(&dir, &config, &tensors, 3);
+        edit(&dir, &mut map);
+        write_index(&dir, &map);
+        load_err(&dir).to_string()
+    };
+    let probe = "bert.pooler.dense.weight";
+    let home = map[probe].clone();
+    let elsewhere = map.values().find(|f| **f != home).unwrap().clone();
+    let e = broken("misplaced", &|_, m| {
+        m.insert(probe.into(), elsewhere.clone());
+    });
+    assert!(
+        e.contains("model.safetensors.index.json")
+            && e.contains(&format!(
+                "places `{probe}` in `{elsewhere}`, which does not hold it"
+            )),
+        "{e}"
+    );
+    let e = broken("missing-shard", &|d, _| {
+        std::fs::remove_file(d.join(&home)).unwrap();
+    });
+    assert!(e.contains(&home), "{e}");
+    let e = broken("outside", &|_, m| {
+        m.insert(probe.into(), format!("../one/{home}"));
+    });
+    assert!(e.contains("beside the index"), "{e}");
+    let e = broken("unlisted-tensor", &|_, m| {
+        m.insert("bert.extra.weight".into(), home.clone());
+    });
+    assert!(e.contains("`bert.extra.weight`"), "{e}");
+    let dir = tmp.path().join("no-map");
+    write_shards(&dir, &config, &tensors, 2);
+    std::fs::write(dir.join("model.safetensors.index.json"), "{}").unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("no `weight_map`"), "{e}");
+    // A tensor in two shards: which copy would load is undefined, so neither does.
+    let dir = tmp.path().join("twice");
+    let map = write_shards(&dir, &config, &tensors, 2);
+    let first = map.values().next().unwrap().clone();
+    let second = map.values().find(|f| **f != first).unwrap().clone();
+    let mut in_second: Tensors = tensors
+        .iter()
+        .filter(|(n, _)| map[*n] == second)
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    let dup = map.iter().find(|(_, f)| **f == first).unwrap().0.clone();
+    in_second.insert(dup.clone(), tensors[&dup].clone());
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = in_second
+        .iter()
+        .map(|(n, (shape, v))| (n.clone(), shape.clone(), encode(Dtype::F32, v)))
+        .collect();
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, shape, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize_to_file(views, None, &dir.join(&second)).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains(&format!("`{dup}` is in both")) && e.contains(&first) && e.contains(&second),
+        "{e}"
+    );
+
+    // Only a pickle: the message says what to do.
+    let dir = tmp.path().join("pickle");
+    write_checkpoint(&dir, &config, &tensors, Dtype::F32, true);
+    std::fs::rename(dir.join("model.safetensors"), dir.join("pytorch_model.bin")).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("pytorch_model.bin"),
+        "{e}"
+    );
+}
+
 #[test]
 fn hugging_face_hub_cache_layout_resolves_offline() {
     let tmp = tempfile::tempdir().unwrap();

@@ -29,7 +29,7 @@ impl Checkpoint {
     pub fn open(spec: impl AsRef<Path>) -> Result<Self> {
         let dir = resolve(spec.as_ref())?;
         let config = BertConfig::from_file(&dir.join("config.json"))?;
-        let weights = WeightsFile::open(&dir.join("model.safetensors"))?;
+        let weights = open_weights(&dir)?;
         check_layer_count(&config, &weights)?;
         Ok(Checkpoint {
             dir,
@@ -117,6 +117,36 @@ impl Checkpoint {
         }
         Ok(tok)
     }
+}
+
+/// `model.safetensors`, else the shards `model.safetensors.index.json` lists (as
+/// transformers saves a model larger than its shard size).
+fn open_weights(dir: &Path) -> Result<WeightsFile> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.exists() || !index.exists() {
+        return WeightsFile::open(&single).map_err(|e| match e {
+            Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                let pickle = dir.join("pytorch_model.bin").exists();
+                Error::Io {
+                    path,
+                    source: std::io::Error::new(
+                        source.kind(),
+                        if pickle {
+                            "no such file; the folder has pytorch_model.bin, which spafit does \
+                             not read (a pickle): save the model with safetensors \
+                             (save_pretrained(dir, safe_serialization=True))"
+                        } else {
+                            "no such file (nor model.safetensors.index.json, for a sharded \
+                             checkpoint)"
+                        },
+                    ),
+                }
+            }
+            other => other,
+        });
+    }
+    WeightsFile::open_sharded(&index)
 }
 
 /// Refuses a config whose layer count is not the one the weights hold: more layers would

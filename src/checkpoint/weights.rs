@@ -1,4 +1,5 @@
-//! Reading tensors out of `model.safetensors`, in whatever float dtype they were saved.
+//! Reading tensors out of `model.safetensors` (or the shards a
+//! `model.safetensors.index.json` lists), in whatever float dtype they were saved.
 
 use std::path::{Path, PathBuf};
 
@@ -8,91 +9,222 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
 
-/// A safetensors file held in memory.
+/// The tensors of one safetensors file, or of the shards of a sharded checkpoint, held in
+/// memory.
 pub struct WeightsFile {
+    /// The file, or the index of a sharded checkpoint: what errors about the whole name.
+    path: PathBuf,
+    shards: Vec<Shard>,
+    names: Vec<String>,
+    /// For each of `names`, its shard.
+    shard_of: Vec<usize>,
+    sha256: std::sync::OnceLock<String>,
+}
+
+struct Shard {
     path: PathBuf,
     bytes: Vec<u8>,
-    names: Vec<String>,
-    sha256: std::sync::OnceLock<String>,
+}
+
+impl Shard {
+    fn read(path: &Path) -> Result<Shard> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            bytes,
+        })
+    }
+
+    /// The tensor names, once the file is known to be valid safetensors.
+    fn names(&self) -> Result<Vec<String>> {
+        let st = SafeTensors::deserialize(&self.bytes).map_err(|e| Error::Format {
+            path: self.path.clone(),
+            detail: format!(
+                "not a valid safetensors file: {}",
+                misfit_tensor(&self.bytes).unwrap_or_else(|| e.to_string())
+            ),
+        })?;
+        Ok(st.names().into_iter().map(str::to_string).collect())
+    }
 }
 
 impl WeightsFile {
     /// Reads and indexes `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_bytes(path, bytes)
+        let shard = Shard::read(path)?;
+        Self::from_shards(path, vec![shard])
     }
 
     /// Indexes safetensors `bytes`; `path` names them in errors.
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
-        let names = SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Format {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "not a valid safetensors file: {}",
-                    misfit_tensor(&bytes).unwrap_or_else(|| e.to_string())
-                ),
-            })?
-            .names()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        Ok(WeightsFile {
+        let shard = Shard {
             path: path.to_path_buf(),
             bytes,
+        };
+        Self::from_shards(path, vec![shard])
+    }
+
+    /// Reads a sharded checkpoint: the index `model.safetensors.index.json`, whose
+    /// `weight_map` names each tensor's file, and every file it names (beside the index).
+    /// A tensor the map places in a file that lacks it, or a tensor found in two files, is
+    /// an error naming both.
+    pub fn open_sharded(index: &Path) -> Result<Self> {
+        let format = |detail: String| Error::Format {
+            path: index.to_path_buf(),
+            detail,
+        };
+        let text = crate::text_file::read_utf8(index)?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format(format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| format("no `weight_map` object (tensor name → file)".into()))?;
+        let mut placed: Vec<(&str, &str)> = Vec::with_capacity(map.len());
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                format(format!(
+                    "`weight_map` entry `{name}` is {file}, not a file name"
+                ))
+            })?;
+            if Path::new(file).components().count() != 1 || file == ".." || file == "." {
+                return Err(format(format!(
+                    "`weight_map` places `{name}` in `{file}`: shards must be files beside the index"
+                )));
+            }
+            placed.push((name, file));
+        }
+        // Sorted, so the identity (SHA-256) of a sharded checkpoint does not depend on the
+        // order the index lists its tensors in.
+        let mut files: Vec<&str> = placed.iter().map(|&(_, f)| f).collect();
+        files.sort_unstable();
+        files.dedup();
+        if files.is_empty() {
+            return Err(format("`weight_map` is empty".into()));
+        }
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let shards = files
+            .iter()
+            .map(|f| Shard::read(&dir.join(f)))
+            .collect::<Result<Vec<_>>>()?;
+        let weights = Self::from_shards(index, shards)?;
+        for (name, file) in placed {
+            let holder = weights
+                .position(name)
+                .map(|i| &weights.shards[weights.shard_of[i]].path);
+            if holder.and_then(|p| p.file_name()) != Some(std::ffi::OsStr::new(file)) {
+                return Err(format(format!(
+                    "`weight_map` places `{name}` in `{file}`, which does not hold it"
+                )));
+            }
+        }
+        Ok(weights)
+    }
+
+    fn from_shards(path: &Path, shards: Vec<Shard>) -> Result<Self> {
+        let mut names: Vec<String> = Vec::new();
+        let mut shard_of: Vec<usize> = Vec::new();
+        for (i, shard) in shards.iter().enumerate() {
+            for name in shard.names()? {
+                if let Some(j) = names.iter().position(|n| *n == name) {
+                    return Err(Error::Format {
+                        path: path.to_path_buf(),
+                        detail: format!(
+                            "tensor `{name}` is in both {} and {}",
+                            shards[shard_of[j]].path.display(),
+                            shard.path.display()
+                        ),
+                    });
+                }
+                names.push(name);
+                shard_of.push(i);
+            }
+        }
+        Ok(WeightsFile {
+            path: path.to_path_buf(),
+            shards,
             names,
+            shard_of,
             sha256: std::sync::OnceLock::new(),
         })
     }
 
-    /// SHA-256 of the file's bytes (hex), computed once: the identity of a base model.
+    /// SHA-256 (hex), computed once: the identity of a base model. For one file, that of its
+    /// bytes; for a sharded checkpoint, that of its shards' names and SHA-256s in name order.
     pub fn sha256(&self) -> &str {
-        self.sha256
-            .get_or_init(|| crate::adapter::sha256_hex(&self.bytes))
+        self.sha256.get_or_init(|| match self.shards.as_slice() {
+            [one] => crate::adapter::sha256_hex(&one.bytes),
+            shards => {
+                let mut listing = String::new();
+                for shard in shards {
+                    let name = shard.path.file_name().unwrap_or_default();
+                    listing.push_str(&format!(
+                        "{} {}\n",
+                        name.to_string_lossy(),
+                        crate::adapter::sha256_hex(&shard.bytes)
+                    ));
+                }
+                crate::adapter::sha256_hex(listing.as_bytes())
+            }
+        })
     }
 
-    /// The file.
+    /// The file, or the index of a sharded checkpoint.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Every tensor name in the file.
+    /// Every tensor name, over all shards.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    fn position(&self, stored: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == stored)
     }
 
     /// The name under which `name` is stored: as is, or without the `bert.` prefix that
     /// `BertModel` checkpoints lack and `BertFor…` checkpoints have.
     pub fn resolve(&self, name: &str) -> Option<&str> {
         let candidates = [Some(name), name.strip_prefix("bert.")];
-        candidates.into_iter().flatten().find_map(|c| {
-            self.names
-                .iter()
-                .find(|n| n.as_str() == c)
-                .map(String::as_str)
-        })
+        candidates
+            .into_iter()
+            .flatten()
+            .find_map(|c| self.position(c))
+            .map(|i| self.names[i].as_str())
+    }
+
+    /// The shard holding the stored tensor `stored`, parsed.
+    fn shard(&self, stored: &str) -> Option<(&Shard, SafeTensors<'_>)> {
+        let shard = &self.shards[self.shard_of[self.position(stored)?]];
+        let st = SafeTensors::deserialize(&shard.bytes).ok()?;
+        Some((shard, st))
     }
 
     /// The stored shape of tensor `name` (resolved as [`WeightsFile::resolve`] does).
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let stored = self.resolve(name)?;
-        let st = SafeTensors::deserialize(&self.bytes).ok()?;
+        let (_, st) = self.shard(stored)?;
         st.tensor(stored).ok().map(|v| v.shape().to_vec())
     }
 
     /// Tensor `name` as f64 values, checked against `shape`.
     pub fn read_f64(&self, name: &str, shape: &Shape) -> Result<Vec<f64>> {
-        let format = |detail: String| Error::Format {
+        let stored = self.resolve(name).ok_or_else(|| Error::Format {
             path: self.path.clone(),
+            detail: format!("tensor `{name}` is missing"),
+        })?;
+        let (shard, st) = self.shard(stored).ok_or_else(|| Error::Format {
+            path: self.path.clone(),
+            detail: format!("tensor `{stored}` cannot be read"),
+        })?;
+        let format = |detail: String| Error::Format {
+            path: shard.path.clone(),
             detail,
         };
-        let stored = self
-            .resolve(name)
-            .ok_or_else(|| format(format!("tensor `{name}` is missing")))?;
-        let st = SafeTensors::deserialize(&self.bytes).map_err(|e| format(e.to_string()))?;
         let view = st
             .tensor(stored)
             .map_err(|e| format(format!("tensor `{stored}`: {e}")))?;
