@@ -141,6 +141,15 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
         "{e}"
     );
 
+    // Without any pooler the checkpoint loads (a fresh pooler, which must train); half a
+    // pooler is a broken file.
+    let mut half_pooler = full.clone();
+    half_pooler.remove("bert.pooler.dense.bias");
+    let dir = tmp.path().join("half-pooler");
+    write_checkpoint(&dir, &tiny_config_json(2), &half_pooler, Dtype::F32, false);
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("`bert.pooler.dense.bias` is missing"), "{e}");
+
     let mut misshapen = full.clone();
     misshapen.insert(
         "bert.pooler.dense.weight".into(),

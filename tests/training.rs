@@ -5,7 +5,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::tiny_bert;
+use common::{host, tiny_bert};
+use spafit::adapter::load_adapter;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::checkpoint::{BertConfig, Checkpoint, WeightsFile};
@@ -148,6 +149,11 @@ fn smoke_training_on_the_real_model_learns() {
 
 /// A tiny random BERT with the real tokenizer's vocabulary, written as a checkpoint.
 fn tiny_checkpoint(dir: &Path) -> Checkpoint {
+    tiny_checkpoint_holding(dir, |_| true)
+}
+
+/// [`tiny_checkpoint`] with only the tensors `keep` accepts.
+fn tiny_checkpoint_holding(dir: &Path, keep: impl Fn(&str) -> bool) -> Checkpoint {
     let cache = assets();
     let config = BertConfig {
         vocab_size: 30522,
@@ -157,6 +163,7 @@ fn tiny_checkpoint(dir: &Path) -> Checkpoint {
     let tensors = tiny_bert::tensors(&config, 11);
     let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
+        .filter(|(n, _)| keep(n))
         .map(|(n, (s, v))| {
             (
                 n.clone(),
@@ -381,6 +388,56 @@ fn the_classifier_dropout_follows_the_config_as_in_transformers() {
     // The checkpoint's hidden rate (0.1): the classifier drops with it unless the config
     // says otherwise.
     assert_ne!(losses(None, None), losses(Some(0.0), None));
+}
+
+/// A checkpoint saved without a pooler gets a fresh one, which must train (a frozen random
+/// pooler would not be saved with the adapter); the saved adapter then gives the training
+/// run's evaluation again.
+#[test]
+fn a_checkpoint_without_a_pooler_trains_a_fresh_one_and_saves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint_holding(&tmp.path().join("ck"), |n| !n.contains("pooler"));
+    let cpu = CpuBackend::f64();
+    let data = regression_data(24, None);
+    let tok = tokenizer(&ck);
+    let model_with = |plan: &PeftPlan| {
+        let mut model = BertClassifier::from_checkpoint(&ck, &cpu, 1, 5).unwrap();
+        model
+            .apply_plan(plan, &mut common::tiny_bert::random_init(&cpu, 3))
+            .map(|()| model)
+    };
+    let mut config = PeftConfig::new(Method::Spafit);
+    config.n1 = Boundary::Layer(0);
+    config.n2 = Boundary::Layer(1);
+    let e = model_with(&PeftPlan::new(&config, 2).unwrap())
+        .err()
+        .expect("a frozen fresh pooler");
+    assert!(
+        e.to_string().contains("no pooler") && e.to_string().contains("--train-pooler"),
+        "{e}"
+    );
+
+    config.train_pooler = true;
+    let plan = PeftPlan::new(&config, 2).unwrap();
+    let mut model = model_with(&plan).unwrap();
+    let pooler = |m: &BertClassifier<CpuBackend>| host(&m.bert.pooler.weight.value);
+    let start = pooler(&model);
+    let spread = (start.iter().map(|v| v * v).sum::<f64>() / start.len() as f64).sqrt();
+    assert!(
+        (0.015..0.025).contains(&spread),
+        "initializer_range 0.02: {spread}"
+    );
+    assert_eq!(start, pooler(&model_with(&plan).unwrap()), "seeded");
+    let out = tmp.path().join("run");
+    let report = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
+        .fit(&tok, &data, Some(&data))
+        .unwrap();
+    assert_ne!(pooler(&model), start, "the pooler trained");
+    let (loaded, _) = load_adapter(&out.join("best"), &ck, &cpu).unwrap();
+    assert_eq!(pooler(&loaded), pooler(&model));
+    let encoded = EncodedDataset::new(&tok, &data).unwrap();
+    let again = evaluate(&cpu, &loaded, &encoded, 64, None).unwrap();
+    assert_eq!(again.loss, report.best.unwrap().1.loss);
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub struct BertClassifier<B: Backend> {
     pub classifier: Linear<B>,
     /// 1 for regression, ≥ 2 for classification.
     pub num_labels: usize,
+    /// The checkpoint had no pooler, so `bert.pooler.dense` was drawn fresh: it must train.
+    fresh_pooler: bool,
 }
 
 impl<B: Backend> BertClassifier<B> {
@@ -38,9 +40,28 @@ impl<B: Backend> BertClassifier<B> {
         num_labels: usize,
         seed: u64,
     ) -> Result<Self> {
-        let mut source = |name: &str, shape: Shape| checkpoint.tensor(backend, name, shape);
-        let bert = BertModel::load(&checkpoint.config, &mut source)?;
-        let h = checkpoint.config.hidden_size;
+        let config = &checkpoint.config;
+        // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
+        // fresh one, as transformers gives it; one pooler tensor alone is a broken file.
+        let pooler = ["bert.pooler.dense.weight", "bert.pooler.dense.bias"];
+        let fresh_pooler = pooler
+            .iter()
+            .all(|name| checkpoint.weights.resolve(name).is_none());
+        let mut rng = SplitMix::new(seed ^ crate::peft::init_hash(pooler[0]));
+        let mut source = |name: &str, shape: Shape| {
+            if fresh_pooler && pooler.contains(&name) {
+                let values: Vec<f64> = match name == pooler[0] {
+                    true => (0..shape.numel())
+                        .map(|_| config.initializer_range * rng.normal())
+                        .collect(),
+                    false => vec![0.0; shape.numel()],
+                };
+                return backend.tensor_from_f64(shape, &values);
+            }
+            checkpoint.tensor(backend, name, shape)
+        };
+        let bert = BertModel::load(config, &mut source)?;
+        let h = config.hidden_size;
         let has_head = checkpoint.weights.shape("classifier.weight") == Some(vec![num_labels, h])
             && checkpoint.weights.shape("classifier.bias") == Some(vec![num_labels]);
         let classifier = if has_head {
@@ -52,7 +73,9 @@ impl<B: Backend> BertClassifier<B> {
         } else {
             fresh_head(backend, &checkpoint.config, num_labels, seed)?
         };
-        Self::new(bert, classifier, num_labels)
+        let mut model = Self::new(bert, classifier, num_labels)?;
+        model.fresh_pooler = fresh_pooler;
+        Ok(model)
     }
 
     /// A model of `config`'s shape with random weights as transformers initialises them
@@ -102,6 +125,7 @@ impl<B: Backend> BertClassifier<B> {
             bert,
             classifier,
             num_labels,
+            fresh_pooler: false,
         })
     }
 
@@ -112,12 +136,21 @@ impl<B: Backend> BertClassifier<B> {
 
     /// Applies a PEFT plan: strata per layer, adapters from `init(name, shape)` (see
     /// [`crate::peft::peft_lora_init`]), embeddings / pooler / LayerNorm options. The
-    /// classifier always trains.
+    /// classifier always trains. A pooler the checkpoint lacked must train too: frozen, its
+    /// random weights would be part of the model without being saved with the adapter.
     pub fn apply_plan(
         &mut self,
         plan: &PeftPlan,
         init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<()> {
+        if self.fresh_pooler && !plan.train_pooler {
+            return Err(Error::invalid(
+                "peft plan",
+                "the checkpoint has no pooler (`bert.pooler.dense`; saved without one, e.g. \
+                 `BertModel(add_pooling_layer=False)`), so the classifier's pooler starts \
+                 random and must train: add --train-pooler (it is then saved with the adapter)",
+            ));
+        }
         let layers = self.bert.layers.len();
         if plan.strata.len() != layers {
             return Err(Error::invalid(
