@@ -1041,7 +1041,12 @@ fn bad_paths_and_labels_are_refused_before_training() {
     // A model whose files are copies (so a failing check could not damage the real one).
     let model_copy = root.join("model");
     std::fs::create_dir_all(&model_copy).unwrap();
-    for f in ["config.json", "tokenizer.json"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(Path::new(&m).join(f), model_copy.join(f)).unwrap();
     }
     std::os::unix::fs::symlink(
@@ -1078,6 +1083,29 @@ fn bad_paths_and_labels_are_refused_before_training() {
         std::fs::read(model_copy.join("config.json")).unwrap(),
         std::fs::read(Path::new(&m).join("config.json")).unwrap()
     );
+    // Nor the files a checkpoint without tokenizer.json or in shards is read from.
+    for read in [
+        "vocab.txt",
+        "tokenizer_config.json",
+        "model-00001-of-00002.safetensors",
+    ] {
+        let target = p(&format!("model/{read}"));
+        let (ok, _, err) = spafit(&[
+            "train",
+            "--model",
+            &mc,
+            "--train-file",
+            &t,
+            "--max-len",
+            "16",
+            "--write-batches",
+            &target,
+        ]);
+        assert!(
+            !ok && err.contains("a file of the model or adapter"),
+            "{read}: {err}"
+        );
+    }
     // A batch that cannot fit in memory is refused, not an aborted process.
     let (ok, _, err) = spafit(&[
         "bench",

@@ -48,10 +48,11 @@ impl Checkpoint {
         self.weights.tensor(backend, name, shape)
     }
 
-    /// The tokenizer in `tokenizer.json`, truncating to `max_len` tokens, checked against
-    /// the model's vocabulary and position table.
+    /// The tokenizer in `tokenizer.json` (or, for a checkpoint without one, BERT's built from
+    /// `vocab.txt` and `tokenizer_config.json`), truncating to `max_len` tokens, checked
+    /// against the model's vocabulary and position table.
     pub fn tokenizer(&self, max_len: usize) -> Result<TextTokenizer> {
-        let path = self.dir.join("tokenizer.json");
+        let mut path = self.dir.join("tokenizer.json");
         if max_len > self.config.max_position_embeddings {
             return Err(Error::invalid(
                 "tokenizer",
@@ -61,7 +62,22 @@ impl Checkpoint {
                 ),
             ));
         }
-        let tok = TextTokenizer::from_file(&path, max_len)?;
+        let vocab = self.dir.join("vocab.txt");
+        let tok = if !path.exists() && vocab.is_file() {
+            let config = Some(self.dir.join("tokenizer_config.json")).filter(|c| c.is_file());
+            path = vocab;
+            TextTokenizer::from_vocab(&path, config.as_deref(), max_len)?
+        } else if !path.exists() {
+            return Err(Error::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no tokenizer file (nor a vocab.txt to build BERT's tokenizer from)",
+                ),
+            });
+        } else {
+            TextTokenizer::from_file(&path, max_len)?
+        };
         if tok.vocab_size() > self.config.vocab_size {
             return Err(Error::Format {
                 path,

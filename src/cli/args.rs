@@ -20,8 +20,9 @@ pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
 /// Where the model is and what runs it.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint directory (config.json, model.safetensors, tokenizer.json), a Hugging Face
-    /// hub cache folder, or a hub id found in the offline cache (`org/name`).
+    /// Checkpoint directory (config.json, model.safetensors or its shards' index,
+    /// tokenizer.json or vocab.txt), a Hugging Face hub cache folder, or a hub id found in
+    /// the offline cache (`org/name`).
     #[arg(long, default_value = ".cache/models/all-MiniLM-L6-v2")]
     pub model: PathBuf,
     /// Compute device: `cpu`, `cuda[:N]` (a GPU), or `cuda-emu` (the same CUDA kernels on

@@ -91,7 +91,23 @@ fn is_read_file(
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
 ) -> bool {
-    let model_files = ["config.json", "model.safetensors", "tokenizer.json"].map(|f| model.join(f));
+    let model_files = [
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+    ]
+    .map(|f| model.join(f));
+    // The shards an index lists may have any name.
+    let is_shard = path.extension().is_some_and(|e| e == "safetensors")
+        && path
+            .parent()
+            .is_some_and(|dir| same_file(dir, model) || dir == model);
+    if is_shard {
+        return true;
+    }
     let adapter_files = adapter.into_iter().flat_map(|a| {
         [
             "adapter.json",

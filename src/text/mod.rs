@@ -1,5 +1,6 @@
 //! Text to model inputs.
 
 mod tokenizer;
+mod wordpiece_vocab;
 
 pub use tokenizer::{EncodedBatch, EncodedText, TextInput, TextTokenizer};

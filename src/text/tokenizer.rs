@@ -105,6 +105,18 @@ impl TextTokenizer {
             None => inner.token_to_id("[PAD]").unwrap_or(0),
         };
         inner.with_padding(None);
+        Self::from_parts(inner, path, pad_id, max_len)
+    }
+
+    /// BERT's WordPiece tokenizer built from `vocab` (`vocab.txt`) and, when given, its
+    /// `tokenizer_config.json`, as transformers converts them for `BertTokenizerFast`: for
+    /// checkpoints without a `tokenizer.json`. Truncates as [`TextTokenizer::from_file`].
+    pub fn from_vocab(vocab: &Path, config: Option<&Path>, max_len: usize) -> Result<Self> {
+        let (inner, pad_id) = super::wordpiece_vocab::bert_tokenizer_from_vocab(vocab, config)?;
+        Self::from_parts(inner, vocab, pad_id, max_len)
+    }
+
+    fn from_parts(inner: Tokenizer, path: &Path, pad_id: u32, max_len: usize) -> Result<Self> {
         let mut tok = TextTokenizer {
             inner,
             path: path.to_path_buf(),

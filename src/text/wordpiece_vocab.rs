@@ -1,0 +1,176 @@
+//! A BERT tokenizer built from `vocab.txt` (+ `tokenizer_config.json`) for checkpoints
+//! saved before `tokenizer.json` existed: the same pipeline transformers' converter builds
+//! for `BertTokenizerFast` (BERT normalizer, BERT pre-tokenizer, WordPiece with `##`
+//! continuations, `[CLS] A [SEP] B [SEP]` with segment ids 0 then 1).
+
+use std::path::Path;
+
+use serde_json::Value;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::error::{Error, Result};
+
+/// The settings of `tokenizer_config.json` that change the ids, with `BertTokenizer`'s
+/// defaults.
+struct BertTokenizerSettings {
+    lowercase: bool,
+    strip_accents: Option<bool>,
+    chinese_chars: bool,
+    unk: String,
+    sep: String,
+    pad: String,
+    cls: String,
+    mask: String,
+}
+
+impl BertTokenizerSettings {
+    fn read(path: &Path) -> Result<Self> {
+        let format = |detail: String| Error::Format {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let json: Value = serde_json::from_str(&crate::text_file::read_utf8(path)?)
+            .map_err(|e| format(format!("invalid JSON: {e}")))?;
+        match json.get("tokenizer_class").and_then(Value::as_str) {
+            None | Some("BertTokenizer" | "BertTokenizerFast") => {}
+            Some(other) => {
+                return Err(format(format!(
+                    "`tokenizer_class` is `{other}`; without a tokenizer.json spafit builds only \
+                     BERT's WordPiece tokenizer (`BertTokenizer`) from vocab.txt"
+                )))
+            }
+        }
+        if json.get("do_basic_tokenize") == Some(&Value::Bool(false)) {
+            return Err(format(
+                "`do_basic_tokenize` is false: WordPiece without BERT's basic tokenization is \
+                 not supported"
+                    .into(),
+            ));
+        }
+        let flag = |key: &str, default: bool| match json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(format(format!("`{key}` is {other}, not true or false"))),
+        };
+        let token = |key: &str, default: &str| match json.get(key) {
+            None | Some(Value::Null) => Ok(default.to_string()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            // transformers also writes an AddedToken as an object with its `content`.
+            Some(Value::Object(o)) => match o.get("content") {
+                Some(Value::String(s)) => Ok(s.clone()),
+                _ => Err(format(format!("`{key}` has no `content` string"))),
+            },
+            Some(other) => Err(format(format!("`{key}` is {other}, not a token"))),
+        };
+        Ok(BertTokenizerSettings {
+            lowercase: flag("do_lower_case", true)?,
+            strip_accents: match json.get("strip_accents") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(other) => {
+                    return Err(format(format!(
+                        "`strip_accents` is {other}, not true, false or null"
+                    )))
+                }
+            },
+            chinese_chars: flag("tokenize_chinese_chars", true)?,
+            unk: token("unk_token", "[UNK]")?,
+            sep: token("sep_token", "[SEP]")?,
+            pad: token("pad_token", "[PAD]")?,
+            cls: token("cls_token", "[CLS]")?,
+            mask: token("mask_token", "[MASK]")?,
+        })
+    }
+
+    fn defaults() -> Self {
+        BertTokenizerSettings {
+            lowercase: true,
+            strip_accents: None,
+            chinese_chars: true,
+            unk: "[UNK]".into(),
+            sep: "[SEP]".into(),
+            pad: "[PAD]".into(),
+            cls: "[CLS]".into(),
+            mask: "[MASK]".into(),
+        }
+    }
+}
+
+/// BERT's tokenizer from `vocab` (one token per line, the line number is the id) and, when
+/// given, the `tokenizer_config.json` beside it (lower-casing, accents, Chinese characters,
+/// special tokens; `BertTokenizer`'s defaults otherwise). Returns it with its padding id.
+pub(crate) fn bert_tokenizer_from_vocab(
+    vocab: &Path,
+    config: Option<&Path>,
+) -> Result<(Tokenizer, u32)> {
+    let settings = match config {
+        Some(path) => BertTokenizerSettings::read(path)?,
+        None => BertTokenizerSettings::defaults(),
+    };
+    let format = |detail: String| Error::Format {
+        path: vocab.to_path_buf(),
+        detail,
+    };
+    let text = crate::text_file::read_utf8(vocab)?;
+    let ids = WordPiece::read_bytes(text.as_bytes())
+        .map_err(|e| format(format!("cannot read the vocabulary: {e}")))?;
+    let id_of = |token: &str, key: &str| {
+        ids.get(token).copied().ok_or_else(|| {
+            format(format!(
+                "the {key} `{token}` is not in the vocabulary{}",
+                config.map_or(String::new(), |c| format!(" ({})", c.display()))
+            ))
+        })
+    };
+    let (cls, sep) = (
+        id_of(&settings.cls, "cls_token")?,
+        id_of(&settings.sep, "sep_token")?,
+    );
+    let pad = id_of(&settings.pad, "pad_token")?;
+    id_of(&settings.unk, "unk_token")?;
+    id_of(&settings.mask, "mask_token")?;
+    let model = WordPiece::builder()
+        .vocab(ids)
+        .unk_token(settings.unk.clone())
+        .continuing_subword_prefix("##".into())
+        .max_input_chars_per_word(100)
+        .build()
+        .map_err(|e| format(format!("cannot build WordPiece: {e}")))?;
+    let (c, s) = (settings.cls.as_str(), settings.sep.as_str());
+    let template = TemplateProcessing::builder()
+        .try_single(format!("{c}:0 $A:0 {s}:0"))
+        .and_then(|b| b.try_pair(format!("{c}:0 $A:0 {s}:0 $B:1 {s}:1")))
+        .map_err(|e| format(format!("special tokens `{c}`, `{s}`: {e}")))?
+        .special_tokens(vec![(c, cls), (s, sep)])
+        .build()
+        .map_err(|e| format(format!("special tokens `{c}`, `{s}`: {e}")))?;
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(
+            true,
+            settings.chinese_chars,
+            settings.strip_accents,
+            settings.lowercase,
+        )))
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_post_processor(Some(template))
+        .with_decoder(Some(WordPieceDecoder::default()));
+    // The special tokens match as written, before normalization, as in transformers.
+    let specials: Vec<AddedToken> = [
+        &settings.pad,
+        &settings.unk,
+        &settings.cls,
+        &settings.sep,
+        &settings.mask,
+    ]
+    .into_iter()
+    .map(|t| AddedToken::from(t.clone(), true))
+    .collect();
+    tokenizer.add_special_tokens(&specials);
+    Ok((tokenizer, pad))
+}

@@ -1,0 +1,169 @@
+//! BERT's tokenizer built from `vocab.txt` + `tokenizer_config.json` (checkpoints without a
+//! `tokenizer.json`) against the ids transformers gives for the same folder
+//! (`tests/fixtures/wordpiece-vocab/`, written by transformers' `AutoTokenizer`).
+
+use std::path::{Path, PathBuf};
+
+use spafit::text::{TextInput, TextTokenizer};
+
+fn minilm() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
+    assert!(
+        p.join("vocab.txt").is_file(),
+        "run scripts/fetch_assets.sh first"
+    );
+    p
+}
+
+fn expected() -> serde_json::Value {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wordpiece-vocab/expected.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A folder like a checkpoint saved before tokenizer.json: vocab.txt and a config.
+fn vocab_folder(dir: &Path, config: &serde_json::Value) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab = dir.join("vocab.txt");
+    std::fs::copy(minilm().join("vocab.txt"), &vocab).unwrap();
+    let config_path = dir.join("tokenizer_config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    (vocab, config_path)
+}
+
+#[test]
+fn ids_match_transformers_for_three_tokenizer_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = expected();
+    let texts: Vec<&str> = fixture["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let pairs: Vec<(&str, &str)> = fixture["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let mut config = case["tokenizer_config"].clone();
+        config["tokenizer_class"] = "BertTokenizer".into();
+        let (vocab, config) = vocab_folder(&tmp.path().join(name), &config);
+        let tok = TextTokenizer::from_vocab(&vocab, Some(&config), 512).unwrap();
+        for (text, want) in texts.iter().zip(case["singles"].as_array().unwrap()) {
+            let got = tok.encode(TextInput::Single(text)).unwrap();
+            assert_eq!(got.ids, ids(want), "{name}: {text:?}");
+            assert!(got.type_ids.iter().all(|&t| t == 0));
+        }
+        for ((a, b), want) in pairs.iter().zip(case["pairs"].as_array().unwrap()) {
+            let got = tok.encode(TextInput::Pair(a, b)).unwrap();
+            assert_eq!(got.ids, ids(&want["input_ids"]), "{name}: {a:?} / {b:?}");
+            assert_eq!(got.type_ids, ids(&want["token_type_ids"]), "{name}");
+        }
+        assert_eq!(tok.pad_id(), 0);
+    }
+
+    // The uncased build is the checkpoint's own tokenizer.json, truncation included.
+    let (vocab, config) = vocab_folder(&tmp.path().join("plain"), &serde_json::json!({}));
+    for max_len in [8, 512] {
+        let built = TextTokenizer::from_vocab(&vocab, Some(&config), max_len).unwrap();
+        let shipped = TextTokenizer::from_file(&minilm().join("tokenizer.json"), max_len).unwrap();
+        for input in texts
+            .iter()
+            .map(|t| TextInput::Single(t))
+            .chain(pairs.iter().map(|(a, b)| TextInput::Pair(a, b)))
+        {
+            assert_eq!(
+                built.encode(input).unwrap(),
+                shipped.encode(input).unwrap(),
+                "{input:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn configs_and_vocabularies_it_cannot_build_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = |name: &str, config: serde_json::Value| {
+        let (vocab, config) = vocab_folder(&tmp.path().join(name), &config);
+        TextTokenizer::from_vocab(&vocab, Some(&config), 64)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: built"))
+            .to_string()
+    };
+    let e = err(
+        "sentencepiece",
+        serde_json::json!({"tokenizer_class": "XLMRobertaTokenizer"}),
+    );
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("`XLMRobertaTokenizer`"),
+        "{e}"
+    );
+    let e = err("no-basic", serde_json::json!({"do_basic_tokenize": false}));
+    assert!(e.contains("`do_basic_tokenize` is false"), "{e}");
+    let e = err("lower-string", serde_json::json!({"do_lower_case": "yes"}));
+    assert!(e.contains("`do_lower_case` is \"yes\""), "{e}");
+    let e = err("cls", serde_json::json!({"cls_token": "<s>"}));
+    assert!(
+        e.contains("vocab.txt") && e.contains("the cls_token `<s>` is not in the vocabulary"),
+        "{e}"
+    );
+    // transformers writes a special token as an object too.
+    let (vocab, config) = vocab_folder(
+        &tmp.path().join("object-token"),
+        &serde_json::json!({"mask_token": {"content": "[MASK]", "lstrip": true}}),
+    );
+    TextTokenizer::from_vocab(&vocab, Some(&config), 64).unwrap();
+
+    let dir = tmp.path().join("latin1");
+    let (vocab, _) = vocab_folder(&dir, &serde_json::json!({}));
+    let mut bytes = std::fs::read(&vocab).unwrap();
+    bytes.extend_from_slice(b"caf\xe9\n");
+    std::fs::write(&vocab, bytes).unwrap();
+    let e = TextTokenizer::from_vocab(&vocab, None, 64)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("vocab.txt") && e.contains("line 30523"), "{e}");
+}
+
+/// A checkpoint folder without tokenizer.json tokenizes from its vocab.txt, as transformers
+/// loads it; with neither file the error says what is missing.
+#[test]
+fn a_checkpoint_without_tokenizer_json_uses_its_vocab() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(minilm().join(f), dir.join(f)).unwrap();
+    }
+    for f in ["vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(minilm().join(f), dir.join(f)).unwrap();
+    }
+    let ck = spafit::checkpoint::Checkpoint::open(&dir).unwrap();
+    let built = ck.tokenizer(16).unwrap();
+    let shipped = TextTokenizer::from_file(&minilm().join("tokenizer.json"), 16).unwrap();
+    let input = TextInput::Pair("A long first sentence, longer than the second.", "Short.");
+    assert_eq!(built.encode(input).unwrap(), shipped.encode(input).unwrap());
+
+    std::fs::remove_file(dir.join("vocab.txt")).unwrap();
+    let e = ck.tokenizer(16).err().unwrap().to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("nor a vocab.txt"),
+        "{e}"
+    );
+}
