@@ -122,6 +122,34 @@ fn every_float_dtype_and_both_name_styles_load() {
             assert_eq!(model.params().len(), 7 + 2 * 16 + 2);
         }
     }
+    // LayerNorm tensors under their TensorFlow-era names (`gamma`, `beta`), as in
+    // bert-base-uncased's own files: transformers renames them, and so does the loader.
+    let legacy: Tensors = tensors
+        .iter()
+        .map(|(n, v)| {
+            let n = n
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
+            (n, v.clone())
+        })
+        .collect();
+    assert!(legacy.contains_key("bert.encoder.layer.1.output.LayerNorm.gamma"));
+    let cpu = CpuBackend::f64();
+    let values = |dir: &Path| -> Vec<(String, Vec<f64>)> {
+        let ck = Checkpoint::open(dir).unwrap();
+        let model = BertClassifier::from_checkpoint(&ck, &cpu, 2, 0).unwrap();
+        let named = model
+            .params()
+            .into_iter()
+            .map(|p| (p.name.clone(), host(&p.value)));
+        named.collect()
+    };
+    for prefix in [false, true] {
+        let dir = tmp.path().join(format!("legacy-{prefix}"));
+        write_checkpoint(&dir, &tiny_config_json(2), &legacy, Dtype::F64, prefix);
+        let modern = tmp.path().join(format!("F64-{prefix}"));
+        assert_eq!(values(&dir), values(&modern), "prefix={prefix}");
+    }
 }
 
 #[test]

@@ -187,13 +187,27 @@ impl WeightsFile {
     }
 
     /// The name under which `name` is stored: as is, or without the `bert.` prefix that
-    /// `BertModel` checkpoints lack and `BertFor…` checkpoints have.
+    /// `BertModel` checkpoints lack and `BertFor…` checkpoints have; and for a LayerNorm, under
+    /// the TensorFlow-era names `gamma` / `beta` as well (bert-base-uncased's own files use
+    /// them; transformers renames them on load).
     pub fn resolve(&self, name: &str) -> Option<&str> {
-        let candidates = [Some(name), name.strip_prefix("bert.")];
+        let legacy = [
+            ("LayerNorm.weight", "LayerNorm.gamma"),
+            ("LayerNorm.bias", "LayerNorm.beta"),
+        ]
+        .into_iter()
+        .find_map(|(modern, old)| Some(format!("{}{old}", name.strip_suffix(modern)?)));
+        let unprefixed = |n: &str| n.strip_prefix("bert.").map(str::to_string);
+        let candidates = [
+            Some(name.to_string()),
+            unprefixed(name),
+            legacy.clone(),
+            legacy.as_deref().and_then(unprefixed),
+        ];
         candidates
             .into_iter()
             .flatten()
-            .find_map(|c| self.position(c))
+            .find_map(|c| self.position(&c))
             .map(|i| self.names[i].as_str())
     }
 
