@@ -390,7 +390,13 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     let bert = tiny_config_json(2);
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
         "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
-    let cases: [(&str, String, &str); 7] = [
+    let cases: [(&str, String, &str); 8] = [
+        (
+            "old-roberta",
+            bert.replace(r#""model_type": "bert","#, "")
+                .replace("BertModel", "RobertaForMaskedLM"),
+            "`architectures` (RobertaForMaskedLM) names no BERT class",
+        ),
         (
             "roberta",
             bert.replace(r#""bert""#, r#""roberta""#),

@@ -123,7 +123,22 @@ impl BertConfig {
         // Another family's config usually lacks BERT's field names too; naming the family
         // says more than a missing `hidden_size` would.
         match value.get("model_type") {
-            None | Some(serde_json::Value::Null) => {}
+            // Configs older than `model_type` name their family only in `architectures`.
+            None | Some(serde_json::Value::Null) => {
+                let architectures = value.get("architectures").and_then(|a| a.as_array());
+                let names: Vec<&str> = architectures
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str())
+                    .collect();
+                if !names.is_empty() && !names.iter().any(|a| a.starts_with("Bert")) {
+                    return Err(format(format!(
+                        "no `model_type`, and `architectures` ({}) names no BERT class; spafit \
+                         runs BERT checkpoints only",
+                        names.join(", ")
+                    )));
+                }
+            }
             Some(serde_json::Value::String(t)) if t == "bert" => {}
             Some(other) => {
                 return Err(format(format!(
