@@ -1231,3 +1231,202 @@ fn bad_paths_and_labels_are_refused_before_training() {
     ]);
     assert!(!ok && err.contains("holds an earlier run"), "{err}");
 }
+
+/// A fine-tuned `BertForSequenceClassification` checkpoint evaluates and predicts with its
+/// own head, no adapter: all-MiniLM-L6-v2 with the classifier of the fixture's `full_cls`
+/// case, whose float64 logits transformers computed (tests/fixtures/minilm-l6).
+#[test]
+fn a_fine_tuned_checkpoint_evaluates_and_predicts_without_an_adapter() {
+    use safetensors::tensor::TensorView;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let m = PathBuf::from(model());
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm-l6");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("fixture.json")).unwrap())
+            .unwrap();
+    let case_bytes = std::fs::read(fixtures.join("full_cls.safetensors")).unwrap();
+    let case = safetensors::SafeTensors::deserialize(&case_bytes).unwrap();
+    let base_bytes = std::fs::read(m.join("model.safetensors")).unwrap();
+    let base = safetensors::SafeTensors::deserialize(&base_bytes).unwrap();
+
+    // The checkpoint: the base's tensors plus the head, stored in f32 as transformers saves.
+    let head: Vec<(String, Vec<usize>, Vec<u8>)> = ["weight", "bias"]
+        .iter()
+        .map(|part| {
+            let t = case.tensor(&format!("init.classifier.{part}")).unwrap();
+            let f32s: Vec<u8> = t
+                .data()
+                .chunks_exact(8)
+                .flat_map(|b| (f64::from_le_bytes(b.try_into().unwrap()) as f32).to_le_bytes())
+                .collect();
+            (format!("classifier.{part}"), t.shape().to_vec(), f32s)
+        })
+        .collect();
+    let mut views: Vec<(String, TensorView)> = base
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap(),
+            )
+        })
+        .collect();
+    for (n, shape, bytes) in &head {
+        views.push((
+            n.clone(),
+            TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).unwrap(),
+        ));
+    }
+    let tuned = root.join("tuned");
+    std::fs::create_dir_all(&tuned).unwrap();
+    safetensors::tensor::serialize_to_file(views, None, &tuned.join("model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
+    config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    config["id2label"] = serde_json::json!({"0": "neg", "1": "pos"});
+    config["label2id"] = serde_json::json!({"neg": 0, "pos": 1});
+    std::fs::write(tuned.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(m.join("tokenizer.json"), tuned.join("tokenizer.json")).unwrap();
+
+    // The fixture's sentences with its labels, named by the checkpoint's id2label.
+    let singles = fixture["inputs"]["singles"].as_array().unwrap();
+    let gold: Vec<u64> = fixture["cases"][0]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_u64().unwrap())
+        .collect();
+    assert_eq!(fixture["cases"][0]["method"], "full");
+    assert_eq!(fixture["cases"][0]["task"], "cls");
+    let names = ["neg", "pos"];
+    let rows: String = singles
+        .iter()
+        .zip(&gold)
+        .map(|(s, &g)| {
+            format!(
+                "{}\n",
+                serde_json::json!({"text": s, "label": names[g as usize]})
+            )
+        })
+        .collect();
+    let data = root.join("dev.jsonl");
+    std::fs::write(&data, rows).unwrap();
+    let logits = {
+        let t = case.tensor("logits").unwrap();
+        let v: Vec<f64> = t
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        v
+    };
+    let max_len = fixture["inputs"]["max_len"].to_string();
+    let (tuned_s, data_s) = (tuned.display().to_string(), data.display().to_string());
+    let common = [
+        "--model",
+        &tuned_s,
+        "--dev-file",
+        &data_s,
+        "--max-len",
+        &max_len,
+    ];
+
+    let (ok, stdout, err) = spafit(&[&["predict", "--split", "dev"], &common[..]].concat());
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), singles.len());
+    let mut correct = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let (a, b) = (logits[2 * i], logits[2 * i + 1]);
+        let p_pos = 1.0 / (1.0 + (a - b).exp());
+        let got = line["probabilities"]["pos"].as_f64().unwrap();
+        assert!(
+            (got - p_pos).abs() <= 1e-5,
+            "row {i}: {got} vs transformers {p_pos}"
+        );
+        let predicted = usize::from(b > a);
+        assert_eq!(line["label"], names[predicted], "row {i}");
+        correct += usize::from(predicted as u64 == gold[i]);
+    }
+    let (ok, stdout, err) = spafit(&[&["eval"], &common[..]].concat());
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    let accuracy = correct as f64 / gold.len() as f64;
+    assert!(
+        (line["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12,
+        "{line}"
+    );
+
+    // The same classes named in another order (`--labels pos,neg`): the head follows the
+    // names, as transformers' run_glue matches them; other names go by position.
+    let (ok, stdout, err) = spafit(
+        &[
+            &["predict", "--split", "dev", "--labels", "pos,neg"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert!(ok && err.contains("in another order"), "{err}");
+    for (i, l) in stdout.lines().enumerate() {
+        let line: serde_json::Value = serde_json::from_str(l).unwrap();
+        let (a, b) = (logits[2 * i], logits[2 * i + 1]);
+        let p_pos = 1.0 / (1.0 + (a - b).exp());
+        let got = line["probabilities"]["pos"].as_f64().unwrap();
+        assert!((got - p_pos).abs() <= 1e-5, "row {i}: {got} vs {p_pos}");
+    }
+    let unnamed = root.join("unnamed.jsonl");
+    std::fs::write(&unnamed, "{\"text\": \"a fine film\", \"label\": \"b\"}\n").unwrap();
+    let unnamed_s = unnamed.display().to_string();
+    let (ok, stdout, err) = spafit(&[
+        "predict",
+        "--model",
+        &tuned_s,
+        "--dev-file",
+        &unnamed_s,
+        "--split",
+        "dev",
+        "--labels",
+        "a,b",
+    ]);
+    assert!(ok && err.contains("matched by position"), "{err}");
+    assert!(
+        last_json(&stdout)["probabilities"]["b"].is_number(),
+        "{stdout}"
+    );
+
+    // Data whose label space is not the head's, and a base model without a head.
+    let scores = root.join("scores.jsonl");
+    std::fs::write(&scores, "{\"text\": \"a fine film\", \"label\": 3.5}\n").unwrap();
+    let scores_s = scores.display().to_string();
+    let (ok, _, err) = spafit(&[
+        "eval",
+        "--model",
+        &tuned_s,
+        "--dev-file",
+        &scores_s,
+        "--regression",
+    ]);
+    assert!(
+        !ok && err.contains("model.safetensors") && err.contains("2 outputs"),
+        "{err}"
+    );
+    let m_s = m.display().to_string();
+    let (ok, _, err) = spafit(&[
+        "eval",
+        "--model",
+        &m_s,
+        "--dev-file",
+        &data_s,
+        "--labels",
+        "neg,pos",
+    ]);
+    assert!(
+        !ok && err.contains("no classifier head") && err.contains("--adapter"),
+        "{err}"
+    );
+}

@@ -78,7 +78,7 @@ impl AdapterHead {
         Err(Error::Mismatch {
             path: dir.to_path_buf(),
             detail: format!(
-                "the adapter was trained for labels {} ({outputs} outputs) but {data_name} has {} \
+                "the classifier head was trained for labels {} ({outputs} outputs) but {data_name} has {} \
                  (--labels / --regression give the data's label space)",
                 self.labels
                     .as_ref()

@@ -1,5 +1,6 @@
 //! `config.json` of a Hugging Face BERT checkpoint.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -54,6 +55,9 @@ pub struct BertConfig {
     /// Must be false: a decoder's attention is causal.
     #[serde(default)]
     pub is_decoder: bool,
+    /// Class names of a fine-tuned classifier head, by id (`"0"`, `"1"`, ...).
+    #[serde(default)]
+    pub id2label: BTreeMap<String, String>,
 }
 
 fn default_type_vocab() -> usize {
@@ -98,6 +102,7 @@ impl BertConfig {
             position_embedding_type: None,
             model_type: Some("bert".into()),
             is_decoder: false,
+            id2label: BTreeMap::new(),
         })
     }
 
@@ -110,6 +115,19 @@ impl BertConfig {
     /// `classifier_dropout` when the config sets it, else `hidden`.
     pub fn classifier_dropout_or(&self, hidden: f64) -> f64 {
         self.classifier_dropout.unwrap_or(hidden)
+    }
+
+    /// The class names of `id2label` in id order, when they name ids `0..num_labels` and are
+    /// not transformers' placeholders (`LABEL_0`, `LABEL_1`, ...).
+    pub fn class_names(&self, num_labels: usize) -> Option<Vec<String>> {
+        let names: Vec<String> = (0..num_labels)
+            .map(|i| self.id2label.get(&i.to_string()).cloned())
+            .collect::<Option<_>>()?;
+        let placeholders = names
+            .iter()
+            .enumerate()
+            .all(|(i, n)| *n == format!("LABEL_{i}"));
+        (self.id2label.len() == num_labels && !placeholders).then_some(names)
     }
 
     /// Parses and validates JSON text; `path` names the file in errors.

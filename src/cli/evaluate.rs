@@ -3,9 +3,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use spafit::adapter::open_adapter;
+use spafit::adapter::{open_adapter, AdapterHead};
 use spafit::checkpoint::Checkpoint;
 use spafit::data::TaskKind;
+use spafit::model::BertClassifier;
 use spafit::train::{evaluate, infer, scored_predictions, EncodedDataset};
 use spafit::{Error, Result};
 
@@ -14,7 +15,8 @@ use spafit::backend::Backend;
 use super::args::{on_backend, DataArgs, ModelArgs};
 use super::prediction_output::{PredictionFormat, PredictionTable};
 
-/// The base model with a saved adapter, a split of data, and its tokenized form.
+/// The model (the base with a saved adapter, or a fine-tuned checkpoint as it is), a split
+/// of data, and its tokenized form.
 struct Loaded<B: Backend> {
     backend: B,
     model: spafit::model::BertClassifier<B>,
@@ -26,20 +28,99 @@ fn load<B: Backend>(
     backend: B,
     model: &ModelArgs,
     data: &DataArgs,
-    adapter: &std::path::Path,
+    adapter: Option<&std::path::Path>,
     split: &str,
 ) -> Result<Loaded<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
-    let opened = open_adapter(adapter, &checkpoint, &backend)?;
-    let data = data.load_with_default_kind(split, opened.head().default_kind().as_ref())?;
-    opened.check_labels(&data.kind, &data.name, adapter)?;
+    let (classifier, head, default_kind, head_source) = match adapter {
+        Some(dir) => {
+            let opened = open_adapter(dir, &checkpoint, &backend)?;
+            let head = opened.head();
+            let default_kind = head.default_kind();
+            (opened.model, head, default_kind, dir.to_path_buf())
+        }
+        None => {
+            let classifier = BertClassifier::from_fine_tuned(&checkpoint, &backend)?;
+            // The checkpoint's class names (config.json's id2label) name custom data's
+            // classes when the user gives none; a GLUE task's own names are matched by
+            // position, as transformers' run_glue does when the names differ.
+            let outputs = classifier.num_labels;
+            let head = AdapterHead {
+                labels: None,
+                outputs,
+            };
+            let named = checkpoint
+                .config
+                .class_names(outputs)
+                .filter(|_| outputs > 1)
+                .map(|labels| TaskKind::Classification { labels });
+            let default_kind = named.or_else(|| head.default_kind());
+            let source = checkpoint.weights.path().to_path_buf();
+            (classifier, head, default_kind, source)
+        }
+    };
+    let data = data.load_with_default_kind(split, default_kind.as_ref())?;
+    head.check(&data.kind, &data.name, &head_source)?;
+    let mut classifier = classifier;
+    if adapter.is_none() {
+        match_checkpoint_classes(&checkpoint, &mut classifier, &backend, &data.kind)?;
+        classifier.store_frozen_weights(&backend)?;
+    }
     let encoded = EncodedDataset::new(&checkpoint.tokenizer(model.max_len)?, &data)?;
     Ok(Loaded {
         backend,
-        model: opened.model,
+        model: classifier,
         data,
         encoded,
     })
+}
+
+/// Lines a fine-tuned checkpoint's classes up with the data's by name, as transformers'
+/// run_glue does: the same names in another order (an MNLI model trained as contradiction,
+/// neutral, entailment against GLUE's entailment, neutral, contradiction) reorder the head;
+/// other names leave the classes matched by position, with a notice.
+fn match_checkpoint_classes<B: Backend>(
+    checkpoint: &Checkpoint,
+    classifier: &mut BertClassifier<B>,
+    backend: &B,
+    kind: &TaskKind,
+) -> Result<()> {
+    let TaskKind::Classification { labels } = kind else {
+        return Ok(());
+    };
+    let Some(names) = checkpoint.config.class_names(classifier.num_labels) else {
+        return Ok(());
+    };
+    if &names == labels {
+        return Ok(());
+    }
+    let lower = |v: &[String]| v.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>();
+    let (names_lower, labels_lower) = (lower(&names), lower(labels));
+    let order: Option<Vec<usize>> = labels_lower
+        .iter()
+        .map(|l| names_lower.iter().position(|n| n == l))
+        .collect();
+    let mut sorted = (names_lower.clone(), labels_lower.clone());
+    sorted.0.sort();
+    sorted.1.sort();
+    let identity = |o: &Vec<usize>| o.iter().enumerate().all(|(j, &i)| i == j);
+    match order.filter(|_| sorted.0 == sorted.1) {
+        Some(order) if identity(&order) => Ok(()),
+        Some(order) => {
+            eprintln!(
+                "the checkpoint's classes {names:?} (config.json id2label) are the data's \
+                 {labels:?} in another order: its head is reordered to the data's"
+            );
+            classifier.reorder_classes(backend, &order)
+        }
+        None => {
+            eprintln!(
+                "the checkpoint's classes {names:?} (config.json id2label) are not the data's \
+                 {labels:?}: matched by position"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `spafit eval`.
@@ -50,9 +131,11 @@ pub struct EvalCommand {
     #[command(flatten)]
     pub data: DataArgs,
     /// Adapter directory: written by `spafit train` (OUTPUT/best) or by Python PEFT
-    /// (adapter_config.json + adapter_model.safetensors, LoRA).
+    /// (adapter_config.json + adapter_model.safetensors, LoRA). Without it, the checkpoint's
+    /// own classifier head (a fine-tuned BertForSequenceClassification, class names from
+    /// config.json's id2label).
     #[arg(long)]
-    pub adapter: PathBuf,
+    pub adapter: Option<PathBuf>,
     /// Split to evaluate (GLUE: dev, dev_matched, ...; default: the task's first dev split;
     /// custom data: the --dev-file).
     #[arg(long)]
@@ -86,7 +169,7 @@ impl EvalCommand {
             backend,
             &self.model,
             &self.data,
-            &self.adapter,
+            self.adapter.as_deref(),
             &self.split()?,
         )?;
         if data.is_empty() || !data.is_labeled() {
@@ -119,9 +202,11 @@ pub struct PredictCommand {
     #[command(flatten)]
     pub data: DataArgs,
     /// Adapter directory: written by `spafit train` (OUTPUT/best) or by Python PEFT
-    /// (adapter_config.json + adapter_model.safetensors, LoRA).
+    /// (adapter_config.json + adapter_model.safetensors, LoRA). Without it, the checkpoint's
+    /// own classifier head (a fine-tuned BertForSequenceClassification, class names from
+    /// config.json's id2label).
     #[arg(long)]
-    pub adapter: PathBuf,
+    pub adapter: Option<PathBuf>,
     /// Split to predict (GLUE: test, test_matched, ...; custom data: the --dev-file).
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -149,7 +234,7 @@ impl PredictCommand {
                 "--output",
                 out,
                 &self.model.model,
-                Some(&self.adapter),
+                self.adapter.as_deref(),
                 &[&self.data.train_file, &self.data.dev_file],
             )?;
         }
@@ -158,9 +243,15 @@ impl PredictCommand {
             model,
             data,
             encoded,
-        } = load(backend, &self.model, &self.data, &self.adapter, &self.split)?;
+        } = load(
+            backend,
+            &self.model,
+            &self.data,
+            self.adapter.as_deref(),
+            &self.split,
+        )?;
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
-        // `load` checked that the data's label space is the adapter's.
+        // `load` checked that the data's label space is the head's.
         let labels = match &data.kind {
             TaskKind::Classification { labels } => Some(labels.as_slice()),
             TaskKind::Regression => None,

@@ -22,9 +22,9 @@ pub struct Cli {
 enum Command {
     /// Fine-tune on a GLUE task or custom CSV/TSV/JSONL data; saves the best adapter.
     Train(train::TrainCommand),
-    /// Evaluate a saved adapter on a labeled split (ends with one JSON line).
+    /// Evaluate a saved adapter, or a fine-tuned checkpoint's own head, on a labeled split (ends with one JSON line).
     Eval(evaluate::EvalCommand),
-    /// Predict labels with their probabilities, or scores, for a split with a saved adapter (JSON lines, CSV, TSV or GLUE's submission TSV).
+    /// Predict labels with their probabilities, or scores, for a split with a saved adapter or a fine-tuned checkpoint's own head (JSON lines, CSV, TSV or GLUE's submission TSV).
     Predict(evaluate::PredictCommand),
     /// Finite-difference check of a real model's gradients under a method (prints max_rel_err).
     Gradcheck(tools::GradcheckCommand),

@@ -78,6 +78,86 @@ impl<B: Backend> BertClassifier<B> {
         Ok(model)
     }
 
+    /// The checkpoint as it was fine-tuned (a `BertForSequenceClassification`): its own
+    /// classifier head, with as many outputs as `classifier.weight` has rows, for evaluating
+    /// or predicting without an adapter. Everything is frozen (then
+    /// [`BertClassifier::store_frozen_weights`] halves its memory on a bf16 device). Refused
+    /// when the checkpoint has no head, or a head but no pooler to feed it.
+    pub fn from_fine_tuned(checkpoint: &Checkpoint, backend: &B) -> Result<Self> {
+        let weights = &checkpoint.weights;
+        let h = checkpoint.config.hidden_size;
+        let refuse = |detail: String| {
+            Err(Error::Format {
+                path: weights.path().to_path_buf(),
+                detail,
+            })
+        };
+        let num_labels =
+            match weights.shape("classifier.weight").as_deref() {
+                Some(&[n, inputs]) if inputs == h && n >= 1 => n,
+                Some(other) => {
+                    return refuse(format!(
+                        "`classifier.weight` has shape {other:?}, not [num_labels, {h}]"
+                    ))
+                }
+                None => return refuse(
+                    "no classifier head (`classifier.weight`): the checkpoint was not fine-tuned \
+                     for sequence classification; give an --adapter trained on it"
+                        .into(),
+                ),
+            };
+        if weights.shape("classifier.bias").as_deref() != Some(&[num_labels]) {
+            return refuse(format!(
+                "`classifier.weight` has {num_labels} rows but `classifier.bias` is {}",
+                weights
+                    .shape("classifier.bias")
+                    .map_or("missing".to_string(), |s| format!("of shape {s:?}"))
+            ));
+        }
+        if weights.resolve("bert.pooler.dense.weight").is_none() {
+            return refuse(
+                "a classifier head but no pooler (`bert.pooler.dense`) to feed it".into(),
+            );
+        }
+        let mut model = Self::from_checkpoint(checkpoint, backend, num_labels, 0)?;
+        for p in model.params_mut() {
+            p.trainable = false;
+        }
+        Ok(model)
+    }
+
+    /// Reorders the classifier's outputs: output `j` becomes what output `order[j]` was (for
+    /// data that numbers the same classes in another order). Call it before
+    /// [`BertClassifier::store_frozen_weights`].
+    pub fn reorder_classes(&mut self, backend: &B, order: &[usize]) -> Result<()> {
+        let n = self.num_labels;
+        let mut seen = vec![false; n];
+        let is_permutation = order.len() == n
+            && order
+                .iter()
+                .all(|&i| i < n && !std::mem::replace(&mut seen[i], true));
+        if !is_permutation {
+            return Err(Error::invalid(
+                "classifier",
+                format!("{order:?} is not an order of the {n} classes"),
+            ));
+        }
+        let (_, inputs) = self.classifier.out_in();
+        let weight = backend.to_f64(&self.classifier.weight.value)?;
+        let bias = backend.to_f64(&self.classifier.bias.value)?;
+        let rows: Vec<f64> = order
+            .iter()
+            .flat_map(|&i| weight[i * inputs..(i + 1) * inputs].iter().copied())
+            .collect();
+        let biases: Vec<f64> = order.iter().map(|&i| bias[i]).collect();
+        let dtype = self.classifier.weight.value.dtype();
+        self.classifier.weight.value =
+            backend.tensor_from_f64_as(Shape::new([n, inputs]), &rows, dtype)?;
+        let dtype = self.classifier.bias.value.dtype();
+        self.classifier.bias.value = backend.tensor_from_f64_as(Shape::new([n]), &biases, dtype)?;
+        Ok(())
+    }
+
     /// A model of `config`'s shape with random weights as transformers initialises them
     /// (N(0, `initializer_range`) weights and embeddings, zero biases, unit LayerNorm scales): for
     /// throughput benchmarks, where values do not matter.
