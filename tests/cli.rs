@@ -1379,6 +1379,24 @@ fn a_fine_tuned_checkpoint_evaluates_and_predicts_without_an_adapter() {
         let got = line["probabilities"]["pos"].as_f64().unwrap();
         assert!((got - p_pos).abs() <= 1e-5, "row {i}: {got} vs {p_pos}");
     }
+    // Training from the checkpoint starts from its head, lined up the same way.
+    let out = root.join("run").display().to_string();
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &tuned_s,
+        "--train-file",
+        &data_s,
+        "--labels",
+        "pos,neg",
+        "--max-steps",
+        "1",
+        "--max-len",
+        &max_len,
+        "--output",
+        &out,
+    ]);
+    assert!(ok && err.contains("in another order"), "{err}");
     let unnamed = root.join("unnamed.jsonl");
     std::fs::write(&unnamed, "{\"text\": \"a fine film\", \"label\": \"b\"}\n").unwrap();
     let unnamed_s = unnamed.display().to_string();

@@ -63,7 +63,12 @@ fn load<B: Backend>(
     head.check(&data.kind, &data.name, &head_source)?;
     let mut classifier = classifier;
     if adapter.is_none() {
-        match_checkpoint_classes(&checkpoint, &mut classifier, &backend, &data.kind)?;
+        super::checkpoint_classes::match_checkpoint_classes(
+            &checkpoint,
+            &mut classifier,
+            &backend,
+            &data.kind,
+        )?;
         classifier.store_frozen_weights(&backend)?;
     }
     let encoded = EncodedDataset::new(&checkpoint.tokenizer(model.max_len)?, &data)?;
@@ -73,54 +78,6 @@ fn load<B: Backend>(
         data,
         encoded,
     })
-}
-
-/// Lines a fine-tuned checkpoint's classes up with the data's by name, as transformers'
-/// run_glue does: the same names in another order (an MNLI model trained as contradiction,
-/// neutral, entailment against GLUE's entailment, neutral, contradiction) reorder the head;
-/// other names leave the classes matched by position, with a notice.
-fn match_checkpoint_classes<B: Backend>(
-    checkpoint: &Checkpoint,
-    classifier: &mut BertClassifier<B>,
-    backend: &B,
-    kind: &TaskKind,
-) -> Result<()> {
-    let TaskKind::Classification { labels } = kind else {
-        return Ok(());
-    };
-    let Some(names) = checkpoint.config.class_names(classifier.num_labels) else {
-        return Ok(());
-    };
-    if &names == labels {
-        return Ok(());
-    }
-    let lower = |v: &[String]| v.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>();
-    let (names_lower, labels_lower) = (lower(&names), lower(labels));
-    let order: Option<Vec<usize>> = labels_lower
-        .iter()
-        .map(|l| names_lower.iter().position(|n| n == l))
-        .collect();
-    let mut sorted = (names_lower.clone(), labels_lower.clone());
-    sorted.0.sort();
-    sorted.1.sort();
-    let identity = |o: &Vec<usize>| o.iter().enumerate().all(|(j, &i)| i == j);
-    match order.filter(|_| sorted.0 == sorted.1) {
-        Some(order) if identity(&order) => Ok(()),
-        Some(order) => {
-            eprintln!(
-                "the checkpoint's classes {names:?} (config.json id2label) are the data's \
-                 {labels:?} in another order: its head is reordered to the data's"
-            );
-            classifier.reorder_classes(backend, &order)
-        }
-        None => {
-            eprintln!(
-                "the checkpoint's classes {names:?} (config.json id2label) are not the data's \
-                 {labels:?}: matched by position"
-            );
-            Ok(())
-        }
-    }
 }
 
 /// `spafit eval`.

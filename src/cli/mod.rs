@@ -1,6 +1,7 @@
 //! The `spafit` command line, built only on the library's public API.
 
 mod args;
+mod checkpoint_classes;
 mod demo;
 mod evaluate;
 mod prediction_output;

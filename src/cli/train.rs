@@ -321,12 +321,18 @@ impl TrainCommand {
             }
             None => {
                 let (train, devs) = self.load_data(task, None)?;
-                let run = setup(
+                let mut run = setup(
                     backend,
                     &self.model,
                     peft,
                     train.kind.num_labels(),
                     self.train.seed,
+                )?;
+                super::checkpoint_classes::match_checkpoint_classes(
+                    &run.checkpoint,
+                    &mut run.model,
+                    &run.backend,
+                    &train.kind,
                 )?;
                 (run, train, devs)
             }
