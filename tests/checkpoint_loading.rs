@@ -390,7 +390,15 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     let bert = tiny_config_json(2);
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
         "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
-    let cases: [(&str, String, &str); 8] = [
+    let cases: [(&str, String, &str); 9] = [
+        (
+            "multi-label",
+            bert.replace(
+                r#""gelu","#,
+                r#""gelu", "problem_type": "multi_label_classification","#,
+            ),
+            "`problem_type` is `multi_label_classification`",
+        ),
         (
             "old-roberta",
             bert.replace(r#""model_type": "bert","#, "")
@@ -448,7 +456,8 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     let dir = tmp.path().join("decoder-false");
     let config = bert.replace(
         r#""gelu","#,
-        r#""gelu", "is_decoder": false, "classifier_dropout": null, "initializer_range": 0.05,"#,
+        r#""gelu", "is_decoder": false, "classifier_dropout": null, "initializer_range": 0.05,
+            "problem_type": "single_label_classification","#,
     );
     write_checkpoint(&dir, &config, &tensors, Dtype::F32, true);
     let ck = Checkpoint::open(&dir).unwrap();

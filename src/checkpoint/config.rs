@@ -55,6 +55,10 @@ pub struct BertConfig {
     /// Must be false: a decoder's attention is causal.
     #[serde(default)]
     pub is_decoder: bool,
+    /// `single_label_classification` or `regression` when present; a multi-label head
+    /// (independent sigmoids, binary cross-entropy) is not what spafit trains or evaluates.
+    #[serde(default)]
+    pub problem_type: Option<String>,
     /// Class names of a fine-tuned classifier head, by id (`"0"`, `"1"`, ...).
     #[serde(default)]
     pub id2label: BTreeMap<String, String>,
@@ -102,6 +106,7 @@ impl BertConfig {
             position_embedding_type: None,
             model_type: Some("bert".into()),
             is_decoder: false,
+            problem_type: None,
             id2label: BTreeMap::new(),
         })
     }
@@ -211,6 +216,16 @@ impl BertConfig {
                  to every token"
                     .into(),
             );
+        }
+        if let Some(p) = self
+            .problem_type
+            .as_deref()
+            .filter(|p| !matches!(*p, "single_label_classification" | "regression"))
+        {
+            return Err(format!(
+                "`problem_type` is `{p}`: spafit trains and evaluates single-label \
+                 classification (softmax, cross-entropy) and regression only"
+            ));
         }
         if !(self.initializer_range > 0.0 && self.initializer_range.is_finite()) {
             return Err(format!(

@@ -27,6 +27,7 @@ pub fn config(layers: usize) -> BertConfig {
         position_embedding_type: None,
         model_type: Some("bert".into()),
         is_decoder: false,
+        problem_type: None,
         id2label: Default::default(),
     }
 }
