@@ -465,6 +465,81 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     assert_eq!(ck.config.initializer_range, 0.05);
 }
 
+/// A fine-tuned head is used as it is, and must agree with config.json: its `problem_type`
+/// against its number of outputs, its `id2label` read for names only where they are strings.
+#[test]
+fn a_fine_tuned_head_agrees_with_its_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cpu = CpuBackend::f64();
+    let with_head = |rows: usize| {
+        let mut t = tiny_bert::tensors(&tiny_bert::config(2), 5);
+        let weights: Vec<f64> = (0..rows * 15).map(|i| (i as f64).sin() * 0.1).collect();
+        t.insert("classifier.weight".into(), (vec![rows, 15], weights));
+        t.insert("classifier.bias".into(), (vec![rows], vec![0.5; rows]));
+        t
+    };
+    let open = |name: &str, extra: &str, rows: usize| {
+        let dir = tmp.path().join(name);
+        let config = tiny_config_json(2).replace(r#""gelu","#, &format!(r#""gelu", {extra}"#));
+        write_checkpoint(&dir, &config, &with_head(rows), Dtype::F64, true);
+        let ck = Checkpoint::open(&dir).unwrap();
+        let model = BertClassifier::from_fine_tuned(&ck, &cpu);
+        (ck, model)
+    };
+    let (ck, model) = open(
+        "named",
+        r#""id2label": {"0": "neg", "1": "pos", "2": "mixed"},"#,
+        3,
+    );
+    let model = model.unwrap();
+    assert_eq!(model.num_labels, 3);
+    assert!(model.params().iter().all(|p| !p.trainable));
+    assert_eq!(host(&model.classifier.bias.value), vec![0.5; 3]);
+    assert_eq!(
+        ck.config.class_names(3),
+        Some(vec!["neg".into(), "pos".into(), "mixed".into()])
+    );
+    // transformers accepts any value in id2label; only strings name classes.
+    let (ck, model) = open("numbers", r#""id2label": {"0": 0, "1": 1},"#, 2);
+    assert!(model.is_ok() && ck.config.class_names(2).is_none());
+    let (ck, _) = open(
+        "placeholders",
+        r#""id2label": {"0": "LABEL_0", "1": "LABEL_1"},"#,
+        2,
+    );
+    assert!(ck.config.class_names(2).is_none());
+    let (ck, _) = open("repeated", r#""id2label": {"0": "x", "1": "x"},"#, 2);
+    assert!(ck.config.class_names(2).is_none());
+
+    for (name, extra, rows) in [
+        ("regression-2", r#""problem_type": "regression","#, 2),
+        (
+            "single-label-1",
+            r#""problem_type": "single_label_classification","#,
+            1,
+        ),
+    ] {
+        let e = open(name, extra, rows).1.err().expect(name).to_string();
+        assert!(
+            e.contains("config.json") && e.contains("`problem_type`") && e.contains("output"),
+            "{name}: {e}"
+        );
+    }
+    let dir = tmp.path().join("no-head");
+    write_checkpoint(
+        &dir,
+        &tiny_config_json(2),
+        &tiny_bert::tensors(&tiny_bert::config(2), 5),
+        Dtype::F64,
+        true,
+    );
+    let e = BertClassifier::from_fine_tuned(&Checkpoint::open(&dir).unwrap(), &cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no classifier head"), "{e}");
+}
+
 /// Writes `tensors` as `model-0000i-of-0000n.safetensors` shards (tensor k in shard k mod n)
 /// with the index transformers writes beside them; returns the weight map.
 fn write_shards(dir: &Path, config: &str, tensors: &Tensors, n: usize) -> BTreeMap<String, String> {
@@ -573,6 +648,8 @@ fn sharded_checkpoints_load_as_one_file_does() {
         m.insert("bert.extra.weight".into(), home.clone());
     });
     assert!(e.contains("`bert.extra.weight`"), "{e}");
+    let e = broken("empty-map", &|_, m| m.clear());
+    assert!(e.contains("`weight_map` is empty"), "{e}");
     let dir = tmp.path().join("no-map");
     write_shards(&dir, &config, &tensors, 2);
     std::fs::write(dir.join("model.safetensors.index.json"), "{}").unwrap();

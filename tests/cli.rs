@@ -1397,6 +1397,33 @@ fn a_fine_tuned_checkpoint_evaluates_and_predicts_without_an_adapter() {
         &out,
     ]);
     assert!(ok && err.contains("in another order"), "{err}");
+    // The run started from the head's rows swapped: at this learning rate they moved
+    // by about 1e-6, far less than the rows differ.
+    let trained = safetensors::SafeTensors::deserialize(
+        &std::fs::read(root.join("run/best/adapter.safetensors")).unwrap(),
+    )
+    .unwrap()
+    .tensor("classifier.weight")
+    .unwrap()
+    .data()
+    .to_vec();
+    let row = |bytes: &[u8], r: usize| -> Vec<f64> {
+        let width = bytes.len() / 2;
+        bytes[r * width..(r + 1) * width]
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes(b.try_into().unwrap())))
+            .collect()
+    };
+    let distance = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    let original = &head[0].2;
+    assert!(distance(&row(&trained, 0), &row(original, 1)) < 1e-4);
+    assert!(distance(&row(&trained, 1), &row(original, 0)) < 1e-4);
+    assert!(distance(&row(original, 0), &row(original, 1)) > 1e-2);
     let unnamed = root.join("unnamed.jsonl");
     std::fs::write(&unnamed, "{\"text\": \"a fine film\", \"label\": \"b\"}\n").unwrap();
     let unnamed_s = unnamed.display().to_string();

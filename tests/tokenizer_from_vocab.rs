@@ -122,6 +122,30 @@ fn configs_and_vocabularies_it_cannot_build_are_named() {
         e.contains("vocab.txt") && e.contains("the cls_token `<s>` is not in the vocabulary"),
         "{e}"
     );
+    // Tokens added beyond the vocabulary would be split into word pieces: refused.
+    let e = err(
+        "added",
+        serde_json::json!({"additional_special_tokens": ["[E1]", "[/E1]"]}),
+    );
+    assert!(
+        e.contains("adds tokens beyond the vocabulary ([E1], [/E1])"),
+        "{e}"
+    );
+    let e = err(
+        "added-decoder",
+        serde_json::json!({"added_tokens_decoder": {
+            "0": {"content": "[PAD]", "special": true},
+            "30522": {"content": "<ent>", "special": false}}}),
+    );
+    assert!(e.contains("(<ent>)"), "{e}");
+    let dir = tmp.path().join("added-file");
+    let (vocab, config) = vocab_folder(&dir, &serde_json::json!({}));
+    std::fs::write(dir.join("added_tokens.json"), r#"{"<ent>": 30522}"#).unwrap();
+    let e = TextTokenizer::from_vocab(&vocab, Some(&config), 64)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("added_tokens.json"), "{e}");
     // transformers writes a special token as an object too.
     let (vocab, config) = vocab_folder(
         &tmp.path().join("object-token"),

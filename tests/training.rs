@@ -387,7 +387,10 @@ fn the_classifier_dropout_follows_the_config_as_in_transformers() {
     assert_ne!(losses(Some(0.5), Some(0.0)), none_anywhere);
     // The checkpoint's hidden rate (0.1): the classifier drops with it unless the config
     // says otherwise.
-    assert_ne!(losses(None, None), losses(Some(0.0), None));
+    let hidden_rate = losses(None, None);
+    assert_ne!(hidden_rate, losses(Some(0.0), None));
+    // Stating the hidden rate as classifier_dropout changes nothing.
+    assert_eq!(losses(Some(0.1), None), hidden_rate);
 }
 
 /// A checkpoint saved without a pooler gets a fresh one, which must train (a frozen random

@@ -59,9 +59,10 @@ pub struct BertConfig {
     /// (independent sigmoids, binary cross-entropy) is not what spafit trains or evaluates.
     #[serde(default)]
     pub problem_type: Option<String>,
-    /// Class names of a fine-tuned classifier head, by id (`"0"`, `"1"`, ...).
+    /// Class names of a fine-tuned classifier head, by id (`"0"`, `"1"`, ...); transformers
+    /// accepts any JSON value here, so only strings count as names.
     #[serde(default)]
-    pub id2label: BTreeMap<String, String>,
+    pub id2label: BTreeMap<String, serde_json::Value>,
 }
 
 fn default_type_vocab() -> usize {
@@ -122,17 +123,21 @@ impl BertConfig {
         self.classifier_dropout.unwrap_or(hidden)
     }
 
-    /// The class names of `id2label` in id order, when they name ids `0..num_labels` and are
-    /// not transformers' placeholders (`LABEL_0`, `LABEL_1`, ...).
+    /// The class names of `id2label` in id order, when they are strings naming ids
+    /// `0..num_labels`, all distinct, and not transformers' placeholders (`LABEL_0`, ...).
     pub fn class_names(&self, num_labels: usize) -> Option<Vec<String>> {
         let names: Vec<String> = (0..num_labels)
-            .map(|i| self.id2label.get(&i.to_string()).cloned())
+            .map(|i| Some(self.id2label.get(&i.to_string())?.as_str()?.to_string()))
             .collect::<Option<_>>()?;
         let placeholders = names
             .iter()
             .enumerate()
             .all(|(i, n)| *n == format!("LABEL_{i}"));
-        (self.id2label.len() == num_labels && !placeholders).then_some(names)
+        let distinct = names
+            .iter()
+            .enumerate()
+            .all(|(i, n)| !names[..i].contains(n));
+        (self.id2label.len() == num_labels && distinct && !placeholders).then_some(names)
     }
 
     /// Parses and validates JSON text; `path` names the file in errors.

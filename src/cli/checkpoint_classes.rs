@@ -33,17 +33,12 @@ pub fn match_checkpoint_classes<B: Backend>(
     if &names == labels {
         return Ok(());
     }
+    // Exact names first; ignoring case only where that leaves every name distinct.
     let lower = |v: &[String]| v.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>();
-    let (names_lower, labels_lower) = (lower(&names), lower(labels));
-    let order: Option<Vec<usize>> = labels_lower
-        .iter()
-        .map(|l| names_lower.iter().position(|n| n == l))
-        .collect();
-    let mut sorted = (names_lower.clone(), labels_lower.clone());
-    sorted.0.sort();
-    sorted.1.sort();
+    let order =
+        order_by_name(labels, &names).or_else(|| order_by_name(&lower(labels), &lower(&names)));
     let identity = |o: &Vec<usize>| o.iter().enumerate().all(|(j, &i)| i == j);
-    match order.filter(|_| sorted.0 == sorted.1) {
+    match order {
         Some(order) if identity(&order) => Ok(()),
         Some(order) => {
             eprintln!(
@@ -59,5 +54,46 @@ pub fn match_checkpoint_classes<B: Backend>(
             );
             Ok(())
         }
+    }
+}
+
+/// For each of `labels`, the position of the same name in `names`, when the two lists hold
+/// the same distinct names.
+fn order_by_name(labels: &[String], names: &[String]) -> Option<Vec<usize>> {
+    let distinct = |v: &[String]| v.iter().enumerate().all(|(i, x)| !v[..i].contains(x));
+    if labels.len() != names.len() || !distinct(labels) || !distinct(names) {
+        return None;
+    }
+    labels
+        .iter()
+        .map(|l| names.iter().position(|n| n == l))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_by_name;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn classes_are_matched_by_exact_name_and_only_as_a_permutation() {
+        let order = |labels: &[&str], checkpoint: &[&str]| {
+            order_by_name(&names(labels), &names(checkpoint))
+        };
+        assert_eq!(
+            order(
+                &["entailment", "neutral", "contradiction"],
+                &["contradiction", "neutral", "entailment"]
+            ),
+            Some(vec![2, 1, 0])
+        );
+        // Names that differ only in case are distinct classes, matched exactly.
+        assert_eq!(order(&["A", "a"], &["a", "A"]), Some(vec![1, 0]));
+        assert_eq!(order(&["x", "x"], &["x", "y"]), None);
+        assert_eq!(order(&["x", "z"], &["x", "y"]), None);
+        assert_eq!(order(&["x"], &["x", "y"]), None);
     }
 }

@@ -42,8 +42,8 @@ fn load<B: Backend>(
         None => {
             let classifier = BertClassifier::from_fine_tuned(&checkpoint, &backend)?;
             // The checkpoint's class names (config.json's id2label) name custom data's
-            // classes when the user gives none; a GLUE task's own names are matched by
-            // position, as transformers' run_glue does when the names differ.
+            // classes when the user gives none. A GLUE task keeps its own names, and the
+            // head is lined up with them after loading (`match_checkpoint_classes`).
             let outputs = classifier.num_labels;
             let head = AdapterHead {
                 labels: None,
@@ -60,7 +60,22 @@ fn load<B: Backend>(
         }
     };
     let data = data.load_with_default_kind(split, default_kind.as_ref())?;
-    head.check(&data.kind, &data.name, &head_source)?;
+    head.check(&data.kind, &data.name, &head_source)
+        .map_err(|e| match (adapter, e) {
+            (None, spafit::Error::Mismatch { path, detail }) => spafit::Error::Mismatch {
+                path,
+                detail: format!(
+                    "{detail}; the checkpoint's head is its own (no --adapter){}",
+                    checkpoint
+                        .config
+                        .class_names(classifier.num_labels)
+                        .map_or(String::new(), |n| format!(
+                            ", its classes {n:?} by config.json's id2label"
+                        ))
+                ),
+            },
+            (_, e) => e,
+        })?;
     let mut classifier = classifier;
     if adapter.is_none() {
         super::checkpoint_classes::match_checkpoint_classes(

@@ -119,6 +119,24 @@ impl<B: Backend> BertClassifier<B> {
                 "a classifier head but no pooler (`bert.pooler.dense`) to feed it".into(),
             );
         }
+        // transformers reads one output as regression unless problem_type says otherwise.
+        let contradiction = match checkpoint.config.problem_type.as_deref() {
+            Some("regression") if num_labels > 1 => Some("regression"),
+            Some("single_label_classification") if num_labels == 1 => {
+                Some("single_label_classification")
+            }
+            _ => None,
+        };
+        if let Some(problem) = contradiction {
+            return Err(Error::Format {
+                path: checkpoint.dir().join("config.json"),
+                detail: format!(
+                    "`problem_type` is `{problem}` but the head (`classifier.weight`) has \
+                     {num_labels} output(s): spafit's regression has one output, its \
+                     classification two or more"
+                ),
+            });
+        }
         let mut model = Self::from_checkpoint(checkpoint, backend, num_labels, 0)?;
         for p in model.params_mut() {
             p.trainable = false;
@@ -228,7 +246,9 @@ impl<B: Backend> BertClassifier<B> {
                 "peft plan",
                 "the checkpoint has no pooler (`bert.pooler.dense`; saved without one, e.g. \
                  `BertModel(add_pooling_layer=False)`), so the classifier's pooler starts \
-                 random and must train: add --train-pooler (it is then saved with the adapter)",
+                 random and must train, and this plan does not train it: when training, add \
+                 --train-pooler (the pooler is then saved with the adapter); an adapter to \
+                 load must hold a pooler",
             ));
         }
         let layers = self.bert.layers.len();

@@ -67,7 +67,7 @@ impl BertTokenizerSettings {
             },
             Some(other) => Err(format(format!("`{key}` is {other}, not a token"))),
         };
-        Ok(BertTokenizerSettings {
+        let settings = BertTokenizerSettings {
             lowercase: flag("do_lower_case", true)?,
             strip_accents: match json.get("strip_accents") {
                 None | Some(Value::Null) => None,
@@ -84,7 +84,41 @@ impl BertTokenizerSettings {
             pad: token("pad_token", "[PAD]")?,
             cls: token("cls_token", "[CLS]")?,
             mask: token("mask_token", "[MASK]")?,
-        })
+        };
+        // Tokens added beyond the vocabulary (entity markers, ...) would need their own
+        // matching; splitting them into word pieces instead would change the ids silently.
+        let specials = [
+            &settings.pad,
+            &settings.unk,
+            &settings.cls,
+            &settings.sep,
+            &settings.mask,
+        ];
+        let added: Vec<String> = json
+            .get("added_tokens_decoder")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|t| t.get("content").and_then(Value::as_str))
+            .chain(
+                json.get("additional_special_tokens")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str().or_else(|| t.get("content")?.as_str())),
+            )
+            .filter(|t| !specials.iter().any(|s| s == t))
+            .map(str::to_string)
+            .collect();
+        if !added.is_empty() {
+            return Err(format(format!(
+                "adds tokens beyond the vocabulary ({}); without a tokenizer.json spafit builds \
+                 only BERT's plain WordPiece tokenizer: save the tokenizer with transformers to \
+                 get one",
+                added.join(", ")
+            )));
+        }
+        Ok(settings)
     }
 
     fn defaults() -> Self {
@@ -116,6 +150,23 @@ pub(crate) fn bert_tokenizer_from_vocab(
         path: vocab.to_path_buf(),
         detail,
     };
+    let added_file = vocab.with_file_name("added_tokens.json");
+    if added_file.is_file() {
+        let text = crate::text_file::read_utf8(&added_file)?;
+        let added: Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: added_file.clone(),
+            detail: format!("invalid JSON: {e}"),
+        })?;
+        if added.as_object().is_some_and(|m| !m.is_empty()) {
+            return Err(Error::Format {
+                path: added_file,
+                detail: "adds tokens beyond the vocabulary; without a tokenizer.json spafit \
+                         builds only BERT's plain WordPiece tokenizer: save the tokenizer with \
+                         transformers to get one"
+                    .into(),
+            });
+        }
+    }
     let text = crate::text_file::read_utf8(vocab)?;
     let ids = WordPiece::read_bytes(text.as_bytes())
         .map_err(|e| format(format!("cannot read the vocabulary: {e}")))?;

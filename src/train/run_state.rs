@@ -416,3 +416,22 @@ pub(crate) fn truncate_step_log(path: &Path, step: usize) -> Result<()> {
 pub(crate) fn metrics_path(output_dir: &Path) -> PathBuf {
     output_dir.join("metrics.jsonl")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The states of runs saved before `classifier_dropout` was read hold the three rates
+    /// alone; a run whose classifier drops at the hidden rate must still compare equal.
+    #[test]
+    fn the_dropout_setting_names_the_classifier_only_when_it_differs() {
+        let rates = |classifier| DropoutRates {
+            hidden: 0.1,
+            attention: 0.1,
+            lora: 0.0,
+            classifier,
+        };
+        assert_eq!(dropout_setting(&rates(0.1)), "0.1, 0.1, 0");
+        assert_eq!(dropout_setting(&rates(0.0)), "0.1, 0.1, 0; classifier 0");
+    }
+}

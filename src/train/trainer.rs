@@ -40,7 +40,9 @@ pub struct TrainConfig {
     pub max_grad_norm: Option<f64>,
     /// Seed of batch order, dropout and fresh weights.
     pub seed: u64,
-    /// Hidden-state dropout; `None` takes the checkpoint's `hidden_dropout_prob`.
+    /// Hidden-state dropout; `None` takes the checkpoint's `hidden_dropout_prob`. The pooled
+    /// output before the classifier drops with this rate too, unless config.json sets
+    /// `classifier_dropout` (as in transformers).
     pub hidden_dropout: Option<f64>,
     /// Attention dropout; `None` takes the checkpoint's `attention_probs_dropout_prob`.
     pub attention_dropout: Option<f64>,
