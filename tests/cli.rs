@@ -1424,6 +1424,25 @@ fn a_fine_tuned_checkpoint_evaluates_and_predicts_without_an_adapter() {
     assert!(distance(&row(&trained, 0), &row(original, 1)) < 1e-4);
     assert!(distance(&row(&trained, 1), &row(original, 0)) < 1e-4);
     assert!(distance(&row(original, 0), &row(original, 1)) > 1e-2);
+    // Without --labels, training reads the data with the checkpoint's class names.
+    let out = root.join("run-named").display().to_string();
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &tuned_s,
+        "--train-file",
+        &data_s,
+        "--max-steps",
+        "1",
+        "--max-len",
+        &max_len,
+        "--output",
+        &out,
+    ]);
+    assert!(
+        ok && !err.contains("order") && !err.contains("position"),
+        "{err}"
+    );
     let unnamed = root.join("unnamed.jsonl");
     std::fs::write(&unnamed, "{\"text\": \"a fine film\", \"label\": \"b\"}\n").unwrap();
     let unnamed_s = unnamed.display().to_string();

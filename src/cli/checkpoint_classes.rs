@@ -6,6 +6,29 @@ use spafit::data::TaskKind;
 use spafit::model::BertClassifier;
 use spafit::Result;
 
+/// The classes a fine-tuned checkpoint's own head names (config.json's `id2label`), as the
+/// label space custom data is read with when the user names none. `None` without a head of
+/// two or more outputs with distinct, non-placeholder names.
+pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
+    let n = own_head_outputs(checkpoint)?;
+    let labels = checkpoint.config.class_names(n).filter(|_| n > 1)?;
+    Some(TaskKind::Classification { labels })
+}
+
+/// The outputs of the classifier head the checkpoint holds, when it holds a whole one.
+fn own_head_outputs(checkpoint: &Checkpoint) -> Option<usize> {
+    let weights = &checkpoint.weights;
+    match weights.shape("classifier.weight").as_deref() {
+        Some(&[n, inputs])
+            if inputs == checkpoint.config.hidden_size
+                && weights.shape("classifier.bias") == Some(vec![n]) =>
+        {
+            Some(n)
+        }
+        _ => None,
+    }
+}
+
 /// Lines a fine-tuned checkpoint's own head up with the data's classes by name, as transformers'
 /// run_glue does: the same names in another order (an MNLI model trained as contradiction,
 /// neutral, entailment against GLUE's entailment, neutral, contradiction) reorder the head;
@@ -19,12 +42,9 @@ pub fn match_checkpoint_classes<B: Backend>(
     let TaskKind::Classification { labels } = kind else {
         return Ok(());
     };
-    let (n, hidden) = (classifier.num_labels, checkpoint.config.hidden_size);
+    let n = classifier.num_labels;
     // A head drawn fresh (the checkpoint has none of this size) has no classes to match.
-    let weights = &checkpoint.weights;
-    if weights.shape("classifier.weight") != Some(vec![n, hidden])
-        || weights.shape("classifier.bias") != Some(vec![n])
-    {
+    if own_head_outputs(checkpoint) != Some(n) {
         return Ok(());
     }
     let Some(names) = checkpoint.config.class_names(n) else {

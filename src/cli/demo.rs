@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
+use spafit::checkpoint::Checkpoint;
 use spafit::data::rotten_tomatoes;
 use spafit::{Error, Result};
 
@@ -47,7 +48,8 @@ impl DemoCommand {
             }
         }
         let (train, dev) = rotten_tomatoes(&self.data)?;
-        let mut run = setup(backend, &self.model, peft, 2, self.train.seed)?;
+        let checkpoint = Checkpoint::open(&self.model.model)?;
+        let mut run = setup(backend, checkpoint, peft, 2, self.train.seed)?;
         let report = fit(&mut run, &self.model, &self.train, &train, Some(&dev), None)?;
         let (best_step, eval) = report
             .best

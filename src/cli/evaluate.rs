@@ -44,17 +44,12 @@ fn load<B: Backend>(
             // The checkpoint's class names (config.json's id2label) name custom data's
             // classes when the user gives none. A GLUE task keeps its own names, and the
             // head is lined up with them after loading (`match_checkpoint_classes`).
-            let outputs = classifier.num_labels;
             let head = AdapterHead {
                 labels: None,
-                outputs,
+                outputs: classifier.num_labels,
             };
-            let named = checkpoint
-                .config
-                .class_names(outputs)
-                .filter(|_| outputs > 1)
-                .map(|labels| TaskKind::Classification { labels });
-            let default_kind = named.or_else(|| head.default_kind());
+            let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)
+                .or_else(|| head.default_kind());
             let source = checkpoint.weights.path().to_path_buf();
             (classifier, head, default_kind, source)
         }

@@ -104,7 +104,7 @@ impl BenchCommand {
                 (backend, m)
             }
             None => {
-                let run = setup(backend, &self.model, peft, 2, 0)?;
+                let run = setup(backend, Checkpoint::open(&self.model.model)?, peft, 2, 0)?;
                 (run.backend, run.model)
             }
         };

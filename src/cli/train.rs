@@ -87,12 +87,11 @@ pub struct Run<B: Backend> {
 
 pub fn setup<B: Backend>(
     backend: B,
-    model: &ModelArgs,
+    checkpoint: Checkpoint,
     peft: &PeftConfig,
     num_labels: usize,
     seed: u64,
 ) -> Result<Run<B>> {
-    let checkpoint = Checkpoint::open(&model.model)?;
     let plan = PeftPlan::new(peft, checkpoint.config.num_hidden_layers)?;
     let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
     m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
@@ -320,10 +319,12 @@ impl TrainCommand {
                 (run, train, devs)
             }
             None => {
-                let (train, devs) = self.load_data(task, None)?;
+                let checkpoint = Checkpoint::open(&self.model.model)?;
+                let own_classes = super::checkpoint_classes::checkpoint_head_kind(&checkpoint);
+                let (train, devs) = self.load_data(task, own_classes.as_ref())?;
                 let mut run = setup(
                     backend,
-                    &self.model,
+                    checkpoint,
                     peft,
                     train.kind.num_labels(),
                     self.train.seed,
