@@ -1479,6 +1479,23 @@ fn a_fine_tuned_checkpoint_evaluates_and_predicts_without_an_adapter() {
         !ok && err.contains("model.safetensors") && err.contains("2 outputs"),
         "{err}"
     );
+    let out = root.join("run-scores").display().to_string();
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &tuned_s,
+        "--train-file",
+        &scores_s,
+        "--regression",
+        "--max-steps",
+        "1",
+        "--output",
+        &out,
+    ]);
+    assert!(
+        ok && err.contains("2 output(s) and the data needs 1"),
+        "{err}"
+    );
     let m_s = m.display().to_string();
     let (ok, _, err) = spafit(&[
         "eval",

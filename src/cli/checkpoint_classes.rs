@@ -15,6 +15,18 @@ pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
     Some(TaskKind::Classification { labels })
 }
 
+/// Says so when the checkpoint's own head has another number of outputs than the data's
+/// classes: the run starts from a fresh head instead (transformers would refuse the load
+/// unless told to ignore the mismatch).
+pub fn note_replaced_head(checkpoint: &Checkpoint, outputs: usize) {
+    if let Some(n) = own_head_outputs(checkpoint).filter(|&n| n != outputs) {
+        eprintln!(
+            "the checkpoint's classifier head has {n} output(s) and the data needs {outputs}: \
+             training starts from a fresh head"
+        );
+    }
+}
+
 /// The outputs of the classifier head the checkpoint holds, when it holds a whole one.
 fn own_head_outputs(checkpoint: &Checkpoint) -> Option<usize> {
     let weights = &checkpoint.weights;

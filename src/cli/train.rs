@@ -322,6 +322,7 @@ impl TrainCommand {
                 let checkpoint = Checkpoint::open(&self.model.model)?;
                 let own_classes = super::checkpoint_classes::checkpoint_head_kind(&checkpoint);
                 let (train, devs) = self.load_data(task, own_classes.as_ref())?;
+                super::checkpoint_classes::note_replaced_head(&checkpoint, train.kind.num_labels());
                 let mut run = setup(
                     backend,
                     checkpoint,
