@@ -133,10 +133,7 @@ impl BertConfig {
             .iter()
             .enumerate()
             .all(|(i, n)| *n == format!("LABEL_{i}"));
-        let distinct = names
-            .iter()
-            .enumerate()
-            .all(|(i, n)| !names[..i].contains(n));
+        let distinct = crate::data::first_repeat(&names).is_none();
         (self.id2label.len() == num_labels && distinct && !placeholders).then_some(names)
     }
 

@@ -38,6 +38,20 @@ impl Checkpoint {
         })
     }
 
+    /// The outputs of the classifier head the checkpoint holds (`classifier.weight`
+    /// `[n, hidden]` with `classifier.bias` `[n]`), when it holds a whole one.
+    pub fn classifier_outputs(&self) -> Option<usize> {
+        match self.weights.shape("classifier.weight").as_deref() {
+            Some(&[n, inputs])
+                if inputs == self.config.hidden_size
+                    && self.weights.shape("classifier.bias") == Some(vec![n]) =>
+            {
+                Some(n)
+            }
+            _ => None,
+        }
+    }
+
     /// The resolved directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -2,7 +2,7 @@
 
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
-use spafit::data::TaskKind;
+use spafit::data::{first_repeat, TaskKind};
 use spafit::model::BertClassifier;
 use spafit::Result;
 
@@ -10,7 +10,7 @@ use spafit::Result;
 /// label space custom data is read with when the user names none. `None` without a head of
 /// two or more outputs with distinct, non-placeholder names.
 pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
-    let n = own_head_outputs(checkpoint)?;
+    let n = checkpoint.classifier_outputs()?;
     let labels = checkpoint.config.class_names(n).filter(|_| n > 1)?;
     Some(TaskKind::Classification { labels })
 }
@@ -19,25 +19,11 @@ pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
 /// classes: the run starts from a fresh head instead (transformers would refuse the load
 /// unless told to ignore the mismatch).
 pub fn note_replaced_head(checkpoint: &Checkpoint, outputs: usize) {
-    if let Some(n) = own_head_outputs(checkpoint).filter(|&n| n != outputs) {
+    if let Some(n) = checkpoint.classifier_outputs().filter(|&n| n != outputs) {
         eprintln!(
             "the checkpoint's classifier head has {n} output(s) and the data needs {outputs}: \
              training starts from a fresh head"
         );
-    }
-}
-
-/// The outputs of the classifier head the checkpoint holds, when it holds a whole one.
-fn own_head_outputs(checkpoint: &Checkpoint) -> Option<usize> {
-    let weights = &checkpoint.weights;
-    match weights.shape("classifier.weight").as_deref() {
-        Some(&[n, inputs])
-            if inputs == checkpoint.config.hidden_size
-                && weights.shape("classifier.bias") == Some(vec![n]) =>
-        {
-            Some(n)
-        }
-        _ => None,
     }
 }
 
@@ -56,7 +42,7 @@ pub fn match_checkpoint_classes<B: Backend>(
     };
     let n = classifier.num_labels;
     // A head drawn fresh (the checkpoint has none of this size) has no classes to match.
-    if own_head_outputs(checkpoint) != Some(n) {
+    if checkpoint.classifier_outputs() != Some(n) {
         return Ok(());
     }
     let Some(names) = checkpoint.config.class_names(n) else {
@@ -92,7 +78,7 @@ pub fn match_checkpoint_classes<B: Backend>(
 /// For each of `labels`, the position of the same name in `names`, when the two lists hold
 /// the same distinct names.
 fn order_by_name(labels: &[String], names: &[String]) -> Option<Vec<usize>> {
-    let distinct = |v: &[String]| v.iter().enumerate().all(|(i, x)| !v[..i].contains(x));
+    let distinct = |v: &[String]| first_repeat(v).is_none();
     if labels.len() != names.len() || !distinct(labels) || !distinct(names) {
         return None;
     }

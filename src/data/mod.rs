@@ -14,7 +14,7 @@ pub use rotten_tomatoes::rotten_tomatoes;
 pub use table::{TableFormat, TableSpec};
 
 /// The first name given twice in `names`, as (its first index, the repeat's index).
-pub(crate) fn first_repeat<T: PartialEq>(names: &[T]) -> Option<(usize, usize)> {
+pub fn first_repeat<T: PartialEq>(names: &[T]) -> Option<(usize, usize)> {
     names.iter().enumerate().find_map(|(i, n)| {
         let first = names[..i].iter().position(|m| m == n)?;
         Some((first, i))

@@ -62,9 +62,7 @@ impl<B: Backend> BertClassifier<B> {
         };
         let bert = BertModel::load(config, &mut source)?;
         let h = config.hidden_size;
-        let has_head = checkpoint.weights.shape("classifier.weight") == Some(vec![num_labels, h])
-            && checkpoint.weights.shape("classifier.bias") == Some(vec![num_labels]);
-        let classifier = if has_head {
+        let classifier = if checkpoint.classifier_outputs() == Some(num_labels) {
             Linear::new(
                 "classifier",
                 checkpoint.tensor(backend, "classifier.weight", Shape::new([num_labels, h]))?,

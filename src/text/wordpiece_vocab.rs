@@ -29,13 +29,19 @@ struct BertTokenizerSettings {
 }
 
 impl BertTokenizerSettings {
-    fn read(path: &Path) -> Result<Self> {
+    /// The settings `path` gives; without a file, `BertTokenizer`'s defaults (those of an
+    /// empty config, which nothing in it can refuse).
+    fn read(path: Option<&Path>) -> Result<Self> {
+        let source = path.unwrap_or(Path::new("tokenizer_config.json"));
         let format = |detail: String| Error::Format {
-            path: path.to_path_buf(),
+            path: source.to_path_buf(),
             detail,
         };
-        let json: Value = serde_json::from_str(&crate::text_file::read_utf8(path)?)
-            .map_err(|e| format(format!("invalid JSON: {e}")))?;
+        let json: Value = match path {
+            Some(path) => serde_json::from_str(&crate::text_file::read_utf8(path)?)
+                .map_err(|e| format(format!("invalid JSON: {e}")))?,
+            None => Value::Object(serde_json::Map::new()),
+        };
         match json.get("tokenizer_class").and_then(Value::as_str) {
             None | Some("BertTokenizer" | "BertTokenizerFast") => {}
             Some(other) => {
@@ -120,19 +126,6 @@ impl BertTokenizerSettings {
         }
         Ok(settings)
     }
-
-    fn defaults() -> Self {
-        BertTokenizerSettings {
-            lowercase: true,
-            strip_accents: None,
-            chinese_chars: true,
-            unk: "[UNK]".into(),
-            sep: "[SEP]".into(),
-            pad: "[PAD]".into(),
-            cls: "[CLS]".into(),
-            mask: "[MASK]".into(),
-        }
-    }
 }
 
 /// BERT's tokenizer from `vocab` (one token per line, the line number is the id) and, when
@@ -142,10 +135,7 @@ pub(crate) fn bert_tokenizer_from_vocab(
     vocab: &Path,
     config: Option<&Path>,
 ) -> Result<(Tokenizer, u32)> {
-    let settings = match config {
-        Some(path) => BertTokenizerSettings::read(path)?,
-        None => BertTokenizerSettings::defaults(),
-    };
+    let settings = BertTokenizerSettings::read(config)?;
     let format = |detail: String| Error::Format {
         path: vocab.to_path_buf(),
         detail,
