@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::rel_err;
 use spafit::adapter::{
     export_peft, load_adapter, read_tensors, save_adapter, MANIFEST_FILE, WEIGHTS_FILE,
@@ -21,8 +19,7 @@ use spafit::text::TextInput;
 use spafit::Error;
 
 fn checkpoint() -> Checkpoint {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
-    Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{e}: run scripts/fetch_assets.sh first"))
+    Checkpoint::open(common::minilm_dir()).unwrap()
 }
 
 fn spafit_plan() -> PeftPlan {

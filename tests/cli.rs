@@ -1,6 +1,8 @@
 //! The `spafit` binary end to end: help, errors, train → eval → predict on GLUE-layout files,
 //! gradcheck and bench JSON.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,9 +25,7 @@ fn last_json(stdout: &str) -> serde_json::Value {
 }
 
 fn model() -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
-    assert!(p.is_dir(), "run scripts/fetch_assets.sh first");
-    p.display().to_string()
+    common::minilm_dir().display().to_string()
 }
 
 #[test]

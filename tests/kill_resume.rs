@@ -3,14 +3,14 @@
 //! with `--resume` to the same losses, the same final dev loss and the same files, bit for bit,
 //! as a run that was never interrupted.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn model() -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
-    assert!(p.is_dir(), "run scripts/fetch_assets.sh first");
-    p.display().to_string()
+    common::minilm_dir().display().to_string()
 }
 
 /// A small sentiment task as CSV: `n` rows alternating labels.

@@ -3,6 +3,8 @@
 //! imports back to bitwise the same logits; what cannot be represented is refused, naming the
 //! field or tensor.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -19,8 +21,7 @@ use spafit::text::TextInput;
 use spafit::Error;
 
 fn checkpoint() -> Checkpoint {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
-    Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{e}: run scripts/fetch_assets.sh first"))
+    Checkpoint::open(common::minilm_dir()).unwrap()
 }
 
 fn fixtures() -> PathBuf {

@@ -2,18 +2,12 @@
 //! `tokenizer.json`) against the ids transformers gives for the same folder
 //! (`tests/fixtures/wordpiece-vocab/`, written by transformers' `AutoTokenizer`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::minilm_dir as minilm;
 use spafit::text::{TextInput, TextTokenizer};
-
-fn minilm() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
-    assert!(
-        p.join("vocab.txt").is_file(),
-        "run scripts/fetch_assets.sh first"
-    );
-    p
-}
 
 fn expected() -> serde_json::Value {
     let path =

@@ -5,6 +5,8 @@
 pub mod stack;
 pub mod tiny_bert;
 
+use std::path::PathBuf;
+
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::rng::SplitMix;
@@ -135,4 +137,16 @@ pub fn sample(n: usize, k: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..k).map(|i| i * (n - 1) / (k - 1)).collect();
     v.dedup();
     v
+}
+
+/// The real all-MiniLM-L6-v2 checkpoint that `scripts/fetch_assets.sh` unpacks (its
+/// `.complete` marker is written once every file is in place).
+pub fn minilm_dir() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
+    assert!(
+        p.join(".complete").is_file(),
+        "{}: run scripts/fetch_assets.sh first",
+        p.display()
+    );
+    p
 }
