@@ -81,7 +81,7 @@ fn main() -> spafit::Result<()> {
         &backend,
         &model,
         &plan,
-        checkpoint.weights.sha256(),
+        &checkpoint.weights,
         None,
     )?;
     println!(

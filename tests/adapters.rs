@@ -70,15 +70,7 @@ fn adapter_round_trip_and_refusals() {
     let model = trained(&ck, &cpu, &plan);
     let dir = tempfile::tempdir().unwrap();
     let labels = vec!["a".to_string(), "b".into(), "c".into()];
-    save_adapter(
-        dir.path(),
-        &cpu,
-        &model,
-        &plan,
-        ck.weights.sha256(),
-        Some(&labels),
-    )
-    .unwrap();
+    save_adapter(dir.path(), &cpu, &model, &plan, &ck.weights, Some(&labels)).unwrap();
 
     // Only the trainable tensors are stored.
     let stored = read_tensors(&cpu, &dir.path().join(WEIGHTS_FILE)).unwrap();
@@ -100,22 +92,40 @@ fn adapter_round_trip_and_refusals() {
         "{a:?} vs {b:?}"
     );
 
-    // Another base model: refused, naming both hashes.
+    // Another base model: refused, naming both identities. The identity is the encoder's
+    // tensors'; a manifest from before it was recorded is checked by the file's hash.
     let manifest_path = dir.path().join(MANIFEST_FILE);
     let original = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(
-        &manifest_path,
-        original.replace(ck.weights.sha256(), &"0".repeat(64)),
-    )
-    .unwrap();
-    let e = load_adapter(dir.path(), &ck, &cpu)
-        .err()
-        .expect("another base");
+    let encoder = ck.weights.encoder_sha256();
+    assert!(original.contains(encoder) && original.contains(ck.weights.sha256()));
+    let with_base = |encoder_sha: Option<&str>, file_sha: &str| {
+        let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+        match encoder_sha {
+            Some(sha) => json["base_encoder_sha256"] = sha.into(),
+            None => drop(json.as_object_mut().unwrap().remove("base_encoder_sha256")),
+        }
+        json["base_model_sha256"] = file_sha.into();
+        std::fs::write(&manifest_path, json.to_string()).unwrap();
+        let loaded = load_adapter(dir.path(), &ck, &cpu);
+        std::fs::write(&manifest_path, &original).unwrap();
+        loaded.map(|_| ())
+    };
+    let zeros = "0".repeat(64);
+    let e = with_base(Some(&zeros), ck.weights.sha256()).expect_err("another encoder");
+    assert!(
+        matches!(e, Error::Mismatch { .. })
+            && e.to_string().contains(encoder)
+            && e.to_string().contains(&zeros),
+        "{e}"
+    );
+    // The encoder decides, not the file (the same tensors may be saved again).
+    with_base(Some(encoder), &zeros).expect("the same encoder in another file");
+    let e = with_base(None, &zeros).expect_err("an older manifest, another file");
     assert!(
         matches!(e, Error::Mismatch { .. }) && e.to_string().contains(ck.weights.sha256()),
         "{e}"
     );
-    std::fs::write(&manifest_path, &original).unwrap();
+    with_base(None, ck.weights.sha256()).expect("an older manifest, the same file");
 
     // An edited manifest whose parts cannot belong together: refused, naming the field.
     let edit = |change: &dyn Fn(&mut serde_json::Value)| {

@@ -698,6 +698,65 @@ fn sharded_checkpoints_load_as_one_file_does() {
     );
 }
 
+/// The base identity adapters record (`encoder_sha256`) is that of the encoder's tensors: the
+/// same tensors saved under the other naming, in shards, under TensorFlow-era LayerNorm names,
+/// or beside another head give the same identity; one changed value or another dtype does not.
+#[test]
+fn the_encoder_identity_follows_the_tensors_not_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
+    let config = tiny_config_json(2);
+    let identity = |name: &str, write: &dyn Fn(&Path)| {
+        let dir = tmp.path().join(name);
+        write(&dir);
+        let ck = Checkpoint::open(&dir).unwrap();
+        let file = ck.weights.sha256().to_string();
+        (file, ck.weights.encoder_sha256().to_string())
+    };
+    let (file, encoder) = identity("one", &|d| {
+        write_checkpoint(d, &config, &tensors, Dtype::F32, true)
+    });
+    let same = |name: &str, write: &dyn Fn(&Path)| {
+        let (other_file, other_encoder) = identity(name, write);
+        assert_ne!(other_file, file, "{name}: the file is another");
+        assert_eq!(other_encoder, encoder, "{name}: the encoder is the same");
+    };
+    same("unprefixed", &|d| {
+        write_checkpoint(d, &config, &tensors, Dtype::F32, false)
+    });
+    same("sharded", &|d| {
+        write_shards(d, &config, &tensors, 3);
+    });
+    let legacy: Tensors = tensors
+        .iter()
+        .map(|(n, v)| (n.replace("LayerNorm.weight", "LayerNorm.gamma"), v.clone()))
+        .collect();
+    same("legacy", &|d| {
+        write_checkpoint(d, &config, &legacy, Dtype::F32, true)
+    });
+    let mut headed = tensors.clone();
+    headed.insert("classifier.weight".into(), (vec![2, 15], vec![0.25; 30]));
+    headed.insert("classifier.bias".into(), (vec![2], vec![0.0; 2]));
+    same("with-a-head", &|d| {
+        write_checkpoint(d, &config, &headed, Dtype::F32, true)
+    });
+
+    let other = |name: &str, write: &dyn Fn(&Path)| {
+        assert_ne!(identity(name, write).1, encoder, "{name}: another encoder");
+    };
+    let mut nudged = tensors.clone();
+    let (_, values) = nudged
+        .get_mut("bert.encoder.layer.1.attention.self.value.bias")
+        .unwrap();
+    values[3] = f64::from(f32::from_bits((values[3] as f32).to_bits() + 1));
+    other("one-value-nudged", &|d| {
+        write_checkpoint(d, &config, &nudged, Dtype::F32, true)
+    });
+    other("bf16", &|d| {
+        write_checkpoint(d, &config, &tensors, Dtype::BF16, true)
+    });
+}
+
 #[test]
 fn hugging_face_hub_cache_layout_resolves_offline() {
     let tmp = tempfile::tempdir().unwrap();

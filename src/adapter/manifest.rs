@@ -29,8 +29,17 @@ pub struct AdapterManifest {
     pub num_labels: usize,
     /// Class names in id order (classification).
     pub labels: Option<Vec<String>>,
-    /// SHA-256 of the base `model.safetensors`.
+    /// SHA-256 of the base's weights file ([`WeightsFile::sha256`]): its identity for
+    /// adapters written before `base_encoder_sha256` existed.
+    ///
+    /// [`WeightsFile::sha256`]: crate::checkpoint::WeightsFile::sha256
     pub base_model_sha256: String,
+    /// SHA-256 of the base's encoder tensors ([`WeightsFile::encoder_sha256`]): its identity,
+    /// which survives re-saving the same tensors in shards or another layout.
+    ///
+    /// [`WeightsFile::encoder_sha256`]: crate::checkpoint::WeightsFile::encoder_sha256
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_encoder_sha256: Option<String>,
     /// SHA-256 of `adapter.safetensors`, so a torn pair of files is detected.
     pub weights_sha256: String,
     /// Names of the stored tensors.

@@ -1,5 +1,5 @@
 //! Trained adapters on disk: spafit's own format (only the trainable tensors, plus a manifest
-//! tied to the base checkpoint's hash), export to and import from PEFT's format. Every write
+//! tied to the hash of the base's encoder tensors), export to and import from PEFT's format. Every write
 //! is atomic.
 
 mod atomic;
@@ -10,6 +10,7 @@ mod peft_export;
 mod peft_import;
 mod store;
 
+pub(crate) use atomic::hex;
 pub use atomic::{sha256_hex, write_atomic};
 pub use manifest::AdapterManifest;
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};

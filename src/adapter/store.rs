@@ -81,7 +81,7 @@ pub fn save_adapter<B: Backend>(
     backend: &B,
     model: &BertClassifier<B>,
     plan: &PeftPlan,
-    base_model_sha256: &str,
+    base: &WeightsFile,
     labels: Option<&[String]>,
 ) -> Result<()> {
     let trainable: Vec<(String, Tensor<B>)> = model
@@ -104,7 +104,8 @@ pub fn save_adapter<B: Backend>(
         train_layer_norm_weights: plan.train_layer_norm_weights,
         num_labels: model.num_labels,
         labels: labels.map(<[String]>::to_vec),
-        base_model_sha256: base_model_sha256.to_string(),
+        base_model_sha256: base.sha256().to_string(),
+        base_encoder_sha256: Some(base.encoder_sha256().to_string()),
         weights_sha256: sha256_hex(&bytes),
         tensors: trainable.iter().map(|(n, _)| n.clone()).collect(),
     };
@@ -161,6 +162,34 @@ pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
     Ok(m)
 }
 
+/// Refuses a base other than the one the adapter was trained on: by its encoder tensors, or
+/// for an adapter from before those were recorded, by its file's bytes.
+fn check_base(manifest: &AdapterManifest, manifest_path: &Path, base: &WeightsFile) -> Result<()> {
+    let refuse = |detail: String| {
+        Err(Error::Mismatch {
+            path: manifest_path.to_path_buf(),
+            detail,
+        })
+    };
+    match &manifest.base_encoder_sha256 {
+        Some(trained_on) if trained_on != base.encoder_sha256() => refuse(format!(
+            "the adapter was trained on a base whose encoder tensors have sha256 {trained_on}, \
+             but those of {} have sha256 {}: another model, or the same one saved with other \
+             values or in another dtype",
+            base.path().display(),
+            base.encoder_sha256()
+        )),
+        Some(_) => Ok(()),
+        None if manifest.base_model_sha256 != base.sha256() => refuse(format!(
+            "the adapter was trained on base model sha256 {} but {} has sha256 {}",
+            manifest.base_model_sha256,
+            base.path().display(),
+            base.sha256()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Loads the adapter in `dir` onto the base `checkpoint`: rebuilds its plan and sets its
 /// tensors. Refuses an adapter trained on another base, or whose files do not match.
 pub fn load_adapter<B: Backend>(
@@ -170,17 +199,7 @@ pub fn load_adapter<B: Backend>(
 ) -> Result<(BertClassifier<B>, AdapterManifest)> {
     let manifest = read_manifest(dir)?;
     let manifest_path = dir.join(MANIFEST_FILE);
-    if manifest.base_model_sha256 != checkpoint.weights.sha256() {
-        return Err(Error::Mismatch {
-            path: manifest_path,
-            detail: format!(
-                "the adapter was trained on base model sha256 {} but {} has sha256 {}",
-                manifest.base_model_sha256,
-                checkpoint.weights.path().display(),
-                checkpoint.weights.sha256()
-            ),
-        });
-    }
+    check_base(&manifest, &manifest_path, &checkpoint.weights)?;
     let weights_path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&weights_path).map_err(|source| Error::Io {
         path: weights_path.clone(),

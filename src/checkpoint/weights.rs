@@ -19,6 +19,7 @@ pub struct WeightsFile {
     /// For each of `names`, its shard.
     shard_of: Vec<usize>,
     sha256: std::sync::OnceLock<String>,
+    encoder_sha256: std::sync::OnceLock<String>,
 }
 
 struct Shard {
@@ -149,6 +150,7 @@ impl WeightsFile {
             names,
             shard_of,
             sha256: std::sync::OnceLock::new(),
+            encoder_sha256: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,6 +171,55 @@ impl WeightsFile {
                 }
                 crate::adapter::sha256_hex(listing.as_bytes())
             }
+        })
+    }
+
+    /// SHA-256 (hex), computed once, of the encoder's stored tensors: every float tensor under
+    /// `embeddings.`, `encoder.` or `pooler.` (with or without the `bert.` prefix, LayerNorms
+    /// under either naming), in the order of their canonical names, each as its name, dtype,
+    /// shape and bytes. The identity of the base an adapter was trained on: unlike
+    /// [`WeightsFile::sha256`] it stays the same when the same tensors are saved again in
+    /// shards, in another order, with other header metadata, beside other heads or buffers,
+    /// and changes with any stored value or dtype.
+    pub fn encoder_sha256(&self) -> &str {
+        self.encoder_sha256.get_or_init(|| {
+            use sha2::Digest;
+            let mut entries: Vec<(String, usize, &str)> = self
+                .names
+                .iter()
+                .zip(&self.shard_of)
+                .filter_map(|(name, &shard)| {
+                    let canonical = canonical_name(name);
+                    let encoder = ["embeddings.", "encoder.", "pooler."]
+                        .iter()
+                        .any(|p| canonical.starts_with(p));
+                    encoder.then_some((canonical, shard, name.as_str()))
+                })
+                .collect();
+            entries.sort();
+            let mut hasher = sha2::Sha256::new();
+            let parsed: Vec<Option<SafeTensors<'_>>> = self
+                .shards
+                .iter()
+                .map(|s| SafeTensors::deserialize(&s.bytes).ok())
+                .collect();
+            for (canonical, shard, stored) in entries {
+                // Every shard parsed when the file was opened, so a miss cannot happen.
+                let Some(view) = parsed[shard].as_ref().and_then(|st| st.tensor(stored).ok())
+                else {
+                    continue;
+                };
+                if !matches!(
+                    view.dtype(),
+                    Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
+                ) {
+                    continue;
+                }
+                let header = format!("{canonical} {:?} {:?}\n", view.dtype(), view.shape());
+                hasher.update(header.as_bytes());
+                hasher.update(view.data());
+            }
+            crate::adapter::hex(&hasher.finalize())
         })
     }
 
@@ -280,6 +331,21 @@ impl WeightsFile {
         let values = self.read_f64(name, &shape)?;
         backend.tensor_from_f64(shape, &values)
     }
+}
+
+/// `name` as transformers names it inside `BertModel`: without the `bert.` prefix, and
+/// LayerNorm parameters as `weight` / `bias` rather than TensorFlow's `gamma` / `beta`.
+fn canonical_name(name: &str) -> String {
+    let name = name.strip_prefix("bert.").unwrap_or(name);
+    for (old, modern) in [
+        ("LayerNorm.gamma", "LayerNorm.weight"),
+        ("LayerNorm.beta", "LayerNorm.bias"),
+    ] {
+        if let Some(stem) = name.strip_suffix(old) {
+            return format!("{stem}{modern}");
+        }
+    }
+    name.to_string()
 }
 
 /// The first tensor whose header entry does not fit the file, named, for a file the

@@ -205,7 +205,7 @@ pub struct Trainer<'a, B: Backend> {
     backend: B,
     model: &'a mut BertClassifier<B>,
     plan: &'a PeftPlan,
-    base_sha256: String,
+    base: &'a WeightsFile,
     config: TrainConfig,
 }
 
@@ -215,14 +215,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         backend: &B,
         model: &'a mut BertClassifier<B>,
         plan: &'a PeftPlan,
-        base: &WeightsFile,
+        base: &'a WeightsFile,
         config: TrainConfig,
     ) -> Self {
         Trainer {
             backend: backend.clone(),
             model,
             plan,
-            base_sha256: base.sha256().to_string(),
+            base,
             config,
         }
     }
@@ -386,7 +386,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 total_steps,
                 dropout,
                 trainable_shapes: &shapes,
-                base_sha256: &self.base_sha256,
+                base_sha256: self.base.sha256(),
                 train: &train_data,
                 dev: dev.as_ref().map(|(d, _)| d),
             },
@@ -793,7 +793,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 &self.backend,
                 self.model,
                 self.plan,
-                &self.base_sha256,
+                self.base,
                 labels,
             ),
             None => Ok(()),
