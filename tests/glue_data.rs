@@ -532,3 +532,68 @@ fn csv_rows_know_their_line_with_lf_crlf_and_cr_ends() {
         );
     }
 }
+
+/// Without named classes, a training file's labels are its classes: whole numbers as the ids
+/// 0 to the largest, names in sorted order; real-valued or single-class labels are refused
+/// with the line and what to give instead.
+#[test]
+fn classes_are_inferred_from_a_training_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let infer = |name: &str, text: &str| {
+        write(tmp.path(), name, text);
+        text_label_table(tmp.path().join(name)).infer_classes()
+    };
+    let classes = |names: &[&str]| TaskKind::Classification {
+        labels: names.iter().map(|n| n.to_string()).collect(),
+    };
+    let kind = infer(
+        "names.csv",
+        "text,label\na,pos\nb, neutral\nc,neg\nd,pos\ne,\n",
+    )
+    .unwrap();
+    assert_eq!(kind, classes(&["neg", "neutral", "pos"]));
+    // `1.0` is class 1 (floats written by pandas); ids are the classes' own numbers.
+    let kind = infer(
+        "ids.jsonl",
+        "{\"text\":\"a\",\"label\":3}\n{\"text\":\"b\",\"label\":1.0}\n",
+    );
+    assert_eq!(kind.unwrap(), classes(&["0", "1", "2", "3"]));
+    // Binary data keeps two classes however few of them it shows.
+    let kind = infer("ones.tsv", "text\tlabel\na\t1\nb\t1\n").unwrap();
+    assert_eq!(kind, classes(&["0", "1"]));
+    let kind = infer("signs.csv", "text,label\na,-1\nb,1\n").unwrap();
+    assert_eq!(kind, classes(&["-1", "1"]));
+
+    let e = infer("scores.csv", "text,label\na,1\nb,2\nc,0.25\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("scores.csv") && e.contains("line 4") && e.contains("--regression"),
+        "{e}"
+    );
+    let e = infer("single.csv", "text,label\na,yes\nb,yes\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("every label in `label` is `yes`"), "{e}");
+    let e = infer("nolabel.csv", "text,other\na,yes\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no column `label`"), "{e}");
+    // A file whose rows cannot be read names its first bad row, not a lack of labels.
+    let e = infer("array.jsonl", "[\"a\", 1]\n[\"b\", 0]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 1: not a JSON object"), "{e}");
+
+    // The inferred classes then read the file, and the empty label is the malformed row.
+    let mut spec = text_label_table(tmp.path().join("names.csv"));
+    spec.kind = classes(&["neg", "neutral", "pos"]);
+    let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(e.contains("line 6"), "{e}");
+    let data = spec.load(OnMalformed::Skip).unwrap();
+    let targets: Vec<_> = data.examples.iter().map(|e| e.target).collect();
+    assert_eq!(
+        targets,
+        [2, 1, 0, 2].map(|c| Some(Target::Class(c))).to_vec()
+    );
+}

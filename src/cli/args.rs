@@ -266,8 +266,10 @@ pub struct DataArgs {
     /// Custom data: label column.
     #[arg(long, default_value = "label")]
     pub label_column: String,
-    /// Custom data: comma-separated label names in id order (default: 0,1; with --adapter,
-    /// the adapter's).
+    /// Custom data: comma-separated label names in id order (default: the adapter's with
+    /// --adapter, a fine-tuned checkpoint's own, else for train the training file's labels —
+    /// whole numbers as the classes 0 to the largest, names sorted — and for eval and
+    /// predict 0,1).
     #[arg(long, conflicts_with = "regression")]
     pub labels: Option<String>,
     /// Custom data: the label is a real number (regression, one output).
@@ -323,6 +325,27 @@ impl DataArgs {
             ));
         }
         Ok(TaskKind::Classification { labels })
+    }
+
+    /// The label space of a run's training data when only the training file can give it
+    /// (custom data without --labels, --regression or a `default`): the classes it holds,
+    /// said on stderr. Otherwise `default` as given.
+    pub fn train_kind(&self, default: Option<&TaskKind>) -> Result<Option<TaskKind>> {
+        if default.is_some() || self.labels.is_some() || self.regression {
+            return Ok(default.cloned());
+        }
+        let Some(file) = self.train_file.as_ref().filter(|_| self.task.is_none()) else {
+            return Ok(None);
+        };
+        let kind = self.table(file, true, None)?.infer_classes()?;
+        if let TaskKind::Classification { labels } = &kind {
+            eprintln!(
+                "classes from {}: {} (--labels names them in another order)",
+                file.display(),
+                labels.join(", ")
+            );
+        }
+        Ok(Some(kind))
     }
 
     fn table(

@@ -238,6 +238,8 @@ impl TrainCommand {
         task: Option<spafit::data::GlueTask>,
         default_kind: Option<&spafit::data::TaskKind>,
     ) -> Result<(Dataset, Vec<Dataset>)> {
+        let inferred = self.data.train_kind(default_kind)?;
+        let default_kind = inferred.as_ref();
         let train = self.data.load_with_default_kind("train", default_kind)?;
         let devs = match task {
             Some(t) => t

@@ -55,6 +55,10 @@ pub struct TableSpec {
     pub filter: Option<(String, String)>,
 }
 
+/// What [`TableSpec::for_each_row`] calls with each record's line: the row, or why it
+/// cannot be read.
+type RowVisitor<'a> = dyn FnMut(usize, std::result::Result<&dyn Row, String>) -> Result<()> + 'a;
+
 /// A row as field lookups by column name.
 trait Row {
     fn get(&self, column: &str) -> std::result::Result<Option<String>, String>;
@@ -113,11 +117,17 @@ impl Row for JsonRow {
 }
 
 impl TableSpec {
+    /// Whether the filter keeps `row`.
+    fn selected(&self, row: &dyn Row) -> std::result::Result<bool, String> {
+        match &self.filter {
+            Some((col, want)) => Ok(row.get(col)?.as_deref() == Some(want.as_str())),
+            None => Ok(true),
+        }
+    }
+
     fn example(&self, row: &dyn Row) -> std::result::Result<Option<Example>, String> {
-        if let Some((col, want)) = &self.filter {
-            if row.get(col)?.as_deref() != Some(want.as_str()) {
-                return Ok(None);
-            }
+        if !self.selected(row)? {
+            return Ok(None);
         }
         let text = |c: &str| row.get(c)?.ok_or_else(|| format!("missing `{c}`"));
         let target = match &self.label_column {
@@ -135,6 +145,120 @@ impl TableSpec {
     pub fn load(&self, on_malformed: OnMalformed) -> Result<Dataset> {
         let path = &self.path;
         let mut sink = RowSink::new(on_malformed);
+        self.for_each_row(&mut |line, row| match row.and_then(|r| self.example(r)) {
+            Ok(Some(e)) => sink.take(Ok(e), path, line),
+            Ok(None) => Ok(()),
+            Err(why) => sink.take(Err(why), path, line),
+        })?;
+        Ok(Dataset {
+            name: path.display().to_string(),
+            kind: self.kind.clone(),
+            examples: sink.examples,
+            skipped: sink.skipped,
+            source_lines: sink.lines,
+        })
+    }
+
+    /// The classes of the label column, for a file that is the only word on them (no
+    /// `--labels`, no adapter or fine-tuned head that names them): every distinct label the
+    /// selected rows hold. Whole numbers ≥ 0 give the classes `0` to the largest (class `i`
+    /// is label `i`, so binary data keeps two classes however few rows it has), other labels
+    /// their sorted set. Labels that are all numbers with a fraction among them are refused
+    /// as likely regression targets; a single class is refused. Rows without a label are
+    /// left to [`TableSpec::load`] to report.
+    pub fn infer_classes(&self) -> Result<TaskKind> {
+        let path = &self.path;
+        let Some(column) = &self.label_column else {
+            return Err(Error::invalid(
+                "labels",
+                format!("{}: unlabeled data names no classes", path.display()),
+            ));
+        };
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        let mut first_bad: Option<(usize, String)> = None;
+        self.for_each_row(&mut |line, row| {
+            let row = match row {
+                Ok(row) => row,
+                Err(why) => {
+                    first_bad.get_or_insert((line, why));
+                    return Ok(());
+                }
+            };
+            if !self.selected(row).unwrap_or(false) {
+                return Ok(());
+            }
+            if let Ok(Some(label)) = row.get(column) {
+                let label = label.trim();
+                if !label.is_empty() && !seen.iter().any(|(l, _)| l == label) {
+                    seen.push((label.to_string(), line));
+                }
+            }
+            Ok(())
+        })?;
+        // Too few labels to name classes, and unreadable rows: those rows are the news.
+        if seen.len() < 2 {
+            if let Some((line, why)) = first_bad {
+                RowSink::new(OnMalformed::Error).take(Err(why), path, line)?;
+            }
+        }
+        let refuse = |detail: String| Error::Format {
+            path: path.clone(),
+            detail,
+        };
+        let numbers: Option<Vec<f64>> = seen
+            .iter()
+            .map(|(l, _)| l.parse::<f64>().ok().filter(|v| v.is_finite()))
+            .collect();
+        let labels: Vec<String> = match numbers {
+            Some(values) if values.iter().all(|v| v.fract() == 0.0 && v.abs() < 9.0e15) => {
+                let mut ids: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                match (ids.first(), ids.last()) {
+                    (Some(&low), Some(&high)) if low >= 0 && high < 1 << 16 => {
+                        (0..=high.max(1)).map(|i| i.to_string()).collect()
+                    }
+                    _ => ids.iter().map(|i| i.to_string()).collect(),
+                }
+            }
+            Some(values) => {
+                let (label, line) = values
+                    .iter()
+                    .zip(&seen)
+                    .find(|(v, _)| v.fract() != 0.0)
+                    .map_or(("", 0), |(_, (l, line))| (l.as_str(), *line));
+                return Err(refuse(format!(
+                    "line {line}: label `{label}` is a real number, and every label in \
+                     `{column}` is a number: give --regression to fit them as scores, or \
+                     --labels to name the classes"
+                )));
+            }
+            None => {
+                let mut names: Vec<String> = seen.into_iter().map(|(l, _)| l).collect();
+                names.sort();
+                names
+            }
+        };
+        if let Some(problem) = super::label_names_problem(&labels) {
+            return Err(refuse(format!("the labels of `{column}`: {problem}")));
+        }
+        match labels.as_slice() {
+            [] => Err(refuse(format!("no row has a label in `{column}`"))),
+            [only] => Err(refuse(format!(
+                "every label in `{column}` is `{only}`: classification needs two classes or \
+                 more (give --labels to name them all, or --regression for a real-valued label)"
+            ))),
+            _ => Ok(TaskKind::Classification { labels }),
+        }
+    }
+
+    /// Visits every record of the file with its 1-based line: the row, or why it cannot be
+    /// read. A header without the spec's columns is an error before any row.
+    fn for_each_row(
+        &self,
+        visit: &mut RowVisitor<'_>,
+    ) -> Result<()> {
+        let path = &self.path;
         match TableFormat::from_path(path)? {
             format @ (TableFormat::Csv | TableFormat::Tsv) => {
                 let bytes = crate::text_file::read_bytes(path)?;
@@ -188,66 +312,53 @@ impl TableSpec {
                     }
                 }
                 for record in reader.byte_records() {
-                    let (line, row) = match record {
+                    match record {
                         // A line of only spaces is blank, as in JSONL.
                         Ok(r) if r.len() == 1 && r[0].trim_ascii().is_empty() => continue,
                         Ok(r) => {
                             let line = r.position().map_or(0, |p| lines.line_of(p.byte()));
-                            let row = if r.len() != header.len() {
-                                Err(format!(
-                                    "{} fields, the header has {}",
-                                    r.len(),
-                                    header.len()
-                                ))
-                            } else {
-                                decode_record(r, &header).and_then(|record| {
-                                    self.example(&CsvRow {
+                            if r.len() != header.len() {
+                                let why =
+                                    format!("{} fields, the header has {}", r.len(), header.len());
+                                visit(line, Err(why))?;
+                                continue;
+                            }
+                            match decode_record(r, &header) {
+                                Ok(record) => visit(
+                                    line,
+                                    Ok(&CsvRow {
                                         header: &header,
                                         record,
-                                    })
-                                })
-                            };
-                            (line, row)
+                                    }),
+                                )?,
+                                Err(why) => visit(line, Err(why))?,
+                            }
                         }
-                        Err(e) => (
-                            e.position().map_or(0, |p| lines.line_of(p.byte())),
-                            Err(e.to_string()),
-                        ),
-                    };
-                    match row {
-                        Ok(Some(e)) => sink.take(Ok(e), path, line)?,
-                        Ok(None) => {}
-                        Err(why) => sink.take(Err(why), path, line)?,
+                        Err(e) => {
+                            let line = e.position().map_or(0, |p| lines.line_of(p.byte()));
+                            visit(line, Err(e.to_string()))?;
+                        }
                     }
                 }
             }
             TableFormat::Jsonl => {
                 let bytes = crate::text_file::read_bytes(path)?;
                 for (line_no, line) in crate::text_file::utf8_lines(&bytes) {
-                    let row = match line {
+                    match line {
                         Ok(line) if line.trim().is_empty() => continue,
                         Ok(line) => match serde_json::from_str::<serde_json::Value>(line) {
-                            Ok(serde_json::Value::Object(map)) => self.example(&JsonRow(map)),
-                            Ok(_) => Err("not a JSON object".to_string()),
-                            Err(e) => Err(format!("invalid JSON: {e}")),
+                            Ok(serde_json::Value::Object(map)) => {
+                                visit(line_no, Ok(&JsonRow(map)))?
+                            }
+                            Ok(_) => visit(line_no, Err("not a JSON object".to_string()))?,
+                            Err(e) => visit(line_no, Err(format!("invalid JSON: {e}")))?,
                         },
-                        Err(why) => Err(why),
-                    };
-                    match row {
-                        Ok(Some(e)) => sink.take(Ok(e), path, line_no)?,
-                        Ok(None) => {}
-                        Err(why) => sink.take(Err(why), path, line_no)?,
+                        Err(why) => visit(line_no, Err(why))?,
                     }
                 }
             }
         }
-        Ok(Dataset {
-            name: path.display().to_string(),
-            kind: self.kind.clone(),
-            examples: sink.examples,
-            skipped: sink.skipped,
-            source_lines: sink.lines,
-        })
+        Ok(())
     }
 }
 
