@@ -24,7 +24,9 @@ fn main() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     keep_freed_memory();
     if let Err(e) = cli::Cli::parse().run() {
-        eprintln!("spafit: {e}");
+        // Not `eprintln!`, which panics when stderr is closed or full.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "spafit: {e}");
         std::process::exit(1);
     }
 }

@@ -494,6 +494,52 @@ fn gradcheck_and_bench_print_json() {
         assert!(line[key].is_number(), "bench JSON lacks {key}: {line}");
     }
     assert_eq!(line["trainable_params"], 26114);
+
+    // A result that cannot be written (a full disk, a closed pipe) is an error naming stdout,
+    // and a stderr that cannot take notes does not stop the command: neither panics.
+    let bench = [
+        "bench",
+        "--model",
+        &m,
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full");
+    if let Ok(dev_full) = full() {
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(bench)
+            .stdout(dev_full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("spafit: <stdout>") && !err.contains("panicked"),
+            "{err}"
+        );
+        // gradcheck says what it checked on stderr before its JSON line.
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args([
+                "gradcheck",
+                "--model",
+                &m,
+                "--method",
+                "bitfit",
+                "--samples",
+                "1",
+            ])
+            .stderr(full().unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(last_json(&String::from_utf8_lossy(&out.stdout))["max_rel_err"].is_number());
+    }
 }
 
 #[test]

@@ -339,7 +339,7 @@ impl DataArgs {
         };
         let kind = self.table(file, true, None)?.infer_classes()?;
         if let TaskKind::Classification { labels } = &kind {
-            eprintln!(
+            note!(
                 "classes from {}: {} (--labels names them in another order)",
                 file.display(),
                 labels.join(", ")
@@ -380,12 +380,12 @@ impl DataArgs {
         let report = |d: Dataset| {
             const SHOWN: usize = 10;
             if !d.skipped.is_empty() {
-                eprintln!("{}: skipped {} malformed row(s):", d.name, d.skipped.len());
+                note!("{}: skipped {} malformed row(s):", d.name, d.skipped.len());
                 for row in d.skipped.iter().take(SHOWN) {
-                    eprintln!("  {row}");
+                    note!("  {row}");
                 }
                 if d.skipped.len() > SHOWN {
-                    eprintln!("  ... and {} more", d.skipped.len() - SHOWN);
+                    note!("  ... and {} more", d.skipped.len() - SHOWN);
                 }
             }
             d

@@ -20,7 +20,7 @@ pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
 /// unless told to ignore the mismatch).
 pub fn note_replaced_head(checkpoint: &Checkpoint, outputs: usize) {
     if let Some(n) = checkpoint.classifier_outputs().filter(|&n| n != outputs) {
-        eprintln!(
+        note!(
             "the checkpoint's classifier head has {n} output(s) and the data needs {outputs}: \
              training starts from a fresh head"
         );
@@ -59,14 +59,14 @@ pub fn match_checkpoint_classes<B: Backend>(
     match order {
         Some(order) if identity(&order) => Ok(()),
         Some(order) => {
-            eprintln!(
+            note!(
                 "the checkpoint's classes {names:?} (config.json id2label) are the data's \
                  {labels:?} in another order: its head is reordered to the data's"
             );
             classifier.reorder_classes(backend, &order)
         }
         None => {
-            eprintln!(
+            note!(
                 "the checkpoint's classes {names:?} (config.json id2label) are not the data's \
                  {labels:?}: matched by position"
             );

@@ -55,19 +55,16 @@ impl DemoCommand {
             .best
             .as_ref()
             .ok_or_else(|| Error::invalid("demo", "no evaluation ran"))?;
-        println!(
-            "{}",
-            json!({
-                "task": "rotten_tomatoes", "method": self.peft.method,
-                "dev_accuracy": eval.metrics["accuracy"], "dev_f1": eval.metrics.get("f1"), "dev_loss": eval.loss,
-                "best_step": best_step, "steps": report.steps, "epochs": self.train.epochs,
-                "lr": self.train.lr.unwrap_or_else(|| default_lr(run.plan.method)),
-                "trainable_params": run.model.trainable_parameter_count(),
-                "train_seconds": report.train_seconds, "eval_seconds": eval.seconds,
-                "samples_per_s": report.samples_per_s, "tokens_per_s": report.tokens_per_s,
-                "train_examples": train.len(), "dev_examples": dev.len(), "device": run.backend.name(),
-            })
-        );
+        super::print_line(&json!({
+            "task": "rotten_tomatoes", "method": self.peft.method,
+            "dev_accuracy": eval.metrics["accuracy"], "dev_f1": eval.metrics.get("f1"), "dev_loss": eval.loss,
+            "best_step": best_step, "steps": report.steps, "epochs": self.train.epochs,
+            "lr": self.train.lr.unwrap_or_else(|| default_lr(run.plan.method)),
+            "trainable_params": run.model.trainable_parameter_count(),
+            "train_seconds": report.train_seconds, "eval_seconds": eval.seconds,
+            "samples_per_s": report.samples_per_s, "tokens_per_s": report.tokens_per_s,
+            "train_examples": train.len(), "dev_examples": dev.len(), "device": run.backend.name(),
+        }))?;
         Ok(())
     }
 }

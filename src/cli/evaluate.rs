@@ -156,7 +156,7 @@ impl EvalCommand {
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
         }
-        println!("{line}");
+        super::print_line(&line)?;
         Ok(())
     }
 }
@@ -255,7 +255,7 @@ impl PredictCommand {
                     source,
                 })?,
         }
-        eprintln!("{} predictions", data.len());
+        note!("{} predictions", data.len());
         Ok(())
     }
 }

@@ -1,5 +1,15 @@
 //! The `spafit` command line, built only on the library's public API.
 
+/// Says something on stderr, like `eprintln!`, except that a stderr which cannot take it (a
+/// closed pipe, a full disk) is passed over instead of panicking: it is where a failure would
+/// be reported too, so there is nowhere better to say it.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod checkpoint_classes;
 mod demo;
@@ -46,6 +56,19 @@ impl Cli {
             Command::Demo(c) => c.run(),
         }
     }
+}
+
+/// Prints one line on stdout (a command's result). A closed pipe or a full disk is an error
+/// naming stdout, where `println!` would panic.
+fn print_line(line: &dyn std::fmt::Display) -> spafit::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|source| spafit::Error::Io {
+            path: "<stdout>".into(),
+            source,
+        })
 }
 
 /// Refuses an output file that could not be created (a file stands where a folder goes) or

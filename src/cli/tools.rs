@@ -48,14 +48,13 @@ impl GradcheckCommand {
             "so-so",
         ];
         let r = gradcheck(&backend, &checkpoint, peft, &texts, self.samples, self.seed)?;
-        eprintln!(
+        note!(
             "checked {} coordinates of {} tensors against f64 finite differences; worst relative error {:.3e} ({})",
             r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
         );
-        println!(
-            "{}",
-            json!({"method": self.peft.method, "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor})
-        );
+        super::print_line(
+            &json!({"method": self.peft.method, "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor}),
+        )?;
         Ok(())
     }
 }
@@ -116,17 +115,14 @@ impl BenchCommand {
             self.warmup,
             self.steps,
         )?;
-        println!(
-            "{}",
-            json!({
-                "method": self.peft.method, "device": backend.name(), "dtype": self.model.dtype,
-                "model": self.shape.as_deref().map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
-                "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
-                "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
-                "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
-                "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
-            })
-        );
+        super::print_line(&json!({
+            "method": self.peft.method, "device": backend.name(), "dtype": self.model.dtype,
+            "model": self.shape.as_deref().map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
+            "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
+            "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
+            "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
+            "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
+        }))?;
         Ok(())
     }
 }

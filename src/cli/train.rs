@@ -125,14 +125,14 @@ pub fn setup_from_adapter<B: Backend>(
             ),
         });
     }
-    eprintln!(
+    note!(
         "continuing from the {:?} adapter in {} ({} plan)",
         opened.format,
         adapter.display(),
         opened.plan.method
     );
     for note in &opened.notes {
-        eprintln!("note: {note}");
+        note!("note: {note}");
     }
     let head = opened.head();
     Ok((
@@ -180,7 +180,7 @@ pub fn fit<B: Backend>(
         batch_log: args.write_batches.clone(),
         ..TrainConfig::default()
     };
-    eprintln!(
+    note!(
         "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}, lr {:e}",
         run.plan.method,
         run.model.trainable_parameter_count(),
@@ -370,7 +370,7 @@ impl TrainCommand {
                 }
             }
         }
-        println!("{line}");
+        super::print_line(&line)?;
         Ok(())
     }
 }

@@ -254,10 +254,7 @@ impl TableSpec {
 
     /// Visits every record of the file with its 1-based line: the row, or why it cannot be
     /// read. A header without the spec's columns is an error before any row.
-    fn for_each_row(
-        &self,
-        visit: &mut RowVisitor<'_>,
-    ) -> Result<()> {
+    fn for_each_row(&self, visit: &mut RowVisitor<'_>) -> Result<()> {
         let path = &self.path;
         match TableFormat::from_path(path)? {
             format @ (TableFormat::Csv | TableFormat::Tsv) => {
