@@ -533,15 +533,14 @@ fn csv_rows_know_their_line_with_lf_crlf_and_cr_ends() {
     }
 }
 
-/// Without named classes, a training file's labels are its classes: whole numbers as the ids
-/// 0 to the largest, names in sorted order; real-valued or single-class labels are refused
-/// with the line and what to give instead.
+/// Without named classes, a training file's labels are its classes, sorted (numbers by value);
+/// real-valued or single-class labels are refused with the line and what to give instead.
 #[test]
 fn classes_are_inferred_from_a_training_file() {
     let tmp = tempfile::tempdir().unwrap();
     let infer = |name: &str, text: &str| {
         write(tmp.path(), name, text);
-        text_label_table(tmp.path().join(name)).infer_classes()
+        text_label_table(tmp.path().join(name)).infer_classes(OnMalformed::Error)
     };
     let classes = |names: &[&str]| TaskKind::Classification {
         labels: names.iter().map(|n| n.to_string()).collect(),
@@ -552,12 +551,12 @@ fn classes_are_inferred_from_a_training_file() {
     )
     .unwrap();
     assert_eq!(kind, classes(&["neg", "neutral", "pos"]));
-    // `1.0` is class 1 (floats written by pandas); ids are the classes' own numbers.
+    // `1.0` is the label 1 (floats written by pandas); numbers sort by value.
     let kind = infer(
         "ids.jsonl",
-        "{\"text\":\"a\",\"label\":3}\n{\"text\":\"b\",\"label\":1.0}\n",
+        "{\"text\":\"a\",\"label\":10}\n{\"text\":\"b\",\"label\":1.0}\n{\"text\":\"c\",\"label\":9}\n",
     );
-    assert_eq!(kind.unwrap(), classes(&["0", "1", "2", "3"]));
+    assert_eq!(kind.unwrap(), classes(&["1", "9", "10"]));
     // Binary data keeps two classes however few of them it shows.
     let kind = infer("ones.tsv", "text\tlabel\na\t1\nb\t1\n").unwrap();
     assert_eq!(kind, classes(&["0", "1"]));
@@ -595,5 +594,72 @@ fn classes_are_inferred_from_a_training_file() {
     assert_eq!(
         targets,
         [2, 1, 0, 2].map(|c| Some(Target::Class(c))).to_vec()
+    );
+}
+
+/// CSV shapes that would lose rows without a word: a quote never closed (the csv reader would
+/// read every later line into one field), a one-column file's quoted empty text (not a blank
+/// line); and headers that cannot name the columns say why.
+#[test]
+fn csv_rows_are_never_lost_silently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let table = |name: &str, text: &str| {
+        write(tmp.path(), name, text);
+        text_label_table(tmp.path().join(name))
+    };
+    let spec = table("open.csv", "text,label\ngood,1\n\"open,0\nfine,1\nnice,0\n");
+    let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(
+        e.contains("open.csv") && e.contains("line 3: a quoted field opens on line 3"),
+        "{e}"
+    );
+    let data = spec.load(OnMalformed::Skip).unwrap();
+    assert_eq!(
+        data.examples,
+        vec![ex("good", None, Some(Target::Class(1)))]
+    );
+    assert_eq!(data.skipped.len(), 1);
+    assert!(
+        data.skipped[0].contains("never closed"),
+        "{:?}",
+        data.skipped
+    );
+    // A quote opened in a later field of a multi-line record names the record's line.
+    let spec = table("later.csv", "text,label\n\"two\nlines\",1\nb,\"0\nc,1\n");
+    let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(e.contains("line 4: a quoted field opens on line 4"), "{e}");
+    // Closed quotes, doubled quotes and quotes inside unquoted text are fine.
+    let spec = table(
+        "closed.csv",
+        "text,label\n\"a \"\"b\"\", c\",1\nsay 5\" tall,0\n",
+    );
+    let data = spec.load(OnMalformed::Error).unwrap();
+    assert_eq!(
+        data.examples,
+        vec![
+            ex("a \"b\", c", None, Some(Target::Class(1))),
+            ex("say 5\" tall", None, Some(Target::Class(0))),
+        ]
+    );
+
+    let mut spec = table("onecol.csv", "text\nfirst\n\"\"\n\n   \nthird\n");
+    spec.label_column = None;
+    let data = spec.load(OnMalformed::Error).unwrap();
+    let texts: Vec<&str> = data.examples.iter().map(|e| e.text_a.as_str()).collect();
+    assert_eq!(texts, ["first", "", "third"]);
+    assert_eq!(data.source_lines, [2, 3, 6]);
+
+    let e = table("empty.csv", "\n")
+        .load(OnMalformed::Error)
+        .unwrap_err();
+    assert!(e.to_string().contains("the file is empty"), "{e}");
+    let e = table("semi.csv", "text;label\na;1\n")
+        .load(OnMalformed::Error)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no column `text` (columns: `text;label`)")
+            && e.to_string().contains("separated by semicolons"),
+        "{e}"
     );
 }

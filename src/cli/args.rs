@@ -267,9 +267,8 @@ pub struct DataArgs {
     #[arg(long, default_value = "label")]
     pub label_column: String,
     /// Custom data: comma-separated label names in id order (default: the adapter's with
-    /// --adapter, a fine-tuned checkpoint's own, else for train the training file's labels —
-    /// whole numbers as the classes 0 to the largest, names sorted — and for eval and
-    /// predict 0,1).
+    /// --adapter, a fine-tuned checkpoint's own, else for train the training file's labels
+    /// in sorted order, numbers by value, and for eval and predict 0,1).
     #[arg(long, conflicts_with = "regression")]
     pub labels: Option<String>,
     /// Custom data: the label is a real number (regression, one output).
@@ -337,7 +336,7 @@ impl DataArgs {
         let Some(file) = self.train_file.as_ref().filter(|_| self.task.is_none()) else {
             return Ok(None);
         };
-        let kind = self.table(file, true, None)?.infer_classes()?;
+        let kind = self.table(file, true, None)?.infer_classes(self.policy())?;
         if let TaskKind::Classification { labels } = &kind {
             note!(
                 "classes from {}: {} (--labels names them in another order)",

@@ -161,12 +161,13 @@ impl TableSpec {
 
     /// The classes of the label column, for a file that is the only word on them (no
     /// `--labels`, no adapter or fine-tuned head that names them): every distinct label the
-    /// selected rows hold. Whole numbers ≥ 0 give the classes `0` to the largest (class `i`
-    /// is label `i`, so binary data keeps two classes however few rows it has), other labels
-    /// their sorted set. Labels that are all numbers with a fraction among them are refused
-    /// as likely regression targets; a single class is refused. Rows without a label are
-    /// left to [`TableSpec::load`] to report.
-    pub fn infer_classes(&self) -> Result<TaskKind> {
+    /// selected rows hold, in order (whole numbers by value, written as integers; names
+    /// sorted), as transformers' `run_glue` infers them; `0`/`1` data always has both
+    /// classes. Labels that are all numbers with a fraction among them are refused
+    /// as likely regression targets; a single class is refused. A malformed row is the error
+    /// [`TableSpec::load`] would give, or skipped as it would skip it; a row with an empty
+    /// label is left to `load` to report.
+    pub fn infer_classes(&self, on_malformed: OnMalformed) -> Result<TaskKind> {
         let path = &self.path;
         let Some(column) = &self.label_column else {
             return Err(Error::invalid(
@@ -175,14 +176,12 @@ impl TableSpec {
             ));
         };
         let mut seen: Vec<(String, usize)> = Vec::new();
-        let mut first_bad: Option<(usize, String)> = None;
+        // A malformed row is the error `load` would give, or skipped as `load` would skip it.
+        let mut sink = RowSink::new(on_malformed);
         self.for_each_row(&mut |line, row| {
             let row = match row {
                 Ok(row) => row,
-                Err(why) => {
-                    first_bad.get_or_insert((line, why));
-                    return Ok(());
-                }
+                Err(why) => return sink.take(Err(why), path, line),
             };
             if !self.selected(row).unwrap_or(false) {
                 return Ok(());
@@ -195,12 +194,6 @@ impl TableSpec {
             }
             Ok(())
         })?;
-        // Too few labels to name classes, and unreadable rows: those rows are the news.
-        if seen.len() < 2 {
-            if let Some((line, why)) = first_bad {
-                RowSink::new(OnMalformed::Error).take(Err(why), path, line)?;
-            }
-        }
         let refuse = |detail: String| Error::Format {
             path: path.clone(),
             detail,
@@ -214,12 +207,11 @@ impl TableSpec {
                 let mut ids: Vec<i64> = values.iter().map(|&v| v as i64).collect();
                 ids.sort_unstable();
                 ids.dedup();
-                match (ids.first(), ids.last()) {
-                    (Some(&low), Some(&high)) if low >= 0 && high < 1 << 16 => {
-                        (0..=high.max(1)).map(|i| i.to_string()).collect()
-                    }
-                    _ => ids.iter().map(|i| i.to_string()).collect(),
+                // Binary 0/1 data keeps both classes however few rows show one of them.
+                if ids.iter().all(|&i| i == 0 || i == 1) {
+                    ids = vec![0, 1];
                 }
+                ids.iter().map(|i| i.to_string()).collect()
             }
             Some(values) => {
                 let (label, line) = values
@@ -259,7 +251,36 @@ impl TableSpec {
         match TableFormat::from_path(path)? {
             format @ (TableFormat::Csv | TableFormat::Tsv) => {
                 let bytes = crate::text_file::read_bytes(path)?;
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    return Err(Error::Format {
+                        path: path.clone(),
+                        detail: "the file is empty: a table starts with a header line naming \
+                                 its columns"
+                            .into(),
+                    });
+                }
                 let mut lines = LineCounter::new(&bytes);
+                // The csv reader would read an unclosed quote's field to the end of the file,
+                // swallowing every later row: those rows stop before it and it is reported.
+                let unclosed = match format {
+                    TableFormat::Csv => unclosed_quote(&bytes),
+                    _ => None,
+                };
+                let readable = unclosed.map_or(&bytes[..], |(record, _)| &bytes[..record]);
+                let unclosed_why = |quote: usize| {
+                    let quote_line = LineCounter::new(&bytes).line_of(quote as u64);
+                    format!(
+                        "a quoted field opens on line {quote_line} and is never closed, so it \
+                         would take in every line to the end of the file (close the quote, or \
+                         double a quote meant as text: `\"\"`)"
+                    )
+                };
+                if let Some((0, quote)) = unclosed {
+                    return Err(Error::Format {
+                        path: path.clone(),
+                        detail: format!("line 1 (the header): {}", unclosed_why(quote)),
+                    });
+                }
                 let mut reader = csv::ReaderBuilder::new()
                     .delimiter(if format == TableFormat::Csv {
                         b','
@@ -268,7 +289,7 @@ impl TableSpec {
                     })
                     .quoting(format == TableFormat::Csv)
                     .flexible(true)
-                    .from_reader(bytes.as_slice());
+                    .from_reader(readable);
                 let line_one = |detail: String| Error::Format {
                     path: path.clone(),
                     detail: format!("line 1 (the header): {detail}"),
@@ -302,16 +323,29 @@ impl TableSpec {
                         return Err(Error::Format {
                             path: path.clone(),
                             detail: format!(
-                                "line 1: no column `{col}` (columns: {})",
-                                header.join(", ")
+                                "line 1: no column `{col}` (columns: {}){}; --text-column, \
+                                 --text-pair-column and --label-column name the columns",
+                                header
+                                    .iter()
+                                    .map(|h| format!("`{h}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                separator_hint(&header, format)
                             ),
                         });
                     }
                 }
                 for record in reader.byte_records() {
                     match record {
-                        // A line of only spaces is blank, as in JSONL.
-                        Ok(r) if r.len() == 1 && r[0].trim_ascii().is_empty() => continue,
+                        // A line of only spaces is blank, as in JSONL; a quoted empty
+                        // field (`""`) is a row.
+                        Ok(r)
+                            if r.len() == 1
+                                && r[0].trim_ascii().is_empty()
+                                && !starts_quoted(readable, r.position()) =>
+                        {
+                            continue
+                        }
                         Ok(r) => {
                             let line = r.position().map_or(0, |p| lines.line_of(p.byte()));
                             if r.len() != header.len() {
@@ -337,6 +371,9 @@ impl TableSpec {
                         }
                     }
                 }
+                if let Some((record, quote)) = unclosed {
+                    visit(lines.line_of(record as u64), Err(unclosed_why(quote)))?;
+                }
             }
             TableFormat::Jsonl => {
                 let bytes = crate::text_file::read_bytes(path)?;
@@ -357,6 +394,76 @@ impl TableSpec {
         }
         Ok(())
     }
+}
+
+/// Where an unclosed quote makes the rest of a CSV file one field, as the csv reader parses
+/// it (RFC 4180: a quote opens a field only as its first character, `""` inside is a quote,
+/// text after the closing quote joins the field): the byte offset of the record it is in, and
+/// of the quote.
+fn unclosed_quote(bytes: &[u8]) -> Option<(usize, usize)> {
+    #[derive(PartialEq)]
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let (mut state, mut record, mut quote) = (State::FieldStart, 0, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        let line_end = b == b'\n' || b == b'\r';
+        state = match state {
+            State::Quoted if b == b'"' => State::QuoteInQuoted,
+            State::Quoted => State::Quoted,
+            State::QuoteInQuoted if b == b'"' => State::Quoted,
+            State::FieldStart if b == b'"' => {
+                quote = i;
+                State::Quoted
+            }
+            _ if b == b',' => State::FieldStart,
+            _ if line_end => {
+                record = i + 1;
+                State::FieldStart
+            }
+            _ => State::Unquoted,
+        };
+    }
+    (state == State::Quoted).then_some((record, quote))
+}
+
+/// Whether the record at `position` starts with a quote (after the line ends the reader
+/// left before it).
+fn starts_quoted(bytes: &[u8], position: Option<&csv::Position>) -> bool {
+    let start = position.map_or(0, |p| p.byte() as usize);
+    bytes
+        .get(start..)
+        .and_then(|rest| rest.iter().find(|&&b| b != b'\n' && b != b'\r'))
+        == Some(&b'"')
+}
+
+/// A hint when a header read as one column looks separated by something else.
+fn separator_hint(header: &[String], format: TableFormat) -> String {
+    let [only] = header else {
+        return String::new();
+    };
+    let (expected, ext) = match format {
+        TableFormat::Csv => (',', ".csv"),
+        _ => ('\t', ".tsv"),
+    };
+    [
+        ('\t', "tabs"),
+        (';', "semicolons"),
+        (',', "commas"),
+        ('|', "bars"),
+    ]
+    .into_iter()
+    .find(|&(c, _)| c != expected && only.contains(c))
+    .map_or(String::new(), |(_, name)| {
+        format!(
+            "; the header reads as one column: is the file separated by {name}? a {ext} \
+                 file is read as {} separated",
+            if expected == ',' { "comma" } else { "tab" }
+        )
+    })
 }
 
 /// 1-based line numbers of the byte offsets where records start, counted forward through
