@@ -1217,17 +1217,28 @@ fn bad_paths_and_labels_are_refused_before_training() {
         "text,label\n\"good fun\",pos\n\"dull mess\",neg\n",
     );
     assert!(!ok && err.contains("`1` is not one of"), "{err}");
+    // Without --labels, the training file's labels are the classes (sorted), said on stderr.
+    let (peft, batches) = (p("peft"), p("logs/new/batches.jsonl"));
     let (ok, _, err) = train(&[
         "--train-file",
         &p("named.csv"),
-        "--labels",
-        "neg,pos",
         "--method",
-        "bitfit",
+        "lora",
         "--output",
         &out,
+        "--export-peft",
+        &peft,
+        "--write-batches",
+        &batches,
     ]);
-    assert!(ok, "{err}");
+    assert!(
+        ok && err.contains("classes from") && err.contains("neg, pos"),
+        "{err}"
+    );
+    assert!(
+        Path::new(&batches).is_file(),
+        "the batch log's folders are made"
+    );
     write(root, "unlabeled.csv", "text\nwhat a film\n");
     let adapter = format!("{out}/best");
     let predict = |extra: &[&str]| {
@@ -1265,6 +1276,61 @@ fn bad_paths_and_labels_are_refused_before_training() {
         std::fs::read_to_string(&unlabeled).unwrap(),
         "text\nwhat a film\n"
     );
+    // Nor over another adapter's or run's files, nor into a directory, nor into this run's
+    // own files, nor over an earlier export: all refused before any work.
+    let other = root.join("other");
+    std::fs::create_dir_all(other.join("best")).unwrap();
+    for f in ["adapter.json", "adapter.safetensors"] {
+        std::fs::copy(root.join("out/best").join(f), other.join("best").join(f)).unwrap();
+    }
+    let other_weights = p("other/best/adapter.safetensors");
+    let (ok, _, err) = predict(&[&unlabeled, "--output", &other_weights]);
+    assert!(
+        !ok && err.contains("is a model, adapter or run file"),
+        "{err}"
+    );
+    let (ok, _, err) = predict(&[&unlabeled, "--output", &p("other")]);
+    assert!(
+        !ok && err.contains("is a directory; give a file name"),
+        "{err}"
+    );
+    let (ok, _, err) = train(&[
+        "--train-file",
+        &p("named.csv"),
+        "--output",
+        &p("fresh"),
+        "--write-batches",
+        &p("fresh/metrics.jsonl"),
+    ]);
+    assert!(
+        !ok && err.contains("where this run writes its own files"),
+        "{err}"
+    );
+    let (ok, _, err) = train(&["--train-file", &p("named.csv"), "--export-peft", &peft]);
+    assert!(!ok && err.contains("already holds an adapter"), "{err}");
+    assert_eq!(
+        std::fs::read(other.join("best/adapter.safetensors")).unwrap(),
+        std::fs::read(root.join("out/best/adapter.safetensors")).unwrap()
+    );
+    // A directory this user may not write into (root may write anywhere, so only checked
+    // for other users).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = root.join("locked");
+        std::fs::create_dir_all(&locked).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let (ok, _, err) = train(&[
+            "--train-file",
+            &p("named.csv"),
+            "--output",
+            &p("locked/run"),
+        ]);
+        assert!(!ok && err.contains("may not write into"), "{err}");
+        let (ok, _, err) = predict(&[&unlabeled, "--output", &p("locked/p.jsonl")]);
+        assert!(!ok && err.contains("may not write into"), "{err}");
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     // A run directory that holds a finished run is not trained over, even without last/.
     std::fs::remove_dir_all(root.join("out/last")).unwrap();
     let (ok, _, err) = train(&[

@@ -82,20 +82,26 @@ fn check_output_file(
     inputs: &[&Option<std::path::PathBuf>],
 ) -> spafit::Result<()> {
     let refuse = |detail: String| Err(spafit::Error::invalid(flag, detail));
-    check_creatable(flag, out)?;
+    check_creatable_file(flag, out)?;
     if is_read_file(out, model, adapter) {
         return refuse(format!(
             "{} is a file of the model or adapter this command reads",
             out.display()
         ));
     }
-    match inputs.iter().copied().flatten().find(|i| same_file(out, i)) {
-        Some(input) => refuse(format!(
+    if let Some(input) = inputs.iter().copied().flatten().find(|i| same_file(out, i)) {
+        return refuse(format!(
             "{} is an input of this command; write the output elsewhere",
             input.display()
-        )),
-        None => Ok(()),
+        ));
     }
+    if out.exists() && is_artifact_name(out) {
+        return refuse(format!(
+            "{} exists and is a model, adapter or run file; write the output elsewhere",
+            out.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Whether two paths name the same existing file (through links, relative parts and hard
@@ -147,24 +153,83 @@ fn is_read_file(
         .any(|f| same_file(path, &f))
 }
 
-/// Refuses an output path whose nearest existing ancestor is a file: writing would fail
-/// only later, after the work.
-fn check_creatable(flag: &'static str, path: &std::path::Path) -> spafit::Result<()> {
-    let blocking = path
-        .ancestors()
-        .skip(1)
-        .filter(|a| !a.as_os_str().is_empty())
-        .find(|a| a.exists())
-        .filter(|a| !a.is_dir());
-    match blocking {
-        Some(file) => Err(spafit::Error::invalid(
+/// Refuses an output directory that could not be written, before the work rather than after
+/// it: the nearest of it and its ancestors that exists is a file, or a directory this user
+/// may not write into.
+fn check_creatable(flag: &'static str, dir: &std::path::Path) -> spafit::Result<()> {
+    check_writable_ancestor(flag, dir, dir)
+}
+
+/// [`check_creatable`] for an output file: it may not be a directory, and the directory it
+/// goes in (it is written there under a temporary name, then renamed) must be writable.
+fn check_creatable_file(flag: &'static str, file: &std::path::Path) -> spafit::Result<()> {
+    if file.is_dir() {
+        return Err(spafit::Error::invalid(
             flag,
-            format!(
-                "{} is a file, so {} cannot be created",
-                file.display(),
-                path.display()
-            ),
-        )),
-        None => Ok(()),
+            format!("{} is a directory; give a file name", file.display()),
+        ));
     }
+    let parent = file.parent().unwrap_or(std::path::Path::new(""));
+    check_writable_ancestor(flag, parent, file)
+}
+
+fn check_writable_ancestor(
+    flag: &'static str,
+    dir: &std::path::Path,
+    output: &std::path::Path,
+) -> spafit::Result<()> {
+    let nearest = dir
+        .ancestors()
+        .map(|a| match a.as_os_str().is_empty() {
+            true => std::path::Path::new("."),
+            false => a,
+        })
+        .find(|a| a.exists())
+        .unwrap_or(std::path::Path::new("."));
+    let refuse = |why: String| {
+        Err(spafit::Error::invalid(
+            flag,
+            format!("{why}, so {} cannot be created", output.display()),
+        ))
+    };
+    if !nearest.is_dir() {
+        return refuse(format!("{} is a file", nearest.display()));
+    }
+    if !may_write_into(nearest) {
+        return refuse(format!(
+            "{} is a directory this user may not write into",
+            nearest.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether this process may create files in the directory `dir` (permissions, a read-only
+/// mount), as the kernel would decide for the real write.
+fn may_write_into(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// Files an output must never replace: a model's, an adapter's (spafit's or PEFT's) or a
+/// run's. Predictions or a batch log written over one would destroy it.
+fn is_artifact_name(path: &std::path::Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    const ARTIFACTS: [&str; 10] = [
+        "adapter.json",
+        "adapter_config.json",
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "pytorch_model.bin",
+    ];
+    ARTIFACTS.contains(&name) || path.extension().is_some_and(|e| e == "safetensors")
 }

@@ -277,6 +277,21 @@ impl TrainCommand {
             super::check_creatable(flag, dir)?;
         }
         if let Some(dir) = &t.export_peft {
+            let exported = [
+                spafit::adapter::PEFT_CONFIG_FILE,
+                spafit::adapter::PEFT_WEIGHTS_FILE,
+            ]
+            .map(|f| dir.join(f));
+            if let Some(old) = exported.iter().find(|f| f.exists()).filter(|_| !t.resume) {
+                return refuse(
+                    "--export-peft",
+                    format!(
+                        "{} already holds an adapter ({}); give a new directory, or remove it",
+                        dir.display(),
+                        old.display()
+                    ),
+                );
+            }
             let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
             if let Some(read) = read_dirs
                 .into_iter()
@@ -293,6 +308,20 @@ impl TrainCommand {
             }
         }
         if let Some(log) = &t.write_batches {
+            // The run's own files under --output do not exist yet when it starts.
+            if let Some(run) = &t.output {
+                let inside = |name: &str| log.starts_with(run.join(name));
+                if ["metrics.jsonl", "best", "last"].into_iter().any(inside) {
+                    return refuse(
+                        "--write-batches",
+                        format!(
+                            "{} is where this run writes its own files (metrics.jsonl, best/, \
+                             last/ under --output)",
+                            log.display()
+                        ),
+                    );
+                }
+            }
             super::check_output_file(
                 "--write-batches",
                 log,

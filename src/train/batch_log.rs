@@ -35,16 +35,20 @@ impl BatchLog {
     /// Only through [`Self::create`] and [`Self::resume_at`]: appending without first
     /// dropping the steps a resumed run repeats would log them twice.
     fn open(path: &Path, append: bool) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(append)
             .write(true)
             .truncate(!append)
             .open(path)
-            .map_err(|source| Error::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(io)?;
         Ok(BatchLog {
             path: path.to_path_buf(),
             out: BufWriter::new(file),
