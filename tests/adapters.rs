@@ -241,6 +241,9 @@ fn peft_export_names_and_config() {
         config["modules_to_save"],
         serde_json::json!(["classifier", "pooler"])
     );
+    // SPAFIT's bias-only layers: PEFT keeps biases trainable (and saves them) only under
+    // `bias: "all"`.
+    assert_eq!(config["bias"], "all");
 
     let bitfit = PeftPlan::new(&PeftConfig::new(Method::BitFit), 6).unwrap();
     let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x").unwrap_err();

@@ -241,6 +241,11 @@ fn plans() -> Vec<(&'static str, PeftPlan)> {
     spafit.n1 = Boundary::Layer(2);
     spafit.n2 = Boundary::Layer(4);
     spafit.train_pooler = true;
+    let mut norms_and_embeddings = PeftConfig::new(Method::Spafit);
+    norms_and_embeddings.n1 = Boundary::Layer(3);
+    norms_and_embeddings.n2 = Boundary::Layer(5);
+    norms_and_embeddings.train_layer_norm_weights = true;
+    norms_and_embeddings.train_embeddings = true;
     let mut spafit_all_top = PeftConfig::new(Method::Spafit);
     spafit_all_top.n1 = Boundary::Layer(0);
     spafit_all_top.n2 = Boundary::Layer(1);
@@ -252,6 +257,10 @@ fn plans() -> Vec<(&'static str, PeftPlan)> {
             PeftPlan::new(&some_layers, 6).unwrap(),
         ),
         ("spafit 2/4 + pooler", PeftPlan::new(&spafit, 6).unwrap()),
+        (
+            "spafit 3/5 + LayerNorms + embeddings",
+            PeftPlan::new(&norms_and_embeddings, 6).unwrap(),
+        ),
         (
             "spafit 0/1 output maps",
             PeftPlan::new(&spafit_all_top, 6).unwrap(),
@@ -292,6 +301,14 @@ fn export_then_import_gives_bitwise_the_same_logits() {
             assert_eq!(sorted(&import.plan), sorted(&plan), "{name}");
             assert_eq!(import.plan.method, plan.method, "{name}");
             assert_eq!(import.plan.train_pooler, plan.train_pooler, "{name}");
+            assert_eq!(
+                import.plan.train_layer_norm_weights, plan.train_layer_norm_weights,
+                "{name}"
+            );
+            assert_eq!(
+                import.plan.train_embeddings, plan.train_embeddings,
+                "{name}"
+            );
             assert_eq!(back.trainable_names(), model.trainable_names(), "{name}");
             assert!(import.notes.is_empty(), "{name}: {:?}", import.notes);
             println!(

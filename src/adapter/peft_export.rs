@@ -15,9 +15,10 @@ use crate::tensor::Tensor;
 
 /// Writes `model`'s adapters as PEFT saves a `LoraConfig` model for sequence classification:
 /// LoRA tensors as `base_model.model.<module>.lora_A.weight`, the classifier (and any other
-/// trained non-LoRA tensor: SPAFIT's biases, a trained pooler) under `base_model.model.<name>`
-/// as `modules_to_save` and `bias` saving hold them — a bias inside a LoRA-wrapped module
-/// lives at `<module>.base_layer.bias` in PEFT. `target_modules` is a full-match regular
+/// trained non-LoRA tensor: SPAFIT's biases, a trained pooler, LayerNorms, embeddings) under
+/// `base_model.model.<name>` as `modules_to_save` and `bias` saving hold them — a bias inside
+/// a LoRA-wrapped module lives at `<module>.base_layer.bias` in PEFT. The config names all of
+/// them, so PEFT keeps them trainable and saves them again. `target_modules` is a full-match regular
 /// expression over the exact modules that carry adapters, so PEFT's suffix matching cannot
 /// wrap a module that was not trained (`output.dense` also ends `attention.output.dense`).
 pub fn export_peft<B: Backend>(
@@ -76,9 +77,28 @@ pub fn export_peft<B: Backend>(
         .strata
         .iter()
         .any(|s| s.trains_biases() && *s != Stratum::Full);
+    // Everything else that trains goes where PEFT keeps it trainable when training goes on,
+    // and saves it again: biases under `bias: "all"` (PEFT cannot name some layers' biases
+    // only; it trains them all, a superset of the plan), LayerNorms and the embeddings as
+    // modules saved whole (their tensors the file does not hold start from the base).
     let mut modules_to_save = vec!["classifier".to_string()];
     if plan.train_pooler {
         modules_to_save.push("pooler".into());
+    }
+    if plan.train_layer_norm_weights {
+        for (l, _) in plan
+            .strata
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s != Stratum::Frozen)
+        {
+            for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                modules_to_save.push(format!("bert.encoder.layer.{l}.{norm}"));
+            }
+        }
+    }
+    if plan.train_embeddings {
+        modules_to_save.push("bert.embeddings".into());
     }
     let config = json!({
         "peft_type": "LORA",
@@ -88,7 +108,7 @@ pub fn export_peft<B: Backend>(
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
         "target_modules": format!("bert\\.encoder\\.layer\\.({layers_alt})\\.({modules_alt})"),
-        "bias": "none",
+        "bias": if trains_biases { "all" } else { "none" },
         "modules_to_save": modules_to_save,
         "fan_in_fan_out": false,
         "inference_mode": true,

@@ -265,6 +265,35 @@ pub fn import_peft<B: Backend>(
         )
         .collect();
     let train_pooler = others.keys().any(|n| n.starts_with("bert.pooler."));
+    // LayerNorm scales and the embeddings train when the file holds exactly what a plan that
+    // trains them holds (spafit's own export does); anything less is used as it is.
+    let non_frozen: BTreeSet<usize> = (0..layers)
+        .filter(|&l| strata[l] != Stratum::Frozen)
+        .collect();
+    let norm_layers: BTreeSet<usize> = others
+        .keys()
+        .filter(|n| n.ends_with("LayerNorm.weight"))
+        .filter_map(|n| layer_of(n))
+        .collect();
+    let train_layer_norm_weights = !non_frozen.is_empty()
+        && norm_layers == non_frozen
+        && non_frozen.iter().all(|l| {
+            [
+                "attention.output.LayerNorm.weight",
+                "output.LayerNorm.weight",
+            ]
+            .iter()
+            .all(|n| others.contains_key(&format!("bert.encoder.layer.{l}.{n}")))
+        });
+    let train_embeddings = [
+        "word_embeddings.weight",
+        "position_embeddings.weight",
+        "token_type_embeddings.weight",
+        "LayerNorm.weight",
+        "LayerNorm.bias",
+    ]
+    .iter()
+    .all(|n| others.contains_key(&format!("bert.embeddings.{n}")));
     let (method, boundaries) =
         spafit_shape(&strata).map_or((Method::Lora, None), |b| (Method::Spafit, Some(b)));
     let lora_config = LoraConfig {
@@ -279,9 +308,9 @@ pub fn import_peft<B: Backend>(
         strata,
         lora: Some(lora_config),
         boundaries,
-        train_embeddings: false,
+        train_embeddings,
         train_pooler,
-        train_layer_norm_weights: false,
+        train_layer_norm_weights,
     };
 
     let mut model = BertClassifier::from_checkpoint(checkpoint, backend, num_labels, 0)?;
