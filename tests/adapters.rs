@@ -5,7 +5,7 @@ mod common;
 
 use common::rel_err;
 use spafit::adapter::{
-    export_peft, load_adapter, read_tensors, save_adapter, MANIFEST_FILE, WEIGHTS_FILE,
+    export_peft, import_peft, load_adapter, read_tensors, save_adapter, MANIFEST_FILE, WEIGHTS_FILE,
 };
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
@@ -197,14 +197,33 @@ fn peft_export_names_and_config() {
     let plan = spafit_plan();
     let model = trained(&ck, &cpu, &plan);
     let dir = tempfile::tempdir().unwrap();
+    let names = ["neg", "neutral", "pos"].map(String::from);
     export_peft(
         dir.path(),
         &cpu,
         &model,
         &plan,
         "sentence-transformers/all-MiniLM-L6-v2",
+        Some(&names),
     )
     .unwrap();
+    // The class names, which PEFT's files have no place for, come back from the note beside
+    // them, and a note that does not fit the head is refused, naming it.
+    let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!(import.labels.as_deref(), Some(names.as_slice()));
+    let note = dir.path().join("spafit_export.json");
+    let text = std::fs::read_to_string(&note).unwrap();
+    std::fs::write(&note, text.replace("\"neutral\",", "")).unwrap();
+    let e = import_peft(dir.path(), &ck, &cpu)
+        .err()
+        .expect("two names, three outputs");
+    assert!(
+        e.to_string().contains("spafit_export.json")
+            && e.to_string()
+                .contains("2 class names for a classifier of 3 outputs"),
+        "{e}"
+    );
+    std::fs::write(&note, &text).unwrap();
     let tensors = read_tensors(&cpu, &dir.path().join("adapter_model.safetensors")).unwrap();
     for key in [
         "base_model.model.bert.encoder.layer.4.attention.self.query.lora_A.weight",
@@ -246,6 +265,6 @@ fn peft_export_names_and_config() {
     assert_eq!(config["bias"], "all");
 
     let bitfit = PeftPlan::new(&PeftConfig::new(Method::BitFit), 6).unwrap();
-    let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x").unwrap_err();
+    let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x", None).unwrap_err();
     assert!(e.to_string().contains("no LoRA adapter"), "{e}");
 }

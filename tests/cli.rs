@@ -865,7 +865,8 @@ fn peft_adapters_evaluate_predict_and_keep_training() {
     println!("PEFT-CLI eval lora_qv loss {got} vs PEFT's logits {want}");
     assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} vs {want}");
 
-    // A 3-label adapter on 2-label data: refused, naming both.
+    // A 3-label adapter on data given two classes: refused, naming both. (Without --labels,
+    // a head of three unnamed outputs reads the classes 0, 1, 2.)
     let (ok, _, err) = spafit(&[
         "eval",
         "--model",
@@ -874,11 +875,23 @@ fn peft_adapters_evaluate_predict_and_keep_training() {
         &adapter("spafit_top2"),
         "--dev-file",
         &dev,
+        "--labels",
+        "0,1",
     ]);
     assert!(
         !ok && err.contains("3 outputs") && err.contains("labels [\"0\", \"1\"]"),
         "{err}"
     );
+    let (ok, stdout, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--adapter",
+        &adapter("spafit_top2"),
+        "--dev-file",
+        &dev,
+    ]);
+    assert!(ok && last_json(&stdout)["accuracy"].is_number(), "{err}");
 
     // Regression: one score per example.
     let mut scores = String::from("text,label\n");
@@ -916,6 +929,31 @@ fn peft_adapters_evaluate_predict_and_keep_training() {
             "{p} vs {w}"
         );
     }
+    // predict reads no labels from custom data, whatever --split says: a file without a
+    // label column gives the same scores.
+    let mut texts_only = String::from("text\n");
+    for t in &texts {
+        texts_only += &format!("\"{t}\"\n");
+    }
+    write(dir.path(), "texts.csv", &texts_only);
+    let (ok, stdout, err) = spafit(&[
+        "predict",
+        "--model",
+        &m,
+        "--adapter",
+        &adapter("lora_regression"),
+        "--dev-file",
+        dir.path().join("texts.csv").to_str().unwrap(),
+        "--regression",
+        "--split",
+        "dev",
+    ]);
+    assert!(ok, "{err}");
+    let again: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(again, preds);
 
     // Training continues from the SPAFIT-shaped PEFT adapter, under its plan.
     let mut three = String::from("text,label\n");

@@ -281,7 +281,15 @@ fn export_then_import_gives_bitwise_the_same_logits() {
         for (name, plan) in plans() {
             let model = trained(&ck, &backend, &plan, 3);
             let dir = tempfile::tempdir().unwrap();
-            export_peft(dir.path(), &backend, &model, &plan, "all-MiniLM-L6-v2").unwrap();
+            export_peft(
+                dir.path(),
+                &backend,
+                &model,
+                &plan,
+                "all-MiniLM-L6-v2",
+                None,
+            )
+            .unwrap();
             let (back, import) = import_peft(dir.path(), &ck, &backend).unwrap();
             let (a, b) = (
                 logits(&ck, &backend, &model, &texts, 32),
@@ -323,7 +331,7 @@ fn export_then_import_gives_bitwise_the_same_logits() {
         let plan = PeftPlan::new(&PeftConfig::new(method), 6).unwrap();
         let model = trained(&ck, &cpu, &plan, 2);
         let dir = tempfile::tempdir().unwrap();
-        let e = export_peft(dir.path(), &cpu, &model, &plan, "x").unwrap_err();
+        let e = export_peft(dir.path(), &cpu, &model, &plan, "x", None).unwrap_err();
         assert!(e.to_string().contains("no LoRA adapter"), "{method}: {e}");
     }
 }
@@ -338,7 +346,7 @@ fn export_holds_the_models_tensors_value_by_value() {
     for (name, plan) in plans() {
         let model = trained(&ck, &cpu, &plan, 3);
         let dir = tempfile::tempdir().unwrap();
-        export_peft(dir.path(), &cpu, &model, &plan, "all-MiniLM-L6-v2").unwrap();
+        export_peft(dir.path(), &cpu, &model, &plan, "all-MiniLM-L6-v2", None).unwrap();
         let file =
             spafit::checkpoint::WeightsFile::open(&dir.path().join("adapter_model.safetensors"))
                 .unwrap();

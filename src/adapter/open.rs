@@ -28,7 +28,8 @@ pub struct OpenedAdapter<B: Backend> {
     pub model: BertClassifier<B>,
     /// The plan the model is under.
     pub plan: PeftPlan,
-    /// Class names, when the adapter records them (spafit's do; PEFT's do not).
+    /// Class names, when the adapter records them (spafit's do, and its PEFT exports in
+    /// `spafit_export.json`; PEFT's own do not).
     pub labels: Option<Vec<String>>,
     /// Who wrote it.
     pub format: AdapterFormat,
@@ -50,16 +51,18 @@ pub struct AdapterHead {
 
 impl AdapterHead {
     /// The label space data is read with when the user names none: the class names the
-    /// adapter records, or regression for a single output. `None` for a PEFT classifier,
-    /// which records no names (so the data's labels must be given, and are checked
-    /// against the number of outputs).
+    /// adapter records, regression for a single output, else the classes `0` to `n - 1`
+    /// (a PEFT classifier records no names; data naming its classes otherwise needs
+    /// --labels).
     pub fn default_kind(&self) -> Option<TaskKind> {
         match (&self.labels, self.outputs) {
             (Some(labels), _) => Some(TaskKind::Classification {
                 labels: labels.clone(),
             }),
             (None, 1) => Some(TaskKind::Regression),
-            (None, _) => None,
+            (None, n) => Some(TaskKind::Classification {
+                labels: (0..n).map(|i| i.to_string()).collect(),
+            }),
         }
     }
 
@@ -138,7 +141,7 @@ pub fn open_adapter<B: Backend>(
         return Ok(OpenedAdapter {
             model,
             plan: import.plan,
-            labels: None,
+            labels: import.labels,
             format: AdapterFormat::Peft,
             notes: import.notes,
             kept_frozen: import.kept_frozen,

@@ -18,7 +18,8 @@ use crate::tensor::Tensor;
 /// trained non-LoRA tensor: SPAFIT's biases, a trained pooler, LayerNorms, embeddings) under
 /// `base_model.model.<name>` as `modules_to_save` and `bias` saving hold them — a bias inside
 /// a LoRA-wrapped module lives at `<module>.base_layer.bias` in PEFT. The config names all of
-/// them, so PEFT keeps them trainable and saves them again. `target_modules` is a full-match regular
+/// them, so PEFT keeps them trainable and saves them again. `labels` (the head's class names)
+/// go to `spafit_export.json` beside them. `target_modules` is a full-match regular
 /// expression over the exact modules that carry adapters, so PEFT's suffix matching cannot
 /// wrap a module that was not trained (`output.dense` also ends `attention.output.dense`).
 pub fn export_peft<B: Backend>(
@@ -27,6 +28,7 @@ pub fn export_peft<B: Backend>(
     model: &BertClassifier<B>,
     plan: &PeftPlan,
     base_model_name_or_path: &str,
+    labels: Option<&[String]>,
 ) -> Result<()> {
     let lora = plan.lora.as_ref().ok_or_else(|| {
         Error::invalid(
@@ -116,11 +118,14 @@ pub fn export_peft<B: Backend>(
         "use_rslora": false,
         "use_dora": false,
     });
-    // Kept out of adapter_config.json: older PEFT versions reject unknown keys there.
+    // Kept out of adapter_config.json: older PEFT versions reject unknown keys there. The
+    // class names live here because PEFT keeps them in the base model's config, which an
+    // adapter does not carry; spafit's import reads them back.
     let provenance = json!({
         "method": plan.method.to_string(),
         "boundaries": plan.boundaries,
         "trained_biases_included": trains_biases,
+        "labels": labels,
     });
     let bytes = tensors_to_safetensors(backend, &tensors)?;
     write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
@@ -129,5 +134,5 @@ pub fn export_peft<B: Backend>(
     write_atomic(&dir.join("adapter_config.json"), &text)?;
     let text = serde_json::to_vec_pretty(&provenance)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
-    write_atomic(&dir.join("spafit_export.json"), &text)
+    write_atomic(&dir.join(super::peft_import::SPAFIT_EXPORT_FILE), &text)
 }

@@ -45,6 +45,47 @@ pub struct PeftImport {
     /// What a user continuing training should know: trainable tensors the file did not
     /// store (they start from the base model).
     pub notes: Vec<String>,
+    /// The head's class names, when `spafit_export.json` (written beside a spafit export)
+    /// records them; PEFT itself records none.
+    pub labels: Option<Vec<String>>,
+}
+
+/// spafit's note beside an exported PEFT adapter: the plan it came from and the class names.
+pub const SPAFIT_EXPORT_FILE: &str = "spafit_export.json";
+
+/// The class names `spafit_export.json` records for a head of `outputs` outputs, if the file
+/// is there; names that do not fit the head are an error naming the file.
+fn exported_labels(dir: &Path, outputs: usize) -> Result<Option<Vec<String>>> {
+    let path = dir.join(SPAFIT_EXPORT_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = crate::text_file::read_utf8(&path)?;
+    let bad = |detail: String| Error::Format {
+        path: path.clone(),
+        detail,
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let labels = match json.get("labels") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Array(names)) => names
+            .iter()
+            .map(|n| n.as_str().map(str::to_string))
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| bad("`labels` must be a list of class names".into()))?,
+        Some(other) => return Err(bad(format!("`labels` is {other}, not a list of names"))),
+    };
+    if let Some(problem) = crate::data::label_names_problem(&labels) {
+        return Err(bad(format!("`labels`: {problem}")));
+    }
+    if labels.len() != outputs {
+        return Err(bad(format!(
+            "{} class names for a classifier of {outputs} outputs",
+            labels.len()
+        )));
+    }
+    Ok(Some(labels))
 }
 
 /// Whether `dir` holds a PEFT adapter.
@@ -376,9 +417,14 @@ pub fn import_peft<B: Backend>(
         .cloned()
         .collect();
     model.store_frozen_weights(backend)?;
+    let labels = match num_labels {
+        1 => None,
+        n => exported_labels(dir, n)?,
+    };
     Ok((
         model,
         PeftImport {
+            labels,
             plan,
             base_model_name_or_path: settings.base_model_name_or_path,
             loaded,

@@ -266,9 +266,9 @@ pub struct DataArgs {
     /// Custom data: label column.
     #[arg(long, default_value = "label")]
     pub label_column: String,
-    /// Custom data: comma-separated label names in id order (default: the adapter's with
-    /// --adapter, a fine-tuned checkpoint's own, else for train the training file's labels
-    /// in sorted order, numbers by value, and for eval and predict 0,1).
+    /// Custom data: comma-separated label names in id order (default: the names the adapter
+    /// or a fine-tuned checkpoint records, 0 to n-1 for a head of n unnamed outputs, else for
+    /// train the training file's labels in sorted order, numbers by value).
     #[arg(long, conflicts_with = "regression")]
     pub labels: Option<String>,
     /// Custom data: the label is a real number (regression, one output).
@@ -376,6 +376,26 @@ impl DataArgs {
         split: &str,
         default_kind: Option<&TaskKind>,
     ) -> Result<Dataset> {
+        self.load_split(split, default_kind, !split.starts_with("test"))
+    }
+
+    /// [`Self::load_with_default_kind`] for predictions: a custom file's labels are not
+    /// read (predict never uses them), so a file without a label column, or with empty or
+    /// unknown labels, is predicted whatever --split says.
+    pub fn load_for_prediction(
+        &self,
+        split: &str,
+        default_kind: Option<&TaskKind>,
+    ) -> Result<Dataset> {
+        self.load_split(split, default_kind, false)
+    }
+
+    fn load_split(
+        &self,
+        split: &str,
+        default_kind: Option<&TaskKind>,
+        custom_labeled: bool,
+    ) -> Result<Dataset> {
         let report = |d: Dataset| {
             const SHOWN: usize = 10;
             if !d.skipped.is_empty() {
@@ -404,7 +424,7 @@ impl DataArgs {
         let file = file.as_ref().ok_or_else(|| {
             Error::invalid("data", format!("no data for `{split}`: give --task with --glue-dir, or --train-file / --dev-file"))
         })?;
-        self.table(file, !split.starts_with("test"), default_kind)?
+        self.table(file, custom_labeled, default_kind)?
             .load(self.policy())
             .map(report)
     }

@@ -30,6 +30,7 @@ fn load<B: Backend>(
     data: &DataArgs,
     adapter: Option<&std::path::Path>,
     split: &str,
+    for_prediction: bool,
 ) -> Result<Loaded<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
     let (classifier, head, default_kind, head_source) = match adapter {
@@ -54,7 +55,10 @@ fn load<B: Backend>(
             (classifier, head, default_kind, source)
         }
     };
-    let data = data.load_with_default_kind(split, default_kind.as_ref())?;
+    let data = match for_prediction {
+        true => data.load_for_prediction(split, default_kind.as_ref())?,
+        false => data.load_with_default_kind(split, default_kind.as_ref())?,
+    };
     head.check(&data.kind, &data.name, &head_source)
         .map_err(|e| match (adapter, e) {
             (None, spafit::Error::Mismatch { path, detail }) => spafit::Error::Mismatch {
@@ -138,6 +142,7 @@ impl EvalCommand {
             &self.data,
             self.adapter.as_deref(),
             &self.split()?,
+            false,
         )?;
         if data.is_empty() || !data.is_labeled() {
             return Err(Error::Format {
@@ -216,6 +221,7 @@ impl PredictCommand {
             &self.data,
             self.adapter.as_deref(),
             &self.split,
+            true,
         )?;
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
         // `load` checked that the data's label space is the head's.

@@ -204,6 +204,10 @@ pub fn fit<B: Backend>(
             &run.model,
             &run.plan,
             &run.checkpoint.dir().display().to_string(),
+            match &train.kind {
+                spafit::data::TaskKind::Classification { labels } => Some(labels),
+                spafit::data::TaskKind::Regression => None,
+            },
         )?;
     }
     Ok(report)
