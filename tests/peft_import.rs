@@ -517,6 +517,7 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             "word_embeddings",
         ),
         ("r", json!(0), "positive rank"),
+        ("r", json!(512), "exceeds 384"),
     ];
     for (field, value, needle) in config_cases {
         let a = Edited::of("lora_qv");
@@ -555,6 +556,27 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         import_peft(a.path(), &checkpoint(), &CpuBackend::f64())
             .unwrap_or_else(|e| panic!("{field} = {value}: {e}"));
     }
+
+    // An adapter made for a base with more layers, or with fewer, says so.
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| {
+        for (n, _, _) in t.iter_mut() {
+            *n = n.replace(".layer.5.", ".layer.7.");
+        }
+    });
+    let e = a.error();
+    assert!(
+        e.contains("tensors for encoder layer 7 but this base model has 6 layers"),
+        "{e}"
+    );
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| t.retain(|(n, _, _)| !n.contains(".layer.4.") && !n.contains(".layer.5.")));
+    let e = a.error();
+    assert!(
+        e.contains("no LoRA tensors for `bert.encoder.layer.4.attention.self.query`")
+            && e.contains("stop at layer 3 of this 6-layer base model"),
+        "{e}"
+    );
 
     // An adapter PEFT saved under another name sits in a folder of that name: the error
     // points there.
@@ -637,7 +659,7 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
     });
     let e = a.error();
     assert!(
-        e.contains("layer.9.output.dense.bias") && e.contains("not a parameter"),
+        e.contains("layer.9.output.dense.bias") && e.contains("has 6 layers"),
         "{e}"
     );
 

@@ -165,6 +165,37 @@ pub fn import_peft<B: Backend>(
         }
     }
 
+    let layer_of = |name: &str| -> Option<usize> {
+        name.strip_prefix("bert.encoder.layer.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    };
+    // An adapter made for a base with more layers says so, rather than naming one tensor.
+    let base_name = || {
+        settings
+            .base_model_name_or_path
+            .clone()
+            .unwrap_or_else(|| "another base model".into())
+    };
+    let deepest = lora
+        .keys()
+        .chain(others.keys())
+        .filter_map(|n| Some((layer_of(n)?, n)))
+        .max();
+    let file_layers = deepest.map(|(l, _)| l + 1);
+    if let Some((l, name)) = deepest.filter(|&(l, _)| l >= layers) {
+        return Err(Error::Mismatch {
+            path: weights_path.clone(),
+            detail: format!(
+                "`{name}`: the adapter has tensors for encoder layer {l} but this base model \
+                 has {layers} layers (the adapter was made for {})",
+                base_name()
+            ),
+        });
+    }
+
     // The modules the config selects, and the adapters the file holds, must be the same.
     let mut selected: BTreeSet<String> = BTreeSet::new();
     for l in 0..layers {
@@ -207,9 +238,23 @@ pub fn import_peft<B: Backend>(
             )));
         }
     }
-    if let Some(module) = selected.iter().find(|m| !lora.contains_key(*m)) {
+    // In layer order (`layer.10` sorts before `layer.2` as text).
+    let first_missing = selected
+        .iter()
+        .filter(|m| !lora.contains_key(*m))
+        .min_by_key(|m| (layer_of(m), m.as_str()));
+    if let Some(module) = first_missing {
+        let fewer_layers = match (layer_of(module), file_layers) {
+            (Some(l), Some(n)) if l >= n => format!(
+                "; the adapter's tensors stop at layer {} of this {layers}-layer base model: was \
+                 it made for {} with fewer layers?",
+                n - 1,
+                base_name()
+            ),
+            _ => String::new(),
+        };
         return Err(bad_tensor(format!(
-            "no LoRA tensors for `{module}`, which `target_modules` selects"
+            "no LoRA tensors for `{module}`, which `target_modules` selects{fewer_layers}"
         )));
     }
     for module in &selected {
@@ -283,13 +328,6 @@ pub fn import_peft<B: Backend>(
     let num_labels = head_shape[0];
 
     // Strata: LoRA where the file has it; biases train in a layer whose biases it stores.
-    let layer_of = |name: &str| -> Option<usize> {
-        name.strip_prefix("bert.encoder.layer.")?
-            .split('.')
-            .next()?
-            .parse()
-            .ok()
-    };
     let layer_stores_biases: BTreeSet<usize> = others
         .keys()
         .filter(|n| n.ends_with(".bias"))
@@ -355,7 +393,19 @@ pub fn import_peft<B: Backend>(
     };
 
     let mut model = BertClassifier::from_checkpoint(checkpoint, backend, num_labels, 0)?;
-    model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
+    model
+        .apply_plan(&plan, &mut |_, shape| backend.zeros(shape))
+        .map_err(|e| match e {
+            // The plan's LoRA settings are the config's: a rank spafit refuses is its `r`.
+            Error::InvalidArgument {
+                op: "lora config",
+                detail,
+            } => Error::Format {
+                path: config_path.clone(),
+                detail: format!("`r` = {}: {detail}", settings.rank),
+            },
+            e => e,
+        })?;
     let mut sources: BTreeMap<String, String> = others.clone();
     for (module, pair) in &lora {
         sources.insert(

@@ -126,8 +126,11 @@ pub fn setup_from_adapter<B: Backend>(
         });
     }
     note!(
-        "continuing from the {:?} adapter in {} ({} plan)",
-        opened.format,
+        "continuing from the {} adapter in {} ({} plan)",
+        match opened.format {
+            spafit::adapter::AdapterFormat::Spafit => "spafit",
+            spafit::adapter::AdapterFormat::Peft => "PEFT",
+        },
         adapter.display(),
         opened.plan.method
     );
