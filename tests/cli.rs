@@ -984,7 +984,7 @@ fn peft_adapters_evaluate_predict_and_keep_training() {
         "--quiet",
     ]);
     assert!(ok, "{err}");
-    assert!(err.contains("continuing from the Peft adapter"), "{err}");
+    assert!(err.contains("continuing from the PEFT adapter"), "{err}");
     let line = last_json(&stdout);
     assert_eq!(line["method"], "spafit");
     assert_eq!(line["steps"], 2);
