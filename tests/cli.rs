@@ -108,7 +108,38 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         "--n2",
         "3",
     ]);
-    assert!(!ok && err.contains("N1 = 5 is above N2 = 3"), "{err}");
+    assert!(
+        !ok && err.contains("N1 = 5 is above N2 = 3") && err.contains("≤ 6"),
+        "{err}"
+    );
+    // Settings that would train nothing, or not what was meant, each name their flag.
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "t.csv", "text,label\ngood,1\nbad,0\n");
+    let t = tmp.path().join("t.csv").display().to_string();
+    let m = model();
+    for (extra, needle) in [
+        (&["--max-steps", "0"][..], "--max-steps"),
+        (&["--lora-alpha", "0"], "α > 0"),
+        (&["--lora-alpha=-2"], "α > 0"),
+        (
+            &["--method", "lora", "--lora-layers", "1,1"],
+            "layer 1 is listed twice",
+        ),
+        (&["--n1=-1"], "neither a layer index"),
+        (&["--warmup-ratio", "2"], "warmup ratio 2 (--warmup-ratio)"),
+        (&["--max-len", "3"], "--max-len"),
+    ] {
+        let mut args = vec!["train", "--model", &m, "--train-file", &t];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = spafit(&args);
+        assert!(!ok && err.contains(needle), "{extra:?}: {err}");
+        assert!(!err.contains("learning rate"), "{extra:?}: {err}");
+    }
+    let (ok, _, err) = spafit(&["eval", "--model", &m, "--dev-file", &t, "--split", "foo"]);
+    assert!(
+        !ok && err.contains("`foo`: custom data is evaluated from --dev-file"),
+        "{err}"
+    );
     let (ok, _, err) = spafit(&["bench", "--model", "/nonexistent/model"]);
     assert!(!ok && err.contains("/nonexistent/model"), "{err}");
 }
@@ -446,6 +477,33 @@ fn train_eval_predict_on_glue_layout() {
         !ok && err.contains("GLUE submission needs every test row") && !bad_row.exists(),
         "{err}"
     );
+
+    // A submission names rows by the test file's own `index`, also in a cut or reordered
+    // file.
+    write(
+        Path::new(&g),
+        "SST-2/test.tsv",
+        "index\tsentence\n12\tgood movie\n5\tbad\n\n40\tfine\n",
+    );
+    let (ok, stdout, err) = spafit(&[
+        "predict",
+        "--model",
+        &m,
+        "--task",
+        "sst2",
+        "--glue-dir",
+        &g,
+        "--adapter",
+        &adapter,
+        "--format",
+        "tsv",
+    ]);
+    assert!(ok, "{err}");
+    let ids: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(ids, ["index", "12", "5", "40"]);
 }
 
 #[test]

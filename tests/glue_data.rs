@@ -663,3 +663,39 @@ fn csv_rows_are_never_lost_silently() {
         "{e}"
     );
 }
+
+/// Row errors say what to do and never echo raw control characters: an unknown class points
+/// to --labels, a regression target too large to train on says so, a JSON error gives its
+/// column (the file's line is given beside it), a NUL byte is shown escaped.
+#[test]
+fn row_errors_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let load = |name: &str, text: &str, kind: TaskKind| {
+        write(tmp.path(), name, text);
+        let mut spec = text_label_table(tmp.path().join(name));
+        spec.kind = kind;
+        spec.load(OnMalformed::Error).unwrap_err().to_string()
+    };
+    let binary = || TaskKind::Classification {
+        labels: vec!["0".into(), "1".into()],
+    };
+    let e = load("unknown.csv", "text,label\na,1\nb,2\n", binary());
+    assert!(
+        e.contains("line 3: label `2` is not one of the classes 0, 1") && e.contains("--labels"),
+        "{e}"
+    );
+    let e = load("nul.csv", "text,label\na,x\0y\n", binary());
+    assert!(e.contains("label `x\\0y`") && !e.contains('\0'), "{e:?}");
+    let e = load("huge.csv", "text,label\na,1e300\n", TaskKind::Regression);
+    assert!(e.contains("too large for a regression target"), "{e}");
+    let e = load(
+        "trailing.jsonl",
+        "{\"text\": \"a\", \"label\": 1} x\n",
+        binary(),
+    );
+    assert!(
+        e.contains("line 1: invalid JSON at column 27: trailing characters")
+            && !e.contains("at line 1 column"),
+        "{e}"
+    );
+}

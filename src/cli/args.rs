@@ -38,6 +38,22 @@ pub struct ModelArgs {
     pub max_len: usize,
 }
 
+impl ModelArgs {
+    /// The checkpoint's tokenizer truncating to --max-len; a length it refuses names the flag.
+    pub fn tokenizer(
+        &self,
+        checkpoint: &spafit::checkpoint::Checkpoint,
+    ) -> Result<spafit::text::TextTokenizer> {
+        checkpoint.tokenizer(self.max_len).map_err(|e| match e {
+            Error::InvalidArgument {
+                op: "tokenizer",
+                detail,
+            } => Error::invalid("--max-len", detail),
+            e => e,
+        })
+    }
+}
+
 /// The backend the flags name.
 pub enum AnyBackend {
     /// The CPU reference backend.
@@ -169,6 +185,14 @@ impl PeftArgs {
         }
         c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);
         c.lora.alpha = self.lora_alpha.unwrap_or(c.lora.alpha);
+        // PEFT accepts any alpha in a saved adapter (and spafit imports them), but a run
+        // trained from zero with α ≤ 0 has an adapter that is off or turned around.
+        if !(c.lora.alpha.is_finite() && c.lora.alpha > 0.0) {
+            return Err(Error::invalid(
+                "--lora-alpha",
+                format!("{}: the LoRA scale α / r needs α > 0", c.lora.alpha),
+            ));
+        }
         c.lora.dropout = self.lora_dropout.unwrap_or(c.lora.dropout);
         c.lora_layers = match &self.lora_layers {
             Some(list) => Some(
@@ -182,6 +206,16 @@ impl PeftArgs {
             ),
             None => None,
         };
+        if let Some(layers) = &c.lora_layers {
+            let mut sorted = layers.clone();
+            sorted.sort_unstable();
+            if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+                return Err(Error::invalid(
+                    "--lora-layers",
+                    format!("layer {} is listed twice", w[0]),
+                ));
+            }
+        }
         if let Some(n1) = &self.n1 {
             c.n1 = n1.parse::<Boundary>()?;
         }

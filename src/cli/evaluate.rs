@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::path::Path;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -85,7 +86,7 @@ fn load<B: Backend>(
         )?;
         classifier.store_frozen_weights(&backend)?;
     }
-    let encoded = EncodedDataset::new(&checkpoint.tokenizer(model.max_len)?, &data)?;
+    let encoded = EncodedDataset::new(&model.tokenizer(&checkpoint)?, &data)?;
     Ok(Loaded {
         backend,
         model: classifier,
@@ -119,6 +120,16 @@ pub struct EvalCommand {
 impl EvalCommand {
     fn split(&self) -> Result<String> {
         Ok(match (&self.split, self.data.glue_task()?) {
+            // Custom data has one evaluation split, the --dev-file.
+            (Some(s), None) if s != "dev" => {
+                return Err(Error::invalid(
+                    "--split",
+                    format!(
+                        "`{s}`: custom data is evaluated from --dev-file (--split picks a GLUE \
+                         split: dev, dev_matched, ...)"
+                    ),
+                ))
+            }
             (Some(s), _) => s.clone(),
             (None, Some(task)) => task.dev_splits()[0].to_string(),
             (None, None) => "dev".to_string(),
@@ -144,10 +155,18 @@ impl EvalCommand {
             &self.split()?,
             false,
         )?;
-        if data.is_empty() || !data.is_labeled() {
+        if data.is_empty() {
             return Err(Error::Format {
                 path: data.name.clone().into(),
-                detail: "eval needs labeled examples and this split has none (for unlabeled data, use `spafit predict`)".into(),
+                detail: "no examples to evaluate".into(),
+            });
+        }
+        if !data.is_labeled() {
+            return Err(Error::Format {
+                path: data.name.clone().into(),
+                detail: "eval needs labeled examples and these have no labels (for unlabeled \
+                         data, use `spafit predict`)"
+                    .into(),
             });
         }
         let eval = evaluate(
@@ -245,11 +264,27 @@ impl PredictCommand {
                 ),
             ));
         }
+        // A submission names rows by the test file's own `index`, which need not count from
+        // 0 in a file someone cut or reordered.
+        let submission_ids: Option<Vec<String>> = match (glue, format) {
+            (Some(task), PredictionFormat::Tsv) => {
+                let dir = self.data.glue_dir.as_deref().unwrap_or(Path::new("."));
+                let ids = task.row_ids(dir, &self.split)?;
+                let by_line: Option<Vec<String>> = data
+                    .source_lines
+                    .iter()
+                    .map(|line| ids.get(line).cloned())
+                    .collect();
+                by_line.filter(|ids| ids.len() == predictions.len())
+            }
+            _ => None,
+        };
         let text = PredictionTable {
             predictions: &predictions,
             labels,
             source_lines: &data.source_lines,
             glue,
+            submission_ids: submission_ids.as_deref(),
         }
         .render(format)?;
         match &self.output {

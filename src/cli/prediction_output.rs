@@ -42,6 +42,9 @@ pub struct PredictionTable<'a> {
     pub source_lines: &'a [usize],
     /// The GLUE task, whose TSV is the submission format.
     pub glue: Option<GlueTask>,
+    /// The submission's row ids (the test file's `index` column), one per prediction; by
+    /// position when absent.
+    pub submission_ids: Option<&'a [String]>,
 }
 
 impl PredictionTable<'_> {
@@ -107,7 +110,11 @@ impl PredictionTable<'_> {
                 Prediction::Class { class, .. } => self.label(*class),
                 Prediction::Score(s) => s.to_string(),
             };
-            out.push_str(&format!("{i}\t{value}\n"));
+            let id = self
+                .submission_ids
+                .and_then(|ids| ids.get(i))
+                .map_or_else(|| i.to_string(), String::clone);
+            out.push_str(&format!("{id}\t{value}\n"));
         }
         out
     }
@@ -170,6 +177,7 @@ mod tests {
             labels: None,
             source_lines: &[],
             glue: None,
+            submission_ids: None,
         };
         assert_eq!(
             table.render(PredictionFormat::Jsonl).unwrap(),
@@ -181,6 +189,7 @@ mod tests {
         );
         let glue = PredictionTable {
             glue: Some(GlueTask::Stsb),
+            submission_ids: None,
             ..table
         };
         assert_eq!(
@@ -199,6 +208,7 @@ mod tests {
             labels: Some(&labels),
             source_lines: &[7],
             glue: None,
+            submission_ids: None,
         };
         assert_eq!(
             table.render(PredictionFormat::Csv).unwrap(),

@@ -48,7 +48,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 10)]
     pub log_every: usize,
     /// Stop after N steps in total.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_one())]
     pub max_steps: Option<usize>,
     /// Output directory: metrics.jsonl, best/ (the best adapter), last/ (resumable state).
     #[arg(long)]
@@ -163,7 +163,7 @@ pub fn fit<B: Backend>(
             format!("the {} plan has no LoRA adapter; PEFT's LoRA format needs one (nothing was trained)", run.plan.method),
         ));
     }
-    let tokenizer = run.checkpoint.tokenizer(model.max_len)?;
+    let tokenizer = model.tokenizer(&run.checkpoint)?;
     let config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -397,7 +397,7 @@ impl TrainCommand {
         }
         // GLUE reports MNLI on both dev sets; the first one selected the model.
         if let Some(t) = task.filter(|_| devs.len() > 1) {
-            let tokenizer = run.checkpoint.tokenizer(self.model.max_len)?;
+            let tokenizer = self.model.tokenizer(&run.checkpoint)?;
             for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
                 let encoded = spafit::train::EncodedDataset::new(&tokenizer, data)?;
                 let eval = spafit::train::evaluate(&run.backend, &run.model, &encoded, 64, task)?;

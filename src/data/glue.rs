@@ -2,6 +2,7 @@
 //! (`CoLA/train.tsv`, `MNLI/dev_matched.tsv`, ...): tab-separated, unquoted, one example per
 //! line, each task with its own columns and quirks.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -185,6 +186,30 @@ impl GlueTask {
         Ok(glue_dir.join(self.dir_name()).join(format!("{split}.tsv")))
     }
 
+    /// The row ids GLUE's submissions name rows by (the `index` column; QQP's `id`), keyed
+    /// by file line, for a split whose file has a header with such a column; empty otherwise
+    /// (CoLA's and SST-2's header-less training files have none).
+    pub fn row_ids(self, glue_dir: &Path, split: &str) -> Result<HashMap<usize, String>> {
+        let path = self.file(glue_dir, split)?;
+        let bytes = crate::text_file::read_bytes(&path)?;
+        let mut lines = crate::text_file::utf8_lines(&bytes);
+        let column = match lines.next() {
+            Some((_, Ok(header))) => header
+                .split('\t')
+                .position(|h| h == "index" || (h == "id" && self == GlueTask::Qqp)),
+            _ => None,
+        };
+        let Some(column) = column else {
+            return Ok(HashMap::new());
+        };
+        Ok(lines
+            .filter_map(|(line_no, line)| {
+                let id = line.ok()?.split('\t').nth(column)?.trim().to_string();
+                Some((line_no, id))
+            })
+            .collect())
+    }
+
     /// Reads `split` from a GLUE directory. Test splits are unlabeled.
     pub fn load(self, glue_dir: &Path, split: &str, on_malformed: OnMalformed) -> Result<Dataset> {
         let path = self.file(glue_dir, split)?;
@@ -294,13 +319,24 @@ fn parse_row(
 /// A label field as a target of `kind`.
 pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<Target, String> {
     let field = field.trim();
+    // Control characters (a NUL, an escape) are shown escaped, not written to the terminal.
+    let shown = field.escape_debug().to_string();
     match kind {
-        TaskKind::Regression => field
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite())
-            .map(Target::Score)
-            .ok_or_else(|| format!("label `{field}` is not a finite number")),
+        TaskKind::Regression => {
+            let value = field
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("label `{shown}` is not a finite number"))?;
+            // Training squares the error in f32, which overflows above ~1.8e19.
+            if value.abs() > 1e18 {
+                return Err(format!(
+                    "label `{shown}` is too large for a regression target (its squared error \
+                     would overflow f32 training): scale the targets"
+                ));
+            }
+            Ok(Target::Score(value))
+        }
         TaskKind::Classification { labels } => {
             // Tools that store class ids as floats write `1.0` for class `1` (pandas with a
             // missing value in the column, JSON numbers): the integer's name is meant.
@@ -314,7 +350,12 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
                 .position(|l| l == field)
                 .or_else(|| labels.iter().position(|l| Some(l) == integral.as_ref()))
                 .map(|i| Target::Class(i as u32))
-                .ok_or_else(|| format!("label `{field}` is not one of {}", labels.join(", ")))
+                .ok_or_else(|| {
+                    format!(
+                        "label `{shown}` is not one of the classes {}",
+                        labels.join(", ")
+                    )
+                })
         }
     }
 }

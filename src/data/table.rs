@@ -132,7 +132,14 @@ impl TableSpec {
         let text = |c: &str| row.get(c)?.ok_or_else(|| format!("missing `{c}`"));
         let target = match &self.label_column {
             None => None,
-            Some(c) => Some(parse_target(&text(c)?, &self.kind)?),
+            Some(c) => Some(parse_target(&text(c)?, &self.kind).map_err(
+                |why| match &self.kind {
+                    TaskKind::Classification { .. } => {
+                        format!("{why} (--labels names a custom task's classes)")
+                    }
+                    TaskKind::Regression => why,
+                },
+            )?),
         };
         Ok(Some(Example {
             text_a: text(&self.text_column)?,
@@ -385,7 +392,7 @@ impl TableSpec {
                                 visit(line_no, Ok(&JsonRow(map)))?
                             }
                             Ok(_) => visit(line_no, Err("not a JSON object".to_string()))?,
-                            Err(e) => visit(line_no, Err(format!("invalid JSON: {e}")))?,
+                            Err(e) => visit(line_no, Err(json_error(&e)))?,
                         },
                         Err(why) => visit(line_no, Err(why))?,
                     }
@@ -394,6 +401,16 @@ impl TableSpec {
         }
         Ok(())
     }
+}
+
+/// serde_json's message for one JSONL line, with the column but not its own line number
+/// (always 1 within the line; the file's line is reported beside it).
+fn json_error(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let what = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(what, _)| what);
+    format!("invalid JSON at column {}: {what}", e.column())
 }
 
 /// Where an unclosed quote makes the rest of a CSV file one field, as the csv reader parses

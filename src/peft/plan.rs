@@ -76,9 +76,15 @@ impl FromStr for Boundary {
         let bad = || {
             Error::invalid(
                 "boundary",
-                format!("`{s}` is neither a layer index nor a fraction"),
+                format!(
+                    "`{s}` is neither a layer index (0, 1, ...) nor a fraction of the depth in \
+                     [0, 1] (`0.5`, `1/3`)"
+                ),
             )
         };
+        if s.trim_start().starts_with('-') {
+            return Err(bad());
+        }
         if let Ok(n) = s.parse::<usize>() {
             return Ok(Boundary::Layer(n));
         }
@@ -192,7 +198,10 @@ impl PeftPlan {
                 let n1 = config.n1.resolve("N1", layers)?;
                 let n2 = config.n2.resolve("N2", layers)?;
                 if n1 > n2 {
-                    return Err(invalid(format!("N1 = {n1} is above N2 = {n2}")));
+                    return Err(invalid(format!(
+                        "N1 = {n1} is above N2 = {n2}: the strata need N1 ≤ N2 ≤ {layers} \
+                         (this model's layers)"
+                    )));
                 }
                 if n2 > layers {
                     return Err(invalid(format!(

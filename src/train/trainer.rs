@@ -283,14 +283,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     .into(),
             );
         }
-        let valid = c.learning_rate >= 0.0
-            && c.learning_rate.is_finite()
-            && (0.0..=1.0).contains(&c.warmup_ratio);
-        if !valid {
+        if !(c.learning_rate >= 0.0 && c.learning_rate.is_finite()) {
             return refuse(format!(
-                "learning rate {} must be finite and ≥ 0, and warmup ratio {} in [0, 1]",
-                c.learning_rate, c.warmup_ratio
+                "learning rate {} (--lr) must be finite and ≥ 0",
+                c.learning_rate
             ));
+        }
+        if !(0.0..=1.0).contains(&c.warmup_ratio) {
+            return refuse(format!(
+                "warmup ratio {} (--warmup-ratio) must be in [0, 1]",
+                c.warmup_ratio
+            ));
+        }
+        if c.max_steps == Some(0) {
+            return refuse("max_steps 0 (--max-steps): give a positive number of steps".into());
         }
         if let Some(d) = dev.filter(|d| d.kind != train.kind) {
             return refuse(format!(
