@@ -684,6 +684,13 @@ fn row_errors_say_what_to_do() {
         e.contains("line 3: label `2` is not one of the classes 0, 1") && e.contains("--labels"),
         "{e}"
     );
+    let mut same = text_label_table(tmp.path().join("unknown.csv"));
+    same.label_column = Some("text".into());
+    let e = same.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(
+        e.contains("`text` is both the text and the label column"),
+        "{e}"
+    );
     let e = load("nul.csv", "text,label\na,x\0y\n", binary());
     assert!(e.contains("label `x\\0y`") && !e.contains('\0'), "{e:?}");
     let e = load("huge.csv", "text,label\na,1e300\n", TaskKind::Regression);

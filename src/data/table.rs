@@ -255,6 +255,26 @@ impl TableSpec {
     /// read. A header without the spec's columns is an error before any row.
     fn for_each_row(&self, visit: &mut RowVisitor<'_>) -> Result<()> {
         let path = &self.path;
+        let roles = [
+            ("text", Some(&self.text_column)),
+            ("second text", self.text_pair_column.as_ref()),
+            ("label", self.label_column.as_ref()),
+        ];
+        for (i, (role, column)) in roles.iter().enumerate() {
+            let again = roles[i + 1..]
+                .iter()
+                .find(|(_, other)| other.is_some() && other == column);
+            if let (Some(column), Some((other, _))) = (column, again) {
+                return Err(Error::invalid(
+                    "columns",
+                    format!(
+                        "`{column}` is both the {role} and the {other} column of {} \
+                         (--text-column, --text-pair-column, --label-column)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         match TableFormat::from_path(path)? {
             format @ (TableFormat::Csv | TableFormat::Tsv) => {
                 let bytes = crate::text_file::read_bytes(path)?;
