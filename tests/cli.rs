@@ -1180,6 +1180,21 @@ fn bad_paths_and_labels_are_refused_before_training() {
         vec!["--train-file", &t, "--output", &below_file],
         "cannot be created",
     ));
+    // This run's own files, reached through a link, are still its own.
+    std::fs::create_dir_all(root.join("runs")).unwrap();
+    std::os::unix::fs::symlink(root.join("runs"), root.join("alias")).unwrap();
+    let (run_dir, alias_log) = (p("runs/r1"), p("alias/r1/metrics.jsonl"));
+    cases.push((
+        vec![
+            "--train-file",
+            &t,
+            "--output",
+            &run_dir,
+            "--write-batches",
+            &alias_log,
+        ],
+        "where this run writes its own files",
+    ));
     // A model whose files are copies (so a failing check could not damage the real one).
     let model_copy = root.join("model");
     std::fs::create_dir_all(&model_copy).unwrap();
@@ -1203,9 +1218,12 @@ fn bad_paths_and_labels_are_refused_before_training() {
         println!("REFUSED {args:?}: {}", err.trim());
     }
     assert!(
-        !root.join("out").exists(),
+        !root.join("out").exists() && !root.join("runs/r1").exists(),
         "a refused run wrote its output directory"
     );
+    // A log opened in place may go to a device that takes writes.
+    let (ok, _, err) = train(&["--train-file", &t, "--write-batches", "/dev/null"]);
+    assert!(ok, "{err}");
     let (ok, _, err) = spafit(&[
         "train",
         "--model",

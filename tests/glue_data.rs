@@ -563,6 +563,25 @@ fn classes_are_inferred_from_a_training_file() {
     let kind = infer("signs.csv", "text,label\na,-1\nb,1\n").unwrap();
     assert_eq!(kind, classes(&["-1", "1"]));
 
+    // Whole numbers too large to be class ids exactly keep their own spelling.
+    let kind = infer("big.csv", "text,label\na,1e16\nb,3\n").unwrap();
+    assert_eq!(kind, classes(&["3", "1e16"]));
+    // A row `load` would skip names no class.
+    write(
+        tmp.path(),
+        "no_text.jsonl",
+        "{\"text\": \"a\", \"label\": \"x\"}\n{\"label\": \"ghost\"}\n{\"text\": \"b\", \"label\": \"y\"}\n",
+    );
+    let spec = text_label_table(tmp.path().join("no_text.jsonl"));
+    assert_eq!(
+        spec.infer_classes(OnMalformed::Skip).unwrap(),
+        classes(&["x", "y"])
+    );
+    let e = spec
+        .infer_classes(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 2: missing `text`"), "{e}");
     let e = infer("scores.csv", "text,label\na,1\nb,2\nc,0.25\n")
         .unwrap_err()
         .to_string();

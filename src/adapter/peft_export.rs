@@ -121,13 +121,16 @@ pub fn export_peft<B: Backend>(
     // Kept out of adapter_config.json: older PEFT versions reject unknown keys there. The
     // class names live here because PEFT keeps them in the base model's config, which an
     // adapter does not carry; spafit's import reads them back.
+    let bytes = tensors_to_safetensors(backend, &tensors)?;
+    // The weights' hash ties the note to them: PEFT may save another adapter into this
+    // folder later and leave the note behind.
     let provenance = json!({
         "method": plan.method.to_string(),
         "boundaries": plan.boundaries,
         "trained_biases_included": trains_biases,
         "labels": labels,
+        "adapter_model_sha256": super::sha256_hex(&bytes),
     });
-    let bytes = tensors_to_safetensors(backend, &tensors)?;
     write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
     let text = serde_json::to_vec_pretty(&config)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;

@@ -54,8 +54,14 @@ pub struct PeftImport {
 pub const SPAFIT_EXPORT_FILE: &str = "spafit_export.json";
 
 /// The class names `spafit_export.json` records for a head of `outputs` outputs, if the file
-/// is there; names that do not fit the head are an error naming the file.
-fn exported_labels(dir: &Path, outputs: usize) -> Result<Option<Vec<String>>> {
+/// is there and describes these weights (their SHA-256 `weights_sha256`: PEFT may have saved
+/// another adapter here since, leaving the note); names that do not fit the head are an error
+/// naming the file.
+fn exported_labels(
+    dir: &Path,
+    outputs: usize,
+    weights_sha256: &str,
+) -> Result<Option<Vec<String>>> {
     let path = dir.join(SPAFIT_EXPORT_FILE);
     if !path.is_file() {
         return Ok(None);
@@ -67,6 +73,9 @@ fn exported_labels(dir: &Path, outputs: usize) -> Result<Option<Vec<String>>> {
     };
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    if json.get("adapter_model_sha256").and_then(|h| h.as_str()) != Some(weights_sha256) {
+        return Ok(None);
+    }
     let labels = match json.get("labels") {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::Array(names)) => names
@@ -469,7 +478,7 @@ pub fn import_peft<B: Backend>(
     model.store_frozen_weights(backend)?;
     let labels = match num_labels {
         1 => None,
-        n => exported_labels(dir, n)?,
+        n => exported_labels(dir, n, file.sha256())?,
     };
     Ok((
         model,

@@ -209,13 +209,16 @@ impl WeightsFile {
                 else {
                     continue;
                 };
-                if !matches!(
-                    view.dtype(),
-                    Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
-                ) {
-                    continue;
-                }
-                let header = format!("{canonical} {:?} {:?}\n", view.dtype(), view.shape());
+                // Spelled out, not `Debug`: the identity must not change with a dependency.
+                let dtype = match view.dtype() {
+                    Dtype::F16 => "F16",
+                    Dtype::BF16 => "BF16",
+                    Dtype::F32 => "F32",
+                    Dtype::F64 => "F64",
+                    _ => continue,
+                };
+                let dims: Vec<String> = view.shape().iter().map(usize::to_string).collect();
+                let header = format!("{canonical} {dtype} [{}]\n", dims.join(", "));
                 hasher.update(header.as_bytes());
                 hasher.update(view.data());
             }

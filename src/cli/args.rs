@@ -301,8 +301,9 @@ pub struct DataArgs {
     #[arg(long, default_value = "label")]
     pub label_column: String,
     /// Custom data: comma-separated label names in id order (default: the names the adapter
-    /// or a fine-tuned checkpoint records, 0 to n-1 for a head of n unnamed outputs, else for
-    /// train the training file's labels in sorted order, numbers by value).
+    /// or a fine-tuned checkpoint records; else for train the training file's labels in
+    /// sorted order, numbers by value, and for eval and predict 0 to n-1 for a head of n
+    /// outputs).
     #[arg(long, conflicts_with = "regression")]
     pub labels: Option<String>,
     /// Custom data: the label is a real number (regression, one output).

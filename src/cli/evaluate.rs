@@ -120,13 +120,13 @@ pub struct EvalCommand {
 impl EvalCommand {
     fn split(&self) -> Result<String> {
         Ok(match (&self.split, self.data.glue_task()?) {
-            // Custom data has one evaluation split, the --dev-file.
-            (Some(s), None) if s != "dev" => {
+            // Custom data has two splits: `dev` (--dev-file) and `train` (--train-file).
+            (Some(s), None) if s != "dev" && s != "train" => {
                 return Err(Error::invalid(
                     "--split",
                     format!(
-                        "`{s}`: custom data is evaluated from --dev-file (--split picks a GLUE \
-                         split: dev, dev_matched, ...)"
+                        "`{s}`: custom data is evaluated from --dev-file (`dev`, the default) \
+                         or --train-file (`train`); other splits are GLUE's (dev_matched, ...)"
                     ),
                 ))
             }
@@ -224,6 +224,7 @@ impl PredictCommand {
             super::check_output_file(
                 "--output",
                 out,
+                super::Written::Atomically,
                 &self.model.model,
                 self.adapter.as_deref(),
                 &[&self.data.train_file, &self.data.dev_file],
@@ -251,8 +252,7 @@ impl PredictCommand {
         let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels);
         let glue = self.data.glue_task()?;
         let format = PredictionFormat::choose(self.format, self.output.as_deref());
-        // GLUE numbers a submission's rows by position: a skipped row would shift every
-        // later prediction onto the wrong example.
+        // A GLUE submission answers every test row: one skipped would leave a hole.
         if glue.is_some() && format == PredictionFormat::Tsv && !data.skipped.is_empty() {
             return Err(Error::invalid(
                 "predict",
@@ -275,7 +275,7 @@ impl PredictCommand {
                     .iter()
                     .map(|line| ids.get(line).cloned())
                     .collect();
-                by_line.filter(|ids| ids.len() == predictions.len())
+                by_line
             }
             _ => None,
         };
@@ -291,6 +291,7 @@ impl PredictCommand {
             Some(path) => spafit::adapter::write_atomic(path, text.as_bytes())?,
             None => std::io::stdout()
                 .write_all(text.as_bytes())
+                .and_then(|()| std::io::stdout().flush())
                 .map_err(|source| Error::Io {
                     path: "<stdout>".into(),
                     source,

@@ -77,12 +77,13 @@ fn print_line(line: &dyn std::fmt::Display) -> spafit::Result<()> {
 fn check_output_file(
     flag: &'static str,
     out: &std::path::Path,
+    how: Written,
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
     inputs: &[&Option<std::path::PathBuf>],
 ) -> spafit::Result<()> {
     let refuse = |detail: String| Err(spafit::Error::invalid(flag, detail));
-    check_creatable_file(flag, out)?;
+    check_creatable_file(flag, out, how)?;
     if is_read_file(out, model, adapter) {
         return refuse(format!(
             "{} is a file of the model or adapter this command reads",
@@ -95,7 +96,8 @@ fn check_output_file(
             input.display()
         ));
     }
-    if out.exists() && is_artifact_name(out) {
+    // Through a link, the file that would be replaced is the link's target.
+    if out.exists() && (is_artifact_name(out) || is_artifact_name(&resolved(out))) {
         return refuse(format!(
             "{} exists and is a model, adapter or run file; write the output elsewhere",
             out.display()
@@ -160,16 +162,42 @@ fn check_creatable(flag: &'static str, dir: &std::path::Path) -> spafit::Result<
     check_writable_ancestor(flag, dir, dir)
 }
 
-/// [`check_creatable`] for an output file: it may not be a directory, and the directory it
-/// goes in (it is written there under a temporary name, then renamed) must be writable.
-fn check_creatable_file(flag: &'static str, file: &std::path::Path) -> spafit::Result<()> {
+/// How a command writes an output file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Under a temporary name in the same folder, then renamed over it: the folder must be
+    /// writable.
+    Atomically,
+    /// Opened where it is (a log appended step by step; `/dev/null` or a pipe work too): an
+    /// existing file must be writable, a new one creatable.
+    InPlace,
+}
+
+/// [`check_creatable`] for an output file, written `how`: it may not be a directory, and
+/// what the write needs (see [`Written`]) must be allowed.
+fn check_creatable_file(
+    flag: &'static str,
+    file: &std::path::Path,
+    how: Written,
+) -> spafit::Result<()> {
     if file.is_dir() {
         return Err(spafit::Error::invalid(
             flag,
             format!("{} is a directory; give a file name", file.display()),
         ));
     }
-    let parent = file.parent().unwrap_or(std::path::Path::new(""));
+    // The write follows a link to its target.
+    let target = resolved(file);
+    if how == Written::InPlace && target.exists() {
+        return match may_access(&target, libc::W_OK) {
+            true => Ok(()),
+            false => Err(spafit::Error::invalid(
+                flag,
+                format!("{} exists and this user may not write it", file.display()),
+            )),
+        };
+    }
+    let parent = target.parent().unwrap_or(std::path::Path::new(""));
     check_writable_ancestor(flag, parent, file)
 }
 
@@ -195,7 +223,7 @@ fn check_writable_ancestor(
     if !nearest.is_dir() {
         return refuse(format!("{} is a file", nearest.display()));
     }
-    if !may_write_into(nearest) {
+    if !may_access(nearest, libc::W_OK | libc::X_OK) {
         return refuse(format!(
             "{} is a directory this user may not write into",
             nearest.display()
@@ -204,15 +232,37 @@ fn check_writable_ancestor(
     Ok(())
 }
 
-/// Whether this process may create files in the directory `dir` (permissions, a read-only
-/// mount), as the kernel would decide for the real write.
-fn may_write_into(dir: &std::path::Path) -> bool {
+/// Whether this process may access `path` with `mode` (`W_OK`, `X_OK`), by its effective
+/// ids and the mount's flags, as the kernel decides for the real write.
+fn may_access(path: &std::path::Path, mode: libc::c_int) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
     // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+}
+
+/// `path` with links and relative parts resolved as far as it exists, the rest joined on:
+/// where a write to it would land, comparable with another path resolved the same way.
+pub(crate) fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    let mut missing: Vec<&std::ffi::OsStr> = Vec::new();
+    let mut existing = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return missing.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name);
+                existing = match parent.as_os_str().is_empty() {
+                    true => std::path::Path::new("."),
+                    false => parent,
+                };
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
 }
 
 /// Files an output must never replace: a model's, an adapter's (spafit's or PEFT's) or a
@@ -222,6 +272,7 @@ fn is_artifact_name(path: &std::path::Path) -> bool {
     const ARTIFACTS: [&str; 10] = [
         "adapter.json",
         "adapter_config.json",
+        "spafit_export.json",
         "config.json",
         "metrics.jsonl",
         "model.safetensors.index.json",
@@ -229,7 +280,9 @@ fn is_artifact_name(path: &std::path::Path) -> bool {
         "tokenizer_config.json",
         "vocab.txt",
         "special_tokens_map.json",
-        "pytorch_model.bin",
     ];
-    ARTIFACTS.contains(&name) || path.extension().is_some_and(|e| e == "safetensors")
+    ARTIFACTS.contains(&name)
+        || path
+            .extension()
+            .is_some_and(|e| e == "safetensors" || e == "bin")
 }

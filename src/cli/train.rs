@@ -284,21 +284,6 @@ impl TrainCommand {
             super::check_creatable(flag, dir)?;
         }
         if let Some(dir) = &t.export_peft {
-            let exported = [
-                spafit::adapter::PEFT_CONFIG_FILE,
-                spafit::adapter::PEFT_WEIGHTS_FILE,
-            ]
-            .map(|f| dir.join(f));
-            if let Some(old) = exported.iter().find(|f| f.exists()).filter(|_| !t.resume) {
-                return refuse(
-                    "--export-peft",
-                    format!(
-                        "{} already holds an adapter ({}); give a new directory, or remove it",
-                        dir.display(),
-                        old.display()
-                    ),
-                );
-            }
             let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
             if let Some(read) = read_dirs
                 .into_iter()
@@ -313,12 +298,30 @@ impl TrainCommand {
                     ),
                 );
             }
+            // A resumed run may write its export again; only one that has a state to resume.
+            let resuming = t.resume && t.output.as_ref().is_some_and(|o| o.join("last").is_dir());
+            let exported = [
+                spafit::adapter::PEFT_CONFIG_FILE,
+                spafit::adapter::PEFT_WEIGHTS_FILE,
+            ]
+            .map(|f| dir.join(f));
+            if let Some(old) = exported.iter().find(|f| f.exists()).filter(|_| !resuming) {
+                return refuse(
+                    "--export-peft",
+                    format!(
+                        "{} already holds an adapter ({}); give a new directory, or remove it",
+                        dir.display(),
+                        old.display()
+                    ),
+                );
+            }
         }
         if let Some(log) = &t.write_batches {
             // The run's own files under --output do not exist yet when it starts.
             if let Some(run) = &t.output {
-                let inside = |name: &str| log.starts_with(run.join(name));
-                if ["metrics.jsonl", "best", "last"].into_iter().any(inside) {
+                let (log_at, run_at) = (super::resolved(log), super::resolved(run));
+                let inside = |name: &str| log_at.starts_with(run_at.join(name));
+                if log_at == run_at || ["metrics.jsonl", "best", "last"].into_iter().any(inside) {
                     return refuse(
                         "--write-batches",
                         format!(
@@ -332,6 +335,7 @@ impl TrainCommand {
             super::check_output_file(
                 "--write-batches",
                 log,
+                super::Written::InPlace,
                 &self.model.model,
                 self.adapter.as_deref(),
                 &[&self.data.train_file, &self.data.dev_file],

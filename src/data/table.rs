@@ -193,12 +193,29 @@ impl TableSpec {
             if !self.selected(row).unwrap_or(false) {
                 return Ok(());
             }
-            if let Ok(Some(label)) = row.get(column) {
-                let label = label.trim();
-                if !label.is_empty() && !seen.iter().any(|(l, _)| l == label) {
-                    seen.push((label.to_string(), line));
-                }
+            // Only a row `load` keeps names a class: its texts must be there, and the label
+            // a usable class name.
+            let texts = [Some(&self.text_column), self.text_pair_column.as_ref()];
+            if let Some(why) = texts.into_iter().flatten().find_map(|c| match row.get(c) {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(format!("missing `{c}`")),
+                Err(why) => Some(why),
+            }) {
+                return sink.take(Err(why), path, line);
             }
+            let label = match row.get(column) {
+                Ok(Some(label)) => label.trim().to_string(),
+                Ok(None) => return sink.take(Err(format!("missing `{column}`")), path, line),
+                Err(why) => return sink.take(Err(why), path, line),
+            };
+            if label.is_empty() || seen.iter().any(|(l, _)| *l == label) {
+                return Ok(());
+            }
+            if let Some(problem) = super::label_names_problem(std::slice::from_ref(&label)) {
+                let why = format!("label `{}`: {problem}", label.escape_debug());
+                return sink.take(Err(why), path, line);
+            }
+            seen.push((label, line));
             Ok(())
         })?;
         let refuse = |detail: String| Error::Format {
@@ -210,27 +227,34 @@ impl TableSpec {
             .map(|(l, _)| l.parse::<f64>().ok().filter(|v| v.is_finite()))
             .collect();
         let labels: Vec<String> = match numbers {
-            Some(values) if values.iter().all(|v| v.fract() == 0.0 && v.abs() < 9.0e15) => {
-                let mut ids: Vec<i64> = values.iter().map(|&v| v as i64).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                // Binary 0/1 data keeps both classes however few rows show one of them.
-                if ids.iter().all(|&i| i == 0 || i == 1) {
-                    ids = vec![0, 1];
-                }
-                ids.iter().map(|i| i.to_string()).collect()
-            }
             Some(values) => {
-                let (label, line) = values
+                if let Some((_, (label, line))) =
+                    values.iter().zip(&seen).find(|(v, _)| v.fract() != 0.0)
+                {
+                    return Err(refuse(format!(
+                        "line {line}: label `{label}` is a real number, and every label in \
+                         `{column}` is a number: give --regression to fit them as scores, or \
+                         --labels to name the classes"
+                    )));
+                }
+                // By value; a whole number written as an integer (`1.0` is class `1`, as
+                // `load` reads it) unless too large to be one exactly.
+                let mut by_value: Vec<(f64, String)> = values
                     .iter()
                     .zip(&seen)
-                    .find(|(v, _)| v.fract() != 0.0)
-                    .map_or(("", 0), |(_, (l, line))| (l.as_str(), *line));
-                return Err(refuse(format!(
-                    "line {line}: label `{label}` is a real number, and every label in \
-                     `{column}` is a number: give --regression to fit them as scores, or \
-                     --labels to name the classes"
-                )));
+                    .map(|(&v, (label, _))| match v.abs() < 9.0e15 {
+                        true => (v, format!("{}", v as i64)),
+                        false => (v, label.clone()),
+                    })
+                    .collect();
+                by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
+                by_value.dedup_by(|a, b| a.1 == b.1);
+                let mut names: Vec<String> = by_value.into_iter().map(|(_, n)| n).collect();
+                // Binary 0/1 data keeps both classes however few rows show one of them.
+                if names.iter().all(|n| n == "0" || n == "1") {
+                    names = vec!["0".into(), "1".into()];
+                }
+                names
             }
             None => {
                 let mut names: Vec<String> = seen.into_iter().map(|(l, _)| l).collect();
@@ -302,7 +326,10 @@ impl TableSpec {
                          double a quote meant as text: `\"\"`)"
                     )
                 };
-                if let Some((0, quote)) = unclosed {
+                // Only blank lines before it: the unclosed record is the header.
+                if let Some((_, quote)) = unclosed
+                    .filter(|&(record, _)| bytes[..record].iter().all(u8::is_ascii_whitespace))
+                {
                     return Err(Error::Format {
                         path: path.clone(),
                         detail: format!("line 1 (the header): {}", unclosed_why(quote)),
