@@ -83,6 +83,7 @@ fn main() -> spafit::Result<()> {
         &plan,
         &checkpoint.weights,
         None,
+        Some(false),
     )?;
     println!(
         "{} steps, {} trainable parameters, dev accuracy {:.2}, adapter saved to {output}",

@@ -5,12 +5,14 @@ mod common;
 
 use common::rel_err;
 use spafit::adapter::{
-    export_peft, import_peft, load_adapter, read_tensors, save_adapter, MANIFEST_FILE, WEIGHTS_FILE,
+    export_peft, import_peft, load_adapter, open_adapter, read_tensors, save_adapter,
+    MANIFEST_FILE, WEIGHTS_FILE,
 };
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
+use spafit::data::{Dataset, Example, TaskKind};
 use spafit::model::{BertClassifier, ModelInput};
 use spafit::nn::DropoutPlan;
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
@@ -70,7 +72,16 @@ fn adapter_round_trip_and_refusals() {
     let model = trained(&ck, &cpu, &plan);
     let dir = tempfile::tempdir().unwrap();
     let labels = vec!["a".to_string(), "b".into(), "c".into()];
-    save_adapter(dir.path(), &cpu, &model, &plan, &ck.weights, Some(&labels)).unwrap();
+    save_adapter(
+        dir.path(),
+        &cpu,
+        &model,
+        &plan,
+        &ck.weights,
+        Some(&labels),
+        Some(false),
+    )
+    .unwrap();
 
     // Only the trainable tensors are stored.
     let stored = read_tensors(&cpu, &dir.path().join(WEIGHTS_FILE)).unwrap();
@@ -84,6 +95,29 @@ fn adapter_round_trip_and_refusals() {
     );
 
     let (loaded, manifest) = load_adapter(dir.path(), &ck, &cpu).unwrap();
+    // Trained on single texts: data of text pairs is refused, single texts pass.
+    assert_eq!(manifest.text_pairs, Some(false));
+    let head = open_adapter(dir.path(), &ck, &cpu).unwrap().head();
+    let kind = TaskKind::Classification {
+        labels: labels.clone(),
+    };
+    let data = |b: Option<&str>| {
+        let example = Example {
+            text_a: "a film".into(),
+            text_b: b.map(String::from),
+            target: None,
+        };
+        Dataset::from_examples("pairs.csv", kind.clone(), vec![example])
+    };
+    let e = head
+        .check_texts(&data(Some("another")), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("trained on single texts") && e.contains("pairs.csv has text pairs"),
+        "{e}"
+    );
+    head.check_texts(&data(None), dir.path()).unwrap();
     assert_eq!(manifest.labels.as_deref(), Some(labels.as_slice()));
     assert_eq!(manifest.plan(dir.path()).unwrap(), plan);
     let (a, b) = (logits(&ck, &cpu, &model), logits(&ck, &cpu, &loaded));

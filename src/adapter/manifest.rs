@@ -40,6 +40,9 @@ pub struct AdapterManifest {
     /// [`WeightsFile::encoder_sha256`]: crate::checkpoint::WeightsFile::encoder_sha256
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_encoder_sha256: Option<String>,
+    /// Whether the adapter was trained on text pairs (two texts per example), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pairs: Option<bool>,
     /// SHA-256 of `adapter.safetensors`, so a torn pair of files is detected.
     pub weights_sha256: String,
     /// Names of the stored tensors.

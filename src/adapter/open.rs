@@ -8,7 +8,7 @@ use super::peft_import::{import_peft, is_peft_adapter, PEFT_CONFIG_FILE};
 use super::store::{load_adapter, MANIFEST_FILE};
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
-use crate::data::TaskKind;
+use crate::data::{Dataset, TaskKind};
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
 use crate::peft::PeftPlan;
@@ -31,6 +31,8 @@ pub struct OpenedAdapter<B: Backend> {
     /// Class names, when the adapter records them (spafit's do, and its PEFT exports in
     /// `spafit_export.json`; PEFT's own do not).
     pub labels: Option<Vec<String>>,
+    /// Whether it was trained on text pairs, when it records that (spafit's adapters do).
+    pub text_pairs: Option<bool>,
     /// Who wrote it.
     pub format: AdapterFormat,
     /// What the import could not carry over exactly (see [`super::PeftImport::notes`]).
@@ -45,6 +47,8 @@ pub struct OpenedAdapter<B: Backend> {
 pub struct AdapterHead {
     /// Class names, when the adapter records them.
     pub labels: Option<Vec<String>>,
+    /// Whether it was trained on text pairs, when it records that.
+    pub text_pairs: Option<bool>,
     /// Outputs of the classifier (1 for regression).
     pub outputs: usize,
 }
@@ -64,6 +68,35 @@ impl AdapterHead {
                 labels: (0..n).map(|i| i.to_string()).collect(),
             }),
         }
+    }
+
+    /// Refuses data of one text per example for an adapter trained on text pairs, or the
+    /// other way round (the model would read a sentence pair task's input as something else).
+    pub fn check_texts(&self, data: &Dataset, dir: &Path) -> Result<()> {
+        let (Some(trained), Some(first)) = (self.text_pairs, data.examples.first()) else {
+            return Ok(());
+        };
+        let pairs = first.text_b.is_some();
+        if pairs == trained {
+            return Ok(());
+        }
+        let texts = |pairs: bool| match pairs {
+            true => "text pairs (two texts per example)",
+            false => "single texts (one per example)",
+        };
+        Err(Error::Mismatch {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "the adapter was trained on {} but {} has {} ({})",
+                texts(trained),
+                data.name,
+                texts(pairs),
+                match trained {
+                    true => "--text-pair-column names the second text",
+                    false => "drop --text-pair-column",
+                }
+            ),
+        })
     }
 
     /// Refuses data whose label space is not the head's: other class names (when the
@@ -100,6 +133,7 @@ impl<B: Backend> OpenedAdapter<B> {
     pub fn head(&self) -> AdapterHead {
         AdapterHead {
             labels: self.labels.clone(),
+            text_pairs: self.text_pairs,
             outputs: self.model.num_labels,
         }
     }
@@ -130,6 +164,7 @@ pub fn open_adapter<B: Backend>(
             model,
             plan,
             labels: manifest.labels,
+            text_pairs: manifest.text_pairs,
             format: AdapterFormat::Spafit,
             notes: Vec::new(),
             kept_frozen: Vec::new(),
@@ -142,6 +177,7 @@ pub fn open_adapter<B: Backend>(
             model,
             plan: import.plan,
             labels: import.labels,
+            text_pairs: None,
             format: AdapterFormat::Peft,
             notes: import.notes,
             kept_frozen: import.kept_frozen,

@@ -74,7 +74,8 @@ pub fn read_tensors<B: Backend>(backend: &B, path: &Path) -> Result<BTreeMap<Str
     Ok(out)
 }
 
-/// Saves the trainable tensors of `model` and a manifest into `dir`. The weights are written
+/// Saves the trainable tensors of `model` and a manifest into `dir`, recording the class
+/// names and whether the examples were text pairs. The weights are written
 /// first and the manifest (which holds their hash) last, each atomically.
 pub fn save_adapter<B: Backend>(
     dir: &Path,
@@ -83,6 +84,7 @@ pub fn save_adapter<B: Backend>(
     plan: &PeftPlan,
     base: &WeightsFile,
     labels: Option<&[String]>,
+    text_pairs: Option<bool>,
 ) -> Result<()> {
     let trainable: Vec<(String, Tensor<B>)> = model
         .params()
@@ -106,6 +108,7 @@ pub fn save_adapter<B: Backend>(
         labels: labels.map(<[String]>::to_vec),
         base_model_sha256: base.sha256().to_string(),
         base_encoder_sha256: Some(base.encoder_sha256().to_string()),
+        text_pairs,
         weights_sha256: sha256_hex(&bytes),
         tensors: trainable.iter().map(|(n, _)| n.clone()).collect(),
     };

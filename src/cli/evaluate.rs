@@ -48,6 +48,7 @@ fn load<B: Backend>(
             // head is lined up with them after loading (`match_checkpoint_classes`).
             let head = AdapterHead {
                 labels: None,
+                text_pairs: None,
                 outputs: classifier.num_labels,
             };
             let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)
@@ -60,6 +61,7 @@ fn load<B: Backend>(
         true => data.load_for_prediction(split, default_kind.as_ref())?,
         false => data.load_with_default_kind(split, default_kind.as_ref())?,
     };
+    head.check_texts(&data, &head_source)?;
     head.check(&data.kind, &data.name, &head_source)
         .map_err(|e| match (adapter, e) {
             (None, spafit::Error::Mismatch { path, detail }) => spafit::Error::Mismatch {

@@ -357,6 +357,7 @@ impl TrainCommand {
             Some(dir) => {
                 let (run, head) = setup_from_adapter(backend, &self.model, dir)?;
                 let (train, devs) = self.load_data(task, head.default_kind().as_ref())?;
+                head.check_texts(&train, dir)?;
                 head.check(&train.kind, &train.name, dir)?;
                 (run, train, devs)
             }

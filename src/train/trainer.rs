@@ -136,6 +136,8 @@ struct RunPlan {
     dropout: DropoutRates,
     settings: RunSettings,
     labels: Option<Vec<String>>,
+    /// Whether the examples are text pairs (recorded with the adapter).
+    text_pairs: bool,
 }
 
 /// The best evaluation so far and the weights that gave it.
@@ -409,6 +411,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 TaskKind::Classification { labels } => Some(labels.clone()),
                 TaskKind::Regression => None,
             },
+            text_pairs: train.examples.iter().any(|e| e.text_b.is_some()),
         })
     }
 
@@ -672,7 +675,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 evaluation: eval,
                 weights: self.trainable().into_iter().collect(),
             });
-            self.save_best(plan.labels.as_deref())?;
+            self.save_best(plan)?;
         }
         Ok(())
     }
@@ -726,7 +729,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         if plan.dev.is_none() {
             self.check_weights_finite(run.step)?;
-            self.save_best(plan.labels.as_deref())?;
+            self.save_best(plan)?;
         }
         let m = &run.meter;
         Ok(TrainReport {
@@ -792,7 +795,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Writes the current trainable tensors as the best adapter, when there is an output
     /// directory.
-    fn save_best(&self, labels: Option<&[String]>) -> Result<()> {
+    fn save_best(&self, plan: &RunPlan) -> Result<()> {
         match &self.config.output_dir {
             Some(dir) => save_adapter(
                 &dir.join("best"),
@@ -800,7 +803,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.model,
                 self.plan,
                 self.base,
-                labels,
+                plan.labels.as_deref(),
+                Some(plan.text_pairs),
             ),
             None => Ok(()),
         }
@@ -813,7 +817,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         let current: NamedTensors<B> = self.trainable().into_iter().collect();
         self.restore(&best.weights, source)?;
-        self.save_best(plan.labels.as_deref())?;
+        self.save_best(plan)?;
         self.restore(&current, source)
     }
 }
