@@ -47,11 +47,15 @@ fn glue_reports_the_right_metrics() {
         pred: vec![1, 0, 1],
         gold: vec![1, 1, 1],
     };
-    let keys = |t| report(Some(t), &classes).into_keys().collect::<Vec<_>>();
+    let keys = |t| report(Some(t), &classes, 2).into_keys().collect::<Vec<_>>();
     assert_eq!(keys(GlueTask::Cola), ["accuracy", "matthews_correlation"]);
     assert_eq!(keys(GlueTask::Mrpc), ["accuracy", "f1"]);
     assert_eq!(keys(GlueTask::Qqp), ["accuracy", "f1"]);
     assert_eq!(keys(GlueTask::Sst2), ["accuracy"]);
+    // A custom task: F1 for a two-class head, whatever classes a split happens to hold.
+    let custom = |n| report(None, &classes, n).into_keys().collect::<Vec<_>>();
+    assert_eq!(custom(2), ["accuracy", "f1"]);
+    assert_eq!(custom(3), ["accuracy"]);
     assert_eq!(
         main_metric(Some(GlueTask::Cola), &classes),
         "matthews_correlation"
@@ -61,7 +65,7 @@ fn glue_reports_the_right_metrics() {
         gold: vec![1.5, 2.0, 3.0],
     };
     assert_eq!(
-        report(Some(GlueTask::Stsb), &scores)
+        report(Some(GlueTask::Stsb), &scores, 1)
             .into_keys()
             .collect::<Vec<_>>(),
         ["pearson", "spearman"]

@@ -116,7 +116,7 @@ pub fn evaluate<B: Backend>(
         },
     };
     Ok(Evaluation {
-        metrics: report(task, &preds),
+        metrics: report(task, &preds, model.num_labels),
         main_metric: main_metric(task, &preds),
         loss: out.loss.unwrap_or(f64::NAN),
         seconds: start.elapsed().as_secs_f64(),

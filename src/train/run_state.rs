@@ -45,6 +45,19 @@ pub(crate) struct RunPosition {
     /// empty in a state written before they were recorded by name.
     #[serde(default)]
     pub settings: RunSettings,
+    /// The training losses since the last logged line, so the first line a resumed run logs
+    /// averages the same steps as an uninterrupted run's (empty in older states).
+    #[serde(default)]
+    pub loss_window: LossWindow,
+}
+
+/// The steps' losses summed since the last `metrics.jsonl` train line (as bits: exact), and
+/// the last logged mean.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct LossWindow {
+    pub sum_bits: u64,
+    pub steps: usize,
+    pub last_logged_bits: Option<u64>,
 }
 
 /// What the header carries: the position and a checksum of the tensor bytes.

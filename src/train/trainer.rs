@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::run_state::{
-    self, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
+    self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
 };
 use super::{evaluate, AdamW, BatchLog, EncodedDataset, Evaluation, LinearSchedule, Progress};
 use crate::adapter::save_adapter;
@@ -485,6 +485,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .set_moments(position.step as u64, saved.moments);
         (run.step, run.epoch, run.next_batch) =
             (position.step, position.epoch, position.next_batch);
+        let window = &position.loss_window;
+        run.meter.window_loss = f64::from_bits(window.sum_bits);
+        run.meter.window_steps = window.steps;
+        run.meter.last_logged_loss = window.last_logged_bits.map(f64::from_bits);
         if let (Some(best), Some(weights)) = (&position.best, saved.best_weights) {
             run.best = Some(Best {
                 step: best.step,
@@ -710,6 +714,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .as_ref()
                 .map(|b| SavedBest::new(b.step, &b.evaluation)),
             settings: plan.settings.clone(),
+            loss_window: LossWindow {
+                sum_bits: run.meter.window_loss.to_bits(),
+                steps: run.meter.window_steps,
+                last_logged_bits: run.meter.last_logged_loss.map(f64::to_bits),
+            },
         };
         run_state::save_run(
             &self.backend,
