@@ -957,23 +957,27 @@ fn peft_adapters_evaluate_predict_and_keep_training() {
         scores += &format!("\"{t}\",0.5\n");
     }
     write(dir.path(), "scores.csv", &scores);
-    let (ok, stdout, err) = spafit(&[
-        "predict",
-        "--model",
-        &m,
-        "--adapter",
-        &adapter("lora_regression"),
-        "--dev-file",
-        dir.path().join("scores.csv").to_str().unwrap(),
-        "--regression",
-        "--split",
-        "dev",
-    ]);
-    assert!(ok, "{err}");
-    let preds: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The regression adapter's predictions for a file of `dir`, one JSON value per line.
+    let predict_scores = |file: &str| -> Vec<serde_json::Value> {
+        let (ok, stdout, err) = spafit(&[
+            "predict",
+            "--model",
+            &m,
+            "--adapter",
+            &adapter("lora_regression"),
+            "--dev-file",
+            dir.path().join(file).to_str().unwrap(),
+            "--regression",
+            "--split",
+            "dev",
+        ]);
+        assert!(ok, "{file}: {err}");
+        stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let preds = predict_scores("scores.csv");
     let want: Vec<f64> = expected["cases"]["lora_regression"]["logits"]
         .as_array()
         .unwrap()
@@ -994,24 +998,7 @@ fn peft_adapters_evaluate_predict_and_keep_training() {
         texts_only += &format!("\"{t}\"\n");
     }
     write(dir.path(), "texts.csv", &texts_only);
-    let (ok, stdout, err) = spafit(&[
-        "predict",
-        "--model",
-        &m,
-        "--adapter",
-        &adapter("lora_regression"),
-        "--dev-file",
-        dir.path().join("texts.csv").to_str().unwrap(),
-        "--regression",
-        "--split",
-        "dev",
-    ]);
-    assert!(ok, "{err}");
-    let again: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(again, preds);
+    assert_eq!(predict_scores("texts.csv"), preds);
 
     // Training continues from the SPAFIT-shaped PEFT adapter, under its plan.
     let mut three = String::from("text,label\n");

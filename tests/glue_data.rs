@@ -542,6 +542,7 @@ fn classes_are_inferred_from_a_training_file() {
         write(tmp.path(), name, text);
         text_label_table(tmp.path().join(name)).infer_classes(OnMalformed::Error)
     };
+    let refused = |name: &str, text: &str| infer(name, text).unwrap_err().to_string();
     let classes = |names: &[&str]| TaskKind::Classification {
         labels: names.iter().map(|n| n.to_string()).collect(),
     };
@@ -582,25 +583,17 @@ fn classes_are_inferred_from_a_training_file() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 2: missing `text`"), "{e}");
-    let e = infer("scores.csv", "text,label\na,1\nb,2\nc,0.25\n")
-        .unwrap_err()
-        .to_string();
+    let e = refused("scores.csv", "text,label\na,1\nb,2\nc,0.25\n");
     assert!(
         e.contains("scores.csv") && e.contains("line 4") && e.contains("--regression"),
         "{e}"
     );
-    let e = infer("single.csv", "text,label\na,yes\nb,yes\n")
-        .unwrap_err()
-        .to_string();
+    let e = refused("single.csv", "text,label\na,yes\nb,yes\n");
     assert!(e.contains("every label in `label` is `yes`"), "{e}");
-    let e = infer("nolabel.csv", "text,other\na,yes\n")
-        .unwrap_err()
-        .to_string();
+    let e = refused("nolabel.csv", "text,other\na,yes\n");
     assert!(e.contains("no column `label`"), "{e}");
     // A file whose rows cannot be read names its first bad row, not a lack of labels.
-    let e = infer("array.jsonl", "[\"a\", 1]\n[\"b\", 0]\n")
-        .unwrap_err()
-        .to_string();
+    let e = refused("array.jsonl", "[\"a\", 1]\n[\"b\", 0]\n");
     assert!(e.contains("line 1: not a JSON object"), "{e}");
 
     // The inferred classes then read the file, and the empty label is the malformed row.

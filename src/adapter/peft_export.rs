@@ -118,12 +118,11 @@ pub fn export_peft<B: Backend>(
         "use_rslora": false,
         "use_dora": false,
     });
+    let bytes = tensors_to_safetensors(backend, &tensors)?;
     // Kept out of adapter_config.json: older PEFT versions reject unknown keys there. The
     // class names live here because PEFT keeps them in the base model's config, which an
-    // adapter does not carry; spafit's import reads them back.
-    let bytes = tensors_to_safetensors(backend, &tensors)?;
-    // The weights' hash ties the note to them: PEFT may save another adapter into this
-    // folder later and leave the note behind.
+    // adapter does not carry; spafit's import reads them back. The weights' hash ties the
+    // note to them: PEFT may save another adapter into this folder later and leave the note.
     let provenance = json!({
         "method": plan.method.to_string(),
         "boundaries": plan.boundaries,

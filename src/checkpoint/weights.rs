@@ -245,12 +245,9 @@ impl WeightsFile {
     /// the TensorFlow-era names `gamma` / `beta` as well (bert-base-uncased's own files use
     /// them; transformers renames them on load).
     pub fn resolve(&self, name: &str) -> Option<&str> {
-        let legacy = [
-            ("LayerNorm.weight", "LayerNorm.gamma"),
-            ("LayerNorm.bias", "LayerNorm.beta"),
-        ]
-        .into_iter()
-        .find_map(|(modern, old)| Some(format!("{}{old}", name.strip_suffix(modern)?)));
+        let legacy = LEGACY_LAYER_NORM_NAMES
+            .into_iter()
+            .find_map(|(modern, old)| Some(format!("{}{old}", name.strip_suffix(modern)?)));
         let unprefixed = |n: &str| n.strip_prefix("bert.").map(str::to_string);
         let candidates = [
             Some(name.to_string()),
@@ -336,14 +333,19 @@ impl WeightsFile {
     }
 }
 
+/// LayerNorm parameters as transformers names them, and as TensorFlow-era checkpoints
+/// (bert-base-uncased's own files) store them; read both ways by [`WeightsFile::resolve`]
+/// and [`canonical_name`].
+const LEGACY_LAYER_NORM_NAMES: [(&str, &str); 2] = [
+    ("LayerNorm.weight", "LayerNorm.gamma"),
+    ("LayerNorm.bias", "LayerNorm.beta"),
+];
+
 /// `name` as transformers names it inside `BertModel`: without the `bert.` prefix, and
 /// LayerNorm parameters as `weight` / `bias` rather than TensorFlow's `gamma` / `beta`.
 fn canonical_name(name: &str) -> String {
     let name = name.strip_prefix("bert.").unwrap_or(name);
-    for (old, modern) in [
-        ("LayerNorm.gamma", "LayerNorm.weight"),
-        ("LayerNorm.beta", "LayerNorm.bias"),
-    ] {
+    for (modern, old) in LEGACY_LAYER_NORM_NAMES {
         if let Some(stem) = name.strip_suffix(old) {
             return format!("{stem}{modern}");
         }

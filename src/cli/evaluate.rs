@@ -272,12 +272,10 @@ impl PredictCommand {
             (Some(task), PredictionFormat::Tsv) => {
                 let dir = self.data.glue_dir.as_deref().unwrap_or(Path::new("."));
                 let ids = task.row_ids(dir, &self.split)?;
-                let by_line: Option<Vec<String>> = data
-                    .source_lines
+                data.source_lines
                     .iter()
                     .map(|line| ids.get(line).cloned())
-                    .collect();
-                by_line
+                    .collect()
             }
             _ => None,
         };

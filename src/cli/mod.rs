@@ -116,6 +116,24 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     }
 }
 
+/// The files a command reads from a checkpoint directory (besides shards an index names).
+const MODEL_FILES: [&str; 6] = [
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+];
+
+/// The files of an adapter directory, spafit's or PEFT's.
+const ADAPTER_FILES: [&str; 4] = [
+    "adapter.json",
+    "adapter.safetensors",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+];
+
 /// Whether `path` is one of the files a command reads from the checkpoint in `model` or the
 /// adapter in `adapter` (an output there would destroy the input).
 fn is_read_file(
@@ -123,15 +141,7 @@ fn is_read_file(
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
 ) -> bool {
-    let model_files = [
-        "config.json",
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "tokenizer.json",
-        "vocab.txt",
-        "tokenizer_config.json",
-    ]
-    .map(|f| model.join(f));
+    let model_files = MODEL_FILES.map(|f| model.join(f));
     // The shards an index lists may have any name.
     let is_shard = path.extension().is_some_and(|e| e == "safetensors")
         && path
@@ -140,15 +150,9 @@ fn is_read_file(
     if is_shard {
         return true;
     }
-    let adapter_files = adapter.into_iter().flat_map(|a| {
-        [
-            "adapter.json",
-            "adapter.safetensors",
-            "adapter_config.json",
-            "adapter_model.safetensors",
-        ]
-        .map(|f| a.join(f))
-    });
+    let adapter_files = adapter
+        .into_iter()
+        .flat_map(|a| ADAPTER_FILES.map(|f| a.join(f)));
     model_files
         .into_iter()
         .chain(adapter_files)
@@ -269,19 +273,14 @@ pub(crate) fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 /// run's. Predictions or a batch log written over one would destroy it.
 fn is_artifact_name(path: &std::path::Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    const ARTIFACTS: [&str; 10] = [
-        "adapter.json",
-        "adapter_config.json",
+    const OTHERS: [&str; 3] = [
         "spafit_export.json",
-        "config.json",
         "metrics.jsonl",
-        "model.safetensors.index.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
         "special_tokens_map.json",
     ];
-    ARTIFACTS.contains(&name)
+    MODEL_FILES.contains(&name)
+        || ADAPTER_FILES.contains(&name)
+        || OTHERS.contains(&name)
         || path
             .extension()
             .is_some_and(|e| e == "safetensors" || e == "bin")

@@ -185,23 +185,21 @@ impl TableSpec {
         let mut seen: Vec<(String, usize)> = Vec::new();
         // A malformed row is the error `load` would give, or skipped as `load` would skip it.
         let mut sink = RowSink::new(on_malformed);
+        // Only a row `load` keeps names a class: one the filter selects, with its texts, and
+        // a label that is a usable class name.
+        let texts_only = TableSpec {
+            label_column: None,
+            ..self.clone()
+        };
         self.for_each_row(&mut |line, row| {
             let row = match row {
                 Ok(row) => row,
                 Err(why) => return sink.take(Err(why), path, line),
             };
-            if !self.selected(row).unwrap_or(false) {
-                return Ok(());
-            }
-            // Only a row `load` keeps names a class: its texts must be there, and the label
-            // a usable class name.
-            let texts = [Some(&self.text_column), self.text_pair_column.as_ref()];
-            if let Some(why) = texts.into_iter().flatten().find_map(|c| match row.get(c) {
-                Ok(Some(_)) => None,
-                Ok(None) => Some(format!("missing `{c}`")),
-                Err(why) => Some(why),
-            }) {
-                return sink.take(Err(why), path, line);
+            match texts_only.example(row) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(why) => return sink.take(Err(why), path, line),
             }
             let label = match row.get(column) {
                 Ok(Some(label)) => label.trim().to_string(),
