@@ -152,6 +152,18 @@ fn every_float_dtype_and_both_name_styles_load() {
     }
 }
 
+/// The name `tiny_bert::tensors` uses for the tensor `spelled` names another way.
+fn name_of_twin(spelled: &str) -> String {
+    let modern = spelled
+        .replace("LayerNorm.gamma", "LayerNorm.weight")
+        .replace("LayerNorm.beta", "LayerNorm.bias");
+    if modern.starts_with("bert.") {
+        modern
+    } else {
+        format!("bert.{modern}")
+    }
+}
+
 #[test]
 fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -223,6 +235,50 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
         e.contains("word_embeddings") && e.contains("[29, 15]") && e.contains("[30, 15]"),
         "{e}"
     );
+
+    // One LayerNorm under both its names, and one tensor with and without `bert.`: which
+    // is meant is ambiguous (transformers and a lookup order disagree), so refused.
+    for (name, spelled) in [
+        (
+            "gamma-and-weight",
+            "bert.encoder.layer.0.output.LayerNorm.gamma",
+        ),
+        (
+            "prefix-and-not",
+            "encoder.layer.1.attention.self.query.bias",
+        ),
+    ] {
+        let mut doubled = full.clone();
+        let original = name_of_twin(spelled);
+        let (shape, mut values) = full[&original].clone();
+        values[0] += 1.0;
+        doubled.insert(spelled.to_string(), (shape, values));
+        let dir = tmp.path().join(name);
+        write_checkpoint(&dir, &tiny_config_json(2), &doubled, Dtype::F32, true);
+        let e = load_err(&dir).to_string();
+        let short = spelled.trim_start_matches("bert.");
+        assert!(
+            e.contains("two spellings") && e.contains(&original) && e.contains(short),
+            "{name}: {e}"
+        );
+    }
+
+    // Non-finite weights give NaN logits (and a meaningless accuracy): refused by name.
+    for (value, shown) in [(f64::NAN, "NaN"), (f64::INFINITY, "inf")] {
+        let mut broken = full.clone();
+        broken
+            .get_mut("bert.encoder.layer.1.attention.output.dense.weight")
+            .unwrap()
+            .1[7] = value;
+        let dir = tmp.path().join(format!("non-finite-{shown}"));
+        write_checkpoint(&dir, &tiny_config_json(2), &broken, Dtype::BF16, false);
+        let e = load_err(&dir).to_string();
+        assert!(
+            e.contains("encoder.layer.1.attention.output.dense.weight")
+                && e.contains(&format!("holds {shown} at flat index 7")),
+            "{e}"
+        );
+    }
 
     // Integer data where floats belong.
     let dir = tmp.path().join("int");
@@ -785,9 +841,66 @@ fn hugging_face_hub_cache_layout_resolves_offline() {
     let e = resolve_with_caches(Path::new("acme/other-model"), &caches).unwrap_err();
     assert!(e.to_string().contains("acme/other-model"), "{e}");
 
+    // The oldest models have no organisation: `bert-base-uncased` is
+    // `models--bert-base-uncased`.
+    let bare = tmp
+        .path()
+        .join("hub/models--tiny-bert-uncased/snapshots/42");
+    write_checkpoint(&bare, &tiny_config_json(2), &tensors, Dtype::F32, false);
+    assert_eq!(
+        resolve_with_caches(Path::new("tiny-bert-uncased"), &caches).unwrap(),
+        bare
+    );
+
+    // refs/main naming a snapshot that is gone, or whose config.json is a dangling link
+    // (an interrupted download), says so rather than falling back to another revision.
+    std::fs::write(repo.join("refs/main"), "deadbeef\n").unwrap();
+    let e = resolve_with_caches(&repo, &caches).unwrap_err().to_string();
+    assert!(
+        e.contains("refs/main names snapshot `deadbeef`, which does not exist"),
+        "{e}"
+    );
+    let dangling = repo.join("snapshots/deadbeef");
+    std::fs::create_dir_all(&dangling).unwrap();
+    std::os::unix::fs::symlink("../../blobs/missing", dangling.join("config.json")).unwrap();
+    let e = resolve_with_caches(&repo, &caches).unwrap_err().to_string();
+    assert!(e.contains("link to a missing blob"), "{e}");
+
     std::fs::remove_file(repo.join("refs/main")).unwrap();
     let e = resolve_with_caches(&repo, &caches).unwrap_err();
     assert!(e.to_string().contains("several snapshots"), "{e}");
+
+    // The cache folders follow huggingface_hub's variables, legacy ones included.
+    let env = |vars: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        }
+    };
+    let roots = spafit::checkpoint::hub_cache_roots(&env(&[
+        ("HUGGINGFACE_HUB_CACHE", "/legacy"),
+        ("XDG_CACHE_HOME", "/xdg"),
+        ("HOME", "/home/u"),
+    ]));
+    assert_eq!(
+        roots,
+        [
+            PathBuf::from("/legacy"),
+            PathBuf::from("/xdg/huggingface/hub"),
+            PathBuf::from("/home/u/.cache/huggingface/hub")
+        ]
+    );
+    let roots =
+        spafit::checkpoint::hub_cache_roots(&env(&[("HF_HUB_CACHE", "/hub"), ("HF_HOME", "/hf")]));
+    assert_eq!(roots, [PathBuf::from("/hub"), PathBuf::from("/hf/hub")]);
+}
+
+fn ck_minilm_tokenizer(max_len: usize) -> spafit::text::TextTokenizer {
+    Checkpoint::open(common::minilm_dir())
+        .unwrap()
+        .tokenizer(max_len)
+        .unwrap()
 }
 
 #[test]
@@ -847,9 +960,16 @@ fn tokenizer_must_fit_the_vocabulary() {
         e.to_string().contains("[unused5]") && e.to_string().contains("99999"),
         "{e}"
     );
-    // Ids that come from the post-processor or the padding, and segment ids of a pair.
+    // Ids that come from the post-processor or the padding, and segment ids of a pair:
+    // transformers takes them from tokenizer.json only for a class other than BertTokenizer
+    // (which rebuilds its own), so the config names one.
+    std::fs::write(
+        big.path().join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "PreTrainedTokenizerFast"}"#,
+    )
+    .unwrap();
     type TokenizerEdit = fn(&mut serde_json::Value);
-    let edits: [(TokenizerEdit, &str); 3] = [
+    let edits: [(TokenizerEdit, &str); 2] = [
         (
             |j| j["post_processor"]["special_tokens"]["[CLS]"]["ids"] = serde_json::json!([99_999]),
             "token id 99999",
@@ -857,10 +977,6 @@ fn tokenizer_must_fit_the_vocabulary() {
         (
             |j| j["padding"]["pad_id"] = serde_json::json!(88_888),
             "token id 88888",
-        ),
-        (
-            |j| j["post_processor"]["pair"][3]["Sequence"]["type_id"] = serde_json::json!(7),
-            "segment (type) id 7",
         ),
     ];
     for (edit, needle) in edits {
@@ -878,6 +994,39 @@ fn tokenizer_must_fit_the_vocabulary() {
             "{e}"
         );
     }
+
+    // Segment ids beyond the model's type table: single sentences still encode, every
+    // pair is refused naming both files.
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&real).unwrap()).unwrap();
+    json["post_processor"]["pair"][3]["Sequence"]["type_id"] = serde_json::json!(7);
+    std::fs::write(big.path().join("tokenizer.json"), json.to_string()).unwrap();
+    let tok = Checkpoint::open(big.path()).unwrap().tokenizer(8).unwrap();
+    tok.encode(spafit::text::TextInput::Single("a sentence"))
+        .unwrap();
+    let e = tok
+        .encode(spafit::text::TextInput::Pair("a", "b"))
+        .expect_err("segment id 7 in a table of 2")
+        .to_string();
+    assert!(
+        e.contains("segment (type) id 7")
+            && e.contains("tokenizer.json")
+            && e.contains("config.json")
+            && e.contains("single sentences only"),
+        "{e}"
+    );
+    // Too short for a pair's three special tokens, long enough for a sentence's two.
+    let tok = ck_minilm_tokenizer(3);
+    tok.encode(spafit::text::TextInput::Single("a sentence"))
+        .unwrap();
+    let e = tok
+        .encode(spafit::text::TextInput::Pair("a", "b"))
+        .expect_err("no room for a pair")
+        .to_string();
+    assert!(
+        e.contains("--max-len") && e.contains("3 special tokens"),
+        "{e}"
+    );
 
     std::fs::write(tmp.path().join("tokenizer.json"), "{\"version\": \"1.0\"").unwrap();
     let e = ck.tokenizer(8).err().expect("broken tokenizer");

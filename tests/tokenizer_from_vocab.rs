@@ -185,3 +185,68 @@ fn a_checkpoint_without_tokenizer_json_uses_its_vocab() {
         "{e}"
     );
 }
+
+/// transformers' `BertTokenizer` keeps only the vocabulary and added tokens of a
+/// `tokenizer.json` and rebuilds the rest from `tokenizer_config.json`: the uncased MiniLM
+/// `tokenizer.json` beside each fixture config gives the ids transformers gives for that
+/// config, even where the two files disagree on lower-casing.
+#[test]
+fn tokenizer_json_beside_a_bert_config_follows_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = expected();
+    let texts: Vec<&str> = fixture["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let mut config = case["tokenizer_config"].clone();
+        config["tokenizer_class"] = "BertTokenizerFast".into();
+        let (_, config) = vocab_folder(&tmp.path().join(name), &config);
+        let tok = TextTokenizer::from_files(&minilm().join("tokenizer.json"), Some(&config), 512)
+            .unwrap();
+        for (text, want) in texts.iter().zip(case["singles"].as_array().unwrap()) {
+            let got = tok.encode(TextInput::Single(text)).unwrap();
+            assert_eq!(got.ids, ids(want), "{name}: {text:?}");
+        }
+    }
+    // Through a checkpoint folder, against what transformers 5.24's AutoTokenizer gave for
+    // the same folders: a cased config over the uncased tokenizer.json is cased; with no
+    // tokenizer_config.json the class is still BertTokenizer (the model type's), with its
+    // default lower-casing even over a cased tokenizer.json; a config naming another class
+    // takes tokenizer.json as it is.
+    let minilm_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(minilm().join("tokenizer.json")).unwrap())
+            .unwrap();
+    let folder = |name: &str, lowercase_json: bool, config: Option<serde_json::Value>| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::os::unix::fs::symlink(minilm().join(f), dir.join(f)).unwrap();
+        }
+        let mut json = minilm_json.clone();
+        json["normalizer"]["lowercase"] = lowercase_json.into();
+        std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+        if let Some(config) = config {
+            std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        }
+        let tok = spafit::checkpoint::Checkpoint::open(&dir)
+            .unwrap()
+            .tokenizer(16)
+            .unwrap();
+        tok.encode(TextInput::Single("HELLO World")).unwrap().ids
+    };
+    let (unk, hello, world) = (100, 7592, 2088);
+    let cased = serde_json::json!({"tokenizer_class": "BertTokenizer", "do_lower_case": false});
+    assert_eq!(folder("cased", true, Some(cased))[1..3], [unk, unk]);
+    let unnamed = serde_json::json!({"do_lower_case": false});
+    assert_eq!(folder("unnamed", true, Some(unnamed))[1..3], [unk, unk]);
+    assert_eq!(folder("no-config", false, None)[1..3], [hello, world]);
+    let other =
+        serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": false});
+    assert_eq!(folder("other", true, Some(other))[1..3], [hello, world]);
+    let other = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast"});
+    assert_eq!(folder("other-cased", false, Some(other))[1..3], [unk, unk]);
+}

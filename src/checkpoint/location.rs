@@ -1,5 +1,6 @@
 //! Where a checkpoint lives: a plain directory, or a Hugging Face hub cache (offline).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -8,8 +9,8 @@ use crate::error::{Error, Result};
 /// - a directory with `config.json` is used as is;
 /// - a hub cache repository folder (`…/models--org--name`) resolves to the snapshot named by
 ///   `refs/main`, or to its only snapshot;
-/// - a hub id (`org/name`) is looked up in `$HF_HUB_CACHE`, `$HF_HOME/hub` or
-///   `~/.cache/huggingface/hub`. Nothing is downloaded.
+/// - a hub id (`org/name`, or a bare `name` such as `bert-base-uncased`) is looked up in
+///   the cache folders [`hub_cache_roots`] lists. Nothing is downloaded.
 pub fn resolve(spec: &Path) -> Result<PathBuf> {
     resolve_with_caches(spec, &hub_caches())
 }
@@ -23,7 +24,14 @@ pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBu
         return snapshot(spec);
     }
     if !spec.exists() {
-        if let Some(id) = spec.to_str().filter(|s| s.matches('/').count() == 1) {
+        // Hub ids are `org/name`, or a bare `name` for the oldest models (bert-base-uncased).
+        let hub_id = |s: &&str| {
+            s.matches('/').count() <= 1
+                && !s.starts_with(['/', '.'])
+                && !s.ends_with('/')
+                && !s.is_empty()
+        };
+        if let Some(id) = spec.to_str().filter(hub_id) {
             let folder = format!("models--{}", id.replace('/', "--"));
             for hub in hub_caches {
                 let repo = hub.join(&folder);
@@ -47,14 +55,28 @@ pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBu
 }
 
 fn hub_caches() -> Vec<PathBuf> {
+    hub_cache_roots(&|name| std::env::var_os(name))
+}
+
+/// The Hugging Face hub cache folders to search, given the environment `var` reads, in
+/// huggingface_hub's order: `HF_HUB_CACHE`, its legacy `HUGGINGFACE_HUB_CACHE`, then the
+/// homes it derives from (`$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`,
+/// `~/.cache/huggingface/hub`).
+pub fn hub_cache_roots(var: &dyn Fn(&str) -> Option<OsString>) -> Vec<PathBuf> {
     let mut v = Vec::new();
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+    if let Some(p) = var("HF_HUB_CACHE") {
         v.push(PathBuf::from(p));
     }
-    if let Some(p) = std::env::var_os("HF_HOME") {
+    if let Some(p) = var("HUGGINGFACE_HUB_CACHE") {
+        v.push(PathBuf::from(p));
+    }
+    if let Some(p) = var("HF_HOME") {
         v.push(PathBuf::from(p).join("hub"));
     }
-    if let Some(home) = std::env::var_os("HOME") {
+    if let Some(p) = var("XDG_CACHE_HOME") {
+        v.push(PathBuf::from(p).join("huggingface/hub"));
+    }
+    if let Some(home) = var("HOME") {
         v.push(PathBuf::from(home).join(".cache/huggingface/hub"));
     }
     v
@@ -67,6 +89,15 @@ fn snapshot(repo: &Path) -> Result<PathBuf> {
         if dir.join("config.json").is_file() {
             return Ok(dir);
         }
+        // Another snapshot would be another revision than the one the cache calls current.
+        return Err(Error::Format {
+            path: dir.clone(),
+            detail: format!(
+                "refs/main names snapshot `{}`, which {}",
+                main.trim(),
+                missing_config(&dir)
+            ),
+        });
     }
     let entries = std::fs::read_dir(&snapshots).map_err(|source| Error::Io {
         path: snapshots.clone(),
@@ -78,13 +109,38 @@ fn snapshot(repo: &Path) -> Result<PathBuf> {
         .collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(Error::Format {
-            path: snapshots,
-            detail: "no snapshot with a config.json".into(),
-        }),
+        [] => {
+            let broken = std::fs::read_dir(&snapshots)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.join("config.json").symlink_metadata().is_ok());
+            Err(Error::Format {
+                path: snapshots,
+                detail: match broken {
+                    Some(dir) => format!(
+                        "no snapshot with a readable config.json: {} {}",
+                        dir.display(),
+                        missing_config(&dir)
+                    ),
+                    None => "no snapshot with a config.json".into(),
+                },
+            })
+        }
         _ => Err(Error::Format {
             path: snapshots,
             detail: "several snapshots and no refs/main to choose one".into(),
         }),
+    }
+}
+
+/// Why snapshot `dir` has no usable config.json, in words.
+fn missing_config(dir: &Path) -> String {
+    if !dir.is_dir() {
+        "does not exist".into()
+    } else if dir.join("config.json").symlink_metadata().is_ok() {
+        "has a config.json link to a missing blob (an interrupted download?)".into()
+    } else {
+        "has no config.json".into()
     }
 }

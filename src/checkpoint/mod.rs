@@ -5,7 +5,7 @@ mod location;
 mod weights;
 
 pub use config::BertConfig;
-pub use location::{resolve, resolve_with_caches};
+pub use location::{hub_cache_roots, resolve, resolve_with_caches};
 pub use weights::WeightsFile;
 
 use std::path::{Path, PathBuf};
@@ -77,8 +77,8 @@ impl Checkpoint {
             ));
         }
         let vocab = self.dir.join("vocab.txt");
+        let config = Some(self.dir.join("tokenizer_config.json")).filter(|c| c.is_file());
         let tok = if !path.exists() && vocab.is_file() {
-            let config = Some(self.dir.join("tokenizer_config.json")).filter(|c| c.is_file());
             path = vocab;
             TextTokenizer::from_vocab(&path, config.as_deref(), max_len)?
         } else if !path.exists() {
@@ -90,7 +90,7 @@ impl Checkpoint {
                 ),
             });
         } else {
-            TextTokenizer::from_file(&path, max_len)?
+            TextTokenizer::from_files(&path, config.as_deref(), max_len)?
         };
         if tok.vocab_size() > self.config.vocab_size {
             return Err(Error::Format {
@@ -117,7 +117,8 @@ impl Checkpoint {
         // The post-processor's special tokens, the padding id and the segment ids come from
         // other parts of the file than the vocabulary: a probe pair shows what they are.
         let probe = tok.encode(crate::text::TextInput::Pair("a", "b")).ok();
-        let ids = probe.iter().flat_map(|e| &e.ids).copied();
+        let single = tok.encode(crate::text::TextInput::Single("a")).ok();
+        let ids = probe.iter().chain(&single).flat_map(|e| &e.ids).copied();
         if let Some(id) = ids
             .chain([tok.pad_id()])
             .find(|&id| id as usize >= self.config.vocab_size)
@@ -131,19 +132,21 @@ impl Checkpoint {
                 ),
             });
         }
+        // A model with one segment type (RoBERTa-style conversions) still takes single
+        // sentences; only pairs need the second.
         let types = probe.iter().flat_map(|e| &e.type_ids).copied();
+        let mut tok = tok;
         if let Some(t) = types
             .into_iter()
             .find(|&t| t as usize >= self.config.type_vocab_size)
         {
-            return Err(Error::Format {
-                path,
-                detail: format!(
-                    "the tokenizer emits segment (type) id {t} for a sentence pair, beyond the \
-                     model's type_vocab_size {} (config.json)",
-                    self.config.type_vocab_size
-                ),
-            });
+            tok.refuse_pairs(format!(
+                "{} emits segment (type) id {t} for a sentence pair, beyond the model's \
+                 type_vocab_size {} ({}): this model takes single sentences only",
+                path.display(),
+                self.config.type_vocab_size,
+                self.dir.join("config.json").display()
+            ));
         }
         Ok(tok)
     }

@@ -144,6 +144,23 @@ impl WeightsFile {
                 shard_of.push(i);
             }
         }
+        // Two spellings of one tensor (`gamma` beside `weight`, `bert.x` beside `x`) leave
+        // which one the model holds to a lookup order that transformers does not share.
+        let mut canonical: Vec<(String, &str)> = names
+            .iter()
+            .map(|n| (canonical_name(n), n.as_str()))
+            .collect();
+        canonical.sort_unstable();
+        if let Some(pair) = canonical.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "tensors `{}` and `{}` are both `{}` under two spellings; which one the \
+                     model should hold is ambiguous: keep one",
+                    pair[0].1, pair[1].1, pair[0].0
+                ),
+            });
+        }
         Ok(WeightsFile {
             path: path.to_path_buf(),
             shards,
@@ -300,7 +317,7 @@ impl WeightsFile {
             )));
         }
         let data = view.data();
-        let values = match view.dtype() {
+        let values: Vec<f64> = match view.dtype() {
             Dtype::F32 => data
                 .chunks_exact(4)
                 .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
@@ -323,6 +340,13 @@ impl WeightsFile {
                 )))
             }
         };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format(format!(
+                "tensor `{stored}` holds {} at flat index {i}: a model with non-finite \
+                 weights gives no usable outputs",
+                values[i]
+            )));
+        }
         Ok(values)
     }
 

@@ -77,12 +77,35 @@ pub struct TextTokenizer {
     path: PathBuf,
     pad_id: u32,
     max_len: usize,
+    /// Why sentence pairs cannot be encoded for the model this tokenizer feeds, if they
+    /// cannot (single sentences still can).
+    pairs_refused: Option<String>,
 }
 
 impl TextTokenizer {
     /// Loads `path`, truncating encodings longest-first to `max_len` tokens (special tokens
     /// included).
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {
+        let (inner, pad_id) = Self::parse(path)?;
+        Self::from_parts(inner, path, pad_id, max_len)
+    }
+
+    /// Loads `path`, a BERT checkpoint's `tokenizer.json`, as transformers does beside
+    /// `config` (the checkpoint's `tokenizer_config.json`, if any): unless that names another
+    /// class, `BertTokenizer`'s own pipeline from the config's settings (or the class's
+    /// defaults) over `path`'s vocabulary and added tokens, even where `path` says otherwise
+    /// (a `tokenizer.json` that lower-cases beside `do_lower_case: false` gives cased ids in
+    /// transformers, so here too). Truncates as [`TextTokenizer::from_file`].
+    pub fn from_files(path: &Path, config: Option<&Path>, max_len: usize) -> Result<Self> {
+        let (inner, pad_id) = Self::parse(path)?;
+        match super::wordpiece_vocab::as_bert_tokenizer_class(&inner, path, config)? {
+            Some((rebuilt, pad_id)) => Self::from_parts(rebuilt, path, pad_id, max_len),
+            None => Self::from_parts(inner, path, pad_id, max_len),
+        }
+    }
+
+    /// The tokenizer in `path` without its padding, and the padding id it names.
+    fn parse(path: &Path) -> Result<(Tokenizer, u32)> {
         let format = |detail: String| Error::Format {
             path: path.to_path_buf(),
             detail,
@@ -105,7 +128,7 @@ impl TextTokenizer {
             None => inner.token_to_id("[PAD]").unwrap_or(0),
         };
         inner.with_padding(None);
-        Self::from_parts(inner, path, pad_id, max_len)
+        Ok((inner, pad_id))
     }
 
     /// BERT's WordPiece tokenizer built from `vocab` (`vocab.txt`) and, when given, its
@@ -122,6 +145,7 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             pad_id,
             max_len: 0,
+            pairs_refused: None,
         };
         tok.set_max_len(max_len)?;
         Ok(tok)
@@ -129,10 +153,7 @@ impl TextTokenizer {
 
     /// Changes the truncation length.
     pub fn set_max_len(&mut self, max_len: usize) -> Result<()> {
-        let min = self
-            .inner
-            .get_post_processor()
-            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+        let min = self.special_tokens(false);
         if max_len <= min {
             return Err(Error::invalid(
                 "tokenizer",
@@ -149,6 +170,20 @@ impl TextTokenizer {
             .map_err(|e| Error::invalid("tokenizer", e.to_string()))?;
         self.max_len = max_len;
         Ok(())
+    }
+
+    /// Special tokens the post-processor adds to one sentence, or to a pair.
+    fn special_tokens(&self, pair: bool) -> usize {
+        self.inner
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, pair))
+    }
+
+    /// Makes every sentence pair an error saying `reason`: for a model that cannot take
+    /// what the tokenizer makes of a pair (segment ids beyond its `type_vocab_size`), which
+    /// single sentences need not share.
+    pub fn refuse_pairs(&mut self, reason: impl Into<String>) {
+        self.pairs_refused = Some(reason.into());
     }
 
     /// The truncation length.
@@ -178,6 +213,22 @@ impl TextTokenizer {
 
     /// Token ids and segment ids of one input, truncated to the max length.
     pub fn encode(&self, input: TextInput<'_>) -> Result<EncodedText> {
+        if let TextInput::Pair(..) = input {
+            if let Some(reason) = &self.pairs_refused {
+                return Err(Error::invalid("sentence pairs", reason.clone()));
+            }
+            let min = self.special_tokens(true);
+            if self.max_len <= min {
+                return Err(Error::invalid(
+                    "sentence pairs",
+                    format!(
+                        "max length {} leaves no room for a sentence pair next to its {min} \
+                         special tokens: raise --max-len",
+                        self.max_len
+                    ),
+                ));
+            }
+        }
         let r = match input {
             TextInput::Single(a) => self.inner.encode(a, true),
             TextInput::Pair(a, b) => self.inner.encode((a, b), true),

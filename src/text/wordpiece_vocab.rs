@@ -11,7 +11,7 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, Model, ModelWrapper, Tokenizer};
 
 use crate::error::{Error, Result};
 
@@ -38,8 +38,7 @@ impl BertTokenizerSettings {
             detail,
         };
         let json: Value = match path {
-            Some(path) => serde_json::from_str(&crate::text_file::read_utf8(path)?)
-                .map_err(|e| format(format!("invalid JSON: {e}")))?,
+            Some(path) => read_json(path)?,
             None => Value::Object(serde_json::Map::new()),
         };
         match json.get("tokenizer_class").and_then(Value::as_str) {
@@ -58,39 +57,7 @@ impl BertTokenizerSettings {
                     .into(),
             ));
         }
-        let flag = |key: &str, default: bool| match json.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(format(format!("`{key}` is {other}, not true or false"))),
-        };
-        let token = |key: &str, default: &str| match json.get(key) {
-            None | Some(Value::Null) => Ok(default.to_string()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            // transformers also writes an AddedToken as an object with its `content`.
-            Some(Value::Object(o)) => match o.get("content") {
-                Some(Value::String(s)) => Ok(s.clone()),
-                _ => Err(format(format!("`{key}` has no `content` string"))),
-            },
-            Some(other) => Err(format(format!("`{key}` is {other}, not a token"))),
-        };
-        let settings = BertTokenizerSettings {
-            lowercase: flag("do_lower_case", true)?,
-            strip_accents: match json.get("strip_accents") {
-                None | Some(Value::Null) => None,
-                Some(Value::Bool(b)) => Some(*b),
-                Some(other) => {
-                    return Err(format(format!(
-                        "`strip_accents` is {other}, not true, false or null"
-                    )))
-                }
-            },
-            chinese_chars: flag("tokenize_chinese_chars", true)?,
-            unk: token("unk_token", "[UNK]")?,
-            sep: token("sep_token", "[SEP]")?,
-            pad: token("pad_token", "[PAD]")?,
-            cls: token("cls_token", "[CLS]")?,
-            mask: token("mask_token", "[MASK]")?,
-        };
+        let settings = Self::from_json(&json, source)?;
         // Tokens added beyond the vocabulary (entity markers, ...) would need their own
         // matching; splitting them into word pieces instead would change the ids silently.
         let specials = [
@@ -126,6 +93,48 @@ impl BertTokenizerSettings {
         }
         Ok(settings)
     }
+
+    /// The id-changing settings in a parsed `tokenizer_config.json` (`source`, for messages),
+    /// with `BertTokenizer`'s defaults for what it leaves out.
+    fn from_json(json: &Value, source: &Path) -> Result<Self> {
+        let format = |detail: String| Error::Format {
+            path: source.to_path_buf(),
+            detail,
+        };
+        let flag = |key: &str, default: bool| match json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(format(format!("`{key}` is {other}, not true or false"))),
+        };
+        let token = |key: &str, default: &str| match json.get(key) {
+            None | Some(Value::Null) => Ok(default.to_string()),
+            // transformers also writes an AddedToken as an object with its `content`.
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Object(o)) => match o.get("content") {
+                Some(Value::String(s)) => Ok(s.clone()),
+                _ => Err(format(format!("`{key}` has no `content` string"))),
+            },
+            Some(other) => Err(format(format!("`{key}` is {other}, not a token"))),
+        };
+        Ok(BertTokenizerSettings {
+            lowercase: flag("do_lower_case", true)?,
+            strip_accents: match json.get("strip_accents") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(other) => {
+                    return Err(format(format!(
+                        "`strip_accents` is {other}, not true, false or null"
+                    )))
+                }
+            },
+            chinese_chars: flag("tokenize_chinese_chars", true)?,
+            unk: token("unk_token", "[UNK]")?,
+            sep: token("sep_token", "[SEP]")?,
+            pad: token("pad_token", "[PAD]")?,
+            cls: token("cls_token", "[CLS]")?,
+            mask: token("mask_token", "[MASK]")?,
+        })
+    }
 }
 
 /// BERT's tokenizer from `vocab` (one token per line, the line number is the id) and, when
@@ -160,8 +169,44 @@ pub(crate) fn bert_tokenizer_from_vocab(
     let text = crate::text_file::read_utf8(vocab)?;
     let ids = WordPiece::read_bytes(text.as_bytes())
         .map_err(|e| format(format!("cannot read the vocabulary: {e}")))?;
+    let model = WordPiece::builder()
+        .vocab(ids)
+        .unk_token(settings.unk.clone())
+        .continuing_subword_prefix("##".into())
+        .max_input_chars_per_word(100)
+        .build()
+        .map_err(|e| format(format!("cannot build WordPiece: {e}")))?;
+    let (mut tokenizer, pad) = bert_pipeline(model, &settings, vocab, config)?;
+    // The special tokens match as written, before normalization, as in transformers.
+    let specials: Vec<AddedToken> = [
+        &settings.pad,
+        &settings.unk,
+        &settings.cls,
+        &settings.sep,
+        &settings.mask,
+    ]
+    .into_iter()
+    .map(|t| AddedToken::from(t.clone(), true))
+    .collect();
+    tokenizer.add_special_tokens(&specials);
+    Ok((tokenizer, pad))
+}
+
+/// transformers' `BertTokenizer` pipeline around `model` (WordPiece with `##` continuations
+/// and 100-character words): BERT normalizer and pre-tokenizer, `[CLS] A [SEP] B [SEP]`.
+/// Returns it with its padding id; `source` and `config` name the files in messages.
+fn bert_pipeline(
+    model: WordPiece,
+    settings: &BertTokenizerSettings,
+    source: &Path,
+    config: Option<&Path>,
+) -> Result<(Tokenizer, u32)> {
+    let format = |detail: String| Error::Format {
+        path: source.to_path_buf(),
+        detail,
+    };
     let id_of = |token: &str, key: &str| {
-        ids.get(token).copied().ok_or_else(|| {
+        model.token_to_id(token).ok_or_else(|| {
             format(format!(
                 "the {key} `{token}` is not in the vocabulary{}",
                 config.map_or(String::new(), |c| format!(" ({})", c.display()))
@@ -175,13 +220,6 @@ pub(crate) fn bert_tokenizer_from_vocab(
     let pad = id_of(&settings.pad, "pad_token")?;
     id_of(&settings.unk, "unk_token")?;
     id_of(&settings.mask, "mask_token")?;
-    let model = WordPiece::builder()
-        .vocab(ids)
-        .unk_token(settings.unk.clone())
-        .continuing_subword_prefix("##".into())
-        .max_input_chars_per_word(100)
-        .build()
-        .map_err(|e| format(format!("cannot build WordPiece: {e}")))?;
     let (c, s) = (settings.cls.as_str(), settings.sep.as_str());
     let template = TemplateProcessing::builder()
         .try_single(format!("{c}:0 $A:0 {s}:0"))
@@ -201,17 +239,82 @@ pub(crate) fn bert_tokenizer_from_vocab(
         .with_pre_tokenizer(Some(BertPreTokenizer))
         .with_post_processor(Some(template))
         .with_decoder(Some(WordPieceDecoder::default()));
-    // The special tokens match as written, before normalization, as in transformers.
-    let specials: Vec<AddedToken> = [
-        &settings.pad,
-        &settings.unk,
-        &settings.cls,
-        &settings.sep,
-        &settings.mask,
-    ]
-    .into_iter()
-    .map(|t| AddedToken::from(t.clone(), true))
-    .collect();
-    tokenizer.add_special_tokens(&specials);
     Ok((tokenizer, pad))
+}
+
+/// The tokenizer transformers loads for a BERT checkpoint holding `from` (its
+/// `tokenizer.json`, read from `source`) and `config` (its `tokenizer_config.json`, if any).
+/// Unless `config` names another class, that is `BertTokenizer` (AutoTokenizer falls back
+/// to the model type's class), which rebuilds the pipeline from the config's settings
+/// (`do_lower_case`, `strip_accents`, `tokenize_chinese_chars`, special tokens, with the
+/// class's defaults for what the config leaves out) and keeps only the vocabulary and the
+/// added tokens of `tokenizer.json`. `None` where transformers uses `tokenizer.json` as it
+/// is: another class named, or no class named and a model that is not WordPiece.
+pub(crate) fn as_bert_tokenizer_class(
+    from: &Tokenizer,
+    source: &Path,
+    config: Option<&Path>,
+) -> Result<Option<(Tokenizer, u32)>> {
+    let json = match config {
+        Some(config) => read_json(config)?,
+        None => Value::Object(serde_json::Map::new()),
+    };
+    let named = match json.get("tokenizer_class") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(class))
+            if matches!(class.as_str(), "BertTokenizer" | "BertTokenizerFast") =>
+        {
+            true
+        }
+        Some(_) => return Ok(None),
+    };
+    let config_name = config.unwrap_or(source);
+    let settings = BertTokenizerSettings::from_json(&json, config_name)?;
+    let ModelWrapper::WordPiece(existing) = from.get_model() else {
+        if !named {
+            return Ok(None);
+        }
+        return Err(Error::Format {
+            path: source.to_path_buf(),
+            detail: format!(
+                "its model is not WordPiece, yet {} names `BertTokenizer`, which transformers \
+                 builds as WordPiece: the two files disagree",
+                config_name.display()
+            ),
+        });
+    };
+    // The class keeps only the vocabulary: its own unknown token, prefix and word limit.
+    // `from_str`: WordPiece's deserializer borrows its tag, which a `Value` cannot lend.
+    let model: WordPiece = serde_json::from_str(
+        &serde_json::json!({
+            "type": "WordPiece",
+            "unk_token": settings.unk,
+            "continuing_subword_prefix": "##",
+            "max_input_chars_per_word": 100,
+            "vocab": existing.get_vocab(),
+        })
+        .to_string(),
+    )
+    .map_err(|e| Error::Format {
+        path: source.to_path_buf(),
+        detail: format!("cannot rebuild its WordPiece vocabulary: {e}"),
+    })?;
+    let (mut tokenizer, pad) = bert_pipeline(model, &settings, source, config)?;
+    let mut added: Vec<(u32, AddedToken)> = from.get_added_tokens_decoder().into_iter().collect();
+    added.sort_by_key(|(id, _)| *id);
+    for (_, token) in added {
+        if token.special {
+            tokenizer.add_special_tokens(&[token]);
+        } else {
+            tokenizer.add_tokens(&[token]);
+        }
+    }
+    Ok(Some((tokenizer, pad)))
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    serde_json::from_str(&crate::text_file::read_utf8(path)?).map_err(|e| Error::Format {
+        path: path.to_path_buf(),
+        detail: format!("invalid JSON: {e}"),
+    })
 }
