@@ -77,6 +77,66 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         ok || (err.contains("no CUDA driver") && err.contains("cuda-emu")),
         "{err}"
     );
+    // The stand-in first on the library path is not a GPU: `--device cuda` must not run on
+    // it labelled cuda:0.
+    if let Ok(dir) = spafit::backend::cuda::emulator::emulator_dir() {
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args([
+                "bench",
+                "--model",
+                &model(),
+                "--device",
+                "cuda",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "8",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ])
+            .env("LD_LIBRARY_PATH", &dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("CPU stand-in, not NVIDIA's driver"),
+            "{err}"
+        );
+    }
+    // The stand-in's settings from the environment are checked, not half-read.
+    for (name, value) in [
+        ("SPAFIT_EMU_SCHEDULE", "shuffle:abc"),
+        ("SPAFIT_EMU_MEMORY", "16G"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args([
+                "bench",
+                "--model",
+                &model(),
+                "--device",
+                "cuda-emu",
+                "--batch-size",
+                "2",
+                "--seq-len",
+                "8",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ])
+            .env(name, value)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(name) && err.contains(value),
+            "{name}={value}: {err}"
+        );
+    }
     for (device, dtype, needle) in [
         ("cpu", "bf16", "bf16 runs on CUDA"),
         ("cuda-emu", "f64", "f64 is the CPU reference"),

@@ -203,6 +203,14 @@ fn a_missing_barrier_changes_results_between_schedules() {
         .iter()
         .map(|s| run("selftest_with_barrier", s))
         .collect();
+    // A seed that is not a whole number is refused, not read as 0.
+    for bad in ["shuffle:abc", "shuffle:12x", "shuffle:", "sideways"] {
+        let e = emulator::set_schedule(bad).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains(bad)),
+            "{bad}: {e:?}"
+        );
+    }
     emulator::set_schedule("forward").unwrap();
     for (s, f) in schedules.iter().zip(&fixed) {
         assert!(

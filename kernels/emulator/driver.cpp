@@ -37,6 +37,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <cerrno>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -77,7 +78,17 @@ bool parse_schedule(const char* text, Schedule* out) {
         return true;
     }
     if (!strncmp(text, "shuffle", 7) && (text[7] == 0 || text[7] == ':')) {
-        *out = Schedule{EMU_SHUFFLE, text[7] ? strtoull(text + 8, nullptr, 10) : 1};
+        if (!text[7]) {
+            *out = Schedule{EMU_SHUFFLE, 1};
+            return true;
+        }
+        // The whole seed must be digits: `shuffle:abc` silently seeded 0 would hide a typo.
+        const char* digits = text + 8;
+        char* end = nullptr;
+        errno = 0;
+        unsigned long long seed = strtoull(digits, &end, 10);
+        if (*digits < '0' || *digits > '9' || *end || errno) return false;
+        *out = Schedule{EMU_SHUFFLE, seed};
         return true;
     }
     return false;

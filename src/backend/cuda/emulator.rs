@@ -60,6 +60,7 @@ pub fn use_emulator() -> Result<()> {
         )),
         None => {}
     }
+    check_settings()?;
     let dir = emulator_dir()?;
     let path = dir.join("libcuda.so");
     if !path.is_file() {
@@ -84,6 +85,41 @@ pub fn use_emulator() -> Result<()> {
         return Err(unavailable(
             "cudarc opened another libcuda.so than the stand-in (NVIDIA's driver was loaded first)",
         ));
+    }
+    Ok(())
+}
+
+/// The stand-in reads its settings from the environment when it loads, where it can only
+/// warn: a typo there (`shuffle:abc`, `16G`) would silently run another schedule or size.
+fn check_settings() -> Result<()> {
+    let invalid = |name: &str, value: &str, expected: &str| {
+        unavailable(format!(
+            "the environment variable {name} is `{value}`; expected {expected}"
+        ))
+    };
+    if let Some(value) = std::env::var_os("SPAFIT_EMU_SCHEDULE") {
+        let value = value.to_string_lossy();
+        let seed_ok =
+            |seed: &str| seed.bytes().all(|b| b.is_ascii_digit()) && seed.parse::<u64>().is_ok();
+        let ok = matches!(value.as_ref(), "" | "forward" | "reverse" | "shuffle")
+            || value.strip_prefix("shuffle:").is_some_and(seed_ok);
+        if !ok {
+            return Err(invalid(
+                "SPAFIT_EMU_SCHEDULE",
+                &value,
+                "forward, reverse, shuffle or shuffle:<seed> (a whole number)",
+            ));
+        }
+    }
+    if let Some(value) = std::env::var_os("SPAFIT_EMU_MEMORY") {
+        let value = value.to_string_lossy();
+        if !value.parse::<u64>().is_ok_and(|bytes| bytes > 0) {
+            return Err(invalid(
+                "SPAFIT_EMU_MEMORY",
+                &value,
+                "the stand-in's device memory in bytes, a whole number above 0 (16 GiB is 17179869184)",
+            ));
+        }
     }
     Ok(())
 }
@@ -123,6 +159,18 @@ fn symbol<T: Copy>(name: &[u8]) -> Option<T> {
     // SAFETY: the stand-in is loaded (driver() says so), so culib() finds it and cannot
     // panic; the symbol types match the `API` functions in kernels/emulator/driver.cpp.
     unsafe { cudarc::driver::sys::culib().get::<T>(name).ok().map(|s| *s) }
+}
+
+/// Whether the `libcuda.so` cudarc loads by name is this stand-in (first on the library
+/// path) rather than NVIDIA's driver. Call only once `is_culib_present()` said it loads.
+pub(super) fn driver_library_is_stand_in() -> bool {
+    // SAFETY: the caller checked that the library loads, so culib() cannot panic; the symbol
+    // is only looked up, not called.
+    unsafe {
+        cudarc::driver::sys::culib()
+            .get::<LastError>(b"spafit_emu_last_error\0")
+            .is_ok()
+    }
 }
 
 fn is_emulated() -> bool {

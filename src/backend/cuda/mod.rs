@@ -269,6 +269,12 @@ impl CudaBackend {
                 "no CUDA driver (libcuda) on this machine; `--device cuda-emu` (CudaBackend::emulated) runs the same kernels on the CPU stand-in",
             ));
         }
+        if emulator::driver_library_is_stand_in() {
+            return Err(unavailable(
+                ordinal,
+                "the libcuda.so found on the library path (LD_LIBRARY_PATH) is spafit's CPU stand-in, not NVIDIA's driver; `--device cuda-emu` runs on the stand-in by name, `--device cuda` needs NVIDIA's driver",
+            ));
+        }
         emulator::claim_hardware()?;
         let count = CudaContext::device_count().map_err(|e| unavailable(ordinal, e.to_string()))?;
         if ordinal >= count as usize {
