@@ -48,6 +48,8 @@ struct AttnParams {
     float scale;
     unsigned drop_threshold;  // 0: no dropout
     float keep_scale;
+    int seq0;  // sequence of blockIdx.z = 0: more sequences than a grid's z dimension (65535)
+               // holds take several launches
 };
 
 __device__ __forceinline__ bool key_valid(const AttnParams& p, int b, int j, int len) {
@@ -142,7 +144,7 @@ struct AttnTc {
         bf16* Ks = Qs + TILE;
         bf16* Vs = Ks + TILE;
         float* kbias = reinterpret_cast<float*>(Vs + 2 * TILE);
-        const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * 64;
+        const int b = blockIdx.z + p.seq0, h = blockIdx.y, q0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         zero_lse_past_end(p, b, h, max(q0, len), q0 + 64);
         if (q0 >= len) return;
@@ -260,7 +262,7 @@ struct AttnTc {
         float* lse_s = reinterpret_cast<float*>(dOs + TILE);
         float* delta_s = lse_s + 64;
         float* kvalid = delta_s + 64;
-        const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * 64;
+        const int b = blockIdx.z + p.seq0, h = blockIdx.y, k0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (k0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
@@ -401,7 +403,7 @@ struct AttnTc {
         bf16* Ks = dOs + TILE;
         bf16* Vs = Ks + TILE;
         float* kvalid = reinterpret_cast<float*>(Vs + TILE);
-        const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * 64;
+        const int b = blockIdx.z + p.seq0, h = blockIdx.y, q0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (q0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
@@ -510,7 +512,7 @@ __device__ void attention_forward_f32_impl(const AttnParams& p) {
     float* Ks = Os + F32Tiles::ROWS * pitch;           // [16][pitch]
     float* Vs = Ks + F32Tiles::OTHER * pitch;          // [16][pitch]
     float* kvalid = Vs + F32Tiles::OTHER * pitch;      // [16]
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * F32Tiles::ROWS;
+    const int b = blockIdx.z + p.seq0, h = blockIdx.y, q0 = blockIdx.x * F32Tiles::ROWS;
     const int start = p.starts[b], len = p.starts[b + 1] - start;
     zero_lse_past_end(p, b, h, max(q0, len), q0 + F32Tiles::ROWS);
     if (q0 >= len) return;
@@ -568,7 +570,7 @@ __device__ void attention_dkdv_f32_impl(const AttnParams& p) {
     float* Qs = dVs + F32Tiles::ROWS * pitch;          // [16][pitch] streamed queries
     float* dOs = Qs + F32Tiles::OTHER * pitch;
     float* stat = dOs + F32Tiles::OTHER * pitch;       // lse[16], delta[16]
-    const int b = blockIdx.z, h = blockIdx.y, k0 = blockIdx.x * F32Tiles::ROWS;
+    const int b = blockIdx.z + p.seq0, h = blockIdx.y, k0 = blockIdx.x * F32Tiles::ROWS;
     const int start = p.starts[b], len = p.starts[b + 1] - start;
     if (k0 >= len) return;
     const int j = threadIdx.x, kj = k0 + j;
@@ -625,7 +627,7 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
     float* Ks = dQs + F32Tiles::ROWS * pitch;
     float* Vs = Ks + F32Tiles::OTHER * pitch;
     float* kvalid = Vs + F32Tiles::OTHER * pitch;
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * F32Tiles::ROWS;
+    const int b = blockIdx.z + p.seq0, h = blockIdx.y, q0 = blockIdx.x * F32Tiles::ROWS;
     const int start = p.starts[b], len = p.starts[b + 1] - start;
     if (q0 >= len) return;
     const int i = threadIdx.x, qi = q0 + i;

@@ -41,6 +41,8 @@ struct GemmParams {
     float alpha;
     int split;
     int flags;  // GEMM_*_BF16 bits: which of a[0], a[1], b[0], b[1], c, bias are bf16 (else f32)
+    int m_block0;  // row block of blockIdx.y = 0: outputs of more row blocks than a grid's
+                   // y dimension (65535) holds take several launches
 };
 
 #define GEMM_A0_BF16 1
@@ -144,7 +146,7 @@ struct TcGemm {
         extern __shared__ __align__(16) unsigned char smem[];
         bf16* As = reinterpret_cast<bf16*>(smem);
         bf16* Bs = As + STAGES * A_TILE;
-        const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+        const int m0 = (blockIdx.y + p.m_block0) * BM, n0 = blockIdx.x * BN;
         const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
         const int wm = warp / WN, wn = warp % WN;
         int t0, begin, end;
@@ -248,7 +250,7 @@ __device__ void gemm_f32(const GemmParams& p) {
     __shared__ float As[BK][BM + 4];
     __shared__ float Bs[BK][BN + 4];
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    const int m0 = (blockIdx.y + p.m_block0) * BM, n0 = blockIdx.x * BN;
     int t0, begin, end;
     tile_range(p, BK, &t0, &begin, &end);
     float acc[4][4] = {};

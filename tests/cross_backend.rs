@@ -942,3 +942,112 @@ fn cuda_backend_refuses_what_it_does_not_store() {
         .tensor_from_f64_as(Shape::new([2]), &[1.0, 2.0], DType::F64)
         .is_err());
 }
+
+/// More row blocks than a grid's y dimension holds (GEMM) and more sequences than its z
+/// dimension holds (attention) take several launches, each covering its share: the rows
+/// and sequences past 65535 blocks match the reference as the first ones do (dropout's
+/// counters included, which follow the absolute sequence).
+#[test]
+fn cuda_grids_beyond_65535_blocks_take_several_launches() {
+    let b = cuda(DType::F32);
+    let r = reference();
+    let mut rng = SplitMix::new(65_535);
+    // The f32 GEMM's row block is 64 rows.
+    let (rows, input, output) = (65_535 * 64 + 37, 3, 2);
+    let x = nonzero(&mut rng, rows * input);
+    let w = nonzero(&mut rng, output * input);
+    let bias = nonzero(&mut rng, output);
+    let want = r
+        .linear_forward(
+            &up(&r, &[rows, input], &x),
+            &up(&r, &[output, input], &w),
+            Some(&up(&r, &[output], &bias)),
+            None,
+            None,
+        )
+        .unwrap();
+    let got = b
+        .linear_forward(
+            &up(&b, &[rows, input], &x),
+            &up(&b, &[output, input], &w),
+            Some(&up(&b, &[output], &bias)),
+            None,
+            None,
+        )
+        .unwrap();
+    check(
+        &b,
+        "linear.y 4194277 rows",
+        &down(&b, &got.y),
+        &down(&r, &want.y),
+        1e-5,
+    );
+
+    let (batch, seq, heads, hd) = (65_537, 2, 1, 4);
+    let n = batch * seq * heads * hd;
+    let dims = [batch * seq, heads * hd];
+    let mask: Vec<u32> = (0..batch * seq).map(|i| u32::from(i % 7 != 6)).collect();
+    let config = AttentionConfig {
+        heads,
+        scale: 0.5,
+        dropout: Some(Dropout { p: 0.3, seed: 11 }),
+    };
+    let [q, k, v, dy] = [(); 4].map(|_| nonzero(&mut rng, n));
+    let mr = r.tensor_from_u32(Shape::new([batch, seq]), &mask).unwrap();
+    let mb = b.tensor_from_u32(Shape::new([batch, seq]), &mask).unwrap();
+    let [qr, kr, vr, dyr] = [&q, &k, &v, &dy].map(|t| up(&r, &dims, t));
+    let [qb, kb, vb, dyb] = [&q, &k, &v, &dy].map(|t| up(&b, &dims, t));
+    let want = r.attention_forward(&qr, &kr, &vr, &mr, &config).unwrap();
+    let got = b.attention_forward(&qb, &kb, &vb, &mb, &config).unwrap();
+    check(
+        &b,
+        "attention.out 65537 sequences",
+        &down(&b, &got.out),
+        &down(&r, &want.out),
+        1e-5,
+    );
+    let all = AttentionGradRequest {
+        dq: true,
+        dk: true,
+        dv: true,
+    };
+    let gr = r
+        .attention_backward(
+            &dyr,
+            &qr,
+            &kr,
+            Some(&vr),
+            &want.out,
+            &want.lse,
+            &mr,
+            &config,
+            all,
+        )
+        .unwrap();
+    let gb = b
+        .attention_backward(
+            &dyb,
+            &qb,
+            &kb,
+            Some(&vb),
+            &got.out,
+            &got.lse,
+            &mb,
+            &config,
+            all,
+        )
+        .unwrap();
+    for (name, g, w) in [
+        ("dq", &gb.dq, &gr.dq),
+        ("dk", &gb.dk, &gr.dk),
+        ("dv", &gb.dv, &gr.dv),
+    ] {
+        check(
+            &b,
+            &format!("attention.{name} 65537 sequences"),
+            &down(&b, g.as_ref().unwrap()),
+            &down(&r, w.as_ref().unwrap()),
+            1e-5,
+        );
+    }
+}

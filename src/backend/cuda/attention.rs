@@ -8,6 +8,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
+use super::gemm::MAX_GRID_Y;
 use super::{
     driver, ids, require_f32, tensor, view, with_float, CudaBackend, CudaFloat, Precision,
 };
@@ -44,6 +45,7 @@ struct AttentionParams {
     scale: f32,
     drop_threshold: u32,
     keep_scale: f32,
+    seq0: i32,
 }
 
 // SAFETY: a plain C struct of integers and floats, laid out as the kernel's.
@@ -57,7 +59,10 @@ fn padded_head_dim(op: &'static str, head_dim: usize) -> Result<usize> {
         65..=128 => Ok(128),
         _ => Err(Error::invalid(
             op,
-            format!("head dim {head_dim}: the bf16 attention kernels take head dims up to 128"),
+            format!(
+                "head dim {head_dim}: the bf16 attention kernels take head dims up to 128; \
+                 --dtype f32 runs larger ones"
+            ),
         )),
     }
 }
@@ -118,22 +123,35 @@ fn launch_tiles(
     p: &AttentionParams,
 ) -> Result<()> {
     let f = b.function_with_shared(MODULE, kernel, smem)?;
-    let cfg = LaunchConfig {
-        grid_dim: (d.seq.div_ceil(tile) as u32, d.heads as u32, d.batch as u32),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: smem,
-    };
-    if d.heads > 65_535 || d.batch > 65_535 {
+    if d.heads > MAX_GRID_Y {
         return Err(Error::invalid(
             op,
-            "more than 65535 heads or sequences in one launch",
+            format!("{} heads: a launch takes at most {MAX_GRID_Y}", d.heads),
         ));
     }
-    let mut l = b.device.stream.launch_builder(&f);
-    l.arg(p);
-    // SAFETY: AttentionParams mirrors the kernel's struct; its pointers were taken from live
-    // buffers of the validated shapes just before this call and stay alive past it.
-    unsafe { l.launch(cfg) }.map_err(|e| driver(op, e))?;
+    // Sequences beyond the grid's z limit go to further launches of the same kernel.
+    for seq0 in (0..d.batch).step_by(MAX_GRID_Y) {
+        let sequences = (d.batch - seq0).min(MAX_GRID_Y);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                d.seq.div_ceil(tile) as u32,
+                d.heads as u32,
+                sequences as u32,
+            ),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let p = AttentionParams {
+            seq0: seq0 as i32,
+            ..*p
+        };
+        let mut l = b.device.stream.launch_builder(&f);
+        l.arg(&p);
+        // SAFETY: AttentionParams mirrors the kernel's struct; its pointers were taken from
+        // live buffers of the validated shapes just before this call and stay alive past it;
+        // this launch's sequences seq0 .. seq0 + sequences lie inside the batch.
+        unsafe { l.launch(cfg) }.map_err(|e| driver(op, e))?;
+    }
     Ok(())
 }
 

@@ -49,10 +49,14 @@ struct GemmParams {
     alpha: f32,
     split: i32,
     flags: i32,
+    m_block0: i32,
 }
 
 // SAFETY: a plain C struct of integers and floats, laid out as the kernel's.
 unsafe impl DeviceRepr for GemmParams {}
+
+/// The most blocks a launch grid takes in y (and z): CUDA's limit.
+pub(super) const MAX_GRID_Y: usize = 65_535;
 
 /// Which dimension of each operand is contiguous (the kernels' `A_KMAJOR` / `B_KMAJOR`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,12 +307,6 @@ impl Gemm<'_> {
         let k_tiles: usize = self.segments.iter().map(|s| s.2.div_ceil(bk)).sum();
         let blocks = m.div_ceil(bm) * n.div_ceil(bn);
         let split = split_for(blocks, k_tiles);
-        if m.div_ceil(bm) > 65_535 {
-            return Err(Error::invalid(
-                OP,
-                format!("{m} rows are too many for one launch"),
-            ));
-        }
         let mut out = b.output::<T>(m * n)?;
         let mut workspace = if split > 1 {
             Some(b.output::<f32>(split * m * n)?)
@@ -359,7 +357,7 @@ impl Gemm<'_> {
                 None => out.device_ptr_mut(stream),
             };
             p.c = pc;
-            let grid = (n.div_ceil(bn) as u32, m.div_ceil(bm) as u32, split as u32);
+            let m_blocks = m.div_ceil(bm);
             let (name, smem) = match tile {
                 Some(t) => (
                     format!("gemm_tc_{}_{}", self.layout.suffix(), t.name),
@@ -368,18 +366,24 @@ impl Gemm<'_> {
                 None => (format!("gemm_f32_{}", self.layout.suffix()), 0),
             };
             let f = b.function_with_shared(MODULE, &name, smem)?;
-            let cfg = LaunchConfig {
-                grid_dim: grid,
-                block_dim: (threads as u32, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            let mut l = stream.launch_builder(&f);
-            l.arg(&p);
-            // SAFETY: GemmParams mirrors the kernel's struct; every pointer is a live buffer
-            // holding the rows × ld elements the kernel reads (checked by the callers'
-            // shape validation) in the dtype its flag names, and `c` holds m × n
-            // (split × m × n f32) elements.
-            unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+            // Row blocks beyond the grid's y limit go to further launches of the same kernel.
+            for m_block0 in (0..m_blocks).step_by(MAX_GRID_Y) {
+                p.m_block0 = m_block0 as i32;
+                let rows = (m_blocks - m_block0).min(MAX_GRID_Y);
+                let cfg = LaunchConfig {
+                    grid_dim: (n.div_ceil(bn) as u32, rows as u32, split as u32),
+                    block_dim: (threads as u32, 1, 1),
+                    shared_mem_bytes: smem,
+                };
+                let mut l = stream.launch_builder(&f);
+                l.arg(&p);
+                // SAFETY: GemmParams mirrors the kernel's struct; every pointer is a live
+                // buffer holding the rows × ld elements the kernel reads (checked by the
+                // callers' shape validation) in the dtype its flag names, and `c` holds m × n
+                // (split × m × n f32) elements; the blocks of this launch cover row blocks
+                // m_block0 .. m_block0 + rows, all inside m.
+                unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+            }
             drop(gc);
             drop(guards);
         }
