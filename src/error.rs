@@ -33,6 +33,17 @@ pub enum Error {
         /// Which argument and why.
         detail: String,
     },
+    /// The device has no memory left for an allocation or launch.
+    #[error(
+        "{op}: out of GPU memory ({detail}); a smaller batch (--batch-size) or shorter \
+         sequences (--max-len) need less"
+    )]
+    OutOfMemory {
+        /// The operation that could not get its memory.
+        op: &'static str,
+        /// The driver's words.
+        detail: String,
+    },
     /// An index (token id, label) outside the range of the tensor it indexes.
     #[error("{op}: {what} {index} at position {position} is out of range (must be < {limit})")]
     IndexOutOfRange {

@@ -2,8 +2,6 @@
 
 mod cli;
 
-use clap::Parser;
-
 /// Keeps freed activation buffers in the heap instead of returning them to the kernel: a
 /// training step allocates and frees the same large buffers every step, and with glibc's
 /// defaults each one comes back as fresh pages to fault in and zero (5–10% of a CPU step on
@@ -23,7 +21,7 @@ fn keep_freed_memory() {
 fn main() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     keep_freed_memory();
-    if let Err(e) = cli::Cli::parse().run() {
+    if let Err(e) = cli::Cli::from_env().and_then(cli::Cli::run) {
         // Not `eprintln!`, which panics when stderr is closed or full.
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "spafit: {e}");

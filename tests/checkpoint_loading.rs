@@ -263,6 +263,35 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
         );
     }
 
+    // Weights saved under a wrapper's prefix (`model.`): the message names the stored name.
+    let dir = tmp.path().join("model-prefix");
+    let mut wrapped: Tensors = full
+        .iter()
+        .map(|(n, t)| (n.replacen("bert.", "model.", 1), t.clone()))
+        .collect();
+    wrapped.insert("classifier.weight".into(), (vec![2, 15], vec![0.1; 30]));
+    wrapped.insert("classifier.bias".into(), (vec![2], vec![0.0; 2]));
+    write_checkpoint(&dir, &tiny_config_json(2), &wrapped, Dtype::F32, true);
+    for e in [
+        load_err(&dir).to_string(),
+        Checkpoint::open(&dir)
+            .and_then(|ck| BertClassifier::from_fine_tuned(&ck, &CpuBackend::f64()))
+            .err()
+            .expect("no encoder under a known prefix")
+            .to_string(),
+    ] {
+        assert!(
+            e.contains("the file has `model.") && e.contains("prefix spafit does not read"),
+            "{e}"
+        );
+    }
+    std::fs::write(dir.join("config.json"), "[]").unwrap();
+    let e = Checkpoint::open(&dir)
+        .err()
+        .expect("an array config")
+        .to_string();
+    assert!(e.contains("holds an array, not a JSON object"), "{e}");
+
     // Non-finite weights give NaN logits (and a meaningless accuracy): refused by name.
     for (value, shown) in [(f64::NAN, "NaN"), (f64::INFINITY, "inf")] {
         let mut broken = full.clone();
@@ -556,16 +585,35 @@ fn a_fine_tuned_head_agrees_with_its_config() {
         Some(vec!["neg".into(), "pos".into(), "mixed".into()])
     );
     // transformers accepts any value in id2label; only strings name classes.
+    // Where id2label names no classes, the reason is there for a note (placeholders and
+    // an absent id2label need none).
     let (ck, model) = open("numbers", r#""id2label": {"0": 0, "1": 1},"#, 2);
     assert!(model.is_ok() && ck.config.class_names(2).is_none());
+    let problem = ck.config.class_names_problem(2).unwrap();
+    assert!(
+        problem.contains("id 0 is named 0, not a string"),
+        "{problem}"
+    );
     let (ck, _) = open(
         "placeholders",
         r#""id2label": {"0": "LABEL_0", "1": "LABEL_1"},"#,
         2,
     );
     assert!(ck.config.class_names(2).is_none());
+    assert_eq!(ck.config.class_names_problem(2), None);
     let (ck, _) = open("repeated", r#""id2label": {"0": "x", "1": "x"},"#, 2);
     assert!(ck.config.class_names(2).is_none());
+    assert!(ck
+        .config
+        .class_names_problem(2)
+        .unwrap()
+        .contains("two ids alike"));
+    let (ck, _) = open("short", r#""id2label": {"0": "neg"},"#, 2);
+    let problem = ck.config.class_names_problem(2).unwrap();
+    assert!(
+        problem.contains("1 entries for a head of 2 outputs"),
+        "{problem}"
+    );
 
     for (name, extra, rows) in [
         ("regression-2", r#""problem_type": "regression","#, 2),

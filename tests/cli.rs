@@ -187,7 +187,8 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         ),
         (&["--n1=-1"], "neither a layer index"),
         (&["--warmup-ratio", "2"], "warmup ratio 2 (--warmup-ratio)"),
-        (&["--max-len", "3"], "--max-len"),
+        // Two tokens are [CLS] and [SEP]; three leave room for a single sentence.
+        (&["--max-len", "2"], "--max-len"),
     ] {
         let mut args = vec!["train", "--model", &m, "--train-file", &t];
         args.extend_from_slice(extra);
@@ -195,6 +196,12 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         assert!(!ok && err.contains(needle), "{extra:?}: {err}");
         assert!(!err.contains("learning rate"), "{extra:?}: {err}");
     }
+    // A refused setting is all that is printed: no training banner first.
+    let (ok, _, err) = spafit(&["train", "--model", &m, "--train-file", &t, "--lr", "nan"]);
+    assert!(
+        !ok && err.contains("learning rate NaN (--lr)") && !err.contains("training spafit"),
+        "{err}"
+    );
     let (ok, _, err) = spafit(&["eval", "--model", &m, "--dev-file", &t, "--split", "foo"]);
     assert!(
         !ok && err.contains("`foo`: custom data is evaluated from --dev-file"),
@@ -584,6 +591,39 @@ fn gradcheck_and_bench_print_json() {
     println!("GRADCHECK spafit: {line}");
     assert!(worst < 1e-5, "{line}");
     assert!(line["tensors"].as_u64().unwrap() > 40);
+    assert_eq!(line["device"], "cpu-f64");
+    // Asked for, the f32 CPU backend is what gets checked (its rounding shows in the error).
+    let (ok, stdout, err) = spafit(&[
+        "gradcheck",
+        "--model",
+        &m,
+        "--method",
+        "bitfit",
+        "--samples",
+        "1",
+        "--dtype",
+        "f32",
+    ]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert_eq!(line["device"], "cpu-f32", "{line}");
+    let worst = line["max_rel_err"].as_f64().unwrap();
+    assert!(worst > 1e-9 && worst < 5e-2, "{line}");
+
+    // Flags bench would ignore are refused, naming them.
+    for (args, needle) in [
+        (&["--max-len", "32"][..], "--max-len"),
+        (&["--shape", "base", "--model", m.as_str()][..], "--shape"),
+        (
+            &["--lora-targets", "query,value, query", "--method", "lora"][..],
+            "`query` is named twice",
+        ),
+    ] {
+        let mut all = vec!["bench", "--steps", "1", "--warmup", "0"];
+        all.extend_from_slice(args);
+        let (ok, _, err) = spafit(&all);
+        assert!(!ok && err.contains(needle), "{args:?}: {err}");
+    }
 
     let (ok, stdout, err) = spafit(&[
         "bench",
@@ -864,6 +904,35 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
         println!("CUDA-EMU {dtype} dev loss {dev} vs cpu {cpu_dev}: {e:.2e}");
         assert!(e <= tol, "dev loss on cuda-emu {dtype}: {dev} vs {cpu_dev}");
     }
+    // Resuming the CPU run on the stand-in is allowed, and said.
+    let cpu_out = dir.path().join("out-cpu-f32");
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--device",
+        "cuda-emu",
+        "--train-file",
+        dir.path().join("train.csv").to_str().unwrap(),
+        "--dev-file",
+        dir.path().join("dev.csv").to_str().unwrap(),
+        "--max-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--log-every",
+        "1",
+        "--output",
+        cpu_out.to_str().unwrap(),
+        "--resume",
+        "--quiet",
+    ]);
+    assert!(
+        ok && err.contains("trained on cpu-f32 and resumes on cuda-emu-f32"),
+        "{err}"
+    );
     // The CPU-trained adapter evaluates to the same loss on the stand-in.
     let (ok, stdout, err) = spafit(&[
         "eval",

@@ -435,11 +435,12 @@ fn out_of_device_memory_is_an_error_value() {
         emulator::set_device_memory(1 << 20).unwrap();
         let err = spafit::backend::Backend::zeros(&b, spafit::tensor::Shape::new([1 << 19]))
             .expect_err("2 MiB on a 1 MiB device");
+        assert!(matches!(err, spafit::Error::OutOfMemory { .. }), "{err:?}");
         println!("OOM: {err}");
         return;
     };
     assert!(
-        out.contains("OOM: ") && out.contains("out of GPU memory"),
+        out.contains("OOM: ") && out.contains("out of GPU memory") && out.contains("--batch-size"),
         "{out}"
     );
 }

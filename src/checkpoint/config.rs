@@ -137,6 +137,38 @@ impl BertConfig {
         (self.id2label.len() == num_labels && distinct && !placeholders).then_some(names)
     }
 
+    /// Why `id2label` names no classes for a head of `num_labels` outputs although it is
+    /// neither empty nor transformers' placeholders: a count, an id, a name that is not a
+    /// string, or a repeated name. `None` when it is usable, empty or placeholders.
+    pub fn class_names_problem(&self, num_labels: usize) -> Option<String> {
+        if self.id2label.is_empty() || self.class_names(num_labels).is_some() {
+            return None;
+        }
+        let placeholders = (0..num_labels).all(|i| {
+            self.id2label.get(&i.to_string()).and_then(|v| v.as_str())
+                == Some(format!("LABEL_{i}").as_str())
+        });
+        if placeholders && self.id2label.len() == num_labels {
+            return None;
+        }
+        if self.id2label.len() != num_labels {
+            return Some(format!(
+                "it has {} entries for a head of {num_labels} outputs",
+                self.id2label.len()
+            ));
+        }
+        for i in 0..num_labels {
+            match self.id2label.get(&i.to_string()) {
+                None => return Some(format!("it has no entry for id {i}")),
+                Some(v) if !v.is_string() => {
+                    return Some(format!("id {i} is named {v}, not a string"))
+                }
+                _ => {}
+            }
+        }
+        Some("it names two ids alike".into())
+    }
+
     /// Parses and validates JSON text; `path` names the file in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let format = |detail: String| Error::Format {
@@ -145,6 +177,18 @@ impl BertConfig {
         };
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| format(format!("invalid BERT config: {e}")))?;
+        if !value.is_object() {
+            return Err(format(format!(
+                "invalid BERT config: the file holds {}, not a JSON object of settings",
+                match &value {
+                    serde_json::Value::Array(_) => "an array",
+                    serde_json::Value::String(_) => "a string",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::Bool(_) => "a boolean",
+                    _ => "null",
+                }
+            )));
+        }
         // Another family's config usually lacks BERT's field names too; naming the family
         // says more than a missing `hidden_size` would.
         match value.get("model_type") {

@@ -279,6 +279,24 @@ impl WeightsFile {
             .map(|i| self.names[i].as_str())
     }
 
+    /// "tensor `name` is missing", and where the file holds it under a prefix spafit does
+    /// not read (`model.`, `encoder.bert.`), that name too: the usual cause.
+    pub fn missing(&self, name: &str) -> String {
+        let canonical = canonical_name(name);
+        let suffix = format!(".{canonical}");
+        match self
+            .names
+            .iter()
+            .find(|n| canonical_name(n).ends_with(&suffix))
+        {
+            Some(other) => format!(
+                "tensor `{name}` is missing; the file has `{other}`, under a prefix spafit does \
+                 not read (it reads BERT's names with a `bert.` prefix or none)"
+            ),
+            None => format!("tensor `{name}` is missing"),
+        }
+    }
+
     /// The shard holding the stored tensor `stored`, parsed.
     fn shard(&self, stored: &str) -> Option<(&Shard, SafeTensors<'_>)> {
         let shard = &self.shards[self.shard_of[self.position(stored)?]];
@@ -297,7 +315,7 @@ impl WeightsFile {
     pub fn read_f64(&self, name: &str, shape: &Shape) -> Result<Vec<f64>> {
         let stored = self.resolve(name).ok_or_else(|| Error::Format {
             path: self.path.clone(),
-            detail: format!("tensor `{name}` is missing"),
+            detail: self.missing(name),
         })?;
         let (shard, st) = self.shard(stored).ok_or_else(|| Error::Format {
             path: self.path.clone(),

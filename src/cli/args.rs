@@ -182,6 +182,20 @@ impl PeftArgs {
                 .split(',')
                 .map(|t| t.trim().parse::<LoraTarget>())
                 .collect::<Result<Vec<_>>>()?;
+            // A target named twice would get one adapter, not two: a typo to point out.
+            if let Some((i, t)) = c
+                .lora
+                .targets
+                .iter()
+                .enumerate()
+                .find(|(i, t)| c.lora.targets[..*i].contains(t))
+            {
+                let name = list.split(',').nth(i).map_or("", str::trim);
+                return Err(Error::invalid(
+                    "--lora-targets",
+                    format!("`{name}` is named twice ({t:?}); name each map once"),
+                ));
+            }
         }
         c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);
         c.lora.alpha = self.lora_alpha.unwrap_or(c.lora.alpha);

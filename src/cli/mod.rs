@@ -46,6 +46,39 @@ enum Command {
 }
 
 impl Cli {
+    /// Parses the process's arguments (exiting with clap's message on a syntax error), then
+    /// refuses flags that parse but the command would ignore, which only the parser can tell
+    /// from their defaults.
+    pub fn from_env() -> spafit::Result<Self> {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let Some((_, sub)) = matches.subcommand() else {
+            return Ok(cli);
+        };
+        let given = |id: &str| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        match &mut cli.command {
+            Command::Bench(bench) => {
+                if given("max_len") {
+                    return Err(spafit::Error::invalid(
+                        "--max-len",
+                        "bench reads no text to truncate: it makes --seq-len tokens per example",
+                    ));
+                }
+                if bench.shape.is_some() && given("model") {
+                    return Err(spafit::Error::invalid(
+                        "--shape",
+                        "benchmarks a model of that shape with random weights; drop --model, \
+                         or --shape to benchmark the checkpoint",
+                    ));
+                }
+            }
+            Command::Gradcheck(check) => check.dtype_given = given("dtype"),
+            _ => {}
+        }
+        Ok(cli)
+    }
+
     pub fn run(self) -> spafit::Result<()> {
         match self.command {
             Command::Train(c) => c.run(),

@@ -26,15 +26,19 @@ pub struct GradcheckCommand {
     /// Seed of the adapters, dropout and sampled coordinates.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Whether --dtype was on the command line (not its default).
+    #[arg(skip)]
+    pub dtype_given: bool,
 }
 
 impl GradcheckCommand {
     pub fn run(&self) -> Result<()> {
         let peft = self.peft.config()?;
-        // On the CPU the analytic gradients come from the f64 reference itself; on CUDA from
-        // the device, in its dtype, against the same f64 finite differences.
+        // On the CPU the analytic gradients come from the f64 reference itself unless
+        // --dtype asks for the f32 backend; on CUDA from the device, in its dtype; both
+        // against the same f64 finite differences.
         match self.model.backend()? {
-            AnyBackend::Cpu(_) => self.run_on(CpuBackend::f64(), &peft),
+            AnyBackend::Cpu(_) if !self.dtype_given => self.run_on(CpuBackend::f64(), &peft),
             other => on_backend!(other, b => self.run_on(b, &peft)),
         }
     }
@@ -107,6 +111,12 @@ impl BenchCommand {
                 (run.backend, run.model)
             }
         };
+        if backend.name().starts_with("cuda-emu") {
+            note!(
+                "cuda-emu runs the CUDA kernels on the CPU stand-in: these timings say nothing \
+                 about a GPU's"
+            );
+        }
         let r = bench_train_step(
             &backend,
             &mut model,

@@ -183,6 +183,8 @@ pub fn fit<B: Backend>(
         batch_log: args.write_batches.clone(),
         ..TrainConfig::default()
     };
+    // Before the banner, so a refused setting is the only thing printed.
+    config.check()?;
     note!(
         "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}, lr {:e}",
         run.plan.method,

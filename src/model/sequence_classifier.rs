@@ -112,7 +112,11 @@ impl<B: Backend> BertClassifier<B> {
                     .map_or("missing".to_string(), |s| format!("of shape {s:?}"))
             ));
         }
-        if weights.resolve("bert.pooler.dense.weight").is_none() {
+        // Without even the embeddings the encoder is what is missing, which loading names.
+        let encoder_found = weights
+            .resolve("bert.embeddings.word_embeddings.weight")
+            .is_some();
+        if encoder_found && weights.resolve("bert.pooler.dense.weight").is_none() {
             return refuse(
                 "a classifier head but no pooler (`bert.pooler.dense`) to feed it".into(),
             );

@@ -294,7 +294,13 @@ pub(crate) struct RunInputs<'a> {
     pub base_sha256: &'a str,
     pub train: &'a EncodedDataset,
     pub dev: Option<&'a EncodedDataset>,
+    /// The backend's name (`cpu-f32`, `cuda-emu-bf16`): recorded, not required to match.
+    pub device: String,
 }
+
+/// The settings key of the device a run trained on: a resumed run may move to another one
+/// (a CPU run finished on a GPU), so [`changed_settings`] skips it and the trainer notes it.
+pub(crate) const DEVICE_SETTING: &str = "device and precision";
 
 /// Everything that decides the batches, the schedule, dropout, the starting weights and the
 /// choice of the best evaluation. The data enter as a hash of their token ids and labels, so
@@ -302,7 +308,8 @@ pub(crate) struct RunInputs<'a> {
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 15] = [
+    let entries: [(&str, String); 16] = [
+        (DEVICE_SETTING, inputs.device.clone()),
         (
             "training data (token ids and labels: the file, --max-len, --labels)",
             data_digest(inputs.train),
@@ -390,7 +397,7 @@ fn data_digest(data: &EncodedDataset) -> String {
 pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<String> {
     let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
     keys.into_iter()
-        .filter(|k| saved.get(*k) != now.get(*k))
+        .filter(|k| *k != DEVICE_SETTING && saved.get(*k) != now.get(*k))
         .map(|k| {
             let show = |v: Option<&String>| v.map_or("(not recorded)", |v| v.as_str()).to_string();
             format!(

@@ -99,6 +99,68 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Refuses settings that cannot give a meaningful run, whatever the data: what a caller
+    /// can check before loading anything (the trainer checks them again).
+    pub fn check(&self) -> Result<()> {
+        let c = self;
+        let refuse = |detail: String| Err(Error::invalid("train", detail));
+        if c.batch_size == 0 || c.epochs == 0 {
+            return refuse("batch size and epochs must be positive".into());
+        }
+        if c.eval_every == Some(0) || c.save_every == Some(0) {
+            return refuse(
+                "evaluating or saving every 0 steps (--eval-every / --save-every): give a positive interval"
+                    .into(),
+            );
+        }
+        if !(c.learning_rate >= 0.0 && c.learning_rate.is_finite()) {
+            return refuse(format!(
+                "learning rate {} (--lr) must be finite and ≥ 0",
+                c.learning_rate
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.warmup_ratio) {
+            return refuse(format!(
+                "warmup ratio {} (--warmup-ratio) must be in [0, 1]",
+                c.warmup_ratio
+            ));
+        }
+        if c.max_steps == Some(0) {
+            return refuse("max_steps 0 (--max-steps): give a positive number of steps".into());
+        }
+        if let Some(norm) = c.max_grad_norm.filter(|n| !(n.is_finite() && *n > 0.0)) {
+            return refuse(format!(
+                "gradient clipping at norm {norm}: give a positive finite norm (or no clipping)"
+            ));
+        }
+        if !(c.weight_decay.is_finite() && c.weight_decay >= 0.0) {
+            return refuse(format!(
+                "weight decay {} must be finite and ≥ 0",
+                c.weight_decay
+            ));
+        }
+        match &c.output_dir {
+            None if c.resume => return refuse("--resume needs an output directory".into()),
+            Some(dir) if dir.exists() && !dir.is_dir() => {
+                return refuse(format!("the output directory {} is a file", dir.display()))
+            }
+            Some(dir) if !c.resume => {
+                let earlier = run_state::run_outputs(dir);
+                if !earlier.is_empty() {
+                    return refuse(format!(
+                        "{} holds an earlier run ({}): resume it with --resume, or use another output directory",
+                        dir.display(),
+                        earlier.join(", ")
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 /// What a run did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainReport {
@@ -274,65 +336,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Refuses settings that cannot give a meaningful run, before any work.
     fn check_settings(&self, train: &Dataset, dev: Option<&Dataset>) -> Result<()> {
-        let c = &self.config;
+        self.config.check()?;
         let refuse = |detail: String| Err(Error::invalid("train", detail));
-        if c.batch_size == 0 || c.epochs == 0 {
-            return refuse("batch size and epochs must be positive".into());
-        }
-        if c.eval_every == Some(0) || c.save_every == Some(0) {
-            return refuse(
-                "evaluating or saving every 0 steps (--eval-every / --save-every): give a positive interval"
-                    .into(),
-            );
-        }
-        if !(c.learning_rate >= 0.0 && c.learning_rate.is_finite()) {
-            return refuse(format!(
-                "learning rate {} (--lr) must be finite and ≥ 0",
-                c.learning_rate
-            ));
-        }
-        if !(0.0..=1.0).contains(&c.warmup_ratio) {
-            return refuse(format!(
-                "warmup ratio {} (--warmup-ratio) must be in [0, 1]",
-                c.warmup_ratio
-            ));
-        }
-        if c.max_steps == Some(0) {
-            return refuse("max_steps 0 (--max-steps): give a positive number of steps".into());
-        }
         if let Some(d) = dev.filter(|d| d.kind != train.kind) {
             return refuse(format!(
                 "{} and {} have different label spaces",
                 train.name, d.name
             ));
-        }
-        if let Some(norm) = c.max_grad_norm.filter(|n| !(n.is_finite() && *n > 0.0)) {
-            return refuse(format!(
-                "gradient clipping at norm {norm}: give a positive finite norm (or no clipping)"
-            ));
-        }
-        if !(c.weight_decay.is_finite() && c.weight_decay >= 0.0) {
-            return refuse(format!(
-                "weight decay {} must be finite and ≥ 0",
-                c.weight_decay
-            ));
-        }
-        match &c.output_dir {
-            None if c.resume => return refuse("--resume needs an output directory".into()),
-            Some(dir) if dir.exists() && !dir.is_dir() => {
-                return refuse(format!("the output directory {} is a file", dir.display()))
-            }
-            Some(dir) if !c.resume => {
-                let earlier = run_state::run_outputs(dir);
-                if !earlier.is_empty() {
-                    return refuse(format!(
-                        "{} holds an earlier run ({}): resume it with --resume, or use another output directory",
-                        dir.display(),
-                        earlier.join(", ")
-                    ));
-                }
-            }
-            _ => {}
         }
         if let Some(d) = dev.filter(|d| d.is_empty()) {
             return refuse(format!("the evaluation set {} has no examples", d.name));
@@ -397,6 +407,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 base_sha256: self.base.sha256(),
                 train: &train_data,
                 dev: dev.as_ref().map(|(d, _)| d),
+                device: self.backend.name(),
             },
         );
         Ok(RunPlan {
@@ -463,6 +474,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     changed.join("; ")
                 ),
             });
+        }
+        let device = |s: &run_state::RunSettings| s.get(run_state::DEVICE_SETTING).cloned();
+        if let (Some(then), Some(now)) = (device(&saved.position.settings), device(&plan.settings))
+        {
+            if then != now {
+                progress.notice(&format!(
+                    "the saved run trained on {then} and resumes on {now}: it continues from \
+                     the same state, but its losses will not be bit for bit those of a run \
+                     kept on one device"
+                ));
+            }
         }
         let position = saved.position;
         let batches_per_epoch = plan.lengths.len().div_ceil(self.config.batch_size);

@@ -64,10 +64,19 @@ pub fn use_emulator() -> Result<()> {
     let dir = emulator_dir()?;
     let path = dir.join("libcuda.so");
     if !path.is_file() {
-        return Err(unavailable(format!(
-            "{} is missing: rebuild spafit (build.rs makes it) or set SPAFIT_EMULATOR_DIR",
-            path.display()
-        )));
+        let from_variable = std::env::var_os("SPAFIT_EMULATOR_DIR").is_some();
+        return Err(unavailable(if from_variable {
+            format!(
+                "{} is missing: the environment variable SPAFIT_EMULATOR_DIR names a folder \
+                 without the stand-in; unset it to use the one this build made",
+                path.display()
+            )
+        } else {
+            format!(
+                "{} is missing: rebuild spafit (build.rs makes it) or set SPAFIT_EMULATOR_DIR",
+                path.display()
+            )
+        }));
     }
     // SAFETY: loading our own library, whose initialisers only read environment variables.
     let lib = unsafe {

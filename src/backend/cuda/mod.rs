@@ -194,7 +194,7 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
         text = format!("{text}: {detail}");
     }
     if text.contains("OUT_OF_MEMORY") {
-        Error::invalid(op, format!("out of GPU memory ({text})"))
+        Error::OutOfMemory { op, detail: text }
     } else {
         Error::invalid(op, format!("CUDA error: {text}"))
     }
