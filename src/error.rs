@@ -35,8 +35,8 @@ pub enum Error {
     },
     /// The device has no memory left for an allocation or launch.
     #[error(
-        "{op}: out of GPU memory ({detail}); a smaller batch (--batch-size) or shorter \
-         sequences (--max-len) need less"
+        "{op}: out of GPU memory ({detail}): the model's weights and one step's activations \
+         must fit; a smaller batch or shorter sequences need less"
     )]
     OutOfMemory {
         /// The operation that could not get its memory.

@@ -607,11 +607,11 @@ fn a_fine_tuned_head_agrees_with_its_config() {
         .config
         .class_names_problem(2)
         .unwrap()
-        .contains("two ids alike"));
+        .contains("ids 0 and 1 `x`"));
     let (ck, _) = open("short", r#""id2label": {"0": "neg"},"#, 2);
     let problem = ck.config.class_names_problem(2).unwrap();
     assert!(
-        problem.contains("1 entries for a head of 2 outputs"),
+        problem.contains("1 entry for a head of 2 outputs"),
         "{problem}"
     );
 
@@ -914,11 +914,20 @@ fn hugging_face_hub_cache_layout_resolves_offline() {
     let e = resolve_with_caches(&repo, &caches).unwrap_err().to_string();
     assert!(e.contains("link to a missing blob"), "{e}");
 
+    // An empty ref names no revision: as if there were none.
+    std::fs::write(repo.join("refs/main"), "\n").unwrap();
+    let e = resolve_with_caches(&repo, &caches).unwrap_err();
+    assert!(e.to_string().contains("several snapshots"), "{e}");
     std::fs::remove_file(repo.join("refs/main")).unwrap();
     let e = resolve_with_caches(&repo, &caches).unwrap_err();
     assert!(e.to_string().contains("several snapshots"), "{e}");
 
-    // The cache folders follow huggingface_hub's variables, legacy ones included.
+    // A ref that leaves the snapshots folder is refused.
+    std::fs::write(repo.join("refs/main"), "../../models--other/snapshots/1\n").unwrap();
+    let e = resolve_with_caches(&repo, &caches).unwrap_err().to_string();
+    assert!(e.contains("is not a snapshot name"), "{e}");
+
+    // The cache folder is chosen as huggingface_hub chooses it: the first variable set.
     let env = |vars: &'static [(&'static str, &'static str)]| {
         move |name: &str| {
             vars.iter()
@@ -926,22 +935,43 @@ fn hugging_face_hub_cache_layout_resolves_offline() {
                 .map(|(_, v)| std::ffi::OsString::from(v))
         }
     };
-    let roots = spafit::checkpoint::hub_cache_roots(&env(&[
-        ("HUGGINGFACE_HUB_CACHE", "/legacy"),
-        ("XDG_CACHE_HOME", "/xdg"),
-        ("HOME", "/home/u"),
-    ]));
+    let roots = |vars: &'static [(&'static str, &'static str)]| {
+        spafit::checkpoint::hub_cache_roots(&env(vars))
+    };
     assert_eq!(
-        roots,
-        [
-            PathBuf::from("/legacy"),
-            PathBuf::from("/xdg/huggingface/hub"),
-            PathBuf::from("/home/u/.cache/huggingface/hub")
-        ]
+        roots(&[
+            ("HF_HUB_CACHE", "/hub"),
+            ("HF_HOME", "/hf"),
+            ("HOME", "/home/u")
+        ]),
+        [PathBuf::from("/hub")]
     );
-    let roots =
-        spafit::checkpoint::hub_cache_roots(&env(&[("HF_HUB_CACHE", "/hub"), ("HF_HOME", "/hf")]));
-    assert_eq!(roots, [PathBuf::from("/hub"), PathBuf::from("/hf/hub")]);
+    assert_eq!(
+        roots(&[
+            ("HUGGINGFACE_HUB_CACHE", "/legacy"),
+            ("HF_HOME", "/hf"),
+            ("HOME", "/home/u")
+        ]),
+        [PathBuf::from("/legacy")]
+    );
+    assert_eq!(
+        roots(&[
+            ("HF_HUB_CACHE", ""),
+            ("HF_HOME", "~/hf"),
+            ("XDG_CACHE_HOME", "/xdg"),
+            ("HOME", "/home/u")
+        ]),
+        [PathBuf::from("/home/u/hf/hub")]
+    );
+    assert_eq!(
+        roots(&[("XDG_CACHE_HOME", "/xdg"), ("HOME", "/home/u")]),
+        [PathBuf::from("/xdg/huggingface/hub")]
+    );
+    assert_eq!(
+        roots(&[("HOME", "/home/u")]),
+        [PathBuf::from("/home/u/.cache/huggingface/hub")]
+    );
+    assert!(roots(&[]).is_empty());
 }
 
 fn ck_minilm_tokenizer(max_len: usize) -> spafit::text::TextTokenizer {

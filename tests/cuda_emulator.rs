@@ -440,7 +440,11 @@ fn out_of_device_memory_is_an_error_value() {
         return;
     };
     assert!(
-        out.contains("OOM: ") && out.contains("out of GPU memory") && out.contains("--batch-size"),
+        out.contains("OOM: ")
+            && out.contains("out of GPU memory (")
+            && out.contains("bytes asked for")
+            && out.contains("smaller batch")
+            && !out.contains("DriverError"),
         "{out}"
     );
 }

@@ -200,16 +200,36 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
         .iter()
         .map(|t| t.as_str().unwrap())
         .collect();
+    let pairs: Vec<(&str, &str)> = fixture["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect();
+    // The same tokenizer.json without its added tokens: transformers adds the config's
+    // special tokens itself, so `[MASK]` in a text still matches whole.
+    let mut bare: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(minilm().join("tokenizer.json")).unwrap())
+            .unwrap();
+    bare["added_tokens"] = serde_json::json!([]);
+    let bare_path = tmp.path().join("no-added-tokens.json");
+    std::fs::write(&bare_path, bare.to_string()).unwrap();
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let mut config = case["tokenizer_config"].clone();
         config["tokenizer_class"] = "BertTokenizerFast".into();
         let (_, config) = vocab_folder(&tmp.path().join(name), &config);
-        let tok = TextTokenizer::from_files(&minilm().join("tokenizer.json"), Some(&config), 512)
-            .unwrap();
-        for (text, want) in texts.iter().zip(case["singles"].as_array().unwrap()) {
-            let got = tok.encode(TextInput::Single(text)).unwrap();
-            assert_eq!(got.ids, ids(want), "{name}: {text:?}");
+        for json in [minilm().join("tokenizer.json"), bare_path.clone()] {
+            let tok = TextTokenizer::from_files(&json, Some(&config), 512).unwrap();
+            for (text, want) in texts.iter().zip(case["singles"].as_array().unwrap()) {
+                let got = tok.encode(TextInput::Single(text)).unwrap();
+                assert_eq!(got.ids, ids(want), "{name} {}: {text:?}", json.display());
+            }
+            for ((a, b), want) in pairs.iter().zip(case["pairs"].as_array().unwrap()) {
+                let got = tok.encode(TextInput::Pair(a, b)).unwrap();
+                assert_eq!(got.ids, ids(&want["input_ids"]), "{name}: {a:?} / {b:?}");
+                assert_eq!(got.type_ids, ids(&want["token_type_ids"]), "{name}");
+            }
         }
     }
     // Through a checkpoint folder, against what transformers 5.24's AutoTokenizer gave for
@@ -249,4 +269,100 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
     assert_eq!(folder("other", true, Some(other))[1..3], [hello, world]);
     let other = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast"});
     assert_eq!(folder("other-cased", false, Some(other))[1..3], [unk, unk]);
+}
+
+/// Tokens a `tokenizer_config.json` adds (`added_tokens_decoder` with each token's flags,
+/// `additional_special_tokens`, or `special_tokens_map.json`'s) match whole, beside a
+/// tokenizer.json of any class and beside vocab.txt alike. The expected ids are what
+/// transformers 5.24's AutoTokenizer gave for the same folders.
+#[test]
+fn tokens_the_config_adds_match_as_in_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let decoder = serde_json::json!({
+        "2": {"content": "[unused1]", "special": true, "lstrip": false, "rstrip": false,
+              "single_word": false, "normalized": false},
+        "3": {"content": "[unused2]", "special": false, "lstrip": false, "rstrip": false,
+              "single_word": false, "normalized": true}});
+    let texts = [
+        "a [unused1] b[unused1]c [UNUSED1]",
+        "[unused2] [UNUSED2] [unused2]x",
+    ];
+    let special_only: [&[u32]; 2] = [
+        &[101, 1037, 2, 1038, 2, 1039, 1031, 15171, 2487, 1033, 102],
+        &[
+            101, 1031, 15171, 2475, 1033, 1031, 15171, 2475, 1033, 1031, 15171, 2475, 1033, 1060,
+            102,
+        ],
+    ];
+    let both: [&[u32]; 2] = [special_only[0], &[101, 3, 3, 3, 1060, 102]];
+    type Case<'a> = (
+        &'a str,
+        bool,
+        serde_json::Value,
+        Option<serde_json::Value>,
+        [&'a [u32]; 2],
+    );
+    let cases: [Case; 5] = [
+        (
+            "json-bert",
+            true,
+            serde_json::json!({"tokenizer_class": "BertTokenizer", "added_tokens_decoder": decoder}),
+            None,
+            both,
+        ),
+        (
+            "json-fast",
+            true,
+            serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast",
+                               "added_tokens_decoder": decoder}),
+            None,
+            both,
+        ),
+        (
+            "vocab",
+            false,
+            serde_json::json!({"tokenizer_class": "BertTokenizer", "added_tokens_decoder": decoder}),
+            None,
+            both,
+        ),
+        (
+            "json-map",
+            true,
+            serde_json::json!({"tokenizer_class": "BertTokenizer"}),
+            Some(serde_json::json!({"additional_special_tokens": ["[unused1]"]})),
+            special_only,
+        ),
+        (
+            "json-additional",
+            true,
+            serde_json::json!({"additional_special_tokens": ["[unused1]"]}),
+            None,
+            special_only,
+        ),
+    ];
+    for (name, with_json, config, map, want) in cases {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files = vec!["config.json", "model.safetensors"];
+        files.push(if with_json {
+            "tokenizer.json"
+        } else {
+            "vocab.txt"
+        });
+        for f in files {
+            std::os::unix::fs::symlink(minilm().join(f), dir.join(f)).unwrap();
+        }
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        if let Some(map) = map {
+            std::fs::write(dir.join("special_tokens_map.json"), map.to_string()).unwrap();
+        }
+        let tok = spafit::checkpoint::Checkpoint::open(&dir)
+            .unwrap()
+            .tokenizer(64)
+            .unwrap();
+        for (text, want) in texts.iter().zip(want) {
+            let got = tok.encode(TextInput::Single(text)).unwrap().ids;
+            assert_eq!(got, want, "{name}: {text:?}");
+        }
+    }
 }

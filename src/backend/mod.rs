@@ -345,6 +345,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     // ---- attention -----------------------------------------------------------------------
 
+    /// Refuses a head dim whose attention this backend cannot run forward and backward, so
+    /// that a model is refused when it loads rather than at its first backward step. The
+    /// CPU runs any.
+    fn check_attention_head_dim(&self, head_dim: usize) -> Result<()> {
+        let _ = head_dim;
+        Ok(())
+    }
+
     /// Multi-head self-attention `softmax(scale·q·kᵀ + mask)·v` per head. `q, k, v:
     /// [batch*seq, hidden]`, `mask: [batch, seq]` `U32`, nonzero where a key may be attended.
     /// A query whose keys are all masked gets a zero context.

@@ -153,8 +153,13 @@ impl BertConfig {
         }
         if self.id2label.len() != num_labels {
             return Some(format!(
-                "it has {} entries for a head of {num_labels} outputs",
-                self.id2label.len()
+                "it has {} {} for a head of {num_labels} outputs",
+                self.id2label.len(),
+                if self.id2label.len() == 1 {
+                    "entry"
+                } else {
+                    "entries"
+                }
             ));
         }
         for i in 0..num_labels {
@@ -166,7 +171,15 @@ impl BertConfig {
                 _ => {}
             }
         }
-        Some("it names two ids alike".into())
+        let names: Vec<String> = (0..num_labels)
+            .filter_map(|i| Some(self.id2label.get(&i.to_string())?.as_str()?.to_string()))
+            .collect();
+        Some(match crate::data::first_repeat(&names) {
+            Some((first, second)) => {
+                format!("it names ids {first} and {second} `{}`", names[second])
+            }
+            None => "it names no usable classes".into(),
+        })
     }
 
     /// Parses and validates JSON text; `path` names the file in errors.

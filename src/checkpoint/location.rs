@@ -58,33 +58,47 @@ fn hub_caches() -> Vec<PathBuf> {
     hub_cache_roots(&|name| std::env::var_os(name))
 }
 
-/// The Hugging Face hub cache folders to search, given the environment `var` reads, in
-/// huggingface_hub's order: `HF_HUB_CACHE`, its legacy `HUGGINGFACE_HUB_CACHE`, then the
-/// homes it derives from (`$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`,
-/// `~/.cache/huggingface/hub`).
+/// The Hugging Face hub cache folder, given the environment `var` reads, as huggingface_hub
+/// chooses it: the first set (and not empty) of `HF_HUB_CACHE`, its legacy
+/// `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`, `$XDG_CACHE_HOME/huggingface/hub`, else
+/// `~/.cache/huggingface/hub`; a leading `~/` is the home folder. One folder (or none
+/// without a home), in a list for [`resolve_with_caches`].
 pub fn hub_cache_roots(var: &dyn Fn(&str) -> Option<OsString>) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Some(p) = var("HF_HUB_CACHE") {
-        v.push(PathBuf::from(p));
-    }
-    if let Some(p) = var("HUGGINGFACE_HUB_CACHE") {
-        v.push(PathBuf::from(p));
-    }
-    if let Some(p) = var("HF_HOME") {
-        v.push(PathBuf::from(p).join("hub"));
-    }
-    if let Some(p) = var("XDG_CACHE_HOME") {
-        v.push(PathBuf::from(p).join("huggingface/hub"));
-    }
-    if let Some(home) = var("HOME") {
-        v.push(PathBuf::from(home).join(".cache/huggingface/hub"));
-    }
-    v
+    let home = var("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let path = |name: &str| {
+        let value = var(name).filter(|v| !v.is_empty())?;
+        let text = value.to_string_lossy();
+        match (text.strip_prefix("~/"), &home) {
+            (Some(rest), Some(home)) => Some(home.join(rest)),
+            _ => Some(PathBuf::from(value)),
+        }
+    };
+    path("HF_HUB_CACHE")
+        .or_else(|| path("HUGGINGFACE_HUB_CACHE"))
+        .or_else(|| path("HF_HOME").map(|p| p.join("hub")))
+        .or_else(|| path("XDG_CACHE_HOME").map(|p| p.join("huggingface/hub")))
+        .or_else(|| home.map(|h| h.join(".cache/huggingface/hub")))
+        .into_iter()
+        .collect()
 }
 
 fn snapshot(repo: &Path) -> Result<PathBuf> {
     let snapshots = repo.join("snapshots");
-    if let Ok(main) = std::fs::read_to_string(repo.join("refs/main")) {
+    let main = std::fs::read_to_string(repo.join("refs/main")).ok();
+    // An empty ref (an interrupted write) names no revision: as if there were none.
+    if let Some(main) = main.filter(|m| !m.trim().is_empty()) {
+        // A revision is one folder name: `../` would reach another repository's snapshot.
+        let one_name = Path::new(main.trim()).components().count() == 1
+            && matches!(
+                Path::new(main.trim()).components().next(),
+                Some(std::path::Component::Normal(_))
+            );
+        if !one_name {
+            return Err(Error::Format {
+                path: repo.join("refs/main"),
+                detail: format!("`{}` is not a snapshot name", main.trim()),
+            });
+        }
         let dir = snapshots.join(main.trim());
         if dir.join("config.json").is_file() {
             return Ok(dir);

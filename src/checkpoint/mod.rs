@@ -116,8 +116,11 @@ impl Checkpoint {
         }
         // The post-processor's special tokens, the padding id and the segment ids come from
         // other parts of the file than the vocabulary: a probe pair shows what they are.
-        let probe = tok.encode(crate::text::TextInput::Pair("a", "b")).ok();
-        let single = tok.encode(crate::text::TextInput::Single("a")).ok();
+        // At the full position table, so a --max-len too short for a pair hides nothing.
+        let mut prober = tok.clone();
+        prober.set_max_len(self.config.max_position_embeddings)?;
+        let probe = prober.encode(crate::text::TextInput::Pair("a", "b")).ok();
+        let single = prober.encode(crate::text::TextInput::Single("a")).ok();
         let ids = probe.iter().chain(&single).flat_map(|e| &e.ids).copied();
         if let Some(id) = ids
             .chain([tok.pad_id()])

@@ -183,17 +183,13 @@ impl PeftArgs {
                 .map(|t| t.trim().parse::<LoraTarget>())
                 .collect::<Result<Vec<_>>>()?;
             // A target named twice would get one adapter, not two: a typo to point out.
-            if let Some((i, t)) = c
-                .lora
-                .targets
-                .iter()
-                .enumerate()
-                .find(|(i, t)| c.lora.targets[..*i].contains(t))
+            if let Some(i) = (0..c.lora.targets.len())
+                .find(|&i| c.lora.targets[..i].contains(&c.lora.targets[i]))
             {
                 let name = list.split(',').nth(i).map_or("", str::trim);
                 return Err(Error::invalid(
                     "--lora-targets",
-                    format!("`{name}` is named twice ({t:?}); name each map once"),
+                    format!("`{name}` is named twice; name each map once"),
                 ));
             }
         }

@@ -11,8 +11,16 @@ use spafit::Result;
 /// two or more outputs with distinct, non-placeholder names.
 pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
     let n = checkpoint.classifier_outputs()?;
-    if let Some(problem) = checkpoint.config.class_names_problem(n) {
-        note!("config.json's id2label names no classes ({problem}): the classes are 0..{n}");
+    let regression = n == 1 || checkpoint.config.problem_type.as_deref() == Some("regression");
+    if let Some(problem) = checkpoint
+        .config
+        .class_names_problem(n)
+        .filter(|_| !regression)
+    {
+        note!(
+            "config.json's id2label names no classes ({problem}): the classes are 0 to {}",
+            n - 1
+        );
     }
     let labels = checkpoint.config.class_names(n).filter(|_| n > 1)?;
     Some(TaskKind::Classification { labels })

@@ -37,7 +37,7 @@ enum Command {
     Eval(evaluate::EvalCommand),
     /// Predict labels with their probabilities, or scores, for a split with a saved adapter or a fine-tuned checkpoint's own head (JSON lines, CSV, TSV or GLUE's submission TSV).
     Predict(evaluate::PredictCommand),
-    /// Finite-difference check of a real model's gradients under a method (prints max_rel_err).
+    /// Finite-difference check of a real model's gradients under a method (prints max_rel_err); on the CPU it checks the f64 reference unless --dtype is given.
     Gradcheck(tools::GradcheckCommand),
     /// Training-step throughput and memory for a method and batch shape (one JSON line).
     Bench(tools::BenchCommand),

@@ -164,6 +164,14 @@ pub fn fit<B: Backend>(
         ));
     }
     let tokenizer = model.tokenizer(&run.checkpoint)?;
+    // Before the banner: pair data the model or --max-len cannot take is refused first.
+    let pairs = [Some(train), dev]
+        .into_iter()
+        .flatten()
+        .any(|d| d.examples.iter().any(|e| e.text_b.is_some()));
+    if pairs {
+        tokenizer.check_pairs()?;
+    }
     let config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,

@@ -95,13 +95,14 @@ impl TextTokenizer {
     /// class, `BertTokenizer`'s own pipeline from the config's settings (or the class's
     /// defaults) over `path`'s vocabulary and added tokens, even where `path` says otherwise
     /// (a `tokenizer.json` that lower-cases beside `do_lower_case: false` gives cased ids in
-    /// transformers, so here too). Truncates as [`TextTokenizer::from_file`].
+    /// transformers, so here too); and with the tokens the config adds
+    /// (`added_tokens_decoder`, `additional_special_tokens`, `special_tokens_map.json`).
+    /// Truncates as [`TextTokenizer::from_file`].
     pub fn from_files(path: &Path, config: Option<&Path>, max_len: usize) -> Result<Self> {
         let (inner, pad_id) = Self::parse(path)?;
-        match super::wordpiece_vocab::as_bert_tokenizer_class(&inner, path, config)? {
-            Some((rebuilt, pad_id)) => Self::from_parts(rebuilt, path, pad_id, max_len),
-            None => Self::from_parts(inner, path, pad_id, max_len),
-        }
+        let (inner, pad_id) =
+            super::wordpiece_vocab::as_transformers_loads(inner, pad_id, path, config)?;
+        Self::from_parts(inner, path, pad_id, max_len)
     }
 
     /// The tokenizer in `path` without its padding, and the padding id it names.
@@ -186,6 +187,27 @@ impl TextTokenizer {
         self.pairs_refused = Some(reason.into());
     }
 
+    /// Whether sentence pairs can be encoded: refused for a model that cannot take them
+    /// ([`TextTokenizer::refuse_pairs`]) or a max length without room for their special
+    /// tokens. Lets a caller refuse pair data before any work.
+    pub fn check_pairs(&self) -> Result<()> {
+        if let Some(reason) = &self.pairs_refused {
+            return Err(Error::invalid("sentence pairs", reason.clone()));
+        }
+        let min = self.special_tokens(true);
+        if self.max_len <= min {
+            return Err(Error::invalid(
+                "sentence pairs",
+                format!(
+                    "max length {} leaves no room for a sentence pair next to its {min} special \
+                     tokens: raise the max length (--max-len in the CLI)",
+                    self.max_len
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The truncation length.
     pub fn max_len(&self) -> usize {
         self.max_len
@@ -214,20 +236,7 @@ impl TextTokenizer {
     /// Token ids and segment ids of one input, truncated to the max length.
     pub fn encode(&self, input: TextInput<'_>) -> Result<EncodedText> {
         if let TextInput::Pair(..) = input {
-            if let Some(reason) = &self.pairs_refused {
-                return Err(Error::invalid("sentence pairs", reason.clone()));
-            }
-            let min = self.special_tokens(true);
-            if self.max_len <= min {
-                return Err(Error::invalid(
-                    "sentence pairs",
-                    format!(
-                        "max length {} leaves no room for a sentence pair next to its {min} \
-                         special tokens: raise --max-len",
-                        self.max_len
-                    ),
-                ));
-            }
+            self.check_pairs()?;
         }
         let r = match input {
             TextInput::Single(a) => self.inner.encode(a, true),

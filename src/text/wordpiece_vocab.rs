@@ -26,6 +26,9 @@ struct BertTokenizerSettings {
     pad: String,
     cls: String,
     mask: String,
+    /// Tokens the config adds besides the five above (`added_tokens_decoder`,
+    /// `additional_special_tokens`, and those of `special_tokens_map.json` beside it).
+    extra: Vec<AddedToken>,
 }
 
 impl BertTokenizerSettings {
@@ -58,39 +61,6 @@ impl BertTokenizerSettings {
             ));
         }
         let settings = Self::from_json(&json, source)?;
-        // Tokens added beyond the vocabulary (entity markers, ...) would need their own
-        // matching; splitting them into word pieces instead would change the ids silently.
-        let specials = [
-            &settings.pad,
-            &settings.unk,
-            &settings.cls,
-            &settings.sep,
-            &settings.mask,
-        ];
-        let added: Vec<String> = json
-            .get("added_tokens_decoder")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flat_map(|m| m.values())
-            .filter_map(|t| t.get("content").and_then(Value::as_str))
-            .chain(
-                json.get("additional_special_tokens")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.as_str().or_else(|| t.get("content")?.as_str())),
-            )
-            .filter(|t| !specials.iter().any(|s| s == t))
-            .map(str::to_string)
-            .collect();
-        if !added.is_empty() {
-            return Err(format(format!(
-                "adds tokens beyond the vocabulary ({}); without a tokenizer.json spafit builds \
-                 only BERT's plain WordPiece tokenizer: save the tokenizer with transformers to \
-                 get one",
-                added.join(", ")
-            )));
-        }
         Ok(settings)
     }
 
@@ -133,6 +103,7 @@ impl BertTokenizerSettings {
             pad: token("pad_token", "[PAD]")?,
             cls: token("cls_token", "[CLS]")?,
             mask: token("mask_token", "[MASK]")?,
+            extra: config_added_tokens(json, source)?,
         })
     }
 }
@@ -169,15 +140,128 @@ pub(crate) fn bert_tokenizer_from_vocab(
     let text = crate::text_file::read_utf8(vocab)?;
     let ids = WordPiece::read_bytes(text.as_bytes())
         .map_err(|e| format(format!("cannot read the vocabulary: {e}")))?;
-    let model = WordPiece::builder()
-        .vocab(ids)
+    let model = bert_wordpiece(WordPiece::builder().vocab(ids), &settings, vocab)?;
+    // Tokens added beyond the vocabulary (entity markers, ...) would need ids that only a
+    // tokenizer.json records; those in it (`[unused1]`) just match whole.
+    let beyond: Vec<&str> = settings
+        .extra
+        .iter()
+        .map(|t| t.content.as_str())
+        .filter(|t| model.token_to_id(t).is_none())
+        .collect();
+    if !beyond.is_empty() {
+        return Err(Error::Format {
+            path: config.unwrap_or(vocab).to_path_buf(),
+            detail: format!(
+                "adds tokens beyond the vocabulary ({}); without a tokenizer.json spafit builds \
+                 only BERT's plain WordPiece tokenizer: save the tokenizer with transformers to \
+                 get one",
+                beyond.join(", ")
+            ),
+        });
+    }
+    let (mut tokenizer, pad) = bert_pipeline(model, &settings, vocab, config)?;
+    add_special_tokens(&mut tokenizer, &settings);
+    tokenizer.add_tokens(&settings.extra);
+    Ok((tokenizer, pad))
+}
+
+/// The tokens a `tokenizer_config.json` (`json`, read from `source`) adds besides the five
+/// named special tokens, as transformers adds them to any tokenizer: `added_tokens_decoder`
+/// in id order with each token's flags, then `additional_special_tokens` from the config and
+/// from `special_tokens_map.json` beside it. Each content once.
+pub(crate) fn config_added_tokens(json: &Value, source: &Path) -> Result<Vec<AddedToken>> {
+    let format = |detail: String| Error::Format {
+        path: source.to_path_buf(),
+        detail,
+    };
+    let flag = |entry: &Value, key: &str, default: bool| {
+        entry.get(key).and_then(Value::as_bool).unwrap_or(default)
+    };
+    let mut tokens: Vec<AddedToken> = Vec::new();
+    if let Some(decoder) = json.get("added_tokens_decoder").and_then(Value::as_object) {
+        let mut entries: Vec<(u64, &Value)> = Vec::new();
+        for (id, entry) in decoder {
+            let id = id.parse::<u64>().map_err(|_| {
+                format(format!(
+                    "`added_tokens_decoder` key `{id}` is not a token id"
+                ))
+            })?;
+            entries.push((id, entry));
+        }
+        entries.sort_by_key(|(id, _)| *id);
+        for (id, entry) in entries {
+            let content = entry
+                .get("content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    format(format!(
+                        "`added_tokens_decoder` entry {id} has no `content` string"
+                    ))
+                })?;
+            let special = flag(entry, "special", false);
+            tokens.push(
+                AddedToken::from(content.to_string(), special)
+                    .single_word(flag(entry, "single_word", false))
+                    .lstrip(flag(entry, "lstrip", false))
+                    .rstrip(flag(entry, "rstrip", false))
+                    .normalized(flag(entry, "normalized", !special)),
+            );
+        }
+    }
+    let map_path = source.with_file_name("special_tokens_map.json");
+    let map = match map_path.is_file() {
+        true => Some(read_json(&map_path)?),
+        false => None,
+    };
+    let additional = [Some(json), map.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j.get("additional_special_tokens")?.as_array())
+        .flatten();
+    for entry in additional {
+        let content = entry
+            .as_str()
+            .or_else(|| entry.get("content")?.as_str())
+            .ok_or_else(|| {
+                format(format!(
+                    "`additional_special_tokens` holds {entry}, not a token"
+                ))
+            })?;
+        tokens.push(
+            AddedToken::from(content.to_string(), true)
+                .single_word(flag(entry, "single_word", false))
+                .lstrip(flag(entry, "lstrip", false))
+                .rstrip(flag(entry, "rstrip", false))
+                .normalized(flag(entry, "normalized", false)),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    tokens.retain(|t| seen.insert(t.content.clone()));
+    Ok(tokens)
+}
+
+/// `BertTokenizer`'s WordPiece over the vocabulary in `builder`: its unknown token, `##`
+/// continuations, words of at most 100 characters. `source` names the file in messages.
+fn bert_wordpiece(
+    builder: tokenizers::models::wordpiece::WordPieceBuilder,
+    settings: &BertTokenizerSettings,
+    source: &Path,
+) -> Result<WordPiece> {
+    builder
         .unk_token(settings.unk.clone())
         .continuing_subword_prefix("##".into())
         .max_input_chars_per_word(100)
         .build()
-        .map_err(|e| format(format!("cannot build WordPiece: {e}")))?;
-    let (mut tokenizer, pad) = bert_pipeline(model, &settings, vocab, config)?;
-    // The special tokens match as written, before normalization, as in transformers.
+        .map_err(|e| Error::Format {
+            path: source.to_path_buf(),
+            detail: format!("cannot build WordPiece: {e}"),
+        })
+}
+
+/// The config's special tokens as special added tokens: they match as written, before
+/// normalization, as in transformers (which adds any its tokenizer.json lacks).
+fn add_special_tokens(tokenizer: &mut Tokenizer, settings: &BertTokenizerSettings) {
     let specials: Vec<AddedToken> = [
         &settings.pad,
         &settings.unk,
@@ -189,7 +273,6 @@ pub(crate) fn bert_tokenizer_from_vocab(
     .map(|t| AddedToken::from(t.clone(), true))
     .collect();
     tokenizer.add_special_tokens(&specials);
-    Ok((tokenizer, pad))
 }
 
 /// transformers' `BertTokenizer` pipeline around `model` (WordPiece with `##` continuations
@@ -243,21 +326,28 @@ fn bert_pipeline(
 }
 
 /// The tokenizer transformers loads for a BERT checkpoint holding `from` (its
-/// `tokenizer.json`, read from `source`) and `config` (its `tokenizer_config.json`, if any).
-/// Unless `config` names another class, that is `BertTokenizer` (AutoTokenizer falls back
-/// to the model type's class), which rebuilds the pipeline from the config's settings
-/// (`do_lower_case`, `strip_accents`, `tokenize_chinese_chars`, special tokens, with the
-/// class's defaults for what the config leaves out) and keeps only the vocabulary and the
-/// added tokens of `tokenizer.json`. `None` where transformers uses `tokenizer.json` as it
-/// is: another class named, or no class named and a model that is not WordPiece.
-pub(crate) fn as_bert_tokenizer_class(
-    from: &Tokenizer,
+/// `tokenizer.json`, read from `source`, with padding id `pad`) and `config` (its
+/// `tokenizer_config.json`, if any). Unless `config` names another class, that is
+/// `BertTokenizer` (AutoTokenizer falls back to the model type's class), which rebuilds the
+/// pipeline from the config's settings (`do_lower_case`, `strip_accents`,
+/// `tokenize_chinese_chars`, special tokens, with the class's defaults for what the config
+/// leaves out) and keeps only the vocabulary and the added tokens of `tokenizer.json`.
+/// Another class named, or no class named and a model that is not WordPiece, takes
+/// `tokenizer.json` as it is. Either way the tokens the config adds are added too.
+pub(crate) fn as_transformers_loads(
+    from: Tokenizer,
+    pad: u32,
     source: &Path,
     config: Option<&Path>,
-) -> Result<Option<(Tokenizer, u32)>> {
+) -> Result<(Tokenizer, u32)> {
     let json = match config {
         Some(config) => read_json(config)?,
         None => Value::Object(serde_json::Map::new()),
+    };
+    let config_name = config.unwrap_or(source);
+    let as_it_is = |mut from: Tokenizer| -> Result<(Tokenizer, u32)> {
+        from.add_tokens(&config_added_tokens(&json, config_name)?);
+        Ok((from, pad))
     };
     let named = match json.get("tokenizer_class") {
         None | Some(Value::Null) => false,
@@ -266,13 +356,12 @@ pub(crate) fn as_bert_tokenizer_class(
         {
             true
         }
-        Some(_) => return Ok(None),
+        Some(_) => return as_it_is(from),
     };
-    let config_name = config.unwrap_or(source);
     let settings = BertTokenizerSettings::from_json(&json, config_name)?;
     let ModelWrapper::WordPiece(existing) = from.get_model() else {
         if !named {
-            return Ok(None);
+            return as_it_is(from);
         }
         return Err(Error::Format {
             path: source.to_path_buf(),
@@ -283,8 +372,10 @@ pub(crate) fn as_bert_tokenizer_class(
             ),
         });
     };
-    // The class keeps only the vocabulary: its own unknown token, prefix and word limit.
-    // `from_str`: WordPiece's deserializer borrows its tag, which a `Value` cannot lend.
+    // The class keeps only the vocabulary: its own unknown token, prefix and word limit, as
+    // `bert_wordpiece` sets them. Through serde, not the builder: the builder takes only
+    // ahash's map, which tokenizers does not export, and WordPiece's deserializer borrows
+    // its tag, which a `Value` cannot lend, hence `from_str`.
     let model: WordPiece = serde_json::from_str(
         &serde_json::json!({
             "type": "WordPiece",
@@ -299,17 +390,28 @@ pub(crate) fn as_bert_tokenizer_class(
         path: source.to_path_buf(),
         detail: format!("cannot rebuild its WordPiece vocabulary: {e}"),
     })?;
-    let (mut tokenizer, pad) = bert_pipeline(model, &settings, source, config)?;
+    let (mut tokenizer, pad) =
+        bert_pipeline(model, &settings, source, config).map_err(|e| match (named, e) {
+            (false, Error::Format { path, detail }) => Error::Format {
+                path,
+                detail: format!(
+                    "{detail}: transformers reads a BERT checkpoint's tokenizer.json through \
+                     BertTokenizer when no tokenizer_config.json names another \
+                     `tokenizer_class` (name one, e.g. PreTrainedTokenizerFast, to use \
+                     tokenizer.json as it is)"
+                ),
+            },
+            (_, e) => e,
+        })?;
+    // tokenizer.json's added tokens in id order (each keeps its own `special` flag), then
+    // the config's special tokens it lacks, as transformers adds them.
     let mut added: Vec<(u32, AddedToken)> = from.get_added_tokens_decoder().into_iter().collect();
     added.sort_by_key(|(id, _)| *id);
-    for (_, token) in added {
-        if token.special {
-            tokenizer.add_special_tokens(&[token]);
-        } else {
-            tokenizer.add_tokens(&[token]);
-        }
-    }
-    Ok(Some((tokenizer, pad)))
+    let added: Vec<AddedToken> = added.into_iter().map(|(_, token)| token).collect();
+    tokenizer.add_tokens(&added);
+    add_special_tokens(&mut tokenizer, &settings);
+    tokenizer.add_tokens(&settings.extra);
+    Ok((tokenizer, pad))
 }
 
 fn read_json(path: &Path) -> Result<Value> {

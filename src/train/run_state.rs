@@ -41,8 +41,9 @@ pub(crate) struct RunPosition {
     pub total_steps: usize,
     /// The best evaluation so far.
     pub best: Option<SavedBest>,
-    /// The settings that must not change across a resume, by name (see [`run_settings`]);
-    /// empty in a state written before they were recorded by name.
+    /// The run's settings by name (see [`run_settings`]): all must be the same to resume
+    /// but the device, which is noted; empty in a state written before they were recorded
+    /// by name.
     #[serde(default)]
     pub settings: RunSettings,
     /// The training losses since the last logged line, so the first line a resumed run logs

@@ -8,9 +8,9 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::gemm::MAX_GRID_Y;
 use super::{
     driver, ids, require_f32, tensor, view, with_float, CudaBackend, CudaFloat, Precision,
+    MAX_GRID_YZ,
 };
 use crate::backend::shapes::{self, AttentionDims};
 use crate::backend::{AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput};
@@ -78,6 +78,37 @@ fn f32_shared(head_dim: usize, own: usize, streamed: usize, extra: usize) -> u32
     (((own * 32 + streamed * 16) * (head_dim + 1) + extra) * 4) as u32
 }
 
+/// Shared memory per block of the f32 kernels: forward, dK/dV and dQ.
+fn f32_kernel_shared(head_dim: usize) -> [u32; 3] {
+    [
+        f32_shared(head_dim, 2, 2, 16),
+        f32_shared(head_dim, 4, 2, 32),
+        f32_shared(head_dim, 3, 2, 16),
+    ]
+}
+
+/// Refuses a head dim whose forward or backward kernels this device cannot run: bf16 past
+/// the tensor-core kernels' 128, f32 past what one block's shared memory holds.
+pub(super) fn check_head_dim(b: &CudaBackend, head_dim: usize) -> Result<()> {
+    const OP: &str = "attention";
+    let needed = match b.precision {
+        Precision::F32 => f32_kernel_shared(head_dim).into_iter().max().unwrap_or(0),
+        _ => tc_shared(padded_head_dim(OP, head_dim)?),
+    };
+    if needed > b.device.max_shared_per_block {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "head dim {head_dim}: the attention backward needs {needed} bytes of shared \
+                 memory per block and {} allows {}: this model's heads are too wide for it",
+                b.device_name(),
+                b.device.max_shared_per_block
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn base_params(d: &AttentionDims, config: &AttentionConfig) -> AttentionParams {
     let (seed, threshold, keep) = match config.dropout {
         Some(dr) if dr.p > 0.0 => (
@@ -123,15 +154,15 @@ fn launch_tiles(
     p: &AttentionParams,
 ) -> Result<()> {
     let f = b.function_with_shared(MODULE, kernel, smem)?;
-    if d.heads > MAX_GRID_Y {
+    if d.heads > MAX_GRID_YZ {
         return Err(Error::invalid(
             op,
-            format!("{} heads: a launch takes at most {MAX_GRID_Y}", d.heads),
+            format!("{} heads: a launch takes at most {MAX_GRID_YZ}", d.heads),
         ));
     }
     // Sequences beyond the grid's z limit go to further launches of the same kernel.
-    for seq0 in (0..d.batch).step_by(MAX_GRID_Y) {
-        let sequences = (d.batch - seq0).min(MAX_GRID_Y);
+    for seq0 in (0..d.batch).step_by(MAX_GRID_YZ) {
+        let sequences = (d.batch - seq0).min(MAX_GRID_YZ);
         let cfg = LaunchConfig {
             grid_dim: (
                 d.seq.div_ceil(tile) as u32,
@@ -181,7 +212,7 @@ pub(super) fn forward(
             let (pl, _gl) = lse.device_ptr_mut(stream);
             (p.q, p.k, p.v, p.mask, p.starts, p.o, p.lse) = (pq, pk, pv, pm, ps, po, pl);
             if b.precision == Precision::F32 && T::SUFFIX == "f32" {
-                launch_tiles(b, OP, "attention_forward_exact", &d, 32, 32, f32_shared(d.head_dim, 2, 2, 16), &p)?;
+                launch_tiles(b, OP, "attention_forward_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[0], &p)?;
             } else {
                 let dp = padded_head_dim(OP, d.head_dim)?;
                 launch_tiles(b, OP, &format!("attention_forward_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
@@ -255,10 +286,10 @@ pub(super) fn backward(
                     unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
                 }
                 if want.dk || want.dv {
-                    launch_tiles(b, OP, "attention_backward_dkdv_exact", &d, 32, 32, f32_shared(d.head_dim, 4, 2, 32), &p)?;
+                    launch_tiles(b, OP, "attention_backward_dkdv_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[1], &p)?;
                 }
                 if want.dq {
-                    launch_tiles(b, OP, "attention_backward_dq_exact", &d, 32, 32, f32_shared(d.head_dim, 3, 2, 16), &p)?;
+                    launch_tiles(b, OP, "attention_backward_dq_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[2], &p)?;
                 }
             } else {
                 // The dQ kernel writes delta first (with dq null it does only that).

@@ -21,7 +21,7 @@ use half::bf16;
 
 use super::{
     columns, driver, grid_for, launch, tensor, view, with_float, CudaBackend, CudaBuffer,
-    CudaFloat, Precision,
+    CudaFloat, Precision, MAX_GRID_YZ,
 };
 use crate::backend::shapes::{self, LinearDims};
 use crate::backend::{
@@ -54,9 +54,6 @@ struct GemmParams {
 
 // SAFETY: a plain C struct of integers and floats, laid out as the kernel's.
 unsafe impl DeviceRepr for GemmParams {}
-
-/// The most blocks a launch grid takes in y (and z): CUDA's limit.
-pub(super) const MAX_GRID_Y: usize = 65_535;
 
 /// Which dimension of each operand is contiguous (the kernels' `A_KMAJOR` / `B_KMAJOR`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,6 +276,20 @@ impl Gemm<'_> {
     fn run_into<T: CudaFloat>(&self, b: &CudaBackend) -> Result<CudaSlice<T>> {
         const OP: &str = "gemm";
         let (m, n) = (self.m, self.n);
+        // The kernels index rows, columns and the reduction with `int`.
+        let too_long = [m, n]
+            .into_iter()
+            .chain(self.segments.iter().map(|s| s.2))
+            .find(|&d| i32::try_from(d).is_err());
+        if let Some(d) = too_long {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "a dimension of {d}: the GEMM kernels take at most {}",
+                    i32::MAX
+                ),
+            ));
+        }
         let out_bf16 = T::SUFFIX == "bf16";
         if let Some(bias) = self.bias {
             if bias.is_bf16() != out_bf16 {
@@ -367,9 +378,9 @@ impl Gemm<'_> {
             };
             let f = b.function_with_shared(MODULE, &name, smem)?;
             // Row blocks beyond the grid's y limit go to further launches of the same kernel.
-            for m_block0 in (0..m_blocks).step_by(MAX_GRID_Y) {
+            for m_block0 in (0..m_blocks).step_by(MAX_GRID_YZ) {
                 p.m_block0 = m_block0 as i32;
-                let rows = (m_blocks - m_block0).min(MAX_GRID_Y);
+                let rows = (m_blocks - m_block0).min(MAX_GRID_YZ);
                 let cfg = LaunchConfig {
                     grid_dim: (n.div_ceil(bn) as u32, rows as u32, split as u32),
                     block_dim: (threads as u32, 1, 1),

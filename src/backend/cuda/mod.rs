@@ -194,11 +194,16 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
         text = format!("{text}: {detail}");
     }
     if text.contains("OUT_OF_MEMORY") {
-        Error::OutOfMemory { op, detail: text }
+        // The stand-in's account says how much was asked for; the driver's alone, what.
+        let detail = emulator::last_error().unwrap_or_else(|| "CUDA_ERROR_OUT_OF_MEMORY".into());
+        Error::OutOfMemory { op, detail }
     } else {
         Error::invalid(op, format!("CUDA error: {text}"))
     }
 }
+
+/// The most blocks a launch grid takes in y or in z: CUDA's limit (x takes 2³¹ − 1).
+const MAX_GRID_YZ: usize = 65_535;
 
 const THREADS: u32 = 256;
 
@@ -266,7 +271,7 @@ impl CudaBackend {
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(unavailable(
                 ordinal,
-                "no CUDA driver (libcuda) on this machine; `--device cuda-emu` (CudaBackend::emulated) runs the same kernels on the CPU stand-in",
+                "no CUDA driver (libcuda) on this machine; `--device cuda-emu` (`CudaBackend::emulated` in the library) runs the same kernels on the CPU stand-in",
             ));
         }
         if emulator::driver_library_is_stand_in() {
@@ -711,6 +716,10 @@ impl Backend for CudaBackend {
         want: LayerNormGradRequest,
     ) -> Result<LayerNormGrads<Self>> {
         layernorm::backward(self, dy, x, mean, rstd, gamma, want)
+    }
+
+    fn check_attention_head_dim(&self, head_dim: usize) -> Result<()> {
+        attention::check_head_dim(self, head_dim)
     }
 
     fn attention_forward(
