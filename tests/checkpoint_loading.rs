@@ -914,6 +914,17 @@ fn hugging_face_hub_cache_layout_resolves_offline() {
     let e = resolve_with_caches(&repo, &caches).unwrap_err().to_string();
     assert!(e.contains("link to a missing blob"), "{e}");
 
+    // A weights link whose blob is missing says so.
+    let broken = tmp.path().join("broken-weights");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("config.json"), tiny_config_json(2)).unwrap();
+    std::os::unix::fs::symlink("../blobs/gone", broken.join("model.safetensors")).unwrap();
+    let e = Checkpoint::open(&broken)
+        .err()
+        .expect("a dangling link")
+        .to_string();
+    assert!(e.contains("a link to a file that does not exist"), "{e}");
+
     // An empty ref names no revision: as if there were none.
     std::fs::write(repo.join("refs/main"), "\n").unwrap();
     let e = resolve_with_caches(&repo, &caches).unwrap_err();

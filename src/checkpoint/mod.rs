@@ -164,11 +164,15 @@ fn open_weights(dir: &Path) -> Result<WeightsFile> {
         return WeightsFile::open(&single).map_err(|e| match e {
             Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
                 let pickle = dir.join("pytorch_model.bin").exists();
+                let dangling = single.symlink_metadata().is_ok();
                 Error::Io {
                     path,
                     source: std::io::Error::new(
                         source.kind(),
-                        if pickle {
+                        if dangling {
+                            "a link to a file that does not exist (in a hub cache, a blob an \
+                             interrupted download did not finish): download the model again"
+                        } else if pickle {
                             "no such file; the folder has pytorch_model.bin, which spafit does \
                              not read (a pickle): save the model with safetensors \
                              (save_pretrained(dir, safe_serialization=True))"

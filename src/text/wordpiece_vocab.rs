@@ -53,13 +53,6 @@ impl BertTokenizerSettings {
                 )))
             }
         }
-        if json.get("do_basic_tokenize") == Some(&Value::Bool(false)) {
-            return Err(format(
-                "`do_basic_tokenize` is false: WordPiece without BERT's basic tokenization is \
-                 not supported"
-                    .into(),
-            ));
-        }
         let settings = Self::from_json(&json, source)?;
         Ok(settings)
     }
