@@ -7,8 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn spafit(args: &[&str]) -> (bool, String, String) {
+    spafit_with_env(args, &[])
+}
+
+/// [`spafit`] with environment variables set for the child.
+fn spafit_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -78,62 +84,41 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         "{err}"
     );
     // The stand-in first on the library path is not a GPU: `--device cuda` must not run on
-    // it labelled cuda:0.
+    // it labelled cuda:0; and the stand-in's settings from the environment are checked, not
+    // half-read.
+    let m = model();
+    let bench_on = |device| {
+        [
+            "bench",
+            "--model",
+            &m,
+            "--device",
+            device,
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ]
+    };
     if let Ok(dir) = spafit::backend::cuda::emulator::emulator_dir() {
-        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
-            .args([
-                "bench",
-                "--model",
-                &model(),
-                "--device",
-                "cuda",
-                "--batch-size",
-                "2",
-                "--seq-len",
-                "8",
-                "--steps",
-                "1",
-                "--warmup",
-                "0",
-            ])
-            .env("LD_LIBRARY_PATH", &dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (ok, _, err) =
+            spafit_with_env(&bench_on("cuda"), &[("LD_LIBRARY_PATH", dir.as_os_str())]);
         assert!(
-            !out.status.success() && err.contains("CPU stand-in, not NVIDIA's driver"),
+            !ok && err.contains("CPU stand-in, not NVIDIA's driver"),
             "{err}"
         );
     }
-    // The stand-in's settings from the environment are checked, not half-read.
     for (name, value) in [
         ("SPAFIT_EMU_SCHEDULE", "shuffle:abc"),
         ("SPAFIT_EMU_MEMORY", "16G"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
-            .args([
-                "bench",
-                "--model",
-                &model(),
-                "--device",
-                "cuda-emu",
-                "--batch-size",
-                "2",
-                "--seq-len",
-                "8",
-                "--steps",
-                "1",
-                "--warmup",
-                "0",
-            ])
-            .env(name, value)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (ok, _, err) = spafit_with_env(&bench_on("cuda-emu"), &[(name, value.as_ref())]);
         assert!(
-            !out.status.success() && err.contains(name) && err.contains(value),
+            !ok && err.contains(name) && err.contains(value),
             "{name}={value}: {err}"
         );
     }
@@ -850,9 +835,10 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
     write(dir.path(), "train.csv", &sentiment_csv(&train));
     write(dir.path(), "dev.csv", &sentiment_csv(&dev));
     let m = model();
-    let run = |device: &str, dtype: &str| -> (Vec<f64>, f64) {
-        let out = dir.path().join(format!("out-{device}-{dtype}"));
-        let (ok, stdout, err) = spafit(&[
+    let (train_csv, dev_csv) = (dir.path().join("train.csv"), dir.path().join("dev.csv"));
+    // Two steps of training on `device` in `dtype`, logging each, into `out`; then `extra`.
+    let train_args = |device: &'static str, dtype: &'static str, out: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = [
             "train",
             "--model",
             &m,
@@ -860,10 +846,6 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
             device,
             "--dtype",
             dtype,
-            "--train-file",
-            dir.path().join("train.csv").to_str().unwrap(),
-            "--dev-file",
-            dir.path().join("dev.csv").to_str().unwrap(),
             "--max-len",
             "16",
             "--batch-size",
@@ -872,10 +854,22 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
             "2",
             "--log-every",
             "1",
-            "--output",
-            out.to_str().unwrap(),
             "--quiet",
-        ]);
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        for (flag, path) in [("--train-file", &train_csv), ("--dev-file", &dev_csv)] {
+            args.extend([flag.to_string(), path.display().to_string()]);
+        }
+        args.extend(["--output".to_string(), out.display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let run = |device: &'static str, dtype: &'static str| -> (Vec<f64>, f64) {
+        let out = dir.path().join(format!("out-{device}-{dtype}"));
+        let args = train_args(device, dtype, &out, &[]);
+        let (ok, stdout, err) = spafit(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(ok, "train on {device} {dtype}: {err}");
         let line = last_json(&stdout);
         assert!(
@@ -905,30 +899,13 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
         assert!(e <= tol, "dev loss on cuda-emu {dtype}: {dev} vs {cpu_dev}");
     }
     // Resuming the CPU run on the stand-in is allowed, and said.
-    let cpu_out = dir.path().join("out-cpu-f32");
-    let (ok, _, err) = spafit(&[
-        "train",
-        "--model",
-        &m,
-        "--device",
+    let args = train_args(
         "cuda-emu",
-        "--train-file",
-        dir.path().join("train.csv").to_str().unwrap(),
-        "--dev-file",
-        dir.path().join("dev.csv").to_str().unwrap(),
-        "--max-len",
-        "16",
-        "--batch-size",
-        "4",
-        "--max-steps",
-        "2",
-        "--log-every",
-        "1",
-        "--output",
-        cpu_out.to_str().unwrap(),
-        "--resume",
-        "--quiet",
-    ]);
+        "f32",
+        &dir.path().join("out-cpu-f32"),
+        &["--resume"],
+    );
+    let (ok, _, err) = spafit(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         ok && err.contains("trained on cpu-f32 and resumes on cuda-emu-f32"),
         "{err}"

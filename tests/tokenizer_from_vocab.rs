@@ -23,6 +23,45 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// The fixture's single texts and text pairs.
+fn inputs(fixture: &serde_json::Value) -> (Vec<&str>, Vec<(&str, &str)>) {
+    let texts = fixture["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let pairs = fixture["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect();
+    (texts, pairs)
+}
+
+/// `tok` gives a fixture case's ids (and segment ids) for every text and pair, and pads
+/// with id 0, as transformers did.
+fn assert_case_ids(
+    tok: &TextTokenizer,
+    case: &serde_json::Value,
+    texts: &[&str],
+    pairs: &[(&str, &str)],
+    name: &str,
+) {
+    for (text, want) in texts.iter().zip(case["singles"].as_array().unwrap()) {
+        let got = tok.encode(TextInput::Single(text)).unwrap();
+        assert_eq!(got.ids, ids(want), "{name}: {text:?}");
+        assert!(got.type_ids.iter().all(|&t| t == 0));
+    }
+    for ((a, b), want) in pairs.iter().zip(case["pairs"].as_array().unwrap()) {
+        let got = tok.encode(TextInput::Pair(a, b)).unwrap();
+        assert_eq!(got.ids, ids(&want["input_ids"]), "{name}: {a:?} / {b:?}");
+        assert_eq!(got.type_ids, ids(&want["token_type_ids"]), "{name}");
+    }
+    assert_eq!(tok.pad_id(), 0);
+}
+
 /// A folder like a checkpoint saved before tokenizer.json: vocab.txt and a config.
 fn vocab_folder(dir: &Path, config: &serde_json::Value) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
@@ -37,18 +76,7 @@ fn vocab_folder(dir: &Path, config: &serde_json::Value) -> (PathBuf, PathBuf) {
 fn ids_match_transformers_for_three_tokenizer_configs() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = expected();
-    let texts: Vec<&str> = fixture["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    let pairs: Vec<(&str, &str)> = fixture["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
-        .collect();
+    let (texts, pairs) = inputs(&fixture);
     let cases = fixture["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
     for case in cases {
@@ -57,17 +85,7 @@ fn ids_match_transformers_for_three_tokenizer_configs() {
         config["tokenizer_class"] = "BertTokenizer".into();
         let (vocab, config) = vocab_folder(&tmp.path().join(name), &config);
         let tok = TextTokenizer::from_vocab(&vocab, Some(&config), 512).unwrap();
-        for (text, want) in texts.iter().zip(case["singles"].as_array().unwrap()) {
-            let got = tok.encode(TextInput::Single(text)).unwrap();
-            assert_eq!(got.ids, ids(want), "{name}: {text:?}");
-            assert!(got.type_ids.iter().all(|&t| t == 0));
-        }
-        for ((a, b), want) in pairs.iter().zip(case["pairs"].as_array().unwrap()) {
-            let got = tok.encode(TextInput::Pair(a, b)).unwrap();
-            assert_eq!(got.ids, ids(&want["input_ids"]), "{name}: {a:?} / {b:?}");
-            assert_eq!(got.type_ids, ids(&want["token_type_ids"]), "{name}");
-        }
-        assert_eq!(tok.pad_id(), 0);
+        assert_case_ids(&tok, case, &texts, &pairs, name);
     }
 
     // The uncased build is the checkpoint's own tokenizer.json, truncation included.
@@ -204,18 +222,7 @@ fn a_checkpoint_without_tokenizer_json_uses_its_vocab() {
 fn tokenizer_json_beside_a_bert_config_follows_the_config() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = expected();
-    let texts: Vec<&str> = fixture["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    let pairs: Vec<(&str, &str)> = fixture["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
-        .collect();
+    let (texts, pairs) = inputs(&fixture);
     // The same tokenizer.json without its added tokens: transformers adds the config's
     // special tokens itself, so `[MASK]` in a text still matches whole.
     let mut bare: serde_json::Value =
@@ -231,15 +238,13 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
         let (_, config) = vocab_folder(&tmp.path().join(name), &config);
         for json in [minilm().join("tokenizer.json"), bare_path.clone()] {
             let tok = TextTokenizer::from_files(&json, Some(&config), 512).unwrap();
-            for (text, want) in texts.iter().zip(case["singles"].as_array().unwrap()) {
-                let got = tok.encode(TextInput::Single(text)).unwrap();
-                assert_eq!(got.ids, ids(want), "{name} {}: {text:?}", json.display());
-            }
-            for ((a, b), want) in pairs.iter().zip(case["pairs"].as_array().unwrap()) {
-                let got = tok.encode(TextInput::Pair(a, b)).unwrap();
-                assert_eq!(got.ids, ids(&want["input_ids"]), "{name}: {a:?} / {b:?}");
-                assert_eq!(got.type_ids, ids(&want["token_type_ids"]), "{name}");
-            }
+            assert_case_ids(
+                &tok,
+                case,
+                &texts,
+                &pairs,
+                &format!("{name} {}", json.display()),
+            );
         }
     }
     // Through a checkpoint folder, against what transformers 5.24's AutoTokenizer gave for

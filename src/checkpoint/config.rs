@@ -137,6 +137,14 @@ impl BertConfig {
         (self.id2label.len() == num_labels && distinct && !placeholders).then_some(names)
     }
 
+    /// Features per attention head (`hidden_size / num_attention_heads`; 0 without heads,
+    /// which validation refuses).
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size
+            .checked_div(self.num_attention_heads)
+            .unwrap_or(0)
+    }
+
     /// Why `id2label` names no classes for a head of `num_labels` outputs although it is
     /// neither empty nor transformers' placeholders: a count, an id, a name that is not a
     /// string, or a repeated name. `None` when it is usable, empty or placeholders.

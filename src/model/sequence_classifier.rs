@@ -41,12 +41,7 @@ impl<B: Backend> BertClassifier<B> {
         seed: u64,
     ) -> Result<Self> {
         let config = &checkpoint.config;
-        backend.check_attention_head_dim(
-            config
-                .hidden_size
-                .checked_div(config.num_attention_heads)
-                .unwrap_or(0),
-        )?;
+        backend.check_attention_head_dim(config.head_dim())?;
         // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
         // fresh one, as transformers gives it; one pooler tensor alone is a broken file.
         let pooler = ["bert.pooler.dense.weight", "bert.pooler.dense.bias"];
@@ -188,12 +183,7 @@ impl<B: Backend> BertClassifier<B> {
     /// (N(0, `initializer_range`) weights and embeddings, zero biases, unit LayerNorm scales): for
     /// throughput benchmarks, where values do not matter.
     pub fn random(config: &BertConfig, backend: &B, num_labels: usize, seed: u64) -> Result<Self> {
-        backend.check_attention_head_dim(
-            config
-                .hidden_size
-                .checked_div(config.num_attention_heads)
-                .unwrap_or(0),
-        )?;
+        backend.check_attention_head_dim(config.head_dim())?;
         let mut rng = SplitMix::new(seed);
         let mut source = |name: &str, shape: Shape| {
             let n = shape.numel();

@@ -53,8 +53,7 @@ impl BertTokenizerSettings {
                 )))
             }
         }
-        let settings = Self::from_json(&json, source)?;
-        Ok(settings)
+        Self::from_json(&json, source)
     }
 
     /// The id-changing settings in a parsed `tokenizer_config.json` (`source`, for messages),
@@ -154,8 +153,7 @@ pub(crate) fn bert_tokenizer_from_vocab(
         });
     }
     let (mut tokenizer, pad) = bert_pipeline(model, &settings, vocab, config)?;
-    add_special_tokens(&mut tokenizer, &settings);
-    tokenizer.add_tokens(&settings.extra);
+    add_config_tokens(&mut tokenizer, &settings);
     Ok((tokenizer, pad))
 }
 
@@ -168,8 +166,15 @@ pub(crate) fn config_added_tokens(json: &Value, source: &Path) -> Result<Vec<Add
         path: source.to_path_buf(),
         detail,
     };
-    let flag = |entry: &Value, key: &str, default: bool| {
-        entry.get(key).and_then(Value::as_bool).unwrap_or(default)
+    // transformers' AddedToken fields, each defaulting as there (`normalized`: not special).
+    let token = |content: &str, special: bool, entry: &Value| {
+        let flag =
+            |key: &str, default: bool| entry.get(key).and_then(Value::as_bool).unwrap_or(default);
+        AddedToken::from(content.to_string(), special)
+            .single_word(flag("single_word", false))
+            .lstrip(flag("lstrip", false))
+            .rstrip(flag("rstrip", false))
+            .normalized(flag("normalized", !special))
     };
     let mut tokens: Vec<AddedToken> = Vec::new();
     if let Some(decoder) = json.get("added_tokens_decoder").and_then(Value::as_object) {
@@ -192,14 +197,11 @@ pub(crate) fn config_added_tokens(json: &Value, source: &Path) -> Result<Vec<Add
                         "`added_tokens_decoder` entry {id} has no `content` string"
                     ))
                 })?;
-            let special = flag(entry, "special", false);
-            tokens.push(
-                AddedToken::from(content.to_string(), special)
-                    .single_word(flag(entry, "single_word", false))
-                    .lstrip(flag(entry, "lstrip", false))
-                    .rstrip(flag(entry, "rstrip", false))
-                    .normalized(flag(entry, "normalized", !special)),
-            );
+            let special = entry
+                .get("special")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            tokens.push(token(content, special, entry));
         }
     }
     let map_path = source.with_file_name("special_tokens_map.json");
@@ -221,13 +223,7 @@ pub(crate) fn config_added_tokens(json: &Value, source: &Path) -> Result<Vec<Add
                     "`additional_special_tokens` holds {entry}, not a token"
                 ))
             })?;
-        tokens.push(
-            AddedToken::from(content.to_string(), true)
-                .single_word(flag(entry, "single_word", false))
-                .lstrip(flag(entry, "lstrip", false))
-                .rstrip(flag(entry, "rstrip", false))
-                .normalized(flag(entry, "normalized", false)),
-        );
+        tokens.push(token(content, true, entry));
     }
     let mut seen = std::collections::HashSet::new();
     tokens.retain(|t| seen.insert(t.content.clone()));
@@ -252,9 +248,10 @@ fn bert_wordpiece(
         })
 }
 
-/// The config's special tokens as special added tokens: they match as written, before
-/// normalization, as in transformers (which adds any its tokenizer.json lacks).
-fn add_special_tokens(tokenizer: &mut Tokenizer, settings: &BertTokenizerSettings) {
+/// The config's tokens: its five special tokens as special added tokens (they match as
+/// written, before normalization, as in transformers, which adds any its tokenizer.json
+/// lacks), then the others it adds.
+fn add_config_tokens(tokenizer: &mut Tokenizer, settings: &BertTokenizerSettings) {
     let specials: Vec<AddedToken> = [
         &settings.pad,
         &settings.unk,
@@ -266,6 +263,7 @@ fn add_special_tokens(tokenizer: &mut Tokenizer, settings: &BertTokenizerSetting
     .map(|t| AddedToken::from(t.clone(), true))
     .collect();
     tokenizer.add_special_tokens(&specials);
+    tokenizer.add_tokens(&settings.extra);
 }
 
 /// transformers' `BertTokenizer` pipeline around `model` (WordPiece with `##` continuations
@@ -397,13 +395,12 @@ pub(crate) fn as_transformers_loads(
             (_, e) => e,
         })?;
     // tokenizer.json's added tokens in id order (each keeps its own `special` flag), then
-    // the config's special tokens it lacks, as transformers adds them.
+    // the config's, as transformers adds them.
     let mut added: Vec<(u32, AddedToken)> = from.get_added_tokens_decoder().into_iter().collect();
     added.sort_by_key(|(id, _)| *id);
     let added: Vec<AddedToken> = added.into_iter().map(|(_, token)| token).collect();
     tokenizer.add_tokens(&added);
-    add_special_tokens(&mut tokenizer, &settings);
-    tokenizer.add_tokens(&settings.extra);
+    add_config_tokens(&mut tokenizer, &settings);
     Ok((tokenizer, pad))
 }
 
