@@ -70,6 +70,8 @@ fn glue_dir() -> tempfile::TempDir {
     write(r, "QNLI/dev.tsv", "index\tquestion\tsentence\tlabel\n0\tWhat came into force after the new constitution?\tThe law came into force.\tentailment\n");
     write(r, "RTE/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tNo Weapons of Mass Destruction Found in Iraq Yet.\tWeapons of Mass Destruction Found in Iraq.\tnot_entailment\n");
     write(r, "WNLI/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\tI stuck a pin through a carrot.\tThe carrot had a hole.\t1\n");
+    // GLUE's download script saves the diagnostic set (AX.tsv) as diagnostic/diagnostic.tsv.
+    write(r, "diagnostic/diagnostic.tsv", "index\tsentence1\tsentence2\n0\tThe cat sat on the mat.\tThe cat did not sit on the mat.\n1\tThe cat sat on the mat.\tThe cat sat.\n");
     d
 }
 
@@ -201,6 +203,38 @@ fn all_nine_tasks_in_glue_layout() {
     );
     assert_eq!("sst-2".parse::<GlueTask>().unwrap(), GlueTask::Sst2);
     assert_eq!("STSB".parse::<GlueTask>().unwrap(), GlueTask::Stsb);
+
+    // AX: MNLI's classes, one unlabeled split read from diagnostic.tsv, nothing to train on.
+    for name in ["ax", "AX", "diagnostic"] {
+        assert_eq!(name.parse::<GlueTask>().unwrap(), GlueTask::Ax);
+    }
+    let ax = load(GlueTask::Ax, "test");
+    assert_eq!(ax.kind, GlueTask::Mnli.kind());
+    assert_eq!(
+        ax.examples[1],
+        ex("The cat sat on the mat.", Some("The cat sat."), None)
+    );
+    assert_eq!(
+        GlueTask::Ax.row_ids(r, "test").unwrap()[&3],
+        "1",
+        "submission rows are named by the index column"
+    );
+    for split in ["train", "dev"] {
+        let err = GlueTask::Ax
+            .load(r, split, OnMalformed::Error)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MNLI") && err.contains("predict"), "{err}");
+    }
+    // Outputs are kept off every split file of a task, present or not.
+    assert_eq!(
+        GlueTask::Mnli.files(r)[1],
+        r.join("MNLI").join("dev_matched.tsv")
+    );
+    assert_eq!(
+        GlueTask::Ax.files(r),
+        [r.join("diagnostic").join("diagnostic.tsv")]
+    );
 }
 
 #[test]
@@ -592,6 +626,12 @@ fn classes_are_inferred_from_a_training_file() {
     assert!(e.contains("every label in `label` is `yes`"), "{e}");
     let e = refused("nolabel.csv", "text,other\na,yes\n");
     assert!(e.contains("no column `label`"), "{e}");
+    // A file without a labeled row names itself, not a default pair of classes.
+    let e = refused("header_only.csv", "text,label\n");
+    assert!(
+        e.contains("header_only.csv") && e.contains("no example with a label"),
+        "{e}"
+    );
     // A file whose rows cannot be read names its first bad row, not a lack of labels.
     let e = refused("array.jsonl", "[\"a\", 1]\n[\"b\", 0]\n");
     assert!(e.contains("line 1: not a JSON object"), "{e}");

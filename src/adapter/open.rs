@@ -37,6 +37,8 @@ pub struct OpenedAdapter<B: Backend> {
     pub format: AdapterFormat,
     /// What the import could not carry over exactly (see [`super::PeftImport::notes`]).
     pub notes: Vec<String>,
+    /// What every use of the adapter should know (see [`super::PeftImport::warnings`]).
+    pub warnings: Vec<String>,
     /// Tensors set from the adapter that stay frozen under its plan (see
     /// [`super::PeftImport::kept_frozen`]); training cannot continue from it when any are.
     pub kept_frozen: Vec<String>,
@@ -92,19 +94,36 @@ impl AdapterHead {
                 data.name,
                 texts(pairs),
                 match trained {
-                    true => "--text-pair-column names the second text",
-                    false => "drop --text-pair-column",
+                    true => "for custom data, --text-pair-column names the second text",
+                    false => "for custom data, drop --text-pair-column",
                 }
             ),
         })
     }
 
+    /// Where the data's classes sit among the head's outputs when the adapter records the
+    /// same class names in another order (an MNLI head trained on custom data, classes
+    /// sorted, against GLUE's entailment, neutral, contradiction): output `j` for the data
+    /// is the head's `order[j]`. `None` when nothing needs to move.
+    pub fn class_order(&self, kind: &TaskKind) -> Option<Vec<usize>> {
+        let (TaskKind::Classification { labels }, Some(trained)) = (kind, &self.labels) else {
+            return None;
+        };
+        let order = crate::data::class_order(labels, trained)?;
+        let moved = order.iter().enumerate().any(|(j, &i)| i != j);
+        moved.then_some(order)
+    }
+
     /// Refuses data whose label space is not the head's: other class names (when the
-    /// adapter records them), another class count, or regression against classification.
+    /// adapter records them; the same names in another order fit, see
+    /// [`AdapterHead::class_order`]), another class count, or regression against
+    /// classification.
     pub fn check(&self, kind: &TaskKind, data_name: &str, dir: &Path) -> Result<()> {
         let outputs = self.outputs;
         let fits = match (kind, &self.labels) {
-            (TaskKind::Classification { labels }, Some(trained)) => labels == trained,
+            (TaskKind::Classification { labels }, Some(trained)) => {
+                crate::data::class_order(labels, trained).is_some()
+            }
             (TaskKind::Classification { labels }, None) => labels.len() == outputs && outputs > 1,
             (TaskKind::Regression, _) => outputs == 1,
         };
@@ -115,7 +134,7 @@ impl AdapterHead {
             path: dir.to_path_buf(),
             detail: format!(
                 "the classifier head was trained for labels {} ({outputs} outputs) but {data_name} has {} \
-                 (--labels / --regression give the data's label space)",
+                 (for custom data, --labels / --regression give the data's label space)",
                 self.labels
                     .as_ref()
                     .map_or("without names".to_string(), |l| format!("{l:?}")),
@@ -167,6 +186,7 @@ pub fn open_adapter<B: Backend>(
             text_pairs: manifest.text_pairs,
             format: AdapterFormat::Spafit,
             notes: Vec::new(),
+            warnings: Vec::new(),
             kept_frozen: Vec::new(),
         });
     }
@@ -180,6 +200,7 @@ pub fn open_adapter<B: Backend>(
             text_pairs: None,
             format: AdapterFormat::Peft,
             notes: import.notes,
+            warnings: import.warnings,
             kept_frozen: import.kept_frozen,
         });
     }

@@ -1,8 +1,10 @@
-//! A fine-tuned checkpoint's own classes (config.json's `id2label`) against the data's.
+//! A head's class names against the data's: a fine-tuned checkpoint's own (config.json's
+//! `id2label`) and those an adapter records.
 
+use spafit::adapter::AdapterHead;
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
-use spafit::data::{first_repeat, TaskKind};
+use spafit::data::{class_order, TaskKind};
 use spafit::model::BertClassifier;
 use spafit::Result;
 
@@ -62,10 +64,7 @@ pub fn match_checkpoint_classes<B: Backend>(
     if &names == labels {
         return Ok(());
     }
-    // Exact names first; ignoring case only where that leaves every name distinct.
-    let lower = |v: &[String]| v.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>();
-    let order =
-        order_by_name(labels, &names).or_else(|| order_by_name(&lower(labels), &lower(&names)));
+    let order = class_order(labels, &names);
     let identity = |o: &Vec<usize>| o.iter().enumerate().all(|(j, &i)| i == j);
     match order {
         Some(order) if identity(&order) => Ok(()),
@@ -86,43 +85,24 @@ pub fn match_checkpoint_classes<B: Backend>(
     }
 }
 
-/// For each of `labels`, the position of the same name in `names`, when the two lists hold
-/// the same distinct names.
-fn order_by_name(labels: &[String], names: &[String]) -> Option<Vec<usize>> {
-    let distinct = |v: &[String]| first_repeat(v).is_none();
-    if labels.len() != names.len() || !distinct(labels) || !distinct(names) {
-        return None;
-    }
-    labels
-        .iter()
-        .map(|l| names.iter().position(|n| n == l))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::order_by_name;
-
-    fn names(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn classes_are_matched_by_exact_name_and_only_as_a_permutation() {
-        let order = |labels: &[&str], checkpoint: &[&str]| {
-            order_by_name(&names(labels), &names(checkpoint))
-        };
-        assert_eq!(
-            order(
-                &["entailment", "neutral", "contradiction"],
-                &["contradiction", "neutral", "entailment"]
-            ),
-            Some(vec![2, 1, 0])
+/// Lines an adapter's head up with the data's classes when the adapter records the same
+/// names in another order (an MNLI adapter trained on custom data, whose classes were sorted,
+/// used with `--task mnli`), so its outputs, predictions and further training follow the
+/// data's order.
+pub fn match_adapter_classes<B: Backend>(
+    head: &AdapterHead,
+    classifier: &mut BertClassifier<B>,
+    backend: &B,
+    kind: &TaskKind,
+) -> Result<()> {
+    let Some(order) = head.class_order(kind) else {
+        return Ok(());
+    };
+    if let (Some(trained), TaskKind::Classification { labels }) = (&head.labels, kind) {
+        note!(
+            "the adapter's classes {trained:?} are the data's {labels:?} in another order: its \
+             head is reordered to the data's"
         );
-        // Names that differ only in case are distinct classes, matched exactly.
-        assert_eq!(order(&["A", "a"], &["a", "A"]), Some(vec![1, 0]));
-        assert_eq!(order(&["x", "x"], &["x", "y"]), None);
-        assert_eq!(order(&["x", "z"], &["x", "y"]), None);
-        assert_eq!(order(&["x"], &["x", "y"]), None);
     }
+    classifier.reorder_classes(backend, &order)
 }

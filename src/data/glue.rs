@@ -30,6 +30,9 @@ pub enum GlueTask {
     Rte,
     /// Winograd NLI (accuracy).
     Wnli,
+    /// GLUE's diagnostic set (AX, `diagnostic/diagnostic.tsv`): unlabeled sentence pairs in
+    /// MNLI's classes, only predicted, with an MNLI model, for the submission's `AX.tsv`.
+    Ax,
 }
 
 /// Where a field sits in a row.
@@ -54,6 +57,7 @@ struct Layout {
 
 const BINARY: &[&str] = &["0", "1"];
 const ENTAILMENT: &[&str] = &["entailment", "not_entailment"];
+const MNLI: &[&str] = &["entailment", "neutral", "contradiction"];
 
 impl GlueTask {
     /// All nine tasks.
@@ -116,12 +120,7 @@ impl GlueTask {
             },
             GlueTask::Mnli => Layout {
                 dir: "MNLI",
-                ..pair(
-                    "sentence1",
-                    "sentence2",
-                    "gold_label",
-                    Some(&["entailment", "neutral", "contradiction"]),
-                )
+                ..pair("sentence1", "sentence2", "gold_label", Some(MNLI))
             },
             GlueTask::Qnli => Layout {
                 dir: "QNLI",
@@ -134,6 +133,10 @@ impl GlueTask {
             GlueTask::Wnli => Layout {
                 dir: "WNLI",
                 ..pair("sentence1", "sentence2", "label", Some(BINARY))
+            },
+            GlueTask::Ax => Layout {
+                dir: "diagnostic",
+                ..pair("sentence1", "sentence2", "label", Some(MNLI))
             },
         }
     }
@@ -161,9 +164,9 @@ impl GlueTask {
         }
     }
 
-    /// The file of `split` (`train`, `dev`, `test`, MNLI's `dev_matched`...).
-    pub fn file(self, glue_dir: &Path, split: &str) -> Result<PathBuf> {
-        let allowed: &[&str] = match self {
+    /// Every split of the task's folder.
+    pub fn splits(self) -> &'static [&'static str] {
+        match self {
             GlueTask::Mnli => &[
                 "train",
                 "dev_matched",
@@ -171,8 +174,41 @@ impl GlueTask {
                 "test_matched",
                 "test_mismatched",
             ],
+            GlueTask::Ax => &["test"],
             _ => &["train", "dev", "test"],
-        };
+        }
+    }
+
+    /// The file name of `split` in the task's folder (AX's one split is `diagnostic.tsv`, as
+    /// GLUE's download script names it).
+    fn file_name(self, split: &str) -> String {
+        match self {
+            GlueTask::Ax => "diagnostic.tsv".to_string(),
+            _ => format!("{split}.tsv"),
+        }
+    }
+
+    /// The files of every split under `glue_dir`, present or not: what an output must never
+    /// replace.
+    pub fn files(self, glue_dir: &Path) -> Vec<PathBuf> {
+        self.splits()
+            .iter()
+            .map(|split| glue_dir.join(self.dir_name()).join(self.file_name(split)))
+            .collect()
+    }
+
+    /// The file of `split` (`train`, `dev`, `test`, MNLI's `dev_matched`...).
+    pub fn file(self, glue_dir: &Path, split: &str) -> Result<PathBuf> {
+        let allowed = self.splits();
+        if self == GlueTask::Ax && split != "test" {
+            return Err(Error::invalid(
+                "glue",
+                format!(
+                    "AX (GLUE's diagnostic set) has no `{split}` split: it is unlabeled and only \
+                     predicted, with an MNLI model (spafit predict --task ax --adapter MNLI_RUN/best)"
+                ),
+            ));
+        }
         if !allowed.contains(&split) {
             return Err(Error::invalid(
                 "glue",
@@ -183,7 +219,7 @@ impl GlueTask {
                 ),
             ));
         }
-        Ok(glue_dir.join(self.dir_name()).join(format!("{split}.tsv")))
+        Ok(glue_dir.join(self.dir_name()).join(self.file_name(split)))
     }
 
     /// The row ids GLUE's submissions name rows by (the `index` column; QQP's `id`), keyed
@@ -368,6 +404,10 @@ impl FromStr for GlueTask {
             .filter(|c| c.is_ascii_alphanumeric())
             .collect::<String>()
             .to_ascii_lowercase();
+        // AX's folder is `diagnostic`; either name selects it.
+        if key == "ax" || key == "diagnostic" {
+            return Ok(GlueTask::Ax);
+        }
         GlueTask::ALL
             .into_iter()
             .find(|t| {
@@ -376,7 +416,7 @@ impl FromStr for GlueTask {
             .ok_or_else(|| {
                 Error::invalid(
                     "glue",
-                    format!("unknown GLUE task `{s}`; expected one of cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli"),
+                    format!("unknown GLUE task `{s}`; expected one of cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli, ax"),
                 )
             })
     }

@@ -13,10 +13,59 @@ pub use glue::GlueTask;
 pub use rotten_tomatoes::rotten_tomatoes;
 pub use table::{TableFormat, TableSpec};
 
+/// For each of the data's class names `labels`, the position of the same class among a
+/// head's `names`, when both list the same distinct classes: matched exactly, else ignoring
+/// case where that keeps every name distinct. `None` when the lists name other classes.
+pub fn class_order(labels: &[String], names: &[String]) -> Option<Vec<usize>> {
+    let exact = |labels: &[String], names: &[String]| -> Option<Vec<usize>> {
+        let distinct = |v: &[String]| first_repeat(v).is_none();
+        if labels.len() != names.len() || !distinct(labels) || !distinct(names) {
+            return None;
+        }
+        labels
+            .iter()
+            .map(|l| names.iter().position(|n| n == l))
+            .collect()
+    };
+    let lower = |v: &[String]| v.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>();
+    exact(labels, names).or_else(|| exact(&lower(labels), &lower(names)))
+}
+
 /// The first name given twice in `names`, as (its first index, the repeat's index).
 pub fn first_repeat<T: PartialEq>(names: &[T]) -> Option<(usize, usize)> {
     names.iter().enumerate().find_map(|(i, n)| {
         let first = names[..i].iter().position(|m| m == n)?;
         Some((first, i))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::class_order;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn classes_are_matched_by_name_and_only_as_a_permutation() {
+        let order = |labels: &[&str], head: &[&str]| class_order(&names(labels), &names(head));
+        assert_eq!(
+            order(
+                &["entailment", "neutral", "contradiction"],
+                &["contradiction", "neutral", "entailment"]
+            ),
+            Some(vec![2, 1, 0])
+        );
+        // Names that differ only in case are distinct classes, matched exactly.
+        assert_eq!(order(&["A", "a"], &["a", "A"]), Some(vec![1, 0]));
+        // Otherwise case is ignored.
+        assert_eq!(
+            order(&["positive", "negative"], &["NEGATIVE", "POSITIVE"]),
+            Some(vec![1, 0])
+        );
+        assert_eq!(order(&["x", "x"], &["x", "y"]), None);
+        assert_eq!(order(&["x", "z"], &["x", "y"]), None);
+        assert_eq!(order(&["x"], &["x", "y"]), None);
+    }
 }

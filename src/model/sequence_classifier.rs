@@ -148,8 +148,8 @@ impl<B: Backend> BertClassifier<B> {
     }
 
     /// Reorders the classifier's outputs: output `j` becomes what output `order[j]` was (for
-    /// data that numbers the same classes in another order). Call it before
-    /// [`BertClassifier::store_frozen_weights`].
+    /// data that numbers the same classes in another order). The head keeps its dtype, so it
+    /// may run before or after [`BertClassifier::store_frozen_weights`].
     pub fn reorder_classes(&mut self, backend: &B, order: &[usize]) -> Result<()> {
         let n = self.num_labels;
         let mut seen = vec![false; n];
