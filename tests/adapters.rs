@@ -239,6 +239,7 @@ fn peft_export_names_and_config() {
         &plan,
         "sentence-transformers/all-MiniLM-L6-v2",
         Some(&names),
+        None,
     )
     .unwrap();
     // The class names, which PEFT's files have no place for, come back from the note beside
@@ -307,6 +308,6 @@ fn peft_export_names_and_config() {
     assert_eq!(config["bias"], "all");
 
     let bitfit = PeftPlan::new(&PeftConfig::new(Method::BitFit), 6).unwrap();
-    let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x", None).unwrap_err();
+    let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x", None, None).unwrap_err();
     assert!(e.to_string().contains("no LoRA adapter"), "{e}");
 }

@@ -558,6 +558,178 @@ fn train_eval_predict_on_glue_layout() {
     assert_eq!(ids, ["index", "12", "5", "40"]);
 }
 
+/// An MNLI adapter trained on custom data records its classes as the training file gave them
+/// (sorted); used on GLUE's MNLI and on AX (GLUE's diagnostic set), its head follows GLUE's
+/// order by name, so every example keeps its probabilities per class. Outputs are kept off the
+/// GLUE files.
+#[test]
+fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let pairs = [
+        (
+            "A man is playing a guitar.",
+            "A man plays music.",
+            "entailment",
+        ),
+        (
+            "A man is playing a guitar.",
+            "A woman is sleeping.",
+            "contradiction",
+        ),
+        ("A child runs in a park.", "The child is happy.", "neutral"),
+        (
+            "Two dogs chase a ball.",
+            "Animals are playing.",
+            "entailment",
+        ),
+        (
+            "Two dogs chase a ball.",
+            "The dogs are asleep.",
+            "contradiction",
+        ),
+        ("A chef cooks pasta.", "The chef is famous.", "neutral"),
+    ];
+    let mut train = String::from("premise\thypothesis\tlabel\n");
+    let mut dev = format!("{MNLI_COLUMNS}\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n");
+    let mut ax = String::from("index\tsentence1\tsentence2\n");
+    for (i, (a, b, label)) in pairs.iter().enumerate() {
+        train += &format!("{a}\t{b}\t{label}\n");
+        dev += &format!("{i}\t1\t1n\tfiction\t(a)\t(b)\t(A)\t(B)\t{a}\t{b}\t{label}\t{label}\t{label}\t{label}\t{label}\t{label}\n");
+        ax += &format!("{i}\t{a}\t{b}\n");
+    }
+    write(root, "train.tsv", &train);
+    write(root, "glue/MNLI/dev_matched.tsv", &dev);
+    write(root, "glue/diagnostic/diagnostic.tsv", &ax);
+    let (m, p) = (model(), |rel: &str| root.join(rel).display().to_string());
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &p("train.tsv"),
+        "--text-column",
+        "premise",
+        "--text-pair-column",
+        "hypothesis",
+        "--method",
+        "lora",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "3",
+        "--max-len",
+        "24",
+        "--quiet",
+        "--output",
+        &p("out"),
+    ]);
+    assert!(ok, "{err}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("out/best/adapter.json")).unwrap())
+            .unwrap();
+    // The premise of this test: the adapter's order is not GLUE's.
+    assert_eq!(
+        manifest["labels"],
+        serde_json::json!(["contradiction", "entailment", "neutral"])
+    );
+    let adapter = p("out/best");
+    let predict = |args: &[&str]| -> String {
+        let mut all = vec![
+            "predict",
+            "--model",
+            &m,
+            "--adapter",
+            &adapter,
+            "--max-len",
+            "24",
+        ];
+        all.extend_from_slice(args);
+        let (ok, stdout, err) = spafit(&all);
+        assert!(ok, "{args:?}: {err}");
+        stdout
+    };
+    let jsonl = |text: String| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let own = jsonl(predict(&[
+        "--dev-file",
+        &p("train.tsv"),
+        "--text-column",
+        "premise",
+        "--text-pair-column",
+        "hypothesis",
+    ]));
+    let glue = p("glue");
+    let mnli = jsonl(predict(&[
+        "--task",
+        "mnli",
+        "--glue-dir",
+        &glue,
+        "--split",
+        "dev_matched",
+    ]));
+    assert_eq!((own.len(), mnli.len()), (6, 6));
+    for (a, b) in own.iter().zip(&mnli) {
+        assert_eq!(a["label"], b["label"], "{a} / {b}");
+        let classes: Vec<&String> = b["probabilities"].as_object().unwrap().keys().collect();
+        // (JSON objects list their keys sorted.)
+        assert_eq!(classes, ["contradiction", "entailment", "neutral"]);
+        for class in classes {
+            let (x, y) = (
+                a["probabilities"][class].as_f64().unwrap(),
+                b["probabilities"][class].as_f64().unwrap(),
+            );
+            assert!((x - y).abs() <= 1e-12, "{class}: {x} vs {y}");
+        }
+    }
+    // AX's submission file: index and label name, the MNLI predictions of the same pairs.
+    let submission = predict(&["--task", "ax", "--glue-dir", &glue, "--format", "tsv"]);
+    let mut lines = submission.lines();
+    assert_eq!(lines.next(), Some("index\tprediction"));
+    for (i, (line, b)) in lines.zip(&mnli).enumerate() {
+        assert_eq!(line, format!("{i}\t{}", b["label"].as_str().unwrap()));
+    }
+    let (ok, _, err) = spafit(&["train", "--model", &m, "--task", "ax", "--glue-dir", &glue]);
+    assert!(
+        !ok && err.contains("only predicted, with an MNLI model"),
+        "{err}"
+    );
+
+    // No output replaces a file of the task's splits, read by this command or not.
+    write(root, "glue/MNLI/dev_mismatched.tsv", &dev);
+    for (task, split, target) in [
+        ("ax", "test", "glue/diagnostic/diagnostic.tsv"),
+        ("mnli", "dev_matched", "glue/MNLI/dev_mismatched.tsv"),
+    ] {
+        let before = std::fs::read(root.join(target)).unwrap();
+        let (ok, _, err) = spafit(&[
+            "predict",
+            "--model",
+            &m,
+            "--adapter",
+            &adapter,
+            "--task",
+            task,
+            "--split",
+            split,
+            "--glue-dir",
+            &glue,
+            "--output",
+            &p(target),
+        ]);
+        assert!(
+            !ok && err.contains("is an input of this command"),
+            "{target}: {err}"
+        );
+        assert_eq!(std::fs::read(root.join(target)).unwrap(), before);
+    }
+}
+
+const MNLI_COLUMNS: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
+
 #[test]
 fn gradcheck_and_bench_print_json() {
     let m = model();
@@ -609,6 +781,10 @@ fn gradcheck_and_bench_print_json() {
         let (ok, _, err) = spafit(&all);
         assert!(!ok && err.contains(needle), "{args:?}: {err}");
     }
+    // ... and a refused flag is not offered in the help.
+    let (ok, help, err) = spafit(&["bench", "--help"]);
+    assert!(ok && help.contains("--seq-len"), "{err}");
+    assert!(!help.contains("--max-len"), "{help}");
 
     let (ok, stdout, err) = spafit(&[
         "bench",
@@ -1230,6 +1406,20 @@ fn bad_paths_and_labels_are_refused_before_training() {
             "has no examples",
         ),
         (
+            vec!["--train-file", &header_only, "--dev-file", &t],
+            "no example with a label",
+        ),
+        (
+            vec!["--train-file", &header_only, "--labels", "0,1"],
+            "the training set",
+        ),
+        // Permissions allow it (to root), the file system does not: found before training,
+        // not after. Another user is refused by the permissions already.
+        (
+            vec!["--train-file", &t, "--output", "/proc/spafit-run"],
+            "/proc",
+        ),
+        (
             vec!["--train-file", &t, "--max-grad-norm", "NaN"],
             "gradient clipping",
         ),
@@ -1471,6 +1661,34 @@ fn bad_paths_and_labels_are_refused_before_training() {
         line["probabilities"]["neg"].is_number() && line["probabilities"]["pos"].is_number(),
         "{line}"
     );
+    // A pipe (or a device: /dev/null) given as --output is written in place, not replaced
+    // by a plain file through the atomic write's rename.
+    {
+        use std::io::Read;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let fifo = root.join("predictions.pipe");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        // Opened first and without blocking, so the writer finds a reader and nothing waits.
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let (ok, _, err) = predict(&[
+            &unlabeled,
+            "--output",
+            fifo.to_str().unwrap(),
+            "--format",
+            "jsonl",
+        ]);
+        assert!(ok, "{err}");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        let mut got = String::new();
+        reader.read_to_string(&mut got).unwrap();
+        assert!(got.contains("\"probabilities\""), "{got:?}");
+    }
     let (ok, _, err) = predict(&[&unlabeled, "--output", &unlabeled]);
     assert!(!ok && err.contains("is an input of this command"), "{err}");
     let manifest = format!("{adapter}/adapter.json");
@@ -1515,6 +1733,66 @@ fn bad_paths_and_labels_are_refused_before_training() {
     );
     let (ok, _, err) = train(&["--train-file", &p("named.csv"), "--export-peft", &peft]);
     assert!(!ok && err.contains("already holds an adapter"), "{err}");
+    // An export goes to a folder of its own: not beside a spafit adapter or run, not among
+    // this run's files.
+    for (export, output, needle) in [
+        (p("other/best"), p("fresh"), "holds a spafit adapter or run"),
+        (out.clone(), p("fresh"), "holds a spafit adapter or run"),
+        (
+            p("fresh/best"),
+            p("fresh"),
+            "where this run writes its own files",
+        ),
+    ] {
+        let (ok, _, err) = train(&[
+            "--train-file",
+            &p("named.csv"),
+            "--output",
+            &output,
+            "--export-peft",
+            &export,
+        ]);
+        assert!(!ok && err.contains(needle), "{export}: {err}");
+    }
+    // Resuming rewrites the run's own export, and no other run's.
+    let stranger = p("peft-of-another-run");
+    std::fs::create_dir_all(&stranger).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(
+            root.join("peft").join(f),
+            root.join("peft-of-another-run").join(f),
+        )
+        .unwrap();
+    }
+    let note = std::fs::read_to_string(root.join("peft/spafit_export.json")).unwrap();
+    let mut note: serde_json::Value = serde_json::from_str(&note).unwrap();
+    assert_eq!(
+        note["run"].as_str().map(PathBuf::from),
+        Some(std::fs::canonicalize(&out).unwrap())
+    );
+    note["run"] = p("another-run").into();
+    write(
+        root,
+        "peft-of-another-run/spafit_export.json",
+        &note.to_string(),
+    );
+    let resume = |export: &str| {
+        train(&[
+            "--train-file",
+            &p("named.csv"),
+            "--method",
+            "lora",
+            "--output",
+            &out,
+            "--export-peft",
+            export,
+            "--resume",
+        ])
+    };
+    let (ok, _, err) = resume(&stranger);
+    assert!(!ok && err.contains("that this run did not write"), "{err}");
+    let (ok, _, err) = resume(&peft);
+    assert!(ok, "{err}");
     assert_eq!(
         std::fs::read(other.join("best/adapter.safetensors")).unwrap(),
         std::fs::read(root.join("out/best/adapter.safetensors")).unwrap()

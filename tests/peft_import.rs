@@ -288,6 +288,7 @@ fn export_then_import_gives_bitwise_the_same_logits() {
                 &plan,
                 "all-MiniLM-L6-v2",
                 None,
+                None,
             )
             .unwrap();
             let (back, import) = import_peft(dir.path(), &ck, &backend).unwrap();
@@ -331,7 +332,7 @@ fn export_then_import_gives_bitwise_the_same_logits() {
         let plan = PeftPlan::new(&PeftConfig::new(method), 6).unwrap();
         let model = trained(&ck, &cpu, &plan, 2);
         let dir = tempfile::tempdir().unwrap();
-        let e = export_peft(dir.path(), &cpu, &model, &plan, "x", None).unwrap_err();
+        let e = export_peft(dir.path(), &cpu, &model, &plan, "x", None, None).unwrap_err();
         assert!(e.to_string().contains("no LoRA adapter"), "{method}: {e}");
     }
 }
@@ -346,7 +347,16 @@ fn export_holds_the_models_tensors_value_by_value() {
     for (name, plan) in plans() {
         let model = trained(&ck, &cpu, &plan, 3);
         let dir = tempfile::tempdir().unwrap();
-        export_peft(dir.path(), &cpu, &model, &plan, "all-MiniLM-L6-v2", None).unwrap();
+        export_peft(
+            dir.path(),
+            &cpu,
+            &model,
+            &plan,
+            "all-MiniLM-L6-v2",
+            None,
+            None,
+        )
+        .unwrap();
         let file =
             spafit::checkpoint::WeightsFile::open(&dir.path().join("adapter_model.safetensors"))
                 .unwrap();

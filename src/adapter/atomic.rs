@@ -8,11 +8,22 @@ use crate::error::{Error, Result};
 /// Replaces `path` with `bytes` atomically (readers see the old file or the new one). A
 /// symbolic link is followed, as a shell's `>` does: the file it points to is written (and
 /// created, for a dangling link) and the link stays; an existing file keeps its permissions.
+/// An existing device or pipe is written in place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
+    // A device or a pipe (/dev/null, /dev/stdout) is written where it is: a rename would
+    // replace the device itself with a plain file. Opened by the path as given: the kernel
+    // follows /proc's links to a pipe, which have no name to resolve here.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.flush()))
+            .map_err(io);
+    }
     let resolved = link_target(path).map_err(io)?;
     let path = resolved.as_path();
     let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());

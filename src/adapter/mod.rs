@@ -14,9 +14,10 @@ pub(crate) use atomic::hex;
 pub use atomic::{sha256_hex, write_atomic};
 pub use manifest::AdapterManifest;
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
-pub use peft_export::export_peft;
+pub use peft_export::{export_peft, exported_by_run};
 pub use peft_import::{
     import_peft, is_peft_adapter, PeftImport, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,
+    SPAFIT_EXPORT_FILE,
 };
 pub(crate) use store::tensors_to_safetensors_with_metadata;
 pub use store::{

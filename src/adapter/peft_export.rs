@@ -22,6 +22,8 @@ use crate::tensor::Tensor;
 /// go to `spafit_export.json` beside them. `target_modules` is a full-match regular
 /// expression over the exact modules that carry adapters, so PEFT's suffix matching cannot
 /// wrap a module that was not trained (`output.dense` also ends `attention.output.dense`).
+/// `run_dir`, the training run's output folder, is recorded too (see [`exported_by_run`]), so
+/// that resuming that run may write its export again and no other run can replace it.
 pub fn export_peft<B: Backend>(
     dir: &Path,
     backend: &B,
@@ -29,6 +31,7 @@ pub fn export_peft<B: Backend>(
     plan: &PeftPlan,
     base_model_name_or_path: &str,
     labels: Option<&[String]>,
+    run_dir: Option<&Path>,
 ) -> Result<()> {
     let lora = plan.lora.as_ref().ok_or_else(|| {
         Error::invalid(
@@ -129,6 +132,7 @@ pub fn export_peft<B: Backend>(
         "trained_biases_included": trains_biases,
         "labels": labels,
         "adapter_model_sha256": super::sha256_hex(&bytes),
+        "run": run_dir.map(run_identity),
     });
     write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
     let text = serde_json::to_vec_pretty(&config)
@@ -137,4 +141,33 @@ pub fn export_peft<B: Backend>(
     let text = serde_json::to_vec_pretty(&provenance)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
     write_atomic(&dir.join(super::peft_import::SPAFIT_EXPORT_FILE), &text)
+}
+
+/// A run folder as recorded in `spafit_export.json`: its absolute, resolved path when it
+/// exists, as written otherwise.
+fn run_identity(run_dir: &Path) -> String {
+    std::fs::canonicalize(run_dir)
+        .unwrap_or_else(|_| run_dir.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Whether the PEFT export in `dir` was written by the training run whose output folder is
+/// `run_dir` (as `spafit_export.json` records it) and is still what that run wrote (the
+/// weights' hash: PEFT may have saved another adapter there since): only then may resuming
+/// that run replace it.
+pub fn exported_by_run(dir: &Path, run_dir: &Path) -> bool {
+    let note = dir.join(super::peft_import::SPAFIT_EXPORT_FILE);
+    let Ok(text) = std::fs::read_to_string(note) else {
+        return false;
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let Ok(weights) = std::fs::read(dir.join(super::peft_import::PEFT_WEIGHTS_FILE)) else {
+        return false;
+    };
+    json.get("run").and_then(|r| r.as_str()) == Some(run_identity(run_dir).as_str())
+        && json.get("adapter_model_sha256").and_then(|h| h.as_str())
+            == Some(super::sha256_hex(&weights).as_str())
 }

@@ -286,7 +286,8 @@ impl PeftArgs {
 /// A task: a GLUE task in a GLUE directory, or custom CSV/TSV/JSONL files.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli); needs --glue-dir.
+    /// GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; or ax, GLUE's
+    /// diagnostic set, for `predict` with an MNLI adapter); needs --glue-dir.
     #[arg(long, conflicts_with_all = [
         "train_file", "dev_file", "labels", "regression", "text_column", "text_pair_column",
         "label_column",
@@ -295,7 +296,8 @@ pub struct DataArgs {
     /// Root of the GLUE distribution (holding CoLA/, SST-2/, ...).
     #[arg(long)]
     pub glue_dir: Option<PathBuf>,
-    /// Custom data: training file (.csv, .tsv or .jsonl).
+    /// Custom data: training file (.csv, .tsv or .jsonl); eval and predict read it only with
+    /// --split train.
     #[arg(long)]
     pub train_file: Option<PathBuf>,
     /// Custom data: evaluation file.
@@ -325,6 +327,20 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// Every data file the flags name: --train-file, --dev-file, and each split file of a
+    /// GLUE task under --glue-dir (outputs must not replace any of them).
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = [&self.train_file, &self.dev_file]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if let (Ok(Some(task)), Some(dir)) = (self.glue_task(), &self.glue_dir) {
+            files.extend(task.files(dir));
+        }
+        files
+    }
+
     /// The GLUE task named by --task.
     pub fn glue_task(&self) -> Result<Option<GlueTask>> {
         // clap's `requires` lets this pass when a custom-data flag is present.
@@ -467,7 +483,18 @@ impl DataArgs {
             &self.dev_file
         };
         let file = file.as_ref().ok_or_else(|| {
-            Error::invalid("data", format!("no data for `{split}`: give --task with --glue-dir, or --train-file / --dev-file"))
+            let flag = if split == "train" {
+                "--train-file"
+            } else {
+                "--dev-file"
+            };
+            Error::invalid(
+                "data",
+                format!(
+                    "no data for `{split}`: give {flag} (custom data's `train` split is \
+                     --train-file, `dev` and `test` are --dev-file), or --task with --glue-dir"
+                ),
+            )
         })?;
         self.table(file, custom_labeled, default_kind)?
             .load(self.policy())

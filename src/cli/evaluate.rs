@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::json;
 use spafit::adapter::{open_adapter, AdapterHead};
 use spafit::checkpoint::Checkpoint;
-use spafit::data::TaskKind;
+use spafit::data::{GlueTask, TaskKind};
 use spafit::model::BertClassifier;
 use spafit::train::{evaluate, infer, scored_predictions, EncodedDataset};
 use spafit::{Error, Result};
@@ -37,6 +37,9 @@ fn load<B: Backend>(
     let (classifier, head, default_kind, head_source) = match adapter {
         Some(dir) => {
             let opened = open_adapter(dir, &checkpoint, &backend)?;
+            for warning in &opened.warnings {
+                note!("note: {warning}");
+            }
             let head = opened.head();
             let default_kind = head.default_kind();
             (opened.model, head, default_kind, dir.to_path_buf())
@@ -79,6 +82,7 @@ fn load<B: Backend>(
             (_, e) => e,
         })?;
     let mut classifier = classifier;
+    super::checkpoint_classes::match_adapter_classes(&head, &mut classifier, &backend, &data.kind)?;
     if adapter.is_none() {
         super::checkpoint_classes::match_checkpoint_classes(
             &checkpoint,
@@ -200,9 +204,11 @@ pub struct PredictCommand {
     /// config.json's id2label).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Split to predict (GLUE: test, test_matched, ...; custom data: the --dev-file).
-    #[arg(long, default_value = "test")]
-    pub split: String,
+    /// Split to predict (GLUE: test, MNLI's test_matched or test_mismatched, ...; default:
+    /// the task's test split, test_matched for MNLI). Custom data: `test` (the default) or
+    /// `dev` read --dev-file, `train` reads --train-file.
+    #[arg(long)]
+    pub split: Option<String>,
     /// Write predictions here instead of standard output.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -217,6 +223,24 @@ pub struct PredictCommand {
 }
 
 impl PredictCommand {
+    fn split(&self) -> Result<String> {
+        Ok(match (&self.split, self.data.glue_task()?) {
+            (Some(s), None) if !["test", "dev", "train"].contains(&s.as_str()) => {
+                return Err(Error::invalid(
+                    "--split",
+                    format!(
+                        "`{s}`: custom data is predicted from --dev-file (`test`, the default, \
+                         or `dev`) or --train-file (`train`); other splits are GLUE's \
+                         (test_matched, ...)"
+                    ),
+                ))
+            }
+            (Some(s), _) => s.clone(),
+            (None, Some(GlueTask::Mnli)) => "test_matched".to_string(),
+            (None, _) => "test".to_string(),
+        })
+    }
+
     pub fn run(&self) -> Result<()> {
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
@@ -229,9 +253,10 @@ impl PredictCommand {
                 super::Written::Atomically,
                 &self.model.model,
                 self.adapter.as_deref(),
-                &[&self.data.train_file, &self.data.dev_file],
+                &self.data.input_files(),
             )?;
         }
+        let split = self.split()?;
         let Loaded {
             backend,
             model,
@@ -242,7 +267,7 @@ impl PredictCommand {
             &self.model,
             &self.data,
             self.adapter.as_deref(),
-            &self.split,
+            &split,
             true,
         )?;
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
@@ -271,7 +296,7 @@ impl PredictCommand {
         let submission_ids: Option<Vec<String>> = match (glue, format) {
             (Some(task), PredictionFormat::Tsv) => {
                 let dir = self.data.glue_dir.as_deref().unwrap_or(Path::new("."));
-                let ids = task.row_ids(dir, &self.split)?;
+                let ids = task.row_ids(dir, &split)?;
                 data.source_lines
                     .iter()
                     .map(|line| ids.get(line).cloned())

@@ -51,7 +51,23 @@ impl Cli {
     /// from their defaults.
     pub fn from_env() -> spafit::Result<Self> {
         use clap::{CommandFactory, FromArgMatches};
-        let matches = Cli::command().get_matches();
+        // bench makes its own token ids, so the shared --max-len is refused there (below)
+        // and kept out of its --help.
+        let matches = Cli::command()
+            .mut_subcommand("bench", |bench| {
+                bench.mut_arg("max_len", |arg| arg.hide(true))
+            })
+            // gradcheck's precision defaults by device, which the shared flag's text cannot say.
+            .mut_subcommand("gradcheck", |check| {
+                check.mut_arg("dtype", |arg| {
+                    arg.hide_default_value(true).help(
+                        "Precision of the analytic gradients: on the CPU the f64 reference unless \
+                         given (`f32` checks the f32 backend); on CUDA f32 unless given (`bf16`: \
+                         tensor cores). The finite differences are always f64",
+                    )
+                })
+            })
+            .get_matches();
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let Some((_, sub)) = matches.subcommand() else {
             return Ok(cli);
@@ -113,7 +129,7 @@ fn check_output_file(
     how: Written,
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
-    inputs: &[&Option<std::path::PathBuf>],
+    inputs: &[std::path::PathBuf],
 ) -> spafit::Result<()> {
     let refuse = |detail: String| Err(spafit::Error::invalid(flag, detail));
     check_creatable_file(flag, out, how)?;
@@ -123,7 +139,7 @@ fn check_output_file(
             out.display()
         ));
     }
-    if let Some(input) = inputs.iter().copied().flatten().find(|i| same_file(out, i)) {
+    if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
         return refuse(format!(
             "{} is an input of this command; write the output elsewhere",
             input.display()
@@ -223,16 +239,21 @@ fn check_creatable_file(
             format!("{} is a directory; give a file name", file.display()),
         ));
     }
+    let writable_in_place = |path: &std::path::Path| match may_access(path, libc::W_OK) {
+        true => Ok(()),
+        false => Err(spafit::Error::invalid(
+            flag,
+            format!("{} exists and this user may not write it", file.display()),
+        )),
+    };
+    // A device or a pipe (through /dev/stdout's links too) is always written in place.
+    if std::fs::metadata(file).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return writable_in_place(file);
+    }
     // The write follows a link to its target.
     let target = resolved(file);
     if how == Written::InPlace && target.exists() {
-        return match may_access(&target, libc::W_OK) {
-            true => Ok(()),
-            false => Err(spafit::Error::invalid(
-                flag,
-                format!("{} exists and this user may not write it", file.display()),
-            )),
-        };
+        return writable_in_place(&target);
     }
     let parent = target.parent().unwrap_or(std::path::Path::new(""));
     check_writable_ancestor(flag, parent, file)
@@ -266,7 +287,26 @@ fn check_writable_ancestor(
             nearest.display()
         ));
     }
-    Ok(())
+    // Permissions are not the whole story (a pseudo file system such as /proc, a mount that
+    // refuses new files): create and remove a file there, so the run cannot fail at the end.
+    let probe = nearest.join(format!(".spafit-write-check-{}", std::process::id()));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map(drop);
+    match created {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        // Left over by an earlier process of the same id: the folder takes files.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => refuse(format!("{} refuses new files ({e})", nearest.display())),
+    }
 }
 
 /// Whether this process may access `path` with `mode` (`W_OK`, `X_OK`), by its effective

@@ -134,7 +134,7 @@ pub fn setup_from_adapter<B: Backend>(
         adapter.display(),
         opened.plan.method
     );
-    for note in &opened.notes {
+    for note in opened.warnings.iter().chain(&opened.notes) {
         note!("note: {note}");
     }
     let head = opened.head();
@@ -160,7 +160,12 @@ pub fn fit<B: Backend>(
     if args.export_peft.is_some() && run.plan.lora.is_none() {
         return Err(spafit::Error::invalid(
             "--export-peft",
-            format!("the {} plan has no LoRA adapter; PEFT's LoRA format needs one (nothing was trained)", run.plan.method),
+            format!(
+                "the {} plan has no LoRA adapter, and PEFT's LoRA format needs one (only lora and \
+                 spafit export); refused before training: --output saves any method's adapter \
+                 in spafit's format",
+                run.plan.method
+            ),
         ));
     }
     let tokenizer = model.tokenizer(&run.checkpoint)?;
@@ -221,6 +226,7 @@ pub fn fit<B: Backend>(
                 spafit::data::TaskKind::Classification { labels } => Some(labels),
                 spafit::data::TaskKind::Regression => None,
             },
+            args.output.as_deref(),
         )?;
     }
     Ok(report)
@@ -258,6 +264,12 @@ impl TrainCommand {
         let inferred = self.data.train_kind(default_kind)?;
         let default_kind = inferred.as_ref();
         let train = self.data.load_with_default_kind("train", default_kind)?;
+        if train.is_empty() {
+            return Err(spafit::Error::invalid(
+                "train",
+                format!("the training set {} has no examples", train.name),
+            ));
+        }
         let devs = match task {
             Some(t) => t
                 .dev_splits()
@@ -308,20 +320,64 @@ impl TrainCommand {
                     ),
                 );
             }
-            // A resumed run may write its export again; only one that has a state to resume.
-            let resuming = t.resume && t.output.as_ref().is_some_and(|o| o.join("last").is_dir());
+            // Never among this run's own files, nor beside another adapter or run.
+            if let Some(run) = &t.output {
+                let (export_at, run_at) = (super::resolved(dir), super::resolved(run));
+                let inside = |name: &str| export_at.starts_with(run_at.join(name));
+                if export_at == run_at || ["metrics.jsonl", "best", "last"].into_iter().any(inside)
+                {
+                    return refuse(
+                        "--export-peft",
+                        format!(
+                            "{} is where this run writes its own files (metrics.jsonl, best/, \
+                             last/ under --output); give a folder of its own",
+                            dir.display()
+                        ),
+                    );
+                }
+            }
+            let spafit_files = [
+                spafit::adapter::MANIFEST_FILE,
+                spafit::adapter::WEIGHTS_FILE,
+                "metrics.jsonl",
+                "best",
+                "last",
+            ];
+            if let Some(found) = spafit_files
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|f| f.exists())
+            {
+                return refuse(
+                    "--export-peft",
+                    format!(
+                        "{} holds a spafit adapter or run ({}); give a folder of its own",
+                        dir.display(),
+                        found.display()
+                    ),
+                );
+            }
+            // Resuming may write the run's own export again, and no other.
+            let own_export = t.resume
+                && t.output
+                    .as_ref()
+                    .is_some_and(|run| spafit::adapter::exported_by_run(dir, run));
             let exported = [
                 spafit::adapter::PEFT_CONFIG_FILE,
                 spafit::adapter::PEFT_WEIGHTS_FILE,
             ]
             .map(|f| dir.join(f));
-            if let Some(old) = exported.iter().find(|f| f.exists()).filter(|_| !resuming) {
+            if let Some(old) = exported.iter().find(|f| f.exists()).filter(|_| !own_export) {
                 return refuse(
                     "--export-peft",
                     format!(
-                        "{} already holds an adapter ({}); give a new directory, or remove it",
+                        "{} already holds an adapter ({}){}; give a new directory, or remove it",
                         dir.display(),
-                        old.display()
+                        old.display(),
+                        match t.resume {
+                            true => " that this run did not write",
+                            false => "",
+                        }
                     ),
                 );
             }
@@ -342,13 +398,30 @@ impl TrainCommand {
                     );
                 }
             }
+            if let Some(export) = &t.export_peft {
+                let (log_at, export_at) = (super::resolved(log), super::resolved(export));
+                let exported = [
+                    spafit::adapter::PEFT_CONFIG_FILE,
+                    spafit::adapter::PEFT_WEIGHTS_FILE,
+                    spafit::adapter::SPAFIT_EXPORT_FILE,
+                ];
+                if log_at == export_at || exported.iter().any(|f| log_at == export_at.join(f)) {
+                    return refuse(
+                        "--write-batches",
+                        format!(
+                            "{} is where --export-peft writes the PEFT adapter",
+                            log.display()
+                        ),
+                    );
+                }
+            }
             super::check_output_file(
                 "--write-batches",
                 log,
                 super::Written::InPlace,
                 &self.model.model,
                 self.adapter.as_deref(),
-                &[&self.data.train_file, &self.data.dev_file],
+                &self.data.input_files(),
             )?;
         }
         Ok(())
@@ -365,10 +438,16 @@ impl TrainCommand {
         self.check_output_paths()?;
         let (mut run, train, devs) = match &self.adapter {
             Some(dir) => {
-                let (run, head) = setup_from_adapter(backend, &self.model, dir)?;
+                let (mut run, head) = setup_from_adapter(backend, &self.model, dir)?;
                 let (train, devs) = self.load_data(task, head.default_kind().as_ref())?;
                 head.check_texts(&train, dir)?;
                 head.check(&train.kind, &train.name, dir)?;
+                super::checkpoint_classes::match_adapter_classes(
+                    &head,
+                    &mut run.model,
+                    &run.backend,
+                    &train.kind,
+                )?;
                 (run, train, devs)
             }
             None => {
