@@ -251,11 +251,13 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
     // the same folders: a cased config over the uncased tokenizer.json is cased; with no
     // tokenizer_config.json the class is still BertTokenizer (the model type's), with its
     // default lower-casing even over a cased tokenizer.json; a config naming another class
-    // takes tokenizer.json as it is.
+    // takes tokenizer.json as it is, one transformers maps to BertTokenizer (ElectraTokenizer)
+    // is BertTokenizer, and a class with rules of its own (DistilBertTokenizer, whose ids
+    // differ from both) is refused by name.
     let minilm_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(minilm().join("tokenizer.json")).unwrap())
             .unwrap();
-    let folder = |name: &str, lowercase_json: bool, config: Option<serde_json::Value>| {
+    let folder_result = |name: &str, lowercase_json: bool, config: Option<serde_json::Value>| {
         let dir = tmp.path().join(name);
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["config.json", "model.safetensors"] {
@@ -269,9 +271,14 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
         }
         let tok = spafit::checkpoint::Checkpoint::open(&dir)
             .unwrap()
-            .tokenizer(16)
-            .unwrap();
-        tok.encode(TextInput::Single("HELLO World")).unwrap().ids
+            .tokenizer(16);
+        match tok {
+            Ok(tok) => Ok(tok.encode(TextInput::Single("HELLO World")).unwrap().ids),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let folder = |name: &str, lowercase_json: bool, config: Option<serde_json::Value>| {
+        folder_result(name, lowercase_json, config).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     let (unk, hello, world) = (100, 7592, 2088);
     let cased = serde_json::json!({"tokenizer_class": "BertTokenizer", "do_lower_case": false});
@@ -284,6 +291,15 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
     assert_eq!(folder("other", true, Some(other))[1..3], [hello, world]);
     let other = serde_json::json!({"tokenizer_class": "PreTrainedTokenizerFast"});
     assert_eq!(folder("other-cased", false, Some(other))[1..3], [unk, unk]);
+    let alias =
+        serde_json::json!({"tokenizer_class": "ElectraTokenizerFast", "do_lower_case": false});
+    assert_eq!(folder("electra", true, Some(alias))[1..3], [unk, unk]);
+    let own = serde_json::json!({"tokenizer_class": "DistilBertTokenizer", "do_lower_case": false});
+    let e = folder_result("distilbert", true, Some(own)).unwrap_err();
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("`DistilBertTokenizer`"),
+        "{e}"
+    );
 }
 
 /// Tokens a `tokenizer_config.json` adds (`added_tokens_decoder` with each token's flags,

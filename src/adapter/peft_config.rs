@@ -361,6 +361,11 @@ impl PeftLoraSettings {
         })
     }
 
+    /// The layers `layers_to_transform` names, when given (empty: every layer).
+    pub fn layers_to_transform(&self) -> Option<&[usize]> {
+        self.layers_to_transform.as_deref()
+    }
+
     /// Whether `module` is one `modules_to_save` names, or lies inside one: PEFT saves such
     /// a module whole and never puts an adapter on it (an entry matches a whole run of dotted
     /// name parts: `key` matches `...attention.self.key`, `layer.5` everything in layer 5).

@@ -48,6 +48,9 @@ pub struct PeftImport {
     /// The head's class names, when `spafit_export.json` (written beside a spafit export)
     /// records them; PEFT itself records none.
     pub labels: Option<Vec<String>>,
+    /// What every use of the adapter should know: a `spafit_export.json` whose class names
+    /// are left unused because it describes other weights (the adapter was saved again).
+    pub warnings: Vec<String>,
 }
 
 /// spafit's note beside an exported PEFT adapter: the plan it came from and the class names.
@@ -55,12 +58,13 @@ pub const SPAFIT_EXPORT_FILE: &str = "spafit_export.json";
 
 /// The class names `spafit_export.json` records for a head of `outputs` outputs, if the file
 /// is there and describes these weights (their SHA-256 `weights_sha256`: PEFT may have saved
-/// another adapter here since, leaving the note); names that do not fit the head are an error
-/// naming the file.
+/// another adapter here since, leaving the note; then `stale` says so); names that do not fit
+/// the head are an error naming the file.
 fn exported_labels(
     dir: &Path,
     outputs: usize,
     weights_sha256: &str,
+    stale: &mut Vec<String>,
 ) -> Result<Option<Vec<String>>> {
     let path = dir.join(SPAFIT_EXPORT_FILE);
     if !path.is_file() {
@@ -74,6 +78,14 @@ fn exported_labels(
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     if json.get("adapter_model_sha256").and_then(|h| h.as_str()) != Some(weights_sha256) {
+        if json.get("labels").is_some_and(|l| !l.is_null()) {
+            stale.push(format!(
+                "{} names the classes of other weights than {PEFT_WEIGHTS_FILE} holds (it was \
+                 saved again since): its class names are ignored, and the {outputs} outputs are \
+                 taken in the data's class order (custom data: --labels names them)",
+                path.display(),
+            ));
+        }
         return Ok(None);
     }
     let labels = match json.get("labels") {
@@ -282,7 +294,16 @@ pub fn import_peft<B: Backend>(
     if selected.is_empty() {
         return Err(Error::Format {
             path: config_path,
-            detail: "`target_modules` selects no linear map of this model's encoder layers".into(),
+            detail: match settings.layers_to_transform().filter(|l| !l.is_empty()) {
+                Some(wanted) => format!(
+                    "`target_modules` with `layers_to_transform` {wanted:?} selects no linear map \
+                     of this model's encoder layers (it has {layers}: 0 to {})",
+                    layers.saturating_sub(1)
+                ),
+                None => {
+                    "`target_modules` selects no linear map of this model's encoder layers".into()
+                }
+            },
         });
     }
 
@@ -436,13 +457,18 @@ pub fn import_peft<B: Backend>(
                 p.value = file
                     .tensor(backend, &stored, p.value.shape().clone())
                     .map_err(|e| match e {
-                        Error::Format { path, detail } => Error::Mismatch {
+                        // Values that are not finite are the file's own fault, not the base's.
+                        Error::Format { path, detail }
+                            if !detail.contains(crate::checkpoint::NON_FINITE_WEIGHTS) =>
+                        {
+                            Error::Mismatch {
                             path,
                             detail: format!(
                                 "{detail} (does the adapter belong to this base model? it names {})",
                                 settings.base_model_name_or_path.as_deref().unwrap_or("none")
                             ),
-                        },
+                            }
+                        }
                         e => e,
                     })?;
                 loaded.push(p.name.clone());
@@ -476,9 +502,10 @@ pub fn import_peft<B: Backend>(
         .cloned()
         .collect();
     model.store_frozen_weights(backend)?;
+    let mut warnings = Vec::new();
     let labels = match num_labels {
         1 => None,
-        n => exported_labels(dir, n, file.sha256())?,
+        n => exported_labels(dir, n, file.sha256(), &mut warnings)?,
     };
     Ok((
         model,
@@ -490,6 +517,7 @@ pub fn import_peft<B: Backend>(
             ignored,
             kept_frozen,
             notes,
+            warnings,
         },
     ))
 }

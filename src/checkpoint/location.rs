@@ -40,11 +40,27 @@ pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBu
                 }
             }
         }
+        let looked_in = match spec.to_str().filter(hub_id) {
+            Some(id) => format!(
+                "no offline Hugging Face cache entry for it (looked for models--{} in {}; \
+                 nothing is downloaded)",
+                id.replace('/', "--"),
+                match hub_caches.is_empty() {
+                    true => "no cache folder: HOME and HF_HUB_CACHE are unset".to_string(),
+                    false => hub_caches
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            ),
+            None => "and not a Hugging Face hub id (`org/name`)".to_string(),
+        };
         return Err(Error::Io {
             path: spec.to_path_buf(),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "no such checkpoint directory, and no offline Hugging Face cache entry for it",
+                format!("no such checkpoint directory, {looked_in}"),
             ),
         });
     }

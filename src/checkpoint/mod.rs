@@ -6,7 +6,7 @@ mod weights;
 
 pub use config::BertConfig;
 pub use location::{hub_cache_roots, resolve, resolve_with_caches};
-pub use weights::WeightsFile;
+pub use weights::{WeightsFile, NON_FINITE_WEIGHTS};
 
 use std::path::{Path, PathBuf};
 

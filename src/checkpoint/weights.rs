@@ -9,6 +9,9 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
 
+/// What a weight file holding NaN or an infinity is told (the adapter import recognises it).
+pub const NON_FINITE_WEIGHTS: &str = "a model with non-finite weights gives no usable outputs";
+
 /// The tensors of one safetensors file, or of the shards of a sharded checkpoint, held in
 /// memory.
 pub struct WeightsFile {
@@ -360,8 +363,7 @@ impl WeightsFile {
         };
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(format(format!(
-                "tensor `{stored}` holds {} at flat index {i}: a model with non-finite \
-                 weights gives no usable outputs",
+                "tensor `{stored}` holds {} at flat index {i}: {NON_FINITE_WEIGHTS}",
                 values[i]
             )));
         }

@@ -122,6 +122,10 @@ impl Dataset {
     }
 }
 
+/// What a malformed row's error adds: how to skip such rows instead.
+pub(crate) const SKIP_HINT: &str =
+    " (to skip such rows and list them instead: `--skip-malformed`, OnMalformed::Skip)";
+
 /// Collects rows, either stopping at the first malformed one or skipping and counting.
 pub(crate) struct RowSink {
     pub policy: OnMalformed,
@@ -156,7 +160,7 @@ impl RowSink {
             Err(why) => match self.policy {
                 OnMalformed::Error => Err(crate::Error::Format {
                     path: path.to_path_buf(),
-                    detail: format!("line {line}: {why} (to skip such rows and list them instead: `--skip-malformed`; in the library, OnMalformed::Skip)"),
+                    detail: format!("line {line}: {why}{SKIP_HINT}"),
                 }),
                 OnMalformed::Skip => {
                     self.skipped

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::example::{Dataset, OnMalformed, TaskKind};
 use super::table::TableSpec;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Train and dev splits of the rows with `source = rotten_tomatoes`, in file order: dev is
 /// every row whose index is a multiple of 10 (853 rows), train the rest (7,677).
@@ -20,7 +20,18 @@ pub fn rotten_tomatoes(csv_path: &Path) -> Result<(Dataset, Dataset)> {
         },
         filter: Some(("source".into(), "rotten_tomatoes".into())),
     };
-    let all = spec.load(OnMalformed::Error)?;
+    // The split counts rows, so none may be skipped: the file must be read whole.
+    let all = spec.load(OnMalformed::Error).map_err(|e| match e {
+        Error::Format { path, detail } => Error::Format {
+            path,
+            detail: format!(
+                "{}: the demo splits every row of the file as published (every tenth is dev), \
+                 so it skips none",
+                detail.replace(super::example::SKIP_HINT, "")
+            ),
+        },
+        e => e,
+    })?;
     let (mut train, mut dev) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     for (i, (e, line)) in all.examples.into_iter().zip(all.source_lines).enumerate() {
         let (examples, lines) = if i % 10 == 0 { &mut dev } else { &mut train };

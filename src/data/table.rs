@@ -173,7 +173,7 @@ impl TableSpec {
     /// classes. Labels that are all numbers with a fraction among them are refused
     /// as likely regression targets; a single class is refused. A malformed row is the error
     /// [`TableSpec::load`] would give, or skipped as it would skip it; a row with an empty
-    /// label is left to `load` to report.
+    /// label is left to `load` to report, and a file without one labeled row is refused.
     pub fn infer_classes(&self, on_malformed: OnMalformed) -> Result<TaskKind> {
         let path = &self.path;
         let Some(column) = &self.label_column else {
@@ -220,6 +220,12 @@ impl TableSpec {
             path: path.clone(),
             detail,
         };
+        if seen.is_empty() {
+            return Err(refuse(format!(
+                "no example with a label in `{column}`: nothing to learn the classes from, or \
+                 to train on"
+            )));
+        }
         let numbers: Option<Vec<f64>> = seen
             .iter()
             .map(|(l, _)| l.parse::<f64>().ok().filter(|v| v.is_finite()))

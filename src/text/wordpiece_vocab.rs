@@ -45,7 +45,8 @@ impl BertTokenizerSettings {
             None => Value::Object(serde_json::Map::new()),
         };
         match json.get("tokenizer_class").and_then(Value::as_str) {
-            None | Some("BertTokenizer" | "BertTokenizerFast") => {}
+            None => {}
+            Some(class) if class_rule(class) == ClassRule::Bert => {}
             Some(other) => {
                 return Err(format(format!(
                     "`tokenizer_class` is `{other}`; without a tokenizer.json spafit builds only \
@@ -342,12 +343,27 @@ pub(crate) fn as_transformers_loads(
     };
     let named = match json.get("tokenizer_class") {
         None | Some(Value::Null) => false,
-        Some(Value::String(class))
-            if matches!(class.as_str(), "BertTokenizer" | "BertTokenizerFast") =>
-        {
-            true
+        Some(Value::String(class)) => match class_rule(class) {
+            ClassRule::Bert => true,
+            ClassRule::AsItIs => return as_it_is(from),
+            ClassRule::Unsupported => {
+                return Err(Error::Format {
+                    path: config_name.to_path_buf(),
+                    detail: format!(
+                        "`tokenizer_class` is `{class}`, which transformers builds by its own \
+                         rules from tokenizer.json, and spafit does not reproduce them; name \
+                         `BertTokenizer` to read it as BERT's WordPiece tokenizer, or \
+                         `PreTrainedTokenizerFast` to use tokenizer.json as it is"
+                    ),
+                })
+            }
+        },
+        Some(other) => {
+            return Err(Error::Format {
+                path: config_name.to_path_buf(),
+                detail: format!("`tokenizer_class` is {other}, not a class name"),
+            })
         }
-        Some(_) => return as_it_is(from),
     };
     let settings = BertTokenizerSettings::from_json(&json, config_name)?;
     let ModelWrapper::WordPiece(existing) = from.get_model() else {
@@ -402,6 +418,36 @@ pub(crate) fn as_transformers_loads(
     tokenizer.add_tokens(&added);
     add_config_tokens(&mut tokenizer, &settings);
     Ok((tokenizer, pad))
+}
+
+/// How transformers 5.24 reads a checkpoint whose `tokenizer_config.json` names a class.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ClassRule {
+    /// It builds `BertTokenizer` (the class itself, or one transformers maps to it).
+    Bert,
+    /// It uses tokenizer.json as it is.
+    AsItIs,
+    /// It builds a tokenizer of that class by rules of its own (DistilBERT's, MPNet's,
+    /// Funnel's, RoBERTa's, ...), which give other ids than either of the above.
+    Unsupported,
+}
+
+/// The rule for `class`, as measured against transformers 5.24's AutoTokenizer: these
+/// names build a `BertTokenizer`; `PreTrainedTokenizerFast` and `TokenizersBackend` keep
+/// tokenizer.json; every other class is refused rather than guessed.
+fn class_rule(class: &str) -> ClassRule {
+    let base = class.strip_suffix("Fast").unwrap_or(class);
+    match base {
+        "BertTokenizer"
+        | "ElectraTokenizer"
+        | "SqueezeBertTokenizer"
+        | "LayoutLMTokenizer"
+        | "MobileBertTokenizer"
+        | "LxmertTokenizer" => ClassRule::Bert,
+        "PreTrainedTokenizer" if class == "PreTrainedTokenizerFast" => ClassRule::AsItIs,
+        "TokenizersBackend" => ClassRule::AsItIs,
+        _ => ClassRule::Unsupported,
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {

@@ -147,12 +147,25 @@ impl TrainConfig {
             }
             Some(dir) if !c.resume => {
                 let earlier = run_state::run_outputs(dir);
+                let has_state = earlier.iter().any(|name| name.starts_with("last/"));
                 if !earlier.is_empty() {
-                    return refuse(format!(
-                        "{} holds an earlier run ({}): resume it with --resume, or use another output directory",
-                        dir.display(),
-                        earlier.join(", ")
-                    ));
+                    return refuse(match has_state {
+                        true => format!(
+                            "{} holds an earlier run ({}): resume it with --resume, or use \
+                             another output directory",
+                            dir.display(),
+                            earlier.join(", ")
+                        ),
+                        // A run killed before its first state save, or one whose state was removed:
+                        // nothing to resume from, so --resume would start over in its place.
+                        false => format!(
+                            "{} holds an earlier run ({}) without a saved state (last/): \
+                             --resume would start it over from step 0 and replace them; use \
+                             another output directory (or --resume to start over there)",
+                            dir.display(),
+                            earlier.join(", ")
+                        ),
+                    });
                 }
             }
             _ => {}
