@@ -404,6 +404,34 @@ fn custom_csv_tsv_jsonl() {
     );
     assert_eq!(ds.skipped.len(), 2);
 
+    // A .json file may also hold one array of row objects; rows still know their line.
+    write(
+        r,
+        "d.json",
+        "[\n  {\"review\": \"Nice [sic], \\\"really\\\"\", \"sentiment\": 0.5},\n  {\"review\": \"Bad\",\n   \"sentiment\": -1},\n  {\"review\": 3}\n]\n",
+    );
+    let ds = spec("d.json", TaskKind::Regression)
+        .load(OnMalformed::Skip)
+        .unwrap();
+    assert_eq!(ds.examples[0].text_a, "Nice [sic], \"really\"");
+    assert_eq!(ds.source_lines, vec![2, 3]);
+    assert_eq!(ds.skipped.len(), 1);
+    let e = spec("d.json", TaskKind::Regression)
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("d.json") && e.contains("line 5"), "{e}");
+    write(
+        r,
+        "e.json",
+        "[{\"review\": \"a\", \"sentiment\": 1},\n {\"review\": \"b\"\n",
+    );
+    let e = spec("e.json", TaskKind::Regression)
+        .load(OnMalformed::Skip)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3") && e.contains("one JSON array"), "{e}");
+
     let mut pair = spec("b.tsv", pn());
     pair.text_pair_column = Some("missing".into());
     assert!(pair

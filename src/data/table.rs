@@ -32,7 +32,7 @@ impl TableFormat {
             Some("jsonl") | Some("json") => Ok(TableFormat::Jsonl),
             _ => Err(Error::Format {
                 path: path.to_path_buf(),
-                detail: "unknown table format: use a .csv, .tsv or .jsonl file".into(),
+                detail: "unknown table format: use a .csv, .tsv, .jsonl or .json file".into(),
             }),
         }
     }
@@ -435,6 +435,43 @@ impl TableSpec {
             }
             TableFormat::Jsonl => {
                 let bytes = crate::text_file::read_bytes(path)?;
+                // A .json file holding one JSON array of row objects (what `json.dump` of a
+                // list writes, and Hugging Face datasets also reads) rather than JSON Lines.
+                let json_extension = path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+                if json_extension && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+                {
+                    let text = crate::text_file::read_utf8(path)?;
+                    let rows: Vec<serde_json::Value> =
+                        serde_json::from_str(&text).map_err(|e| Error::Format {
+                            path: path.clone(),
+                            detail: format!(
+                                "line {}: invalid JSON at column {} of a file holding one JSON \
+                                 array: {}",
+                                e.line(),
+                                e.column(),
+                                json_error_what(&e)
+                            ),
+                        })?;
+                    let starts = array_element_lines(text.as_bytes());
+                    for (i, row) in rows.into_iter().enumerate() {
+                        // The scan agrees with the parser on valid JSON; element numbers
+                        // stand in should it ever not.
+                        let line = starts.get(i).copied().unwrap_or(i + 1);
+                        match row {
+                            serde_json::Value::Object(map) => visit(line, Ok(&JsonRow(map)))?,
+                            _ => visit(
+                                line,
+                                Err(format!(
+                                    "element {} of the array is not a JSON object",
+                                    i + 1
+                                )),
+                            )?,
+                        }
+                    }
+                    return Ok(());
+                }
                 for (line_no, line) in crate::text_file::utf8_lines(&bytes) {
                     match line {
                         Ok(line) if line.trim().is_empty() => continue,
@@ -457,11 +494,56 @@ impl TableSpec {
 /// serde_json's message for one JSONL line, with the column but not its own line number
 /// (always 1 within the line; the file's line is reported beside it).
 fn json_error(e: &serde_json::Error) -> String {
+    format!(
+        "invalid JSON at column {}: {}",
+        e.column(),
+        json_error_what(e)
+    )
+}
+
+/// serde_json's message without its position.
+fn json_error_what(e: &serde_json::Error) -> String {
     let message = e.to_string();
-    let what = message
+    message
         .rsplit_once(" at line ")
-        .map_or(message.as_str(), |(what, _)| what);
-    format!("invalid JSON at column {}: {what}", e.column())
+        .map_or(message.as_str(), |(what, _)| what)
+        .to_string()
+}
+
+/// The 1-based line on which each element of the top-level JSON array in `text` starts
+/// (text already known to be valid JSON): a scan of nesting depth outside strings.
+fn array_element_lines(text: &[u8]) -> Vec<usize> {
+    let (mut lines, mut line, mut depth) = (Vec::new(), 1, 0usize);
+    let (mut in_string, mut escaped, mut expecting) = (false, false, false);
+    for &b in text {
+        if b == b'\n' {
+            line += 1;
+        }
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if depth == 1 && expecting && !b.is_ascii_whitespace() && b != b']' {
+            lines.push(line);
+            expecting = false;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                expecting = depth == 1;
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => expecting = true,
+            _ => {}
+        }
+    }
+    lines
 }
 
 /// Where an unclosed quote makes the rest of a CSV file one field, as the csv reader parses
