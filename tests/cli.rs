@@ -63,29 +63,6 @@ fn help_documents_every_command_and_flag() {
 
 #[test]
 fn cuda_and_bad_arguments_are_clear_errors() {
-    // Without a GPU `--device cuda` says so and names the stand-in; with one it just runs.
-    let (ok, _, err) = spafit(&[
-        "bench",
-        "--model",
-        &model(),
-        "--device",
-        "cuda:0",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "8",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-    ]);
-    assert!(
-        ok || (err.contains("no CUDA driver") && err.contains("cuda-emu")),
-        "{err}"
-    );
-    // The stand-in first on the library path is not a GPU: `--device cuda` must not run on
-    // it labelled cuda:0; and the stand-in's settings from the environment are checked, not
-    // half-read.
     let m = model();
     let bench_on = |device| {
         [
@@ -104,6 +81,15 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             "0",
         ]
     };
+    // Without a GPU `--device cuda` says so and names the stand-in; with one it just runs.
+    let (ok, _, err) = spafit(&bench_on("cuda:0"));
+    assert!(
+        ok || (err.contains("no CUDA driver") && err.contains("cuda-emu")),
+        "{err}"
+    );
+    // The stand-in first on the library path is not a GPU: `--device cuda` must not run on
+    // it labelled cuda:0; and the stand-in's settings from the environment are checked, not
+    // half-read.
     if let Ok(dir) = spafit::backend::cuda::emulator::emulator_dir() {
         let (ok, _, err) =
             spafit_with_env(&bench_on("cuda"), &[("LD_LIBRARY_PATH", dir.as_os_str())]);

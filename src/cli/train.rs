@@ -321,20 +321,18 @@ impl TrainCommand {
                 );
             }
             // Never among this run's own files, nor beside another adapter or run.
-            if let Some(run) = &t.output {
-                let (export_at, run_at) = (super::resolved(dir), super::resolved(run));
-                let inside = |name: &str| export_at.starts_with(run_at.join(name));
-                if export_at == run_at || ["metrics.jsonl", "best", "last"].into_iter().any(inside)
-                {
-                    return refuse(
-                        "--export-peft",
-                        format!(
-                            "{} is where this run writes its own files (metrics.jsonl, best/, \
+            if t.output
+                .as_ref()
+                .is_some_and(|run| among_run_files(dir, run))
+            {
+                return refuse(
+                    "--export-peft",
+                    format!(
+                        "{} is where this run writes its own files (metrics.jsonl, best/, \
                              last/ under --output); give a folder of its own",
-                            dir.display()
-                        ),
-                    );
-                }
+                        dir.display()
+                    ),
+                );
             }
             let spafit_files = [
                 spafit::adapter::MANIFEST_FILE,
@@ -384,19 +382,18 @@ impl TrainCommand {
         }
         if let Some(log) = &t.write_batches {
             // The run's own files under --output do not exist yet when it starts.
-            if let Some(run) = &t.output {
-                let (log_at, run_at) = (super::resolved(log), super::resolved(run));
-                let inside = |name: &str| log_at.starts_with(run_at.join(name));
-                if log_at == run_at || ["metrics.jsonl", "best", "last"].into_iter().any(inside) {
-                    return refuse(
-                        "--write-batches",
-                        format!(
-                            "{} is where this run writes its own files (metrics.jsonl, best/, \
+            if t.output
+                .as_ref()
+                .is_some_and(|run| among_run_files(log, run))
+            {
+                return refuse(
+                    "--write-batches",
+                    format!(
+                        "{} is where this run writes its own files (metrics.jsonl, best/, \
                              last/ under --output)",
-                            log.display()
-                        ),
-                    );
-                }
+                        log.display()
+                    ),
+                );
             }
             if let Some(export) = &t.export_peft {
                 let (log_at, export_at) = (super::resolved(log), super::resolved(export));
@@ -503,4 +500,14 @@ impl TrainCommand {
         super::print_line(&line)?;
         Ok(())
     }
+}
+
+/// Whether `path` is the run folder `run` itself or lies among the files the run writes there
+/// (metrics.jsonl, best/, last/), which do not exist yet when a fresh run starts.
+fn among_run_files(path: &std::path::Path, run: &std::path::Path) -> bool {
+    let (at, run_at) = (super::resolved(path), super::resolved(run));
+    at == run_at
+        || ["metrics.jsonl", "best", "last"]
+            .into_iter()
+            .any(|name| at.starts_with(run_at.join(name)))
 }
