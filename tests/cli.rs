@@ -101,6 +101,7 @@ fn cuda_and_bad_arguments_are_clear_errors() {
     for (name, value) in [
         ("SPAFIT_EMU_SCHEDULE", "shuffle:abc"),
         ("SPAFIT_EMU_MEMORY", "16G"),
+        ("SPAFIT_EMU_MAX_GRID_Z", "65536"),
     ] {
         let (ok, _, err) = spafit_with_env(&bench_on("cuda-emu"), &[(name, value.as_ref())]);
         assert!(

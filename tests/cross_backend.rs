@@ -12,7 +12,7 @@ use std::io::Write;
 
 use common::{nonzero, rel_err};
 use spafit::backend::cpu::CpuBackend;
-use spafit::backend::cuda::CudaBackend;
+use spafit::backend::cuda::{CudaBackend, Driver};
 use spafit::backend::{
     AdamWStep, AttentionConfig, AttentionGradRequest, Backend, Dropout, LayerNormGradRequest,
     LinearBackwardInputs, LinearGradRequest, LoraWeights,
@@ -484,20 +484,19 @@ fn linear<B: Backend>(b: &B, tol: f64) {
 /// key masked: zero context), padded tails, a mask with holes, more than one 64-row tile per
 /// sequence up to 512 tokens, head dims 12 (rows not 16-byte aligned), 32, 64 and 128, with and
 /// without dropout.
+/// An attention case: (batch, seq, heads, head_dim, key lengths, holes in the mask, dropout).
+type AttentionCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    Vec<usize>,
+    bool,
+    Option<Dropout>,
+);
+
 fn attention<B: Backend>(b: &B, tol: f64) {
-    let r = reference();
-    let mut rng = SplitMix::new(31);
-    // (batch, seq, heads, head_dim, key lengths, holes, dropout)
-    type Case = (
-        usize,
-        usize,
-        usize,
-        usize,
-        Vec<usize>,
-        bool,
-        Option<Dropout>,
-    );
-    let cases: [Case; 6] = [
+    let cases: [AttentionCase; 6] = [
         (3, 70, 3, 12, vec![70, 41, 0], false, None),
         // Head dim 32 fills the narrowest tensor-core tile exactly; 65 rows take two tiles.
         (
@@ -538,6 +537,13 @@ fn attention<B: Backend>(b: &B, tol: f64) {
             Some(Dropout { p: 0.5, seed: 7 }),
         ),
     ];
+    attention_cases(b, tol, cases);
+}
+
+/// Forward, backward and the dV-only path of each case against the f64 reference.
+fn attention_cases<B: Backend>(b: &B, tol: f64, cases: impl IntoIterator<Item = AttentionCase>) {
+    let r = reference();
+    let mut rng = SplitMix::new(31);
     for (batch, seq, heads, hd, lengths, holes, dropout) in cases {
         let tag = format!(
             "b{batch}s{seq}h{heads}d{hd}{}",
@@ -1049,5 +1055,83 @@ fn cuda_grids_beyond_65535_blocks_take_several_launches() {
             &down(&r, w.as_ref().unwrap()),
             1e-5,
         );
+    }
+}
+
+/// The same splitting on small shapes, in every precision: child processes run the CPU
+/// stand-in with its grid limit in y (GEMM row blocks, attention heads), then in z (attention
+/// sequences), lowered to 2 blocks, so `linear`'s GEMMs (up to 5 row blocks, tensor-core
+/// tiles included) and attention over 5 sequences each take several launches. A launch that
+/// ignored the limit is refused there; one that placed its share at the wrong offset differs
+/// from the reference. On a GPU the limit is CUDA's own and the test above covers it.
+#[test]
+fn cuda_grids_past_a_lowered_limit_take_several_launches() {
+    const TEST: &str = "cuda_grids_past_a_lowered_limit_take_several_launches";
+    const Y: &str = "SPAFIT_EMU_MAX_GRID_Y";
+    const Z: &str = "SPAFIT_EMU_MAX_GRID_Z";
+    let precisions = || {
+        [
+            (cuda(DType::F32), 1e-5),
+            (cuda(DType::BF16), 1e-2),
+            (cuda(DType::BF16).with_bf16_storage(), 1e-2),
+        ]
+    };
+    match (std::env::var_os(Y), std::env::var_os(Z)) {
+        (None, None) => {
+            if cuda(DType::F32).driver() != Driver::Emulator {
+                println!("SKIPPED {TEST}: only the CPU stand-in lowers its grid limits");
+                return;
+            }
+            for limit in [Y, Z] {
+                let out = std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+                    .env(limit, "2")
+                    .output()
+                    .expect("run the child test");
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(
+                    out.status.success(),
+                    "the child with {limit}=2 failed:\n{text}"
+                );
+                assert!(text.contains("1 passed"), "the child ran nothing:\n{text}");
+            }
+        }
+        (Some(_), None) => {
+            for (b, tol) in precisions() {
+                linear(&b, tol);
+                // Three heads are three blocks in y: more than this device takes at once.
+                let dims = [4, 3 * 8];
+                let x = up(&b, &dims, &[0.5; 4 * 24]);
+                let mask = b.tensor_from_u32(Shape::new([1, 4]), &[1; 4]).unwrap();
+                let config = AttentionConfig {
+                    heads: 3,
+                    scale: 0.5,
+                    dropout: None,
+                };
+                let err = b
+                    .attention_forward(&x, &x, &x, &mask, &config)
+                    .err()
+                    .expect("3 heads past a grid limit of 2 must be refused");
+                assert!(err.to_string().contains("at most 2"), "{err}");
+            }
+        }
+        (None, Some(_)) => {
+            let dropout = Some(Dropout { p: 0.2, seed: 17 });
+            for (b, tol) in precisions() {
+                attention_cases(
+                    &b,
+                    tol,
+                    [
+                        (5, 70, 2, 32, vec![70, 41, 0, 12, 69], false, dropout),
+                        (3, 9, 3, 8, vec![9, 1, 5], true, None),
+                    ],
+                );
+            }
+        }
+        (Some(_), Some(_)) => panic!("lower one limit at a time"),
     }
 }

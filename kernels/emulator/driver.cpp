@@ -103,6 +103,24 @@ Schedule initial_schedule() {
 }
 Schedule g_schedule = initial_schedule();
 
+// CUDA's grid limits in y and z, or smaller ones from SPAFIT_EMU_MAX_GRID_Y / _Z: the launch
+// code splits larger grids into several launches, and a small limit puts that splitting under
+// test on shapes small enough to emulate.
+unsigned initial_grid_limit(const char* name) {
+    const char* v = getenv(name);
+    if (!v) return 65535;
+    char* end = nullptr;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (*v < '0' || *v > '9' || *end || errno || n < 1 || n > 65535) {
+        fprintf(stderr, "emu: %s=%s is not in 1..65535; using 65535\n", name, v);
+        return 65535;
+    }
+    return unsigned(n);
+}
+const unsigned g_max_grid_y = initial_grid_limit("SPAFIT_EMU_MAX_GRID_Y");
+const unsigned g_max_grid_z = initial_grid_limit("SPAFIT_EMU_MAX_GRID_Z");
+
 size_t initial_memory() {
     const char* v = getenv("SPAFIT_EMU_MEMORY");
     return v ? strtoull(v, nullptr, 10) : (size_t(16) << 30);
@@ -530,8 +548,8 @@ API CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice) {
         case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: *v = kSharedDefault; break;
         case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: *v = kSharedOptIn; break;
         case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X: *v = 0x7fffffff; break;
-        case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y:
-        case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z: *v = 65535; break;
+        case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y: *v = int(g_max_grid_y); break;
+        case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z: *v = int(g_max_grid_z); break;
         case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X:
         case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y: *v = 1024; break;
         case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z: *v = 64; break;
@@ -864,8 +882,8 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
         return failure(CUDA_ERROR_INVALID_VALUE, "%s: only kernelParams is supported", name);
     // The hardware's launch checks; none of these poisons the context.
     unsigned long threads = (unsigned long)bx * by * bz;
-    if (!gx || !gy || !gz || !bx || !by || !bz || threads > 1024 || bx > 1024 || by > 1024 || bz > 64 || gy > 65535 ||
-        gz > 65535 || gx > 0x7fffffffu)
+    if (!gx || !gy || !gz || !bx || !by || !bz || threads > 1024 || bx > 1024 || by > 1024 || bz > 64 || gy > g_max_grid_y ||
+        gz > g_max_grid_z || gx > 0x7fffffffu)
         return failure(CUDA_ERROR_INVALID_VALUE, "%s: invalid launch configuration grid (%u,%u,%u) block (%u,%u,%u)",
                        name, gx, gy, gz, bx, by, bz);
     if (fn->info.max_threads && threads > fn->info.max_threads)

@@ -10,7 +10,6 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfi
 
 use super::{
     driver, ids, require_f32, tensor, view, with_float, CudaBackend, CudaFloat, Precision,
-    MAX_GRID_YZ,
 };
 use crate::backend::shapes::{self, AttentionDims};
 use crate::backend::{AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput};
@@ -154,15 +153,16 @@ fn launch_tiles(
     p: &AttentionParams,
 ) -> Result<()> {
     let f = b.function_with_shared(MODULE, kernel, smem)?;
-    if d.heads > MAX_GRID_YZ {
+    let (max_heads, max_sequences) = (b.device.max_grid_y, b.device.max_grid_z);
+    if d.heads > max_heads {
         return Err(Error::invalid(
             op,
-            format!("{} heads: a launch takes at most {MAX_GRID_YZ}", d.heads),
+            format!("{} heads: a launch takes at most {max_heads}", d.heads),
         ));
     }
     // Sequences beyond the grid's z limit go to further launches of the same kernel.
-    for seq0 in (0..d.batch).step_by(MAX_GRID_YZ) {
-        let sequences = (d.batch - seq0).min(MAX_GRID_YZ);
+    for seq0 in (0..d.batch).step_by(max_sequences) {
+        let sequences = (d.batch - seq0).min(max_sequences);
         let cfg = LaunchConfig {
             grid_dim: (
                 d.seq.div_ceil(tile) as u32,

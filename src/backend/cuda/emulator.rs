@@ -130,6 +130,23 @@ fn check_settings() -> Result<()> {
             ));
         }
     }
+    for name in ["SPAFIT_EMU_MAX_GRID_Y", "SPAFIT_EMU_MAX_GRID_Z"] {
+        let Some(value) = std::env::var_os(name) else {
+            continue;
+        };
+        let value = value.to_string_lossy();
+        if !value
+            .parse::<u32>()
+            .is_ok_and(|n| (1..=65_535).contains(&n))
+        {
+            return Err(invalid(
+                name,
+                &value,
+                "the most blocks a launch grid takes in that dimension, a whole number from 1 \
+                 to 65535",
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use half::bf16;
 
 use super::{
     columns, driver, grid_for, launch, tensor, view, with_float, CudaBackend, CudaBuffer,
-    CudaFloat, Precision, MAX_GRID_YZ,
+    CudaFloat, Precision,
 };
 use crate::backend::shapes::{self, LinearDims};
 use crate::backend::{
@@ -378,9 +378,11 @@ impl Gemm<'_> {
             };
             let f = b.function_with_shared(MODULE, &name, smem)?;
             // Row blocks beyond the grid's y limit go to further launches of the same kernel.
-            for m_block0 in (0..m_blocks).step_by(MAX_GRID_YZ) {
+            // Split-K's at most 32 slices in z fit every device's z limit.
+            let max_grid_y = b.device.max_grid_y;
+            for m_block0 in (0..m_blocks).step_by(max_grid_y) {
                 p.m_block0 = m_block0 as i32;
-                let rows = (m_blocks - m_block0).min(MAX_GRID_YZ);
+                let rows = (m_blocks - m_block0).min(max_grid_y);
                 let cfg = LaunchConfig {
                     grid_dim: (n.div_ceil(bn) as u32, rows as u32, split as u32),
                     block_dim: (threads as u32, 1, 1),

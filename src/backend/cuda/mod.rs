@@ -142,6 +142,10 @@ struct Device {
     opted_in: Mutex<HashMap<String, u32>>,
     /// The most shared memory one block may opt into on this device.
     max_shared_per_block: u32,
+    /// The most blocks a launch grid takes in y, and in z (x takes 2³¹ − 1): larger grids
+    /// go to several launches.
+    max_grid_y: usize,
+    max_grid_z: usize,
 }
 
 /// How a CUDA backend computes (see the module documentation).
@@ -201,9 +205,6 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
         Error::invalid(op, format!("CUDA error: {text}"))
     }
 }
-
-/// The most blocks a launch grid takes in y or in z: CUDA's limit (x takes 2³¹ − 1).
-const MAX_GRID_YZ: usize = 65_535;
 
 const THREADS: u32 = 256;
 
@@ -324,6 +325,15 @@ impl CudaBackend {
         let max_shared_per_block = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_or(48 * 1024, |v| v.max(48 * 1024) as u32);
+        // CUDA's 65535 on every GPU; the stand-in may report less, to test the splitting of
+        // larger grids on small shapes.
+        use cudarc::driver::sys::CUdevice_attribute;
+        let grid_dim = |a| {
+            ctx.attribute(a)
+                .map_or(65_535, |v| v.clamp(1, 65_535) as usize)
+        };
+        let max_grid_y = grid_dim(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y);
+        let max_grid_z = grid_dim(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z);
         Ok(CudaBackend {
             device: Arc::new(Device {
                 ordinal,
@@ -333,6 +343,8 @@ impl CudaBackend {
                 modules: Mutex::new(HashMap::new()),
                 opted_in: Mutex::new(HashMap::new()),
                 max_shared_per_block,
+                max_grid_y,
+                max_grid_z,
             }),
             precision,
             poison: false,
