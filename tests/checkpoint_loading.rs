@@ -1085,7 +1085,14 @@ fn tokenizer_must_fit_the_vocabulary() {
     }
 
     // Segment ids beyond the model's type table: single sentences still encode, every
-    // pair is refused naming both files.
+    // pair is refused naming both files. (The class gives the model segment ids only when
+    // `model_input_names` asks for them; without, every pair would be segment 0.)
+    std::fs::write(
+        big.path().join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "PreTrainedTokenizerFast",
+            "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}"#,
+    )
+    .unwrap();
     let mut json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&real).unwrap()).unwrap();
     json["post_processor"]["pair"][3]["Sequence"]["type_id"] = serde_json::json!(7);

@@ -397,3 +397,89 @@ fn tokens_the_config_adds_match_as_in_transformers() {
         }
     }
 }
+
+/// Settings beside tokenizer.json's pipeline change the ids as in transformers 5.24
+/// (`tests/fixtures/tokenizer-settings/expected.json`, written by its AutoTokenizer):
+/// `special_tokens_map.json` overrides the config's named special tokens unless the config
+/// has `added_tokens_decoder`; `truncation_side`, in the config or baked into tokenizer.json,
+/// cuts from the left; `PreTrainedTokenizerFast` / `TokenizersBackend` and a
+/// `model_input_names` without `token_type_ids` give the model no segment ids (all 0).
+#[test]
+fn settings_beside_the_vocabulary_change_ids_as_in_transformers() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenizer-settings/expected.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let texts: Vec<&str> = fixture["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let pairs: Vec<(&str, &str)> = fixture["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect();
+    let read = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(minilm().join(file)).unwrap()).unwrap()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "model.safetensors", "vocab.txt"] {
+            std::os::unix::fs::symlink(minilm().join(f), dir.join(f)).unwrap();
+        }
+        let mut config = read("tokenizer_config.json");
+        for (key, value) in case["config"].as_object().into_iter().flatten() {
+            config[key] = value.clone();
+        }
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        let map = match case.get("map") {
+            None => Some(read("special_tokens_map.json")),
+            Some(serde_json::Value::Null) => None,
+            Some(map) => Some(map.clone()),
+        };
+        if let Some(map) = map {
+            std::fs::write(dir.join("special_tokens_map.json"), map.to_string()).unwrap();
+        }
+        let mut tokenizer_json = read("tokenizer.json");
+        for (key, value) in case["tokenizer_json"].as_object().into_iter().flatten() {
+            tokenizer_json[key] = value.clone();
+        }
+        std::fs::write(dir.join("tokenizer.json"), tokenizer_json.to_string()).unwrap();
+        for f in case["drop"].as_array().into_iter().flatten() {
+            std::fs::remove_file(dir.join(f.as_str().unwrap())).unwrap();
+        }
+        let checkpoint = spafit::checkpoint::Checkpoint::open(&dir).unwrap();
+        for (max_len, want) in case["by_max_len"].as_object().unwrap() {
+            let tok = checkpoint
+                .tokenizer(max_len.parse().unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                tok.pad_id() as u64,
+                case["pad_id"].as_u64().unwrap(),
+                "{name}"
+            );
+            let inputs = texts
+                .iter()
+                .map(|t| TextInput::Single(t))
+                .zip(want["singles"].as_array().unwrap())
+                .chain(
+                    pairs
+                        .iter()
+                        .map(|(a, b)| TextInput::Pair(a, b))
+                        .zip(want["pairs"].as_array().unwrap()),
+                );
+            for (input, want) in inputs {
+                let got = tok.encode(input).unwrap();
+                let tag = format!("{name}, max length {max_len}: {input:?}");
+                assert_eq!(got.ids, ids(&want["input_ids"]), "{tag}");
+                assert_eq!(got.type_ids, ids(&want["token_type_ids"]), "{tag}");
+            }
+        }
+    }
+}

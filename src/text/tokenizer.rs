@@ -1,6 +1,6 @@
 //! Hugging Face `tokenizer.json` through the `tokenizers` crate, with spafit's own
-//! truncation (longest-first to a max length) and dynamic padding to the longest row,
-//! whatever padding or truncation the file has baked in.
+//! truncation (longest-first to a max length, from the side the checkpoint names) and dynamic
+//! padding to the longest row, whatever padding or truncation length the file has baked in.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +8,7 @@ use tokenizers::{
     PaddingParams, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
+use super::tokenizer_config::TokenizerConfig;
 use crate::error::{Error, Result};
 
 /// One example's text: a sentence or a sentence pair.
@@ -15,7 +16,8 @@ use crate::error::{Error, Result};
 pub enum TextInput<'a> {
     /// A single sentence.
     Single(&'a str),
-    /// A sentence pair (`[CLS] a [SEP] b [SEP]`, token types 0 then 1).
+    /// A sentence pair (`[CLS] a [SEP] b [SEP]`, token types 0 then 1 where the checkpoint's
+    /// tokenizer gives segment ids).
     Pair(&'a str, &'a str),
 }
 
@@ -24,7 +26,8 @@ pub enum TextInput<'a> {
 pub struct EncodedBatch {
     /// Token ids (padding uses the tokenizer's pad id).
     pub input_ids: Vec<u32>,
-    /// Segment ids (0 for the first sentence, 1 for the second).
+    /// Segment ids (0 for the first sentence, 1 for the second; all 0 where the checkpoint's
+    /// tokenizer gives none, as transformers' BERT then assumes).
     pub token_type_ids: Vec<u32>,
     /// 1 for real tokens, 0 for padding.
     pub attention_mask: Vec<u32>,
@@ -77,6 +80,11 @@ pub struct TextTokenizer {
     path: PathBuf,
     pad_id: u32,
     max_len: usize,
+    /// The side long inputs lose tokens from.
+    direction: TruncationDirection,
+    /// Whether the model gets the tokenizer's segment ids (else all 0), as transformers'
+    /// `model_input_names` decides.
+    segment_ids: bool,
     /// Why sentence pairs cannot be encoded for the model this tokenizer feeds, if they
     /// cannot (single sentences still can).
     pairs_refused: Option<String>,
@@ -84,10 +92,10 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Loads `path`, truncating encodings longest-first to `max_len` tokens (special tokens
-    /// included).
+    /// included), from the side its own truncation settings name (else the right).
     pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {
-        let (inner, pad_id) = Self::parse(path)?;
-        Self::from_parts(inner, path, pad_id, max_len)
+        let (inner, pad_id, direction) = Self::parse(path)?;
+        Self::from_parts(inner, path, pad_id, max_len, direction, true)
     }
 
     /// Loads `path`, a BERT checkpoint's `tokenizer.json`, as transformers does beside
@@ -96,17 +104,25 @@ impl TextTokenizer {
     /// defaults) over `path`'s vocabulary and added tokens, even where `path` says otherwise
     /// (a `tokenizer.json` that lower-cases beside `do_lower_case: false` gives cased ids in
     /// transformers, so here too); and with the tokens the config adds
-    /// (`added_tokens_decoder`, `additional_special_tokens`, `special_tokens_map.json`).
-    /// Truncates as [`TextTokenizer::from_file`].
+    /// (`added_tokens_decoder`, `extra_special_tokens`). `special_tokens_map.json` beside
+    /// `path` overrides the config's named special tokens where transformers reads it (a
+    /// config without `added_tokens_decoder`). Truncates as [`TextTokenizer::from_file`],
+    /// from the side the config's `truncation_side` names, if it does; gives segment ids
+    /// where transformers' tokenizer returns them (`model_input_names`, else the class).
     pub fn from_files(path: &Path, config: Option<&Path>, max_len: usize) -> Result<Self> {
-        let (inner, pad_id) = Self::parse(path)?;
+        let settings = TokenizerConfig::read(config, folder_of(path))?;
+        let (inner, pad_id, baked) = Self::parse(path)?;
         let (inner, pad_id) =
-            super::wordpiece_vocab::as_transformers_loads(inner, pad_id, path, config)?;
-        Self::from_parts(inner, path, pad_id, max_len)
+            super::wordpiece_vocab::as_transformers_loads(inner, pad_id, path, &settings)?;
+        let direction = settings.truncation_side()?.unwrap_or(baked);
+        let segment_ids =
+            settings.segment_ids(super::wordpiece_vocab::class_gives_segment_ids(&settings))?;
+        Self::from_parts(inner, path, pad_id, max_len, direction, segment_ids)
     }
 
-    /// The tokenizer in `path` without its padding, and the padding id it names.
-    fn parse(path: &Path) -> Result<(Tokenizer, u32)> {
+    /// The tokenizer in `path` without its padding, the padding id it names and the side
+    /// its truncation settings cut from (the right without any).
+    fn parse(path: &Path) -> Result<(Tokenizer, u32, TruncationDirection)> {
         let format = |detail: String| Error::Format {
             path: path.to_path_buf(),
             detail,
@@ -129,23 +145,41 @@ impl TextTokenizer {
             None => inner.token_to_id("[PAD]").unwrap_or(0),
         };
         inner.with_padding(None);
-        Ok((inner, pad_id))
+        let direction = inner
+            .get_truncation()
+            .map_or(TruncationDirection::Right, |t| t.direction);
+        Ok((inner, pad_id, direction))
     }
 
     /// BERT's WordPiece tokenizer built from `vocab` (`vocab.txt`) and, when given, its
-    /// `tokenizer_config.json`, as transformers converts them for `BertTokenizerFast`: for
-    /// checkpoints without a `tokenizer.json`. Truncates as [`TextTokenizer::from_file`].
+    /// `tokenizer_config.json` (with `special_tokens_map.json` beside it as in
+    /// [`TextTokenizer::from_files`]), as transformers converts them for `BertTokenizerFast`:
+    /// for checkpoints without a `tokenizer.json`. Truncates as [`TextTokenizer::from_file`].
     pub fn from_vocab(vocab: &Path, config: Option<&Path>, max_len: usize) -> Result<Self> {
-        let (inner, pad_id) = super::wordpiece_vocab::bert_tokenizer_from_vocab(vocab, config)?;
-        Self::from_parts(inner, vocab, pad_id, max_len)
+        let settings = TokenizerConfig::read(config, folder_of(vocab))?;
+        let (inner, pad_id) = super::wordpiece_vocab::bert_tokenizer_from_vocab(vocab, &settings)?;
+        let direction = settings
+            .truncation_side()?
+            .unwrap_or(TruncationDirection::Right);
+        let segment_ids = settings.segment_ids(true)?;
+        Self::from_parts(inner, vocab, pad_id, max_len, direction, segment_ids)
     }
 
-    fn from_parts(inner: Tokenizer, path: &Path, pad_id: u32, max_len: usize) -> Result<Self> {
+    fn from_parts(
+        inner: Tokenizer,
+        path: &Path,
+        pad_id: u32,
+        max_len: usize,
+        direction: TruncationDirection,
+        segment_ids: bool,
+    ) -> Result<Self> {
         let mut tok = TextTokenizer {
             inner,
             path: path.to_path_buf(),
             pad_id,
             max_len: 0,
+            direction,
+            segment_ids,
             pairs_refused: None,
         };
         tok.set_max_len(max_len)?;
@@ -166,7 +200,7 @@ impl TextTokenizer {
                 max_length: max_len,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
-                direction: TruncationDirection::Right,
+                direction: self.direction,
             }))
             .map_err(|e| Error::invalid("tokenizer", e.to_string()))?;
         self.max_len = max_len;
@@ -246,9 +280,13 @@ impl TextTokenizer {
             path: self.path.clone(),
             detail: format!("cannot encode {input:?}: {e}"),
         })?;
+        let type_ids = match self.segment_ids {
+            true => e.get_type_ids().to_vec(),
+            false => vec![0; e.len()],
+        };
         Ok(EncodedText {
             ids: e.get_ids().to_vec(),
-            type_ids: e.get_type_ids().to_vec(),
+            type_ids,
         })
     }
 
@@ -262,5 +300,13 @@ impl TextTokenizer {
             &rows.iter().collect::<Vec<_>>(),
             self.pad_id,
         ))
+    }
+}
+
+/// The folder a checkpoint file lies in (`.` for a bare file name).
+fn folder_of(file: &Path) -> &Path {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }

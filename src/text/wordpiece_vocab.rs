@@ -13,6 +13,7 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Model, ModelWrapper, Tokenizer};
 
+use super::tokenizer_config::{read_json, TokenizerConfig};
 use crate::error::{Error, Result};
 
 /// The settings of `tokenizer_config.json` that change the ids, with `BertTokenizer`'s
@@ -27,47 +28,38 @@ struct BertTokenizerSettings {
     cls: String,
     mask: String,
     /// Tokens the config adds besides the five above (`added_tokens_decoder`,
-    /// `additional_special_tokens`, and those of `special_tokens_map.json` beside it).
+    /// `extra_special_tokens`).
     extra: Vec<AddedToken>,
 }
 
 impl BertTokenizerSettings {
-    /// The settings `path` gives; without a file, `BertTokenizer`'s defaults (those of an
-    /// empty config, which nothing in it can refuse).
-    fn read(path: Option<&Path>) -> Result<Self> {
-        let source = path.unwrap_or(Path::new("tokenizer_config.json"));
-        let format = |detail: String| Error::Format {
-            path: source.to_path_buf(),
-            detail,
-        };
-        let json: Value = match path {
-            Some(path) => read_json(path)?,
-            None => Value::Object(serde_json::Map::new()),
-        };
-        match json.get("tokenizer_class").and_then(Value::as_str) {
+    /// The settings `config` gives, refused for a class other than BERT's: without a
+    /// tokenizer.json only BERT's pipeline can be built.
+    fn read(config: &TokenizerConfig) -> Result<Self> {
+        match config.json.get("tokenizer_class").and_then(Value::as_str) {
             None => {}
             Some(class) if class_rule(class) == ClassRule::Bert => {}
             Some(other) => {
-                return Err(format(format!(
-                    "`tokenizer_class` is `{other}`; without a tokenizer.json spafit builds only \
-                     BERT's WordPiece tokenizer (`BertTokenizer`) from vocab.txt"
-                )))
+                return Err(config.error(
+                    "tokenizer_class",
+                    format!(
+                        "`tokenizer_class` is `{other}`; without a tokenizer.json spafit builds \
+                         only BERT's WordPiece tokenizer (`BertTokenizer`) from vocab.txt"
+                    ),
+                ))
             }
         }
-        Self::from_json(&json, source)
+        Self::from_json(config)
     }
 
-    /// The id-changing settings in a parsed `tokenizer_config.json` (`source`, for messages),
-    /// with `BertTokenizer`'s defaults for what it leaves out.
-    fn from_json(json: &Value, source: &Path) -> Result<Self> {
-        let format = |detail: String| Error::Format {
-            path: source.to_path_buf(),
-            detail,
-        };
+    /// The id-changing settings in `config`, with `BertTokenizer`'s defaults for what it
+    /// leaves out.
+    fn from_json(config: &TokenizerConfig) -> Result<Self> {
+        let json = &config.json;
         let flag = |key: &str, default: bool| match json.get(key) {
             None | Some(Value::Null) => Ok(default),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(format(format!("`{key}` is {other}, not true or false"))),
+            Some(other) => Err(config.error(key, format!("`{key}` is {other}, not true or false"))),
         };
         let token = |key: &str, default: &str| match json.get(key) {
             None | Some(Value::Null) => Ok(default.to_string()),
@@ -75,9 +67,9 @@ impl BertTokenizerSettings {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(Value::Object(o)) => match o.get("content") {
                 Some(Value::String(s)) => Ok(s.clone()),
-                _ => Err(format(format!("`{key}` has no `content` string"))),
+                _ => Err(config.error(key, format!("`{key}` has no `content` string"))),
             },
-            Some(other) => Err(format(format!("`{key}` is {other}, not a token"))),
+            Some(other) => Err(config.error(key, format!("`{key}` is {other}, not a token"))),
         };
         Ok(BertTokenizerSettings {
             lowercase: flag("do_lower_case", true)?,
@@ -85,9 +77,10 @@ impl BertTokenizerSettings {
                 None | Some(Value::Null) => None,
                 Some(Value::Bool(b)) => Some(*b),
                 Some(other) => {
-                    return Err(format(format!(
-                        "`strip_accents` is {other}, not true, false or null"
-                    )))
+                    return Err(config.error(
+                        "strip_accents",
+                        format!("`strip_accents` is {other}, not true, false or null"),
+                    ))
                 }
             },
             chinese_chars: flag("tokenize_chinese_chars", true)?,
@@ -96,17 +89,17 @@ impl BertTokenizerSettings {
             pad: token("pad_token", "[PAD]")?,
             cls: token("cls_token", "[CLS]")?,
             mask: token("mask_token", "[MASK]")?,
-            extra: config_added_tokens(json, source)?,
+            extra: config_added_tokens(config)?,
         })
     }
 }
 
-/// BERT's tokenizer from `vocab` (one token per line, the line number is the id) and, when
-/// given, the `tokenizer_config.json` beside it (lower-casing, accents, Chinese characters,
-/// special tokens; `BertTokenizer`'s defaults otherwise). Returns it with its padding id.
+/// BERT's tokenizer from `vocab` (one token per line, the line number is the id) and the
+/// settings beside it (lower-casing, accents, Chinese characters, special tokens;
+/// `BertTokenizer`'s defaults for what `config` leaves out). Returns it with its padding id.
 pub(crate) fn bert_tokenizer_from_vocab(
     vocab: &Path,
-    config: Option<&Path>,
+    config: &TokenizerConfig,
 ) -> Result<(Tokenizer, u32)> {
     let settings = BertTokenizerSettings::read(config)?;
     let format = |detail: String| Error::Format {
@@ -115,11 +108,7 @@ pub(crate) fn bert_tokenizer_from_vocab(
     };
     let added_file = vocab.with_file_name("added_tokens.json");
     if added_file.is_file() {
-        let text = crate::text_file::read_utf8(&added_file)?;
-        let added: Value = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: added_file.clone(),
-            detail: format!("invalid JSON: {e}"),
-        })?;
+        let added = read_json(&added_file)?;
         if added.as_object().is_some_and(|m| !m.is_empty()) {
             return Err(Error::Format {
                 path: added_file,
@@ -144,7 +133,11 @@ pub(crate) fn bert_tokenizer_from_vocab(
         .collect();
     if !beyond.is_empty() {
         return Err(Error::Format {
-            path: config.unwrap_or(vocab).to_path_buf(),
+            path: config
+                .file_of("extra_special_tokens")
+                .or(config.file_of("added_tokens_decoder"))
+                .unwrap_or(vocab)
+                .to_path_buf(),
             detail: format!(
                 "adds tokens beyond the vocabulary ({}); without a tokenizer.json spafit builds \
                  only BERT's plain WordPiece tokenizer: save the tokenizer with transformers to \
@@ -158,15 +151,11 @@ pub(crate) fn bert_tokenizer_from_vocab(
     Ok((tokenizer, pad))
 }
 
-/// The tokens a `tokenizer_config.json` (`json`, read from `source`) adds besides the five
-/// named special tokens, as transformers adds them to any tokenizer: `added_tokens_decoder`
-/// in id order with each token's flags, then `additional_special_tokens` from the config and
-/// from `special_tokens_map.json` beside it. Each content once.
-pub(crate) fn config_added_tokens(json: &Value, source: &Path) -> Result<Vec<AddedToken>> {
-    let format = |detail: String| Error::Format {
-        path: source.to_path_buf(),
-        detail,
-    };
+/// The tokens `config` adds besides the five named special tokens, as transformers adds
+/// them to any tokenizer: `added_tokens_decoder` in id order with each token's flags, then
+/// `extra_special_tokens`. Each content once.
+pub(crate) fn config_added_tokens(config: &TokenizerConfig) -> Result<Vec<AddedToken>> {
+    let json = &config.json;
     // transformers' AddedToken fields, each defaulting as there (`normalized`: not special).
     let token = |content: &str, special: bool, entry: &Value| {
         let flag =
@@ -182,9 +171,10 @@ pub(crate) fn config_added_tokens(json: &Value, source: &Path) -> Result<Vec<Add
         let mut entries: Vec<(u64, &Value)> = Vec::new();
         for (id, entry) in decoder {
             let id = id.parse::<u64>().map_err(|_| {
-                format(format!(
-                    "`added_tokens_decoder` key `{id}` is not a token id"
-                ))
+                config.error(
+                    "added_tokens_decoder",
+                    format!("`added_tokens_decoder` key `{id}` is not a token id"),
+                )
             })?;
             entries.push((id, entry));
         }
@@ -194,9 +184,10 @@ pub(crate) fn config_added_tokens(json: &Value, source: &Path) -> Result<Vec<Add
                 .get("content")
                 .and_then(Value::as_str)
                 .ok_or_else(|| {
-                    format(format!(
-                        "`added_tokens_decoder` entry {id} has no `content` string"
-                    ))
+                    config.error(
+                        "added_tokens_decoder",
+                        format!("`added_tokens_decoder` entry {id} has no `content` string"),
+                    )
                 })?;
             let special = entry
                 .get("special")
@@ -205,24 +196,21 @@ pub(crate) fn config_added_tokens(json: &Value, source: &Path) -> Result<Vec<Add
             tokens.push(token(content, special, entry));
         }
     }
-    let map_path = source.with_file_name("special_tokens_map.json");
-    let map = match map_path.is_file() {
-        true => Some(read_json(&map_path)?),
-        false => None,
-    };
-    let additional = [Some(json), map.as_ref()]
+    // A list; transformers keeps a map (model-specific named tokens) apart.
+    let extra = json
+        .get("extra_special_tokens")
+        .and_then(Value::as_array)
         .into_iter()
-        .flatten()
-        .filter_map(|j| j.get("additional_special_tokens")?.as_array())
         .flatten();
-    for entry in additional {
+    for entry in extra {
         let content = entry
             .as_str()
             .or_else(|| entry.get("content")?.as_str())
             .ok_or_else(|| {
-                format(format!(
-                    "`additional_special_tokens` holds {entry}, not a token"
-                ))
+                config.error(
+                    "extra_special_tokens",
+                    format!("`extra_special_tokens` (or `additional_special_tokens`) holds {entry}, not a token"),
+                )
             })?;
         tokens.push(token(content, true, entry));
     }
@@ -274,7 +262,7 @@ fn bert_pipeline(
     model: WordPiece,
     settings: &BertTokenizerSettings,
     source: &Path,
-    config: Option<&Path>,
+    config: &TokenizerConfig,
 ) -> Result<(Tokenizer, u32)> {
     let format = |detail: String| Error::Format {
         path: source.to_path_buf(),
@@ -284,7 +272,9 @@ fn bert_pipeline(
         model.token_to_id(token).ok_or_else(|| {
             format(format!(
                 "the {key} `{token}` is not in the vocabulary{}",
-                config.map_or(String::new(), |c| format!(" ({})", c.display()))
+                config
+                    .file_of(key)
+                    .map_or(String::new(), |c| format!(" ({})", c.display()))
             ))
         })
     };
@@ -319,7 +309,8 @@ fn bert_pipeline(
 
 /// The tokenizer transformers loads for a BERT checkpoint holding `from` (its
 /// `tokenizer.json`, read from `source`, with padding id `pad`) and `config` (its
-/// `tokenizer_config.json`, if any). Unless `config` names another class, that is
+/// `tokenizer_config.json` and `special_tokens_map.json`). Unless `config` names another
+/// class, that is
 /// `BertTokenizer` (AutoTokenizer falls back to the model type's class), which rebuilds the
 /// pipeline from the config's settings (`do_lower_case`, `strip_accents`,
 /// `tokenize_chinese_chars`, special tokens, with the class's defaults for what the config
@@ -330,15 +321,12 @@ pub(crate) fn as_transformers_loads(
     from: Tokenizer,
     pad: u32,
     source: &Path,
-    config: Option<&Path>,
+    config: &TokenizerConfig,
 ) -> Result<(Tokenizer, u32)> {
-    let json = match config {
-        Some(config) => read_json(config)?,
-        None => Value::Object(serde_json::Map::new()),
-    };
-    let config_name = config.unwrap_or(source);
+    let json = &config.json;
+    let config_name = config.file_of("tokenizer_class").unwrap_or(source);
     let as_it_is = |mut from: Tokenizer| -> Result<(Tokenizer, u32)> {
-        from.add_tokens(&config_added_tokens(&json, config_name)?);
+        from.add_tokens(&config_added_tokens(config)?);
         Ok((from, pad))
     };
     let named = match json.get("tokenizer_class") {
@@ -365,7 +353,7 @@ pub(crate) fn as_transformers_loads(
             })
         }
     };
-    let settings = BertTokenizerSettings::from_json(&json, config_name)?;
+    let settings = BertTokenizerSettings::from_json(config)?;
     let ModelWrapper::WordPiece(existing) = from.get_model() else {
         if !named {
             return as_it_is(from);
@@ -420,6 +408,16 @@ pub(crate) fn as_transformers_loads(
     Ok((tokenizer, pad))
 }
 
+/// Whether transformers' tokenizer for `config` returns segment ids unless
+/// `model_input_names` says otherwise: BERT's classes do (so does the class transformers
+/// picks when none is named), `PreTrainedTokenizerFast` / `TokenizersBackend` do not.
+pub(crate) fn class_gives_segment_ids(config: &TokenizerConfig) -> bool {
+    match config.json.get("tokenizer_class").and_then(Value::as_str) {
+        Some(class) => class_rule(class) != ClassRule::AsItIs,
+        None => true,
+    }
+}
+
 /// How transformers 5.24 reads a checkpoint whose `tokenizer_config.json` names a class.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ClassRule {
@@ -448,11 +446,4 @@ fn class_rule(class: &str) -> ClassRule {
         "TokenizersBackend" => ClassRule::AsItIs,
         _ => ClassRule::Unsupported,
     }
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    serde_json::from_str(&crate::text_file::read_utf8(path)?).map_err(|e| Error::Format {
-        path: path.to_path_buf(),
-        detail: format!("invalid JSON: {e}"),
-    })
 }
