@@ -286,6 +286,18 @@ fn malformed_rows_name_file_and_line_or_are_counted() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("no `sentence` column"), "{msg}");
+    // An empty file (a BOM at most) says so, rather than naming a missing header column.
+    for text in ["", "\u{feff}\n"] {
+        write(r, "QNLI/test.tsv", text);
+        let msg = GlueTask::Qnli
+            .load(r, "test", OnMalformed::Skip)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("QNLI/test.tsv") && msg.contains("the file is empty"),
+            "{msg}"
+        );
+    }
     assert!(matches!(
         GlueTask::Rte.load(r, "dev", OnMalformed::Error),
         Err(Error::Io { .. })
@@ -431,6 +443,35 @@ fn custom_csv_tsv_jsonl() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 3") && e.contains("one JSON array"), "{e}");
+    // One object holding the rows, or one object over several lines, is not rows; a .json
+    // file of JSON Lines (one row, or several) still is.
+    for (file, text, needle) in [
+        (
+            "wrapped.json",
+            "{\"data\": [{\"review\": \"a\", \"sentiment\": 1}]}\n",
+            "`data` field holds an array of 1 row objects",
+        ),
+        (
+            "pretty.json",
+            "{\n  \"review\": \"a\",\n  \"sentiment\": 1\n}\n",
+            "one JSON object spread over several lines",
+        ),
+    ] {
+        write(r, file, text);
+        let e = spec(file, TaskKind::Regression)
+            .load(OnMalformed::Skip)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(file) && e.contains(needle), "{e}");
+    }
+    for rows in [1, 2] {
+        let text = "{\"review\": \"a\", \"sentiment\": 1}\n".repeat(rows);
+        write(r, "lines.json", &text);
+        let ds = spec("lines.json", TaskKind::Regression)
+            .load(OnMalformed::Error)
+            .unwrap();
+        assert_eq!(ds.len(), rows);
+    }
 
     let mut pair = spec("b.tsv", pn());
     pair.text_pair_column = Some("missing".into());

@@ -526,6 +526,7 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             json!(["word_embeddings", "query", "value"]),
             "word_embeddings",
         ),
+        ("lora_alpha", json!(null), "not a number"),
         ("r", json!(0), "positive rank"),
         ("r", json!(512), "exceeds 384"),
     ];
@@ -680,6 +681,11 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         e.contains("classifier") && e.contains("modules_to_save"),
         "{e}"
     );
+    // Half a head is no head: PEFT refuses it too.
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| t.retain(|(n, _, _)| !n.ends_with("classifier.bias")));
+    let e = a.error();
+    assert!(e.contains("classifier.bias"), "{e}");
 
     let a = Edited::of("lora_qv");
     std::fs::write(

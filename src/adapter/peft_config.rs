@@ -268,7 +268,8 @@ impl PeftLoraSettings {
             .ok_or_else(|| bad("r", format!("{} is not a positive rank", get("r"))))?
             as usize;
         let alpha = match get("lora_alpha") {
-            Value::Null => 8.0,
+            // PEFT's default when the field is absent; written as null, PEFT cannot load it.
+            Value::Null if json.get("lora_alpha").is_none() => 8.0,
             v => v
                 .as_f64()
                 .filter(|a| a.is_finite())

@@ -341,6 +341,14 @@ pub fn import_peft<B: Backend>(
                     .into(),
             )
         })?;
+    // A head without its bias would predict with one PEFT refuses to load (a KeyError there).
+    if !others.contains_key("classifier.bias") {
+        return Err(bad_tensor(
+            "no `base_model.model.classifier.bias` beside the classifier's weight: the head is \
+             not in the base model, so the adapter must carry all of it"
+                .into(),
+        ));
+    }
     if head_shape.len() != 2 || head_shape[1] != config.hidden_size || head_shape[0] == 0 {
         return Err(Error::Mismatch {
             path: weights_path,

@@ -123,11 +123,10 @@ impl PredictionTable<'_> {
         let mut w = csv::WriterBuilder::new()
             .delimiter(delimiter)
             .from_writer(Vec::new());
-        let classes = match self.predictions.first() {
-            Some(Prediction::Class { probabilities, .. }) => probabilities.len(),
-            _ => 0,
-        };
-        let has_lines = !self.source_lines.is_empty();
+        // The header follows the task, not the first row: an empty split still gets the
+        // columns its rows would have.
+        let classes = self.labels.map_or(0, <[String]>::len);
+        let has_lines = self.source_lines.len() == self.predictions.len();
         let mut header = vec!["index".to_string()];
         if has_lines {
             header.push("line".into());
@@ -219,6 +218,16 @@ mod tests {
             table.render(PredictionFormat::Jsonl).unwrap(),
             "{\"index\":0,\"line\":7,\"label\":\"yes \\\"sure\\\"\",\"probability\":0.75,\
              \"probabilities\":{\"no, never\":0.25,\"yes \\\"sure\\\"\":0.75}}\n"
+        );
+        // An empty split keeps its task's columns.
+        let empty = PredictionTable {
+            predictions: &[],
+            source_lines: &[],
+            ..table
+        };
+        assert_eq!(
+            empty.render(PredictionFormat::Tsv).unwrap(),
+            "index\tline\tlabel\tprobability\tprobability_no, never\t\"probability_yes \"\"sure\"\"\"\n"
         );
         assert_eq!(
             PredictionFormat::choose(None, Some(std::path::Path::new("p.TSV"))),

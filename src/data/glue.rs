@@ -251,6 +251,17 @@ impl GlueTask {
         let path = self.file(glue_dir, split)?;
         // The GLUE distribution's MRPC files start with a UTF-8 byte-order mark (dropped here).
         let bytes = crate::text_file::read_bytes(&path)?;
+        if bytes
+            .strip_prefix("\u{feff}".as_bytes())
+            .unwrap_or(&bytes)
+            .iter()
+            .all(u8::is_ascii_whitespace)
+        {
+            return Err(Error::Format {
+                path,
+                detail: "the file is empty: GLUE's files hold one example per line".into(),
+            });
+        }
         let layout = self.layout();
         let labeled = !split.starts_with("test");
         let mut lines = crate::text_file::utf8_lines(&bytes);

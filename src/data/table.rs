@@ -472,6 +472,9 @@ impl TableSpec {
                     }
                     return Ok(());
                 }
+                if json_extension {
+                    refuse_single_object(path, &bytes)?;
+                }
                 for (line_no, line) in crate::text_file::utf8_lines(&bytes) {
                     match line {
                         Ok(line) if line.trim().is_empty() => continue,
@@ -489,6 +492,47 @@ impl TableSpec {
         }
         Ok(())
     }
+}
+
+/// A `.json` file that is one JSON object rather than rows (`{"data": [...]}`, or one object
+/// spread over several lines) is refused saying what a data file holds, instead of being read
+/// as JSON Lines whose first line lacks every column.
+fn refuse_single_object(path: &Path, bytes: &[u8]) -> Result<()> {
+    let text = String::from_utf8_lossy(bytes);
+    if !text
+        .trim_start_matches('\u{feff}')
+        .trim_start()
+        .starts_with('{')
+    {
+        return Ok(());
+    }
+    // JSON Lines with several rows is no single value: the parse stops at the second row.
+    let Ok(serde_json::Value::Object(object)) =
+        serde_json::from_str::<serde_json::Value>(text.trim_start_matches('\u{feff}'))
+    else {
+        return Ok(());
+    };
+    let rows_inside = object.iter().find(|(_, v)| {
+        v.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(serde_json::Value::is_object))
+    });
+    let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
+    let what = match rows_inside {
+        Some((key, rows)) => format!(
+            "one JSON object whose `{key}` field holds an array of {} row objects; write that \
+             array alone as the file",
+            rows.as_array().map_or(0, Vec::len)
+        ),
+        None if lines > 1 => "one JSON object spread over several lines".to_string(),
+        None => return Ok(()),
+    };
+    Err(Error::Format {
+        path: path.to_path_buf(),
+        detail: format!(
+            "line 1: the file holds {what}: a .json data file holds one JSON array of row \
+             objects, or JSON Lines (one row object per line)"
+        ),
+    })
 }
 
 /// serde_json's message for one JSONL line, with the column but not its own line number
