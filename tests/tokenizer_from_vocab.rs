@@ -482,4 +482,47 @@ fn settings_beside_the_vocabulary_change_ids_as_in_transformers() {
             }
         }
     }
+    // Settings transformers cannot load, or loads into nonsense (a null classifier token
+    // becomes the word `None`), are refused naming the file that gives them.
+    let refused = |name: &str, config: serde_json::Value, map: serde_json::Value| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::os::unix::fs::symlink(minilm().join(f), dir.join(f)).unwrap();
+        }
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        std::fs::write(dir.join("special_tokens_map.json"), map.to_string()).unwrap();
+        let checkpoint = spafit::checkpoint::Checkpoint::open(&dir).unwrap();
+        match checkpoint.tokenizer(16) {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = refused(
+        "null-cls",
+        serde_json::json!({}),
+        serde_json::json!({"cls_token": null}),
+    );
+    assert!(
+        e.contains("special_tokens_map.json") && e.contains("`cls_token` is null"),
+        "{e}"
+    );
+    let e = refused(
+        "middle",
+        serde_json::json!({"truncation_side": "middle"}),
+        serde_json::json!({}),
+    );
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("`truncation_side`"),
+        "{e}"
+    );
+    let e = refused(
+        "extra-string",
+        serde_json::json!({}),
+        serde_json::json!({"additional_special_tokens": "[unused1]"}),
+    );
+    assert!(
+        e.contains("special_tokens_map.json") && e.contains("not a list of tokens"),
+        "{e}"
+    );
 }

@@ -7,19 +7,17 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tokenizers::TruncationDirection;
+use tokenizers::{AddedToken, TruncationDirection};
 
 use crate::error::{Error, Result};
 
-/// The special tokens transformers keeps under their own names.
-const NAMED_TOKENS: [&str; 7] = [
+/// BERT's named special tokens, which its tokenizer uses (the others are only kept whole).
+pub(crate) const BERT_TOKENS: [&str; 5] = [
     "unk_token",
     "sep_token",
     "pad_token",
     "cls_token",
     "mask_token",
-    "bos_token",
-    "eos_token",
 ];
 
 /// `tokenizer_config.json` merged with `special_tokens_map.json`.
@@ -34,15 +32,19 @@ pub(crate) struct TokenizerConfig {
     map_path: Option<PathBuf>,
     /// The keys whose value came from the map.
     from_map: BTreeSet<String>,
+    /// `extra_special_tokens` given as a map (name → token): transformers keeps these as
+    /// model-specific named special tokens.
+    model_specific: Vec<(String, Value)>,
 }
 
 impl TokenizerConfig {
     /// The settings of the checkpoint folder `dir`: `config` (its `tokenizer_config.json`,
-    /// if any, else an empty one), then `special_tokens_map.json` in `dir` as transformers
-    /// applies it: only when the config has no `added_tokens_decoder` (the map is legacy, read
-    /// for configs saved without one), each named token it gives replacing the config's, its
-    /// `extra_special_tokens` joining the config's, its `additional_special_tokens` taken only
-    /// when the config lists neither.
+    /// if any, else an empty one), then `special_tokens_map.json` in `dir`, following
+    /// transformers 5.24's `from_pretrained`: the map is read only when the config has no
+    /// `added_tokens_decoder` (it is legacy, for configs saved without one); each of its
+    /// entries replaces the config's, except an `extra_special_tokens` list, which joins the
+    /// config's; the old name `additional_special_tokens` counts where no
+    /// `extra_special_tokens` is given.
     pub fn read(config: Option<&Path>, dir: &Path) -> Result<Self> {
         let path = config.map_or_else(|| dir.join("tokenizer_config.json"), Path::to_path_buf);
         let mut json = match config {
@@ -57,34 +59,39 @@ impl TokenizerConfig {
         };
         // transformers 5 renamed `additional_special_tokens` to `extra_special_tokens`,
         // reading the old name unless the new one has tokens.
-        let has_extra = |s: &serde_json::Map<String, Value>| {
-            s.get("extra_special_tokens")
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty())
+        let has_extra = |s: &serde_json::Map<String, Value>| match s.get("extra_special_tokens") {
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(Value::String(t)) => !t.is_empty(),
+            _ => false,
         };
         if !has_extra(settings) {
             if let Some(old) = settings.remove("additional_special_tokens") {
                 settings.insert("extra_special_tokens".into(), old);
             }
         }
+        let mut model_specific = Vec::new();
+        let mut take_model_specific = |s: &mut serde_json::Map<String, Value>| {
+            if let Some(Value::Object(named)) = s.get("extra_special_tokens") {
+                model_specific.extend(named.iter().map(|(k, v)| (k.clone(), v.clone())));
+                s.remove("extra_special_tokens");
+            }
+        };
+        take_model_specific(settings);
         let map_file = dir.join("special_tokens_map.json");
         let mut from_map = BTreeSet::new();
         let mut map_path = None;
         if !settings.contains_key("added_tokens_decoder") && map_file.is_file() {
-            let map = read_json(&map_file)?;
-            let Value::Object(map) = map else {
+            let Value::Object(map) = read_json(&map_file)? else {
                 return Err(Error::Format {
                     path: map_file,
                     detail: "not a JSON object".into(),
                 });
             };
             for (key, value) in map {
-                if NAMED_TOKENS.contains(&key.as_str()) {
-                    settings.insert(key.clone(), value);
-                    from_map.insert(key);
-                } else if key == "extra_special_tokens" {
-                    if let Value::Array(tokens) = value {
-                        let mut list = match settings.remove("extra_special_tokens") {
+                match (key.as_str(), value) {
+                    ("extra_special_tokens", Value::Array(tokens)) => {
+                        let mut list = match settings.remove(&key) {
                             Some(Value::Array(existing)) => existing,
                             _ => Vec::new(),
                         };
@@ -94,16 +101,24 @@ impl TokenizerConfig {
                             }
                         }
                         settings.insert(key.clone(), Value::Array(list));
-                        from_map.insert(key);
                     }
-                } else if key == "additional_special_tokens"
-                    && !settings.contains_key("extra_special_tokens")
-                {
-                    settings.insert("extra_special_tokens".into(), value);
+                    (_, value) => {
+                        settings.insert(key.clone(), value);
+                    }
+                }
+                from_map.insert(key);
+            }
+            take_model_specific(settings);
+            map_path = Some(map_file);
+        }
+        // The tokenizer's own constructor reads the old name only without the new one.
+        if !settings.contains_key("extra_special_tokens") {
+            if let Some(old) = settings.remove("additional_special_tokens") {
+                settings.insert("extra_special_tokens".into(), old);
+                if from_map.contains("additional_special_tokens") {
                     from_map.insert("extra_special_tokens".into());
                 }
             }
-            map_path = Some(map_file);
         }
         Ok(TokenizerConfig {
             json,
@@ -111,7 +126,64 @@ impl TokenizerConfig {
             exists: config.is_some(),
             map_path,
             from_map,
+            model_specific,
         })
+    }
+
+    /// The special token `key` names (`cls_token`, ...): `Ok(None)` when not set,
+    /// `Err` for a value that is no token. A null counts as not set; callers that cannot do
+    /// without the token check [`TokenizerConfig::is_null`].
+    pub fn token(&self, key: &str) -> Result<Option<AddedToken>> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => self.parse_token(key, value, true).map(Some),
+        }
+    }
+
+    /// Whether `key` is set to null (transformers then has no such token).
+    pub fn is_null(&self, key: &str) -> bool {
+        matches!(self.json.get(key), Some(Value::Null))
+    }
+
+    /// A token written as a string or as transformers' AddedToken object (its `content` and
+    /// flags), `special` unless the object says otherwise.
+    pub fn parse_token(&self, key: &str, value: &Value, special: bool) -> Result<AddedToken> {
+        let content = match value {
+            Value::String(s) => s.as_str(),
+            Value::Object(o) => o.get("content").and_then(Value::as_str).ok_or_else(|| {
+                self.error(
+                    key,
+                    format!("`{key}` holds {value}, which has no `content` string"),
+                )
+            })?,
+            other => return Err(self.error(key, format!("`{key}` holds {other}, not a token"))),
+        };
+        let flag =
+            |name: &str, default: bool| value.get(name).and_then(Value::as_bool).unwrap_or(default);
+        let special = flag("special", special);
+        Ok(AddedToken::from(content.to_string(), special)
+            .single_word(flag("single_word", false))
+            .lstrip(flag("lstrip", false))
+            .rstrip(flag("rstrip", false))
+            .normalized(flag("normalized", !special)))
+    }
+
+    /// The special tokens transformers adds by name beyond BERT's five: `bos_token`,
+    /// `eos_token`, any other `*_token` setting, and `extra_special_tokens` given as a map.
+    pub fn other_named_tokens(&self) -> Result<Vec<AddedToken>> {
+        let mut tokens = Vec::new();
+        for (key, value) in self.json.as_object().into_iter().flatten() {
+            let named = key.ends_with("_token")
+                && !BERT_TOKENS.contains(&key.as_str())
+                && (value.is_string() || value.get("content").is_some());
+            if named {
+                tokens.push(self.parse_token(key, value, true)?);
+            }
+        }
+        for (name, value) in &self.model_specific {
+            tokens.push(self.parse_token(&format!("extra_special_tokens.{name}"), value, true)?);
+        }
+        Ok(tokens)
     }
 
     /// The file that gave `key`'s value, if a file did (else the value is the class's
@@ -134,7 +206,7 @@ impl TokenizerConfig {
     /// `truncation_side`, if the config sets it.
     pub fn truncation_side(&self) -> Result<Option<TruncationDirection>> {
         match self.json.get("truncation_side") {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
             Some(Value::String(s)) if s == "right" => Ok(Some(TruncationDirection::Right)),
             Some(Value::String(s)) if s == "left" => Ok(Some(TruncationDirection::Left)),
             Some(other) => Err(self.error(
@@ -149,7 +221,7 @@ impl TokenizerConfig {
     /// given none uses segment 0 throughout, as transformers' BERT does.
     pub fn segment_ids(&self, class_default: bool) -> Result<bool> {
         match self.json.get("model_input_names") {
-            None | Some(Value::Null) => Ok(class_default),
+            None => Ok(class_default),
             Some(Value::Array(names)) if names.iter().all(Value::is_string) => {
                 Ok(names.iter().any(|n| n == "token_type_ids"))
             }

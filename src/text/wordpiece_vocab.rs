@@ -27,8 +27,10 @@ struct BertTokenizerSettings {
     pad: String,
     cls: String,
     mask: String,
-    /// Tokens the config adds besides the five above (`added_tokens_decoder`,
-    /// `extra_special_tokens`).
+    /// The named special tokens, kept whole: the five above (as the config writes them)
+    /// and any others it names (`bos_token`, ...).
+    specials: Vec<AddedToken>,
+    /// Tokens the config adds besides (`added_tokens_decoder`, `extra_special_tokens`).
     extra: Vec<AddedToken>,
 }
 
@@ -61,16 +63,35 @@ impl BertTokenizerSettings {
             Some(Value::Bool(b)) => Ok(*b),
             Some(other) => Err(config.error(key, format!("`{key}` is {other}, not true or false"))),
         };
-        let token = |key: &str, default: &str| match json.get(key) {
-            None | Some(Value::Null) => Ok(default.to_string()),
-            // transformers also writes an AddedToken as an object with its `content`.
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Object(o)) => match o.get("content") {
-                Some(Value::String(s)) => Ok(s.clone()),
-                _ => Err(config.error(key, format!("`{key}` has no `content` string"))),
-            },
-            Some(other) => Err(config.error(key, format!("`{key}` is {other}, not a token"))),
+        // BERT's five, with the class's defaults; without its unknown, separator or
+        // classifier token transformers' BertTokenizer makes ids of the word `None`.
+        let token = |key: &str, default: &str| -> Result<AddedToken> {
+            if config.is_null(key) && matches!(key, "unk_token" | "sep_token" | "cls_token") {
+                return Err(
+                    config.error(key, format!("`{key}` is null: BERT's tokenizer needs one"))
+                );
+            }
+            Ok(config
+                .token(key)?
+                .unwrap_or_else(|| AddedToken::from(default.to_string(), true)))
         };
+        let [unk, sep, pad, cls, mask] = [
+            ("unk_token", "[UNK]"),
+            ("sep_token", "[SEP]"),
+            ("pad_token", "[PAD]"),
+            ("cls_token", "[CLS]"),
+            ("mask_token", "[MASK]"),
+        ]
+        .map(|(key, default)| token(key, default));
+        let [unk, sep, pad, cls, mask] = [unk?, sep?, pad?, cls?, mask?];
+        let mut specials = vec![
+            pad.clone(),
+            unk.clone(),
+            cls.clone(),
+            sep.clone(),
+            mask.clone(),
+        ];
+        specials.extend(config.other_named_tokens()?);
         Ok(BertTokenizerSettings {
             lowercase: flag("do_lower_case", true)?,
             strip_accents: match json.get("strip_accents") {
@@ -84,11 +105,12 @@ impl BertTokenizerSettings {
                 }
             },
             chinese_chars: flag("tokenize_chinese_chars", true)?,
-            unk: token("unk_token", "[UNK]")?,
-            sep: token("sep_token", "[SEP]")?,
-            pad: token("pad_token", "[PAD]")?,
-            cls: token("cls_token", "[CLS]")?,
-            mask: token("mask_token", "[MASK]")?,
+            unk: unk.content,
+            sep: sep.content,
+            pad: pad.content,
+            cls: cls.content,
+            mask: mask.content,
+            specials,
             extra: config_added_tokens(config)?,
         })
     }
@@ -156,16 +178,6 @@ pub(crate) fn bert_tokenizer_from_vocab(
 /// `extra_special_tokens`. Each content once.
 pub(crate) fn config_added_tokens(config: &TokenizerConfig) -> Result<Vec<AddedToken>> {
     let json = &config.json;
-    // transformers' AddedToken fields, each defaulting as there (`normalized`: not special).
-    let token = |content: &str, special: bool, entry: &Value| {
-        let flag =
-            |key: &str, default: bool| entry.get(key).and_then(Value::as_bool).unwrap_or(default);
-        AddedToken::from(content.to_string(), special)
-            .single_word(flag("single_word", false))
-            .lstrip(flag("lstrip", false))
-            .rstrip(flag("rstrip", false))
-            .normalized(flag("normalized", !special))
-    };
     let mut tokens: Vec<AddedToken> = Vec::new();
     if let Some(decoder) = json.get("added_tokens_decoder").and_then(Value::as_object) {
         let mut entries: Vec<(u64, &Value)> = Vec::new();
@@ -180,7 +192,7 @@ pub(crate) fn config_added_tokens(config: &TokenizerConfig) -> Result<Vec<AddedT
         }
         entries.sort_by_key(|(id, _)| *id);
         for (id, entry) in entries {
-            let content = entry
+            entry
                 .get("content")
                 .and_then(Value::as_str)
                 .ok_or_else(|| {
@@ -189,30 +201,26 @@ pub(crate) fn config_added_tokens(config: &TokenizerConfig) -> Result<Vec<AddedT
                         format!("`added_tokens_decoder` entry {id} has no `content` string"),
                     )
                 })?;
-            let special = entry
-                .get("special")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            tokens.push(token(content, special, entry));
+            // transformers' AddedToken defaults: not special, normalized unless special.
+            tokens.push(config.parse_token("added_tokens_decoder", entry, false)?);
         }
     }
-    // A list; transformers keeps a map (model-specific named tokens) apart.
-    let extra = json
-        .get("extra_special_tokens")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten();
+    // A list (a map of named tokens is the config's `other_named_tokens`).
+    let extra = match json.get("extra_special_tokens") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(list)) => list.as_slice(),
+        Some(other) => {
+            return Err(config.error(
+                "extra_special_tokens",
+                format!(
+                    "`extra_special_tokens` (or `additional_special_tokens`) is {other}, not a \
+                     list of tokens"
+                ),
+            ))
+        }
+    };
     for entry in extra {
-        let content = entry
-            .as_str()
-            .or_else(|| entry.get("content")?.as_str())
-            .ok_or_else(|| {
-                config.error(
-                    "extra_special_tokens",
-                    format!("`extra_special_tokens` (or `additional_special_tokens`) holds {entry}, not a token"),
-                )
-            })?;
-        tokens.push(token(content, true, entry));
+        tokens.push(config.parse_token("extra_special_tokens", entry, true)?);
     }
     let mut seen = std::collections::HashSet::new();
     tokens.retain(|t| seen.insert(t.content.clone()));
@@ -237,21 +245,11 @@ fn bert_wordpiece(
         })
 }
 
-/// The config's tokens: its five special tokens as special added tokens (they match as
+/// The config's tokens: its named special tokens as special added tokens (they match as
 /// written, before normalization, as in transformers, which adds any its tokenizer.json
 /// lacks), then the others it adds.
 fn add_config_tokens(tokenizer: &mut Tokenizer, settings: &BertTokenizerSettings) {
-    let specials: Vec<AddedToken> = [
-        &settings.pad,
-        &settings.unk,
-        &settings.cls,
-        &settings.sep,
-        &settings.mask,
-    ]
-    .into_iter()
-    .map(|t| AddedToken::from(t.clone(), true))
-    .collect();
-    tokenizer.add_special_tokens(&specials);
+    tokenizer.add_special_tokens(&settings.specials);
     tokenizer.add_tokens(&settings.extra);
 }
 
@@ -325,7 +323,15 @@ pub(crate) fn as_transformers_loads(
 ) -> Result<(Tokenizer, u32)> {
     let json = &config.json;
     let config_name = config.file_of("tokenizer_class").unwrap_or(source);
+    // tokenizer.json's pipeline, with the special tokens the config names kept whole
+    // and the tokens it adds.
     let as_it_is = |mut from: Tokenizer| -> Result<(Tokenizer, u32)> {
+        let mut named = Vec::new();
+        for key in super::tokenizer_config::BERT_TOKENS {
+            named.extend(config.token(key)?);
+        }
+        named.extend(config.other_named_tokens()?);
+        from.add_special_tokens(&named);
         from.add_tokens(&config_added_tokens(config)?);
         Ok((from, pad))
     };
@@ -399,8 +405,12 @@ pub(crate) fn as_transformers_loads(
             (_, e) => e,
         })?;
     // tokenizer.json's added tokens in id order (each keeps its own `special` flag), then
-    // the config's, as transformers adds them.
-    let mut added: Vec<(u32, AddedToken)> = from.get_added_tokens_decoder().into_iter().collect();
+    // the config's, as transformers adds them; a config with its own `added_tokens_decoder`
+    // replaces tokenizer.json's list.
+    let mut added: Vec<(u32, AddedToken)> = match json.get("added_tokens_decoder") {
+        Some(_) => Vec::new(),
+        None => from.get_added_tokens_decoder().into_iter().collect(),
+    };
     added.sort_by_key(|(id, _)| *id);
     let added: Vec<AddedToken> = added.into_iter().map(|(_, token)| token).collect();
     tokenizer.add_tokens(&added);
