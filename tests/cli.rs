@@ -1482,6 +1482,17 @@ fn bad_paths_and_labels_are_refused_before_training() {
     )
     .unwrap();
     let (mc, mc_config) = (p("model"), p("model/config.json"));
+    // A run is not written into a model's folder, nor into an adapter's.
+    cases.push((
+        vec!["--train-file", &t, "--output", &mc],
+        "holds an adapter or model",
+    ));
+    write(root, "an_adapter/adapter.json", "{}");
+    let adapter_dir = p("an_adapter");
+    cases.push((
+        vec!["--train-file", &t, "--output", &adapter_dir],
+        "holds an adapter or model",
+    ));
     for (args, needle) in cases {
         let (ok, _, err) = train(&args);
         assert!(!ok && err.contains(needle), "{args:?}: {err}");
@@ -1491,6 +1502,19 @@ fn bad_paths_and_labels_are_refused_before_training() {
         !root.join("out").exists() && !root.join("runs/r1").exists(),
         "a refused run wrote its output directory"
     );
+    // A second process on a run directory in use is refused; once the first lets go, the
+    // run goes ahead.
+    let locked = root.join("locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    let holder = std::fs::File::create(locked.join(".spafit-run.lock")).unwrap();
+    holder.lock().unwrap();
+    let locked_dir = p("locked");
+    let (ok, _, err) = train(&["--train-file", &t, "--output", &locked_dir]);
+    assert!(!ok && err.contains("in use by another spafit run"), "{err}");
+    assert!(!locked.join("metrics.jsonl").exists());
+    drop(holder);
+    let (ok, _, err) = train(&["--train-file", &t, "--output", &locked_dir]);
+    assert!(ok && locked.join("metrics.jsonl").exists(), "{err}");
     // A log opened in place may go to a device that takes writes.
     let (ok, _, err) = train(&["--train-file", &t, "--write-batches", "/dev/null"]);
     assert!(ok, "{err}");
@@ -1509,6 +1533,19 @@ fn bad_paths_and_labels_are_refused_before_training() {
         !ok && err.contains("a file of the model or adapter"),
         "{err}"
     );
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &mc,
+        "--train-file",
+        &t,
+        "--max-len",
+        "16",
+        "--output",
+        &mc,
+    ]);
+    assert!(!ok && err.contains("where this run reads its model"), "{err}");
+    assert!(!model_copy.join("metrics.jsonl").exists());
     assert_eq!(
         std::fs::read(model_copy.join("config.json")).unwrap(),
         std::fs::read(Path::new(&m).join("config.json")).unwrap()

@@ -642,6 +642,29 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         e.contains("--batch-size: saved 8, now 4") && !e.contains("training data"),
         "{e}"
     );
+    // LoRA's alpha scales every adapter; the evaluation schedule picks `best/`.
+    let (mut model, mut plan) = tiny_model(&ck, &cpu);
+    plan.lora.as_mut().unwrap().alpha = 1.0;
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
+        .fit(&tok, &data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--lora-alpha: saved 16, now 1"), "{e}");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            eval_every: Some(5),
+            ..resume()
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--eval-every: saved 3, now 5"), "{e}");
     // The same settings resume.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())

@@ -305,6 +305,45 @@ impl TrainCommand {
             }
             super::check_creatable(flag, dir)?;
         }
+        if let Some(dir) = &t.output {
+            let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
+            if let Some(read) = read_dirs
+                .into_iter()
+                .flatten()
+                .find(|d| super::same_file(dir, d))
+            {
+                return refuse(
+                    "--output",
+                    format!(
+                        "{} is where this run reads its model or adapter; give a folder of its \
+                         own",
+                        read.display()
+                    ),
+                );
+            }
+            // A run inside an adapter's folder (`runs/a/best`) would mix its files with it.
+            let adapter_files = [
+                spafit::adapter::MANIFEST_FILE,
+                spafit::adapter::WEIGHTS_FILE,
+                spafit::adapter::PEFT_CONFIG_FILE,
+                spafit::adapter::PEFT_WEIGHTS_FILE,
+                "config.json",
+            ];
+            if let Some(found) = adapter_files
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|f| f.exists())
+            {
+                return refuse(
+                    "--output",
+                    format!(
+                        "{} holds an adapter or model ({}); give a folder of its own",
+                        dir.display(),
+                        found.display()
+                    ),
+                );
+            }
+        }
         if let Some(dir) = &t.export_peft {
             let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
             if let Some(read) = read_dirs

@@ -20,7 +20,7 @@ impl Progress {
 
     /// Reports step `step` of `total`.
     pub fn step(&self, step: usize, total: usize, epoch: usize, loss: f64, samples_per_s: f64) {
-        if !self.enabled || (!self.terminal && step % self.every != 0 && step != total) {
+        if !self.enabled || (!self.terminal && !step.is_multiple_of(self.every) && step != total) {
             return;
         }
         let width = 30;

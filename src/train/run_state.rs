@@ -124,6 +124,50 @@ pub(crate) struct SavedRun<B: Backend> {
     pub best_weights: Option<NamedTensors<B>>,
 }
 
+/// The lock file a run holds in its output directory.
+pub(crate) const LOCK_FILE: &str = ".spafit-run.lock";
+
+/// An exclusive lock on a run's output directory, held while the run writes there and
+/// released when dropped (or when the process ends, however it ends).
+pub(crate) struct RunLock {
+    _file: Option<std::fs::File>,
+}
+
+/// Locks `output_dir` (creating it) for one run: a second process training into the same
+/// directory is refused, instead of interleaving its checkpoints and metrics with this
+/// one's. On a file system without locks the run goes on unlocked. The lock file stays
+/// behind: deleting it could let two processes each lock a different file of that name.
+pub(crate) fn lock_run_dir(output_dir: &Path) -> Result<RunLock> {
+    let path = output_dir.join(LOCK_FILE);
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(output_dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(RunLock { _file: Some(file) }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::invalid(
+            "train",
+            format!(
+                "{} is in use by another spafit run (it holds {}): wait for that run to end, \
+                 or give another output directory",
+                output_dir.display(),
+                path.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            Ok(RunLock { _file: None })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
 /// What `output_dir` holds of an earlier run (`last/state.safetensors`, `best/`,
 /// `metrics.jsonl`), which a fresh run would overwrite.
 pub(crate) fn run_outputs(output_dir: &Path) -> Vec<String> {
@@ -292,6 +336,8 @@ pub(crate) struct RunInputs<'a> {
     pub total_steps: usize,
     pub dropout: DropoutRates,
     pub trainable_shapes: &'a [(String, Vec<usize>)],
+    /// LoRA's `alpha` (its scale is `alpha / r`), where the plan has adapters.
+    pub lora_alpha: Option<f64>,
     pub base_sha256: &'a str,
     pub train: &'a EncodedDataset,
     pub dev: Option<&'a EncodedDataset>,
@@ -309,7 +355,7 @@ pub(crate) const DEVICE_SETTING: &str = "device and precision";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 16] = [
+    let entries: [(&str, String); 18] = [
         (DEVICE_SETTING, inputs.device.clone()),
         (
             "training data (token ids and labels: the file, --max-len, --labels)",
@@ -341,6 +387,18 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         ),
         ("steps in the schedule", inputs.total_steps.to_string()),
         ("base model (SHA-256)", inputs.base_sha256.to_string()),
+        (
+            "--lora-alpha",
+            inputs
+                .lora_alpha
+                .map_or_else(|| "no LoRA".into(), |a| a.to_string()),
+        ),
+        // It decides which evaluation is the best one, and so `best/`.
+        (
+            "--eval-every",
+            c.eval_every
+                .map_or_else(|| "epoch ends".into(), |n| n.to_string()),
+        ),
         (
             "trainable tensors",
             format!(
@@ -394,9 +452,10 @@ fn data_digest(data: &EncodedDataset) -> String {
     )
 }
 
-/// The settings of a saved run that differ from this one, as `name: saved X, now Y`.
+/// The settings of a saved run that differ from this one, as `name: saved X, now Y`. A
+/// setting the saved run did not record (an older spafit's state) is not compared.
 pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<String> {
-    let keys: std::collections::BTreeSet<&String> = saved.keys().chain(now.keys()).collect();
+    let keys: std::collections::BTreeSet<&String> = saved.keys().collect();
     keys.into_iter()
         .filter(|k| *k != DEVICE_SETTING && saved.get(*k) != now.get(*k))
         .map(|k| {

@@ -314,6 +314,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
         dev: Option<&Dataset>,
     ) -> Result<TrainReport> {
         self.check_settings(train, dev)?;
+        // Locked before anything is written, and checked again under the lock: a run that
+        // started in the meantime now counts as an earlier one.
+        let _lock = match &self.config.output_dir {
+            Some(dir) => {
+                let lock = run_state::lock_run_dir(dir)?;
+                self.config.check()?;
+                Some(lock)
+            }
+            None => None,
+        };
         self.model.store_frozen_weights(&self.backend)?;
         let plan = self.plan_run(tokenizer, train, dev)?;
         let progress = Progress::new(self.config.progress, self.config.log_every);
@@ -417,6 +427,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 total_steps,
                 dropout,
                 trainable_shapes: &shapes,
+                lora_alpha: self.plan.lora.as_ref().map(|l| l.alpha),
                 base_sha256: self.base.sha256(),
                 train: &train_data,
                 dev: dev.as_ref().map(|(d, _)| d),
@@ -635,7 +646,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             m.window_mean(),
             m.samples_per_s(),
         );
-        if run.step % self.config.log_every.max(1) != 0 && run.step != plan.total_steps {
+        if !run.step.is_multiple_of(self.config.log_every.max(1)) && run.step != plan.total_steps {
             return Ok(());
         }
         let loss = m.window_mean();
@@ -658,7 +669,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         epoch_done: bool,
         progress: &Progress,
     ) -> Result<()> {
-        let every = |n: Option<usize>| n.is_some_and(|n| run.step % n == 0);
+        let every = |n: Option<usize>| n.is_some_and(|n| run.step.is_multiple_of(n));
         let evaluate_now = epoch_done || every(self.config.eval_every);
         let save_now = evaluate_now || every(self.config.save_every);
         if evaluate_now {
