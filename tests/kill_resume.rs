@@ -1,5 +1,6 @@
 //! Real `spafit train` processes killed with SIGKILL at several points — between saves, halfway
-//! through a state write, halfway through `best/`, and again while resuming — each resumed
+//! through a state write, halfway through `best/`, between the renames of `best/`'s two
+//! files, and again while resuming — with `best/` usable after each kill, and each resumed
 //! with `--resume` to the same losses, the same final dev loss and the same files, bit for bit,
 //! as a run that was never interrupted.
 
@@ -78,6 +79,25 @@ impl Task {
             c.arg("--resume");
         }
         c
+    }
+
+    /// `spafit eval` of the adapter in `dir` on the dev set must succeed.
+    fn evaluate(&self, dir: &Path, what: &str) {
+        let o = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(["eval", "--model", &model(), "--max-len", "16"])
+            .args(["--adapter", &dir.display().to_string()])
+            .args([
+                "--dev-file",
+                &self.dir.path().join("dev.csv").display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{what}: eval of {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     fn run_to_completion(&self, out: &Path, resume: bool) {
@@ -260,6 +280,16 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
             "halfway through the step-8 state write, best/ already replaced by step 8's weights",
             Box::new(|o: &Path| saved_step(o) == Some(6) && has_temporary(o, "last/")),
         )],
+        vec![(
+            false,
+            slow,
+            "between the renames of best/'s step-8 save: new weights, old manifest in place",
+            Box::new(|o: &Path| {
+                o.join("best/adapter.json").exists()
+                    && has_temporary(o, "best/.adapter.json")
+                    && !has_temporary(o, "best/.adapter.safetensors")
+            }),
+        )],
         vec![
             (
                 false,
@@ -283,6 +313,10 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
             let seen = task.kill_when(&out, resume, slow_ms, what, moment);
             println!("KILL scenario {i}: {seen}");
             first = false;
+            // Whatever the kill interrupted, a best/ saved (or being replaced) is usable.
+            if out.join("best/adapter.safetensors").exists() {
+                task.evaluate(&out.join("best"), &format!("scenario {i}, {what}"));
+            }
         }
         task.run_to_completion(&out, true);
         assert!(

@@ -10,6 +10,21 @@ use crate::error::{Error, Result};
 /// created, for a dangling link) and the link stays; an existing file keeps its permissions.
 /// An existing device or pipe is written in place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    stage_atomic(path, bytes)?.commit()
+}
+
+/// A file written in full beside its destination (`.name.tmp-PID`) and synced, waiting for
+/// [`StagedWrite::commit`] to rename it into place. Dropped uncommitted, it is removed. Files
+/// that belong together (an adapter's weights and the manifest holding their hash) are all
+/// staged before any is committed, so that a kill can only fall between renames.
+pub(crate) struct StagedWrite {
+    /// The temporary file and its destination; none for a device written in place.
+    rename: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Writes `bytes` to a temporary sibling of `path` (see [`write_atomic`] for links, devices
+/// and permissions), ready to be committed.
+pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -18,19 +33,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     // replace the device itself with a plain file. Opened by the path as given: the kernel
     // follows /proc's links to a pipe, which have no name to resolve here.
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .open(path)
             .and_then(|mut f| f.write_all(bytes).and_then(|()| f.flush()))
-            .map_err(io);
+            .map_err(io)?;
+        return Ok(StagedWrite { rename: None });
     }
     let resolved = link_target(path).map_err(io)?;
     let path = resolved.as_path();
     let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = parent_of(path);
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -50,14 +63,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         if let Some(p) = permissions {
             std::fs::set_permissions(&tmp, p)?;
         }
-        std::fs::rename(&tmp, path)?;
-        // The rename itself must survive a power cut, not only a killed process.
-        std::fs::File::open(dir)?.sync_all()
+        Ok(())
     })();
-    if result.is_err() {
+    if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
     }
-    result.map_err(io)
+    Ok(StagedWrite {
+        rename: Some((tmp, path.to_path_buf())),
+    })
+}
+
+impl StagedWrite {
+    /// Renames the staged file into place, durably.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        let Some((tmp, path)) = self.rename.take() else {
+            return Ok(());
+        };
+        std::thread::sleep(slow_write_pause());
+        let result = std::fs::rename(&tmp, &path)
+            // The rename itself must survive a power cut, not only a killed process.
+            .and_then(|()| std::fs::File::open(parent_of(&path))?.sync_all());
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(|source| Error::Io { path, source })
+    }
+}
+
+impl Drop for StagedWrite {
+    fn drop(&mut self) {
+        if let Some((tmp, _)) = &self.rename {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// Where `path` leads through any chain of symbolic links (the last target may not exist).
@@ -84,7 +129,8 @@ fn link_target(path: &Path) -> std::io::Result<std::path::PathBuf> {
 }
 
 /// Fault injection for crash tests: `SPAFIT_SLOW_WRITES_MS` pauses every atomic write halfway
-/// through its temporary file, so a test can kill the process in the middle of a checkpoint.
+/// through its temporary file and again before its rename, so a test can kill the process in
+/// the middle of a checkpoint, or between the renames of files that belong together.
 fn slow_write_pause() -> std::time::Duration {
     let ms = std::env::var("SPAFIT_SLOW_WRITES_MS")
         .ok()

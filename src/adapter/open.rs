@@ -175,7 +175,9 @@ pub fn open_adapter<B: Backend>(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such adapter directory"),
         });
     }
-    if dir.join(MANIFEST_FILE).is_file() {
+    // Weights without their manifest: a first save killed between its two renames, which
+    // `load_adapter` completes from the manifest staged beside them.
+    if dir.join(MANIFEST_FILE).is_file() || dir.join(super::WEIGHTS_FILE).is_file() {
         let (model, manifest) = load_adapter(dir, checkpoint, backend)?;
         let plan = manifest.plan(&dir.join(MANIFEST_FILE))?;
         check_finite(dir, backend, &model)?;

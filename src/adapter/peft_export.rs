@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::atomic::write_atomic;
+use super::atomic::stage_atomic;
 use super::store::tensors_to_safetensors;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -134,13 +134,24 @@ pub fn export_peft<B: Backend>(
         "adapter_model_sha256": super::sha256_hex(&bytes),
         "run": run_dir.map(run_identity),
     });
-    write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
-    let text = serde_json::to_vec_pretty(&config)
+    let config = serde_json::to_vec_pretty(&config)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
-    write_atomic(&dir.join("adapter_config.json"), &text)?;
-    let text = serde_json::to_vec_pretty(&provenance)
+    let provenance = serde_json::to_vec_pretty(&provenance)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
-    write_atomic(&dir.join(super::peft_import::SPAFIT_EXPORT_FILE), &text)
+    // All three written in full before any is renamed into place: a full disk or a kill
+    // while writing leaves the folder as it was, and the renames themselves take moments.
+    let staged = [
+        stage_atomic(&dir.join("adapter_model.safetensors"), &bytes)?,
+        stage_atomic(&dir.join("adapter_config.json"), &config)?,
+        stage_atomic(
+            &dir.join(super::peft_import::SPAFIT_EXPORT_FILE),
+            &provenance,
+        )?,
+    ];
+    for file in staged {
+        file.commit()?;
+    }
+    Ok(())
 }
 
 /// A run folder as recorded in `spafit_export.json`: its absolute, resolved path when it

@@ -4,7 +4,7 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::atomic::{sha256_hex, write_atomic};
+use super::atomic::{sha256_hex, stage_atomic};
 use super::manifest::AdapterManifest;
 use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, WeightsFile};
@@ -75,8 +75,10 @@ pub fn read_tensors<B: Backend>(backend: &B, path: &Path) -> Result<BTreeMap<Str
 }
 
 /// Saves the trainable tensors of `model` and a manifest into `dir`, recording the class
-/// names and whether the examples were text pairs. The weights are written
-/// first and the manifest (which holds their hash) last, each atomically.
+/// names and whether the examples were text pairs. Both files are written in full beside
+/// their places before either is renamed into place, the weights first and the manifest
+/// (which holds their hash) last: a kill between the two renames leaves the new weights with
+/// the new manifest staged beside them, which [`load_adapter`] completes the save with.
 pub fn save_adapter<B: Backend>(
     dir: &Path,
     backend: &B,
@@ -112,10 +114,12 @@ pub fn save_adapter<B: Backend>(
         weights_sha256: sha256_hex(&bytes),
         tensors: trainable.iter().map(|(n, _)| n.clone()).collect(),
     };
-    write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::invalid("adapter", e.to_string()))?;
-    write_atomic(&dir.join(MANIFEST_FILE), &json)
+    let weights = stage_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+    let manifest = stage_atomic(&dir.join(MANIFEST_FILE), &json)?;
+    weights.commit()?;
+    manifest.commit()
 }
 
 /// The `adapter.json` version this code writes and reads.
@@ -125,7 +129,26 @@ const MANIFEST_VERSION: u32 = 1;
 pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
     let path = dir.join(MANIFEST_FILE);
     let text = crate::text_file::read_utf8(&path)?;
-    let m: AdapterManifest = serde_json::from_str(&text).map_err(|e| Error::Format {
+    parse_manifest(path, &text)
+}
+
+/// The manifest a save interrupted between its two renames left staged in `dir`
+/// (`.adapter.json.tmp-PID`), if it is whole and holds the hash of the weights in place.
+fn staged_manifest(dir: &Path, weights_sha256: &str) -> Option<AdapterManifest> {
+    let prefix = format!(".{MANIFEST_FILE}.tmp-");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            parse_manifest(e.path(), &text).ok()
+        })
+        .find(|m| m.weights_sha256 == weights_sha256)
+}
+
+fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifest> {
+    let m: AdapterManifest = serde_json::from_str(text).map_err(|e| Error::Format {
         path: path.clone(),
         detail: format!("invalid adapter manifest: {e}"),
     })?;
@@ -200,20 +223,35 @@ pub fn load_adapter<B: Backend>(
     checkpoint: &Checkpoint,
     backend: &B,
 ) -> Result<(BertClassifier<B>, AdapterManifest)> {
-    let manifest = read_manifest(dir)?;
     let manifest_path = dir.join(MANIFEST_FILE);
-    check_base(&manifest, &manifest_path, &checkpoint.weights)?;
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&weights_path).map_err(|source| Error::Io {
-        path: weights_path.clone(),
-        source,
-    })?;
-    if sha256_hex(&bytes) != manifest.weights_sha256 {
-        return Err(Error::Mismatch {
-            path: weights_path,
+    let read = read_manifest(dir);
+    let bytes = match std::fs::read(&weights_path) {
+        Ok(bytes) => bytes,
+        Err(source) => {
+            // A folder that is no adapter at all is told so by its missing manifest.
+            read?;
+            return Err(Error::Io {
+                path: weights_path,
+                source,
+            });
+        }
+    };
+    let hash = sha256_hex(&bytes);
+    // A save killed between its renames left its manifest staged beside the new weights
+    // (with the old manifest, or none yet, in place).
+    let manifest = match read {
+        Ok(m) if m.weights_sha256 == hash => m,
+        Ok(_) => staged_manifest(dir, &hash).ok_or_else(|| Error::Mismatch {
+            path: weights_path.clone(),
             detail: "the weights do not match the manifest's hash (torn or edited adapter)".into(),
-        });
-    }
+        })?,
+        Err(e @ Error::Io { .. }) if !manifest_path.exists() => {
+            staged_manifest(dir, &hash).ok_or(e)?
+        }
+        Err(e) => return Err(e),
+    };
+    check_base(&manifest, &manifest_path, &checkpoint.weights)?;
     let plan = manifest.plan(&manifest_path)?;
     if plan.strata.len() != checkpoint.config.num_hidden_layers {
         return Err(Error::Mismatch {
