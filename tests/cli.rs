@@ -1544,7 +1544,10 @@ fn bad_paths_and_labels_are_refused_before_training() {
         "--output",
         &mc,
     ]);
-    assert!(!ok && err.contains("where this run reads its model"), "{err}");
+    assert!(
+        !ok && err.contains("where this run reads its model"),
+        "{err}"
+    );
     assert!(!model_copy.join("metrics.jsonl").exists());
     assert_eq!(
         std::fs::read(model_copy.join("config.json")).unwrap(),

@@ -90,6 +90,9 @@ impl TokenizerConfig {
             };
             for (key, value) in map {
                 match (key.as_str(), value) {
+                    // The class is chosen from the config before the map is read, and the
+                    // map's own list of added tokens is replaced by the one collected here.
+                    ("tokenizer_class" | "added_tokens_decoder", _) => continue,
                     ("extra_special_tokens", Value::Array(tokens)) => {
                         let mut list = match settings.remove(&key) {
                             Some(Value::Array(existing)) => existing,
