@@ -1060,7 +1060,7 @@ fn cuda_grids_beyond_65535_blocks_take_several_launches() {
 
 /// The same splitting on small shapes, in every precision: child processes run the CPU
 /// stand-in with its grid limit in y (GEMM row blocks, attention heads), then in z (attention
-/// sequences), lowered to 2 blocks, so `linear`'s GEMMs (up to 5 row blocks, tensor-core
+/// sequences, split-K slices), lowered to 2 blocks (1 in z), so `linear`'s GEMMs (up to 5 row blocks, tensor-core
 /// tiles included) and attention over 5 sequences each take several launches. A launch that
 /// ignored the limit is refused there; one that placed its share at the wrong offset differs
 /// from the reference. On a GPU the limit is CUDA's own and the test above covers it.
@@ -1085,7 +1085,8 @@ fn cuda_grids_past_a_lowered_limit_take_several_launches() {
             for limit in [Y, Z] {
                 let out = std::process::Command::new(std::env::current_exe().unwrap())
                     .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
-                    .env(limit, "2")
+                    // One block in z: every sequence, and split-K's one slice, alone.
+                    .env(limit, if limit == Z { "1" } else { "2" })
                     .output()
                     .expect("run the child test");
                 let text = format!(
@@ -1122,6 +1123,8 @@ fn cuda_grids_past_a_lowered_limit_take_several_launches() {
         (None, Some(_)) => {
             let dropout = Some(Dropout { p: 0.2, seed: 17 });
             for (b, tol) in precisions() {
+                // Split-K's slices lie in z too: fewer of them run under this limit.
+                linear(&b, tol);
                 attention_cases(
                     &b,
                     tol,

@@ -317,7 +317,9 @@ impl Gemm<'_> {
         };
         let k_tiles: usize = self.segments.iter().map(|s| s.2.div_ceil(bk)).sum();
         let blocks = m.div_ceil(bm) * n.div_ceil(bn);
-        let split = split_for(blocks, k_tiles);
+        // Every GPU's z limit (65535) is far above split-K's 32 slices; the stand-in's may be
+        // lowered below it (SPAFIT_EMU_MAX_GRID_Z), and then fewer slices run.
+        let split = split_for(blocks, k_tiles).min(b.device.max_grid_z);
         let mut out = b.output::<T>(m * n)?;
         let mut workspace = if split > 1 {
             Some(b.output::<f32>(split * m * n)?)
@@ -378,7 +380,6 @@ impl Gemm<'_> {
             };
             let f = b.function_with_shared(MODULE, &name, smem)?;
             // Row blocks beyond the grid's y limit go to further launches of the same kernel.
-            // Split-K's at most 32 slices in z fit every device's z limit.
             let max_grid_y = b.device.max_grid_y;
             for m_block0 in (0..m_blocks).step_by(max_grid_y) {
                 p.m_block0 = m_block0 as i32;
