@@ -1096,7 +1096,7 @@ fn cuda_grids_past_a_lowered_limit_take_several_launches() {
                 );
                 assert!(
                     out.status.success(),
-                    "the child with {limit}=2 failed:\n{text}"
+                    "the child with {limit} lowered failed:\n{text}"
                 );
                 assert!(text.contains("1 passed"), "the child ran nothing:\n{text}");
             }
