@@ -1487,6 +1487,17 @@ fn bad_paths_and_labels_are_refused_before_training() {
         vec!["--train-file", &t, "--output", &mc],
         "holds an adapter or model",
     ));
+    // Nor over its own data: a file among the run's own files is an input here.
+    write(
+        root,
+        "runs/r2/metrics.jsonl",
+        "{\"text\": \"fine\", \"label\": 1}\n",
+    );
+    let (r2, r2_log) = (p("runs/r2"), p("runs/r2/metrics.jsonl"));
+    cases.push((
+        vec!["--train-file", &r2_log, "--output", &r2, "--resume"],
+        "among the files this run writes",
+    ));
     write(root, "an_adapter/adapter.json", "{}");
     let adapter_dir = p("an_adapter");
     cases.push((
@@ -1512,6 +1523,16 @@ fn bad_paths_and_labels_are_refused_before_training() {
     let (ok, _, err) = train(&["--train-file", &t, "--output", &locked_dir]);
     assert!(!ok && err.contains("in use by another spafit run"), "{err}");
     assert!(!locked.join("metrics.jsonl").exists());
+    // The PEFT export's folder likewise, from before training until it is written.
+    let (ok, _, err) = train(&[
+        "--train-file",
+        &t,
+        "--method",
+        "lora",
+        "--export-peft",
+        &locked_dir,
+    ]);
+    assert!(!ok && err.contains("in use by another spafit run"), "{err}");
     drop(holder);
     let (ok, _, err) = train(&["--train-file", &t, "--output", &locked_dir]);
     assert!(ok && locked.join("metrics.jsonl").exists(), "{err}");

@@ -72,6 +72,7 @@ impl Task {
             // steps from before the kill too.
             .args(["--eval-every", "4", "--save-every", "2", "--log-every", "3"])
             .args(["--output", &out.display().to_string(), "--quiet"])
+            .args(["--export-peft", &export_dir(out).display().to_string()])
             .env("SPAFIT_SLOW_WRITES_MS", slow_writes_ms.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -151,11 +152,21 @@ impl Task {
     }
 }
 
-/// Temporary files (`.<name>.tmp-<pid>`) under `out`'s `last/` and `best/`.
+/// Where the run into `out` exports its PEFT adapter.
+fn export_dir(out: &Path) -> std::path::PathBuf {
+    out.with_extension("peft")
+}
+
+/// Temporary files (`.<name>.tmp-<pid>`) under `out`'s `last/` and `best/`, and in its PEFT
+/// export (as `peft/`).
 fn temporary_files(out: &Path) -> Vec<String> {
     let mut found = Vec::new();
-    for sub in ["last", "best"] {
-        if let Ok(entries) = std::fs::read_dir(out.join(sub)) {
+    for (sub, dir) in [
+        ("last", out.join("last")),
+        ("best", out.join("best")),
+        ("peft", export_dir(out)),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') && name.contains(".tmp-") {
@@ -290,6 +301,15 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
                     && !has_temporary(o, "best/.adapter.safetensors")
             }),
         )],
+        vec![(
+            false,
+            slow,
+            "between the renames of the PEFT export at the end",
+            Box::new(|o: &Path| {
+                export_dir(o).join("adapter_model.safetensors").exists()
+                    && has_temporary(o, "peft/.adapter_config.json")
+            }),
+        )],
         vec![
             (
                 false,
@@ -313,9 +333,21 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
             let seen = task.kill_when(&out, resume, slow_ms, what, moment);
             println!("KILL scenario {i}: {seen}");
             first = false;
-            // Whatever the kill interrupted, a best/ saved (or being replaced) is usable.
+            // Whatever the kill interrupted, a best/ saved (or being replaced) is usable,
+            // and stays so after a resume refused for another setting.
             if out.join("best/adapter.safetensors").exists() {
                 task.evaluate(&out.join("best"), &format!("scenario {i}, {what}"));
+                let refused = task
+                    .command(&out, true, 0)
+                    .args(["--weight-decay", "0.5"])
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&refused.stderr);
+                assert!(
+                    !refused.status.success() && err.contains("--weight-decay: saved"),
+                    "{err}"
+                );
+                task.evaluate(&out.join("best"), &format!("scenario {i}, refused resume"));
             }
         }
         task.run_to_completion(&out, true);
@@ -340,6 +372,14 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
             assert!(
                 std::fs::read(out.join(f)).unwrap() == *expected,
                 "scenario {i}: {f} differs from the uninterrupted run's"
+            );
+        }
+        // The export is the uninterrupted run's too (its note names the run, so differs).
+        for f in ["adapter_model.safetensors", "adapter_config.json"] {
+            assert!(
+                std::fs::read(export_dir(&out).join(f)).unwrap()
+                    == std::fs::read(export_dir(&reference).join(f)).unwrap(),
+                "scenario {i}: the export's {f} differs from the uninterrupted run's"
             );
         }
     }

@@ -138,6 +138,23 @@ pub fn export_peft<B: Backend>(
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
     let provenance = serde_json::to_vec_pretty(&provenance)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
+    // What a killed export left staged here is replaced (the folder is this run's: the
+    // caller checked that, and holds its lock).
+    let names = [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        super::peft_import::SPAFIT_EXPORT_FILE,
+    ];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if names
+            .iter()
+            .any(|n| name.starts_with(&format!(".{n}.tmp-")))
+        {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
+        }
+    }
     // All three written in full before any is renamed into place: a full disk or a kill
     // while writing leaves the folder as it was, and the renames themselves take moments.
     let staged = [
@@ -168,6 +185,20 @@ fn run_identity(run_dir: &Path) -> String {
 /// weights' hash: PEFT may have saved another adapter there since): only then may resuming
 /// that run replace it.
 pub fn exported_by_run(dir: &Path, run_dir: &Path) -> bool {
+    // An export of this run killed while renaming its files into place: its note is staged.
+    let staged_prefix = format!(".{}.tmp-", super::peft_import::SPAFIT_EXPORT_FILE);
+    let identity = run_identity(run_dir);
+    let staged_by_run = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&staged_prefix))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .any(|json| json.get("run").and_then(|r| r.as_str()) == Some(identity.as_str()));
+    if staged_by_run {
+        return true;
+    }
     let note = dir.join(super::peft_import::SPAFIT_EXPORT_FILE);
     let Ok(text) = std::fs::read_to_string(note) else {
         return false;
@@ -178,7 +209,7 @@ pub fn exported_by_run(dir: &Path, run_dir: &Path) -> bool {
     let Ok(weights) = std::fs::read(dir.join(super::peft_import::PEFT_WEIGHTS_FILE)) else {
         return false;
     };
-    json.get("run").and_then(|r| r.as_str()) == Some(run_identity(run_dir).as_str())
+    json.get("run").and_then(|r| r.as_str()) == Some(identity.as_str())
         && json.get("adapter_model_sha256").and_then(|h| h.as_str())
             == Some(super::sha256_hex(&weights).as_str())
 }

@@ -133,8 +133,12 @@ pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
 }
 
 /// The manifest a save interrupted between its two renames left staged in `dir`
-/// (`.adapter.json.tmp-PID`), if it is whole and holds the hash of the weights in place.
-fn staged_manifest(dir: &Path, weights_sha256: &str) -> Option<AdapterManifest> {
+/// (`.adapter.json.tmp-PID`), if it is whole and holds the hash of the weights in place,
+/// with its path.
+fn staged_manifest(
+    dir: &Path,
+    weights_sha256: &str,
+) -> Option<(std::path::PathBuf, AdapterManifest)> {
     let prefix = format!(".{MANIFEST_FILE}.tmp-");
     std::fs::read_dir(dir)
         .ok()?
@@ -142,9 +146,30 @@ fn staged_manifest(dir: &Path, weights_sha256: &str) -> Option<AdapterManifest> 
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .filter_map(|e| {
             let text = std::fs::read_to_string(e.path()).ok()?;
-            parse_manifest(e.path(), &text).ok()
+            Some((e.path(), parse_manifest(e.path(), &text).ok()?))
         })
-        .find(|m| m.weights_sha256 == weights_sha256)
+        .find(|(_, m)| m.weights_sha256 == weights_sha256)
+}
+
+/// Completes a save of the adapter in `dir` that was killed between its two renames: the
+/// manifest staged beside the new weights is renamed into place. Anything else is left as
+/// it is.
+pub(crate) fn complete_interrupted_save(dir: &Path) -> Result<()> {
+    let Ok(bytes) = std::fs::read(dir.join(WEIGHTS_FILE)) else {
+        return Ok(());
+    };
+    let hash = sha256_hex(&bytes);
+    if read_manifest(dir).is_ok_and(|m| m.weights_sha256 == hash) {
+        return Ok(());
+    }
+    let Some((staged, _)) = staged_manifest(dir, &hash) else {
+        return Ok(());
+    };
+    let manifest = dir.join(MANIFEST_FILE);
+    std::fs::rename(&staged, &manifest).map_err(|source| Error::Io {
+        path: manifest,
+        source,
+    })
 }
 
 fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifest> {
@@ -242,12 +267,15 @@ pub fn load_adapter<B: Backend>(
     // (with the old manifest, or none yet, in place).
     let manifest = match read {
         Ok(m) if m.weights_sha256 == hash => m,
-        Ok(_) => staged_manifest(dir, &hash).ok_or_else(|| Error::Mismatch {
-            path: weights_path.clone(),
-            detail: "the weights do not match the manifest's hash (torn or edited adapter)".into(),
-        })?,
+        Ok(_) => staged_manifest(dir, &hash)
+            .map(|(_, m)| m)
+            .ok_or_else(|| Error::Mismatch {
+                path: weights_path.clone(),
+                detail: "the weights do not match the manifest's hash (torn or edited adapter)"
+                    .into(),
+            })?,
         Err(e @ Error::Io { .. }) if !manifest_path.exists() => {
-            staged_manifest(dir, &hash).ok_or(e)?
+            staged_manifest(dir, &hash).map(|(_, m)| m).ok_or(e)?
         }
         Err(e) => return Err(e),
     };

@@ -196,8 +196,23 @@ pub fn fit<B: Backend>(
         batch_log: args.write_batches.clone(),
         ..TrainConfig::default()
     };
+    // The run's directories are locked from here until its export is written: another
+    // process on either is refused. One already there is locked before it is checked (so a
+    // run in progress there is reported as such); a new one is created only once the
+    // settings pass.
+    let dirs: Vec<&std::path::Path> = [args.output.as_deref(), args.export_peft.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut locks = Vec::new();
+    for dir in &dirs {
+        locks.extend(spafit::train::lock_existing_run_dir(dir)?);
+    }
     // Before the banner, so a refused setting is the only thing printed.
     config.check()?;
+    for dir in &dirs {
+        locks.push(spafit::train::lock_run_dir(dir)?);
+    }
     note!(
         "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}, lr {:e}",
         run.plan.method,
@@ -229,6 +244,7 @@ pub fn fit<B: Backend>(
             args.output.as_deref(),
         )?;
     }
+    drop(locks);
     Ok(report)
 }
 
@@ -306,6 +322,24 @@ impl TrainCommand {
             super::check_creatable(flag, dir)?;
         }
         if let Some(dir) = &t.output {
+            // A data file among the run's own (`--train-file run/metrics.jsonl`) would be
+            // rewritten by the run.
+            if let Some(input) = self
+                .data
+                .input_files()
+                .into_iter()
+                .find(|f| among_run_files(f, dir))
+            {
+                return refuse(
+                    "--output",
+                    format!(
+                        "{} is among the files this run writes under {} (metrics.jsonl, \
+                         best/, last/); read the data from elsewhere",
+                        input.display(),
+                        dir.display()
+                    ),
+                );
+            }
             let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
             if let Some(read) = read_dirs
                 .into_iter()

@@ -124,50 +124,6 @@ pub(crate) struct SavedRun<B: Backend> {
     pub best_weights: Option<NamedTensors<B>>,
 }
 
-/// The lock file a run holds in its output directory.
-pub(crate) const LOCK_FILE: &str = ".spafit-run.lock";
-
-/// An exclusive lock on a run's output directory, held while the run writes there and
-/// released when dropped (or when the process ends, however it ends).
-pub(crate) struct RunLock {
-    _file: Option<std::fs::File>,
-}
-
-/// Locks `output_dir` (creating it) for one run: a second process training into the same
-/// directory is refused, instead of interleaving its checkpoints and metrics with this
-/// one's. On a file system without locks the run goes on unlocked. The lock file stays
-/// behind: deleting it could let two processes each lock a different file of that name.
-pub(crate) fn lock_run_dir(output_dir: &Path) -> Result<RunLock> {
-    let path = output_dir.join(LOCK_FILE);
-    let io = |source| Error::Io {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(output_dir).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => Ok(RunLock { _file: Some(file) }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::invalid(
-            "train",
-            format!(
-                "{} is in use by another spafit run (it holds {}): wait for that run to end, \
-                 or give another output directory",
-                output_dir.display(),
-                path.display()
-            ),
-        )),
-        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-            Ok(RunLock { _file: None })
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-    }
-}
-
 /// What `output_dir` holds of an earlier run (`last/state.safetensors`, `best/`,
 /// `metrics.jsonl`), which a fresh run would overwrite.
 pub(crate) fn run_outputs(output_dir: &Path) -> Vec<String> {
@@ -303,9 +259,11 @@ fn data_section(bytes: &[u8]) -> Option<&[u8]> {
     bytes.get(8usize.checked_add(usize::try_from(len).ok()?)?..)
 }
 
-/// Removes the `.name.tmp-PID` files that a killed writer left in `last/` and `best/` (see
-/// `write_atomic`); the files they were to replace are intact.
+/// Completes a save of `best/` killed between its two renames (its new manifest staged
+/// beside its new weights), then removes the `.name.tmp-PID` files that a killed writer left
+/// in `last/` and `best/` (see `write_atomic`); the files they were to replace are intact.
 pub(crate) fn remove_interrupted_writes(output_dir: &Path) -> Result<()> {
+    crate::adapter::complete_interrupted_save(&output_dir.join("best"))?;
     for sub in ["last", "best"] {
         remove_temporary_files(&output_dir.join(sub))?;
     }

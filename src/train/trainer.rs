@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::run_lock::{lock_existing_run_dir, lock_run_dir};
 use super::run_state::{
     self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
 };
@@ -313,17 +314,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
         train: &Dataset,
         dev: Option<&Dataset>,
     ) -> Result<TrainReport> {
+        // A directory another run is using is said to be in use, before anything else is
+        // said about what it holds; a new one is created only once the settings are checked.
+        let output = self.config.output_dir.clone();
+        let in_use = output.as_deref().map(lock_existing_run_dir).transpose()?;
         self.check_settings(train, dev)?;
-        // Locked before anything is written, and checked again under the lock: a run that
-        // started in the meantime now counts as an earlier one.
-        let _lock = match &self.config.output_dir {
-            Some(dir) => {
-                let lock = run_state::lock_run_dir(dir)?;
-                self.config.check()?;
-                Some(lock)
-            }
-            None => None,
-        };
+        let lock = output.as_deref().map(lock_run_dir).transpose()?;
+        if in_use.is_none() && lock.is_some() {
+            // Another run may have come and gone between the check and the lock.
+            self.config.check()?;
+        }
         self.model.store_frozen_weights(&self.backend)?;
         let plan = self.plan_run(tokenizer, train, dev)?;
         let progress = Progress::new(self.config.progress, self.config.log_every);
