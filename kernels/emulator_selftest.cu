@@ -10,7 +10,8 @@ extern "C" __global__ void selftest_write_past_end(float* out, int n) {
     if (i <= n) out[i] = 1.0f;
 }
 
-// Reads far past the end (beyond the guard page's reach of the 0xFF slack).
+// Reads 16 KiB past the end: beyond the 0xFF slack the after-launch check sees, into the
+// trailing guard pages.
 extern "C" __global__ void selftest_read_far_past_end(const float* in, float* out, int n) {
     if (threadIdx.x == 0) out[0] = in[n + 4096];
 }

@@ -149,7 +149,9 @@ fn read_far_past_the_end_is_an_illegal_address() {
         return expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
     };
     assert!(
-        out.contains("selftest_read_far_past_end") && out.contains("thread (0,0,0)"),
+        out.contains("selftest_read_far_past_end")
+            && out.contains("thread (0,0,0)")
+            && out.contains("past its end"),
         "{out}"
     );
 }

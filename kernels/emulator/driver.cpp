@@ -8,7 +8,8 @@
 // of the same name; cuLaunchKernel runs it there (device.h), after the checks the hardware
 // makes: block and grid limits, __launch_bounds__, static + dynamic shared memory against
 // 48 KiB or the opted-in maximum. Faithful where bugs hide:
-// - every allocation ends at a guard page and starts after one; the bytes between the
+// - every allocation starts after a guard page and ends at 64 KiB of them (a read past the
+//   end faults there, whatever the process maps next); the bytes between the
 //   allocation and its pages are 0xFF and checked after every launch, so an out-of-bounds
 //   write becomes CUDA_ERROR_ILLEGAL_ADDRESS naming kernel, block and thread, not a crash;
 // - freed memory is quarantined (no access), so a use after free faults the same way;
@@ -195,6 +196,9 @@ struct TraceReport {
 // ---------------------------------------------------------------- memory
 
 const size_t PAGE = 4096;
+// No-access pages after every allocation: address space only (MAP_NORESERVE). One page would
+// let a read a little further land in whatever the process maps next (a library's code).
+const size_t kTrailingGuard = 16 * PAGE;
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 struct Alloc {
@@ -225,9 +229,9 @@ CUresult do_alloc(CUdeviceptr* out, size_t n) {
         if (g_memory_used > g_memory_high) g_memory_high = g_memory_used;
     }
     if (g_guard) {
-        // [guard][0xFF slack | user, 16-byte aligned, ending at the guard][guard]
+        // [guard][0xFF slack | user, 16-byte aligned, ending at the guard][16 guard pages]
         size_t body = round_up(n ? n : 1, 16), pages = round_up(body, PAGE);
-        a.map_len = pages + 2 * PAGE;
+        a.map_len = PAGE + pages + kTrailingGuard;
         void* m = mmap(nullptr, a.map_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
         a.map = static_cast<char*>(m);
