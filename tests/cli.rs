@@ -1498,6 +1498,16 @@ fn bad_paths_and_labels_are_refused_before_training() {
         vec!["--train-file", &r2_log, "--output", &r2, "--resume"],
         "among the files this run writes",
     ));
+    // A run file that is a link to the data leads there too.
+    write(root, "data.jsonl", "{\"text\": \"fine\", \"label\": 1}\n");
+    std::fs::create_dir_all(root.join("runs/r3")).unwrap();
+    std::os::unix::fs::symlink(root.join("data.jsonl"), root.join("runs/r3/metrics.jsonl"))
+        .unwrap();
+    let (r3, data) = (p("runs/r3"), p("data.jsonl"));
+    cases.push((
+        vec!["--train-file", &data, "--output", &r3, "--resume"],
+        "among the files this run writes",
+    ));
     write(root, "an_adapter/adapter.json", "{}");
     let adapter_dir = p("an_adapter");
     cases.push((

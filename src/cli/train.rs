@@ -576,11 +576,21 @@ impl TrainCommand {
 }
 
 /// Whether `path` is the run folder `run` itself or lies among the files the run writes there
-/// (metrics.jsonl, best/, last/), which do not exist yet when a fresh run starts.
+/// (metrics.jsonl, best/, last/), which do not exist yet when a fresh run starts, or is where
+/// one of those files leads through a link (writes follow links).
 fn among_run_files(path: &std::path::Path, run: &std::path::Path) -> bool {
     let (at, run_at) = (super::resolved(path), super::resolved(run));
+    let written = [
+        "metrics.jsonl".to_string(),
+        format!("best/{}", spafit::adapter::MANIFEST_FILE),
+        format!("best/{}", spafit::adapter::WEIGHTS_FILE),
+        format!("last/{}", spafit::train::STATE_FILE),
+    ];
     at == run_at
         || ["metrics.jsonl", "best", "last"]
             .into_iter()
             .any(|name| at.starts_with(run_at.join(name)))
+        || written
+            .iter()
+            .any(|name| super::same_file(path, &run.join(name)))
 }

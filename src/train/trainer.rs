@@ -60,7 +60,8 @@ pub struct TrainConfig {
     pub max_steps: Option<usize>,
     /// End this process's run after this many steps, as if interrupted; `resume` continues.
     pub stop_after_steps: Option<usize>,
-    /// Where `metrics.jsonl`, `best/` and `last/` go; nothing is written without it.
+    /// Where `metrics.jsonl`, `best/` and `last/` go; nothing is written without it. The
+    /// run holds a lock there ([`crate::train::lock_run_dir`]) while it trains.
     pub output_dir: Option<PathBuf>,
     /// Continue the run saved in `output_dir/last`.
     pub resume: bool,
