@@ -46,7 +46,7 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     let dir = parent_of(path);
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(format!("{}{}", staged_prefix(name), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         let pause = slow_write_pause();
@@ -72,6 +72,24 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     Ok(StagedWrite {
         rename: Some((tmp, path.to_path_buf())),
     })
+}
+
+/// The start of the names `stage_atomic` gives the temporaries of a file called `name`.
+fn staged_prefix(name: &str) -> String {
+    format!(".{name}.tmp-")
+}
+
+/// The temporaries of `name` in `dir` that writers stopped before their rename left behind
+/// (by any process: a killed one included).
+pub(crate) fn staged_copies(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let prefix = staged_prefix(name);
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }
 
 impl StagedWrite {

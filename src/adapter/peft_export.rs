@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::atomic::stage_atomic;
+use super::atomic::{stage_atomic, staged_copies};
 use super::store::tensors_to_safetensors;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -138,33 +138,22 @@ pub fn export_peft<B: Backend>(
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
     let provenance = serde_json::to_vec_pretty(&provenance)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
+    let files: [(&str, &[u8]); 3] = [
+        (super::peft_import::PEFT_WEIGHTS_FILE, &bytes),
+        (super::peft_import::PEFT_CONFIG_FILE, &config),
+        (super::peft_import::SPAFIT_EXPORT_FILE, &provenance),
+    ];
     // What a killed export left staged here is replaced (the folder is this run's: the
     // caller checked that, and holds its lock).
-    let names = [
-        "adapter_model.safetensors",
-        "adapter_config.json",
-        super::peft_import::SPAFIT_EXPORT_FILE,
-    ];
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if names
-            .iter()
-            .any(|n| name.starts_with(&format!(".{n}.tmp-")))
-        {
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
-        }
+    for path in files.iter().flat_map(|(name, _)| staged_copies(dir, name)) {
+        std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
     }
     // All three written in full before any is renamed into place: a full disk or a kill
     // while writing leaves the folder as it was, and the renames themselves take moments.
-    let staged = [
-        stage_atomic(&dir.join("adapter_model.safetensors"), &bytes)?,
-        stage_atomic(&dir.join("adapter_config.json"), &config)?,
-        stage_atomic(
-            &dir.join(super::peft_import::SPAFIT_EXPORT_FILE),
-            &provenance,
-        )?,
-    ];
+    let staged = files
+        .iter()
+        .map(|(name, bytes)| stage_atomic(&dir.join(name), bytes))
+        .collect::<Result<Vec<_>>>()?;
     for file in staged {
         file.commit()?;
     }
@@ -186,14 +175,10 @@ fn run_identity(run_dir: &Path) -> String {
 /// that run replace it.
 pub fn exported_by_run(dir: &Path, run_dir: &Path) -> bool {
     // An export of this run killed while renaming its files into place: its note is staged.
-    let staged_prefix = format!(".{}.tmp-", super::peft_import::SPAFIT_EXPORT_FILE);
     let identity = run_identity(run_dir);
-    let staged_by_run = std::fs::read_dir(dir)
+    let staged_by_run = staged_copies(dir, super::peft_import::SPAFIT_EXPORT_FILE)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&staged_prefix))
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|path| std::fs::read_to_string(path).ok())
         .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .any(|json| json.get("run").and_then(|r| r.as_str()) == Some(identity.as_str()));
     if staged_by_run {

@@ -4,7 +4,7 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
-use super::atomic::{sha256_hex, stage_atomic};
+use super::atomic::{sha256_hex, stage_atomic, staged_copies};
 use super::manifest::AdapterManifest;
 use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, WeightsFile};
@@ -139,14 +139,12 @@ fn staged_manifest(
     dir: &Path,
     weights_sha256: &str,
 ) -> Option<(std::path::PathBuf, AdapterManifest)> {
-    let prefix = format!(".{MANIFEST_FILE}.tmp-");
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|e| {
-            let text = std::fs::read_to_string(e.path()).ok()?;
-            Some((e.path(), parse_manifest(e.path(), &text).ok()?))
+    staged_copies(dir, MANIFEST_FILE)
+        .into_iter()
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let manifest = parse_manifest(path.clone(), &text).ok()?;
+            Some((path, manifest))
         })
         .find(|(_, m)| m.weights_sha256 == weights_sha256)
 }
