@@ -204,15 +204,8 @@ pub fn fit<B: Backend>(
         .into_iter()
         .flatten()
         .collect();
-    let mut locks = Vec::new();
-    for dir in &dirs {
-        locks.extend(spafit::train::lock_existing_run_dir(dir)?);
-    }
     // Before the banner, so a refused setting is the only thing printed.
-    config.check()?;
-    for dir in &dirs {
-        locks.push(spafit::train::lock_run_dir(dir)?);
-    }
+    let locks = spafit::train::lock_run_dirs_around(&dirs, || config.check())?;
     note!(
         "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}, lr {:e}",
         run.plan.method,
@@ -320,6 +313,20 @@ impl TrainCommand {
                 );
             }
             super::check_creatable(flag, dir)?;
+            if let Some(read) = [Some(&self.model.model), self.adapter.as_ref()]
+                .into_iter()
+                .flatten()
+                .find(|d| super::same_file(dir, d))
+            {
+                return refuse(
+                    flag,
+                    format!(
+                        "{} is where this run reads its model or adapter; give a folder of its \
+                         own",
+                        read.display()
+                    ),
+                );
+            }
         }
         if let Some(dir) = &t.output {
             // A data file among the run's own (`--train-file run/metrics.jsonl`) would be
@@ -340,21 +347,6 @@ impl TrainCommand {
                     ),
                 );
             }
-            let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
-            if let Some(read) = read_dirs
-                .into_iter()
-                .flatten()
-                .find(|d| super::same_file(dir, d))
-            {
-                return refuse(
-                    "--output",
-                    format!(
-                        "{} is where this run reads its model or adapter; give a folder of its \
-                         own",
-                        read.display()
-                    ),
-                );
-            }
             // A run inside an adapter's folder (`runs/a/best`) would mix its files with it.
             let adapter_files = [
                 spafit::adapter::MANIFEST_FILE,
@@ -363,11 +355,7 @@ impl TrainCommand {
                 spafit::adapter::PEFT_WEIGHTS_FILE,
                 "config.json",
             ];
-            if let Some(found) = adapter_files
-                .iter()
-                .map(|f| dir.join(f))
-                .find(|f| f.exists())
-            {
+            if let Some(found) = first_existing(dir, &adapter_files) {
                 return refuse(
                     "--output",
                     format!(
@@ -379,20 +367,6 @@ impl TrainCommand {
             }
         }
         if let Some(dir) = &t.export_peft {
-            let read_dirs = [Some(&self.model.model), self.adapter.as_ref()];
-            if let Some(read) = read_dirs
-                .into_iter()
-                .flatten()
-                .find(|d| super::same_file(dir, d))
-            {
-                return refuse(
-                    "--export-peft",
-                    format!(
-                        "{} is where this run reads its model or adapter",
-                        read.display()
-                    ),
-                );
-            }
             // Never among this run's own files, nor beside another adapter or run.
             if t.output
                 .as_ref()
@@ -414,11 +388,7 @@ impl TrainCommand {
                 "best",
                 "last",
             ];
-            if let Some(found) = spafit_files
-                .iter()
-                .map(|f| dir.join(f))
-                .find(|f| f.exists())
-            {
+            if let Some(found) = first_existing(dir, &spafit_files) {
                 return refuse(
                     "--export-peft",
                     format!(
@@ -436,9 +406,8 @@ impl TrainCommand {
             let exported = [
                 spafit::adapter::PEFT_CONFIG_FILE,
                 spafit::adapter::PEFT_WEIGHTS_FILE,
-            ]
-            .map(|f| dir.join(f));
-            if let Some(old) = exported.iter().find(|f| f.exists()).filter(|_| !own_export) {
+            ];
+            if let Some(old) = first_existing(dir, &exported).filter(|_| !own_export) {
                 return refuse(
                     "--export-peft",
                     format!(
@@ -573,6 +542,11 @@ impl TrainCommand {
         super::print_line(&line)?;
         Ok(())
     }
+}
+
+/// The first of `names` that exists in `dir`, as a path.
+fn first_existing(dir: &std::path::Path, names: &[&str]) -> Option<std::path::PathBuf> {
+    names.iter().map(|f| dir.join(f)).find(|f| f.exists())
 }
 
 /// Whether `path` is the run folder `run` itself or lies among the files the run writes there

@@ -18,7 +18,7 @@ pub use evaluate::{evaluate, infer, predictions, Evaluation, ModelOutputs};
 pub use optimizer::{no_decay, AdamW};
 pub use prediction::{scored_predictions, Prediction};
 pub use progress::Progress;
-pub use run_lock::{lock_existing_run_dir, lock_run_dir, RunLock, LOCK_FILE};
+pub use run_lock::{lock_existing_run_dir, lock_run_dir, lock_run_dirs_around, RunLock, LOCK_FILE};
 pub use run_state::STATE_FILE;
 pub use schedule::LinearSchedule;
 pub use trainer::{TrainConfig, TrainReport, Trainer};

@@ -112,6 +112,29 @@ pub fn lock_existing_run_dir(dir: &Path) -> Result<Option<RunLock>> {
     }
 }
 
+/// Locks the directories a run writes around `check` of its settings: those that exist
+/// before it runs (so a run in progress there is reported as in use, not by what it holds),
+/// the others, created, once it passes (so a refused run creates none); `check` runs again
+/// when a directory was new, since another run may have come and gone in between.
+pub fn lock_run_dirs_around(
+    dirs: &[&Path],
+    mut check: impl FnMut() -> Result<()>,
+) -> Result<Vec<RunLock>> {
+    let mut locks = Vec::new();
+    for dir in dirs {
+        locks.extend(lock_existing_run_dir(dir)?);
+    }
+    let existed = locks.len();
+    check()?;
+    for dir in dirs {
+        locks.push(lock_run_dir(dir)?);
+    }
+    if existed < dirs.len() {
+        check()?;
+    }
+    Ok(locks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

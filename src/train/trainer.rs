@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::run_lock::{lock_existing_run_dir, lock_run_dir};
+use super::run_lock::lock_run_dirs_around;
 use super::run_state::{
     self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
 };
@@ -315,16 +315,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         train: &Dataset,
         dev: Option<&Dataset>,
     ) -> Result<TrainReport> {
-        // A directory another run is using is said to be in use, before anything else is
-        // said about what it holds; a new one is created only once the settings are checked.
         let output = self.config.output_dir.clone();
-        let in_use = output.as_deref().map(lock_existing_run_dir).transpose()?;
-        self.check_settings(train, dev)?;
-        let lock = output.as_deref().map(lock_run_dir).transpose()?;
-        if in_use.is_none() && lock.is_some() {
-            // Another run may have come and gone between the check and the lock.
-            self.config.check()?;
-        }
+        let _locks = lock_run_dirs_around(output.as_deref().as_slice(), || {
+            self.check_settings(train, dev)
+        })?;
         self.model.store_frozen_weights(&self.backend)?;
         let plan = self.plan_run(tokenizer, train, dev)?;
         let progress = Progress::new(self.config.progress, self.config.log_every);
