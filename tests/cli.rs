@@ -1549,32 +1549,26 @@ fn bad_paths_and_labels_are_refused_before_training() {
     // A log opened in place may go to a device that takes writes.
     let (ok, _, err) = train(&["--train-file", &t, "--write-batches", "/dev/null"]);
     assert!(ok, "{err}");
-    let (ok, _, err) = spafit(&[
-        "train",
-        "--model",
-        &mc,
-        "--train-file",
-        &t,
-        "--max-len",
-        "16",
-        "--write-batches",
-        &mc_config,
-    ]);
+    // Training on the model copy, with `extra` flags.
+    let train_copy = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            &mc,
+            "--train-file",
+            &t,
+            "--max-len",
+            "16",
+        ];
+        args.extend_from_slice(extra);
+        spafit(&args)
+    };
+    let (ok, _, err) = train_copy(&["--write-batches", &mc_config]);
     assert!(
         !ok && err.contains("a file of the model or adapter"),
         "{err}"
     );
-    let (ok, _, err) = spafit(&[
-        "train",
-        "--model",
-        &mc,
-        "--train-file",
-        &t,
-        "--max-len",
-        "16",
-        "--output",
-        &mc,
-    ]);
+    let (ok, _, err) = train_copy(&["--output", &mc]);
     assert!(
         !ok && err.contains("where this run reads its model"),
         "{err}"
@@ -1591,17 +1585,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         "model-00001-of-00002.safetensors",
     ] {
         let target = p(&format!("model/{read}"));
-        let (ok, _, err) = spafit(&[
-            "train",
-            "--model",
-            &mc,
-            "--train-file",
-            &t,
-            "--max-len",
-            "16",
-            "--write-batches",
-            &target,
-        ]);
+        let (ok, _, err) = train_copy(&["--write-batches", &target]);
         assert!(
             !ok && err.contains("a file of the model or adapter"),
             "{read}: {err}"

@@ -1083,22 +1083,9 @@ fn cuda_grids_past_a_lowered_limit_take_several_launches() {
                 return;
             }
             for limit in [Y, Z] {
-                let out = std::process::Command::new(std::env::current_exe().unwrap())
-                    .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
-                    // One block in z: every sequence, and split-K's one slice, alone.
-                    .env(limit, if limit == Z { "1" } else { "2" })
-                    .output()
-                    .expect("run the child test");
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                assert!(
-                    out.status.success(),
-                    "the child with {limit} lowered failed:\n{text}"
-                );
-                assert!(text.contains("1 passed"), "the child ran nothing:\n{text}");
+                // One block in z: every sequence, and split-K's one slice, alone.
+                let blocks = if limit == Z { "1" } else { "2" };
+                common::run_in_child(TEST, &[(limit, blocks)]);
             }
         }
         (Some(_), None) => {

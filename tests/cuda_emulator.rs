@@ -5,7 +5,8 @@
 //! A fault poisons the CUDA context for the rest of the process, as on hardware, so each
 //! faulting case runs in a child process (this test binary, filtered to that test).
 
-use std::process::Command;
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute;
@@ -55,21 +56,7 @@ fn in_child(test: &str) -> Option<String> {
     if std::env::var("SPAFIT_EMU_CHILD").as_deref() == Ok(test) {
         return None;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("SPAFIT_EMU_CHILD", test)
-        .output()
-        .expect("run the child test");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "the child process for {test} failed or crashed:\n{text}"
-    );
-    Some(text)
+    Some(common::run_in_child(test, &[("SPAFIT_EMU_CHILD", test)]))
 }
 
 /// In the child: the launch must fail with `code`, and so must every later call (sticky).

@@ -615,55 +615,47 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         resume: true,
         ..tiny_config(&out)
     };
-    let (mut model, plan) = tiny_model(&ck, &cpu);
-    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
-        .fit(&tok, &other, None)
-        .unwrap_err()
-        .to_string();
+    // The error of resuming with `config`, the plan `edit` changes, on `data`.
+    let refused = |config: TrainConfig, edit: &dyn Fn(&mut PeftPlan), data: &Dataset| {
+        let (mut model, mut plan) = tiny_model(&ck, &cpu);
+        edit(&mut plan);
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+            .fit(&tok, data, None)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused(resume(), &|_| {}, &other);
     assert!(
         e.contains("training data (token ids and labels: the file, --max-len, --labels): saved 40 examples") && !e.contains("--batch-size"),
         "{e}"
     );
-    let (mut model, plan) = tiny_model(&ck, &cpu);
-    let e = Trainer::new(
-        &cpu,
-        &mut model,
-        &plan,
-        &ck.weights,
+    let e = refused(
         TrainConfig {
             batch_size: 4,
             ..resume()
         },
-    )
-    .fit(&tok, &data, None)
-    .unwrap_err()
-    .to_string();
+        &|_| {},
+        &data,
+    );
     assert!(
         e.contains("--batch-size: saved 8, now 4") && !e.contains("training data"),
         "{e}"
     );
     // LoRA's alpha scales every adapter; the evaluation schedule picks `best/`.
-    let (mut model, mut plan) = tiny_model(&ck, &cpu);
-    plan.lora.as_mut().unwrap().alpha = 1.0;
-    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
-        .fit(&tok, &data, None)
-        .unwrap_err()
-        .to_string();
+    let e = refused(
+        resume(),
+        &|plan| plan.lora.as_mut().unwrap().alpha = 1.0,
+        &data,
+    );
     assert!(e.contains("--lora-alpha: saved 16, now 1"), "{e}");
-    let (mut model, plan) = tiny_model(&ck, &cpu);
-    let e = Trainer::new(
-        &cpu,
-        &mut model,
-        &plan,
-        &ck.weights,
+    let e = refused(
         TrainConfig {
             eval_every: Some(5),
             ..resume()
         },
-    )
-    .fit(&tok, &data, None)
-    .unwrap_err()
-    .to_string();
+        &|_| {},
+        &data,
+    );
     assert!(e.contains("--eval-every: saved 3, now 5"), "{e}");
     // The same settings resume.
     let (mut model, plan) = tiny_model(&ck, &cpu);

@@ -150,3 +150,25 @@ pub fn minilm_dir() -> PathBuf {
     );
     p
 }
+
+/// Runs test `test` of the calling test binary once more, alone, in a child process with
+/// `env` set (a setting read once per process, or a crash the parent must survive), and
+/// asserts that it ran and passed; returns the child's stdout and stderr together.
+pub fn run_in_child(test: &str, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the child test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the child process for {test} ({env:?}) failed or crashed:\n{text}"
+    );
+    assert!(text.contains("1 passed"), "the child ran nothing:\n{text}");
+    text
+}
