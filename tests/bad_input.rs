@@ -302,3 +302,105 @@ fn strata_and_lora_configuration() {
     );
     assert_eq!("value".parse::<LoraTarget>().unwrap(), LoraTarget::Value);
 }
+
+/// Type-correct arguments that no model or buffer can have come back as errors: sizes whose
+/// products overflow `usize` (a wrapped product would let a huge shape pass for a small
+/// buffer, and the GEMM would then read far outside it), inconsistent hand-built batches
+/// and layers, and counts past any encoder's.
+#[test]
+fn sizes_past_memory_and_inconsistent_parts_are_refused() {
+    use spafit::backend::cpu::gemm::{product, Layout};
+    use spafit::checkpoint::BertConfig;
+    use spafit::model::{BertClassifier, ModelInput};
+    use spafit::nn::Linear;
+    use spafit::peft::{Method, PeftConfig, PeftPlan};
+    use spafit::text::{EncodedBatch, EncodedText};
+
+    // 2^63 + 1 rows of 2 wrap to 2 elements.
+    let huge = Shape::new([(1usize << 63) + 1, 2]);
+    assert_eq!(huge.checked_numel(), None);
+    let e = expect_err(
+        cpu().tensor_from_f64(huge.clone(), &[1.0, 2.0]),
+        "huge shape",
+    );
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+    let two = tensor(&cpu(), &[2], &[1.0, 2.0]);
+    assert!(two.reshape(huge.clone()).is_err());
+    // A later zero does not hide an overflowing row count.
+    assert_eq!(Shape::new([1usize << 63, 4, 0]).checked_numel(), None);
+    assert!(expect_err(cpu().zeros(huge), "zeros")
+        .to_string()
+        .contains("more elements"));
+
+    // A layout whose last element lies past 2^64 must not wrap into the slice's bounds.
+    let far = Layout {
+        offset: 1 << 63,
+        rows: 2,
+        cols: 1,
+        row_stride: 1 << 63,
+        col_stride: 1,
+    };
+    let refused =
+        std::panic::catch_unwind(|| product(1.0f32, &[1.0], far, &[1.0], Layout::row_major(1, 1)));
+    assert!(refused.is_err(), "an out-of-bounds layout was multiplied");
+
+    let mut config = BertConfig::preset("base").unwrap();
+    config.vocab_size = 1 << 62;
+    config.hidden_size = 4;
+    config.num_attention_heads = 1;
+    let e = expect_err(
+        BertClassifier::random(&config, &cpu(), 2, 0),
+        "vocab × hidden",
+    );
+    assert!(e.to_string().contains("vocab_size"), "{e}");
+    let mut config = BertConfig::preset("base").unwrap();
+    config.num_attention_heads = 0;
+    assert!(config.validate().is_err());
+
+    let text = EncodedText {
+        ids: vec![101, 7, 102],
+        type_ids: vec![0, 0],
+    };
+    let e = expect_err(EncodedBatch::pad(&[&text], 0), "segment ids");
+    assert!(
+        e.to_string().contains("3 token ids but 2 segment ids"),
+        "{e}"
+    );
+    let short = EncodedBatch {
+        input_ids: vec![101, 102],
+        token_type_ids: vec![0, 0],
+        attention_mask: vec![1],
+        batch: 1,
+        seq: 2,
+    };
+    let e = expect_err(ModelInput::new(&cpu(), &short), "mask length");
+    assert!(e.to_string().contains("attention_mask"), "{e}");
+    let wrapping = EncodedBatch {
+        input_ids: vec![],
+        token_type_ids: vec![],
+        attention_mask: vec![],
+        batch: 1 << 40,
+        seq: 1 << 24,
+    };
+    assert!(ModelInput::new(&cpu(), &wrapping).is_err());
+
+    let w = tensor(&cpu(), &[3, 4], &[0.1; 12]);
+    let e = expect_err(
+        Linear::new("dense", w.clone(), tensor(&cpu(), &[4], &[0.0; 4])),
+        "bias [in]",
+    );
+    assert!(e.to_string().contains("`dense`"), "{e}");
+    assert!(Linear::new(
+        "dense",
+        tensor(&cpu(), &[12], &[0.1; 12]),
+        tensor(&cpu(), &[3], &[0.0; 3])
+    )
+    .is_err());
+    assert!(Linear::new("dense", w, tensor(&cpu(), &[3], &[0.0; 3])).is_ok());
+
+    let e = expect_err(
+        PeftPlan::new(&PeftConfig::new(Method::BitFit), usize::MAX),
+        "layers",
+    );
+    assert!(e.to_string().contains("layers"), "{e}");
+}

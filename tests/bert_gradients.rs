@@ -63,7 +63,8 @@ fn check(method: Method, num_labels: usize) {
             &common::nonzero(&mut spafit::rng::SplitMix::new(7), num_labels * 15),
         ),
         tensor(&cpu, &[num_labels], &vec![0.05; num_labels]),
-    );
+    )
+    .unwrap();
     let mut model = BertClassifier::new(bert, head, num_labels).unwrap();
     let plan = PeftPlan::new(&config_for(method), 3).unwrap();
     model

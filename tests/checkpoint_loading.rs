@@ -475,7 +475,7 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     let bert = tiny_config_json(2);
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
         "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
-    let cases: [(&str, String, &str); 9] = [
+    let cases: [(&str, String, &str); 12] = [
         (
             "multi-label",
             bert.replace(
@@ -525,6 +525,22 @@ fn other_model_families_and_decoders_are_refused_by_name() {
             bert.replace(r#""bert""#, "7"),
             "`model_type` is 7",
         ),
+        (
+            "gelu-tanh",
+            bert.replace(r#""gelu","#, r#""gelu_new","#),
+            "`hidden_act` is `gelu_new`",
+        ),
+        // serde alone names neither field: the message must.
+        (
+            "heads-as-text",
+            bert.replace(r#""gelu","#, r#""gelu", "num_attention_heads": "3","#),
+            r#"`num_attention_heads` is "3""#,
+        ),
+        (
+            "null-segments",
+            bert.replace(r#""gelu","#, r#""gelu", "type_vocab_size": null,"#),
+            "`type_vocab_size` is null",
+        ),
     ];
     for (name, config, needle) in cases {
         let dir = tmp.path().join(name);
@@ -537,12 +553,13 @@ fn other_model_families_and_decoders_are_refused_by_name() {
             "{name}: {e}"
         );
     }
-    // Fields that change nothing in BERT's forward are read or ignored, not refused.
+    // Fields that change nothing in BERT's forward are read or ignored, not refused; a null
+    // `id2label` is no names, and `gelu_python` is transformers' erf GELU under another name.
     let dir = tmp.path().join("decoder-false");
     let config = bert.replace(
         r#""gelu","#,
-        r#""gelu", "is_decoder": false, "classifier_dropout": null, "initializer_range": 0.05,
-            "problem_type": "single_label_classification","#,
+        r#""gelu_python", "is_decoder": false, "classifier_dropout": null, "initializer_range": 0.05,
+            "problem_type": "single_label_classification", "id2label": null,"#,
     );
     write_checkpoint(&dir, &config, &tensors, Dtype::F32, true);
     let ck = Checkpoint::open(&dir).unwrap();

@@ -92,7 +92,8 @@ fn model<B: Backend>(backend: &B, method: Method, num_labels: usize) -> BertClas
                 .collect::<Vec<_>>(),
         ),
         tensor(backend, &[num_labels], &vec![0.05; num_labels]),
-    );
+    )
+    .unwrap();
     let mut model = BertClassifier::new(bert, head, num_labels).unwrap();
     let plan = PeftPlan::new(&config_for(method), 3).unwrap();
     let reference = CpuBackend::f64();

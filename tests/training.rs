@@ -226,7 +226,8 @@ fn tiny_model(ck: &Checkpoint, cpu: &CpuBackend) -> (BertClassifier<CpuBackend>,
         "classifier",
         cpu.tensor_from_f64([1, 15].into(), &[0.05; 15]).unwrap(),
         cpu.zeros([1].into()).unwrap(),
-    );
+    )
+    .unwrap();
     let mut model = BertClassifier::new(bert, head, 1).unwrap();
     let mut config = PeftConfig::new(Method::Spafit);
     config.n1 = Boundary::Layer(0);

@@ -3,14 +3,16 @@
 
 use super::{AdamWStep, AttentionConfig, Backend, Dropout, LoraWeights};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Shape, Tensor};
 
 /// Checks that all named tensors hold the same float dtype and returns it.
 pub fn common_float_dtype<B: Backend>(
     op: &'static str,
     tensors: &[(&str, &Tensor<B>)],
 ) -> Result<DType> {
-    let (first_name, first) = tensors[0];
+    let Some(&(first_name, first)) = tensors.first() else {
+        return Err(Error::invalid(op, "no tensors to take a dtype from"));
+    };
     let dtype = first.dtype();
     if !dtype.is_float() {
         return Err(Error::dtype(
@@ -260,7 +262,11 @@ pub fn linear_backward<B: Backend>(
         .or(inp.x.map(|x| x.shape().last_dim()))
         .or(inp.lora.as_ref().map(|l| l.a.shape().last_dim()))
         .unwrap_or(0);
-    let rank = inp.lora.as_ref().map_or(0, |l| l.a.dims()[0]);
+    // A rank-0 `lora_A` has no rows to read; `require_dims` below refuses its shape.
+    let rank = inp
+        .lora
+        .as_ref()
+        .map_or(0, |l| l.a.dims().first().copied().unwrap_or(0));
     if let Some(w) = inp.w {
         require_dims(OP, "weight", w, &[output, input])?;
     }
@@ -280,6 +286,15 @@ pub fn linear_backward<B: Backend>(
         }
     }
     if let Some(l) = &inp.lora {
+        if rank == 0 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "`lora_A` has shape {} but must be [r, {input}] with r ≥ 1",
+                    l.a.shape()
+                ),
+            ));
+        }
         require_dims(OP, "lora_A", l.a, &[rank, input])?;
         require_dims(OP, "lora_B", l.b, &[output, rank])?;
         if !l.scale.is_finite() {
@@ -497,10 +512,12 @@ pub fn embedding<B: Backend>(table: &Tensor<B>, ids: &Tensor<B>) -> Result<(DTyp
     Ok((dtype, table.dims()[0], table.dims()[1]))
 }
 
-/// Validates an embedding backward; returns `(dtype, rows, dim)`.
+/// Validates an embedding backward into a `[vocab, dim]` table gradient; returns
+/// `(dtype, rows, dim)`.
 pub fn embedding_backward<B: Backend>(
     d_out: &Tensor<B>,
     ids: &Tensor<B>,
+    vocab: usize,
 ) -> Result<(DType, usize, usize)> {
     const OP: &str = "embedding backward";
     let dtype = common_float_dtype(OP, &[("d_out", d_out)])?;
@@ -514,6 +531,12 @@ pub fn embedding_backward<B: Backend>(
                 d_out.shape(),
                 ids.numel()
             ),
+        ));
+    }
+    if Shape::new([vocab, dim]).checked_numel().is_none() {
+        return Err(Error::shape(
+            OP,
+            format!("a [{vocab}, {dim}] table has more elements than memory can address"),
         ));
     }
     Ok((dtype, rows, dim))

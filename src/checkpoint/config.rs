@@ -60,9 +60,35 @@ pub struct BertConfig {
     #[serde(default)]
     pub problem_type: Option<String>,
     /// Class names of a fine-tuned classifier head, by id (`"0"`, `"1"`, ...); transformers
-    /// accepts any JSON value here, so only strings count as names.
-    #[serde(default)]
+    /// accepts any JSON value here, so only strings count as names. `null` is no names, as
+    /// transformers reads it.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub id2label: BTreeMap<String, serde_json::Value>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, serde_json::Value>, D::Error> {
+    Ok(Option::deserialize(d)?.unwrap_or_default())
+}
+
+/// serde's error for a field of the wrong type does not say which field: the one whose
+/// removal changes the error is it. `value` is the object that gave `error`.
+fn name_the_field(value: &serde_json::Value, error: serde_json::Error) -> String {
+    let message = error.to_string();
+    let Some(object) = value.as_object() else {
+        return message;
+    };
+    let culprit = object.keys().find(|key| {
+        let mut without = object.clone();
+        without.remove(*key);
+        serde_json::from_value::<BertConfig>(serde_json::Value::Object(without))
+            .map_or_else(|e| e.to_string() != message, |_| true)
+    });
+    match culprit {
+        Some(key) => format!("`{key}` is {}: {message}", object[key]),
+        None => message,
+    }
 }
 
 fn default_type_vocab() -> usize {
@@ -238,13 +264,30 @@ impl BertConfig {
                 )))
             }
         }
-        let config: BertConfig = serde_json::from_value(value)
-            .map_err(|e| format(format!("invalid BERT config: {e}")))?;
-        config.validate().map_err(format)?;
+        let config: BertConfig = serde_json::from_value(value.clone()).map_err(|e| {
+            format(format!(
+                "invalid BERT config: {}",
+                name_the_field(&value, e)
+            ))
+        })?;
+        config.problem().map_or(Ok(()), |p| Err(format(p)))?;
         Ok(config)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks what [`BertConfig::from_json`] checks, for a config built in code: positive
+    /// sizes whose tables fit in memory's address range, heads dividing the hidden size, and
+    /// only the variants of BERT that spafit computes.
+    pub fn validate(&self) -> Result<()> {
+        self.problem()
+            .map_or(Ok(()), |p| Err(Error::invalid("BertConfig", p)))
+    }
+
+    /// The first thing that makes this config unusable, in words.
+    fn problem(&self) -> Option<String> {
+        self.check().err()
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
         for (field, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -258,15 +301,34 @@ impl BertConfig {
                 return Err(format!("`{field}` must be positive"));
             }
         }
+        for (field, rows) in [
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+            ("intermediate_size", self.intermediate_size),
+        ] {
+            // Each is a table of `rows × hidden_size` values: a product past usize would wrap.
+            if rows
+                .checked_mul(self.hidden_size)
+                .is_none_or(|n| n > isize::MAX as usize / 8)
+            {
+                return Err(format!(
+                    "`{field}` {rows} × `hidden_size` {} is more values than memory can address",
+                    self.hidden_size
+                ));
+            }
+        }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "`hidden_size` {} is not divisible by `num_attention_heads` {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.hidden_act != "gelu" {
+        // transformers' `gelu_python` is the same erf GELU written out in Python.
+        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_python") {
             return Err(format!(
-                "`hidden_act` is `{}`; only the exact erf `gelu` of BERT is supported",
+                "`hidden_act` is `{}`; only the exact erf `gelu` of BERT (`gelu` or \
+                 `gelu_python`) is supported",
                 self.hidden_act
             ));
         }

@@ -34,6 +34,8 @@ impl<B: Backend> BertModel<B> {
         config: &BertConfig,
         tensor: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<Self> {
+        // A config built in code has not been through `from_json`'s checks.
+        config.validate()?;
         let embeddings = BertEmbeddings::load("bert.embeddings", config, tensor)?;
         let layer_config = EncoderLayerConfig {
             hidden: config.hidden_size,
@@ -55,7 +57,7 @@ impl<B: Backend> BertModel<B> {
             "bert.pooler.dense",
             tensor("bert.pooler.dense.weight", Shape::new([h, h]))?,
             tensor("bert.pooler.dense.bias", Shape::new([h]))?,
-        );
+        )?;
         Ok(BertModel {
             config: config.clone(),
             embeddings,

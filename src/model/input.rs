@@ -1,5 +1,5 @@
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
 use crate::text::EncodedBatch;
 
@@ -25,7 +25,29 @@ impl<B: Backend> ModelInput<B> {
     /// Uploads an encoded batch.
     pub fn new(backend: &B, encoded: &EncodedBatch) -> Result<Self> {
         let (batch, seq) = (encoded.batch, encoded.seq);
-        let flat = Shape::new([batch * seq]);
+        // Positions and first-token rows are u32 on the device: the token count must fit.
+        let tokens = batch
+            .checked_mul(seq)
+            .filter(|&t| u32::try_from(t).is_ok())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "input",
+                    format!("a batch of {batch} × {seq} tokens is more than 2^32 tokens"),
+                )
+            })?;
+        for (field, len) in [
+            ("input_ids", encoded.input_ids.len()),
+            ("token_type_ids", encoded.token_type_ids.len()),
+            ("attention_mask", encoded.attention_mask.len()),
+        ] {
+            if len != tokens {
+                return Err(Error::shape(
+                    "input",
+                    format!("`{field}` holds {len} ids for a batch of {batch} × {seq} tokens"),
+                ));
+            }
+        }
+        let flat = Shape::new([tokens]);
         let positions: Vec<u32> = (0..batch).flat_map(|_| 0..seq as u32).collect();
         let first: Vec<u32> = (0..batch).map(|b| (b * seq) as u32).collect();
         Ok(ModelInput {

@@ -68,7 +68,7 @@ impl<B: Backend> BertClassifier<B> {
                 "classifier",
                 checkpoint.tensor(backend, "classifier.weight", Shape::new([num_labels, h]))?,
                 checkpoint.tensor(backend, "classifier.bias", Shape::new([num_labels]))?,
-            )
+            )?
         } else {
             fresh_head(backend, &checkpoint.config, num_labels, seed)?
         };
@@ -135,8 +135,9 @@ impl<B: Backend> BertClassifier<B> {
                 path: checkpoint.dir().join("config.json"),
                 detail: format!(
                     "`problem_type` is `{problem}` but the head (`classifier.weight`) has \
-                     {num_labels} output(s): spafit's regression has one output, its \
-                     classification two or more"
+                     {num_labels} {}: spafit's regression has one output, its classification \
+                     two or more (remove `problem_type` if the head is right)",
+                    if num_labels == 1 { "output" } else { "outputs" }
                 ),
             });
         }
@@ -164,6 +165,17 @@ impl<B: Backend> BertClassifier<B> {
             ));
         }
         let (_, inputs) = self.classifier.out_in();
+        let head = &self.classifier;
+        if head.weight.value.dims() != [n, inputs] || head.bias.value.dims() != [n] {
+            return Err(Error::shape(
+                "classifier",
+                format!(
+                    "weight {} and bias {} are not a head of {n} classes",
+                    head.weight.value.shape(),
+                    head.bias.value.shape()
+                ),
+            ));
+        }
         let weight = backend.to_f64(&self.classifier.weight.value)?;
         let bias = backend.to_f64(&self.classifier.bias.value)?;
         let rows: Vec<f64> = order
@@ -183,6 +195,7 @@ impl<B: Backend> BertClassifier<B> {
     /// (N(0, `initializer_range`) weights and embeddings, zero biases, unit LayerNorm scales): for
     /// throughput benchmarks, where values do not matter.
     pub fn random(config: &BertConfig, backend: &B, num_labels: usize, seed: u64) -> Result<Self> {
+        config.validate()?;
         backend.check_attention_head_dim(config.head_dim())?;
         let mut rng = SplitMix::new(seed);
         let mut source = |name: &str, shape: Shape| {
@@ -384,13 +397,22 @@ fn fresh_head<B: Backend>(
     seed: u64,
 ) -> Result<Linear<B>> {
     let hidden = config.hidden_size;
+    let size = num_labels
+        .checked_mul(hidden)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            Error::invalid(
+                "classifier",
+                format!("a head of {num_labels} outputs over {hidden} features cannot be built"),
+            )
+        })?;
     let mut rng = SplitMix::new(seed ^ crate::peft::init_hash("classifier.weight"));
-    let w: Vec<f64> = (0..num_labels * hidden)
+    let w: Vec<f64> = (0..size)
         .map(|_| config.initializer_range * rng.normal())
         .collect();
-    Ok(Linear::new(
+    Linear::new(
         "classifier",
         backend.tensor_from_f64(Shape::new([num_labels, hidden]), &w)?,
         backend.zeros(Shape::new([num_labels]))?,
-    ))
+    )
 }

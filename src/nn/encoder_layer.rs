@@ -60,7 +60,7 @@ impl<B: Backend> EncoderLayer<B> {
             let name = format!("{prefix}.{module}");
             let w = tensor(&format!("{name}.weight"), Shape::new([out, inp]))?;
             let b = tensor(&format!("{name}.bias"), Shape::new([out]))?;
-            Ok(Linear::new(&name, w, b))
+            Linear::new(&name, w, b)
         };
         let query = linear("attention.self.query", h, h)?;
         let key = linear("attention.self.key", h, h)?;

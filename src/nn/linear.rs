@@ -1,7 +1,7 @@
 use super::{DropoutPlan, Param};
 use crate::autograd::{LoraVars, Tape, Var};
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// A LoRA adapter: `A` `[r, in]`, `B` `[out, r]`, scale `alpha / r`.
@@ -28,20 +28,38 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    /// A frozen linear map under `prefix`.
-    pub fn new(prefix: &str, weight: Tensor<B>, bias: Tensor<B>) -> Self {
-        Linear {
+    /// A frozen linear map under `prefix`: `weight` `[out, in]`, `bias` `[out]`.
+    pub fn new(prefix: &str, weight: Tensor<B>, bias: Tensor<B>) -> Result<Self> {
+        let well_shaped = match weight.dims() {
+            &[out, _] => bias.dims() == [out],
+            _ => false,
+        };
+        if !well_shaped {
+            return Err(Error::shape(
+                "linear",
+                format!(
+                    "`{prefix}`: weight {} and bias {} must be [out, in] and [out]",
+                    weight.shape(),
+                    bias.shape()
+                ),
+            ));
+        }
+        Ok(Linear {
             prefix: prefix.to_string(),
             weight: Param::new(format!("{prefix}.weight"), weight, false),
             bias: Param::new(format!("{prefix}.bias"), bias, false),
             lora: None,
-        }
+        })
     }
 
-    /// `[out, in]`.
+    /// `[out, in]` (0 for a dimension the weight lacks: its value was replaced by a tensor
+    /// of another rank, which the ops refuse).
     pub fn out_in(&self) -> (usize, usize) {
         let d = self.weight.value.dims();
-        (d[0], d[1])
+        (
+            d.first().copied().unwrap_or(0),
+            d.get(1).copied().unwrap_or(0),
+        )
     }
 
     /// Adds a trainable adapter from the given `A` and `B`, named as PEFT names them.
@@ -85,7 +103,23 @@ impl<B: Backend> Linear<B> {
             return Ok(());
         };
         let (out, inp) = self.out_in();
-        let rank = l.a.value.dims()[0];
+        let rank = l.a.value.dims().first().copied().unwrap_or(0);
+        let shapes = [
+            (&self.weight.value, [out, inp]),
+            (&l.a.value, [rank, inp]),
+            (&l.b.value, [out, rank]),
+        ];
+        if let Some((t, want)) = shapes.iter().find(|(t, want)| t.dims() != want) {
+            let detail = format!(
+                "`{}`: {} where [{}, {}] is needed",
+                self.prefix,
+                t.shape(),
+                want[0],
+                want[1]
+            );
+            self.lora = Some(l);
+            return Err(Error::shape("merge_lora", detail));
+        }
         let mut w = backend.to_f64(&self.weight.value)?;
         let a = backend.to_f64(&l.a.value)?;
         let b = backend.to_f64(&l.b.value)?;

@@ -165,10 +165,19 @@ pub struct PeftPlan {
     pub train_layer_norm_weights: bool,
 }
 
+/// More layers than any encoder has: a count past it is a mistake, not a model, and would
+/// size the per-layer tables before anything else refused it.
+const MAX_LAYERS: usize = 1 << 16;
+
 impl PeftPlan {
     /// Resolves and validates `config` for a model with `layers` encoder layers.
     pub fn new(config: &PeftConfig, layers: usize) -> Result<Self> {
         let invalid = |detail: String| Error::invalid("peft plan", detail);
+        if layers > MAX_LAYERS {
+            return Err(invalid(format!(
+                "{layers} layers: an encoder has at most {MAX_LAYERS} here"
+            )));
+        }
         let mut boundaries = None;
         let (strata, lora) = match config.method {
             Method::Full => (vec![Stratum::Full; layers], None),

@@ -41,7 +41,7 @@ impl<B: Backend> Tensor<B> {
     /// Wraps a backend buffer. Fails when the buffer's length is not the shape's size.
     pub fn from_buffer(shape: impl Into<Shape>, buf: B::Buffer) -> Result<Self> {
         let shape = shape.into();
-        if buf.len() != shape.numel() {
+        if shape.checked_numel() != Some(buf.len()) {
             return Err(Error::shape(
                 "tensor",
                 format!("buffer of {} elements cannot have shape {shape}", buf.len()),
@@ -91,7 +91,7 @@ impl<B: Backend> Tensor<B> {
     /// The same data under another shape with the same element count (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
-        if shape.numel() != self.numel() {
+        if shape.checked_numel() != Some(self.numel()) {
             return Err(Error::shape(
                 "reshape",
                 format!("cannot view {} as {shape}", self.shape),

@@ -22,9 +22,17 @@ impl Shape {
         self.0.len()
     }
 
-    /// Total number of elements (1 for a scalar shape `[]`).
+    /// Total number of elements (1 for a scalar shape `[]`). Every tensor's shape passed
+    /// [`Shape::checked_numel`] when the tensor was made, so this cannot overflow for one.
     pub fn numel(&self) -> usize {
         self.0.iter().product()
+    }
+
+    /// Total number of elements, or `None` when it, or the product of any leading dimensions
+    /// (a row count), does not fit in `usize`: no buffer can have such a shape, and a
+    /// wrapped product would let one pass for a small buffer.
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
 
     /// The last dimension, or 1 for a scalar.

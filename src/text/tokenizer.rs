@@ -47,8 +47,23 @@ pub struct EncodedText {
 }
 
 impl EncodedBatch {
-    /// Pads `rows` to the longest one with `pad_id` (mask 0, segment 0).
-    pub fn pad(rows: &[&EncodedText], pad_id: u32) -> Self {
+    /// Pads `rows` to the longest one with `pad_id` (mask 0, segment 0). Fails on a row
+    /// whose segment ids are not one per token.
+    pub fn pad(rows: &[&EncodedText], pad_id: u32) -> Result<Self> {
+        if let Some((i, r)) = rows
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.type_ids.len() != r.ids.len())
+        {
+            return Err(Error::shape(
+                "pad",
+                format!(
+                    "row {i} has {} token ids but {} segment ids",
+                    r.ids.len(),
+                    r.type_ids.len()
+                ),
+            ));
+        }
         let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
         let batch = rows.len();
         let mut out = EncodedBatch {
@@ -64,10 +79,11 @@ impl EncodedBatch {
             out.token_type_ids[at..at + n].copy_from_slice(&r.type_ids);
             out.attention_mask[at..at + n].fill(1);
         }
-        out
+        Ok(out)
     }
 
-    /// Row `i` of a `[batch, seq]` field.
+    /// Row `i` of a `[batch, seq]` field. Panics when `i` is not below `batch`, as slice
+    /// indexing does.
     pub fn row<'a>(&self, field: &'a [u32], i: usize) -> &'a [u32] {
         &field[i * self.seq..(i + 1) * self.seq]
     }
@@ -296,10 +312,7 @@ impl TextTokenizer {
             .iter()
             .map(|&input| self.encode(input))
             .collect::<Result<Vec<_>>>()?;
-        Ok(EncodedBatch::pad(
-            &rows.iter().collect::<Vec<_>>(),
-            self.pad_id,
-        ))
+        EncodedBatch::pad(&rows.iter().collect::<Vec<_>>(), self.pad_id)
     }
 }
 

@@ -64,21 +64,26 @@ impl BatchLog {
         rows: &[usize],
         data: &EncodedDataset,
     ) -> Result<()> {
-        let texts = rows.iter().map(|&i| &data.texts[i]);
+        let texts = rows
+            .iter()
+            .map(|&i| data.text(i))
+            .collect::<Result<Vec<_>>>()?;
         let labels: Vec<serde_json::Value> = rows
             .iter()
-            .map(|&i| match data.targets[i] {
-                Some(Target::Class(c)) => json!(c),
-                Some(Target::Score(s)) => json!(s),
-                None => serde_json::Value::Null,
+            .map(|&i| {
+                Ok(match data.target(i)? {
+                    Some(Target::Class(c)) => json!(c),
+                    Some(Target::Score(s)) => json!(s),
+                    None => serde_json::Value::Null,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let line = json!({
             "step": step,
             "epoch": epoch,
             "rows": rows,
-            "input_ids": texts.clone().map(|t| &t.ids).collect::<Vec<_>>(),
-            "token_type_ids": texts.map(|t| &t.type_ids).collect::<Vec<_>>(),
+            "input_ids": texts.iter().map(|t| &t.ids).collect::<Vec<_>>(),
+            "token_type_ids": texts.iter().map(|t| &t.type_ids).collect::<Vec<_>>(),
             "labels": labels,
         });
         writeln!(self.out, "{line}")

@@ -38,9 +38,32 @@ impl EncodedDataset {
     }
 
     /// Examples `rows`, padded to the longest.
-    pub fn batch(&self, rows: &[usize]) -> EncodedBatch {
-        let picked: Vec<&EncodedText> = rows.iter().map(|&i| &self.texts[i]).collect();
+    pub fn batch(&self, rows: &[usize]) -> Result<EncodedBatch> {
+        let picked = rows
+            .iter()
+            .map(|&i| self.text(i))
+            .collect::<Result<Vec<&EncodedText>>>()?;
         EncodedBatch::pad(&picked, self.pad_id)
+    }
+
+    /// The tokens of example `i`.
+    pub fn text(&self, i: usize) -> Result<&EncodedText> {
+        self.texts.get(i).ok_or_else(|| self.no_row(i))
+    }
+
+    /// The target of example `i` (`None` when unlabeled).
+    pub fn target(&self, i: usize) -> Result<Option<Target>> {
+        self.targets.get(i).copied().ok_or_else(|| self.no_row(i))
+    }
+
+    fn no_row(&self, i: usize) -> Error {
+        Error::invalid(
+            "batch",
+            format!(
+                "example {i} is out of range: the dataset has {}",
+                self.texts.len().min(self.targets.len())
+            ),
+        )
     }
 
     /// Model input and labels of examples `rows`.
@@ -49,10 +72,15 @@ impl EncodedDataset {
         backend: &B,
         rows: &[usize],
     ) -> Result<(ModelInput<B>, Option<Labels<B>>, usize)> {
-        let enc = self.batch(rows);
+        let enc = self.batch(rows)?;
         let tokens = enc.attention_mask.iter().filter(|&&m| m == 1).count();
         let input = ModelInput::new(backend, &enc)?;
-        let targets: Option<Vec<Target>> = rows.iter().map(|&i| self.targets[i]).collect();
+        let targets: Option<Vec<Target>> = rows
+            .iter()
+            .map(|&i| self.target(i))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .collect();
         let labels = match targets {
             None => None,
             Some(t) => Some(labels(backend, &self.kind, &t)?),

@@ -98,7 +98,8 @@ pub fn build<B: Backend>(backend: &B, layers: usize, n1: usize, n2: usize, seed:
         "classifier",
         make("classifier.weight", Shape::new([2, HIDDEN])).unwrap(),
         make("classifier.bias", Shape::new([2])).unwrap(),
-    );
+    )
+    .unwrap();
     classifier.weight.trainable = true;
     classifier.bias.trainable = true;
     Stack { layers, classifier }

@@ -62,7 +62,12 @@ impl Layout {
         if self.rows == 0 || self.cols == 0 {
             return true;
         }
-        self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < len
+        // Checked: a wrapped sum would pass for a layout far outside the slice.
+        let last = (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((self.cols - 1).checked_mul(self.col_stride))
+            .and_then(|(r, c)| self.offset.checked_add(r)?.checked_add(c));
+        last.is_some_and(|last| last < len)
     }
 }
 
@@ -89,7 +94,10 @@ pub fn gemm<T: Element>(
 /// (a measurable share of a step was `memset`): with `beta = 0` the kernels write every
 /// element of `c` without reading it (matrixmultiply's contract, `K = 0` included).
 pub fn product<T: Element>(alpha: T, a: &[T], la: Layout, b: &[T], lb: Layout) -> Vec<T> {
-    let len = la.rows * lb.cols;
+    let len = la
+        .rows
+        .checked_mul(lb.cols)
+        .expect("gemm: the product has more elements than memory can address");
     let mut c = Vec::with_capacity(len);
     // SAFETY: `c` owns room for `len` elements and nothing else refers to it; `beta = 0`, so
     // nothing is read from it and every element is written before `set_len`.
@@ -181,8 +189,8 @@ unsafe fn gemm_into<T: Element>(
     }
     assert!(
         lc.col_stride >= 1
-            && (lc.row_stride >= lc.cols * lc.col_stride
-                || lc.col_stride >= lc.rows * lc.row_stride),
+            && (lc.row_stride >= lc.cols.saturating_mul(lc.col_stride)
+                || lc.col_stride >= lc.rows.saturating_mul(lc.row_stride)),
         "gemm: the output layout {lc:?} overlaps itself"
     );
     let (m, k, n) = (la.rows, la.cols, lb.cols);
@@ -190,7 +198,7 @@ unsafe fn gemm_into<T: Element>(
     let split_rows = m >= n;
     let along = if split_rows { m } else { n };
     // Below ~1M multiply-adds a second thread costs more than it saves.
-    let parts = if m * n * k < (1 << 20) || threads < 2 {
+    let parts = if m.saturating_mul(n).saturating_mul(k) < (1 << 20) || threads < 2 {
         1
     } else {
         threads.min(along / SPLIT_ALIGN).max(1)

@@ -180,7 +180,12 @@ impl Backend for CpuBackend {
     }
 
     fn zeros(&self, shape: Shape) -> Result<Tensor<Self>> {
-        let n = shape.numel();
+        let n = shape.checked_numel().ok_or_else(|| {
+            Error::shape(
+                "zeros",
+                format!("shape {shape} has more elements than memory can address"),
+            )
+        })?;
         let buf = match self.dtype {
             DType::F32 => CpuBuffer::F32(vec![0.0; n]),
             _ => CpuBuffer::F64(vec![0.0; n]),
@@ -499,7 +504,7 @@ impl Backend for CpuBackend {
         vocab: usize,
     ) -> Result<Tensor<Self>> {
         const OP: &str = "embedding backward";
-        let (dtype, _, dim) = shapes::embedding_backward(d_out, idx)?;
+        let (dtype, _, dim) = shapes::embedding_backward(d_out, idx, vocab)?;
         shapes::check_indices(OP, "id", ids(idx), vocab)?;
         with_float!(dtype, OP, T => tensor([vocab, dim], embedding::backward(view::<T>(d_out), ids(idx), vocab, dim)))
     }

@@ -9,7 +9,8 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{
-    driver, ids, require_f32, tensor, view, with_float, CudaBackend, CudaFloat, Precision,
+    driver, ids, kernel_int, require_f32, tensor, view, with_float, CudaBackend, CudaFloat,
+    Precision,
 };
 use crate::backend::shapes::{self, AttentionDims};
 use crate::backend::{AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput};
@@ -131,8 +132,13 @@ fn base_params(d: &AttentionDims, config: &AttentionConfig) -> AttentionParams {
     }
 }
 
-/// Start offsets of a padded batch: sequence b is rows [b·S, (b + 1)·S).
-fn padded_starts(b: &CudaBackend, d: &AttentionDims) -> Result<CudaSlice<i32>> {
+/// Start offsets of a padded batch: sequence b is rows [b·S, (b + 1)·S). The kernels
+/// take offsets, lengths, heads and head widths as `int`; this checks that they fit.
+fn padded_starts(b: &CudaBackend, op: &'static str, d: &AttentionDims) -> Result<CudaSlice<i32>> {
+    let tokens = d.batch.saturating_mul(d.seq);
+    kernel_int(op, "a batch's tokens", tokens)?;
+    kernel_int(op, "heads", d.heads)?;
+    kernel_int(op, "a head width", d.head_dim)?;
     b.upload(
         &(0..=d.batch)
             .map(|i| (i * d.seq) as i32)
@@ -197,7 +203,7 @@ pub(super) fn forward(
     const OP: &str = "attention";
     let d = shapes::attention(q, k, v, mask, config)?;
     let stream = &b.device.stream;
-    let starts = padded_starts(b, &d)?;
+    let starts = padded_starts(b, OP, &d)?;
     with_float!(q.dtype(), OP, T => {
         let mut out = b.output::<T>(q.numel())?;
         let mut lse = b.output::<f32>(d.batch * d.heads * d.seq)?;
@@ -244,7 +250,7 @@ pub(super) fn backward(
         return Ok(grads);
     }
     let stream = &b.device.stream;
-    let starts = padded_starts(b, &d)?;
+    let starts = padded_starts(b, OP, &d)?;
     with_float!(dtype, OP, T => {
         let exact = b.precision == Precision::F32 && T::SUFFIX == "f32";
         let dp = if exact { 0 } else { padded_head_dim(OP, d.head_dim)? };

@@ -4,7 +4,9 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::{driver, grid_for, ids, launch, tensor, view, with_float, CudaBackend, CudaFloat};
+use super::{
+    driver, grid_for, ids, kernel_int, launch, tensor, view, with_float, CudaBackend, CudaFloat,
+};
 use crate::backend::{shapes, Backend};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -19,12 +21,13 @@ pub(super) fn forward(
     const OP: &str = "embedding";
     let (dtype, vocab, dim) = shapes::embedding(table, idx)?;
     shapes::check_indices(OP, "id", &b.to_u32(idx)?, vocab)?;
+    let dim_i = kernel_int(OP, "a row length", dim)?;
     let n = idx.numel();
     let mut out_shape = idx.dims().to_vec();
     out_shape.push(dim);
     with_float!(dtype, OP, T => {
         let mut out = b.output::<T>(n * dim)?;
-        launch!(b, MODULE, format!("embedding_forward_{}", T::SUFFIX), grid_for(n * dim), view::<T>(table), ids(idx), &mut out, &(n as i64), &(dim as i32));
+        launch!(b, MODULE, format!("embedding_forward_{}", T::SUFFIX), grid_for(n * dim), view::<T>(table), ids(idx), &mut out, &(n as i64), &dim_i);
         tensor(out_shape, out)
     })
 }
@@ -36,7 +39,10 @@ pub(super) fn backward(
     vocab: usize,
 ) -> Result<Tensor<CudaBackend>> {
     const OP: &str = "embedding backward";
-    let (dtype, rows, dim) = shapes::embedding_backward(d_out, idx)?;
+    let (dtype, rows, dim) = shapes::embedding_backward(d_out, idx, vocab)?;
+    let dim_i = kernel_int(OP, "a row length", dim)?;
+    // Positions travel to the kernel as u32.
+    kernel_int(OP, "rows", rows)?;
     let host_ids = b.to_u32(idx)?;
     shapes::check_indices(OP, "id", &host_ids, vocab)?;
     // Group positions by id, each group in increasing position order (a stable sort).
@@ -55,7 +61,7 @@ pub(super) fn backward(
     with_float!(dtype, OP, T => {
         let mut table = b.zeroed::<T>(vocab * dim)?;
         let cfg = LaunchConfig { grid_dim: (groups.len() as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(b, MODULE, format!("embedding_backward_{}", T::SUFFIX), cfg, view::<T>(d_out), &order_d, &starts_d, &groups_d, &mut table, &(dim as i32));
+        launch!(b, MODULE, format!("embedding_backward_{}", T::SUFFIX), cfg, view::<T>(d_out), &order_d, &starts_d, &groups_d, &mut table, &dim_i);
         tensor([vocab, dim], table)
     })
 }

@@ -20,8 +20,8 @@ use cudarc::driver::{
 use half::bf16;
 
 use super::{
-    columns, driver, grid_for, launch, tensor, view, with_float, CudaBackend, CudaBuffer,
-    CudaFloat, Precision,
+    columns, driver, grid_for, kernel_int, launch, tensor, view, with_float, CudaBackend,
+    CudaBuffer, CudaFloat, Precision,
 };
 use crate::backend::shapes::{self, LinearDims};
 use crate::backend::{
@@ -616,7 +616,8 @@ pub(super) fn linear_backward(
     if want.dbias {
         g.dbias = Some(with_float!(dtype, OP, T => {
             let mut db = b.output::<T>(output)?;
-            launch!(b, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), view::<T>(dy), &mut db, &(rows as i32), &(output as i32));
+            let (rows_i, output_i) = (kernel_int(OP, "rows", rows)?, kernel_int(OP, "outputs", output)?);
+            launch!(b, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), view::<T>(dy), &mut db, &rows_i, &output_i);
             tensor([output], db)
         })?);
     }

@@ -2,8 +2,8 @@
 //! (dx per row; dγ, dβ as fixed-order column reductions).
 
 use super::{
-    block_reduce, columns, driver, launch, require_f32, tensor, view, with_float, CudaBackend,
-    CudaFloat, THREADS,
+    block_reduce, columns, driver, kernel_int, launch, require_f32, tensor, view, with_float,
+    CudaBackend, CudaFloat, THREADS,
 };
 use crate::backend::{shapes, LayerNormGradRequest, LayerNormGrads, LayerNormOutput};
 use crate::error::{Error, Result};
@@ -20,12 +20,16 @@ pub(super) fn forward(
 ) -> Result<LayerNormOutput<CudaBackend>> {
     const OP: &str = "layernorm";
     let (dtype, rows, n) = shapes::layernorm(x, gamma, beta, eps)?;
+    let (rows_i, n_i) = (
+        kernel_int(OP, "rows", rows)?,
+        kernel_int(OP, "a row length", n)?,
+    );
     with_float!(dtype, OP, T => {
         let mut y = b.output::<T>(rows * n)?;
         let mut mean = b.output::<f32>(rows)?;
         let mut rstd = b.output::<f32>(rows)?;
-        launch!(b, MODULE, format!("layernorm_forward_{}", T::SUFFIX), block_reduce(rows as u32, THREADS),
-            view::<T>(x), view::<T>(gamma), view::<T>(beta), &mut y, &mut mean, &mut rstd, &(n as i32), &(eps as f32));
+        launch!(b, MODULE, format!("layernorm_forward_{}", T::SUFFIX), block_reduce(rows_i as u32, THREADS),
+            view::<T>(x), view::<T>(gamma), view::<T>(beta), &mut y, &mut mean, &mut rstd, &n_i, &(eps as f32));
         Ok(LayerNormOutput { y: tensor(x.shape().clone(), y)?, mean: tensor([rows], mean)?, rstd: tensor([rows], rstd)? })
     })
 }
@@ -41,6 +45,10 @@ pub(super) fn backward(
 ) -> Result<LayerNormGrads<CudaBackend>> {
     const OP: &str = "layernorm backward";
     let (rows, n) = shapes::layernorm_backward(dy, x, mean, rstd, gamma)?;
+    let (rows_i, n_i) = (
+        kernel_int(OP, "rows", rows)?,
+        kernel_int(OP, "a row length", n)?,
+    );
     let mut named = vec![("dy", dy)];
     named.extend(x.map(|t| ("x", t)));
     named.extend(gamma.map(|t| ("gamma", t)));
@@ -92,7 +100,6 @@ pub(super) fn backward(
                 Some(d) => l.arg(d),
                 None => l.arg(&null),
             };
-            let (rows_i, n_i) = (rows as i32, n as i32);
             l.arg(&rows_i);
             l.arg(&n_i);
             // SAFETY: matches layernorm_backward_params_* in kernels/layernorm.cu; null
@@ -105,8 +112,8 @@ pub(super) fn backward(
         if want.dx {
             let (x, m, r, gm) = (x.ok_or_else(|| missing("x"))?, mean.ok_or_else(|| missing("mean"))?, rstd.ok_or_else(|| missing("rstd"))?, gamma.ok_or_else(|| missing("gamma"))?);
             let mut dx = b.output::<T>(rows * n)?;
-            launch!(b, MODULE, format!("layernorm_backward_input_{}", T::SUFFIX), block_reduce(rows as u32, THREADS),
-                view::<T>(dy), view::<T>(x), view::<f32>(m), view::<f32>(r), view::<T>(gm), &mut dx, &(n as i32));
+            launch!(b, MODULE, format!("layernorm_backward_input_{}", T::SUFFIX), block_reduce(rows_i as u32, THREADS),
+                view::<T>(dy), view::<T>(x), view::<f32>(m), view::<f32>(r), view::<T>(gm), &mut dx, &n_i);
             g.dx = Some(tensor(dy.shape().clone(), dx)?);
         }
         Ok(g)

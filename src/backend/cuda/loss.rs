@@ -4,8 +4,8 @@
 use cudarc::driver::CudaSlice;
 
 use super::{
-    block_reduce, driver, grid_for, ids, launch, tensor, view, with_float, CudaBackend, CudaFloat,
-    THREADS,
+    block_reduce, driver, grid_for, ids, kernel_int, launch, tensor, view, with_float, CudaBackend,
+    CudaFloat, THREADS,
 };
 use crate::backend::{shapes, Backend};
 use crate::error::{Error, Result};
@@ -18,10 +18,14 @@ fn check_cross_entropy(
     op: &'static str,
     logits: &Tensor<CudaBackend>,
     labels: &Tensor<CudaBackend>,
-) -> Result<(DType, usize, usize)> {
+) -> Result<(DType, i32, i32)> {
     let (dtype, rows, classes) = shapes::cross_entropy(op, logits, labels)?;
     shapes::check_indices(op, "label", &b.to_u32(labels)?, classes)?;
-    Ok((dtype, rows, classes))
+    Ok((
+        dtype,
+        kernel_int(op, "rows", rows)?,
+        kernel_int(op, "classes", classes)?,
+    ))
 }
 
 /// The one-element upstream gradient of a loss, as f32 on the device.
@@ -51,7 +55,7 @@ pub(super) fn cross_entropy_forward(
     let (dtype, rows, classes) = check_cross_entropy(b, "cross_entropy", logits, labels)?;
     with_float!(dtype, "cross_entropy", T => {
         let mut loss = b.output::<f32>(1)?;
-        launch!(b, MODULE, format!("cross_entropy_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(logits), ids(labels), &mut loss, &(rows as i32), &(classes as i32));
+        launch!(b, MODULE, format!("cross_entropy_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(logits), ids(labels), &mut loss, &rows, &classes);
         tensor([1], loss)
     })
 }
@@ -66,8 +70,9 @@ pub(super) fn cross_entropy_backward(
     let (dtype, rows, classes) = check_cross_entropy(b, OP, logits, labels)?;
     let d = scalar_f32(b, OP, d_loss)?;
     with_float!(dtype, OP, T => {
-        let mut out = b.output::<T>(rows * classes)?;
-        launch!(b, MODULE, format!("cross_entropy_backward_{}", T::SUFFIX), grid_for(rows * classes), &d, view::<T>(logits), ids(labels), &mut out, &(rows as i32), &(classes as i32));
+        let size = logits.numel();
+        let mut out = b.output::<T>(size)?;
+        launch!(b, MODULE, format!("cross_entropy_backward_{}", T::SUFFIX), grid_for(size), &d, view::<T>(logits), ids(labels), &mut out, &rows, &classes);
         tensor(logits.shape().clone(), out)
     })
 }
@@ -78,10 +83,10 @@ pub(super) fn mse_forward(
     target: &Tensor<CudaBackend>,
 ) -> Result<Tensor<CudaBackend>> {
     let dtype = shapes::mse("mse", pred, target)?;
-    let n = pred.numel();
+    let n = kernel_int("mse", "values", pred.numel())?;
     with_float!(dtype, "mse", T => {
         let mut loss = b.output::<f32>(1)?;
-        launch!(b, MODULE, format!("mse_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(pred), view::<T>(target), &mut loss, &(n as i32));
+        launch!(b, MODULE, format!("mse_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(pred), view::<T>(target), &mut loss, &n);
         tensor([1], loss)
     })
 }
@@ -96,9 +101,10 @@ pub(super) fn mse_backward(
     let dtype = shapes::mse(OP, pred, target)?;
     let d = scalar_f32(b, OP, d_loss)?;
     let n = pred.numel();
+    let n_i = kernel_int(OP, "values", n)?;
     with_float!(dtype, OP, T => {
         let mut out = b.output::<T>(n)?;
-        launch!(b, MODULE, format!("mse_backward_{}", T::SUFFIX), grid_for(n), &d, view::<T>(pred), view::<T>(target), &mut out, &(n as i32));
+        launch!(b, MODULE, format!("mse_backward_{}", T::SUFFIX), grid_for(n), &d, view::<T>(pred), view::<T>(target), &mut out, &n_i);
         tensor(pred.shape().clone(), out)
     })
 }

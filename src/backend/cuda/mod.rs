@@ -208,6 +208,17 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
 
 const THREADS: u32 = 256;
 
+/// `n` as the `int` a kernel takes for a count of rows or columns: one past `i32::MAX`
+/// would wrap on the device (flat offsets are 64-bit in the kernels; counts are not).
+fn kernel_int(op: &'static str, what: &str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| {
+        Error::invalid(
+            op,
+            format!("{what} of {n}: the kernels take at most {}", i32::MAX),
+        )
+    })
+}
+
 fn grid_for(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
     LaunchConfig {
@@ -652,7 +663,12 @@ impl Backend for CudaBackend {
     }
 
     fn zeros(&self, shape: Shape) -> Result<Tensor<Self>> {
-        let n = shape.numel();
+        let n = shape.checked_numel().ok_or_else(|| {
+            Error::shape(
+                "zeros",
+                format!("shape {shape} has more elements than memory can address"),
+            )
+        })?;
         with_float!(self.float_dtype(), "zeros", T => tensor(shape, self.zeroed::<T>(n)?))
     }
 
