@@ -1,8 +1,10 @@
 //! Reading tensors out of `model.safetensors` (or the shards a
 //! `model.safetensors.index.json` lists), in whatever float dtype they were saved.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::backend::Backend;
@@ -21,6 +23,9 @@ pub struct WeightsFile {
     names: Vec<String>,
     /// For each of `names`, its shard.
     shard_of: Vec<usize>,
+    /// Name → index into `names`: a file of many tensors is looked up once per tensor, so
+    /// linear scans would make loading quadratic in the tensor count.
+    position_of: HashMap<String, usize>,
     sha256: std::sync::OnceLock<String>,
     encoder_sha256: std::sync::OnceLock<String>,
 }
@@ -28,6 +33,11 @@ pub struct WeightsFile {
 struct Shard {
     path: PathBuf,
     bytes: Vec<u8>,
+    /// The header, parsed and validated once (its offsets fit `bytes`): parsing it again per
+    /// tensor would make loading quadratic in the header's size.
+    header: Metadata,
+    /// Where the data section starts in `bytes`.
+    data_start: usize,
 }
 
 impl Shard {
@@ -36,23 +46,49 @@ impl Shard {
             path: path.to_path_buf(),
             source,
         })?;
+        Shard::parse(path, bytes)
+    }
+
+    fn parse(path: &Path, bytes: Vec<u8>) -> Result<Shard> {
+        let (header_len, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "not a valid safetensors file: {}",
+                    misfit_tensor(&bytes).unwrap_or_else(|| e.to_string())
+                ),
+            })?;
         Ok(Shard {
             path: path.to_path_buf(),
             bytes,
+            header,
+            data_start: 8 + header_len,
         })
     }
 
-    /// The tensor names, once the file is known to be valid safetensors.
-    fn names(&self) -> Result<Vec<String>> {
-        let st = SafeTensors::deserialize(&self.bytes).map_err(|e| Error::Format {
-            path: self.path.clone(),
-            detail: format!(
-                "not a valid safetensors file: {}",
-                misfit_tensor(&self.bytes).unwrap_or_else(|| e.to_string())
-            ),
-        })?;
-        Ok(st.names().into_iter().map(str::to_string).collect())
+    /// The tensor names, in the order of their data.
+    fn names(&self) -> Vec<String> {
+        self.header.offset_keys()
     }
+
+    /// Tensor `name` of this shard.
+    fn tensor(&self, name: &str) -> Option<StoredTensor<'_>> {
+        let info: &TensorInfo = self.header.info(name)?;
+        let (start, end) = info.data_offsets;
+        Some(StoredTensor {
+            dtype: info.dtype,
+            shape: &info.shape,
+            // In bounds: `read_metadata` checked every offset against the file's length.
+            data: &self.bytes[self.data_start + start..self.data_start + end],
+        })
+    }
+}
+
+/// One tensor as stored: its dtype, shape and little-endian bytes.
+struct StoredTensor<'a> {
+    dtype: Dtype,
+    shape: &'a [usize],
+    data: &'a [u8],
 }
 
 impl WeightsFile {
@@ -64,10 +100,7 @@ impl WeightsFile {
 
     /// Indexes safetensors `bytes`; `path` names them in errors.
     pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
-        let shard = Shard {
-            path: path.to_path_buf(),
-            bytes,
-        };
+        let shard = Shard::parse(path, bytes)?;
         Self::from_shards(path, vec![shard])
     }
 
@@ -131,9 +164,10 @@ impl WeightsFile {
     fn from_shards(path: &Path, shards: Vec<Shard>) -> Result<Self> {
         let mut names: Vec<String> = Vec::new();
         let mut shard_of: Vec<usize> = Vec::new();
+        let mut position_of: HashMap<String, usize> = HashMap::new();
         for (i, shard) in shards.iter().enumerate() {
-            for name in shard.names()? {
-                if let Some(j) = names.iter().position(|n| *n == name) {
+            for name in shard.names() {
+                if let Some(&j) = position_of.get(&name) {
                     return Err(Error::Format {
                         path: path.to_path_buf(),
                         detail: format!(
@@ -143,6 +177,7 @@ impl WeightsFile {
                         ),
                     });
                 }
+                position_of.insert(name.clone(), names.len());
                 names.push(name);
                 shard_of.push(i);
             }
@@ -169,6 +204,7 @@ impl WeightsFile {
             shards,
             names,
             shard_of,
+            position_of,
             sha256: std::sync::OnceLock::new(),
             encoder_sha256: std::sync::OnceLock::new(),
         })
@@ -218,29 +254,23 @@ impl WeightsFile {
                 .collect();
             entries.sort();
             let mut hasher = sha2::Sha256::new();
-            let parsed: Vec<Option<SafeTensors<'_>>> = self
-                .shards
-                .iter()
-                .map(|s| SafeTensors::deserialize(&s.bytes).ok())
-                .collect();
             for (canonical, shard, stored) in entries {
-                // Every shard parsed when the file was opened, so a miss cannot happen.
-                let Some(view) = parsed[shard].as_ref().and_then(|st| st.tensor(stored).ok())
-                else {
+                // Every name was read from its shard's header, so a miss cannot happen.
+                let Some(view) = self.shards[shard].tensor(stored) else {
                     continue;
                 };
                 // Spelled out, not `Debug`: the identity must not change with a dependency.
-                let dtype = match view.dtype() {
+                let dtype = match view.dtype {
                     Dtype::F16 => "F16",
                     Dtype::BF16 => "BF16",
                     Dtype::F32 => "F32",
                     Dtype::F64 => "F64",
                     _ => continue,
                 };
-                let dims: Vec<String> = view.shape().iter().map(usize::to_string).collect();
+                let dims: Vec<String> = view.shape.iter().map(usize::to_string).collect();
                 let header = format!("{canonical} {dtype} [{}]\n", dims.join(", "));
                 hasher.update(header.as_bytes());
-                hasher.update(view.data());
+                hasher.update(view.data);
             }
             crate::adapter::hex(&hasher.finalize())
         })
@@ -257,7 +287,7 @@ impl WeightsFile {
     }
 
     fn position(&self, stored: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == stored)
+        self.position_of.get(stored).copied()
     }
 
     /// The name under which `name` is stored: as is, or without the `bert.` prefix that
@@ -300,18 +330,16 @@ impl WeightsFile {
         }
     }
 
-    /// The shard holding the stored tensor `stored`, parsed.
-    fn shard(&self, stored: &str) -> Option<(&Shard, SafeTensors<'_>)> {
+    /// The stored tensor `stored` and the shard holding it.
+    fn stored(&self, stored: &str) -> Option<(&Shard, StoredTensor<'_>)> {
         let shard = &self.shards[self.shard_of[self.position(stored)?]];
-        let st = SafeTensors::deserialize(&shard.bytes).ok()?;
-        Some((shard, st))
+        Some((shard, shard.tensor(stored)?))
     }
 
     /// The stored shape of tensor `name` (resolved as [`WeightsFile::resolve`] does).
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let stored = self.resolve(name)?;
-        let (_, st) = self.shard(stored)?;
-        st.tensor(stored).ok().map(|v| v.shape().to_vec())
+        self.stored(stored).map(|(_, view)| view.shape.to_vec())
     }
 
     /// Tensor `name` as f64 values, checked against `shape`.
@@ -320,7 +348,7 @@ impl WeightsFile {
             path: self.path.clone(),
             detail: self.missing(name),
         })?;
-        let (shard, st) = self.shard(stored).ok_or_else(|| Error::Format {
+        let (shard, view) = self.stored(stored).ok_or_else(|| Error::Format {
             path: self.path.clone(),
             detail: format!("tensor `{stored}` cannot be read"),
         })?;
@@ -328,17 +356,14 @@ impl WeightsFile {
             path: shard.path.clone(),
             detail,
         };
-        let view = st
-            .tensor(stored)
-            .map_err(|e| format(format!("tensor `{stored}`: {e}")))?;
-        if view.shape() != shape.dims() {
+        if view.shape != shape.dims() {
             return Err(format(format!(
                 "tensor `{stored}` has shape {:?}, expected {shape}",
-                view.shape()
+                view.shape
             )));
         }
-        let data = view.data();
-        let values: Vec<f64> = match view.dtype() {
+        let data = view.data;
+        let values: Vec<f64> = match view.dtype {
             Dtype::F32 => data
                 .chunks_exact(4)
                 .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
