@@ -5,7 +5,7 @@ use std::time::Instant;
 use crate::autograd::Tape;
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::model::{BertClassifier, Labels, ModelInput};
+use crate::model::{check_batch_memory, BertClassifier, Labels, ModelInput, Pass};
 use crate::nn::DropoutPlan;
 use crate::rng::SplitMix;
 use crate::tensor::Shape;
@@ -41,45 +41,6 @@ pub struct BenchReport {
     pub saved_activation_bytes: usize,
 }
 
-/// Refuses a batch whose activations cannot fit in the host memory the backend computes in
-/// (the CPU, and the CUDA stand-in), instead of letting an allocation abort the process. The
-/// estimate is a floor: ten hidden-sized f32 vectors per token and layer kept for backward.
-fn check_host_memory<B: Backend>(
-    backend: &B,
-    model: &BertClassifier<B>,
-    batch: usize,
-    seq_len: usize,
-) -> Result<()> {
-    let config = model.config();
-    let floor = batch
-        .checked_mul(seq_len)
-        .and_then(|t| t.checked_mul(config.hidden_size))
-        .and_then(|n| n.checked_mul(config.num_hidden_layers * 10 * 4));
-    let on_device = backend.name().starts_with("cuda:");
-    let available = available_host_memory();
-    match (floor, available) {
-        (_, _) if on_device => Ok(()),
-        (Some(need), Some(have)) if need <= have => Ok(()),
-        (Some(_), None) => Ok(()),
-        (need, have) => Err(crate::Error::invalid(
-            "bench",
-            format!(
-                "batch {batch} × {seq_len} tokens needs at least {} of activations; {} of memory is available",
-                need.map_or("more than can be addressed".to_string(), |n| format!("{:.1} GiB", n as f64 / 1073741824.0)),
-                have.map_or("an unknown amount".to_string(), |h| format!("{:.1} GiB", h as f64 / 1073741824.0))
-            ),
-        )),
-    }
-}
-
-/// `MemAvailable` of Linux's `/proc/meminfo`, in bytes.
-fn available_host_memory() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
 /// Times `steps` full training steps (after `warmup` untimed ones) of `model` on a random
 /// batch of `batch × seq_len` tokens with training-mode dropout.
 pub fn bench_train_step<B: Backend>(
@@ -90,7 +51,14 @@ pub fn bench_train_step<B: Backend>(
     warmup: usize,
     steps: usize,
 ) -> Result<BenchReport> {
-    check_host_memory(backend, model, batch, seq_len)?;
+    check_batch_memory(
+        backend,
+        model.config(),
+        batch,
+        seq_len,
+        Pass::Training,
+        "bench",
+    )?;
     let mut rng = SplitMix::new(7);
     let vocab = model.config().vocab_size as u64;
     let ids: Vec<u32> = (0..batch * seq_len)

@@ -182,6 +182,18 @@ fn adapter_round_trip_and_refusals() {
     assert!(e.contains("`labels`") && e.contains("repeated"), "{e}");
     let e = edit(&|j| j["strata"].as_array_mut().unwrap().truncate(5));
     assert!(e.contains("strata for 5 layers"), "{e}");
+    // The hash covers the weights, not the manifest: a head size edited there must be
+    // refused against the stored head, before it sizes anything (10^12 would abort).
+    for outputs in [1_000_000_000_000u64, 0, 2] {
+        let e = edit(&|j| {
+            j["num_labels"] = outputs.into();
+            j["labels"] = serde_json::Value::Null;
+        });
+        assert!(
+            e.contains(&format!("`num_labels` is {outputs}")) && e.contains("3 rows"),
+            "{e}"
+        );
+    }
 
     // Weights that do not match the manifest (a torn write or an edit): refused.
     let mut bytes = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();

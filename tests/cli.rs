@@ -161,6 +161,11 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         (&["--warmup-ratio", "2"], "warmup ratio 2 (--warmup-ratio)"),
         // Two tokens are [CLS] and [SEP]; three leave room for a single sentence.
         (&["--max-len", "2"], "--max-len"),
+        // 2^63 epochs × 1 step would wrap to a run of no steps.
+        (
+            &["--epochs", "9223372036854775808"],
+            "more steps than can be counted",
+        ),
     ] {
         let mut args = vec!["train", "--model", &m, "--train-file", &t];
         args.extend_from_slice(extra);
@@ -168,6 +173,21 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         assert!(!ok && err.contains(needle), "{extra:?}: {err}");
         assert!(!err.contains("learning rate"), "{extra:?}: {err}");
     }
+    // A batch size near usize::MAX is the whole file in one step (a window of 50 batches
+    // once wrapped to a few rows, leaving the rest of the file untrained, or to none).
+    let (ok, out, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &t,
+        "--method",
+        "bitfit",
+        "--batch-size",
+        "9223372036854775808",
+        "--quiet",
+    ]);
+    assert!(ok && out.contains(r#""steps":1"#), "{out}{err}");
     // A refused setting is all that is printed: no training banner first.
     let (ok, _, err) = spafit(&["train", "--model", &m, "--train-file", &t, "--lr", "nan"]);
     assert!(
@@ -1603,7 +1623,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         "--steps",
         "1",
     ]);
-    assert!(!ok && err.contains("of memory is available"), "{err}");
+    assert!(!ok && err.contains("of host memory; "), "{err}");
     assert_eq!(
         std::fs::read_to_string(root.join("train.csv")).unwrap(),
         csv

@@ -289,9 +289,26 @@ pub fn load_adapter<B: Backend>(
             ),
         });
     }
+    let file = WeightsFile::from_bytes(&weights_path, bytes)?;
+    // The hash covers the weights, not the manifest: a head size edited in the manifest must
+    // not size the model (a huge one would exhaust memory before any tensor is compared).
+    let stored_head = file
+        .shape("classifier.weight")
+        .and_then(|dims| dims.first().copied());
+    if manifest.num_labels == 0 || stored_head != Some(manifest.num_labels) {
+        return Err(Error::Mismatch {
+            path: manifest_path,
+            detail: format!(
+                "`num_labels` is {} but the stored head `classifier.weight` has {}",
+                manifest.num_labels,
+                stored_head.map_or("no rows (it is missing)".to_string(), |n| format!(
+                    "{n} rows"
+                ))
+            ),
+        });
+    }
     let mut model = BertClassifier::from_checkpoint(checkpoint, backend, manifest.num_labels, 0)?;
     model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
-    let file = WeightsFile::from_bytes(&weights_path, bytes)?;
     let expected = model.trainable_names();
     let mut stored = manifest.tensors.clone();
     stored.sort();

@@ -43,7 +43,8 @@ impl Checkpoint {
     pub fn classifier_outputs(&self) -> Option<usize> {
         match self.weights.shape("classifier.weight").as_deref() {
             Some(&[n, inputs])
-                if inputs == self.config.hidden_size
+                if n > 0
+                    && inputs == self.config.hidden_size
                     && self.weights.shape("classifier.bias") == Some(vec![n]) =>
             {
                 Some(n)
@@ -71,7 +72,8 @@ impl Checkpoint {
             return Err(Error::invalid(
                 "tokenizer",
                 format!(
-                    "max length {max_len} exceeds the model's {} positions",
+                    "max length {max_len} exceeds the model's {0} positions \
+                     (config.json's `max_position_embeddings`): give --max-len {0} or less",
                     self.config.max_position_embeddings
                 ),
             ));

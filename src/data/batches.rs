@@ -16,7 +16,8 @@ pub fn training_batches(
     let mut rng = SplitMix::new(seed);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     shuffle(&mut order, &mut rng);
-    let window = batch_size * bucket.max(1);
+    // Saturating: a batch size near usize::MAX would wrap the window to a few rows.
+    let window = batch_size.saturating_mul(bucket.max(1));
     let mut batches = Vec::new();
     for chunk in order.chunks_mut(window) {
         chunk.sort_by_key(|&i| lengths[i]);

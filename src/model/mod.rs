@@ -3,9 +3,11 @@
 mod bert;
 mod embeddings;
 mod input;
+mod memory;
 mod sequence_classifier;
 
 pub use bert::{BertModel, BertOutput};
 pub use embeddings::BertEmbeddings;
 pub use input::ModelInput;
+pub use memory::{check_batch_memory, Pass};
 pub use sequence_classifier::{BertClassifier, Labels};

@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::data::{evaluation_batches, GlueTask, Target, TaskKind};
 use crate::error::Result;
 use crate::metrics::{main_metric, report, Predictions};
-use crate::model::BertClassifier;
+use crate::model::{check_batch_memory, BertClassifier, Pass};
 use crate::nn::DropoutPlan;
 
 /// Model outputs on a split, in the split's order.
@@ -32,9 +32,12 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// The value of [`Evaluation::main_metric`].
+    /// The value of [`Evaluation::main_metric`] (NaN when `metrics` lacks it).
     pub fn main_value(&self) -> f64 {
-        self.metrics[self.main_metric]
+        self.metrics
+            .get(self.main_metric)
+            .copied()
+            .unwrap_or(f64::NAN)
     }
 }
 
@@ -47,6 +50,16 @@ pub fn infer<B: Backend>(
 ) -> Result<ModelOutputs> {
     let n = data.texts.len();
     let k = model.num_labels;
+    let longest = data.lengths().into_iter().max().unwrap_or(0);
+    let widest = batch_size.min(n);
+    check_batch_memory(
+        backend,
+        model.config(),
+        widest,
+        longest,
+        Pass::Inference,
+        "evaluate",
+    )?;
     let mut logits = vec![0.0; n * k];
     let mut loss_sum = 0.0;
     let mut labeled = true;
@@ -72,10 +85,10 @@ pub fn infer<B: Backend>(
     })
 }
 
-/// Class ids (argmax) or scores from logits.
+/// Class ids (argmax) or scores from logits, `num_labels` per example.
 pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Vec<Target> {
     logits
-        .chunks_exact(num_labels)
+        .chunks_exact(num_labels.max(1))
         .map(|row| match kind {
             TaskKind::Regression => Target::Score(row[0]),
             TaskKind::Classification { .. } => {

@@ -15,7 +15,7 @@ use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
 use crate::data::{training_batches, Dataset, GlueTask, TaskKind};
 use crate::error::{Error, Result};
-use crate::model::BertClassifier;
+use crate::model::{check_batch_memory, BertClassifier, Pass};
 use crate::nn::DropoutPlan;
 use crate::peft::PeftPlan;
 use crate::rng;
@@ -395,11 +395,26 @@ impl<'a, B: Backend> Trainer<'a, B> {
             None => None,
         };
         let lengths = train_data.lengths();
-        let mut total_steps = lengths.len().div_ceil(c.batch_size) * c.epochs;
-        if let Some(m) = c.max_steps {
-            total_steps = total_steps.min(m);
-        }
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let widest = c.batch_size.min(lengths.len());
         let cfg = self.model.config();
+        check_batch_memory(&self.backend, cfg, widest, longest, Pass::Training, "train")?;
+        let per_epoch = lengths.len().div_ceil(c.batch_size);
+        let total_steps = match (per_epoch.checked_mul(c.epochs), c.max_steps) {
+            (Some(steps), Some(m)) => steps.min(m),
+            (Some(steps), None) => steps,
+            (None, Some(m)) => m,
+            (None, None) => {
+                return Err(Error::invalid(
+                    "train",
+                    format!(
+                        "{} epochs of {per_epoch} steps are more steps than can be counted; \
+                         give fewer epochs or a step limit (--max-steps)",
+                        c.epochs
+                    ),
+                ))
+            }
+        };
         let hidden = c.hidden_dropout.unwrap_or(cfg.hidden_dropout_prob);
         let dropout = DropoutRates {
             hidden,

@@ -1,0 +1,80 @@
+//! Whether a batch's activations can fit in the host memory a backend computes in, checked
+//! before the first allocation: a failed allocation aborts the process, where a refusal can
+//! name the batch and what would fit.
+
+use crate::backend::Backend;
+use crate::checkpoint::BertConfig;
+use crate::error::{Error, Result};
+
+/// What a batch goes through: training keeps activations for backward, inference does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Forward and backward, activations kept on the tape.
+    Training,
+    /// Forward only, in evaluation mode.
+    Inference,
+}
+
+/// Refuses a batch of `batch × seq_len` tokens the model cannot take (longer than its
+/// position table) or whose memory cannot fit on the host. The host holds the batch's ids on
+/// every backend, and its activations where the backend computes on the CPU (the CPU, and
+/// the CUDA stand-in). The estimate is a floor: for training, ten hidden-sized f32 vectors
+/// per token and layer kept for backward; for inference, one layer's feed-forward and four
+/// hidden-sized vectors per token. `op` names the caller in the error.
+pub fn check_batch_memory<B: Backend>(
+    backend: &B,
+    config: &BertConfig,
+    batch: usize,
+    seq_len: usize,
+    pass: Pass,
+    op: &'static str,
+) -> Result<()> {
+    if seq_len > config.max_position_embeddings {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "sequences of {seq_len} tokens are longer than the model's {} positions",
+                config.max_position_embeddings
+            ),
+        ));
+    }
+    let on_device = backend.name().starts_with("cuda:");
+    let per_token = match (on_device, pass) {
+        (true, _) => Some(64),
+        (false, Pass::Training) => config
+            .hidden_size
+            .checked_mul(config.num_hidden_layers)
+            .and_then(|n| n.checked_mul(10 * 4)),
+        (false, Pass::Inference) => config
+            .hidden_size
+            .checked_mul(4)
+            .and_then(|n| n.checked_add(config.intermediate_size))
+            .and_then(|n| n.checked_mul(4)),
+    };
+    let floor = batch
+        .checked_mul(seq_len)
+        .zip(per_token)
+        .and_then(|(t, p)| t.checked_mul(p));
+    let gib = |n: usize| format!("{:.1} GiB", n as f64 / 1073741824.0);
+    match (floor, available_host_memory()) {
+        (Some(need), Some(have)) if need <= have => Ok(()),
+        (Some(_), None) => Ok(()),
+        (need, have) => Err(Error::invalid(
+            op,
+            format!(
+                "a batch of {batch} × {seq_len} tokens needs at least {} of host memory; {} is \
+                 available (a smaller batch size needs less)",
+                need.map_or("more than can be addressed".to_string(), gib),
+                have.map_or("an unknown amount".to_string(), gib)
+            ),
+        )),
+    }
+}
+
+/// `MemAvailable` of Linux's `/proc/meminfo`, in bytes.
+fn available_host_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
