@@ -133,11 +133,12 @@ impl AdapterHead {
         Err(Error::Mismatch {
             path: dir.to_path_buf(),
             detail: format!(
-                "the classifier head was trained for labels {} ({outputs} outputs) but {data_name} has {} \
+                "the classifier head was trained for labels {} ({outputs} {}) but {data_name} has {} \
                  (for custom data, --labels / --regression give the data's label space)",
                 self.labels
                     .as_ref()
                     .map_or("without names".to_string(), |l| format!("{l:?}")),
+                if outputs == 1 { "output" } else { "outputs" },
                 match kind {
                     TaskKind::Classification { labels } => format!("labels {labels:?}"),
                     TaskKind::Regression => "a regression target".to_string(),

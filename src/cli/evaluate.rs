@@ -186,6 +186,11 @@ impl EvalCommand {
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
         }
+        // F1 is that of class id 1; named, since a head's names may put any class there.
+        if let (Some(_), TaskKind::Classification { labels }) = (eval.metrics.get("f1"), &data.kind)
+        {
+            line["f1_positive_class"] = json!(labels.get(1));
+        }
         super::print_line(&line)?;
         Ok(())
     }

@@ -124,7 +124,8 @@ impl Dataset {
 
 /// What a malformed row's error adds: how to skip such rows instead.
 pub(crate) const SKIP_HINT: &str =
-    " (to skip such rows and list them instead: `--skip-malformed`, OnMalformed::Skip)";
+    " (to skip such rows and list them instead: `--skip-malformed`; in the library, \
+     `OnMalformed::Skip`)";
 
 /// Collects rows, either stopping at the first malformed one or skipping and counting.
 pub(crate) struct RowSink {

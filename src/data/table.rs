@@ -135,7 +135,11 @@ impl TableSpec {
             Some(c) => Some(parse_target(&text(c)?, &self.kind).map_err(
                 |why| match &self.kind {
                     TaskKind::Classification { .. } => {
-                        format!("{why} (--labels names a custom task's classes)")
+                        format!(
+                            "{why} (--labels names a custom task's classes; without it they \
+                             are those an adapter or the checkpoint's id2label records, else \
+                             the training file's)"
+                        )
                     }
                     TaskKind::Regression => why,
                 },
