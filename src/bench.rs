@@ -51,12 +51,13 @@ pub fn bench_train_step<B: Backend>(
     warmup: usize,
     steps: usize,
 ) -> Result<BenchReport> {
+    let layers_on_tape = model.layers_on_tape();
     check_batch_memory(
         backend,
         model.config(),
         batch,
         seq_len,
-        Pass::Training,
+        Pass::Training { layers_on_tape },
         "bench",
     )?;
     let mut rng = SplitMix::new(7);

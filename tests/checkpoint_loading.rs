@@ -475,7 +475,7 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     let bert = tiny_config_json(2);
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
         "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
-    let cases: [(&str, String, &str); 12] = [
+    let cases: [(&str, String, &str); 13] = [
         (
             "multi-label",
             bert.replace(
@@ -540,6 +540,12 @@ fn other_model_families_and_decoders_are_refused_by_name() {
             "null-segments",
             bert.replace(r#""gelu","#, r#""gelu", "type_vocab_size": null,"#),
             "`type_vocab_size` is null",
+        ),
+        // A missing field is serde's to name; no field present is to blame.
+        (
+            "no-intermediate",
+            bert.replace(r#""intermediate_size": 13,"#, ""),
+            "invalid BERT config: missing field `intermediate_size`",
         ),
     ];
     for (name, config, needle) in cases {

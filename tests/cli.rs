@@ -161,9 +161,9 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         (&["--warmup-ratio", "2"], "warmup ratio 2 (--warmup-ratio)"),
         // Two tokens are [CLS] and [SEP]; three leave room for a single sentence.
         (&["--max-len", "2"], "--max-len"),
-        // 2^63 epochs × 1 step would wrap to a run of no steps.
+        // 2^63 epochs × 2 steps would wrap to a run of no steps.
         (
-            &["--epochs", "9223372036854775808"],
+            &["--epochs", "9223372036854775808", "--batch-size", "1"],
             "more steps than can be counted",
         ),
     ] {

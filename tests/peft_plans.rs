@@ -1,5 +1,9 @@
 //! PEFT configurations resolve to the documented strata, and impossible ones are errors.
 
+mod common;
+
+use spafit::backend::cpu::CpuBackend;
+use spafit::model::BertClassifier;
 use spafit::nn::{LoraTarget, Stratum};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::Error;
@@ -115,4 +119,31 @@ fn boundaries_parse_as_layers_or_fractions() {
     );
     assert!("two".parse::<Boundary>().is_err());
     assert!("1/x".parse::<Boundary>().is_err());
+}
+
+/// The layers a training step keeps activations of, which the memory check before a run
+/// counts: from the lowest layer that trains anything up, all of them when the embeddings
+/// train, none when only the head does.
+#[test]
+fn layers_on_the_tape_start_at_the_lowest_trainable_layer() {
+    let cpu = CpuBackend::f64();
+    let config = common::tiny_bert::config(6);
+    let on_tape = |peft: &PeftConfig| {
+        let mut model = BertClassifier::random(&config, &cpu, 2, 0).unwrap();
+        let plan = PeftPlan::new(peft, 6).unwrap();
+        model
+            .apply_plan(&plan, &mut common::tiny_bert::random_init(&cpu, 1))
+            .unwrap();
+        model.layers_on_tape()
+    };
+    assert_eq!(on_tape(&spafit(Boundary::Layer(2), Boundary::Layer(4))), 4);
+    assert_eq!(on_tape(&spafit(Boundary::Layer(6), Boundary::Layer(6))), 0);
+    assert_eq!(on_tape(&PeftConfig::new(Method::BitFit)), 6);
+    let mut top = PeftConfig::new(Method::Lora);
+    top.lora_layers = Some(vec![5]);
+    assert_eq!(on_tape(&top), 1);
+    let mut embeddings = top.clone();
+    embeddings.train_embeddings = true;
+    assert_eq!(on_tape(&embeddings), 6);
+    assert_eq!(on_tape(&PeftConfig::new(Method::Full)), 6);
 }

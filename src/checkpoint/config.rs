@@ -72,18 +72,25 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(
     Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
-/// serde's error for a field of the wrong type does not say which field: the one whose
-/// removal changes the error is it. `value` is the object that gave `error`.
+/// serde's error for a field of the wrong type does not say which field: the culprit is the
+/// key whose removal leaves a config that parses, or one that lacks only that key (a
+/// required field). A missing field is named by serde itself. `value` gave `error`.
 fn name_the_field(value: &serde_json::Value, error: serde_json::Error) -> String {
     let message = error.to_string();
-    let Some(object) = value.as_object() else {
-        return message;
+    // Each try parses the whole object again: bounded, since real configs hold a few dozen
+    // settings and a file of thousands of keys would make this quadratic.
+    const MAX_KEYS_SEARCHED: usize = 512;
+    let object = match value.as_object() {
+        Some(o) if o.len() <= MAX_KEYS_SEARCHED && !message.starts_with("missing field") => o,
+        _ => return message,
     };
     let culprit = object.keys().find(|key| {
         let mut without = object.clone();
         without.remove(*key);
-        serde_json::from_value::<BertConfig>(serde_json::Value::Object(without))
-            .map_or_else(|e| e.to_string() != message, |_| true)
+        match serde_json::from_value::<BertConfig>(serde_json::Value::Object(without)) {
+            Ok(_) => true,
+            Err(e) => e.to_string().starts_with(&format!("missing field `{key}`")),
+        }
     });
     match culprit {
         Some(key) => format!("`{key}` is {}: {message}", object[key]),

@@ -32,7 +32,7 @@ impl<B: Backend> ModelInput<B> {
             .ok_or_else(|| {
                 Error::invalid(
                     "input",
-                    format!("a batch of {batch} × {seq} tokens is more than 2^32 tokens"),
+                    format!("a batch of {batch} × {seq} tokens is 2^32 tokens or more"),
                 )
             })?;
         for (field, len) in [

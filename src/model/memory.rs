@@ -9,8 +9,12 @@ use crate::error::{Error, Result};
 /// What a batch goes through: training keeps activations for backward, inference does not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
-    /// Forward and backward, activations kept on the tape.
-    Training,
+    /// Forward and backward, activations kept on the tape for this many encoder layers
+    /// ([`crate::model::BertClassifier::layers_on_tape`]).
+    Training {
+        /// Layers whose activations the tape keeps.
+        layers_on_tape: usize,
+    },
     /// Forward only, in evaluation mode.
     Inference,
 }
@@ -19,8 +23,9 @@ pub enum Pass {
 /// position table) or whose memory cannot fit on the host. The host holds the batch's ids on
 /// every backend, and its activations where the backend computes on the CPU (the CPU, and
 /// the CUDA stand-in). The estimate is a floor: for training, ten hidden-sized f32 vectors
-/// per token and layer kept for backward; for inference, one layer's feed-forward and four
-/// hidden-sized vectors per token. `op` names the caller in the error.
+/// per token and layer on the tape, plus one layer's working set; for inference, one
+/// layer's feed-forward and four hidden-sized vectors per token. `op` names the caller in
+/// the error.
 pub fn check_batch_memory<B: Backend>(
     backend: &B,
     config: &BertConfig,
@@ -39,17 +44,20 @@ pub fn check_batch_memory<B: Backend>(
         ));
     }
     let on_device = backend.name().starts_with("cuda:");
+    let working_set = config
+        .hidden_size
+        .checked_mul(4)
+        .and_then(|n| n.checked_add(config.intermediate_size))
+        .and_then(|n| n.checked_mul(4));
     let per_token = match (on_device, pass) {
         (true, _) => Some(64),
-        (false, Pass::Training) => config
+        (false, Pass::Training { layers_on_tape }) => config
             .hidden_size
-            .checked_mul(config.num_hidden_layers)
-            .and_then(|n| n.checked_mul(10 * 4)),
-        (false, Pass::Inference) => config
-            .hidden_size
-            .checked_mul(4)
-            .and_then(|n| n.checked_add(config.intermediate_size))
-            .and_then(|n| n.checked_mul(4)),
+            .checked_mul(layers_on_tape)
+            .and_then(|n| n.checked_mul(10 * 4))
+            .zip(working_set)
+            .and_then(|(kept, working)| kept.checked_add(working)),
+        (false, Pass::Inference) => working_set,
     };
     let floor = batch
         .checked_mul(seq_len)

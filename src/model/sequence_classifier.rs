@@ -368,6 +368,21 @@ impl<B: Backend> BertClassifier<B> {
         crate::nn::trainable_names(self.params())
     }
 
+    /// Encoder layers a training step keeps activations of: those from the lowest one with
+    /// a trainable tensor up (all of them when the embeddings train), since the tape records
+    /// nothing below the first thing it differentiates.
+    pub fn layers_on_tape(&self) -> usize {
+        let trains = |params: Vec<&Param<B>>| params.iter().any(|p| p.trainable);
+        let layers = &self.bert.layers;
+        if trains(self.bert.embeddings.params()) {
+            return layers.len();
+        }
+        layers
+            .iter()
+            .position(|layer| trains(layer.params()))
+            .map_or(0, |lowest| layers.len() - lowest)
+    }
+
     /// Number of trainable scalars.
     pub fn trainable_parameter_count(&self) -> usize {
         self.params()

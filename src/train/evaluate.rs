@@ -50,20 +50,26 @@ pub fn infer<B: Backend>(
 ) -> Result<ModelOutputs> {
     let n = data.texts.len();
     let k = model.num_labels;
-    let longest = data.lengths().into_iter().max().unwrap_or(0);
-    let widest = batch_size.min(n);
-    check_batch_memory(
-        backend,
-        model.config(),
-        widest,
-        longest,
-        Pass::Inference,
-        "evaluate",
-    )?;
+    let lengths = data.lengths();
+    let batches = evaluation_batches(&lengths, batch_size);
+    // Sorted by length, the last batch holds the longest rows but may hold few of them: the
+    // batch of most padded tokens is the one to check.
+    let padded = |rows: &Vec<usize>| {
+        let longest = rows.iter().map(|&i| lengths[i]).max().unwrap_or(0);
+        (rows.len(), longest)
+    };
+    if let Some((rows, longest)) = batches
+        .iter()
+        .map(padded)
+        .max_by_key(|&(rows, longest)| rows.saturating_mul(longest))
+    {
+        let config = model.config();
+        check_batch_memory(backend, config, rows, longest, Pass::Inference, "evaluate")?;
+    }
     let mut logits = vec![0.0; n * k];
     let mut loss_sum = 0.0;
     let mut labeled = true;
-    for rows in evaluation_batches(&data.lengths(), batch_size) {
+    for rows in batches {
         let (input, labels, _) = data.tensors(backend, &rows)?;
         let mut tape = Tape::inference(backend.clone());
         let out = model.forward(&mut tape, &input, &mut DropoutPlan::eval())?;

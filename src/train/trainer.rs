@@ -398,7 +398,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let longest = lengths.iter().copied().max().unwrap_or(0);
         let widest = c.batch_size.min(lengths.len());
         let cfg = self.model.config();
-        check_batch_memory(&self.backend, cfg, widest, longest, Pass::Training, "train")?;
+        let pass = Pass::Training {
+            layers_on_tape: self.model.layers_on_tape(),
+        };
+        check_batch_memory(&self.backend, cfg, widest, longest, pass, "train")?;
         let per_epoch = lengths.len().div_ceil(c.batch_size);
         let total_steps = match (per_epoch.checked_mul(c.epochs), c.max_steps) {
             (Some(steps), Some(m)) => steps.min(m),

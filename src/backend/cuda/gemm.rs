@@ -614,9 +614,12 @@ pub(super) fn linear_backward(
         )?);
     }
     if want.dbias {
+        let (rows_i, output_i) = (
+            kernel_int(OP, "rows", rows)?,
+            kernel_int(OP, "outputs", output)?,
+        );
         g.dbias = Some(with_float!(dtype, OP, T => {
             let mut db = b.output::<T>(output)?;
-            let (rows_i, output_i) = (kernel_int(OP, "rows", rows)?, kernel_int(OP, "outputs", output)?);
             launch!(b, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), view::<T>(dy), &mut db, &rows_i, &output_i);
             tensor([output], db)
         })?);

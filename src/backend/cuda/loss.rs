@@ -20,12 +20,12 @@ fn check_cross_entropy(
     labels: &Tensor<CudaBackend>,
 ) -> Result<(DType, i32, i32)> {
     let (dtype, rows, classes) = shapes::cross_entropy(op, logits, labels)?;
-    shapes::check_indices(op, "label", &b.to_u32(labels)?, classes)?;
-    Ok((
-        dtype,
+    let (rows_i, classes_i) = (
         kernel_int(op, "rows", rows)?,
         kernel_int(op, "classes", classes)?,
-    ))
+    );
+    shapes::check_indices(op, "label", &b.to_u32(labels)?, classes)?;
+    Ok((dtype, rows_i, classes_i))
 }
 
 /// The one-element upstream gradient of a loss, as f32 on the device.
