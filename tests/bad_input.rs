@@ -259,6 +259,43 @@ fn autograd_misuse() {
     let s = tape.add(&x, &w).unwrap();
     let e = expect_err(tape.backward(&s), "non-scalar");
     assert!(e.to_string().contains("scalar"), "{e}");
+
+    // A backward consumes the nodes: a second one on the same loss would return no
+    // gradients at all, so it is an error; a new forward on the same tape works again.
+    let w_value = random(&mut rng, &[3], 1.0);
+    let target = random(&mut rng, &[3], 1.0);
+    let forward = |tape: &mut Tape<CpuBackend>| {
+        let w = tape.param("w", &w_value, true);
+        let y = tape.gelu(&w).unwrap();
+        tape.mse(&y, &target).unwrap()
+    };
+    let mut tape = Tape::new(cpu());
+    let loss = forward(&mut tape);
+    let first = tape.backward(&loss).unwrap();
+    let e = expect_err(tape.backward(&loss), "second backward");
+    assert!(e.to_string().contains("last backward"), "{e}");
+    let again = forward(&mut tape);
+    let second = tape.backward(&again).unwrap();
+    assert_eq!(
+        cpu().to_f64(first.get("w").unwrap()).unwrap(),
+        cpu().to_f64(second.get("w").unwrap()).unwrap()
+    );
+    // A variable carried over from another tape has no path to this tape's parameters:
+    // its contribution would be missing from the gradients without a word.
+    let mut other = Tape::new(cpu());
+    let other_w = other.param("w", &w_value, true);
+    let foreign = other.gelu(&other_w).unwrap();
+    let mut tape = Tape::new(cpu());
+    let w = tape.param("w", &w_value, true);
+    let sum = tape.add(&foreign, &w).unwrap();
+    let loss = tape.mse(&sum, &target).unwrap();
+    let e = expect_err(tape.backward(&loss), "foreign variable");
+    assert!(e.to_string().contains("another tape"), "{e}");
+    let e = expect_err(
+        tape.backward(&other.mse(&foreign, &target).unwrap()),
+        "foreign loss",
+    );
+    assert!(e.to_string().contains("another tape"), "{e}");
 }
 
 #[test]

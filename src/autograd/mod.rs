@@ -105,12 +105,25 @@ impl<B: Backend> Gradients<B> {
     }
 }
 
+/// A variable identity unique across every tape of the process, so a variable carried from
+/// one tape to another is recognised as foreign.
+fn fresh_id() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The record of one forward pass.
 pub struct Tape<B: Backend> {
     backend: B,
     nodes: Vec<Node<B>>,
-    next_id: usize,
     param_ids: HashMap<String, usize>,
+    /// The identities this tape can differentiate through: its parameters, and the outputs
+    /// of the nodes recorded since its last backward.
+    known: HashSet<usize>,
+    /// The first misuse seen while recording (an input from another tape, or one whose
+    /// nodes a backward already consumed): recording cannot fail, so backward reports it
+    /// instead of returning gradients that silently miss that input's contribution.
+    misuse: Option<String>,
     saved_storages: HashSet<usize>,
     scope: usize,
     stats: TapeStats,
@@ -123,8 +136,9 @@ impl<B: Backend> Tape<B> {
         Tape {
             backend,
             nodes: Vec::new(),
-            next_id: 0,
             param_ids: HashMap::new(),
+            known: HashSet::new(),
+            misuse: None,
             saved_storages: HashSet::new(),
             scope: 0,
             stats: TapeStats::new(),
@@ -170,8 +184,9 @@ impl<B: Backend> Tape<B> {
         let id = match self.param_ids.get(name) {
             Some(&id) => id,
             None => {
-                let id = self.fresh_id();
+                let id = fresh_id();
                 self.param_ids.insert(name.to_string(), id);
+                self.known.insert(id);
                 id
             }
         };
@@ -179,12 +194,6 @@ impl<B: Backend> Tape<B> {
             value: t.clone(),
             id: Some(id),
         }
-    }
-
-    fn fresh_id(&mut self) -> usize {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
     }
 
     /// Records `op` producing `output` from the inputs with tape identities `ids` (one per
@@ -199,6 +208,14 @@ impl<B: Backend> Tape<B> {
         if ids.iter().all(Option::is_none) {
             return self.constant(output);
         }
+        if let Some(foreign) = ids.iter().flatten().find(|id| !self.known.contains(id)) {
+            self.misuse.get_or_insert_with(|| {
+                format!(
+                    "an input (variable {foreign}) was recorded on another tape, or before this \
+                     tape's last backward consumed its nodes: its gradient cannot flow"
+                )
+            });
+        }
         let needs: Vec<bool> = ids.iter().map(Option::is_some).collect();
         let op = op(&needs);
         let mut new_bytes = 0;
@@ -208,7 +225,8 @@ impl<B: Backend> Tape<B> {
             }
         }
         self.stats.record_node(self.scope, new_bytes);
-        let id = self.fresh_id();
+        let id = fresh_id();
+        self.known.insert(id);
         self.nodes.push(Node {
             op,
             inputs: ids,
@@ -235,11 +253,22 @@ impl<B: Backend> Tape<B> {
                 loss.value.shape()
             )));
         }
+        if let Some(misuse) = self.misuse.take() {
+            return Err(Error::Autograd(misuse));
+        }
+        if !self.known.contains(&loss_id) {
+            return Err(Error::Autograd(
+                "the loss was recorded on another tape, or before this tape's last backward \
+                 (a backward consumes the nodes it walks: run the forward again)"
+                    .into(),
+            ));
+        }
         let seed = self.backend.tensor_from_f64(Shape::new([1]), &[1.0])?;
         let mut grads: HashMap<usize, Tensor<B>> = HashMap::new();
         grads.insert(loss_id, seed.reshape(loss.value.shape().clone())?);
         let nodes = std::mem::take(&mut self.nodes);
         self.saved_storages.clear();
+        self.known = self.param_ids.values().copied().collect();
         for node in nodes.into_iter().rev() {
             let Some(d_out) = grads.remove(&node.output) else {
                 continue;
