@@ -246,6 +246,9 @@ fn plans() -> Vec<(&'static str, PeftPlan)> {
     norms_and_embeddings.n2 = Boundary::Layer(5);
     norms_and_embeddings.train_layer_norm_weights = true;
     norms_and_embeddings.train_embeddings = true;
+    // LoRA trains no biases: its LayerNorms, saved whole, carry their frozen bias along.
+    let mut lora_norms = PeftConfig::new(Method::Lora);
+    lora_norms.train_layer_norm_weights = true;
     let mut spafit_all_top = PeftConfig::new(Method::Spafit);
     spafit_all_top.n1 = Boundary::Layer(0);
     spafit_all_top.n2 = Boundary::Layer(1);
@@ -264,6 +267,10 @@ fn plans() -> Vec<(&'static str, PeftPlan)> {
         (
             "spafit 0/1 output maps",
             PeftPlan::new(&spafit_all_top, 6).unwrap(),
+        ),
+        (
+            "lora q,v + LayerNorms",
+            PeftPlan::new(&lora_norms, 6).unwrap(),
         ),
     ]
 }
@@ -291,7 +298,44 @@ fn export_then_import_gives_bitwise_the_same_logits() {
                 None,
             )
             .unwrap();
+            // PEFT restores every module in `modules_to_save` whole, and fails on a key it
+            // lacks: each such module's every tensor must be in the file.
+            let config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+            )
+            .unwrap();
+            let bytes = std::fs::read(dir.path().join("adapter_model.safetensors")).unwrap();
+            let keys: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
+                .unwrap()
+                .names()
+                .into_iter()
+                .map(|k| k.trim_start_matches("base_model.model.").to_string())
+                .collect();
+            assert!(!keys.is_empty());
+            for module in config["modules_to_save"].as_array().unwrap() {
+                let module = module.as_str().unwrap();
+                let prefix = match module {
+                    "pooler" => "bert.pooler.".to_string(),
+                    m => format!("{m}."),
+                };
+                for p in model
+                    .params()
+                    .into_iter()
+                    .filter(|p| p.name.starts_with(&prefix))
+                {
+                    assert!(
+                        keys.contains(&p.name),
+                        "{name}: `{}` of saved module `{module}` is not in the file",
+                        p.name
+                    );
+                }
+            }
             let (back, import) = import_peft(dir.path(), &ck, &backend).unwrap();
+            assert!(
+                import.kept_frozen.is_empty(),
+                "{name}: {:?}",
+                import.kept_frozen
+            );
             let (a, b) = (
                 logits(&ck, &backend, &model, &texts, 32),
                 logits(&ck, &backend, &back, &texts, 32),
@@ -372,7 +416,17 @@ fn export_holds_the_models_tensors_value_by_value() {
             .collect();
         let lora = plan.lora.as_ref().unwrap();
         let mut expected_names = Vec::new();
-        for p in model.params().into_iter().filter(|p| p.trainable) {
+        // What trains, and the rest of a LayerNorm whose scale trains: PEFT saves that
+        // module whole, so its frozen bias goes along with its base value.
+        let saved_norms: Vec<String> = model
+            .params()
+            .into_iter()
+            .filter(|p| p.trainable && p.name.ends_with("LayerNorm.weight"))
+            .map(|p| p.name.replace(".weight", ".bias"))
+            .collect();
+        let exported =
+            |p: &&spafit::nn::Param<CpuBackend>| p.trainable || saved_norms.contains(&p.name);
+        for p in model.params().into_iter().filter(exported) {
             // Where PEFT keeps it: a bias of a module that carries LoRA sits in `base_layer`.
             let module = p.name.rsplit_once('.').unwrap().0;
             let wrapped = shapes.contains_key(&format!("{module}.lora_A.weight"));

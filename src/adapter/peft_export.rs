@@ -105,6 +105,26 @@ pub fn export_peft<B: Backend>(
     if plan.train_embeddings {
         modules_to_save.push("bert.embeddings".into());
     }
+    // PEFT restores a module in `modules_to_save` whole: a tensor of it that does not train
+    // (a LayerNorm's bias under LoRA, whose scale trains) is written with its base value,
+    // or PEFT's load fails on the missing key.
+    let saved_whole = |name: &str| {
+        modules_to_save.iter().any(|m| {
+            let m = if m == "pooler" {
+                "bert.pooler"
+            } else {
+                m.as_str()
+            };
+            name.starts_with(&format!("{m}."))
+        })
+    };
+    for p in model
+        .params()
+        .into_iter()
+        .filter(|p| !p.trainable && saved_whole(&p.name))
+    {
+        tensors.push((format!("base_model.model.{}", p.name), p.value.clone()));
+    }
     let config = json!({
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",

@@ -365,10 +365,12 @@ pub fn import_peft<B: Backend>(
     }
     let num_labels = head_shape[0];
 
-    // Strata: LoRA where the file has it; biases train in a layer whose biases it stores.
+    // Strata: LoRA where the file has it; biases train in a layer whose biases it stores. A
+    // LayerNorm's bias alone does not count: a LayerNorm saved whole (its scale trains)
+    // carries its bias along, trained or not.
     let layer_stores_biases: BTreeSet<usize> = others
         .keys()
-        .filter(|n| n.ends_with(".bias"))
+        .filter(|n| n.ends_with(".bias") && !n.ends_with("LayerNorm.bias"))
         .filter_map(|n| layer_of(n))
         .collect();
     let strata: Vec<Stratum> = (0..layers)
@@ -457,11 +459,15 @@ pub fn import_peft<B: Backend>(
     }
     let mut loaded = Vec::new();
     let mut untouched_trainable = Vec::new();
+    let mut same_as_base = BTreeSet::new();
     for p in model.params_mut() {
         match sources.remove(&p.name) {
             // Shapes are checked on read: a LoRA pair for another hidden size, rank or
             // orientation is refused, naming the tensor.
             Some(stored) => {
+                let base = (!p.trainable)
+                    .then(|| backend.to_f64(&p.value))
+                    .transpose()?;
                 p.value = file
                     .tensor(backend, &stored, p.value.shape().clone())
                     .map_err(|e| match e {
@@ -479,6 +485,11 @@ pub fn import_peft<B: Backend>(
                         }
                         e => e,
                     })?;
+                // A frozen tensor stored with its base value (a module saved whole) changes
+                // nothing, and does not keep the adapter from training on.
+                if base.is_some_and(|b| backend.to_f64(&p.value).is_ok_and(|v| v == b)) {
+                    same_as_base.insert(p.name.clone());
+                }
                 loaded.push(p.name.clone());
             }
             None if p.trainable => untouched_trainable.push(p.name.clone()),
@@ -506,7 +517,7 @@ pub fn import_peft<B: Backend>(
     let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();
     let kept_frozen: Vec<String> = loaded
         .iter()
-        .filter(|n| !trainable.contains(*n))
+        .filter(|n| !trainable.contains(*n) && !same_as_base.contains(*n))
         .cloned()
         .collect();
     model.store_frozen_weights(backend)?;
