@@ -323,3 +323,85 @@ fn peft_export_names_and_config() {
     let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x", None, None).unwrap_err();
     assert!(e.to_string().contains("no LoRA adapter"), "{e}");
 }
+
+/// What the loader would refuse is refused when saving or training, before anything is
+/// written: a plan other than the model's, LoRA merged into the weights, class names the
+/// head cannot carry, non-finite weights, and in-memory data whose targets do not fit.
+#[test]
+fn adapters_the_loader_would_refuse_are_never_written() {
+    use spafit::data::Target;
+    use spafit::train::{TrainConfig, Trainer};
+    let ck = checkpoint();
+    let cpu = CpuBackend::f32();
+    let plan = spafit_plan();
+    let dir = tempfile::tempdir().unwrap();
+    let save = |model: &BertClassifier<CpuBackend>, plan: &PeftPlan, labels: Option<&[String]>| {
+        save_adapter(
+            dir.path(),
+            &cpu,
+            model,
+            plan,
+            &ck.weights,
+            labels,
+            Some(false),
+        )
+        .err()
+        .map(|e| e.to_string())
+    };
+    let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let model = trained(&ck, &cpu, &plan);
+    let lora = PeftPlan::new(&PeftConfig::new(Method::Lora), 6).unwrap();
+    let e = save(&model, &lora, None).expect("another plan");
+    assert!(e.contains("another plan"), "{e}");
+    let e = save(&model, &plan, Some(&names(&["a", "b"]))).expect("two names, three outputs");
+    assert!(e.contains("2 names for a head of 3 outputs"), "{e}");
+    let e = save(&model, &plan, Some(&names(&["a", "a", "b"]))).expect("a repeated name");
+    assert!(e.contains("labels"), "{e}");
+    let mut merged = trained(&ck, &cpu, &plan);
+    merged.merge_lora(&cpu).unwrap();
+    let e = save(&merged, &plan, None).expect("merged");
+    assert!(e.contains("merged"), "{e}");
+    let mut diverged = trained(&ck, &cpu, &plan);
+    let head = &mut diverged.classifier.weight;
+    let mut v = cpu.to_f64(&head.value).unwrap();
+    v[4] = f64::NAN;
+    head.value = cpu.tensor_from_f64(head.value.shape().clone(), &v).unwrap();
+    let e = save(&diverged, &plan, None).expect("NaN");
+    assert!(e.contains("classifier.weight") && e.contains("NaN"), "{e}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "something was written"
+    );
+    assert!(save(&model, &plan, Some(&names(&["a", "b", "c"]))).is_none());
+
+    // In-memory data is checked like a file: a class id past the classes is named by
+    // example before the first step, not by its place in a shuffled batch.
+    let kind = TaskKind::Classification {
+        labels: names(&["a", "b", "c"]),
+    };
+    let examples: Vec<Example> = (0..20)
+        .map(|i| Example {
+            text_a: format!("text number {i}"),
+            text_b: None,
+            target: Some(Target::Class(if i == 17 { 7 } else { i % 3 })),
+        })
+        .collect();
+    let data = Dataset::from_examples("memory", kind, examples);
+    let tok = ck.tokenizer(16).unwrap();
+    let mut model = trained(&ck, &cpu, &plan);
+    let config = TrainConfig {
+        max_steps: Some(1),
+        ..Default::default()
+    };
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config.clone())
+        .fit(&tok, &data, None)
+        .expect_err("class 7 of 3");
+    assert!(
+        e.to_string().contains("memory, example 17: class id 7"),
+        "{e}"
+    );
+    let e = Trainer::new(&cpu, &mut model, &lora, &ck.weights, config)
+        .fit(&tok, &data, None)
+        .expect_err("another plan");
+    assert!(e.to_string().contains("another plan"), "{e}");
+}

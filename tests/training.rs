@@ -484,9 +484,11 @@ fn resume_keeps_the_best_evaluation_and_a_clean_log() {
     assert_eq!(steps, (1..=10).collect::<Vec<u64>>());
 }
 
-/// `regression_data(40)` with NaN targets in exactly the examples of step `step`'s batch
-/// under `config` (so a run hits them first at that step, and a resume sees the same data).
-fn data_with_nan_at_step(tok: &TextTokenizer, config: &TrainConfig, step: usize) -> Dataset {
+/// `regression_data(40)` with targets whose squared error overflows to infinity (1e300: a
+/// NaN target is refused as data before the first step) in exactly the examples of step
+/// `step`'s batch under `config`, so a run hits them first at that step, and a resume sees
+/// the same data.
+fn data_overflowing_at_step(tok: &TextTokenizer, config: &TrainConfig, step: usize) -> Dataset {
     let mut data = regression_data(40, None);
     let lengths = EncodedDataset::new(tok, &data).unwrap().lengths();
     let batches = training_batches(
@@ -496,19 +498,19 @@ fn data_with_nan_at_step(tok: &TextTokenizer, config: &TrainConfig, step: usize)
         spafit::rng::mix(config.seed, 0),
     );
     for &row in &batches[step - 1] {
-        data.examples[row].target = Some(Target::Score(f64::NAN));
+        data.examples[row].target = Some(Target::Score(1e300));
     }
     data
 }
 
 #[test]
-fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
+fn a_non_finite_loss_stops_with_the_step_and_keeps_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
     let ck = tiny_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let out = tmp.path().join("run");
-    let data = data_with_nan_at_step(&tok, &tiny_config(&out), 4);
+    let data = data_overflowing_at_step(&tok, &tiny_config(&out), 4);
     let (mut model, plan) = tiny_model(&ck, &cpu);
     // Interrupted after step 3, where its state was saved (eval_every = 3).
     let good = TrainConfig {
@@ -534,7 +536,7 @@ fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
         .unwrap_err();
     assert!(e.to_string().contains("holds an earlier run"), "{e}");
 
-    // Resumed: the first step taken (step 4) meets the NaN targets and stops the run.
+    // Resumed: the first step taken (step 4) meets the huge targets and stops the run.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let resume = TrainConfig {
         resume: true,
@@ -545,7 +547,7 @@ fn nan_loss_stops_with_the_step_and_keeps_checkpoints() {
         .unwrap_err();
     assert!(matches!(e, Error::NonFiniteLoss { step: 4, .. }), "{e}");
     assert!(
-        e.to_string().contains("training step 4") && e.to_string().contains("NaN"),
+        e.to_string().contains("training step 4") && e.to_string().contains("inf"),
         "{e}"
     );
     for (path, bytes) in snapshot {
@@ -620,6 +622,9 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
     let refused = |config: TrainConfig, edit: &dyn Fn(&mut PeftPlan), data: &Dataset| {
         let (mut model, mut plan) = tiny_model(&ck, &cpu);
         edit(&mut plan);
+        model
+            .apply_plan(&plan, &mut common::tiny_bert::random_init(&cpu, 3))
+            .unwrap();
         Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
             .fit(&tok, data, None)
             .unwrap_err()
@@ -649,6 +654,16 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         &data,
     );
     assert!(e.contains("--lora-alpha: saved 16, now 1"), "{e}");
+    // A method flag is named by the plan it changes, not only by the tensors' shapes.
+    let e = refused(
+        resume(),
+        &|plan| plan.lora.as_mut().unwrap().rank = 2,
+        &data,
+    );
+    assert!(
+        e.contains("the plan (--method") && e.contains("now spafit, strata BA, LoRA r 2"),
+        "{e}"
+    );
     let e = refused(
         TrainConfig {
             eval_every: Some(5),

@@ -88,6 +88,31 @@ pub fn save_adapter<B: Backend>(
     labels: Option<&[String]>,
     text_pairs: Option<bool>,
 ) -> Result<()> {
+    // What the loader would refuse is refused here, before anything is written.
+    model.check_plan(plan)?;
+    if let Some(labels) = labels {
+        let problem = crate::data::label_names_problem(labels).or_else(|| {
+            (labels.len() != model.num_labels).then(|| {
+                format!(
+                    "{} names for a head of {} outputs",
+                    labels.len(),
+                    model.num_labels
+                )
+            })
+        });
+        if let Some(problem) = problem {
+            return Err(Error::invalid(
+                "adapter",
+                format!("labels {labels:?}: {problem}"),
+            ));
+        }
+    }
+    if let Some((name, value)) = model.non_finite_trainable(backend)? {
+        return Err(Error::invalid(
+            "adapter",
+            format!("`{name}` holds {value}: an adapter of non-finite weights cannot be used"),
+        ));
+    }
     let trainable: Vec<(String, Tensor<B>)> = model
         .params()
         .into_iter()

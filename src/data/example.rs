@@ -1,3 +1,4 @@
+use crate::error::{Error, Result};
 use crate::text::TextInput;
 
 /// What an example is labelled with.
@@ -119,6 +120,51 @@ impl Dataset {
     /// Whether every example has a target.
     pub fn is_labeled(&self) -> bool {
         self.examples.iter().all(|e| e.target.is_some())
+    }
+
+    /// Checks the label space and every target against it: class names a head can carry,
+    /// class ids below the class count, finite scores, and the kind of target the task has.
+    /// A dataset read from a file passes by construction; one built in code is checked here,
+    /// before a run, so a bad target is named by example (and line) instead of failing a
+    /// batch midway. `op` names the caller.
+    pub fn check_targets(&self, op: &'static str) -> Result<()> {
+        if let TaskKind::Classification { labels } = &self.kind {
+            if let Some(problem) = label_names_problem(labels) {
+                return Err(Error::invalid(
+                    op,
+                    format!("{}: class names {labels:?}: {problem}", self.name),
+                ));
+            }
+        }
+        let classes = self.kind.num_labels();
+        for (i, e) in self.examples.iter().enumerate() {
+            let problem = match (e.target, &self.kind) {
+                (None, _) => None,
+                (Some(Target::Class(c)), TaskKind::Classification { .. }) => ((c as usize)
+                    >= classes)
+                    .then(|| format!("class id {c} is not below the {classes} classes")),
+                (Some(Target::Score(s)), TaskKind::Regression) => {
+                    (!s.is_finite()).then(|| format!("score {s} is not finite"))
+                }
+                (Some(Target::Class(c)), TaskKind::Regression) => {
+                    Some(format!("class id {c} in a regression task"))
+                }
+                (Some(Target::Score(s)), TaskKind::Classification { .. }) => {
+                    Some(format!("score {s} in a classification task"))
+                }
+            };
+            if let Some(problem) = problem {
+                let place = match self.source_lines.get(i) {
+                    Some(line) => format!("line {line}"),
+                    None => format!("example {i}"),
+                };
+                return Err(Error::invalid(
+                    op,
+                    format!("{}, {place}: {problem}", self.name),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -27,6 +27,10 @@ pub struct BertClassifier<B: Backend> {
     pub num_labels: usize,
     /// The checkpoint had no pooler, so `bert.pooler.dense` was drawn fresh: it must train.
     fresh_pooler: bool,
+    /// The plan [`BertClassifier::apply_plan`] applied last.
+    plan: Option<PeftPlan>,
+    /// LoRA adapters were folded into the weights: the model no longer has its plan's shape.
+    lora_merged: bool,
 }
 
 impl<B: Backend> BertClassifier<B> {
@@ -241,7 +245,38 @@ impl<B: Backend> BertClassifier<B> {
             classifier,
             num_labels,
             fresh_pooler: false,
+            plan: None,
+            lora_merged: false,
         })
+    }
+
+    /// The plan applied with [`BertClassifier::apply_plan`], while the model still has its
+    /// shape (`None` before any, and after [`BertClassifier::merge_lora`]).
+    pub fn plan(&self) -> Option<&PeftPlan> {
+        self.plan.as_ref()
+    }
+
+    /// Refuses `plan` where the model was built under another one (a save or a training run
+    /// would record tensors the plan does not name, and the adapter could not be loaded).
+    pub fn check_plan(&self, plan: &PeftPlan) -> Result<()> {
+        if self.lora_merged {
+            return Err(Error::invalid(
+                "peft plan",
+                "the model's LoRA adapters were merged into its weights: it no longer has a \
+                 plan's tensors (save or train before merging)",
+            ));
+        }
+        match &self.plan {
+            Some(applied) if applied != plan => Err(Error::invalid(
+                "peft plan",
+                format!(
+                    "the model was built under another plan ({} with strata {:?}) than the one \
+                     given ({} with strata {:?})",
+                    applied.method, applied.strata, plan.method, plan.strata
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The architecture.
@@ -293,6 +328,8 @@ impl<B: Backend> BertClassifier<B> {
         }
         self.classifier.weight.trainable = true;
         self.classifier.bias.trainable = true;
+        self.plan = Some(plan.clone());
+        self.lora_merged = false;
         Ok(())
     }
 
@@ -300,7 +337,12 @@ impl<B: Backend> BertClassifier<B> {
     pub fn merge_lora(&mut self, backend: &B) -> Result<()> {
         for layer in &mut self.bert.layers {
             for target in crate::nn::LoraTarget::ALL {
-                layer.linear_mut(target).merge_lora(backend)?;
+                let linear = layer.linear_mut(target);
+                if linear.lora.is_some() {
+                    self.lora_merged = true;
+                    self.plan = None;
+                }
+                linear.merge_lora(backend)?;
             }
         }
         Ok(())

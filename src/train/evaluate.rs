@@ -50,6 +50,21 @@ pub fn infer<B: Backend>(
 ) -> Result<ModelOutputs> {
     let n = data.texts.len();
     let k = model.num_labels;
+    if batch_size == 0 {
+        return Err(crate::Error::invalid(
+            "evaluate",
+            "the batch size must be positive",
+        ));
+    }
+    if data.kind.num_labels() != k {
+        return Err(crate::Error::invalid(
+            "evaluate",
+            format!(
+                "the data has {} labels but the model head has {k}",
+                data.kind.num_labels()
+            ),
+        ));
+    }
     let lengths = data.lengths();
     let batches = evaluation_batches(&lengths, batch_size);
     // Sorted by length, the last batch holds the longest rows but may hold few of them: the
@@ -117,13 +132,19 @@ pub fn evaluate<B: Backend>(
     task: Option<GlueTask>,
 ) -> Result<Evaluation> {
     let start = Instant::now();
-    let out = infer(backend, model, data, batch_size)?;
-    let pred = predictions(&data.kind, &out.logits, model.num_labels);
+    if data.texts.is_empty() {
+        return Err(crate::Error::invalid(
+            "evaluate",
+            "the split has no examples",
+        ));
+    }
     let gold: Vec<Target> = data
         .targets
         .iter()
         .map(|t| t.ok_or_else(|| crate::Error::invalid("evaluate", "the split is unlabeled")))
         .collect::<Result<_>>()?;
+    let out = infer(backend, model, data, batch_size)?;
+    let pred = predictions(&data.kind, &out.logits, model.num_labels);
     let preds = match data.kind {
         TaskKind::Regression => Predictions::Scores {
             pred: pred.iter().map(score).collect(),

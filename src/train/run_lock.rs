@@ -10,10 +10,17 @@ use crate::error::{Error, Result};
 /// The lock file a run holds in each directory it writes.
 pub const LOCK_FILE: &str = ".spafit-run.lock";
 
-/// The directories this process holds, by resolved path: the open lock file and how many
-/// [`RunLock`]s share it. A process may lock a directory again (the CLI holds its output
-/// across training and export, the trainer locks it for training); another process may not.
-static HELD: Mutex<Option<HashMap<PathBuf, (std::fs::File, usize)>>> = Mutex::new(None);
+/// The directories this process holds, by resolved path: the open lock file, how many
+/// [`RunLock`]s share it, and the thread that holds them. That thread may lock a directory
+/// again (the CLI holds its output across training and export, the trainer locks it for
+/// training); another thread, like another process, may not: it would be a second run.
+static HELD: Mutex<Option<HashMap<PathBuf, Holder>>> = Mutex::new(None);
+
+struct Holder {
+    _file: std::fs::File,
+    count: usize,
+    thread: std::thread::ThreadId,
+}
 
 /// A held lock on a run directory, released when the last holder in this process drops it
 /// (or when the process ends, however it ends).
@@ -27,7 +34,7 @@ impl Drop for RunLock {
         let Some(key) = self.key.take() else { return };
         let Ok(mut held) = HELD.lock() else { return };
         if let Some(map) = held.as_mut() {
-            if let Some((_, count)) = map.get_mut(&key) {
+            if let Some(Holder { count, .. }) = map.get_mut(&key) {
                 *count -= 1;
                 if *count == 0 {
                     // Closing the file releases the lock.
@@ -54,8 +61,22 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         .lock()
         .map_err(|_| Error::invalid("run lock", "lock table poisoned".to_string()))?;
     let map = held.get_or_insert_with(HashMap::new);
-    if let Some((_, count)) = map.get_mut(&key) {
-        *count += 1;
+    let in_use = || {
+        Error::invalid(
+            "run lock",
+            format!(
+                "{} is in use by another spafit run (it holds {}): wait for that run to end, \
+                 or give another directory",
+                dir.display(),
+                path.display()
+            ),
+        )
+    };
+    if let Some(holder) = map.get_mut(&key) {
+        if holder.thread != std::thread::current().id() {
+            return Err(in_use());
+        }
+        holder.count += 1;
         return Ok(RunLock { key: Some(key) });
     }
     // Opening a pipe would wait for a writer forever; a directory cannot be locked.
@@ -83,23 +104,20 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     .map_err(io)?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(Error::invalid(
-                "run lock",
-                format!(
-                    "{} is in use by another spafit run (it holds {}): wait for that run to \
-                     end, or give another directory",
-                    dir.display(),
-                    path.display()
-                ),
-            ))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => return Err(in_use()),
         Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
             return Ok(RunLock { key: None });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
-    map.insert(key.clone(), (file, 1));
+    map.insert(
+        key.clone(),
+        Holder {
+            _file: file,
+            count: 1,
+            thread: std::thread::current().id(),
+        },
+    );
     Ok(RunLock { key: Some(key) })
 }
 
@@ -153,6 +171,13 @@ mod tests {
         let first = lock_run_dir(&dir).unwrap();
         let second = lock_existing_run_dir(&dir).unwrap().unwrap();
         assert!(!other());
+        // Another thread of this process is another run: refused, as another process is.
+        let from_thread = std::thread::scope(|s| s.spawn(|| lock_run_dir(&dir).err()).join());
+        let e = from_thread.unwrap().expect("a second thread took the lock");
+        assert!(
+            e.to_string().contains("in use by another spafit run"),
+            "{e}"
+        );
         drop(first);
         assert!(!other(), "released while a holder remains");
         drop(second);

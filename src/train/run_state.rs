@@ -296,6 +296,8 @@ pub(crate) struct RunInputs<'a> {
     pub trainable_shapes: &'a [(String, Vec<usize>)],
     /// LoRA's `alpha` (its scale is `alpha / r`), where the plan has adapters.
     pub lora_alpha: Option<f64>,
+    /// What trains, in words ([`describe_plan`]), so a resume names a changed method flag.
+    pub plan: String,
     pub base_sha256: &'a str,
     pub train: &'a EncodedDataset,
     pub dev: Option<&'a EncodedDataset>,
@@ -313,7 +315,7 @@ pub(crate) const DEVICE_SETTING: &str = "device and precision";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 18] = [
+    let entries: [(&str, String); 19] = [
         (DEVICE_SETTING, inputs.device.clone()),
         (
             "training data (token ids and labels: the file, --max-len, --labels)",
@@ -358,6 +360,10 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
                 .map_or_else(|| "epoch ends".into(), |n| n.to_string()),
         ),
         (
+            "the plan (--method, --n1, --n2, --lora-r, --lora-targets, --lora-layers, --train-*)",
+            inputs.plan.clone(),
+        ),
+        (
             "trainable tensors",
             format!(
                 "{} tensors, shapes SHA-256 {}",
@@ -370,6 +376,34 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+}
+
+/// A plan in words: method, each layer's stratum (F frozen, B biases, L LoRA, A LoRA +
+/// biases, T everything), LoRA's rank and targets, and what else trains.
+pub(crate) fn describe_plan(plan: &crate::peft::PeftPlan) -> String {
+    use crate::nn::Stratum;
+    let strata: String = plan
+        .strata
+        .iter()
+        .map(|s| match s {
+            Stratum::Frozen => 'F',
+            Stratum::BiasOnly => 'B',
+            Stratum::LoraOnly => 'L',
+            Stratum::LoraAndBias => 'A',
+            Stratum::Full => 'T',
+        })
+        .collect();
+    let lora = plan.lora.as_ref().map_or_else(
+        || "no LoRA".to_string(),
+        |l| {
+            let targets: Vec<&str> = l.targets.iter().map(|t| t.module()).collect();
+            format!("LoRA r {} on {}", l.rank, targets.join(","))
+        },
+    );
+    format!(
+        "{}, strata {strata}, {lora}, pooler {}, embeddings {}, LayerNorm scales {}",
+        plan.method, plan.train_pooler, plan.train_embeddings, plan.train_layer_norm_weights
+    )
 }
 
 /// The dropout rates; the classifier's only where a config's `classifier_dropout` sets it

@@ -107,8 +107,8 @@ impl TrainConfig {
     pub fn check(&self) -> Result<()> {
         let c = self;
         let refuse = |detail: String| Err(Error::invalid("train", detail));
-        if c.batch_size == 0 || c.epochs == 0 {
-            return refuse("batch size and epochs must be positive".into());
+        if c.batch_size == 0 || c.epochs == 0 || c.eval_batch_size == 0 {
+            return refuse("batch sizes and epochs must be positive".into());
         }
         if c.eval_every == Some(0) || c.save_every == Some(0) {
             return refuse(
@@ -315,6 +315,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         train: &Dataset,
         dev: Option<&Dataset>,
     ) -> Result<TrainReport> {
+        self.model.check_plan(self.plan)?;
         let output = self.config.output_dir.clone();
         let _locks = lock_run_dirs_around(output.as_deref().as_slice(), || {
             self.check_settings(train, dev)
@@ -378,7 +379,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.model.num_labels
             ));
         }
-        Ok(())
+        if let Some(d) = dev.filter(|d| !d.is_labeled()) {
+            return refuse(format!(
+                "the evaluation set {} has unlabeled examples",
+                d.name
+            ));
+        }
+        train.check_targets("train")?;
+        dev.map_or(Ok(()), |d| d.check_targets("train"))
     }
 
     /// Tokenizes the data and fixes the schedule, dropout and the run's fingerprint.
@@ -441,6 +449,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 dropout,
                 trainable_shapes: &shapes,
                 lora_alpha: self.plan.lora.as_ref().map(|l| l.alpha),
+                plan: run_state::describe_plan(self.plan),
                 base_sha256: self.base.sha256(),
                 train: &train_data,
                 dev: dev.as_ref().map(|(d, _)| d),
