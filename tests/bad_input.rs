@@ -328,6 +328,13 @@ fn strata_and_lora_configuration() {
         "rank 0",
     );
     assert!(e.to_string().contains("rank"), "{e}");
+    let twice = LoraConfig {
+        rank: 2,
+        targets: vec![LoraTarget::Query, LoraTarget::Value, LoraTarget::Query],
+        ..rank0
+    };
+    let e = expect_err(twice.validate(), "a target twice");
+    assert!(e.to_string().contains("listed twice"), "{e}");
     let e = expect_err("attention.query".parse::<LoraTarget>(), "unknown target");
     assert!(
         e.to_string().contains("unknown target `attention.query`"),

@@ -281,7 +281,7 @@ impl PredictCommand {
             TaskKind::Classification { labels } => Some(labels.as_slice()),
             TaskKind::Regression => None,
         };
-        let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels);
+        let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels)?;
         let glue = self.data.glue_task()?;
         let format = PredictionFormat::choose(self.format, self.output.as_deref());
         // A GLUE submission answers every test row: one skipped would leave a hole.

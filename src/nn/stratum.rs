@@ -159,7 +159,12 @@ impl LoraConfig {
         } else if self.targets.is_empty() {
             Some("at least one target module is needed".to_string())
         } else {
-            None
+            // A second adapter on the same map would replace the first under the same name.
+            self.targets
+                .iter()
+                .enumerate()
+                .find_map(|(i, t)| self.targets[..i].contains(t).then_some(t))
+                .map(|t| format!("target `{}` is listed twice", t.module()))
         };
         match bad {
             Some(detail) => Err(Error::invalid("lora config", detail)),

@@ -107,9 +107,10 @@ pub fn infer<B: Backend>(
 }
 
 /// Class ids (argmax) or scores from logits, `num_labels` per example.
-pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Vec<Target> {
-    logits
-        .chunks_exact(num_labels.max(1))
+pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result<Vec<Target>> {
+    super::prediction::check_logits(kind, logits, num_labels)?;
+    Ok(logits
+        .chunks_exact(num_labels)
         .map(|row| match kind {
             TaskKind::Regression => Target::Score(row[0]),
             TaskKind::Classification { .. } => {
@@ -120,7 +121,7 @@ pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Vec<Ta
                 Target::Class(best as u32)
             }
         })
-        .collect()
+        .collect())
 }
 
 /// Metrics of the model on a labeled split (GLUE's metrics for `task`).
@@ -144,7 +145,7 @@ pub fn evaluate<B: Backend>(
         .map(|t| t.ok_or_else(|| crate::Error::invalid("evaluate", "the split is unlabeled")))
         .collect::<Result<_>>()?;
     let out = infer(backend, model, data, batch_size)?;
-    let pred = predictions(&data.kind, &out.logits, model.num_labels);
+    let pred = predictions(&data.kind, &out.logits, model.num_labels)?;
     let preds = match data.kind {
         TaskKind::Regression => Predictions::Scores {
             pred: pred.iter().map(score).collect(),

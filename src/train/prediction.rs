@@ -2,6 +2,7 @@
 //! probability, or a score.
 
 use crate::data::TaskKind;
+use crate::error::{Error, Result};
 
 /// A model's answer for one example.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,9 +21,36 @@ pub enum Prediction {
     Score(f64),
 }
 
+/// Refuses logits that are not whole rows of a head that fits `kind`: `num_labels` outputs,
+/// one for regression, one per class otherwise.
+pub fn check_logits(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result<()> {
+    let problem = if num_labels == 0 || !logits.len().is_multiple_of(num_labels) {
+        Some(format!(
+            "{} logits are not whole rows of {num_labels}",
+            logits.len()
+        ))
+    } else if kind.num_labels() != num_labels {
+        Some(format!(
+            "a head of {num_labels} outputs for a task of {} labels",
+            kind.num_labels()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(Error::invalid("predictions", p)),
+        None => Ok(()),
+    }
+}
+
 /// One prediction per row of `logits` (`[n, num_labels]`, row-major).
-pub fn scored_predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Vec<Prediction> {
-    logits
+pub fn scored_predictions(
+    kind: &TaskKind,
+    logits: &[f64],
+    num_labels: usize,
+) -> Result<Vec<Prediction>> {
+    check_logits(kind, logits, num_labels)?;
+    Ok(logits
         .chunks_exact(num_labels.max(1))
         .map(|row| match kind {
             TaskKind::Regression => Prediction::Score(row[0]),
@@ -42,7 +70,7 @@ pub fn scored_predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) ->
                 }
             }
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -54,7 +82,7 @@ mod tests {
         let kind = TaskKind::Classification {
             labels: vec!["a".into(), "b".into(), "c".into()],
         };
-        let p = scored_predictions(&kind, &[1.0, 3.0, 2.0, 1000.0, 0.0, 1000.0], 3);
+        let p = scored_predictions(&kind, &[1.0, 3.0, 2.0, 1000.0, 0.0, 1000.0], 3).unwrap();
         let Prediction::Class {
             class,
             probability,
@@ -83,8 +111,13 @@ mod tests {
             }
         );
         assert_eq!(
-            scored_predictions(&TaskKind::Regression, &[2.5, -1.0], 1),
+            scored_predictions(&TaskKind::Regression, &[2.5, -1.0], 1).unwrap(),
             vec![Prediction::Score(2.5), Prediction::Score(-1.0)]
         );
+        // Logits that are not whole rows of a head fitting the task are refused, not cut.
+        assert!(scored_predictions(&kind, &[1.0, 2.0, 3.0, 4.0], 3).is_err());
+        assert!(scored_predictions(&kind, &[1.0, 2.0], 2).is_err());
+        assert!(scored_predictions(&kind, &[], 0).is_err());
+        assert!(scored_predictions(&TaskKind::Regression, &[1.0, 2.0], 2).is_err());
     }
 }
