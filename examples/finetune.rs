@@ -3,13 +3,7 @@
 //!
 //! `cargo run --release --example finetune -- [CHECKPOINT_DIR] [OUTPUT_DIR]`
 
-use spafit::adapter::save_adapter;
-use spafit::backend::cpu::CpuBackend;
-use spafit::checkpoint::Checkpoint;
-use spafit::data::{Dataset, Example, Target, TaskKind};
-use spafit::model::BertClassifier;
-use spafit::peft::{peft_lora_init, Method, PeftConfig, PeftPlan};
-use spafit::train::{evaluate, EncodedDataset, TrainConfig, Trainer};
+use spafit::prelude::*;
 
 fn dataset(rows: &[(&str, u32)]) -> Dataset {
     Dataset::from_examples(

@@ -11,7 +11,8 @@
 //! - [`nn`]: BERT layers with Hugging Face parameter names and per-layer strata;
 //! - [`checkpoint`], [`text`]: Hugging Face checkpoints and tokenizers;
 //! - [`model`]: BERT for sequence classification / regression;
-//! - [`peft`]: full, BitFit, LoRA and SPAFIT as plans of strata.
+//! - [`peft`]: full, BitFit, LoRA and SPAFIT as plans of strata;
+//! - [`prelude`]: the names an embedding program usually needs, in one import.
 #![warn(missing_docs)]
 
 pub mod adapter;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod nn;
 pub mod peft;
+pub mod prelude;
 pub mod rng;
 pub mod tensor;
 pub mod text;

@@ -1,0 +1,19 @@
+//! The names a program that embeds spafit needs for the usual work — load a checkpoint, plan
+//! a method, train on in-memory or file data, evaluate, predict, save and export — in one
+//! import: `use spafit::prelude::*;`. `spafit::Result` and `spafit::Error` are left out, so
+//! that the glob does not shadow the standard `Result`.
+
+pub use crate::adapter::{export_peft, load_adapter, open_adapter, save_adapter};
+pub use crate::backend::cpu::CpuBackend;
+pub use crate::backend::cuda::CudaBackend;
+pub use crate::backend::Backend;
+pub use crate::checkpoint::Checkpoint;
+pub use crate::data::{Dataset, Example, Target, TaskKind};
+pub use crate::model::BertClassifier;
+pub use crate::nn::LoraTarget;
+pub use crate::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
+pub use crate::tensor::DType;
+pub use crate::text::TextTokenizer;
+pub use crate::train::{
+    evaluate, infer, scored_predictions, EncodedDataset, Prediction, TrainConfig, Trainer,
+};
