@@ -354,7 +354,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     let e = save(&model, &lora, None).expect("another plan");
     assert!(e.contains("another plan"), "{e}");
     let e = save(&model, &plan, Some(&names(&["a", "b"]))).expect("two names, three outputs");
-    assert!(e.contains("2 names for a head of 3 outputs"), "{e}");
+    assert!(e.contains("2 label names for a head of 3 outputs"), "{e}");
     let e = save(&model, &plan, Some(&names(&["a", "a", "b"]))).expect("a repeated name");
     assert!(e.contains("labels"), "{e}");
     let mut merged = trained(&ck, &cpu, &plan);

@@ -661,7 +661,8 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         &data,
     );
     assert!(
-        e.contains("the plan (--method") && e.contains("now spafit, strata BA, LoRA r 2"),
+        e.contains("the plan (--method")
+            && e.contains("now spafit, strata bias_only,lora_and_bias, LoRA r 2"),
         "{e}"
     );
     let e = refused(

@@ -12,6 +12,7 @@ mod store;
 
 pub(crate) use atomic::hex;
 pub use atomic::{sha256_hex, write_atomic};
+pub(crate) use manifest::stratum_name;
 pub use manifest::AdapterManifest;
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
 pub use peft_export::{export_peft, exported_by_run};

@@ -90,22 +90,8 @@ pub fn save_adapter<B: Backend>(
 ) -> Result<()> {
     // What the loader would refuse is refused here, before anything is written.
     model.check_plan(plan)?;
-    if let Some(labels) = labels {
-        let problem = crate::data::label_names_problem(labels).or_else(|| {
-            (labels.len() != model.num_labels).then(|| {
-                format!(
-                    "{} names for a head of {} outputs",
-                    labels.len(),
-                    model.num_labels
-                )
-            })
-        });
-        if let Some(problem) = problem {
-            return Err(Error::invalid(
-                "adapter",
-                format!("labels {labels:?}: {problem}"),
-            ));
-        }
+    if let Some(problem) = labels.and_then(|l| labels_problem(l, model.num_labels)) {
+        return Err(Error::invalid("adapter", problem));
     }
     if let Some((name, value)) = model.non_finite_trainable(backend)? {
         return Err(Error::invalid(
@@ -215,25 +201,31 @@ fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifes
             ),
         });
     }
-    if let Some(labels) = &m.labels {
-        if let Some(problem) = crate::data::label_names_problem(labels) {
-            return Err(Error::Format {
-                path,
-                detail: format!("`labels`: {problem}"),
-            });
-        }
-        if labels.len() != m.num_labels {
-            return Err(Error::Format {
-                path,
-                detail: format!(
-                    "{} label names for a head of {} outputs",
-                    labels.len(),
-                    m.num_labels
-                ),
-            });
-        }
+    if let Some(problem) = m
+        .labels
+        .as_ref()
+        .and_then(|l| labels_problem(l, m.num_labels))
+    {
+        return Err(Error::Format {
+            path,
+            detail: problem,
+        });
     }
     Ok(m)
+}
+
+/// What makes `labels` unfit to name a head of `num_labels` outputs, if anything: what the
+/// loader refuses in a manifest, and so what a save refuses to write.
+fn labels_problem(labels: &[String], num_labels: usize) -> Option<String> {
+    if let Some(problem) = crate::data::label_names_problem(labels) {
+        return Some(format!("`labels`: {problem}"));
+    }
+    (labels.len() != num_labels).then(|| {
+        format!(
+            "{} label names for a head of {num_labels} outputs",
+            labels.len()
+        )
+    })
 }
 
 /// Refuses a base other than the one the adapter was trained on: by its encoder tensors, or

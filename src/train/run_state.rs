@@ -378,21 +378,15 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         .collect()
 }
 
-/// A plan in words: method, each layer's stratum (F frozen, B biases, L LoRA, A LoRA +
-/// biases, T everything), LoRA's rank and targets, and what else trains.
+/// A plan in words: method, each layer's stratum (named as `adapter.json` names it), LoRA's
+/// rank and targets, and what else trains.
 pub(crate) fn describe_plan(plan: &crate::peft::PeftPlan) -> String {
-    use crate::nn::Stratum;
-    let strata: String = plan
+    let strata: Vec<&str> = plan
         .strata
         .iter()
-        .map(|s| match s {
-            Stratum::Frozen => 'F',
-            Stratum::BiasOnly => 'B',
-            Stratum::LoraOnly => 'L',
-            Stratum::LoraAndBias => 'A',
-            Stratum::Full => 'T',
-        })
+        .map(|&s| crate::adapter::stratum_name(s))
         .collect();
+    let strata = strata.join(",");
     let lora = plan.lora.as_ref().map_or_else(
         || "no LoRA".to_string(),
         |l| {

@@ -277,18 +277,8 @@ impl Gemm<'_> {
         const OP: &str = "gemm";
         let (m, n) = (self.m, self.n);
         // The kernels index rows, columns and the reduction with `int`.
-        let too_long = [m, n]
-            .into_iter()
-            .chain(self.segments.iter().map(|s| s.2))
-            .find(|&d| i32::try_from(d).is_err());
-        if let Some(d) = too_long {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "a dimension of {d}: the GEMM kernels take at most {}",
-                    i32::MAX
-                ),
-            ));
+        for d in [m, n].into_iter().chain(self.segments.iter().map(|s| s.2)) {
+            kernel_int(OP, "a dimension", d)?;
         }
         let out_bf16 = T::SUFFIX == "bf16";
         if let Some(bias) = self.bias {
