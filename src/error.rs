@@ -69,13 +69,15 @@ pub enum Error {
         /// Why it cannot run and what to do about it.
         reason: String,
     },
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. The message already carries the operating
+    /// system's words, so `error` is not also reported as the source (an error reporter that
+    /// prints the chain would print them twice).
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Training produced a NaN or infinite loss.
     #[error("training step {step}: the loss is {value}; stopping (checkpoints written before this step are intact)")]

@@ -12,7 +12,7 @@ pub(crate) const SAVE_AS_UTF8: &str = "save the file as UTF-8";
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     if bytes.starts_with(b"\xef\xbb\xbf") {
         bytes.drain(..3);

@@ -457,6 +457,9 @@ fn broken_files_are_errors() {
         matches!(e, Error::Io { .. }) && e.to_string().contains("model.safetensors"),
         "{e}"
     );
+    // The OS's words are in the message; a reporter that also walks `source()` must not
+    // print them a second time.
+    assert!(std::error::Error::source(&e).is_none(), "{e}");
 
     let e = load_err(&tmp.path().join("does-not-exist"));
     assert!(e.to_string().contains("does-not-exist"), "{e}");

@@ -27,7 +27,7 @@ pub(crate) struct StagedWrite {
 pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     };
     // A device or a pipe (/dev/null, /dev/stdout) is written where it is: a rename would
     // replace the device itself with a plain file. Opened by the path as given: the kernel
@@ -105,7 +105,10 @@ impl StagedWrite {
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map_err(|source| Error::Io { path, source })
+        result.map_err(|source| Error::Io {
+            path,
+            error: source,
+        })
     }
 }
 

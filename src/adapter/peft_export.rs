@@ -166,7 +166,10 @@ pub fn export_peft<B: Backend>(
     // What a killed export left staged here is replaced (the folder is this run's: the
     // caller checked that, and holds its lock).
     for path in files.iter().flat_map(|(name, _)| staged_copies(dir, name)) {
-        std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
+        std::fs::remove_file(&path).map_err(|source| Error::Io {
+            path,
+            error: source,
+        })?;
     }
     // All three written in full before any is renamed into place: a full disk or a kill
     // while writing leaves the folder as it was, and the renames themselves take moments.

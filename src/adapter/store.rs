@@ -177,7 +177,7 @@ pub(crate) fn complete_interrupted_save(dir: &Path) -> Result<()> {
     let manifest = dir.join(MANIFEST_FILE);
     std::fs::rename(&staged, &manifest).map_err(|source| Error::Io {
         path: manifest,
-        source,
+        error: source,
     })
 }
 
@@ -273,7 +273,7 @@ pub fn load_adapter<B: Backend>(
             read?;
             return Err(Error::Io {
                 path: weights_path,
-                source,
+                error: source,
             });
         }
     };

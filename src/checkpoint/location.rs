@@ -58,7 +58,7 @@ pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBu
         };
         return Err(Error::Io {
             path: spec.to_path_buf(),
-            source: std::io::Error::new(
+            error: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("no such checkpoint directory, {looked_in}"),
             ),
@@ -131,7 +131,7 @@ fn snapshot(repo: &Path) -> Result<PathBuf> {
     }
     let entries = std::fs::read_dir(&snapshots).map_err(|source| Error::Io {
         path: snapshots.clone(),
-        source,
+        error: source,
     })?;
     let found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -86,7 +86,7 @@ impl Checkpoint {
         } else if !path.exists() {
             return Err(Error::Io {
                 path,
-                source: std::io::Error::new(
+                error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no tokenizer file (nor a vocab.txt to build BERT's tokenizer from)",
                 ),
@@ -164,12 +164,15 @@ fn open_weights(dir: &Path) -> Result<WeightsFile> {
     let index = dir.join("model.safetensors.index.json");
     if single.exists() || !index.exists() {
         return WeightsFile::open(&single).map_err(|e| match e {
-            Error::Io { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::Io {
+                path,
+                error: source,
+            } if source.kind() == std::io::ErrorKind::NotFound => {
                 let pickle = dir.join("pytorch_model.bin").exists();
                 let dangling = single.symlink_metadata().is_ok();
                 Error::Io {
                     path,
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         source.kind(),
                         if dangling {
                             "a link to a file that does not exist (in a hub cache, a blob an \

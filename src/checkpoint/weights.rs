@@ -44,7 +44,7 @@ impl Shard {
     fn read(path: &Path) -> Result<Shard> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         Shard::parse(path, bytes)
     }

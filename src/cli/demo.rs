@@ -40,7 +40,7 @@ impl DemoCommand {
             if !path.exists() {
                 return Err(Error::Io {
                     path: path.clone(),
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         std::io::ErrorKind::NotFound,
                         "not found: run scripts/fetch_assets.sh first",
                     ),

@@ -324,7 +324,7 @@ impl PredictCommand {
                 .and_then(|()| std::io::stdout().flush())
                 .map_err(|source| Error::Io {
                     path: "<stdout>".into(),
-                    source,
+                    error: source,
                 })?,
         }
         note!("{} predictions", data.len());

@@ -116,7 +116,7 @@ fn print_line(line: &dyn std::fmt::Display) -> spafit::Result<()> {
         .and_then(|()| out.flush())
         .map_err(|source| spafit::Error::Io {
             path: "<stdout>".into(),
-            source,
+            error: source,
         })
 }
 

@@ -146,7 +146,7 @@ impl TextTokenizer {
         if !path.is_file() {
             return Err(Error::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(
+                error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "tokenizer file not found",
                 ),

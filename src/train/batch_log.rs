@@ -37,7 +37,7 @@ impl BatchLog {
     fn open(path: &Path, append: bool) -> Result<Self> {
         let io = |source| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -90,7 +90,7 @@ impl BatchLog {
             .and_then(|()| self.out.flush())
             .map_err(|source| Error::Io {
                 path: self.path.clone(),
-                source,
+                error: source,
             })
     }
 }

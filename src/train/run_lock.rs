@@ -53,7 +53,7 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     let path = dir.join(LOCK_FILE);
     let io = |source| Error::Io {
         path: path.clone(),
-        source,
+        error: source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let key = std::fs::canonicalize(dir).map_err(io)?;

@@ -176,7 +176,7 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
     }
     let bytes = std::fs::read(&path).map_err(|source| Error::Io {
         path: path.clone(),
-        source,
+        error: source,
     })?;
     let corrupt = |detail: String| Error::Format {
         path: path.clone(),
@@ -279,7 +279,10 @@ fn remove_temporary_files(dir: &Path) -> Result<()> {
         let name = name.to_string_lossy();
         if name.starts_with('.') && name.contains(".tmp-") {
             let path = entry.path();
-            std::fs::remove_file(&path).map_err(|source| Error::Io { path, source })?;
+            std::fs::remove_file(&path).map_err(|source| Error::Io {
+                path,
+                error: source,
+            })?;
         }
     }
     Ok(())

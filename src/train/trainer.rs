@@ -826,7 +826,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let path = run_state::metrics_path(dir);
         let io = |source| Error::Io {
             path: path.clone(),
-            source,
+            error: source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut f = std::fs::OpenOptions::new()
