@@ -77,7 +77,10 @@ fn main() -> spafit::Result<()> {
         &plan,
         &checkpoint.weights,
         None,
-        Some(false),
+        TrainingInputs {
+            text_pairs: Some(false),
+            max_len: Some(tokenizer.max_len()),
+        },
     )?;
     println!(
         "{} steps, {} trainable parameters, dev accuracy {:.2}, adapter saved to {output}",

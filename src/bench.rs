@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use crate::autograd::Tape;
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{check_batch_memory, BertClassifier, Labels, ModelInput, Pass};
 use crate::nn::DropoutPlan;
 use crate::rng::SplitMix;
@@ -51,6 +51,14 @@ pub fn bench_train_step<B: Backend>(
     warmup: usize,
     steps: usize,
 ) -> Result<BenchReport> {
+    if steps == 0 {
+        return Err(Error::invalid("bench", "needs at least one timed step"));
+    }
+    // The plan's own adapter dropout, as training would apply it.
+    let lora_dropout = model
+        .plan()
+        .and_then(|p| p.lora.as_ref())
+        .map_or(0.0, |l| l.dropout);
     let layers_on_tape = model.layers_on_tape();
     check_batch_memory(
         backend,
@@ -100,7 +108,7 @@ pub fn bench_train_step<B: Backend>(
         let mut dropouts = DropoutPlan::train(
             cfg.hidden_dropout_prob,
             cfg.attention_probs_dropout_prob,
-            0.1,
+            lora_dropout,
             i as u64,
         )
         .with_classifier(cfg.classifier_dropout_or(cfg.hidden_dropout_prob));

@@ -55,6 +55,8 @@ pub fn gradcheck<B: Backend>(
             .collect();
         cpu.tensor_from_f64(shape, &v)
     })?;
+    // The adapters' own dropout where the plan has adapters (BERT's 0.1 on the rest).
+    let lora_dropout = plan.lora.as_ref().map_or(0.0, |l| l.dropout);
     let tokenizer = checkpoint.tokenizer(32)?;
     let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
     let input = ModelInput::new(&cpu, &tokenizer.encode_batch(&inputs)?)?;
@@ -65,7 +67,7 @@ pub fn gradcheck<B: Backend>(
         let logits = m.forward(
             &mut tape,
             &input,
-            &mut DropoutPlan::train(0.1, 0.1, 0.1, seed),
+            &mut DropoutPlan::train(0.1, 0.1, lora_dropout, seed),
         )?;
         let loss = m.loss(&mut tape, &logits, &labels)?;
         Ok(cpu.to_f64(loss.value())?[0])
@@ -97,7 +99,7 @@ pub fn gradcheck<B: Backend>(
     let logits = on_device.forward(
         &mut tape,
         &device_input,
-        &mut DropoutPlan::train(0.1, 0.1, 0.1, seed),
+        &mut DropoutPlan::train(0.1, 0.1, lora_dropout, seed),
     )?;
     let loss = on_device.loss(&mut tape, &logits, &device_labels)?;
     let grads = tape.backward(&loss)?;

@@ -4,8 +4,11 @@ use std::collections::BTreeMap;
 
 use crate::data::GlueTask;
 
-/// Fraction of equal predictions.
+/// Fraction of equal predictions; NaN when the slices differ in length (no pairing).
 pub fn accuracy(pred: &[u32], gold: &[u32]) -> f64 {
+    if pred.len() != gold.len() {
+        return f64::NAN;
+    }
     if gold.is_empty() {
         return 0.0;
     }
@@ -25,8 +28,12 @@ fn confusion(pred: &[u32], gold: &[u32]) -> (f64, f64, f64, f64) {
     (tp, tn, fp, fn_)
 }
 
-/// F1 of the positive class (label 1), 0 when there is no positive prediction or gold label.
+/// F1 of the positive class (label 1), 0 when there is no positive prediction or gold label;
+/// NaN when the slices differ in length.
 pub fn f1(pred: &[u32], gold: &[u32]) -> f64 {
+    if pred.len() != gold.len() {
+        return f64::NAN;
+    }
     let (tp, _, fp, fn_) = confusion(pred, gold);
     if tp == 0.0 {
         0.0
@@ -35,8 +42,12 @@ pub fn f1(pred: &[u32], gold: &[u32]) -> f64 {
     }
 }
 
-/// Matthews correlation of binary labels; 0 when a margin is empty (as scikit-learn).
+/// Matthews correlation of binary labels; 0 when a margin is empty (as scikit-learn); NaN
+/// when the slices differ in length.
 pub fn matthews_correlation(pred: &[u32], gold: &[u32]) -> f64 {
+    if pred.len() != gold.len() {
+        return f64::NAN;
+    }
     let (tp, tn, fp, fn_) = confusion(pred, gold);
     let denom = ((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)).sqrt();
     if denom == 0.0 {
@@ -46,9 +57,13 @@ pub fn matthews_correlation(pred: &[u32], gold: &[u32]) -> f64 {
     }
 }
 
-/// Pearson correlation; 0 when either side is constant.
+/// Pearson correlation; 0 when either side is constant; NaN when the slices differ in
+/// length.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    let n = x.len().min(y.len());
+    if x.len() != y.len() {
+        return f64::NAN;
+    }
+    let n = x.len();
     if n == 0 {
         return 0.0;
     }
@@ -87,8 +102,12 @@ pub fn average_ranks(x: &[f64]) -> Vec<f64> {
     ranks
 }
 
-/// Spearman correlation: Pearson of average ranks (ties handled).
+/// Spearman correlation: Pearson of average ranks (ties handled); NaN when the slices differ
+/// in length.
 pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    if x.len() != y.len() {
+        return f64::NAN;
+    }
     pearson(&average_ranks(x), &average_ranks(y))
 }
 

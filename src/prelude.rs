@@ -3,7 +3,7 @@
 //! import: `use spafit::prelude::*;`. `spafit::Result` and `spafit::Error` are left out, so
 //! that the glob does not shadow the standard `Result`.
 
-pub use crate::adapter::{export_peft, load_adapter, open_adapter, save_adapter};
+pub use crate::adapter::{export_peft, load_adapter, open_adapter, save_adapter, TrainingInputs};
 pub use crate::backend::cpu::CpuBackend;
 pub use crate::backend::cuda::CudaBackend;
 pub use crate::backend::Backend;

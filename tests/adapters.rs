@@ -6,7 +6,7 @@ mod common;
 use common::rel_err;
 use spafit::adapter::{
     export_peft, import_peft, load_adapter, open_adapter, read_tensors, save_adapter,
-    MANIFEST_FILE, WEIGHTS_FILE,
+    TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,
 };
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
@@ -79,9 +79,17 @@ fn adapter_round_trip_and_refusals() {
         &plan,
         &ck.weights,
         Some(&labels),
-        Some(false),
+        TrainingInputs {
+            text_pairs: Some(false),
+            max_len: Some(24),
+        },
     )
     .unwrap();
+    // The inputs' cut comes back with the adapter, for evaluating it the same way.
+    assert_eq!(
+        open_adapter(dir.path(), &ck, &cpu).unwrap().max_len,
+        Some(24)
+    );
 
     // Only the trainable tensors are stored.
     let stored = read_tensors(&cpu, &dir.path().join(WEIGHTS_FILE)).unwrap();
@@ -322,6 +330,35 @@ fn peft_export_names_and_config() {
     let bitfit = PeftPlan::new(&PeftConfig::new(Method::BitFit), 6).unwrap();
     let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x", None, None).unwrap_err();
     assert!(e.to_string().contains("no LoRA adapter"), "{e}");
+
+    // Never into a spafit adapter's folder: the two adapters would mix, and nothing of the
+    // spafit one is touched.
+    let own = tempfile::tempdir().unwrap();
+    save_adapter(
+        own.path(),
+        &cpu,
+        &model,
+        &plan,
+        &ck.weights,
+        None,
+        TrainingInputs::default(),
+    )
+    .unwrap();
+    let saved: Vec<_> = std::fs::read_dir(own.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let e = export_peft(own.path(), &cpu, &model, &plan, "x", None, None).unwrap_err();
+    assert!(
+        e.to_string().contains("holds a spafit adapter or run")
+            && e.to_string().contains("adapter.json"),
+        "{e}"
+    );
+    let after: Vec<_> = std::fs::read_dir(own.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(saved, after);
 }
 
 /// What the loader would refuse is refused when saving or training, before anything is
@@ -343,31 +380,70 @@ fn adapters_the_loader_would_refuse_are_never_written() {
             plan,
             &ck.weights,
             labels,
-            Some(false),
+            TrainingInputs {
+                text_pairs: Some(false),
+                max_len: None,
+            },
         )
         .err()
         .map(|e| e.to_string())
     };
+    // The PEFT export refuses the same, with the same words.
+    let export =
+        |model: &BertClassifier<CpuBackend>, plan: &PeftPlan, labels: Option<&[String]>| {
+            export_peft(dir.path(), &cpu, model, plan, "x", labels, None)
+                .err()
+                .map(|e| e.to_string())
+        };
+    let refused = |model: &BertClassifier<CpuBackend>,
+                   plan: &PeftPlan,
+                   labels: Option<&[String]>,
+                   needle: &str| {
+        for e in [save(model, plan, labels), export(model, plan, labels)] {
+            let e = e.unwrap_or_else(|| panic!("not refused: {needle}"));
+            assert!(e.contains(needle), "{e}");
+        }
+    };
     let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let model = trained(&ck, &cpu, &plan);
     let lora = PeftPlan::new(&PeftConfig::new(Method::Lora), 6).unwrap();
-    let e = save(&model, &lora, None).expect("another plan");
-    assert!(e.contains("another plan"), "{e}");
-    let e = save(&model, &plan, Some(&names(&["a", "b"]))).expect("two names, three outputs");
-    assert!(e.contains("2 label names for a head of 3 outputs"), "{e}");
-    let e = save(&model, &plan, Some(&names(&["a", "a", "b"]))).expect("a repeated name");
-    assert!(e.contains("labels"), "{e}");
+    refused(&model, &lora, None, "another plan");
+    refused(
+        &model,
+        &plan,
+        Some(&names(&["a", "b"])),
+        "2 label names for a head of 3 outputs",
+    );
+    refused(&model, &plan, Some(&names(&["a", "a", "b"])), "labels");
     let mut merged = trained(&ck, &cpu, &plan);
     merged.merge_lora(&cpu).unwrap();
-    let e = save(&merged, &plan, None).expect("merged");
-    assert!(e.contains("merged"), "{e}");
+    refused(&merged, &plan, None, "merged");
     let mut diverged = trained(&ck, &cpu, &plan);
     let head = &mut diverged.classifier.weight;
     let mut v = cpu.to_f64(&head.value).unwrap();
     v[4] = f64::NAN;
     head.value = cpu.tensor_from_f64(head.value.shape().clone(), &v).unwrap();
-    let e = save(&diverged, &plan, None).expect("NaN");
-    assert!(e.contains("classifier.weight") && e.contains("NaN"), "{e}");
+    refused(&diverged, &plan, None, "`classifier.weight` holds NaN");
+    // No plan applied: every weight trains, which no plan's adapter records.
+    let bare = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
+    refused(&bare, &plan, None, "no plan was applied");
+    // A plan whose application failed part way (here: the adapters' initializer) leaves the
+    // model under no plan, not under the one it had before.
+    let mut half = trained(&ck, &cpu, &plan);
+    let mut made = 0;
+    let e = half
+        .apply_plan(&lora, &mut |name, _| {
+            made += 1;
+            Err(spafit::Error::invalid(
+                "test init",
+                format!("refusing `{name}`"),
+            ))
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("refusing") && made == 1, "{e}");
+    assert!(half.plan().is_none());
+    refused(&half, &plan, None, "no plan was applied");
+    refused(&half, &lora, None, "no plan was applied");
     assert!(
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "something was written"
@@ -400,6 +476,22 @@ fn adapters_the_loader_would_refuse_are_never_written() {
         e.to_string().contains("memory, example 17: class id 7"),
         "{e}"
     );
+    // One class is a regression head's single output, not a classifier.
+    let single = Dataset::from_examples(
+        "single",
+        TaskKind::Classification {
+            labels: names(&["only"]),
+        },
+        vec![Example {
+            text_a: "text".into(),
+            text_b: None,
+            target: Some(Target::Class(0)),
+        }],
+    );
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config.clone())
+        .fit(&tok, &single, None)
+        .expect_err("one class");
+    assert!(e.to_string().contains("at least two classes"), "{e}");
     let e = Trainer::new(&cpu, &mut model, &lora, &ck.weights, config)
         .fit(&tok, &data, None)
         .expect_err("another plan");

@@ -426,10 +426,23 @@ fn out_of_device_memory_is_an_error_value() {
             .expect_err("2 MiB on a 1 MiB device");
         assert!(matches!(err, spafit::Error::OutOfMemory { .. }), "{err:?}");
         println!("OOM: {err}");
+        // Writing in place into a buffer another tensor shares needs a private copy first:
+        // with no room for it, an error value (cudarc's own `Clone` would panic).
+        use spafit::backend::Backend;
+        let mut t = b.zeros(spafit::tensor::Shape::new([3 << 16])).unwrap();
+        let shared = t.clone();
+        let err = b
+            .scale_in_place(&mut t, 2.0)
+            .expect_err("768 KiB twice on a 1 MiB device");
+        assert!(matches!(err, spafit::Error::OutOfMemory { .. }), "{err:?}");
+        drop(shared);
+        b.scale_in_place(&mut t, 2.0).unwrap();
+        println!("OOM in place: {err}");
         return;
     };
     assert!(
         out.contains("OOM: ")
+            && out.contains("OOM in place: scale: out of GPU memory (")
             && out.contains("out of GPU memory (")
             && out.contains("bytes asked for")
             && out.contains("smaller batch")

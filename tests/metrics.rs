@@ -71,3 +71,19 @@ fn glue_reports_the_right_metrics() {
         ["pearson", "spearman"]
     );
 }
+
+/// Slices of different lengths cannot be paired: NaN, never a value from a prefix.
+#[test]
+fn unpaired_slices_give_nan() {
+    let (short, long) = ([1u32, 0], [1u32, 0, 1]);
+    for value in [
+        accuracy(&short, &long),
+        f1(&long, &short),
+        matthews_correlation(&short, &long),
+        pearson(&[1.0, 2.0], &[1.0, 2.0, 3.0]),
+        spearman(&[1.0, 2.0, 3.0], &[2.0, 1.0]),
+    ] {
+        assert!(value.is_nan(), "{value}");
+    }
+    assert_eq!(accuracy(&long, &long), 1.0);
+}

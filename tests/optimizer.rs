@@ -112,3 +112,46 @@ fn step_counts_beyond_i32_do_not_wrap() {
         }
     }
 }
+
+/// A refused update changes nothing: settings and every operand are checked before the
+/// first parameter moves, so the step count, the parameters and the moments stay as they
+/// were (a caller may fix the cause and go on).
+#[test]
+fn a_refused_update_changes_nothing() {
+    use spafit::autograd::Gradients;
+    use spafit::nn::Param;
+    use spafit::train::AdamW;
+    let cpu = CpuBackend::f64();
+    let param = |name: &str, values: &[f64]| Param {
+        name: name.into(),
+        value: tensor(&cpu, &[values.len()], values),
+        trainable: true,
+    };
+    let (mut a, mut b) = (param("a.weight", &P0), param("b.weight", &[1.0, 2.0]));
+    let grads = Gradients::from_map(
+        [
+            ("a.weight".to_string(), tensor(&cpu, &[4], &[0.5; 4])),
+            ("b.weight".to_string(), tensor(&cpu, &[3], &[0.5; 3])),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let mut opt = AdamW::new(0.01);
+    // `b`'s gradient has the wrong shape: found before `a` (first by name) is updated.
+    let e = opt
+        .update(&cpu, vec![&mut a, &mut b], &grads, 0.01)
+        .unwrap_err();
+    assert!(e.to_string().contains("gradient of `b.weight`"), "{e}");
+    // A learning rate that is not a number: refused before anything.
+    let e = opt
+        .update(&cpu, vec![&mut a], &grads, f64::NAN)
+        .unwrap_err();
+    assert!(e.to_string().contains("lr"), "{e}");
+    assert_eq!(opt.step, 0);
+    assert!(opt.moments().is_empty());
+    assert_eq!(host(&a.value), P0.to_vec());
+    // The same optimizer then steps as a fresh one does.
+    opt.update(&cpu, vec![&mut a], &grads, 0.01).unwrap();
+    assert_eq!(opt.step, 1);
+    assert_ne!(host(&a.value), P0.to_vec());
+}

@@ -101,6 +101,16 @@ fn impossible_plans_are_errors() {
     let mut empty = PeftConfig::new(Method::Lora);
     empty.lora_layers = Some(vec![]);
     assert!(err(&empty, 6).contains("empty"));
+    for method in [Method::Full, Method::BitFit, Method::Spafit] {
+        let mut listed = PeftConfig::new(method);
+        listed.lora_layers = Some(vec![5]);
+        assert!(
+            err(&listed, 6).contains(&format!(
+                "lora_layers is a setting of the lora method; {method}"
+            )),
+            "{method}"
+        );
+    }
     assert!("qlora"
         .parse::<Method>()
         .unwrap_err()

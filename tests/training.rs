@@ -674,6 +674,19 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         &data,
     );
     assert!(e.contains("--eval-every: saved 3, now 5"), "{e}");
+    // So does the task, whose metric (here STS-B's Pearson, not the loss) picks `best/`.
+    let e = refused(
+        TrainConfig {
+            task: Some(spafit::data::GlueTask::Stsb),
+            ..resume()
+        },
+        &|_| {},
+        &data,
+    );
+    assert!(
+        e.contains("--task (its metric picks best/): saved none, now STS-B"),
+        "{e}"
+    );
     // The same settings resume.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())

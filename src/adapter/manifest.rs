@@ -43,6 +43,10 @@ pub struct AdapterManifest {
     /// Whether the adapter was trained on text pairs (two texts per example), when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_pairs: Option<bool>,
+    /// The tokens per example (special tokens included) the training texts were cut to
+    /// (`--max-len`), when recorded: what evaluating with the same inputs needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<usize>,
     /// SHA-256 of `adapter.safetensors`, so a torn pair of files is detected.
     pub weights_sha256: String,
     /// Names of the stored tensors.

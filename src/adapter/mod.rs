@@ -15,13 +15,13 @@ pub use atomic::{sha256_hex, write_atomic};
 pub(crate) use manifest::stratum_name;
 pub use manifest::AdapterManifest;
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
-pub use peft_export::{export_peft, exported_by_run};
+pub use peft_export::{export_peft, exported_by_run, spafit_file_in};
 pub use peft_import::{
     import_peft, is_peft_adapter, PeftImport, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,
     SPAFIT_EXPORT_FILE,
 };
 pub(crate) use store::{complete_interrupted_save, tensors_to_safetensors_with_metadata};
 pub use store::{
-    load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors, MANIFEST_FILE,
-    WEIGHTS_FILE,
+    load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors,
+    TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,
 };

@@ -33,6 +33,9 @@ pub struct OpenedAdapter<B: Backend> {
     pub labels: Option<Vec<String>>,
     /// Whether it was trained on text pairs, when it records that (spafit's adapters do).
     pub text_pairs: Option<bool>,
+    /// The tokens per example its training texts were cut to, when it records that
+    /// (spafit's adapters do; PEFT's do not).
+    pub max_len: Option<usize>,
     /// Who wrote it.
     pub format: AdapterFormat,
     /// What the import could not carry over exactly (see [`super::PeftImport::notes`]).
@@ -187,6 +190,7 @@ pub fn open_adapter<B: Backend>(
             plan,
             labels: manifest.labels,
             text_pairs: manifest.text_pairs,
+            max_len: manifest.max_len,
             format: AdapterFormat::Spafit,
             notes: Vec::new(),
             warnings: Vec::new(),
@@ -201,6 +205,7 @@ pub fn open_adapter<B: Backend>(
             plan: import.plan,
             labels: import.labels,
             text_pairs: None,
+            max_len: None,
             format: AdapterFormat::Peft,
             notes: import.notes,
             warnings: import.warnings,

@@ -1,6 +1,6 @@
 //! Export to PEFT's on-disk format: `adapter_model.safetensors` + `adapter_config.json`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -33,6 +33,18 @@ pub fn export_peft<B: Backend>(
     labels: Option<&[String]>,
     run_dir: Option<&Path>,
 ) -> Result<()> {
+    if let Some(found) = spafit_file_in(dir) {
+        return Err(Error::invalid(
+            "peft export",
+            format!(
+                "{} holds a spafit adapter or run ({}); an export there would mix two \
+                 adapters in one folder (and spafit would read its own one back): give a \
+                 folder of its own",
+                dir.display(),
+                found.display()
+            ),
+        ));
+    }
     let lora = plan.lora.as_ref().ok_or_else(|| {
         Error::invalid(
             "peft export",
@@ -42,6 +54,7 @@ pub fn export_peft<B: Backend>(
             ),
         )
     })?;
+    super::store::check_savable(backend, model, plan, labels, "peft export")?;
     let lora_layers: Vec<usize> = plan
         .strata
         .iter()
@@ -181,6 +194,22 @@ pub fn export_peft<B: Backend>(
         file.commit()?;
     }
     Ok(())
+}
+
+/// The first file or folder in `dir` that belongs to a spafit adapter or training run
+/// (`adapter.json`, its weights, `metrics.jsonl`, `best/`, `last/`): a PEFT export must not
+/// go there.
+pub fn spafit_file_in(dir: &Path) -> Option<PathBuf> {
+    [
+        super::MANIFEST_FILE,
+        super::WEIGHTS_FILE,
+        "metrics.jsonl",
+        "best",
+        "last",
+    ]
+    .iter()
+    .map(|name| dir.join(name))
+    .find(|path| path.symlink_metadata().is_ok())
 }
 
 /// A run folder as recorded in `spafit_export.json`: its absolute, resolved path when it

@@ -74,8 +74,41 @@ pub fn read_tensors<B: Backend>(backend: &B, path: &Path) -> Result<BTreeMap<Str
     Ok(out)
 }
 
+/// What the training examples were like, recorded with an adapter so that using it reads
+/// its inputs the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrainingInputs {
+    /// Whether the examples were text pairs.
+    pub text_pairs: Option<bool>,
+    /// The tokens per example (special tokens included) they were cut to.
+    pub max_len: Option<usize>,
+}
+
+/// What a loader would refuse is refused before anything is written: a plan other than the
+/// model's (or none applied, or LoRA merged away), class names the head cannot carry, and
+/// non-finite weights. `op` names the writer (a spafit adapter, a PEFT export).
+pub(crate) fn check_savable<B: Backend>(
+    backend: &B,
+    model: &BertClassifier<B>,
+    plan: &PeftPlan,
+    labels: Option<&[String]>,
+    op: &'static str,
+) -> Result<()> {
+    model.check_plan(plan)?;
+    if let Some(problem) = labels.and_then(|l| labels_problem(l, model.num_labels)) {
+        return Err(Error::invalid(op, problem));
+    }
+    if let Some((name, value)) = model.non_finite_trainable(backend)? {
+        return Err(Error::invalid(
+            op,
+            format!("`{name}` holds {value}: an adapter of non-finite weights cannot be used"),
+        ));
+    }
+    Ok(())
+}
+
 /// Saves the trainable tensors of `model` and a manifest into `dir`, recording the class
-/// names and whether the examples were text pairs. Both files are written in full beside
+/// names and what the training inputs were like ([`TrainingInputs`]). Both files are written in full beside
 /// their places before either is renamed into place, the weights first and the manifest
 /// (which holds their hash) last: a kill between the two renames leaves the new weights with
 /// the new manifest staged beside them, which [`load_adapter`] completes the save with.
@@ -86,19 +119,9 @@ pub fn save_adapter<B: Backend>(
     plan: &PeftPlan,
     base: &WeightsFile,
     labels: Option<&[String]>,
-    text_pairs: Option<bool>,
+    inputs: TrainingInputs,
 ) -> Result<()> {
-    // What the loader would refuse is refused here, before anything is written.
-    model.check_plan(plan)?;
-    if let Some(problem) = labels.and_then(|l| labels_problem(l, model.num_labels)) {
-        return Err(Error::invalid("adapter", problem));
-    }
-    if let Some((name, value)) = model.non_finite_trainable(backend)? {
-        return Err(Error::invalid(
-            "adapter",
-            format!("`{name}` holds {value}: an adapter of non-finite weights cannot be used"),
-        ));
-    }
+    check_savable(backend, model, plan, labels, "adapter")?;
     let trainable: Vec<(String, Tensor<B>)> = model
         .params()
         .into_iter()
@@ -121,7 +144,8 @@ pub fn save_adapter<B: Backend>(
         labels: labels.map(<[String]>::to_vec),
         base_model_sha256: base.sha256().to_string(),
         base_encoder_sha256: Some(base.encoder_sha256().to_string()),
-        text_pairs,
+        text_pairs: inputs.text_pairs,
+        max_len: inputs.max_len,
         weights_sha256: sha256_hex(&bytes),
         tensors: trainable.iter().map(|(n, _)| n.clone()).collect(),
     };

@@ -129,6 +129,17 @@ impl Dataset {
     /// batch midway. `op` names the caller.
     pub fn check_targets(&self, op: &'static str) -> Result<()> {
         if let TaskKind::Classification { labels } = &self.kind {
+            // One output is what a regression head has: a one-class head would be read as one.
+            if labels.len() < 2 {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "{}: class names {labels:?}: a classification task needs at least two \
+                         classes",
+                        self.name
+                    ),
+                ));
+            }
             if let Some(problem) = label_names_problem(labels) {
                 return Err(Error::invalid(
                     op,

@@ -251,7 +251,8 @@ impl<B: Backend> BertClassifier<B> {
     }
 
     /// The plan applied with [`BertClassifier::apply_plan`], while the model still has its
-    /// shape (`None` before any, and after [`BertClassifier::merge_lora`]).
+    /// shape (`None` before any, after [`BertClassifier::merge_lora`], and after an
+    /// `apply_plan` that failed part way).
     pub fn plan(&self) -> Option<&PeftPlan> {
         self.plan.as_ref()
     }
@@ -275,7 +276,17 @@ impl<B: Backend> BertClassifier<B> {
                     applied.method, applied.strata, plan.method, plan.strata
                 ),
             )),
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            // Without a plan every weight trains, whatever `plan` says: a save would record
+            // tensors the plan does not name.
+            None => Err(Error::invalid(
+                "peft plan",
+                format!(
+                    "no plan was applied to the model (or applying one failed part way): call \
+                     apply_plan with the {} plan first",
+                    plan.method
+                ),
+            )),
         }
     }
 
@@ -313,6 +324,9 @@ impl<B: Backend> BertClassifier<B> {
                 ),
             ));
         }
+        // Until every layer has its stratum the model is under no plan: a failure part way
+        // leaves it refused by `check_plan`, not passing for the plan it had before.
+        self.plan = None;
         for (layer, &stratum) in self.bert.layers.iter_mut().zip(&plan.strata) {
             layer.set_stratum(stratum, plan.lora.as_ref(), &mut *init)?;
             if plan.train_layer_norm_weights && stratum != Stratum::Frozen {

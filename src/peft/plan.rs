@@ -178,6 +178,14 @@ impl PeftPlan {
                 "{layers} layers: an encoder has at most {MAX_LAYERS} here"
             )));
         }
+        if config.lora_layers.is_some() && config.method != Method::Lora {
+            // Other methods place their layers themselves (SPAFIT's adapters sit from N2 up):
+            // a list given to them would be ignored without a word.
+            return Err(invalid(format!(
+                "lora_layers is a setting of the lora method; {} does not read it",
+                config.method
+            )));
+        }
         let mut boundaries = None;
         let (strata, lora) = match config.method {
             Method::Full => (vec![Stratum::Full; layers], None),

@@ -88,6 +88,19 @@ impl<B: Backend> Tensor<B> {
         Arc::make_mut(&mut self.buf)
     }
 
+    /// Mutable access to the buffer, where copying it can fail (a device copy needs memory):
+    /// when another tensor shares the buffer, `copy` makes this tensor's own first.
+    pub fn buffer_mut_or_copy(
+        &mut self,
+        copy: impl FnOnce(&B::Buffer) -> Result<B::Buffer>,
+    ) -> Result<&mut B::Buffer> {
+        if Arc::get_mut(&mut self.buf).is_none() {
+            self.buf = Arc::new(copy(&self.buf)?);
+        }
+        // Unique now: no copy is made here.
+        Ok(Arc::make_mut(&mut self.buf))
+    }
+
     /// The same data under another shape with the same element count (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();

@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
 use crate::autograd::Gradients;
-use crate::backend::{AdamWStep, Backend};
-use crate::error::Result;
+use crate::backend::{shapes, AdamWStep, Backend};
+use crate::error::{Error, Result};
 use crate::nn::Param;
 use crate::tensor::Tensor;
 
@@ -40,7 +40,9 @@ impl<B: Backend> AdamW<B> {
         }
     }
 
-    /// One update of every trainable parameter that has a gradient.
+    /// One update of every trainable parameter that has a gradient. Settings, shapes and
+    /// dtypes are checked for every parameter before any is changed: a refused update leaves
+    /// the parameters, the moments and the step count as they were.
     pub fn update(
         &mut self,
         backend: &B,
@@ -48,11 +50,45 @@ impl<B: Backend> AdamW<B> {
         grads: &Gradients<B>,
         lr: f64,
     ) -> Result<()> {
-        self.step += 1;
-        for p in params.into_iter().filter(|p| p.trainable) {
-            let Some(g) = grads.get(&p.name) else {
-                continue;
-            };
+        let step_number = self.step + 1;
+        shapes::adamw(&AdamWStep {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step: step_number,
+        })?;
+        let updates: Vec<(&mut Param<B>, &Tensor<B>)> = params
+            .into_iter()
+            .filter(|p| p.trainable)
+            .filter_map(|p| grads.get(&p.name).map(|g| (p, g)))
+            .collect();
+        for (p, g) in &updates {
+            // A gradient may be narrower than its f32 master (bf16 on CUDA); its shape and
+            // the moments' shape and dtype must be the parameter's.
+            let mut operands = vec![("gradient", *g, false)];
+            if let Some((m, v)) = self.moments.get(&p.name) {
+                operands.extend([("first moment", m, true), ("second moment", v, true)]);
+            }
+            for (what, t, same_dtype) in operands {
+                if t.shape() != p.value.shape() || (same_dtype && t.dtype() != p.value.dtype()) {
+                    return Err(Error::shape(
+                        "adamw",
+                        format!(
+                            "the {what} of `{}` is {:?} {:?}, the parameter {:?} {:?}",
+                            p.name,
+                            t.dtype(),
+                            t.dims(),
+                            p.value.dtype(),
+                            p.value.dims()
+                        ),
+                    ));
+                }
+            }
+        }
+        self.step = step_number;
+        for (p, g) in updates {
             let (m, v) = match self.moments.get_mut(&p.name) {
                 Some(mv) => mv,
                 None => {

@@ -22,7 +22,7 @@ pub enum Prediction {
 }
 
 /// Refuses logits that are not whole rows of a head that fits `kind`: `num_labels` outputs,
-/// one for regression, one per class otherwise.
+/// one for regression, one per class (at least two) otherwise.
 pub fn check_logits(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result<()> {
     let problem = if num_labels == 0 || !logits.len().is_multiple_of(num_labels) {
         Some(format!(
@@ -34,6 +34,8 @@ pub fn check_logits(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Resul
             "a head of {num_labels} outputs for a task of {} labels",
             kind.num_labels()
         ))
+    } else if matches!(kind, TaskKind::Classification { .. }) && num_labels < 2 {
+        Some("a classification task needs at least two classes".into())
     } else {
         None
     };
@@ -50,6 +52,18 @@ pub fn scored_predictions(
     num_labels: usize,
 ) -> Result<Vec<Prediction>> {
     check_logits(kind, logits, num_labels)?;
+    // Probabilities from an infinite or NaN logit would be NaN: named instead.
+    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(
+            "predictions",
+            format!(
+                "example {} has the logit {} (output {}): a model that diverged",
+                i / num_labels,
+                logits[i],
+                i % num_labels
+            ),
+        ));
+    }
     Ok(logits
         .chunks_exact(num_labels.max(1))
         .map(|row| match kind {
@@ -59,7 +73,7 @@ pub fn scored_predictions(
                     .iter()
                     .enumerate()
                     .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-                // Shifting by the largest logit keeps exp() finite for any logits.
+                // Shifting by the largest logit keeps exp() finite for any finite logits.
                 let exps: Vec<f64> = row.iter().map(|&v| (v - row[class]).exp()).collect();
                 let total: f64 = exps.iter().sum();
                 let probabilities: Vec<f64> = exps.iter().map(|e| e / total).collect();
@@ -119,5 +133,15 @@ mod tests {
         assert!(scored_predictions(&kind, &[1.0, 2.0], 2).is_err());
         assert!(scored_predictions(&kind, &[], 0).is_err());
         assert!(scored_predictions(&TaskKind::Regression, &[1.0, 2.0], 2).is_err());
+        // A one-class head is a regression head's shape, not a classifier.
+        let one = TaskKind::Classification {
+            labels: vec!["a".into()],
+        };
+        assert!(scored_predictions(&one, &[1.0, 2.0], 1).is_err());
+        // Non-finite logits have no probabilities: named, not NaN.
+        let e = scored_predictions(&kind, &[1.0, 2.0, 3.0, f64::INFINITY, 0.0, 1.0], 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("example 1 has the logit inf (output 0)"), "{e}");
     }
 }

@@ -318,7 +318,7 @@ pub(crate) const DEVICE_SETTING: &str = "device and precision";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 19] = [
+    let entries: [(&str, String); 20] = [
         (DEVICE_SETTING, inputs.device.clone()),
         (
             "training data (token ids and labels: the file, --max-len, --labels)",
@@ -355,6 +355,13 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
             inputs
                 .lora_alpha
                 .map_or_else(|| "no LoRA".into(), |a| a.to_string()),
+        ),
+        // The task's metric decides which evaluation is the best one, and so `best/` (a
+        // state saved before this entry has none: not compared).
+        (
+            "--task (its metric picks best/)",
+            c.task
+                .map_or_else(|| "none".into(), |t| t.dir_name().to_string()),
         ),
         // It decides which evaluation is the best one, and so `best/`.
         (

@@ -9,7 +9,7 @@ use super::run_state::{
     self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
 };
 use super::{evaluate, AdamW, BatchLog, EncodedDataset, Evaluation, LinearSchedule, Progress};
-use crate::adapter::save_adapter;
+use crate::adapter::{save_adapter, TrainingInputs};
 use crate::autograd::Tape;
 use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
@@ -47,7 +47,8 @@ pub struct TrainConfig {
     pub hidden_dropout: Option<f64>,
     /// Attention dropout; `None` takes the checkpoint's `attention_probs_dropout_prob`.
     pub attention_dropout: Option<f64>,
-    /// Also evaluate every this many steps (always at each epoch end).
+    /// Also evaluate every this many steps (always at each epoch end). Without an evaluation
+    /// set these steps only save the state, as `save_every` does.
     pub eval_every: Option<usize>,
     /// Also save the resumable state every this many steps (it is always saved after an
     /// evaluation); a run killed between saves repeats the steps since the last one.
@@ -133,14 +134,32 @@ impl TrainConfig {
         }
         if let Some(norm) = c.max_grad_norm.filter(|n| !(n.is_finite() && *n > 0.0)) {
             return refuse(format!(
-                "gradient clipping at norm {norm}: give a positive finite norm (or no clipping)"
+                "gradient clipping at norm {norm} (--max-grad-norm): give a positive finite \
+                 norm, or none for no clipping (--max-grad-norm 0)"
             ));
         }
         if !(c.weight_decay.is_finite() && c.weight_decay >= 0.0) {
             return refuse(format!(
-                "weight decay {} must be finite and ≥ 0",
+                "weight decay {} (--weight-decay) must be finite and ≥ 0",
                 c.weight_decay
             ));
+        }
+        for (name, rate) in [
+            ("hidden dropout", c.hidden_dropout),
+            ("attention dropout", c.attention_dropout),
+        ] {
+            // Checked here, not at the first step: by then the output folder is locked and
+            // a batch log started.
+            if let Some(p) = rate.filter(|p| !(0.0..1.0).contains(p)) {
+                return refuse(format!("{name} {p} must be in [0, 1)"));
+            }
+        }
+        if c.save_every.is_some() && c.output_dir.is_none() {
+            return refuse(
+                "saving every N steps (--save-every) needs an output directory (--output): \
+                 nothing is saved without one"
+                    .into(),
+            );
         }
         match &c.output_dir {
             None if c.resume => return refuse("--resume needs an output directory".into()),
@@ -215,6 +234,8 @@ struct RunPlan {
     labels: Option<Vec<String>>,
     /// Whether the examples are text pairs (recorded with the adapter).
     text_pairs: bool,
+    /// The tokenizer's cut (recorded with the adapter).
+    max_len: usize,
 }
 
 /// The best evaluation so far and the weights that gave it.
@@ -308,7 +329,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Trains on `train`, evaluating on `dev` at each epoch end (and every `eval_every`
     /// steps). With an output directory: `metrics.jsonl`, the best adapter in `best/`, and
-    /// the resumable state in `last/`. The model ends with the best evaluated weights.
+    /// the resumable state in `last/`. The model ends with the best evaluated weights. On an
+    /// error (a diverged step, a full disk) the model keeps the weights it had when the run
+    /// stopped, which may be unusable: the best ones are in `best/` of the output directory,
+    /// and without one they are lost with the run.
     pub fn fit(
         &mut self,
         tokenizer: &TextTokenizer,
@@ -372,6 +396,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 train.name
             ));
         }
+        // The data's own problems first: they are named by example, and a one-class task
+        // would otherwise be reported as a mismatch with the head.
+        train.check_targets("train")?;
         if train.kind.num_labels() != self.model.num_labels {
             return refuse(format!(
                 "the task has {} labels but the model head has {}",
@@ -385,7 +412,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 d.name
             ));
         }
-        train.check_targets("train")?;
         dev.map_or(Ok(()), |d| d.check_targets("train"))
     }
 
@@ -410,6 +436,21 @@ impl<'a, B: Backend> Trainer<'a, B> {
             layers_on_tape: self.model.layers_on_tape(),
         };
         check_batch_memory(&self.backend, cfg, widest, longest, pass, "train")?;
+        // The dev set too, now: a dev example too long for the model would otherwise stop
+        // the run at its first evaluation, after an epoch of training.
+        if let Some((dev_data, _)) = &dev {
+            let dev_lengths = dev_data.lengths();
+            let dev_longest = dev_lengths.iter().copied().max().unwrap_or(0);
+            let dev_widest = c.eval_batch_size.min(dev_lengths.len());
+            check_batch_memory(
+                &self.backend,
+                cfg,
+                dev_widest,
+                dev_longest,
+                Pass::Inference,
+                "train",
+            )?;
+        }
         let per_epoch = lengths.len().div_ceil(c.batch_size);
         let total_steps = match (per_epoch.checked_mul(c.epochs), c.max_steps) {
             (Some(steps), Some(m)) => steps.min(m),
@@ -469,6 +510,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 TaskKind::Regression => None,
             },
             text_pairs: train.examples.iter().any(|e| e.text_b.is_some()),
+            max_len: tokenizer.max_len(),
         })
     }
 
@@ -881,7 +923,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.plan,
                 self.base,
                 plan.labels.as_deref(),
-                Some(plan.text_pairs),
+                TrainingInputs {
+                    text_pairs: Some(plan.text_pairs),
+                    max_len: Some(plan.max_len),
+                },
             ),
             None => Ok(()),
         }

@@ -2,7 +2,9 @@
 //! moments from an f32 or bf16 gradient, with the step's constants from
 //! [`AdamWStep::coefficients`] (the CPU reference uses the same).
 
-use super::{driver, grid_for, launch, require_f32, CudaBackend, CudaBuffer, CudaFloat};
+use super::{
+    driver, grid_for, launch, require_f32, unshared_mut, CudaBackend, CudaBuffer, CudaFloat,
+};
 use crate::backend::{shapes, AdamWStep};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -28,9 +30,9 @@ pub(super) fn step(
     let (decay, step_size, bias2_sqrt) = (c.decay as f32, c.step_size as f32, c.bias2_sqrt as f32);
     let (b1, b2, eps) = (step.beta1 as f32, step.beta2 as f32, step.eps as f32);
     let (one_b1, one_b2) = (c.one_minus_beta1 as f32, c.one_minus_beta2 as f32);
-    let p = f32::slice_mut(param.buffer_mut()).expect("checked f32");
-    let ms = f32::slice_mut(m.buffer_mut()).expect("checked f32");
-    let vs = f32::slice_mut(v.buffer_mut()).expect("checked f32");
+    let p = f32::slice_mut(unshared_mut(param, OP)?).expect("checked f32");
+    let ms = f32::slice_mut(unshared_mut(m, OP)?).expect("checked f32");
+    let vs = f32::slice_mut(unshared_mut(v, OP)?).expect("checked f32");
     let kernel = match grad.buffer() {
         CudaBuffer::F32(_) => "adamw_f32",
         CudaBuffer::BF16(_) => "adamw_bf16_grad",

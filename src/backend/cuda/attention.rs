@@ -75,7 +75,12 @@ fn tc_shared(dp: usize) -> u32 {
 /// Shared memory of the f32 kernels: `own` rows of 32 and `streamed` rows of 16, padded to
 /// head_dim + 1 floats, plus `extra` floats.
 fn f32_shared(head_dim: usize, own: usize, streamed: usize, extra: usize) -> u32 {
-    (((own * 32 + streamed * 16) * (head_dim + 1) + extra) * 4) as u32
+    // Saturating: a head dim in the millions must read as too large, never wrap to a small
+    // size that passes the limit.
+    let floats = (own * 32 + streamed * 16)
+        .saturating_mul(head_dim.saturating_add(1))
+        .saturating_add(extra);
+    u32::try_from(floats.saturating_mul(4)).unwrap_or(u32::MAX)
 }
 
 /// Shared memory per block of the f32 kernels: forward, dK/dV and dQ.
@@ -313,4 +318,22 @@ pub(super) fn backward(
         grads.dv = dv.map(|t| tensor(q.shape().clone(), t)).transpose()?;
         Ok(grads)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A head dim whose shared memory passes 4 GiB reads as the most there is, so the limit
+    /// check refuses it (the product wrapped to a size that passed before).
+    #[test]
+    fn shared_memory_of_huge_head_dims_saturates() {
+        assert_eq!(f32_shared(64, 2, 2, 16), ((2 * 32 + 2 * 16) * 65 + 16) * 4);
+        for head_dim in [11_200_000, 1 << 40, usize::MAX] {
+            assert!(
+                f32_kernel_shared(head_dim).iter().all(|&b| b == u32::MAX),
+                "{head_dim}"
+            );
+        }
+    }
 }

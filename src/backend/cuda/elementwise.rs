@@ -5,7 +5,8 @@ use cudarc::driver::LaunchConfig;
 use half::bf16;
 
 use super::{
-    driver, grid_for, launch, tensor, view, with_float, CudaBackend, CudaBuffer, CudaFloat, THREADS,
+    driver, grid_for, launch, tensor, unshared_mut, view, with_float, CudaBackend, CudaBuffer,
+    CudaFloat, THREADS,
 };
 use crate::backend::{shapes, Dropout};
 use crate::error::{Error, Result};
@@ -55,7 +56,7 @@ pub(super) fn add_assign(
     shapes::require_same_shape("add_assign", ("acc", acc), ("x", x))?;
     let n = x.numel();
     with_float!(dtype, "add_assign", T => {
-        let a = T::slice_mut(acc.buffer_mut()).expect("dtype checked");
+        let a = T::slice_mut(unshared_mut(acc, "add_assign")?).expect("dtype checked");
         launch!(b, MODULE, format!("add_assign_{}", T::SUFFIX), grid_for(n), a, view::<T>(x), &(n as i64));
         Ok(())
     })
@@ -65,7 +66,7 @@ pub(super) fn scale_in_place(b: &CudaBackend, t: &mut Tensor<CudaBackend>, s: f6
     let dtype = shapes::common_float_dtype("scale", &[("t", t)])?;
     let n = t.numel();
     with_float!(dtype, "scale", T => {
-        let buf = T::slice_mut(t.buffer_mut()).expect("dtype checked");
+        let buf = T::slice_mut(unshared_mut(t, "scale")?).expect("dtype checked");
         launch!(b, MODULE, format!("scale_{}", T::SUFFIX), grid_for(n), buf, &(s as f32), &(n as i64));
         Ok(())
     })

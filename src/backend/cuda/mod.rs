@@ -206,6 +206,24 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
     }
 }
 
+/// `t`'s buffer for writing in place. A buffer another tensor shares (a gradient handed to
+/// both inputs of a residual add, weights kept as the best so far) is copied on the device
+/// first, and a copy that finds no memory is an error: cudarc's `Clone` of a device slice
+/// unwraps, which would panic.
+fn unshared_mut<'t>(
+    t: &'t mut Tensor<CudaBackend>,
+    op: &'static str,
+) -> Result<&'t mut CudaBuffer> {
+    t.buffer_mut_or_copy(|buf| {
+        match buf {
+            CudaBuffer::F32(s) => s.try_clone().map(CudaBuffer::F32),
+            CudaBuffer::BF16(s) => s.try_clone().map(CudaBuffer::BF16),
+            CudaBuffer::U32(s) => s.try_clone().map(CudaBuffer::U32),
+        }
+        .map_err(|e| driver(op, e))
+    })
+}
+
 const THREADS: u32 = 256;
 
 /// `n` as the `int` a kernel takes for a count of rows or columns: one past `i32::MAX`
@@ -391,7 +409,9 @@ impl CudaBackend {
     }
 
     /// The same device storing activations and gradients in bf16 too
-    /// ([`Precision::Bf16Storage`]).
+    /// ([`Precision::Bf16Storage`]): a mode for testing the ops' bf16 paths. Models and
+    /// the trainer run under [`CudaBackend::with_dtype`] (`BF16` keeps f32 trainable weights
+    /// and AdamW moments, which this mode does not: its AdamW step is refused).
     pub fn with_bf16_storage(&self) -> Self {
         CudaBackend {
             precision: Precision::Bf16Storage,
@@ -484,7 +504,10 @@ impl CudaBackend {
 
     fn output<T: CudaFloat>(&self, n: usize) -> Result<CudaSlice<T>> {
         if n == 0 {
-            return Err(Error::invalid("cuda", "empty tensors are not supported"));
+            return Err(Error::invalid(
+                "cuda",
+                "empty tensors are not supported on CUDA (the CPU backend takes them)",
+            ));
         }
         let s = &self.device.stream;
         if self.poison {
@@ -669,6 +692,13 @@ impl Backend for CudaBackend {
                 format!("shape {shape} has more elements than memory can address"),
             )
         })?;
+        if n == 0 {
+            // The driver allocates no empty buffer; said plainly, not as a length mismatch.
+            return Err(Error::invalid(
+                "zeros",
+                format!("shape {shape}: empty tensors are not supported on CUDA"),
+            ));
+        }
         with_float!(self.float_dtype(), "zeros", T => tensor(shape, self.zeroed::<T>(n)?))
     }
 
