@@ -367,6 +367,8 @@ fn train_eval_predict_on_glue_layout() {
         "16",
         "--max-steps",
         "3",
+        "--max-len",
+        "24",
         "--output",
         &o,
         "--quiet",
@@ -377,6 +379,7 @@ fn train_eval_predict_on_glue_layout() {
     let line = last_json(&stdout);
     assert_eq!(line["steps"], 3);
     assert!(line["dev_accuracy"].is_number());
+    let trained = line.clone();
     assert!(
         out.path().join("metrics.jsonl").is_file()
             && out.path().join("peft/adapter_config.json").is_file()
@@ -397,7 +400,37 @@ fn train_eval_predict_on_glue_layout() {
     assert!(ok, "{err}");
     let line = last_json(&stdout);
     assert_eq!(line["examples"], 2);
-    assert!(line["accuracy"].as_f64().unwrap() >= 0.0);
+    // The adapter records the cut its training texts had (--max-len 24, not the default 64),
+    // and eval reads the dev set the same way: train's dev numbers come back.
+    assert_eq!(line["max_len"], 24, "{line}");
+    assert_eq!(
+        line["accuracy"], trained["dev_accuracy"],
+        "{line} vs {trained}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{adapter}/adapter.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["max_len"], 24);
+    // Another --max-len is the user's to give, with a note.
+    let (ok, stdout, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--task",
+        "sst2",
+        "--glue-dir",
+        &g,
+        "--adapter",
+        &adapter,
+        "--max-len",
+        "16",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(last_json(&stdout)["max_len"], 16);
+    assert!(
+        err.contains("--max-len 16: the adapter was trained on inputs cut to 24 tokens"),
+        "{err}"
+    );
 
     // The same adapter on data with other labels: refused, not silently mis-scored.
     write(glue.path(), "custom.tsv", "text\tlabel\nfine\tpos\n");
@@ -2169,4 +2202,229 @@ fn a_fine_tuned_checkpoint_evaluates_and_predicts_without_an_adapter() {
         !ok && err.contains("no classifier head") && err.contains("--adapter"),
         "{err}"
     );
+}
+
+/// A setting the run would never use is refused, naming the flag: LoRA flags where SPAFIT's
+/// N2 leaves no LoRA layer, `--eval-every` with no dev set, `--save-every` with nowhere to
+/// save, `--max-len` where gradcheck reads fixed sentences; and a value the library refuses
+/// names the flag it came from. The demo refuses outputs over its own inputs, as `train` does,
+/// leaving them as they were.
+#[test]
+fn unused_settings_and_bad_values_name_their_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let m = model();
+    let csv = sentiment_csv(&[("good fun", 1), ("dull mess", 0), ("great", 1), ("bad", 0)]);
+    write(root, "train.csv", &csv);
+    let t = root.join("train.csv").display().to_string();
+    let out = root.join("out").display().to_string();
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["bench", "--model", &m, "--n2", "6", "--lora-r", "16"],
+            &[
+                "--lora-r",
+                "N2 = 6, the model's 6 layers",
+                "no LoRA + bias layer",
+            ],
+        ),
+        (
+            vec![
+                "bench",
+                "--model",
+                &m,
+                "--n2",
+                "1.0",
+                "--lora-targets",
+                "query",
+            ],
+            &["--lora-targets", "N2 = 6"],
+        ),
+        (
+            vec![
+                "gradcheck",
+                "--model",
+                &m,
+                "--n2",
+                "6",
+                "--lora-dropout",
+                "0.2",
+            ],
+            &["--lora-dropout", "N2 = 6"],
+        ),
+        (
+            vec!["gradcheck", "--model", &m, "--max-len", "8"],
+            &["--max-len"],
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--train-file",
+                &t,
+                "--eval-every",
+                "2",
+            ],
+            &["--eval-every", "no dev set"],
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--train-file",
+                &t,
+                "--save-every",
+                "2",
+            ],
+            &["--save-every", "--output"],
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--train-file",
+                &t,
+                "--output",
+                &out,
+                "--max-grad-norm",
+                "-1",
+            ],
+            &["--max-grad-norm", "-1"],
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--train-file",
+                &t,
+                "--output",
+                &out,
+                "--weight-decay",
+                "-1",
+            ],
+            &["--weight-decay"],
+        ),
+        (vec!["bench", "--model", &m, "--n1", "x"], &["--n1", "`x`"]),
+        (vec!["bench", "--model", &m, "--n2", "-1"], &["--n2"]),
+        (
+            vec!["bench", "--model", &m, "--lora-alpha", "-2"],
+            &["--lora-alpha", "α > 0"],
+        ),
+        (
+            vec!["train", "--model", &m, "--train-file", &t, "--lr", "-1e-3"],
+            &["--lr", "-0.001"],
+        ),
+        (
+            vec!["bench", "--model", &m, "--lora-targets", "foo"],
+            &["--lora-targets", "`foo`"],
+        ),
+        (
+            vec!["bench", "--model", &m, "--lora-dropout", "1"],
+            &["--lora-dropout", "[0, 1)"],
+        ),
+        (
+            vec!["bench", "--model", &m, "--lora-r", "0"],
+            &["--lora-r", "at least 1"],
+        ),
+        (
+            vec!["bench", "--model", &m, "--method", "qlora"],
+            &["--method", "`qlora`"],
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--task",
+                "sst3",
+                "--glue-dir",
+                "/tmp",
+            ],
+            &["--task", "`sst3`"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (ok, _, err) = spafit(&args);
+        assert!(
+            !ok && needles.iter().all(|n| err.contains(n)),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!Path::new(&out).exists(), "a refused run wrote {out}");
+
+    // The method is reported as parsed, whatever its spelling on the command line; train's
+    // F1 names its positive class, as eval's does.
+    let (ok, stdout, err) = spafit(&[
+        "bench",
+        "--model",
+        &m,
+        "--method",
+        "LoRA",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(last_json(&stdout)["method"], "lora");
+    let (ok, stdout, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &t,
+        "--dev-file",
+        &t,
+        "--max-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert!(line["dev_f1"].is_number(), "{line}");
+    assert_eq!(line["f1_positive_class"], "1", "{line}");
+
+    // The demo: its CSV and the model are inputs; nothing is truncated or replaced. A copy of
+    // the model, so that a failure here cannot damage the shared one.
+    let data = root.join("reviews.csv");
+    std::fs::write(&data, "text,label,source\n\"good\",1,rotten_tomatoes\n").unwrap();
+    let copy = root.join("model");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(common::minilm_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+    }
+    let m = copy.display().to_string();
+    let weights = copy.join("model.safetensors");
+    let before = std::fs::metadata(&weights).unwrap().len();
+    let d = data.display().to_string();
+    let w = weights.display().to_string();
+    for (extra, needle) in [
+        (vec!["--write-batches", d.as_str()], "--write-batches"),
+        (vec!["--write-batches", w.as_str()], "--write-batches"),
+        (vec!["--output", m.as_str()], "--output"),
+    ] {
+        let mut args = vec!["demo", "--model", &m, "--data", &d, "--quiet"];
+        args.extend(extra.iter().copied());
+        let (ok, _, err) = spafit(&args);
+        assert!(!ok && err.contains(needle), "{extra:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&data).unwrap(),
+        "text,label,source\n\"good\",1,rotten_tomatoes\n"
+    );
+    assert_eq!(std::fs::metadata(&weights).unwrap().len(), before);
 }

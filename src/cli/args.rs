@@ -7,7 +7,7 @@ use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::CudaBackend;
 use spafit::data::{label_names_problem, Dataset, GlueTask, OnMalformed, TableSpec, TaskKind};
 use spafit::nn::LoraTarget;
-use spafit::peft::{Boundary, Method, PeftConfig};
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::DType;
 use spafit::{Error, Result};
 
@@ -33,18 +33,35 @@ pub struct ModelArgs {
     /// tensor cores, f32 accumulation, f32 master weights for what trains).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// Truncate inputs to this many tokens (special tokens included).
-    #[arg(long, default_value_t = 64)]
-    pub max_len: usize,
+    /// Truncate inputs to this many tokens (special tokens included) [default: 64; with
+    /// --adapter, the length the adapter was trained with, where it records one].
+    #[arg(long)]
+    pub max_len: Option<usize>,
 }
 
+/// Tokens per example when neither --max-len nor an adapter says.
+pub const DEFAULT_MAX_LEN: usize = 64;
+
 impl ModelArgs {
-    /// The checkpoint's tokenizer truncating to --max-len; a length it refuses names the flag.
+    /// The checkpoint's tokenizer, for an adapter whose training texts were cut to `trained`
+    /// tokens where it says: at --max-len when given (with a note where it differs: the
+    /// adapter then reads its inputs otherwise than it learned them), else at `trained`, else
+    /// at [`DEFAULT_MAX_LEN`]. A length the checkpoint refuses names the flag.
     pub fn tokenizer(
         &self,
         checkpoint: &spafit::checkpoint::Checkpoint,
+        trained: Option<usize>,
     ) -> Result<spafit::text::TextTokenizer> {
-        checkpoint.tokenizer(self.max_len).map_err(|e| match e {
+        if let (Some(given), Some(trained)) = (self.max_len, trained) {
+            if given != trained {
+                note!(
+                    "note: --max-len {given}: the adapter was trained on inputs cut to {trained} \
+                     tokens"
+                );
+            }
+        }
+        let len = self.max_len.or(trained).unwrap_or(DEFAULT_MAX_LEN);
+        checkpoint.tokenizer(len).map_err(|e| match e {
             Error::InvalidArgument {
                 op: "tokenizer",
                 detail,
@@ -132,6 +149,15 @@ impl ModelArgs {
     }
 }
 
+/// Names the flag in a parse error of its value (the library names only what it parsed: a
+/// boundary, a target), so the message points at the command line.
+fn for_flag(flag: &'static str) -> impl Fn(Error) -> Error {
+    move |e| match e {
+        Error::InvalidArgument { detail, .. } => Error::invalid(flag, detail),
+        other => other,
+    }
+}
+
 /// The PEFT method and its settings.
 #[derive(Args, Debug, Clone)]
 pub struct PeftArgs {
@@ -139,19 +165,19 @@ pub struct PeftArgs {
     #[arg(long, default_value = "spafit")]
     pub method: String,
     /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`) [default: 1/3].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub n1: Option<String>,
     /// SPAFIT: first LoRA + bias layer, as an index or a fraction [default: 2/3].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub n2: Option<String>,
     /// LoRA rank r [default: 8].
     #[arg(long)]
     pub lora_r: Option<usize>,
     /// LoRA alpha (scale = alpha / r) [default: 16].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lora_alpha: Option<f64>,
     /// Dropout on the adapters' input during training [default: 0.1].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lora_dropout: Option<f64>,
     /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense. Default: query,value for lora; all six for spafit.
@@ -174,14 +200,15 @@ pub struct PeftArgs {
 impl PeftArgs {
     /// The configuration the flags describe.
     pub fn config(&self) -> Result<PeftConfig> {
-        let method: Method = self.method.parse()?;
+        let method: Method = self.method.parse().map_err(for_flag("--method"))?;
         self.refuse_flags_without_effect(method)?;
         let mut c = PeftConfig::new(method);
         if let Some(list) = &self.lora_targets {
             c.lora.targets = list
                 .split(',')
                 .map(|t| t.trim().parse::<LoraTarget>())
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()
+                .map_err(for_flag("--lora-targets"))?;
             // A target named twice would get one adapter, not two: a typo to point out.
             if let Some(i) = (0..c.lora.targets.len())
                 .find(|&i| c.lora.targets[..i].contains(&c.lora.targets[i]))
@@ -204,6 +231,18 @@ impl PeftArgs {
             ));
         }
         c.lora.dropout = self.lora_dropout.unwrap_or(c.lora.dropout);
+        if !(0.0..1.0).contains(&c.lora.dropout) {
+            return Err(Error::invalid(
+                "--lora-dropout",
+                format!(
+                    "{}: a dropout probability must be in [0, 1)",
+                    c.lora.dropout
+                ),
+            ));
+        }
+        if c.lora.rank == 0 {
+            return Err(Error::invalid("--lora-r", "0: the rank must be at least 1"));
+        }
         c.lora_layers = match &self.lora_layers {
             Some(list) => Some(
                 list.split(',')
@@ -227,15 +266,40 @@ impl PeftArgs {
             }
         }
         if let Some(n1) = &self.n1 {
-            c.n1 = n1.parse::<Boundary>()?;
+            c.n1 = n1.parse::<Boundary>().map_err(for_flag("--n1"))?;
         }
         if let Some(n2) = &self.n2 {
-            c.n2 = n2.parse::<Boundary>()?;
+            c.n2 = n2.parse::<Boundary>().map_err(for_flag("--n2"))?;
         }
         c.train_pooler = self.train_pooler;
         c.train_embeddings = self.train_embeddings;
         c.train_layer_norm_weights = self.train_layernorm;
         Ok(c)
+    }
+
+    /// SPAFIT with N2 at the model's depth has no LoRA stratum: a LoRA flag given with it
+    /// would be reported among settings the run never used.
+    pub fn check_adapters_placed(&self, plan: &PeftPlan) -> Result<()> {
+        if plan.lora.is_some() {
+            return Ok(());
+        }
+        let given = [
+            ("--lora-r", self.lora_r.is_some()),
+            ("--lora-alpha", self.lora_alpha.is_some()),
+            ("--lora-dropout", self.lora_dropout.is_some()),
+            ("--lora-targets", self.lora_targets.is_some()),
+        ];
+        match (given.iter().find(|(_, present)| *present), plan.boundaries) {
+            (Some((flag, _)), Some((_, n2))) => Err(Error::invalid(
+                flag,
+                format!(
+                    "has no effect: with N2 = {n2}, the model's {} layers, this SPAFIT plan has \
+                     no LoRA + bias layer (lower --n2 to give the top layers adapters)",
+                    plan.strata.len()
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// A flag the method never reads is refused: a run that silently ignored `--n1` or
@@ -350,7 +414,11 @@ impl DataArgs {
                 "it needs --task (GLUE data); custom files take --train-file / --dev-file",
             ));
         }
-        self.task.as_deref().map(str::parse).transpose()
+        self.task
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(for_flag("--task"))
     }
 
     fn policy(&self) -> OnMalformed {

@@ -7,10 +7,9 @@ use spafit::data::rotten_tomatoes;
 use spafit::{Error, Result};
 
 use spafit::backend::Backend;
-use spafit::peft::PeftConfig;
 
 use super::args::{on_backend, ModelArgs, PeftArgs};
-use super::train::{default_lr, fit, setup, TrainArgs};
+use super::train::{check_output_paths, default_lr, fit, setup, TrainArgs};
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.
 #[derive(Args, Debug)]
@@ -31,11 +30,12 @@ pub struct DemoCommand {
 
 impl DemoCommand {
     pub fn run(&self) -> Result<()> {
-        let peft = self.peft.config()?;
-        on_backend!(self.model.backend()?, b => self.run_on(b, &peft))
+        // Settings first: a refused flag costs no model load.
+        self.peft.config()?;
+        on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 
-    fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         for path in [&self.model.model, &self.data] {
             if !path.exists() {
                 return Err(Error::Io {
@@ -47,16 +47,23 @@ impl DemoCommand {
                 });
             }
         }
+        // The same refusals as `train`: the demo's CSV and the model are its inputs.
+        check_output_paths(
+            &self.train,
+            &self.model.model,
+            None,
+            std::slice::from_ref(&self.data),
+        )?;
         let (train, dev) = rotten_tomatoes(&self.data)?;
         let checkpoint = Checkpoint::open(&self.model.model)?;
-        let mut run = setup(backend, checkpoint, peft, 2, self.train.seed)?;
+        let mut run = setup(backend, checkpoint, &self.peft, 2, self.train.seed)?;
         let report = fit(&mut run, &self.model, &self.train, &train, Some(&dev), None)?;
         let (best_step, eval) = report
             .best
             .as_ref()
             .ok_or_else(|| Error::invalid("demo", "no evaluation ran"))?;
         super::print_line(&json!({
-            "task": "rotten_tomatoes", "method": self.peft.method,
+            "task": "rotten_tomatoes", "method": run.plan.method.to_string(),
             "dev_accuracy": eval.metrics["accuracy"], "dev_f1": eval.metrics.get("f1"), "dev_loss": eval.loss,
             "best_step": best_step, "steps": report.steps, "epochs": self.train.epochs,
             "lr": self.train.lr.unwrap_or_else(|| default_lr(run.plan.method)),

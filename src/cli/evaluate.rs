@@ -23,6 +23,8 @@ struct Loaded<B: Backend> {
     model: spafit::model::BertClassifier<B>,
     data: spafit::data::Dataset,
     encoded: EncodedDataset,
+    /// Tokens per example the texts were cut to.
+    max_len: usize,
 }
 
 fn load<B: Backend>(
@@ -34,7 +36,7 @@ fn load<B: Backend>(
     for_prediction: bool,
 ) -> Result<Loaded<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
-    let (classifier, head, default_kind, head_source) = match adapter {
+    let (classifier, head, default_kind, head_source, trained_max_len) = match adapter {
         Some(dir) => {
             let opened = open_adapter(dir, &checkpoint, &backend)?;
             for warning in &opened.warnings {
@@ -42,7 +44,8 @@ fn load<B: Backend>(
             }
             let head = opened.head();
             let default_kind = head.default_kind();
-            (opened.model, head, default_kind, dir.to_path_buf())
+            let trained = opened.max_len;
+            (opened.model, head, default_kind, dir.to_path_buf(), trained)
         }
         None => {
             let classifier = BertClassifier::from_fine_tuned(&checkpoint, &backend)?;
@@ -57,7 +60,7 @@ fn load<B: Backend>(
             let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)
                 .or_else(|| head.default_kind());
             let source = checkpoint.weights.path().to_path_buf();
-            (classifier, head, default_kind, source)
+            (classifier, head, default_kind, source, None)
         }
     };
     let data = match for_prediction {
@@ -92,12 +95,14 @@ fn load<B: Backend>(
         )?;
         classifier.store_frozen_weights(&backend)?;
     }
-    let encoded = EncodedDataset::new(&model.tokenizer(&checkpoint)?, &data)?;
+    let tokenizer = model.tokenizer(&checkpoint, trained_max_len)?;
+    let encoded = EncodedDataset::new(&tokenizer, &data)?;
     Ok(Loaded {
         backend,
         model: classifier,
         data,
         encoded,
+        max_len: tokenizer.max_len(),
     })
 }
 
@@ -152,7 +157,7 @@ impl EvalCommand {
             model,
             data,
             encoded,
-            ..
+            max_len,
         } = load(
             backend,
             &self.model,
@@ -182,7 +187,7 @@ impl EvalCommand {
             self.batch_size,
             self.data.glue_task()?,
         )?;
-        let mut line = json!({"split": data.name, "examples": data.len(), "loss": eval.loss, "seconds": eval.seconds});
+        let mut line = json!({"split": data.name, "examples": data.len(), "max_len": max_len, "loss": eval.loss, "seconds": eval.seconds});
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
         }
@@ -267,6 +272,7 @@ impl PredictCommand {
             model,
             data,
             encoded,
+            ..
         } = load(
             backend,
             &self.model,

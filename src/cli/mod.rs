@@ -89,7 +89,15 @@ impl Cli {
                     ));
                 }
             }
-            Command::Gradcheck(check) => check.dtype_given = given("dtype"),
+            Command::Gradcheck(check) => {
+                if given("max_len") {
+                    return Err(spafit::Error::invalid(
+                        "--max-len",
+                        "gradcheck checks four fixed short sentences at their own length",
+                    ));
+                }
+                check.dtype_given = given("dtype");
+            }
             _ => {}
         }
         Ok(cli)

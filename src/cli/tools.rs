@@ -45,6 +45,8 @@ impl GradcheckCommand {
 
     fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
         let checkpoint = Checkpoint::open(&self.model.model)?;
+        self.peft
+            .check_adapters_placed(&PeftPlan::new(peft, checkpoint.config.num_hidden_layers)?)?;
         let texts = [
             "a gorgeous, witty, seductive movie.",
             "unbelievably dull and overlong.",
@@ -57,7 +59,7 @@ impl GradcheckCommand {
             r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
         );
         super::print_line(
-            &json!({"method": self.peft.method, "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor}),
+            &json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor}),
         )?;
         Ok(())
     }
@@ -101,13 +103,20 @@ impl BenchCommand {
                     spafit::Error::invalid("--shape", format!("`{shape}`: expected base or large"))
                 })?;
                 let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
+                self.peft.check_adapters_placed(&plan)?;
                 let mut m = BertClassifier::random(&config, &backend, 2, 0)?;
                 m.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
                 m.store_frozen_weights(&backend)?;
                 (backend, m)
             }
             None => {
-                let run = setup(backend, Checkpoint::open(&self.model.model)?, peft, 2, 0)?;
+                let run = setup(
+                    backend,
+                    Checkpoint::open(&self.model.model)?,
+                    &self.peft,
+                    2,
+                    0,
+                )?;
                 (run.backend, run.model)
             }
         };
@@ -126,7 +135,7 @@ impl BenchCommand {
             self.steps,
         )?;
         super::print_line(&json!({
-            "method": self.peft.method, "device": backend.name(), "dtype": self.model.dtype,
+            "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype,
             "model": self.shape.as_deref().map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
             "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,

@@ -7,7 +7,7 @@ use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::Dataset;
 use spafit::model::BertClassifier;
-use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
+use spafit::peft::{peft_lora_init, PeftPlan};
 use spafit::train::{TrainConfig, TrainReport, Trainer};
 use spafit::Result;
 
@@ -22,17 +22,18 @@ pub struct TrainArgs {
     /// Examples per step.
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32)]
     pub batch_size: usize,
-    /// Peak learning rate (after linear warmup, decays linearly to 0).
-    #[arg(long)]
+    /// Peak learning rate (after linear warmup, decays linearly to 0) [default: 5e-5 for
+    /// full, 1e-3 for bitfit, 5e-4 for lora and spafit].
+    #[arg(long, allow_hyphen_values = true)]
     pub lr: Option<f64>,
     /// AdamW decoupled weight decay (never on biases or LayerNorm).
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, allow_hyphen_values = true)]
     pub weight_decay: f64,
     /// Fraction of steps spent warming up.
-    #[arg(long, default_value_t = 0.06)]
+    #[arg(long, default_value_t = 0.06, allow_hyphen_values = true)]
     pub warmup_ratio: f64,
     /// Clip the global gradient norm to this (0 disables; negative is refused).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub max_grad_norm: f64,
     /// Seed of batch order, dropout, adapters and a fresh head.
     #[arg(long, default_value_t = 42)]
@@ -47,7 +48,8 @@ pub struct TrainArgs {
     /// Write a metrics.jsonl line every N steps.
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 10)]
     pub log_every: usize,
-    /// Stop after N steps in total.
+    /// Stop after at most N steps in total (the schedule spans them); --epochs still ends the
+    /// run first when its steps are fewer: raise it to train longer.
     #[arg(long, value_parser = super::args::at_least_one())]
     pub max_steps: Option<usize>,
     /// Output directory: metrics.jsonl, best/ (the best adapter), last/ (resumable state).
@@ -63,7 +65,8 @@ pub struct TrainArgs {
     /// file, so another trainer can replay the same batches (scripts/side_by_side_demo.sh).
     #[arg(long)]
     pub write_batches: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress bar, and no per-evaluation or resume lines on stderr (warnings and the
+    /// final JSON line stay; metrics.jsonl under --output has every evaluation).
     #[arg(long)]
     pub quiet: bool,
 }
@@ -83,16 +86,19 @@ pub struct Run<B: Backend> {
     pub checkpoint: Checkpoint,
     pub model: BertClassifier<B>,
     pub plan: PeftPlan,
+    /// The cut of the training texts of the adapter the run continues, where it records one.
+    pub trained_max_len: Option<usize>,
 }
 
 pub fn setup<B: Backend>(
     backend: B,
     checkpoint: Checkpoint,
-    peft: &PeftConfig,
+    peft: &PeftArgs,
     num_labels: usize,
     seed: u64,
 ) -> Result<Run<B>> {
-    let plan = PeftPlan::new(peft, checkpoint.config.num_hidden_layers)?;
+    let plan = PeftPlan::new(&peft.config()?, checkpoint.config.num_hidden_layers)?;
+    peft.check_adapters_placed(&plan)?;
     let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
     m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
     m.store_frozen_weights(&backend)?;
@@ -101,6 +107,7 @@ pub fn setup<B: Backend>(
         checkpoint,
         model: m,
         plan,
+        trained_max_len: None,
     })
 }
 
@@ -144,6 +151,7 @@ pub fn setup_from_adapter<B: Backend>(
             checkpoint,
             model: opened.model,
             plan: opened.plan,
+            trained_max_len: opened.max_len,
         },
         head,
     ))
@@ -168,7 +176,16 @@ pub fn fit<B: Backend>(
             ),
         ));
     }
-    let tokenizer = model.tokenizer(&run.checkpoint)?;
+    if let (Some(n), None) = (args.eval_every, dev) {
+        return Err(spafit::Error::invalid(
+            "--eval-every",
+            format!(
+                "{n}: there is no dev set to evaluate (give --dev-file); --save-every N saves \
+                 the resumable state every N steps"
+            ),
+        ));
+    }
+    let tokenizer = model.tokenizer(&run.checkpoint, run.trained_max_len)?;
     // Before the banner: pair data the model or --max-len cannot take is refused first.
     let pairs = [Some(train), dev]
         .into_iter()
@@ -302,177 +319,21 @@ impl TrainCommand {
     /// Refuses output paths that would fail only after training (a file where a directory
     /// goes) or overwrite an input.
     fn check_output_paths(&self) -> Result<()> {
-        let t = &self.train;
-        let refuse = |flag: &'static str, detail: String| Err(spafit::Error::invalid(flag, detail));
-        for (flag, dir) in [("--output", &t.output), ("--export-peft", &t.export_peft)] {
-            let Some(dir) = dir else { continue };
-            if dir.exists() && !dir.is_dir() {
-                return refuse(
-                    flag,
-                    format!("{} is a file; give a directory", dir.display()),
-                );
-            }
-            super::check_creatable(flag, dir)?;
-            if let Some(read) = [Some(&self.model.model), self.adapter.as_ref()]
-                .into_iter()
-                .flatten()
-                .find(|d| super::same_file(dir, d))
-            {
-                return refuse(
-                    flag,
-                    format!(
-                        "{} is where this run reads its model or adapter; give a folder of its \
-                         own",
-                        read.display()
-                    ),
-                );
-            }
-        }
-        if let Some(dir) = &t.output {
-            // A data file among the run's own (`--train-file run/metrics.jsonl`) would be
-            // rewritten by the run.
-            if let Some(input) = self
-                .data
-                .input_files()
-                .into_iter()
-                .find(|f| among_run_files(f, dir))
-            {
-                return refuse(
-                    "--output",
-                    format!(
-                        "{} is among the files this run writes under {} (metrics.jsonl, \
-                         best/, last/); read the data from elsewhere",
-                        input.display(),
-                        dir.display()
-                    ),
-                );
-            }
-            // A run inside an adapter's folder (`runs/a/best`) would mix its files with it.
-            let adapter_files = [
-                spafit::adapter::MANIFEST_FILE,
-                spafit::adapter::WEIGHTS_FILE,
-                spafit::adapter::PEFT_CONFIG_FILE,
-                spafit::adapter::PEFT_WEIGHTS_FILE,
-                "config.json",
-            ];
-            if let Some(found) = first_existing(dir, &adapter_files) {
-                return refuse(
-                    "--output",
-                    format!(
-                        "{} holds an adapter or model ({}); give a folder of its own",
-                        dir.display(),
-                        found.display()
-                    ),
-                );
-            }
-        }
-        if let Some(dir) = &t.export_peft {
-            // Never among this run's own files, nor beside another adapter or run.
-            if t.output
-                .as_ref()
-                .is_some_and(|run| among_run_files(dir, run))
-            {
-                return refuse(
-                    "--export-peft",
-                    format!(
-                        "{} is where this run writes its own files (metrics.jsonl, best/, \
-                             last/ under --output); give a folder of its own",
-                        dir.display()
-                    ),
-                );
-            }
-            let spafit_files = [
-                spafit::adapter::MANIFEST_FILE,
-                spafit::adapter::WEIGHTS_FILE,
-                "metrics.jsonl",
-                "best",
-                "last",
-            ];
-            if let Some(found) = first_existing(dir, &spafit_files) {
-                return refuse(
-                    "--export-peft",
-                    format!(
-                        "{} holds a spafit adapter or run ({}); give a folder of its own",
-                        dir.display(),
-                        found.display()
-                    ),
-                );
-            }
-            // Resuming may write the run's own export again, and no other.
-            let own_export = t.resume
-                && t.output
-                    .as_ref()
-                    .is_some_and(|run| spafit::adapter::exported_by_run(dir, run));
-            let exported = [
-                spafit::adapter::PEFT_CONFIG_FILE,
-                spafit::adapter::PEFT_WEIGHTS_FILE,
-            ];
-            if let Some(old) = first_existing(dir, &exported).filter(|_| !own_export) {
-                return refuse(
-                    "--export-peft",
-                    format!(
-                        "{} already holds an adapter ({}){}; give a new directory, or remove it",
-                        dir.display(),
-                        old.display(),
-                        match t.resume {
-                            true => " that this run did not write",
-                            false => "",
-                        }
-                    ),
-                );
-            }
-        }
-        if let Some(log) = &t.write_batches {
-            // The run's own files under --output do not exist yet when it starts.
-            if t.output
-                .as_ref()
-                .is_some_and(|run| among_run_files(log, run))
-            {
-                return refuse(
-                    "--write-batches",
-                    format!(
-                        "{} is where this run writes its own files (metrics.jsonl, best/, \
-                             last/ under --output)",
-                        log.display()
-                    ),
-                );
-            }
-            if let Some(export) = &t.export_peft {
-                let (log_at, export_at) = (super::resolved(log), super::resolved(export));
-                let exported = [
-                    spafit::adapter::PEFT_CONFIG_FILE,
-                    spafit::adapter::PEFT_WEIGHTS_FILE,
-                    spafit::adapter::SPAFIT_EXPORT_FILE,
-                ];
-                if log_at == export_at || exported.iter().any(|f| log_at == export_at.join(f)) {
-                    return refuse(
-                        "--write-batches",
-                        format!(
-                            "{} is where --export-peft writes the PEFT adapter",
-                            log.display()
-                        ),
-                    );
-                }
-            }
-            super::check_output_file(
-                "--write-batches",
-                log,
-                super::Written::InPlace,
-                &self.model.model,
-                self.adapter.as_deref(),
-                &self.data.input_files(),
-            )?;
-        }
-        Ok(())
+        check_output_paths(
+            &self.train,
+            &self.model.model,
+            self.adapter.as_deref(),
+            &self.data.input_files(),
+        )
     }
 
     pub fn run(&self) -> Result<()> {
         // Settings first: a refused flag costs no model load.
-        let peft = self.peft.config()?;
-        on_backend!(self.model.backend()?, b => self.run_on(b, &peft))
+        self.peft.config()?;
+        on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 
-    fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         let task = self.data.glue_task()?;
         self.check_output_paths()?;
         let (mut run, train, devs) = match &self.adapter {
@@ -497,7 +358,7 @@ impl TrainCommand {
                 let mut run = setup(
                     backend,
                     checkpoint,
-                    peft,
+                    &self.peft,
                     train.kind.num_labels(),
                     self.train.seed,
                 )?;
@@ -527,10 +388,16 @@ impl TrainCommand {
             for (k, v) in &eval.metrics {
                 line[format!("dev_{k}")] = json!(v);
             }
+            // As `eval` says: F1 is that of class id 1, whichever class the labels put there.
+            if let (Some(_), spafit::data::TaskKind::Classification { labels }) =
+                (eval.metrics.get("f1"), &train.kind)
+            {
+                line["f1_positive_class"] = json!(labels.get(1));
+            }
         }
         // GLUE reports MNLI on both dev sets; the first one selected the model.
         if let Some(t) = task.filter(|_| devs.len() > 1) {
-            let tokenizer = self.model.tokenizer(&run.checkpoint)?;
+            let tokenizer = self.model.tokenizer(&run.checkpoint, run.trained_max_len)?;
             for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
                 let encoded = spafit::train::EncodedDataset::new(&tokenizer, data)?;
                 let eval = spafit::train::evaluate(&run.backend, &run.model, &encoded, 64, task)?;
@@ -542,6 +409,165 @@ impl TrainCommand {
         super::print_line(&line)?;
         Ok(())
     }
+}
+
+/// Refuses output paths that would fail only after training (a file where a directory goes)
+/// or overwrite an input: the run's model folder, its adapter, or one of `inputs` (the data).
+pub(super) fn check_output_paths(
+    t: &TrainArgs,
+    model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    inputs: &[PathBuf],
+) -> Result<()> {
+    let refuse = |flag: &'static str, detail: String| Err(spafit::Error::invalid(flag, detail));
+    for (flag, dir) in [("--output", &t.output), ("--export-peft", &t.export_peft)] {
+        let Some(dir) = dir else { continue };
+        if dir.exists() && !dir.is_dir() {
+            return refuse(
+                flag,
+                format!("{} is a file; give a directory", dir.display()),
+            );
+        }
+        super::check_creatable(flag, dir)?;
+        if let Some(read) = [Some(model), adapter]
+            .into_iter()
+            .flatten()
+            .find(|d| super::same_file(dir, d))
+        {
+            return refuse(
+                flag,
+                format!(
+                    "{} is where this run reads its model or adapter; give a folder of its \
+                         own",
+                    read.display()
+                ),
+            );
+        }
+    }
+    if let Some(dir) = &t.output {
+        // A data file among the run's own (`--train-file run/metrics.jsonl`) would be
+        // rewritten by the run.
+        if let Some(input) = inputs.iter().find(|f| among_run_files(f, dir)) {
+            return refuse(
+                "--output",
+                format!(
+                    "{} is among the files this run writes under {} (metrics.jsonl, \
+                         best/, last/); read the data from elsewhere",
+                    input.display(),
+                    dir.display()
+                ),
+            );
+        }
+        // A run inside an adapter's folder (`runs/a/best`) would mix its files with it.
+        let adapter_files = [
+            spafit::adapter::MANIFEST_FILE,
+            spafit::adapter::WEIGHTS_FILE,
+            spafit::adapter::PEFT_CONFIG_FILE,
+            spafit::adapter::PEFT_WEIGHTS_FILE,
+            "config.json",
+        ];
+        if let Some(found) = first_existing(dir, &adapter_files) {
+            return refuse(
+                "--output",
+                format!(
+                    "{} holds an adapter or model ({}); give a folder of its own",
+                    dir.display(),
+                    found.display()
+                ),
+            );
+        }
+    }
+    if let Some(dir) = &t.export_peft {
+        // Never among this run's own files, nor beside another adapter or run.
+        if t.output
+            .as_ref()
+            .is_some_and(|run| among_run_files(dir, run))
+        {
+            return refuse(
+                "--export-peft",
+                format!(
+                    "{} is where this run writes its own files (metrics.jsonl, best/, \
+                             last/ under --output); give a folder of its own",
+                    dir.display()
+                ),
+            );
+        }
+        if let Some(found) = spafit::adapter::spafit_file_in(dir) {
+            return refuse(
+                "--export-peft",
+                format!(
+                    "{} holds a spafit adapter or run ({}); give a folder of its own",
+                    dir.display(),
+                    found.display()
+                ),
+            );
+        }
+        // Resuming may write the run's own export again, and no other.
+        let own_export = t.resume
+            && t.output
+                .as_ref()
+                .is_some_and(|run| spafit::adapter::exported_by_run(dir, run));
+        let exported = [
+            spafit::adapter::PEFT_CONFIG_FILE,
+            spafit::adapter::PEFT_WEIGHTS_FILE,
+        ];
+        if let Some(old) = first_existing(dir, &exported).filter(|_| !own_export) {
+            return refuse(
+                "--export-peft",
+                format!(
+                    "{} already holds an adapter ({}){}; give a new directory, or remove it",
+                    dir.display(),
+                    old.display(),
+                    match t.resume {
+                        true => " that this run did not write",
+                        false => "",
+                    }
+                ),
+            );
+        }
+    }
+    if let Some(log) = &t.write_batches {
+        // The run's own files under --output do not exist yet when it starts.
+        if t.output
+            .as_ref()
+            .is_some_and(|run| among_run_files(log, run))
+        {
+            return refuse(
+                "--write-batches",
+                format!(
+                    "{} is where this run writes its own files (metrics.jsonl, best/, \
+                             last/ under --output)",
+                    log.display()
+                ),
+            );
+        }
+        if let Some(export) = &t.export_peft {
+            let (log_at, export_at) = (super::resolved(log), super::resolved(export));
+            let exported = [
+                spafit::adapter::PEFT_CONFIG_FILE,
+                spafit::adapter::PEFT_WEIGHTS_FILE,
+                spafit::adapter::SPAFIT_EXPORT_FILE,
+            ];
+            if log_at == export_at || exported.iter().any(|f| log_at == export_at.join(f)) {
+                return refuse(
+                    "--write-batches",
+                    format!(
+                        "{} is where --export-peft writes the PEFT adapter",
+                        log.display()
+                    ),
+                );
+            }
+        }
+        super::check_output_file(
+            "--write-batches",
+            log,
+            super::Written::InPlace,
+            model,
+            adapter,
+            inputs,
+        )?;
+    }
+    Ok(())
 }
 
 /// The first of `names` that exists in `dir`, as a path.
