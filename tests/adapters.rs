@@ -259,13 +259,15 @@ fn peft_export_names_and_config() {
         &plan,
         "sentence-transformers/all-MiniLM-L6-v2",
         Some(&names),
+        Some(40),
         None,
     )
     .unwrap();
-    // The class names, which PEFT's files have no place for, come back from the note beside
-    // them, and a note that does not fit the head is refused, naming it.
+    // The class names and the inputs' cut, which PEFT's files have no place for, come back
+    // from the note beside them, and a note that does not fit the head is refused, naming it.
     let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
     assert_eq!(import.labels.as_deref(), Some(names.as_slice()));
+    assert_eq!(import.max_len, Some(40));
     let note = dir.path().join("spafit_export.json");
     let text = std::fs::read_to_string(&note).unwrap();
     std::fs::write(&note, text.replace("\"neutral\",", "")).unwrap();
@@ -285,7 +287,16 @@ fn peft_export_names_and_config() {
         .to_string();
     std::fs::write(&note, text.replace(&stale, &"0".repeat(64))).unwrap();
     let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
-    assert_eq!(import.labels, None);
+    assert_eq!((import.labels, import.max_len), (None, None));
+    // A cut that is not a count of tokens is refused, naming the file.
+    std::fs::write(&note, text.replace("\"max_len\": 40", "\"max_len\": -3")).unwrap();
+    let e = import_peft(dir.path(), &ck, &cpu)
+        .err()
+        .expect("max_len -3");
+    assert!(
+        e.to_string().contains("spafit_export.json") && e.to_string().contains("`max_len` is -3"),
+        "{e}"
+    );
     std::fs::write(&note, &text).unwrap();
     let tensors = read_tensors(&cpu, &dir.path().join("adapter_model.safetensors")).unwrap();
     for key in [
@@ -328,7 +339,7 @@ fn peft_export_names_and_config() {
     assert_eq!(config["bias"], "all");
 
     let bitfit = PeftPlan::new(&PeftConfig::new(Method::BitFit), 6).unwrap();
-    let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x", None, None).unwrap_err();
+    let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x", None, None, None).unwrap_err();
     assert!(e.to_string().contains("no LoRA adapter"), "{e}");
 
     // Never into a spafit adapter's folder: the two adapters would mix, and nothing of the
@@ -348,7 +359,7 @@ fn peft_export_names_and_config() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    let e = export_peft(own.path(), &cpu, &model, &plan, "x", None, None).unwrap_err();
+    let e = export_peft(own.path(), &cpu, &model, &plan, "x", None, None, None).unwrap_err();
     assert!(
         e.to_string().contains("holds a spafit adapter or run")
             && e.to_string().contains("adapter.json"),
@@ -391,7 +402,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     // The PEFT export refuses the same, with the same words.
     let export =
         |model: &BertClassifier<CpuBackend>, plan: &PeftPlan, labels: Option<&[String]>| {
-            export_peft(dir.path(), &cpu, model, plan, "x", labels, None)
+            export_peft(dir.path(), &cpu, model, plan, "x", labels, None, None)
                 .err()
                 .map(|e| e.to_string())
         };

@@ -431,6 +431,22 @@ fn train_eval_predict_on_glue_layout() {
         err.contains("--max-len 16: the adapter was trained on inputs cut to 24 tokens"),
         "{err}"
     );
+    // The PEFT export carries the cut in spafit_export.json: read back the same way.
+    let (ok, stdout, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--task",
+        "sst2",
+        "--glue-dir",
+        &g,
+        "--adapter",
+        &format!("{o}/peft"),
+    ]);
+    assert!(ok, "{err}");
+    let peft_line = last_json(&stdout);
+    assert_eq!(peft_line["max_len"], 24, "{peft_line}");
+    assert_eq!(peft_line["accuracy"], trained["dev_accuracy"], "{peft_line}");
 
     // The same adapter on data with other labels: refused, not silently mis-scored.
     write(glue.path(), "custom.tsv", "text\tlabel\nfine\tpos\n");

@@ -34,7 +34,7 @@ pub struct OpenedAdapter<B: Backend> {
     /// Whether it was trained on text pairs, when it records that (spafit's adapters do).
     pub text_pairs: Option<bool>,
     /// The tokens per example its training texts were cut to, when it records that
-    /// (spafit's adapters do; PEFT's do not).
+    /// (spafit's adapters and its PEFT exports do; PEFT's own do not).
     pub max_len: Option<usize>,
     /// Who wrote it.
     pub format: AdapterFormat,
@@ -205,7 +205,7 @@ pub fn open_adapter<B: Backend>(
             plan: import.plan,
             labels: import.labels,
             text_pairs: None,
-            max_len: None,
+            max_len: import.max_len,
             format: AdapterFormat::Peft,
             notes: import.notes,
             warnings: import.warnings,

@@ -19,11 +19,13 @@ use crate::tensor::Tensor;
 /// `base_model.model.<name>` as `modules_to_save` and `bias` saving hold them — a bias inside
 /// a LoRA-wrapped module lives at `<module>.base_layer.bias` in PEFT. The config names all of
 /// them, so PEFT keeps them trainable and saves them again. `labels` (the head's class names)
-/// go to `spafit_export.json` beside them. `target_modules` is a full-match regular
+/// and `max_len` (the tokens per example the training texts were cut to) go to
+/// `spafit_export.json` beside them, where spafit's import reads them back. `target_modules` is a full-match regular
 /// expression over the exact modules that carry adapters, so PEFT's suffix matching cannot
 /// wrap a module that was not trained (`output.dense` also ends `attention.output.dense`).
 /// `run_dir`, the training run's output folder, is recorded too (see [`exported_by_run`]), so
 /// that resuming that run may write its export again and no other run can replace it.
+#[allow(clippy::too_many_arguments)]
 pub fn export_peft<B: Backend>(
     dir: &Path,
     backend: &B,
@@ -31,6 +33,7 @@ pub fn export_peft<B: Backend>(
     plan: &PeftPlan,
     base_model_name_or_path: &str,
     labels: Option<&[String]>,
+    max_len: Option<usize>,
     run_dir: Option<&Path>,
 ) -> Result<()> {
     if let Some(found) = spafit_file_in(dir) {
@@ -164,6 +167,7 @@ pub fn export_peft<B: Backend>(
         "boundaries": plan.boundaries,
         "trained_biases_included": trains_biases,
         "labels": labels,
+        "max_len": max_len,
         "adapter_model_sha256": super::sha256_hex(&bytes),
         "run": run_dir.map(run_identity),
     });

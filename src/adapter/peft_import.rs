@@ -48,6 +48,9 @@ pub struct PeftImport {
     /// The head's class names, when `spafit_export.json` (written beside a spafit export)
     /// records them; PEFT itself records none.
     pub labels: Option<Vec<String>>,
+    /// The tokens per example the training texts were cut to, when `spafit_export.json`
+    /// records it (a spafit export does); PEFT itself records none.
+    pub max_len: Option<usize>,
     /// What every use of the adapter should know: a `spafit_export.json` whose class names
     /// are left unused because it describes other weights (the adapter was saved again).
     pub warnings: Vec<String>,
@@ -56,19 +59,27 @@ pub struct PeftImport {
 /// spafit's note beside an exported PEFT adapter: the plan it came from and the class names.
 pub const SPAFIT_EXPORT_FILE: &str = "spafit_export.json";
 
-/// The class names `spafit_export.json` records for a head of `outputs` outputs, if the file
-/// is there and describes these weights (their SHA-256 `weights_sha256`: PEFT may have saved
-/// another adapter here since, leaving the note; then `stale` says so); names that do not fit
-/// the head are an error naming the file.
-fn exported_labels(
+/// What `spafit_export.json` records beside the weights: the class names and the inputs' cut.
+#[derive(Default)]
+struct ExportNote {
+    labels: Option<Vec<String>>,
+    max_len: Option<usize>,
+}
+
+/// What `spafit_export.json` records for a head of `outputs` outputs, if the file is there and
+/// describes these weights (their SHA-256 `weights_sha256`: PEFT may have saved another
+/// adapter here since, leaving the note; then `stale` says so): class names (for a classifier)
+/// and `max_len`. Names that do not fit the head, or a `max_len` that is not a positive
+/// count, are an error naming the file.
+fn exported_note(
     dir: &Path,
     outputs: usize,
     weights_sha256: &str,
     stale: &mut Vec<String>,
-) -> Result<Option<Vec<String>>> {
+) -> Result<ExportNote> {
     let path = dir.join(SPAFIT_EXPORT_FILE);
     if !path.is_file() {
-        return Ok(None);
+        return Ok(ExportNote::default());
     }
     let text = crate::text_file::read_utf8(&path)?;
     let bad = |detail: String| Error::Format {
@@ -86,10 +97,30 @@ fn exported_labels(
                 path.display(),
             ));
         }
-        return Ok(None);
+        return Ok(ExportNote::default());
     }
+    let max_len = match json.get("max_len") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .filter(|&n| n > 0)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| bad(format!("`max_len` is {v}, not a positive count of tokens")))?,
+        ),
+    };
     let labels = match json.get("labels") {
-        None | Some(serde_json::Value::Null) => return Ok(None),
+        _ if outputs < 2 => {
+            return Ok(ExportNote {
+                labels: None,
+                max_len,
+            })
+        }
+        None | Some(serde_json::Value::Null) => {
+            return Ok(ExportNote {
+                labels: None,
+                max_len,
+            })
+        }
         Some(serde_json::Value::Array(names)) => names
             .iter()
             .map(|n| n.as_str().map(str::to_string))
@@ -106,7 +137,10 @@ fn exported_labels(
             labels.len()
         )));
     }
-    Ok(Some(labels))
+    Ok(ExportNote {
+        labels: Some(labels),
+        max_len,
+    })
 }
 
 /// Whether `dir` holds a PEFT adapter.
@@ -522,14 +556,12 @@ pub fn import_peft<B: Backend>(
         .collect();
     model.store_frozen_weights(backend)?;
     let mut warnings = Vec::new();
-    let labels = match num_labels {
-        1 => None,
-        n => exported_labels(dir, n, file.sha256(), &mut warnings)?,
-    };
+    let note = exported_note(dir, num_labels, file.sha256(), &mut warnings)?;
     Ok((
         model,
         PeftImport {
-            labels,
+            labels: note.labels,
+            max_len: note.max_len,
             plan,
             base_model_name_or_path: settings.base_model_name_or_path,
             loaded,

@@ -251,6 +251,7 @@ pub fn fit<B: Backend>(
                 spafit::data::TaskKind::Classification { labels } => Some(labels),
                 spafit::data::TaskKind::Regression => None,
             },
+            Some(tokenizer.max_len()),
             args.output.as_deref(),
         )?;
     }
