@@ -141,7 +141,7 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         "3",
     ]);
     assert!(
-        !ok && err.contains("N1 = 5 is above N2 = 3") && err.contains("≤ 6"),
+        !ok && err.contains("N1 = 5 (--n1) is above N2 = 3 (--n2)") && err.contains("≤ 6"),
         "{err}"
     );
     // Settings that would train nothing, or not what was meant, each name their flag.
@@ -378,7 +378,8 @@ fn train_eval_predict_on_glue_layout() {
     assert!(ok, "{err}");
     let line = last_json(&stdout);
     assert_eq!(line["steps"], 3);
-    assert!(line["dev_accuracy"].is_number());
+    assert!(line["dev_accuracy"].is_number() && line["dev_loss"].is_number());
+    assert_eq!(line["max_len"], 24);
     let trained = line.clone();
     assert!(
         out.path().join("metrics.jsonl").is_file()
@@ -446,7 +447,55 @@ fn train_eval_predict_on_glue_layout() {
     assert!(ok, "{err}");
     let peft_line = last_json(&stdout);
     assert_eq!(peft_line["max_len"], 24, "{peft_line}");
-    assert_eq!(peft_line["accuracy"], trained["dev_accuracy"], "{peft_line}");
+    assert_eq!(
+        peft_line["accuracy"], trained["dev_accuracy"],
+        "{peft_line}"
+    );
+    // An adapter that records no cut (saved before spafit recorded it) is read at 64, with a
+    // note; a recorded cut the model cannot take is blamed on the adapter, not on a flag.
+    let old = out.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    for f in ["adapter.json", "adapter.safetensors"] {
+        std::fs::copy(out.path().join("best").join(f), old.join(f)).unwrap();
+    }
+    let manifest_text = std::fs::read_to_string(old.join("adapter.json")).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&manifest_text).unwrap();
+    manifest.as_object_mut().unwrap().remove("max_len");
+    std::fs::write(old.join("adapter.json"), manifest.to_string()).unwrap();
+    let old_dir = old.display().to_string();
+    let eval_old = || {
+        spafit(&[
+            "eval",
+            "--model",
+            &m,
+            "--task",
+            "sst2",
+            "--glue-dir",
+            &g,
+            "--adapter",
+            &old_dir,
+        ])
+    };
+    let (ok, stdout, err) = eval_old();
+    assert!(ok, "{err}");
+    assert_eq!(last_json(&stdout)["max_len"], 64);
+    assert!(err.contains("does not record the length"), "{err}");
+    manifest["max_len"] = serde_json::json!(1000);
+    std::fs::write(old.join("adapter.json"), manifest.to_string()).unwrap();
+    let (ok, _, err) = eval_old();
+    assert!(
+        !ok && err.contains("adapter")
+            && err.contains("cut to 1000 tokens")
+            && !err.contains("--max-len:"),
+        "{err}"
+    );
+    manifest["max_len"] = serde_json::json!(0);
+    std::fs::write(old.join("adapter.json"), manifest.to_string()).unwrap();
+    let (ok, _, err) = eval_old();
+    assert!(
+        !ok && err.contains("adapter.json") && err.contains("`max_len` 0"),
+        "{err}"
+    );
 
     // The same adapter on data with other labels: refused, not silently mis-scored.
     write(glue.path(), "custom.tsv", "text\tlabel\nfine\tpos\n");
@@ -2369,6 +2418,57 @@ fn unused_settings_and_bad_values_name_their_flag() {
             "{args:?}: {err}"
         );
     }
+    let more: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec![
+                "bench",
+                "--model",
+                &m,
+                "--n1",
+                "6",
+                "--n2",
+                "6",
+                "--train-layernorm",
+            ],
+            &["--train-layernorm", "freezes all 6 layers"],
+        ),
+        (
+            vec!["bench", "--model", &m, "--batch-size", "-1"],
+            &["--batch-size", "-1"],
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--train-file",
+                &t,
+                "--eval-every",
+                "0",
+            ],
+            &["--eval-every", "'0'"],
+        ),
+    ];
+    for (args, needles) in more {
+        let (ok, _, err) = spafit(&args);
+        assert!(
+            !ok && needles.iter().all(|n| err.contains(n)),
+            "{args:?}: {err}"
+        );
+    }
+    let lock = format!("{out}/.spafit-run.lock");
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &t,
+        "--output",
+        &out,
+        "--write-batches",
+        &lock,
+    ]);
+    assert!(!ok && err.contains("--write-batches"), "{err}");
     assert!(!Path::new(&out).exists(), "a refused run wrote {out}");
 
     // The method is reported as parsed, whatever its spelling on the command line; train's
@@ -2428,10 +2528,18 @@ fn unused_settings_and_bad_values_name_their_flag() {
     let before = std::fs::metadata(&weights).unwrap().len();
     let d = data.display().to_string();
     let w = weights.display().to_string();
+    // Nothing goes inside the model's folder either, whatever the file is called (a
+    // sentence-transformers model has `modules.json` and `1_Pooling/` of its own).
+    let modules = copy.join("modules.json").display().to_string();
+    let pooling = copy.join("1_Pooling").display().to_string();
+    std::fs::create_dir_all(&pooling).unwrap();
     for (extra, needle) in [
         (vec!["--write-batches", d.as_str()], "--write-batches"),
         (vec!["--write-batches", w.as_str()], "--write-batches"),
         (vec!["--output", m.as_str()], "--output"),
+        (vec!["--write-batches", modules.as_str()], "lies in"),
+        (vec!["--export-peft", pooling.as_str()], "lies in"),
+        (vec!["--output", pooling.as_str()], "lies in"),
     ] {
         let mut args = vec!["demo", "--model", &m, "--data", &d, "--quiet"];
         args.extend(extra.iter().copied());

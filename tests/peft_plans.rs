@@ -84,10 +84,17 @@ fn baselines_are_plans_of_strata() {
 
 #[test]
 fn impossible_plans_are_errors() {
+    assert!(err(&spafit(Boundary::Layer(4), Boundary::Layer(2)), 6)
+        .contains("N1 = 4 (--n1) is above N2 = 2 (--n2)"));
+    assert!(err(&spafit(Boundary::Layer(2), Boundary::Layer(7)), 6)
+        .contains("N2 (--n2) = 7 is beyond the model's 6 layers"));
+    // N1 past the depth is named as such, not as a clash with N2; fractions show themselves.
+    assert!(err(&spafit(Boundary::Layer(7), Boundary::Layer(4)), 6)
+        .contains("N1 (--n1) = 7 is beyond the model's 6 layers"));
     assert!(
-        err(&spafit(Boundary::Layer(4), Boundary::Layer(2)), 6).contains("N1 = 4 is above N2 = 2")
+        err(&spafit(Boundary::Fraction(0.5), Boundary::Fraction(0.4)), 6)
+            .contains("N1 = 3 (0.5 of 6 layers) (--n1) is above N2 = 2 (0.4 of 6 layers) (--n2)")
     );
-    assert!(err(&spafit(Boundary::Layer(2), Boundary::Layer(7)), 6).contains("N2 = 7"));
     assert!(err(&spafit(Boundary::Fraction(0.2), Boundary::Fraction(1.5)), 6).contains("[0, 1]"));
     let mut rank0 = PeftConfig::new(Method::Lora);
     rank0.lora.rank = 0;

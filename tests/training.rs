@@ -687,6 +687,13 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         e.contains("--task (its metric picks best/): saved none, now STS-B"),
         "{e}"
     );
+    // Another cut of the texts changes the data, and the flag is named as well.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
+        .fit(&ck.tokenizer(12).unwrap(), &data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--max-len: saved 16, now 12"), "{e}");
     // The same settings resume.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())

@@ -225,6 +225,12 @@ fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifes
             ),
         });
     }
+    if m.max_len == Some(0) {
+        return Err(Error::Format {
+            path,
+            detail: "`max_len` 0: the training texts' cut is a positive count of tokens".into(),
+        });
+    }
     if let Some(problem) = m
         .labels
         .as_ref()

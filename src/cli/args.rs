@@ -6,7 +6,7 @@ use clap::Args;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::CudaBackend;
 use spafit::data::{label_names_problem, Dataset, GlueTask, OnMalformed, TableSpec, TaskKind};
-use spafit::nn::LoraTarget;
+use spafit::nn::{LoraTarget, Stratum};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::DType;
 use spafit::{Error, Result};
@@ -33,9 +33,10 @@ pub struct ModelArgs {
     /// tensor cores, f32 accumulation, f32 master weights for what trains).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
-    /// Truncate inputs to this many tokens (special tokens included) [default: 64; with
-    /// --adapter, the length the adapter was trained with, where it records one].
-    #[arg(long)]
+    /// Truncate inputs to this many tokens (special tokens included) [default: 64; eval,
+    /// predict and train with --adapter: the length the adapter was trained with, where it
+    /// records one].
+    #[arg(long, allow_hyphen_values = true)]
     pub max_len: Option<usize>,
 }
 
@@ -43,31 +44,73 @@ pub struct ModelArgs {
 pub const DEFAULT_MAX_LEN: usize = 64;
 
 impl ModelArgs {
-    /// The checkpoint's tokenizer, for an adapter whose training texts were cut to `trained`
-    /// tokens where it says: at --max-len when given (with a note where it differs: the
-    /// adapter then reads its inputs otherwise than it learned them), else at `trained`, else
-    /// at [`DEFAULT_MAX_LEN`]. A length the checkpoint refuses names the flag.
+    /// The checkpoint's tokenizer, cutting inputs at --max-len when given (with a note where
+    /// an adapter was trained on another cut: it then reads its inputs otherwise than it
+    /// learned them), else at the cut the adapter records, else at [`DEFAULT_MAX_LEN`] (with a
+    /// note for an adapter that records none). A length the checkpoint refuses is named by
+    /// where it came from: the flag, or the adapter.
     pub fn tokenizer(
         &self,
         checkpoint: &spafit::checkpoint::Checkpoint,
-        trained: Option<usize>,
+        adapter: TrainedCut,
     ) -> Result<spafit::text::TextTokenizer> {
-        if let (Some(given), Some(trained)) = (self.max_len, trained) {
-            if given != trained {
-                note!(
-                    "note: --max-len {given}: the adapter was trained on inputs cut to {trained} \
-                     tokens"
-                );
-            }
+        match (self.max_len, adapter) {
+            (Some(given), TrainedCut::Recorded(trained)) if given != trained => note!(
+                "note: --max-len {given}: the adapter was trained on inputs cut to {trained} \
+                 tokens"
+            ),
+            (None, TrainedCut::Unrecorded) => note!(
+                "note: the adapter does not record the length its training texts were cut to; \
+                 inputs are cut to {DEFAULT_MAX_LEN} tokens (--max-len sets it)"
+            ),
+            _ => {}
         }
-        let len = self.max_len.or(trained).unwrap_or(DEFAULT_MAX_LEN);
-        checkpoint.tokenizer(len).map_err(|e| match e {
-            Error::InvalidArgument {
-                op: "tokenizer",
-                detail,
-            } => Error::invalid("--max-len", detail),
-            e => e,
+        let (len, source) = match (self.max_len, adapter) {
+            (Some(given), _) => (given, None),
+            (None, TrainedCut::Recorded(trained)) => (trained, Some(trained)),
+            (None, _) => (DEFAULT_MAX_LEN, None),
+        };
+        checkpoint.tokenizer(len).map_err(|e| match (e, source) {
+            (
+                Error::InvalidArgument {
+                    op: "tokenizer",
+                    detail,
+                },
+                Some(trained),
+            ) => Error::invalid(
+                "adapter",
+                format!(
+                    "it was trained on inputs cut to {trained} tokens, which this model cannot \
+                     take ({detail}); give --max-len"
+                ),
+            ),
+            (
+                Error::InvalidArgument {
+                    op: "tokenizer",
+                    detail,
+                },
+                None,
+            ) => Error::invalid("--max-len", detail),
+            (e, _) => e,
         })
+    }
+}
+
+/// What the adapter a command uses says about the cut of its training texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainedCut {
+    /// No adapter: the checkpoint as it is, or a fresh run.
+    NoAdapter,
+    /// An adapter that does not record it (PEFT's own, or one saved before spafit did).
+    Unrecorded,
+    /// The adapter's training texts were cut to this many tokens.
+    Recorded(usize),
+}
+
+impl TrainedCut {
+    /// The cut an adapter records, if it records one.
+    pub fn of_adapter(recorded: Option<usize>) -> Self {
+        recorded.map_or(TrainedCut::Unrecorded, TrainedCut::Recorded)
     }
 }
 
@@ -171,7 +214,7 @@ pub struct PeftArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub n2: Option<String>,
     /// LoRA rank r [default: 8].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lora_r: Option<usize>,
     /// LoRA alpha (scale = alpha / r) [default: 16].
     #[arg(long, allow_hyphen_values = true)]
@@ -277,9 +320,20 @@ impl PeftArgs {
         Ok(c)
     }
 
-    /// SPAFIT with N2 at the model's depth has no LoRA stratum: a LoRA flag given with it
-    /// would be reported among settings the run never used.
-    pub fn check_adapters_placed(&self, plan: &PeftPlan) -> Result<()> {
+    /// Refuses a flag the resolved plan never reads: SPAFIT with N2 at the model's depth has
+    /// no LoRA stratum (a LoRA flag), and with N1 there no layer trains (--train-layernorm);
+    /// either would be reported among settings the run never used.
+    pub fn check_flags_against_plan(&self, plan: &PeftPlan) -> Result<()> {
+        if self.train_layernorm && plan.strata.iter().all(|s| *s == Stratum::Frozen) {
+            return Err(Error::invalid(
+                "--train-layernorm",
+                format!(
+                    "has no effect: this plan freezes all {} layers, so no layer's LayerNorm \
+                     trains (lower --n1)",
+                    plan.strata.len()
+                ),
+            ));
+        }
         if plan.lora.is_some() {
             return Ok(());
         }
@@ -468,7 +522,7 @@ impl DataArgs {
         let kind = self.table(file, true, None)?.infer_classes(self.policy())?;
         if let TaskKind::Classification { labels } = &kind {
             note!(
-                "classes from {}: {} (--labels names them in another order)",
+                "classes from {}: {} (give --labels to name them in another order)",
                 file.display(),
                 labels.join(", ")
             );

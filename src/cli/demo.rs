@@ -64,7 +64,8 @@ impl DemoCommand {
             .ok_or_else(|| Error::invalid("demo", "no evaluation ran"))?;
         super::print_line(&json!({
             "task": "rotten_tomatoes", "method": run.plan.method.to_string(),
-            "dev_accuracy": eval.metrics["accuracy"], "dev_f1": eval.metrics.get("f1"), "dev_loss": eval.loss,
+            "dev_accuracy": eval.metrics["accuracy"], "dev_f1": eval.metrics.get("f1"), "f1_positive_class": "1", "dev_loss": eval.loss,
+            "max_len": report.max_len,
             "best_step": best_step, "steps": report.steps, "epochs": self.train.epochs,
             "lr": self.train.lr.unwrap_or_else(|| default_lr(run.plan.method)),
             "trainable_params": run.model.trainable_parameter_count(),

@@ -13,7 +13,7 @@ use spafit::{Error, Result};
 
 use spafit::backend::Backend;
 
-use super::args::{on_backend, DataArgs, ModelArgs};
+use super::args::{on_backend, DataArgs, ModelArgs, TrainedCut};
 use super::prediction_output::{PredictionFormat, PredictionTable};
 
 /// The model (the base with a saved adapter, or a fine-tuned checkpoint as it is), a split
@@ -36,7 +36,7 @@ fn load<B: Backend>(
     for_prediction: bool,
 ) -> Result<Loaded<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
-    let (classifier, head, default_kind, head_source, trained_max_len) = match adapter {
+    let (classifier, head, default_kind, head_source, trained_cut) = match adapter {
         Some(dir) => {
             let opened = open_adapter(dir, &checkpoint, &backend)?;
             for warning in &opened.warnings {
@@ -44,8 +44,8 @@ fn load<B: Backend>(
             }
             let head = opened.head();
             let default_kind = head.default_kind();
-            let trained = opened.max_len;
-            (opened.model, head, default_kind, dir.to_path_buf(), trained)
+            let cut = TrainedCut::of_adapter(opened.max_len);
+            (opened.model, head, default_kind, dir.to_path_buf(), cut)
         }
         None => {
             let classifier = BertClassifier::from_fine_tuned(&checkpoint, &backend)?;
@@ -60,7 +60,13 @@ fn load<B: Backend>(
             let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)
                 .or_else(|| head.default_kind());
             let source = checkpoint.weights.path().to_path_buf();
-            (classifier, head, default_kind, source, None)
+            (
+                classifier,
+                head,
+                default_kind,
+                source,
+                TrainedCut::NoAdapter,
+            )
         }
     };
     let data = match for_prediction {
@@ -95,7 +101,7 @@ fn load<B: Backend>(
         )?;
         classifier.store_frozen_weights(&backend)?;
     }
-    let tokenizer = model.tokenizer(&checkpoint, trained_max_len)?;
+    let tokenizer = model.tokenizer(&checkpoint, trained_cut)?;
     let encoded = EncodedDataset::new(&tokenizer, &data)?;
     Ok(Loaded {
         backend,
@@ -124,7 +130,7 @@ pub struct EvalCommand {
     #[arg(long)]
     pub split: Option<String>,
     /// Examples per batch.
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64, allow_hyphen_values = true)]
     pub batch_size: usize,
 }
 
@@ -228,7 +234,7 @@ pub struct PredictCommand {
     #[arg(long, value_enum)]
     pub format: Option<PredictionFormat>,
     /// Examples per batch.
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64, allow_hyphen_values = true)]
     pub batch_size: usize,
 }
 

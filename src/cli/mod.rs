@@ -59,13 +59,15 @@ impl Cli {
             })
             // gradcheck's precision defaults by device, which the shared flag's text cannot say.
             .mut_subcommand("gradcheck", |check| {
-                check.mut_arg("dtype", |arg| {
-                    arg.hide_default_value(true).help(
+                check
+                    .mut_arg("max_len", |arg| arg.hide(true))
+                    .mut_arg("dtype", |arg| {
+                        arg.hide_default_value(true).help(
                         "Precision of the analytic gradients: on the CPU the f64 reference unless \
                          given (`f32` checks the f32 backend); on CUDA f32 unless given (`bf16`: \
                          tensor cores). The finite differences are always f64",
                     )
-                })
+                    })
             })
             .get_matches();
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -147,6 +149,14 @@ fn check_output_file(
             out.display()
         ));
     }
+    if let Some(folder) = read_folder_holding(out, model, adapter) {
+        return refuse(format!(
+            "{} lies in {}, the folder of the model or adapter this command reads; write \
+             the output elsewhere",
+            out.display(),
+            folder.display()
+        ));
+    }
     if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
         return refuse(format!(
             "{} is an input of this command; write the output elsewhere",
@@ -161,6 +171,21 @@ fn check_output_file(
         ));
     }
     Ok(())
+}
+
+/// The model's or the adapter's folder when `path` lies inside it (through links, and for a
+/// path that does not exist yet): nothing a command writes belongs there, whatever the file
+/// is called (a sentence-transformers model has files of its own, `modules.json`, `1_Pooling/`).
+fn read_folder_holding<'a>(
+    path: &std::path::Path,
+    model: &'a std::path::Path,
+    adapter: Option<&'a std::path::Path>,
+) -> Option<&'a std::path::Path> {
+    let at = resolved(path);
+    std::iter::once(model)
+        .chain(adapter)
+        .filter(|dir| dir.is_dir())
+        .find(|dir| at.starts_with(resolved(dir)))
 }
 
 /// Whether two paths name the same existing file (through links, relative parts and hard

@@ -21,10 +21,10 @@ pub struct GradcheckCommand {
     #[command(flatten)]
     pub peft: PeftArgs,
     /// Coordinates per trainable tensor.
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 2)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 2, allow_hyphen_values = true)]
     pub samples: usize,
     /// Seed of the adapters, dropout and sampled coordinates.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub seed: u64,
     /// Whether --dtype was on the command line (not its default).
     #[arg(skip)]
@@ -46,7 +46,7 @@ impl GradcheckCommand {
     fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
         let checkpoint = Checkpoint::open(&self.model.model)?;
         self.peft
-            .check_adapters_placed(&PeftPlan::new(peft, checkpoint.config.num_hidden_layers)?)?;
+            .check_flags_against_plan(&PeftPlan::new(peft, checkpoint.config.num_hidden_layers)?)?;
         let texts = [
             "a gorgeous, witty, seductive movie.",
             "unbelievably dull and overlong.",
@@ -73,16 +73,16 @@ pub struct BenchCommand {
     #[command(flatten)]
     pub peft: PeftArgs,
     /// Examples per step.
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32, allow_hyphen_values = true)]
     pub batch_size: usize,
     /// Tokens per example.
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64, allow_hyphen_values = true)]
     pub seq_len: usize,
     /// Timed steps (the median is reported).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), default_value_t = 10)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), default_value_t = 10, allow_hyphen_values = true)]
     pub steps: usize,
     /// Untimed steps first.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000), default_value_t = 2)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000), default_value_t = 2, allow_hyphen_values = true)]
     pub warmup: usize,
     /// Benchmark a model of this shape with random weights instead of --model: `base`
     /// (BERT-base: 12 layers, hidden 768) or `large` (24 layers, hidden 1024).
@@ -103,7 +103,7 @@ impl BenchCommand {
                     spafit::Error::invalid("--shape", format!("`{shape}`: expected base or large"))
                 })?;
                 let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
-                self.peft.check_adapters_placed(&plan)?;
+                self.peft.check_flags_against_plan(&plan)?;
                 let mut m = BertClassifier::random(&config, &backend, 2, 0)?;
                 m.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
                 m.store_frozen_weights(&backend)?;

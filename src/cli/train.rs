@@ -11,16 +11,16 @@ use spafit::peft::{peft_lora_init, PeftPlan};
 use spafit::train::{TrainConfig, TrainReport, Trainer};
 use spafit::Result;
 
-use super::args::{on_backend, DataArgs, ModelArgs, PeftArgs};
+use super::args::{on_backend, DataArgs, ModelArgs, PeftArgs, TrainedCut};
 
 /// Optimizer, schedule and run bookkeeping.
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
     /// Passes over the training data.
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 1)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 1, allow_hyphen_values = true)]
     pub epochs: usize,
     /// Examples per step.
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32, allow_hyphen_values = true)]
     pub batch_size: usize,
     /// Peak learning rate (after linear warmup, decays linearly to 0) [default: 5e-5 for
     /// full, 1e-3 for bitfit, 5e-4 for lora and spafit].
@@ -36,21 +36,21 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub max_grad_norm: f64,
     /// Seed of batch order, dropout, adapters and a fresh head.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, allow_hyphen_values = true)]
     pub seed: u64,
     /// Also evaluate every N steps (always at each epoch end).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub eval_every: Option<usize>,
     /// Also save the resumable state in OUTPUT/last every N steps (it is always saved after
     /// an evaluation); a killed run repeats at most the steps since the last save.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub save_every: Option<usize>,
     /// Write a metrics.jsonl line every N steps.
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 10)]
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 10, allow_hyphen_values = true)]
     pub log_every: usize,
     /// Stop after at most N steps in total (the schedule spans them); --epochs still ends the
     /// run first when its steps are fewer: raise it to train longer.
-    #[arg(long, value_parser = super::args::at_least_one())]
+    #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub max_steps: Option<usize>,
     /// Output directory: metrics.jsonl, best/ (the best adapter), last/ (resumable state).
     #[arg(long)]
@@ -86,8 +86,8 @@ pub struct Run<B: Backend> {
     pub checkpoint: Checkpoint,
     pub model: BertClassifier<B>,
     pub plan: PeftPlan,
-    /// The cut of the training texts of the adapter the run continues, where it records one.
-    pub trained_max_len: Option<usize>,
+    /// The cut of the training texts of the adapter the run continues, if any.
+    pub trained_cut: TrainedCut,
 }
 
 pub fn setup<B: Backend>(
@@ -98,7 +98,7 @@ pub fn setup<B: Backend>(
     seed: u64,
 ) -> Result<Run<B>> {
     let plan = PeftPlan::new(&peft.config()?, checkpoint.config.num_hidden_layers)?;
-    peft.check_adapters_placed(&plan)?;
+    peft.check_flags_against_plan(&plan)?;
     let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
     m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
     m.store_frozen_weights(&backend)?;
@@ -107,7 +107,7 @@ pub fn setup<B: Backend>(
         checkpoint,
         model: m,
         plan,
-        trained_max_len: None,
+        trained_cut: TrainedCut::NoAdapter,
     })
 }
 
@@ -151,7 +151,7 @@ pub fn setup_from_adapter<B: Backend>(
             checkpoint,
             model: opened.model,
             plan: opened.plan,
-            trained_max_len: opened.max_len,
+            trained_cut: TrainedCut::of_adapter(opened.max_len),
         },
         head,
     ))
@@ -185,7 +185,7 @@ pub fn fit<B: Backend>(
             ),
         ));
     }
-    let tokenizer = model.tokenizer(&run.checkpoint, run.trained_max_len)?;
+    let tokenizer = model.tokenizer(&run.checkpoint, run.trained_cut)?;
     // Before the banner: pair data the model or --max-len cannot take is refused first.
     let pairs = [Some(train), dev]
         .into_iter()
@@ -384,8 +384,10 @@ impl TrainCommand {
             "trainable_params": run.model.trainable_parameter_count(),
             "device": run.backend.name(),
         });
+        line["max_len"] = json!(report.max_len);
         if let Some((step, eval)) = &report.best {
             line["best_step"] = json!(step);
+            line["dev_loss"] = json!(eval.loss);
             for (k, v) in &eval.metrics {
                 line[format!("dev_{k}")] = json!(v);
             }
@@ -398,7 +400,7 @@ impl TrainCommand {
         }
         // GLUE reports MNLI on both dev sets; the first one selected the model.
         if let Some(t) = task.filter(|_| devs.len() > 1) {
-            let tokenizer = self.model.tokenizer(&run.checkpoint, run.trained_max_len)?;
+            let tokenizer = self.model.tokenizer(&run.checkpoint, run.trained_cut)?;
             for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
                 let encoded = spafit::train::EncodedDataset::new(&tokenizer, data)?;
                 let eval = spafit::train::evaluate(&run.backend, &run.model, &encoded, 64, task)?;
@@ -441,6 +443,18 @@ pub(super) fn check_output_paths(
                     "{} is where this run reads its model or adapter; give a folder of its \
                          own",
                     read.display()
+                ),
+            );
+        }
+        // Nor inside one (a sentence-transformers model's `1_Pooling/`).
+        if let Some(folder) = super::read_folder_holding(dir, model, adapter) {
+            return refuse(
+                flag,
+                format!(
+                    "{} lies in {}, the folder of the model or adapter this run reads; give a \
+                     folder of its own",
+                    dir.display(),
+                    folder.display()
                 ),
             );
         }
@@ -548,6 +562,7 @@ pub(super) fn check_output_paths(
                 spafit::adapter::PEFT_CONFIG_FILE,
                 spafit::adapter::PEFT_WEIGHTS_FILE,
                 spafit::adapter::SPAFIT_EXPORT_FILE,
+                spafit::train::LOCK_FILE,
             ];
             if log_at == export_at || exported.iter().any(|f| log_at == export_at.join(f)) {
                 return refuse(
@@ -577,18 +592,19 @@ fn first_existing(dir: &std::path::Path, names: &[&str]) -> Option<std::path::Pa
 }
 
 /// Whether `path` is the run folder `run` itself or lies among the files the run writes there
-/// (metrics.jsonl, best/, last/), which do not exist yet when a fresh run starts, or is where
-/// one of those files leads through a link (writes follow links).
+/// (metrics.jsonl, best/, last/, the run's lock file), which do not exist yet when a fresh
+/// run starts, or is where one of those files leads through a link (writes follow links).
 fn among_run_files(path: &std::path::Path, run: &std::path::Path) -> bool {
     let (at, run_at) = (super::resolved(path), super::resolved(run));
     let written = [
         "metrics.jsonl".to_string(),
+        spafit::train::LOCK_FILE.to_string(),
         format!("best/{}", spafit::adapter::MANIFEST_FILE),
         format!("best/{}", spafit::adapter::WEIGHTS_FILE),
         format!("last/{}", spafit::train::STATE_FILE),
     ];
     at == run_at
-        || ["metrics.jsonl", "best", "last"]
+        || ["metrics.jsonl", "best", "last", spafit::train::LOCK_FILE]
             .into_iter()
             .any(|name| at.starts_with(run_at.join(name)))
         || written

@@ -146,7 +146,7 @@ impl<B: Backend> EncoderLayer<B> {
                     return Err(Error::invalid(
                         "lora config",
                         format!(
-                            "rank r = {} exceeds {} (the smaller side of `{prefix}`, [{out}, {inp}])",
+                            "rank r = {} (--lora-r) exceeds {} (the smaller side of `{prefix}`, [{out}, {inp}])",
                             cfg.rank,
                             out.min(inp)
                         ),

@@ -151,13 +151,19 @@ impl LoraConfig {
     /// Checks rank, alpha, dropout and targets.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = if self.rank == 0 {
-            Some("rank r must be at least 1".to_string())
+            Some("rank r (--lora-r) must be at least 1".to_string())
         } else if !self.alpha.is_finite() {
-            Some(format!("alpha must be finite, got {}", self.alpha))
+            Some(format!(
+                "alpha (--lora-alpha) must be finite, got {}",
+                self.alpha
+            ))
         } else if !(0.0..1.0).contains(&self.dropout) {
-            Some(format!("dropout must be in [0, 1), got {}", self.dropout))
+            Some(format!(
+                "dropout (--lora-dropout) must be in [0, 1), got {}",
+                self.dropout
+            ))
         } else if self.targets.is_empty() {
-            Some("at least one target module is needed".to_string())
+            Some("at least one target module (--lora-targets) is needed".to_string())
         } else {
             // A second adapter on the same map would replace the first under the same name.
             self.targets

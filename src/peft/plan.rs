@@ -55,16 +55,35 @@ pub enum Boundary {
 }
 
 impl Boundary {
+    /// The layer index for a model of `layers` layers; `name` (`N1 (--n1)`) names it in an
+    /// error.
     fn resolve(self, name: &str, layers: usize) -> Result<usize> {
-        match self {
-            Boundary::Layer(n) => Ok(n),
+        let n = match self {
+            Boundary::Layer(n) => n,
             Boundary::Fraction(f) if (0.0..=1.0).contains(&f) => {
-                Ok((f * layers as f64).round() as usize)
+                (f * layers as f64).round() as usize
             }
-            Boundary::Fraction(f) => Err(Error::invalid(
-                "spafit plan",
-                format!("{name} as a fraction must be in [0, 1], got {f}"),
-            )),
+            Boundary::Fraction(f) => {
+                return Err(Error::invalid(
+                    "peft plan",
+                    format!("{name} as a fraction must be in [0, 1], got {f}"),
+                ))
+            }
+        };
+        if n > layers {
+            return Err(Error::invalid(
+                "peft plan",
+                format!("{name} = {n} is beyond the model's {layers} layers"),
+            ));
+        }
+        Ok(n)
+    }
+
+    /// `n` as resolved, with the fraction it came from.
+    fn describe(self, n: usize, layers: usize) -> String {
+        match self {
+            Boundary::Layer(_) => n.to_string(),
+            Boundary::Fraction(f) => format!("{n} ({f} of {layers} layers)"),
         }
     }
 }
@@ -202,7 +221,8 @@ impl PeftPlan {
                         for &l in list {
                             if l >= layers {
                                 return Err(invalid(format!(
-                                    "LoRA layer {l} does not exist (the model has {layers} layers)"
+                                    "LoRA layer {l} (--lora-layers) does not exist (the model \
+                                     has {layers} layers)"
                                 )));
                             }
                             strata[l] = Stratum::LoraOnly;
@@ -212,17 +232,14 @@ impl PeftPlan {
                 (strata, Some(config.lora.clone()))
             }
             Method::Spafit => {
-                let n1 = config.n1.resolve("N1", layers)?;
-                let n2 = config.n2.resolve("N2", layers)?;
+                let n1 = config.n1.resolve("N1 (--n1)", layers)?;
+                let n2 = config.n2.resolve("N2 (--n2)", layers)?;
                 if n1 > n2 {
                     return Err(invalid(format!(
-                        "N1 = {n1} is above N2 = {n2}: the strata need N1 ≤ N2 ≤ {layers} \
-                         (this model's layers)"
-                    )));
-                }
-                if n2 > layers {
-                    return Err(invalid(format!(
-                        "N2 = {n2} is beyond the model's {layers} layers"
+                        "N1 = {} (--n1) is above N2 = {} (--n2): the strata need N1 ≤ N2 ≤ \
+                         {layers} (this model's layers)",
+                        config.n1.describe(n1, layers),
+                        config.n2.describe(n2, layers)
                     )));
                 }
                 if n2 < layers {

@@ -304,6 +304,9 @@ pub(crate) struct RunInputs<'a> {
     pub base_sha256: &'a str,
     pub train: &'a EncodedDataset,
     pub dev: Option<&'a EncodedDataset>,
+    /// The tokenizer's cut: part of the data's digest too, named on its own so that a resume
+    /// says which flag changed.
+    pub max_len: usize,
     /// The backend's name (`cpu-f32`, `cuda-emu-bf16`): recorded, not required to match.
     pub device: String,
 }
@@ -318,7 +321,7 @@ pub(crate) const DEVICE_SETTING: &str = "device and precision";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 20] = [
+    let entries: [(&str, String); 21] = [
         (DEVICE_SETTING, inputs.device.clone()),
         (
             "training data (token ids and labels: the file, --max-len, --labels)",
@@ -328,6 +331,8 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
             "evaluation data (token ids and labels)",
             inputs.dev.map_or_else(|| "none".into(), data_digest),
         ),
+        // A state saved before this entry has none: not compared.
+        ("--max-len", inputs.max_len.to_string()),
         ("--epochs", c.epochs.to_string()),
         ("--batch-size", c.batch_size.to_string()),
         ("length buckets", c.bucket_batches.to_string()),

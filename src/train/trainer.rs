@@ -210,6 +210,8 @@ pub struct TrainReport {
     pub last_loss: f64,
     /// The best evaluation and its step; the model ends with those weights.
     pub best: Option<(usize, Evaluation)>,
+    /// The tokens per example the texts were cut to (the tokenizer's `max_len`).
+    pub max_len: usize,
 }
 
 /// Dropout probabilities of a run.
@@ -494,6 +496,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 base_sha256: self.base.sha256(),
                 train: &train_data,
                 dev: dev.as_ref().map(|(d, _)| d),
+                max_len: tokenizer.max_len(),
                 device: self.backend.name(),
             },
         );
@@ -858,6 +861,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             tokens_per_s: m.tokens_per_s(),
             last_loss: m.last_logged_loss.unwrap_or(f64::NAN),
             best: run.best.map(|b| (b.step, b.evaluation)),
+            max_len: plan.max_len,
         })
     }
 
