@@ -70,28 +70,21 @@ impl ModelArgs {
             (None, TrainedCut::Recorded(trained)) => (trained, Some(trained)),
             (None, _) => (DEFAULT_MAX_LEN, None),
         };
-        checkpoint.tokenizer(len).map_err(|e| match (e, source) {
-            (
-                Error::InvalidArgument {
-                    op: "tokenizer",
-                    detail,
-                },
-                Some(trained),
-            ) => Error::invalid(
-                "adapter",
-                format!(
-                    "it was trained on inputs cut to {trained} tokens, which this model cannot \
-                     take ({detail}); give --max-len"
+        checkpoint.tokenizer(len).map_err(|e| match e {
+            Error::InvalidArgument {
+                op: "tokenizer",
+                detail,
+            } => match source {
+                Some(trained) => Error::invalid(
+                    "adapter",
+                    format!(
+                        "it was trained on inputs cut to {trained} tokens, which this model \
+                         cannot take ({detail}); give --max-len"
+                    ),
                 ),
-            ),
-            (
-                Error::InvalidArgument {
-                    op: "tokenizer",
-                    detail,
-                },
-                None,
-            ) => Error::invalid("--max-len", detail),
-            (e, _) => e,
+                None => Error::invalid("--max-len", detail),
+            },
+            e => e,
         })
     }
 }
