@@ -535,6 +535,8 @@ fn train_eval_predict_on_glue_layout() {
         // Index in the split, line in the file (after the header), the label with its
         // probability, every class's probability (in class order, summing to 1).
         assert_eq!(p["index"], i);
+        // The GLUE file's own `index` column, under its own name.
+        assert_eq!(p["id"], i.to_string());
         assert_eq!(p["line"], i + 2);
         let probs = p["probabilities"].as_object().unwrap();
         assert_eq!(probs.keys().collect::<Vec<_>>(), ["0", "1"]);
@@ -576,6 +578,7 @@ fn train_eval_predict_on_glue_layout() {
         rows[0],
         [
             "index",
+            "id",
             "line",
             "label",
             "probability",
@@ -585,13 +588,14 @@ fn train_eval_predict_on_glue_layout() {
     );
     for (i, p) in preds.iter().enumerate() {
         let row = &rows[i + 1];
-        assert_eq!(row[2], p["label"].as_str().unwrap());
+        assert_eq!(row[1], p["id"].as_str().unwrap());
+        assert_eq!(row[3], p["label"].as_str().unwrap());
         assert_eq!(
-            row[3].parse::<f64>().unwrap(),
+            row[4].parse::<f64>().unwrap(),
             p["probability"].as_f64().unwrap()
         );
         assert_eq!(
-            row[5].parse::<f64>().unwrap(),
+            row[6].parse::<f64>().unwrap(),
             p["probabilities"]["1"].as_f64().unwrap()
         );
     }
@@ -661,6 +665,29 @@ fn train_eval_predict_on_glue_layout() {
         .map(|l| l.split('\t').next().unwrap())
         .collect();
     assert_eq!(ids, ["index", "12", "5", "40"]);
+    // The CSV keeps both: its position among the examples read, and the file's id.
+    let (ok, stdout, err) = spafit(&[
+        "predict",
+        "--model",
+        &m,
+        "--task",
+        "sst2",
+        "--glue-dir",
+        &g,
+        "--adapter",
+        &adapter,
+        "--format",
+        "csv",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .map(|l| l.split(',').take(2).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [["index", "id"], ["0", "12"], ["1", "5"], ["2", "40"]]
+    );
 }
 
 /// An MNLI adapter trained on custom data records its classes as the training file gave them

@@ -266,6 +266,31 @@ fn malformed_rows_name_file_and_line_or_are_counted() {
         skipped.skipped
     );
 
+    // CoLA's header-less rows have exactly four columns: a tab in the sentence is a malformed
+    // row, not a sentence cut short.
+    write(
+        r,
+        "CoLA/dev.tsv",
+        "gj04\t1\t\tFine sentence.\ngj04\t1\t\tCut\there.\n",
+    );
+    let msg = GlueTask::Cola
+        .load(r, "dev", OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("CoLA/dev.tsv")
+            && msg.contains("line 2")
+            && msg.contains("5 fields, the file's rows have 4"),
+        "{msg}"
+    );
+    assert_eq!(
+        GlueTask::Cola
+            .load(r, "dev", OnMalformed::Skip)
+            .unwrap()
+            .len(),
+        1
+    );
+
     write(r, "STS-B/train.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n0\tg\tf\ty\to\ts\ts\tA.\tB.\tfive\n");
     let msg = GlueTask::Stsb
         .load(r, "train", OnMalformed::Error)

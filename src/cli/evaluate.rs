@@ -309,9 +309,9 @@ impl PredictCommand {
             ));
         }
         // A submission names rows by the test file's own `index`, which need not count from
-        // 0 in a file someone cut or reordered.
-        let submission_ids: Option<Vec<String>> = match (glue, format) {
-            (Some(task), PredictionFormat::Tsv) => {
+        // 0 in a file someone cut or reordered; the other formats carry it as `id`.
+        let submission_ids: Option<Vec<String>> = match glue {
+            Some(task) => {
                 let dir = self.data.glue_dir.as_deref().unwrap_or(Path::new("."));
                 let ids = task.row_ids(dir, &split)?;
                 data.source_lines
@@ -319,7 +319,7 @@ impl PredictCommand {
                     .map(|line| ids.get(line).cloned())
                     .collect()
             }
-            _ => None,
+            None => None,
         };
         let text = PredictionTable {
             predictions: &predictions,

@@ -69,6 +69,16 @@ impl PredictionTable<'_> {
         self.source_lines.get(i).copied()
     }
 
+    /// The GLUE file's own id of example `i` (its `index` or `id` column), beside `index`,
+    /// which counts the examples read: the two differ in general, and a submission keys on
+    /// the id.
+    fn glue_id(&self, i: usize) -> Option<&str> {
+        self.submission_ids
+            .filter(|ids| ids.len() == self.predictions.len())
+            .and_then(|ids| ids.get(i))
+            .map(String::as_str)
+    }
+
     fn jsonl(&self) -> String {
         // Written by hand so that class probabilities keep the class order.
         let quote = |s: &str| serde_json::Value::from(s).to_string();
@@ -76,6 +86,9 @@ impl PredictionTable<'_> {
         let mut out = String::new();
         for (i, p) in self.predictions.iter().enumerate() {
             out.push_str(&format!("{{\"index\":{i}"));
+            if let Some(id) = self.glue_id(i) {
+                out.push_str(&format!(",\"id\":{}", quote(id)));
+            }
             if let Some(line) = self.line(i) {
                 out.push_str(&format!(",\"line\":{line}"));
             }
@@ -127,7 +140,13 @@ impl PredictionTable<'_> {
         // columns its rows would have.
         let classes = self.labels.map_or(0, <[String]>::len);
         let has_lines = self.source_lines.len() == self.predictions.len();
+        let has_ids = self
+            .submission_ids
+            .is_some_and(|ids| ids.len() == self.predictions.len());
         let mut header = vec!["index".to_string()];
+        if has_ids {
+            header.push("id".into());
+        }
         if has_lines {
             header.push("line".into());
         }
@@ -141,6 +160,9 @@ impl PredictionTable<'_> {
         w.write_record(&header).map_err(io)?;
         for (i, p) in self.predictions.iter().enumerate() {
             let mut row = vec![i.to_string()];
+            if has_ids {
+                row.push(self.glue_id(i).unwrap_or_default().to_string());
+            }
             if has_lines {
                 row.push(self.line(i).map_or(String::new(), |l| l.to_string()));
             }
@@ -194,6 +216,25 @@ mod tests {
         assert_eq!(
             glue.render(PredictionFormat::Tsv).unwrap(),
             "index\tprediction\n0\t2.5\n1\t-0.125\n"
+        );
+        // The GLUE file's own ids key the submission, and stand beside the position in the
+        // other formats, under their own name.
+        let ids = ["100".to_string(), "107".to_string()];
+        let keyed = PredictionTable {
+            submission_ids: Some(&ids),
+            ..glue
+        };
+        assert_eq!(
+            keyed.render(PredictionFormat::Tsv).unwrap(),
+            "index\tprediction\n100\t2.5\n107\t-0.125\n"
+        );
+        assert_eq!(
+            keyed.render(PredictionFormat::Csv).unwrap(),
+            "index,id,score\n0,100,2.5\n1,107,-0.125\n"
+        );
+        assert_eq!(
+            keyed.render(PredictionFormat::Jsonl).unwrap(),
+            "{\"index\":0,\"id\":\"100\",\"score\":2.5}\n{\"index\":1,\"id\":\"107\",\"score\":-0.125}\n"
         );
 
         let labels = ["no, never".to_string(), "yes \"sure\"".to_string()];
