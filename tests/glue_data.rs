@@ -290,6 +290,14 @@ fn malformed_rows_name_file_and_line_or_are_counted() {
             .len(),
         1
     );
+    // A line of spaces is a blank line, as an empty one is: no example, no error.
+    write(
+        r,
+        "CoLA/dev.tsv",
+        "gj04\t1\t\tFine sentence.\n \n\ngj04\t0\t*\tAnother.\n  \n",
+    );
+    let blank = GlueTask::Cola.load(r, "dev", OnMalformed::Error).unwrap();
+    assert_eq!((blank.len(), blank.source_lines.clone()), (2, vec![1, 4]));
 
     write(r, "STS-B/train.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n0\tg\tf\ty\to\ts\ts\tA.\tB.\tfive\n");
     let msg = GlueTask::Stsb

@@ -315,7 +315,8 @@ impl GlueTask {
         let mut sink = RowSink::new(on_malformed);
         for (line_no, line) in lines {
             let line = match line {
-                Ok("") => continue,
+                // A blank line (a stray space at the end of a file too) holds no example.
+                Ok(line) if line.trim_matches(' ').is_empty() => continue,
                 Ok(line) => line,
                 Err(why) => {
                     sink.take(Err(why), &path, line_no)?;
