@@ -3,17 +3,21 @@
 //! import: `use spafit::prelude::*;`. `spafit::Result` and `spafit::Error` are left out, so
 //! that the glob does not shadow the standard `Result`.
 
-pub use crate::adapter::{export_peft, load_adapter, open_adapter, save_adapter, TrainingInputs};
+pub use crate::adapter::{
+    export_peft, import_peft, load_adapter, open_adapter, save_adapter, OpenedAdapter,
+    TrainingInputs,
+};
 pub use crate::backend::cpu::CpuBackend;
 pub use crate::backend::cuda::CudaBackend;
 pub use crate::backend::Backend;
 pub use crate::checkpoint::Checkpoint;
-pub use crate::data::{Dataset, Example, Target, TaskKind};
+pub use crate::data::{Dataset, Example, GlueTask, Target, TaskKind};
 pub use crate::model::BertClassifier;
-pub use crate::nn::LoraTarget;
+pub use crate::nn::{LoraConfig, LoraTarget};
 pub use crate::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 pub use crate::tensor::DType;
 pub use crate::text::TextTokenizer;
 pub use crate::train::{
-    evaluate, infer, scored_predictions, EncodedDataset, Prediction, TrainConfig, Trainer,
+    evaluate, infer, scored_predictions, EncodedDataset, Evaluation, Prediction, TrainConfig,
+    TrainReport, Trainer,
 };

@@ -15,7 +15,7 @@ use spafit::checkpoint::Checkpoint;
 use spafit::data::{Dataset, Example, TaskKind};
 use spafit::model::{BertClassifier, ModelInput};
 use spafit::nn::DropoutPlan;
-use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 use spafit::rng::SplitMix;
 use spafit::text::TextInput;
 use spafit::Error;
@@ -435,12 +435,68 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     v[4] = f64::NAN;
     head.value = cpu.tensor_from_f64(head.value.shape().clone(), &v).unwrap();
     refused(&diverged, &plan, None, "`classifier.weight` holds NaN");
+    // A cut of the texts the model cannot take would make the adapter unusable.
+    let e = save_adapter(
+        dir.path(),
+        &cpu,
+        &model,
+        &plan,
+        &ck.weights,
+        None,
+        TrainingInputs {
+            text_pairs: None,
+            max_len: Some(0),
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("max_len 0"), "{e}");
+    let e = export_peft(
+        dir.path(),
+        &cpu,
+        &model,
+        &plan,
+        "x",
+        None,
+        Some(100_000),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("max_len 100000") && e.to_string().contains("512 positions"),
+        "{e}"
+    );
+    // One adapter per folder: not beside a PEFT adapter, which `open_adapter` would then
+    // pass over.
+    let beside = tempfile::tempdir().unwrap();
+    std::fs::write(beside.path().join("adapter_config.json"), "{}").unwrap();
+    let e = save_adapter(
+        beside.path(),
+        &cpu,
+        &model,
+        &plan,
+        &ck.weights,
+        None,
+        TrainingInputs::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("holds a PEFT adapter or a model"),
+        "{e}"
+    );
     // No plan applied: every weight trains, which no plan's adapter records.
     let bare = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
     refused(&bare, &plan, None, "no plan was applied");
+    // A model takes one plan: a trained model's weights are not what another plan's
+    // adapter would record.
+    let mut again = trained(&ck, &cpu, &plan);
+    let e = again
+        .apply_plan(&lora, &mut peft_lora_init(&cpu, 0))
+        .unwrap_err();
+    assert!(e.to_string().contains("already applied"), "{e}");
+    refused(&again, &plan, Some(&names(&["a", "b"])), "2 label names");
     // A plan whose application failed part way (here: the adapters' initializer) leaves the
-    // model under no plan, not under the one it had before.
-    let mut half = trained(&ck, &cpu, &plan);
+    // model under no plan.
+    let mut half = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
     let mut made = 0;
     let e = half
         .apply_plan(&lora, &mut |name, _| {
@@ -455,6 +511,10 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     assert!(half.plan().is_none());
     refused(&half, &plan, None, "no plan was applied");
     refused(&half, &lora, None, "no plan was applied");
+    let e = half
+        .apply_plan(&lora, &mut peft_lora_init(&cpu, 0))
+        .unwrap_err();
+    assert!(e.to_string().contains("already applied"), "{e}");
     assert!(
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "something was written"

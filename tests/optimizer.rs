@@ -150,8 +150,17 @@ fn a_refused_update_changes_nothing() {
     assert_eq!(opt.step, 0);
     assert!(opt.moments().is_empty());
     assert_eq!(host(&a.value), P0.to_vec());
+    // A gradient that no parameter given takes (here `b`'s, with only `a` given) is refused.
+    let e = opt.update(&cpu, vec![&mut a], &grads, 0.01).unwrap_err();
+    assert!(e.to_string().contains("gradient for `b.weight`"), "{e}");
+    assert_eq!(opt.step, 0);
     // The same optimizer then steps as a fresh one does.
-    opt.update(&cpu, vec![&mut a], &grads, 0.01).unwrap();
+    let only_a = Gradients::from_map(
+        [("a.weight".to_string(), tensor(&cpu, &[4], &[0.5; 4]))]
+            .into_iter()
+            .collect(),
+    );
+    opt.update(&cpu, vec![&mut a], &only_a, 0.01).unwrap();
     assert_eq!(opt.step, 1);
     assert_ne!(host(&a.value), P0.to_vec());
 }

@@ -220,6 +220,15 @@ fn regression_data(n: usize, nan_from: Option<usize>) -> Dataset {
 }
 
 fn tiny_model(ck: &Checkpoint, cpu: &CpuBackend) -> (BertClassifier<CpuBackend>, PeftPlan) {
+    tiny_model_with(ck, cpu, &|_| {})
+}
+
+/// [`tiny_model`] under its plan changed by `edit` (a model takes one plan).
+fn tiny_model_with(
+    ck: &Checkpoint,
+    cpu: &CpuBackend,
+    edit: &dyn Fn(&mut PeftPlan),
+) -> (BertClassifier<CpuBackend>, PeftPlan) {
     let mut source = |name: &str, shape| ck.tensor(cpu, name, shape);
     let bert = BertModel::load(&ck.config, &mut source).unwrap();
     let head = Linear::new(
@@ -232,7 +241,8 @@ fn tiny_model(ck: &Checkpoint, cpu: &CpuBackend) -> (BertClassifier<CpuBackend>,
     let mut config = PeftConfig::new(Method::Spafit);
     config.n1 = Boundary::Layer(0);
     config.n2 = Boundary::Layer(1);
-    let plan = PeftPlan::new(&config, 2).unwrap();
+    let mut plan = PeftPlan::new(&config, 2).unwrap();
+    edit(&mut plan);
     model
         .apply_plan(&plan, &mut common::tiny_bert::random_init(cpu, 3))
         .unwrap();
@@ -620,11 +630,7 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
     };
     // The error of resuming with `config`, the plan `edit` changes, on `data`.
     let refused = |config: TrainConfig, edit: &dyn Fn(&mut PeftPlan), data: &Dataset| {
-        let (mut model, mut plan) = tiny_model(&ck, &cpu);
-        edit(&mut plan);
-        model
-            .apply_plan(&plan, &mut common::tiny_bert::random_init(&cpu, 3))
-            .unwrap();
+        let (mut model, plan) = tiny_model_with(&ck, &cpu, edit);
         Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
             .fit(&tok, data, None)
             .unwrap_err()
@@ -865,4 +871,96 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
         epoch.sort_unstable();
         assert_eq!(*epoch, (0..40).collect::<Vec<_>>());
     }
+}
+
+/// Evaluation checks its data as training does (a bad target named by example, not turned
+/// into a NaN metric), a GLUE task whose label space is not the data's is refused before
+/// its metrics pick anything, and settings that count steps must count at least one.
+#[test]
+fn evaluation_data_and_step_counts_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let nan = regression_data(6, Some(4));
+    let e = evaluate(
+        &cpu,
+        &model,
+        &EncodedDataset::new(&tok, &nan).unwrap(),
+        2,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("example 4: score NaN is not finite"), "{e}");
+    let data = regression_data(6, None);
+    let encoded = EncodedDataset::new(&tok, &data).unwrap();
+    let e = evaluate(
+        &cpu,
+        &model,
+        &encoded,
+        2,
+        Some(spafit::data::GlueTask::Mrpc),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("MRPC has 2 labels, the data 1"), "{e}");
+    assert!(evaluate(
+        &cpu,
+        &model,
+        &encoded,
+        2,
+        Some(spafit::data::GlueTask::Stsb)
+    )
+    .is_ok());
+    let e = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            task: Some(spafit::data::GlueTask::Rte),
+            ..TrainConfig::default()
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("RTE has 2 labels, synthetic has 1"), "{e}");
+    for config in [
+        TrainConfig {
+            log_every: 0,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            bucket_batches: 0,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            stop_after_steps: Some(0),
+            ..TrainConfig::default()
+        },
+    ] {
+        assert!(config
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1"));
+    }
+    // Evaluating every N steps with nothing to evaluate and nowhere to save does nothing.
+    let e = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            eval_every: Some(2),
+            ..TrainConfig::default()
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no output directory"), "{e}");
 }

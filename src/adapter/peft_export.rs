@@ -57,7 +57,7 @@ pub fn export_peft<B: Backend>(
             ),
         )
     })?;
-    super::store::check_savable(backend, model, plan, labels, "peft export")?;
+    super::store::check_savable(backend, model, plan, labels, max_len, "peft export")?;
     let lora_layers: Vec<usize> = plan
         .strata
         .iter()

@@ -85,16 +85,28 @@ pub struct TrainingInputs {
 }
 
 /// What a loader would refuse is refused before anything is written: a plan other than the
-/// model's (or none applied, or LoRA merged away), class names the head cannot carry, and
-/// non-finite weights. `op` names the writer (a spafit adapter, a PEFT export).
+/// model's (or none applied, or LoRA merged away), class names the head cannot carry, a cut
+/// of the texts the model cannot take, and non-finite weights. `op` names the writer (a
+/// spafit adapter, a PEFT export).
 pub(crate) fn check_savable<B: Backend>(
     backend: &B,
     model: &BertClassifier<B>,
     plan: &PeftPlan,
     labels: Option<&[String]>,
+    max_len: Option<usize>,
     op: &'static str,
 ) -> Result<()> {
     model.check_plan(plan)?;
+    let positions = model.config().max_position_embeddings;
+    if let Some(n) = max_len.filter(|&n| n == 0 || n > positions) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "max_len {n}: the training texts' cut is between 1 and the model's {positions} \
+                 positions"
+            ),
+        ));
+    }
     if let Some(problem) = labels.and_then(|l| labels_problem(l, model.num_labels)) {
         return Err(Error::invalid(op, problem));
     }
@@ -121,7 +133,28 @@ pub fn save_adapter<B: Backend>(
     labels: Option<&[String]>,
     inputs: TrainingInputs,
 ) -> Result<()> {
-    check_savable(backend, model, plan, labels, "adapter")?;
+    check_savable(backend, model, plan, labels, inputs.max_len, "adapter")?;
+    // One adapter per folder: beside a PEFT adapter, `open_adapter` would read this one and
+    // pass the other over without a word; in a model's folder, the files would mix.
+    if let Some(found) = [
+        super::PEFT_CONFIG_FILE,
+        super::PEFT_WEIGHTS_FILE,
+        "config.json",
+        "model.safetensors",
+    ]
+    .iter()
+    .map(|name| dir.join(name))
+    .find(|path| path.symlink_metadata().is_ok())
+    {
+        return Err(Error::invalid(
+            "adapter",
+            format!(
+                "{} holds a PEFT adapter or a model ({}): give the adapter a folder of its own",
+                dir.display(),
+                found.display()
+            ),
+        ));
+    }
     let trainable: Vec<(String, Tensor<B>)> = model
         .params()
         .into_iter()

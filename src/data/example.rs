@@ -147,24 +147,8 @@ impl Dataset {
                 ));
             }
         }
-        let classes = self.kind.num_labels();
         for (i, e) in self.examples.iter().enumerate() {
-            let problem = match (e.target, &self.kind) {
-                (None, _) => None,
-                (Some(Target::Class(c)), TaskKind::Classification { .. }) => ((c as usize)
-                    >= classes)
-                    .then(|| format!("class id {c} is not below the {classes} classes")),
-                (Some(Target::Score(s)), TaskKind::Regression) => {
-                    (!s.is_finite()).then(|| format!("score {s} is not finite"))
-                }
-                (Some(Target::Class(c)), TaskKind::Regression) => {
-                    Some(format!("class id {c} in a regression task"))
-                }
-                (Some(Target::Score(s)), TaskKind::Classification { .. }) => {
-                    Some(format!("score {s} in a classification task"))
-                }
-            };
-            if let Some(problem) = problem {
+            if let Some(problem) = e.target.and_then(|t| target_problem(t, &self.kind)) {
                 let place = match self.source_lines.get(i) {
                     Some(line) => format!("line {line}"),
                     None => format!("example {i}"),
@@ -176,6 +160,25 @@ impl Dataset {
             }
         }
         Ok(())
+    }
+}
+
+/// What makes `target` unfit for a task of `kind`, if anything: a class id past the classes,
+/// a non-finite score, or the other kind of target.
+pub fn target_problem(target: Target, kind: &TaskKind) -> Option<String> {
+    let classes = kind.num_labels();
+    match (target, kind) {
+        (Target::Class(c), TaskKind::Classification { .. }) => ((c as usize) >= classes)
+            .then(|| format!("class id {c} is not below the {classes} classes")),
+        (Target::Score(s), TaskKind::Regression) => {
+            (!s.is_finite()).then(|| format!("score {s} is not finite"))
+        }
+        (Target::Class(c), TaskKind::Regression) => {
+            Some(format!("class id {c} in a regression task"))
+        }
+        (Target::Score(s), TaskKind::Classification { .. }) => {
+            Some(format!("score {s} in a classification task"))
+        }
     }
 }
 

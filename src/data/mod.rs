@@ -8,7 +8,9 @@ mod rotten_tomatoes;
 mod table;
 
 pub use batches::{evaluation_batches, shuffle, training_batches};
-pub use example::{label_names_problem, Dataset, Example, OnMalformed, Target, TaskKind};
+pub use example::{
+    label_names_problem, target_problem, Dataset, Example, OnMalformed, Target, TaskKind,
+};
 pub use glue::GlueTask;
 pub use rotten_tomatoes::rotten_tomatoes;
 pub use table::{TableFormat, TableSpec};

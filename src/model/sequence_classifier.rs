@@ -31,6 +31,8 @@ pub struct BertClassifier<B: Backend> {
     plan: Option<PeftPlan>,
     /// LoRA adapters were folded into the weights: the model no longer has its plan's shape.
     lora_merged: bool,
+    /// `apply_plan` was called (whether it succeeded or not): a model takes one plan.
+    plan_applied: bool,
 }
 
 impl<B: Backend> BertClassifier<B> {
@@ -247,6 +249,7 @@ impl<B: Backend> BertClassifier<B> {
             fresh_pooler: false,
             plan: None,
             lora_merged: false,
+            plan_applied: false,
         })
     }
 
@@ -298,12 +301,25 @@ impl<B: Backend> BertClassifier<B> {
     /// Applies a PEFT plan: strata per layer, adapters from `init(name, shape)` (see
     /// [`crate::peft::peft_lora_init`]), embeddings / pooler / LayerNorm options. The
     /// classifier always trains. A pooler the checkpoint lacked must train too: frozen, its
-    /// random weights would be part of the model without being saved with the adapter.
+    /// random weights would be part of the model without being saved with the adapter. A
+    /// model takes one plan: a second call is refused (once its layers have been changed,
+    /// even by a call that then failed), since weights trained or merged under the first
+    /// would not be what the second plan's adapter records.
     pub fn apply_plan(
         &mut self,
         plan: &PeftPlan,
         init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<()> {
+        // Weights trained under a first plan (biases, a head) or merged adapters are not what
+        // a second plan's adapter would record: it would save tensors that do not reproduce
+        // the model, or drop trained adapters without a word.
+        if self.plan_applied {
+            return Err(Error::invalid(
+                "peft plan",
+                "a plan was already applied to this model (and it may have trained or merged \
+                 under it): build a new model (`from_checkpoint`) for another plan",
+            ));
+        }
         if self.fresh_pooler && !plan.train_pooler {
             return Err(Error::invalid(
                 "peft plan",
@@ -327,6 +343,7 @@ impl<B: Backend> BertClassifier<B> {
         // Until every layer has its stratum the model is under no plan: a failure part way
         // leaves it refused by `check_plan`, not passing for the plan it had before.
         self.plan = None;
+        self.plan_applied = true;
         for (layer, &stratum) in self.bert.layers.iter_mut().zip(&plan.strata) {
             layer.set_stratum(stratum, plan.lora.as_ref(), &mut *init)?;
             if plan.train_layer_norm_weights && stratum != Stratum::Frozen {

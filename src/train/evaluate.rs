@@ -144,6 +144,30 @@ pub fn evaluate<B: Backend>(
         .iter()
         .map(|t| t.ok_or_else(|| crate::Error::invalid("evaluate", "the split is unlabeled")))
         .collect::<Result<_>>()?;
+    // Checked as training checks its data, so a bad target is named by example, not by
+    // its place in a length-sorted batch (or turned into a NaN metric).
+    if let Some((i, problem)) = gold
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| crate::data::target_problem(*t, &data.kind).map(|p| (i, p)))
+    {
+        return Err(crate::Error::invalid(
+            "evaluate",
+            format!("example {i}: {problem}"),
+        ));
+    }
+    // A GLUE task's metrics assume its label space (MRPC's F1 of class 1 of two).
+    if let Some(t) = task.filter(|t| t.kind().num_labels() != data.kind.num_labels()) {
+        return Err(crate::Error::invalid(
+            "evaluate",
+            format!(
+                "{} has {} labels, the data {}: its metrics do not apply",
+                t.dir_name(),
+                t.kind().num_labels(),
+                data.kind.num_labels()
+            ),
+        ));
+    }
     let out = infer(backend, model, data, batch_size)?;
     let pred = predictions(&data.kind, &out.logits, model.num_labels)?;
     let preds = match data.kind {

@@ -59,9 +59,20 @@ impl<B: Backend> AdamW<B> {
             weight_decay: self.weight_decay,
             step: step_number,
         })?;
-        let updates: Vec<(&mut Param<B>, &Tensor<B>)> = params
+        let trainable: Vec<&mut Param<B>> = params.into_iter().filter(|p| p.trainable).collect();
+        // A gradient no trainable parameter takes is a mistake (a misspelt name, the
+        // gradients of another model), not something to skip.
+        if let Some((name, _)) = grads
+            .iter()
+            .find(|(name, _)| !trainable.iter().any(|p| p.name == *name))
+        {
+            return Err(Error::invalid(
+                "adamw",
+                format!("a gradient for `{name}`, which is no trainable parameter given"),
+            ));
+        }
+        let updates: Vec<(&mut Param<B>, &Tensor<B>)> = trainable
             .into_iter()
-            .filter(|p| p.trainable)
             .filter_map(|p| grads.get(&p.name).map(|g| (p, g)))
             .collect();
         for (p, g) in &updates {

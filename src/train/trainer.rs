@@ -48,7 +48,8 @@ pub struct TrainConfig {
     /// Attention dropout; `None` takes the checkpoint's `attention_probs_dropout_prob`.
     pub attention_dropout: Option<f64>,
     /// Also evaluate every this many steps (always at each epoch end). Without an evaluation
-    /// set these steps only save the state, as `save_every` does.
+    /// set these steps only save the state in the output directory, as `save_every` does
+    /// (refused without one).
     pub eval_every: Option<usize>,
     /// Also save the resumable state every this many steps (it is always saved after an
     /// evaluation); a run killed between saves repeats the steps since the last one.
@@ -110,6 +111,13 @@ impl TrainConfig {
         let refuse = |detail: String| Err(Error::invalid("train", detail));
         if c.batch_size == 0 || c.epochs == 0 || c.eval_batch_size == 0 {
             return refuse("batch sizes and epochs must be positive".into());
+        }
+        if c.log_every == 0 || c.bucket_batches == 0 || c.stop_after_steps == Some(0) {
+            return refuse(
+                "log_every (--log-every), bucket_batches and stop_after_steps count steps or \
+                 batches: give at least 1"
+                    .into(),
+            );
         }
         if c.eval_every == Some(0) || c.save_every == Some(0) {
             return refuse(
@@ -401,6 +409,26 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // The data's own problems first: they are named by example, and a one-class task
         // would otherwise be reported as a mismatch with the head.
         train.check_targets("train")?;
+        if let Some(t) = self
+            .config
+            .task
+            .filter(|t| t.kind().num_labels() != train.kind.num_labels())
+        {
+            return refuse(format!(
+                "{} has {} labels, {} has {}: the task's metrics, which pick best/, do not apply",
+                t.dir_name(),
+                t.kind().num_labels(),
+                train.name,
+                train.kind.num_labels()
+            ));
+        }
+        if dev.is_none() && self.config.eval_every.is_some() && self.config.output_dir.is_none() {
+            return refuse(
+                "eval_every without an evaluation set only saves the state, and there is no \
+                 output directory to save it in"
+                    .into(),
+            );
+        }
         if train.kind.num_labels() != self.model.num_labels {
             return refuse(format!(
                 "the task has {} labels but the model head has {}",
