@@ -174,7 +174,7 @@ fn adapter_round_trip_and_refusals() {
         let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
         change(&mut json);
         std::fs::write(&manifest_path, json.to_string()).unwrap();
-        let e = load_adapter(dir.path(), &ck, &cpu).err().expect("edited");
+        let e = load_adapter(dir.path(), &ck, &cpu).expect_err("edited");
         std::fs::write(&manifest_path, &original).unwrap();
         e.to_string()
     };
@@ -208,7 +208,7 @@ fn adapter_round_trip_and_refusals() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x55;
     std::fs::write(dir.path().join(WEIGHTS_FILE), bytes).unwrap();
-    let e = load_adapter(dir.path(), &ck, &cpu).err().expect("torn");
+    let e = load_adapter(dir.path(), &ck, &cpu).expect_err("torn");
     assert!(e.to_string().contains("do not match the manifest"), "{e}");
 
     // No temporary files are left behind by the atomic writes.
@@ -268,12 +268,18 @@ fn peft_export_names_and_config() {
     let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
     assert_eq!(import.labels.as_deref(), Some(names.as_slice()));
     assert_eq!(import.max_len, Some(40));
+    // load_adapter reads spafit's own format, and says what a folder holds otherwise.
+    let e = load_adapter(dir.path(), &ck, &cpu).unwrap_err().to_string();
+    assert!(e.contains("holds a PEFT adapter, not a spafit one"), "{e}");
+    let empty = tempfile::tempdir().unwrap();
+    let e = load_adapter(empty.path(), &ck, &cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds no spafit adapter"), "{e}");
     let note = dir.path().join("spafit_export.json");
     let text = std::fs::read_to_string(&note).unwrap();
     std::fs::write(&note, text.replace("\"neutral\",", "")).unwrap();
-    let e = import_peft(dir.path(), &ck, &cpu)
-        .err()
-        .expect("two names, three outputs");
+    let e = import_peft(dir.path(), &ck, &cpu).expect_err("two names, three outputs");
     assert!(
         e.to_string().contains("spafit_export.json")
             && e.to_string()
@@ -290,9 +296,7 @@ fn peft_export_names_and_config() {
     assert_eq!((import.labels, import.max_len), (None, None));
     // A cut that is not a count of tokens is refused, naming the file.
     std::fs::write(&note, text.replace("\"max_len\": 40", "\"max_len\": -3")).unwrap();
-    let e = import_peft(dir.path(), &ck, &cpu)
-        .err()
-        .expect("max_len -3");
+    let e = import_peft(dir.path(), &ck, &cpu).expect_err("max_len -3");
     assert!(
         e.to_string().contains("spafit_export.json") && e.to_string().contains("`max_len` is -3"),
         "{e}"
@@ -486,6 +490,15 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     // No plan applied: every weight trains, which no plan's adapter records.
     let bare = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
     refused(&bare, &plan, None, "no plan was applied");
+    // A model prints as a summary (so a `Result` holding one can be unwrapped and shown).
+    let shown = format!("{bare:?} / {model:?}");
+    assert!(
+        shown.contains("layers: 6")
+            && shown.contains("num_labels: 3")
+            && shown.contains("method: None")
+            && shown.contains("method: Some(Spafit)"),
+        "{shown}"
+    );
     // A model takes one plan: a trained model's weights are not what another plan's
     // adapter would record.
     let mut again = trained(&ck, &cpu, &plan);

@@ -276,8 +276,7 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
         load_err(&dir).to_string(),
         Checkpoint::open(&dir)
             .and_then(|ck| BertClassifier::from_fine_tuned(&ck, &CpuBackend::f64()))
-            .err()
-            .expect("no encoder under a known prefix")
+            .expect_err("no encoder under a known prefix")
             .to_string(),
     ] {
         assert!(
@@ -649,7 +648,7 @@ fn a_fine_tuned_head_agrees_with_its_config() {
             1,
         ),
     ] {
-        let e = open(name, extra, rows).1.err().expect(name).to_string();
+        let e = open(name, extra, rows).1.expect_err(name).to_string();
         assert!(
             e.contains("config.json") && e.contains("`problem_type`") && e.contains("output"),
             "{name}: {e}"

@@ -486,8 +486,7 @@ fn heads_too_wide_for_the_kernels_are_refused_when_the_model_is_built() {
     let mut wide = tiny_bert::config(1);
     (wide.hidden_size, wide.num_attention_heads) = (512, 1);
     let e = BertClassifier::random(&wide, &cuda(DType::F32), 2, 0)
-        .err()
-        .expect("f32 head dim 512: the backward's tiles exceed shared memory")
+        .expect_err("f32 head dim 512: the backward's tiles exceed shared memory")
         .to_string();
     assert!(
         e.contains("head dim 512") && e.contains("shared memory"),
@@ -499,8 +498,7 @@ fn heads_too_wide_for_the_kernels_are_refused_when_the_model_is_built() {
         wider_than_tensor_cores.num_attention_heads,
     ) = (160, 1);
     let e = BertClassifier::random(&wider_than_tensor_cores, &cuda(DType::BF16), 2, 0)
-        .err()
-        .expect("bf16 head dim 160: past the tensor-core kernels")
+        .expect_err("bf16 head dim 160: past the tensor-core kernels")
         .to_string();
     assert!(
         e.contains("head dim 160") && e.contains("--dtype f32"),

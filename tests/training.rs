@@ -423,9 +423,7 @@ fn a_checkpoint_without_a_pooler_trains_a_fresh_one_and_saves_it() {
     let mut config = PeftConfig::new(Method::Spafit);
     config.n1 = Boundary::Layer(0);
     config.n2 = Boundary::Layer(1);
-    let e = model_with(&PeftPlan::new(&config, 2).unwrap())
-        .err()
-        .expect("a frozen fresh pooler");
+    let e = model_with(&PeftPlan::new(&config, 2).unwrap()).expect_err("a frozen fresh pooler");
     assert!(
         e.to_string().contains("no pooler") && e.to_string().contains("--train-pooler"),
         "{e}"

@@ -328,6 +328,20 @@ pub fn load_adapter<B: Backend>(
 ) -> Result<(BertClassifier<B>, AdapterManifest)> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let weights_path = dir.join(WEIGHTS_FILE);
+    if !manifest_path.exists() && !weights_path.exists() {
+        // Said of the folder: a missing `adapter.json` alone reads as a torn adapter.
+        let what = if super::is_peft_adapter(dir) {
+            "holds a PEFT adapter, not a spafit one: read it with open_adapter or import_peft"
+        } else if dir.is_dir() {
+            "holds no spafit adapter (no adapter.json, no adapter.safetensors)"
+        } else {
+            "no such adapter directory"
+        };
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, what),
+        });
+    }
     let read = read_manifest(dir);
     let bytes = match std::fs::read(&weights_path) {
         Ok(bytes) => bytes,

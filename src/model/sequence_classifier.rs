@@ -35,6 +35,21 @@ pub struct BertClassifier<B: Backend> {
     plan_applied: bool,
 }
 
+/// A summary (the weights are on the backend): shape, head, plan and what trains, so that a
+/// `Result<BertClassifier<_>>` can be unwrapped and printed.
+impl<B: Backend> std::fmt::Debug for BertClassifier<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BertClassifier")
+            .field("layers", &self.bert.layers.len())
+            .field("hidden_size", &self.bert.config.hidden_size)
+            .field("num_labels", &self.num_labels)
+            .field("method", &self.plan.as_ref().map(|p| p.method))
+            .field("trainable_parameters", &self.trainable_parameter_count())
+            .field("lora_merged", &self.lora_merged)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<B: Backend> BertClassifier<B> {
     /// Loads `checkpoint` on `backend` with a `num_labels` head: the checkpoint's own
     /// `classifier` tensors when it has them with that shape, otherwise a fresh head drawn as
