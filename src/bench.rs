@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{check_batch_memory, BertClassifier, Labels, ModelInput, Pass};
 use crate::nn::DropoutPlan;
+use crate::peft::PeftPlan;
 use crate::rng::SplitMix;
 use crate::tensor::Shape;
 use crate::text::EncodedBatch;
@@ -55,10 +56,7 @@ pub fn bench_train_step<B: Backend>(
         return Err(Error::invalid("bench", "needs at least one timed step"));
     }
     // The plan's own adapter dropout, as training would apply it.
-    let lora_dropout = model
-        .plan()
-        .and_then(|p| p.lora.as_ref())
-        .map_or(0.0, |l| l.dropout);
+    let lora_dropout = model.plan().map_or(0.0, PeftPlan::lora_dropout);
     let layers_on_tape = model.layers_on_tape();
     check_batch_memory(
         backend,

@@ -56,7 +56,7 @@ pub fn gradcheck<B: Backend>(
         cpu.tensor_from_f64(shape, &v)
     })?;
     // The adapters' own dropout where the plan has adapters (BERT's 0.1 on the rest).
-    let lora_dropout = plan.lora.as_ref().map_or(0.0, |l| l.dropout);
+    let lora_dropout = plan.lora_dropout();
     let tokenizer = checkpoint.tokenizer(32)?;
     let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
     let input = ModelInput::new(&cpu, &tokenizer.encode_batch(&inputs)?)?;

@@ -912,19 +912,16 @@ fn evaluation_data_and_step_counts_are_checked() {
         Some(spafit::data::GlueTask::Stsb)
     )
     .is_ok());
-    let e = Trainer::new(
-        &cpu,
-        &mut model,
-        &plan,
-        &ck.weights,
-        TrainConfig {
-            task: Some(spafit::data::GlueTask::Rte),
-            ..TrainConfig::default()
-        },
-    )
-    .fit(&tok, &data, None)
-    .unwrap_err()
-    .to_string();
+    let mut refused_fit = |config: TrainConfig| {
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+            .fit(&tok, &data, None)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused_fit(TrainConfig {
+        task: Some(spafit::data::GlueTask::Rte),
+        ..TrainConfig::default()
+    });
     assert!(e.contains("RTE has 2 labels, synthetic has 1"), "{e}");
     for config in [
         TrainConfig {
@@ -947,18 +944,9 @@ fn evaluation_data_and_step_counts_are_checked() {
             .contains("at least 1"));
     }
     // Evaluating every N steps with nothing to evaluate and nowhere to save does nothing.
-    let e = Trainer::new(
-        &cpu,
-        &mut model,
-        &plan,
-        &ck.weights,
-        TrainConfig {
-            eval_every: Some(2),
-            ..TrainConfig::default()
-        },
-    )
-    .fit(&tok, &data, None)
-    .unwrap_err()
-    .to_string();
+    let e = refused_fit(TrainConfig {
+        eval_every: Some(2),
+        ..TrainConfig::default()
+    });
     assert!(e.contains("no output directory"), "{e}");
 }

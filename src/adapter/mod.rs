@@ -11,6 +11,14 @@ mod peft_import;
 mod store;
 
 pub(crate) use atomic::hex;
+
+/// The first of `names` present in `dir` (a dangling link counts: a write would follow it).
+fn first_present(dir: &std::path::Path, names: &[&str]) -> Option<std::path::PathBuf> {
+    names
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.symlink_metadata().is_ok())
+}
 pub use atomic::{sha256_hex, write_atomic};
 pub(crate) use manifest::stratum_name;
 pub use manifest::AdapterManifest;

@@ -204,16 +204,14 @@ pub fn export_peft<B: Backend>(
 /// (`adapter.json`, its weights, `metrics.jsonl`, `best/`, `last/`): a PEFT export must not
 /// go there.
 pub fn spafit_file_in(dir: &Path) -> Option<PathBuf> {
-    [
+    let names = [
         super::MANIFEST_FILE,
         super::WEIGHTS_FILE,
         "metrics.jsonl",
         "best",
         "last",
-    ]
-    .iter()
-    .map(|name| dir.join(name))
-    .find(|path| path.symlink_metadata().is_ok())
+    ];
+    super::first_present(dir, &names)
 }
 
 /// A run folder as recorded in `spafit_export.json`: its absolute, resolved path when it

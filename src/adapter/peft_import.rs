@@ -108,13 +108,8 @@ fn exported_note(
                 .ok_or_else(|| bad(format!("`max_len` is {v}, not a positive count of tokens")))?,
         ),
     };
-    let labels = match json.get("labels") {
-        _ if outputs < 2 => {
-            return Ok(ExportNote {
-                labels: None,
-                max_len,
-            })
-        }
+    // A regression head has no class names to take.
+    let labels = match json.get("labels").filter(|_| outputs >= 2) {
         None | Some(serde_json::Value::Null) => {
             return Ok(ExportNote {
                 labels: None,

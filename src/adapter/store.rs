@@ -136,16 +136,13 @@ pub fn save_adapter<B: Backend>(
     check_savable(backend, model, plan, labels, inputs.max_len, "adapter")?;
     // One adapter per folder: beside a PEFT adapter, `open_adapter` would read this one and
     // pass the other over without a word; in a model's folder, the files would mix.
-    if let Some(found) = [
+    let foreign = [
         super::PEFT_CONFIG_FILE,
         super::PEFT_WEIGHTS_FILE,
         "config.json",
         "model.safetensors",
-    ]
-    .iter()
-    .map(|name| dir.join(name))
-    .find(|path| path.symlink_metadata().is_ok())
-    {
+    ];
+    if let Some(found) = super::first_present(dir, &foreign) {
         return Err(Error::invalid(
             "adapter",
             format!(

@@ -54,21 +54,27 @@ impl ModelArgs {
         checkpoint: &spafit::checkpoint::Checkpoint,
         adapter: TrainedCut,
     ) -> Result<spafit::text::TextTokenizer> {
-        match (self.max_len, adapter) {
-            (Some(given), TrainedCut::Recorded(trained)) if given != trained => note!(
-                "note: --max-len {given}: the adapter was trained on inputs cut to {trained} \
-                 tokens"
-            ),
-            (None, TrainedCut::Unrecorded) => note!(
-                "note: the adapter does not record the length its training texts were cut to; \
-                 inputs are cut to {DEFAULT_MAX_LEN} tokens (--max-len sets it)"
-            ),
-            _ => {}
-        }
+        // The length, and the adapter's recorded cut when the length is that.
         let (len, source) = match (self.max_len, adapter) {
+            (Some(given), TrainedCut::Recorded(trained)) => {
+                if given != trained {
+                    note!(
+                        "note: --max-len {given}: the adapter was trained on inputs cut to \
+                         {trained} tokens"
+                    );
+                }
+                (given, None)
+            }
             (Some(given), _) => (given, None),
             (None, TrainedCut::Recorded(trained)) => (trained, Some(trained)),
-            (None, _) => (DEFAULT_MAX_LEN, None),
+            (None, TrainedCut::Unrecorded) => {
+                note!(
+                    "note: the adapter does not record the length its training texts were cut \
+                     to; inputs are cut to {DEFAULT_MAX_LEN} tokens (--max-len sets it)"
+                );
+                (DEFAULT_MAX_LEN, None)
+            }
+            (None, TrainedCut::NoAdapter) => (DEFAULT_MAX_LEN, None),
         };
         checkpoint.tokenizer(len).map_err(|e| match e {
             Error::InvalidArgument {

@@ -189,6 +189,11 @@ pub struct PeftPlan {
 const MAX_LAYERS: usize = 1 << 16;
 
 impl PeftPlan {
+    /// The dropout on the adapters' input during training; 0 where the plan has none.
+    pub fn lora_dropout(&self) -> f64 {
+        self.lora.as_ref().map_or(0.0, |l| l.dropout)
+    }
+
     /// Resolves and validates `config` for a model with `layers` encoder layers.
     pub fn new(config: &PeftConfig, layers: usize) -> Result<Self> {
         let invalid = |detail: String| Error::invalid("peft plan", detail);

@@ -503,7 +503,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             attention: c
                 .attention_dropout
                 .unwrap_or(cfg.attention_probs_dropout_prob),
-            lora: self.plan.lora.as_ref().map_or(0.0, |l| l.dropout),
+            lora: self.plan.lora_dropout(),
             classifier: cfg.classifier_dropout_or(hidden),
         };
         let shapes: Vec<(String, Vec<usize>)> = self
