@@ -200,13 +200,20 @@ fn exp_each<T: Element>(x: &mut [T]) {
     }
 }
 
+// f32's GEMM is our AVX-512 kernel where the CPU has it (matrixmultiply otherwise, inside it
+// and on other architectures).
+#[cfg(target_arch = "x86_64")]
+use super::sgemm_avx512::sgemm as f32_gemm;
+#[cfg(not(target_arch = "x86_64"))]
+use matrixmultiply::sgemm as f32_gemm;
+
 // f32's GELU and exp are the vectorized ones (within an ulp of the rounded exact value); f64, the
 // reference, keeps libm's erf.
 impl_element!(
     f32,
     F32,
     DType::F32,
-    matrixmultiply::sgemm,
+    f32_gemm,
     libm::erff,
     super::fast_math::exp_f32,
     super::fast_math::gelu_f32,

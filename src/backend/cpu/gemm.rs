@@ -1,4 +1,5 @@
-//! A safe, strided GEMM over `matrixmultiply`'s packed SIMD kernels.
+//! A safe, strided GEMM over packed SIMD kernels: ours for f32 on AVX-512
+//! ([`super::sgemm_avx512`]), `matrixmultiply`'s otherwise.
 //!
 //! Strides make every transpose free: `x·Wᵀ` reads `W` with swapped strides, and one head of
 //! attention is a column window of the `[rows, hidden]` activations. Large products are split

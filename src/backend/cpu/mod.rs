@@ -17,6 +17,8 @@ mod lanes;
 mod layernorm;
 mod linear;
 mod loss;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_avx512;
 
 pub use element::{CpuBuffer, Element};
 
