@@ -2,7 +2,8 @@
 //! block starting at counter `c` keeps its value (scaled by `1/(1−p)`) when
 //! `keeps(seed, c + i)`. The mixer is three 64-bit multiplies per element; compiled for AVX2
 //! the generic loops run four elements per instruction. f32, the training dtype, has its own
-//! AVX2 kernel ([`f32_avx2`]) that draws the same bits with one multiply fewer.
+//! kernels that draw the same bits: AVX-512 ([`f32_avx512`]) where the CPU has it, else AVX2
+//! ([`f32_avx2`]), with one multiply fewer.
 
 use std::mem::MaybeUninit;
 
@@ -49,6 +50,12 @@ unsafe fn mask<T: Element>(src: *const T, dst: *mut T, n: usize, first: u64, dro
     let seed = dropout.seed;
     #[cfg(target_arch = "x86_64")]
     {
+        if f32_avx512::applies::<T>() {
+            let scale = keep_scale.to_f64() as f32;
+            // SAFETY: `T` is f32 and the CPU has AVX-512 F and DQ (`applies`); the pointers
+            // are as the caller guarantees.
+            return f32_avx512::mask(src.cast(), dst.cast(), n, first, seed, threshold, scale);
+        }
         if f32_avx2::applies::<T>() {
             let scale = keep_scale.to_f64() as f32;
             // SAFETY: `T` is f32 and the CPU has AVX2 (`applies`); the pointers are as the
@@ -104,6 +111,105 @@ unsafe fn mask_avx2<T: Element>(
     mask_loop(src, dst, n, first, seed, threshold, keep_scale)
 }
 
+// `rng::mix`'s constants, for the vector kernels.
+#[cfg(target_arch = "x86_64")]
+const WEYL: u64 = 0x9E37_79B9_7F4A_7C15;
+#[cfg(target_arch = "x86_64")]
+const MUL1: u64 = 0xBF58_476D_1CE4_E5B9;
+#[cfg(target_arch = "x86_64")]
+const MUL2: u64 = 0x94D0_49BB_1331_11EB;
+
+/// The mask on f32 with AVX-512, thirty-two elements per step, with the bits of
+/// [`rng::keeps`]: eight 64-bit lanes per register and the native 64-bit multiply (DQ's
+/// `vpmullq`) where AVX2 needs three 32-bit ones; the keep bits are a mask register that
+/// scales the kept elements and zeroes the others in one instruction. As in [`f32_avx2`],
+/// the Weyl step advances by addition and the finalizer's last shift is skipped.
+#[cfg(target_arch = "x86_64")]
+mod f32_avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MUL1, MUL2, WEYL};
+
+    /// Whether `T` is f32 on a CPU with AVX-512 F and DQ.
+    pub fn applies<T: 'static>() -> bool {
+        std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512dq")
+    }
+
+    /// `dst[i] = src[i]·keep_scale` where element `first + i` is kept, `+0` elsewhere.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and DQ; `src` must be valid for `n` reads and `dst` for
+    /// `n` writes. They may be the same pointer (each group is read before it is written),
+    /// but must not otherwise overlap.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub unsafe fn mask(
+        src: *const f32,
+        dst: *mut f32,
+        n: usize,
+        first: u64,
+        seed: u64,
+        threshold: u32,
+        keep_scale: f32,
+    ) {
+        let seed_v = _mm512_set1_epi64(seed as i64);
+        let (mul1, mul2) = (
+            _mm512_set1_epi64(MUL1 as i64),
+            _mm512_set1_epi64(MUL2 as i64),
+        );
+        // Kept: the mixer's top 24 bits at least `threshold`, a signed compare against
+        // `threshold − 1` (the bits are below 2²⁴).
+        let below = _mm512_set1_epi64(i64::from(threshold) - 1);
+        let scale = _mm512_set1_ps(keep_scale);
+        let weyl_at = |i: u64| (first.wrapping_add(i).wrapping_add(1)).wrapping_mul(WEYL) as i64;
+        let mut weyl = [0u64, 8, 16, 24].map(|i| {
+            _mm512_setr_epi64(
+                weyl_at(i),
+                weyl_at(i + 1),
+                weyl_at(i + 2),
+                weyl_at(i + 3),
+                weyl_at(i + 4),
+                weyl_at(i + 5),
+                weyl_at(i + 6),
+                weyl_at(i + 7),
+            )
+        });
+        let step = _mm512_set1_epi64(WEYL.wrapping_mul(32) as i64);
+        let groups = n / 32;
+        for g in 0..groups {
+            let mut z = weyl;
+            for zj in &mut z {
+                let x = _mm512_xor_si512(*zj, seed_v);
+                let x = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64::<30>(x)), mul1);
+                *zj = _mm512_mullo_epi64(_mm512_xor_si512(x, _mm512_srli_epi64::<27>(x)), mul2);
+            }
+            for half in 0..2 {
+                let kept =
+                    |zj: __m512i| _mm512_cmpgt_epi64_mask(_mm512_srli_epi64::<40>(zj), below);
+                let keep = u16::from(kept(z[2 * half])) | (u16::from(kept(z[2 * half + 1])) << 8);
+                let at = 32 * g + 16 * half;
+                let x = _mm512_loadu_ps(src.add(at));
+                _mm512_storeu_ps(dst.add(at), _mm512_maskz_mul_ps(keep, x, scale));
+            }
+            for w in &mut weyl {
+                *w = _mm512_add_epi64(*w, step);
+            }
+        }
+        // The last `n % 32` elements by the generic loop, which draws the same bits.
+        let done = groups * 32;
+        super::mask_loop(
+            src.add(done),
+            dst.add(done),
+            n - done,
+            first + done as u64,
+            seed,
+            threshold,
+            keep_scale,
+        );
+    }
+}
+
 /// The mask on f32, sixteen elements per step, with the bits of [`rng::keeps`]:
 /// - the Weyl step `(index + 1)·0x9E37…` advances by adding `16·0x9E37…` (mod 2⁶⁴) per step,
 ///   instead of a multiply per element;
@@ -116,9 +222,7 @@ mod f32_avx2 {
 
     use super::super::chains::issue_together;
 
-    const WEYL: u64 = 0x9E37_79B9_7F4A_7C15;
-    const MUL1: u64 = 0xBF58_476D_1CE4_E5B9;
-    const MUL2: u64 = 0x94D0_49BB_1331_11EB;
+    use super::{MUL1, MUL2, WEYL};
 
     /// Whether `T` is f32 on a CPU with AVX2.
     pub fn applies<T: 'static>() -> bool {
@@ -264,31 +368,66 @@ mod tests {
     /// The f32 kernel (sixteen lanes, the Weyl step by addition) against the scalar
     /// definition, element by element: odd starts and lengths, several rates, a stream
     /// offset past 2³² (the high halves of the 64-bit multiplies), and p = 0.
+    /// Every f32 kernel this CPU can run (the dispatch picks one; the others would go
+    /// untested here), beside the generic loop.
+    #[allow(clippy::type_complexity)]
+    fn f32_kernels() -> Vec<(
+        &'static str,
+        unsafe fn(*const f32, *mut f32, usize, u64, u64, u32, f32),
+    )> {
+        let mut kernels: Vec<(
+            &'static str,
+            unsafe fn(*const f32, *mut f32, usize, u64, u64, u32, f32),
+        )> = vec![("generic", mask_loop::<f32>)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if f32_avx2::applies::<f32>() {
+                kernels.push(("avx2", f32_avx2::mask));
+            }
+            if f32_avx512::applies::<f32>() {
+                kernels.push(("avx512", f32_avx512::mask));
+            }
+        }
+        kernels
+    }
+
     #[test]
     fn f32_masks_match_the_scalar_definition() {
-        for (first, n, p) in [
-            (0u64, 1000, 0.1),
-            (13, 37, 0.5),
-            (1 << 40, 29, 0.3),
-            (5, 64, 0.0),
-        ] {
-            let x: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
-            let d = Dropout {
-                p,
-                seed: 0xDEAD_BEEF,
-            };
-            let mut got = x.clone();
-            apply_in_place(&mut got, first, &d);
-            let threshold = rng::drop_threshold(p);
-            let scale = (1.0 / (1.0 - p)) as f32;
-            for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
-                let keep = rng::keeps(d.seed, first + i as u64, threshold);
-                let want = if keep { v * scale } else { 0.0 };
-                assert_eq!(
-                    g.to_bits(),
-                    want.to_bits(),
-                    "first {first} element {i} p {p}"
-                );
+        for (name, kernel) in f32_kernels() {
+            for (first, n, p) in [
+                (0u64, 1000, 0.1),
+                (13, 37, 0.5),
+                (1 << 40, 29, 0.3),
+                ((1 << 40) + 3, 101, 0.3),
+                (5, 64, 0.0),
+            ] {
+                let x: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+                let seed = 0xDEAD_BEEF;
+                let threshold = rng::drop_threshold(p);
+                let scale = (1.0 / (1.0 - p)) as f32;
+                let mut got = x.clone();
+                // SAFETY: `got` holds `n` elements, read and written in place; `kernels`
+                // lists only what this CPU runs.
+                unsafe {
+                    kernel(
+                        got.as_ptr(),
+                        got.as_mut_ptr(),
+                        n,
+                        first,
+                        seed,
+                        threshold,
+                        scale,
+                    )
+                };
+                for (i, (&g, &v)) in got.iter().zip(&x).enumerate() {
+                    let keep = rng::keeps(seed, first + i as u64, threshold);
+                    let want = if keep { v * scale } else { 0.0 };
+                    assert_eq!(
+                        g.to_bits(),
+                        want.to_bits(),
+                        "{name}: first {first} element {i} p {p}"
+                    );
+                }
             }
         }
     }
