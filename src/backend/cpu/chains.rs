@@ -28,3 +28,21 @@ pub(super) unsafe fn issue_together(v: &mut [__m256i; 4]) {
         options(pure, nomem, nostack, preserves_flags),
     );
 }
+
+/// [`issue_together`] on four AVX-512 registers.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn issue_together_512(v: &mut [std::arch::x86_64::__m512i; 4]) {
+    std::arch::asm!(
+        "/* {0} {1} {2} {3} */",
+        inout(zmm_reg) v[0],
+        inout(zmm_reg) v[1],
+        inout(zmm_reg) v[2],
+        inout(zmm_reg) v[3],
+        options(pure, nomem, nostack, preserves_flags),
+    );
+}

@@ -11,7 +11,7 @@
 //! below 4e-10 there; `erfc(10)` is already far below f32's smallest number). It is evaluated
 //! in f64 and rounded once to f32: every GELU value is within one f32 ulp of the correctly
 //! rounded one (99.89% of a dense grid on [−12, 12] are exactly it). Plain multiplies and
-//! adds, no FMA, so the scalar and AVX2 builds of the loop give the same bits.
+//! adds, no FMA, so the scalar loop and the AVX2 and AVX-512 kernels give the same bits.
 
 use std::f64::consts::FRAC_1_SQRT_2;
 
@@ -185,285 +185,499 @@ fn exp_loop(x: &mut [f32]) {
     }
 }
 
-/// `x = e^x` in place, for `x ≤ 88` (softmax arguments are at most 0).
-pub fn exp_f32(x: &mut [f32]) {
+/// The widest vector kernels this CPU runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Width {
+    Scalar,
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2::exp(x) };
-    }
-    exp_loop(x)
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
-fn has_avx2() -> bool {
+fn widest() -> Width {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2")
+        if std::is_x86_feature_detected!("avx512f") {
+            return Width::Avx512;
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            return Width::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+    Width::Scalar
+}
+
+/// `x = e^x` in place, for `x ≤ 88` (softmax arguments are at most 0).
+pub fn exp_f32(x: &mut [f32]) {
+    exp_with(widest(), x)
+}
+
+fn exp_with(width: Width, x: &mut [f32]) {
+    // SAFETY (each arm): `width` is one this CPU runs (`widest`, or the tests' list).
+    match width {
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { vector::exp_avx512(x) },
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { vector::exp_avx2(x) },
+        Width::Scalar => exp_loop(x),
     }
 }
 
 /// `out = x·Φ(x)`.
 pub fn gelu_f32(x: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2::gelu(x, out) };
+    gelu_with(widest(), x, out)
+}
+
+fn gelu_with(width: Width, x: &[f32], out: &mut [f32]) {
+    // SAFETY (each arm): as in `exp_with`.
+    match width {
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { vector::gelu_avx512(x, out) },
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { vector::gelu_avx2(x, out) },
+        Width::Scalar => gelu_loop(x, out),
     }
-    gelu_loop(x, out)
 }
 
 /// `out = dy·(Φ(x) + x·φ(x))`.
 pub fn gelu_backward_f32(dy: &[f32], x: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2::gelu_backward(dy, x, out) };
-    }
-    gelu_backward_loop(dy, x, out)
+    gelu_backward_with(widest(), dy, x, out)
 }
 
-/// The same operations as the scalar loops above, in the same order, four f64 lanes per
-/// AVX2 instruction throughout: no FMA (Rust never contracts `a·b + c` either), so every
-/// result has the bits of the scalar loop's. Written with intrinsics because the compiler
-/// left the selects, tails and conversions of the scalar loops scalar.
+fn gelu_backward_with(width: Width, dy: &[f32], x: &[f32], out: &mut [f32]) {
+    // SAFETY (each arm): as in `exp_with`.
+    match width {
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => unsafe { vector::gelu_backward_avx512(dy, x, out) },
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => unsafe { vector::gelu_backward_avx2(dy, x, out) },
+        Width::Scalar => gelu_backward_loop(dy, x, out),
+    }
+}
+
+/// The same operations as the scalar loops above, in the same order, on vectors of f64
+/// lanes: four per AVX2 register, eight per AVX-512 one. No FMA (Rust never contracts
+/// `a·b + c` either), so every result has the bits of the scalar loop's, on either width.
+/// Written with intrinsics because the compiler left the selects, tails and conversions of
+/// the scalar loops scalar.
 ///
-/// Sixteen elements go through each step together, as four registers (`Quad`) whose
-/// polynomial chains are kept interleaved by `settle`.
+/// One algorithm, generic over the register ([`F64x`]); four registers go through each
+/// step together (a `Group`), their polynomial chains kept interleaved by `settle`.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod vector {
     use std::arch::x86_64::*;
 
-    use super::super::chains::issue_together;
+    use super::super::chains::{issue_together, issue_together_512};
 
     use super::{
-        ERFC_P, FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, INVERSE_FACTORIALS, LANES, LN2_HI, LN2_LO, LOG2_E,
-        ROUND,
+        ERFC_P, FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, INVERSE_FACTORIALS, LN2_HI, LN2_LO, LOG2_E, ROUND,
     };
 
-    /// Sixteen f64 lanes in four registers.
-    type Quad = [__m256d; 4];
-
     // The helpers below are `#[inline(always)]` without a target feature (stable Rust allows
-    // not both): they are only called from the `#[target_feature(enable = "avx2")]` entry
-    // points, where they compile with AVX2 and `settle` inlines into them. Built with the
-    // feature and a plain `#[inline]`, LLVM kept the erfc evaluation a call that passed
-    // sixteen registers through memory (1.72 against 2.07 ns per GELU element here).
+    // not both): they are only called from the `#[target_feature]` entry points at the end,
+    // where they compile with that feature and the intrinsics inline into them. Built with
+    // the feature and a plain `#[inline]`, LLVM kept the erfc evaluation a call that passed
+    // sixteen registers through memory (1.72 against 2.07 ns per GELU element).
 
-    #[inline(always)]
-    unsafe fn splat(c: f64) -> __m256d {
-        _mm256_set1_pd(c)
+    /// An f64 register and the operations the kernels use on it.
+    pub(super) trait F64x: Copy {
+        /// Lanes per register.
+        const LANES: usize;
+        /// The result of a lane-wise comparison.
+        type Mask: Copy;
+        unsafe fn splat(c: f64) -> Self;
+        unsafe fn add(a: Self, b: Self) -> Self;
+        unsafe fn sub(a: Self, b: Self) -> Self;
+        unsafe fn mul(a: Self, b: Self) -> Self;
+        unsafe fn div(a: Self, b: Self) -> Self;
+        /// `min(a, b)`, `b` where `a` is NaN (as `f64::min` returns the number).
+        unsafe fn min(a: Self, b: Self) -> Self;
+        /// `a` without its sign bit.
+        unsafe fn abs(a: Self) -> Self;
+        /// `a` with its sign bit flipped.
+        unsafe fn neg(a: Self) -> Self;
+        /// `a ≥ b`, false where either is NaN.
+        unsafe fn ge(a: Self, b: Self) -> Self::Mask;
+        /// `a < b`, false where either is NaN.
+        unsafe fn lt(a: Self, b: Self) -> Self::Mask;
+        /// `yes` where `m` holds, else `no`.
+        unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self;
+        /// `p·2^k` where `shifted = k + ROUND` (the exponent built in the bits).
+        unsafe fn times_two_to(p: Self, shifted: Self) -> Self;
+        /// `LANES` f32 from `x`, widened.
+        unsafe fn load(x: *const f32) -> Self;
+        /// Rounded to f32 into `LANES` elements at `out`.
+        unsafe fn store(v: Self, out: *mut f32);
+        /// The four registers' chains issued together ([`issue_together`]).
+        unsafe fn settle(v: &mut [Self; 4]);
     }
 
-    /// [`issue_together`] on f64 registers (the same 256 bits): GELU 5.5 → ~3 ns per element
-    /// on one thread here, the same bits.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn settle(v: &mut Quad) {
-        // SAFETY: `__m256d` and `__m256i` are the same 256 bits, any pattern valid for both.
-        issue_together(&mut *(v as *mut Quad).cast::<[__m256i; 4]>());
+    impl F64x for __m256d {
+        const LANES: usize = 4;
+        type Mask = __m256d;
+        #[inline(always)]
+        unsafe fn splat(c: f64) -> Self {
+            _mm256_set1_pd(c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            _mm256_add_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            _mm256_sub_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            _mm256_mul_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: Self, b: Self) -> Self {
+            _mm256_div_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: Self, b: Self) -> Self {
+            _mm256_min_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn abs(a: Self) -> Self {
+            _mm256_andnot_pd(_mm256_set1_pd(-0.0), a)
+        }
+        #[inline(always)]
+        unsafe fn neg(a: Self) -> Self {
+            _mm256_xor_pd(a, _mm256_set1_pd(-0.0))
+        }
+        #[inline(always)]
+        unsafe fn ge(a: Self, b: Self) -> Self::Mask {
+            _mm256_cmp_pd::<_CMP_GE_OQ>(a, b)
+        }
+        #[inline(always)]
+        unsafe fn lt(a: Self, b: Self) -> Self::Mask {
+            _mm256_cmp_pd::<_CMP_LT_OQ>(a, b)
+        }
+        #[inline(always)]
+        unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self {
+            _mm256_blendv_pd(no, yes, m)
+        }
+        #[inline(always)]
+        unsafe fn times_two_to(p: Self, shifted: Self) -> Self {
+            let k_bits = _mm256_sub_epi64(
+                _mm256_castpd_si256(shifted),
+                _mm256_set1_epi64x(ROUND.to_bits() as i64),
+            );
+            let two_k = _mm256_slli_epi64::<52>(_mm256_add_epi64(k_bits, _mm256_set1_epi64x(1023)));
+            _mm256_mul_pd(p, _mm256_castsi256_pd(two_k))
+        }
+        #[inline(always)]
+        unsafe fn load(x: *const f32) -> Self {
+            _mm256_cvtps_pd(_mm_loadu_ps(x))
+        }
+        #[inline(always)]
+        unsafe fn store(v: Self, out: *mut f32) {
+            _mm_storeu_ps(out, _mm256_cvtpd_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn settle(v: &mut [Self; 4]) {
+            // SAFETY: `__m256d` and `__m256i` are the same 256 bits, any pattern valid for both.
+            issue_together(&mut *(v as *mut [Self; 4]).cast::<[__m256i; 4]>());
+        }
     }
+
+    impl F64x for __m512d {
+        const LANES: usize = 8;
+        type Mask = __mmask8;
+        #[inline(always)]
+        unsafe fn splat(c: f64) -> Self {
+            _mm512_set1_pd(c)
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            _mm512_add_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            _mm512_sub_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            _mm512_mul_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: Self, b: Self) -> Self {
+            _mm512_div_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: Self, b: Self) -> Self {
+            _mm512_min_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn abs(a: Self) -> Self {
+            _mm512_abs_pd(a)
+        }
+        #[inline(always)]
+        unsafe fn neg(a: Self) -> Self {
+            _mm512_castsi512_pd(_mm512_xor_si512(
+                _mm512_castpd_si512(a),
+                _mm512_set1_epi64(i64::MIN),
+            ))
+        }
+        #[inline(always)]
+        unsafe fn ge(a: Self, b: Self) -> Self::Mask {
+            _mm512_cmp_pd_mask::<_CMP_GE_OQ>(a, b)
+        }
+        #[inline(always)]
+        unsafe fn lt(a: Self, b: Self) -> Self::Mask {
+            _mm512_cmp_pd_mask::<_CMP_LT_OQ>(a, b)
+        }
+        #[inline(always)]
+        unsafe fn select(m: Self::Mask, yes: Self, no: Self) -> Self {
+            _mm512_mask_blend_pd(m, no, yes)
+        }
+        #[inline(always)]
+        unsafe fn times_two_to(p: Self, shifted: Self) -> Self {
+            let k_bits = _mm512_sub_epi64(
+                _mm512_castpd_si512(shifted),
+                _mm512_set1_epi64(ROUND.to_bits() as i64),
+            );
+            let two_k = _mm512_slli_epi64::<52>(_mm512_add_epi64(k_bits, _mm512_set1_epi64(1023)));
+            _mm512_mul_pd(p, _mm512_castsi512_pd(two_k))
+        }
+        #[inline(always)]
+        unsafe fn load(x: *const f32) -> Self {
+            _mm512_cvtps_pd(_mm256_loadu_ps(x))
+        }
+        #[inline(always)]
+        unsafe fn store(v: Self, out: *mut f32) {
+            _mm256_storeu_ps(out, _mm512_cvtpd_ps(v))
+        }
+        #[inline(always)]
+        unsafe fn settle(v: &mut [Self; 4]) {
+            // SAFETY: `__m512d` and `__m512i` are the same 512 bits, any pattern valid for both.
+            issue_together_512(&mut *(v as *mut [Self; 4]).cast::<[__m512i; 4]>());
+        }
+    }
+
+    /// Four registers: 16 (AVX2) or 32 (AVX-512) elements.
+    type Group<V> = [V; 4];
 
     /// `y = k·ln 2 + r` for `exp_lanes`: `(k + ROUND, r)`.
     #[inline(always)]
-    unsafe fn exp_reduce(y: __m256d) -> (__m256d, __m256d) {
-        let shifted = _mm256_add_pd(_mm256_mul_pd(y, splat(LOG2_E)), splat(ROUND));
-        let k = _mm256_sub_pd(shifted, splat(ROUND));
-        let r = _mm256_sub_pd(
-            _mm256_sub_pd(y, _mm256_mul_pd(k, splat(LN2_HI))),
-            _mm256_mul_pd(k, splat(LN2_LO)),
+    unsafe fn exp_reduce<V: F64x>(y: V) -> (V, V) {
+        let shifted = V::add(V::mul(y, V::splat(LOG2_E)), V::splat(ROUND));
+        let k = V::sub(shifted, V::splat(ROUND));
+        let r = V::sub(
+            V::sub(y, V::mul(k, V::splat(LN2_HI))),
+            V::mul(k, V::splat(LN2_LO)),
         );
         (shifted, r)
     }
 
-    /// The series' value `p` times `2^k`, built in the exponent bits.
-    #[inline(always)]
-    unsafe fn exp_scale(p: __m256d, shifted: __m256d) -> __m256d {
-        let k_bits = _mm256_sub_epi64(
-            _mm256_castpd_si256(shifted),
-            _mm256_set1_epi64x(ROUND.to_bits() as i64),
-        );
-        let two_k = _mm256_slli_epi64::<52>(_mm256_add_epi64(k_bits, _mm256_set1_epi64x(1023)));
-        _mm256_mul_pd(p, _mm256_castsi256_pd(two_k))
-    }
-
     /// One Horner step `p·x + c` of four chains.
     #[inline(always)]
-    unsafe fn horner_step(p: &mut Quad, x: &Quad, c: f64) {
+    unsafe fn horner_step<V: F64x>(p: &mut Group<V>, x: &Group<V>, c: f64) {
         for j in 0..4 {
-            p[j] = _mm256_add_pd(_mm256_mul_pd(p[j], x[j]), splat(c));
+            p[j] = V::add(V::mul(p[j], x[j]), V::splat(c));
         }
     }
 
-    /// `e^y`: `exp_lanes`, sixteen lanes.
+    /// `e^y`: `exp_lanes`, a group of lanes.
     #[inline(always)]
-    unsafe fn exp16(y: Quad) -> Quad {
+    unsafe fn exp_group<V: F64x>(y: Group<V>) -> Group<V> {
         let (mut shifted, mut r) = (y, y);
         for j in 0..4 {
             (shifted[j], r[j]) = exp_reduce(y[j]);
         }
-        let mut p = [splat(1.0 / 3_628_800.0); 4];
+        let mut p = [V::splat(1.0 / 3_628_800.0); 4];
         for c in INVERSE_FACTORIALS {
             horner_step(&mut p, &r, c);
-            settle(&mut p);
+            V::settle(&mut p);
         }
         for j in 0..4 {
-            p[j] = exp_scale(p[j], shifted[j]);
+            p[j] = V::times_two_to(p[j], shifted[j]);
         }
         p
     }
 
-    /// `(Φ(x), φ(x))`: `normal_cdf_pdf`, sixteen lanes. The erfc polynomial and the
+    /// `(Φ(x), φ(x))`: `normal_cdf_pdf`, a group of lanes. The erfc polynomial and the
     /// exponential's series step together: eight independent chains.
     #[inline(always)]
-    unsafe fn normal_cdf_pdf16(x: Quad) -> (Quad, Quad) {
-        let sign = splat(-0.0);
+    unsafe fn normal_cdf_pdf_group<V: F64x>(x: Group<V>) -> (Group<V>, Group<V>) {
         let (mut abs_x, mut t, mut shifted, mut r) = (x, x, x, x);
         for j in 0..4 {
-            abs_x[j] = _mm256_andnot_pd(sign, x[j]);
+            abs_x[j] = V::abs(x[j]);
             // `min` returns its second operand for a NaN first one, as f64::min returns 10.
-            let z = _mm256_min_pd(_mm256_mul_pd(abs_x[j], splat(FRAC_1_SQRT_2)), splat(10.0));
-            t[j] = _mm256_div_pd(
-                splat(1.0),
-                _mm256_add_pd(splat(1.0), _mm256_mul_pd(splat(0.5), z)),
+            let z = V::min(V::mul(abs_x[j], V::splat(FRAC_1_SQRT_2)), V::splat(10.0));
+            t[j] = V::div(
+                V::splat(1.0),
+                V::add(V::splat(1.0), V::mul(V::splat(0.5), z)),
             );
-            (shifted[j], r[j]) = exp_reduce(_mm256_xor_pd(_mm256_mul_pd(z, z), sign));
+            (shifted[j], r[j]) = exp_reduce(V::neg(V::mul(z, z)));
         }
-        let mut p = [splat(ERFC_P[11]); 4];
-        let mut series = [splat(1.0 / 3_628_800.0); 4];
+        let mut p = [V::splat(ERFC_P[11]); 4];
+        let mut series = [V::splat(1.0 / 3_628_800.0); 4];
         for (step, &c) in ERFC_P[..11].iter().rev().enumerate() {
             horner_step(&mut p, &t, c);
             // The series has one step fewer than the polynomial.
             if let Some(&factor) = INVERSE_FACTORIALS.get(step) {
                 horner_step(&mut series, &r, factor);
-                settle(&mut series);
+                V::settle(&mut series);
             }
-            settle(&mut p);
+            V::settle(&mut p);
         }
         let (mut cdf, mut pdf) = (x, x);
         for j in 0..4 {
-            let far = _mm256_cmp_pd::<_CMP_GE_OQ>(abs_x[j], splat(10.0 / FRAC_1_SQRT_2));
-            let g = _mm256_andnot_pd(far, exp_scale(series[j], shifted[j]));
-            let half_erfc = _mm256_mul_pd(_mm256_mul_pd(_mm256_mul_pd(splat(0.5), t[j]), p[j]), g);
-            let negative = _mm256_cmp_pd::<_CMP_LT_OQ>(x[j], _mm256_setzero_pd());
-            cdf[j] = _mm256_blendv_pd(_mm256_sub_pd(splat(1.0), half_erfc), half_erfc, negative);
-            pdf[j] = _mm256_mul_pd(splat(FRAC_1_SQRT_2PI), g);
+            let far = V::ge(abs_x[j], V::splat(10.0 / FRAC_1_SQRT_2));
+            let g = V::select(far, V::splat(0.0), V::times_two_to(series[j], shifted[j]));
+            let half_erfc = V::mul(V::mul(V::mul(V::splat(0.5), t[j]), p[j]), g);
+            let negative = V::lt(x[j], V::splat(0.0));
+            cdf[j] = V::select(negative, half_erfc, V::sub(V::splat(1.0), half_erfc));
+            pdf[j] = V::mul(V::splat(FRAC_1_SQRT_2PI), g);
         }
         (cdf, pdf)
     }
 
+    /// A group's elements from `x` (`4·LANES` of them), widened.
     #[inline(always)]
-    unsafe fn load(x: &[f32]) -> Quad {
-        debug_assert_eq!(x.len(), LANES);
-        let mut v = [_mm256_setzero_pd(); 4];
+    unsafe fn load<V: F64x>(x: *const f32) -> Group<V> {
+        let mut v = [V::splat(0.0); 4];
         for (j, vj) in v.iter_mut().enumerate() {
-            *vj = _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(4 * j)));
+            *vj = V::load(x.add(j * V::LANES));
         }
         v
     }
 
     #[inline(always)]
-    unsafe fn store(v: Quad, out: &mut [f32]) {
-        debug_assert_eq!(out.len(), LANES);
+    unsafe fn store<V: F64x>(v: Group<V>, out: *mut f32) {
         for (j, &vj) in v.iter().enumerate() {
-            _mm_storeu_ps(out.as_mut_ptr().add(4 * j), _mm256_cvtpd_ps(vj));
+            V::store(vj, out.add(j * V::LANES));
         }
     }
 
-    /// The last `x.len() % 16` elements, zero-padded to sixteen (computed like any other
-    /// group).
+    /// The longest group (AVX-512's): room for a zero-padded tail.
+    const MAX_GROUP: usize = 32;
+
+    /// An elementwise op on groups of lanes, of `N` inputs. (A trait rather than a closure:
+    /// a closure is compiled on its own, without the entry point's target feature, and the
+    /// intrinsics in it could stay calls.)
+    trait GroupOp<V: F64x, const N: usize> {
+        unsafe fn apply(args: [Group<V>; N]) -> Group<V>;
+    }
+
+    /// `Op` over `n` elements in groups of `4·LANES`; the last `n % group` zero-padded to a
+    /// whole group (computed like any other) and copied out. Each group's inputs are read
+    /// before its output is written, so `out` may be an input.
     #[inline(always)]
-    fn padded_tail(x: &[f32]) -> [f32; LANES] {
-        let mut g = [0.0f32; LANES];
-        let tail = x.chunks_exact(LANES).remainder();
-        g[..tail.len()].copy_from_slice(tail);
-        g
-    }
-
-    // Plain loops, no closures: a closure is compiled on its own, without this function's
-    // AVX2, and the intrinsics in it would become calls.
-
-    #[inline(always)]
-    unsafe fn gelu16(x: Quad) -> Quad {
-        let (mut y, _) = normal_cdf_pdf16(x);
-        for j in 0..4 {
-            y[j] = _mm256_mul_pd(x[j], y[j]);
+    unsafe fn each_group<V: F64x, const N: usize, Op: GroupOp<V, N>>(
+        inputs: [*const f32; N],
+        out: *mut f32,
+        n: usize,
+    ) {
+        let group = 4 * V::LANES;
+        let whole = n - n % group;
+        let mut start = 0;
+        while start < whole {
+            let mut args = [[V::splat(0.0); 4]; N];
+            for (arg, x) in args.iter_mut().zip(inputs) {
+                *arg = load::<V>(x.add(start));
+            }
+            store(Op::apply(args), out.add(start));
+            start += group;
         }
-        y
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn gelu(x: &[f32], out: &mut [f32]) {
-        let mut groups = out.chunks_exact_mut(LANES);
-        for (x16, out16) in x.chunks_exact(LANES).zip(&mut groups) {
-            store(gelu16(load(x16)), out16);
-        }
-        let rest = groups.into_remainder();
-        if !rest.is_empty() {
-            let mut result = [0.0f32; LANES];
-            store(gelu16(load(&padded_tail(x))), &mut result);
-            let n = rest.len();
-            rest.copy_from_slice(&result[..n]);
+        if whole < n {
+            let tail = n - whole;
+            let mut args = [[V::splat(0.0); 4]; N];
+            for (arg, x) in args.iter_mut().zip(inputs) {
+                let mut padded = [0.0f32; MAX_GROUP];
+                std::ptr::copy_nonoverlapping(x.add(whole), padded.as_mut_ptr(), tail);
+                *arg = load::<V>(padded.as_ptr());
+            }
+            let mut result = [0.0f32; MAX_GROUP];
+            store(Op::apply(args), result.as_mut_ptr());
+            std::ptr::copy_nonoverlapping(result.as_ptr(), out.add(whole), tail);
         }
     }
 
-    #[inline(always)]
-    unsafe fn gelu_grad16(dy: Quad, x: Quad) -> Quad {
-        let (mut grad, pdf) = normal_cdf_pdf16(x);
-        for j in 0..4 {
-            grad[j] = _mm256_mul_pd(dy[j], _mm256_add_pd(grad[j], _mm256_mul_pd(x[j], pdf[j])));
-        }
-        grad
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn gelu_backward(dy: &[f32], x: &[f32], out: &mut [f32]) {
-        let mut groups = out.chunks_exact_mut(LANES);
-        for ((dy16, x16), out16) in dy
-            .chunks_exact(LANES)
-            .zip(x.chunks_exact(LANES))
-            .zip(&mut groups)
-        {
-            store(gelu_grad16(load(dy16), load(x16)), out16);
-        }
-        let rest = groups.into_remainder();
-        if !rest.is_empty() {
-            let mut result = [0.0f32; LANES];
-            let grad = gelu_grad16(load(&padded_tail(dy)), load(&padded_tail(x)));
-            store(grad, &mut result);
-            let n = rest.len();
-            rest.copy_from_slice(&result[..n]);
+    /// `x·Φ(x)`.
+    struct Gelu;
+    impl<V: F64x> GroupOp<V, 1> for Gelu {
+        #[inline(always)]
+        unsafe fn apply([x]: [Group<V>; 1]) -> Group<V> {
+            let (mut y, _) = normal_cdf_pdf_group(x);
+            for j in 0..4 {
+                y[j] = V::mul(x[j], y[j]);
+            }
+            y
         }
     }
 
-    /// `e^v` with `v` clamped below at −700 (the result is 0 in f32 anyway; NaN stays NaN, the
-    /// comparison fails).
-    #[inline(always)]
-    unsafe fn clamped_exp16(mut v: Quad) -> Quad {
-        for vj in &mut v {
-            let low = _mm256_cmp_pd::<_CMP_LT_OQ>(*vj, splat(-700.0));
-            *vj = _mm256_blendv_pd(*vj, splat(-700.0), low);
+    /// `dy·(Φ(x) + x·φ(x))`.
+    struct GeluBackward;
+    impl<V: F64x> GroupOp<V, 2> for GeluBackward {
+        #[inline(always)]
+        unsafe fn apply([dy, x]: [Group<V>; 2]) -> Group<V> {
+            let (mut grad, pdf) = normal_cdf_pdf_group(x);
+            for j in 0..4 {
+                grad[j] = V::mul(dy[j], V::add(grad[j], V::mul(x[j], pdf[j])));
+            }
+            grad
         }
-        exp16(v)
     }
 
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn exp(x: &mut [f32]) {
-        let mut groups = x.chunks_exact_mut(LANES);
-        for x16 in &mut groups {
-            store(clamped_exp16(load(x16)), x16);
-        }
-        let rest = groups.into_remainder();
-        if !rest.is_empty() {
-            let mut group = padded_tail(rest);
-            store(clamped_exp16(load(&group)), &mut group);
-            let n = rest.len();
-            rest.copy_from_slice(&group[..n]);
+    /// `e^x` with `x` clamped below at −700 (the result is 0 in f32 anyway; NaN stays NaN,
+    /// the comparison fails).
+    struct ClampedExp;
+    impl<V: F64x> GroupOp<V, 1> for ClampedExp {
+        #[inline(always)]
+        unsafe fn apply([mut v]: [Group<V>; 1]) -> Group<V> {
+            for vj in &mut v {
+                *vj = V::select(V::lt(*vj, V::splat(-700.0)), V::splat(-700.0), *vj);
+            }
+            exp_group(v)
         }
     }
+
+    /// The entry points, one per instruction set.
+    macro_rules! entry_points {
+        ($feature:literal, $v:ty, $gelu:ident, $gelu_backward:ident, $exp:ident) => {
+            /// # Safety
+            /// The CPU must have the instruction set named in the function's name.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $gelu(x: &[f32], out: &mut [f32]) {
+                assert_eq!(x.len(), out.len());
+                each_group::<$v, 1, Gelu>([x.as_ptr()], out.as_mut_ptr(), x.len())
+            }
+
+            /// # Safety
+            /// As for the forward.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $gelu_backward(dy: &[f32], x: &[f32], out: &mut [f32]) {
+                assert!(dy.len() == x.len() && x.len() == out.len());
+                each_group::<$v, 2, GeluBackward>(
+                    [dy.as_ptr(), x.as_ptr()],
+                    out.as_mut_ptr(),
+                    x.len(),
+                )
+            }
+
+            /// # Safety
+            /// As for the forward.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $exp(x: &mut [f32]) {
+                let p = x.as_mut_ptr();
+                each_group::<$v, 1, ClampedExp>([p.cast_const()], p, x.len())
+            }
+        };
+    }
+
+    entry_points!("avx2", __m256d, gelu_avx2, gelu_backward_avx2, exp_avx2);
+    entry_points!(
+        "avx512f",
+        __m512d,
+        gelu_avx512,
+        gelu_backward_avx512,
+        exp_avx512
+    );
 }
 
 #[cfg(test)]
@@ -526,21 +740,42 @@ mod tests {
             "{exact} of {}",
             xs.len()
         );
-        // The scalar loops and the vector ones agree bit for bit (the length is not a
-        // multiple of four or sixteen, so both tails are in it).
-        assert_eq!(xs.len() % 16, 1);
+        // The scalar loops and every vector width this CPU runs agree bit for bit (the
+        // length is not a multiple of any group, so every tail is in it).
+        assert_eq!(xs.len() % 32, 1);
         let mut scalar = vec![0.0; xs.len()];
         gelu_loop(&xs, &mut scalar);
-        assert_eq!(bits(&scalar), bits(&fwd));
         let dy: Vec<f32> = xs.iter().map(|x| 1.0 - x * 0.3).collect();
-        gelu_backward_f32(&dy, &xs, &mut bwd);
-        gelu_backward_loop(&dy, &xs, &mut scalar);
-        assert_eq!(bits(&scalar), bits(&bwd));
-        let mut vector: Vec<f32> = xs.iter().map(|x| x * 8.0).collect();
-        let mut scalar = vector.clone();
-        exp_f32(&mut vector);
-        exp_loop(&mut scalar);
-        assert_eq!(bits(&scalar), bits(&vector));
+        let mut scalar_bwd = vec![0.0; xs.len()];
+        gelu_backward_loop(&dy, &xs, &mut scalar_bwd);
+        let exp_input: Vec<f32> = xs.iter().map(|x| x * 8.0).collect();
+        let mut scalar_exp = exp_input.clone();
+        exp_loop(&mut scalar_exp);
+        for width in widths() {
+            gelu_with(width, &xs, &mut fwd);
+            assert_eq!(bits(&scalar), bits(&fwd), "{width:?}");
+            gelu_backward_with(width, &dy, &xs, &mut bwd);
+            assert_eq!(bits(&scalar_bwd), bits(&bwd), "{width:?}");
+            let mut vector = exp_input.clone();
+            exp_with(width, &mut vector);
+            assert_eq!(bits(&scalar_exp), bits(&vector), "{width:?}");
+        }
+    }
+
+    /// Every width this CPU runs, the widest last.
+    fn widths() -> Vec<Width> {
+        let mut all = vec![Width::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                all.push(Width::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                all.push(Width::Avx512);
+            }
+        }
+        assert_eq!(all.last(), Some(&widest()));
+        all
     }
 
     fn bits(v: &[f32]) -> Vec<u32> {
@@ -579,13 +814,19 @@ mod tests {
             f32::INFINITY,
             f32::NAN,
         ];
-        let mut out = [0.0; 10];
-        gelu_f32(&xs, &mut out);
-        assert_eq!(&out[..2], &[-0.0, -0.0]);
-        assert_eq!(out[3], 0.0);
-        assert_eq!(&out[5..9], &[9.0, 50.0, 1e30, f32::INFINITY]);
-        assert!(out[9].is_nan());
-        let (want, _, _) = reference(-9.0);
-        assert_eq!(out[2], want);
+        for width in widths() {
+            let mut out = [0.0; 10];
+            gelu_with(width, &xs, &mut out);
+            assert_eq!(&out[..2], &[-0.0, -0.0], "{width:?}");
+            assert_eq!(out[3], 0.0);
+            assert_eq!(&out[5..9], &[9.0, 50.0, 1e30, f32::INFINITY], "{width:?}");
+            assert!(out[9].is_nan());
+            let (want, _, _) = reference(-9.0);
+            assert_eq!(out[2], want);
+            let mut specials = [-1e30f32, -800.0, 0.0, f32::NAN];
+            exp_with(width, &mut specials);
+            assert_eq!(&specials[..3], &[0.0, 0.0, 1.0], "{width:?}");
+            assert!(specials[3].is_nan());
+        }
     }
 }
