@@ -107,10 +107,86 @@ pub trait Element:
         rsc: isize,
         csc: isize,
     );
+    /// `c = a·b + row`, `row` (`n` values) added to every row of the product (the linear
+    /// layer's bias), on raw strided matrices.
+    ///
+    /// # Safety
+    /// As [`Element::gemm_raw`], and `row` must be valid for `n` reads.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_plus_row_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        row: *const Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+}
+
+/// Every row of the `m × n` matrix `c` set to `row`.
+///
+/// # Safety
+/// `row` must be valid for `n` reads, `c` for writes of its `m × n` elements.
+pub(super) unsafe fn fill_rows<T: Copy>(
+    m: usize,
+    n: usize,
+    row: *const T,
+    c: *mut T,
+    rsc: isize,
+    csc: isize,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            *c.offset(i as isize * rsc + j as isize * csc) = *row.add(j);
+        }
+    }
+}
+
+/// [`Element::gemm_plus_row_raw`] as C filled with the row, then the GEMM adding to it.
+#[allow(clippy::too_many_arguments)]
+unsafe fn fill_then_gemm<T: Element>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const T,
+    rsa: isize,
+    csa: isize,
+    b: *const T,
+    rsb: isize,
+    csb: isize,
+    row: *const T,
+    c: *mut T,
+    rsc: isize,
+    csc: isize,
+) {
+    fill_rows(m, n, row, c, rsc, csc);
+    T::gemm_raw(
+        m,
+        k,
+        n,
+        T::ONE,
+        a,
+        rsa,
+        csa,
+        b,
+        rsb,
+        csb,
+        T::ONE,
+        c,
+        rsc,
+        csc,
+    )
 }
 
 macro_rules! impl_element {
-    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $erf:path, $exp_block:path, $gelu:path, $gelu_backward:path) => {
+    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $gemm_plus_row:path, $erf:path, $exp_block:path, $gelu:path, $gelu_backward:path) => {
         impl Element for $t {
             const DTYPE: DType = $dtype;
             const ZERO: Self = 0.0;
@@ -189,6 +265,23 @@ macro_rules! impl_element {
             ) {
                 $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
             }
+            unsafe fn gemm_plus_row_raw(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                row: *const Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                $gemm_plus_row(m, k, n, a, rsa, csa, b, rsb, csb, row, c, rsc, csc)
+            }
         }
     };
 }
@@ -203,9 +296,30 @@ fn exp_each<T: Element>(x: &mut [T]) {
 // f32's GEMM is our AVX-512 kernel where the CPU has it (matrixmultiply otherwise, inside it
 // and on other architectures).
 #[cfg(target_arch = "x86_64")]
-use super::sgemm_avx512::sgemm as f32_gemm;
+use super::sgemm_avx512::{sgemm as f32_gemm, sgemm_plus_row as f32_gemm_plus_row};
 #[cfg(not(target_arch = "x86_64"))]
 use matrixmultiply::sgemm as f32_gemm;
+
+/// [`fill_then_gemm`] for f32 where there is no kernel of ours.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_gemm_plus_row(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    row: *const f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    fill_then_gemm(m, k, n, a, rsa, csa, b, rsb, csb, row, c, rsc, csc)
+}
 
 // f32's GELU and exp are the vectorized ones (within an ulp of the rounded exact value); f64, the
 // reference, keeps libm's erf.
@@ -214,6 +328,7 @@ impl_element!(
     F32,
     DType::F32,
     f32_gemm,
+    f32_gemm_plus_row,
     libm::erff,
     super::fast_math::exp_f32,
     super::fast_math::gelu_f32,
@@ -224,6 +339,7 @@ impl_element!(
     F64,
     DType::F64,
     matrixmultiply::dgemm,
+    fill_then_gemm::<f64>,
     libm::erf,
     exp_each::<f64>,
     super::elementwise::gelu_with_erf,

@@ -88,7 +88,7 @@ pub fn gemm<T: Element>(
     lc: Layout,
 ) {
     // SAFETY: `c` is a unique borrow of `c.len()` initialized elements.
-    unsafe { gemm_into(alpha, a, la, b, lb, beta, c.as_mut_ptr(), c.len(), lc) }
+    unsafe { gemm_into(alpha, a, la, b, lb, beta, None, c.as_mut_ptr(), c.len(), lc) }
 }
 
 /// `alpha·a·b` as a new row-major `[a rows, b cols]` matrix. It is not zero-filled first
@@ -110,6 +110,35 @@ pub fn product<T: Element>(alpha: T, a: &[T], la: Layout, b: &[T], lb: Layout) -
             b,
             lb,
             T::ZERO,
+            None,
+            c.as_mut_ptr(),
+            len,
+            Layout::row_major(la.rows, lb.cols),
+        );
+        c.set_len(len);
+    }
+    c
+}
+
+/// `a·b + row`, `row` added to every row (the linear layer's bias), as a new row-major
+/// matrix: the kernel adds the row in its first pass, so the output is neither filled with
+/// it first nor read back (the bits of filling it and adding the product).
+pub fn product_plus_row<T: Element>(a: &[T], la: Layout, b: &[T], lb: Layout, row: &[T]) -> Vec<T> {
+    let len = la
+        .rows
+        .checked_mul(lb.cols)
+        .expect("gemm: the product has more elements than memory can address");
+    let mut c = Vec::with_capacity(len);
+    // SAFETY: as in `product`: with a row, every element is written without being read.
+    unsafe {
+        gemm_into(
+            T::ONE,
+            a,
+            la,
+            b,
+            lb,
+            T::ONE,
+            Some(row),
             c.as_mut_ptr(),
             len,
             Layout::row_major(la.rows, lb.cols),
@@ -159,12 +188,26 @@ impl<T: Element> DisjointWindows<T> {
         lb: Layout,
         window: Layout,
     ) {
-        gemm_into(alpha, a, la, b, lb, T::ZERO, self.ptr, self.len, window)
+        gemm_into(
+            alpha,
+            a,
+            la,
+            b,
+            lb,
+            T::ZERO,
+            None,
+            self.ptr,
+            self.len,
+            window,
+        )
     }
 }
 
 /// [`gemm`] into `c_len` elements at `c`, which must be valid for writes (and for reads
 /// unless `beta` is zero) and alias neither `a` nor `b`.
+///
+/// With `row` (`b`'s column count of values), `c = a·b + row` instead: `alpha` and `beta`
+/// must be one, and `c` is written without being read.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_into<T: Element>(
     alpha: T,
@@ -173,6 +216,7 @@ unsafe fn gemm_into<T: Element>(
     b: &[T],
     lb: Layout,
     beta: T,
+    row: Option<&[T]>,
     c: *mut T,
     c_len: usize,
     lc: Layout,
@@ -184,6 +228,12 @@ unsafe fn gemm_into<T: Element>(
     assert!(
         la.fits(a.len()) && lb.fits(b.len()) && lc.fits(c_len),
         "gemm: layout out of bounds"
+    );
+    assert!(
+        row.is_none_or(|r| r.len() == lb.cols && alpha == T::ONE && beta == T::ONE),
+        "gemm: a row of {:?} values for {} columns",
+        row.map(<[T]>::len),
+        lb.cols
     );
     if lc.rows == 0 || lc.cols == 0 {
         return;
@@ -228,10 +278,32 @@ unsafe fn gemm_into<T: Element>(
         };
         let p = &ptrs;
         // SAFETY: every addressed element is in bounds (checked above for the whole product,
-        // and a block is a sub-range of it). Blocks write disjoint rows (or columns) of `c`,
-        // whose layout does not overlap itself (checked), and the caller guarantees `c`
-        // aliases neither `a` nor `b`.
+        // and a block is a sub-range of it; a block of columns reads its part of the row).
+        // Blocks write disjoint rows (or columns) of `c`, whose layout does not overlap
+        // itself (checked), and the caller guarantees `c` aliases neither `a` nor `b`.
         unsafe {
+            if let Some(row) = row {
+                let row = if split_rows {
+                    row.as_ptr()
+                } else {
+                    row.as_ptr().add(start)
+                };
+                return T::gemm_plus_row_raw(
+                    ma,
+                    k,
+                    nb,
+                    p.a.add(ao),
+                    la.row_stride as isize,
+                    la.col_stride as isize,
+                    p.b.add(bo),
+                    lb.row_stride as isize,
+                    lb.col_stride as isize,
+                    row,
+                    p.c.add(co),
+                    lc.row_stride as isize,
+                    lc.col_stride as isize,
+                );
+            }
             T::gemm_raw(
                 ma,
                 k,
@@ -367,5 +439,49 @@ mod tests {
             case::<f32>(40, 1536, 1000, transpose_a);
             case::<f64>(300, 200, 50, transpose_a);
         }
+    }
+
+    /// The bias added in the kernel gives the bits of filling the output with it and adding
+    /// the product, for any thread count (blocks of rows read the whole row, blocks of
+    /// columns their part of it), f32 and f64.
+    #[test]
+    fn product_plus_row_is_fill_then_add() {
+        fn case<T: Element>(m: usize, k: usize, n: usize) {
+            let value =
+                |i: usize, p: usize, q: usize| T::from_f64(((i * p) % q) as f64 * 1e-3 - 0.5);
+            let a: Vec<T> = (0..m * k).map(|i| value(i, 7919, 1009)).collect();
+            let w: Vec<T> = (0..n * k).map(|i| value(i, 104_729, 997)).collect();
+            let row: Vec<T> = (0..n).map(|i| value(i, 31, 101)).collect();
+            let (la, lw) = (Layout::row_major(m, k), Layout::row_major(n, k).t());
+            let mut want: Vec<T> = (0..m).flat_map(|_| row.iter().copied()).collect();
+            gemm(
+                T::ONE,
+                &a,
+                la,
+                &w,
+                lw,
+                T::ONE,
+                &mut want,
+                Layout::row_major(m, n),
+            );
+            for threads in [1, 2, 3] {
+                let got = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| product_plus_row(&a, la, &w, lw, &row));
+                assert!(
+                    want.iter()
+                        .zip(&got)
+                        .all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()),
+                    "{m}x{k}x{n}, {threads} threads"
+                );
+            }
+        }
+        // Rows split (m ≥ n) and columns split (m < n); sizes off every tile.
+        case::<f32>(1000, 383, 97);
+        case::<f32>(37, 129, 1001);
+        case::<f64>(300, 200, 50);
+        case::<f32>(5, 0, 7);
     }
 }

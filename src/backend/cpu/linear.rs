@@ -2,7 +2,7 @@
 //! of it as a separate GEMM so unrequested ones cost nothing.
 
 use super::element::Element;
-use super::gemm::{gemm, product, Layout};
+use super::gemm::{gemm, product, product_plus_row, Layout};
 use crate::backend::shapes::LinearDims;
 
 /// LoRA operands as slices.
@@ -24,15 +24,7 @@ pub fn forward<T: Element>(
     let x_layout = Layout::row_major(d.rows, d.input);
     let w_t = Layout::row_major(d.output, d.input).t();
     let mut y = match bias {
-        Some(b) => {
-            let mut y = Vec::with_capacity(d.rows * d.output);
-            for _ in 0..d.rows {
-                y.extend_from_slice(b);
-            }
-            let y_layout = Layout::row_major(d.rows, d.output);
-            gemm(T::ONE, x, x_layout, w, w_t, T::ONE, &mut y, y_layout);
-            y
-        }
+        Some(b) => product_plus_row(x, x_layout, w, w_t, b),
         None => product(T::ONE, x, x_layout, w, w_t),
     };
     let h = lora.map(|l| {
