@@ -1,11 +1,11 @@
 //! A safe, strided GEMM over packed SIMD kernels: ours for f32 on AVX-512
-//! ([`super::sgemm_avx512`]), `matrixmultiply`'s otherwise.
+//! (`src/backend/cpu/sgemm_avx512.rs`), `matrixmultiply`'s otherwise.
 //!
 //! Strides make every transpose free: `x·Wᵀ` reads `W` with swapped strides, and one head of
 //! attention is a column window of the `[rows, hidden]` activations. Large products are split
 //! into blocks of output rows (or columns) on the shared rayon pool — the one pool every CPU
-//! op uses, so no second set of threads spins while it works. Each block is a whole
-//! `matrixmultiply` call over the full `K`, and an element's value does not depend on which
+//! op uses, so no second set of threads spins while it works. Each block is a whole kernel
+//! call over the full `K`, and an element's value does not depend on which
 //! block it falls in: results are bitwise the same for any number of threads.
 
 use super::element::Element;
