@@ -365,9 +365,6 @@ mod tests {
         assert_eq!(out, expected);
     }
 
-    /// The f32 kernel (sixteen lanes, the Weyl step by addition) against the scalar
-    /// definition, element by element: odd starts and lengths, several rates, a stream
-    /// offset past 2³² (the high halves of the 64-bit multiplies), and p = 0.
     /// Every f32 kernel this CPU can run (the dispatch picks one; the others would go
     /// untested here), beside the generic loop.
     #[allow(clippy::type_complexity)]
@@ -391,6 +388,9 @@ mod tests {
         kernels
     }
 
+    /// Each f32 kernel (the Weyl step by addition) against the scalar definition, element by
+    /// element: odd starts and lengths, several rates, a stream offset past 2³² (the high
+    /// halves of the 64-bit multiplies), and p = 0.
     #[test]
     fn f32_masks_match_the_scalar_definition() {
         for (name, kernel) in f32_kernels() {

@@ -210,11 +210,14 @@ fn widest() -> Width {
 
 /// `x = e^x` in place, for `x ≤ 88` (softmax arguments are at most 0).
 pub fn exp_f32(x: &mut [f32]) {
-    exp_with(widest(), x)
+    // SAFETY: the widest kernels this CPU runs.
+    unsafe { exp_with(widest(), x) }
 }
 
-fn exp_with(width: Width, x: &mut [f32]) {
-    // SAFETY (each arm): `width` is one this CPU runs (`widest`, or the tests' list).
+/// # Safety
+/// The CPU must run `width`'s kernels ([`widest`] or narrower).
+unsafe fn exp_with(width: Width, x: &mut [f32]) {
+    // SAFETY (each arm): the caller guarantees the CPU runs `width`.
     match width {
         #[cfg(target_arch = "x86_64")]
         Width::Avx512 => unsafe { vector::exp_avx512(x) },
@@ -226,11 +229,14 @@ fn exp_with(width: Width, x: &mut [f32]) {
 
 /// `out = x·Φ(x)`.
 pub fn gelu_f32(x: &[f32], out: &mut [f32]) {
-    gelu_with(widest(), x, out)
+    // SAFETY: the widest kernels this CPU runs.
+    unsafe { gelu_with(widest(), x, out) }
 }
 
-fn gelu_with(width: Width, x: &[f32], out: &mut [f32]) {
-    // SAFETY (each arm): as in `exp_with`.
+/// # Safety
+/// The CPU must run `width`'s kernels ([`widest`] or narrower).
+unsafe fn gelu_with(width: Width, x: &[f32], out: &mut [f32]) {
+    // SAFETY (each arm): the caller guarantees the CPU runs `width`.
     match width {
         #[cfg(target_arch = "x86_64")]
         Width::Avx512 => unsafe { vector::gelu_avx512(x, out) },
@@ -242,11 +248,14 @@ fn gelu_with(width: Width, x: &[f32], out: &mut [f32]) {
 
 /// `out = dy·(Φ(x) + x·φ(x))`.
 pub fn gelu_backward_f32(dy: &[f32], x: &[f32], out: &mut [f32]) {
-    gelu_backward_with(widest(), dy, x, out)
+    // SAFETY: the widest kernels this CPU runs.
+    unsafe { gelu_backward_with(widest(), dy, x, out) }
 }
 
-fn gelu_backward_with(width: Width, dy: &[f32], x: &[f32], out: &mut [f32]) {
-    // SAFETY (each arm): as in `exp_with`.
+/// # Safety
+/// The CPU must run `width`'s kernels ([`widest`] or narrower).
+unsafe fn gelu_backward_with(width: Width, dy: &[f32], x: &[f32], out: &mut [f32]) {
+    // SAFETY (each arm): the caller guarantees the CPU runs `width`.
     match width {
         #[cfg(target_arch = "x86_64")]
         Width::Avx512 => unsafe { vector::gelu_backward_avx512(dy, x, out) },
@@ -752,12 +761,13 @@ mod tests {
         let mut scalar_exp = exp_input.clone();
         exp_loop(&mut scalar_exp);
         for width in widths() {
-            gelu_with(width, &xs, &mut fwd);
+            // SAFETY (these calls): `widths` lists what this CPU runs.
+            unsafe { gelu_with(width, &xs, &mut fwd) };
             assert_eq!(bits(&scalar), bits(&fwd), "{width:?}");
-            gelu_backward_with(width, &dy, &xs, &mut bwd);
+            unsafe { gelu_backward_with(width, &dy, &xs, &mut bwd) };
             assert_eq!(bits(&scalar_bwd), bits(&bwd), "{width:?}");
             let mut vector = exp_input.clone();
-            exp_with(width, &mut vector);
+            unsafe { exp_with(width, &mut vector) };
             assert_eq!(bits(&scalar_exp), bits(&vector), "{width:?}");
         }
     }
@@ -816,7 +826,8 @@ mod tests {
         ];
         for width in widths() {
             let mut out = [0.0; 10];
-            gelu_with(width, &xs, &mut out);
+            // SAFETY (these calls): `widths` lists what this CPU runs.
+            unsafe { gelu_with(width, &xs, &mut out) };
             assert_eq!(&out[..2], &[-0.0, -0.0], "{width:?}");
             assert_eq!(out[3], 0.0);
             assert_eq!(&out[5..9], &[9.0, 50.0, 1e30, f32::INFINITY], "{width:?}");
@@ -824,7 +835,7 @@ mod tests {
             let (want, _, _) = reference(-9.0);
             assert_eq!(out[2], want);
             let mut specials = [-1e30f32, -800.0, 0.0, f32::NAN];
-            exp_with(width, &mut specials);
+            unsafe { exp_with(width, &mut specials) };
             assert_eq!(&specials[..3], &[0.0, 0.0, 1.0], "{width:?}");
             assert!(specials[3].is_nan());
         }

@@ -238,23 +238,33 @@ unsafe fn gemm_into<T: Element>(
     if lc.rows == 0 || lc.cols == 0 {
         return;
     }
+    // Distinct elements: along each dimension of more than one element a stride of at least
+    // one, and one dimension's whole extent within the other's step.
+    let steps = |n: usize, stride: usize| n == 1 || stride >= 1;
     assert!(
-        lc.col_stride >= 1
-            && (lc.row_stride >= lc.cols.saturating_mul(lc.col_stride)
+        steps(lc.rows, lc.row_stride)
+            && steps(lc.cols, lc.col_stride)
+            && (lc.rows == 1
+                || lc.cols == 1
+                || lc.row_stride >= lc.cols.saturating_mul(lc.col_stride)
                 || lc.col_stride >= lc.rows.saturating_mul(lc.row_stride)),
         "gemm: the output layout {lc:?} overlaps itself"
     );
     let (m, k, n) = (la.rows, la.cols, lb.cols);
     let threads = rayon::current_num_threads();
     let split_rows = m >= n;
-    let along = if split_rows { m } else { n };
+    let (along, align) = if split_rows {
+        (m, ROW_SPLIT_ALIGN)
+    } else {
+        (n, COLUMN_SPLIT_ALIGN)
+    };
     // Below ~1M multiply-adds a second thread costs more than it saves.
     let parts = if m.saturating_mul(n).saturating_mul(k) < (1 << 20) || threads < 2 {
         1
     } else {
-        threads.min(along / SPLIT_ALIGN).max(1)
+        threads.min(along / align).max(1)
     };
-    let block = along.div_ceil(parts).next_multiple_of(SPLIT_ALIGN);
+    let block = along.div_ceil(parts).next_multiple_of(align);
     let ptrs = Pointers {
         a: a.as_ptr(),
         b: b.as_ptr(),
@@ -278,7 +288,9 @@ unsafe fn gemm_into<T: Element>(
         };
         let p = &ptrs;
         // SAFETY: every addressed element is in bounds (checked above for the whole product,
-        // and a block is a sub-range of it; a block of columns reads its part of the row).
+        // and a block is a sub-range of it; a block of columns reads its part of the row;
+        // with k = 0 nothing of `a` or `b` is read, and their offsets, which `fits` does not
+        // bound then, only enter wrapping address arithmetic).
         // Blocks write disjoint rows (or columns) of `c`, whose layout does not overlap
         // itself (checked), and the caller guarantees `c` aliases neither `a` nor `b`.
         unsafe {
@@ -292,10 +304,10 @@ unsafe fn gemm_into<T: Element>(
                     ma,
                     k,
                     nb,
-                    p.a.add(ao),
+                    p.a.wrapping_add(ao),
                     la.row_stride as isize,
                     la.col_stride as isize,
-                    p.b.add(bo),
+                    p.b.wrapping_add(bo),
                     lb.row_stride as isize,
                     lb.col_stride as isize,
                     row,
@@ -309,10 +321,10 @@ unsafe fn gemm_into<T: Element>(
                 k,
                 nb,
                 alpha,
-                p.a.add(ao),
+                p.a.wrapping_add(ao),
                 la.row_stride as isize,
                 la.col_stride as isize,
-                p.b.add(bo),
+                p.b.wrapping_add(bo),
                 lb.row_stride as isize,
                 lb.col_stride as isize,
                 beta,
@@ -334,8 +346,12 @@ unsafe fn gemm_into<T: Element>(
     }
 }
 
-/// Blocks of a split product start at multiples of this (the kernels' tile edges).
-const SPLIT_ALIGN: usize = 16;
+/// Blocks of a split product start at multiples of the kernels' tile edges, so no block but
+/// the last ends in a partial tile: rows, 48 (our AVX-512 tile is 12 tall, matrixmultiply's
+/// up to 16); columns, 32 (ours is 32 wide, matrixmultiply's up to 16). Only speed depends
+/// on it: an element's value is the same in any block.
+const ROW_SPLIT_ALIGN: usize = 48;
+const COLUMN_SPLIT_ALIGN: usize = 32;
 
 /// The operands' addresses, shared by the blocks of one product.
 struct Pointers<T> {
@@ -381,6 +397,30 @@ mod tests {
                 assert!((c[i * 4 + j] - want).abs() < 1e-12, "c[{i},{j}]");
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "overlaps itself")]
+    fn an_output_whose_rows_coincide_is_refused() {
+        // Row stride 0: both rows of C are the same memory (the threads would race on it).
+        let a = vec![1.0f32; 4];
+        let mut c = vec![0.0f32; 2];
+        gemm(
+            1.0,
+            &a,
+            Layout::row_major(2, 2),
+            &a,
+            Layout::row_major(2, 2),
+            0.0,
+            &mut c,
+            Layout {
+                offset: 0,
+                rows: 2,
+                cols: 2,
+                row_stride: 0,
+                col_stride: 1,
+            },
+        );
     }
 
     /// Splitting a product over threads changes no bit: shapes that split along rows and
