@@ -151,7 +151,7 @@ pub(super) unsafe fn fill_rows<T: Copy>(
 
 /// [`Element::gemm_plus_row_raw`] as C filled with the row, then the GEMM adding to it.
 #[allow(clippy::too_many_arguments)]
-unsafe fn fill_then_gemm<T: Element>(
+pub(super) unsafe fn fill_then_gemm<T: Element>(
     m: usize,
     k: usize,
     n: usize,

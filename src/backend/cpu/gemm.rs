@@ -95,13 +95,35 @@ pub fn gemm<T: Element>(
 /// (a measurable share of a step was `memset`): with `beta = 0` the kernels write every
 /// element of `c` without reading it (matrixmultiply's contract, `K = 0` included).
 pub fn product<T: Element>(alpha: T, a: &[T], la: Layout, b: &[T], lb: Layout) -> Vec<T> {
+    new_product(alpha, a, la, b, lb, T::ZERO, None)
+}
+
+/// `a·b + row`, `row` added to every row (the linear layer's bias), as a new row-major
+/// matrix: the kernel adds the row in its first pass, so the output is neither filled with
+/// it first nor read back (the bits of filling it and adding the product).
+pub fn product_plus_row<T: Element>(a: &[T], la: Layout, b: &[T], lb: Layout, row: &[T]) -> Vec<T> {
+    new_product(T::ONE, a, la, b, lb, T::ONE, Some(row))
+}
+
+/// [`gemm_into`] a new row-major matrix, which is written without being read: `beta` is
+/// zero, or `row` is given.
+fn new_product<T: Element>(
+    alpha: T,
+    a: &[T],
+    la: Layout,
+    b: &[T],
+    lb: Layout,
+    beta: T,
+    row: Option<&[T]>,
+) -> Vec<T> {
+    debug_assert!(beta == T::ZERO || row.is_some());
     let len = la
         .rows
         .checked_mul(lb.cols)
         .expect("gemm: the product has more elements than memory can address");
     let mut c = Vec::with_capacity(len);
-    // SAFETY: `c` owns room for `len` elements and nothing else refers to it; `beta = 0`, so
-    // nothing is read from it and every element is written before `set_len`.
+    // SAFETY: `c` owns room for `len` elements and nothing else refers to it; with `beta = 0`
+    // or a row, nothing is read from it and every element is written before `set_len`.
     unsafe {
         gemm_into(
             alpha,
@@ -109,36 +131,8 @@ pub fn product<T: Element>(alpha: T, a: &[T], la: Layout, b: &[T], lb: Layout) -
             la,
             b,
             lb,
-            T::ZERO,
-            None,
-            c.as_mut_ptr(),
-            len,
-            Layout::row_major(la.rows, lb.cols),
-        );
-        c.set_len(len);
-    }
-    c
-}
-
-/// `a·b + row`, `row` added to every row (the linear layer's bias), as a new row-major
-/// matrix: the kernel adds the row in its first pass, so the output is neither filled with
-/// it first nor read back (the bits of filling it and adding the product).
-pub fn product_plus_row<T: Element>(a: &[T], la: Layout, b: &[T], lb: Layout, row: &[T]) -> Vec<T> {
-    let len = la
-        .rows
-        .checked_mul(lb.cols)
-        .expect("gemm: the product has more elements than memory can address");
-    let mut c = Vec::with_capacity(len);
-    // SAFETY: as in `product`: with a row, every element is written without being read.
-    unsafe {
-        gemm_into(
-            T::ONE,
-            a,
-            la,
-            b,
-            lb,
-            T::ONE,
-            Some(row),
+            beta,
+            row,
             c.as_mut_ptr(),
             len,
             Layout::row_major(la.rows, lb.cols),

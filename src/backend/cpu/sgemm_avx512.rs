@@ -21,7 +21,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::element::fill_rows;
+use super::element::{fill_rows, fill_then_gemm};
 
 /// Rows of the register tile.
 const MR: usize = 12;
@@ -144,11 +144,8 @@ pub unsafe fn sgemm_plus_row(
             )
         }
     } else {
-        // SAFETY: the same contract; C is filled before matrixmultiply reads it.
-        unsafe {
-            fill_rows(m, n, row, c, rsc, csc);
-            matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 1.0, c, rsc, csc)
-        }
+        // SAFETY: the same contract.
+        unsafe { fill_then_gemm(m, k, n, a, rsa, csa, b, rsb, csb, row, c, rsc, csc) }
     }
 }
 
@@ -158,8 +155,10 @@ enum ASource {
     /// Rows contiguous (`csa = 1`): row `i` at `ptr + i·row_step`.
     Rows { row_step: isize },
     /// Columns contiguous (`rsa = 1`, A transposed): the tile's twelve values for one `k`
-    /// lie side by side, consecutive `k` `k_step` apart. Also the packed edge sliver's form.
+    /// lie side by side, consecutive `k` `k_step` apart. Also the packed sliver's form.
     Columns { k_step: isize },
+    /// Neither stride 1: every sliver packed into the column form.
+    Packed,
 }
 
 #[target_feature(enable = "avx512f")]
@@ -201,7 +200,7 @@ unsafe fn sgemm_avx512(
     } else if rsa == 1 {
         ASource::Columns { k_step: csa }
     } else {
-        ASource::Columns { k_step: 0 } // marks "pack every sliver" below
+        ASource::Packed
     };
     PACKED.with(|packed| {
         let mut packed = packed.borrow_mut();
@@ -235,56 +234,37 @@ unsafe fn sgemm_avx512(
                             let row = ic + ir;
                             let mr = MR.min(m - row);
                             let at = a.offset(row as isize * rsa + pc as isize * csa);
-                            let out = c.offset(row as isize * rsc + (jc + jr) as isize * csc);
-                            let row_at = if bias.is_null() {
-                                bias
-                            } else {
-                                bias.add(jc + jr)
+                            let out = TileOut {
+                                c: c.offset(row as isize * rsc + (jc + jr) as isize * csc),
+                                rsc,
+                                csc,
+                                rows: mr,
+                                cols: nr,
+                                alpha,
+                                beta,
+                                bias: if bias.is_null() {
+                                    bias
+                                } else {
+                                    bias.add(jc + jr)
+                                },
+                                first,
                             };
                             // Each arm stores its own tile (one `acc` shared by the arms
                             // would live in memory).
                             match source {
-                                ASource::Rows { row_step } => store(
-                                    &tile_rows(kc, at, row_step, mr, pb),
-                                    out,
-                                    rsc,
-                                    csc,
-                                    mr,
-                                    nr,
-                                    alpha,
-                                    beta,
-                                    row_at,
-                                    first,
-                                ),
-                                ASource::Columns { k_step } if k_step != 0 && mr == MR => store(
-                                    &tile_columns(kc, at, k_step, pb),
-                                    out,
-                                    rsc,
-                                    csc,
-                                    mr,
-                                    nr,
-                                    alpha,
-                                    beta,
-                                    row_at,
-                                    first,
-                                ),
+                                ASource::Rows { row_step } => {
+                                    store(&tile_rows(kc, at, row_step, mr, pb), out)
+                                }
+                                ASource::Columns { k_step } if mr == MR => {
+                                    store(&tile_columns(kc, at, k_step, pb), out)
+                                }
                                 // A partial sliver of column-contiguous A (reading all twelve
                                 // would pass its end), or A with neither stride 1: packed,
                                 // zero rows past the edge.
-                                ASource::Columns { .. } => {
+                                ASource::Columns { .. } | ASource::Packed => {
                                     pack_a_sliver(sliver, at, rsa, csa, mr, kc);
-                                    store(
-                                        &tile_columns(kc, sliver.as_ptr(), MR as isize, pb),
-                                        out,
-                                        rsc,
-                                        csc,
-                                        mr,
-                                        nr,
-                                        alpha,
-                                        beta,
-                                        row_at,
-                                        first,
-                                    )
+                                    let packed = sliver.as_ptr();
+                                    store(&tile_columns(kc, packed, MR as isize, pb), out)
                                 }
                             }
                         }
@@ -343,23 +323,40 @@ unsafe fn tile_columns(kc: usize, a: *const f32, k_step: isize, pb: *const f32) 
     acc
 }
 
-/// `C = alpha·acc + beta·C` on the first pass over `k` (C unread when `beta = 0`), or
-/// `alpha·acc + bias` with a bias row (its `cols` values from `bias`); `C += alpha·acc`
-/// after. Only the `rows × cols` corner of the tile is C.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn store(
-    acc: &Tile,
+/// Where and how a tile goes into C.
+#[derive(Clone, Copy)]
+struct TileOut {
+    /// The tile's element (0, 0) in C, and C's strides.
     c: *mut f32,
     rsc: isize,
     csc: isize,
+    /// The corner of the tile that is C.
     rows: usize,
     cols: usize,
     alpha: f32,
     beta: f32,
+    /// The bias row at the tile's first column, or null.
     bias: *const f32,
+    /// Whether this is the first pass over `k`.
     first: bool,
-) {
+}
+
+/// `C = alpha·acc + beta·C` on the first pass over `k` (C unread when `beta = 0`), or
+/// `alpha·acc + bias` with a bias row (its `cols` values from `bias`); `C += alpha·acc`
+/// after. Only the `rows × cols` corner of the tile is C.
+#[inline(always)]
+unsafe fn store(acc: &Tile, out: TileOut) {
+    let TileOut {
+        c,
+        rsc,
+        csc,
+        rows,
+        cols,
+        alpha,
+        beta,
+        bias,
+        first,
+    } = out;
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
     if csc == 1 {
@@ -401,8 +398,14 @@ unsafe fn store(
         _mm512_storeu_ps(base.add(i * NR), acc[i][0]);
         _mm512_storeu_ps(base.add(i * NR + 16), acc[i][1]);
     });
-    store_strided(
-        lanes.assume_init_ref(),
+    store_strided(lanes.assume_init_ref(), out)
+}
+
+/// [`store`] for C whose columns are not contiguous, element by element with the same
+/// arithmetic, from the tile's rows laid out `NR` apart.
+#[inline(never)]
+unsafe fn store_strided(lanes: &[f32; MR * NR], out: TileOut) {
+    let TileOut {
         c,
         rsc,
         csc,
@@ -412,25 +415,7 @@ unsafe fn store(
         beta,
         bias,
         first,
-    )
-}
-
-/// [`store`] for C whose columns are not contiguous, element by element with the same
-/// arithmetic, from the tile's rows laid out `NR` apart.
-#[inline(never)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn store_strided(
-    lanes: &[f32; MR * NR],
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-    rows: usize,
-    cols: usize,
-    alpha: f32,
-    beta: f32,
-    bias: *const f32,
-    first: bool,
-) {
+    } = out;
     for i in 0..rows {
         for (j, &v) in lanes[i * NR..].iter().enumerate().take(cols) {
             let p = c.offset(i as isize * rsc + j as isize * csc);
