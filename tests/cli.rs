@@ -387,17 +387,23 @@ fn train_eval_predict_on_glue_layout() {
     );
 
     let adapter = format!("{o}/best");
-    let (ok, stdout, err) = spafit(&[
-        "eval",
-        "--model",
-        &m,
-        "--task",
-        "sst2",
-        "--glue-dir",
-        &g,
-        "--adapter",
-        &adapter,
-    ]);
+    // `eval` of an adapter on the SST-2 dev split, with extra flags.
+    let eval_sst2 = |adapter: &str, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            &m,
+            "--task",
+            "sst2",
+            "--glue-dir",
+            &g,
+            "--adapter",
+            adapter,
+        ];
+        args.extend_from_slice(extra);
+        spafit(&args)
+    };
+    let (ok, stdout, err) = eval_sst2(&adapter, &[]);
     assert!(ok, "{err}");
     let line = last_json(&stdout);
     assert_eq!(line["examples"], 2);
@@ -413,19 +419,7 @@ fn train_eval_predict_on_glue_layout() {
             .unwrap();
     assert_eq!(manifest["max_len"], 24);
     // Another --max-len is the user's to give, with a note.
-    let (ok, stdout, err) = spafit(&[
-        "eval",
-        "--model",
-        &m,
-        "--task",
-        "sst2",
-        "--glue-dir",
-        &g,
-        "--adapter",
-        &adapter,
-        "--max-len",
-        "16",
-    ]);
+    let (ok, stdout, err) = eval_sst2(&adapter, &["--max-len", "16"]);
     assert!(ok, "{err}");
     assert_eq!(last_json(&stdout)["max_len"], 16);
     assert!(
@@ -433,17 +427,7 @@ fn train_eval_predict_on_glue_layout() {
         "{err}"
     );
     // The PEFT export carries the cut in spafit_export.json: read back the same way.
-    let (ok, stdout, err) = spafit(&[
-        "eval",
-        "--model",
-        &m,
-        "--task",
-        "sst2",
-        "--glue-dir",
-        &g,
-        "--adapter",
-        &format!("{o}/peft"),
-    ]);
+    let (ok, stdout, err) = eval_sst2(&format!("{o}/peft"), &[]);
     assert!(ok, "{err}");
     let peft_line = last_json(&stdout);
     assert_eq!(peft_line["max_len"], 24, "{peft_line}");
@@ -463,19 +447,7 @@ fn train_eval_predict_on_glue_layout() {
     manifest.as_object_mut().unwrap().remove("max_len");
     std::fs::write(old.join("adapter.json"), manifest.to_string()).unwrap();
     let old_dir = old.display().to_string();
-    let eval_old = || {
-        spafit(&[
-            "eval",
-            "--model",
-            &m,
-            "--task",
-            "sst2",
-            "--glue-dir",
-            &g,
-            "--adapter",
-            &old_dir,
-        ])
-    };
+    let eval_old = || eval_sst2(&old_dir, &[]);
     let (ok, stdout, err) = eval_old();
     assert!(ok, "{err}");
     assert_eq!(last_json(&stdout)["max_len"], 64);
