@@ -86,6 +86,12 @@ pub trait Element:
     fn gelu_block(x: &[Self], out: &mut [Self]);
     /// `out = dy·(Φ(x) + x·φ(x))`.
     fn gelu_backward_block(dy: &[Self], x: &[Self], out: &mut [Self]);
+    /// Where [`super::gemm`] may cut a product's rows between threads: a multiple of the
+    /// tile height of the kernel that runs. Not only speed depends on it: an element that
+    /// matrixmultiply computes in a partial tile can differ in its last bit from the same
+    /// element in a whole tile (f64 blocks of 12 rows failed the thread-count test), so its
+    /// blocks must end at whole tiles to give the bits of one call.
+    fn gemm_row_split() -> usize;
     /// `c = alpha·a·b + beta·c` on raw strided matrices (see [`super::gemm`]).
     ///
     /// # Safety
@@ -186,7 +192,7 @@ pub(super) unsafe fn fill_then_gemm<T: Element>(
 }
 
 macro_rules! impl_element {
-    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $gemm_plus_row:path, $erf:path, $exp_block:path, $gelu:path, $gelu_backward:path) => {
+    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $gemm_plus_row:path, $row_split:expr, $erf:path, $exp_block:path, $gelu:path, $gelu_backward:path) => {
         impl Element for $t {
             const DTYPE: DType = $dtype;
             const ZERO: Self = 0.0;
@@ -247,6 +253,9 @@ macro_rules! impl_element {
             fn gelu_backward_block(dy: &[Self], x: &[Self], out: &mut [Self]) {
                 $gelu_backward(dy, x, out)
             }
+            fn gemm_row_split() -> usize {
+                $row_split
+            }
             unsafe fn gemm_raw(
                 m: usize,
                 k: usize,
@@ -300,6 +309,17 @@ use super::sgemm_avx512::{sgemm as f32_gemm, sgemm_plus_row as f32_gemm_plus_row
 #[cfg(not(target_arch = "x86_64"))]
 use matrixmultiply::sgemm as f32_gemm;
 
+/// A multiple of every tile height matrixmultiply's kernels use (8, 12, 16).
+const MATRIXMULTIPLY_ROW_SPLIT: usize = 48;
+
+fn f32_row_split() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(rows) = super::sgemm_avx512::tile_rows_if_used() {
+        return rows;
+    }
+    MATRIXMULTIPLY_ROW_SPLIT
+}
+
 /// [`fill_then_gemm`] for f32 where there is no kernel of ours.
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
@@ -329,6 +349,7 @@ impl_element!(
     DType::F32,
     f32_gemm,
     f32_gemm_plus_row,
+    f32_row_split(),
     libm::erff,
     super::fast_math::exp_f32,
     super::fast_math::gelu_f32,
@@ -340,6 +361,7 @@ impl_element!(
     DType::F64,
     matrixmultiply::dgemm,
     fill_then_gemm::<f64>,
+    MATRIXMULTIPLY_ROW_SPLIT,
     libm::erf,
     exp_each::<f64>,
     super::elementwise::gelu_with_erf,

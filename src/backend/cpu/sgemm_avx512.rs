@@ -61,6 +61,12 @@ thread_local! {
     static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// The rows of one tile where this kernel runs (the CPU has AVX-512), else `None`
+/// (matrixmultiply's kernel does the product).
+pub fn tile_rows_if_used() -> Option<usize> {
+    std::is_x86_feature_detected!("avx512f").then_some(MR)
+}
+
 /// `c = alpha·a·b + beta·c` on strided matrices, as `matrixmultiply::sgemm`: with `beta = 0`
 /// `c` is written without being read.
 ///
