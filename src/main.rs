@@ -21,7 +21,17 @@ fn keep_freed_memory() {
 fn main() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     keep_freed_memory();
-    if let Err(e) = cli::Cli::from_env().and_then(cli::Cli::run) {
+    let run = || cli::Cli::from_env().and_then(cli::Cli::run);
+    // The command runs on a worker of the pool every op splits its work over, so an op's
+    // fork and join stay among threads that are awake: called from outside the pool, each op
+    // put its caller to sleep and woke it again (a training step on the CPU: 4x the context
+    // switches). 8 MiB: the main thread's stack, which the command had before.
+    let pool = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build();
+    let result = match pool {
+        Ok(pool) => pool.install(run),
+        Err(_) => run(),
+    };
+    if let Err(e) = result {
         // Not `eprintln!`, which panics when stderr is closed or full.
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "spafit: {e}");
