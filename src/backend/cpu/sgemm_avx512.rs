@@ -11,7 +11,11 @@
 //!   rows stay in L1: the tile alone runs at the FMA peak;
 //! - A is never packed when its rows or its columns are contiguous (every product of a
 //!   step): the tile broadcasts straight from it, so a product's cost is its FMAs and one
-//!   pass over B, which is packed into `KC × 32` slivers once per panel.
+//!   pass over B, which is packed into `KC × 32` slivers once per panel;
+//! - each tile's rows of A (the strided reads) stay in L1 while the tile sweeps all the
+//!   panel's slivers, which are contiguous and come from L2. Sweeping 192 rows of A under
+//!   one sliver instead re-read every A tile from L2 once per sliver: the training step was
+//!   slower that way in 21 of 30 alternating rounds (NOTES.md).
 //!
 //! Every element of C is the sum over `k` in ascending order, in one accumulator per `KC`
 //! chunk, the chunks added to C in order: the same operations wherever the element lies in
@@ -29,13 +33,10 @@ const MR: usize = 12;
 const NR: usize = 32;
 /// Depth of one pass: B sliver `KC × NR` (16 KiB) and twelve A rows of `KC` in L1.
 const KC: usize = 128;
-/// Rows of A swept under one B sliver: `MC × KC` of A (96 KiB) stays in L2.
-const MC: usize = 192;
 /// Columns per packed B panel: `KC × NC` (1 MiB) in L2.
 const NC: usize = 2048;
-// A tile never straddles two row blocks or two panels (`mr` and `nr` are cut at the matrix's
-// edge only).
-const _: () = assert!(MC.is_multiple_of(MR) && NC.is_multiple_of(NR));
+// A tile never straddles two panels (`nr` is cut at the matrix's edge only).
+const _: () = assert!(NC.is_multiple_of(NR));
 
 /// `$body` once per row of the tile, `$i` a constant in each copy: the tile is then indexed
 /// by constants only and stays in registers (a loop over its rows, even of constant length,
@@ -231,47 +232,49 @@ unsafe fn sgemm_avx512(
                     nc,
                 );
                 let first = pc == 0;
-                for ic in (0..m).step_by(MC) {
-                    let mc = MC.min(m - ic);
+                for row in (0..m).step_by(MR) {
+                    let mr = MR.min(m - row);
+                    let at = a.offset(row as isize * rsa + pc as isize * csa);
+                    // A partial sliver of column-contiguous A (reading all twelve would pass
+                    // its end), or A with neither stride 1: packed once for the whole panel,
+                    // zero rows past the edge.
+                    let packed_a = match source {
+                        ASource::Rows { .. } => false,
+                        ASource::Columns { .. } => mr < MR,
+                        ASource::Packed => true,
+                    };
+                    if packed_a {
+                        pack_a_sliver(sliver, at, rsa, csa, mr, kc);
+                    }
                     for jr in (0..nc).step_by(NR) {
                         let nr = NR.min(nc - jr);
                         let pb = panel.as_ptr().add(jr * kc);
-                        for ir in (0..mc).step_by(MR) {
-                            let row = ic + ir;
-                            let mr = MR.min(m - row);
-                            let at = a.offset(row as isize * rsa + pc as isize * csa);
-                            let out = TileOut {
-                                c: c.offset(row as isize * rsc + (jc + jr) as isize * csc),
-                                rsc,
-                                csc,
-                                rows: mr,
-                                cols: nr,
-                                alpha,
-                                beta,
-                                bias: if bias.is_null() {
-                                    bias
-                                } else {
-                                    bias.add(jc + jr)
-                                },
-                                first,
-                            };
-                            // Each arm stores its own tile (one `acc` shared by the arms
-                            // would live in memory).
-                            match source {
-                                ASource::Rows { row_step } => {
-                                    store(&tile_rows(kc, at, row_step, mr, pb), out)
-                                }
-                                ASource::Columns { k_step } if mr == MR => {
-                                    store(&tile_columns(kc, at, k_step, pb), out)
-                                }
-                                // A partial sliver of column-contiguous A (reading all twelve
-                                // would pass its end), or A with neither stride 1: packed,
-                                // zero rows past the edge.
-                                ASource::Columns { .. } | ASource::Packed => {
-                                    pack_a_sliver(sliver, at, rsa, csa, mr, kc);
-                                    let packed = sliver.as_ptr();
-                                    store(&tile_columns(kc, packed, MR as isize, pb), out)
-                                }
+                        let out = TileOut {
+                            c: c.offset(row as isize * rsc + (jc + jr) as isize * csc),
+                            rsc,
+                            csc,
+                            rows: mr,
+                            cols: nr,
+                            alpha,
+                            beta,
+                            bias: if bias.is_null() {
+                                bias
+                            } else {
+                                bias.add(jc + jr)
+                            },
+                            first,
+                        };
+                        // Each arm stores its own tile (one `acc` shared by the arms
+                        // would live in memory).
+                        match source {
+                            ASource::Rows { row_step } => {
+                                store(&tile_rows(kc, at, row_step, mr, pb), out)
+                            }
+                            ASource::Columns { k_step } if !packed_a => {
+                                store(&tile_columns(kc, at, k_step, pb), out)
+                            }
+                            ASource::Columns { .. } | ASource::Packed => {
+                                store(&tile_columns(kc, sliver.as_ptr(), MR as isize, pb), out)
                             }
                         }
                     }
