@@ -232,8 +232,12 @@ unsafe fn sgemm_avx512(
                     nc,
                 );
                 let first = pc == 0;
-                for row in (0..m).step_by(MR) {
-                    let mr = MR.min(m - row);
+                // Narrow B (a LoRA rank's columns) from row-contiguous A: 24 rows by 16
+                // columns per tile, so the FMAs' lanes are not three quarters padding.
+                let narrow = nc <= NR / 2 && matches!(source, ASource::Rows { .. });
+                let tile_height = if narrow { 2 * MR } else { MR };
+                for row in (0..m).step_by(tile_height) {
+                    let mr = tile_height.min(m - row);
                     let at = a.offset(row as isize * rsa + pc as isize * csa);
                     // A partial sliver of column-contiguous A (reading all twelve would pass
                     // its end), or A with neither stride 1: packed once for the whole panel,
@@ -253,7 +257,7 @@ unsafe fn sgemm_avx512(
                             c: c.offset(row as isize * rsc + (jc + jr) as isize * csc),
                             rsc,
                             csc,
-                            rows: mr,
+                            rows: mr.min(MR),
                             cols: nr,
                             alpha,
                             beta,
@@ -267,6 +271,19 @@ unsafe fn sgemm_avx512(
                         // Each arm stores its own tile (one `acc` shared by the arms
                         // would live in memory).
                         match source {
+                            ASource::Rows { row_step } if narrow => {
+                                let acc = tile_rows_narrow(kc, at, row_step, mr, pb);
+                                store(&acc, out);
+                                if mr > MR {
+                                    let lower: Tile = std::array::from_fn(|i| [acc[i][1]; 2]);
+                                    let out = TileOut {
+                                        c: out.c.offset(MR as isize * rsc),
+                                        rows: mr - MR,
+                                        ..out
+                                    };
+                                    store(&lower, out)
+                                }
+                            }
                             ASource::Rows { row_step } => {
                                 store(&tile_rows(kc, at, row_step, mr, pb), out)
                             }
@@ -305,6 +322,34 @@ unsafe fn tile_rows(
             let ai = _mm512_set1_ps(*row[i].add(p));
             acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
             acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+        }
+        pb = pb.add(NR);
+    }
+    acc
+}
+
+/// Twice [`tile_rows`]'s rows by half its columns, for B of at most 16 columns: row `i`
+/// of the 24 in `acc[i % 12][i / 12]`, its first 16 columns; the same FMAs in the same
+/// order per element as the wide tile (same bits). Rows past `rows` repeat the last one.
+#[inline(always)]
+unsafe fn tile_rows_narrow(
+    kc: usize,
+    a: *const f32,
+    row_step: isize,
+    rows: usize,
+    pb: *const f32,
+) -> Tile {
+    let row: [*const f32; 2 * MR] =
+        std::array::from_fn(|i| a.offset(i.min(rows - 1) as isize * row_step));
+    let mut acc: Tile = [[_mm512_setzero_ps(); 2]; MR];
+    let mut pb = pb;
+    for p in 0..kc {
+        let b0 = _mm512_loadu_ps(pb);
+        for i in 0..MR {
+            let upper = _mm512_set1_ps(*row[i].add(p));
+            let lower = _mm512_set1_ps(*row[MR + i].add(p));
+            acc[i][0] = _mm512_fmadd_ps(upper, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(lower, b0, acc[i][1]);
         }
         pb = pb.add(NR);
     }
@@ -666,6 +711,10 @@ mod tests {
             (7, 5, 2100),
             (13, 300, 2100),
             (40, 256, 64),
+            // Narrow B (≤ 16 columns): 24-row tiles, partial in rows, columns and depth.
+            (37, 130, 8),
+            (24, 128, 16),
+            (13, 3, 1),
         ];
         for (m, k, n) in shapes {
             for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
@@ -740,6 +789,43 @@ mod tests {
                     (got - exact).abs() <= 1e-4,
                     "({i}, {j}): {got} against {exact}"
                 );
+            }
+        }
+    }
+
+    /// The narrow tile (B of at most 16 columns) gives each element the bits the wide tile
+    /// gives it: the first columns of a wider product, computed alone.
+    #[test]
+    fn narrow_b_gives_the_bits_of_the_wide_tile() {
+        for (m, k, n) in [(37, 130, 8), (50, 300, 16), (25, 7, 3)] {
+            for tb in [false, true] {
+                let a = matrix(m, k, false, 5);
+                let wide_n = 40;
+                let wide_b = matrix(k, wide_n, tb, 6);
+                // B's first `n` columns: the same elements at the same strides.
+                let narrow_b = Strided {
+                    data: wide_b.data.clone(),
+                    rs: wide_b.rs,
+                    cs: wide_b.cs,
+                };
+                let c0: Vec<f32> = (0..m * wide_n).map(|i| (i % 5) as f32 - 2.0).collect();
+                for (alpha, beta) in [(1.0, 0.0), (0.75, -1.25)] {
+                    let mut wide = c0.clone();
+                    run(&a, &wide_b, (m, k, wide_n), alpha, beta, &mut wide);
+                    let mut narrow: Vec<f32> = (0..m)
+                        .flat_map(|i| c0[i * wide_n..i * wide_n + n].to_vec())
+                        .collect();
+                    run(&a, &narrow_b, (m, k, n), alpha, beta, &mut narrow);
+                    for i in 0..m {
+                        for j in 0..n {
+                            assert_eq!(
+                                narrow[i * n + j].to_bits(),
+                                wide[i * wide_n + j].to_bits(),
+                                "{m}×{k}×{n} B transposed {tb}, alpha {alpha}: ({i}, {j})"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
