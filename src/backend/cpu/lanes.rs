@@ -56,6 +56,31 @@ pub fn sum_by<T: Element>(n: usize, f: impl Fn(usize) -> T) -> T {
     lanes.iter().fold(T::ZERO, |acc, &s| acc + s)
 }
 
+/// `Σ f(a_j, b_j, c_j)` over three slices of one length, by lanes as [`sum_by`] (the same
+/// bits): taken in whole chunks of `LANES`, so no index needs a bounds check and the loop
+/// vectorizes (through [`sum_by`]'s index closure, layernorm's rows stayed scalar).
+#[inline(always)]
+pub fn sum_of3<T: Element>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> T {
+    assert!(a.len() == b.len() && b.len() == c.len());
+    let mut lanes = [T::ZERO; LANES];
+    let (ac, bc, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let rest = (ac.remainder(), bc.remainder(), cc.remainder());
+    for ((x, y), z) in ac.zip(bc).zip(cc) {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            *lane += f(x[i], y[i], z[i]);
+        }
+    }
+    let tail = rest.0.iter().zip(rest.1).zip(rest.2);
+    for (lane, ((&x, &y), &z)) in lanes.iter_mut().zip(tail) {
+        *lane += f(x, y, z);
+    }
+    lanes.iter().fold(T::ZERO, |acc, &s| acc + s)
+}
+
 /// The largest of `f(j)` for `j < n` (`None` when `n` is 0), by lanes as [`sum_by`]; NaNs
 /// lose every comparison, so they are skipped unless all are NaN.
 #[inline(always)]
@@ -91,6 +116,9 @@ mod tests {
             let v: Vec<f64> = (0..n).map(|i| ((i * 37) % 101) as f64 - 50.0).collect();
             let want: f64 = v.iter().sum();
             assert!((sum_by(n, |j| v[j]) - want).abs() < 1e-9, "sum of {n}");
+            let sum3 = sum_of3(&v, &v, &v, |x, y, z| x * y - z);
+            let by_index = sum_by(n, |j| v[j] * v[j] - v[j]);
+            assert_eq!(sum3.to_bits(), by_index.to_bits(), "sum_of3 of {n}");
             let want_max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             assert_eq!(
                 max_by(n, |j| v[j]),

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::element::Element;
-use super::lanes::{sum_by, with_avx2};
+use super::lanes::{sum_of3, with_avx2};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
@@ -25,8 +25,8 @@ with_avx2! {
     ) {
         let inv_n = T::ONE / T::from_f64(n as f64);
         for (r, (xr, yr)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).enumerate() {
-            let mu = sum_by(xr.len(), |j| xr[j]) * inv_n;
-            let var = sum_by(xr.len(), |j| (xr[j] - mu) * (xr[j] - mu));
+            let mu = sum_of3(xr, xr, xr, |v, _, _| v) * inv_n;
+            let var = sum_of3(xr, xr, xr, |v, _, _| (v - mu) * (v - mu));
             let rs = T::ONE / (var * inv_n + eps).sqrt();
             for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
                 *o = (v - mu) * rs * g + b;
@@ -89,11 +89,12 @@ with_avx2! {
         let rows = dx.chunks_exact_mut(n).zip(dy.chunks_exact(n)).zip(x.chunks_exact(n));
         for (r, ((dxr, dyr), xr)) in rows.enumerate() {
             let (mu, rs) = (mean[r], rstd[r]);
-            let mean_g = sum_by(n, |j| dyr[j] * gamma[j]) * inv_n;
-            let mean_gx = sum_by(n, |j| dyr[j] * gamma[j] * (xr[j] - mu) * rs) * inv_n;
-            for j in 0..n {
-                let xhat = (xr[j] - mu) * rs;
-                dxr[j] = rs * (dyr[j] * gamma[j] - mean_g - xhat * mean_gx);
+            let gamma = &gamma[..n];
+            let mean_g = sum_of3(dyr, gamma, xr, |d, g, _| d * g) * inv_n;
+            let mean_gx = sum_of3(dyr, gamma, xr, |d, g, v| d * g * (v - mu) * rs) * inv_n;
+            for (((o, &d), &g), &v) in dxr.iter_mut().zip(dyr).zip(gamma).zip(xr) {
+                let xhat = (v - mu) * rs;
+                *o = rs * (d * g - mean_g - xhat * mean_gx);
             }
         }
     }
