@@ -196,14 +196,24 @@ enum Width {
     Avx512,
 }
 
+/// Whether this CPU runs `width`'s kernels (the AVX2 ones use FMA too).
+fn runs(width: Width) -> bool {
+    match width {
+        Width::Scalar => true,
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx2 => {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(target_arch = "x86_64")]
+        Width::Avx512 => std::is_x86_feature_detected!("avx512f"),
+    }
+}
+
 fn widest() -> Width {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return Width::Avx512;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Width::Avx2;
+    for width in [Width::Avx512, Width::Avx2] {
+        if runs(width) {
+            return width;
         }
     }
     Width::Scalar
@@ -788,16 +798,14 @@ mod tests {
 
     /// Every width this CPU runs, the widest last.
     fn widths() -> Vec<Width> {
+        #[allow(unused_mut)]
         let mut all = vec![Width::Scalar];
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                all.push(Width::Avx2);
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                all.push(Width::Avx512);
-            }
-        }
+        all.extend(
+            [Width::Avx2, Width::Avx512]
+                .into_iter()
+                .filter(|&w| runs(w)),
+        );
         assert_eq!(all.last(), Some(&widest()));
         all
     }
