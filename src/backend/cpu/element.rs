@@ -1,6 +1,7 @@
 //! The float types the CPU backend computes in, and their storage.
 
 use std::fmt::Debug;
+use std::mem::MaybeUninit;
 use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub, SubAssign};
 
 use crate::backend::DeviceBuffer;
@@ -82,10 +83,11 @@ pub trait Element:
     fn wrap(v: Vec<Self>) -> CpuBuffer;
     /// `x = e^x` in place.
     fn exp_block(x: &mut [Self]);
-    /// `out = x·Φ(x)`, BERT's exact GELU.
-    fn gelu_block(x: &[Self], out: &mut [Self]);
-    /// `out = dy·(Φ(x) + x·φ(x))`.
-    fn gelu_backward_block(dy: &[Self], x: &[Self], out: &mut [Self]);
+    /// `out = x·Φ(x)`, BERT's exact GELU; writes every element of `out`, which may start
+    /// uninitialised.
+    fn gelu_block(x: &[Self], out: &mut [MaybeUninit<Self>]);
+    /// `out = dy·(Φ(x) + x·φ(x))`; writes every element of `out`, as [`Self::gelu_block`].
+    fn gelu_backward_block(dy: &[Self], x: &[Self], out: &mut [MaybeUninit<Self>]);
     /// Where [`super::gemm`] may cut a product's rows between threads: a multiple of the
     /// tile height of the kernel that runs. Not only speed depends on it: an element that
     /// matrixmultiply computes in a partial tile can differ in its last bit from the same
@@ -247,10 +249,10 @@ macro_rules! impl_element {
             fn exp_block(x: &mut [Self]) {
                 $exp_block(x)
             }
-            fn gelu_block(x: &[Self], out: &mut [Self]) {
+            fn gelu_block(x: &[Self], out: &mut [MaybeUninit<Self>]) {
                 $gelu(x, out)
             }
-            fn gelu_backward_block(dy: &[Self], x: &[Self], out: &mut [Self]) {
+            fn gelu_backward_block(dy: &[Self], x: &[Self], out: &mut [MaybeUninit<Self>]) {
                 $gelu_backward(dy, x, out)
             }
             fn gemm_row_split() -> usize {

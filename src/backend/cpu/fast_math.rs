@@ -15,6 +15,7 @@
 //! kernels, so all three give the same bits.
 
 use std::f64::consts::FRAC_1_SQRT_2;
+use std::mem::MaybeUninit;
 
 /// `1 / sqrt(2π)`.
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
@@ -139,28 +140,28 @@ fn widen(x: &[f32], start: usize, end: usize) -> Lanes {
 // Plain loops, no closures: a closure would be compiled on its own, without the AVX2 of the
 // function that calls it.
 #[inline(always)]
-fn gelu_loop(x: &[f32], out: &mut [f32]) {
+fn gelu_loop(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     let mut start = 0;
     while start < x.len() {
         let end = (start + LANES).min(x.len());
         let v = widen(x, start, end);
         let (cdf, _) = normal_cdf_pdf(&v);
         for (i, o) in out[start..end].iter_mut().enumerate() {
-            *o = (v[i] * cdf[i]) as f32;
+            o.write((v[i] * cdf[i]) as f32);
         }
         start = end;
     }
 }
 
 #[inline(always)]
-fn gelu_backward_loop(dy: &[f32], x: &[f32], out: &mut [f32]) {
+fn gelu_backward_loop(dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
     let mut start = 0;
     while start < x.len() {
         let end = (start + LANES).min(x.len());
         let v = widen(x, start, end);
         let (cdf, pdf) = normal_cdf_pdf(&v);
         for (i, (o, &g)) in out[start..end].iter_mut().zip(&dy[start..end]).enumerate() {
-            *o = (f64::from(g) * (cdf[i] + v[i] * pdf[i])) as f32;
+            o.write((f64::from(g) * (cdf[i] + v[i] * pdf[i])) as f32);
         }
         start = end;
     }
@@ -238,15 +239,15 @@ unsafe fn exp_with(width: Width, x: &mut [f32]) {
     }
 }
 
-/// `out = x·Φ(x)`.
-pub fn gelu_f32(x: &[f32], out: &mut [f32]) {
+/// `out = x·Φ(x)`, every element of `out` written (it may start uninitialised).
+pub fn gelu_f32(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     // SAFETY: the widest kernels this CPU runs.
     unsafe { gelu_with(widest(), x, out) }
 }
 
 /// # Safety
 /// The CPU must run `width`'s kernels ([`widest`] or narrower).
-unsafe fn gelu_with(width: Width, x: &[f32], out: &mut [f32]) {
+unsafe fn gelu_with(width: Width, x: &[f32], out: &mut [MaybeUninit<f32>]) {
     // SAFETY (each arm): the caller guarantees the CPU runs `width`.
     match width {
         #[cfg(target_arch = "x86_64")]
@@ -257,15 +258,15 @@ unsafe fn gelu_with(width: Width, x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `out = dy·(Φ(x) + x·φ(x))`.
-pub fn gelu_backward_f32(dy: &[f32], x: &[f32], out: &mut [f32]) {
+/// `out = dy·(Φ(x) + x·φ(x))`, every element of `out` written (it may start uninitialised).
+pub fn gelu_backward_f32(dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
     // SAFETY: the widest kernels this CPU runs.
     unsafe { gelu_backward_with(widest(), dy, x, out) }
 }
 
 /// # Safety
 /// The CPU must run `width`'s kernels ([`widest`] or narrower).
-unsafe fn gelu_backward_with(width: Width, dy: &[f32], x: &[f32], out: &mut [f32]) {
+unsafe fn gelu_backward_with(width: Width, dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
     // SAFETY (each arm): the caller guarantees the CPU runs `width`.
     match width {
         #[cfg(target_arch = "x86_64")]
@@ -288,6 +289,7 @@ unsafe fn gelu_backward_with(width: Width, dy: &[f32], x: &[f32], out: &mut [f32
 #[cfg(target_arch = "x86_64")]
 mod vector {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::super::chains::{issue_together, issue_together_512};
 
@@ -676,19 +678,19 @@ mod vector {
             /// # Safety
             /// The CPU must have the instruction set named in the function's name.
             #[target_feature(enable = $feature)]
-            pub unsafe fn $gelu(x: &[f32], out: &mut [f32]) {
+            pub unsafe fn $gelu(x: &[f32], out: &mut [MaybeUninit<f32>]) {
                 assert_eq!(x.len(), out.len());
-                each_group::<$v, 1, Gelu>([x.as_ptr()], out.as_mut_ptr(), x.len())
+                each_group::<$v, 1, Gelu>([x.as_ptr()], out.as_mut_ptr().cast(), x.len())
             }
 
             /// # Safety
             /// As for the forward.
             #[target_feature(enable = $feature)]
-            pub unsafe fn $gelu_backward(dy: &[f32], x: &[f32], out: &mut [f32]) {
+            pub unsafe fn $gelu_backward(dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
                 assert!(dy.len() == x.len() && x.len() == out.len());
                 each_group::<$v, 2, GeluBackward>(
                     [dy.as_ptr(), x.as_ptr()],
-                    out.as_mut_ptr(),
+                    out.as_mut_ptr().cast(),
                     x.len(),
                 )
             }
@@ -750,8 +752,8 @@ mod tests {
         let xs: Vec<f32> = (-240_000..=240_000).map(|i| i as f32 * 5e-5).collect();
         let mut fwd = vec![0.0; xs.len()];
         let mut bwd = vec![0.0; xs.len()];
-        gelu_f32(&xs, &mut fwd);
-        gelu_backward_f32(&vec![1.0; xs.len()], &xs, &mut bwd);
+        gelu_f32(&xs, as_out(&mut fwd));
+        gelu_backward_f32(&vec![1.0; xs.len()], &xs, as_out(&mut bwd));
         let (mut worst_f, mut worst_b, mut exact) = (0, 0.0f64, 0usize);
         for ((&x, &f), &b) in xs.iter().zip(&fwd).zip(&bwd) {
             let (rf, rb, terms) = reference(x);
@@ -777,18 +779,18 @@ mod tests {
         // length is not a multiple of any group, so every tail is in it).
         assert_eq!(xs.len() % 32, 1);
         let mut scalar = vec![0.0; xs.len()];
-        gelu_loop(&xs, &mut scalar);
+        gelu_loop(&xs, as_out(&mut scalar));
         let dy: Vec<f32> = xs.iter().map(|x| 1.0 - x * 0.3).collect();
         let mut scalar_bwd = vec![0.0; xs.len()];
-        gelu_backward_loop(&dy, &xs, &mut scalar_bwd);
+        gelu_backward_loop(&dy, &xs, as_out(&mut scalar_bwd));
         let exp_input: Vec<f32> = xs.iter().map(|x| x * 8.0).collect();
         let mut scalar_exp = exp_input.clone();
         exp_loop(&mut scalar_exp);
         for width in widths() {
             // SAFETY (these calls): `widths` lists what this CPU runs.
-            unsafe { gelu_with(width, &xs, &mut fwd) };
+            unsafe { gelu_with(width, &xs, as_out(&mut fwd)) };
             assert_eq!(bits(&scalar), bits(&fwd), "{width:?}");
-            unsafe { gelu_backward_with(width, &dy, &xs, &mut bwd) };
+            unsafe { gelu_backward_with(width, &dy, &xs, as_out(&mut bwd)) };
             assert_eq!(bits(&scalar_bwd), bits(&bwd), "{width:?}");
             let mut vector = exp_input.clone();
             unsafe { exp_with(width, &mut vector) };
@@ -808,6 +810,13 @@ mod tests {
         );
         assert_eq!(all.last(), Some(&widest()));
         all
+    }
+
+    /// An initialised slice as the kernels' output type.
+    fn as_out(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+        // SAFETY: `MaybeUninit<f32>` has the layout of f32, and the kernels store only
+        // initialised values, so `v` stays initialised.
+        unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
     }
 
     fn bits(v: &[f32]) -> Vec<u32> {
@@ -849,7 +858,7 @@ mod tests {
         for width in widths() {
             let mut out = [0.0; 10];
             // SAFETY (these calls): `widths` lists what this CPU runs.
-            unsafe { gelu_with(width, &xs, &mut out) };
+            unsafe { gelu_with(width, &xs, as_out(&mut out)) };
             assert_eq!(&out[..2], &[-0.0, -0.0], "{width:?}");
             assert_eq!(out[3], 0.0);
             assert_eq!(&out[5..9], &[9.0, 50.0, 1e30, f32::INFINITY], "{width:?}");
