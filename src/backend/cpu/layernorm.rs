@@ -78,13 +78,18 @@ pub fn grad_beta<T: Element>(dy: &[T], n: usize) -> Vec<T> {
 
 /// `dγ = Σ_rows dY ∘ x̂`.
 pub fn grad_gamma<T: Element>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], n: usize) -> Vec<T> {
-    let mut dg = vec![T::ZERO; n];
-    for (r, (dyr, xr)) in dy.chunks_exact(n).zip(x.chunks_exact(n)).enumerate() {
-        for j in 0..n {
-            dg[j] += dyr[j] * (xr[j] - mean[r]) * rstd[r];
+    super::linear::by_column_blocks(n, dy.len(), |columns, dg| {
+        let rows = dy
+            .chunks_exact(n)
+            .zip(x.chunks_exact(n))
+            .zip(mean.iter().zip(rstd));
+        for ((dyr, xr), (&mu, &rs)) in rows {
+            let (dyr, xr) = (&dyr[columns.clone()], &xr[columns.clone()]);
+            for ((g, &d), &v) in dg.iter_mut().zip(dyr).zip(xr) {
+                *g += d * (v - mu) * rs;
+            }
         }
-    }
-    dg
+    })
 }
 
 with_avx2! {

@@ -1,6 +1,8 @@
 //! Linear map with fused LoRA on the CPU: `y = x·Wᵀ + b + s·(x_l·Aᵀ)·Bᵀ`, and each gradient
 //! of it as a separate GEMM so unrequested ones cost nothing.
 
+use std::ops::Range;
+
 use super::element::Element;
 use super::gemm::{gemm, product, product_plus_row, Layout};
 use crate::backend::shapes::LinearDims;
@@ -69,13 +71,37 @@ pub fn grad_weight<T: Element>(d: LinearDims, dy: &[T], x: &[T]) -> Vec<T> {
 
 /// Column sums of a `[rows, cols]` matrix, rows added in order (deterministic).
 pub fn column_sum<T: Element>(m: &[T], cols: usize) -> Vec<T> {
-    let mut s = vec![T::ZERO; cols];
-    for row in m.chunks_exact(cols) {
-        for (acc, &v) in s.iter_mut().zip(row) {
-            *acc += v;
+    by_column_blocks(cols, m.len(), |columns, sums| {
+        for row in m.chunks_exact(cols) {
+            for (acc, &v) in sums.iter_mut().zip(&row[columns.clone()]) {
+                *acc += v;
+            }
         }
+    })
+}
+
+/// `cols` sums, zero to start, that `add_rows(columns, sums)` accumulates for a block of
+/// columns; the blocks run on the shared pool when `work` (elements read) is large. Each
+/// column is summed whole by one task, rows in order, so the bits do not depend on the split.
+pub(super) fn by_column_blocks<T: Element>(
+    cols: usize,
+    work: usize,
+    add_rows: impl Fn(Range<usize>, &mut [T]) + Sync,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut sums = vec![T::ZERO; cols];
+    let threads = rayon::current_num_threads();
+    // Below ~64K elements the split costs more than the second core saves.
+    if threads < 2 || work < (1 << 16) || cols < 32 {
+        add_rows(0..cols, &mut sums);
+        return sums;
     }
-    s
+    // Whole 64-byte lines of f32 per block, so two tasks never write one line.
+    let block = cols.div_ceil(threads).next_multiple_of(16);
+    sums.par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(i, part)| add_rows(i * block..i * block + part.len(), part));
+    sums
 }
 
 /// `g = s·dY·B`: `[rows, r]`, the gradient at the LoRA bottleneck.
