@@ -11,7 +11,7 @@
 
 use super::element::Element;
 use super::gemm::{gemm, DisjointWindows, Layout};
-use super::lanes::{max_by, sum_by, with_avx2};
+use super::lanes::{max_by, sum_by, sum_of3, with_avx2};
 use crate::backend::shapes::AttentionDims;
 use crate::backend::Dropout;
 
@@ -138,7 +138,7 @@ with_avx2! {
                 let mut lse_out = lse_out;
                 for (i, (row, max)) in s.chunks_exact_mut(n).zip(maxima).enumerate() {
                     let sum = if all_valid {
-                        sum_by(n, |j| row[j])
+                        sum_of3(row, row, row, |v, _, _| v)
                     } else {
                         sum_by(n, |j| if valid[j] != 0 { row[j] } else { T::ZERO })
                     };
@@ -276,10 +276,8 @@ pub fn backward<T: Element>(
                 }
             }
             for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
-                let mut dot = T::ZERO;
-                for (&pv, &g) in prow.iter().zip(dprow.iter()) {
-                    dot += pv * g;
-                }
+                // By lanes, not one chain of dependent adds.
+                let dot = sum_of3(prow, dprow, prow, |pv, g, _| pv * g);
                 for (g, &pv) in dprow.iter_mut().zip(prow.iter()) {
                     *g = pv * (*g - dot);
                 }
