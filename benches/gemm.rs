@@ -1,9 +1,10 @@
 //! CPU GEMM throughput through the backend's linear map (`y = x·Wᵀ`), the op every BERT
 //! layer spends its time in. Prints one JSON line per (dtype, size).
 //!
-//! `cargo bench --bench gemm` (sizes via `SPAFIT_BENCH_SIZES=512,1024`). Then the f32 products of
-//! a training step at the demo's shape (1024 token rows, MiniLM's 384 / 1536): the forward
-//! `x·Wᵀ`, the input gradient `dY·W` and the weight gradient `dYᵀ·X`.
+//! `cargo bench --bench gemm` (sizes via `SPAFIT_BENCH_SIZES=512,1024`; empty for none). Then
+//! the f32 products of a training step at the demo's shape (1024 token rows, MiniLM's 384 /
+//! 1536): the forward `x·Wᵀ`, the input gradient `dY·W` and the weight gradient `dYᵀ·X`, and
+//! the LoRA products of rank 8.
 
 use std::time::Instant;
 
@@ -46,6 +47,7 @@ fn main() {
         }
     }
     step_shapes(threads);
+    lora_shapes(threads);
 }
 
 /// A matrix: its elements and where they lie.
@@ -78,23 +80,72 @@ fn step_shapes(threads: usize) {
                 (&x, Layout::row_major(rows, inp)),
             ),
         ];
-        for (name, (a, la), (b, lb)) in cases {
-            let flops = 2.0 * (la.rows * la.cols * lb.cols) as f64;
-            std::hint::black_box(product(1.0f32, a, la, b, lb));
-            let mut best = f64::INFINITY;
-            for _ in 0..30 {
-                let t = Instant::now();
-                std::hint::black_box(product(1.0f32, a, la, b, lb));
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            println!(
-                "{{\"bench\":\"cpu_gemm_step\",\"op\":\"{name}\",\"m\":{},\"k\":{},\"n\":{},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads}}}",
-                la.rows,
-                la.cols,
-                lb.cols,
-                best * 1e3,
-                flops / best / 1e9
-            );
+        for (name, a, b) in cases {
+            report(name, a, b, threads);
         }
     }
+}
+
+/// The LoRA products of rank 8 at the same 1024 rows, for each map width: `h = x·Aᵀ`, the
+/// bottleneck gradient `g = dY·B`, `dB = dYᵀ·H`, `dA = gᵀ·X` and `dX = g·A`.
+fn lora_shapes(threads: usize) {
+    let (rows, rank) = (1024, 8);
+    for width in [384, 1536] {
+        let mut rng = SplitMix::new(3);
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect() };
+        let x = values(rows * width);
+        let (a, b) = (values(rank * width), values(width * rank));
+        let (h, g) = (values(rows * rank), values(rows * rank));
+        let cases: [(&str, Operand, Operand); 5] = [
+            (
+                "lora x·At",
+                (&x, Layout::row_major(rows, width)),
+                (&a, Layout::row_major(rank, width).t()),
+            ),
+            (
+                "lora dY·B",
+                (&x, Layout::row_major(rows, width)),
+                (&b, Layout::row_major(width, rank)),
+            ),
+            (
+                "lora dYt·H",
+                (&x, Layout::row_major(rows, width).t()),
+                (&h, Layout::row_major(rows, rank)),
+            ),
+            (
+                "lora gt·X",
+                (&g, Layout::row_major(rows, rank).t()),
+                (&x, Layout::row_major(rows, width)),
+            ),
+            (
+                "lora g·A",
+                (&g, Layout::row_major(rows, rank)),
+                (&a, Layout::row_major(rank, width)),
+            ),
+        ];
+        for (name, a, b) in cases {
+            report(name, a, b, threads);
+        }
+    }
+}
+
+/// Prints the best of 30 runs of `product(a, b)` in GFLOP/s.
+fn report(name: &str, (a, la): Operand, (b, lb): Operand, threads: usize) {
+    let flops = 2.0 * (la.rows * la.cols * lb.cols) as f64;
+    std::hint::black_box(product(1.0f32, a, la, b, lb));
+    let mut best = f64::INFINITY;
+    for _ in 0..30 {
+        let t = Instant::now();
+        std::hint::black_box(product(1.0f32, a, la, b, lb));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "{{\"bench\":\"cpu_gemm_step\",\"op\":\"{name}\",\"m\":{},\"k\":{},\"n\":{},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads}}}",
+        la.rows,
+        la.cols,
+        lb.cols,
+        best * 1e3,
+        flops / best / 1e9
+    );
 }

@@ -92,6 +92,28 @@ pub unsafe fn sgemm(
     csc: isize,
 ) {
     if std::is_x86_feature_detected!("avx512f") {
+        if transposing_fills_more_lanes(m, n, csa) {
+            // SAFETY: `cᵀ = bᵀ·aᵀ` addresses the same elements through swapped strides.
+            return unsafe {
+                sgemm_avx512(
+                    n,
+                    k,
+                    m,
+                    alpha,
+                    b,
+                    csb,
+                    rsb,
+                    a,
+                    csa,
+                    rsa,
+                    beta,
+                    std::ptr::null(),
+                    c,
+                    csc,
+                    rsc,
+                )
+            };
+        }
         // SAFETY: the CPU has AVX-512F; the operands are as the caller guarantees.
         unsafe {
             sgemm_avx512(
@@ -118,6 +140,17 @@ pub unsafe fn sgemm(
             matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
         }
     }
+}
+
+/// Whether `c = a·b` is better computed as `cᵀ = bᵀ·aᵀ`: B of at most 16 columns (a LoRA
+/// rank's: `dB = dYᵀ·H`) from A whose rows are not contiguous (so the narrow tile, which
+/// needs them, does not apply) uses 8 of the wide tile's 32 columns; transposed, B's columns
+/// are the tile's rows (8 of 12) and A's many rows its columns (`cargo bench --bench gemm`,
+/// "lora dYt·H": NOTES.md). Each element is the same fused multiply-adds over `k` in the
+/// same order (a multiply-add's product does not depend on the operands' order), so the
+/// bits are those of the untransposed product.
+fn transposing_fills_more_lanes(m: usize, n: usize, csa: isize) -> bool {
+    n <= NR / 2 && m > n && csa != 1
 }
 
 /// `c = a·b + row`, `row` (`n` values) added to every row of the product: the linear layer's
@@ -620,6 +653,10 @@ mod tests {
     }
 
     /// Values that expose index mistakes: distinct, of mixed sign, not all of one scale.
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     fn matrix(rows: usize, cols: usize, transposed: bool, salt: usize) -> Strided {
         let data = (0..rows * cols)
             .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 - 1001.0) / 517.0)
@@ -820,6 +857,54 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// A narrow product from A with columns contiguous runs transposed: the same bits as the
+    /// kernel on the product as given.
+    #[test]
+    fn narrow_products_run_transposed_with_the_same_bits() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            println!("SKIPPED narrow_products_run_transposed_with_the_same_bits: no AVX-512 here");
+            return;
+        }
+        for (m, k, n) in [(384, 300, 8), (37, 130, 16), (25, 7, 3), (13, 129, 12)] {
+            assert!(transposing_fills_more_lanes(m, n, m as isize));
+            for tb in [false, true] {
+                let a = matrix(m, k, true, 9);
+                let b = matrix(k, n, tb, 10);
+                let c0: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 - 3.0).collect();
+                for (alpha, beta) in [(1.0, 0.0), (0.75, -1.25)] {
+                    let mut transposed = c0.clone();
+                    run(&a, &b, (m, k, n), alpha, beta, &mut transposed);
+                    let mut as_given = c0.clone();
+                    // SAFETY: as in `run`.
+                    unsafe {
+                        sgemm_avx512(
+                            m,
+                            k,
+                            n,
+                            alpha,
+                            a.data.as_ptr(),
+                            a.rs,
+                            a.cs,
+                            b.data.as_ptr(),
+                            b.rs,
+                            b.cs,
+                            beta,
+                            std::ptr::null(),
+                            as_given.as_mut_ptr(),
+                            n as isize,
+                            1,
+                        )
+                    }
+                    assert_eq!(
+                        bits(&transposed),
+                        bits(&as_given),
+                        "{m}×{k}×{n} B transposed {tb}, alpha {alpha}"
+                    );
                 }
             }
         }
