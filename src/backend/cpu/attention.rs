@@ -11,7 +11,7 @@
 
 use super::element::Element;
 use super::gemm::{gemm, DisjointWindows, Layout};
-use super::lanes::{max_by, sum_by, sum_of3, with_avx2};
+use super::lanes::{max_of, sum_of3, with_avx2};
 use crate::backend::shapes::AttentionDims;
 use crate::backend::Dropout;
 
@@ -92,9 +92,11 @@ with_avx2! {
     /// `lse_in`, `p = e^(s − max) / Σ e^(s − max)`, one exponential per score, and the
     /// log-sum-exp `max + ln Σ` goes to `lse_out`; with it (the backward pass),
     /// `p = e^(s − lse)`, as flash attention recomputes them (equal to the forward's up to f32
-    /// rounding). The exponentials run as one pass over the whole block (each element's value
-    /// does not depend on the grouping): per row, at 27 keys, the call and the padded tail
-    /// cost as much as the rest. Maxima and sums go by lanes ([`super::lanes`]).
+    /// rounding). Padded keys' scores become −∞ first, so they lose the maximum and their
+    /// exponential is 0: no per-key test in the reductions. The exponentials run as one pass
+    /// over the whole block (each element's value does not depend on the grouping): per row,
+    /// at 27 keys, the call and the padded tail cost as much as the rest. Maxima and sums go
+    /// by lanes ([`super::lanes`]).
     fn probabilities<T>(
         s: &mut [T],
         valid: &[u32],
@@ -102,8 +104,24 @@ with_avx2! {
         lse_out: Option<&mut [T]>,
     ) {
         let n = valid.len();
-        let all_valid = valid.iter().all(|&v| v != 0);
-        let any_valid = valid.iter().any(|&v| v != 0);
+        // No key to attend: every probability is zero, and so is the lse.
+        if valid.iter().all(|&v| v == 0) {
+            s.fill(T::ZERO);
+            if let Some(out) = lse_out {
+                out.fill(T::ZERO);
+            }
+            return;
+        }
+        if valid.contains(&0) {
+            let below_all = T::from_f64(f64::NEG_INFINITY);
+            for row in s.chunks_exact_mut(n) {
+                for (v, &ok) in row.iter_mut().zip(valid) {
+                    if ok == 0 {
+                        *v = below_all;
+                    }
+                }
+            }
+        }
         match lse_in {
             Some(l) => {
                 for (row, &lse) in s.chunks_exact_mut(n).zip(l) {
@@ -113,22 +131,10 @@ with_avx2! {
                 }
                 T::exp_block(s);
             }
-            // No key to attend: every probability is zero (below), and so is the lse.
-            None if !any_valid => {
-                if let Some(out) = lse_out {
-                    out.fill(T::ZERO);
-                }
-            }
             None => {
-                let below_all = T::from_f64(f64::NEG_INFINITY);
                 let mut maxima = Vec::with_capacity(s.len() / n);
                 for row in s.chunks_exact_mut(n) {
-                    let max = if all_valid {
-                        max_by(n, |j| row[j])
-                    } else {
-                        max_by(n, |j| if valid[j] != 0 { row[j] } else { below_all })
-                    }
-                    .unwrap_or(T::ZERO);
+                    let max = max_of(row).unwrap_or(T::ZERO);
                     for v in row.iter_mut() {
                         *v -= max;
                     }
@@ -137,26 +143,13 @@ with_avx2! {
                 T::exp_block(s);
                 let mut lse_out = lse_out;
                 for (i, (row, max)) in s.chunks_exact_mut(n).zip(maxima).enumerate() {
-                    let sum = if all_valid {
-                        sum_of3(row, row, row, |v, _, _| v)
-                    } else {
-                        sum_by(n, |j| if valid[j] != 0 { row[j] } else { T::ZERO })
-                    };
+                    let sum = sum_of3(row, row, row, |v, _, _| v);
                     let inverse = T::ONE / sum;
                     for v in row.iter_mut() {
                         *v = *v * inverse;
                     }
                     if let Some(out) = lse_out.as_deref_mut() {
                         out[i] = max + sum.ln();
-                    }
-                }
-            }
-        }
-        if !all_valid {
-            for row in s.chunks_exact_mut(n) {
-                for (v, &ok) in row.iter_mut().zip(valid) {
-                    if ok == 0 {
-                        *v = T::ZERO;
                     }
                 }
             }

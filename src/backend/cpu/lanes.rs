@@ -40,25 +40,9 @@ macro_rules! with_avx2 {
 }
 pub(super) use with_avx2;
 
-/// `Σ f(j)` for `j < n`, element `j` into lane `j % LANES`, the lanes added in order.
-#[inline(always)]
-pub fn sum_by<T: Element>(n: usize, f: impl Fn(usize) -> T) -> T {
-    let mut lanes = [T::ZERO; LANES];
-    let full = n / LANES * LANES;
-    for start in (0..full).step_by(LANES) {
-        for (i, lane) in lanes.iter_mut().enumerate() {
-            *lane += f(start + i);
-        }
-    }
-    for (lane, j) in lanes.iter_mut().zip(full..n) {
-        *lane += f(j);
-    }
-    lanes.iter().fold(T::ZERO, |acc, &s| acc + s)
-}
-
-/// `Σ f(a_j, b_j, c_j)` over three slices of one length, by lanes as [`sum_by`] (the same
-/// bits): taken in whole chunks of `LANES`, so no index needs a bounds check and the loop
-/// vectorizes (through [`sum_by`]'s index closure, layernorm's rows stayed scalar).
+/// `Σ f(a_j, b_j, c_j)` over three slices of one length, element `j` into lane `j % LANES`,
+/// the lanes added in order. Taken in whole chunks of `LANES`, so no index needs a bounds
+/// check and the loop vectorizes (through an index closure, layernorm's rows stayed scalar).
 #[inline(always)]
 pub fn sum_of3<T: Element>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) -> T {
     assert!(a.len() == b.len() && b.len() == c.len());
@@ -81,34 +65,48 @@ pub fn sum_of3<T: Element>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T) 
     lanes.iter().fold(T::ZERO, |acc, &s| acc + s)
 }
 
-/// The largest of `f(j)` for `j < n` (`None` when `n` is 0), by lanes as [`sum_by`]; NaNs
-/// lose every comparison, so they are skipped unless all are NaN.
+/// The largest value (`None` for none), element `j` into lane `j % LANES` as in
+/// [`sum_of3`]; NaNs lose every comparison, so they are skipped unless all are NaN.
 #[inline(always)]
-pub fn max_by<T: Element>(n: usize, f: impl Fn(usize) -> T) -> Option<T> {
-    if n == 0 {
-        return None;
-    }
+pub fn max_of<T: Element>(v: &[T]) -> Option<T> {
+    let &first = v.first()?;
     // `m != m` holds for NaN only (and compiles to one vector compare): a NaN so far is
     // replaced by whatever comes next.
     #[allow(clippy::eq_op)]
     let larger = |m: T, v: T| if v > m || m != m { v } else { m };
-    let first = f(0);
     let mut lanes = [first; LANES];
-    let full = n / LANES * LANES;
-    for start in (0..full).step_by(LANES) {
-        for (i, lane) in lanes.iter_mut().enumerate() {
-            *lane = larger(*lane, f(start + i));
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = larger(*lane, x);
         }
     }
-    for (lane, j) in lanes.iter_mut().zip(full..n) {
-        *lane = larger(*lane, f(j));
+    for (lane, &x) in lanes.iter_mut().zip(rest) {
+        *lane = larger(*lane, x);
     }
-    Some(lanes.iter().fold(first, |m, &v| larger(m, v)))
+    Some(lanes.iter().fold(first, |m, &x| larger(m, x)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Σ f(j)` for `j < n` by lanes, written with an index: the definition [`sum_of3`] must
+    /// match bit for bit.
+    fn sum_by<T: Element>(n: usize, f: impl Fn(usize) -> T) -> T {
+        let mut lanes = [T::ZERO; LANES];
+        let full = n / LANES * LANES;
+        for start in (0..full).step_by(LANES) {
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                *lane += f(start + i);
+            }
+        }
+        for (lane, j) in lanes.iter_mut().zip(full..n) {
+            *lane += f(j);
+        }
+        lanes.iter().fold(T::ZERO, |acc, &s| acc + s)
+    }
 
     #[test]
     fn lane_sums_and_maxima() {
@@ -120,15 +118,14 @@ mod tests {
             let by_index = sum_by(n, |j| v[j] * v[j] - v[j]);
             assert_eq!(sum3.to_bits(), by_index.to_bits(), "sum_of3 of {n}");
             let want_max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            assert_eq!(
-                max_by(n, |j| v[j]),
-                (n > 0).then_some(want_max),
-                "max of {n}"
-            );
+            assert_eq!(max_of(&v), (n > 0).then_some(want_max), "max of {n}");
         }
         // NaN never wins a comparison.
-        assert_eq!(max_by(3, |j| [f64::NAN, 2.0, 1.0][j]), Some(2.0));
-        assert_eq!(max_by(3, |j| [1.0, f64::NAN, 3.0][j]), Some(3.0));
-        assert!(max_by(2, |_| f64::NAN).unwrap().is_nan());
+        assert_eq!(max_of(&[f64::NAN, 2.0, 1.0]), Some(2.0));
+        assert_eq!(max_of(&[1.0, f64::NAN, 3.0]), Some(3.0));
+        let mut nan_then_one = vec![f64::NAN; 9];
+        nan_then_one.push(-1.0);
+        assert_eq!(max_of(&nan_then_one), Some(-1.0));
+        assert!(max_of(&[f64::NAN; 9]).unwrap().is_nan());
     }
 }
