@@ -78,13 +78,13 @@ pub fn grad_beta<T: Element>(dy: &[T], n: usize) -> Vec<T> {
 
 /// `dγ = Σ_rows dY ∘ x̂`.
 pub fn grad_gamma<T: Element>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], n: usize) -> Vec<T> {
-    super::linear::by_column_blocks(n, dy.len(), |columns, dg| {
-        let rows = dy
-            .chunks_exact(n)
-            .zip(x.chunks_exact(n))
-            .zip(mean.iter().zip(rstd));
-        for ((dyr, xr), (&mu, &rs)) in rows {
-            let (dyr, xr) = (&dyr[columns.clone()], &xr[columns.clone()]);
+    super::linear::sum_over_rows(mean.len(), n, |rows, dg| {
+        let (dy, x) = (
+            &dy[rows.start * n..rows.end * n],
+            &x[rows.start * n..rows.end * n],
+        );
+        let stats = mean[rows.clone()].iter().zip(&rstd[rows]);
+        for ((dyr, xr), (&mu, &rs)) in dy.chunks_exact(n).zip(x.chunks_exact(n)).zip(stats) {
             for ((g, &d), &v) in dg.iter_mut().zip(dyr).zip(xr) {
                 *g += d * (v - mu) * rs;
             }

@@ -69,38 +69,55 @@ pub fn grad_weight<T: Element>(d: LinearDims, dy: &[T], x: &[T]) -> Vec<T> {
     )
 }
 
-/// Column sums of a `[rows, cols]` matrix, rows added in order (deterministic).
+/// Column sums of a `[rows, cols]` matrix (deterministic: [`sum_over_rows`]).
 pub fn column_sum<T: Element>(m: &[T], cols: usize) -> Vec<T> {
-    by_column_blocks(cols, m.len(), |columns, sums| {
-        for row in m.chunks_exact(cols) {
-            for (acc, &v) in sums.iter_mut().zip(&row[columns.clone()]) {
+    sum_over_rows(m.len() / cols.max(1), cols, |rows, sums| {
+        for row in m[rows.start * cols..rows.end * cols].chunks_exact(cols) {
+            for (acc, &v) in sums.iter_mut().zip(row) {
                 *acc += v;
             }
         }
     })
 }
 
-/// `cols` sums, zero to start, that `add_rows(columns, sums)` accumulates for a block of
-/// columns; the blocks run on the shared pool when `work` (elements read) is large. Each
-/// column is summed whole by one task, rows in order, so the bits do not depend on the split.
-pub(super) fn by_column_blocks<T: Element>(
+/// Rows per partial sum in [`sum_over_rows`].
+const ROWS_PER_PARTIAL: usize = 64;
+
+/// `cols` sums over `rows` rows: `add_rows(range, partial)` adds a range of rows into a
+/// zeroed partial; the partials, one per fixed block of [`ROWS_PER_PARTIAL`] rows, run on
+/// the shared pool when the work is large and are added in order. The blocks do not depend
+/// on the number of threads, so neither do the bits. (Splitting by columns instead, each
+/// task reading part of every row, was no faster than one core: `/tmp` microbenchmark in
+/// NOTES.md.)
+pub(super) fn sum_over_rows<T: Element>(
+    rows: usize,
     cols: usize,
-    work: usize,
     add_rows: impl Fn(Range<usize>, &mut [T]) + Sync,
 ) -> Vec<T> {
     use rayon::prelude::*;
-    let mut sums = vec![T::ZERO; cols];
-    let threads = rayon::current_num_threads();
-    // Below ~64K elements the split costs more than the second core saves.
-    if threads < 2 || work < (1 << 16) || cols < 32 {
-        add_rows(0..cols, &mut sums);
-        return sums;
+    let partial = |start: usize| {
+        let mut sums = vec![T::ZERO; cols];
+        add_rows(start..(start + ROWS_PER_PARTIAL).min(rows), &mut sums);
+        sums
+    };
+    let starts = (0..rows).step_by(ROWS_PER_PARTIAL);
+    // Below ~64K elements the pool costs more than the second core saves.
+    let partials: Vec<Vec<T>> = if rows.saturating_mul(cols) < (1 << 16) {
+        starts.map(partial).collect()
+    } else {
+        starts
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(partial)
+            .collect()
+    };
+    let mut partials = partials.into_iter();
+    let mut sums = partials.next().unwrap_or_else(|| vec![T::ZERO; cols]);
+    for p in partials {
+        for (acc, v) in sums.iter_mut().zip(p) {
+            *acc += v;
+        }
     }
-    // Whole 64-byte lines of f32 per block, so two tasks never write one line.
-    let block = cols.div_ceil(threads).next_multiple_of(16);
-    sums.par_chunks_mut(block)
-        .enumerate()
-        .for_each(|(i, part)| add_rows(i * block..i * block + part.len(), part));
     sums
 }
 
@@ -146,4 +163,33 @@ pub fn grad_lora_input<T: Element>(d: LinearDims, g: &[T], a: &[T]) -> Vec<T> {
         a,
         Layout::row_major(d.rank, d.input),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partials over fixed blocks of rows: the sums hold, and 1 or 3 threads give the same
+    /// bits (the row count is not a multiple of the block; the work is over the parallel
+    /// threshold).
+    #[test]
+    fn column_sums_hold_and_ignore_the_thread_count() {
+        let (rows, cols) = (1000, 70);
+        let m: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| column_sum(&m, cols))
+        };
+        let (one, three) = (on(1), on(3));
+        for j in 0..cols {
+            let exact: f64 = (0..rows).map(|i| f64::from(m[i * cols + j])).sum();
+            assert!((f64::from(one[j]) - exact).abs() < 1e-3, "column {j}");
+            assert_eq!(one[j].to_bits(), three[j].to_bits(), "column {j}");
+        }
+    }
 }
