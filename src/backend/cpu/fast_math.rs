@@ -241,6 +241,8 @@ unsafe fn exp_with(width: Width, x: &mut [f32]) {
 
 /// `out = x·Φ(x)`, every element of `out` written (it may start uninitialised).
 pub fn gelu_f32(x: &[f32], out: &mut [MaybeUninit<f32>]) {
+    // Every width writes `x.len()` elements: equal lengths make that all of `out`.
+    assert_eq!(x.len(), out.len(), "gelu: input and output lengths differ");
     // SAFETY: the widest kernels this CPU runs.
     unsafe { gelu_with(widest(), x, out) }
 }
@@ -260,6 +262,10 @@ unsafe fn gelu_with(width: Width, x: &[f32], out: &mut [MaybeUninit<f32>]) {
 
 /// `out = dy·(Φ(x) + x·φ(x))`, every element of `out` written (it may start uninitialised).
 pub fn gelu_backward_f32(dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
+    assert!(
+        dy.len() == x.len() && x.len() == out.len(),
+        "gelu backward: lengths differ"
+    );
     // SAFETY: the widest kernels this CPU runs.
     unsafe { gelu_backward_with(widest(), dy, x, out) }
 }

@@ -48,7 +48,11 @@ pub fn forward<T: Element>(
     eps: T,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let rows = x.len() / n;
-    assert_eq!(rows * n, x.len(), "layernorm: a partial row");
+    // Every output is written only if the row and the parameters have `n` values each.
+    assert!(
+        rows * n == x.len() && gamma.len() == n && beta.len() == n,
+        "layernorm: a partial row, or parameters of another width"
+    );
     // Not zero-filled first (the fill showed in a step's profile): every row writes its `n`
     // outputs, its mean and its rstd.
     let mut y = Vec::with_capacity(x.len());
