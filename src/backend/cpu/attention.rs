@@ -92,8 +92,10 @@ with_avx2! {
     /// `lse_in`, `p = e^(s − max) / Σ e^(s − max)`, one exponential per score, and the
     /// log-sum-exp `max + ln Σ` goes to `lse_out`; with it (the backward pass),
     /// `p = e^(s − lse)`, as flash attention recomputes them (equal to the forward's up to f32
-    /// rounding). Padded keys' scores become −∞ first, so they lose the maximum and their
-    /// exponential is 0: no per-key test in the reductions. The exponentials run as one pass
+    /// rounding). Padded keys' scores become −∞ first, so they lose the maximum and, in a row
+    /// whose sum (or lse) is finite, their exponential is 0: no per-key test in the
+    /// reductions. A row with a NaN or infinite sum gets its padded entries zeroed after, as
+    /// every row's were before. The exponentials run as one pass
     /// over the whole block (each element's value does not depend on the grouping): per row,
     /// at 27 keys, the call and the padded tail cost as much as the rest. Maxima and sums go
     /// by lanes ([`super::lanes`]).
@@ -112,7 +114,15 @@ with_avx2! {
             }
             return;
         }
-        if valid.contains(&0) {
+        let padded = valid.contains(&0);
+        let zero_padded = |row: &mut [T]| {
+            for (v, &ok) in row.iter_mut().zip(valid) {
+                if ok == 0 {
+                    *v = T::ZERO;
+                }
+            }
+        };
+        if padded {
             let below_all = T::from_f64(f64::NEG_INFINITY);
             for row in s.chunks_exact_mut(n) {
                 for (v, &ok) in row.iter_mut().zip(valid) {
@@ -130,6 +140,13 @@ with_avx2! {
                     }
                 }
                 T::exp_block(s);
+                if padded {
+                    for (row, &lse) in s.chunks_exact_mut(n).zip(l) {
+                        if !lse.is_finite() {
+                            zero_padded(row);
+                        }
+                    }
+                }
             }
             None => {
                 let mut maxima = Vec::with_capacity(s.len() / n);
@@ -147,6 +164,9 @@ with_avx2! {
                     let inverse = T::ONE / sum;
                     for v in row.iter_mut() {
                         *v = *v * inverse;
+                    }
+                    if padded && !sum.is_finite() {
+                        zero_padded(row);
                     }
                     if let Some(out) = lse_out.as_deref_mut() {
                         out[i] = max + sum.ln();
@@ -288,4 +308,75 @@ pub fn backward<T: Element>(
         dk.map(HeadOutputs::finish),
         dv.map(HeadOutputs::finish),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Softmax over the valid keys, 0 at padded ones, in f64.
+    fn reference(row: &[f64], valid: &[u32]) -> Vec<f64> {
+        let max = row
+            .iter()
+            .zip(valid)
+            .filter(|(_, &ok)| ok != 0)
+            .map(|(&v, _)| v)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = row
+            .iter()
+            .zip(valid)
+            .map(|(&v, &ok)| if ok != 0 { (v - max).exp() } else { 0.0 })
+            .collect();
+        let sum: f64 = e.iter().sum();
+        e.iter().map(|v| v / sum).collect()
+    }
+
+    #[test]
+    fn padded_keys_get_zero_and_rows_sum_to_one() {
+        let valid = [1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 1];
+        let n = valid.len();
+        let s: Vec<f64> = (0..3 * n)
+            .map(|i| ((i * 37) % 23) as f64 * 0.4 - 4.0)
+            .collect();
+        let mut p = s.clone();
+        let mut lse = vec![0.0; 3];
+        probabilities(&mut p, &valid, None, Some(&mut lse));
+        for (r, (row, got)) in s.chunks(n).zip(p.chunks(n)).enumerate() {
+            for (j, (&g, want)) in got.iter().zip(reference(row, &valid)).enumerate() {
+                assert!(
+                    (g - want).abs() < 1e-15,
+                    "row {r} key {j}: {g} against {want}"
+                );
+            }
+        }
+        // The backward's recomputation from the lse gives the same probabilities.
+        let mut again = s.clone();
+        probabilities(&mut again, &valid, Some(&lse), None);
+        for (a, b) in again.iter().zip(&p) {
+            assert!((a - b).abs() < 1e-15, "{a} against {b}");
+        }
+    }
+
+    #[test]
+    fn padded_keys_stay_zero_in_rows_with_nan_or_infinite_scores() {
+        let valid = [1, 1, 0];
+        for row in [
+            [1.0, f64::NAN, 5.0],
+            [f64::INFINITY, 1.0, 2.0],
+            [f64::NEG_INFINITY, f64::NEG_INFINITY, 3.0],
+        ] {
+            let mut p = row.to_vec();
+            let mut lse = [0.0];
+            probabilities(&mut p, &valid, None, Some(&mut lse));
+            assert_eq!(p[2], 0.0, "forward, row {row:?}: {p:?}");
+            let mut again = row.to_vec();
+            probabilities(&mut again, &valid, Some(&lse), None);
+            assert_eq!(again[2], 0.0, "backward, row {row:?}: {again:?}");
+        }
+        // No valid key at all: every probability and the lse are zero.
+        let mut p = vec![1.0, 2.0];
+        let mut lse = [7.0];
+        probabilities(&mut p, &[0, 0], None, Some(&mut lse));
+        assert_eq!((p, lse[0]), (vec![0.0, 0.0], 0.0));
+    }
 }
