@@ -36,9 +36,18 @@ impl DeviceBuffer for CpuBuffer {
     }
 }
 
-/// A float type the CPU kernels are generic over (f32 and f64).
+/// Keeps [`Element`] to the crate's own f32 and f64: unsafe code relies on the documented
+/// behaviour of its kernels (e.g. that [`Element::gelu_block`] writes every output).
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A float type the CPU kernels are generic over (f32 and f64; sealed).
 pub trait Element:
-    Copy
+    sealed::Sealed
+    + Copy
     + Debug
     + Default
     + PartialOrd

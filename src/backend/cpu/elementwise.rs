@@ -59,6 +59,7 @@ pub fn gelu<T: Element>(x: &[T]) -> Vec<T> {
 
 /// `dy · (Φ(x) + x·φ(x))`.
 pub fn gelu_backward<T: Element>(dy: &[T], x: &[T]) -> Vec<T> {
+    assert_eq!(dy.len(), x.len(), "gelu backward: lengths differ");
     // SAFETY: `gelu_backward_block` writes every element of its output.
     unsafe {
         map_blocks(x.len(), |range, out| {

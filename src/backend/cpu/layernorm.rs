@@ -82,7 +82,12 @@ pub fn grad_beta<T: Element>(dy: &[T], n: usize) -> Vec<T> {
 
 /// `dγ = Σ_rows dY ∘ x̂`.
 pub fn grad_gamma<T: Element>(dy: &[T], x: &[T], mean: &[T], rstd: &[T], n: usize) -> Vec<T> {
-    super::linear::sum_over_rows(mean.len(), n, |rows, dg| {
+    let rows = mean.len();
+    assert!(
+        dy.len() == rows * n && x.len() == rows * n && rstd.len() == rows,
+        "layernorm gamma gradient: inconsistent lengths"
+    );
+    super::linear::sum_over_rows(rows, n, |rows, dg| {
         let (dy, x) = (
             &dy[rows.start * n..rows.end * n],
             &x[rows.start * n..rows.end * n],
@@ -133,7 +138,11 @@ pub fn grad_input<T: Element>(
 ) -> Vec<T> {
     let rows = x.len() / n;
     assert!(
-        rows * n == x.len() && dy.len() == x.len() && mean.len() == rows && rstd.len() == rows,
+        rows * n == x.len()
+            && dy.len() == x.len()
+            && mean.len() == rows
+            && rstd.len() == rows
+            && gamma.len() == n,
         "layernorm backward: inconsistent lengths"
     );
     let mut dx = Vec::with_capacity(x.len());

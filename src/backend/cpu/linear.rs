@@ -71,7 +71,12 @@ pub fn grad_weight<T: Element>(d: LinearDims, dy: &[T], x: &[T]) -> Vec<T> {
 
 /// Column sums of a `[rows, cols]` matrix (deterministic: [`sum_over_rows`]).
 pub fn column_sum<T: Element>(m: &[T], cols: usize) -> Vec<T> {
-    sum_over_rows(m.len() / cols.max(1), cols, |rows, sums| {
+    assert!(
+        cols > 0 && m.len().is_multiple_of(cols),
+        "column_sum: {} values in rows of {cols}",
+        m.len()
+    );
+    sum_over_rows(m.len() / cols, cols, |rows, sums| {
         for row in m[rows.start * cols..rows.end * cols].chunks_exact(cols) {
             for (acc, &v) in sums.iter_mut().zip(row) {
                 *acc += v;
@@ -95,28 +100,32 @@ pub(super) fn sum_over_rows<T: Element>(
     add_rows: impl Fn(Range<usize>, &mut [T]) + Sync,
 ) -> Vec<T> {
     use rayon::prelude::*;
-    let partial = |start: usize| {
+    let partial = |block: usize| {
         let mut sums = vec![T::ZERO; cols];
+        let start = block * ROWS_PER_PARTIAL;
         add_rows(start..(start + ROWS_PER_PARTIAL).min(rows), &mut sums);
         sums
     };
-    let starts = (0..rows).step_by(ROWS_PER_PARTIAL);
-    // Below ~64K elements the pool costs more than the second core saves.
-    let partials: Vec<Vec<T>> = if rows.saturating_mul(cols) < (1 << 16) {
-        starts.map(partial).collect()
-    } else {
-        starts
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(partial)
-            .collect()
-    };
-    let mut partials = partials.into_iter();
-    let mut sums = partials.next().unwrap_or_else(|| vec![T::ZERO; cols]);
-    for p in partials {
+    let blocks = rows.div_ceil(ROWS_PER_PARTIAL);
+    let add_into = |sums: &mut Vec<T>, p: Vec<T>| {
         for (acc, v) in sums.iter_mut().zip(p) {
             *acc += v;
         }
+    };
+    // Below ~64K elements the pool costs more than the other threads save; the same blocks
+    // either way, so the same bits.
+    if rows.saturating_mul(cols) < (1 << 16) {
+        let mut sums = partial(0);
+        for block in 1..blocks {
+            add_into(&mut sums, partial(block));
+        }
+        return sums;
+    }
+    let partials: Vec<Vec<T>> = (0..blocks).into_par_iter().map(partial).collect();
+    let mut partials = partials.into_iter();
+    let mut sums = partials.next().unwrap_or_else(|| vec![T::ZERO; cols]);
+    for p in partials {
+        add_into(&mut sums, p);
     }
     sums
 }

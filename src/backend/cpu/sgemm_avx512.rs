@@ -93,7 +93,8 @@ pub unsafe fn sgemm(
 ) {
     if std::is_x86_feature_detected!("avx512f") {
         if transposing_fills_more_lanes(m, n, csa) {
-            // SAFETY: `cᵀ = bᵀ·aᵀ` addresses the same elements through swapped strides.
+            // SAFETY: the CPU has AVX-512F; `cᵀ = bᵀ·aᵀ` addresses the same elements of the
+            // operands as the caller's product, through swapped strides.
             return unsafe {
                 sgemm_avx512(
                     n,
@@ -142,13 +143,14 @@ pub unsafe fn sgemm(
     }
 }
 
-/// Whether `c = a·b` is better computed as `cᵀ = bᵀ·aᵀ`: B of at most 16 columns (a LoRA
+/// Whether `c = a·b` is better computed as `cᵀ = bᵀ·aᵀ`: B of `n ≤ 16` columns (a LoRA
 /// rank's: `dB = dYᵀ·H`) from A whose rows are not contiguous (so the narrow tile, which
-/// needs them, does not apply) uses 8 of the wide tile's 32 columns; transposed, B's columns
-/// are the tile's rows (8 of 12) and A's many rows its columns (`cargo bench --bench gemm`,
-/// "lora dYt·H": NOTES.md). Each element is the same fused multiply-adds over `k` in the
-/// same order (a multiply-add's product does not depend on the operands' order), so the
-/// bits are those of the untransposed product.
+/// needs them, does not apply) uses `n` of the wide tile's 32 columns; transposed, B's
+/// columns are the tile's rows and A's many rows its columns (`cargo bench --bench gemm`,
+/// "lora dYt·H": NOTES.md), though a row-major C is then stored element by element
+/// (`store_strided`), a small cost beside the FMAs saved. Each element is the same fused
+/// multiply-adds over `k` in the same order (a multiply-add's product does not depend on
+/// the operands' order), so the bits are those of the untransposed product.
 fn transposing_fills_more_lanes(m: usize, n: usize, csa: isize) -> bool {
     n <= NR / 2 && m > n && csa != 1
 }
@@ -652,11 +654,11 @@ mod tests {
         cs: isize,
     }
 
-    /// Values that expose index mistakes: distinct, of mixed sign, not all of one scale.
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
+    /// Values that expose index mistakes: distinct, of mixed sign, not all of one scale.
     fn matrix(rows: usize, cols: usize, transposed: bool, salt: usize) -> Strided {
         let data = (0..rows * cols)
             .map(|i| (((i * 7919 + salt * 104_729) % 2003) as f32 - 1001.0) / 517.0)
@@ -870,7 +872,13 @@ mod tests {
             println!("SKIPPED narrow_products_run_transposed_with_the_same_bits: no AVX-512 here");
             return;
         }
-        for (m, k, n) in [(384, 300, 8), (37, 130, 16), (25, 7, 3), (13, 129, 12)] {
+        for (m, k, n) in [
+            (384, 300, 8),
+            (37, 130, 16),
+            (25, 7, 3),
+            (13, 129, 12),
+            (40, 0, 8),
+        ] {
             assert!(transposing_fills_more_lanes(m, n, m as isize));
             for tb in [false, true] {
                 let a = matrix(m, k, true, 9);
