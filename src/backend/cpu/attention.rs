@@ -115,21 +115,17 @@ with_avx2! {
             return;
         }
         let padded = valid.contains(&0);
-        let zero_padded = |row: &mut [T]| {
+        let set_padded = |row: &mut [T], value: T| {
             for (v, &ok) in row.iter_mut().zip(valid) {
                 if ok == 0 {
-                    *v = T::ZERO;
+                    *v = value;
                 }
             }
         };
         if padded {
             let below_all = T::from_f64(f64::NEG_INFINITY);
             for row in s.chunks_exact_mut(n) {
-                for (v, &ok) in row.iter_mut().zip(valid) {
-                    if ok == 0 {
-                        *v = below_all;
-                    }
-                }
+                set_padded(row, below_all);
             }
         }
         match lse_in {
@@ -143,7 +139,7 @@ with_avx2! {
                 if padded {
                     for (row, &lse) in s.chunks_exact_mut(n).zip(l) {
                         if !lse.is_finite() {
-                            zero_padded(row);
+                            set_padded(row, T::ZERO);
                         }
                     }
                 }
@@ -166,7 +162,7 @@ with_avx2! {
                         *v = *v * inverse;
                     }
                     if padded && !sum.is_finite() {
-                        zero_padded(row);
+                        set_padded(row, T::ZERO);
                     }
                     if let Some(out) = lse_out.as_deref_mut() {
                         out[i] = max + sum.ln();

@@ -154,18 +154,10 @@ pub fn sum_squares<T: Element>(t: &[T]) -> f64 {
 /// `x ∘ keep / (1 − p)`, the mask drawn from `(seed, element index)`, over fixed blocks on the
 /// shared pool.
 pub fn dropout<T: Element>(x: &[T], d: &Dropout) -> Vec<T> {
-    use rayon::prelude::*;
-    let n = x.len();
-    let mut out: Vec<T> = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(BLOCK)
-        .zip(x.par_chunks(BLOCK))
-        .enumerate()
-        .for_each(|(b, (part, x))| {
-            super::dropout::write_masked(x, part, (b * BLOCK) as u64, d);
-        });
-    // SAFETY: the blocks cover all `n` elements and `write_masked` writes every element of
-    // its block.
-    unsafe { out.set_len(n) };
-    out
+    // SAFETY: `write_masked` writes every element of its block.
+    unsafe {
+        map_blocks(x.len(), |range, out| {
+            super::dropout::write_masked(&x[range.clone()], out, range.start as u64, d)
+        })
+    }
 }

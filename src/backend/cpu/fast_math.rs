@@ -241,8 +241,6 @@ unsafe fn exp_with(width: Width, x: &mut [f32]) {
 
 /// `out = x·Φ(x)`, every element of `out` written (it may start uninitialised).
 pub fn gelu_f32(x: &[f32], out: &mut [MaybeUninit<f32>]) {
-    // Every width writes `x.len()` elements: equal lengths make that all of `out`.
-    assert_eq!(x.len(), out.len(), "gelu: input and output lengths differ");
     // SAFETY: the widest kernels this CPU runs.
     unsafe { gelu_with(widest(), x, out) }
 }
@@ -250,6 +248,8 @@ pub fn gelu_f32(x: &[f32], out: &mut [MaybeUninit<f32>]) {
 /// # Safety
 /// The CPU must run `width`'s kernels ([`widest`] or narrower).
 unsafe fn gelu_with(width: Width, x: &[f32], out: &mut [MaybeUninit<f32>]) {
+    // Every width writes `x.len()` elements: equal lengths make that all of `out`.
+    assert_eq!(x.len(), out.len(), "gelu: input and output lengths differ");
     // SAFETY (each arm): the caller guarantees the CPU runs `width`.
     match width {
         #[cfg(target_arch = "x86_64")]
@@ -262,10 +262,6 @@ unsafe fn gelu_with(width: Width, x: &[f32], out: &mut [MaybeUninit<f32>]) {
 
 /// `out = dy·(Φ(x) + x·φ(x))`, every element of `out` written (it may start uninitialised).
 pub fn gelu_backward_f32(dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
-    assert!(
-        dy.len() == x.len() && x.len() == out.len(),
-        "gelu backward: lengths differ"
-    );
     // SAFETY: the widest kernels this CPU runs.
     unsafe { gelu_backward_with(widest(), dy, x, out) }
 }
@@ -273,6 +269,10 @@ pub fn gelu_backward_f32(dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
 /// # Safety
 /// The CPU must run `width`'s kernels ([`widest`] or narrower).
 unsafe fn gelu_backward_with(width: Width, dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
+    assert!(
+        dy.len() == x.len() && x.len() == out.len(),
+        "gelu backward: lengths differ"
+    );
     // SAFETY (each arm): the caller guarantees the CPU runs `width`.
     match width {
         #[cfg(target_arch = "x86_64")]
@@ -682,18 +682,17 @@ mod vector {
     macro_rules! entry_points {
         ($feature:literal, $v:ty, $gelu:ident, $gelu_backward:ident, $exp:ident) => {
             /// # Safety
-            /// The CPU must have the instruction set named in the function's name.
+            /// The CPU must have the instruction set named in the function's name, and
+            /// `out` must be as long as `x` (checked by the caller, `gelu_with`).
             #[target_feature(enable = $feature)]
             pub unsafe fn $gelu(x: &[f32], out: &mut [MaybeUninit<f32>]) {
-                assert_eq!(x.len(), out.len());
                 each_group::<$v, 1, Gelu>([x.as_ptr()], out.as_mut_ptr().cast(), x.len())
             }
 
             /// # Safety
-            /// As for the forward.
+            /// As for the forward, and `dy` as long as `x` (checked by `gelu_backward_with`).
             #[target_feature(enable = $feature)]
             pub unsafe fn $gelu_backward(dy: &[f32], x: &[f32], out: &mut [MaybeUninit<f32>]) {
-                assert!(dy.len() == x.len() && x.len() == out.len());
                 each_group::<$v, 2, GeluBackward>(
                     [dy.as_ptr(), x.as_ptr()],
                     out.as_mut_ptr().cast(),

@@ -107,25 +107,19 @@ pub(super) fn sum_over_rows<T: Element>(
         sums
     };
     let blocks = rows.div_ceil(ROWS_PER_PARTIAL);
-    let add_into = |sums: &mut Vec<T>, p: Vec<T>| {
-        for (acc, v) in sums.iter_mut().zip(p) {
-            *acc += v;
-        }
-    };
     // Below ~64K elements the pool costs more than the other threads save; the same blocks
     // either way, so the same bits.
-    if rows.saturating_mul(cols) < (1 << 16) {
-        let mut sums = partial(0);
-        for block in 1..blocks {
-            add_into(&mut sums, partial(block));
-        }
-        return sums;
-    }
-    let partials: Vec<Vec<T>> = (0..blocks).into_par_iter().map(partial).collect();
+    let partials: Vec<Vec<T>> = if rows.saturating_mul(cols) < (1 << 16) {
+        (0..blocks).map(partial).collect()
+    } else {
+        (0..blocks).into_par_iter().map(partial).collect()
+    };
     let mut partials = partials.into_iter();
     let mut sums = partials.next().unwrap_or_else(|| vec![T::ZERO; cols]);
     for p in partials {
-        add_into(&mut sums, p);
+        for (acc, v) in sums.iter_mut().zip(p) {
+            *acc += v;
+        }
     }
     sums
 }

@@ -92,29 +92,13 @@ pub unsafe fn sgemm(
     csc: isize,
 ) {
     if std::is_x86_feature_detected!("avx512f") {
-        if transposing_fills_more_lanes(m, n, csa) {
-            // SAFETY: the CPU has AVX-512F; `cᵀ = bᵀ·aᵀ` addresses the same elements of the
-            // operands as the caller's product, through swapped strides.
-            return unsafe {
-                sgemm_avx512(
-                    n,
-                    k,
-                    m,
-                    alpha,
-                    b,
-                    csb,
-                    rsb,
-                    a,
-                    csa,
-                    rsa,
-                    beta,
-                    std::ptr::null(),
-                    c,
-                    csc,
-                    rsc,
-                )
-            };
-        }
+        // `cᵀ = bᵀ·aᵀ` reads and writes the same elements through swapped strides.
+        let (m, n, a, rsa, csa, b, rsb, csb, rsc, csc) = if transposing_fills_more_lanes(m, n, csa)
+        {
+            (n, m, b, csb, rsb, a, csa, rsa, csc, rsc)
+        } else {
+            (m, n, a, rsa, csa, b, rsb, csb, rsc, csc)
+        };
         // SAFETY: the CPU has AVX-512F; the operands are as the caller guarantees.
         unsafe {
             sgemm_avx512(
