@@ -782,6 +782,46 @@ fn csv_rows_are_never_lost_silently() {
     let spec = table("later.csv", "text,label\n\"two\nlines\",1\nb,\"0\nc,1\n");
     let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
     assert!(e.contains("line 4: a quoted field opens on line 4"), "{e}");
+    // A stray quote closed on a later line, with text after it, would join the lines between
+    // into one row without a word: the row is refused (or skipped) by its first line.
+    let spec = table(
+        "stray.csv",
+        "text,label\n\"good\",1\n\"bad,0\n\"fine\",1\n\"awful\",0\n",
+    );
+    let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(
+        e.contains("line 3: the quoted field that opens on line 3 closes on line 4")
+            && e.contains("`fine\"`"),
+        "{e}"
+    );
+    let data = spec.load(OnMalformed::Skip).unwrap();
+    assert_eq!(
+        data.examples,
+        vec![
+            ex("good", None, Some(Target::Class(1))),
+            ex("awful", None, Some(Target::Class(0))),
+        ]
+    );
+    assert_eq!(data.source_lines, [2, 5]);
+    assert_eq!(data.skipped.len(), 1, "{:?}", data.skipped);
+    let e = table("after.csv", "text,label\n\"bad\"x,1\nok,0\n")
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 2: the quoted field on line 2 is followed by `x`"),
+        "{e}"
+    );
+    let e = table("header_after.csv", "\"text\"s,label\na,1\n")
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 1 (the header): the quoted field"), "{e}");
+    // Spaces after a closing quote only pad the field, as Python's csv module reads them.
+    let data = table("spaced.csv", "text,label\n\"a, b\"  ,1\nc,0\n")
+        .load(OnMalformed::Error)
+        .unwrap();
+    assert_eq!(data.examples[0].text_a, "a, b  ");
     // Closed quotes, doubled quotes and quotes inside unquoted text are fine.
     let spec = table(
         "closed.csv",

@@ -321,10 +321,14 @@ impl TableSpec {
                 let mut lines = LineCounter::new(&bytes);
                 // The csv reader would read an unclosed quote's field to the end of the file,
                 // swallowing every later row: those rows stop before it and it is reported.
-                let unclosed = match format {
-                    TableFormat::Csv => unclosed_quote(&bytes),
-                    _ => None,
+                let quotes = match format {
+                    TableFormat::Csv => scan_quotes(&bytes),
+                    _ => QuoteScan {
+                        unclosed: None,
+                        text_after_closing: Vec::new(),
+                    },
                 };
+                let unclosed = quotes.unclosed;
                 let readable = unclosed.map_or(&bytes[..], |(record, _)| &bytes[..record]);
                 let unclosed_why = |quote: usize| {
                     let quote_line = LineCounter::new(&bytes).line_of(quote as u64);
@@ -365,6 +369,14 @@ impl TableSpec {
                     .iter()
                     .map(str::to_string)
                     .collect();
+                let header_end = reader.position().byte();
+                if let Some(stray) = quotes
+                    .text_after_closing
+                    .iter()
+                    .find(|s| (s.text as u64) < header_end)
+                {
+                    return Err(line_one(text_after_quote_why(&bytes, stray)));
+                }
                 if let Some((first, repeat)) = super::first_repeat(&header) {
                     return Err(line_one(format!(
                         "column `{}` appears twice (columns {} and {})",
@@ -397,26 +409,42 @@ impl TableSpec {
                         });
                     }
                 }
-                for record in reader.byte_records() {
-                    match record {
+                let mut r = csv::ByteRecord::new();
+                loop {
+                    let start = reader.position().byte();
+                    match reader.read_byte_record(&mut r) {
+                        Ok(false) => break,
                         // A line of only spaces is blank, as in JSONL; a quoted empty
                         // field (`""`) is a row.
-                        Ok(r)
+                        Ok(true)
                             if r.len() == 1
                                 && r[0].trim_ascii().is_empty()
                                 && !starts_quoted(readable, r.position()) =>
                         {
                             continue
                         }
-                        Ok(r) => {
+                        Ok(true) => {
                             let line = r.position().map_or(0, |p| lines.line_of(p.byte()));
+                            let end = reader.position().byte();
+                            let stray = quotes
+                                .text_after_closing
+                                .iter()
+                                .find(|s| (start..end).contains(&(s.text as u64)));
+                            if let Some(stray) = stray {
+                                visit(line, Err(text_after_quote_why(&bytes, stray)))?;
+                                continue;
+                            }
                             if r.len() != header.len() {
-                                let why =
-                                    format!("{} fields, the header has {}", r.len(), header.len());
+                                let why = format!(
+                                    "{} field{}, the header has {}",
+                                    r.len(),
+                                    if r.len() == 1 { "" } else { "s" },
+                                    header.len()
+                                );
                                 visit(line, Err(why))?;
                                 continue;
                             }
-                            match decode_record(r, &header) {
+                            match decode_record(std::mem::take(&mut r), &header) {
                                 Ok(record) => visit(
                                     line,
                                     Ok(&CsvRow {
@@ -594,25 +622,48 @@ fn array_element_lines(text: &[u8]) -> Vec<usize> {
     lines
 }
 
-/// Where an unclosed quote makes the rest of a CSV file one field, as the csv reader parses
-/// it (RFC 4180: a quote opens a field only as its first character, `""` inside is a quote,
-/// text after the closing quote joins the field): the byte offset of the record it is in, and
-/// of the quote.
-fn unclosed_quote(bytes: &[u8]) -> Option<(usize, usize)> {
+/// What the quotes of a CSV file do, as the csv reader parses them (RFC 4180: a quote opens
+/// a field only as its first character, `""` inside is a quote, text after the closing quote
+/// joins the field).
+struct QuoteScan {
+    /// Where an unclosed quote makes the rest of the file one field: the byte offset of the
+    /// record it is in, and of the quote.
+    unclosed: Option<(usize, usize)>,
+    /// Text right after a closing quote: the reader would glue it to the field, which is how
+    /// a stray quote silently merges the lines up to the next quote into one row.
+    text_after_closing: Vec<TextAfterQuote>,
+}
+
+/// Text after a closing quote (byte offsets).
+struct TextAfterQuote {
+    opening: usize,
+    closing: usize,
+    text: usize,
+}
+
+fn scan_quotes(bytes: &[u8]) -> QuoteScan {
     #[derive(PartialEq)]
     enum State {
         FieldStart,
         Unquoted,
         Quoted,
-        QuoteInQuoted,
+        /// After the quote at `at` closed a quoted field, and then spaces when `spaced`.
+        Closed {
+            at: usize,
+            spaced: bool,
+        },
     }
     let (mut state, mut record, mut quote) = (State::FieldStart, 0, 0);
+    let mut text_after_closing = Vec::new();
     for (i, &b) in bytes.iter().enumerate() {
         let line_end = b == b'\n' || b == b'\r';
         state = match state {
-            State::Quoted if b == b'"' => State::QuoteInQuoted,
+            State::Quoted if b == b'"' => State::Closed {
+                at: i,
+                spaced: false,
+            },
             State::Quoted => State::Quoted,
-            State::QuoteInQuoted if b == b'"' => State::Quoted,
+            State::Closed { spaced: false, .. } if b == b'"' => State::Quoted,
             State::FieldStart if b == b'"' => {
                 quote = i;
                 State::Quoted
@@ -622,10 +673,57 @@ fn unclosed_quote(bytes: &[u8]) -> Option<(usize, usize)> {
                 record = i + 1;
                 State::FieldStart
             }
+            // Spaces after a closing quote (`"a" ,1`) only pad the field.
+            State::Closed { at, .. } if b == b' ' || b == b'\t' => {
+                State::Closed { at, spaced: true }
+            }
+            State::Closed { at, .. } => {
+                text_after_closing.push(TextAfterQuote {
+                    opening: quote,
+                    closing: at,
+                    text: i,
+                });
+                State::Unquoted
+            }
             _ => State::Unquoted,
         };
     }
-    (state == State::Quoted).then_some((record, quote))
+    QuoteScan {
+        unclosed: (state == State::Quoted).then_some((record, quote)),
+        text_after_closing,
+    }
+}
+
+/// Why a record with text after a closing quote is refused, from the file's bytes.
+fn text_after_quote_why(bytes: &[u8], stray: &TextAfterQuote) -> String {
+    let mut lines = LineCounter::new(bytes);
+    let opening = lines.line_of(stray.opening as u64);
+    let closing = lines.line_of(stray.closing as u64);
+    let rest = &bytes[stray.text..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b',' | b'\n' | b'\r'))
+        .unwrap_or(rest.len())
+        .min(40);
+    let text: String = String::from_utf8_lossy(&rest[..end])
+        .chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect();
+    let (place, joined) = if opening == closing {
+        (format!("the quoted field on line {opening} is"), "")
+    } else {
+        (
+            format!("the quoted field that opens on line {opening} closes on line {closing}, and is"),
+            "; a stray quote like this one joins the lines between it and the next quote into one row",
+        )
+    };
+    format!(
+        "{place} followed by `{text}` before the next comma: text after a closing quote is not \
+         CSV{joined} (quote the whole field and double each quote inside it: `\"\"`)"
+    )
 }
 
 /// Whether the record at `position` starts with a quote (after the line ends the reader
