@@ -1812,6 +1812,13 @@ fn bad_paths_and_labels_are_refused_before_training() {
         args.extend_from_slice(&extra[1..]);
         spafit(&args)
     };
+    // A header without rows is refused, as eval refuses it: no empty answer file.
+    write(root, "no_rows.csv", "text\n");
+    let (ok, stdout, err) = predict(&[&p("no_rows.csv")]);
+    assert!(
+        !ok && stdout.is_empty() && err.contains("no_rows.csv: no examples to predict"),
+        "{err}"
+    );
     let unlabeled = p("unlabeled.csv");
     let (ok, stdout, err) = predict(&[&unlabeled]);
     assert!(ok, "{err}");

@@ -287,6 +287,13 @@ impl PredictCommand {
             &split,
             true,
         )?;
+        // An empty prediction file would pass for an answer (a GLUE submission of no rows).
+        if data.is_empty() {
+            return Err(Error::Format {
+                path: data.name.clone().into(),
+                detail: "no examples to predict".into(),
+            });
+        }
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
         // `load` checked that the data's label space is the head's.
         let labels = match &data.kind {
