@@ -315,12 +315,42 @@ fn resume_reproduces_an_uninterrupted_run() {
         resume: true,
         ..tiny_config(&parts)
     };
-    assert_eq!(
-        Trainer::new(&cpu, &mut model, &plan, &ck.weights, rest)
-            .fit(&tok, &data, None)
-            .unwrap()
-            .steps,
-        10
+    let r = Trainer::new(&cpu, &mut model, &plan, &ck.weights, rest.clone())
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(r.steps, 10);
+    assert!(r.notices.is_empty(), "{:?}", r.notices);
+    // Resuming a finished run trains nothing and says so, in the report (not on stderr,
+    // which an embedding program did not ask for).
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let done = Trainer::new(&cpu, &mut model, &plan, &ck.weights, rest)
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(done.steps, 10);
+    assert!(
+        matches!(&done.notices[..], [n] if n.contains("already complete (10 of 10 steps)")),
+        "{:?}",
+        done.notices
+    );
+    // A step limit beyond the epochs' steps is reported, and the epochs end the run.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let r = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            max_steps: Some(25),
+            ..tiny_config(&tmp.path().join("limit"))
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap();
+    assert_eq!(r.steps, 10);
+    assert!(
+        matches!(&r.notices[..], [n] if n.contains("ends after 10 steps, before the step limit of 25")),
+        "{:?}",
+        r.notices
     );
 
     let (a, b) = (

@@ -209,6 +209,7 @@ pub fn fit<B: Backend>(
         output_dir: args.output.clone(),
         resume: args.resume,
         progress: !args.quiet,
+        notices_on_stderr: true,
         task,
         batch_log: args.write_batches.clone(),
         ..TrainConfig::default()

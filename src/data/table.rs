@@ -255,7 +255,9 @@ impl TableSpec {
                         false => (v, label.clone()),
                     })
                     .collect();
-                by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
+                // Whole numbers past 2^53 that round to one f64 keep their written order.
+                let exact = |name: &str| name.parse::<i128>().ok();
+                by_value.sort_by(|a, b| a.0.total_cmp(&b.0).then(exact(&a.1).cmp(&exact(&b.1))));
                 by_value.dedup_by(|a, b| a.1 == b.1);
                 let mut names: Vec<String> = by_value.into_iter().map(|(_, n)| n).collect();
                 // Binary 0/1 data keeps both classes however few rows show one of them.

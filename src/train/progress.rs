@@ -1,21 +1,32 @@
+use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 
 /// A one-line progress display on stderr: redrawn in place on a terminal, a plain line every
-/// `every` steps otherwise (logs stay readable).
+/// `every` steps otherwise (logs stay readable). It also keeps the run's notices.
 pub struct Progress {
     enabled: bool,
+    notices_on_stderr: bool,
     terminal: bool,
     every: usize,
+    notices: RefCell<Vec<String>>,
 }
 
 impl Progress {
-    /// Shows progress when `enabled`.
-    pub fn new(enabled: bool, every: usize) -> Self {
+    /// Shows progress when `enabled`; notices go to stderr too when `enabled` or
+    /// `notices_on_stderr`.
+    pub fn new(enabled: bool, notices_on_stderr: bool, every: usize) -> Self {
         Progress {
             enabled,
+            notices_on_stderr,
             terminal: std::io::stderr().is_terminal(),
             every: every.max(1),
+            notices: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The notices given so far.
+    pub fn into_notices(self) -> Vec<String> {
+        self.notices.into_inner()
     }
 
     /// Reports step `step` of `total`.
@@ -46,12 +57,21 @@ impl Progress {
     /// Prints a message on its own line.
     pub fn message(&self, text: &str) {
         if self.enabled {
-            self.notice(text);
+            let mut err = std::io::stderr().lock();
+            if self.terminal {
+                let _ = write!(err, "\r\x1b[K");
+            }
+            let _ = writeln!(err, "{text}");
         }
     }
 
-    /// A message shown even without a progress display: something the user must know.
+    /// Something the user must know: kept for the run's report, and shown on stderr even
+    /// without a progress display when notices go there.
     pub fn notice(&self, text: &str) {
+        self.notices.borrow_mut().push(text.to_string());
+        if !(self.enabled || self.notices_on_stderr) {
+            return;
+        }
         let mut err = std::io::stderr().lock();
         if self.enabled && self.terminal {
             let _ = write!(err, "\r\x1b[K");

@@ -67,8 +67,11 @@ pub struct TrainConfig {
     pub output_dir: Option<PathBuf>,
     /// Continue the run saved in `output_dir/last`.
     pub resume: bool,
-    /// Show a progress bar on stderr.
+    /// Show a progress bar on stderr, with a line per evaluation and resume.
     pub progress: bool,
+    /// Also print notices on stderr as they happen, without a progress bar (they are always
+    /// in [`TrainReport::notices`]).
+    pub notices_on_stderr: bool,
     /// GLUE task, for its metrics.
     pub task: Option<GlueTask>,
     /// Write each step's examples here (see [`BatchLog`]), so another trainer can replay them.
@@ -97,6 +100,7 @@ impl Default for TrainConfig {
             output_dir: None,
             resume: false,
             progress: false,
+            notices_on_stderr: false,
             task: None,
             batch_log: None,
         }
@@ -220,6 +224,9 @@ pub struct TrainReport {
     pub best: Option<(usize, Evaluation)>,
     /// The tokens per example the texts were cut to (the tokenizer's `max_len`).
     pub max_len: usize,
+    /// What the run had to tell: a resume that found no saved state, a run already complete,
+    /// a change of device, a step limit the epochs reach first.
+    pub notices: Vec<String>,
 }
 
 /// Dropout probabilities of a run.
@@ -355,8 +362,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.check_settings(train, dev)
         })?;
         self.model.store_frozen_weights(&self.backend)?;
-        let plan = self.plan_run(tokenizer, train, dev)?;
-        let progress = Progress::new(self.config.progress, self.config.log_every);
+        let progress = Progress::new(
+            self.config.progress,
+            self.config.notices_on_stderr,
+            self.config.log_every,
+        );
+        let plan = self.plan_run(tokenizer, train, dev, &progress)?;
         let mut run = self.start_or_resume(&plan, &progress)?;
         let mut batch_log = match &self.config.batch_log {
             Some(path) if self.config.resume => Some(BatchLog::resume_at(path, run.step)?),
@@ -384,7 +395,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.evaluate_and_save_when_due(&plan, &mut run, epoch, epoch_done, &progress)?;
             }
         }
-        self.finish(&plan, run)
+        self.finish(&plan, run, progress)
     }
 
     /// Refuses settings that cannot give a meaningful run, before any work.
@@ -451,6 +462,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         tokenizer: &TextTokenizer,
         train: &Dataset,
         dev: Option<&Dataset>,
+        progress: &Progress,
     ) -> Result<RunPlan> {
         let c = &self.config;
         let train_data = EncodedDataset::new(tokenizer, train)?;
@@ -483,7 +495,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         let per_epoch = lengths.len().div_ceil(c.batch_size);
         let total_steps = match (per_epoch.checked_mul(c.epochs), c.max_steps) {
-            (Some(steps), Some(m)) => steps.min(m),
+            (Some(steps), Some(m)) if steps < m => {
+                progress.notice(&format!(
+                    "the run ends after {steps} steps, before the step limit of {m} \
+                     (--max-steps): {} epoch(s) of {per_epoch} batches; give more epochs \
+                     (--epochs) to reach it",
+                    c.epochs
+                ));
+                steps
+            }
+            (Some(_), Some(m)) => m,
             (Some(steps), None) => steps,
             (None, Some(m)) => m,
             (None, None) => {
@@ -616,11 +637,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ),
             });
         }
-        progress.message(&format!(
-            "resuming at step {} (epoch {})",
-            position.step,
-            position.epoch + 1
-        ));
+        if position.step == plan.total_steps {
+            progress.notice(&format!(
+                "the run in {} is already complete ({} of {} steps): nothing left to train",
+                dir.display(),
+                position.step,
+                plan.total_steps
+            ));
+        } else {
+            progress.message(&format!(
+                "resuming at step {} (epoch {})",
+                position.step,
+                position.epoch + 1
+            ));
+        }
         self.restore(&saved.trainable, &state_path)?;
         run.optimizer
             .set_moments(position.step as u64, saved.moments);
@@ -873,7 +903,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Leaves the model with the best weights (or the last ones without a dev split, which
     /// then become `best/`) and reports.
-    fn finish(&mut self, plan: &RunPlan, run: Run<B>) -> Result<TrainReport> {
+    fn finish(&mut self, plan: &RunPlan, run: Run<B>, progress: Progress) -> Result<TrainReport> {
         if let Some(best) = &run.best {
             self.restore(&best.weights, Path::new("the best weights"))?;
         }
@@ -890,6 +920,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             last_loss: m.last_logged_loss.unwrap_or(f64::NAN),
             best: run.best.map(|b| (b.step, b.evaluation)),
             max_len: plan.max_len,
+            notices: progress.into_notices(),
         })
     }
 
