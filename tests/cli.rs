@@ -153,6 +153,7 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         (&["--max-steps", "0"][..], "--max-steps"),
         (&["--lora-alpha", "0"], "α > 0"),
         (&["--lora-alpha=-2"], "α > 0"),
+        (&["--lora-alpha", "1e300"], "beyond what f32 holds"),
         (
             &["--method", "lora", "--lora-layers", "1,1"],
             "layer 1 is listed twice",

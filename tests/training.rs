@@ -397,6 +397,31 @@ fn resume_reproduces_an_uninterrupted_run() {
     assert!(e.to_string().contains("damaged"), "{e}");
 }
 
+/// Outputs that overflow give no metrics: `evaluate` names the example and the logit (it
+/// had reported an accuracy, or a Spearman correlation, over infinite logits).
+#[test]
+fn overflowing_outputs_are_refused_not_scored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f32();
+    let data = regression_data(12, None);
+    let tok = tokenizer(&ck);
+    let (mut model, _) = tiny_model(&ck, &cpu);
+    for p in model.params_mut() {
+        if p.name == "classifier.weight" {
+            p.value = cpu.tensor_from_f64([1, 15].into(), &[3e38; 15]).unwrap();
+        }
+    }
+    let encoded = EncodedDataset::new(&tok, &data).unwrap();
+    let e = evaluate(&cpu, &model, &encoded, 8, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("example 0 has the logit") && e.contains("overflow"),
+        "{e}"
+    );
+}
+
 /// The pooled output's dropout is config.json's `classifier_dropout` when set, else the
 /// hidden rate (an overridden one too), as in `BertForSequenceClassification`.
 #[test]

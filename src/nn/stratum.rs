@@ -157,6 +157,14 @@ impl LoraConfig {
                 "alpha (--lora-alpha) must be finite, got {}",
                 self.alpha
             ))
+        } else if !((self.scale() as f32).is_finite()) {
+            // Any product through the adapter would overflow to infinity, then NaN.
+            Some(format!(
+                "alpha (--lora-alpha) {:e} gives the LoRA scale α / r = {:e}, beyond what \
+                 f32 holds",
+                self.alpha,
+                self.scale()
+            ))
         } else if !(0.0..1.0).contains(&self.dropout) {
             Some(format!(
                 "dropout (--lora-dropout) must be in [0, 1), got {}",

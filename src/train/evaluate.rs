@@ -132,6 +132,27 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     task: Option<GlueTask>,
 ) -> Result<Evaluation> {
+    let (evaluation, non_finite) =
+        evaluate_with_logit_check(backend, model, data, batch_size, task)?;
+    match non_finite {
+        // Metrics of NaN or infinite outputs would look like a result.
+        Some(why) => Err(crate::Error::invalid(
+            "evaluate",
+            format!("{why}; its metrics would mean nothing"),
+        )),
+        None => Ok(evaluation),
+    }
+}
+
+/// [`evaluate`], with its first NaN or infinite logit described beside the evaluation
+/// instead of refused (the trainer reports it as a diverged run, at its step).
+pub(crate) fn evaluate_with_logit_check<B: Backend>(
+    backend: &B,
+    model: &BertClassifier<B>,
+    data: &EncodedDataset,
+    batch_size: usize,
+    task: Option<GlueTask>,
+) -> Result<(Evaluation, Option<String>)> {
     let start = Instant::now();
     if data.texts.is_empty() {
         return Err(crate::Error::invalid(
@@ -180,12 +201,14 @@ pub fn evaluate<B: Backend>(
             gold: gold.iter().map(class).collect(),
         },
     };
-    Ok(Evaluation {
+    let non_finite = super::prediction::non_finite_logit(&out.logits, model.num_labels);
+    let evaluation = Evaluation {
         metrics: report(task, &preds, model.num_labels),
         main_metric: main_metric(task, &preds),
         loss: out.loss.unwrap_or(f64::NAN),
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    Ok((evaluation, non_finite))
 }
 
 fn score(t: &Target) -> f64 {

@@ -45,6 +45,19 @@ pub fn check_logits(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Resul
     }
 }
 
+/// The first NaN or infinite logit, described: a model that diverged, or whose outputs
+/// overflow (an adapter scaled far too high).
+pub(crate) fn non_finite_logit(logits: &[f64], num_labels: usize) -> Option<String> {
+    let i = logits.iter().position(|v| !v.is_finite())?;
+    Some(format!(
+        "example {} has the logit {} (output {}): a model that diverged, or whose outputs \
+         overflow",
+        i / num_labels.max(1),
+        logits[i],
+        i % num_labels.max(1)
+    ))
+}
+
 /// One prediction per row of `logits` (`[n, num_labels]`, row-major).
 pub fn scored_predictions(
     kind: &TaskKind,
@@ -53,16 +66,8 @@ pub fn scored_predictions(
 ) -> Result<Vec<Prediction>> {
     check_logits(kind, logits, num_labels)?;
     // Probabilities from an infinite or NaN logit would be NaN: named instead.
-    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
-        return Err(Error::invalid(
-            "predictions",
-            format!(
-                "example {} has the logit {} (output {}): a model that diverged",
-                i / num_labels,
-                logits[i],
-                i % num_labels
-            ),
-        ));
+    if let Some(why) = non_finite_logit(logits, num_labels) {
+        return Err(Error::invalid("predictions", why));
     }
     Ok(logits
         .chunks_exact(num_labels.max(1))

@@ -4,11 +4,12 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::evaluate::evaluate_with_logit_check;
 use super::run_lock::lock_run_dirs_around;
 use super::run_state::{
     self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
 };
-use super::{evaluate, AdamW, BatchLog, EncodedDataset, Evaluation, LinearSchedule, Progress};
+use super::{AdamW, BatchLog, EncodedDataset, Evaluation, LinearSchedule, Progress};
 use crate::adapter::{save_adapter, TrainingInputs};
 use crate::autograd::Tape;
 use crate::backend::Backend;
@@ -819,7 +820,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return Ok(());
         };
         let c = &self.config;
-        let eval = evaluate(&self.backend, self.model, dev, c.eval_batch_size, c.task)?;
+        let (eval, non_finite) =
+            evaluate_with_logit_check(&self.backend, self.model, dev, c.eval_batch_size, c.task)?;
         let mut line = json!({"type": "eval", "step": run.step, "epoch": epoch + 1, "split": split, "loss": eval.loss});
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
@@ -836,6 +838,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return Err(Error::Diverged {
                 step: run.step,
                 what: format!("the loss on {split} is {}", eval.loss),
+            });
+        }
+        if let Some(why) = non_finite {
+            return Err(Error::Diverged {
+                step: run.step,
+                what: format!("on {split}, {why}"),
             });
         }
         let value = eval.main_value();
