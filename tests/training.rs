@@ -883,9 +883,15 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
         stop_after_steps: Some(5),
         ..tiny_config(&tmp.path().join("run"))
     };
+    // A log already at the path stays whole until the run that replaces it ends.
+    std::fs::write(&log, "an earlier run's log\n").unwrap();
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
         .fit(&tok, &data, None)
         .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "an earlier run's log\n"
+    );
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let config = TrainConfig {
         batch_log: Some(log.clone()),
@@ -901,6 +907,7 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), report.steps);
+    assert!(!tmp.path().join(".batches.jsonl.partial").exists());
     let mut seen = vec![Vec::new(), Vec::new()];
     for (k, line) in lines.iter().enumerate() {
         assert_eq!(line["step"], k + 1);

@@ -127,7 +127,7 @@ fn parent_of(path: &Path) -> &Path {
 }
 
 /// Where `path` leads through any chain of symbolic links (the last target may not exist).
-fn link_target(path: &Path) -> std::io::Result<std::path::PathBuf> {
+pub(crate) fn link_target(path: &Path) -> std::io::Result<std::path::PathBuf> {
     // Linux's own limit on links followed in one lookup.
     const MAX_LINKS: usize = 40;
     let mut current = path.to_path_buf();

@@ -10,7 +10,7 @@ mod peft_export;
 mod peft_import;
 mod store;
 
-pub(crate) use atomic::hex;
+pub(crate) use atomic::{hex, link_target};
 
 /// The first of `names` present in `dir` (a dangling link counts: a write would follow it).
 fn first_present(dir: &std::path::Path, names: &[&str]) -> Option<std::path::PathBuf> {

@@ -62,7 +62,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub export_peft: Option<PathBuf>,
     /// Write each step's examples (row indices, token ids, labels) as JSON lines to this
-    /// file, so another trainer can replay the same batches (scripts/side_by_side_demo.sh).
+    /// file, so another trainer can replay the same batches (scripts/side_by_side_demo.sh);
+    /// it is written as .NAME.partial beside it until the run ends, so a file there stays
+    /// whole if the run fails.
     #[arg(long)]
     pub write_batches: Option<PathBuf>,
     /// No progress bar, and no per-evaluation or resume lines on stderr (warnings and the

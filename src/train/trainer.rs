@@ -396,6 +396,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.evaluate_and_save_when_due(&plan, &mut run, epoch, epoch_done, &progress)?;
             }
         }
+        if let Some(log) = batch_log {
+            log.finish(run.step == plan.total_steps)?;
+        }
         self.finish(&plan, run, progress)
     }
 
