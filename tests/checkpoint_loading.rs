@@ -667,6 +667,43 @@ fn a_fine_tuned_head_agrees_with_its_config() {
         .unwrap()
         .to_string();
     assert!(e.contains("no classifier head"), "{e}");
+
+    // A head in part, or in shapes that do not fit together, is a damaged file: refused for
+    // training too (it had started from a fresh head without a word), naming the tensors.
+    let damaged = |name: &str, edit: &dyn Fn(&mut Tensors)| {
+        let dir = tmp.path().join(name);
+        let mut t = with_head(3);
+        edit(&mut t);
+        write_checkpoint(&dir, &tiny_config_json(2), &t, Dtype::F64, true);
+        let ck = Checkpoint::open(&dir).unwrap();
+        BertClassifier::from_checkpoint(&ck, &cpu, 2, 0)
+            .err()
+            .unwrap_or_else(|| panic!("{name} loaded"))
+            .to_string()
+    };
+    let e = damaged("no-bias", &|t| {
+        t.remove("classifier.bias");
+    });
+    assert!(
+        e.contains("`classifier.weight` [3, 15] is there but `classifier.bias` is missing"),
+        "{e}"
+    );
+    let e = damaged("no-weight", &|t| {
+        t.remove("classifier.weight");
+    });
+    assert!(e.contains("`classifier.weight` is missing"), "{e}");
+    let e = damaged("rows", &|t| {
+        t.insert("classifier.bias".into(), (vec![2], vec![0.0; 2]));
+    });
+    assert!(
+        e.contains("does not fit together") && e.contains("[3, 15]") && e.contains("[2]"),
+        "{e}"
+    );
+    // A whole head of another size is not damaged: a fresh head of the data's size.
+    let dir = tmp.path().join("three");
+    write_checkpoint(&dir, &tiny_config_json(2), &with_head(3), Dtype::F64, true);
+    let model = BertClassifier::from_checkpoint(&Checkpoint::open(&dir).unwrap(), &cpu, 2, 0);
+    assert_eq!(model.unwrap().num_labels, 2);
 }
 
 /// Writes `tensors` as `model-0000i-of-0000n.safetensors` shards (tensor k in shard k mod n)

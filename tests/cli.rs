@@ -2160,7 +2160,11 @@ fn a_fine_tuned_checkpoint_evaluates_and_predicts_without_an_adapter() {
         "--output",
         &out,
     ]);
-    assert!(ok && err.contains("in another order"), "{err}");
+    assert!(
+        ok && err.contains("in another order")
+            && err.contains("starts from the checkpoint's own classifier head"),
+        "{err}"
+    );
     // The run started from the head's rows swapped: at this learning rate they moved
     // by about 1e-6, far less than the rows differ.
     let trained = safetensors::SafeTensors::deserialize(

@@ -53,6 +53,33 @@ impl Checkpoint {
         }
     }
 
+    /// What is wrong with the classifier head the checkpoint holds in part or in shapes
+    /// that do not fit together (`classifier.weight` without `classifier.bias`, rows that
+    /// are not the bias's length, inputs that are not the hidden size); `None` for a whole
+    /// head or none at all.
+    pub fn classifier_head_problem(&self) -> Option<String> {
+        let h = self.config.hidden_size;
+        match (
+            self.weights.shape("classifier.weight"),
+            self.weights.shape("classifier.bias"),
+        ) {
+            (None, None) => None,
+            (Some(w), None) => Some(format!(
+                "`classifier.weight` {w:?} is there but `classifier.bias` is missing"
+            )),
+            (None, Some(b)) => Some(format!(
+                "`classifier.bias` {b:?} is there but `classifier.weight` is missing"
+            )),
+            (Some(w), Some(b)) => match (w.as_slice(), b.as_slice()) {
+                (&[n, inputs], &[m]) if n == m && n > 0 && inputs == h => None,
+                _ => Some(format!(
+                    "the classifier head does not fit together: `classifier.weight` {w:?}, \
+                     `classifier.bias` {b:?} (expected [num_labels, {h}] and [num_labels])"
+                )),
+            },
+        }
+    }
+
     /// The resolved directory.
     pub fn dir(&self) -> &Path {
         &self.dir

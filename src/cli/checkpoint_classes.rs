@@ -28,15 +28,17 @@ pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
     Some(TaskKind::Classification { labels })
 }
 
-/// Says so when the checkpoint's own head has another number of outputs than the data's
-/// classes: the run starts from a fresh head instead (transformers would refuse the load
-/// unless told to ignore the mismatch).
+/// Says which head a run from a checkpoint with one starts from: its own, or a fresh one
+/// when it has another number of outputs than the data's classes (transformers would
+/// refuse the load unless told to ignore the mismatch).
 pub fn note_replaced_head(checkpoint: &Checkpoint, outputs: usize) {
-    if let Some(n) = checkpoint.classifier_outputs().filter(|&n| n != outputs) {
-        note!(
+    match checkpoint.classifier_outputs() {
+        Some(n) if n != outputs => note!(
             "the checkpoint's classifier head has {n} output(s) and the data needs {outputs}: \
              training starts from a fresh head"
-        );
+        ),
+        Some(_) => note!("training starts from the checkpoint's own classifier head"),
+        None => {}
     }
 }
 

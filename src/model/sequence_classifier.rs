@@ -53,8 +53,9 @@ impl<B: Backend> std::fmt::Debug for BertClassifier<B> {
 impl<B: Backend> BertClassifier<B> {
     /// Loads `checkpoint` on `backend` with a `num_labels` head: the checkpoint's own
     /// `classifier` tensors when it has them with that shape, otherwise a fresh head drawn as
-    /// transformers draws it (weights N(0, `initializer_range`), bias 0) from `seed`. Everything starts
-    /// frozen; apply a plan to choose what trains.
+    /// transformers draws it (weights N(0, `initializer_range`), bias 0) from `seed`. A head
+    /// present in part, or in shapes that do not fit together, is refused (it is a damaged
+    /// file, not a base model). Everything starts frozen; apply a plan to choose what trains.
     pub fn from_checkpoint(
         checkpoint: &Checkpoint,
         backend: &B,
@@ -62,6 +63,12 @@ impl<B: Backend> BertClassifier<B> {
         seed: u64,
     ) -> Result<Self> {
         let config = &checkpoint.config;
+        if let Some(problem) = checkpoint.classifier_head_problem() {
+            return Err(Error::Format {
+                path: checkpoint.weights.path().to_path_buf(),
+                detail: problem,
+            });
+        }
         backend.check_attention_head_dim(config.head_dim())?;
         // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
         // fresh one, as transformers gives it; one pooler tensor alone is a broken file.
