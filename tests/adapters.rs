@@ -261,6 +261,7 @@ fn peft_export_names_and_config() {
         Some(&names),
         Some(40),
         None,
+        Some(&ck.weights),
     )
     .unwrap();
     // The class names and the inputs' cut, which PEFT's files have no place for, come back
@@ -294,6 +295,21 @@ fn peft_export_names_and_config() {
     std::fs::write(&note, text.replace(&stale, &"0".repeat(64))).unwrap();
     let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
     assert_eq!((import.labels, import.max_len), (None, None));
+    // A note naming another base encoder is refused, as spafit's own adapters are (the
+    // export had loaded on any base of the right shapes).
+    let base = serde_json::from_str::<serde_json::Value>(&text).unwrap()["base_encoder_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(base, ck.weights.encoder_sha256());
+    std::fs::write(&note, text.replace(&base, &"0".repeat(64))).unwrap();
+    let e = import_peft(dir.path(), &ck, &cpu).expect_err("another base");
+    assert!(
+        matches!(e, spafit::Error::Mismatch { .. })
+            && e.to_string().contains("spafit_export.json")
+            && e.to_string().contains("encoder tensors"),
+        "{e}"
+    );
     // A cut that is not a count of tokens is refused, naming the file.
     std::fs::write(&note, text.replace("\"max_len\": 40", "\"max_len\": -3")).unwrap();
     let e = import_peft(dir.path(), &ck, &cpu).expect_err("max_len -3");
@@ -343,7 +359,18 @@ fn peft_export_names_and_config() {
     assert_eq!(config["bias"], "all");
 
     let bitfit = PeftPlan::new(&PeftConfig::new(Method::BitFit), 6).unwrap();
-    let e = export_peft(dir.path(), &cpu, &model, &bitfit, "x", None, None, None).unwrap_err();
+    let e = export_peft(
+        dir.path(),
+        &cpu,
+        &model,
+        &bitfit,
+        "x",
+        None,
+        None,
+        None,
+        None,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("no LoRA adapter"), "{e}");
 
     // Never into a spafit adapter's folder: the two adapters would mix, and nothing of the
@@ -363,7 +390,7 @@ fn peft_export_names_and_config() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    let e = export_peft(own.path(), &cpu, &model, &plan, "x", None, None, None).unwrap_err();
+    let e = export_peft(own.path(), &cpu, &model, &plan, "x", None, None, None, None).unwrap_err();
     assert!(
         e.to_string().contains("holds a spafit adapter or run")
             && e.to_string().contains("adapter.json"),
@@ -406,7 +433,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     // The PEFT export refuses the same, with the same words.
     let export =
         |model: &BertClassifier<CpuBackend>, plan: &PeftPlan, labels: Option<&[String]>| {
-            export_peft(dir.path(), &cpu, model, plan, "x", labels, None, None)
+            export_peft(dir.path(), &cpu, model, plan, "x", labels, None, None, None)
                 .err()
                 .map(|e| e.to_string())
         };
@@ -462,6 +489,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
         "x",
         None,
         Some(100_000),
+        None,
         None,
     )
     .unwrap_err();

@@ -297,6 +297,7 @@ fn export_then_import_gives_bitwise_the_same_logits() {
                 None,
                 None,
                 None,
+                None,
             )
             .unwrap();
             // PEFT restores every module in `modules_to_save` whole, and fails on a key it
@@ -377,7 +378,8 @@ fn export_then_import_gives_bitwise_the_same_logits() {
         let plan = PeftPlan::new(&PeftConfig::new(method), 6).unwrap();
         let model = trained(&ck, &cpu, &plan, 2);
         let dir = tempfile::tempdir().unwrap();
-        let e = export_peft(dir.path(), &cpu, &model, &plan, "x", None, None, None).unwrap_err();
+        let e =
+            export_peft(dir.path(), &cpu, &model, &plan, "x", None, None, None, None).unwrap_err();
         assert!(e.to_string().contains("no LoRA adapter"), "{method}: {e}");
     }
 }
@@ -398,6 +400,7 @@ fn export_holds_the_models_tensors_value_by_value() {
             &model,
             &plan,
             "all-MiniLM-L6-v2",
+            None,
             None,
             None,
             None,

@@ -7,6 +7,7 @@ use serde_json::json;
 use super::atomic::{stage_atomic, staged_copies};
 use super::store::tensors_to_safetensors;
 use crate::backend::Backend;
+use crate::checkpoint::WeightsFile;
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
 use crate::nn::Stratum;
@@ -25,6 +26,8 @@ use crate::tensor::Tensor;
 /// wrap a module that was not trained (`output.dense` also ends `attention.output.dense`).
 /// `run_dir`, the training run's output folder, is recorded too (see [`exported_by_run`]), so
 /// that resuming that run may write its export again and no other run can replace it.
+/// `base`, the weights the model was trained on, records their encoder's identity, which
+/// spafit's import checks as it checks its own adapters' (PEFT checks none).
 #[allow(clippy::too_many_arguments)]
 pub fn export_peft<B: Backend>(
     dir: &Path,
@@ -35,6 +38,7 @@ pub fn export_peft<B: Backend>(
     labels: Option<&[String]>,
     max_len: Option<usize>,
     run_dir: Option<&Path>,
+    base: Option<&WeightsFile>,
 ) -> Result<()> {
     if let Some(found) = spafit_file_in(dir) {
         return Err(Error::invalid(
@@ -169,6 +173,7 @@ pub fn export_peft<B: Backend>(
         "labels": labels,
         "max_len": max_len,
         "adapter_model_sha256": super::sha256_hex(&bytes),
+        "base_encoder_sha256": base.map(WeightsFile::encoder_sha256),
         "run": run_dir.map(run_identity),
     });
     let config = serde_json::to_vec_pretty(&config)

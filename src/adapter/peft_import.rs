@@ -69,12 +69,13 @@ struct ExportNote {
 /// What `spafit_export.json` records for a head of `outputs` outputs, if the file is there and
 /// describes these weights (their SHA-256 `weights_sha256`: PEFT may have saved another
 /// adapter here since, leaving the note; then `stale` says so): class names (for a classifier)
-/// and `max_len`. Names that do not fit the head, or a `max_len` that is not a positive
-/// count, are an error naming the file.
+/// and `max_len`. Names that do not fit the head, a `max_len` that is not a positive count,
+/// or a recorded base encoder other than `base`'s, are an error naming the file.
 fn exported_note(
     dir: &Path,
     outputs: usize,
     weights_sha256: &str,
+    base: &crate::checkpoint::WeightsFile,
     stale: &mut Vec<String>,
 ) -> Result<ExportNote> {
     let path = dir.join(SPAFIT_EXPORT_FILE);
@@ -98,6 +99,21 @@ fn exported_note(
             ));
         }
         return Ok(ExportNote::default());
+    }
+    // Recorded since spafit exports name their base; older notes pass unchecked.
+    if let Some(trained_on) = json.get("base_encoder_sha256").and_then(|h| h.as_str()) {
+        if trained_on != base.encoder_sha256() {
+            return Err(Error::Mismatch {
+                path: path.clone(),
+                detail: format!(
+                    "the adapter was trained on a base whose encoder tensors have sha256 \
+                     {trained_on}, but those of {} have sha256 {}: another model, or the same \
+                     one saved with other values or in another dtype",
+                    base.path().display(),
+                    base.encoder_sha256()
+                ),
+            });
+        }
     }
     let max_len = match json.get("max_len") {
         None | Some(serde_json::Value::Null) => None,
@@ -551,7 +567,13 @@ pub fn import_peft<B: Backend>(
         .collect();
     model.store_frozen_weights(backend)?;
     let mut warnings = Vec::new();
-    let note = exported_note(dir, num_labels, file.sha256(), &mut warnings)?;
+    let note = exported_note(
+        dir,
+        num_labels,
+        file.sha256(),
+        &checkpoint.weights,
+        &mut warnings,
+    )?;
     Ok((
         model,
         PeftImport {

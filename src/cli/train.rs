@@ -256,6 +256,7 @@ pub fn fit<B: Backend>(
             },
             Some(tokenizer.max_len()),
             args.output.as_deref(),
+            Some(&run.checkpoint.weights),
         )?;
     }
     drop(locks);
