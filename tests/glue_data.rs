@@ -719,6 +719,32 @@ fn classes_are_inferred_from_a_training_file() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 2: missing `text`"), "{e}");
+    // When the rows skipped leave one class, the refusal names them (it had said nothing
+    // of them).
+    write(
+        tmp.path(),
+        "one_left.jsonl",
+        "{\"text\": \"a\", \"label\": \"x\"}\n{\"label\": \"y\"}\n{\"text\": \"b\", \"label\": \"x\"}\n",
+    );
+    let e = text_label_table(tmp.path().join("one_left.jsonl"))
+        .infer_classes(OnMalformed::Skip)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("every label in `label` is `x`")
+            && e.contains("1 malformed row was skipped")
+            && e.contains("one_left.jsonl:2: missing `text`"),
+        "{e}"
+    );
+    // Whole numbers past 2^53 that round to the same f64 keep their order.
+    let kind = infer(
+        "huge.csv",
+        "text,label\na,9007199254740993\nb,9007199254740992\n",
+    );
+    assert_eq!(
+        kind.unwrap(),
+        classes(&["9007199254740992", "9007199254740993"])
+    );
     let e = refused("scores.csv", "text,label\na,1\nb,2\nc,0.25\n");
     assert!(
         e.contains("scores.csv") && e.contains("line 4") && e.contains("--regression"),

@@ -220,9 +220,18 @@ impl TableSpec {
             seen.push((label, line));
             Ok(())
         })?;
+        // The rows skipped may be why too few classes remain: the refusal names them.
+        let skipped = match sink.skipped.as_slice() {
+            [] => String::new(),
+            [only] => format!(" (1 malformed row was skipped: {only})"),
+            [first, rest @ ..] => format!(
+                " ({} malformed rows were skipped, the first: {first})",
+                rest.len() + 1
+            ),
+        };
         let refuse = |detail: String| Error::Format {
             path: path.clone(),
-            detail,
+            detail: format!("{detail}{skipped}"),
         };
         if seen.is_empty() {
             return Err(refuse(format!(
