@@ -1033,6 +1033,11 @@ fn mnli_reports_both_dev_sets() {
         line["dev_accuracy"].is_number() && line["dev_mismatched_accuracy"].is_number(),
         "{line}"
     );
+    // The line is kept with the run: the mismatched split's metrics are nowhere else.
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(kept, line);
     // eval defaults to MNLI's first dev split (there is no plain `dev`).
     let (ok, stdout, err) = spafit(&[
         "eval",

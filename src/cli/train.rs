@@ -52,7 +52,8 @@ pub struct TrainArgs {
     /// run first when its steps are fewer: raise it to train longer.
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub max_steps: Option<usize>,
-    /// Output directory: metrics.jsonl, best/ (the best adapter), last/ (resumable state).
+    /// Output directory: metrics.jsonl, best/ (the best adapter), last/ (resumable state),
+    /// result.json (the final JSON line).
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Continue the run saved in OUTPUT/last.
@@ -413,10 +414,17 @@ impl TrainCommand {
                 }
             }
         }
+        // Kept with the run: stdout may be gone, and MNLI's second dev split is only here.
+        if let Some(dir) = &self.train.output {
+            spafit::adapter::write_atomic(&dir.join(RESULT_FILE), format!("{line}\n").as_bytes())?;
+        }
         super::print_line(&line)?;
         Ok(())
     }
 }
+
+/// The final JSON line of a run, kept in its output directory.
+const RESULT_FILE: &str = "result.json";
 
 /// Refuses output paths that would fail only after training (a file where a directory goes)
 /// or overwrite an input: the run's model folder, its adapter, or one of `inputs` (the data).
