@@ -133,8 +133,15 @@ impl PredictionTable<'_> {
     }
 
     fn delimited(&self, delimiter: u8) -> Result<String> {
+        // TSV fields go unquoted, as GLUE's files are and as spafit's TSV reader reads
+        // them: class names hold no tab or line break (refused where they are read).
+        let quoting = match delimiter {
+            b'\t' => csv::QuoteStyle::Never,
+            _ => csv::QuoteStyle::Necessary,
+        };
         let mut w = csv::WriterBuilder::new()
             .delimiter(delimiter)
+            .quote_style(quoting)
             .from_writer(Vec::new());
         // The header follows the task, not the first row: an empty split still gets the
         // columns its rows would have.
@@ -268,7 +275,7 @@ mod tests {
         };
         assert_eq!(
             empty.render(PredictionFormat::Tsv).unwrap(),
-            "index\tline\tlabel\tprobability\tprobability_no, never\t\"probability_yes \"\"sure\"\"\"\n"
+            "index\tline\tlabel\tprobability\tprobability_no, never\tprobability_yes \"sure\"\n"
         );
         assert_eq!(
             PredictionFormat::choose(None, Some(std::path::Path::new("p.TSV"))),
