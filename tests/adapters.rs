@@ -277,6 +277,10 @@ fn peft_export_names_and_config() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("holds no spafit adapter"), "{e}");
+    let e = load_adapter(&dir.path().join("adapter_config.json"), &ck, &cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a file, not an adapter folder"), "{e}");
     let note = dir.path().join("spafit_export.json");
     let text = std::fs::read_to_string(&note).unwrap();
     std::fs::write(&note, text.replace("\"neutral\",", "")).unwrap();

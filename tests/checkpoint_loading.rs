@@ -805,7 +805,29 @@ fn sharded_checkpoints_load_as_one_file_does() {
     let e = broken("missing-shard", &|d, _| {
         std::fs::remove_file(d.join(&home)).unwrap();
     });
-    assert!(e.contains(&home), "{e}");
+    assert!(
+        e.contains("model.safetensors.index.json")
+            && e.contains(&format!(
+                "names the shard `{home}`, which is not beside the index"
+            )),
+        "{e}"
+    );
+    let e = broken("folder-shard", &|d, _| {
+        std::fs::remove_file(d.join(&home)).unwrap();
+        std::fs::create_dir(d.join(&home)).unwrap();
+    });
+    assert!(
+        e.contains(&home) && e.contains("a folder where a safetensors file should be"),
+        "{e}"
+    );
+    // The checkpoint's config.json given for its folder names the folder to give.
+    let dir = tmp.path().join("whole");
+    write_shards(&dir, &config, &tensors, 2);
+    let e = Checkpoint::open(&dir.join("config.json"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("a file, not a checkpoint folder"), "{e}");
     let e = broken("outside", &|_, m| {
         m.insert(probe.into(), format!("../one/{home}"));
     });

@@ -33,3 +33,12 @@ pub use store::{
     load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors,
     TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,
 };
+
+/// Why an adapter path that is not a folder cannot be read: a file in one (`best/adapter.json`)
+/// names the folder to give instead.
+fn not_a_folder(path: &std::path::Path) -> &'static str {
+    match path.is_file() {
+        true => "a file, not an adapter folder: give the folder that holds it (e.g. OUTPUT/best)",
+        false => "no such adapter directory",
+    }
+}

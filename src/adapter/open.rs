@@ -176,7 +176,7 @@ pub fn open_adapter<B: Backend>(
     if !dir.is_dir() {
         return Err(Error::Io {
             path: dir.to_path_buf(),
-            error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such adapter directory"),
+            error: std::io::Error::new(std::io::ErrorKind::NotFound, super::not_a_folder(dir)),
         });
     }
     // Weights without their manifest: a first save killed between its two renames, which

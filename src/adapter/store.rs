@@ -332,7 +332,7 @@ pub fn load_adapter<B: Backend>(
         } else if dir.is_dir() {
             "holds no spafit adapter (no adapter.json, no adapter.safetensors)"
         } else {
-            "no such adapter directory"
+            super::not_a_folder(dir)
         };
         return Err(Error::Io {
             path: dir.to_path_buf(),
@@ -406,11 +406,20 @@ pub fn load_adapter<B: Backend>(
     if expected != stored {
         let missing: Vec<&String> = expected.iter().filter(|n| !stored.contains(n)).collect();
         let extra: Vec<&String> = stored.iter().filter(|n| !expected.contains(n)).collect();
+        let mut why = Vec::new();
+        if !missing.is_empty() {
+            why.push(format!("the plan trains {missing:?}, which the list lacks"));
+        }
+        if !extra.is_empty() {
+            why.push(format!(
+                "the list names {extra:?}, which the plan does not train"
+            ));
+        }
         return Err(Error::Mismatch {
             path: manifest_path,
             detail: format!(
-                "the stored tensors are not the plan's trainable tensors (missing: {missing:?}; \
-                 not trained under the plan: {extra:?})"
+                "its list of stored tensors (`tensors`) is not what its plan trains: {}",
+                why.join("; ")
             ),
         });
     }

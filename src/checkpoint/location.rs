@@ -64,9 +64,16 @@ pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBu
             ),
         });
     }
+    let detail = match spec.is_file() {
+        true => {
+            "a file, not a checkpoint folder: give the folder that holds config.json, \
+                 model.safetensors and tokenizer.json"
+        }
+        false => "not a checkpoint: no config.json (and not a Hugging Face cache folder)",
+    };
     Err(Error::Format {
         path: spec.to_path_buf(),
-        detail: "not a checkpoint: no config.json (and not a Hugging Face cache folder)".into(),
+        detail: detail.into(),
     })
 }
 

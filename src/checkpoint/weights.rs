@@ -42,6 +42,12 @@ struct Shard {
 
 impl Shard {
     fn read(path: &Path) -> Result<Shard> {
+        if path.is_dir() {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                detail: "a folder where a safetensors file should be".into(),
+            });
+        }
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             error: source,
@@ -145,7 +151,16 @@ impl WeightsFile {
         let dir = index.parent().unwrap_or(Path::new("."));
         let shards = files
             .iter()
-            .map(|f| Shard::read(&dir.join(f)))
+            .map(|f| {
+                let shard = dir.join(f);
+                if !shard.exists() {
+                    return Err(format(format!(
+                        "`weight_map` names the shard `{f}`, which is not beside the index \
+                         (a download or copy that stopped part way?)"
+                    )));
+                }
+                Shard::read(&shard)
+            })
             .collect::<Result<Vec<_>>>()?;
         let weights = Self::from_shards(index, shards)?;
         for (name, file) in placed {

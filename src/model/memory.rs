@@ -70,9 +70,11 @@ pub fn check_batch_memory<B: Backend>(
         (need, have) => Err(Error::invalid(
             op,
             format!(
-                "a batch of {batch} × {seq_len} tokens needs at least {} of host memory; {} is \
-                 available (a smaller batch size needs less)",
-                need.map_or("more than can be addressed".to_string(), gib),
+                "a batch of {batch} × {seq_len} tokens needs {}; {} is available (a smaller \
+                 batch size needs less)",
+                need.map_or("more host memory than can be addressed".to_string(), |n| {
+                    format!("at least {} of host memory", gib(n))
+                }),
                 have.map_or("an unknown amount".to_string(), gib)
             ),
         )),
