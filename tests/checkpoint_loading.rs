@@ -823,7 +823,7 @@ fn sharded_checkpoints_load_as_one_file_does() {
     // The checkpoint's config.json given for its folder names the folder to give.
     let dir = tmp.path().join("whole");
     write_shards(&dir, &config, &tensors, 2);
-    let e = Checkpoint::open(&dir.join("config.json"))
+    let e = Checkpoint::open(dir.join("config.json"))
         .err()
         .unwrap()
         .to_string();
