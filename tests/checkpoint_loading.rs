@@ -477,7 +477,7 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     let bert = tiny_config_json(2);
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
         "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
-    let cases: [(&str, String, &str); 13] = [
+    let cases: [(&str, String, &str); 14] = [
         (
             "multi-label",
             bert.replace(
@@ -521,6 +521,11 @@ fn other_model_families_and_decoders_are_refused_by_name() {
             "initializer-range",
             bert.replace(r#""gelu","#, r#""gelu", "initializer_range": -0.02,"#),
             "`initializer_range` must be positive",
+        ),
+        (
+            "layer-norm-eps-huge",
+            bert.replace("\"layer_norm_eps\": 1e-12", "\"layer_norm_eps\": 1e300"),
+            "`layer_norm_eps` must be in (0, 1], got 1e300",
         ),
         (
             "model-type-number",

@@ -913,6 +913,8 @@ fn row_errors_say_what_to_do() {
     );
     let e = load("nul.csv", "text,label\na,x\0y\n", binary());
     assert!(e.contains("label `x\\0y`") && !e.contains('\0'), "{e:?}");
+    let e = load("blank.csv", "text,label\na,1\nb, \n", TaskKind::Regression);
+    assert!(e.contains("line 3: the label is empty"), "{e}");
     let e = load("huge.csv", "text,label\na,1e300\n", TaskKind::Regression);
     assert!(e.contains("too large for a regression target"), "{e}");
     let e = load(

@@ -545,6 +545,11 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
     let config_cases: Vec<(&str, serde_json::Value, &str)> = vec![
         ("use_dora", json!(true), "DoRA"),
         ("use_rslora", json!(true), "rank-stabilized"),
+        (
+            "bias",
+            json!("foo"),
+            "PEFT knows \"none\", \"all\" and \"lora_only\"",
+        ),
         ("fan_in_fan_out", json!(true), "fan-in-fan-out"),
         ("rank_pattern", json!({"query": 4}), "per-module ranks"),
         (

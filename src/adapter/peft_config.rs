@@ -224,6 +224,17 @@ impl PeftLoraSettings {
                 ));
             }
         }
+        // Which biases PEFT trained and saved; the tensors in the file say which layers'.
+        match get("bias") {
+            Value::Null => {}
+            Value::String(s) if ["none", "all", "lora_only"].contains(&s.as_str()) => {}
+            other => {
+                return Err(bad(
+                    "bias",
+                    format!("{other}: PEFT knows \"none\", \"all\" and \"lora_only\""),
+                ))
+            }
+        }
         match get("init_lora_weights") {
             Value::Null | Value::Bool(_) => {}
             Value::String(s) if PLAIN_INITS.contains(&s.to_ascii_lowercase().as_str()) => {}

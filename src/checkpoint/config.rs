@@ -369,9 +369,11 @@ impl BertConfig {
                 self.initializer_range
             ));
         }
-        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+        // Past 1 the epsilon drowns the variance it guards (BERT's is 1e-12): every
+        // LayerNorm output would be about 0.
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps <= 1.0) {
             return Err(format!(
-                "`layer_norm_eps` must be positive, got {}",
+                "`layer_norm_eps` must be in (0, 1], got {:e}",
                 self.layer_norm_eps
             ));
         }

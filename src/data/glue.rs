@@ -374,6 +374,9 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
     let field = field.trim();
     // Control characters (a NUL, an escape) are shown escaped, not written to the terminal.
     let shown = field.escape_debug().to_string();
+    if field.is_empty() {
+        return Err("the label is empty".into());
+    }
     match kind {
         TaskKind::Regression => {
             let value = field
