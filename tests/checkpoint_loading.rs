@@ -174,10 +174,10 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
     let dir = tmp.path().join("missing");
     write_checkpoint(&dir, &tiny_config_json(2), &missing, Dtype::F32, false);
     let e = load_err(&dir).to_string();
+    // Named as the file spells its tensors: without `bert.` here.
     assert!(
         e.contains("model.safetensors")
-            && e.contains("bert.encoder.layer.1.output.dense.bias")
-            && e.contains("missing"),
+            && e.contains("tensor `encoder.layer.1.output.dense.bias` is missing"),
         "{e}"
     );
 
@@ -188,7 +188,14 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
     let dir = tmp.path().join("half-pooler");
     write_checkpoint(&dir, &tiny_config_json(2), &half_pooler, Dtype::F32, false);
     let e = load_err(&dir).to_string();
-    assert!(e.contains("`bert.pooler.dense.bias` is missing"), "{e}");
+    assert!(e.contains("tensor `pooler.dense.bias` is missing"), "{e}");
+    let dir = tmp.path().join("half-pooler-prefixed");
+    write_checkpoint(&dir, &tiny_config_json(2), &half_pooler, Dtype::F32, true);
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("tensor `bert.pooler.dense.bias` is missing"),
+        "{e}"
+    );
 
     let mut misshapen = full.clone();
     misshapen.insert(

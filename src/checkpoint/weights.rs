@@ -341,7 +341,15 @@ impl WeightsFile {
                 "tensor `{name}` is missing; the file has `{other}`, under a prefix spafit does \
                  not read (it reads BERT's names with a `bert.` prefix or none)"
             ),
-            None => format!("tensor `{name}` is missing"),
+            // Named as the file spells its other tensors: without `bert.` in a `BertModel`
+            // checkpoint.
+            None => {
+                let unprefixed = name.strip_prefix("bert.").filter(|_| {
+                    !self.names.iter().any(|n| n.starts_with("bert."))
+                        && self.names.iter().any(|n| n.starts_with("encoder."))
+                });
+                format!("tensor `{}` is missing", unprefixed.unwrap_or(name))
+            }
         }
     }
 
