@@ -98,6 +98,19 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             "{err}"
         );
     }
+    // A broken libcuda first on the library path is not "no driver": it is named.
+    let broken = tempfile::tempdir().unwrap();
+    for name in ["libcuda.so", "libcuda.so.1"] {
+        std::fs::write(broken.path().join(name), "not a library").unwrap();
+    }
+    let (ok, _, err) = spafit_with_env(
+        &bench_on("cuda"),
+        &[("LD_LIBRARY_PATH", broken.path().as_os_str())],
+    );
+    assert!(
+        ok || (err.contains("was found but does not load") && err.contains("libcuda.so")),
+        "{err}"
+    );
     for (name, value) in [
         ("SPAFIT_EMU_SCHEDULE", "shuffle:abc"),
         ("SPAFIT_EMU_MEMORY", "16G"),

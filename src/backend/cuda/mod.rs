@@ -284,6 +284,30 @@ fn check_kernels(backend: &str) -> Result<()> {
     Ok(())
 }
 
+/// Why a libcuda that exists cannot be loaded (a broken or foreign file on the library
+/// path), or `None` when there is none to load: the two call for different remedies.
+fn driver_load_failure() -> Option<String> {
+    let mut failure = None;
+    for name in ["libcuda.so", "libcuda.so.1"] {
+        // SAFETY: probes the library the driver API would load; on success it is closed
+        // again at once, without calling anything in it.
+        match unsafe {
+            libloading::os::unix::Library::open(Some(name), libloading::os::unix::RTLD_NOW)
+        } {
+            Ok(_) => return None,
+            Err(e) => {
+                // dlerror()'s words are the error's source.
+                let text =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                if !text.contains("No such file or directory") {
+                    failure.get_or_insert(text);
+                }
+            }
+        }
+    }
+    failure
+}
+
 impl CudaBackend {
     /// The backend on GPU `ordinal` (NVIDIA's driver). Fails with a message (never a panic)
     /// when this build has no kernels, the machine has no CUDA driver (the message names
@@ -301,7 +325,16 @@ impl CudaBackend {
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(unavailable(
                 ordinal,
-                "no CUDA driver (libcuda) on this machine; `--device cuda-emu` (`CudaBackend::emulated` in the library) runs the same kernels on the CPU stand-in",
+                match driver_load_failure() {
+                    Some(why) => format!(
+                        "a CUDA driver library was found but does not load ({why}); \
+                         `--device cuda-emu` runs the same kernels on the CPU stand-in"
+                    ),
+                    None => "no CUDA driver (libcuda) on this machine; `--device cuda-emu` \
+                             (`CudaBackend::emulated` in the library) runs the same kernels on \
+                             the CPU stand-in"
+                        .into(),
+                },
             ));
         }
         if emulator::driver_library_is_stand_in() {
