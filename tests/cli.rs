@@ -1916,6 +1916,19 @@ fn bad_paths_and_labels_are_refused_before_training() {
         !ok && err.contains("where this run writes its own files"),
         "{err}"
     );
+    // result.json, written last, is one of the run's files too.
+    let (ok, _, err) = train(&[
+        "--train-file",
+        &p("named.csv"),
+        "--output",
+        &p("fresh"),
+        "--write-batches",
+        &p("fresh/result.json"),
+    ]);
+    assert!(
+        !ok && err.contains("where this run writes its own files"),
+        "{err}"
+    );
     let (ok, _, err) = train(&["--train-file", &p("named.csv"), "--export-peft", &peft]);
     assert!(!ok && err.contains("already holds an adapter"), "{err}");
     // An export goes to a folder of its own: not beside a spafit adapter or run, not among
@@ -1925,6 +1938,11 @@ fn bad_paths_and_labels_are_refused_before_training() {
         (out.clone(), p("fresh"), "holds a spafit adapter or run"),
         (
             p("fresh/best"),
+            p("fresh"),
+            "where this run writes its own files",
+        ),
+        (
+            p("fresh/result.json"),
             p("fresh"),
             "where this run writes its own files",
         ),

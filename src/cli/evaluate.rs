@@ -266,7 +266,6 @@ impl PredictCommand {
             super::check_output_file(
                 "--output",
                 out,
-                super::Written::Atomically,
                 &self.model.model,
                 self.adapter.as_deref(),
                 &self.data.input_files(),

@@ -136,13 +136,12 @@ fn print_line(line: &dyn std::fmt::Display) -> spafit::Result<()> {
 fn check_output_file(
     flag: &'static str,
     out: &std::path::Path,
-    how: Written,
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
     inputs: &[std::path::PathBuf],
 ) -> spafit::Result<()> {
     let refuse = |detail: String| Err(spafit::Error::invalid(flag, detail));
-    check_creatable_file(flag, out, how)?;
+    check_creatable_file(flag, out)?;
     if is_read_file(out, model, adapter) {
         return refuse(format!(
             "{} is a file of the model or adapter this command reads",
@@ -248,24 +247,10 @@ fn check_creatable(flag: &'static str, dir: &std::path::Path) -> spafit::Result<
     check_writable_ancestor(flag, dir, dir)
 }
 
-/// How a command writes an output file.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Written {
-    /// Under a temporary name in the same folder, then renamed over it: the folder must be
-    /// writable.
-    Atomically,
-    /// Opened where it is (a log appended step by step; `/dev/null` or a pipe work too): an
-    /// existing file must be writable, a new one creatable.
-    InPlace,
-}
-
-/// [`check_creatable`] for an output file, written `how`: it may not be a directory, and
-/// what the write needs (see [`Written`]) must be allowed.
-fn check_creatable_file(
-    flag: &'static str,
-    file: &std::path::Path,
-    how: Written,
-) -> spafit::Result<()> {
+/// [`check_creatable`] for an output file, which is written under a temporary name beside
+/// it and renamed over it (a device or a pipe is written in place): it may not be a
+/// directory, and its folder (or the device) must be writable.
+fn check_creatable_file(flag: &'static str, file: &std::path::Path) -> spafit::Result<()> {
     if file.is_dir() {
         return Err(spafit::Error::invalid(
             flag,
@@ -285,9 +270,6 @@ fn check_creatable_file(
     }
     // The write follows a link to its target.
     let target = resolved(file);
-    if how == Written::InPlace && target.exists() {
-        return writable_in_place(&target);
-    }
     let parent = target.parent().unwrap_or(std::path::Path::new(""));
     check_writable_ancestor(flag, parent, file)
 }
@@ -379,9 +361,10 @@ pub(crate) fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 /// run's. Predictions or a batch log written over one would destroy it.
 fn is_artifact_name(path: &std::path::Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    const OTHERS: [&str; 3] = [
+    const OTHERS: [&str; 4] = [
         "spafit_export.json",
         "metrics.jsonl",
+        train::RESULT_FILE,
         "special_tokens_map.json",
     ];
     MODEL_FILES.contains(&name)

@@ -167,7 +167,7 @@ pub fn fit<B: Backend>(
     train: &Dataset,
     dev: Option<&Dataset>,
     task: Option<spafit::data::GlueTask>,
-) -> Result<TrainReport> {
+) -> Result<(TrainReport, Vec<spafit::train::RunLock>)> {
     if args.export_peft.is_some() && run.plan.lora.is_none() {
         return Err(spafit::Error::invalid(
             "--export-peft",
@@ -227,6 +227,18 @@ pub fn fit<B: Backend>(
         .collect();
     // Before the banner, so a refused setting is the only thing printed.
     let locks = spafit::train::lock_run_dirs_around(&dirs, || config.check())?;
+    // An earlier attempt's result would sit beside this run's files as if it were theirs.
+    if let Some(result) = args.output.as_ref().map(|dir| dir.join(RESULT_FILE)) {
+        match std::fs::remove_file(&result) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(spafit::Error::Io {
+                    path: result,
+                    error: e,
+                })
+            }
+            _ => {}
+        }
+    }
     note!(
         "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}, lr {:e}",
         run.plan.method,
@@ -260,8 +272,8 @@ pub fn fit<B: Backend>(
             Some(&run.checkpoint.weights),
         )?;
     }
-    drop(locks);
-    Ok(report)
+    // Held by the caller while it writes the rest of the run folder (result.json).
+    Ok((report, locks))
 }
 
 /// `spafit train`.
@@ -378,7 +390,7 @@ impl TrainCommand {
             }
         };
         let dev = devs.first();
-        let report = fit(&mut run, &self.model, &self.train, &train, dev, task)?;
+        let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, dev, task)?;
         let mut line = json!({
             "task": task.map_or_else(|| train.name.clone(), |t| t.dir_name().to_string()),
             "method": run.plan.method.to_string(),
@@ -424,7 +436,7 @@ impl TrainCommand {
 }
 
 /// The final JSON line of a run, kept in its output directory.
-const RESULT_FILE: &str = "result.json";
+pub(super) const RESULT_FILE: &str = "result.json";
 
 /// Refuses output paths that would fail only after training (a file where a directory goes)
 /// or overwrite an input: the run's model folder, its adapter, or one of `inputs` (the data).
@@ -479,7 +491,7 @@ pub(super) fn check_output_paths(
                 "--output",
                 format!(
                     "{} is among the files this run writes under {} (metrics.jsonl, \
-                         best/, last/); read the data from elsewhere",
+                         result.json, best/, last/); read the data from elsewhere",
                     input.display(),
                     dir.display()
                 ),
@@ -513,8 +525,8 @@ pub(super) fn check_output_paths(
             return refuse(
                 "--export-peft",
                 format!(
-                    "{} is where this run writes its own files (metrics.jsonl, best/, \
-                             last/ under --output); give a folder of its own",
+                    "{} is where this run writes its own files (metrics.jsonl, \
+                             result.json, best/, last/ under --output); give a folder of its own",
                     dir.display()
                 ),
             );
@@ -562,8 +574,8 @@ pub(super) fn check_output_paths(
             return refuse(
                 "--write-batches",
                 format!(
-                    "{} is where this run writes its own files (metrics.jsonl, best/, \
-                             last/ under --output)",
+                    "{} is where this run writes its own files (metrics.jsonl, \
+                             result.json, best/, last/ under --output)",
                     log.display()
                 ),
             );
@@ -586,14 +598,7 @@ pub(super) fn check_output_paths(
                 );
             }
         }
-        super::check_output_file(
-            "--write-batches",
-            log,
-            super::Written::InPlace,
-            model,
-            adapter,
-            inputs,
-        )?;
+        super::check_output_file("--write-batches", log, model, adapter, inputs)?;
     }
     Ok(())
 }
@@ -604,21 +609,29 @@ fn first_existing(dir: &std::path::Path, names: &[&str]) -> Option<std::path::Pa
 }
 
 /// Whether `path` is the run folder `run` itself or lies among the files the run writes there
-/// (metrics.jsonl, best/, last/, the run's lock file), which do not exist yet when a fresh
-/// run starts, or is where one of those files leads through a link (writes follow links).
+/// (metrics.jsonl, result.json, best/, last/, the run's lock file), which do not exist yet
+/// when a fresh run starts, or is where one of those files leads through a link (writes
+/// follow links).
 fn among_run_files(path: &std::path::Path, run: &std::path::Path) -> bool {
     let (at, run_at) = (super::resolved(path), super::resolved(run));
     let written = [
         "metrics.jsonl".to_string(),
+        RESULT_FILE.to_string(),
         spafit::train::LOCK_FILE.to_string(),
         format!("best/{}", spafit::adapter::MANIFEST_FILE),
         format!("best/{}", spafit::adapter::WEIGHTS_FILE),
         format!("last/{}", spafit::train::STATE_FILE),
     ];
     at == run_at
-        || ["metrics.jsonl", "best", "last", spafit::train::LOCK_FILE]
-            .into_iter()
-            .any(|name| at.starts_with(run_at.join(name)))
+        || [
+            "metrics.jsonl",
+            RESULT_FILE,
+            "best",
+            "last",
+            spafit::train::LOCK_FILE,
+        ]
+        .into_iter()
+        .any(|name| at.starts_with(run_at.join(name)))
         || written
             .iter()
             .any(|name| super::same_file(path, &run.join(name)))

@@ -130,8 +130,16 @@ impl BatchLog {
 /// The file a log for `path` is written to: `.NAME.partial` beside the file a link at
 /// `path` points to, or `path` itself when it is a device or a pipe.
 fn writing_path(path: &Path) -> Result<PathBuf> {
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return Ok(path.to_path_buf());
+    match std::fs::metadata(path) {
+        // The rename at the end would fail, after the whole run.
+        Ok(m) if m.is_dir() => {
+            return Err(Error::invalid(
+                "batch log",
+                format!("{} is a directory; give a file name", path.display()),
+            ))
+        }
+        Ok(m) if !m.is_file() => return Ok(path.to_path_buf()),
+        _ => {}
     }
     let target = crate::adapter::link_target(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
