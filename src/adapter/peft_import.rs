@@ -477,7 +477,7 @@ pub fn import_peft<B: Backend>(
         train_layer_norm_weights,
     };
 
-    let mut model = BertClassifier::from_checkpoint(checkpoint, backend, num_labels, 0)?;
+    let mut model = BertClassifier::base_for_adapter(checkpoint, backend, num_labels)?;
     model
         .apply_plan(&plan, &mut |_, shape| backend.zeros(shape))
         .map_err(|e| match e {

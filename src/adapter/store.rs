@@ -398,7 +398,7 @@ pub fn load_adapter<B: Backend>(
             ),
         });
     }
-    let mut model = BertClassifier::from_checkpoint(checkpoint, backend, manifest.num_labels, 0)?;
+    let mut model = BertClassifier::base_for_adapter(checkpoint, backend, manifest.num_labels)?;
     model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
     let expected = model.trainable_names();
     let mut stored = manifest.tensors.clone();
@@ -414,6 +414,9 @@ pub fn load_adapter<B: Backend>(
             why.push(format!(
                 "the list names {extra:?}, which the plan does not train"
             ));
+        }
+        if let Some((_, repeat)) = crate::data::first_repeat(&stored) {
+            why.push(format!("the list names `{}` twice", stored[repeat]));
         }
         return Err(Error::Mismatch {
             path: manifest_path,

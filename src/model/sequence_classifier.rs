@@ -62,13 +62,33 @@ impl<B: Backend> BertClassifier<B> {
         num_labels: usize,
         seed: u64,
     ) -> Result<Self> {
-        let config = &checkpoint.config;
         if let Some(problem) = checkpoint.classifier_head_problem() {
             return Err(Error::Format {
                 path: checkpoint.weights.path().to_path_buf(),
                 detail: problem,
             });
         }
+        Self::with_head_if_whole(checkpoint, backend, num_labels, seed)
+    }
+
+    /// The base under an adapter, which brings its own head: the checkpoint's head, whole or
+    /// damaged, is never used, so it is not checked (an adapter trained on such a base by an
+    /// earlier spafit still loads).
+    pub(crate) fn base_for_adapter(
+        checkpoint: &Checkpoint,
+        backend: &B,
+        num_labels: usize,
+    ) -> Result<Self> {
+        Self::with_head_if_whole(checkpoint, backend, num_labels, 0)
+    }
+
+    fn with_head_if_whole(
+        checkpoint: &Checkpoint,
+        backend: &B,
+        num_labels: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let config = &checkpoint.config;
         backend.check_attention_head_dim(config.head_dim())?;
         // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
         // fresh one, as transformers gives it; one pooler tensor alone is a broken file.
