@@ -736,7 +736,7 @@ fn classes_are_inferred_from_a_training_file() {
             && e.contains("one_left.jsonl:2: missing `text`"),
         "{e}"
     );
-    // Whole numbers past 2^53 that round to the same f64 keep their order.
+    // Whole numbers past 2^53 that round to the same f64 still sort by exact value.
     let kind = infer(
         "huge.csv",
         "text,label\na,9007199254740993\nb,9007199254740992\n",
@@ -830,6 +830,22 @@ fn csv_rows_are_never_lost_silently() {
     );
     assert_eq!(data.source_lines, [2, 5]);
     assert_eq!(data.skipped.len(), 1, "{:?}", data.skipped);
+    // Several such rows, each skipped by its own line, the rows between them kept.
+    let data = table(
+        "strays.csv",
+        "text,label\n\"a\"x,1\nb,0\n\"c\" \"d\",1\ne,1\n\"f\"g,0\n",
+    )
+    .load(OnMalformed::Skip)
+    .unwrap();
+    assert_eq!(data.source_lines, [3, 5]);
+    assert_eq!(data.skipped.len(), 3, "{:?}", data.skipped);
+    assert!(
+        data.skipped[0].contains("strays.csv:2:")
+            && data.skipped[1].contains("strays.csv:4:")
+            && data.skipped[2].contains("strays.csv:6:"),
+        "{:?}",
+        data.skipped
+    );
     let e = table("after.csv", "text,label\n\"bad\"x,1\nok,0\n")
         .load(OnMalformed::Error)
         .unwrap_err()

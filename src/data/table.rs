@@ -264,7 +264,7 @@ impl TableSpec {
                         false => (v, label.clone()),
                     })
                     .collect();
-                // Whole numbers past 2^53 that round to one f64 keep their written order.
+                // Whole numbers past 2^53 that round to one f64 still sort by exact value.
                 let exact = |name: &str| name.parse::<i128>().ok();
                 by_value.sort_by(|a, b| a.0.total_cmp(&b.0).then(exact(&a.1).cmp(&exact(&b.1))));
                 by_value.dedup_by(|a, b| a.1 == b.1);
@@ -421,6 +421,8 @@ impl TableSpec {
                     }
                 }
                 let mut r = csv::ByteRecord::new();
+                // Records and strays both go in file order: a cursor finds a record's strays.
+                let mut strays = quotes.text_after_closing.iter().peekable();
                 loop {
                     let start = reader.position().byte();
                     match reader.read_byte_record(&mut r) {
@@ -437,11 +439,9 @@ impl TableSpec {
                         Ok(true) => {
                             let line = r.position().map_or(0, |p| lines.line_of(p.byte()));
                             let end = reader.position().byte();
-                            let stray = quotes
-                                .text_after_closing
-                                .iter()
-                                .find(|s| (start..end).contains(&(s.text as u64)));
-                            if let Some(stray) = stray {
+                            while strays.next_if(|s| (s.text as u64) < start).is_some() {}
+                            if let Some(stray) = strays.next_if(|s| (s.text as u64) < end) {
+                                while strays.next_if(|s| (s.text as u64) < end).is_some() {}
                                 visit(line, Err(text_after_quote_why(&bytes, stray)))?;
                                 continue;
                             }
@@ -714,10 +714,10 @@ fn text_after_quote_why(bytes: &[u8], stray: &TextAfterQuote) -> String {
     let end = rest
         .iter()
         .position(|&b| matches!(b, b',' | b'\n' | b'\r'))
-        .unwrap_or(rest.len())
-        .min(40);
+        .unwrap_or(rest.len());
     let text: String = String::from_utf8_lossy(&rest[..end])
         .chars()
+        .take(40)
         .flat_map(|c| match c.is_control() {
             true => c.escape_default().collect::<Vec<_>>(),
             false => vec![c],
@@ -732,8 +732,8 @@ fn text_after_quote_why(bytes: &[u8], stray: &TextAfterQuote) -> String {
         )
     };
     format!(
-        "{place} followed by `{text}` before the next comma: text after a closing quote is not \
-         CSV{joined} (quote the whole field and double each quote inside it: `\"\"`)"
+        "{place} followed by `{text}` before the next comma or line end: text after a closing \
+         quote is not CSV{joined} (quote the whole field and double each quote inside it: `\"\"`)"
     )
 }
 
