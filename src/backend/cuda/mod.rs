@@ -289,8 +289,9 @@ fn check_kernels(backend: &str) -> Result<()> {
 fn driver_load_failure() -> Option<String> {
     let mut failure = None;
     for name in ["libcuda.so", "libcuda.so.1"] {
-        // SAFETY: probes the library the driver API would load; on success it is closed
-        // again at once, without calling anything in it.
+        // SAFETY: probes the library the driver API would load anyway (dlopen runs its
+        // initialisers, as that load would); it is closed again at once, and nothing in it
+        // is called.
         match unsafe {
             libloading::os::unix::Library::open(Some(name), libloading::os::unix::RTLD_NOW)
         } {
@@ -299,7 +300,9 @@ fn driver_load_failure() -> Option<String> {
                 // dlerror()'s words are the error's source.
                 let text =
                     std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                if !text.contains("No such file or directory") {
+                // Only the library itself missing means no driver; a dependency of it
+                // missing is a driver that does not load.
+                if !text.starts_with(&format!("{name}: cannot open shared object file")) {
                     failure.get_or_insert(text);
                 }
             }
