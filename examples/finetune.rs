@@ -63,6 +63,10 @@ fn main() -> spafit::Result<()> {
         &train,
         Some(&dev),
     )?;
+    // What the trainer had to say (nothing reaches stderr unless asked for).
+    for notice in &report.notices {
+        eprintln!("note: {notice}");
+    }
     let eval = evaluate(
         &backend,
         &model,

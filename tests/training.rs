@@ -352,6 +352,24 @@ fn resume_reproduces_an_uninterrupted_run() {
         "{:?}",
         r.notices
     );
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let r = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            learning_rate: 0.0,
+            ..tiny_config(&tmp.path().join("still"))
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap();
+    assert!(
+        matches!(&r.notices[..], [n] if n.contains("the learning rate is 0")),
+        "{:?}",
+        r.notices
+    );
 
     let (a, b) = (
         file_tensors(&whole.join("last/state.safetensors")),
@@ -407,9 +425,10 @@ fn overflowing_outputs_are_refused_not_scored() {
     let data = regression_data(12, None);
     let tok = tokenizer(&ck);
     let (mut model, _) = tiny_model(&ck, &cpu);
+    // An infinite bias makes every logit non-finite, whatever the encoder computes.
     for p in model.params_mut() {
-        if p.name == "classifier.weight" {
-            p.value = cpu.tensor_from_f64([1, 15].into(), &[3e38; 15]).unwrap();
+        if p.name == "classifier.bias" {
+            p.value = cpu.tensor_from_f64([1].into(), &[f64::INFINITY]).unwrap();
         }
     }
     let encoded = EncodedDataset::new(&tok, &data).unwrap();
@@ -417,7 +436,7 @@ fn overflowing_outputs_are_refused_not_scored() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("example 0 has the logit") && e.contains("overflow"),
+        e.contains("example 0 has the logit inf") && e.contains("overflow"),
         "{e}"
     );
 }
@@ -883,6 +902,9 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
         stop_after_steps: Some(5),
         ..tiny_config(&tmp.path().join("run"))
     };
+    // A folder at the path is refused before the run, not when the log is renamed after it.
+    let e = spafit::train::BatchLog::create(tmp.path()).err().unwrap();
+    assert!(e.to_string().contains("is a directory"), "{e}");
     // A log already at the path stays whole until the run that replaces it ends.
     std::fs::write(&log, "an earlier run's log\n").unwrap();
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)

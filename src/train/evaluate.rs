@@ -124,7 +124,9 @@ pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result
         .collect())
 }
 
-/// Metrics of the model on a labeled split (GLUE's metrics for `task`).
+/// Metrics of the model on a labeled split (GLUE's metrics for `task`). NaN or infinite
+/// logits are refused, naming the first example with one: metrics over them would look
+/// like a result.
 pub fn evaluate<B: Backend>(
     backend: &B,
     model: &BertClassifier<B>,

@@ -71,7 +71,7 @@ pub struct TrainConfig {
     /// Show a progress bar on stderr, with a line per evaluation and resume.
     pub progress: bool,
     /// Also print notices on stderr as they happen, without a progress bar (they are always
-    /// in [`TrainReport::notices`]).
+    /// in [`TrainReport::notices`], which a run that ends in an error does not return).
     pub notices_on_stderr: bool,
     /// GLUE task, for its metrics.
     pub task: Option<GlueTask>,
@@ -226,7 +226,7 @@ pub struct TrainReport {
     /// The tokens per example the texts were cut to (the tokenizer's `max_len`).
     pub max_len: usize,
     /// What the run had to tell: a resume that found no saved state, a run already complete,
-    /// a change of device, a step limit the epochs reach first.
+    /// a change of device, a step limit the epochs reach first, a learning rate of 0.
     pub notices: Vec<String>,
 }
 
@@ -522,6 +522,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ))
             }
         };
+        if c.learning_rate == 0.0 {
+            progress.notice(
+                "the learning rate is 0 (--lr): the run evaluates and saves, but no weight \
+                 changes",
+            );
+        }
         let hidden = c.hidden_dropout.unwrap_or(cfg.hidden_dropout_prob);
         let dropout = DropoutRates {
             hidden,
