@@ -711,6 +711,38 @@ fn a_fine_tuned_head_agrees_with_its_config() {
         e.contains("does not fit together") && e.contains("[3, 15]") && e.contains("[2]"),
         "{e}"
     );
+    // An adapter brings its own head: the base's damaged one does not keep it from loading
+    // (the same encoder, so the same base identity).
+    let clean = tmp.path().join("clean");
+    let encoder = tiny_bert::tensors(&tiny_bert::config(2), 5);
+    write_checkpoint(&clean, &tiny_config_json(2), &encoder, Dtype::F64, true);
+    let clean = Checkpoint::open(&clean).unwrap();
+    let plan = spafit::peft::PeftPlan::new(
+        &spafit::peft::PeftConfig::new(spafit::peft::Method::BitFit),
+        2,
+    )
+    .unwrap();
+    let mut model = BertClassifier::from_checkpoint(&clean, &cpu, 2, 0).unwrap();
+    model
+        .apply_plan(&plan, &mut spafit::peft::peft_lora_init(&cpu, 0))
+        .unwrap();
+    let adapter = tmp.path().join("adapter");
+    spafit::adapter::save_adapter(
+        &adapter,
+        &cpu,
+        &model,
+        &plan,
+        &clean.weights,
+        None,
+        spafit::adapter::TrainingInputs {
+            text_pairs: Some(false),
+            max_len: Some(8),
+        },
+    )
+    .unwrap();
+    let damaged_base = Checkpoint::open(tmp.path().join("no-bias")).unwrap();
+    let (loaded, _) = spafit::adapter::load_adapter(&adapter, &damaged_base, &cpu).unwrap();
+    assert_eq!(loaded.num_labels, 2);
     // A whole head of another size is not damaged: a fresh head of the data's size.
     let dir = tmp.path().join("three");
     write_checkpoint(&dir, &tiny_config_json(2), &with_head(3), Dtype::F64, true);
