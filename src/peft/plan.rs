@@ -107,6 +107,13 @@ impl FromStr for Boundary {
         if let Ok(n) = s.parse::<usize>() {
             return Ok(Boundary::Layer(n));
         }
+        // Digits only, too many for a count: a layer index, not a fraction of 1e23.
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::invalid(
+                "boundary",
+                format!("layer index `{s}` is beyond any model's layers"),
+            ));
+        }
         if let Some((a, b)) = s.split_once('/') {
             let (a, b): (f64, f64) = (
                 a.trim().parse().map_err(|_| bad())?,
