@@ -405,6 +405,20 @@ fn peft_export_names_and_config() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(saved, after);
+    // A folder someone filled with both (neither writer does) is not read as either.
+    std::fs::copy(
+        dir.path().join("adapter_config.json"),
+        own.path().join("adapter_config.json"),
+    )
+    .unwrap();
+    let e = open_adapter(own.path(), &ck, &cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("holds both a spafit adapter") && e.contains("ambiguous"),
+        "{e}"
+    );
 }
 
 /// What the loader would refuse is refused when saving or training, before anything is

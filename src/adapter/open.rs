@@ -179,9 +179,22 @@ pub fn open_adapter<B: Backend>(
             error: std::io::Error::new(std::io::ErrorKind::NotFound, super::not_a_folder(dir)),
         });
     }
+    let spafit_adapter =
+        dir.join(MANIFEST_FILE).is_file() || dir.join(super::WEIGHTS_FILE).is_file();
+    // Neither writer makes such a folder: which adapter was meant cannot be guessed.
+    if spafit_adapter && is_peft_adapter(dir) {
+        return Err(Error::Format {
+            path: dir.to_path_buf(),
+            detail: format!(
+                "holds both a spafit adapter ({MANIFEST_FILE}) and a PEFT adapter \
+                 (adapter_config.json): which one to read is ambiguous; move one of them to a \
+                 folder of its own"
+            ),
+        });
+    }
     // Weights without their manifest: a first save killed between its two renames, which
     // `load_adapter` completes from the manifest staged beside them.
-    if dir.join(MANIFEST_FILE).is_file() || dir.join(super::WEIGHTS_FILE).is_file() {
+    if spafit_adapter {
         let (model, manifest) = load_adapter(dir, checkpoint, backend)?;
         let plan = manifest.plan(&dir.join(MANIFEST_FILE))?;
         check_finite(dir, backend, &model)?;
