@@ -172,6 +172,10 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             "layer 1 is listed twice",
         ),
         (&["--n1=-1"], "neither a layer index"),
+        (
+            &["--n1", "99999999999999999999999"],
+            "layer index `99999999999999999999999` is beyond",
+        ),
         (&["--warmup-ratio", "2"], "warmup ratio 2 (--warmup-ratio)"),
         // Two tokens are [CLS] and [SEP]; three leave room for a single sentence.
         (&["--max-len", "2"], "--max-len"),

@@ -944,3 +944,27 @@ fn row_errors_say_what_to_do() {
         "{e}"
     );
 }
+
+/// A GLUE folder or task folder that is not there is named as the folder, not as a file
+/// inside it.
+#[test]
+fn missing_glue_folders_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nowhere = tmp.path().join("nowhere");
+    let e = GlueTask::Sst2
+        .load(&nowhere, "train", OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nowhere: no such folder") && e.contains("--glue-dir"),
+        "{e}"
+    );
+    let e = GlueTask::Sst2
+        .load(tmp.path(), "train", OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("SST-2: no such folder") && e.contains("train.tsv in SST-2/"),
+        "{e}"
+    );
+}

@@ -219,7 +219,33 @@ impl GlueTask {
                 ),
             ));
         }
-        Ok(glue_dir.join(self.dir_name()).join(self.file_name(split)))
+        let task_dir = glue_dir.join(self.dir_name());
+        // The folder a missing file was looked for in says more than the file's name.
+        let missing = |path: &Path, detail: String| {
+            Err(Error::Io {
+                path: path.to_path_buf(),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, detail),
+            })
+        };
+        if !glue_dir.is_dir() {
+            return missing(
+                glue_dir,
+                "no such folder (--glue-dir names the folder holding GLUE's task folders, \
+                 e.g. SST-2/)"
+                    .into(),
+            );
+        }
+        if !task_dir.is_dir() {
+            return missing(
+                &task_dir,
+                format!(
+                    "no such folder: GLUE's layout puts {} in {}/ under the GLUE folder",
+                    self.file_name(split),
+                    self.dir_name()
+                ),
+            );
+        }
+        Ok(task_dir.join(self.file_name(split)))
     }
 
     /// The row ids GLUE's submissions name rows by (the `index` column; QQP's `id`), keyed
