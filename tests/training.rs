@@ -953,6 +953,42 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
         epoch.sort_unstable();
         assert_eq!(*epoch, (0..40).collect::<Vec<_>>());
     }
+
+    // A resume given a log its first attempt did not write: the steps before the resume
+    // are written again from the seed, so the log is the same as above, line for line.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let quiet_first = TrainConfig {
+        stop_after_steps: Some(5),
+        ..tiny_config(&tmp.path().join("run2"))
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, quiet_first)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let late = tmp.path().join("late.jsonl");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let config = TrainConfig {
+        batch_log: Some(late.clone()),
+        resume: true,
+        ..tiny_config(&tmp.path().join("run2"))
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&late).unwrap(),
+        std::fs::read_to_string(&log).unwrap()
+    );
+
+    // Two runs given one log: the second is refused while the first writes it.
+    let shared = tmp.path().join("shared.jsonl");
+    let first = spafit::train::BatchLog::create(&shared).unwrap();
+    let e = spafit::train::BatchLog::create(&shared).err().unwrap();
+    assert!(
+        e.to_string().contains("being written by another run"),
+        "{e}"
+    );
+    drop(first);
+    assert!(spafit::train::BatchLog::create(&shared).is_ok());
 }
 
 /// Evaluation checks its data as training does (a bad target named by example, not turned

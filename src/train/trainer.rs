@@ -213,6 +213,8 @@ impl TrainConfig {
 pub struct TrainReport {
     /// Optimizer steps taken (including those of a resumed run).
     pub steps: usize,
+    /// The steps this call took: 0 when it resumed a run already complete.
+    pub steps_this_call: usize,
     /// Seconds spent in this process's training steps (evaluation excluded).
     pub train_seconds: f64,
     /// Training examples per second.
@@ -370,8 +372,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
         );
         let plan = self.plan_run(tokenizer, train, dev, &progress)?;
         let mut run = self.start_or_resume(&plan, &progress)?;
+        let first_step = run.step;
         let mut batch_log = match &self.config.batch_log {
-            Some(path) if self.config.resume => Some(BatchLog::resume_at(path, run.step)?),
+            Some(path) if self.config.resume => {
+                let mut log = BatchLog::resume_at(path, run.step)?;
+                self.log_batches_again(&mut log, &plan, run.step)?;
+                Some(log)
+            }
             Some(path) => Some(BatchLog::create(path)?),
             None => None,
         };
@@ -399,7 +406,32 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if let Some(log) = batch_log {
             log.finish(run.step == plan.total_steps)?;
         }
-        self.finish(&plan, run, progress)
+        self.finish(&plan, run, first_step, progress)
+    }
+
+    /// Writes again the steps up to `step` that a resumed run's log lacks (its first attempt
+    /// logged to no file, or to another): batches follow from the seed, so the log becomes
+    /// the one an uninterrupted run would write.
+    fn log_batches_again(&self, log: &mut BatchLog, plan: &RunPlan, step: usize) -> Result<()> {
+        let c = &self.config;
+        let per_epoch = plan.lengths.len().div_ceil(c.batch_size);
+        let mut epoch_batches: Option<(usize, Vec<Vec<usize>>)> = None;
+        for s in log.steps_logged() + 1..=step {
+            let (epoch, index) = ((s - 1) / per_epoch, (s - 1) % per_epoch);
+            if epoch_batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let batches = training_batches(
+                    &plan.lengths,
+                    c.batch_size,
+                    c.bucket_batches,
+                    rng::mix(c.seed, epoch as u64),
+                );
+                epoch_batches = Some((epoch, batches));
+            }
+            if let Some((_, batches)) = &epoch_batches {
+                log.write(s, epoch, &batches[index], &plan.train)?;
+            }
+        }
+        Ok(())
     }
 
     /// Refuses settings that cannot give a meaningful run, before any work.
@@ -920,7 +952,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Leaves the model with the best weights (or the last ones without a dev split, which
     /// then become `best/`) and reports.
-    fn finish(&mut self, plan: &RunPlan, run: Run<B>, progress: Progress) -> Result<TrainReport> {
+    fn finish(
+        &mut self,
+        plan: &RunPlan,
+        run: Run<B>,
+        first_step: usize,
+        progress: Progress,
+    ) -> Result<TrainReport> {
         if let Some(best) = &run.best {
             self.restore(&best.weights, Path::new("the best weights"))?;
         }
@@ -931,6 +969,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let m = &run.meter;
         Ok(TrainReport {
             steps: run.step,
+            steps_this_call: run.step - first_step,
             train_seconds: m.seconds,
             samples_per_s: m.samples_per_s(),
             tokens_per_s: m.tokens_per_s(),
