@@ -124,6 +124,8 @@ fn cuda_and_bad_arguments_are_clear_errors() {
     }
     for (device, dtype, needle) in [
         ("cpu", "bf16", "bf16 runs on CUDA"),
+        // Read without regard to case, as --method is.
+        ("CPU", "BF16", "bf16 runs on CUDA"),
         ("cuda-emu", "f64", "f64 is the CPU reference"),
         ("tpu", "f32", "unknown device `tpu`"),
         ("cuda:x", "f32", "cuda:N"),
@@ -1998,8 +2000,20 @@ fn bad_paths_and_labels_are_refused_before_training() {
     };
     let (ok, _, err) = resume(&stranger);
     assert!(!ok && err.contains("that this run did not write"), "{err}");
-    let (ok, _, err) = resume(&peft);
+    let recorded = std::fs::read_to_string(root.join("out/result.json")).unwrap();
+    let (ok, stdout, err) = resume(&peft);
     assert!(ok, "{err}");
+    // The run was complete: its recorded result stands (this call trained nothing, and its
+    // timings would read 0).
+    assert!(err.contains("already complete"), "{err}");
+    assert_eq!(
+        last_json(&stdout),
+        serde_json::from_str::<serde_json::Value>(&recorded).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("out/result.json")).unwrap(),
+        recorded
+    );
     assert_eq!(
         std::fs::read(other.join("best/adapter.safetensors")).unwrap(),
         std::fs::read(root.join("out/best/adapter.safetensors")).unwrap()

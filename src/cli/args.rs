@@ -136,8 +136,10 @@ pub(crate) use on_backend;
 impl ModelArgs {
     /// The backend the flags name.
     pub fn backend(&self) -> Result<AnyBackend> {
-        let device = self.device.trim();
-        let dtype = match self.dtype.as_str() {
+        // Case-insensitive, as --method is (`CPU`, `F32`).
+        let device = self.device.trim().to_ascii_lowercase();
+        let device = device.as_str();
+        let dtype = match self.dtype.trim().to_ascii_lowercase().as_str() {
             "f32" => DType::F32,
             "f64" => DType::F64,
             "bf16" => DType::BF16,

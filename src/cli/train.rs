@@ -227,8 +227,14 @@ pub fn fit<B: Backend>(
         .collect();
     // Before the banner, so a refused setting is the only thing printed.
     let locks = spafit::train::lock_run_dirs_around(&dirs, || config.check())?;
-    // An earlier attempt's result would sit beside this run's files as if it were theirs.
-    if let Some(result) = args.output.as_ref().map(|dir| dir.join(RESULT_FILE)) {
+    // An earlier attempt's result would sit beside a fresh run's files as if it were theirs
+    // (a resumed run's is its own, rewritten at the end).
+    if let Some(result) = args
+        .output
+        .as_ref()
+        .filter(|_| !args.resume)
+        .map(|dir| dir.join(RESULT_FILE))
+    {
         match std::fs::remove_file(&result) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(spafit::Error::Io {
@@ -391,6 +397,19 @@ impl TrainCommand {
         };
         let dev = devs.first();
         let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, dev, task)?;
+        // A run resumed when already complete trained nothing here: its recorded result, with
+        // the timings of the steps it took, is the answer.
+        let recorded = self
+            .train
+            .output
+            .as_ref()
+            .filter(|_| report.steps_this_call == 0)
+            .and_then(|dir| std::fs::read_to_string(dir.join(RESULT_FILE)).ok())
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .filter(serde_json::Value::is_object);
+        if let Some(line) = recorded {
+            return super::print_line(&line);
+        }
         let mut line = json!({
             "task": task.map_or_else(|| train.name.clone(), |t| t.dir_name().to_string()),
             "method": run.plan.method.to_string(),
