@@ -894,12 +894,13 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
     let data = regression_data(40, None);
     let tok = tokenizer(&ck);
     let log = tmp.path().join("batches.jsonl");
-    // Interrupted after step 5 (state saved at step 3), then resumed: the log holds every
-    // step once, as an uninterrupted run's would (steps 4 and 5 are not doubled).
+    // Interrupted after step 7 (the state saved at step 6, in the second epoch), then
+    // resumed: the log holds every step once, as an uninterrupted run's would (step 7 is not
+    // doubled; steps 1 to 6, written again from the seed, cross the epoch boundary).
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let config = TrainConfig {
         batch_log: Some(log.clone()),
-        stop_after_steps: Some(5),
+        stop_after_steps: Some(7),
         ..tiny_config(&tmp.path().join("run"))
     };
     // A folder at the path is refused before the run, not when the log is renamed after it.
@@ -958,13 +959,26 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
     // are written again from the seed, so the log is the same as above, line for line.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let quiet_first = TrainConfig {
-        stop_after_steps: Some(5),
+        stop_after_steps: Some(7),
         ..tiny_config(&tmp.path().join("run2"))
     };
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, quiet_first)
         .fit(&tok, &data, None)
         .unwrap();
     let late = tmp.path().join("late.jsonl");
+    // What the path held before (another run's log) is replaced, not continued.
+    std::fs::copy(&log, &late).unwrap();
+    std::fs::write(
+        &late,
+        std::fs::read_to_string(&late)
+            .unwrap()
+            .replace("\"epoch\":0", "\"epoch\":9"),
+    )
+    .unwrap();
+    assert_ne!(
+        std::fs::read_to_string(&late).unwrap(),
+        std::fs::read_to_string(&log).unwrap()
+    );
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let config = TrainConfig {
         batch_log: Some(late.clone()),

@@ -2,7 +2,7 @@
 //! trainer (PyTorch in `scripts/side_by_side_demo.sh`) can replay exactly the same work.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -15,35 +15,26 @@ use crate::error::{Error, Result};
 /// "labels"}`, token ids unpadded (the replaying side pads each batch to its longest row).
 ///
 /// A file is written as `.NAME.partial` beside it and renamed into place when the run ends,
-/// so a run that fails or is killed leaves an earlier log at the path whole (a resume
-/// continues the partial one). A device or pipe is written in place.
+/// so a run that fails or is killed leaves an earlier log at the path whole. A device or
+/// pipe is written in place.
 pub struct BatchLog {
     /// Where the finished log goes.
     path: PathBuf,
     /// The file written now: the partial sibling, or `path` itself for a device.
     writing: PathBuf,
     out: BufWriter<File>,
-    /// Steps 1 to this were in the file when it opened.
+    /// Steps 1 to this were in the log when it opened.
     logged: usize,
 }
 
 impl BatchLog {
-    /// A resumed run's log: the lines of the interrupted run up to `step` (the state it
-    /// resumes from) are kept, the ones after it (steps it is about to repeat, and a line
-    /// torn by the kill) dropped, so every step appears once. Steps the file lacks (the
-    /// first attempt wrote no log, or another file) are for the caller to write again
-    /// (see [`Self::steps_logged`]).
+    /// A resumed run's log, at `step`. A file starts empty: the caller writes steps 1 to
+    /// `step` again (see [`Self::steps_logged`]), which follow from the seed and the
+    /// settings a resume must keep, so the log is the one an uninterrupted run writes,
+    /// whatever the first attempt logged, to this file or to none. A device or a pipe keeps
+    /// what it was given and counts as holding them.
     pub fn resume_at(path: &Path, step: usize) -> Result<Self> {
-        let writing = writing_path(path)?;
-        // A run whose log was finished (killed after the rename, or resumed once done)
-        // continues from the finished file.
-        if writing != path && !writing.exists() && path.is_file() {
-            std::fs::copy(path, &writing).map_err(|source| Error::Io {
-                path: writing.clone(),
-                error: source,
-            })?;
-        }
-        Self::open(path, writing, Some(step))
+        Self::open(path, writing_path(path)?, Some(step))
     }
 
     /// Starts a new log for `path`; a file there is replaced when the run ends.
@@ -51,8 +42,6 @@ impl BatchLog {
         Self::open(path, writing_path(path)?, None)
     }
 
-    /// Only through [`Self::create`] and [`Self::resume_at`] (`resume_step`): appending
-    /// without first dropping the steps a resumed run repeats would log them twice.
     fn open(path: &Path, writing: PathBuf, resume_step: Option<usize>) -> Result<Self> {
         let io = |source| Error::Io {
             path: writing.clone(),
@@ -61,7 +50,6 @@ impl BatchLog {
         if let Some(dir) = writing.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        // A device or a pipe is written as it is, and what it holds cannot be read back.
         if writing == path {
             let file = OpenOptions::new()
                 .create(true)
@@ -77,55 +65,19 @@ impl BatchLog {
                 logged: resume_step.unwrap_or(0),
             });
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&writing)
-            .map_err(io)?;
-        // Locked before anything in it changes: two runs given one log would interleave
-        // their lines, and the first to finish would rename the other's file away.
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::invalid(
-                    "batch log",
-                    format!(
-                        "{} is being written by another run (its partial log {} is locked); \
-                         give this run a file of its own",
-                        path.display(),
-                        writing.display()
-                    ),
-                ))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-        }
-        let (kept, logged) = match resume_step {
-            Some(step) => {
-                let mut text = String::new();
-                file.read_to_string(&mut text).map_err(io)?;
-                kept_steps(&text, step)
-            }
-            None => (String::new(), 0),
-        };
-        // Rewritten in place, under the lock; a kill part way through loses lines, which
-        // the next resume writes again.
-        file.set_len(0)
-            .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
-            .and_then(|()| file.write_all(kept.as_bytes()))
-            .and_then(|()| file.flush())
-            .map_err(io)?;
+        let file = lock_partial(path, &writing)?;
+        // Emptied only once locked: another run's partial log is never touched.
+        file.set_len(0).map_err(io)?;
         Ok(BatchLog {
             path: path.to_path_buf(),
             writing,
             out: BufWriter::new(file),
-            logged,
+            logged: 0,
         })
     }
 
-    /// The steps the log holds, 1 to this, when it opened: a resumed run writes the steps
-    /// after it up to where it resumes, so the log holds every step once.
+    /// The steps the log held when it opened (from step 1): a resumed run writes the
+    /// steps after them up to where it resumes, so the log holds every step once.
     pub fn steps_logged(&self) -> usize {
         self.logged
     }
@@ -209,21 +161,50 @@ fn writing_path(path: &Path) -> Result<PathBuf> {
     Ok(target.with_file_name(format!(".{name}.partial")))
 }
 
-/// The lines of a log for steps up to `step`, in order from step 1 without a gap, and how
-/// many steps they cover: a line torn by a kill, or a step after a missing one, ends them.
-fn kept_steps(text: &str, step: usize) -> (String, usize) {
-    let mut kept = String::new();
-    let mut logged = 0;
-    for line in text.lines() {
-        let s = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["step"].as_u64());
-        if logged >= step || s != Some(logged as u64 + 1) {
-            break;
+/// Opens the partial log `writing` and takes its lock: two runs given one log would
+/// interleave their lines, and the first to finish would rename the other's file away.
+/// The file locked must still be the one at `writing`: a run finishing between the open
+/// and the lock has renamed it into place as its finished log.
+fn lock_partial(path: &Path, writing: &Path) -> Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |source| Error::Io {
+        path: writing.to_path_buf(),
+        error: source,
+    };
+    for _ in 0..3 {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(writing)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::invalid(
+                    "batch log",
+                    format!(
+                        "{} is being written by another run (its partial log {} is locked); \
+                         give this run a file of its own",
+                        path.display(),
+                        writing.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        kept.push_str(line);
-        kept.push('\n');
-        logged += 1;
+        let held = file.metadata().map_err(io)?;
+        let same = std::fs::metadata(writing)
+            .is_ok_and(|now| (now.dev(), now.ino()) == (held.dev(), held.ino()));
+        if same {
+            return Ok(file);
+        }
     }
-    (kept, logged)
+    Err(Error::invalid(
+        "batch log",
+        format!(
+            "{} keeps being replaced while this run opens it: another run writes the same log",
+            writing.display()
+        ),
+    ))
 }

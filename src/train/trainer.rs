@@ -409,9 +409,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         self.finish(&plan, run, first_step, progress)
     }
 
-    /// Writes again the steps up to `step` that a resumed run's log lacks (its first attempt
-    /// logged to no file, or to another): batches follow from the seed, so the log becomes
-    /// the one an uninterrupted run would write.
+    /// Writes the steps up to `step` that a resumed run's log does not hold (a file starts
+    /// empty): the batches follow from the seed and the settings a resume keeps, so the log
+    /// becomes the one an uninterrupted run writes, whatever the first attempt logged.
     fn log_batches_again(&self, log: &mut BatchLog, plan: &RunPlan, step: usize) -> Result<()> {
         let c = &self.config;
         let per_epoch = plan.lengths.len().div_ceil(c.batch_size);
