@@ -2014,6 +2014,18 @@ fn bad_paths_and_labels_are_refused_before_training() {
         std::fs::read_to_string(root.join("out/result.json")).unwrap(),
         recorded
     );
+    // Without a recorded result (killed after its last save), its timings are unknown,
+    // not 0; the rest of the line is computed again.
+    std::fs::remove_file(root.join("out/result.json")).unwrap();
+    let (ok, stdout, err) = resume(&peft);
+    assert!(ok && err.contains("timings were not recorded"), "{err}");
+    let line = last_json(&stdout);
+    let before = serde_json::from_str::<serde_json::Value>(&recorded).unwrap();
+    assert!(
+        line["train_seconds"].is_null() && line["samples_per_s"].is_null(),
+        "{line}"
+    );
+    assert_eq!(line["steps"], before["steps"]);
     assert_eq!(
         std::fs::read(other.join("best/adapter.safetensors")).unwrap(),
         std::fs::read(root.join("out/best/adapter.safetensors")).unwrap()

@@ -137,16 +137,17 @@ impl ModelArgs {
     /// The backend the flags name.
     pub fn backend(&self) -> Result<AnyBackend> {
         // Case-insensitive, as --method is (`CPU`, `F32`).
-        let device = self.device.trim().to_ascii_lowercase();
+        let given = self.device.trim();
+        let device = given.to_ascii_lowercase();
         let device = device.as_str();
         let dtype = match self.dtype.trim().to_ascii_lowercase().as_str() {
             "f32" => DType::F32,
             "f64" => DType::F64,
             "bf16" => DType::BF16,
-            other => {
+            _ => {
                 return Err(Error::invalid(
                     "--dtype",
-                    format!("`{other}`: expected f32, f64 (CPU) or bf16 (CUDA)"),
+                    format!("`{}`: expected f32, f64 (CPU) or bf16 (CUDA)", self.dtype),
                 ))
             }
         };
@@ -174,13 +175,13 @@ impl ModelArgs {
                 Some(n) => n.parse::<usize>().map_err(|_| {
                     Error::invalid(
                         "--device",
-                        format!("`{device}`: expected cuda:N with N a device number"),
+                        format!("`{given}`: expected cuda:N with N a device number"),
                     )
                 })?,
                 None => {
                     return Err(Error::invalid(
                         "--device",
-                        format!("unknown device `{device}`; expected cpu, cuda[:N] or cuda-emu"),
+                        format!("unknown device `{given}`; expected cpu, cuda[:N] or cuda-emu"),
                     ))
                 }
             };
@@ -188,7 +189,7 @@ impl ModelArgs {
         }
         Err(Error::invalid(
             "--device",
-            format!("unknown device `{device}`; expected cpu, cuda[:N] or cuda-emu"),
+            format!("unknown device `{given}`; expected cpu, cuda[:N] or cuda-emu"),
         ))
     }
 }

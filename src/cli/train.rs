@@ -227,12 +227,15 @@ pub fn fit<B: Backend>(
         .collect();
     // Before the banner, so a refused setting is the only thing printed.
     let locks = spafit::train::lock_run_dirs_around(&dirs, || config.check())?;
-    // An earlier attempt's result would sit beside a fresh run's files as if it were theirs
-    // (a resumed run's is its own, rewritten at the end).
+    // An earlier attempt's result would sit beside a run starting from step 0 as if it
+    // were its own (a resumed run's is its own, printed again if it is complete).
+    let resumes_state = |dir: &std::path::Path| {
+        args.resume && dir.join("last").join(spafit::train::STATE_FILE).exists()
+    };
     if let Some(result) = args
         .output
-        .as_ref()
-        .filter(|_| !args.resume)
+        .as_deref()
+        .filter(|dir| !resumes_state(dir))
         .map(|dir| dir.join(RESULT_FILE))
     {
         match std::fs::remove_file(&result) {
@@ -410,13 +413,23 @@ impl TrainCommand {
         if let Some(line) = recorded {
             return super::print_line(&line);
         }
+        // Complete before this call, with no recorded result (killed after its last save,
+        // or run by an older spafit): its timings are unknown, not 0.
+        let unknown_timings = report.steps_this_call == 0;
+        if unknown_timings {
+            note!("the run's timings were not recorded before this call; they read null");
+        }
+        let timing = |v: f64| match unknown_timings {
+            true => serde_json::Value::Null,
+            false => json!(v),
+        };
         let mut line = json!({
             "task": task.map_or_else(|| train.name.clone(), |t| t.dir_name().to_string()),
             "method": run.plan.method.to_string(),
             "steps": report.steps,
-            "train_seconds": report.train_seconds,
-            "samples_per_s": report.samples_per_s,
-            "tokens_per_s": report.tokens_per_s,
+            "train_seconds": timing(report.train_seconds),
+            "samples_per_s": timing(report.samples_per_s),
+            "tokens_per_s": timing(report.tokens_per_s),
             "trainable_params": run.model.trainable_parameter_count(),
             "device": run.backend.name(),
         });
