@@ -57,11 +57,7 @@ impl Progress {
     /// Prints a message on its own line.
     pub fn message(&self, text: &str) {
         if self.enabled {
-            let mut err = std::io::stderr().lock();
-            if self.terminal {
-                let _ = write!(err, "\r\x1b[K");
-            }
-            let _ = writeln!(err, "{text}");
+            self.print_line(text);
         }
     }
 
@@ -69,9 +65,13 @@ impl Progress {
     /// without a progress display when notices go there.
     pub fn notice(&self, text: &str) {
         self.notices.borrow_mut().push(text.to_string());
-        if !(self.enabled || self.notices_on_stderr) {
-            return;
+        if self.enabled || self.notices_on_stderr {
+            self.print_line(text);
         }
+    }
+
+    /// `text` on stderr on a line of its own, clearing a progress bar drawn in place.
+    fn print_line(&self, text: &str) {
         let mut err = std::io::stderr().lock();
         if self.enabled && self.terminal {
             let _ = write!(err, "\r\x1b[K");
