@@ -384,12 +384,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
             let epoch = run.epoch;
-            let batches = training_batches(
-                &plan.lengths,
-                self.config.batch_size,
-                self.config.bucket_batches,
-                rng::mix(self.config.seed, epoch as u64),
-            );
+            let batches = self.epoch_batches(&plan, epoch);
             while run.epoch == epoch && !self.must_stop(&plan, &run) {
                 let rows = &batches[run.next_batch];
                 let lr = plan.schedule.lr(run.step);
@@ -413,25 +408,35 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// empty): the batches follow from the seed and the settings a resume keeps, so the log
     /// becomes the one an uninterrupted run writes, whatever the first attempt logged.
     fn log_batches_again(&self, log: &mut BatchLog, plan: &RunPlan, step: usize) -> Result<()> {
-        let c = &self.config;
-        let per_epoch = plan.lengths.len().div_ceil(c.batch_size);
+        let per_epoch = self.batches_per_epoch(plan.lengths.len());
         let mut epoch_batches: Option<(usize, Vec<Vec<usize>>)> = None;
         for s in log.steps_logged() + 1..=step {
             let (epoch, index) = ((s - 1) / per_epoch, (s - 1) % per_epoch);
             if epoch_batches.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                let batches = training_batches(
-                    &plan.lengths,
-                    c.batch_size,
-                    c.bucket_batches,
-                    rng::mix(c.seed, epoch as u64),
-                );
-                epoch_batches = Some((epoch, batches));
+                epoch_batches = Some((epoch, self.epoch_batches(plan, epoch)));
             }
             if let Some((_, batches)) = &epoch_batches {
                 log.write(s, epoch, &batches[index], &plan.train)?;
             }
         }
         Ok(())
+    }
+
+    /// The batches of epoch `epoch`, from the seed: what the run trains on, and what a
+    /// resumed run's batch log writes again.
+    fn epoch_batches(&self, plan: &RunPlan, epoch: usize) -> Vec<Vec<usize>> {
+        let c = &self.config;
+        training_batches(
+            &plan.lengths,
+            c.batch_size,
+            c.bucket_batches,
+            rng::mix(c.seed, epoch as u64),
+        )
+    }
+
+    /// Optimizer steps in an epoch of `examples` training examples.
+    fn batches_per_epoch(&self, examples: usize) -> usize {
+        examples.div_ceil(self.config.batch_size)
     }
 
     /// Refuses settings that cannot give a meaningful run, before any work.
@@ -529,7 +534,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 "train",
             )?;
         }
-        let per_epoch = lengths.len().div_ceil(c.batch_size);
+        let per_epoch = self.batches_per_epoch(lengths.len());
         let total_steps = match (per_epoch.checked_mul(c.epochs), c.max_steps) {
             (Some(steps), Some(m)) if steps < m => {
                 progress.notice(&format!(
@@ -669,7 +674,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             }
         }
         let position = saved.position;
-        let batches_per_epoch = plan.lengths.len().div_ceil(self.config.batch_size);
+        let batches_per_epoch = self.batches_per_epoch(plan.lengths.len());
         if position.step > plan.total_steps || position.next_batch >= batches_per_epoch {
             return Err(Error::Format {
                 path: state_path,
