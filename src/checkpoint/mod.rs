@@ -41,16 +41,7 @@ impl Checkpoint {
     /// The outputs of the classifier head the checkpoint holds (`classifier.weight`
     /// `[n, hidden]` with `classifier.bias` `[n]`), when it holds a whole one.
     pub fn classifier_outputs(&self) -> Option<usize> {
-        match self.weights.shape("classifier.weight").as_deref() {
-            Some(&[n, inputs])
-                if n > 0
-                    && inputs == self.config.hidden_size
-                    && self.weights.shape("classifier.bias") == Some(vec![n]) =>
-            {
-                Some(n)
-            }
-            _ => None,
-        }
+        self.classifier_head().ok().flatten()
     }
 
     /// What is wrong with the classifier head the checkpoint holds in part or in shapes
@@ -58,21 +49,27 @@ impl Checkpoint {
     /// are not the bias's length, inputs that are not the hidden size); `None` for a whole
     /// head or none at all.
     pub fn classifier_head_problem(&self) -> Option<String> {
+        self.classifier_head().err()
+    }
+
+    /// The head's outputs (`None` without a head), or what is wrong with it: one reading of
+    /// the two tensors for both questions, so they cannot disagree.
+    fn classifier_head(&self) -> std::result::Result<Option<usize>, String> {
         let h = self.config.hidden_size;
         match (
             self.weights.shape("classifier.weight"),
             self.weights.shape("classifier.bias"),
         ) {
-            (None, None) => None,
-            (Some(w), None) => Some(format!(
+            (None, None) => Ok(None),
+            (Some(w), None) => Err(format!(
                 "`classifier.weight` {w:?} is there but `classifier.bias` is missing"
             )),
-            (None, Some(b)) => Some(format!(
+            (None, Some(b)) => Err(format!(
                 "`classifier.bias` {b:?} is there but `classifier.weight` is missing"
             )),
             (Some(w), Some(b)) => match (w.as_slice(), b.as_slice()) {
-                (&[n, inputs], &[m]) if n == m && n > 0 && inputs == h => None,
-                _ => Some(format!(
+                (&[n, inputs], &[m]) if n == m && n > 0 && inputs == h => Ok(Some(n)),
+                _ => Err(format!(
                     "the classifier head does not fit together: `classifier.weight` {w:?}, \
                      `classifier.bias` {b:?} (expected [num_labels, {h}] and [num_labels])"
                 )),
