@@ -102,18 +102,7 @@ fn exported_note(
     }
     // Recorded since spafit exports name their base; older notes pass unchecked.
     if let Some(trained_on) = json.get("base_encoder_sha256").and_then(|h| h.as_str()) {
-        if trained_on != base.encoder_sha256() {
-            return Err(Error::Mismatch {
-                path: path.clone(),
-                detail: format!(
-                    "the adapter was trained on a base whose encoder tensors have sha256 \
-                     {trained_on}, but those of {} have sha256 {}: another model, or the same \
-                     one saved with other values or in another dtype",
-                    base.path().display(),
-                    base.encoder_sha256()
-                ),
-            });
-        }
+        super::store::check_encoder_identity(trained_on, &path, base)?;
     }
     let max_len = match json.get("max_len") {
         None | Some(serde_json::Value::Null) => None,

@@ -298,14 +298,7 @@ fn check_base(manifest: &AdapterManifest, manifest_path: &Path, base: &WeightsFi
         })
     };
     match &manifest.base_encoder_sha256 {
-        Some(trained_on) if trained_on != base.encoder_sha256() => refuse(format!(
-            "the adapter was trained on a base whose encoder tensors have sha256 {trained_on}, \
-             but those of {} have sha256 {}: another model, or the same one saved with other \
-             values or in another dtype",
-            base.path().display(),
-            base.encoder_sha256()
-        )),
-        Some(_) => Ok(()),
+        Some(trained_on) => check_encoder_identity(trained_on, manifest_path, base),
         None if manifest.base_model_sha256 != base.sha256() => refuse(format!(
             "the adapter was trained on base model sha256 {} but {} has sha256 {}",
             manifest.base_model_sha256,
@@ -314,6 +307,28 @@ fn check_base(manifest: &AdapterManifest, manifest_path: &Path, base: &WeightsFi
         )),
         None => Ok(()),
     }
+}
+
+/// Refuses a base whose encoder tensors are not those an adapter was trained on
+/// (`trained_on`, their SHA-256 as `record` gives it).
+pub(crate) fn check_encoder_identity(
+    trained_on: &str,
+    record: &Path,
+    base: &WeightsFile,
+) -> Result<()> {
+    if trained_on == base.encoder_sha256() {
+        return Ok(());
+    }
+    Err(Error::Mismatch {
+        path: record.to_path_buf(),
+        detail: format!(
+            "the adapter was trained on a base whose encoder tensors have sha256 {trained_on}, \
+             but those of {} have sha256 {}: another model, or the same one saved with other \
+             values or in another dtype",
+            base.path().display(),
+            base.encoder_sha256()
+        ),
+    })
 }
 
 /// Loads the adapter in `dir` onto the base `checkpoint`: rebuilds its plan and sets its
