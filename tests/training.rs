@@ -332,39 +332,27 @@ fn resume_reproduces_an_uninterrupted_run() {
         "{:?}",
         done.notices
     );
+    let fresh_run = |config: TrainConfig| {
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+            .fit(&tok, &data, None)
+            .unwrap()
+    };
     // A step limit beyond the epochs' steps is reported, and the epochs end the run.
-    let (mut model, plan) = tiny_model(&ck, &cpu);
-    let r = Trainer::new(
-        &cpu,
-        &mut model,
-        &plan,
-        &ck.weights,
-        TrainConfig {
-            max_steps: Some(25),
-            ..tiny_config(&tmp.path().join("limit"))
-        },
-    )
-    .fit(&tok, &data, None)
-    .unwrap();
+    let r = fresh_run(TrainConfig {
+        max_steps: Some(25),
+        ..tiny_config(&tmp.path().join("limit"))
+    });
     assert_eq!(r.steps, 10);
     assert!(
         matches!(&r.notices[..], [n] if n.contains("ends after 10 steps, before the step limit of 25")),
         "{:?}",
         r.notices
     );
-    let (mut model, plan) = tiny_model(&ck, &cpu);
-    let r = Trainer::new(
-        &cpu,
-        &mut model,
-        &plan,
-        &ck.weights,
-        TrainConfig {
-            learning_rate: 0.0,
-            ..tiny_config(&tmp.path().join("still"))
-        },
-    )
-    .fit(&tok, &data, None)
-    .unwrap();
+    let r = fresh_run(TrainConfig {
+        learning_rate: 0.0,
+        ..tiny_config(&tmp.path().join("still"))
+    });
     assert!(
         matches!(&r.notices[..], [n] if n.contains("the learning rate is 0")),
         "{:?}",
