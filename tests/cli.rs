@@ -938,6 +938,40 @@ fn gradcheck_and_bench_print_json() {
     }
     assert_eq!(line["trainable_params"], 26114);
 
+    // The random shapes are Google's: full fine-tuning trains every tensor of BERT-tiny and
+    // BERT-mini, counted here from the architecture (30522 uncased ids, 512 positions, 2
+    // segments, FFN 4 × hidden, pooler, two-class head).
+    for (shape, hidden, layers) in [("tiny", 128u64, 2u64), ("mini", 256, 4)] {
+        let (ok, stdout, err) = spafit(&[
+            "bench",
+            "--shape",
+            shape,
+            "--method",
+            "full",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ]);
+        assert!(ok, "{shape}: {err}");
+        let line = last_json(&stdout);
+        let (h, i) = (hidden, 4 * hidden);
+        let embeddings = (30522 + 512 + 2) * h + 2 * h;
+        let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
+        let expected = embeddings + layers * layer + (h * h + h) + (2 * h + 2);
+        assert_eq!(line["trainable_params"], expected, "{shape}: {line}");
+        assert_eq!(line["model"], format!("random BERT-{shape}"), "{line}");
+    }
+    let (ok, _, err) = spafit(&["bench", "--shape", "huge", "--steps", "1"]);
+    assert!(
+        !ok && err.contains("expected tiny, mini, base or large"),
+        "{err}"
+    );
+
     // A result that cannot be written (a full disk, a closed pipe) is an error naming stdout,
     // and a stderr that cannot take notes does not stop the command: neither panics.
     let bench = [

@@ -115,10 +115,14 @@ fn default_initializer_range() -> f64 {
 }
 
 impl BertConfig {
-    /// The shape of BERT-base (`base`: 12 layers, hidden 768) or BERT-large (`large`: 24
-    /// layers, hidden 1024), uncased vocabulary: for benchmarks on random weights.
+    /// The shape of Google's BERT-tiny (`tiny`: 2 layers, hidden 128, 2 heads), BERT-mini
+    /// (`mini`: 4 layers, hidden 256, 4 heads), BERT-base (`base`: 12 layers, hidden 768) or
+    /// BERT-large (`large`: 24 layers, hidden 1024), uncased vocabulary: for benchmarks on
+    /// random weights.
     pub fn preset(name: &str) -> Option<BertConfig> {
         let (hidden, layers, heads) = match name {
+            "tiny" => (128, 2, 2),
+            "mini" => (256, 4, 4),
             "base" => (768, 12, 12),
             "large" => (1024, 24, 16),
             _ => return None,

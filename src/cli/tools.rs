@@ -84,8 +84,9 @@ pub struct BenchCommand {
     /// Untimed steps first.
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000), default_value_t = 2, allow_hyphen_values = true)]
     pub warmup: usize,
-    /// Benchmark a model of this shape with random weights instead of --model: `base`
-    /// (BERT-base: 12 layers, hidden 768) or `large` (24 layers, hidden 1024).
+    /// Benchmark a model of this shape with random weights instead of --model: `tiny` (2
+    /// layers, hidden 128), `mini` (4 layers, hidden 256), `base` (BERT-base: 12 layers,
+    /// hidden 768) or `large` (24 layers, hidden 1024).
     #[arg(long)]
     pub shape: Option<String>,
 }
@@ -100,7 +101,10 @@ impl BenchCommand {
         let (backend, mut model) = match &self.shape {
             Some(shape) => {
                 let config = BertConfig::preset(shape).ok_or_else(|| {
-                    spafit::Error::invalid("--shape", format!("`{shape}`: expected base or large"))
+                    spafit::Error::invalid(
+                        "--shape",
+                        format!("`{shape}`: expected tiny, mini, base or large"),
+                    )
                 })?;
                 let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
                 self.peft.check_flags_against_plan(&plan)?;
