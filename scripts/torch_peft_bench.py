@@ -5,20 +5,30 @@ with the same work as `spafit bench --shape SHAPE --batch-size B --seq-len T`:
   full    every tensor trains
   bitfit  every bias of the encoder + the classifier
   lora    r 8, alpha 16 on query and value of every layer (+ classifier)
-  spafit  layers [0, L/3) frozen, [L/3, 2L/3) biases, [2L/3, L) biases + LoRA r 8 on all six
-          linear maps (+ classifier) — spafit's defaults
+  spafit  layers [0, N1) frozen, [N1, N2) biases, [N2, L) biases + LoRA r 8 on all six linear
+          maps (+ classifier), N1 and N2 the nearest whole numbers to L/3 and 2L/3 — spafit's
+          defaults
 
 bf16 autocast, dropout on (training mode), random token ids, no padding. Prints one JSON line
 per method prefixed `TORCH`. usage: torch_peft_bench.py SHAPE B T STEPS WARMUP [METHOD...]
+Runs on the GPU; TORCH_PEFT_BENCH_DEVICE=cpu runs it on the CPU (the GPU check's rehearsal).
 """
 import json
+import os
 import sys
 import time
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-SHAPES = {"base": (768, 12, 12), "large": (1024, 24, 16)}
+# (hidden, layers, heads), as `spafit bench --shape` builds them.
+SHAPES = {"tiny": (128, 2, 2), "mini": (256, 4, 4), "base": (768, 12, 12), "large": (1024, 24, 16)}
+DEVICE = os.environ.get("TORCH_PEFT_BENCH_DEVICE", "cuda")
+
+
+def synchronize():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def model_for(shape, method):
@@ -36,27 +46,27 @@ def model_for(shape, method):
             targets, lora_layers = ["query", "value"], list(range(layers))
         else:
             targets = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
-            lora_layers = list(range(2 * layers // 3, layers))
+            lora_layers = list(range(round(2 * layers / 3), layers))
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=targets,
                                                  layers_to_transform=lora_layers, modules_to_save=["classifier"]))
         if method == "spafit":
             for name, p in model.named_parameters():
                 if name.endswith(".bias") and ".layer." in name:
-                    if int(name.split(".layer.")[1].split(".")[0]) >= layers // 3:
+                    if int(name.split(".layer.")[1].split(".")[0]) >= round(layers / 3):
                         p.requires_grad = True
     return model
 
 
 def bench(shape, method, batch, seq, steps, warmup):
-    model = model_for(shape, method).cuda().train()
+    model = model_for(shape, method).to(DEVICE).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, fused=True)
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, fused=DEVICE == "cuda")
     g = torch.Generator().manual_seed(7)
-    ids = torch.randint(1000, 30522, (batch, seq), generator=g).cuda()
-    labels = (torch.arange(batch) % 2).cuda()
+    ids = torch.randint(1000, 30522, (batch, seq), generator=g).to(DEVICE)
+    labels = (torch.arange(batch) % 2).to(DEVICE)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         optimizer.step()
@@ -64,22 +74,25 @@ def bench(shape, method, batch, seq, steps, warmup):
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         step()
-        torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - t)
     times.sort()
     ms = times[len(times) // 2] * 1e3
     line = {"method": method, "shape": shape, "batch": batch, "seq_len": seq, "ms_per_step": round(ms, 3),
-            "samples_per_s": round(batch * 1e3 / ms, 1), "peak_device_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "samples_per_s": round(batch * 1e3 / ms, 1),
+            "peak_device_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if DEVICE == "cuda" else None,
             "trainable_params": sum(p.numel() for p in params), "torch": torch.__version__}
     print("TORCH " + json.dumps(line), flush=True)
     del model, optimizer
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
