@@ -2,31 +2,53 @@
 # The GPU check, in two halves. A GPU is lent rarely and for minutes: everything is built
 # here, and one call there runs it all and prints one table, failures first.
 #
-#   scripts/gpu_check.sh build   here (no GPU needed): compiles every kernel with the pinned
-#                                nvcc and builds, release and stripped, into gpu-bundle/
-#                                (ignored by git): the tensor-core wrapper tests, the
-#                                cross-backend op tests, the whole-model tests, spafit, and the
-#                                GEMM microbenchmark.
-#   scripts/gpu_check.sh run     on the GPU machine (x86_64, no Rust, no network), from the
-#                                repository root with gpu-bundle/ carried along, in this order:
-#                                1. the tensor-core wrapper tests (the hardware judges the
-#                                   fragment layouts the CPU stand-in assumes);
-#                                2. every CUDA op against the f64 CPU reference;
-#                                3. the whole tiny-BERT model, four methods, f32 and bf16;
-#                                4. compute-sanitizer memcheck and racecheck, where installed;
-#                                5. spafit bench --device cuda on a random BERT-base (batch 32 ×
-#                                   128 tokens, bf16) for the four methods, and the same step
-#                                   in PyTorch + PEFT (scripts/torch_peft_bench.py) in the same
-#                                   call, with the ratios;
-#                                6. the fused-LoRA GEMM at 4096×1024×1024, 4096×4096×1024 and
-#                                   4096×1024×4096 for every tile configuration beside cuBLAS.
-#                                Under 5 minutes; every stage has its own time limit. With $OUT
-#                                set (the device tool), the full log lands in $OUT/gpu_check.log.
+#   scripts/gpu_check.sh build     here (no GPU needed): compiles every kernel with the pinned
+#                                  nvcc and builds, release and stripped, the tensor-core
+#                                  wrapper tests, the cross-backend op tests, the whole-model
+#                                  tests, spafit and the GEMM microbenchmark into ONE archive,
+#                                  gpu-bundle/bundle.tar.xz (ignored by git; ~5 MB, where the
+#                                  binaries themselves are ~45 MB: the device tool carries at
+#                                  most 64 MiB, the repository's own files included).
+#   scripts/gpu_check.sh run       on the GPU machine (x86_64, no Rust, no network), from the
+#                                  repository root with gpu-bundle/ carried along, in this order:
+#                                  1. the tensor-core wrapper tests (the hardware judges the
+#                                     fragment layouts the CPU stand-in assumes);
+#                                  2. every CUDA op against the f64 CPU reference;
+#                                  3. the whole tiny-BERT model, four methods, f32 and bf16;
+#                                  4. compute-sanitizer memcheck and racecheck, where the
+#                                     machine supports them;
+#                                  5. spafit bench --device cuda on a random BERT-base (batch
+#                                     32 × 128 tokens, bf16) for the four methods, and the same
+#                                     step in PyTorch + PEFT (scripts/torch_peft_bench.py) in
+#                                     the same call, with the ratios;
+#                                  6. the fused-LoRA GEMM at 4096×1024×1024, 4096×4096×1024
+#                                     and 4096×1024×4096 for every tile configuration beside
+#                                     cuBLAS.
+#                                  Every stage has its own time limit, and all of them together
+#                                  stay inside $GPU_CHECK_BUDGET seconds (default 480), so the
+#                                  call ends with its table inside the device tool's 600 s.
+#                                  With $OUT set (the device tool), the full log lands in
+#                                  $OUT/gpu_check.log.
+#   scripts/gpu_check.sh rehearse  here, without a GPU: the same run, stage for stage, from the
+#                                  same archive, on the CPU stand-in (`cuda-emu`), with the
+#                                  benchmarks shrunk to a random BERT-tiny and PyTorch on the
+#                                  CPU ($PYTHON, when it imports torch, transformers and peft).
+#                                  It checks the script itself: the archive, every stage's
+#                                  command line and the tables' parsing, so a GPU minute is
+#                                  never lost to a typo. Its times mean nothing. CI runs it
+#                                  (scripts/test.sh) from its own test-profile build:
+#                                  GPU_CHECK_PROFILE=test GPU_CHECK_ARCHIVE=elsewhere.tar.xz
+#                                  for both halves.
 #
-# With the device tool: run(command="scripts/gpu_check.sh run", carry=["gpu-bundle"]).
+# With the device tool: run(command="scripts/gpu_check.sh run", carry=["gpu-bundle"],
+# timeout_s=600).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bundle=gpu-bundle
+# CI rehearses from its own test-profile build, in a folder of its own, never over the
+# release bundle a developer made for the GPU.
+archive=${GPU_CHECK_ARCHIVE:-gpu-bundle/bundle.tar.xz}
+profile=${GPU_CHECK_PROFILE:-release}
+programs="tensor_core cross_backend cuda_model gpu_gemm spafit"
 
 executables() {  # cargo --message-format=json on stdin → "name path" per executable
     python3 -c 'import json,sys
@@ -41,77 +63,164 @@ build() {
     set -e
     scripts/install_nvcc.sh >/dev/null
     export SPAFIT_REQUIRE_NVCC=1
-    rm -rf "$bundle" && mkdir -p "$bundle"
+    # The pinned nvcc 13.0, whatever else is on PATH: the GPU machine's driver (580) refuses
+    # PTX from a newer toolkit. CI's test-profile rehearsal keeps its build's environment.
+    [ "$profile" = release ] && export SPAFIT_NVCC="$PWD/.cache/cuda/nvidia/cu13/bin/nvcc"
+    local staging
+    staging=$(mktemp -d)
+    trap "rm -rf '$staging'" EXIT
     {
-        cargo test --release --locked --no-run --message-format=json \
-            --test tensor_core --test cross_backend --test cuda_model
-        cargo bench --locked --no-run --message-format=json --bench gpu_gemm
-        cargo build --release --locked --message-format=json --bin spafit
+        if [ "$profile" = release ]; then
+            cargo test --release --locked --no-run --message-format=json \
+                --test tensor_core --test cross_backend --test cuda_model
+            cargo bench --locked --no-run --message-format=json --bench gpu_gemm
+            cargo build --release --locked --message-format=json --bin spafit
+        else
+            cargo test --locked --no-run --message-format=json \
+                --test tensor_core --test cross_backend --test cuda_model --bench gpu_gemm
+            cargo build --profile "$profile" --locked --message-format=json --bin spafit
+        fi
     } 2>/dev/null | executables | while read -r name path; do
-        cp "$path" "$bundle/$name"
-        strip "$bundle/$name"
+        cp "$path" "$staging/$name"
+        strip "$staging/$name"
     done
-    for f in tensor_core cross_backend cuda_model gpu_gemm spafit; do
-        [ -x "$bundle/$f" ] || { echo "could not build $f" >&2; exit 1; }
+    for f in $programs; do
+        [ -x "$staging/$f" ] || { echo "could not build $f" >&2; exit 1; }
     done
-    du -sh "$bundle" | awk '{print "bundle: " $1 " in gpu-bundle/ (carry it to the GPU machine)"}'
+    echo "profile $profile, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes')" \
+        >"$staging/BUILD"
+    rm -f "$archive" && mkdir -p "$(dirname "$archive")"
+    tar -C "$staging" -cf - $programs BUILD | xz -T2 -6 >"$archive"
+    echo "bundle: $(du -h "$archive" | cut -f1) in $archive, $(cat "$staging/BUILD")" \
+        "(carry $(dirname "$archive") to the GPU machine)"
 }
 
-run() {
-    for f in tensor_core cross_backend cuda_model gpu_gemm spafit; do
-        [ -x "$bundle/$f" ] || { echo "no $bundle/$f: run 'scripts/gpu_check.sh build' first" >&2; exit 1; }
+# Unpacks the archive into a scratch folder and prints its path. Python's tarfile reads xz
+# where the machine has no xz program.
+unpack() {
+    [ -f "$archive" ] || { echo "no $archive: run 'scripts/gpu_check.sh build' first" >&2; return 1; }
+    local dir
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/spafit-gpu-check.XXXXXX")
+    if command -v xz >/dev/null 2>&1; then
+        xz -dc "$archive" | tar -C "$dir" -xf - || return 1
+    else
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+            "$archive" "$dir" || return 1
+    fi
+    for f in $programs; do
+        [ -x "$dir/$f" ] || { echo "$archive holds no $f: rebuild it" >&2; return 1; }
     done
+    echo "$dir"
+}
+
+# cuBLAS, the GEMM sweep's ceiling, may sit in CUDA's own folder or in a pip wheel
+# (nvidia-cublas) of the machine's Python rather than on the loader's path.
+find_cublas() {
+    local dirs
+    dirs=$(python3 - <<'PY' 2>/dev/null
+import glob, os, site, sys
+roots = set(site.getsitepackages() + [site.getusersitepackages()])
+found = {os.path.dirname(p) for r in roots for p in glob.glob(os.path.join(r, "nvidia", "**", "libcublas.so*"), recursive=True)}
+print(":".join(sorted(found)))
+PY
+    )
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+        ls "$d"/libcublas.so* >/dev/null 2>&1 && dirs="${dirs:+$dirs:}$d"
+    done
+    [ -n "$dirs" ] && export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+}
+
+# run MODE: MODE is "gpu" (the GPU check) or "rehearsal" (the same on the CPU stand-in).
+run() {
+    local mode=$1 bin
+    bin=$(unpack) || exit 1
     local log=${OUT:-$(mktemp -d)}/gpu_check.log
     : >"$log"
-    local failed=()
+    local failed=() unsupported=()
+    local deadline=$((SECONDS + ${GPU_CHECK_BUDGET:-480}))
     stage() {  # stage NAME SECONDS COMMAND...: runs it, logs it, remembers a failure
         local name=$1 limit=$2
         shift 2
+        local left=$((deadline - SECONDS))
+        if [ "$left" -lt 5 ]; then
+            echo "=== $name: not run, the check's time budget is spent" | tee -a "$log"
+            failed+=("$name (not run: time budget spent)")
+            return
+        fi
+        [ "$limit" -gt "$left" ] && limit=$left
         echo "=== $name (limit ${limit}s)" | tee -a "$log"
-        local t0=$SECONDS
+        local t0=$SECONDS start
+        start=$(wc -l <"$log")
         timeout "$limit" "$@" >>"$log" 2>&1
         local rc=$?
+        # A command killed mid-line leaves the log without its last newline.
+        [ -n "$(tail -c1 "$log")" ] && echo >>"$log"
         echo "=== $name: exit $rc in $((SECONDS - t0))s" | tee -a "$log"
-        [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
+        if [ "$rc" -ne 0 ] && tail -n +"$start" "$log" | grep -q "Device not supported"; then
+            unsupported+=("$name (the tool does not support this machine's GPU)")
+        elif [ "$rc" -ne 0 ]; then
+            failed+=("$name (exit $rc$([ "$rc" -eq 124 ] && echo ', time limit'))")
+        fi
     }
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
-    stage "tensor-core wrappers" 60 "$bundle/tensor_core" --test-threads 1 --nocapture
-    stage "ops vs f64" 90 "$bundle/cross_backend" --test-threads 1 --nocapture cuda
-    stage "tiny BERT, four methods" 90 "$bundle/cuda_model" --test-threads 1 --nocapture
-    if command -v compute-sanitizer >/dev/null 2>&1; then
-        stage "memcheck" 100 compute-sanitizer --tool memcheck --error-exitcode 9 \
-            "$bundle/cross_backend" --test-threads 1 cuda_bf16
-        stage "racecheck" 60 compute-sanitizer --tool racecheck --error-exitcode 9 \
-            "$bundle/tensor_core" --test-threads 1
+    local device shape batch seq steps warmup gemm_note=""
+    echo "bundle: $(cat "$bin/BUILD")" | tee -a "$log"
+    if [ "$mode" = gpu ]; then
+        device=cuda shape=base batch=32 seq=128 steps=10 warmup=3
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
+        grep -q "^profile release" "$bin/BUILD" ||
+            echo "NOT A RELEASE BUILD: its times say nothing; run 'scripts/gpu_check.sh build' without GPU_CHECK_PROFILE" | tee -a "$log"
     else
+        device=cuda-emu shape=tiny batch=4 seq=32 steps=2 warmup=1
+        echo "REHEARSAL on the CPU stand-in: the same stages, a tiny model; times mean nothing" | tee -a "$log"
+    fi
+    find_cublas
+    # The kernels ship as PTX, which the driver compiles on first load (~20 s for the GEMM and
+    # attention modules): one cache for every stage, large enough to keep them all.
+    export CUDA_CACHE_PATH=${CUDA_CACHE_PATH:-${TMPDIR:-/tmp}/spafit-cuda-cache} CUDA_CACHE_MAXSIZE=4294967296
+    stage "tensor-core wrappers" 45 "$bin/tensor_core" --test-threads 1 --nocapture
+    stage "ops vs f64" 90 "$bin/cross_backend" --test-threads 1 --nocapture cuda
+    stage "tiny BERT, four methods" 90 "$bin/cuda_model" --test-threads 1 --nocapture
+    if [ "$mode" = gpu ] && command -v compute-sanitizer >/dev/null 2>&1; then
+        stage "memcheck" 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
+            "$bin/cross_backend" --test-threads 1 cuda_bf16
+        stage "racecheck" 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
+            "$bin/tensor_core" --test-threads 1
+    elif [ "$mode" = gpu ]; then
         echo "compute-sanitizer: not installed, memcheck and racecheck skipped" | tee -a "$log"
+    else
+        echo "compute-sanitizer: not run in a rehearsal (the stand-in has its own guard pages)" | tee -a "$log"
     fi
     for method in full bitfit lora spafit; do
-        stage "spafit bench $method" 45 "$bundle/spafit" bench --device cuda --dtype bf16 --shape base \
-            --method "$method" --batch-size 32 --seq-len 128 --steps 10 --warmup 3
+        stage "spafit bench $method" 30 "$bin/spafit" bench --device "$device" --dtype bf16 \
+            --shape "$shape" --method "$method" --batch-size "$batch" --seq-len "$seq" \
+            --steps "$steps" --warmup "$warmup"
     done
-    if python3 -c "import torch, transformers, peft" >/dev/null 2>&1; then
-        stage "PyTorch + PEFT bench" 150 python3 scripts/torch_peft_bench.py base 32 128 10 3
+    local python=${PYTHON:-python3} torch_device=cuda
+    [ "$mode" = gpu ] || torch_device=cpu
+    if "$python" -c "import torch, transformers, peft" >/dev/null 2>&1; then
+        stage "PyTorch + PEFT bench" 90 env TORCH_PEFT_BENCH_DEVICE=$torch_device \
+            "$python" scripts/torch_peft_bench.py "$shape" "$batch" "$seq" "$steps" "$warmup"
     else
-        echo "PyTorch + PEFT: not importable, side-by-side skipped" | tee -a "$log"
+        echo "PyTorch + PEFT: not importable by $python, side-by-side skipped" | tee -a "$log"
     fi
-    stage "GEMM sweep" 60 "$bundle/gpu_gemm"
+    stage "GEMM sweep" 45 "$bin/gpu_gemm"
 
-    echo
-    echo "FAILURES: ${#failed[@]}"
-    for f in "${failed[@]}"; do echo "  FAIL $f"; done
-    grep -h "panicked\|FAIL" "$log" | grep -v "^=== " | head -20
-    echo
-    printf "%-34s %-22s %-6s %s\n" "check" "backend" "result" "worst error"
+    # The device tool returns the last 12,000 characters: the one-line-per-check table goes to
+    # a file beside the log, and what decides the run comes last.
+    local table
+    table=$(dirname "$log")/gpu_check_table.txt
+    printf "%-34s %-22s %-6s %s\n" "check" "backend" "result" "worst error" >"$table"
     grep -hoE "^(TC|XB|XM) .*" "$log" | awk '
         $1 == "TC" { printf "%-34s %-22s %-6s %s\n", "tc." $2, $3, $4, "" ; next }
         { key = $2 " " $3; if (!(key in worst) || $4 + 0 > worst[key] + 0) { worst[key] = $4; res[key] = $5 } }
         END { for (k in worst) { split(k, a, " "); printf "%-34s %-22s %-6s %s\n", a[1], a[2], res[k], worst[k] } }' |
-        grep -v " cpu-" | sort
+        grep -v " cpu-" | sort >>"$table"
     echo
-    echo "train step, random BERT-base, batch 32 x 128, bf16:"
+    grep -h "^GG " "$log"
+    echo
+    echo "train step, random BERT-$shape, batch $batch x $seq, bf16 (spafit on $device, PyTorch on $torch_device):"
     printf "%-8s %14s %14s %12s %12s %8s\n" method "spafit ms" "PyTorch ms" "spafit MiB" "PyTorch MiB" speedup
-    python3 - "$log" <<'EOF'
+    python3 - "$log" <<'PY'
 import json, sys
 ours, torch = {}, {}
 for line in open(sys.argv[1]):
@@ -126,14 +235,26 @@ for m in ["full", "bitfit", "lora", "spafit"]:
     ratio = f"{tm / om:.2f}x" if om and tm else "-"
     fmt = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else "-"
     print(f"{m:8} {fmt(om):>14} {fmt(tm):>14} {fmt(o.get('peak_device_mib')):>12} {fmt(t.get('peak_device_mib')):>12} {ratio:>8}")
-EOF
+PY
     echo
-    grep -h "^GG " "$log"
+    echo "checks against the f64 reference (every row: $table):"
+    awk 'NR > 1 { n[$2]++; if ($3 != "PASS") bad[$2]++ }
+        END { for (b in n) printf "  %-24s %4d checks, %d not PASS\n", b, n[b], bad[b] + 0 }' "$table" | sort
+    awk 'NR > 1 && $3 != "PASS"' "$table" | head -30
+    echo
+    grep "^=== .*: " "$log"
+    grep -h "panicked\|FAIL" "$log" | grep -v "^=== " | head -20
+    [ "$mode" = gpu ] || echo "REHEARSAL on the CPU stand-in: checks the script, not a GPU"
+    echo "FAILURES: ${#failed[@]}"
+    for f in "${failed[@]}"; do echo "  FAIL $f"; done
+    for f in "${unsupported[@]}"; do echo "  NOT SUPPORTED $f"; done
+    rm -rf "$bin"
     [ "${#failed[@]}" -eq 0 ]
 }
 
 case "${1:-}" in
     build) build ;;
-    run) run ;;
-    *) echo "usage: scripts/gpu_check.sh build|run" >&2; exit 2 ;;
+    run) run gpu ;;
+    rehearse) run rehearsal ;;
+    *) echo "usage: scripts/gpu_check.sh build|run|rehearse" >&2; exit 2 ;;
 esac

@@ -4,7 +4,8 @@
 # then the CUDA tests again with the CPU stand-in running the threads of each block (and the
 # blocks of each grid) in reverse order: a kernel with a race between barriers gives other
 # results there. On a machine with a GPU the CUDA tests run on it instead, and the second
-# pass repeats them.
+# pass repeats them. Last, the GPU check (scripts/gpu_check.sh) rehearsed on the stand-in from
+# the test build just made, so the script a rare GPU window runs cannot rot unseen.
 # Prints a total line "tests: N passed, N failed, N skipped" at the end; "skipped" counts the
 # ignored tests and any test that reported "SKIPPED <name>" (they are not counted as passed).
 set -euo pipefail
@@ -16,7 +17,8 @@ cargo clippy --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+rehearsal=$(mktemp -d)
+trap 'rm -rf "$log" "$rehearsal"' EXIT
 status=0
 cargo test --locked 2>&1 | tee "$log" || status=$?
 
@@ -24,6 +26,11 @@ cargo test --locked 2>&1 | tee "$log" || status=$?
 cuda_tests=(--test cross_backend --test tensor_core --test cuda_model)
 echo "=== CUDA tests under SPAFIT_EMU_SCHEDULE=reverse ===" | tee -a "$log"
 SPAFIT_EMU_SCHEDULE=reverse cargo test --locked "${cuda_tests[@]}" 2>&1 | tee -a "$log" || status=$?
+
+# Outside the log: its test binaries' results would count twice in the total.
+echo "=== the GPU check, rehearsed on the CPU stand-in ==="
+export GPU_CHECK_PROFILE=test GPU_CHECK_ARCHIVE=$rehearsal/bundle.tar.xz
+{ scripts/gpu_check.sh build && scripts/gpu_check.sh rehearse; } 2>&1 | tail -n 25 || status=$?
 
 # Sum the per-binary "test result:" lines so the count is visible in one place.
 awk '/^test result:/ {
