@@ -228,13 +228,19 @@ const THREADS: u32 = 256;
 
 /// `n` as the `int` a kernel takes for a count of rows or columns: one past `i32::MAX`
 /// would wrap on the device (flat offsets are 64-bit in the kernels; counts are not).
+/// The largest size a kernel takes as an `int`. Kernels index rows as a tile's start plus an
+/// offset inside the tile (tiles are at most 256 wide), so a size within a tile of
+/// `i32::MAX` would wrap those sums negative and slip past the bounds checks.
+const KERNEL_INT_MAX: usize = i32::MAX as usize - 4096;
+
 fn kernel_int(op: &'static str, what: &str, n: usize) -> Result<i32> {
-    i32::try_from(n).map_err(|_| {
-        Error::invalid(
+    if n > KERNEL_INT_MAX {
+        return Err(Error::invalid(
             op,
-            format!("{what} of {n}: the kernels take at most {}", i32::MAX),
-        )
-    })
+            format!("{what} of {n}: the kernels take at most {KERNEL_INT_MAX}"),
+        ));
+    }
+    Ok(n as i32)
 }
 
 fn grid_for(n: usize) -> LaunchConfig {
@@ -497,6 +503,12 @@ impl CudaBackend {
                 m
             }
         };
+        // Looking a function up (and setting its attributes) wants the context current on this
+        // thread, which cudarc binds only for module loads and launches.
+        self.device
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| driver(module, e))?;
         m.load_function(name).map_err(|e| driver(module, e))
     }
 
