@@ -104,6 +104,17 @@ pub enum Error {
         /// The tensor or the evaluation, and its value.
         what: String,
     },
+    /// Analytic gradients that disagree with finite differences beyond what was allowed
+    /// ([`crate::gradcheck::GradcheckReport::within`]).
+    #[error("gradcheck: worst relative error {worst:.3e} ({tensor}) is above the tolerance {tolerance:e}")]
+    GradientMismatch {
+        /// The worst relative error over the checked tensors.
+        worst: f64,
+        /// The tensor with that error.
+        tensor: String,
+        /// The largest error allowed.
+        tolerance: f64,
+    },
     /// An adapter or checkpoint that does not belong to this base model or plan.
     #[error("{path}: {detail}")]
     Mismatch {

@@ -26,6 +26,29 @@ pub struct GradcheckReport {
     pub worst_tensor: String,
 }
 
+impl GradcheckReport {
+    /// `Ok` when the worst relative error is at most `tolerance`, else
+    /// [`Error::GradientMismatch`] naming the tensor. A tolerance that is not a positive
+    /// number is refused.
+    pub fn within(&self, tolerance: f64) -> Result<()> {
+        if !(tolerance.is_finite() && tolerance > 0.0) {
+            return Err(Error::invalid(
+                "gradcheck",
+                format!("the tolerance must be a positive number, got {tolerance}"),
+            ));
+        }
+        // A NaN error (a NaN gradient) fails too.
+        if self.max_rel_err.is_nan() || self.max_rel_err > tolerance {
+            return Err(Error::GradientMismatch {
+                worst: self.max_rel_err,
+                tensor: self.worst_tensor.clone(),
+                tolerance,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Checks the gradient of the loss on `texts` (labels alternate 0/1) with respect to
 /// `samples` coordinates of every trainable tensor, with dropout on at a fixed seed: the
 /// analytic gradients come from `device` (any backend, in its dtype), the central finite
@@ -164,7 +187,8 @@ pub fn gradcheck<B: Backend>(
         };
         report.tensors += 1;
         report.coordinates += coords.len();
-        if err >= report.max_rel_err {
+        // A NaN (a NaN gradient or loss) is the worst error, never skipped by the comparison.
+        if err.is_nan() || err >= report.max_rel_err {
             report.max_rel_err = err;
             report.worst_tensor = name.clone();
         }

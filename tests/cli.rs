@@ -865,6 +865,8 @@ fn gradcheck_and_bench_print_json() {
         "spafit",
         "--samples",
         "1",
+        "--tolerance",
+        "1e-4",
     ]);
     assert!(ok, "{err}");
     let line = last_json(&stdout);
@@ -873,6 +875,7 @@ fn gradcheck_and_bench_print_json() {
     assert!(worst < 1e-5, "{line}");
     assert!(line["tensors"].as_u64().unwrap() > 40);
     assert_eq!(line["device"], "cpu-f64");
+    assert_eq!(line["passed"], true, "{line}");
     // Asked for, the f32 CPU backend is what gets checked (its rounding shows in the error).
     let (ok, stdout, err) = spafit(&[
         "gradcheck",
@@ -884,12 +887,26 @@ fn gradcheck_and_bench_print_json() {
         "1",
         "--dtype",
         "f32",
+        "--tolerance",
+        "1e-12",
     ]);
-    assert!(ok, "{err}");
+    // f32's rounding is above a tolerance of 1e-12: the JSON line still comes, then the
+    // exit status says the check failed, naming the tensor.
+    assert!(!ok, "{stdout}");
     let line = last_json(&stdout);
     assert_eq!(line["device"], "cpu-f32", "{line}");
     let worst = line["max_rel_err"].as_f64().unwrap();
     assert!(worst > 1e-9 && worst < 5e-2, "{line}");
+    assert_eq!(line["passed"], false, "{line}");
+    let tensor = line["worst_tensor"].as_str().unwrap();
+    assert!(
+        err.contains("is above the tolerance 1e-12") && err.contains(tensor),
+        "{err}"
+    );
+    for bad in ["0", "-1e-3", "nan", "inf"] {
+        let (ok, _, err) = spafit(&["gradcheck", "--model", &m, "--tolerance", bad]);
+        assert!(!ok && err.contains("--tolerance"), "{bad}: {err}");
+    }
 
     // Flags bench would ignore are refused, naming them.
     for (args, needle) in [

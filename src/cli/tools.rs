@@ -26,6 +26,10 @@ pub struct GradcheckCommand {
     /// Seed of the adapters, dropout and sampled coordinates.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub seed: u64,
+    /// Fail (exit status 1, after the JSON line) when the worst relative error is above
+    /// this, for scripts and CI; without it the error is only reported.
+    #[arg(long, allow_hyphen_values = true)]
+    pub tolerance: Option<f64>,
     /// Whether --dtype was on the command line (not its default).
     #[arg(skip)]
     pub dtype_given: bool,
@@ -34,6 +38,14 @@ pub struct GradcheckCommand {
 impl GradcheckCommand {
     pub fn run(&self) -> Result<()> {
         let peft = self.peft.config()?;
+        if let Some(t) = self.tolerance {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(spafit::Error::invalid(
+                    "--tolerance",
+                    format!("{t}: expected a positive number, such as 1e-4"),
+                ));
+            }
+        }
         // On the CPU the analytic gradients come from the f64 reference itself unless
         // --dtype asks for the f32 backend; on CUDA from the device, in its dtype; both
         // against the same f64 finite differences.
@@ -58,10 +70,14 @@ impl GradcheckCommand {
             "checked {} coordinates of {} tensors against f64 finite differences; worst relative error {:.3e} ({})",
             r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
         );
-        super::print_line(
-            &json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor}),
-        )?;
-        Ok(())
+        let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor});
+        let verdict = self.tolerance.map(|t| r.within(t));
+        if let Some(v) = &verdict {
+            line["tolerance"] = json!(self.tolerance);
+            line["passed"] = json!(v.is_ok());
+        }
+        super::print_line(&line)?;
+        verdict.unwrap_or(Ok(()))
     }
 }
 
