@@ -20,10 +20,16 @@ pub struct GradcheckReport {
     pub tensors: usize,
     /// Coordinates checked.
     pub coordinates: usize,
-    /// Worst relative error `‖analytic − fd‖ / ‖fd‖` over a tensor's sampled coordinates.
+    /// Worst relative error over the checked tensors: per tensor the larger of
+    /// `‖analytic − fd‖ / ‖fd‖` over its sampled coordinates and, along one random direction
+    /// through all of its coordinates, `|analytic − fd|` over the larger of `|fd|` and the
+    /// gradient's root mean square.
     pub max_rel_err: f64,
     /// The tensor with that error.
     pub worst_tensor: String,
+    /// Trainable tensors not checked: the attention key biases, whose gradient is exactly
+    /// zero (softmax ignores a shift shared by all of a query's scores).
+    pub skipped: Vec<String>,
 }
 
 impl GradcheckReport {
@@ -49,11 +55,119 @@ impl GradcheckReport {
     }
 }
 
-/// Checks the gradient of the loss on `texts` (labels alternate 0/1) with respect to
-/// `samples` coordinates of every trainable tensor, with dropout on at a fixed seed: the
-/// analytic gradients come from `device` (any backend, in its dtype), the central finite
-/// differences from the f64 CPU reference on the same weights, adapters and dropout masks.
-/// Adapters start random (not PEFT's zero B) so every gradient is non-trivial.
+/// The finite differences' step, relative to a coordinate's size (at least 1). With
+/// [`derivative`]'s extrapolation the truncation error is ~h⁴ and the rounding error
+/// ~1e-16 / h, both near 1e-9 of a gradient of 1e-4; a plain central difference at 1e-6 had
+/// left the f64 reference itself 1e-6 off on small gradients, and at 1e-4 as far off on
+/// strongly curved ones.
+const STEP: f64 = 1e-4;
+
+/// The derivative at 0 of `f(d)`: central differences at `h` and `h / 2` combined by
+/// Richardson extrapolation, which cancels their h² error terms.
+fn derivative(h: f64, mut f: impl FnMut(f64) -> Result<f64>) -> Result<f64> {
+    let mut central = |h: f64| -> Result<f64> { Ok((f(h)? - f(-h)?) / (2.0 * h)) };
+    let (coarse, fine) = (central(h)?, central(h / 2.0)?);
+    Ok((4.0 * fine - coarse) / 3.0)
+}
+
+/// Below this, a difference and the value it is relative to are both rounding noise of a
+/// loss of order one: an analytic zero against such a finite difference agrees.
+const NOISE: f64 = 1e-10;
+
+/// `diff / scale`, where two values that are both noise agree (0) and a non-zero difference
+/// from a zero scale is total disagreement (1).
+fn relative_error(diff: f64, scale: f64) -> f64 {
+    if scale > NOISE {
+        diff / scale
+    } else if diff > NOISE {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// The coordinates to difference: the one with the largest analytic gradient (where a wrong
+/// value shows most), then distinct random ones drawn without looking at the gradient, so
+/// that a gradient wrongly zero is drawn as often as any other.
+fn coordinates_to_check(g: &[f64], samples: usize, rng: &mut SplitMix) -> Vec<usize> {
+    let largest = (0..g.len())
+        .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+        .unwrap_or(0);
+    let wanted = samples.min(g.len());
+    let mut chosen = vec![largest];
+    if wanted * 2 >= g.len() {
+        // Most of the tensor: a shuffle of all of it, rather than draws that mostly repeat.
+        let mut all: Vec<usize> = (0..g.len()).filter(|&i| i != largest).collect();
+        for k in (1..all.len()).rev() {
+            all.swap(k, (rng.next_u64() % (k as u64 + 1)) as usize);
+        }
+        chosen.extend(all.into_iter().take(wanted - 1));
+    } else {
+        let mut seen = std::collections::HashSet::from([largest]);
+        while chosen.len() < wanted {
+            let c = (rng.next_u64() % g.len() as u64) as usize;
+            if seen.insert(c) {
+                chosen.push(c);
+            }
+        }
+    }
+    chosen
+}
+
+/// One tensor's error (see [`GradcheckReport::max_rel_err`]) and how many coordinates it
+/// differenced: `g` is the analytic gradient at `x`, `loss_at` the loss at other values of the
+/// tensor (it is left at the last values tried).
+fn tensor_error(
+    g: &[f64],
+    x: &[f64],
+    samples: usize,
+    rng: &mut SplitMix,
+    loss_at: &mut impl FnMut(&[f64]) -> Result<f64>,
+) -> Result<(f64, usize)> {
+    let coords = coordinates_to_check(g, samples, rng);
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for &i in &coords {
+        let mut p = x.to_vec();
+        let fd = derivative(STEP * x[i].abs().max(1.0), |d| {
+            p[i] = x[i] + d;
+            loss_at(&p)
+        })?;
+        diff += (g[i] - fd) * (g[i] - fd);
+        norm += fd * fd;
+    }
+    let coordinate_err = relative_error(diff.sqrt(), norm.sqrt());
+    // One random direction over every coordinate: the sampled coordinates see only a few
+    // entries, so a gradient missing from part of a tensor (or all of it) shows here.
+    let scale = (x.len() as f64).sqrt().recip();
+    let v: Vec<f64> = (0..x.len())
+        .map(|_| {
+            if rng.next_u64() & 1 == 0 {
+                scale
+            } else {
+                -scale
+            }
+        })
+        .collect();
+    // The step is relative to the tensor's length, as a coordinate's is to its size.
+    let t = STEP * x.iter().map(|a| a * a).sum::<f64>().sqrt().max(1.0);
+    let fd_along = derivative(t, |d| {
+        let shifted: Vec<f64> = x.iter().zip(&v).map(|(a, b)| a + d * b).collect();
+        loss_at(&shifted)
+    })?;
+    let analytic_along: f64 = g.iter().zip(&v).map(|(a, b)| a * b).sum();
+    // A random direction's derivative is typically the gradient's root mean square.
+    let rms = (g.iter().map(|a| a * a).sum::<f64>() / g.len() as f64).sqrt();
+    let direction_err = relative_error((analytic_along - fd_along).abs(), fd_along.abs().max(rms));
+    Ok((coordinate_err.max(direction_err), coords.len()))
+}
+
+/// Checks the gradient of the loss on `texts` (labels alternate 0/1) with respect to every
+/// trainable tensor, with dropout on at a fixed seed: at `samples` coordinates of each (the
+/// largest analytic gradient, then random ones) and along one random direction through all of
+/// its coordinates, so a gradient missing from any part of a tensor is caught. The analytic
+/// gradients come from `device` (any backend, in its dtype), the central finite differences
+/// from the f64 CPU reference on the same weights, adapters and dropout masks. Adapters start
+/// random (not PEFT's zero B) so every gradient is non-trivial.
 pub fn gradcheck<B: Backend>(
     device: &B,
     checkpoint: &Checkpoint,
@@ -132,10 +246,13 @@ pub fn gradcheck<B: Backend>(
         coordinates: 0,
         max_rel_err: 0.0,
         worst_tensor: String::new(),
+        skipped: Vec::new(),
     };
     for name in &names {
         if name.ends_with("attention.self.key.bias") {
-            // Its gradient is exactly zero (softmax ignores a per-query shift): no ratio to take.
+            // Its gradient is exactly zero (softmax ignores a per-query shift): no ratio to
+            // take, and finite differences would compare rounding noise with rounding noise.
+            report.skipped.push(name.clone());
             continue;
         }
         let g = device.to_f64(
@@ -149,44 +266,16 @@ pub fn gradcheck<B: Backend>(
             .position(|p| &p.name == name)
             .expect("trainable name exists");
         let x = cpu.to_f64(&model.params()[idx].value)?;
-        // The largest-gradient coordinate, then random ones among those with any gradient.
-        let nonzero: Vec<usize> = (0..g.len()).filter(|&i| g[i] != 0.0).collect();
-        if nonzero.is_empty() {
-            continue;
-        }
-        let mut coords = vec![*nonzero
-            .iter()
-            .max_by(|&&a, &&b| g[a].abs().total_cmp(&g[b].abs()))
-            .expect("non-empty")];
-        while coords.len() < samples.min(nonzero.len()) {
-            let c = nonzero[(rng.next_u64() % nonzero.len() as u64) as usize];
-            if !coords.contains(&c) {
-                coords.push(c);
-            }
-        }
-        let (mut diff, mut norm) = (0.0, 0.0);
-        for &i in &coords {
-            let h = 1e-6 * x[i].abs().max(1.0);
-            let mut eval_at = |v: f64| -> Result<f64> {
-                let mut p = x.clone();
-                p[i] = v;
-                model.params_mut()[idx].value =
-                    cpu.tensor_from_f64(Shape::new(model.params()[idx].value.dims()), &p)?;
-                loss_of(&model)
-            };
-            let fd = (eval_at(x[i] + h)? - eval_at(x[i] - h)?) / (2.0 * h);
-            diff += (g[i] - fd) * (g[i] - fd);
-            norm += fd * fd;
-        }
-        model.params_mut()[idx].value =
-            cpu.tensor_from_f64(Shape::new(model.params()[idx].value.dims()), &x)?;
-        let err = if norm > 0.0 {
-            (diff / norm).sqrt()
-        } else {
-            diff.sqrt()
+        let dims = model.params()[idx].value.dims().to_vec();
+        let mut loss_at = |values: &[f64]| -> Result<f64> {
+            model.params_mut()[idx].value =
+                cpu.tensor_from_f64(Shape::new(dims.clone()), values)?;
+            loss_of(&model)
         };
+        let (err, coordinates) = tensor_error(&g, &x, samples, &mut rng, &mut loss_at)?;
+        loss_at(&x)?;
         report.tensors += 1;
-        report.coordinates += coords.len();
+        report.coordinates += coordinates;
         // A NaN (a NaN gradient or loss) is the worst error, never skipped by the comparison.
         if err.is_nan() || err >= report.max_rel_err {
             report.max_rel_err = err;
@@ -194,4 +283,86 @@ pub fn gradcheck<B: Backend>(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A smooth loss of 200 coordinates whose gradient is known in closed form.
+    fn loss(x: &[f64]) -> f64 {
+        x.iter()
+            .enumerate()
+            .map(|(i, &a)| (a * (1.0 + i as f64 * 0.01)).sin() + 0.5 * a * a * a)
+            .sum::<f64>()
+            .ln_1p()
+    }
+
+    fn gradient(x: &[f64]) -> Vec<f64> {
+        let inner = 1.0 + loss(x).exp_m1();
+        x.iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                let c = 1.0 + i as f64 * 0.01;
+                (c * (a * c).cos() + 1.5 * a * a) / inner
+            })
+            .collect()
+    }
+
+    fn error_of(g: &[f64], x: &[f64], samples: usize) -> f64 {
+        let mut rng = SplitMix::new(3);
+        tensor_error(g, x, samples, &mut rng, &mut |v: &[f64]| Ok(loss(v)))
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn agrees_with_a_right_gradient_and_catches_wrong_ones() {
+        let x: Vec<f64> = (0..200)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 80.0)
+            .collect();
+        let g = gradient(&x);
+        let right = error_of(&g, &x, 2);
+        assert!(right < 1e-8, "a right gradient: {right:e}");
+        // All of it missing: total disagreement, though no analytic coordinate is non-zero.
+        assert!(error_of(&vec![0.0; 200], &x, 2) > 0.5);
+        // A quarter of it missing, away from the largest coordinate: the random coordinate
+        // may miss the hole, the random direction through every coordinate does not (its
+        // error scales with the missing part's share of the gradient, times a random factor:
+        // far above a right gradient's, and above the tolerance of 1e-4 the help suggests).
+        let largest = (0..200)
+            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+            .unwrap();
+        let hole = if largest < 100 { 100..150 } else { 0..50 };
+        let mut holed = g.clone();
+        holed[hole].iter_mut().for_each(|a| *a = 0.0);
+        let holed_err = error_of(&holed, &x, 2);
+        assert!(
+            holed_err > 1e-3,
+            "a gradient missing a quarter: {holed_err:e}"
+        );
+        // A sign error in one coordinate, the largest, which is always sampled.
+        let mut flipped = g.clone();
+        flipped[largest] = -flipped[largest];
+        assert!(error_of(&flipped, &x, 1) > 1.0);
+    }
+
+    #[test]
+    fn draws_distinct_coordinates_whatever_the_gradient() {
+        let mut rng = SplitMix::new(0);
+        let zeros = vec![0.0; 50];
+        for samples in [1, 10, 25, 40, 50, 1000] {
+            let c = coordinates_to_check(&zeros, samples, &mut rng);
+            let distinct: std::collections::HashSet<_> = c.iter().collect();
+            assert_eq!(c.len(), samples.min(50), "{samples}");
+            assert_eq!(distinct.len(), c.len(), "{samples}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn noise_against_zero_agrees_and_a_real_difference_does_not() {
+        assert_eq!(relative_error(1e-12, 0.0), 0.0);
+        assert_eq!(relative_error(1e-3, 0.0), 1.0);
+        assert_eq!(relative_error(1e-3, 1e-1), 1e-2);
+    }
 }

@@ -35,6 +35,11 @@ fn main() {
         // Not `eprintln!`, which panics when stderr is closed or full.
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "spafit: {e}");
-        std::process::exit(1);
+        // A check that ran and failed is not a failure to run it: scripts tell them apart.
+        let status = match e {
+            spafit::Error::GradientMismatch { .. } => 3,
+            _ => 1,
+        };
+        std::process::exit(status);
     }
 }

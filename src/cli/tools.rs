@@ -26,8 +26,9 @@ pub struct GradcheckCommand {
     /// Seed of the adapters, dropout and sampled coordinates.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub seed: u64,
-    /// Fail (exit status 1, after the JSON line) when the worst relative error is above
-    /// this, for scripts and CI; without it the error is only reported.
+    /// Fail with exit status 3 (after the JSON line) when the worst relative error is above
+    /// this, for scripts and CI (status 1 is an error that stopped the check); without it the
+    /// error is only reported. The f64 reference agrees to ~1e-8, f32 to ~1e-5, bf16 to ~3e-2.
     #[arg(long, allow_hyphen_values = true)]
     pub tolerance: Option<f64>,
     /// Whether --dtype was on the command line (not its default).
@@ -67,10 +68,10 @@ impl GradcheckCommand {
         ];
         let r = gradcheck(&backend, &checkpoint, peft, &texts, self.samples, self.seed)?;
         note!(
-            "checked {} coordinates of {} tensors against f64 finite differences; worst relative error {:.3e} ({})",
-            r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
+            "checked {} coordinates and one random direction through each of {} tensors against f64 finite differences ({} attention key biases skipped: their gradient is exactly zero); worst relative error {:.3e} ({})",
+            r.coordinates, r.tensors, r.skipped.len(), r.max_rel_err, r.worst_tensor
         );
-        let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor});
+        let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor, "skipped": r.skipped});
         let verdict = self.tolerance.map(|t| r.within(t));
         if let Some(v) = &verdict {
             line["tolerance"] = json!(self.tolerance);
