@@ -975,11 +975,13 @@ fn gradcheck_and_bench_print_json() {
     // The random shapes are Google's: full fine-tuning trains every tensor of BERT-tiny and
     // BERT-mini, counted here from the architecture (30522 uncased ids, 512 positions, 2
     // segments, FFN 4 × hidden, pooler, two-class head).
-    for (shape, hidden, layers) in [("tiny", 128u64, 2u64), ("mini", 256, 4)] {
+    // (--shape is read without regard to case, as --method is.)
+    for (given, shape, hidden, layers) in [("tiny", "tiny", 128u64, 2u64), ("MINI", "mini", 256, 4)]
+    {
         let (ok, stdout, err) = spafit(&[
             "bench",
             "--shape",
-            shape,
+            given,
             "--method",
             "full",
             "--batch-size",
@@ -2524,6 +2526,23 @@ fn unused_settings_and_bad_values_name_their_flag() {
         (
             vec!["bench", "--model", &m, "--lora-targets", "foo"],
             &["--lora-targets", "`foo`"],
+        ),
+        // A negative value is a value of its flag, not an unknown argument.
+        (
+            vec!["bench", "--model", &m, "--lora-targets", "-1"],
+            &["--lora-targets", "`-1`"],
+        ),
+        (
+            vec![
+                "bench",
+                "--model",
+                &m,
+                "--method",
+                "lora",
+                "--lora-layers",
+                "-1",
+            ],
+            &["--lora-layers", "`-1`"],
         ),
         (
             vec!["bench", "--model", &m, "--lora-dropout", "1"],

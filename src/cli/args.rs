@@ -226,10 +226,10 @@ pub struct PeftArgs {
     pub lora_dropout: Option<f64>,
     /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense. Default: query,value for lora; all six for spafit.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lora_targets: Option<String>,
     /// lora only: comma-separated layer indices that get adapters (default: all).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lora_layers: Option<String>,
     /// Also train the pooler.
     #[arg(long)]

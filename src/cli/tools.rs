@@ -117,7 +117,8 @@ impl BenchCommand {
     fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
         let (backend, mut model) = match &self.shape {
             Some(shape) => {
-                let config = BertConfig::preset(shape).ok_or_else(|| {
+                // Read without regard to case, as --method and --device are.
+                let config = BertConfig::preset(&shape.to_ascii_lowercase()).ok_or_else(|| {
                     spafit::Error::invalid(
                         "--shape",
                         format!("`{shape}`: expected tiny, mini, base or large"),
@@ -157,7 +158,7 @@ impl BenchCommand {
         )?;
         super::print_line(&json!({
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype,
-            "model": self.shape.as_deref().map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
+            "model": self.shape.as_deref().map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{}", s.to_ascii_lowercase())),
             "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
             "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
