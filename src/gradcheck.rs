@@ -56,10 +56,11 @@ impl GradcheckReport {
 }
 
 /// The finite differences' step, relative to a coordinate's size (at least 1). With
-/// [`derivative`]'s extrapolation the truncation error is ~h⁴ and the rounding error
-/// ~1e-16 / h, both near 1e-9 of a gradient of 1e-4; a plain central difference at 1e-6 had
-/// left the f64 reference itself 1e-6 off on small gradients, and at 1e-4 as far off on
-/// strongly curved ones.
+/// [`derivative`]'s extrapolation the truncation error shrinks as h⁴ rather than h², so the
+/// step can be large enough that rounding (~1e-16 of the loss, divided by h: ~1e-12) stays
+/// near 1e-8 of a gradient of 1e-4. A plain central difference at 1e-6 had left the f64
+/// reference itself ~1e-6 off on small gradients (rounding), and one at 1e-4 as far off on
+/// strongly curved ones (truncation).
 const STEP: f64 = 1e-4;
 
 /// The derivative at 0 of `f(d)`: central differences at `h` and `h / 2` combined by
@@ -74,15 +75,26 @@ fn derivative(h: f64, mut f: impl FnMut(f64) -> Result<f64>) -> Result<f64> {
 /// loss of order one: an analytic zero against such a finite difference agrees.
 const NOISE: f64 = 1e-10;
 
-/// `diff / scale`, where two values that are both noise agree (0) and a non-zero difference
-/// from a zero scale is total disagreement (1).
+/// `diff / scale`, where two values that are both noise agree (0), a difference from a
+/// scale that is noise is infinite, and a NaN on either side stays NaN.
 fn relative_error(diff: f64, scale: f64) -> f64 {
-    if scale > NOISE {
+    if diff.is_nan() || scale.is_nan() {
+        f64::NAN
+    } else if scale > NOISE {
         diff / scale
     } else if diff > NOISE {
-        1.0
+        f64::INFINITY
     } else {
         0.0
+    }
+}
+
+/// The larger of two errors, NaN if either is (`f64::max` would drop it).
+fn worse(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
     }
 }
 
@@ -90,6 +102,9 @@ fn relative_error(diff: f64, scale: f64) -> f64 {
 /// value shows most), then distinct random ones drawn without looking at the gradient, so
 /// that a gradient wrongly zero is drawn as often as any other.
 fn coordinates_to_check(g: &[f64], samples: usize, rng: &mut SplitMix) -> Vec<usize> {
+    if g.is_empty() || samples == 0 {
+        return Vec::new();
+    }
     let largest = (0..g.len())
         .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
         .unwrap_or(0);
@@ -124,6 +139,9 @@ fn tensor_error(
     rng: &mut SplitMix,
     loss_at: &mut impl FnMut(&[f64]) -> Result<f64>,
 ) -> Result<(f64, usize)> {
+    if x.is_empty() {
+        return Ok((0.0, 0));
+    }
     let coords = coordinates_to_check(g, samples, rng);
     let (mut diff, mut norm) = (0.0, 0.0);
     for &i in &coords {
@@ -148,8 +166,11 @@ fn tensor_error(
             }
         })
         .collect();
-    // The step is relative to the tensor's length, as a coordinate's is to its size.
-    let t = STEP * x.iter().map(|a| a * a).sum::<f64>().sqrt().max(1.0);
+    // Relative to the tensor's length, and at least STEP per coordinate, as a coordinate's
+    // step is at least STEP: a smaller one would leave small-valued tensors (biases, LoRA A)
+    // with a rounding floor far above the coordinates'.
+    let n = (x.len() as f64).sqrt();
+    let t = STEP * x.iter().map(|a| a * a).sum::<f64>().sqrt().max(n);
     let fd_along = derivative(t, |d| {
         let shifted: Vec<f64> = x.iter().zip(&v).map(|(a, b)| a + d * b).collect();
         loss_at(&shifted)
@@ -158,13 +179,14 @@ fn tensor_error(
     // A random direction's derivative is typically the gradient's root mean square.
     let rms = (g.iter().map(|a| a * a).sum::<f64>() / g.len() as f64).sqrt();
     let direction_err = relative_error((analytic_along - fd_along).abs(), fd_along.abs().max(rms));
-    Ok((coordinate_err.max(direction_err), coords.len()))
+    Ok((worse(coordinate_err, direction_err), coords.len()))
 }
 
 /// Checks the gradient of the loss on `texts` (labels alternate 0/1) with respect to every
 /// trainable tensor, with dropout on at a fixed seed: at `samples` coordinates of each (the
 /// largest analytic gradient, then random ones) and along one random direction through all of
-/// its coordinates, so a gradient missing from any part of a tensor is caught. The analytic
+/// its coordinates, so a gradient missing from a whole tensor is caught, and one missing from a
+/// part of it in proportion to that part's share of the gradient. The analytic
 /// gradients come from `device` (any backend, in its dtype), the central finite differences
 /// from the f64 CPU reference on the same weights, adapters and dropout masks. Adapters start
 /// random (not PEFT's zero B) so every gradient is non-trivial.
@@ -249,17 +271,22 @@ pub fn gradcheck<B: Backend>(
         skipped: Vec::new(),
     };
     for name in &names {
-        if name.ends_with("attention.self.key.bias") {
-            // Its gradient is exactly zero (softmax ignores a per-query shift): no ratio to
-            // take, and finite differences would compare rounding noise with rounding noise.
-            report.skipped.push(name.clone());
-            continue;
-        }
         let g = device.to_f64(
             grads
                 .get(name)
                 .ok_or_else(|| Error::Autograd(format!("no gradient for {name}")))?,
         )?;
+        if name.ends_with("attention.self.key.bias") {
+            // Its gradient is exactly zero (softmax ignores a per-query shift): no ratio to
+            // take, and finite differences would compare rounding noise with rounding noise.
+            // A non-finite value there is still a failure.
+            report.skipped.push(name.clone());
+            if g.iter().any(|v| !v.is_finite()) {
+                report.max_rel_err = f64::NAN;
+                report.worst_tensor = name.clone();
+            }
+            continue;
+        }
         let idx = model
             .params()
             .iter()
@@ -362,7 +389,40 @@ mod tests {
     #[test]
     fn noise_against_zero_agrees_and_a_real_difference_does_not() {
         assert_eq!(relative_error(1e-12, 0.0), 0.0);
-        assert_eq!(relative_error(1e-3, 0.0), 1.0);
+        assert_eq!(relative_error(1e-3, 0.0), f64::INFINITY);
         assert_eq!(relative_error(1e-3, 1e-1), 1e-2);
+        assert!(relative_error(f64::NAN, 1.0).is_nan());
+        assert!(relative_error(0.0, f64::NAN).is_nan());
+        assert!(worse(1e-9, f64::NAN).is_nan() && worse(f64::NAN, 1e-9).is_nan());
+    }
+
+    #[test]
+    fn a_nan_gradient_or_loss_is_never_a_pass() {
+        let x: Vec<f64> = (0..20).map(|i| i as f64 / 40.0).collect();
+        let mut g = gradient(&x);
+        g[7] = f64::NAN;
+        assert!(error_of(&g, &x, 2).is_nan(), "a NaN analytic gradient");
+        let mut rng = SplitMix::new(1);
+        let (err, _) = tensor_error(&gradient(&x), &x, 2, &mut rng, &mut |_: &[f64]| {
+            Ok(f64::NAN)
+        })
+        .unwrap();
+        assert!(err.is_nan(), "a NaN loss: {err}");
+        let report = GradcheckReport {
+            tensors: 1,
+            coordinates: 2,
+            max_rel_err: err,
+            worst_tensor: "t".into(),
+            skipped: Vec::new(),
+        };
+        assert!(report.within(1e300).is_err());
+    }
+
+    #[test]
+    fn empty_tensors_have_nothing_to_difference() {
+        let mut rng = SplitMix::new(0);
+        assert!(coordinates_to_check(&[], 3, &mut rng).is_empty());
+        let (err, n) = tensor_error(&[], &[], 3, &mut rng, &mut |_: &[f64]| Ok(0.0)).unwrap();
+        assert_eq!((err, n), (0.0, 0));
     }
 }
