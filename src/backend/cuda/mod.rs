@@ -226,13 +226,15 @@ fn unshared_mut<'t>(
 
 const THREADS: u32 = 256;
 
-/// `n` as the `int` a kernel takes for a count of rows or columns: one past `i32::MAX`
-/// would wrap on the device (flat offsets are 64-bit in the kernels; counts are not).
-/// The largest size a kernel takes as an `int`. Kernels index rows as a tile's start plus an
-/// offset inside the tile (tiles are at most 256 wide), so a size within a tile of
-/// `i32::MAX` would wrap those sums negative and slip past the bounds checks.
-const KERNEL_INT_MAX: usize = i32::MAX as usize - 4096;
+/// The largest count a kernel takes as an `int` (flat offsets are 64-bit in the kernels;
+/// counts are not). Kernels form indices as a tile's start plus an offset inside the tile
+/// (at most 256), or step through a grid-stride loop (at most 65,535 blocks of `THREADS`),
+/// so a count within one such step of `i32::MAX` would wrap those sums negative past the
+/// bounds checks; 2²⁵ covers both.
+const KERNEL_INT_MAX: usize = i32::MAX as usize - (1 << 25);
 
+/// `n` as the `int` a kernel takes for a count of rows or columns, refused above
+/// [`KERNEL_INT_MAX`].
 fn kernel_int(op: &'static str, what: &str, n: usize) -> Result<i32> {
     if n > KERNEL_INT_MAX {
         return Err(Error::invalid(
