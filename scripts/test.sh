@@ -29,7 +29,7 @@ SPAFIT_EMU_SCHEDULE=reverse cargo test --locked "${cuda_tests[@]}" 2>&1 | tee -a
 
 # Outside the log: its test binaries' results would count twice in the total.
 echo "=== the GPU check, rehearsed on the CPU stand-in ==="
-export GPU_CHECK_PROFILE=test GPU_CHECK_ARCHIVE=$rehearsal/bundle.tar.xz
+export GPU_CHECK_PROFILE=test GPU_CHECK_ARCHIVE=$rehearsal/bundle.tar.xz OUT=$rehearsal
 { scripts/gpu_check.sh build && scripts/gpu_check.sh rehearse; } 2>&1 | tail -n 25 || status=$?
 
 # Sum the per-binary "test result:" lines so the count is visible in one place.
