@@ -14,6 +14,7 @@ labels. Prints one JSON line per method prefixed `TORCH`; the step time is the m
 usage: torch_peft_cpu_bench.py MODEL_DIR B T STEPS WARMUP THREADS N1 N2 METHOD...
 """
 import json
+import statistics
 import sys
 import time
 
@@ -69,7 +70,7 @@ def bench(path, method, batch, seq, steps, warmup, n1, n2):
         step()
         times.append(time.perf_counter() - t)
     times.sort()
-    ms = times[len(times) // 2] * 1e3
+    ms = statistics.median(times) * 1e3  # an even count's: the mean of the middle two, as spafit bench
     line = {"method": method, "batch": batch, "seq_len": seq, "ms_per_step": round(ms, 3),
             "trainable_params": sum(p.numel() for p in params), "threads": torch.get_num_threads(),
             "torch": torch.__version__}
