@@ -3,7 +3,7 @@ use serde_json::json;
 use spafit::bench::bench_train_step;
 use spafit::checkpoint::{BertConfig, Checkpoint};
 use spafit::gradcheck::gradcheck;
-use spafit::model::BertClassifier;
+use spafit::model::{check_batch_memory, BertClassifier, Pass};
 use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
 use spafit::Result;
 
@@ -126,6 +126,17 @@ impl BenchCommand {
                 })?;
                 let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
                 self.peft.check_flags_against_plan(&plan)?;
+                // Drawing BERT-large's weights takes seconds and a gigabyte: a batch that
+                // cannot fit even one forward pass is refused before that (the step checks
+                // again, counting what the tape keeps).
+                check_batch_memory(
+                    &backend,
+                    &config,
+                    self.batch_size,
+                    self.seq_len,
+                    Pass::Inference,
+                    "bench",
+                )?;
                 let mut m = BertClassifier::random(&config, &backend, 2, 0)?;
                 m.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
                 m.store_frozen_weights(&backend)?;
