@@ -37,11 +37,8 @@ impl GradcheckReport {
     /// [`Error::GradientMismatch`] naming the tensor. A tolerance that is not a positive
     /// number is refused.
     pub fn within(&self, tolerance: f64) -> Result<()> {
-        if !(tolerance.is_finite() && tolerance > 0.0) {
-            return Err(Error::invalid(
-                "gradcheck",
-                format!("the tolerance must be a positive number, got {tolerance}"),
-            ));
+        if let Some(why) = tolerance_problem(tolerance) {
+            return Err(Error::invalid("gradcheck", why));
         }
         // A NaN error (a NaN gradient) fails too.
         if self.max_rel_err.is_nan() || self.max_rel_err > tolerance {
@@ -53,6 +50,13 @@ impl GradcheckReport {
         }
         Ok(())
     }
+}
+
+/// What is wrong with a tolerance for [`GradcheckReport::within`] (`None`: a positive number),
+/// for callers that refuse it before the check runs, naming their own setting.
+pub fn tolerance_problem(tolerance: f64) -> Option<String> {
+    (!(tolerance.is_finite() && tolerance > 0.0))
+        .then(|| format!("{tolerance}: expected a positive number, such as 1e-4"))
 }
 
 /// The finite differences' step, relative to a coordinate's size (at least 1). With
@@ -300,7 +304,8 @@ pub fn gradcheck<B: Backend>(
             loss_of(&model)
         };
         let (err, coordinates) = tensor_error(&g, &x, samples, &mut rng, &mut loss_at)?;
-        loss_at(&x)?;
+        // Back to the weights every other tensor is checked at.
+        model.params_mut()[idx].value = cpu.tensor_from_f64(Shape::new(dims), &x)?;
         report.tensors += 1;
         report.coordinates += coordinates;
         // A NaN (a NaN gradient or loss) is the worst error, never skipped by the comparison.

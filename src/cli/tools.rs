@@ -2,7 +2,7 @@ use clap::Args;
 use serde_json::json;
 use spafit::bench::bench_train_step;
 use spafit::checkpoint::{BertConfig, Checkpoint};
-use spafit::gradcheck::gradcheck;
+use spafit::gradcheck::{gradcheck, tolerance_problem};
 use spafit::model::{check_batch_memory, BertClassifier, Pass};
 use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
 use spafit::Result;
@@ -39,13 +39,9 @@ pub struct GradcheckCommand {
 impl GradcheckCommand {
     pub fn run(&self) -> Result<()> {
         let peft = self.peft.config()?;
-        if let Some(t) = self.tolerance {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(spafit::Error::invalid(
-                    "--tolerance",
-                    format!("{t}: expected a positive number, such as 1e-4"),
-                ));
-            }
+        // Refused before the check, which takes a while, rather than after it.
+        if let Some(why) = self.tolerance.and_then(tolerance_problem) {
+            return Err(spafit::Error::invalid("--tolerance", why));
         }
         // On the CPU the analytic gradients come from the f64 reference itself unless
         // --dtype asks for the f32 backend; on CUDA from the device, in its dtype; both
@@ -115,13 +111,15 @@ impl BenchCommand {
     }
 
     fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
-        let (backend, mut model) = match &self.shape {
+        // Read without regard to case, as --method and --device are.
+        let shape = self.shape.as_deref().map(str::to_ascii_lowercase);
+        let (backend, mut model) = match &shape {
             Some(shape) => {
-                // Read without regard to case, as --method and --device are.
-                let config = BertConfig::preset(&shape.to_ascii_lowercase()).ok_or_else(|| {
+                let config = BertConfig::preset(shape).ok_or_else(|| {
+                    let given = self.shape.as_deref().unwrap_or_default();
                     spafit::Error::invalid(
                         "--shape",
-                        format!("`{shape}`: expected tiny, mini, base or large"),
+                        format!("`{given}`: expected tiny, mini, base or large"),
                     )
                 })?;
                 let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
@@ -169,7 +167,7 @@ impl BenchCommand {
         )?;
         super::print_line(&json!({
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype,
-            "model": self.shape.as_deref().map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{}", s.to_ascii_lowercase())),
+            "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
             "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
             "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
