@@ -72,15 +72,14 @@ build() {
     staging=$(mktemp -d)
     trap "rm -rf '$staging'" EXIT
     local errors="$staging/cargo.err"
+    local tests=(--test tensor_core --test cross_backend --test cuda_model)
     {
         if [ "$profile" = release ]; then
-            cargo test --release --locked --no-run --message-format=json \
-                --test tensor_core --test cross_backend --test cuda_model
+            cargo test --release --locked --no-run --message-format=json "${tests[@]}"
             cargo bench --locked --no-run --message-format=json --bench gpu_gemm
             cargo build --release --locked --message-format=json --bin spafit
         else
-            cargo test --locked --no-run --message-format=json \
-                --test tensor_core --test cross_backend --test cuda_model --bench gpu_gemm
+            cargo test --locked --no-run --message-format=json "${tests[@]}" --bench gpu_gemm
             cargo build --profile "$profile" --locked --message-format=json --bin spafit
         fi
     } 2>"$errors" | executables | while read -r name path; do
