@@ -86,7 +86,7 @@ fn main() {
         let a = random(&b, &[rank, k], &mut rng);
         let bl = random(&b, &[n, rank], &mut rng);
         let cublas_tflops = blas.as_ref().map(|blas| {
-            let mut c = b.zeros(Shape::new([m, n])).unwrap();
+            let mut cs = b.stream().alloc_zeros::<bf16>(m * n).unwrap();
             let cfg = GemmConfig {
                 transa: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
                 transb: cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
@@ -101,12 +101,8 @@ fn main() {
             };
             let (ws, xs) = (slice(&w).clone(), slice(&x).clone());
             let t = time(&b, rounds, iters, || {
-                let cs = match c.buffer_mut() {
-                    CudaBuffer::BF16(s) => s,
-                    _ => unreachable!(),
-                };
                 // SAFETY: column-major Yᵀ[N, M] = W[N, K]·Xᵀ: the buffers hold these sizes.
-                unsafe { blas.gemm(cfg, &ws, &xs, cs) }.unwrap();
+                unsafe { blas.gemm(cfg, &ws, &xs, &mut cs) }.unwrap();
             });
             2.0 * (m * n * k) as f64 / t / 1e12
         });

@@ -2,8 +2,9 @@
 //!
 //! Tensors are immutable values that share their buffer on clone, which is what lets the
 //! autograd tape keep an activation without copying it. In-place updates (optimizer steps,
-//! gradient accumulation) go through [`Tensor::buffer_mut`], which copies only when the
-//! buffer is shared.
+//! gradient accumulation) go through the crate's own mutable access, which copies only when
+//! the buffer is shared. That access is not public: a buffer swapped for one of another length
+//! would let a kernel, which sizes its grid from the shape, read and write past its end.
 
 mod dtype;
 mod shape;
@@ -84,13 +85,13 @@ impl<B: Backend> Tensor<B> {
     }
 
     /// Mutable access to the buffer; copies it first if another tensor shares it.
-    pub fn buffer_mut(&mut self) -> &mut B::Buffer {
+    pub(crate) fn buffer_mut(&mut self) -> &mut B::Buffer {
         Arc::make_mut(&mut self.buf)
     }
 
     /// Mutable access to the buffer, where copying it can fail (a device copy needs memory):
     /// when another tensor shares the buffer, `copy` makes this tensor's own first.
-    pub fn buffer_mut_or_copy(
+    pub(crate) fn buffer_mut_or_copy(
         &mut self,
         copy: impl FnOnce(&B::Buffer) -> Result<B::Buffer>,
     ) -> Result<&mut B::Buffer> {
