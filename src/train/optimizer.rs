@@ -40,9 +40,13 @@ impl<B: Backend> AdamW<B> {
         }
     }
 
-    /// One update of every trainable parameter that has a gradient. Settings, shapes and
-    /// dtypes are checked for every parameter before any is changed: a refused update leaves
-    /// the parameters, the moments and the step count as they were.
+    /// One update of every trainable parameter that has a gradient. Settings, shapes, the
+    /// moments' dtypes and the memory for new moments are checked and taken for every
+    /// parameter before any is changed: such a refusal leaves the parameters, the moments and
+    /// the step count as they were. A gradient dtype the backend does not take for its
+    /// parameter (the CPU wants the parameter's own; CUDA also takes bf16 for an f32 master)
+    /// is refused by the backend as it reaches that parameter, after the ones before it
+    /// were updated: the model is then not fit to train on.
     pub fn update(
         &mut self,
         backend: &B,
@@ -98,16 +102,23 @@ impl<B: Backend> AdamW<B> {
                 }
             }
         }
+        // Out of memory for a new moment refuses the step before any parameter moved.
+        let mut fresh = Vec::new();
+        for (p, _) in &updates {
+            if !self.moments.contains_key(&p.name) {
+                let m = backend.zeros(p.value.shape().clone())?;
+                let v = backend.zeros(p.value.shape().clone())?;
+                fresh.push((p.name.clone(), (m, v)));
+            }
+        }
+        self.moments.extend(fresh);
         self.step = step_number;
         for (p, g) in updates {
-            let (m, v) = match self.moments.get_mut(&p.name) {
-                Some(mv) => mv,
-                None => {
-                    let zeros = backend.zeros(p.value.shape().clone())?;
-                    self.moments
-                        .entry(p.name.clone())
-                        .or_insert((zeros.clone(), backend.zeros(p.value.shape().clone())?))
-                }
+            let Some((m, v)) = self.moments.get_mut(&p.name) else {
+                return Err(Error::invalid(
+                    "adamw",
+                    format!("no moments for `{}`", p.name),
+                ));
             };
             let step = AdamWStep {
                 lr,
