@@ -68,14 +68,18 @@ pub fn bench_train_step<B: Backend>(
     )?;
     let mut rng = SplitMix::new(7);
     let vocab = model.config().vocab_size as u64;
+    // BERT's vocabularies put [CLS] at 101 and words from about 1000 on; a smaller
+    // vocabulary gets ids it has. One past u32 is refused by the input's own check.
+    let last = vocab.saturating_sub(1);
+    let (cls, first_word) = (101.min(last), 1000.min(last));
     let ids: Vec<u32> = (0..batch * seq_len)
         .map(|i| {
-            if i % seq_len == 0 {
-                101
+            let id = if i % seq_len == 0 {
+                cls
             } else {
-                1000.min(vocab as u32 - 1)
-                    + (rng.next_u64() % (vocab.saturating_sub(1000).max(1))) as u32
-            }
+                first_word + rng.next_u64() % vocab.saturating_sub(first_word).max(1)
+            };
+            u32::try_from(id).unwrap_or(u32::MAX)
         })
         .collect();
     let enc = EncodedBatch {
@@ -86,10 +90,12 @@ pub fn bench_train_step<B: Backend>(
         seq: seq_len,
     };
     let input = ModelInput::new(backend, &enc)?;
-    let labels = if model.num_labels == 1 {
+    let labels = if model.num_labels() == 1 {
         Labels::Scores(backend.tensor_from_f64(Shape::new([batch]), &vec![0.5; batch])?)
     } else {
-        let y: Vec<u32> = (0..batch).map(|i| (i % model.num_labels) as u32).collect();
+        let y: Vec<u32> = (0..batch)
+            .map(|i| (i % model.num_labels()) as u32)
+            .collect();
         Labels::Classes(backend.tensor_from_u32(Shape::new([batch]), &y)?)
     };
     let mut optimizer = AdamW::new(0.01);

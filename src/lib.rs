@@ -6,12 +6,19 @@
 //!
 //! The crate is layered one way:
 //! - [`tensor`]: shapes, dtypes and backend-owned buffers;
-//! - [`backend`]: one interface with one method per fused op, and the CPU reference backend;
+//! - [`backend`]: one interface with one method per fused op; the CPU reference backend
+//!   (f64, f32) and the CUDA backend (f32, bf16; on a GPU, or on the CPU stand-in for the
+//!   driver, `cuda-emu`);
 //! - [`autograd`]: a tape that records only what it will differentiate;
 //! - [`nn`]: BERT layers with Hugging Face parameter names and per-layer strata;
 //! - [`checkpoint`], [`text`]: Hugging Face checkpoints and tokenizers;
 //! - [`model`]: BERT for sequence classification / regression;
 //! - [`peft`]: full, BitFit, LoRA and SPAFIT as plans of strata;
+//! - [`data`], [`metrics`]: GLUE and custom CSV/TSV/JSONL tasks, and their metrics;
+//! - [`train`]: AdamW, the trainer with its resumable runs, evaluation and prediction;
+//! - [`adapter`]: saving and loading adapters, and PEFT's format both ways;
+//! - [`gradcheck`], [`bench`](mod@bench): finite-difference checks of the gradients, and the
+//!   training-step benchmark;
 //! - [`prelude`]: the names an embedding program usually needs, in one import.
 #![warn(missing_docs)]
 

@@ -12,7 +12,7 @@ pub use crate::backend::cuda::CudaBackend;
 pub use crate::backend::Backend;
 pub use crate::checkpoint::Checkpoint;
 pub use crate::data::{Dataset, Example, GlueTask, Target, TaskKind};
-pub use crate::model::BertClassifier;
+pub use crate::model::{BertClassifier, ClassAlignment};
 pub use crate::nn::{LoraConfig, LoraTarget};
 pub use crate::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 pub use crate::tensor::DType;

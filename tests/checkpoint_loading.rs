@@ -614,7 +614,7 @@ fn a_fine_tuned_head_agrees_with_its_config() {
         3,
     );
     let model = model.unwrap();
-    assert_eq!(model.num_labels, 3);
+    assert_eq!(model.num_labels(), 3);
     assert!(model.params().iter().all(|p| !p.trainable));
     assert_eq!(host(&model.classifier.bias.value), vec![0.5; 3]);
     assert_eq!(
@@ -742,12 +742,12 @@ fn a_fine_tuned_head_agrees_with_its_config() {
     .unwrap();
     let damaged_base = Checkpoint::open(tmp.path().join("no-bias")).unwrap();
     let (loaded, _) = spafit::adapter::load_adapter(&adapter, &damaged_base, &cpu).unwrap();
-    assert_eq!(loaded.num_labels, 2);
+    assert_eq!(loaded.num_labels(), 2);
     // A whole head of another size is not damaged: a fresh head of the data's size.
     let dir = tmp.path().join("three");
     write_checkpoint(&dir, &tiny_config_json(2), &with_head(3), Dtype::F64, true);
     let model = BertClassifier::from_checkpoint(&Checkpoint::open(&dir).unwrap(), &cpu, 2, 0);
-    assert_eq!(model.unwrap().num_labels, 2);
+    assert_eq!(model.unwrap().num_labels(), 2);
 }
 
 /// Writes `tensors` as `model-0000i-of-0000n.safetensors` shards (tensor k in shard k mod n)
@@ -1261,4 +1261,122 @@ fn tokenizer_must_fit_the_vocabulary() {
 
     let cfg = BertConfig::from_json(&tiny_config_json(2), Path::new("x/config.json")).unwrap();
     assert_eq!(cfg.num_hidden_layers, 2);
+}
+
+/// A `classifier` saved by another architecture is not a sequence classifier's head, whatever
+/// its shape (`BertForMultipleChoice`'s one output would read as regression); a reused head is
+/// lined up with the data's classes by name; and the model's output count is its head's.
+#[test]
+fn heads_follow_their_architecture_and_the_data_classes() {
+    use spafit::data::TaskKind;
+    use spafit::model::ClassAlignment;
+    let tmp = tempfile::tempdir().unwrap();
+    let cpu = CpuBackend::f64();
+    let write = |name: &str, architecture: &str, extra: &str, rows: usize| {
+        let mut t = tiny_bert::tensors(&tiny_bert::config(2), 5);
+        let weights: Vec<f64> = (0..rows * 15).map(|i| (i as f64).sin() * 0.1).collect();
+        let bias: Vec<f64> = (0..rows).map(|i| i as f64 + 0.5).collect();
+        t.insert("classifier.weight".into(), (vec![rows, 15], weights));
+        t.insert("classifier.bias".into(), (vec![rows], bias));
+        let dir = tmp.path().join(name);
+        let config = tiny_config_json(2)
+            .replace("\"BertModel\"", &format!("\"{architecture}\""))
+            .replace(r#""gelu","#, &format!(r#""gelu", {extra}"#));
+        write_checkpoint(&dir, &config, &t, Dtype::F64, true);
+        Checkpoint::open(&dir).unwrap()
+    };
+
+    for architecture in ["BertForMultipleChoice", "BertForTokenClassification"] {
+        let ck = write(architecture, architecture, "", 1);
+        assert_eq!(ck.foreign_head(), Some(architecture));
+        assert_eq!(ck.classifier_outputs(), None);
+        let e = BertClassifier::from_fine_tuned(&ck, &cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("config.json") && e.contains(architecture) && e.contains("--adapter"),
+            "{e}"
+        );
+        // Training from it starts from a fresh head (bias 0), not from the other one.
+        let model = BertClassifier::from_checkpoint(&ck, &cpu, 1, 0).unwrap();
+        assert_eq!(host(&model.classifier.bias.value), vec![0.0]);
+    }
+    let ck = write("seq", "BertForSequenceClassification", "", 1);
+    assert_eq!(ck.foreign_head(), None);
+    let model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+    assert_eq!(host(&model.classifier.bias.value), vec![0.5]);
+
+    // The checkpoint's classes by id are neg, pos, mixed.
+    let named = r#""id2label": {"0": "neg", "1": "pos", "2": "mixed"},"#;
+    let ck = write("named", "BertForSequenceClassification", named, 3);
+    let classes = |names: &[&str]| TaskKind::Classification {
+        labels: names.iter().map(|s| s.to_string()).collect(),
+    };
+    let align = |kind: &TaskKind| {
+        let mut model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+        let done = model.align_classes(&ck, &cpu, kind).unwrap();
+        (done, host(&model.classifier.bias.value))
+    };
+    let (done, bias) = align(&classes(&["mixed", "neg", "pos"]));
+    assert_eq!(
+        done,
+        ClassAlignment::Reordered {
+            checkpoint_classes: vec!["neg".into(), "pos".into(), "mixed".into()]
+        }
+    );
+    assert_eq!(bias, vec![2.5, 0.5, 1.5]);
+    assert_eq!(
+        align(&classes(&["neg", "pos", "mixed"])),
+        (ClassAlignment::SameOrder, vec![0.5, 1.5, 2.5])
+    );
+    let (done, bias) = align(&classes(&["a", "b", "c"]));
+    assert!(
+        matches!(done, ClassAlignment::ByPosition { .. }),
+        "{done:?}"
+    );
+    assert_eq!(bias, vec![0.5, 1.5, 2.5]);
+    assert_eq!(align(&TaskKind::Regression).0, ClassAlignment::NotNeeded);
+    // A fresh head of the data's size has no classes to line up.
+    let mut fresh = BertClassifier::from_checkpoint(&ck, &cpu, 2, 0).unwrap();
+    assert_eq!(
+        fresh
+            .align_classes(&ck, &cpu, &classes(&["pos", "neg"]))
+            .unwrap(),
+        ClassAlignment::NotNeeded
+    );
+
+    // The output count is read from the head, so the two cannot disagree.
+    let mut model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+    model.classifier = spafit::nn::Linear::new(
+        "classifier",
+        common::tensor(&cpu, &[4, 15], &[0.1; 60]),
+        common::tensor(&cpu, &[4], &[0.0; 4]),
+    )
+    .unwrap();
+    assert_eq!(model.num_labels(), 4);
+}
+
+/// `BertConfig::validate` checks what loading checks, for a config built in code.
+#[test]
+fn configs_built_in_code_are_validated_as_loaded_ones() {
+    let roberta = BertConfig {
+        model_type: Some("roberta".into()),
+        ..tiny_bert::config(2)
+    };
+    let e = roberta.validate().unwrap_err().to_string();
+    assert!(e.contains("`model_type` is `roberta`"), "{e}");
+    // Q, K, V, O and the pooler are hidden × hidden: a size whose square wraps is refused.
+    let huge = BertConfig {
+        hidden_size: 1 << 33,
+        num_attention_heads: 1,
+        vocab_size: 1,
+        max_position_embeddings: 1,
+        type_vocab_size: 1,
+        intermediate_size: 1,
+        ..tiny_bert::config(2)
+    };
+    let e = huge.validate().unwrap_err().to_string();
+    assert!(e.contains("`hidden_size`"), "{e}");
+    assert!(tiny_bert::config(2).validate().is_ok());
 }

@@ -157,7 +157,7 @@ fn export_dir(out: &Path) -> std::path::PathBuf {
     out.with_extension("peft")
 }
 
-/// Temporary files (`.<name>.tmp-<pid>`) under `out`'s `last/` and `best/`, and in its PEFT
+/// Temporary files (`.<name>.tmp-<pid>-<n>`) under `out`'s `last/` and `best/`, and in its PEFT
 /// export (as `peft/`).
 fn temporary_files(out: &Path) -> Vec<String> {
     let mut found = Vec::new();

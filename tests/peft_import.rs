@@ -88,7 +88,7 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
         let opened = open_adapter(&dir, &ck, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(opened.format, AdapterFormat::Peft);
         let labels = case["num_labels"].as_u64().unwrap() as usize;
-        assert_eq!(opened.model.num_labels, labels, "{name}");
+        assert_eq!(opened.model.num_labels(), labels, "{name}");
         let want: Vec<f64> = case["logits"]
             .as_array()
             .unwrap()

@@ -164,3 +164,69 @@ fn layers_on_the_tape_start_at_the_lowest_trainable_layer() {
     assert_eq!(on_tape(&embeddings), 6);
     assert_eq!(on_tape(&PeftConfig::new(Method::Full)), 6);
 }
+
+/// Every plan `PeftPlan::new` resolves belongs together; one built field by field that does
+/// not is refused when applied, before it could train and be saved as an adapter that no
+/// load accepts.
+#[test]
+fn plans_built_by_hand_must_belong_together() {
+    let mut configs = vec![
+        PeftConfig::new(Method::Full),
+        PeftConfig::new(Method::BitFit),
+        PeftConfig::new(Method::Lora),
+        PeftConfig::new(Method::Spafit),
+        spafit(Boundary::Layer(0), Boundary::Layer(4)),
+        spafit(Boundary::Layer(0), Boundary::Layer(0)),
+        spafit(Boundary::Layer(4), Boundary::Layer(4)),
+        spafit(Boundary::Layer(1), Boundary::Layer(3)),
+    ];
+    let mut some = PeftConfig::new(Method::Lora);
+    some.lora_layers = Some(vec![2]);
+    configs.push(some);
+    for config in &configs {
+        let plan = PeftPlan::new(config, 4).unwrap();
+        assert_eq!(plan.inconsistency(), None, "{plan:?}");
+    }
+
+    let cpu = CpuBackend::f64();
+    let config = common::tiny_bert::config(4);
+    let refused = |plan: &PeftPlan| {
+        let mut model = BertClassifier::random(&config, &cpu, 2, 0).unwrap();
+        model
+            .apply_plan(plan, &mut common::tiny_bert::random_init(&cpu, 1))
+            .expect_err("an inconsistent plan applied")
+            .to_string()
+    };
+    let spafit_plan = PeftPlan::new(&PeftConfig::new(Method::Spafit), 4).unwrap();
+    let bitfit_plan = PeftPlan::new(&PeftConfig::new(Method::BitFit), 4).unwrap();
+    let lora_everywhere = PeftPlan {
+        strata: vec![Stratum::LoraAndBias; 4],
+        lora: spafit_plan.lora.clone(),
+        ..bitfit_plan.clone()
+    };
+    let e = refused(&lora_everywhere);
+    assert!(
+        e.contains("a bitfit adapter has no `lora_and_bias` layer"),
+        "{e}"
+    );
+    let no_boundaries = PeftPlan {
+        boundaries: None,
+        ..spafit_plan.clone()
+    };
+    assert!(refused(&no_boundaries).contains("needs N1 and N2"));
+    let wrong_boundaries = PeftPlan {
+        boundaries: Some((0, 1)),
+        ..spafit_plan.clone()
+    };
+    assert!(refused(&wrong_boundaries).contains("do not match the strata"));
+    let lora_missing = PeftPlan {
+        lora: None,
+        ..spafit_plan.clone()
+    };
+    assert!(refused(&lora_missing).contains("LoRA settings are missing"));
+    let mut rank0 = spafit_plan.clone();
+    if let Some(l) = rank0.lora.as_mut() {
+        l.rank = 0;
+    }
+    assert!(refused(&rank0).contains("rank"));
+}

@@ -1072,3 +1072,20 @@ fn evaluation_data_and_step_counts_are_checked() {
     });
     assert!(e.contains("no output directory"), "{e}");
 }
+
+/// The benchmark draws ids the model has: [CLS] is 101 and words start near 1000 in BERT's
+/// vocabularies, which a 29-token one does not reach.
+#[test]
+fn the_bench_runs_on_a_vocabulary_smaller_than_bert_s() {
+    let cpu = CpuBackend::f32();
+    let config = tiny_bert::config(2);
+    assert!(config.vocab_size < 101);
+    let mut model = BertClassifier::random(&config, &cpu, 3, 0).unwrap();
+    let plan = PeftPlan::new(&PeftConfig::new(Method::Spafit), 2).unwrap();
+    model
+        .apply_plan(&plan, &mut tiny_bert::random_init(&cpu, 1))
+        .unwrap();
+    let report = spafit::bench::bench_train_step(&cpu, &mut model, 2, 5, 0, 1).unwrap();
+    assert_eq!((report.batch, report.seq_len, report.steps), (2, 5, 1));
+    assert!(report.nodes > 0 && report.ms_per_step.is_finite());
+}

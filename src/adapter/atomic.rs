@@ -13,7 +13,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     stage_atomic(path, bytes)?.commit()
 }
 
-/// A file written in full beside its destination (`.name.tmp-PID`) and synced, waiting for
+/// A file written in full beside its destination (`.name.tmp-PID-N`) and synced, waiting for
 /// [`StagedWrite::commit`] to rename it into place. Dropped uncommitted, it is removed. Files
 /// that belong together (an adapter's weights and the manifest holding their hash) are all
 /// staged before any is committed, so that a kill can only fall between renames.
@@ -46,9 +46,20 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     let dir = parent_of(path);
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!("{}{}", staged_prefix(name), std::process::id()));
+    // One name per write, not per process: two threads saving to one destination must not
+    // share (and truncate) each other's temporary.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        "{}{}-{write}",
+        staged_prefix(name),
+        std::process::id()
+    ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         let pause = slow_write_pause();
         if pause.is_zero() {
             f.write_all(bytes)?;
@@ -93,18 +104,29 @@ pub(crate) fn staged_copies(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
 }
 
 impl StagedWrite {
-    /// Renames the staged file into place, durably.
-    pub(crate) fn commit(mut self) -> Result<()> {
+    /// Renames the staged file into place, durably; a failed rename removes it.
+    pub(crate) fn commit(self) -> Result<()> {
+        self.rename_into_place(false)
+    }
+
+    /// [`StagedWrite::commit`] for the last file of a set whose first ones are already in
+    /// place: a failed rename leaves it staged, where a later load finds it and completes the
+    /// set (an adapter's manifest, which holds the hash of the weights renamed before it).
+    pub(crate) fn commit_or_leave_staged(self) -> Result<()> {
+        self.rename_into_place(true)
+    }
+
+    fn rename_into_place(mut self, leave_staged_on_failure: bool) -> Result<()> {
         let Some((tmp, path)) = self.rename.take() else {
             return Ok(());
         };
         std::thread::sleep(slow_write_pause());
-        let result = std::fs::rename(&tmp, &path)
-            // The rename itself must survive a power cut, not only a killed process.
-            .and_then(|()| std::fs::File::open(parent_of(&path))?.sync_all());
-        if result.is_err() {
+        let renamed = std::fs::rename(&tmp, &path);
+        if renamed.is_err() && !leave_staged_on_failure {
             let _ = std::fs::remove_file(&tmp);
         }
+        // The rename itself must survive a power cut, not only a killed process.
+        let result = renamed.and_then(|()| std::fs::File::open(parent_of(&path))?.sync_all());
         result.map_err(|source| Error::Io {
             path,
             error: source,
@@ -199,5 +221,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("loop_a") && e.contains("symbolic links"), "{e}");
+    }
+
+    /// Threads of one program saving to the same file each stage their own temporary: the
+    /// file ends as one whole write, never another's truncated half.
+    #[test]
+    fn concurrent_writes_to_one_file_never_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("adapter.safetensors");
+        let size = 1 << 20;
+        std::thread::scope(|scope| {
+            for t in 0..4u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for round in 0..5u8 {
+                        write_atomic(path, &vec![t * 16 + round; size]).unwrap();
+                    }
+                });
+            }
+        });
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), size);
+        assert!(bytes.iter().all(|&b| b == bytes[0]));
+        assert!(staged_copies(dir.path(), "adapter.safetensors").is_empty());
+    }
+
+    /// A failed rename removes the temporary, except for the last file of a set whose first
+    /// ones are in place (the manifest beside renamed weights): a load completes the set from
+    /// what stays staged.
+    #[test]
+    fn a_failed_rename_leaves_the_last_file_of_a_set_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A rename over a directory that holds something fails.
+        for name in ["plain", "last"] {
+            std::fs::create_dir_all(d.join(name).join("inside")).unwrap();
+        }
+        assert!(stage_atomic(&d.join("plain"), b"x")
+            .unwrap()
+            .commit()
+            .is_err());
+        assert!(staged_copies(d, "plain").is_empty());
+        let e = stage_atomic(&d.join("last"), b"y")
+            .unwrap()
+            .commit_or_leave_staged()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("last"), "{e}");
+        let staged = staged_copies(d, "last");
+        assert_eq!(staged.len(), 1);
+        assert_eq!(std::fs::read(&staged[0]).unwrap(), b"y");
     }
 }

@@ -53,16 +53,6 @@ pub struct AdapterManifest {
     pub tensors: Vec<String>,
 }
 
-pub(crate) fn stratum_name(s: Stratum) -> &'static str {
-    match s {
-        Stratum::Frozen => "frozen",
-        Stratum::BiasOnly => "bias_only",
-        Stratum::LoraAndBias => "lora_and_bias",
-        Stratum::LoraOnly => "lora_only",
-        Stratum::Full => "full",
-    }
-}
-
 fn parse_stratum(s: &str) -> Option<Stratum> {
     [
         Stratum::Frozen,
@@ -72,7 +62,7 @@ fn parse_stratum(s: &str) -> Option<Stratum> {
         Stratum::Full,
     ]
     .into_iter()
-    .find(|&x| stratum_name(x) == s)
+    .find(|&x| x.name() == s)
 }
 
 impl AdapterManifest {
@@ -81,10 +71,7 @@ impl AdapterManifest {
         let lora = plan.lora.clone();
         (
             plan.method.to_string(),
-            plan.strata
-                .iter()
-                .map(|&s| stratum_name(s).to_string())
-                .collect(),
+            plan.strata.iter().map(|&s| s.name().to_string()).collect(),
             lora,
         )
     }
@@ -105,10 +92,7 @@ impl AdapterManifest {
         if let Some(l) = &lora {
             l.validate().map_err(|e| bad(e.to_string()))?;
         }
-        if let Some(why) = inconsistency(method, &strata, self.boundaries, lora.is_some()) {
-            return Err(bad(why));
-        }
-        Ok(PeftPlan {
+        let plan = PeftPlan {
             method,
             strata,
             lora,
@@ -116,60 +100,10 @@ impl AdapterManifest {
             train_embeddings: self.train_embeddings,
             train_pooler: self.train_pooler,
             train_layer_norm_weights: self.train_layer_norm_weights,
-        })
-    }
-}
-
-/// Why a manifest's method, strata, boundaries and LoRA settings cannot belong together
-/// (an edited or damaged `adapter.json`), if they cannot.
-fn inconsistency(
-    method: Method,
-    strata: &[Stratum],
-    boundaries: Option<(usize, usize)>,
-    has_lora: bool,
-) -> Option<String> {
-    let allowed: &[Stratum] = match method {
-        Method::Full => &[Stratum::Full],
-        Method::BitFit => &[Stratum::BiasOnly],
-        // An imported PEFT adapter continues as `lora` with the biases it stored.
-        Method::Lora => &[
-            Stratum::LoraOnly,
-            Stratum::LoraAndBias,
-            Stratum::BiasOnly,
-            Stratum::Frozen,
-        ],
-        Method::Spafit => &[Stratum::Frozen, Stratum::BiasOnly, Stratum::LoraAndBias],
-    };
-    if let Some(s) = strata.iter().find(|s| !allowed.contains(s)) {
-        return Some(format!(
-            "`strata`: a {} adapter has no `{}` layer",
-            method,
-            stratum_name(*s)
-        ));
-    }
-    let needs_lora = strata.iter().any(|s| s.has_lora());
-    if needs_lora != has_lora {
-        return Some(format!(
-            "`lora`: the strata {} LoRA layers but the LoRA settings are {}",
-            if needs_lora { "have" } else { "have no" },
-            if has_lora { "present" } else { "missing" }
-        ));
-    }
-    match (method, boundaries) {
-        (Method::Spafit, Some((n1, n2))) => {
-            let expected = |l: usize| match l {
-                l if l < n1 => Stratum::Frozen,
-                l if l < n2 => Stratum::BiasOnly,
-                _ => Stratum::LoraAndBias,
-            };
-            let fits = n1 <= n2 && (0..strata.len()).all(|l| strata[l] == expected(l));
-            (!fits)
-                .then(|| format!("`boundaries` ({n1}, {n2}) do not match the strata of the layers"))
+        };
+        match plan.inconsistency() {
+            Some(why) => Err(bad(why)),
+            None => Ok(plan),
         }
-        (Method::Spafit, None) => Some("`boundaries`: a spafit adapter needs N1 and N2".into()),
-        (_, Some(_)) => Some(format!(
-            "`boundaries`: only a spafit adapter has them, not {method}"
-        )),
-        (_, None) => None,
     }
 }

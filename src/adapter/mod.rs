@@ -20,7 +20,6 @@ fn first_present(dir: &std::path::Path, names: &[&str]) -> Option<std::path::Pat
         .find(|path| path.symlink_metadata().is_ok())
 }
 pub use atomic::{sha256_hex, write_atomic};
-pub(crate) use manifest::stratum_name;
 pub use manifest::AdapterManifest;
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
 pub use peft_export::{export_peft, exported_by_run, spafit_file_in};

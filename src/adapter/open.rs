@@ -157,7 +157,7 @@ impl<B: Backend> OpenedAdapter<B> {
         AdapterHead {
             labels: self.labels.clone(),
             text_pairs: self.text_pairs,
-            outputs: self.model.num_labels,
+            outputs: self.model.num_labels(),
         }
     }
 

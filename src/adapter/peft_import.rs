@@ -239,7 +239,7 @@ pub fn import_peft<B: Backend>(
         .chain(others.keys())
         .filter_map(|n| Some((layer_of(n)?, n)))
         .max();
-    let file_layers = deepest.map(|(l, _)| l + 1);
+    let file_layers = deepest.map(|(l, _)| l.saturating_add(1));
     if let Some((l, name)) = deepest.filter(|&(l, _)| l >= layers) {
         return Err(Error::Mismatch {
             path: weights_path.clone(),

@@ -107,7 +107,7 @@ pub(crate) fn check_savable<B: Backend>(
             ),
         ));
     }
-    if let Some(problem) = labels.and_then(|l| labels_problem(l, model.num_labels)) {
+    if let Some(problem) = labels.and_then(|l| labels_problem(l, model.num_labels())) {
         return Err(Error::invalid(op, problem));
     }
     if let Some((name, value)) = model.non_finite_trainable(backend)? {
@@ -170,7 +170,7 @@ pub fn save_adapter<B: Backend>(
         train_embeddings: plan.train_embeddings,
         train_pooler: plan.train_pooler,
         train_layer_norm_weights: plan.train_layer_norm_weights,
-        num_labels: model.num_labels,
+        num_labels: model.num_labels(),
         labels: labels.map(<[String]>::to_vec),
         base_model_sha256: base.sha256().to_string(),
         base_encoder_sha256: Some(base.encoder_sha256().to_string()),
@@ -184,7 +184,7 @@ pub fn save_adapter<B: Backend>(
     let weights = stage_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     let manifest = stage_atomic(&dir.join(MANIFEST_FILE), &json)?;
     weights.commit()?;
-    manifest.commit()
+    manifest.commit_or_leave_staged()
 }
 
 /// The `adapter.json` version this code writes and reads.
@@ -198,7 +198,7 @@ pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
 }
 
 /// The manifest a save interrupted between its two renames left staged in `dir`
-/// (`.adapter.json.tmp-PID`), if it is whole and holds the hash of the weights in place,
+/// (`.adapter.json.tmp-PID-N`), if it is whole and holds the hash of the weights in place,
 /// with its path.
 fn staged_manifest(
     dir: &Path,

@@ -28,7 +28,8 @@ pub struct BertConfig {
     /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
-    /// Activation; only the exact (erf) `gelu` is supported.
+    /// Activation; only the exact (erf) GELU is supported (`gelu`, or its Python spelling
+    /// `gelu_python`).
     #[serde(default = "default_act")]
     pub hidden_act: String,
     /// Dropout on hidden states during training.
@@ -52,6 +53,11 @@ pub struct BertConfig {
     /// ELECTRA, ERNIE, ...) differ in their positions, embeddings or layers.
     #[serde(default)]
     pub model_type: Option<String>,
+    /// The classes the checkpoint was saved from (`BertModel`, `BertForSequenceClassification`,
+    /// ...): a `classifier` saved by another head (multiple choice, token classification) is
+    /// not a sequence classifier's, whatever its shape.
+    #[serde(default, deserialize_with = "null_as_empty_list")]
+    pub architectures: Vec<String>,
     /// Must be false: a decoder's attention is causal.
     #[serde(default)]
     pub is_decoder: bool,
@@ -64,6 +70,12 @@ pub struct BertConfig {
     /// transformers reads it.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub id2label: BTreeMap<String, serde_json::Value>,
+}
+
+fn null_as_empty_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(
@@ -143,6 +155,7 @@ impl BertConfig {
             initializer_range: 0.02,
             position_embedding_type: None,
             model_type: Some("bert".into()),
+            architectures: Vec::new(),
             is_decoder: false,
             problem_type: None,
             id2label: BTreeMap::new(),
@@ -313,6 +326,7 @@ impl BertConfig {
             }
         }
         for (field, rows) in [
+            ("hidden_size", self.hidden_size),
             ("vocab_size", self.vocab_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
@@ -328,6 +342,11 @@ impl BertConfig {
                     self.hidden_size
                 ));
             }
+        }
+        if let Some(t) = self.model_type.as_deref().filter(|t| *t != "bert") {
+            return Err(format!(
+                "`model_type` is `{t}`; spafit runs BERT checkpoints (`bert`) only"
+            ));
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(

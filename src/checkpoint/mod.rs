@@ -40,8 +40,29 @@ impl Checkpoint {
 
     /// The outputs of the classifier head the checkpoint holds (`classifier.weight`
     /// `[n, hidden]` with `classifier.bias` `[n]`), when it holds a whole one.
+    /// A head another architecture saved (see [`Checkpoint::foreign_head`]) is none.
     pub fn classifier_outputs(&self) -> Option<usize> {
-        self.classifier_head().ok().flatten()
+        match self.foreign_head() {
+            Some(_) => None,
+            None => self.classifier_head().ok().flatten(),
+        }
+    }
+
+    /// The architecture that saved the checkpoint's `classifier`, when `config.json`'s
+    /// `architectures` says it is not a sequence classifier's: `BertForMultipleChoice` (one
+    /// score per answer choice, which would read as a regression head) or
+    /// `BertForTokenClassification` (one prediction per token). Such a head is neither
+    /// evaluated nor trained on; a fresh one replaces it.
+    pub fn foreign_head(&self) -> Option<&str> {
+        const OTHER_HEADS: [&str; 2] = ["BertForMultipleChoice", "BertForTokenClassification"];
+        let names = &self.config.architectures;
+        if names.iter().any(|a| a == "BertForSequenceClassification") {
+            return None;
+        }
+        names
+            .iter()
+            .find(|a| OTHER_HEADS.contains(&a.as_str()))
+            .map(String::as_str)
     }
 
     /// What is wrong with the classifier head the checkpoint holds in part or in shapes

@@ -4,8 +4,8 @@
 use spafit::adapter::AdapterHead;
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
-use spafit::data::{class_order, TaskKind};
-use spafit::model::BertClassifier;
+use spafit::data::TaskKind;
+use spafit::model::{BertClassifier, ClassAlignment};
 use spafit::Result;
 
 /// The classes a fine-tuned checkpoint's own head names (config.json's `id2label`), as the
@@ -42,10 +42,8 @@ pub fn note_replaced_head(checkpoint: &Checkpoint, outputs: usize) {
     }
 }
 
-/// Lines a fine-tuned checkpoint's own head up with the data's classes by name, as transformers'
-/// run_glue does: the same names in another order (an MNLI model trained as contradiction,
-/// neutral, entailment against GLUE's entailment, neutral, contradiction) reorder the head;
-/// other names leave the classes matched by position, with a notice.
+/// Lines a fine-tuned checkpoint's own head up with the data's classes by name
+/// ([`BertClassifier::align_classes`]), saying what it did.
 pub fn match_checkpoint_classes<B: Backend>(
     checkpoint: &Checkpoint,
     classifier: &mut BertClassifier<B>,
@@ -55,36 +53,18 @@ pub fn match_checkpoint_classes<B: Backend>(
     let TaskKind::Classification { labels } = kind else {
         return Ok(());
     };
-    let n = classifier.num_labels;
-    // A head drawn fresh (the checkpoint has none of this size) has no classes to match.
-    if checkpoint.classifier_outputs() != Some(n) {
-        return Ok(());
+    match classifier.align_classes(checkpoint, backend, kind)? {
+        ClassAlignment::NotNeeded | ClassAlignment::SameOrder => {}
+        ClassAlignment::Reordered { checkpoint_classes } => note!(
+            "the checkpoint's classes {checkpoint_classes:?} (config.json id2label) are the \
+             data's {labels:?} in another order: its head is reordered to the data's"
+        ),
+        ClassAlignment::ByPosition { checkpoint_classes } => note!(
+            "the checkpoint's classes {checkpoint_classes:?} (config.json id2label) are not \
+             the data's {labels:?}: matched by position"
+        ),
     }
-    let Some(names) = checkpoint.config.class_names(n) else {
-        return Ok(());
-    };
-    if &names == labels {
-        return Ok(());
-    }
-    let order = class_order(labels, &names);
-    let identity = |o: &Vec<usize>| o.iter().enumerate().all(|(j, &i)| i == j);
-    match order {
-        Some(order) if identity(&order) => Ok(()),
-        Some(order) => {
-            note!(
-                "the checkpoint's classes {names:?} (config.json id2label) are the data's \
-                 {labels:?} in another order: its head is reordered to the data's"
-            );
-            classifier.reorder_classes(backend, &order)
-        }
-        None => {
-            note!(
-                "the checkpoint's classes {names:?} (config.json id2label) are not the data's \
-                 {labels:?}: matched by position"
-            );
-            Ok(())
-        }
-    }
+    Ok(())
 }
 
 /// Lines an adapter's head up with the data's classes when the adapter records the same

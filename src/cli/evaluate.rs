@@ -55,7 +55,7 @@ fn load<B: Backend>(
             let head = AdapterHead {
                 labels: None,
                 text_pairs: None,
-                outputs: classifier.num_labels,
+                outputs: classifier.num_labels(),
             };
             let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)
                 .or_else(|| head.default_kind());
@@ -82,7 +82,7 @@ fn load<B: Backend>(
                     "{detail}; the checkpoint's head is its own (no --adapter){}",
                     checkpoint
                         .config
-                        .class_names(classifier.num_labels)
+                        .class_names(classifier.num_labels())
                         .map_or(String::new(), |n| format!(
                             ", its classes {n:?} by config.json's id2label"
                         ))
@@ -299,7 +299,7 @@ impl PredictCommand {
             TaskKind::Classification { labels } => Some(labels.as_slice()),
             TaskKind::Regression => None,
         };
-        let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels)?;
+        let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels())?;
         let glue = self.data.glue_task()?;
         let format = PredictionFormat::choose(self.format, self.output.as_deref());
         // A GLUE submission answers every test row: one skipped would leave a hole.

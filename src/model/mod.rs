@@ -1,12 +1,14 @@
 //! BERT for sequence classification and regression, on any backend.
 
 mod bert;
+mod class_alignment;
 mod embeddings;
 mod input;
 mod memory;
 mod sequence_classifier;
 
 pub use bert::{BertModel, BertOutput};
+pub use class_alignment::ClassAlignment;
 pub use embeddings::BertEmbeddings;
 pub use input::ModelInput;
 pub use memory::{check_batch_memory, Pass};

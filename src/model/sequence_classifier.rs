@@ -21,10 +21,9 @@ pub enum Labels<B: Backend> {
 pub struct BertClassifier<B: Backend> {
     /// The encoder.
     pub bert: BertModel<B>,
-    /// `classifier`: `[num_labels, hidden]`.
+    /// `classifier`: `[num_labels, hidden]`; its rows are the model's outputs
+    /// ([`BertClassifier::num_labels`]).
     pub classifier: Linear<B>,
-    /// 1 for regression, ≥ 2 for classification.
-    pub num_labels: usize,
     /// The checkpoint had no pooler, so `bert.pooler.dense` was drawn fresh: it must train.
     fresh_pooler: bool,
     /// The plan [`BertClassifier::apply_plan`] applied last.
@@ -42,7 +41,7 @@ impl<B: Backend> std::fmt::Debug for BertClassifier<B> {
         f.debug_struct("BertClassifier")
             .field("layers", &self.bert.layers.len())
             .field("hidden_size", &self.bert.config.hidden_size)
-            .field("num_labels", &self.num_labels)
+            .field("num_labels", &self.num_labels())
             .field("method", &self.plan.as_ref().map(|p| p.method))
             .field("trainable_parameters", &self.trainable_parameter_count())
             .field("lora_merged", &self.lora_merged)
@@ -52,10 +51,13 @@ impl<B: Backend> std::fmt::Debug for BertClassifier<B> {
 
 impl<B: Backend> BertClassifier<B> {
     /// Loads `checkpoint` on `backend` with a `num_labels` head: the checkpoint's own
-    /// `classifier` tensors when it has them with that shape, otherwise a fresh head drawn as
-    /// transformers draws it (weights N(0, `initializer_range`), bias 0) from `seed`. A head
-    /// present in part, or in shapes that do not fit together, is refused (it is a damaged
-    /// file, not a base model). Everything starts frozen; apply a plan to choose what trains.
+    /// `classifier` tensors when it has them with that shape (and no other architecture saved
+    /// them: [`Checkpoint::foreign_head`]), otherwise a fresh head drawn as transformers draws
+    /// it (weights N(0, `initializer_range`), bias 0) from `seed`. A head present in part, or
+    /// in shapes that do not fit together, is refused (it is a damaged file, not a base
+    /// model). The encoder starts frozen and the head trainable; apply a plan to choose what
+    /// trains. A reused head keeps the checkpoint's class order: see
+    /// [`BertClassifier::align_classes`].
     pub fn from_checkpoint(
         checkpoint: &Checkpoint,
         backend: &B,
@@ -129,10 +131,24 @@ impl<B: Backend> BertClassifier<B> {
     /// classifier head, with as many outputs as `classifier.weight` has rows, for evaluating
     /// or predicting without an adapter. Everything is frozen (then
     /// [`BertClassifier::store_frozen_weights`] halves its memory on a bf16 device). Refused
-    /// when the checkpoint has no head, or a head but no pooler to feed it.
+    /// when the checkpoint has no head, a head but no pooler to feed it, or a head another
+    /// architecture saved ([`Checkpoint::foreign_head`]). The outputs keep the checkpoint's
+    /// class order (`id2label`); [`BertClassifier::align_classes`] lines them up with data
+    /// that orders the same classes otherwise.
     pub fn from_fine_tuned(checkpoint: &Checkpoint, backend: &B) -> Result<Self> {
         let weights = &checkpoint.weights;
         let h = checkpoint.config.hidden_size;
+        if let Some(architecture) = checkpoint.foreign_head() {
+            return Err(Error::Format {
+                path: checkpoint.dir().join("config.json"),
+                detail: format!(
+                    "`architectures` is `{architecture}`: its `classifier` is not a sequence \
+                     classifier's head (one score per answer choice or per token, not per \
+                     class), so it cannot be evaluated as one; give an --adapter trained on \
+                     this checkpoint"
+                ),
+            });
+        }
         let refuse = |detail: String| {
             Err(Error::Format {
                 path: weights.path().to_path_buf(),
@@ -200,7 +216,7 @@ impl<B: Backend> BertClassifier<B> {
     /// data that numbers the same classes in another order). The head keeps its dtype, so it
     /// may run before or after [`BertClassifier::store_frozen_weights`].
     pub fn reorder_classes(&mut self, backend: &B, order: &[usize]) -> Result<()> {
-        let n = self.num_labels;
+        let n = self.num_labels();
         let mut seen = vec![false; n];
         let is_permutation = order.len() == n
             && order
@@ -287,12 +303,17 @@ impl<B: Backend> BertClassifier<B> {
         Ok(BertClassifier {
             bert,
             classifier,
-            num_labels,
             fresh_pooler: false,
             plan: None,
             lora_merged: false,
             plan_applied: false,
         })
+    }
+
+    /// Outputs of the head: 1 for regression, ≥ 2 for classification. Read from the
+    /// classifier's weight, so that it cannot disagree with the logits the head computes.
+    pub fn num_labels(&self) -> usize {
+        self.classifier.out_in().0
     }
 
     /// The plan applied with [`BertClassifier::apply_plan`], while the model still has its
@@ -382,6 +403,14 @@ impl<B: Backend> BertClassifier<B> {
                 ),
             ));
         }
+        // A plan built field by field may not belong together; saved, it would be an adapter
+        // that no load accepts, written over a good one.
+        if let Some(why) = plan.inconsistency() {
+            return Err(Error::invalid("peft plan", why));
+        }
+        if let Some(lora) = &plan.lora {
+            lora.validate()?;
+        }
         // Until every layer has its stratum the model is under no plan: a failure part way
         // leaves it refused by `check_plan`, not passing for the plan it had before.
         self.plan = None;
@@ -438,7 +467,7 @@ impl<B: Backend> BertClassifier<B> {
     /// Mean cross-entropy (classification) or mean squared error (regression) of `logits`.
     pub fn loss(&self, tape: &mut Tape<B>, logits: &Var<B>, labels: &Labels<B>) -> Result<Var<B>> {
         tape.set_scope("loss");
-        match (labels, self.num_labels) {
+        match (labels, self.num_labels()) {
             (Labels::Classes(y), n) if n >= 2 => tape.cross_entropy(logits, y),
             (Labels::Scores(y), 1) => tape.mse(logits, y),
             (Labels::Classes(_), _) => Err(Error::invalid(

@@ -215,7 +215,16 @@ impl<B: Backend> EncoderLayer<B> {
         let q = self.query.forward(tape, x, dropouts)?;
         let k = self.key.forward(tape, x, dropouts)?;
         let v = self.value.forward(tape, x, dropouts)?;
-        let head_dim = self.config.hidden / self.config.heads;
+        let head_dim = self
+            .config
+            .hidden
+            .checked_div(self.config.heads)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "attention",
+                    "the layer's config has 0 heads (`config.heads`)",
+                )
+            })?;
         let attention = AttentionConfig {
             heads: self.config.heads,
             scale: 1.0 / (head_dim as f64).sqrt(),

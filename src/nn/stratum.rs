@@ -21,6 +21,18 @@ pub enum Stratum {
 }
 
 impl Stratum {
+    /// The name `adapter.json` and run states write for it (`frozen`, `bias_only`,
+    /// `lora_and_bias`, `lora_only`, `full`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stratum::Frozen => "frozen",
+            Stratum::BiasOnly => "bias_only",
+            Stratum::LoraAndBias => "lora_and_bias",
+            Stratum::LoraOnly => "lora_only",
+            Stratum::Full => "full",
+        }
+    }
+
     /// Whether linear and LayerNorm biases train.
     pub fn trains_biases(self) -> bool {
         matches!(

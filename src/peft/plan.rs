@@ -196,6 +196,63 @@ pub struct PeftPlan {
 const MAX_LAYERS: usize = 1 << 16;
 
 impl PeftPlan {
+    /// Why the plan's method, strata, boundaries and LoRA settings cannot belong together
+    /// (a plan built field by field, or an edited `adapter.json`), if they cannot: what
+    /// [`PeftPlan::new`] builds always belongs together, and a saved adapter must load again.
+    pub fn inconsistency(&self) -> Option<String> {
+        let (method, strata, boundaries, has_lora) = (
+            self.method,
+            &self.strata[..],
+            self.boundaries,
+            self.lora.is_some(),
+        );
+        let allowed: &[Stratum] = match method {
+            Method::Full => &[Stratum::Full],
+            Method::BitFit => &[Stratum::BiasOnly],
+            // An imported PEFT adapter continues as `lora` with the biases it stored.
+            Method::Lora => &[
+                Stratum::LoraOnly,
+                Stratum::LoraAndBias,
+                Stratum::BiasOnly,
+                Stratum::Frozen,
+            ],
+            Method::Spafit => &[Stratum::Frozen, Stratum::BiasOnly, Stratum::LoraAndBias],
+        };
+        if let Some(s) = strata.iter().find(|s| !allowed.contains(s)) {
+            return Some(format!(
+                "`strata`: a {} adapter has no `{}` layer",
+                method,
+                s.name()
+            ));
+        }
+        let needs_lora = strata.iter().any(|s| s.has_lora());
+        if needs_lora != has_lora {
+            return Some(format!(
+                "`lora`: the strata {} LoRA layers but the LoRA settings are {}",
+                if needs_lora { "have" } else { "have no" },
+                if has_lora { "present" } else { "missing" }
+            ));
+        }
+        match (method, boundaries) {
+            (Method::Spafit, Some((n1, n2))) => {
+                let expected = |l: usize| match l {
+                    l if l < n1 => Stratum::Frozen,
+                    l if l < n2 => Stratum::BiasOnly,
+                    _ => Stratum::LoraAndBias,
+                };
+                let fits = n1 <= n2 && (0..strata.len()).all(|l| strata[l] == expected(l));
+                (!fits).then(|| {
+                    format!("`boundaries` ({n1}, {n2}) do not match the strata of the layers")
+                })
+            }
+            (Method::Spafit, None) => Some("`boundaries`: a spafit adapter needs N1 and N2".into()),
+            (_, Some(_)) => Some(format!(
+                "`boundaries`: only a spafit adapter has them, not {method}"
+            )),
+            (_, None) => None,
+        }
+    }
+
     /// The dropout on the adapters' input during training; 0 where the plan has none.
     pub fn lora_dropout(&self) -> f64 {
         self.lora.as_ref().map_or(0.0, |l| l.dropout)

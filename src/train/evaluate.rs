@@ -49,7 +49,7 @@ pub fn infer<B: Backend>(
     batch_size: usize,
 ) -> Result<ModelOutputs> {
     let n = data.texts.len();
-    let k = model.num_labels;
+    let k = model.num_labels();
     if batch_size == 0 {
         return Err(crate::Error::invalid(
             "evaluate",
@@ -192,7 +192,7 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
         ));
     }
     let out = infer(backend, model, data, batch_size)?;
-    let pred = predictions(&data.kind, &out.logits, model.num_labels)?;
+    let pred = predictions(&data.kind, &out.logits, model.num_labels())?;
     let preds = match data.kind {
         TaskKind::Regression => Predictions::Scores {
             pred: pred.iter().map(score).collect(),
@@ -203,9 +203,9 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
             gold: gold.iter().map(class).collect(),
         },
     };
-    let non_finite = super::prediction::non_finite_logit(&out.logits, model.num_labels);
+    let non_finite = super::prediction::non_finite_logit(&out.logits, model.num_labels());
     let evaluation = Evaluation {
-        metrics: report(task, &preds, model.num_labels),
+        metrics: report(task, &preds, model.num_labels()),
         main_metric: main_metric(task, &preds),
         loss: out.loss.unwrap_or(f64::NAN),
         seconds: start.elapsed().as_secs_f64(),

@@ -260,7 +260,7 @@ fn data_section(bytes: &[u8]) -> Option<&[u8]> {
 }
 
 /// Completes a save of `best/` killed between its two renames (its new manifest staged
-/// beside its new weights), then removes the `.name.tmp-PID` files that a killed writer left
+/// beside its new weights), then removes the `.name.tmp-PID-N` files that a killed writer left
 /// in `last/` and `best/` (see `write_atomic`); the files they were to replace are intact.
 pub(crate) fn remove_interrupted_writes(output_dir: &Path) -> Result<()> {
     crate::adapter::complete_interrupted_save(&output_dir.join("best"))?;
@@ -396,11 +396,7 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
 /// A plan in words: method, each layer's stratum (named as `adapter.json` names it), LoRA's
 /// rank and targets, and what else trains.
 pub(crate) fn describe_plan(plan: &crate::peft::PeftPlan) -> String {
-    let strata: Vec<&str> = plan
-        .strata
-        .iter()
-        .map(|&s| crate::adapter::stratum_name(s))
-        .collect();
+    let strata: Vec<&str> = plan.strata.iter().map(|&s| s.name()).collect();
     let strata = strata.join(",");
     let lora = plan.lora.as_ref().map_or_else(
         || "no LoRA".to_string(),

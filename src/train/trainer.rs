@@ -481,11 +481,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     .into(),
             );
         }
-        if train.kind.num_labels() != self.model.num_labels {
+        if train.kind.num_labels() != self.model.num_labels() {
             return refuse(format!(
                 "the task has {} labels but the model head has {}",
                 train.kind.num_labels(),
-                self.model.num_labels
+                self.model.num_labels()
             ));
         }
         if let Some(d) = dev.filter(|d| !d.is_labeled()) {

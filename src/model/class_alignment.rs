@@ -1,0 +1,70 @@
+//! A fine-tuned checkpoint's head against the data's classes: the head's outputs follow the
+//! checkpoint's `id2label` order, which need not be the data's (an MNLI model trained as
+//! contradiction, neutral, entailment against GLUE's entailment, neutral, contradiction).
+
+use super::BertClassifier;
+use crate::backend::Backend;
+use crate::checkpoint::Checkpoint;
+use crate::data::{class_order, TaskKind};
+use crate::error::Result;
+
+/// What [`BertClassifier::align_classes`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassAlignment {
+    /// Nothing to line up: regression, a head not taken from the checkpoint (another number
+    /// of outputs, or drawn fresh), or an `id2label` that names no classes (placeholders
+    /// such as `LABEL_0`, or none at all).
+    NotNeeded,
+    /// The checkpoint names the data's classes in the data's order.
+    SameOrder,
+    /// The checkpoint names the data's classes in another order: the head was reordered
+    /// to the data's.
+    Reordered {
+        /// The checkpoint's class names, in its head's original order.
+        checkpoint_classes: Vec<String>,
+    },
+    /// The checkpoint names other classes than the data: outputs stay matched by position.
+    ByPosition {
+        /// The checkpoint's class names, in its head's order.
+        checkpoint_classes: Vec<String>,
+    },
+}
+
+impl<B: Backend> BertClassifier<B> {
+    /// Lines a head taken from `checkpoint` ([`BertClassifier::from_checkpoint`] or
+    /// [`BertClassifier::from_fine_tuned`]) up with the data's classes by name, as
+    /// transformers' run_glue does: the same names in another order reorder the head; other
+    /// names leave it as it is. Call it before training or evaluating on `kind`'s data.
+    pub fn align_classes(
+        &mut self,
+        checkpoint: &Checkpoint,
+        backend: &B,
+        kind: &TaskKind,
+    ) -> Result<ClassAlignment> {
+        let TaskKind::Classification { labels } = kind else {
+            return Ok(ClassAlignment::NotNeeded);
+        };
+        let n = self.num_labels();
+        // A head drawn fresh (the checkpoint has none of this size) has no classes to match.
+        if checkpoint.classifier_outputs() != Some(n) {
+            return Ok(ClassAlignment::NotNeeded);
+        }
+        let Some(names) = checkpoint.config.class_names(n) else {
+            return Ok(ClassAlignment::NotNeeded);
+        };
+        match class_order(labels, &names) {
+            Some(order) if order.iter().enumerate().all(|(j, &i)| i == j) => {
+                Ok(ClassAlignment::SameOrder)
+            }
+            Some(order) => {
+                self.reorder_classes(backend, &order)?;
+                Ok(ClassAlignment::Reordered {
+                    checkpoint_classes: names,
+                })
+            }
+            None => Ok(ClassAlignment::ByPosition {
+                checkpoint_classes: names,
+            }),
+        }
+    }
+}
