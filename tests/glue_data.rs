@@ -968,3 +968,33 @@ fn missing_glue_folders_are_named() {
         "{e}"
     );
 }
+
+/// A .tsv saved by a CSV writer quotes a field holding a line break; read without quoting
+/// (GLUE's way), its row falls apart, and the error says why.
+#[test]
+fn a_csv_quoted_tsv_row_that_falls_apart_names_the_quoting() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("quoted.tsv");
+    std::fs::write(&path, "text\tlabel\n\"two\nlines\"\t1\nplain\t0\n").unwrap();
+    let e = text_label_table(path.clone())
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("quoted.tsv")
+            && e.contains("line 2")
+            && e.contains("1 field, the header has 2")
+            && e.contains("read without quoting"),
+        "{e}"
+    );
+    // A row that falls apart without quotes is not told about quoting.
+    std::fs::write(&path, "text\tlabel\nno label here\nplain\t0\n").unwrap();
+    let e = text_label_table(path)
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("1 field, the header has 2") && !e.contains("quoting"),
+        "{e}"
+    );
+}

@@ -446,11 +446,23 @@ impl TableSpec {
                                 continue;
                             }
                             if r.len() != header.len() {
+                                // A TSV saved by a CSV writer (pandas, Python's csv) quotes
+                                // a field holding a tab or a line break.
+                                let quoted = format == TableFormat::Tsv
+                                    && r.iter().any(|field| field.contains(&b'"'));
                                 let why = format!(
-                                    "{} field{}, the header has {}",
+                                    "{} field{}, the header has {}{}",
                                     r.len(),
                                     if r.len() == 1 { "" } else { "s" },
-                                    header.len()
+                                    header.len(),
+                                    if quoted {
+                                        " (a .tsv is read without quoting, as GLUE's files \
+                                         are: a quoted field holding a tab or a line break is \
+                                         not one field here; save the table as .csv to quote \
+                                         fields)"
+                                    } else {
+                                        ""
+                                    }
                                 );
                                 visit(line, Err(why))?;
                                 continue;
