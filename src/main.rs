@@ -32,6 +32,14 @@ fn main() {
         Err(_) => run(),
     };
     if let Err(e) = result {
+        // A reader that stopped early (`spafit predict | head`) ends the command as SIGPIPE
+        // ends other tools: without a word, with the status a shell shows for them.
+        if let spafit::Error::Io { path, error } = &e {
+            if path.as_os_str() == "<stdout>" && error.kind() == std::io::ErrorKind::BrokenPipe {
+                const KILLED_BY_SIGPIPE: i32 = 128 + 13;
+                std::process::exit(KILLED_BY_SIGPIPE);
+            }
+        }
         // Not `eprintln!`, which panics when stderr is closed or full.
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "spafit: {e}");

@@ -822,11 +822,13 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
         "{err}"
     );
 
-    // No output replaces a file of the task's splits, read by this command or not.
+    // No output replaces a split file under --glue-dir, read by this command or not, of
+    // this task or another.
     write(root, "glue/MNLI/dev_mismatched.tsv", &dev);
     for (task, split, target) in [
         ("ax", "test", "glue/diagnostic/diagnostic.tsv"),
         ("mnli", "dev_matched", "glue/MNLI/dev_mismatched.tsv"),
+        ("mnli", "dev_matched", "glue/diagnostic/diagnostic.tsv"),
     ] {
         let before = std::fs::read(root.join(target)).unwrap();
         let (ok, _, err) = spafit(&[
@@ -845,7 +847,7 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
             &p(target),
         ]);
         assert!(
-            !ok && err.contains("is an input of this command"),
+            !ok && err.contains("a GLUE task's split under --glue-dir"),
             "{target}: {err}"
         );
         assert_eq!(std::fs::read(root.join(target)).unwrap(), before);
@@ -1602,7 +1604,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         ),
         (
             vec!["--train-file", &t, "--write-batches", &t],
-            "is an input of this command",
+            "an input of this command",
         ),
         (
             vec!["--train-file", &t, "--dev-file", &header_only],
@@ -1887,7 +1889,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         &batches,
     ]);
     assert!(
-        ok && err.contains("classes from") && err.contains("neg, pos"),
+        ok && err.contains("classes from") && err.contains(r#"["neg", "pos"]"#),
         "{err}"
     );
     assert!(
@@ -1955,7 +1957,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         assert!(got.contains("\"probabilities\""), "{got:?}");
     }
     let (ok, _, err) = predict(&[&unlabeled, "--output", &unlabeled]);
-    assert!(!ok && err.contains("is an input of this command"), "{err}");
+    assert!(!ok && err.contains("an input of this command"), "{err}");
     let manifest = format!("{adapter}/adapter.json");
     let (ok, _, err) = predict(&[&unlabeled, "--output", &manifest]);
     assert!(
@@ -2700,4 +2702,44 @@ fn unused_settings_and_bad_values_name_their_flag() {
         "text,label,source\n\"good\",1,rotten_tomatoes\n"
     );
     assert_eq!(std::fs::metadata(&weights).unwrap().len(), before);
+}
+
+/// Predictions go to stdout without --output: a reader that stops early (`| head`) ends the
+/// command quietly, with the status a shell shows for a tool SIGPIPE killed (141).
+#[test]
+fn predictions_to_a_reader_that_stopped_end_quietly() {
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("texts.csv");
+    std::fs::write(&data, "text\na fine film\na dull one\n").unwrap();
+    let adapter = format!(
+        "{}/tests/fixtures/peft-adapters/lora_qv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args([
+            "predict",
+            "--model",
+            &model(),
+            "--adapter",
+            &adapter,
+            "--max-len",
+            "16",
+        ])
+        .arg("--dev-file")
+        .arg(&data)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the model has loaded, long before the first write.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("spafit:"),
+        "{err}"
+    );
 }

@@ -447,16 +447,19 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// Every data file the flags name: --train-file, --dev-file, and each split file of a
-    /// GLUE task under --glue-dir (outputs must not replace any of them).
+    /// Every data file the flags name: --train-file, --dev-file, and each split file of
+    /// every GLUE task under --glue-dir, not only the one named (outputs must not replace
+    /// any of them: the next run of that task would read a prediction file as its data).
     pub fn input_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = [&self.train_file, &self.dev_file]
             .into_iter()
             .flatten()
             .cloned()
             .collect();
-        if let (Ok(Some(task)), Some(dir)) = (self.glue_task(), &self.glue_dir) {
-            files.extend(task.files(dir));
+        if let Some(dir) = &self.glue_dir {
+            for task in GlueTask::ALL.into_iter().chain([GlueTask::Ax]) {
+                files.extend(task.files(dir));
+            }
         }
         files
     }
@@ -524,9 +527,8 @@ impl DataArgs {
         let kind = self.table(file, true, None)?.infer_classes(self.policy())?;
         if let TaskKind::Classification { labels } = &kind {
             note!(
-                "classes from {}: {} (give --labels to name them in another order)",
+                "classes from {}: {labels:?} (give --labels to name them in another order)",
                 file.display(),
-                labels.join(", ")
             );
         }
         Ok(Some(kind))

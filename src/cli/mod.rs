@@ -158,7 +158,8 @@ fn check_output_file(
     }
     if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
         return refuse(format!(
-            "{} is an input of this command; write the output elsewhere",
+            "{} is a data file (an input of this command, or a GLUE task's split under \
+             --glue-dir); write the output elsewhere",
             input.display()
         ));
     }

@@ -63,9 +63,13 @@ impl GradcheckCommand {
             "so-so",
         ];
         let r = gradcheck(&backend, &checkpoint, peft, &texts, self.samples, self.seed)?;
+        let skipped = match r.skipped.len() {
+            0 => String::new(),
+            n => format!(" ({n} attention key biases skipped: their gradient is exactly zero)"),
+        };
         note!(
-            "checked {} coordinates and one random direction through each of {} tensors against f64 finite differences ({} attention key biases skipped: their gradient is exactly zero); worst relative error {:.3e} ({})",
-            r.coordinates, r.tensors, r.skipped.len(), r.max_rel_err, r.worst_tensor
+            "checked {} coordinates and one random direction through each of {} tensors against f64 finite differences{skipped}; worst relative error {:.3e} ({})",
+            r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
         );
         let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor, "skipped": r.skipped});
         let verdict = self.tolerance.map(|t| r.within(t));
