@@ -102,26 +102,31 @@ pub fn bench_train_step<B: Backend>(
     let mut times = Vec::with_capacity(steps);
     let (mut nodes, mut saved) = (0, 0);
     for i in 0..warmup + steps {
+        backend.synchronize()?;
         if i == warmup {
+            // After the wait: the last warm-up step's frees are done.
             backend.reset_peak_memory();
         }
-        backend.synchronize()?;
         let t = Instant::now();
-        let mut tape = Tape::new(backend.clone());
-        let cfg = model.config();
-        let mut dropouts = DropoutPlan::train(
-            cfg.hidden_dropout_prob,
-            cfg.attention_probs_dropout_prob,
-            lora_dropout,
-            i as u64,
-        )
-        .with_classifier(cfg.classifier_dropout_or(cfg.hidden_dropout_prob));
-        let logits = model.forward(&mut tape, &input, &mut dropouts)?;
-        let loss = model.loss(&mut tape, &logits, &labels)?;
-        nodes = tape.stats().nodes;
-        saved = tape.stats().saved_activation_bytes;
-        let grads = tape.backward(&loss)?;
-        optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;
+        // The step's activations, gradients and tape are freed inside the timed region, as
+        // in a training loop (and in PyTorch's step).
+        {
+            let mut tape = Tape::new(backend.clone());
+            let cfg = model.config();
+            let mut dropouts = DropoutPlan::train(
+                cfg.hidden_dropout_prob,
+                cfg.attention_probs_dropout_prob,
+                lora_dropout,
+                i as u64,
+            )
+            .with_classifier(cfg.classifier_dropout_or(cfg.hidden_dropout_prob));
+            let logits = model.forward(&mut tape, &input, &mut dropouts)?;
+            let loss = model.loss(&mut tape, &logits, &labels)?;
+            nodes = tape.stats().nodes;
+            saved = tape.stats().saved_activation_bytes;
+            let grads = tape.backward(&loss)?;
+            optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;
+        }
         backend.synchronize()?;
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
