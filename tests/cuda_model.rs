@@ -388,6 +388,50 @@ fn two_identical_training_runs_give_the_same_bits() {
     }
 }
 
+/// `SPAFIT_CUDA_SYNC=1` (wait for every launch, to name a faulting kernel) changes no bit of
+/// a training run; the variable is read when a backend is made, so the run with it is a
+/// child process.
+#[test]
+fn waiting_after_every_launch_changes_no_bit() {
+    const TEST: &str = "waiting_after_every_launch_changes_no_bit";
+    let bits = |dtype| {
+        let b = cuda(dtype);
+        let (losses, values) = train(&b);
+        let values: Vec<u64> = values.iter().flatten().map(|v| v.to_bits()).collect();
+        (
+            b.waits_after_each_launch(),
+            format!("{losses:?} {values:?}"),
+        )
+    };
+    if std::env::var_os("SPAFIT_SYNC_CHILD").is_some() {
+        for dtype in [DType::F32, DType::BF16] {
+            let (waits, run) = bits(dtype);
+            assert!(
+                waits,
+                "{} was not read",
+                spafit::backend::cuda::SYNC_AFTER_LAUNCH
+            );
+            println!("RUN {dtype} {run}");
+        }
+        return;
+    }
+    let child = common::run_in_child(
+        TEST,
+        &[
+            (spafit::backend::cuda::SYNC_AFTER_LAUNCH, "1"),
+            ("SPAFIT_SYNC_CHILD", "1"),
+        ],
+    );
+    let _guard = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+    for dtype in [DType::F32, DType::BF16] {
+        let (_, run) = bits(dtype);
+        assert!(
+            child.contains(&format!("RUN {dtype} {run}")),
+            "{dtype}: the run that waited after every launch differs"
+        );
+    }
+}
+
 #[test]
 fn the_fiber_schedule_changes_no_bit() {
     let b = cuda(DType::BF16);

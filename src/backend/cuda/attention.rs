@@ -193,6 +193,7 @@ fn launch_tiles(
         // live buffers of the validated shapes just before this call and stay alive past it;
         // this launch's sequences seq0 .. seq0 + sequences lie inside the batch.
         unsafe { l.launch(cfg) }.map_err(|e| driver(op, e))?;
+        b.after_launch(op, kernel)?;
     }
     Ok(())
 }
@@ -287,7 +288,8 @@ pub(super) fn backward(
             if exact {
                 // delta = rowsum(dO ∘ O) in f32: one warp per (row, head).
                 let rows = d.batch * d.heads * d.seq;
-                let f = b.function(MODULE, &format!("attention_delta_{}", T::SUFFIX))?;
+                let delta_kernel = format!("attention_delta_{}", T::SUFFIX);
+                let f = b.function(MODULE, &delta_kernel)?;
                 let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8).min(65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 let batch = d.batch as i32;
                 if needs_delta {
@@ -295,6 +297,7 @@ pub(super) fn backward(
                     l.arg(&p).arg(&batch);
                     // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
                     unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+                    b.after_launch(OP, &delta_kernel)?;
                 }
                 if want.dk || want.dv {
                     launch_tiles(b, OP, "attention_backward_dkdv_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[1], &p)?;

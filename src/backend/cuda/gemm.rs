@@ -387,13 +387,15 @@ impl Gemm<'_> {
                 // (split × m × n f32) elements; the blocks of this launch cover row blocks
                 // m_block0 .. m_block0 + rows, all inside m.
                 unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
+                b.after_launch(OP, &name)?;
             }
             drop(gc);
             drop(guards);
         }
         if let Some(ws) = workspace {
             let count = (m * n) as i64;
-            let f = b.function(MODULE, &format!("gemm_reduce_{}", T::SUFFIX))?;
+            let reduce_kernel = format!("gemm_reduce_{}", T::SUFFIX);
+            let f = b.function(MODULE, &reduce_kernel)?;
             let mut l = b.device.stream.launch_builder(&f);
             let (split_i, n_i, alpha, ldc) = (split as i32, n as i32, self.alpha as f32, n as i64);
             l.arg(&ws).arg(&split_i).arg(&count).arg(&n_i).arg(&alpha);
@@ -409,6 +411,7 @@ impl Gemm<'_> {
             // SAFETY: matches gemm_reduce_* in kernels/gemm.cu; ws holds split × m × n f32 and
             // the bias (checked above) the output's dtype.
             unsafe { l.launch(grid_for(m * n)) }.map_err(|e| driver(OP, e))?;
+            b.after_launch(OP, &reduce_kernel)?;
             drop(bias_guard);
         }
         Ok(out)

@@ -76,7 +76,8 @@ pub(super) fn backward(
             let mut dbeta = if want.dbeta { Some(b.output::<T>(n)?) } else { None };
             // Absent operands are passed as null pointers; the kernel only reads them for dγ.
             let null = 0u64;
-            let f = b.function(MODULE, &format!("layernorm_backward_params_{}", T::SUFFIX))?;
+            let kernel = format!("layernorm_backward_params_{}", T::SUFFIX);
+            let f = b.function(MODULE, &kernel)?;
             let mut l = b.device.stream.launch_builder(&f);
             use cudarc::driver::PushKernelArg;
             l.arg(view::<T>(dy));
@@ -106,6 +107,7 @@ pub(super) fn backward(
             // pointers only where the kernel does not read (x, mean, rstd without dγ) or
             // write (the gradient not requested).
             unsafe { l.launch(columns(n)) }.map_err(|e| driver(OP, e))?;
+            b.after_launch(OP, &kernel)?;
             g.dgamma = dgamma.map(|d| tensor([n], d)).transpose()?;
             g.dbeta = dbeta.map(|d| tensor([n], d)).transpose()?;
         }

@@ -19,6 +19,7 @@
 mod adamw;
 mod attention;
 mod buffer;
+mod compatibility;
 mod elementwise;
 mod embedding;
 pub mod emulator;
@@ -128,6 +129,7 @@ macro_rules! launch {
         // SAFETY: argument types and order match the kernel's extern "C" signature in
         // kernels/$module.cu, and every buffer holds the element count the kernel indexes.
         unsafe { b.launch($cfg) }.map_err(|e| driver($module, e))?;
+        $self.after_launch($module, AsRef::<str>::as_ref(&$func))?;
     }};
 }
 use launch;
@@ -146,6 +148,9 @@ struct Device {
     /// go to several launches.
     max_grid_y: usize,
     max_grid_z: usize,
+    /// `SPAFIT_CUDA_SYNC=1`: wait for every launch, so that a kernel fault is reported by
+    /// the kernel that made it, not by whichever call comes next.
+    sync_after_launch: bool,
 }
 
 /// How a CUDA backend computes (see the module documentation).
@@ -183,6 +188,32 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
+/// Refuses a driver older than the nvcc that wrote the kernels' PTX, or a GPU older than its
+/// target, before any module is compiled (see [`compatibility`]).
+fn check_compatibility(ctx: &CudaContext, ordinal: usize) -> Result<()> {
+    let Some((ptx, target)) = compatibility::kernels_ptx() else {
+        return Ok(());
+    };
+    let mut driver_version = 0;
+    // SAFETY: writes one int; NVIDIA's driver (the only one asked) has had it since CUDA 2.2.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
+    use cudarc::driver::sys::CUdevice_attribute::{
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+    };
+    let (Ok(major), Ok(minor)) = (ctx.attribute(MAJOR), ctx.attribute(MINOR)) else {
+        return Ok(());
+    };
+    if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Ok(());
+    }
+    let device = (major.max(0) as u32, minor.max(0) as u32);
+    match compatibility::problem(ptx, target, driver_version, device) {
+        Some(why) => Err(unavailable(ordinal, why)),
+        None => Ok(()),
+    }
+}
+
 fn unavailable(ordinal: usize, reason: impl Into<String>) -> Error {
     Error::BackendUnavailable {
         backend: format!("cuda:{ordinal}"),
@@ -190,12 +221,36 @@ fn unavailable(ordinal: usize, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The variable that makes every launch wait for its kernel ([`CudaBackend`] reads it when
+/// made).
+pub const SYNC_AFTER_LAUNCH: &str = "SPAFIT_CUDA_SYNC";
+
+/// The driver's codes for a kernel that faulted: the context is lost from then on.
+const KERNEL_FAULTS: [&str; 6] = [
+    "ILLEGAL_ADDRESS",
+    "MISALIGNED_ADDRESS",
+    "LAUNCH_FAILED",
+    "ILLEGAL_INSTRUCTION",
+    "HARDWARE_STACK_ERROR",
+    "CUDA_ERROR_ASSERT",
+];
+
 /// A driver error of `op` as an error value; out-of-memory says so plainly, and the CPU
 /// stand-in adds what it found (kernel, block, thread, address).
 fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
     let mut text = e.to_string();
-    if let Some(detail) = emulator::last_error() {
-        text = format!("{text}: {detail}");
+    match emulator::last_error() {
+        Some(detail) => text = format!("{text}: {detail}"),
+        // The stand-in reports a fault at its launch; a GPU at some later call.
+        None if KERNEL_FAULTS.iter().any(|code| text.contains(code)) => {
+            text = format!(
+                "{text} (a kernel fault: the GPU reports it at the next call after the \
+                 faulting launch, so it need not be `{op}`'s, and this process can use the GPU \
+                 no more; rerun with {SYNC_AFTER_LAUNCH}=1 to name the kernel, or under \
+                 compute-sanitizer)"
+            )
+        }
+        None => {}
     }
     if text.contains("OUT_OF_MEMORY") {
         // The stand-in's account says how much was asked for; the driver's alone, what.
@@ -376,14 +431,25 @@ impl CudaBackend {
         Self::on_context(0, Driver::Emulator, precision)
     }
 
-    /// A GPU when this machine has one, else the CPU stand-in: what the tests run on.
+    /// A GPU when this machine has one, else the CPU stand-in: what the tests run on. Where
+    /// NVIDIA's driver loads but the GPU then fails (no device visible, a driver too old for
+    /// the kernels), the process is bound to that driver and the stand-in cannot follow: the
+    /// error names both.
     pub fn hardware_or_emulated(dtype: DType) -> Result<Self> {
         if emulator::driver() != Some(Driver::Emulator)
             // SAFETY: only probes whether the driver library can be loaded.
             && unsafe { cudarc::driver::sys::is_culib_present() }
         {
-            if let Ok(b) = Self::new(0, dtype) {
-                return Ok(b);
+            match Self::new(0, dtype) {
+                Ok(b) => return Ok(b),
+                Err(hardware) => {
+                    return Self::emulated(dtype).map_err(|stand_in| {
+                        unavailable(
+                            0,
+                            format!("the GPU: {hardware}; the CPU stand-in: {stand_in}"),
+                        )
+                    })
+                }
             }
         }
         Self::emulated(dtype)
@@ -391,6 +457,13 @@ impl CudaBackend {
 
     fn on_context(ordinal: usize, driver: Driver, precision: Precision) -> Result<Self> {
         let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(ordinal, e.to_string()))?;
+        if driver == Driver::Hardware {
+            check_compatibility(&ctx, ordinal)?;
+        }
+        // SAFETY: every allocation, copy, launch and free of a backend runs on this one
+        // stream, in order, so cudarc's per-allocation events (two created and destroyed
+        // with every buffer) order nothing. A second stream would have to be joined by hand.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         // Devices without stream-ordered allocation have no pool to configure: cudarc falls
         // back to synchronous allocation there, so this is an optimisation, not a requirement.
@@ -418,6 +491,7 @@ impl CudaBackend {
                 max_shared_per_block,
                 max_grid_y,
                 max_grid_z,
+                sync_after_launch: std::env::var_os(SYNC_AFTER_LAUNCH).is_some_and(|v| v == "1"),
             }),
             precision,
             poison: false,
@@ -474,6 +548,30 @@ impl CudaBackend {
             .stream
             .synchronize()
             .map_err(|e| driver("synchronize", e))
+    }
+
+    /// With `SPAFIT_CUDA_SYNC=1`, waits for the launch of `kernel` just queued, naming it in
+    /// the error of a fault (a GPU reports faults at a later call otherwise).
+    fn after_launch(&self, op: &'static str, kernel: &str) -> Result<()> {
+        if !self.device.sync_after_launch {
+            return Ok(());
+        }
+        self.device
+            .stream
+            .synchronize()
+            .map_err(|e| match driver(op, e) {
+                Error::InvalidArgument { op, detail } => Error::InvalidArgument {
+                    op,
+                    detail: format!("kernel {kernel}: {detail}"),
+                },
+                other => other,
+            })
+    }
+
+    /// Whether every launch waits for its kernel ([`SYNC_AFTER_LAUNCH`] was `1` when this
+    /// backend was made).
+    pub fn waits_after_each_launch(&self) -> bool {
+        self.device.sync_after_launch
     }
 
     /// The cudarc stream every kernel of this backend runs on (benchmarks time it).
