@@ -140,6 +140,8 @@ struct Device {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Kernel handles by module, then name.
+    functions: Mutex<HashMap<&'static str, HashMap<String, CudaFunction>>>,
     /// Kernels whose dynamic shared-memory limit was raised, with the limit set.
     opted_in: Mutex<HashMap<String, u32>>,
     /// The most shared memory one block may opt into on this device.
@@ -487,6 +489,7 @@ impl CudaBackend {
                 ctx,
                 stream,
                 modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
                 opted_in: Mutex::new(HashMap::new()),
                 max_shared_per_block,
                 max_grid_y,
@@ -580,6 +583,30 @@ impl CudaBackend {
     }
 
     fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
+        // Every launch asks: a handle found once is kept, not looked up by name in the driver
+        // again (the module cache alone still left one driver call per launch).
+        let cached = |f: &mut dyn FnMut(&mut HashMap<String, CudaFunction>)| {
+            let mut functions = self
+                .device
+                .functions
+                .lock()
+                .map_err(|_| Error::invalid(module, "function cache poisoned"))?;
+            f(functions.entry(module).or_default());
+            Ok::<(), Error>(())
+        };
+        let mut found = None;
+        cached(&mut |of_module| found = of_module.get(name).cloned())?;
+        if let Some(f) = found {
+            return Ok(f);
+        }
+        let f = self.load_function(module, name)?;
+        cached(&mut |of_module| {
+            of_module.insert(name.to_string(), f.clone());
+        })?;
+        Ok(f)
+    }
+
+    fn load_function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
         let mut modules = self
             .device
             .modules
@@ -639,6 +666,10 @@ impl CudaBackend {
                 .lock()
                 .map_err(|_| Error::invalid(module, "attribute cache poisoned"))?;
             if opted.get(name).is_none_or(|&b| b < bytes) {
+                self.device
+                    .ctx
+                    .bind_to_thread()
+                    .map_err(|e| driver(module, e))?;
                 f.set_attribute(
                     cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     bytes as i32,
