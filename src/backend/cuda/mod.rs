@@ -155,6 +155,14 @@ struct Device {
     sync_after_launch: bool,
 }
 
+/// The last backend of a device lets go of its modules: kernels still queued on the stream
+/// finish first, for a module must not be unloaded under a running kernel.
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+    }
+}
+
 /// How a CUDA backend computes (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
