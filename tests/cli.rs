@@ -847,7 +847,7 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
             &p(target),
         ]);
         assert!(
-            !ok && err.contains("a GLUE task's split under --glue-dir"),
+            !ok && err.contains("is an input of this command"),
             "{target}: {err}"
         );
         assert_eq!(std::fs::read(root.join(target)).unwrap(), before);
@@ -1604,7 +1604,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         ),
         (
             vec!["--train-file", &t, "--write-batches", &t],
-            "an input of this command",
+            "is an input of this command",
         ),
         (
             vec!["--train-file", &t, "--dev-file", &header_only],
@@ -1889,7 +1889,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         &batches,
     ]);
     assert!(
-        ok && err.contains("classes from") && err.contains(r#"["neg", "pos"]"#),
+        ok && err.contains("classes from") && err.contains("neg, pos"),
         "{err}"
     );
     assert!(
@@ -1957,7 +1957,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         assert!(got.contains("\"probabilities\""), "{got:?}");
     }
     let (ok, _, err) = predict(&[&unlabeled, "--output", &unlabeled]);
-    assert!(!ok && err.contains("an input of this command"), "{err}");
+    assert!(!ok && err.contains("is an input of this command"), "{err}");
     let manifest = format!("{adapter}/adapter.json");
     let (ok, _, err) = predict(&[&unlabeled, "--output", &manifest]);
     assert!(

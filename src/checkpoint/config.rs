@@ -53,11 +53,6 @@ pub struct BertConfig {
     /// ELECTRA, ERNIE, ...) differ in their positions, embeddings or layers.
     #[serde(default)]
     pub model_type: Option<String>,
-    /// The classes the checkpoint was saved from (`BertModel`, `BertForSequenceClassification`,
-    /// ...): a `classifier` saved by another head (multiple choice, token classification) is
-    /// not a sequence classifier's, whatever its shape.
-    #[serde(default, deserialize_with = "null_as_empty_list")]
-    pub architectures: Vec<String>,
     /// Must be false: a decoder's attention is causal.
     #[serde(default)]
     pub is_decoder: bool,
@@ -72,10 +67,18 @@ pub struct BertConfig {
     pub id2label: BTreeMap<String, serde_json::Value>,
 }
 
-fn null_as_empty_list<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<String>, D::Error> {
-    Ok(Option::deserialize(d)?.unwrap_or_default())
+/// The classes a `config.json` says the checkpoint was saved from (`architectures`:
+/// `BertModel`, `BertForSequenceClassification`, ...); its string entries, none where it
+/// names none.
+pub(crate) fn architectures(config_json: &str) -> Vec<String> {
+    let value: serde_json::Value = serde_json::from_str(config_json).unwrap_or_default();
+    value
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(
@@ -155,7 +158,6 @@ impl BertConfig {
             initializer_range: 0.02,
             position_embedding_type: None,
             model_type: Some("bert".into()),
-            architectures: Vec::new(),
             is_decoder: false,
             problem_type: None,
             id2label: BTreeMap::new(),

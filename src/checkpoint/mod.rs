@@ -18,6 +18,8 @@ use crate::text::TextTokenizer;
 /// An opened checkpoint directory.
 pub struct Checkpoint {
     dir: PathBuf,
+    /// `config.json`'s `architectures` (see [`Checkpoint::foreign_head`]).
+    architectures: Vec<String>,
     /// The architecture.
     pub config: BertConfig,
     /// The weights.
@@ -28,11 +30,14 @@ impl Checkpoint {
     /// Opens a checkpoint directory or offline Hugging Face cache entry (see [`resolve`]).
     pub fn open(spec: impl AsRef<Path>) -> Result<Self> {
         let dir = resolve(spec.as_ref())?;
-        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let config_json = crate::text_file::read_utf8(&config_path)?;
+        let config = BertConfig::from_json(&config_json, &config_path)?;
         let weights = open_weights(&dir)?;
         check_layer_count(&config, &weights)?;
         Ok(Checkpoint {
             dir,
+            architectures: config::architectures(&config_json),
             config,
             weights,
         })
@@ -55,7 +60,7 @@ impl Checkpoint {
     /// evaluated nor trained on; a fresh one replaces it.
     pub fn foreign_head(&self) -> Option<&str> {
         const OTHER_HEADS: [&str; 2] = ["BertForMultipleChoice", "BertForTokenClassification"];
-        let names = &self.config.architectures;
+        let names = &self.architectures;
         if names.iter().any(|a| a == "BertForSequenceClassification") {
             return None;
         }

@@ -527,8 +527,9 @@ impl DataArgs {
         let kind = self.table(file, true, None)?.infer_classes(self.policy())?;
         if let TaskKind::Classification { labels } = &kind {
             note!(
-                "classes from {}: {labels:?} (give --labels to name them in another order)",
+                "classes from {}: {} (give --labels to name them in another order)",
                 file.display(),
+                class_list(labels)
             );
         }
         Ok(Some(kind))
@@ -625,5 +626,37 @@ impl DataArgs {
         self.table(file, custom_labeled, default_kind)?
             .load(self.policy())
             .map(report)
+    }
+}
+
+/// Class names joined by `, `, each quoted where a comma, a quote or an edge space would make
+/// the list read as other classes (`neg, pos`; `"very, good", bad`).
+fn class_list(labels: &[String]) -> String {
+    labels
+        .iter()
+        .map(|l| {
+            let plain = !l.is_empty() && !l.contains([',', '"']) && l.trim() == l.as_str();
+            if plain {
+                l.clone()
+            } else {
+                format!("{l:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::class_list;
+
+    #[test]
+    fn class_lists_quote_only_names_that_would_read_as_others() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(class_list(&names(&["neg", "pos"])), "neg, pos");
+        assert_eq!(
+            class_list(&names(&["say \"no\"", "very, good", " x", "plain text"])),
+            r#""say \"no\"", "very, good", " x", plain text"#
+        );
     }
 }

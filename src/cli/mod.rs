@@ -158,7 +158,7 @@ fn check_output_file(
     }
     if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
         return refuse(format!(
-            "{} is a data file (an input of this command, or a GLUE task's split under \
+            "{} is an input of this command (or a split of another GLUE task under \
              --glue-dir); write the output elsewhere",
             input.display()
         ));

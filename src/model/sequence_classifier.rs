@@ -22,8 +22,13 @@ pub struct BertClassifier<B: Backend> {
     /// The encoder.
     pub bert: BertModel<B>,
     /// `classifier`: `[num_labels, hidden]`; its rows are the model's outputs
-    /// ([`BertClassifier::num_labels`]).
+    /// ([`BertClassifier::num_labels()`]).
     pub classifier: Linear<B>,
+    /// The head's outputs when the model was built (1 for regression, ≥ 2 for
+    /// classification), kept for reading. The crate reads the count from the head itself
+    /// ([`BertClassifier::num_labels()`]), so a head replaced
+    /// later, or this field changed, cannot misalign the logits.
+    pub num_labels: usize,
     /// The checkpoint had no pooler, so `bert.pooler.dense` was drawn fresh: it must train.
     fresh_pooler: bool,
     /// The plan [`BertClassifier::apply_plan`] applied last.
@@ -303,6 +308,7 @@ impl<B: Backend> BertClassifier<B> {
         Ok(BertClassifier {
             bert,
             classifier,
+            num_labels,
             fresh_pooler: false,
             plan: None,
             lora_merged: false,

@@ -26,7 +26,6 @@ pub fn config(layers: usize) -> BertConfig {
         initializer_range: 0.02,
         position_embedding_type: None,
         model_type: Some("bert".into()),
-        architectures: Vec::new(),
         is_decoder: false,
         problem_type: None,
         id2label: Default::default(),
