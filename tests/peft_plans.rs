@@ -230,3 +230,38 @@ fn plans_built_by_hand_must_belong_together() {
     }
     assert!(refused(&rank0).contains("rank"));
 }
+
+/// An initialiser is the caller's code: LoRA tensors of another shape or dtype than the layer
+/// computes with are refused when the plan is applied, not at the first step (or in an
+/// adapter saved from them that no load accepts).
+#[test]
+fn lora_initialisers_must_give_the_layers_shapes_and_dtype() {
+    use spafit::backend::Backend;
+    let cpu = CpuBackend::f64();
+    let cpu32 = CpuBackend::f32();
+    let config = common::tiny_bert::config(2);
+    let plan = PeftPlan::new(&PeftConfig::new(Method::Lora), 2).unwrap();
+    let apply = |init: &mut dyn FnMut(
+        &str,
+        spafit::tensor::Shape,
+    )
+        -> spafit::Result<spafit::tensor::Tensor<CpuBackend>>| {
+        let mut model = BertClassifier::random(&config, &cpu, 2, 0).unwrap();
+        model.apply_plan(&plan, init).map(|_| ())
+    };
+    let e = apply(&mut |_, _| cpu.zeros(spafit::tensor::Shape::new([3, 3])))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("lora_A.weight` was initialised as [3, 3] but must be [8, 15]"),
+        "{e}"
+    );
+    let e = apply(&mut |_, shape| cpu32.zeros(shape))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("was initialised as f32") && e.contains("f64"),
+        "{e}"
+    );
+    assert!(apply(&mut |_, shape| cpu.zeros(shape)).is_ok());
+}

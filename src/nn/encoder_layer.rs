@@ -160,6 +160,35 @@ impl<B: Backend> EncoderLayer<B> {
                     &format!("{prefix}.lora_B.weight"),
                     Shape::new([out, cfg.rank]),
                 )?;
+                // An initialiser is the caller's code: what it returns must be what the
+                // layer computes with, or the model trains nothing and saves an adapter that
+                // no load accepts.
+                let dtype = lin.bias.value.dtype();
+                for (name, t, dims) in [
+                    ("lora_A", &a, [cfg.rank, inp]),
+                    ("lora_B", &b, [out, cfg.rank]),
+                ] {
+                    if t.dims() != dims {
+                        return Err(Error::shape(
+                            "lora init",
+                            format!(
+                                "`{prefix}.{name}.weight` was initialised as {} but must be {:?}",
+                                t.shape(),
+                                dims
+                            ),
+                        ));
+                    }
+                    if t.dtype() != dtype {
+                        return Err(Error::dtype(
+                            "lora init",
+                            format!(
+                                "`{prefix}.{name}.weight` was initialised as {} but the layer \
+                                 computes in {dtype}",
+                                t.dtype()
+                            ),
+                        ));
+                    }
+                }
                 lin.attach_lora(a, b, cfg.scale());
             }
         }
