@@ -12,6 +12,25 @@ mod store;
 
 pub(crate) use atomic::{hex, link_target};
 
+/// The first file in `dir` that makes it a model's or an adapter's folder (a checkpoint's
+/// config and weights, a PEFT adapter, a spafit adapter), if any: no run or adapter writes
+/// its own files among them.
+pub(crate) fn model_or_adapter_file_in(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    first_present(
+        dir,
+        &[
+            "config.json",
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            PEFT_CONFIG_FILE,
+            PEFT_WEIGHTS_FILE,
+            store::MANIFEST_FILE,
+            store::WEIGHTS_FILE,
+        ],
+    )
+}
+
 /// The first of `names` present in `dir` (a dangling link counts: a write would follow it).
 fn first_present(dir: &std::path::Path, names: &[&str]) -> Option<std::path::PathBuf> {
     names

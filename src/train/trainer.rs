@@ -174,6 +174,18 @@ impl TrainConfig {
                     .into(),
             );
         }
+        if let Some((dir, found)) = c
+            .output_dir
+            .as_deref()
+            .and_then(|d| Some((d, crate::adapter::model_or_adapter_file_in(d)?)))
+        {
+            return refuse(format!(
+                "the output directory {} holds a model or an adapter ({}): a run writes \
+                 best/, last/ and metrics.jsonl; give it a folder of its own",
+                dir.display(),
+                found.display()
+            ));
+        }
         match &c.output_dir {
             None if c.resume => return refuse("--resume needs an output directory".into()),
             Some(dir) if dir.exists() && !dir.is_dir() => {
@@ -360,6 +372,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         dev: Option<&Dataset>,
     ) -> Result<TrainReport> {
         self.model.check_plan(self.plan)?;
+        // Before the lock as well as under it: taking the lock writes its file, which must
+        // not land in a folder the settings refuse (a model's).
+        self.config.check()?;
         let output = self.config.output_dir.clone();
         let _locks = lock_run_dirs_around(output.as_deref().as_slice(), || {
             self.check_settings(train, dev)
