@@ -807,6 +807,57 @@ fn a_finished_run_without_its_state_is_not_overwritten() {
     );
 }
 
+/// A run's folder is its own: one that holds a model or an adapter (a checkpoint's config and
+/// weights, a PEFT adapter, a spafit adapter) is refused before anything is written, as the
+/// CLI refuses `--output` at the model it reads.
+#[test]
+fn a_run_is_not_written_into_a_model_or_adapter_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let data = regression_data(8, None);
+    for file in ["config.json", "adapter_config.json", "adapter.json"] {
+        let out = tmp.path().join(format!("holds-{file}"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join(file), "{}").unwrap();
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
+            .fit(&tok, &data, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("holds a model or an adapter") && e.contains(file),
+            "{e}"
+        );
+        let written: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+        assert_eq!(written.len(), 1, "{file}: the run wrote beside it");
+    }
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        tiny_config(&tmp.path().join("ck")),
+    )
+    .fit(&tok, &data, None)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("holds a model or an adapter"), "{e}");
+}
+
+/// A head too large for memory is an error, not an aborted process.
+#[test]
+fn a_head_larger_than_memory_is_an_error() {
+    let e =
+        BertClassifier::random(&tiny_bert::config(1), &CpuBackend::f32(), 1 << 40, 0).unwrap_err();
+    assert!(
+        matches!(e, Error::OutOfMemory { .. }) && e.to_string().contains("1099511627776 outputs"),
+        "{e}"
+    );
+}
+
 /// The CPU backend splits GEMMs, attention heads, layernorm rows and elementwise blocks over
 /// its thread pool; none of it may change a bit. Two steps of SPAFIT on the real model (big
 /// enough that every op splits) with 1 and with 3 threads give the same weights.

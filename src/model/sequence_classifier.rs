@@ -572,9 +572,17 @@ fn fresh_head<B: Backend>(
             )
         })?;
     let mut rng = SplitMix::new(seed ^ crate::peft::init_hash("classifier.weight"));
-    let w: Vec<f64> = (0..size)
-        .map(|_| config.initializer_range * rng.normal())
-        .collect();
+    // A count from the caller may ask for more memory than there is: an allocation that
+    // fails aborts the process, so it is asked for first and refused as an error.
+    let mut w: Vec<f64> = Vec::new();
+    w.try_reserve_exact(size).map_err(|_| Error::OutOfMemory {
+        op: "classifier",
+        detail: format!(
+            "a head of {num_labels} outputs over {hidden} features needs {} GiB",
+            size.saturating_mul(8) >> 30
+        ),
+    })?;
+    w.extend((0..size).map(|_| config.initializer_range * rng.normal()));
     Linear::new(
         "classifier",
         backend.tensor_from_f64(Shape::new([num_labels, hidden]), &w)?,
