@@ -80,7 +80,12 @@ fn main() -> spafit::Result<()> {
         &model,
         &plan,
         &checkpoint.weights,
-        None,
+        // The class names travel with the adapter: whoever opens it reads them, and
+        // `OpenedAdapter::align_classes` lines the head up with data that lists them otherwise.
+        match &train.kind {
+            TaskKind::Classification { labels } => Some(labels.as_slice()),
+            TaskKind::Regression => None,
+        },
         TrainingInputs {
             text_pairs: Some(false),
             max_len: Some(tokenizer.max_len()),

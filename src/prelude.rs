@@ -4,20 +4,22 @@
 //! that the glob does not shadow the standard `Result`.
 
 pub use crate::adapter::{
-    export_peft, import_peft, load_adapter, open_adapter, save_adapter, OpenedAdapter,
-    TrainingInputs,
+    export_peft, import_peft, load_adapter, open_adapter, save_adapter, AdapterManifest,
+    OpenedAdapter, TrainingInputs,
 };
 pub use crate::backend::cpu::CpuBackend;
 pub use crate::backend::cuda::CudaBackend;
 pub use crate::backend::Backend;
-pub use crate::checkpoint::Checkpoint;
-pub use crate::data::{Dataset, Example, GlueTask, Target, TaskKind};
+pub use crate::checkpoint::{Checkpoint, WeightsFile};
+pub use crate::data::{
+    Dataset, Example, GlueTask, OnMalformed, TableFormat, TableSpec, Target, TaskKind,
+};
 pub use crate::model::{BertClassifier, ClassAlignment};
 pub use crate::nn::{LoraConfig, LoraTarget};
 pub use crate::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
-pub use crate::tensor::DType;
+pub use crate::tensor::{DType, Shape};
 pub use crate::text::TextTokenizer;
 pub use crate::train::{
-    evaluate, infer, scored_predictions, EncodedDataset, Evaluation, Prediction, TrainConfig,
-    TrainReport, Trainer,
+    evaluate, infer, predictions, scored_predictions, EncodedDataset, Evaluation, ModelOutputs,
+    Prediction, TrainConfig, TrainReport, Trainer,
 };

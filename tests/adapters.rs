@@ -615,3 +615,70 @@ fn adapters_the_loader_would_refuse_are_never_written() {
         .expect_err("another plan");
     assert!(e.to_string().contains("another plan"), "{e}");
 }
+
+/// An opened adapter's head follows the data's class order by the names it records, in the
+/// library as in the CLI: the same classes listed otherwise reorder it (and the names it
+/// would save), other classes are refused.
+#[test]
+fn an_opened_adapter_lines_its_head_up_with_the_data_classes() {
+    use spafit::data::TaskKind;
+    use spafit::model::ClassAlignment;
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let plan = spafit_plan();
+    let model = trained(&ck, &cpu, &plan);
+    let dir = tempfile::tempdir().unwrap();
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    save_adapter(
+        dir.path(),
+        &cpu,
+        &model,
+        &plan,
+        &ck.weights,
+        Some(&names(&["a", "b", "c"])),
+        TrainingInputs {
+            text_pairs: Some(false),
+            max_len: Some(24),
+        },
+    )
+    .unwrap();
+    let before = logits(&ck, &cpu, &model);
+    let kind = |v: &[&str]| TaskKind::Classification { labels: names(v) };
+
+    let mut opened = open_adapter(dir.path(), &ck, &cpu).unwrap();
+    let done = opened
+        .align_classes(&cpu, &kind(&["c", "a", "b"]), dir.path())
+        .unwrap();
+    assert_eq!(
+        done,
+        ClassAlignment::Reordered {
+            head_classes: names(&["a", "b", "c"])
+        }
+    );
+    assert_eq!(opened.labels, Some(names(&["c", "a", "b"])));
+    let after = logits(&ck, &cpu, &opened.model);
+    for row in 0..2 {
+        for (j, &i) in [2, 0, 1].iter().enumerate() {
+            assert_eq!(after[row * 3 + j].to_bits(), before[row * 3 + i].to_bits());
+        }
+    }
+
+    let mut opened = open_adapter(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!(
+        opened
+            .align_classes(&cpu, &kind(&["a", "b", "c"]), dir.path())
+            .unwrap(),
+        ClassAlignment::SameOrder
+    );
+    let e = opened
+        .align_classes(&cpu, &kind(&["x", "y", "z"]), dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("trained for labels") && e.contains("\"x\""),
+        "{e}"
+    );
+    assert!(opened
+        .align_classes(&cpu, &TaskKind::Regression, dir.path())
+        .is_err());
+}

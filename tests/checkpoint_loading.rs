@@ -1322,7 +1322,7 @@ fn heads_follow_their_architecture_and_the_data_classes() {
     assert_eq!(
         done,
         ClassAlignment::Reordered {
-            checkpoint_classes: vec!["neg".into(), "pos".into(), "mixed".into()]
+            head_classes: vec!["neg".into(), "pos".into(), "mixed".into()]
         }
     );
     assert_eq!(bias, vec![2.5, 0.5, 1.5]);

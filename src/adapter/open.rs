@@ -10,7 +10,7 @@ use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::{Dataset, TaskKind};
 use crate::error::{Error, Result};
-use crate::model::BertClassifier;
+use crate::model::{BertClassifier, ClassAlignment};
 use crate::peft::PeftPlan;
 
 /// Who wrote an adapter directory.
@@ -164,6 +164,36 @@ impl<B: Backend> OpenedAdapter<B> {
     /// [`AdapterHead::check`] for this adapter.
     pub fn check_labels(&self, kind: &TaskKind, data_name: &str, dir: &Path) -> Result<()> {
         self.head().check(kind, data_name, dir)
+    }
+
+    /// Lines the adapter's head up with data of label space `kind`, as the CLI does before
+    /// eval, predict and further training: data the head was not trained for is refused
+    /// ([`AdapterHead::check`]; `dir` names the adapter in the error), and data that orders
+    /// the recorded classes otherwise reorders the head, and [`OpenedAdapter::labels`] with
+    /// it, so an adapter saved after further training records the order it has. `evaluate`,
+    /// `infer` and the trainer match classes by position: without this, the same classes
+    /// listed in another order are scored against the wrong outputs.
+    pub fn align_classes(
+        &mut self,
+        backend: &B,
+        kind: &TaskKind,
+        dir: &Path,
+    ) -> Result<ClassAlignment> {
+        let head = self.head();
+        head.check(kind, "the data", dir)?;
+        let (TaskKind::Classification { labels }, Some(trained)) = (kind, &head.labels) else {
+            return Ok(ClassAlignment::NotNeeded);
+        };
+        match head.class_order(kind) {
+            None => Ok(ClassAlignment::SameOrder),
+            Some(order) => {
+                self.model.reorder_classes(backend, &order)?;
+                self.labels = Some(labels.clone());
+                Ok(ClassAlignment::Reordered {
+                    head_classes: trained.clone(),
+                })
+            }
+        }
     }
 }
 

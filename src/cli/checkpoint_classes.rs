@@ -55,12 +55,12 @@ pub fn match_checkpoint_classes<B: Backend>(
     };
     match classifier.align_classes(checkpoint, backend, kind)? {
         ClassAlignment::NotNeeded | ClassAlignment::SameOrder => {}
-        ClassAlignment::Reordered { checkpoint_classes } => note!(
-            "the checkpoint's classes {checkpoint_classes:?} (config.json id2label) are the \
+        ClassAlignment::Reordered { head_classes } => note!(
+            "the checkpoint's classes {head_classes:?} (config.json id2label) are the \
              data's {labels:?} in another order: its head is reordered to the data's"
         ),
-        ClassAlignment::ByPosition { checkpoint_classes } => note!(
-            "the checkpoint's classes {checkpoint_classes:?} (config.json id2label) are not \
+        ClassAlignment::ByPosition { head_classes } => note!(
+            "the checkpoint's classes {head_classes:?} (config.json id2label) are not \
              the data's {labels:?}: matched by position"
         ),
     }

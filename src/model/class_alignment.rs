@@ -15,18 +15,19 @@ pub enum ClassAlignment {
     /// of outputs, or drawn fresh), or an `id2label` that names no classes (placeholders
     /// such as `LABEL_0`, or none at all).
     NotNeeded,
-    /// The checkpoint names the data's classes in the data's order.
+    /// The checkpoint (or adapter) names the data's classes in the data's order.
     SameOrder,
-    /// The checkpoint names the data's classes in another order: the head was reordered
-    /// to the data's.
+    /// The checkpoint (or adapter) names the data's classes in another order: the head
+    /// was reordered to the data's.
     Reordered {
-        /// The checkpoint's class names, in its head's original order.
-        checkpoint_classes: Vec<String>,
+        /// The head's class names, in its original order.
+        head_classes: Vec<String>,
     },
-    /// The checkpoint names other classes than the data: outputs stay matched by position.
+    /// The checkpoint names other classes than the data: outputs stay matched by position
+    /// (an adapter's head refuses such data instead).
     ByPosition {
-        /// The checkpoint's class names, in its head's order.
-        checkpoint_classes: Vec<String>,
+        /// The head's class names, in its order.
+        head_classes: Vec<String>,
     },
 }
 
@@ -59,11 +60,11 @@ impl<B: Backend> BertClassifier<B> {
             Some(order) => {
                 self.reorder_classes(backend, &order)?;
                 Ok(ClassAlignment::Reordered {
-                    checkpoint_classes: names,
+                    head_classes: names,
                 })
             }
             None => Ok(ClassAlignment::ByPosition {
-                checkpoint_classes: names,
+                head_classes: names,
             }),
         }
     }
