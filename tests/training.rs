@@ -302,12 +302,19 @@ fn resume_reproduces_an_uninterrupted_run() {
         stop_after_steps: Some(4),
         ..tiny_config(&parts)
     };
-    assert_eq!(
-        Trainer::new(&cpu, &mut model, &plan, &ck.weights, first)
-            .fit(&tok, &data, None)
-            .unwrap()
-            .steps,
-        4
+    let stopped = Trainer::new(&cpu, &mut model, &plan, &ck.weights, first)
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(stopped.steps, 4);
+    // The report says where a resume picks up: the state saved last, not the step it stopped at.
+    assert!(
+        stopped
+            .notices
+            .iter()
+            .any(|n| n.contains("stopped at step 4 of 10")
+                && n.contains("a resume continues from step 3")),
+        "{:?}",
+        stopped.notices
     );
     // A fresh process: a new model from the base, then --resume from last/ (saved at step 3).
     let (mut model, plan) = tiny_model(&ck, &cpu);

@@ -41,7 +41,9 @@ impl Evaluation {
     }
 }
 
-/// Runs the model in evaluation mode (no dropout, no tape nodes) over `data`.
+/// Runs the model in evaluation mode (no dropout, no tape nodes) over `data`. The logits come
+/// back as the model computes them, non-finite ones included (a diverged model's);
+/// [`evaluate`] and [`crate::train::scored_predictions`] refuse those.
 pub fn infer<B: Backend>(
     backend: &B,
     model: &BertClassifier<B>,

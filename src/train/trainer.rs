@@ -311,6 +311,8 @@ struct Run<B: Backend> {
     optimizer: AdamW<B>,
     best: Option<Best<B>>,
     meter: Meter,
+    /// The step of the resumable state in `last/`, where one was saved or resumed from.
+    saved_step: Option<usize>,
 }
 
 impl<B: Backend> Run<B> {
@@ -415,6 +417,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         if let Some(log) = batch_log {
             log.finish(run.step == plan.total_steps)?;
+        }
+        if run.step < plan.total_steps {
+            progress.notice(&self.stopped_early(&run, plan.total_steps));
         }
         self.finish(&plan, run, first_step, progress)
     }
@@ -638,6 +643,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             optimizer: AdamW::new(self.config.weight_decay),
             best: None,
             meter: Meter::default(),
+            saved_step: None,
         };
         let Some(dir) = self.config.output_dir.clone() else {
             return Ok(run);
@@ -733,7 +739,33 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.rewrite_best_adapter(&run, plan, &state_path)?;
         }
         run_state::truncate_step_log(&run_state::metrics_path(&dir), run.step)?;
+        run.saved_step = Some(run.step);
         Ok(run)
+    }
+
+    /// What a run that `stop_after_steps` ended leaves to resume from: the state saved last,
+    /// which need not be the step it stopped at (states are saved at evaluations and every
+    /// `save_every` steps).
+    fn stopped_early(&self, run: &Run<B>, total_steps: usize) -> String {
+        let stopped = format!(
+            "stopped at step {} of {total_steps} (stop_after_steps)",
+            run.step
+        );
+        match (&self.config.output_dir, run.saved_step) {
+            (None, _) => {
+                format!("{stopped}: without an output directory nothing is kept to resume")
+            }
+            (Some(_), Some(saved)) if saved == run.step => {
+                format!("{stopped}: a resume continues from here")
+            }
+            (Some(_), Some(saved)) => format!(
+                "{stopped}: a resume continues from step {saved}, the state saved last \
+                 (evaluations and save_every save it), and takes the steps after it again"
+            ),
+            (Some(_), None) => {
+                format!("{stopped}: no state was saved yet, so a resume starts from step 0")
+            }
+        }
     }
 
     /// Whether this process's run ends before another step.
@@ -862,8 +894,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if evaluate_now {
             self.evaluate_and_keep_best(plan, run, epoch, progress)?;
         }
-        if save_now {
+        if save_now && self.config.output_dir.is_some() {
             self.save_run(plan, run)?;
+            run.saved_step = Some(run.step);
         }
         Ok(())
     }
