@@ -47,7 +47,8 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     // One name per write, not per process: two threads saving to one destination must not
-    // share (and truncate) each other's temporary.
+    // share (and truncate) each other's temporary. A leftover of a killed process with the
+    // same PID (PID 1 in every container) is truncated and reused, not a reason to fail.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(
@@ -56,10 +57,7 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
         std::process::id()
     ));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = std::fs::File::create(&tmp)?;
         let pause = slow_write_pause();
         if pause.is_zero() {
             f.write_all(bytes)?;
