@@ -15,7 +15,7 @@ pub(crate) use atomic::{hex, link_target};
 /// The first file in `dir` that makes it a model's or an adapter's folder (a checkpoint's
 /// config and weights, a PEFT adapter, a spafit adapter), if any: no run or adapter writes
 /// its own files among them.
-pub(crate) fn model_or_adapter_file_in(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+pub fn model_or_adapter_file_in(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     first_present(
         dir,
         &[

@@ -530,14 +530,7 @@ pub(super) fn check_output_paths(
             );
         }
         // A run inside an adapter's folder (`runs/a/best`) would mix its files with it.
-        let adapter_files = [
-            spafit::adapter::MANIFEST_FILE,
-            spafit::adapter::WEIGHTS_FILE,
-            spafit::adapter::PEFT_CONFIG_FILE,
-            spafit::adapter::PEFT_WEIGHTS_FILE,
-            "config.json",
-        ];
-        if let Some(found) = first_existing(dir, &adapter_files) {
+        if let Some(found) = spafit::adapter::model_or_adapter_file_in(dir) {
             return refuse(
                 "--output",
                 format!(

@@ -109,6 +109,18 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Why `output_dir` is not a run's to write in: it holds a model or an adapter.
+    fn foreign_output_dir(&self) -> Option<String> {
+        let dir = self.output_dir.as_deref()?;
+        let found = crate::adapter::model_or_adapter_file_in(dir)?;
+        Some(format!(
+            "the output directory {} holds a model or an adapter ({}): a run writes best/, \
+             last/ and metrics.jsonl; give it a folder of its own",
+            dir.display(),
+            found.display()
+        ))
+    }
+
     /// Refuses settings that cannot give a meaningful run, whatever the data: what a caller
     /// can check before loading anything (the trainer checks them again).
     pub fn check(&self) -> Result<()> {
@@ -174,17 +186,8 @@ impl TrainConfig {
                     .into(),
             );
         }
-        if let Some((dir, found)) = c
-            .output_dir
-            .as_deref()
-            .and_then(|d| Some((d, crate::adapter::model_or_adapter_file_in(d)?)))
-        {
-            return refuse(format!(
-                "the output directory {} holds a model or an adapter ({}): a run writes \
-                 best/, last/ and metrics.jsonl; give it a folder of its own",
-                dir.display(),
-                found.display()
-            ));
+        if let Some(problem) = c.foreign_output_dir() {
+            return refuse(problem);
         }
         match &c.output_dir {
             None if c.resume => return refuse("--resume needs an output directory".into()),
@@ -375,8 +378,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
     ) -> Result<TrainReport> {
         self.model.check_plan(self.plan)?;
         // Before the lock as well as under it: taking the lock writes its file, which must
-        // not land in a folder the settings refuse (a model's).
-        self.config.check()?;
+        // not land in a model's folder.
+        if let Some(problem) = self.config.foreign_output_dir() {
+            return Err(Error::invalid("train", problem));
+        }
         let output = self.config.output_dir.clone();
         let _locks = lock_run_dirs_around(output.as_deref().as_slice(), || {
             self.check_settings(train, dev)
