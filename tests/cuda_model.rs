@@ -389,47 +389,39 @@ fn two_identical_training_runs_give_the_same_bits() {
 }
 
 /// `SPAFIT_CUDA_SYNC=1` (wait for every launch, to name a faulting kernel) changes no bit of
-/// a training run; the variable is read when a backend is made, so the run with it is a
-/// child process.
+/// a training run. The variable is read when a backend is made, so both runs are child
+/// processes, one with it and one with it off, whatever the parent's environment holds.
 #[test]
 fn waiting_after_every_launch_changes_no_bit() {
     const TEST: &str = "waiting_after_every_launch_changes_no_bit";
-    let bits = |dtype| {
-        let b = cuda(dtype);
-        let (losses, values) = train(&b);
-        let values: Vec<u64> = values.iter().flatten().map(|v| v.to_bits()).collect();
-        (
-            b.waits_after_each_launch(),
-            format!("{losses:?} {values:?}"),
-        )
-    };
-    if std::env::var_os("SPAFIT_SYNC_CHILD").is_some() {
+    const SYNC: &str = spafit::backend::cuda::SYNC_AFTER_LAUNCH;
+    if let Some(expected) = std::env::var_os("SPAFIT_SYNC_CHILD") {
         for dtype in [DType::F32, DType::BF16] {
-            let (waits, run) = bits(dtype);
-            assert!(
-                waits,
-                "{} was not read",
-                spafit::backend::cuda::SYNC_AFTER_LAUNCH
+            let b = cuda(dtype);
+            assert_eq!(
+                b.waits_after_each_launch(),
+                expected == "1",
+                "{SYNC} was not read"
             );
-            println!("RUN {dtype} {run}");
+            let (losses, values) = train(&b);
+            let values: Vec<u64> = values.iter().flatten().map(|v| v.to_bits()).collect();
+            println!("RUN {dtype} {losses:?} {values:?}");
         }
         return;
     }
-    let child = common::run_in_child(
-        TEST,
-        &[
-            (spafit::backend::cuda::SYNC_AFTER_LAUNCH, "1"),
-            ("SPAFIT_SYNC_CHILD", "1"),
-        ],
+    let runs = |value: &str| -> Vec<String> {
+        common::run_in_child(TEST, &[(SYNC, value), ("SPAFIT_SYNC_CHILD", value)])
+            .lines()
+            // The harness may print the test's name on the line before the first output.
+            .filter_map(|l| l.find("RUN ").map(|at| l[at..].to_string()))
+            .collect()
+    };
+    let waiting = runs("1");
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    assert!(
+        waiting == runs("0"),
+        "the run that waited after every launch differs"
     );
-    let _guard = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
-    for dtype in [DType::F32, DType::BF16] {
-        let (_, run) = bits(dtype);
-        assert!(
-            child.contains(&format!("RUN {dtype} {run}")),
-            "{dtype}: the run that waited after every launch differs"
-        );
-    }
 }
 
 #[test]

@@ -121,7 +121,9 @@ use with_float;
 /// Launches `$func` of kernel file `$module` with the arguments in order.
 macro_rules! launch {
     ($self:expr, $module:expr, $func:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
-        let f = $self.function($module, AsRef::<str>::as_ref(&$func))?;
+        let func = $func;
+        let name: &str = func.as_ref();
+        let f = $self.function($module, name)?;
         let mut b = $self.device.stream.launch_builder(&f);
         // Each argument is bound in this block (shadowed, not dropped) so that temporaries
         // like `&(n as i32)` live until the launch.
@@ -129,7 +131,7 @@ macro_rules! launch {
         // SAFETY: argument types and order match the kernel's extern "C" signature in
         // kernels/$module.cu, and every buffer holds the element count the kernel indexes.
         unsafe { b.launch($cfg) }.map_err(|e| driver($module, e))?;
-        $self.after_launch($module, AsRef::<str>::as_ref(&$func))?;
+        $self.after_launch($module, name)?;
     }};
 }
 use launch;
@@ -254,10 +256,10 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
         // The stand-in reports a fault at its launch; a GPU at some later call.
         None if KERNEL_FAULTS.iter().any(|code| text.contains(code)) => {
             text = format!(
-                "{text} (a kernel fault: the GPU reports it at the next call after the \
-                 faulting launch, so it need not be `{op}`'s, and this process can use the GPU \
-                 no more; rerun with {SYNC_AFTER_LAUNCH}=1 to name the kernel, or under \
-                 compute-sanitizer)"
+                "{text} (a kernel fault: this process can use the GPU no more; unless \
+                 {SYNC_AFTER_LAUNCH}=1 named the kernel here, the GPU reports a fault at a call \
+                 after the faulting launch, so it need not be `{op}`'s: rerun with \
+                 {SYNC_AFTER_LAUNCH}=1 to name the kernel, or under compute-sanitizer)"
             )
         }
         None => {}
@@ -443,8 +445,8 @@ impl CudaBackend {
 
     /// A GPU when this machine has one, else the CPU stand-in: what the tests run on. Where
     /// NVIDIA's driver loads but the GPU then fails (no device visible, a driver too old for
-    /// the kernels), the process is bound to that driver and the stand-in cannot follow: the
-    /// error names both.
+    /// the kernels), the stand-in is tried; where it cannot follow (the process is bound to
+    /// NVIDIA's driver by then), the error names both failures.
     pub fn hardware_or_emulated(dtype: DType) -> Result<Self> {
         if emulator::driver() != Some(Driver::Emulator)
             // SAFETY: only probes whether the driver library can be loaded.
