@@ -2,9 +2,7 @@
 //! moments from an f32 or bf16 gradient, with the step's constants from
 //! [`AdamWStep::coefficients`] (the CPU reference uses the same).
 
-use super::{
-    driver, grid_for, launch, require_f32, unshared_mut, CudaBackend, CudaBuffer, CudaFloat,
-};
+use super::{grid_for, launch, require_f32, unshared_mut, CudaBackend, CudaBuffer, CudaFloat};
 use crate::backend::{shapes, AdamWStep};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;

@@ -9,8 +9,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::{
-    driver, ids, kernel_int, require_f32, tensor, view, with_float, CudaBackend, CudaFloat,
-    Precision,
+    ids, kernel_int, require_f32, tensor, view, with_float, CudaBackend, CudaFloat, Precision,
 };
 use crate::backend::shapes::{self, AttentionDims};
 use crate::backend::{AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput};
@@ -192,8 +191,7 @@ fn launch_tiles(
         // SAFETY: AttentionParams mirrors the kernel's struct; its pointers were taken from
         // live buffers of the validated shapes just before this call and stay alive past it;
         // this launch's sequences seq0 .. seq0 + sequences lie inside the batch.
-        unsafe { l.launch(cfg) }.map_err(|e| driver(op, e))?;
-        b.after_launch(op, kernel)?;
+        b.launched(op, kernel, unsafe { l.launch(cfg) })?;
     }
     Ok(())
 }
@@ -296,8 +294,7 @@ pub(super) fn backward(
                     let mut l = stream.launch_builder(&f);
                     l.arg(&p).arg(&batch);
                     // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
-                    unsafe { l.launch(cfg) }.map_err(|e| driver(OP, e))?;
-                    b.after_launch(OP, &delta_kernel)?;
+                    b.launched(OP, &delta_kernel, unsafe { l.launch(cfg) })?;
                 }
                 if want.dk || want.dv {
                     launch_tiles(b, OP, "attention_backward_dkdv_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[1], &p)?;

@@ -4,9 +4,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::{
-    driver, grid_for, ids, kernel_int, launch, tensor, view, with_float, CudaBackend, CudaFloat,
-};
+use super::{grid_for, ids, kernel_int, launch, tensor, view, with_float, CudaBackend, CudaFloat};
 use crate::backend::{shapes, Backend};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};

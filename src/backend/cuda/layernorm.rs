@@ -2,8 +2,8 @@
 //! (dx per row; dγ, dβ as fixed-order column reductions).
 
 use super::{
-    block_reduce, columns, driver, kernel_int, launch, require_f32, tensor, view, with_float,
-    CudaBackend, CudaFloat, THREADS,
+    block_reduce, columns, kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend,
+    CudaFloat, THREADS,
 };
 use crate::backend::{shapes, LayerNormGradRequest, LayerNormGrads, LayerNormOutput};
 use crate::error::{Error, Result};
@@ -106,8 +106,7 @@ pub(super) fn backward(
             // SAFETY: matches layernorm_backward_params_* in kernels/layernorm.cu; null
             // pointers only where the kernel does not read (x, mean, rstd without dγ) or
             // write (the gradient not requested).
-            unsafe { l.launch(columns(n)) }.map_err(|e| driver(OP, e))?;
-            b.after_launch(OP, &kernel)?;
+            b.launched(OP, &kernel, unsafe { l.launch(columns(n)) })?;
             g.dgamma = dgamma.map(|d| tensor([n], d)).transpose()?;
             g.dbeta = dbeta.map(|d| tensor([n], d)).transpose()?;
         }

@@ -4,7 +4,7 @@
 use cudarc::driver::CudaSlice;
 
 use super::{
-    block_reduce, driver, grid_for, ids, kernel_int, launch, tensor, view, with_float, CudaBackend,
+    block_reduce, grid_for, ids, kernel_int, launch, tensor, view, with_float, CudaBackend,
     CudaFloat, THREADS,
 };
 use crate::backend::{shapes, Backend};

@@ -130,8 +130,7 @@ macro_rules! launch {
         $( let arg = $arg; cudarc::driver::PushKernelArg::arg(&mut b, arg); )+
         // SAFETY: argument types and order match the kernel's extern "C" signature in
         // kernels/$module.cu, and every buffer holds the element count the kernel indexes.
-        unsafe { b.launch($cfg) }.map_err(|e| driver($module, e))?;
-        $self.after_launch($module, name)?;
+        $self.launched($module, name, unsafe { b.launch($cfg) })?;
     }};
 }
 use launch;
@@ -209,6 +208,9 @@ fn check_compatibility(ctx: &CudaContext, ordinal: usize) -> Result<()> {
     let mut driver_version = 0;
     // SAFETY: writes one int; NVIDIA's driver (the only one asked) has had it since CUDA 2.2.
     let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
+    if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+        return Ok(());
+    }
     use cudarc::driver::sys::CUdevice_attribute::{
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
@@ -216,9 +218,6 @@ fn check_compatibility(ctx: &CudaContext, ordinal: usize) -> Result<()> {
     let (Ok(major), Ok(minor)) = (ctx.attribute(MAJOR), ctx.attribute(MINOR)) else {
         return Ok(());
     };
-    if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
-        return Ok(());
-    }
     let device = (major.max(0) as u32, minor.max(0) as u32);
     match compatibility::problem(ptx, target, driver_version, device) {
         Some(why) => Err(unavailable(ordinal, why)),
@@ -563,9 +562,16 @@ impl CudaBackend {
             .map_err(|e| driver("synchronize", e))
     }
 
-    /// With `SPAFIT_CUDA_SYNC=1`, waits for the launch of `kernel` just queued, naming it in
-    /// the error of a fault (a GPU reports faults at a later call otherwise).
-    fn after_launch(&self, op: &'static str, kernel: &str) -> Result<()> {
+    /// The outcome of queueing `kernel`: the driver's refusal as `op`'s error; with
+    /// `SPAFIT_CUDA_SYNC=1`, the launch is also waited for, naming the kernel in the error of
+    /// a fault (a GPU reports faults at a later call otherwise).
+    fn launched<T>(
+        &self,
+        op: &'static str,
+        kernel: &str,
+        queued: std::result::Result<T, cudarc::driver::DriverError>,
+    ) -> Result<()> {
+        queued.map_err(|e| driver(op, e))?;
         if !self.device.sync_after_launch {
             return Ok(());
         }
@@ -595,24 +601,20 @@ impl CudaBackend {
     fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
         // Every launch asks: a handle found once is kept, not looked up by name in the driver
         // again (the module cache alone still left one driver call per launch).
-        let cached = |f: &mut dyn FnMut(&mut HashMap<String, CudaFunction>)| {
-            let mut functions = self
-                .device
+        let functions = || {
+            self.device
                 .functions
                 .lock()
-                .map_err(|_| Error::invalid(module, "function cache poisoned"))?;
-            f(functions.entry(module).or_default());
-            Ok::<(), Error>(())
+                .map_err(|_| Error::invalid(module, "function cache poisoned"))
         };
-        let mut found = None;
-        cached(&mut |of_module| found = of_module.get(name).cloned())?;
-        if let Some(f) = found {
-            return Ok(f);
+        if let Some(f) = functions()?.get(module).and_then(|m| m.get(name)) {
+            return Ok(f.clone());
         }
         let f = self.load_function(module, name)?;
-        cached(&mut |of_module| {
-            of_module.insert(name.to_string(), f.clone());
-        })?;
+        functions()?
+            .entry(module)
+            .or_default()
+            .insert(name.to_string(), f.clone());
         Ok(f)
     }
 
