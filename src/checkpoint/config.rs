@@ -70,9 +70,8 @@ pub struct BertConfig {
 /// The classes a `config.json` says the checkpoint was saved from (`architectures`:
 /// `BertModel`, `BertForSequenceClassification`, ...); its string entries, none where it
 /// names none.
-pub(crate) fn architectures(config_json: &str) -> Vec<String> {
-    let value: serde_json::Value = serde_json::from_str(config_json).unwrap_or_default();
-    value
+pub(crate) fn architectures(config_json: &serde_json::Value) -> Vec<String> {
+    config_json
         .get("architectures")
         .and_then(|a| a.as_array())
         .into_iter()
@@ -244,6 +243,15 @@ impl BertConfig {
 
     /// Parses and validates JSON text; `path` names the file in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        Self::from_json_keeping_value(text, path).map(|(config, _)| config)
+    }
+
+    /// [`BertConfig::from_json`], with the JSON value it parsed, for what a checkpoint reads
+    /// beyond the config's fields (`architectures`) without parsing the text again.
+    pub(crate) fn from_json_keeping_value(
+        text: &str,
+        path: &Path,
+    ) -> Result<(Self, serde_json::Value)> {
         let format = |detail: String| Error::Format {
             path: path.to_path_buf(),
             detail,
@@ -297,7 +305,7 @@ impl BertConfig {
             ))
         })?;
         config.problem().map_or(Ok(()), |p| Err(format(p)))?;
-        Ok(config)
+        Ok((config, value))
     }
 
     /// Checks what [`BertConfig::from_json`] checks, for a config built in code: positive

@@ -31,8 +31,10 @@ impl Checkpoint {
     pub fn open(spec: impl AsRef<Path>) -> Result<Self> {
         let dir = resolve(spec.as_ref())?;
         let config_path = dir.join("config.json");
-        let config_json = crate::text_file::read_utf8(&config_path)?;
-        let config = BertConfig::from_json(&config_json, &config_path)?;
+        let (config, config_json) = BertConfig::from_json_keeping_value(
+            &crate::text_file::read_utf8(&config_path)?,
+            &config_path,
+        )?;
         let weights = open_weights(&dir)?;
         check_layer_count(&config, &weights)?;
         Ok(Checkpoint {
