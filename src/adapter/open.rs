@@ -117,6 +117,29 @@ impl AdapterHead {
         moved.then_some(order)
     }
 
+    /// Reorders `model`'s head, this adapter's, to the data's class order where the data
+    /// lists the recorded classes otherwise ([`AdapterHead::class_order`]). Data of other
+    /// classes is not this method's to refuse: [`AdapterHead::check`] does.
+    pub fn align<B: Backend>(
+        &self,
+        model: &mut BertClassifier<B>,
+        backend: &B,
+        kind: &TaskKind,
+    ) -> Result<ClassAlignment> {
+        let (TaskKind::Classification { .. }, Some(trained)) = (kind, &self.labels) else {
+            return Ok(ClassAlignment::NotNeeded);
+        };
+        match self.class_order(kind) {
+            None => Ok(ClassAlignment::SameOrder),
+            Some(order) => {
+                model.reorder_classes(backend, &order)?;
+                Ok(ClassAlignment::Reordered {
+                    head_classes: trained.clone(),
+                })
+            }
+        }
+    }
+
     /// Refuses data whose label space is not the head's: other class names (when the
     /// adapter records them; the same names in another order fit, see
     /// [`AdapterHead::class_order`]), another class count, or regression against
@@ -181,19 +204,13 @@ impl<B: Backend> OpenedAdapter<B> {
     ) -> Result<ClassAlignment> {
         let head = self.head();
         head.check(kind, "the data", dir)?;
-        let (TaskKind::Classification { labels }, Some(trained)) = (kind, &head.labels) else {
-            return Ok(ClassAlignment::NotNeeded);
-        };
-        match head.class_order(kind) {
-            None => Ok(ClassAlignment::SameOrder),
-            Some(order) => {
-                self.model.reorder_classes(backend, &order)?;
-                self.labels = Some(labels.clone());
-                Ok(ClassAlignment::Reordered {
-                    head_classes: trained.clone(),
-                })
-            }
+        let done = head.align(&mut self.model, backend, kind)?;
+        if let (ClassAlignment::Reordered { .. }, TaskKind::Classification { labels }) =
+            (&done, kind)
+        {
+            self.labels = Some(labels.clone());
         }
+        Ok(done)
     }
 }
 

@@ -77,14 +77,14 @@ pub fn match_adapter_classes<B: Backend>(
     backend: &B,
     kind: &TaskKind,
 ) -> Result<()> {
-    let Some(order) = head.class_order(kind) else {
-        return Ok(());
-    };
-    if let (Some(trained), TaskKind::Classification { labels }) = (&head.labels, kind) {
+    let done = head.align(classifier, backend, kind)?;
+    if let (ClassAlignment::Reordered { head_classes }, TaskKind::Classification { labels }) =
+        (done, kind)
+    {
         note!(
-            "the adapter's classes {trained:?} are the data's {labels:?} in another order: its \
-             head is reordered to the data's"
+            "the adapter's classes {head_classes:?} are the data's {labels:?} in another order: \
+             its head is reordered to the data's"
         );
     }
-    classifier.reorder_classes(backend, &order)
+    Ok(())
 }
