@@ -152,22 +152,12 @@ impl<B: Backend> EncoderLayer<B> {
                         ),
                     ));
                 }
-                let a = init(
-                    &format!("{prefix}.lora_A.weight"),
-                    Shape::new([cfg.rank, inp]),
-                )?;
-                let b = init(
-                    &format!("{prefix}.lora_B.weight"),
-                    Shape::new([out, cfg.rank]),
-                )?;
                 // An initialiser is the caller's code: what it returns must be what the
                 // layer computes with, or the model trains nothing and saves an adapter that
                 // no load accepts.
                 let dtype = lin.bias.value.dtype();
-                for (name, t, dims) in [
-                    ("lora_A", &a, [cfg.rank, inp]),
-                    ("lora_B", &b, [out, cfg.rank]),
-                ] {
+                let mut init_checked = |name: &str, dims: [usize; 2]| -> Result<Tensor<B>> {
+                    let t = init(&format!("{prefix}.{name}.weight"), Shape::new(dims))?;
                     if t.dims() != dims {
                         return Err(Error::shape(
                             "lora init",
@@ -188,7 +178,10 @@ impl<B: Backend> EncoderLayer<B> {
                             ),
                         ));
                     }
-                }
+                    Ok(t)
+                };
+                let a = init_checked("lora_A", [cfg.rank, inp])?;
+                let b = init_checked("lora_B", [out, cfg.rank])?;
                 lin.attach_lora(a, b, cfg.scale());
             }
         }
