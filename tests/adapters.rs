@@ -64,27 +64,40 @@ fn logits(ck: &Checkpoint, cpu: &CpuBackend, model: &BertClassifier<CpuBackend>)
     cpu.to_f64(out.value()).unwrap()
 }
 
-#[test]
-fn adapter_round_trip_and_refusals() {
-    let ck = checkpoint();
-    let cpu = CpuBackend::f64();
-    let plan = spafit_plan();
-    let model = trained(&ck, &cpu, &plan);
+/// `model`, trained under `plan`, saved with class names `labels` (single texts cut to 24
+/// tokens) in a folder of its own.
+fn saved(
+    ck: &Checkpoint,
+    cpu: &CpuBackend,
+    model: &BertClassifier<CpuBackend>,
+    plan: &PeftPlan,
+    labels: &[String],
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let labels = vec!["a".to_string(), "b".into(), "c".into()];
     save_adapter(
         dir.path(),
-        &cpu,
-        &model,
-        &plan,
+        cpu,
+        model,
+        plan,
         &ck.weights,
-        Some(&labels),
+        Some(labels),
         TrainingInputs {
             text_pairs: Some(false),
             max_len: Some(24),
         },
     )
     .unwrap();
+    dir
+}
+
+#[test]
+fn adapter_round_trip_and_refusals() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let plan = spafit_plan();
+    let model = trained(&ck, &cpu, &plan);
+    let labels = vec!["a".to_string(), "b".into(), "c".into()];
+    let dir = saved(&ck, &cpu, &model, &plan, &labels);
     // The inputs' cut comes back with the adapter, for evaluating it the same way.
     assert_eq!(
         open_adapter(dir.path(), &ck, &cpu).unwrap().max_len,
@@ -627,21 +640,8 @@ fn an_opened_adapter_lines_its_head_up_with_the_data_classes() {
     let cpu = CpuBackend::f64();
     let plan = spafit_plan();
     let model = trained(&ck, &cpu, &plan);
-    let dir = tempfile::tempdir().unwrap();
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
-    save_adapter(
-        dir.path(),
-        &cpu,
-        &model,
-        &plan,
-        &ck.weights,
-        Some(&names(&["a", "b", "c"])),
-        TrainingInputs {
-            text_pairs: Some(false),
-            max_len: Some(24),
-        },
-    )
-    .unwrap();
+    let dir = saved(&ck, &cpu, &model, &plan, &names(&["a", "b", "c"]));
     let before = logits(&ck, &cpu, &model);
     let kind = |v: &[&str]| TaskKind::Classification { labels: names(v) };
 
