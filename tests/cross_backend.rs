@@ -743,6 +743,14 @@ fn elementwise<B: Backend>(b: &B, tol: f64) {
     check(b, "scale", &down(b, &accb), &down(&r, &accr), tol);
     let (sb, sr) = (b.sum_squares(&xb).unwrap(), r.sum_squares(&xr).unwrap());
     check(b, "sum_squares", &[sb], &[sr], tol);
+    let each = b.sum_squares_each(&[&xb, &yb, &accb]).unwrap();
+    let one_by_one = [&xb, &yb, &accb].map(|t| b.sum_squares(t).unwrap());
+    assert_eq!(
+        each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        one_by_one.map(f64::to_bits),
+        "sum_squares_each on {}",
+        b.name()
+    );
     // Dropout: the same mask as the CPU, element for element.
     let d = Dropout { p: 0.3, seed: 1234 };
     let (db, dr) = (
@@ -938,6 +946,75 @@ fn cuda_casts_between_f32_and_bf16() {
     );
     let back = b.cast(&half, DType::F32).unwrap();
     check(&b, "cast", &down(&b, &back), &want, 0.0);
+}
+
+/// The sums of squares of many tensors in one call (the trainer's gradient norm): the bits
+/// of one call per tensor, in one download instead of one each, in both storage dtypes and
+/// across block counts (1 to 274 blocks of 256).
+#[test]
+fn cuda_sums_of_squares_of_many_tensors_take_one_download() {
+    let r = reference();
+    let mut rng = SplitMix::new(11);
+    let sizes = [1, 300, 70_000, 257];
+    for dtype in [DType::F32, DType::BF16] {
+        let b = cuda(dtype);
+        let values: Vec<Vec<f64>> = sizes
+            .iter()
+            .map(|&n| stored(&b, &[n], &nonzero(&mut rng, n)))
+            .collect();
+        let on_b: Vec<Tensor<CudaBackend>> = values.iter().map(|v| up(&b, &[v.len()], v)).collect();
+        let all: Vec<&Tensor<CudaBackend>> = on_b.iter().collect();
+        let before = b.downloads();
+        let each = b.sum_squares_each(&all).unwrap();
+        assert_eq!(
+            b.downloads() - before,
+            1,
+            "downloads for {} tensors",
+            all.len()
+        );
+        let one_by_one: Vec<u64> = all
+            .iter()
+            .map(|t| b.sum_squares(t).unwrap().to_bits())
+            .collect();
+        assert_eq!(
+            each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            one_by_one,
+            "{dtype}"
+        );
+        let want: Vec<f64> = values
+            .iter()
+            .map(|v| r.sum_squares(&up(&r, &[v.len()], v)).unwrap())
+            .collect();
+        check(&b, "sum_squares_each", &each, &want, 1e-5);
+        assert!(b.sum_squares_each(&[]).unwrap().is_empty());
+    }
+}
+
+/// Ids and labels are read on the host (the vocabulary check, the embedding backward's
+/// grouping of positions) from the copy they were uploaded from, without waiting for the
+/// device; a u32 tensor built from a device buffer has no such copy and is downloaded.
+#[test]
+fn cuda_reads_uploaded_ids_without_a_download() {
+    let b = cuda(DType::F32);
+    let ids = b
+        .tensor_from_u32(Shape::new([2, 3]), &[4, 0, 9, 9, 1, 4])
+        .unwrap();
+    let before = b.downloads();
+    assert_eq!(b.to_u32(&ids).unwrap(), [4, 0, 9, 9, 1, 4]);
+    assert_eq!(
+        b.to_u32(&ids.reshape([6]).unwrap()).unwrap(),
+        [4, 0, 9, 9, 1, 4]
+    );
+    assert_eq!(b.downloads(), before);
+    // The same device data, as a buffer the backend did not upload itself.
+    let copy = Tensor::<CudaBackend>::from_buffer([6], ids.buffer().clone()).unwrap();
+    assert_eq!(b.to_u32(&copy).unwrap(), [4, 0, 9, 9, 1, 4]);
+    assert_eq!(b.downloads(), before + 1);
+    // Out-of-range ids are still refused, from the host copy.
+    let table = up(&b, &[9, 2], &[0.5; 18]);
+    let e = b.embedding_forward(&table, &ids).unwrap_err().to_string();
+    assert!(e.contains('9'), "{e}");
+    assert_eq!(b.downloads(), before + 1);
 }
 
 #[test]

@@ -219,22 +219,24 @@ fn regression_data(n: usize, nan_from: Option<usize>) -> Dataset {
     }
 }
 
-fn tiny_model(ck: &Checkpoint, cpu: &CpuBackend) -> (BertClassifier<CpuBackend>, PeftPlan) {
-    tiny_model_with(ck, cpu, &|_| {})
+fn tiny_model<B: Backend>(ck: &Checkpoint, backend: &B) -> (BertClassifier<B>, PeftPlan) {
+    tiny_model_with(ck, backend, &|_| {})
 }
 
 /// [`tiny_model`] under its plan changed by `edit` (a model takes one plan).
-fn tiny_model_with(
+fn tiny_model_with<B: Backend>(
     ck: &Checkpoint,
-    cpu: &CpuBackend,
+    backend: &B,
     edit: &dyn Fn(&mut PeftPlan),
-) -> (BertClassifier<CpuBackend>, PeftPlan) {
-    let mut source = |name: &str, shape| ck.tensor(cpu, name, shape);
+) -> (BertClassifier<B>, PeftPlan) {
+    let mut source = |name: &str, shape| ck.tensor(backend, name, shape);
     let bert = BertModel::load(&ck.config, &mut source).unwrap();
     let head = Linear::new(
         "classifier",
-        cpu.tensor_from_f64([1, 15].into(), &[0.05; 15]).unwrap(),
-        cpu.zeros([1].into()).unwrap(),
+        backend
+            .tensor_from_f64([1, 15].into(), &[0.05; 15])
+            .unwrap(),
+        backend.zeros([1].into()).unwrap(),
     )
     .unwrap();
     let mut model = BertClassifier::new(bert, head, 1).unwrap();
@@ -244,7 +246,7 @@ fn tiny_model_with(
     let mut plan = PeftPlan::new(&config, 2).unwrap();
     edit(&mut plan);
     model
-        .apply_plan(&plan, &mut common::tiny_bert::random_init(cpu, 3))
+        .apply_plan(&plan, &mut common::tiny_bert::random_init(backend, 3))
         .unwrap();
     (model, plan)
 }
@@ -1149,4 +1151,45 @@ fn the_bench_runs_on_a_vocabulary_smaller_than_bert_s() {
     let report = spafit::bench::bench_train_step(&cpu, &mut model, 2, 5, 0, 1).unwrap();
     assert_eq!((report.batch, report.seq_len, report.steps), (2, 5, 1));
     assert!(report.nodes > 0 && report.ms_per_step.is_finite());
+}
+
+/// Every device-to-host copy waits for all the work queued before it and leaves the GPU idle
+/// until the host queues more, so a CUDA training step reads back two things: the loss (a
+/// NaN stops the run before its backward) and the gradient norm (one download for all the
+/// tensors, not one each). Ids and labels are checked on the host copy they were uploaded
+/// from.
+#[test]
+fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
+    use spafit::backend::cuda::CudaBackend;
+    use spafit::tensor::DType;
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = tokenizer(&ck);
+    for dtype in [DType::F32, DType::BF16] {
+        let cuda = CudaBackend::hardware_or_emulated(dtype).unwrap();
+        let mut trainable = 0;
+        let mut downloads_in = |steps: usize| {
+            let (mut model, plan) = tiny_model(&ck, &cuda);
+            trainable = model.params().iter().filter(|p| p.trainable).count();
+            let config = TrainConfig {
+                epochs: 1,
+                batch_size: 4,
+                ..TrainConfig::default()
+            };
+            let before = cuda.downloads();
+            let report = Trainer::new(&cuda, &mut model, &plan, &ck.weights, config)
+                .fit(&tok, &regression_data(4 * steps, None), None)
+                .unwrap();
+            assert_eq!(report.steps, steps);
+            cuda.downloads() - before
+        };
+        let (two, five) = (downloads_in(2), downloads_in(5));
+        let per_step = (five - two) as f64 / 3.0;
+        println!("{dtype}: {per_step} downloads per step, {trainable} trainable tensors");
+        assert!(trainable > 20, "{trainable} trainable tensors");
+        assert!(
+            per_step <= 2.0,
+            "{per_step} downloads per step on {dtype} ({trainable} trainable tensors)"
+        );
+    }
 }

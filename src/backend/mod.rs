@@ -403,6 +403,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `Σ t²` as f64, for gradient norms (the CPU accumulates in f64; CUDA in f32 within a
     /// block and in f64 across blocks).
     fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64>;
+    /// [`Backend::sum_squares`] of each tensor, bit for bit, in one call: a global gradient
+    /// norm over hundreds of tensors then costs a device backend one wait, not one each.
+    fn sum_squares_each(&self, ts: &[&Tensor<Self>]) -> Result<Vec<f64>> {
+        ts.iter().map(|t| self.sum_squares(t)).collect()
+    }
     /// `x ∘ mask / (1 − p)`. The same call is its own backward: apply it to `dy` with the
     /// same [`Dropout`] and shape.
     fn dropout(&self, x: &Tensor<Self>, dropout: Dropout) -> Result<Tensor<Self>>;

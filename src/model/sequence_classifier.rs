@@ -545,13 +545,14 @@ impl<B: Backend> BertClassifier<B> {
     /// The first trainable tensor holding NaN, infinite or overflowing values, with its sum
     /// of squares: weights a diverged run left, which must be neither saved nor used.
     pub fn non_finite_trainable(&self, backend: &B) -> Result<Option<(String, f64)>> {
-        for p in self.params().into_iter().filter(|p| p.trainable) {
-            let sum = backend.sum_squares(&p.value)?;
-            if !sum.is_finite() {
-                return Ok(Some((p.name.clone(), sum)));
-            }
-        }
-        Ok(None)
+        let trainable: Vec<_> = self.params().into_iter().filter(|p| p.trainable).collect();
+        let values: Vec<&Tensor<B>> = trainable.iter().map(|p| &p.value).collect();
+        let sums = backend.sum_squares_each(&values)?;
+        Ok(trainable
+            .iter()
+            .zip(sums)
+            .find(|(_, sum)| !sum.is_finite())
+            .map(|(p, sum)| (p.name.clone(), sum)))
     }
 }
 

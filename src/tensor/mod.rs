@@ -84,6 +84,12 @@ impl<B: Backend> Tensor<B> {
         &self.buf
     }
 
+    /// A handle to the buffer that does not keep it alive: a backend's note about a buffer
+    /// (a host copy of it) is valid while the handle upgrades to this tensor's buffer.
+    pub(crate) fn buffer_weak(&self) -> std::sync::Weak<B::Buffer> {
+        Arc::downgrade(&self.buf)
+    }
+
     /// Mutable access to the buffer; copies it first if another tensor shares it.
     pub(crate) fn buffer_mut(&mut self) -> &mut B::Buffer {
         Arc::make_mut(&mut self.buf)

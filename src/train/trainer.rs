@@ -814,10 +814,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             });
         }
         let mut grads = tape.backward(&loss)?.into_map();
-        let mut norm_sq = 0.0;
-        for g in grads.values() {
-            norm_sq += self.backend.sum_squares(g)?;
-        }
+        let all: Vec<&Tensor<B>> = grads.values().collect();
+        let norm_sq: f64 = self.backend.sum_squares_each(&all)?.into_iter().sum();
         let grad_norm = norm_sq.sqrt();
         if !grad_norm.is_finite() {
             return Err(Error::NonFiniteGradient {

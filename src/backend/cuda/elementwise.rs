@@ -5,8 +5,8 @@ use cudarc::driver::LaunchConfig;
 use half::bf16;
 
 use super::{
-    driver, grid_for, launch, tensor, unshared_mut, view, with_float, CudaBackend, CudaBuffer,
-    CudaFloat, THREADS,
+    grid_for, launch, tensor, unshared_mut, view, with_float, CudaBackend, CudaBuffer, CudaFloat,
+    THREADS,
 };
 use crate::backend::{shapes, Dropout};
 use crate::error::{Error, Result};
@@ -74,19 +74,41 @@ pub(super) fn scale_in_place(b: &CudaBackend, t: &mut Tensor<CudaBackend>, s: f6
 
 /// Per-block partial sums in f32 (fixed tree), added on the host in f64 in block order.
 pub(super) fn sum_squares(b: &CudaBackend, t: &Tensor<CudaBackend>) -> Result<f64> {
-    let dtype = shapes::common_float_dtype("sum_squares", &[("t", t)])?;
-    let n = t.numel();
-    let cfg = LaunchConfig {
-        shared_mem_bytes: THREADS * 4,
-        ..grid_for(n)
-    };
-    let blocks = cfg.grid_dim.0 as usize;
-    with_float!(dtype, "sum_squares", T => {
-        let mut partial = b.zeroed::<f32>(blocks)?;
-        launch!(b, MODULE, format!("sum_squares_partial_{}", T::SUFFIX), cfg, view::<T>(t), &mut partial, &(n as i64));
-        let host = b.device.stream.clone_dtoh(&partial).map_err(|e| driver("sum_squares", e))?;
-        Ok(host.iter().map(|&v| f64::from(v)).sum())
-    })
+    Ok(sum_squares_each(b, &[t])?[0])
+}
+
+/// [`sum_squares`] of each tensor: every tensor's partial sums go to its own range of one
+/// buffer, downloaded once, so the result is the same bits with one wait for the device.
+pub(super) fn sum_squares_each(b: &CudaBackend, ts: &[&Tensor<CudaBackend>]) -> Result<Vec<f64>> {
+    let mut ranges = Vec::with_capacity(ts.len());
+    let mut total = 0;
+    for t in ts {
+        shapes::common_float_dtype("sum_squares", &[("t", t)])?;
+        let blocks = grid_for(t.numel()).grid_dim.0 as usize;
+        ranges.push(total..total + blocks);
+        total += blocks;
+    }
+    if ts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut partial = b.zeroed::<f32>(total)?;
+    for (t, range) in ts.iter().zip(&ranges) {
+        let n = t.numel();
+        let cfg = LaunchConfig {
+            shared_mem_bytes: THREADS * 4,
+            ..grid_for(n)
+        };
+        let mut out = partial.slice_mut(range.clone());
+        with_float!(t.dtype(), "sum_squares", T => {
+            launch!(b, MODULE, format!("sum_squares_partial_{}", T::SUFFIX), cfg, view::<T>(t), &mut out, &(n as i64));
+            Ok(())
+        })?;
+    }
+    let host = b.download("sum_squares", &partial)?;
+    Ok(ranges
+        .into_iter()
+        .map(|r| host[r].iter().map(|&v| f64::from(v)).sum())
+        .collect())
 }
 
 pub(super) fn dropout(

@@ -1,8 +1,6 @@
 //! Launchers of `kernels/loss.cu`: mean softmax cross-entropy and mean squared error, each
 //! loss a one-block fixed-order reduction into an f32 scalar.
 
-use cudarc::driver::CudaSlice;
-
 use super::{
     block_reduce, grid_for, ids, kernel_int, launch, tensor, view, with_float, CudaBackend,
     CudaFloat, THREADS,
@@ -28,12 +26,13 @@ fn check_cross_entropy(
     Ok((dtype, rows_i, classes_i))
 }
 
-/// The one-element upstream gradient of a loss, as f32 on the device.
+/// The one-element upstream gradient of a loss, as f32 on the device: converted there, not
+/// read back, for a download would wait for the whole forward pass.
 fn scalar_f32(
     b: &CudaBackend,
     op: &'static str,
     d_loss: &Tensor<CudaBackend>,
-) -> Result<CudaSlice<f32>> {
+) -> Result<Tensor<CudaBackend>> {
     if d_loss.numel() != 1 {
         return Err(Error::shape(
             op,
@@ -43,8 +42,14 @@ fn scalar_f32(
             ),
         ));
     }
-    let v = b.to_f64(d_loss)?[0] as f32;
-    b.upload(&[v])
+    match d_loss.dtype() {
+        DType::F32 => Ok(d_loss.clone()),
+        DType::BF16 => super::elementwise::cast(b, d_loss, DType::F32),
+        other => Err(Error::dtype(
+            op,
+            format!("`d_loss` must be f32 or bf16, got {other}"),
+        )),
+    }
 }
 
 pub(super) fn cross_entropy_forward(
@@ -68,11 +73,12 @@ pub(super) fn cross_entropy_backward(
 ) -> Result<Tensor<CudaBackend>> {
     const OP: &str = "cross_entropy backward";
     let (dtype, rows, classes) = check_cross_entropy(b, OP, logits, labels)?;
-    let d = scalar_f32(b, OP, d_loss)?;
+    let d_f32 = scalar_f32(b, OP, d_loss)?;
+    let d = view::<f32>(&d_f32);
     with_float!(dtype, OP, T => {
         let size = logits.numel();
         let mut out = b.output::<T>(size)?;
-        launch!(b, MODULE, format!("cross_entropy_backward_{}", T::SUFFIX), grid_for(size), &d, view::<T>(logits), ids(labels), &mut out, &rows, &classes);
+        launch!(b, MODULE, format!("cross_entropy_backward_{}", T::SUFFIX), grid_for(size), d, view::<T>(logits), ids(labels), &mut out, &rows, &classes);
         tensor(logits.shape().clone(), out)
     })
 }
@@ -99,12 +105,13 @@ pub(super) fn mse_backward(
 ) -> Result<Tensor<CudaBackend>> {
     const OP: &str = "mse backward";
     let dtype = shapes::mse(OP, pred, target)?;
-    let d = scalar_f32(b, OP, d_loss)?;
+    let d_f32 = scalar_f32(b, OP, d_loss)?;
+    let d = view::<f32>(&d_f32);
     let n = pred.numel();
     let n_i = kernel_int(OP, "values", n)?;
     with_float!(dtype, OP, T => {
         let mut out = b.output::<T>(n)?;
-        launch!(b, MODULE, format!("mse_backward_{}", T::SUFFIX), grid_for(n), &d, view::<T>(pred), view::<T>(target), &mut out, &n_i);
+        launch!(b, MODULE, format!("mse_backward_{}", T::SUFFIX), grid_for(n), d, view::<T>(pred), view::<T>(target), &mut out, &n_i);
         tensor(pred.shape().clone(), out)
     })
 }

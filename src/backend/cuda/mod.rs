@@ -24,6 +24,7 @@ mod elementwise;
 mod embedding;
 pub mod emulator;
 pub mod gemm;
+mod host_ids;
 pub mod kernels;
 mod layernorm;
 mod loss;
@@ -32,6 +33,7 @@ pub use buffer::CudaBuffer;
 pub use emulator::Driver;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -47,6 +49,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
+use host_ids::HostIds;
 
 /// A float storage type the kernels take.
 trait CudaFloat: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + 'static {
@@ -154,6 +157,10 @@ struct Device {
     /// `SPAFIT_CUDA_SYNC=1`: wait for every launch, so that a kernel fault is reported by
     /// the kernel that made it, not by whichever call comes next.
     sync_after_launch: bool,
+    /// Device-to-host copies so far: each one waits for everything queued before it.
+    downloads: AtomicU64,
+    /// Host copies of the u32 tensors uploaded, read instead of downloading them.
+    host_ids: HostIds,
 }
 
 /// The last backend of a device lets go of its modules: kernels still queued on the stream
@@ -280,6 +287,10 @@ fn unshared_mut<'t>(
     t: &'t mut Tensor<CudaBackend>,
     op: &'static str,
 ) -> Result<&'t mut CudaBuffer> {
+    // The host copies of u32 tensors (`host_ids`) hold only while no kernel writes one.
+    if t.dtype() == DType::U32 {
+        return Err(Error::dtype(op, "u32 tensors are not written in place"));
+    }
     t.buffer_mut_or_copy(|buf| {
         match buf {
             CudaBuffer::F32(s) => s.try_clone().map(CudaBuffer::F32),
@@ -504,6 +515,8 @@ impl CudaBackend {
                 max_grid_y,
                 max_grid_z,
                 sync_after_launch: std::env::var_os(SYNC_AFTER_LAUNCH).is_some_and(|v| v == "1"),
+                downloads: AtomicU64::new(0),
+                host_ids: HostIds::default(),
             }),
             precision,
             poison: false,
@@ -552,6 +565,24 @@ impl CudaBackend {
     /// How this backend computes.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// How many device-to-host copies this device's backends have made. Each one waits for
+    /// all the work queued before it, leaving the GPU idle until the host queues more, so a
+    /// training step should make a few, not one per tensor.
+    pub fn downloads(&self) -> u64 {
+        self.device.downloads.load(Ordering::Relaxed)
+    }
+
+    /// Copies `s` to the host (waiting for the work queued before), counted in
+    /// [`CudaBackend::downloads`].
+    fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        op: &'static str,
+        s: &CudaSlice<T>,
+    ) -> Result<Vec<T>> {
+        self.device.downloads.fetch_add(1, Ordering::Relaxed);
+        self.device.stream.clone_dtoh(s).map_err(|e| driver(op, e))
     }
 
     /// Waits for all queued work (and surfaces asynchronous launch failures).
@@ -873,7 +904,9 @@ impl Backend for CudaBackend {
     }
 
     fn tensor_from_u32(&self, shape: Shape, data: &[u32]) -> Result<Tensor<Self>> {
-        Tensor::from_buffer(shape, CudaBuffer::U32(self.upload(data)?))
+        let t = Tensor::from_buffer(shape, CudaBuffer::U32(self.upload(data)?))?;
+        self.device.host_ids.remember(&t, data);
+        Ok(t)
     }
 
     fn zeros(&self, shape: Shape) -> Result<Tensor<Self>> {
@@ -894,17 +927,14 @@ impl Backend for CudaBackend {
     }
 
     fn to_f64(&self, t: &Tensor<Self>) -> Result<Vec<f64>> {
-        let s = &self.device.stream;
         match t.buffer() {
-            CudaBuffer::F32(b) => Ok(s
-                .clone_dtoh(b)
-                .map_err(|e| driver("download", e))?
+            CudaBuffer::F32(b) => Ok(self
+                .download("download", b)?
                 .into_iter()
                 .map(f64::from)
                 .collect()),
-            CudaBuffer::BF16(b) => Ok(s
-                .clone_dtoh(b)
-                .map_err(|e| driver("download", e))?
+            CudaBuffer::BF16(b) => Ok(self
+                .download("download", b)?
                 .into_iter()
                 .map(bf16::to_f64)
                 .collect()),
@@ -914,11 +944,10 @@ impl Backend for CudaBackend {
 
     fn to_u32(&self, t: &Tensor<Self>) -> Result<Vec<u32>> {
         match t.buffer() {
-            CudaBuffer::U32(b) => self
-                .device
-                .stream
-                .clone_dtoh(b)
-                .map_err(|e| driver("download", e)),
+            CudaBuffer::U32(b) => match self.device.host_ids.get(t) {
+                Some(copy) => Ok(copy.to_vec()),
+                None => self.download("download", b),
+            },
             _ => Err(Error::dtype(
                 "to_u32",
                 format!("tensor holds {}, not u32", t.dtype()),
@@ -1027,6 +1056,10 @@ impl Backend for CudaBackend {
 
     fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64> {
         elementwise::sum_squares(self, t)
+    }
+
+    fn sum_squares_each(&self, ts: &[&Tensor<Self>]) -> Result<Vec<f64>> {
+        elementwise::sum_squares_each(self, ts)
     }
 
     fn dropout(&self, x: &Tensor<Self>, dropout: Dropout) -> Result<Tensor<Self>> {
