@@ -62,6 +62,7 @@ bool g_guard = env_flag("SPAFIT_EMU_GUARD", true);
 
 std::mutex g_mu;              // allocations, modules, last error
 std::string g_last_error;     // the last failure, in words
+std::atomic<bool> g_echo_failures{true};  // also print each failure as it is recorded
 std::atomic<int> g_sticky{0}; // the CUresult that poisoned the context, or 0
 
 struct Schedule {
@@ -143,7 +144,8 @@ void say(const char* fmt, ...) {
     }
 }
 
-// Records why a call failed (returned to callers through spafit_emu_last_error) and says it.
+// Records why a call failed (returned to callers through spafit_emu_last_error) and, unless
+// the client reports it itself, says it.
 CUresult failure(CUresult code, const char* fmt, ...) {
     char buf[1024];
     va_list ap;
@@ -154,7 +156,7 @@ CUresult failure(CUresult code, const char* fmt, ...) {
         std::lock_guard<std::mutex> l(g_mu);
         g_last_error = buf;
     }
-    say("emu: %s\n", buf);
+    if (g_echo_failures) say("emu: %s\n", buf);
     return code;
 }
 
@@ -320,7 +322,8 @@ bool g_libs_loaded = false;
 std::string g_kernel_dir;
 
 std::string kernel_dir() {
-    if (const char* d = getenv("SPAFIT_EMU_KERNEL_DIR")) return d;
+    // Set but empty reads as unset.
+    if (const char* d = getenv("SPAFIT_EMU_KERNEL_DIR"); d && *d) return d;
     Dl_info info;
     dladdr(reinterpret_cast<void*>(&kernel_dir), &info);
     std::string self = info.dli_fname ? info.dli_fname : ".";
@@ -474,6 +477,11 @@ API const char* spafit_emu_last_error() {
     copy = g_last_error;
     return copy.c_str();
 }
+
+// Whether failures are also printed as they are recorded (on by default). A client that puts
+// spafit_emu_last_error into the error of every failed call turns it off, or the words would
+// be printed twice.
+API void spafit_emu_echo_failures(int on) { g_echo_failures = on != 0; }
 
 // forward, reverse or shuffle[:seed]; returns 0 on success.
 API int spafit_emu_set_schedule(const char* schedule) {

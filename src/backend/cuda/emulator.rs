@@ -36,7 +36,7 @@ fn unavailable(reason: impl Into<String>) -> Error {
 /// The directory holding the stand-in's `libcuda.so` and `kernels/*.so`:
 /// `$SPAFIT_EMULATOR_DIR`, else the one this build made.
 pub fn emulator_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("SPAFIT_EMULATOR_DIR") {
+    if let Some(dir) = emulator_dir_variable() {
         return Ok(PathBuf::from(dir));
     }
     kernels::EMULATOR_DIR.map(PathBuf::from).ok_or_else(|| {
@@ -45,6 +45,12 @@ pub fn emulator_dir() -> Result<PathBuf> {
             kernels::EMULATOR_MISSING
         ))
     })
+}
+
+/// `$SPAFIT_EMULATOR_DIR` when it names something: set but empty (`SPAFIT_EMULATOR_DIR=`)
+/// reads as unset, as the shell's idiom for clearing a variable means.
+fn emulator_dir_variable() -> Option<std::ffi::OsString> {
+    std::env::var_os("SPAFIT_EMULATOR_DIR").filter(|dir| !dir.is_empty())
 }
 
 /// Makes the stand-in this process's CUDA driver (idempotent). Fails when NVIDIA's driver is
@@ -64,7 +70,7 @@ pub fn use_emulator() -> Result<()> {
     let dir = emulator_dir()?;
     let path = dir.join("libcuda.so");
     if !path.is_file() {
-        let from_variable = std::env::var_os("SPAFIT_EMULATOR_DIR").is_some();
+        let from_variable = emulator_dir_variable().is_some();
         return Err(unavailable(if from_variable {
             format!(
                 "{} is missing: the environment variable SPAFIT_EMULATOR_DIR names a folder \
@@ -176,6 +182,7 @@ pub fn driver() -> Option<Driver> {
 type LastError = unsafe extern "C" fn() -> *const c_char;
 type SetSchedule = unsafe extern "C" fn(*const c_char) -> c_int;
 type SetMemory = unsafe extern "C" fn(u64);
+type EchoFailures = unsafe extern "C" fn(c_int);
 
 /// A function of the stand-in, through the library cudarc opened (so it is the same one).
 fn symbol<T: Copy>(name: &[u8]) -> Option<T> {
@@ -213,6 +220,15 @@ pub fn last_error() -> Option<String> {
         .to_string_lossy()
         .into_owned();
     (!text.is_empty()).then_some(text)
+}
+
+/// Stops the stand-in from printing each failure as it records it: the backend puts
+/// [`last_error`] into the error of every failed call, so the words would come twice.
+pub(super) fn stop_echoing_failures() {
+    if let Some(f) = symbol::<EchoFailures>(b"spafit_emu_echo_failures\0") {
+        // SAFETY: plain value argument.
+        unsafe { f(0) };
+    }
 }
 
 /// Sets the order in which the stand-in runs the threads of a block and the blocks of a grid:

@@ -450,6 +450,7 @@ impl CudaBackend {
         let precision = precision_of(dtype)?;
         check_kernels("cuda-emu")?;
         emulator::use_emulator()?;
+        emulator::stop_echoing_failures();
         Self::on_context(0, Driver::Emulator, precision)
     }
 
