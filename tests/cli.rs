@@ -98,6 +98,22 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             "{err}"
         );
     }
+    // An empty SPAFIT_EMULATOR_DIR reads as unset (the stand-in this build made runs), and
+    // the stand-in's failures are said once, in spafit's error, not echoed by it as well.
+    if spafit::backend::cuda::emulator::emulator_dir().is_ok() {
+        let (ok, _, err) = spafit_with_env(
+            &bench_on("cuda-emu"),
+            &[("SPAFIT_EMULATOR_DIR", std::ffi::OsStr::new(""))],
+        );
+        assert!(ok, "{err}");
+        let no_kernels = tempfile::tempdir().unwrap();
+        let (ok, _, err) = spafit_with_env(
+            &bench_on("cuda-emu"),
+            &[("SPAFIT_EMU_KERNEL_DIR", no_kernels.path().as_os_str())],
+        );
+        assert!(!ok && err.contains("no kernel module in"), "{err}");
+        assert_eq!(err.matches("no kernel module in").count(), 1, "{err}");
+    }
     // A broken libcuda first on the library path is not "no driver": it is named.
     let broken = tempfile::tempdir().unwrap();
     for name in ["libcuda.so", "libcuda.so.1"] {
@@ -1306,6 +1322,7 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
         dir.path().join("dev.csv").to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
+    assert_eq!(last_json(&stdout)["device"], "cuda-emu-f32", "{stdout}");
     let eval_loss = last_json(&stdout)["loss"].as_f64().unwrap();
     assert!(
         (eval_loss - cpu_dev).abs() / cpu_dev <= 1e-4,
@@ -1338,7 +1355,7 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
         "--device",
         "cuda-emu",
         "--dtype",
-        "bf16",
+        "BF16",
         "--method",
         "spafit",
         "--batch-size",
@@ -1353,6 +1370,8 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
     assert!(ok, "{err}");
     let line = last_json(&stdout);
     assert!(line["peak_device_mib"].as_f64().unwrap() > 10.0, "{line}");
+    // Flags are case-insensitive; the line spells the dtype one way, for grouping results.
+    assert_eq!(line["dtype"], "bf16", "{line}");
 }
 
 /// A PEFT-written adapter evaluates (to the loss PEFT's own logits give), predicts and keeps

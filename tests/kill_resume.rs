@@ -350,7 +350,22 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
                 task.evaluate(&out.join("best"), &format!("scenario {i}, refused resume"));
             }
         }
+        let resumed_from = saved_step(&out).unwrap_or(0);
         task.run_to_completion(&out, true);
+        // The resumed process timed only its own steps, and says how many.
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
+                .unwrap();
+        let steps = result["steps"].as_u64().unwrap();
+        // (At most: a kill during a save may leave a newer state staged, which the resume
+        // takes.)
+        let this_call = result["steps_this_call"].as_u64().unwrap();
+        if resumed_from < steps {
+            assert!(
+                this_call > 0 && this_call <= steps - resumed_from,
+                "scenario {i}, resumed from step {resumed_from}: {result}"
+            );
+        }
         assert!(
             temporary_files(&out).is_empty(),
             "scenario {i}: {:?} left behind",

@@ -193,7 +193,7 @@ impl EvalCommand {
             self.batch_size,
             self.data.glue_task()?,
         )?;
-        let mut line = json!({"split": data.name, "examples": data.len(), "max_len": max_len, "loss": eval.loss, "seconds": eval.seconds});
+        let mut line = json!({"split": data.name, "examples": data.len(), "max_len": max_len, "loss": eval.loss, "seconds": eval.seconds, "device": backend.name()});
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
         }

@@ -28,7 +28,9 @@ pub struct GradcheckCommand {
     pub seed: u64,
     /// Fail with exit status 3 (after the JSON line) when the worst relative error is above
     /// this, for scripts and CI (status 1 is an error that stopped the check); without it the
-    /// error is only reported. The f64 reference agrees to ~1e-8, f32 to ~1e-5, bf16 to ~3e-2.
+    /// error is only reported. The f64 reference agrees to ~1e-8, f32 to ~1e-5, bf16 to 2–5e-2
+    /// (up to ~8e-2 where a gradient nearly cancels over the batch, as the classifier bias's
+    /// can: allow 0.1 for bf16).
     #[arg(long, allow_hyphen_values = true)]
     pub tolerance: Option<f64>,
     /// Whether --dtype was on the command line (not its default).
@@ -170,7 +172,7 @@ impl BenchCommand {
             self.steps,
         )?;
         super::print_line(&json!({
-            "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype,
+            "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype.trim().to_ascii_lowercase(),
             "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
             "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,

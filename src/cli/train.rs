@@ -427,6 +427,8 @@ impl TrainCommand {
             "task": task.map_or_else(|| train.name.clone(), |t| t.dir_name().to_string()),
             "method": run.plan.method.to_string(),
             "steps": report.steps,
+            // A resumed run timed only this call's steps: the rates and seconds are theirs.
+            "steps_this_call": report.steps_this_call,
             "train_seconds": timing(report.train_seconds),
             "samples_per_s": timing(report.samples_per_s),
             "tokens_per_s": timing(report.tokens_per_s),
