@@ -1,5 +1,5 @@
 //! Embedding spafit in another program: load a checkpoint, build a SPAFIT plan, train a few
-//! steps on in-memory examples, evaluate and save the adapter — public API only.
+//! steps on in-memory examples, evaluate, save the adapter and predict texts — public API only.
 //!
 //! `cargo run --release --example finetune -- [CHECKPOINT_DIR] [OUTPUT_DIR]`
 
@@ -91,6 +91,23 @@ fn main() -> spafit::Result<()> {
             max_len: Some(tokenizer.max_len()),
         },
     )?;
+    // Texts held in memory straight to answers: class ids, indexing the dataset's labels.
+    let texts = ["a witty, moving film", "a dull, lifeless mess"];
+    let names = match &train.kind {
+        TaskKind::Classification { labels } => labels.clone(),
+        TaskKind::Regression => Vec::new(),
+    };
+    for (text, answer) in texts
+        .iter()
+        .zip(predict_texts(&backend, &model, &tokenizer, &texts, 8)?)
+    {
+        if let Prediction::Class {
+            class, probability, ..
+        } = answer
+        {
+            println!("{text:?}: {} ({probability:.2})", names[class]);
+        }
+    }
     println!(
         "{} steps, {} trainable parameters, dev accuracy {:.2}, adapter saved to {output}",
         report.steps,

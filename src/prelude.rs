@@ -20,6 +20,6 @@ pub use crate::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 pub use crate::tensor::{DType, Shape};
 pub use crate::text::TextTokenizer;
 pub use crate::train::{
-    evaluate, infer, predictions, scored_predictions, EncodedDataset, Evaluation, ModelOutputs,
-    Prediction, TrainConfig, TrainReport, Trainer,
+    evaluate, infer, predict_text_pairs, predict_texts, predictions, scored_predictions,
+    EncodedDataset, Evaluation, ModelOutputs, Prediction, TrainConfig, TrainReport, Trainer,
 };

@@ -588,3 +588,71 @@ fn the_classifier_last_layer_on_cls_rows_matches_the_full_layer() {
         trimmed_grads.len()
     );
 }
+
+/// Texts held in memory through `predict_texts` / `predict_text_pairs` (the checkpoint's
+/// tokenizer, length-sorted batches of two, so rows come back reordered) answer with the
+/// softmax of transformers' logits for the same texts and weights, or its score.
+#[test]
+fn predictions_for_texts_in_memory_match_transformers() {
+    use spafit::train::{predict_text_pairs, predict_texts, Prediction};
+    let cpu = CpuBackend::f64();
+    let max_len = fixture()["inputs"]["max_len"].as_u64().unwrap() as usize;
+    let tokenizer = checkpoint().tokenizer(max_len).unwrap();
+    for case in fixture()["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let file = fixture_file(&format!("{name}.safetensors"));
+        let (_, want_logits) = read(&file, "logits");
+        let (model, _, _) = build_case(&cpu, case, &file);
+        let rows = texts(case["inputs"].as_str().unwrap());
+        let got = match rows[0].len() {
+            1 => {
+                let singles: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+                predict_texts(&cpu, &model, &tokenizer, &singles, 2).unwrap()
+            }
+            _ => {
+                let pairs: Vec<(&str, &str)> = rows
+                    .iter()
+                    .map(|r| (r[0].as_str(), r[1].as_str()))
+                    .collect();
+                predict_text_pairs(&cpu, &model, &tokenizer, &pairs, 2).unwrap()
+            }
+        };
+        let k = model.num_labels();
+        assert_eq!(got.len() * k, want_logits.len(), "{name}");
+        for (i, (p, want)) in got.iter().zip(want_logits.chunks(k)).enumerate() {
+            match p {
+                Prediction::Score(s) => {
+                    assert_eq!(k, 1, "{name}");
+                    assert!(
+                        (s - want[0]).abs() <= 1e-9,
+                        "{name} row {i}: {s} vs {want:?}"
+                    );
+                }
+                Prediction::Class {
+                    class,
+                    probabilities,
+                    probability,
+                } => {
+                    let top = want.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = want.iter().map(|v| (v - top).exp()).sum();
+                    for (c, (g, w)) in probabilities.iter().zip(want).enumerate() {
+                        let w = (w - top).exp() / z;
+                        assert!(
+                            (g - w).abs() <= 1e-9,
+                            "{name} row {i} class {c}: {g} vs {w}"
+                        );
+                    }
+                    assert_eq!(want[*class], top, "{name} row {i}");
+                    assert_eq!(*probability, probabilities[*class]);
+                }
+            }
+        }
+    }
+    // No texts, no answers (and no batch to run).
+    let case = &fixture()["cases"][0];
+    let file = fixture_file(&format!("{}.safetensors", case["name"].as_str().unwrap()));
+    let (model, _, _) = build_case(&cpu, case, &file);
+    assert!(predict_texts::<_, &str>(&cpu, &model, &tokenizer, &[], 2)
+        .unwrap()
+        .is_empty());
+}

@@ -10,6 +10,7 @@ mod progress;
 mod run_lock;
 mod run_state;
 mod schedule;
+mod text_predictions;
 mod trainer;
 
 pub use batch_log::BatchLog;
@@ -21,4 +22,5 @@ pub use progress::Progress;
 pub use run_lock::{lock_existing_run_dir, lock_run_dir, lock_run_dirs_around, RunLock, LOCK_FILE};
 pub use run_state::STATE_FILE;
 pub use schedule::LinearSchedule;
+pub use text_predictions::{predict_text_pairs, predict_texts};
 pub use trainer::{TrainConfig, TrainReport, Trainer};
