@@ -100,7 +100,7 @@ fn cuda_and_bad_arguments_are_clear_errors() {
     }
     // An empty SPAFIT_EMULATOR_DIR reads as unset (the stand-in this build made runs), and
     // the stand-in's failures are said once, in spafit's error, not echoed by it as well.
-    if spafit::backend::cuda::emulator::emulator_dir().is_ok() {
+    if spafit::backend::cuda::kernels::EMULATOR_DIR.is_some() {
         let (ok, _, err) = spafit_with_env(
             &bench_on("cuda-emu"),
             &[("SPAFIT_EMULATOR_DIR", std::ffi::OsStr::new(""))],

@@ -949,20 +949,39 @@ fn cuda_casts_between_f32_and_bf16() {
 }
 
 /// The sums of squares of many tensors in one call (the trainer's gradient norm): the bits
-/// of one call per tensor, in one download instead of one each, in both storage dtypes and
-/// across block counts (1 to 274 blocks of 256).
+/// of one call per tensor, in one download instead of one each, for f32, bf16 and a list
+/// mixing them (as a bf16 model's gradients of f32 masters and bf16 activations could), across
+/// block counts (1 to 274 blocks of 256).
 #[test]
 fn cuda_sums_of_squares_of_many_tensors_take_one_download() {
     let r = reference();
     let mut rng = SplitMix::new(11);
     let sizes = [1, 300, 70_000, 257];
-    for dtype in [DType::F32, DType::BF16] {
-        let b = cuda(dtype);
+    let mixed = [DType::BF16, DType::F32, DType::BF16, DType::F32];
+    for dtypes in [[DType::F32; 4], [DType::BF16; 4], mixed] {
+        let b = cuda(DType::F32);
         let values: Vec<Vec<f64>> = sizes
             .iter()
-            .map(|&n| stored(&b, &[n], &nonzero(&mut rng, n)))
+            .zip(dtypes)
+            .map(|(&n, dtype)| {
+                let t = b
+                    .tensor_from_f64_as(Shape::new([n]), &nonzero(&mut rng, n), dtype)
+                    .unwrap();
+                down(&b, &t)
+            })
             .collect();
-        let on_b: Vec<Tensor<CudaBackend>> = values.iter().map(|v| up(&b, &[v.len()], v)).collect();
+        let on_b: Vec<Tensor<CudaBackend>> = values
+            .iter()
+            .zip(dtypes)
+            .map(|(v, dtype)| {
+                b.tensor_from_f64_as(Shape::new([v.len()]), v, dtype)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            on_b.iter().map(|t| t.dtype()).collect::<Vec<_>>(),
+            dtypes.to_vec()
+        );
         let all: Vec<&Tensor<CudaBackend>> = on_b.iter().collect();
         let before = b.downloads();
         let each = b.sum_squares_each(&all).unwrap();
@@ -979,7 +998,7 @@ fn cuda_sums_of_squares_of_many_tensors_take_one_download() {
         assert_eq!(
             each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             one_by_one,
-            "{dtype}"
+            "{dtypes:?}"
         );
         let want: Vec<f64> = values
             .iter()
@@ -1010,10 +1029,21 @@ fn cuda_reads_uploaded_ids_without_a_download() {
     let copy = Tensor::<CudaBackend>::from_buffer([6], ids.buffer().clone()).unwrap();
     assert_eq!(b.to_u32(&copy).unwrap(), [4, 0, 9, 9, 1, 4]);
     assert_eq!(b.downloads(), before + 1);
-    // Out-of-range ids are still refused, from the host copy.
+    // Out-of-range ids are still refused, from the host copy: the first one, by position.
     let table = up(&b, &[9, 2], &[0.5; 18]);
-    let e = b.embedding_forward(&table, &ids).unwrap_err().to_string();
-    assert!(e.contains('9'), "{e}");
+    let e = b.embedding_forward(&table, &ids).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            spafit::Error::IndexOutOfRange {
+                index: 9,
+                position: 2,
+                limit: 9,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(b.downloads(), before + 1);
 }
 

@@ -1,7 +1,7 @@
 //! Host copies of the u32 tensors uploaded from the host: token ids, positions, labels,
 //! masks. The embedding's check of ids against its vocabulary, the cross-entropy's check of
 //! labels, and the embedding backward's grouping of positions by id all read ids on the
-//! host; downloading them would wait for all the work queued before (five such waits in a
+//! host; downloading them would wait for all the work queued before (seven such waits in a
 //! training step). No kernel writes a u32 tensor, so a copy made at upload stays exact for
 //! the buffer's life.
 

@@ -568,9 +568,10 @@ impl CudaBackend {
         self.precision
     }
 
-    /// How many device-to-host copies this device's backends have made. Each one waits for
-    /// all the work queued before it, leaving the GPU idle until the host queues more, so a
-    /// training step should make a few, not one per tensor.
+    /// How many device-to-host copies this backend, its clones and its
+    /// [`CudaBackend::with_dtype`] variants have made. Each one waits for all the work queued
+    /// before it, leaving the GPU idle until the host queues more, so a training step should
+    /// make a few, not one per tensor.
     pub fn downloads(&self) -> u64 {
         self.device.downloads.load(Ordering::Relaxed)
     }
