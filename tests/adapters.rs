@@ -18,6 +18,7 @@ use spafit::nn::DropoutPlan;
 use spafit::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 use spafit::rng::SplitMix;
 use spafit::text::TextInput;
+use spafit::train::Prediction;
 use spafit::Error;
 
 fn checkpoint() -> Checkpoint {
@@ -139,6 +140,32 @@ fn adapter_round_trip_and_refusals() {
         "{e}"
     );
     head.check_texts(&data(None), dir.path()).unwrap();
+    // Texts in memory through the opened adapter: the softmax of the model's own logits for
+    // the same text; pairs are refused, as the adapter was trained on single texts.
+    let opened = open_adapter(dir.path(), &ck, &cpu).unwrap();
+    let tok = ck.tokenizer(32).unwrap();
+    let answers = opened
+        .predict_texts(&cpu, &tok, &["a gorgeous, witty movie"], 4)
+        .unwrap();
+    let Prediction::Class {
+        class,
+        probabilities,
+        ..
+    } = &answers[0]
+    else {
+        panic!("{answers:?}")
+    };
+    let row = &logits(&ck, &cpu, &model)[..3];
+    let z: f64 = row.iter().map(|v| v.exp()).sum();
+    for (got, want) in probabilities.iter().zip(row.iter().map(|v| v.exp() / z)) {
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+    assert_eq!(row[*class], row.iter().cloned().fold(f64::MIN, f64::max));
+    let e = opened
+        .predict_text_pairs(&cpu, &tok, &[("is it dull?", "no")], 4)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("trained on single texts"), "{e}");
     assert_eq!(manifest.labels.as_deref(), Some(labels.as_slice()));
     assert_eq!(manifest.plan(dir.path()).unwrap(), plan);
     let (a, b) = (logits(&ck, &cpu, &model), logits(&ck, &cpu, &loaded));

@@ -12,6 +12,8 @@ use crate::data::{Dataset, TaskKind};
 use crate::error::{Error, Result};
 use crate::model::{BertClassifier, ClassAlignment};
 use crate::peft::PeftPlan;
+use crate::text::TextTokenizer;
+use crate::train::{predict_text_pairs, predict_texts, Prediction};
 
 /// Who wrote an adapter directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +213,54 @@ impl<B: Backend> OpenedAdapter<B> {
             self.labels = Some(labels.clone());
         }
         Ok(done)
+    }
+
+    /// [`predict_texts`] with the adapter's model: class ids index [`OpenedAdapter::labels`]
+    /// when it records them. Refused for an adapter trained on text pairs, which would read
+    /// one text as what it learned from two.
+    pub fn predict_texts<S: AsRef<str>>(
+        &self,
+        backend: &B,
+        tokenizer: &TextTokenizer,
+        texts: &[S],
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>> {
+        self.check_inputs(false)?;
+        predict_texts(backend, &self.model, tokenizer, texts, batch_size)
+    }
+
+    /// [`predict_text_pairs`] with the adapter's model; refused for an adapter trained on
+    /// single texts.
+    pub fn predict_text_pairs<S: AsRef<str>>(
+        &self,
+        backend: &B,
+        tokenizer: &TextTokenizer,
+        pairs: &[(S, S)],
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>> {
+        self.check_inputs(true)?;
+        predict_text_pairs(backend, &self.model, tokenizer, pairs, batch_size)
+    }
+
+    /// Refuses inputs of the other kind than the adapter records it was trained on.
+    fn check_inputs(&self, pairs: bool) -> Result<()> {
+        match self.text_pairs {
+            Some(trained) if trained != pairs => Err(Error::invalid(
+                "predict",
+                format!(
+                    "the adapter was trained on {}; use {}",
+                    match trained {
+                        true => "text pairs (two texts per example)",
+                        false => "single texts (one per example)",
+                    },
+                    match trained {
+                        true => "predict_text_pairs",
+                        false => "predict_texts",
+                    }
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
