@@ -26,7 +26,8 @@ pub struct ModelArgs {
     #[arg(long, default_value = ".cache/models/all-MiniLM-L6-v2")]
     pub model: PathBuf,
     /// Compute device: `cpu`, `cuda[:N]` (a GPU), or `cuda-emu` (the same CUDA kernels on
-    /// the CPU stand-in for the driver: for development and tests without a GPU, slow).
+    /// the CPU stand-in for the driver: for development and tests without a GPU, slow; it is
+    /// loaded from the build's `target/` folder, or from `$SPAFIT_EMULATOR_DIR`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Storage precision: f32; f64 (CPU only: the reference, slower); bf16 (CUDA only:
