@@ -135,23 +135,26 @@ macro_rules! on_backend {
 pub(crate) use on_backend;
 
 impl ModelArgs {
+    /// The storage dtype `--dtype` names (case-insensitive, as --method is: `F32`).
+    pub fn dtype(&self) -> Result<DType> {
+        match self.dtype.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(DType::F32),
+            "f64" => Ok(DType::F64),
+            "bf16" => Ok(DType::BF16),
+            _ => Err(Error::invalid(
+                "--dtype",
+                format!("`{}`: expected f32, f64 (CPU) or bf16 (CUDA)", self.dtype),
+            )),
+        }
+    }
+
     /// The backend the flags name.
     pub fn backend(&self) -> Result<AnyBackend> {
         // Case-insensitive, as --method is (`CPU`, `F32`).
         let given = self.device.trim();
         let device = given.to_ascii_lowercase();
         let device = device.as_str();
-        let dtype = match self.dtype.trim().to_ascii_lowercase().as_str() {
-            "f32" => DType::F32,
-            "f64" => DType::F64,
-            "bf16" => DType::BF16,
-            _ => {
-                return Err(Error::invalid(
-                    "--dtype",
-                    format!("`{}`: expected f32, f64 (CPU) or bf16 (CUDA)", self.dtype),
-                ))
-            }
-        };
+        let dtype = self.dtype()?;
         if device == "cpu" {
             if dtype == DType::BF16 {
                 return Err(Error::invalid(

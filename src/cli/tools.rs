@@ -172,7 +172,7 @@ impl BenchCommand {
             self.steps,
         )?;
         super::print_line(&json!({
-            "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype.trim().to_ascii_lowercase(),
+            "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),
             "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
             "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
