@@ -87,10 +87,6 @@ impl AdapterHead {
         if pairs == trained {
             return Ok(());
         }
-        let texts = |pairs: bool| match pairs {
-            true => "text pairs (two texts per example)",
-            false => "single texts (one per example)",
-        };
         Err(Error::Mismatch {
             path: dir.to_path_buf(),
             detail: format!(
@@ -249,10 +245,7 @@ impl<B: Backend> OpenedAdapter<B> {
                 "predict",
                 format!(
                     "the adapter was trained on {}; use {}",
-                    match trained {
-                        true => "text pairs (two texts per example)",
-                        false => "single texts (one per example)",
-                    },
+                    texts(trained),
                     match trained {
                         true => "predict_text_pairs",
                         false => "predict_texts",
@@ -261,6 +254,14 @@ impl<B: Backend> OpenedAdapter<B> {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// What examples of one text, or of two, are called in messages.
+fn texts(pairs: bool) -> &'static str {
+    match pairs {
+        true => "text pairs (two texts per example)",
+        false => "single texts (one per example)",
     }
 }
 
