@@ -80,24 +80,25 @@ pub(super) fn sum_squares(b: &CudaBackend, t: &Tensor<CudaBackend>) -> Result<f6
 /// [`sum_squares`] of each tensor: every tensor's partial sums go to its own range of one
 /// buffer, downloaded once, so the result is the same bits with one wait for the device.
 pub(super) fn sum_squares_each(b: &CudaBackend, ts: &[&Tensor<CudaBackend>]) -> Result<Vec<f64>> {
-    let mut ranges = Vec::with_capacity(ts.len());
+    // Every dtype is checked, and every grid sized, before anything is launched.
+    let mut launches = Vec::with_capacity(ts.len());
     let mut total = 0;
     for t in ts {
         shapes::common_float_dtype("sum_squares", &[("t", t)])?;
-        let blocks = grid_for(t.numel()).grid_dim.0 as usize;
-        ranges.push(total..total + blocks);
+        let cfg = LaunchConfig {
+            shared_mem_bytes: THREADS * 4,
+            ..grid_for(t.numel())
+        };
+        let blocks = cfg.grid_dim.0 as usize;
+        launches.push((cfg, total..total + blocks));
         total += blocks;
     }
     if ts.is_empty() {
         return Ok(Vec::new());
     }
     let mut partial = b.zeroed::<f32>(total)?;
-    for (t, range) in ts.iter().zip(&ranges) {
-        let n = t.numel();
-        let cfg = LaunchConfig {
-            shared_mem_bytes: THREADS * 4,
-            ..grid_for(n)
-        };
+    for (t, (cfg, range)) in ts.iter().zip(&launches) {
+        let (n, cfg) = (t.numel(), *cfg);
         let mut out = partial.slice_mut(range.clone());
         with_float!(t.dtype(), "sum_squares", T => {
             launch!(b, MODULE, format!("sum_squares_partial_{}", T::SUFFIX), cfg, view::<T>(t), &mut out, &(n as i64));
@@ -105,9 +106,9 @@ pub(super) fn sum_squares_each(b: &CudaBackend, ts: &[&Tensor<CudaBackend>]) -> 
         })?;
     }
     let host = b.download("sum_squares", &partial)?;
-    Ok(ranges
+    Ok(launches
         .into_iter()
-        .map(|r| host[r].iter().map(|&v| f64::from(v)).sum())
+        .map(|(_, r)| host[r].iter().map(|&v| f64::from(v)).sum())
         .collect())
 }
 
