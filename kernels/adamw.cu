@@ -4,31 +4,56 @@
 // The bias corrections and 1−β are computed on the host in f64 (f32(0.999) is not 0.999, and
 // 1 − f32(β₂) would be off by 1.3e-5 relative), as the CPU reference and torch do. Parameters and moments are f32 (master
 // weights); the gradient may be f32 or bf16. Updates p, m, v in place; a grid-stride loop.
+// adamw_list_* updates a whole TensorList in one launch, element for element as adamw_*.
 #include "common.cuh"
+#include "tensor_list.cuh"
+
+struct AdamWConstants {
+    float beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, eps;
+};
 
 template <typename G>
-__device__ void adamw(float* p, const G* g, float* m, float* v, long n, float decay, float beta1,
-                      float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
-                      float bias2_sqrt, float eps) {
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        float gi = load(g, i);
-        float pi = p[i] * decay;
-        float mi = beta1 * m[i] + one_minus_beta1 * gi;
-        float vi = beta2 * v[i] + one_minus_beta2 * gi * gi;
-        p[i] = pi - step_size * mi / (sqrtf(vi) / bias2_sqrt + eps);
-        m[i] = mi;
-        v[i] = vi;
-    }
+__device__ __forceinline__ void adamw_element(float* p, const G* g, float* m, float* v, long i, float decay,
+                                              const AdamWConstants& c) {
+    float gi = load(g, i);
+    float pi = p[i] * decay;
+    float mi = c.beta1 * m[i] + c.one_minus_beta1 * gi;
+    float vi = c.beta2 * v[i] + c.one_minus_beta2 * gi * gi;
+    p[i] = pi - c.step_size * mi / (sqrtf(vi) / c.bias2_sqrt + c.eps);
+    m[i] = mi;
+    v[i] = vi;
 }
 
-extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long n, float decay,
-                                     float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
-                                     float step_size, float bias2_sqrt, float eps) {
-    adamw(p, g, m, v, n, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, eps);
+template <typename G>
+__device__ void adamw(float* p, const G* g, float* m, float* v, long n, float decay, const AdamWConstants& c) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        adamw_element(p, g, m, v, i, decay, c);
 }
-extern "C" __global__ void adamw_bf16_grad(float* p, const bf16* g, float* m, float* v, long n, float decay,
-                                           float beta1, float one_minus_beta1, float beta2,
-                                           float one_minus_beta2, float step_size, float bias2_sqrt,
-                                           float eps) {
-    adamw(p, g, m, v, n, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, eps);
+
+template <typename G>
+__device__ void adamw_list(const TensorList& list, const AdamWConstants& c) {
+    ListBlock b = list_block(list);
+    float* p = (float*)list.operand[b.tensor][0];
+    const G* g = (const G*)list.operand[b.tensor][1];
+    float* m = (float*)list.operand[b.tensor][2];
+    float* v = (float*)list.operand[b.tensor][3];
+    float decay = list.scalar[b.tensor];
+    LIST_STRIDE(i, b, list.n[b.tensor]) adamw_element(p, g, m, v, i, decay, c);
 }
+
+#define ADAMW_ENTRIES(G, S)                                                                                   \
+    extern "C" __global__ void adamw_##S(float* p, const G* g, float* m, float* v, long n, float decay,      \
+                                         float beta1, float one_minus_beta1, float beta2,                     \
+                                         float one_minus_beta2, float step_size, float bias2_sqrt, float eps) { \
+        AdamWConstants c = {beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, eps};      \
+        adamw(p, g, m, v, n, decay, c);                                                                       \
+    }                                                                                                         \
+    extern "C" __global__ void adamw_list_##S(TensorList list, float beta1, float one_minus_beta1, float beta2, \
+                                              float one_minus_beta2, float step_size, float bias2_sqrt,       \
+                                              float eps) {                                                    \
+        AdamWConstants c = {beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, eps};      \
+        adamw_list<G>(list, c);                                                                               \
+    }
+
+ADAMW_ENTRIES(float, f32)
+ADAMW_ENTRIES(bf16, bf16_grad)

@@ -6,7 +6,10 @@
 // assigned except add_assign (acc += x) and scale (t *= s), which update in place.
 // Dropout draws the CPU backend's mask: element i is kept iff the top 24 bits of
 // spafit_mix(seed, i) are ≥ threshold; survivors are multiplied by keep_scale = 1/(1−p).
+// scale_list_* and sum_squares_list_* do the same as scale_* and sum_squares_partial_* over a
+// whole TensorList in one launch, with the same bits (gradient clipping and norms).
 #include "common.cuh"
+#include "tensor_list.cuh"
 
 #define GRID_STRIDE(i, n) for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
 
@@ -51,6 +54,24 @@ __device__ __forceinline__ float gelu_grad(float x) {
         extern __shared__ float scratch[];                                                        \
         float acc = 0.f;                                                                          \
         GRID_STRIDE(i, n) {                                                                       \
+            float v = load(x, i);                                                                 \
+            acc += v * v;                                                                         \
+        }                                                                                         \
+        float total = block_sum(acc, scratch);                                                    \
+        if (threadIdx.x == 0) partial[blockIdx.x] = total;                                        \
+    }                                                                                             \
+    extern "C" __global__ void scale_list_##S(TensorList list, float s) {                         \
+        ListBlock b = list_block(list);                                                           \
+        T* t = (T*)list.operand[b.tensor][0];                                                     \
+        LIST_STRIDE(i, b, list.n[b.tensor]) store(t, i, load(t, i) * s);                          \
+    }                                                                                             \
+    /* Each tensor's partials land at its own blocks' indices: partial[first_block[t] + k]. */    \
+    extern "C" __global__ void sum_squares_list_##S(TensorList list, float* partial) {            \
+        extern __shared__ float scratch[];                                                        \
+        ListBlock b = list_block(list);                                                           \
+        const T* x = (const T*)list.operand[b.tensor][0];                                         \
+        float acc = 0.f;                                                                          \
+        LIST_STRIDE(i, b, list.n[b.tensor]) {                                                     \
             float v = load(x, i);                                                                 \
             acc += v * v;                                                                         \
         }                                                                                         \

@@ -14,8 +14,8 @@ use common::{nonzero, rel_err};
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::{CudaBackend, Driver};
 use spafit::backend::{
-    AdamWStep, AttentionConfig, AttentionGradRequest, Backend, Dropout, LayerNormGradRequest,
-    LinearBackwardInputs, LinearGradRequest, LoraWeights,
+    AdamWStep, AdamWUpdate, AttentionConfig, AttentionGradRequest, Backend, Dropout,
+    LayerNormGradRequest, LinearBackwardInputs, LinearGradRequest, LoraWeights,
 };
 use spafit::rng::SplitMix;
 use spafit::tensor::{DType, Shape, Tensor};
@@ -1006,6 +1006,157 @@ fn cuda_sums_of_squares_of_many_tensors_take_one_download() {
             .collect();
         check(&b, "sum_squares_each", &each, &want, 1e-5);
         assert!(b.sum_squares_each(&[]).unwrap().is_empty());
+    }
+}
+
+/// The optimizer's ops over a step's worth of tensors (more than one list of 48, f32, bf16
+/// and mixed, 1 to 274 blocks each): sums of squares, clipping's scale and AdamW give the bits
+/// of one call per tensor from one launch per list of a dtype, and an AdamW refused for one
+/// tensor changes none.
+#[test]
+fn cuda_optimizer_ops_over_many_tensors_take_a_launch_per_list() {
+    const LIST: usize = 48;
+    let mut rng = SplitMix::new(12);
+    let count = 2 * LIST + 7;
+    let sizes: Vec<usize> = (0..count)
+        .map(|i| if i == 5 { 70_000 } else { 1 + (i * 977) % 3000 })
+        .collect();
+    let b = cuda(DType::F32);
+    let step = |step, weight_decay| AdamWStep {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay,
+        step,
+    };
+    let pick = |mix: usize, i: usize| match mix {
+        0 => DType::F32,
+        1 => DType::BF16,
+        _ if i.is_multiple_of(3) => DType::BF16,
+        _ => DType::F32,
+    };
+    for mix in 0..3 {
+        let dtypes: Vec<DType> = (0..count).map(|i| pick(mix, i)).collect();
+        let bf16s = dtypes.iter().filter(|&&d| d == DType::BF16).count();
+        let lists = bf16s.div_ceil(LIST) + (count - bf16s).div_ceil(LIST);
+        let make =
+            |rng: &mut SplitMix, as_dtype: &dyn Fn(usize) -> DType| -> Vec<Tensor<CudaBackend>> {
+                sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| {
+                        b.tensor_from_f64_as(Shape::new([n]), &nonzero(rng, n), as_dtype(i))
+                            .unwrap()
+                    })
+                    .collect()
+            };
+        let grads = make(&mut rng, &|i| dtypes[i]);
+        let bits = |ts: &[Tensor<CudaBackend>]| -> Vec<Vec<u64>> {
+            ts.iter()
+                .map(|t| down(&b, t).iter().map(|v| v.to_bits()).collect())
+                .collect()
+        };
+
+        let all: Vec<&Tensor<CudaBackend>> = grads.iter().collect();
+        let before = b.launches();
+        let each = b.sum_squares_each(&all).unwrap();
+        assert_eq!(
+            b.launches() - before,
+            lists as u64,
+            "sum_squares_each, mix {mix}"
+        );
+        let one_by_one: Vec<u64> = all
+            .iter()
+            .map(|t| b.sum_squares(t).unwrap().to_bits())
+            .collect();
+        assert_eq!(
+            each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            one_by_one,
+            "mix {mix}"
+        );
+
+        let (mut listed, mut single) = (grads.clone(), grads.clone());
+        let before = b.launches();
+        b.scale_each(&mut listed.iter_mut().collect::<Vec<_>>(), 0.37)
+            .unwrap();
+        assert_eq!(b.launches() - before, lists as u64, "scale_each, mix {mix}");
+        for t in &mut single {
+            b.scale_in_place(t, 0.37).unwrap();
+        }
+        assert_eq!(bits(&listed), bits(&single), "scale_each, mix {mix}");
+        assert_ne!(bits(&listed), bits(&grads), "scale_each scales");
+
+        // AdamW: f32 masters, the gradients as they come; decay on every other tensor.
+        let masters = make(&mut rng, &|_| DType::F32);
+        let zeros = |_: &mut SplitMix| -> Vec<Tensor<CudaBackend>> {
+            sizes
+                .iter()
+                .map(|&n| b.zeros(Shape::new([n])).unwrap())
+                .collect()
+        };
+        let (mut p1, mut m1, mut v1) = (masters.clone(), zeros(&mut rng), zeros(&mut rng));
+        let (mut p2, mut m2, mut v2) = (masters.clone(), zeros(&mut rng), zeros(&mut rng));
+        for t in 1..=2 {
+            let mut updates: Vec<AdamWUpdate<'_, CudaBackend>> = p1
+                .iter_mut()
+                .zip(&mut m1)
+                .zip(&mut v1)
+                .zip(&grads)
+                .enumerate()
+                .map(|(i, (((param, m), v), grad))| AdamWUpdate {
+                    param,
+                    grad,
+                    m,
+                    v,
+                    step: step(t, if i % 2 == 0 { 0.01 } else { 0.0 }),
+                })
+                .collect();
+            let before = b.launches();
+            b.adamw_step_each(&mut updates).unwrap();
+            assert_eq!(
+                b.launches() - before,
+                lists as u64,
+                "adamw_step_each, mix {mix}"
+            );
+            for i in 0..count {
+                let s = step(t, if i % 2 == 0 { 0.01 } else { 0.0 });
+                b.adamw_step(&mut p2[i], &grads[i], &mut m2[i], &mut v2[i], &s)
+                    .unwrap();
+            }
+        }
+        assert_eq!(bits(&p1), bits(&p2), "adamw params, mix {mix}");
+        assert_eq!(bits(&m1), bits(&m2), "adamw first moments, mix {mix}");
+        assert_eq!(bits(&v1), bits(&v2), "adamw second moments, mix {mix}");
+        assert_ne!(bits(&p1), bits(&masters), "adamw moves the parameters");
+
+        // The last gradient of the wrong shape: refused before any tensor changes.
+        let wrong = b.zeros(Shape::new([sizes[count - 1] + 1])).unwrap();
+        let kept = (bits(&p1), bits(&m1), bits(&v1));
+        let mut updates: Vec<AdamWUpdate<'_, CudaBackend>> = p1
+            .iter_mut()
+            .zip(&mut m1)
+            .zip(&mut v1)
+            .zip(&grads)
+            .enumerate()
+            .map(|(i, (((param, m), v), grad))| AdamWUpdate {
+                param,
+                grad: if i == count - 1 { &wrong } else { grad },
+                m,
+                v,
+                step: step(3, 0.0),
+            })
+            .collect();
+        let before = b.launches();
+        let err = b.adamw_step_each(&mut updates).unwrap_err().to_string();
+        assert!(err.contains("grad"), "{err}");
+        assert_eq!(b.launches(), before, "nothing launched");
+        drop(updates);
+        assert_eq!(
+            (bits(&p1), bits(&m1), bits(&v1)),
+            kept,
+            "a refused AdamW changed a tensor"
+        );
     }
 }
 

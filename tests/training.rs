@@ -1157,7 +1157,8 @@ fn the_bench_runs_on_a_vocabulary_smaller_than_bert_s() {
 /// until the host queues more, so a CUDA training step reads back two things: the loss (a
 /// NaN stops the run before its backward) and the gradient norm (one download for all the
 /// tensors, not one each). Ids and labels are checked on the host copy they were uploaded
-/// from.
+/// from. The optimizer's passes over every tensor (norm, clipping, AdamW) launch per list of
+/// tensors, not per tensor.
 #[test]
 fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
     use spafit::backend::cuda::CudaBackend;
@@ -1168,28 +1169,51 @@ fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
     for dtype in [DType::F32, DType::BF16] {
         let cuda = CudaBackend::hardware_or_emulated(dtype).unwrap();
         let mut trainable = 0;
-        let mut downloads_in = |steps: usize| {
+        // Downloads and launches of a run of `steps` steps.
+        let mut run = |steps: usize, max_grad_norm: Option<f64>| {
             let (mut model, plan) = tiny_model(&ck, &cuda);
             trainable = model.params().iter().filter(|p| p.trainable).count();
             let config = TrainConfig {
                 epochs: 1,
                 batch_size: 4,
+                max_grad_norm,
                 ..TrainConfig::default()
             };
-            let before = cuda.downloads();
+            let (downloads, launches) = (cuda.downloads(), cuda.launches());
             let report = Trainer::new(&cuda, &mut model, &plan, &ck.weights, config)
                 .fit(&tok, &regression_data(4 * steps, None), None)
                 .unwrap();
             assert_eq!(report.steps, steps);
-            cuda.downloads() - before
+            [cuda.downloads() - downloads, cuda.launches() - launches]
         };
-        let (two, five) = (downloads_in(2), downloads_in(5));
-        let per_step = (five - two) as f64 / 3.0;
-        println!("{dtype}: {per_step} downloads per step, {trainable} trainable tensors");
+        let mut per_step = |max_grad_norm| {
+            let (two, five) = (run(2, max_grad_norm), run(5, max_grad_norm));
+            [0, 1].map(|i| (five[i] - two[i]) as f64 / 3.0)
+        };
+        // A norm no gradient stays under: every step clips.
+        let [downloads, launches] = per_step(None);
+        let [clipped_downloads, clipped_launches] = per_step(Some(1e-9));
+        println!(
+            "{dtype}: {downloads} downloads and {launches} launches per step \
+             ({clipped_launches} clipping), {trainable} trainable tensors"
+        );
         assert!(trainable > 20, "{trainable} trainable tensors");
+        for d in [downloads, clipped_downloads] {
+            assert!(
+                d <= 2.0,
+                "{d} downloads per step on {dtype} ({trainable} trainable tensors)"
+            );
+        }
+        // The norm, the clipping and AdamW each go over all the gradients in a launch or
+        // two (f32 and bf16 lists), not one per tensor.
         assert!(
-            per_step <= 2.0,
-            "{per_step} downloads per step on {dtype} ({trainable} trainable tensors)"
+            clipped_launches - launches <= 2.0,
+            "clipping {trainable} gradients took {} launches",
+            clipped_launches - launches
+        );
+        assert!(
+            launches < 8.0 * trainable as f64,
+            "{launches} launches per step"
         );
     }
 }

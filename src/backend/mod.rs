@@ -400,6 +400,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()>;
     /// `t *= s` in place: gradient clipping.
     fn scale_in_place(&self, t: &mut Tensor<Self>, s: f64) -> Result<()>;
+    /// [`Backend::scale_in_place`] of each tensor, bit for bit, in one call (clipping every
+    /// gradient of a step): a device backend checks every tensor before it changes any and
+    /// launches once per few dozen tensors, not once each.
+    fn scale_each(&self, ts: &mut [&mut Tensor<Self>], s: f64) -> Result<()> {
+        ts.iter_mut().try_for_each(|t| self.scale_in_place(t, s))
+    }
     /// `Σ t²` as f64, for gradient norms (the CPU accumulates in f64; CUDA in f32 within a
     /// block and in f64 across blocks).
     fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64>;
@@ -460,6 +466,29 @@ pub trait Backend: Clone + Send + Sync + 'static {
         v: &mut Tensor<Self>,
         step: &AdamWStep,
     ) -> Result<()>;
+
+    /// [`Backend::adamw_step`] of each update, bit for bit, in one call (every trainable
+    /// tensor of a step). A device backend checks every update before it changes any and
+    /// launches once per few dozen tensors; this default updates them one after the other.
+    fn adamw_step_each(&self, updates: &mut [AdamWUpdate<'_, Self>]) -> Result<()> {
+        updates
+            .iter_mut()
+            .try_for_each(|u| self.adamw_step(u.param, u.grad, u.m, u.v, &u.step))
+    }
+}
+
+/// One tensor's part of [`Backend::adamw_step_each`].
+pub struct AdamWUpdate<'a, B: Backend> {
+    /// The f32 master weight, updated in place.
+    pub param: &'a mut Tensor<B>,
+    /// Its gradient (the parameter's shape; f32, or bf16 on CUDA).
+    pub grad: &'a Tensor<B>,
+    /// First moment, updated in place.
+    pub m: &'a mut Tensor<B>,
+    /// Second moment, updated in place.
+    pub v: &'a mut Tensor<B>,
+    /// The step's settings for this tensor (weight decay differs between tensors).
+    pub step: AdamWStep,
 }
 
 macro_rules! impl_empty_default {

@@ -1,7 +1,7 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::autograd::Gradients;
-use crate::backend::{shapes, AdamWStep, Backend};
+use crate::backend::{shapes, AdamWStep, AdamWUpdate, Backend};
 use crate::error::{Error, Result};
 use crate::nn::Param;
 use crate::tensor::Tensor;
@@ -45,8 +45,8 @@ impl<B: Backend> AdamW<B> {
     /// parameter before any is changed: such a refusal leaves the parameters, the moments and
     /// the step count as they were. A gradient dtype the backend does not take for its
     /// parameter (the CPU wants the parameter's own; CUDA also takes bf16 for an f32 master)
-    /// is refused by the backend as it reaches that parameter, after the ones before it
-    /// were updated: the model is then not fit to train on.
+    /// is refused by the backend before it updates any parameter or the step count (new
+    /// moments, still zero, stay).
     pub fn update(
         &mut self,
         backend: &B,
@@ -112,28 +112,44 @@ impl<B: Backend> AdamW<B> {
             }
         }
         self.moments.extend(fresh);
-        self.step = step_number;
+        let mut moments: HashMap<&str, &mut (Tensor<B>, Tensor<B>)> = self
+            .moments
+            .iter_mut()
+            .map(|(name, mv)| (name.as_str(), mv))
+            .collect();
+        let mut batch = Vec::with_capacity(updates.len());
         for (p, g) in updates {
-            let Some((m, v)) = self.moments.get_mut(&p.name) else {
+            let Some((m, v)) = moments.remove(p.name.as_str()) else {
                 return Err(Error::invalid(
                     "adamw",
-                    format!("no moments for `{}`", p.name),
+                    format!(
+                        "no moments for `{}` (or two parameters of that name)",
+                        p.name
+                    ),
                 ));
             };
-            let step = AdamWStep {
-                lr,
-                beta1: self.beta1,
-                beta2: self.beta2,
-                eps: self.eps,
-                weight_decay: if no_decay(&p.name) {
-                    0.0
-                } else {
-                    self.weight_decay
-                },
-                step: self.step,
+            let weight_decay = if no_decay(&p.name) {
+                0.0
+            } else {
+                self.weight_decay
             };
-            backend.adamw_step(&mut p.value, g, m, v, &step)?;
+            batch.push(AdamWUpdate {
+                param: &mut p.value,
+                grad: g,
+                m,
+                v,
+                step: AdamWStep {
+                    lr,
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    eps: self.eps,
+                    weight_decay,
+                    step: step_number,
+                },
+            });
         }
+        backend.adamw_step_each(&mut batch)?;
+        self.step = step_number;
         Ok(())
     }
 

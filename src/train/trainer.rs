@@ -827,9 +827,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if let Some(max) = self.config.max_grad_norm {
             let coef = max / (grad_norm + 1e-6);
             if coef < 1.0 {
-                for g in grads.values_mut() {
-                    self.backend.scale_in_place(g, coef)?;
-                }
+                let mut all: Vec<&mut Tensor<B>> = grads.values_mut().collect();
+                self.backend.scale_each(&mut all, coef)?;
             }
         }
         let grads = crate::autograd::Gradients::from_map(grads);

@@ -24,8 +24,8 @@ pub use element::{CpuBuffer, Element};
 
 use super::shapes::{self, LinearDims};
 use super::{
-    AdamWStep, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput, Backend,
-    Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
+    AdamWStep, AdamWUpdate, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput,
+    Backend, Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
     LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
 };
 use crate::error::{Error, Result};
@@ -565,20 +565,41 @@ impl Backend for CpuBackend {
         v: &mut Tensor<Self>,
         step: &AdamWStep,
     ) -> Result<()> {
-        const OP: &str = "adamw";
-        let dtype = shapes::common_float_dtype(
-            OP,
-            &[("param", param), ("grad", grad), ("m", m), ("v", v)],
-        )?;
-        for (name, t) in [("grad", grad), ("m", &*m), ("v", &*v)] {
-            shapes::require_same_shape(OP, (name, t), ("param", param))?;
-        }
-        shapes::adamw(step)?;
-        with_float!(dtype, OP, T => {
+        let dtype = check_adamw(param, grad, m, v, step)?;
+        with_float!(dtype, "adamw", T => {
             adamw::step(view_mut::<T>(param), view::<T>(grad), view_mut::<T>(m), view_mut::<T>(v), step);
             Ok(())
         })
     }
+
+    fn adamw_step_each(&self, updates: &mut [AdamWUpdate<'_, Self>]) -> Result<()> {
+        // Every update is checked before any parameter moves, as on CUDA.
+        for u in updates.iter() {
+            check_adamw(u.param, u.grad, u.m, u.v, &u.step)?;
+        }
+        updates
+            .iter_mut()
+            .try_for_each(|u| self.adamw_step(u.param, u.grad, u.m, u.v, &u.step))
+    }
+}
+
+/// The dtype an AdamW update runs in, or why it cannot run: the CPU updates every operand in
+/// the parameter's own dtype.
+fn check_adamw(
+    param: &Tensor<CpuBackend>,
+    grad: &Tensor<CpuBackend>,
+    m: &Tensor<CpuBackend>,
+    v: &Tensor<CpuBackend>,
+    step: &AdamWStep,
+) -> Result<DType> {
+    const OP: &str = "adamw";
+    let dtype =
+        shapes::common_float_dtype(OP, &[("param", param), ("grad", grad), ("m", m), ("v", v)])?;
+    for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
+        shapes::require_same_shape(OP, (name, t), ("param", param))?;
+    }
+    shapes::adamw(step)?;
+    Ok(dtype)
 }
 
 fn check_cross_entropy(

@@ -1,11 +1,54 @@
-//! Launcher of `kernels/adamw.cu`: the fused AdamW update of an f32 master weight and its
+//! Launchers of `kernels/adamw.cu`: the fused AdamW update of an f32 master weight and its
 //! moments from an f32 or bf16 gradient, with the step's constants from
-//! [`AdamWStep::coefficients`] (the CPU reference uses the same).
+//! [`AdamWStep::coefficients`] (the CPU reference uses the same); one tensor per launch, or a
+//! whole step's tensors in a few (`adamw_list_*`, the same bits).
 
+use cudarc::driver::{DevicePtr, DevicePtrMut, SyncOnDrop};
+
+use super::tensor_list::{self, ListEntry};
 use super::{grid_for, launch, require_f32, unshared_mut, CudaBackend, CudaBuffer, CudaFloat};
-use crate::backend::{shapes, AdamWStep};
+use crate::backend::{shapes, AdamWStep, AdamWUpdate};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+const OP: &str = "adamw";
+
+/// The kernels' constants of `step` other than the per-tensor decay, rounded to f32:
+/// `β₁, 1 − β₁, β₂, 1 − β₂, step size, sqrt(1 − β₂ᵗ), ε`.
+fn constants(step: &AdamWStep) -> [f32; 7] {
+    let c = step.coefficients();
+    [
+        step.beta1 as f32,
+        c.one_minus_beta1 as f32,
+        step.beta2 as f32,
+        c.one_minus_beta2 as f32,
+        c.step_size as f32,
+        c.bias2_sqrt as f32,
+        step.eps as f32,
+    ]
+}
+
+/// Refuses what [`step`] cannot update: moments and master not f32, shapes that differ, bad
+/// settings, a gradient that is not a float tensor.
+fn check(
+    param: &Tensor<CudaBackend>,
+    grad: &Tensor<CudaBackend>,
+    m: &Tensor<CudaBackend>,
+    v: &Tensor<CudaBackend>,
+    step: &AdamWStep,
+) -> Result<()> {
+    for (name, t) in [("param", param), ("m", m), ("v", v)] {
+        require_f32(OP, name, t)?;
+    }
+    for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
+        shapes::require_same_shape(OP, (name, t), ("param", param))?;
+    }
+    shapes::adamw(step)?;
+    if matches!(grad.buffer(), CudaBuffer::U32(_)) {
+        return Err(Error::dtype(OP, "`grad` must be a float tensor"));
+    }
+    Ok(())
+}
 
 pub(super) fn step(
     b: &CudaBackend,
@@ -15,67 +58,122 @@ pub(super) fn step(
     v: &mut Tensor<CudaBackend>,
     step: &AdamWStep,
 ) -> Result<()> {
-    const OP: &str = "adamw";
-    for (name, t) in [("param", &*param), ("m", &*m), ("v", &*v)] {
-        require_f32(OP, name, t)?;
-    }
-    for (name, t) in [("grad", grad), ("m", &*m), ("v", &*v)] {
-        shapes::require_same_shape(OP, (name, t), ("param", param))?;
-    }
-    shapes::adamw(step)?;
+    check(param, grad, m, v, step)?;
     let n = param.numel();
-    let c = step.coefficients();
-    let (decay, step_size, bias2_sqrt) = (c.decay as f32, c.step_size as f32, c.bias2_sqrt as f32);
-    let (b1, b2, eps) = (step.beta1 as f32, step.beta2 as f32, step.eps as f32);
-    let (one_b1, one_b2) = (c.one_minus_beta1 as f32, c.one_minus_beta2 as f32);
+    let decay = step.coefficients().decay as f32;
+    let [b1, one_b1, b2, one_b2, step_size, bias2_sqrt, eps] = constants(step);
     let p = f32::slice_mut(unshared_mut(param, OP)?).expect("checked f32");
     let ms = f32::slice_mut(unshared_mut(m, OP)?).expect("checked f32");
     let vs = f32::slice_mut(unshared_mut(v, OP)?).expect("checked f32");
-    let kernel = match grad.buffer() {
-        CudaBuffer::F32(_) => "adamw_f32",
-        CudaBuffer::BF16(_) => "adamw_bf16_grad",
-        CudaBuffer::U32(_) => return Err(Error::dtype(OP, "`grad` must be a float tensor")),
-    };
-    match grad.buffer() {
-        CudaBuffer::F32(g) => launch!(
-            b,
-            "adamw",
-            kernel,
-            grid_for(n),
-            p,
-            g,
-            ms,
-            vs,
-            &(n as i64),
-            &decay,
-            &b1,
-            &one_b1,
-            &b2,
-            &one_b2,
-            &step_size,
-            &bias2_sqrt,
-            &eps
-        ),
-        CudaBuffer::BF16(g) => launch!(
-            b,
-            "adamw",
-            kernel,
-            grid_for(n),
-            p,
-            g,
-            ms,
-            vs,
-            &(n as i64),
-            &decay,
-            &b1,
-            &one_b1,
-            &b2,
-            &one_b2,
-            &step_size,
-            &bias2_sqrt,
-            &eps
-        ),
-        CudaBuffer::U32(_) => unreachable!("refused above"),
+    macro_rules! go {
+        ($kernel:expr, $g:expr) => {
+            launch!(
+                b,
+                "adamw",
+                $kernel,
+                grid_for(n),
+                p,
+                $g,
+                ms,
+                vs,
+                &(n as i64),
+                &decay,
+                &b1,
+                &one_b1,
+                &b2,
+                &one_b2,
+                &step_size,
+                &bias2_sqrt,
+                &eps
+            )
+        };
     }
+    match grad.buffer() {
+        CudaBuffer::F32(g) => go!("adamw_f32", g),
+        CudaBuffer::BF16(g) => go!("adamw_bf16_grad", g),
+        CudaBuffer::U32(_) => unreachable!("refused by check"),
+    }
+    Ok(())
+}
+
+/// Tensors that share a kernel (the gradient's dtype) and the step's constants.
+struct Group {
+    bf16_grad: bool,
+    constants: [f32; 7],
+    entries: Vec<ListEntry>,
+}
+
+/// [`step`] of every update, in a launch per [`tensor_list::CAPACITY`] tensors that share
+/// a gradient dtype and the step's constants (in a trainer's step: one or two launches).
+pub(super) fn step_each(
+    b: &CudaBackend,
+    updates: &mut [AdamWUpdate<'_, CudaBackend>],
+) -> Result<()> {
+    for u in updates.iter() {
+        check(u.param, u.grad, u.m, u.v, &u.step)?;
+    }
+    let stream = &b.device.stream;
+    let mut groups: Vec<Group> = Vec::new();
+    // Held until the launches are queued (no-ops while the context tracks no events).
+    let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+    for u in updates.iter_mut() {
+        let (bf16_grad, g) = match u.grad.buffer() {
+            CudaBuffer::F32(g) => (false, g.device_ptr(stream)),
+            CudaBuffer::BF16(g) => (true, g.device_ptr(stream)),
+            CudaBuffer::U32(_) => unreachable!("refused by check"),
+        };
+        let n = u.param.numel();
+        let p = f32::slice_mut(unshared_mut(u.param, OP)?).expect("checked f32");
+        let m = f32::slice_mut(unshared_mut(u.m, OP)?).expect("checked f32");
+        let v = f32::slice_mut(unshared_mut(u.v, OP)?).expect("checked f32");
+        let ((p, gp), (m, gm), (v, gv)) = (
+            p.device_ptr_mut(stream),
+            m.device_ptr_mut(stream),
+            v.device_ptr_mut(stream),
+        );
+        guards.extend([g.1, gp, gm, gv]);
+        let entry = ListEntry {
+            operands: [p, g.0, m, v],
+            n,
+            scalar: u.step.coefficients().decay as f32,
+        };
+        let constants = constants(&u.step);
+        match groups
+            .iter_mut()
+            .find(|gr| gr.bf16_grad == bf16_grad && gr.constants == constants)
+        {
+            Some(group) => group.entries.push(entry),
+            None => groups.push(Group {
+                bf16_grad,
+                constants,
+                entries: vec![entry],
+            }),
+        }
+    }
+    for group in &groups {
+        let kernel = if group.bf16_grad {
+            "adamw_list_bf16_grad"
+        } else {
+            "adamw_list_f32"
+        };
+        let [b1, one_b1, b2, one_b2, step_size, bias2_sqrt, eps] = group.constants;
+        for l in tensor_list::launches(&group.entries, 0) {
+            launch!(
+                b,
+                "adamw",
+                kernel,
+                l.cfg,
+                &l.list,
+                &b1,
+                &one_b1,
+                &b2,
+                &one_b2,
+                &step_size,
+                &bias2_sqrt,
+                &eps
+            );
+        }
+    }
+    drop(guards);
     Ok(())
 }

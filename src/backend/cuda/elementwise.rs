@@ -1,9 +1,10 @@
 //! Launchers of `kernels/elementwise.cu`: GELU, tanh, residual add, in-place accumulate and
 //! scale, sums of squares, dropout, f32 ↔ bf16 casts.
 
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop};
 use half::bf16;
 
+use super::tensor_list::{self, ListEntry};
 use super::{
     grid_for, launch, tensor, unshared_mut, view, with_float, CudaBackend, CudaBuffer, CudaFloat,
     THREADS,
@@ -73,43 +74,147 @@ pub(super) fn scale_in_place(b: &CudaBackend, t: &mut Tensor<CudaBackend>, s: f6
 }
 
 /// Per-block partial sums in f32 (fixed tree), added on the host in f64 in block order.
+/// [`sum_squares_each`] gives each tensor the same bits from a list of them.
 pub(super) fn sum_squares(b: &CudaBackend, t: &Tensor<CudaBackend>) -> Result<f64> {
-    Ok(sum_squares_each(b, &[t])?[0])
+    let dtype = shapes::common_float_dtype("sum_squares", &[("t", t)])?;
+    let n = t.numel();
+    let cfg = LaunchConfig {
+        shared_mem_bytes: THREADS * 4,
+        ..grid_for(n)
+    };
+    let mut partial = b.zeroed::<f32>(cfg.grid_dim.0 as usize)?;
+    with_float!(dtype, "sum_squares", T => {
+        launch!(b, MODULE, format!("sum_squares_partial_{}", T::SUFFIX), cfg, view::<T>(t), &mut partial, &(n as i64));
+        Ok(())
+    })?;
+    let host = b.download("sum_squares", &partial)?;
+    Ok(host.iter().map(|&v| f64::from(v)).sum())
 }
 
-/// [`sum_squares`] of each tensor: every tensor's partial sums go to its own range of one
-/// buffer, downloaded once, so the result is the same bits with one wait for the device.
-pub(super) fn sum_squares_each(b: &CudaBackend, ts: &[&Tensor<CudaBackend>]) -> Result<Vec<f64>> {
-    // Every dtype is checked, and every grid sized, before anything is launched.
-    let mut launches = Vec::with_capacity(ts.len());
-    let mut total = 0;
-    for t in ts {
-        shapes::common_float_dtype("sum_squares", &[("t", t)])?;
-        let cfg = LaunchConfig {
-            shared_mem_bytes: THREADS * 4,
-            ..grid_for(t.numel())
+/// Tensors of one dtype as list entries, each with its index among all the tensors.
+type DTypeGroup = (DType, Vec<(usize, ListEntry)>);
+
+/// The f32 and bf16 tensors of `ts` (dtype, address, length) as list entries of one operand,
+/// by dtype. Every dtype is checked before the caller launches anything.
+fn by_dtype(op: &'static str, ts: &[(DType, u64, usize)]) -> Result<[DTypeGroup; 2]> {
+    let mut groups = [(DType::F32, Vec::new()), (DType::BF16, Vec::new())];
+    for (i, &(dtype, ptr, n)) in ts.iter().enumerate() {
+        let entry = ListEntry {
+            operands: [ptr, 0, 0, 0],
+            n,
+            scalar: 0.0,
         };
-        let blocks = cfg.grid_dim.0 as usize;
-        launches.push((cfg, total..total + blocks));
-        total += blocks;
+        match groups.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, entries)) => entries.push((i, entry)),
+            None => {
+                return Err(Error::dtype(
+                    op,
+                    format!("the CUDA backend stores f32 or bf16, not {dtype}"),
+                ))
+            }
+        }
     }
+    Ok(groups)
+}
+
+/// The address of a float tensor's buffer, and the guard to hold until its launch is queued.
+fn float_ptr<'a>(
+    t: &'a CudaBuffer,
+    stream: &'a cudarc::driver::CudaStream,
+) -> Option<(u64, SyncOnDrop<'a>)> {
+    match t {
+        CudaBuffer::F32(s) => Some(s.device_ptr(stream)),
+        CudaBuffer::BF16(s) => Some(s.device_ptr(stream)),
+        CudaBuffer::U32(_) => None,
+    }
+}
+
+/// [`sum_squares`] of each tensor: every tensor's per-block partial sums (the blocks of a
+/// launch over it alone) go to its own range of one buffer, from a launch per
+/// [`tensor_list::CAPACITY`] tensors of a dtype, downloaded once: the same bits as one
+/// launch and one download per tensor.
+pub(super) fn sum_squares_each(b: &CudaBackend, ts: &[&Tensor<CudaBackend>]) -> Result<Vec<f64>> {
     if ts.is_empty() {
         return Ok(Vec::new());
     }
+    let stream = &b.device.stream;
+    let mut guards = Vec::with_capacity(ts.len());
+    let mut described = Vec::with_capacity(ts.len());
+    for t in ts {
+        let dtype = shapes::common_float_dtype("sum_squares", &[("t", t)])?;
+        let (ptr, guard) = float_ptr(t.buffer(), stream).expect("float dtype checked");
+        guards.push(guard);
+        described.push((dtype, ptr, t.numel()));
+    }
+    // Each tensor's blocks follow the previous tensor's in one partial buffer: within a
+    // dtype the launches lay them out in entry order, and the bf16 tensors follow the f32.
+    let mut ranges = vec![0..0; ts.len()];
+    let mut planned = Vec::new();
+    let mut total = 0;
+    for (dtype, entries) in by_dtype("sum_squares", &described)? {
+        let mut next = total;
+        for (i, e) in &entries {
+            let blocks = tensor_list::blocks_of(e.n);
+            ranges[*i] = next..next + blocks;
+            next += blocks;
+        }
+        let list: Vec<ListEntry> = entries.into_iter().map(|(_, e)| e).collect();
+        for l in tensor_list::launches(&list, THREADS * 4) {
+            planned.push((dtype, total + l.first_block, l));
+        }
+        total = next;
+    }
     let mut partial = b.zeroed::<f32>(total)?;
-    for (t, (cfg, range)) in ts.iter().zip(&launches) {
-        let (n, cfg) = (t.numel(), *cfg);
-        let mut out = partial.slice_mut(range.clone());
-        with_float!(t.dtype(), "sum_squares", T => {
-            launch!(b, MODULE, format!("sum_squares_partial_{}", T::SUFFIX), cfg, view::<T>(t), &mut out, &(n as i64));
+    for (dtype, start, l) in &planned {
+        let mut out = partial.slice_mut(*start..*start + l.cfg.grid_dim.0 as usize);
+        with_float!(*dtype, "sum_squares", T => {
+            launch!(b, MODULE, format!("sum_squares_list_{}", T::SUFFIX), l.cfg, &l.list, &mut out);
             Ok(())
         })?;
     }
+    drop(guards);
     let host = b.download("sum_squares", &partial)?;
-    Ok(launches
+    Ok(ranges
         .into_iter()
-        .map(|(_, r)| host[r].iter().map(|&v| f64::from(v)).sum())
+        .map(|r| host[r].iter().map(|&v| f64::from(v)).sum())
         .collect())
+}
+
+/// [`scale_in_place`] of each tensor, a launch per [`tensor_list::CAPACITY`] tensors of a
+/// dtype; every dtype is checked, and every shared buffer copied, before any launch.
+pub(super) fn scale_each(
+    b: &CudaBackend,
+    ts: &mut [&mut Tensor<CudaBackend>],
+    s: f64,
+) -> Result<()> {
+    for t in ts.iter() {
+        shapes::common_float_dtype("scale", &[("t", t)])?;
+    }
+    let stream = &b.device.stream;
+    let mut guards = Vec::with_capacity(ts.len());
+    let mut described = Vec::with_capacity(ts.len());
+    for t in ts.iter_mut() {
+        let (dtype, n) = (t.dtype(), t.numel());
+        let buf = unshared_mut(t, "scale")?;
+        let (ptr, guard) = match buf {
+            CudaBuffer::F32(x) => x.device_ptr_mut(stream),
+            CudaBuffer::BF16(x) => x.device_ptr_mut(stream),
+            CudaBuffer::U32(_) => unreachable!("float dtype checked"),
+        };
+        guards.push(guard);
+        described.push((dtype, ptr, n));
+    }
+    for (dtype, entries) in by_dtype("scale", &described)? {
+        let list: Vec<ListEntry> = entries.into_iter().map(|(_, e)| e).collect();
+        for l in tensor_list::launches(&list, 0) {
+            with_float!(dtype, "scale", T => {
+                launch!(b, MODULE, format!("scale_list_{}", T::SUFFIX), l.cfg, &l.list, &(s as f32));
+                Ok(())
+            })?;
+        }
+    }
+    drop(guards);
+    Ok(())
 }
 
 pub(super) fn dropout(

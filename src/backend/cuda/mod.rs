@@ -28,6 +28,7 @@ mod host_ids;
 pub mod kernels;
 mod layernorm;
 mod loss;
+mod tensor_list;
 
 pub use buffer::CudaBuffer;
 pub use emulator::Driver;
@@ -43,8 +44,8 @@ use cudarc::driver::{
 use half::bf16;
 
 use super::{
-    AdamWStep, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput, Backend,
-    Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
+    AdamWStep, AdamWUpdate, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput,
+    Backend, Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
     LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
 };
 use crate::error::{Error, Result};
@@ -159,6 +160,9 @@ struct Device {
     sync_after_launch: bool,
     /// Device-to-host copies so far: each one waits for everything queued before it.
     downloads: AtomicU64,
+    /// Kernels queued so far: each costs the host a few microseconds and, when small, leaves
+    /// most of the GPU idle while it runs.
+    launches: AtomicU64,
     /// Host copies of the u32 tensors uploaded, read instead of downloading them.
     host_ids: HostIds,
 }
@@ -517,6 +521,7 @@ impl CudaBackend {
                 max_grid_z,
                 sync_after_launch: std::env::var_os(SYNC_AFTER_LAUNCH).is_some_and(|v| v == "1"),
                 downloads: AtomicU64::new(0),
+                launches: AtomicU64::new(0),
                 host_ids: HostIds::default(),
             }),
             precision,
@@ -576,6 +581,12 @@ impl CudaBackend {
         self.device.downloads.load(Ordering::Relaxed)
     }
 
+    /// How many kernels this backend, its clones and its [`CudaBackend::with_dtype`] variants
+    /// have queued (a kernel too big for one grid counts once per launch it takes).
+    pub fn launches(&self) -> u64 {
+        self.device.launches.load(Ordering::Relaxed)
+    }
+
     /// Copies `s` to the host (waiting for the work queued before), counted in
     /// [`CudaBackend::downloads`].
     fn download<T: DeviceRepr + Default + Clone>(
@@ -605,6 +616,7 @@ impl CudaBackend {
         queued: std::result::Result<T, cudarc::driver::DriverError>,
     ) -> Result<()> {
         queued.map_err(|e| driver(op, e))?;
+        self.device.launches.fetch_add(1, Ordering::Relaxed);
         if !self.device.sync_after_launch {
             return Ok(());
         }
@@ -1056,6 +1068,10 @@ impl Backend for CudaBackend {
         elementwise::scale_in_place(self, t, s)
     }
 
+    fn scale_each(&self, ts: &mut [&mut Tensor<Self>], s: f64) -> Result<()> {
+        elementwise::scale_each(self, ts, s)
+    }
+
     fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64> {
         elementwise::sum_squares(self, t)
     }
@@ -1120,5 +1136,9 @@ impl Backend for CudaBackend {
         step: &AdamWStep,
     ) -> Result<()> {
         adamw::step(self, param, grad, m, v, step)
+    }
+
+    fn adamw_step_each(&self, updates: &mut [AdamWUpdate<'_, Self>]) -> Result<()> {
+        adamw::step_each(self, updates)
     }
 }
