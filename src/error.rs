@@ -33,15 +33,24 @@ pub enum Error {
         /// Which argument and why.
         detail: String,
     },
-    /// The device has no memory left for an allocation or launch.
-    #[error(
-        "{op}: out of GPU memory ({detail}): the model's weights and one step's activations \
-         must fit; a smaller batch or shorter sequences need less"
-    )]
+    /// No memory left for an allocation or launch: on the GPU, or on the host for a tensor
+    /// too large to allocate.
+    #[error("{op}: out of memory ({detail})")]
     OutOfMemory {
         /// The operation that could not get its memory.
         op: &'static str,
-        /// The driver's words.
+        /// Which memory (GPU or host), how much was asked for, and what needs less.
+        detail: String,
+    },
+    /// The CUDA driver refused a call or a kernel faulted (an illegal address, a launch the
+    /// device cannot run, a stale build of the CPU stand-in). A kernel fault leaves the
+    /// process unable to use the GPU further.
+    #[error("{op}: CUDA error: {detail}")]
+    Device {
+        /// The operation whose driver call failed (after a fault: not necessarily the
+        /// operation whose kernel faulted, unless the message names it).
+        op: &'static str,
+        /// The driver's words and, from the stand-in, where and why.
         detail: String,
     },
     /// An index (token id, label) outside the range of the tensor it indexes.

@@ -100,6 +100,42 @@ fn write_one_past_the_end_is_an_illegal_address_naming_kernel_block_and_thread()
     }
 }
 
+/// After a kernel fault every later call fails, as on hardware; the backend says so as a CUDA
+/// error naming the fault (not as an invalid argument of whichever op came next).
+#[test]
+fn after_a_kernel_fault_the_backend_reports_a_cuda_error() {
+    let Some(out) = in_child("after_a_kernel_fault_the_backend_reports_a_cuda_error") else {
+        let b = CudaBackend::emulated(DType::F32).unwrap();
+        let x = spafit::backend::Backend::zeros(&b, spafit::tensor::Shape::new([4])).unwrap();
+        let e = emu();
+        let mut buf = nan_buffer(&e, 1000);
+        let f = e.module.load_function("selftest_write_past_end").unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&mut buf).arg(&1000i32);
+        assert!(unsafe { l.launch(threads(4, 256, 0)) }.is_err());
+        let err = spafit::backend::Backend::gelu_forward(&b, &x).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                spafit::Error::Device {
+                    op: "alloc" | "gelu",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        println!("BACKEND AFTER FAULT: {err}");
+        return;
+    };
+    assert!(
+        out.contains("BACKEND AFTER FAULT: ")
+            && out.contains(": CUDA error: ")
+            && out.contains("ILLEGAL_ADDRESS")
+            && !out.contains("invalid argument"),
+        "{out}"
+    );
+}
+
 #[test]
 fn write_into_the_rounding_slack_is_found_after_the_launch() {
     let Some(out) = in_child("write_into_the_rounding_slack_is_found_after_the_launch") else {
@@ -442,8 +478,8 @@ fn out_of_device_memory_is_an_error_value() {
     };
     assert!(
         out.contains("OOM: ")
-            && out.contains("OOM in place: scale: out of GPU memory (")
-            && out.contains("out of GPU memory (")
+            && out.contains("OOM in place: scale: out of memory (GPU: ")
+            && out.contains("out of memory (GPU: ")
             && out.contains("bytes asked for")
             && out.contains("smaller batch")
             && !out.contains("DriverError"),

@@ -579,7 +579,7 @@ fn fresh_head<B: Backend>(
     w.try_reserve_exact(size).map_err(|_| Error::OutOfMemory {
         op: "classifier",
         detail: format!(
-            "a head of {num_labels} outputs over {hidden} features needs {} GiB",
+            "host: a head of {num_labels} outputs over {hidden} features needs {} GiB",
             size.saturating_mul(8) >> 30
         ),
     })?;

@@ -1,7 +1,7 @@
 //! Whether NVIDIA's driver and GPU can run this build's kernels, asked when the backend is
 //! made: the kernels ship as PTX that the driver compiles at first use, so a driver older
 //! than the nvcc that wrote the PTX, or a GPU older than its target, would otherwise fail at
-//! the first op of a run, as an "invalid argument" of that op.
+//! the first op of a run, as a CUDA error of that op.
 
 use super::kernels;
 

@@ -276,10 +276,16 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
     }
     if text.contains("OUT_OF_MEMORY") {
         // The stand-in's account says how much was asked for; the driver's alone, what.
-        let detail = emulator::last_error().unwrap_or_else(|| "CUDA_ERROR_OUT_OF_MEMORY".into());
-        Error::OutOfMemory { op, detail }
+        let driver = emulator::last_error().unwrap_or_else(|| "CUDA_ERROR_OUT_OF_MEMORY".into());
+        Error::OutOfMemory {
+            op,
+            detail: format!(
+                "GPU: {driver}; the model's weights and one step's activations must fit on \
+                 the GPU: a smaller batch or shorter sequences need less"
+            ),
+        }
     } else {
-        Error::invalid(op, format!("CUDA error: {text}"))
+        Error::Device { op, detail: text }
     }
 }
 
@@ -624,7 +630,7 @@ impl CudaBackend {
             .stream
             .synchronize()
             .map_err(|e| match driver(op, e) {
-                Error::InvalidArgument { op, detail } => Error::InvalidArgument {
+                Error::Device { op, detail } => Error::Device {
                     op,
                     detail: format!("kernel {kernel}: {detail}"),
                 },
