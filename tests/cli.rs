@@ -2088,13 +2088,24 @@ fn bad_paths_and_labels_are_refused_before_training() {
     let recorded = std::fs::read_to_string(root.join("out/result.json")).unwrap();
     let (ok, stdout, err) = resume(&peft);
     assert!(ok, "{err}");
-    // The run was complete: its recorded result stands (this call trained nothing, and its
-    // timings would read 0).
+    // The run was complete: its recorded result stands, with this call's device, steps (none)
+    // and timings (none); result.json keeps the finishing call's.
     assert!(err.contains("already complete"), "{err}");
-    assert_eq!(
-        last_json(&stdout),
-        serde_json::from_str::<serde_json::Value>(&recorded).unwrap()
+    let mut expected = serde_json::from_str::<serde_json::Value>(&recorded).unwrap();
+    assert!(
+        expected["steps_this_call"].as_u64().unwrap() > 0,
+        "{recorded}"
     );
+    assert!(
+        err.contains(&format!("{} steps in", expected["steps_this_call"])),
+        "{err}"
+    );
+    expected["steps_this_call"] = 0.into();
+    for timing in ["train_seconds", "samples_per_s", "tokens_per_s"] {
+        assert!(expected[timing].is_number(), "{recorded}");
+        expected[timing] = serde_json::Value::Null;
+    }
+    assert_eq!(last_json(&stdout), expected);
     assert_eq!(
         std::fs::read_to_string(root.join("out/result.json")).unwrap(),
         recorded

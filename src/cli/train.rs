@@ -400,17 +400,34 @@ impl TrainCommand {
         };
         let dev = devs.first();
         let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, dev, task)?;
-        // A run resumed when already complete trained nothing here: its recorded result, with
-        // the timings of the steps it took, is the answer.
+        // A run resumed when already complete trained nothing here: its recorded result is the
+        // answer, with this process's device and its (no) steps and timings; result.json keeps
+        // those of the call that finished the run.
         let recorded = self
             .train
             .output
             .as_ref()
             .filter(|_| report.steps_this_call == 0)
-            .and_then(|dir| std::fs::read_to_string(dir.join(RESULT_FILE)).ok())
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .filter(serde_json::Value::is_object);
-        if let Some(line) = recorded {
+            .and_then(|dir| {
+                let path = dir.join(RESULT_FILE);
+                let text = std::fs::read_to_string(&path).ok()?;
+                let line = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+                line.is_object().then_some((path, line))
+            });
+        if let Some((path, mut line)) = recorded {
+            note!(
+                "the run was already complete: its result as recorded by the call that finished \
+                 it (on {}, {} steps in {} s) stays in {}",
+                line["device"].as_str().unwrap_or("an unrecorded device"),
+                line["steps_this_call"],
+                line["train_seconds"],
+                path.display()
+            );
+            line["device"] = json!(run.backend.name());
+            line["steps_this_call"] = json!(0);
+            for timing in ["train_seconds", "samples_per_s", "tokens_per_s"] {
+                line[timing] = serde_json::Value::Null;
+            }
             return super::print_line(&line);
         }
         // Complete before this call, with no recorded result (killed after its last save,

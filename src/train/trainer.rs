@@ -691,7 +691,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let device = |s: &run_state::RunSettings| s.get(run_state::DEVICE_SETTING).cloned();
         if let (Some(then), Some(now)) = (device(&saved.position.settings), device(&plan.settings))
         {
-            if then != now {
+            // A run already complete trains nothing on the new device: nothing to warn of.
+            if then != now && saved.position.step < plan.total_steps {
                 progress.notice(&format!(
                     "the saved run trained on {then} and resumes on {now}: it continues from \
                      the same state, but its losses will not be bit for bit those of a run \
