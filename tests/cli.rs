@@ -106,13 +106,58 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             &[("SPAFIT_EMULATOR_DIR", std::ffi::OsStr::new(""))],
         );
         assert!(ok, "{err}");
+        // A kernel folder without this build's modules is refused before anything runs,
+        // naming them; one whose modules hold other kernels (a stale build) at the first
+        // launch, said once.
+        let stand_in = spafit::backend::cuda::emulator::emulator_dir().unwrap();
         let no_kernels = tempfile::tempdir().unwrap();
         let (ok, _, err) = spafit_with_env(
             &bench_on("cuda-emu"),
             &[("SPAFIT_EMU_KERNEL_DIR", no_kernels.path().as_os_str())],
         );
+        assert!(
+            !ok && err.contains("lacks")
+                && err.contains("gemm.so, layernorm.so")
+                && err.contains("SPAFIT_EMU_KERNEL_DIR"),
+            "{err}"
+        );
+        let stale = tempfile::tempdir().unwrap();
+        for (module, _) in spafit::backend::cuda::kernels::KERNELS {
+            std::os::unix::fs::symlink(
+                stand_in.join("kernels/emulator_selftest.so"),
+                stale.path().join(format!("{module}.so")),
+            )
+            .unwrap();
+        }
+        let (ok, _, err) = spafit_with_env(
+            &bench_on("cuda-emu"),
+            &[("SPAFIT_EMU_KERNEL_DIR", stale.path().as_os_str())],
+        );
         assert!(!ok && err.contains("no kernel module in"), "{err}");
         assert_eq!(err.matches("no kernel module in").count(), 1, "{err}");
+        assert!(err.contains(": CUDA error: "), "{err}");
+        // A file where the folder goes, and a libcuda.so the loader refuses, say so.
+        let (ok, _, err) = spafit_with_env(
+            &bench_on("cuda-emu"),
+            &[(
+                "SPAFIT_EMULATOR_DIR",
+                stand_in.join("libcuda.so").as_os_str(),
+            )],
+        );
+        assert!(!ok && err.contains("which is not a folder"), "{err}");
+        let garbage = tempfile::tempdir().unwrap();
+        std::fs::write(garbage.path().join("libcuda.so"), "not a library").unwrap();
+        std::os::unix::fs::symlink(stand_in.join("kernels"), garbage.path().join("kernels"))
+            .unwrap();
+        let (ok, _, err) = spafit_with_env(
+            &bench_on("cuda-emu"),
+            &[("SPAFIT_EMULATOR_DIR", garbage.path().as_os_str())],
+        );
+        let reason = err.split("dlopen failed").nth(1).unwrap_or_default();
+        assert!(
+            !ok && err.contains("cannot load") && reason.trim_start_matches(": ").len() > 5,
+            "{err}"
+        );
     }
     // A broken libcuda first on the library path is not "no driver": it is named.
     let broken = tempfile::tempdir().unwrap();

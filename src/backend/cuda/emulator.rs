@@ -69,6 +69,14 @@ pub fn use_emulator() -> Result<()> {
     check_settings()?;
     let dir = emulator_dir()?;
     let path = dir.join("libcuda.so");
+    if dir.exists() && !dir.is_dir() {
+        return Err(unavailable(format!(
+            "the environment variable SPAFIT_EMULATOR_DIR names {}, which is not a folder: \
+             give the folder holding the stand-in's libcuda.so and kernels/, or unset it to \
+             use the one this build made",
+            dir.display()
+        )));
+    }
     if !path.is_file() {
         let from_variable = emulator_dir_variable().is_some();
         return Err(unavailable(if from_variable {
@@ -84,6 +92,7 @@ pub fn use_emulator() -> Result<()> {
             )
         }));
     }
+    check_kernel_modules(&dir)?;
     // SAFETY: loading our own library, whose initialisers only read environment variables.
     let lib = unsafe {
         libloading::os::unix::Library::open(
@@ -91,7 +100,11 @@ pub fn use_emulator() -> Result<()> {
             libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
         )
     }
-    .map_err(|e| unavailable(format!("cannot load {}: {e}", path.display())))?;
+    .map_err(|e| {
+        // libloading's message is only "dlopen failed"; the loader's reason is its source.
+        let reason = std::error::Error::source(&e).map_or(String::new(), |r| format!(": {r}"));
+        unavailable(format!("cannot load {}: {e}{reason}", path.display()))
+    })?;
     // The stand-in must stay loaded for the rest of the process: cudarc holds its functions.
     std::mem::forget(lib);
     *choice = Some(Driver::Emulator);
@@ -102,6 +115,38 @@ pub fn use_emulator() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Refuses a stand-in folder without the kernel module of every kernel file of this build
+/// (`kernels/<file>.so`, or in `$SPAFIT_EMU_KERNEL_DIR`), which would otherwise be found only
+/// at a run's first launch of one of its kernels.
+fn check_kernel_modules(dir: &std::path::Path) -> Result<()> {
+    let from_variable = std::env::var_os("SPAFIT_EMU_KERNEL_DIR").filter(|d| !d.is_empty());
+    let kernel_dir = from_variable
+        .clone()
+        .map_or_else(|| dir.join("kernels"), PathBuf::from);
+    let missing: Vec<String> = kernels::KERNELS
+        .iter()
+        .map(|(module, _)| format!("{module}.so"))
+        .filter(|file| !kernel_dir.join(file).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let hint = if from_variable.is_some() {
+        "the environment variable SPAFIT_EMU_KERNEL_DIR names a folder without them; unset it \
+         to use the stand-in's own"
+    } else if emulator_dir_variable().is_some() {
+        "the environment variable SPAFIT_EMULATOR_DIR names a stand-in without them; unset it \
+         to use the one this build made"
+    } else {
+        "rebuild spafit (build.rs makes them)"
+    };
+    Err(unavailable(format!(
+        "{} lacks {} (the stand-in runs this build's kernels from these modules): {hint}",
+        kernel_dir.display(),
+        missing.join(", ")
+    )))
 }
 
 /// The stand-in reads its settings from the environment when it loads, where it can only
