@@ -136,6 +136,40 @@ fn after_a_kernel_fault_the_backend_reports_a_cuda_error() {
     );
 }
 
+/// A fault in host code while the stand-in is loaded is not a kernel's: it says where it hit
+/// and the process dies of it as it would without the stand-in (no nested faults on the
+/// alternate signal stack).
+#[test]
+fn a_host_fault_outside_any_launch_is_not_taken_for_a_kernel_fault() {
+    const TEST: &str = "a_host_fault_outside_any_launch_is_not_taken_for_a_kernel_fault";
+    if std::env::var("SPAFIT_EMU_CHILD").as_deref() == Ok(TEST) {
+        let e = emu();
+        // A launch first, so the handler has seen this thread, then a wild write in host code.
+        let mut buf = nan_buffer(&e, 1024);
+        let f = e.module.load_function("selftest_write_past_end").unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&mut buf).arg(&1024i32);
+        unsafe { l.launch(threads(4, 256, 0)) }.unwrap();
+        let wild = std::hint::black_box(16usize) as *mut u8;
+        // SAFETY: none: the point is to fault.
+        unsafe { wild.write_volatile(1) };
+        unreachable!("the write must fault");
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env("SPAFIT_EMU_CHILD", TEST)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(11), "{:?}: {stderr}", out.status);
+    assert!(
+        stderr.contains("emu: SIGSEGV at 0x10 outside any kernel launch"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("illegal address"), "{stderr}");
+}
+
 #[test]
 fn write_into_the_rounding_slack_is_found_after_the_launch() {
     let Some(out) = in_child("write_into_the_rounding_slack_is_found_after_the_launch") else {

@@ -377,9 +377,18 @@ const int kSharedOptIn = 227 * 1024;
 
 // ---------------------------------------------------------------- faults
 
-thread_local EmuLaunch* t_launch = nullptr;
-thread_local sigjmp_buf t_jmp;
-thread_local char t_fault[512];
+// Where a fault inside a launch lands: on the launching thread's stack, for the launch's
+// duration.
+struct FaultLanding {
+    EmuLaunch* launch;
+    sigjmp_buf jmp;
+    char text[512];
+};
+// The one thread-local the fault handler reads, in the initial-exec model: a dlopen'ed
+// library's other thread-locals are allocated (malloc) at a thread's first access, which in a
+// signal handler, on a thread that never launched a kernel, could fault again. Eight bytes of
+// the static TLS glibc keeps for libraries loaded later.
+thread_local FaultLanding* t_landing __attribute__((tls_model("initial-exec"))) = nullptr;
 struct sigaction g_old_segv, g_old_bus;
 
 // Names what lies at `addr` (inside a signal handler: try-lock, never block).
@@ -411,20 +420,25 @@ void describe(uintptr_t addr, const EmuLaunch* L, char* buf, size_t n) {
 }
 
 void on_fault(int sig, siginfo_t* si, void* uc) {
-    EmuLaunch* L = t_launch;
-    if (!L) {  // not ours: behave as if we were not here
+    FaultLanding* F = t_landing;
+    if (!F) {  // not ours: say where it hit, then behave as if we were not here
+        char note[160];
+        int n = snprintf(note, sizeof note, "emu: %s at %p outside any kernel launch (host code, not a kernel)\n",
+                         sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", si->si_addr);
+        if (n > 0) (void)!write(2, note, size_t(n) < sizeof note ? size_t(n) : sizeof note - 1);
         struct sigaction* old = sig == SIGSEGV ? &g_old_segv : &g_old_bus;
         if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) return old->sa_sigaction(sig, si, uc);
         if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) return old->sa_handler(sig);
         signal(sig, SIG_DFL);  // the faulting instruction runs again and kills the process as it would have
         return;
     }
+    const EmuLaunch* L = F->launch;
     char what[256];
     describe(uintptr_t(si->si_addr), L, what, sizeof what);
-    snprintf(t_fault, sizeof t_fault, "illegal address in kernel %s, block (%u,%u,%u), thread (%u,%u,%u): access to %p, %s",
+    snprintf(F->text, sizeof F->text, "illegal address in kernel %s, block (%u,%u,%u), thread (%u,%u,%u): access to %p, %s",
              L->name, L->cur_block[0], L->cur_block[1], L->cur_block[2], L->cur_thread[0], L->cur_thread[1],
              L->cur_thread[2], si->si_addr, what);
-    siglongjmp(t_jmp, 1);
+    siglongjmp(F->jmp, 1);
 }
 
 void install_fault_handler() {
@@ -432,7 +446,10 @@ void install_fault_handler() {
     std::call_once(once, [] {
         struct sigaction sa{};
         sa.sa_sigaction = on_fault;
-        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        // No SA_NODEFER: siglongjmp restores the mask sigsetjmp saved, so the next launch's
+        // faults are caught, while a fault inside the handler itself ends the process at once
+        // instead of nesting frames until the alternate stack overflows.
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
         sigemptyset(&sa.sa_mask);
         sigaction(SIGSEGV, &sa, &g_old_segv);
         sigaction(SIGBUS, &sa, &g_old_bus);
@@ -922,15 +939,17 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
     }
     if (g_guard) ensure_altstack();
     int rc;
-    t_launch = &L;
-    if (sigsetjmp(t_jmp, 1) == 0) {
+    FaultLanding landing;
+    landing.launch = &L;
+    t_landing = &landing;
+    if (sigsetjmp(landing.jmp, 1) == 0) {
         rc = fn->entry->launch(&L);
     } else {
-        t_launch = nullptr;
+        t_landing = nullptr;
         g_sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
-        return failure(CUDA_ERROR_ILLEGAL_ADDRESS, "%s", t_fault);
+        return failure(CUDA_ERROR_ILLEGAL_ADDRESS, "%s", landing.text);
     }
-    t_launch = nullptr;
+    t_landing = nullptr;
     if (rc) {
         CUresult code = strstr(L.error, "aligned") ? CUDA_ERROR_MISALIGNED_ADDRESS : CUDA_ERROR_LAUNCH_FAILED;
         g_sticky = code;
