@@ -1010,16 +1010,21 @@ fn cuda_sums_of_squares_of_many_tensors_take_one_download() {
 }
 
 /// The optimizer's ops over a step's worth of tensors (more than one list of 48, f32, bf16
-/// and mixed, 1 to 274 blocks each): sums of squares, clipping's scale and AdamW give the bits
-/// of one call per tensor from one launch per list of a dtype, and an AdamW refused for one
-/// tensor changes none.
+/// and mixed, 1 to 2048 blocks each, the largest striding): sums of squares, clipping's
+/// scale and AdamW give the bits of one call per tensor from one launch per list of a dtype,
+/// and an AdamW refused for one tensor changes none.
 #[test]
 fn cuda_optimizer_ops_over_many_tensors_take_a_launch_per_list() {
     const LIST: usize = 48;
     let mut rng = SplitMix::new(12);
     let count = 2 * LIST + 7;
     let sizes: Vec<usize> = (0..count)
-        .map(|i| if i == 5 { 70_000 } else { 1 + (i * 977) % 3000 })
+        .map(|i| match i {
+            5 => 70_000,
+            // Past 2048 blocks of 256: the threads stride.
+            7 => 600_001,
+            _ => 1 + (i * 977) % 3000,
+        })
         .collect();
     let b = cuda(DType::F32);
     let step = |step, weight_decay| AdamWStep {
