@@ -183,26 +183,44 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             "{name}={value}: {err}"
         );
     }
-    for (device, dtype, needle) in [
-        ("cpu", "bf16", "bf16 runs on CUDA"),
+    // A misspelt value is a command line that does not parse (status 2, before anything
+    // loads); values that do not go together are refused when the run starts (status 1).
+    for (device, dtype, method, status, needle) in [
+        ("cpu", "bf16", "spafit", 1, "bf16 runs on CUDA"),
         // Read without regard to case, as --method is.
-        ("CPU", "BF16", "bf16 runs on CUDA"),
-        ("cuda-emu", "f64", "f64 is the CPU reference"),
-        ("tpu", "f32", "unknown device `tpu`"),
-        ("cuda:x", "f32", "cuda:N"),
+        ("CPU", "BF16", "SPAFIT", 1, "bf16 runs on CUDA"),
+        ("cuda-emu", "f64", "spafit", 1, "f64 is the CPU reference"),
+        ("tpu", "f32", "spafit", 2, "unknown device `tpu`"),
+        ("cuda:x", "f32", "spafit", 2, "cuda:N"),
+        (
+            "cpu",
+            "fp16",
+            "spafit",
+            2,
+            "expected f32, f64 (CPU) or bf16",
+        ),
+        ("cpu", "f32", "qlora", 2, "unknown method `qlora`"),
     ] {
-        let (ok, _, err) = spafit(&[
-            "bench",
-            "--model",
-            &model(),
-            "--device",
-            device,
-            "--dtype",
-            dtype,
-        ]);
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args([
+                "bench",
+                "--model",
+                &model(),
+                "--device",
+                device,
+                "--dtype",
+                dtype,
+                "--method",
+                method,
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !ok && err.contains(needle),
-            "--device {device} --dtype {dtype}: {err}"
+            out.status.code() == Some(status) && err.contains(needle),
+            "--device {device} --dtype {dtype} --method {method}: {:?} {err}",
+            out.status
         );
     }
     let (ok, _, err) = spafit(&[

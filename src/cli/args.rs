@@ -28,11 +28,11 @@ pub struct ModelArgs {
     /// Compute device: `cpu`, `cuda[:N]` (a GPU), or `cuda-emu` (the same CUDA kernels on
     /// the CPU stand-in for the driver: for development and tests without a GPU, slow; it is
     /// loaded from the build's `target/` folder, or from `$SPAFIT_EMULATOR_DIR`).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = device_spelling)]
     pub device: String,
     /// Storage precision: f32; f64 (CPU only: the reference, slower); bf16 (CUDA only:
     /// tensor cores, f32 accumulation, f32 master weights for what trains).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = dtype_spelling)]
     pub dtype: String,
     /// Truncate inputs to this many tokens (special tokens included) [default: 64; eval,
     /// predict and train with --adapter: the length the adapter was trained with, where it
@@ -137,65 +137,97 @@ pub(crate) use on_backend;
 impl ModelArgs {
     /// The storage dtype `--dtype` names (case-insensitive, as --method is: `F32`).
     pub fn dtype(&self) -> Result<DType> {
-        match self.dtype.trim().to_ascii_lowercase().as_str() {
-            "f32" => Ok(DType::F32),
-            "f64" => Ok(DType::F64),
-            "bf16" => Ok(DType::BF16),
-            _ => Err(Error::invalid(
-                "--dtype",
-                format!("`{}`: expected f32, f64 (CPU) or bf16 (CUDA)", self.dtype),
-            )),
-        }
+        parse_dtype(&self.dtype)
     }
 
     /// The backend the flags name.
     pub fn backend(&self) -> Result<AnyBackend> {
         // Case-insensitive, as --method is (`CPU`, `F32`).
-        let given = self.device.trim();
-        let device = given.to_ascii_lowercase();
-        let device = device.as_str();
+        let device = parse_device(&self.device)?;
         let dtype = self.dtype()?;
-        if device == "cpu" {
-            if dtype == DType::BF16 {
-                return Err(Error::invalid(
-                    "--dtype",
-                    "bf16 runs on CUDA (--device cuda or cuda-emu); the CPU computes in f32 or f64",
-                ));
-            }
-            return Ok(AnyBackend::Cpu(CpuBackend::new(dtype)?));
-        }
-        if dtype == DType::F64 {
-            return Err(Error::invalid(
+        match device {
+            Device::Cpu if dtype == DType::BF16 => Err(Error::invalid(
+                "--dtype",
+                "bf16 runs on CUDA (--device cuda or cuda-emu); the CPU computes in f32 or f64",
+            )),
+            Device::Cpu => Ok(AnyBackend::Cpu(CpuBackend::new(dtype)?)),
+            _ if dtype == DType::F64 => Err(Error::invalid(
                 "--dtype",
                 "f64 is the CPU reference; CUDA stores f32 or bf16",
-            ));
+            )),
+            Device::CudaEmu => Ok(AnyBackend::Cuda(CudaBackend::emulated(dtype)?)),
+            Device::Cuda(ordinal) => Ok(AnyBackend::Cuda(CudaBackend::new(ordinal, dtype)?)),
         }
-        if device == "cuda-emu" {
-            return Ok(AnyBackend::Cuda(CudaBackend::emulated(dtype)?));
-        }
-        if let Some(rest) = device.strip_prefix("cuda") {
-            let ordinal = match rest.strip_prefix(':') {
-                None if rest.is_empty() => 0,
-                Some(n) => n.parse::<usize>().map_err(|_| {
-                    Error::invalid(
-                        "--device",
-                        format!("`{given}`: expected cuda:N with N a device number"),
-                    )
-                })?,
-                None => {
-                    return Err(Error::invalid(
-                        "--device",
-                        format!("unknown device `{given}`; expected cpu, cuda[:N] or cuda-emu"),
-                    ))
-                }
-            };
-            return Ok(AnyBackend::Cuda(CudaBackend::new(ordinal, dtype)?));
-        }
-        Err(Error::invalid(
+    }
+}
+
+/// A `--device` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Device {
+    Cpu,
+    Cuda(usize),
+    CudaEmu,
+}
+
+/// `--device`, case-insensitive as `--method` is (`CPU`).
+fn parse_device(given: &str) -> Result<Device> {
+    let device = given.trim().to_ascii_lowercase();
+    let unknown = || {
+        Error::invalid(
             "--device",
             format!("unknown device `{given}`; expected cpu, cuda[:N] or cuda-emu"),
-        ))
+        )
+    };
+    match device.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda-emu" => Ok(Device::CudaEmu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:") {
+            Some(n) => n.parse::<usize>().map(Device::Cuda).map_err(|_| {
+                Error::invalid(
+                    "--device",
+                    format!("`{given}`: expected cuda:N with N a device number"),
+                )
+            }),
+            None => Err(unknown()),
+        },
     }
+}
+
+fn parse_dtype(given: &str) -> Result<DType> {
+    match given.trim().to_ascii_lowercase().as_str() {
+        "f32" => Ok(DType::F32),
+        "f64" => Ok(DType::F64),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(Error::invalid(
+            "--dtype",
+            format!("`{given}`: expected f32, f64 (CPU) or bf16 (CUDA)"),
+        )),
+    }
+}
+
+/// Clap's check of a flag's spelling, so a misspelt value is refused as a command line that
+/// does not parse (status 2), before anything loads; the value stays the text given.
+fn spelling<T>(
+    parse: impl Fn(&str) -> Result<T>,
+) -> impl Fn(&str) -> std::result::Result<String, String> {
+    move |given| match parse(given) {
+        Ok(_) => Ok(given.to_string()),
+        Err(Error::InvalidArgument { detail, .. }) => Err(detail),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn device_spelling(given: &str) -> std::result::Result<String, String> {
+    spelling(parse_device)(given)
+}
+
+fn dtype_spelling(given: &str) -> std::result::Result<String, String> {
+    spelling(parse_dtype)(given)
+}
+
+fn method_spelling(given: &str) -> std::result::Result<String, String> {
+    spelling(|m| m.parse::<Method>())(given)
 }
 
 /// Names the flag in a parse error of its value (the library names only what it parsed: a
@@ -211,7 +243,7 @@ fn for_flag(flag: &'static str) -> impl Fn(Error) -> Error {
 #[derive(Args, Debug, Clone)]
 pub struct PeftArgs {
     /// full, bitfit, lora or spafit.
-    #[arg(long, default_value = "spafit")]
+    #[arg(long, default_value = "spafit", value_parser = method_spelling)]
     pub method: String,
     /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`) [default: 1/3].
     #[arg(long, allow_hyphen_values = true)]
