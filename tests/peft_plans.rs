@@ -96,6 +96,23 @@ fn impossible_plans_are_errors() {
             .contains("N1 = 3 (0.5 of 6 layers) (--n1) is above N2 = 2 (0.4 of 6 layers) (--n2)")
     );
     assert!(err(&spafit(Boundary::Fraction(0.2), Boundary::Fraction(1.5)), 6).contains("[0, 1]"));
+    // As a person writes them: thirds as `2/3`, not `0.6666666666666666`.
+    let thirds = err(
+        &spafit(Boundary::Fraction(2.0 / 3.0), Boundary::Fraction(1.0 / 3.0)),
+        6,
+    );
+    assert!(
+        thirds.contains("N1 = 4 (2/3 of 6 layers) (--n1) is above N2 = 2 (1/3 of 6 layers)"),
+        "{thirds}"
+    );
+    let odd = err(
+        &spafit(Boundary::Fraction(0.9), Boundary::Fraction(0.123456789)),
+        6,
+    );
+    assert!(
+        odd.contains("(0.9 of 6 layers)") && odd.contains("(0.1235 of 6 layers)"),
+        "{odd}"
+    );
     let mut rank0 = PeftConfig::new(Method::Lora);
     rank0.lora.rank = 0;
     assert!(err(&rank0, 6).contains("rank"));

@@ -83,9 +83,26 @@ impl Boundary {
     fn describe(self, n: usize, layers: usize) -> String {
         match self {
             Boundary::Layer(_) => n.to_string(),
-            Boundary::Fraction(f) => format!("{n} ({f} of {layers} layers)"),
+            Boundary::Fraction(f) => format!("{n} ({} of {layers} layers)", fraction_text(f)),
         }
     }
+}
+
+/// A fraction as a person writes it: `0.5`, `0.25`, `1/3`, `2/3` (not `0.6666666666666666`);
+/// others to four significant digits.
+fn fraction_text(f: f64) -> String {
+    let short = format!("{f:.4}");
+    let short = short.trim_end_matches('0').trim_end_matches('.');
+    if short.parse::<f64>().is_ok_and(|g| g == f) {
+        return short.to_string();
+    }
+    for q in 2..=16u32 {
+        let p = (f * f64::from(q)).round();
+        if (p / f64::from(q) - f).abs() <= 1e-12 {
+            return format!("{p}/{q}");
+        }
+    }
+    format!("{f:.4}")
 }
 
 impl FromStr for Boundary {
