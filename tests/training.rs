@@ -1010,7 +1010,8 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
             );
             assert_eq!(Some(Target::Score(*label)), example.target);
         }
-        seen[line["epoch"].as_u64().unwrap() as usize].extend(rows);
+        // Epochs counted from 1, as metrics.jsonl counts them.
+        seen[line["epoch"].as_u64().unwrap() as usize - 1].extend(rows);
     }
     for epoch in &mut seen {
         epoch.sort_unstable();
@@ -1034,7 +1035,7 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
         &late,
         std::fs::read_to_string(&late)
             .unwrap()
-            .replace("\"epoch\":0", "\"epoch\":9"),
+            .replace("\"epoch\":1", "\"epoch\":9"),
     )
     .unwrap();
     assert_ne!(

@@ -12,7 +12,7 @@ use crate::data::Target;
 use crate::error::{Error, Result};
 
 /// Where each step's examples go: `{"step", "epoch", "rows", "input_ids", "token_type_ids",
-/// "labels"}`, token ids unpadded (the replaying side pads each batch to its longest row).
+/// "labels"}` (steps and epochs counted from 1), token ids unpadded (the replaying side pads each batch to its longest row).
 ///
 /// A file is written as `.NAME.partial` beside it and renamed into place when the run ends,
 /// so a run that fails or is killed leaves an earlier log at the path whole. A device or
@@ -97,8 +97,9 @@ impl BatchLog {
         Ok(())
     }
 
-    /// Appends step `step` (1-based) of epoch `epoch`, examples `rows` of `data`, and flushes
-    /// so a killed run leaves whole lines.
+    /// Appends step `step` (1-based) of epoch `epoch` (0-based; written 1-based, as
+    /// `metrics.jsonl` counts epochs), examples `rows` of `data`, and flushes so a killed run
+    /// leaves whole lines.
     pub fn write(
         &mut self,
         step: usize,
@@ -122,7 +123,7 @@ impl BatchLog {
             .collect::<Result<_>>()?;
         let line = json!({
             "step": step,
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "rows": rows,
             "input_ids": texts.iter().map(|t| &t.ids).collect::<Vec<_>>(),
             "token_type_ids": texts.iter().map(|t| &t.type_ids).collect::<Vec<_>>(),
