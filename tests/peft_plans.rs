@@ -106,12 +106,20 @@ fn impossible_plans_are_errors() {
         "{thirds}"
     );
     let odd = err(
-        &spafit(Boundary::Fraction(0.9), Boundary::Fraction(0.123456789)),
+        &spafit(Boundary::Fraction(0.9), Boundary::Fraction(0.1234567891234)),
         6,
     );
     assert!(
-        odd.contains("(0.9 of 6 layers)") && odd.contains("(0.1235 of 6 layers)"),
+        odd.contains("(0.9 of 6 layers)") && odd.contains("(0.123457 of 6 layers)"),
         "{odd}"
+    );
+    let near_one = err(
+        &spafit(Boundary::Fraction(0.999999), Boundary::Fraction(1e-9)),
+        6,
+    );
+    assert!(
+        near_one.contains("(0.999999 of 6 layers)") && near_one.contains("(0.000000001 of 6"),
+        "{near_one}"
     );
     let mut rank0 = PeftConfig::new(Method::Lora);
     rank0.lora.rank = 0;

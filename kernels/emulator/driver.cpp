@@ -385,9 +385,11 @@ struct FaultLanding {
     char text[512];
 };
 // The one thread-local the fault handler reads, in the initial-exec model: a dlopen'ed
-// library's other thread-locals are allocated (malloc) at a thread's first access, which in a
-// signal handler, on a thread that never launched a kernel, could fault again. Eight bytes of
-// the static TLS glibc keeps for libraries loaded later.
+// library's dynamic thread-locals are allocated (malloc) at a thread's first access, which in
+// a signal handler, on a thread that never launched a kernel, could fault again. The model
+// puts all of this library's thread-locals (~60 bytes) in the static TLS glibc keeps for
+// libraries loaded later (512 bytes by default, shared with the kernel modules' ~20 each); if
+// it ever ran out, dlopen would say "cannot allocate memory in static TLS block".
 thread_local FaultLanding* t_landing __attribute__((tls_model("initial-exec"))) = nullptr;
 struct sigaction g_old_segv, g_old_bus;
 
@@ -451,6 +453,8 @@ void install_fault_handler() {
         // instead of nesting frames until the alternate stack overflows.
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
         sigemptyset(&sa.sa_mask);
+        sigaddset(&sa.sa_mask, SIGSEGV);
+        sigaddset(&sa.sa_mask, SIGBUS);
         sigaction(SIGSEGV, &sa, &g_old_segv);
         sigaction(SIGBUS, &sa, &g_old_bus);
     });

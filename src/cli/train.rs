@@ -415,12 +415,19 @@ impl TrainCommand {
                 line.is_object().then_some((path, line))
             });
         if let Some((path, mut line)) = recorded {
+            let device = line["device"].as_str().map(|d| format!(" on {d}"));
+            let steps = match (
+                line["steps_this_call"].as_u64(),
+                line["train_seconds"].as_f64(),
+            ) {
+                (Some(n), Some(s)) => format!(", {n} steps in {s:.1} s"),
+                (Some(n), None) => format!(", {n} steps"),
+                _ => String::new(),
+            };
             note!(
                 "the run was already complete: its result as recorded by the call that finished \
-                 it (on {}, {} steps in {} s) stays in {}",
-                line["device"].as_str().unwrap_or("an unrecorded device"),
-                line["steps_this_call"],
-                line["train_seconds"],
+                 it{}{steps} stays in {}",
+                device.unwrap_or_default(),
                 path.display()
             );
             line["device"] = json!(run.backend.name());

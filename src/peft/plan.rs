@@ -88,13 +88,12 @@ impl Boundary {
     }
 }
 
-/// A fraction as a person writes it: `0.5`, `0.25`, `1/3`, `2/3` (not `0.6666666666666666`);
-/// others to four significant digits.
+/// A fraction as a person writes it: `0.5`, `0.125`, `1e-9` as `0.000000001`, thirds as
+/// `1/3` and `2/3` (not `0.6666666666666666`); others to six significant digits.
 fn fraction_text(f: f64) -> String {
-    let short = format!("{f:.4}");
-    let short = short.trim_end_matches('0').trim_end_matches('.');
-    if short.parse::<f64>().is_ok_and(|g| g == f) {
-        return short.to_string();
+    let shortest = f.to_string();
+    if shortest.len() <= 12 {
+        return shortest;
     }
     for q in 2..=16u32 {
         let p = (f * f64::from(q)).round();
@@ -102,7 +101,10 @@ fn fraction_text(f: f64) -> String {
             return format!("{p}/{q}");
         }
     }
-    format!("{f:.4}")
+    // Six significant digits of a value in [0, 1] (others are refused before they are shown).
+    let decimals = (5 - f.abs().log10().floor() as i32).clamp(0, 20) as usize;
+    let text = format!("{f:.decimals$}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 impl FromStr for Boundary {

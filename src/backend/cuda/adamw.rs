@@ -150,12 +150,20 @@ pub(super) fn step_each(
             }),
         }
     }
-    for group in &groups {
-        let kernel = if group.bf16_grad {
+    let kernel_of = |group: &Group| {
+        if group.bf16_grad {
             "adamw_list_bf16_grad"
         } else {
             "adamw_list_f32"
-        };
+        }
+    };
+    // Both kernels are found before either runs: a module that fails to load then changes
+    // nothing.
+    for group in &groups {
+        b.function("adamw", kernel_of(group))?;
+    }
+    for group in &groups {
+        let kernel = kernel_of(group);
         let [b1, one_b1, b2, one_b2, step_size, bias2_sqrt, eps] = group.constants;
         for l in tensor_list::launches(&group.entries, 0) {
             launch!(

@@ -70,12 +70,20 @@ pub fn use_emulator() -> Result<()> {
     let dir = emulator_dir()?;
     let path = dir.join("libcuda.so");
     if dir.exists() && !dir.is_dir() {
-        return Err(unavailable(format!(
-            "the environment variable SPAFIT_EMULATOR_DIR names {}, which is not a folder: \
-             give the folder holding the stand-in's libcuda.so and kernels/, or unset it to \
-             use the one this build made",
-            dir.display()
-        )));
+        return Err(unavailable(if emulator_dir_variable().is_some() {
+            format!(
+                "the environment variable SPAFIT_EMULATOR_DIR names {}, which is not a folder: \
+                 give the folder holding the stand-in's libcuda.so and kernels/, or unset it to \
+                 use the one this build made",
+                dir.display()
+            )
+        } else {
+            format!(
+                "{}, where this build put the stand-in, is not a folder: rebuild spafit \
+                 (build.rs makes it) or set SPAFIT_EMULATOR_DIR",
+                dir.display()
+            )
+        }));
     }
     if !path.is_file() {
         let from_variable = emulator_dir_variable().is_some();

@@ -68,7 +68,7 @@ pub(super) fn launches(entries: &[ListEntry], shared_mem_bytes: u32) -> Vec<List
             list.operand[t] = e.operands;
             list.n[t] = e.n as i64;
             list.scalar[t] = e.scalar;
-            // At most CAPACITY × 65 535 blocks: far inside an i32.
+            // At most CAPACITY × GRID_STRIDE_BLOCKS blocks: far inside an i32.
             list.first_block[t] = blocks as i32;
             blocks += blocks_of(e.n);
         }
