@@ -1356,17 +1356,29 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
         println!("CUDA-EMU {dtype} dev loss {dev} vs cpu {cpu_dev}: {e:.2e}");
         assert!(e <= tol, "dev loss on cuda-emu {dtype}: {dev} vs {cpu_dev}");
     }
-    // Resuming the CPU run on the stand-in is allowed, and said.
+    // Resuming the complete CPU run on the stand-in is allowed: nothing trains, so there is
+    // no warning about losses that differ between devices, and the line names this call's
+    // device and its (no) steps.
     let args = train_args(
         "cuda-emu",
         "f32",
         &dir.path().join("out-cpu-f32"),
         &["--resume"],
     );
-    let (ok, _, err) = spafit(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, stdout, err) = spafit(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
-        ok && err.contains("trained on cpu-f32 and resumes on cuda-emu-f32"),
+        ok && err.contains("already complete") && !err.contains("resumes on"),
         "{err}"
+    );
+    let line = last_json(&stdout);
+    assert_eq!(
+        (&line["device"], &line["steps_this_call"], &line["steps"]),
+        (
+            &serde_json::json!("cuda-emu-f32"),
+            &serde_json::json!(0),
+            &serde_json::json!(2)
+        ),
+        "{line}"
     );
     // The CPU-trained adapter evaluates to the same loss on the stand-in.
     let (ok, stdout, err) = spafit(&[

@@ -341,16 +341,43 @@ fn resume_reproduces_an_uninterrupted_run() {
         "{:?}",
         done.notices
     );
-    // On another device too: no warning about losses that differ, as nothing trains.
-    let f64_backend = CpuBackend::f64();
-    let (mut model, plan) = tiny_model(&ck, &f64_backend);
-    let done = Trainer::new(&f64_backend, &mut model, &plan, &ck.weights, rest.clone())
+    // On another device too: no warning about losses that differ, as nothing trains; a run
+    // with steps left to take is warned.
+    let f32_backend = CpuBackend::f32();
+    let (mut model, plan) = tiny_model(&ck, &f32_backend);
+    let done = Trainer::new(&f32_backend, &mut model, &plan, &ck.weights, rest.clone())
         .fit(&tok, &data, None)
         .unwrap();
     assert!(
         matches!(&done.notices[..], [n] if n.contains("already complete (10 of 10 steps)")),
         "{:?}",
         done.notices
+    );
+    let moved = tmp.path().join("moved");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let partial = TrainConfig {
+        stop_after_steps: Some(4),
+        ..tiny_config(&moved)
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, partial)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let (mut model, plan) = tiny_model(&ck, &f32_backend);
+    let resumed = TrainConfig {
+        resume: true,
+        ..tiny_config(&moved)
+    };
+    let moved = Trainer::new(&f32_backend, &mut model, &plan, &ck.weights, resumed)
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(moved.steps, 10);
+    assert!(
+        moved
+            .notices
+            .iter()
+            .any(|n| n.contains("trained on cpu-f64 and resumes on cpu-f32")),
+        "{:?}",
+        moved.notices
     );
     let fresh_run = |config: TrainConfig| {
         let (mut model, plan) = tiny_model(&ck, &cpu);
