@@ -8,6 +8,8 @@
 #include "common.cuh"
 #include "tensor_list.cuh"
 
+// The step's constants, shared by every tensor of a step. Mirrored field for field by
+// AdamWConstants in src/backend/cuda/adamw.rs.
 struct AdamWConstants {
     float beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, eps;
 };
@@ -41,19 +43,12 @@ __device__ void adamw_list(const TensorList& list, const AdamWConstants& c) {
     LIST_STRIDE(i, b, list.n[b.tensor]) adamw_element(p, g, m, v, i, decay, c);
 }
 
-#define ADAMW_ENTRIES(G, S)                                                                                   \
-    extern "C" __global__ void adamw_##S(float* p, const G* g, float* m, float* v, long n, float decay,      \
-                                         float beta1, float one_minus_beta1, float beta2,                     \
-                                         float one_minus_beta2, float step_size, float bias2_sqrt, float eps) { \
-        AdamWConstants c = {beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, eps};      \
-        adamw(p, g, m, v, n, decay, c);                                                                       \
-    }                                                                                                         \
-    extern "C" __global__ void adamw_list_##S(TensorList list, float beta1, float one_minus_beta1, float beta2, \
-                                              float one_minus_beta2, float step_size, float bias2_sqrt,       \
-                                              float eps) {                                                    \
-        AdamWConstants c = {beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, bias2_sqrt, eps};      \
-        adamw_list<G>(list, c);                                                                               \
-    }
+#define ADAMW_ENTRIES(G, S)                                                                              \
+    extern "C" __global__ void adamw_##S(float* p, const G* g, float* m, float* v, long n, float decay, \
+                                         AdamWConstants c) {                                             \
+        adamw(p, g, m, v, n, decay, c);                                                                  \
+    }                                                                                                    \
+    extern "C" __global__ void adamw_list_##S(TensorList list, AdamWConstants c) { adamw_list<G>(list, c); }
 
 ADAMW_ENTRIES(float, f32)
 ADAMW_ENTRIES(bf16, bf16_grad)

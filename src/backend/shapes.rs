@@ -423,6 +423,21 @@ pub fn check_indices(
     }
 }
 
+/// Validates an AdamW update's operands but their dtypes (each backend stores its own): the
+/// gradient and both moments of the parameter's shape, and the step's settings.
+pub fn adamw_operands<B: Backend>(
+    param: &Tensor<B>,
+    grad: &Tensor<B>,
+    m: &Tensor<B>,
+    v: &Tensor<B>,
+    step: &AdamWStep,
+) -> Result<()> {
+    for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
+        require_same_shape("adamw", (name, t), ("param", param))?;
+    }
+    adamw(step)
+}
+
 /// Validates the hyper-parameters of an AdamW step.
 pub fn adamw(s: &AdamWStep) -> Result<()> {
     let bad = if !(s.lr >= 0.0 && s.lr.is_finite()) {

@@ -592,13 +592,11 @@ fn check_adamw(
     v: &Tensor<CpuBackend>,
     step: &AdamWStep,
 ) -> Result<DType> {
-    const OP: &str = "adamw";
-    let dtype =
-        shapes::common_float_dtype(OP, &[("param", param), ("grad", grad), ("m", m), ("v", v)])?;
-    for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
-        shapes::require_same_shape(OP, (name, t), ("param", param))?;
-    }
-    shapes::adamw(step)?;
+    let dtype = shapes::common_float_dtype(
+        "adamw",
+        &[("param", param), ("grad", grad), ("m", m), ("v", v)],
+    )?;
+    shapes::adamw_operands(param, grad, m, v, step)?;
     Ok(dtype)
 }
 

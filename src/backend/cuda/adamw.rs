@@ -3,7 +3,7 @@
 //! [`AdamWStep::coefficients`] (the CPU reference uses the same); one tensor per launch, or a
 //! whole step's tensors in a few (`adamw_list_*`, the same bits).
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, SyncOnDrop};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop};
 
 use super::tensor_list::{self, ListEntry};
 use super::{grid_for, launch, require_f32, unshared_mut, CudaBackend, CudaBuffer, CudaFloat};
@@ -13,23 +13,40 @@ use crate::tensor::Tensor;
 
 const OP: &str = "adamw";
 
-/// The kernels' constants of `step` other than the per-tensor decay, rounded to f32:
-/// `β₁, 1 − β₁, β₂, 1 − β₂, step size, sqrt(1 − β₂ᵗ), ε`.
-fn constants(step: &AdamWStep) -> [f32; 7] {
-    let c = step.coefficients();
-    [
-        step.beta1 as f32,
-        c.one_minus_beta1 as f32,
-        step.beta2 as f32,
-        c.one_minus_beta2 as f32,
-        c.step_size as f32,
-        c.bias2_sqrt as f32,
-        step.eps as f32,
-    ]
+/// Field for field the `AdamWConstants` of `kernels/adamw.cu`: the step's constants other
+/// than the per-tensor decay, rounded to f32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct AdamWConstants {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    step_size: f32,
+    bias2_sqrt: f32,
+    eps: f32,
 }
 
-/// Refuses what [`step`] cannot update: moments and master not f32, shapes that differ, bad
-/// settings, a gradient that is not a float tensor.
+// SAFETY: a plain C struct of floats, laid out as the kernel's.
+unsafe impl DeviceRepr for AdamWConstants {}
+
+/// The kernels' constants of `step`, and its decay factor `1 − lr·wd`.
+fn constants(step: &AdamWStep) -> (AdamWConstants, f32) {
+    let c = step.coefficients();
+    let constants = AdamWConstants {
+        beta1: step.beta1 as f32,
+        one_minus_beta1: c.one_minus_beta1 as f32,
+        beta2: step.beta2 as f32,
+        one_minus_beta2: c.one_minus_beta2 as f32,
+        step_size: c.step_size as f32,
+        bias2_sqrt: c.bias2_sqrt as f32,
+        eps: step.eps as f32,
+    };
+    (constants, c.decay as f32)
+}
+
+/// Refuses what [`step`] cannot update: moments and master not f32, a gradient that is not a
+/// float tensor, and what [`shapes::adamw_operands`] refuses on every backend.
 fn check(
     param: &Tensor<CudaBackend>,
     grad: &Tensor<CudaBackend>,
@@ -40,10 +57,7 @@ fn check(
     for (name, t) in [("param", param), ("m", m), ("v", v)] {
         require_f32(OP, name, t)?;
     }
-    for (name, t) in [("grad", grad), ("m", m), ("v", v)] {
-        shapes::require_same_shape(OP, (name, t), ("param", param))?;
-    }
-    shapes::adamw(step)?;
+    shapes::adamw_operands(param, grad, m, v, step)?;
     if matches!(grad.buffer(), CudaBuffer::U32(_)) {
         return Err(Error::dtype(OP, "`grad` must be a float tensor"));
     }
@@ -60,37 +74,38 @@ pub(super) fn step(
 ) -> Result<()> {
     check(param, grad, m, v, step)?;
     let n = param.numel();
-    let decay = step.coefficients().decay as f32;
-    let [b1, one_b1, b2, one_b2, step_size, bias2_sqrt, eps] = constants(step);
+    let (c, decay) = constants(step);
     let p = f32::slice_mut(unshared_mut(param, OP)?).expect("checked f32");
     let ms = f32::slice_mut(unshared_mut(m, OP)?).expect("checked f32");
     let vs = f32::slice_mut(unshared_mut(v, OP)?).expect("checked f32");
-    macro_rules! go {
-        ($kernel:expr, $g:expr) => {
-            launch!(
-                b,
-                "adamw",
-                $kernel,
-                grid_for(n),
-                p,
-                $g,
-                ms,
-                vs,
-                &(n as i64),
-                &decay,
-                &b1,
-                &one_b1,
-                &b2,
-                &one_b2,
-                &step_size,
-                &bias2_sqrt,
-                &eps
-            )
-        };
-    }
+    let cfg = grid_for(n);
     match grad.buffer() {
-        CudaBuffer::F32(g) => go!("adamw_f32", g),
-        CudaBuffer::BF16(g) => go!("adamw_bf16_grad", g),
+        CudaBuffer::F32(g) => launch!(
+            b,
+            "adamw",
+            "adamw_f32",
+            cfg,
+            p,
+            g,
+            ms,
+            vs,
+            &(n as i64),
+            &decay,
+            &c
+        ),
+        CudaBuffer::BF16(g) => launch!(
+            b,
+            "adamw",
+            "adamw_bf16_grad",
+            cfg,
+            p,
+            g,
+            ms,
+            vs,
+            &(n as i64),
+            &decay,
+            &c
+        ),
         CudaBuffer::U32(_) => unreachable!("refused by check"),
     }
     Ok(())
@@ -99,7 +114,7 @@ pub(super) fn step(
 /// Tensors that share a kernel (the gradient's dtype) and the step's constants.
 struct Group {
     bf16_grad: bool,
-    constants: [f32; 7],
+    constants: AdamWConstants,
     entries: Vec<ListEntry>,
 }
 
@@ -132,12 +147,12 @@ pub(super) fn step_each(
             v.device_ptr_mut(stream),
         );
         guards.extend([g.1, gp, gm, gv]);
+        let (constants, decay) = constants(&u.step);
         let entry = ListEntry {
             operands: [p, g.0, m, v],
             n,
-            scalar: u.step.coefficients().decay as f32,
+            scalar: decay,
         };
-        let constants = constants(&u.step);
         match groups
             .iter_mut()
             .find(|gr| gr.bf16_grad == bf16_grad && gr.constants == constants)
@@ -163,22 +178,14 @@ pub(super) fn step_each(
         b.function("adamw", kernel_of(group))?;
     }
     for group in &groups {
-        let kernel = kernel_of(group);
-        let [b1, one_b1, b2, one_b2, step_size, bias2_sqrt, eps] = group.constants;
         for l in tensor_list::launches(&group.entries, 0) {
             launch!(
                 b,
                 "adamw",
-                kernel,
+                kernel_of(group),
                 l.cfg,
                 &l.list,
-                &b1,
-                &one_b1,
-                &b2,
-                &one_b2,
-                &step_size,
-                &bias2_sqrt,
-                &eps
+                &group.constants
             );
         }
     }
