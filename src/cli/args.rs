@@ -28,11 +28,11 @@ pub struct ModelArgs {
     /// Compute device: `cpu`, `cuda[:N]` (a GPU), or `cuda-emu` (the same CUDA kernels on
     /// the CPU stand-in for the driver: for development and tests without a GPU, slow; it is
     /// loaded from the build's `target/` folder, or from `$SPAFIT_EMULATOR_DIR`).
-    #[arg(long, default_value = "cpu", value_parser = device_spelling)]
+    #[arg(long, default_value = "cpu", value_parser = spelling(parse_device))]
     pub device: String,
     /// Storage precision: f32; f64 (CPU only: the reference, slower); bf16 (CUDA only:
     /// tensor cores, f32 accumulation, f32 master weights for what trains).
-    #[arg(long, default_value = "f32", value_parser = dtype_spelling)]
+    #[arg(long, default_value = "f32", value_parser = spelling(parse_dtype))]
     pub dtype: String,
     /// Truncate inputs to this many tokens (special tokens included) [default: 64; eval,
     /// predict and train with --adapter: the length the adapter was trained with, where it
@@ -209,25 +209,13 @@ fn parse_dtype(given: &str) -> Result<DType> {
 /// Clap's check of a flag's spelling, so a misspelt value is refused as a command line that
 /// does not parse (status 2), before anything loads; the value stays the text given.
 fn spelling<T>(
-    parse: impl Fn(&str) -> Result<T>,
-) -> impl Fn(&str) -> std::result::Result<String, String> {
+    parse: impl Fn(&str) -> Result<T> + Clone + Send + Sync + 'static,
+) -> impl Fn(&str) -> std::result::Result<String, String> + Clone + Send + Sync + 'static {
     move |given| match parse(given) {
         Ok(_) => Ok(given.to_string()),
         Err(Error::InvalidArgument { detail, .. }) => Err(detail),
         Err(e) => Err(e.to_string()),
     }
-}
-
-fn device_spelling(given: &str) -> std::result::Result<String, String> {
-    spelling(parse_device)(given)
-}
-
-fn dtype_spelling(given: &str) -> std::result::Result<String, String> {
-    spelling(parse_dtype)(given)
-}
-
-fn method_spelling(given: &str) -> std::result::Result<String, String> {
-    spelling(|m| m.parse::<Method>())(given)
 }
 
 /// Names the flag in a parse error of its value (the library names only what it parsed: a
@@ -243,7 +231,7 @@ fn for_flag(flag: &'static str) -> impl Fn(Error) -> Error {
 #[derive(Args, Debug, Clone)]
 pub struct PeftArgs {
     /// full, bitfit, lora or spafit.
-    #[arg(long, default_value = "spafit", value_parser = method_spelling)]
+    #[arg(long, default_value = "spafit", value_parser = spelling(|m| m.parse::<Method>()))]
     pub method: String,
     /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`) [default: 1/3].
     #[arg(long, allow_hyphen_values = true)]

@@ -94,9 +94,9 @@ pub(super) fn sum_squares(b: &CudaBackend, t: &Tensor<CudaBackend>) -> Result<f6
 /// Tensors of one dtype as list entries, each with its index among all the tensors.
 type DTypeGroup = (DType, Vec<(usize, ListEntry)>);
 
-/// The f32 and bf16 tensors of `ts` (dtype, address, length) as list entries of one operand,
-/// by dtype. Every dtype is checked before the caller launches anything.
-fn by_dtype(op: &'static str, ts: &[(DType, u64, usize)]) -> Result<[DTypeGroup; 2]> {
+/// The tensors of `ts` (dtype, address, length; f32 or bf16, as the callers checked before
+/// taking any address) as list entries of one operand, f32 first, then bf16.
+fn by_dtype(ts: &[(DType, u64, usize)]) -> [DTypeGroup; 2] {
     let mut groups = [(DType::F32, Vec::new()), (DType::BF16, Vec::new())];
     for (i, &(dtype, ptr, n)) in ts.iter().enumerate() {
         let entry = ListEntry {
@@ -104,17 +104,9 @@ fn by_dtype(op: &'static str, ts: &[(DType, u64, usize)]) -> Result<[DTypeGroup;
             n,
             scalar: 0.0,
         };
-        match groups.iter_mut().find(|(d, _)| *d == dtype) {
-            Some((_, entries)) => entries.push((i, entry)),
-            None => {
-                return Err(Error::dtype(
-                    op,
-                    format!("the CUDA backend stores f32 or bf16, not {dtype}"),
-                ))
-            }
-        }
+        groups[usize::from(dtype == DType::BF16)].1.push((i, entry));
     }
-    Ok(groups)
+    groups
 }
 
 /// The address of a float tensor's buffer, and the guard to hold until its launch is queued.
@@ -151,7 +143,7 @@ pub(super) fn sum_squares_each(b: &CudaBackend, ts: &[&Tensor<CudaBackend>]) -> 
     let mut ranges = vec![0..0; ts.len()];
     let mut planned = Vec::new();
     let mut total = 0;
-    for (dtype, entries) in by_dtype("sum_squares", &described)? {
+    for (dtype, entries) in by_dtype(&described) {
         let mut next = total;
         for (i, e) in &entries {
             let blocks = tensor_list::blocks_of(e.n);
@@ -204,7 +196,7 @@ pub(super) fn scale_each(
         guards.push(guard);
         described.push((dtype, ptr, n));
     }
-    for (dtype, entries) in by_dtype("scale", &described)? {
+    for (dtype, entries) in by_dtype(&described) {
         let list: Vec<ListEntry> = entries.into_iter().map(|(_, e)| e).collect();
         for l in tensor_list::launches(&list, 0) {
             with_float!(dtype, "scale", T => {

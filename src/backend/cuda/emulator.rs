@@ -47,10 +47,16 @@ pub fn emulator_dir() -> Result<PathBuf> {
     })
 }
 
-/// `$SPAFIT_EMULATOR_DIR` when it names something: set but empty (`SPAFIT_EMULATOR_DIR=`)
-/// reads as unset, as the shell's idiom for clearing a variable means.
+/// `$SPAFIT_EMULATOR_DIR` when it names something.
 fn emulator_dir_variable() -> Option<std::ffi::OsString> {
-    std::env::var_os("SPAFIT_EMULATOR_DIR").filter(|dir| !dir.is_empty())
+    path_variable("SPAFIT_EMULATOR_DIR")
+}
+
+/// The environment variable `name` when it names something: set but empty (`NAME=`) reads
+/// as unset, as the shell's idiom for clearing a variable means (and as the stand-in reads
+/// it).
+fn path_variable(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|value| !value.is_empty())
 }
 
 /// Makes the stand-in this process's CUDA driver (idempotent). Fails when NVIDIA's driver is
@@ -129,7 +135,7 @@ pub fn use_emulator() -> Result<()> {
 /// (`kernels/<file>.so`, or in `$SPAFIT_EMU_KERNEL_DIR`), which would otherwise be found only
 /// at a run's first launch of one of its kernels.
 fn check_kernel_modules(dir: &std::path::Path) -> Result<()> {
-    let from_variable = std::env::var_os("SPAFIT_EMU_KERNEL_DIR").filter(|d| !d.is_empty());
+    let from_variable = path_variable("SPAFIT_EMU_KERNEL_DIR");
     let kernel_dir = from_variable
         .clone()
         .map_or_else(|| dir.join("kernels"), PathBuf::from);
