@@ -69,6 +69,26 @@ fn stored<B: Backend>(b: &B, dims: &[usize], v: &[f64]) -> Vec<f64> {
     down(b, &up(b, dims, v))
 }
 
+/// `each` (from [`Backend::sum_squares_each`] over `ts`) must be the bits of one
+/// [`Backend::sum_squares`] per tensor.
+fn assert_sums_of_squares_one_by_one<B: Backend>(
+    b: &B,
+    ts: &[&Tensor<B>],
+    each: &[f64],
+    what: &str,
+) {
+    let one_by_one: Vec<u64> = ts
+        .iter()
+        .map(|t| b.sum_squares(t).unwrap().to_bits())
+        .collect();
+    assert_eq!(
+        each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        one_by_one,
+        "sum_squares_each on {}: {what}",
+        b.name()
+    );
+}
+
 fn layernorm<B: Backend>(b: &B, tol: f64) {
     let r = reference();
     let mut rng = SplitMix::new(1);
@@ -744,13 +764,7 @@ fn elementwise<B: Backend>(b: &B, tol: f64) {
     let (sb, sr) = (b.sum_squares(&xb).unwrap(), r.sum_squares(&xr).unwrap());
     check(b, "sum_squares", &[sb], &[sr], tol);
     let each = b.sum_squares_each(&[&xb, &yb, &accb]).unwrap();
-    let one_by_one = [&xb, &yb, &accb].map(|t| b.sum_squares(t).unwrap());
-    assert_eq!(
-        each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        one_by_one.map(f64::to_bits),
-        "sum_squares_each on {}",
-        b.name()
-    );
+    assert_sums_of_squares_one_by_one(b, &[&xb, &yb, &accb], &each, "elementwise");
     // Dropout: the same mask as the CPU, element for element.
     let d = Dropout { p: 0.3, seed: 1234 };
     let (db, dr) = (
@@ -991,15 +1005,7 @@ fn cuda_sums_of_squares_of_many_tensors_take_one_download() {
             "downloads for {} tensors",
             all.len()
         );
-        let one_by_one: Vec<u64> = all
-            .iter()
-            .map(|t| b.sum_squares(t).unwrap().to_bits())
-            .collect();
-        assert_eq!(
-            each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            one_by_one,
-            "{dtypes:?}"
-        );
+        assert_sums_of_squares_one_by_one(&b, &all, &each, &format!("{dtypes:?}"));
         let want: Vec<f64> = values
             .iter()
             .map(|v| r.sum_squares(&up(&r, &[v.len()], v)).unwrap())
@@ -1071,15 +1077,7 @@ fn cuda_optimizer_ops_over_many_tensors_take_a_launch_per_list() {
             lists as u64,
             "sum_squares_each, mix {mix}"
         );
-        let one_by_one: Vec<u64> = all
-            .iter()
-            .map(|t| b.sum_squares(t).unwrap().to_bits())
-            .collect();
-        assert_eq!(
-            each.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            one_by_one,
-            "mix {mix}"
-        );
+        assert_sums_of_squares_one_by_one(&b, &all, &each, &format!("mix {mix}"));
 
         let (mut listed, mut single) = (grads.clone(), grads.clone());
         let before = b.launches();
@@ -1093,15 +1091,16 @@ fn cuda_optimizer_ops_over_many_tensors_take_a_launch_per_list() {
         assert_ne!(bits(&listed), bits(&grads), "scale_each scales");
 
         // AdamW: f32 masters, the gradients as they come; decay on every other tensor.
+        let decay_of = |i: usize| if i.is_multiple_of(2) { 0.01 } else { 0.0 };
         let masters = make(&mut rng, &|_| DType::F32);
-        let zeros = |_: &mut SplitMix| -> Vec<Tensor<CudaBackend>> {
+        let zeros = || -> Vec<Tensor<CudaBackend>> {
             sizes
                 .iter()
                 .map(|&n| b.zeros(Shape::new([n])).unwrap())
                 .collect()
         };
-        let (mut p1, mut m1, mut v1) = (masters.clone(), zeros(&mut rng), zeros(&mut rng));
-        let (mut p2, mut m2, mut v2) = (masters.clone(), zeros(&mut rng), zeros(&mut rng));
+        let (mut p1, mut m1, mut v1) = (masters.clone(), zeros(), zeros());
+        let (mut p2, mut m2, mut v2) = (masters.clone(), zeros(), zeros());
         for t in 1..=2 {
             let mut updates: Vec<AdamWUpdate<'_, CudaBackend>> = p1
                 .iter_mut()
@@ -1114,7 +1113,7 @@ fn cuda_optimizer_ops_over_many_tensors_take_a_launch_per_list() {
                     grad,
                     m,
                     v,
-                    step: step(t, if i % 2 == 0 { 0.01 } else { 0.0 }),
+                    step: step(t, decay_of(i)),
                 })
                 .collect();
             let before = b.launches();
@@ -1125,7 +1124,7 @@ fn cuda_optimizer_ops_over_many_tensors_take_a_launch_per_list() {
                 "adamw_step_each, mix {mix}"
             );
             for i in 0..count {
-                let s = step(t, if i % 2 == 0 { 0.01 } else { 0.0 });
+                let s = step(t, decay_of(i));
                 b.adamw_step(&mut p2[i], &grads[i], &mut m2[i], &mut v2[i], &s)
                     .unwrap();
             }

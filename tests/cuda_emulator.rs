@@ -155,11 +155,7 @@ fn a_host_fault_outside_any_launch_is_not_taken_for_a_kernel_fault() {
         unsafe { wild.write_volatile(1) };
         unreachable!("the write must fault");
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env("SPAFIT_EMU_CHILD", TEST)
-        .output()
-        .unwrap();
+    let out = common::run_child(TEST, &[("SPAFIT_EMU_CHILD", TEST)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(11), "{:?}: {stderr}", out.status);

@@ -155,11 +155,7 @@ pub fn minilm_dir() -> PathBuf {
 /// `env` set (a setting read once per process, or a crash the parent must survive), and
 /// asserts that it ran and passed; returns the child's stdout and stderr together.
 pub fn run_in_child(test: &str, env: &[(&str, &str)]) -> String {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .envs(env.iter().copied())
-        .output()
-        .expect("run the child test");
+    let out = run_child(test, env);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -171,4 +167,14 @@ pub fn run_in_child(test: &str, env: &[(&str, &str)]) -> String {
     );
     assert!(text.contains("1 passed"), "the child ran nothing:\n{text}");
     text
+}
+
+/// Runs test `test` of this test binary alone in a child process with `env` set, whatever
+/// becomes of it (a test that must crash checks the status itself).
+pub fn run_child(test: &str, env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the child test")
 }
