@@ -100,6 +100,57 @@ fn write_one_past_the_end_is_an_illegal_address_naming_kernel_block_and_thread()
     }
 }
 
+/// The fault report does not depend on the launching thread's alternate signal stack: a
+/// thread (of an embedding program, say) whose stack is the smallest the kernel accepts, too
+/// small for the signal frame and the handler, still gets `ILLEGAL_ADDRESS`, not a process
+/// killed with "overflowed sigaltstack".
+#[test]
+fn a_fault_on_a_thread_with_a_tiny_alternate_stack_is_still_reported() {
+    let test = "a_fault_on_a_thread_with_a_tiny_alternate_stack_is_still_reported";
+    let Some(out) = in_child(test) else {
+        std::thread::spawn(|| {
+            const PAGE: usize = 4096;
+            // SAFETY: a fresh private mapping, its first page made inaccessible (the guard
+            // below the stack), the rest handed to the kernel as this thread's alternate stack.
+            unsafe {
+                let base = libc::mmap(
+                    std::ptr::null_mut(),
+                    2 * PAGE,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(base, libc::MAP_FAILED);
+                assert_eq!(libc::mprotect(base, PAGE, libc::PROT_NONE), 0);
+                let tiny = libc::stack_t {
+                    ss_sp: base.cast::<u8>().add(2 * PAGE - libc::MINSIGSTKSZ).cast(),
+                    ss_flags: 0,
+                    ss_size: libc::MINSIGSTKSZ,
+                };
+                assert_eq!(libc::sigaltstack(&tiny, std::ptr::null_mut()), 0);
+            }
+            let e = emu();
+            let mut buf = nan_buffer(&e, 1000);
+            let f = e.module.load_function("selftest_write_past_end").unwrap();
+            let mut l = e.stream.launch_builder(&f);
+            l.arg(&mut buf).arg(&1000i32);
+            let r = unsafe { l.launch(threads(4, 256, 0)) }.map(|_| ());
+            expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
+        })
+        .join()
+        .expect("the launching thread ends normally");
+        return;
+    };
+    for needle in [
+        "CUDA_ERROR_ILLEGAL_ADDRESS",
+        "selftest_write_past_end",
+        "LATER CALL FAILS",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+}
+
 /// After a kernel fault every later call fails, as on hardware; the backend says so as a CUDA
 /// error naming the fault (not as an invalid argument of whichever op came next).
 #[test]

@@ -27,6 +27,7 @@
 #include <dlfcn.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -460,15 +461,58 @@ void install_fault_handler() {
     });
 }
 
-// The signal frame must not land on a fiber stack that just overflowed: give each launching
-// thread an alternate signal stack if it has none (Rust's threads already have one).
+// The fault handler runs on the launching thread's alternate signal stack, which must hold
+// the signal frame (the CPU's whole vector state: ~3.5 KiB with AVX-512, ~11.5 KiB in a
+// process that uses AMX tiles) and the handler's own formatting (~1 KiB). A thread without
+// one would push the frame onto the fiber stack that just overflowed; Rust gives its threads
+// max(8 KiB, AT_MINSIGSTKSZ), which an AMX frame nearly fills, and threads of an embedding
+// program may have less. Measured: a 4 KiB alternate stack loses the fault report to
+// "overflowed sigaltstack" on an AVX-512 CPU, 4.5 KiB keeps it. So each launching thread gets
+// one of AltStack::bytes() unless it has one at least that large; it is unmapped at the
+// thread's exit.
+struct AltStack {
+    void* map = nullptr;
+    size_t map_len = 0;
+    static size_t bytes() { return 64 * 1024 + size_t(getauxval(AT_MINSIGSTKSZ)); }
+    ~AltStack() {
+        if (!map) return;
+        stack_t cur;
+        // Still ours (no Rust runtime disabled it first): stop the kernel using it before unmapping.
+        if (sigaltstack(nullptr, &cur) == 0 && !(cur.ss_flags & SS_DISABLE) && cur.ss_sp >= map &&
+            static_cast<char*>(cur.ss_sp) < static_cast<char*>(map) + map_len) {
+            stack_t off{};
+            off.ss_flags = SS_DISABLE;
+            sigaltstack(&off, nullptr);
+        }
+        munmap(map, map_len);
+    }
+};
+thread_local AltStack t_altstack __attribute__((tls_model("initial-exec")));
+thread_local bool t_altstack_checked __attribute__((tls_model("initial-exec"))) = false;
+
 void ensure_altstack() {
+    if (t_altstack_checked) return;
+    t_altstack_checked = true;
+    const size_t want = AltStack::bytes();
     stack_t cur;
-    if (sigaltstack(nullptr, &cur) == 0 && !(cur.ss_flags & SS_DISABLE)) return;
+    if (sigaltstack(nullptr, &cur) != 0 || (cur.ss_flags & SS_ONSTACK)) return;
+    if (!(cur.ss_flags & SS_DISABLE) && cur.ss_size >= want) return;
+    // A guard page below it, so a handler that overflows faults at once instead of writing
+    // into whatever is mapped below.
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    const size_t len = (want + page - 1) / page * page + page;
+    void* map = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) return;  // the thread keeps what it had
+    mprotect(map, page, PROT_NONE);
     stack_t s{};
-    s.ss_size = 64 * 1024;
-    s.ss_sp = malloc(s.ss_size);
-    sigaltstack(&s, nullptr);
+    s.ss_sp = static_cast<char*>(map) + page;
+    s.ss_size = len - page;
+    if (sigaltstack(&s, nullptr) != 0) {
+        munmap(map, len);
+        return;
+    }
+    t_altstack.map = map;
+    t_altstack.map_len = len;
 }
 
 // Writes into the 0xFF bytes around allocations that the guard pages cannot see (caller holds g_mu).
@@ -941,7 +985,7 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
         L.schedule = g_schedule.kind;
         L.seed = g_schedule.seed;
     }
-    if (g_guard) ensure_altstack();
+    ensure_altstack();
     int rc;
     FaultLanding landing;
     landing.launch = &L;
