@@ -330,13 +330,16 @@ impl LinearOperands {
     }
 }
 
+/// Makes the compactly stored copy of a frozen weight.
+type FreezeWeight<'a, B> = &'a dyn Fn(&Tensor<B>) -> Tensor<B>;
+
 /// Every result of the linear op on `be`, by name: the forward with and without LoRA, every
 /// backward piece, dX with the LoRA term fused in, and (where given) the forward and dX with
 /// the weight `frozen` makes of W (stored compactly).
 fn linear_results<B: Backend>(
     be: &B,
     o: &LinearOperands,
-    frozen: Option<&dyn Fn(&Tensor<B>) -> Tensor<B>>,
+    frozen: Option<FreezeWeight<B>>,
 ) -> Vec<(&'static str, Vec<f64>)> {
     let c = &o.case;
     let x = up(be, &[c.rows, c.input], &o.x);
