@@ -223,6 +223,41 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             out.status
         );
     }
+    // The same for the plan's flags: text that is no boundary, layer or target exits 2; a
+    // boundary or a list that parses but does not fit exits 1.
+    for (args, status, needle) in [
+        (&["--n1", "abc"][..], 2, "neither a layer index"),
+        (&["--n2", "-1"], 2, "neither a layer index"),
+        (&["--n1", "3/2"], 1, "--n1"),
+        (
+            &["--method", "lora", "--lora-layers", "a"],
+            2,
+            "`a` is not a layer index",
+        ),
+        (
+            &["--method", "lora", "--lora-targets", "foo"],
+            2,
+            "unknown target `foo`",
+        ),
+        (
+            &["--method", "lora", "--lora-targets", "query,query"],
+            1,
+            "named twice",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(["bench", "--model", &model()])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(status) && err.contains(needle),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
     let (ok, _, err) = spafit(&[
         "bench",
         "--model",

@@ -227,6 +227,25 @@ fn for_flag(flag: &'static str) -> impl Fn(Error) -> Error {
     }
 }
 
+/// `--lora-targets`: comma-separated target names.
+fn lora_targets(list: &str) -> Result<Vec<LoraTarget>> {
+    list.split(',')
+        .map(|t| t.trim().parse::<LoraTarget>())
+        .collect::<Result<Vec<_>>>()
+        .map_err(for_flag("--lora-targets"))
+}
+
+/// `--lora-layers`: comma-separated layer indices.
+fn lora_layers(list: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|l| {
+            l.trim()
+                .parse::<usize>()
+                .map_err(|_| Error::invalid("--lora-layers", format!("`{l}` is not a layer index")))
+        })
+        .collect()
+}
+
 /// The PEFT method and its settings.
 #[derive(Args, Debug, Clone)]
 pub struct PeftArgs {
@@ -234,10 +253,10 @@ pub struct PeftArgs {
     #[arg(long, default_value = "spafit", value_parser = spelling(|m| m.parse::<Method>()))]
     pub method: String,
     /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`) [default: 1/3].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = spelling(|b| b.parse::<Boundary>()))]
     pub n1: Option<String>,
     /// SPAFIT: first LoRA + bias layer, as an index or a fraction [default: 2/3].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = spelling(|b| b.parse::<Boundary>()))]
     pub n2: Option<String>,
     /// LoRA rank r [default: 8].
     #[arg(long, allow_hyphen_values = true)]
@@ -250,10 +269,10 @@ pub struct PeftArgs {
     pub lora_dropout: Option<f64>,
     /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense. Default: query,value for lora; all six for spafit.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = spelling(lora_targets))]
     pub lora_targets: Option<String>,
     /// lora only: comma-separated layer indices that get adapters (default: all).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = spelling(lora_layers))]
     pub lora_layers: Option<String>,
     /// Also train the pooler.
     #[arg(long)]
@@ -273,11 +292,7 @@ impl PeftArgs {
         self.refuse_flags_without_effect(method)?;
         let mut c = PeftConfig::new(method);
         if let Some(list) = &self.lora_targets {
-            c.lora.targets = list
-                .split(',')
-                .map(|t| t.trim().parse::<LoraTarget>())
-                .collect::<Result<Vec<_>>>()
-                .map_err(for_flag("--lora-targets"))?;
+            c.lora.targets = lora_targets(list)?;
             // A target named twice would get one adapter, not two: a typo to point out.
             if let Some(i) = (0..c.lora.targets.len())
                 .find(|&i| c.lora.targets[..i].contains(&c.lora.targets[i]))
@@ -312,18 +327,7 @@ impl PeftArgs {
         if c.lora.rank == 0 {
             return Err(Error::invalid("--lora-r", "0: the rank must be at least 1"));
         }
-        c.lora_layers = match &self.lora_layers {
-            Some(list) => Some(
-                list.split(',')
-                    .map(|l| {
-                        l.trim().parse::<usize>().map_err(|_| {
-                            Error::invalid("--lora-layers", format!("`{l}` is not a layer index"))
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            None => None,
-        };
+        c.lora_layers = self.lora_layers.as_deref().map(lora_layers).transpose()?;
         if let Some(layers) = &c.lora_layers {
             let mut sorted = layers.clone();
             sorted.sort_unstable();
