@@ -289,10 +289,15 @@ fn check_writable_ancestor(
         .find(|a| a.exists())
         .unwrap_or(std::path::Path::new("."));
     let refuse = |why: String| {
-        Err(spafit::Error::invalid(
-            flag,
-            format!("{why}, so {} cannot be created", output.display()),
-        ))
+        let consequence = if nearest == output {
+            String::new()
+        } else if output.exists() {
+            // A file is replaced through a temporary beside it: the folder must take it.
+            format!(", so {} cannot be written", output.display())
+        } else {
+            format!(", so {} cannot be created", output.display())
+        };
+        Err(spafit::Error::invalid(flag, format!("{why}{consequence}")))
     };
     if !nearest.is_dir() {
         return refuse(format!("{} is a file", nearest.display()));

@@ -563,9 +563,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let total_steps = match (per_epoch.checked_mul(c.epochs), c.max_steps) {
             (Some(steps), Some(m)) if steps < m => {
                 progress.notice(&format!(
-                    "the run ends after {steps} steps, before the step limit of {m} \
+                    "the run ends after {steps} step{}, before the step limit of {m} \
                      (--max-steps): {} epoch(s) of {per_epoch} batches; give more epochs \
                      (--epochs) to reach it",
+                    if steps == 1 { "" } else { "s" },
                     c.epochs
                 ));
                 steps
