@@ -943,6 +943,23 @@ fn row_errors_say_what_to_do() {
             && !e.contains("at line 1 column"),
         "{e}"
     );
+    // A key given twice would otherwise keep its last value unnoticed: refused by line and
+    // key, in JSON Lines and in a file holding one array alike.
+    let e = load(
+        "twice.jsonl",
+        "{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 1, \"label\": 0}\n",
+        binary(),
+    );
+    assert!(
+        e.contains("twice.jsonl") && e.contains("line 2: key `label` appears twice"),
+        "{e}"
+    );
+    let e = load(
+        "twice.json",
+        "[{\"text\": \"a\", \"label\": 1},\n {\"text\": \"b\", \"text\": \"c\", \"label\": 0}]\n",
+        binary(),
+    );
+    assert!(e.contains("line 2: key `text` appears twice"), "{e}");
 }
 
 /// A GLUE folder or task folder that is not there is named as the folder, not as a file

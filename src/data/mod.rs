@@ -4,6 +4,7 @@
 mod batches;
 mod example;
 mod glue;
+mod json_record;
 mod rotten_tomatoes;
 mod table;
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::example::{Dataset, Example, OnMalformed, RowSink, TaskKind};
 use super::glue::parse_target;
+use super::json_record::{json_problem, JsonRecord};
 use crate::error::{Error, Result};
 
 /// File formats of [`TableSpec`].
@@ -498,15 +499,13 @@ impl TableSpec {
                 if json_extension && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
                 {
                     let text = crate::text_file::read_utf8(path)?;
-                    let rows: Vec<serde_json::Value> =
+                    let rows: Vec<JsonRecord> =
                         serde_json::from_str(&text).map_err(|e| Error::Format {
                             path: path.clone(),
                             detail: format!(
-                                "line {}: invalid JSON at column {} of a file holding one JSON \
-                                 array: {}",
+                                "line {}: {}, in a file holding one JSON array",
                                 e.line(),
-                                e.column(),
-                                json_error_what(&e)
+                                json_problem(&e)
                             ),
                         })?;
                     let starts = array_element_lines(text.as_bytes());
@@ -515,8 +514,8 @@ impl TableSpec {
                         // stand in should it ever not.
                         let line = starts.get(i).copied().unwrap_or(i + 1);
                         match row {
-                            serde_json::Value::Object(map) => visit(line, Ok(&JsonRow(map)))?,
-                            _ => visit(
+                            JsonRecord::Row(map) => visit(line, Ok(&JsonRow(map)))?,
+                            JsonRecord::NotAnObject => visit(
                                 line,
                                 Err(format!(
                                     "element {} of the array is not a JSON object",
@@ -533,12 +532,12 @@ impl TableSpec {
                 for (line_no, line) in crate::text_file::utf8_lines(&bytes) {
                     match line {
                         Ok(line) if line.trim().is_empty() => continue,
-                        Ok(line) => match serde_json::from_str::<serde_json::Value>(line) {
-                            Ok(serde_json::Value::Object(map)) => {
-                                visit(line_no, Ok(&JsonRow(map)))?
+                        Ok(line) => match JsonRecord::parse(line) {
+                            Ok(JsonRecord::Row(map)) => visit(line_no, Ok(&JsonRow(map)))?,
+                            Ok(JsonRecord::NotAnObject) => {
+                                visit(line_no, Err("not a JSON object".to_string()))?
                             }
-                            Ok(_) => visit(line_no, Err("not a JSON object".to_string()))?,
-                            Err(e) => visit(line_no, Err(json_error(&e)))?,
+                            Err(e) => visit(line_no, Err(json_problem(&e)))?,
                         },
                         Err(why) => visit(line_no, Err(why))?,
                     }
@@ -588,25 +587,6 @@ fn refuse_single_object(path: &Path, bytes: &[u8]) -> Result<()> {
              objects, or JSON Lines (one row object per line)"
         ),
     })
-}
-
-/// serde_json's message for one JSONL line, with the column but not its own line number
-/// (always 1 within the line; the file's line is reported beside it).
-fn json_error(e: &serde_json::Error) -> String {
-    format!(
-        "invalid JSON at column {}: {}",
-        e.column(),
-        json_error_what(e)
-    )
-}
-
-/// serde_json's message without its position.
-fn json_error_what(e: &serde_json::Error) -> String {
-    let message = e.to_string();
-    message
-        .rsplit_once(" at line ")
-        .map_or(message.as_str(), |(what, _)| what)
-        .to_string()
 }
 
 /// The 1-based line on which each element of the top-level JSON array in `text` starts

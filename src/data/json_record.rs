@@ -1,0 +1,95 @@
+//! One JSON data record: a row object whose keys are its columns, read so that a key given
+//! twice is refused (serde_json's own map keeps the last value without a word, so
+//! `{"label": 1, "label": 0}` would train on 0).
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// A JSON value read as a data record: a row object, or anything else (refused by the caller
+/// with its line).
+pub(super) enum JsonRecord {
+    Row(Map<String, Value>),
+    NotAnObject,
+}
+
+impl JsonRecord {
+    /// Parses one JSON text; a syntax error and a repeated key are both errors, told apart by
+    /// [`json_problem`].
+    pub(super) fn parse(text: &str) -> serde_json::Result<Self> {
+        serde_json::from_str(text)
+    }
+}
+
+/// What is wrong with a JSON text, without serde_json's own line number (the caller names the
+/// file's line): a syntax error says "invalid JSON", a repeated key says which.
+pub(super) fn json_problem(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let what = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(what, _)| what);
+    match e.classify() {
+        serde_json::error::Category::Data => format!("{what} (column {})", e.column()),
+        _ => format!("invalid JSON at column {}: {what}", e.column()),
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = JsonRecord;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonRecord, A::Error> {
+        let mut row = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if row.contains_key(&key) {
+                return Err(de::Error::custom(format!(
+                    "key `{key}` appears twice in this object; give each column once"
+                )));
+            }
+            let value = map.next_value::<Value>()?;
+            row.insert(key, value);
+        }
+        Ok(JsonRecord::Row(row))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<JsonRecord, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(JsonRecord::NotAnObject)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<JsonRecord, E> {
+        Ok(JsonRecord::NotAnObject)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<JsonRecord, E> {
+        Ok(JsonRecord::NotAnObject)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<JsonRecord, E> {
+        Ok(JsonRecord::NotAnObject)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<JsonRecord, E> {
+        Ok(JsonRecord::NotAnObject)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<JsonRecord, E> {
+        Ok(JsonRecord::NotAnObject)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<JsonRecord, E> {
+        Ok(JsonRecord::NotAnObject)
+    }
+}
