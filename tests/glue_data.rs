@@ -750,6 +750,19 @@ fn classes_are_inferred_from_a_training_file() {
         e.contains("scores.csv") && e.contains("line 4") && e.contains("--regression"),
         "{e}"
     );
+    // `nan` among numbers is a broken value, not a class: refused by line, or skipped (and
+    // then listed by `load`) so the other labels decide.
+    let e = refused("nan.csv", "text,label\na,1\nb,nan\nc,0\n");
+    assert!(
+        e.contains("line 3: label `nan` is not a finite number"),
+        "{e}"
+    );
+    assert_eq!(
+        text_label_table(tmp.path().join("nan.csv"))
+            .infer_classes(OnMalformed::Skip)
+            .unwrap(),
+        classes(&["0", "1"])
+    );
     let e = refused("single.csv", "text,label\na,yes\nb,yes\n");
     assert!(e.contains("every label in `label` is `yes`"), "{e}");
     let e = refused("nolabel.csv", "text,other\na,yes\n");

@@ -176,7 +176,8 @@ impl TableSpec {
     /// selected rows hold, in order (whole numbers by value, written as integers; names
     /// sorted), as transformers' `run_glue` infers them; `0`/`1` data always has both
     /// classes. Labels that are all numbers with a fraction among them are refused
-    /// as likely regression targets; a single class is refused. A malformed row is the error
+    /// as likely regression targets, `nan` or `inf` among numbers as a broken value (skipped
+    /// rows, with [`OnMalformed::Skip`]); a single class is refused. A malformed row is the error
     /// [`TableSpec::load`] would give, or skipped as it would skip it; a row with an empty
     /// label is left to `load` to report, and a file without one labeled row is refused.
     pub fn infer_classes(&self, on_malformed: OnMalformed) -> Result<TaskKind> {
@@ -240,9 +241,32 @@ impl TableSpec {
                  to train on"
             )));
         }
+        // `nan` or `inf` among numbers is a missing or broken value, not a class of its own:
+        // refused, or (skipping malformed rows) left out of the classes, so that `load`
+        // skips and lists those rows.
+        let numeric = |l: &str| l.parse::<f64>().ok();
+        if seen.iter().all(|(l, _)| numeric(l).is_some())
+            && seen
+                .iter()
+                .any(|(l, _)| numeric(l).is_some_and(f64::is_finite))
+        {
+            if let Some((label, line)) = seen
+                .iter()
+                .find(|(l, _)| numeric(l).is_some_and(|v| !v.is_finite()))
+            {
+                if on_malformed == OnMalformed::Error {
+                    return Err(refuse(format!(
+                        "line {line}: label `{label}` is not a finite number, and every other \
+                         label in `{column}` is one: fix or drop that row, or give --labels to \
+                         name the classes"
+                    )));
+                }
+                seen.retain(|(l, _)| numeric(l).is_some_and(f64::is_finite));
+            }
+        }
         let numbers: Option<Vec<f64>> = seen
             .iter()
-            .map(|(l, _)| l.parse::<f64>().ok().filter(|v| v.is_finite()))
+            .map(|(l, _)| numeric(l).filter(|v| v.is_finite()))
             .collect();
         let labels: Vec<String> = match numbers {
             Some(values) => {
