@@ -225,7 +225,8 @@ pub struct PredictCommand {
     /// `dev` read --dev-file, `train` reads --train-file.
     #[arg(long)]
     pub split: Option<String>,
-    /// Write predictions here instead of standard output.
+    /// Write predictions here instead of standard output: an existing file is replaced whole
+    /// (written beside it, then renamed), and missing folders on the way are created.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Output format: jsonl (index, file line, label, its probability and every class's
