@@ -678,35 +678,67 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_checkpoints() {
 }
 
 /// A learning rate that overflows the weights on the very last step gives a finite loss on
-/// every step taken; the weights themselves are checked before they become `best/`, and a
-/// diverged evaluation stops the run instead of being kept as the best one.
+/// every step taken; the weights themselves are checked before they become `best/` or
+/// `last/`, and a diverged evaluation stops the run instead of being kept as the best one.
+/// Weights still finite but large enough to overflow the model's outputs (f32, lr 1e30)
+/// are caught too, with no dev split to show it, and in a run without an output directory,
+/// whose model the caller would save.
 #[test]
 fn diverged_weights_and_evaluations_are_never_saved() {
     let tmp = tempfile::tempdir().unwrap();
     let ck = tiny_checkpoint(&tmp.path().join("ck"));
-    let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     // One batch: the step that overflows is the last one.
     let data = regression_data(8, None);
-    for (name, dev) in [
-        ("no-dev", None),
-        ("with-dev", Some(regression_data(8, None))),
+    let dev = regression_data(8, None);
+    for (name, cpu, lr, dev, output, needle) in [
+        ("no-dev", CpuBackend::f64(), 1e300, None, true, "holds NaN"),
+        (
+            "with-dev",
+            CpuBackend::f64(),
+            1e300,
+            Some(&dev),
+            true,
+            "the loss on",
+        ),
+        (
+            "no-dev-f32",
+            CpuBackend::f32(),
+            1e30,
+            None,
+            true,
+            "first training batch",
+        ),
+        (
+            "no-output-f32",
+            CpuBackend::f32(),
+            1e30,
+            None,
+            false,
+            "first training batch",
+        ),
     ] {
         let out = tmp.path().join(name);
         let (mut model, plan) = tiny_model(&ck, &cpu);
         let config = TrainConfig {
             epochs: 1,
-            learning_rate: 1e300,
+            learning_rate: lr,
             max_grad_norm: None,
             warmup_ratio: 0.0,
             eval_every: None,
+            output_dir: output.then(|| out.clone()),
             ..tiny_config(&out)
         };
         let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
-            .fit(&tok, &data, dev.as_ref())
+            .fit(&tok, &data, dev)
             .unwrap_err();
-        assert!(matches!(e, Error::Diverged { step: 1, .. }), "{name}: {e}");
-        assert!(!out.join("best").exists(), "{name}: best/ was written: {e}");
+        assert!(
+            matches!(e, Error::Diverged { step: 1, .. }) && e.to_string().contains(needle),
+            "{name}: {e}"
+        );
+        for dir in ["best", "last"] {
+            assert!(!out.join(dir).exists(), "{name}: {dir}/ was written: {e}");
+        }
         println!("DIVERGED {name}: {e}");
     }
 }

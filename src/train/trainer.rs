@@ -961,15 +961,31 @@ impl<'a, B: Backend> Trainer<'a, B> {
         Ok(())
     }
 
-    /// Refuses to save weights a diverged step left with NaN or infinite values.
-    fn check_weights_finite(&self, step: usize) -> Result<()> {
-        match self.model.non_finite_trainable(&self.backend)? {
-            Some((name, sum)) => Err(Error::Diverged {
+    /// Refuses to save weights a diverged step left with NaN or infinite values, or with
+    /// values finite but so large that the model's outputs overflow: a run without a dev
+    /// split would otherwise never run them through the model before saving them.
+    fn check_weights_finite(&self, plan: &RunPlan, step: usize) -> Result<()> {
+        if let Some((name, sum)) = self.model.non_finite_trainable(&self.backend)? {
+            return Err(Error::Diverged {
                 step,
                 what: format!(
                     "trainable tensor `{name}` holds NaN, infinite or overflowing values \
                      (sum of squares {sum})"
                 ),
+            });
+        }
+        // The first training batch, as evaluation sees it (no dropout): one forward pass.
+        let rows: Vec<usize> = (0..self.config.batch_size.min(plan.lengths.len())).collect();
+        let (input, _, _) = plan.train.tensors(&self.backend, &rows)?;
+        let mut tape = Tape::inference(self.backend.clone());
+        let logits = self
+            .model
+            .forward(&mut tape, &input, &mut DropoutPlan::eval())?;
+        let values = self.backend.to_f64(logits.value())?;
+        match super::prediction::non_finite_logit(&values, self.model.num_labels()) {
+            Some(why) => Err(Error::Diverged {
+                step,
+                what: format!("on the first training batch, {why}"),
             }),
             None => Ok(()),
         }
@@ -980,7 +996,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let Some(dir) = &self.config.output_dir else {
             return Ok(());
         };
-        self.check_weights_finite(run.step)?;
+        self.check_weights_finite(plan, run.step)?;
         let position = RunPosition {
             step: run.step,
             epoch: run.epoch,
@@ -1020,7 +1036,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.restore(&best.weights, Path::new("the best weights"))?;
         }
         if plan.dev.is_none() {
-            self.check_weights_finite(run.step)?;
+            self.check_weights_finite(plan, run.step)?;
             self.save_best(plan)?;
         }
         let m = &run.meter;
