@@ -465,6 +465,13 @@ impl CudaBackend {
     /// launch code and memory handling, run on the CPU with guard pages, NaN-poisoned memory
     /// and checked barriers (see [`emulator`]). For tests and development without a GPU; it
     /// says nothing about GPU speed or the hardware's rounding.
+    ///
+    /// Process-wide effects an embedding program should know of: to report a kernel's
+    /// out-of-bounds access as a launch error, the stand-in installs a SIGSEGV and SIGBUS
+    /// handler (once, here); a fault outside any launch prints one `emu: SIGSEGV at …` line
+    /// to stderr and then goes to the handler installed before it, or to the default action.
+    /// Each thread that launches gets an alternate signal stack of 64 KiB + `AT_MINSIGSTKSZ`
+    /// (freed at thread exit) unless its own is at least as large.
     pub fn emulated(dtype: DType) -> Result<Self> {
         let precision = precision_of(dtype)?;
         check_kernels("cuda-emu")?;
