@@ -293,8 +293,7 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
     }
     std::fs::write(dir.join("config.json"), "[]").unwrap();
     let e = Checkpoint::open(&dir)
-        .err()
-        .expect("an array config")
+        .expect_err("an array config")
         .to_string();
     assert!(e.contains("holds an array, not a JSON object"), "{e}");
 
@@ -1048,8 +1047,7 @@ fn hugging_face_hub_cache_layout_resolves_offline() {
     std::fs::write(broken.join("config.json"), tiny_config_json(2)).unwrap();
     std::os::unix::fs::symlink("../blobs/gone", broken.join("model.safetensors")).unwrap();
     let e = Checkpoint::open(&broken)
-        .err()
-        .expect("a dangling link")
+        .expect_err("a dangling link")
         .to_string();
     assert!(e.contains("a link to a file that does not exist"), "{e}");
 
@@ -1142,16 +1140,14 @@ fn tokenizer_must_fit_the_vocabulary() {
     let ck = Checkpoint::open(tmp.path()).unwrap();
     let e = ck
         .tokenizer(8)
-        .err()
-        .expect("30522 tokens cannot index 29 rows");
+        .expect_err("30522 tokens cannot index 29 rows");
     assert!(
         e.to_string().contains("30522") && e.to_string().contains("29"),
         "{e}"
     );
     let e = ck
         .tokenizer(64)
-        .err()
-        .expect("longer than the position table");
+        .expect_err("longer than the position table");
     assert!(e.to_string().contains("11 positions"), "{e}");
 
     // As many tokens as the table has rows, but one id beyond it: the ids must fit, not
@@ -1171,8 +1167,7 @@ fn tokenizer_must_fit_the_vocabulary() {
     let e = Checkpoint::open(big.path())
         .unwrap()
         .tokenizer(8)
-        .err()
-        .expect("id 99999 cannot index 30522 rows");
+        .expect_err("id 99999 cannot index 30522 rows");
     assert!(
         e.to_string().contains("[unused5]") && e.to_string().contains("99999"),
         "{e}"
@@ -1253,7 +1248,7 @@ fn tokenizer_must_fit_the_vocabulary() {
     );
 
     std::fs::write(tmp.path().join("tokenizer.json"), "{\"version\": \"1.0\"").unwrap();
-    let e = ck.tokenizer(8).err().expect("broken tokenizer");
+    let e = ck.tokenizer(8).expect_err("broken tokenizer");
     assert!(
         matches!(e, Error::Format { .. }) && e.to_string().contains("tokenizer.json"),
         "{e}"

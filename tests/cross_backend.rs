@@ -1464,8 +1464,7 @@ fn cuda_grids_past_a_lowered_limit_take_several_launches() {
                 };
                 let err = b
                     .attention_forward(&x, &x, &x, &mask, &config)
-                    .err()
-                    .expect("3 heads past a grid limit of 2 must be refused");
+                    .expect_err("3 heads past a grid limit of 2 must be refused");
                 assert!(err.to_string().contains("at most 2"), "{err}");
             }
         }

@@ -218,8 +218,7 @@ fn linear_backward_computes_only_what_is_requested() {
                 ..Default::default()
             },
         )
-        .err()
-        .expect("dW without x must fail");
+        .expect_err("dW without x must fail");
     assert!(err.to_string().contains("`x`"), "{err}");
 }
 

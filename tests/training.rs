@@ -1288,3 +1288,60 @@ fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
         );
     }
 }
+
+/// Every value a program embedding the library holds prints with `{:?}` (so a `Result` of
+/// it can be unwrapped), as a summary: names, shapes and counts, never a tensor's values or
+/// a dataset's token ids.
+#[test]
+fn the_library_values_print_as_summaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let data = regression_data(40, None);
+    let encoded = EncodedDataset::new(&tok, &data).unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let tape = spafit::autograd::Tape::new(cpu);
+    let layer = format!("{:?}", model.bert.layers[0]);
+    let opened = Checkpoint::open(tmp.path().join("no such model")).unwrap_err();
+    let checkpoint = format!("{ck:?}");
+    let tokenizer = format!("{tok:?}");
+    let dataset = format!("{encoded:?}");
+    let tape_text = format!("{tape:?}");
+    let trainer = format!(
+        "{:?}",
+        Trainer::new(
+            &cpu,
+            &mut model,
+            &plan,
+            &ck.weights,
+            tiny_config(tmp.path())
+        )
+    );
+    for (what, text, needles) in [
+        (
+            "checkpoint",
+            &checkpoint,
+            &["WeightsFile", "tensors: ", "BertConfig"][..],
+        ),
+        ("tokenizer", &tokenizer, &["max_len: 16", "tokenizer.json"]),
+        (
+            "dataset",
+            &dataset,
+            &["examples: 40", "labeled: 40", "Regression"],
+        ),
+        (
+            "trainer",
+            &trainer,
+            &["BertClassifier", "PeftPlan", "TrainConfig"],
+        ),
+        ("layer", &layer, &["Linear", "Param", "Tensor(["]),
+        ("tape", &tape_text, &["Tape", "nodes: 0"]),
+    ] {
+        assert!(needles.iter().all(|n| text.contains(n)), "{what}: {text}");
+        // A value printed would show as a decimal fraction, a token id list as a long run.
+        assert!(text.len() < 8000, "{what} is {} bytes: {text}", text.len());
+    }
+    assert!(!dataset.contains("101"), "{dataset}");
+    assert!(opened.to_string().contains("no such model"), "{opened}");
+}

@@ -25,6 +25,7 @@ pub enum AdapterFormat {
 }
 
 /// An adapter loaded onto its base model.
+#[derive(Debug)]
 pub struct OpenedAdapter<B: Backend> {
     /// The base model with the adapter's tensors.
     pub model: BertClassifier<B>,

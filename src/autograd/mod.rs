@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
 
 /// A value in the computation: a tensor, plus a tape identity when it requires a gradient.
+#[derive(Debug)]
 pub struct Var<B: Backend> {
     value: Tensor<B>,
     id: Option<usize>,
@@ -69,6 +70,7 @@ struct Node<B: Backend> {
 }
 
 /// Gradients of the trainable parameters, by name; frozen parameters have none.
+#[derive(Debug)]
 pub struct Gradients<B: Backend> {
     by_name: BTreeMap<String, Tensor<B>>,
 }
@@ -128,6 +130,18 @@ pub struct Tape<B: Backend> {
     scope: usize,
     stats: TapeStats,
     tracking: bool,
+}
+
+/// A summary: what is recorded, not the recorded values.
+impl<B: Backend> std::fmt::Debug for Tape<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tape")
+            .field("nodes", &self.nodes.len())
+            .field("parameters", &self.param_ids.len())
+            .field("tracking", &self.tracking)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B: Backend> Tape<B> {

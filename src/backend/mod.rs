@@ -47,6 +47,7 @@ pub struct Dropout {
 }
 
 /// The LoRA adapter of a linear map: `y += scale · (x_lora · Aᵀ) · Bᵀ`.
+#[derive(Debug)]
 pub struct LoraWeights<'a, B: Backend> {
     /// `A`: `[r, in]`.
     pub a: &'a Tensor<B>,
@@ -57,6 +58,7 @@ pub struct LoraWeights<'a, B: Backend> {
 }
 
 /// Output of [`Backend::linear_forward`].
+#[derive(Debug)]
 pub struct LinearOutput<B: Backend> {
     /// `y = x·Wᵀ + b + scale·h·Bᵀ`: `[rows, out]`.
     pub y: Tensor<B>,
@@ -88,6 +90,7 @@ pub struct LinearGradRequest {
 
 /// Inputs of [`Backend::linear_backward`]; each is needed only by some gradients (see
 /// [`LinearGradRequest`]) and may be `None` when those are not requested.
+#[derive(Debug)]
 pub struct LinearBackwardInputs<'a, B: Backend> {
     /// Upstream gradient `[rows, out]`.
     pub dy: &'a Tensor<B>,
@@ -104,6 +107,7 @@ pub struct LinearBackwardInputs<'a, B: Backend> {
 }
 
 /// Gradients from [`Backend::linear_backward`]; `None` where not requested.
+#[derive(Debug)]
 pub struct LinearGrads<B: Backend> {
     /// `[rows, in]`.
     pub dx: Option<Tensor<B>>,
@@ -120,6 +124,7 @@ pub struct LinearGrads<B: Backend> {
 }
 
 /// Output of [`Backend::layernorm_forward`].
+#[derive(Debug)]
 pub struct LayerNormOutput<B: Backend> {
     /// Normalized, scaled and shifted rows.
     pub y: Tensor<B>,
@@ -141,6 +146,7 @@ pub struct LayerNormGradRequest {
 }
 
 /// Gradients from [`Backend::layernorm_backward`].
+#[derive(Debug)]
 pub struct LayerNormGrads<B: Backend> {
     /// `[rows, n]`.
     pub dx: Option<Tensor<B>>,
@@ -162,6 +168,7 @@ pub struct AttentionConfig {
 }
 
 /// Output of [`Backend::attention_forward`].
+#[derive(Debug)]
 pub struct AttentionOutput<B: Backend> {
     /// Context `[batch * seq, hidden]`.
     pub out: Tensor<B>,
@@ -182,6 +189,7 @@ pub struct AttentionGradRequest {
 }
 
 /// Gradients from [`Backend::attention_backward`].
+#[derive(Debug)]
 pub struct AttentionGrads<B: Backend> {
     /// `[batch * seq, hidden]`.
     pub dq: Option<Tensor<B>>,
@@ -478,6 +486,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
 }
 
 /// One tensor's part of [`Backend::adamw_step_each`].
+#[derive(Debug)]
 pub struct AdamWUpdate<'a, B: Backend> {
     /// The f32 master weight, updated in place.
     pub param: &'a mut Tensor<B>,

@@ -16,6 +16,7 @@ use crate::tensor::{Shape, Tensor};
 use crate::text::TextTokenizer;
 
 /// An opened checkpoint directory.
+#[derive(Debug)]
 pub struct Checkpoint {
     dir: PathBuf,
     /// `config.json`'s `architectures` (see [`Checkpoint::foreign_head`]).

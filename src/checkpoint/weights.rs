@@ -97,6 +97,17 @@ struct StoredTensor<'a> {
     data: &'a [u8],
 }
 
+/// A summary (the tensors' bytes stay out of it): the file, its shards and tensor count.
+impl std::fmt::Debug for WeightsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightsFile")
+            .field("path", &self.path)
+            .field("shards", &self.shards.len())
+            .field("tensors", &self.names.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl WeightsFile {
     /// Reads and indexes `path`.
     pub fn open(path: &Path) -> Result<Self> {

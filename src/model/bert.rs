@@ -8,6 +8,7 @@ use crate::tensor::{Shape, Tensor};
 use super::{BertEmbeddings, ModelInput};
 
 /// Outputs of [`BertModel::forward`].
+#[derive(Debug)]
 pub struct BertOutput<B: Backend> {
     /// `[batch·seq, hidden]`.
     pub last_hidden_state: Var<B>,
@@ -17,6 +18,7 @@ pub struct BertOutput<B: Backend> {
 
 /// The BERT encoder: embeddings, post-LN layers and the tanh pooler, parameters named as
 /// in `BertForSequenceClassification` (`bert.…`).
+#[derive(Debug)]
 pub struct BertModel<B: Backend> {
     /// Architecture.
     pub config: BertConfig,

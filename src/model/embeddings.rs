@@ -8,6 +8,7 @@ use crate::tensor::{Shape, Tensor};
 use super::ModelInput;
 
 /// Word + position + token-type embeddings, LayerNorm, dropout.
+#[derive(Debug)]
 pub struct BertEmbeddings<B: Backend> {
     /// `[vocab, hidden]`.
     pub word: Param<B>,

@@ -4,6 +4,7 @@ use crate::tensor::{Shape, Tensor};
 use crate::text::EncodedBatch;
 
 /// A tokenized batch on a backend, in the layout the model reads.
+#[derive(Debug)]
 pub struct ModelInput<B: Backend> {
     /// `[batch·seq]` token ids.
     pub input_ids: Tensor<B>,

@@ -10,6 +10,7 @@ use crate::tensor::{Shape, Tensor};
 use super::{BertModel, ModelInput};
 
 /// Targets of a batch: class ids for classification, scores for regression.
+#[derive(Debug)]
 pub enum Labels<B: Backend> {
     /// `U32` class ids `[batch]` (`num_labels ≥ 2`, cross-entropy).
     Classes(Tensor<B>),

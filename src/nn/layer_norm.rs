@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// LayerNorm with scale `prefix.weight` and shift `prefix.bias`.
+#[derive(Debug)]
 pub struct LayerNorm<B: Backend> {
     /// γ.
     pub weight: Param<B>,

@@ -106,6 +106,20 @@ pub struct TextTokenizer {
     pairs_refused: Option<String>,
 }
 
+/// The settings that decide the encoding (the vocabulary and its rules stay out of it).
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("path", &self.path)
+            .field("max_len", &self.max_len)
+            .field("pad_id", &self.pad_id)
+            .field("truncation", &self.direction)
+            .field("segment_ids", &self.segment_ids)
+            .field("pairs_refused", &self.pairs_refused)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TextTokenizer {
     /// Loads `path`, truncating encodings longest-first to `max_len` tokens (special tokens
     /// included), from the side its own truncation settings name (else the right).

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 /// A file is written as `.NAME.partial` beside it and renamed into place when the run ends,
 /// so a run that fails or is killed leaves an earlier log at the path whole. A device or
 /// pipe is written in place.
+#[derive(Debug)]
 pub struct BatchLog {
     /// Where the finished log goes.
     path: PathBuf,

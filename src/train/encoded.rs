@@ -16,6 +16,20 @@ pub struct EncodedDataset {
     pad_id: u32,
 }
 
+/// A summary: the size and label space, not every example's token ids.
+impl std::fmt::Debug for EncodedDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodedDataset")
+            .field("examples", &self.texts.len())
+            .field(
+                "labeled",
+                &self.targets.iter().filter(|t| t.is_some()).count(),
+            )
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
 impl EncodedDataset {
     /// Tokenizes every example of `data`.
     pub fn new(tokenizer: &TextTokenizer, data: &Dataset) -> Result<Self> {

@@ -11,6 +11,7 @@ use crate::model::{check_batch_memory, BertClassifier, Pass};
 use crate::nn::DropoutPlan;
 
 /// Model outputs on a split, in the split's order.
+#[derive(Debug)]
 pub struct ModelOutputs {
     /// `[n, num_labels]` row-major.
     pub logits: Vec<f64>,

@@ -8,6 +8,7 @@ use crate::tensor::Tensor;
 
 /// AdamW over named parameters with the moments kept per name. Biases and LayerNorm tensors
 /// get no weight decay (the transformers / BERT convention).
+#[derive(Debug)]
 pub struct AdamW<B: Backend> {
     /// `β₁`.
     pub beta1: f64,

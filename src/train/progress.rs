@@ -3,6 +3,7 @@ use std::io::{IsTerminal, Write};
 
 /// A one-line progress display on stderr: redrawn in place on a terminal, a plain line every
 /// `every` steps otherwise (logs stay readable). It also keeps the run's notices.
+#[derive(Debug)]
 pub struct Progress {
     enabled: bool,
     notices_on_stderr: bool,

@@ -346,6 +346,17 @@ pub struct Trainer<'a, B: Backend> {
     config: TrainConfig,
 }
 
+impl<B: Backend> std::fmt::Debug for Trainer<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("model", &self.model)
+            .field("plan", &self.plan)
+            .field("base", &self.base)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a, B: Backend> Trainer<'a, B> {
     /// A trainer for `model` (already under `plan`), whose base checkpoint has weights `base`.
     pub fn new(

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// A LoRA adapter on the tape: `y += scale · (dropout(x)·Aᵀ)·Bᵀ`.
+#[derive(Debug)]
 pub struct LoraVars<'a, B: Backend> {
     /// `A`: `[r, in]`.
     pub a: &'a Var<B>,

@@ -8,6 +8,7 @@ use super::gemm::{gemm, product, product_plus_row, Layout};
 use crate::backend::shapes::LinearDims;
 
 /// LoRA operands as slices.
+#[derive(Debug)]
 pub struct Lora<'a, T> {
     pub a: &'a [T],
     pub b: &'a [T],
