@@ -524,6 +524,9 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     v[4] = f64::NAN;
     head.value = cpu.tensor_from_f64(head.value.shape().clone(), &v).unwrap();
     refused(&diverged, &plan, None, "`classifier.weight` holds NaN");
+    let mut cut = trained(&ck, &cpu, &plan);
+    cut.bert.layers.pop();
+    refused(&cut, &plan, None, "5 encoder layers where its config");
     // The error of saving `model` into `at` with `inputs`.
     let refused_save = |at: &std::path::Path, inputs: TrainingInputs| {
         save_adapter(at, &cpu, &model, &plan, &ck.weights, None, inputs)

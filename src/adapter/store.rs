@@ -97,6 +97,18 @@ pub(crate) fn check_savable<B: Backend>(
     op: &'static str,
 ) -> Result<()> {
     model.check_plan(plan)?;
+    // The model's parts are public fields: one changed by hand would save an adapter that
+    // its base, which the config describes, cannot take.
+    let (layers, configured) = (model.bert.layers.len(), model.config().num_hidden_layers);
+    if layers != configured {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "the model has {layers} encoder layers where its config (and its base \
+                 checkpoint) has {configured}: the adapter would not load onto that base"
+            ),
+        ));
+    }
     let positions = model.config().max_position_embeddings;
     if let Some(n) = max_len.filter(|&n| n == 0 || n > positions) {
         return Err(Error::invalid(
