@@ -86,10 +86,8 @@ fn main() -> spafit::Result<()> {
             TaskKind::Classification { labels } => Some(labels.as_slice()),
             TaskKind::Regression => None,
         },
-        TrainingInputs {
-            text_pairs: Some(false),
-            max_len: Some(tokenizer.max_len()),
-        },
+        // Whether the texts were pairs and where they were cut, as the run saw them.
+        report.training_inputs(),
     )?;
     // Texts held in memory straight to answers: class ids, indexing the dataset's labels
     // (after six steps on eight examples the probabilities have barely left 0.5).

@@ -1345,3 +1345,37 @@ fn the_library_values_print_as_summaries() {
     assert!(!dataset.contains("101"), "{dataset}");
     assert!(opened.to_string().contains("no such model"), "{opened}");
 }
+
+/// The report says what a program saving the model itself must record of the training
+/// inputs: whether they were text pairs, and where they were cut.
+#[test]
+fn the_report_carries_the_training_inputs_for_save_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let single = regression_data(8, None);
+    let mut pairs = single.clone();
+    for e in &mut pairs.examples {
+        e.text_b = Some("and a second text".into());
+    }
+    for (data, text_pairs) in [(&single, false), (&pairs, true)] {
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        let config = TrainConfig {
+            epochs: 1,
+            eval_every: None,
+            output_dir: None,
+            ..tiny_config(tmp.path())
+        };
+        let report = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+            .fit(&tok, data, None)
+            .unwrap();
+        assert_eq!(
+            report.training_inputs(),
+            spafit::adapter::TrainingInputs {
+                text_pairs: Some(text_pairs),
+                max_len: Some(16),
+            }
+        );
+    }
+}

@@ -242,9 +242,22 @@ pub struct TrainReport {
     pub best: Option<(usize, Evaluation)>,
     /// The tokens per example the texts were cut to (the tokenizer's `max_len`).
     pub max_len: usize,
+    /// Whether the training examples were text pairs.
+    pub text_pairs: bool,
     /// What the run had to tell: a resume that found no saved state, a run already complete,
     /// a change of device, a step limit the epochs reach first, a learning rate of 0.
     pub notices: Vec<String>,
+}
+
+impl TrainReport {
+    /// What [`save_adapter`] records of the training inputs, as this run saw them: a program
+    /// that saves the trained model itself passes this instead of restating it.
+    pub fn training_inputs(&self) -> TrainingInputs {
+        TrainingInputs {
+            text_pairs: Some(self.text_pairs),
+            max_len: Some(self.max_len),
+        }
+    }
 }
 
 /// Dropout probabilities of a run.
@@ -1060,6 +1073,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             last_loss: m.last_logged_loss.unwrap_or(f64::NAN),
             best: run.best.map(|b| (b.step, b.evaluation)),
             max_len: plan.max_len,
+            text_pairs: plan.text_pairs,
             notices: progress.into_notices(),
         })
     }
