@@ -1015,6 +1015,10 @@ fn hugging_face_hub_cache_layout_resolves_offline() {
     assert_eq!(resolve_with_caches(&snap, &caches).unwrap(), snap);
     let e = resolve_with_caches(Path::new("acme/other-model"), &caches).unwrap_err();
     assert!(e.to_string().contains("acme/other-model"), "{e}");
+    // An empty path is said to be one (joined with config.json it would mean the working
+    // directory).
+    let e = resolve_with_caches(Path::new(""), &caches).unwrap_err();
+    assert!(e.to_string().contains("the path is empty"), "{e}");
 
     // The oldest models have no organisation: `bert-base-uncased` is
     // `models--bert-base-uncased`.

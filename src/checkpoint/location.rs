@@ -17,6 +17,14 @@ pub fn resolve(spec: &Path) -> Result<PathBuf> {
 
 /// [`resolve`] with explicit hub cache roots instead of the environment's.
 pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBuf> {
+    // Joined with "config.json", an empty path would silently mean the working directory.
+    if spec.as_os_str().is_empty() {
+        return Err(Error::invalid(
+            "checkpoint",
+            "the path is empty: give the checkpoint's folder (config.json, model.safetensors, \
+             tokenizer.json) or a hub id",
+        ));
+    }
     if spec.join("config.json").is_file() {
         return Ok(spec.to_path_buf());
     }
