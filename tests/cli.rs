@@ -183,6 +183,17 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             "{name}={value}: {err}"
         );
     }
+    // The exit status and stderr of `spafit bench` on the model with `args` added.
+    let bench_exit = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(["bench", "--model", &model()])
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
     // A misspelt value is a command line that does not parse (status 2, before anything
     // loads); values that do not go together are refused when the run starts (status 1).
     for (device, dtype, method, status, needle) in [
@@ -201,26 +212,10 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         ),
         ("cpu", "f32", "qlora", 2, "unknown method `qlora`"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
-            .args([
-                "bench",
-                "--model",
-                &model(),
-                "--device",
-                device,
-                "--dtype",
-                dtype,
-                "--method",
-                method,
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = bench_exit(&["--device", device, "--dtype", dtype, "--method", method]);
         assert!(
-            out.status.code() == Some(status) && err.contains(needle),
-            "--device {device} --dtype {dtype} --method {method}: {:?} {err}",
-            out.status
+            code == Some(status) && err.contains(needle),
+            "--device {device} --dtype {dtype} --method {method}: {code:?} {err}"
         );
     }
     // The same for the plan's flags: text that is no boundary, layer or target exits 2; a
@@ -245,17 +240,10 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             "named twice",
         ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
-            .args(["bench", "--model", &model()])
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = bench_exit(args);
         assert!(
-            out.status.code() == Some(status) && err.contains(needle),
-            "{args:?}: {:?} {err}",
-            out.status
+            code == Some(status) && err.contains(needle),
+            "{args:?}: {code:?} {err}"
         );
     }
     let (ok, _, err) = spafit(&[

@@ -362,15 +362,7 @@ fn linear_results<B: Backend>(
     out.push(("h", down(be, y.h.as_ref().unwrap())));
     let plain = be.linear_forward(&x, &w, None, None, None).unwrap();
     out.push(("y_plain", down(be, &plain.y)));
-    let every = LinearGradRequest {
-        dx: true,
-        dw: true,
-        dbias: true,
-        dlora_a: true,
-        dlora_b: true,
-        dlora_input: true,
-        dx_includes_lora: false,
-    };
+    let every = common::every_linear_grad();
     let g = be
         .linear_backward(
             LinearBackwardInputs {

@@ -74,19 +74,24 @@ fn expect_sticky_failure(e: &Emu, result: Result<(), cudarc::driver::DriverError
     println!("LATER CALL FAILS: {}", later.unwrap_err());
 }
 
+/// In the child: a launch whose thread (3, 232) writes one float past a 1000-float buffer,
+/// which ends exactly at a guard page, so the write faults; the failure must stick.
+fn write_one_past_the_end() {
+    let e = emu();
+    let mut buf = nan_buffer(&e, 1000);
+    let f = e.module.load_function("selftest_write_past_end").unwrap();
+    let mut l = e.stream.launch_builder(&f);
+    l.arg(&mut buf).arg(&1000i32);
+    let r = unsafe { l.launch(threads(4, 256, 0)) }.map(|_| ());
+    expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
+}
+
 #[test]
 fn write_one_past_the_end_is_an_illegal_address_naming_kernel_block_and_thread() {
     let Some(out) =
         in_child("write_one_past_the_end_is_an_illegal_address_naming_kernel_block_and_thread")
     else {
-        let e = emu();
-        // 1000 floats end exactly at a guard page: the write past the end faults.
-        let mut buf = nan_buffer(&e, 1000);
-        let f = e.module.load_function("selftest_write_past_end").unwrap();
-        let mut l = e.stream.launch_builder(&f);
-        l.arg(&mut buf).arg(&1000i32);
-        let r = unsafe { l.launch(threads(4, 256, 0)) }.map(|_| ());
-        return expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
+        return write_one_past_the_end();
     };
     for needle in [
         "CUDA_ERROR_ILLEGAL_ADDRESS",
@@ -130,13 +135,7 @@ fn a_fault_on_a_thread_with_a_tiny_alternate_stack_is_still_reported() {
                 };
                 assert_eq!(libc::sigaltstack(&tiny, std::ptr::null_mut()), 0);
             }
-            let e = emu();
-            let mut buf = nan_buffer(&e, 1000);
-            let f = e.module.load_function("selftest_write_past_end").unwrap();
-            let mut l = e.stream.launch_builder(&f);
-            l.arg(&mut buf).arg(&1000i32);
-            let r = unsafe { l.launch(threads(4, 256, 0)) }.map(|_| ());
-            expect_sticky_failure(&e, r, "ILLEGAL_ADDRESS");
+            write_one_past_the_end();
         })
         .join()
         .expect("the launching thread ends normally");

@@ -89,15 +89,7 @@ impl LinearCase {
             )
             .unwrap();
         let dy = tensor(&c, out.y.dims(), &self.r);
-        let all_grads = LinearGradRequest {
-            dx: true,
-            dw: true,
-            dbias: true,
-            dlora_a: true,
-            dlora_b: true,
-            dlora_input: true,
-            dx_includes_lora: false,
-        };
+        let all_grads = common::every_linear_grad();
         c.linear_backward(
             LinearBackwardInputs {
                 dy: &dy,

@@ -178,3 +178,16 @@ pub fn run_child(test: &str, env: &[(&str, &str)]) -> std::process::Output {
         .output()
         .expect("run the child test")
 }
+
+/// A request for every gradient the linear op has, `dx` through the weight alone.
+pub fn every_linear_grad() -> spafit::backend::LinearGradRequest {
+    spafit::backend::LinearGradRequest {
+        dx: true,
+        dw: true,
+        dbias: true,
+        dlora_a: true,
+        dlora_b: true,
+        dlora_input: true,
+        dx_includes_lora: false,
+    }
+}
