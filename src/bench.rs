@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::autograd::Tape;
+use crate::autograd::{Gradients, Tape};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::{check_batch_memory, BertClassifier, Labels, ModelInput, Pass};
@@ -11,6 +11,7 @@ use crate::peft::PeftPlan;
 use crate::rng::SplitMix;
 use crate::tensor::Shape;
 use crate::text::EncodedBatch;
+use crate::train::micro_batches;
 use crate::train::AdamW;
 
 /// Results of [`bench_train_step`].
@@ -18,6 +19,9 @@ use crate::train::AdamW;
 pub struct BenchReport {
     /// Examples per step.
     pub batch: usize,
+    /// Examples per forward and backward pass: `batch`, or less where the step accumulates
+    /// gradients over micro-batches.
+    pub micro_batch: usize,
     /// Tokens per example.
     pub seq_len: usize,
     /// Timed steps.
@@ -36,9 +40,9 @@ pub struct BenchReport {
     pub peak_device_mib: Option<f64>,
     /// Trainable scalars.
     pub trainable_params: usize,
-    /// Autograd nodes per step.
+    /// Autograd nodes per step (per micro-batch where there are several).
     pub nodes: usize,
-    /// Activation bytes kept for backward per step.
+    /// Activation bytes kept for backward per step (at most what one micro-batch keeps).
     pub saved_activation_bytes: usize,
 }
 
@@ -52,8 +56,32 @@ pub fn bench_train_step<B: Backend>(
     warmup: usize,
     steps: usize,
 ) -> Result<BenchReport> {
+    bench_train_step_in_micro_batches(backend, model, batch, batch, seq_len, warmup, steps)
+}
+
+/// [`bench_train_step`] with each step's batch run through the model in micro-batches of at
+/// most `micro_batch` examples, their gradients summed before AdamW (as the trainer's
+/// `micro_batch_size` does): what gradient accumulation costs in time and saves in memory.
+pub fn bench_train_step_in_micro_batches<B: Backend>(
+    backend: &B,
+    model: &mut BertClassifier<B>,
+    batch: usize,
+    micro_batch: usize,
+    seq_len: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<BenchReport> {
     if steps == 0 {
         return Err(Error::invalid("bench", "needs at least one timed step"));
+    }
+    if micro_batch == 0 || micro_batch > batch {
+        return Err(Error::invalid(
+            "bench",
+            format!(
+                "micro-batches of {micro_batch} examples (--micro-batch-size) must be between \
+                 1 and the batch of {batch} (--batch-size)"
+            ),
+        ));
     }
     // The plan's own adapter dropout, as training would apply it.
     let lora_dropout = model.plan().map_or(0.0, PeftPlan::lora_dropout);
@@ -61,7 +89,7 @@ pub fn bench_train_step<B: Backend>(
     check_batch_memory(
         backend,
         model.config(),
-        batch,
+        micro_batch,
         seq_len,
         Pass::Training { layers_on_tape },
         "bench",
@@ -82,22 +110,31 @@ pub fn bench_train_step<B: Backend>(
             u32::try_from(id).unwrap_or(u32::MAX)
         })
         .collect();
-    let enc = EncodedBatch {
-        input_ids: ids,
-        token_type_ids: vec![0; batch * seq_len],
-        attention_mask: vec![1; batch * seq_len],
-        batch,
-        seq: seq_len,
-    };
-    let input = ModelInput::new(backend, &enc)?;
-    let labels = if model.num_labels() == 1 {
-        Labels::Scores(backend.tensor_from_f64(Shape::new([batch]), &vec![0.5; batch])?)
-    } else {
-        let y: Vec<u32> = (0..batch)
-            .map(|i| (i % model.num_labels()) as u32)
-            .collect();
-        Labels::Classes(backend.tensor_from_u32(Shape::new([batch]), &y)?)
-    };
+    // The micro-batches' inputs and labels: rows `start..start + rows` of the batch.
+    let parts: Vec<(ModelInput<B>, Labels<B>, f64)> = (0..batch)
+        .step_by(micro_batch)
+        .map(|start| {
+            let rows = micro_batch.min(batch - start);
+            let tokens = start * seq_len..(start + rows) * seq_len;
+            let enc = EncodedBatch {
+                input_ids: ids[tokens.clone()].to_vec(),
+                token_type_ids: vec![0; tokens.len()],
+                attention_mask: vec![1; tokens.len()],
+                batch: rows,
+                seq: seq_len,
+            };
+            let input = ModelInput::new(backend, &enc)?;
+            let labels = if model.num_labels() == 1 {
+                Labels::Scores(backend.tensor_from_f64(Shape::new([rows]), &vec![0.5; rows])?)
+            } else {
+                let y: Vec<u32> = (start..start + rows)
+                    .map(|i| (i % model.num_labels()) as u32)
+                    .collect();
+                Labels::Classes(backend.tensor_from_u32(Shape::new([rows]), &y)?)
+            };
+            Ok((input, labels, micro_batches::weight(rows, batch)))
+        })
+        .collect::<Result<_>>()?;
     let mut optimizer = AdamW::new(0.01);
     let mut times = Vec::with_capacity(steps);
     let (mut nodes, mut saved) = (0, 0);
@@ -111,20 +148,25 @@ pub fn bench_train_step<B: Backend>(
         // The step's activations, gradients and tape are freed inside the timed region, as
         // in a training loop (and in PyTorch's step).
         {
-            let mut tape = Tape::new(backend.clone());
             let cfg = model.config();
-            let mut dropouts = DropoutPlan::train(
-                cfg.hidden_dropout_prob,
-                cfg.attention_probs_dropout_prob,
-                lora_dropout,
-                i as u64,
-            )
-            .with_classifier(cfg.classifier_dropout_or(cfg.hidden_dropout_prob));
-            let logits = model.forward(&mut tape, &input, &mut dropouts)?;
-            let loss = model.loss(&mut tape, &logits, &labels)?;
-            nodes = tape.stats().nodes;
-            saved = tape.stats().saved_activation_bytes;
-            let grads = tape.backward(&loss)?;
+            let (hidden, attention) = (cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob);
+            let classifier = cfg.classifier_dropout_or(cfg.hidden_dropout_prob);
+            let mut sums = None;
+            for (index, (input, labels, weight)) in parts.iter().enumerate() {
+                let mut tape = Tape::new(backend.clone());
+                let seed = micro_batches::dropout_seed(i as u64, index);
+                let mut dropouts = DropoutPlan::train(hidden, attention, lora_dropout, seed)
+                    .with_classifier(classifier);
+                let logits = model.forward(&mut tape, input, &mut dropouts)?;
+                let loss = model.loss(&mut tape, &logits, labels)?;
+                if index == 0 {
+                    nodes = tape.stats().nodes;
+                    saved = tape.stats().saved_activation_bytes;
+                }
+                let grads = tape.backward(&loss)?.into_map();
+                micro_batches::accumulate(backend, &mut sums, grads, *weight)?;
+            }
+            let grads = Gradients::from_map(sums.unwrap_or_default());
             optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;
         }
         backend.synchronize()?;
@@ -136,6 +178,7 @@ pub fn bench_train_step<B: Backend>(
     let median = median_of_sorted(&times);
     Ok(BenchReport {
         batch,
+        micro_batch,
         seq_len,
         steps,
         ms_per_step: median * 1e3,

@@ -56,6 +56,7 @@ fn help_documents_every_command_and_flag() {
         "--device",
         "--skip-malformed",
         "--export-peft",
+        "--micro-batch-size",
     ] {
         assert!(out.contains(flag), "train --help lacks {flag}");
     }
@@ -1075,6 +1076,42 @@ fn gradcheck_and_bench_print_json() {
         assert!(line[key].is_number(), "bench JSON lacks {key}: {line}");
     }
     assert_eq!(line["trainable_params"], 26114);
+    assert_eq!(line["micro_batch"], 4);
+    // In micro-batches of 2 a step keeps half the activations for its backward.
+    let whole = line["saved_activation_bytes"].as_u64().unwrap();
+    let micro = |size: &str| {
+        spafit(&[
+            "bench",
+            "--model",
+            &m,
+            "--method",
+            "bitfit",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "16",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--micro-batch-size",
+            size,
+        ])
+    };
+    let (ok, stdout, err) = micro("2");
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert_eq!(line["micro_batch"], 2);
+    assert_eq!(
+        line["saved_activation_bytes"].as_u64().unwrap() * 2,
+        whole,
+        "{line}"
+    );
+    let (ok, _, err) = micro("5");
+    assert!(
+        !ok && err.contains("--micro-batch-size") && err.contains("batch of 4"),
+        "{err}"
+    );
 
     // The random shapes are Google's: full fine-tuning trains every tensor of BERT-tiny and
     // BERT-mini, counted here from the architecture (30522 uncased ids, 512 positions, 2
@@ -2727,6 +2764,32 @@ fn unused_settings_and_bad_values_name_their_flag() {
             ],
             &["--eval-every", "'0'"],
         ),
+        (
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--train-file",
+                &t,
+                "--batch-size",
+                "4",
+                "--micro-batch-size",
+                "5",
+            ],
+            &["--micro-batch-size", "--batch-size", "batch of 4"],
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                &m,
+                "--train-file",
+                &t,
+                "--micro-batch-size",
+                "0",
+            ],
+            &["--micro-batch-size", "'0'"],
+        ),
     ];
     for (args, needles) in cases {
         let (ok, _, err) = spafit(&args);
@@ -2870,4 +2933,67 @@ fn predictions_to_a_reader_that_stopped_end_quietly() {
         !err.contains("Broken pipe") && !err.contains("spafit:"),
         "{err}"
     );
+}
+
+/// `--micro-batch-size` reaches the trainer: the banner says so, micro-batches of the whole
+/// batch change no bit, smaller ones draw other dropout masks (so other losses, close to
+/// the whole batch's).
+#[test]
+fn micro_batches_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        ("a gorgeous, witty, seductive movie.", 1),
+        ("unbelievably dull and overlong.", 0),
+        ("it is not bad at all", 1),
+        ("so-so", 0),
+        ("the best film of the year", 1),
+        ("a waste of two hours", 0),
+        ("charming and funny", 1),
+        ("tedious, predictable and flat", 0),
+    ];
+    write(dir.path(), "train.csv", &sentiment_csv(&rows));
+    write(dir.path(), "dev.csv", &sentiment_csv(&rows[..4]));
+    let train = dir.path().join("train.csv").display().to_string();
+    let dev = dir.path().join("dev.csv").display().to_string();
+    let m = model();
+    let run = |name: &str, micro: Option<&str>| -> (Vec<f64>, String) {
+        let out = dir.path().join(name).display().to_string();
+        let mut args = vec![
+            "train",
+            "--model",
+            &m,
+            "--train-file",
+            &train,
+            "--max-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--log-every",
+            "1",
+            "--output",
+            &out,
+            "--dev-file",
+            &dev,
+        ];
+        if let Some(micro) = micro {
+            args.extend(["--micro-batch-size", micro]);
+        }
+        let (ok, _, err) = spafit(&args);
+        assert!(ok, "{args:?}: {err}");
+        (logged_losses(Path::new(&out)).0, err)
+    };
+    let (whole, banner) = run("whole", None);
+    assert!(!banner.contains("micro-batches"), "{banner}");
+    let (same, banner) = run("four", Some("4"));
+    assert!(!banner.contains("micro-batches"), "{banner}");
+    assert_eq!(same, whole);
+    let (micro, banner) = run("two", Some("2"));
+    assert!(banner.contains("batch 4 in micro-batches of 2"), "{banner}");
+    assert_eq!(micro.len(), whole.len());
+    assert_ne!(micro, whole);
+    for (a, b) in micro.iter().zip(&whole) {
+        assert!((a - b).abs() < 0.2 * b.abs(), "{micro:?} against {whole:?}");
+    }
 }

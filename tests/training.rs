@@ -1379,3 +1379,167 @@ fn the_report_carries_the_training_inputs_for_save_adapter() {
         );
     }
 }
+
+/// Gradient accumulation (`micro_batch_size`): a step's batch run in micro-batches trains as
+/// the whole batch (dropout off, so both compute the same function), to the rounding of the
+/// order of the sums: the logged losses, the gradient norms the clipping saw and the final
+/// weights, with batches of 8, 8 and 4 rows in micro-batches of 3 (so 3, 3, 2 and 3, 1). A
+/// micro-batch of the whole batch is the step without micro-batches, bit for bit; on CUDA a
+/// step's device memory peaks lower in micro-batches.
+#[test]
+fn micro_batches_train_as_the_whole_batch() {
+    use spafit::backend::cuda::CudaBackend;
+    use spafit::tensor::DType;
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = tokenizer(&ck);
+    let data = regression_data(20, None);
+    let no_dropout = |p: &mut PeftPlan| {
+        if let Some(lora) = p.lora.as_mut() {
+            lora.dropout = 0.0;
+        }
+    };
+    let log = |dir: &Path, key: &str| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] == "train")
+            .map(|v| v[key].as_f64().unwrap())
+            .collect()
+    };
+    // Logged losses, gradient norms and trainable weights of a run.
+    fn run<B: Backend>(
+        backend: &B,
+        ck: &Checkpoint,
+        tok: &TextTokenizer,
+        data: &Dataset,
+        edit: &dyn Fn(&mut PeftPlan),
+        config: TrainConfig,
+    ) -> Vec<f64> {
+        let (mut model, plan) = tiny_model_with(ck, backend, edit);
+        let report = Trainer::new(backend, &mut model, &plan, &ck.weights, config)
+            .fit(tok, data, None)
+            .unwrap();
+        assert_eq!(report.steps, 3);
+        model
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .flat_map(|p| backend.to_f64(&p.value).unwrap())
+            .collect()
+    }
+    let config = |dir: &str, micro: Option<usize>| TrainConfig {
+        epochs: 1,
+        batch_size: 8,
+        micro_batch_size: micro,
+        learning_rate: 1e-2,
+        // A norm every step exceeds: the clipping scales the accumulated gradients.
+        max_grad_norm: Some(1e-3),
+        hidden_dropout: Some(0.0),
+        attention_dropout: Some(0.0),
+        log_every: 1,
+        output_dir: Some(tmp.path().join(dir)),
+        ..TrainConfig::default()
+    };
+    let cpu = CpuBackend::f64();
+    let cuda = CudaBackend::hardware_or_emulated(DType::F32).unwrap();
+    for (name, tol) in [("cpu-f64", 1e-12), ("cuda-f32", 1e-5)] {
+        let go = |dir: &str, micro| {
+            let dir = format!("{name}-{dir}");
+            let w = if name == "cpu-f64" {
+                run(&cpu, &ck, &tok, &data, &no_dropout, config(&dir, micro))
+            } else {
+                run(&cuda, &ck, &tok, &data, &no_dropout, config(&dir, micro))
+            };
+            let out = tmp.path().join(&dir);
+            (w, log(&out, "loss"), log(&out, "grad_norm"))
+        };
+        let whole = go("whole", None);
+        let micro = go("micro", Some(3));
+        let one_part = go("one-part", Some(8));
+        assert_eq!(
+            one_part, whole,
+            "{name}: one micro-batch of the whole batch"
+        );
+        for (what, a, b) in [
+            ("weights", &micro.0, &whole.0),
+            ("losses", &micro.1, &whole.1),
+            ("gradient norms", &micro.2, &whole.2),
+        ] {
+            let err = common::rel_err(a, b);
+            println!("{name}: {what} in micro-batches: relative error {err:.2e}");
+            assert!(err <= tol, "{name}: {what} {err:e} > {tol:e}");
+        }
+        // The weights moved: a run that trained nothing would pass the comparisons.
+        let (start, _) = tiny_model_with(&ck, &cpu, &no_dropout);
+        let start: Vec<f64> = start
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .flat_map(|p| host(&p.value))
+            .collect();
+        assert!(common::rel_err(&whole.0, &start) > 1e-3);
+    }
+    // A run may resume with another micro-batch size (one that ran out of memory), noted.
+    let (mut model, plan) = tiny_model_with(&ck, &cpu, &no_dropout);
+    let first = TrainConfig {
+        stop_after_steps: Some(1),
+        save_every: Some(1),
+        ..config("resumed", None)
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, first)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let (mut model, plan) = tiny_model_with(&ck, &cpu, &no_dropout);
+    let rest = TrainConfig {
+        resume: true,
+        ..config("resumed", Some(3))
+    };
+    let resumed = Trainer::new(&cpu, &mut model, &plan, &ck.weights, rest)
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(resumed.steps, 3);
+    assert!(
+        resumed
+            .notices
+            .iter()
+            .any(|n| n.contains("ran whole batches and resumes with micro-batches of 3")),
+        "{:?}",
+        resumed.notices
+    );
+    // Device memory: long examples, so that activations outweigh the gradient sums.
+    let long = Dataset {
+        examples: data
+            .examples
+            .iter()
+            .map(|e| Example {
+                text_a: std::iter::repeat_n(e.text_a.as_str(), 6)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                ..e.clone()
+            })
+            .collect(),
+        ..data.clone()
+    };
+    let long_tok = ck.tokenizer(64).unwrap();
+    let peak = |micro| {
+        cuda.synchronize().unwrap();
+        cuda.reset_peak_memory();
+        run(
+            &cuda,
+            &ck,
+            &long_tok,
+            &long,
+            &|_| {},
+            TrainConfig {
+                output_dir: None,
+                ..config("unused", micro)
+            },
+        );
+        cuda.peak_memory_bytes().unwrap()
+    };
+    let (whole, micro) = (peak(None), peak(Some(2)));
+    println!("device memory peak: {whole} bytes whole, {micro} in micro-batches of 2");
+    assert!(micro < whole, "{micro} ≥ {whole} bytes");
+}

@@ -1,6 +1,6 @@
 use clap::Args;
 use serde_json::json;
-use spafit::bench::bench_train_step;
+use spafit::bench::bench_train_step_in_micro_batches;
 use spafit::checkpoint::{BertConfig, Checkpoint};
 use spafit::gradcheck::{gradcheck, tolerance_problem};
 use spafit::model::{check_batch_memory, BertClassifier, Pass};
@@ -94,6 +94,11 @@ pub struct BenchCommand {
     /// Examples per step.
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32, allow_hyphen_values = true)]
     pub batch_size: usize,
+    /// Run each step's batch in micro-batches of at most N examples, their gradients summed
+    /// before AdamW (train's gradient accumulation): its cost in time and its saving in
+    /// memory (N ≤ --batch-size).
+    #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
+    pub micro_batch_size: Option<usize>,
     /// Tokens per example.
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64, allow_hyphen_values = true)]
     pub seq_len: usize,
@@ -136,7 +141,7 @@ impl BenchCommand {
                 check_batch_memory(
                     &backend,
                     &config,
-                    self.batch_size,
+                    self.micro_batch_size.unwrap_or(self.batch_size),
                     self.seq_len,
                     Pass::Inference,
                     "bench",
@@ -163,10 +168,11 @@ impl BenchCommand {
                  about a GPU's"
             );
         }
-        let r = bench_train_step(
+        let r = bench_train_step_in_micro_batches(
             &backend,
             &mut model,
             self.batch_size,
+            self.micro_batch_size.unwrap_or(self.batch_size),
             self.seq_len,
             self.warmup,
             self.steps,
@@ -174,7 +180,7 @@ impl BenchCommand {
         super::print_line(&json!({
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),
             "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
-            "batch": r.batch, "seq_len": r.seq_len, "steps": r.steps,
+            "batch": r.batch, "micro_batch": r.micro_batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
             "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
             "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,

@@ -22,6 +22,12 @@ pub struct TrainArgs {
     /// Examples per step.
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 32, allow_hyphen_values = true)]
     pub batch_size: usize,
+    /// Gradient accumulation: run each step's batch through the model in micro-batches of at
+    /// most N examples and sum their gradients before the optimizer step, so a batch whose
+    /// activations do not fit in memory still trains as one step (N ≤ --batch-size; each
+    /// micro-batch draws its own dropout masks). A resumed run may change it.
+    #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
+    pub micro_batch_size: Option<usize>,
     /// Peak learning rate (after linear warmup, decays linearly to 0) [default: 5e-5 for
     /// full, 1e-3 for bitfit, 5e-4 for lora and spafit].
     #[arg(long, allow_hyphen_values = true)]
@@ -200,6 +206,7 @@ pub fn fit<B: Backend>(
     let config = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
+        micro_batch_size: args.micro_batch_size,
         learning_rate: args.lr.unwrap_or_else(|| default_lr(run.plan.method)),
         weight_decay: args.weight_decay,
         warmup_ratio: args.warmup_ratio,
@@ -248,8 +255,12 @@ pub fn fit<B: Backend>(
             _ => {}
         }
     }
+    let micro = config
+        .micro_batch_size
+        .filter(|&m| m < config.batch_size)
+        .map_or_else(String::new, |m| format!(" in micro-batches of {m}"));
     note!(
-        "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}, lr {:e}",
+        "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}{micro}, lr {:e}",
         run.plan.method,
         run.model.trainable_parameter_count(),
         train.len(),

@@ -4,6 +4,7 @@
 mod batch_log;
 mod encoded;
 mod evaluate;
+pub(crate) mod micro_batches;
 mod optimizer;
 mod prediction;
 mod progress;

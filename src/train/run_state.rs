@@ -315,14 +315,25 @@ pub(crate) struct RunInputs<'a> {
 /// (a CPU run finished on a GPU), so [`changed_settings`] skips it and the trainer notes it.
 pub(crate) const DEVICE_SETTING: &str = "device and precision";
 
+/// The settings key of the micro-batch size: like the device, it changes the order of the
+/// sums (and the dropout masks) but not the run, and a run that ran out of memory resumes
+/// with smaller micro-batches, so [`changed_settings`] skips it too.
+pub(crate) const MICRO_BATCH_SETTING: &str = "--micro-batch-size";
+
 /// Everything that decides the batches, the schedule, dropout, the starting weights and the
 /// choice of the best evaluation. The data enter as a hash of their token ids and labels, so
 /// another file, another `--max-len` or another label order all count as a change.
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 21] = [
+    let entries: [(&str, String); 22] = [
         (DEVICE_SETTING, inputs.device.clone()),
+        (
+            MICRO_BATCH_SETTING,
+            c.micro_batch_size
+                .filter(|&m| m < c.batch_size)
+                .map_or_else(|| "off".into(), |m| m.to_string()),
+        ),
         (
             "training data (token ids and labels: the file, --max-len, --labels)",
             data_digest(inputs.train),
@@ -454,7 +465,9 @@ fn data_digest(data: &EncodedDataset) -> String {
 pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<String> {
     let keys: std::collections::BTreeSet<&String> = saved.keys().collect();
     keys.into_iter()
-        .filter(|k| *k != DEVICE_SETTING && saved.get(*k) != now.get(*k))
+        .filter(|k| {
+            *k != DEVICE_SETTING && *k != MICRO_BATCH_SETTING && saved.get(*k) != now.get(*k)
+        })
         .map(|k| {
             let show = |v: Option<&String>| v.map_or("(not recorded)", |v| v.as_str()).to_string();
             format!(

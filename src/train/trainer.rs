@@ -5,6 +5,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::evaluate::evaluate_with_logit_check;
+use super::micro_batches;
 use super::run_lock::lock_run_dirs_around;
 use super::run_state::{
     self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
@@ -30,6 +31,13 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Examples per optimizer step.
     pub batch_size: usize,
+    /// Gradient accumulation: run each step's `batch_size` examples through the model in
+    /// micro-batches of at most this many, and sum their gradients (each weighted by its
+    /// share of the batch) before clipping and the optimizer step. The step is the batch's
+    /// step with the activations of one micro-batch at a time; only the order of the
+    /// floating-point sums and the dropout masks (each micro-batch draws its own) differ.
+    /// `None` (or `batch_size`) runs each batch whole. A resumed run may change it.
+    pub micro_batch_size: Option<usize>,
     /// Examples per evaluation batch.
     pub eval_batch_size: usize,
     /// Peak learning rate.
@@ -84,6 +92,7 @@ impl Default for TrainConfig {
         TrainConfig {
             epochs: 1,
             batch_size: 32,
+            micro_batch_size: None,
             eval_batch_size: 64,
             learning_rate: 5e-4,
             weight_decay: 0.01,
@@ -128,6 +137,21 @@ impl TrainConfig {
         let refuse = |detail: String| Err(Error::invalid("train", detail));
         if c.batch_size == 0 || c.epochs == 0 || c.eval_batch_size == 0 {
             return refuse("batch sizes and epochs must be positive".into());
+        }
+        match c.micro_batch_size {
+            Some(0) => {
+                return refuse(
+                    "micro-batches of 0 examples (--micro-batch-size): give at least 1".into(),
+                )
+            }
+            Some(m) if m > c.batch_size => {
+                return refuse(format!(
+                    "micro-batches of {m} examples (--micro-batch-size) are larger than the \
+                     batch of {} (--batch-size) they split: give at most the batch size",
+                    c.batch_size
+                ))
+            }
+            _ => {}
         }
         if c.log_every == 0 || c.bucket_batches == 0 || c.stop_after_steps == Some(0) {
             return refuse(
@@ -562,7 +586,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         let lengths = train_data.lengths();
         let longest = lengths.iter().copied().max().unwrap_or(0);
-        let widest = c.batch_size.min(lengths.len());
+        // A step holds the activations of one micro-batch at a time.
+        let widest = c
+            .micro_batch_size
+            .unwrap_or(c.batch_size)
+            .min(lengths.len());
         let cfg = self.model.config();
         let pass = Pass::Training {
             layers_on_tape: self.model.layers_on_tape(),
@@ -713,17 +741,32 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ),
             });
         }
-        let device = |s: &run_state::RunSettings| s.get(run_state::DEVICE_SETTING).cloned();
-        if let (Some(then), Some(now)) = (device(&saved.position.settings), device(&plan.settings))
-        {
-            // A run already complete trains nothing on the new device: nothing to warn of.
-            if then != now && saved.position.step < plan.total_steps {
-                progress.notice(&format!(
-                    "the saved run trained on {then} and resumes on {now}: it continues from \
-                     the same state, but its losses will not be bit for bit those of a run \
-                     kept on one device"
-                ));
+        // Settings a run may change when it resumes; the losses then differ in their last bits.
+        for key in [run_state::DEVICE_SETTING, run_state::MICRO_BATCH_SETTING] {
+            let setting = |s: &run_state::RunSettings| s.get(key).cloned();
+            // A state saved before the setting was recorded has none: nothing to compare.
+            let (Some(then), Some(now)) =
+                (setting(&saved.position.settings), setting(&plan.settings))
+            else {
+                continue;
+            };
+            // A run already complete trains nothing more: nothing to warn of.
+            if then == now || saved.position.step >= plan.total_steps {
+                continue;
             }
+            let change = if key == run_state::DEVICE_SETTING {
+                format!("trained on {then} and resumes on {now}")
+            } else {
+                let micro = |v: String| match v.as_str() {
+                    "off" => "whole batches".to_string(),
+                    _ => format!("micro-batches of {v}"),
+                };
+                format!("ran {} and resumes with {}", micro(then), micro(now))
+            };
+            progress.notice(&format!(
+                "the saved run {change}: it continues from the same state, but its losses will \
+                 not be bit for bit those of a run that kept one setting"
+            ));
         }
         let position = saved.position;
         let batches_per_epoch = self.batches_per_epoch(plan.lengths.len());
@@ -808,8 +851,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .is_some_and(|n| run.meter.steps >= n)
     }
 
-    /// One optimizer step on examples `rows`: forward, loss, backward, global-norm
-    /// clipping, AdamW.
+    /// One optimizer step on examples `rows`: forward, loss and backward (per micro-batch,
+    /// their gradients summed), global-norm clipping, AdamW.
     fn step(
         &mut self,
         plan: &RunPlan,
@@ -819,27 +862,37 @@ impl<'a, B: Backend> Trainer<'a, B> {
     ) -> Result<StepOutcome> {
         let started = Instant::now();
         let step_number = run.step + 1;
-        let (input, labels, tokens) = plan.train.tensors(&self.backend, rows)?;
-        let labels =
-            labels.ok_or_else(|| Error::invalid("train", "an unlabeled training batch"))?;
-        let mut dropouts = DropoutPlan::train(
-            plan.dropout.hidden,
-            plan.dropout.attention,
-            plan.dropout.lora,
-            rng::mix(self.config.seed ^ 0xd5, run.step as u64),
-        )
-        .with_classifier(plan.dropout.classifier);
-        let mut tape = Tape::new(self.backend.clone());
-        let logits = self.model.forward(&mut tape, &input, &mut dropouts)?;
-        let loss = self.model.loss(&mut tape, &logits, &labels)?;
-        let loss_value = self.backend.to_f64(loss.value())?[0];
-        if !loss_value.is_finite() {
-            return Err(Error::NonFiniteLoss {
-                step: step_number,
-                value: loss_value,
-            });
+        let step_seed = rng::mix(self.config.seed ^ 0xd5, run.step as u64);
+        let mut sums = None;
+        let (mut loss_value, mut tokens) = (0.0, 0);
+        for (index, part) in micro_batches::split(rows, self.config.micro_batch_size).enumerate() {
+            let (input, labels, part_tokens) = plan.train.tensors(&self.backend, part)?;
+            let labels =
+                labels.ok_or_else(|| Error::invalid("train", "an unlabeled training batch"))?;
+            let mut dropouts = DropoutPlan::train(
+                plan.dropout.hidden,
+                plan.dropout.attention,
+                plan.dropout.lora,
+                micro_batches::dropout_seed(step_seed, index),
+            )
+            .with_classifier(plan.dropout.classifier);
+            let mut tape = Tape::new(self.backend.clone());
+            let logits = self.model.forward(&mut tape, &input, &mut dropouts)?;
+            let loss = self.model.loss(&mut tape, &logits, &labels)?;
+            let part_loss = self.backend.to_f64(loss.value())?[0];
+            if !part_loss.is_finite() {
+                return Err(Error::NonFiniteLoss {
+                    step: step_number,
+                    value: part_loss,
+                });
+            }
+            let weight = micro_batches::weight(part.len(), rows.len());
+            loss_value += weight * part_loss;
+            tokens += part_tokens;
+            let grads = tape.backward(&loss)?.into_map();
+            micro_batches::accumulate(&self.backend, &mut sums, grads, weight)?;
         }
-        let mut grads = tape.backward(&loss)?.into_map();
+        let mut grads = sums.ok_or_else(|| Error::invalid("train", "an empty training batch"))?;
         let all: Vec<&Tensor<B>> = grads.values().collect();
         let norm_sq: f64 = self.backend.sum_squares_each(&all)?.into_iter().sum();
         let grad_norm = norm_sq.sqrt();
@@ -999,7 +1052,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             });
         }
         // The first training batch, as evaluation sees it (no dropout): one forward pass.
-        let rows: Vec<usize> = (0..self.config.batch_size.min(plan.lengths.len())).collect();
+        let rows = self
+            .config
+            .micro_batch_size
+            .unwrap_or(self.config.batch_size);
+        let rows: Vec<usize> = (0..rows.min(plan.lengths.len())).collect();
         let (input, _, _) = plan.train.tensors(&self.backend, &rows)?;
         let mut tape = Tape::inference(self.backend.clone());
         let logits = self

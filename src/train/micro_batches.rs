@@ -1,0 +1,89 @@
+//! Gradient accumulation: one optimizer step's batch run through the model in micro-batches,
+//! so that a batch whose activations do not fit (on a GPU above all) still trains as that
+//! batch. The step's loss is the batch's mean, so each micro-batch's mean loss and gradients
+//! count with the weight `rows in it / rows in the batch`: the sum is the batch's gradient,
+//! up to the order of the floating-point additions.
+
+use std::collections::BTreeMap;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::rng;
+use crate::tensor::Tensor;
+
+/// The rows of one step in micro-batches of at most `size` rows (all of them in one when
+/// `size` is `None` or not below their count), in their order.
+pub(crate) fn split(rows: &[usize], size: Option<usize>) -> std::slice::Chunks<'_, usize> {
+    let size = size.unwrap_or(rows.len()).clamp(1, rows.len().max(1));
+    rows.chunks(size)
+}
+
+/// The dropout seed of micro-batch `index` of a step whose batch-wide seed is `step_seed`.
+/// The first keeps the step's seed, so a step in one micro-batch draws the masks it always
+/// drew; the others draw their own (the same seed would repeat the first one's masks, row
+/// for row, in every micro-batch).
+pub(crate) fn dropout_seed(step_seed: u64, index: usize) -> u64 {
+    if index == 0 {
+        step_seed
+    } else {
+        rng::mix(step_seed, index as u64)
+    }
+}
+
+/// The weight of a micro-batch of `rows` in a step of `batch_rows`.
+pub(crate) fn weight(rows: usize, batch_rows: usize) -> f64 {
+    rows as f64 / batch_rows as f64
+}
+
+/// Adds one micro-batch's gradients, scaled by `weight`, to the step's sums. The first
+/// micro-batch's gradients become the sums, unscaled where `weight` is 1: a step in one
+/// micro-batch is bit for bit the step without any.
+pub(crate) fn accumulate<B: Backend>(
+    backend: &B,
+    sums: &mut Option<BTreeMap<String, Tensor<B>>>,
+    mut grads: BTreeMap<String, Tensor<B>>,
+    weight: f64,
+) -> Result<()> {
+    if weight != 1.0 {
+        let mut all: Vec<&mut Tensor<B>> = grads.values_mut().collect();
+        backend.scale_each(&mut all, weight)?;
+    }
+    let Some(sums) = sums else {
+        *sums = Some(grads);
+        return Ok(());
+    };
+    for (name, g) in grads {
+        match sums.get_mut(&name) {
+            Some(sum) => backend.add_assign(sum, &g)?,
+            // A tensor no earlier micro-batch reached: its gradient there was zero.
+            None => {
+                sums.insert(name, g);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_batches_cover_the_rows_in_order() {
+        let rows: Vec<usize> = (10..17).collect();
+        let parts: Vec<&[usize]> = split(&rows, Some(3)).collect();
+        assert_eq!(parts, [&[10, 11, 12][..], &[13, 14, 15], &[16]]);
+        for size in [None, Some(7), Some(100)] {
+            assert_eq!(split(&rows, size).collect::<Vec<_>>(), [&rows[..]]);
+        }
+        let weights: f64 = parts.iter().map(|p| weight(p.len(), rows.len())).sum();
+        assert!((weights - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn only_later_micro_batches_draw_other_dropout_seeds() {
+        assert_eq!(dropout_seed(77, 0), 77);
+        let seeds: std::collections::BTreeSet<u64> = (0..64).map(|i| dropout_seed(77, i)).collect();
+        assert_eq!(seeds.len(), 64);
+    }
+}
