@@ -71,7 +71,8 @@ pub fn check_batch_memory<B: Backend>(
             op,
             format!(
                 "a batch of {batch} × {seq_len} tokens needs {}; {} is available (a smaller \
-                 batch size needs less)",
+                 batch, or for training the same batch in micro-batches: --micro-batch-size, \
+                 needs less)",
                 need.map_or("more host memory than can be addressed".to_string(), |n| {
                     format!("at least {} of host memory", gib(n))
                 }),
