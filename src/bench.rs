@@ -163,8 +163,8 @@ pub fn bench_train_step_in_micro_batches<B: Backend>(
                     nodes = tape.stats().nodes;
                     saved = tape.stats().saved_activation_bytes;
                 }
-                let grads = tape.backward(&loss)?.into_map();
-                micro_batches::accumulate(backend, &mut sums, grads, *weight)?;
+                let grads = tape.backward_scaled(&loss, *weight)?.into_map();
+                micro_batches::accumulate(backend, &mut sums, grads)?;
             }
             let grads = Gradients::from_map(sums.unwrap_or_default());
             optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;

@@ -229,17 +229,34 @@ fn tiny_model_with<B: Backend>(
     backend: &B,
     edit: &dyn Fn(&mut PeftPlan),
 ) -> (BertClassifier<B>, PeftPlan) {
+    tiny_model_with_labels(ck, backend, edit, 1)
+}
+
+/// [`tiny_model_with`] with a head of `labels` outputs (1: regression).
+fn tiny_model_with_labels<B: Backend>(
+    ck: &Checkpoint,
+    backend: &B,
+    edit: &dyn Fn(&mut PeftPlan),
+    labels: usize,
+) -> (BertClassifier<B>, PeftPlan) {
     let mut source = |name: &str, shape| ck.tensor(backend, name, shape);
     let bert = BertModel::load(&ck.config, &mut source).unwrap();
+    // Rows that differ, so that a class's logit depends on which row it is.
+    let weights: Vec<f64> = (0..labels * 15)
+        .map(|i| 0.05 * ((i % 7) as f64 - 3.0))
+        .collect();
     let head = Linear::new(
         "classifier",
-        backend
-            .tensor_from_f64([1, 15].into(), &[0.05; 15])
-            .unwrap(),
-        backend.zeros([1].into()).unwrap(),
+        if labels == 1 {
+            backend.tensor_from_f64([1, 15].into(), &[0.05; 15])
+        } else {
+            backend.tensor_from_f64([labels, 15].into(), &weights)
+        }
+        .unwrap(),
+        backend.zeros([labels].into()).unwrap(),
     )
     .unwrap();
-    let mut model = BertClassifier::new(bert, head, 1).unwrap();
+    let mut model = BertClassifier::new(bert, head, labels).unwrap();
     let mut config = PeftConfig::new(Method::Spafit);
     config.n1 = Boundary::Layer(0);
     config.n2 = Boundary::Layer(1);
@@ -1241,12 +1258,13 @@ fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
         let cuda = CudaBackend::hardware_or_emulated(dtype).unwrap();
         let mut trainable = 0;
         // Downloads and launches of a run of `steps` steps.
-        let mut run = |steps: usize, max_grad_norm: Option<f64>| {
+        let mut run = |steps: usize, max_grad_norm: Option<f64>, micro_batch_size| {
             let (mut model, plan) = tiny_model(&ck, &cuda);
             trainable = model.params().iter().filter(|p| p.trainable).count();
             let config = TrainConfig {
                 epochs: 1,
                 batch_size: 4,
+                micro_batch_size,
                 max_grad_norm,
                 ..TrainConfig::default()
             };
@@ -1257,13 +1275,25 @@ fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
             assert_eq!(report.steps, steps);
             [cuda.downloads() - downloads, cuda.launches() - launches]
         };
-        let mut per_step = |max_grad_norm| {
-            let (two, five) = (run(2, max_grad_norm), run(5, max_grad_norm));
+        let mut per_step = |max_grad_norm, micro| {
+            let (two, five) = (run(2, max_grad_norm, micro), run(5, max_grad_norm, micro));
             [0, 1].map(|i| (five[i] - two[i]) as f64 / 3.0)
         };
         // A norm no gradient stays under: every step clips.
-        let [downloads, launches] = per_step(None);
-        let [clipped_downloads, clipped_launches] = per_step(Some(1e-9));
+        let [downloads, launches] = per_step(None, None);
+        let [clipped_downloads, clipped_launches] = per_step(Some(1e-9), None);
+        // In two micro-batches: a loss more to read, and the second micro-batch's forward,
+        // backward and one addition per gradient more to launch.
+        let [micro_downloads, micro_launches] = per_step(None, Some(2));
+        println!("{dtype}: {micro_downloads} downloads and {micro_launches} launches per step in two micro-batches");
+        assert!(
+            micro_downloads <= 3.0,
+            "{micro_downloads} downloads per step"
+        );
+        assert!(
+            micro_launches < 2.0 * launches + trainable as f64,
+            "{micro_launches} launches per step in two micro-batches, {launches} whole"
+        );
         println!(
             "{dtype}: {downloads} downloads and {launches} launches per step \
              ({clipped_launches} clipping), {trainable} trainable tensors"
@@ -1408,7 +1438,7 @@ fn micro_batches_train_as_the_whole_batch() {
             .map(|v| v[key].as_f64().unwrap())
             .collect()
     };
-    // Logged losses, gradient norms and trainable weights of a run.
+    // The trainable weights after a run.
     fn run<B: Backend>(
         backend: &B,
         ck: &Checkpoint,
@@ -1417,7 +1447,7 @@ fn micro_batches_train_as_the_whole_batch() {
         edit: &dyn Fn(&mut PeftPlan),
         config: TrainConfig,
     ) -> Vec<f64> {
-        let (mut model, plan) = tiny_model_with(ck, backend, edit);
+        let (mut model, plan) = tiny_model_with_labels(ck, backend, edit, data.kind.num_labels());
         let report = Trainer::new(backend, &mut model, &plan, &ck.weights, config)
             .fit(tok, data, None)
             .unwrap();
@@ -1444,13 +1474,34 @@ fn micro_batches_train_as_the_whole_batch() {
     };
     let cpu = CpuBackend::f64();
     let cuda = CudaBackend::hardware_or_emulated(DType::F32).unwrap();
-    for (name, tol) in [("cpu-f64", 1e-12), ("cuda-f32", 1e-5)] {
+    // Three classes (cross-entropy) as well as the regression's MSE.
+    let classes = Dataset {
+        kind: TaskKind::Classification {
+            labels: vec!["a".into(), "b".into(), "c".into()],
+        },
+        examples: data
+            .examples
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Example {
+                target: Some(Target::Class((i * 7 % 3) as u32)),
+                ..e.clone()
+            })
+            .collect(),
+        ..data.clone()
+    };
+    for (name, tol, data) in [
+        ("cpu-f64", 1e-12, &data),
+        ("cuda-f32", 1e-5, &data),
+        ("cpu-f64-classes", 1e-12, &classes),
+        ("cuda-f32-classes", 1e-5, &classes),
+    ] {
         let go = |dir: &str, micro| {
             let dir = format!("{name}-{dir}");
-            let w = if name == "cpu-f64" {
-                run(&cpu, &ck, &tok, &data, &no_dropout, config(&dir, micro))
+            let w = if name.starts_with("cpu") {
+                run(&cpu, &ck, &tok, data, &no_dropout, config(&dir, micro))
             } else {
-                run(&cuda, &ck, &tok, &data, &no_dropout, config(&dir, micro))
+                run(&cuda, &ck, &tok, data, &no_dropout, config(&dir, micro))
             };
             let out = tmp.path().join(&dir);
             (w, log(&out, "loss"), log(&out, "grad_norm"))
@@ -1472,7 +1523,7 @@ fn micro_batches_train_as_the_whole_batch() {
             assert!(err <= tol, "{name}: {what} {err:e} > {tol:e}");
         }
         // The weights moved: a run that trained nothing would pass the comparisons.
-        let (start, _) = tiny_model_with(&ck, &cpu, &no_dropout);
+        let (start, _) = tiny_model_with_labels(&ck, &cpu, &no_dropout, data.kind.num_labels());
         let start: Vec<f64> = start
             .params()
             .iter()

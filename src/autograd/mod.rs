@@ -256,6 +256,13 @@ impl<B: Backend> Tape<B> {
     /// activations are freed as soon as each is used), and returns the gradients of the
     /// trainable parameters.
     pub fn backward(&mut self, loss: &Var<B>) -> Result<Gradients<B>> {
+        self.backward_scaled(loss, 1.0)
+    }
+
+    /// [`Tape::backward`] of `scale · loss`: the gradients come out scaled without a pass
+    /// over them (gradient accumulation weighs each micro-batch so). A `scale` of 1 is
+    /// `backward`, bit for bit.
+    pub fn backward_scaled(&mut self, loss: &Var<B>, scale: f64) -> Result<Gradients<B>> {
         let Some(loss_id) = loss.id else {
             return Err(Error::Autograd(
                 "the loss does not depend on any trainable parameter".into(),
@@ -277,7 +284,7 @@ impl<B: Backend> Tape<B> {
                     .into(),
             ));
         }
-        let seed = self.backend.tensor_from_f64(Shape::new([1]), &[1.0])?;
+        let seed = self.backend.tensor_from_f64(Shape::new([1]), &[scale])?;
         let mut grads: HashMap<usize, Tensor<B>> = HashMap::new();
         grads.insert(loss_id, seed.reshape(loss.value.shape().clone())?);
         let nodes = std::mem::take(&mut self.nodes);

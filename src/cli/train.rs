@@ -255,10 +255,12 @@ pub fn fit<B: Backend>(
             _ => {}
         }
     }
-    let micro = config
-        .micro_batch_size
-        .filter(|&m| m < config.batch_size)
-        .map_or_else(String::new, |m| format!(" in micro-batches of {m}"));
+    let micro = spafit::train::micro_batches_in_use(
+        config.micro_batch_size,
+        config.batch_size,
+        train.len(),
+    )
+    .map_or_else(String::new, |m| format!(" in micro-batches of {m}"));
     note!(
         "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}{micro}, lr {:e}",
         run.plan.method,

@@ -70,13 +70,18 @@ pub fn check_batch_memory<B: Backend>(
         (need, have) => Err(Error::invalid(
             op,
             format!(
-                "a batch of {batch} × {seq_len} tokens needs {}; {} is available (a smaller \
-                 batch, or for training the same batch in micro-batches: --micro-batch-size, \
-                 needs less)",
+                "a batch of {batch} × {seq_len} tokens needs {}; {} is available ({})",
                 need.map_or("more host memory than can be addressed".to_string(), |n| {
                     format!("at least {} of host memory", gib(n))
                 }),
-                have.map_or("an unknown amount".to_string(), gib)
+                have.map_or("an unknown amount".to_string(), gib),
+                match pass {
+                    Pass::Training { .. } => {
+                        "a smaller batch needs less, or smaller micro-batches of the same \
+                         batch: --micro-batch-size"
+                    }
+                    Pass::Inference => "a smaller batch size needs less",
+                }
             ),
         )),
     }

@@ -46,6 +46,16 @@ impl EncodedDataset {
         })
     }
 
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// Whether there are no examples.
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
     /// Token count of each example.
     pub fn lengths(&self) -> Vec<usize> {
         self.texts.iter().map(|t| t.ids.len()).collect()

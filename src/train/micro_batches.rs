@@ -18,6 +18,21 @@ pub(crate) fn split(rows: &[usize], size: Option<usize>) -> std::slice::Chunks<'
     rows.chunks(size)
 }
 
+/// The micro-batch size a run of `examples` in batches of `batch_size` splits its steps
+/// by: `None` where every batch runs whole (no size given, or one no smaller than the
+/// largest batch the data make).
+pub fn in_use(
+    micro_batch_size: Option<usize>,
+    batch_size: usize,
+    examples: usize,
+) -> Option<usize> {
+    micro_batch_size.filter(|&m| m < batch_size.min(examples))
+}
+
+/// Keeps the micro-batches' seeds apart from the seeds a [`crate::nn::DropoutPlan`] derives
+/// from the step's seed for its own draws (`mix(seed, call)`).
+const MICRO_BATCH_SEEDS: u64 = 0x6d69_6372_6f62_6174;
+
 /// The dropout seed of micro-batch `index` of a step whose batch-wide seed is `step_seed`.
 /// The first keeps the step's seed, so a step in one micro-batch draws the masks it always
 /// drew; the others draw their own (the same seed would repeat the first one's masks, row
@@ -26,28 +41,24 @@ pub(crate) fn dropout_seed(step_seed: u64, index: usize) -> u64 {
     if index == 0 {
         step_seed
     } else {
-        rng::mix(step_seed, index as u64)
+        rng::mix(step_seed ^ MICRO_BATCH_SEEDS, index as u64)
     }
 }
 
-/// The weight of a micro-batch of `rows` in a step of `batch_rows`.
+/// The weight of a micro-batch of `rows` in a step of `batch_rows`: the factor its
+/// backward's seed takes ([`crate::autograd::Tape::backward_scaled`]).
 pub(crate) fn weight(rows: usize, batch_rows: usize) -> f64 {
     rows as f64 / batch_rows as f64
 }
 
-/// Adds one micro-batch's gradients, scaled by `weight`, to the step's sums. The first
-/// micro-batch's gradients become the sums, unscaled where `weight` is 1: a step in one
-/// micro-batch is bit for bit the step without any.
+/// Adds one micro-batch's (already weighted) gradients to the step's sums; the first
+/// micro-batch's become the sums. While a later micro-batch's gradients are added, both are
+/// held: the gradients' memory doubles at that moment (the activations are freed by then).
 pub(crate) fn accumulate<B: Backend>(
     backend: &B,
     sums: &mut Option<BTreeMap<String, Tensor<B>>>,
-    mut grads: BTreeMap<String, Tensor<B>>,
-    weight: f64,
+    grads: BTreeMap<String, Tensor<B>>,
 ) -> Result<()> {
-    if weight != 1.0 {
-        let mut all: Vec<&mut Tensor<B>> = grads.values_mut().collect();
-        backend.scale_each(&mut all, weight)?;
-    }
     let Some(sums) = sums else {
         *sums = Some(grads);
         return Ok(());
@@ -78,6 +89,23 @@ mod tests {
         }
         let weights: f64 = parts.iter().map(|p| weight(p.len(), rows.len())).sum();
         assert!((weights - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn sums_take_tensors_an_earlier_micro_batch_did_not_reach() {
+        use crate::backend::cpu::CpuBackend;
+        let cpu = CpuBackend::f64();
+        let t = |v: &[f64]| cpu.tensor_from_f64([v.len()].into(), v).unwrap();
+        let mut sums = None;
+        accumulate(&cpu, &mut sums, [("a".to_string(), t(&[1.0, 2.0]))].into()).unwrap();
+        let second = [
+            ("a".to_string(), t(&[0.5, 0.25])),
+            ("b".to_string(), t(&[3.0])),
+        ];
+        accumulate(&cpu, &mut sums, second.into()).unwrap();
+        let sums = sums.unwrap();
+        let values = |name: &str| cpu.to_f64(&sums[name]).unwrap();
+        assert_eq!((values("a"), values("b")), (vec![1.5, 2.25], vec![3.0]));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::micro_batches;
 use super::trainer::DropoutRates;
 use super::{EncodedDataset, Evaluation, TrainConfig};
 use crate::adapter::{sha256_hex, tensors_to_safetensors_with_metadata, write_atomic};
@@ -320,6 +321,10 @@ pub(crate) const DEVICE_SETTING: &str = "device and precision";
 /// with smaller micro-batches, so [`changed_settings`] skips it too.
 pub(crate) const MICRO_BATCH_SETTING: &str = "--micro-batch-size";
 
+/// The micro-batch setting of a run that runs whole batches: every run before the setting
+/// was recorded.
+pub(crate) const MICRO_BATCH_OFF: &str = "off";
+
 /// Everything that decides the batches, the schedule, dropout, the starting weights and the
 /// choice of the best evaluation. The data enter as a hash of their token ids and labels, so
 /// another file, another `--max-len` or another label order all count as a change.
@@ -330,9 +335,8 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         (DEVICE_SETTING, inputs.device.clone()),
         (
             MICRO_BATCH_SETTING,
-            c.micro_batch_size
-                .filter(|&m| m < c.batch_size)
-                .map_or_else(|| "off".into(), |m| m.to_string()),
+            micro_batches::in_use(c.micro_batch_size, c.batch_size, inputs.train.len())
+                .map_or_else(|| MICRO_BATCH_OFF.into(), |m| m.to_string()),
         ),
         (
             "training data (token ids and labels: the file, --max-len, --labels)",

@@ -36,7 +36,8 @@ pub struct TrainConfig {
     /// share of the batch) before clipping and the optimizer step. The step is the batch's
     /// step with the activations of one micro-batch at a time; only the order of the
     /// floating-point sums and the dropout masks (each micro-batch draws its own) differ.
-    /// `None` (or `batch_size`) runs each batch whole. A resumed run may change it.
+    /// The gradients are held twice while a micro-batch's are added to the sums. `None` (or
+    /// `batch_size`) runs each batch whole. A resumed run may change it (noted).
     pub micro_batch_size: Option<usize>,
     /// Examples per evaluation batch.
     pub eval_batch_size: usize,
@@ -741,10 +742,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ),
             });
         }
-        // Settings a run may change when it resumes; the losses then differ in their last bits.
+        // Settings a run may change when it resumes: its losses then differ from those of a
+        // run that kept them.
         for key in [run_state::DEVICE_SETTING, run_state::MICRO_BATCH_SETTING] {
-            let setting = |s: &run_state::RunSettings| s.get(key).cloned();
-            // A state saved before the setting was recorded has none: nothing to compare.
+            // A state saved before the micro-batches were recorded ran whole batches; one
+            // saved before the device was has no device to compare.
+            let setting = |s: &run_state::RunSettings| {
+                s.get(key).cloned().or_else(|| {
+                    (key == run_state::MICRO_BATCH_SETTING)
+                        .then(|| run_state::MICRO_BATCH_OFF.to_string())
+                })
+            };
             let (Some(then), Some(now)) =
                 (setting(&saved.position.settings), setting(&plan.settings))
             else {
@@ -754,19 +762,27 @@ impl<'a, B: Backend> Trainer<'a, B> {
             if then == now || saved.position.step >= plan.total_steps {
                 continue;
             }
-            let change = if key == run_state::DEVICE_SETTING {
-                format!("trained on {then} and resumes on {now}")
+            let notice = if key == run_state::DEVICE_SETTING {
+                format!(
+                    "the saved run trained on {then} and resumes on {now}: it continues from \
+                     the same state, but its losses will not be bit for bit those of a run \
+                     kept on one device"
+                )
             } else {
                 let micro = |v: String| match v.as_str() {
-                    "off" => "whole batches".to_string(),
+                    run_state::MICRO_BATCH_OFF => "whole batches".to_string(),
                     _ => format!("micro-batches of {v}"),
                 };
-                format!("ran {} and resumes with {}", micro(then), micro(now))
+                format!(
+                    "the saved run ran {} and resumes with {}: it continues from the same \
+                     state, but its steps now add their gradients in another order and draw \
+                     other dropout masks, so its losses will differ from those of a run that \
+                     kept one micro-batch size",
+                    micro(then),
+                    micro(now)
+                )
             };
-            progress.notice(&format!(
-                "the saved run {change}: it continues from the same state, but its losses will \
-                 not be bit for bit those of a run that kept one setting"
-            ));
+            progress.notice(&notice);
         }
         let position = saved.position;
         let batches_per_epoch = self.batches_per_epoch(plan.lengths.len());
@@ -889,8 +905,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let weight = micro_batches::weight(part.len(), rows.len());
             loss_value += weight * part_loss;
             tokens += part_tokens;
-            let grads = tape.backward(&loss)?.into_map();
-            micro_batches::accumulate(&self.backend, &mut sums, grads, weight)?;
+            let grads = tape.backward_scaled(&loss, weight)?.into_map();
+            micro_batches::accumulate(&self.backend, &mut sums, grads)?;
         }
         let mut grads = sums.ok_or_else(|| Error::invalid("train", "an empty training batch"))?;
         let all: Vec<&Tensor<B>> = grads.values().collect();
@@ -1051,25 +1067,25 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ),
             });
         }
-        // The first training batch, as evaluation sees it (no dropout): one forward pass.
-        let rows = self
-            .config
-            .micro_batch_size
-            .unwrap_or(self.config.batch_size);
-        let rows: Vec<usize> = (0..rows.min(plan.lengths.len())).collect();
-        let (input, _, _) = plan.train.tensors(&self.backend, &rows)?;
-        let mut tape = Tape::inference(self.backend.clone());
-        let logits = self
-            .model
-            .forward(&mut tape, &input, &mut DropoutPlan::eval())?;
-        let values = self.backend.to_f64(logits.value())?;
-        match super::prediction::non_finite_logit(&values, self.model.num_labels()) {
-            Some(why) => Err(Error::Diverged {
-                step,
-                what: format!("on the first training batch, {why}"),
-            }),
-            None => Ok(()),
+        // The first training batch, as evaluation sees it (no dropout), in the step's
+        // micro-batches: one forward pass.
+        let rows: Vec<usize> = (0..self.config.batch_size.min(plan.lengths.len())).collect();
+        for part in micro_batches::split(&rows, self.config.micro_batch_size) {
+            let (input, _, _) = plan.train.tensors(&self.backend, part)?;
+            let mut tape = Tape::inference(self.backend.clone());
+            let logits = self
+                .model
+                .forward(&mut tape, &input, &mut DropoutPlan::eval())?;
+            let values = self.backend.to_f64(logits.value())?;
+            if let Some(why) = super::prediction::non_finite_logit(&values, self.model.num_labels())
+            {
+                return Err(Error::Diverged {
+                    step,
+                    what: format!("on the first training batch, {why}"),
+                });
+            }
         }
+        Ok(())
     }
 
     /// Publishes the resumable state in `last/`, when there is an output directory.

@@ -281,8 +281,8 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
             op,
             detail: format!(
                 "GPU: {driver}; the model's weights and one step's activations must fit on \
-                 the GPU: shorter sequences, a smaller batch or the same batch in \
-                 micro-batches (--micro-batch-size) need less"
+                 the GPU: shorter sequences or a smaller batch need less, and in training \
+                 so do smaller micro-batches of the same batch (--micro-batch-size)"
             ),
         }
     } else {
