@@ -6,8 +6,9 @@
 // assigned except add_assign (acc += x) and scale (t *= s), which update in place.
 // Dropout draws the CPU backend's mask: element i is kept iff the top 24 bits of
 // spafit_mix(seed, i) are ≥ threshold; survivors are multiplied by keep_scale = 1/(1−p).
-// scale_list_* and sum_squares_list_* do the same as scale_* and sum_squares_partial_* over a
-// whole TensorList in one launch, with the same bits (gradient clipping and norms).
+// scale_list_*, add_assign_list_* and sum_squares_list_* do the same as scale_*, add_assign_*
+// and sum_squares_partial_* over a whole TensorList in one launch, with the same bits
+// (gradient clipping, gradient accumulation over micro-batches, norms).
 #include "common.cuh"
 #include "tensor_list.cuh"
 
@@ -64,6 +65,13 @@ __device__ __forceinline__ float gelu_grad(float x) {
         ListBlock b = list_block(list);                                                           \
         T* t = (T*)list.operand[b.tensor][0];                                                     \
         LIST_STRIDE(i, b, list.n[b.tensor]) store(t, i, load(t, i) * s);                          \
+    }                                                                                             \
+    /* acc += x for each pair of the list: operand 0 the accumulator, operand 1 the addend. */  \
+    extern "C" __global__ void add_assign_list_##S(TensorList list) {                             \
+        ListBlock b = list_block(list);                                                           \
+        T* acc = (T*)list.operand[b.tensor][0];                                                   \
+        const T* x = (const T*)list.operand[b.tensor][1];                                         \
+        LIST_STRIDE(i, b, list.n[b.tensor]) store(acc, i, load(acc, i) + load(x, i));             \
     }                                                                                             \
     /* Each tensor's partials land at its own blocks' indices: partial[first_block[t] + k]. */    \
     extern "C" __global__ void sum_squares_list_##S(TensorList list, float* partial) {            \

@@ -1178,6 +1178,46 @@ fn cuda_optimizer_ops_over_many_tensors_take_a_launch_per_list() {
         assert_eq!(bits(&listed), bits(&single), "scale_each, mix {mix}");
         assert_ne!(bits(&listed), bits(&grads), "scale_each scales");
 
+        // Gradient accumulation: the sums are the gradients, the addends the scaled ones.
+        let (mut sums, mut single) = (grads.clone(), grads.clone());
+        let addends: Vec<&Tensor<CudaBackend>> = listed.iter().collect();
+        let before = b.launches();
+        b.add_assign_each(&mut sums.iter_mut().collect::<Vec<_>>(), &addends)
+            .unwrap();
+        assert_eq!(
+            b.launches() - before,
+            lists as u64,
+            "add_assign_each, mix {mix}"
+        );
+        for (t, x) in single.iter_mut().zip(&listed) {
+            b.add_assign(t, x).unwrap();
+        }
+        assert_eq!(bits(&sums), bits(&single), "add_assign_each, mix {mix}");
+        assert_ne!(bits(&sums), bits(&grads), "add_assign_each adds");
+        // An accumulator that shares its buffer with its addend (a clone) adds it once.
+        let mut shared = grads[..3].to_vec();
+        let same: Vec<&Tensor<CudaBackend>> = grads[..3].iter().collect();
+        b.add_assign_each(&mut shared.iter_mut().collect::<Vec<_>>(), &same)
+            .unwrap();
+        let mut doubled = grads[..3].to_vec();
+        b.scale_each(&mut doubled.iter_mut().collect::<Vec<_>>(), 2.0)
+            .unwrap();
+        assert_eq!(bits(&shared), bits(&doubled), "x + x, mix {mix}");
+        // The last pair of other shapes: refused before any sum changes.
+        let kept = bits(&sums);
+        let wrong = b.zeros(Shape::new([sizes[count - 1] + 1])).unwrap();
+        let mut addends = addends;
+        addends[count - 1] = &wrong;
+        let err = b
+            .add_assign_each(&mut sums.iter_mut().collect::<Vec<_>>(), &addends)
+            .unwrap_err();
+        assert!(err.to_string().contains("add_assign"), "{err}");
+        assert_eq!(bits(&sums), kept, "a refused add_assign_each changed a sum");
+        let err = b
+            .add_assign_each(&mut sums.iter_mut().collect::<Vec<_>>(), &addends[1..])
+            .unwrap_err();
+        assert!(err.to_string().contains("accumulators"), "{err}");
+
         // AdamW: f32 masters, the gradients as they come; decay on every other tensor.
         let decay_of = |i: usize| if i.is_multiple_of(2) { 0.01 } else { 0.0 };
         let masters = make(&mut rng, &|_| DType::F32);

@@ -1282,8 +1282,9 @@ fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
         // A norm no gradient stays under: every step clips.
         let [downloads, launches] = per_step(None, None);
         let [clipped_downloads, clipped_launches] = per_step(Some(1e-9), None);
-        // In two micro-batches: a loss more to read, and the second micro-batch's forward,
-        // backward and one addition per gradient more to launch.
+        // In two micro-batches: a loss more to read, and the second micro-batch's forward
+        // and backward more to launch, its gradients added to the sums in a launch or two
+        // (f32 and bf16 lists), not one per tensor.
         let [micro_downloads, micro_launches] = per_step(None, Some(2));
         println!("{dtype}: {micro_downloads} downloads and {micro_launches} launches per step in two micro-batches");
         assert!(
@@ -1291,7 +1292,7 @@ fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
             "{micro_downloads} downloads per step"
         );
         assert!(
-            micro_launches < 2.0 * launches + trainable as f64,
+            micro_launches <= 2.0 * launches + 2.0,
             "{micro_launches} launches per step in two micro-batches, {launches} whole"
         );
         println!(

@@ -406,6 +406,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Tensor<Self>>;
     /// `acc += x` in place: gradient accumulation.
     fn add_assign(&self, acc: &mut Tensor<Self>, x: &Tensor<Self>) -> Result<()>;
+    /// [`Backend::add_assign`] of each pair, `accs[i] += xs[i]`, bit for bit, in one call
+    /// (a micro-batch's gradients added to the step's sums): every pair is checked before any
+    /// changes, and a device backend launches once per few dozen tensors, not once each.
+    fn add_assign_each(&self, accs: &mut [&mut Tensor<Self>], xs: &[&Tensor<Self>]) -> Result<()> {
+        shapes::add_assign_pairs(accs, xs)?;
+        accs.iter_mut()
+            .zip(xs)
+            .try_for_each(|(acc, x)| self.add_assign(acc, x))
+    }
     /// `t *= s` in place: gradient clipping.
     fn scale_in_place(&self, t: &mut Tensor<Self>, s: f64) -> Result<()>;
     /// [`Backend::scale_in_place`] of each tensor, bit for bit, in one call (clipping every

@@ -108,6 +108,32 @@ pub fn require_same_shape<B: Backend>(
     Ok(())
 }
 
+/// The pairs of [`Backend::add_assign_each`]: as many accumulators as addends, each pair one
+/// float dtype and one shape, as [`Backend::add_assign`] requires. Returns their dtypes.
+pub fn add_assign_pairs<B: Backend>(
+    accs: &[&mut Tensor<B>],
+    xs: &[&Tensor<B>],
+) -> Result<Vec<DType>> {
+    if accs.len() != xs.len() {
+        return Err(Error::invalid(
+            "add_assign",
+            format!(
+                "{} accumulators for {} tensors to add",
+                accs.len(),
+                xs.len()
+            ),
+        ));
+    }
+    accs.iter()
+        .zip(xs)
+        .map(|(acc, x)| {
+            let dtype = common_float_dtype("add_assign", &[("acc", acc), ("x", x)])?;
+            require_same_shape("add_assign", ("acc", acc), ("x", x))?;
+            Ok(dtype)
+        })
+        .collect()
+}
+
 /// Checks a non-empty tensor of rank ≥ 1 and returns its 2-D view `(rows, cols)`.
 pub fn matrix<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) -> Result<(usize, usize)> {
     if t.shape().rank() == 0 || t.numel() == 0 {

@@ -63,14 +63,18 @@ pub(crate) fn accumulate<B: Backend>(
         *sums = Some(grads);
         return Ok(());
     };
-    for (name, g) in grads {
-        match sums.get_mut(&name) {
-            Some(sum) => backend.add_assign(sum, &g)?,
-            // A tensor no earlier micro-batch reached: its gradient there was zero.
-            None => {
-                sums.insert(name, g);
-            }
+    let mut accs = Vec::with_capacity(grads.len());
+    let mut xs = Vec::with_capacity(grads.len());
+    for (name, sum) in sums.iter_mut() {
+        if let Some(g) = grads.get(name) {
+            accs.push(sum);
+            xs.push(g);
         }
+    }
+    backend.add_assign_each(&mut accs, &xs)?;
+    // A tensor no earlier micro-batch reached had a zero gradient there: it joins the sums.
+    for (name, g) in grads {
+        sums.entry(name).or_insert(g);
     }
     Ok(())
 }

@@ -209,6 +209,51 @@ pub(super) fn scale_each(
     Ok(())
 }
 
+/// [`add_assign`] of each pair, from a launch per [`tensor_list::CAPACITY`] pairs of a dtype:
+/// the same bits as one launch per pair. Every pair is checked before any launch.
+pub(super) fn add_assign_each(
+    b: &CudaBackend,
+    accs: &mut [&mut Tensor<CudaBackend>],
+    xs: &[&Tensor<CudaBackend>],
+) -> Result<()> {
+    shapes::add_assign_pairs(accs, xs)?;
+    let stream = &b.device.stream;
+    let mut guards = Vec::with_capacity(2 * xs.len());
+    let mut addends = Vec::with_capacity(xs.len());
+    let mut described = Vec::with_capacity(xs.len());
+    for (acc, x) in accs.iter_mut().zip(xs) {
+        let (dtype, n) = (acc.dtype(), acc.numel());
+        // An accumulator sharing its buffer with anything (its addend included) is copied
+        // first, so the addend read here is never the buffer written.
+        let (acc_ptr, acc_guard) = match unshared_mut(acc, "add_assign")? {
+            CudaBuffer::F32(a) => a.device_ptr_mut(stream),
+            CudaBuffer::BF16(a) => a.device_ptr_mut(stream),
+            CudaBuffer::U32(_) => unreachable!("float dtype checked"),
+        };
+        let (x_ptr, x_guard) = float_ptr(x.buffer(), stream).expect("float dtype checked");
+        guards.extend([acc_guard, x_guard]);
+        addends.push(x_ptr);
+        described.push((dtype, acc_ptr, n));
+    }
+    for (dtype, entries) in by_dtype(&described) {
+        let list: Vec<ListEntry> = entries
+            .into_iter()
+            .map(|(i, mut e)| {
+                e.operands[1] = addends[i];
+                e
+            })
+            .collect();
+        for l in tensor_list::launches(&list, 0) {
+            with_float!(dtype, "add_assign", T => {
+                launch!(b, MODULE, format!("add_assign_list_{}", T::SUFFIX), l.cfg, &l.list);
+                Ok(())
+            })?;
+        }
+    }
+    drop(guards);
+    Ok(())
+}
+
 pub(super) fn dropout(
     b: &CudaBackend,
     x: &Tensor<CudaBackend>,

@@ -1087,6 +1087,10 @@ impl Backend for CudaBackend {
         elementwise::add_assign(self, acc, x)
     }
 
+    fn add_assign_each(&self, accs: &mut [&mut Tensor<Self>], xs: &[&Tensor<Self>]) -> Result<()> {
+        elementwise::add_assign_each(self, accs, xs)
+    }
+
     fn scale_in_place(&self, t: &mut Tensor<Self>, s: f64) -> Result<()> {
         elementwise::scale_in_place(self, t, s)
     }
