@@ -19,7 +19,8 @@
 #                                  4. compute-sanitizer memcheck and racecheck, where the
 #                                     machine supports them;
 #                                  5. spafit bench --device cuda on a random BERT-base (batch
-#                                     32 × 128 tokens, bf16) for the four methods, and the same
+#                                     32 × 128 tokens, bf16) for the four methods (SPAFIT also
+#                                     in micro-batches of 8: `spafit/8`), and the same
 #                                     step in PyTorch + PEFT (scripts/torch_peft_bench.py) in
 #                                     the same call, with the ratios;
 #                                  6. the fused-LoRA GEMM at 4096×1024×1024, 4096×4096×1024
@@ -221,6 +222,11 @@ run() {
             --shape "$shape" --method "$method" --batch-size "$batch" --seq-len "$seq" \
             --steps "$steps" --warmup "$warmup"
     done
+    # Gradient accumulation's price and saving on the device: the same SPAFIT step in four
+    # micro-batches.
+    stage "spafit bench spafit in micro-batches" 30 "$bin/spafit" bench --device "$device" \
+        --dtype bf16 --shape "$shape" --method spafit --batch-size "$batch" --seq-len "$seq" \
+        --micro-batch-size $((batch / 4)) --steps "$steps" --warmup "$warmup"
     local python=${PYTHON:-python3} torch_device=cuda
     [ "$mode" = gpu ] || torch_device=cpu
     if "$python" -c "import torch, transformers, peft" >/dev/null 2>&1; then
@@ -254,8 +260,10 @@ for line in open(sys.argv[1]):
     if line.startswith("TORCH "):
         r = json.loads(line[6:]); torch[r["method"]] = r
     elif line.startswith("{") and '"autograd_nodes"' in line:
-        r = json.loads(line); ours[r["method"]] = r
-for m in ["full", "bitfit", "lora", "spafit"]:
+        r = json.loads(line)
+        micro = r.get("micro_batch", r["batch"])
+        ours[r["method"] if micro == r["batch"] else f'{r["method"]}/{micro}'] = r
+for m in ["full", "bitfit", "lora", "spafit"] + sorted(k for k in ours if "/" in k):
     o, t = ours.get(m, {}), torch.get(m, {})
     om, tm = o.get("ms_per_step"), t.get("ms_per_step")
     ratio = f"{tm / om:.2f}x" if om and tm else "-"
