@@ -74,15 +74,7 @@ pub fn bench_train_step_in_micro_batches<B: Backend>(
     if steps == 0 {
         return Err(Error::invalid("bench", "needs at least one timed step"));
     }
-    if micro_batch == 0 || micro_batch > batch {
-        return Err(Error::invalid(
-            "bench",
-            format!(
-                "micro-batches of {micro_batch} examples (--micro-batch-size) must be between \
-                 1 and the batch of {batch} (--batch-size)"
-            ),
-        ));
-    }
+    micro_batches::check_size("bench", micro_batch, batch)?;
     // The plan's own adapter dropout, as training would apply it.
     let lora_dropout = model.plan().map_or(0.0, PeftPlan::lora_dropout);
     let layers_on_tape = model.layers_on_tape();

@@ -1286,6 +1286,26 @@ fn mnli_reports_both_dev_sets() {
     assert_eq!(last_json(&stdout)["split"], "MNLI/dev_matched");
 }
 
+/// Training rows of a tiny sentiment task, alternating positive and negative.
+const SENTIMENT_ROWS: [(&str, u8); 16] = [
+    ("a gorgeous, witty, seductive movie.", 1),
+    ("unbelievably dull and overlong.", 0),
+    ("it is not bad at all", 1),
+    ("so-so", 0),
+    ("the best film of the year", 1),
+    ("a waste of two hours", 0),
+    ("charming and funny", 1),
+    ("tedious, predictable and flat", 0),
+    ("an absolute delight", 1),
+    ("i fell asleep halfway", 0),
+    ("smart, moving, and beautifully acted", 1),
+    ("the plot makes no sense", 0),
+    ("a triumph", 1),
+    ("painfully boring", 0),
+    ("warm and wise", 1),
+    ("a mess from start to finish", 0),
+];
+
 /// Rows of a tiny sentiment task, as CSV.
 fn sentiment_csv(rows: &[(&str, u8)]) -> String {
     let mut s = String::from("text,label\n");
@@ -1322,24 +1342,7 @@ fn logged_losses(out: &Path) -> (Vec<f64>, f64) {
 #[test]
 fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let train = [
-        ("a gorgeous, witty, seductive movie.", 1),
-        ("unbelievably dull and overlong.", 0),
-        ("it is not bad at all", 1),
-        ("so-so", 0),
-        ("the best film of the year", 1),
-        ("a waste of two hours", 0),
-        ("charming and funny", 1),
-        ("tedious, predictable and flat", 0),
-        ("an absolute delight", 1),
-        ("i fell asleep halfway", 0),
-        ("smart, moving, and beautifully acted", 1),
-        ("the plot makes no sense", 0),
-        ("a triumph", 1),
-        ("painfully boring", 0),
-        ("warm and wise", 1),
-        ("a mess from start to finish", 0),
-    ];
+    let train = SENTIMENT_ROWS;
     let dev = [
         ("lovely", 1),
         ("awful", 0),
@@ -2941,17 +2944,8 @@ fn predictions_to_a_reader_that_stopped_end_quietly() {
 #[test]
 fn micro_batches_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = [
-        ("a gorgeous, witty, seductive movie.", 1),
-        ("unbelievably dull and overlong.", 0),
-        ("it is not bad at all", 1),
-        ("so-so", 0),
-        ("the best film of the year", 1),
-        ("a waste of two hours", 0),
-        ("charming and funny", 1),
-        ("tedious, predictable and flat", 0),
-    ];
-    write(dir.path(), "train.csv", &sentiment_csv(&rows));
+    let rows = &SENTIMENT_ROWS[..8];
+    write(dir.path(), "train.csv", &sentiment_csv(rows));
     write(dir.path(), "dev.csv", &sentiment_csv(&rows[..4]));
     let train = dir.path().join("train.csv").display().to_string();
     let dev = dir.path().join("dev.csv").display().to_string();

@@ -58,12 +58,17 @@ fn schedule_matches_transformers_linear_warmup() {
 }
 
 fn read_losses(dir: &Path) -> Vec<f64> {
+    read_train_log(dir, "loss")
+}
+
+/// `key` of each train line of `dir/metrics.jsonl`.
+fn read_train_log(dir: &Path, key: &str) -> Vec<f64> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["type"] == "train")
-        .map(|v| v["loss"].as_f64().unwrap())
+        .map(|v| v[key].as_f64().unwrap())
         .collect()
 }
 
@@ -241,18 +246,18 @@ fn tiny_model_with_labels<B: Backend>(
 ) -> (BertClassifier<B>, PeftPlan) {
     let mut source = |name: &str, shape| ck.tensor(backend, name, shape);
     let bert = BertModel::load(&ck.config, &mut source).unwrap();
-    // Rows that differ, so that a class's logit depends on which row it is.
-    let weights: Vec<f64> = (0..labels * 15)
-        .map(|i| 0.05 * ((i % 7) as f64 - 3.0))
-        .collect();
+    // Several classes get rows that differ, so that a class's logit depends on its row.
+    let weights: Vec<f64> = match labels {
+        1 => vec![0.05; 15],
+        _ => (0..labels * 15)
+            .map(|i| 0.05 * ((i % 7) as f64 - 3.0))
+            .collect(),
+    };
     let head = Linear::new(
         "classifier",
-        if labels == 1 {
-            backend.tensor_from_f64([1, 15].into(), &[0.05; 15])
-        } else {
-            backend.tensor_from_f64([labels, 15].into(), &weights)
-        }
-        .unwrap(),
+        backend
+            .tensor_from_f64([labels, 15].into(), &weights)
+            .unwrap(),
         backend.zeros([labels].into()).unwrap(),
     )
     .unwrap();
@@ -1430,15 +1435,6 @@ fn micro_batches_train_as_the_whole_batch() {
             lora.dropout = 0.0;
         }
     };
-    let log = |dir: &Path, key: &str| -> Vec<f64> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["type"] == "train")
-            .map(|v| v[key].as_f64().unwrap())
-            .collect()
-    };
     // The trainable weights after a run.
     fn run<B: Backend>(
         backend: &B,
@@ -1505,7 +1501,7 @@ fn micro_batches_train_as_the_whole_batch() {
                 run(&cuda, &ck, &tok, data, &no_dropout, config(&dir, micro))
             };
             let out = tmp.path().join(&dir);
-            (w, log(&out, "loss"), log(&out, "grad_norm"))
+            (w, read_losses(&out), read_train_log(&out, "grad_norm"))
         };
         let whole = go("whole", None);
         let micro = go("micro", Some(3));

@@ -118,15 +118,8 @@ pub struct BenchCommand {
 impl BenchCommand {
     pub fn run(&self) -> Result<()> {
         // Before a device is opened or a model read or drawn.
-        if let Some(micro) = self.micro_batch_size.filter(|&m| m > self.batch_size) {
-            return Err(spafit::Error::invalid(
-                "bench",
-                format!(
-                    "micro-batches of {micro} examples (--micro-batch-size) are larger than the \
-                     batch of {} (--batch-size) they split: give at most the batch size",
-                    self.batch_size
-                ),
-            ));
+        if let Some(size) = self.micro_batch_size {
+            spafit::train::check_micro_batch_size("bench", size, self.batch_size)?;
         }
         let peft = self.peft.config()?;
         on_backend!(self.model.backend()?, b => self.run_on(b, &peft))

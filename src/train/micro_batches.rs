@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rng;
 use crate::tensor::Tensor;
 
@@ -27,6 +27,27 @@ pub fn in_use(
     examples: usize,
 ) -> Option<usize> {
     micro_batch_size.filter(|&m| m < batch_size.min(examples))
+}
+
+/// Refuses micro-batches of `size` examples for batches of `batch_size`: none at all, or
+/// more than the batch they split.
+pub fn check_size(op: &'static str, size: usize, batch_size: usize) -> Result<()> {
+    if size == 0 {
+        return Err(Error::invalid(
+            op,
+            "micro-batches of 0 examples (--micro-batch-size): give at least 1",
+        ));
+    }
+    if size > batch_size {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "micro-batches of {size} examples (--micro-batch-size) are larger than the \
+                 batch of {batch_size} (--batch-size) they split: give at most the batch size"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Keeps the micro-batches' seeds apart from the seeds a [`crate::nn::DropoutPlan`] derives

@@ -17,7 +17,7 @@ mod trainer;
 pub use batch_log::BatchLog;
 pub use encoded::EncodedDataset;
 pub use evaluate::{evaluate, infer, predictions, Evaluation, ModelOutputs};
-pub use micro_batches::in_use as micro_batches_in_use;
+pub use micro_batches::{check_size as check_micro_batch_size, in_use as micro_batches_in_use};
 pub use optimizer::{no_decay, AdamW};
 pub use prediction::{scored_predictions, Prediction};
 pub use progress::Progress;

@@ -139,20 +139,8 @@ impl TrainConfig {
         if c.batch_size == 0 || c.epochs == 0 || c.eval_batch_size == 0 {
             return refuse("batch sizes and epochs must be positive".into());
         }
-        match c.micro_batch_size {
-            Some(0) => {
-                return refuse(
-                    "micro-batches of 0 examples (--micro-batch-size): give at least 1".into(),
-                )
-            }
-            Some(m) if m > c.batch_size => {
-                return refuse(format!(
-                    "micro-batches of {m} examples (--micro-batch-size) are larger than the \
-                     batch of {} (--batch-size) they split: give at most the batch size",
-                    c.batch_size
-                ))
-            }
-            _ => {}
+        if let Some(size) = c.micro_batch_size {
+            micro_batches::check_size("train", size, c.batch_size)?;
         }
         if c.log_every == 0 || c.bucket_batches == 0 || c.stop_after_steps == Some(0) {
             return refuse(
@@ -742,47 +730,47 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ),
             });
         }
-        // Settings a run may change when it resumes: its losses then differ from those of a
-        // run that kept them.
-        for key in [run_state::DEVICE_SETTING, run_state::MICRO_BATCH_SETTING] {
-            // A state saved before the micro-batches were recorded ran whole batches; one
-            // saved before the device was has no device to compare.
+        // Settings a run may change when it resumes (its losses then differ from those of a
+        // run that kept them): the saved and the present value where they differ and steps
+        // are left to train (a run already complete trains nothing more: nothing to warn of).
+        let changed = |key: &str, unrecorded: Option<&str>| {
             let setting = |s: &run_state::RunSettings| {
-                s.get(key).cloned().or_else(|| {
-                    (key == run_state::MICRO_BATCH_SETTING)
-                        .then(|| run_state::MICRO_BATCH_OFF.to_string())
-                })
+                s.get(key)
+                    .cloned()
+                    .or_else(|| unrecorded.map(str::to_string))
             };
-            let (Some(then), Some(now)) =
-                (setting(&saved.position.settings), setting(&plan.settings))
-            else {
-                continue;
-            };
-            // A run already complete trains nothing more: nothing to warn of.
-            if then == now || saved.position.step >= plan.total_steps {
-                continue;
+            match (setting(&saved.position.settings), setting(&plan.settings)) {
+                (Some(then), Some(now))
+                    if then != now && saved.position.step < plan.total_steps =>
+                {
+                    Some((then, now))
+                }
+                _ => None,
             }
-            let notice = if key == run_state::DEVICE_SETTING {
-                format!(
-                    "the saved run trained on {then} and resumes on {now}: it continues from \
-                     the same state, but its losses will not be bit for bit those of a run \
-                     kept on one device"
-                )
-            } else {
-                let micro = |v: String| match v.as_str() {
-                    run_state::MICRO_BATCH_OFF => "whole batches".to_string(),
-                    _ => format!("micro-batches of {v}"),
-                };
-                format!(
-                    "the saved run ran {} and resumes with {}: it continues from the same \
-                     state, but its steps now add their gradients in another order and draw \
-                     other dropout masks, so its losses will differ from those of a run that \
-                     kept one micro-batch size",
-                    micro(then),
-                    micro(now)
-                )
+        };
+        // A state saved before the device was recorded has none to compare.
+        if let Some((then, now)) = changed(run_state::DEVICE_SETTING, None) {
+            progress.notice(&format!(
+                "the saved run trained on {then} and resumes on {now}: it continues from the \
+                 same state, but its losses will not be bit for bit those of a run kept on one \
+                 device"
+            ));
+        }
+        // A state saved before the micro-batches were recorded ran whole batches.
+        let micro_batches = Some(run_state::MICRO_BATCH_OFF);
+        if let Some((then, now)) = changed(run_state::MICRO_BATCH_SETTING, micro_batches) {
+            let micro = |v: String| match v.as_str() {
+                run_state::MICRO_BATCH_OFF => "whole batches".to_string(),
+                _ => format!("micro-batches of {v}"),
             };
-            progress.notice(&notice);
+            progress.notice(&format!(
+                "the saved run ran {} and resumes with {}: it continues from the same state, \
+                 but its steps now add their gradients in another order and draw other dropout \
+                 masks, so its losses will differ from those of a run that kept one micro-batch \
+                 size",
+                micro(then),
+                micro(now)
+            ));
         }
         let position = saved.position;
         let batches_per_epoch = self.batches_per_epoch(plan.lengths.len());
