@@ -155,10 +155,9 @@ pub fn bench_train_step_in_micro_batches<B: Backend>(
                     nodes = tape.stats().nodes;
                     saved = tape.stats().saved_activation_bytes;
                 }
-                let grads = tape.backward_scaled(&loss, *weight)?.into_map();
-                micro_batches::accumulate(backend, &mut sums, grads)?;
+                micro_batches::backward(&mut tape, &loss, *weight, &mut sums)?;
             }
-            let grads = Gradients::from_map(sums.unwrap_or_default());
+            let grads = sums.unwrap_or_else(|| Gradients::from_map(Default::default()));
             optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;
         }
         backend.synchronize()?;

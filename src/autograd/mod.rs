@@ -9,6 +9,7 @@
 //! Usage: create a tape per step, turn parameters into [`Var`]s with [`Tape::param`], run the
 //! forward ops (methods of `Tape`), then call [`Tape::backward`] on the scalar loss.
 
+mod gradient_sums;
 mod ops;
 mod stats;
 
@@ -20,6 +21,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
+
+use gradient_sums::GradientSums;
 
 /// A value in the computation: a tensor, plus a tape identity when it requires a gradient.
 #[derive(Debug)]
@@ -263,6 +266,37 @@ impl<B: Backend> Tape<B> {
     /// over them (gradient accumulation weighs each micro-batch so). A `scale` of 1 is
     /// `backward`, bit for bit.
     pub fn backward_scaled(&mut self, loss: &Var<B>, scale: f64) -> Result<Gradients<B>> {
+        let by_name = self.backpropagate(loss, scale, None)?;
+        Ok(Gradients { by_name })
+    }
+
+    /// [`Tape::backward_scaled`] whose gradients are added to `sums` (gradient
+    /// accumulation) as backward produces them, so that this backward's gradients and the
+    /// sums are not both held in full: contributions to a parameter with a sum are added in
+    /// batches of an eighth of the sums' size (at least 64 KiB, at most 32 MiB; one list
+    /// addition each), and a parameter without one gets its gradient as its sum. The sums then hold what `backward_scaled` and a
+    /// [`Backend::add_assign`] per gradient would give, up to the order of the additions of a
+    /// parameter used more than once.
+    pub fn backward_scaled_into(
+        &mut self,
+        loss: &Var<B>,
+        scale: f64,
+        sums: &mut Gradients<B>,
+    ) -> Result<()> {
+        let summed_bytes = sums.by_name.values().map(Tensor::size_in_bytes).sum();
+        let bucket = gradient_sums::bucket_bytes(summed_bytes);
+        self.backpropagate(loss, scale, Some((&mut sums.by_name, bucket)))?;
+        Ok(())
+    }
+
+    /// Backward from `scale · loss`: the gradients by name, or nothing when they went into
+    /// `into`'s sums (added in buckets of its byte size).
+    fn backpropagate(
+        &mut self,
+        loss: &Var<B>,
+        scale: f64,
+        into: Option<(&mut BTreeMap<String, Tensor<B>>, usize)>,
+    ) -> Result<BTreeMap<String, Tensor<B>>> {
         let Some(loss_id) = loss.id else {
             return Err(Error::Autograd(
                 "the loss does not depend on any trainable parameter".into(),
@@ -290,6 +324,9 @@ impl<B: Backend> Tape<B> {
         let nodes = std::mem::take(&mut self.nodes);
         self.saved_storages.clear();
         self.known = self.param_ids.values().copied().collect();
+        let mut sums = into.map(|(sums, bucket)| GradientSums::new(sums, &self.param_ids, bucket));
+        // The size of each parameter's gradient, for the stats.
+        let mut reached = HashMap::new();
         for node in nodes.into_iter().rev() {
             let Some(d_out) = grads.remove(&node.output) else {
                 continue;
@@ -298,6 +335,16 @@ impl<B: Backend> Tape<B> {
             let input_grads = node.op.backward(&self.backend, &d_out, &needs)?;
             for (slot, g) in node.inputs.iter().zip(input_grads) {
                 if let (Some(id), Some(g)) = (slot, g) {
+                    if self.known.contains(id) {
+                        reached.entry(*id).or_insert(g.size_in_bytes());
+                    }
+                    let g = match sums.as_mut() {
+                        Some(sums) => match sums.offer(&self.backend, *id, g)? {
+                            Some(g) => g,
+                            None => continue,
+                        },
+                        None => g,
+                    };
                     match grads.get_mut(id) {
                         Some(acc) => self.backend.add_assign(acc, &g)?,
                         None => {
@@ -309,11 +356,21 @@ impl<B: Backend> Tape<B> {
         }
         let mut by_name = BTreeMap::new();
         for (name, id) in &self.param_ids {
+            if let Some(&bytes) = reached.get(id) {
+                self.stats.record_grad_buffer(bytes);
+            }
             if let Some(g) = grads.remove(id) {
-                self.stats.record_grad_buffer(g.size_in_bytes());
-                by_name.insert(name.clone(), g);
+                match sums.as_mut() {
+                    Some(sums) => sums.adopt(name.clone(), g),
+                    None => {
+                        by_name.insert(name.clone(), g);
+                    }
+                }
             }
         }
-        Ok(Gradients { by_name })
+        if let Some(sums) = sums.as_mut() {
+            sums.flush(&self.backend)?;
+        }
+        Ok(by_name)
     }
 }

@@ -2,14 +2,13 @@
 //! so that a batch whose activations do not fit (on a GPU above all) still trains as that
 //! batch. The step's loss is the batch's mean, so each micro-batch's mean loss and gradients
 //! count with the weight `rows in it / rows in the batch`: the sum is the batch's gradient,
-//! up to the order of the floating-point additions.
+//! up to the order of the floating-point additions. The sums are made by the backward
+//! itself ([`crate::autograd::Tape::backward_scaled_into`]).
 
-use std::collections::BTreeMap;
-
+use crate::autograd::{Gradients, Tape, Var};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::rng;
-use crate::tensor::Tensor;
 
 /// The rows of one step in micro-batches of at most `size` rows (all of them in one when
 /// `size` is `None` or not below their count), in their order.
@@ -72,30 +71,17 @@ pub(crate) fn weight(rows: usize, batch_rows: usize) -> f64 {
     rows as f64 / batch_rows as f64
 }
 
-/// Adds one micro-batch's (already weighted) gradients to the step's sums; the first
-/// micro-batch's become the sums. While a later micro-batch's gradients are added, both are
-/// held: the gradients' memory doubles at that moment (the activations are freed by then).
-pub(crate) fn accumulate<B: Backend>(
-    backend: &B,
-    sums: &mut Option<BTreeMap<String, Tensor<B>>>,
-    grads: BTreeMap<String, Tensor<B>>,
+/// Backward of one micro-batch's mean loss, weighted by `weight`: the first micro-batch's
+/// gradients become the step's sums, a later one's are added to them as they are produced.
+pub(crate) fn backward<B: Backend>(
+    tape: &mut Tape<B>,
+    loss: &Var<B>,
+    weight: f64,
+    sums: &mut Option<Gradients<B>>,
 ) -> Result<()> {
-    let Some(sums) = sums else {
-        *sums = Some(grads);
-        return Ok(());
-    };
-    let mut accs = Vec::with_capacity(grads.len());
-    let mut xs = Vec::with_capacity(grads.len());
-    for (name, sum) in sums.iter_mut() {
-        if let Some(g) = grads.get(name) {
-            accs.push(sum);
-            xs.push(g);
-        }
-    }
-    backend.add_assign_each(&mut accs, &xs)?;
-    // A tensor no earlier micro-batch reached had a zero gradient there: it joins the sums.
-    for (name, g) in grads {
-        sums.entry(name).or_insert(g);
+    match sums {
+        None => *sums = Some(tape.backward_scaled(loss, weight)?),
+        Some(sums) => tape.backward_scaled_into(loss, weight, sums)?,
     }
     Ok(())
 }
@@ -114,23 +100,6 @@ mod tests {
         }
         let weights: f64 = parts.iter().map(|p| weight(p.len(), rows.len())).sum();
         assert!((weights - 1.0).abs() < 1e-15);
-    }
-
-    #[test]
-    fn sums_take_tensors_an_earlier_micro_batch_did_not_reach() {
-        use crate::backend::cpu::CpuBackend;
-        let cpu = CpuBackend::f64();
-        let t = |v: &[f64]| cpu.tensor_from_f64([v.len()].into(), v).unwrap();
-        let mut sums = None;
-        accumulate(&cpu, &mut sums, [("a".to_string(), t(&[1.0, 2.0]))].into()).unwrap();
-        let second = [
-            ("a".to_string(), t(&[0.5, 0.25])),
-            ("b".to_string(), t(&[3.0])),
-        ];
-        accumulate(&cpu, &mut sums, second.into()).unwrap();
-        let sums = sums.unwrap();
-        let values = |name: &str| cpu.to_f64(&sums[name]).unwrap();
-        assert_eq!((values("a"), values("b")), (vec![1.5, 2.25], vec![3.0]));
     }
 
     #[test]

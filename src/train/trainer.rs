@@ -36,7 +36,8 @@ pub struct TrainConfig {
     /// share of the batch) before clipping and the optimizer step. The step is the batch's
     /// step with the activations of one micro-batch at a time; only the order of the
     /// floating-point sums and the dropout masks (each micro-batch draws its own) differ.
-    /// The gradients are held twice while a micro-batch's are added to the sums. `None` (or
+    /// A micro-batch's gradients join the sums as its backward produces them, an eighth of
+    /// the sums' size at a time (at most 32 MiB), so they are never held in full beside them. `None` (or
     /// `batch_size`) runs each batch whole. A resumed run may change it (noted).
     pub micro_batch_size: Option<usize>,
     /// Examples per evaluation batch.
@@ -893,10 +894,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let weight = micro_batches::weight(part.len(), rows.len());
             loss_value += weight * part_loss;
             tokens += part_tokens;
-            let grads = tape.backward_scaled(&loss, weight)?.into_map();
-            micro_batches::accumulate(&self.backend, &mut sums, grads)?;
+            micro_batches::backward(&mut tape, &loss, weight, &mut sums)?;
         }
-        let mut grads = sums.ok_or_else(|| Error::invalid("train", "an empty training batch"))?;
+        let mut grads = sums
+            .ok_or_else(|| Error::invalid("train", "an empty training batch"))?
+            .into_map();
         let all: Vec<&Tensor<B>> = grads.values().collect();
         let norm_sq: f64 = self.backend.sum_squares_each(&all)?.into_iter().sum();
         let grad_norm = norm_sq.sqrt();
