@@ -2938,8 +2938,8 @@ fn predictions_to_a_reader_that_stopped_end_quietly() {
     );
 }
 
-/// `--micro-batch-size` reaches the trainer: the banner says so, micro-batches of the whole
-/// batch change no bit, smaller ones draw other dropout masks (so other losses, close to
+/// `--micro-batch-size` reaches the trainer: the banner and the result say so, micro-batches
+/// of the whole batch change no bit (and a note says they run whole), smaller ones draw other dropout masks (so other losses, close to
 /// the whole batch's).
 #[test]
 fn micro_batches_from_the_command_line() {
@@ -2974,14 +2974,33 @@ fn micro_batches_from_the_command_line() {
         if let Some(micro) = micro {
             args.extend(["--micro-batch-size", micro]);
         }
-        let (ok, _, err) = spafit(&args);
+        let (ok, stdout, err) = spafit(&args);
         assert!(ok, "{args:?}: {err}");
+        // The result names the batch and the micro-batches, on stdout and in result.json.
+        let result: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(&out).join("result.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(result, last_json(&stdout));
+        assert_eq!(result["batch_size"], 4, "{result}");
+        let size = micro
+            .filter(|&m| m != "4")
+            .map(|m| m.parse::<u64>().unwrap());
+        assert_eq!(
+            result["micro_batch_size"],
+            serde_json::json!(size),
+            "{result}"
+        );
         (logged_losses(Path::new(&out)).0, err)
     };
     let (whole, banner) = run("whole", None);
-    assert!(!banner.contains("micro-batches"), "{banner}");
+    assert!(!banner.contains("micro-batch"), "{banner}");
     let (same, banner) = run("four", Some("4"));
-    assert!(!banner.contains("micro-batches"), "{banner}");
+    assert!(!banner.contains("micro-batches of"), "{banner}");
+    assert!(
+        banner.contains("--micro-batch-size 4 is not below the batch of 4"),
+        "{banner}"
+    );
     assert_eq!(same, whole);
     let (micro, banner) = run("two", Some("2"));
     assert!(banner.contains("batch 4 in micro-batches of 2"), "{banner}");

@@ -255,12 +255,20 @@ pub fn fit<B: Backend>(
             _ => {}
         }
     }
-    let micro = spafit::train::micro_batches_in_use(
+    let in_use = spafit::train::micro_batches_in_use(
         config.micro_batch_size,
         config.batch_size,
         train.len(),
-    )
-    .map_or_else(String::new, |m| format!(" in micro-batches of {m}"));
+    );
+    if let (Some(size), None) = (config.micro_batch_size, in_use) {
+        let whole = if size >= config.batch_size {
+            format!("the batch of {}", config.batch_size)
+        } else {
+            format!("the {} training examples", train.len())
+        };
+        note!("--micro-batch-size {size} is not below {whole}: every step runs its batch whole");
+    }
+    let micro = in_use.map_or_else(String::new, |m| format!(" in micro-batches of {m}"));
     note!(
         "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}{micro}, lr {:e}",
         run.plan.method,
@@ -473,6 +481,13 @@ impl TrainCommand {
             "device": run.backend.name(),
         });
         line["max_len"] = json!(report.max_len);
+        line["batch_size"] = json!(self.train.batch_size);
+        // This call's: a resumed run may have changed it.
+        line["micro_batch_size"] = json!(spafit::train::micro_batches_in_use(
+            self.train.micro_batch_size,
+            self.train.batch_size,
+            train.len()
+        ));
         if let Some((step, eval)) = &report.best {
             line["best_step"] = json!(step);
             line["dev_loss"] = json!(eval.loss);
