@@ -1416,6 +1416,29 @@ fn the_report_carries_the_training_inputs_for_save_adapter() {
     }
 }
 
+/// Rewrites a run state's header without the setting `key`, as a state saved before that
+/// setting was recorded has it; the tensor bytes (and so their checksum) stay as they are.
+fn remove_run_setting(state: &Path, key: &str) {
+    let bytes = std::fs::read(state).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let run = &mut header["__metadata__"]["spafit.run"];
+    let mut position: serde_json::Value = serde_json::from_str(run.as_str().unwrap()).unwrap();
+    let removed = position["settings"].as_object_mut().unwrap().remove(key);
+    assert!(
+        removed.is_some(),
+        "the state records no `{key}`: {position}"
+    );
+    *run = serde_json::Value::String(position.to_string());
+    let mut text = header.to_string().into_bytes();
+    // safetensors keeps the data section 8-byte aligned.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(&bytes[8 + header_len..]);
+    std::fs::write(state, out).unwrap();
+}
+
 /// Gradient accumulation (`micro_batch_size`): a step's batch run in micro-batches trains as
 /// the whole batch (dropout off, so both compute the same function), to the rounding of the
 /// order of the sums: the logged losses, the gradient norms the clipping saw and the final
@@ -1547,6 +1570,50 @@ fn micro_batches_train_as_the_whole_batch() {
     let resumed = Trainer::new(&cpu, &mut model, &plan, &ck.weights, rest)
         .fit(&tok, &data, None)
         .unwrap();
+    assert_eq!(resumed.steps, 3);
+    assert!(
+        resumed
+            .notices
+            .iter()
+            .any(|n| n.contains("ran whole batches and resumes with micro-batches of 3")),
+        "{:?}",
+        resumed.notices
+    );
+    // A state saved before the micro-batch size was recorded (its settings lack the key) ran
+    // whole batches: resuming it in micro-batches is noted as such, not refused.
+    let state = tmp
+        .path()
+        .join("old-state")
+        .join("last")
+        .join(spafit::train::STATE_FILE);
+    let (mut model, plan) = tiny_model_with(&ck, &cpu, &no_dropout);
+    Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            stop_after_steps: Some(1),
+            save_every: Some(1),
+            ..config("old-state", None)
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap();
+    remove_run_setting(&state, "--micro-batch-size");
+    let (mut model, plan) = tiny_model_with(&ck, &cpu, &no_dropout);
+    let resumed = Trainer::new(
+        &cpu,
+        &mut model,
+        &plan,
+        &ck.weights,
+        TrainConfig {
+            resume: true,
+            ..config("old-state", Some(3))
+        },
+    )
+    .fit(&tok, &data, None)
+    .unwrap();
     assert_eq!(resumed.steps, 3);
     assert!(
         resumed
