@@ -220,7 +220,7 @@ run() {
     for method in full bitfit lora spafit; do
         stage "spafit bench $method" 30 "$bin/spafit" bench --device "$device" --dtype bf16 \
             --shape "$shape" --method "$method" --batch-size "$batch" --seq-len "$seq" \
-            --steps "$steps" --warmup "$warmup"
+            --steps "$steps" --warmup "$warmup" --kernel-times
     done
     # Gradient accumulation's price and saving on the device: the same SPAFIT step in four
     # micro-batches.
@@ -269,6 +269,16 @@ for m in ["full", "bitfit", "lora", "spafit"] + sorted(k for k in ours if "/" in
     ratio = f"{tm / om:.2f}x" if om and tm else "-"
     fmt = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else "-"
     print(f"{m:8} {fmt(om):>14} {fmt(tm):>14} {fmt(o.get('peak_device_mib')):>12} {fmt(t.get('peak_device_mib')):>12} {ratio:>8}")
+# Where a step's device time goes (one more step, each kernel between two events): the
+# kernels' share of the wall time says how launch-bound the step is.
+for m in ["full", "bitfit", "lora", "spafit"]:
+    k = ours.get(m, {}).get("kernel_times")
+    if not k:
+        continue
+    busy = 100 * k["kernel_ms"] / k["step_ms"] if k["step_ms"] else 0
+    launches = sum(x["launches"] for x in k["kernels"])
+    top = ", ".join(f'{x["kernel"]} {x["ms"]:.2f}' for x in k["kernels"][:4])
+    print(f"{m:8} kernels {k['kernel_ms']:.2f} of {k['step_ms']:.2f} ms ({busy:.0f}% busy, {launches} launches): {top}")
 PY
     echo
     echo "checks against the f64 reference (every row: $table):"

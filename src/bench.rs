@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use crate::autograd::{Gradients, Tape};
-use crate::backend::Backend;
+use crate::backend::{Backend, KernelTime};
 use crate::error::{Error, Result};
 use crate::model::{check_batch_memory, BertClassifier, Labels, ModelInput, Pass};
 use crate::nn::DropoutPlan;
@@ -44,6 +44,9 @@ pub struct BenchReport {
     pub nodes: usize,
     /// Activation bytes kept for backward per step (at most what one micro-batch keeps).
     pub saved_activation_bytes: usize,
+    /// The kernels of one more step, timed on the device, where asked for
+    /// ([`BenchSettings::kernel_times`]).
+    pub kernel_times: Option<StepKernelTimes>,
 }
 
 /// Times `steps` full training steps (after `warmup` untimed ones) of `model` on a random
@@ -71,10 +74,84 @@ pub fn bench_train_step_in_micro_batches<B: Backend>(
     warmup: usize,
     steps: usize,
 ) -> Result<BenchReport> {
+    let settings = BenchSettings {
+        batch,
+        micro_batch,
+        seq_len,
+        warmup,
+        steps,
+        kernel_times: false,
+    };
+    bench_train_step_with(backend, model, &settings)
+}
+
+/// What [`bench_train_step_with`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchSettings {
+    /// Examples per step.
+    pub batch: usize,
+    /// Examples per forward and backward pass (`batch` for none: see
+    /// [`bench_train_step_in_micro_batches`]).
+    pub micro_batch: usize,
+    /// Tokens per example.
+    pub seq_len: usize,
+    /// Untimed steps first.
+    pub warmup: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// After the timed steps, one more step with the device time of each kernel taken
+    /// ([`BenchReport::kernel_times`]; refused by a backend that launches no kernels).
+    pub kernel_times: bool,
+}
+
+/// The device time of each kernel of one training step, beside the step's wall time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepKernelTimes {
+    /// Wall milliseconds of the step, timing included (two event records per launch).
+    pub step_ms: f64,
+    /// Each kernel's launches and device milliseconds, most time first.
+    pub kernels: Vec<KernelTime>,
+}
+
+impl StepKernelTimes {
+    /// Device milliseconds of all the step's kernels.
+    pub fn kernel_ms(&self) -> f64 {
+        self.kernels.iter().map(|k| k.milliseconds).sum()
+    }
+}
+
+/// [`bench_train_step_in_micro_batches`] with every setting, and kernel times on request.
+pub fn bench_train_step_with<B: Backend>(
+    backend: &B,
+    model: &mut BertClassifier<B>,
+    settings: &BenchSettings,
+) -> Result<BenchReport> {
+    let BenchSettings {
+        batch,
+        micro_batch,
+        seq_len,
+        warmup,
+        steps,
+        kernel_times,
+    } = *settings;
     if steps == 0 {
         return Err(Error::invalid("bench", "needs at least one timed step"));
     }
     micro_batches::check_size("bench", micro_batch, batch)?;
+    // Refused before any step runs, not after the timed ones.
+    if kernel_times {
+        if !backend.start_kernel_timing()? {
+            return Err(Error::invalid(
+                "bench",
+                format!(
+                    "kernel times need a backend that launches kernels (cuda or cuda-emu), \
+                     not {}",
+                    backend.name()
+                ),
+            ));
+        }
+        backend.stop_kernel_timing()?;
+    }
     // The plan's own adapter dropout, as training would apply it.
     let lora_dropout = model.plan().map_or(0.0, PeftPlan::lora_dropout);
     let layers_on_tape = model.layers_on_tape();
@@ -130,41 +207,59 @@ pub fn bench_train_step_in_micro_batches<B: Backend>(
     let mut optimizer = AdamW::new(0.01);
     let mut times = Vec::with_capacity(steps);
     let (mut nodes, mut saved) = (0, 0);
+    // Step `i`; its activations, gradients and tape are freed inside it, as in a training
+    // loop (and in PyTorch's step). Returns its wall seconds.
+    let mut step = |model: &mut BertClassifier<B>, i: usize| -> Result<f64> {
+        let t = Instant::now();
+        let cfg = model.config();
+        let (hidden, attention) = (cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob);
+        let classifier = cfg.classifier_dropout_or(cfg.hidden_dropout_prob);
+        let mut sums = None;
+        for (index, (input, labels, weight)) in parts.iter().enumerate() {
+            let mut tape = Tape::new(backend.clone());
+            let seed = micro_batches::dropout_seed(i as u64, index);
+            let mut dropouts = DropoutPlan::train(hidden, attention, lora_dropout, seed)
+                .with_classifier(classifier);
+            let logits = model.forward(&mut tape, input, &mut dropouts)?;
+            let loss = model.loss(&mut tape, &logits, labels)?;
+            if index == 0 {
+                nodes = tape.stats().nodes;
+                saved = tape.stats().saved_activation_bytes;
+            }
+            micro_batches::backward(&mut tape, &loss, *weight, &mut sums)?;
+        }
+        let grads = sums.unwrap_or_else(|| Gradients::from_map(Default::default()));
+        optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;
+        backend.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
     for i in 0..warmup + steps {
         backend.synchronize()?;
         if i == warmup {
             // After the wait: the last warm-up step's frees are done.
             backend.reset_peak_memory();
         }
-        let t = Instant::now();
-        // The step's activations, gradients and tape are freed inside the timed region, as
-        // in a training loop (and in PyTorch's step).
-        {
-            let cfg = model.config();
-            let (hidden, attention) = (cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob);
-            let classifier = cfg.classifier_dropout_or(cfg.hidden_dropout_prob);
-            let mut sums = None;
-            for (index, (input, labels, weight)) in parts.iter().enumerate() {
-                let mut tape = Tape::new(backend.clone());
-                let seed = micro_batches::dropout_seed(i as u64, index);
-                let mut dropouts = DropoutPlan::train(hidden, attention, lora_dropout, seed)
-                    .with_classifier(classifier);
-                let logits = model.forward(&mut tape, input, &mut dropouts)?;
-                let loss = model.loss(&mut tape, &logits, labels)?;
-                if index == 0 {
-                    nodes = tape.stats().nodes;
-                    saved = tape.stats().saved_activation_bytes;
-                }
-                micro_batches::backward(&mut tape, &loss, *weight, &mut sums)?;
-            }
-            let grads = sums.unwrap_or_else(|| Gradients::from_map(Default::default()));
-            optimizer.update(backend, model.params_mut(), &grads, 1e-5)?;
-        }
-        backend.synchronize()?;
+        let seconds = step(model, i)?;
         if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
+            times.push(seconds);
         }
     }
+    let peak_device_mib = backend
+        .peak_memory_bytes()
+        .map(|b| b as f64 / (1024.0 * 1024.0));
+    // Apart from the timed steps, whose wall time the events would add to.
+    let kernel_times = match kernel_times {
+        false => None,
+        true => {
+            backend.start_kernel_timing()?;
+            let timed = step(model, warmup + steps);
+            let kernels = backend.stop_kernel_timing()?.unwrap_or_default();
+            Some(StepKernelTimes {
+                step_ms: timed? * 1e3,
+                kernels,
+            })
+        }
+    };
     times.sort_by(f64::total_cmp);
     let median = median_of_sorted(&times);
     Ok(BenchReport {
@@ -177,12 +272,11 @@ pub fn bench_train_step_in_micro_batches<B: Backend>(
         samples_per_s: batch as f64 / median,
         tokens_per_s: (batch * seq_len) as f64 / median,
         peak_mem_mib: peak_resident_mib(),
-        peak_device_mib: backend
-            .peak_memory_bytes()
-            .map(|b| b as f64 / (1024.0 * 1024.0)),
+        peak_device_mib,
         trainable_params: model.trainable_parameter_count(),
         nodes,
         saved_activation_bytes: saved,
+        kernel_times,
     })
 }
 

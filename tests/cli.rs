@@ -2938,6 +2938,87 @@ fn predictions_to_a_reader_that_stopped_end_quietly() {
     );
 }
 
+/// `bench --kernel-times` times one more step's kernels on the device: its JSON line lists
+/// every kernel with its launches and milliseconds, the GEMM and attention kernels among
+/// them, within the step's wall time; the CPU, which launches none, is refused before any
+/// step runs.
+#[test]
+fn bench_times_the_kernels_of_a_step() {
+    let args = |device: &'static str, dtype: &'static str| {
+        [
+            "bench",
+            "--shape",
+            "tiny",
+            "--method",
+            "spafit",
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "8",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--kernel-times",
+        ]
+    };
+    let (ok, stdout, err) = spafit(&args("cuda-emu", "bf16"));
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    let times = &line["kernel_times"];
+    let kernels = times["kernels"].as_array().unwrap();
+    let names: Vec<&str> = kernels
+        .iter()
+        .map(|k| k["kernel"].as_str().unwrap())
+        .collect();
+    for family in [
+        "gemm",
+        "attention_forward",
+        "attention_backward",
+        "layernorm_forward",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(family)),
+            "{family}: {names:?}"
+        );
+    }
+    let ms: Vec<f64> = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).collect();
+    assert!(
+        ms.iter().all(|&m| m >= 0.0) && ms.windows(2).all(|w| w[0] >= w[1]),
+        "{ms:?}"
+    );
+    assert!(kernels.iter().all(|k| k["launches"].as_u64().unwrap() >= 1));
+    let (kernel_ms, step_ms) = (
+        times["kernel_ms"].as_f64().unwrap(),
+        times["step_ms"].as_f64().unwrap(),
+    );
+    assert!((kernel_ms - ms.iter().sum::<f64>()).abs() <= 1e-9 * kernel_ms);
+    // The stand-in runs each kernel as it is launched: the kernels fill most of the step.
+    assert!(
+        kernel_ms > 0.0 && kernel_ms <= step_ms,
+        "{kernel_ms} ms of kernels in a {step_ms} ms step"
+    );
+    assert!(
+        err.contains("one more step, its kernels timed on the device"),
+        "{err}"
+    );
+    // Without the flag the line has no kernel times.
+    let plain: Vec<&str> = args("cuda-emu", "bf16")[..17].to_vec();
+    let (ok, stdout, err) = spafit(&plain);
+    assert!(ok, "{err}");
+    assert!(last_json(&stdout).get("kernel_times").is_none(), "{stdout}");
+    let (ok, stdout, err) = spafit(&args("cpu", "f32"));
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(
+        err.contains("--kernel-times") && err.contains("cuda-emu"),
+        "{err}"
+    );
+}
+
 /// `--micro-batch-size` reaches the trainer: the banner and the result say so, micro-batches
 /// of the whole batch change no bit (and a note says they run whole), smaller ones draw other dropout masks (so other losses, close to
 /// the whole batch's).

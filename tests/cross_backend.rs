@@ -1103,6 +1103,59 @@ fn cuda_sums_of_squares_of_many_tensors_take_one_download() {
     }
 }
 
+/// Kernel times: while timing is on, every launch counts under its kernel's name with a
+/// finite, non-negative device time, largest first; launches before the start or after the
+/// stop count nowhere; the CPU backend, which launches nothing, times nothing.
+#[test]
+fn cuda_kernel_times_count_every_launch_while_timing_is_on() {
+    let mut rng = SplitMix::new(31);
+    let b = cuda(DType::F32);
+    let x = b
+        .tensor_from_f64(Shape::new([37, 45]), &nonzero(&mut rng, 37 * 45))
+        .unwrap();
+    let untimed = b.gelu_forward(&x).unwrap();
+    assert!(b.start_kernel_timing().unwrap());
+    let first = b.launches();
+    let y = b.gelu_forward(&x).unwrap();
+    let z = b.gelu_forward(&y).unwrap();
+    let mut sum = b.add(&z, &untimed).unwrap();
+    b.scale_in_place(&mut sum, 0.5).unwrap();
+    let launched = b.launches() - first;
+    let times = b.stop_kernel_timing().unwrap().expect("timing was on");
+    b.tanh_forward(&x).unwrap();
+    assert_eq!(b.stop_kernel_timing().unwrap(), None, "timing stopped");
+    let count = |name: &str| {
+        times
+            .iter()
+            .find(|k| k.kernel == name)
+            .map_or(0, |k| k.launches)
+    };
+    assert_eq!(
+        times.iter().map(|k| k.launches).sum::<u64>(),
+        launched,
+        "{times:?}"
+    );
+    assert_eq!(
+        (
+            count("gelu_forward_f32"),
+            count("add_f32"),
+            count("scale_f32")
+        ),
+        (2, 1, 1),
+        "{times:?}"
+    );
+    assert_eq!(count("tanh_forward_f32"), 0);
+    for k in &times {
+        assert!(k.milliseconds.is_finite() && k.milliseconds >= 0.0, "{k:?}");
+    }
+    assert!(times
+        .windows(2)
+        .all(|w| w[0].milliseconds >= w[1].milliseconds));
+    let cpu = CpuBackend::f64();
+    assert!(!cpu.start_kernel_timing().unwrap());
+    assert_eq!(cpu.stop_kernel_timing().unwrap(), None);
+}
+
 /// The optimizer's ops over a step's worth of tensors (more than one list of 48, f32, bf16
 /// and mixed, 1 to 2048 blocks each, the largest striding): sums of squares, clipping's
 /// scale and AdamW give the bits of one call per tensor from one launch per list of a dtype,

@@ -199,6 +199,18 @@ pub struct AttentionGrads<B: Backend> {
     pub dv: Option<Tensor<B>>,
 }
 
+/// The device time of one kernel over a timed stretch ([`Backend::start_kernel_timing`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    /// The kernel's name in its module (a GEMM's names its tile configuration).
+    pub kernel: String,
+    /// Launches of it (a grid too large for one launch counts once per launch).
+    pub launches: u64,
+    /// Device milliseconds over all of them, each from an event before its launch to one
+    /// after it.
+    pub milliseconds: f64,
+}
+
 /// Hyper-parameters of one AdamW step (PyTorch's `torch.optim.AdamW` semantics).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
@@ -277,6 +289,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// timing, and to surface asynchronous failures.
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Starts timing every kernel this backend (and its clones) launches from now on, on the
+    /// device, for [`Backend::stop_kernel_timing`]; `false` where the backend launches no
+    /// kernels (the CPU). Timing adds two event records per launch: time a step apart from
+    /// the steps whose wall time is measured.
+    fn start_kernel_timing(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Stops timing and returns the device time of each kernel launched since
+    /// [`Backend::start_kernel_timing`], most time first, after waiting for them; `None`
+    /// where timing was not started or the backend launches no kernels.
+    fn stop_kernel_timing(&self) -> Result<Option<Vec<KernelTime>>> {
+        Ok(None)
     }
 
     /// The most device memory in use at once since the last [`Backend::reset_peak_memory`],

@@ -140,6 +140,11 @@ impl ModelArgs {
         parse_dtype(&self.dtype)
     }
 
+    /// Whether `--device` names a backend that launches CUDA kernels (a GPU or cuda-emu).
+    pub fn launches_kernels(&self) -> Result<bool> {
+        Ok(parse_device(&self.device)? != Device::Cpu)
+    }
+
     /// The backend the flags name.
     pub fn backend(&self) -> Result<AnyBackend> {
         // Case-insensitive, as --method is (`CPU`, `F32`).

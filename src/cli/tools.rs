@@ -1,6 +1,6 @@
 use clap::Args;
 use serde_json::json;
-use spafit::bench::bench_train_step_in_micro_batches;
+use spafit::bench::{bench_train_step_with, BenchSettings, StepKernelTimes};
 use spafit::checkpoint::{BertConfig, Checkpoint};
 use spafit::gradcheck::{gradcheck, tolerance_problem};
 use spafit::model::{check_batch_memory, BertClassifier, Pass};
@@ -113,13 +113,28 @@ pub struct BenchCommand {
     /// hidden 768) or `large` (24 layers, hidden 1024).
     #[arg(long)]
     pub shape: Option<String>,
+    /// After the timed steps, time one more step's CUDA kernels on the device: each kernel's
+    /// launches and milliseconds on stderr, the busiest first, beside the step's wall time,
+    /// and `kernel_times` in the JSON line (--device cuda or cuda-emu).
+    #[arg(long)]
+    pub kernel_times: bool,
 }
+
+/// Kernels listed by name on stderr; the rest are summed on one line.
+const KERNELS_LISTED: usize = 12;
 
 impl BenchCommand {
     pub fn run(&self) -> Result<()> {
         // Before a device is opened or a model read or drawn.
         if let Some(size) = self.micro_batch_size {
             spafit::train::check_micro_batch_size("bench", size, self.batch_size)?;
+        }
+        if self.kernel_times && !self.model.launches_kernels()? {
+            return Err(spafit::Error::invalid(
+                "--kernel-times",
+                "times CUDA kernels on the device: give --device cuda or cuda-emu (the CPU \
+                 backend launches none)",
+            ));
         }
         let peft = self.peft.config()?;
         on_backend!(self.model.backend()?, b => self.run_on(b, &peft))
@@ -172,23 +187,69 @@ impl BenchCommand {
                  about a GPU's"
             );
         }
-        let r = bench_train_step_in_micro_batches(
-            &backend,
-            &mut model,
-            self.batch_size,
-            self.micro_batch_size.unwrap_or(self.batch_size),
-            self.seq_len,
-            self.warmup,
-            self.steps,
-        )?;
-        super::print_line(&json!({
+        let settings = BenchSettings {
+            batch: self.batch_size,
+            micro_batch: self.micro_batch_size.unwrap_or(self.batch_size),
+            seq_len: self.seq_len,
+            warmup: self.warmup,
+            steps: self.steps,
+            kernel_times: self.kernel_times,
+        };
+        let r = bench_train_step_with(&backend, &mut model, &settings)?;
+        let mut line = json!({
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),
             "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
             "batch": r.batch, "micro_batch": r.micro_batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
             "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
             "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
-        }))?;
-        Ok(())
+        });
+        if let Some(times) = &r.kernel_times {
+            print_kernel_times(times);
+            let kernels: Vec<_> = times
+                .kernels
+                .iter()
+                .map(|k| json!({"kernel": k.kernel, "launches": k.launches, "ms": k.milliseconds}))
+                .collect();
+            line["kernel_times"] = json!({
+                "step_ms": times.step_ms, "kernel_ms": times.kernel_ms(), "kernels": kernels,
+            });
+        }
+        super::print_line(&line)
+    }
+}
+
+/// The busiest kernels of a timed step, and how much of its wall time the device spent in
+/// kernels at all (the rest: launch overhead and waits for the host).
+fn print_kernel_times(times: &StepKernelTimes) {
+    let total = times.kernel_ms();
+    let launches: u64 = times.kernels.iter().map(|k| k.launches).sum();
+    note!(
+        "one more step, its kernels timed on the device: {:.3} ms in {launches} launches of {} \
+         kernels, {:.1}% of the step's {:.3} ms wall time (timing included)",
+        total,
+        times.kernels.len(),
+        100.0 * total / times.step_ms,
+        times.step_ms
+    );
+    let share = |ms: f64| if total > 0.0 { 100.0 * ms / total } else { 0.0 };
+    for k in times.kernels.iter().take(KERNELS_LISTED) {
+        note!(
+            "  {:>10.3} ms {:>5.1}% {:>6} × {}",
+            k.milliseconds,
+            share(k.milliseconds),
+            k.launches,
+            k.kernel
+        );
+    }
+    let rest = &times.kernels[times.kernels.len().min(KERNELS_LISTED)..];
+    if !rest.is_empty() {
+        let ms: f64 = rest.iter().map(|k| k.milliseconds).sum();
+        let n: u64 = rest.iter().map(|k| k.launches).sum();
+        note!(
+            "  {ms:>10.3} ms {:>5.1}% {n:>6} × {} other kernels",
+            share(ms),
+            rest.len()
+        );
     }
 }

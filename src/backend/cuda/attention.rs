@@ -191,7 +191,7 @@ fn launch_tiles(
         // SAFETY: AttentionParams mirrors the kernel's struct; its pointers were taken from
         // live buffers of the validated shapes just before this call and stay alive past it;
         // this launch's sequences seq0 .. seq0 + sequences lie inside the batch.
-        b.launched(op, kernel, unsafe { l.launch(cfg) })?;
+        b.launched(op, kernel, || unsafe { l.launch(cfg) })?;
     }
     Ok(())
 }
@@ -294,7 +294,7 @@ pub(super) fn backward(
                     let mut l = stream.launch_builder(&f);
                     l.arg(&p).arg(&batch);
                     // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
-                    b.launched(OP, &delta_kernel, unsafe { l.launch(cfg) })?;
+                    b.launched(OP, &delta_kernel, || unsafe { l.launch(cfg) })?;
                 }
                 if want.dk || want.dv {
                     launch_tiles(b, OP, "attention_backward_dkdv_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[1], &p)?;

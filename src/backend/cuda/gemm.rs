@@ -386,7 +386,7 @@ impl Gemm<'_> {
                 // callers' shape validation) in the dtype its flag names, and `c` holds m × n
                 // (split × m × n f32) elements; the blocks of this launch cover row blocks
                 // m_block0 .. m_block0 + rows, all inside m.
-                b.launched(OP, &name, unsafe { l.launch(cfg) })?;
+                b.launched(OP, &name, || unsafe { l.launch(cfg) })?;
             }
             drop(gc);
             drop(guards);
@@ -409,7 +409,7 @@ impl Gemm<'_> {
             l.arg(&mut out).arg(&ldc);
             // SAFETY: matches gemm_reduce_* in kernels/gemm.cu; ws holds split × m × n f32 and
             // the bias (checked above) the output's dtype.
-            b.launched(OP, &reduce_kernel, unsafe { l.launch(grid_for(m * n)) })?;
+            b.launched(OP, &reduce_kernel, || unsafe { l.launch(grid_for(m * n)) })?;
             drop(bias_guard);
         }
         Ok(out)

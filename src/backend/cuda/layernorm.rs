@@ -106,7 +106,7 @@ pub(super) fn backward(
             // SAFETY: matches layernorm_backward_params_* in kernels/layernorm.cu; null
             // pointers only where the kernel does not read (x, mean, rstd without dγ) or
             // write (the gradient not requested).
-            b.launched(OP, &kernel, unsafe { l.launch(columns(n)) })?;
+            b.launched(OP, &kernel, || unsafe { l.launch(columns(n)) })?;
             g.dgamma = dgamma.map(|d| tensor([n], d)).transpose()?;
             g.dbeta = dbeta.map(|d| tensor([n], d)).transpose()?;
         }

@@ -25,6 +25,7 @@ mod embedding;
 pub mod emulator;
 pub mod gemm;
 mod host_ids;
+mod kernel_times;
 pub mod kernels;
 mod layernorm;
 mod loss;
@@ -51,6 +52,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
 use host_ids::HostIds;
+use kernel_times::KernelTimer;
 
 /// A float storage type the kernels take.
 trait CudaFloat: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + 'static {
@@ -134,7 +136,7 @@ macro_rules! launch {
         $( let arg = $arg; cudarc::driver::PushKernelArg::arg(&mut b, arg); )+
         // SAFETY: argument types and order match the kernel's extern "C" signature in
         // kernels/$module.cu, and every buffer holds the element count the kernel indexes.
-        $self.launched($module, name, unsafe { b.launch($cfg) })?;
+        $self.launched($module, name, || unsafe { b.launch($cfg) })?;
     }};
 }
 use launch;
@@ -163,6 +165,8 @@ struct Device {
     /// Kernels queued so far: each costs the host a few microseconds and, when small, leaves
     /// most of the GPU idle while it runs.
     launches: AtomicU64,
+    /// Device time per kernel while [`Backend::start_kernel_timing`] is on.
+    kernel_timer: KernelTimer,
     /// Host copies of the u32 tensors uploaded, read instead of downloading them.
     host_ids: HostIds,
 }
@@ -545,6 +549,7 @@ impl CudaBackend {
                 sync_after_launch: std::env::var_os(SYNC_AFTER_LAUNCH).is_some_and(|v| v == "1"),
                 downloads: AtomicU64::new(0),
                 launches: AtomicU64::new(0),
+                kernel_timer: KernelTimer::default(),
                 host_ids: HostIds::default(),
             }),
             precision,
@@ -636,9 +641,12 @@ impl CudaBackend {
         &self,
         op: &'static str,
         kernel: &str,
-        queued: std::result::Result<T, cudarc::driver::DriverError>,
+        launch: impl FnOnce() -> std::result::Result<T, cudarc::driver::DriverError>,
     ) -> Result<()> {
-        queued.map_err(|e| driver(op, e))?;
+        let (timer, stream) = (&self.device.kernel_timer, &self.device.stream);
+        let start = timer.before_launch(&self.device.ctx, stream)?;
+        launch().map_err(|e| driver(op, e))?;
+        timer.after_launch(start, kernel, stream)?;
         self.device.launches.fetch_add(1, Ordering::Relaxed);
         if !self.device.sync_after_launch {
             return Ok(());
@@ -899,6 +907,15 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         CudaBackend::synchronize(self)
+    }
+
+    fn start_kernel_timing(&self) -> Result<bool> {
+        self.device.kernel_timer.start();
+        Ok(true)
+    }
+
+    fn stop_kernel_timing(&self) -> Result<Option<Vec<super::KernelTime>>> {
+        self.device.kernel_timer.stop()
     }
 
     fn peak_memory_bytes(&self) -> Option<u64> {
