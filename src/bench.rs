@@ -253,10 +253,13 @@ pub fn bench_train_step_with<B: Backend>(
         true => {
             backend.start_kernel_timing()?;
             let timed = step(model, warmup + steps);
-            let kernels = backend.stop_kernel_timing()?.unwrap_or_default();
+            // Stopped whatever the step did; the step's own error first: a fault in it
+            // would otherwise surface as the timer's, naming no op.
+            let stopped = backend.stop_kernel_timing();
+            let step_ms = timed? * 1e3;
             Some(StepKernelTimes {
-                step_ms: timed? * 1e3,
-                kernels,
+                step_ms,
+                kernels: stopped?.unwrap_or_default(),
             })
         }
     };

@@ -88,13 +88,22 @@ impl<'a, B: Backend> GradientSums<'a, B> {
                 xs.push(g);
             }
         }
-        debug_assert!(waiting.next().is_none(), "every bucket entry has a sum");
+        if let Some((name, _)) = waiting.next() {
+            // `offer` takes only parameters with a sum: a gradient here would be lost.
+            return Err(crate::error::Error::Autograd(format!(
+                "the gradient of `{name}` has no sum to join"
+            )));
+        }
         backend.add_assign_each(&mut accs, &xs)
     }
 
     /// Gradients of parameters no earlier sum had: they become sums.
     pub(super) fn adopt(&mut self, name: String, g: Tensor<B>) {
-        self.sums.insert(name, g);
+        let replaced = self.sums.insert(name, g);
+        debug_assert!(
+            replaced.is_none(),
+            "a parameter with a sum went through `offer`"
+        );
     }
 }
 
@@ -159,7 +168,8 @@ mod tests {
                 }
             }
         }
-        for bucket in [0, 8, bucket_bytes(0)] {
+        // Flushed at every contribution, with two or three waiting, and once at the end.
+        for bucket in [0, 100, bucket_bytes(0)] {
             let mut sums = first();
             let (mut tape, loss) = second_tape();
             let rest = tape

@@ -274,9 +274,10 @@ impl<B: Backend> Tape<B> {
     /// accumulation) as backward produces them, so that this backward's gradients and the
     /// sums are not both held in full: contributions to a parameter with a sum are added in
     /// batches of an eighth of the sums' size (at least 64 KiB, at most 32 MiB; one list
-    /// addition each), and a parameter without one gets its gradient as its sum. The sums then hold what `backward_scaled` and a
-    /// [`Backend::add_assign`] per gradient would give, up to the order of the additions of a
-    /// parameter used more than once.
+    /// addition each), and a parameter without one gets its gradient as its sum. The sums
+    /// then hold what `backward_scaled` and a [`Backend::add_assign`] per gradient would
+    /// give, up to the order of the additions of a parameter used more than once. After an
+    /// error the sums hold part of this backward's gradients: discard them.
     pub fn backward_scaled_into(
         &mut self,
         loss: &Var<B>,

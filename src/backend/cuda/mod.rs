@@ -634,9 +634,10 @@ impl CudaBackend {
             .map_err(|e| driver("synchronize", e))
     }
 
-    /// The outcome of queueing `kernel`: the driver's refusal as `op`'s error; with
-    /// `SPAFIT_CUDA_SYNC=1`, the launch is also waited for, naming the kernel in the error of
-    /// a fault (a GPU reports faults at a later call otherwise).
+    /// Queues `kernel` by calling `launch` (between the kernel timer's events while it is
+    /// on): the driver's refusal as `op`'s error; with `SPAFIT_CUDA_SYNC=1`, the launch is
+    /// also waited for, naming the kernel in the error of a fault (a GPU reports faults at a
+    /// later call otherwise).
     fn launched<T>(
         &self,
         op: &'static str,
@@ -646,8 +647,8 @@ impl CudaBackend {
         let (timer, stream) = (&self.device.kernel_timer, &self.device.stream);
         let start = timer.before_launch(&self.device.ctx, stream)?;
         launch().map_err(|e| driver(op, e))?;
-        timer.after_launch(start, kernel, stream)?;
         self.device.launches.fetch_add(1, Ordering::Relaxed);
+        timer.after_launch(start, kernel, stream)?;
         if !self.device.sync_after_launch {
             return Ok(());
         }
