@@ -3019,9 +3019,96 @@ fn bench_times_the_kernels_of_a_step() {
     );
 }
 
+/// `--lr-schedule`, `--warmup-steps` and `--early-stopping-patience` reach the trainer: a
+/// cosine schedule's logged rates follow half a cosine after one warmup step, not the linear
+/// default's line; bad values and combinations are refused naming the flag.
+#[test]
+fn schedules_and_early_stopping_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "train.csv",
+        &sentiment_csv(&SENTIMENT_ROWS[..8]),
+    );
+    let train = dir.path().join("train.csv").display().to_string();
+    let m = model();
+    let run = |name: &str, extra: &[&str]| -> (bool, String, String, PathBuf) {
+        let out = dir.path().join(name);
+        let out_arg = out.display().to_string();
+        let mut args = vec![
+            "train",
+            "--model",
+            &m,
+            "--train-file",
+            &train,
+            "--max-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "4",
+            "--log-every",
+            "1",
+            "--lr",
+            "1e-3",
+            "--output",
+            &out_arg,
+        ];
+        args.extend(extra);
+        let (ok, stdout, err) = spafit(&args);
+        (ok, stdout, err, out)
+    };
+    let rates = |out: &Path| -> Vec<f64> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["type"] == "train")
+            .map(|l| l["lr"].as_f64().unwrap())
+            .collect()
+    };
+    let (ok, stdout, err, out) = run(
+        "cosine",
+        &["--lr-schedule", "Cosine", "--warmup-steps", "1"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(last_json(&stdout)["early_stopped"], false, "{stdout}");
+    let cosine = rates(&out);
+    // Step k of 4 after 1 warmup step: 1e-3 · (1 + cos(π (k − 1) / 3)) / 2.
+    let want = [0.0, 1e-3, 0.75e-3, 0.25e-3];
+    assert_eq!(cosine.len(), 4);
+    for (got, want) in cosine.iter().zip(want) {
+        assert!((got - want).abs() <= 1e-15, "{cosine:?}");
+    }
+    let (ok, _, err, out) = run("linear", &["--warmup-steps", "1"]);
+    assert!(ok, "{err}");
+    let linear = rates(&out);
+    assert!((linear[2] - 2e-3 / 3.0).abs() <= 1e-15, "{linear:?}");
+    for (extra, flag) in [
+        (&["--lr-schedule", "exponential"][..], "--lr-schedule"),
+        (
+            &["--warmup-steps", "1", "--warmup-ratio", "0.1"],
+            "--warmup-ratio",
+        ),
+        (
+            &["--early-stopping-patience", "2"],
+            "--early-stopping-patience",
+        ),
+        (
+            &["--early-stopping-patience", "0"],
+            "--early-stopping-patience",
+        ),
+    ] {
+        let (ok, stdout, err, _) = run("refused", extra);
+        assert!(!ok && stdout.is_empty(), "{extra:?}: {stdout}");
+        assert!(err.contains(flag), "{extra:?}: {err}");
+    }
+}
+
 /// `--micro-batch-size` reaches the trainer: the banner and the result say so, micro-batches
-/// of the whole batch change no bit (and a note says they run whole), smaller ones draw other dropout masks (so other losses, close to
-/// the whole batch's).
+/// of the whole batch (or of the whole training set) change no bit and a note says they run
+/// whole, smaller ones draw other dropout masks (so other losses, close to the whole
+/// batch's).
 #[test]
 fn micro_batches_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -3085,6 +3172,30 @@ fn micro_batches_from_the_command_line() {
     assert_eq!(same, whole);
     let (micro, banner) = run("two", Some("2"));
     assert!(banner.contains("batch 4 in micro-batches of 2"), "{banner}");
+    // Below the batch of 16 but not below the 8 examples, which make one batch.
+    let out = dir.path().join("all").display().to_string();
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &train,
+        "--max-len",
+        "16",
+        "--batch-size",
+        "16",
+        "--micro-batch-size",
+        "8",
+        "--max-steps",
+        "1",
+        "--output",
+        &out,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("--micro-batch-size 8 is not below the 8 training examples"),
+        "{err}"
+    );
     assert_eq!(micro.len(), whole.len());
     assert_ne!(micro, whole);
     for (a, b) in micro.iter().zip(&whole) {

@@ -1416,6 +1416,156 @@ fn the_report_carries_the_training_inputs_for_save_adapter() {
     }
 }
 
+/// The schedules against transformers' own (`tests/fixtures/lr-schedules`: every step's
+/// learning rate under `get_{linear,cosine,constant}_schedule_with_warmup`), and a run steps
+/// along them: its logged learning rates are transformers' for the same peak, warmup and
+/// length.
+#[test]
+fn learning_rate_schedules_match_transformers() {
+    use spafit::train::{LrSchedule, ScheduleKind};
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/lr-schedules/transformers.json")).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    let schedule = |case: &serde_json::Value| LrSchedule {
+        kind: case["kind"]
+            .as_str()
+            .unwrap()
+            .parse::<ScheduleKind>()
+            .unwrap(),
+        peak: case["peak"].as_f64().unwrap(),
+        warmup: case["warmup"].as_u64().unwrap() as usize,
+        total: case["total"].as_u64().unwrap() as usize,
+    };
+    let want = |case: &serde_json::Value| -> Vec<f64> {
+        case["lrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let close = |got: f64, want: f64| (got - want).abs() <= 1e-15 * want.abs();
+    for case in cases {
+        let s = schedule(case);
+        for (k, &w) in want(case).iter().enumerate() {
+            assert!(close(s.lr(k), w), "{s:?} step {k}: {} vs {w}", s.lr(k));
+            if s.kind == ScheduleKind::Linear {
+                let linear = LinearSchedule {
+                    peak: s.peak,
+                    warmup: s.warmup,
+                    total: s.total,
+                };
+                assert_eq!(linear.lr(k), s.lr(k));
+            }
+        }
+    }
+    // 20 examples in batches of 4: 5 steps, the first of them warmup.
+    let case = cases
+        .iter()
+        .find(|c| c["kind"] == "cosine" && c["total"] == 5 && c["warmup"] == 1)
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let out = tmp.path().join("cosine");
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 4,
+        learning_rate: schedule(case).peak,
+        warmup_steps: Some(1),
+        lr_schedule: ScheduleKind::Cosine,
+        log_every: 1,
+        output_dir: Some(out.clone()),
+        ..TrainConfig::default()
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+        .fit(&tokenizer(&ck), &regression_data(20, None), None)
+        .unwrap();
+    let logged = read_train_log(&out, "lr");
+    assert_eq!(logged.len(), 5);
+    for (got, w) in logged.iter().zip(want(case)) {
+        assert!(
+            close(*got, w),
+            "logged {logged:?}, transformers {:?}",
+            want(case)
+        );
+    }
+}
+
+/// Early stopping ends a run once `patience` evaluations in a row have not improved (here a
+/// learning rate of 0 makes every evaluation equal to the first, the best), keeps that best,
+/// and a run killed before it stops resumes to the same step: the count is part of the
+/// saved state. It needs a dev set.
+#[test]
+fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = tokenizer(&ck);
+    let cpu = CpuBackend::f64();
+    let (train, dev) = (regression_data(20, None), regression_data(7, None));
+    let config = |dir: &str, stop_after_steps| TrainConfig {
+        epochs: 1,
+        batch_size: 2,
+        learning_rate: 0.0,
+        eval_every: Some(1),
+        early_stopping_patience: Some(2),
+        log_every: 1,
+        stop_after_steps,
+        resume: true,
+        output_dir: Some(tmp.path().join(dir)),
+        ..TrainConfig::default()
+    };
+    let fit = |config: TrainConfig, dev: Option<&Dataset>| {
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, config).fit(&tok, &train, dev)
+    };
+    let whole = fit(config("whole", None), Some(&dev)).unwrap();
+    assert_eq!((whole.steps, whole.early_stopped), (3, true));
+    assert_eq!(whole.best.as_ref().map(|b| b.0), Some(1));
+    assert!(
+        whole
+            .notices
+            .iter()
+            .any(|n| n.contains("early stopping at step 3 of 10")),
+        "{:?}",
+        whole.notices
+    );
+    let evaluations = std::fs::read_to_string(tmp.path().join("whole/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(r#""type":"eval""#))
+        .count();
+    assert_eq!(evaluations, 3);
+    // Killed after step 2 (one evaluation without improvement so far), then resumed.
+    let first = fit(config("resumed", Some(2)), Some(&dev)).unwrap();
+    assert_eq!((first.steps, first.early_stopped), (2, false));
+    let rest = fit(config("resumed", None), Some(&dev)).unwrap();
+    assert_eq!(
+        (rest.steps, rest.steps_this_call, rest.early_stopped),
+        (3, 1, true)
+    );
+    // A run that stopped early has nothing left to train.
+    let again = fit(config("resumed", None), Some(&dev)).unwrap();
+    assert_eq!((again.steps, again.steps_this_call), (3, 0));
+    assert!(
+        again
+            .notices
+            .iter()
+            .any(|n| n.contains("stopped early at step 3")),
+        "{:?}",
+        again.notices
+    );
+    let refused = fit(config("no-dev", None), None).unwrap_err().to_string();
+    assert!(refused.contains("--early-stopping-patience"), "{refused}");
+    let zero = TrainConfig {
+        early_stopping_patience: Some(0),
+        ..config("zero", None)
+    };
+    let refused = fit(zero, Some(&dev)).unwrap_err().to_string();
+    assert!(refused.contains("--early-stopping-patience"), "{refused}");
+}
+
 /// Rewrites a run state's header without the setting `key`, as a state saved before that
 /// setting was recorded has it; the tensor bytes (and so their checksum) stay as they are.
 fn remove_run_setting(state: &Path, key: &str) {

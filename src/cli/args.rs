@@ -213,7 +213,7 @@ fn parse_dtype(given: &str) -> Result<DType> {
 
 /// Clap's check of a flag's spelling, so a misspelt value is refused as a command line that
 /// does not parse (status 2), before anything loads; the value stays the text given.
-fn spelling<T>(
+pub(super) fn spelling<T>(
     parse: impl Fn(&str) -> Result<T> + Clone + Send + Sync + 'static,
 ) -> impl Fn(&str) -> std::result::Result<String, String> + Clone + Send + Sync + 'static {
     move |given| match parse(given) {

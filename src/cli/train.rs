@@ -28,22 +28,34 @@ pub struct TrainArgs {
     /// micro-batch draws its own dropout masks). A resumed run may change it.
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub micro_batch_size: Option<usize>,
-    /// Peak learning rate (after linear warmup, decays linearly to 0) [default: 5e-5 for
-    /// full, 1e-3 for bitfit, 5e-4 for lora and spafit].
+    /// Peak learning rate, reached after a linear warmup (then as --lr-schedule says)
+    /// [default: 5e-5 for full, 1e-3 for bitfit, 5e-4 for lora and spafit].
     #[arg(long, allow_hyphen_values = true)]
     pub lr: Option<f64>,
     /// AdamW decoupled weight decay (never on biases or LayerNorm).
     #[arg(long, default_value_t = 0.01, allow_hyphen_values = true)]
     pub weight_decay: f64,
-    /// Fraction of steps spent warming up.
+    /// Fraction of steps spent warming up (rounded up to whole steps).
     #[arg(long, default_value_t = 0.06, allow_hyphen_values = true)]
     pub warmup_ratio: f64,
+    /// Warmup steps, instead of --warmup-ratio's share of the run.
+    #[arg(long, conflicts_with = "warmup_ratio", value_parser = clap::builder::RangedU64ValueParser::<usize>::new(), allow_hyphen_values = true)]
+    pub warmup_steps: Option<usize>,
+    /// After warmup the learning rate falls linearly to 0 (linear), along half a cosine to 0
+    /// (cosine), or stays at --lr (constant), as transformers' schedules of those names.
+    #[arg(long, default_value = "linear", value_parser = super::args::spelling(|s: &str| s.parse::<spafit::train::ScheduleKind>()))]
+    pub lr_schedule: String,
     /// Clip the global gradient norm to this (0 disables; negative is refused).
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub max_grad_norm: f64,
     /// Seed of batch order, dropout, adapters and a fresh head.
     #[arg(long, default_value_t = 42, allow_hyphen_values = true)]
     pub seed: u64,
+    /// Early stopping: end the run once N evaluations in a row have not improved on the best
+    /// one (best/ keeps its weights). Needs a dev set; evaluations come at each epoch end and
+    /// every --eval-every steps.
+    #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
+    pub early_stopping_patience: Option<usize>,
     /// Also evaluate every N steps (always at each epoch end).
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub eval_every: Option<usize>,
@@ -185,6 +197,15 @@ pub fn fit<B: Backend>(
             ),
         ));
     }
+    if let (Some(n), None) = (args.early_stopping_patience, dev) {
+        return Err(spafit::Error::invalid(
+            "--early-stopping-patience",
+            format!(
+                "{n}: early stopping counts evaluations on a dev set, and there is none (give \
+                 --dev-file)"
+            ),
+        ));
+    }
     if let (Some(n), None) = (args.eval_every, dev) {
         return Err(spafit::Error::invalid(
             "--eval-every",
@@ -210,6 +231,9 @@ pub fn fit<B: Backend>(
         learning_rate: args.lr.unwrap_or_else(|| default_lr(run.plan.method)),
         weight_decay: args.weight_decay,
         warmup_ratio: args.warmup_ratio,
+        warmup_steps: args.warmup_steps,
+        lr_schedule: args.lr_schedule.parse()?,
+        early_stopping_patience: args.early_stopping_patience,
         max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
         seed: args.seed,
         eval_every: args.eval_every,
@@ -482,6 +506,7 @@ impl TrainCommand {
         });
         line["max_len"] = json!(report.max_len);
         line["batch_size"] = json!(self.train.batch_size);
+        line["early_stopped"] = json!(report.early_stopped);
         // This call's: a resumed run may have changed it.
         line["micro_batch_size"] = json!(spafit::train::micro_batches_in_use(
             self.train.micro_batch_size,

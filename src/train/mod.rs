@@ -1,4 +1,4 @@
-//! Fine-tuning: AdamW with warmup and linear decay, gradient clipping, length-bucketed
+//! Fine-tuning: AdamW with warmup and a linear, cosine or constant schedule, gradient clipping, length-bucketed
 //! batches, periodic evaluation, best-checkpoint keeping, `metrics.jsonl`, resumable state.
 
 mod batch_log;
@@ -23,6 +23,6 @@ pub use prediction::{scored_predictions, Prediction};
 pub use progress::Progress;
 pub use run_lock::{lock_existing_run_dir, lock_run_dir, lock_run_dirs_around, RunLock, LOCK_FILE};
 pub use run_state::STATE_FILE;
-pub use schedule::LinearSchedule;
+pub use schedule::{warmup_steps, LinearSchedule, LrSchedule, ScheduleKind};
 pub use text_predictions::{predict_text_pairs, predict_texts};
 pub use trainer::{TrainConfig, TrainReport, Trainer};

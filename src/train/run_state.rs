@@ -47,6 +47,9 @@ pub(crate) struct RunPosition {
     /// by name.
     #[serde(default)]
     pub settings: RunSettings,
+    /// Evaluations since the best one, for early stopping (0 in older states).
+    #[serde(default)]
+    pub evaluations_since_best: usize,
     /// The training losses since the last logged line, so the first line a resumed run logs
     /// averages the same steps as an uninterrupted run's (empty in older states).
     #[serde(default)]
@@ -331,7 +334,7 @@ pub(crate) const MICRO_BATCH_OFF: &str = "off";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 22] = [
+    let entries: [(&str, String); 25] = [
         (DEVICE_SETTING, inputs.device.clone()),
         (
             MICRO_BATCH_SETTING,
@@ -353,6 +356,20 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         ("length buckets", c.bucket_batches.to_string()),
         ("--lr", c.learning_rate.to_string()),
         ("--warmup-ratio", c.warmup_ratio.to_string()),
+        // The next two: a state saved before them has neither (a linear schedule, warmup
+        // from the ratio): not compared.
+        (
+            "--warmup-steps",
+            c.warmup_steps
+                .map_or_else(|| "from --warmup-ratio".into(), |n| n.to_string()),
+        ),
+        ("--lr-schedule", c.lr_schedule.to_string()),
+        // When the run ends (a state saved before this entry has none: not compared).
+        (
+            "--early-stopping-patience",
+            c.early_stopping_patience
+                .map_or_else(|| "off".into(), |n| n.to_string()),
+        ),
         ("--weight-decay", c.weight_decay.to_string()),
         (
             "--max-grad-norm",

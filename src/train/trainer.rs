@@ -10,7 +10,8 @@ use super::run_lock::lock_run_dirs_around;
 use super::run_state::{
     self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
 };
-use super::{AdamW, BatchLog, EncodedDataset, Evaluation, LinearSchedule, Progress};
+use super::schedule::warmup_steps;
+use super::{AdamW, BatchLog, EncodedDataset, Evaluation, LrSchedule, Progress, ScheduleKind};
 use crate::adapter::{save_adapter, TrainingInputs};
 use crate::autograd::Tape;
 use crate::backend::Backend;
@@ -36,9 +37,9 @@ pub struct TrainConfig {
     /// share of the batch) before clipping and the optimizer step. The step is the batch's
     /// step with the activations of one micro-batch at a time; only the order of the
     /// floating-point sums and the dropout masks (each micro-batch draws its own) differ.
-    /// A micro-batch's gradients join the sums as its backward produces them, an eighth of
-    /// the sums' size at a time (at most 32 MiB), so they are never held in full beside them. `None` (or
-    /// `batch_size`) runs each batch whole. A resumed run may change it (noted).
+    /// A micro-batch's gradients join the sums as its backward produces them
+    /// ([`crate::autograd::Tape::backward_scaled_into`]), never all held beside them.
+    /// `None` (or `batch_size`) runs each batch whole. A resumed run may change it (noted).
     pub micro_batch_size: Option<usize>,
     /// Examples per evaluation batch.
     pub eval_batch_size: usize,
@@ -46,8 +47,15 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// AdamW decoupled weight decay (none on biases and LayerNorm).
     pub weight_decay: f64,
-    /// Fraction of the steps spent warming up.
+    /// Fraction of the steps spent warming up (rounded up to whole steps).
     pub warmup_ratio: f64,
+    /// Warmup steps; given, they replace `warmup_ratio`'s.
+    pub warmup_steps: Option<usize>,
+    /// What the learning rate does after warmup (linear decay to 0 by default).
+    pub lr_schedule: ScheduleKind,
+    /// Early stopping: the run ends once this many evaluations in a row have not improved
+    /// on the best one (which `best/` keeps). Needs a dev set; `None` trains every step.
+    pub early_stopping_patience: Option<usize>,
     /// Global gradient-norm clip; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
     /// Seed of batch order, dropout and fresh weights.
@@ -99,6 +107,9 @@ impl Default for TrainConfig {
             learning_rate: 5e-4,
             weight_decay: 0.01,
             warmup_ratio: 0.06,
+            warmup_steps: None,
+            lr_schedule: ScheduleKind::Linear,
+            early_stopping_patience: None,
             max_grad_norm: Some(1.0),
             seed: 42,
             hidden_dropout: None,
@@ -147,6 +158,13 @@ impl TrainConfig {
             return refuse(
                 "log_every (--log-every), bucket_batches and stop_after_steps count steps or \
                  batches: give at least 1"
+                    .into(),
+            );
+        }
+        if c.early_stopping_patience == Some(0) {
+            return refuse(
+                "early stopping after 0 evaluations without improvement \
+                 (--early-stopping-patience): give at least 1"
                     .into(),
             );
         }
@@ -258,6 +276,9 @@ pub struct TrainReport {
     pub max_len: usize,
     /// Whether the training examples were text pairs.
     pub text_pairs: bool,
+    /// Whether early stopping ended the run before its last step
+    /// ([`TrainConfig::early_stopping_patience`]).
+    pub early_stopped: bool,
     /// What the run had to tell: a resume that found no saved state, a run already complete,
     /// a change of device, a step limit the epochs reach first, a learning rate of 0.
     pub notices: Vec<String>,
@@ -290,7 +311,7 @@ struct RunPlan {
     dev: Option<(EncodedDataset, String)>,
     lengths: Vec<usize>,
     total_steps: usize,
-    schedule: LinearSchedule,
+    schedule: LrSchedule,
     dropout: DropoutRates,
     settings: RunSettings,
     labels: Option<Vec<String>>,
@@ -343,6 +364,8 @@ struct Run<B: Backend> {
     meter: Meter,
     /// The step of the resumable state in `last/`, where one was saved or resumed from.
     saved_step: Option<usize>,
+    /// Evaluations since the best one (early stopping counts them).
+    evaluations_since_best: usize,
 }
 
 impl<B: Backend> Run<B> {
@@ -461,7 +484,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if let Some(log) = batch_log {
             log.finish(run.step == plan.total_steps)?;
         }
-        if run.step < plan.total_steps {
+        if self.patience_ran_out(run.evaluations_since_best) && run.step > first_step {
+            let best = run.best.as_ref().map_or(0, |b| b.step);
+            progress.notice(&format!(
+                "early stopping at step {} of {}: {} evaluations in a row did not improve on \
+                 step {best}'s, whose weights best/ keeps",
+                run.step, plan.total_steps, run.evaluations_since_best
+            ));
+        } else if run.step < plan.total_steps && !self.patience_ran_out(run.evaluations_since_best)
+        {
             progress.notice(&self.stopped_early(&run, plan.total_steps));
         }
         self.finish(&plan, run, first_step, progress)
@@ -514,6 +545,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         if let Some(d) = dev.filter(|d| d.is_empty()) {
             return refuse(format!("the evaluation set {} has no examples", d.name));
+        }
+        if let (Some(n), None) = (self.config.early_stopping_patience, dev) {
+            return refuse(format!(
+                "early stopping after {n} evaluations without improvement \
+                 (--early-stopping-patience) needs a dev set to evaluate (--dev-file)"
+            ));
         }
         if train.is_empty() || !train.is_labeled() {
             return refuse(format!(
@@ -647,8 +684,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .into_iter()
             .map(|(name, t)| (name, t.dims().to_vec()))
             .collect();
-        let schedule =
-            LinearSchedule::with_warmup_ratio(c.learning_rate, c.warmup_ratio, total_steps);
+        let schedule = LrSchedule {
+            kind: c.lr_schedule,
+            peak: c.learning_rate,
+            warmup: c
+                .warmup_steps
+                .unwrap_or_else(|| warmup_steps(c.warmup_ratio, total_steps)),
+            total: total_steps,
+        };
         let settings = run_state::run_settings(
             c,
             &RunInputs {
@@ -692,6 +735,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             best: None,
             meter: Meter::default(),
             saved_step: None,
+            evaluations_since_best: 0,
         };
         let Some(dir) = self.config.output_dir.clone() else {
             return Ok(run);
@@ -791,6 +835,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 position.step,
                 plan.total_steps
             ));
+        } else if self.patience_ran_out(position.evaluations_since_best) {
+            progress.notice(&format!(
+                "the run in {} stopped early at step {} of {} ({} evaluations without \
+                 improvement): nothing left to train",
+                dir.display(),
+                position.step,
+                plan.total_steps,
+                position.evaluations_since_best
+            ));
         } else {
             progress.message(&format!(
                 "resuming at step {} (epoch {})",
@@ -803,6 +856,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .set_moments(position.step as u64, saved.moments);
         (run.step, run.epoch, run.next_batch) =
             (position.step, position.epoch, position.next_batch);
+        run.evaluations_since_best = position.evaluations_since_best;
         let window = &position.loss_window;
         run.meter.window_loss = f64::from_bits(window.sum_bits);
         run.meter.window_steps = window.steps;
@@ -850,10 +904,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// Whether this process's run ends before another step.
     fn must_stop(&self, plan: &RunPlan, run: &Run<B>) -> bool {
         run.step >= plan.total_steps
+            || self.patience_ran_out(run.evaluations_since_best)
             || self
                 .config
                 .stop_after_steps
                 .is_some_and(|n| run.meter.steps >= n)
+    }
+
+    /// Whether `evaluations` in a row without improvement end the run (early stopping).
+    fn patience_ran_out(&self, evaluations: usize) -> bool {
+        self.config
+            .early_stopping_patience
+            .is_some_and(|n| evaluations >= n)
     }
 
     /// One optimizer step on examples `rows`: forward, loss and backward (per micro-batch,
@@ -1033,6 +1095,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .best
                 .as_ref()
                 .is_none_or(|b| value > b.evaluation.main_value());
+        run.evaluations_since_best = match improved {
+            true => 0,
+            false => run.evaluations_since_best + 1,
+        };
         if improved {
             run.best = Some(Best {
                 step: run.step,
@@ -1094,6 +1160,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .as_ref()
                 .map(|b| SavedBest::new(b.step, &b.evaluation)),
             settings: plan.settings.clone(),
+            evaluations_since_best: run.evaluations_since_best,
             loss_window: LossWindow {
                 sum_bits: run.meter.window_loss.to_bits(),
                 steps: run.meter.window_steps,
@@ -1137,6 +1204,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             best: run.best.map(|b| (b.step, b.evaluation)),
             max_len: plan.max_len,
             text_pairs: plan.text_pairs,
+            early_stopped: run.step < plan.total_steps
+                && self.patience_ran_out(run.evaluations_since_best),
             notices: progress.into_notices(),
         })
     }
