@@ -1496,7 +1496,7 @@ fn learning_rate_schedules_match_transformers() {
 /// Early stopping ends a run once `patience` evaluations in a row have not improved (here a
 /// learning rate of 0 makes every evaluation equal to the first, the best), keeps that best,
 /// and a run killed before it stops resumes to the same step: the count is part of the
-/// saved state. It needs a dev set.
+/// saved state; patience running out at the last step is no early stop. It needs a dev set.
 #[test]
 fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1555,6 +1555,18 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
             .any(|n| n.contains("stopped early at step 3")),
         "{:?}",
         again.notices
+    );
+    // Patience running out at the last step ends nothing early.
+    let last = TrainConfig {
+        max_steps: Some(3),
+        ..config("last-step", None)
+    };
+    let ended = fit(last, Some(&dev)).unwrap();
+    assert_eq!((ended.steps, ended.early_stopped), (3, false));
+    assert!(
+        !ended.notices.iter().any(|n| n.contains("early")),
+        "{:?}",
+        ended.notices
     );
     let refused = fit(config("no-dev", None), None).unwrap_err().to_string();
     assert!(refused.contains("--early-stopping-patience"), "{refused}");

@@ -295,6 +295,14 @@ impl TrainReport {
     }
 }
 
+/// `n evaluations`, in the singular for one.
+fn evaluations(n: usize) -> String {
+    match n {
+        1 => "1 evaluation".into(),
+        n => format!("{n} evaluations"),
+    }
+}
+
 /// Dropout probabilities of a run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DropoutRates {
@@ -484,15 +492,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if let Some(log) = batch_log {
             log.finish(run.step == plan.total_steps)?;
         }
-        if self.patience_ran_out(run.evaluations_since_best) && run.step > first_step {
+        let patience_ran_out = self.patience_ran_out(run.evaluations_since_best);
+        // A run whose patience runs out at its last step simply ends: nothing stopped early.
+        if run.step < plan.total_steps && patience_ran_out && run.step > first_step {
             let best = run.best.as_ref().map_or(0, |b| b.step);
             progress.notice(&format!(
-                "early stopping at step {} of {}: {} evaluations in a row did not improve on \
-                 step {best}'s, whose weights best/ keeps",
-                run.step, plan.total_steps, run.evaluations_since_best
+                "early stopping at step {} of {}: {} in a row did not improve on step \
+                 {best}'s, whose weights best/ keeps",
+                run.step,
+                plan.total_steps,
+                evaluations(run.evaluations_since_best)
             ));
-        } else if run.step < plan.total_steps && !self.patience_ran_out(run.evaluations_since_best)
-        {
+        } else if run.step < plan.total_steps && !patience_ran_out {
             progress.notice(&self.stopped_early(&run, plan.total_steps));
         }
         self.finish(&plan, run, first_step, progress)
@@ -837,12 +848,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             ));
         } else if self.patience_ran_out(position.evaluations_since_best) {
             progress.notice(&format!(
-                "the run in {} stopped early at step {} of {} ({} evaluations without \
-                 improvement): nothing left to train",
+                "the run in {} stopped early at step {} of {} ({} without improvement): \
+                 nothing left to train",
                 dir.display(),
                 position.step,
                 plan.total_steps,
-                position.evaluations_since_best
+                evaluations(position.evaluations_since_best)
             ));
         } else {
             progress.message(&format!(
