@@ -3019,9 +3019,10 @@ fn bench_times_the_kernels_of_a_step() {
     );
 }
 
-/// `--lr-schedule`, `--warmup-steps` and `--early-stopping-patience` reach the trainer: a
-/// cosine schedule's logged rates follow half a cosine after one warmup step, not the linear
-/// default's line; bad values and combinations are refused naming the flag.
+/// `--lr-schedule`, `--warmup-steps`, `--eval-batch-size` and `--early-stopping-patience`
+/// reach the trainer: a cosine schedule's logged rates follow half a cosine after one warmup
+/// step, not the linear default's line; the dev loss does not depend on the evaluation batch;
+/// bad values and combinations are refused naming the flag.
 #[test]
 fn schedules_and_early_stopping_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -3084,7 +3085,26 @@ fn schedules_and_early_stopping_from_the_command_line() {
     assert!(ok, "{err}");
     let linear = rates(&out);
     assert!((linear[2] - 2e-3 / 3.0).abs() <= 1e-15, "{linear:?}");
+    // The dev set in batches of 1 and of the default 64: the same metrics up to rounding.
+    write(dir.path(), "dev.csv", &sentiment_csv(&SENTIMENT_ROWS[..5]));
+    let dev = dir.path().join("dev.csv").display().to_string();
+    let dev_loss = |name: &str, extra: &[&str]| {
+        let mut args = vec!["--dev-file", dev.as_str()];
+        args.extend(extra);
+        let (ok, stdout, err, _) = run(name, &args);
+        assert!(ok, "{err}");
+        last_json(&stdout)["dev_loss"].as_f64().unwrap()
+    };
+    let (one, default) = (
+        dev_loss("eval1", &["--eval-batch-size", "1"]),
+        dev_loss("eval64", &[]),
+    );
+    assert!(
+        (one - default).abs() <= 1e-6 * default.abs(),
+        "{one} vs {default}"
+    );
     for (extra, flag) in [
+        (&["--eval-batch-size", "0"][..], "--eval-batch-size"),
         (&["--lr-schedule", "exponential"][..], "--lr-schedule"),
         (
             &["--warmup-steps", "1", "--warmup-ratio", "0.1"],

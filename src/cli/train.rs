@@ -56,6 +56,10 @@ pub struct TrainArgs {
     /// every --eval-every steps.
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub early_stopping_patience: Option<usize>,
+    /// Examples per evaluation batch (the dev set's batches, sorted by length; less memory
+    /// on a device than a larger one, the same metrics up to rounding).
+    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64, allow_hyphen_values = true)]
+    pub eval_batch_size: usize,
     /// Also evaluate every N steps (always at each epoch end).
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub eval_every: Option<usize>,
@@ -237,6 +241,7 @@ pub fn fit<B: Backend>(
         max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
         seed: args.seed,
         eval_every: args.eval_every,
+        eval_batch_size: args.eval_batch_size,
         save_every: args.save_every,
         log_every: args.log_every,
         max_steps: args.max_steps,
@@ -531,7 +536,13 @@ impl TrainCommand {
             let tokenizer = self.model.tokenizer(&run.checkpoint, run.trained_cut)?;
             for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
                 let encoded = spafit::train::EncodedDataset::new(&tokenizer, data)?;
-                let eval = spafit::train::evaluate(&run.backend, &run.model, &encoded, 64, task)?;
+                let eval = spafit::train::evaluate(
+                    &run.backend,
+                    &run.model,
+                    &encoded,
+                    self.train.eval_batch_size,
+                    task,
+                )?;
                 for (k, v) in &eval.metrics {
                     line[format!("{split}_{k}")] = json!(v);
                 }
