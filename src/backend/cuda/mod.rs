@@ -648,7 +648,7 @@ impl CudaBackend {
         let start = timer.before_launch(&self.device.ctx, stream)?;
         launch().map_err(|e| driver(op, e))?;
         self.device.launches.fetch_add(1, Ordering::Relaxed);
-        timer.after_launch(start, kernel, stream)?;
+        timer.after_launch(start, kernel, &self.device.ctx, stream)?;
         if !self.device.sync_after_launch {
             return Ok(());
         }
@@ -911,7 +911,7 @@ impl Backend for CudaBackend {
     }
 
     fn start_kernel_timing(&self) -> Result<bool> {
-        self.device.kernel_timer.start();
+        self.device.kernel_timer.start(&self.device.ctx)?;
         Ok(true)
     }
 
