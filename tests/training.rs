@@ -1496,7 +1496,8 @@ fn learning_rate_schedules_match_transformers() {
 /// Early stopping ends a run once `patience` evaluations in a row have not improved (here a
 /// learning rate of 0 makes every evaluation equal to the first, the best), keeps that best,
 /// and a run killed before it stops resumes to the same step: the count is part of the
-/// saved state; patience running out at the last step is no early stop. It needs a dev set.
+/// saved state, and its batch log is complete; patience running out at the last step is no
+/// early stop. It needs a dev set.
 #[test]
 fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1520,8 +1521,18 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
         let (mut model, plan) = tiny_model(&ck, &cpu);
         Trainer::new(&cpu, &mut model, &plan, &ck.weights, config).fit(&tok, &train, dev)
     };
-    let whole = fit(config("whole", None), Some(&dev)).unwrap();
+    // The run is over, so its batch log is complete (in place, not left partial).
+    let batches = tmp.path().join("batches.jsonl");
+    let whole = TrainConfig {
+        batch_log: Some(batches.clone()),
+        ..config("whole", None)
+    };
+    let whole = fit(whole, Some(&dev)).unwrap();
     assert_eq!((whole.steps, whole.early_stopped), (3, true));
+    assert_eq!(
+        std::fs::read_to_string(&batches).unwrap().lines().count(),
+        3
+    );
     assert_eq!(whole.best.as_ref().map(|b| b.0), Some(1));
     assert!(
         whole

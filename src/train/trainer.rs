@@ -489,10 +489,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.evaluate_and_save_when_due(&plan, &mut run, epoch, epoch_done, &progress)?;
             }
         }
-        if let Some(log) = batch_log {
-            log.finish(run.step == plan.total_steps)?;
-        }
         let patience_ran_out = self.patience_ran_out(run.evaluations_since_best);
+        if let Some(log) = batch_log {
+            log.finish(self.is_over(&plan, run.step, run.evaluations_since_best))?;
+        }
         // A run whose patience runs out at its last step simply ends: nothing stopped early.
         if run.step < plan.total_steps && patience_ran_out && run.step > first_step {
             let best = run.best.as_ref().map_or(0, |b| b.step);
@@ -789,6 +789,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // Settings a run may change when it resumes (its losses then differ from those of a
         // run that kept them): the saved and the present value where they differ and steps
         // are left to train (a run already complete trains nothing more: nothing to warn of).
+        let steps_left = !self.is_over(
+            plan,
+            saved.position.step,
+            saved.position.evaluations_since_best,
+        );
         let changed = |key: &str, unrecorded: Option<&str>| {
             let setting = |s: &run_state::RunSettings| {
                 s.get(key)
@@ -796,11 +801,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     .or_else(|| unrecorded.map(str::to_string))
             };
             match (setting(&saved.position.settings), setting(&plan.settings)) {
-                (Some(then), Some(now))
-                    if then != now && saved.position.step < plan.total_steps =>
-                {
-                    Some((then, now))
-                }
+                (Some(then), Some(now)) if then != now && steps_left => Some((then, now)),
                 _ => None,
             }
         };
@@ -920,6 +921,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .config
                 .stop_after_steps
                 .is_some_and(|n| run.meter.steps >= n)
+    }
+
+    /// Whether a run at `step` with `evaluations_since_best` has nothing left to train: its
+    /// last step taken, or its patience run out.
+    fn is_over(&self, plan: &RunPlan, step: usize, evaluations_since_best: usize) -> bool {
+        step >= plan.total_steps || self.patience_ran_out(evaluations_since_best)
     }
 
     /// Whether `evaluations` in a row without improvement end the run (early stopping).
