@@ -166,6 +166,45 @@ pub fn report(
     m
 }
 
+/// The names of the metrics [`report`] gives for `task` on data of `kind`.
+pub fn reported_names(task: Option<GlueTask>, kind: &crate::data::TaskKind) -> Vec<String> {
+    // The names depend on the task and the head alone: no prediction is needed.
+    let predictions = match kind {
+        crate::data::TaskKind::Regression => Predictions::Scores {
+            pred: vec![],
+            gold: vec![],
+        },
+        crate::data::TaskKind::Classification { .. } => Predictions::Classes {
+            pred: vec![],
+            gold: vec![],
+        },
+    };
+    report(task, &predictions, kind.num_labels())
+        .into_keys()
+        .collect()
+}
+
+/// Refuses `--best-metric name` for `task` on data of `kind` (named `data`) where the
+/// evaluation does not report it: `loss` or one of [`reported_names`].
+pub fn check_best_metric(
+    name: &str,
+    task: Option<GlueTask>,
+    kind: &crate::data::TaskKind,
+    data: &str,
+) -> crate::error::Result<()> {
+    let reported = reported_names(task, kind);
+    if name == "loss" || reported.iter().any(|m| m == name) {
+        return Ok(());
+    }
+    Err(crate::error::Error::invalid(
+        "--best-metric",
+        format!(
+            "`{name}`: evaluations of {data} report {} (or give `loss`)",
+            reported.join(", ")
+        ),
+    ))
+}
+
 /// The metric model selection maximises for `task`.
 pub fn main_metric(task: Option<GlueTask>, predictions: &Predictions) -> &'static str {
     match (task, predictions) {

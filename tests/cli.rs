@@ -3019,8 +3019,8 @@ fn bench_times_the_kernels_of_a_step() {
     );
 }
 
-/// `--lr-schedule`, `--warmup-steps`, `--eval-batch-size` and `--early-stopping-patience`
-/// reach the trainer: a cosine schedule's logged rates follow half a cosine after one warmup
+/// `--lr-schedule`, `--warmup-steps`, `--eval-batch-size`, `--best-metric` and
+/// `--early-stopping-patience` reach the trainer: a cosine schedule's logged rates follow half a cosine after one warmup
 /// step, not the linear default's line; the dev loss does not depend on the evaluation batch;
 /// bad values and combinations are refused naming the flag.
 #[test]
@@ -3103,8 +3103,23 @@ fn schedules_and_early_stopping_from_the_command_line() {
         (one - default).abs() <= 1e-6 * default.abs(),
         "{one} vs {default}"
     );
+    // The metric that picks best/ is named in the result, the task's main one by default.
+    let best_metric = |name: &str, extra: &[&str]| {
+        let mut args = vec!["--dev-file", dev.as_str()];
+        args.extend(extra);
+        let (ok, stdout, err, _) = run(name, &args);
+        assert!(ok, "{err}");
+        last_json(&stdout)["best_metric"].clone()
+    };
+    assert_eq!(best_metric("main", &[]), "accuracy");
+    assert_eq!(best_metric("by-loss", &["--best-metric", "LOSS"]), "loss");
     for (extra, flag) in [
         (&["--eval-batch-size", "0"][..], "--eval-batch-size"),
+        (&["--best-metric", "loss"], "--best-metric"),
+        (
+            &["--best-metric", "pearson", "--dev-file", dev.as_str()],
+            "--best-metric",
+        ),
         (&["--lr-schedule", "exponential"][..], "--lr-schedule"),
         (
             &["--warmup-steps", "1", "--warmup-ratio", "0.1"],

@@ -87,3 +87,27 @@ fn unpaired_slices_give_nan() {
     }
     assert_eq!(accuracy(&long, &long), 1.0);
 }
+
+/// The metric names a task reports, which `--best-metric` may name: GLUE's per task, and
+/// for custom data accuracy (+ F1 with two classes) or Pearson and Spearman.
+#[test]
+fn reported_metric_names_follow_the_task_and_the_head() {
+    use spafit::data::TaskKind;
+    let classes = |n: usize| TaskKind::Classification {
+        labels: (0..n).map(|i| i.to_string()).collect(),
+    };
+    let names = |task, kind: &TaskKind| reported_names(task, kind);
+    assert_eq!(names(None, &classes(2)), ["accuracy", "f1"]);
+    assert_eq!(names(None, &classes(3)), ["accuracy"]);
+    assert_eq!(names(None, &TaskKind::Regression), ["pearson", "spearman"]);
+    assert_eq!(
+        names(Some(GlueTask::Cola), &classes(2)),
+        ["accuracy", "matthews_correlation"]
+    );
+    assert_eq!(names(Some(GlueTask::Qqp), &classes(2)), ["accuracy", "f1"]);
+    assert_eq!(names(Some(GlueTask::Rte), &classes(2)), ["accuracy"]);
+    assert_eq!(
+        names(Some(GlueTask::Stsb), &TaskKind::Regression),
+        ["pearson", "spearman"]
+    );
+}

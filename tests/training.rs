@@ -1589,6 +1589,80 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
     assert!(refused.contains("--early-stopping-patience"), "{refused}");
 }
 
+/// `best_metric` picks the best evaluation: the first with the lowest dev loss for `loss`,
+/// the first with the highest value of a reported metric otherwise (the task's main one by
+/// default), read back from the run's own log; a metric the task does not report is refused.
+#[test]
+fn the_best_metric_picks_the_best_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = tokenizer(&ck);
+    let cpu = CpuBackend::f64();
+    let (train, dev) = (regression_data(20, None), regression_data(9, None));
+    let run = |dir: &str, best_metric: Option<&str>| {
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        let config = TrainConfig {
+            epochs: 1,
+            batch_size: 2,
+            learning_rate: 2e-2,
+            eval_every: Some(2),
+            best_metric: best_metric.map(str::to_string),
+            output_dir: Some(tmp.path().join(dir)),
+            ..TrainConfig::default()
+        };
+        let report = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config).fit(
+            &tok,
+            &train,
+            Some(&dev),
+        );
+        let evals: Vec<serde_json::Value> =
+            std::fs::read_to_string(tmp.path().join(dir).join("metrics.jsonl"))
+                .map(|t| {
+                    t.lines()
+                        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                        .filter(|l| l["type"] == "eval")
+                        .collect()
+                })
+                .unwrap_or_default();
+        (report, evals)
+    };
+    // The step of the first evaluation with the largest `score`.
+    let first_best = |evals: &[serde_json::Value], score: &dyn Fn(&serde_json::Value) -> f64| {
+        let mut best: Option<(u64, f64)> = None;
+        for e in evals {
+            let s = score(e);
+            if best.is_none_or(|(_, b)| s > b) {
+                best = Some((e["step"].as_u64().unwrap(), s));
+            }
+        }
+        best.unwrap().0 as usize
+    };
+    let mut picked = Vec::new();
+    for (dir, metric) in [
+        ("default", None),
+        ("loss", Some("loss")),
+        ("spearman", Some("spearman")),
+    ] {
+        let (report, evals) = run(dir, metric);
+        let report = report.unwrap();
+        assert_eq!(evals.len(), 5, "{dir}");
+        let key = metric.unwrap_or("pearson");
+        let want = match key {
+            "loss" => first_best(&evals, &|e| -e["loss"].as_f64().unwrap()),
+            _ => first_best(&evals, &|e| e[key].as_f64().unwrap()),
+        };
+        assert_eq!(report.best.as_ref().unwrap().0, want, "{dir}: {evals:?}");
+        picked.push(want);
+    }
+    println!("best steps by pearson, loss, spearman: {picked:?}");
+    let (refused, _) = run("refused", Some("accuracy"));
+    let refused = refused.unwrap_err().to_string();
+    assert!(
+        refused.contains("--best-metric") && refused.contains("pearson, spearman"),
+        "{refused}"
+    );
+}
+
 /// Rewrites a run state's header without the setting `key`, as a state saved before that
 /// setting was recorded has it; the tensor bytes (and so their checksum) stay as they are.
 fn remove_run_setting(state: &Path, key: &str) {

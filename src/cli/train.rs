@@ -56,6 +56,11 @@ pub struct TrainArgs {
     /// every --eval-every steps.
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub early_stopping_patience: Option<usize>,
+    /// The dev metric that picks best/ (and that early stopping watches): `loss` (lowest) or
+    /// one the task reports, highest (`accuracy`, `f1`, `matthews_correlation`, `pearson`,
+    /// `spearman`) [default: the task's main metric: GLUE's, else accuracy or Pearson].
+    #[arg(long)]
+    pub best_metric: Option<String>,
     /// Examples per evaluation batch (the dev set's batches, sorted by length; less memory
     /// on a device than a larger one, the same metrics up to rounding).
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64, allow_hyphen_values = true)]
@@ -210,6 +215,20 @@ pub fn fit<B: Backend>(
             ),
         ));
     }
+    if let Some(name) = &args.best_metric {
+        if dev.is_none() {
+            return Err(spafit::Error::invalid(
+                "--best-metric",
+                format!("`{name}`: there is no dev set to evaluate (give --dev-file)"),
+            ));
+        }
+        spafit::metrics::check_best_metric(
+            &name.to_ascii_lowercase(),
+            task,
+            &train.kind,
+            &train.name,
+        )?;
+    }
     if let (Some(n), None) = (args.eval_every, dev) {
         return Err(spafit::Error::invalid(
             "--eval-every",
@@ -238,6 +257,7 @@ pub fn fit<B: Backend>(
         warmup_steps: args.warmup_steps,
         lr_schedule: args.lr_schedule.parse()?,
         early_stopping_patience: args.early_stopping_patience,
+        best_metric: args.best_metric.as_deref().map(str::to_ascii_lowercase),
         max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
         seed: args.seed,
         eval_every: args.eval_every,
@@ -520,6 +540,11 @@ impl TrainCommand {
         ));
         if let Some((step, eval)) = &report.best {
             line["best_step"] = json!(step);
+            line["best_metric"] = json!(self
+                .train
+                .best_metric
+                .as_deref()
+                .map_or(eval.main_metric.to_string(), str::to_ascii_lowercase));
             line["dev_loss"] = json!(eval.loss);
             for (k, v) in &eval.metrics {
                 line[format!("dev_{k}")] = json!(v);

@@ -334,7 +334,7 @@ pub(crate) const MICRO_BATCH_OFF: &str = "off";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 25] = [
+    let entries: [(&str, String); 26] = [
         (DEVICE_SETTING, inputs.device.clone()),
         (
             MICRO_BATCH_SETTING,
@@ -364,6 +364,14 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
                 .map_or_else(|| "from --warmup-ratio".into(), |n| n.to_string()),
         ),
         ("--lr-schedule", c.lr_schedule.to_string()),
+        // Which evaluation is the best (a state saved before this entry has none: not
+        // compared).
+        (
+            "--best-metric",
+            c.best_metric
+                .clone()
+                .unwrap_or_else(|| "the task's main metric".into()),
+        ),
         // When the run ends (a state saved before this entry has none: not compared).
         (
             "--early-stopping-patience",

@@ -56,6 +56,10 @@ pub struct TrainConfig {
     /// Early stopping: the run ends once this many evaluations in a row have not improved
     /// on the best one (which `best/` keeps). Needs a dev set; `None` trains every step.
     pub early_stopping_patience: Option<usize>,
+    /// The dev metric that picks the best evaluation (`best/`, early stopping): `loss`
+    /// (lowest), or one the task reports (`accuracy`, `f1`, `matthews_correlation`,
+    /// `pearson`, `spearman`: highest). `None`: the task's main metric.
+    pub best_metric: Option<String>,
     /// Global gradient-norm clip; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
     /// Seed of batch order, dropout and fresh weights.
@@ -110,6 +114,7 @@ impl Default for TrainConfig {
             warmup_steps: None,
             lr_schedule: ScheduleKind::Linear,
             early_stopping_patience: None,
+            best_metric: None,
             max_grad_norm: Some(1.0),
             seed: 42,
             hidden_dropout: None,
@@ -557,6 +562,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if let Some(d) = dev.filter(|d| d.is_empty()) {
             return refuse(format!("the evaluation set {} has no examples", d.name));
         }
+        if let Some(name) = self.config.best_metric.as_deref() {
+            crate::metrics::check_best_metric(name, self.config.task, &train.kind, &train.name)?;
+        }
         if let (Some(n), None) = (self.config.early_stopping_patience, dev) {
             return refuse(format!(
                 "early stopping after {n} evaluations without improvement \
@@ -923,6 +931,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .is_some_and(|n| run.meter.steps >= n)
     }
 
+    /// What the best evaluation maximises: the task's main metric, the one
+    /// [`TrainConfig::best_metric`] names, or the negated loss for `loss`.
+    fn selection_score(&self, e: &Evaluation) -> f64 {
+        match self.config.best_metric.as_deref() {
+            None => e.main_value(),
+            Some("loss") => -e.loss,
+            Some(name) => e.metrics.get(name).copied().unwrap_or(f64::NAN),
+        }
+    }
+
     /// Whether a run at `step` with `evaluations_since_best` has nothing left to train: its
     /// last step taken, or its patience run out.
     fn is_over(&self, plan: &RunPlan, step: usize, evaluations_since_best: usize) -> bool {
@@ -1107,12 +1125,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 what: format!("on {split}, {why}"),
             });
         }
-        let value = eval.main_value();
+        let value = self.selection_score(&eval);
         let improved = value.is_finite()
             && run
                 .best
                 .as_ref()
-                .is_none_or(|b| value > b.evaluation.main_value());
+                .is_none_or(|b| value > self.selection_score(&b.evaluation));
         run.evaluations_since_best = match improved {
             true => 0,
             false => run.evaluations_since_best + 1,
