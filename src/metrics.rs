@@ -166,10 +166,9 @@ pub fn report(
     m
 }
 
-/// The names of the metrics [`report`] gives for `task` on data of `kind`.
-pub fn reported_names(task: Option<GlueTask>, kind: &crate::data::TaskKind) -> Vec<String> {
-    // The names depend on the task and the head alone: no prediction is needed.
-    let predictions = match kind {
+/// No predictions of `kind`: the metrics' names depend on the task and the head alone.
+fn no_predictions(kind: &crate::data::TaskKind) -> Predictions {
+    match kind {
         crate::data::TaskKind::Regression => Predictions::Scores {
             pred: vec![],
             gold: vec![],
@@ -178,14 +177,23 @@ pub fn reported_names(task: Option<GlueTask>, kind: &crate::data::TaskKind) -> V
             pred: vec![],
             gold: vec![],
         },
-    };
-    report(task, &predictions, kind.num_labels())
+    }
+}
+
+/// The names of the metrics [`report`] gives for `task` on data of `kind`.
+pub fn reported_names(task: Option<GlueTask>, kind: &crate::data::TaskKind) -> Vec<String> {
+    report(task, &no_predictions(kind), kind.num_labels())
         .into_keys()
         .collect()
 }
 
-/// Refuses `--best-metric name` for `task` on data of `kind` (named `data`) where the
-/// evaluation does not report it: `loss` or one of [`reported_names`].
+/// [`main_metric`] of `task` on data of `kind`.
+pub fn main_metric_name(task: Option<GlueTask>, kind: &crate::data::TaskKind) -> &'static str {
+    main_metric(task, &no_predictions(kind))
+}
+
+/// Refuses `--best-metric name` for `task` on the evaluation split `data` of `kind` where
+/// its evaluations do not report it: `loss` or one of [`reported_names`].
 pub fn check_best_metric(
     name: &str,
     task: Option<GlueTask>,

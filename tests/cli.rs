@@ -3104,17 +3104,21 @@ fn schedules_and_early_stopping_from_the_command_line() {
         "{one} vs {default}"
     );
     // The metric that picks best/ is named in the result, the task's main one by default.
-    let best_metric = |name: &str, extra: &[&str]| {
-        let mut args = vec!["--dev-file", dev.as_str()];
+    // The progress lines show it too.
+    let best_metric = |name: &str, extra: &[&str], shown: &str| {
+        let mut args = vec!["--dev-file", dev.as_str(), "--eval-every", "2"];
         args.extend(extra);
         let (ok, stdout, err, _) = run(name, &args);
         assert!(ok, "{err}");
+        assert!(err.contains(&format!("step 2: dev {shown} ")), "{err}");
         last_json(&stdout)["best_metric"].clone()
     };
-    assert_eq!(best_metric("main", &[]), "accuracy");
-    assert_eq!(best_metric("by-loss", &["--best-metric", "LOSS"]), "loss");
+    assert_eq!(best_metric("main", &[], "accuracy"), "accuracy");
+    let by_loss = best_metric("by-loss", &["--best-metric", "LOSS"], "loss");
+    assert_eq!(by_loss, "loss");
     for (extra, flag) in [
         (&["--eval-batch-size", "0"][..], "--eval-batch-size"),
+        (&["--eval-batch-size", "8"], "--eval-batch-size"),
         (&["--best-metric", "loss"], "--best-metric"),
         (
             &["--best-metric", "pearson", "--dev-file", dev.as_str()],

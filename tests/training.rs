@@ -1598,7 +1598,11 @@ fn the_best_metric_picks_the_best_evaluation() {
     let ck = tiny_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
     let cpu = CpuBackend::f64();
-    let (train, dev) = (regression_data(20, None), regression_data(9, None));
+    let train = regression_data(20, None);
+    let dev = Dataset {
+        name: "the-dev-split".into(),
+        ..regression_data(9, None)
+    };
     let run = |dir: &str, best_metric: Option<&str>| {
         let (mut model, plan) = tiny_model(&ck, &cpu);
         let config = TrainConfig {
@@ -1658,9 +1662,34 @@ fn the_best_metric_picks_the_best_evaluation() {
     let (refused, _) = run("refused", Some("accuracy"));
     let refused = refused.unwrap_err().to_string();
     assert!(
-        refused.contains("--best-metric") && refused.contains("pearson, spearman"),
+        refused.contains("--best-metric")
+            && refused.contains("the-dev-split report pearson, spearman"),
         "{refused}"
     );
+    // Naming the task's main metric is the same run as not naming it: a resume goes on.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let first = TrainConfig {
+        epochs: 1,
+        batch_size: 2,
+        eval_every: Some(2),
+        stop_after_steps: Some(2),
+        output_dir: Some(tmp.path().join("named")),
+        ..TrainConfig::default()
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, first.clone())
+        .fit(&tok, &train, Some(&dev))
+        .unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let named = TrainConfig {
+        resume: true,
+        stop_after_steps: None,
+        best_metric: Some("pearson".into()),
+        ..first
+    };
+    let resumed = Trainer::new(&cpu, &mut model, &plan, &ck.weights, named)
+        .fit(&tok, &train, Some(&dev))
+        .unwrap();
+    assert_eq!((resumed.steps, resumed.steps_this_call), (10, 8));
 }
 
 /// Rewrites a run state's header without the setting `key`, as a state saved before that

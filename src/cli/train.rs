@@ -62,9 +62,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub best_metric: Option<String>,
     /// Examples per evaluation batch (the dev set's batches, sorted by length; less memory
-    /// on a device than a larger one, the same metrics up to rounding).
-    #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64, allow_hyphen_values = true)]
-    pub eval_batch_size: usize,
+    /// on a device than a larger one, the same metrics up to rounding) [default: 64].
+    #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
+    pub eval_batch_size: Option<usize>,
     /// Also evaluate every N steps (always at each epoch end).
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub eval_every: Option<usize>,
@@ -216,18 +216,19 @@ pub fn fit<B: Backend>(
         ));
     }
     if let Some(name) = &args.best_metric {
-        if dev.is_none() {
+        let Some(dev) = dev else {
             return Err(spafit::Error::invalid(
                 "--best-metric",
                 format!("`{name}`: there is no dev set to evaluate (give --dev-file)"),
             ));
-        }
-        spafit::metrics::check_best_metric(
-            &name.to_ascii_lowercase(),
-            task,
-            &train.kind,
-            &train.name,
-        )?;
+        };
+        spafit::metrics::check_best_metric(&name.to_ascii_lowercase(), task, &dev.kind, &dev.name)?;
+    }
+    if let (Some(n), None) = (args.eval_batch_size, dev) {
+        return Err(spafit::Error::invalid(
+            "--eval-batch-size",
+            format!("{n}: there is no dev set to evaluate (give --dev-file)"),
+        ));
     }
     if let (Some(n), None) = (args.eval_every, dev) {
         return Err(spafit::Error::invalid(
@@ -261,7 +262,9 @@ pub fn fit<B: Backend>(
         max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
         seed: args.seed,
         eval_every: args.eval_every,
-        eval_batch_size: args.eval_batch_size,
+        eval_batch_size: args
+            .eval_batch_size
+            .unwrap_or(TrainConfig::default().eval_batch_size),
         save_every: args.save_every,
         log_every: args.log_every,
         max_steps: args.max_steps,
@@ -565,7 +568,9 @@ impl TrainCommand {
                     &run.backend,
                     &run.model,
                     &encoded,
-                    self.train.eval_batch_size,
+                    self.train
+                        .eval_batch_size
+                        .unwrap_or(TrainConfig::default().eval_batch_size),
                     task,
                 )?;
                 for (k, v) in &eval.metrics {

@@ -313,6 +313,9 @@ pub(crate) struct RunInputs<'a> {
     pub max_len: usize,
     /// The backend's name (`cpu-f32`, `cuda-emu-bf16`): recorded, not required to match.
     pub device: String,
+    /// The metric that picks the best evaluation, by name (the task's main one unless
+    /// `--best-metric` names another): given or not, the same metric is the same run.
+    pub best_metric: String,
 }
 
 /// The settings key of the device a run trained on: a resumed run may move to another one
@@ -366,12 +369,7 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         ("--lr-schedule", c.lr_schedule.to_string()),
         // Which evaluation is the best (a state saved before this entry has none: not
         // compared).
-        (
-            "--best-metric",
-            c.best_metric
-                .clone()
-                .unwrap_or_else(|| "the task's main metric".into()),
-        ),
+        ("--best-metric", inputs.best_metric.clone()),
         // When the run ends (a state saved before this entry has none: not compared).
         (
             "--early-stopping-patience",

@@ -563,7 +563,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return refuse(format!("the evaluation set {} has no examples", d.name));
         }
         if let Some(name) = self.config.best_metric.as_deref() {
-            crate::metrics::check_best_metric(name, self.config.task, &train.kind, &train.name)?;
+            let Some(dev) = dev else {
+                return Err(Error::invalid(
+                    "--best-metric",
+                    format!("`{name}`: there is no dev set to evaluate (give --dev-file)"),
+                ));
+            };
+            crate::metrics::check_best_metric(name, self.config.task, &dev.kind, &dev.name)?;
         }
         if let (Some(n), None) = (self.config.early_stopping_patience, dev) {
             return refuse(format!(
@@ -724,6 +730,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 dev: dev.as_ref().map(|(d, _)| d),
                 max_len: tokenizer.max_len(),
                 device: self.backend.name(),
+                best_metric: self.config.best_metric.clone().unwrap_or_else(|| {
+                    crate::metrics::main_metric_name(c.task, &train.kind).to_string()
+                }),
             },
         );
         Ok(RunPlan {
@@ -1106,13 +1115,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
             line[k] = json!(v);
         }
         self.log(line)?;
-        progress.message(&format!(
-            "step {}: dev {} {:.4} (loss {:.4})",
-            run.step,
-            eval.main_metric,
-            eval.main_value(),
-            eval.loss
-        ));
+        // The metric that picks best/, as the run is watched.
+        progress.message(&match self.config.best_metric.as_deref() {
+            Some("loss") => format!("step {}: dev loss {:.4}", run.step, eval.loss),
+            chosen => {
+                let name = chosen.unwrap_or(eval.main_metric);
+                let value = eval.metrics.get(name).copied().unwrap_or(f64::NAN);
+                format!(
+                    "step {}: dev {name} {value:.4} (loss {:.4})",
+                    run.step, eval.loss
+                )
+            }
+        });
         if !eval.loss.is_finite() {
             return Err(Error::Diverged {
                 step: run.step,
