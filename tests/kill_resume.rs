@@ -40,6 +40,10 @@ fn write_task(path: &Path, n: usize, offset: usize) {
 
 struct Task {
     dir: tempfile::TempDir,
+    /// `--lr`.
+    lr: &'static str,
+    /// Flags every run of the task adds.
+    extra: Vec<&'static str>,
 }
 
 impl Task {
@@ -47,7 +51,11 @@ impl Task {
         let dir = tempfile::tempdir().unwrap();
         write_task(&dir.path().join("train.csv"), 32, 0);
         write_task(&dir.path().join("dev.csv"), 8, 100);
-        Task { dir }
+        Task {
+            dir,
+            lr: "5e-3",
+            extra: vec![],
+        }
     }
 
     /// `spafit train` into `out`: 16 steps, evaluation (and so a state save) every 4 steps
@@ -66,13 +74,14 @@ impl Task {
                 "--epochs",
                 "2",
                 "--lr",
-                "5e-3",
+                self.lr,
             ])
             // Logged every 3 steps, saved every 2: a resumed run's first train line averages
             // steps from before the kill too.
             .args(["--eval-every", "4", "--save-every", "2", "--log-every", "3"])
             .args(["--output", &out.display().to_string(), "--quiet"])
             .args(["--export-peft", &export_dir(out).display().to_string()])
+            .args(&self.extra)
             .env("SPAFIT_SLOW_WRITES_MS", slow_writes_ms.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -395,5 +404,50 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
                 "scenario {i}: the export's {f} differs from the uninterrupted run's"
             );
         }
+    }
+}
+
+/// Early stopping across a kill. At a learning rate of 0 every evaluation equals the first,
+/// so with patience 2 the 16-step run stops at step 12 (evaluations at 4, 8, 12). Killed
+/// once step 9 is logged (its last state, at step 8 or 10, holds one evaluation without
+/// improvement) and resumed, it stops at step 12 as well, with the uninterrupted run's log,
+/// state and best/; without the count in the state it would run on to step 16.
+#[test]
+fn a_killed_run_resumes_to_the_same_early_stop() {
+    let task = Task {
+        lr: "0",
+        extra: vec!["--early-stopping-patience", "2"],
+        ..Task::new()
+    };
+    let reference = task.dir.path().join("reference");
+    task.run_to_completion(&reference, false);
+    let result = |out: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap()
+    };
+    let expected = result(&reference);
+    assert_eq!(
+        (&expected["steps"], &expected["early_stopped"]),
+        (&serde_json::json!(12), &serde_json::json!(true)),
+        "{expected}"
+    );
+    let out = task.dir.path().join("killed");
+    let seen = task.kill_when(&out, false, 0, "once step 9 is logged", |o: &Path| {
+        logged_step(o) >= 9
+    });
+    println!("KILL early stopping: {seen}");
+    task.run_to_completion(&out, true);
+    let resumed = result(&out);
+    assert_eq!(resumed["steps"], 12, "{resumed}");
+    assert_eq!(resumed["early_stopped"], true, "{resumed}");
+    assert_eq!(logged_losses(&out), logged_losses(&reference));
+    for f in [
+        "last/state.safetensors",
+        "best/adapter.safetensors",
+        "best/adapter.json",
+    ] {
+        assert!(
+            std::fs::read(out.join(f)).unwrap() == std::fs::read(reference.join(f)).unwrap(),
+            "{f} differs from the uninterrupted run's"
+        );
     }
 }
