@@ -1491,6 +1491,25 @@ fn learning_rate_schedules_match_transformers() {
             want(case)
         );
     }
+    // A warmup as long as the run never reaches the peak: said, not refused.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let all_warmup = TrainConfig {
+        epochs: 1,
+        batch_size: 4,
+        warmup_steps: Some(5),
+        ..TrainConfig::default()
+    };
+    let report = Trainer::new(&cpu, &mut model, &plan, &ck.weights, all_warmup)
+        .fit(&tokenizer(&ck), &regression_data(20, None), None)
+        .unwrap();
+    assert!(
+        report
+            .notices
+            .iter()
+            .any(|n| n.contains("warmup of 5 steps spans the whole run of 5")),
+        "{:?}",
+        report.notices
+    );
 }
 
 /// Early stopping ends a run once `patience` evaluations in a row have not improved (here a
@@ -1566,6 +1585,20 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
             .any(|n| n.contains("stopped early at step 3")),
         "{:?}",
         again.notices
+    );
+    // A run that evaluates no more often than its patience cannot stop early: said.
+    let rarely = TrainConfig {
+        eval_every: None,
+        ..config("rarely", None)
+    };
+    let report = fit(rarely, Some(&dev)).unwrap();
+    assert!(
+        report
+            .notices
+            .iter()
+            .any(|n| n.contains("cannot happen: the run evaluates 1 time ")),
+        "{:?}",
+        report.notices
     );
     // Patience running out at the last step ends nothing early.
     let last = TrainConfig {

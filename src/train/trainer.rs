@@ -300,6 +300,33 @@ impl TrainReport {
     }
 }
 
+/// How many evaluations a run of `total` steps takes: at each epoch's end (every
+/// `per_epoch` steps), every `eval_every` steps, and at the last step, each step once.
+fn evaluations_in(total: usize, per_epoch: usize, eval_every: Option<usize>) -> usize {
+    let multiples = |n: usize| total.checked_div(n).unwrap_or(0);
+    let epoch_ends = multiples(per_epoch);
+    let (every, both) = match eval_every {
+        Some(e) => {
+            let lcm = per_epoch
+                .checked_div(gcd(per_epoch, e))
+                .and_then(|q| q.checked_mul(e));
+            (multiples(e), lcm.map_or(0, multiples))
+        }
+        None => (0, 0),
+    };
+    let last_counted = (per_epoch > 0 && total.is_multiple_of(per_epoch))
+        || eval_every.is_some_and(|e| e > 0 && total.is_multiple_of(e));
+    epoch_ends + every - both + usize::from(total > 0 && !last_counted)
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// `n evaluations`, in the singular for one.
 fn evaluations(n: usize) -> String {
     match n {
@@ -717,6 +744,26 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .unwrap_or_else(|| warmup_steps(c.warmup_ratio, total_steps)),
             total: total_steps,
         };
+        if schedule.warmup >= total_steps && c.learning_rate > 0.0 {
+            progress.notice(&format!(
+                "the warmup of {} steps spans the whole run of {total_steps}: the learning \
+                 rate never reaches {:e} (--lr); give fewer warmup steps (--warmup-steps, \
+                 --warmup-ratio)",
+                schedule.warmup, c.learning_rate
+            ));
+        }
+        if let Some(patience) = c.early_stopping_patience.filter(|_| dev.is_some()) {
+            let evaluations = evaluations_in(total_steps, per_epoch, c.eval_every);
+            if evaluations <= patience {
+                progress.notice(&format!(
+                    "early stopping after {} without improvement cannot happen: the run \
+                     evaluates {evaluations} time{} (at epoch ends and every --eval-every \
+                     steps); evaluate more often or lower --early-stopping-patience",
+                    self::evaluations(patience),
+                    if evaluations == 1 { "" } else { "s" }
+                ));
+            }
+        }
         let settings = run_state::run_settings(
             c,
             &RunInputs {
@@ -1340,5 +1387,33 @@ impl<'a, B: Backend> Trainer<'a, B> {
         self.restore(&best.weights, source)?;
         self.save_best(plan)?;
         self.restore(&current, source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::evaluations_in;
+
+    /// The count against the steps walked one by one, as the training loop evaluates.
+    #[test]
+    fn evaluations_are_counted_as_the_loop_takes_them() {
+        for total in 0..40 {
+            for per_epoch in 1..12 {
+                for eval_every in [None, Some(1), Some(2), Some(3), Some(5), Some(7), Some(50)] {
+                    let walked = (1..=total)
+                        .filter(|&s| {
+                            s % per_epoch == 0
+                                || eval_every.is_some_and(|e| s % e == 0)
+                                || s == total
+                        })
+                        .count();
+                    assert_eq!(
+                        evaluations_in(total, per_epoch, eval_every),
+                        walked,
+                        "{total} steps, {per_epoch} per epoch, every {eval_every:?}"
+                    );
+                }
+            }
+        }
     }
 }
