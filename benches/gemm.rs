@@ -4,7 +4,9 @@
 //! `cargo bench --bench gemm` (sizes via `SPAFIT_BENCH_SIZES=512,1024`; empty for none). Then
 //! the f32 products of a training step at the demo's shape (1024 token rows, MiniLM's 384 /
 //! 1536): the forward `x·Wᵀ`, the input gradient `dY·W` and the weight gradient `dYᵀ·X`, and
-//! the LoRA products of rank 8.
+//! the LoRA products of rank 8; and the bf16 mode's products with a frozen bf16 weight
+//! (`x·Wt bf16`, `dY·W bf16`: operands rounded to bf16, f32 sums; AVX-512 BF16 where the CPU
+//! has it), through the backend, at the same shapes.
 
 use std::time::Instant;
 
@@ -48,6 +50,66 @@ fn main() {
     }
     step_shapes(threads);
     lora_shapes(threads);
+    bf16_weight_shapes(threads);
+}
+
+/// The bf16 mode's forward and input-gradient products at the step shapes, through
+/// [`Backend::linear_forward`] / [`Backend::linear_backward`] with a bf16 weight.
+fn bf16_weight_shapes(threads: usize) {
+    use spafit::backend::{LinearBackwardInputs, LinearGradRequest};
+    use spafit::tensor::DType;
+    let b = CpuBackend::bf16();
+    let rows = 1024;
+    for (out, inp) in [(384, 384), (1536, 384), (384, 1536)] {
+        let mut rng = SplitMix::new(2);
+        let mut values =
+            |n: usize| -> Vec<f64> { (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect() };
+        let x = b
+            .tensor_from_f64(Shape::new([rows, inp]), &values(rows * inp))
+            .unwrap();
+        let dy = b
+            .tensor_from_f64(Shape::new([rows, out]), &values(rows * out))
+            .unwrap();
+        let w = b
+            .tensor_from_f64_as(Shape::new([out, inp]), &values(out * inp), DType::BF16)
+            .unwrap();
+        let flops = 2.0 * (rows * out * inp) as f64;
+        let forward = || {
+            std::hint::black_box(b.linear_forward(&x, &w, None, None, None).unwrap());
+        };
+        let backward = || {
+            let inputs = LinearBackwardInputs {
+                dy: &dy,
+                x: None,
+                w: Some(&w),
+                x_lora: None,
+                h: None,
+                lora: None,
+            };
+            let want = LinearGradRequest {
+                dx: true,
+                ..LinearGradRequest::default()
+            };
+            std::hint::black_box(b.linear_backward(inputs, want).unwrap());
+        };
+        for (name, k, n, run) in [
+            ("x·Wt bf16", inp, out, &forward as &dyn Fn()),
+            ("dY·W bf16", out, inp, &backward),
+        ] {
+            run();
+            let mut best = f64::INFINITY;
+            for _ in 0..30 {
+                let t = Instant::now();
+                run();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "{{\"bench\":\"cpu_gemm_step\",\"op\":\"{name}\",\"m\":{rows},\"k\":{k},\"n\":{n},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads}}}",
+                best * 1e3,
+                flops / best / 1e9
+            );
+        }
+    }
 }
 
 /// A matrix: its elements and where they lie.

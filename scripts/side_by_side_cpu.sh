@@ -6,12 +6,14 @@
 #
 # usage: scripts/side_by_side_cpu.sh [VENV]   (default .cache/torchenv; it needs torch,
 # transformers and peft, and is created with them when missing: about 5 GB, not part of CI)
-# env: STEPS (5), WARMUP (2), ROUNDS (2), LENGTHS ("64 256"), METHODS ("full bitfit lora spafit")
+# env: STEPS (5), WARMUP (2), ROUNDS (2), LENGTHS ("64 256"), METHODS ("full bitfit lora spafit"),
+# DTYPE (f32; bf16: `spafit bench --dtype bf16` beside PyTorch under CPU bf16 autocast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.cache/torchenv}
 steps=${STEPS:-5}; warmup=${WARMUP:-2}; rounds=${ROUNDS:-2}
 lengths=${LENGTHS:-"64 256"}; methods=${METHODS:-"full bitfit lora spafit"}
+dtype=${DTYPE:-f32}
 model=.cache/models/all-MiniLM-L6-v2
 threads=$(nproc)
 
@@ -25,18 +27,18 @@ fi
 scripts/fetch_assets.sh >/dev/null
 cargo build --release --quiet
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-echo "machine: $cpu, $threads cores; torch threads $threads; $(date -u +%FT%TZ)"
+echo "machine: $cpu, $threads cores; torch threads $threads; $dtype; $(date -u +%FT%TZ)"
 
 results=$(mktemp)
 for round in $(seq "$rounds"); do
     for len in $lengths; do
         for method in $methods; do
-            t=$("$venv/bin/python" scripts/torch_peft_cpu_bench.py "$model" 16 "$len" "$steps" "$warmup" \
+            t=$(TORCH_CPU_BENCH_DTYPE=$dtype "$venv/bin/python" scripts/torch_peft_cpu_bench.py "$model" 16 "$len" "$steps" "$warmup" \
                 "$threads" 2 4 "$method" 2>/dev/null | sed -n 's/^TORCH //p')
             strata=()
             [ "$method" = spafit ] && strata=(--n1 2 --n2 4)
             s=$(target/release/spafit bench --model "$model" --method "$method" "${strata[@]}" \
-                --batch-size 16 --seq-len "$len" --steps "$steps" --warmup "$warmup")
+                --batch-size 16 --seq-len "$len" --steps "$steps" --warmup "$warmup" --dtype "$dtype")
             tm=$(echo "$t" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')
             sm=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')
             echo "$round $len $method $tm $sm" | tee -a "$results" >&2

@@ -11,12 +11,17 @@ method, in float32 on the CPU with `torch.set_num_threads(THREADS)` — the same
 
 Training mode (dropout on), random token ids (the first one [CLS]), every token real, two
 labels. Prints one JSON line per method prefixed `TORCH`; the step time is the median.
+With TORCH_CPU_BENCH_DTYPE=bf16 the forward and loss run under `torch.autocast("cpu",
+torch.bfloat16)` (PyTorch's mixed precision; beside `spafit bench --dtype bf16`).
 usage: torch_peft_cpu_bench.py MODEL_DIR B T STEPS WARMUP THREADS N1 N2 METHOD...
 """
 import json
 import statistics
 import sys
 import time
+
+import contextlib
+import os
 
 import torch
 from transformers import BertForSequenceClassification
@@ -56,8 +61,11 @@ def bench(path, method, batch, seq, steps, warmup, n1, n2):
     ids[:, 0] = 101
     labels = torch.arange(batch) % 2
 
+    bf16 = os.environ.get("TORCH_CPU_BENCH_DTYPE", "f32") == "bf16"
+
     def step():
-        loss = model(input_ids=ids, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -73,6 +81,7 @@ def bench(path, method, batch, seq, steps, warmup, n1, n2):
     ms = statistics.median(times) * 1e3  # an even count's: the mean of the middle two, as spafit bench
     line = {"method": method, "batch": batch, "seq_len": seq, "ms_per_step": round(ms, 3),
             "trainable_params": sum(p.numel() for p in params), "threads": torch.get_num_threads(),
+            "dtype": "bf16" if bf16 else "f32",
             "torch": torch.__version__}
     print("TORCH " + json.dumps(line), flush=True)
 

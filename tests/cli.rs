@@ -198,10 +198,9 @@ fn cuda_and_bad_arguments_are_clear_errors() {
     // A misspelt value is a command line that does not parse (status 2, before anything
     // loads); values that do not go together are refused when the run starts (status 1).
     for (device, dtype, method, status, needle) in [
-        ("cpu", "bf16", "spafit", 1, "bf16 runs on CUDA"),
-        // Read without regard to case, as --method is.
-        ("CPU", "BF16", "SPAFIT", 1, "bf16 runs on CUDA"),
         ("cuda-emu", "f64", "spafit", 1, "f64 is the CPU reference"),
+        // Read without regard to case, as --method is.
+        ("CUDA-EMU", "F64", "SPAFIT", 1, "f64 is the CPU reference"),
         ("tpu", "f32", "spafit", 2, "unknown device `tpu`"),
         ("cuda:x", "f32", "spafit", 2, "cuda:N"),
         (
@@ -1337,8 +1336,9 @@ fn logged_losses(out: &Path) -> (Vec<f64>, f64) {
 }
 
 /// `spafit train --device cuda-emu` on the real all-MiniLM-L6-v2, in f32 and bf16, logs the
-/// losses the CPU logs (f32 ≤ 1e-4 relative, bf16 ≤ 2e-2); eval, gradcheck and bench run there
-/// too. The stand-in runs the same kernels a GPU would, on the CPU.
+/// losses the CPU logs (f32 ≤ 1e-4 relative, bf16 ≤ 2e-2), and so does the CPU's own bf16
+/// mode; eval, gradcheck and bench run there too. The stand-in runs the same kernels a GPU
+/// would, on the CPU.
 #[test]
 fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
@@ -1400,24 +1400,28 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
         logged_losses(&out)
     };
     let (cpu_train, cpu_dev) = run("cpu", "f32");
-    for (dtype, tol) in [("f32", 1e-4), ("bf16", 2e-2)] {
-        let (train, dev) = run("cuda-emu", dtype);
+    for (device, dtype, tol) in [
+        ("cuda-emu", "f32", 1e-4),
+        ("cuda-emu", "bf16", 2e-2),
+        ("cpu", "bf16", 2e-2),
+    ] {
+        let (train, dev) = run(device, dtype);
         assert_eq!(train.len(), cpu_train.len());
         for (i, (a, b)) in train.iter().zip(&cpu_train).enumerate() {
             let e = (a - b).abs() / b.abs();
             println!(
-                "CUDA-EMU {dtype} step {} loss {a} vs cpu {b}: {e:.2e}",
+                "{device} {dtype} step {} loss {a} vs cpu f32 {b}: {e:.2e}",
                 i + 1
             );
             assert!(
                 e <= tol,
-                "step {} loss on cuda-emu {dtype}: {a} vs {b}",
+                "step {} loss on {device} {dtype}: {a} vs {b}",
                 i + 1
             );
         }
         let e = (dev - cpu_dev).abs() / cpu_dev.abs();
-        println!("CUDA-EMU {dtype} dev loss {dev} vs cpu {cpu_dev}: {e:.2e}");
-        assert!(e <= tol, "dev loss on cuda-emu {dtype}: {dev} vs {cpu_dev}");
+        println!("{device} {dtype} dev loss {dev} vs cpu f32 {cpu_dev}: {e:.2e}");
+        assert!(e <= tol, "dev loss on {device} {dtype}: {dev} vs {cpu_dev}");
     }
     // Resuming the complete CPU run on the stand-in is allowed: nothing trains, so there is
     // no warning about losses that differ between devices, and the line names this call's

@@ -983,7 +983,8 @@ fn random_shapes<B: Backend>(b: &B, tol: f64) {
     attention_cases(b, tol, attention);
 }
 
-/// Instantiates each test body for the CPU (f32, f64) and CUDA (f32, bf16) backends.
+/// Instantiates each test body for the CPU (f32, f64, bf16 frozen weights) and CUDA (f32,
+/// bf16) backends.
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -997,6 +998,11 @@ macro_rules! on_every_backend {
             #[test]
             fn cpu_f32() {
                 super::$name(&CpuBackend::f32(), 1e-5);
+            }
+
+            #[test]
+            fn cpu_bf16() {
+                super::$name(&CpuBackend::bf16(), 1e-2);
             }
 
             #[test]

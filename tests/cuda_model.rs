@@ -157,7 +157,7 @@ fn step_with<B: Backend>(
     )
 }
 
-fn compare(b: &CudaBackend, what: &str, got: &[f64], want: &[f64], tol: f64) -> f64 {
+fn compare<B: Backend>(b: &B, what: &str, got: &[f64], want: &[f64], tol: f64) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}");
     if let Some(i) = got.iter().position(|v| !v.is_finite()) {
         panic!("{what} on {}: element {i} is {}", b.name(), got[i]);
@@ -215,7 +215,7 @@ impl Tolerance {
     }
 }
 
-fn parity(method: Method, num_labels: usize, b: CudaBackend, tolerance: Tolerance) {
+fn parity<B: Backend>(method: Method, num_labels: usize, b: B, tolerance: Tolerance) {
     let cpu = CpuBackend::f64();
     // bf16 is compared with dropout off, as its calibration was measured.
     let dropouts = || match tolerance {
@@ -313,6 +313,13 @@ macro_rules! parity_tests {
             fn bf16_matches_the_f64_reference() {
                 parity($method, 3, cuda(DType::BF16), Tolerance::Bf16);
                 parity($method, 1, cuda(DType::BF16), Tolerance::Bf16);
+            }
+
+            /// The CPU's bf16 mode: its frozen-weight products on bf16 operands.
+            #[test]
+            fn cpu_bf16_matches_the_f64_reference() {
+                parity($method, 3, CpuBackend::bf16(), Tolerance::Bf16);
+                parity($method, 1, CpuBackend::bf16(), Tolerance::Bf16);
             }
         }
     )*};

@@ -30,8 +30,10 @@ pub struct ModelArgs {
     /// loaded from the build's `target/` folder, or from `$SPAFIT_EMULATOR_DIR`).
     #[arg(long, default_value = "cpu", value_parser = spelling(parse_device))]
     pub device: String,
-    /// Storage precision: f32; f64 (CPU only: the reference, slower); bf16 (CUDA only:
-    /// tensor cores, f32 accumulation, f32 master weights for what trains).
+    /// Storage precision: f32; f64 (CPU only: the reference, slower); bf16 (mixed precision:
+    /// frozen linear weights stored in bf16 and their products taken on bf16 operands with
+    /// f32 accumulation, on tensor cores on CUDA and with AVX-512 BF16 on CPUs that have it;
+    /// f32 activations and master weights for what trains).
     #[arg(long, default_value = "f32", value_parser = spelling(parse_dtype))]
     pub dtype: String,
     /// Truncate inputs to this many tokens (special tokens included) [default: 64; eval,
@@ -151,10 +153,6 @@ impl ModelArgs {
         let device = parse_device(&self.device)?;
         let dtype = self.dtype()?;
         match device {
-            Device::Cpu if dtype == DType::BF16 => Err(Error::invalid(
-                "--dtype",
-                "bf16 runs on CUDA (--device cuda or cuda-emu); the CPU computes in f32 or f64",
-            )),
             Device::Cpu => Ok(AnyBackend::Cpu(CpuBackend::new(dtype)?)),
             _ if dtype == DType::F64 => Err(Error::invalid(
                 "--dtype",
@@ -206,7 +204,7 @@ fn parse_dtype(given: &str) -> Result<DType> {
         "bf16" => Ok(DType::BF16),
         _ => Err(Error::invalid(
             "--dtype",
-            format!("`{given}`: expected f32, f64 (CPU) or bf16 (CUDA)"),
+            format!("`{given}`: expected f32, f64 (CPU) or bf16"),
         )),
     }
 }

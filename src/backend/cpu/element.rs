@@ -16,6 +16,8 @@ pub enum CpuBuffer {
     F64(Vec<f64>),
     /// u32 ids, labels and masks.
     U32(Vec<u32>),
+    /// bf16 elements: frozen linear weights in bf16 mode ([`crate::backend::Backend::frozen_dtype`]).
+    BF16(Vec<half::bf16>),
 }
 
 impl DeviceBuffer for CpuBuffer {
@@ -24,6 +26,7 @@ impl DeviceBuffer for CpuBuffer {
             CpuBuffer::F32(v) => v.len(),
             CpuBuffer::F64(v) => v.len(),
             CpuBuffer::U32(v) => v.len(),
+            CpuBuffer::BF16(v) => v.len(),
         }
     }
 
@@ -32,6 +35,7 @@ impl DeviceBuffer for CpuBuffer {
             CpuBuffer::F32(_) => DType::F32,
             CpuBuffer::F64(_) => DType::F64,
             CpuBuffer::U32(_) => DType::U32,
+            CpuBuffer::BF16(_) => DType::BF16,
         }
     }
 }

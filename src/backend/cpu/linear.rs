@@ -3,6 +3,9 @@
 
 use std::ops::Range;
 
+use half::bf16;
+
+use super::bf16_gemm::{product_with_bf16_weight, WeightUse};
 use super::element::Element;
 use super::gemm::{gemm, product, product_plus_row, Layout};
 use crate::backend::shapes::LinearDims;
@@ -30,7 +33,41 @@ pub fn forward<T: Element>(
         Some(b) => product_plus_row(x, x_layout, w, w_t, b),
         None => product(T::ONE, x, x_layout, w, w_t),
     };
-    let h = lora.map(|l| {
+    let h = add_lora(d, &mut y, lora, x_lora);
+    (y, h)
+}
+
+/// [`forward`] with a frozen weight stored in bf16 ([`super::bf16_gemm`]): `x·Wᵀ` from the
+/// operands rounded to bf16, the bias and LoRA's term in f32.
+pub fn forward_bf16(
+    d: LinearDims,
+    x: &[f32],
+    w: &[bf16],
+    bias: Option<&[f32]>,
+    lora: Option<&Lora<'_, f32>>,
+    x_lora: &[f32],
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let mut y = product_with_bf16_weight(x, d.rows, w, d.output, d.input, WeightUse::Transposed);
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(d.output) {
+            for (v, b) in row.iter_mut().zip(b) {
+                *v += b;
+            }
+        }
+    }
+    let h = add_lora(d, &mut y, lora, x_lora);
+    (y, h)
+}
+
+/// Adds `s·(x_l·Aᵀ)·Bᵀ` to `y` and returns `h = x_l·Aᵀ` (nothing without LoRA).
+fn add_lora<T: Element>(
+    d: LinearDims,
+    y: &mut [T],
+    lora: Option<&Lora<'_, T>>,
+    x_lora: &[T],
+) -> Option<Vec<T>> {
+    let x_layout = Layout::row_major(d.rows, d.input);
+    lora.map(|l| {
         let a_t = Layout::row_major(d.rank, d.input).t();
         let h = product(T::ONE, x_lora, x_layout, l.a, a_t);
         gemm(
@@ -40,12 +77,11 @@ pub fn forward<T: Element>(
             l.b,
             Layout::row_major(d.output, d.rank).t(),
             T::ONE,
-            &mut y,
+            y,
             Layout::row_major(d.rows, d.output),
         );
         h
-    });
-    (y, h)
+    })
 }
 
 /// `dX = dY·W`: `[rows, in]`.
@@ -57,6 +93,12 @@ pub fn grad_input<T: Element>(d: LinearDims, dy: &[T], w: &[T]) -> Vec<T> {
         w,
         Layout::row_major(d.output, d.input),
     )
+}
+
+/// [`grad_input`] with a frozen weight stored in bf16: `dY·W` from the operands rounded to
+/// bf16.
+pub fn grad_input_bf16(d: LinearDims, dy: &[f32], w: &[bf16]) -> Vec<f32> {
+    product_with_bf16_weight(dy, d.rows, w, d.output, d.input, WeightUse::AsIs)
 }
 
 /// `dW = dYᵀ·X`: `[out, in]`.

@@ -6,6 +6,7 @@
 
 mod adamw;
 mod attention;
+mod bf16_gemm;
 mod chains;
 mod dropout;
 mod element;
@@ -32,32 +33,60 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// The CPU backend. `dtype` is the precision new float tensors are created in; ops compute
-/// in the dtype of their inputs.
+/// in the dtype of their inputs. `frozen` is how frozen linear weights are stored: the same,
+/// or bf16 in bf16 mode (mixed precision as CUDA's: f32 activations, gradients and trainable
+/// weights; the products with a frozen weight take both operands rounded to bf16 and sum in
+/// f32, on AVX-512 BF16 where the CPU has it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuBackend {
     dtype: DType,
+    frozen: DType,
 }
 
 impl CpuBackend {
-    /// A CPU backend creating tensors in `dtype` (f32 or f64).
+    /// A CPU backend creating tensors in `dtype`: f32 or f64, or bf16 for the f32 backend
+    /// with frozen linear weights in bf16.
     pub fn new(dtype: DType) -> Result<Self> {
         match dtype {
-            DType::F32 | DType::F64 => Ok(CpuBackend { dtype }),
+            DType::F32 | DType::F64 => Ok(CpuBackend {
+                dtype,
+                frozen: dtype,
+            }),
+            DType::BF16 => Ok(CpuBackend {
+                dtype: DType::F32,
+                frozen: DType::BF16,
+            }),
             other => Err(Error::dtype(
                 "cpu backend",
-                format!("the CPU backend computes in f32 or f64, not {other}"),
+                format!(
+                    "the CPU backend computes in f32 or f64 (bf16: frozen weights), not {other}"
+                ),
             )),
         }
     }
 
     /// The f64 reference backend.
     pub fn f64() -> Self {
-        CpuBackend { dtype: DType::F64 }
+        CpuBackend {
+            dtype: DType::F64,
+            frozen: DType::F64,
+        }
     }
 
     /// The f32 backend.
     pub fn f32() -> Self {
-        CpuBackend { dtype: DType::F32 }
+        CpuBackend {
+            dtype: DType::F32,
+            frozen: DType::F32,
+        }
+    }
+
+    /// The bf16 mode: f32, with frozen linear weights in bf16.
+    pub fn bf16() -> Self {
+        CpuBackend {
+            dtype: DType::F32,
+            frozen: DType::BF16,
+        }
     }
 }
 
@@ -124,6 +153,17 @@ fn require_input<'a>(
     })
 }
 
+/// A bf16 weight multiplies f32 activations only (the bf16 mode's).
+fn require_f32_with_bf16_weight(op: &'static str, dtype: DType) -> Result<()> {
+    if dtype != DType::F32 {
+        return Err(Error::dtype(
+            op,
+            format!("a bf16 weight multiplies f32 activations, not {dtype}"),
+        ));
+    }
+    Ok(())
+}
+
 fn scalar_value<T: Element>(op: &'static str, d_loss: &Tensor<CpuBackend>) -> Result<T> {
     if d_loss.numel() != 1 {
         return Err(Error::shape(
@@ -141,21 +181,26 @@ impl Backend for CpuBackend {
     type Buffer = CpuBuffer;
 
     fn name(&self) -> String {
-        format!("cpu-{}", self.dtype)
+        format!("cpu-{}", self.frozen)
     }
 
     fn float_dtype(&self) -> DType {
         self.dtype
     }
 
+    fn frozen_dtype(&self) -> DType {
+        self.frozen
+    }
+
     fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>> {
         let buf = match dtype {
             DType::F32 => CpuBuffer::F32(data.iter().map(|&v| v as f32).collect()),
             DType::F64 => CpuBuffer::F64(data.to_vec()),
+            DType::BF16 => CpuBuffer::BF16(data.iter().map(|&v| half::bf16::from_f64(v)).collect()),
             other => {
                 return Err(Error::dtype(
                     "tensor",
-                    format!("the CPU backend stores f32 or f64, not {other}"),
+                    format!("the CPU backend stores f32, f64 or bf16, not {other}"),
                 ))
             }
         };
@@ -167,7 +212,7 @@ impl Backend for CpuBackend {
             return Ok(t.clone());
         }
         match t.dtype() {
-            DType::F32 | DType::F64 => {
+            DType::F32 | DType::F64 | DType::BF16 => {
                 self.tensor_from_f64_as(t.shape().clone(), &self.to_f64(t)?, dtype)
             }
             other => Err(Error::dtype(
@@ -199,6 +244,7 @@ impl Backend for CpuBackend {
         match t.buffer() {
             CpuBuffer::F32(v) => Ok(v.iter().map(|&x| f64::from(x)).collect()),
             CpuBuffer::F64(v) => Ok(v.clone()),
+            CpuBuffer::BF16(v) => Ok(v.iter().map(|x| x.to_f64()).collect()),
             CpuBuffer::U32(_) => Err(Error::dtype("to_f64", "tensor holds u32, not floats")),
         }
     }
@@ -225,7 +271,30 @@ impl Backend for CpuBackend {
         x_lora: Option<&Tensor<Self>>,
     ) -> Result<LinearOutput<Self>> {
         let d = shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
-        shapes::weight_dtype("linear", w, x.dtype(), x.dtype())?;
+        shapes::weight_dtype("linear", w, x.dtype(), self.frozen)?;
+        if let CpuBuffer::BF16(wb) = w.buffer() {
+            require_f32_with_bf16_weight("linear", x.dtype())?;
+            let l = lora.as_ref().map(|l| linear::Lora {
+                a: view::<f32>(l.a),
+                b: view::<f32>(l.b),
+                scale: l.scale as f32,
+            });
+            let (y, h) = linear::forward_bf16(
+                d,
+                view::<f32>(x),
+                wb,
+                bias.map(view::<f32>),
+                l.as_ref(),
+                view::<f32>(x_lora.unwrap_or(x)),
+            );
+            let h = h
+                .map(|h| tensor(with_last_dim(x.shape(), d.rank), h))
+                .transpose()?;
+            return Ok(LinearOutput {
+                y: tensor(with_last_dim(x.shape(), d.output), y)?,
+                h,
+            });
+        }
         with_float!(x.dtype(), "linear", T => {
             let l = lora.as_ref().map(|l| linear::Lora {
                 a: view::<T>(l.a),
@@ -257,7 +326,10 @@ impl Backend for CpuBackend {
         let dy = inp.dy;
         let (dtype, d) = shapes::linear_backward(&inp)?;
         if let Some(w) = inp.w {
-            shapes::weight_dtype(OP, w, dtype, dtype)?;
+            shapes::weight_dtype(OP, w, dtype, self.frozen)?;
+            if w.dtype() == DType::BF16 {
+                require_f32_with_bf16_weight(OP, dtype)?;
+            }
         }
         let LinearDims {
             rows: _,
@@ -271,7 +343,10 @@ impl Backend for CpuBackend {
             let mut g = LinearGrads::default();
             if want.dx {
                 let w = require_input(OP, "dX", "weight", inp.w)?;
-                g.dx = Some(tensor(in_shape.clone(), linear::grad_input(d, dyv, view::<T>(w)))?);
+                g.dx = Some(match w.buffer() {
+                    CpuBuffer::BF16(wb) => tensor(in_shape.clone(), linear::grad_input_bf16(d, view::<f32>(dy), wb))?,
+                    _ => tensor(in_shape.clone(), linear::grad_input(d, dyv, view::<T>(w)))?,
+                });
             }
             if want.dw {
                 let x = require_input(OP, "dW", "x", inp.x)?;

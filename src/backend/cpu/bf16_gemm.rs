@@ -1,0 +1,404 @@
+//! Products with a frozen weight stored in bf16 (`--device cpu --dtype bf16`), as CUDA's bf16
+//! mode computes them: both operands rounded to bf16 (round to nearest even), products summed
+//! in f32. Where the CPU has AVX-512 BF16 (`vdpbf16ps`: per lane, two bf16 products added to
+//! an f32 sum) a register tile of 12 rows × 32 columns runs it, about twice the f32 FMA rate
+//! of the same core (NOTES.md); elsewhere the rounded operands go through the f32 GEMM.
+//!
+//! Every element of the result is one row of A against one column of B, summed in ascending
+//! pairs of `k` in one accumulator, whatever the split over threads: bitwise reproducible.
+
+use half::bf16;
+
+use super::gemm::{product, Layout};
+
+/// How the weight `W` (`[out, in]`, row-major) enters the product with `A` (`[rows, k]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightUse {
+    /// `A·Wᵀ` (the forward `X·Wᵀ`): `k` = in, columns = out.
+    Transposed,
+    /// `A·W` (the backward `dY·W`): `k` = out, columns = in.
+    AsIs,
+}
+
+/// `A·Wᵀ` or `A·W` for a row-major f32 `a` of `rows` rows and a bf16 weight `w` of
+/// `[out, in]`, as a new row-major f32 matrix.
+pub fn product_with_bf16_weight(
+    a: &[f32],
+    rows: usize,
+    w: &[bf16],
+    out: usize,
+    input: usize,
+    use_: WeightUse,
+) -> Vec<f32> {
+    let (k, cols) = match use_ {
+        WeightUse::Transposed => (input, out),
+        WeightUse::AsIs => (out, input),
+    };
+    assert_eq!(a.len(), rows * k, "bf16 product: A is not [{rows}, {k}]");
+    assert_eq!(
+        w.len(),
+        out * input,
+        "bf16 product: W is not [{out}, {input}]"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx512_bf16() && rows > 0 && cols > 0 && k > 0 {
+        // SAFETY: the CPU has the features the kernel is compiled for; sizes checked above.
+        return unsafe { x86::product(a, rows, w, out, input, k, cols, use_) };
+    }
+    product_by_rounding(a, rows, w, out, input, use_)
+}
+
+/// The product on any CPU: the operands rounded to bf16, widened back, through the f32 GEMM.
+pub fn product_by_rounding(
+    a: &[f32],
+    rows: usize,
+    w: &[bf16],
+    out: usize,
+    input: usize,
+    use_: WeightUse,
+) -> Vec<f32> {
+    let a: Vec<f32> = a.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+    let w: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    let w_layout = Layout::row_major(out, input);
+    match use_ {
+        WeightUse::Transposed => product(1.0, &a, Layout::row_major(rows, input), &w, w_layout.t()),
+        WeightUse::AsIs => product(1.0, &a, Layout::row_major(rows, out), &w, w_layout),
+    }
+}
+
+/// Whether this CPU runs `vdpbf16ps` (and the AVX-512 it needs).
+pub fn avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::bf16;
+    use rayon::prelude::*;
+
+    use super::WeightUse;
+
+    /// Rows of the register tile.
+    const MR: usize = 12;
+    /// Columns of the register tile: two 16-lane registers.
+    const NR: usize = 32;
+    /// Rows per parallel task: whole tiles.
+    const ROWS_PER_TASK: usize = 8 * MR;
+
+    /// `a` (`[rows, k]`) times `B` (`[k, cols]`, from `w` as `use_` says).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product(
+        a: &[f32],
+        rows: usize,
+        w: &[bf16],
+        out: usize,
+        input: usize,
+        k: usize,
+        cols: usize,
+        use_: WeightUse,
+    ) -> Vec<f32> {
+        let pairs = k.div_ceil(2);
+        // A's rows in bf16, each padded to whole pairs: lane `p` of a row's u32 view holds
+        // elements 2p (low half) and 2p + 1 (high half), as `vdpbf16ps` pairs them.
+        let packed_a = pack_a(a, rows, k, pairs);
+        let panels = pack_b(w, out, input, k, cols, pairs, use_);
+        let mut c = vec![0f32; rows * cols];
+        let tasks: Vec<(usize, &mut [f32])> = c
+            .chunks_mut(ROWS_PER_TASK * cols)
+            .enumerate()
+            .map(|(i, chunk)| (i * ROWS_PER_TASK, chunk))
+            .collect();
+        tasks.into_par_iter().for_each(|(row0, chunk)| {
+            let n_rows = chunk.len() / cols;
+            let mut r = 0;
+            while r < n_rows {
+                let m = MR.min(n_rows - r);
+                let a_rows = &packed_a[(row0 + r) * pairs..(row0 + r + m) * pairs];
+                for (jb, panel) in panels.chunks_exact(pairs * NR).enumerate() {
+                    let j0 = jb * NR;
+                    let n = NR.min(cols - j0);
+                    // SAFETY: features enabled on this function; the slices hold `m` rows of
+                    // `pairs` and a panel of `pairs × NR`; the tile's cells lie in `chunk`.
+                    unsafe {
+                        tile(
+                            a_rows,
+                            m,
+                            pairs,
+                            panel,
+                            &mut chunk[r * cols + j0..],
+                            cols,
+                            n,
+                        )
+                    };
+                }
+                r += m;
+            }
+        });
+        c
+    }
+
+    /// A's rows rounded to bf16 (nearest even), `2 · pairs` per row (a zero pads an odd `k`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pack_a(a: &[f32], rows: usize, k: usize, pairs: usize) -> Vec<u32> {
+        let mut packed = vec![0u32; rows * pairs];
+        packed
+            .par_chunks_mut(pairs.max(1) * 64)
+            .zip(a.par_chunks(k.max(1) * 64))
+            .for_each(|(dst, src)| {
+                for (drow, srow) in dst.chunks_exact_mut(pairs).zip(src.chunks_exact(k)) {
+                    // SAFETY: as the enclosing function's features.
+                    unsafe { round_row(srow, drow) };
+                }
+            });
+        packed
+    }
+
+    /// One row of f32 to bf16 pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn round_row(src: &[f32], dst: &mut [u32]) {
+        let bits: &mut [u16] = bytemuck::cast_slice_mut(dst);
+        let mut i = 0;
+        while i + 16 <= src.len() {
+            // SAFETY: 16 f32 read from `src[i..]`, 16 u16 written to `bits[i..]` (which
+            // holds at least `src.len()` elements).
+            unsafe {
+                let v = _mm512_loadu_ps(src.as_ptr().add(i));
+                let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                _mm256_storeu_si256(bits.as_mut_ptr().add(i) as *mut __m256i, h);
+            }
+            i += 16;
+        }
+        for j in i..src.len() {
+            bits[j] = bf16::from_f32(src[j]).to_bits();
+        }
+    }
+
+    /// B in panels of `NR` columns: for each pair `p`, the panel's columns' (B[2p][n],
+    /// B[2p + 1][n]) as u32, zero past `cols` and past `k`.
+    fn pack_b(
+        w: &[bf16],
+        out: usize,
+        input: usize,
+        k: usize,
+        cols: usize,
+        pairs: usize,
+        use_: WeightUse,
+    ) -> Vec<u32> {
+        let b = |kk: usize, n: usize| -> u32 {
+            if kk >= k {
+                return 0;
+            }
+            let v = match use_ {
+                WeightUse::Transposed => w[n * input + kk],
+                WeightUse::AsIs => w[kk * input + n],
+            };
+            u32::from(v.to_bits())
+        };
+        debug_assert_eq!(
+            (k, cols),
+            match use_ {
+                WeightUse::Transposed => (input, out),
+                WeightUse::AsIs => (out, input),
+            }
+        );
+        let blocks = cols.div_ceil(NR);
+        let mut panels = vec![0u32; blocks * pairs * NR];
+        panels
+            .par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each(|(jb, panel)| {
+                for p in 0..pairs {
+                    for jj in 0..NR.min(cols - jb * NR) {
+                        let n = jb * NR + jj;
+                        panel[p * NR + jj] = b(2 * p, n) | (b(2 * p + 1, n) << 16);
+                    }
+                }
+            });
+        panels
+    }
+
+    /// `m` ≤ MR rows of packed A against one panel into `n` ≤ NR columns of C (row stride
+    /// `ldc`), overwriting them.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn tile(
+        a: &[u32],
+        m: usize,
+        pairs: usize,
+        panel: &[u32],
+        c: &mut [f32],
+        ldc: usize,
+        n: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let ap = a.as_ptr();
+        let bp = panel.as_ptr();
+        if m == MR {
+            for p in 0..pairs {
+                // SAFETY: `p < pairs`; the panel holds `pairs × NR`, A `MR × pairs`.
+                unsafe {
+                    let b0: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR) as *const _));
+                    let b1: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR + 16) as *const _));
+                    macro_rules! row {
+                        ($i:literal) => {{
+                            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                                *ap.add($i * pairs + p) as i32,
+                            ));
+                            acc[$i][0] = _mm512_dpbf16_ps(acc[$i][0], x, b0);
+                            acc[$i][1] = _mm512_dpbf16_ps(acc[$i][1], x, b1);
+                        }};
+                    }
+                    row!(0);
+                    row!(1);
+                    row!(2);
+                    row!(3);
+                    row!(4);
+                    row!(5);
+                    row!(6);
+                    row!(7);
+                    row!(8);
+                    row!(9);
+                    row!(10);
+                    row!(11);
+                }
+            }
+        } else {
+            for p in 0..pairs {
+                // SAFETY: as above, for `m` rows.
+                unsafe {
+                    let b0: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR) as *const _));
+                    let b1: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR + 16) as *const _));
+                    for (i, row) in acc.iter_mut().enumerate().take(m) {
+                        let x: __m512bh =
+                            std::mem::transmute(_mm512_set1_epi32(*ap.add(i * pairs + p) as i32));
+                        row[0] = _mm512_dpbf16_ps(row[0], x, b0);
+                        row[1] = _mm512_dpbf16_ps(row[1], x, b1);
+                    }
+                }
+            }
+        }
+        let low = if n >= 16 {
+            0xffff
+        } else {
+            (1u32 << n) as u16 - 1
+        } as __mmask16;
+        let high = if n >= NR {
+            0xffff
+        } else if n > 16 {
+            ((1u32 << (n - 16)) - 1) as u16
+        } else {
+            0
+        } as __mmask16;
+        for (i, row) in acc.iter().enumerate().take(m) {
+            // SAFETY: row `i` of the tile starts at `i · ldc` in `c`, which holds its `n`
+            // columns; the masks write no lane past them.
+            unsafe {
+                let dst = c.as_mut_ptr().add(i * ldc);
+                _mm512_mask_storeu_ps(dst, low, row[0]);
+                _mm512_mask_storeu_ps(dst.add(16), high, row[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact sums (in f64) of the bf16-rounded operands: the kernels may differ from them by
+    /// the f32 rounding of their own sums only.
+    fn reference(
+        a: &[f32],
+        rows: usize,
+        w: &[bf16],
+        out: usize,
+        input: usize,
+        use_: WeightUse,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (k, cols) = match use_ {
+            WeightUse::Transposed => (input, out),
+            WeightUse::AsIs => (out, input),
+        };
+        let mut c = vec![0.0; rows * cols];
+        let mut scale = vec![0.0; rows * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                for kk in 0..k {
+                    let x = f64::from(bf16::from_f32(a[i * k + kk]).to_f32());
+                    let y = f64::from(
+                        match use_ {
+                            WeightUse::Transposed => w[j * input + kk],
+                            WeightUse::AsIs => w[kk * input + j],
+                        }
+                        .to_f32(),
+                    );
+                    c[i * cols + j] += x * y;
+                    scale[i * cols + j] += (x * y).abs();
+                }
+            }
+        }
+        (c, scale)
+    }
+
+    #[test]
+    fn both_paths_sum_the_rounded_operands_at_every_edge() {
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64 * 2.0 - 1.0) as f32
+        };
+        for (rows, out, input) in [
+            (1, 1, 1),
+            (13, 33, 7),
+            (12, 32, 16),
+            (25, 40, 61),
+            (97, 70, 130),
+            (7, 3, 2),
+        ] {
+            for use_ in [WeightUse::Transposed, WeightUse::AsIs] {
+                let k = if use_ == WeightUse::Transposed {
+                    input
+                } else {
+                    out
+                };
+                let a: Vec<f32> = (0..rows * k).map(|_| next()).collect();
+                let w: Vec<bf16> = (0..out * input).map(|_| bf16::from_f32(next())).collect();
+                let (want, scale) = reference(&a, rows, &w, out, input, use_);
+                for (path, got) in [
+                    (
+                        "kernel",
+                        product_with_bf16_weight(&a, rows, &w, out, input, use_),
+                    ),
+                    (
+                        "rounding",
+                        product_by_rounding(&a, rows, &w, out, input, use_),
+                    ),
+                ] {
+                    assert_eq!(got.len(), want.len());
+                    for ((g, e), s) in got.iter().zip(&want).zip(&scale) {
+                        let err = (f64::from(*g) - e).abs();
+                        assert!(
+                            err <= 1e-6 * s + 1e-30,
+                            "{path} {use_:?} {rows}x{out}x{input}: {g} vs {e} (scale {s})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
