@@ -197,10 +197,16 @@ fn tensor_construction_and_backends() {
     let t = tensor(&cpu(), &[2, 3], &[1.0; 6]);
     assert!(t.reshape([4, 2]).is_err());
     assert_eq!(t.reshape([3, 2]).unwrap().dims(), &[3, 2]);
+    // The CPU stores u32 ids but computes in no such dtype; bf16 is its mixed precision.
     assert!(matches!(
-        CpuBackend::new(DType::BF16),
+        CpuBackend::new(DType::U32),
         Err(Error::DType { .. })
     ));
+    let bf16 = CpuBackend::new(DType::BF16).unwrap();
+    assert_eq!(
+        (bf16.float_dtype(), bf16.frozen_dtype()),
+        (DType::F32, DType::BF16)
+    );
     assert!(cpu().to_u32(&t).is_err());
 }
 

@@ -1037,23 +1037,32 @@ on_every_backend!(
 
 #[test]
 fn cuda_casts_between_f32_and_bf16() {
-    let b = cuda(DType::F32);
+    casts_between_f32_and_bf16(&cuda(DType::F32));
+}
+
+/// The CPU's bf16 mode rounds its frozen weights the same way.
+#[test]
+fn cpu_casts_between_f32_and_bf16() {
+    casts_between_f32_and_bf16(&CpuBackend::bf16());
+}
+
+fn casts_between_f32_and_bf16<B: Backend>(b: &B) {
     let mut rng = SplitMix::new(7);
     let x = nonzero(&mut rng, 1001);
-    let t = up(&b, &[7, 11, 13], &x);
+    let t = up(b, &[7, 11, 13], &x);
     let half = b.cast(&t, DType::BF16).unwrap();
     assert_eq!(half.dtype(), DType::BF16);
     let want: Vec<f64> = x
         .iter()
         .map(|&v| half::bf16::from_f32(v as f32).to_f64())
         .collect();
-    let got = down(&b, &half);
+    let got = down(b, &half);
     assert_eq!(
         got, want,
         "f32 → bf16 must round to nearest even, as half::bf16 does"
     );
     let back = b.cast(&half, DType::F32).unwrap();
-    check(&b, "cast", &down(&b, &back), &want, 0.0);
+    check(b, "cast", &down(b, &back), &want, 0.0);
 }
 
 /// The sums of squares of many tensors in one call (the trainer's gradient norm): the bits

@@ -277,9 +277,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     }
 
     /// The dtype frozen linear weights are stored in, when a model is asked to store them
-    /// compactly ([`crate::model::BertClassifier::store_frozen_weights`]): bf16 on CUDA in
-    /// bf16 mode (half the weight memory; the tensor cores read bf16 anyway), the float dtype
-    /// elsewhere. [`Backend::linear_forward`] and [`Backend::linear_backward`] accept a weight
+    /// compactly ([`crate::model::BertClassifier::store_frozen_weights`]): bf16 in bf16 mode
+    /// (CUDA's and the CPU's: half the weight memory; their products round to bf16 anyway),
+    /// the float dtype otherwise. [`Backend::linear_forward`] and [`Backend::linear_backward`] accept a weight
     /// in either dtype.
     fn frozen_dtype(&self) -> DType {
         self.float_dtype()

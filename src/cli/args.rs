@@ -153,7 +153,16 @@ impl ModelArgs {
         let device = parse_device(&self.device)?;
         let dtype = self.dtype()?;
         match device {
-            Device::Cpu => Ok(AnyBackend::Cpu(CpuBackend::new(dtype)?)),
+            Device::Cpu => {
+                if dtype == DType::BF16 && !CpuBackend::has_bf16_dot_products() {
+                    note!(
+                        "this CPU lacks AVX-512 BF16: --dtype bf16 rounds the frozen weights' \
+                         products to bf16 and runs them through the f32 GEMM, slower than \
+                         --dtype f32 and less precise"
+                    );
+                }
+                Ok(AnyBackend::Cpu(CpuBackend::new(dtype)?))
+            }
             _ if dtype == DType::F64 => Err(Error::invalid(
                 "--dtype",
                 "f64 is the CPU reference; CUDA stores f32 or bf16",

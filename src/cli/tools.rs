@@ -46,8 +46,8 @@ impl GradcheckCommand {
             return Err(spafit::Error::invalid("--tolerance", why));
         }
         // On the CPU the analytic gradients come from the f64 reference itself unless
-        // --dtype asks for the f32 backend; on CUDA from the device, in its dtype; both
-        // against the same f64 finite differences.
+        // --dtype asks for the f32 (or bf16) backend; on CUDA from the device, in its dtype;
+        // all against the same f64 finite differences.
         match self.model.backend()? {
             AnyBackend::Cpu(_) if !self.dtype_given => self.run_on(CpuBackend::f64(), &peft),
             other => on_backend!(other, b => self.run_on(b, &peft)),

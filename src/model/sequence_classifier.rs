@@ -495,10 +495,10 @@ impl<B: Backend> BertClassifier<B> {
         v
     }
 
-    /// Stores every frozen linear weight in `backend`'s [`Backend::frozen_dtype`]: bf16 on
-    /// CUDA in bf16 mode, half the memory of the frozen model (the tensor cores round to bf16
-    /// anyway); nothing changes on the CPU. Call it after [`BertClassifier::apply_plan`]:
-    /// what trains keeps its dtype.
+    /// Stores every frozen linear weight in `backend`'s [`Backend::frozen_dtype`]: bf16 in
+    /// bf16 mode (CUDA's or the CPU's), half the memory of the frozen weights (their products
+    /// round to bf16 anyway); nothing changes in f32 or f64. Call it after
+    /// [`BertClassifier::apply_plan`]: what trains keeps its dtype.
     pub fn store_frozen_weights(&mut self, backend: &B) -> Result<()> {
         for layer in &mut self.bert.layers {
             layer.store_frozen_weights(backend)?;

@@ -140,8 +140,8 @@ impl<B: Backend> Linear<B> {
         Ok(())
     }
 
-    /// Stores a frozen weight in `backend`'s [`Backend::frozen_dtype`] (bf16 on CUDA in bf16
-    /// mode); a trainable one stays as it is.
+    /// Stores a frozen weight in `backend`'s [`Backend::frozen_dtype`] (bf16 in bf16 mode);
+    /// a trainable one stays as it is.
     pub fn store_frozen_weight(&mut self, backend: &B) -> Result<()> {
         if !self.weight.trainable && self.weight.value.dtype() != backend.frozen_dtype() {
             self.weight.value = backend.cast(&self.weight.value, backend.frozen_dtype())?;

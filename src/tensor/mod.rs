@@ -6,9 +6,11 @@
 //! the buffer is shared. That access is not public: a buffer swapped for one of another length
 //! would let a kernel, which sizes its grid from the shape, read and write past its end.
 
+mod bf16_rounding;
 mod dtype;
 mod shape;
 
+pub use bf16_rounding::bf16_from_f64;
 pub use dtype::DType;
 pub use shape::Shape;
 

@@ -88,6 +88,12 @@ impl CpuBackend {
             frozen: DType::BF16,
         }
     }
+
+    /// Whether this CPU runs the bf16 mode's products on AVX-512 BF16 dot products (else
+    /// they go through the f32 GEMM, slower than f32 itself).
+    pub fn has_bf16_dot_products() -> bool {
+        bf16_gemm::avx512_bf16()
+    }
 }
 
 /// Runs `$body` with `$t` bound to the Rust type of a float dtype.
@@ -196,7 +202,11 @@ impl Backend for CpuBackend {
         let buf = match dtype {
             DType::F32 => CpuBuffer::F32(data.iter().map(|&v| v as f32).collect()),
             DType::F64 => CpuBuffer::F64(data.to_vec()),
-            DType::BF16 => CpuBuffer::BF16(data.iter().map(|&v| half::bf16::from_f64(v)).collect()),
+            DType::BF16 => CpuBuffer::BF16(
+                data.iter()
+                    .map(|&v| crate::tensor::bf16_from_f64(v))
+                    .collect(),
+            ),
             other => {
                 return Err(Error::dtype(
                     "tensor",

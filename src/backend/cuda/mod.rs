@@ -939,7 +939,12 @@ impl Backend for CudaBackend {
     fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>> {
         let buf = match dtype {
             DType::BF16 => CudaBuffer::BF16(
-                self.upload(&data.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>())?,
+                self.upload(
+                    &data
+                        .iter()
+                        .map(|&v| crate::tensor::bf16_from_f64(v))
+                        .collect::<Vec<_>>(),
+                )?,
             ),
             DType::F32 => {
                 CudaBuffer::F32(self.upload(&data.iter().map(|&v| v as f32).collect::<Vec<_>>())?)
