@@ -115,6 +115,35 @@ mod x86 {
         let packed_a = pack_a(a, rows, k, pairs);
         let panels = pack_b(w, out, input, k, cols, pairs, use_);
         let mut c = vec![0f32; rows * cols];
+        if rows <= ROWS_PER_TASK {
+            // Too few rows to share: the threads take the column panels instead, each into a
+            // block of its own, copied into place.
+            let blocks: Vec<Vec<f32>> = panels
+                .par_chunks_exact(pairs * NR)
+                .enumerate()
+                .map(|(jb, panel)| {
+                    let n = NR.min(cols - jb * NR);
+                    let mut block = vec![0f32; rows * NR];
+                    let mut r = 0;
+                    while r < rows {
+                        let m = MR.min(rows - r);
+                        let a_rows = &packed_a[r * pairs..(r + m) * pairs];
+                        // SAFETY: as in the row split below, into a block of `rows × NR`.
+                        unsafe { tile(a_rows, m, pairs, panel, &mut block[r * NR..], NR, n) };
+                        r += m;
+                    }
+                    block
+                })
+                .collect();
+            for (jb, block) in blocks.iter().enumerate() {
+                let j0 = jb * NR;
+                let n = NR.min(cols - j0);
+                for (row, src) in c.chunks_exact_mut(cols).zip(block.chunks_exact(NR)) {
+                    row[j0..j0 + n].copy_from_slice(&src[..n]);
+                }
+            }
+            return c;
+        }
         let tasks: Vec<(usize, &mut [f32])> = c
             .chunks_mut(ROWS_PER_TASK * cols)
             .enumerate()
@@ -196,16 +225,6 @@ mod x86 {
         pairs: usize,
         use_: WeightUse,
     ) -> Vec<u32> {
-        let b = |kk: usize, n: usize| -> u32 {
-            if kk >= k {
-                return 0;
-            }
-            let v = match use_ {
-                WeightUse::Transposed => w[n * input + kk],
-                WeightUse::AsIs => w[kk * input + n],
-            };
-            u32::from(v.to_bits())
-        };
         debug_assert_eq!(
             (k, cols),
             match use_ {
@@ -213,16 +232,49 @@ mod x86 {
                 WeightUse::AsIs => (out, input),
             }
         );
+        let bits: &[u16] = bytemuck::cast_slice(w);
         let blocks = cols.div_ceil(NR);
         let mut panels = vec![0u32; blocks * pairs * NR];
         panels
             .par_chunks_mut(pairs * NR)
             .enumerate()
             .for_each(|(jb, panel)| {
-                for p in 0..pairs {
-                    for jj in 0..NR.min(cols - jb * NR) {
-                        let n = jb * NR + jj;
-                        panel[p * NR + jj] = b(2 * p, n) | (b(2 * p + 1, n) << 16);
+                let j0 = jb * NR;
+                let width = NR.min(cols - j0);
+                match use_ {
+                    // Column n of B is row n of W: its pairs are consecutive there.
+                    WeightUse::Transposed => {
+                        for jj in 0..width {
+                            let row = &bits[(j0 + jj) * input..(j0 + jj + 1) * input];
+                            let (whole, odd) = row.split_at(row.len() - row.len() % 2);
+                            for (p, pair) in whole.chunks_exact(2).enumerate() {
+                                panel[p * NR + jj] =
+                                    u32::from(pair[0]) | (u32::from(pair[1]) << 16);
+                            }
+                            if let Some(&last) = odd.first() {
+                                panel[(pairs - 1) * NR + jj] = u32::from(last);
+                            }
+                        }
+                    }
+                    // Rows 2p and 2p + 1 of W hold pair p of every column.
+                    WeightUse::AsIs => {
+                        for (p, lanes) in panel.chunks_exact_mut(NR).enumerate() {
+                            let even = &bits[2 * p * input + j0..][..width];
+                            let odd =
+                                (2 * p + 1 < k).then(|| &bits[(2 * p + 1) * input + j0..][..width]);
+                            match odd {
+                                Some(odd) => {
+                                    for ((lane, &e), &o) in lanes.iter_mut().zip(even).zip(odd) {
+                                        *lane = u32::from(e) | (u32::from(o) << 16);
+                                    }
+                                }
+                                None => {
+                                    for (lane, &e) in lanes.iter_mut().zip(even) {
+                                        *lane = u32::from(e);
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             });
