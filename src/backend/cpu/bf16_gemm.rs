@@ -22,6 +22,16 @@ pub enum WeightUse {
     AsIs,
 }
 
+impl WeightUse {
+    /// The product's depth `k` and columns for a weight of `[out, input]`.
+    pub fn depth_and_columns(self, out: usize, input: usize) -> (usize, usize) {
+        match self {
+            WeightUse::Transposed => (input, out),
+            WeightUse::AsIs => (out, input),
+        }
+    }
+}
+
 /// `A·Wᵀ` or `A·W` for a row-major f32 `a` of `rows` rows and a bf16 weight `w` of
 /// `[out, in]`, as a new row-major f32 matrix.
 pub fn product_with_bf16_weight(
@@ -32,10 +42,7 @@ pub fn product_with_bf16_weight(
     input: usize,
     use_: WeightUse,
 ) -> Vec<f32> {
-    let (k, cols) = match use_ {
-        WeightUse::Transposed => (input, out),
-        WeightUse::AsIs => (out, input),
-    };
+    let (k, cols) = use_.depth_and_columns(out, input);
     assert_eq!(a.len(), rows * k, "bf16 product: A is not [{rows}, {k}]");
     assert_eq!(
         w.len(),
@@ -225,13 +232,7 @@ mod x86 {
         pairs: usize,
         use_: WeightUse,
     ) -> Vec<u32> {
-        debug_assert_eq!(
-            (k, cols),
-            match use_ {
-                WeightUse::Transposed => (input, out),
-                WeightUse::AsIs => (out, input),
-            }
-        );
+        debug_assert_eq!((k, cols), use_.depth_and_columns(out, input));
         let bits: &[u16] = bytemuck::cast_slice(w);
         let blocks = cols.div_ceil(NR);
         let mut panels = vec![0u32; blocks * pairs * NR];
@@ -385,10 +386,7 @@ mod tests {
         input: usize,
         use_: WeightUse,
     ) -> (Vec<f64>, Vec<f64>) {
-        let (k, cols) = match use_ {
-            WeightUse::Transposed => (input, out),
-            WeightUse::AsIs => (out, input),
-        };
+        let (k, cols) = use_.depth_and_columns(out, input);
         let mut c = vec![0.0; rows * cols];
         let mut scale = vec![0.0; rows * cols];
         for i in 0..rows {
@@ -428,11 +426,7 @@ mod tests {
             (7, 3, 2),
         ] {
             for use_ in [WeightUse::Transposed, WeightUse::AsIs] {
-                let k = if use_ == WeightUse::Transposed {
-                    input
-                } else {
-                    out
-                };
+                let (k, cols) = use_.depth_and_columns(out, input);
                 let a: Vec<f32> = (0..rows * k).map(|_| next()).collect();
                 let w: Vec<bf16> = (0..out * input).map(|_| bf16::from_f32(next())).collect();
                 let (want, scale) = reference(&a, rows, &w, out, input, use_);
@@ -440,11 +434,6 @@ mod tests {
                 let mut paths = vec![("rounding", rounded)];
                 #[cfg(target_arch = "x86_64")]
                 if avx512_bf16() {
-                    let cols = if use_ == WeightUse::Transposed {
-                        out
-                    } else {
-                        input
-                    };
                     // SAFETY: the CPU has the kernel's features; the sizes are consistent.
                     let got = unsafe { x86::product(&a, rows, &w, out, input, k, cols, use_) };
                     paths.push(("kernel", got));
