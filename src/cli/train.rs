@@ -262,9 +262,7 @@ pub fn fit<B: Backend>(
         max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
         seed: args.seed,
         eval_every: args.eval_every,
-        eval_batch_size: args
-            .eval_batch_size
-            .unwrap_or(TrainConfig::default().eval_batch_size),
+        eval_batch_size: args.eval_batch_size(),
         save_every: args.save_every,
         log_every: args.log_every,
         max_steps: args.max_steps,
@@ -356,6 +354,14 @@ pub fn fit<B: Backend>(
     }
     // Held by the caller while it writes the rest of the run folder (result.json).
     Ok((report, locks))
+}
+
+impl TrainArgs {
+    /// `--eval-batch-size`, or the trainer's default.
+    fn eval_batch_size(&self) -> usize {
+        self.eval_batch_size
+            .unwrap_or(TrainConfig::default().eval_batch_size)
+    }
 }
 
 /// `spafit train`.
@@ -568,9 +574,7 @@ impl TrainCommand {
                     &run.backend,
                     &run.model,
                     &encoded,
-                    self.train
-                        .eval_batch_size
-                        .unwrap_or(TrainConfig::default().eval_batch_size),
+                    self.train.eval_batch_size(),
                     task,
                 )?;
                 for (k, v) in &eval.metrics {

@@ -521,21 +521,22 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.evaluate_and_save_when_due(&plan, &mut run, epoch, epoch_done, &progress)?;
             }
         }
-        let patience_ran_out = self.patience_ran_out(run.evaluations_since_best);
         if let Some(log) = batch_log {
             log.finish(self.is_over(&plan, run.step, run.evaluations_since_best))?;
         }
-        // A run whose patience runs out at its last step simply ends: nothing stopped early.
-        if run.step < plan.total_steps && patience_ran_out && run.step > first_step {
-            let best = run.best.as_ref().map_or(0, |b| b.step);
-            progress.notice(&format!(
-                "early stopping at step {} of {}: {} in a row did not improve on step \
-                 {best}'s, whose weights best/ keeps",
-                run.step,
-                plan.total_steps,
-                evaluations(run.evaluations_since_best)
-            ));
-        } else if run.step < plan.total_steps && !patience_ran_out {
+        if self.ended_early(&plan, &run) {
+            // A resume of a run stopped before this call said so when it read the state.
+            if run.step > first_step {
+                let best = run.best.as_ref().map_or(0, |b| b.step);
+                progress.notice(&format!(
+                    "early stopping at step {} of {}: {} in a row did not improve on step \
+                     {best}'s, whose weights best/ keeps",
+                    run.step,
+                    plan.total_steps,
+                    evaluations(run.evaluations_since_best)
+                ));
+            }
+        } else if run.step < plan.total_steps {
             progress.notice(&self.stopped_early(&run, plan.total_steps));
         }
         self.finish(&plan, run, first_step, progress)
@@ -979,8 +980,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// Whether this process's run ends before another step.
     fn must_stop(&self, plan: &RunPlan, run: &Run<B>) -> bool {
-        run.step >= plan.total_steps
-            || self.patience_ran_out(run.evaluations_since_best)
+        self.is_over(plan, run.step, run.evaluations_since_best)
             || self
                 .config
                 .stop_after_steps
@@ -1001,6 +1001,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// last step taken, or its patience run out.
     fn is_over(&self, plan: &RunPlan, step: usize, evaluations_since_best: usize) -> bool {
         step >= plan.total_steps || self.patience_ran_out(evaluations_since_best)
+    }
+
+    /// Whether early stopping ended the run before its last step (patience running out at
+    /// the last step ends nothing early).
+    fn ended_early(&self, plan: &RunPlan, run: &Run<B>) -> bool {
+        run.step < plan.total_steps && self.patience_ran_out(run.evaluations_since_best)
     }
 
     /// Whether `evaluations` in a row without improvement end the run (early stopping).
@@ -1290,6 +1296,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.check_weights_finite(plan, run.step)?;
             self.save_best(plan)?;
         }
+        let early_stopped = self.ended_early(plan, &run);
         let m = &run.meter;
         Ok(TrainReport {
             steps: run.step,
@@ -1301,8 +1308,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             best: run.best.map(|b| (b.step, b.evaluation)),
             max_len: plan.max_len,
             text_pairs: plan.text_pairs,
-            early_stopped: run.step < plan.total_steps
-                && self.patience_ran_out(run.evaluations_since_best),
+            early_stopped,
             notices: progress.into_notices(),
         })
     }
