@@ -57,6 +57,15 @@ fn schedule_matches_transformers_linear_warmup() {
     assert!(!no_decay("bert.encoder.layer.0.output.dense.lora_A.weight"));
 }
 
+/// Fails unless one of `report`'s notices contains `needle`.
+fn assert_notice(report: &spafit::train::TrainReport, needle: &str) {
+    assert!(
+        report.notices.iter().any(|n| n.contains(needle)),
+        "no notice contains `{needle}`: {:?}",
+        report.notices
+    );
+}
+
 fn read_losses(dir: &Path) -> Vec<f64> {
     read_train_log(dir, "loss")
 }
@@ -393,14 +402,7 @@ fn resume_reproduces_an_uninterrupted_run() {
         .fit(&tok, &data, None)
         .unwrap();
     assert_eq!(moved.steps, 10);
-    assert!(
-        moved
-            .notices
-            .iter()
-            .any(|n| n.contains("trained on cpu-f64 and resumes on cpu-f32")),
-        "{:?}",
-        moved.notices
-    );
+    assert_notice(&moved, "trained on cpu-f64 and resumes on cpu-f32");
     let fresh_run = |config: TrainConfig| {
         let (mut model, plan) = tiny_model(&ck, &cpu);
         Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
@@ -1502,14 +1504,7 @@ fn learning_rate_schedules_match_transformers() {
     let report = Trainer::new(&cpu, &mut model, &plan, &ck.weights, all_warmup)
         .fit(&tokenizer(&ck), &regression_data(20, None), None)
         .unwrap();
-    assert!(
-        report
-            .notices
-            .iter()
-            .any(|n| n.contains("warmup of 5 steps spans the whole run of 5")),
-        "{:?}",
-        report.notices
-    );
+    assert_notice(&report, "warmup of 5 steps spans the whole run of 5");
 }
 
 /// Early stopping ends a run once `patience` evaluations in a row have not improved (here a
@@ -1553,14 +1548,7 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
         3
     );
     assert_eq!(whole.best.as_ref().map(|b| b.0), Some(1));
-    assert!(
-        whole
-            .notices
-            .iter()
-            .any(|n| n.contains("early stopping at step 3 of 10")),
-        "{:?}",
-        whole.notices
-    );
+    assert_notice(&whole, "early stopping at step 3 of 10");
     let evaluations = std::fs::read_to_string(tmp.path().join("whole/metrics.jsonl"))
         .unwrap()
         .lines()
@@ -1578,28 +1566,14 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
     // A run that stopped early has nothing left to train.
     let again = fit(config("resumed", None), Some(&dev)).unwrap();
     assert_eq!((again.steps, again.steps_this_call), (3, 0));
-    assert!(
-        again
-            .notices
-            .iter()
-            .any(|n| n.contains("stopped early at step 3")),
-        "{:?}",
-        again.notices
-    );
+    assert_notice(&again, "stopped early at step 3");
     // A run that evaluates no more often than its patience cannot stop early: said.
     let rarely = TrainConfig {
         eval_every: None,
         ..config("rarely", None)
     };
     let report = fit(rarely, Some(&dev)).unwrap();
-    assert!(
-        report
-            .notices
-            .iter()
-            .any(|n| n.contains("cannot happen: the run evaluates 1 time ")),
-        "{:?}",
-        report.notices
-    );
+    assert_notice(&report, "cannot happen: the run evaluates 1 time ");
     // Patience running out at the last step ends nothing early.
     let last = TrainConfig {
         max_steps: Some(3),
@@ -1880,13 +1854,9 @@ fn micro_batches_train_as_the_whole_batch() {
         .fit(&tok, &data, None)
         .unwrap();
     assert_eq!(resumed.steps, 3);
-    assert!(
-        resumed
-            .notices
-            .iter()
-            .any(|n| n.contains("ran whole batches and resumes with micro-batches of 3")),
-        "{:?}",
-        resumed.notices
+    assert_notice(
+        &resumed,
+        "ran whole batches and resumes with micro-batches of 3",
     );
     // A state saved before the micro-batch size was recorded (its settings lack the key) ran
     // whole batches: resuming it in micro-batches is noted as such, not refused.
@@ -1924,13 +1894,9 @@ fn micro_batches_train_as_the_whole_batch() {
     .fit(&tok, &data, None)
     .unwrap();
     assert_eq!(resumed.steps, 3);
-    assert!(
-        resumed
-            .notices
-            .iter()
-            .any(|n| n.contains("ran whole batches and resumes with micro-batches of 3")),
-        "{:?}",
-        resumed.notices
+    assert_notice(
+        &resumed,
+        "ran whole batches and resumes with micro-batches of 3",
     );
     // Device memory: long examples, so that activations outweigh the gradient sums.
     let long = Dataset {
