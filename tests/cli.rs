@@ -2231,8 +2231,11 @@ fn bad_paths_and_labels_are_refused_before_training() {
     let (ok, stdout, err) = resume(&peft);
     assert!(ok, "{err}");
     // The run was complete: its recorded result stands, with this call's device, steps (none)
-    // and timings (none); result.json keeps the finishing call's.
-    assert!(err.contains("already complete"), "{err}");
+    // and timings (none); result.json keeps the finishing call's. Nothing says it trains.
+    assert!(
+        err.contains("already complete") && !err.contains("trainable parameters"),
+        "{err}"
+    );
     let mut expected = serde_json::from_str::<serde_json::Value>(&recorded).unwrap();
     assert!(
         expected["steps_this_call"].as_u64().unwrap() > 0,
@@ -2264,6 +2267,22 @@ fn bad_paths_and_labels_are_refused_before_training() {
         "{line}"
     );
     assert_eq!(line["steps"], before["steps"]);
+    // A resume under other settings is refused before anything says it trains.
+    let (ok, _, err) = train(&[
+        "--train-file",
+        &p("named.csv"),
+        "--method",
+        "lora",
+        "--lr",
+        "0.0123",
+        "--output",
+        &out,
+        "--resume",
+    ]);
+    assert!(
+        !ok && err.contains("used other settings") && !err.contains("trainable parameters"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read(other.join("best/adapter.safetensors")).unwrap(),
         std::fs::read(root.join("out/best/adapter.safetensors")).unwrap()

@@ -1751,10 +1751,19 @@ fn micro_batches_train_as_the_whole_batch() {
         config: TrainConfig,
     ) -> Vec<f64> {
         let (mut model, plan) = tiny_model_with_labels(ck, backend, edit, data.kind.num_labels());
+        let splits_none = config.micro_batch_size == Some(config.batch_size);
         let report = Trainer::new(backend, &mut model, &plan, &ck.weights, config)
             .fit(tok, data, None)
             .unwrap();
         assert_eq!(report.steps, 3);
+        // A micro-batch size that splits no batch is the caller's to know of.
+        let noted = |n: &String| n.contains("--micro-batch-size 8 is not below the batch of 8");
+        assert_eq!(
+            report.notices.iter().any(noted),
+            splits_none,
+            "{:?}",
+            report.notices
+        );
         model
             .params()
             .iter()

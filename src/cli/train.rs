@@ -305,29 +305,6 @@ pub fn fit<B: Backend>(
             _ => {}
         }
     }
-    let in_use = spafit::train::micro_batches_in_use(
-        config.micro_batch_size,
-        config.batch_size,
-        train.len(),
-    );
-    if let (Some(size), None) = (config.micro_batch_size, in_use) {
-        let whole = if size >= config.batch_size {
-            format!("the batch of {}", config.batch_size)
-        } else {
-            format!("the {} training examples", train.len())
-        };
-        note!("--micro-batch-size {size} is not below {whole}: every step runs its batch whole");
-    }
-    let micro = in_use.map_or_else(String::new, |m| format!(" in micro-batches of {m}"));
-    note!(
-        "training {} ({} trainable parameters) on {} examples, {} epoch(s), batch {}{micro}, lr {:e}",
-        run.plan.method,
-        run.model.trainable_parameter_count(),
-        train.len(),
-        config.epochs,
-        config.batch_size,
-        config.learning_rate
-    );
     let report = Trainer::new(
         &run.backend,
         &mut run.model,

@@ -55,6 +55,14 @@ impl Progress {
         }
     }
 
+    /// A line on stderr wherever notices are shown, not kept as a notice: what the run
+    /// does, said once at its start.
+    pub fn headline(&self, text: &str) {
+        if self.enabled || self.notices_on_stderr {
+            self.print_line(text);
+        }
+    }
+
     /// Prints a message on its own line.
     pub fn message(&self, text: &str) {
         if self.enabled {

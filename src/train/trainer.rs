@@ -496,6 +496,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let plan = self.plan_run(tokenizer, train, dev, &progress)?;
         let mut run = self.start_or_resume(&plan, &progress)?;
         let first_step = run.step;
+        if !self.is_over(&plan, run.step, run.evaluations_since_best) {
+            self.announce(train.len(), run.step, run.epoch, &progress);
+        }
         let mut batch_log = match &self.config.batch_log {
             Some(path) if self.config.resume => {
                 let mut log = BatchLog::resume_at(path, run.step)?;
@@ -802,6 +805,37 @@ impl<'a, B: Backend> Trainer<'a, B> {
 
     /// A fresh run, or the one saved in `last/` with `resume`. Without a saved state the
     /// metrics of an earlier attempt are cleared; with one, the lines after it are.
+    /// Says what is about to train, once the settings and any saved state have been
+    /// accepted (a refused resume prints only its refusal), and notes a micro-batch size
+    /// that splits no batch.
+    fn announce(&self, examples: usize, step: usize, epoch: usize, progress: &Progress) {
+        let c = &self.config;
+        let in_use = micro_batches::in_use(c.micro_batch_size, c.batch_size, examples);
+        if let (Some(size), None) = (c.micro_batch_size, in_use) {
+            let whole = match size >= c.batch_size {
+                true => format!("the batch of {}", c.batch_size),
+                false => format!("the {examples} training examples"),
+            };
+            progress.notice(&format!(
+                "--micro-batch-size {size} is not below {whole}: every step runs its batch whole"
+            ));
+        }
+        let micro = in_use.map_or_else(String::new, |m| format!(" in micro-batches of {m}"));
+        let resuming = match step {
+            0 => String::new(),
+            _ => format!(", resuming at step {step} (epoch {})", epoch + 1),
+        };
+        progress.headline(&format!(
+            "training {} ({} trainable parameters) on {examples} examples, {} epoch(s), batch \
+             {}{micro}, lr {:e}{resuming}",
+            self.plan.method,
+            self.model.trainable_parameter_count(),
+            c.epochs,
+            c.batch_size,
+            c.learning_rate
+        ));
+    }
+
     fn start_or_resume(&mut self, plan: &RunPlan, progress: &Progress) -> Result<Run<B>> {
         let mut run = Run {
             step: 0,
@@ -920,12 +954,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 position.step,
                 plan.total_steps,
                 evaluations(position.evaluations_since_best)
-            ));
-        } else {
-            progress.message(&format!(
-                "resuming at step {} (epoch {})",
-                position.step,
-                position.epoch + 1
             ));
         }
         self.restore(&saved.trainable, &state_path)?;
