@@ -1507,6 +1507,83 @@ fn learning_rate_schedules_match_transformers() {
     assert_notice(&report, "warmup of 5 steps spans the whole run of 5");
 }
 
+/// A run's warmup is compared on resume as the steps it makes, not as the flag that gave
+/// them: a 20% ratio of 5 steps resumes with `warmup_steps: Some(1)` and is refused with 2
+/// (and a ratio whose steps differ), from a state written as today's and from one written
+/// before the steps were recorded (the two flags, from which they are computed again).
+#[test]
+fn a_resume_compares_the_warmup_steps_not_the_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = tokenizer(&ck);
+    let cpu = CpuBackend::f64();
+    let data = regression_data(20, None);
+    let config = |out: &Path, ratio: f64, steps: Option<usize>| TrainConfig {
+        epochs: 1,
+        batch_size: 4,
+        warmup_ratio: ratio,
+        warmup_steps: steps,
+        save_every: Some(1),
+        log_every: 1,
+        output_dir: Some(out.to_path_buf()),
+        ..TrainConfig::default()
+    };
+    let fit = |config: TrainConfig| {
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, config).fit(&tok, &data, None)
+    };
+    let whole = tmp.path().join("whole");
+    fit(config(&whole, 0.2, None)).unwrap();
+    let state = |dir: &Path| dir.join("last").join(spafit::train::STATE_FILE);
+    for old_format in [false, true] {
+        let out = tmp.path().join(format!("stopped-{old_format}"));
+        fit(TrainConfig {
+            stop_after_steps: Some(2),
+            ..config(&out, 0.2, None)
+        })
+        .unwrap();
+        if old_format {
+            edit_run_settings(&state(&out), |settings| {
+                let warmup = settings
+                    .keys()
+                    .find(|k| k.starts_with("warmup steps"))
+                    .cloned()
+                    .expect("the state records its warmup steps");
+                settings.remove(&warmup);
+                settings.insert("--warmup-ratio".into(), "0.2".into());
+                settings.insert("--warmup-steps".into(), "from --warmup-ratio".into());
+            });
+        }
+        for (ratio, steps, accepted) in [
+            (0.06, Some(2), false),
+            (0.5, None, false),
+            (0.06, Some(1), true),
+        ] {
+            let resumed = fit(TrainConfig {
+                resume: true,
+                ..config(&out, ratio, steps)
+            });
+            match (resumed, accepted) {
+                (Ok(report), true) => assert_eq!(report.steps, 5),
+                (Err(e), false) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("warmup steps") && e.contains("saved 1, now"),
+                        "{e}"
+                    );
+                }
+                (r, _) => panic!("ratio {ratio}, steps {steps:?}, old format {old_format}: {r:?}"),
+            }
+        }
+        // The same run as the one never stopped.
+        assert_eq!(
+            read_losses(&out),
+            read_losses(&whole),
+            "old format {old_format}"
+        );
+    }
+}
+
 /// Early stopping ends a run once `patience` evaluations in a row have not improved (here a
 /// learning rate of 0 makes every evaluation equal to the first, the best), keeps that best,
 /// and a run killed before it stops resumes to the same step: the count is part of the
@@ -1702,16 +1779,27 @@ fn the_best_metric_picks_the_best_evaluation() {
 /// Rewrites a run state's header without the setting `key`, as a state saved before that
 /// setting was recorded has it; the tensor bytes (and so their checksum) stay as they are.
 fn remove_run_setting(state: &Path, key: &str) {
+    edit_run_settings(state, |settings| {
+        let removed = settings.remove(key);
+        assert!(
+            removed.is_some(),
+            "the state records no `{key}`: {settings:?}"
+        );
+    });
+}
+
+/// Rewrites a run state's settings with `edit`; the tensor bytes (and so their checksum)
+/// stay as they are.
+fn edit_run_settings(
+    state: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) {
     let bytes = std::fs::read(state).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
     let run = &mut header["__metadata__"]["spafit.run"];
     let mut position: serde_json::Value = serde_json::from_str(run.as_str().unwrap()).unwrap();
-    let removed = position["settings"].as_object_mut().unwrap().remove(key);
-    assert!(
-        removed.is_some(),
-        "the state records no `{key}`: {position}"
-    );
+    edit(position["settings"].as_object_mut().unwrap());
     *run = serde_json::Value::String(position.to_string());
     let mut text = header.to_string().into_bytes();
     // safetensors keeps the data section 8-byte aligned.

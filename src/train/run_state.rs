@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::micro_batches;
+use super::schedule::warmup_steps;
 use super::trainer::DropoutRates;
 use super::{EncodedDataset, Evaluation, TrainConfig};
 use crate::adapter::{sha256_hex, tensors_to_safetensors_with_metadata, write_atomic};
@@ -337,7 +338,7 @@ pub(crate) const MICRO_BATCH_OFF: &str = "off";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 26] = [
+    let entries: [(&str, String); 25] = [
         (DEVICE_SETTING, inputs.device.clone()),
         (
             MICRO_BATCH_SETTING,
@@ -358,14 +359,14 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         ("--batch-size", c.batch_size.to_string()),
         ("length buckets", c.bucket_batches.to_string()),
         ("--lr", c.learning_rate.to_string()),
-        ("--warmup-ratio", c.warmup_ratio.to_string()),
-        // The next two: a state saved before them has neither (a linear schedule, warmup
-        // from the ratio): not compared.
+        // The steps, not the flags: `--warmup-steps 3` resumes a run whose ratio made 3.
         (
-            "--warmup-steps",
+            WARMUP_SETTING,
             c.warmup_steps
-                .map_or_else(|| "from --warmup-ratio".into(), |n| n.to_string()),
+                .unwrap_or_else(|| warmup_steps(c.warmup_ratio, inputs.total_steps))
+                .to_string(),
         ),
+        // A state saved before this entry has none (a linear schedule): not compared.
         ("--lr-schedule", c.lr_schedule.to_string()),
         // Which evaluation is the best (a state saved before this entry has none: not
         // compared).
@@ -391,7 +392,7 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
             "--max-steps",
             c.max_steps.map_or_else(|| "none".into(), |v| v.to_string()),
         ),
-        ("steps in the schedule", inputs.total_steps.to_string()),
+        (TOTAL_STEPS_SETTING, inputs.total_steps.to_string()),
         ("base model (SHA-256)", inputs.base_sha256.to_string()),
         (
             "--lora-alpha",
@@ -490,6 +491,7 @@ fn data_digest(data: &EncodedDataset) -> String {
 /// The settings of a saved run that differ from this one, as `name: saved X, now Y`. A
 /// setting the saved run did not record (an older spafit's state) is not compared.
 pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<String> {
+    let saved = &with_warmup_steps(saved);
     let keys: std::collections::BTreeSet<&String> = saved.keys().collect();
     keys.into_iter()
         .filter(|k| {
@@ -504,6 +506,43 @@ pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<St
             )
         })
         .collect()
+}
+
+/// The length of the run's schedule in a run's state.
+const TOTAL_STEPS_SETTING: &str = "steps in the schedule";
+
+/// The warmup setting of a run's state.
+const WARMUP_SETTING: &str = "warmup steps (--warmup-steps, or --warmup-ratio of the run's steps)";
+
+/// `saved` with the warmup as its number of steps: states written before that was recorded
+/// hold the two flags (`--warmup-steps` since it exists, a number or "from
+/// --warmup-ratio"), from which the steps follow as the run computed them. Left as saved
+/// where they do not parse, so a damaged entry is still reported as a change.
+fn with_warmup_steps(saved: &RunSettings) -> RunSettings {
+    const RATIO: &str = "--warmup-ratio";
+    const STEPS: &str = "--warmup-steps";
+    let mut settings = saved.clone();
+    if settings.contains_key(WARMUP_SETTING) {
+        return settings;
+    }
+    let given = match saved.get(STEPS).map(String::as_str) {
+        None | Some("from --warmup-ratio") => None,
+        Some(steps) => match steps.parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => return settings,
+        },
+    };
+    let from_ratio = || {
+        let ratio = saved.get(RATIO)?.parse::<f64>().ok()?;
+        let total = saved.get(TOTAL_STEPS_SETTING)?.parse::<usize>().ok()?;
+        Some(warmup_steps(ratio, total))
+    };
+    if let Some(steps) = given.or_else(from_ratio) {
+        settings.remove(RATIO);
+        settings.remove(STEPS);
+        settings.insert(WARMUP_SETTING.into(), steps.to_string());
+    }
+    settings
 }
 
 /// Keeps the lines of a JSON-lines log with a `step` field (`metrics.jsonl`, the batch log)
