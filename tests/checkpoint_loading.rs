@@ -485,12 +485,9 @@ fn other_model_families_and_decoders_are_refused_by_name() {
         "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
     let cases: [(&str, String, &str); 14] = [
         (
-            "multi-label",
-            bert.replace(
-                r#""gelu","#,
-                r#""gelu", "problem_type": "multi_label_classification","#,
-            ),
-            "`problem_type` is `multi_label_classification`",
+            "unknown-problem",
+            bert.replace(r#""gelu","#, r#""gelu", "problem_type": "ranking","#),
+            "`problem_type` is `ranking`",
         ),
         (
             "old-roberta",
@@ -665,6 +662,21 @@ fn a_fine_tuned_head_agrees_with_its_config() {
             "{name}: {e}"
         );
     }
+    // A multi-label head (a sigmoid per class) is not evaluated as a softmax; a run on the
+    // checkpoint trains a fresh head on its encoder.
+    let (ck, model) = open(
+        "multi-label",
+        r#""problem_type": "multi_label_classification","#,
+        2,
+    );
+    let e = model.expect_err("multi-label").to_string();
+    assert!(
+        e.contains("config.json") && e.contains("multi_label_classification"),
+        "{e}"
+    );
+    assert_eq!(ck.classifier_outputs(), None);
+    let fresh = BertClassifier::from_checkpoint(&ck, &cpu, 2, 7).unwrap();
+    assert_eq!(host(&fresh.classifier.bias.value), vec![0.0; 2]);
     let dir = tmp.path().join("no-head");
     write_checkpoint(
         &dir,

@@ -386,14 +386,17 @@ impl BertConfig {
                     .into(),
             );
         }
-        if let Some(p) = self
-            .problem_type
-            .as_deref()
-            .filter(|p| !matches!(*p, "single_label_classification" | "regression"))
-        {
+        if let Some(p) = self.problem_type.as_deref().filter(|p| {
+            !matches!(
+                *p,
+                "single_label_classification" | "regression" | super::MULTI_LABEL
+            )
+        }) {
+            // A multi-label head is set aside where it would be used
+            // (`Checkpoint::other_kind_of_head`); its encoder is a base like any other.
             return Err(format!(
-                "`problem_type` is `{p}`: spafit trains and evaluates single-label \
-                 classification (softmax, cross-entropy) and regression only"
+                "`problem_type` is `{p}`: transformers knows single_label_classification, \
+                 multi_label_classification and regression"
             ));
         }
         if !(self.initializer_range > 0.0 && self.initializer_range.is_finite()) {

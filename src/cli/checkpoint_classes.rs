@@ -32,6 +32,10 @@ pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
 /// when it has another number of outputs than the data's classes (transformers would
 /// refuse the load unless told to ignore the mismatch).
 pub fn note_replaced_head(checkpoint: &Checkpoint, outputs: usize) {
+    if let Some(kind) = checkpoint.other_kind_of_head() {
+        note!("{kind}: training starts from a fresh head");
+        return;
+    }
     match checkpoint.classifier_outputs() {
         Some(n) if n != outputs => note!(
             "the checkpoint's classifier head has {n} output(s) and the data needs {outputs}: \

@@ -58,7 +58,8 @@ impl<B: Backend> std::fmt::Debug for BertClassifier<B> {
 impl<B: Backend> BertClassifier<B> {
     /// Loads `checkpoint` on `backend` with a `num_labels` head: the checkpoint's own
     /// `classifier` tensors when it has them with that shape (and no other architecture saved
-    /// them: [`Checkpoint::foreign_head`]), otherwise a fresh head drawn as transformers draws
+    /// them, nor is it multi-label: [`Checkpoint::other_kind_of_head`]), otherwise a fresh
+    /// head drawn as transformers draws
     /// it (weights N(0, `initializer_range`), bias 0) from `seed`. A head present in part, or
     /// in shapes that do not fit together, is refused (it is a damaged file, not a base
     /// model). The encoder starts frozen and the head trainable; apply a plan to choose what
@@ -138,20 +139,19 @@ impl<B: Backend> BertClassifier<B> {
     /// or predicting without an adapter. Everything is frozen (then
     /// [`BertClassifier::store_frozen_weights`] halves its memory on a bf16 device). Refused
     /// when the checkpoint has no head, a head but no pooler to feed it, or a head another
-    /// architecture saved ([`Checkpoint::foreign_head`]). The outputs keep the checkpoint's
+    /// architecture saved or a multi-label one ([`Checkpoint::other_kind_of_head`]). The
+    /// outputs keep the checkpoint's
     /// class order (`id2label`); [`BertClassifier::align_classes`] lines them up with data
     /// that orders the same classes otherwise.
     pub fn from_fine_tuned(checkpoint: &Checkpoint, backend: &B) -> Result<Self> {
         let weights = &checkpoint.weights;
         let h = checkpoint.config.hidden_size;
-        if let Some(architecture) = checkpoint.foreign_head() {
+        if let Some(kind) = checkpoint.other_kind_of_head() {
             return Err(Error::Format {
                 path: checkpoint.dir().join("config.json"),
                 detail: format!(
-                    "`architectures` is `{architecture}`: its `classifier` is not a sequence \
-                     classifier's head (one score per answer choice or per token, not per \
-                     class), so it cannot be evaluated as one; give an --adapter trained on \
-                     this checkpoint"
+                    "{kind}, so it cannot be evaluated as spafit's; give an --adapter trained \
+                     on this checkpoint (a run trained on it starts from a fresh head)"
                 ),
             });
         }
@@ -194,21 +194,24 @@ impl<B: Backend> BertClassifier<B> {
         }
         // transformers reads one output as regression unless problem_type says otherwise.
         let contradiction = match checkpoint.config.problem_type.as_deref() {
-            Some("regression") if num_labels > 1 => Some("regression"),
-            Some("single_label_classification") if num_labels == 1 => {
-                Some("single_label_classification")
-            }
+            Some("regression") if num_labels > 1 => Some(format!(
+                "`problem_type` is `regression` and the head (`classifier.weight`) has \
+                 {num_labels} outputs: a regression of {num_labels} targets at once, while \
+                 spafit's regression gives one score; give an --adapter trained on this \
+                 checkpoint (a run trained on it with --regression starts from a fresh head)"
+            )),
+            Some("single_label_classification") if num_labels == 1 => Some(
+                "`problem_type` is `single_label_classification` but the head \
+                 (`classifier.weight`) has 1 output, and a softmax over one class is always 1: \
+                 if the head is a regressor, make `problem_type` `regression` (or remove it)"
+                    .to_string(),
+            ),
             _ => None,
         };
-        if let Some(problem) = contradiction {
+        if let Some(detail) = contradiction {
             return Err(Error::Format {
                 path: checkpoint.dir().join("config.json"),
-                detail: format!(
-                    "`problem_type` is `{problem}` but the head (`classifier.weight`) has \
-                     {num_labels} {}: spafit's regression has one output, its classification \
-                     two or more (remove `problem_type` if the head is right)",
-                    if num_labels == 1 { "output" } else { "outputs" }
-                ),
+                detail,
             });
         }
         let mut model = Self::from_checkpoint(checkpoint, backend, num_labels, 0)?;
