@@ -475,6 +475,27 @@ fn train_eval_predict_on_glue_layout() {
         !out.path().join("metrics.jsonl").exists(),
         "refused before training, not after"
     );
+    // Nor has SPAFIT with N2 at the depth, which its notice and refusal both say.
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--task",
+        "sst2",
+        "--glue-dir",
+        &g,
+        "--n2",
+        "6",
+        "--output",
+        &o,
+        "--export-peft",
+        &format!("{o}/peft"),
+    ]);
+    assert!(
+        !ok && err.contains("leave this SPAFIT plan no LoRA + bias layer")
+            && err.contains("N2 = 6 is the model's depth"),
+        "{err}"
+    );
     let (ok, stdout, err) = spafit(&[
         "train",
         "--model",

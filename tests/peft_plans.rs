@@ -48,6 +48,40 @@ fn default_spafit_boundaries_are_thirds() {
     }
 }
 
+/// The default thirds on a shallow model empty a stratum that trains, and the plan says
+/// which (it is then another method's plan); whole strata and other methods say nothing.
+#[test]
+fn spafit_plans_with_an_empty_training_stratum_are_noticed() {
+    let thirds = PeftConfig::new(Method::Spafit);
+    for (layers, strata, needle) in [
+        (
+            1,
+            vec![Stratum::BiasOnly],
+            "N1 = 0 (1/3 of 1 layer) and N2 = 1 (2/3 of 1 layer) leave this SPAFIT plan no LoRA + bias layer",
+        ),
+        (
+            2,
+            vec![Stratum::Frozen, Stratum::LoraAndBias],
+            "N1 = 1 (1/3 of 2 layers) and N2 = 1 (2/3 of 2 layers) leave this SPAFIT plan no bias-only layer",
+        ),
+    ] {
+        let plan = PeftPlan::new(&thirds, layers).unwrap();
+        assert_eq!(plan.strata, strata);
+        let notice = thirds.empty_strata_notice(layers).unwrap();
+        assert!(notice.contains(needle), "{notice}");
+    }
+    let none = spafit(Boundary::Layer(3), Boundary::Layer(3));
+    let notice = none.empty_strata_notice(3).unwrap();
+    assert!(notice.contains("no layer that trains"), "{notice}");
+    for layers in [3, 6, 12] {
+        assert_eq!(thirds.empty_strata_notice(layers), None, "{layers} layers");
+    }
+    assert_eq!(PeftConfig::new(Method::Lora).empty_strata_notice(1), None);
+    // Boundaries the plan refuses are the refusal's to report.
+    let reversed = spafit(Boundary::Layer(2), Boundary::Layer(1));
+    assert_eq!(reversed.empty_strata_notice(3), None);
+}
+
 #[test]
 fn baselines_are_plans_of_strata() {
     let full = PeftPlan::new(&PeftConfig::new(Method::Full), 4).unwrap();

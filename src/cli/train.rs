@@ -127,8 +127,13 @@ pub fn setup<B: Backend>(
     num_labels: usize,
     seed: u64,
 ) -> Result<Run<B>> {
-    let plan = PeftPlan::new(&peft.config()?, checkpoint.config.num_hidden_layers)?;
+    let config = peft.config()?;
+    let layers = checkpoint.config.num_hidden_layers;
+    let plan = PeftPlan::new(&config, layers)?;
     peft.check_flags_against_plan(&plan)?;
+    if let Some(notice) = config.empty_strata_notice(layers) {
+        note!("note: {notice}");
+    }
     let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
     m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
     m.store_frozen_weights(&backend)?;
@@ -199,10 +204,16 @@ pub fn fit<B: Backend>(
         return Err(spafit::Error::invalid(
             "--export-peft",
             format!(
-                "the {} plan has no LoRA adapter, and PEFT's LoRA format needs one (only lora and \
-                 spafit export); refused before training: --output saves any method's adapter \
-                 in spafit's format",
-                run.plan.method
+                "the {} plan has no LoRA adapter{}, and PEFT's LoRA format needs one (only lora \
+                 and spafit export); refused before training: --output saves any method's \
+                 adapter in spafit's format",
+                run.plan.method,
+                match run.plan.boundaries {
+                    Some((_, n2)) => format!(
+                        " (N2 = {n2} is the model's depth: no LoRA + bias layer; lower --n2)"
+                    ),
+                    None => String::new(),
+                }
             ),
         ));
     }

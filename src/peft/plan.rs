@@ -83,7 +83,10 @@ impl Boundary {
     fn describe(self, n: usize, layers: usize) -> String {
         match self {
             Boundary::Layer(_) => n.to_string(),
-            Boundary::Fraction(f) => format!("{n} ({} of {layers} layers)", fraction_text(f)),
+            Boundary::Fraction(f) => {
+                let noun = if layers == 1 { "layer" } else { "layers" };
+                format!("{n} ({} of {layers} {noun})", fraction_text(f))
+            }
         }
     }
 }
@@ -188,6 +191,36 @@ impl PeftConfig {
             train_embeddings: false,
             train_layer_norm_weights: false,
         }
+    }
+}
+
+impl PeftConfig {
+    /// What a SPAFIT config leaves out on a model of `layers` layers when its boundaries
+    /// empty one of the two strata that train (the default thirds on a shallow model: one
+    /// layer makes N1 = 0 and N2 = 1, no LoRA + bias layer; two make N1 = N2 = 1, no bias-only
+    /// layer), so the plan is in fact another method's: a notice for the user, who may not
+    /// have chosen the boundaries. `None` for other methods, whole strata, or boundaries
+    /// that [`PeftPlan::new`] refuses.
+    pub fn empty_strata_notice(&self, layers: usize) -> Option<String> {
+        if self.method != Method::Spafit || layers == 0 {
+            return None;
+        }
+        let n1 = self.n1.resolve("N1", layers).ok()?;
+        let n2 = self.n2.resolve("N2", layers).ok()?;
+        if n1 > n2 {
+            return None;
+        }
+        let missing = match (n1 == n2, n2 == layers) {
+            (false, false) => return None,
+            (true, true) => "no layer that trains (only the head does, with what --train-* adds)",
+            (false, true) => "no LoRA + bias layer: it trains biases only, as BitFit on its upper layers (lower --n2 to give the top layers adapters)",
+            (true, false) => "no bias-only layer: the layers below N2 are frozen, those from it LoRA + bias (lower --n1 for a bias-only stratum)",
+        };
+        Some(format!(
+            "N1 = {} and N2 = {} leave this SPAFIT plan {missing}",
+            self.n1.describe(n1, layers),
+            self.n2.describe(n2, layers)
+        ))
     }
 }
 
