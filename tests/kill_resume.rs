@@ -111,13 +111,23 @@ impl Task {
     }
 
     fn run_to_completion(&self, out: &Path, resume: bool) {
+        let saved = saved_step(out).filter(|_| resume);
         let o = self.command(out, resume, 0).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             o.status.success(),
-            "spafit train{} into {} failed: {}",
+            "spafit train{} into {} failed: {err}",
             if resume { " --resume" } else { "" },
             out.display(),
-            String::from_utf8_lossy(&o.stderr)
+        );
+        // The opening line says where the run starts (unless nothing is left to train).
+        let opening = match saved {
+            Some(step) if step > 0 => format!("resuming at step {step} "),
+            _ => "trainable parameters".into(),
+        };
+        assert!(
+            err.contains(&opening) || err.contains("already complete"),
+            "no `{opening}` in {err}"
         );
     }
 

@@ -90,10 +90,13 @@ pub struct TrainConfig {
     pub output_dir: Option<PathBuf>,
     /// Continue the run saved in `output_dir/last`.
     pub resume: bool,
-    /// Show a progress bar on stderr, with a line per evaluation and resume.
+    /// Show a progress bar on stderr, with a line per evaluation.
     pub progress: bool,
     /// Also print notices on stderr as they happen, without a progress bar (they are always
     /// in [`TrainReport::notices`], which a run that ends in an error does not return).
+    /// Under either flag the run opens with a line on what trains (the method, its
+    /// trainable parameters, the batches, and the step a resume starts at), printed once the
+    /// settings and any saved state are accepted and not kept among the notices.
     pub notices_on_stderr: bool,
     /// GLUE task, for its metrics.
     pub task: Option<GlueTask>,
@@ -285,7 +288,8 @@ pub struct TrainReport {
     /// ([`TrainConfig::early_stopping_patience`]).
     pub early_stopped: bool,
     /// What the run had to tell: a resume that found no saved state, a run already complete,
-    /// a change of device, a step limit the epochs reach first, a learning rate of 0.
+    /// a change of device, a step limit the epochs reach first, a learning rate of 0, a
+    /// micro-batch size that splits no batch.
     pub notices: Vec<String>,
 }
 
@@ -496,9 +500,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let plan = self.plan_run(tokenizer, train, dev, &progress)?;
         let mut run = self.start_or_resume(&plan, &progress)?;
         let first_step = run.step;
-        if !self.is_over(&plan, run.step, run.evaluations_since_best) {
-            self.announce(train.len(), run.step, run.epoch, &progress);
-        }
         let mut batch_log = match &self.config.batch_log {
             Some(path) if self.config.resume => {
                 let mut log = BatchLog::resume_at(path, run.step)?;
@@ -508,6 +509,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
             Some(path) => Some(BatchLog::create(path)?),
             None => None,
         };
+        if !self.is_over(&plan, run.step, run.evaluations_since_best) {
+            self.announce(train.len(), run.step, run.epoch, &progress);
+        }
         while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
             let epoch = run.epoch;
             let batches = self.epoch_batches(&plan, epoch);
@@ -803,8 +807,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
         })
     }
 
-    /// A fresh run, or the one saved in `last/` with `resume`. Without a saved state the
-    /// metrics of an earlier attempt are cleared; with one, the lines after it are.
     /// Says what is about to train, once the settings and any saved state have been
     /// accepted (a refused resume prints only its refusal), and notes a micro-batch size
     /// that splits no batch.
@@ -836,6 +838,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         ));
     }
 
+    /// A fresh run, or the one saved in `last/` with `resume`. Without a saved state the
+    /// metrics of an earlier attempt are cleared; with one, the lines after it are.
     fn start_or_resume(&mut self, plan: &RunPlan, progress: &Progress) -> Result<Run<B>> {
         let mut run = Run {
             step: 0,
