@@ -70,9 +70,21 @@ fn spafit_plans_with_an_empty_training_stratum_are_noticed() {
         let notice = thirds.empty_strata_notice(layers).unwrap();
         assert!(notice.contains(needle), "{notice}");
     }
-    let none = spafit(Boundary::Layer(3), Boundary::Layer(3));
-    let notice = none.empty_strata_notice(3).unwrap();
-    assert!(notice.contains("no layer that trains"), "{notice}");
+    let notice = thirds.empty_strata_notice(1).unwrap();
+    assert!(
+        notice.contains("as BitFit would on every layer"),
+        "{notice}"
+    );
+    for (n1, n2, needle) in [
+        (3, 3, "no layer that trains"),
+        (1, 3, "as BitFit would on layers 1 and up"),
+        (0, 0, "every layer is LoRA + bias (raise --n2"),
+        (1, 1, "below N2 are frozen"),
+    ] {
+        let config = spafit(Boundary::Layer(n1), Boundary::Layer(n2));
+        let notice = config.empty_strata_notice(3).unwrap();
+        assert!(notice.contains(needle), "N1 {n1}, N2 {n2}: {notice}");
+    }
     for layers in [3, 6, 12] {
         assert_eq!(thirds.empty_strata_notice(layers), None, "{layers} layers");
     }

@@ -212,9 +212,23 @@ impl PeftConfig {
         }
         let missing = match (n1 == n2, n2 == layers) {
             (false, false) => return None,
-            (true, true) => "no layer that trains (only the head does, with what --train-* adds)",
-            (false, true) => "no LoRA + bias layer: it trains biases only, as BitFit on its upper layers (lower --n2 to give the top layers adapters)",
-            (true, false) => "no bias-only layer: the layers below N2 are frozen, those from it LoRA + bias (lower --n1 for a bias-only stratum)",
+            (true, true) => {
+                "no layer that trains (only the head does, with what --train-* adds)".into()
+            }
+            (false, true) => format!(
+                "no LoRA + bias layer: it trains biases only, as BitFit would on {} (lower --n2 \
+                 to give the top layers adapters)",
+                match n1 {
+                    0 => "every layer".to_string(),
+                    _ => format!("layers {n1} and up"),
+                }
+            ),
+            (true, false) if n1 == 0 => "no bias-only layer: every layer is LoRA + bias (raise \
+                 --n2 for a bias-only stratum)"
+                .into(),
+            (true, false) => "no bias-only layer: the layers below N2 are frozen, those from it \
+                 LoRA + bias (lower --n1 for a bias-only stratum)"
+                .into(),
         };
         Some(format!(
             "N1 = {} and N2 = {} leave this SPAFIT plan {missing}",
