@@ -3285,3 +3285,82 @@ fn micro_batches_from_the_command_line() {
         assert!((a - b).abs() < 0.2 * b.abs(), "{micro:?} against {whole:?}");
     }
 }
+
+/// A base whose config.json sets another `problem_type` than the run's (here multi-label)
+/// trains like any base; its PEFT export says how to load it in transformers, which would
+/// otherwise give the adapter's head the base's problem, and spafit reads its own export back
+/// without the warning a Python-trained adapter on that base gets.
+#[test]
+fn a_multi_label_base_trains_and_its_export_says_how_to_load_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let minilm = common::minilm_dir();
+    let base = root.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for file in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ] {
+        if minilm.join(file).exists() {
+            std::os::unix::fs::symlink(minilm.join(file), base.join(file)).unwrap();
+        }
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
+            .unwrap();
+    config["problem_type"] = "multi_label_classification".into();
+    write(root, "base/config.json", &config.to_string());
+    let rows: String = (0..8)
+        .map(|i| {
+            format!(
+                "review number {i} was {},{}\n",
+                ["dull", "fine"][i % 2],
+                i % 2
+            )
+        })
+        .collect();
+    write(root, "train.csv", &format!("text,label\n{rows}"));
+    let (b, data) = (
+        base.display().to_string(),
+        root.join("train.csv").display().to_string(),
+    );
+    let peft = root.join("peft").display().to_string();
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &b,
+        "--train-file",
+        &data,
+        "--method",
+        "lora",
+        "--max-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--output",
+        &root.join("out").display().to_string(),
+        "--export-peft",
+        &peft,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("`problem_type` `multi_label_classification`")
+            && err.contains("problem_type=\"single_label_classification\"")
+            && err.contains("num_labels=2"),
+        "{err}"
+    );
+    let (ok, _, err) = spafit(&[
+        "eval",
+        "--model",
+        &b,
+        "--adapter",
+        &peft,
+        "--dev-file",
+        &data,
+    ]);
+    assert!(ok && !err.contains("problem_type"), "{err}");
+}

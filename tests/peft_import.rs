@@ -825,3 +825,63 @@ fn the_first_matching_rank_pattern_decides_as_in_peft() {
         }
     }
 }
+
+/// An adapter PEFT trained on a base whose config.json sets a `problem_type` its head is not
+/// read as here (multi-label, or a regression of several outputs) was trained for that
+/// problem, since transformers gives the base's `problem_type` to the whole model: opening it
+/// warns that spafit's probabilities are not those of the model it came from. A base without
+/// one gives no such warning, and the logits are the same either way.
+#[test]
+fn adapters_on_a_base_of_another_problem_type_are_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let minilm = common::minilm_dir();
+    let base_with = |name: &str, problem_type: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in [
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.txt",
+        ] {
+            if minilm.join(file).exists() {
+                std::os::unix::fs::symlink(minilm.join(file), dir.join(file)).unwrap();
+            }
+        }
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
+                .unwrap();
+        config["problem_type"] = problem_type.into();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        Checkpoint::open(&dir).unwrap()
+    };
+    let cpu = CpuBackend::f64();
+    let warned = |opened: &spafit::adapter::OpenedAdapter<CpuBackend>| {
+        opened.warnings.iter().any(|w| w.contains("`problem_type`"))
+    };
+    let plain = checkpoint();
+    for (adapter, problem_type, warns) in [
+        ("lora_qv", "multi_label_classification", true),
+        ("lora_qv", "regression", true),
+        ("lora_qv", "single_label_classification", false),
+        ("lora_regression", "single_label_classification", true),
+        ("lora_regression", "regression", false),
+    ] {
+        let dir = fixtures().join(adapter);
+        let base = base_with(&format!("{adapter}-{problem_type}"), problem_type);
+        let opened = open_adapter(&dir, &base, &cpu).unwrap();
+        assert_eq!(
+            warned(&opened),
+            warns,
+            "{adapter} on {problem_type}: {:?}",
+            opened.warnings
+        );
+        let unset = open_adapter(&dir, &plain, &cpu).unwrap();
+        assert!(!warned(&unset), "{adapter}: {:?}", unset.warnings);
+        let texts = ["a fine film", "dull"];
+        assert_eq!(
+            logits(&base, &cpu, &opened.model, &texts, 16),
+            logits(&plain, &cpu, &unset.model, &texts, 16)
+        );
+    }
+}

@@ -64,6 +64,8 @@ pub const SPAFIT_EXPORT_FILE: &str = "spafit_export.json";
 struct ExportNote {
     labels: Option<Vec<String>>,
     max_len: Option<usize>,
+    /// The note describes these weights: spafit exported them.
+    describes_weights: bool,
 }
 
 /// What `spafit_export.json` records for a head of `outputs` outputs, if the file is there and
@@ -119,6 +121,7 @@ fn exported_note(
             return Ok(ExportNote {
                 labels: None,
                 max_len,
+                describes_weights: true,
             })
         }
         Some(serde_json::Value::Array(names)) => names
@@ -140,6 +143,7 @@ fn exported_note(
     Ok(ExportNote {
         labels: Some(labels),
         max_len,
+        describes_weights: true,
     })
 }
 
@@ -563,6 +567,27 @@ pub fn import_peft<B: Backend>(
         &checkpoint.weights,
         &mut warnings,
     )?;
+    // transformers gives the model the base config's problem_type, so a head trained in
+    // Python on such a base was trained for it; a spafit export's head was not.
+    let problem_type = checkpoint.config.problem_type.as_deref();
+    let trained_as = match problem_type {
+        Some(p @ "multi_label_classification") => Some(p),
+        Some(p @ "regression") if num_labels > 1 => Some(p),
+        Some(p @ "single_label_classification") if num_labels == 1 => Some(p),
+        _ => None,
+    };
+    if let Some(p) = trained_as.filter(|_| !note.describes_weights) {
+        warnings.push(format!(
+            "the base's config.json has `problem_type` `{p}`, which transformers applies to \
+             the adapter's head of {num_labels} output(s) as well, so the head was likely \
+             trained for it; spafit reads it as {}: its probabilities, scores and loss are not \
+             those of the model it was trained in",
+            match num_labels {
+                1 => "one regression score",
+                _ => "one class among its outputs (softmax)",
+            }
+        ));
+    }
     Ok((
         model,
         PeftImport {

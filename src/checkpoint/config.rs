@@ -56,8 +56,9 @@ pub struct BertConfig {
     /// Must be false: a decoder's attention is causal.
     #[serde(default)]
     pub is_decoder: bool,
-    /// `single_label_classification` or `regression` when present; a multi-label head
-    /// (independent sigmoids, binary cross-entropy) is not what spafit trains or evaluates.
+    /// `single_label_classification`, `multi_label_classification` or `regression` when
+    /// present. A head that is not one of spafit's (multi-label: independent sigmoids; or a
+    /// regression of several targets) is set aside: see `Checkpoint::other_kind_of_head`.
     #[serde(default)]
     pub problem_type: Option<String>,
     /// Class names of a fine-tuned classifier head, by id (`"0"`, `"1"`, ...); transformers

@@ -51,8 +51,7 @@ impl Checkpoint {
 
     /// The outputs of the classifier head the checkpoint holds (`classifier.weight`
     /// `[n, hidden]` with `classifier.bias` `[n]`), when it holds a whole one that spafit's
-    /// heads can be: a head another architecture saved (see [`Checkpoint::foreign_head`]) or
-    /// a multi-label one ([`Checkpoint::other_kind_of_head`]) is none.
+    /// heads can be: another kind of head ([`Checkpoint::other_kind_of_head`]) is none.
     pub fn classifier_outputs(&self) -> Option<usize> {
         match self.other_kind_of_head() {
             Some(_) => None,
@@ -62,25 +61,31 @@ impl Checkpoint {
 
     /// What the checkpoint's whole `classifier` head is when it is not a single-label or
     /// regression head of a sequence classifier: another architecture's
-    /// ([`Checkpoint::foreign_head`]), or a multi-label classifier's (`problem_type`
+    /// ([`Checkpoint::foreign_head`]), a multi-label classifier's (`problem_type`
     /// `multi_label_classification`: one sigmoid per class, which spafit neither evaluates
-    /// nor trains). Such a head is not used: evaluating it is refused, and training starts
+    /// nor trains), or a regression of several targets. Such a head is not used: evaluating it is refused, and training starts
     /// from a fresh head on its encoder.
     pub fn other_kind_of_head(&self) -> Option<String> {
-        self.classifier_head().ok().flatten()?;
+        let outputs = self.classifier_head().ok().flatten()?;
         if let Some(architecture) = self.foreign_head() {
             return Some(format!(
                 "`architectures` is `{architecture}`: its `classifier` is not a sequence \
                  classifier's head (one score per answer choice or per token, not per class)"
             ));
         }
-        (self.config.problem_type.as_deref() == Some(MULTI_LABEL)).then(|| {
-            format!(
+        match self.config.problem_type.as_deref() {
+            Some(MULTI_LABEL) => Some(format!(
                 "`problem_type` is `{MULTI_LABEL}`: its `classifier` scores each class on its \
                  own (a sigmoid each, any number of them true), while spafit's heads pick one \
                  class (softmax) or give one score (regression)"
-            )
-        })
+            )),
+            Some("regression") if outputs > 1 => Some(format!(
+                "`problem_type` is `regression` and its `classifier` has {outputs} outputs: a \
+                 regression of {outputs} targets at once, while spafit's regression gives one \
+                 score"
+            )),
+            _ => None,
+        }
     }
 
     /// The architecture that saved the checkpoint's `classifier`, when `config.json`'s

@@ -210,7 +210,8 @@ pub fn fit<B: Backend>(
                 run.plan.method,
                 match run.plan.boundaries {
                     Some((_, n2)) => format!(
-                        " (N2 = {n2} is the model's depth: no LoRA + bias layer; lower --n2)"
+                        " (N2 = {n2} is the model's depth: no LoRA + bias layer, which a plan \
+                         with a lower --n2 has)"
                     ),
                     None => String::new(),
                 }
@@ -339,6 +340,21 @@ pub fn fit<B: Backend>(
             args.output.as_deref(),
             Some(&run.checkpoint.weights),
         )?;
+        let (ours, outputs) = match &train.kind {
+            spafit::data::TaskKind::Classification { labels } => {
+                ("single_label_classification", labels.len())
+            }
+            spafit::data::TaskKind::Regression => ("regression", 1),
+        };
+        if let Some(theirs) = (run.checkpoint.config.problem_type.as_deref()).filter(|p| *p != ours)
+        {
+            note!(
+                "note: the base's config.json has `problem_type` `{theirs}`, which transformers \
+                 gives the model this adapter loads onto: load it with \
+                 `problem_type=\"{ours}\"` and `num_labels={outputs}` to get the head spafit \
+                 trained"
+            );
+        }
     }
     // Held by the caller while it writes the rest of the run folder (result.json).
     Ok((report, locks))

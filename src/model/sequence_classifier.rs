@@ -192,26 +192,18 @@ impl<B: Backend> BertClassifier<B> {
                 "a classifier head but no pooler (`bert.pooler.dense`) to feed it".into(),
             );
         }
-        // transformers reads one output as regression unless problem_type says otherwise.
-        let contradiction = match checkpoint.config.problem_type.as_deref() {
-            Some("regression") if num_labels > 1 => Some(format!(
-                "`problem_type` is `regression` and the head (`classifier.weight`) has \
-                 {num_labels} outputs: a regression of {num_labels} targets at once, while \
-                 spafit's regression gives one score; give an --adapter trained on this \
-                 checkpoint (a run trained on it with --regression starts from a fresh head)"
-            )),
-            Some("single_label_classification") if num_labels == 1 => Some(
-                "`problem_type` is `single_label_classification` but the head \
-                 (`classifier.weight`) has 1 output, and a softmax over one class is always 1: \
-                 if the head is a regressor, make `problem_type` `regression` (or remove it)"
-                    .to_string(),
-            ),
-            _ => None,
-        };
-        if let Some(detail) = contradiction {
+        // transformers reads one output as regression unless problem_type says otherwise
+        // (a regression of several outputs is another kind of head, refused above).
+        if num_labels == 1
+            && checkpoint.config.problem_type.as_deref() == Some("single_label_classification")
+        {
             return Err(Error::Format {
                 path: checkpoint.dir().join("config.json"),
-                detail,
+                detail: "`problem_type` is `single_label_classification` but the head \
+                         (`classifier.weight`) has 1 output, and a softmax over one class is \
+                         always 1: if the head is a regressor, make `problem_type` \
+                         `regression` (or remove it)"
+                    .into(),
             });
         }
         let mut model = Self::from_checkpoint(checkpoint, backend, num_labels, 0)?;
