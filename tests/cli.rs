@@ -3364,3 +3364,108 @@ fn a_multi_label_base_trains_and_its_export_says_how_to_load_it() {
     ]);
     assert!(ok && !err.contains("problem_type"), "{err}");
 }
+
+/// A checkpoint whose own head is a regressor (one output) trains custom data whose labels
+/// are all numbers as a regression from that head, as `eval` and `predict` read it; labels
+/// that name classes, or `--labels`, train classes on a fresh head.
+#[test]
+fn a_regression_checkpoint_trains_numeric_labels_as_scores() {
+    use safetensors::tensor::TensorView;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let m = PathBuf::from(model());
+    let base_bytes = std::fs::read(m.join("model.safetensors")).unwrap();
+    let base = safetensors::SafeTensors::deserialize(&base_bytes).unwrap();
+    let hidden = 384;
+    let weight: Vec<u8> = (0..hidden)
+        .flat_map(|i| (0.05 * (i as f32).sin()).to_le_bytes())
+        .collect();
+    let bias = 0.5f32.to_le_bytes().to_vec();
+    let mut views: Vec<(String, TensorView)> = base
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let view = TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap();
+            (n, view)
+        })
+        .collect();
+    views.push((
+        "classifier.weight".into(),
+        TensorView::new(safetensors::Dtype::F32, vec![1, hidden], &weight).unwrap(),
+    ));
+    views.push((
+        "classifier.bias".into(),
+        TensorView::new(safetensors::Dtype::F32, vec![1], &bias).unwrap(),
+    ));
+    let tuned = root.join("regressor");
+    std::fs::create_dir_all(&tuned).unwrap();
+    safetensors::tensor::serialize_to_file(views, None, &tuned.join("model.safetensors")).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
+    config["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    std::fs::write(tuned.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(m.join("tokenizer.json"), tuned.join("tokenizer.json")).unwrap();
+    let tuned_s = tuned.display().to_string();
+
+    let data = |name: &str, labels: [&str; 4]| {
+        let rows: String = (0..8)
+            .map(|i| {
+                format!(
+                    "the film number {i} was {},{}\n",
+                    ["dull", "fine"][i % 2],
+                    labels[i % 4]
+                )
+            })
+            .collect();
+        write(root, name, &format!("text,label\n{rows}"));
+        root.join(name).display().to_string()
+    };
+    let train = |file: &str, out: &str, extra: &[&str]| {
+        let out = root.join(out).display().to_string();
+        let mut args = vec![
+            "train",
+            "--model",
+            &tuned_s,
+            "--train-file",
+            file,
+            "--dev-file",
+            file,
+            "--max-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "1",
+            "--output",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, err) = spafit(&args);
+        assert!(ok, "{file} {extra:?}: {err}");
+        (last_json(&stdout), err)
+    };
+    let real = data("real.csv", ["0.5", "1.25", "3", "4.75"]);
+    let whole = data("whole.csv", ["1", "2", "3", "5"]);
+    let named = data("named.csv", ["neg", "pos", "neg", "pos"]);
+    for (file, out) in [(&real, "real"), (&whole, "whole")] {
+        let (line, err) = train(file, out, &[]);
+        assert!(
+            err.contains("trains as a regression from that head")
+                && err.contains("starts from the checkpoint's own classifier head"),
+            "{file}: {err}"
+        );
+        assert!(line["dev_pearson"].is_number(), "{file}: {line}");
+    }
+    let (line, err) = train(&whole, "classes", &["--labels", "1,2,3,5"]);
+    assert!(
+        !err.contains("regression") && err.contains("has 1 output(s) and the data needs 4"),
+        "{err}"
+    );
+    assert!(line["dev_accuracy"].is_number(), "{line}");
+    let (line, err) = train(&named, "named", &[]);
+    assert!(
+        !err.contains("regression") && err.contains("fresh head"),
+        "{err}"
+    );
+    assert!(line["dev_accuracy"].is_number(), "{line}");
+}

@@ -474,7 +474,8 @@ pub struct DataArgs {
     pub label_column: String,
     /// Custom data: comma-separated label names in id order (default: the names the adapter
     /// or a fine-tuned checkpoint records; else for train the training file's labels in
-    /// sorted order, numbers by value, and for eval and predict 0 to n-1 for a head of n
+    /// sorted order, numbers by value, or a regression where they are all numbers and the
+    /// checkpoint's own head has one output; for eval and predict 0 to n-1 for a head of n
     /// outputs).
     #[arg(long, conflicts_with = "regression")]
     pub labels: Option<String>,
@@ -556,15 +557,39 @@ impl DataArgs {
 
     /// The label space of a run's training data when only the training file can give it
     /// (custom data without --labels, --regression or a `default`): the classes it holds,
-    /// said on stderr. Otherwise `default` as given.
-    pub fn train_kind(&self, default: Option<&TaskKind>) -> Result<Option<TaskKind>> {
+    /// said on stderr; or, from a checkpoint whose own head is a regressor (`regressor_head`),
+    /// a regression where every label is a number, as `eval` and `predict` read that head.
+    /// Otherwise `default` as given.
+    pub fn train_kind(
+        &self,
+        default: Option<&TaskKind>,
+        regressor_head: bool,
+    ) -> Result<Option<TaskKind>> {
         if default.is_some() || self.labels.is_some() || self.regression {
             return Ok(default.cloned());
         }
         let Some(file) = self.train_file.as_ref().filter(|_| self.task.is_none()) else {
             return Ok(None);
         };
-        let kind = self.table(file, true, None)?.infer_classes(self.policy())?;
+        let inferred = self.table(file, true, None)?.infer_classes(self.policy());
+        let numbers = |labels: &[String]| labels.iter().all(|l| l.trim().parse::<f64>().is_ok());
+        let scores = match &inferred {
+            // Real numbers are refused as classes; loading them as scores reports any
+            // other fault of the file.
+            Err(_) => regressor_head,
+            Ok(TaskKind::Classification { labels }) => regressor_head && numbers(labels),
+            Ok(TaskKind::Regression) => false,
+        };
+        if scores {
+            note!(
+                "the checkpoint's own head is a regressor (one output) and {}'s labels are \
+                 numbers: it trains as a regression from that head (give --labels to train \
+                 classes on a fresh head instead)",
+                file.display()
+            );
+            return Ok(Some(TaskKind::Regression));
+        }
+        let kind = inferred?;
         if let TaskKind::Classification { labels } = &kind {
             note!(
                 "classes from {}: {} (give --labels to name them in another order)",

@@ -28,6 +28,13 @@ pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
     Some(TaskKind::Classification { labels })
 }
 
+/// Whether the checkpoint's own head is a regressor: one output, which transformers reads as
+/// a regression unless `problem_type` says it is a (one-class) classifier.
+pub fn has_regressor_head(checkpoint: &Checkpoint) -> bool {
+    checkpoint.classifier_outputs() == Some(1)
+        && checkpoint.config.problem_type.as_deref() != Some("single_label_classification")
+}
+
 /// Says which head a run from a checkpoint with one starts from: its own, or a fresh one
 /// when it has another number of outputs than the data's classes (transformers would
 /// refuse the load unless told to ignore the mismatch).

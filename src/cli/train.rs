@@ -396,8 +396,9 @@ impl TrainCommand {
         &self,
         task: Option<spafit::data::GlueTask>,
         default_kind: Option<&spafit::data::TaskKind>,
+        regressor_head: bool,
     ) -> Result<(Dataset, Vec<Dataset>)> {
-        let inferred = self.data.train_kind(default_kind)?;
+        let inferred = self.data.train_kind(default_kind, regressor_head)?;
         let default_kind = inferred.as_ref();
         let train = self.data.load_with_default_kind("train", default_kind)?;
         if train.is_empty() {
@@ -449,7 +450,7 @@ impl TrainCommand {
         let (mut run, train, devs) = match &self.adapter {
             Some(dir) => {
                 let (mut run, head) = setup_from_adapter(backend, &self.model, dir)?;
-                let (train, devs) = self.load_data(task, head.default_kind().as_ref())?;
+                let (train, devs) = self.load_data(task, head.default_kind().as_ref(), false)?;
                 head.check_texts(&train, dir)?;
                 head.check(&train.kind, &train.name, dir)?;
                 super::checkpoint_classes::match_adapter_classes(
@@ -463,7 +464,8 @@ impl TrainCommand {
             None => {
                 let checkpoint = Checkpoint::open(&self.model.model)?;
                 let own_classes = super::checkpoint_classes::checkpoint_head_kind(&checkpoint);
-                let (train, devs) = self.load_data(task, own_classes.as_ref())?;
+                let regressor = super::checkpoint_classes::has_regressor_head(&checkpoint);
+                let (train, devs) = self.load_data(task, own_classes.as_ref(), regressor)?;
                 super::checkpoint_classes::note_replaced_head(&checkpoint, train.kind.num_labels());
                 let mut run = setup(
                     backend,
