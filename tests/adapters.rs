@@ -6,7 +6,7 @@ mod common;
 use common::rel_err;
 use spafit::adapter::{
     export_peft, import_peft, load_adapter, open_adapter, read_tensors, save_adapter,
-    TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,
+    PeftExportRecord, TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,
 };
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
@@ -297,18 +297,34 @@ fn peft_export_names_and_config() {
         &cpu,
         &model,
         &plan,
-        "sentence-transformers/all-MiniLM-L6-v2",
-        Some(&names),
-        Some(40),
-        None,
-        Some(&ck.weights),
+        &PeftExportRecord {
+            base_model_name_or_path: "sentence-transformers/all-MiniLM-L6-v2",
+            labels: Some(&names),
+            inputs: TrainingInputs {
+                max_len: Some(40),
+                text_pairs: Some(false),
+            },
+            run_dir: None,
+            base: Some(&ck.weights),
+        },
     )
     .unwrap();
-    // The class names and the inputs' cut, which PEFT's files have no place for, come back
-    // from the note beside them, and a note that does not fit the head is refused, naming it.
+    // The class names, the inputs' cut and whether they were pairs, which PEFT's files have
+    // no place for, come back from the note beside them, and a note that does not fit the
+    // head is refused, naming it.
     let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
     assert_eq!(import.labels.as_deref(), Some(names.as_slice()));
     assert_eq!(import.max_len, Some(40));
+    assert_eq!(import.text_pairs, Some(false));
+    let opened = open_adapter(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!(opened.text_pairs, Some(false));
+    // Inputs are cut where training cut them, not at the caller's fallback.
+    let tok = opened.tokenizer(&ck, 64).unwrap();
+    assert_eq!(tok.max_len(), 40);
+    let e = opened
+        .predict_text_pairs(&cpu, &tok, &[("a", "b")], 4)
+        .expect_err("an adapter trained on single texts");
+    assert!(e.to_string().contains("single texts"), "{e}");
     // load_adapter reads spafit's own format, and says what a folder holds otherwise.
     let e = load_adapter(dir.path(), &ck, &cpu).unwrap_err().to_string();
     assert!(e.contains("holds a PEFT adapter, not a spafit one"), "{e}");
@@ -408,11 +424,16 @@ fn peft_export_names_and_config() {
         &cpu,
         &model,
         &bitfit,
-        "x",
-        None,
-        None,
-        None,
-        None,
+        &PeftExportRecord {
+            base_model_name_or_path: "x",
+            labels: None,
+            inputs: TrainingInputs {
+                max_len: None,
+                ..TrainingInputs::default()
+            },
+            run_dir: None,
+            base: None,
+        },
     )
     .unwrap_err();
     assert!(e.to_string().contains("no LoRA adapter"), "{e}");
@@ -434,7 +455,23 @@ fn peft_export_names_and_config() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    let e = export_peft(own.path(), &cpu, &model, &plan, "x", None, None, None, None).unwrap_err();
+    let e = export_peft(
+        own.path(),
+        &cpu,
+        &model,
+        &plan,
+        &PeftExportRecord {
+            base_model_name_or_path: "x",
+            labels: None,
+            inputs: TrainingInputs {
+                max_len: None,
+                ..TrainingInputs::default()
+            },
+            run_dir: None,
+            base: None,
+        },
+    )
+    .unwrap_err();
     assert!(
         e.to_string().contains("holds a spafit adapter or run")
             && e.to_string().contains("adapter.json"),
@@ -491,9 +528,24 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     // The PEFT export refuses the same, with the same words.
     let export =
         |model: &BertClassifier<CpuBackend>, plan: &PeftPlan, labels: Option<&[String]>| {
-            export_peft(dir.path(), &cpu, model, plan, "x", labels, None, None, None)
-                .err()
-                .map(|e| e.to_string())
+            export_peft(
+                dir.path(),
+                &cpu,
+                model,
+                plan,
+                &PeftExportRecord {
+                    base_model_name_or_path: "x",
+                    labels: labels,
+                    inputs: TrainingInputs {
+                        max_len: None,
+                        ..TrainingInputs::default()
+                    },
+                    run_dir: None,
+                    base: None,
+                },
+            )
+            .err()
+            .map(|e| e.to_string())
         };
     let refused = |model: &BertClassifier<CpuBackend>,
                    plan: &PeftPlan,
@@ -547,11 +599,16 @@ fn adapters_the_loader_would_refuse_are_never_written() {
         &cpu,
         &model,
         &plan,
-        "x",
-        None,
-        Some(100_000),
-        None,
-        None,
+        &PeftExportRecord {
+            base_model_name_or_path: "x",
+            labels: None,
+            inputs: TrainingInputs {
+                max_len: Some(100_000),
+                ..TrainingInputs::default()
+            },
+            run_dir: None,
+            base: None,
+        },
     )
     .unwrap_err();
     assert!(

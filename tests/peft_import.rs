@@ -8,7 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use spafit::adapter::{export_peft, import_peft, open_adapter, AdapterFormat};
+use spafit::adapter::{
+    export_peft, import_peft, open_adapter, AdapterFormat, PeftExportRecord, TrainingInputs,
+};
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
@@ -293,11 +295,16 @@ fn export_then_import_gives_bitwise_the_same_logits() {
                 &backend,
                 &model,
                 &plan,
-                "all-MiniLM-L6-v2",
-                None,
-                None,
-                None,
-                None,
+                &PeftExportRecord {
+                    base_model_name_or_path: "all-MiniLM-L6-v2",
+                    labels: None,
+                    inputs: TrainingInputs {
+                        max_len: None,
+                        ..TrainingInputs::default()
+                    },
+                    run_dir: None,
+                    base: None,
+                },
             )
             .unwrap();
             // PEFT restores every module in `modules_to_save` whole, and fails on a key it
@@ -378,8 +385,23 @@ fn export_then_import_gives_bitwise_the_same_logits() {
         let plan = PeftPlan::new(&PeftConfig::new(method), 6).unwrap();
         let model = trained(&ck, &cpu, &plan, 2);
         let dir = tempfile::tempdir().unwrap();
-        let e =
-            export_peft(dir.path(), &cpu, &model, &plan, "x", None, None, None, None).unwrap_err();
+        let e = export_peft(
+            dir.path(),
+            &cpu,
+            &model,
+            &plan,
+            &PeftExportRecord {
+                base_model_name_or_path: "x",
+                labels: None,
+                inputs: TrainingInputs {
+                    max_len: None,
+                    ..TrainingInputs::default()
+                },
+                run_dir: None,
+                base: None,
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("no LoRA adapter"), "{method}: {e}");
     }
 }
@@ -399,11 +421,16 @@ fn export_holds_the_models_tensors_value_by_value() {
             &cpu,
             &model,
             &plan,
-            "all-MiniLM-L6-v2",
-            None,
-            None,
-            None,
-            None,
+            &PeftExportRecord {
+                base_model_name_or_path: "all-MiniLM-L6-v2",
+                labels: None,
+                inputs: TrainingInputs {
+                    max_len: None,
+                    ..TrainingInputs::default()
+                },
+                run_dir: None,
+                base: None,
+            },
         )
         .unwrap();
         let file =

@@ -41,7 +41,7 @@ fn first_present(dir: &std::path::Path, names: &[&str]) -> Option<std::path::Pat
 pub use atomic::{sha256_hex, write_atomic};
 pub use manifest::AdapterManifest;
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
-pub use peft_export::{export_peft, exported_by_run, spafit_file_in};
+pub use peft_export::{export_peft, exported_by_run, spafit_file_in, PeftExportRecord};
 pub use peft_import::{
     import_peft, is_peft_adapter, PeftImport, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,
     SPAFIT_EXPORT_FILE,

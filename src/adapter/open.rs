@@ -34,10 +34,12 @@ pub struct OpenedAdapter<B: Backend> {
     /// Class names, when the adapter records them (spafit's do, and its PEFT exports in
     /// `spafit_export.json`; PEFT's own do not).
     pub labels: Option<Vec<String>>,
-    /// Whether it was trained on text pairs, when it records that (spafit's adapters do).
+    /// Whether it was trained on text pairs, when it records that (spafit's adapters and
+    /// its PEFT exports do).
     pub text_pairs: Option<bool>,
     /// The tokens per example its training texts were cut to, when it records that
-    /// (spafit's adapters and its PEFT exports do; PEFT's own do not).
+    /// (spafit's adapters and its PEFT exports do; PEFT's own do not):
+    /// [`OpenedAdapter::tokenizer`] cuts inputs there.
     pub max_len: Option<usize>,
     /// Who wrote it.
     pub format: AdapterFormat,
@@ -212,9 +214,17 @@ impl<B: Backend> OpenedAdapter<B> {
         Ok(done)
     }
 
+    /// `checkpoint`'s tokenizer cutting inputs where the adapter's training texts were cut
+    /// ([`OpenedAdapter::max_len`]), or at `otherwise` where it records no cut (PEFT's own
+    /// adapters): the texts a prediction or evaluation reads are then those it learned from.
+    pub fn tokenizer(&self, checkpoint: &Checkpoint, otherwise: usize) -> Result<TextTokenizer> {
+        checkpoint.tokenizer(self.max_len.unwrap_or(otherwise))
+    }
+
     /// [`predict_texts`] with the adapter's model: class ids index [`OpenedAdapter::labels`]
     /// when it records them. Refused for an adapter trained on text pairs, which would read
-    /// one text as what it learned from two.
+    /// one text as what it learned from two. `tokenizer` decides where long texts are cut:
+    /// [`OpenedAdapter::tokenizer`] cuts them as training did.
     pub fn predict_texts<S: AsRef<str>>(
         &self,
         backend: &B,
@@ -316,7 +326,7 @@ pub fn open_adapter<B: Backend>(
             model,
             plan: import.plan,
             labels: import.labels,
-            text_pairs: None,
+            text_pairs: import.text_pairs,
             max_len: import.max_len,
             format: AdapterFormat::Peft,
             notes: import.notes,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::atomic::{stage_atomic, staged_copies};
-use super::store::tensors_to_safetensors;
+use super::store::{tensors_to_safetensors, TrainingInputs};
 use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
 use crate::error::{Error, Result};
@@ -14,32 +14,54 @@ use crate::nn::Stratum;
 use crate::peft::PeftPlan;
 use crate::tensor::Tensor;
 
+/// What a PEFT export records of its training: `adapter_config.json` names the base, and
+/// `spafit_export.json` beside the weights keeps what PEFT's files have no place for, which
+/// spafit's import reads back.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeftExportRecord<'a> {
+    /// `adapter_config.json`'s `base_model_name_or_path` (informational: PEFT loads the
+    /// adapter onto whatever base it is given).
+    pub base_model_name_or_path: &'a str,
+    /// The head's class names, in output order (a classifier's; `None` for a regression or
+    /// where unknown).
+    pub labels: Option<&'a [String]>,
+    /// Whether the training examples were text pairs, and the tokens per example they were
+    /// cut to: spafit's import gives them to the opened adapter, as a spafit adapter has them.
+    pub inputs: TrainingInputs,
+    /// The training run's output folder (see [`exported_by_run`]), so that resuming that run
+    /// may write its export again and no other run can replace it; `None` outside a run.
+    pub run_dir: Option<&'a Path>,
+    /// The weights the model was trained on: their encoder's identity is recorded, and
+    /// spafit's import checks it as it checks its own adapters' (PEFT checks none).
+    pub base: Option<&'a WeightsFile>,
+}
+
 /// Writes `model`'s adapters as PEFT saves a `LoraConfig` model for sequence classification:
 /// LoRA tensors as `base_model.model.<module>.lora_A.weight`, the classifier (and any other
 /// trained non-LoRA tensor: SPAFIT's biases, a trained pooler, LayerNorms, embeddings) under
 /// `base_model.model.<name>` as `modules_to_save` and `bias` saving hold them — a bias inside
 /// a LoRA-wrapped module lives at `<module>.base_layer.bias` in PEFT. The config names all of
-/// them, so PEFT keeps them trainable and saves them again. `labels` (the head's class names)
-/// and `max_len` (the tokens per example the training texts were cut to) go to
-/// `spafit_export.json` beside them, where spafit's import reads them back. `target_modules` is a full-match regular
-/// expression over the exact modules that carry adapters, so PEFT's suffix matching cannot
-/// wrap a module that was not trained (`output.dense` also ends `attention.output.dense`).
-/// `run_dir`, the training run's output folder, is recorded too (see [`exported_by_run`]), so
-/// that resuming that run may write its export again and no other run can replace it.
-/// `base`, the weights the model was trained on, records their encoder's identity, which
-/// spafit's import checks as it checks its own adapters' (PEFT checks none).
-#[allow(clippy::too_many_arguments)]
+/// them, so PEFT keeps them trainable and saves them again. `record` says what goes beside
+/// them ([`PeftExportRecord`]). `target_modules` is a full-match regular expression over the
+/// exact modules that carry adapters, so PEFT's suffix matching cannot wrap a module that
+/// was not trained (`output.dense` also ends `attention.output.dense`). An export already in
+/// `dir` is replaced (a resumed run writes its own again; the CLI refuses another's), but
+/// never one beside a spafit adapter or run.
 pub fn export_peft<B: Backend>(
     dir: &Path,
     backend: &B,
     model: &BertClassifier<B>,
     plan: &PeftPlan,
-    base_model_name_or_path: &str,
-    labels: Option<&[String]>,
-    max_len: Option<usize>,
-    run_dir: Option<&Path>,
-    base: Option<&WeightsFile>,
+    record: &PeftExportRecord,
 ) -> Result<()> {
+    let PeftExportRecord {
+        base_model_name_or_path,
+        labels,
+        inputs,
+        run_dir,
+        base,
+    } = *record;
+    let max_len = inputs.max_len;
     if let Some(found) = spafit_file_in(dir) {
         return Err(Error::invalid(
             "peft export",
@@ -172,6 +194,7 @@ pub fn export_peft<B: Backend>(
         "trained_biases_included": trains_biases,
         "labels": labels,
         "max_len": max_len,
+        "text_pairs": inputs.text_pairs,
         "adapter_model_sha256": super::sha256_hex(&bytes),
         "base_encoder_sha256": base.map(WeightsFile::encoder_sha256),
         "run": run_dir.map(run_identity),

@@ -51,6 +51,9 @@ pub struct PeftImport {
     /// The tokens per example the training texts were cut to, when `spafit_export.json`
     /// records it (a spafit export does); PEFT itself records none.
     pub max_len: Option<usize>,
+    /// Whether the training examples were text pairs, when `spafit_export.json` records it
+    /// (a spafit export does); PEFT itself records none.
+    pub text_pairs: Option<bool>,
     /// What every use of the adapter should know: a `spafit_export.json` whose class names
     /// are left unused because it describes other weights (the adapter was saved again).
     pub warnings: Vec<String>,
@@ -64,6 +67,7 @@ pub const SPAFIT_EXPORT_FILE: &str = "spafit_export.json";
 struct ExportNote {
     labels: Option<Vec<String>>,
     max_len: Option<usize>,
+    text_pairs: Option<bool>,
     /// The note describes these weights: spafit exported them.
     describes_weights: bool,
 }
@@ -115,12 +119,19 @@ fn exported_note(
                 .ok_or_else(|| bad(format!("`max_len` is {v}, not a positive count of tokens")))?,
         ),
     };
+    // Recorded since spafit exports carry it; older notes leave it unknown.
+    let text_pairs = match json.get("text_pairs") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(pairs)) => Some(*pairs),
+        Some(v) => return Err(bad(format!("`text_pairs` is {v}, not true or false"))),
+    };
     // A regression head has no class names to take.
     let labels = match json.get("labels").filter(|_| outputs >= 2) {
         None | Some(serde_json::Value::Null) => {
             return Ok(ExportNote {
                 labels: None,
                 max_len,
+                text_pairs,
                 describes_weights: true,
             })
         }
@@ -143,6 +154,7 @@ fn exported_note(
     Ok(ExportNote {
         labels: Some(labels),
         max_len,
+        text_pairs,
         describes_weights: true,
     })
 }
@@ -593,6 +605,7 @@ pub fn import_peft<B: Backend>(
         PeftImport {
             labels: note.labels,
             max_len: note.max_len,
+            text_pairs: note.text_pairs,
             plan,
             base_model_name_or_path: settings.base_model_name_or_path,
             loaded,

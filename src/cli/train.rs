@@ -326,20 +326,21 @@ pub fn fit<B: Backend>(
     )
     .fit(&tokenizer, train, dev)?;
     if let Some(dir) = &args.export_peft {
-        export_peft(
-            dir,
-            &run.backend,
-            &run.model,
-            &run.plan,
-            &run.checkpoint.dir().display().to_string(),
-            match &train.kind {
+        let base_name = run.checkpoint.dir().display().to_string();
+        let record = spafit::adapter::PeftExportRecord {
+            base_model_name_or_path: &base_name,
+            labels: match &train.kind {
                 spafit::data::TaskKind::Classification { labels } => Some(labels),
                 spafit::data::TaskKind::Regression => None,
             },
-            Some(tokenizer.max_len()),
-            args.output.as_deref(),
-            Some(&run.checkpoint.weights),
-        )?;
+            inputs: spafit::adapter::TrainingInputs {
+                text_pairs: Some(report.text_pairs),
+                max_len: Some(tokenizer.max_len()),
+            },
+            run_dir: args.output.as_deref(),
+            base: Some(&run.checkpoint.weights),
+        };
+        export_peft(dir, &run.backend, &run.model, &run.plan, &record)?;
         let (ours, outputs) = match &train.kind {
             spafit::data::TaskKind::Classification { labels } => {
                 ("single_label_classification", labels.len())
