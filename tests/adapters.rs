@@ -535,7 +535,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
                 plan,
                 &PeftExportRecord {
                     base_model_name_or_path: "x",
-                    labels: labels,
+                    labels,
                     inputs: TrainingInputs {
                         max_len: None,
                         ..TrainingInputs::default()
