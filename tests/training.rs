@@ -1183,7 +1183,10 @@ fn evaluation_data_and_step_counts_are_checked() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("MRPC has 2 labels, the data 1"), "{e}");
+    assert!(
+        e.contains("MRPC has the classes") && e.contains("the data has a regression"),
+        "{e}"
+    );
     assert!(evaluate(
         &cpu,
         &model,
@@ -1192,6 +1195,49 @@ fn evaluation_data_and_step_counts_are_checked() {
         Some(spafit::data::GlueTask::Stsb)
     )
     .is_ok());
+    // Two classes are not SST-2's two unless they are its names in its order: its metrics
+    // (and MRPC's F1 of class 1) read the outputs by position.
+    let named = |labels: [&str; 2]| Dataset {
+        kind: TaskKind::Classification {
+            labels: labels.map(String::from).to_vec(),
+        },
+        examples: data
+            .examples
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Example {
+                target: Some(Target::Class((i % 2) as u32)),
+                ..e.clone()
+            })
+            .collect(),
+        ..data.clone()
+    };
+    let sst2 = spafit::data::GlueTask::Sst2;
+    for labels in [["neg", "pos"], ["1", "0"]] {
+        let e = Trainer::new(
+            &cpu,
+            &mut model,
+            &plan,
+            &ck.weights,
+            TrainConfig {
+                task: Some(sst2),
+                ..TrainConfig::default()
+            },
+        )
+        .fit(&tok, &named(labels), None)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("SST-2 has the classes [\"0\", \"1\"]"),
+            "{labels:?}: {e}"
+        );
+        let encoded = EncodedDataset::new(&tok, &named(labels)).unwrap();
+        let e = evaluate(&cpu, &model, &encoded, 2, Some(sst2)).unwrap_err();
+        assert!(e.to_string().contains("its metrics do not apply"), "{e}");
+    }
+    let encoded = EncodedDataset::new(&tok, &named(["0", "1"])).unwrap();
+    let (two_classes, _) = tiny_model_with_labels(&ck, &cpu, &|_: &mut PeftPlan| {}, 2);
+    assert!(evaluate(&cpu, &two_classes, &encoded, 2, Some(sst2)).is_ok());
     let mut refused_fit = |config: TrainConfig| {
         Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
             .fit(&tok, &data, None)
@@ -1202,7 +1248,10 @@ fn evaluation_data_and_step_counts_are_checked() {
         task: Some(spafit::data::GlueTask::Rte),
         ..TrainConfig::default()
     });
-    assert!(e.contains("RTE has 2 labels, synthetic has 1"), "{e}");
+    assert!(
+        e.contains("RTE has the classes") && e.contains("synthetic has a regression"),
+        "{e}"
+    );
     for config in [
         TrainConfig {
             log_every: 0,

@@ -156,6 +156,26 @@ impl GlueTask {
         }
     }
 
+    /// Why `kind`, the label space of `what` (a data set), is not this task's, if it is
+    /// not: the names and their order count, since the task's metrics assume them (MRPC's
+    /// and QQP's F1 is that of class 1).
+    pub fn label_space_mismatch(self, kind: &TaskKind, what: &str) -> Option<String> {
+        let task = self.kind();
+        if task == *kind {
+            return None;
+        }
+        let describe = |kind: &TaskKind| match kind {
+            TaskKind::Classification { labels } => format!("the classes {labels:?}"),
+            TaskKind::Regression => "a regression".to_string(),
+        };
+        Some(format!(
+            "{} has {}, {what} has {}",
+            self.dir_name(),
+            describe(&task),
+            describe(kind)
+        ))
+    }
+
     /// The dev split(s) GLUE reports on.
     pub fn dev_splits(self) -> &'static [&'static str] {
         match self {

@@ -183,15 +183,10 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
         ));
     }
     // A GLUE task's metrics assume its label space (MRPC's F1 of class 1 of two).
-    if let Some(t) = task.filter(|t| t.kind().num_labels() != data.kind.num_labels()) {
+    if let Some(mismatch) = task.and_then(|t| t.label_space_mismatch(&data.kind, "the data")) {
         return Err(crate::Error::invalid(
             "evaluate",
-            format!(
-                "{} has {} labels, the data {}: its metrics do not apply",
-                t.dir_name(),
-                t.kind().num_labels(),
-                data.kind.num_labels()
-            ),
+            format!("{mismatch}: its metrics do not apply"),
         ));
     }
     let out = infer(backend, model, data, batch_size)?;

@@ -621,17 +621,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // The data's own problems first: they are named by example, and a one-class task
         // would otherwise be reported as a mismatch with the head.
         train.check_targets("train")?;
-        if let Some(t) = self
+        if let Some(mismatch) = self
             .config
             .task
-            .filter(|t| t.kind().num_labels() != train.kind.num_labels())
+            .and_then(|t| t.label_space_mismatch(&train.kind, &train.name))
         {
             return refuse(format!(
-                "{} has {} labels, {} has {}: the task's metrics, which pick best/, do not apply",
-                t.dir_name(),
-                t.kind().num_labels(),
-                train.name,
-                train.kind.num_labels()
+                "{mismatch}: the task's metrics, which pick best/, do not apply (give the data \
+                 the task's label space, in its order, or no task)"
             ));
         }
         if dev.is_none() && self.config.eval_every.is_some() && self.config.output_dir.is_none() {
