@@ -2079,3 +2079,46 @@ fn micro_batches_train_as_the_whole_batch() {
     println!("device memory peak: {whole} bytes whole, {micro} in micro-batches of 2");
     assert!(micro < whole, "{micro} ≥ {whole} bytes");
 }
+
+/// A model learns from one kind of input, which its adapter records: training data that
+/// mixes single texts and text pairs is refused by example, as is a dev set of the other
+/// kind.
+#[test]
+fn training_inputs_are_all_single_texts_or_all_pairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = tokenizer(&ck);
+    let cpu = CpuBackend::f64();
+    let singles = regression_data(6, None);
+    let with_pairs = |data: &Dataset, which: &dyn Fn(usize) -> bool| Dataset {
+        examples: data
+            .examples
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Example {
+                text_b: which(i).then(|| "a second text".to_string()),
+                ..e.clone()
+            })
+            .collect(),
+        ..data.clone()
+    };
+    let fit = |train: &Dataset, dev: Option<&Dataset>| {
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
+            .fit(&tok, train, dev)
+    };
+    let mixed = with_pairs(&singles, &|i| i == 2);
+    let e = fit(&mixed, None).unwrap_err().to_string();
+    assert!(
+        e.contains("mixes single texts (example 0) and text pairs (example 2)"),
+        "{e}"
+    );
+    let pairs = with_pairs(&singles, &|_| true);
+    let e = fit(&singles, Some(&pairs)).unwrap_err().to_string();
+    assert!(
+        e.contains("holds text pairs") && e.contains("single texts"),
+        "{e}"
+    );
+    assert!(fit(&pairs, Some(&pairs)).unwrap().text_pairs);
+    assert!(!fit(&singles, Some(&singles)).unwrap().text_pairs);
+}

@@ -117,6 +117,18 @@ impl Dataset {
         self.examples.is_empty()
     }
 
+    /// Why the examples are not all of one kind, single texts or text pairs, if they are
+    /// not (naming one of each): a model learns from one kind, and its adapter records which.
+    pub fn mixed_inputs(&self) -> Option<String> {
+        let single = self.examples.iter().position(|e| e.text_b.is_none())?;
+        let pair = self.examples.iter().position(|e| e.text_b.is_some())?;
+        Some(format!(
+            "{} mixes single texts (example {single}) and text pairs (example {pair}): a \
+             model learns from one kind (give every example a second text, or none)",
+            self.name
+        ))
+    }
+
     /// Whether every example has a target.
     pub fn is_labeled(&self) -> bool {
         self.examples.iter().all(|e| e.target.is_some())

@@ -621,6 +621,21 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // The data's own problems first: they are named by example, and a one-class task
         // would otherwise be reported as a mismatch with the head.
         train.check_targets("train")?;
+        if let Some(mixed) = train.mixed_inputs() {
+            return refuse(mixed);
+        }
+        let pairs = |d: &Dataset| d.examples.iter().any(|e| e.text_b.is_some());
+        if let Some(d) = dev.filter(|d| !d.is_empty() && pairs(d) != pairs(train)) {
+            let kind = |pairs| if pairs { "text pairs" } else { "single texts" };
+            return refuse(format!(
+                "the evaluation set {} holds {}, the training set {} {}: the model would be \
+                 evaluated on inputs of another kind than it learns from",
+                d.name,
+                kind(pairs(d)),
+                train.name,
+                kind(pairs(train))
+            ));
+        }
         if let Some(mismatch) = self
             .config
             .task
