@@ -64,7 +64,7 @@ fn main() -> spafit::Result<()> {
             plan.lora_dropout(),
             step as u64,
         );
-        let mut tape = Tape::new(backend.clone());
+        let mut tape = Tape::new(backend);
         let logits = model.forward(&mut tape, &input, &mut dropout)?;
         let loss = model.loss(&mut tape, &logits, &labels)?;
         let grads = tape.backward(&loss)?;
