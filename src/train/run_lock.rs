@@ -55,7 +55,11 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         path: path.clone(),
         error: source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    // The folder's own failure names the folder, not the lock file it was to hold.
+    std::fs::create_dir_all(dir).map_err(|error| Error::Io {
+        path: dir.to_path_buf(),
+        error,
+    })?;
     let key = std::fs::canonicalize(dir).map_err(io)?;
     let mut held = HELD
         .lock()
@@ -191,6 +195,14 @@ mod tests {
         assert!(status.success());
         let e = lock_run_dir(&piped).unwrap_err().to_string();
         assert!(e.contains("not a plain file"), "{e}");
+        // A folder that cannot be made is named itself, not the lock file it would hold.
+        std::fs::write(tmp.path().join("a-file"), "").unwrap();
+        let unmakeable = tmp.path().join("a-file").join("run");
+        let e = lock_run_dir(&unmakeable).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: ", unmakeable.display())) && !e.contains(LOCK_FILE),
+            "{e}"
+        );
         assert!(lock_existing_run_dir(&tmp.path().join("absent"))
             .unwrap()
             .is_none());

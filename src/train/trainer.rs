@@ -474,7 +474,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// the resumable state in `last/`. The model ends with the best evaluated weights. On an
     /// error (a diverged step, a full disk) the model keeps the weights it had when the run
     /// stopped, which may be unusable: the best ones are in `best/` of the output directory,
-    /// and without one they are lost with the run.
+    /// and without one they are lost with the run. Each call is a run of its own: a second
+    /// call trains on from the model's present weights with a fresh optimizer and schedule
+    /// (or resumes the state saved in the output directory, with `resume`).
     pub fn fit(
         &mut self,
         tokenizer: &TextTokenizer,
