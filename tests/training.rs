@@ -1238,6 +1238,16 @@ fn evaluation_data_and_step_counts_are_checked() {
     let encoded = EncodedDataset::new(&tok, &named(["0", "1"])).unwrap();
     let (two_classes, _) = tiny_model_with_labels(&ck, &cpu, &|_: &mut PeftPlan| {}, 2);
     assert!(evaluate(&cpu, &two_classes, &encoded, 2, Some(sst2)).is_ok());
+    // Two classes on a one-output head, in evaluation and training.
+    let e = evaluate(&cpu, &model, &encoded, 2, None).unwrap_err();
+    assert!(
+        e.to_string().contains("needs a head of 2 output(s)") && e.to_string().contains("has 1"),
+        "{e}"
+    );
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
+        .fit(&tok, &named(["0", "1"]), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a head of 2 output(s)"), "{e}");
     let mut refused_fit = |config: TrainConfig| {
         Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
             .fit(&tok, &data, None)

@@ -63,7 +63,8 @@ pub fn infer<B: Backend>(
         return Err(crate::Error::invalid(
             "evaluate",
             format!(
-                "the data has {} labels but the model head has {k}",
+                "the data needs a head of {} output(s) (one per class, one for a regression) \
+                 but the model's has {k}",
                 data.kind.num_labels()
             ),
         ));

@@ -657,7 +657,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         if train.kind.num_labels() != self.model.num_labels() {
             return refuse(format!(
-                "the task has {} labels but the model head has {}",
+                "the training data needs a head of {} output(s) (one per class, one for a \
+                 regression) but the model's has {}",
                 train.kind.num_labels(),
                 self.model.num_labels()
             ));
