@@ -474,7 +474,7 @@ pub struct DataArgs {
     pub label_column: String,
     /// Custom data: comma-separated label names in id order (default: the names the adapter
     /// or a fine-tuned checkpoint records; else for train the training file's labels in
-    /// sorted order, numbers by value, or a regression where they are all numbers and the
+    /// sorted order, numbers by value, or a regression where they are real numbers and the
     /// checkpoint's own head has one output; for eval and predict 0 to n-1 for a head of n
     /// outputs).
     #[arg(long, conflicts_with = "regression")]
@@ -558,7 +558,8 @@ impl DataArgs {
     /// The label space of a run's training data when only the training file can give it
     /// (custom data without --labels, --regression or a `default`): the classes it holds,
     /// said on stderr; or, from a checkpoint whose own head is a regressor (`regressor_head`),
-    /// a regression where every label is a number, as `eval` and `predict` read that head.
+    /// a regression where the labels are real numbers that cannot be classes, as `eval` and
+    /// `predict` read that head.
     /// Otherwise `default` as given.
     pub fn train_kind(
         &self,
@@ -572,19 +573,14 @@ impl DataArgs {
             return Ok(None);
         };
         let inferred = self.table(file, true, None)?.infer_classes(self.policy());
-        let numbers = |labels: &[String]| labels.iter().all(|l| l.trim().parse::<f64>().is_ok());
-        let scores = match &inferred {
-            // Real numbers are refused as classes; loading them as scores reports any
-            // other fault of the file.
-            Err(_) => regressor_head,
-            Ok(TaskKind::Classification { labels }) => regressor_head && numbers(labels),
-            Ok(TaskKind::Regression) => false,
-        };
-        if scores {
+        // Labels that cannot be classes (real numbers, refused as such) are the regressor's
+        // scores; loading them as scores reports any other fault of the file. Whole numbers
+        // stay classes, as they were before the head was looked at (0/1 data on an STS-B
+        // model is a classification).
+        if inferred.is_err() && regressor_head {
             note!(
                 "the checkpoint's own head is a regressor (one output) and {}'s labels are \
-                 numbers: it trains as a regression from that head (give --labels to train \
-                 classes on a fresh head instead)",
+                 real numbers: it trains as a regression from that head (--regression)",
                 file.display()
             );
             return Ok(Some(TaskKind::Regression));
