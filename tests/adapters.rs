@@ -354,7 +354,18 @@ fn peft_export_names_and_config() {
         .to_string();
     std::fs::write(&note, text.replace(&stale, &"0".repeat(64))).unwrap();
     let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
-    assert_eq!((import.labels, import.max_len), (None, None));
+    assert_eq!(
+        (import.labels, import.max_len, import.text_pairs),
+        (None, None, None)
+    );
+    let warning = import.warnings.join("\n");
+    for ignored in [
+        "class names",
+        "cut of the texts",
+        "whether the texts were pairs",
+    ] {
+        assert!(warning.contains(ignored), "{warning}");
+    }
     // A note naming another base encoder is refused, as spafit's own adapters are (the
     // export had loaded on any base of the right shapes).
     let base = serde_json::from_str::<serde_json::Value>(&text).unwrap()["base_encoder_sha256"]

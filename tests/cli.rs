@@ -3455,10 +3455,12 @@ fn a_regression_checkpoint_trains_numeric_labels_as_scores() {
     );
     assert!(line["dev_pearson"].is_number(), "{line}");
     // Whole numbers stay classes (0/1 data on a regressor is a classification), unless
-    // --regression says otherwise.
+    // --regression says otherwise, which the note offers.
     let (line, err) = train(&whole, "classes", &[]);
     assert!(
-        !err.contains("regression") && err.contains("has 1 output(s) and the data needs 4"),
+        !err.contains("trains as a regression")
+            && err.contains("or --regression to train them as the checkpoint's regressor's scores")
+            && err.contains("has 1 output(s) and the data needs 4"),
         "{err}"
     );
     assert!(line["dev_accuracy"].is_number(), "{line}");
@@ -3470,4 +3472,21 @@ fn a_regression_checkpoint_trains_numeric_labels_as_scores() {
         "{err}"
     );
     assert!(line["dev_accuracy"].is_number(), "{line}");
+    // Labels that are neither classes nor scores keep their own error.
+    let one_class = data("one-class.csv", ["pos", "pos", "pos", "pos"]);
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &tuned_s,
+        "--train-file",
+        &one_class,
+        "--max-len",
+        "16",
+    ]);
+    assert!(
+        !ok && err.contains("every label in `label` is `pos`")
+            && !err.contains("trains as a regression")
+            && !err.contains("not a finite number"),
+        "{err}"
+    );
 }

@@ -2129,6 +2129,13 @@ fn training_inputs_are_all_single_texts_or_all_pairs() {
         e.contains("holds text pairs") && e.contains("single texts"),
         "{e}"
     );
+    let e = fit(&pairs, Some(&with_pairs(&singles, &|i| i != 3)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mixes single texts (example 3) and text pairs (example 0)"),
+        "{e}"
+    );
     assert!(fit(&pairs, Some(&pairs)).unwrap().text_pairs);
     assert!(!fit(&singles, Some(&singles)).unwrap().text_pairs);
 }

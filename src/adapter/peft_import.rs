@@ -59,10 +59,12 @@ pub struct PeftImport {
     pub warnings: Vec<String>,
 }
 
-/// spafit's note beside an exported PEFT adapter: the plan it came from and the class names.
+/// spafit's note beside an exported PEFT adapter: the plan it came from, the class names,
+/// the inputs' cut and kind, and the weights and base it describes.
 pub const SPAFIT_EXPORT_FILE: &str = "spafit_export.json";
 
-/// What `spafit_export.json` records beside the weights: the class names and the inputs' cut.
+/// What `spafit_export.json` records beside the weights: the class names, the inputs' cut
+/// and whether they were pairs.
 #[derive(Default)]
 struct ExportNote {
     labels: Option<Vec<String>>,
@@ -74,9 +76,10 @@ struct ExportNote {
 
 /// What `spafit_export.json` records for a head of `outputs` outputs, if the file is there and
 /// describes these weights (their SHA-256 `weights_sha256`: PEFT may have saved another
-/// adapter here since, leaving the note; then `stale` says so): class names (for a classifier)
-/// and `max_len`. Names that do not fit the head, a `max_len` that is not a positive count,
-/// or a recorded base encoder other than `base`'s, are an error naming the file.
+/// adapter here since, leaving the note; then `stale` says what is ignored): class names (for
+/// a classifier), `max_len` and `text_pairs`. Names that do not fit the head, a `max_len` that
+/// is not a positive count, a `text_pairs` that is not a boolean, or a recorded base encoder
+/// other than `base`'s, are an error naming the file.
 fn exported_note(
     dir: &Path,
     outputs: usize,
@@ -96,12 +99,22 @@ fn exported_note(
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     if json.get("adapter_model_sha256").and_then(|h| h.as_str()) != Some(weights_sha256) {
-        if json.get("labels").is_some_and(|l| !l.is_null()) {
+        let recorded = |key: &str| json.get(key).is_some_and(|v| !v.is_null());
+        let ignored: Vec<String> = [
+            ("labels", format!("its class names (the {outputs} outputs are taken in the data's class order; custom data: --labels names them)")),
+            ("max_len", "its cut of the texts (--max-len decides)".to_string()),
+            ("text_pairs", "whether the texts were pairs".to_string()),
+        ]
+        .into_iter()
+        .filter(|(key, _)| recorded(key))
+        .map(|(_, what)| what)
+        .collect();
+        if !ignored.is_empty() {
             stale.push(format!(
-                "{} names the classes of other weights than {PEFT_WEIGHTS_FILE} holds (it was \
-                 saved again since): its class names are ignored, and the {outputs} outputs are \
-                 taken in the data's class order (custom data: --labels names them)",
+                "{} describes other weights than {PEFT_WEIGHTS_FILE} holds (it was saved again \
+                 since), so what it records is ignored: {}",
                 path.display(),
+                ignored.join("; ")
             ));
         }
         return Ok(ExportNote::default());

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::CudaBackend;
-use spafit::data::{label_names_problem, Dataset, GlueTask, OnMalformed, TableSpec, TaskKind};
+use spafit::data::{
+    label_names_problem, Dataset, GlueTask, OnMalformed, TableSpec, Target, TaskKind,
+};
 use spafit::nn::{LoraTarget, Stratum};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::DType;
@@ -573,11 +575,11 @@ impl DataArgs {
             return Ok(None);
         };
         let inferred = self.table(file, true, None)?.infer_classes(self.policy());
-        // Labels that cannot be classes (real numbers, refused as such) are the regressor's
-        // scores; loading them as scores reports any other fault of the file. Whole numbers
-        // stay classes, as they were before the head was looked at (0/1 data on an STS-B
-        // model is a classification).
-        if inferred.is_err() && regressor_head {
+        // Real-valued labels, refused as classes, are a regressor's scores when the file
+        // reads as scores with at least one fraction; any other fault keeps its own error.
+        // Whole numbers stay classes, as they were before the head was looked at (0/1 data
+        // on an STS-B model is a classification).
+        if inferred.is_err() && regressor_head && self.has_real_valued_labels(file) {
             note!(
                 "the checkpoint's own head is a regressor (one output) and {}'s labels are \
                  real numbers: it trains as a regression from that head (--regression)",
@@ -587,13 +589,29 @@ impl DataArgs {
         }
         let kind = inferred?;
         if let TaskKind::Classification { labels } = &kind {
+            let scores = match regressor_head && labels.iter().all(|l| l.parse::<f64>().is_ok()) {
+                true => ", or --regression to train them as the checkpoint's regressor's scores",
+                false => "",
+            };
             note!(
-                "classes from {}: {} (give --labels to name them in another order)",
+                "classes from {}: {} (give --labels to name them in another order{scores})",
                 file.display(),
                 class_list(labels)
             );
         }
         Ok(Some(kind))
+    }
+
+    /// Whether `file` reads as regression data whose scores are not all whole numbers.
+    fn has_real_valued_labels(&self, file: &std::path::Path) -> bool {
+        let Ok(table) = self.table(file, true, Some(&TaskKind::Regression)) else {
+            return false;
+        };
+        table.load(self.policy()).is_ok_and(|data| {
+            data.examples
+                .iter()
+                .any(|e| matches!(e.target, Some(Target::Score(s)) if s.fract() != 0.0))
+        })
     }
 
     fn table(

@@ -55,12 +55,13 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         path: path.clone(),
         error: source,
     };
-    // The folder's own failure names the folder, not the lock file it was to hold.
-    std::fs::create_dir_all(dir).map_err(|error| Error::Io {
+    // The folder's own failures name the folder, not the lock file it was to hold.
+    let folder = |error| Error::Io {
         path: dir.to_path_buf(),
         error,
-    })?;
-    let key = std::fs::canonicalize(dir).map_err(io)?;
+    };
+    std::fs::create_dir_all(dir).map_err(folder)?;
+    let key = std::fs::canonicalize(dir).map_err(folder)?;
     let mut held = HELD
         .lock()
         .map_err(|_| Error::invalid("run lock", "lock table poisoned".to_string()))?;

@@ -623,11 +623,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // The data's own problems first: they are named by example, and a one-class task
         // would otherwise be reported as a mismatch with the head.
         train.check_targets("train")?;
-        if let Some(mixed) = train.mixed_inputs() {
+        if let Some(mixed) = [Some(train), dev]
+            .into_iter()
+            .flatten()
+            .find_map(Dataset::mixed_inputs)
+        {
             return refuse(mixed);
         }
         let pairs = |d: &Dataset| d.examples.iter().any(|e| e.text_b.is_some());
-        if let Some(d) = dev.filter(|d| !d.is_empty() && pairs(d) != pairs(train)) {
+        if let Some(d) = dev.filter(|d| pairs(d) != pairs(train)) {
             let kind = |pairs| if pairs { "text pairs" } else { "single texts" };
             return refuse(format!(
                 "the evaluation set {} holds {}, the training set {} {}: the model would be \
