@@ -208,6 +208,8 @@ pub fn gradcheck<B: Backend>(
             "needs at least one text and one sample per tensor",
         ));
     }
+    // Before the f64 reference's work: the device runs the backward too.
+    device.check_attention_head_dim(checkpoint.config.head_dim(), true)?;
     let cpu = CpuBackend::f64();
     let mut model = BertClassifier::from_checkpoint(checkpoint, &cpu, 2, seed)?;
     let plan = PeftPlan::new(config, checkpoint.config.num_hidden_layers)?;

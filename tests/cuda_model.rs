@@ -522,31 +522,50 @@ fn dump_tiny_bert() {
     .unwrap();
 }
 
-/// Heads wider than the attention kernels can take are refused when the model is built,
-/// naming the head dim, not at the first backward step; the CPU takes them.
+/// Heads wider than the attention kernels can take are refused when the model is built
+/// (the forward) or before a training pass (the backward, whose f32 tiles are larger),
+/// naming the head dim and what runs it, not at a kernel launch; the CPU takes them.
 #[test]
 fn heads_too_wide_for_the_kernels_are_refused_when_the_model_is_built() {
-    let mut wide = tiny_bert::config(1);
-    (wide.hidden_size, wide.num_attention_heads) = (512, 1);
-    let e = BertClassifier::random(&wide, &cuda(DType::F32), 2, 0)
+    use spafit::model::{check_batch_memory, Pass};
+    let f32_cuda = cuda(DType::F32);
+    let with_head_dim = |head_dim: usize| {
+        let mut config = tiny_bert::config(1);
+        (config.hidden_size, config.num_attention_heads) = (head_dim, 1);
+        config
+    };
+    // f32 head dim 512: the forward's tiles fit a block's shared memory, the backward's not.
+    let wide = with_head_dim(512);
+    BertClassifier::random(&wide, &f32_cuda, 2, 0).unwrap();
+    check_batch_memory(&f32_cuda, &wide, 2, 8, Pass::Inference, "eval").unwrap();
+    let training = Pass::Training { layers_on_tape: 1 };
+    let e = check_batch_memory(&f32_cuda, &wide, 2, 8, training, "train")
         .expect_err("f32 head dim 512: the backward's tiles exceed shared memory")
         .to_string();
     assert!(
-        e.contains("head dim 512") && e.contains("shared memory"),
+        e.contains("head dim 512: the attention backward")
+            && e.contains("eval and predict run it")
+            && e.contains("--device cpu trains it"),
         "{e}"
     );
-    let mut wider_than_tensor_cores = tiny_bert::config(1);
-    (
-        wider_than_tensor_cores.hidden_size,
-        wider_than_tensor_cores.num_attention_heads,
-    ) = (160, 1);
+    check_batch_memory(&CpuBackend::f32(), &wide, 2, 8, training, "train").unwrap();
+    // Head dim 640: not even the forward's.
+    let wider = with_head_dim(640);
+    let e = BertClassifier::random(&wider, &f32_cuda, 2, 0)
+        .expect_err("f32 head dim 640: the forward's tiles exceed shared memory")
+        .to_string();
+    assert!(
+        e.contains("head dim 640: the attention forward") && e.contains("--device cpu runs it"),
+        "{e}"
+    );
+    let wider_than_tensor_cores = with_head_dim(160);
     let e = BertClassifier::random(&wider_than_tensor_cores, &cuda(DType::BF16), 2, 0)
         .expect_err("bf16 head dim 160: past the tensor-core kernels")
         .to_string();
     assert!(
-        e.contains("head dim 160") && e.contains("--dtype f32"),
+        e.contains("head dim 160") && e.contains("--dtype f32") && e.contains("--device cpu"),
         "{e}"
     );
-    BertClassifier::random(&wider_than_tensor_cores, &cuda(DType::F32), 2, 0).unwrap();
-    BertClassifier::random(&wide, &CpuBackend::f32(), 2, 0).unwrap();
+    BertClassifier::random(&wider_than_tensor_cores, &f32_cuda, 2, 0).unwrap();
+    BertClassifier::random(&wider, &CpuBackend::f32(), 2, 0).unwrap();
 }

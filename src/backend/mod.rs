@@ -380,11 +380,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     // ---- attention -----------------------------------------------------------------------
 
-    /// Refuses a head dim whose attention this backend cannot run forward and backward, so
-    /// that a model is refused when it loads rather than at its first backward step. The
-    /// CPU runs any.
-    fn check_attention_head_dim(&self, head_dim: usize) -> Result<()> {
-        let _ = head_dim;
+    /// Refuses a head dim whose attention this backend cannot run forward (and, with
+    /// `backward`, backward), so that a model is refused when it loads (forward) or before
+    /// its first training step (backward: [`crate::model::check_batch_memory`] of a training
+    /// pass) rather than at a kernel launch. The CPU runs any.
+    fn check_attention_head_dim(&self, head_dim: usize, backward: bool) -> Result<()> {
+        let _ = (head_dim, backward);
         Ok(())
     }
 

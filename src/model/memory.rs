@@ -34,6 +34,11 @@ pub fn check_batch_memory<B: Backend>(
     pass: Pass,
     op: &'static str,
 ) -> Result<()> {
+    // Training runs the attention's backward, whose kernels may need more than the forward
+    // the model was checked for when it loaded.
+    if matches!(pass, Pass::Training { .. }) {
+        backend.check_attention_head_dim(config.head_dim(), true)?;
+    }
     if seq_len > config.max_position_embeddings {
         return Err(Error::invalid(
             op,

@@ -98,7 +98,7 @@ impl<B: Backend> BertClassifier<B> {
         seed: u64,
     ) -> Result<Self> {
         let config = &checkpoint.config;
-        backend.check_attention_head_dim(config.head_dim())?;
+        backend.check_attention_head_dim(config.head_dim(), false)?;
         // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
         // fresh one, as transformers gives it; one pooler tensor alone is a broken file.
         let pooler = ["bert.pooler.dense.weight", "bert.pooler.dense.bias"];
@@ -261,7 +261,7 @@ impl<B: Backend> BertClassifier<B> {
     /// throughput benchmarks, where values do not matter.
     pub fn random(config: &BertConfig, backend: &B, num_labels: usize, seed: u64) -> Result<Self> {
         config.validate()?;
-        backend.check_attention_head_dim(config.head_dim())?;
+        backend.check_attention_head_dim(config.head_dim(), false)?;
         let mut rng = SplitMix::new(seed);
         let mut source = |name: &str, shape: Shape| {
             let n = shape.numel();

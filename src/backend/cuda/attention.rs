@@ -60,7 +60,8 @@ fn padded_head_dim(op: &'static str, head_dim: usize) -> Result<usize> {
             op,
             format!(
                 "head dim {head_dim}: the bf16 attention kernels take head dims up to 128; \
-                 --dtype f32 runs larger ones"
+                 --dtype f32 runs larger ones as far as a block's shared memory holds their \
+                 tiles, and --device cpu any"
             ),
         )),
     }
@@ -91,22 +92,35 @@ fn f32_kernel_shared(head_dim: usize) -> [u32; 3] {
     ]
 }
 
-/// Refuses a head dim whose forward or backward kernels this device cannot run: bf16 past
-/// the tensor-core kernels' 128, f32 past what one block's shared memory holds.
-pub(super) fn check_head_dim(b: &CudaBackend, head_dim: usize) -> Result<()> {
+/// Refuses a head dim whose forward (and, with `backward`, backward) kernels this device
+/// cannot run: bf16 past the tensor-core kernels' 128, f32 past what one block's shared
+/// memory holds (the backward's tiles are larger than the forward's, so a model may run
+/// inference here and still be refused training).
+pub(super) fn check_head_dim(b: &CudaBackend, head_dim: usize, backward: bool) -> Result<()> {
     const OP: &str = "attention";
-    let needed = match b.precision {
-        Precision::F32 => f32_kernel_shared(head_dim).into_iter().max().unwrap_or(0),
-        _ => tc_shared(padded_head_dim(OP, head_dim)?),
+    let [forward, dkdv, dq] = match b.precision {
+        Precision::F32 => f32_kernel_shared(head_dim),
+        _ => [tc_shared(padded_head_dim(OP, head_dim)?); 3],
     };
-    if needed > b.device.max_shared_per_block {
+    let limit = b.device.max_shared_per_block;
+    let (pass, needed) = match backward {
+        true if forward <= limit => ("backward", dkdv.max(dq)),
+        _ => ("forward", forward),
+    };
+    if needed > limit {
+        let consequence = match pass {
+            "backward" => format!(
+                "this model's heads are too wide to train there; eval and predict run it (their \
+                 forward needs {forward}), and --device cpu trains it"
+            ),
+            _ => "this model's heads are too wide for it; --device cpu runs it".to_string(),
+        };
         return Err(Error::invalid(
             OP,
             format!(
-                "head dim {head_dim}: the attention backward needs {needed} bytes of shared \
-                 memory per block and {} allows {}: this model's heads are too wide for it",
+                "head dim {head_dim}: the attention {pass} needs {needed} bytes of shared \
+                 memory per block and {} allows {limit}: {consequence}",
                 b.device_name(),
-                b.device.max_shared_per_block
             ),
         ));
     }
@@ -167,7 +181,12 @@ fn launch_tiles(
     if d.heads > max_heads {
         return Err(Error::invalid(
             op,
-            format!("{} heads: a launch takes at most {max_heads}", d.heads),
+            format!(
+                "{} heads: the attention launches one block row per head, and {}'s grid takes \
+                 at most {max_heads} in y",
+                d.heads,
+                b.device_name()
+            ),
         ));
     }
     // Sequences beyond the grid's z limit go to further launches of the same kernel.

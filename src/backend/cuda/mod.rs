@@ -1056,8 +1056,8 @@ impl Backend for CudaBackend {
         layernorm::backward(self, dy, x, mean, rstd, gamma, want)
     }
 
-    fn check_attention_head_dim(&self, head_dim: usize) -> Result<()> {
-        attention::check_head_dim(self, head_dim)
+    fn check_attention_head_dim(&self, head_dim: usize, backward: bool) -> Result<()> {
+        attention::check_head_dim(self, head_dim, backward)
     }
 
     fn attention_forward(
