@@ -562,6 +562,7 @@ fn out_of_device_memory_is_an_error_value() {
             && out.contains("out of memory (GPU: ")
             && out.contains("bytes asked for")
             && out.contains("smaller batch")
+            && out.contains("--dtype bf16 keeps the frozen ones in half the memory")
             && !out.contains("DriverError"),
         "{out}"
     );

@@ -286,7 +286,9 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
             detail: format!(
                 "GPU: {driver}; the model's weights and one step's activations must fit on \
                  the GPU: shorter sequences or a smaller batch need less, and in training \
-                 so do smaller micro-batches of the same batch (--micro-batch-size)"
+                 so do smaller micro-batches of the same batch (--micro-batch-size); where \
+                 the weights alone do not fit, --dtype bf16 keeps the frozen ones in half the \
+                 memory"
             ),
         }
     } else {
