@@ -437,13 +437,7 @@ fn peft_export_names_and_config() {
         &bitfit,
         &PeftExportRecord {
             base_model_name_or_path: "x",
-            labels: None,
-            inputs: TrainingInputs {
-                max_len: None,
-                ..TrainingInputs::default()
-            },
-            run_dir: None,
-            base: None,
+            ..PeftExportRecord::default()
         },
     )
     .unwrap_err();
@@ -473,13 +467,7 @@ fn peft_export_names_and_config() {
         &plan,
         &PeftExportRecord {
             base_model_name_or_path: "x",
-            labels: None,
-            inputs: TrainingInputs {
-                max_len: None,
-                ..TrainingInputs::default()
-            },
-            run_dir: None,
-            base: None,
+            ..PeftExportRecord::default()
         },
     )
     .unwrap_err();
@@ -547,12 +535,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
                 &PeftExportRecord {
                     base_model_name_or_path: "x",
                     labels,
-                    inputs: TrainingInputs {
-                        max_len: None,
-                        ..TrainingInputs::default()
-                    },
-                    run_dir: None,
-                    base: None,
+                    ..PeftExportRecord::default()
                 },
             )
             .err()
@@ -612,13 +595,11 @@ fn adapters_the_loader_would_refuse_are_never_written() {
         &plan,
         &PeftExportRecord {
             base_model_name_or_path: "x",
-            labels: None,
             inputs: TrainingInputs {
                 max_len: Some(100_000),
                 ..TrainingInputs::default()
             },
-            run_dir: None,
-            base: None,
+            ..PeftExportRecord::default()
         },
     )
     .unwrap_err();

@@ -3294,24 +3294,7 @@ fn micro_batches_from_the_command_line() {
 fn a_multi_label_base_trains_and_its_export_says_how_to_load_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let minilm = common::minilm_dir();
-    let base = root.join("base");
-    std::fs::create_dir_all(&base).unwrap();
-    for file in [
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "vocab.txt",
-    ] {
-        if minilm.join(file).exists() {
-            std::os::unix::fs::symlink(minilm.join(file), base.join(file)).unwrap();
-        }
-    }
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
-            .unwrap();
-    config["problem_type"] = "multi_label_classification".into();
-    write(root, "base/config.json", &config.to_string());
+    let base = common::minilm_with_problem_type(&root.join("base"), "multi_label_classification");
     let rows: String = (0..8)
         .map(|i| {
             format!(

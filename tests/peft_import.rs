@@ -8,9 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use spafit::adapter::{
-    export_peft, import_peft, open_adapter, AdapterFormat, PeftExportRecord, TrainingInputs,
-};
+use spafit::adapter::{export_peft, import_peft, open_adapter, AdapterFormat, PeftExportRecord};
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
@@ -297,13 +295,7 @@ fn export_then_import_gives_bitwise_the_same_logits() {
                 &plan,
                 &PeftExportRecord {
                     base_model_name_or_path: "all-MiniLM-L6-v2",
-                    labels: None,
-                    inputs: TrainingInputs {
-                        max_len: None,
-                        ..TrainingInputs::default()
-                    },
-                    run_dir: None,
-                    base: None,
+                    ..PeftExportRecord::default()
                 },
             )
             .unwrap();
@@ -392,13 +384,7 @@ fn export_then_import_gives_bitwise_the_same_logits() {
             &plan,
             &PeftExportRecord {
                 base_model_name_or_path: "x",
-                labels: None,
-                inputs: TrainingInputs {
-                    max_len: None,
-                    ..TrainingInputs::default()
-                },
-                run_dir: None,
-                base: None,
+                ..PeftExportRecord::default()
             },
         )
         .unwrap_err();
@@ -423,13 +409,7 @@ fn export_holds_the_models_tensors_value_by_value() {
             &plan,
             &PeftExportRecord {
                 base_model_name_or_path: "all-MiniLM-L6-v2",
-                labels: None,
-                inputs: TrainingInputs {
-                    max_len: None,
-                    ..TrainingInputs::default()
-                },
-                run_dir: None,
-                base: None,
+                ..PeftExportRecord::default()
             },
         )
         .unwrap();
@@ -861,25 +841,8 @@ fn the_first_matching_rank_pattern_decides_as_in_peft() {
 #[test]
 fn adapters_on_a_base_of_another_problem_type_are_warned_of() {
     let tmp = tempfile::tempdir().unwrap();
-    let minilm = common::minilm_dir();
     let base_with = |name: &str, problem_type: &str| {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        for file in [
-            "model.safetensors",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "vocab.txt",
-        ] {
-            if minilm.join(file).exists() {
-                std::os::unix::fs::symlink(minilm.join(file), dir.join(file)).unwrap();
-            }
-        }
-        let mut config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
-                .unwrap();
-        config["problem_type"] = problem_type.into();
-        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let dir = common::minilm_with_problem_type(&tmp.path().join(name), problem_type);
         Checkpoint::open(&dir).unwrap()
     };
     let cpu = CpuBackend::f64();

@@ -151,6 +151,29 @@ pub fn minilm_dir() -> PathBuf {
     p
 }
 
+/// A copy of all-MiniLM-L6-v2 in `dir` (its files linked, not copied) whose config.json sets
+/// `problem_type`, as a checkpoint saved for another problem has it.
+pub fn minilm_with_problem_type(dir: &std::path::Path, problem_type: &str) -> PathBuf {
+    let minilm = minilm_dir();
+    std::fs::create_dir_all(dir).unwrap();
+    for file in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ] {
+        if minilm.join(file).exists() {
+            std::os::unix::fs::symlink(minilm.join(file), dir.join(file)).unwrap();
+        }
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
+            .unwrap();
+    config["problem_type"] = problem_type.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
 /// Runs test `test` of the calling test binary once more, alone, in a child process with
 /// `env` set (a setting read once per process, or a crash the parent must survive), and
 /// asserts that it ran and passed; returns the child's stdout and stderr together.
