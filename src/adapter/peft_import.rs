@@ -592,16 +592,9 @@ pub fn import_peft<B: Backend>(
         &checkpoint.weights,
         &mut warnings,
     )?;
-    // transformers gives the model the base config's problem_type, so a head trained in
-    // Python on such a base was trained for it; a spafit export's head was not.
-    let problem_type = checkpoint.config.problem_type.as_deref();
-    let trained_as = match problem_type {
-        Some(p @ "multi_label_classification") => Some(p),
-        Some(p @ "regression") if num_labels > 1 => Some(p),
-        Some(p @ "single_label_classification") if num_labels == 1 => Some(p),
-        _ => None,
-    };
-    if let Some(p) = trained_as.filter(|_| !note.describes_weights) {
+    // A spafit export's head was trained here, whatever the base's problem_type.
+    let trained_as = checkpoint.config.problem_type_unlike(num_labels);
+    if let Some((p, _)) = trained_as.filter(|_| !note.describes_weights) {
         warnings.push(format!(
             "the base's config.json has `problem_type` `{p}`, which transformers applies to \
              the adapter's head of {num_labels} output(s) as well, so the head was likely \

@@ -253,11 +253,11 @@ pub fn fit<B: Backend>(
     }
     let tokenizer = model.tokenizer(&run.checkpoint, run.trained_cut)?;
     // Before the banner: pair data the model or --max-len cannot take is refused first.
-    let pairs = [Some(train), dev]
+    if [Some(train), dev]
         .into_iter()
         .flatten()
-        .any(|d| d.examples.iter().any(|e| e.text_b.is_some()));
-    if pairs {
+        .any(Dataset::has_text_pairs)
+    {
         tokenizer.check_pairs()?;
     }
     let config = TrainConfig {
@@ -327,12 +327,13 @@ pub fn fit<B: Backend>(
     .fit(&tokenizer, train, dev)?;
     if let Some(dir) = &args.export_peft {
         let base_name = run.checkpoint.dir().display().to_string();
+        let labels = match &train.kind {
+            spafit::data::TaskKind::Classification { labels } => Some(labels.as_slice()),
+            spafit::data::TaskKind::Regression => None,
+        };
         let record = spafit::adapter::PeftExportRecord {
             base_model_name_or_path: &base_name,
-            labels: match &train.kind {
-                spafit::data::TaskKind::Classification { labels } => Some(labels),
-                spafit::data::TaskKind::Regression => None,
-            },
+            labels,
             inputs: spafit::adapter::TrainingInputs {
                 text_pairs: Some(report.text_pairs),
                 max_len: Some(tokenizer.max_len()),
@@ -341,14 +342,8 @@ pub fn fit<B: Backend>(
             base: Some(&run.checkpoint.weights),
         };
         export_peft(dir, &run.backend, &run.model, &run.plan, &record)?;
-        let (ours, outputs) = match &train.kind {
-            spafit::data::TaskKind::Classification { labels } => {
-                ("single_label_classification", labels.len())
-            }
-            spafit::data::TaskKind::Regression => ("regression", 1),
-        };
-        if let Some(theirs) = (run.checkpoint.config.problem_type.as_deref()).filter(|p| *p != ours)
-        {
+        let outputs = train.kind.num_labels();
+        if let Some((theirs, ours)) = run.checkpoint.config.problem_type_unlike(outputs) {
             note!(
                 "note: the base's config.json has `problem_type` `{theirs}`, which transformers \
                  gives the model this adapter loads onto: load it with \

@@ -117,6 +117,11 @@ impl Dataset {
         self.examples.is_empty()
     }
 
+    /// Whether any example is a text pair.
+    pub fn has_text_pairs(&self) -> bool {
+        self.examples.iter().any(|e| e.text_b.is_some())
+    }
+
     /// Why the examples are not all of one kind, single texts or text pairs, if they are
     /// not (naming one of each): a model learns from one kind, and its adapter records which.
     pub fn mixed_inputs(&self) -> Option<String> {

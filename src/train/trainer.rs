@@ -630,16 +630,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
         {
             return refuse(mixed);
         }
-        let pairs = |d: &Dataset| d.examples.iter().any(|e| e.text_b.is_some());
-        if let Some(d) = dev.filter(|d| pairs(d) != pairs(train)) {
-            let kind = |pairs| if pairs { "text pairs" } else { "single texts" };
+        if let Some(d) = dev.filter(|d| d.has_text_pairs() != train.has_text_pairs()) {
+            let kind = |d: &Dataset| match d.has_text_pairs() {
+                true => "text pairs",
+                false => "single texts",
+            };
             return refuse(format!(
                 "the evaluation set {} holds {}, the training set {} {}: the model would be \
                  evaluated on inputs of another kind than it learns from",
                 d.name,
-                kind(pairs(d)),
+                kind(d),
                 train.name,
-                kind(pairs(train))
+                kind(train)
             ));
         }
         if let Some(mismatch) = self
@@ -821,7 +823,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 TaskKind::Classification { labels } => Some(labels.clone()),
                 TaskKind::Regression => None,
             },
-            text_pairs: train.examples.iter().any(|e| e.text_b.is_some()),
+            text_pairs: train.has_text_pairs(),
             max_len: tokenizer.max_len(),
         })
     }
