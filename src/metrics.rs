@@ -67,6 +67,13 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     if n == 0 {
         return 0.0;
     }
+    // A constant side is found by its values, not by its variance: the mean of equal values
+    // (0.1 three times) need not equal them, which left a spread of rounding noise and a
+    // correlation like -3.5e-15 instead of the documented 0.
+    let constant = |v: &[f64]| v.iter().all(|&e| e == v[0]);
+    if constant(x) || constant(y) {
+        return 0.0;
+    }
     let mx = x.iter().sum::<f64>() / n as f64;
     let my = y.iter().sum::<f64>() / n as f64;
     let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);

@@ -39,6 +39,13 @@ fn correlations_by_hand_with_ties() {
     let s = spearman(&x, &[1.0, 2.0, 2.0, 3.0]);
     assert!((s - 4.5 / (5.0f64 * 4.5).sqrt()).abs() < 1e-15, "{s}");
     assert_eq!(pearson(&x, &[3.0; 4]), 0.0);
+    // Three equal scores whose mean is not exactly theirs (0.1 * 3 / 3 rounds up): still
+    // constant, so 0, not rounding noise (this used to give -3.5e-15 on an STS-B dev set).
+    let tenths = [0.1; 3];
+    assert_ne!(tenths.iter().sum::<f64>() / 3.0, 0.1);
+    assert_eq!(pearson(&[0.3, 0.1, 0.2], &tenths), 0.0);
+    assert_eq!(pearson(&tenths, &[0.3, 0.1, 0.2]), 0.0);
+    assert_eq!(spearman(&[0.3, 0.1, 0.2], &tenths), 0.0);
 }
 
 #[test]
