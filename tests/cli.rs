@@ -1304,6 +1304,46 @@ fn mnli_reports_both_dev_sets() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(last_json(&stdout)["split"], "MNLI/dev_matched");
+    // The mismatched split's loss in the run's line is the one `eval` reports for it.
+    let (ok, stdout, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--task",
+        "mnli",
+        "--glue-dir",
+        &g,
+        "--split",
+        "dev_mismatched",
+        "--adapter",
+        &format!("{o}/best"),
+    ]);
+    assert!(ok, "{err}");
+    let mismatched = last_json(&stdout);
+    assert_eq!(line["dev_mismatched_loss"], mismatched["loss"], "{line}");
+    assert_eq!(line["dev_mismatched_accuracy"], mismatched["accuracy"]);
+    // Without the second dev set, training says why a file it was not given is needed.
+    std::fs::remove_file(glue.path().join("MNLI/dev_mismatched.tsv")).unwrap();
+    let again = tempfile::tempdir().unwrap();
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--task",
+        "mnli",
+        "--glue-dir",
+        &g,
+        "--max-steps",
+        "1",
+        "--output",
+        &again.path().display().to_string(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("dev_mismatched.tsv")
+            && err.contains("evaluates on dev_matched and dev_mismatched"),
+        "{err}"
+    );
 }
 
 /// Training rows of a tiny sentiment task, alternating positive and negative.

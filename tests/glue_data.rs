@@ -997,6 +997,17 @@ fn missing_glue_folders_are_named() {
         e.contains("SST-2: no such folder") && e.contains("train.tsv in SST-2/"),
         "{e}"
     );
+    // A file given as the folder (a split's own path, say) is called a file.
+    let file = tmp.path().join("dev.tsv");
+    std::fs::write(&file, "sentence\tlabel\n").unwrap();
+    let e = GlueTask::Sst2
+        .load(&file, "train", OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dev.tsv: a file, not a folder") && e.contains("--glue-dir"),
+        "{e}"
+    );
 }
 
 /// A .tsv saved by a CSV writer quotes a field holding a line break; read without quoting

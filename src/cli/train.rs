@@ -407,7 +407,29 @@ impl TrainCommand {
             Some(t) => t
                 .dev_splits()
                 .iter()
-                .map(|split| self.data.load(split))
+                .map(|split| {
+                    self.data.load(split).map_err(|e| match e {
+                        // Why a file the user never named is needed (MNLI's second dev set).
+                        spafit::Error::Io { path, error }
+                            if t.dev_splits().len() > 1
+                                && error.kind() == std::io::ErrorKind::NotFound =>
+                        {
+                            spafit::Error::Io {
+                                path,
+                                error: std::io::Error::new(
+                                    error.kind(),
+                                    format!(
+                                        "{error} (training on {} evaluates on {}, as GLUE \
+                                         reports both)",
+                                        t.dir_name(),
+                                        t.dev_splits().join(" and ")
+                                    ),
+                                ),
+                            }
+                        }
+                        other => other,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?,
             None if self.data.dev_file.is_some() => {
                 vec![self.data.load_with_default_kind("dev", default_kind)?]
@@ -579,6 +601,7 @@ impl TrainCommand {
                     self.train.eval_batch_size(),
                     task,
                 )?;
+                line[format!("{split}_loss")] = json!(eval.loss);
                 for (k, v) in &eval.metrics {
                     line[format!("{split}_{k}")] = json!(v);
                 }

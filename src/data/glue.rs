@@ -248,11 +248,17 @@ impl GlueTask {
             })
         };
         if !glue_dir.is_dir() {
+            let what = if glue_dir.exists() {
+                "a file, not a folder"
+            } else {
+                "no such folder"
+            };
             return missing(
                 glue_dir,
-                "no such folder (--glue-dir names the folder holding GLUE's task folders, \
-                 e.g. SST-2/)"
-                    .into(),
+                format!(
+                    "{what} (--glue-dir names the folder holding GLUE's task folders, e.g. \
+                     SST-2/)"
+                ),
             );
         }
         if !task_dir.is_dir() {
