@@ -99,6 +99,35 @@ fn adapter_round_trip_and_refusals() {
     let model = trained(&ck, &cpu, &plan);
     let labels = vec!["a".to_string(), "b".into(), "c".into()];
     let dir = saved(&ck, &cpu, &model, &plan, &labels);
+    // Saving the same adapter again writes nothing (a resume saves the best it restored:
+    // on a full disk that must not fail); another cut of the texts replaces the manifest.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let inode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().ino();
+        let before = (inode(WEIGHTS_FILE), inode(MANIFEST_FILE));
+        let save = |max_len| {
+            let inputs = TrainingInputs {
+                text_pairs: Some(false),
+                max_len: Some(max_len),
+            };
+            save_adapter(
+                dir.path(),
+                &cpu,
+                &model,
+                &plan,
+                &ck.weights,
+                Some(&labels),
+                inputs,
+            )
+            .unwrap()
+        };
+        save(24);
+        assert_eq!((inode(WEIGHTS_FILE), inode(MANIFEST_FILE)), before);
+        save(25);
+        assert_ne!(inode(MANIFEST_FILE), before.1);
+        save(24);
+    }
     // The inputs' cut comes back with the adapter, for evaluating it the same way.
     assert_eq!(
         open_adapter(dir.path(), &ck, &cpu).unwrap().max_len,
@@ -388,6 +417,19 @@ fn peft_export_names_and_config() {
         e.to_string().contains("spafit_export.json") && e.to_string().contains("`max_len` is -3"),
         "{e}"
     );
+    // An export killed between its renames: the weights are in place, their note still
+    // staged under its temporary name. The staged note is read (it describes these weights);
+    // a staged leftover describing other weights is not.
+    std::fs::write(&note, &text).unwrap();
+    let staged = dir.path().join(".spafit_export.json.tmp-4242-7");
+    std::fs::rename(&note, &staged).unwrap();
+    let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!((import.max_len, import.text_pairs), (Some(40), Some(false)));
+    assert_eq!(import.labels.as_deref(), Some(names.as_slice()));
+    std::fs::write(&staged, text.replace(&stale, &"0".repeat(64))).unwrap();
+    let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!((import.labels, import.max_len), (None, None));
+    std::fs::remove_file(&staged).unwrap();
     std::fs::write(&note, &text).unwrap();
     let tensors = read_tensors(&cpu, &dir.path().join("adapter_model.safetensors")).unwrap();
     for key in [

@@ -2223,6 +2223,20 @@ fn bad_paths_and_labels_are_refused_before_training() {
             "{own}: {err}"
         );
     }
+    // A file where the run's best/ or last/ folder goes is refused before any step, not
+    // when the first save finds it.
+    std::fs::create_dir_all(root.join("blocked")).unwrap();
+    for (sub, what) in [("best", "best adapter"), ("last", "resumable state")] {
+        let file = root.join("blocked").join(sub);
+        std::fs::write(&file, "not a folder").unwrap();
+        let (ok, _, err) = train(&["--train-file", &p("named.csv"), "--output", &p("blocked")]);
+        assert!(
+            !ok && err.contains(&format!("{sub} is a file where the run keeps its {what}")),
+            "{err}"
+        );
+        assert!(!root.join("blocked/metrics.jsonl").exists());
+        std::fs::remove_file(&file).unwrap();
+    }
     let (ok, _, err) = train(&["--train-file", &p("named.csv"), "--export-peft", &peft]);
     assert!(!ok && err.contains("already holds an adapter"), "{err}");
     // An export goes to a folder of its own: not beside a spafit adapter or run, not among
@@ -3512,4 +3526,67 @@ fn a_regression_checkpoint_trains_numeric_labels_as_scores() {
             && !err.contains("not a finite number"),
         "{err}"
     );
+}
+
+/// A metrics line the disk takes only part of (here a file-size limit, as a full disk does)
+/// is cut off again: the run stops naming the file, and what it leaves is whole JSON lines.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_log_line_the_disk_cuts_short_leaves_whole_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "train.csv", &sentiment_csv(&SENTIMENT_ROWS));
+    let out = dir.path().join("out");
+    // SIGXFSZ ignored, so the write past the limit fails with EFBIG instead of killing.
+    let status = Command::new("bash")
+        .args(["-c", "trap '' XFSZ; ulimit -f 1; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_spafit"))
+        .args(["train", "--model", &model(), "--train-file"])
+        .arg(dir.path().join("train.csv"))
+        .args(["--max-len", "16", "--batch-size", "2", "--epochs", "3"])
+        .args(["--log-every", "1", "--quiet", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success());
+    assert!(
+        err.contains("metrics.jsonl") && err.contains("File too large"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(text.ends_with('\n') && text.len() <= 1024, "{text}");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{text}");
+}
+
+/// A process held to less memory than the host has free (`ulimit -v`, as a container's
+/// limit holds it) is refused a batch that cannot fit under that limit, with the limit's
+/// figure, instead of aborting when an allocation fails.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_batch_over_the_process_memory_limit_is_refused() {
+    let out = Command::new("bash")
+        .args(["-c", "ulimit -v 1500000; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_spafit"))
+        .args(["bench", "--model", &model(), "--batch-size", "256"])
+        .args(["--seq-len", "128", "--steps", "1", "--warmup", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("a batch of 256 × 128 tokens needs at least"),
+        "{err}"
+    );
+    // The room under the limit (1.43 GiB less what the process maps), not the host's.
+    let available: f64 = err
+        .split("; ")
+        .nth(1)
+        .and_then(|rest| rest.split(" GiB is available").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(available < 1.44, "{err}");
 }

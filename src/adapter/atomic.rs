@@ -10,7 +10,39 @@ use crate::error::{Error, Result};
 /// created, for a dangling link) and the link stays; an existing file keeps its permissions.
 /// An existing device or pipe is written in place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    stage_atomic(path, bytes)?.commit()
+    stage_atomic(path, bytes)?.commit()?;
+    remove_leftovers_of_dead_writers(path);
+    Ok(())
+}
+
+/// Removes the temporaries of `path` that writers killed before their rename left behind (a
+/// `predict` stopped by SIGKILL, say), once a write to it has succeeded: a writer no longer
+/// running (Linux's `/proc`) will never rename them. Those of running processes, this one
+/// included, stay, as does anything that cannot be removed.
+fn remove_leftovers_of_dead_writers(path: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(resolved) = link_target(path) else {
+        return;
+    };
+    let Some(name) = resolved.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let prefix = staged_prefix(name);
+    for leftover in staged_copies(parent_of(&resolved), name) {
+        let writer = leftover
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let dead =
+            |pid: u32| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+        if writer.is_some_and(dead) {
+            let _ = std::fs::remove_file(&leftover);
+        }
+    }
 }
 
 /// A file written in full beside its destination (`.name.tmp-PID-N`) and synced, waiting for
@@ -219,6 +251,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("loop_a") && e.contains("symbolic links"), "{e}");
+    }
+
+    /// A write that succeeds removes what killed writers of the same file left staged, and
+    /// nothing a running writer may still rename.
+    #[test]
+    fn leftovers_of_dead_writers_go_with_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let ours = std::process::id();
+        let leftover = dir.path().join(format!(".p.jsonl.tmp-{dead}-0"));
+        let running = dir.path().join(format!(".p.jsonl.tmp-{ours}-999999"));
+        let other = dir.path().join(format!(".q.jsonl.tmp-{dead}-0"));
+        for f in [&leftover, &running, &other] {
+            std::fs::write(f, "half").unwrap();
+        }
+        write_atomic(&path, b"whole").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        assert!(!leftover.exists());
+        assert!(running.exists() && other.exists());
     }
 
     /// Threads of one program saving to the same file each stage their own temporary: the

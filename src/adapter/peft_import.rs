@@ -87,7 +87,25 @@ fn exported_note(
     base: &crate::checkpoint::WeightsFile,
     stale: &mut Vec<String>,
 ) -> Result<ExportNote> {
-    let path = dir.join(SPAFIT_EXPORT_FILE);
+    let committed = dir.join(SPAFIT_EXPORT_FILE);
+    // An export killed between its renames leaves its note staged beside the weights it
+    // describes (the note is renamed last): that note is the one to read, as `best/` reads
+    // its staged manifest. Any other staged note is a leftover and is passed over.
+    let describes_weights = |path: &std::path::PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .is_some_and(|json| {
+                json.get("adapter_model_sha256").and_then(|h| h.as_str()) == Some(weights_sha256)
+            })
+    };
+    let path = match describes_weights(&committed) {
+        true => committed,
+        false => super::atomic::staged_copies(dir, SPAFIT_EXPORT_FILE)
+            .into_iter()
+            .find(describes_weights)
+            .unwrap_or(committed),
+    };
     if !path.is_file() {
         return Ok(ExportNote::default());
     }

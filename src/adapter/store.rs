@@ -193,6 +193,14 @@ pub fn save_adapter<B: Backend>(
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::invalid("adapter", e.to_string()))?;
+    // Already in place byte for byte (a resumed run saves again the best it restored): left
+    // as it is, so a resume that changes nothing needs no free disk. The manifest holds the
+    // weights' hash, so the weights are read only when it matches.
+    let unchanged =
+        |name: &str, new: &[u8]| std::fs::read(dir.join(name)).is_ok_and(|old| old == new);
+    if unchanged(MANIFEST_FILE, &json) && unchanged(WEIGHTS_FILE, &bytes) {
+        return Ok(());
+    }
     let weights = stage_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     let manifest = stage_atomic(&dir.join(MANIFEST_FILE), &json)?;
     weights.commit()?;

@@ -678,6 +678,26 @@ pub(super) fn check_output_paths(
                 ),
             );
         }
+        // The run's folders are made when first saved, after training steps: a file in the
+        // way would fail only then (and as "File exists", naming the file inside).
+        if let Some(sub) = ["best", "last"]
+            .map(|name| dir.join(name))
+            .into_iter()
+            .find(|sub| sub.symlink_metadata().is_ok() && !sub.is_dir())
+        {
+            return refuse(
+                "--output",
+                format!(
+                    "{} is a file where the run keeps its {} (a folder); move it or give \
+                     another --output",
+                    sub.display(),
+                    match sub.ends_with("best") {
+                        true => "best adapter",
+                        false => "resumable state",
+                    }
+                ),
+            );
+        }
         // A run inside an adapter's folder (`runs/a/best`) would mix its files with it.
         if let Some(found) = spafit::adapter::model_or_adapter_file_in(dir) {
             return refuse(

@@ -92,10 +92,81 @@ pub fn check_batch_memory<B: Backend>(
     }
 }
 
-/// `MemAvailable` of Linux's `/proc/meminfo`, in bytes.
+/// The memory this process can still take, in bytes: the host's `MemAvailable` (Linux's
+/// `/proc/meminfo`), less where the process is held to less — its control group's limit
+/// (a container's) or its address-space limit (`ulimit -v`), beyond which an allocation
+/// fails and aborts the process however much the host has free.
 fn available_host_memory() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let host = meminfo_kib("/proc/meminfo", "MemAvailable:").and_then(|k| k.checked_mul(1024));
+    [host, cgroup_room(), address_space_room()]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// A `NAME: value kB` line's value.
+fn meminfo_kib(file: &str, name: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What the process's control group may still charge before its limit (a container's):
+/// the limit less its anonymous memory (the page cache it also charges is given back before
+/// an allocation fails); `None` where there is no control group with a memory limit to read.
+/// cgroup v2 (`memory.max`, `anon`) or v1 (`memory.limit_in_bytes`, `total_rss`); an
+/// unlimited group reads as "max" or as a huge limit, which leaves the host's figure.
+fn cgroup_room() -> Option<usize> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    // The group's own folder, or the mount's root where a container shows only its group.
+    let mut candidates = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let path = path.trim().trim_start_matches('/');
+        if id == "0" && controllers.is_empty() {
+            for dir in [root.join(path), root.to_path_buf()] {
+                candidates.push((dir, "memory.max", "anon"));
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            for dir in [root.join("memory").join(path), root.join("memory")] {
+                candidates.push((dir, "memory.limit_in_bytes", "total_rss"));
+            }
+        }
+    }
+    candidates.into_iter().find_map(|(dir, limit, used)| {
+        let limit: usize = std::fs::read_to_string(dir.join(limit))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+        let used: usize = stat
+            .lines()
+            .find_map(|l| l.strip_prefix(used)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0);
+        Some(limit.saturating_sub(used))
+    })
+}
+
+/// Address space left under the soft `RLIMIT_AS` (`ulimit -v`): the limit less the
+/// process's virtual size; `None` when unlimited.
+fn address_space_room() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    // `Max address space  <soft> <hard> bytes`; the soft one applies.
+    let soft: usize = line
+        .trim_start_matches("Max address space")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let used = meminfo_kib("/proc/self/status", "VmSize:")?.checked_mul(1024)?;
+    Some(soft.saturating_sub(used))
 }

@@ -66,12 +66,24 @@ pub(crate) struct LossWindow {
     pub last_logged_bits: Option<u64>,
 }
 
-/// What the header carries: the position and a checksum of the tensor bytes.
+/// What the header carries: the position, a checksum of the tensor bytes and one of the
+/// position (as serialized: a damaged key, which serde would pass over as unknown and
+/// leave at its default, changes it).
 #[derive(Serialize, Deserialize)]
 struct StateHeader {
     #[serde(flatten)]
     position: RunPosition,
     tensors_sha256: String,
+    /// Absent in states written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    position_sha256: Option<String>,
+}
+
+/// The checksum of a position: of its JSON, which serializing the same value reproduces.
+fn position_sha256(position: &RunPosition) -> Result<String> {
+    let text =
+        serde_json::to_string(position).map_err(|e| Error::invalid("state", e.to_string()))?;
+    Ok(sha256_hex(text.as_bytes()))
 }
 
 /// The best evaluation so far, kept across a resume (the value as bits: exact).
@@ -165,6 +177,7 @@ pub(crate) fn save_run<B: Backend>(
     let header = StateHeader {
         position: position.clone(),
         tensors_sha256: sha256_hex(data_section(&plain).unwrap_or(&[])),
+        position_sha256: Some(position_sha256(position)?),
     };
     let header =
         serde_json::to_string(&header).map_err(|e| Error::invalid("state", e.to_string()))?;
@@ -201,8 +214,18 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
     let StateHeader {
         position,
         tensors_sha256,
+        position_sha256: recorded,
     } = serde_json::from_str(text)
         .map_err(|e| corrupt(format!("`{HEADER_KEY}` in the header: {e}")))?;
+    if recorded.is_some_and(|h| h != position_sha256(&position).unwrap_or_default()) {
+        return Err(Error::Mismatch {
+            path,
+            detail: "the run's position in the header (step, best evaluation, settings) does \
+                     not match the checksum written with it: the file was damaged after it \
+                     was saved; restore it or start another run"
+                .into(),
+        });
+    }
     if sha256_hex(data_section(&bytes).unwrap_or(&[])) != tensors_sha256 {
         return Err(Error::Mismatch {
             path,
@@ -576,6 +599,48 @@ pub(crate) fn metrics_path(output_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state whose header was damaged in a key (serde would pass the key over as unknown
+    /// and resume from its default) is refused; the state as written loads.
+    #[test]
+    fn a_damaged_position_in_the_header_is_refused() {
+        let cpu = crate::backend::cpu::CpuBackend::f32();
+        let dir = tempfile::tempdir().unwrap();
+        let position = RunPosition {
+            step: 3,
+            epoch: 0,
+            next_batch: 3,
+            total_steps: 8,
+            best: None,
+            settings: RunSettings::new(),
+            evaluations_since_best: 2,
+            loss_window: LossWindow::default(),
+        };
+        let weight = cpu
+            .tensor_from_f64(crate::tensor::Shape::new([2]), &[1.0, 2.0])
+            .unwrap();
+        let trainable = [("w".to_string(), weight)];
+        save_run(
+            &cpu,
+            dir.path(),
+            &position,
+            &trainable,
+            &BTreeMap::new(),
+            None,
+        )
+        .unwrap();
+        let loaded = load_run(&cpu, dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.position, position);
+        let path = dir.path().join("last").join(STATE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let key = b"evaluations_since_best";
+        let at = bytes.windows(key.len()).position(|w| w == key).unwrap();
+        // One letter, so the safetensors header keeps its length and stays readable.
+        bytes[at + key.len() - 2] = b'z';
+        std::fs::write(&path, &bytes).unwrap();
+        let e = load_run(&cpu, dir.path()).err().expect("a damaged key");
+        assert!(e.to_string().contains("does not match the checksum"), "{e}");
+    }
 
     /// The states of runs saved before `classifier_dropout` was read hold the three rates
     /// alone; a run whose classifier drops at the hidden rate must still compare equal.

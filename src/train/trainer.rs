@@ -1381,8 +1381,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .append(true)
             .open(&path)
             .map_err(io)?;
-        // One write per line, so an interrupted run leaves no torn line.
-        f.write_all(format!("{line}\n").as_bytes()).map_err(io)
+        // One write per line, so an interrupted run leaves no torn line; a write the disk
+        // could take only part of (full, or over `ulimit -f`) is cut off again, so the file
+        // stays whole lines that any JSON-lines reader takes.
+        let before = f.metadata().map_err(io)?.len();
+        f.write_all(format!("{line}\n").as_bytes())
+            .inspect_err(|_| {
+                let _ = f.set_len(before);
+            })
+            .map_err(io)
     }
 
     fn trainable(&self) -> Vec<(String, Tensor<B>)> {
