@@ -18,7 +18,9 @@ model=.cache/models/all-MiniLM-L6-v2
 threads=$(nproc)
 
 if ! "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null; then
-    echo "creating $venv (torch 2.15 CPU, transformers 5.24, peft 0.21.2) ..." >&2
+    # PyPI's torch (a CUDA build) where the CPU wheels' index cannot be reached: both run
+    # the same CPU kernels here.
+    echo "creating $venv (torch 2.15, the CPU wheel if its index answers, transformers 5.24, peft 0.21.2) ..." >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu "torch==2.15.*" \
         || "$venv/bin/pip" install -q "torch==2.15.*"

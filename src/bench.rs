@@ -34,8 +34,14 @@ pub struct BenchReport {
     pub samples_per_s: f64,
     /// `batch · seq_len / step time`.
     pub tokens_per_s: f64,
-    /// Peak resident memory of the process in MiB (Linux `VmHWM`; `None` elsewhere).
+    /// Peak resident memory of the steps (warm-up included) in MiB, the model's own memory
+    /// included: Linux's `VmHWM`, reset after the model was loaded or drawn. `None` where
+    /// the peak cannot be reset (not Linux, or `/proc/self/clear_refs` not writable).
     pub peak_mem_mib: Option<f64>,
+    /// Peak resident memory of the whole process in MiB, loading the model included (which
+    /// may need more than a small step: reading and converting the checkpoint); `None`
+    /// elsewhere than Linux.
+    pub process_peak_mem_mib: Option<f64>,
     /// Peak device memory during the timed steps in MiB, where the backend tracks it (CUDA).
     pub peak_device_mib: Option<f64>,
     /// Trainable scalars.
@@ -233,6 +239,9 @@ pub fn bench_train_step_with<B: Backend>(
         backend.synchronize()?;
         Ok(t.elapsed().as_secs_f64())
     };
+    // What loading took is not what the steps take: the peak starts over here.
+    let peak_before_steps = peak_resident_mib();
+    let peak_reset = reset_peak_resident();
     for i in 0..warmup + steps {
         backend.synchronize()?;
         if i == warmup {
@@ -244,6 +253,7 @@ pub fn bench_train_step_with<B: Backend>(
             times.push(seconds);
         }
     }
+    let peak_steps = peak_reset.then(peak_resident_mib).flatten();
     let peak_device_mib = backend
         .peak_memory_bytes()
         .map(|b| b as f64 / (1024.0 * 1024.0));
@@ -274,7 +284,11 @@ pub fn bench_train_step_with<B: Backend>(
         ms_per_step_min: times.first().copied().unwrap_or(f64::NAN) * 1e3,
         samples_per_s: batch as f64 / median,
         tokens_per_s: (batch * seq_len) as f64 / median,
-        peak_mem_mib: peak_resident_mib(),
+        peak_mem_mib: peak_steps,
+        process_peak_mem_mib: match (peak_before_steps, peak_steps) {
+            (Some(before), Some(steps)) => Some(before.max(steps)),
+            _ => peak_resident_mib(),
+        },
         peak_device_mib,
         trainable_params: model.trainable_parameter_count(),
         nodes,
@@ -289,6 +303,16 @@ pub fn peak_resident_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Starts the peak resident memory over from the current resident memory (Linux 4.0 on:
+/// writing 5 to `/proc/self/clear_refs`); whether it could.
+pub fn reset_peak_resident() -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/clear_refs")
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"5"))
+        .is_ok()
 }
 
 /// The median of sorted values: an even count's is the mean of its two middle values, not the

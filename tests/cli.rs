@@ -1097,6 +1097,43 @@ fn gradcheck_and_bench_print_json() {
     }
     assert_eq!(line["trainable_params"], 26114);
     assert_eq!(line["micro_batch"], 4);
+    assert_eq!(line["warmup"], 1);
+    assert!(line["host_threads"].as_u64().unwrap() >= 1, "{line}");
+    // The steps' peak, not loading's: reading and converting MiniLM's checkpoint takes more
+    // resident memory than a step of 4 × 16 tokens, which once reported that instead.
+    #[cfg(target_os = "linux")]
+    {
+        let (steps, process) = (
+            line["peak_mem_mib"].as_f64().unwrap(),
+            line["process_peak_mem_mib"].as_f64().unwrap(),
+        );
+        assert!(steps < process, "{line}");
+    }
+    // SPAFIT's boundaries as resolved (a quarter of 6 layers rounds up to 2), and where the
+    // adapters went.
+    let (ok, stdout, err) = spafit(&[
+        "bench",
+        "--model",
+        &m,
+        "--n1",
+        "1/4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "8",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    let spafit_line = last_json(&stdout);
+    assert_eq!(
+        (&spafit_line["n1"], &spafit_line["n2"]),
+        (&2.into(), &4.into())
+    );
+    assert_eq!(spafit_line["lora"]["layers"], serde_json::json!([4, 5]));
+    assert_eq!(spafit_line["lora"]["r"], 8);
     // In micro-batches of 2 a step keeps half the activations for its backward.
     let whole = line["saved_activation_bytes"].as_u64().unwrap();
     let micro = |size: &str| {
@@ -1163,6 +1200,24 @@ fn gradcheck_and_bench_print_json() {
         assert_eq!(line["trainable_params"], expected, "{shape}: {line}");
         assert_eq!(line["model"], format!("random BERT-{shape}"), "{line}");
     }
+    // SPAFIT's default thirds on BERT-tiny's 2 layers leave no bias-only layer: said, as
+    // with a checkpoint, and the boundaries are in the line.
+    let (ok, stdout, err) = spafit(&[
+        "bench",
+        "--shape",
+        "tiny",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(ok && err.contains("no bias-only layer"), "{err}");
+    let line = last_json(&stdout);
+    assert_eq!((&line["n1"], &line["n2"]), (&1.into(), &1.into()), "{line}");
     let (ok, _, err) = spafit(&["bench", "--shape", "huge", "--steps", "1"]);
     assert!(
         !ok && err.contains("expected tiny, mini, base or large"),

@@ -266,7 +266,9 @@ pub struct PeftArgs {
     /// full, bitfit, lora or spafit.
     #[arg(long, default_value = "spafit", value_parser = spelling(|m| m.parse::<Method>()))]
     pub method: String,
-    /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`) [default: 1/3].
+    /// SPAFIT: first bias-only layer, as an index (`2`) or a fraction (`1/3`, `0.5`; `1.0` is
+    /// the whole depth, `1` layer 1) of the depth, rounded to the nearest layer, halves up
+    /// (1/4 of 6 layers is 2) [default: 1/3].
     #[arg(long, allow_hyphen_values = true, value_parser = spelling(|b| b.parse::<Boundary>()))]
     pub n1: Option<String>,
     /// SPAFIT: first LoRA + bias layer, as an index or a fraction [default: 2/3].

@@ -40,6 +40,20 @@ enum Command {
     /// Finite-difference check of a real model's gradients under a method (prints max_rel_err); on the CPU it checks the f64 reference unless --dtype is given.
     Gradcheck(tools::GradcheckCommand),
     /// Training-step throughput and memory for a method and batch shape (one JSON line).
+    ///
+    /// Every step is a whole training step (forward, backward, AdamW) on one random batch of
+    /// --batch-size × --seq-len tokens, all real (no padding), with training-mode dropout;
+    /// --warmup steps run first, untimed. The JSON line: `ms_per_step` (median of the timed
+    /// steps) and `ms_per_step_min` (the fastest: the least disturbed on a shared machine);
+    /// `samples_per_s` and `tokens_per_s` (batch, and batch × seq_len, over the median; every
+    /// token counts, where `train`'s tokens_per_s counts only real tokens of padded batches);
+    /// `peak_mem_mib` (peak resident memory of the steps, the model included, Linux only) and
+    /// `process_peak_mem_mib` (of the whole process, loading the checkpoint included, which
+    /// may be the larger); `peak_device_mib` (CUDA: device memory of the timed steps);
+    /// `trainable_params`; `autograd_nodes` and `saved_activation_bytes` (what one step's, or
+    /// micro-batch's, tape records and keeps for backward); `host_threads` (the CPU's worker
+    /// threads: RAYON_NUM_THREADS sets them); for SPAFIT `n1` and `n2` as resolved; for
+    /// adapters `lora` (rank, alpha, targets, layers).
     Bench(tools::BenchCommand),
     /// Fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes and print dev accuracy (one JSON line).
     Demo(demo::DemoCommand),

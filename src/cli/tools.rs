@@ -155,6 +155,9 @@ impl BenchCommand {
                 })?;
                 let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
                 self.peft.check_flags_against_plan(&plan)?;
+                if let Some(notice) = peft.empty_strata_notice(config.num_hidden_layers) {
+                    note!("note: {notice}");
+                }
                 // Drawing BERT-large's weights takes seconds and a gigabyte: a batch that
                 // cannot fit even one forward pass is refused before that (the step checks
                 // again, counting what the tape keeps).
@@ -202,9 +205,24 @@ impl BenchCommand {
             "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| format!("random BERT-{s}")),
             "batch": r.batch, "micro_batch": r.micro_batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
-            "peak_mem_mib": r.peak_mem_mib, "peak_device_mib": r.peak_device_mib, "trainable_params": r.trainable_params,
-            "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
+            "warmup": self.warmup, "host_threads": rayon::current_num_threads(),
+            "peak_mem_mib": r.peak_mem_mib, "process_peak_mem_mib": r.process_peak_mem_mib, "peak_device_mib": r.peak_device_mib,
+            "trainable_params": r.trainable_params, "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
         });
+        // What the trainable parameters are: the resolved strata and adapters.
+        if let Some(plan) = model.plan() {
+            if let Some((n1, n2)) = plan.boundaries {
+                line["n1"] = json!(n1);
+                line["n2"] = json!(n2);
+            }
+            if let Some(lora) = &plan.lora {
+                let layers: Vec<usize> = (0..plan.strata.len())
+                    .filter(|&i| plan.strata[i].has_lora())
+                    .collect();
+                let targets: Vec<String> = lora.targets.iter().map(|t| t.to_string()).collect();
+                line["lora"] = json!({"r": lora.rank, "alpha": lora.alpha, "targets": targets, "layers": layers});
+            }
+        }
         if let Some(times) = &r.kernel_times {
             print_kernel_times(times);
             let kernels: Vec<_> = times

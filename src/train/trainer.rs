@@ -848,10 +848,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
             0 => String::new(),
             _ => format!(", resuming at step {step} (epoch {})", epoch + 1),
         };
+        // Fractions of the depth resolve to layers by rounding: the line says which.
+        let method = match self.plan.boundaries {
+            Some((n1, n2)) => format!(
+                "{} with N1 = {n1}, N2 = {n2} of {} layers",
+                self.plan.method,
+                self.plan.strata.len()
+            ),
+            None => self.plan.method.to_string(),
+        };
         progress.headline(&format!(
-            "training {} ({} trainable parameters) on {examples} examples, {} epoch(s), batch \
-             {}{micro}, lr {:e}{resuming}",
-            self.plan.method,
+            "training {method} ({} trainable parameters) on {examples} examples, {} epoch(s), \
+             batch {}{micro}, lr {:e}{resuming}",
             self.model.trainable_parameter_count(),
             c.epochs,
             c.batch_size,
