@@ -127,6 +127,11 @@ impl StepKernelTimes {
 }
 
 /// [`bench_train_step_in_micro_batches`] with every setting, and kernel times on request.
+///
+/// On Linux the process's peak resident memory (`VmHWM`) is reset before the first step, so
+/// that [`BenchReport::peak_mem_mib`] is the steps' own: a program embedding the engine that
+/// reads its own peak afterwards reads it from there ([`BenchReport::process_peak_mem_mib`]
+/// keeps the earlier one).
 pub fn bench_train_step_with<B: Backend>(
     backend: &B,
     model: &mut BertClassifier<B>,

@@ -426,6 +426,17 @@ fn peft_export_names_and_config() {
     let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
     assert_eq!((import.max_len, import.text_pairs), (Some(40), Some(false)));
     assert_eq!(import.labels.as_deref(), Some(names.as_slice()));
+    // Killed one rename earlier, its config still staged too: the config in place may be an
+    // earlier export's, so the folder is refused rather than read with it.
+    let staged_config = dir.path().join(".adapter_config.json.tmp-4242-6");
+    std::fs::copy(dir.path().join("adapter_config.json"), &staged_config).unwrap();
+    let e = import_peft(dir.path(), &ck, &cpu).expect_err("a torn export");
+    assert!(
+        e.to_string()
+            .contains("stopped while renaming its files into place"),
+        "{e}"
+    );
+    std::fs::remove_file(&staged_config).unwrap();
     std::fs::write(&staged, text.replace(&stale, &"0".repeat(64))).unwrap();
     let (_, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
     assert_eq!((import.labels, import.max_len), (None, None));

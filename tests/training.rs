@@ -1847,7 +1847,8 @@ fn remove_run_setting(state: &Path, key: &str) {
     });
 }
 
-/// Rewrites a run state's settings with `edit`; the tensor bytes (and so their checksum)
+/// Rewrites a run state's settings with `edit`, as a state written by an older spafit (which
+/// had no checksum of its position, dropped here); the tensor bytes (and so their checksum)
 /// stay as they are.
 fn edit_run_settings(
     state: &Path,
@@ -1859,6 +1860,11 @@ fn edit_run_settings(
     let run = &mut header["__metadata__"]["spafit.run"];
     let mut position: serde_json::Value = serde_json::from_str(run.as_str().unwrap()).unwrap();
     edit(position["settings"].as_object_mut().unwrap());
+    position
+        .as_object_mut()
+        .unwrap()
+        .remove("position_sha256")
+        .expect("a state written now has the checksum of its position");
     *run = serde_json::Value::String(position.to_string());
     let mut text = header.to_string().into_bytes();
     // safetensors keeps the data section 8-byte aligned.

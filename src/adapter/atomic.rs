@@ -17,9 +17,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Removes the temporaries of `path` that writers killed before their rename left behind (a
 /// `predict` stopped by SIGKILL, say), once a write to it has succeeded: a writer no longer
-/// running (Linux's `/proc`) will never rename them. Those of running processes, this one
-/// included, stay, as does anything that cannot be removed.
+/// running (Linux's `/proc`) will never rename them. Only those untouched for an hour: a
+/// process this one cannot see (another PID namespace sharing the folder, another host on a
+/// network file system) may still be writing or renaming its own. Those of running
+/// processes, this one included, stay, as does anything that cannot be removed.
 fn remove_leftovers_of_dead_writers(path: &Path) {
+    const UNTOUCHED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
     if !Path::new("/proc/self").exists() {
         return;
     }
@@ -39,7 +42,10 @@ fn remove_leftovers_of_dead_writers(path: &Path) {
             .and_then(|pid| pid.parse::<u32>().ok());
         let dead =
             |pid: u32| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
-        if writer.is_some_and(dead) {
+        let stale = std::fs::metadata(&leftover)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNTOUCHED_FOR));
+        if writer.is_some_and(dead) && stale {
             let _ = std::fs::remove_file(&leftover);
         }
     }
@@ -264,14 +270,22 @@ mod tests {
         child.wait().unwrap();
         let ours = std::process::id();
         let leftover = dir.path().join(format!(".p.jsonl.tmp-{dead}-0"));
+        let recent = dir.path().join(format!(".p.jsonl.tmp-{dead}-1"));
         let running = dir.path().join(format!(".p.jsonl.tmp-{ours}-999999"));
         let other = dir.path().join(format!(".q.jsonl.tmp-{dead}-0"));
-        for f in [&leftover, &running, &other] {
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for f in [&leftover, &recent, &running, &other] {
             std::fs::write(f, "half").unwrap();
+            if f != &recent {
+                let file = std::fs::File::options().write(true).open(f).unwrap();
+                file.set_modified(two_hours_ago).unwrap();
+            }
         }
         write_atomic(&path, b"whole").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
         assert!(!leftover.exists());
+        // Touched in the last hour: perhaps a writer this process cannot see.
+        assert!(recent.exists());
         assert!(running.exists() && other.exists());
     }
 

@@ -99,13 +99,27 @@ fn exported_note(
                 json.get("adapter_model_sha256").and_then(|h| h.as_str()) == Some(weights_sha256)
             })
     };
-    let path = match describes_weights(&committed) {
-        true => committed,
+    let staged_note = match describes_weights(&committed) {
+        true => None,
         false => super::atomic::staged_copies(dir, SPAFIT_EXPORT_FILE)
             .into_iter()
-            .find(describes_weights)
-            .unwrap_or(committed),
+            .find(describes_weights),
     };
+    // Killed before adapter_config.json was renamed too (weights, config and note go in that
+    // order): the config in place is an earlier export's, whose alpha and targets need not
+    // be these weights'.
+    if staged_note.is_some() && !super::atomic::staged_copies(dir, PEFT_CONFIG_FILE).is_empty() {
+        return Err(Error::Format {
+            path: dir.join(PEFT_CONFIG_FILE),
+            detail: format!(
+                "an export into {} was stopped while renaming its files into place, before \
+                 this file: it may describe other weights than {PEFT_WEIGHTS_FILE}; export \
+                 again (or resume the run that exported it)",
+                dir.display()
+            ),
+        });
+    }
+    let path = staged_note.unwrap_or(committed);
     if !path.is_file() {
         return Ok(ExportNote::default());
     }

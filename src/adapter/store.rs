@@ -196,8 +196,7 @@ pub fn save_adapter<B: Backend>(
     // Already in place byte for byte (a resumed run saves again the best it restored): left
     // as it is, so a resume that changes nothing needs no free disk. The manifest holds the
     // weights' hash, so the weights are read only when it matches.
-    let unchanged =
-        |name: &str, new: &[u8]| std::fs::read(dir.join(name)).is_ok_and(|old| old == new);
+    let unchanged = |name: &str, new: &[u8]| holds_exactly(&dir.join(name), new);
     if unchanged(MANIFEST_FILE, &json) && unchanged(WEIGHTS_FILE, &bytes) {
         return Ok(());
     }
@@ -205,6 +204,26 @@ pub fn save_adapter<B: Backend>(
     let manifest = stage_atomic(&dir.join(MANIFEST_FILE), &json)?;
     weights.commit()?;
     manifest.commit_or_leave_staged()
+}
+
+/// Whether the file at `path` holds `bytes` and nothing else, read a piece at a time (the
+/// weights of a full fine-tuning are a model's size).
+fn holds_exactly(path: &Path, bytes: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    if file.metadata().map(|m| m.len()).ok() != u64::try_from(bytes.len()).ok() {
+        return false;
+    }
+    let mut piece = vec![0u8; 1 << 20];
+    for expected in bytes.chunks(piece.len()) {
+        let got = &mut piece[..expected.len()];
+        if file.read_exact(got).is_err() || got != expected {
+            return false;
+        }
+    }
+    true
 }
 
 /// The `adapter.json` version this code writes and reads.

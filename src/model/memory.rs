@@ -68,18 +68,28 @@ pub fn check_batch_memory<B: Backend>(
         .checked_mul(seq_len)
         .zip(per_token)
         .and_then(|(t, p)| t.checked_mul(p));
-    let gib = |n: usize| format!("{:.1} GiB", n as f64 / 1073741824.0);
-    match (floor, available_host_memory()) {
-        (Some(need), Some(have)) if need <= have => Ok(()),
+    let available = available_host_memory();
+    let gib = |n: usize, decimals: usize| format!("{:.decimals$} GiB", n as f64 / 1073741824.0);
+    // As many decimals as tell need and room apart ("needs 1.1 GiB; 1.1 GiB" says nothing).
+    let decimals = match (floor, available) {
+        (Some(need), Some((have, _))) => {
+            (1..4).find(|&d| gib(need, d) != gib(have, d)).unwrap_or(3)
+        }
+        _ => 1,
+    };
+    let gib = |n: usize| gib(n, decimals);
+    match (floor, available) {
+        (Some(need), Some((have, _))) if need <= have => Ok(()),
         (Some(_), None) => Ok(()),
         (need, have) => Err(Error::invalid(
             op,
             format!(
-                "a batch of {batch} × {seq_len} tokens needs {}; {} is available ({})",
+                "a batch of {batch} × {seq_len} tokens needs {}; {} is available{} ({})",
                 need.map_or("more host memory than can be addressed".to_string(), |n| {
                     format!("at least {} of host memory", gib(n))
                 }),
-                have.map_or("an unknown amount".to_string(), gib),
+                have.map_or("an unknown amount".to_string(), |(n, _)| gib(n)),
+                have.map_or("", |(_, under)| under),
                 match pass {
                     Pass::Training { .. } => {
                         "a smaller batch needs less, or smaller micro-batches of the same \
@@ -92,16 +102,27 @@ pub fn check_batch_memory<B: Backend>(
     }
 }
 
-/// The memory this process can still take, in bytes: the host's `MemAvailable` (Linux's
-/// `/proc/meminfo`), less where the process is held to less — its control group's limit
-/// (a container's) or its address-space limit (`ulimit -v`), beyond which an allocation
-/// fails and aborts the process however much the host has free.
-fn available_host_memory() -> Option<usize> {
+/// The memory this process can still take, in bytes, and under what: the host's
+/// `MemAvailable` (Linux's `/proc/meminfo`), or less where the process is held to less — its
+/// control group's limit (a container's) or its address-space limit (`ulimit -v`), beyond
+/// which an allocation fails and aborts the process however much the host has free. Memory
+/// the allocator holds freed (a training step's activations, kept for the next step) counts
+/// as room: the next allocations reuse it. Lenient where unsure: the check refuses only what
+/// cannot fit.
+fn available_host_memory() -> Option<(usize, &'static str)> {
     let host = meminfo_kib("/proc/meminfo", "MemAvailable:").and_then(|k| k.checked_mul(1024));
-    [host, cgroup_room(), address_space_room()]
-        .into_iter()
-        .flatten()
-        .min()
+    let reusable = allocator_free_bytes();
+    [
+        (host, ""),
+        (cgroup_room(), " under the control group's memory limit"),
+        (
+            address_space_room(),
+            " under the address-space limit (ulimit -v)",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(room, under)| Some((room?.saturating_add(reusable), under)))
+    .min_by_key(|(bytes, _)| *bytes)
 }
 
 /// A `NAME: value kB` line's value.
@@ -111,16 +132,32 @@ fn meminfo_kib(file: &str, name: &str) -> Option<usize> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// What the process's control group may still charge before its limit (a container's):
-/// the limit less its anonymous memory (the page cache it also charges is given back before
-/// an allocation fails); `None` where there is no control group with a memory limit to read.
-/// cgroup v2 (`memory.max`, `anon`) or v1 (`memory.limit_in_bytes`, `total_rss`); an
-/// unlimited group reads as "max" or as a huge limit, which leaves the host's figure.
+/// Bytes glibc's allocator holds freed in its heaps (all arenas), ready to reuse.
+fn allocator_free_bytes() -> usize {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        unsafe { libc::mallinfo2() }.fordblks
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    0
+}
+
+/// What the process's control group may still charge before its limit: the least limit of
+/// the group and its ancestors, less the group's anonymous memory (the page cache it also
+/// charges is given back before an allocation fails); `None` where no limit can be read.
+/// cgroup v2 (`memory.max` up the tree, `anon`) or v1 (`hierarchical_memory_limit`, which
+/// already takes the ancestors' in, `total_rss`); an unlimited group reads as "max" or as a
+/// huge limit, which leaves the host's figure.
 fn cgroup_room() -> Option<usize> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let root = std::path::Path::new("/sys/fs/cgroup");
-    // The group's own folder, or the mount's root where a container shows only its group.
-    let mut candidates = Vec::new();
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).ok();
+    let stat = |dir: &std::path::Path, key: &str| -> Option<usize> {
+        read(dir.join("memory.stat"))?
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    };
     for line in own.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -128,33 +165,38 @@ fn cgroup_room() -> Option<usize> {
             continue;
         };
         let path = path.trim().trim_start_matches('/');
+        // The group's own folder, or the mount's root where a container shows only its group.
         if id == "0" && controllers.is_empty() {
             for dir in [root.join(path), root.to_path_buf()] {
-                candidates.push((dir, "memory.max", "anon"));
+                let limit = dir
+                    .ancestors()
+                    .take_while(|d| d.starts_with(root))
+                    .filter_map(|d| read(d.join("memory.max"))?.trim().parse::<usize>().ok())
+                    .min();
+                if let Some(limit) = limit {
+                    return Some(limit.saturating_sub(stat(&dir, "anon").unwrap_or(0)));
+                }
             }
         } else if controllers.split(',').any(|c| c == "memory") {
             for dir in [root.join("memory").join(path), root.join("memory")] {
-                candidates.push((dir, "memory.limit_in_bytes", "total_rss"));
+                let own_limit = read(dir.join("memory.limit_in_bytes"))
+                    .and_then(|t| t.trim().parse::<usize>().ok());
+                let limit = own_limit
+                    .into_iter()
+                    .chain(stat(&dir, "hierarchical_memory_limit"))
+                    .min();
+                if let Some(limit) = limit {
+                    return Some(limit.saturating_sub(stat(&dir, "total_rss").unwrap_or(0)));
+                }
             }
         }
     }
-    candidates.into_iter().find_map(|(dir, limit, used)| {
-        let limit: usize = std::fs::read_to_string(dir.join(limit))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
-        let used: usize = stat
-            .lines()
-            .find_map(|l| l.strip_prefix(used)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0);
-        Some(limit.saturating_sub(used))
-    })
+    None
 }
 
 /// Address space left under the soft `RLIMIT_AS` (`ulimit -v`): the limit less the
-/// process's virtual size; `None` when unlimited.
+/// process's virtual size, plus the inaccessible anonymous reservations within it (the
+/// allocator's arenas grow into theirs without growing it); `None` when unlimited.
 fn address_space_room() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits
@@ -168,5 +210,28 @@ fn address_space_room() -> Option<usize> {
         .parse()
         .ok()?;
     let used = meminfo_kib("/proc/self/status", "VmSize:")?.checked_mul(1024)?;
-    Some(soft.saturating_sub(used))
+    Some(soft.saturating_sub(used).saturating_add(reserved_bytes()))
+}
+
+/// Bytes of the anonymous mappings without access (`---p`, no file) in `/proc/self/maps`.
+fn reserved_bytes() -> usize {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return 0;
+    };
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            // offset, device, inode, then a path for file mappings.
+            if perms != "---p" || fields.nth(3).is_some() {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let (start, end) = (
+                usize::from_str_radix(start, 16).ok()?,
+                usize::from_str_radix(end, 16).ok()?,
+            );
+            end.checked_sub(start)
+        })
+        .sum()
 }

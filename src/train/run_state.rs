@@ -79,11 +79,15 @@ struct StateHeader {
     position_sha256: Option<String>,
 }
 
-/// The checksum of a position: of its JSON, which serializing the same value reproduces.
-fn position_sha256(position: &RunPosition) -> Result<String> {
-    let text =
-        serde_json::to_string(position).map_err(|e| Error::invalid("state", e.to_string()))?;
-    Ok(sha256_hex(text.as_bytes()))
+/// The checksum of a position: of the header's JSON value without its two checksums, which
+/// a reader recomputes from the text as it is, fields it does not know included (a state of
+/// a later version).
+fn position_sha256(mut header: serde_json::Value) -> String {
+    if let Some(fields) = header.as_object_mut() {
+        fields.remove("tensors_sha256");
+        fields.remove("position_sha256");
+    }
+    sha256_hex(header.to_string().as_bytes())
 }
 
 /// The best evaluation so far, kept across a resume (the value as bits: exact).
@@ -177,7 +181,9 @@ pub(crate) fn save_run<B: Backend>(
     let header = StateHeader {
         position: position.clone(),
         tensors_sha256: sha256_hex(data_section(&plain).unwrap_or(&[])),
-        position_sha256: Some(position_sha256(position)?),
+        position_sha256: Some(position_sha256(
+            serde_json::to_value(position).map_err(|e| Error::invalid("state", e.to_string()))?,
+        )),
     };
     let header =
         serde_json::to_string(&header).map_err(|e| Error::invalid("state", e.to_string()))?;
@@ -217,7 +223,9 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
         position_sha256: recorded,
     } = serde_json::from_str(text)
         .map_err(|e| corrupt(format!("`{HEADER_KEY}` in the header: {e}")))?;
-    if recorded.is_some_and(|h| h != position_sha256(&position).unwrap_or_default()) {
+    let as_written = serde_json::from_str(text)
+        .map_err(|e| corrupt(format!("`{HEADER_KEY}` in the header: {e}")))?;
+    if recorded.is_some_and(|h| h != position_sha256(as_written)) {
         return Err(Error::Mismatch {
             path,
             detail: "the run's position in the header (step, best evaluation, settings) does \
@@ -632,7 +640,29 @@ mod tests {
         let loaded = load_run(&cpu, dir.path()).unwrap().unwrap();
         assert_eq!(loaded.position, position);
         let path = dir.path().join("last").join(STATE_FILE);
-        let mut bytes = std::fs::read(&path).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        // A later version's state, with a field this one does not know, checksummed as that
+        // version would: it loads.
+        let header_len = u64::from_le_bytes(written[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&written[8..8 + header_len]).unwrap();
+        let run = &mut header["__metadata__"][HEADER_KEY];
+        let mut later: serde_json::Value = serde_json::from_str(run.as_str().unwrap()).unwrap();
+        later["a_later_field"] = serde_json::json!([1.5, "x"]);
+        later["position_sha256"] = position_sha256(later.clone()).into();
+        *run = later.to_string().into();
+        let mut text = header.to_string().into_bytes();
+        text.resize(text.len().next_multiple_of(8), b' ');
+        let mut rewritten = (text.len() as u64).to_le_bytes().to_vec();
+        rewritten.extend(text);
+        rewritten.extend(&written[8 + header_len..]);
+        std::fs::write(&path, &rewritten).unwrap();
+        assert_eq!(
+            load_run(&cpu, dir.path()).unwrap().unwrap().position,
+            position
+        );
+        std::fs::write(&path, &written).unwrap();
+        let mut bytes = written;
         let key = b"evaluations_since_best";
         let at = bytes.windows(key.len()).position(|w| w == key).unwrap();
         // One letter, so the safetensors header keeps its length and stays readable.
