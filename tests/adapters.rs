@@ -814,3 +814,19 @@ fn an_opened_adapter_lines_its_head_up_with_the_data_classes() {
         .align_classes(&cpu, &TaskKind::Regression, dir.path())
         .is_err());
 }
+
+/// What a serving program shares between threads (the README says so): a model, its
+/// backend, its tokenizer and an opened adapter, by reference or moved.
+#[test]
+fn what_serving_shares_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<CpuBackend>();
+    shared::<spafit::backend::cuda::CudaBackend>();
+    shared::<BertClassifier<CpuBackend>>();
+    shared::<BertClassifier<spafit::backend::cuda::CudaBackend>>();
+    shared::<spafit::adapter::OpenedAdapter<CpuBackend>>();
+    shared::<spafit::text::TextTokenizer>();
+    shared::<Checkpoint>();
+    shared::<PeftPlan>();
+    shared::<Error>();
+}

@@ -910,6 +910,75 @@ fn a_finished_run_without_its_state_is_not_overwritten() {
     );
 }
 
+/// Data with some examples unlabeled is refused by where the first is, for training and for
+/// evaluation (it said only "empty or unlabeled" / "the split is unlabeled").
+#[test]
+fn unlabeled_examples_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let mut data = regression_data(8, None);
+    data.examples[3].target = None;
+    data.examples[5].target = None;
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
+        .fit(&tok, &data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("2 example(s) without a label, the first at example 3"),
+        "{e}"
+    );
+    data.source_lines = (10..18).collect();
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
+        .fit(&tok, &data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the first at line 13"), "{e}");
+    let encoded = spafit::train::EncodedDataset::new(&tok, &data).unwrap();
+    let e = spafit::train::evaluate(&cpu, &model, &encoded, 4, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("2 example(s) of the split have no label, the first is example 3"),
+        "{e}"
+    );
+}
+
+/// A run folder locked in this process is another run's, whichever thread asks: a rayon
+/// worker waiting inside one run's parallel work may start a second run on the same thread,
+/// which trained into the first's folder while the lock let its own thread in again. The
+/// holder passes its lock on instead ([`Trainer::holding`]), and keeps it after the run.
+#[test]
+fn a_locked_run_folder_is_refused_to_its_own_thread_unless_passed_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let tok = tokenizer(&ck);
+    let out = tmp.path().join("run");
+    let data = regression_data(8, None);
+    let lock = spafit::train::lock_run_dir(&out).unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
+        .fit(&tok, &data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in use by another spafit run"), "{e}");
+    assert!(!out.join("metrics.jsonl").exists());
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
+        .holding(std::slice::from_ref(&lock))
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert!(out.join("best/adapter.json").is_file());
+    assert!(
+        spafit::train::lock_run_dir(&out).is_err(),
+        "the holder's lock was let go"
+    );
+    drop(lock);
+    assert!(spafit::train::lock_run_dir(&out).is_ok());
+}
+
 /// A run's folder is its own: one that holds a model or an adapter (a checkpoint's config and
 /// weights, a PEFT adapter, a spafit adapter) is refused before anything is written, as the
 /// CLI refuses `--output` at the model it reads.

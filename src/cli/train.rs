@@ -324,6 +324,7 @@ pub fn fit<B: Backend>(
         &run.checkpoint.weights,
         config,
     )
+    .holding(&locks)
     .fit(&tokenizer, train, dev)?;
     if let Some(dir) = &args.export_peft {
         let base_name = run.checkpoint.dir().display().to_string();

@@ -139,6 +139,18 @@ impl Dataset {
         self.examples.iter().all(|e| e.target.is_some())
     }
 
+    /// How many examples have no label, and where the first is (its file line, or its
+    /// index for data built in code); `None` when all have one.
+    pub fn unlabeled(&self) -> Option<(usize, String)> {
+        let first = self.examples.iter().position(|e| e.target.is_none())?;
+        let count = self.examples.iter().filter(|e| e.target.is_none()).count();
+        let place = match self.source_lines.get(first) {
+            Some(line) => format!("line {line}"),
+            None => format!("example {first}"),
+        };
+        Some((count, place))
+    }
+
     /// Checks the label space and every target against it: class names a head can carry,
     /// class ids below the class count, finite scores, and the kind of target the task has.
     /// A dataset read from a file passes by construction; one built in code is checked here,

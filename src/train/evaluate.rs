@@ -166,11 +166,20 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
             "the split has no examples",
         ));
     }
-    let gold: Vec<Target> = data
-        .targets
-        .iter()
-        .map(|t| t.ok_or_else(|| crate::Error::invalid("evaluate", "the split is unlabeled")))
-        .collect::<Result<_>>()?;
+    if let Some(first) = data.targets.iter().position(Option::is_none) {
+        let count = data.targets.iter().filter(|t| t.is_none()).count();
+        return Err(crate::Error::invalid(
+            "evaluate",
+            match count == data.targets.len() {
+                true => "the split is unlabeled".to_string(),
+                false => format!(
+                    "{count} example(s) of the split have no label, the first is example \
+                     {first} (counting from 0)"
+                ),
+            },
+        ));
+    }
+    let gold: Vec<Target> = data.targets.iter().flatten().copied().collect();
     // Checked as training checks its data, so a bad target is named by example, not by
     // its place in a length-sorted batch (or turned into a NaN metric).
     if let Some((i, problem)) = gold

@@ -10,45 +10,47 @@ use crate::error::{Error, Result};
 /// The lock file a run holds in each directory it writes.
 pub const LOCK_FILE: &str = ".spafit-run.lock";
 
-/// The directories this process holds, by resolved path: the open lock file, how many
-/// [`RunLock`]s share it, and the thread that holds them. That thread may lock a directory
-/// again (the CLI holds its output across training and export, the trainer locks it for
-/// training); another thread, like another process, may not: it would be a second run.
-static HELD: Mutex<Option<HashMap<PathBuf, Holder>>> = Mutex::new(None);
+/// The directories this process holds, by resolved path, with their open lock files. A
+/// directory held here is refused to any other locker in this process as to another
+/// process, whatever thread asks: a thread is not a run (a rayon worker waiting inside one
+/// run's parallel work may start another). Code that already holds a run's lock passes it on
+/// ([`crate::train::Trainer::holding`]) instead of locking again.
+static HELD: Mutex<Option<HashMap<PathBuf, std::fs::File>>> = Mutex::new(None);
 
-struct Holder {
-    _file: std::fs::File,
-    count: usize,
-    thread: std::thread::ThreadId,
-}
-
-/// A held lock on a run directory, released when the last holder in this process drops it
-/// (or when the process ends, however it ends).
+/// A held lock on a run directory, released when dropped (or when the process ends, however
+/// it ends).
 #[derive(Debug)]
 pub struct RunLock {
-    key: Option<PathBuf>,
+    /// The directory, resolved.
+    dir: PathBuf,
+    /// Whether this lock holds an entry of [`HELD`] (not on a file system without locks).
+    registered: bool,
+}
+
+impl RunLock {
+    /// Whether this is the lock of `dir` (compared resolved).
+    pub fn covers(&self, dir: &Path) -> bool {
+        std::fs::canonicalize(dir).is_ok_and(|d| d == self.dir)
+    }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
+        if !self.registered {
+            return;
+        }
         let Ok(mut held) = HELD.lock() else { return };
         if let Some(map) = held.as_mut() {
-            if let Some(Holder { count, .. }) = map.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    // Closing the file releases the lock.
-                    map.remove(&key);
-                }
-            }
+            // Closing the file releases the lock.
+            map.remove(&self.dir);
         }
     }
 }
 
-/// Locks `dir` (creating it) for this process: another process that locks it gets an error
-/// saying the directory is in use. On a file system without locks the lock is a no-op. The
-/// lock file stays behind: deleting it could let two processes each lock a different file of
-/// that name.
+/// Locks `dir` (creating it): another run that locks it, in another process or in this
+/// one, gets an error saying the directory is in use. On a file system without locks the
+/// lock is a no-op. The lock file stays behind: deleting it could let two processes each
+/// lock a different file of that name.
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     let path = dir.join(LOCK_FILE);
     let io = |source| Error::Io {
@@ -77,12 +79,8 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
             ),
         )
     };
-    if let Some(holder) = map.get_mut(&key) {
-        if holder.thread != std::thread::current().id() {
-            return Err(in_use());
-        }
-        holder.count += 1;
-        return Ok(RunLock { key: Some(key) });
+    if map.contains_key(&key) {
+        return Err(in_use());
     }
     // Opening a pipe would wait for a writer forever; a directory cannot be locked.
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
@@ -111,19 +109,18 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Err(in_use()),
         Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-            return Ok(RunLock { key: None });
+            return Ok(RunLock {
+                dir: key,
+                registered: false,
+            });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
-    map.insert(
-        key.clone(),
-        Holder {
-            _file: file,
-            count: 1,
-            thread: std::thread::current().id(),
-        },
-    );
-    Ok(RunLock { key: Some(key) })
+    map.insert(key.clone(), file);
+    Ok(RunLock {
+        dir: key,
+        registered: true,
+    })
 }
 
 /// Locks `dir` if it exists, without creating it: a directory in use by another run is
@@ -143,16 +140,20 @@ pub fn lock_run_dirs_around(
     dirs: &[&Path],
     mut check: impl FnMut() -> Result<()>,
 ) -> Result<Vec<RunLock>> {
-    let mut locks = Vec::new();
+    let mut locks: Vec<RunLock> = Vec::new();
     for dir in dirs {
-        locks.extend(lock_existing_run_dir(dir)?);
+        if !locks.iter().any(|l| l.covers(dir)) {
+            locks.extend(lock_existing_run_dir(dir)?);
+        }
     }
     let existed = locks.len();
     check()?;
     for dir in dirs {
-        locks.push(lock_run_dir(dir)?);
+        if !locks.iter().any(|l| l.covers(dir)) {
+            locks.push(lock_run_dir(dir)?);
+        }
     }
-    if existed < dirs.len() {
+    if existed < locks.len() {
         check()?;
     }
     Ok(locks)
@@ -162,11 +163,12 @@ pub fn lock_run_dirs_around(
 mod tests {
     use super::*;
 
-    /// This process may lock a directory again; the lock is released only when the last
-    /// holder lets go, and meanwhile another opener (as another process would be) cannot
-    /// take it. A pipe where the lock file goes is refused, not waited on.
+    /// A held directory is refused to every other locker: another process, another thread,
+    /// and the same thread again (a rayon worker may run a second job inside the first's
+    /// parallel work); the lock is released when dropped. A pipe where the lock file goes is
+    /// refused, not waited on.
     #[test]
-    fn the_lock_is_reentrant_here_and_exclusive_elsewhere() {
+    fn the_lock_is_exclusive_even_to_its_own_thread() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("run");
         let other = || {
@@ -174,18 +176,25 @@ mod tests {
             f.try_lock().is_ok()
         };
         let first = lock_run_dir(&dir).unwrap();
-        let second = lock_existing_run_dir(&dir).unwrap().unwrap();
+        assert!(first.covers(&dir) && first.covers(&tmp.path().join("run/../run")));
+        assert!(!first.covers(tmp.path()));
         assert!(!other());
-        // Another thread of this process is another run: refused, as another process is.
+        let in_use = |e: Option<Error>| {
+            let e = e.expect("a second locker took the lock").to_string();
+            assert!(e.contains("in use by another spafit run"), "{e}");
+        };
+        in_use(lock_existing_run_dir(&dir).err());
+        in_use(lock_run_dir(&dir).err());
         let from_thread = std::thread::scope(|s| s.spawn(|| lock_run_dir(&dir).err()).join());
-        let e = from_thread.unwrap().expect("a second thread took the lock");
-        assert!(
-            e.to_string().contains("in use by another spafit run"),
-            "{e}"
-        );
+        in_use(from_thread.unwrap());
+        // The same directory twice in one set is locked once.
+        let e = lock_run_dirs_around(&[&dir], || Ok(())).err();
+        in_use(e);
         drop(first);
-        assert!(!other(), "released while a holder remains");
-        drop(second);
+        assert!(other());
+        let both = lock_run_dirs_around(&[&dir, &dir], || Ok(())).unwrap();
+        assert_eq!(both.len(), 1);
+        drop(both);
         assert!(other());
         let piped = tmp.path().join("piped");
         std::fs::create_dir_all(&piped).unwrap();

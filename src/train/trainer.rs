@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::evaluate::evaluate_with_logit_check;
 use super::micro_batches;
-use super::run_lock::lock_run_dirs_around;
+use super::run_lock::{lock_run_dirs_around, RunLock};
 use super::run_state::{
     self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
 };
@@ -83,7 +83,8 @@ pub struct TrainConfig {
     pub bucket_batches: usize,
     /// Train for at most this many steps in total (the schedule spans them).
     pub max_steps: Option<usize>,
-    /// End this process's run after this many steps, as if interrupted; `resume` continues.
+    /// Stop after this many steps of this call (counted from where a resumed run starts), as
+    /// if interrupted; a later call with `resume` continues.
     pub stop_after_steps: Option<usize>,
     /// Where `metrics.jsonl`, `best/` and `last/` go; nothing is written without it. The
     /// run holds a lock there ([`crate::train::lock_run_dir`]) while it trains.
@@ -438,6 +439,8 @@ pub struct Trainer<'a, B: Backend> {
     plan: &'a PeftPlan,
     base: &'a WeightsFile,
     config: TrainConfig,
+    /// Locks the caller already holds ([`Trainer::holding`]).
+    held: &'a [RunLock],
 }
 
 impl<B: Backend> std::fmt::Debug for Trainer<'_, B> {
@@ -466,7 +469,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
             plan,
             base,
             config,
+            held: &[],
         }
+    }
+
+    /// Trains under locks the caller holds already ([`crate::train::lock_run_dir`], say over
+    /// its output directory and a PEFT export it writes after training): `fit` takes no lock
+    /// of its own on a directory one of them covers. A directory is locked once: a second
+    /// lock of it, from any thread, is refused as another run's.
+    pub fn holding(mut self, locks: &'a [RunLock]) -> Self {
+        self.held = locks;
+        self
     }
 
     /// Trains on `train`, evaluating on `dev` at each epoch end (and every `eval_every`
@@ -489,7 +502,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if let Some(problem) = self.config.foreign_output_dir() {
             return Err(Error::invalid("train", problem));
         }
-        let output = self.config.output_dir.clone();
+        let output = self
+            .config
+            .output_dir
+            .clone()
+            .filter(|dir| !self.held.iter().any(|lock| lock.covers(dir)));
         let _locks = lock_run_dirs_around(output.as_deref().as_slice(), || {
             self.check_settings(train, dev)
         })?;
@@ -614,9 +631,13 @@ impl<'a, B: Backend> Trainer<'a, B> {
                  (--early-stopping-patience) needs a dev set to evaluate (--dev-file)"
             ));
         }
-        if train.is_empty() || !train.is_labeled() {
+        if train.is_empty() {
+            return refuse(format!("the training set {} has no examples", train.name));
+        }
+        if let Some((count, first)) = train.unlabeled() {
             return refuse(format!(
-                "the training set {} is empty or unlabeled",
+                "the training set {} has {count} example(s) without a label, the first at \
+                 {first}",
                 train.name
             ));
         }
