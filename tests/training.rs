@@ -936,6 +936,16 @@ fn unlabeled_examples_are_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("the first at line 13"), "{e}");
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
+        .fit(&tok, &regression_data(8, None), Some(&data))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "the evaluation set synthetic has 2 example(s) without a label, the first at line 13"
+        ),
+        "{e}"
+    );
     let encoded = spafit::train::EncodedDataset::new(&tok, &data).unwrap();
     let e = spafit::train::evaluate(&cpu, &model, &encoded, 4, None)
         .unwrap_err()
@@ -964,10 +974,14 @@ fn a_locked_run_folder_is_refused_to_its_own_thread_unless_passed_on() {
         .fit(&tok, &data, None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("in use by another spafit run"), "{e}");
+    assert!(
+        e.contains("in use by another run of this program") && e.contains("Trainer::holding"),
+        "{e}"
+    );
     assert!(!out.join("metrics.jsonl").exists());
+    let mut locks = [lock];
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&out))
-        .holding(std::slice::from_ref(&lock))
+        .holding(&mut locks)
         .fit(&tok, &data, None)
         .unwrap();
     assert!(out.join("best/adapter.json").is_file());
@@ -975,7 +989,7 @@ fn a_locked_run_folder_is_refused_to_its_own_thread_unless_passed_on() {
         spafit::train::lock_run_dir(&out).is_err(),
         "the holder's lock was let go"
     );
-    drop(lock);
+    drop(locks);
     assert!(spafit::train::lock_run_dir(&out).is_ok());
 }
 

@@ -178,12 +178,14 @@ impl EvalCommand {
                 detail: "no examples to evaluate".into(),
             });
         }
-        if !data.is_labeled() {
+        if let Some((count, first)) = data.unlabeled() {
             return Err(Error::Format {
                 path: data.name.clone().into(),
-                detail: "eval needs labeled examples and these have no labels (for unlabeled \
-                         data, use `spafit predict`)"
-                    .into(),
+                detail: format!(
+                    "eval needs labeled examples and {count} of {} have no label, the first \
+                     at {first} (for unlabeled data, use `spafit predict`)",
+                    data.examples.len()
+                ),
             });
         }
         let eval = evaluate(

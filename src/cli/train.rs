@@ -295,7 +295,7 @@ pub fn fit<B: Backend>(
         .flatten()
         .collect();
     // Before the banner, so a refused setting is the only thing printed.
-    let locks = spafit::train::lock_run_dirs_around(&dirs, || config.check())?;
+    let mut locks = spafit::train::lock_run_dirs_around(&dirs, || config.check())?;
     // An earlier attempt's result would sit beside a run starting from step 0 as if it
     // were its own (a resumed run's is its own, printed again if it is complete).
     let resumes_state = |dir: &std::path::Path| {
@@ -324,7 +324,7 @@ pub fn fit<B: Backend>(
         &run.checkpoint.weights,
         config,
     )
-    .holding(&locks)
+    .holding(&mut locks)
     .fit(&tokenizer, train, dev)?;
     if let Some(dir) = &args.export_peft {
         let base_name = run.checkpoint.dir().display().to_string();

@@ -15,7 +15,16 @@ pub const LOCK_FILE: &str = ".spafit-run.lock";
 /// process, whatever thread asks: a thread is not a run (a rayon worker waiting inside one
 /// run's parallel work may start another). Code that already holds a run's lock passes it on
 /// ([`crate::train::Trainer::holding`]) instead of locking again.
-static HELD: Mutex<Option<HashMap<PathBuf, std::fs::File>>> = Mutex::new(None);
+/// The file is `None` on a file system without locks, where only this process's runs are
+/// kept apart.
+static HELD: Mutex<Option<HashMap<PathBuf, Option<std::fs::File>>>> = Mutex::new(None);
+
+/// The table of held directories; a panic elsewhere while it was locked leaves it as it was
+/// (every change to it is one insert or remove), so it is used on, not given up.
+fn held() -> std::sync::MutexGuard<'static, Option<HashMap<PathBuf, Option<std::fs::File>>>> {
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A held lock on a run directory, released when dropped (or when the process ends, however
 /// it ends).
@@ -23,8 +32,6 @@ static HELD: Mutex<Option<HashMap<PathBuf, std::fs::File>>> = Mutex::new(None);
 pub struct RunLock {
     /// The directory, resolved.
     dir: PathBuf,
-    /// Whether this lock holds an entry of [`HELD`] (not on a file system without locks).
-    registered: bool,
 }
 
 impl RunLock {
@@ -36,11 +43,7 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        if !self.registered {
-            return;
-        }
-        let Ok(mut held) = HELD.lock() else { return };
-        if let Some(map) = held.as_mut() {
+        if let Some(map) = held().as_mut() {
             // Closing the file releases the lock.
             map.remove(&self.dir);
         }
@@ -48,9 +51,9 @@ impl Drop for RunLock {
 }
 
 /// Locks `dir` (creating it): another run that locks it, in another process or in this
-/// one, gets an error saying the directory is in use. On a file system without locks the
-/// lock is a no-op. The lock file stays behind: deleting it could let two processes each
-/// lock a different file of that name.
+/// one, gets an error saying the directory is in use. On a file system without locks only
+/// this process's runs are kept apart. The lock file stays behind: deleting it could let two
+/// processes each lock a different file of that name.
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     let path = dir.join(LOCK_FILE);
     let io = |source| Error::Io {
@@ -64,9 +67,7 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     };
     std::fs::create_dir_all(dir).map_err(folder)?;
     let key = std::fs::canonicalize(dir).map_err(folder)?;
-    let mut held = HELD
-        .lock()
-        .map_err(|_| Error::invalid("run lock", "lock table poisoned".to_string()))?;
+    let mut held = held();
     let map = held.get_or_insert_with(HashMap::new);
     let in_use = || {
         Error::invalid(
@@ -80,7 +81,16 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         )
     };
     if map.contains_key(&key) {
-        return Err(in_use());
+        return Err(Error::invalid(
+            "run lock",
+            format!(
+                "{} is in use by another run of this program (this process holds {}): wait \
+                 for that run to end; code that holds the lock itself passes it to the \
+                 trainer (Trainer::holding) instead of locking again",
+                dir.display(),
+                path.display()
+            ),
+        ));
     }
     // Opening a pipe would wait for a writer forever; a directory cannot be locked.
     if let Ok(meta) = std::fs::symlink_metadata(&path) {
@@ -109,18 +119,13 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Err(in_use()),
         Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-            return Ok(RunLock {
-                dir: key,
-                registered: false,
-            });
+            map.insert(key.clone(), None);
+            return Ok(RunLock { dir: key });
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
-    map.insert(key.clone(), file);
-    Ok(RunLock {
-        dir: key,
-        registered: true,
-    })
+    map.insert(key.clone(), Some(file));
+    Ok(RunLock { dir: key })
 }
 
 /// Locks `dir` if it exists, without creating it: a directory in use by another run is
@@ -181,7 +186,10 @@ mod tests {
         assert!(!other());
         let in_use = |e: Option<Error>| {
             let e = e.expect("a second locker took the lock").to_string();
-            assert!(e.contains("in use by another spafit run"), "{e}");
+            assert!(
+                e.contains("in use by another run of this program") && e.contains("holding"),
+                "{e}"
+            );
         };
         in_use(lock_existing_run_dir(&dir).err());
         in_use(lock_run_dir(&dir).err());

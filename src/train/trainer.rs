@@ -87,7 +87,9 @@ pub struct TrainConfig {
     /// if interrupted; a later call with `resume` continues.
     pub stop_after_steps: Option<usize>,
     /// Where `metrics.jsonl`, `best/` and `last/` go; nothing is written without it. The
-    /// run holds a lock there ([`crate::train::lock_run_dir`]) while it trains.
+    /// run holds a lock there ([`crate::train::lock_run_dir`]) while it trains; a caller that
+    /// holds it already passes it with [`Trainer::holding`] (locked again, it is refused as
+    /// another run's).
     pub output_dir: Option<PathBuf>,
     /// Continue the run saved in `output_dir/last`.
     pub resume: bool,
@@ -440,7 +442,7 @@ pub struct Trainer<'a, B: Backend> {
     base: &'a WeightsFile,
     config: TrainConfig,
     /// Locks the caller already holds ([`Trainer::holding`]).
-    held: &'a [RunLock],
+    held: &'a mut [RunLock],
 }
 
 impl<B: Backend> std::fmt::Debug for Trainer<'_, B> {
@@ -469,15 +471,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
             plan,
             base,
             config,
-            held: &[],
+            held: &mut [],
         }
     }
 
     /// Trains under locks the caller holds already ([`crate::train::lock_run_dir`], say over
     /// its output directory and a PEFT export it writes after training): `fit` takes no lock
     /// of its own on a directory one of them covers. A directory is locked once: a second
-    /// lock of it, from any thread, is refused as another run's.
-    pub fn holding(mut self, locks: &'a [RunLock]) -> Self {
+    /// lock of it, from any thread, is refused as another run's. Borrowed mutably, so one
+    /// held lock serves one trainer at a time.
+    pub fn holding(mut self, locks: &'a mut [RunLock]) -> Self {
         self.held = locks;
         self
     }
@@ -690,9 +693,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.model.num_labels()
             ));
         }
-        if let Some(d) = dev.filter(|d| !d.is_labeled()) {
+        if let Some((d, (count, first))) = dev.and_then(|d| Some((d, d.unlabeled()?))) {
             return refuse(format!(
-                "the evaluation set {} has unlabeled examples",
+                "the evaluation set {} has {count} example(s) without a label, the first at \
+                 {first}",
                 d.name
             ));
         }
