@@ -304,10 +304,7 @@ pub fn bench_train_step_with<B: Backend>(
 
 /// Peak resident set size of this process in MiB, from `/proc/self/status` (Linux).
 pub fn peak_resident_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    crate::model::proc_kib("/proc/self/status", "VmHWM:").map(|kib| kib as f64 / 1024.0)
 }
 
 /// Starts the peak resident memory over from the current resident memory (Linux 4.0 on:

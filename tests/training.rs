@@ -922,32 +922,29 @@ fn unlabeled_examples_are_named() {
     data.examples[3].target = None;
     data.examples[5].target = None;
     let (mut model, plan) = tiny_model(&ck, &cpu);
-    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
-        .fit(&tok, &data, None)
-        .unwrap_err()
-        .to_string();
+    let mut refusal = |train: &Dataset, dev: Option<&Dataset>| {
+        Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
+            .fit(&tok, train, dev)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refusal(&data, None);
     assert!(
         e.contains("2 example(s) without a label, the first at example 3"),
         "{e}"
     );
     data.source_lines = (10..18).collect();
-    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
-        .fit(&tok, &data, None)
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&data, None);
     assert!(e.contains("the first at line 13"), "{e}");
-    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
-        .fit(&tok, &regression_data(8, None), Some(&data))
-        .unwrap_err()
-        .to_string();
+    let e = refusal(&regression_data(8, None), Some(&data));
     assert!(
         e.contains(
             "the evaluation set synthetic has 2 example(s) without a label, the first at line 13"
         ),
         "{e}"
     );
-    let encoded = spafit::train::EncodedDataset::new(&tok, &data).unwrap();
-    let e = spafit::train::evaluate(&cpu, &model, &encoded, 4, None)
+    let encoded = EncodedDataset::new(&tok, &data).unwrap();
+    let e = evaluate(&cpu, &model, &encoded, 4, None)
         .unwrap_err()
         .to_string();
     assert!(

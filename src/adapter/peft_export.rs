@@ -84,13 +84,7 @@ pub fn export_peft<B: Backend>(
         )
     })?;
     super::store::check_savable(backend, model, plan, labels, max_len, "peft export")?;
-    let lora_layers: Vec<usize> = plan
-        .strata
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.has_lora())
-        .map(|(i, _)| i)
-        .collect();
+    let lora_layers = plan.lora_layers();
     let wrapped = |name: &str| {
         lora_layers.iter().any(|l| {
             lora.targets

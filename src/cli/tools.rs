@@ -216,9 +216,7 @@ impl BenchCommand {
                 line["n2"] = json!(n2);
             }
             if let Some(lora) = &plan.lora {
-                let layers: Vec<usize> = (0..plan.strata.len())
-                    .filter(|&i| plan.strata[i].has_lora())
-                    .collect();
+                let layers = plan.lora_layers();
                 let targets: Vec<String> = lora.targets.iter().map(|t| t.to_string()).collect();
                 line["lora"] = json!({"r": lora.rank, "alpha": lora.alpha, "targets": targets, "layers": layers});
             }

@@ -144,11 +144,15 @@ impl Dataset {
     pub fn unlabeled(&self) -> Option<(usize, String)> {
         let first = self.examples.iter().position(|e| e.target.is_none())?;
         let count = self.examples.iter().filter(|e| e.target.is_none()).count();
-        let place = match self.source_lines.get(first) {
+        Some((count, self.place_of(first)))
+    }
+
+    /// Where example `i` is: its file line, or its index for data built in code.
+    fn place_of(&self, i: usize) -> String {
+        match self.source_lines.get(i) {
             Some(line) => format!("line {line}"),
-            None => format!("example {first}"),
-        };
-        Some((count, place))
+            None => format!("example {i}"),
+        }
     }
 
     /// Checks the label space and every target against it: class names a head can carry,
@@ -178,13 +182,9 @@ impl Dataset {
         }
         for (i, e) in self.examples.iter().enumerate() {
             if let Some(problem) = e.target.and_then(|t| target_problem(t, &self.kind)) {
-                let place = match self.source_lines.get(i) {
-                    Some(line) => format!("line {line}"),
-                    None => format!("example {i}"),
-                };
                 return Err(Error::invalid(
                     op,
-                    format!("{}, {place}: {problem}", self.name),
+                    format!("{}, {}: {problem}", self.name, self.place_of(i)),
                 ));
             }
         }

@@ -110,7 +110,7 @@ pub fn check_batch_memory<B: Backend>(
 /// as room: the next allocations reuse it. Lenient where unsure: the check refuses only what
 /// cannot fit.
 fn available_host_memory() -> Option<(usize, &'static str)> {
-    let host = meminfo_kib("/proc/meminfo", "MemAvailable:").and_then(|k| k.checked_mul(1024));
+    let host = proc_kib("/proc/meminfo", "MemAvailable:").and_then(|k| k.checked_mul(1024));
     let reusable = allocator_free_bytes();
     [
         (host, ""),
@@ -125,8 +125,9 @@ fn available_host_memory() -> Option<(usize, &'static str)> {
     .min_by_key(|(bytes, _)| *bytes)
 }
 
-/// A `NAME: value kB` line's value.
-fn meminfo_kib(file: &str, name: &str) -> Option<usize> {
+/// The value of a `NAME: value kB` line of a Linux `/proc` file (`/proc/meminfo`,
+/// `/proc/self/status`).
+pub(crate) fn proc_kib(file: &str, name: &str) -> Option<usize> {
     let text = std::fs::read_to_string(file).ok()?;
     let line = text.lines().find(|l| l.starts_with(name))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -209,7 +210,7 @@ fn address_space_room() -> Option<usize> {
         .next()?
         .parse()
         .ok()?;
-    let used = meminfo_kib("/proc/self/status", "VmSize:")?.checked_mul(1024)?;
+    let used = proc_kib("/proc/self/status", "VmSize:")?.checked_mul(1024)?;
     Some(soft.saturating_sub(used).saturating_add(reserved_bytes()))
 }
 

@@ -319,6 +319,16 @@ impl PeftPlan {
         }
     }
 
+    /// The layers whose stratum carries LoRA adapters, in order.
+    pub fn lora_layers(&self) -> Vec<usize> {
+        self.strata
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.has_lora())
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// The dropout on the adapters' input during training; 0 where the plan has none.
     pub fn lora_dropout(&self) -> f64 {
         self.lora.as_ref().map_or(0.0, |l| l.dropout)

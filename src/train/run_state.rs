@@ -217,14 +217,13 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
                 "the header has no `{HEADER_KEY}`: not a spafit run state"
             ))
         })?;
+    let unreadable = |e: serde_json::Error| corrupt(format!("`{HEADER_KEY}` in the header: {e}"));
+    let as_written: serde_json::Value = serde_json::from_str(text).map_err(unreadable)?;
     let StateHeader {
         position,
         tensors_sha256,
         position_sha256: recorded,
-    } = serde_json::from_str(text)
-        .map_err(|e| corrupt(format!("`{HEADER_KEY}` in the header: {e}")))?;
-    let as_written = serde_json::from_str(text)
-        .map_err(|e| corrupt(format!("`{HEADER_KEY}` in the header: {e}")))?;
+    } = serde_json::from_value(as_written.clone()).map_err(unreadable)?;
     if recorded.is_some_and(|h| h != position_sha256(as_written)) {
         return Err(Error::Mismatch {
             path,
