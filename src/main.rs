@@ -31,6 +31,11 @@ fn main() {
         Ok(pool) => pool.install(run),
         Err(_) => run(),
     };
+    // A run a signal stopped saved its state and said so: the status is the signal's, as
+    // for a process the signal ended.
+    if let (Ok(()), Some(status)) = (&result, cli::interrupt::exit_status()) {
+        std::process::exit(status);
+    }
     if let Err(e) = result {
         // A reader that stopped early (`spafit predict | head`) ends the command as SIGPIPE
         // ends other tools: without a word, with the status a shell shows for them.

@@ -171,6 +171,39 @@ impl Task {
     }
 }
 
+impl Task {
+    /// Starts a run and sends it `signals` (50 ms apart: a signal pending twice is
+    /// delivered once) `delay_ms` after `moment` holds for its output directory. Returns how the
+    /// process ended and its stderr.
+    fn signal_when(
+        &self,
+        out: &Path,
+        signals: &[libc::c_int],
+        what: &str,
+        moment: impl Fn(&Path) -> bool,
+        delay_ms: u64,
+    ) -> (std::process::ExitStatus, String) {
+        let mut child: Child = self.command(out, false, 0).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !moment(out) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended before `{what}`"
+            );
+            assert!(Instant::now() < deadline, "`{what}` never came");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let pid = child.id() as libc::pid_t;
+        for (i, &signal) in signals.iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(if i > 0 { 50 } else { delay_ms }));
+            // SAFETY: kill(2) on our own child, which has not been waited for yet.
+            assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        }
+        let o = child.wait_with_output().unwrap();
+        (o.status, String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
 /// Where the run into `out` exports its PEFT adapter.
 fn export_dir(out: &Path) -> std::path::PathBuf {
     out.with_extension("peft")
@@ -344,6 +377,54 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
             ),
         ],
     ];
+    // Resumes the run in `out` to its end, which must be the uninterrupted run's.
+    let resume_as_uninterrupted = |out: &Path, label: &str| {
+        let resumed_from = saved_step(out).unwrap_or(0);
+        task.run_to_completion(out, true);
+        // The resumed process timed only its own steps, and says how many.
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
+                .unwrap();
+        let steps = result["steps"].as_u64().unwrap();
+        if resumed_from < steps {
+            assert_eq!(
+                result["steps_this_call"].as_u64(),
+                Some(steps - resumed_from),
+                "{label}, resumed from step {resumed_from}: {result}"
+            );
+        }
+        assert!(
+            temporary_files(out).is_empty(),
+            "{label}: {:?} left behind",
+            temporary_files(out)
+        );
+        let dev = final_dev_loss(out);
+        println!("KILL {label}: resumed to final dev loss {dev:?}");
+        assert_eq!(
+            dev.to_bits(),
+            expected_dev.to_bits(),
+            "{label}: {dev} vs {expected_dev}"
+        );
+        assert_eq!(
+            logged_losses(out),
+            expected_losses,
+            "{label}: the log differs from the uninterrupted run's"
+        );
+        for (f, expected) in files.iter().zip(&expected_files) {
+            assert!(
+                std::fs::read(out.join(f)).unwrap() == *expected,
+                "{label}: {f} differs from the uninterrupted run's"
+            );
+        }
+        // The export is the uninterrupted run's too (its note names the run, so differs).
+        for f in ["adapter_model.safetensors", "adapter_config.json"] {
+            assert!(
+                std::fs::read(export_dir(out).join(f)).unwrap()
+                    == std::fs::read(export_dir(&reference).join(f)).unwrap(),
+                "{label}: the export's {f} differs from the uninterrupted run's"
+            );
+        }
+    };
     for (i, kills) in scenarios.into_iter().enumerate() {
         let out = task.dir.path().join(format!("killed-{i}"));
         let mut first = true;
@@ -369,51 +450,65 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
                 task.evaluate(&out.join("best"), &format!("scenario {i}, refused resume"));
             }
         }
-        let resumed_from = saved_step(&out).unwrap_or(0);
-        task.run_to_completion(&out, true);
-        // The resumed process timed only its own steps, and says how many.
-        let result: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
-                .unwrap();
-        let steps = result["steps"].as_u64().unwrap();
-        if resumed_from < steps {
+        resume_as_uninterrupted(&out, &format!("scenario {i}"));
+    }
+    // Stopped by signals: the first SIGINT or SIGTERM stops the run after its step, saving
+    // the state at that step (saves are due at even steps only: the SIGTERM sent 30 ms after
+    // step 4's state is saved mostly stops step 5); a second one ends the process at once, as the
+    // signal's default action does.
+    type Signalled = (Vec<libc::c_int>, &'static str, fn(&Path) -> bool, u64);
+    let signalled: [Signalled; 3] = [
+        (
+            vec![libc::SIGINT],
+            "SIGINT once step 3 is logged",
+            |o| logged_step(o) >= 3,
+            0,
+        ),
+        (
+            vec![libc::SIGTERM],
+            "SIGTERM 30 ms after step 4 is saved",
+            |o| saved_step(o) >= Some(4),
+            30,
+        ),
+        (
+            vec![libc::SIGINT, libc::SIGINT],
+            "SIGINT twice once step 3 is logged",
+            |o| logged_step(o) >= 3,
+            0,
+        ),
+    ];
+    for (i, (signals, what, moment, delay_ms)) in signalled.into_iter().enumerate() {
+        let out = task.dir.path().join(format!("signalled-{i}"));
+        let (status, err) = task.signal_when(&out, &signals, what, moment, delay_ms);
+        use std::os::unix::process::ExitStatusExt;
+        if signals.len() == 2 {
             assert_eq!(
-                result["steps_this_call"].as_u64(),
-                Some(steps - resumed_from),
-                "scenario {i}, resumed from step {resumed_from}: {result}"
+                status.signal(),
+                Some(libc::SIGINT),
+                "{what}: {status}, {err}"
             );
+        } else {
+            assert_eq!(status.code(), Some(128 + signals[0]), "{what}: {err}");
+            let step = saved_step(&out).expect("the state at the stop is saved");
+            println!("SIGNAL {what}: stopped at step {step}");
+            assert!(
+                err.contains(&format!("stopped at step {step} of 16 (on request)"))
+                    && err.contains("continues from there"),
+                "{what}: {err}"
+            );
+            // The whole run's results come when a resume ends it.
+            assert!(!out.join("result.json").exists(), "{what}");
+            assert!(!export_dir(&out).join("adapter_model.safetensors").exists());
+            if out.join("best/adapter.safetensors").exists() {
+                task.evaluate(&out.join("best"), what);
+            }
         }
         assert!(
             temporary_files(&out).is_empty(),
-            "scenario {i}: {:?} left behind",
+            "{what}: {:?}",
             temporary_files(&out)
         );
-        let dev = final_dev_loss(&out);
-        println!("KILL scenario {i}: resumed to final dev loss {dev:?}");
-        assert_eq!(
-            dev.to_bits(),
-            expected_dev.to_bits(),
-            "scenario {i}: {dev} vs {expected_dev}"
-        );
-        assert_eq!(
-            logged_losses(&out),
-            expected_losses,
-            "scenario {i}: the log differs from the uninterrupted run's"
-        );
-        for (f, expected) in files.iter().zip(&expected_files) {
-            assert!(
-                std::fs::read(out.join(f)).unwrap() == *expected,
-                "scenario {i}: {f} differs from the uninterrupted run's"
-            );
-        }
-        // The export is the uninterrupted run's too (its note names the run, so differs).
-        for f in ["adapter_model.safetensors", "adapter_config.json"] {
-            assert!(
-                std::fs::read(export_dir(&out).join(f)).unwrap()
-                    == std::fs::read(export_dir(&reference).join(f)).unwrap(),
-                "scenario {i}: the export's {f} differs from the uninterrupted run's"
-            );
-        }
+        resume_as_uninterrupted(&out, what);
     }
 }
 

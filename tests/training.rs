@@ -625,6 +625,175 @@ fn resume_keeps_the_best_evaluation_and_a_clean_log() {
     assert_eq!(steps, (1..=10).collect::<Vec<u64>>());
 }
 
+/// Each line of `dir/metrics.jsonl` without its timings (rates differ between runs).
+fn log_without_timings(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for timing in ["samples_per_s", "tokens_per_s"] {
+                v.as_object_mut().unwrap().remove(timing);
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn an_observer_sees_the_run_and_stops_it_where_a_resume_continues() {
+    use spafit::train::TrainEvent;
+    use std::ops::ControlFlow;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let cpu = CpuBackend::f64();
+    let (data, dev) = (regression_data(40, None), regression_data(12, None));
+    let tok = tokenizer(&ck);
+    // What an observer saw, as (kind, step, loss or metric, best).
+    type Seen = Vec<(&'static str, usize, f64, bool)>;
+    let note = |seen: &mut Seen, event: &TrainEvent<'_>| match event {
+        TrainEvent::Step(s) => {
+            assert_eq!((s.total_steps, s.examples), (10, 8), "{s:?}");
+            assert_eq!(s.epoch, (s.step - 1) / 5 + 1, "{s:?}");
+            assert!(
+                s.tokens >= s.examples && s.lr >= 0.0 && s.grad_norm > 0.0,
+                "{s:?}"
+            );
+            seen.push(("step", s.step, s.loss, false));
+        }
+        TrainEvent::Evaluation {
+            step,
+            evaluation,
+            best,
+        } => seen.push(("eval", *step, evaluation.loss, *best)),
+        TrainEvent::Saved { step } => seen.push(("saved", *step, 0.0, false)),
+        _ => panic!("an event this test does not know: {event:?}"),
+    };
+
+    let whole = tmp.path().join("whole");
+    let mut seen = Seen::new();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let r = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&whole))
+        .observe(&mut |event| {
+            note(&mut seen, event);
+            ControlFlow::Continue(())
+        })
+        .fit(&tok, &data, Some(&dev))
+        .unwrap();
+    assert!(!r.stopped_by_observer);
+    // Every step in order, each followed by its evaluation and save where one is due
+    // (every 3 steps and at epoch ends), with the losses metrics.jsonl logs.
+    let kinds: Vec<(&str, usize)> = seen.iter().map(|(k, s, _, _)| (*k, *s)).collect();
+    let mut expected = vec![];
+    for step in 1..=10 {
+        expected.push(("step", step));
+        if step % 3 == 0 || step % 5 == 0 {
+            expected.extend([("eval", step), ("saved", step)]);
+        }
+    }
+    assert_eq!(kinds, expected);
+    let step_losses: Vec<u64> = seen
+        .iter()
+        .filter(|e| e.0 == "step")
+        .map(|e| e.2.to_bits())
+        .collect();
+    let logged: Vec<u64> = read_losses(&whole).iter().map(|l| l.to_bits()).collect();
+    assert_eq!(step_losses, logged);
+    let last_best = seen.iter().rev().find(|e| e.0 == "eval" && e.3).unwrap();
+    let (best_step, best_eval) = r.best.as_ref().unwrap();
+    assert_eq!(
+        (last_best.1, last_best.2.to_bits()),
+        (*best_step, best_eval.loss.to_bits())
+    );
+
+    // Stopped from a flag another thread sets, here after step 4 (no save is due there):
+    // the state at step 4 is saved, and a resume ends as the uninterrupted run did.
+    let parts = tmp.path().join("parts");
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
+    let mut seen = Seen::new();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let flag = std::sync::Arc::clone(&cancel);
+    let stopped = Trainer::new(&cpu, &mut model, &plan, &ck.weights, tiny_config(&parts))
+        .observe(&mut |event| {
+            note(&mut seen, event);
+            if matches!(event, TrainEvent::Step(s) if s.step == 4) {
+                let flag = std::sync::Arc::clone(&flag);
+                std::thread::spawn(move || flag.store(true, Ordering::Relaxed))
+                    .join()
+                    .unwrap();
+            }
+            match flag.load(Ordering::Relaxed) {
+                true => ControlFlow::Break(()),
+                false => ControlFlow::Continue(()),
+            }
+        })
+        .fit(&tok, &data, Some(&dev))
+        .unwrap();
+    assert!(cancel.load(Ordering::Relaxed));
+    assert!(stopped.stopped_by_observer);
+    assert_eq!((stopped.steps, stopped.best.as_ref().unwrap().0), (4, 3));
+    assert_eq!(seen.last().map(|e| (e.0, e.1)), Some(("saved", 4)));
+    assert_notice(&stopped, "stopped at step 4 of 10 (on request)");
+    assert_notice(&stopped, "a resume continues from here");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let rest = TrainConfig {
+        resume: true,
+        ..tiny_config(&parts)
+    };
+    let resumed = Trainer::new(&cpu, &mut model, &plan, &ck.weights, rest)
+        .fit(&tok, &data, Some(&dev))
+        .unwrap();
+    assert_eq!((resumed.steps, resumed.steps_this_call), (10, 6));
+    assert_eq!(log_without_timings(&parts), log_without_timings(&whole));
+    assert_eq!(
+        file_tensors(&parts.join("last/state.safetensors")),
+        file_tensors(&whole.join("last/state.safetensors"))
+    );
+
+    // A stop asked for at a step that evaluates (epoch end, step 5) stops after the
+    // evaluation and its save; one asked for at the last step stops nothing.
+    for (stop_at, steps, stopped) in [(5, 5, true), (10, 10, false)] {
+        let (mut model, plan) = tiny_model(&ck, &cpu);
+        let mut seen = Seen::new();
+        let r = Trainer::new(
+            &cpu,
+            &mut model,
+            &plan,
+            &ck.weights,
+            tiny_config(&tmp.path().join(format!("stop{stop_at}"))),
+        )
+        .observe(&mut |event| {
+            note(&mut seen, event);
+            match event {
+                TrainEvent::Step(s) if s.step == stop_at => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        })
+        .fit(&tok, &data, Some(&dev))
+        .unwrap();
+        assert_eq!((r.steps, r.stopped_by_observer), (steps, stopped));
+        let tail: Vec<(&str, usize)> = seen.iter().rev().take(3).map(|e| (e.0, e.1)).collect();
+        assert_eq!(
+            tail,
+            [("saved", stop_at), ("eval", stop_at), ("step", stop_at)]
+        );
+    }
+    // Without an output directory there is nothing to resume from, and the report says so.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let config = TrainConfig {
+        output_dir: None,
+        ..tiny_config(&parts)
+    };
+    let r = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+        .observe(&mut |_| ControlFlow::Break(()))
+        .fit(&tok, &data, Some(&dev))
+        .unwrap();
+    assert_eq!((r.steps, r.stopped_by_observer), (1, true));
+    assert_notice(&r, "without an output directory nothing is kept to resume");
+}
+
 /// `regression_data(40)` with targets whose squared error overflows to infinity (1e300: a
 /// NaN target is refused as data before the first step) in exactly the examples of step
 /// `step`'s batch under `config`, so a run hits them first at that step, and a resume sees

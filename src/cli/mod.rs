@@ -14,6 +14,7 @@ mod args;
 mod checkpoint_classes;
 mod demo;
 mod evaluate;
+pub mod interrupt;
 mod prediction_output;
 mod tools;
 mod train;

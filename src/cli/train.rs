@@ -80,7 +80,8 @@ pub struct TrainArgs {
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub max_steps: Option<usize>,
     /// Output directory: metrics.jsonl, best/ (the best adapter), last/ (resumable state),
-    /// result.json (the final JSON line).
+    /// result.json (the final JSON line). With it, Ctrl-C or SIGTERM stops the run after its
+    /// step and saves the state for --resume (a second one quits at once).
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Continue the run saved in OUTPUT/last.
@@ -317,6 +318,18 @@ pub fn fit<B: Backend>(
             _ => {}
         }
     }
+    // With an output directory a stopped run resumes: Ctrl-C or SIGTERM stops it after its
+    // step and saves it. Without one, the signals end the process as they always do.
+    let on_signal = args
+        .output
+        .as_ref()
+        .and_then(|_| super::interrupt::StopOnSignal::install());
+    let mut stop_when_signalled = |_: &spafit::train::TrainEvent<'_>| match on_signal.is_some()
+        && super::interrupt::StopOnSignal::requested()
+    {
+        true => std::ops::ControlFlow::Break(()),
+        false => std::ops::ControlFlow::Continue(()),
+    };
     let report = Trainer::new(
         &run.backend,
         &mut run.model,
@@ -325,7 +338,14 @@ pub fn fit<B: Backend>(
         config,
     )
     .holding(&mut locks)
+    .observe(&mut stop_when_signalled)
     .fit(&tokenizer, train, dev)?;
+    drop(on_signal);
+    if report.stopped_by_observer {
+        // Neither the export nor result.json: they are the whole run's, written when a
+        // resume ends it.
+        return Ok((report, locks));
+    }
     if let Some(dir) = &args.export_peft {
         let base_name = run.checkpoint.dir().display().to_string();
         let labels = match &train.kind {
@@ -504,6 +524,27 @@ impl TrainCommand {
         };
         let dev = devs.first();
         let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, dev, task)?;
+        if report.stopped_by_observer {
+            let signal = super::interrupt::received().map_or("a signal", |(name, _)| name);
+            let export = match &self.train.export_peft {
+                Some(_) => " and --export-peft's adapter",
+                None => "",
+            };
+            let best = match (&report.best, dev) {
+                (Some((step, _)), _) => {
+                    format!("best/ holds step {step}'s adapter, the best so far")
+                }
+                (None, Some(_)) => "no evaluation ran yet, so best/ is not written".into(),
+                (None, None) => "best/ holds the weights it stopped with".into(),
+            };
+            note!(
+                "spafit: stopped by {signal} at step {} with its state saved: the same command with \
+                 --resume continues from there; {best}; result.json{export} come when the run ends",
+                report.steps
+            );
+            super::interrupt::stopped_run();
+            return Ok(());
+        }
         // A run resumed when already complete trained nothing here: its recorded result is the
         // answer, with this process's device and its (no) steps and timings; result.json keeps
         // those of the call that finished the run.

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::evaluate::evaluate_with_logit_check;
 use super::micro_batches;
+use super::observer::{Observer, StepReport, TrainEvent};
 use super::run_lock::{lock_run_dirs_around, RunLock};
 use super::run_state::{
     self, LossWindow, NamedTensors, RunInputs, RunPosition, RunSettings, SavedBest, STATE_FILE,
@@ -294,6 +295,9 @@ pub struct TrainReport {
     /// a change of device, a step limit the epochs reach first, a learning rate of 0, a
     /// micro-batch size that splits no batch.
     pub notices: Vec<String>,
+    /// Whether the observer ([`Trainer::observe`]) stopped the run before its last step;
+    /// with an output directory, its state at that step is in `last/` to resume from.
+    pub stopped_by_observer: bool,
 }
 
 impl TrainReport {
@@ -413,6 +417,8 @@ struct Run<B: Backend> {
     saved_step: Option<usize>,
     /// Evaluations since the best one (early stopping counts them).
     evaluations_since_best: usize,
+    /// Whether the observer asked the run to stop.
+    stop_requested: bool,
 }
 
 impl<B: Backend> Run<B> {
@@ -443,6 +449,7 @@ pub struct Trainer<'a, B: Backend> {
     config: TrainConfig,
     /// Locks the caller already holds ([`Trainer::holding`]).
     held: &'a mut [RunLock],
+    observer: Option<Observer<'a>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Trainer<'_, B> {
@@ -472,6 +479,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             base,
             config,
             held: &mut [],
+            observer: None,
         }
     }
 
@@ -483,6 +491,46 @@ impl<'a, B: Backend> Trainer<'a, B> {
     pub fn holding(mut self, locks: &'a mut [RunLock]) -> Self {
         self.held = locks;
         self
+    }
+
+    /// Calls `observer` after each optimizer step, evaluation and state save of
+    /// [`Trainer::fit`] (in that order within a step), in the thread that trains. Returning
+    /// [`std::ops::ControlFlow::Break`] stops the run after the step's due evaluation and
+    /// saves; with an output directory the state at that step is then saved in `last/`, so a
+    /// `resume` continues from there and ends as the uninterrupted run would have, bit for
+    /// bit. The model ends with the best weights so far, as after a whole run.
+    ///
+    /// To stop a run from another thread, share a flag:
+    ///
+    /// ```no_run
+    /// # use std::sync::{atomic::{AtomicBool, Ordering}, Arc};
+    /// # use std::ops::ControlFlow;
+    /// # use spafit::train::TrainEvent;
+    /// let cancel = Arc::new(AtomicBool::new(false));
+    /// let flag = Arc::clone(&cancel);
+    /// let mut observer = move |event: &TrainEvent<'_>| {
+    ///     if let TrainEvent::Step(step) = event {
+    ///         eprintln!("step {} of {}: loss {:.4}", step.step, step.total_steps, step.loss);
+    ///     }
+    ///     match flag.load(Ordering::Relaxed) {
+    ///         true => ControlFlow::Break(()),
+    ///         false => ControlFlow::Continue(()),
+    ///     }
+    /// };
+    /// // trainer.observe(&mut observer).fit(&tokenizer, &train, dev)?; another thread sets
+    /// // `cancel`.
+    /// # let _ = &mut observer;
+    /// ```
+    pub fn observe(mut self, observer: Observer<'a>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Passes `event` to the observer: whether it asked the run to stop.
+    fn tell(&mut self, event: TrainEvent<'_>) -> bool {
+        self.observer
+            .as_mut()
+            .is_some_and(|observe| observe(&event).is_break())
     }
 
     /// Trains on `train`, evaluating on `dev` at each epoch end (and every `eval_every`
@@ -547,13 +595,31 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 }
                 let epoch_done = run.epoch != epoch || run.step == plan.total_steps;
                 self.record(&plan, &mut run, &outcome, rows.len(), epoch, lr, &progress)?;
+                let report = StepReport {
+                    step: run.step,
+                    total_steps: plan.total_steps,
+                    epoch: epoch + 1,
+                    loss: outcome.loss,
+                    lr,
+                    grad_norm: outcome.grad_norm,
+                    examples: rows.len(),
+                    tokens: outcome.tokens,
+                };
+                run.stop_requested |= self.tell(TrainEvent::Step(&report));
                 self.evaluate_and_save_when_due(&plan, &mut run, epoch, epoch_done, &progress)?;
             }
+        }
+        let stopped_by_observer =
+            run.stop_requested && !self.is_over(&plan, run.step, run.evaluations_since_best);
+        if stopped_by_observer {
+            self.save_where_stopped(&plan, &mut run)?;
         }
         if let Some(log) = batch_log {
             log.finish(self.is_over(&plan, run.step, run.evaluations_since_best))?;
         }
-        if self.ended_early(&plan, &run) {
+        if stopped_by_observer {
+            progress.notice(&self.stopped_early(&run, plan.total_steps, "on request"));
+        } else if self.ended_early(&plan, &run) {
             // A resume of a run stopped before this call said so when it read the state.
             if run.step > first_step {
                 let best = run.best.as_ref().map_or(0, |b| b.step);
@@ -566,9 +632,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ));
             }
         } else if run.step < plan.total_steps {
-            progress.notice(&self.stopped_early(&run, plan.total_steps));
+            progress.notice(&self.stopped_early(&run, plan.total_steps, "stop_after_steps"));
         }
-        self.finish(&plan, run, first_step, progress)
+        self.finish(&plan, run, first_step, progress, stopped_by_observer)
     }
 
     /// Writes the steps up to `step` that a resumed run's log does not hold (a file starts
@@ -904,6 +970,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             meter: Meter::default(),
             saved_step: None,
             evaluations_since_best: 0,
+            stop_requested: false,
         };
         let Some(dir) = self.config.output_dir.clone() else {
             return Ok(run);
@@ -1039,14 +1106,23 @@ impl<'a, B: Backend> Trainer<'a, B> {
         Ok(run)
     }
 
-    /// What a run that `stop_after_steps` ended leaves to resume from: the state saved last,
-    /// which need not be the step it stopped at (states are saved at evaluations and every
-    /// `save_every` steps).
-    fn stopped_early(&self, run: &Run<B>, total_steps: usize) -> String {
-        let stopped = format!(
-            "stopped at step {} of {total_steps} (stop_after_steps)",
-            run.step
-        );
+    /// Saves the state of a run its observer stopped, unless it was saved at that step.
+    fn save_where_stopped(&mut self, plan: &RunPlan, run: &mut Run<B>) -> Result<()> {
+        if self.config.output_dir.is_none() || run.saved_step == Some(run.step) {
+            return Ok(());
+        }
+        self.save_run(plan, run)?;
+        run.saved_step = Some(run.step);
+        // The run ends here: what the observer answers changes nothing.
+        self.tell(TrainEvent::Saved { step: run.step });
+        Ok(())
+    }
+
+    /// What a run stopped early by `why` leaves to resume from: the state saved last, which
+    /// for `stop_after_steps` need not be the step it stopped at (states are saved at
+    /// evaluations and every `save_every` steps).
+    fn stopped_early(&self, run: &Run<B>, total_steps: usize, why: &str) -> String {
+        let stopped = format!("stopped at step {} of {total_steps} ({why})", run.step);
         match (&self.config.output_dir, run.saved_step) {
             (None, _) => {
                 format!("{stopped}: without an output directory nothing is kept to resume")
@@ -1067,6 +1143,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// Whether this process's run ends before another step.
     fn must_stop(&self, plan: &RunPlan, run: &Run<B>) -> bool {
         self.is_over(plan, run.step, run.evaluations_since_best)
+            || run.stop_requested
             || self
                 .config
                 .stop_after_steps
@@ -1230,6 +1307,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if save_now && self.config.output_dir.is_some() {
             self.save_run(plan, run)?;
             run.saved_step = Some(run.step);
+            run.stop_requested |= self.tell(TrainEvent::Saved { step: run.step });
         }
         Ok(())
     }
@@ -1291,11 +1369,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if improved {
             run.best = Some(Best {
                 step: run.step,
-                evaluation: eval,
+                evaluation: eval.clone(),
                 weights: self.trainable().into_iter().collect(),
             });
             self.save_best(plan)?;
         }
+        run.stop_requested |= self.tell(TrainEvent::Evaluation {
+            step: run.step,
+            evaluation: &eval,
+            best: improved,
+        });
         Ok(())
     }
 
@@ -1374,6 +1457,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         run: Run<B>,
         first_step: usize,
         progress: Progress,
+        stopped_by_observer: bool,
     ) -> Result<TrainReport> {
         if let Some(best) = &run.best {
             self.restore(&best.weights, Path::new("the best weights"))?;
@@ -1396,6 +1480,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             text_pairs: plan.text_pairs,
             early_stopped,
             notices: progress.into_notices(),
+            stopped_by_observer,
         })
     }
 

@@ -1,0 +1,109 @@
+//! Ctrl-C (SIGINT) and SIGTERM during `spafit train --output`: the first one stops the run
+//! after the step in progress and saves its state, so `--resume` loses nothing (a batch
+//! scheduler's SIGTERM before its SIGKILL, a user's Ctrl-C); a second one ends the process
+//! at once, as the default action would have.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// The signal that asked the run to stop, 0 before one came.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+/// Only what is async-signal-safe: an atomic, write(2), signal(2), raise(3).
+extern "C" fn on_signal(signal: libc::c_int) {
+    if RECEIVED
+        .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // SAFETY: restoring the default action and raising the signal again are
+        // async-signal-safe, and end the process as the signal would have without us.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+        }
+        return;
+    }
+    let message: &[u8] = b"\nspafit: stopping after this step and saving the run to resume \
+        (interrupt again to quit at once)\n";
+    // SAFETY: write(2) on stderr with a static buffer is async-signal-safe; nothing can be
+    // done about a failed write here.
+    unsafe {
+        libc::write(2, message.as_ptr().cast(), message.len());
+    }
+}
+
+/// Signal handlers for the time a run trains: dropped, the default actions come back (a
+/// signal after the run's last step ends the process as usual while the results are
+/// written).
+pub struct StopOnSignal {
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl StopOnSignal {
+    /// Installs the handlers; `None` where the system refused one (the run then goes on
+    /// with the default actions).
+    pub fn install() -> Option<Self> {
+        let mut previous = Vec::new();
+        for signal in SIGNALS {
+            // SAFETY: a zeroed sigaction is a valid value to fill; the handler only does
+            // async-signal-safe work; SA_RESTART keeps interrupted reads and writes going.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, &action, &mut old) != 0 {
+                    drop(StopOnSignal { previous });
+                    return None;
+                }
+                previous.push((signal, old));
+            }
+        }
+        Some(StopOnSignal { previous })
+    }
+
+    /// Whether a signal asked the run to stop.
+    pub fn requested() -> bool {
+        RECEIVED.load(Ordering::SeqCst) != 0
+    }
+}
+
+impl Drop for StopOnSignal {
+    fn drop(&mut self) {
+        for (signal, old) in &self.previous {
+            // SAFETY: puts back the action that was in place before `install`.
+            unsafe {
+                libc::sigaction(*signal, old, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
+/// The signal received, by name, and the exit status a shell shows for a process it ended
+/// (128 + its number).
+pub fn received() -> Option<(&'static str, i32)> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        libc::SIGINT => Some(("SIGINT", 128 + libc::SIGINT)),
+        libc::SIGTERM => Some(("SIGTERM", 128 + libc::SIGTERM)),
+        other => Some(("a signal", 128 + other)),
+    }
+}
+
+/// Whether a run stopped early for a signal: the command then ends with the signal's status.
+static STOPPED_RUN: AtomicBool = AtomicBool::new(false);
+
+/// Records that the run stopped for the signal received.
+pub fn stopped_run() {
+    STOPPED_RUN.store(true, Ordering::SeqCst);
+}
+
+/// The exit status of a command whose run a signal stopped.
+pub fn exit_status() -> Option<i32> {
+    match STOPPED_RUN.load(Ordering::SeqCst) {
+        true => received().map(|(_, status)| status),
+        false => None,
+    }
+}
