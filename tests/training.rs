@@ -625,6 +625,76 @@ fn resume_keeps_the_best_evaluation_and_a_clean_log() {
     assert_eq!(steps, (1..=10).collect::<Vec<u64>>());
 }
 
+/// A clone of a model shares every tensor until one copy trains (copy on write, on the
+/// CPU and through the CUDA backend's in-place updates alike): training the clone leaves
+/// the original's outputs bit for bit as they were, the frozen weights stay shared, and the
+/// original trains afterwards to the clone's very losses, so neither saw the other's steps.
+fn a_clone_shares_weights_until_it_trains<B: Backend>(backend: &B, ck: &Checkpoint) {
+    let tok = tokenizer(ck);
+    let data = regression_data(16, None);
+    let encoded = EncodedDataset::new(&tok, &data).unwrap();
+    let outputs = |model: &BertClassifier<B>| -> Vec<u64> {
+        let outputs = spafit::train::infer(backend, model, &encoded, 8).unwrap();
+        outputs.logits.iter().map(|x| x.to_bits()).collect()
+    };
+    let (mut model, plan) = tiny_model(ck, backend);
+    let mut copy = model.clone();
+    let storage = |m: &BertClassifier<B>| -> Vec<(String, usize, bool)> {
+        m.params()
+            .iter()
+            .map(|p| (p.name.clone(), p.value.storage_id(), p.trainable))
+            .collect()
+    };
+    assert_eq!(storage(&model), storage(&copy));
+    let before = outputs(&model);
+    assert_eq!(outputs(&copy), before);
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 4,
+        learning_rate: 1e-2,
+        log_every: 1,
+        ..TrainConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let train = |m: &mut BertClassifier<B>, out: &str| {
+        let config = TrainConfig {
+            output_dir: Some(dir.path().join(out)),
+            ..config.clone()
+        };
+        Trainer::new(backend, m, &plan, &ck.weights, config)
+            .fit(&tok, &data, None)
+            .unwrap();
+        read_losses(&dir.path().join(out))
+    };
+    let copy_losses = train(&mut copy, "copy");
+    assert_eq!(
+        outputs(&model),
+        before,
+        "training the clone changed the original"
+    );
+    assert_ne!(outputs(&copy), before);
+    for ((name, original, trainable), (_, cloned, _)) in storage(&model).iter().zip(&storage(&copy))
+    {
+        assert_eq!(original == cloned, !trainable, "{name}");
+    }
+    let model_losses = train(&mut model, "model");
+    assert_eq!(
+        model_losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
+        copy_losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(outputs(&model), outputs(&copy));
+}
+
+#[test]
+fn a_cloned_model_shares_its_weights_until_one_copy_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    a_clone_shares_weights_until_it_trains(&CpuBackend::f64(), &ck);
+    let cuda = spafit::backend::cuda::CudaBackend::hardware_or_emulated(spafit::tensor::DType::F32)
+        .unwrap();
+    a_clone_shares_weights_until_it_trains(&cuda, &ck);
+}
+
 /// Each line of `dir/metrics.jsonl` without its timings (rates differ between runs).
 fn log_without_timings(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))

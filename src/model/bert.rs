@@ -18,7 +18,7 @@ pub struct BertOutput<B: Backend> {
 
 /// The BERT encoder: embeddings, post-LN layers and the tanh pooler, parameters named as
 /// in `BertForSequenceClassification` (`bert.…`).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct BertModel<B: Backend> {
     /// Architecture.
     pub config: BertConfig,

@@ -8,7 +8,7 @@ use crate::tensor::{Shape, Tensor};
 use super::ModelInput;
 
 /// Word + position + token-type embeddings, LayerNorm, dropout.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct BertEmbeddings<B: Backend> {
     /// `[vocab, hidden]`.
     pub word: Param<B>,

@@ -19,6 +19,11 @@ pub enum Labels<B: Backend> {
 }
 
 /// `BertForSequenceClassification`: BERT, dropout on the pooled output, a linear classifier.
+///
+/// A clone shares every tensor with the original until one of them changes it (tensors are
+/// copied on write): a second copy of a loaded model costs no memory for its frozen
+/// weights, and training one copy leaves the other as it was.
+#[derive(Clone)]
 pub struct BertClassifier<B: Backend> {
     /// The encoder.
     pub bert: BertModel<B>,

@@ -20,7 +20,7 @@ pub struct EncoderLayerConfig {
 /// One post-LN BERT layer:
 /// `h = LN(x + drop(O(attn(Q x, K x, V x))))`, `y = LN(h + drop(W2 · gelu(W1 h)))`.
 /// Parameter names follow Hugging Face under `prefix` (e.g. `encoder.layer.3`).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct EncoderLayer<B: Backend> {
     /// Sizes.
     pub config: EncoderLayerConfig,

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// LayerNorm with scale `prefix.weight` and shift `prefix.bias`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LayerNorm<B: Backend> {
     /// γ.
     pub weight: Param<B>,

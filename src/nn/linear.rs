@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// A LoRA adapter: `A` `[r, in]`, `B` `[out, r]`, scale `alpha / r`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LoraAdapter<B: Backend> {
     /// `…lora_A.weight`.
     pub a: Param<B>,
@@ -17,7 +17,7 @@ pub struct LoraAdapter<B: Backend> {
 
 /// A linear map with bias (`prefix.weight` `[out, in]`, `prefix.bias` `[out]`) and an
 /// optional LoRA adapter.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Linear<B: Backend> {
     /// The module path, e.g. `encoder.layer.0.attention.self.query`.
     pub prefix: String,

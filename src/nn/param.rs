@@ -3,7 +3,7 @@ use crate::backend::Backend;
 use crate::tensor::Tensor;
 
 /// A named tensor of the model and whether it trains.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Param<B: Backend> {
     /// Hugging Face / PEFT name, e.g. `encoder.layer.4.attention.self.query.lora_A.weight`.
     pub name: String,
