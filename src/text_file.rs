@@ -8,16 +8,59 @@ use crate::error::{Error, Result};
 /// What a user can do about a file that is not UTF-8.
 pub(crate) const SAVE_AS_UTF8: &str = "save the file as UTF-8";
 
-/// The bytes of `path`, without a UTF-8 byte-order mark.
+/// The bytes of `path`, without a UTF-8 byte-order mark. A folder, a compressed file or
+/// UTF-16 text is refused as such (their bytes would read as a first invalid byte).
 pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    if path.is_dir() {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            error: std::io::Error::other("is a folder, where a text file was expected"),
+        });
+    }
     let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         error: source,
     })?;
+    if let Some(problem) = not_plain_text(&bytes) {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            detail: problem,
+        });
+    }
     if bytes.starts_with(b"\xef\xbb\xbf") {
         bytes.drain(..3);
     }
     Ok(bytes)
+}
+
+/// What the first bytes of a file say it is, when that is not UTF-8 text: compressed (by
+/// its magic number) or UTF-16 (by its byte-order mark).
+fn not_plain_text(bytes: &[u8]) -> Option<String> {
+    const COMPRESSED: [(&[u8], &str, &str); 5] = [
+        (b"\x1f\x8b", "gzip", "gunzip"),
+        (b"PK\x03\x04", "zip", "unzip"),
+        (b"BZh", "bzip2", "bunzip2"),
+        (b"\xfd7zXZ\x00", "xz", "unxz"),
+        (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+    ];
+    if let Some((_, format, tool)) = COMPRESSED.iter().find(|(magic, _, _)| {
+        // `BZh` could begin a text file: bzip2's block size digit follows it.
+        bytes.starts_with(magic)
+            && (*magic != b"BZh"
+                || bytes.get(3).is_some_and(|d| (b'1'..=b'9').contains(d))
+                    && bytes.get(4) == Some(&0x31))
+    }) {
+        return Some(format!(
+            "is {format}-compressed: decompress it first (e.g. `{tool}`); text files are read \
+             as they are"
+        ));
+    }
+    if bytes.starts_with(b"\xff\xfe") || bytes.starts_with(b"\xfe\xff") {
+        return Some(format!(
+            "is UTF-16 text (its byte-order mark says so): {SAVE_AS_UTF8}"
+        ));
+    }
+    None
 }
 
 /// The whole of `path` as UTF-8 text (a byte-order mark dropped); an invalid byte is an

@@ -3657,3 +3657,43 @@ fn a_batch_over_the_process_memory_limit_is_refused() {
         .unwrap_or_else(|| panic!("{err}"));
     assert!(available < 1.5, "{err}");
 }
+
+/// What a run of custom data cannot learn, or reads other than meant, is said before it
+/// trains: a class of --labels no training example has, texts of a TSV quoted by a CSV
+/// writer.
+#[test]
+fn train_notes_classes_without_examples_and_csv_quoting_in_a_tsv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train.tsv");
+    std::fs::write(
+        &train,
+        "text\tlabel\n\"he said \"\"great\"\" movie\"\tpos\nplain bad\tneg\nfine\tpos\n",
+    )
+    .unwrap();
+    let train = train.display().to_string();
+    let run = |labels: &str| {
+        spafit(&[
+            "train",
+            "--model",
+            &model(),
+            "--train-file",
+            &train,
+            "--labels",
+            labels,
+            "--max-len",
+            "16",
+            "--max-steps",
+            "1",
+            "--quiet",
+        ])
+    };
+    let (ok, _, err) = run("neg,pos,other,more");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("has the classes `other`, `more` (of 4 classes)")
+            && err.contains("1 text looks quoted as CSV writes them (first: line 2"),
+        "{err}"
+    );
+    let (ok, _, err) = run("neg,pos");
+    assert!(ok && !err.contains("no training example"), "{err}");
+}

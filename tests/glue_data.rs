@@ -390,13 +390,28 @@ fn custom_csv_tsv_jsonl() {
     );
 
     // TSV has no quoting (as GLUE's files): a quote is text, every line is one row, even
-    // one with an unbalanced quote, and a line of spaces is blank.
+    // one with an unbalanced quote; a line of spaces is a row short of its fields, refused
+    // by its line (it was dropped without a word) or skipped and listed.
     write(
         r,
         "q.tsv",
         "review\tsentiment\n\"Hello there\tpos\n   \nsecond row\tneg\nthird\" row\tpos\n\"Stop,\" she said.\tneg\n",
     );
-    let ds = spec("q.tsv", pn()).load(OnMalformed::Error).unwrap();
+    let e = spec("q.tsv", pn())
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 3: the line holds only spaces or tabs, where a row of 2 fields"),
+        "{e}"
+    );
+    let ds = spec("q.tsv", pn()).load(OnMalformed::Skip).unwrap();
+    assert!(
+        matches!(&ds.skipped[..], [only] if only.contains("q.tsv:3:")),
+        "{:?}",
+        ds.skipped
+    );
+    assert_eq!(spafit::data::csv_quoting_in_tsv(&ds), None);
     assert_eq!(
         ds.examples,
         vec![
@@ -895,12 +910,15 @@ fn csv_rows_are_never_lost_silently() {
     spec.label_column = None;
     let data = spec.load(OnMalformed::Error).unwrap();
     let texts: Vec<&str> = data.examples.iter().map(|e| e.text_a.as_str()).collect();
-    assert_eq!(texts, ["first", "", "third"]);
-    assert_eq!(data.source_lines, [2, 3, 6]);
+    // An empty line is no row; a line of spaces is the text of a one-column table's row.
+    assert_eq!(texts, ["first", "", "   ", "third"]);
+    assert_eq!(data.source_lines, [2, 3, 5, 6]);
 
-    let e = table("empty.csv", "\n")
+    let e = table("blank.csv", "\n \n")
         .load(OnMalformed::Error)
         .unwrap_err();
+    assert!(e.to_string().contains("holds only blank lines"), "{e}");
+    let e = table("empty.csv", "").load(OnMalformed::Error).unwrap_err();
     assert!(e.to_string().contains("the file is empty"), "{e}");
     let e = table("semi.csv", "text;label\na;1\n")
         .load(OnMalformed::Error)
@@ -1038,4 +1056,114 @@ fn a_csv_quoted_tsv_row_that_falls_apart_names_the_quoting() {
         e.contains("1 field, the header has 2") && !e.contains("quoting"),
         "{e}"
     );
+}
+
+/// Files that are no table of text say what they are (a folder, compressed, UTF-16, a
+/// pretty-printed JSON object), values that are absent say how (null, empty), a column
+/// named twice is refused only where it is read, and a TSV written with CSV quoting is
+/// noticed.
+#[test]
+fn files_and_values_that_are_not_what_a_table_holds_say_what_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let load = |name: &str| {
+        text_label_table(dir.join(name))
+            .load(OnMalformed::Error)
+            .map_err(|e| e.to_string())
+    };
+    std::fs::create_dir(dir.join("folder.csv")).unwrap();
+    let e = load("folder.csv").unwrap_err();
+    assert!(e.contains("folder.csv") && e.contains("is a folder"), "{e}");
+    let bytes: [(&str, &[u8], &str); 4] = [
+        (
+            "zipped.csv",
+            b"\x1f\x8b\x08\x00\x00\x00",
+            "is gzip-compressed: decompress it first",
+        ),
+        ("archive.csv", b"PK\x03\x04\x14\x00", "is zip-compressed"),
+        (
+            "wide.csv",
+            b"\xff\xfet\x00e\x00x\x00t\x00",
+            "is UTF-16 text",
+        ),
+        ("wide_be.jsonl", b"\xfe\xff\x00{", "is UTF-16 text"),
+    ];
+    for (name, content, expected) in bytes {
+        std::fs::write(dir.join(name), content).unwrap();
+        let e = load(name).unwrap_err();
+        assert!(e.contains(name) && e.contains(expected), "{e}");
+    }
+    // A text file that happens to begin as bzip2's magic does is read as text.
+    write(dir, "bzh.csv", "BZh,label\nx,1\n");
+    let spec = TableSpec {
+        text_column: "BZh".into(),
+        ..text_label_table(dir.join("bzh.csv"))
+    };
+    assert_eq!(spec.load(OnMalformed::Error).unwrap().len(), 1);
+    write(dir, "data.csv.gz", "text,label\na,1\n");
+    let e = load("data.csv.gz").unwrap_err();
+    assert!(e.contains("compressed files are not read"), "{e}");
+
+    write(
+        dir,
+        "pretty.jsonl",
+        "{\n  \"text\": \"good\",\n  \"label\": 1\n}\n",
+    );
+    let e = load("pretty.jsonl").unwrap_err();
+    assert!(
+        e.contains("line 1") && e.contains("one whole object per line"),
+        "{e}"
+    );
+    write(
+        dir,
+        "null.jsonl",
+        "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": null}\n",
+    );
+    let e = load("null.jsonl").unwrap_err();
+    assert!(e.contains("line 2: `label` is null"), "{e}");
+    write(dir, "empty_label.csv", "text,label\na movie,1\nanother,\n");
+    let e = load("empty_label.csv").unwrap_err();
+    assert!(
+        e.contains("line 3: the label is empty: fill it in or delete the row")
+            && !e.contains("--labels"),
+        "{e}"
+    );
+    let e = load_with_labels(dir, "other_label.csv", "text,label\na,1\nb,2\n");
+    assert!(
+        e.contains("line 3") && e.contains("--skip-malformed skips rows of other labels"),
+        "{e}"
+    );
+
+    // Excel's trailing empty columns, or any column named twice that is not read, are fine;
+    // one that is read is ambiguous.
+    write(dir, "trailing.csv", "text,label,,\na,1,x,z\nb,0,y,z\n");
+    assert_eq!(load("trailing.csv").unwrap().len(), 2);
+    write(dir, "twice.csv", "text,label,label\na,1,0\n");
+    let e = load("twice.csv").unwrap_err();
+    assert!(
+        e.contains("`label` appears twice (columns 2 and 3): rename one"),
+        "{e}"
+    );
+
+    // A TSV written by a CSV writer keeps its quotes as text: noticed, with the first line.
+    write(
+        dir,
+        "quoted.tsv",
+        "text\tlabel\nplain\t0\n\"he said \"\"great\"\" movie\"\t1\n\"\"\"wow\"\"\"\t1\n\"a \"quote\" inside\"\t0\n",
+    );
+    let data = load("quoted.tsv").unwrap();
+    assert_eq!(data.examples[1].text_a, "\"he said \"\"great\"\" movie\"");
+    let note = spafit::data::csv_quoting_in_tsv(&data).expect("a note");
+    assert!(
+        note.contains("quoted.tsv: 2 texts look quoted") && note.contains("first: line 3"),
+        "{note}"
+    );
+}
+
+fn load_with_labels(dir: &Path, name: &str, text: &str) -> String {
+    write(dir, name, text);
+    text_label_table(dir.join(name))
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string()
 }

@@ -704,9 +704,14 @@ impl DataArgs {
                 ),
             )
         })?;
-        self.table(file, custom_labeled, default_kind)?
-            .load(self.policy())
-            .map(report)
+        let table = self.table(file, custom_labeled, default_kind)?;
+        let data = table.load(self.policy()).map(report)?;
+        if spafit::data::TableFormat::from_path(file)? == spafit::data::TableFormat::Tsv {
+            if let Some(warning) = spafit::data::csv_quoting_in_tsv(&data) {
+                note!("warning: {warning}");
+            }
+        }
+        Ok(data)
     }
 }
 

@@ -424,6 +424,7 @@ impl TrainCommand {
                 format!("the training set {} has no examples", train.name),
             ));
         }
+        note_classes_without_examples(&train);
         let devs = match task {
             Some(t) => t
                 .dev_splits()
@@ -655,6 +656,42 @@ impl TrainCommand {
         }
         super::print_line(&line)?;
         Ok(())
+    }
+}
+
+/// Says which classes no training example has: the head learns never to predict them.
+fn note_classes_without_examples(train: &Dataset) {
+    let spafit::data::TaskKind::Classification { labels } = &train.kind else {
+        return;
+    };
+    let mut seen = vec![false; labels.len()];
+    for example in &train.examples {
+        if let Some(spafit::data::Target::Class(id)) = example.target {
+            if let Some(seen) = seen.get_mut(id as usize) {
+                *seen = true;
+            }
+        }
+    }
+    let missing: Vec<&str> = labels
+        .iter()
+        .zip(&seen)
+        .filter(|(_, seen)| !**seen)
+        .map(|(label, _)| label.as_str())
+        .collect();
+    if !missing.is_empty() {
+        note!(
+            "note: no training example of {} has the class{} {} (of {} classes): the model \
+             learns never to predict {}",
+            train.name,
+            if missing.len() == 1 { "" } else { "es" },
+            missing
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            labels.len(),
+            if missing.len() == 1 { "it" } else { "them" }
+        );
     }
 }
 

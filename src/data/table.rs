@@ -31,6 +31,12 @@ impl TableFormat {
             Some("csv") => Ok(TableFormat::Csv),
             Some("tsv") => Ok(TableFormat::Tsv),
             Some("jsonl") | Some("json") => Ok(TableFormat::Jsonl),
+            Some("gz" | "zip" | "bz2" | "xz" | "zst") => Err(Error::Format {
+                path: path.to_path_buf(),
+                detail: "compressed files are not read: decompress it first, to a .csv, .tsv, \
+                         .jsonl or .json file"
+                    .into(),
+            }),
             _ => Err(Error::Format {
                 path: path.to_path_buf(),
                 detail: "unknown table format: use a .csv, .tsv, .jsonl or .json file".into(),
@@ -63,6 +69,11 @@ type RowVisitor<'a> = dyn FnMut(usize, std::result::Result<&dyn Row, String>) ->
 /// A row as field lookups by column name.
 trait Row {
     fn get(&self, column: &str) -> std::result::Result<Option<String>, String>;
+
+    /// Whether the row holds `column` as an explicit null (JSON's `null`).
+    fn is_null(&self, _column: &str) -> bool {
+        false
+    }
 }
 
 struct CsvRow<'a> {
@@ -115,6 +126,46 @@ impl Row for JsonRow {
             Some(other) => return Err(format!("field `{column}` is {other}, not text")),
         })
     }
+
+    fn is_null(&self, column: &str) -> bool {
+        self.0.get(column) == Some(&serde_json::Value::Null)
+    }
+}
+
+/// For a table read as TSV: its texts that look quoted by a CSV writer (`"he said ""no"""`,
+/// as pandas' `to_csv(sep="\t")` and Python's csv module write a field holding a quote),
+/// whose quotes a TSV keeps as text. A note naming the first one and their count.
+pub fn csv_quoting_in_tsv(data: &Dataset) -> Option<String> {
+    let quoted = |text: &str| {
+        let inner = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or("");
+        inner.contains("\"\"") && !inner.replace("\"\"", "").contains('"')
+    };
+    let mut found = data
+        .examples
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| quoted(&e.text_a) || e.text_b.as_deref().is_some_and(quoted));
+    let (first, _) = found.next()?;
+    let count = 1 + found.count();
+    let place = data
+        .source_lines
+        .get(first)
+        .map_or(format!("example {first}"), |line| format!("line {line}"));
+    Some(format!(
+        "{}: {count} {} quoted as CSV writes them (first: {place}, in quotes with its \
+         own quotes doubled); a .tsv is read without quoting, as GLUE's files are, so those \
+         quotes stay in the text: save the table as .csv, or write the TSV unquoted \
+         (quoting=csv.QUOTE_NONE)",
+        data.name,
+        if count == 1 {
+            "text looks"
+        } else {
+            "texts look"
+        }
+    ))
 }
 
 impl TableSpec {
@@ -130,21 +181,31 @@ impl TableSpec {
         if !self.selected(row)? {
             return Ok(None);
         }
-        let text = |c: &str| row.get(c)?.ok_or_else(|| format!("missing `{c}`"));
+        let text = |c: &str| {
+            row.get(c)?.ok_or_else(|| match row.is_null(c) {
+                true => format!("`{c}` is null: give the row a value, or drop it"),
+                false => format!("missing `{c}`"),
+            })
+        };
         let target = match &self.label_column {
             None => None,
-            Some(c) => Some(parse_target(&text(c)?, &self.kind).map_err(
-                |why| match &self.kind {
-                    TaskKind::Classification { .. } => {
-                        format!(
+            Some(c) => {
+                let label = text(c)?;
+                Some(parse_target(&label, &self.kind).map_err(|why| {
+                    match (&self.kind, label.trim().is_empty()) {
+                        (_, true) => format!(
+                            "{why}: fill it in or delete the row (--skip-malformed skips \
+                             such rows)"
+                        ),
+                        (TaskKind::Classification { .. }, false) => format!(
                             "{why} (--labels names a custom task's classes; without it they \
                              are those an adapter or the checkpoint's id2label records, else \
-                             the training file's)"
-                        )
+                             the training file's; --skip-malformed skips rows of other labels)"
+                        ),
+                        (TaskKind::Regression, false) => why,
                     }
-                    TaskKind::Regression => why,
-                },
-            )?),
+                })?)
+            }
         };
         Ok(Some(Example {
             text_a: text(&self.text_column)?,
@@ -347,11 +408,15 @@ impl TableSpec {
             format @ (TableFormat::Csv | TableFormat::Tsv) => {
                 let bytes = crate::text_file::read_bytes(path)?;
                 if bytes.iter().all(u8::is_ascii_whitespace) {
+                    let what = match bytes.is_empty() {
+                        true => "the file is empty",
+                        false => "the file holds only blank lines",
+                    };
                     return Err(Error::Format {
                         path: path.clone(),
-                        detail: "the file is empty: a table starts with a header line naming \
-                                 its columns"
-                            .into(),
+                        detail: format!(
+                            "{what}: a table starts with a header line naming its columns"
+                        ),
                     });
                 }
                 let mut lines = LineCounter::new(&bytes);
@@ -413,9 +478,24 @@ impl TableSpec {
                 {
                     return Err(line_one(text_after_quote_why(&bytes, stray)));
                 }
-                if let Some((first, repeat)) = super::first_repeat(&header) {
+                // A name given twice is ambiguous only where the command reads it.
+                let read: Vec<&String> = [
+                    Some(&self.text_column),
+                    self.text_pair_column.as_ref(),
+                    self.label_column.as_ref(),
+                    self.filter.as_ref().map(|(column, _)| column),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let named_twice = header.iter().enumerate().find_map(|(i, name)| {
+                    let first = header[..i].iter().position(|m| m == name)?;
+                    read.contains(&name).then_some((first, i))
+                });
+                if let Some((first, repeat)) = named_twice {
                     return Err(line_one(format!(
-                        "column `{}` appears twice (columns {} and {})",
+                        "column `{}` appears twice (columns {} and {}): rename one of them, \
+                         or delete the one that is not meant",
                         header[repeat],
                         first + 1,
                         repeat + 1
@@ -452,11 +532,12 @@ impl TableSpec {
                     let start = reader.position().byte();
                     match reader.read_byte_record(&mut r) {
                         Ok(false) => break,
-                        // A line of only spaces is blank, as in JSONL; a quoted empty
-                        // field (`""`) is a row.
+                        // An empty line is no row (as for Python's csv and pandas). A line
+                        // of spaces is one: the text of a one-column table, a row with too
+                        // few fields in a wider one.
                         Ok(true)
                             if r.len() == 1
-                                && r[0].trim_ascii().is_empty()
+                                && r[0].is_empty()
                                 && !starts_quoted(readable, r.position()) =>
                         {
                             continue
@@ -475,6 +556,18 @@ impl TableSpec {
                                 // a field holding a tab or a line break.
                                 let quoted = format == TableFormat::Tsv
                                     && r.iter().any(|field| field.contains(&b'"'));
+                                if r.len() == 1 && r[0].trim_ascii().is_empty() {
+                                    visit(
+                                        line,
+                                        Err(format!(
+                                            "the line holds only spaces or tabs, where a row \
+                                             of {} fields belongs: delete the line, or \
+                                             --skip-malformed skips it",
+                                            header.len()
+                                        )),
+                                    )?;
+                                    continue;
+                                }
                                 let why = format!(
                                     "{} field{}, the header has {}{}",
                                     r.len(),
@@ -561,6 +654,15 @@ impl TableSpec {
                             Ok(JsonRecord::NotAnObject) => {
                                 visit(line_no, Err("not a JSON object".to_string()))?
                             }
+                            Err(e) if e.is_eof() => visit(
+                                line_no,
+                                Err(format!(
+                                    "{}: the line ends inside a JSON value, and JSON Lines \
+                                     holds one whole object per line (a pretty-printed object \
+                                     spans several; a .json file may hold one array of them)",
+                                    json_problem(&e)
+                                )),
+                            )?,
                             Err(e) => visit(line_no, Err(json_problem(&e)))?,
                         },
                         Err(why) => visit(line_no, Err(why))?,

@@ -866,10 +866,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         if schedule.warmup >= total_steps && c.learning_rate > 0.0 {
             progress.notice(&format!(
-                "the warmup of {} steps spans the whole run of {total_steps}: the learning \
-                 rate never reaches {:e} (--lr); give fewer warmup steps (--warmup-steps, \
+                "the warmup of {} spans the whole run of {total_steps}: the learning rate \
+                 never reaches {:e} (--lr); give fewer warmup steps (--warmup-steps, \
                  --warmup-ratio)",
-                schedule.warmup, c.learning_rate
+                match schedule.warmup {
+                    1 => "1 step".to_string(),
+                    n => format!("{n} steps"),
+                },
+                c.learning_rate
             ));
         }
         if let Some(patience) = c.early_stopping_patience.filter(|_| dev.is_some()) {
