@@ -1134,6 +1134,23 @@ fn files_and_values_that_are_not_what_a_table_holds_say_what_they_are() {
         "{e}"
     );
 
+    // A number names the class of the same value, written either way.
+    write(dir, "ints.csv", "text,label\na,1\nb,0\nc,1.0\n");
+    let spec = TableSpec {
+        kind: TaskKind::Classification {
+            labels: vec!["0.0".into(), "1.0".into()],
+        },
+        ..text_label_table(dir.join("ints.csv"))
+    };
+    let targets: Vec<_> = spec
+        .load(OnMalformed::Error)
+        .unwrap()
+        .examples
+        .into_iter()
+        .map(|e| e.target)
+        .collect();
+    assert_eq!(targets, [1, 0, 1].map(|c| Some(Target::Class(c))).to_vec());
+
     // Excel's trailing empty columns, or any column named twice that is not read, are fine;
     // one that is read is ambiguous.
     write(dir, "trailing.csv", "text,label,,\na,1,x,z\nb,0,y,z\n");

@@ -447,16 +447,15 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
         }
         TaskKind::Classification { labels } => {
             // Tools that store class ids as floats write `1.0` for class `1` (pandas with a
-            // missing value in the column, JSON numbers): the integer's name is meant.
-            let integral = field
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.fract() == 0.0 && v.abs() < 9.0e15)
-                .map(|v| format!("{}", v as i64));
+            // missing value in the column, JSON numbers), and a class may be named `1.0` for
+            // data that says `1`: a number names the class of the same value, when no class
+            // has the field's very name.
+            let number = |text: &str| text.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+            let value = number(field);
             labels
                 .iter()
                 .position(|l| l == field)
-                .or_else(|| labels.iter().position(|l| Some(l) == integral.as_ref()))
+                .or_else(|| value.and_then(|v| labels.iter().position(|l| number(l) == Some(v))))
                 .map(|i| Target::Class(i as u32))
                 .ok_or_else(|| {
                     format!(
