@@ -3696,4 +3696,27 @@ fn train_notes_classes_without_examples_and_csv_quoting_in_a_tsv() {
     );
     let (ok, _, err) = run("neg,pos");
     assert!(ok && !err.contains("no training example"), "{err}");
+    // A length the model cannot take is refused before the data is read (which, missing
+    // here, would be the error otherwise), for train, eval and predict alike.
+    let missing = tmp.path().join("missing.csv").display().to_string();
+    for command in ["train", "eval", "predict"] {
+        let file_flag = if command == "train" {
+            "--train-file"
+        } else {
+            "--dev-file"
+        };
+        let (ok, _, err) = spafit(&[
+            command,
+            "--model",
+            &model(),
+            file_flag,
+            &missing,
+            "--max-len",
+            "513",
+        ]);
+        assert!(
+            !ok && err.contains("--max-len") && err.contains("exceeds the model's 512 positions"),
+            "{command}: {err}"
+        );
+    }
 }

@@ -148,11 +148,9 @@ impl Checkpoint {
         self.weights.tensor(backend, name, shape)
     }
 
-    /// The tokenizer in `tokenizer.json` (or, for a checkpoint without one, BERT's built from
-    /// `vocab.txt` and `tokenizer_config.json`), truncating to `max_len` tokens, checked
-    /// against the model's vocabulary and position table.
-    pub fn tokenizer(&self, max_len: usize) -> Result<TextTokenizer> {
-        let mut path = self.dir.join("tokenizer.json");
+    /// Refuses a truncation length longer than the model's position table, as
+    /// [`Checkpoint::tokenizer`] does: a caller checks it before reading any data.
+    pub fn check_max_len(&self, max_len: usize) -> Result<()> {
         if max_len > self.config.max_position_embeddings {
             return Err(Error::invalid(
                 "tokenizer",
@@ -163,6 +161,15 @@ impl Checkpoint {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The tokenizer in `tokenizer.json` (or, for a checkpoint without one, BERT's built from
+    /// `vocab.txt` and `tokenizer_config.json`), truncating to `max_len` tokens, checked
+    /// against the model's vocabulary and position table.
+    pub fn tokenizer(&self, max_len: usize) -> Result<TextTokenizer> {
+        let mut path = self.dir.join("tokenizer.json");
+        self.check_max_len(max_len)?;
         let vocab = self.dir.join("vocab.txt");
         let config = Some(self.dir.join("tokenizer_config.json")).filter(|c| c.is_file());
         let tok = if !path.exists() && vocab.is_file() {

@@ -54,6 +54,20 @@ impl ModelArgs {
     /// learned them), else at the cut the adapter records, else at [`DEFAULT_MAX_LEN`] (with a
     /// note for an adapter that records none). A length the checkpoint refuses is named by
     /// where it came from: the flag, or the adapter.
+    /// Refuses a `--max-len` the model cannot take before any data is read.
+    pub fn check_max_len(&self, checkpoint: &spafit::checkpoint::Checkpoint) -> Result<()> {
+        match self.max_len {
+            Some(given) => checkpoint.check_max_len(given).map_err(|e| match e {
+                Error::InvalidArgument {
+                    op: "tokenizer",
+                    detail,
+                } => Error::invalid("--max-len", detail),
+                e => e,
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub fn tokenizer(
         &self,
         checkpoint: &spafit::checkpoint::Checkpoint,

@@ -36,6 +36,7 @@ fn load<B: Backend>(
     for_prediction: bool,
 ) -> Result<Loaded<B>> {
     let checkpoint = Checkpoint::open(&model.model)?;
+    model.check_max_len(&checkpoint)?;
     let (classifier, head, default_kind, head_source, trained_cut) = match adapter {
         Some(dir) => {
             let opened = open_adapter(dir, &checkpoint, &backend)?;

@@ -155,6 +155,7 @@ pub fn setup_from_adapter<B: Backend>(
     adapter: &std::path::Path,
 ) -> Result<(Run<B>, AdapterHead)> {
     let checkpoint = Checkpoint::open(&model.model)?;
+    model.check_max_len(&checkpoint)?;
     let opened = open_adapter(adapter, &checkpoint, &backend)?;
     if !opened.kept_frozen.is_empty() {
         return Err(spafit::Error::Mismatch {
@@ -503,6 +504,7 @@ impl TrainCommand {
             }
             None => {
                 let checkpoint = Checkpoint::open(&self.model.model)?;
+                self.model.check_max_len(&checkpoint)?;
                 let own_classes = super::checkpoint_classes::checkpoint_head_kind(&checkpoint);
                 let regressor = super::checkpoint_classes::has_regressor_head(&checkpoint);
                 let (train, devs) = self.load_data(task, own_classes.as_ref(), regressor)?;
