@@ -172,7 +172,8 @@ impl Task {
 }
 
 impl Task {
-    /// Starts a run and sends it `signals` (50 ms apart: a signal pending twice is
+    /// Starts a run (with SIGINT ignored, as a shell starts a background job, when
+    /// `sigint_ignored`) and sends it `signals` (50 ms apart: a signal pending twice is
     /// delivered once) `delay_ms` after `moment` holds for its output directory. Returns how the
     /// process ended and its stderr.
     fn signal_when(
@@ -182,8 +183,20 @@ impl Task {
         what: &str,
         moment: impl Fn(&Path) -> bool,
         delay_ms: u64,
+        sigint_ignored: bool,
     ) -> (std::process::ExitStatus, String) {
-        let mut child: Child = self.command(out, false, 0).spawn().unwrap();
+        let mut command = self.command(out, false, 0);
+        if sigint_ignored {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: signal(2) is async-signal-safe, as a pre_exec hook must be.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::signal(libc::SIGINT, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let mut child: Child = command.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         while !moment(out) {
             assert!(
@@ -456,39 +469,52 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     // the state at that step (saves are due at even steps only: the SIGTERM sent 30 ms after
     // step 4's state is saved mostly stops step 5); a second one ends the process at once, as the
     // signal's default action does.
-    type Signalled = (Vec<libc::c_int>, &'static str, fn(&Path) -> bool, u64);
-    let signalled: [Signalled; 3] = [
+    type Signalled = (Vec<libc::c_int>, &'static str, fn(&Path) -> bool, u64, bool);
+    let signalled: [Signalled; 4] = [
         (
             vec![libc::SIGINT],
             "SIGINT once step 3 is logged",
             |o| logged_step(o) >= 3,
             0,
+            false,
         ),
         (
             vec![libc::SIGTERM],
             "SIGTERM 30 ms after step 4 is saved",
             |o| saved_step(o) >= Some(4),
             30,
+            false,
         ),
         (
             vec![libc::SIGINT, libc::SIGINT],
             "SIGINT twice once step 3 is logged",
             |o| logged_step(o) >= 3,
             0,
+            false,
+        ),
+        // A SIGINT the process was started ignoring stays ignored: SIGTERM stops it.
+        (
+            vec![libc::SIGINT, libc::SIGTERM],
+            "SIGINT ignored from the start, then SIGTERM, once step 3 is logged",
+            |o| logged_step(o) >= 3,
+            0,
+            true,
         ),
     ];
-    for (i, (signals, what, moment, delay_ms)) in signalled.into_iter().enumerate() {
+    for (i, (signals, what, moment, delay_ms, ignored)) in signalled.into_iter().enumerate() {
         let out = task.dir.path().join(format!("signalled-{i}"));
-        let (status, err) = task.signal_when(&out, &signals, what, moment, delay_ms);
+        let (status, err) = task.signal_when(&out, &signals, what, moment, delay_ms, ignored);
         use std::os::unix::process::ExitStatusExt;
-        if signals.len() == 2 {
+        if signals.len() == 2 && !ignored {
             assert_eq!(
                 status.signal(),
                 Some(libc::SIGINT),
                 "{what}: {status}, {err}"
             );
         } else {
-            assert_eq!(status.code(), Some(128 + signals[0]), "{what}: {err}");
+            let stopping = signals[signals.len() - 1];
+            assert_eq!(status.code(), Some(128 + stopping), "{what}: {err}");
+            assert_eq!(err.matches("spafit: stopping after this step").count(), 1);
             let step = saved_step(&out).expect("the state at the stop is saved");
             println!("SIGNAL {what}: stopped at step {step}");
             assert!(

@@ -15,8 +15,21 @@ use spafit::{Error, Result};
 
 /// Parses a count that must be at least 1 (a batch size, a number of steps), so that 0 is
 /// refused with the flag's name before any work.
-pub fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+pub fn at_least_one() -> fn(&str) -> std::result::Result<usize, String> {
+    |text| {
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        match text.parse::<usize>() {
+            Ok(0) => Err("must be at least 1".into()),
+            Ok(n) => Ok(n),
+            Err(_) if text.strip_prefix('-').is_some_and(digits) => {
+                Err("must be at least 1".into())
+            }
+            Err(_) if digits(text.strip_prefix('+').unwrap_or(text)) => {
+                Err(format!("must be at most {}", usize::MAX))
+            }
+            Err(_) => Err("not a whole number".into()),
+        }
+    }
 }
 
 /// Where the model is and what runs it.

@@ -42,19 +42,27 @@ pub struct StopOnSignal {
 
 impl StopOnSignal {
     /// Installs the handlers; `None` where the system refused one (the run then goes on
-    /// with the default actions).
+    /// with the default actions). A signal the process was started ignoring (a job a
+    /// script put in the background, `nohup`) stays ignored, as the shell meant.
     pub fn install() -> Option<Self> {
         let mut previous = Vec::new();
         for signal in SIGNALS {
             // SAFETY: a zeroed sigaction is a valid value to fill; the handler only does
             // async-signal-safe work; SA_RESTART keeps interrupted reads and writes going.
             unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, std::ptr::null(), &mut old) != 0 {
+                    drop(StopOnSignal { previous });
+                    return None;
+                }
+                if old.sa_sigaction == libc::SIG_IGN {
+                    continue;
+                }
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
                 action.sa_flags = libc::SA_RESTART;
                 libc::sigemptyset(&mut action.sa_mask);
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(signal, &action, &mut old) != 0 {
+                if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
                     drop(StopOnSignal { previous });
                     return None;
                 }

@@ -1330,7 +1330,19 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         let c = &self.config;
         let (eval, non_finite) =
-            evaluate_with_logit_check(&self.backend, self.model, dev, c.eval_batch_size, c.task)?;
+            evaluate_with_logit_check(&self.backend, self.model, dev, c.eval_batch_size, c.task)
+                .map_err(|e| match e {
+                    // Not the training batch's memory: the evaluation's batch is the one to
+                    // make smaller.
+                    Error::OutOfMemory { op, detail } => Error::OutOfMemory {
+                        op,
+                        detail: format!(
+                            "{detail}. This was the evaluation on {split} after step {}, in                              batches of up to {} examples: a smaller --eval-batch-size                              (eval_batch_size) needs less; the state saved last stays in                              last/ (--save-every saves it between evaluations)",
+                            run.step, c.eval_batch_size
+                        ),
+                    },
+                    e => e,
+                })?;
         let mut line = json!({"type": "eval", "step": run.step, "epoch": epoch + 1, "split": split, "loss": eval.loss});
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
