@@ -3696,8 +3696,13 @@ fn train_notes_classes_without_examples_and_csv_quoting_in_a_tsv() {
     );
     let (ok, _, err) = run("neg,pos");
     assert!(ok && !err.contains("no training example"), "{err}");
-    // A length the model cannot take is refused before the data is read (which, missing
-    // here, would be the error otherwise), for train, eval and predict alike.
+}
+
+/// A length the model cannot take is refused before the data is read (which, missing here,
+/// would be the error otherwise), for train, eval and predict alike.
+#[test]
+fn a_max_len_past_the_positions_is_refused_before_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("missing.csv").display().to_string();
     for command in ["train", "eval", "predict"] {
         let file_flag = if command == "train" {

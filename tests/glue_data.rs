@@ -1117,10 +1117,30 @@ fn files_and_values_that_are_not_what_a_table_holds_say_what_they_are() {
     write(
         dir,
         "null.jsonl",
-        "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": null}\n",
+        "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": null}\n{\"text\": \"ok\", \"label\": 0}\n",
     );
     let e = load("null.jsonl").unwrap_err();
     assert!(e.contains("line 2: `label` is null"), "{e}");
+    // Inferring the classes leaves the null to the load, which names it as above.
+    let inferred = text_label_table(dir.join("null.jsonl"))
+        .infer_classes(OnMalformed::Error)
+        .unwrap();
+    assert_eq!(
+        inferred,
+        TaskKind::Classification {
+            labels: vec!["0".into(), "1".into()]
+        }
+    );
+    // Spaces after the last row are no row; a quoted empty text in a wider table is a row
+    // short of its fields, not "spaces".
+    write(dir, "trailing_spaces.csv", "text,label\na,1\nb,0\n  \n\t\n");
+    assert_eq!(load("trailing_spaces.csv").unwrap().len(), 2);
+    write(dir, "quoted_empty.csv", "text,label\na,1\n\"\"\nb,0\n");
+    let e = load("quoted_empty.csv").unwrap_err();
+    assert!(
+        e.contains("line 3: 1 field, the header has 2") && !e.contains("spaces"),
+        "{e}"
+    );
     write(dir, "empty_label.csv", "text,label\na movie,1\nanother,\n");
     let e = load("empty_label.csv").unwrap_err();
     assert!(
@@ -1150,6 +1170,22 @@ fn files_and_values_that_are_not_what_a_table_holds_say_what_they_are() {
         .map(|e| e.target)
         .collect();
     assert_eq!(targets, [1, 0, 1].map(|c| Some(Target::Class(c))).to_vec());
+    // Of two classes of one value, the integer's own spelling is the one meant.
+    write(dir, "padded.csv", "text,label\na,001\nb,1\nc,01\n");
+    let spec = TableSpec {
+        kind: TaskKind::Classification {
+            labels: vec!["01".into(), "1".into()],
+        },
+        ..text_label_table(dir.join("padded.csv"))
+    };
+    let targets: Vec<_> = spec
+        .load(OnMalformed::Error)
+        .unwrap()
+        .examples
+        .into_iter()
+        .map(|e| e.target)
+        .collect();
+    assert_eq!(targets, [1, 1, 0].map(|c| Some(Target::Class(c))).to_vec());
 
     // Excel's trailing empty columns, or any column named twice that is not read, are fine;
     // one that is read is ambiguous.

@@ -733,12 +733,17 @@ fn an_observer_sees_the_run_and_stops_it_where_a_resume_continues() {
             );
             seen.push(("step", s.step, s.loss, false));
         }
+        TrainEvent::Started { step, total_steps } => {
+            assert_eq!(*total_steps, 10);
+            seen.push(("started", *step, 0.0, false))
+        }
         TrainEvent::Evaluation {
             step,
             evaluation,
             best,
+            ..
         } => seen.push(("eval", *step, evaluation.loss, *best)),
-        TrainEvent::Saved { step } => seen.push(("saved", *step, 0.0, false)),
+        TrainEvent::Saved { step, .. } => seen.push(("saved", *step, 0.0, false)),
         _ => panic!("an event this test does not know: {event:?}"),
     };
 
@@ -756,7 +761,7 @@ fn an_observer_sees_the_run_and_stops_it_where_a_resume_continues() {
     // Every step in order, each followed by its evaluation and save where one is due
     // (every 3 steps and at epoch ends), with the losses metrics.jsonl logs.
     let kinds: Vec<(&str, usize)> = seen.iter().map(|(k, s, _, _)| (*k, *s)).collect();
-    let mut expected = vec![];
+    let mut expected = vec![("started", 0)];
     for step in 1..=10 {
         expected.push(("step", step));
         if step % 3 == 0 || step % 5 == 0 {
@@ -850,7 +855,8 @@ fn an_observer_sees_the_run_and_stops_it_where_a_resume_continues() {
             [("saved", stop_at), ("eval", stop_at), ("step", stop_at)]
         );
     }
-    // Without an output directory there is nothing to resume from, and the report says so.
+    // A stop asked for before the first step takes none; without an output directory there
+    // is nothing to resume from, and the report says so.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let config = TrainConfig {
         output_dir: None,
@@ -860,8 +866,16 @@ fn an_observer_sees_the_run_and_stops_it_where_a_resume_continues() {
         .observe(&mut |_| ControlFlow::Break(()))
         .fit(&tok, &data, Some(&dev))
         .unwrap();
-    assert_eq!((r.steps, r.stopped_by_observer), (1, true));
+    assert_eq!((r.steps, r.stopped_by_observer), (0, true));
     assert_notice(&r, "without an output directory nothing is kept to resume");
+    // A trainer with an observer still moves into the thread that runs it.
+    fn send<T: Send>(_: &T) {}
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let mut observer = |_: &TrainEvent<'_>| ControlFlow::Continue(());
+    send(
+        &Trainer::new(&cpu, &mut model, &plan, &ck.weights, TrainConfig::default())
+            .observe(&mut observer),
+    );
 }
 
 /// `regression_data(40)` with targets whose squared error overflows to infinity (1e300: a

@@ -731,8 +731,11 @@ impl DataArgs {
                 ),
             )
         })?;
-        let table = self.table(file, custom_labeled, default_kind)?;
-        let data = table.load(self.policy()).map(report)?;
+        let data = self
+            .table(file, custom_labeled, default_kind)?
+            .load(self.policy())
+            .map(report)?;
+        // `table` took the format from the same extension.
         if spafit::data::TableFormat::from_path(file)? == spafit::data::TableFormat::Tsv {
             if let Some(warning) = spafit::data::csv_quoting_in_tsv(&data) {
                 note!("warning: {warning}");

@@ -57,7 +57,16 @@ impl DemoCommand {
         let (train, dev) = rotten_tomatoes(&self.data)?;
         let checkpoint = Checkpoint::open(&self.model.model)?;
         let mut run = setup(backend, checkpoint, &self.peft, 2, self.train.seed)?;
-        let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, Some(&dev), None)?;
+        // The demo is one sitting: a signal ends it as signals always do.
+        let (report, _locks) = fit(
+            &mut run,
+            &self.model,
+            &self.train,
+            &train,
+            Some(&dev),
+            None,
+            false,
+        )?;
         let (best_step, eval) = report
             .best
             .as_ref()

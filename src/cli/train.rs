@@ -201,6 +201,7 @@ pub fn fit<B: Backend>(
     train: &Dataset,
     dev: Option<&Dataset>,
     task: Option<spafit::data::GlueTask>,
+    stop_on_signal: bool,
 ) -> Result<(TrainReport, Vec<spafit::train::RunLock>)> {
     if args.export_peft.is_some() && run.plan.lora.is_none() {
         return Err(spafit::Error::invalid(
@@ -324,6 +325,7 @@ pub fn fit<B: Backend>(
     let on_signal = args
         .output
         .as_ref()
+        .filter(|_| stop_on_signal)
         .and_then(|_| super::interrupt::StopOnSignal::install());
     let mut stop_when_signalled = |_: &spafit::train::TrainEvent<'_>| match on_signal.is_some()
         && super::interrupt::StopOnSignal::requested()
@@ -346,6 +348,9 @@ pub fn fit<B: Backend>(
         // Neither the export nor result.json: they are the whole run's, written when a
         // resume ends it.
         return Ok((report, locks));
+    }
+    if let Some((signal, _)) = super::interrupt::received() {
+        note!("spafit: the run had reached its end when {signal} came: its results are written");
     }
     if let Some(dir) = &args.export_peft {
         let base_name = run.checkpoint.dir().display().to_string();
@@ -526,24 +531,24 @@ impl TrainCommand {
             }
         };
         let dev = devs.first();
-        let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, dev, task)?;
+        let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, dev, task, true)?;
         if report.stopped_by_observer {
             let signal = super::interrupt::received().map_or("a signal", |(name, _)| name);
-            let export = match &self.train.export_peft {
-                Some(_) => " and --export-peft's adapter",
-                None => "",
+            let results = match &self.train.export_peft {
+                Some(_) => "result.json and --export-peft's adapter come",
+                None => "result.json comes",
             };
             let best = match (&report.best, dev) {
                 (Some((step, _)), _) => {
                     format!("best/ holds step {step}'s adapter, the best so far")
                 }
-                (None, Some(_)) => "no evaluation ran yet, so best/ is not written".into(),
+                (None, Some(_)) => "no evaluation has given a best adapter (best/) yet".into(),
                 (None, None) => "best/ holds the weights it stopped with".into(),
             };
+            // The trainer's notice said where the run stopped and that a resume goes on.
             note!(
-                "spafit: stopped by {signal} at step {} with its state saved: the same command with \
-                 --resume continues from there; {best}; result.json{export} come when the run ends",
-                report.steps
+                "spafit: stopped by {signal}: the same command with --resume goes on; {best}; \
+                 {results} when the run ends"
             );
             super::interrupt::stopped_run();
             return Ok(());

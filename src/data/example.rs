@@ -148,7 +148,7 @@ impl Dataset {
     }
 
     /// Where example `i` is: its file line, or its index for data built in code.
-    fn place_of(&self, i: usize) -> String {
+    pub(crate) fn place_of(&self, i: usize) -> String {
         match self.source_lines.get(i) {
             Some(line) => format!("line {line}"),
             None => format!("example {i}"),

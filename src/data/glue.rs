@@ -450,12 +450,29 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
             // missing value in the column, JSON numbers), and a class may be named `1.0` for
             // data that says `1`: a number names the class of the same value, when no class
             // has the field's very name.
-            let number = |text: &str| text.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+            // The integer's own spelling first; else the one class of that value, if one
+            // (values past 2^53 are not compared: neighbours round to one f64).
+            let number = |text: &str| {
+                text.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && v.abs() < 9.0e15)
+            };
             let value = number(field);
+            let integral = value
+                .filter(|v| v.fract() == 0.0)
+                .map(|v| format!("{}", v as i64));
+            let same_value = || {
+                let v = value?;
+                let mut same = (0..labels.len()).filter(|&i| number(&labels[i]) == Some(v));
+                let first = same.next()?;
+                same.next().is_none().then_some(first)
+            };
             labels
                 .iter()
                 .position(|l| l == field)
-                .or_else(|| value.and_then(|v| labels.iter().position(|l| number(l) == Some(v))))
+                .or_else(|| labels.iter().position(|l| Some(l) == integral.as_ref()))
+                .or_else(same_value)
                 .map(|i| Target::Class(i as u32))
                 .ok_or_else(|| {
                     format!(

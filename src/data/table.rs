@@ -150,10 +150,7 @@ pub fn csv_quoting_in_tsv(data: &Dataset) -> Option<String> {
         .filter(|(_, e)| quoted(&e.text_a) || e.text_b.as_deref().is_some_and(quoted));
     let (first, _) = found.next()?;
     let count = 1 + found.count();
-    let place = data
-        .source_lines
-        .get(first)
-        .map_or(format!("example {first}"), |line| format!("line {line}"));
+    let place = data.place_of(first);
     Some(format!(
         "{}: {count} {} quoted as CSV writes them (first: {place}, in quotes with its \
          own quotes doubled); a .tsv is read without quoting, as GLUE's files are, so those \
@@ -270,6 +267,8 @@ impl TableSpec {
             }
             let label = match row.get(column) {
                 Ok(Some(label)) => label.trim().to_string(),
+                // A null label is left to `load` to report, as an empty one is.
+                Ok(None) if row.is_null(column) => return Ok(()),
                 Ok(None) => return sink.take(Err(format!("missing `{column}`")), path, line),
                 Err(why) => return sink.take(Err(why), path, line),
             };
@@ -478,19 +477,20 @@ impl TableSpec {
                 {
                     return Err(line_one(text_after_quote_why(&bytes, stray)));
                 }
-                // A name given twice is ambiguous only where the command reads it.
-                let read: Vec<&String> = [
+                // The columns the spec names (the filter's is looked up row by row).
+                let named: Vec<&String> = [
                     Some(&self.text_column),
                     self.text_pair_column.as_ref(),
                     self.label_column.as_ref(),
-                    self.filter.as_ref().map(|(column, _)| column),
                 ]
                 .into_iter()
                 .flatten()
                 .collect();
+                // A name given twice is ambiguous only where the command reads it.
+                let filter = self.filter.as_ref().map(|(column, _)| column);
                 let named_twice = header.iter().enumerate().find_map(|(i, name)| {
                     let first = header[..i].iter().position(|m| m == name)?;
-                    read.contains(&name).then_some((first, i))
+                    (named.contains(&name) || filter == Some(name)).then_some((first, i))
                 });
                 if let Some((first, repeat)) = named_twice {
                     return Err(line_one(format!(
@@ -501,14 +501,7 @@ impl TableSpec {
                         repeat + 1
                     )));
                 }
-                for col in [
-                    Some(&self.text_column),
-                    self.text_pair_column.as_ref(),
-                    self.label_column.as_ref(),
-                ]
-                .into_iter()
-                .flatten()
-                {
+                for col in named {
                     if !header.contains(col) {
                         return Err(Error::Format {
                             path: path.clone(),
@@ -556,7 +549,14 @@ impl TableSpec {
                                 // a field holding a tab or a line break.
                                 let quoted = format == TableFormat::Tsv
                                     && r.iter().any(|field| field.contains(&b'"'));
-                                if r.len() == 1 && r[0].trim_ascii().is_empty() {
+                                let spaces_only = r.len() == 1
+                                    && r[0].trim_ascii().is_empty()
+                                    && !starts_quoted(readable, r.position());
+                                // Spaces after the last row are an editor's leftovers, no row.
+                                if spaces_only && readable[end as usize..].trim_ascii().is_empty() {
+                                    continue;
+                                }
+                                if spaces_only {
                                     visit(
                                         line,
                                         Err(format!(

@@ -32,9 +32,18 @@ pub struct StepReport {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum TrainEvent<'e> {
+    /// The data is tokenized and any saved state loaded: the run is about to take its
+    /// first step of this call, step `step + 1` of `total_steps` (stopping here takes none).
+    Started {
+        /// Steps already taken (those of a resumed run).
+        step: usize,
+        /// The steps the run takes in all.
+        total_steps: usize,
+    },
     /// An optimizer step was taken.
     Step(&'e StepReport),
     /// The dev split was evaluated after `step`.
+    #[non_exhaustive]
     Evaluation {
         /// The step the evaluation followed.
         step: usize,
@@ -45,6 +54,7 @@ pub enum TrainEvent<'e> {
     },
     /// The resumable state of the run after `step` was published in the output directory's
     /// `last/`: a resume continues from there.
+    #[non_exhaustive]
     Saved {
         /// The step the state was saved after.
         step: usize,
@@ -58,4 +68,5 @@ pub type Control = ControlFlow<()>;
 
 /// The callback of [`crate::train::Trainer::observe`], borrowed: a boxed one would give the
 /// trainer a destructor that holds its borrows to the end of the caller's statement.
-pub(crate) type Observer<'a> = &'a mut dyn FnMut(&TrainEvent<'_>) -> Control;
+/// `Send`, so that a trainer moves into the thread that runs it, as it did without one.
+pub(crate) type Observer<'a> = &'a mut (dyn FnMut(&TrainEvent<'_>) -> Control + Send);

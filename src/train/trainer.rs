@@ -581,6 +581,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         if !self.is_over(&plan, run.step, run.evaluations_since_best) {
             self.announce(train.len(), run.step, run.epoch, &progress);
+            run.stop_requested = self.tell(TrainEvent::Started {
+                step: run.step,
+                total_steps: plan.total_steps,
+            });
         }
         while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
             let epoch = run.epoch;
@@ -1337,7 +1341,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     Error::OutOfMemory { op, detail } => Error::OutOfMemory {
                         op,
                         detail: format!(
-                            "{detail}. This was the evaluation on {split} after step {}, in                              batches of up to {} examples: a smaller --eval-batch-size                              (eval_batch_size) needs less; the state saved last stays in                              last/ (--save-every saves it between evaluations)",
+                            "{detail}. This was the evaluation on {split} after step {}, in \
+                             batches of up to {} examples: a smaller --eval-batch-size \
+                             (eval_batch_size) needs less; the state saved last stays in \
+                             last/ (--save-every saves it between evaluations)",
                             run.step, c.eval_batch_size
                         ),
                     },
