@@ -386,6 +386,13 @@ fn main() {
     std::fs::write(out.join("kernels.rs"), generated).expect("write kernels.rs");
 }
 
+/// FNV-1a, 64 bits: the driver computes the same over the PTX it is given.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Builds `OUT_DIR/emulator/{libcuda.so, kernels/<name>.so}`; a kernel that does not compile
 /// for the host is a build error (the stand-in runs exactly these sources).
 #[allow(clippy::too_many_arguments)]
@@ -508,6 +515,14 @@ fn build_emulator(
                                 }
                                 tu.push_str("    {nullptr, nullptr, 0, nullptr}};\n");
                                 tu.push_str("extern \"C\" __attribute__((visibility(\"default\"))) const EmuModule emu_module = {EMU_ABI_VERSION, emu_entries};\n");
+                                // The PTX this module stands in for: the driver refuses other
+                                // PTX with the same entries (a binary beside a stale build).
+                                writeln!(
+                                    tu,
+                                    "extern \"C\" __attribute__((visibility(\"default\"))) const unsigned long long emu_ptx_fnv1a = 0x{:016x}ULL;",
+                                    fnv1a(ptx_text.as_bytes())
+                                )
+                                .expect("write to String");
                                 let tu_path = gen.join(format!("{name}.module.cpp"));
                                 std::fs::write(&tu_path, tu).map_err(|e| e.to_string())?;
                                 let mut cmd = Command::new(&cxx);

@@ -400,6 +400,36 @@ fn an_unknown_kernel_name_is_an_error_value() {
     );
 }
 
+/// A kernel module built from other PTX than the binary's (a binary run beside a stale
+/// emulator build) is refused, not run: its entries alone would pass for the same kernels.
+#[test]
+fn ptx_other_than_a_module_was_built_from_is_refused() {
+    let Some(out) = in_child("ptx_other_than_a_module_was_built_from_is_refused") else {
+        emulator::use_emulator().unwrap();
+        let ctx = CudaContext::new(0).unwrap();
+        let ptx = kernels::ptx("emulator_selftest").unwrap();
+        let changed = format!("{ptx}\n// one line more than the module was built from\n");
+        let err = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(changed))
+            .expect_err("other PTX with the same entries");
+        println!(
+            "STALE: {err} :: {}",
+            emulator::last_error().unwrap_or_default()
+        );
+        // The binary's own PTX still loads.
+        ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).unwrap();
+        println!("OWN PTX LOADS");
+        return;
+    };
+    assert!(
+        out.contains("STALE: ")
+            && out.contains("INVALID_IMAGE")
+            && out.contains("stale emulator build")
+            && out.contains("OWN PTX LOADS"),
+        "{out}"
+    );
+}
+
 #[test]
 fn fresh_memory_and_shared_memory_read_as_nan() {
     let e = emu();

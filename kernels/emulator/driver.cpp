@@ -317,7 +317,15 @@ CUresult check_range(const char* op, CUdeviceptr p, size_t n) {
 struct KernelLib {
     std::string path;
     std::map<std::string, const EmuKernelEntry*> entries;
+    // FNV-1a of the PTX the module was built beside (0: a module that does not say).
+    unsigned long long ptx_fnv1a;
 };
+
+unsigned long long fnv1a(const char* text) {
+    unsigned long long h = 0xcbf29ce484222325ULL;
+    for (const char* c = text; *c; ++c) h = (h ^ static_cast<unsigned char>(*c)) * 0x100000001b3ULL;
+    return h;
+}
 std::vector<KernelLib> g_libs;
 bool g_libs_loaded = false;
 std::string g_kernel_dir;
@@ -358,7 +366,8 @@ void load_kernel_libs() {  // caller holds g_mu
             say("emu: %s is not a kernel module of this emulator build\n", path.c_str());
             continue;
         }
-        KernelLib lib{path, {}};
+        auto* hash = static_cast<const unsigned long long*>(dlsym(h, "emu_ptx_fnv1a"));
+        KernelLib lib{path, {}, hash ? *hash : 0};
         for (auto* k = module->entries; k->name; ++k) lib.entries[k->name] = k;
         g_libs.push_back(lib);
     }
@@ -882,6 +891,16 @@ API CUresult cuModuleLoadData(CUmodule* m, const void* image) {
         return failure(CUDA_ERROR_NOT_FOUND,
                        "cuModuleLoadData: no kernel module in %s has all of these entries (a stale emulator build?):%s",
                        g_kernel_dir.c_str(), names.c_str());
+    }
+    // Same entries, other PTX: the host build is of other sources than the binary's kernels.
+    if (lib->ptx_fnv1a != 0 && lib->ptx_fnv1a != fnv1a(text)) {
+        std::string path = lib->path;
+        l.unlock();
+        return failure(CUDA_ERROR_INVALID_IMAGE,
+                       "cuModuleLoadData: %s was built from other PTX than the one loaded: a stale emulator "
+                       "build beside this binary (rebuild it, or point SPAFIT_EMULATOR_DIR at the emulator "
+                       "folder of this binary's build)",
+                       path.c_str());
     }
     auto module = std::make_unique<Module>();
     for (auto& k : kernels) {
