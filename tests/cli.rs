@@ -3696,6 +3696,24 @@ fn train_notes_classes_without_examples_and_csv_quoting_in_a_tsv() {
     );
     let (ok, _, err) = run("neg,pos");
     assert!(ok && !err.contains("no training example"), "{err}");
+    // The CPU's bf16 changes nothing where nothing is frozen, and says so.
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &model(),
+        "--train-file",
+        &train,
+        "--method",
+        "full",
+        "--dtype",
+        "bf16",
+        "--max-len",
+        "8",
+        "--max-steps",
+        "1",
+        "--quiet",
+    ]);
+    assert!(ok && err.contains("this run computes as in f32"), "{err}");
 }
 
 /// A length the model cannot take is refused before the data is read (which, missing here,

@@ -223,7 +223,7 @@ CUresult do_alloc(CUdeviceptr* out, size_t n) {
         std::lock_guard<std::mutex> l(g_mu);
         if (g_memory_used + n > g_memory_total) {
             char buf[256];
-            snprintf(buf, sizeof buf, "out of device memory: %zu bytes asked for, %zu of %zu in use", n,
+            snprintf(buf, sizeof buf, "out of device memory: %zu bytes asked for, %zu of %zu bytes in use", n,
                      g_memory_used, g_memory_total);
             g_last_error = buf;
             return CUDA_ERROR_OUT_OF_MEMORY;

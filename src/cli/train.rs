@@ -320,6 +320,13 @@ pub fn fit<B: Backend>(
             _ => {}
         }
     }
+    // The CPU's bf16 covers frozen weights only: where every weight trains, nothing changes.
+    if run.backend.name() == "cpu-bf16" && run.plan.method == spafit::peft::Method::Full {
+        note!(
+            "note: on the CPU, --dtype bf16 stores and multiplies the frozen weights in bf16; \
+             full fine-tuning freezes none, so this run computes as in f32"
+        );
+    }
     // With an output directory a stopped run resumes: Ctrl-C or SIGTERM stops it after its
     // step and saves it. Without one, the signals end the process as they always do.
     let on_signal = args
