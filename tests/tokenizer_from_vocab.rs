@@ -526,3 +526,47 @@ fn settings_beside_the_vocabulary_change_ids_as_in_transformers() {
         "{e}"
     );
 }
+
+/// Texts far longer than the truncation keeps, which spafit tokenizes only as far as it keeps
+/// (where BERT's pipeline makes a prefix's tokens the text's first ones), encode to the ids
+/// transformers gives them tokenized whole (`tests/fixtures/long-texts/expected.json`):
+/// singly at lengths 8 to 512, in pairs with a short, a long and a ~max-length partner, and
+/// texts with no whitespace to cut at. A 4 MB text made of one of them repeated encodes as
+/// that text does.
+#[test]
+fn long_texts_encode_as_transformers_encodes_them_whole() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/long-texts/expected.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let text =
+        |name: &serde_json::Value| fixture["texts"][name.as_str().unwrap()].as_str().unwrap();
+    let checkpoint = spafit::checkpoint::Checkpoint::open(&minilm()).unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 15);
+    for case in cases {
+        let max_len = case["max_len"].as_u64().unwrap() as usize;
+        let tok = checkpoint.tokenizer(max_len).unwrap();
+        let input = match &case["b"] {
+            serde_json::Value::Null => TextInput::Single(text(&case["a"])),
+            b => TextInput::Pair(text(&case["a"]), text(b)),
+        };
+        let got = tok.encode(input).unwrap();
+        let what = format!("{} + {} at {max_len}", case["a"], case["b"]);
+        assert_eq!(got.ids, ids(&case["input_ids"]), "{what}");
+        assert_eq!(got.type_ids, ids(&case["token_type_ids"]), "{what}");
+    }
+    let mixed = text(&serde_json::json!("mixed_12k"));
+    let huge = mixed.repeat(4_000_000 / mixed.len());
+    let case = &cases[2];
+    assert_eq!(
+        (case["a"].as_str(), case["max_len"].as_u64()),
+        (Some("mixed_12k"), Some(64))
+    );
+    let got = checkpoint
+        .tokenizer(64)
+        .unwrap()
+        .encode(TextInput::Single(&huge))
+        .unwrap();
+    assert_eq!(got.ids, ids(&case["input_ids"]));
+}

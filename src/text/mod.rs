@@ -1,5 +1,6 @@
 //! Text to model inputs.
 
+mod long_text;
 mod tokenizer;
 mod tokenizer_config;
 mod wordpiece_vocab;

@@ -104,6 +104,9 @@ pub struct TextTokenizer {
     /// Why sentence pairs cannot be encoded for the model this tokenizer feeds, if they
     /// cannot (single sentences still can).
     pairs_refused: Option<String>,
+    /// Whether a text far longer than the truncation keeps is tokenized only as far as it
+    /// keeps (`long_text`): BERT's pipeline, truncated from the right.
+    cut_long_texts: bool,
 }
 
 /// The settings that decide the encoding (the vocabulary and its rules stay out of it).
@@ -203,6 +206,7 @@ impl TextTokenizer {
         direction: TruncationDirection,
         segment_ids: bool,
     ) -> Result<Self> {
+        let cut_long_texts = super::long_text::can_cut(&inner, direction);
         let mut tok = TextTokenizer {
             inner,
             path: path.to_path_buf(),
@@ -211,6 +215,7 @@ impl TextTokenizer {
             direction,
             segment_ids,
             pairs_refused: None,
+            cut_long_texts,
         };
         tok.set_max_len(max_len)?;
         Ok(tok)
@@ -303,8 +308,8 @@ impl TextTokenizer {
             self.check_pairs()?;
         }
         let r = match input {
-            TextInput::Single(a) => self.inner.encode(a, true),
-            TextInput::Pair(a, b) => self.inner.encode((a, b), true),
+            TextInput::Single(a) => self.inner.encode(self.cut(a).unwrap_or(a), true),
+            TextInput::Pair(a, b) => self.inner.encode(self.cut_pair(a, b), true),
         };
         let e = r.map_err(|e| Error::Format {
             path: self.path.clone(),
@@ -318,6 +323,29 @@ impl TextTokenizer {
             ids: e.get_ids().to_vec(),
             type_ids,
         })
+    }
+
+    /// A prefix of a long `text` that encodes as the whole text does (`long_text`).
+    fn cut<'t>(&self, text: &'t str) -> Option<&'t str> {
+        match self.cut_long_texts {
+            true => super::long_text::prefix_with_tokens(&self.inner, text, self.max_len),
+            false => None,
+        }
+    }
+
+    /// A pair with a long text cut where that keeps its encoding: longest-first truncation
+    /// reads only which text is longer and the shorter one's length, so a text is cut only
+    /// beside one shorter than `max_len` tokens (never both: which of two cut texts is
+    /// longer would be the prefixes', not the texts').
+    fn cut_pair<'t>(&self, a: &'t str, b: &'t str) -> (&'t str, &'t str) {
+        let short = |text: &str| {
+            super::long_text::tokens_up_to(&self.inner, text).is_some_and(|n| n < self.max_len)
+        };
+        match (self.cut(a), self.cut(b)) {
+            (Some(a_cut), None) if short(b) => (a_cut, b),
+            (None, Some(b_cut)) if short(a) => (a, b_cut),
+            _ => (a, b),
+        }
     }
 
     /// Encodes a batch, truncated and padded to its longest row.

@@ -1,0 +1,74 @@
+//! Texts far longer than the truncation length, tokenized only as far as the truncation
+//! keeps: a 15 MB text cut to 64 tokens cost seconds and gigabytes, tokenized whole.
+//!
+//! Where the pipeline is BERT's (its normalizer, which maps each character on its own, and
+//! its pre-tokenizer, which splits at whitespace), the tokens of a prefix that ends before an
+//! ASCII whitespace character are the first tokens of the whole text. So a prefix holding at
+//! least `max_len` tokens encodes, after truncation from the right, to the very ids of the
+//! whole text. Other pipelines (byte-level BPE, SentencePiece's normalizers) tokenize whole.
+
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{Tokenizer, TruncationDirection};
+
+/// Texts shorter than this many bytes per token kept are tokenized whole: cutting them saves
+/// little, and most texts are.
+const BYTES_PER_TOKEN_BEFORE_CUTTING: usize = 32;
+
+/// Where the first try cuts, in bytes per token kept: English WordPiece averages 4–5.
+const FIRST_CUT_BYTES_PER_TOKEN: usize = 8;
+
+/// Whether `tokenizer`'s pipeline allows cutting long texts (see the module's doc) when it
+/// truncates from `direction`.
+pub(super) fn can_cut(tokenizer: &Tokenizer, direction: TruncationDirection) -> bool {
+    let bert_normalizer = matches!(
+        tokenizer.get_normalizer(),
+        None | Some(NormalizerWrapper::BertNormalizer(_))
+    );
+    let bert_pre_tokenizer = matches!(
+        tokenizer.get_pre_tokenizer(),
+        Some(PreTokenizerWrapper::BertPreTokenizer(_))
+    );
+    // An added token that holds whitespace could straddle a cut.
+    let added_tokens_whole = tokenizer
+        .get_added_tokens_decoder()
+        .values()
+        .all(|t| !t.content.contains(|c: char| c.is_whitespace()));
+    direction == TruncationDirection::Right
+        && bert_normalizer
+        && bert_pre_tokenizer
+        && added_tokens_whole
+}
+
+/// A prefix of `text` holding at least `max_len` tokens, when `text` is long enough to be
+/// worth cutting and one exists; `truncating` truncates to `max_len` from the right, so its
+/// count of a prefix's tokens (no special tokens) is at most `max_len`.
+pub(super) fn prefix_with_tokens<'t>(
+    truncating: &Tokenizer,
+    text: &'t str,
+    max_len: usize,
+) -> Option<&'t str> {
+    if text.len() < BYTES_PER_TOKEN_BEFORE_CUTTING * max_len.max(64) {
+        return None;
+    }
+    let mut budget = FIRST_CUT_BYTES_PER_TOKEN * max_len.max(64);
+    while budget < text.len() / 2 {
+        // An ASCII byte is a character boundary.
+        let cut = budget
+            + text.as_bytes()[budget..]
+                .iter()
+                .position(|b| b" \t\n\r".contains(b))?;
+        let prefix = &text[..cut];
+        let tokens = truncating.encode(prefix, false).ok()?.len();
+        if tokens >= max_len {
+            return Some(prefix);
+        }
+        budget *= 4;
+    }
+    None
+}
+
+/// The number of tokens of `text` (no special tokens), counted up to `max_len`.
+pub(super) fn tokens_up_to(truncating: &Tokenizer, text: &str) -> Option<usize> {
+    truncating.encode(text, false).ok().map(|e| e.len())
+}
