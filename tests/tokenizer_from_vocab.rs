@@ -541,7 +541,7 @@ fn long_texts_encode_as_transformers_encodes_them_whole() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let text =
         |name: &serde_json::Value| fixture["texts"][name.as_str().unwrap()].as_str().unwrap();
-    let checkpoint = spafit::checkpoint::Checkpoint::open(&minilm()).unwrap();
+    let checkpoint = spafit::checkpoint::Checkpoint::open(minilm()).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 15);
     for case in cases {
