@@ -530,9 +530,11 @@ fn settings_beside_the_vocabulary_change_ids_as_in_transformers() {
 /// Texts far longer than the truncation keeps, which spafit tokenizes only as far as it keeps
 /// (where BERT's pipeline makes a prefix's tokens the text's first ones), encode to the ids
 /// transformers gives them tokenized whole (`tests/fixtures/long-texts/expected.json`):
-/// singly at lengths 8 to 512, in pairs with a short, a long and a ~max-length partner, and
-/// texts with no whitespace to cut at. A 4 MB text made of one of them repeated encodes as
-/// that text does.
+/// singly at lengths 8 to 512, in pairs with a short, a long and a ~max-length partner (61
+/// to 63 tokens at 64), two long texts at odd and even budgets and a tie, and texts with no
+/// whitespace to cut at. A 4 MB text made of one of them repeated encodes as that text does,
+/// and a pair of two long ones as the rule says, without the memory tokenizers' own
+/// truncation takes.
 #[test]
 fn long_texts_encode_as_transformers_encodes_them_whole() {
     let path =
@@ -543,7 +545,7 @@ fn long_texts_encode_as_transformers_encodes_them_whole() {
         |name: &serde_json::Value| fixture["texts"][name.as_str().unwrap()].as_str().unwrap();
     let checkpoint = spafit::checkpoint::Checkpoint::open(minilm()).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 15);
+    assert_eq!(cases.len(), 21);
     for case in cases {
         let max_len = case["max_len"].as_u64().unwrap() as usize;
         let tok = checkpoint.tokenizer(max_len).unwrap();
@@ -569,4 +571,30 @@ fn long_texts_encode_as_transformers_encodes_them_whole() {
         .encode(TextInput::Single(&huge))
         .unwrap();
     assert_eq!(got.ids, ids(&case["input_ids"]));
+    // A pair of two long texts: tokenizers' own truncation would keep every window of the
+    // dropped tokens of each and pair them all (here ~1e8 pairs, far past any memory); the
+    // odd token of 8 - 3 goes to the longer text, the first.
+    let other = text(&serde_json::json!("mixed_10k"));
+    let (a, b) = (mixed.repeat(40), other.repeat(20));
+    let got = checkpoint
+        .tokenizer(8)
+        .unwrap()
+        .encode(TextInput::Pair(&a, &b))
+        .unwrap();
+    let first_ids = |name: &str| {
+        let case = cases
+            .iter()
+            .find(|c| c["a"] == name && c["b"].is_null())
+            .unwrap();
+        ids(&case["input_ids"])
+    };
+    let (a_ids, b_ids) = (first_ids("mixed_12k"), first_ids("mixed_10k"));
+    let (cls, sep) = (a_ids[0], *a_ids.last().unwrap());
+    let mut want = vec![cls];
+    want.extend(&a_ids[1..4]);
+    want.push(sep);
+    want.extend(&b_ids[1..3]);
+    want.push(sep);
+    assert_eq!(got.ids, want);
+    assert_eq!(got.type_ids, [0, 0, 0, 0, 0, 1, 1, 1]);
 }

@@ -1,5 +1,6 @@
 //! Texts far longer than the truncation length, tokenized only as far as the truncation
-//! keeps: a 15 MB text cut to 64 tokens cost seconds and gigabytes, tokenized whole.
+//! keeps: a 15 MB text cut to 64 tokens cost seconds and gigabytes, tokenized whole. (A
+//! pair's texts are tokenized whole, its truncated tokens dropped: `TextTokenizer`.)
 //!
 //! Where the pipeline is BERT's (its normalizer, which maps each character on its own, and
 //! its pre-tokenizer, which splits at whitespace), the tokens of a prefix that ends before an
@@ -51,24 +52,27 @@ pub(super) fn prefix_with_tokens<'t>(
     if text.len() < BYTES_PER_TOKEN_BEFORE_CUTTING * max_len.max(64) {
         return None;
     }
+    // Padding would make every count `max_len`: `TextTokenizer` removes the file's.
+    debug_assert!(truncating.get_padding().is_none());
     let mut budget = FIRST_CUT_BYTES_PER_TOKEN * max_len.max(64);
-    while budget < text.len() / 2 {
+    loop {
         // An ASCII byte is a character boundary.
         let cut = budget
-            + text.as_bytes()[budget..]
+            + text
+                .as_bytes()
+                .get(budget..)?
                 .iter()
                 .position(|b| b" \t\n\r".contains(b))?;
+        // Past half the text, the rest costs less than another try.
+        if cut >= text.len() / 2 {
+            return None;
+        }
         let prefix = &text[..cut];
         let tokens = truncating.encode(prefix, false).ok()?.len();
         if tokens >= max_len {
             return Some(prefix);
         }
-        budget *= 4;
+        // Never the same cut twice: past this one, four times as far.
+        budget = (budget * 4).max(cut + 1);
     }
-    None
-}
-
-/// The number of tokens of `text` (no special tokens), counted up to `max_len`.
-pub(super) fn tokens_up_to(truncating: &Tokenizer, text: &str) -> Option<usize> {
-    truncating.encode(text, false).ok().map(|e| e.len())
 }

@@ -105,8 +105,11 @@ pub struct TextTokenizer {
     /// cannot (single sentences still can).
     pairs_refused: Option<String>,
     /// Whether a text far longer than the truncation keeps is tokenized only as far as it
-    /// keeps (`long_text`): BERT's pipeline, truncated from the right.
+    /// keeps, and a pair encoded without its overflow (`long_text`): BERT's pipeline,
+    /// truncated from the right.
     cut_long_texts: bool,
+    /// `inner` without truncation (or padding): a pair's texts are truncated by hand.
+    untruncated: Tokenizer,
 }
 
 /// The settings that decide the encoding (the vocabulary and its rules stay out of it).
@@ -207,6 +210,10 @@ impl TextTokenizer {
         segment_ids: bool,
     ) -> Result<Self> {
         let cut_long_texts = super::long_text::can_cut(&inner, direction);
+        let mut untruncated = inner.clone();
+        untruncated
+            .with_truncation(None)
+            .map_err(|e| Error::invalid("tokenizer", e.to_string()))?;
         let mut tok = TextTokenizer {
             inner,
             path: path.to_path_buf(),
@@ -216,6 +223,7 @@ impl TextTokenizer {
             segment_ids,
             pairs_refused: None,
             cut_long_texts,
+            untruncated,
         };
         tok.set_max_len(max_len)?;
         Ok(tok)
@@ -309,7 +317,10 @@ impl TextTokenizer {
         }
         let r = match input {
             TextInput::Single(a) => self.inner.encode(self.cut(a).unwrap_or(a), true),
-            TextInput::Pair(a, b) => self.inner.encode(self.cut_pair(a, b), true),
+            TextInput::Pair(a, b) if self.cut_long_texts => {
+                self.encode_pair_dropping_overflow(a, b)
+            }
+            TextInput::Pair(a, b) => self.inner.encode((a, b), true),
         };
         let e = r.map_err(|e| Error::Format {
             path: self.path.clone(),
@@ -333,19 +344,32 @@ impl TextTokenizer {
         }
     }
 
-    /// A pair with a long text cut where that keeps its encoding: longest-first truncation
-    /// reads only which text is longer and the shorter one's length, so a text is cut only
-    /// beside one shorter than `max_len` tokens (never both: which of two cut texts is
-    /// longer would be the prefixes', not the texts').
-    fn cut_pair<'t>(&self, a: &'t str, b: &'t str) -> (&'t str, &'t str) {
-        let short = |text: &str| {
-            super::long_text::tokens_up_to(&self.inner, text).is_some_and(|n| n < self.max_len)
+    /// A pair encoded as `Tokenizer::encode` encodes it, without the tokens it truncates
+    /// away: that keeps every way of splitting each text's dropped tokens into windows and
+    /// pairs each of one text's with each of the other's, a product of the two lengths (two
+    /// 50 KB texts at 64 tokens took more than 6 GB). Each text is tokenized whole (as
+    /// `encode_single_sequence` does, the second with segment 1), truncated longest-first
+    /// by tokenizers' own rule, its overflow dropped, and post-processed.
+    fn encode_pair_dropping_overflow(
+        &self,
+        a: &str,
+        b: &str,
+    ) -> tokenizers::Result<tokenizers::Encoding> {
+        let first = self.untruncated.encode(a, false)?;
+        let mut second = self.untruncated.encode(b, false)?;
+        second.set_type_ids(vec![1; second.len()]);
+        let params = TruncationParams {
+            max_length: self.max_len - self.special_tokens(true),
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: self.direction,
         };
-        match (self.cut(a), self.cut(b)) {
-            (Some(a_cut), None) if short(b) => (a_cut, b),
-            (None, Some(b_cut)) if short(a) => (a, b_cut),
-            _ => (a, b),
-        }
+        let (mut first, second) =
+            tokenizers::utils::truncation::truncate_encodings(first, Some(second), &params)?;
+        let mut second = second.ok_or("truncation dropped the second text of a pair")?;
+        first.take_overflowing();
+        second.take_overflowing();
+        self.untruncated.post_process(first, Some(second), true)
     }
 
     /// Encodes a batch, truncated and padded to its longest row.
