@@ -682,6 +682,14 @@ fn csv_rows_know_their_line_with_lf_crlf_and_cr_ends() {
             "{name}"
         );
     }
+    // A lone `\r` inside a quoted field of a file whose lines end in `\n` is a character,
+    // not a line's end, as editors and `wc -l` count.
+    write(d.path(), "cr_in_field.csv", "text,label\n\"a\rb\",1\nc,7\n");
+    let e = text_label_table(d.path().join("cr_in_field.csv"))
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3: label `7`"), "{e}");
 }
 
 /// Without named classes, a training file's labels are its classes, sorted (numbers by value);

@@ -900,6 +900,9 @@ struct LineCounter<'a> {
     bytes: &'a [u8],
     counted_to: usize,
     line: usize,
+    /// Whether a lone `\r` ends a line: in a file without `\n` (old Mac files) it does; in
+    /// one with `\n` it is a character of a quoted field, as editors and `wc -l` count.
+    lone_cr_ends_lines: bool,
 }
 
 impl<'a> LineCounter<'a> {
@@ -908,6 +911,7 @@ impl<'a> LineCounter<'a> {
             bytes,
             counted_to: 0,
             line: 1,
+            lone_cr_ends_lines: !bytes.contains(&b'\n'),
         }
     }
 
@@ -920,15 +924,17 @@ impl<'a> LineCounter<'a> {
         if start < self.counted_to {
             (self.counted_to, self.line) = (0, 1);
         }
-        // The csv reader ends a record at `\n`, `\r\n` or a lone `\r` (old Mac files); so
-        // does this count.
+        // The csv reader ends a record at `\n`, `\r\n` or a lone `\r` (old Mac files); this
+        // count takes a lone `\r` as a line's end where the file has no `\n`.
         let span = &self.bytes[self.counted_to..start];
         self.line += span
             .iter()
             .enumerate()
             .filter(|&(i, &b)| {
                 b == b'\n'
-                    || (b == b'\r' && self.bytes.get(self.counted_to + i + 1) != Some(&b'\n'))
+                    || (b == b'\r'
+                        && self.lone_cr_ends_lines
+                        && self.bytes.get(self.counted_to + i + 1) != Some(&b'\n'))
             })
             .count();
         self.counted_to = start;
