@@ -1162,38 +1162,28 @@ fn files_and_values_that_are_not_what_a_table_holds_say_what_they_are() {
         "{e}"
     );
 
+    // The class ids of `name`'s rows (holding `content`) under the classes `labels`.
+    let classes_under = |name: &str, content: &str, labels: [&str; 2]| -> Vec<Option<Target>> {
+        write(dir, name, content);
+        let spec = TableSpec {
+            kind: TaskKind::Classification {
+                labels: labels.map(String::from).to_vec(),
+            },
+            ..text_label_table(dir.join(name))
+        };
+        let data = spec.load(OnMalformed::Error).unwrap();
+        data.examples.into_iter().map(|e| e.target).collect()
+    };
     // A number names the class of the same value, written either way.
-    write(dir, "ints.csv", "text,label\na,1\nb,0\nc,1.0\n");
-    let spec = TableSpec {
-        kind: TaskKind::Classification {
-            labels: vec!["0.0".into(), "1.0".into()],
-        },
-        ..text_label_table(dir.join("ints.csv"))
-    };
-    let targets: Vec<_> = spec
-        .load(OnMalformed::Error)
-        .unwrap()
-        .examples
-        .into_iter()
-        .map(|e| e.target)
-        .collect();
-    assert_eq!(targets, [1, 0, 1].map(|c| Some(Target::Class(c))).to_vec());
+    assert_eq!(
+        classes_under("ints.csv", "text,label\na,1\nb,0\nc,1.0\n", ["0.0", "1.0"]),
+        [1, 0, 1].map(|c| Some(Target::Class(c)))
+    );
     // Of two classes of one value, the integer's own spelling is the one meant.
-    write(dir, "padded.csv", "text,label\na,001\nb,1\nc,01\n");
-    let spec = TableSpec {
-        kind: TaskKind::Classification {
-            labels: vec!["01".into(), "1".into()],
-        },
-        ..text_label_table(dir.join("padded.csv"))
-    };
-    let targets: Vec<_> = spec
-        .load(OnMalformed::Error)
-        .unwrap()
-        .examples
-        .into_iter()
-        .map(|e| e.target)
-        .collect();
-    assert_eq!(targets, [1, 1, 0].map(|c| Some(Target::Class(c))).to_vec());
+    assert_eq!(
+        classes_under("padded.csv", "text,label\na,001\nb,1\nc,01\n", ["01", "1"]),
+        [1, 1, 0].map(|c| Some(Target::Class(c)))
+    );
 
     // Excel's trailing empty columns, or any column named twice that is not read, are fine;
     // one that is read is ambiguous.

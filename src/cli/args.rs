@@ -62,11 +62,6 @@ pub struct ModelArgs {
 pub const DEFAULT_MAX_LEN: usize = 64;
 
 impl ModelArgs {
-    /// The checkpoint's tokenizer, cutting inputs at --max-len when given (with a note where
-    /// an adapter was trained on another cut: it then reads its inputs otherwise than it
-    /// learned them), else at the cut the adapter records, else at [`DEFAULT_MAX_LEN`] (with a
-    /// note for an adapter that records none). A length the checkpoint refuses is named by
-    /// where it came from: the flag, or the adapter.
     /// Refuses a `--max-len` the model cannot take before any data is read.
     pub fn check_max_len(&self, checkpoint: &spafit::checkpoint::Checkpoint) -> Result<()> {
         match self.max_len {
@@ -81,6 +76,11 @@ impl ModelArgs {
         }
     }
 
+    /// The checkpoint's tokenizer, cutting inputs at --max-len when given (with a note where
+    /// an adapter was trained on another cut: it then reads its inputs otherwise than it
+    /// learned them), else at the cut the adapter records, else at [`DEFAULT_MAX_LEN`] (with a
+    /// note for an adapter that records none). A length the checkpoint refuses is named by
+    /// where it came from: the flag, or the adapter.
     pub fn tokenizer(
         &self,
         checkpoint: &spafit::checkpoint::Checkpoint,

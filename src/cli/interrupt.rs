@@ -71,11 +71,6 @@ impl StopOnSignal {
         }
         Some(StopOnSignal { previous })
     }
-
-    /// Whether a signal asked the run to stop.
-    pub fn requested() -> bool {
-        RECEIVED.load(Ordering::SeqCst) != 0
-    }
 }
 
 impl Drop for StopOnSignal {

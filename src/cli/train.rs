@@ -335,7 +335,7 @@ pub fn fit<B: Backend>(
         .filter(|_| stop_on_signal)
         .and_then(|_| super::interrupt::StopOnSignal::install());
     let mut stop_when_signalled = |_: &spafit::train::TrainEvent<'_>| match on_signal.is_some()
-        && super::interrupt::StopOnSignal::requested()
+        && super::interrupt::received().is_some()
     {
         true => std::ops::ControlFlow::Break(()),
         false => std::ops::ControlFlow::Continue(()),

@@ -448,9 +448,8 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
         TaskKind::Classification { labels } => {
             // Tools that store class ids as floats write `1.0` for class `1` (pandas with a
             // missing value in the column, JSON numbers), and a class may be named `1.0` for
-            // data that says `1`: a number names the class of the same value, when no class
-            // has the field's very name.
-            // The integer's own spelling first; else the one class of that value, if one
+            // data that says `1`: where no class has the field's very name, a number names
+            // the class spelt as its integer, else the one class of its value, if only one
             // (values past 2^53 are not compared: neighbours round to one f64).
             let number = |text: &str| {
                 text.trim()

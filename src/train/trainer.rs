@@ -493,8 +493,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         self
     }
 
-    /// Calls `observer` after each optimizer step, evaluation and state save of
-    /// [`Trainer::fit`] (in that order within a step), in the thread that trains. Returning
+    /// Calls `observer` before the first step of [`Trainer::fit`] and after each optimizer
+    /// step, evaluation and state save (in that order within a step), in the thread that
+    /// trains. Returning
     /// [`std::ops::ControlFlow::Break`] stops the run after the step's due evaluation and
     /// saves; with an output directory the state at that step is then saved in `last/`, so a
     /// `resume` continues from there and ends as the uninterrupted run would have, bit for
@@ -1119,11 +1120,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if self.config.output_dir.is_none() || run.saved_step == Some(run.step) {
             return Ok(());
         }
+        // The run ends here: what the observer answers changes nothing.
+        self.save_and_tell(plan, run).map(|_| ())
+    }
+
+    /// Saves the resumable state at `run`'s step and tells the observer: whether it asked
+    /// the run to stop.
+    fn save_and_tell(&mut self, plan: &RunPlan, run: &mut Run<B>) -> Result<bool> {
         self.save_run(plan, run)?;
         run.saved_step = Some(run.step);
-        // The run ends here: what the observer answers changes nothing.
-        self.tell(TrainEvent::Saved { step: run.step });
-        Ok(())
+        Ok(self.tell(TrainEvent::Saved { step: run.step }))
     }
 
     /// What a run stopped early by `why` leaves to resume from: the state saved last, which
@@ -1313,9 +1319,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.evaluate_and_keep_best(plan, run, epoch, progress)?;
         }
         if save_now && self.config.output_dir.is_some() {
-            self.save_run(plan, run)?;
-            run.saved_step = Some(run.step);
-            run.stop_requested |= self.tell(TrainEvent::Saved { step: run.step });
+            run.stop_requested |= self.save_and_tell(plan, run)?;
         }
         Ok(())
     }
