@@ -2478,3 +2478,111 @@ fn training_inputs_are_all_single_texts_or_all_pairs() {
     assert!(fit(&pairs, Some(&pairs)).unwrap().text_pairs);
     assert!(!fit(&singles, Some(&singles)).unwrap().text_pairs);
 }
+
+/// An evaluation that runs out of device memory keeps the step it followed: the state at
+/// that step is saved with the evaluation still due, and a resume with a smaller evaluation
+/// batch runs it first and ends where the uninterrupted run ends, bit for bit (the same
+/// metrics log, the same `best/` and `last/` files). Runs in a child process on the CPU
+/// stand-in, whose device memory size the test sets between what training and the large
+/// evaluation batch need.
+#[test]
+fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
+    use spafit::backend::cuda::{emulator, CudaBackend};
+    use spafit::tensor::DType;
+    const TEST: &str = "an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume";
+    if std::env::var("SPAFIT_OOM_CHILD").as_deref() != Ok(TEST) {
+        let out = common::run_in_child(TEST, &[("SPAFIT_OOM_CHILD", TEST)]);
+        println!("{out}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = ck.tokenizer(64).unwrap();
+    let cuda = CudaBackend::emulated(DType::F32).unwrap();
+    let lengthen = |d: Dataset| Dataset {
+        examples: d
+            .examples
+            .iter()
+            .map(|e| Example {
+                text_a: std::iter::repeat_n(e.text_a.as_str(), 6)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                ..e.clone()
+            })
+            .collect(),
+        ..d
+    };
+    let (train, dev) = (
+        regression_data(40, None),
+        lengthen(regression_data(64, None)),
+    );
+    let (small, large) = (8, 64);
+    let config = |out: Option<&Path>, eval_batch_size, resume| TrainConfig {
+        eval_batch_size,
+        resume,
+        output_dir: out.map(Path::to_path_buf),
+        ..tiny_config(tmp.path())
+    };
+    // The run's result, and the device memory it peaked at.
+    let fit = |config: TrainConfig| {
+        cuda.synchronize().unwrap();
+        cuda.reset_peak_memory();
+        let (mut model, plan) = tiny_model(&ck, &cuda);
+        let report = Trainer::new(&cuda, &mut model, &plan, &ck.weights, config).fit(
+            &tok,
+            &train,
+            Some(&dev),
+        );
+        (report, cuda.peak_memory_bytes().unwrap())
+    };
+    let whole = tmp.path().join("whole");
+    let (report, small_peak) = fit(config(Some(&whole), small, false));
+    assert_eq!(report.unwrap().steps, 10);
+    let (report, large_peak) = fit(config(None, large, false));
+    report.unwrap();
+    println!("device memory peaks: {small_peak} bytes evaluating in batches of {small}, {large_peak} in batches of {large}");
+    assert!(
+        large_peak > small_peak + small_peak / 4,
+        "the large evaluation batch needs too little more: {large_peak} vs {small_peak} bytes"
+    );
+    emulator::set_device_memory((small_peak + large_peak) / 2).unwrap();
+
+    let e = fit(config(None, large, false)).0.unwrap_err().to_string();
+    assert!(
+        e.contains("out of memory")
+            && e.contains("--eval-batch-size")
+            && e.contains("nothing is kept"),
+        "{e}"
+    );
+    let cut = tmp.path().join("cut");
+    let e = fit(config(Some(&cut), large, false))
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("after step 3")
+            && e.contains("saved in last/ with this evaluation still to run"),
+        "{e}"
+    );
+    // Again from that state, with the batch as large: the same step kept again.
+    let e = fit(config(Some(&cut), large, true))
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("after step 3") && e.contains("saved in last/"),
+        "{e}"
+    );
+    let (report, _) = fit(config(Some(&cut), small, true));
+    let report = report.unwrap();
+    assert_eq!((report.steps, report.steps_this_call), (10, 7));
+    assert_notice(&report, "step 3's evaluation ran out of device memory");
+    assert_eq!(log_without_timings(&cut), log_without_timings(&whole));
+    for file in ["best/adapter.safetensors", "last/state.safetensors"] {
+        assert_eq!(
+            std::fs::read(cut.join(file)).unwrap(),
+            std::fs::read(whole.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}

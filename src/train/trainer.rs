@@ -419,6 +419,9 @@ struct Run<B: Backend> {
     evaluations_since_best: usize,
     /// Whether the observer asked the run to stop.
     stop_requested: bool,
+    /// The 0-based epoch of the evaluation due at `step` that ran out of device memory and
+    /// is still to run.
+    evaluation_due: Option<usize>,
 }
 
 impl<B: Backend> Run<B> {
@@ -586,6 +589,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 step: run.step,
                 total_steps: plan.total_steps,
             });
+        }
+        if let Some(epoch) = run.evaluation_due.take() {
+            // As the uninterrupted run did at that step: evaluate, then save.
+            self.evaluate_and_save_when_due(&plan, &mut run, epoch, true, &progress)?;
         }
         while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
             let epoch = run.epoch;
@@ -980,6 +987,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             saved_step: None,
             evaluations_since_best: 0,
             stop_requested: false,
+            evaluation_due: None,
         };
         let Some(dir) = self.config.output_dir.clone() else {
             return Ok(run);
@@ -1064,7 +1072,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         let position = saved.position;
         let batches_per_epoch = self.batches_per_epoch(plan.lengths.len());
-        if position.step > plan.total_steps || position.next_batch >= batches_per_epoch {
+        // The step that was due an evaluation ended the epoch before the next batch's or lies
+        // inside it.
+        let due_outside = position
+            .evaluation_due
+            .is_some_and(|e| e > position.epoch || e + 1 < position.epoch);
+        if position.step > plan.total_steps
+            || position.next_batch >= batches_per_epoch
+            || due_outside
+        {
             return Err(Error::Format {
                 path: state_path,
                 detail: format!(
@@ -1073,7 +1089,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ),
             });
         }
-        if position.step == plan.total_steps {
+        if position.evaluation_due.is_some() {
+            progress.notice(&format!(
+                "step {}'s evaluation ran out of device memory in the run in {}: it runs \
+                 first, in batches of up to {} examples (--eval-batch-size)",
+                position.step,
+                dir.display(),
+                self.config.eval_batch_size
+            ));
+        } else if position.step == plan.total_steps {
             progress.notice(&format!(
                 "the run in {} is already complete ({} of {} steps): nothing left to train",
                 dir.display(),
@@ -1096,6 +1120,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         (run.step, run.epoch, run.next_batch) =
             (position.step, position.epoch, position.next_batch);
         run.evaluations_since_best = position.evaluations_since_best;
+        run.evaluation_due = position.evaluation_due;
         let window = &position.loss_window;
         run.meter.window_loss = f64::from_bits(window.sum_bits);
         run.meter.window_steps = window.steps;
@@ -1337,23 +1362,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
             return Ok(());
         };
         let c = &self.config;
-        let (eval, non_finite) =
-            evaluate_with_logit_check(&self.backend, self.model, dev, c.eval_batch_size, c.task)
-                .map_err(|e| match e {
-                    // Not the training batch's memory: the evaluation's batch is the one to
-                    // make smaller.
-                    Error::OutOfMemory { op, detail } => Error::OutOfMemory {
-                        op,
-                        detail: format!(
-                            "{detail}. This was the evaluation on {split} after step {}, in \
-                             batches of up to {} examples: a smaller --eval-batch-size \
-                             (eval_batch_size) needs less; the state saved last stays in \
-                             last/ (--save-every saves it between evaluations)",
-                            run.step, c.eval_batch_size
-                        ),
-                    },
-                    e => e,
-                })?;
+        let (eval, non_finite) = match evaluate_with_logit_check(
+            &self.backend,
+            self.model,
+            dev,
+            c.eval_batch_size,
+            c.task,
+        ) {
+            Ok(evaluated) => evaluated,
+            Err(Error::OutOfMemory { op, detail }) => {
+                let detail = self.keep_step_without_evaluation(plan, run, epoch, split, detail);
+                return Err(Error::OutOfMemory { op, detail });
+            }
+            Err(e) => return Err(e),
+        };
         let mut line = json!({"type": "eval", "step": run.step, "epoch": epoch + 1, "split": split, "loss": eval.loss});
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
@@ -1409,6 +1431,42 @@ impl<'a, B: Backend> Trainer<'a, B> {
         Ok(())
     }
 
+    /// Saves the state at `run`'s step with its evaluation still due, so that a resume with
+    /// a smaller evaluation batch loses no step, and says so after the device's `detail`.
+    fn keep_step_without_evaluation(
+        &mut self,
+        plan: &RunPlan,
+        run: &mut Run<B>,
+        epoch: usize,
+        split: &str,
+        detail: String,
+    ) -> String {
+        // Not the training batch's memory: the evaluation's batch is the one to make smaller.
+        let what = format!(
+            "{detail}. This was the evaluation on {split} after step {}, in batches of up to {} \
+             examples: a smaller --eval-batch-size (eval_batch_size) needs less",
+            run.step, self.config.eval_batch_size
+        );
+        if self.config.output_dir.is_none() {
+            return format!("{what}; without an output directory nothing is kept to resume");
+        }
+        run.evaluation_due = Some(epoch);
+        let saved = self.save_and_tell(plan, run);
+        run.evaluation_due = None;
+        match saved {
+            Ok(_) => format!(
+                "{what}. The state after step {} is saved in last/ with this evaluation still \
+                 to run: --resume with a smaller --eval-batch-size runs it first and continues \
+                 as the run would have",
+                run.step
+            ),
+            Err(e) => format!(
+                "{what}. Saving the state at this step failed as well ({e}): the state saved \
+                 last stays in last/"
+            ),
+        }
+    }
+
     /// Refuses to save weights a diverged step left with NaN or infinite values, or with
     /// values finite but so large that the model's outputs overflow: a run without a dev
     /// split would otherwise never run them through the model before saving them.
@@ -1460,6 +1518,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 .map(|b| SavedBest::new(b.step, &b.evaluation)),
             settings: plan.settings.clone(),
             evaluations_since_best: run.evaluations_since_best,
+            evaluation_due: run.evaluation_due,
             loss_window: LossWindow {
                 sum_bits: run.meter.window_loss.to_bits(),
                 steps: run.meter.window_steps,
