@@ -1416,6 +1416,8 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
         let ids: Vec<Vec<u32>> = serde_json::from_value(line["input_ids"].clone()).unwrap();
         let labels: Vec<f64> = serde_json::from_value(line["labels"].clone()).unwrap();
         assert_eq!((rows.len(), ids.len(), labels.len()), (8, 8, 8));
+        // Data built in code has no file lines.
+        assert!(line.get("lines").is_none(), "{line}");
         for ((&row, ids), label) in rows.iter().zip(&ids).zip(&labels) {
             let example = &data.examples[row];
             assert_eq!(
@@ -1482,6 +1484,34 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
     );
     drop(first);
     assert!(spafit::train::BatchLog::create(&shared).is_ok());
+
+    // Data read from a file: each row's line in it beside the row, past a header and the
+    // rows skipped as malformed (here every seventh line).
+    let from_file = Dataset {
+        source_lines: (0..40).map(|i| 2 + i + i / 6).collect(),
+        ..data.clone()
+    };
+    let with_lines = tmp.path().join("lines.jsonl");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let config = TrainConfig {
+        batch_log: Some(with_lines.clone()),
+        output_dir: None,
+        eval_every: None,
+        ..tiny_config(tmp.path())
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+        .fit(&tok, &from_file, None)
+        .unwrap();
+    let mut steps = 0;
+    for line in std::fs::read_to_string(&with_lines).unwrap().lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let rows: Vec<usize> = serde_json::from_value(line["rows"].clone()).unwrap();
+        let lines: Vec<usize> = serde_json::from_value(line["lines"].clone()).unwrap();
+        let expected: Vec<usize> = rows.iter().map(|&r| from_file.source_lines[r]).collect();
+        assert_eq!(lines, expected);
+        steps += 1;
+    }
+    assert_eq!(steps, 10);
 }
 
 /// Evaluation checks its data as training does (a bad target named by example, not turned

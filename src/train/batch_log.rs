@@ -11,8 +11,11 @@ use super::EncodedDataset;
 use crate::data::Target;
 use crate::error::{Error, Result};
 
-/// Where each step's examples go: `{"step", "epoch", "rows", "input_ids", "token_type_ids",
-/// "labels"}` (steps and epochs counted from 1), token ids unpadded (the replaying side pads each batch to its longest row).
+/// Where each step's examples go: `{"step", "epoch", "rows", "lines", "input_ids",
+/// "token_type_ids", "labels"}` (steps and epochs counted from 1; `rows` index the examples
+/// read, `lines` are their lines in the data file, absent for data built in code, and differ
+/// from the rows by the header and any row skipped as malformed), token ids unpadded (the
+/// replaying side pads each batch to its longest row).
 ///
 /// A file is written as `.NAME.partial` beside it and renamed into place when the run ends,
 /// so a run that fails or is killed leaves an earlier log at the path whole. A device or
@@ -122,7 +125,7 @@ impl BatchLog {
                 })
             })
             .collect::<Result<_>>()?;
-        let line = json!({
+        let mut line = json!({
             "step": step,
             "epoch": epoch + 1,
             "rows": rows,
@@ -130,6 +133,13 @@ impl BatchLog {
             "token_type_ids": texts.iter().map(|t| &t.type_ids).collect::<Vec<_>>(),
             "labels": labels,
         });
+        if let Some(lines) = rows
+            .iter()
+            .map(|&i| data.source_line(i))
+            .collect::<Option<Vec<_>>>()
+        {
+            line["lines"] = json!(lines);
+        }
         writeln!(self.out, "{line}")
             .and_then(|()| self.out.flush())
             .map_err(|source| Error::Io {

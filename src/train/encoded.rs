@@ -14,6 +14,8 @@ pub struct EncodedDataset {
     /// Label space.
     pub kind: TaskKind,
     pad_id: u32,
+    /// The file line of each example, in step with `texts`; empty for data built in code.
+    source_lines: Vec<usize>,
 }
 
 /// A summary: the size and label space, not every example's token ids.
@@ -43,7 +45,13 @@ impl EncodedDataset {
             targets: data.examples.iter().map(|e| e.target).collect(),
             kind: data.kind.clone(),
             pad_id: tokenizer.pad_id(),
+            source_lines: data.source_lines.clone(),
         })
+    }
+
+    /// The file line (1-based) example `i` was read from; `None` for data built in code.
+    pub fn source_line(&self, i: usize) -> Option<usize> {
+        self.source_lines.get(i).copied()
     }
 
     /// Number of examples.
