@@ -38,7 +38,15 @@ fn model() -> String {
 fn help_documents_every_command_and_flag() {
     let (ok, out, _) = spafit(&["--help"]);
     assert!(ok);
-    for c in ["train", "eval", "predict", "gradcheck", "bench", "demo"] {
+    for c in [
+        "train",
+        "eval",
+        "predict",
+        "gradcheck",
+        "bench",
+        "merge",
+        "demo",
+    ] {
         assert!(out.contains(c), "--help lacks {c}");
     }
     let (ok, out, _) = spafit(&["train", "--help"]);
@@ -3742,4 +3750,106 @@ fn a_max_len_past_the_positions_is_refused_before_the_data() {
             "{command}: {err}"
         );
     }
+}
+
+/// `spafit merge` makes a checkpoint that `eval` reads as a fine-tuned one, without the
+/// adapter, to the adapter's own results; it refuses to write among the files it reads or
+/// into a folder that holds any.
+#[test]
+fn a_merged_adapter_evaluates_as_the_adapter_without_it() {
+    let m = model();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let rows = |offset: usize| -> String {
+        let mut text = String::from("text,label\n");
+        for i in 0..16 {
+            let (words, label) = match i % 2 {
+                0 => ("a warm and witty film", "pos"),
+                _ => ("a dull and tedious mess", "neg"),
+            };
+            text.push_str(&format!("\"{words} {}\",{label}\n", i + offset));
+        }
+        text
+    };
+    write(root, "train.csv", &rows(0));
+    write(root, "dev.csv", &rows(100));
+    let p = |name: &str| root.join(name).display().to_string();
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &p("train.csv"),
+        "--max-len",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--lr",
+        "5e-3",
+        "--output",
+        &p("run"),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let (merged, adapter, dev) = (p("merged"), p("run/best"), p("dev.csv"));
+    let merge = |output: &str, extra: &[&str]| {
+        let mut args = vec![
+            "merge",
+            "--model",
+            &m,
+            "--adapter",
+            &adapter,
+            "--output",
+            output,
+        ];
+        args.extend_from_slice(extra);
+        spafit(&args)
+    };
+    let (ok, stdout, err) = merge(&merged, &[]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert_eq!(line["classes"], serde_json::json!(["neg", "pos"]), "{line}");
+    assert!(err.contains("--max-len 16"), "{err}");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--dev-file", &dev];
+        args.extend_from_slice(extra);
+        let (ok, stdout, err) = spafit(&args);
+        assert!(ok, "{err}");
+        last_json(&stdout)
+    };
+    let with_adapter = eval(&["--model", &m, "--adapter", &adapter]);
+    let without = eval(&["--model", &merged, "--max-len", "16"]);
+    assert_eq!(without["accuracy"], with_adapter["accuracy"]);
+    let (a, b) = (
+        with_adapter["loss"].as_f64().unwrap(),
+        without["loss"].as_f64().unwrap(),
+    );
+    // The merge stores f32 weights: the sums rounded once.
+    assert!((a - b).abs() <= 1e-5 * a.abs(), "{a} vs {b}");
+    for (output, extra, status_ok, needle) in [
+        (merged.clone(), vec![], false, "is not empty"),
+        (
+            p("run/best/merged"),
+            vec![],
+            false,
+            "the folder of the model or adapter",
+        ),
+        (
+            p("other"),
+            vec!["--dtype", "f8"],
+            false,
+            "expected f32, f16, bf16 or f64",
+        ),
+        (p("half"), vec!["--dtype", "f16"], true, ""),
+    ] {
+        let (ok, _, err) = merge(&output, &extra);
+        assert!(
+            ok == status_ok && err.contains(needle),
+            "{output} {extra:?}: {err}"
+        );
+    }
+    let half = eval(&["--model", &p("half"), "--max-len", "16"]);
+    assert_eq!(half["accuracy"], with_adapter["accuracy"]);
 }

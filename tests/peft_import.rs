@@ -9,15 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use spafit::adapter::{export_peft, import_peft, open_adapter, AdapterFormat, PeftExportRecord};
-use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
-use spafit::model::{BertClassifier, ModelInput};
-use spafit::nn::{DropoutPlan, LoraTarget, Stratum};
+use spafit::nn::{LoraTarget, Stratum};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
-use spafit::rng::SplitMix;
-use spafit::text::TextInput;
 use spafit::Error;
 
 fn checkpoint() -> Checkpoint {
@@ -36,25 +32,6 @@ fn wrapped_fixtures() -> PathBuf {
 
 fn expected_in(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
-}
-
-/// Logits of `model` on `texts`, tokenized as PEFT's reference was (padding to the longest).
-fn logits<B: Backend>(
-    ck: &Checkpoint,
-    backend: &B,
-    model: &BertClassifier<B>,
-    texts: &[&str],
-    max_len: usize,
-) -> Vec<f64> {
-    let tok = ck.tokenizer(max_len).unwrap();
-    let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
-    let enc = tok.encode_batch(&inputs).unwrap();
-    let input = ModelInput::new(backend, &enc).unwrap();
-    let mut tape = Tape::inference(backend.clone());
-    let out = model
-        .forward(&mut tape, &input, &mut DropoutPlan::eval())
-        .unwrap();
-    backend.to_f64(out.value()).unwrap()
 }
 
 #[test]
@@ -95,7 +72,7 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
             .iter()
             .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
             .collect();
-        let got = logits(&ck, &cpu, &opened.model, &texts, max_len);
+        let got = common::logits(&ck, &cpu, &opened.model, &texts, max_len);
         let err = got
             .iter()
             .zip(&want)
@@ -205,31 +182,6 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
     }
 }
 
-/// A model under `plan` whose trainable tensors are all random (as after training).
-fn trained<B: Backend>(
-    ck: &Checkpoint,
-    backend: &B,
-    plan: &PeftPlan,
-    labels: usize,
-) -> BertClassifier<B> {
-    let mut model = BertClassifier::from_checkpoint(ck, backend, labels, 0).unwrap();
-    model
-        .apply_plan(plan, &mut |_, s| backend.zeros(s))
-        .unwrap();
-    let mut rng = SplitMix::new(17);
-    for p in model.params_mut().into_iter().filter(|p| p.trainable) {
-        let base = backend.to_f64(&p.value).unwrap();
-        let v: Vec<f64> = base
-            .iter()
-            .map(|b| b + rng.uniform_in(-0.05, 0.05))
-            .collect();
-        p.value = backend
-            .tensor_from_f64_as(p.value.shape().clone(), &v, p.value.dtype())
-            .unwrap();
-    }
-    model
-}
-
 fn plans() -> Vec<(&'static str, PeftPlan)> {
     let lora = PeftPlan::new(&PeftConfig::new(Method::Lora), 6).unwrap();
     let mut some_layers = PeftConfig::new(Method::Lora);
@@ -286,7 +238,7 @@ fn export_then_import_gives_bitwise_the_same_logits() {
     ];
     for backend in [CpuBackend::f64(), CpuBackend::f32()] {
         for (name, plan) in plans() {
-            let model = trained(&ck, &backend, &plan, 3);
+            let model = common::trained(&ck, &backend, &plan, 3);
             let dir = tempfile::tempdir().unwrap();
             export_peft(
                 dir.path(),
@@ -338,8 +290,8 @@ fn export_then_import_gives_bitwise_the_same_logits() {
                 import.kept_frozen
             );
             let (a, b) = (
-                logits(&ck, &backend, &model, &texts, 32),
-                logits(&ck, &backend, &back, &texts, 32),
+                common::logits(&ck, &backend, &model, &texts, 32),
+                common::logits(&ck, &backend, &back, &texts, 32),
             );
             assert!(
                 a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
@@ -375,7 +327,7 @@ fn export_then_import_gives_bitwise_the_same_logits() {
     let cpu = CpuBackend::f64();
     for method in [Method::BitFit, Method::Full] {
         let plan = PeftPlan::new(&PeftConfig::new(method), 6).unwrap();
-        let model = trained(&ck, &cpu, &plan, 2);
+        let model = common::trained(&ck, &cpu, &plan, 2);
         let dir = tempfile::tempdir().unwrap();
         let e = export_peft(
             dir.path(),
@@ -400,7 +352,7 @@ fn export_holds_the_models_tensors_value_by_value() {
     let ck = checkpoint();
     let cpu = CpuBackend::f64();
     for (name, plan) in plans() {
-        let model = trained(&ck, &cpu, &plan, 3);
+        let model = common::trained(&ck, &cpu, &plan, 3);
         let dir = tempfile::tempdir().unwrap();
         export_peft(
             dir.path(),
@@ -870,8 +822,8 @@ fn adapters_on_a_base_of_another_problem_type_are_warned_of() {
         assert!(!warned(&unset), "{adapter}: {:?}", unset.warnings);
         let texts = ["a fine film", "dull"];
         assert_eq!(
-            logits(&base, &cpu, &opened.model, &texts, 16),
-            logits(&plain, &cpu, &unset.model, &texts, 16)
+            common::logits(&base, &cpu, &opened.model, &texts, 16),
+            common::logits(&plain, &cpu, &unset.model, &texts, 16)
         );
     }
 }

@@ -1,9 +1,10 @@
 //! Trained adapters on disk: spafit's own format (only the trainable tensors, plus a manifest
-//! tied to the hash of the base's encoder tensors), export to and import from PEFT's format. Every write
-//! is atomic.
+//! tied to the hash of the base's encoder tensors), export to and import from PEFT's format,
+//! and merged into a fine-tuned checkpoint of their own. Every write is atomic.
 
 mod atomic;
 mod manifest;
+mod merged_checkpoint;
 mod open;
 mod peft_config;
 mod peft_export;
@@ -40,6 +41,7 @@ fn first_present(dir: &std::path::Path, names: &[&str]) -> Option<std::path::Pat
 }
 pub use atomic::{sha256_hex, write_atomic};
 pub use manifest::AdapterManifest;
+pub use merged_checkpoint::{save_merged, MergedCheckpoint, MergedDType};
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
 pub use peft_export::{export_peft, exported_by_run, spafit_file_in, PeftExportRecord};
 pub use peft_import::{

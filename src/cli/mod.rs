@@ -15,6 +15,7 @@ mod checkpoint_classes;
 mod demo;
 mod evaluate;
 pub mod interrupt;
+mod merge;
 mod prediction_output;
 mod tools;
 mod train;
@@ -56,6 +57,8 @@ enum Command {
     /// threads: RAYON_NUM_THREADS sets them); for SPAFIT `n1` and `n2` as resolved; for
     /// adapters `lora` (rank, alpha, targets, layers).
     Bench(tools::BenchCommand),
+    /// Fold an adapter into its base model and save a fine-tuned checkpoint of its own, which transformers and `spafit eval --model` read without the adapter (one JSON line).
+    Merge(merge::MergeCommand),
     /// Fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes and print dev accuracy (one JSON line).
     Demo(demo::DemoCommand),
 }
@@ -127,6 +130,7 @@ impl Cli {
             Command::Predict(c) => c.run(),
             Command::Gradcheck(c) => c.run(),
             Command::Bench(c) => c.run(),
+            Command::Merge(c) => c.run(),
             Command::Demo(c) => c.run(),
         }
     }

@@ -214,3 +214,50 @@ pub fn every_linear_grad() -> spafit::backend::LinearGradRequest {
         dx_includes_lora: false,
     }
 }
+
+/// A model under `plan` whose trainable tensors are all random (as after training).
+pub fn trained<B: Backend>(
+    ck: &spafit::checkpoint::Checkpoint,
+    backend: &B,
+    plan: &spafit::peft::PeftPlan,
+    labels: usize,
+) -> spafit::model::BertClassifier<B> {
+    let mut model = spafit::model::BertClassifier::from_checkpoint(ck, backend, labels, 0).unwrap();
+    model
+        .apply_plan(plan, &mut |_, s| backend.zeros(s))
+        .unwrap();
+    let mut rng = SplitMix::new(17);
+    for p in model.params_mut().into_iter().filter(|p| p.trainable) {
+        let base = backend.to_f64(&p.value).unwrap();
+        let v: Vec<f64> = base
+            .iter()
+            .map(|b| b + rng.uniform_in(-0.05, 0.05))
+            .collect();
+        p.value = backend
+            .tensor_from_f64_as(p.value.shape().clone(), &v, p.value.dtype())
+            .unwrap();
+    }
+    model
+}
+
+/// Logits of `model` on `texts`, tokenized as PEFT's reference was (padding to the longest).
+pub fn logits<B: Backend>(
+    ck: &spafit::checkpoint::Checkpoint,
+    backend: &B,
+    model: &spafit::model::BertClassifier<B>,
+    texts: &[&str],
+    max_len: usize,
+) -> Vec<f64> {
+    let tok = ck.tokenizer(max_len).unwrap();
+    let inputs: Vec<spafit::text::TextInput> = texts
+        .iter()
+        .map(|t| spafit::text::TextInput::Single(t))
+        .collect();
+    let enc = tok.encode_batch(&inputs).unwrap();
+    let input = spafit::model::ModelInput::new(backend, &enc).unwrap();
+    let mut tape = spafit::autograd::Tape::inference(backend.clone());
+    let out = model
+        .forward(&mut tape, &input, &mut spafit::nn::DropoutPlan::eval())
+        .unwrap();
+    backend.to_f64(out.value()).unwrap()
+}

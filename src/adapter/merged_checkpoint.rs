@@ -1,0 +1,308 @@
+//! A fine-tuned checkpoint of its own, made from a base model and an adapter: LoRA folded
+//! into the weights it adapts, every tensor under `BertForSequenceClassification`'s names,
+//! the base's `config.json` naming the head's classes, and the base's tokenizer files. The
+//! folder needs no adapter and no spafit: transformers' `AutoModelForSequenceClassification`
+//! reads it, and so do `spafit eval` and `predict` as a fine-tuned checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde_json::{json, Map, Value};
+
+use crate::backend::Backend;
+use crate::checkpoint::Checkpoint;
+use crate::data::TaskKind;
+use crate::error::{Error, Result};
+use crate::model::BertClassifier;
+
+/// The tokenizer files of a base checkpoint that a merged one takes along, those it has.
+const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "added_tokens.json",
+];
+
+/// How a merged checkpoint stores its tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergedDType {
+    /// What transformers saves by default.
+    F32,
+    /// The merge's own precision, for checks that compare it to the adapter exactly.
+    F64,
+    /// Half the size; values beyond f16's ±65504 are refused, naming the tensor.
+    F16,
+    /// Half the size, f32's range.
+    BF16,
+}
+
+impl MergedDType {
+    /// The name transformers' `config.json` gives the dtype (`dtype`, formerly `torch_dtype`).
+    fn torch_name(self) -> &'static str {
+        match self {
+            MergedDType::F32 => "float32",
+            MergedDType::F64 => "float64",
+            MergedDType::F16 => "float16",
+            MergedDType::BF16 => "bfloat16",
+        }
+    }
+
+    /// `values` in this dtype's little-endian bytes, or the largest magnitude that does not
+    /// fit (f16's range).
+    fn encode(self, values: &[f64]) -> std::result::Result<(Dtype, Vec<u8>), f64> {
+        Ok(match self {
+            MergedDType::F64 => (
+                Dtype::F64,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            MergedDType::F32 => (
+                Dtype::F32,
+                values
+                    .iter()
+                    .flat_map(|&v| (v as f32).to_le_bytes())
+                    .collect(),
+            ),
+            MergedDType::BF16 => (
+                Dtype::BF16,
+                values
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+                    .collect(),
+            ),
+            MergedDType::F16 => {
+                let largest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                if largest > f64::from(half::f16::MAX) {
+                    return Err(largest);
+                }
+                (
+                    Dtype::F16,
+                    values
+                        .iter()
+                        .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+                        .collect(),
+                )
+            }
+        })
+    }
+}
+
+/// What [`save_merged`] wrote.
+#[derive(Clone, Debug)]
+pub struct MergedCheckpoint {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Tensors in its `model.safetensors`.
+    pub tensors: usize,
+    /// The base's tokenizer files it holds.
+    pub tokenizer_files: Vec<String>,
+}
+
+/// Writes `model` (a base with an adapter, as [`super::open_adapter`] gives it) as a
+/// fine-tuned checkpoint in `dir`, which must not exist or be empty: `model.safetensors`
+/// with every tensor (LoRA folded into its weight in f64, then stored as `dtype`),
+/// `checkpoint`'s `config.json` with `architectures`, `id2label`, `label2id` and
+/// `problem_type` for `kind` (the head's classes, or regression), and the base's tokenizer
+/// files. The folder is written beside `dir` under a temporary name and renamed into place,
+/// so a failed or killed merge leaves no checkpoint that looks whole.
+pub fn save_merged<B: Backend>(
+    dir: &Path,
+    backend: &B,
+    mut model: BertClassifier<B>,
+    kind: &TaskKind,
+    checkpoint: &Checkpoint,
+    dtype: MergedDType,
+) -> Result<MergedCheckpoint> {
+    let invalid = |detail: String| Error::invalid("merge", detail);
+    let outputs = match kind {
+        TaskKind::Classification { labels } => labels.len(),
+        TaskKind::Regression => 1,
+    };
+    if outputs != model.num_labels() {
+        return Err(invalid(format!(
+            "the head has {} outputs but {outputs} classes were named",
+            model.num_labels()
+        )));
+    }
+    check_new_folder(dir)?;
+    model.merge_lora(backend)?;
+    let mut owned = Vec::new();
+    for p in model.params() {
+        let values = backend.to_f64(&p.value)?;
+        let (stored, bytes) = dtype.encode(&values).map_err(|largest| {
+            invalid(format!(
+                "tensor `{}` holds {largest:e}, beyond float16's range (±65504): store the \
+                 merge as bf16 or f32",
+                p.name
+            ))
+        })?;
+        owned.push((p.name.clone(), stored, p.value.dims().to_vec(), bytes));
+    }
+    let views = owned
+        .iter()
+        .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
+    // transformers refuses a safetensors file whose header names no framework.
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let weights = safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
+    let config = merged_config(checkpoint, kind, dtype)?;
+
+    let staging = staging_folder(dir)?;
+    let written = (|| -> Result<Vec<String>> {
+        write_synced(&staging.join("model.safetensors"), &weights)?;
+        write_synced(&staging.join("config.json"), config.as_bytes())?;
+        let mut copied = Vec::new();
+        for name in TOKENIZER_FILES {
+            let from = checkpoint.dir().join(name);
+            if from.is_file() {
+                // Read through a hub cache's links: the merge holds the files themselves.
+                let bytes = std::fs::read(&from).map_err(|error| Error::Io {
+                    path: from.clone(),
+                    error,
+                })?;
+                write_synced(&staging.join(name), &bytes)?;
+                copied.push(name.to_string());
+            }
+        }
+        // An empty folder at `dir` (checked above) gives way to the merge.
+        if dir.is_dir() {
+            std::fs::remove_dir(dir).map_err(|error| Error::Io {
+                path: dir.to_path_buf(),
+                error,
+            })?;
+        }
+        std::fs::rename(&staging, dir).map_err(|error| Error::Io {
+            path: dir.to_path_buf(),
+            error,
+        })?;
+        Ok(copied)
+    })();
+    match written {
+        Ok(tokenizer_files) => Ok(MergedCheckpoint {
+            dir: dir.to_path_buf(),
+            tensors: owned.len(),
+            tokenizer_files,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+/// Refuses a `dir` that holds anything (a merge never mixes its files with others) or is
+/// not a folder.
+fn check_new_folder(dir: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let refuse = |what: &str| {
+        Err(Error::invalid(
+            "merge",
+            format!(
+                "{} {what}: a merged checkpoint goes into a new or empty folder",
+                dir.display()
+            ),
+        ))
+    };
+    if !meta.is_dir() {
+        return refuse("is a file");
+    }
+    let empty = std::fs::read_dir(dir)
+        .map_err(|error| Error::Io {
+            path: dir.to_path_buf(),
+            error,
+        })?
+        .next()
+        .is_none();
+    match empty {
+        true => Ok(()),
+        false => refuse("is not empty"),
+    }
+}
+
+/// A fresh folder beside `dir` (`.NAME.merging-PID`) to write the merge in.
+fn staging_folder(dir: &Path) -> Result<PathBuf> {
+    let io = |path: &Path, error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::invalid("merge", format!("{} names no folder", dir.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    let staging = parent.join(format!(".{name}.merging-{}", std::process::id()));
+    // Left by an earlier merge of this process id that was killed: never a whole checkpoint.
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| io(&staging, e))?;
+    }
+    std::fs::create_dir(&staging).map_err(|e| io(&staging, e))?;
+    Ok(staging)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut file = std::fs::File::create(path).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+/// The base's `config.json`, as transformers reads a sequence classifier's: its
+/// architecture, class names both ways, problem type and dtype; every other setting kept.
+fn merged_config(checkpoint: &Checkpoint, kind: &TaskKind, dtype: MergedDType) -> Result<String> {
+    let path = checkpoint.dir().join("config.json");
+    let text = crate::text_file::read_utf8(&path)?;
+    let mut config: Map<String, Value> =
+        serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: path.clone(),
+            detail: format!("invalid BERT config: {e}"),
+        })?;
+    let (names, problem_type) = match kind {
+        TaskKind::Classification { labels } => (labels.clone(), "single_label_classification"),
+        // transformers' own name for a head it was given no names for.
+        TaskKind::Regression => (vec!["LABEL_0".to_string()], "regression"),
+    };
+    let id2label: Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), json!(n)))
+        .collect();
+    let label2id: Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), json!(i)))
+        .collect();
+    config.insert(
+        "architectures".into(),
+        json!(["BertForSequenceClassification"]),
+    );
+    config.insert("id2label".into(), Value::Object(id2label));
+    config.insert("label2id".into(), Value::Object(label2id));
+    config.insert("problem_type".into(), json!(problem_type));
+    // transformers derives the count from id2label; a stale one beside it would disagree.
+    config.remove("num_labels");
+    config.insert("dtype".into(), json!(dtype.torch_name()));
+    if config.contains_key("torch_dtype") {
+        config.insert("torch_dtype".into(), json!(dtype.torch_name()));
+    }
+    serde_json::to_string_pretty(&Value::Object(config))
+        .map(|mut s| {
+            s.push('\n');
+            s
+        })
+        .map_err(|e| Error::invalid("merge", e.to_string()))
+}

@@ -1,0 +1,101 @@
+//! `spafit merge`: an adapter folded into its base, saved as a fine-tuned checkpoint.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::json;
+use spafit::adapter::{open_adapter, save_merged, MergedDType};
+use spafit::backend::cpu::CpuBackend;
+use spafit::checkpoint::Checkpoint;
+use spafit::data::TaskKind;
+use spafit::{Error, Result};
+
+use super::args::spelling;
+
+/// `spafit merge`.
+#[derive(Args, Debug)]
+pub struct MergeCommand {
+    /// The base checkpoint the adapter was trained on (a directory, a hub cache folder, or a
+    /// hub id in the offline cache).
+    #[arg(long, default_value = ".cache/models/all-MiniLM-L6-v2")]
+    pub model: PathBuf,
+    /// Adapter directory: written by `spafit train` (OUTPUT/best) or by Python PEFT (LoRA).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Folder for the merged checkpoint (new, or empty).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Storage of the merged tensors: f32 (transformers' default), f16 or bf16 (half the
+    /// size), f64 (the merge's own precision). The merge itself is computed in f64.
+    #[arg(long, default_value = "f32", value_parser = spelling(parse_merged_dtype))]
+    pub dtype: String,
+}
+
+fn parse_merged_dtype(given: &str) -> Result<MergedDType> {
+    match given.trim().to_ascii_lowercase().as_str() {
+        "f32" => Ok(MergedDType::F32),
+        "f64" => Ok(MergedDType::F64),
+        "f16" => Ok(MergedDType::F16),
+        "bf16" => Ok(MergedDType::BF16),
+        _ => Err(Error::invalid(
+            "--dtype",
+            format!("`{given}`: expected f32, f16, bf16 or f64"),
+        )),
+    }
+}
+
+impl MergeCommand {
+    pub fn run(&self) -> Result<()> {
+        let dtype = parse_merged_dtype(&self.dtype)?;
+        if let Some(folder) =
+            super::read_folder_holding(&self.output, &self.model, Some(&self.adapter))
+        {
+            return Err(Error::invalid(
+                "--output",
+                format!(
+                    "{} lies in {}, the folder of the model or adapter this command reads; \
+                     write the merge elsewhere",
+                    self.output.display(),
+                    folder.display()
+                ),
+            ));
+        }
+        let checkpoint = Checkpoint::open(&self.model)?;
+        // In f64, so the merged weights are the adapter's sums rounded once, on storing.
+        let backend = CpuBackend::f64();
+        let opened = open_adapter(&self.adapter, &checkpoint, &backend)?;
+        for warning in &opened.warnings {
+            note!("note: {warning}");
+        }
+        let kind = opened.head().default_kind().unwrap_or(TaskKind::Regression);
+        let max_len = opened.max_len;
+        let merged = save_merged(
+            &self.output,
+            &backend,
+            opened.model,
+            &kind,
+            &checkpoint,
+            dtype,
+        )?;
+        let classes = match &kind {
+            TaskKind::Classification { labels } => json!(labels),
+            TaskKind::Regression => json!(null),
+        };
+        if let Some(max_len) = max_len {
+            note!(
+                "note: the adapter was trained on inputs cut to {max_len} tokens: evaluate the \
+                 merged checkpoint with --max-len {max_len} (transformers: max_length={max_len}, \
+                 truncation=True) to read inputs as it did"
+            );
+        }
+        super::print_line(&json!({
+            "output": merged.dir.display().to_string(),
+            "tensors": merged.tensors,
+            "dtype": self.dtype.trim().to_ascii_lowercase(),
+            "classes": classes,
+            "regression": matches!(kind, TaskKind::Regression),
+            "max_len": max_len,
+            "tokenizer_files": merged.tokenizer_files,
+        }))
+    }
+}
