@@ -5,8 +5,8 @@
 //! that the glob does not shadow the standard `Result`.
 
 pub use crate::adapter::{
-    export_peft, import_peft, load_adapter, open_adapter, save_adapter, AdapterFormat,
-    AdapterManifest, OpenedAdapter, PeftExportRecord, TrainingInputs,
+    export_peft, import_peft, load_adapter, open_adapter, save_adapter, save_merged, AdapterFormat,
+    AdapterManifest, MergedDType, OpenedAdapter, PeftExportRecord, TrainingInputs,
 };
 pub use crate::autograd::{Gradients, Tape, Var};
 pub use crate::backend::cpu::CpuBackend;

@@ -111,7 +111,7 @@ impl Task {
     }
 
     fn run_to_completion(&self, out: &Path, resume: bool) {
-        let saved = saved_step(out).filter(|_| resume);
+        let saved = common::saved_step(out).filter(|_| resume);
         let o = self.command(out, resume, 0).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
@@ -165,7 +165,7 @@ impl Task {
         }
         format!(
             "{what}: saved state at step {}, temporary files {:?}",
-            saved_step(out).map_or("none".to_string(), |s| s.to_string()),
+            common::saved_step(out).map_or("none".to_string(), |s| s.to_string()),
             temporary_files(out)
         )
     }
@@ -259,14 +259,6 @@ fn temporary_files(out: &Path) -> Vec<String> {
 
 fn has_temporary(out: &Path, prefix: &str) -> bool {
     temporary_files(out).iter().any(|f| f.starts_with(prefix))
-}
-
-/// The step recorded in `last/state.safetensors`, when there is one.
-fn saved_step(out: &Path) -> Option<u64> {
-    let bytes = std::fs::read(out.join("last/state.safetensors")).ok()?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
-    let run = header.metadata().as_ref()?.get("spafit.run")?.clone();
-    serde_json::from_str::<serde_json::Value>(&run).ok()?["step"].as_u64()
 }
 
 /// The highest training step logged so far.
@@ -368,7 +360,7 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
             false,
             slow,
             "halfway through the step-8 state write, best/ already replaced by step 8's weights",
-            Box::new(|o: &Path| saved_step(o) == Some(6) && has_temporary(o, "last/")),
+            Box::new(|o: &Path| common::saved_step(o) == Some(6) && has_temporary(o, "last/")),
         )],
         vec![(
             false,
@@ -406,7 +398,7 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     ];
     // Resumes the run in `out` to its end, which must be the uninterrupted run's.
     let resume_as_uninterrupted = |out: &Path, label: &str| {
-        let resumed_from = saved_step(out).unwrap_or(0);
+        let resumed_from = common::saved_step(out).unwrap_or(0);
         task.run_to_completion(out, true);
         // The resumed process timed only its own steps, and says how many.
         let result: serde_json::Value =
@@ -495,7 +487,7 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
         Signalling {
             signals: vec![libc::SIGTERM],
             what: "SIGTERM 30 ms after step 4 is saved",
-            moment: |o| saved_step(o) >= Some(4),
+            moment: |o| common::saved_step(o) >= Some(4),
             delay_ms: 30,
             sigint_ignored: false,
         },
@@ -533,7 +525,7 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
             let stopping = signals[signals.len() - 1];
             assert_eq!(status.code(), Some(128 + stopping), "{what}: {err}");
             assert_eq!(err.matches("spafit: stopping after this step").count(), 1);
-            let step = saved_step(&out).expect("the state at the stop is saved");
+            let step = common::saved_step(&out).expect("the state at the stop is saved");
             println!("SIGNAL {what}: stopped at step {step}");
             assert!(
                 err.contains(&format!("stopped at step {step} of 16 (on request)"))

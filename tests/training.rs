@@ -2616,3 +2616,118 @@ fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
         );
     }
 }
+
+/// A training step whose batch runs out of device memory keeps the steps before it: the
+/// state after the last step completed is saved, a resume on a device with more memory ends
+/// as the uninterrupted run does, bit for bit, and a resume in micro-batches under the same
+/// memory finishes the run. In a child process on the CPU stand-in, whose device memory the
+/// test sets between the peaks of the steps before the long batch and of that batch's step.
+#[test]
+fn a_step_out_of_device_memory_keeps_the_steps_before_it() {
+    use spafit::backend::cuda::{emulator, CudaBackend};
+    use spafit::tensor::DType;
+    use spafit::train::TrainEvent;
+    const TEST: &str = "a_step_out_of_device_memory_keeps_the_steps_before_it";
+    if std::env::var("SPAFIT_OOM_CHILD").as_deref() != Ok(TEST) {
+        let out = common::run_in_child(TEST, &[("SPAFIT_OOM_CHILD", TEST)]);
+        println!("{out}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = ck.tokenizer(64).unwrap();
+    let cuda = CudaBackend::emulated(DType::F32).unwrap();
+    // Three long examples among short ones: the batches that hold one peak higher.
+    let mut train = regression_data(40, None);
+    for e in train.examples.iter_mut().skip(21).step_by(9) {
+        e.text_a = std::iter::repeat_n(e.text_a.as_str(), 8)
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let config = |out: &Path, resume, micro_batch_size| TrainConfig {
+        resume,
+        micro_batch_size,
+        eval_every: None,
+        output_dir: Some(out.to_path_buf()),
+        ..tiny_config(tmp.path())
+    };
+    let fit = |config: TrainConfig, mut peaks: Option<&mut Vec<u64>>| {
+        cuda.synchronize().unwrap();
+        cuda.reset_peak_memory();
+        let (mut model, plan) = tiny_model(&ck, &cuda);
+        // Each step's peak, the save before it included.
+        let mut record = |event: &TrainEvent<'_>| {
+            if let (TrainEvent::Step(_), Some(peaks)) = (event, peaks.as_deref_mut()) {
+                peaks.push(cuda.peak_memory_bytes().unwrap());
+                cuda.reset_peak_memory();
+            }
+            std::ops::ControlFlow::Continue(())
+        };
+        Trainer::new(&cuda, &mut model, &plan, &ck.weights, config)
+            .observe(&mut record)
+            .fit(&tok, &train, None)
+    };
+    let whole = tmp.path().join("whole");
+    let mut peaks = Vec::new();
+    assert_eq!(
+        fit(config(&whole, false, None), Some(&mut peaks))
+            .unwrap()
+            .steps,
+        10
+    );
+    println!("device memory peak per step: {peaks:?}");
+    // The first step that needs well above every step before it (1-based).
+    let long = (1..peaks.len())
+        .find(|&k| peaks[k] > peaks[..k].iter().max().unwrap() + peaks[0] / 8)
+        .expect("a step whose batch needs more memory than those before it")
+        + 1;
+    let before = *peaks[..long - 1].iter().max().unwrap();
+    emulator::set_device_memory((before + peaks[long - 1]) / 2).unwrap();
+    let cut = tmp.path().join("cut");
+    let e = fit(config(&cut, false, None), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("out of memory")
+            && e.contains(&format!("step {long}'s batch"))
+            && e.contains(&format!("after step {}, the last step completed", long - 1)),
+        "{e}"
+    );
+    assert_eq!(common::saved_step(&cut), Some(long as u64 - 1), "{e}");
+    // In micro-batches of 2 the same memory takes the long batch.
+    let micro = tmp.path().join("micro");
+    std::fs::create_dir(&micro).unwrap();
+    for entry in ["last", "metrics.jsonl", "best"] {
+        let from = cut.join(entry);
+        if from.is_dir() {
+            copy_dir(&from, &micro.join(entry));
+        } else if from.is_file() {
+            std::fs::copy(&from, micro.join(entry)).unwrap();
+        }
+    }
+    let report = fit(config(&micro, true, Some(2)), None).unwrap();
+    assert_eq!(
+        (report.steps, report.steps_this_call),
+        (10, 10 - (long - 1))
+    );
+    // On a device with room for it, the run ends as if never stopped.
+    emulator::set_device_memory(16 << 30).unwrap();
+    let report = fit(config(&cut, true, None), None).unwrap();
+    assert_eq!(report.steps, 10);
+    assert_eq!(log_without_timings(&cut), log_without_timings(&whole));
+    for file in ["best/adapter.safetensors", "last/state.safetensors"] {
+        assert_eq!(
+            std::fs::read(cut.join(file)).unwrap(),
+            std::fs::read(whole.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}

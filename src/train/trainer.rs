@@ -1228,6 +1228,29 @@ impl<'a, B: Backend> Trainer<'a, B> {
         lr: f64,
     ) -> Result<StepOutcome> {
         let started = Instant::now();
+        let (grads, outcome) = match self.gradients(plan, run, rows) {
+            Ok(computed) => computed,
+            // Nothing of the run has changed yet: the steps before this one can be kept.
+            Err(Error::OutOfMemory { op, detail }) => {
+                let detail = self.keep_steps_before(plan, run, rows, detail);
+                return Err(Error::OutOfMemory { op, detail });
+            }
+            Err(e) => return Err(e),
+        };
+        run.optimizer
+            .update(&self.backend, self.model.params_mut(), &grads, lr)?;
+        run.meter.seconds += started.elapsed().as_secs_f64();
+        Ok(outcome)
+    }
+
+    /// The step's gradients (summed over its micro-batches, clipped), its loss, gradient
+    /// norm and tokens. Changes nothing of the model or the run.
+    fn gradients(
+        &self,
+        plan: &RunPlan,
+        run: &Run<B>,
+        rows: &[usize],
+    ) -> Result<(crate::autograd::Gradients<B>, StepOutcome)> {
         let step_number = run.step + 1;
         let step_seed = rng::mix(self.config.seed ^ 0xd5, run.step as u64);
         let mut sums = None;
@@ -1278,15 +1301,57 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 self.backend.scale_each(&mut all, coef)?;
             }
         }
-        let grads = crate::autograd::Gradients::from_map(grads);
-        run.optimizer
-            .update(&self.backend, self.model.params_mut(), &grads, lr)?;
-        run.meter.seconds += started.elapsed().as_secs_f64();
-        Ok(StepOutcome {
+        let outcome = StepOutcome {
             loss: loss_value,
             grad_norm,
             tokens,
-        })
+        };
+        Ok((crate::autograd::Gradients::from_map(grads), outcome))
+    }
+
+    /// Saves the state after the last step completed (unless it is saved), so that a resume
+    /// on a larger device, or in smaller micro-batches, loses no step to a step's batch that
+    /// ran out of device memory, and says so after the device's `detail`.
+    fn keep_steps_before(
+        &mut self,
+        plan: &RunPlan,
+        run: &mut Run<B>,
+        rows: &[usize],
+        detail: String,
+    ) -> String {
+        let longest = rows.iter().map(|&i| plan.lengths[i]).max().unwrap_or(0);
+        let what = format!(
+            "{detail}. This was step {}'s batch of {} examples of up to {longest} tokens",
+            run.step + 1,
+            rows.len()
+        );
+        let resume = "--resume on a device with more memory continues as the run would have; \
+                      --resume with a smaller --micro-batch-size (the same batches in smaller \
+                      parts) continues with the same data and schedule";
+        if self.config.output_dir.is_none() {
+            return format!("{what}; without an output directory nothing is kept to resume");
+        }
+        if run.step == 0 {
+            return format!("{what}, the first: there is no step to keep");
+        }
+        if run.saved_step == Some(run.step) {
+            return format!(
+                "{what}. The state after step {}, the last step completed, is in last/: {resume}",
+                run.step
+            );
+        }
+        match self.save_and_tell(plan, run) {
+            Ok(_) => format!(
+                "{what}. The state after step {}, the last step completed, is saved in last/: \
+                 {resume}",
+                run.step
+            ),
+            Err(e) => format!(
+                "{what}. Saving the state after step {} failed as well ({e}): the state saved \
+                 last stays in last/",
+                run.step
+            ),
+        }
     }
 
     /// Adds a step to the meter, the progress display and, every `log_every` steps, the log.

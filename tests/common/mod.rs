@@ -261,3 +261,11 @@ pub fn logits<B: Backend>(
         .unwrap();
     backend.to_f64(out.value()).unwrap()
 }
+
+/// The step recorded in `last/state.safetensors`, when there is one.
+pub fn saved_step(out: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(out.join("last/state.safetensors")).ok()?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    let run = header.metadata().as_ref()?.get("spafit.run")?.clone();
+    serde_json::from_str::<serde_json::Value>(&run).ok()?["step"].as_u64()
+}
