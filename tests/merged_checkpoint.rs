@@ -79,12 +79,12 @@ fn adapters_written_by_peft_merge_to_peft_logits() {
             // The worst error each storage may have: f64 is the merge itself; f32 rounds
             // every weight once; bf16 keeps 8 bits of each.
             for (dtype, tolerance) in [
-                (MergedDType::F64, 1e-9),
-                (MergedDType::F32, 1e-6),
+                (MergedDType::F64, 1e-14),
+                (MergedDType::F32, 5e-8),
                 (MergedDType::BF16, 2e-2),
             ] {
                 let opened = open_adapter(&root.join(set).join(name), &ck, &cpu).unwrap();
-                let kind = opened.head().default_kind().unwrap();
+                let kind = opened.head().default_kind();
                 let out = tmp.path().join(format!("{set}-{name}-{dtype:?}"));
                 let merged = save_merged(&out, &cpu, opened.model, &kind, &ck, dtype).unwrap();
                 // The whole BertForSequenceClassification: the base's weights (under
@@ -259,4 +259,18 @@ fn impossible_merges_are_refused_and_leave_nothing() {
         ]
     );
     assert_eq!(entries(tmp.path()), ["empty", "file", "occupied"]);
+    // A link is followed, as a shell's `>` follows one: the merge lands where it points.
+    let target = tmp.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    save_merged(&link, &cpu, model.clone(), &kind, &ck, MergedDType::F32).unwrap();
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    assert!(target.join("model.safetensors").is_file());
+    let e = merge(&link, model, &kind, MergedDType::F32);
+    assert!(e.contains("is not empty"), "{e}");
+    assert_eq!(
+        entries(tmp.path()),
+        ["empty", "file", "link", "occupied", "target"]
+    );
 }

@@ -2553,6 +2553,10 @@ fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
         output_dir: out.map(Path::to_path_buf),
         ..tiny_config(tmp.path())
     };
+    let stopping_after = |steps, out: &Path, eval_batch_size| TrainConfig {
+        stop_after_steps: Some(steps),
+        ..config(Some(out), eval_batch_size, true)
+    };
     // The run's result, and the device memory it peaked at.
     let fit = |config: TrainConfig| {
         cuda.synchronize().unwrap();
@@ -2603,10 +2607,31 @@ fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
         e.contains("after step 3") && e.contains("saved in last/"),
         "{e}"
     );
-    let (report, _) = fit(config(Some(&cut), small, true));
-    let report = report.unwrap();
-    assert_eq!((report.steps, report.steps_this_call), (10, 7));
+    // The evaluation at step 3 (within the first epoch), then step 4, with the small batch.
+    let report = fit(stopping_after(1, &cut, small)).0.unwrap();
     assert_notice(&report, "step 3's evaluation ran out of device memory");
+    // Evaluations due at an epoch's end (step 5 of 5 per epoch) and at the run's (step 10).
+    for (evaluated, steps_after) in [(5, 4), (10, 0)] {
+        let e = fit(config(Some(&cut), large, true))
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("after step {evaluated}"))
+                && e.contains("with this evaluation still to run"),
+            "{e}"
+        );
+        assert_eq!(common::saved_step(&cut), Some(evaluated as u64));
+        let report = match steps_after {
+            0 => fit(config(Some(&cut), small, true)).0.unwrap(),
+            n => fit(stopping_after(n, &cut, small)).0.unwrap(),
+        };
+        assert_eq!(report.steps, evaluated + steps_after);
+        assert_notice(
+            &report,
+            &format!("step {evaluated}'s evaluation ran out of device memory"),
+        );
+    }
     assert_eq!(log_without_timings(&cut), log_without_timings(&whole));
     for file in ["best/adapter.safetensors", "last/state.safetensors"] {
         assert_eq!(

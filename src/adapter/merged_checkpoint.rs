@@ -50,9 +50,25 @@ impl MergedDType {
         }
     }
 
-    /// `values` in this dtype's little-endian bytes, or the largest magnitude that does not
-    /// fit (f16's range).
+    /// The largest magnitude the dtype holds.
+    fn largest(self) -> f64 {
+        match self {
+            MergedDType::F64 => f64::MAX,
+            MergedDType::F32 => f64::from(f32::MAX),
+            MergedDType::F16 => f64::from(half::f16::MAX),
+            MergedDType::BF16 => f64::from(half::bf16::MAX),
+        }
+    }
+
+    /// `values` in this dtype's little-endian bytes, or the first value it cannot hold (NaN,
+    /// infinite, or beyond its range).
     fn encode(self, values: &[f64]) -> std::result::Result<(Dtype, Vec<u8>), f64> {
+        if let Some(&v) = values
+            .iter()
+            .find(|v| !v.is_finite() || v.abs() > self.largest())
+        {
+            return Err(v);
+        }
         Ok(match self {
             MergedDType::F64 => (
                 Dtype::F64,
@@ -72,19 +88,13 @@ impl MergedDType {
                     .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
                     .collect(),
             ),
-            MergedDType::F16 => {
-                let largest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                if largest > f64::from(half::f16::MAX) {
-                    return Err(largest);
-                }
-                (
-                    Dtype::F16,
-                    values
-                        .iter()
-                        .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
-                        .collect(),
-                )
-            }
+            MergedDType::F16 => (
+                Dtype::F16,
+                values
+                    .iter()
+                    .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+                    .collect(),
+            ),
         })
     }
 }
@@ -101,8 +111,10 @@ pub struct MergedCheckpoint {
 }
 
 /// Writes `model` (a base with an adapter, as [`super::open_adapter`] gives it) as a
-/// fine-tuned checkpoint in `dir`, which must not exist or be empty: `model.safetensors`
-/// with every tensor (LoRA folded into its weight in f64, then stored as `dtype`),
+/// fine-tuned checkpoint in `dir` (through a link, where it points), which must not exist or
+/// be empty: `model.safetensors` with every tensor (LoRA folded into its weight, summed in
+/// f64 and rounded to `backend`'s precision: on an f64 backend, as `spafit merge` uses, the
+/// one rounding is `dtype`'s),
 /// `checkpoint`'s `config.json` with `architectures`, `id2label`, `label2id` and
 /// `problem_type` for `kind` (the head's classes, or regression), and the base's tokenizer
 /// files. The folder is written beside `dir` under a temporary name and renamed into place,
@@ -126,16 +138,25 @@ pub fn save_merged<B: Backend>(
             model.num_labels()
         )));
     }
+    let dir = &super::atomic::link_target(dir).map_err(|error| Error::Io {
+        path: dir.to_path_buf(),
+        error,
+    })?;
     check_new_folder(dir)?;
     model.merge_lora(backend)?;
     let mut owned = Vec::new();
     for p in model.params() {
         let values = backend.to_f64(&p.value)?;
-        let (stored, bytes) = dtype.encode(&values).map_err(|largest| {
+        let (stored, bytes) = dtype.encode(&values).map_err(|value| {
             invalid(format!(
-                "tensor `{}` holds {largest:e}, beyond float16's range (±65504): store the \
-                 merge as bf16 or f32",
-                p.name
+                "tensor `{}` holds {value:e}, which {} cannot store (largest {:e}){}",
+                p.name,
+                dtype.torch_name(),
+                dtype.largest(),
+                match dtype {
+                    MergedDType::F16 => ": store the merge as bf16 or f32",
+                    _ => "",
+                }
             ))
         })?;
         owned.push((p.name.clone(), stored, p.value.dims().to_vec(), bytes));
@@ -147,13 +168,15 @@ pub fn save_merged<B: Backend>(
         .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
     // transformers refuses a safetensors file whose header names no framework.
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let weights = safetensors::tensor::serialize(views, Some(metadata))
-        .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
     let config = merged_config(checkpoint, kind, dtype)?;
 
-    let staging = staging_folder(dir)?;
+    let (staging, prefix) = staging_folder(dir)?;
     let written = (|| -> Result<Vec<String>> {
-        write_synced(&staging.join("model.safetensors"), &weights)?;
+        // Straight to the file: one more copy of a large model's bytes is not held.
+        let weights = staging.join("model.safetensors");
+        safetensors::tensor::serialize_to_file(views, Some(metadata), &weights)
+            .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
+        sync(&weights)?;
         write_synced(&staging.join("config.json"), config.as_bytes())?;
         let mut copied = Vec::new();
         for name in TOKENIZER_FILES {
@@ -179,8 +202,11 @@ pub fn save_merged<B: Backend>(
             path: dir.to_path_buf(),
             error,
         })?;
+        // The rename itself must survive a power cut, not only a killed process.
+        sync(super::atomic::parent_of(dir))?;
         Ok(copied)
     })();
+    super::atomic::remove_dead_writers_leftovers(super::atomic::parent_of(dir), &prefix);
     match written {
         Ok(tokenizer_files) => Ok(MergedCheckpoint {
             dir: dir.to_path_buf(),
@@ -197,8 +223,15 @@ pub fn save_merged<B: Backend>(
 /// Refuses a `dir` that holds anything (a merge never mixes its files with others) or is
 /// not a folder.
 fn check_new_folder(dir: &Path) -> Result<()> {
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return Ok(());
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                error,
+            })
+        }
     };
     let refuse = |what: &str| {
         Err(Error::invalid(
@@ -225,8 +258,9 @@ fn check_new_folder(dir: &Path) -> Result<()> {
     }
 }
 
-/// A fresh folder beside `dir` (`.NAME.merging-PID`) to write the merge in.
-fn staging_folder(dir: &Path) -> Result<PathBuf> {
+/// A fresh folder beside `dir` (`.NAME.merging-PID`) to write the merge in, and the start of
+/// such names.
+fn staging_folder(dir: &Path) -> Result<(PathBuf, String)> {
     let io = |path: &Path, error| Error::Io {
         path: path.to_path_buf(),
         error,
@@ -241,13 +275,14 @@ fn staging_folder(dir: &Path) -> Result<PathBuf> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-    let staging = parent.join(format!(".{name}.merging-{}", std::process::id()));
+    let prefix = format!(".{name}.merging-");
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
     // Left by an earlier merge of this process id that was killed: never a whole checkpoint.
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| io(&staging, e))?;
     }
     std::fs::create_dir(&staging).map_err(|e| io(&staging, e))?;
-    Ok(staging)
+    Ok((staging, prefix))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -259,6 +294,16 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file = std::fs::File::create(path).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)
+}
+
+/// Flushes a file or folder (a folder: the names in it) to the disk.
+fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|error| Error::Io {
+            path: path.to_path_buf(),
+            error,
+        })
 }
 
 /// The base's `config.json`, as transformers reads a sequence classifier's: its

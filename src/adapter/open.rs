@@ -68,15 +68,15 @@ impl AdapterHead {
     /// adapter records, regression for a single output, else the classes `0` to `n - 1`
     /// (a PEFT classifier records no names; data naming its classes otherwise needs
     /// --labels).
-    pub fn default_kind(&self) -> Option<TaskKind> {
+    pub fn default_kind(&self) -> TaskKind {
         match (&self.labels, self.outputs) {
-            (Some(labels), _) => Some(TaskKind::Classification {
+            (Some(labels), _) => TaskKind::Classification {
                 labels: labels.clone(),
-            }),
-            (None, 1) => Some(TaskKind::Regression),
-            (None, n) => Some(TaskKind::Classification {
+            },
+            (None, 1) => TaskKind::Regression,
+            (None, n) => TaskKind::Classification {
                 labels: (0..n).map(|i| i.to_string()).collect(),
-            }),
+            },
         }
     }
 

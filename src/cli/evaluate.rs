@@ -44,7 +44,7 @@ fn load<B: Backend>(
                 note!("note: {warning}");
             }
             let head = opened.head();
-            let default_kind = head.default_kind();
+            let default_kind = Some(head.default_kind());
             let cut = TrainedCut::of_adapter(opened.max_len);
             (opened.model, head, default_kind, dir.to_path_buf(), cut)
         }
@@ -59,7 +59,7 @@ fn load<B: Backend>(
                 outputs: classifier.num_labels(),
             };
             let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)
-                .or_else(|| head.default_kind());
+                .or_else(|| Some(head.default_kind()));
             let source = checkpoint.weights.path().to_path_buf();
             (
                 classifier,

@@ -67,7 +67,7 @@ impl MergeCommand {
         for warning in &opened.warnings {
             note!("note: {warning}");
         }
-        let kind = opened.head().default_kind().unwrap_or(TaskKind::Regression);
+        let kind = opened.head().default_kind();
         let max_len = opened.max_len;
         let merged = save_merged(
             &self.output,

@@ -503,7 +503,7 @@ impl TrainCommand {
         let (mut run, train, devs) = match &self.adapter {
             Some(dir) => {
                 let (mut run, head) = setup_from_adapter(backend, &self.model, dir)?;
-                let (train, devs) = self.load_data(task, head.default_kind().as_ref(), false)?;
+                let (train, devs) = self.load_data(task, Some(&head.default_kind()), false)?;
                 head.check_texts(&train, dir)?;
                 head.check(&train.kind, &train.name, dir)?;
                 super::checkpoint_classes::match_adapter_classes(

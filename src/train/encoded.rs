@@ -45,7 +45,12 @@ impl EncodedDataset {
             targets: data.examples.iter().map(|e| e.target).collect(),
             kind: data.kind.clone(),
             pad_id: tokenizer.pad_id(),
-            source_lines: data.source_lines.clone(),
+            // Lines out of step with the examples (a dataset built by hand) would name
+            // wrong ones: none rather than those.
+            source_lines: match data.source_lines.len() == data.examples.len() {
+                true => data.source_lines.clone(),
+                false => Vec::new(),
+            },
         })
     }
 

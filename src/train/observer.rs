@@ -53,7 +53,9 @@ pub enum TrainEvent<'e> {
         best: bool,
     },
     /// The resumable state of the run after `step` was published in the output directory's
-    /// `last/`: a resume continues from there.
+    /// `last/`: a resume continues from there. A state saved when the step's evaluation ran
+    /// out of device memory is saved again, at the same step, once a resume has run that
+    /// evaluation.
     #[non_exhaustive]
     Saved {
         /// The step the state was saved after.

@@ -55,11 +55,11 @@ pub(crate) struct RunPosition {
     /// averages the same steps as an uninterrupted run's (empty in older states).
     #[serde(default)]
     pub loss_window: LossWindow,
-    /// The 0-based epoch of an evaluation that was due at this step but ran out of device
-    /// memory: a resume runs it before the next step, as the uninterrupted run would have.
-    /// Absent when none is due, so such states read as they did before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evaluation_due: Option<usize>,
+    /// Whether the evaluation due at this step ran out of device memory: a resume runs it
+    /// before the next step, as the uninterrupted run did. Absent when false, so other
+    /// states are written as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evaluation_due: bool,
 }
 
 /// The steps' losses summed since the last `metrics.jsonl` train line (as bits: exact), and
@@ -627,7 +627,7 @@ mod tests {
             settings: RunSettings::new(),
             evaluations_since_best: 2,
             loss_window: LossWindow::default(),
-            evaluation_due: None,
+            evaluation_due: false,
         };
         let weight = cpu
             .tensor_from_f64(crate::tensor::Shape::new([2]), &[1.0, 2.0])

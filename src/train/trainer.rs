@@ -419,9 +419,8 @@ struct Run<B: Backend> {
     evaluations_since_best: usize,
     /// Whether the observer asked the run to stop.
     stop_requested: bool,
-    /// The 0-based epoch of the evaluation due at `step` that ran out of device memory and
-    /// is still to run.
-    evaluation_due: Option<usize>,
+    /// Whether the evaluation due at `step` ran out of device memory and is still to run.
+    evaluation_due: bool,
 }
 
 impl<B: Backend> Run<B> {
@@ -590,8 +589,14 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 total_steps: plan.total_steps,
             });
         }
-        if let Some(epoch) = run.evaluation_due.take() {
-            // As the uninterrupted run did at that step: evaluate, then save.
+        let evaluated_on_resume = std::mem::take(&mut run.evaluation_due);
+        if evaluated_on_resume {
+            // As the uninterrupted run did at that step: evaluate, then save. The step ended
+            // an epoch when the next batch is the first of one.
+            let epoch = match run.next_batch {
+                0 => run.epoch.saturating_sub(1),
+                _ => run.epoch,
+            };
             self.evaluate_and_save_when_due(&plan, &mut run, epoch, true, &progress)?;
         }
         while run.epoch < self.config.epochs && !self.must_stop(&plan, &run) {
@@ -633,7 +638,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             progress.notice(&self.stopped_early(&run, plan.total_steps, "on request"));
         } else if self.ended_early(&plan, &run) {
             // A resume of a run stopped before this call said so when it read the state.
-            if run.step > first_step {
+            if run.step > first_step || evaluated_on_resume {
                 let best = run.best.as_ref().map_or(0, |b| b.step);
                 progress.notice(&format!(
                     "early stopping at step {} of {}: {} in a row did not improve on step \
@@ -987,7 +992,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             saved_step: None,
             evaluations_since_best: 0,
             stop_requested: false,
-            evaluation_due: None,
+            evaluation_due: false,
         };
         let Some(dir) = self.config.output_dir.clone() else {
             return Ok(run);
@@ -1072,15 +1077,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         }
         let position = saved.position;
         let batches_per_epoch = self.batches_per_epoch(plan.lengths.len());
-        // The step that was due an evaluation ended the epoch before the next batch's or lies
-        // inside it.
-        let due_outside = position
-            .evaluation_due
-            .is_some_and(|e| e > position.epoch || e + 1 < position.epoch);
-        if position.step > plan.total_steps
-            || position.next_batch >= batches_per_epoch
-            || due_outside
-        {
+        if position.step > plan.total_steps || position.next_batch >= batches_per_epoch {
             return Err(Error::Format {
                 path: state_path,
                 detail: format!(
@@ -1089,7 +1086,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 ),
             });
         }
-        if position.evaluation_due.is_some() {
+        if position.evaluation_due {
             progress.notice(&format!(
                 "step {}'s evaluation ran out of device memory in the run in {}: it runs \
                  first, in batches of up to {} examples (--eval-batch-size)",
@@ -1325,7 +1322,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             run.step + 1,
             rows.len()
         );
-        let resume = "--resume on a device with more memory continues as the run would have; \
+        let resume = "--resume on a device of the same kind with more memory continues as the \
+                      run would have; \
                       --resume with a smaller --micro-batch-size (the same batches in smaller \
                       parts) continues with the same data and schedule";
         if self.config.output_dir.is_none() {
@@ -1436,7 +1434,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         ) {
             Ok(evaluated) => evaluated,
             Err(Error::OutOfMemory { op, detail }) => {
-                let detail = self.keep_step_without_evaluation(plan, run, epoch, split, detail);
+                let detail = self.keep_step_without_evaluation(plan, run, split, detail);
                 return Err(Error::OutOfMemory { op, detail });
             }
             Err(e) => return Err(e),
@@ -1502,7 +1500,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
         &mut self,
         plan: &RunPlan,
         run: &mut Run<B>,
-        epoch: usize,
         split: &str,
         detail: String,
     ) -> String {
@@ -1515,9 +1512,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if self.config.output_dir.is_none() {
             return format!("{what}; without an output directory nothing is kept to resume");
         }
-        run.evaluation_due = Some(epoch);
+        run.evaluation_due = true;
         let saved = self.save_and_tell(plan, run);
-        run.evaluation_due = None;
+        run.evaluation_due = false;
         match saved {
             Ok(_) => format!(
                 "{what}. The state after step {} is saved in last/ with this evaluation still \
