@@ -86,7 +86,8 @@ fn adapters_written_by_peft_merge_to_peft_logits() {
                 let opened = open_adapter(&root.join(set).join(name), &ck, &cpu).unwrap();
                 let kind = opened.head().default_kind();
                 let out = tmp.path().join(format!("{set}-{name}-{dtype:?}"));
-                let merged = save_merged(&out, &cpu, opened.model, &kind, &ck, dtype).unwrap();
+                let merged =
+                    save_merged(&out, &cpu, opened.model, &kind, &ck, dtype, None).unwrap();
                 // The whole BertForSequenceClassification: the base's weights (under
                 // `bert.`; not the `position_ids` buffer old transformers saved) and the head.
                 let mut names =
@@ -168,7 +169,17 @@ fn every_method_merges_to_the_adapters_logits() {
         let kind = TaskKind::Classification {
             labels: labels.clone(),
         };
-        save_merged(&out, &cpu, model.clone(), &kind, &ck, MergedDType::F64).unwrap();
+        save_merged(
+            &out,
+            &cpu,
+            model.clone(),
+            &kind,
+            &ck,
+            MergedDType::F64,
+            Some(32),
+        )
+        .unwrap();
+        assert_eq!(spafit::adapter::merged_max_len(&out).unwrap(), Some(32));
         let err = max_abs_diff(&merged_logits(&out, &texts, 32), &want);
         println!("MERGED {name}: max |logit - adapter's| = {err:.2e}");
         assert!(err <= 1e-12, "{name}: {err:e}");
@@ -196,7 +207,7 @@ fn impossible_merges_are_refused_and_leave_nothing() {
         labels: vec!["neg".into(), "pos".into()],
     };
     let merge = |out: &Path, model: BertClassifier<CpuBackend>, kind: &TaskKind, dtype| {
-        save_merged(out, &cpu, model, kind, &ck, dtype)
+        save_merged(out, &cpu, model, kind, &ck, dtype, None)
             .unwrap_err()
             .to_string()
     };
@@ -241,17 +252,27 @@ fn impossible_merges_are_refused_and_leave_nothing() {
         e.contains("`classifier.weight`") && e.contains("float16"),
         "{e}"
     );
+    let e = merge(
+        &tmp.path().join("new/."),
+        model.clone(),
+        &kind,
+        MergedDType::F32,
+    );
+    assert!(e.contains("ends in `.` or `..`"), "{e}");
     assert_eq!(entries(tmp.path()), ["file", "occupied"]);
     assert_eq!(entries(&occupied), ["notes.txt"]);
+    // What a merge no longer running left (a process id above Linux's largest) goes.
+    std::fs::create_dir(tmp.path().join(".empty.merging-4194305")).unwrap();
     // bf16 has f32's range; an empty folder takes the merge.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    save_merged(&empty, &cpu, large, &kind, &ck, MergedDType::BF16).unwrap();
+    save_merged(&empty, &cpu, large, &kind, &ck, MergedDType::BF16, None).unwrap();
     assert_eq!(
         entries(&empty),
         [
             "config.json",
             "model.safetensors",
+            "spafit_merge.json",
             "special_tokens_map.json",
             "tokenizer.json",
             "tokenizer_config.json",
@@ -264,7 +285,16 @@ fn impossible_merges_are_refused_and_leave_nothing() {
     std::fs::create_dir(&target).unwrap();
     let link = tmp.path().join("link");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    save_merged(&link, &cpu, model.clone(), &kind, &ck, MergedDType::F32).unwrap();
+    save_merged(
+        &link,
+        &cpu,
+        model.clone(),
+        &kind,
+        &ck,
+        MergedDType::F32,
+        None,
+    )
+    .unwrap();
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
     assert!(target.join("model.safetensors").is_file());
     let e = merge(&link, model, &kind, MergedDType::F32);

@@ -28,15 +28,19 @@ fn remove_leftovers_of_dead_writers(path: &Path) {
     let Some(name) = resolved.file_name().and_then(|n| n.to_str()) else {
         return;
     };
-    remove_dead_writers_leftovers(parent_of(&resolved), &staged_prefix(name));
+    const UNTOUCHED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+    remove_dead_writers_leftovers(parent_of(&resolved), &staged_prefix(name), UNTOUCHED_FOR);
 }
 
 /// Removes what writers no longer running left in `dir` under names `PREFIX<pid>…` (files
-/// or folders), as [`write_atomic`] does for its temporaries: only those untouched for an
-/// hour, since a process this one cannot see (another PID namespace sharing the folder,
-/// another host on a network file system) may still be writing its own.
-pub(crate) fn remove_dead_writers_leftovers(dir: &Path, prefix: &str) {
-    const UNTOUCHED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+/// or folders) and untouched for `untouched_for`: [`write_atomic`] waits an hour, since a
+/// process this one cannot see (another PID namespace sharing the folder, another host on a
+/// network file system) may still be writing its own.
+pub(crate) fn remove_dead_writers_leftovers(
+    dir: &Path,
+    prefix: &str,
+    untouched_for: std::time::Duration,
+) {
     if !Path::new("/proc/self").exists() {
         return;
     }
@@ -60,7 +64,7 @@ pub(crate) fn remove_dead_writers_leftovers(dir: &Path, prefix: &str) {
             .as_ref()
             .ok()
             .and_then(|m| m.modified().ok())
-            .is_some_and(|t| t.elapsed().is_ok_and(|age| age > UNTOUCHED_FOR));
+            .is_some_and(|t| t.elapsed().is_ok_and(|age| age >= untouched_for));
         if writer.is_some_and(dead) && stale {
             let _ = match metadata.is_ok_and(|m| m.is_dir()) {
                 true => std::fs::remove_dir_all(&leftover),

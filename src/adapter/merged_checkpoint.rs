@@ -17,6 +17,11 @@ use crate::data::TaskKind;
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
 
+/// spafit's note in a merged checkpoint: what transformers' files have no place for, the
+/// length the adapter's training texts were cut to, which `spafit eval` and `predict` then
+/// cut inputs to as they would with the adapter.
+pub const MERGE_NOTE_FILE: &str = "spafit_merge.json";
+
 /// The tokenizer files of a base checkpoint that a merged one takes along, those it has.
 const TOKENIZER_FILES: [&str; 5] = [
     "tokenizer.json",
@@ -99,6 +104,31 @@ impl MergedDType {
     }
 }
 
+/// The tokens per example the texts of the adapter merged into the checkpoint in `dir` were
+/// cut to, as [`save_merged`] records it; `None` for a checkpoint without that note, or a
+/// note without it.
+pub fn merged_max_len(dir: &Path) -> Result<Option<usize>> {
+    let path = dir.join(MERGE_NOTE_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let note: Value =
+        serde_json::from_str(&crate::text_file::read_utf8(&path)?).map_err(|e| Error::Format {
+            path: path.clone(),
+            detail: format!("invalid JSON: {e}"),
+        })?;
+    match &note["max_len"] {
+        Value::Null => Ok(None),
+        value => match value.as_u64().filter(|&n| n > 0) {
+            Some(n) => Ok(Some(n as usize)),
+            None => Err(Error::Format {
+                path,
+                detail: format!("`max_len` is {value}, not a token count above 0"),
+            }),
+        },
+    }
+}
+
 /// What [`save_merged`] wrote.
 #[derive(Clone, Debug)]
 pub struct MergedCheckpoint {
@@ -117,8 +147,10 @@ pub struct MergedCheckpoint {
 /// one rounding is `dtype`'s),
 /// `checkpoint`'s `config.json` with `architectures`, `id2label`, `label2id` and
 /// `problem_type` for `kind` (the head's classes, or regression), and the base's tokenizer
-/// files. The folder is written beside `dir` under a temporary name and renamed into place,
-/// so a failed or killed merge leaves no checkpoint that looks whole.
+/// files, and `spafit_merge.json` with `max_len`, the length the adapter's training texts
+/// were cut to, where known ([`merged_max_len`] reads it back). The folder is written beside
+/// `dir` under a temporary name and renamed into place, so a failed or killed merge leaves
+/// no checkpoint that looks whole; what killed merges left is removed by the next merge.
 pub fn save_merged<B: Backend>(
     dir: &Path,
     backend: &B,
@@ -126,6 +158,7 @@ pub fn save_merged<B: Backend>(
     kind: &TaskKind,
     checkpoint: &Checkpoint,
     dtype: MergedDType,
+    max_len: Option<usize>,
 ) -> Result<MergedCheckpoint> {
     let invalid = |detail: String| Error::invalid("merge", detail);
     let outputs = match kind {
@@ -170,7 +203,7 @@ pub fn save_merged<B: Backend>(
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let config = merged_config(checkpoint, kind, dtype)?;
 
-    let (staging, prefix) = staging_folder(dir)?;
+    let staging = staging_folder(dir)?;
     let written = (|| -> Result<Vec<String>> {
         // Straight to the file: one more copy of a large model's bytes is not held.
         let weights = staging.join("model.safetensors");
@@ -178,6 +211,15 @@ pub fn save_merged<B: Backend>(
             .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
         sync(&weights)?;
         write_synced(&staging.join("config.json"), config.as_bytes())?;
+        let note = json!({
+            "max_len": max_len,
+            "base": checkpoint.dir().display().to_string(),
+            "dtype": dtype.torch_name(),
+        });
+        write_synced(
+            &staging.join(MERGE_NOTE_FILE),
+            format!("{note:#}\n").as_bytes(),
+        )?;
         let mut copied = Vec::new();
         for name in TOKENIZER_FILES {
             let from = checkpoint.dir().join(name);
@@ -206,7 +248,7 @@ pub fn save_merged<B: Backend>(
         sync(super::atomic::parent_of(dir))?;
         Ok(copied)
     })();
-    super::atomic::remove_dead_writers_leftovers(super::atomic::parent_of(dir), &prefix);
+
     match written {
         Ok(tokenizer_files) => Ok(MergedCheckpoint {
             dir: dir.to_path_buf(),
@@ -258,31 +300,48 @@ fn check_new_folder(dir: &Path) -> Result<()> {
     }
 }
 
-/// A fresh folder beside `dir` (`.NAME.merging-PID`) to write the merge in, and the start of
-/// such names.
-fn staging_folder(dir: &Path) -> Result<(PathBuf, String)> {
-    let io = |path: &Path, error| Error::Io {
-        path: path.to_path_buf(),
+/// A fresh folder beside `dir` (`.NAME.merging-PID`) to write the merge in, once what
+/// merges no longer running left there is removed (a merge killed or stopped part way).
+fn staging_folder(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // `new/.` reads as `new` to Path, but a rename onto it fails and `.` itself is the
+    // folder a shell stands in: a merge needs a name of its own.
+    let raw = dir.as_os_str().as_bytes();
+    let last = raw
+        .strip_suffix(b"/")
+        .unwrap_or(raw)
+        .rsplit(|&b| b == b'/')
+        .next()
+        .unwrap_or_default();
+    let name = match (last, dir.file_name()) {
+        (b"." | b"..", _) | (_, None) => {
+            return Err(Error::invalid(
+                "merge",
+                format!(
+                    "{} ends in `.` or `..`: give the merge a folder name of its own (e.g. \
+                     ./merged)",
+                    dir.display()
+                ),
+            ))
+        }
+        (_, Some(name)) => name.to_string_lossy().into_owned(),
+    };
+    let parent = super::atomic::parent_of(dir);
+    let in_parent = |error| Error::Io {
+        path: parent.to_path_buf(),
         error,
     };
-    let name = dir
-        .file_name()
-        .ok_or_else(|| Error::invalid("merge", format!("{} names no folder", dir.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    std::fs::create_dir_all(parent).map_err(in_parent)?;
     let prefix = format!(".{name}.merging-");
+    // A merge is one process writing one folder: what a dead one left is never finished.
+    super::atomic::remove_dead_writers_leftovers(parent, &prefix, std::time::Duration::ZERO);
     let staging = parent.join(format!("{prefix}{}", std::process::id()));
     // Left by an earlier merge of this process id that was killed: never a whole checkpoint.
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| io(&staging, e))?;
+        std::fs::remove_dir_all(&staging).map_err(in_parent)?;
     }
-    std::fs::create_dir(&staging).map_err(|e| io(&staging, e))?;
-    Ok((staging, prefix))
+    std::fs::create_dir(&staging).map_err(in_parent)?;
+    Ok(staging)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -41,7 +41,9 @@ fn first_present(dir: &std::path::Path, names: &[&str]) -> Option<std::path::Pat
 }
 pub use atomic::{sha256_hex, write_atomic};
 pub use manifest::AdapterManifest;
-pub use merged_checkpoint::{save_merged, MergedCheckpoint, MergedDType};
+pub use merged_checkpoint::{
+    merged_max_len, save_merged, MergedCheckpoint, MergedDType, MERGE_NOTE_FILE,
+};
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
 pub use peft_export::{export_peft, exported_by_run, spafit_file_in, PeftExportRecord};
 pub use peft_import::{

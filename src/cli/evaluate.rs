@@ -61,13 +61,12 @@ fn load<B: Backend>(
             let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)
                 .or_else(|| Some(head.default_kind()));
             let source = checkpoint.weights.path().to_path_buf();
-            (
-                classifier,
-                head,
-                default_kind,
-                source,
-                TrainedCut::NoAdapter,
-            )
+            // A checkpoint `spafit merge` wrote cuts inputs as its adapter did.
+            let cut = match spafit::adapter::merged_max_len(checkpoint.dir())? {
+                Some(trained) => TrainedCut::Recorded(trained),
+                None => TrainedCut::NoAdapter,
+            };
+            (classifier, head, default_kind, source, cut)
         }
     };
     let data = match for_prediction {

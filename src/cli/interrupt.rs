@@ -1,12 +1,23 @@
 //! Ctrl-C (SIGINT) and SIGTERM during `spafit train --output`: the first one stops the run
 //! after the step in progress and saves its state, so `--resume` loses nothing (a batch
 //! scheduler's SIGTERM before its SIGKILL, a user's Ctrl-C); a second one ends the process
-//! at once, as the default action would have.
+//! at once, as the default action would have. `spafit merge` defers the first one the same
+//! way, to the end of its writes.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 
 /// The signal that asked the run to stop, 0 before one came.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// What the handler writes on the first signal (a `'static` byte string, set before the
+/// handlers are installed).
+static MESSAGE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static MESSAGE_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// What `spafit train` says when the first signal comes.
+pub const TRAINING_STOPS: &[u8] =
+    b"\nspafit: stopping after this step and saving the run to resume (interrupt again to quit \
+      at once)\n";
 
 const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
 
@@ -24,12 +35,11 @@ extern "C" fn on_signal(signal: libc::c_int) {
         }
         return;
     }
-    let message: &[u8] = b"\nspafit: stopping after this step and saving the run to resume \
-        (interrupt again to quit at once)\n";
+    let message = MESSAGE.load(Ordering::SeqCst);
     // SAFETY: write(2) on stderr with a static buffer is async-signal-safe; nothing can be
     // done about a failed write here.
     unsafe {
-        libc::write(2, message.as_ptr().cast(), message.len());
+        libc::write(2, message.cast(), MESSAGE_LEN.load(Ordering::SeqCst));
     }
 }
 
@@ -41,10 +51,14 @@ pub struct StopOnSignal {
 }
 
 impl StopOnSignal {
-    /// Installs the handlers; `None` where the system refused one (the run then goes on
-    /// with the default actions). A signal the process was started ignoring (a job a
-    /// script put in the background, `nohup`) stays ignored, as the shell meant.
-    pub fn install() -> Option<Self> {
+    /// Installs the handlers, which say `message` on the first signal; `None` where the
+    /// system refused one (the command then goes on with the default actions). A signal the
+    /// process was started ignoring (a job a script put in the background, `nohup`) stays
+    /// ignored, as the shell meant.
+    pub fn install(message: &'static [u8]) -> Option<Self> {
+        MESSAGE_LEN.store(0, Ordering::SeqCst);
+        MESSAGE.store(message.as_ptr().cast_mut(), Ordering::SeqCst);
+        MESSAGE_LEN.store(message.len(), Ordering::SeqCst);
         let mut previous = Vec::new();
         for signal in SIGNALS {
             // SAFETY: a zeroed sigaction is a valid value to fill; the handler only does

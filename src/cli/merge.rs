@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use spafit::adapter::{open_adapter, save_merged, MergedDType};
+use spafit::adapter::{open_adapter, save_merged, MergedDType, MERGE_NOTE_FILE};
 use spafit::backend::cpu::CpuBackend;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::TaskKind;
@@ -30,6 +30,10 @@ pub struct MergeCommand {
     #[arg(long, default_value = "f32", value_parser = spelling(parse_merged_dtype))]
     pub dtype: String,
 }
+
+/// What the first Ctrl-C or SIGTERM during a merge says.
+const MERGE_STOPS: &[u8] = b"\nspafit: the merge ends once its files are written (interrupt \
+    again to quit at once; the next merge into the same folder removes what that leaves)\n";
 
 fn parse_merged_dtype(given: &str) -> Result<MergedDType> {
     match given.trim().to_ascii_lowercase().as_str() {
@@ -69,6 +73,9 @@ impl MergeCommand {
         }
         let kind = opened.head().default_kind();
         let max_len = opened.max_len;
+        // Ctrl-C or SIGTERM waits for the writes: the merge is whole or was never renamed
+        // into place, and a second signal quits at once.
+        let deferred = super::interrupt::StopOnSignal::install(MERGE_STOPS);
         let merged = save_merged(
             &self.output,
             &backend,
@@ -76,16 +83,21 @@ impl MergeCommand {
             &kind,
             &checkpoint,
             dtype,
+            max_len,
         )?;
+        drop(deferred);
+        if let Some((signal, _)) = super::interrupt::received() {
+            note!("{signal} came while the merge was written: it is complete");
+        }
         let classes = match &kind {
             TaskKind::Classification { labels } => json!(labels),
             TaskKind::Regression => json!(null),
         };
         if let Some(max_len) = max_len {
             note!(
-                "note: the adapter was trained on inputs cut to {max_len} tokens: evaluate the \
-                 merged checkpoint with --max-len {max_len} (transformers: max_length={max_len}, \
-                 truncation=True) to read inputs as it did"
+                "note: the adapter was trained on inputs cut to {max_len} tokens: spafit eval \
+                 and predict cut the merged checkpoint's inputs there too ({MERGE_NOTE_FILE}); \
+                 in transformers give max_length={max_len}, truncation=True"
             );
         }
         super::print_line(&json!({

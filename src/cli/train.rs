@@ -333,7 +333,7 @@ pub fn fit<B: Backend>(
         .output
         .as_ref()
         .filter(|_| stop_on_signal)
-        .and_then(|_| super::interrupt::StopOnSignal::install());
+        .and_then(|_| super::interrupt::StopOnSignal::install(super::interrupt::TRAINING_STOPS));
     let mut stop_when_signalled = |_: &spafit::train::TrainEvent<'_>| match on_signal.is_some()
         && super::interrupt::received().is_some()
     {

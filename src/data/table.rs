@@ -190,14 +190,12 @@ impl TableSpec {
                 let label = text(c)?;
                 Some(parse_target(&label, &self.kind).map_err(|why| {
                     match (&self.kind, label.trim().is_empty()) {
-                        (_, true) => format!(
-                            "{why}: fill it in or delete the row (--skip-malformed skips \
-                             such rows)"
-                        ),
+                        // How to skip such rows follows in every malformed row's message.
+                        (_, true) => format!("{why}: fill it in or delete the row"),
                         (TaskKind::Classification { .. }, false) => format!(
                             "{why} (--labels names a custom task's classes; without it they \
                              are those an adapter or the checkpoint's id2label records, else \
-                             the training file's; --skip-malformed skips rows of other labels)"
+                             the training file's)"
                         ),
                         (TaskKind::Regression, false) => why,
                     }
