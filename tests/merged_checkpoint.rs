@@ -179,7 +179,10 @@ fn every_method_merges_to_the_adapters_logits() {
             Some(32),
         )
         .unwrap();
-        assert_eq!(spafit::adapter::merged_max_len(&out).unwrap(), Some(32));
+        assert_eq!(
+            spafit::adapter::merged_max_len(&out).unwrap(),
+            Some(Some(32))
+        );
         let err = max_abs_diff(&merged_logits(&out, &texts, 32), &want);
         println!("MERGED {name}: max |logit - adapter's| = {err:.2e}");
         assert!(err <= 1e-12, "{name}: {err:e}");
@@ -252,21 +255,37 @@ fn impossible_merges_are_refused_and_leave_nothing() {
         e.contains("`classifier.weight`") && e.contains("float16"),
         "{e}"
     );
-    let e = merge(
-        &tmp.path().join("new/."),
-        model.clone(),
-        &kind,
-        MergedDType::F32,
-    );
-    assert!(e.contains("ends in `.` or `..`"), "{e}");
+    for no_name in ["new/.", "new/.//", "new/..", "/"] {
+        let e = merge(
+            &tmp.path().join(no_name),
+            model.clone(),
+            &kind,
+            MergedDType::F32,
+        );
+        assert!(
+            e.contains("names no folder of the merge's own"),
+            "{no_name}: {e}"
+        );
+    }
     assert_eq!(entries(tmp.path()), ["file", "occupied"]);
     assert_eq!(entries(&occupied), ["notes.txt"]);
-    // What a merge no longer running left (a process id above Linux's largest) goes.
-    std::fs::create_dir(tmp.path().join(".empty.merging-4194305")).unwrap();
+    // What a merge no longer writing left goes; a merge still writing holds its folder's
+    // lock, whatever its process id says, and its folder stays.
+    let (abandoned, live) = (
+        tmp.path().join(".empty.merging-12"),
+        tmp.path().join(".empty.merging-34"),
+    );
+    std::fs::create_dir(&abandoned).unwrap();
+    std::fs::create_dir(&live).unwrap();
+    let live_lock = std::fs::File::open(&live).unwrap();
+    live_lock.lock().unwrap();
     // bf16 has f32's range; an empty folder takes the merge.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     save_merged(&empty, &cpu, large, &kind, &ck, MergedDType::BF16, None).unwrap();
+    assert!(!abandoned.exists() && live.is_dir());
+    drop(live_lock);
+    std::fs::remove_dir(&live).unwrap();
     assert_eq!(
         entries(&empty),
         [

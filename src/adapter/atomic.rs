@@ -22,54 +22,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// network file system) may still be writing or renaming its own. Those of running
 /// processes, this one included, stay, as does anything that cannot be removed.
 fn remove_leftovers_of_dead_writers(path: &Path) {
+    const UNTOUCHED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
     let Ok(resolved) = link_target(path) else {
         return;
     };
     let Some(name) = resolved.file_name().and_then(|n| n.to_str()) else {
         return;
     };
-    const UNTOUCHED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
-    remove_dead_writers_leftovers(parent_of(&resolved), &staged_prefix(name), UNTOUCHED_FOR);
-}
-
-/// Removes what writers no longer running left in `dir` under names `PREFIX<pid>…` (files
-/// or folders) and untouched for `untouched_for`: [`write_atomic`] waits an hour, since a
-/// process this one cannot see (another PID namespace sharing the folder, another host on a
-/// network file system) may still be writing its own.
-pub(crate) fn remove_dead_writers_leftovers(
-    dir: &Path,
-    prefix: &str,
-    untouched_for: std::time::Duration,
-) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let leftovers = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| e.path());
-    for leftover in leftovers {
+    let prefix = staged_prefix(name);
+    for leftover in staged_copies(parent_of(&resolved), name) {
         let writer = leftover
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_prefix(&prefix))
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok());
         let dead =
             |pid: u32| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
-        let metadata = std::fs::symlink_metadata(&leftover);
-        let stale = metadata
-            .as_ref()
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .is_some_and(|t| t.elapsed().is_ok_and(|age| age >= untouched_for));
+        let stale = std::fs::metadata(&leftover)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNTOUCHED_FOR));
         if writer.is_some_and(dead) && stale {
-            let _ = match metadata.is_ok_and(|m| m.is_dir()) {
-                true => std::fs::remove_dir_all(&leftover),
-                false => std::fs::remove_file(&leftover),
-            };
+            let _ = std::fs::remove_file(&leftover);
         }
     }
 }

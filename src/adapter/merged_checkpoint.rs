@@ -104,10 +104,10 @@ impl MergedDType {
     }
 }
 
-/// The tokens per example the texts of the adapter merged into the checkpoint in `dir` were
-/// cut to, as [`save_merged`] records it; `None` for a checkpoint without that note, or a
-/// note without it.
-pub fn merged_max_len(dir: &Path) -> Result<Option<usize>> {
+/// For a checkpoint [`save_merged`] wrote in `dir`, the tokens per example the merged
+/// adapter's texts were cut to, where the adapter recorded it (`Some(None)`: a PEFT adapter
+/// records none); `None` for a checkpoint that is no merge.
+pub fn merged_max_len(dir: &Path) -> Result<Option<Option<usize>>> {
     let path = dir.join(MERGE_NOTE_FILE);
     if !path.is_file() {
         return Ok(None);
@@ -118,9 +118,9 @@ pub fn merged_max_len(dir: &Path) -> Result<Option<usize>> {
             detail: format!("invalid JSON: {e}"),
         })?;
     match &note["max_len"] {
-        Value::Null => Ok(None),
+        Value::Null => Ok(Some(None)),
         value => match value.as_u64().filter(|&n| n > 0) {
-            Some(n) => Ok(Some(n as usize)),
+            Some(n) => Ok(Some(Some(n as usize))),
             None => Err(Error::Format {
                 path,
                 detail: format!("`max_len` is {value}, not a token count above 0"),
@@ -175,6 +175,7 @@ pub fn save_merged<B: Backend>(
         path: dir.to_path_buf(),
         error,
     })?;
+    let name = folder_name(dir)?;
     check_new_folder(dir)?;
     model.merge_lora(backend)?;
     let mut owned = Vec::new();
@@ -203,7 +204,7 @@ pub fn save_merged<B: Backend>(
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let config = merged_config(checkpoint, kind, dtype)?;
 
-    let staging = staging_folder(dir)?;
+    let (staging, _lock) = staging_folder(dir, &name)?;
     let written = (|| -> Result<Vec<String>> {
         // Straight to the file: one more copy of a large model's bytes is not held.
         let weights = staging.join("model.safetensors");
@@ -300,32 +301,30 @@ fn check_new_folder(dir: &Path) -> Result<()> {
     }
 }
 
-/// A fresh folder beside `dir` (`.NAME.merging-PID`) to write the merge in, once what
-/// merges no longer running left there is removed (a merge killed or stopped part way).
-fn staging_folder(dir: &Path) -> Result<PathBuf> {
+/// The name of the merge's own folder at the end of `dir`: `new/.`, which reads as `new` to
+/// `Path` but fails the final rename, and `.` or `/`, which are no folder of the merge's
+/// own, are refused before the merge's work.
+fn folder_name(dir: &Path) -> Result<String> {
     use std::os::unix::ffi::OsStrExt;
-    // `new/.` reads as `new` to Path, but a rename onto it fails and `.` itself is the
-    // folder a shell stands in: a merge needs a name of its own.
     let raw = dir.as_os_str().as_bytes();
-    let last = raw
-        .strip_suffix(b"/")
-        .unwrap_or(raw)
-        .rsplit(|&b| b == b'/')
-        .next()
-        .unwrap_or_default();
-    let name = match (last, dir.file_name()) {
-        (b"." | b"..", _) | (_, None) => {
-            return Err(Error::invalid(
-                "merge",
-                format!(
-                    "{} ends in `.` or `..`: give the merge a folder name of its own (e.g. \
-                     ./merged)",
-                    dir.display()
-                ),
-            ))
-        }
-        (_, Some(name)) => name.to_string_lossy().into_owned(),
-    };
+    let trimmed = &raw[..raw.len() - raw.iter().rev().take_while(|&&b| b == b'/').count()];
+    let last = trimmed.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    match (last, dir.file_name()) {
+        (b"." | b"..", _) | (_, None) => Err(Error::invalid(
+            "merge",
+            format!(
+                "{} names no folder of the merge's own: give one (e.g. ./merged)",
+                dir.display()
+            ),
+        )),
+        (_, Some(name)) => Ok(name.to_string_lossy().into_owned()),
+    }
+}
+
+/// A fresh folder beside `dir` (`.NAME.merging-PID`) to write the merge in, locked for as
+/// long as the returned file lives, once the folders of merges no longer writing are removed
+/// (one killed part way; a live one, in this process namespace or not, holds its lock).
+fn staging_folder(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
     let parent = super::atomic::parent_of(dir);
     let in_parent = |error| Error::Io {
         path: parent.to_path_buf(),
@@ -333,15 +332,39 @@ fn staging_folder(dir: &Path) -> Result<PathBuf> {
     };
     std::fs::create_dir_all(parent).map_err(in_parent)?;
     let prefix = format!(".{name}.merging-");
-    // A merge is one process writing one folder: what a dead one left is never finished.
-    super::atomic::remove_dead_writers_leftovers(parent, &prefix, std::time::Duration::ZERO);
+    remove_abandoned_staging(parent, &prefix);
     let staging = parent.join(format!("{prefix}{}", std::process::id()));
     // Left by an earlier merge of this process id that was killed: never a whole checkpoint.
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(in_parent)?;
     }
     std::fs::create_dir(&staging).map_err(in_parent)?;
-    Ok(staging)
+    let lock = std::fs::File::open(&staging).map_err(in_parent)?;
+    lock.lock().map_err(in_parent)?;
+    Ok((staging, lock))
+}
+
+/// Removes the staging folders (`PREFIX<digits>`) in `parent` whose lock can be taken: their
+/// merges no longer run.
+fn remove_abandoned_staging(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let is_staging = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        let path = entry.path();
+        if !is_staging || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let abandoned = std::fs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
+        if abandoned {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

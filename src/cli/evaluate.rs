@@ -63,7 +63,7 @@ fn load<B: Backend>(
             let source = checkpoint.weights.path().to_path_buf();
             // A checkpoint `spafit merge` wrote cuts inputs as its adapter did.
             let cut = match spafit::adapter::merged_max_len(checkpoint.dir())? {
-                Some(trained) => TrainedCut::Recorded(trained),
+                Some(recorded) => TrainedCut::of_adapter(recorded),
                 None => TrainedCut::NoAdapter,
             };
             (classifier, head, default_kind, source, cut)

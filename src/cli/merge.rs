@@ -87,7 +87,9 @@ impl MergeCommand {
         )?;
         drop(deferred);
         if let Some((signal, _)) = super::interrupt::received() {
-            note!("{signal} came while the merge was written: it is complete");
+            note!("note: {signal} came while the merge was written; it is complete");
+            // A script's loop stops at a command a signal ended, as it would without us.
+            super::interrupt::stopped_run();
         }
         let classes = match &kind {
             TaskKind::Classification { labels } => json!(labels),

@@ -1326,29 +1326,51 @@ impl<'a, B: Backend> Trainer<'a, B> {
                       run would have; \
                       --resume with a smaller --micro-batch-size (the same batches in smaller \
                       parts) continues with the same data and schedule";
-        if self.config.output_dir.is_none() {
-            return format!("{what}; without an output directory nothing is kept to resume");
-        }
-        if run.step == 0 {
+        let kept = format!(
+            "The state after step {}, the last step completed, is saved in last/: {resume}",
+            run.step
+        );
+        if run.step == 0 && self.config.output_dir.is_some() {
             return format!("{what}, the first: there is no step to keep");
         }
         if run.saved_step == Some(run.step) {
-            return format!(
-                "{what}. The state after step {}, the last step completed, is in last/: {resume}",
-                run.step
-            );
+            return format!("{what}. {kept}");
         }
+        self.save_after_out_of_memory(plan, run, what, &kept)
+    }
+
+    /// Saves the state at `run`'s step after the device ran out of memory (`what` says
+    /// where), and says what a resume has: `kept` words the saved state.
+    fn save_after_out_of_memory(
+        &mut self,
+        plan: &RunPlan,
+        run: &mut Run<B>,
+        what: String,
+        kept: &str,
+    ) -> String {
+        if self.config.output_dir.is_none() {
+            return format!("{what}; without an output directory nothing is kept to resume");
+        }
+        let saved_before = run.saved_step;
         match self.save_and_tell(plan, run) {
-            Ok(_) => format!(
-                "{what}. The state after step {}, the last step completed, is saved in last/: \
-                 {resume}",
-                run.step
-            ),
-            Err(e) => format!(
-                "{what}. Saving the state after step {} failed as well ({e}): the state saved \
-                 last stays in last/",
-                run.step
-            ),
+            Ok(_) => format!("{what}. {kept}"),
+            Err(e) => {
+                // The device's advice is said once, above.
+                let why = match e {
+                    Error::OutOfMemory { .. } => "it ran out of device memory too".to_string(),
+                    e => e.to_string(),
+                };
+                let left = match saved_before {
+                    Some(step) => {
+                        format!("the state saved last, after step {step}, stays in last/")
+                    }
+                    None => "no state was saved before, so a resume starts from step 0".into(),
+                };
+                format!(
+                    "{what}. Saving the state after step {} failed as well ({why}): {left}",
+                    run.step
+                )
+            }
         }
     }
 
@@ -1509,24 +1531,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
              examples: a smaller --eval-batch-size (eval_batch_size) needs less",
             run.step, self.config.eval_batch_size
         );
-        if self.config.output_dir.is_none() {
-            return format!("{what}; without an output directory nothing is kept to resume");
-        }
+        let kept = format!(
+            "The state after step {} is saved in last/ with this evaluation still to run: \
+             --resume with a smaller --eval-batch-size runs it first and continues as the run \
+             would have",
+            run.step
+        );
         run.evaluation_due = true;
-        let saved = self.save_and_tell(plan, run);
+        let told = self.save_after_out_of_memory(plan, run, what, &kept);
         run.evaluation_due = false;
-        match saved {
-            Ok(_) => format!(
-                "{what}. The state after step {} is saved in last/ with this evaluation still \
-                 to run: --resume with a smaller --eval-batch-size runs it first and continues \
-                 as the run would have",
-                run.step
-            ),
-            Err(e) => format!(
-                "{what}. Saving the state at this step failed as well ({e}): the state saved \
-                 last stays in last/"
-            ),
-        }
+        told
     }
 
     /// Refuses to save weights a diverged step left with NaN or infinite values, or with
