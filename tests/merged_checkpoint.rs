@@ -58,24 +58,10 @@ fn adapters_written_by_peft_merge_to_peft_logits() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut cases = 0;
     for set in ["peft-adapters", "peft-adapters-wrapped"] {
-        let reference: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(root.join(set).join("expected.json")).unwrap(),
-        )
-        .unwrap();
-        let texts: Vec<&str> = reference["texts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
-        let max_len = reference["max_length"].as_u64().unwrap() as usize;
-        for (name, case) in reference["cases"].as_object().unwrap() {
-            let want: Vec<f64> = case["logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
-                .collect();
+        let reference = common::PeftReference::read(&root.join(set));
+        let (texts, max_len) = (reference.texts(), reference.max_len);
+        for (name, case) in &reference.cases {
+            let want = common::PeftReference::logits(case);
             // The worst error each storage may have: f64 is the merge itself; f32 rounds
             // every weight once; bf16 keeps 8 bits of each.
             for (dtype, tolerance) in [

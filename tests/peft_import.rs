@@ -30,10 +30,6 @@ fn wrapped_fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft-adapters-wrapped")
 }
 
-fn expected_in(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap()
-}
-
 #[test]
 fn adapters_written_by_peft_give_peft_logits() {
     check_peft_written_set(&fixtures(), 4);
@@ -50,15 +46,8 @@ fn adapters_with_peft_wrappers_and_saved_modules_give_peft_logits() {
 fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
     let ck = checkpoint();
     let cpu = CpuBackend::f64();
-    let reference = expected_in(fixtures);
-    let texts: Vec<&str> = reference["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    let max_len = reference["max_length"].as_u64().unwrap() as usize;
-    let cases = reference["cases"].as_object().unwrap();
+    let reference = common::PeftReference::read(fixtures);
+    let (texts, max_len, cases) = (reference.texts(), reference.max_len, &reference.cases);
     assert_eq!(cases.len(), cases_expected);
     for (name, case) in cases {
         let dir = fixtures.join(name);
@@ -66,12 +55,7 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
         assert_eq!(opened.format, AdapterFormat::Peft);
         let labels = case["num_labels"].as_u64().unwrap() as usize;
         assert_eq!(opened.model.num_labels(), labels, "{name}");
-        let want: Vec<f64> = case["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
-            .collect();
+        let want = common::PeftReference::logits(case);
         let got = common::logits(&ck, &cpu, &opened.model, &texts, max_len);
         let err = got
             .iter()

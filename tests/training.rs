@@ -2509,6 +2509,17 @@ fn training_inputs_are_all_single_texts_or_all_pairs() {
     assert!(!fit(&singles, Some(&singles)).unwrap().text_pairs);
 }
 
+/// Whether this process is the child that runs `test` under a device memory size of its
+/// own (the stand-in's size is the process's); in the parent, runs that child first.
+fn in_memory_child(test: &str) -> bool {
+    if std::env::var("SPAFIT_OOM_CHILD").as_deref() == Ok(test) {
+        return true;
+    }
+    let out = common::run_in_child(test, &[("SPAFIT_OOM_CHILD", test)]);
+    println!("{out}");
+    false
+}
+
 /// An evaluation that runs out of device memory keeps the step it followed: the state at
 /// that step is saved with the evaluation still due, and a resume with a smaller evaluation
 /// batch runs it first and ends where the uninterrupted run ends, bit for bit (the same
@@ -2519,10 +2530,7 @@ fn training_inputs_are_all_single_texts_or_all_pairs() {
 fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
     use spafit::backend::cuda::{emulator, CudaBackend};
     use spafit::tensor::DType;
-    const TEST: &str = "an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume";
-    if std::env::var("SPAFIT_OOM_CHILD").as_deref() != Ok(TEST) {
-        let out = common::run_in_child(TEST, &[("SPAFIT_OOM_CHILD", TEST)]);
-        println!("{out}");
+    if !in_memory_child("an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -2652,10 +2660,7 @@ fn a_step_out_of_device_memory_keeps_the_steps_before_it() {
     use spafit::backend::cuda::{emulator, CudaBackend};
     use spafit::tensor::DType;
     use spafit::train::TrainEvent;
-    const TEST: &str = "a_step_out_of_device_memory_keeps_the_steps_before_it";
-    if std::env::var("SPAFIT_OOM_CHILD").as_deref() != Ok(TEST) {
-        let out = common::run_in_child(TEST, &[("SPAFIT_OOM_CHILD", TEST)]);
-        println!("{out}");
+    if !in_memory_child("a_step_out_of_device_memory_keeps_the_steps_before_it") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -269,3 +269,44 @@ pub fn saved_step(out: &std::path::Path) -> Option<u64> {
     let run = header.metadata().as_ref()?.get("spafit.run")?.clone();
     serde_json::from_str::<serde_json::Value>(&run).ok()?["step"].as_u64()
 }
+
+/// What a set of PEFT-written fixture adapters was checked against (`expected.json` in
+/// their folder): the texts, the tokens they were cut to, and each case's settings and
+/// float64 logits.
+pub struct PeftReference {
+    pub texts: Vec<String>,
+    pub max_len: usize,
+    pub cases: serde_json::Map<String, serde_json::Value>,
+}
+
+impl PeftReference {
+    pub fn read(dir: &std::path::Path) -> Self {
+        let reference: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        PeftReference {
+            texts: reference["texts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect(),
+            max_len: reference["max_length"].as_u64().unwrap() as usize,
+            cases: reference["cases"].as_object().unwrap().clone(),
+        }
+    }
+
+    pub fn texts(&self) -> Vec<&str> {
+        self.texts.iter().map(String::as_str).collect()
+    }
+
+    /// A case's logits, row after row.
+    pub fn logits(case: &serde_json::Value) -> Vec<f64> {
+        case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect()
+    }
+}
