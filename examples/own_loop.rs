@@ -37,7 +37,7 @@ fn main() -> spafit::Result<()> {
     let backend = CpuBackend::f32();
     let checkpoint = Checkpoint::open(&model_dir)?;
     let plan = PeftPlan::new(
-        &PeftConfig::new(Method::Spafit),
+        &PeftConfig::new(Method::Spafit).for_family(checkpoint.config.family()),
         checkpoint.config.num_hidden_layers,
     )?;
     let mut model = BertClassifier::from_checkpoint(&checkpoint, &backend, 2, 0)?;
@@ -56,7 +56,7 @@ fn main() -> spafit::Result<()> {
     for step in 0..steps {
         // Two batches of four, alternating; a real loop would shuffle.
         let batch: Vec<usize> = (0..4).map(|i| 2 * i + step % 2).collect();
-        let (input, labels, _) = encoded.tensors(&backend, &batch)?;
+        let (input, labels, _) = encoded.tensors(&backend, &batch, config)?;
         let labels = labels.expect("every example is labeled");
         let mut dropout = DropoutPlan::train(
             config.hidden_dropout_prob,

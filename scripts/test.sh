@@ -23,7 +23,7 @@ status=0
 cargo test --locked 2>&1 | tee "$log" || status=$?
 
 # The test binaries whose CUDA cases a second schedule should see.
-cuda_tests=(--test cross_backend --test tensor_core --test cuda_model)
+cuda_tests=(--test cross_backend --test tensor_core --test cuda_model --test roberta)
 echo "=== CUDA tests under SPAFIT_EMU_SCHEDULE=reverse ===" | tee -a "$log"
 SPAFIT_EMU_SCHEDULE=reverse cargo test --locked "${cuda_tests[@]}" 2>&1 | tee -a "$log" || status=$?
 

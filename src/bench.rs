@@ -203,7 +203,7 @@ pub fn bench_train_step_with<B: Backend>(
                 batch: rows,
                 seq: seq_len,
             };
-            let input = ModelInput::new(backend, &enc)?;
+            let input = ModelInput::for_model(backend, &enc, model.config())?;
             let labels = if model.num_labels() == 1 {
                 Labels::Scores(backend.tensor_from_f64(Shape::new([rows]), &vec![0.5; rows])?)
             } else {

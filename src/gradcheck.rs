@@ -212,7 +212,8 @@ pub fn gradcheck<B: Backend>(
     device.check_attention_head_dim(checkpoint.config.head_dim(), true)?;
     let cpu = CpuBackend::f64();
     let mut model = BertClassifier::from_checkpoint(checkpoint, &cpu, 2, seed)?;
-    let plan = PeftPlan::new(config, checkpoint.config.num_hidden_layers)?;
+    let config = config.clone().for_family(checkpoint.config.family());
+    let plan = PeftPlan::new(&config, checkpoint.config.num_hidden_layers)?;
     let mut rng = SplitMix::new(seed);
     model.apply_plan(&plan, &mut |_, shape: Shape| {
         let v: Vec<f64> = (0..shape.numel())
@@ -224,7 +225,7 @@ pub fn gradcheck<B: Backend>(
     let lora_dropout = plan.lora_dropout();
     let tokenizer = checkpoint.tokenizer(32)?;
     let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
-    let input = ModelInput::new(&cpu, &tokenizer.encode_batch(&inputs)?)?;
+    let input = ModelInput::for_model(&cpu, &tokenizer.encode_batch(&inputs)?, &checkpoint.config)?;
     let y: Vec<u32> = (0..texts.len()).map(|i| (i % 2) as u32).collect();
     let labels = Labels::Classes(cpu.tensor_from_u32(Shape::new([texts.len()]), &y)?);
     let loss_of = |m: &BertClassifier<CpuBackend>| -> Result<f64> {
@@ -258,7 +259,11 @@ pub fn gradcheck<B: Backend>(
         }
     }
     on_device.store_frozen_weights(device)?;
-    let device_input = ModelInput::new(device, &tokenizer.encode_batch(&inputs)?)?;
+    let device_input = ModelInput::for_model(
+        device,
+        &tokenizer.encode_batch(&inputs)?,
+        &checkpoint.config,
+    )?;
     let device_labels = Labels::Classes(device.tensor_from_u32(Shape::new([texts.len()]), &y)?);
     let mut tape = Tape::new(device.clone());
     let logits = on_device.forward(

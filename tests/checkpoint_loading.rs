@@ -483,7 +483,7 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     let bert = tiny_config_json(2);
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
         "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
-    let cases: [(&str, String, &str); 14] = [
+    let cases: [(&str, String, &str); 15] = [
         (
             "unknown-problem",
             bert.replace(r#""gelu","#, r#""gelu", "problem_type": "ranking","#),
@@ -496,9 +496,14 @@ fn other_model_families_and_decoders_are_refused_by_name() {
             "`architectures` (RobertaForMaskedLM) names no BERT class",
         ),
         (
-            "roberta",
-            bert.replace(r#""bert""#, r#""roberta""#),
-            r#"`model_type` is "roberta""#,
+            "roberta-without-positions",
+            bert.replace(r#""bert""#, r#""roberta", "pad_token_id": 99999"#),
+            "`pad_token_id` 99999 leaves no RoBERTa positions",
+        ),
+        (
+            "camembert",
+            bert.replace(r#""bert""#, r#""camembert""#),
+            r#"`model_type` is "camembert""#,
         ),
         (
             "electra",
@@ -1376,12 +1381,19 @@ fn heads_follow_their_architecture_and_the_data_classes() {
 /// `BertConfig::validate` checks what loading checks, for a config built in code.
 #[test]
 fn configs_built_in_code_are_validated_as_loaded_ones() {
+    let electra = BertConfig {
+        model_type: Some("electra".into()),
+        ..tiny_bert::config(2)
+    };
+    let e = electra.validate().unwrap_err().to_string();
+    assert!(e.contains("`model_type` is `electra`"), "{e}");
     let roberta = BertConfig {
         model_type: Some("roberta".into()),
+        pad_token_id: Some(tiny_bert::config(2).max_position_embeddings - 1),
         ..tiny_bert::config(2)
     };
     let e = roberta.validate().unwrap_err().to_string();
-    assert!(e.contains("`model_type` is `roberta`"), "{e}");
+    assert!(e.contains("leaves no RoBERTa positions"), "{e}");
     // Q, K, V, O and the pooler are hidden × hidden: a size whose square wraps is refused.
     let huge = BertConfig {
         hidden_size: 1 << 33,

@@ -1,5 +1,6 @@
 //! A fine-tuned checkpoint of its own, made from a base model and an adapter: LoRA folded
-//! into the weights it adapts, every tensor under `BertForSequenceClassification`'s names,
+//! into the weights it adapts, every tensor under `BertForSequenceClassification`'s names
+//! (`RobertaForSequenceClassification`'s for a RoBERTa base),
 //! the base's `config.json` naming the head's classes, and the base's tokenizer files. The
 //! folder needs no adapter and no spafit: transformers' `AutoModelForSequenceClassification`
 //! reads it, and so do `spafit eval` and `predict` as a fine-tuned checkpoint.
@@ -178,6 +179,7 @@ pub fn save_merged<B: Backend>(
     let name = folder_name(dir)?;
     check_new_folder(dir)?;
     model.merge_lora(backend)?;
+    let family = model.config().family();
     let mut owned = Vec::new();
     for p in model.params() {
         let values = backend.to_f64(&p.value)?;
@@ -193,7 +195,12 @@ pub fn save_merged<B: Backend>(
                 }
             ))
         })?;
-        owned.push((p.name.clone(), stored, p.value.dims().to_vec(), bytes));
+        owned.push((
+            family.hf_name(&p.name),
+            stored,
+            p.value.dims().to_vec(),
+            bytes,
+        ));
     }
     let views = owned
         .iter()
@@ -413,10 +420,11 @@ fn merged_config(checkpoint: &Checkpoint, kind: &TaskKind, dtype: MergedDType) -
         .enumerate()
         .map(|(i, n)| (n.clone(), json!(i)))
         .collect();
-    config.insert(
-        "architectures".into(),
-        json!(["BertForSequenceClassification"]),
-    );
+    let architecture = checkpoint
+        .config
+        .family()
+        .sequence_classifier(checkpoint.config.model_type.as_deref());
+    config.insert("architectures".into(), json!([architecture]));
     config.insert("id2label".into(), Value::Object(id2label));
     config.insert("label2id".into(), Value::Object(label2id));
     config.insert("problem_type".into(), json!(problem_type));

@@ -92,6 +92,8 @@ pub fn export_peft<B: Backend>(
                 .any(|t| name.starts_with(&format!("bert.encoder.layer.{l}.{}.", t.module())))
         })
     };
+    // Names as transformers gives them to the model's family (RoBERTa's head and prefix).
+    let family = model.config().family();
     let mut tensors: Vec<(String, Tensor<B>)> = Vec::new();
     for p in model.params().into_iter().filter(|p| p.trainable) {
         let key = if p.name.contains(".lora_") {
@@ -101,7 +103,10 @@ pub fn export_peft<B: Backend>(
         } else {
             p.name.clone()
         };
-        tensors.push((format!("base_model.model.{key}"), p.value.clone()));
+        tensors.push((
+            format!("base_model.model.{}", family.hf_name(&key)),
+            p.value.clone(),
+        ));
     }
     let layers_alt = lora_layers
         .iter()
@@ -123,7 +128,8 @@ pub fn export_peft<B: Backend>(
     // only; it trains them all, a superset of the plan), LayerNorms and the embeddings as
     // modules saved whole (their tensors the file does not hold start from the base).
     let mut modules_to_save = vec!["classifier".to_string()];
-    if plan.train_pooler {
+    // RoBERTa's `classifier` holds the dense map BERT calls its pooler.
+    if plan.train_pooler && !family.pooler_is_head() {
         modules_to_save.push("pooler".into());
     }
     if plan.train_layer_norm_weights {
@@ -134,17 +140,18 @@ pub fn export_peft<B: Backend>(
             .filter(|(_, s)| **s != Stratum::Frozen)
         {
             for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
-                modules_to_save.push(format!("bert.encoder.layer.{l}.{norm}"));
+                modules_to_save.push(family.hf_name(&format!("bert.encoder.layer.{l}.{norm}")));
             }
         }
     }
     if plan.train_embeddings {
-        modules_to_save.push("bert.embeddings".into());
+        modules_to_save.push(family.hf_name("bert.embeddings"));
     }
     // PEFT restores a module in `modules_to_save` whole: a tensor of it that does not train
     // (a LayerNorm's bias under LoRA, whose scale trains) is written with its base value,
     // or PEFT's load fails on the missing key.
     let saved_whole = |name: &str| {
+        let name = family.hf_name(name);
         modules_to_save.iter().any(|m| {
             let m = if m == "pooler" {
                 "bert.pooler"
@@ -159,7 +166,10 @@ pub fn export_peft<B: Backend>(
         .into_iter()
         .filter(|p| !p.trainable && saved_whole(&p.name))
     {
-        tensors.push((format!("base_model.model.{}", p.name), p.value.clone()));
+        tensors.push((
+            format!("base_model.model.{}", family.hf_name(&p.name)),
+            p.value.clone(),
+        ));
     }
     let config = json!({
         "peft_type": "LORA",
@@ -168,7 +178,10 @@ pub fn export_peft<B: Backend>(
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
-        "target_modules": format!("bert\\.encoder\\.layer\\.({layers_alt})\\.({modules_alt})"),
+        "target_modules": format!(
+            "{}\\.encoder\\.layer\\.({layers_alt})\\.({modules_alt})",
+            family.prefix()
+        ),
         "bias": if trains_biases { "all" } else { "none" },
         "modules_to_save": modules_to_save,
         "fan_in_fan_out": false,

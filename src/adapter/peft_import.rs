@@ -240,6 +240,8 @@ pub fn import_peft<B: Backend>(
     };
     let config = &checkpoint.config;
     let layers = config.num_hidden_layers;
+    // The file names tensors as transformers does; the model as BERT does.
+    let family = config.family();
 
     // Sort the file's tensors into LoRA pairs and base-model parameters.
     let mut lora: BTreeMap<String, LoraPair> = BTreeMap::new();
@@ -253,9 +255,9 @@ pub fn import_peft<B: Backend>(
             ))
         })?;
         if let Some(module) = key.strip_suffix(".lora_A.weight") {
-            lora.entry(module.to_string()).or_default().a = Some(name.clone());
+            lora.entry(family.internal_name(module)).or_default().a = Some(name.clone());
         } else if let Some(module) = key.strip_suffix(".lora_B.weight") {
-            lora.entry(module.to_string()).or_default().b = Some(name.clone());
+            lora.entry(family.internal_name(module)).or_default().b = Some(name.clone());
         } else if key.contains(".lora_") {
             return Err(bad_tensor(format!(
                 "tensor `{name}`: spafit supports LoRA's A and B matrices only (not embedding \
@@ -264,10 +266,16 @@ pub fn import_peft<B: Backend>(
         } else if key.contains(".original_module.") {
             ignored.push(name.clone());
         } else if key.contains(".modules_to_save.") {
-            wrapped.push((unwrap_saved_module(key), name.clone()));
+            wrapped.push((
+                family.internal_name(&unwrap_saved_module(key)),
+                name.clone(),
+            ));
         } else {
             // A wrapped module keeps its own weight and bias under `base_layer`.
-            others.insert(key.replace(".base_layer.", "."), name.clone());
+            others.insert(
+                family.internal_name(&key.replace(".base_layer.", ".")),
+                name.clone(),
+            );
         }
     }
     // `bias = "all"` also stores the wrapper's copy of a module saved whole; PEFT loads the
@@ -317,7 +325,7 @@ pub fn import_peft<B: Backend>(
     for l in 0..layers {
         for t in LoraTarget::ALL {
             let module = format!("bert.encoder.layer.{l}.{}", t.module());
-            if settings.targets(&module, Some(l), true, false) {
+            if settings.targets(&family.hf_name(&module), Some(l), true, false) {
                 selected.insert(module);
             }
         }
@@ -330,7 +338,8 @@ pub fn import_peft<B: Backend>(
         ("bert.embeddings.token_type_embeddings", false, false),
     ];
     for (module, linear, head) in unsupported {
-        if settings.targets(module, None, linear, head) {
+        let module = family.hf_name(module);
+        if settings.targets(&module, None, linear, head) {
             return Err(Error::Format {
                 path: config_path.clone(),
                 detail: format!(
@@ -342,6 +351,7 @@ pub fn import_peft<B: Backend>(
     }
     for (module, pair) in &lora {
         if !selected.contains(module) {
+            let module = family.hf_name(module);
             return Err(bad_tensor(format!(
                 "LoRA tensors for `{module}`, which `target_modules` in {PEFT_CONFIG_FILE} does not \
                  select (or this model has no such module)"
@@ -349,6 +359,7 @@ pub fn import_peft<B: Backend>(
         }
         if pair.a.is_none() || pair.b.is_none() {
             let missing = if pair.a.is_none() { "lora_A" } else { "lora_B" };
+            let module = family.hf_name(module);
             return Err(bad_tensor(format!(
                 "`{PREFIX}{module}.{missing}.weight` is missing"
             )));
@@ -370,11 +381,13 @@ pub fn import_peft<B: Backend>(
             _ => String::new(),
         };
         return Err(bad_tensor(format!(
-            "no LoRA tensors for `{module}`, which `target_modules` selects{fewer_layers}"
+            "no LoRA tensors for `{}`, which `target_modules` selects{fewer_layers}",
+            family.hf_name(module)
         )));
     }
     for module in &selected {
-        let overrides = settings.per_module_overrides(module)?;
+        let module = family.hf_name(module);
+        let overrides = settings.per_module_overrides(&module)?;
         if !overrides.is_empty() {
             return Err(Error::Format {
                 path: config_path,
@@ -430,19 +443,19 @@ pub fn import_peft<B: Backend>(
         .get("classifier.weight")
         .and_then(|n| file.shape(n))
         .ok_or_else(|| {
-            bad_tensor(
-                "no `base_model.model.classifier.weight`: the adapter must carry its classifier \
-                 (modules_to_save)"
-                    .into(),
-            )
+            bad_tensor(format!(
+                "no `base_model.model.{}`: the adapter must carry its classifier \
+                 (modules_to_save)",
+                family.hf_name("classifier.weight")
+            ))
         })?;
     // A head without its bias would predict with one PEFT refuses to load (a KeyError there).
     if !others.contains_key("classifier.bias") {
-        return Err(bad_tensor(
-            "no `base_model.model.classifier.bias` beside the classifier's weight: the head is \
-             not in the base model, so the adapter must carry all of it"
-                .into(),
-        ));
+        return Err(bad_tensor(format!(
+            "no `base_model.model.{}` beside the classifier's weight: the head is not in the \
+             base model, so the adapter must carry all of it",
+            family.hf_name("classifier.bias")
+        )));
     }
     if head_shape.len() != 2 || head_shape[1] != config.hidden_size || head_shape[0] == 0 {
         return Err(Error::Mismatch {

@@ -109,7 +109,7 @@ pub(crate) fn check_savable<B: Backend>(
             ),
         ));
     }
-    let positions = model.config().max_position_embeddings;
+    let positions = model.config().max_tokens();
     if let Some(n) = max_len.filter(|&n| n == 0 || n > positions) {
         return Err(Error::invalid(
             op,

@@ -1,10 +1,11 @@
-//! `config.json` of a Hugging Face BERT checkpoint.
+//! `config.json` of a Hugging Face BERT (or RoBERTa) checkpoint.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
+use super::EncoderFamily;
 use crate::error::{Error, Result};
 
 /// The architecture settings spafit reads from `config.json`.
@@ -49,10 +50,15 @@ pub struct BertConfig {
     /// Must be `absolute` when present.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
-    /// Must be `bert` when present: the families that share BERT's tensor names (RoBERTa,
-    /// ELECTRA, ERNIE, ...) differ in their positions, embeddings or layers.
+    /// `bert`, `roberta` or `xlm-roberta` when present ([`BertConfig::family`]): the other
+    /// families that share BERT's tensor names (ELECTRA, ERNIE, ...) differ in their
+    /// positions, embeddings or layers.
     #[serde(default)]
     pub model_type: Option<String>,
+    /// The padding token's id. RoBERTa's position ids count from the one after it
+    /// (transformers' default there: 1); BERT does not read it.
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
     /// Must be false: a decoder's attention is causal.
     #[serde(default)]
     pub is_decoder: bool,
@@ -172,6 +178,7 @@ impl BertConfig {
             initializer_range: 0.02,
             position_embedding_type: None,
             model_type: Some("bert".into()),
+            pad_token_id: None,
             is_decoder: false,
             problem_type: None,
             id2label: BTreeMap::new(),
@@ -209,6 +216,34 @@ impl BertConfig {
         self.hidden_size
             .checked_div(self.num_attention_heads)
             .unwrap_or(0)
+    }
+
+    /// The encoder family (`model_type`; BERT when absent).
+    pub fn family(&self) -> EncoderFamily {
+        self.model_type
+            .as_deref()
+            .and_then(EncoderFamily::of_model_type)
+            .unwrap_or(EncoderFamily::Bert)
+    }
+
+    /// The position id of a sequence's first token: 0 for BERT, `pad_token_id + 1` for
+    /// RoBERTa (whose padding tokens sit at `pad_token_id`).
+    pub fn first_position(&self) -> usize {
+        match self.family() {
+            EncoderFamily::Bert => 0,
+            EncoderFamily::Roberta => self.roberta_padding_position().saturating_add(1),
+        }
+    }
+
+    fn roberta_padding_position(&self) -> usize {
+        self.pad_token_id.unwrap_or(1)
+    }
+
+    /// The longest sequence the position table holds: `max_position_embeddings` for BERT,
+    /// less the positions RoBERTa skips (514 rows hold 512 tokens).
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.first_position())
     }
 
     /// Why `id2label` names no classes for a head of `num_labels` outputs although it is
@@ -296,20 +331,24 @@ impl BertConfig {
                     .flatten()
                     .filter_map(|a| a.as_str())
                     .collect();
-                if !names.is_empty() && !names.iter().any(|a| a.starts_with("Bert")) {
+                if !names.is_empty()
+                    && !names
+                        .iter()
+                        .any(|a| EncoderFamily::of_architecture(a) == Some(EncoderFamily::Bert))
+                {
                     return Err(format(format!(
                         "no `model_type`, and `architectures` ({}) names no BERT class; spafit \
-                         runs BERT checkpoints only",
+                         runs BERT checkpoints, and RoBERTa ones that say `model_type`",
                         names.join(", ")
                     )));
                 }
             }
-            Some(serde_json::Value::String(t)) if t == "bert" => {}
+            Some(serde_json::Value::String(t)) if EncoderFamily::of_model_type(t).is_some() => {}
             Some(other) => {
                 return Err(format(format!(
-                    "`model_type` is {other}; spafit runs BERT checkpoints (`bert`) only: other \
-                     families differ in their position ids, embeddings or layers even where \
-                     their tensor names match BERT's"
+                    "`model_type` is {other}; spafit runs BERT (`bert`) and RoBERTa (`roberta`, \
+                     `xlm-roberta`) checkpoints only: other families differ in their position \
+                     ids, embeddings or layers even where their tensor names match BERT's"
                 )))
             }
         }
@@ -368,9 +407,24 @@ impl BertConfig {
                 ));
             }
         }
-        if let Some(t) = self.model_type.as_deref().filter(|t| *t != "bert") {
+        if let Some(t) = self
+            .model_type
+            .as_deref()
+            .filter(|t| EncoderFamily::of_model_type(t).is_none())
+        {
             return Err(format!(
-                "`model_type` is `{t}`; spafit runs BERT checkpoints (`bert`) only"
+                "`model_type` is `{t}`; spafit runs BERT (`bert`) and RoBERTa (`roberta`, \
+                 `xlm-roberta`) checkpoints only"
+            ));
+        }
+        if self.family() == EncoderFamily::Roberta
+            && self.roberta_padding_position().saturating_add(1) >= self.max_position_embeddings
+        {
+            return Err(format!(
+                "`pad_token_id` {} leaves no RoBERTa positions among `max_position_embeddings` \
+                 {} (positions start after the padding id)",
+                self.roberta_padding_position(),
+                self.max_position_embeddings
             ));
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {

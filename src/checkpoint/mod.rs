@@ -1,10 +1,12 @@
 //! Hugging Face BERT checkpoints: `config.json`, `model.safetensors`, `tokenizer.json`.
 
 mod config;
+mod family;
 mod location;
 mod weights;
 
 pub use config::BertConfig;
+pub use family::EncoderFamily;
 pub use location::{hub_cache_roots, resolve, resolve_with_caches};
 pub use weights::{WeightsFile, NON_FINITE_WEIGHTS};
 
@@ -39,7 +41,7 @@ impl Checkpoint {
             &crate::text_file::read_utf8(&config_path)?,
             &config_path,
         )?;
-        let weights = open_weights(&dir)?;
+        let weights = open_weights(&dir)?.read_as(config.family());
         check_layer_count(&config, &weights)?;
         Ok(Checkpoint {
             dir,
@@ -94,9 +96,20 @@ impl Checkpoint {
     /// `BertForTokenClassification` (one prediction per token). Such a head is neither
     /// evaluated nor trained on; a fresh one replaces it.
     pub fn foreign_head(&self) -> Option<&str> {
-        const OTHER_HEADS: [&str; 2] = ["BertForMultipleChoice", "BertForTokenClassification"];
+        const OTHER_HEADS: [&str; 6] = [
+            "BertForMultipleChoice",
+            "BertForTokenClassification",
+            "RobertaForMultipleChoice",
+            "RobertaForTokenClassification",
+            "XLMRobertaForMultipleChoice",
+            "XLMRobertaForTokenClassification",
+        ];
         let names = &self.architectures;
-        if names.iter().any(|a| a == "BertForSequenceClassification") {
+        let ours = self
+            .config
+            .family()
+            .sequence_classifier(self.config.model_type.as_deref());
+        if names.iter().any(|a| a == ours) {
             return None;
         }
         names
@@ -151,13 +164,18 @@ impl Checkpoint {
     /// Refuses a truncation length longer than the model's position table, as
     /// [`Checkpoint::tokenizer`] does: a caller checks it before reading any data.
     pub fn check_max_len(&self, max_len: usize) -> Result<()> {
-        if max_len > self.config.max_position_embeddings {
+        let most = self.config.max_tokens();
+        if max_len > most {
+            let table = match self.config.first_position() {
+                0 => String::new(),
+                skipped => format!(", less the {skipped} that RoBERTa's positions skip"),
+            };
             return Err(Error::invalid(
                 "tokenizer",
                 format!(
-                    "max length {max_len} exceeds the model's {0} positions \
-                     (config.json's `max_position_embeddings`): give --max-len {0} or less",
-                    self.config.max_position_embeddings
+                    "max length {max_len} exceeds the model's {most} positions \
+                     (config.json's `max_position_embeddings`{table}): give --max-len {most} or \
+                     less"
                 ),
             ));
         }
@@ -212,7 +230,7 @@ impl Checkpoint {
         // other parts of the file than the vocabulary: a probe pair shows what they are.
         // At the full position table, so a --max-len too short for a pair hides nothing.
         let mut prober = tok.clone();
-        prober.set_max_len(self.config.max_position_embeddings)?;
+        prober.set_max_len(self.config.max_tokens())?;
         let probe = prober.encode(crate::text::TextInput::Pair("a", "b")).ok();
         let single = prober.encode(crate::text::TextInput::Single("a")).ok();
         let ids = probe.iter().chain(&single).flat_map(|e| &e.ids).copied();

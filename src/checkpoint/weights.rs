@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 
+use super::EncoderFamily;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
@@ -28,6 +29,8 @@ pub struct WeightsFile {
     position_of: HashMap<String, usize>,
     sha256: std::sync::OnceLock<String>,
     encoder_sha256: std::sync::OnceLock<String>,
+    /// How the file names what spafit names the BERT way ([`WeightsFile::resolve`]).
+    family: EncoderFamily,
 }
 
 struct Shard {
@@ -233,6 +236,7 @@ impl WeightsFile {
             position_of,
             sha256: std::sync::OnceLock::new(),
             encoder_sha256: std::sync::OnceLock::new(),
+            family: EncoderFamily::Bert,
         })
     }
 
@@ -316,15 +320,26 @@ impl WeightsFile {
         self.position_of.get(stored).copied()
     }
 
+    /// Reads the file as a checkpoint of `family`: [`WeightsFile::resolve`] finds spafit's
+    /// (BERT's) names under that family's names.
+    pub fn read_as(mut self, family: EncoderFamily) -> Self {
+        self.family = family;
+        self
+    }
+
     /// The name under which `name` is stored: as is, or without the `bert.` prefix that
     /// `BertModel` checkpoints lack and `BertFor…` checkpoints have; and for a LayerNorm, under
     /// the TensorFlow-era names `gamma` / `beta` as well (bert-base-uncased's own files use
-    /// them; transformers renames them on load).
+    /// them; transformers renames them on load). In a RoBERTa file ([`WeightsFile::read_as`])
+    /// under RoBERTa's names ([`EncoderFamily::hf_name`]), its prefix `roberta.` optional.
     pub fn resolve(&self, name: &str) -> Option<&str> {
+        let translated = self.family.hf_name(name);
+        let name = translated.as_str();
+        let prefix = format!("{}.", self.family.prefix());
         let legacy = LEGACY_LAYER_NORM_NAMES
             .into_iter()
             .find_map(|(modern, old)| Some(format!("{}{old}", name.strip_suffix(modern)?)));
-        let unprefixed = |n: &str| n.strip_prefix("bert.").map(str::to_string);
+        let unprefixed = |n: &str| n.strip_prefix(&prefix).map(str::to_string);
         let candidates = [
             Some(name.to_string()),
             unprefixed(name),
@@ -341,6 +356,8 @@ impl WeightsFile {
     /// "tensor `name` is missing", and where the file holds it under a prefix spafit does
     /// not read (`model.`, `encoder.bert.`), that name too: the usual cause.
     pub fn missing(&self, name: &str) -> String {
+        let translated = self.family.hf_name(name);
+        let name = translated.as_str();
         let canonical = canonical_name(name);
         let suffix = format!(".{canonical}");
         match self
@@ -350,13 +367,16 @@ impl WeightsFile {
         {
             Some(other) => format!(
                 "tensor `{name}` is missing; the file has `{other}`, under a prefix spafit does \
-                 not read (it reads BERT's names with a `bert.` prefix or none)"
+                 not read (it reads {}'s names with a `{}.` prefix or none)",
+                self.family.display(),
+                self.family.prefix()
             ),
             // Named as the file spells its other tensors: without `bert.` in a `BertModel`
             // checkpoint.
             None => {
-                let unprefixed = name.strip_prefix("bert.").filter(|_| {
-                    !self.names.iter().any(|n| n.starts_with("bert."))
+                let prefix = format!("{}.", self.family.prefix());
+                let unprefixed = name.strip_prefix(&prefix).filter(|_| {
+                    !self.names.iter().any(|n| n.starts_with(&prefix))
                         && self.names.iter().any(|n| n.starts_with("encoder."))
                 });
                 format!("tensor `{}` is missing", unprefixed.unwrap_or(name))
@@ -444,10 +464,14 @@ const LEGACY_LAYER_NORM_NAMES: [(&str, &str); 2] = [
     ("LayerNorm.bias", "LayerNorm.beta"),
 ];
 
-/// `name` as transformers names it inside `BertModel`: without the `bert.` prefix, and
-/// LayerNorm parameters as `weight` / `bias` rather than TensorFlow's `gamma` / `beta`.
+/// `name` as transformers names it inside `BertModel` (or `RobertaModel`): without the
+/// `bert.` (`roberta.`) prefix, and LayerNorm parameters as `weight` / `bias` rather than
+/// TensorFlow's `gamma` / `beta`.
 fn canonical_name(name: &str) -> String {
-    let name = name.strip_prefix("bert.").unwrap_or(name);
+    let name = name
+        .strip_prefix("bert.")
+        .or_else(|| name.strip_prefix("roberta."))
+        .unwrap_or(name);
     for (modern, old) in LEGACY_LAYER_NORM_NAMES {
         if let Some(stem) = name.strip_suffix(old) {
             return format!("{stem}{modern}");

@@ -128,7 +128,7 @@ pub fn setup<B: Backend>(
     num_labels: usize,
     seed: u64,
 ) -> Result<Run<B>> {
-    let config = peft.config()?;
+    let config = peft.config()?.for_family(checkpoint.config.family());
     let layers = checkpoint.config.num_hidden_layers;
     let plan = PeftPlan::new(&config, layers)?;
     peft.check_flags_against_plan(&plan)?;

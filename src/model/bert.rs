@@ -17,7 +17,8 @@ pub struct BertOutput<B: Backend> {
 }
 
 /// The BERT encoder: embeddings, post-LN layers and the tanh pooler, parameters named as
-/// in `BertForSequenceClassification` (`bert.…`).
+/// in `BertForSequenceClassification` (`bert.…`). A RoBERTa checkpoint loads into it too
+/// (see [`crate::checkpoint::EncoderFamily`]): its `classifier.dense` is the pooler here.
 #[derive(Clone, Debug)]
 pub struct BertModel<B: Backend> {
     /// Architecture.
@@ -114,12 +115,25 @@ impl<B: Backend> BertModel<B> {
         dropouts: &mut DropoutPlan,
         last_layer_rows: Option<&Tensor<B>>,
     ) -> Result<Var<B>> {
-        if input.seq > self.config.max_position_embeddings {
+        if input.first_position() != self.config.first_position() {
+            return Err(Error::invalid(
+                "bert",
+                format!(
+                    "the inputs number positions from {} but this {} model from {}: build them \
+                     with `ModelInput::for_model`",
+                    input.first_position(),
+                    self.config.family().display(),
+                    self.config.first_position()
+                ),
+            ));
+        }
+        if input.seq > self.config.max_tokens() {
             return Err(Error::invalid(
                 "bert",
                 format!(
                     "sequence length {} exceeds the model's {} positions",
-                    input.seq, self.config.max_position_embeddings
+                    input.seq,
+                    self.config.max_tokens()
                 ),
             ));
         }
@@ -139,14 +153,20 @@ impl<B: Backend> BertModel<B> {
         Ok(hidden)
     }
 
-    /// The pooler on the `[CLS]` rows `first`.
+    /// The pooler on the `[CLS]` rows `first`; RoBERTa's head (whose dense map is the pooler
+    /// here) drops out its input first, with the classifier's dropout.
     fn pool(
         &self,
         tape: &mut Tape<B>,
         first: &Var<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
-        let pooled = self.pooler.forward(tape, first, dropouts)?;
+        let pooled = if self.config.family().pooler_is_head() {
+            let dropped = tape.dropout(first, dropouts.next_classifier())?;
+            self.pooler.forward(tape, &dropped, dropouts)?
+        } else {
+            self.pooler.forward(tape, first, dropouts)?
+        };
         tape.tanh(&pooled)
     }
 

@@ -1,4 +1,5 @@
 use crate::backend::Backend;
+use crate::checkpoint::BertConfig;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
 use crate::text::EncodedBatch;
@@ -10,7 +11,9 @@ pub struct ModelInput<B: Backend> {
     pub input_ids: Tensor<B>,
     /// `[batch·seq]` segment ids.
     pub token_type_ids: Tensor<B>,
-    /// `[batch·seq]` positions `0..seq` per row.
+    /// `[batch·seq]` position ids: `0..seq` per row for BERT; for RoBERTa, counted over the
+    /// row's real tokens from `pad_token_id + 1`, padding at `pad_token_id`
+    /// ([`ModelInput::for_model`]).
     pub position_ids: Tensor<B>,
     /// `[batch, seq]`, 1 for real tokens.
     pub attention_mask: Tensor<B>,
@@ -20,11 +23,29 @@ pub struct ModelInput<B: Backend> {
     pub batch: usize,
     /// Padded length.
     pub seq: usize,
+    /// The position id of a row's first token (0, or RoBERTa's `pad_token_id + 1`): the
+    /// model checks it is its own.
+    first_position: usize,
 }
 
 impl<B: Backend> ModelInput<B> {
-    /// Uploads an encoded batch.
+    /// Uploads an encoded batch for a BERT model (positions `0..seq`); see
+    /// [`ModelInput::for_model`] for any family.
     pub fn new(backend: &B, encoded: &EncodedBatch) -> Result<Self> {
+        Self::with_positions(backend, encoded, 0)
+    }
+
+    /// Uploads an encoded batch with the position ids of `config`'s family.
+    pub fn for_model(backend: &B, encoded: &EncodedBatch, config: &BertConfig) -> Result<Self> {
+        Self::with_positions(backend, encoded, config.first_position())
+    }
+
+    /// The position id of a row's first token these inputs were built with.
+    pub fn first_position(&self) -> usize {
+        self.first_position
+    }
+
+    fn with_positions(backend: &B, encoded: &EncodedBatch, first_position: usize) -> Result<Self> {
         let (batch, seq) = (encoded.batch, encoded.seq);
         // Positions and first-token rows are u32 on the device: the token count must fit.
         let tokens = batch
@@ -49,7 +70,31 @@ impl<B: Backend> ModelInput<B> {
             }
         }
         let flat = Shape::new([tokens]);
-        let positions: Vec<u32> = (0..batch).flat_map(|_| 0..seq as u32).collect();
+        let positions: Vec<u32> = match first_position {
+            0 => (0..batch).flat_map(|_| 0..seq as u32).collect(),
+            // RoBERTa numbers real tokens only (transformers'
+            // `create_position_ids_from_input_ids`), so padding on either side keeps a
+            // sequence's positions; the padding itself sits at the padding id.
+            first => {
+                let first = u32::try_from(first).map_err(|_| {
+                    Error::invalid("input", format!("position {first} does not fit in 32 bits"))
+                })?;
+                encoded
+                    .attention_mask
+                    .chunks(seq.max(1))
+                    .flat_map(|row| {
+                        row.iter().scan(first - 1, move |next, &real| {
+                            Some(if real != 0 {
+                                *next = next.saturating_add(1);
+                                *next
+                            } else {
+                                first - 1
+                            })
+                        })
+                    })
+                    .collect()
+            }
+        };
         let first: Vec<u32> = (0..batch).map(|b| (b * seq) as u32).collect();
         Ok(ModelInput {
             input_ids: backend.tensor_from_u32(flat.clone(), &encoded.input_ids)?,
@@ -60,6 +105,7 @@ impl<B: Backend> ModelInput<B> {
             first_tokens: backend.tensor_from_u32(Shape::new([batch]), &first)?,
             batch,
             seq,
+            first_position,
         })
     }
 }

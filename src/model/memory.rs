@@ -39,12 +39,12 @@ pub fn check_batch_memory<B: Backend>(
     if matches!(pass, Pass::Training { .. }) {
         backend.check_attention_head_dim(config.head_dim(), true)?;
     }
-    if seq_len > config.max_position_embeddings {
+    if seq_len > config.max_tokens() {
         return Err(Error::invalid(
             op,
             format!(
                 "sequences of {seq_len} tokens are longer than the model's {} positions",
-                config.max_position_embeddings
+                config.max_tokens()
             ),
         ));
     }

@@ -1,6 +1,6 @@
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
-use crate::checkpoint::{BertConfig, Checkpoint};
+use crate::checkpoint::{BertConfig, Checkpoint, EncoderFamily};
 use crate::error::{Error, Result};
 use crate::nn::{DropoutPlan, Linear, Param, Stratum};
 use crate::peft::PeftPlan;
@@ -160,29 +160,35 @@ impl<B: Backend> BertClassifier<B> {
                 ),
             });
         }
+        let family = checkpoint.config.family();
+        let (head_weight, head_bias, pooler) = (
+            family.hf_name("classifier.weight"),
+            family.hf_name("classifier.bias"),
+            family.hf_name("bert.pooler.dense"),
+        );
         let refuse = |detail: String| {
             Err(Error::Format {
                 path: weights.path().to_path_buf(),
                 detail,
             })
         };
-        let num_labels =
-            match weights.shape("classifier.weight").as_deref() {
-                Some(&[n, inputs]) if inputs == h && n >= 1 => n,
-                Some(other) => {
-                    return refuse(format!(
-                        "`classifier.weight` has shape {other:?}, not [num_labels, {h}]"
-                    ))
-                }
-                None => return refuse(
-                    "no classifier head (`classifier.weight`): the checkpoint was not fine-tuned \
+        let num_labels = match weights.shape("classifier.weight").as_deref() {
+            Some(&[n, inputs]) if inputs == h && n >= 1 => n,
+            Some(other) => {
+                return refuse(format!(
+                    "`{head_weight}` has shape {other:?}, not [num_labels, {h}]"
+                ))
+            }
+            None => {
+                return refuse(format!(
+                    "no classifier head (`{head_weight}`): the checkpoint was not fine-tuned \
                      for sequence classification; give an --adapter trained on it"
-                        .into(),
-                ),
-            };
+                ))
+            }
+        };
         if weights.shape("classifier.bias").as_deref() != Some(&[num_labels]) {
             return refuse(format!(
-                "`classifier.weight` has {num_labels} rows but `classifier.bias` is {}",
+                "`{head_weight}` has {num_labels} rows but `{head_bias}` is {}",
                 weights
                     .shape("classifier.bias")
                     .map_or("missing".to_string(), |s| format!("of shape {s:?}"))
@@ -193,9 +199,9 @@ impl<B: Backend> BertClassifier<B> {
             .resolve("bert.embeddings.word_embeddings.weight")
             .is_some();
         if encoder_found && weights.resolve("bert.pooler.dense.weight").is_none() {
-            return refuse(
-                "a classifier head but no pooler (`bert.pooler.dense`) to feed it".into(),
-            );
+            return refuse(format!(
+                "a classifier head but no pooler (`{pooler}`) to feed it"
+            ));
         }
         // transformers reads one output as regression unless problem_type says otherwise
         // (a regression of several outputs is another kind of head, refused above).
@@ -391,14 +397,22 @@ impl<B: Backend> BertClassifier<B> {
             ));
         }
         if self.fresh_pooler && !plan.train_pooler {
-            return Err(Error::invalid(
-                "peft plan",
-                "the checkpoint has no pooler (`bert.pooler.dense`; saved without one, e.g. \
-                 `BertModel(add_pooling_layer=False)`), so the classifier's pooler starts \
-                 random and must train, and this plan does not train it: when training, add \
-                 --train-pooler (the pooler is then saved with the adapter); an adapter to \
-                 load must hold a pooler",
-            ));
+            let why = match self.config().family() {
+                EncoderFamily::Bert => {
+                    "the checkpoint has no pooler (`bert.pooler.dense`; saved without one, e.g. \
+                     `BertModel(add_pooling_layer=False)`), so the classifier's pooler starts \
+                     random and must train, and this plan does not train it: when training, \
+                     add --train-pooler (the pooler is then saved with the adapter); an \
+                     adapter to load must hold a pooler"
+                }
+                EncoderFamily::Roberta => {
+                    "the checkpoint has no classification head (`classifier.dense`), so the \
+                     head's dense map starts random and must train, and this plan does not \
+                     train it: build the plan from `PeftConfig::for_family` (the CLI does), \
+                     which trains it with the head; an adapter to load must hold it"
+                }
+            };
+            return Err(Error::invalid("peft plan", why));
         }
         let layers = self.bert.layers.len();
         if plan.strata.len() != layers {

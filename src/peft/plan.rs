@@ -1,6 +1,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::checkpoint::EncoderFamily;
 use crate::error::{Error, Result};
 use crate::nn::{LoraConfig, LoraTarget, Stratum};
 
@@ -160,7 +161,8 @@ pub struct PeftConfig {
     pub n1: Boundary,
     /// SPAFIT: first LoRA + bias layer.
     pub n2: Boundary,
-    /// Also train the pooler.
+    /// Also train the pooler (RoBERTa's head's dense map, which trains with the head:
+    /// [`PeftConfig::for_family`]).
     pub train_pooler: bool,
     /// Also train the embeddings (tables and their LayerNorm).
     pub train_embeddings: bool,
@@ -190,6 +192,16 @@ impl PeftConfig {
             train_pooler: false,
             train_embeddings: false,
             train_layer_norm_weights: false,
+        }
+    }
+
+    /// The config for a model of `family`: RoBERTa's classification head holds the dense map
+    /// that BERT calls its pooler (`classifier.dense`), so it trains with the head, as PEFT's
+    /// `modules_to_save = ["classifier"]` trains it.
+    pub fn for_family(self, family: EncoderFamily) -> Self {
+        PeftConfig {
+            train_pooler: self.train_pooler || family.pooler_is_head(),
+            ..self
         }
     }
 }

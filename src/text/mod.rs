@@ -1,6 +1,7 @@
 //! Text to model inputs.
 
 mod long_text;
+mod roberta_tokenizer;
 mod tokenizer;
 mod tokenizer_config;
 mod wordpiece_vocab;

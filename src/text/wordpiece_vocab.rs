@@ -340,13 +340,17 @@ pub(crate) fn as_transformers_loads(
         Some(Value::String(class)) => match class_rule(class) {
             ClassRule::Bert => true,
             ClassRule::AsItIs => return as_it_is(from),
+            ClassRule::Roberta => {
+                return super::roberta_tokenizer::as_roberta_tokenizer(from, source, config)
+            }
             ClassRule::Unsupported => {
                 return Err(Error::Format {
                     path: config_name.to_path_buf(),
                     detail: format!(
                         "`tokenizer_class` is `{class}`, which transformers builds by its own \
                          rules from tokenizer.json, and spafit does not reproduce them; name \
-                         `BertTokenizer` to read it as BERT's WordPiece tokenizer, or \
+                         `BertTokenizer` to read it as BERT's WordPiece tokenizer, \
+                         `RobertaTokenizer` as RoBERTa's byte-level BPE, or \
                          `PreTrainedTokenizerFast` to use tokenizer.json as it is"
                     ),
                 })
@@ -423,7 +427,7 @@ pub(crate) fn as_transformers_loads(
 /// picks when none is named), `PreTrainedTokenizerFast` / `TokenizersBackend` do not.
 pub(crate) fn class_gives_segment_ids(config: &TokenizerConfig) -> bool {
     match config.json.get("tokenizer_class").and_then(Value::as_str) {
-        Some(class) => class_rule(class) != ClassRule::AsItIs,
+        Some(class) => !matches!(class_rule(class), ClassRule::AsItIs | ClassRule::Roberta),
         None => true,
     }
 }
@@ -435,6 +439,8 @@ enum ClassRule {
     Bert,
     /// It uses tokenizer.json as it is.
     AsItIs,
+    /// It builds `RobertaTokenizer` (see `roberta_tokenizer`), which gives no segment ids.
+    Roberta,
     /// It builds a tokenizer of that class by rules of its own (DistilBERT's, MPNet's,
     /// Funnel's, RoBERTa's, ...), which give other ids than either of the above.
     Unsupported,
@@ -442,7 +448,8 @@ enum ClassRule {
 
 /// The rule for `class`, as measured against transformers 5.24's AutoTokenizer: these
 /// names build a `BertTokenizer`; `PreTrainedTokenizerFast` and `TokenizersBackend` keep
-/// tokenizer.json; every other class is refused rather than guessed.
+/// tokenizer.json; `RobertaTokenizer` rebuilds RoBERTa's pipeline; every other class is
+/// refused rather than guessed.
 fn class_rule(class: &str) -> ClassRule {
     let base = class.strip_suffix("Fast").unwrap_or(class);
     match base {
@@ -454,6 +461,7 @@ fn class_rule(class: &str) -> ClassRule {
         | "LxmertTokenizer" => ClassRule::Bert,
         "PreTrainedTokenizer" if class == "PreTrainedTokenizerFast" => ClassRule::AsItIs,
         "TokenizersBackend" => ClassRule::AsItIs,
+        "RobertaTokenizer" => ClassRule::Roberta,
         _ => ClassRule::Unsupported,
     }
 }

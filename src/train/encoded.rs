@@ -1,4 +1,5 @@
 use crate::backend::Backend;
+use crate::checkpoint::BertConfig;
 use crate::data::{Dataset, Target, TaskKind};
 use crate::error::{Error, Result};
 use crate::model::{Labels, ModelInput};
@@ -103,15 +104,17 @@ impl EncodedDataset {
         )
     }
 
-    /// Model input and labels of examples `rows`.
+    /// Model input (positions as `config`'s family numbers them) and labels of examples
+    /// `rows`.
     pub fn tensors<B: Backend>(
         &self,
         backend: &B,
         rows: &[usize],
+        config: &BertConfig,
     ) -> Result<(ModelInput<B>, Option<Labels<B>>, usize)> {
         let enc = self.batch(rows)?;
         let tokens = enc.attention_mask.iter().filter(|&&m| m == 1).count();
-        let input = ModelInput::new(backend, &enc)?;
+        let input = ModelInput::for_model(backend, &enc, config)?;
         let targets: Option<Vec<Target>> = rows
             .iter()
             .map(|&i| self.target(i))

@@ -89,7 +89,7 @@ pub fn infer<B: Backend>(
     let mut loss_sum = 0.0;
     let mut labeled = true;
     for rows in batches {
-        let (input, labels, _) = data.tensors(backend, &rows)?;
+        let (input, labels, _) = data.tensors(backend, &rows, model.config())?;
         let mut tape = Tape::inference(backend.clone());
         let out = model.forward(&mut tape, &input, &mut DropoutPlan::eval())?;
         let values = backend.to_f64(out.value())?;

@@ -1253,7 +1253,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mut sums = None;
         let (mut loss_value, mut tokens) = (0.0, 0);
         for (index, part) in micro_batches::split(rows, self.config.micro_batch_size).enumerate() {
-            let (input, labels, part_tokens) = plan.train.tensors(&self.backend, part)?;
+            let (input, labels, part_tokens) =
+                plan.train
+                    .tensors(&self.backend, part, self.model.config())?;
             let labels =
                 labels.ok_or_else(|| Error::invalid("train", "an unlabeled training batch"))?;
             let mut dropouts = DropoutPlan::train(
@@ -1560,7 +1562,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // micro-batches: one forward pass.
         let rows: Vec<usize> = (0..self.config.batch_size.min(plan.lengths.len())).collect();
         for part in micro_batches::split(&rows, self.config.micro_batch_size) {
-            let (input, _, _) = plan.train.tensors(&self.backend, part)?;
+            let (input, _, _) = plan
+                .train
+                .tensors(&self.backend, part, self.model.config())?;
             let mut tape = Tape::inference(self.backend.clone());
             let logits = self
                 .model

@@ -254,7 +254,7 @@ pub fn logits<B: Backend>(
         .map(|t| spafit::text::TextInput::Single(t))
         .collect();
     let enc = tok.encode_batch(&inputs).unwrap();
-    let input = spafit::model::ModelInput::new(backend, &enc).unwrap();
+    let input = spafit::model::ModelInput::for_model(backend, &enc, &ck.config).unwrap();
     let mut tape = spafit::autograd::Tape::inference(backend.clone());
     let out = model
         .forward(&mut tape, &input, &mut spafit::nn::DropoutPlan::eval())

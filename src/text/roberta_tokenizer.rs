@@ -1,0 +1,119 @@
+//! RoBERTa's byte-level BPE tokenizer as transformers 5.24 builds `RobertaTokenizer` from a
+//! checkpoint: the vocabulary and merges of `tokenizer.json`, but the class's own pipeline
+//! (no normalizer, a byte-level pre-tokenizer, `<s> A </s></s> B </s>` around the texts,
+//! no segment ids) with the settings of `tokenizer_config.json`, whatever else
+//! `tokenizer.json` says.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::{AddedToken, ModelWrapper, Tokenizer};
+
+use super::tokenizer_config::TokenizerConfig;
+use crate::error::{Error, Result};
+
+/// The special tokens `RobertaTokenizer` names, with the class's defaults.
+const ROBERTA_TOKENS: [(&str, &str); 7] = [
+    ("bos_token", "<s>"),
+    ("eos_token", "</s>"),
+    ("sep_token", "</s>"),
+    ("cls_token", "<s>"),
+    ("unk_token", "<unk>"),
+    ("pad_token", "<pad>"),
+    ("mask_token", "<mask>"),
+];
+
+/// `from` (read from `source`) rebuilt as `RobertaTokenizer`, and its padding id.
+pub(crate) fn as_roberta_tokenizer(
+    mut from: Tokenizer,
+    source: &Path,
+    config: &TokenizerConfig,
+) -> Result<(Tokenizer, u32)> {
+    let format = |detail: String| Error::Format {
+        path: source.to_path_buf(),
+        detail,
+    };
+    let ModelWrapper::BPE(existing) = from.get_model() else {
+        return Err(format(format!(
+            "its model is not BPE, yet {} names `RobertaTokenizer`, which transformers builds \
+             as byte-level BPE: the two files disagree",
+            config
+                .file_of("tokenizer_class")
+                .unwrap_or(source)
+                .display()
+        )));
+    };
+    // The class keeps the vocabulary and merges only: no dropout, unknown token or word
+    // affixes. Through serde, since the merges are not public otherwise; from text, since
+    // BPE's deserializer borrows its tag, which a `Value` cannot lend.
+    let mut model = serde_json::to_value(existing)
+        .map_err(|e| format(format!("cannot read its BPE model: {e}")))?;
+    for (key, value) in [
+        ("dropout", Value::Null),
+        ("unk_token", Value::Null),
+        ("continuing_subword_prefix", Value::String(String::new())),
+        ("end_of_word_suffix", Value::String(String::new())),
+        ("fuse_unk", Value::Bool(false)),
+        ("byte_fallback", Value::Bool(false)),
+        ("ignore_merges", Value::Bool(false)),
+    ] {
+        model[key] = value;
+    }
+    let model: tokenizers::models::bpe::BPE = serde_json::from_str(&model.to_string())
+        .map_err(|e| format(format!("cannot rebuild its BPE model: {e}")))?;
+    let flag = |key: &str, default: bool| -> Result<bool> {
+        match config.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(config.error(key, format!("`{key}` is {other}, not true or false"))),
+        }
+    };
+    let add_prefix_space = flag("add_prefix_space", false)?;
+    let trim_offsets = flag("trim_offsets", true)?;
+    from.with_model(model);
+    from.with_normalizer(None::<NormalizerWrapper>);
+    from.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
+    // The named tokens are whole tokens (never split), as the class adds them.
+    let mut named: Vec<(&str, AddedToken)> = Vec::new();
+    for (key, default) in ROBERTA_TOKENS {
+        if config.is_null(key) {
+            continue;
+        }
+        let token = config
+            .token(key)?
+            .unwrap_or_else(|| AddedToken::from(default.to_string(), true));
+        named.push((key, token));
+    }
+    let tokens: Vec<AddedToken> = named.iter().map(|(_, t)| t.clone()).collect();
+    from.add_special_tokens(&tokens);
+    from.add_tokens(&super::wordpiece_vocab::config_added_tokens(config)?);
+    let id_of = |key: &str| -> Result<(String, u32)> {
+        let (_, token) = named.iter().find(|(k, _)| *k == key).ok_or_else(|| {
+            config.error(
+                key,
+                format!("`{key}` is null, and RoBERTa's pipeline needs it"),
+            )
+        })?;
+        let id = from.token_to_id(&token.content).ok_or_else(|| {
+            format(format!(
+                "`{key}` `{}` is not in the vocabulary",
+                token.content
+            ))
+        })?;
+        Ok((token.content.clone(), id))
+    };
+    let (sep, cls, (_, pad)) = (
+        id_of("sep_token")?,
+        id_of("cls_token")?,
+        id_of("pad_token")?,
+    );
+    from.with_post_processor(Some(
+        RobertaProcessing::new(sep, cls)
+            .trim_offsets(trim_offsets)
+            .add_prefix_space(add_prefix_space),
+    ));
+    Ok((from, pad))
+}
