@@ -120,6 +120,169 @@ fn roberta_tokens_match_transformers() {
     }
 }
 
+/// The fixture's model folder copied to `to` with `keep` deciding which files come along.
+fn copy_model(to: &std::path::Path, keep: impl Fn(&str) -> bool) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(fixture_dir().join("model")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if keep(&name) {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Where `tokenizer_config.json` names no class, transformers picks RoBERTa's from
+/// `config.json`, and so does spafit (padding with `<pad>`, not id 0); a checkpoint with
+/// only `vocab.json` and `merges.txt` (written by tokenizers' own `BPE.save`; its
+/// `make_vocab_files.py` checked transformers' ids from them) tokenizes the same.
+#[test]
+fn roberta_tokens_without_a_tokenizer_class_or_a_tokenizer_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let no_class = tmp.path().join("no-class");
+    copy_model(&no_class, |name| name != "tokenizer_config.json");
+    let vocab_files = tmp.path().join("vocab-files");
+    copy_model(&vocab_files, |name| name != "tokenizer.json");
+    for file in ["vocab.json", "merges.txt"] {
+        std::fs::copy(
+            fixture_dir().join("vocab-files").join(file),
+            vocab_files.join(file),
+        )
+        .unwrap();
+    }
+    for dir in [no_class, vocab_files] {
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert_eq!(ck.tokenizer(24).unwrap().pad_id(), 1, "{}", dir.display());
+        for inputs in ["singles", "pairs"] {
+            let ours = encode(&ck, inputs);
+            let theirs = &expected()["inputs"][format!("tokens_{inputs}")];
+            assert_eq!(
+                ours.input_ids,
+                u32_rows(&theirs["input_ids"]),
+                "{}: {inputs}",
+                dir.display()
+            );
+            assert!(ours.token_type_ids.iter().all(|&t| t == 0));
+        }
+    }
+}
+
+/// A text holding `<pad>` itself: transformers gives that token the padding position and
+/// numbers the tokens after it one lower (positions follow the ids, not the attention mask),
+/// and so does spafit (`pad_inside.json`, from its `make_pad_inside.py`).
+#[test]
+fn a_padding_token_inside_a_text_takes_the_padding_position_as_in_transformers() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("pad_inside.json")).unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<&str> = reference["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let batch: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
+    let encoded = ck.tokenizer(24).unwrap().encode_batch(&batch).unwrap();
+    assert_eq!(encoded.input_ids, u32_rows(&reference["input_ids"]));
+    assert_eq!(
+        encoded.attention_mask,
+        u32_rows(&reference["attention_mask"])
+    );
+    let model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+    let input = ModelInput::for_model(&cpu, &encoded, &ck.config).unwrap();
+    let mut tape = Tape::inference(cpu);
+    let logits = model
+        .forward(&mut tape, &input, &mut DropoutPlan::eval())
+        .unwrap();
+    let want: Vec<f64> = reference["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    let e = rel_err(&cpu.to_f64(logits.value()).unwrap(), &want);
+    assert!(e <= 1e-12, "{e:e}");
+}
+
+/// A RoBERTa base as the hub ships one (`RobertaForMaskedLM`: a pooler no sequence classifier
+/// reads, a language-model head, no classification head): the same encoder as the fixture's
+/// by identity, a fresh head whose dense map trains, and a merge under exactly
+/// `RobertaForSequenceClassification`'s names (no pooler, no `lm_head`).
+#[test]
+fn a_masked_lm_base_is_the_same_encoder_and_merges_to_a_sequence_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base_dir = tmp.path().join("masked-lm");
+    copy_model(&base_dir, |name| name != "model.safetensors");
+    let bytes = std::fs::read(fixture_dir().join("model/model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("classifier."))
+        .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    let mut rng = spafit::rng::SplitMix::new(3);
+    for (name, shape) in [
+        ("roberta.pooler.dense.weight", vec![64, 64]),
+        ("roberta.pooler.dense.bias", vec![64]),
+        ("lm_head.dense.weight", vec![64, 64]),
+        ("lm_head.bias", vec![300]),
+    ] {
+        let n: usize = shape.iter().product();
+        let data = common::nonzero(&mut rng, n)
+            .into_iter()
+            .flat_map(|v| (v as f32).to_le_bytes())
+            .collect();
+        owned.push((name.to_string(), shape, data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, d)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d);
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &base_dir.join("model.safetensors")).unwrap();
+    let base = Checkpoint::open(&base_dir).unwrap();
+    let fixture = checkpoint();
+    assert_eq!(
+        base.weights.encoder_sha256(),
+        fixture.weights.encoder_sha256(),
+        "the unread pooler and the heads are not the encoder"
+    );
+    assert_eq!(base.classifier_outputs(), None);
+    let cpu = CpuBackend::f64();
+    let model = common::trained(&base, &cpu, &lora_plan(), 2);
+    assert!(model
+        .trainable_names()
+        .contains(&"bert.pooler.dense.weight".to_string()));
+    let out = tmp.path().join("merged");
+    let kind = spafit::data::TaskKind::Classification {
+        labels: vec!["neg".into(), "pos".into()],
+    };
+    spafit::adapter::save_merged(
+        &out,
+        &cpu,
+        model,
+        &kind,
+        &base,
+        spafit::adapter::MergedDType::F32,
+        None,
+    )
+    .unwrap();
+    let mut names = WeightsFile::open(&out.join("model.safetensors"))
+        .unwrap()
+        .names()
+        .to_vec();
+    let mut wanted = fixture.weights.names().to_vec();
+    names.sort();
+    wanted.sort();
+    assert_eq!(names, wanted);
+}
+
 /// Full fine-tuning in f64 without dropout: logits, loss and the gradient of every parameter
 /// (looked up under transformers' names), for single texts and for pairs.
 #[test]

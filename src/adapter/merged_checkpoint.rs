@@ -24,11 +24,13 @@ use crate::model::BertClassifier;
 pub const MERGE_NOTE_FILE: &str = "spafit_merge.json";
 
 /// The tokenizer files of a base checkpoint that a merged one takes along, those it has.
-const TOKENIZER_FILES: [&str; 5] = [
+const TOKENIZER_FILES: [&str; 7] = [
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
+    "vocab.json",
+    "merges.txt",
     "added_tokens.json",
 ];
 

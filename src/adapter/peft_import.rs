@@ -600,13 +600,14 @@ pub fn import_peft<B: Backend>(
                 }
                 loaded.push(p.name.clone());
             }
-            None if p.trainable => untouched_trainable.push(p.name.clone()),
+            None if p.trainable => untouched_trainable.push(family.hf_name(&p.name)),
             None => {}
         }
     }
     if let Some((name, stored)) = sources.into_iter().next() {
         return Err(bad_tensor(format!(
-            "tensor `{stored}` is not a parameter of this model (`{name}`); is the base model {}?",
+            "tensor `{stored}` is not a parameter of this model (`{}`); is the base model {}?",
+            family.hf_name(&name),
             settings
                 .base_model_name_or_path
                 .as_deref()
@@ -623,10 +624,11 @@ pub fn import_peft<B: Backend>(
         ));
     }
     let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();
+    // Named as the file names them.
     let kept_frozen: Vec<String> = loaded
         .iter()
         .filter(|n| !trainable.contains(*n) && !same_as_base.contains(*n))
-        .cloned()
+        .map(|n| family.hf_name(n))
         .collect();
     model.store_frozen_weights(backend)?;
     let mut warnings = Vec::new();

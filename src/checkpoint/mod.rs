@@ -130,22 +130,24 @@ impl Checkpoint {
     /// the two tensors for both questions, so they cannot disagree.
     fn classifier_head(&self) -> std::result::Result<Option<usize>, String> {
         let h = self.config.hidden_size;
+        // Named as the file names them (RoBERTa's `classifier.out_proj`).
+        let family = self.config.family();
+        let (weight, bias) = (
+            family.hf_name("classifier.weight"),
+            family.hf_name("classifier.bias"),
+        );
         match (
             self.weights.shape("classifier.weight"),
             self.weights.shape("classifier.bias"),
         ) {
             (None, None) => Ok(None),
-            (Some(w), None) => Err(format!(
-                "`classifier.weight` {w:?} is there but `classifier.bias` is missing"
-            )),
-            (None, Some(b)) => Err(format!(
-                "`classifier.bias` {b:?} is there but `classifier.weight` is missing"
-            )),
+            (Some(w), None) => Err(format!("`{weight}` {w:?} is there but `{bias}` is missing")),
+            (None, Some(b)) => Err(format!("`{bias}` {b:?} is there but `{weight}` is missing")),
             (Some(w), Some(b)) => match (w.as_slice(), b.as_slice()) {
                 (&[n, inputs], &[m]) if n == m && n > 0 && inputs == h => Ok(Some(n)),
                 _ => Err(format!(
-                    "the classifier head does not fit together: `classifier.weight` {w:?}, \
-                     `classifier.bias` {b:?} (expected [num_labels, {h}] and [num_labels])"
+                    "the classifier head does not fit together: `{weight}` {w:?}, `{bias}` \
+                     {b:?} (expected [num_labels, {h}] and [num_labels])"
                 )),
             },
         }
@@ -183,14 +185,22 @@ impl Checkpoint {
     }
 
     /// The tokenizer in `tokenizer.json` (or, for a checkpoint without one, BERT's built from
-    /// `vocab.txt` and `tokenizer_config.json`), truncating to `max_len` tokens, checked
-    /// against the model's vocabulary and position table.
+    /// `vocab.txt` and `tokenizer_config.json`, or RoBERTa's from `vocab.json` and
+    /// `merges.txt`), truncating to `max_len` tokens, checked against the model's vocabulary
+    /// and position table. A RoBERTa checkpoint's `tokenizer.json` is read as
+    /// `RobertaTokenizer` unless `tokenizer_config.json` names another class, as transformers'
+    /// AutoTokenizer reads it.
     pub fn tokenizer(&self, max_len: usize) -> Result<TextTokenizer> {
         let mut path = self.dir.join("tokenizer.json");
         self.check_max_len(max_len)?;
         let vocab = self.dir.join("vocab.txt");
         let config = Some(self.dir.join("tokenizer_config.json")).filter(|c| c.is_file());
-        let tok = if !path.exists() && vocab.is_file() {
+        let (bpe_vocab, merges) = (self.dir.join("vocab.json"), self.dir.join("merges.txt"));
+        let roberta = self.config.family() == EncoderFamily::Roberta;
+        let tok = if !path.exists() && roberta && bpe_vocab.is_file() && merges.is_file() {
+            path = bpe_vocab;
+            TextTokenizer::from_bpe_vocab(&path, &merges, config.as_deref(), max_len)?
+        } else if !path.exists() && vocab.is_file() {
             path = vocab;
             TextTokenizer::from_vocab(&path, config.as_deref(), max_len)?
         } else if !path.exists() {
@@ -198,11 +208,19 @@ impl Checkpoint {
                 path,
                 error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    "no tokenizer file (nor a vocab.txt to build BERT's tokenizer from)",
+                    "no tokenizer file (nor a vocab.txt to build BERT's tokenizer from, or for \
+                     RoBERTa a vocab.json and merges.txt)",
                 ),
             });
         } else {
-            TextTokenizer::from_files(&path, config.as_deref(), max_len)?
+            // As transformers' AutoTokenizer picks by `model_type` (XLM-RoBERTa's is
+            // SentencePiece's, which spafit refuses by name).
+            let implied = match (self.config.family(), self.config.model_type.as_deref()) {
+                (EncoderFamily::Roberta, Some("xlm-roberta")) => Some("XLMRobertaTokenizer"),
+                (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
+                (EncoderFamily::Bert, _) => None,
+            };
+            TextTokenizer::from_files_of_class(&path, config.as_deref(), max_len, implied)?
         };
         if tok.vocab_size() > self.config.vocab_size {
             return Err(Error::Format {

@@ -262,7 +262,8 @@ impl WeightsFile {
 
     /// SHA-256 (hex), computed once, of the encoder's stored tensors: every float tensor under
     /// `embeddings.`, `encoder.` or `pooler.` (with or without the `bert.` prefix, LayerNorms
-    /// under either naming), in the order of their canonical names, each as its name, dtype,
+    /// under either naming; for a RoBERTa file, [`WeightsFile::read_as`], not the pooler,
+    /// which its classifiers never read), in the order of their canonical names, each as its name, dtype,
     /// shape and bytes. The identity of the base an adapter was trained on: unlike
     /// [`WeightsFile::sha256`] it stays the same when the same tensors are saved again in
     /// shards, in another order, with other header metadata, beside other heads or buffers,
@@ -276,9 +277,13 @@ impl WeightsFile {
                 .zip(&self.shard_of)
                 .filter_map(|(name, &shard)| {
                     let canonical = canonical_name(name);
-                    let encoder = ["embeddings.", "encoder.", "pooler."]
-                        .iter()
-                        .any(|p| canonical.starts_with(p));
+                    // RoBERTa's sequence classifiers never read the pooler its files may
+                    // hold (and transformers drops it when it saves one again).
+                    let parts: &[&str] = match self.family {
+                        EncoderFamily::Bert => &["embeddings.", "encoder.", "pooler."],
+                        EncoderFamily::Roberta => &["embeddings.", "encoder."],
+                    };
+                    let encoder = parts.iter().any(|p| canonical.starts_with(p));
                     encoder.then_some((canonical, shard, name.as_str()))
                 })
                 .collect();

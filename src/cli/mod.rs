@@ -218,12 +218,14 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 }
 
 /// The files a command reads from a checkpoint directory (besides shards an index names).
-const MODEL_FILES: [&str; 6] = [
+const MODEL_FILES: [&str; 8] = [
     "config.json",
     "model.safetensors",
     "model.safetensors.index.json",
     "tokenizer.json",
     "vocab.txt",
+    "vocab.json",
+    "merges.txt",
     "tokenizer_config.json",
 ];
 

@@ -12,7 +12,8 @@ pub struct ModelInput<B: Backend> {
     /// `[batch·seq]` segment ids.
     pub token_type_ids: Tensor<B>,
     /// `[batch·seq]` position ids: `0..seq` per row for BERT; for RoBERTa, counted over the
-    /// row's real tokens from `pad_token_id + 1`, padding at `pad_token_id`
+    /// row's tokens other than `pad_token_id` from `pad_token_id + 1`, those at
+    /// `pad_token_id`
     /// ([`ModelInput::for_model`]).
     pub position_ids: Tensor<B>,
     /// `[batch, seq]`, 1 for real tokens.
@@ -72,23 +73,25 @@ impl<B: Backend> ModelInput<B> {
         let flat = Shape::new([tokens]);
         let positions: Vec<u32> = match first_position {
             0 => (0..batch).flat_map(|_| 0..seq as u32).collect(),
-            // RoBERTa numbers real tokens only (transformers'
-            // `create_position_ids_from_input_ids`), so padding on either side keeps a
-            // sequence's positions; the padding itself sits at the padding id.
+            // RoBERTa numbers the tokens that are not its padding id, which is the position
+            // before the first (transformers' `create_position_ids_from_input_ids`), so
+            // padding on either side keeps a sequence's positions; the padding itself sits at
+            // the padding id's position.
             first => {
                 let first = u32::try_from(first).map_err(|_| {
                     Error::invalid("input", format!("position {first} does not fit in 32 bits"))
                 })?;
+                let pad = first - 1;
                 encoded
-                    .attention_mask
+                    .input_ids
                     .chunks(seq.max(1))
                     .flat_map(|row| {
-                        row.iter().scan(first - 1, move |next, &real| {
-                            Some(if real != 0 {
+                        row.iter().scan(pad, move |next, &id| {
+                            Some(if id != pad {
                                 *next = next.saturating_add(1);
                                 *next
                             } else {
-                                first - 1
+                                pad
                             })
                         })
                     })

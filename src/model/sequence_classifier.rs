@@ -210,11 +210,12 @@ impl<B: Backend> BertClassifier<B> {
         {
             return Err(Error::Format {
                 path: checkpoint.dir().join("config.json"),
-                detail: "`problem_type` is `single_label_classification` but the head \
-                         (`classifier.weight`) has 1 output, and a softmax over one class is \
-                         always 1: if the head is a regressor, make `problem_type` \
-                         `regression` (or remove it)"
-                    .into(),
+                detail: format!(
+                    "`problem_type` is `single_label_classification` but the head \
+                     (`{head_weight}`) has 1 output, and a softmax over one class is always 1: \
+                     if the head is a regressor, make `problem_type` `regression` (or remove \
+                     it)"
+                ),
             });
         }
         let mut model = Self::from_checkpoint(checkpoint, backend, num_labels, 0)?;

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use serde_json::Value;
+use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::roberta::RobertaProcessing;
@@ -25,6 +26,33 @@ const ROBERTA_TOKENS: [(&str, &str); 7] = [
     ("pad_token", "<pad>"),
     ("mask_token", "<mask>"),
 ];
+
+/// RoBERTa's tokenizer from `vocab.json` and `merges.txt`, for checkpoints without a
+/// `tokenizer.json`, as transformers builds `RobertaTokenizer` from them; and its padding id.
+pub(crate) fn roberta_tokenizer_from_vocab(
+    vocab: &Path,
+    merges: &Path,
+    config: &TokenizerConfig,
+) -> Result<(Tokenizer, u32)> {
+    // The reader names neither file in its errors: both are named here.
+    let model = BPE::from_file(as_text(vocab)?, as_text(merges)?)
+        .build()
+        .map_err(|e| Error::Format {
+            path: vocab.to_path_buf(),
+            detail: format!(
+                "cannot build a BPE model from it and {}: {e}",
+                merges.display()
+            ),
+        })?;
+    as_roberta_tokenizer(Tokenizer::new(model), vocab, config)
+}
+
+fn as_text(path: &Path) -> Result<&str> {
+    path.to_str().ok_or_else(|| Error::Format {
+        path: path.to_path_buf(),
+        detail: "the path is not UTF-8, which the BPE reader needs".into(),
+    })
+}
 
 /// `from` (read from `source`) rebuilt as `RobertaTokenizer`, and its padding id.
 pub(crate) fn as_roberta_tokenizer(
@@ -62,7 +90,7 @@ pub(crate) fn as_roberta_tokenizer(
     ] {
         model[key] = value;
     }
-    let model: tokenizers::models::bpe::BPE = serde_json::from_str(&model.to_string())
+    let model: BPE = serde_json::from_str(&model.to_string())
         .map_err(|e| format(format!("cannot rebuild its BPE model: {e}")))?;
     let flag = |key: &str, default: bool| -> Result<bool> {
         match config.json.get(key) {

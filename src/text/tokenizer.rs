@@ -146,7 +146,21 @@ impl TextTokenizer {
     /// from the side the config's `truncation_side` names, if it does; gives segment ids
     /// where transformers' tokenizer returns them (`model_input_names`, else the class).
     pub fn from_files(path: &Path, config: Option<&Path>, max_len: usize) -> Result<Self> {
-        let settings = TokenizerConfig::read(config, folder_of(path))?;
+        Self::from_files_of_class(path, config, max_len, None)
+    }
+
+    /// [`TextTokenizer::from_files`] for a checkpoint whose model family implies a
+    /// tokenizer class where `tokenizer_config.json` names none (transformers' AutoTokenizer
+    /// then picks the class from `config.json`'s `model_type`: `RobertaTokenizer` for
+    /// RoBERTa).
+    pub(crate) fn from_files_of_class(
+        path: &Path,
+        config: Option<&Path>,
+        max_len: usize,
+        implied_class: Option<&str>,
+    ) -> Result<Self> {
+        let mut settings = TokenizerConfig::read(config, folder_of(path))?;
+        settings.imply_class(implied_class);
         let (inner, pad_id, baked) = Self::parse(path)?;
         let (inner, pad_id) =
             super::wordpiece_vocab::as_transformers_loads(inner, pad_id, path, &settings)?;
@@ -198,6 +212,27 @@ impl TextTokenizer {
             .truncation_side()?
             .unwrap_or(TruncationDirection::Right);
         let segment_ids = settings.segment_ids(true)?;
+        Self::from_parts(inner, vocab, pad_id, max_len, direction, segment_ids)
+    }
+
+    /// RoBERTa's byte-level BPE tokenizer built from `vocab` (`vocab.json`), `merges`
+    /// (`merges.txt`) and, when given, its `tokenizer_config.json`, as transformers builds
+    /// `RobertaTokenizer` from them: for RoBERTa checkpoints without a `tokenizer.json`.
+    /// Truncates as [`TextTokenizer::from_file`]; gives no segment ids unless the config's
+    /// `model_input_names` asks for them.
+    pub fn from_bpe_vocab(
+        vocab: &Path,
+        merges: &Path,
+        config: Option<&Path>,
+        max_len: usize,
+    ) -> Result<Self> {
+        let settings = TokenizerConfig::read(config, folder_of(vocab))?;
+        let (inner, pad_id) =
+            super::roberta_tokenizer::roberta_tokenizer_from_vocab(vocab, merges, &settings)?;
+        let direction = settings
+            .truncation_side()?
+            .unwrap_or(TruncationDirection::Right);
+        let segment_ids = settings.segment_ids(false)?;
         Self::from_parts(inner, vocab, pad_id, max_len, direction, segment_ids)
     }
 

@@ -198,6 +198,15 @@ impl TokenizerConfig {
         }
     }
 
+    /// Takes `class` as `tokenizer_class` where the files name none (null or absent).
+    pub fn imply_class(&mut self, class: Option<&str>) {
+        let Some(class) = class else { return };
+        let named = matches!(self.json.get("tokenizer_class"), Some(v) if !v.is_null());
+        if let (false, Some(settings)) = (named, self.json.as_object_mut()) {
+            settings.insert("tokenizer_class".into(), Value::String(class.into()));
+        }
+    }
+
     /// A format error in the file that gave `key`.
     pub fn error(&self, key: &str, detail: String) -> Error {
         Error::Format {
