@@ -2754,6 +2754,176 @@ fn a_step_out_of_device_memory_keeps_the_steps_before_it() {
     }
 }
 
+/// An optimizer update that runs out of device memory changes nothing: not the parameters'
+/// values, not the moments, not the step count, whether the memory was for the first
+/// step's new moments or for a parameter's own copy where a kept clone shares its buffer;
+/// with room again, the same update gives bit for bit what an optimizer that never failed
+/// gives, and the clone keeps its values.
+#[test]
+fn an_update_out_of_device_memory_changes_nothing() {
+    use spafit::autograd::Gradients;
+    use spafit::backend::cuda::{emulator, CudaBackend};
+    use spafit::nn::Param;
+    use spafit::tensor::{DType, Tensor};
+    use spafit::train::AdamW;
+    if !in_memory_child("an_update_out_of_device_memory_changes_nothing") {
+        return;
+    }
+    let cuda = CudaBackend::emulated(DType::F32).unwrap();
+    let mut rng = spafit::rng::SplitMix::new(5);
+    let values: Vec<Vec<f64>> = (0..4).map(|_| common::nonzero(&mut rng, 64 * 64)).collect();
+    let tensor = |v: &[f64]| cuda.tensor_from_f64([64, 64].into(), v).unwrap();
+    let params = || {
+        ["a.weight", "b.weight"].map(|name| Param {
+            name: name.into(),
+            value: tensor(&values[if name == "a.weight" { 0 } else { 1 }]),
+            trainable: true,
+        })
+    };
+    let grads = Gradients::from_map(
+        [("a.weight", 2), ("b.weight", 3)]
+            .into_iter()
+            .map(|(n, i)| (n.to_string(), tensor(&values[i])))
+            .collect(),
+    );
+    let host = |t: &Tensor<CudaBackend>| cuda.to_f64(t).unwrap();
+    let moments = |opt: &AdamW<CudaBackend>| -> Vec<Vec<f64>> {
+        opt.moments()
+            .values()
+            .flat_map(|(m, v)| [host(m), host(v)])
+            .collect()
+    };
+    // Device memory `extra` bytes above what is in use (a tensor takes 16 KiB).
+    let squeeze = |extra: u64| {
+        cuda.synchronize().unwrap();
+        cuda.reset_peak_memory();
+        emulator::set_device_memory(cuda.peak_memory_bytes().unwrap() + extra).unwrap();
+    };
+    let room = || emulator::set_device_memory(16 << 30).unwrap();
+    let (mut ours, mut twin) = (params(), params());
+    let (mut opt, mut twin_opt) = (AdamW::new(0.01), AdamW::new(0.01));
+    // The first step: room for no new moment; then for the four new moments but not for
+    // the parameters' own copies that a kept clone calls for.
+    let first_kept: Vec<Tensor<CudaBackend>> = ours.iter().map(|p| p.value.clone()).collect();
+    for extra in [1024, 4 * 16384 + 1024] {
+        squeeze(extra);
+        let e = opt
+            .update(&cuda, ours.iter_mut().collect(), &grads, 1e-2)
+            .unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory { .. }), "{extra}: {e}");
+        assert_eq!((opt.step, opt.moments().len()), (0, 0), "{extra}");
+        assert_eq!(host(&ours[0].value), host(&twin[0].value));
+    }
+    drop(first_kept);
+    room();
+    for (opt, params) in [(&mut opt, &mut ours), (&mut twin_opt, &mut twin)] {
+        opt.update(&cuda, params.iter_mut().collect(), &grads, 1e-2)
+            .unwrap();
+    }
+    // A clone kept (as the trainer keeps the best weights) shares the buffers: the update
+    // must copy them first, and cannot.
+    let kept: Vec<Tensor<CudaBackend>> = ours.iter().map(|p| p.value.clone()).collect();
+    let after_one: Vec<Vec<f64>> = kept.iter().map(host).collect();
+    let moments_after_one = moments(&opt);
+    squeeze(1024);
+    let e = opt
+        .update(&cuda, ours.iter_mut().collect(), &grads, 1e-2)
+        .unwrap_err();
+    assert!(matches!(e, Error::OutOfMemory { .. }), "{e}");
+    assert_eq!(opt.step, 1);
+    assert_eq!(moments(&opt), moments_after_one);
+    for (p, v) in ours.iter().zip(&after_one) {
+        assert_eq!(&host(&p.value), v, "{}", p.name);
+    }
+    room();
+    for (opt, params) in [(&mut opt, &mut ours), (&mut twin_opt, &mut twin)] {
+        opt.update(&cuda, params.iter_mut().collect(), &grads, 1e-2)
+            .unwrap();
+    }
+    assert_eq!(opt.step, 2);
+    assert_eq!(moments(&opt), moments(&twin_opt));
+    for (p, q) in ours.iter().zip(&twin) {
+        assert_eq!(host(&p.value), host(&q.value), "{}", p.name);
+    }
+    for (k, v) in kept.iter().zip(&after_one) {
+        assert_eq!(&host(k), v);
+    }
+}
+
+/// A step whose optimizer update runs out of device memory keeps the steps before it, as a
+/// step whose batch does: under full fine-tuning with an evaluation every step, the update
+/// after the first evaluation must copy every weight the kept best weights share, the most
+/// memory the run needs. With the device memory set below that, the run fails at step 2's
+/// update with step 1 saved, and a resume with room ends as the uninterrupted run, byte for
+/// byte.
+#[test]
+fn an_update_out_of_device_memory_keeps_the_steps_before_it() {
+    use spafit::backend::cuda::{emulator, CudaBackend};
+    use spafit::tensor::DType;
+    use spafit::train::TrainEvent;
+    if !in_memory_child("an_update_out_of_device_memory_keeps_the_steps_before_it") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let tok = ck.tokenizer(64).unwrap();
+    let cuda = CudaBackend::emulated(DType::F32).unwrap();
+    let train = regression_data(24, None);
+    let dev = regression_data(8, None);
+    let config = |out: &Path, resume| TrainConfig {
+        resume,
+        eval_every: Some(1),
+        output_dir: Some(out.to_path_buf()),
+        ..tiny_config(tmp.path())
+    };
+    let full =
+        |plan: &mut PeftPlan| *plan = PeftPlan::new(&PeftConfig::new(Method::Full), 2).unwrap();
+    let fit = |config: TrainConfig, mut peaks: Option<&mut Vec<u64>>| {
+        cuda.synchronize().unwrap();
+        cuda.reset_peak_memory();
+        let (mut model, plan) = tiny_model_with(&ck, &cuda, &full);
+        let mut record = |event: &TrainEvent<'_>| {
+            if let (TrainEvent::Step(_), Some(peaks)) = (event, peaks.as_deref_mut()) {
+                peaks.push(cuda.peak_memory_bytes().unwrap());
+                cuda.reset_peak_memory();
+            }
+            std::ops::ControlFlow::Continue(())
+        };
+        Trainer::new(&cuda, &mut model, &plan, &ck.weights, config)
+            .observe(&mut record)
+            .fit(&tok, &train, Some(&dev))
+    };
+    let whole = tmp.path().join("whole");
+    let mut peaks = Vec::new();
+    assert_eq!(
+        fit(config(&whole, false), Some(&mut peaks)).unwrap().steps,
+        6
+    );
+    println!("device memory peak per step: {peaks:?}");
+    assert!(peaks[1] > peaks[0], "{peaks:?}");
+    emulator::set_device_memory((peaks[0] + peaks[1]) / 2).unwrap();
+    let cut = tmp.path().join("cut");
+    let e = fit(config(&cut, false), None).unwrap_err().to_string();
+    assert!(
+        e.contains("out of memory")
+            && e.contains("step 2's optimizer update")
+            && e.contains("after step 1, the last step completed"),
+        "{e}"
+    );
+    assert_eq!(common::saved_step(&cut), Some(1), "{e}");
+    emulator::set_device_memory(16 << 30).unwrap();
+    let report = fit(config(&cut, true), None).unwrap();
+    assert_eq!((report.steps, report.steps_this_call), (6, 5));
+    assert_eq!(log_without_timings(&cut), log_without_timings(&whole));
+    for file in ["best/adapter.safetensors", "last/state.safetensors"] {
+        assert_eq!(
+            std::fs::read(cut.join(file)).unwrap(),
+            std::fs::read(whole.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

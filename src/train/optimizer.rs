@@ -43,11 +43,13 @@ impl<B: Backend> AdamW<B> {
 
     /// One update of every trainable parameter that has a gradient. Settings, shapes, the
     /// moments' dtypes and the memory for new moments are checked and taken for every
-    /// parameter before any is changed: such a refusal leaves the parameters, the moments and
-    /// the step count as they were. A gradient dtype the backend does not take for its
-    /// parameter (the CPU wants the parameter's own; CUDA also takes bf16 for an f32 master)
-    /// is refused by the backend before it updates any parameter or the step count (new
-    /// moments, still zero, stay).
+    /// parameter before any is changed, and so is the device memory for a parameter's own
+    /// copy where another tensor shares its buffer (a clone of the model kept as the best
+    /// weights): such a refusal, out of device memory included, leaves the parameters'
+    /// values, the moments and the step count as they were. A gradient dtype the backend
+    /// does not take for its parameter (the CPU wants the parameter's own; CUDA also takes
+    /// bf16 for an f32 master) is refused by the backend before it updates any parameter, as
+    /// well.
     pub fn update(
         &mut self,
         backend: &B,
@@ -103,19 +105,21 @@ impl<B: Backend> AdamW<B> {
                 }
             }
         }
-        // Out of memory for a new moment refuses the step before any parameter moved.
-        let mut fresh = Vec::new();
+        // Out of memory for a new moment refuses the step before any parameter moved; the
+        // new moments join the optimizer only once the step is done, so a step that fails
+        // leaves the optimizer as it was.
+        let mut fresh: BTreeMap<String, (Tensor<B>, Tensor<B>)> = BTreeMap::new();
         for (p, _) in &updates {
             if !self.moments.contains_key(&p.name) {
                 let m = backend.zeros(p.value.shape().clone())?;
                 let v = backend.zeros(p.value.shape().clone())?;
-                fresh.push((p.name.clone(), (m, v)));
+                fresh.insert(p.name.clone(), (m, v));
             }
         }
-        self.moments.extend(fresh);
         let mut moments: HashMap<&str, &mut (Tensor<B>, Tensor<B>)> = self
             .moments
             .iter_mut()
+            .chain(fresh.iter_mut())
             .map(|(name, mv)| (name.as_str(), mv))
             .collect();
         let mut batch = Vec::with_capacity(updates.len());
@@ -150,6 +154,8 @@ impl<B: Backend> AdamW<B> {
             });
         }
         backend.adamw_step_each(&mut batch)?;
+        drop(batch);
+        self.moments.extend(fresh);
         self.step = step_number;
         Ok(())
     }

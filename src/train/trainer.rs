@@ -435,6 +435,14 @@ impl<B: Backend> Run<B> {
     }
 }
 
+/// The part of a step that ran out of device memory: its batch's forward and backward, or
+/// the optimizer's update after them. Neither changes the model or the run when it fails.
+#[derive(Clone, Copy)]
+enum StepPhase {
+    Batch,
+    Update,
+}
+
 /// What one optimizer step measured.
 struct StepOutcome {
     loss: f64,
@@ -1229,13 +1237,25 @@ impl<'a, B: Backend> Trainer<'a, B> {
             Ok(computed) => computed,
             // Nothing of the run has changed yet: the steps before this one can be kept.
             Err(Error::OutOfMemory { op, detail }) => {
-                let detail = self.keep_steps_before(plan, run, rows, detail);
+                let detail = self.keep_steps_before(plan, run, rows, detail, StepPhase::Batch);
                 return Err(Error::OutOfMemory { op, detail });
             }
             Err(e) => return Err(e),
         };
-        run.optimizer
-            .update(&self.backend, self.model.params_mut(), &grads, lr)?;
+        // An update that runs out of device memory (new moments, or a parameter's own copy
+        // where the kept best weights share its buffer) changes no value, moment or count.
+        match run
+            .optimizer
+            .update(&self.backend, self.model.params_mut(), &grads, lr)
+        {
+            Ok(()) => {}
+            Err(Error::OutOfMemory { op, detail }) => {
+                drop(grads);
+                let detail = self.keep_steps_before(plan, run, rows, detail, StepPhase::Update);
+                return Err(Error::OutOfMemory { op, detail });
+            }
+            Err(e) => return Err(e),
+        }
         run.meter.seconds += started.elapsed().as_secs_f64();
         Ok(outcome)
     }
@@ -1317,13 +1337,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
         run: &mut Run<B>,
         rows: &[usize],
         detail: String,
+        phase: StepPhase,
     ) -> String {
         let longest = rows.iter().map(|&i| plan.lengths[i]).max().unwrap_or(0);
-        let what = format!(
-            "{detail}. This was step {}'s batch of {} examples of up to {longest} tokens",
-            run.step + 1,
-            rows.len()
-        );
+        let batch = format!("batch of {} examples of up to {longest} tokens", rows.len());
+        let what = match phase {
+            StepPhase::Batch => format!("{detail}. This was step {}'s {batch}", run.step + 1),
+            StepPhase::Update => format!(
+                "{detail}. This was step {}'s optimizer update, after its {batch}",
+                run.step + 1
+            ),
+        };
         let resume = "--resume on a device of the same kind with more memory continues as the \
                       run would have; \
                       --resume with a smaller --micro-batch-size (the same batches in smaller \
