@@ -19,8 +19,13 @@ use spafit::peft::{Method, PeftConfig, PeftPlan};
 use spafit::tensor::Shape;
 use spafit::text::{EncodedBatch, TextInput};
 
+/// The fixture, or where `SPAFIT_ROBERTA_FIXTURE` says (the GPU check runs this test's
+/// binary on another machine, from another folder).
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta")
+    std::env::var_os("SPAFIT_ROBERTA_FIXTURE").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta"),
+        PathBuf::from,
+    )
 }
 
 fn checkpoint() -> Checkpoint {
