@@ -211,6 +211,37 @@ fn a_padding_token_inside_a_text_takes_the_padding_position_as_in_transformers()
     let e = rel_err(&cpu.to_f64(logits.value()).unwrap(), &want);
     println!("<pad> inside: logits rel err {e:.2e}");
     assert!(e <= 1e-12, "{e:e}");
+    // Full fine-tuning: the embeddings' gradients are transformers', whose padding rows
+    // (`padding_idx`) get none although `<pad>` stands inside the texts.
+    let mut model = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
+    let plan = PeftPlan::new(&PeftConfig::new(Method::Full), 3).unwrap();
+    model.apply_plan(&plan, &mut |_, s| cpu.zeros(s)).unwrap();
+    let mut tape = Tape::new(cpu);
+    let logits = model
+        .forward(&mut tape, &input, &mut DropoutPlan::eval())
+        .unwrap();
+    let y = cpu.tensor_from_u32(Shape::new([3]), &[0, 1, 0]).unwrap();
+    let loss = model.loss(&mut tape, &logits, &Labels::Classes(y)).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let reference = WeightsFile::open(&fixture_dir().join("pad_inside.safetensors")).unwrap();
+    for (ours, rows) in [
+        ("bert.embeddings.word_embeddings.weight", 300),
+        ("bert.embeddings.position_embeddings.weight", 40),
+    ] {
+        let got = cpu.to_f64(grads.get(ours).unwrap()).unwrap();
+        let want = read(
+            &reference,
+            &format!("grad.{}", EncoderFamily::Roberta.hf_name(ours)),
+        );
+        assert_eq!(got.len(), rows * 64);
+        assert!(
+            got[64..128].iter().all(|&g| g == 0.0),
+            "{ours}: row 1 trains"
+        );
+        let e = rel_err(&got, &want);
+        println!("<pad> inside: {ours} gradient rel err {e:.2e}");
+        assert!(e <= 1e-9, "{ours}: {e:e}");
+    }
 }
 
 /// A RoBERTa base as the hub ships one (`RobertaForMaskedLM`: a pooler no sequence classifier
@@ -637,6 +668,30 @@ fn roberta_trains_evaluates_predicts_and_merges_from_the_command_line() {
             "--quiet",
         ]);
     }
+    // The head's dense map trains anyway: the flag would change nothing, and is refused.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args([
+            "train",
+            "--model",
+            &model,
+            "--train-file",
+            "train.csv",
+            "--method",
+            "lora",
+            "--train-pooler",
+            "--output",
+            "pooler",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("--train-pooler")
+            && stderr.contains("RoBERTa"),
+        "{stderr}"
+    );
     let (cpu, emu) = (losses("cpu"), losses("cuda-emu"));
     // Four steps and two evaluations.
     assert_eq!(cpu.len(), 6, "{cpu:?}");
@@ -687,4 +742,52 @@ fn last_json_loss(stdout: &str) -> f64 {
     line["loss"]
         .as_f64()
         .unwrap_or_else(|| panic!("no loss in {line}"))
+}
+
+/// Texts far longer than the cut, which spafit tokenizes only as far as it keeps (RoBERTa's
+/// byte-level split, like BERT's, makes a prefix's tokens the text's first ones when cut
+/// before whitespace that follows a non-space), encode to the ids transformers gives them
+/// whole (`long_texts.json`, from `make_long_texts.py`): runs of spaces, tabs, newlines,
+/// non-breaking spaces and literal special tokens included; and a 4 MB text as its first
+/// 12 KB do.
+#[test]
+fn long_roberta_texts_encode_as_transformers_encodes_them_whole() {
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("long_texts.json")).unwrap(),
+    )
+    .unwrap();
+    let text = |name: &Value| fixture["texts"][name.as_str().unwrap()].as_str().unwrap();
+    let ck = checkpoint();
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 21);
+    for case in cases {
+        let max_len = case["max_len"].as_u64().unwrap() as usize;
+        let input = match &case["b"] {
+            Value::Null => TextInput::Single(text(&case["a"])),
+            b => TextInput::Pair(text(&case["a"]), text(b)),
+        };
+        let got = ck.tokenizer(max_len).unwrap().encode(input).unwrap();
+        let want: Vec<u32> = case["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(got.ids, want, "{} + {} at {max_len}", case["a"], case["b"]);
+    }
+    let mixed = text(&Value::from("mixed_12k"));
+    let huge = mixed.repeat(4_000_000 / mixed.len());
+    let case = cases
+        .iter()
+        .find(|c| c["a"] == "mixed_12k" && c["b"].is_null() && c["max_len"] == 38)
+        .unwrap();
+    let got = ck
+        .tokenizer(38)
+        .unwrap()
+        .encode(TextInput::Single(&huge))
+        .unwrap();
+    assert_eq!(
+        got.ids,
+        u32_rows(&Value::Array(vec![case["input_ids"].clone()]))
+    );
 }

@@ -236,7 +236,16 @@ impl BertConfig {
     }
 
     fn roberta_padding_position(&self) -> usize {
-        self.pad_token_id.unwrap_or(1)
+        self.padding_id()
+    }
+
+    /// The padding token's id (`pad_token_id`; transformers' defaults without it: 0 for
+    /// BERT, 1 for RoBERTa), whose word-embedding row transformers never trains.
+    pub fn padding_id(&self) -> usize {
+        self.pad_token_id.unwrap_or(match self.family() {
+            EncoderFamily::Bert => 0,
+            EncoderFamily::Roberta => 1,
+        })
     }
 
     /// The longest sequence the position table holds: `max_position_embeddings` for BERT,
@@ -417,12 +426,13 @@ impl BertConfig {
                  `xlm-roberta`) checkpoints only"
             ));
         }
+        // A text needs `<s>`, one token and `</s>`.
         if self.family() == EncoderFamily::Roberta
-            && self.roberta_padding_position().saturating_add(1) >= self.max_position_embeddings
+            && self.roberta_padding_position().saturating_add(4) > self.max_position_embeddings
         {
             return Err(format!(
                 "`pad_token_id` {} leaves no RoBERTa positions among `max_position_embeddings` \
-                 {} (positions start after the padding id)",
+                 {} (positions start after the padding id, and a text needs 3)",
                 self.roberta_padding_position(),
                 self.max_position_embeddings
             ));

@@ -128,7 +128,15 @@ pub fn setup<B: Backend>(
     num_labels: usize,
     seed: u64,
 ) -> Result<Run<B>> {
-    let config = peft.config()?.for_family(checkpoint.config.family());
+    let family = checkpoint.config.family();
+    if peft.train_pooler && family.pooler_is_head() {
+        return Err(spafit::Error::invalid(
+            "--train-pooler",
+            "has no effect on a RoBERTa model: the dense map of its classification head \
+             (`classifier.dense`, BERT's pooler) trains with the head anyway",
+        ));
+    }
+    let config = peft.config()?.for_family(family);
     let layers = checkpoint.config.num_hidden_layers;
     let plan = PeftPlan::new(&config, layers)?;
     peft.check_flags_against_plan(&plan)?;

@@ -18,6 +18,11 @@ pub struct BertEmbeddings<B: Backend> {
     pub token_type: Param<B>,
     /// `embeddings.LayerNorm`.
     pub norm: LayerNorm<B>,
+    /// The padding token's id, whose row gets no gradient ([`BertConfig::padding_id`]).
+    padding_id: usize,
+    /// The first token's position ([`BertConfig::first_position`]); RoBERTa's padding
+    /// position, the one before, gets no gradient.
+    first_position: usize,
 }
 
 impl<B: Backend> BertEmbeddings<B> {
@@ -52,6 +57,8 @@ impl<B: Backend> BertEmbeddings<B> {
             position,
             token_type,
             norm: LayerNorm::new(&norm_name, gamma, beta, c.layer_norm_eps),
+            padding_id: c.padding_id(),
+            first_position: c.first_position(),
         })
     }
 
@@ -65,8 +72,12 @@ impl<B: Backend> BertEmbeddings<B> {
         let word = self.word.var(tape);
         let position = self.position.var(tape);
         let token_type = self.token_type.var(tape);
-        let w = tape.embedding(&word, &input.input_ids)?;
-        let p = tape.embedding(&position, &input.position_ids)?;
+        // transformers' `padding_idx`: the padding token's row, and RoBERTa's padding
+        // position, never train.
+        let pad = Some(self.padding_id);
+        let w = tape.embedding_with_padding(&word, &input.input_ids, pad)?;
+        let padding_position = (self.first_position > 0).then(|| self.first_position - 1);
+        let p = tape.embedding_with_padding(&position, &input.position_ids, padding_position)?;
         let t = tape.embedding(&token_type, &input.token_type_ids)?;
         let sum = tape.add(&w, &p)?;
         let sum = tape.add(&sum, &t)?;

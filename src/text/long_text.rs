@@ -3,10 +3,14 @@
 //! pair's texts are tokenized whole, its truncated tokens dropped: `TextTokenizer`.)
 //!
 //! Where the pipeline is BERT's (its normalizer, which maps each character on its own, and
-//! its pre-tokenizer, which splits at whitespace), the tokens of a prefix that ends before an
-//! ASCII whitespace character are the first tokens of the whole text. So a prefix holding at
-//! least `max_len` tokens encodes, after truncation from the right, to the very ids of the
-//! whole text. Other pipelines (byte-level BPE, SentencePiece's normalizers) tokenize whole.
+//! its pre-tokenizer, which splits at whitespace), or RoBERTa's (no normalizer, and GPT-2's
+//! byte-level split, whose words, numbers and punctuation runs all stop at whitespace), the
+//! tokens of a prefix that ends before an ASCII whitespace character, after a character that
+//! is not whitespace, are the first tokens of the whole text. (After whitespace the rule
+//! would fail RoBERTa: GPT-2's split gives a run of spaces followed by a word one piece less
+//! than a run that ends the text.) So a prefix holding at least `max_len` tokens encodes,
+//! after truncation from the right, to the very ids of the whole text. Other pipelines
+//! (SentencePiece's normalizers, custom splits) tokenize whole.
 
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -30,14 +34,17 @@ pub(super) fn can_cut(tokenizer: &Tokenizer, direction: TruncationDirection) -> 
         tokenizer.get_pre_tokenizer(),
         Some(PreTokenizerWrapper::BertPreTokenizer(_))
     );
+    let byte_level = match (tokenizer.get_normalizer(), tokenizer.get_pre_tokenizer()) {
+        (None, Some(PreTokenizerWrapper::ByteLevel(b))) => b.use_regex,
+        _ => false,
+    };
     // An added token that holds whitespace could straddle a cut.
     let added_tokens_whole = tokenizer
         .get_added_tokens_decoder()
         .values()
         .all(|t| !t.content.contains(|c: char| c.is_whitespace()));
     direction == TruncationDirection::Right
-        && bert_normalizer
-        && bert_pre_tokenizer
+        && ((bert_normalizer && bert_pre_tokenizer) || byte_level)
         && added_tokens_whole
 }
 
@@ -56,13 +63,16 @@ pub(super) fn prefix_with_tokens<'t>(
     debug_assert!(truncating.get_padding().is_none());
     let mut budget = FIRST_CUT_BYTES_PER_TOKEN * max_len.max(64);
     loop {
-        // An ASCII byte is a character boundary.
-        let cut = budget
-            + text
-                .as_bytes()
-                .get(budget..)?
-                .iter()
-                .position(|b| b" \t\n\r".contains(b))?;
+        // An ASCII byte is a character boundary; the first one after a character that is
+        // not whitespace.
+        let bytes = text.as_bytes();
+        let cut = (budget..bytes.len()).find(|&i| {
+            b" \t\n\r".contains(&bytes[i])
+                && text[..i]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| !c.is_whitespace())
+        })?;
         // Past half the text, the rest costs less than another try.
         if cut >= text.len() / 2 {
             return None;
