@@ -17,11 +17,12 @@ impl<B: Backend> BackwardOp<B> for EmbeddingNode<B> {
         d_out: &Tensor<B>,
         _: &[bool],
     ) -> Result<Vec<Option<Tensor<B>>>> {
-        let ids = match self.padding_row {
-            Some(pad) => backend.to_u32(&self.ids)?.contains(&pad).then_some(pad),
+        // The ids come to the host only where a padding row is named (the tables that train).
+        let host_ids = match self.padding_row {
+            Some(pad) => Some((pad, backend.to_u32(&self.ids)?)),
             None => None,
         };
-        let Some(pad) = ids else {
+        let Some((pad, host_ids)) = host_ids.filter(|(pad, ids)| ids.contains(pad)) else {
             return Ok(vec![Some(
                 backend.embedding_backward(d_out, &self.ids, self.vocab)?,
             )]);
@@ -30,8 +31,7 @@ impl<B: Backend> BackwardOp<B> for EmbeddingNode<B> {
         let vocab = u32::try_from(self.vocab).map_err(|_| {
             crate::error::Error::invalid("embedding", "a table of 2^32 rows or more")
         })?;
-        let redirected: Vec<u32> = backend
-            .to_u32(&self.ids)?
+        let redirected: Vec<u32> = host_ids
             .into_iter()
             .map(|id| if id == pad { vocab } else { id })
             .collect();
