@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use common::rel_err;
+use common::{rel_err, u32_matrix};
 use serde_json::Value;
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
@@ -18,7 +18,7 @@ use spafit::model::{BertClassifier, BertModel, Labels, ModelInput};
 use spafit::nn::{DropoutPlan, LoraConfig, LoraTarget};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::Shape;
-use spafit::text::{EncodedBatch, TextInput};
+use spafit::text::EncodedBatch;
 
 fn fixture_dir() -> PathBuf {
     std::env::var_os("SPAFIT_FIXTURE_DIR").map_or_else(
@@ -64,44 +64,14 @@ fn read(file: &WeightsFile, name: &str) -> (Vec<usize>, Vec<f64>) {
 }
 
 fn texts(key: &str) -> Vec<Vec<String>> {
-    fixture()["inputs"][key]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| match v {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) => a.iter().map(|s| s.as_str().unwrap().to_string()).collect(),
-            _ => panic!("unexpected input {v}"),
-        })
-        .collect()
+    common::text_rows(&fixture()["inputs"][key])
 }
 
 fn encode(inputs: &str) -> EncodedBatch {
     let max_len = fixture()["inputs"]["max_len"].as_u64().unwrap() as usize;
     let tok = checkpoint().tokenizer(max_len).unwrap();
     let rows = texts(inputs);
-    let batch: Vec<TextInput> = rows
-        .iter()
-        .map(|r| match r.as_slice() {
-            [a] => TextInput::Single(a),
-            [a, b] => TextInput::Pair(a, b),
-            _ => panic!("bad row"),
-        })
-        .collect();
-    tok.encode_batch(&batch).unwrap()
-}
-
-fn u32_matrix(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-        })
-        .collect()
+    tok.encode_batch(&common::text_inputs(&rows)).unwrap()
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::rel_err;
+use common::{rel_err, u32_matrix};
 use serde_json::Value;
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
@@ -52,42 +52,20 @@ fn read(file: &WeightsFile, name: &str) -> Vec<f64> {
 fn encode(ck: &Checkpoint, inputs: &str) -> EncodedBatch {
     let e = expected();
     let max_len = e["inputs"]["max_len"].as_u64().unwrap() as usize;
-    let rows: Vec<Vec<String>> = e["inputs"][inputs]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| match v {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) => a.iter().map(|s| s.as_str().unwrap().to_string()).collect(),
-            other => panic!("unexpected input {other}"),
-        })
-        .collect();
-    let batch: Vec<TextInput> = rows
-        .iter()
-        .map(|r| match r.as_slice() {
-            [a] => TextInput::Single(a),
-            [a, b] => TextInput::Pair(a, b),
-            _ => panic!("bad row"),
-        })
-        .collect();
+    let rows = common::text_rows(&e["inputs"][inputs]);
+    let batch = common::text_inputs(&rows);
     ck.tokenizer(max_len).unwrap().encode_batch(&batch).unwrap()
 }
 
-fn u32_rows(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-        })
-        .collect()
+/// A file's tensor names, sorted.
+fn sorted_names(file: &WeightsFile) -> Vec<String> {
+    let mut names = file.names().to_vec();
+    names.sort();
+    names
 }
 
 fn labels<B: Backend>(backend: &B, inputs: &str) -> Labels<B> {
-    let y = u32_rows(&Value::Array(vec![
+    let y = u32_matrix(&Value::Array(vec![
         expected()["inputs"]["labels"][inputs].clone()
     ]));
     Labels::Classes(backend.tensor_from_u32(Shape::new([y.len()]), &y).unwrap())
@@ -114,10 +92,10 @@ fn roberta_tokens_match_transformers() {
     for inputs in ["singles", "pairs"] {
         let ours = encode(&ck, inputs);
         let theirs = &expected()["inputs"][format!("tokens_{inputs}")];
-        assert_eq!(ours.input_ids, u32_rows(&theirs["input_ids"]), "{inputs}");
+        assert_eq!(ours.input_ids, u32_matrix(&theirs["input_ids"]), "{inputs}");
         assert_eq!(
             ours.attention_mask,
-            u32_rows(&theirs["attention_mask"]),
+            u32_matrix(&theirs["attention_mask"]),
             "{inputs}"
         );
         // transformers gives RoBERTa no segment ids: its model reads segment 0 throughout.
@@ -163,7 +141,7 @@ fn roberta_tokens_without_a_tokenizer_class_or_a_tokenizer_json() {
             let theirs = &expected()["inputs"][format!("tokens_{inputs}")];
             assert_eq!(
                 ours.input_ids,
-                u32_rows(&theirs["input_ids"]),
+                u32_matrix(&theirs["input_ids"]),
                 "{}: {inputs}",
                 dir.display()
             );
@@ -191,10 +169,10 @@ fn a_padding_token_inside_a_text_takes_the_padding_position_as_in_transformers()
         .collect();
     let batch: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
     let encoded = ck.tokenizer(24).unwrap().encode_batch(&batch).unwrap();
-    assert_eq!(encoded.input_ids, u32_rows(&reference["input_ids"]));
+    assert_eq!(encoded.input_ids, u32_matrix(&reference["input_ids"]));
     assert_eq!(
         encoded.attention_mask,
-        u32_rows(&reference["attention_mask"])
+        u32_matrix(&reference["attention_mask"])
     );
     let model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
     let input = ModelInput::for_model(&cpu, &encoded, &ck.config).unwrap();
@@ -310,14 +288,10 @@ fn a_masked_lm_base_is_the_same_encoder_and_merges_to_a_sequence_classifier() {
         None,
     )
     .unwrap();
-    let mut names = WeightsFile::open(&out.join("model.safetensors"))
-        .unwrap()
-        .names()
-        .to_vec();
-    let mut wanted = fixture.weights.names().to_vec();
-    names.sort();
-    wanted.sort();
-    assert_eq!(names, wanted);
+    assert_eq!(
+        sorted_names(&WeightsFile::open(&out.join("model.safetensors")).unwrap()),
+        sorted_names(&fixture.weights)
+    );
 }
 
 /// Full fine-tuning in f64 without dropout: logits, loss and the gradient of every parameter
@@ -451,11 +425,8 @@ fn a_roberta_adapter_exports_under_peft_names_and_imports_back() {
     let ours = WeightsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
     let peft =
         WeightsFile::open(&fixture_dir().join("peft-lora/adapter_model.safetensors")).unwrap();
-    let mut names = ours.names().to_vec();
-    let mut peft_names = peft.names().to_vec();
-    names.sort();
-    peft_names.sort();
-    assert_eq!(names, peft_names);
+    let names = sorted_names(&ours);
+    assert_eq!(names, sorted_names(&peft));
     for name in &names {
         assert_eq!(ours.shape(name), peft.shape(name), "{name}");
     }
@@ -519,14 +490,10 @@ fn a_merged_roberta_adapter_is_a_roberta_sequence_classifier() {
         serde_json::json!(["RobertaForSequenceClassification"])
     );
     assert_eq!(config["model_type"], "roberta");
-    let mut names = WeightsFile::open(&out.join("model.safetensors"))
-        .unwrap()
-        .names()
-        .to_vec();
-    let mut base_names = ck.weights.names().to_vec();
-    names.sort();
-    base_names.sort();
-    assert_eq!(names, base_names);
+    assert_eq!(
+        sorted_names(&WeightsFile::open(&out.join("model.safetensors")).unwrap()),
+        sorted_names(&ck.weights)
+    );
     let merged = Checkpoint::open(&out).unwrap();
     let model = BertClassifier::from_fine_tuned(&merged, &cpu).unwrap();
     for inputs in ["singles", "pairs"] {
@@ -788,6 +755,6 @@ fn long_roberta_texts_encode_as_transformers_encodes_them_whole() {
         .unwrap();
     assert_eq!(
         got.ids,
-        u32_rows(&Value::Array(vec![case["input_ids"].clone()]))
+        u32_matrix(&Value::Array(vec![case["input_ids"].clone()]))
     );
 }

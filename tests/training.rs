@@ -2640,14 +2640,7 @@ fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
             &format!("step {evaluated}'s evaluation ran out of device memory"),
         );
     }
-    assert_eq!(log_without_timings(&cut), log_without_timings(&whole));
-    for file in ["best/adapter.safetensors", "last/state.safetensors"] {
-        assert_eq!(
-            std::fs::read(cut.join(file)).unwrap(),
-            std::fs::read(whole.join(file)).unwrap(),
-            "{file}"
-        );
-    }
+    assert_ends_as(&cut, &whole);
 }
 
 /// A training step whose batch runs out of device memory keeps the steps before it: the
@@ -2744,14 +2737,7 @@ fn a_step_out_of_device_memory_keeps_the_steps_before_it() {
     emulator::set_device_memory(16 << 30).unwrap();
     let report = fit(config(&cut, true, None), None).unwrap();
     assert_eq!(report.steps, 10);
-    assert_eq!(log_without_timings(&cut), log_without_timings(&whole));
-    for file in ["best/adapter.safetensors", "last/state.safetensors"] {
-        assert_eq!(
-            std::fs::read(cut.join(file)).unwrap(),
-            std::fs::read(whole.join(file)).unwrap(),
-            "{file}"
-        );
-    }
+    assert_ends_as(&cut, &whole);
 }
 
 /// An optimizer update that runs out of device memory changes nothing: not the parameters'
@@ -2914,7 +2900,13 @@ fn an_update_out_of_device_memory_keeps_the_steps_before_it() {
     emulator::set_device_memory(16 << 30).unwrap();
     let report = fit(config(&cut, true), None).unwrap();
     assert_eq!((report.steps, report.steps_this_call), (6, 5));
-    assert_eq!(log_without_timings(&cut), log_without_timings(&whole));
+    assert_ends_as(&cut, &whole);
+}
+
+/// A resumed run's output `cut` ends as the uninterrupted run's `whole`: the same metrics
+/// log (timings aside) and the same `best/` and `last/` files, byte for byte.
+fn assert_ends_as(cut: &Path, whole: &Path) {
+    assert_eq!(log_without_timings(cut), log_without_timings(whole));
     for file in ["best/adapter.safetensors", "last/state.safetensors"] {
         assert_eq!(
             std::fs::read(cut.join(file)).unwrap(),

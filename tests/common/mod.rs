@@ -262,6 +262,48 @@ pub fn logits<B: Backend>(
     backend.to_f64(out.value()).unwrap()
 }
 
+/// A JSON list of texts (strings) and text pairs (lists of two strings), as the fixtures
+/// write their inputs.
+pub fn text_rows(v: &serde_json::Value) -> Vec<Vec<String>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => {
+                a.iter().map(|s| s.as_str().unwrap().to_string()).collect()
+            }
+            other => panic!("unexpected input {other}"),
+        })
+        .collect()
+}
+
+/// [`text_rows`] as the tokenizer's inputs.
+pub fn text_inputs(rows: &[Vec<String>]) -> Vec<spafit::text::TextInput<'_>> {
+    rows.iter()
+        .map(|r| match r.as_slice() {
+            [a] => spafit::text::TextInput::Single(a),
+            [a, b] => spafit::text::TextInput::Pair(a, b),
+            _ => panic!("bad row"),
+        })
+        .collect()
+}
+
+/// A JSON matrix of ids (rows of tokens, as transformers' tokenizers return them), row after
+/// row.
+pub fn u32_matrix(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+        })
+        .collect()
+}
+
 /// The step recorded in `last/state.safetensors`, when there is one.
 pub fn saved_step(out: &std::path::Path) -> Option<u64> {
     let bytes = std::fs::read(out.join("last/state.safetensors")).ok()?;
