@@ -204,17 +204,29 @@ impl Checkpoint {
             path = vocab;
             TextTokenizer::from_vocab(&path, config.as_deref(), max_len)?
         } else if !path.exists() {
+            // XLM-R checkpoints ship tokenizer.json beside the SentencePiece model they were
+            // converted from; the model alone would need SentencePiece's own reader.
+            let spm = ["sentencepiece.bpe.model", "spiece.model", "tokenizer.model"]
+                .into_iter()
+                .find(|f| self.dir.join(f).is_file())
+                .map_or(String::new(), |f| {
+                    format!(
+                        "; {f} is a SentencePiece model, which spafit reads only as converted \
+                         to tokenizer.json (transformers' save_pretrained writes one)"
+                    )
+                });
             return Err(Error::Io {
                 path,
                 error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
-                    "no tokenizer file (nor a vocab.txt to build BERT's tokenizer from, or for \
-                     RoBERTa a vocab.json and merges.txt)",
+                    format!(
+                        "no tokenizer file (nor a vocab.txt to build BERT's tokenizer from, or \
+                         for RoBERTa a vocab.json and merges.txt){spm}"
+                    ),
                 ),
             });
         } else {
-            // As transformers' AutoTokenizer picks by `model_type` (XLM-RoBERTa's is
-            // SentencePiece's, which spafit refuses by name).
+            // As transformers' AutoTokenizer picks by `model_type`.
             let implied = match (self.config.family(), self.config.model_type.as_deref()) {
                 (EncoderFamily::Roberta, Some("xlm-roberta")) => Some("XLMRobertaTokenizer"),
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),

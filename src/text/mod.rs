@@ -5,5 +5,6 @@ mod roberta_tokenizer;
 mod tokenizer;
 mod tokenizer_config;
 mod wordpiece_vocab;
+mod xlm_roberta_tokenizer;
 
 pub use tokenizer::{EncodedBatch, EncodedText, TextInput, TextTokenizer};

@@ -16,7 +16,8 @@ use tokenizers::{AddedToken, ModelWrapper, Tokenizer};
 use super::tokenizer_config::TokenizerConfig;
 use crate::error::{Error, Result};
 
-/// The special tokens `RobertaTokenizer` names, with the class's defaults.
+/// The special tokens `RobertaTokenizer` (and `XLMRobertaTokenizer`) names, with the
+/// classes' defaults.
 const ROBERTA_TOKENS: [(&str, &str); 7] = [
     ("bos_token", "<s>"),
     ("eos_token", "</s>"),
@@ -104,8 +105,31 @@ pub(crate) fn as_roberta_tokenizer(
     from.with_model(model);
     from.with_normalizer(None::<NormalizerWrapper>);
     from.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
-    // The named tokens are whole tokens (never split), as the class adds them.
-    let mut named: Vec<(&str, AddedToken)> = Vec::new();
+    let named = add_named_tokens(&mut from, config)?;
+    let id_of = |key| named.id_of(&from, key, source, config, "RoBERTa's");
+    let (sep, cls, (_, pad)) = (
+        id_of("sep_token")?,
+        id_of("cls_token")?,
+        id_of("pad_token")?,
+    );
+    from.with_post_processor(Some(
+        RobertaProcessing::new(sep, cls)
+            .trim_offsets(trim_offsets)
+            .add_prefix_space(add_prefix_space),
+    ));
+    Ok((from, pad))
+}
+
+/// The special tokens a RoBERTa class names (`ROBERTA_TOKENS`, as the config sets them).
+pub(super) struct NamedTokens(Vec<(&'static str, AddedToken)>);
+
+/// Adds the tokens the class names (unless the config makes one null) as whole special
+/// tokens, as the class adds them, and the tokens the config adds.
+pub(super) fn add_named_tokens(
+    from: &mut Tokenizer,
+    config: &TokenizerConfig,
+) -> Result<NamedTokens> {
+    let mut named = Vec::new();
     for (key, default) in ROBERTA_TOKENS {
         if config.is_null(key) {
             continue;
@@ -118,30 +142,32 @@ pub(crate) fn as_roberta_tokenizer(
     let tokens: Vec<AddedToken> = named.iter().map(|(_, t)| t.clone()).collect();
     from.add_special_tokens(&tokens);
     from.add_tokens(&super::wordpiece_vocab::config_added_tokens(config)?);
-    let id_of = |key: &str| -> Result<(String, u32)> {
-        let (_, token) = named.iter().find(|(k, _)| *k == key).ok_or_else(|| {
+    Ok(NamedTokens(named))
+}
+
+impl NamedTokens {
+    /// The token named `key` and its id in `from` (read from `source`), which `pipeline`
+    /// needs.
+    pub(super) fn id_of(
+        &self,
+        from: &Tokenizer,
+        key: &str,
+        source: &Path,
+        config: &TokenizerConfig,
+        pipeline: &str,
+    ) -> Result<(String, u32)> {
+        let (_, token) = self.0.iter().find(|(k, _)| *k == key).ok_or_else(|| {
             config.error(
                 key,
-                format!("`{key}` is null, and RoBERTa's pipeline needs it"),
+                format!("`{key}` is null, and {pipeline} pipeline needs it"),
             )
         })?;
-        let id = from.token_to_id(&token.content).ok_or_else(|| {
-            format(format!(
-                "`{key}` `{}` is not in the vocabulary",
-                token.content
-            ))
-        })?;
+        let id = from
+            .token_to_id(&token.content)
+            .ok_or_else(|| Error::Format {
+                path: source.to_path_buf(),
+                detail: format!("`{key}` `{}` is not in the vocabulary", token.content),
+            })?;
         Ok((token.content.clone(), id))
-    };
-    let (sep, cls, (_, pad)) = (
-        id_of("sep_token")?,
-        id_of("cls_token")?,
-        id_of("pad_token")?,
-    );
-    from.with_post_processor(Some(
-        RobertaProcessing::new(sep, cls)
-            .trim_offsets(trim_offsets)
-            .add_prefix_space(add_prefix_space),
-    ));
-    Ok((from, pad))
+    }
 }

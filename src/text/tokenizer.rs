@@ -104,9 +104,8 @@ pub struct TextTokenizer {
     /// Why sentence pairs cannot be encoded for the model this tokenizer feeds, if they
     /// cannot (single sentences still can).
     pairs_refused: Option<String>,
-    /// Whether a text far longer than the truncation keeps is tokenized only as far as it
-    /// keeps, and a pair encoded without its overflow (`long_text`): BERT's pipeline,
-    /// truncated from the right.
+    /// Whether a single text far longer than the truncation keeps is tokenized only as far
+    /// as it keeps (`long_text`): BERT's and RoBERTa's pipelines, truncated from the right.
     cut_long_texts: bool,
     /// `inner` without truncation (or padding): a pair's texts are truncated by hand.
     untruncated: Tokenizer,
@@ -352,10 +351,7 @@ impl TextTokenizer {
         }
         let r = match input {
             TextInput::Single(a) => self.inner.encode(self.cut(a).unwrap_or(a), true),
-            TextInput::Pair(a, b) if self.cut_long_texts => {
-                self.encode_pair_dropping_overflow(a, b)
-            }
-            TextInput::Pair(a, b) => self.inner.encode((a, b), true),
+            TextInput::Pair(a, b) => self.encode_pair_dropping_overflow(a, b),
         };
         let e = r.map_err(|e| Error::Format {
             path: self.path.clone(),

@@ -333,6 +333,12 @@ pub(crate) fn as_transformers_loads(
         named.extend(config.other_named_tokens()?);
         from.add_special_tokens(&named);
         from.add_tokens(&config_added_tokens(config)?);
+        // The config's padding token wins over tokenizer.json's padding, as transformers
+        // takes it (RoBERTa-style models find positions by it).
+        let pad = match config.token("pad_token")? {
+            Some(token) => from.token_to_id(&token.content).unwrap_or(pad),
+            None => pad,
+        };
         Ok((from, pad))
     };
     let named = match json.get("tokenizer_class") {
@@ -343,6 +349,9 @@ pub(crate) fn as_transformers_loads(
             ClassRule::Roberta => {
                 return super::roberta_tokenizer::as_roberta_tokenizer(from, source, config)
             }
+            ClassRule::XlmRoberta => {
+                return super::xlm_roberta_tokenizer::as_xlm_roberta_tokenizer(from, source, config)
+            }
             ClassRule::Unsupported => {
                 return Err(Error::Format {
                     path: config_name.to_path_buf(),
@@ -350,7 +359,8 @@ pub(crate) fn as_transformers_loads(
                         "`tokenizer_class` is `{class}`, which transformers builds by its own \
                          rules from tokenizer.json, and spafit does not reproduce them; name \
                          `BertTokenizer` to read it as BERT's WordPiece tokenizer, \
-                         `RobertaTokenizer` as RoBERTa's byte-level BPE, or \
+                         `RobertaTokenizer` as RoBERTa's byte-level BPE, \
+                         `XLMRobertaTokenizer` as XLM-R's SentencePiece Unigram, or \
                          `PreTrainedTokenizerFast` to use tokenizer.json as it is"
                     ),
                 })
@@ -427,7 +437,10 @@ pub(crate) fn as_transformers_loads(
 /// picks when none is named), `PreTrainedTokenizerFast` / `TokenizersBackend` do not.
 pub(crate) fn class_gives_segment_ids(config: &TokenizerConfig) -> bool {
     match config.json.get("tokenizer_class").and_then(Value::as_str) {
-        Some(class) => !matches!(class_rule(class), ClassRule::AsItIs | ClassRule::Roberta),
+        Some(class) => !matches!(
+            class_rule(class),
+            ClassRule::AsItIs | ClassRule::Roberta | ClassRule::XlmRoberta
+        ),
         None => true,
     }
 }
@@ -441,15 +454,18 @@ enum ClassRule {
     AsItIs,
     /// It builds `RobertaTokenizer` (see `roberta_tokenizer`), which gives no segment ids.
     Roberta,
+    /// It builds `XLMRobertaTokenizer` (see `xlm_roberta_tokenizer`), which gives no
+    /// segment ids.
+    XlmRoberta,
     /// It builds a tokenizer of that class by rules of its own (DistilBERT's, MPNet's,
-    /// Funnel's, RoBERTa's, ...), which give other ids than either of the above.
+    /// Funnel's, CamemBERT's, ...), which give other ids than any of the above.
     Unsupported,
 }
 
 /// The rule for `class`, as measured against transformers 5.24's AutoTokenizer: these
 /// names build a `BertTokenizer`; `PreTrainedTokenizerFast` and `TokenizersBackend` keep
-/// tokenizer.json; `RobertaTokenizer` rebuilds RoBERTa's pipeline; every other class is
-/// refused rather than guessed.
+/// tokenizer.json; `RobertaTokenizer` and `XLMRobertaTokenizer` rebuild their classes'
+/// pipelines; every other class is refused rather than guessed.
 fn class_rule(class: &str) -> ClassRule {
     let base = class.strip_suffix("Fast").unwrap_or(class);
     match base {
@@ -462,6 +478,7 @@ fn class_rule(class: &str) -> ClassRule {
         "PreTrainedTokenizer" if class == "PreTrainedTokenizerFast" => ClassRule::AsItIs,
         "TokenizersBackend" => ClassRule::AsItIs,
         "RobertaTokenizer" => ClassRule::Roberta,
+        "XLMRobertaTokenizer" => ClassRule::XlmRoberta,
         _ => ClassRule::Unsupported,
     }
 }

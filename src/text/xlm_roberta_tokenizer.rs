@@ -1,0 +1,126 @@
+//! XLM-RoBERTa's SentencePiece tokenizer as transformers 5.24 builds `XLMRobertaTokenizer`
+//! from a checkpoint's `tokenizer.json`: the Unigram vocabulary (pieces and scores) and the
+//! SentencePiece normalization table (`Precompiled`) of the file, under the class's own
+//! pipeline — unknown id 3, no byte fallback, a split at whitespace then Metaspace (`▁`
+//! before every word unless `add_prefix_space` is false), `<s> A </s></s> B </s>` around the
+//! texts, no segment ids — whatever else `tokenizer.json` says. Multilingual checkpoints of
+//! both families use it (XLM-R itself, and BERT-shaped ones such as multilingual MiniLM).
+
+use std::path::Path;
+
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{ModelWrapper, Tokenizer};
+
+use super::tokenizer_config::TokenizerConfig;
+use crate::error::{Error, Result};
+
+/// The id the class gives unknown pieces, whatever the file names: the fourth entry of
+/// XLM-R's vocabulary (`<s> <pad> </s> <unk>`), as transformers' converter lays it out.
+const UNKNOWN_ID: usize = 3;
+
+/// `from` (read from `source`) rebuilt as `XLMRobertaTokenizer`, and its padding id.
+pub(crate) fn as_xlm_roberta_tokenizer(
+    mut from: Tokenizer,
+    source: &Path,
+    config: &TokenizerConfig,
+) -> Result<(Tokenizer, u32)> {
+    let format = |detail: String| Error::Format {
+        path: source.to_path_buf(),
+        detail,
+    };
+    let ModelWrapper::Unigram(existing) = from.get_model() else {
+        return Err(format(format!(
+            "its model is not Unigram, yet {} names `XLMRobertaTokenizer`, which transformers \
+             builds as SentencePiece's Unigram: the two files disagree",
+            config
+                .file_of("tokenizer_class")
+                .unwrap_or(source)
+                .display()
+        )));
+    };
+    let pieces: Vec<(String, f64)> = existing.iter().cloned().collect();
+    if pieces.len() <= UNKNOWN_ID {
+        return Err(format(format!(
+            "its Unigram vocabulary has {} pieces; XLMRobertaTokenizer takes the fourth as the \
+             unknown piece",
+            pieces.len()
+        )));
+    }
+    let model = Unigram::from(pieces, Some(UNKNOWN_ID), false)
+        .map_err(|e| format(format!("cannot rebuild its Unigram vocabulary: {e}")))?;
+    let add_prefix_space = match config.json.get("add_prefix_space") {
+        None | Some(serde_json::Value::Null) => true,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(config.error(
+                "add_prefix_space",
+                format!("`add_prefix_space` is {other}, not true or false"),
+            ))
+        }
+    };
+    let normalizer = spm_normalizer(from.get_normalizer());
+    from.with_model(model);
+    from.with_normalizer(normalizer);
+    let prepend = match add_prefix_space {
+        true => PrependScheme::Always,
+        false => PrependScheme::Never,
+    };
+    from.with_pre_tokenizer(Some(Sequence::new(vec![
+        WhitespaceSplit.into(),
+        Metaspace::new('▁', prepend, true).into(),
+    ])));
+    let named = super::roberta_tokenizer::add_named_tokens(&mut from, config)?;
+    let id_of = |key| named.id_of(&from, key, source, config, "XLM-RoBERTa's");
+    let (bos, eos, (_, pad)) = (
+        id_of("bos_token")?,
+        id_of("eos_token")?,
+        id_of("pad_token")?,
+    );
+    let processor = around_texts(&bos, &eos)
+        .map_err(|e| format(format!("cannot build the class's post-processor: {e}")))?;
+    from.with_post_processor(Some(processor));
+    Ok((from, pad))
+}
+
+/// The SentencePiece table among the file's normalizers (alone or in a sequence): the one
+/// normalizer the class keeps. None without one.
+fn spm_normalizer(normalizer: Option<&NormalizerWrapper>) -> Option<NormalizerWrapper> {
+    match normalizer? {
+        table @ NormalizerWrapper::Precompiled(_) => Some(table.clone()),
+        NormalizerWrapper::Sequence(sequence) => sequence
+            .as_ref()
+            .iter()
+            .find(|n| matches!(n, NormalizerWrapper::Precompiled(_)))
+            .cloned(),
+        _ => None,
+    }
+}
+
+/// `bos A eos` and `bos A eos eos B eos`, every segment id 0: through serde, as
+/// tokenizer.json spells it, since a template's pieces are built only from text otherwise,
+/// which a token holding `:` or a space would break.
+fn around_texts(
+    (bos, bos_id): &(String, u32),
+    (eos, eos_id): &(String, u32),
+) -> serde_json::Result<TemplateProcessing> {
+    let special = |token: &String| serde_json::json!({"SpecialToken": {"id": token, "type_id": 0}});
+    let text = |id: &str| serde_json::json!({"Sequence": {"id": id, "type_id": 0}});
+    let entry =
+        |token: &String, id: u32| serde_json::json!({"id": token, "ids": [id], "tokens": [token]});
+    let mut special_tokens = serde_json::Map::new();
+    special_tokens.insert(bos.clone(), entry(bos, *bos_id));
+    special_tokens.insert(eos.clone(), entry(eos, *eos_id));
+    let processor = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": [special(bos), text("A"), special(eos)],
+        "pair": [special(bos), text("A"), special(eos), special(eos), text("B"), special(eos)],
+        "special_tokens": special_tokens,
+    });
+    // From text: the deserializer borrows its tag, which a `Value` cannot lend.
+    serde_json::from_str(&processor.to_string())
+}
