@@ -121,9 +121,10 @@ fn assert_encodes_as(tok: &TextTokenizer, e: &Value, want: &Value, what: &str) {
 }
 
 /// The ids transformers' AutoTokenizer gives (`XLMRobertaTokenizer`; `TokenizersBackend`
-/// for `PreTrainedTokenizerFast`), for 12 texts and 5 pairs — multilingual, NFKC-normalized
+/// for `PreTrainedTokenizerFast`), for 14 texts and 5 pairs — multilingual, NFKC-normalized
 /// forms (fullwidth letters, ligatures, decomposed accents), odd whitespace, characters the
-/// vocabulary lacks, literal special tokens, empty texts, and two long texts — at max lengths
+/// vocabulary lacks, literal special tokens, empty texts, two texts long enough to be cut
+/// (one with no place to cut), and a pair of long texts — at max lengths
 /// 40, 13 and 8, under the shipped files and nine variants: no class (implied by
 /// `model_type`), the `Fast` name, `add_prefix_space: false`, the SentencePiece table in a
 /// normalizer sequence or absent, a pre-tokenizer and unknown id in tokenizer.json that the
@@ -231,15 +232,34 @@ fn a_bert_model_takes_the_class_it_names() {
     );
 }
 
-/// A pair of two long texts on this pipeline (which tokenizes texts whole, not a prefix)
-/// is truncated longest-first without tokenizers' overflow windows (which would pair every
+/// A 4 MB text made of the fixture's long one repeated encodes as that text does (the cut
+/// leaves a prefix of a few kilobytes to tokenize); and a pair of two long texts (whose
+/// texts are tokenized whole) is truncated longest-first without tokenizers' overflow windows (which would pair every
 /// window of one text's dropped tokens with every window of the other's: ~10^9 encodings
 /// here): the first pieces of each, as a short encoding of each shows them.
 #[test]
-fn a_pair_of_long_texts_keeps_the_first_pieces_of_each() {
+fn long_texts_are_cut_and_pairs_keep_the_first_pieces_of_each() {
     let ck = Checkpoint::open(fixture_dir().join("model")).unwrap();
     let e = expected();
     let texts = texts(&e);
+    let long = &texts[12];
+    assert!(long.len() > 10_000);
+    let huge = long.repeat(4_000_000 / long.len());
+    for max_len in [40, 13, 8] {
+        let want = &e["cases"][0]["by_max_len"][max_len.to_string()]["singles"][12];
+        let start = Instant::now();
+        let got = ck
+            .tokenizer(max_len)
+            .unwrap()
+            .encode(TextInput::Single(&huge))
+            .unwrap();
+        println!(
+            "a {:.1} MB text at {max_len}: {:?}",
+            huge.len() as f64 / 1e6,
+            start.elapsed()
+        );
+        assert_eq!(got.ids, ids(&want["input_ids"]), "at {max_len}");
+    }
     let (a, b) = (texts[0].repeat(4_000), texts[1].repeat(4_000));
     assert!(a.len() > 200_000 && b.len() > 200_000);
     let first = |text: &str| {

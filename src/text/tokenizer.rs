@@ -104,9 +104,10 @@ pub struct TextTokenizer {
     /// Why sentence pairs cannot be encoded for the model this tokenizer feeds, if they
     /// cannot (single sentences still can).
     pairs_refused: Option<String>,
-    /// Whether a single text far longer than the truncation keeps is tokenized only as far
-    /// as it keeps (`long_text`): BERT's and RoBERTa's pipelines, truncated from the right.
-    cut_long_texts: bool,
+    /// Where a single text far longer than the truncation keeps may be cut, to be tokenized
+    /// only as far as it keeps (`long_text`): BERT's, RoBERTa's and XLM-R's pipelines,
+    /// truncated from the right.
+    cut_rule: Option<super::long_text::CutRule>,
     /// `inner` without truncation (or padding): a pair's texts are truncated by hand.
     untruncated: Tokenizer,
 }
@@ -243,7 +244,7 @@ impl TextTokenizer {
         direction: TruncationDirection,
         segment_ids: bool,
     ) -> Result<Self> {
-        let cut_long_texts = super::long_text::can_cut(&inner, direction);
+        let cut_rule = super::long_text::cut_rule(&inner, direction);
         let mut untruncated = inner.clone();
         untruncated
             .with_truncation(None)
@@ -256,7 +257,7 @@ impl TextTokenizer {
             direction,
             segment_ids,
             pairs_refused: None,
-            cut_long_texts,
+            cut_rule,
             untruncated,
         };
         tok.set_max_len(max_len)?;
@@ -369,10 +370,8 @@ impl TextTokenizer {
 
     /// A prefix of a long `text` that encodes as the whole text does (`long_text`).
     fn cut<'t>(&self, text: &'t str) -> Option<&'t str> {
-        match self.cut_long_texts {
-            true => super::long_text::prefix_with_tokens(&self.inner, text, self.max_len),
-            false => None,
-        }
+        let rule = self.cut_rule?;
+        super::long_text::prefix_with_tokens(&self.inner, rule, text, self.max_len)
     }
 
     /// A pair encoded as `Tokenizer::encode` encodes it, without the tokens it truncates
