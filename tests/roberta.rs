@@ -103,6 +103,21 @@ fn roberta_tokens_match_transformers() {
     }
 }
 
+/// Which version of an added token counts, as in transformers 5.24
+/// (`tests/fixtures/tiny-roberta/named_tokens.json`, from `make_named_tokens.py`):
+/// roberta-base's layout — `<mask>` with `lstrip` in tokenizer.json beside a config naming
+/// plain `"<mask>"`, with and without that config — strips the space before it; so does a
+/// transformers 4 config listing the token so; `single_word` likewise; tokenizer.json's own
+/// added token is kept unless the config lists its own; a model-specific named token
+/// (`ent_token`) matches whole; `split_special_tokens` splits special tokens as text.
+#[test]
+fn named_tokens_keep_the_listed_version_as_in_transformers() {
+    let path = fixture_dir().join("named_tokens.json");
+    let e: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let n = common::tokenizer_variants::check_variants(&fixture_dir().join("model"), &e, |_, _| {});
+    assert_eq!(n, 9);
+}
+
 /// The fixture's model folder copied to `to` with `keep` deciding which files come along.
 fn copy_model(to: &std::path::Path, keep: impl Fn(&str) -> bool) {
     std::fs::create_dir_all(to).unwrap();

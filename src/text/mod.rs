@@ -1,8 +1,10 @@
 //! Text to model inputs.
 
+mod added_tokens;
 mod long_text;
 mod roberta_tokenizer;
 mod tokenizer;
+mod tokenizer_class;
 mod tokenizer_config;
 mod wordpiece_vocab;
 mod xlm_roberta_tokenizer;

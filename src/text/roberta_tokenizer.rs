@@ -1,24 +1,24 @@
 //! RoBERTa's byte-level BPE tokenizer as transformers 5.24 builds `RobertaTokenizer` from a
 //! checkpoint: the vocabulary and merges of `tokenizer.json`, but the class's own pipeline
 //! (no normalizer, a byte-level pre-tokenizer, `<s> A </s></s> B </s>` around the texts,
-//! no segment ids) with the settings of `tokenizer_config.json`, whatever else
-//! `tokenizer.json` says.
+//! no segment ids) with the settings of `tokenizer_config.json` and the added tokens
+//! transformers gives it (`added_tokens`), whatever else `tokenizer.json` says.
 
 use std::path::Path;
 
 use serde_json::Value;
 use tokenizers::models::bpe::BPE;
-use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::roberta::RobertaProcessing;
-use tokenizers::{AddedToken, ModelWrapper, Tokenizer};
+use tokenizers::{ModelWrapper, Tokenizer};
 
+use super::added_tokens::add_class_tokens;
 use super::tokenizer_config::TokenizerConfig;
 use crate::error::{Error, Result};
 
 /// The special tokens `RobertaTokenizer` (and `XLMRobertaTokenizer`) names, with the
 /// classes' defaults.
-const ROBERTA_TOKENS: [(&str, &str); 7] = [
+pub(crate) const ROBERTA_TOKENS: [(&str, &str); 7] = [
     ("bos_token", "<s>"),
     ("eos_token", "</s>"),
     ("sep_token", "</s>"),
@@ -57,7 +57,7 @@ fn as_text(path: &Path) -> Result<&str> {
 
 /// `from` (read from `source`) rebuilt as `RobertaTokenizer`, and its padding id.
 pub(crate) fn as_roberta_tokenizer(
-    mut from: Tokenizer,
+    from: Tokenizer,
     source: &Path,
     config: &TokenizerConfig,
 ) -> Result<(Tokenizer, u32)> {
@@ -66,14 +66,13 @@ pub(crate) fn as_roberta_tokenizer(
         detail,
     };
     let ModelWrapper::BPE(existing) = from.get_model() else {
-        return Err(format(format!(
-            "its model is not BPE, yet {} names `RobertaTokenizer`, which transformers builds \
-             as byte-level BPE: the two files disagree",
-            config
-                .file_of("tokenizer_class")
-                .unwrap_or(source)
-                .display()
-        )));
+        return Err(super::tokenizer_class::model_disagrees(
+            source,
+            config,
+            "BPE",
+            "RobertaTokenizer",
+            "byte-level BPE",
+        ));
     };
     // The class keeps the vocabulary and merges only: no dropout, unknown token or word
     // affixes. Through serde, since the merges are not public otherwise; from text, since
@@ -102,72 +101,19 @@ pub(crate) fn as_roberta_tokenizer(
     };
     let add_prefix_space = flag("add_prefix_space", false)?;
     let trim_offsets = flag("trim_offsets", true)?;
-    from.with_model(model);
-    from.with_normalizer(None::<NormalizerWrapper>);
-    from.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
-    let named = add_named_tokens(&mut from, config)?;
-    let id_of = |key| named.id_of(&from, key, source, config, "RoBERTa's");
+    let mut rebuilt = Tokenizer::new(model);
+    rebuilt.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
+    let named = add_class_tokens(&mut rebuilt, &from, config, &ROBERTA_TOKENS)?;
+    let id_of = |key| named.id_of(&rebuilt, key, config, "RoBERTa's");
     let (sep, cls, (_, pad)) = (
         id_of("sep_token")?,
         id_of("cls_token")?,
         id_of("pad_token")?,
     );
-    from.with_post_processor(Some(
+    rebuilt.with_post_processor(Some(
         RobertaProcessing::new(sep, cls)
             .trim_offsets(trim_offsets)
             .add_prefix_space(add_prefix_space),
     ));
-    Ok((from, pad))
-}
-
-/// The special tokens a RoBERTa class names (`ROBERTA_TOKENS`, as the config sets them).
-pub(super) struct NamedTokens(Vec<(&'static str, AddedToken)>);
-
-/// Adds the tokens the class names (unless the config makes one null) as whole special
-/// tokens, as the class adds them, and the tokens the config adds.
-pub(super) fn add_named_tokens(
-    from: &mut Tokenizer,
-    config: &TokenizerConfig,
-) -> Result<NamedTokens> {
-    let mut named = Vec::new();
-    for (key, default) in ROBERTA_TOKENS {
-        if config.is_null(key) {
-            continue;
-        }
-        let token = config
-            .token(key)?
-            .unwrap_or_else(|| AddedToken::from(default.to_string(), true));
-        named.push((key, token));
-    }
-    let tokens: Vec<AddedToken> = named.iter().map(|(_, t)| t.clone()).collect();
-    from.add_special_tokens(&tokens);
-    from.add_tokens(&super::wordpiece_vocab::config_added_tokens(config)?);
-    Ok(NamedTokens(named))
-}
-
-impl NamedTokens {
-    /// The token named `key` and its id in `from` (read from `source`), which `pipeline`
-    /// needs.
-    pub(super) fn id_of(
-        &self,
-        from: &Tokenizer,
-        key: &str,
-        source: &Path,
-        config: &TokenizerConfig,
-        pipeline: &str,
-    ) -> Result<(String, u32)> {
-        let (_, token) = self.0.iter().find(|(k, _)| *k == key).ok_or_else(|| {
-            config.error(
-                key,
-                format!("`{key}` is null, and {pipeline} pipeline needs it"),
-            )
-        })?;
-        let id = from
-            .token_to_id(&token.content)
-            .ok_or_else(|| Error::Format {
-                path: source.to_path_buf(),
-                detail: format!("`{key}` `{}` is not in the vocabulary", token.content),
-            })?;
-        Ok((token.content.clone(), id))
-    }
+    Ok((rebuilt, pad))
 }

@@ -162,11 +162,12 @@ impl TextTokenizer {
         let mut settings = TokenizerConfig::read(config, folder_of(path))?;
         settings.imply_class(implied_class);
         let (inner, pad_id, baked) = Self::parse(path)?;
-        let (inner, pad_id) =
-            super::wordpiece_vocab::as_transformers_loads(inner, pad_id, path, &settings)?;
+        let (mut inner, pad_id) =
+            super::tokenizer_class::as_transformers_loads(inner, pad_id, path, &settings)?;
+        inner.set_encode_special_tokens(settings.split_special_tokens()?);
         let direction = settings.truncation_side()?.unwrap_or(baked);
         let segment_ids =
-            settings.segment_ids(super::wordpiece_vocab::class_gives_segment_ids(&settings))?;
+            settings.segment_ids(super::tokenizer_class::class_gives_segment_ids(&settings))?;
         Self::from_parts(inner, path, pad_id, max_len, direction, segment_ids)
     }
 
@@ -207,7 +208,9 @@ impl TextTokenizer {
     /// for checkpoints without a `tokenizer.json`. Truncates as [`TextTokenizer::from_file`].
     pub fn from_vocab(vocab: &Path, config: Option<&Path>, max_len: usize) -> Result<Self> {
         let settings = TokenizerConfig::read(config, folder_of(vocab))?;
-        let (inner, pad_id) = super::wordpiece_vocab::bert_tokenizer_from_vocab(vocab, &settings)?;
+        let (mut inner, pad_id) =
+            super::wordpiece_vocab::bert_tokenizer_from_vocab(vocab, &settings)?;
+        inner.set_encode_special_tokens(settings.split_special_tokens()?);
         let direction = settings
             .truncation_side()?
             .unwrap_or(TruncationDirection::Right);
@@ -227,8 +230,9 @@ impl TextTokenizer {
         max_len: usize,
     ) -> Result<Self> {
         let settings = TokenizerConfig::read(config, folder_of(vocab))?;
-        let (inner, pad_id) =
+        let (mut inner, pad_id) =
             super::roberta_tokenizer::roberta_tokenizer_from_vocab(vocab, merges, &settings)?;
+        inner.set_encode_special_tokens(settings.split_special_tokens()?);
         let direction = settings
             .truncation_side()?
             .unwrap_or(TruncationDirection::Right);
@@ -338,6 +342,13 @@ impl TextTokenizer {
             .into_iter()
             .max_by_key(|(_, id)| *id)
             .map(|(token, id)| (id, token))
+    }
+
+    /// Whether a single text far longer than the truncation keeps is tokenized only as far
+    /// as it keeps, where the pipeline makes that exact (BERT's, RoBERTa's and XLM-R's,
+    /// truncated from the right); other pipelines tokenize long texts whole.
+    pub fn cuts_long_texts(&self) -> bool {
+        self.cut_rule.is_some()
     }
 
     /// The id used for padding.

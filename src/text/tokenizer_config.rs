@@ -215,6 +215,19 @@ impl TokenizerConfig {
         }
     }
 
+    /// `split_special_tokens`: whether special tokens written in a text are tokenized as
+    /// text rather than matched (transformers' default: matched).
+    pub fn split_special_tokens(&self) -> Result<bool> {
+        match self.json.get("split_special_tokens") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.error(
+                "split_special_tokens",
+                format!("`split_special_tokens` is {other}, not true or false"),
+            )),
+        }
+    }
+
     /// `truncation_side`, if the config sets it.
     pub fn truncation_side(&self) -> Result<Option<TruncationDirection>> {
         match self.json.get("truncation_side") {

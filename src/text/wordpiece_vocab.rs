@@ -13,6 +13,8 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Model, ModelWrapper, Tokenizer};
 
+use super::added_tokens::{add_missing, config_added_tokens, token_list};
+use super::tokenizer_class::{class_rule, ClassRule};
 use super::tokenizer_config::{read_json, TokenizerConfig};
 use crate::error::{Error, Result};
 
@@ -169,62 +171,8 @@ pub(crate) fn bert_tokenizer_from_vocab(
         });
     }
     let (mut tokenizer, pad) = bert_pipeline(model, &settings, vocab, config)?;
-    add_config_tokens(&mut tokenizer, &settings);
+    add_config_tokens(&mut tokenizer, &token_list(config, None)?, &settings);
     Ok((tokenizer, pad))
-}
-
-/// The tokens `config` adds besides the five named special tokens, as transformers adds
-/// them to any tokenizer: `added_tokens_decoder` in id order with each token's flags, then
-/// `extra_special_tokens`. Each content once.
-pub(crate) fn config_added_tokens(config: &TokenizerConfig) -> Result<Vec<AddedToken>> {
-    let json = &config.json;
-    let mut tokens: Vec<AddedToken> = Vec::new();
-    if let Some(decoder) = json.get("added_tokens_decoder").and_then(Value::as_object) {
-        let mut entries: Vec<(u64, &Value)> = Vec::new();
-        for (id, entry) in decoder {
-            let id = id.parse::<u64>().map_err(|_| {
-                config.error(
-                    "added_tokens_decoder",
-                    format!("`added_tokens_decoder` key `{id}` is not a token id"),
-                )
-            })?;
-            entries.push((id, entry));
-        }
-        entries.sort_by_key(|(id, _)| *id);
-        for (id, entry) in entries {
-            entry
-                .get("content")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    config.error(
-                        "added_tokens_decoder",
-                        format!("`added_tokens_decoder` entry {id} has no `content` string"),
-                    )
-                })?;
-            // transformers' AddedToken defaults: not special, normalized unless special.
-            tokens.push(config.parse_token("added_tokens_decoder", entry, false)?);
-        }
-    }
-    // A list (a map of named tokens is the config's `other_named_tokens`).
-    let extra = match json.get("extra_special_tokens") {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Array(list)) => list.as_slice(),
-        Some(other) => {
-            return Err(config.error(
-                "extra_special_tokens",
-                format!(
-                    "`extra_special_tokens` (or `additional_special_tokens`) is {other}, not a \
-                     list of tokens"
-                ),
-            ))
-        }
-    };
-    for entry in extra {
-        tokens.push(config.parse_token("extra_special_tokens", entry, true)?);
-    }
-    let mut seen = std::collections::HashSet::new();
-    tokens.retain(|t| seen.insert(t.content.clone()));
-    Ok(tokens)
 }
 
 /// `BertTokenizer`'s WordPiece over the vocabulary in `builder`: its unknown token, `##`
@@ -245,12 +193,17 @@ fn bert_wordpiece(
         })
 }
 
-/// The config's tokens: its named special tokens as special added tokens (they match as
-/// written, before normalization, as in transformers, which adds any its tokenizer.json
-/// lacks), then the others it adds.
-fn add_config_tokens(tokenizer: &mut Tokenizer, settings: &BertTokenizerSettings) {
-    tokenizer.add_special_tokens(&settings.specials);
-    tokenizer.add_tokens(&settings.extra);
+/// The added tokens (`super::added_tokens`): `list`, then the named special tokens (they
+/// match as written, before normalization, as in transformers) and the config's others, where
+/// `list` lacks them.
+fn add_config_tokens(
+    tokenizer: &mut Tokenizer,
+    list: &[AddedToken],
+    settings: &BertTokenizerSettings,
+) {
+    tokenizer.add_tokens(list);
+    add_missing(tokenizer, &settings.specials);
+    add_missing(tokenizer, &settings.extra);
 }
 
 /// transformers' `BertTokenizer` pipeline around `model` (WordPiece with `##` continuations
@@ -305,85 +258,43 @@ fn bert_pipeline(
     Ok((tokenizer, pad))
 }
 
-/// The tokenizer transformers loads for a BERT checkpoint holding `from` (its
-/// `tokenizer.json`, read from `source`, with padding id `pad`) and `config` (its
-/// `tokenizer_config.json` and `special_tokens_map.json`). Unless `config` names another
-/// class, that is
-/// `BertTokenizer` (AutoTokenizer falls back to the model type's class), which rebuilds the
-/// pipeline from the config's settings (`do_lower_case`, `strip_accents`,
-/// `tokenize_chinese_chars`, special tokens, with the class's defaults for what the config
-/// leaves out) and keeps only the vocabulary and the added tokens of `tokenizer.json`.
-/// Another class named, or no class named and a model that is not WordPiece, takes
-/// `tokenizer.json` as it is. Either way the tokens the config adds are added too.
-pub(crate) fn as_transformers_loads(
+/// `from` (tokenizer.json, read from `source`) as transformers' `BertTokenizer` rebuilds
+/// it: the class's own pipeline from the config's settings (`do_lower_case`,
+/// `strip_accents`, `tokenize_chinese_chars`, special tokens, with the class's defaults for
+/// what the config leaves out) over tokenizer.json's WordPiece vocabulary and added tokens.
+/// `named`: whether the config names the class (else transformers falls back to it by the
+/// model type). Returns it with its padding id.
+pub(crate) fn as_bert_tokenizer(
     from: Tokenizer,
-    pad: u32,
     source: &Path,
     config: &TokenizerConfig,
+    named: bool,
 ) -> Result<(Tokenizer, u32)> {
-    let json = &config.json;
-    let config_name = config.file_of("tokenizer_class").unwrap_or(source);
-    // tokenizer.json's pipeline, with the special tokens the config names kept whole
-    // and the tokens it adds.
-    let as_it_is = |mut from: Tokenizer| -> Result<(Tokenizer, u32)> {
-        let mut named = Vec::new();
-        for key in super::tokenizer_config::BERT_TOKENS {
-            named.extend(config.token(key)?);
-        }
-        named.extend(config.other_named_tokens()?);
-        from.add_special_tokens(&named);
-        from.add_tokens(&config_added_tokens(config)?);
-        // The config's padding token wins over tokenizer.json's padding, as transformers
-        // takes it (RoBERTa-style models find positions by it).
-        let pad = match config.token("pad_token")? {
-            Some(token) => from.token_to_id(&token.content).unwrap_or(pad),
-            None => pad,
-        };
-        Ok((from, pad))
-    };
-    let named = match json.get("tokenizer_class") {
-        None | Some(Value::Null) => false,
-        Some(Value::String(class)) => match class_rule(class) {
-            ClassRule::Bert => true,
-            ClassRule::AsItIs => return as_it_is(from),
-            ClassRule::Roberta => {
-                return super::roberta_tokenizer::as_roberta_tokenizer(from, source, config)
-            }
-            ClassRule::XlmRoberta => {
-                return super::xlm_roberta_tokenizer::as_xlm_roberta_tokenizer(from, source, config)
-            }
-            ClassRule::Unsupported => {
-                return Err(Error::Format {
-                    path: config_name.to_path_buf(),
-                    detail: format!(
-                        "`tokenizer_class` is `{class}`, which transformers builds by its own \
-                         rules from tokenizer.json, and spafit does not reproduce them; name \
-                         `BertTokenizer` to read it as BERT's WordPiece tokenizer, \
-                         `RobertaTokenizer` as RoBERTa's byte-level BPE, \
-                         `XLMRobertaTokenizer` as XLM-R's SentencePiece Unigram, or \
-                         `PreTrainedTokenizerFast` to use tokenizer.json as it is"
-                    ),
-                })
-            }
-        },
-        Some(other) => {
-            return Err(Error::Format {
-                path: config_name.to_path_buf(),
-                detail: format!("`tokenizer_class` is {other}, not a class name"),
-            })
-        }
-    };
     let settings = BertTokenizerSettings::from_json(config)?;
     let ModelWrapper::WordPiece(existing) = from.get_model() else {
-        if !named {
-            return as_it_is(from);
+        if named {
+            return Err(super::tokenizer_class::model_disagrees(
+                source,
+                config,
+                "WordPiece",
+                "BertTokenizer",
+                "WordPiece",
+            ));
         }
+        // transformers would read the pieces of another model as WordPiece's vocabulary and
+        // give ids of little sense; the class the tokenizer was made for is not known here.
         return Err(Error::Format {
             path: source.to_path_buf(),
             detail: format!(
-                "its model is not WordPiece, yet {} names `BertTokenizer`, which transformers \
-                 builds as WordPiece: the two files disagree",
-                config_name.display()
+                "its model is not WordPiece, and {} names no `tokenizer_class`, so transformers \
+                 reads this BERT checkpoint's tokenizer as `BertTokenizer` (WordPiece) and \
+                 garbles it; name the class it was made for in `tokenizer_class` \
+                 (`XLMRobertaTokenizer` for a SentencePiece Unigram tokenizer, \
+                 `PreTrainedTokenizerFast` to use tokenizer.json as it is)",
+                config
+                    .file_of("tokenizer_class")
+                    .unwrap_or(&config.path)
+                    .display()
             ),
         });
     };
@@ -418,67 +329,7 @@ pub(crate) fn as_transformers_loads(
             },
             (_, e) => e,
         })?;
-    // tokenizer.json's added tokens in id order (each keeps its own `special` flag), then
-    // the config's, as transformers adds them; a config with its own `added_tokens_decoder`
-    // replaces tokenizer.json's list.
-    let mut added: Vec<(u32, AddedToken)> = match json.get("added_tokens_decoder") {
-        Some(_) => Vec::new(),
-        None => from.get_added_tokens_decoder().into_iter().collect(),
-    };
-    added.sort_by_key(|(id, _)| *id);
-    let added: Vec<AddedToken> = added.into_iter().map(|(_, token)| token).collect();
-    tokenizer.add_tokens(&added);
-    add_config_tokens(&mut tokenizer, &settings);
+    let list = token_list(config, Some(&from))?;
+    add_config_tokens(&mut tokenizer, &list, &settings);
     Ok((tokenizer, pad))
-}
-
-/// Whether transformers' tokenizer for `config` returns segment ids unless
-/// `model_input_names` says otherwise: BERT's classes do (so does the class transformers
-/// picks when none is named), `PreTrainedTokenizerFast` / `TokenizersBackend` do not.
-pub(crate) fn class_gives_segment_ids(config: &TokenizerConfig) -> bool {
-    match config.json.get("tokenizer_class").and_then(Value::as_str) {
-        Some(class) => !matches!(
-            class_rule(class),
-            ClassRule::AsItIs | ClassRule::Roberta | ClassRule::XlmRoberta
-        ),
-        None => true,
-    }
-}
-
-/// How transformers 5.24 reads a checkpoint whose `tokenizer_config.json` names a class.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum ClassRule {
-    /// It builds `BertTokenizer` (the class itself, or one transformers maps to it).
-    Bert,
-    /// It uses tokenizer.json as it is.
-    AsItIs,
-    /// It builds `RobertaTokenizer` (see `roberta_tokenizer`), which gives no segment ids.
-    Roberta,
-    /// It builds `XLMRobertaTokenizer` (see `xlm_roberta_tokenizer`), which gives no
-    /// segment ids.
-    XlmRoberta,
-    /// It builds a tokenizer of that class by rules of its own (DistilBERT's, MPNet's,
-    /// Funnel's, CamemBERT's, ...), which give other ids than any of the above.
-    Unsupported,
-}
-
-/// The rule for `class`, as measured against transformers 5.24's AutoTokenizer: these
-/// names build a `BertTokenizer`; `PreTrainedTokenizerFast` and `TokenizersBackend` keep
-/// tokenizer.json; `RobertaTokenizer` and `XLMRobertaTokenizer` rebuild their classes'
-/// pipelines; every other class is refused rather than guessed.
-fn class_rule(class: &str) -> ClassRule {
-    let base = class.strip_suffix("Fast").unwrap_or(class);
-    match base {
-        "BertTokenizer"
-        | "ElectraTokenizer"
-        | "SqueezeBertTokenizer"
-        | "LayoutLMTokenizer"
-        | "MobileBertTokenizer"
-        | "LxmertTokenizer" => ClassRule::Bert,
-        "PreTrainedTokenizer" if class == "PreTrainedTokenizerFast" => ClassRule::AsItIs,
-        "TokenizersBackend" => ClassRule::AsItIs,
-        "RobertaTokenizer" => ClassRule::Roberta,
-        "XLMRobertaTokenizer" => ClassRule::XlmRoberta,
-        _ => ClassRule::Unsupported,
-    }
 }

@@ -3,7 +3,8 @@
 //! SentencePiece normalization table (`Precompiled`) of the file, under the class's own
 //! pipeline — unknown id 3, no byte fallback, a split at whitespace then Metaspace (`▁`
 //! before every word unless `add_prefix_space` is false), `<s> A </s></s> B </s>` around the
-//! texts, no segment ids — whatever else `tokenizer.json` says. Multilingual checkpoints of
+//! texts, no segment ids — with the added tokens transformers gives it (`added_tokens`),
+//! whatever else `tokenizer.json` says. Multilingual checkpoints of
 //! both families use it (XLM-R itself, and BERT-shaped ones such as multilingual MiniLM).
 
 use std::path::Path;
@@ -16,6 +17,8 @@ use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{ModelWrapper, Tokenizer};
 
+use super::added_tokens::add_class_tokens;
+use super::roberta_tokenizer::ROBERTA_TOKENS;
 use super::tokenizer_config::TokenizerConfig;
 use crate::error::{Error, Result};
 
@@ -25,7 +28,7 @@ const UNKNOWN_ID: usize = 3;
 
 /// `from` (read from `source`) rebuilt as `XLMRobertaTokenizer`, and its padding id.
 pub(crate) fn as_xlm_roberta_tokenizer(
-    mut from: Tokenizer,
+    from: Tokenizer,
     source: &Path,
     config: &TokenizerConfig,
 ) -> Result<(Tokenizer, u32)> {
@@ -34,14 +37,13 @@ pub(crate) fn as_xlm_roberta_tokenizer(
         detail,
     };
     let ModelWrapper::Unigram(existing) = from.get_model() else {
-        return Err(format(format!(
-            "its model is not Unigram, yet {} names `XLMRobertaTokenizer`, which transformers \
-             builds as SentencePiece's Unigram: the two files disagree",
-            config
-                .file_of("tokenizer_class")
-                .unwrap_or(source)
-                .display()
-        )));
+        return Err(super::tokenizer_class::model_disagrees(
+            source,
+            config,
+            "Unigram",
+            "XLMRobertaTokenizer",
+            "SentencePiece's Unigram",
+        ));
     };
     let pieces: Vec<(String, f64)> = existing.iter().cloned().collect();
     if pieces.len() <= UNKNOWN_ID {
@@ -53,8 +55,11 @@ pub(crate) fn as_xlm_roberta_tokenizer(
     }
     let model = Unigram::from(pieces, Some(UNKNOWN_ID), false)
         .map_err(|e| format(format!("cannot rebuild its Unigram vocabulary: {e}")))?;
+    // Absent, the class's default (true); null reaches the class as None, which it reads
+    // as false.
     let add_prefix_space = match config.json.get("add_prefix_space") {
-        None | Some(serde_json::Value::Null) => true,
+        None => true,
+        Some(serde_json::Value::Null) => false,
         Some(serde_json::Value::Bool(b)) => *b,
         Some(other) => {
             return Err(config.error(
@@ -63,19 +68,19 @@ pub(crate) fn as_xlm_roberta_tokenizer(
             ))
         }
     };
-    let normalizer = spm_normalizer(from.get_normalizer());
-    from.with_model(model);
-    from.with_normalizer(normalizer);
     let prepend = match add_prefix_space {
         true => PrependScheme::Always,
         false => PrependScheme::Never,
     };
-    from.with_pre_tokenizer(Some(Sequence::new(vec![
-        WhitespaceSplit.into(),
-        Metaspace::new('▁', prepend, true).into(),
-    ])));
-    let named = super::roberta_tokenizer::add_named_tokens(&mut from, config)?;
-    let id_of = |key| named.id_of(&from, key, source, config, "XLM-RoBERTa's");
+    let mut rebuilt = Tokenizer::new(model);
+    rebuilt
+        .with_normalizer(spm_normalizer(from.get_normalizer()))
+        .with_pre_tokenizer(Some(Sequence::new(vec![
+            WhitespaceSplit.into(),
+            Metaspace::new('▁', prepend, true).into(),
+        ])));
+    let named = add_class_tokens(&mut rebuilt, &from, config, &ROBERTA_TOKENS)?;
+    let id_of = |key| named.id_of(&rebuilt, key, config, "XLM-RoBERTa's");
     let (bos, eos, (_, pad)) = (
         id_of("bos_token")?,
         id_of("eos_token")?,
@@ -83,8 +88,8 @@ pub(crate) fn as_xlm_roberta_tokenizer(
     );
     let processor = around_texts(&bos, &eos)
         .map_err(|e| format(format!("cannot build the class's post-processor: {e}")))?;
-    from.with_post_processor(Some(processor));
-    Ok((from, pad))
+    rebuilt.with_post_processor(Some(processor));
+    Ok((rebuilt, pad))
 }
 
 /// The SentencePiece table among the file's normalizers (alone or in a sequence): the one

@@ -4,6 +4,7 @@
 
 pub mod stack;
 pub mod tiny_bert;
+pub mod tokenizer_variants;
 
 use std::path::PathBuf;
 
