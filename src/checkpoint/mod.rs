@@ -259,10 +259,12 @@ impl Checkpoint {
         // The post-processor's special tokens, the padding id and the segment ids come from
         // other parts of the file than the vocabulary: a probe pair shows what they are.
         // At the full position table, so a --max-len too short for a pair hides nothing.
-        let mut prober = tok.clone();
-        prober.set_max_len(self.config.max_tokens())?;
-        let probe = prober.encode(crate::text::TextInput::Pair("a", "b")).ok();
-        let single = prober.encode(crate::text::TextInput::Single("a")).ok();
+        // (No copy of the tokenizer for it: a large vocabulary's copy costs.)
+        let mut tok = tok;
+        tok.set_max_len(self.config.max_tokens())?;
+        let probe = tok.encode(crate::text::TextInput::Pair("a", "b")).ok();
+        let single = tok.encode(crate::text::TextInput::Single("a")).ok();
+        tok.set_max_len(max_len)?;
         let ids = probe.iter().chain(&single).flat_map(|e| &e.ids).copied();
         if let Some(id) = ids
             .chain([tok.pad_id()])
@@ -280,7 +282,6 @@ impl Checkpoint {
         // A model with one segment type (RoBERTa-style conversions) still takes single
         // sentences; only pairs need the second.
         let types = probe.iter().flat_map(|e| &e.type_ids).copied();
-        let mut tok = tok;
         if let Some(t) = types
             .into_iter()
             .find(|&t| t as usize >= self.config.type_vocab_size)

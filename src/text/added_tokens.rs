@@ -8,7 +8,7 @@
 //! config's plain `"<mask>"` says).
 
 use serde_json::Value;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, AddedVocabulary, Tokenizer};
 
 use super::tokenizer_config::TokenizerConfig;
 use crate::error::Result;
@@ -131,15 +131,17 @@ pub(crate) fn add_missing(to: &mut Tokenizer, tokens: &[AddedToken]) {
 pub(crate) struct NamedTokens(Vec<(&'static str, String)>);
 
 /// The added tokens of a class that rebuilds its pipeline around tokenizer.json's pieces
-/// (RoBERTa's, XLM-R's): `to` holds that pipeline and no added token yet, `file` is
-/// tokenizer.json as read, `defaults` the class's named tokens.
+/// (RoBERTa's, XLM-R's): `to` is tokenizer.json as read, its pipeline already the class's;
+/// its own added tokens give way to the list transformers starts from, and `defaults` are
+/// the class's named tokens.
 pub(crate) fn add_class_tokens(
     to: &mut Tokenizer,
-    file: &Tokenizer,
     config: &TokenizerConfig,
     defaults: &[(&'static str, &'static str)],
 ) -> Result<NamedTokens> {
-    to.add_tokens(&token_list(config, Some(file))?);
+    let list = token_list(config, Some(to))?;
+    to.with_added_vocabulary(AddedVocabulary::new());
+    to.add_tokens(&list);
     let mut named = Vec::new();
     let mut tokens = Vec::new();
     for key in NAMED_TOKENS {

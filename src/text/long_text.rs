@@ -101,11 +101,10 @@ fn keeps_whitespace_apart(normalizer: Option<&NormalizerWrapper>) -> bool {
     })
 }
 
-/// A prefix of `text` holding at least `max_len` tokens, when `text` is long enough to be
-/// worth cutting and one exists; `truncating` truncates to `max_len` from the right, so its
-/// count of a prefix's tokens (no special tokens) is at most `max_len`.
+/// A prefix of `text` holding at least `max_len` tokens of `tokenizer` (which neither
+/// truncates nor pads), when `text` is long enough to be worth cutting and one exists.
 pub(super) fn prefix_with_tokens<'t>(
-    truncating: &Tokenizer,
+    tokenizer: &Tokenizer,
     rule: CutRule,
     text: &'t str,
     max_len: usize,
@@ -113,8 +112,8 @@ pub(super) fn prefix_with_tokens<'t>(
     if text.len() < BYTES_PER_TOKEN_BEFORE_CUTTING * max_len.max(64) {
         return None;
     }
-    // Padding would make every count `max_len`: `TextTokenizer` removes the file's.
-    debug_assert!(truncating.get_padding().is_none());
+    // Padding or truncation would change the counts: `TextTokenizer` removes the file's.
+    debug_assert!(tokenizer.get_padding().is_none() && tokenizer.get_truncation().is_none());
     let mut budget = FIRST_CUT_BYTES_PER_TOKEN * max_len.max(64);
     loop {
         // An ASCII byte is a character boundary; the first one after a character the rule
@@ -132,7 +131,7 @@ pub(super) fn prefix_with_tokens<'t>(
             return None;
         }
         let prefix = &text[..cut];
-        let tokens = truncating.encode(prefix, false).ok()?.len();
+        let tokens = tokenizer.encode(prefix, false).ok()?.len();
         if tokens >= max_len {
             return Some(prefix);
         }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{ModelWrapper, Tokenizer};
@@ -57,14 +58,10 @@ fn as_text(path: &Path) -> Result<&str> {
 
 /// `from` (read from `source`) rebuilt as `RobertaTokenizer`, and its padding id.
 pub(crate) fn as_roberta_tokenizer(
-    from: Tokenizer,
+    mut from: Tokenizer,
     source: &Path,
     config: &TokenizerConfig,
 ) -> Result<(Tokenizer, u32)> {
-    let format = |detail: String| Error::Format {
-        path: source.to_path_buf(),
-        detail,
-    };
     let ModelWrapper::BPE(existing) = from.get_model() else {
         return Err(super::tokenizer_class::model_disagrees(
             source,
@@ -75,23 +72,30 @@ pub(crate) fn as_roberta_tokenizer(
         ));
     };
     // The class keeps the vocabulary and merges only: no dropout, unknown token or word
-    // affixes. Through serde, since the merges are not public otherwise; from text, since
-    // BPE's deserializer borrows its tag, which a `Value` cannot lend.
-    let mut model = serde_json::to_value(existing)
-        .map_err(|e| format(format!("cannot read its BPE model: {e}")))?;
-    for (key, value) in [
-        ("dropout", Value::Null),
-        ("unk_token", Value::Null),
-        ("continuing_subword_prefix", Value::String(String::new())),
-        ("end_of_word_suffix", Value::String(String::new())),
-        ("fuse_unk", Value::Bool(false)),
-        ("byte_fallback", Value::Bool(false)),
-        ("ignore_merges", Value::Bool(false)),
-    ] {
-        model[key] = value;
-    }
-    let model: BPE = serde_json::from_str(&model.to_string())
-        .map_err(|e| format(format!("cannot rebuild its BPE model: {e}")))?;
+    // affixes. Copied only where the file sets one (a copy of a large vocabulary costs).
+    let as_class = |m: &BPE| {
+        m.dropout.is_none()
+            && m.unk_token.is_none()
+            && m.continuing_subword_prefix
+                .as_deref()
+                .unwrap_or("")
+                .is_empty()
+            && m.end_of_word_suffix.as_deref().unwrap_or("").is_empty()
+            && !m.fuse_unk
+            && !m.byte_fallback
+            && !m.ignore_merges
+    };
+    let model = (!as_class(existing)).then(|| {
+        let mut model = existing.clone();
+        model.dropout = None;
+        model.unk_token = None;
+        model.continuing_subword_prefix = None;
+        model.end_of_word_suffix = None;
+        model.fuse_unk = false;
+        model.byte_fallback = false;
+        model.ignore_merges = false;
+        model
+    });
     let flag = |key: &str, default: bool| -> Result<bool> {
         match config.json.get(key) {
             None | Some(Value::Null) => Ok(default),
@@ -101,19 +105,22 @@ pub(crate) fn as_roberta_tokenizer(
     };
     let add_prefix_space = flag("add_prefix_space", false)?;
     let trim_offsets = flag("trim_offsets", true)?;
-    let mut rebuilt = Tokenizer::new(model);
-    rebuilt.with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
-    let named = add_class_tokens(&mut rebuilt, &from, config, &ROBERTA_TOKENS)?;
-    let id_of = |key| named.id_of(&rebuilt, key, config, "RoBERTa's");
+    if let Some(model) = model {
+        from.with_model(model);
+    }
+    from.with_normalizer(None::<NormalizerWrapper>)
+        .with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
+    let named = add_class_tokens(&mut from, config, &ROBERTA_TOKENS)?;
+    let id_of = |key| named.id_of(&from, key, config, "RoBERTa's");
     let (sep, cls, (_, pad)) = (
         id_of("sep_token")?,
         id_of("cls_token")?,
         id_of("pad_token")?,
     );
-    rebuilt.with_post_processor(Some(
+    from.with_post_processor(Some(
         RobertaProcessing::new(sep, cls)
             .trim_offsets(trim_offsets)
             .add_prefix_space(add_prefix_space),
     ));
-    Ok((rebuilt, pad))
+    Ok((from, pad))
 }

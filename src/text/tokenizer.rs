@@ -108,8 +108,6 @@ pub struct TextTokenizer {
     /// only as far as it keeps (`long_text`): BERT's, RoBERTa's and XLM-R's pipelines,
     /// truncated from the right.
     cut_rule: Option<super::long_text::CutRule>,
-    /// `inner` without truncation (or padding): a pair's texts are truncated by hand.
-    untruncated: Tokenizer,
 }
 
 /// The settings that decide the encoding (the vocabulary and its rules stay out of it).
@@ -249,8 +247,8 @@ impl TextTokenizer {
         segment_ids: bool,
     ) -> Result<Self> {
         let cut_rule = super::long_text::cut_rule(&inner, direction);
-        let mut untruncated = inner.clone();
-        untruncated
+        let mut inner = inner;
+        inner
             .with_truncation(None)
             .map_err(|e| Error::invalid("tokenizer", e.to_string()))?;
         let mut tok = TextTokenizer {
@@ -262,7 +260,6 @@ impl TextTokenizer {
             segment_ids,
             pairs_refused: None,
             cut_rule,
-            untruncated,
         };
         tok.set_max_len(max_len)?;
         Ok(tok)
@@ -277,14 +274,6 @@ impl TextTokenizer {
                 format!("max length {max_len} leaves no room next to {min} special tokens"),
             ));
         }
-        self.inner
-            .with_truncation(Some(TruncationParams {
-                max_length: max_len,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                direction: self.direction,
-            }))
-            .map_err(|e| Error::invalid("tokenizer", e.to_string()))?;
         self.max_len = max_len;
         Ok(())
     }
@@ -362,8 +351,8 @@ impl TextTokenizer {
             self.check_pairs()?;
         }
         let r = match input {
-            TextInput::Single(a) => self.inner.encode(self.cut(a).unwrap_or(a), true),
-            TextInput::Pair(a, b) => self.encode_pair_dropping_overflow(a, b),
+            TextInput::Single(a) => self.encode_dropping_overflow(self.cut(a).unwrap_or(a), None),
+            TextInput::Pair(a, b) => self.encode_dropping_overflow(a, Some(b)),
         };
         let e = r.map_err(|e| Error::Format {
             path: self.path.clone(),
@@ -385,32 +374,40 @@ impl TextTokenizer {
         super::long_text::prefix_with_tokens(&self.inner, rule, text, self.max_len)
     }
 
-    /// A pair encoded as `Tokenizer::encode` encodes it, without the tokens it truncates
-    /// away: that keeps every way of splitting each text's dropped tokens into windows and
-    /// pairs each of one text's with each of the other's, a product of the two lengths (two
-    /// 50 KB texts at 64 tokens took more than 6 GB). Each text is tokenized whole (as
-    /// `encode_single_sequence` does, the second with segment 1), truncated longest-first
-    /// by tokenizers' own rule, its overflow dropped, and post-processed.
-    fn encode_pair_dropping_overflow(
+    /// A text or pair encoded as `Tokenizer::encode` encodes it under longest-first
+    /// truncation to the max length, without the tokens it truncates away: those it keeps
+    /// as overflow windows, and for a pair every window of one text's dropped tokens beside
+    /// every window of the other's, a product of the two lengths (two 50 KB texts at 64 tokens
+    /// took more than 6 GB). Each text is tokenized whole (as `encode_single_sequence` does,
+    /// a second one with segment 1), truncated by tokenizers' own rule less the special
+    /// tokens, its overflow dropped, and post-processed.
+    fn encode_dropping_overflow(
         &self,
         a: &str,
-        b: &str,
+        b: Option<&str>,
     ) -> tokenizers::Result<tokenizers::Encoding> {
-        let first = self.untruncated.encode(a, false)?;
-        let mut second = self.untruncated.encode(b, false)?;
-        second.set_type_ids(vec![1; second.len()]);
+        let first = self.inner.encode(a, false)?;
+        let second = match b {
+            Some(b) => {
+                let mut second = self.inner.encode(b, false)?;
+                second.set_type_ids(vec![1; second.len()]);
+                Some(second)
+            }
+            None => None,
+        };
         let params = TruncationParams {
-            max_length: self.max_len - self.special_tokens(true),
+            max_length: self.max_len - self.special_tokens(b.is_some()),
             strategy: TruncationStrategy::LongestFirst,
             stride: 0,
             direction: self.direction,
         };
-        let (mut first, second) =
-            tokenizers::utils::truncation::truncate_encodings(first, Some(second), &params)?;
-        let mut second = second.ok_or("truncation dropped the second text of a pair")?;
+        let (mut first, mut second) =
+            tokenizers::utils::truncation::truncate_encodings(first, second, &params)?;
         first.take_overflowing();
-        second.take_overflowing();
-        self.untruncated.post_process(first, Some(second), true)
+        if let Some(second) = second.as_mut() {
+            second.take_overflowing();
+        }
+        self.inner.post_process(first, second, true)
     }
 
     /// Encodes a batch, truncated and padded to its longest row.

@@ -15,7 +15,7 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{ModelWrapper, Tokenizer};
+use tokenizers::{Model, ModelWrapper, Tokenizer};
 
 use super::added_tokens::add_class_tokens;
 use super::roberta_tokenizer::ROBERTA_TOKENS;
@@ -28,7 +28,7 @@ const UNKNOWN_ID: usize = 3;
 
 /// `from` (read from `source`) rebuilt as `XLMRobertaTokenizer`, and its padding id.
 pub(crate) fn as_xlm_roberta_tokenizer(
-    from: Tokenizer,
+    mut from: Tokenizer,
     source: &Path,
     config: &TokenizerConfig,
 ) -> Result<(Tokenizer, u32)> {
@@ -45,16 +45,37 @@ pub(crate) fn as_xlm_roberta_tokenizer(
             "SentencePiece's Unigram",
         ));
     };
-    let pieces: Vec<(String, f64)> = existing.iter().cloned().collect();
-    if pieces.len() <= UNKNOWN_ID {
+    if existing.get_vocab_size() <= UNKNOWN_ID {
         return Err(format(format!(
             "its Unigram vocabulary has {} pieces; XLMRobertaTokenizer takes the fourth as the \
              unknown piece",
-            pieces.len()
+            existing.get_vocab_size()
         )));
     }
-    let model = Unigram::from(pieces, Some(UNKNOWN_ID), false)
-        .map_err(|e| format(format!("cannot rebuild its Unigram vocabulary: {e}")))?;
+    // Rebuilt only where the file's unknown id or byte fallback differ from the class's:
+    // building a vocabulary of 250,000 pieces takes most of a second. Its unknown id is
+    // private; a character it holds no piece for shows it.
+    let probe = "\u{e000}";
+    let unknown = match existing.token_to_id(probe) {
+        Some(_) => None,
+        None => existing
+            .tokenize(probe)
+            .ok()
+            .and_then(|t| match t.as_slice() {
+                [only] => Some(only.id as usize),
+                _ => None,
+            }),
+    };
+    let model = match (existing.byte_fallback(), unknown) {
+        (false, Some(UNKNOWN_ID)) => None,
+        _ => {
+            let pieces: Vec<(String, f64)> = existing.iter().cloned().collect();
+            Some(
+                Unigram::from(pieces, Some(UNKNOWN_ID), false)
+                    .map_err(|e| format(format!("cannot rebuild its Unigram vocabulary: {e}")))?,
+            )
+        }
+    };
     // Absent, the class's default (true); null reaches the class as None, which it reads
     // as false.
     let add_prefix_space = match config.json.get("add_prefix_space") {
@@ -72,15 +93,17 @@ pub(crate) fn as_xlm_roberta_tokenizer(
         true => PrependScheme::Always,
         false => PrependScheme::Never,
     };
-    let mut rebuilt = Tokenizer::new(model);
-    rebuilt
-        .with_normalizer(spm_normalizer(from.get_normalizer()))
+    if let Some(model) = model {
+        from.with_model(model);
+    }
+    let normalizer = spm_normalizer(from.get_normalizer());
+    from.with_normalizer(normalizer)
         .with_pre_tokenizer(Some(Sequence::new(vec![
             WhitespaceSplit.into(),
             Metaspace::new('▁', prepend, true).into(),
         ])));
-    let named = add_class_tokens(&mut rebuilt, &from, config, &ROBERTA_TOKENS)?;
-    let id_of = |key| named.id_of(&rebuilt, key, config, "XLM-RoBERTa's");
+    let named = add_class_tokens(&mut from, config, &ROBERTA_TOKENS)?;
+    let id_of = |key| named.id_of(&from, key, config, "XLM-RoBERTa's");
     let (bos, eos, (_, pad)) = (
         id_of("bos_token")?,
         id_of("eos_token")?,
@@ -88,8 +111,8 @@ pub(crate) fn as_xlm_roberta_tokenizer(
     );
     let processor = around_texts(&bos, &eos)
         .map_err(|e| format(format!("cannot build the class's post-processor: {e}")))?;
-    rebuilt.with_post_processor(Some(processor));
-    Ok((rebuilt, pad))
+    from.with_post_processor(Some(processor));
+    Ok((from, pad))
 }
 
 /// The SentencePiece table among the file's normalizers (alone or in a sequence): the one
