@@ -196,8 +196,10 @@ fn long_texts_are_cut_and_pairs_keep_the_first_pieces_of_each() {
 
 /// Files that disagree with the class they name are refused, naming the file: a BPE
 /// tokenizer.json under `XLMRobertaTokenizer`, a vocabulary without the fourth (unknown)
-/// piece, a config with the end token null; and a SentencePiece model without the
-/// tokenizer.json converted from it is named as such.
+/// piece, a config with the end token null, an unreadable SentencePiece table (which
+/// tokenizers' reader would panic on), a padding token the vocabulary lacks (named, with the
+/// id it would get); and a SentencePiece model without the tokenizer.json converted from it
+/// is named as such.
 #[test]
 fn files_that_disagree_with_the_class_are_named() {
     let e = expected();
@@ -244,6 +246,30 @@ fn files_that_disagree_with_the_class_are_named() {
     assert!(
         no_eos.contains("tokenizer_config.json") && no_eos.contains("eos_token"),
         "{no_eos}"
+    );
+    // tokenizers' own reader panics on an unreadable table; spafit refuses it first.
+    for (name, table) in [("bad_table", "AAAA"), ("table_not_base64", "!!")] {
+        let err = refusal(name, &|dir| {
+            let path = dir.join("tokenizer.json");
+            let mut tokenizer = read_json(&path);
+            tokenizer["normalizer"]["precompiled_charsmap"] = Value::from(table);
+            std::fs::write(path, tokenizer.to_string()).unwrap();
+        });
+        assert!(
+            err.contains("tokenizer.json") && err.contains("precompiled_charsmap"),
+            "{err}"
+        );
+    }
+    // A named token the vocabulary lacks gets an id beyond the model's embeddings: named.
+    let beyond = refusal("pad_beyond", &|dir| {
+        let path = dir.join("tokenizer_config.json");
+        let mut config = read_json(&path);
+        config["pad_token"] = Value::from("<padx>");
+        std::fs::write(path, config.to_string()).unwrap();
+    });
+    assert!(
+        beyond.contains("`<padx>` (id 139)") && beyond.contains("vocab_size is 139"),
+        "{beyond}"
     );
     let spm_only = refusal("spm_only", &|dir| {
         std::fs::remove_file(dir.join("tokenizer.json")).unwrap();

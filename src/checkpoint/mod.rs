@@ -238,9 +238,10 @@ impl Checkpoint {
             return Err(Error::Format {
                 path,
                 detail: format!(
-                    "the tokenizer has {} tokens but the model's vocab_size is {}",
+                    "the tokenizer has {} tokens but the model's vocab_size is {}{}",
                     tok.vocab_size(),
-                    self.config.vocab_size
+                    self.config.vocab_size,
+                    added_beyond(&tok, self.config.vocab_size)
                 ),
             });
         }
@@ -251,8 +252,10 @@ impl Checkpoint {
             return Err(Error::Format {
                 path,
                 detail: format!(
-                    "token `{token}` has id {id}, beyond the model's vocab_size {} (config.json)",
-                    self.config.vocab_size
+                    "token `{token}` has id {id}, beyond the model's vocab_size {} \
+                     (config.json){}",
+                    self.config.vocab_size,
+                    added_beyond(&tok, self.config.vocab_size)
                 ),
             });
         }
@@ -296,6 +299,28 @@ impl Checkpoint {
         }
         Ok(tok)
     }
+}
+
+/// The added tokens of `tok` whose ids lie beyond `vocab_size`, for a message: special or
+/// added tokens the tokenizer's files name that its vocabulary lacks (a `pad_token` of
+/// tokenizer_config.json, say), which transformers gives new ids as well.
+fn added_beyond(tok: &TextTokenizer, vocab_size: usize) -> String {
+    let beyond = tok.added_tokens_from(vocab_size);
+    if beyond.is_empty() {
+        return String::new();
+    }
+    let listed: Vec<String> = beyond
+        .iter()
+        .take(5)
+        .map(|(id, token)| format!("`{token}` (id {id})"))
+        .collect();
+    format!(
+        "; beyond it: {}{} — tokens tokenizer_config.json or special_tokens_map.json names \
+         (pad_token, mask_token, ...) or lists, or tokenizer.json adds, which the vocabulary \
+         lacks",
+        listed.join(", "),
+        if beyond.len() > 5 { ", ..." } else { "" }
+    )
 }
 
 /// `model.safetensors`, else the shards `model.safetensors.index.json` lists (as

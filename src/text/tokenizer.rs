@@ -186,6 +186,7 @@ impl TextTokenizer {
             });
         }
         let text = crate::text_file::read_utf8(path)?;
+        check_sentencepiece_tables(&text).map_err(format)?;
         let mut inner: Tokenizer = text
             .parse()
             .map_err(|e| format(format!("invalid tokenizer: {e}")))?;
@@ -340,6 +341,20 @@ impl TextTokenizer {
         self.cut_rule.is_some()
     }
 
+    /// The added tokens (named, listed or otherwise added beyond the model's pieces) whose
+    /// ids are `first` or above, in id order.
+    pub(crate) fn added_tokens_from(&self, first: usize) -> Vec<(u32, String)> {
+        let mut tokens: Vec<(u32, String)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(id, _)| *id as usize >= first)
+            .map(|(id, token)| (id, token.content))
+            .collect();
+        tokens.sort();
+        tokens
+    }
+
     /// The id used for padding.
     pub fn pad_id(&self) -> u32 {
         self.pad_id
@@ -417,6 +432,38 @@ impl TextTokenizer {
             .map(|&input| self.encode(input))
             .collect::<Result<Vec<_>>>()?;
         EncodedBatch::pad(&rows.iter().collect::<Vec<_>>(), self.pad_id)
+    }
+}
+
+/// Refuses a SentencePiece normalization table (`Precompiled`) that cannot be read, which
+/// tokenizers' own reader meets with a panic rather than an error. Only files that hold one
+/// are read twice, and then only their normalizer.
+fn check_sentencepiece_tables(text: &str) -> std::result::Result<(), String> {
+    if !text.contains("precompiled_charsmap") {
+        return Ok(());
+    }
+    #[derive(serde::Deserialize)]
+    struct NormalizerOnly {
+        normalizer: Option<serde_json::Value>,
+    }
+    fn check(normalizer: &serde_json::Value) -> std::result::Result<(), String> {
+        if normalizer["type"] == "Precompiled" {
+            let table: std::result::Result<tokenizers::normalizers::Precompiled, _> =
+                serde_json::from_str(&normalizer.to_string());
+            table
+                .map_err(|e| format!("its normalizer's precompiled_charsmap is unreadable: {e}"))?;
+        }
+        for inner in normalizer["normalizers"].as_array().into_iter().flatten() {
+            check(inner)?;
+        }
+        Ok(())
+    }
+    match serde_json::from_str::<NormalizerOnly>(text) {
+        Ok(NormalizerOnly {
+            normalizer: Some(normalizer),
+        }) => check(&normalizer),
+        // Anything else is for tokenizers' reader to refuse.
+        _ => Ok(()),
     }
 }
 
