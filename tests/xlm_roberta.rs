@@ -100,7 +100,8 @@ fn logits_match_transformers() {
 /// own pre-tokenizer, here one that splits at punctuation, is not used, as in the
 /// `json_pipeline_ignored` variant transformers read), and pairs get no segment ids. Without
 /// the name, transformers would read the Unigram pieces as BertTokenizer's WordPiece
-/// vocabulary: refused, naming the classes to name.
+/// vocabulary: refused, naming the classes to name; named in config.json instead (which
+/// AutoTokenizer reads where tokenizer_config.json names none), the class decides again.
 #[test]
 fn a_bert_model_takes_the_class_it_names() {
     let e = expected();
@@ -130,6 +131,19 @@ fn a_bert_model_takes_the_class_it_names() {
             && err.contains("not WordPiece")
             && err.contains("XLMRobertaTokenizer"),
         "{err}"
+    );
+    // transformers takes the class config.json names where tokenizer_config.json names none.
+    let path = dir.join("config.json");
+    let mut model_config = read_json(&path);
+    model_config["tokenizer_class"] = Value::from("XLMRobertaTokenizer");
+    std::fs::write(path, model_config.to_string()).unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    let tok = ck.tokenizer(40).unwrap();
+    assert_encodes_as(
+        &tok,
+        &e,
+        &ignored["by_max_len"]["40"],
+        "class in config.json",
     );
 }
 

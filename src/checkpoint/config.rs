@@ -55,6 +55,10 @@ pub struct BertConfig {
     /// positions, embeddings or layers.
     #[serde(default)]
     pub model_type: Option<String>,
+    /// The tokenizer class, where config.json names one: transformers' AutoTokenizer takes it
+    /// when `tokenizer_config.json` names none, before the model type's own class.
+    #[serde(default)]
+    pub tokenizer_class: Option<String>,
     /// The padding token's id. RoBERTa's position ids count from the one after it
     /// (transformers' default there: 1); BERT does not read it.
     #[serde(default)]
@@ -178,6 +182,7 @@ impl BertConfig {
             initializer_range: 0.02,
             position_embedding_type: None,
             model_type: Some("bert".into()),
+            tokenizer_class: None,
             pad_token_id: None,
             is_decoder: false,
             problem_type: None,

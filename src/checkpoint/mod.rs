@@ -226,12 +226,14 @@ impl Checkpoint {
                 ),
             });
         } else {
-            // As transformers' AutoTokenizer picks by `model_type`.
-            let implied = match (self.config.family(), self.config.model_type.as_deref()) {
+            // As transformers' AutoTokenizer picks where tokenizer_config.json names no class:
+            // config.json's class, else the model type's.
+            let by_type = match (self.config.family(), self.config.model_type.as_deref()) {
                 (EncoderFamily::Roberta, Some("xlm-roberta")) => Some("XLMRobertaTokenizer"),
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
                 (EncoderFamily::Bert, _) => None,
             };
+            let implied = self.config.tokenizer_class.as_deref().or(by_type);
             TextTokenizer::from_files_of_class(&path, config.as_deref(), max_len, implied)?
         };
         if tok.vocab_size() > self.config.vocab_size {

@@ -26,6 +26,7 @@ pub fn config(layers: usize) -> BertConfig {
         initializer_range: 0.02,
         position_embedding_type: None,
         model_type: Some("bert".into()),
+        tokenizer_class: None,
         pad_token_id: None,
         is_decoder: false,
         problem_type: None,
