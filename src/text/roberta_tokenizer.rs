@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use serde_json::Value;
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -96,15 +95,8 @@ pub(crate) fn as_roberta_tokenizer(
         model.ignore_merges = false;
         model
     });
-    let flag = |key: &str, default: bool| -> Result<bool> {
-        match config.json.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(config.error(key, format!("`{key}` is {other}, not true or false"))),
-        }
-    };
-    let add_prefix_space = flag("add_prefix_space", false)?;
-    let trim_offsets = flag("trim_offsets", true)?;
+    let add_prefix_space = config.flag("add_prefix_space", false)?;
+    let trim_offsets = config.flag("trim_offsets", true)?;
     if let Some(model) = model {
         from.with_model(model);
     }

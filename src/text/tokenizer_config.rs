@@ -215,17 +215,19 @@ impl TokenizerConfig {
         }
     }
 
+    /// The true-or-false setting `key`, `default` where it is absent or null.
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.error(key, format!("`{key}` is {other}, not true or false"))),
+        }
+    }
+
     /// `split_special_tokens`: whether special tokens written in a text are tokenized as
     /// text rather than matched (transformers' default: matched).
     pub fn split_special_tokens(&self) -> Result<bool> {
-        match self.json.get("split_special_tokens") {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(self.error(
-                "split_special_tokens",
-                format!("`split_special_tokens` is {other}, not true or false"),
-            )),
-        }
+        self.flag("split_special_tokens", false)
     }
 
     /// `truncation_side`, if the config sets it.

@@ -60,11 +60,6 @@ impl BertTokenizerSettings {
     /// leaves out.
     fn from_json(config: &TokenizerConfig) -> Result<Self> {
         let json = &config.json;
-        let flag = |key: &str, default: bool| match json.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(config.error(key, format!("`{key}` is {other}, not true or false"))),
-        };
         // BERT's five, with the class's defaults; without its unknown, separator or
         // classifier token transformers' BertTokenizer makes ids of the word `None`.
         let token = |key: &str, default: &str| -> Result<AddedToken> {
@@ -95,7 +90,7 @@ impl BertTokenizerSettings {
         ];
         specials.extend(config.other_named_tokens()?);
         Ok(BertTokenizerSettings {
-            lowercase: flag("do_lower_case", true)?,
+            lowercase: config.flag("do_lower_case", true)?,
             strip_accents: match json.get("strip_accents") {
                 None | Some(Value::Null) => None,
                 Some(Value::Bool(b)) => Some(*b),
@@ -106,7 +101,7 @@ impl BertTokenizerSettings {
                     ))
                 }
             },
-            chinese_chars: flag("tokenize_chinese_chars", true)?,
+            chinese_chars: config.flag("tokenize_chinese_chars", true)?,
             unk: unk.content,
             sep: sep.content,
             pad: pad.content,

@@ -78,17 +78,8 @@ pub(crate) fn as_xlm_roberta_tokenizer(
     };
     // Absent, the class's default (true); null reaches the class as None, which it reads
     // as false.
-    let add_prefix_space = match config.json.get("add_prefix_space") {
-        None => true,
-        Some(serde_json::Value::Null) => false,
-        Some(serde_json::Value::Bool(b)) => *b,
-        Some(other) => {
-            return Err(config.error(
-                "add_prefix_space",
-                format!("`add_prefix_space` is {other}, not true or false"),
-            ))
-        }
-    };
+    let add_prefix_space =
+        !config.is_null("add_prefix_space") && config.flag("add_prefix_space", true)?;
     let prepend = match add_prefix_space {
         true => PrependScheme::Always,
         false => PrependScheme::Never,
