@@ -410,18 +410,6 @@ fn settings_beside_the_vocabulary_change_ids_as_in_transformers() {
         .join("tests/fixtures/tokenizer-settings/expected.json");
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let texts: Vec<&str> = fixture["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
-    let pairs: Vec<(&str, &str)> = fixture["pairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap(), p[1].as_str().unwrap()))
-        .collect();
     let read = |file: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(minilm().join(file)).unwrap()).unwrap()
     };
@@ -464,22 +452,8 @@ fn settings_beside_the_vocabulary_change_ids_as_in_transformers() {
                 case["pad_id"].as_u64().unwrap(),
                 "{name}"
             );
-            let inputs = texts
-                .iter()
-                .map(|t| TextInput::Single(t))
-                .zip(want["singles"].as_array().unwrap())
-                .chain(
-                    pairs
-                        .iter()
-                        .map(|(a, b)| TextInput::Pair(a, b))
-                        .zip(want["pairs"].as_array().unwrap()),
-                );
-            for (input, want) in inputs {
-                let got = tok.encode(input).unwrap();
-                let tag = format!("{name}, max length {max_len}: {input:?}");
-                assert_eq!(got.ids, ids(&want["input_ids"]), "{tag}");
-                assert_eq!(got.type_ids, ids(&want["token_type_ids"]), "{tag}");
-            }
+            let what = format!("{name}, max length {max_len}");
+            common::tokenizer_variants::assert_encodes_as(&tok, &fixture, want, &what);
         }
     }
     // Settings transformers cannot load, or loads into nonsense (a null classifier token
