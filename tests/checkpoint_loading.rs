@@ -473,8 +473,8 @@ fn broken_files_are_errors() {
 }
 
 /// Configs whose tensor names may match BERT's but whose forward is another: other model
-/// families (RoBERTa's position ids start past the padding id, ELECTRA may project its
-/// embeddings, DistilBERT has other names throughout) and causal decoders. Each is refused
+/// families (ALBERT shares its layers' weights and projects its embeddings, DistilBERT has
+/// other names throughout; a RoBERTa without positions) and causal decoders. Each is refused
 /// naming the field, before any tensor is read.
 #[test]
 fn other_model_families_and_decoders_are_refused_by_name() {
@@ -506,9 +506,9 @@ fn other_model_families_and_decoders_are_refused_by_name() {
             r#"`model_type` is "camembert""#,
         ),
         (
-            "electra",
-            bert.replace(r#""bert""#, r#""electra""#),
-            r#"`model_type` is "electra""#,
+            "albert",
+            bert.replace(r#""bert""#, r#""albert""#),
+            r#"`model_type` is "albert""#,
         ),
         (
             "distilbert",
@@ -1381,12 +1381,20 @@ fn heads_follow_their_architecture_and_the_data_classes() {
 /// `BertConfig::validate` checks what loading checks, for a config built in code.
 #[test]
 fn configs_built_in_code_are_validated_as_loaded_ones() {
+    let albert = BertConfig {
+        model_type: Some("albert".into()),
+        ..tiny_bert::config(2)
+    };
+    let e = albert.validate().unwrap_err().to_string();
+    assert!(e.contains("`model_type` is `albert`"), "{e}");
+    // ELECTRA's embedding tables are `embedding_size` wide.
     let electra = BertConfig {
         model_type: Some("electra".into()),
+        embedding_size: Some(1 << 62),
         ..tiny_bert::config(2)
     };
     let e = electra.validate().unwrap_err().to_string();
-    assert!(e.contains("`model_type` is `electra`"), "{e}");
+    assert!(e.contains("`embedding_size`"), "{e}");
     let roberta = BertConfig {
         model_type: Some("roberta".into()),
         pad_token_id: Some(tiny_bert::config(2).max_position_embeddings - 1),

@@ -146,6 +146,9 @@ pub fn export_peft<B: Backend>(
     }
     if plan.train_embeddings {
         modules_to_save.push(family.hf_name("bert.embeddings"));
+        if model.bert.embeddings.project.is_some() {
+            modules_to_save.push(family.hf_name("bert.embeddings_project"));
+        }
     }
     // PEFT restores a module in `modules_to_save` whole: a tensor of it that does not train
     // (a LayerNorm's bias under LoRA, whose scale trains) is written with its base value,

@@ -337,7 +337,9 @@ pub fn import_peft<B: Backend>(
         ("bert.embeddings.position_embeddings", false, false),
         ("bert.embeddings.token_type_embeddings", false, false),
     ];
-    for (module, linear, head) in unsupported {
+    let projection = [("bert.embeddings_project", true, false)];
+    let projection = &projection[..usize::from(config.projects_embeddings())];
+    for &(module, linear, head) in unsupported.iter().chain(projection) {
         let module = family.hf_name(module);
         if settings.targets(&module, None, linear, head) {
             return Err(Error::Format {

@@ -1,4 +1,4 @@
-//! `config.json` of a Hugging Face BERT (or RoBERTa) checkpoint.
+//! `config.json` of a Hugging Face BERT (or RoBERTa, or ELECTRA) checkpoint.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +15,11 @@ pub struct BertConfig {
     pub vocab_size: usize,
     /// Hidden size.
     pub hidden_size: usize,
+    /// ELECTRA's embedding width, where it differs from the hidden size (a linear map,
+    /// `embeddings_project`, widens the embeddings); transformers' default when absent is 128.
+    /// Other families ignore it, as transformers does. See [`BertConfig::embedding_width`].
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
     /// Encoder layers.
     pub num_hidden_layers: usize,
     /// Attention heads.
@@ -50,7 +55,7 @@ pub struct BertConfig {
     /// Must be `absolute` when present.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
-    /// `bert`, `roberta` or `xlm-roberta` when present ([`BertConfig::family`]): the other
+    /// `bert`, `roberta`, `xlm-roberta` or `electra` when present ([`BertConfig::family`]): the other
     /// families that share BERT's tensor names (ELECTRA, ERNIE, ...) differ in their
     /// positions, embeddings or layers.
     #[serde(default)]
@@ -169,6 +174,7 @@ impl BertConfig {
         Some(BertConfig {
             vocab_size: 30522,
             hidden_size: hidden,
+            embedding_size: None,
             num_hidden_layers: layers,
             num_attention_heads: heads,
             intermediate_size: 4 * hidden,
@@ -231,11 +237,26 @@ impl BertConfig {
             .unwrap_or(EncoderFamily::Bert)
     }
 
-    /// The position id of a sequence's first token: 0 for BERT, `pad_token_id + 1` for
-    /// RoBERTa (whose padding tokens sit at `pad_token_id`).
+    /// The width of the embedding tables: ELECTRA's `embedding_size` (transformers' default
+    /// 128 when absent), the hidden size for every other family.
+    pub fn embedding_width(&self) -> usize {
+        match self.family() {
+            EncoderFamily::Electra => self.embedding_size.unwrap_or(128),
+            EncoderFamily::Bert | EncoderFamily::Roberta => self.hidden_size,
+        }
+    }
+
+    /// Whether the embeddings are followed by a linear map up to the hidden size (ELECTRA's
+    /// `embeddings_project`, there when `embedding_size` is not the hidden size).
+    pub fn projects_embeddings(&self) -> bool {
+        self.embedding_width() != self.hidden_size
+    }
+
+    /// The position id of a sequence's first token: 0 for BERT and ELECTRA, `pad_token_id +
+    /// 1` for RoBERTa (whose padding tokens sit at `pad_token_id`).
     pub fn first_position(&self) -> usize {
         match self.family() {
-            EncoderFamily::Bert => 0,
+            EncoderFamily::Bert | EncoderFamily::Electra => 0,
             EncoderFamily::Roberta => self.roberta_padding_position().saturating_add(1),
         }
     }
@@ -245,10 +266,10 @@ impl BertConfig {
     }
 
     /// The padding token's id (`pad_token_id`; transformers' defaults without it: 0 for
-    /// BERT, 1 for RoBERTa), whose word-embedding row transformers never trains.
+    /// BERT and ELECTRA, 1 for RoBERTa), whose word-embedding row transformers never trains.
     pub fn padding_id(&self) -> usize {
         self.pad_token_id.unwrap_or(match self.family() {
-            EncoderFamily::Bert => 0,
+            EncoderFamily::Bert | EncoderFamily::Electra => 0,
             EncoderFamily::Roberta => 1,
         })
     }
@@ -352,7 +373,8 @@ impl BertConfig {
                 {
                     return Err(format(format!(
                         "no `model_type`, and `architectures` ({}) names no BERT class; spafit \
-                         runs BERT checkpoints, and RoBERTa ones that say `model_type`",
+                         runs BERT checkpoints, and RoBERTa and ELECTRA ones that say \
+                         `model_type`",
                         names.join(", ")
                     )));
                 }
@@ -360,9 +382,10 @@ impl BertConfig {
             Some(serde_json::Value::String(t)) if EncoderFamily::of_model_type(t).is_some() => {}
             Some(other) => {
                 return Err(format(format!(
-                    "`model_type` is {other}; spafit runs BERT (`bert`) and RoBERTa (`roberta`, \
-                     `xlm-roberta`) checkpoints only: other families differ in their position \
-                     ids, embeddings or layers even where their tensor names match BERT's"
+                    "`model_type` is {other}; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
+                     `xlm-roberta`) and ELECTRA (`electra`) checkpoints only: other families \
+                     differ in their position ids, embeddings or layers even where their tensor \
+                     names match BERT's"
                 )))
             }
         }
@@ -403,21 +426,44 @@ impl BertConfig {
                 return Err(format!("`{field}` must be positive"));
             }
         }
-        for (field, rows) in [
-            ("hidden_size", self.hidden_size),
-            ("vocab_size", self.vocab_size),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
-            ("intermediate_size", self.intermediate_size),
+        if self.embedding_width() == 0 {
+            return Err("`embedding_size` must be positive".into());
+        }
+        let (width_field, width) = match self.family() {
+            EncoderFamily::Electra => ("embedding_size", self.embedding_width()),
+            _ => ("hidden_size", self.hidden_size),
+        };
+        for (field, rows, columns, column_field) in [
+            (
+                "hidden_size",
+                self.hidden_size,
+                self.hidden_size,
+                "hidden_size",
+            ),
+            ("hidden_size", self.hidden_size, width, width_field),
+            ("vocab_size", self.vocab_size, width, width_field),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                width,
+                width_field,
+            ),
+            ("type_vocab_size", self.type_vocab_size, width, width_field),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                self.hidden_size,
+                "hidden_size",
+            ),
         ] {
-            // Each is a table of `rows × hidden_size` values: a product past usize would wrap.
+            // Each is a table of `rows × columns` values: a product past usize would wrap.
             if rows
-                .checked_mul(self.hidden_size)
+                .checked_mul(columns)
                 .is_none_or(|n| n > isize::MAX as usize / 8)
             {
                 return Err(format!(
-                    "`{field}` {rows} × `hidden_size` {} is more values than memory can address",
-                    self.hidden_size
+                    "`{field}` {rows} × `{column_field}` {columns} is more values than memory \
+                     can address"
                 ));
             }
         }
@@ -427,8 +473,8 @@ impl BertConfig {
             .filter(|t| EncoderFamily::of_model_type(t).is_none())
         {
             return Err(format!(
-                "`model_type` is `{t}`; spafit runs BERT (`bert`) and RoBERTa (`roberta`, \
-                 `xlm-roberta`) checkpoints only"
+                "`model_type` is `{t}`; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
+                 `xlm-roberta`) and ELECTRA (`electra`) checkpoints only"
             ));
         }
         // A text needs `<s>`, one token and `</s>`.

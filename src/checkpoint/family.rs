@@ -7,6 +7,11 @@
 //! keeps one model and BERT's names inside (`bert.…`, `bert.pooler.dense`, `classifier`),
 //! and translates at the edges where files are read or written: RoBERTa's
 //! `classifier.dense` is BERT's pooler, its `classifier.out_proj` BERT's `classifier`.
+//!
+//! ELECTRA's discriminator is BERT's encoder too, with two differences: its embeddings may be
+//! narrower than the hidden size (`embedding_size`), followed then by a linear map up to it
+//! (`electra.embeddings_project`, `bert.embeddings_project` here), and its classification head
+//! is RoBERTa's with GELU where RoBERTa has tanh. Positions and segments are BERT's.
 
 /// A family of BERT-shaped encoders (`config.json`'s `model_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +20,18 @@ pub enum EncoderFamily {
     Bert,
     /// `roberta` and `xlm-roberta` (transformers runs both through the same code).
     Roberta,
+    /// `electra` (the discriminator's encoder; a generator's checkpoint holds one too).
+    Electra,
+}
+
+/// The activation of the head's dense map (BERT's pooler): BERT's and RoBERTa's tanh,
+/// ELECTRA's GELU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolerActivation {
+    /// `tanh`.
+    Tanh,
+    /// The exact (erf) GELU.
+    Gelu,
 }
 
 impl EncoderFamily {
@@ -23,6 +40,7 @@ impl EncoderFamily {
         match model_type {
             "bert" => Some(EncoderFamily::Bert),
             "roberta" | "xlm-roberta" => Some(EncoderFamily::Roberta),
+            "electra" => Some(EncoderFamily::Electra),
             _ => None,
         }
     }
@@ -33,6 +51,8 @@ impl EncoderFamily {
             Some(EncoderFamily::Bert)
         } else if class.starts_with("Roberta") || class.starts_with("XLMRoberta") {
             Some(EncoderFamily::Roberta)
+        } else if class.starts_with("Electra") {
+            Some(EncoderFamily::Electra)
         } else {
             None
         }
@@ -44,6 +64,7 @@ impl EncoderFamily {
             (EncoderFamily::Bert, _) => "BertForSequenceClassification",
             (EncoderFamily::Roberta, Some("xlm-roberta")) => "XLMRobertaForSequenceClassification",
             (EncoderFamily::Roberta, _) => "RobertaForSequenceClassification",
+            (EncoderFamily::Electra, _) => "ElectraForSequenceClassification",
         }
     }
 
@@ -52,6 +73,7 @@ impl EncoderFamily {
         match self {
             EncoderFamily::Bert => "BERT",
             EncoderFamily::Roberta => "RoBERTa",
+            EncoderFamily::Electra => "ELECTRA",
         }
     }
 
@@ -60,14 +82,23 @@ impl EncoderFamily {
         match self {
             EncoderFamily::Bert => "bert",
             EncoderFamily::Roberta => "roberta",
+            EncoderFamily::Electra => "electra",
         }
     }
 
     /// Whether the head's dense map (BERT's pooler) belongs to the classification head, so
-    /// that it trains whenever the head does (RoBERTa's `classifier.dense`; PEFT saves it
-    /// with `classifier`).
+    /// that it trains whenever the head does (RoBERTa's and ELECTRA's `classifier.dense`;
+    /// PEFT saves it with `classifier`).
     pub fn pooler_is_head(self) -> bool {
-        self == EncoderFamily::Roberta
+        self != EncoderFamily::Bert
+    }
+
+    /// The activation after the head's dense map (BERT's pooler).
+    pub fn pooler_activation(self) -> PoolerActivation {
+        match self {
+            EncoderFamily::Bert | EncoderFamily::Roberta => PoolerActivation::Tanh,
+            EncoderFamily::Electra => PoolerActivation::Gelu,
+        }
     }
 
     /// The name transformers gives the tensor or module spafit calls `name`.
@@ -82,7 +113,7 @@ impl EncoderFamily {
             return format!("classifier.out_proj{rest}");
         }
         match under(name, "bert") {
-            Some(rest) => format!("roberta{rest}"),
+            Some(rest) => format!("{}{rest}", self.prefix()),
             None => name.to_string(),
         }
     }
@@ -99,7 +130,7 @@ impl EncoderFamily {
         if let Some(rest) = under(name, "classifier.out_proj") {
             return format!("classifier{rest}");
         }
-        match under(name, "roberta") {
+        match under(name, self.prefix()) {
             Some(rest) => format!("bert{rest}"),
             None => name.to_string(),
         }
@@ -115,7 +146,7 @@ fn under<'a>(name: &'a str, module: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use super::EncoderFamily::{Bert, Roberta};
+    use super::EncoderFamily::{Bert, Electra, Roberta};
 
     #[test]
     fn roberta_names_translate_both_ways() {
@@ -133,6 +164,27 @@ mod tests {
             assert_eq!(Roberta.hf_name(ours), theirs);
             assert_eq!(Roberta.internal_name(theirs), ours);
             assert_eq!(Bert.hf_name(ours), ours);
+        }
+    }
+
+    #[test]
+    fn electra_names_translate_both_ways() {
+        for (ours, theirs) in [
+            (
+                "bert.encoder.layer.0.output.dense.weight",
+                "electra.encoder.layer.0.output.dense.weight",
+            ),
+            (
+                "bert.embeddings_project.bias",
+                "electra.embeddings_project.bias",
+            ),
+            ("bert.embeddings.LayerNorm", "electra.embeddings.LayerNorm"),
+            ("bert.pooler.dense.weight", "classifier.dense.weight"),
+            ("classifier.bias", "classifier.out_proj.bias"),
+            ("roberta.encoder", "roberta.encoder"),
+        ] {
+            assert_eq!(Electra.hf_name(ours), theirs);
+            assert_eq!(Electra.internal_name(theirs), ours);
         }
     }
 }

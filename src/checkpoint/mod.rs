@@ -6,7 +6,7 @@ mod location;
 mod weights;
 
 pub use config::BertConfig;
-pub use family::EncoderFamily;
+pub use family::{EncoderFamily, PoolerActivation};
 pub use location::{hub_cache_roots, resolve, resolve_with_caches};
 pub use weights::{WeightsFile, NON_FINITE_WEIGHTS};
 
@@ -96,13 +96,15 @@ impl Checkpoint {
     /// `BertForTokenClassification` (one prediction per token). Such a head is neither
     /// evaluated nor trained on; a fresh one replaces it.
     pub fn foreign_head(&self) -> Option<&str> {
-        const OTHER_HEADS: [&str; 6] = [
+        const OTHER_HEADS: [&str; 8] = [
             "BertForMultipleChoice",
             "BertForTokenClassification",
             "RobertaForMultipleChoice",
             "RobertaForTokenClassification",
             "XLMRobertaForMultipleChoice",
             "XLMRobertaForTokenClassification",
+            "ElectraForMultipleChoice",
+            "ElectraForTokenClassification",
         ];
         let names = &self.architectures;
         let ours = self
@@ -231,7 +233,8 @@ impl Checkpoint {
             let by_type = match (self.config.family(), self.config.model_type.as_deref()) {
                 (EncoderFamily::Roberta, Some("xlm-roberta")) => Some("XLMRobertaTokenizer"),
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
-                (EncoderFamily::Bert, _) => None,
+                // ElectraTokenizer is BertTokenizer under another name.
+                (EncoderFamily::Bert | EncoderFamily::Electra, _) => None,
             };
             let implied = self.config.tokenizer_class.as_deref().or(by_type);
             TextTokenizer::from_files_of_class(&path, config.as_deref(), max_len, implied)?

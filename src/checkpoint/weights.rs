@@ -282,6 +282,9 @@ impl WeightsFile {
                     let parts: &[&str] = match self.family {
                         EncoderFamily::Bert => &["embeddings.", "encoder.", "pooler."],
                         EncoderFamily::Roberta => &["embeddings.", "encoder."],
+                        EncoderFamily::Electra => {
+                            &["embeddings.", "embeddings_project.", "encoder."]
+                        }
                     };
                     let encoder = parts.iter().any(|p| canonical.starts_with(p));
                     encoder.then_some((canonical, shard, name.as_str()))
@@ -476,6 +479,7 @@ fn canonical_name(name: &str) -> String {
     let name = name
         .strip_prefix("bert.")
         .or_else(|| name.strip_prefix("roberta."))
+        .or_else(|| name.strip_prefix("electra."))
         .unwrap_or(name);
     for (modern, old) in LEGACY_LAYER_NORM_NAMES {
         if let Some(stem) = name.strip_suffix(old) {

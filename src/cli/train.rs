@@ -132,8 +132,11 @@ pub fn setup<B: Backend>(
     if peft.train_pooler && family.pooler_is_head() {
         return Err(spafit::Error::invalid(
             "--train-pooler",
-            "has no effect on a RoBERTa model: the dense map of its classification head \
-             (`classifier.dense`, BERT's pooler) trains with the head anyway",
+            format!(
+                "has no effect on a {} model: the dense map of its classification head \
+                 (`classifier.dense`, BERT's pooler) trains with the head anyway",
+                family.display()
+            ),
         ));
     }
     let config = peft.config()?.for_family(family);

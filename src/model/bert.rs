@@ -1,6 +1,6 @@
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
-use crate::checkpoint::BertConfig;
+use crate::checkpoint::{BertConfig, PoolerActivation};
 use crate::error::{Error, Result};
 use crate::nn::{DropoutPlan, EncoderLayer, EncoderLayerConfig, Linear, Param};
 use crate::tensor::{Shape, Tensor};
@@ -12,7 +12,7 @@ use super::{BertEmbeddings, ModelInput};
 pub struct BertOutput<B: Backend> {
     /// `[batch·seq, hidden]`.
     pub last_hidden_state: Var<B>,
-    /// `tanh(W · h[CLS] + b)`: `[batch, hidden]`.
+    /// `tanh(W · h[CLS] + b)` (ELECTRA: GELU): `[batch, hidden]`.
     pub pooler_output: Var<B>,
 }
 
@@ -153,21 +153,26 @@ impl<B: Backend> BertModel<B> {
         Ok(hidden)
     }
 
-    /// The pooler on the `[CLS]` rows `first`; RoBERTa's head (whose dense map is the pooler
-    /// here) drops out its input first, with the classifier's dropout.
+    /// The pooler on the `[CLS]` rows `first`; RoBERTa's and ELECTRA's heads (whose dense map
+    /// is the pooler here) drop out its input first, with the classifier's dropout, and
+    /// ELECTRA's activation is GELU.
     fn pool(
         &self,
         tape: &mut Tape<B>,
         first: &Var<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
-        let pooled = if self.config.family().pooler_is_head() {
+        let family = self.config.family();
+        let pooled = if family.pooler_is_head() {
             let dropped = tape.dropout(first, dropouts.next_classifier())?;
             self.pooler.forward(tape, &dropped, dropouts)?
         } else {
             self.pooler.forward(tape, first, dropouts)?
         };
-        tape.tanh(&pooled)
+        match family.pooler_activation() {
+            PoolerActivation::Tanh => tape.tanh(&pooled),
+            PoolerActivation::Gelu => tape.gelu(&pooled),
+        }
     }
 
     /// Every parameter, in checkpoint order.

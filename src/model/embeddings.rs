@@ -2,22 +2,27 @@ use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::checkpoint::BertConfig;
 use crate::error::Result;
-use crate::nn::{DropoutPlan, LayerNorm, Param};
+use crate::nn::{DropoutPlan, LayerNorm, Linear, Param};
 use crate::tensor::{Shape, Tensor};
 
 use super::ModelInput;
 
-/// Word + position + token-type embeddings, LayerNorm, dropout.
+/// Word + position + token-type embeddings, LayerNorm, dropout; for an ELECTRA whose
+/// embeddings are narrower than its hidden size, then the linear map up to it.
 #[derive(Clone, Debug)]
 pub struct BertEmbeddings<B: Backend> {
-    /// `[vocab, hidden]`.
+    /// `[vocab, width]` (width: [`BertConfig::embedding_width`], the hidden size but in
+    /// ELECTRA).
     pub word: Param<B>,
-    /// `[max_positions, hidden]`.
+    /// `[max_positions, width]`.
     pub position: Param<B>,
-    /// `[type_vocab, hidden]`.
+    /// `[type_vocab, width]`.
     pub token_type: Param<B>,
     /// `embeddings.LayerNorm`.
     pub norm: LayerNorm<B>,
+    /// ELECTRA's `embeddings_project` (`bert.embeddings_project` here), `[hidden, width]`,
+    /// where the width is not the hidden size. It trains with the embeddings.
+    pub project: Option<Linear<B>>,
     /// The padding token's id, whose row gets no gradient ([`BertConfig::padding_id`]).
     padding_id: usize,
     /// The first token's position ([`BertConfig::first_position`]); RoBERTa's padding
@@ -26,7 +31,8 @@ pub struct BertEmbeddings<B: Backend> {
 }
 
 impl<B: Backend> BertEmbeddings<B> {
-    /// Loads the frozen embeddings under `prefix` (`bert.embeddings`).
+    /// Loads the frozen embeddings under `prefix` (`bert.embeddings`), and the projection as
+    /// `{prefix}_project` where the config has one.
     pub fn load(
         prefix: &str,
         c: &BertConfig,
@@ -40,23 +46,34 @@ impl<B: Backend> BertEmbeddings<B> {
                 false,
             ))
         };
-        let word = param("word_embeddings.weight", [c.vocab_size, c.hidden_size])?;
+        let width = c.embedding_width();
+        let word = param("word_embeddings.weight", [c.vocab_size, width])?;
         let position = param(
             "position_embeddings.weight",
-            [c.max_position_embeddings, c.hidden_size],
+            [c.max_position_embeddings, width],
         )?;
-        let token_type = param(
-            "token_type_embeddings.weight",
-            [c.type_vocab_size, c.hidden_size],
-        )?;
+        let token_type = param("token_type_embeddings.weight", [c.type_vocab_size, width])?;
         let norm_name = format!("{prefix}.LayerNorm");
-        let gamma = tensor(&format!("{norm_name}.weight"), Shape::new([c.hidden_size]))?;
-        let beta = tensor(&format!("{norm_name}.bias"), Shape::new([c.hidden_size]))?;
+        let gamma = tensor(&format!("{norm_name}.weight"), Shape::new([width]))?;
+        let beta = tensor(&format!("{norm_name}.bias"), Shape::new([width]))?;
+        let project = match c.projects_embeddings() {
+            true => {
+                let name = format!("{prefix}_project");
+                let h = c.hidden_size;
+                Some(Linear::new(
+                    &name,
+                    tensor(&format!("{name}.weight"), Shape::new([h, width]))?,
+                    tensor(&format!("{name}.bias"), Shape::new([h]))?,
+                )?)
+            }
+            false => None,
+        };
         Ok(BertEmbeddings {
             word,
             position,
             token_type,
             norm: LayerNorm::new(&norm_name, gamma, beta, c.layer_norm_eps),
+            project,
             padding_id: c.padding_id(),
             first_position: c.first_position(),
         })
@@ -82,28 +99,45 @@ impl<B: Backend> BertEmbeddings<B> {
         let sum = tape.add(&w, &p)?;
         let sum = tape.add(&sum, &t)?;
         let normed = self.norm.forward(tape, &sum)?;
-        tape.dropout(&normed, dropouts.next_hidden())
+        let dropped = tape.dropout(&normed, dropouts.next_hidden())?;
+        match &self.project {
+            Some(project) => project.forward(tape, &dropped, dropouts),
+            None => Ok(dropped),
+        }
     }
 
     /// Every parameter.
     pub fn params(&self) -> Vec<&Param<B>> {
-        vec![
+        let mut v = vec![
             &self.word,
             &self.position,
             &self.token_type,
             &self.norm.weight,
             &self.norm.bias,
-        ]
+        ];
+        v.extend(self.project.iter().flat_map(Linear::params));
+        v
     }
 
     /// Every parameter, mutably.
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
-        vec![
+        let mut v = vec![
             &mut self.word,
             &mut self.position,
             &mut self.token_type,
             &mut self.norm.weight,
             &mut self.norm.bias,
-        ]
+        ];
+        v.extend(self.project.iter_mut().flat_map(Linear::params_mut));
+        v
+    }
+
+    /// Stores a frozen projection's weight in `backend`'s frozen dtype (see
+    /// [`crate::nn::Linear::store_frozen_weight`]); the tables are gathered, not multiplied.
+    pub fn store_frozen_weights(&mut self, backend: &B) -> Result<()> {
+        match &mut self.project {
+            Some(project) => project.store_frozen_weight(backend),
+            None => Ok(()),
+        }
     }
 }

@@ -406,7 +406,7 @@ impl<B: Backend> BertClassifier<B> {
                      add --train-pooler (the pooler is then saved with the adapter); an \
                      adapter to load must hold a pooler"
                 }
-                EncoderFamily::Roberta => {
+                EncoderFamily::Roberta | EncoderFamily::Electra => {
                     "the checkpoint has no classification head (`classifier.dense`), so the \
                      head's dense map starts random and must train, and this plan does not \
                      train it: build the plan from `PeftConfig::for_family` (the CLI does), \
@@ -518,6 +518,7 @@ impl<B: Backend> BertClassifier<B> {
         for layer in &mut self.bert.layers {
             layer.store_frozen_weights(backend)?;
         }
+        self.bert.embeddings.store_frozen_weights(backend)?;
         self.bert.pooler.store_frozen_weight(backend)?;
         self.classifier.store_frozen_weight(backend)
     }

@@ -13,6 +13,7 @@ pub fn config(layers: usize) -> BertConfig {
     BertConfig {
         vocab_size: 29,
         hidden_size: 15,
+        embedding_size: None,
         num_hidden_layers: layers,
         num_attention_heads: 3,
         intermediate_size: 13,
