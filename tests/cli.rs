@@ -1183,12 +1183,16 @@ fn gradcheck_and_bench_print_json() {
         "{err}"
     );
 
-    // The random shapes are Google's: full fine-tuning trains every tensor of BERT-tiny and
-    // BERT-mini, counted here from the architecture (30522 uncased ids, 512 positions, 2
-    // segments, FFN 4 × hidden, pooler, two-class head).
+    // The random shapes are Google's: full fine-tuning trains every tensor of BERT-tiny,
+    // BERT-mini and ELECTRA-small, counted here from the architecture (30522 uncased ids, 512
+    // positions, 2 segments, FFN 4 × hidden, pooler or head's dense map, two-class head;
+    // ELECTRA-small's tables 128 wide and their projection to 256).
     // (--shape is read without regard to case, as --method is.)
-    for (given, shape, hidden, layers) in [("tiny", "tiny", 128u64, 2u64), ("MINI", "mini", 256, 4)]
-    {
+    for (given, shape, hidden, layers, width) in [
+        ("tiny", "tiny", 128u64, 2u64, 128u64),
+        ("MINI", "mini", 256, 4, 256),
+        ("electra-small", "electra-small", 256, 12, 128),
+    ] {
         let (ok, stdout, err) = spafit(&[
             "bench",
             "--shape",
@@ -1207,11 +1211,16 @@ fn gradcheck_and_bench_print_json() {
         assert!(ok, "{shape}: {err}");
         let line = last_json(&stdout);
         let (h, i) = (hidden, 4 * hidden);
-        let embeddings = (30522 + 512 + 2) * h + 2 * h;
+        let projection = if width == h { 0 } else { width * h + h };
+        let embeddings = (30522 + 512 + 2) * width + 2 * width + projection;
         let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
         let expected = embeddings + layers * layer + (h * h + h) + (2 * h + 2);
         assert_eq!(line["trainable_params"], expected, "{shape}: {line}");
-        assert_eq!(line["model"], format!("random BERT-{shape}"), "{line}");
+        let name = match shape.strip_prefix("electra-") {
+            Some(size) => format!("random ELECTRA-{size}"),
+            None => format!("random BERT-{shape}"),
+        };
+        assert_eq!(line["model"], name, "{line}");
     }
     // SPAFIT's default thirds on BERT-tiny's 2 layers leave no bias-only layer: said, as
     // with a checkpoint, and the boundaries are in the line.
@@ -1233,7 +1242,7 @@ fn gradcheck_and_bench_print_json() {
     assert_eq!((&line["n1"], &line["n2"]), (&1.into(), &1.into()), "{line}");
     let (ok, _, err) = spafit(&["bench", "--shape", "huge", "--steps", "1"]);
     assert!(
-        !ok && err.contains("expected tiny, mini, base or large"),
+        !ok && err.contains("expected tiny, mini, base, large, electra-small"),
         "{err}"
     );
 

@@ -161,20 +161,25 @@ impl BertConfig {
 
     /// The shape of Google's BERT-tiny (`tiny`: 2 layers, hidden 128, 2 heads), BERT-mini
     /// (`mini`: 4 layers, hidden 256, 4 heads), BERT-base (`base`: 12 layers, hidden 768) or
-    /// BERT-large (`large`: 24 layers, hidden 1024), uncased vocabulary: for benchmarks on
-    /// random weights.
+    /// BERT-large (`large`: 24 layers, hidden 1024), or of ELECTRA's discriminators
+    /// (`electra-small`: 12 layers, hidden 256 over 128-wide embeddings, 4 heads;
+    /// `electra-base` and `electra-large`: BERT-base's and BERT-large's), uncased vocabulary:
+    /// for benchmarks on random weights.
     pub fn preset(name: &str) -> Option<BertConfig> {
-        let (hidden, layers, heads) = match name {
-            "tiny" => (128, 2, 2),
-            "mini" => (256, 4, 4),
-            "base" => (768, 12, 12),
-            "large" => (1024, 24, 16),
+        let (hidden, layers, heads, embedding_size, model_type) = match name {
+            "tiny" => (128, 2, 2, None, "bert"),
+            "mini" => (256, 4, 4, None, "bert"),
+            "base" => (768, 12, 12, None, "bert"),
+            "large" => (1024, 24, 16, None, "bert"),
+            "electra-small" => (256, 12, 4, Some(128), "electra"),
+            "electra-base" => (768, 12, 12, Some(768), "electra"),
+            "electra-large" => (1024, 24, 16, Some(1024), "electra"),
             _ => return None,
         };
         Some(BertConfig {
             vocab_size: 30522,
             hidden_size: hidden,
-            embedding_size: None,
+            embedding_size,
             num_hidden_layers: layers,
             num_attention_heads: heads,
             intermediate_size: 4 * hidden,
@@ -187,7 +192,7 @@ impl BertConfig {
             classifier_dropout: None,
             initializer_range: 0.02,
             position_embedding_type: None,
-            model_type: Some("bert".into()),
+            model_type: Some(model_type.into()),
             tokenizer_class: None,
             pad_token_id: None,
             is_decoder: false,
