@@ -1,6 +1,7 @@
 //! Whole-model finite differences: a tiny random BERT (3 layers, odd sizes) under every PEFT
 //! method, classification and regression, in f64 with dropout on (fixed seeds), every
-//! trainable tensor sampled.
+//! trainable tensor sampled; and the same model as an ELECTRA (embeddings narrower than the
+//! hidden size with their projection, the GELU head).
 
 mod common;
 
@@ -8,6 +9,7 @@ use common::{check_gradient, host, sample, tensor, tiny_bert};
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
+use spafit::checkpoint::BertConfig;
 use spafit::model::{BertClassifier, BertModel, Labels, ModelInput};
 use spafit::nn::{DropoutPlan, Linear, LoraConfig, LoraTarget};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
@@ -50,8 +52,11 @@ fn config_for(method: Method) -> PeftConfig {
 }
 
 fn check(method: Method, num_labels: usize) {
+    check_model(tiny_bert::config(3), method, num_labels)
+}
+
+fn check_model(config: BertConfig, method: Method, num_labels: usize) {
     let cpu = CpuBackend::f64();
-    let config = tiny_bert::config(3);
     let tensors = tiny_bert::tensors(&config, 42);
     let mut source = tiny_bert::source(&cpu, &tensors);
     let bert = BertModel::load(&config, &mut source).unwrap();
@@ -66,7 +71,7 @@ fn check(method: Method, num_labels: usize) {
     )
     .unwrap();
     let mut model = BertClassifier::new(bert, head, num_labels).unwrap();
-    let plan = PeftPlan::new(&config_for(method), 3).unwrap();
+    let plan = PeftPlan::new(&config_for(method).for_family(config.family()), 3).unwrap();
     model
         .apply_plan(&plan, &mut tiny_bert::random_init(&cpu, 9))
         .unwrap();
@@ -131,9 +136,25 @@ fn check(method: Method, num_labels: usize) {
         worst = worst.max(err);
     }
     println!(
-        "BERT FD {method} {num_labels}-label: {} trainable tensors, worst rel err {worst:.3e}",
+        "{} FD {method} {num_labels}-label: {} trainable tensors, worst rel err {worst:.3e}",
+        config.family().display(),
         names.len()
     );
+}
+
+/// ELECTRA: 7-wide embeddings projected to the hidden size of 15, and the GELU head. Full
+/// fine-tuning differentiates the projection; SPAFIT, the head's dense map with the head.
+#[test]
+fn electra_gradients() {
+    let config = BertConfig {
+        model_type: Some("electra".into()),
+        embedding_size: Some(7),
+        ..tiny_bert::config(3)
+    };
+    for method in [Method::Full, Method::Spafit] {
+        check_model(config.clone(), method, 3);
+    }
+    check_model(config, Method::Full, 1);
 }
 
 #[test]

@@ -37,25 +37,29 @@ pub fn config(layers: usize) -> BertConfig {
 
 /// Every tensor of `BertModel` + pooler with Hugging Face names (`bert.` prefix).
 pub fn tensors(c: &BertConfig, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f64>)> {
-    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let (h, i, w) = (c.hidden_size, c.intermediate_size, c.embedding_width());
     let mut shapes: Vec<(String, Vec<usize>)> = vec![
         (
             "bert.embeddings.word_embeddings.weight".into(),
-            vec![c.vocab_size, h],
+            vec![c.vocab_size, w],
         ),
         (
             "bert.embeddings.position_embeddings.weight".into(),
-            vec![c.max_position_embeddings, h],
+            vec![c.max_position_embeddings, w],
         ),
         (
             "bert.embeddings.token_type_embeddings.weight".into(),
-            vec![c.type_vocab_size, h],
+            vec![c.type_vocab_size, w],
         ),
-        ("bert.embeddings.LayerNorm.weight".into(), vec![h]),
-        ("bert.embeddings.LayerNorm.bias".into(), vec![h]),
+        ("bert.embeddings.LayerNorm.weight".into(), vec![w]),
+        ("bert.embeddings.LayerNorm.bias".into(), vec![w]),
         ("bert.pooler.dense.weight".into(), vec![h, h]),
         ("bert.pooler.dense.bias".into(), vec![h]),
     ];
+    if c.projects_embeddings() {
+        shapes.push(("bert.embeddings_project.weight".into(), vec![h, w]));
+        shapes.push(("bert.embeddings_project.bias".into(), vec![h]));
+    }
     for l in 0..c.num_hidden_layers {
         let p = format!("bert.encoder.layer.{l}");
         for (m, out, inp) in [
