@@ -21,8 +21,13 @@ use spafit::peft::{Method, PeftConfig, PeftPlan};
 use spafit::tensor::Shape;
 use spafit::text::EncodedBatch;
 
+/// The fixture, or where `SPAFIT_ELECTRA_FIXTURE` says (the GPU check runs this test's
+/// binary on another machine, from another folder).
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-electra")
+    std::env::var_os("SPAFIT_ELECTRA_FIXTURE").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-electra"),
+        PathBuf::from,
+    )
 }
 
 fn checkpoint() -> Checkpoint {
