@@ -63,6 +63,71 @@ fn encode(ck: &Checkpoint, inputs: &str) -> EncodedBatch {
     ck.tokenizer(max_len).unwrap().encode_batch(&batch).unwrap()
 }
 
+/// A copy of the fixture's model folder in `dir`, of the files `keep` keeps.
+fn copy_model(dir: &std::path::Path, keep: impl Fn(&str) -> bool) -> PathBuf {
+    let to = dir.join("model");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(fixture_dir().join("model")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if keep(&name) {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+    to
+}
+
+/// A tensor of a safetensors file: name, dtype (F32 or F64), shape, values.
+type Stored = (String, safetensors::Dtype, Vec<usize>, Vec<f64>);
+
+/// Writes `tensors` as a safetensors file at `path`, each in its dtype.
+fn write_tensors(path: &std::path::Path, tensors: &[Stored]) {
+    use safetensors::Dtype;
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, dtype, _, v)| match dtype {
+            Dtype::F32 => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
+            Dtype::F64 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, dtype, shape, _), data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data);
+            (name.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// Every tensor of the f32 or f64 safetensors file at `path`.
+fn read_tensors(path: &std::path::Path) -> Vec<Stored> {
+    use safetensors::Dtype;
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = match view.dtype() {
+                Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::F64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                other => panic!("{name}: {other:?}"),
+            };
+            (name, view.dtype(), view.shape().to_vec(), values)
+        })
+        .collect()
+}
+
 fn sorted_names(file: &WeightsFile) -> Vec<String> {
     let mut names = file.names().to_vec();
     names.sort();
@@ -91,14 +156,34 @@ fn logits_of<B: Backend>(
 }
 
 /// ElectraTokenizer is BERT's: ids, attention mask and segment ids (which ELECTRA reads,
-/// unlike RoBERTa) as transformers gives them.
+/// unlike RoBERTa) as transformers gives them; the same where `tokenizer_config.json` names no
+/// class, as the published ELECTRA folders' configs do (transformers then takes the model
+/// type's, `BertTokenizer` again).
 #[test]
 fn electra_tokens_match_transformers() {
     let ck = checkpoint();
     assert_eq!(ck.config.family(), EncoderFamily::Electra);
     assert!(ck.config.projects_embeddings());
-    for inputs in ["singles", "pairs"] {
-        let ours = encode(&ck, inputs);
+    let tmp = tempfile::tempdir().unwrap();
+    let unnamed = copy_model(tmp.path(), |name| name != "tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("model/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(config
+        .as_object_mut()
+        .unwrap()
+        .remove("tokenizer_class")
+        .is_some());
+    std::fs::write(unnamed.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let unnamed = Checkpoint::open(&unnamed).unwrap();
+    for (ck, inputs) in [
+        (&ck, "singles"),
+        (&ck, "pairs"),
+        (&unnamed, "singles"),
+        (&unnamed, "pairs"),
+    ] {
+        let ours = encode(ck, inputs);
         let theirs = &expected()["inputs"][format!("tokens_{inputs}")];
         assert_eq!(ours.input_ids, u32_matrix(&theirs["input_ids"]), "{inputs}");
         assert_eq!(
@@ -225,6 +310,24 @@ fn a_discriminator_is_the_same_encoder_under_a_fresh_head() {
     assert_eq!(disc.weights.encoder_sha256(), ck.weights.encoder_sha256());
     assert_eq!(disc.classifier_outputs(), None);
     assert_eq!(disc.foreign_head(), None);
+    // The identity counts the projection and not the discriminator's head: one value changed
+    // in each.
+    let changed_in = |tensor: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture_dir().join("discriminator")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+        }
+        let path = tmp.path().join("model.safetensors");
+        let mut tensors = read_tensors(&path);
+        let (_, _, _, values) = tensors.iter_mut().find(|t| t.0 == tensor).unwrap();
+        values[3] += 0.25;
+        write_tensors(&path, &tensors);
+        let copy = Checkpoint::open(tmp.path()).unwrap();
+        copy.weights.encoder_sha256() != disc.weights.encoder_sha256()
+    };
+    assert!(changed_in("electra.embeddings_project.weight"));
+    assert!(!changed_in("discriminator_predictions.dense.weight"));
     let cpu = CpuBackend::f64();
     let model = common::trained(&disc, &cpu, &lora_plan(), 2);
     let trainable = model.trainable_names();
@@ -338,10 +441,51 @@ fn an_electra_adapter_exports_under_peft_names_and_imports_back() {
     let ours = WeightsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
     let project = "base_model.model.electra.embeddings_project.weight";
     assert_eq!(ours.shape(project), Some(vec![64, 24]));
-    let (back, _) = spafit::adapter::import_peft(dir.path(), &ck, &cpu).unwrap();
+    let (back, imported) = spafit::adapter::import_peft(dir.path(), &ck, &cpu).unwrap();
+    assert!(imported.plan.train_embeddings);
+    assert!(
+        imported.kept_frozen.is_empty(),
+        "{:?}",
+        imported.kept_frozen
+    );
+    assert_eq!(back.trainable_names(), model.trainable_names());
     assert_eq!(
         logits_of(&ck, &cpu, &back, "pairs"),
         logits_of(&ck, &cpu, &model, "pairs")
+    );
+
+    // PEFT with `modules_to_save` naming `electra.embeddings` alone keeps the projection
+    // frozen: so does the import, which then keeps the tables frozen too (a plan trains both
+    // or neither) and says so.
+    let path = dir.path().join("adapter_model.safetensors");
+    let without: Vec<_> = read_tensors(&path)
+        .into_iter()
+        .filter(|t| !t.0.contains("embeddings_project"))
+        .collect();
+    write_tensors(&path, &without);
+    let config_path = dir.path().join("adapter_config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["modules_to_save"] = serde_json::json!(["classifier", "electra.embeddings"]);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let (back, imported) = spafit::adapter::import_peft(dir.path(), &ck, &cpu).unwrap();
+    assert!(!imported.plan.train_embeddings);
+    assert!(
+        imported
+            .kept_frozen
+            .contains(&"electra.embeddings.word_embeddings.weight".to_string()),
+        "{:?}",
+        imported.kept_frozen
+    );
+    assert!(!back
+        .trainable_names()
+        .iter()
+        .any(|n| n.contains("embeddings")));
+    let project = &back.bert.embeddings.project.as_ref().unwrap().weight.value;
+    assert_eq!(
+        cpu.to_f64(project).unwrap(),
+        read(&ck.weights, "electra.embeddings_project.weight"),
+        "the projection is the base's"
     );
 }
 
@@ -591,4 +735,87 @@ fn electra_trains_evaluates_predicts_and_merges_from_the_command_line() {
     };
     let (a, b) = (loss_of(&eval), loss_of(&merged_eval));
     assert!((a - b).abs() <= 1e-6 * a.abs(), "adapter {a} vs merged {b}");
+}
+
+/// `embedding_size` absent is transformers' 128 (a projection under a hidden size of 64);
+/// equal to the hidden size (ELECTRA-base's and -large's), no projection: the tables are
+/// hidden-wide and a stored projection is not asked for.
+#[test]
+fn embedding_size_defaults_and_equal_widths_as_in_transformers() {
+    let text = std::fs::read_to_string(fixture_dir().join("model/config.json")).unwrap();
+    let mut json: Value = serde_json::from_str(&text).unwrap();
+    json.as_object_mut().unwrap().remove("embedding_size");
+    let path = std::path::Path::new("config.json");
+    let config = spafit::checkpoint::BertConfig::from_json(&json.to_string(), path).unwrap();
+    assert_eq!(
+        (config.embedding_width(), config.projects_embeddings()),
+        (128, true)
+    );
+    json["embedding_size"] = 64.into();
+    let config = spafit::checkpoint::BertConfig::from_json(&json.to_string(), path).unwrap();
+    assert_eq!(
+        (config.embedding_width(), config.projects_embeddings()),
+        (64, false)
+    );
+    // A BERT reads no `embedding_size`, as transformers' BertConfig does not.
+    json["model_type"] = "bert".into();
+    json["embedding_size"] = 24.into();
+    let config = spafit::checkpoint::BertConfig::from_json(&json.to_string(), path).unwrap();
+    assert_eq!(
+        (config.embedding_width(), config.projects_embeddings()),
+        (64, false)
+    );
+
+    // A model of equal widths loads without a projection, from a file holding none.
+    let mut config = checkpoint().config.clone();
+    config.embedding_size = Some(64);
+    let cpu = CpuBackend::f64();
+    let model = BertClassifier::random(&config, &cpu, 2, 1).unwrap();
+    assert!(model.bert.embeddings.project.is_none());
+    assert_eq!(model.bert.embeddings.word.value.dims(), [173, 64]);
+    assert!(!model.params().iter().any(|p| p.name.contains("project")));
+}
+
+/// The frozen projection stored in bf16 (`store_frozen_weights` in bf16 mode, on the CPU and
+/// on the CUDA backend): LoRA's logits and loss within bf16's tolerance of the f64 reference.
+#[test]
+fn a_frozen_projection_in_bf16_stays_within_tolerance() {
+    use spafit::backend::cuda::CudaBackend;
+    use spafit::tensor::DType;
+    let ck = checkpoint();
+    let plan = lora_plan();
+    fn run<B: Backend>(ck: &Checkpoint, backend: &B, plan: &PeftPlan) -> Vec<f64> {
+        let mut model = common::trained(ck, backend, plan, 3);
+        model.store_frozen_weights(backend).unwrap();
+        let project = &model.bert.embeddings.project.as_ref().unwrap().weight;
+        assert!(!project.trainable);
+        let input = ModelInput::for_model(backend, &encode(ck, "pairs"), &ck.config).unwrap();
+        let mut tape = Tape::inference(backend.clone());
+        let logits = model
+            .forward(&mut tape, &input, &mut DropoutPlan::eval())
+            .unwrap();
+        let loss = model
+            .loss(&mut tape, &logits, &labels(backend, "pairs"))
+            .unwrap();
+        let mut out = backend.to_f64(logits.value()).unwrap();
+        out.extend(backend.to_f64(loss.value()).unwrap());
+        out
+    }
+    let reference = run(&ck, &CpuBackend::f64(), &plan);
+    let cpu_bf16 = CpuBackend::bf16();
+    let cuda = CudaBackend::hardware_or_emulated(DType::BF16)
+        .unwrap_or_else(|e| panic!("no CUDA backend, not even the CPU stand-in: {e}"));
+    for (name, got) in [
+        ("cpu-bf16", run(&ck, &cpu_bf16, &plan)),
+        ("cuda bf16", run(&ck, &cuda, &plan)),
+    ] {
+        let e = rel_err(&got, &reference);
+        println!("{name}: logits and loss rel err {e:.2e}");
+        assert!(e <= 2e-2, "{name}: {e:e}");
+    }
+    // The projection is stored in bf16 where the frozen weights are.
+    let mut model = common::trained(&ck, &cpu_bf16, &plan, 3);
+    model.store_frozen_weights(&cpu_bf16).unwrap();
+    let project = &model.bert.embeddings.project.as_ref().unwrap().weight.value;
+    assert_eq!(project.dtype(), cpu_bf16.frozen_dtype());
 }

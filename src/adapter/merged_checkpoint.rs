@@ -1,6 +1,7 @@
 //! A fine-tuned checkpoint of its own, made from a base model and an adapter: LoRA folded
 //! into the weights it adapts, every tensor under `BertForSequenceClassification`'s names
-//! (`RobertaForSequenceClassification`'s for a RoBERTa base),
+//! (`RobertaForSequenceClassification`'s for a RoBERTa base, `ElectraForSequenceClassification`'s
+//! for an ELECTRA one),
 //! the base's `config.json` naming the head's classes, and the base's tokenizer files. The
 //! folder needs no adapter and no spafit: transformers' `AutoModelForSequenceClassification`
 //! reads it, and so do `spafit eval` and `predict` as a fine-tuned checkpoint.

@@ -92,7 +92,8 @@ pub fn export_peft<B: Backend>(
                 .any(|t| name.starts_with(&format!("bert.encoder.layer.{l}.{}.", t.module())))
         })
     };
-    // Names as transformers gives them to the model's family (RoBERTa's head and prefix).
+    // Names as transformers gives them to the model's family (RoBERTa's and ELECTRA's head
+    // and prefix).
     let family = model.config().family();
     let mut tensors: Vec<(String, Tensor<B>)> = Vec::new();
     for p in model.params().into_iter().filter(|p| p.trainable) {
@@ -128,7 +129,7 @@ pub fn export_peft<B: Backend>(
     // only; it trains them all, a superset of the plan), LayerNorms and the embeddings as
     // modules saved whole (their tensors the file does not hold start from the base).
     let mut modules_to_save = vec!["classifier".to_string()];
-    // RoBERTa's `classifier` holds the dense map BERT calls its pooler.
+    // RoBERTa's and ELECTRA's `classifier` holds the dense map BERT calls its pooler.
     if plan.train_pooler && !family.pooler_is_head() {
         modules_to_save.push("pooler".into());
     }

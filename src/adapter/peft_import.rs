@@ -514,6 +514,13 @@ pub fn import_peft<B: Backend>(
             .iter()
             .all(|n| others.contains_key(&format!("bert.encoder.layer.{l}.{n}")))
         });
+    // ELECTRA's projection trains with the embeddings: a file without it (PEFT's
+    // `modules_to_save` naming `electra.embeddings` alone) kept it frozen.
+    let projection = [
+        "bert.embeddings_project.weight",
+        "bert.embeddings_project.bias",
+    ];
+    let projection = &projection[..if config.projects_embeddings() { 2 } else { 0 }];
     let train_embeddings = [
         "word_embeddings.weight",
         "position_embeddings.weight",
@@ -522,7 +529,9 @@ pub fn import_peft<B: Backend>(
         "LayerNorm.bias",
     ]
     .iter()
-    .all(|n| others.contains_key(&format!("bert.embeddings.{n}")));
+    .map(|n| format!("bert.embeddings.{n}"))
+    .chain(projection.iter().map(|n| n.to_string()))
+    .all(|n| others.contains_key(&n));
     let (method, boundaries) =
         spafit_shape(&strata).map_or((Method::Lora, None), |b| (Method::Spafit, Some(b)));
     let lora_config = LoraConfig {

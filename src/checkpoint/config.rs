@@ -56,7 +56,7 @@ pub struct BertConfig {
     #[serde(default)]
     pub position_embedding_type: Option<String>,
     /// `bert`, `roberta`, `xlm-roberta` or `electra` when present ([`BertConfig::family`]): the other
-    /// families that share BERT's tensor names (ELECTRA, ERNIE, ...) differ in their
+    /// families that share BERT's tensor names (ALBERT, ERNIE, ...) differ in their
     /// positions, embeddings or layers.
     #[serde(default)]
     pub model_type: Option<String>,

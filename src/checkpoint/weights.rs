@@ -262,8 +262,9 @@ impl WeightsFile {
 
     /// SHA-256 (hex), computed once, of the encoder's stored tensors: every float tensor under
     /// `embeddings.`, `encoder.` or `pooler.` (with or without the `bert.` prefix, LayerNorms
-    /// under either naming; for a RoBERTa file, [`WeightsFile::read_as`], not the pooler,
-    /// which its classifiers never read), in the order of their canonical names, each as its name, dtype,
+    /// under either naming; for a RoBERTa or ELECTRA file, [`WeightsFile::read_as`], not the
+    /// pooler, which their classifiers never read, and ELECTRA's `embeddings_project.`), in
+    /// the order of their canonical names, each as its name, dtype,
     /// shape and bytes. The identity of the base an adapter was trained on: unlike
     /// [`WeightsFile::sha256`] it stays the same when the same tensors are saved again in
     /// shards, in another order, with other header metadata, beside other heads or buffers,
@@ -338,8 +339,9 @@ impl WeightsFile {
     /// The name under which `name` is stored: as is, or without the `bert.` prefix that
     /// `BertModel` checkpoints lack and `BertFor…` checkpoints have; and for a LayerNorm, under
     /// the TensorFlow-era names `gamma` / `beta` as well (bert-base-uncased's own files use
-    /// them; transformers renames them on load). In a RoBERTa file ([`WeightsFile::read_as`])
-    /// under RoBERTa's names ([`EncoderFamily::hf_name`]), its prefix `roberta.` optional.
+    /// them; transformers renames them on load). In a RoBERTa or ELECTRA file
+    /// ([`WeightsFile::read_as`]) under that family's names ([`EncoderFamily::hf_name`]), its
+    /// prefix (`roberta.`, `electra.`) optional.
     pub fn resolve(&self, name: &str) -> Option<&str> {
         let translated = self.family.hf_name(name);
         let name = translated.as_str();
@@ -472,8 +474,9 @@ const LEGACY_LAYER_NORM_NAMES: [(&str, &str); 2] = [
     ("LayerNorm.bias", "LayerNorm.beta"),
 ];
 
-/// `name` as transformers names it inside `BertModel` (or `RobertaModel`): without the
-/// `bert.` (`roberta.`) prefix, and LayerNorm parameters as `weight` / `bias` rather than
+/// `name` as transformers names it inside `BertModel` (or `RobertaModel`, `ElectraModel`):
+/// without the `bert.` (`roberta.`, `electra.`) prefix, and LayerNorm parameters as
+/// `weight` / `bias` rather than
 /// TensorFlow's `gamma` / `beta`.
 fn canonical_name(name: &str) -> String {
     let name = name

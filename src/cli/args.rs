@@ -320,7 +320,7 @@ pub struct PeftArgs {
     /// Also train the pooler.
     #[arg(long)]
     pub train_pooler: bool,
-    /// Also train the embeddings.
+    /// Also train the embeddings (ELECTRA's with their projection to the hidden size).
     #[arg(long)]
     pub train_embeddings: bool,
     /// Also train the LayerNorm scales of every layer that trains anything.

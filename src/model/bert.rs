@@ -17,8 +17,10 @@ pub struct BertOutput<B: Backend> {
 }
 
 /// The BERT encoder: embeddings, post-LN layers and the tanh pooler, parameters named as
-/// in `BertForSequenceClassification` (`bert.…`). A RoBERTa checkpoint loads into it too
-/// (see [`crate::checkpoint::EncoderFamily`]): its `classifier.dense` is the pooler here.
+/// in `BertForSequenceClassification` (`bert.…`). RoBERTa and ELECTRA checkpoints load into
+/// it too (see [`crate::checkpoint::EncoderFamily`]): their `classifier.dense` is the pooler
+/// here (ELECTRA's with GELU for tanh), ELECTRA's `embeddings_project` part of the
+/// embeddings.
 #[derive(Clone, Debug)]
 pub struct BertModel<B: Backend> {
     /// Architecture.
@@ -86,7 +88,7 @@ impl<B: Backend> BertModel<B> {
         })
     }
 
-    /// `tanh(W · h[CLS] + b)` `[batch, hidden]` alone, without the rest of the last hidden
+    /// `tanh(W · h[CLS] + b)` (ELECTRA: GELU) `[batch, hidden]` alone, without the rest of the last hidden
     /// state: the last layer runs only on the `[CLS]` rows (see
     /// [`EncoderLayer::forward_at_rows`]), which a classifier's step spends a good part of
     /// its multiply-adds on in [`BertModel::forward`] for rows nothing reads.

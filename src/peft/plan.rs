@@ -161,10 +161,10 @@ pub struct PeftConfig {
     pub n1: Boundary,
     /// SPAFIT: first LoRA + bias layer.
     pub n2: Boundary,
-    /// Also train the pooler (RoBERTa's head's dense map, which trains with the head:
-    /// [`PeftConfig::for_family`]).
+    /// Also train the pooler (RoBERTa's and ELECTRA's head's dense map, which trains with the
+    /// head: [`PeftConfig::for_family`]).
     pub train_pooler: bool,
-    /// Also train the embeddings (tables and their LayerNorm).
+    /// Also train the embeddings (tables and their LayerNorm; ELECTRA's projection too).
     pub train_embeddings: bool,
     /// Also train the LayerNorm scales of every layer that trains anything.
     pub train_layer_norm_weights: bool,
@@ -195,7 +195,7 @@ impl PeftConfig {
         }
     }
 
-    /// The config for a model of `family`: RoBERTa's classification head holds the dense map
+    /// The config for a model of `family`: RoBERTa's and ELECTRA's classification heads hold the dense map
     /// that BERT calls its pooler (`classifier.dense`), so it trains with the head, as PEFT's
     /// `modules_to_save = ["classifier"]` trains it.
     pub fn for_family(self, family: EncoderFamily) -> Self {
