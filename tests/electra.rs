@@ -739,7 +739,8 @@ fn electra_trains_evaluates_predicts_and_merges_from_the_command_line() {
 
 /// `embedding_size` absent is transformers' 128 (a projection under a hidden size of 64);
 /// equal to the hidden size (ELECTRA-base's and -large's), no projection: the tables are
-/// hidden-wide and a stored projection is not asked for.
+/// hidden-wide and a stored projection is not asked for. Null, or a width the tables do not
+/// have, is refused naming the setting.
 #[test]
 fn embedding_size_defaults_and_equal_widths_as_in_transformers() {
     let text = std::fs::read_to_string(fixture_dir().join("model/config.json")).unwrap();
@@ -764,6 +765,37 @@ fn embedding_size_defaults_and_equal_widths_as_in_transformers() {
     assert_eq!(
         (config.embedding_width(), config.projects_embeddings()),
         (64, false)
+    );
+
+    // Refused, each naming the setting: null (transformers refuses it too), a width the
+    // tables do not have, a width of another type.
+    json["model_type"] = "electra".into();
+    json["embedding_size"] = Value::Null;
+    let e = spafit::checkpoint::BertConfig::from_json(&json.to_string(), path).unwrap_err();
+    assert!(e.to_string().contains("`embedding_size` is null"), "{e}");
+    json["embedding_size"] = "wide".into();
+    let e = spafit::checkpoint::BertConfig::from_json(&json.to_string(), path).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("invalid ELECTRA config: `embedding_size`"),
+        "{e}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let narrower = copy_model(tmp.path(), |name| name != "config.json");
+    json["embedding_size"] = 16.into();
+    std::fs::write(narrower.join("config.json"), json.to_string()).unwrap();
+    let e = BertClassifier::from_checkpoint(
+        &Checkpoint::open(&narrower).unwrap(),
+        &CpuBackend::f64(),
+        3,
+        0,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("word_embeddings.weight` has shape [173, 24]")
+            && e.to_string().contains("`embedding_size`, 16 here"),
+        "{e}"
     );
 
     // A model of equal widths loads without a projection, from a file holding none.

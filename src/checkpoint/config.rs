@@ -394,12 +394,29 @@ impl BertConfig {
                 )))
             }
         }
+        let family = value
+            .get("model_type")
+            .and_then(|t| t.as_str())
+            .and_then(EncoderFamily::of_model_type)
+            .unwrap_or(EncoderFamily::Bert);
         let config: BertConfig = serde_json::from_value(value.clone()).map_err(|e| {
             format(format!(
-                "invalid BERT config: {}",
+                "invalid {} config: {}",
+                family.display(),
                 name_the_field(&value, e)
             ))
         })?;
+        // serde reads null as absent; transformers' ElectraConfig refuses it rather than
+        // take its default width.
+        if family == EncoderFamily::Electra
+            && value.get("embedding_size") == Some(&serde_json::Value::Null)
+        {
+            return Err(format(
+                "`embedding_size` is null, which transformers refuses: give the embeddings' \
+                 width, or remove the key for transformers' default of 128"
+                    .into(),
+            ));
+        }
         config.problem().map_or(Ok(()), |p| Err(format(p)))?;
         Ok((config, value))
     }

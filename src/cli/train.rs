@@ -133,7 +133,7 @@ pub fn setup<B: Backend>(
         return Err(spafit::Error::invalid(
             "--train-pooler",
             format!(
-                "has no effect on a {} model: the dense map of its classification head \
+                "has no effect on this {} model: the dense map of its classification head \
                  (`classifier.dense`, BERT's pooler) trains with the head anyway",
                 family.display()
             ),

@@ -1,7 +1,7 @@
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
-use crate::checkpoint::BertConfig;
-use crate::error::Result;
+use crate::checkpoint::{BertConfig, EncoderFamily};
+use crate::error::{Error, Result};
 use crate::nn::{DropoutPlan, LayerNorm, Linear, Param};
 use crate::tensor::{Shape, Tensor};
 
@@ -38,6 +38,22 @@ impl<B: Backend> BertEmbeddings<B> {
         c: &BertConfig,
         tensor: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<Self> {
+        let width = c.embedding_width();
+        // A table of another width than `embedding_size` says is most often that setting
+        // mistyped: the shape error alone would not say where the width comes from.
+        let name_the_width = |e: Error| match e {
+            Error::Format { path, detail } if c.family() == EncoderFamily::Electra => {
+                Error::Format {
+                    path,
+                    detail: format!(
+                        "{detail} (the embeddings' width is config.json's `embedding_size`, \
+                         {width} here)"
+                    ),
+                }
+            }
+            other => other,
+        };
+        let mut tensor = |name: &str, shape: Shape| tensor(name, shape).map_err(name_the_width);
         let mut param = |name: &str, dims: [usize; 2]| -> Result<Param<B>> {
             let full = format!("{prefix}.{name}");
             Ok(Param::new(
@@ -46,7 +62,6 @@ impl<B: Backend> BertEmbeddings<B> {
                 false,
             ))
         };
-        let width = c.embedding_width();
         let word = param("word_embeddings.weight", [c.vocab_size, width])?;
         let position = param(
             "position_embeddings.weight",
