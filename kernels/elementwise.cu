@@ -1,5 +1,5 @@
-// Elementwise ops: GELU (erf form) and its derivative, tanh and its derivative from the
-// output, residual add, in-place accumulate and scale, dropout, f32 ↔ bf16 casts, and the
+// Elementwise ops: GELU (erf form) and its derivative, tanh and ReLU and their derivatives
+// from the output (ReLU keeps NaN, as PyTorch's does), residual add, in-place accumulate and scale, dropout, f32 ↔ bf16 casts, and the
 // per-block partial sums of squares behind gradient norms.
 //
 // Decomposition: a grid-stride loop, one element per thread per iteration. Outputs are
@@ -35,6 +35,15 @@ __device__ __forceinline__ float gelu_grad(float x) {
             float t = load(y, i);                                                                 \
             store(dx, i, load(dy, i) * (1.f - t * t));                                            \
         }                                                                                         \
+    }                                                                                             \
+    extern "C" __global__ void relu_forward_##S(const T* x, T* y, long n) {                       \
+        GRID_STRIDE(i, n) {                                                                       \
+            float v = load(x, i);                                                                 \
+            store(y, i, v <= 0.f ? 0.f : v);                                                      \
+        }                                                                                         \
+    }                                                                                             \
+    extern "C" __global__ void relu_backward_##S(const T* dy, const T* y, T* dx, long n) {        \
+        GRID_STRIDE(i, n) store(dx, i, load(y, i) <= 0.f ? 0.f : load(dy, i));                    \
     }                                                                                             \
     extern "C" __global__ void add_##S(const T* a, const T* b, T* c, long n) {                    \
         GRID_STRIDE(i, n) store(c, i, load(a, i) + load(b, i));                                   \

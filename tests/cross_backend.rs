@@ -771,6 +771,20 @@ fn elementwise<B: Backend>(b: &B, tol: f64) {
     );
     check(
         b,
+        "relu",
+        &down(b, &b.relu_forward(&xb).unwrap()),
+        &down(&r, &r.relu_forward(&xr).unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "relu_backward",
+        &down(b, &b.relu_backward(&yb, &xb).unwrap()),
+        &down(&r, &r.relu_backward(&yr, &xr).unwrap()),
+        tol,
+    );
+    check(
+        b,
         "add",
         &down(b, &b.add(&xb, &yb).unwrap()),
         &down(&r, &r.add(&xr, &yr).unwrap()),

@@ -472,6 +472,31 @@ fn tanh_gradient() {
 }
 
 #[test]
+fn relu_gradient() {
+    let c = cpu();
+    unary_check(
+        "relu",
+        |x| c.relu_forward(x).unwrap(),
+        |dy, _, y| c.relu_backward(dy, y).unwrap(),
+    );
+}
+
+/// As PyTorch's: negatives and -0 give 0, NaN stays NaN (a diverged activation is not
+/// hidden), and the derivative passes where the output is positive.
+#[test]
+fn relu_zeroes_negatives_and_keeps_nan() {
+    let c = cpu();
+    let x = tensor(&c, &[5], &[-2.0, -0.0, 0.5, f64::NAN, 3.0]);
+    let y = host(&c.relu_forward(&x).unwrap());
+    assert_eq!(&y[..3], &[0.0, 0.0, 0.5]);
+    assert!(y[3].is_nan());
+    assert_eq!(y[4], 3.0);
+    let dy = tensor(&c, &[5], &[1.0; 5]);
+    let dx = host(&c.relu_backward(&dy, &c.relu_forward(&x).unwrap()).unwrap());
+    assert_eq!(dx, [0.0, 0.0, 1.0, 1.0, 1.0]);
+}
+
+#[test]
 fn dropout_gradient_and_rate() {
     let c = cpu();
     let d = Dropout { p: 0.3, seed: 7 };

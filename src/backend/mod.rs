@@ -430,6 +430,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn tanh_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
     /// `dy · (1 − y²)` from the forward output `y`.
     fn tanh_backward(&self, dy: &Tensor<Self>, y: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// `max(x, 0)`, NaN kept (as PyTorch's `relu`): DistilBERT's head.
+    fn relu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// `dy` where the forward output `y` is not ≤ 0, else 0 (PyTorch's `threshold_backward`).
+    fn relu_backward(&self, dy: &Tensor<Self>, y: &Tensor<Self>) -> Result<Tensor<Self>>;
     /// `a + b` (same shape): the residual connection.
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Tensor<Self>>;
     /// `acc += x` in place: gradient accumulation.

@@ -42,6 +42,26 @@ impl<B: Backend> BackwardOp<B> for TanhNode<B> {
     }
 }
 
+/// ReLU's derivative needs only its output's sign, so the output is kept.
+struct ReluNode<B: Backend> {
+    y: Tensor<B>,
+}
+
+impl<B: Backend> BackwardOp<B> for ReluNode<B> {
+    fn backward(
+        &self,
+        backend: &B,
+        d_out: &Tensor<B>,
+        _: &[bool],
+    ) -> Result<Vec<Option<Tensor<B>>>> {
+        Ok(vec![Some(backend.relu_backward(d_out, &self.y)?)])
+    }
+
+    fn saved_activations(&self) -> Vec<&Tensor<B>> {
+        vec![&self.y]
+    }
+}
+
 impl<B: Backend> Tape<B> {
     /// GELU (erf form).
     pub fn gelu(&mut self, x: &Var<B>) -> Result<Var<B>> {
@@ -54,5 +74,12 @@ impl<B: Backend> Tape<B> {
         let y = self.backend.tanh_forward(&x.value)?;
         let kept = y.clone();
         Ok(self.record(y, vec![x.id], |_| Box::new(TanhNode { y: kept })))
+    }
+
+    /// `max(x, 0)` (DistilBERT's head).
+    pub fn relu(&mut self, x: &Var<B>) -> Result<Var<B>> {
+        let y = self.backend.relu_forward(&x.value)?;
+        let kept = y.clone();
+        Ok(self.record(y, vec![x.id], |_| Box::new(ReluNode { y: kept })))
     }
 }

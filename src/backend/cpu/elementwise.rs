@@ -103,6 +103,16 @@ pub fn tanh_backward<T: Element>(dy: &[T], y: &[T]) -> Vec<T> {
     map_indexed(y.len(), |i| dy[i] * (T::ONE - y[i] * y[i]))
 }
 
+/// `max(x, 0)`; NaN stays NaN (a diverged value must not turn into a finite 0).
+pub fn relu<T: Element>(x: &[T]) -> Vec<T> {
+    map_indexed(x.len(), |i| if x[i] <= T::ZERO { T::ZERO } else { x[i] })
+}
+
+/// `dy` where `y` is not ≤ 0, else 0.
+pub fn relu_backward<T: Element>(dy: &[T], y: &[T]) -> Vec<T> {
+    map_indexed(y.len(), |i| if y[i] <= T::ZERO { T::ZERO } else { dy[i] })
+}
+
 /// `a + b` (the residual adds): zipped blocks, which vectorize, where an index closure
 /// kept bounds checks and stayed scalar.
 pub fn add<T: Element>(a: &[T], b: &[T]) -> Vec<T> {

@@ -541,6 +541,18 @@ impl Backend for CpuBackend {
         with_float!(dtype, OP, T => tensor(y.shape().clone(), elementwise::tanh_backward(view::<T>(dy), view::<T>(y))))
     }
 
+    fn relu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
+        let dtype = shapes::common_float_dtype("relu", &[("x", x)])?;
+        with_float!(dtype, "relu", T => tensor(x.shape().clone(), elementwise::relu(view::<T>(x))))
+    }
+
+    fn relu_backward(&self, dy: &Tensor<Self>, y: &Tensor<Self>) -> Result<Tensor<Self>> {
+        const OP: &str = "relu backward";
+        let dtype = shapes::common_float_dtype(OP, &[("dy", dy), ("y", y)])?;
+        shapes::require_same_shape(OP, ("dy", dy), ("y", y))?;
+        with_float!(dtype, OP, T => tensor(y.shape().clone(), elementwise::relu_backward(view::<T>(dy), view::<T>(y))))
+    }
+
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Tensor<Self>> {
         let dtype = shapes::common_float_dtype("add", &[("a", a), ("b", b)])?;
         shapes::require_same_shape("add", ("a", a), ("b", b))?;

@@ -1,4 +1,4 @@
-//! Launchers of `kernels/elementwise.cu`: GELU, tanh, residual add, in-place accumulate and
+//! Launchers of `kernels/elementwise.cu`: GELU, tanh, ReLU, residual add, in-place accumulate and
 //! scale, sums of squares, dropout, f32 ↔ bf16 casts.
 
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop};

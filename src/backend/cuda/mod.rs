@@ -1104,6 +1104,14 @@ impl Backend for CudaBackend {
         elementwise::binary(self, "tanh backward", "tanh_backward", dy, y)
     }
 
+    fn relu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
+        elementwise::unary(self, "relu", "relu_forward", x)
+    }
+
+    fn relu_backward(&self, dy: &Tensor<Self>, y: &Tensor<Self>) -> Result<Tensor<Self>> {
+        elementwise::binary(self, "relu backward", "relu_backward", dy, y)
+    }
+
     fn add(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Tensor<Self>> {
         elementwise::binary(self, "add", "add", a, b)
     }
