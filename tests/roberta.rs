@@ -7,6 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::family_fixture::{read, sorted_names, FamilyFixture};
 use common::{rel_err, u32_matrix};
 use serde_json::Value;
 use spafit::autograd::Tape;
@@ -21,86 +22,38 @@ use spafit::text::{EncodedBatch, TextInput};
 
 /// The fixture, or where `SPAFIT_ROBERTA_FIXTURE` says (the GPU check runs this test's
 /// binary on another machine, from another folder).
-fn fixture_dir() -> PathBuf {
-    std::env::var_os("SPAFIT_ROBERTA_FIXTURE").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta"),
-        PathBuf::from,
+fn fixture() -> FamilyFixture {
+    FamilyFixture::new(
+        "tiny-roberta",
+        "SPAFIT_ROBERTA_FIXTURE",
+        EncoderFamily::Roberta,
     )
 }
 
+fn fixture_dir() -> PathBuf {
+    fixture().dir().to_path_buf()
+}
+
 fn checkpoint() -> Checkpoint {
-    Checkpoint::open(fixture_dir().join("model")).unwrap()
+    fixture().checkpoint("model")
 }
 
 fn expected() -> Value {
-    let text = std::fs::read_to_string(fixture_dir().join("expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn reference() -> WeightsFile {
-    WeightsFile::open(&fixture_dir().join("expected.safetensors")).unwrap()
-}
-
-fn read(file: &WeightsFile, name: &str) -> Vec<f64> {
-    let shape = file
-        .shape(name)
-        .unwrap_or_else(|| panic!("the reference lacks {name}"));
-    file.read_f64(name, &Shape::new(shape)).unwrap()
+    fixture().expected()
 }
 
 /// The fixture's singles or pairs, tokenized by spafit.
 fn encode(ck: &Checkpoint, inputs: &str) -> EncodedBatch {
-    let e = expected();
-    let max_len = e["inputs"]["max_len"].as_u64().unwrap() as usize;
-    let rows = common::text_rows(&e["inputs"][inputs]);
-    let batch = common::text_inputs(&rows);
-    ck.tokenizer(max_len).unwrap().encode_batch(&batch).unwrap()
-}
-
-/// A file's tensor names, sorted.
-fn sorted_names(file: &WeightsFile) -> Vec<String> {
-    let mut names = file.names().to_vec();
-    names.sort();
-    names
-}
-
-fn labels<B: Backend>(backend: &B, inputs: &str) -> Labels<B> {
-    let y = u32_matrix(&Value::Array(vec![
-        expected()["inputs"]["labels"][inputs].clone()
-    ]));
-    Labels::Classes(backend.tensor_from_u32(Shape::new([y.len()]), &y).unwrap())
-}
-
-fn logits_of<B: Backend>(
-    ck: &Checkpoint,
-    backend: &B,
-    model: &BertClassifier<B>,
-    inputs: &str,
-) -> Vec<f64> {
-    let input = ModelInput::for_model(backend, &encode(ck, inputs), &ck.config).unwrap();
-    let mut tape = Tape::inference(backend.clone());
-    let out = model
-        .forward(&mut tape, &input, &mut DropoutPlan::eval())
-        .unwrap();
-    backend.to_f64(out.value()).unwrap()
+    fixture().encode(ck, inputs)
 }
 
 #[test]
 fn roberta_tokens_match_transformers() {
-    let ck = checkpoint();
-    assert_eq!(ck.config.family(), EncoderFamily::Roberta);
-    for inputs in ["singles", "pairs"] {
-        let ours = encode(&ck, inputs);
-        let theirs = &expected()["inputs"][format!("tokens_{inputs}")];
-        assert_eq!(ours.input_ids, u32_matrix(&theirs["input_ids"]), "{inputs}");
-        assert_eq!(
-            ours.attention_mask,
-            u32_matrix(&theirs["attention_mask"]),
-            "{inputs}"
-        );
-        // transformers gives RoBERTa no segment ids: its model reads segment 0 throughout.
-        assert!(ours.token_type_ids.iter().all(|&t| t == 0), "{inputs}");
-    }
+    // transformers gives RoBERTa no segment ids: its model reads segment 0 throughout.
+    assert!(expected()["inputs"]["tokens_pairs"]
+        .get("token_type_ids")
+        .is_none());
+    fixture().check_tokens(&checkpoint());
 }
 
 /// Which version of an added token counts, as in transformers 5.24
@@ -120,14 +73,7 @@ fn named_tokens_keep_the_listed_version_as_in_transformers() {
 
 /// The fixture's model folder copied to `to` with `keep` deciding which files come along.
 fn copy_model(to: &std::path::Path, keep: impl Fn(&str) -> bool) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(fixture_dir().join("model")).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if keep(&name) {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
+    fixture().copy_model(to, keep)
 }
 
 /// Where `tokenizer_config.json` names no class, transformers picks RoBERTa's from
@@ -313,101 +259,18 @@ fn a_masked_lm_base_is_the_same_encoder_and_merges_to_a_sequence_classifier() {
 /// (looked up under transformers' names), for single texts and for pairs.
 #[test]
 fn roberta_logits_loss_and_every_gradient_match_transformers() {
-    let ck = checkpoint();
-    let cpu = CpuBackend::f64();
-    let reference = reference();
-    let family = ck.config.family();
-    for inputs in ["singles", "pairs"] {
-        let mut model = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
-        let plan = PeftPlan::new(&PeftConfig::new(Method::Full), 3).unwrap();
-        model.apply_plan(&plan, &mut |_, s| cpu.zeros(s)).unwrap();
-        let input = ModelInput::for_model(&cpu, &encode(&ck, inputs), &ck.config).unwrap();
-        let mut tape = Tape::new(cpu);
-        let logits = model
-            .forward(&mut tape, &input, &mut DropoutPlan::eval())
-            .unwrap();
-        let loss = model
-            .loss(&mut tape, &logits, &labels(&cpu, inputs))
-            .unwrap();
-        let e = rel_err(
-            &cpu.to_f64(logits.value()).unwrap(),
-            &read(&reference, &format!("{inputs}.logits")),
-        );
-        println!("{inputs}: logits rel err {e:.2e}");
-        assert!(e <= 1e-12, "{inputs}: logits {e:e}");
-        let e = rel_err(
-            &cpu.to_f64(loss.value()).unwrap(),
-            &read(&reference, &format!("{inputs}.loss")),
-        );
-        assert!(e <= 1e-12, "{inputs}: loss {e:e}");
-        let grads = tape.backward(&loss).unwrap();
-        let mut checked = 0;
-        let mut worst: (f64, String) = (0.0, String::new());
-        for p in model.params() {
-            let theirs = format!("{inputs}.grad.{}", family.hf_name(&p.name));
-            let want = read(&reference, &theirs);
-            let ours = cpu
-                .to_f64(
-                    grads
-                        .get(&p.name)
-                        .unwrap_or_else(|| panic!("no gradient for {}", p.name)),
-                )
-                .unwrap();
-            // A key bias's gradient is zero (softmax ignores a shift shared by a row's
-            // scores): both sides hold rounding noise only.
-            let e = if p.name.ends_with("attention.self.key.bias") {
-                ours.iter().chain(&want).fold(0.0f64, |m, v| m.max(v.abs()))
-            } else {
-                rel_err(&ours, &want)
-            };
-            assert!(
-                e <= 1e-9,
-                "{inputs}: gradient of {} ({theirs}) {e:e}",
-                p.name
-            );
-            if e > worst.0 {
-                worst = (e, p.name.clone());
-            }
-            checked += 1;
-        }
-        println!(
-            "{inputs}: worst gradient rel err {:.2e} ({})",
-            worst.0, worst.1
-        );
-        // Every parameter transformers differentiates, none left out.
-        let theirs = reference
-            .names()
-            .iter()
-            .filter(|n| n.starts_with(&format!("{inputs}.grad.")))
-            .count();
-        assert_eq!(checked, theirs, "{inputs}: gradients compared");
-    }
+    fixture().check_every_gradient(&checkpoint());
 }
 
 /// A LoRA adapter written by PEFT's own `save_pretrained` loads and gives PEFT's logits.
 #[test]
 fn a_peft_roberta_adapter_gives_peft_logits() {
-    let ck = checkpoint();
-    let cpu = CpuBackend::f64();
-    let (model, _) =
-        spafit::adapter::import_peft(&fixture_dir().join("peft-lora"), &ck, &cpu).unwrap();
-    for inputs in ["singles", "pairs"] {
-        let e = rel_err(
-            &logits_of(&ck, &cpu, &model, inputs),
-            &read(&reference(), &format!("peft.{inputs}.logits")),
-        );
-        println!("PEFT adapter, {inputs}: logits rel err {e:.2e}");
-        assert!(e <= 1e-12, "{inputs}: {e:e}");
-    }
+    fixture().check_peft_adapter(&checkpoint());
 }
 
 /// A LoRA plan like the PEFT fixture's (r 4 on query and value of layers 1 and 2).
 fn lora_plan() -> PeftPlan {
-    let mut config = PeftConfig::new(Method::Lora).for_family(EncoderFamily::Roberta);
-    config.lora.rank = 4;
-    config.lora.alpha = 8.0;
-    config.lora_layers = Some(vec![1, 2]);
-    PeftPlan::new(&config, 3).unwrap()
+    fixture().lora_plan()
 }
 
 /// spafit's export holds exactly the tensors PEFT's own `save_pretrained` writes for the same
@@ -415,315 +278,35 @@ fn lora_plan() -> PeftPlan {
 /// under `roberta.`), each in PEFT's shape, and reads back to the same logits bit for bit.
 #[test]
 fn a_roberta_adapter_exports_under_peft_names_and_imports_back() {
-    let ck = checkpoint();
-    let cpu = CpuBackend::f64();
-    let plan = lora_plan();
-    let model = common::trained(&ck, &cpu, &plan, 3);
-    let dir = tempfile::tempdir().unwrap();
-    spafit::adapter::export_peft(
-        dir.path(),
-        &cpu,
-        &model,
-        &plan,
-        &spafit::adapter::PeftExportRecord {
-            base_model_name_or_path: "tiny-roberta",
-            labels: None,
-            inputs: spafit::adapter::TrainingInputs {
-                max_len: Some(24),
-                text_pairs: Some(false),
-            },
-            run_dir: None,
-            base: Some(&ck.weights),
-        },
-    )
-    .unwrap();
-    let ours = WeightsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
-    let peft =
-        WeightsFile::open(&fixture_dir().join("peft-lora/adapter_model.safetensors")).unwrap();
-    let names = sorted_names(&ours);
-    assert_eq!(names, sorted_names(&peft));
-    for name in &names {
-        assert_eq!(ours.shape(name), peft.shape(name), "{name}");
-    }
-    // Every value is the model's parameter of that name (the head's dense map is the pooler).
-    for p in model.params().into_iter().filter(|p| p.trainable) {
-        let theirs = format!(
-            "base_model.model.{}",
-            EncoderFamily::Roberta.hf_name(&p.name)
-        );
-        let shape = Shape::new(ours.shape(&theirs).unwrap());
-        assert_eq!(
-            ours.read_f64(&theirs, &shape).unwrap(),
-            cpu.to_f64(&p.value).unwrap(),
-            "{theirs}"
-        );
-    }
-    let config: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(config["modules_to_save"], serde_json::json!(["classifier"]));
-    assert!(config["target_modules"]
-        .as_str()
-        .unwrap()
-        .starts_with("roberta\\.encoder"));
-    let (back, _) = spafit::adapter::import_peft(dir.path(), &ck, &cpu).unwrap();
-    for inputs in ["singles", "pairs"] {
-        assert_eq!(
-            logits_of(&ck, &cpu, &back, inputs),
-            logits_of(&ck, &cpu, &model, inputs),
-            "{inputs}"
-        );
-    }
+    fixture().check_export_beside_peft();
 }
 
 /// PEFT's adapter merged into its RoBERTa base is a `RobertaForSequenceClassification` with
 /// the base's tensor names, and gives PEFT's logits as a checkpoint of its own.
 #[test]
 fn a_merged_roberta_adapter_is_a_roberta_sequence_classifier() {
-    let ck = checkpoint();
-    let cpu = CpuBackend::f64();
-    let opened =
-        spafit::adapter::open_adapter(&fixture_dir().join("peft-lora"), &ck, &cpu).unwrap();
-    let kind = opened.head().default_kind();
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("merged");
-    spafit::adapter::save_merged(
-        &out,
-        &cpu,
-        opened.model,
-        &kind,
-        &ck,
-        spafit::adapter::MergedDType::F64,
-        None,
-    )
-    .unwrap();
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(
-        config["architectures"],
-        serde_json::json!(["RobertaForSequenceClassification"])
-    );
+    let config = fixture().check_merge_of_peft_adapter();
     assert_eq!(config["model_type"], "roberta");
-    assert_eq!(
-        sorted_names(&WeightsFile::open(&out.join("model.safetensors")).unwrap()),
-        sorted_names(&ck.weights)
-    );
-    let merged = Checkpoint::open(&out).unwrap();
-    let model = BertClassifier::from_fine_tuned(&merged, &cpu).unwrap();
-    for inputs in ["singles", "pairs"] {
-        let e = rel_err(
-            &logits_of(&merged, &cpu, &model, inputs),
-            &read(&reference(), &format!("peft.{inputs}.logits")),
-        );
-        println!("merged, {inputs}: logits rel err {e:.2e}");
-        assert!(e <= 1e-12, "{inputs}: {e:e}");
-    }
 }
 
 /// SPAFIT on RoBERTa on the CUDA backend (the CPU stand-in without a GPU), f32, with dropout
 /// on: logits, loss and every trainable gradient as the f64 CPU reference gives them.
 #[test]
 fn roberta_on_cuda_matches_the_f64_reference() {
-    use spafit::backend::cuda::CudaBackend;
-    use spafit::tensor::DType;
-    let ck = checkpoint();
-    let mut config = PeftConfig::new(Method::Spafit).for_family(ck.config.family());
+    let mut config = PeftConfig::new(Method::Spafit);
     config.n1 = spafit::peft::Boundary::Layer(1);
     config.n2 = spafit::peft::Boundary::Layer(2);
     config.lora.rank = 4;
-    let plan = PeftPlan::new(&config, 3).unwrap();
+    let plan = PeftPlan::new(&config.clone().for_family(EncoderFamily::Roberta), 3).unwrap();
     assert!(plan.train_pooler, "RoBERTa's head trains whole");
-    fn run<B: Backend>(ck: &Checkpoint, backend: &B, plan: &PeftPlan) -> Vec<Vec<f64>> {
-        let model = common::trained(ck, backend, plan, 3);
-        let input = ModelInput::for_model(backend, &encode(ck, "pairs"), &ck.config).unwrap();
-        let mut tape = Tape::new(backend.clone());
-        let mut dropouts = DropoutPlan::train(0.1, 0.1, 0.1, 7);
-        let logits = model.forward(&mut tape, &input, &mut dropouts).unwrap();
-        let loss = model
-            .loss(&mut tape, &logits, &labels(backend, "pairs"))
-            .unwrap();
-        let grads = tape.backward(&loss).unwrap();
-        let mut out = vec![
-            backend.to_f64(logits.value()).unwrap(),
-            backend.to_f64(loss.value()).unwrap(),
-        ];
-        for name in model.trainable_names() {
-            out.push(backend.to_f64(grads.get(&name).unwrap()).unwrap());
-        }
-        out
-    }
-    let cuda = CudaBackend::hardware_or_emulated(DType::F32)
-        .map(CudaBackend::with_poisoned_outputs)
-        .unwrap_or_else(|e| panic!("no CUDA backend, not even the CPU stand-in: {e}"));
-    let reference = run(&ck, &CpuBackend::f64(), &plan);
-    let device = run(&ck, &cuda, &plan);
-    assert_eq!(reference.len(), device.len());
-    let mut worst: f64 = 0.0;
-    for (i, (ours, want)) in device.iter().zip(&reference).enumerate() {
-        let e = rel_err(ours, want);
-        // The key biases' gradients are zero up to rounding; everything else is compared.
-        if want.iter().any(|v| v.abs() > 1e-9) {
-            assert!(e <= 1e-4, "output {i}: {e:e}");
-            worst = worst.max(e);
-        }
-    }
-    println!(
-        "CUDA f32 against the f64 CPU: worst rel err {worst:.2e} over the logits, the loss \
-         and {} gradients",
-        device.len() - 2
-    );
-}
-
-fn sentiment_csv(rows: &[(&str, u8)]) -> String {
-    let mut s = String::from("text,label\n");
-    for (t, l) in rows {
-        s.push_str(&format!("\"{t}\",{l}\n"));
-    }
-    s
+    fixture().check_on_cuda(&[config]);
 }
 
 /// `spafit train`, `eval`, `predict`, `merge` on a RoBERTa checkpoint from the command line,
 /// on the CPU and on `cuda-emu`, whose logged losses agree (f32, ≤ 1e-4 relative).
 #[test]
 fn roberta_trains_evaluates_predicts_and_merges_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let rows = [
-        ("a gorgeous, witty, seductive movie.", 1),
-        ("unbelievably dull!", 0),
-        ("the rock is destined to be great", 1),
-        ("what plot?", 0),
-        ("a cat sat on the mat", 1),
-        ("so-so", 0),
-        ("how do I learn rust quickly?", 1),
-        ("it's a bad sign", 0),
-    ];
-    std::fs::write(dir.path().join("train.csv"), sentiment_csv(&rows)).unwrap();
-    std::fs::write(dir.path().join("dev.csv"), sentiment_csv(&rows[..4])).unwrap();
-    let model = fixture_dir().join("model").display().to_string();
-    let spafit = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let losses = |out: &str| -> Vec<f64> {
-        std::fs::read_to_string(dir.path().join(out).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|l| l["type"] == "train" || l["type"] == "eval")
-            .map(|l| l["loss"].as_f64().unwrap())
-            .collect()
-    };
-    for device in ["cpu", "cuda-emu"] {
-        spafit(&[
-            "train",
-            "--model",
-            &model,
-            "--train-file",
-            "train.csv",
-            "--dev-file",
-            "dev.csv",
-            "--method",
-            "spafit",
-            "--n1",
-            "1",
-            "--n2",
-            "2",
-            "--max-len",
-            "16",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "2",
-            "--log-every",
-            "1",
-            "--device",
-            device,
-            "--output",
-            device,
-            "--quiet",
-        ]);
-    }
-    // The head's dense map trains anyway: the flag would change nothing, and is refused.
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
-        .args([
-            "train",
-            "--model",
-            &model,
-            "--train-file",
-            "train.csv",
-            "--method",
-            "lora",
-            "--train-pooler",
-            "--output",
-            "pooler",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success()
-            && stderr.contains("--train-pooler")
-            && stderr.contains("RoBERTa"),
-        "{stderr}"
-    );
-    let (cpu, emu) = (losses("cpu"), losses("cuda-emu"));
-    // Four steps and two evaluations.
-    assert_eq!(cpu.len(), 6, "{cpu:?}");
-    assert_eq!(cpu.len(), emu.len());
-    for (a, b) in cpu.iter().zip(&emu) {
-        assert!((a - b).abs() <= 1e-4 * b.abs(), "{cpu:?} vs {emu:?}");
-    }
-    let eval = spafit(&[
-        "eval",
-        "--model",
-        &model,
-        "--adapter",
-        "cpu/best",
-        "--dev-file",
-        "dev.csv",
-    ]);
-    assert!(eval.contains("accuracy"), "{eval}");
-    let predicted = spafit(&[
-        "predict",
-        "--model",
-        &model,
-        "--adapter",
-        "cpu/best",
-        "--dev-file",
-        "dev.csv",
-    ]);
-    assert_eq!(predicted.lines().count(), 4, "{predicted}");
-    spafit(&[
-        "merge",
-        "--model",
-        &model,
-        "--adapter",
-        "cpu/best",
-        "--output",
-        "merged",
-        "--dtype",
-        "f64",
-    ]);
-    let merged_eval = spafit(&["eval", "--model", "merged", "--dev-file", "dev.csv"]);
-    let loss_of = |text: &str| last_json_loss(text);
-    let (a, b) = (loss_of(&eval), loss_of(&merged_eval));
-    assert!((a - b).abs() <= 1e-6 * a.abs(), "adapter {a} vs merged {b}");
-}
-
-fn last_json_loss(stdout: &str) -> f64 {
-    let line: Value = serde_json::from_str(stdout.lines().last().unwrap())
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    line["loss"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no loss in {line}"))
+    fixture().check_command_line(&fixture_dir().join("model"));
 }
 
 /// Texts far longer than the cut, which spafit tokenizes only as far as it keeps (RoBERTa's
