@@ -473,17 +473,19 @@ fn broken_files_are_errors() {
 }
 
 /// Configs whose tensor names may match BERT's but whose forward is another: other model
-/// families (ALBERT shares its layers' weights and projects its embeddings, DistilBERT has
-/// other names throughout; a RoBERTa without positions) and causal decoders. Each is refused
+/// families (ALBERT shares its layers' weights and projects its embeddings, MPNet has
+/// relative positions; a RoBERTa without positions, a DistilBERT with a ReLU feed-forward)
+/// and causal decoders. Each is refused
 /// naming the field, before any tensor is read.
 #[test]
 fn other_model_families_and_decoders_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
     let bert = tiny_config_json(2);
+    // DistilBERT's own keys are read (and named in messages); its ReLU feed-forward is not run.
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
-        "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11}"#;
-    let cases: [(&str, String, &str); 15] = [
+        "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11, "activation": "relu"}"#;
+    let cases: [(&str, String, &str); 17] = [
         (
             "unknown-problem",
             bert.replace(r#""gelu","#, r#""gelu", "problem_type": "ranking","#),
@@ -513,7 +515,17 @@ fn other_model_families_and_decoders_are_refused_by_name() {
         (
             "distilbert",
             distilbert.to_string(),
-            r#"`model_type` is "distilbert""#,
+            "`activation` is `relu`",
+        ),
+        (
+            "distilbert-heads",
+            distilbert.replace(r#""n_heads": 3"#, r#""n_heads": 4"#),
+            "`dim` 15 is not divisible by `n_heads` 4",
+        ),
+        (
+            "mpnet",
+            bert.replace(r#""bert""#, r#""mpnet""#),
+            r#"`model_type` is "mpnet""#,
         ),
         (
             "decoder",

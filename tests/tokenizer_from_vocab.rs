@@ -251,9 +251,9 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
     // the same folders: a cased config over the uncased tokenizer.json is cased; with no
     // tokenizer_config.json the class is still BertTokenizer (the model type's), with its
     // default lower-casing even over a cased tokenizer.json; a config naming another class
-    // takes tokenizer.json as it is, one transformers maps to BertTokenizer (ElectraTokenizer)
-    // is BertTokenizer, and a class with rules of its own (DistilBertTokenizer, whose ids
-    // differ from both) is refused by name.
+    // takes tokenizer.json as it is, one transformers maps to BertTokenizer (ElectraTokenizer,
+    // and DistilBertTokenizer, which gives no segment ids) is BertTokenizer, and a class with
+    // rules of its own (MPNetTokenizer) is refused by name.
     let minilm_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(minilm().join("tokenizer.json")).unwrap())
             .unwrap();
@@ -294,10 +294,13 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
     let alias =
         serde_json::json!({"tokenizer_class": "ElectraTokenizerFast", "do_lower_case": false});
     assert_eq!(folder("electra", true, Some(alias))[1..3], [unk, unk]);
-    let own = serde_json::json!({"tokenizer_class": "DistilBertTokenizer", "do_lower_case": false});
-    let e = folder_result("distilbert", true, Some(own)).unwrap_err();
+    let alias =
+        serde_json::json!({"tokenizer_class": "DistilBertTokenizer", "do_lower_case": false});
+    assert_eq!(folder("distilbert", true, Some(alias))[1..3], [unk, unk]);
+    let own = serde_json::json!({"tokenizer_class": "MPNetTokenizer", "do_lower_case": false});
+    let e = folder_result("mpnet", true, Some(own)).unwrap_err();
     assert!(
-        e.contains("tokenizer_config.json") && e.contains("`DistilBertTokenizer`"),
+        e.contains("tokenizer_config.json") && e.contains("`MPNetTokenizer`"),
         "{e}"
     );
 }

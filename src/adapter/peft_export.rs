@@ -117,7 +117,7 @@ pub fn export_peft<B: Backend>(
     let modules_alt = lora
         .targets
         .iter()
-        .map(|t| t.module().replace('.', "\\."))
+        .map(|t| family.hf_layer_module(t.module()).replace('.', "\\."))
         .collect::<Vec<_>>()
         .join("|");
     let trains_biases = plan
@@ -183,8 +183,8 @@ pub fn export_peft<B: Backend>(
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
         "target_modules": format!(
-            "{}\\.encoder\\.layer\\.({layers_alt})\\.({modules_alt})",
-            family.prefix()
+            "{}\\.({layers_alt})\\.({modules_alt})",
+            family.hf_name("bert.encoder.layer").replace('.', "\\.")
         ),
         "bias": if trains_biases { "all" } else { "none" },
         "modules_to_save": modules_to_save,

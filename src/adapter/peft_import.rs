@@ -335,11 +335,19 @@ pub fn import_peft<B: Backend>(
         ("classifier", true, true),
         ("bert.embeddings.word_embeddings", false, false),
         ("bert.embeddings.position_embeddings", false, false),
-        ("bert.embeddings.token_type_embeddings", false, false),
     ];
-    let projection = [("bert.embeddings_project", true, false)];
-    let projection = &projection[..usize::from(config.projects_embeddings())];
-    for &(module, linear, head) in unsupported.iter().chain(projection) {
+    let family_has = [
+        (
+            ("bert.embeddings.token_type_embeddings", false, false),
+            family.has_token_types(),
+        ),
+        (
+            ("bert.embeddings_project", true, false),
+            config.projects_embeddings(),
+        ),
+    ];
+    let present = family_has.iter().filter(|(_, has)| *has).map(|(m, _)| m);
+    for &(module, linear, head) in unsupported.iter().chain(present) {
         let module = family.hf_name(module);
         if settings.targets(&module, None, linear, head) {
             return Err(Error::Format {
@@ -521,14 +529,16 @@ pub fn import_peft<B: Backend>(
         "bert.embeddings_project.bias",
     ];
     let projection = &projection[..if config.projects_embeddings() { 2 } else { 0 }];
+    let segments = ["token_type_embeddings.weight"];
+    let segments = &segments[..usize::from(family.has_token_types())];
     let train_embeddings = [
         "word_embeddings.weight",
         "position_embeddings.weight",
-        "token_type_embeddings.weight",
         "LayerNorm.weight",
         "LayerNorm.bias",
     ]
     .iter()
+    .chain(segments)
     .map(|n| format!("bert.embeddings.{n}"))
     .chain(projection.iter().map(|n| n.to_string()))
     .all(|n| others.contains_key(&n));

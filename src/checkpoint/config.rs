@@ -128,6 +128,50 @@ fn name_the_field(value: &serde_json::Value, error: serde_json::Error) -> String
     }
 }
 
+/// DistilBERT's keys beside BERT's, with DistilBertConfig's defaults (transformers 5.24).
+const DISTILBERT_KEYS: [(&str, &str, f64); 7] = [
+    ("dim", "hidden_size", 768.0),
+    ("n_layers", "num_hidden_layers", 6.0),
+    ("n_heads", "num_attention_heads", 12.0),
+    ("hidden_dim", "intermediate_size", 3072.0),
+    ("dropout", "hidden_dropout_prob", 0.1),
+    ("attention_dropout", "attention_probs_dropout_prob", 0.1),
+    ("seq_classif_dropout", "classifier_dropout", 0.2),
+];
+
+/// A DistilBERT config (`dim`, `n_layers`, ...) as BERT's keys say it, with
+/// DistilBertConfig's defaults for what it leaves out: its LayerNorms' epsilon is fixed at
+/// 1e-12 and it has no segment table (one segment type here, which the model never reads).
+fn distilbert_as_bert(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let mut object = value.as_object().cloned().unwrap_or_default();
+    for (theirs, ours, default) in DISTILBERT_KEYS {
+        let given = value.get(theirs).cloned();
+        let default = match default.fract() == 0.0 {
+            true => json!(default as u64),
+            false => json!(default),
+        };
+        object.insert(ours.into(), given.unwrap_or(default));
+    }
+    let activation = value.get("activation").cloned();
+    object.insert("hidden_act".into(), activation.unwrap_or(json!("gelu")));
+    for (key, default) in [("vocab_size", 30522), ("max_position_embeddings", 512)] {
+        object.entry(key).or_insert(json!(default));
+    }
+    object.insert("type_vocab_size".into(), json!(1));
+    object.insert("layer_norm_eps".into(), json!(1e-12));
+    Value::Object(object)
+}
+
+/// `message` about a translated DistilBERT config, naming DistilBERT's keys.
+fn in_distilbert_terms(message: &str) -> String {
+    let mut message = message.to_string();
+    for (theirs, ours, _) in DISTILBERT_KEYS {
+        message = message.replace(&format!("`{ours}`"), &format!("`{theirs}`"));
+    }
+    message.replace("`hidden_act`", "`activation`")
+}
+
 fn default_type_vocab() -> usize {
     2
 }
@@ -163,8 +207,9 @@ impl BertConfig {
     /// (`mini`: 4 layers, hidden 256, 4 heads), BERT-base (`base`: 12 layers, hidden 768) or
     /// BERT-large (`large`: 24 layers, hidden 1024), or of ELECTRA's discriminators
     /// (`electra-small`: 12 layers, hidden 256 over 128-wide embeddings, 4 heads;
-    /// `electra-base` and `electra-large`: BERT-base's and BERT-large's), uncased vocabulary:
-    /// for benchmarks on random weights.
+    /// `electra-base` and `electra-large`: BERT-base's and BERT-large's), or DistilBERT's
+    /// (`distilbert-base`: 6 layers, hidden 768), uncased vocabulary: for benchmarks on random
+    /// weights.
     pub fn preset(name: &str) -> Option<BertConfig> {
         let (hidden, layers, heads, embedding_size, model_type) = match name {
             "tiny" => (128, 2, 2, None, "bert"),
@@ -174,6 +219,7 @@ impl BertConfig {
             "electra-small" => (256, 12, 4, Some(128), "electra"),
             "electra-base" => (768, 12, 12, Some(768), "electra"),
             "electra-large" => (1024, 24, 16, Some(1024), "electra"),
+            "distilbert-base" => (768, 6, 12, None, "distilbert"),
             _ => return None,
         };
         Some(BertConfig {
@@ -184,12 +230,13 @@ impl BertConfig {
             num_attention_heads: heads,
             intermediate_size: 4 * hidden,
             max_position_embeddings: 512,
-            type_vocab_size: 2,
+            // DistilBERT has no segment table (and its own default head dropout).
+            type_vocab_size: if model_type == "distilbert" { 1 } else { 2 },
             layer_norm_eps: 1e-12,
             hidden_act: "gelu".into(),
             hidden_dropout_prob: 0.1,
             attention_probs_dropout_prob: 0.1,
-            classifier_dropout: None,
+            classifier_dropout: (model_type == "distilbert").then_some(0.2),
             initializer_range: 0.02,
             position_embedding_type: None,
             model_type: Some(model_type.into()),
@@ -247,7 +294,9 @@ impl BertConfig {
     pub fn embedding_width(&self) -> usize {
         match self.family() {
             EncoderFamily::Electra => self.embedding_size.unwrap_or(128),
-            EncoderFamily::Bert | EncoderFamily::Roberta => self.hidden_size,
+            EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::DistilBert => {
+                self.hidden_size
+            }
         }
     }
 
@@ -257,11 +306,11 @@ impl BertConfig {
         self.embedding_width() != self.hidden_size
     }
 
-    /// The position id of a sequence's first token: 0 for BERT and ELECTRA, `pad_token_id +
-    /// 1` for RoBERTa (whose padding tokens sit at `pad_token_id`).
+    /// The position id of a sequence's first token: 0 for BERT, ELECTRA and DistilBERT,
+    /// `pad_token_id + 1` for RoBERTa (whose padding tokens sit at `pad_token_id`).
     pub fn first_position(&self) -> usize {
         match self.family() {
-            EncoderFamily::Bert | EncoderFamily::Electra => 0,
+            EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert => 0,
             EncoderFamily::Roberta => self.roberta_padding_position().saturating_add(1),
         }
     }
@@ -271,10 +320,11 @@ impl BertConfig {
     }
 
     /// The padding token's id (`pad_token_id`; transformers' defaults without it: 0 for
-    /// BERT and ELECTRA, 1 for RoBERTa), whose word-embedding row transformers never trains.
+    /// BERT, ELECTRA and DistilBERT, 1 for RoBERTa), whose word-embedding row transformers
+    /// never trains.
     pub fn padding_id(&self) -> usize {
         self.pad_token_id.unwrap_or(match self.family() {
-            EncoderFamily::Bert | EncoderFamily::Electra => 0,
+            EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert => 0,
             EncoderFamily::Roberta => 1,
         })
     }
@@ -399,11 +449,21 @@ impl BertConfig {
             .and_then(|t| t.as_str())
             .and_then(EncoderFamily::of_model_type)
             .unwrap_or(EncoderFamily::Bert);
-        let config: BertConfig = serde_json::from_value(value.clone()).map_err(|e| {
+        let distilbert = family == EncoderFamily::DistilBert;
+        // DistilBERT names its sizes otherwise; messages name its keys.
+        let as_bert = match distilbert {
+            true => distilbert_as_bert(&value),
+            false => value.clone(),
+        };
+        let in_its_terms = |message: String| match distilbert {
+            true => in_distilbert_terms(&message),
+            false => message,
+        };
+        let config: BertConfig = serde_json::from_value(as_bert.clone()).map_err(|e| {
             format(format!(
                 "invalid {} config: {}",
                 family.display(),
-                name_the_field(&value, e)
+                in_its_terms(name_the_field(&as_bert, e))
             ))
         })?;
         // serde reads null as absent; transformers' ElectraConfig refuses it rather than
@@ -417,7 +477,9 @@ impl BertConfig {
                     .into(),
             ));
         }
-        config.problem().map_or(Ok(()), |p| Err(format(p)))?;
+        config
+            .problem()
+            .map_or(Ok(()), |p| Err(format(in_its_terms(p))))?;
         Ok((config, value))
     }
 

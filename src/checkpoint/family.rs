@@ -12,6 +12,12 @@
 //! narrower than the hidden size (`embedding_size`), followed then by a linear map up to it
 //! (`electra.embeddings_project`, `bert.embeddings_project` here), and its classification head
 //! is RoBERTa's with GELU where RoBERTa has tanh. Positions and segments are BERT's.
+//!
+//! DistilBERT is BERT's post-LN layer with other names throughout (`q_lin`, `sa_layer_norm`,
+//! `ffn.lin1`, ... under `distilbert.transformer.layer.N`), no segment embeddings, no dropout
+//! after the attention's output map, and a head of `pre_classifier → ReLU → dropout →
+//! classifier` (no dropout before `pre_classifier`, BERT's pooler here). Its config names the
+//! sizes otherwise too (`dim`, `n_layers`, ...: see `BertConfig::from_json`).
 
 /// A family of BERT-shaped encoders (`config.json`'s `model_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,16 +28,32 @@ pub enum EncoderFamily {
     Roberta,
     /// `electra` (the discriminator's encoder; a generator's checkpoint holds one too).
     Electra,
+    /// `distilbert`.
+    DistilBert,
 }
 
+/// DistilBERT's names of the modules of a layer, beside BERT's (relative to the layer).
+const DISTILBERT_LAYER_MODULES: [(&str, &str); 8] = [
+    ("attention.self.query", "attention.q_lin"),
+    ("attention.self.key", "attention.k_lin"),
+    ("attention.self.value", "attention.v_lin"),
+    ("attention.output.dense", "attention.out_lin"),
+    ("attention.output.LayerNorm", "sa_layer_norm"),
+    ("intermediate.dense", "ffn.lin1"),
+    ("output.dense", "ffn.lin2"),
+    ("output.LayerNorm", "output_layer_norm"),
+];
+
 /// The activation of the head's dense map (BERT's pooler): BERT's and RoBERTa's tanh,
-/// ELECTRA's GELU.
+/// ELECTRA's GELU, DistilBERT's ReLU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolerActivation {
     /// `tanh`.
     Tanh,
     /// The exact (erf) GELU.
     Gelu,
+    /// `max(x, 0)`.
+    Relu,
 }
 
 impl EncoderFamily {
@@ -41,6 +63,7 @@ impl EncoderFamily {
             "bert" => Some(EncoderFamily::Bert),
             "roberta" | "xlm-roberta" => Some(EncoderFamily::Roberta),
             "electra" => Some(EncoderFamily::Electra),
+            "distilbert" => Some(EncoderFamily::DistilBert),
             _ => None,
         }
     }
@@ -53,6 +76,8 @@ impl EncoderFamily {
             Some(EncoderFamily::Roberta)
         } else if class.starts_with("Electra") {
             Some(EncoderFamily::Electra)
+        } else if class.starts_with("DistilBert") {
+            Some(EncoderFamily::DistilBert)
         } else {
             None
         }
@@ -65,6 +90,7 @@ impl EncoderFamily {
             (EncoderFamily::Roberta, Some("xlm-roberta")) => "XLMRobertaForSequenceClassification",
             (EncoderFamily::Roberta, _) => "RobertaForSequenceClassification",
             (EncoderFamily::Electra, _) => "ElectraForSequenceClassification",
+            (EncoderFamily::DistilBert, _) => "DistilBertForSequenceClassification",
         }
     }
 
@@ -74,6 +100,7 @@ impl EncoderFamily {
             EncoderFamily::Bert => "BERT",
             EncoderFamily::Roberta => "RoBERTa",
             EncoderFamily::Electra => "ELECTRA",
+            EncoderFamily::DistilBert => "DistilBERT",
         }
     }
 
@@ -83,14 +110,22 @@ impl EncoderFamily {
             EncoderFamily::Bert => "bert",
             EncoderFamily::Roberta => "roberta",
             EncoderFamily::Electra => "electra",
+            EncoderFamily::DistilBert => "distilbert",
         }
     }
 
     /// Whether the head's dense map (BERT's pooler) belongs to the classification head, so
-    /// that it trains whenever the head does (RoBERTa's and ELECTRA's `classifier.dense`;
-    /// PEFT saves it with `classifier`).
+    /// that it trains whenever the head does (RoBERTa's and ELECTRA's `classifier.dense`,
+    /// DistilBERT's `pre_classifier`; PEFT saves it with `classifier`, whose name
+    /// `pre_classifier` ends with).
     pub fn pooler_is_head(self) -> bool {
         self != EncoderFamily::Bert
+    }
+
+    /// Whether the head drops out its input before the dense map (RoBERTa's and ELECTRA's
+    /// heads do; BERT's pooler and DistilBERT's `pre_classifier` do not).
+    pub fn dropout_before_pooler(self) -> bool {
+        matches!(self, EncoderFamily::Roberta | EncoderFamily::Electra)
     }
 
     /// The activation after the head's dense map (BERT's pooler).
@@ -98,13 +133,35 @@ impl EncoderFamily {
         match self {
             EncoderFamily::Bert | EncoderFamily::Roberta => PoolerActivation::Tanh,
             EncoderFamily::Electra => PoolerActivation::Gelu,
+            EncoderFamily::DistilBert => PoolerActivation::Relu,
         }
+    }
+
+    /// Whether the embeddings add a segment (token-type) table: all but DistilBERT's.
+    pub fn has_token_types(self) -> bool {
+        self != EncoderFamily::DistilBert
+    }
+
+    /// Whether a layer drops out its attention's output map before the residual add (BERT's
+    /// `attention.output.dropout`; DistilBERT's layer has none there).
+    pub fn dropout_after_attention_output(self) -> bool {
+        self != EncoderFamily::DistilBert
+    }
+
+    /// The name transformers gives module `module` of a layer (BERT's name relative to the
+    /// layer, `attention.self.query`), relative to the layer too.
+    pub fn hf_layer_module(self, module: &str) -> String {
+        let full = self.hf_name(&format!("bert.encoder.layer.0.{module}"));
+        let layer = format!("{}.0.", self.hf_name("bert.encoder.layer"));
+        full.strip_prefix(&layer).unwrap_or(&full).to_string()
     }
 
     /// The name transformers gives the tensor or module spafit calls `name`.
     pub fn hf_name(self, name: &str) -> String {
-        if self == EncoderFamily::Bert {
-            return name.to_string();
+        match self {
+            EncoderFamily::Bert => return name.to_string(),
+            EncoderFamily::DistilBert => return distilbert_name(name),
+            EncoderFamily::Roberta | EncoderFamily::Electra => {}
         }
         if let Some(rest) = under(name, "bert.pooler.dense") {
             return format!("classifier.dense{rest}");
@@ -121,8 +178,10 @@ impl EncoderFamily {
     /// The name spafit gives the tensor or module transformers calls `name`
     /// ([`EncoderFamily::hf_name`]'s inverse).
     pub fn internal_name(self, name: &str) -> String {
-        if self == EncoderFamily::Bert {
-            return name.to_string();
+        match self {
+            EncoderFamily::Bert => return name.to_string(),
+            EncoderFamily::DistilBert => return name_of_distilbert(name),
+            EncoderFamily::Roberta | EncoderFamily::Electra => {}
         }
         if let Some(rest) = under(name, "classifier.dense") {
             return format!("bert.pooler.dense{rest}");
@@ -137,6 +196,66 @@ impl EncoderFamily {
     }
 }
 
+/// DistilBERT's name of spafit's (BERT's) `name`.
+fn distilbert_name(name: &str) -> String {
+    if let Some(rest) = under(name, "bert.pooler.dense") {
+        return format!("pre_classifier{rest}");
+    }
+    if let Some((index, module)) = name
+        .strip_prefix("bert.encoder.layer.")
+        .map(|rest| rest.split_once('.').unwrap_or((rest, "")))
+    {
+        let layer = format!("distilbert.transformer.layer.{index}");
+        if module.is_empty() {
+            return layer;
+        }
+        return match DISTILBERT_LAYER_MODULES
+            .iter()
+            .find_map(|(ours, theirs)| Some((theirs, under(module, ours)?)))
+        {
+            Some((theirs, rest)) => format!("{layer}.{theirs}{rest}"),
+            None => format!("{layer}.{module}"),
+        };
+    }
+    if let Some(rest) = under(name, "bert.encoder") {
+        return format!("distilbert.transformer{rest}");
+    }
+    match under(name, "bert") {
+        Some(rest) => format!("distilbert{rest}"),
+        None => name.to_string(),
+    }
+}
+
+/// spafit's (BERT's) name of DistilBERT's `name` ([`distilbert_name`]'s inverse).
+fn name_of_distilbert(name: &str) -> String {
+    if let Some(rest) = under(name, "pre_classifier") {
+        return format!("bert.pooler.dense{rest}");
+    }
+    if let Some((index, module)) = name
+        .strip_prefix("distilbert.transformer.layer.")
+        .map(|rest| rest.split_once('.').unwrap_or((rest, "")))
+    {
+        let layer = format!("bert.encoder.layer.{index}");
+        if module.is_empty() {
+            return layer;
+        }
+        return match DISTILBERT_LAYER_MODULES
+            .iter()
+            .find_map(|(ours, theirs)| Some((ours, under(module, theirs)?)))
+        {
+            Some((ours, rest)) => format!("{layer}.{ours}{rest}"),
+            None => format!("{layer}.{module}"),
+        };
+    }
+    if let Some(rest) = under(name, "distilbert.transformer") {
+        return format!("bert.encoder{rest}");
+    }
+    match under(name, "distilbert") {
+        Some(rest) => format!("bert{rest}"),
+        None => name.to_string(),
+    }
+}
+
 /// What follows module `module` in `name` (empty, or starting with a dot) when `name` is
 /// the module or one of its tensors.
 fn under<'a>(name: &'a str, module: &str) -> Option<&'a str> {
@@ -146,7 +265,7 @@ fn under<'a>(name: &'a str, module: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use super::EncoderFamily::{Bert, Electra, Roberta};
+    use super::EncoderFamily::{Bert, DistilBert, Electra, Roberta};
 
     #[test]
     fn roberta_names_translate_both_ways() {
@@ -186,5 +305,52 @@ mod tests {
             assert_eq!(Electra.hf_name(ours), theirs);
             assert_eq!(Electra.internal_name(theirs), ours);
         }
+    }
+
+    #[test]
+    fn distilbert_names_translate_both_ways() {
+        for (ours, theirs) in [
+            (
+                "bert.encoder.layer.4.attention.self.query.lora_A.weight",
+                "distilbert.transformer.layer.4.attention.q_lin.lora_A.weight",
+            ),
+            (
+                "bert.encoder.layer.0.attention.output.dense.bias",
+                "distilbert.transformer.layer.0.attention.out_lin.bias",
+            ),
+            (
+                "bert.encoder.layer.0.attention.output.LayerNorm.weight",
+                "distilbert.transformer.layer.0.sa_layer_norm.weight",
+            ),
+            (
+                "bert.encoder.layer.11.intermediate.dense",
+                "distilbert.transformer.layer.11.ffn.lin1",
+            ),
+            (
+                "bert.encoder.layer.1.output.dense.base_layer.bias",
+                "distilbert.transformer.layer.1.ffn.lin2.base_layer.bias",
+            ),
+            (
+                "bert.encoder.layer.1.output.LayerNorm",
+                "distilbert.transformer.layer.1.output_layer_norm",
+            ),
+            ("bert.encoder.layer.2", "distilbert.transformer.layer.2"),
+            ("bert.encoder.layer", "distilbert.transformer.layer"),
+            (
+                "bert.embeddings.position_embeddings.weight",
+                "distilbert.embeddings.position_embeddings.weight",
+            ),
+            ("bert.pooler.dense.weight", "pre_classifier.weight"),
+            ("classifier.bias", "classifier.bias"),
+            ("vocab_projector.weight", "vocab_projector.weight"),
+        ] {
+            assert_eq!(DistilBert.hf_name(ours), theirs);
+            assert_eq!(DistilBert.internal_name(theirs), ours);
+        }
+        assert_eq!(DistilBert.hf_layer_module("intermediate.dense"), "ffn.lin1");
+        assert_eq!(
+            Roberta.hf_layer_module("attention.self.value"),
+            "attention.self.value"
+        );
     }
 }

@@ -96,7 +96,7 @@ impl Checkpoint {
     /// `BertForTokenClassification` (one prediction per token). Such a head is neither
     /// evaluated nor trained on; a fresh one replaces it.
     pub fn foreign_head(&self) -> Option<&str> {
-        const OTHER_HEADS: [&str; 8] = [
+        const OTHER_HEADS: [&str; 10] = [
             "BertForMultipleChoice",
             "BertForTokenClassification",
             "RobertaForMultipleChoice",
@@ -105,6 +105,8 @@ impl Checkpoint {
             "XLMRobertaForTokenClassification",
             "ElectraForMultipleChoice",
             "ElectraForTokenClassification",
+            "DistilBertForMultipleChoice",
+            "DistilBertForTokenClassification",
         ];
         let names = &self.architectures;
         let ours = self
@@ -235,6 +237,7 @@ impl Checkpoint {
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
                 // ElectraTokenizer is BertTokenizer under another name.
                 (EncoderFamily::Bert | EncoderFamily::Electra, _) => None,
+                (EncoderFamily::DistilBert, _) => Some("DistilBertTokenizer"),
             };
             let implied = self.config.tokenizer_class.as_deref().or(by_type);
             TextTokenizer::from_files_of_class(&path, config.as_deref(), max_len, implied)?
@@ -289,10 +292,12 @@ impl Checkpoint {
         }
         // A model with one segment type (RoBERTa-style conversions) still takes single
         // sentences; only pairs need the second.
+        // DistilBERT reads no segments at all.
         let types = probe.iter().flat_map(|e| &e.type_ids).copied();
+        let read = self.config.family().has_token_types();
         if let Some(t) = types
             .into_iter()
-            .find(|&t| t as usize >= self.config.type_vocab_size)
+            .find(|&t| read && t as usize >= self.config.type_vocab_size)
         {
             tok.refuse_pairs(format!(
                 "{} emits segment (type) id {t} for a sentence pair, beyond the model's \
@@ -369,11 +374,16 @@ fn open_weights(dir: &Path) -> Result<WeightsFile> {
 /// fail later on a missing tensor (after allocating for all of them), fewer would silently
 /// run a truncated model.
 fn check_layer_count(config: &BertConfig, weights: &WeightsFile) -> Result<()> {
+    // `encoder.layer` (`transformer.layer` in DistilBERT), with or without the prefix.
+    let family = config.family();
+    let full = family.hf_name("bert.encoder.layer");
+    let prefix = format!("{}.", family.prefix());
+    let container = full.strip_prefix(&prefix).unwrap_or(&full);
     let layers = weights
         .names()
         .iter()
         .filter_map(|name| {
-            let rest = name.split_once("encoder.layer.")?.1;
+            let rest = name.split_once(&format!("{container}."))?.1;
             rest.split('.').next()?.parse::<usize>().ok()
         })
         .max()
@@ -381,11 +391,15 @@ fn check_layer_count(config: &BertConfig, weights: &WeightsFile) -> Result<()> {
     if layers == config.num_hidden_layers {
         return Ok(());
     }
+    let key = match family {
+        EncoderFamily::DistilBert => "n_layers",
+        _ => "num_hidden_layers",
+    };
     Err(Error::Format {
         path: weights.path().to_path_buf(),
         detail: format!(
-            "holds {layers} encoder layers (`encoder.layer.0` to `encoder.layer.{}`) but config.json's \
-             `num_hidden_layers` is {}",
+            "holds {layers} encoder layers (`{container}.0` to `{container}.{}`) but \
+             config.json's `{key}` is {}",
             layers.saturating_sub(1),
             config.num_hidden_layers
         ),

@@ -286,6 +286,7 @@ impl WeightsFile {
                         EncoderFamily::Electra => {
                             &["embeddings.", "embeddings_project.", "encoder."]
                         }
+                        EncoderFamily::DistilBert => &["embeddings.", "transformer."],
                     };
                     let encoder = parts.iter().any(|p| canonical.starts_with(p));
                     encoder.then_some((canonical, shard, name.as_str()))
@@ -483,6 +484,7 @@ fn canonical_name(name: &str) -> String {
         .strip_prefix("bert.")
         .or_else(|| name.strip_prefix("roberta."))
         .or_else(|| name.strip_prefix("electra."))
+        .or_else(|| name.strip_prefix("distilbert."))
         .unwrap_or(name);
     for (modern, old) in LEGACY_LAYER_NORM_NAMES {
         if let Some(stem) = name.strip_suffix(old) {

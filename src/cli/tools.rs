@@ -113,7 +113,8 @@ pub struct BenchCommand {
     /// layers, hidden 128), `mini` (4 layers, hidden 256), `base` (BERT-base: 12 layers,
     /// hidden 768) or `large` (24 layers, hidden 1024); `electra-small` (12 layers, hidden 256
     /// over 128-wide embeddings and their projection), `electra-base` or `electra-large`
-    /// (BERT-base's and BERT-large's shapes under ELECTRA's head).
+    /// (BERT-base's and BERT-large's shapes under ELECTRA's head); `distilbert-base` (6
+    /// layers, hidden 768, no segment table, the ReLU head).
     #[arg(long)]
     pub shape: Option<String>,
     /// After the timed steps, time one more step's CUDA kernels on the device: each kernel's
@@ -154,7 +155,7 @@ impl BenchCommand {
                         "--shape",
                         format!(
                             "`{given}`: expected tiny, mini, base, large, electra-small, \
-                             electra-base or electra-large"
+                             electra-base, electra-large or distilbert-base"
                         ),
                     )
                 })?;
@@ -207,9 +208,10 @@ impl BenchCommand {
         let r = bench_train_step_with(&backend, &mut model, &settings)?;
         let mut line = json!({
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),
-            "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| match s.strip_prefix("electra-") {
-                Some(size) => format!("random ELECTRA-{size}"),
-                None => format!("random BERT-{s}"),
+            "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| match (s.strip_prefix("electra-"), s.strip_prefix("distilbert-")) {
+                (Some(size), _) => format!("random ELECTRA-{size}"),
+                (_, Some(size)) => format!("random DistilBERT-{size}"),
+                _ => format!("random BERT-{s}"),
             }),
             "batch": r.batch, "micro_batch": r.micro_batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,

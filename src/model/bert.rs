@@ -12,7 +12,7 @@ use super::{BertEmbeddings, ModelInput};
 pub struct BertOutput<B: Backend> {
     /// `[batch·seq, hidden]`.
     pub last_hidden_state: Var<B>,
-    /// `tanh(W · h[CLS] + b)` (ELECTRA: GELU): `[batch, hidden]`.
+    /// `tanh(W · h[CLS] + b)` (ELECTRA: GELU, DistilBERT: ReLU): `[batch, hidden]`.
     pub pooler_output: Var<B>,
 }
 
@@ -47,6 +47,7 @@ impl<B: Backend> BertModel<B> {
             heads: config.num_attention_heads,
             intermediate: config.intermediate_size,
             layer_norm_eps: config.layer_norm_eps,
+            dropout_after_attention_output: config.family().dropout_after_attention_output(),
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -156,8 +157,8 @@ impl<B: Backend> BertModel<B> {
     }
 
     /// The pooler on the `[CLS]` rows `first`; RoBERTa's and ELECTRA's heads (whose dense map
-    /// is the pooler here) drop out its input first, with the classifier's dropout, and
-    /// ELECTRA's activation is GELU.
+    /// is the pooler here) drop out its input first, with the classifier's dropout;
+    /// ELECTRA's activation is GELU, DistilBERT's ReLU.
     fn pool(
         &self,
         tape: &mut Tape<B>,
@@ -165,7 +166,7 @@ impl<B: Backend> BertModel<B> {
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
         let family = self.config.family();
-        let pooled = if family.pooler_is_head() {
+        let pooled = if family.dropout_before_pooler() {
             let dropped = tape.dropout(first, dropouts.next_classifier())?;
             self.pooler.forward(tape, &dropped, dropouts)?
         } else {
@@ -174,6 +175,7 @@ impl<B: Backend> BertModel<B> {
         match family.pooler_activation() {
             PoolerActivation::Tanh => tape.tanh(&pooled),
             PoolerActivation::Gelu => tape.gelu(&pooled),
+            PoolerActivation::Relu => tape.relu(&pooled),
         }
     }
 

@@ -16,8 +16,8 @@ pub struct BertEmbeddings<B: Backend> {
     pub word: Param<B>,
     /// `[max_positions, width]`.
     pub position: Param<B>,
-    /// `[type_vocab, width]`.
-    pub token_type: Param<B>,
+    /// `[type_vocab, width]`; none in DistilBERT, which reads no segments.
+    pub token_type: Option<Param<B>>,
     /// `embeddings.LayerNorm`.
     pub norm: LayerNorm<B>,
     /// ELECTRA's `embeddings_project` (`bert.embeddings_project` here), `[hidden, width]`,
@@ -67,7 +67,13 @@ impl<B: Backend> BertEmbeddings<B> {
             "position_embeddings.weight",
             [c.max_position_embeddings, width],
         )?;
-        let token_type = param("token_type_embeddings.weight", [c.type_vocab_size, width])?;
+        let token_type = match c.family().has_token_types() {
+            true => Some(param(
+                "token_type_embeddings.weight",
+                [c.type_vocab_size, width],
+            )?),
+            false => None,
+        };
         let norm_name = format!("{prefix}.LayerNorm");
         let gamma = tensor(&format!("{norm_name}.weight"), Shape::new([width]))?;
         let beta = tensor(&format!("{norm_name}.bias"), Shape::new([width]))?;
@@ -103,16 +109,19 @@ impl<B: Backend> BertEmbeddings<B> {
     ) -> Result<Var<B>> {
         let word = self.word.var(tape);
         let position = self.position.var(tape);
-        let token_type = self.token_type.var(tape);
+
         // transformers' `padding_idx`: the padding token's row, and RoBERTa's padding
         // position, never train.
         let pad = Some(self.padding_id);
         let w = tape.embedding_with_padding(&word, &input.input_ids, pad)?;
         let padding_position = (self.first_position > 0).then(|| self.first_position - 1);
         let p = tape.embedding_with_padding(&position, &input.position_ids, padding_position)?;
-        let t = tape.embedding(&token_type, &input.token_type_ids)?;
-        let sum = tape.add(&w, &p)?;
-        let sum = tape.add(&sum, &t)?;
+        let mut sum = tape.add(&w, &p)?;
+        if let Some(token_type) = &self.token_type {
+            let table = token_type.var(tape);
+            let t = tape.embedding(&table, &input.token_type_ids)?;
+            sum = tape.add(&sum, &t)?;
+        }
         let normed = self.norm.forward(tape, &sum)?;
         let dropped = tape.dropout(&normed, dropouts.next_hidden())?;
         match &self.project {
@@ -123,26 +132,18 @@ impl<B: Backend> BertEmbeddings<B> {
 
     /// Every parameter.
     pub fn params(&self) -> Vec<&Param<B>> {
-        let mut v = vec![
-            &self.word,
-            &self.position,
-            &self.token_type,
-            &self.norm.weight,
-            &self.norm.bias,
-        ];
+        let mut v = vec![&self.word, &self.position];
+        v.extend(&self.token_type);
+        v.extend([&self.norm.weight, &self.norm.bias]);
         v.extend(self.project.iter().flat_map(Linear::params));
         v
     }
 
     /// Every parameter, mutably.
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
-        let mut v = vec![
-            &mut self.word,
-            &mut self.position,
-            &mut self.token_type,
-            &mut self.norm.weight,
-            &mut self.norm.bias,
-        ];
+        let mut v = vec![&mut self.word, &mut self.position];
+        v.extend(&mut self.token_type);
+        v.extend([&mut self.norm.weight, &mut self.norm.bias]);
         v.extend(self.project.iter_mut().flat_map(Linear::params_mut));
         v
     }

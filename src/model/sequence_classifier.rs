@@ -412,6 +412,12 @@ impl<B: Backend> BertClassifier<B> {
                      train it: build the plan from `PeftConfig::for_family` (the CLI does), \
                      which trains it with the head; an adapter to load must hold it"
                 }
+                EncoderFamily::DistilBert => {
+                    "the checkpoint has no classification head (`pre_classifier`), so the \
+                     head's dense map starts random and must train, and this plan does not \
+                     train it: build the plan from `PeftConfig::for_family` (the CLI does), \
+                     which trains it with the head; an adapter to load must hold it"
+                }
             };
             return Err(Error::invalid("peft plan", why));
         }

@@ -15,6 +15,9 @@ pub struct EncoderLayerConfig {
     pub intermediate: usize,
     /// LayerNorm epsilon.
     pub layer_norm_eps: f64,
+    /// Whether the attention's output map is dropped out before the residual add (BERT's
+    /// `attention.output.dropout`; DistilBERT's layer has none).
+    pub dropout_after_attention_output: bool,
 }
 
 /// One post-LN BERT layer:
@@ -259,7 +262,10 @@ impl<B: Backend> EncoderLayer<B> {
             None => (context, x.clone()),
         };
         let a = self.attention_output.forward(tape, &context, dropouts)?;
-        let a = tape.dropout(&a, dropouts.next_hidden())?;
+        let a = match self.config.dropout_after_attention_output {
+            true => tape.dropout(&a, dropouts.next_hidden())?,
+            false => a,
+        };
         let a = tape.add(&a, &x)?;
         let h = self.attention_norm.forward(tape, &a)?;
         let f = self.intermediate.forward(tape, &h, dropouts)?;

@@ -107,15 +107,23 @@ pub(crate) fn model_disagrees(
 
 /// Whether transformers' tokenizer for `config` returns segment ids unless
 /// `model_input_names` says otherwise: BERT's classes do (so does the class transformers
-/// picks when none is named), `PreTrainedTokenizerFast` / `TokenizersBackend` do not.
+/// picks when none is named) but `DistilBertTokenizer`, `PreTrainedTokenizerFast` /
+/// `TokenizersBackend` do not.
 pub(crate) fn class_gives_segment_ids(config: &TokenizerConfig) -> bool {
     match config.json.get("tokenizer_class").and_then(Value::as_str) {
+        Some(class) if is_distilbert_tokenizer(class) => false,
         Some(class) => !matches!(
             class_rule(class),
             ClassRule::AsItIs | ClassRule::Roberta | ClassRule::XlmRoberta
         ),
         None => true,
     }
+}
+
+/// `DistilBertTokenizer` is `BertTokenizer` whose `model_input_names` leave out
+/// `token_type_ids`.
+fn is_distilbert_tokenizer(class: &str) -> bool {
+    class.strip_suffix("Fast").unwrap_or(class) == "DistilBertTokenizer"
 }
 
 /// How transformers 5.24 reads a checkpoint whose `tokenizer_config.json` names a class.
@@ -130,13 +138,14 @@ pub(crate) enum ClassRule {
     /// It builds `XLMRobertaTokenizer` (see `xlm_roberta_tokenizer`), which gives no
     /// segment ids.
     XlmRoberta,
-    /// It builds a tokenizer of that class by rules of its own (DistilBERT's, MPNet's,
-    /// Funnel's, CamemBERT's, ...), which give other ids than any of the above.
+    /// It builds a tokenizer of that class by rules of its own (MPNet's, Funnel's,
+    /// CamemBERT's, ...), which give other ids than any of the above.
     Unsupported,
 }
 
 /// The rule for `class`, as measured against transformers 5.24's AutoTokenizer: these
-/// names build a `BertTokenizer`; `PreTrainedTokenizerFast` and `TokenizersBackend` keep
+/// names build a `BertTokenizer` (`DistilBertTokenizer` without segment ids:
+/// [`class_gives_segment_ids`]); `PreTrainedTokenizerFast` and `TokenizersBackend` keep
 /// tokenizer.json; `RobertaTokenizer` and `XLMRobertaTokenizer` rebuild their classes'
 /// pipelines; every other class is refused rather than guessed.
 pub(crate) fn class_rule(class: &str) -> ClassRule {
@@ -144,6 +153,7 @@ pub(crate) fn class_rule(class: &str) -> ClassRule {
     match base {
         "BertTokenizer"
         | "ElectraTokenizer"
+        | "DistilBertTokenizer"
         | "SqueezeBertTokenizer"
         | "LayoutLMTokenizer"
         | "MobileBertTokenizer"

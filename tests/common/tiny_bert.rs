@@ -47,15 +47,21 @@ pub fn tensors(c: &BertConfig, seed: u64) -> BTreeMap<String, (Vec<usize>, Vec<f
             "bert.embeddings.position_embeddings.weight".into(),
             vec![c.max_position_embeddings, w],
         ),
-        (
-            "bert.embeddings.token_type_embeddings.weight".into(),
-            vec![c.type_vocab_size, w],
-        ),
         ("bert.embeddings.LayerNorm.weight".into(), vec![w]),
         ("bert.embeddings.LayerNorm.bias".into(), vec![w]),
         ("bert.pooler.dense.weight".into(), vec![h, h]),
         ("bert.pooler.dense.bias".into(), vec![h]),
     ];
+    // Where it was always drawn, so that BERT's values stay what they were.
+    if c.family().has_token_types() {
+        shapes.insert(
+            2,
+            (
+                "bert.embeddings.token_type_embeddings.weight".into(),
+                vec![c.type_vocab_size, w],
+            ),
+        );
+    }
     if c.projects_embeddings() {
         shapes.push(("bert.embeddings_project.weight".into(), vec![h, w]));
         shapes.push(("bert.embeddings_project.bias".into(), vec![h]));

@@ -1,0 +1,251 @@
+//! DistilBERT checkpoints, against transformers + PEFT in float64 on a tiny random DistilBERT
+//! (`tests/fixtures/tiny-distilbert/`, written by its `make_fixture.py`): tokens (no segment
+//! ids), logits, loss and every parameter's gradient (DistilBERT's names throughout, no
+//! segment table, the ReLU head), PEFT adapters both ways, merged checkpoints, a masked-LM
+//! checkpoint as the base, the CUDA backend (through the stand-in where there is no GPU)
+//! against the f64 CPU reference, and the command line.
+
+mod common;
+
+use common::family_fixture::{identity_changes_with, FamilyFixture};
+use serde_json::Value;
+use spafit::autograd::Tape;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+use spafit::checkpoint::{BertConfig, Checkpoint, EncoderFamily};
+use spafit::model::{BertClassifier, ModelInput};
+use spafit::nn::DropoutPlan;
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+
+/// The fixture, or where `SPAFIT_DISTILBERT_FIXTURE` says.
+fn fixture() -> FamilyFixture {
+    FamilyFixture::new(
+        "tiny-distilbert",
+        "SPAFIT_DISTILBERT_FIXTURE",
+        EncoderFamily::DistilBert,
+    )
+}
+
+/// DistilBertTokenizer is BERT's without segment ids: ids and attention mask as transformers
+/// gives them, segment 0 throughout (pairs included); the same where `tokenizer_config.json`
+/// names no class (transformers then takes the model type's, DistilBertTokenizer again).
+#[test]
+fn distilbert_tokens_match_transformers() {
+    let f = fixture();
+    assert!(f.expected()["inputs"]["tokens_pairs"]
+        .get("token_type_ids")
+        .is_none());
+    let ck = f.checkpoint("model");
+    f.check_tokens(&ck);
+    let tmp = tempfile::tempdir().unwrap();
+    let unnamed = tmp.path().join("model");
+    f.copy_model(&unnamed, |name| name != "tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(f.dir().join("model/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config.as_object_mut().unwrap().remove("tokenizer_class"),
+        Some("DistilBertTokenizer".into())
+    );
+    std::fs::write(unnamed.join("tokenizer_config.json"), config.to_string()).unwrap();
+    f.check_tokens(&Checkpoint::open(&unnamed).unwrap());
+}
+
+/// DistilBERT's config names its sizes otherwise (`dim`, `n_layers`, `n_heads`, `hidden_dim`,
+/// `activation`, `dropout`, `attention_dropout`, `seq_classif_dropout`), with
+/// DistilBertConfig's defaults where it says nothing; the model has no segment table.
+#[test]
+fn distilbert_config_reads_its_own_keys() {
+    let ck = fixture().checkpoint("model");
+    let c = &ck.config;
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.intermediate_size
+        ),
+        (64, 3, 2, 96)
+    );
+    assert_eq!(c.classifier_dropout, Some(0.2));
+    assert_eq!(c.layer_norm_eps, 1e-12);
+    let path = std::path::Path::new("config.json");
+    let bare = BertConfig::from_json(r#"{"model_type": "distilbert"}"#, path).unwrap();
+    assert_eq!(
+        (
+            bare.vocab_size,
+            bare.hidden_size,
+            bare.num_hidden_layers,
+            bare.num_attention_heads,
+            bare.intermediate_size,
+            bare.max_position_embeddings,
+        ),
+        (30522, 768, 6, 12, 3072, 512)
+    );
+    assert_eq!(
+        (
+            bare.hidden_dropout_prob,
+            bare.attention_probs_dropout_prob,
+            bare.classifier_dropout
+        ),
+        (0.1, 0.1, Some(0.2))
+    );
+    let e = BertConfig::from_json(r#"{"model_type": "distilbert", "dim": "wide"}"#, path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid DistilBERT config: `dim`"), "{e}");
+    let cpu = CpuBackend::f64();
+    let model = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
+    assert!(model.bert.embeddings.token_type.is_none());
+    assert!(!model.params().iter().any(|p| p.name.contains("token_type")));
+}
+
+/// Full fine-tuning in f64 without dropout: logits, loss and the gradient of every parameter
+/// transformers differentiates (looked up under its names: `q_lin`, `sa_layer_norm`,
+/// `ffn.lin1`, `pre_classifier`, ...), for single texts and for pairs.
+#[test]
+fn distilbert_logits_loss_and_every_gradient_match_transformers() {
+    let f = fixture();
+    let grads = f.check_every_gradient(&f.checkpoint("model"));
+    assert!(grads.iter().any(|(n, _)| n == "bert.pooler.dense.weight"));
+}
+
+/// A LoRA adapter written by PEFT's own `save_pretrained` (on `q_lin` and `v_lin`, the head
+/// saved whole: PEFT's `classifier` also matches `pre_classifier`) gives PEFT's logits, on the
+/// sequence classifier and on the masked LM that holds the same encoder.
+#[test]
+fn a_peft_distilbert_adapter_gives_peft_logits_on_either_checkpoint() {
+    let f = fixture();
+    f.check_peft_adapter(&f.checkpoint("model"));
+    f.check_peft_adapter(&f.checkpoint("masked-lm"));
+}
+
+/// The masked LM (`DistilBertForMaskedLM`, as distilbert-base-uncased ships) is the same
+/// encoder: the same identity for adapters (which counts the layers, not the LM head), no
+/// classifier head of ours, a fresh head whose dense map (`pre_classifier`) trains.
+#[test]
+fn a_masked_lm_is_the_same_encoder_under_a_fresh_head() {
+    let f = fixture();
+    let (base, ck) = (f.checkpoint("masked-lm"), f.checkpoint("model"));
+    assert_eq!(base.weights.encoder_sha256(), ck.weights.encoder_sha256());
+    assert_eq!(base.classifier_outputs(), None);
+    let folder = f.dir().join("masked-lm");
+    assert!(identity_changes_with(
+        &folder,
+        "distilbert.transformer.layer.2.ffn.lin2.weight"
+    ));
+    assert!(!identity_changes_with(&folder, "vocab_transform.weight"));
+    let cpu = CpuBackend::f64();
+    let model = common::trained(&base, &cpu, &f.lora_plan(), 2);
+    let trainable = model.trainable_names();
+    for name in ["bert.pooler.dense.weight", "classifier.weight"] {
+        assert!(trainable.contains(&name.to_string()), "{trainable:?}");
+    }
+}
+
+/// spafit's export holds exactly the tensors PEFT's own `save_pretrained` writes for the same
+/// adapter on DistilBERT (`distilbert.transformer.layer.N.attention.q_lin`, `pre_classifier`
+/// and `classifier`) and reads back bit for bit; LayerNorm scales and the embeddings saved
+/// under DistilBERT's module names (`sa_layer_norm`, `output_layer_norm`,
+/// `distilbert.embeddings`, which holds no segment table) import back to the same plan.
+#[test]
+fn a_distilbert_adapter_exports_under_peft_names_and_imports_back() {
+    let f = fixture();
+    f.check_export_beside_peft();
+    let ck = f.checkpoint("model");
+    let cpu = CpuBackend::f64();
+    let mut config = PeftConfig::new(Method::Spafit).for_family(EncoderFamily::DistilBert);
+    config.n1 = Boundary::Layer(1);
+    config.n2 = Boundary::Layer(2);
+    config.train_embeddings = true;
+    config.train_layer_norm_weights = true;
+    let plan = PeftPlan::new(&config, 3).unwrap();
+    let model = common::trained(&ck, &cpu, &plan, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = f.export(dir.path(), &model, &plan);
+    let saved = config["modules_to_save"].as_array().unwrap();
+    for module in [
+        "distilbert.embeddings",
+        "distilbert.transformer.layer.1.sa_layer_norm",
+        "distilbert.transformer.layer.2.output_layer_norm",
+    ] {
+        assert!(saved.contains(&Value::from(module)), "{saved:?}");
+    }
+    let pattern = config["target_modules"].as_str().unwrap();
+    assert!(
+        pattern.contains("ffn\\.lin1") && pattern.contains("attention\\.out_lin"),
+        "{pattern}"
+    );
+    let (back, imported) = spafit::adapter::import_peft(dir.path(), &ck, &cpu).unwrap();
+    assert!(imported.plan.train_embeddings && imported.plan.train_layer_norm_weights);
+    assert_eq!(imported.plan.strata, plan.strata);
+    assert_eq!(back.trainable_names(), model.trainable_names());
+    for inputs in ["singles", "pairs"] {
+        assert_eq!(
+            f.logits_of(&ck, &cpu, &back, inputs),
+            f.logits_of(&ck, &cpu, &model, inputs),
+            "{inputs}"
+        );
+    }
+}
+
+/// PEFT's adapter merged into its DistilBERT base is a `DistilBertForSequenceClassification`
+/// with the base's tensor names and DistilBERT's config keys, and gives PEFT's logits as a
+/// checkpoint of its own.
+#[test]
+fn a_merged_distilbert_adapter_is_a_distilbert_sequence_classifier() {
+    let config = fixture().check_merge_of_peft_adapter();
+    assert_eq!(config["dim"], 64);
+    assert!(config.get("hidden_size").is_none(), "{config}");
+}
+
+/// Full fine-tuning and SPAFIT on DistilBERT on the CUDA backend (the CPU stand-in without a
+/// GPU), f32, with dropout on: logits, loss and every trainable gradient as the f64 CPU
+/// reference gives them.
+#[test]
+fn distilbert_on_cuda_matches_the_f64_reference() {
+    let mut spafit_config = PeftConfig::new(Method::Spafit);
+    spafit_config.n1 = Boundary::Layer(1);
+    spafit_config.n2 = Boundary::Layer(2);
+    spafit_config.lora.rank = 4;
+    fixture().check_on_cuda(&[PeftConfig::new(Method::Full), spafit_config]);
+}
+
+/// `spafit train`, `eval`, `predict`, `merge` from the masked LM, as a user starts from
+/// distilbert-base-uncased, on the CPU and on `cuda-emu`.
+#[test]
+fn distilbert_trains_evaluates_predicts_and_merges_from_the_command_line() {
+    let f = fixture();
+    f.check_command_line(&f.dir().join("masked-lm"));
+}
+
+/// In training, DistilBERT's layer drops out the attention probabilities and the
+/// feed-forward's output but not the attention's output map (BERT's layer drops out both
+/// maps' outputs): on the same weights with only hidden-state dropout on, one layer's
+/// attention map no longer sees a mask when the family says DistilBERT.
+#[test]
+fn a_distilbert_layer_drops_out_what_transformers_drops_out() {
+    let f = fixture();
+    let ck = f.checkpoint("model");
+    let cpu = CpuBackend::f64();
+    let model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+    let input = ModelInput::for_model(&cpu, &f.encode(&ck, "singles"), &ck.config).unwrap();
+    let logits = |model: &BertClassifier<CpuBackend>| {
+        let mut tape = Tape::inference(cpu);
+        // Hidden-state dropout only: the embeddings' and the feed-forwards' (and BERT's
+        // attention outputs').
+        let mut dropouts = DropoutPlan::train(0.5, 0.0, 0.0, 11);
+        let out = model.forward(&mut tape, &input, &mut dropouts).unwrap();
+        cpu.to_f64(out.value()).unwrap()
+    };
+    let as_distilbert = logits(&model);
+    let mut as_bert_layers = model.clone();
+    for layer in &mut as_bert_layers.bert.layers {
+        layer.config.dropout_after_attention_output = true;
+    }
+    assert_ne!(as_distilbert, logits(&as_bert_layers));
+    for layer in &model.bert.layers {
+        assert!(!layer.config.dropout_after_attention_output);
+    }
+}
