@@ -27,8 +27,10 @@ fn fixture() -> FamilyFixture {
 }
 
 /// DistilBertTokenizer is BERT's without segment ids: ids and attention mask as transformers
-/// gives them, segment 0 throughout (pairs included); the same where `tokenizer_config.json`
-/// names no class (transformers then takes the model type's, DistilBertTokenizer again).
+/// gives them, segment 0 throughout (pairs included), from tokenizer.json or from vocab.txt
+/// alone. Where `tokenizer_config.json` names no class, transformers takes the model type's,
+/// which is `BertTokenizer` itself: the same ids, and segment ids (which DistilBERT never
+/// reads).
 #[test]
 fn distilbert_tokens_match_transformers() {
     let f = fixture();
@@ -38,18 +40,48 @@ fn distilbert_tokens_match_transformers() {
     let ck = f.checkpoint("model");
     f.check_tokens(&ck);
     let tmp = tempfile::tempdir().unwrap();
-    let unnamed = tmp.path().join("model");
-    f.copy_model(&unnamed, |name| name != "tokenizer_config.json");
-    let mut config: Value = serde_json::from_str(
-        &std::fs::read_to_string(f.dir().join("model/tokenizer_config.json")).unwrap(),
+    // vocab.txt from tokenizer.json's vocabulary, in id order, in place of tokenizer.json.
+    let from_vocab = tmp.path().join("vocab");
+    f.copy_model(&from_vocab, |name| name != "tokenizer.json");
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(f.dir().join("model/tokenizer.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        config.as_object_mut().unwrap().remove("tokenizer_class"),
-        Some("DistilBertTokenizer".into())
-    );
-    std::fs::write(unnamed.join("tokenizer_config.json"), config.to_string()).unwrap();
-    f.check_tokens(&Checkpoint::open(&unnamed).unwrap());
+    let mut vocab: Vec<(u64, &str)> = json["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(token, id)| (id.as_u64().unwrap(), token.as_str()))
+        .collect();
+    vocab.sort();
+    let lines: Vec<&str> = vocab.iter().map(|(_, token)| *token).collect();
+    std::fs::write(from_vocab.join("vocab.txt"), lines.join("\n") + "\n").unwrap();
+    f.check_tokens(&Checkpoint::open(&from_vocab).unwrap());
+    for dir in [tmp.path().join("unnamed"), tmp.path().join("vocab-unnamed")] {
+        let source = if dir.ends_with("unnamed") {
+            f.dir().join("model")
+        } else {
+            from_vocab.clone()
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        let mut config: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.as_object_mut().unwrap().remove("tokenizer_class"),
+            Some("DistilBertTokenizer".into())
+        );
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        let unnamed = Checkpoint::open(&dir).unwrap();
+        let (named, unnamed) = (f.encode(&ck, "pairs"), f.encode(&unnamed, "pairs"));
+        assert_eq!(named.input_ids, unnamed.input_ids, "{}", dir.display());
+        assert!(unnamed.token_type_ids.contains(&1), "{}", dir.display());
+    }
 }
 
 /// DistilBERT's config names its sizes otherwise (`dim`, `n_layers`, `n_heads`, `hidden_dim`,
@@ -95,6 +127,39 @@ fn distilbert_config_reads_its_own_keys() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("invalid DistilBERT config: `dim`"), "{e}");
+    // BERT's names of the sizes win over DistilBERT's, as DistilBertConfig's attribute_map
+    // makes them.
+    let both = r#"{"model_type": "distilbert", "dim": 64, "hidden_size": 32, "n_heads": 2,
+        "num_attention_heads": 4, "n_layers": 3}"#;
+    let both = BertConfig::from_json(both, path).unwrap();
+    assert_eq!(
+        (
+            both.hidden_size,
+            both.num_attention_heads,
+            both.num_hidden_layers
+        ),
+        (32, 4, 3)
+    );
+    let e = BertConfig::from_json(
+        r#"{"model_type": "distilbert", "seq_classif_dropout": null}"#,
+        path,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`seq_classif_dropout` is null"), "{e}");
+    for name in ["q_lin", "attention.out_lin", "lin1", "ffn.lin2"] {
+        let target: spafit::nn::LoraTarget = name.parse().unwrap();
+        assert_eq!(
+            EncoderFamily::DistilBert.hf_layer_module(target.module()),
+            if name.contains('.') {
+                name.to_string()
+            } else if name.starts_with("lin") {
+                format!("ffn.{name}")
+            } else {
+                format!("attention.{name}")
+            }
+        );
+    }
     let cpu = CpuBackend::f64();
     let model = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
     assert!(model.bert.embeddings.token_type.is_none());
@@ -195,7 +260,8 @@ fn a_distilbert_adapter_exports_under_peft_names_and_imports_back() {
 /// checkpoint of its own.
 #[test]
 fn a_merged_distilbert_adapter_is_a_distilbert_sequence_classifier() {
-    let config = fixture().check_merge_of_peft_adapter();
+    let config = fixture().check_merge_of_peft_adapter("DistilBertForSequenceClassification");
+    assert_eq!(config["model_type"], "distilbert");
     assert_eq!(config["dim"], 64);
     assert!(config.get("hidden_size").is_none(), "{config}");
 }

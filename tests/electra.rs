@@ -192,7 +192,8 @@ fn an_electra_adapter_exports_under_peft_names_and_imports_back() {
 /// its own.
 #[test]
 fn a_merged_electra_adapter_is_an_electra_sequence_classifier() {
-    let config = fixture().check_merge_of_peft_adapter();
+    let config = fixture().check_merge_of_peft_adapter("ElectraForSequenceClassification");
+    assert_eq!(config["model_type"], "electra");
     assert_eq!(config["embedding_size"], 24);
 }
 

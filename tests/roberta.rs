@@ -285,7 +285,7 @@ fn a_roberta_adapter_exports_under_peft_names_and_imports_back() {
 /// the base's tensor names, and gives PEFT's logits as a checkpoint of its own.
 #[test]
 fn a_merged_roberta_adapter_is_a_roberta_sequence_classifier() {
-    let config = fixture().check_merge_of_peft_adapter();
+    let config = fixture().check_merge_of_peft_adapter("RobertaForSequenceClassification");
     assert_eq!(config["model_type"], "roberta");
 }
 

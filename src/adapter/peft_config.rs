@@ -257,10 +257,11 @@ impl PeftLoraSettings {
                 ));
             }
         }
-        // PEFT finds the layer index after this name; BERT's is `...encoder.layer.N`.
+        // PEFT finds the layer index after this name; BERT's is `...encoder.layer.N`,
+        // DistilBERT's `...transformer.layer.N`.
         let names_bert_layers = |v: &Value| {
             v.as_str()
-                .is_some_and(|s| s == "layer" || s == "encoder.layer")
+                .is_some_and(|s| s == "layer" || s == "encoder.layer" || s == "transformer.layer")
         };
         match get("layers_pattern") {
             Value::Null => {}

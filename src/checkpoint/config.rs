@@ -1,4 +1,4 @@
-//! `config.json` of a Hugging Face BERT (or RoBERTa, or ELECTRA) checkpoint.
+//! `config.json` of a Hugging Face BERT (or RoBERTa, ELECTRA, DistilBERT) checkpoint.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,7 +55,8 @@ pub struct BertConfig {
     /// Must be `absolute` when present.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
-    /// `bert`, `roberta`, `xlm-roberta` or `electra` when present ([`BertConfig::family`]): the other
+    /// `bert`, `roberta`, `xlm-roberta`, `electra` or `distilbert` when present
+    /// ([`BertConfig::family`]): the other
     /// families that share BERT's tensor names (ALBERT, ERNIE, ...) differ in their
     /// positions, embeddings or layers.
     #[serde(default)]
@@ -146,6 +147,11 @@ fn distilbert_as_bert(value: &serde_json::Value) -> serde_json::Value {
     use serde_json::{json, Value};
     let mut object = value.as_object().cloned().unwrap_or_default();
     for (theirs, ours, default) in DISTILBERT_KEYS {
+        // DistilBertConfig's `attribute_map` sets `dim`, `n_heads` and `n_layers` from BERT's
+        // names after its own fields: where a file holds both, BERT's name wins.
+        if ATTRIBUTE_MAP.contains(&ours) && value.get(ours).is_some() {
+            continue;
+        }
         let given = value.get(theirs).cloned();
         let default = match default.fract() == 0.0 {
             true => json!(default as u64),
@@ -161,6 +167,19 @@ fn distilbert_as_bert(value: &serde_json::Value) -> serde_json::Value {
     object.insert("type_vocab_size".into(), json!(1));
     object.insert("layer_norm_eps".into(), json!(1e-12));
     Value::Object(object)
+}
+
+/// The BERT names DistilBertConfig's `attribute_map` maps onto its own.
+const ATTRIBUTE_MAP: [&str; 3] = ["hidden_size", "num_attention_heads", "num_hidden_layers"];
+
+/// The first of DistilBERT's own keys that `value` holds as null, which transformers'
+/// DistilBertConfig refuses (serde would read some as absent).
+fn distilbert_null(value: &serde_json::Value) -> Option<&'static str> {
+    DISTILBERT_KEYS
+        .iter()
+        .map(|(theirs, _, _)| *theirs)
+        .chain(["activation", "vocab_size", "max_position_embeddings"])
+        .find(|key| value.get(key) == Some(&serde_json::Value::Null))
 }
 
 /// `message` about a translated DistilBERT config, naming DistilBERT's keys.
@@ -428,8 +447,8 @@ impl BertConfig {
                 {
                     return Err(format(format!(
                         "no `model_type`, and `architectures` ({}) names no BERT class; spafit \
-                         runs BERT checkpoints, and RoBERTa and ELECTRA ones that say \
-                         `model_type`",
+                         runs BERT checkpoints, and RoBERTa, ELECTRA and DistilBERT ones that \
+                         say `model_type`",
                         names.join(", ")
                     )));
                 }
@@ -438,9 +457,9 @@ impl BertConfig {
             Some(other) => {
                 return Err(format(format!(
                     "`model_type` is {other}; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
-                     `xlm-roberta`) and ELECTRA (`electra`) checkpoints only: other families \
-                     differ in their position ids, embeddings or layers even where their tensor \
-                     names match BERT's"
+                     `xlm-roberta`), ELECTRA (`electra`) and DistilBERT (`distilbert`) \
+                     checkpoints only: other families differ in their position ids, embeddings \
+                     or layers even where their tensor names match BERT's"
                 )))
             }
         }
@@ -451,6 +470,12 @@ impl BertConfig {
             .unwrap_or(EncoderFamily::Bert);
         let distilbert = family == EncoderFamily::DistilBert;
         // DistilBERT names its sizes otherwise; messages name its keys.
+        if let Some(key) = distilbert.then(|| distilbert_null(&value)).flatten() {
+            return Err(format(format!(
+                "`{key}` is null, which transformers refuses: give a value, or remove the key \
+                 for DistilBertConfig's default"
+            )));
+        }
         let as_bert = match distilbert {
             true => distilbert_as_bert(&value),
             false => value.clone(),
@@ -558,7 +583,8 @@ impl BertConfig {
         {
             return Err(format!(
                 "`model_type` is `{t}`; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
-                 `xlm-roberta`) and ELECTRA (`electra`) checkpoints only"
+                 `xlm-roberta`), ELECTRA (`electra`) and DistilBERT (`distilbert`) checkpoints \
+                 only"
             ));
         }
         // A text needs `<s>`, one token and `</s>`.

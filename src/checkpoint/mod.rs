@@ -235,9 +235,11 @@ impl Checkpoint {
             let by_type = match (self.config.family(), self.config.model_type.as_deref()) {
                 (EncoderFamily::Roberta, Some("xlm-roberta")) => Some("XLMRobertaTokenizer"),
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
-                // ElectraTokenizer is BertTokenizer under another name.
-                (EncoderFamily::Bert | EncoderFamily::Electra, _) => None,
-                (EncoderFamily::DistilBert, _) => Some("DistilBertTokenizer"),
+                // transformers maps electra and distilbert to BertTokenizer itself (so a
+                // DistilBERT folder naming no class gets segment ids, which it never reads).
+                (EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert, _) => {
+                    None
+                }
             };
             let implied = self.config.tokenizer_class.as_deref().or(by_type);
             TextTokenizer::from_files_of_class(&path, config.as_deref(), max_len, implied)?

@@ -386,9 +386,12 @@ impl WeightsFile {
             // checkpoint.
             None => {
                 let prefix = format!("{}.", self.family.prefix());
+                // `encoder.` (DistilBERT's `transformer.`) without the prefix.
+                let encoder = self.family.hf_name("bert.encoder");
+                let encoder = format!("{}.", encoder.strip_prefix(&prefix).unwrap_or(&encoder));
                 let unprefixed = name.strip_prefix(&prefix).filter(|_| {
                     !self.names.iter().any(|n| n.starts_with(&prefix))
-                        && self.names.iter().any(|n| n.starts_with("encoder."))
+                        && self.names.iter().any(|n| n.starts_with(&encoder))
                 });
                 format!("tensor `{}` is missing", unprefixed.unwrap_or(name))
             }

@@ -311,7 +311,8 @@ pub struct PeftArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub lora_dropout: Option<f64>,
     /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
-    /// intermediate.dense, output.dense. Default: query,value for lora; all six for spafit.
+    /// intermediate.dense, output.dense (DistilBERT's q_lin, k_lin, v_lin, out_lin, lin1,
+    /// lin2 name the same maps). Default: query,value for lora; all six for spafit.
     #[arg(long, allow_hyphen_values = true, value_parser = spelling(lora_targets))]
     pub lora_targets: Option<String>,
     /// lora only: comma-separated layer indices that get adapters (default: all).

@@ -134,8 +134,9 @@ pub fn setup<B: Backend>(
             "--train-pooler",
             format!(
                 "has no effect on this {} model: the dense map of its classification head \
-                 (`classifier.dense`, BERT's pooler) trains with the head anyway",
-                family.display()
+                 (`{}`, BERT's pooler) trains with the head anyway",
+                family.display(),
+                family.hf_name("bert.pooler.dense")
             ),
         ));
     }

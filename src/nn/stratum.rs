@@ -117,12 +117,17 @@ impl TryFrom<String> for LoraTarget {
 impl FromStr for LoraTarget {
     type Err = Error;
 
-    /// Accepts the module path or its last part where unambiguous (`query`, `key`, `value`).
+    /// Accepts the module path or its last part where unambiguous (`query`, `key`, `value`),
+    /// and DistilBERT's names of the same maps (`q_lin`, `k_lin`, `v_lin`, `out_lin`, `lin1`,
+    /// `lin2`, with or without `attention.` / `ffn.`).
     fn from_str(s: &str) -> Result<Self, Error> {
         let found = match s {
-            "query" => Some(LoraTarget::Query),
-            "key" => Some(LoraTarget::Key),
-            "value" => Some(LoraTarget::Value),
+            "query" | "q_lin" | "attention.q_lin" => Some(LoraTarget::Query),
+            "key" | "k_lin" | "attention.k_lin" => Some(LoraTarget::Key),
+            "value" | "v_lin" | "attention.v_lin" => Some(LoraTarget::Value),
+            "out_lin" | "attention.out_lin" => Some(LoraTarget::AttentionOutput),
+            "lin1" | "ffn.lin1" => Some(LoraTarget::Intermediate),
+            "lin2" | "ffn.lin2" => Some(LoraTarget::Output),
             _ => LoraTarget::ALL.into_iter().find(|t| t.module() == s),
         };
         found.ok_or_else(|| {
@@ -130,7 +135,8 @@ impl FromStr for LoraTarget {
                 "lora target",
                 format!(
                     "unknown target `{s}`; expected one of query, key, value, \
-                     attention.output.dense, intermediate.dense, output.dense"
+                     attention.output.dense, intermediate.dense, output.dense (DistilBERT's \
+                     q_lin, k_lin, v_lin, out_lin, lin1, lin2 name the same maps)"
                 ),
             )
         })

@@ -213,7 +213,8 @@ impl TextTokenizer {
         let direction = settings
             .truncation_side()?
             .unwrap_or(TruncationDirection::Right);
-        let segment_ids = settings.segment_ids(true)?;
+        let class_default = super::tokenizer_class::class_gives_segment_ids(&settings);
+        let segment_ids = settings.segment_ids(class_default)?;
         Self::from_parts(inner, vocab, pad_id, max_len, direction, segment_ids)
     }
 

@@ -312,10 +312,10 @@ impl FamilyFixture {
         }
     }
 
-    /// PEFT's adapter merged into `model/` is the family's sequence classifier with the base's
-    /// tensor names and `model_type`, and gives PEFT's logits as a checkpoint of its own.
-    /// Returns the merge's config.json.
-    pub fn check_merge_of_peft_adapter(&self) -> Value {
+    /// PEFT's adapter merged into `model/` is `architecture` (the family's sequence
+    /// classifier) with the base's tensor names and `model_type`, and gives PEFT's logits as a
+    /// checkpoint of its own. Returns the merge's config.json.
+    pub fn check_merge_of_peft_adapter(&self, architecture: &str) -> Value {
         let ck = self.checkpoint("model");
         let cpu = CpuBackend::f64();
         let opened = spafit::adapter::open_adapter(&self.dir.join("peft-lora"), &ck, &cpu).unwrap();
@@ -336,7 +336,6 @@ impl FamilyFixture {
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
                 .unwrap();
         let model_type = ck.config.model_type.as_deref();
-        let architecture = self.family.sequence_classifier(model_type);
         assert_eq!(config["architectures"], serde_json::json!([architecture]));
         assert_eq!(config["model_type"].as_str(), model_type);
         assert_eq!(
