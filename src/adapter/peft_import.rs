@@ -313,8 +313,9 @@ pub fn import_peft<B: Backend>(
         return Err(Error::Mismatch {
             path: weights_path.clone(),
             detail: format!(
-                "`{name}`: the adapter has tensors for encoder layer {l} but this base model \
+                "`{}`: the adapter has tensors for encoder layer {l} but this base model \
                  has {layers} layers (the adapter was made for {})",
+                family.hf_name(name),
                 base_name()
             ),
         });
@@ -441,8 +442,14 @@ pub fn import_peft<B: Backend>(
             detail: format!(
                 "`target_modules` adapts {:?} in layer {l} but {:?} in layer {}; spafit applies the \
                  same targets in every adapted layer",
-                other.iter().map(|t| t.module()).collect::<Vec<_>>(),
-                targets.iter().map(|t| t.module()).collect::<Vec<_>>(),
+                other
+                    .iter()
+                    .map(|t| family.hf_layer_module(t.module()))
+                    .collect::<Vec<_>>(),
+                targets
+                    .iter()
+                    .map(|t| family.hf_layer_module(t.module()))
+                    .collect::<Vec<_>>(),
                 per_layer.keys().next().unwrap_or(&0)
             ),
         });
