@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # PyTorch + PEFT beside `spafit bench` on this machine's CPU, alternating in ONE run with the
-# same work: all-MiniLM-L6-v2, batch 16, fixed lengths 64 and 256, dropout on, AdamW; full,
+# same work: all-MiniLM-L6-v2 (or the checkpoint MODEL names), batch 16, fixed lengths 64 and 256, dropout on, AdamW; full,
 # BitFit, LoRA (query, value) and SPAFIT (N1 2, N2 4, r 8, six maps). Two rounds; the table
 # ends with the speed ratio (PyTorch ms / spafit ms: above 1 means spafit is faster).
 #
 # usage: scripts/side_by_side_cpu.sh [VENV]   (default .cache/torchenv; it needs torch,
 # transformers and peft, and is created with them when missing: about 5 GB, not part of CI)
 # env: STEPS (5), WARMUP (2), ROUNDS (2), LENGTHS ("64 256"), METHODS ("full bitfit lora spafit"),
-# DTYPE (f32; bf16: `spafit bench --dtype bf16` beside PyTorch under CPU bf16 autocast)
+# DTYPE (f32; bf16: `spafit bench --dtype bf16` beside PyTorch under CPU bf16 autocast),
+# MODEL (a checkpoint folder: BERT, RoBERTa, ELECTRA or DistilBERT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.cache/torchenv}
 steps=${STEPS:-5}; warmup=${WARMUP:-2}; rounds=${ROUNDS:-2}
 lengths=${LENGTHS:-"64 256"}; methods=${METHODS:-"full bitfit lora spafit"}
 dtype=${DTYPE:-f32}
-model=.cache/models/all-MiniLM-L6-v2
+model=${MODEL:-.cache/models/all-MiniLM-L6-v2}
 threads=$(nproc)
 
 if ! "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null; then
@@ -29,7 +30,7 @@ fi
 scripts/fetch_assets.sh >/dev/null
 cargo build --release --quiet
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-echo "machine: $cpu, $threads cores; torch threads $threads; $dtype; $(date -u +%FT%TZ)"
+echo "machine: $cpu, $threads cores; torch threads $threads; $dtype; $model; $(date -u +%FT%TZ)"
 
 results=$(mktemp)
 for round in $(seq "$rounds"); do

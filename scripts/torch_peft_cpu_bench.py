@@ -1,6 +1,7 @@
 """The PyTorch + PEFT side of the CPU side-by-side benchmark (scripts/side_by_side_cpu.sh):
-one fine-tuning step (forward, cross-entropy, backward, AdamW) of a real checkpoint under each
-method, in float32 on the CPU with `torch.set_num_threads(THREADS)` — the same work as
+one fine-tuning step (forward, cross-entropy, backward, AdamW) of a checkpoint (BERT, RoBERTa,
+ELECTRA or DistilBERT: AutoModelForSequenceClassification, each family's module names) under
+each method, in float32 on the CPU with `torch.set_num_threads(THREADS)` — the same work as
 `spafit bench --model MODEL --batch-size B --seq-len T --method M`:
 
   full    every tensor trains
@@ -24,9 +25,11 @@ import contextlib
 import os
 
 import torch
-from transformers import BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 SIX = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+# DistilBERT's names of the same maps.
+SIX_DISTILBERT = ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]
 
 
 def layer_of(name):
@@ -35,14 +38,20 @@ def layer_of(name):
 
 def model_for(path, method, n1, n2):
     torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="sdpa")
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="sdpa")
     layers = model.config.num_hidden_layers
+    distilbert = model.config.model_type == "distilbert"
+    # The encoder's layers, and the head (with the dense map spafit trains with it: RoBERTa's
+    # and ELECTRA's classifier.dense, DistilBERT's pre_classifier).
+    encoder = "distilbert.transformer." if distilbert else f"{model.base_model_prefix}.encoder."
+    head = ("classifier", "pre_classifier")
+    six = SIX_DISTILBERT if distilbert else SIX
     if method == "bitfit":
         for name, p in model.named_parameters():
-            p.requires_grad = name.startswith("classifier") or (name.startswith("bert.encoder.") and name.endswith(".bias"))
+            p.requires_grad = name.startswith(head) or (name.startswith(encoder) and name.endswith(".bias"))
     elif method in ("lora", "spafit"):
         from peft import LoraConfig, get_peft_model
-        targets, lora_layers = (["query", "value"], list(range(layers))) if method == "lora" else (SIX, list(range(n2, layers)))
+        targets, lora_layers = (six[:3:2], list(range(layers))) if method == "lora" else (six, list(range(n2, layers)))
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=targets,
                                                  layers_to_transform=lora_layers, modules_to_save=["classifier"]))
         if method == "spafit":
