@@ -157,6 +157,18 @@ fn electra_gradients() {
     check_model(config, Method::Full, 1);
 }
 
+/// A ReLU feed-forward (`hidden_act: relu`) under full fine-tuning and SPAFIT.
+#[test]
+fn relu_feed_forward_gradients() {
+    let config = BertConfig {
+        hidden_act: "relu".into(),
+        ..tiny_bert::config(3)
+    };
+    for method in [Method::Full, Method::Spafit] {
+        check_model(config.clone(), method, 3);
+    }
+}
+
 #[test]
 fn full_fine_tuning_gradients() {
     check(Method::Full, 3);

@@ -474,7 +474,7 @@ fn broken_files_are_errors() {
 
 /// Configs whose tensor names may match BERT's but whose forward is another: other model
 /// families (ALBERT shares its layers' weights and projects its embeddings, MPNet has
-/// relative positions; a RoBERTa without positions, a DistilBERT with a ReLU feed-forward)
+/// relative positions; a RoBERTa without positions, a DistilBERT with a SiLU feed-forward)
 /// and causal decoders. Each is refused
 /// naming the field, before any tensor is read.
 #[test]
@@ -482,9 +482,9 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
     let bert = tiny_config_json(2);
-    // DistilBERT's own keys are read (and named in messages); its ReLU feed-forward is not run.
+    // DistilBERT's own keys are read (and named in messages).
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
-        "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11, "activation": "relu"}"#;
+        "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11, "activation": "silu"}"#;
     let cases: [(&str, String, &str); 17] = [
         (
             "unknown-problem",
@@ -515,7 +515,7 @@ fn other_model_families_and_decoders_are_refused_by_name() {
         (
             "distilbert",
             distilbert.to_string(),
-            "`activation` is `relu`",
+            "`activation` is `silu`",
         ),
         (
             "distilbert-heads",

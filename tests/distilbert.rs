@@ -315,3 +315,42 @@ fn a_distilbert_layer_drops_out_what_transformers_drops_out() {
         assert!(!layer.config.dropout_after_attention_output);
     }
 }
+
+/// `activation: relu` (a ReLU between the feed-forward maps): the fixture's weights under that
+/// config give transformers' float64 logits (`relu_expected.json`, from `make_relu.py`), which
+/// differ from the GELU model's.
+#[test]
+fn a_relu_feed_forward_gives_transformers_logits() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("relu");
+    f.copy_model(&dir, |name| name != "config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(f.dir().join("model/config.json")).unwrap())
+            .unwrap();
+    config["activation"] = "relu".into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let relu = Checkpoint::open(&dir).unwrap();
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(f.dir().join("relu_expected.json")).unwrap())
+            .unwrap();
+    let cpu = CpuBackend::f64();
+    let model = BertClassifier::from_fine_tuned(&relu, &cpu).unwrap();
+    for layer in &model.bert.layers {
+        assert_eq!(
+            layer.config.activation,
+            spafit::nn::FeedForwardActivation::Relu
+        );
+    }
+    for inputs in ["singles", "pairs"] {
+        let want: Vec<f64> = expected[inputs]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect();
+        let e = common::rel_err(&f.logits_of(&relu, &cpu, &model, inputs), &want);
+        println!("ReLU feed-forward, {inputs}: logits rel err {e:.2e}");
+        assert!(e <= 1e-12, "{inputs}: {e:e}");
+    }
+}

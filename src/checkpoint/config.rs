@@ -34,8 +34,8 @@ pub struct BertConfig {
     /// LayerNorm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
-    /// Activation; only the exact (erf) GELU is supported (`gelu`, or its Python spelling
-    /// `gelu_python`).
+    /// The feed-forward's activation: the exact (erf) GELU (`gelu`, or its Python spelling
+    /// `gelu_python`) or `relu` ([`BertConfig::feed_forward_activation`]).
     #[serde(default = "default_act")]
     pub hidden_act: String,
     /// Dropout on hidden states during training.
@@ -316,6 +316,16 @@ impl BertConfig {
             EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::DistilBert => {
                 self.hidden_size
             }
+        }
+    }
+
+    /// The feed-forward's activation (`hidden_act`; transformers' `gelu_python` is the same
+    /// erf GELU written out in Python). A config that passed validation names one of them;
+    /// any other name reads as GELU.
+    pub fn feed_forward_activation(&self) -> crate::nn::FeedForwardActivation {
+        match self.hidden_act.as_str() {
+            "relu" => crate::nn::FeedForwardActivation::Relu,
+            _ => crate::nn::FeedForwardActivation::Gelu,
         }
     }
 
@@ -604,11 +614,10 @@ impl BertConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        // transformers' `gelu_python` is the same erf GELU written out in Python.
-        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_python") {
+        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_python" | "relu") {
             return Err(format!(
-                "`hidden_act` is `{}`; only the exact erf `gelu` of BERT (`gelu` or \
-                 `gelu_python`) is supported",
+                "`hidden_act` is `{}`; the exact erf `gelu` of BERT (`gelu` or `gelu_python`) \
+                 and `relu` are supported",
                 self.hidden_act
             ));
         }

@@ -48,6 +48,7 @@ impl<B: Backend> BertModel<B> {
             intermediate: config.intermediate_size,
             layer_norm_eps: config.layer_norm_eps,
             dropout_after_attention_output: config.family().dropout_after_attention_output(),
+            activation: config.feed_forward_activation(),
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {

@@ -18,6 +18,17 @@ pub struct EncoderLayerConfig {
     /// Whether the attention's output map is dropped out before the residual add (BERT's
     /// `attention.output.dropout`; DistilBERT's layer has none).
     pub dropout_after_attention_output: bool,
+    /// The feed-forward's activation (`hidden_act`, DistilBERT's `activation`).
+    pub activation: FeedForwardActivation,
+}
+
+/// The activation between a layer's two feed-forward maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedForwardActivation {
+    /// The exact (erf) GELU: `gelu`, `gelu_python`.
+    Gelu,
+    /// `max(x, 0)`: `relu`.
+    Relu,
 }
 
 /// One post-LN BERT layer:
@@ -269,7 +280,10 @@ impl<B: Backend> EncoderLayer<B> {
         let a = tape.add(&a, &x)?;
         let h = self.attention_norm.forward(tape, &a)?;
         let f = self.intermediate.forward(tape, &h, dropouts)?;
-        let f = tape.gelu(&f)?;
+        let f = match self.config.activation {
+            FeedForwardActivation::Gelu => tape.gelu(&f)?,
+            FeedForwardActivation::Relu => tape.relu(&f)?,
+        };
         let f = self.output.forward(tape, &f, dropouts)?;
         let f = tape.dropout(&f, dropouts.next_hidden())?;
         let f = tape.add(&f, &h)?;

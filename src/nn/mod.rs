@@ -10,7 +10,7 @@ mod param;
 mod stratum;
 
 pub use dropout_plan::DropoutPlan;
-pub use encoder_layer::{EncoderLayer, EncoderLayerConfig};
+pub use encoder_layer::{EncoderLayer, EncoderLayerConfig, FeedForwardActivation};
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, LoraAdapter};
 pub use param::{trainable_names, Param};
