@@ -503,9 +503,9 @@ fn other_model_families_and_decoders_are_refused_by_name() {
             "`pad_token_id` 99999 leaves no RoBERTa positions",
         ),
         (
-            "camembert",
-            bert.replace(r#""bert""#, r#""camembert""#),
-            r#"`model_type` is "camembert""#,
+            "deberta",
+            bert.replace(r#""bert""#, r#""deberta-v2""#),
+            r#"`model_type` is "deberta-v2""#,
         ),
         (
             "albert",

@@ -9,17 +9,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::rel_err;
 use common::tokenizer_variants::{
-    assert_encodes_as, check_variants, ids, pairs, read_json, texts, variant_folder,
+    assert_encodes_as, check_logits, check_variants, ids, read_json, texts, variant_folder,
 };
 use serde_json::Value;
-use spafit::autograd::Tape;
-use spafit::backend::cpu::CpuBackend;
-use spafit::backend::Backend;
 use spafit::checkpoint::{Checkpoint, EncoderFamily};
-use spafit::model::{BertClassifier, ModelInput};
-use spafit::nn::DropoutPlan;
 use spafit::text::TextInput;
 
 fn fixture_dir() -> PathBuf {
@@ -57,42 +51,9 @@ fn ids_match_transformers_under_every_variant() {
 /// to the longest, as transformers pads them).
 #[test]
 fn logits_match_transformers() {
-    let e = expected();
     let ck = Checkpoint::open(fixture_dir().join("model")).unwrap();
     assert_eq!(ck.config.family(), EncoderFamily::Roberta);
-    let cpu = CpuBackend::f64();
-    let model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
-    let tok = ck.tokenizer(40).unwrap();
-    let (texts, pairs) = (texts(&e), pairs(&e));
-    let batches: [(&str, Vec<TextInput>); 2] = [
-        (
-            "singles",
-            texts.iter().map(|t| TextInput::Single(t)).collect(),
-        ),
-        (
-            "pairs",
-            pairs.iter().map(|(a, b)| TextInput::Pair(a, b)).collect(),
-        ),
-    ];
-    for (name, inputs) in batches {
-        let enc = tok.encode_batch(&inputs).unwrap();
-        let input = ModelInput::for_model(&cpu, &enc, &ck.config).unwrap();
-        let mut tape = Tape::inference(cpu);
-        let out = model
-            .forward(&mut tape, &input, &mut DropoutPlan::eval())
-            .unwrap();
-        let got = cpu.to_f64(out.value()).unwrap();
-        let want: Vec<f64> = e["logits"][name]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
-            .collect();
-        assert_eq!(got.len(), want.len(), "{name}");
-        let err = rel_err(&got, &want);
-        println!("XLM-R {name} logits vs transformers f64: {err:.2e}");
-        assert!(err < 1e-12, "{name}: {err:.2e}");
-    }
+    check_logits(&ck, &expected(), "XLM-R");
 }
 
 /// Multilingual BERT-shaped checkpoints (multilingual MiniLM and its kin) name

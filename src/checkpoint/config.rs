@@ -55,7 +55,7 @@ pub struct BertConfig {
     /// Must be `absolute` when present.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
-    /// `bert`, `roberta`, `xlm-roberta`, `electra` or `distilbert` when present
+    /// `bert`, `roberta`, `xlm-roberta`, `camembert`, `electra` or `distilbert` when present
     /// ([`BertConfig::family`]): the other
     /// families that share BERT's tensor names (ALBERT, ERNIE, ...) differ in their
     /// positions, embeddings or layers.
@@ -467,7 +467,7 @@ impl BertConfig {
             Some(other) => {
                 return Err(format(format!(
                     "`model_type` is {other}; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
-                     `xlm-roberta`), ELECTRA (`electra`) and DistilBERT (`distilbert`) \
+                     `xlm-roberta`, `camembert`), ELECTRA (`electra`) and DistilBERT (`distilbert`) \
                      checkpoints only: other families differ in their position ids, embeddings \
                      or layers even where their tensor names match BERT's"
                 )))
@@ -593,7 +593,7 @@ impl BertConfig {
         {
             return Err(format!(
                 "`model_type` is `{t}`; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
-                 `xlm-roberta`), ELECTRA (`electra`) and DistilBERT (`distilbert`) checkpoints \
+                 `xlm-roberta`, `camembert`), ELECTRA (`electra`) and DistilBERT (`distilbert`) checkpoints \
                  only"
             ));
         }

@@ -24,7 +24,8 @@
 pub enum EncoderFamily {
     /// `bert`.
     Bert,
-    /// `roberta` and `xlm-roberta` (transformers runs both through the same code).
+    /// `roberta`, `xlm-roberta` and `camembert` (transformers runs them through the same
+    /// code).
     Roberta,
     /// `electra` (the discriminator's encoder; a generator's checkpoint holds one too).
     Electra,
@@ -61,7 +62,7 @@ impl EncoderFamily {
     pub fn of_model_type(model_type: &str) -> Option<Self> {
         match model_type {
             "bert" => Some(EncoderFamily::Bert),
-            "roberta" | "xlm-roberta" => Some(EncoderFamily::Roberta),
+            "roberta" | "xlm-roberta" | "camembert" => Some(EncoderFamily::Roberta),
             "electra" => Some(EncoderFamily::Electra),
             "distilbert" => Some(EncoderFamily::DistilBert),
             _ => None,
@@ -72,7 +73,10 @@ impl EncoderFamily {
     pub fn of_architecture(class: &str) -> Option<Self> {
         if class.starts_with("Bert") {
             Some(EncoderFamily::Bert)
-        } else if class.starts_with("Roberta") || class.starts_with("XLMRoberta") {
+        } else if ["Roberta", "XLMRoberta", "Camembert"]
+            .iter()
+            .any(|p| class.starts_with(p))
+        {
             Some(EncoderFamily::Roberta)
         } else if class.starts_with("Electra") {
             Some(EncoderFamily::Electra)
@@ -88,6 +92,7 @@ impl EncoderFamily {
         match (self, model_type) {
             (EncoderFamily::Bert, _) => "BertForSequenceClassification",
             (EncoderFamily::Roberta, Some("xlm-roberta")) => "XLMRobertaForSequenceClassification",
+            (EncoderFamily::Roberta, Some("camembert")) => "CamembertForSequenceClassification",
             (EncoderFamily::Roberta, _) => "RobertaForSequenceClassification",
             (EncoderFamily::Electra, _) => "ElectraForSequenceClassification",
             (EncoderFamily::DistilBert, _) => "DistilBertForSequenceClassification",

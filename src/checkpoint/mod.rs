@@ -96,7 +96,7 @@ impl Checkpoint {
     /// `BertForTokenClassification` (one prediction per token). Such a head is neither
     /// evaluated nor trained on; a fresh one replaces it.
     pub fn foreign_head(&self) -> Option<&str> {
-        const OTHER_HEADS: [&str; 10] = [
+        const OTHER_HEADS: [&str; 12] = [
             "BertForMultipleChoice",
             "BertForTokenClassification",
             "RobertaForMultipleChoice",
@@ -107,6 +107,8 @@ impl Checkpoint {
             "ElectraForTokenClassification",
             "DistilBertForMultipleChoice",
             "DistilBertForTokenClassification",
+            "CamembertForMultipleChoice",
+            "CamembertForTokenClassification",
         ];
         let names = &self.architectures;
         let ours = self
@@ -234,6 +236,7 @@ impl Checkpoint {
             // config.json's class, else the model type's.
             let by_type = match (self.config.family(), self.config.model_type.as_deref()) {
                 (EncoderFamily::Roberta, Some("xlm-roberta")) => Some("XLMRobertaTokenizer"),
+                (EncoderFamily::Roberta, Some("camembert")) => Some("CamembertTokenizer"),
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
                 // transformers maps electra and distilbert to BertTokenizer itself (so a
                 // DistilBERT folder naming no class gets segment ids, which it never reads).

@@ -132,12 +132,14 @@ pub(crate) struct NamedTokens(Vec<(&'static str, String)>);
 
 /// The added tokens of a class that rebuilds its pipeline around tokenizer.json's pieces
 /// (RoBERTa's, XLM-R's): `to` is tokenizer.json as read, its pipeline already the class's;
-/// its own added tokens give way to the list transformers starts from, and `defaults` are
-/// the class's named tokens.
+/// its own added tokens give way to the list transformers starts from, `defaults` are the
+/// class's named tokens and `default_extras` its extra special tokens where the config names
+/// none (CamemBERT's).
 pub(crate) fn add_class_tokens(
     to: &mut Tokenizer,
     config: &TokenizerConfig,
     defaults: &[(&'static str, &'static str)],
+    default_extras: &[&str],
 ) -> Result<NamedTokens> {
     let list = token_list(config, Some(to))?;
     to.with_added_vocabulary(AddedVocabulary::new());
@@ -159,6 +161,16 @@ pub(crate) fn add_class_tokens(
     }
     tokens.extend(config.other_named_tokens()?);
     tokens.extend(extra_tokens(config)?);
+    if matches!(
+        config.json.get("extra_special_tokens"),
+        None | Some(Value::Null)
+    ) {
+        tokens.extend(
+            default_extras
+                .iter()
+                .map(|text| AddedToken::from(text.to_string(), true)),
+        );
+    }
     add_missing(to, &tokens);
     Ok(NamedTokens(named))
 }

@@ -102,7 +102,7 @@ pub(crate) fn as_roberta_tokenizer(
     }
     from.with_normalizer(None::<NormalizerWrapper>)
         .with_pre_tokenizer(Some(ByteLevel::new(add_prefix_space, true, true)));
-    let named = add_class_tokens(&mut from, config, &ROBERTA_TOKENS)?;
+    let named = add_class_tokens(&mut from, config, &ROBERTA_TOKENS, &[])?;
     let id_of = |key| named.id_of(&from, key, config, "RoBERTa's");
     let (sep, cls, (_, pad)) = (
         id_of("sep_token")?,

@@ -12,6 +12,7 @@ use tokenizers::Tokenizer;
 
 use super::added_tokens::{add_missing, config_token_list, extra_tokens, NAMED_TOKENS};
 use super::tokenizer_config::TokenizerConfig;
+use super::xlm_roberta_tokenizer::SentencePieceClass;
 use crate::error::{Error, Result};
 
 /// The tokenizer transformers loads for a checkpoint holding `from` (its `tokenizer.json`,
@@ -35,7 +36,20 @@ pub(crate) fn as_transformers_loads(
                 return super::roberta_tokenizer::as_roberta_tokenizer(from, source, config)
             }
             ClassRule::XlmRoberta => {
-                return super::xlm_roberta_tokenizer::as_xlm_roberta_tokenizer(from, source, config)
+                return super::xlm_roberta_tokenizer::as_sentencepiece_tokenizer(
+                    from,
+                    source,
+                    config,
+                    SentencePieceClass::XlmRoberta,
+                )
+            }
+            ClassRule::Camembert => {
+                return super::xlm_roberta_tokenizer::as_sentencepiece_tokenizer(
+                    from,
+                    source,
+                    config,
+                    SentencePieceClass::Camembert,
+                )
             }
             ClassRule::Unsupported => {
                 return Err(Error::Format {
@@ -114,7 +128,7 @@ pub(crate) fn class_gives_segment_ids(config: &TokenizerConfig) -> bool {
         Some(class) if is_distilbert_tokenizer(class) => false,
         Some(class) => !matches!(
             class_rule(class),
-            ClassRule::AsItIs | ClassRule::Roberta | ClassRule::XlmRoberta
+            ClassRule::AsItIs | ClassRule::Roberta | ClassRule::XlmRoberta | ClassRule::Camembert
         ),
         None => true,
     }
@@ -138,8 +152,11 @@ pub(crate) enum ClassRule {
     /// It builds `XLMRobertaTokenizer` (see `xlm_roberta_tokenizer`), which gives no
     /// segment ids.
     XlmRoberta,
-    /// It builds a tokenizer of that class by rules of its own (MPNet's, Funnel's,
-    /// CamemBERT's, ...), which give other ids than any of the above.
+    /// It builds `CamembertTokenizer` (XLM-R's pipeline with CamemBERT's unknown id, mask and
+    /// extra tokens: see `xlm_roberta_tokenizer`), which gives no segment ids.
+    Camembert,
+    /// It builds a tokenizer of that class by rules of its own (MPNet's, Funnel's, ...),
+    /// which give other ids than any of the above.
     Unsupported,
 }
 
@@ -162,6 +179,7 @@ pub(crate) fn class_rule(class: &str) -> ClassRule {
         "TokenizersBackend" => ClassRule::AsItIs,
         "RobertaTokenizer" => ClassRule::Roberta,
         "XLMRobertaTokenizer" => ClassRule::XlmRoberta,
+        "CamembertTokenizer" => ClassRule::Camembert,
         _ => ClassRule::Unsupported,
     }
 }

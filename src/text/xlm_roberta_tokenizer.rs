@@ -6,6 +6,13 @@
 //! texts, no segment ids — with the added tokens transformers gives it (`added_tokens`),
 //! whatever else `tokenizer.json` says. Multilingual checkpoints of
 //! both families use it (XLM-R itself, and BERT-shaped ones such as multilingual MiniLM).
+//!
+//! `CamembertTokenizer` is the same pipeline with two differences in transformers 5.24 that
+//! change ids: the unknown id is the position of the unknown token (`unk_token`) among the
+//! pieces (CamemBERT's vocabulary starts `<s>NOTUSED <pad> </s>NOTUSED <unk> <unk>NOTUSED <s>
+//! </s>`), and where the config names no extra special tokens the class adds `<s>NOTUSED`,
+//! `</s>NOTUSED` and `<unk>NOTUSED`. (Its plain `mask_token` strips the space before it,
+//! which changes no id here: the whitespace split drops that space anyway.)
 
 use std::path::Path;
 
@@ -22,15 +29,42 @@ use super::roberta_tokenizer::ROBERTA_TOKENS;
 use super::tokenizer_config::TokenizerConfig;
 use crate::error::{Error, Result};
 
-/// The id the class gives unknown pieces, whatever the file names: the fourth entry of
-/// XLM-R's vocabulary (`<s> <pad> </s> <unk>`), as transformers' converter lays it out.
+/// The id `XLMRobertaTokenizer` gives unknown pieces, whatever the file names: the fourth
+/// entry of XLM-R's vocabulary (`<s> <pad> </s> <unk>`), as transformers' converter lays it
+/// out.
 const UNKNOWN_ID: usize = 3;
 
-/// `from` (read from `source`) rebuilt as `XLMRobertaTokenizer`, and its padding id.
-pub(crate) fn as_xlm_roberta_tokenizer(
+/// The SentencePiece classes of RoBERTa-shaped checkpoints, which transformers builds alike.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum SentencePieceClass {
+    /// `XLMRobertaTokenizer`.
+    XlmRoberta,
+    /// `CamembertTokenizer`.
+    Camembert,
+}
+
+impl SentencePieceClass {
+    fn name(self) -> &'static str {
+        match self {
+            SentencePieceClass::XlmRoberta => "XLMRobertaTokenizer",
+            SentencePieceClass::Camembert => "CamembertTokenizer",
+        }
+    }
+
+    fn pipeline(self) -> &'static str {
+        match self {
+            SentencePieceClass::XlmRoberta => "XLM-RoBERTa's",
+            SentencePieceClass::Camembert => "CamemBERT's",
+        }
+    }
+}
+
+/// `from` (read from `source`) rebuilt as `class`, and its padding id.
+pub(crate) fn as_sentencepiece_tokenizer(
     mut from: Tokenizer,
     source: &Path,
     config: &TokenizerConfig,
+    class: SentencePieceClass,
 ) -> Result<(Tokenizer, u32)> {
     let format = |detail: String| Error::Format {
         path: source.to_path_buf(),
@@ -41,11 +75,24 @@ pub(crate) fn as_xlm_roberta_tokenizer(
             source,
             config,
             "Unigram",
-            "XLMRobertaTokenizer",
+            class.name(),
             "SentencePiece's Unigram",
         ));
     };
-    if existing.get_vocab_size() <= UNKNOWN_ID {
+    let unknown_id = match class {
+        SentencePieceClass::XlmRoberta => UNKNOWN_ID,
+        // The unknown token's place among the pieces, the first piece where it has none.
+        SentencePieceClass::Camembert => {
+            let unk = config
+                .token("unk_token")?
+                .map_or_else(|| "<unk>".to_string(), |t| t.content);
+            existing
+                .iter()
+                .position(|(piece, _)| *piece == unk)
+                .unwrap_or(0)
+        }
+    };
+    if class == SentencePieceClass::XlmRoberta && existing.get_vocab_size() <= UNKNOWN_ID {
         return Err(format(format!(
             "its Unigram vocabulary has {} pieces; XLMRobertaTokenizer takes the fourth as the \
              unknown piece",
@@ -67,11 +114,11 @@ pub(crate) fn as_xlm_roberta_tokenizer(
             }),
     };
     let model = match (existing.byte_fallback(), unknown) {
-        (false, Some(UNKNOWN_ID)) => None,
+        (false, Some(id)) if id == unknown_id => None,
         _ => {
             let pieces: Vec<(String, f64)> = existing.iter().cloned().collect();
             Some(
-                Unigram::from(pieces, Some(UNKNOWN_ID), false)
+                Unigram::from(pieces, Some(unknown_id), false)
                     .map_err(|e| format(format!("cannot rebuild its Unigram vocabulary: {e}")))?,
             )
         }
@@ -93,8 +140,15 @@ pub(crate) fn as_xlm_roberta_tokenizer(
             WhitespaceSplit.into(),
             Metaspace::new('▁', prepend, true).into(),
         ])));
-    let named = add_class_tokens(&mut from, config, &ROBERTA_TOKENS)?;
-    let id_of = |key| named.id_of(&from, key, config, "XLM-RoBERTa's");
+    let named = match class {
+        SentencePieceClass::XlmRoberta => {
+            add_class_tokens(&mut from, config, &ROBERTA_TOKENS, &[])?
+        }
+        SentencePieceClass::Camembert => {
+            add_class_tokens(&mut from, config, &ROBERTA_TOKENS, &CAMEMBERT_EXTRAS)?
+        }
+    };
+    let id_of = |key| named.id_of(&from, key, config, class.pipeline());
     let (bos, eos, (_, pad)) = (
         id_of("bos_token")?,
         id_of("eos_token")?,
@@ -105,6 +159,9 @@ pub(crate) fn as_xlm_roberta_tokenizer(
     from.with_post_processor(Some(processor));
     Ok((from, pad))
 }
+
+/// `CamembertTokenizer`'s extra special tokens where the config names none.
+const CAMEMBERT_EXTRAS: [&str; 3] = ["<s>NOTUSED", "</s>NOTUSED", "<unk>NOTUSED"];
 
 /// The SentencePiece table among the file's normalizers (alone or in a sequence): the one
 /// normalizer the class keeps. None without one.

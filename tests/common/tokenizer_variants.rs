@@ -6,7 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use spafit::autograd::Tape;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
+use spafit::model::{BertClassifier, ModelInput};
+use spafit::nn::DropoutPlan;
 use spafit::text::{TextInput, TextTokenizer};
 
 pub fn read_json(path: &Path) -> Value {
@@ -142,4 +147,43 @@ pub fn check_variants(model: &Path, e: &Value, also: impl Fn(&str, &TextTokenize
         }
     }
     cases.len()
+}
+
+/// `ck`'s own head on the tokens spafit gives `e`'s texts and pairs at 40 tokens gives
+/// transformers' float64 logits (`e["logits"]`; batches padded to the longest, as
+/// transformers pads them) to 1e-12.
+pub fn check_logits(ck: &Checkpoint, e: &Value, what: &str) {
+    let cpu = CpuBackend::f64();
+    let model = BertClassifier::from_fine_tuned(ck, &cpu).unwrap();
+    let tok = ck.tokenizer(40).unwrap();
+    let (texts, pairs) = (texts(e), pairs(e));
+    let batches: [(&str, Vec<TextInput>); 2] = [
+        (
+            "singles",
+            texts.iter().map(|t| TextInput::Single(t)).collect(),
+        ),
+        (
+            "pairs",
+            pairs.iter().map(|(a, b)| TextInput::Pair(a, b)).collect(),
+        ),
+    ];
+    for (name, inputs) in batches {
+        let enc = tok.encode_batch(&inputs).unwrap();
+        let input = ModelInput::for_model(&cpu, &enc, &ck.config).unwrap();
+        let mut tape = Tape::inference(cpu);
+        let out = model
+            .forward(&mut tape, &input, &mut DropoutPlan::eval())
+            .unwrap();
+        let got = cpu.to_f64(out.value()).unwrap();
+        let want: Vec<f64> = e["logits"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let err = super::rel_err(&got, &want);
+        println!("{what} {name} logits vs transformers f64: {err:.2e}");
+        assert!(err < 1e-12, "{name}: {err:.2e}");
+    }
 }
