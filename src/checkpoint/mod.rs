@@ -210,7 +210,7 @@ impl Checkpoint {
             path = vocab;
             TextTokenizer::from_vocab(&path, config.as_deref(), max_len)?
         } else if !path.exists() {
-            // XLM-R checkpoints ship tokenizer.json beside the SentencePiece model they were
+            // XLM-R and CamemBERT checkpoints ship tokenizer.json beside the SentencePiece model they were
             // converted from; the model alone would need SentencePiece's own reader.
             let spm = ["sentencepiece.bpe.model", "spiece.model", "tokenizer.model"]
                 .into_iter()

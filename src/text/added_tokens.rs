@@ -161,10 +161,9 @@ pub(crate) fn add_class_tokens(
     }
     tokens.extend(config.other_named_tokens()?);
     tokens.extend(extra_tokens(config)?);
-    if matches!(
-        config.json.get("extra_special_tokens"),
-        None | Some(Value::Null)
-    ) {
+    // Absent (read already folds `additional_special_tokens` in): the class's default; a
+    // null reaches the class as no extra tokens at all.
+    if config.json.get("extra_special_tokens").is_none() {
         tokens.extend(
             default_extras
                 .iter()

@@ -1,6 +1,6 @@
 //! Which tokenizer transformers 5.24's AutoTokenizer builds from a checkpoint's
 //! tokenizer.json, by the class `tokenizer_config.json` names (or the model type implies):
-//! BERT's, RoBERTa's and XLM-R's classes rebuild their own pipelines around the file's
+//! BERT's, RoBERTa's, XLM-R's and CamemBERT's classes rebuild their own pipelines around the file's
 //! vocabulary (`wordpiece_vocab`, `roberta_tokenizer`, `xlm_roberta_tokenizer`);
 //! `PreTrainedTokenizerFast` / `TokenizersBackend` take the file as it is; any other class is
 //! refused by name rather than guessed.
@@ -152,8 +152,8 @@ pub(crate) enum ClassRule {
     /// It builds `XLMRobertaTokenizer` (see `xlm_roberta_tokenizer`), which gives no
     /// segment ids.
     XlmRoberta,
-    /// It builds `CamembertTokenizer` (XLM-R's pipeline with CamemBERT's unknown id, mask and
-    /// extra tokens: see `xlm_roberta_tokenizer`), which gives no segment ids.
+    /// It builds `CamembertTokenizer` (XLM-R's pipeline with CamemBERT's unknown id and extra
+    /// tokens: see `xlm_roberta_tokenizer`), which gives no segment ids.
     Camembert,
     /// It builds a tokenizer of that class by rules of its own (MPNet's, Funnel's, ...),
     /// which give other ids than any of the above.

@@ -82,10 +82,14 @@ pub(crate) fn as_sentencepiece_tokenizer(
     let unknown_id = match class {
         SentencePieceClass::XlmRoberta => UNKNOWN_ID,
         // The unknown token's place among the pieces, the first piece where it has none.
+        // A null `unk_token` reaches the class as None, whose text `None` is no piece.
         SentencePieceClass::Camembert => {
-            let unk = config
-                .token("unk_token")?
-                .map_or_else(|| "<unk>".to_string(), |t| t.content);
+            let unk = match config.is_null("unk_token") {
+                true => "None".to_string(),
+                false => config
+                    .token("unk_token")?
+                    .map_or_else(|| "<unk>".to_string(), |t| t.content),
+            };
             existing
                 .iter()
                 .position(|(piece, _)| *piece == unk)
