@@ -153,6 +153,15 @@ impl EncoderFamily {
         self != EncoderFamily::DistilBert
     }
 
+    /// [`EncoderFamily::hf_name`] without the family's prefix, as the base model's own files
+    /// (`BertModel`, `DistilBertModel`, ...) name it: `encoder.layer`, `transformer.layer`.
+    pub fn hf_name_in_base_model(self, name: &str) -> String {
+        let full = self.hf_name(name);
+        let prefix = format!("{}.", self.prefix());
+        full.strip_prefix(&prefix)
+            .map_or_else(|| full.clone(), str::to_string)
+    }
+
     /// The name transformers gives module `module` of a layer (BERT's name relative to the
     /// layer, `attention.self.query`), relative to the layer too.
     pub fn hf_layer_module(self, module: &str) -> String {
@@ -165,7 +174,7 @@ impl EncoderFamily {
     pub fn hf_name(self, name: &str) -> String {
         match self {
             EncoderFamily::Bert => return name.to_string(),
-            EncoderFamily::DistilBert => return distilbert_name(name),
+            EncoderFamily::DistilBert => return rename(name, &BERT_NAMING, &DISTILBERT_NAMING),
             EncoderFamily::Roberta | EncoderFamily::Electra => {}
         }
         if let Some(rest) = under(name, "bert.pooler.dense") {
@@ -185,7 +194,7 @@ impl EncoderFamily {
     pub fn internal_name(self, name: &str) -> String {
         match self {
             EncoderFamily::Bert => return name.to_string(),
-            EncoderFamily::DistilBert => return name_of_distilbert(name),
+            EncoderFamily::DistilBert => return rename(name, &DISTILBERT_NAMING, &BERT_NAMING),
             EncoderFamily::Roberta | EncoderFamily::Electra => {}
         }
         if let Some(rest) = under(name, "classifier.dense") {
@@ -201,62 +210,60 @@ impl EncoderFamily {
     }
 }
 
-/// DistilBERT's name of spafit's (BERT's) `name`.
-fn distilbert_name(name: &str) -> String {
-    if let Some(rest) = under(name, "bert.pooler.dense") {
-        return format!("pre_classifier{rest}");
+/// Where a naming puts what DistilBERT names otherwise than BERT: the head's dense map, the
+/// encoder (its layers under `.layer.N`), the model, and which side of
+/// [`DISTILBERT_LAYER_MODULES`] names a layer's modules.
+struct Naming {
+    pooler: &'static str,
+    encoder: &'static str,
+    base: &'static str,
+    side: usize,
+}
+
+/// spafit's (BERT's) naming.
+const BERT_NAMING: Naming = Naming {
+    pooler: "bert.pooler.dense",
+    encoder: "bert.encoder",
+    base: "bert",
+    side: 0,
+};
+
+/// DistilBERT's naming.
+const DISTILBERT_NAMING: Naming = Naming {
+    pooler: "pre_classifier",
+    encoder: "distilbert.transformer",
+    base: "distilbert",
+    side: 1,
+};
+
+/// `name` under naming `from` as naming `to` spells it (names neither knows stay as they are).
+fn rename(name: &str, from: &Naming, to: &Naming) -> String {
+    if let Some(rest) = under(name, from.pooler) {
+        return format!("{}{rest}", to.pooler);
     }
     if let Some((index, module)) = name
-        .strip_prefix("bert.encoder.layer.")
+        .strip_prefix(&format!("{}.layer.", from.encoder))
         .map(|rest| rest.split_once('.').unwrap_or((rest, "")))
     {
-        let layer = format!("distilbert.transformer.layer.{index}");
+        let layer = format!("{}.layer.{index}", to.encoder);
         if module.is_empty() {
             return layer;
         }
         return match DISTILBERT_LAYER_MODULES
             .iter()
-            .find_map(|(ours, theirs)| Some((theirs, under(module, ours)?)))
-        {
+            .find_map(|(bert, distilbert)| {
+                let names = [bert, distilbert];
+                Some((names[to.side], under(module, names[from.side])?))
+            }) {
             Some((theirs, rest)) => format!("{layer}.{theirs}{rest}"),
             None => format!("{layer}.{module}"),
         };
     }
-    if let Some(rest) = under(name, "bert.encoder") {
-        return format!("distilbert.transformer{rest}");
+    if let Some(rest) = under(name, from.encoder) {
+        return format!("{}{rest}", to.encoder);
     }
-    match under(name, "bert") {
-        Some(rest) => format!("distilbert{rest}"),
-        None => name.to_string(),
-    }
-}
-
-/// spafit's (BERT's) name of DistilBERT's `name` ([`distilbert_name`]'s inverse).
-fn name_of_distilbert(name: &str) -> String {
-    if let Some(rest) = under(name, "pre_classifier") {
-        return format!("bert.pooler.dense{rest}");
-    }
-    if let Some((index, module)) = name
-        .strip_prefix("distilbert.transformer.layer.")
-        .map(|rest| rest.split_once('.').unwrap_or((rest, "")))
-    {
-        let layer = format!("bert.encoder.layer.{index}");
-        if module.is_empty() {
-            return layer;
-        }
-        return match DISTILBERT_LAYER_MODULES
-            .iter()
-            .find_map(|(ours, theirs)| Some((ours, under(module, theirs)?)))
-        {
-            Some((ours, rest)) => format!("{layer}.{ours}{rest}"),
-            None => format!("{layer}.{module}"),
-        };
-    }
-    if let Some(rest) = under(name, "distilbert.transformer") {
-        return format!("bert.encoder{rest}");
-    }
-    match under(name, "distilbert") {
-        Some(rest) => format!("bert{rest}"),
+    match under(name, from.base) {
+        Some(rest) => format!("{}{rest}", to.base),
         None => name.to_string(),
     }
 }

@@ -381,9 +381,7 @@ fn open_weights(dir: &Path) -> Result<WeightsFile> {
 fn check_layer_count(config: &BertConfig, weights: &WeightsFile) -> Result<()> {
     // `encoder.layer` (`transformer.layer` in DistilBERT), with or without the prefix.
     let family = config.family();
-    let full = family.hf_name("bert.encoder.layer");
-    let prefix = format!("{}.", family.prefix());
-    let container = full.strip_prefix(&prefix).unwrap_or(&full);
+    let container = family.hf_name_in_base_model("bert.encoder.layer");
     let layers = weights
         .names()
         .iter()

@@ -387,8 +387,7 @@ impl WeightsFile {
             None => {
                 let prefix = format!("{}.", self.family.prefix());
                 // `encoder.` (DistilBERT's `transformer.`) without the prefix.
-                let encoder = self.family.hf_name("bert.encoder");
-                let encoder = format!("{}.", encoder.strip_prefix(&prefix).unwrap_or(&encoder));
+                let encoder = format!("{}.", self.family.hf_name_in_base_model("bert.encoder"));
                 let unprefixed = name.strip_prefix(&prefix).filter(|_| {
                     !self.names.iter().any(|n| n.starts_with(&prefix))
                         && self.names.iter().any(|n| n.starts_with(&encoder))

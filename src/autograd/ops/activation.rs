@@ -22,39 +22,24 @@ impl<B: Backend> BackwardOp<B> for GeluNode<B> {
     }
 }
 
-/// tanh's derivative needs only its output, so that is what is kept.
-struct TanhNode<B: Backend> {
+/// A backend's backward from the forward output: `(dy, y) → dx`.
+type FromOutputBackward<B> = fn(&B, &Tensor<B>, &Tensor<B>) -> Result<Tensor<B>>;
+
+/// tanh's and ReLU's derivatives need only their output, so that is what is kept, with the
+/// backend's backward of the one it is.
+struct FromOutputNode<B: Backend> {
     y: Tensor<B>,
+    backward: FromOutputBackward<B>,
 }
 
-impl<B: Backend> BackwardOp<B> for TanhNode<B> {
+impl<B: Backend> BackwardOp<B> for FromOutputNode<B> {
     fn backward(
         &self,
         backend: &B,
         d_out: &Tensor<B>,
         _: &[bool],
     ) -> Result<Vec<Option<Tensor<B>>>> {
-        Ok(vec![Some(backend.tanh_backward(d_out, &self.y)?)])
-    }
-
-    fn saved_activations(&self) -> Vec<&Tensor<B>> {
-        vec![&self.y]
-    }
-}
-
-/// ReLU's derivative needs only its output's sign, so the output is kept.
-struct ReluNode<B: Backend> {
-    y: Tensor<B>,
-}
-
-impl<B: Backend> BackwardOp<B> for ReluNode<B> {
-    fn backward(
-        &self,
-        backend: &B,
-        d_out: &Tensor<B>,
-        _: &[bool],
-    ) -> Result<Vec<Option<Tensor<B>>>> {
-        Ok(vec![Some(backend.relu_backward(d_out, &self.y)?)])
+        Ok(vec![Some((self.backward)(backend, d_out, &self.y)?)])
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {
@@ -71,15 +56,25 @@ impl<B: Backend> Tape<B> {
 
     /// Hyperbolic tangent (BERT's pooler).
     pub fn tanh(&mut self, x: &Var<B>) -> Result<Var<B>> {
-        let y = self.backend.tanh_forward(&x.value)?;
-        let kept = y.clone();
-        Ok(self.record(y, vec![x.id], |_| Box::new(TanhNode { y: kept })))
+        self.differentiated_by_output(x, B::tanh_forward, B::tanh_backward)
     }
 
     /// `max(x, 0)` (DistilBERT's head).
     pub fn relu(&mut self, x: &Var<B>) -> Result<Var<B>> {
-        let y = self.backend.relu_forward(&x.value)?;
+        self.differentiated_by_output(x, B::relu_forward, B::relu_backward)
+    }
+
+    /// `forward(x)`, differentiated by `backward(dy, y)` from its output.
+    fn differentiated_by_output(
+        &mut self,
+        x: &Var<B>,
+        forward: fn(&B, &Tensor<B>) -> Result<Tensor<B>>,
+        backward: FromOutputBackward<B>,
+    ) -> Result<Var<B>> {
+        let y = forward(&self.backend, &x.value)?;
         let kept = y.clone();
-        Ok(self.record(y, vec![x.id], |_| Box::new(ReluNode { y: kept })))
+        Ok(self.record(y, vec![x.id], |_| {
+            Box::new(FromOutputNode { y: kept, backward })
+        }))
     }
 }
