@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::tokenizer_variants::{check_logits, check_variants};
+use common::tokenizer_variants::{check_logits, check_variants, cut_under_the_class_pipeline};
 use serde_json::Value;
 use spafit::checkpoint::{Checkpoint, EncoderFamily};
 
@@ -39,11 +39,11 @@ fn ids_match_transformers_under_every_variant() {
             case["name"]
         );
     }
-    let n = check_variants(&fixture_dir().join("model"), &e, |name, tok| {
-        if !name.contains("as_it_is") && !name.contains("left") {
-            assert!(tok.cuts_long_texts(), "{name}");
-        }
-    });
+    let n = check_variants(
+        &fixture_dir().join("model"),
+        &e,
+        cut_under_the_class_pipeline,
+    );
     assert_eq!(n, 26);
 }
 

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use common::tokenizer_variants::{
-    assert_encodes_as, check_logits, check_variants, ids, read_json, texts, variant_folder,
+    assert_encodes_as, check_logits, check_variants, cut_under_the_class_pipeline, ids, read_json,
+    texts, variant_folder,
 };
 use serde_json::Value;
 use spafit::checkpoint::{Checkpoint, EncoderFamily};
@@ -38,12 +39,11 @@ fn expected() -> Value {
 #[test]
 fn ids_match_transformers_under_every_variant() {
     let e = expected();
-    let n = check_variants(&fixture_dir().join("model"), &e, |name, tok| {
-        // Long single texts are cut where the pipeline is the class's own, from the right.
-        if !name.contains("as_it_is") && !name.contains("left") {
-            assert!(tok.cuts_long_texts(), "{name}");
-        }
-    });
+    let n = check_variants(
+        &fixture_dir().join("model"),
+        &e,
+        cut_under_the_class_pipeline,
+    );
     assert_eq!(n, 21);
 }
 

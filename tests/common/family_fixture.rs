@@ -100,14 +100,7 @@ impl FamilyFixture {
 
     /// The fixture's `model/` folder copied to `to`, the files `keep` keeps.
     pub fn copy_model(&self, to: &Path, keep: impl Fn(&str) -> bool) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(self.dir.join("model")).unwrap() {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().to_string();
-            if keep(&name) {
-                std::fs::copy(entry.path(), to.join(&name)).unwrap();
-            }
-        }
+        copy_folder(&self.dir.join("model"), to, keep);
     }
 
     /// spafit's ids and attention mask of the fixture's texts and pairs as transformers'
@@ -549,6 +542,27 @@ impl FamilyFixture {
     }
 }
 
+/// Folder `from` copied to `to`, the files `keep` keeps.
+pub fn copy_folder(from: &Path, to: &Path, keep: impl Fn(&str) -> bool) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if keep(&name) {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// Removes `tokenizer_class` from `dir`'s tokenizer_config.json; the class it named.
+pub fn remove_tokenizer_class(dir: &Path) -> Option<Value> {
+    let path = dir.join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let class = config.as_object_mut().unwrap().remove("tokenizer_class");
+    std::fs::write(&path, config.to_string()).unwrap();
+    class
+}
+
 /// Tensor `name` of `file` as f64 values.
 pub fn read(file: &WeightsFile, name: &str) -> Vec<f64> {
     let shape = file
@@ -638,10 +652,7 @@ pub fn read_tensors(path: &Path) -> Vec<Stored> {
 pub fn identity_changes_with(folder: &Path, tensor: &str) -> bool {
     let original = Checkpoint::open(folder).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(folder).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
-    }
+    copy_folder(folder, tmp.path(), |_| true);
     let path = tmp.path().join("model.safetensors");
     let mut tensors = read_tensors(&path);
     let (_, _, _, values) = tensors

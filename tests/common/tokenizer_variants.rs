@@ -149,6 +149,15 @@ pub fn check_variants(model: &Path, e: &Value, also: impl Fn(&str, &TextTokenize
     cases.len()
 }
 
+/// For [`check_variants`] on SentencePiece fixtures: long single texts are cut where the
+/// pipeline is the class's own, from the right (not for tokenizer.json read as it is, nor
+/// left truncation).
+pub fn cut_under_the_class_pipeline(name: &str, tok: &TextTokenizer) {
+    if !name.contains("as_it_is") && !name.contains("left") {
+        assert!(tok.cuts_long_texts(), "{name}");
+    }
+}
+
 /// `ck`'s own head on the tokens spafit gives `e`'s texts and pairs at 40 tokens gives
 /// transformers' float64 logits (`e["logits"]`; batches padded to the longest, as
 /// transformers pads them) to 1e-12.
