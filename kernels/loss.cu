@@ -1,4 +1,5 @@
-// Softmax cross-entropy and mean squared error, forward and backward, mean over the batch.
+// Softmax cross-entropy, binary cross-entropy with logits (multi-label: a sigmoid per class,
+// mean over every element) and mean squared error, forward and backward, mean over the batch.
 //
 // Forward: a single block walks the rows in order (batches are small: one row per
 // example), each thread owning rows t, t+blockDim.x, ..., then one block_sum tree: the loss
@@ -38,6 +39,28 @@ __device__ float row_lse(const T* z, long base, int classes) {
             int j = (int)(i % classes);                                                           \
             float p = expf(load(logits, i) - row_lse(logits, r * classes, classes));              \
             store(d_logits, i, g * (p - (j == (int)y[r] ? 1.f : 0.f)));                           \
+        }                                                                                         \
+    }                                                                                             \
+    extern "C" __global__ void bce_with_logits_forward_##S(const T* logits, const T* targets,     \
+                                                           float* loss, int n) {                  \
+        extern __shared__ float scratch[];                                                        \
+        float acc = 0.f;                                                                          \
+        for (int i = threadIdx.x; i < n; i += blockDim.x) {                                       \
+            float z = load(logits, i);                                                            \
+            acc += fmaxf(z, 0.f) - z * load(targets, i) + log1pf(expf(-fabsf(z)));                \
+        }                                                                                         \
+        float total = block_sum(acc, scratch);                                                    \
+        if (threadIdx.x == 0) loss[0] = total / n;                                                \
+    }                                                                                             \
+    extern "C" __global__ void bce_with_logits_backward_##S(const float* d_loss, const T* logits, \
+                                                            const T* targets, T* d_logits,        \
+                                                            int n) {                              \
+        float g = d_loss[0] / n;                                                                  \
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) { \
+            float z = load(logits, i);                                                            \
+            float e = expf(-fabsf(z));                                                            \
+            float p = z >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);                                 \
+            store(d_logits, i, g * (p - load(targets, i)));                                       \
         }                                                                                         \
     }                                                                                             \
     extern "C" __global__ void mse_forward_##S(const T* pred, const T* target, float* loss,       \

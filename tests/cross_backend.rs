@@ -893,6 +893,39 @@ fn losses<B: Backend>(b: &B, tol: f64) {
         &down(&r, &r.mse_backward(&or, &pr, &tr).unwrap()),
         tol,
     );
+    // Multi-label targets: 0/1 per class, with logits far past either side of zero (where a
+    // naive log(sigmoid) overflows) among them, over more elements than one block of threads.
+    let (rows, classes) = (67, 5);
+    let mut wide = nonzero(&mut rng, rows * classes);
+    wide[3] = 60.0;
+    wide[4] = -60.0;
+    let multi_hot: Vec<f64> = (0..rows * classes)
+        .map(|i| f64::from(u8::from((i * 7 + i / classes) % 3 == 0)))
+        .collect();
+    let (logits, targets) = (
+        stored(b, &[rows, classes], &wide),
+        stored(b, &[rows, classes], &multi_hot),
+    );
+    let (zb, zr, tb, tr) = (
+        up(b, &[rows, classes], &logits),
+        up(&r, &[rows, classes], &logits),
+        up(b, &[rows, classes], &targets),
+        up(&r, &[rows, classes], &targets),
+    );
+    check(
+        b,
+        "bce_with_logits",
+        &down(b, &b.bce_with_logits_forward(&zb, &tb).unwrap()),
+        &down(&r, &r.bce_with_logits_forward(&zr, &tr).unwrap()),
+        tol,
+    );
+    check(
+        b,
+        "bce_with_logits_backward",
+        &down(b, &b.bce_with_logits_backward(&ob, &zb, &tb).unwrap()),
+        &down(&r, &r.bce_with_logits_backward(&or, &zr, &tr).unwrap()),
+        tol,
+    );
 }
 
 fn adamw<B: Backend>(b: &B, tol: f64) {

@@ -604,6 +604,45 @@ fn mse_gradient() {
     });
 }
 
+#[test]
+fn bce_with_logits_gradient() {
+    let mut rng = SplitMix::new(20);
+    let logits = random(&mut rng, &[4, 3], 3.0);
+    let c = cpu();
+    let targets = tensor(
+        &c,
+        &[4, 3],
+        &[1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.25, 0.0, 1.0],
+    );
+    let d_loss = tensor(&c, &[1], &[0.9]);
+    let g = c
+        .bce_with_logits_backward(&d_loss, &logits, &targets)
+        .unwrap();
+    check_gradient(
+        "bce_with_logits dlogits",
+        &host(&g),
+        &host(&logits),
+        &all(12),
+        TOL,
+        |v| {
+            with(&logits, v, |t| {
+                0.9 * host(&c.bce_with_logits_forward(t, &targets).unwrap())[0]
+            })
+        },
+    );
+    // Independent values: −log σ(z) and −log(1 − σ(z)) written out, at logits where the
+    // sum ln(1 + e^z) would overflow or lose everything.
+    let z = [-3.0, 0.5, 40.0, -745.5];
+    let t = [1.0, 0.0, 0.0, 1.0];
+    let loss = host(
+        &c.bce_with_logits_forward(&tensor(&c, &[2, 2], &z), &tensor(&c, &[2, 2], &t))
+            .unwrap(),
+    )[0];
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let want = (-sigmoid(-3.0).ln() - (1.0 - sigmoid(0.5)).ln() + 40.0 + 745.5) / 4.0;
+    assert!((loss - want).abs() < 1e-13 * want, "{loss} vs {want}");
+}
+
 // ---- tape nodes ----------------------------------------------------------------------------
 // The tape's own nodes against finite differences, where a node does more than call the
 // backend op (dropout regenerates its mask from a seed; attention keeps only what the

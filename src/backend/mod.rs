@@ -494,6 +494,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
         logits: &Tensor<Self>,
         labels: &Tensor<Self>,
     ) -> Result<Tensor<Self>>;
+    /// Mean binary cross-entropy of `sigmoid(logits)` against float `targets` of the same
+    /// shape (multi-label classification: one 0/1 per class), over every element → `[1]`.
+    fn bce_with_logits_forward(
+        &self,
+        logits: &Tensor<Self>,
+        targets: &Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
+    /// `d_loss: [1]` → `d_logits`.
+    fn bce_with_logits_backward(
+        &self,
+        d_loss: &Tensor<Self>,
+        logits: &Tensor<Self>,
+        targets: &Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
     /// Mean squared error of `pred` against float `target` (same element count) → `[1]`.
     fn mse_forward(&self, pred: &Tensor<Self>, target: &Tensor<Self>) -> Result<Tensor<Self>>;
     /// `d_loss: [1]` → `d_pred`.

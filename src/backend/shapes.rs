@@ -606,6 +606,27 @@ pub fn cross_entropy<B: Backend>(
     Ok((dtype, rows, classes))
 }
 
+/// Validates binary cross-entropy operands: float `targets` of the logits' shape (one 0/1
+/// per class of each row, or a probability); returns the dtype.
+pub fn bce_with_logits<B: Backend>(
+    op: &'static str,
+    logits: &Tensor<B>,
+    targets: &Tensor<B>,
+) -> Result<DType> {
+    let dtype = common_float_dtype(op, &[("logits", logits), ("targets", targets)])?;
+    if logits.shape() != targets.shape() || logits.numel() == 0 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`logits` {} and `targets` {} must have the same, non-empty shape",
+                logits.shape(),
+                targets.shape()
+            ),
+        ));
+    }
+    Ok(dtype)
+}
+
 /// Validates mean-squared-error operands; returns the dtype.
 pub fn mse<B: Backend>(op: &'static str, pred: &Tensor<B>, target: &Tensor<B>) -> Result<DType> {
     let dtype = common_float_dtype(op, &[("pred", pred), ("target", target)])?;

@@ -48,6 +48,27 @@ impl<B: Backend> BackwardOp<B> for MseNode<B> {
     }
 }
 
+struct BceWithLogitsNode<B: Backend> {
+    logits: Tensor<B>,
+    targets: Tensor<B>,
+}
+
+impl<B: Backend> BackwardOp<B> for BceWithLogitsNode<B> {
+    fn backward(
+        &self,
+        backend: &B,
+        d_out: &Tensor<B>,
+        _: &[bool],
+    ) -> Result<Vec<Option<Tensor<B>>>> {
+        let g = backend.bce_with_logits_backward(d_out, &self.logits, &self.targets)?;
+        Ok(vec![Some(g)])
+    }
+
+    fn saved_activations(&self) -> Vec<&Tensor<B>> {
+        vec![&self.logits, &self.targets]
+    }
+}
+
 impl<B: Backend> Tape<B> {
     /// Mean softmax cross-entropy of `logits` `[n, classes]` against `U32` `labels` `[n]`.
     pub fn cross_entropy(&mut self, logits: &Var<B>, labels: &Tensor<B>) -> Result<Var<B>> {
@@ -56,6 +77,20 @@ impl<B: Backend> Tape<B> {
             Box::new(CrossEntropyNode {
                 logits: logits.value.clone(),
                 labels: labels.clone(),
+            })
+        }))
+    }
+
+    /// Mean binary cross-entropy of `sigmoid(logits)` `[n, classes]` against float `targets`
+    /// of the same shape (multi-label classification), over every element.
+    pub fn bce_with_logits(&mut self, logits: &Var<B>, targets: &Tensor<B>) -> Result<Var<B>> {
+        let loss = self
+            .backend
+            .bce_with_logits_forward(&logits.value, targets)?;
+        Ok(self.record(loss, vec![logits.id], |_| {
+            Box::new(BceWithLogitsNode {
+                logits: logits.value.clone(),
+                targets: targets.clone(),
             })
         }))
     }

@@ -1,4 +1,5 @@
-//! Softmax cross-entropy and mean squared error on the CPU (mean over the batch).
+//! Softmax cross-entropy, binary cross-entropy with logits and mean squared error on the CPU
+//! (mean over the batch).
 
 use super::element::Element;
 
@@ -62,4 +63,36 @@ pub fn mse_backward<T: Element>(d_loss: T, pred: &[T], target: &[T]) -> Vec<T> {
         .zip(target)
         .map(|(&p, &t)| g * (p - t))
         .collect()
+}
+
+/// `mean (max(z, 0) − z·t + ln(1 + e^−|z|))`: binary cross-entropy of `sigmoid(z)` against
+/// `t`, mean over every element, in the form that neither overflows nor loses small losses.
+pub fn bce_with_logits<T: Element>(logits: &[T], targets: &[T]) -> T {
+    let mut total = T::ZERO;
+    for (&z, &t) in logits.iter().zip(targets) {
+        let positive = if z > T::ZERO { z } else { T::ZERO };
+        let magnitude = if z < T::ZERO { T::ZERO - z } else { z };
+        total += positive - z * t + (T::ONE + (T::ZERO - magnitude).exp()).ln();
+    }
+    total / T::from_f64(logits.len() as f64)
+}
+
+/// `d_loss · (sigmoid(z) − t) / n`.
+pub fn bce_with_logits_backward<T: Element>(d_loss: T, logits: &[T], targets: &[T]) -> Vec<T> {
+    let g = d_loss / T::from_f64(logits.len() as f64);
+    logits
+        .iter()
+        .zip(targets)
+        .map(|(&z, &t)| g * (sigmoid(z) - t))
+        .collect()
+}
+
+/// `1 / (1 + e^−z)`, through `e^z` for negative `z` so that neither side overflows.
+fn sigmoid<T: Element>(z: T) -> T {
+    if z >= T::ZERO {
+        T::ONE / (T::ONE + (T::ZERO - z).exp())
+    } else {
+        let e = z.exp();
+        e / (T::ONE + e)
+    }
 }

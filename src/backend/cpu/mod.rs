@@ -634,6 +634,31 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn bce_with_logits_forward(
+        &self,
+        logits: &Tensor<Self>,
+        targets: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        const OP: &str = "bce_with_logits";
+        let dtype = shapes::bce_with_logits(OP, logits, targets)?;
+        with_float!(dtype, OP, T => tensor([1], vec![loss::bce_with_logits(view::<T>(logits), view::<T>(targets))]))
+    }
+
+    fn bce_with_logits_backward(
+        &self,
+        d_loss: &Tensor<Self>,
+        logits: &Tensor<Self>,
+        targets: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        const OP: &str = "bce_with_logits backward";
+        let dtype = shapes::bce_with_logits(OP, logits, targets)?;
+        shapes::common_float_dtype(OP, &[("logits", logits), ("d_loss", d_loss)])?;
+        with_float!(dtype, OP, T => {
+            let g = scalar_value::<T>(OP, d_loss)?;
+            tensor(logits.shape().clone(), loss::bce_with_logits_backward(g, view::<T>(logits), view::<T>(targets)))
+        })
+    }
+
     fn mse_forward(&self, pred: &Tensor<Self>, target: &Tensor<Self>) -> Result<Tensor<Self>> {
         let dtype = shapes::mse("mse", pred, target)?;
         with_float!(dtype, "mse", T => tensor([1], vec![loss::mse(view::<T>(pred), view::<T>(target))]))

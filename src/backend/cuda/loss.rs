@@ -1,5 +1,6 @@
-//! Launchers of `kernels/loss.cu`: mean softmax cross-entropy and mean squared error, each
-//! loss a one-block fixed-order reduction into an f32 scalar.
+//! Launchers of `kernels/loss.cu`: mean softmax cross-entropy, binary cross-entropy with
+//! logits and mean squared error, each loss a one-block fixed-order reduction into an f32
+//! scalar.
 
 use super::{
     block_reduce, grid_for, ids, kernel_int, launch, tensor, view, with_float, CudaBackend,
@@ -79,6 +80,40 @@ pub(super) fn cross_entropy_backward(
         let size = logits.numel();
         let mut out = b.output::<T>(size)?;
         launch!(b, MODULE, format!("cross_entropy_backward_{}", T::SUFFIX), grid_for(size), d, view::<T>(logits), ids(labels), &mut out, &rows, &classes);
+        tensor(logits.shape().clone(), out)
+    })
+}
+
+pub(super) fn bce_with_logits_forward(
+    b: &CudaBackend,
+    logits: &Tensor<CudaBackend>,
+    targets: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    const OP: &str = "bce_with_logits";
+    let dtype = shapes::bce_with_logits(OP, logits, targets)?;
+    let n = kernel_int(OP, "values", logits.numel())?;
+    with_float!(dtype, OP, T => {
+        let mut loss = b.output::<f32>(1)?;
+        launch!(b, MODULE, format!("bce_with_logits_forward_{}", T::SUFFIX), block_reduce(1, THREADS), view::<T>(logits), view::<T>(targets), &mut loss, &n);
+        tensor([1], loss)
+    })
+}
+
+pub(super) fn bce_with_logits_backward(
+    b: &CudaBackend,
+    d_loss: &Tensor<CudaBackend>,
+    logits: &Tensor<CudaBackend>,
+    targets: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    const OP: &str = "bce_with_logits backward";
+    let dtype = shapes::bce_with_logits(OP, logits, targets)?;
+    let d_f32 = scalar_f32(b, OP, d_loss)?;
+    let d = view::<f32>(&d_f32);
+    let n = logits.numel();
+    let n_i = kernel_int(OP, "values", n)?;
+    with_float!(dtype, OP, T => {
+        let mut out = b.output::<T>(n)?;
+        launch!(b, MODULE, format!("bce_with_logits_backward_{}", T::SUFFIX), grid_for(n), d, view::<T>(logits), view::<T>(targets), &mut out, &n_i);
         tensor(logits.shape().clone(), out)
     })
 }

@@ -1174,6 +1174,23 @@ impl Backend for CudaBackend {
         loss::cross_entropy_backward(self, d_loss, logits, labels)
     }
 
+    fn bce_with_logits_forward(
+        &self,
+        logits: &Tensor<Self>,
+        targets: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        loss::bce_with_logits_forward(self, logits, targets)
+    }
+
+    fn bce_with_logits_backward(
+        &self,
+        d_loss: &Tensor<Self>,
+        logits: &Tensor<Self>,
+        targets: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        loss::bce_with_logits_backward(self, d_loss, logits, targets)
+    }
+
     fn mse_forward(&self, pred: &Tensor<Self>, target: &Tensor<Self>) -> Result<Tensor<Self>> {
         loss::mse_forward(self, pred, target)
     }
