@@ -118,6 +118,68 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&average_ranks(x), &average_ranks(y))
 }
 
+/// Micro-averaged F1 of multi-label predictions: `2·TP / (2·TP + FP + FN)` over every
+/// (example, class) decision, 0 when no class is predicted or true anywhere; NaN when the
+/// slices differ in length.
+pub fn micro_f1(pred: &[Vec<u32>], gold: &[Vec<u32>]) -> f64 {
+    if pred.len() != gold.len() {
+        return f64::NAN;
+    }
+    let (mut tp, mut wrong) = (0.0, 0.0);
+    for (p, g) in pred.iter().zip(gold) {
+        let hits = p.iter().filter(|c| g.contains(c)).count() as f64;
+        tp += hits;
+        wrong += (p.len() + g.len()) as f64 - 2.0 * hits;
+    }
+    match tp == 0.0 {
+        true => 0.0,
+        false => 2.0 * tp / (2.0 * tp + wrong),
+    }
+}
+
+/// Macro-averaged F1 of multi-label predictions over `classes` classes: the mean of each
+/// class's F1, a class never predicted nor true counting 0 (as scikit-learn's default);
+/// NaN when the slices differ in length or there is no class.
+pub fn macro_f1(pred: &[Vec<u32>], gold: &[Vec<u32>], classes: usize) -> f64 {
+    if pred.len() != gold.len() || classes == 0 {
+        return f64::NAN;
+    }
+    let mut per_class = vec![(0.0f64, 0.0f64); classes];
+    for (p, g) in pred.iter().zip(gold) {
+        for &c in p.iter().chain(g) {
+            if let Some(counts) = per_class.get_mut(c as usize) {
+                counts.1 += 1.0;
+            }
+        }
+        for &c in p.iter().filter(|c| g.contains(c)) {
+            if let Some(counts) = per_class.get_mut(c as usize) {
+                counts.0 += 2.0;
+            }
+        }
+    }
+    // Per class: 2·TP over (predicted + true), where the hits were counted in both.
+    per_class
+        .iter()
+        .map(|&(twice_tp, sizes)| match twice_tp == 0.0 {
+            true => 0.0,
+            false => twice_tp / sizes,
+        })
+        .sum::<f64>()
+        / classes as f64
+}
+
+/// Fraction of examples whose predicted set of classes is exactly the true one (scikit-
+/// learn's `accuracy_score` on multi-label data); NaN when the slices differ in length.
+pub fn subset_accuracy(pred: &[Vec<u32>], gold: &[Vec<u32>]) -> f64 {
+    if pred.len() != gold.len() {
+        return f64::NAN;
+    }
+    if gold.is_empty() {
+        return 0.0;
+    }
+    pred.iter().zip(gold).filter(|(p, g)| p == g).count() as f64 / gold.len() as f64
+}
+
 /// Predictions of a model on a labeled split.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Predictions {
@@ -127,6 +189,15 @@ pub enum Predictions {
         pred: Vec<u32>,
         /// Targets.
         gold: Vec<u32>,
+    },
+    /// Predicted and gold sets of class ids, each ascending (multi-label).
+    LabelSets {
+        /// The classes of positive logits.
+        pred: Vec<Vec<u32>>,
+        /// Targets.
+        gold: Vec<Vec<u32>>,
+        /// The head's class count.
+        classes: usize,
     },
     /// Predicted and gold scores.
     Scores {
@@ -138,7 +209,8 @@ pub enum Predictions {
 }
 
 /// The metrics GLUE reports for `task` (or, for a custom task, accuracy, and F1 of class 1
-/// when the head has `classes` = 2, for classification; Pearson / Spearman for regression),
+/// when the head has `classes` = 2, for classification; micro- and macro-averaged F1 and
+/// subset accuracy for multi-label classification; Pearson / Spearman for regression),
 /// by name. The keys depend on the task and head only, never on which classes a split holds.
 pub fn report(
     task: Option<GlueTask>,
@@ -169,6 +241,15 @@ pub fn report(
             m.insert("pearson".into(), pearson(pred, gold));
             m.insert("spearman".into(), spearman(pred, gold));
         }
+        Predictions::LabelSets {
+            pred,
+            gold,
+            classes,
+        } => {
+            m.insert("micro_f1".into(), micro_f1(pred, gold));
+            m.insert("macro_f1".into(), macro_f1(pred, gold, *classes));
+            m.insert("subset_accuracy".into(), subset_accuracy(pred, gold));
+        }
     }
     m
 }
@@ -183,6 +264,11 @@ fn no_predictions(kind: &crate::data::TaskKind) -> Predictions {
         crate::data::TaskKind::Classification { .. } => Predictions::Classes {
             pred: vec![],
             gold: vec![],
+        },
+        crate::data::TaskKind::MultiLabel { labels } => Predictions::LabelSets {
+            pred: vec![],
+            gold: vec![],
+            classes: labels.len(),
         },
     }
 }
@@ -224,6 +310,7 @@ pub fn check_best_metric(
 pub fn main_metric(task: Option<GlueTask>, predictions: &Predictions) -> &'static str {
     match (task, predictions) {
         (_, Predictions::Scores { .. }) => "pearson",
+        (_, Predictions::LabelSets { .. }) => "micro_f1",
         (Some(GlueTask::Cola), _) => "matthews_correlation",
         (Some(GlueTask::Mrpc | GlueTask::Qqp), _) => "f1",
         _ => "accuracy",

@@ -83,6 +83,7 @@ fn saved(
         &ck.weights,
         Some(labels),
         TrainingInputs {
+            multi_label: false,
             text_pairs: Some(false),
             max_len: Some(24),
         },
@@ -108,6 +109,7 @@ fn adapter_round_trip_and_refusals() {
         let before = (inode(WEIGHTS_FILE), inode(MANIFEST_FILE));
         let save = |max_len| {
             let inputs = TrainingInputs {
+                multi_label: false,
                 text_pairs: Some(false),
                 max_len: Some(max_len),
             };
@@ -330,6 +332,7 @@ fn peft_export_names_and_config() {
             base_model_name_or_path: "sentence-transformers/all-MiniLM-L6-v2",
             labels: Some(&names),
             inputs: TrainingInputs {
+                multi_label: false,
                 max_len: Some(40),
                 text_pairs: Some(false),
             },
@@ -570,6 +573,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
             &ck.weights,
             labels,
             TrainingInputs {
+                multi_label: false,
                 text_pairs: Some(false),
                 max_len: None,
             },
@@ -636,6 +640,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     let e = refused_save(
         dir.path(),
         TrainingInputs {
+            multi_label: false,
             text_pairs: None,
             max_len: Some(0),
         },
@@ -649,6 +654,7 @@ fn adapters_the_loader_would_refuse_are_never_written() {
         &PeftExportRecord {
             base_model_name_or_path: "x",
             inputs: TrainingInputs {
+                multi_label: false,
                 max_len: Some(100_000),
                 ..TrainingInputs::default()
             },

@@ -684,21 +684,20 @@ fn a_fine_tuned_head_agrees_with_its_config() {
             assert_eq!(ck.classifier_outputs(), None);
         }
     }
-    // A multi-label head (a sigmoid per class) is not evaluated as a softmax; a run on the
-    // checkpoint trains a fresh head on its encoder.
+    // A multi-label head (a sigmoid per class) loads as one, and a run on the checkpoint
+    // starts from it; a plain head is not one.
     let (ck, model) = open(
         "multi-label",
         r#""problem_type": "multi_label_classification","#,
         2,
     );
-    let e = model.expect_err("multi-label").to_string();
-    assert!(
-        e.contains("config.json") && e.contains("multi_label_classification"),
-        "{e}"
-    );
-    assert_eq!(ck.classifier_outputs(), None);
-    let fresh = BertClassifier::from_checkpoint(&ck, &cpu, 2, 7).unwrap();
-    assert_eq!(host(&fresh.classifier.bias.value), vec![0.0; 2]);
+    assert!(ck.is_multi_label());
+    assert!(model.expect("multi-label").is_multi_label());
+    assert_eq!(ck.classifier_outputs(), Some(2));
+    let own = BertClassifier::from_checkpoint(&ck, &cpu, 2, 7).unwrap();
+    assert_ne!(host(&own.classifier.bias.value), vec![0.0; 2]);
+    let (plain, model) = open("single-label-2", "", 2);
+    assert!(!plain.is_multi_label() && !model.unwrap().is_multi_label());
     let dir = tmp.path().join("no-head");
     write_checkpoint(
         &dir,
@@ -768,6 +767,7 @@ fn a_fine_tuned_head_agrees_with_its_config() {
         &clean.weights,
         None,
         spafit::adapter::TrainingInputs {
+            multi_label: false,
             text_pairs: Some(false),
             max_len: Some(8),
         },

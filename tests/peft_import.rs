@@ -770,10 +770,11 @@ fn the_first_matching_rank_pattern_decides_as_in_peft() {
 }
 
 /// An adapter PEFT trained on a base whose config.json sets a `problem_type` its head is not
-/// read as here (multi-label, or a regression of several outputs) was trained for that
+/// read as here (a regression of several outputs, a classifier of one) was trained for that
 /// problem, since transformers gives the base's `problem_type` to the whole model: opening it
-/// warns that spafit's probabilities are not those of the model it came from. A base without
-/// one gives no such warning, and the logits are the same either way.
+/// warns that spafit's probabilities are not those of the model it came from. On a
+/// multi-label base its head is read as multi-label, without a warning. A base without one
+/// gives no such warning, and the logits are the same either way.
 #[test]
 fn adapters_on_a_base_of_another_problem_type_are_warned_of() {
     let tmp = tempfile::tempdir().unwrap();
@@ -787,7 +788,7 @@ fn adapters_on_a_base_of_another_problem_type_are_warned_of() {
     };
     let plain = checkpoint();
     for (adapter, problem_type, warns) in [
-        ("lora_qv", "multi_label_classification", true),
+        ("lora_qv", "multi_label_classification", false),
         ("lora_qv", "regression", true),
         ("lora_qv", "single_label_classification", false),
         ("lora_regression", "single_label_classification", true),
@@ -802,8 +803,12 @@ fn adapters_on_a_base_of_another_problem_type_are_warned_of() {
             "{adapter} on {problem_type}: {:?}",
             opened.warnings
         );
+        let multi_label = problem_type == "multi_label_classification";
+        assert_eq!(opened.model.is_multi_label(), multi_label);
+        assert_eq!(opened.head().default_kind().is_multi_label(), multi_label);
         let unset = open_adapter(&dir, &plain, &cpu).unwrap();
         assert!(!warned(&unset), "{adapter}: {:?}", unset.warnings);
+        assert!(!unset.model.is_multi_label() && unset.multi_label.is_none());
         let texts = ["a fine film", "dull"];
         assert_eq!(
             common::logits(&base, &cpu, &opened.model, &texts, 16),

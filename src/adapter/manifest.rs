@@ -40,6 +40,11 @@ pub struct AdapterManifest {
     /// [`WeightsFile::encoder_sha256`]: crate::checkpoint::WeightsFile::encoder_sha256
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_encoder_sha256: Option<String>,
+    /// Whether the head is a multi-label classifier's (a sigmoid per class, each example of
+    /// any number of the classes); absent, as in adapters from before multi-label heads, it
+    /// is not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multi_label: bool,
     /// Whether the adapter was trained on text pairs (two texts per example), when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_pairs: Option<bool>,

@@ -165,10 +165,7 @@ pub fn save_merged<B: Backend>(
     max_len: Option<usize>,
 ) -> Result<MergedCheckpoint> {
     let invalid = |detail: String| Error::invalid("merge", detail);
-    let outputs = match kind {
-        TaskKind::Classification { labels } => labels.len(),
-        TaskKind::Regression => 1,
-    };
+    let outputs = kind.num_labels();
     if outputs != model.num_labels() {
         return Err(invalid(format!(
             "the head has {} outputs but {outputs} classes were named",
@@ -410,6 +407,7 @@ fn merged_config(checkpoint: &Checkpoint, kind: &TaskKind, dtype: MergedDType) -
         })?;
     let (names, problem_type) = match kind {
         TaskKind::Classification { labels } => (labels.clone(), "single_label_classification"),
+        TaskKind::MultiLabel { labels } => (labels.clone(), crate::checkpoint::MULTI_LABEL),
         // transformers' own name for a head it was given no names for.
         TaskKind::Regression => (vec!["LABEL_0".to_string()], "regression"),
     };

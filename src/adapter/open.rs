@@ -37,6 +37,9 @@ pub struct OpenedAdapter<B: Backend> {
     /// Whether it was trained on text pairs, when it records that (spafit's adapters and
     /// its PEFT exports do).
     pub text_pairs: Option<bool>,
+    /// Whether its head is a multi-label classifier's (a sigmoid per class), when it records
+    /// that (spafit's adapters and its PEFT exports do; PEFT's own do not).
+    pub multi_label: Option<bool>,
     /// The tokens per example its training texts were cut to, when it records that
     /// (spafit's adapters and its PEFT exports do; PEFT's own do not):
     /// [`OpenedAdapter::tokenizer`] cuts inputs there.
@@ -59,6 +62,8 @@ pub struct AdapterHead {
     pub labels: Option<Vec<String>>,
     /// Whether it was trained on text pairs, when it records that.
     pub text_pairs: Option<bool>,
+    /// Whether it is a multi-label classifier's head, when it records that.
+    pub multi_label: Option<bool>,
     /// Outputs of the classifier (1 for regression).
     pub outputs: usize,
 }
@@ -67,16 +72,16 @@ impl AdapterHead {
     /// The label space data is read with when the user names none: the class names the
     /// adapter records, regression for a single output, else the classes `0` to `n - 1`
     /// (a PEFT classifier records no names; data naming its classes otherwise needs
-    /// --labels).
+    /// --labels); a multi-label task where the adapter records a multi-label head.
     pub fn default_kind(&self) -> TaskKind {
-        match (&self.labels, self.outputs) {
-            (Some(labels), _) => TaskKind::Classification {
-                labels: labels.clone(),
-            },
-            (None, 1) => TaskKind::Regression,
-            (None, n) => TaskKind::Classification {
-                labels: (0..n).map(|i| i.to_string()).collect(),
-            },
+        let labels = match (&self.labels, self.outputs) {
+            (Some(labels), _) => labels.clone(),
+            (None, 1) if self.multi_label != Some(true) => return TaskKind::Regression,
+            (None, n) => (0..n).map(|i| i.to_string()).collect(),
+        };
+        match self.multi_label {
+            Some(true) => TaskKind::MultiLabel { labels },
+            _ => TaskKind::Classification { labels },
         }
     }
 
@@ -110,7 +115,7 @@ impl AdapterHead {
     /// sorted, against GLUE's entailment, neutral, contradiction): output `j` for the data
     /// is the head's `order[j]`. `None` when nothing needs to move.
     pub fn class_order(&self, kind: &TaskKind) -> Option<Vec<usize>> {
-        let (TaskKind::Classification { labels }, Some(trained)) = (kind, &self.labels) else {
+        let (Some(labels), Some(trained)) = (kind.class_names(), &self.labels) else {
             return None;
         };
         let order = crate::data::class_order(labels, trained)?;
@@ -127,7 +132,7 @@ impl AdapterHead {
         backend: &B,
         kind: &TaskKind,
     ) -> Result<ClassAlignment> {
-        let (TaskKind::Classification { .. }, Some(trained)) = (kind, &self.labels) else {
+        let (Some(_), Some(trained)) = (kind.class_names(), &self.labels) else {
             return Ok(ClassAlignment::NotNeeded);
         };
         match self.class_order(kind) {
@@ -147,11 +152,31 @@ impl AdapterHead {
     /// classification.
     pub fn check(&self, kind: &TaskKind, data_name: &str, dir: &Path) -> Result<()> {
         let outputs = self.outputs;
+        // A head trained with a sigmoid per class scores each class on its own; read with a
+        // softmax (or the other way round) its outputs would mean something else.
+        if let Some(trained) = self.multi_label.filter(|&m| m != kind.is_multi_label()) {
+            let head = |multi: bool| match multi {
+                true => "a multi-label classifier (a sigmoid per class)",
+                false => "a classifier of one class per example (softmax) or a regression",
+            };
+            return Err(Error::Mismatch {
+                path: dir.to_path_buf(),
+                detail: format!(
+                    "the classifier head was trained as {} but {data_name} is read as {} \
+                     (for custom data, --multi-label reads each label as a set of classes)",
+                    head(trained),
+                    head(!trained)
+                ),
+            });
+        }
         let fits = match (kind, &self.labels) {
-            (TaskKind::Classification { labels }, Some(trained)) => {
-                crate::data::class_order(labels, trained).is_some()
+            (
+                TaskKind::Classification { labels } | TaskKind::MultiLabel { labels },
+                Some(trained),
+            ) => crate::data::class_order(labels, trained).is_some(),
+            (TaskKind::Classification { labels } | TaskKind::MultiLabel { labels }, None) => {
+                labels.len() == outputs && outputs > 1
             }
-            (TaskKind::Classification { labels }, None) => labels.len() == outputs && outputs > 1,
             (TaskKind::Regression, _) => outputs == 1,
         };
         if fits {
@@ -168,6 +193,7 @@ impl AdapterHead {
                 if outputs == 1 { "output" } else { "outputs" },
                 match kind {
                     TaskKind::Classification { labels } => format!("labels {labels:?}"),
+                    TaskKind::MultiLabel { labels } => format!("sets of the labels {labels:?}"),
                     TaskKind::Regression => "a regression target".to_string(),
                 }
             ),
@@ -181,6 +207,7 @@ impl<B: Backend> OpenedAdapter<B> {
         AdapterHead {
             labels: self.labels.clone(),
             text_pairs: self.text_pairs,
+            multi_label: self.multi_label,
             outputs: self.model.num_labels(),
         }
     }
@@ -206,10 +233,8 @@ impl<B: Backend> OpenedAdapter<B> {
         let head = self.head();
         head.check(kind, "the data", dir)?;
         let done = head.align(&mut self.model, backend, kind)?;
-        if let (ClassAlignment::Reordered { .. }, TaskKind::Classification { labels }) =
-            (&done, kind)
-        {
-            self.labels = Some(labels.clone());
+        if let (ClassAlignment::Reordered { .. }, Some(labels)) = (&done, kind.class_names()) {
+            self.labels = Some(labels.to_vec());
         }
         Ok(done)
     }
@@ -304,7 +329,8 @@ pub fn open_adapter<B: Backend>(
     // Weights without their manifest: a first save killed between its two renames, which
     // `load_adapter` completes from the manifest staged beside them.
     if spafit_adapter {
-        let (model, manifest) = load_adapter(dir, checkpoint, backend)?;
+        let (mut model, manifest) = load_adapter(dir, checkpoint, backend)?;
+        model.set_multi_label(manifest.multi_label);
         let plan = manifest.plan(&dir.join(MANIFEST_FILE))?;
         check_finite(dir, backend, &model)?;
         return Ok(OpenedAdapter {
@@ -312,6 +338,7 @@ pub fn open_adapter<B: Backend>(
             plan,
             labels: manifest.labels,
             text_pairs: manifest.text_pairs,
+            multi_label: Some(manifest.multi_label),
             max_len: manifest.max_len,
             format: AdapterFormat::Spafit,
             notes: Vec::new(),
@@ -320,13 +347,15 @@ pub fn open_adapter<B: Backend>(
         });
     }
     if is_peft_adapter(dir) {
-        let (model, import) = import_peft(dir, checkpoint, backend)?;
+        let (mut model, import) = import_peft(dir, checkpoint, backend)?;
+        model.set_multi_label(import.multi_label == Some(true));
         check_finite(dir, backend, &model)?;
         return Ok(OpenedAdapter {
             model,
             plan: import.plan,
             labels: import.labels,
             text_pairs: import.text_pairs,
+            multi_label: import.multi_label,
             max_len: import.max_len,
             format: AdapterFormat::Peft,
             notes: import.notes,

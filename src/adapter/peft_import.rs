@@ -54,6 +54,10 @@ pub struct PeftImport {
     /// Whether the training examples were text pairs, when `spafit_export.json` records it
     /// (a spafit export does); PEFT itself records none.
     pub text_pairs: Option<bool>,
+    /// Whether the head is a multi-label classifier's: as `spafit_export.json` records it,
+    /// else where the base's `problem_type` is `multi_label_classification` (which
+    /// transformers gives the model PEFT trained on), else unknown.
+    pub multi_label: Option<bool>,
     /// What every use of the adapter should know: a `spafit_export.json` whose class names
     /// are left unused because it describes other weights (the adapter was saved again).
     pub warnings: Vec<String>,
@@ -70,6 +74,9 @@ struct ExportNote {
     labels: Option<Vec<String>>,
     max_len: Option<usize>,
     text_pairs: Option<bool>,
+    /// Whether the head is a multi-label classifier's (absent in notes from before
+    /// multi-label heads, whose heads were not).
+    multi_label: bool,
     /// The note describes these weights: spafit exported them.
     describes_weights: bool,
 }
@@ -170,6 +177,11 @@ fn exported_note(
         Some(serde_json::Value::Bool(pairs)) => Some(*pairs),
         Some(v) => return Err(bad(format!("`text_pairs` is {v}, not true or false"))),
     };
+    let multi_label = match json.get("multi_label") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(multi)) => *multi,
+        Some(v) => return Err(bad(format!("`multi_label` is {v}, not true or false"))),
+    };
     // A regression head has no class names to take.
     let labels = match json.get("labels").filter(|_| outputs >= 2) {
         None | Some(serde_json::Value::Null) => {
@@ -177,6 +189,7 @@ fn exported_note(
                 labels: None,
                 max_len,
                 text_pairs,
+                multi_label,
                 describes_weights: true,
             })
         }
@@ -200,6 +213,7 @@ fn exported_note(
         labels: Some(labels),
         max_len,
         text_pairs,
+        multi_label,
         describes_weights: true,
     })
 }
@@ -667,8 +681,19 @@ pub fn import_peft<B: Backend>(
         &checkpoint.weights,
         &mut warnings,
     )?;
-    // A spafit export's head was trained here, whatever the base's problem_type.
-    let trained_as = checkpoint.config.problem_type_unlike(num_labels);
+    // A spafit export's head was trained here, whatever the base's problem_type; PEFT's own
+    // adapter's was trained as the base's problem_type made it, which a multi-label one
+    // spafit reads as such.
+    let multi_label = match note.describes_weights {
+        true => Some(note.multi_label),
+        false => (checkpoint.config.problem_type.as_deref()
+            == Some(crate::checkpoint::MULTI_LABEL)
+            && num_labels >= 2)
+            .then_some(true),
+    };
+    let trained_as = checkpoint
+        .config
+        .problem_type_unlike(num_labels, multi_label == Some(true));
     if let Some((p, _)) = trained_as.filter(|_| !note.describes_weights) {
         warnings.push(format!(
             "the base's config.json has `problem_type` `{p}`, which transformers applies to \
@@ -687,6 +712,7 @@ pub fn import_peft<B: Backend>(
             labels: note.labels,
             max_len: note.max_len,
             text_pairs: note.text_pairs,
+            multi_label,
             plan,
             base_model_name_or_path: settings.base_model_name_or_path,
             loaded,

@@ -82,6 +82,9 @@ pub struct TrainingInputs {
     pub text_pairs: Option<bool>,
     /// The tokens per example (special tokens included) they were cut to.
     pub max_len: Option<usize>,
+    /// Whether each example was labelled with a set of classes (multi-label: a sigmoid per
+    /// class) rather than one class or a score.
+    pub multi_label: bool,
 }
 
 /// What a loader would refuse is refused before anything is written: a plan other than the
@@ -186,6 +189,7 @@ pub fn save_adapter<B: Backend>(
         labels: labels.map(<[String]>::to_vec),
         base_model_sha256: base.sha256().to_string(),
         base_encoder_sha256: Some(base.encoder_sha256().to_string()),
+        multi_label: inputs.multi_label,
         text_pairs: inputs.text_pairs,
         max_len: inputs.max_len,
         weights_sha256: sha256_hex(&bytes),

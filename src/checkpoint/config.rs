@@ -209,14 +209,20 @@ fn default_initializer_range() -> f64 {
 
 impl BertConfig {
     /// `problem_type`, beside what spafit makes of a head of `outputs` outputs (a
-    /// `regression` for one, a `single_label_classification` for more), where the two
-    /// differ: transformers gives the base's `problem_type` to whatever model loads on it, so
-    /// a head trained there in Python was trained for that problem, and one trained here
-    /// loads there as that problem unless told otherwise.
-    pub fn problem_type_unlike(&self, outputs: usize) -> Option<(&str, &'static str)> {
-        let ours = match outputs {
-            1 => "regression",
-            _ => "single_label_classification",
+    /// `multi_label_classification` for a multi-label head, else a `regression` for one
+    /// output, a `single_label_classification` for more), where the two differ:
+    /// transformers gives the base's `problem_type` to whatever model loads on it, so a head
+    /// trained there in Python was trained for that problem, and one trained here loads
+    /// there as that problem unless told otherwise.
+    pub fn problem_type_unlike(
+        &self,
+        outputs: usize,
+        multi_label: bool,
+    ) -> Option<(&str, &'static str)> {
+        let ours = match (multi_label, outputs) {
+            (true, _) => super::MULTI_LABEL,
+            (false, 1) => "regression",
+            (false, _) => "single_label_classification",
         };
         let theirs = self.problem_type.as_deref().filter(|p| *p != ours)?;
         Some((theirs, ours))

@@ -61,12 +61,10 @@ impl Checkpoint {
         }
     }
 
-    /// What the checkpoint's whole `classifier` head is when it is not a single-label or
-    /// regression head of a sequence classifier: another architecture's
-    /// ([`Checkpoint::foreign_head`]), a multi-label classifier's (`problem_type`
-    /// `multi_label_classification`: one sigmoid per class, which spafit neither evaluates
-    /// nor trains), or a regression of several targets. Such a head is not used: evaluating it is refused, and training starts
-    /// from a fresh head on its encoder.
+    /// What the checkpoint's whole `classifier` head is when it is not a single-label,
+    /// multi-label or regression head of a sequence classifier: another architecture's
+    /// ([`Checkpoint::foreign_head`]) or a regression of several targets. Such a head is not
+    /// used: evaluating it is refused, and training starts from a fresh head on its encoder.
     pub fn other_kind_of_head(&self) -> Option<String> {
         let outputs = self.classifier_head().ok().flatten()?;
         if let Some(architecture) = self.foreign_head() {
@@ -76,11 +74,6 @@ impl Checkpoint {
             ));
         }
         match self.config.problem_type.as_deref() {
-            Some(MULTI_LABEL) => Some(format!(
-                "`problem_type` is `{MULTI_LABEL}`: its `classifier` scores each class on its \
-                 own (a sigmoid each, any number of them true), while spafit's heads pick one \
-                 class (softmax) or give one score (regression)"
-            )),
             Some("regression") if outputs > 1 => Some(format!(
                 "`problem_type` is `regression` and its `classifier` has {outputs} outputs: a \
                  regression of {outputs} targets at once, while spafit's regression gives one \
@@ -88,6 +81,12 @@ impl Checkpoint {
             )),
             _ => None,
         }
+    }
+
+    /// Whether `config.json`'s `problem_type` is `multi_label_classification`: the head, if
+    /// any, scores each class on its own (a sigmoid each, any number of them true).
+    pub fn is_multi_label(&self) -> bool {
+        self.config.problem_type.as_deref() == Some(MULTI_LABEL)
     }
 
     /// The architecture that saved the checkpoint's `classifier`, when `config.json`'s

@@ -481,8 +481,8 @@ pub struct DataArgs {
     /// GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; or ax, GLUE's
     /// diagnostic set, for `predict` with an MNLI adapter); needs --glue-dir.
     #[arg(long, conflicts_with_all = [
-        "train_file", "dev_file", "labels", "regression", "text_column", "text_pair_column",
-        "label_column",
+        "train_file", "dev_file", "labels", "regression", "multi_label", "text_column",
+        "text_pair_column", "label_column",
     ])]
     pub task: Option<String>,
     /// Root of the GLUE distribution (holding CoLA/, SST-2/, ...).
@@ -514,6 +514,13 @@ pub struct DataArgs {
     /// Custom data: the label is a real number (regression, one output).
     #[arg(long)]
     pub regression: bool,
+    /// Custom data: each label is a set of classes, any number of them (none included):
+    /// names or ids separated by commas (`joy,anger`; an empty field is the empty set), or
+    /// a list (`["joy", "anger"]`, a JSON array in JSONL). The head has a sigmoid per class
+    /// (binary cross-entropy, as transformers' `multi_label_classification`); a class is
+    /// predicted where its probability is above 0.5.
+    #[arg(long, conflicts_with = "regression")]
+    pub multi_label: bool,
     /// Skip malformed rows (reported with their file and line) instead of stopping.
     #[arg(long)]
     pub skip_malformed: bool,
@@ -567,12 +574,19 @@ impl DataArgs {
         if self.regression {
             return Ok(TaskKind::Regression);
         }
+        // Sets of classes where the flag or the head (an adapter's, a checkpoint's) says so.
+        let multi_label = self.multi_label || default.is_some_and(TaskKind::is_multi_label);
+        let of_kind = |labels: Vec<String>| match multi_label {
+            true => TaskKind::MultiLabel { labels },
+            false => TaskKind::Classification { labels },
+        };
         let Some(list) = &self.labels else {
-            return Ok(default
-                .cloned()
-                .unwrap_or_else(|| TaskKind::Classification {
-                    labels: vec!["0".into(), "1".into()],
-                }));
+            let two = || vec!["0".to_string(), "1".to_string()];
+            return Ok(match (default, multi_label) {
+                (Some(kind), false) => kind.clone(),
+                (Some(kind), true) => of_kind(kind.class_names().map_or_else(two, <[_]>::to_vec)),
+                (None, _) => of_kind(two()),
+            });
         };
         let labels: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
         if let Some(problem) = label_names_problem(&labels) {
@@ -584,7 +598,7 @@ impl DataArgs {
                 format!("`{list}` names one class; classification needs at least two (or --regression for a real-valued label)"),
             ));
         }
-        Ok(TaskKind::Classification { labels })
+        Ok(of_kind(labels))
     }
 
     /// The label space of a run's training data when only the training file can give it
@@ -598,6 +612,8 @@ impl DataArgs {
         default: Option<&TaskKind>,
         regressor_head: bool,
     ) -> Result<Option<TaskKind>> {
+        // A single-label head's classes say nothing of a multi-label task's.
+        let default = default.filter(|k| !self.multi_label || k.is_multi_label());
         if default.is_some() || self.labels.is_some() || self.regression {
             return Ok(default.cloned());
         }
@@ -609,7 +625,11 @@ impl DataArgs {
         // reads as scores with at least one fraction; any other fault keeps its own error.
         // Whole numbers stay classes, as they were before the head was looked at (0/1 data
         // on an STS-B model is a classification).
-        if inferred.is_err() && regressor_head && self.has_real_valued_labels(file) {
+        if inferred.is_err()
+            && regressor_head
+            && !self.multi_label
+            && self.has_real_valued_labels(file)
+        {
             note!(
                 "the checkpoint's own head is a regressor (one output) and {}'s labels are \
                  real numbers: it trains as a regression from that head (--regression)",
@@ -618,7 +638,7 @@ impl DataArgs {
             return Ok(Some(TaskKind::Regression));
         }
         let kind = inferred?;
-        if let TaskKind::Classification { labels } = &kind {
+        if let Some(labels) = kind.class_names() {
             let scores = match regressor_head && labels.iter().all(|l| l.parse::<f64>().is_ok()) {
                 true => ", or --regression to train them as the checkpoint's regressor's scores",
                 false => "",

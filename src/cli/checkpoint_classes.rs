@@ -25,7 +25,10 @@ pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
         );
     }
     let labels = checkpoint.config.class_names(n).filter(|_| n > 1)?;
-    Some(TaskKind::Classification { labels })
+    Some(match checkpoint.is_multi_label() {
+        true => TaskKind::MultiLabel { labels },
+        false => TaskKind::Classification { labels },
+    })
 }
 
 /// Whether the checkpoint's own head is a regressor: one output, which transformers reads as
@@ -61,7 +64,7 @@ pub fn match_checkpoint_classes<B: Backend>(
     backend: &B,
     kind: &TaskKind,
 ) -> Result<()> {
-    let TaskKind::Classification { labels } = kind else {
+    let Some(labels) = kind.class_names() else {
         return Ok(());
     };
     match classifier.align_classes(checkpoint, backend, kind)? {
@@ -89,9 +92,7 @@ pub fn match_adapter_classes<B: Backend>(
     kind: &TaskKind,
 ) -> Result<()> {
     let done = head.align(classifier, backend, kind)?;
-    if let (ClassAlignment::Reordered { head_classes }, TaskKind::Classification { labels }) =
-        (done, kind)
-    {
+    if let (ClassAlignment::Reordered { head_classes }, Some(labels)) = (done, kind.class_names()) {
         note!(
             "the adapter's classes {head_classes:?} are the data's {labels:?} in another order: \
              its head is reordered to the data's"

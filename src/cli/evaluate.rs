@@ -56,6 +56,9 @@ fn load<B: Backend>(
             let head = AdapterHead {
                 labels: None,
                 text_pairs: None,
+                // Known from problem_type when multi-label; a plain head may be read as
+                // either (transformers' default problem_type is no record of training).
+                multi_label: classifier.is_multi_label().then_some(true),
                 outputs: classifier.num_labels(),
             };
             let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)
@@ -298,10 +301,7 @@ impl PredictCommand {
         }
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
         // `load` checked that the data's label space is the head's.
-        let labels = match &data.kind {
-            TaskKind::Classification { labels } => Some(labels.as_slice()),
-            TaskKind::Regression => None,
-        };
+        let labels = data.kind.class_names();
         let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels())?;
         let glue = self.data.glue_task()?;
         let format = PredictionFormat::choose(self.format, self.output.as_deref());
@@ -333,6 +333,7 @@ impl PredictCommand {
         let text = PredictionTable {
             predictions: &predictions,
             labels,
+            multi_label: data.kind.is_multi_label(),
             source_lines: &data.source_lines,
             glue,
             submission_ids: submission_ids.as_deref(),

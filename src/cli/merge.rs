@@ -91,10 +91,7 @@ impl MergeCommand {
             // A script's loop stops at a command a signal ended, as it would without us.
             super::interrupt::stopped_run();
         }
-        let classes = match &kind {
-            TaskKind::Classification { labels } => json!(labels),
-            TaskKind::Regression => json!(null),
-        };
+        let classes = json!(kind.class_names());
         if let Some(max_len) = max_len {
             note!(
                 "note: the adapter was trained on inputs cut to {max_len} tokens: spafit eval \
@@ -108,6 +105,7 @@ impl MergeCommand {
             "dtype": self.dtype.trim().to_ascii_lowercase(),
             "classes": classes,
             "regression": matches!(kind, TaskKind::Regression),
+            "multi_label": kind.is_multi_label(),
             "max_len": max_len,
             "tokenizer_files": merged.tokenizer_files,
         }))

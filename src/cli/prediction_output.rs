@@ -38,6 +38,8 @@ pub struct PredictionTable<'a> {
     pub predictions: &'a [Prediction],
     /// Class names in id order (classification).
     pub labels: Option<&'a [String]>,
+    /// Whether each prediction is a set of classes (multi-label).
+    pub multi_label: bool,
     /// The file line of each example (may be empty).
     pub source_lines: &'a [usize],
     /// The GLUE task, whose TSV is the submission format.
@@ -63,6 +65,13 @@ impl PredictionTable<'_> {
             .and_then(|l| l.get(class))
             .cloned()
             .unwrap_or_else(|| class.to_string())
+    }
+
+    /// The names of a predicted set of classes, comma-separated (as spafit reads a
+    /// multi-label field back).
+    fn label_set(&self, classes: &[usize]) -> String {
+        let names: Vec<String> = classes.iter().map(|&c| self.label(c)).collect();
+        names.join(",")
     }
 
     fn line(&self, i: usize) -> Option<usize> {
@@ -110,6 +119,23 @@ impl PredictionTable<'_> {
                         all.join(",")
                     ));
                 }
+                Prediction::LabelSet {
+                    classes,
+                    probabilities,
+                } => {
+                    let names: Vec<String> =
+                        classes.iter().map(|&c| quote(&self.label(c))).collect();
+                    let all: Vec<String> = probabilities
+                        .iter()
+                        .enumerate()
+                        .map(|(c, v)| format!("{}:{}", quote(&self.label(c)), number(*v)))
+                        .collect();
+                    out.push_str(&format!(
+                        ",\"labels\":[{}],\"probabilities\":{{{}}}}}\n",
+                        names.join(","),
+                        all.join(",")
+                    ));
+                }
                 Prediction::Score(s) => out.push_str(&format!(",\"score\":{}}}\n", number(*s))),
             }
         }
@@ -121,6 +147,7 @@ impl PredictionTable<'_> {
         for (i, p) in self.predictions.iter().enumerate() {
             let value = match p {
                 Prediction::Class { class, .. } => self.label(*class),
+                Prediction::LabelSet { classes, .. } => self.label_set(classes),
                 Prediction::Score(s) => s.to_string(),
             };
             let id = self
@@ -157,7 +184,10 @@ impl PredictionTable<'_> {
         if has_lines {
             header.push("line".into());
         }
-        if classes > 0 {
+        if classes > 0 && self.multi_label {
+            header.push("labels".into());
+            header.extend((0..classes).map(|c| format!("probability_{}", self.label(c))));
+        } else if classes > 0 {
             header.extend(["label".to_string(), "probability".to_string()]);
             header.extend((0..classes).map(|c| format!("probability_{}", self.label(c))));
         } else {
@@ -182,6 +212,13 @@ impl PredictionTable<'_> {
                     row.extend([self.label(*class), probability.to_string()]);
                     row.extend(probabilities.iter().map(f64::to_string));
                 }
+                Prediction::LabelSet {
+                    classes,
+                    probabilities,
+                } => {
+                    row.push(self.label_set(classes));
+                    row.extend(probabilities.iter().map(f64::to_string));
+                }
                 Prediction::Score(s) => row.push(s.to_string()),
             }
             w.write_record(&row).map_err(io)?;
@@ -203,6 +240,7 @@ mod tests {
         let table = PredictionTable {
             predictions: &scores,
             labels: None,
+            multi_label: false,
             source_lines: &[],
             glue: None,
             submission_ids: None,
@@ -253,6 +291,7 @@ mod tests {
         let table = PredictionTable {
             predictions: &classes,
             labels: Some(&labels),
+            multi_label: false,
             source_lines: &[7],
             glue: None,
             submission_ids: None,

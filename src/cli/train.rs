@@ -373,23 +373,25 @@ pub fn fit<B: Backend>(
     }
     if let Some(dir) = &args.export_peft {
         let base_name = run.checkpoint.dir().display().to_string();
-        let labels = match &train.kind {
-            spafit::data::TaskKind::Classification { labels } => Some(labels.as_slice()),
-            spafit::data::TaskKind::Regression => None,
-        };
+        let labels = train.kind.class_names();
         let record = spafit::adapter::PeftExportRecord {
             base_model_name_or_path: &base_name,
             labels,
             inputs: spafit::adapter::TrainingInputs {
                 text_pairs: Some(report.text_pairs),
                 max_len: Some(tokenizer.max_len()),
+                multi_label: train.kind.is_multi_label(),
             },
             run_dir: args.output.as_deref(),
             base: Some(&run.checkpoint.weights),
         };
         export_peft(dir, &run.backend, &run.model, &run.plan, &record)?;
         let outputs = train.kind.num_labels();
-        if let Some((theirs, ours)) = run.checkpoint.config.problem_type_unlike(outputs) {
+        if let Some((theirs, ours)) = run
+            .checkpoint
+            .config
+            .problem_type_unlike(outputs, train.kind.is_multi_label())
+        {
             note!(
                 "note: the base's config.json has `problem_type` `{theirs}`, which transformers \
                  gives the model this adapter loads onto: load it with \
@@ -687,12 +689,17 @@ impl TrainCommand {
 
 /// Says which classes no training example has: the head learns never to predict them.
 fn note_classes_without_examples(train: &Dataset) {
-    let spafit::data::TaskKind::Classification { labels } = &train.kind else {
+    let Some(labels) = train.kind.class_names() else {
         return;
     };
     let mut seen = vec![false; labels.len()];
     for example in &train.examples {
-        if let Some(spafit::data::Target::Class(id)) = example.target {
+        let ids = match &example.target {
+            Some(spafit::data::Target::Class(id)) => std::slice::from_ref(id),
+            Some(spafit::data::Target::LabelSet(ids)) => ids.as_slice(),
+            _ => &[],
+        };
+        for &id in ids {
             if let Some(seen) = seen.get_mut(id as usize) {
                 *seen = true;
             }

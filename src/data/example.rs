@@ -2,10 +2,13 @@ use crate::error::{Error, Result};
 use crate::text::TextInput;
 
 /// What an example is labelled with.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Target {
     /// A class id.
     Class(u32),
+    /// The class ids that apply, ascending and each once (multi-label classification; none
+    /// is a valid answer).
+    LabelSet(Vec<u32>),
     /// A real-valued score (regression).
     Score(f64),
 }
@@ -31,11 +34,18 @@ impl Example {
     }
 }
 
-/// Classification with named labels, or regression.
+/// Classification with named labels (one class per example, or any number of them), or
+/// regression.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TaskKind {
-    /// Class `i` is `labels[i]`.
+    /// Class `i` is `labels[i]`; each example is of one class (softmax).
     Classification {
+        /// Label names in id order.
+        labels: Vec<String>,
+    },
+    /// Class `i` is `labels[i]`; each example is of any number of them, none included (a
+    /// sigmoid per class: transformers' `multi_label_classification`).
+    MultiLabel {
         /// Label names in id order.
         labels: Vec<String>,
     },
@@ -47,9 +57,22 @@ impl TaskKind {
     /// Outputs of the head: the class count, or 1.
     pub fn num_labels(&self) -> usize {
         match self {
-            TaskKind::Classification { labels } => labels.len(),
+            TaskKind::Classification { labels } | TaskKind::MultiLabel { labels } => labels.len(),
             TaskKind::Regression => 1,
         }
+    }
+
+    /// The class names, in id order (none for a regression).
+    pub fn class_names(&self) -> Option<&[String]> {
+        match self {
+            TaskKind::Classification { labels } | TaskKind::MultiLabel { labels } => Some(labels),
+            TaskKind::Regression => None,
+        }
+    }
+
+    /// Whether each example is of any number of the classes (a sigmoid per class).
+    pub fn is_multi_label(&self) -> bool {
+        matches!(self, TaskKind::MultiLabel { .. })
     }
 }
 
@@ -181,7 +204,11 @@ impl Dataset {
             }
         }
         for (i, e) in self.examples.iter().enumerate() {
-            if let Some(problem) = e.target.and_then(|t| target_problem(t, &self.kind)) {
+            if let Some(problem) = e
+                .target
+                .as_ref()
+                .and_then(|t| target_problem(t, &self.kind))
+            {
                 return Err(Error::invalid(
                     op,
                     format!("{}, {}: {problem}", self.name, self.place_of(i)),
@@ -194,12 +221,32 @@ impl Dataset {
 
 /// What makes `target` unfit for a task of `kind`, if anything: a class id past the classes,
 /// a non-finite score, or the other kind of target.
-pub fn target_problem(target: Target, kind: &TaskKind) -> Option<String> {
+pub fn target_problem(target: &Target, kind: &TaskKind) -> Option<String> {
     let classes = kind.num_labels();
     match (target, kind) {
-        (Target::Class(c), TaskKind::Classification { .. }) => ((c as usize) >= classes)
+        (&Target::Class(c), TaskKind::Classification { .. }) => ((c as usize) >= classes)
             .then(|| format!("class id {c} is not below the {classes} classes")),
-        (Target::Score(s), TaskKind::Regression) => {
+        (Target::LabelSet(ids), TaskKind::MultiLabel { .. }) => {
+            if let Some(c) = ids.iter().find(|&&c| c as usize >= classes) {
+                return Some(format!("class id {c} is not below the {classes} classes"));
+            }
+            ids.windows(2).find(|w| w[0] >= w[1]).map(|w| {
+                format!(
+                    "class ids {} and {} are not ascending and distinct",
+                    w[0], w[1]
+                )
+            })
+        }
+        (Target::LabelSet(_), TaskKind::Classification { .. } | TaskKind::Regression) => {
+            Some("a set of classes in a task of one class or score per example".into())
+        }
+        (Target::Class(c), TaskKind::MultiLabel { .. }) => Some(format!(
+            "class id {c} in a multi-label task (a set of classes each)"
+        )),
+        (Target::Score(s), TaskKind::MultiLabel { .. }) => {
+            Some(format!("score {s} in a multi-label task"))
+        }
+        (&Target::Score(s), TaskKind::Regression) => {
             (!s.is_finite()).then(|| format!("score {s} is not finite"))
         }
         (Target::Class(c), TaskKind::Regression) => {

@@ -166,6 +166,9 @@ impl GlueTask {
         }
         let describe = |kind: &TaskKind| match kind {
             TaskKind::Classification { labels } => format!("the classes {labels:?}"),
+            TaskKind::MultiLabel { labels } => {
+                format!("the classes {labels:?}, any number of them per example")
+            }
             TaskKind::Regression => "a regression".to_string(),
         };
         Some(format!(
@@ -426,10 +429,27 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
     let field = field.trim();
     // Control characters (a NUL, an escape) are shown escaped, not written to the terminal.
     let shown = field.escape_debug().to_string();
-    if field.is_empty() {
+    if field.is_empty() && !kind.is_multi_label() {
         return Err("the label is empty".into());
     }
     match kind {
+        TaskKind::MultiLabel { labels } => {
+            let mut ids = label_set_items(field)?
+                .into_iter()
+                .map(|item| {
+                    class_of(&item, labels).ok_or_else(|| {
+                        format!(
+                            "label `{}` (in `{shown}`) is not one of the classes {}",
+                            item.escape_debug(),
+                            labels.join(", ")
+                        )
+                    })
+                })
+                .collect::<std::result::Result<Vec<u32>, String>>()?;
+            ids.sort_unstable();
+            ids.dedup();
+            Ok(Target::LabelSet(ids))
+        }
         TaskKind::Regression => {
             let value = field
                 .parse::<f64>()
@@ -446,41 +466,81 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
             Ok(Target::Score(value))
         }
         TaskKind::Classification { labels } => {
-            // Tools that store class ids as floats write `1.0` for class `1` (pandas with a
-            // missing value in the column, JSON numbers), and a class may be named `1.0` for
-            // data that says `1`: where no class has the field's very name, a number names
-            // the class spelt as its integer, else the one class of its value, if only one
-            // (values past 2^53 are not compared: neighbours round to one f64).
-            let number = |text: &str| {
-                text.trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite() && v.abs() < 9.0e15)
-            };
-            let value = number(field);
-            let integral = value
-                .filter(|v| v.fract() == 0.0)
-                .map(|v| format!("{}", v as i64));
-            let same_value = || {
-                let v = value?;
-                let mut same = (0..labels.len()).filter(|&i| number(&labels[i]) == Some(v));
-                let first = same.next()?;
-                same.next().is_none().then_some(first)
-            };
-            labels
-                .iter()
-                .position(|l| l == field)
-                .or_else(|| labels.iter().position(|l| Some(l) == integral.as_ref()))
-                .or_else(same_value)
-                .map(|i| Target::Class(i as u32))
-                .ok_or_else(|| {
-                    format!(
-                        "label `{shown}` is not one of the classes {}",
-                        labels.join(", ")
-                    )
-                })
+            class_of(field, labels).map(Target::Class).ok_or_else(|| {
+                format!(
+                    "label `{shown}` is not one of the classes {}",
+                    labels.join(", ")
+                )
+            })
         }
     }
+}
+
+/// The id of the class `field` names among `labels`, if any.
+fn class_of(field: &str, labels: &[String]) -> Option<u32> {
+    // Tools that store class ids as floats write `1.0` for class `1` (pandas with a missing
+    // value in the column, JSON numbers), and a class may be named `1.0` for data that says
+    // `1`: where no class has the field's very name, a number names the class spelt as its
+    // integer, else the one class of its value, if only one (values past 2^53 are not
+    // compared: neighbours round to one f64).
+    let number = |text: &str| {
+        text.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && v.abs() < 9.0e15)
+    };
+    let value = number(field);
+    let integral = value
+        .filter(|v| v.fract() == 0.0)
+        .map(|v| format!("{}", v as i64));
+    let same_value = || {
+        let v = value?;
+        let mut same = (0..labels.len()).filter(|&i| number(&labels[i]) == Some(v));
+        let first = same.next()?;
+        same.next().is_none().then_some(first)
+    };
+    labels
+        .iter()
+        .position(|l| l == field)
+        .or_else(|| labels.iter().position(|l| Some(l) == integral.as_ref()))
+        .or_else(same_value)
+        .map(|i| i as u32)
+}
+
+/// The class names of a multi-label field: comma-separated (`joy,anger`, as GoEmotions
+/// writes ids: `2,27`), or a list as JSON or Python writes one (`["joy", "anger"]`,
+/// `['joy', 'anger']`: pandas' CSV of a column of lists, a JSONL array); an empty field or
+/// list is the empty set (no class applies).
+pub(crate) fn label_set_items(field: &str) -> std::result::Result<Vec<String>, String> {
+    let field = field.trim();
+    let shown = || field.escape_debug().to_string();
+    let inner = match (field.strip_prefix('['), field.ends_with(']')) {
+        (Some(rest), true) => &rest[..rest.len() - 1],
+        (Some(_), false) => return Err(format!("label list `{}` has no closing `]`", shown())),
+        (None, _) => field,
+    };
+    if inner.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    inner
+        .split(',')
+        .map(|item| {
+            let item = item.trim();
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|&q| item.strip_prefix(q).and_then(|i| i.strip_suffix(q)))
+                .unwrap_or(item)
+                .trim();
+            match unquoted.is_empty() {
+                true => Err(format!(
+                    "label list `{}` holds an empty name (two commas in a row, or one at an \
+                     end)",
+                    shown()
+                )),
+                false => Ok(unquoted.to_string()),
+            }
+        })
+        .collect()
 }
 
 impl FromStr for GlueTask {

@@ -74,6 +74,12 @@ trait Row {
     fn is_null(&self, _column: &str) -> bool {
         false
     }
+
+    /// [`Row::get`] for a multi-label column, which may also hold a list (a JSON array,
+    /// given as its JSON text).
+    fn get_label_set(&self, column: &str) -> std::result::Result<Option<String>, String> {
+        self.get(column)
+    }
 }
 
 struct CsvRow<'a> {
@@ -130,6 +136,20 @@ impl Row for JsonRow {
     fn is_null(&self, column: &str) -> bool {
         self.0.get(column) == Some(&serde_json::Value::Null)
     }
+
+    fn get_label_set(&self, column: &str) -> std::result::Result<Option<String>, String> {
+        match self.0.get(column) {
+            Some(list @ serde_json::Value::Array(items))
+                if items.iter().all(|i| i.is_string() || i.is_number()) =>
+            {
+                Ok(Some(list.to_string()))
+            }
+            Some(serde_json::Value::Array(_)) => Err(format!(
+                "field `{column}` is a list holding something other than class names or ids"
+            )),
+            _ => self.get(column),
+        }
+    }
 }
 
 /// For a table read as TSV: its texts that look quoted by a CSV writer (`"he said ""no"""`,
@@ -178,25 +198,31 @@ impl TableSpec {
         if !self.selected(row)? {
             return Ok(None);
         }
-        let text = |c: &str| {
-            row.get(c)?.ok_or_else(|| match row.is_null(c) {
+        let present = |c: &str, value: Option<String>| {
+            value.ok_or_else(|| match row.is_null(c) {
                 true => format!("`{c}` is null: give the row a value, or drop it"),
                 false => format!("missing `{c}`"),
             })
         };
+        let text = |c: &str| present(c, row.get(c)?);
         let target = match &self.label_column {
             None => None,
             Some(c) => {
-                let label = text(c)?;
+                let label = match self.kind.is_multi_label() {
+                    true => present(c, row.get_label_set(c)?)?,
+                    false => text(c)?,
+                };
                 Some(parse_target(&label, &self.kind).map_err(|why| {
                     match (&self.kind, label.trim().is_empty()) {
                         // How to skip such rows follows in every malformed row's message.
                         (_, true) => format!("{why}: fill it in or delete the row"),
-                        (TaskKind::Classification { .. }, false) => format!(
-                            "{why} (--labels names a custom task's classes; without it they \
+                        (TaskKind::Classification { .. } | TaskKind::MultiLabel { .. }, false) => {
+                            format!(
+                                "{why} (--labels names a custom task's classes; without it they \
                              are those an adapter or the checkpoint's id2label records, else \
                              the training file's)"
-                        ),
+                            )
+                        }
                         (TaskKind::Regression, false) => why,
                     }
                 })?)
@@ -236,6 +262,8 @@ impl TableSpec {
     /// rows, with [`OnMalformed::Skip`]); a single class is refused. A malformed row is the error
     /// [`TableSpec::load`] would give, or skipped as it would skip it; a row with an empty
     /// label is left to `load` to report, and a file without one labeled row is refused.
+    /// For a spec of [`TaskKind::MultiLabel`], every class name of every row's set counts,
+    /// and the answer is a multi-label task of those classes.
     pub fn infer_classes(&self, on_malformed: OnMalformed) -> Result<TaskKind> {
         let path = &self.path;
         let Some(column) = &self.label_column else {
@@ -244,6 +272,7 @@ impl TableSpec {
                 format!("{}: unlabeled data names no classes", path.display()),
             ));
         };
+        let multi_label = self.kind.is_multi_label();
         let mut seen: Vec<(String, usize)> = Vec::new();
         // A malformed row is the error `load` would give, or skipped as `load` would skip it.
         let mut sink = RowSink::new(on_malformed);
@@ -263,21 +292,34 @@ impl TableSpec {
                 Ok(None) => return Ok(()),
                 Err(why) => return sink.take(Err(why), path, line),
             }
-            let label = match row.get(column) {
+            let field = match multi_label {
+                true => row.get_label_set(column),
+                false => row.get(column),
+            };
+            let label = match field {
                 Ok(Some(label)) => label.trim().to_string(),
                 // A null label is left to `load` to report, as an empty one is.
                 Ok(None) if row.is_null(column) => return Ok(()),
                 Ok(None) => return sink.take(Err(format!("missing `{column}`")), path, line),
                 Err(why) => return sink.take(Err(why), path, line),
             };
-            if label.is_empty() || seen.iter().any(|(l, _)| *l == label) {
-                return Ok(());
+            let names = match multi_label {
+                true => match super::glue::label_set_items(&label) {
+                    Ok(names) => names,
+                    Err(why) => return sink.take(Err(why), path, line),
+                },
+                false => vec![label],
+            };
+            for label in names {
+                if label.is_empty() || seen.iter().any(|(l, _)| *l == label) {
+                    continue;
+                }
+                if let Some(problem) = super::label_names_problem(std::slice::from_ref(&label)) {
+                    let why = format!("label `{}`: {problem}", label.escape_debug());
+                    return sink.take(Err(why), path, line);
+                }
+                seen.push((label, line));
             }
-            if let Some(problem) = super::label_names_problem(std::slice::from_ref(&label)) {
-                let why = format!("label `{}`: {problem}", label.escape_debug());
-                return sink.take(Err(why), path, line);
-            }
-            seen.push((label, line));
             Ok(())
         })?;
         // The rows skipped may be why too few classes remain: the refusal names them.
@@ -369,10 +411,16 @@ impl TableSpec {
         }
         match labels.as_slice() {
             [] => Err(refuse(format!("no row has a label in `{column}`"))),
+            [only] if multi_label => Err(refuse(format!(
+                "`{only}` is the only class in `{column}`: a multi-label task needs two classes \
+                 or more (give --labels to name them all; one yes-or-no class is a \
+                 classification of two)"
+            ))),
             [only] => Err(refuse(format!(
                 "every label in `{column}` is `{only}`: classification needs two classes or \
                  more (give --labels to name them all, or --regression for a real-valued label)"
             ))),
+            _ if multi_label => Ok(TaskKind::MultiLabel { labels }),
             _ => Ok(TaskKind::Classification { labels }),
         }
     }

@@ -42,7 +42,7 @@ impl<B: Backend> BertClassifier<B> {
         backend: &B,
         kind: &TaskKind,
     ) -> Result<ClassAlignment> {
-        let TaskKind::Classification { labels } = kind else {
+        let Some(labels) = kind.class_names() else {
             return Ok(ClassAlignment::NotNeeded);
         };
         let n = self.num_labels();

@@ -9,11 +9,16 @@ use crate::tensor::{Shape, Tensor};
 
 use super::{BertModel, ModelInput};
 
-/// Targets of a batch: class ids for classification, scores for regression.
+/// Targets of a batch: class ids for classification, the classes that apply for
+/// multi-label classification, scores for regression.
 #[derive(Debug)]
 pub enum Labels<B: Backend> {
     /// `U32` class ids `[batch]` (`num_labels ≥ 2`, cross-entropy).
     Classes(Tensor<B>),
+    /// Float `[batch, num_labels]`, 1 where a class applies and 0 where not (a sigmoid per
+    /// class, binary cross-entropy averaged over every element, as transformers'
+    /// `multi_label_classification`).
+    MultiHot(Tensor<B>),
     /// Float scores `[batch]` (`num_labels = 1`, mean squared error).
     Scores(Tensor<B>),
 }
@@ -43,6 +48,8 @@ pub struct BertClassifier<B: Backend> {
     lora_merged: bool,
     /// `apply_plan` was called (whether it succeeded or not): a model takes one plan.
     plan_applied: bool,
+    /// The head scores each class on its own (see [`BertClassifier::is_multi_label`]).
+    multi_label: bool,
 }
 
 /// A summary (the weights are on the backend): shape, head, plan and what trains, so that a
@@ -63,7 +70,7 @@ impl<B: Backend> std::fmt::Debug for BertClassifier<B> {
 impl<B: Backend> BertClassifier<B> {
     /// Loads `checkpoint` on `backend` with a `num_labels` head: the checkpoint's own
     /// `classifier` tensors when it has them with that shape (and no other architecture saved
-    /// them, nor is it multi-label: [`Checkpoint::other_kind_of_head`]), otherwise a fresh
+    /// them: [`Checkpoint::other_kind_of_head`]), otherwise a fresh
     /// head drawn as transformers draws
     /// it (weights N(0, `initializer_range`), bias 0) from `seed`. A head present in part, or
     /// in shapes that do not fit together, is refused (it is a damaged file, not a base
@@ -222,6 +229,7 @@ impl<B: Backend> BertClassifier<B> {
         for p in model.params_mut() {
             p.trainable = false;
         }
+        model.multi_label = checkpoint.is_multi_label() && num_labels >= 2;
         Ok(model)
     }
 
@@ -321,7 +329,24 @@ impl<B: Backend> BertClassifier<B> {
             plan: None,
             lora_merged: false,
             plan_applied: false,
+            multi_label: false,
         })
+    }
+
+    /// Whether the head is a multi-label classifier's: a sigmoid per class, each example of
+    /// any number of the classes (predictions are the classes of positive logits), rather
+    /// than a softmax over the classes (or a regression, for one output). Set from a
+    /// fine-tuned checkpoint's `problem_type`, from an adapter that records it, and by
+    /// training on multi-label data; the loss follows the labels given
+    /// ([`BertClassifier::loss`]), not this.
+    pub fn is_multi_label(&self) -> bool {
+        self.multi_label
+    }
+
+    /// Marks the head as a multi-label classifier's, or not (see
+    /// [`BertClassifier::is_multi_label`]).
+    pub fn set_multi_label(&mut self, multi_label: bool) {
+        self.multi_label = multi_label;
     }
 
     /// Outputs of the head: 1 for regression, ≥ 2 for classification. Read from the
@@ -492,12 +517,14 @@ impl<B: Backend> BertClassifier<B> {
         self.classifier.forward(tape, &pooled, dropouts)
     }
 
-    /// Mean cross-entropy (classification) or mean squared error (regression) of `logits`.
+    /// Mean cross-entropy (classification), mean binary cross-entropy of a sigmoid per class
+    /// (multi-label) or mean squared error (regression) of `logits`.
     pub fn loss(&self, tape: &mut Tape<B>, logits: &Var<B>, labels: &Labels<B>) -> Result<Var<B>> {
         tape.set_scope("loss");
         match (labels, self.num_labels()) {
             (Labels::Classes(y), n) if n >= 2 => tape.cross_entropy(logits, y),
             (Labels::Scores(y), 1) => tape.mse(logits, y),
+            (Labels::MultiHot(y), _) => tape.bce_with_logits(logits, y),
             (Labels::Classes(_), _) => Err(Error::invalid(
                 "loss",
                 "class labels need num_labels ≥ 2; a 1-label head is a regression head",

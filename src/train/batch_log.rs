@@ -120,6 +120,10 @@ impl BatchLog {
             .map(|&i| {
                 Ok(match data.target(i)? {
                     Some(Target::Class(c)) => json!(c),
+                    // As transformers takes a multi-label target: one 0/1 float per class.
+                    Some(Target::LabelSet(ids)) => json!((0..data.kind.num_labels() as u32)
+                        .map(|c| if ids.contains(&c) { 1.0 } else { 0.0 })
+                        .collect::<Vec<f64>>()),
                     Some(Target::Score(s)) => json!(s),
                     None => serde_json::Value::Null,
                 })

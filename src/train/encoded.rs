@@ -43,7 +43,7 @@ impl EncodedDataset {
             .collect::<Result<Vec<_>>>()?;
         Ok(EncodedDataset {
             texts,
-            targets: data.examples.iter().map(|e| e.target).collect(),
+            targets: data.examples.iter().map(|e| e.target.clone()).collect(),
             kind: data.kind.clone(),
             pad_id: tokenizer.pad_id(),
             // Lines out of step with the examples (a dataset built by hand) would name
@@ -90,8 +90,11 @@ impl EncodedDataset {
     }
 
     /// The target of example `i` (`None` when unlabeled).
-    pub fn target(&self, i: usize) -> Result<Option<Target>> {
-        self.targets.get(i).copied().ok_or_else(|| self.no_row(i))
+    pub fn target(&self, i: usize) -> Result<Option<&Target>> {
+        self.targets
+            .get(i)
+            .map(Option::as_ref)
+            .ok_or_else(|| self.no_row(i))
     }
 
     fn no_row(&self, i: usize) -> Error {
@@ -115,7 +118,7 @@ impl EncodedDataset {
         let enc = self.batch(rows)?;
         let tokens = enc.attention_mask.iter().filter(|&&m| m == 1).count();
         let input = ModelInput::for_model(backend, &enc, config)?;
-        let targets: Option<Vec<Target>> = rows
+        let targets: Option<Vec<&Target>> = rows
             .iter()
             .map(|&i| self.target(i))
             .collect::<Result<Vec<_>>>()?
@@ -129,12 +132,12 @@ impl EncodedDataset {
     }
 }
 
-fn labels<B: Backend>(backend: &B, kind: &TaskKind, targets: &[Target]) -> Result<Labels<B>> {
+fn labels<B: Backend>(backend: &B, kind: &TaskKind, targets: &[&Target]) -> Result<Labels<B>> {
     let shape = Shape::new([targets.len()]);
     let mismatch = || {
         Error::invalid(
             "labels",
-            "targets do not match the task kind (class ids vs scores)",
+            "targets do not match the task kind (class ids, sets of classes or scores)",
         )
     };
     match kind {
@@ -143,17 +146,38 @@ fn labels<B: Backend>(backend: &B, kind: &TaskKind, targets: &[Target]) -> Resul
                 .iter()
                 .map(|t| match t {
                     Target::Class(c) => Ok(*c),
-                    Target::Score(_) => Err(mismatch()),
+                    _ => Err(mismatch()),
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Labels::Classes(backend.tensor_from_u32(shape, &ids)?))
+        }
+        TaskKind::MultiLabel { .. } => {
+            let classes = kind.num_labels();
+            let mut multi_hot = vec![0.0; targets.len() * classes];
+            for (row, t) in multi_hot.chunks_exact_mut(classes).zip(targets) {
+                let Target::LabelSet(ids) = t else {
+                    return Err(mismatch());
+                };
+                for &c in ids {
+                    *row.get_mut(c as usize).ok_or_else(|| {
+                        Error::invalid(
+                            "labels",
+                            format!("class id {c} is not below the {classes} classes"),
+                        )
+                    })? = 1.0;
+                }
+            }
+            let shape = Shape::new([targets.len(), classes]);
+            Ok(Labels::MultiHot(
+                backend.tensor_from_f64(shape, &multi_hot)?,
+            ))
         }
         TaskKind::Regression => {
             let scores = targets
                 .iter()
                 .map(|t| match t {
                     Target::Score(s) => Ok(*s),
-                    Target::Class(_) => Err(mismatch()),
+                    _ => Err(mismatch()),
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Labels::Scores(backend.tensor_from_f64(shape, &scores)?))

@@ -110,13 +110,20 @@ pub fn infer<B: Backend>(
     })
 }
 
-/// Class ids (argmax) or scores from logits, `num_labels` per example.
+/// Class ids (argmax), sets of class ids (positive logits) or scores from logits,
+/// `num_labels` per example.
 pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result<Vec<Target>> {
     super::prediction::check_logits(kind, logits, num_labels)?;
     Ok(logits
         .chunks_exact(num_labels)
         .map(|row| match kind {
             TaskKind::Regression => Target::Score(row[0]),
+            TaskKind::MultiLabel { .. } => Target::LabelSet(
+                super::prediction::predicted_set(row)
+                    .into_iter()
+                    .map(|c| c as u32)
+                    .collect(),
+            ),
             TaskKind::Classification { .. } => {
                 let best = row
                     .iter()
@@ -179,13 +186,13 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
             },
         ));
     }
-    let gold: Vec<Target> = data.targets.iter().flatten().copied().collect();
+    let gold: Vec<&Target> = data.targets.iter().flatten().collect();
     // Checked as training checks its data, so a bad target is named by example, not by
     // its place in a length-sorted batch (or turned into a NaN metric).
     if let Some((i, problem)) = gold
         .iter()
         .enumerate()
-        .find_map(|(i, t)| crate::data::target_problem(*t, &data.kind).map(|p| (i, p)))
+        .find_map(|(i, t)| crate::data::target_problem(t, &data.kind).map(|p| (i, p)))
     {
         return Err(crate::Error::invalid(
             "evaluate",
@@ -204,11 +211,16 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
     let preds = match data.kind {
         TaskKind::Regression => Predictions::Scores {
             pred: pred.iter().map(score).collect(),
-            gold: gold.iter().map(score).collect(),
+            gold: gold.iter().copied().map(score).collect(),
         },
         TaskKind::Classification { .. } => Predictions::Classes {
             pred: pred.iter().map(class).collect(),
-            gold: gold.iter().map(class).collect(),
+            gold: gold.iter().copied().map(class).collect(),
+        },
+        TaskKind::MultiLabel { .. } => Predictions::LabelSets {
+            pred: pred.iter().map(label_set).collect(),
+            gold: gold.iter().copied().map(label_set).collect(),
+            classes: model.num_labels(),
         },
     };
     let non_finite = super::prediction::non_finite_logit(&out.logits, model.num_labels());
@@ -221,16 +233,27 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
     Ok((evaluation, non_finite))
 }
 
+// Targets were checked against the task's kind above, so each helper sees its own kind.
 fn score(t: &Target) -> f64 {
-    match *t {
-        Target::Score(s) => s,
-        Target::Class(c) => f64::from(c),
+    match t {
+        Target::Score(s) => *s,
+        Target::Class(c) => f64::from(*c),
+        Target::LabelSet(_) => f64::NAN,
     }
 }
 
 fn class(t: &Target) -> u32 {
-    match *t {
-        Target::Class(c) => c,
-        Target::Score(s) => s as u32,
+    match t {
+        Target::Class(c) => *c,
+        Target::Score(s) => *s as u32,
+        Target::LabelSet(_) => u32::MAX,
+    }
+}
+
+fn label_set(t: &Target) -> Vec<u32> {
+    match t {
+        Target::LabelSet(ids) => ids.clone(),
+        Target::Class(c) => vec![*c],
+        Target::Score(_) => Vec::new(),
     }
 }

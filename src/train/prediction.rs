@@ -1,5 +1,5 @@
 //! What a model answers for each example: the class with its probability and every class's
-//! probability, or a score.
+//! probability, the set of classes that apply with every class's probability, or a score.
 
 use crate::data::TaskKind;
 use crate::error::{Error, Result};
@@ -17,8 +17,33 @@ pub enum Prediction {
         /// Every class's probability.
         probabilities: Vec<f64>,
     },
+    /// Multi-label classification: the classes whose sigmoid is above one half (a positive
+    /// logit), ascending, none included, and every class's sigmoid, in class-id order.
+    LabelSet {
+        /// The predicted class ids.
+        classes: Vec<usize>,
+        /// Every class's probability.
+        probabilities: Vec<f64>,
+    },
     /// Regression: the predicted score.
     Score(f64),
+}
+
+/// The classes a multi-label head predicts from one row of logits: those whose sigmoid is
+/// above one half, which is a positive logit (compared as such, not through a rounded
+/// sigmoid).
+pub(crate) fn predicted_set(row: &[f64]) -> Vec<usize> {
+    (0..row.len()).filter(|&c| row[c] > 0.0).collect()
+}
+
+/// `1 / (1 + e^−z)`, through `e^z` for negative `z` so that neither side overflows.
+pub(crate) fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
 }
 
 /// Refuses logits that are not whole rows of a head that fits `kind`: `num_labels` outputs,
@@ -73,6 +98,10 @@ pub fn scored_predictions(
         .chunks_exact(num_labels.max(1))
         .map(|row| match kind {
             TaskKind::Regression => Prediction::Score(row[0]),
+            TaskKind::MultiLabel { .. } => Prediction::LabelSet {
+                classes: predicted_set(row),
+                probabilities: row.iter().map(|&z| sigmoid(z)).collect(),
+            },
             TaskKind::Classification { .. } => {
                 let class = row
                     .iter()
@@ -143,6 +172,32 @@ mod tests {
             labels: vec!["a".into()],
         };
         assert!(scored_predictions(&one, &[1.0, 2.0], 1).is_err());
+        // Multi-label: a sigmoid each, the classes of positive logits (zero is not one).
+        let multi = TaskKind::MultiLabel {
+            labels: vec!["a".into(), "b".into(), "c".into()],
+        };
+        let p = scored_predictions(&multi, &[2.0, -1.0, 0.0, -800.0, 800.0, 1e-300], 3).unwrap();
+        let Prediction::LabelSet {
+            classes,
+            probabilities,
+        } = &p[0]
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!(classes, &[0]);
+        let want = [1.0 / (1.0 + (-2f64).exp()), 1.0 / (1.0 + 1f64.exp()), 0.5];
+        for (got, want) in probabilities.iter().zip(want) {
+            assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+        }
+        let Prediction::LabelSet {
+            classes,
+            probabilities,
+        } = &p[1]
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!(classes, &[1, 2]);
+        assert_eq!(probabilities[..2], [0.0, 1.0]);
         // Non-finite logits have no probabilities: named, not NaN.
         let e = scored_predictions(&kind, &[1.0, 2.0, 3.0, f64::INFINITY, 0.0, 1.0], 3)
             .unwrap_err()

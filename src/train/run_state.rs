@@ -514,6 +514,13 @@ fn data_digest(data: &EncodedDataset) -> String {
                 bytes.push(2);
                 bytes.extend_from_slice(&s.to_bits().to_le_bytes());
             }
+            Some(Target::LabelSet(ids)) => {
+                bytes.push(3);
+                bytes.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+                for c in ids {
+                    bytes.extend_from_slice(&c.to_le_bytes());
+                }
+            }
         }
     }
     format!(

@@ -10,7 +10,8 @@ use crate::text::TextTokenizer;
 
 /// The model's answer for each text, in order: tokenized by `tokenizer` (cut to its
 /// `max_len`, as training cut its examples), run in evaluation mode `batch_size` texts at a
-/// time. A head of one output gives scores, a wider one classes with their probabilities.
+/// time. A head of one output gives scores, a wider one classes with their probabilities
+/// (sets of classes for a multi-label head: [`BertClassifier::is_multi_label`]).
 /// A model trained on text pairs wants [`predict_text_pairs`].
 pub fn predict_texts<B: Backend, S: AsRef<str>>(
     backend: &B,
@@ -55,12 +56,12 @@ fn predict_examples<B: Backend>(
     batch_size: usize,
 ) -> Result<Vec<Prediction>> {
     let k = model.num_labels();
-    // The head's width says the task; class names play no part in the answers.
-    let kind = match k {
-        1 => TaskKind::Regression,
-        _ => TaskKind::Classification {
-            labels: (0..k).map(|c| c.to_string()).collect(),
-        },
+    // The head's width and kind say the task; class names play no part in the answers.
+    let labels = || (0..k).map(|c| c.to_string()).collect();
+    let kind = match (k, model.is_multi_label()) {
+        (1, false) => TaskKind::Regression,
+        (_, true) => TaskKind::MultiLabel { labels: labels() },
+        (_, false) => TaskKind::Classification { labels: labels() },
     };
     let data = Dataset::from_examples("texts", kind, examples);
     if data.is_empty() {

@@ -17,7 +17,7 @@ use crate::adapter::{save_adapter, TrainingInputs};
 use crate::autograd::Tape;
 use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
-use crate::data::{training_batches, Dataset, GlueTask, TaskKind};
+use crate::data::{training_batches, Dataset, GlueTask};
 use crate::error::{Error, Result};
 use crate::model::{check_batch_memory, BertClassifier, Pass};
 use crate::nn::DropoutPlan;
@@ -288,6 +288,8 @@ pub struct TrainReport {
     pub max_len: usize,
     /// Whether the training examples were text pairs.
     pub text_pairs: bool,
+    /// Whether each training example had a set of classes (multi-label).
+    pub multi_label: bool,
     /// Whether early stopping ended the run before its last step
     /// ([`TrainConfig::early_stopping_patience`]).
     pub early_stopped: bool,
@@ -307,6 +309,7 @@ impl TrainReport {
         TrainingInputs {
             text_pairs: Some(self.text_pairs),
             max_len: Some(self.max_len),
+            multi_label: self.multi_label,
         }
     }
 }
@@ -366,6 +369,8 @@ struct RunPlan {
     dropout: DropoutRates,
     settings: RunSettings,
     labels: Option<Vec<String>>,
+    /// Whether each example has a set of classes (recorded with the adapter).
+    multi_label: bool,
     /// Whether the examples are text pairs (recorded with the adapter).
     text_pairs: bool,
     /// The tokenizer's cut (recorded with the adapter).
@@ -573,6 +578,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.check_settings(train, dev)
         })?;
         self.model.store_frozen_weights(&self.backend)?;
+        // The head trains for the data's kind of target, and predicts as it trained.
+        self.model.set_multi_label(train.kind.is_multi_label());
         let progress = Progress::new(
             self.config.progress,
             self.config.notices_on_stderr,
@@ -939,10 +946,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
             schedule,
             dropout,
             settings,
-            labels: match &train.kind {
-                TaskKind::Classification { labels } => Some(labels.clone()),
-                TaskKind::Regression => None,
-            },
+            labels: train.kind.class_names().map(<[String]>::to_vec),
+            multi_label: train.kind.is_multi_label(),
             text_pairs: train.has_text_pairs(),
             max_len: tokenizer.max_len(),
         })
@@ -1668,6 +1673,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             best: run.best.map(|b| (b.step, b.evaluation)),
             max_len: plan.max_len,
             text_pairs: plan.text_pairs,
+            multi_label: plan.multi_label,
             early_stopped,
             notices: progress.into_notices(),
             stopped_by_observer,
@@ -1746,6 +1752,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 TrainingInputs {
                     text_pairs: Some(plan.text_pairs),
                     max_len: Some(plan.max_len),
+                    multi_label: plan.multi_label,
                 },
             ),
             None => Ok(()),
