@@ -118,3 +118,46 @@ fn reported_metric_names_follow_the_task_and_the_head() {
         ["pearson", "spearman"]
     );
 }
+
+#[test]
+fn multi_label_metrics_by_hand() {
+    // Three classes, four examples:
+    //   gold {0, 2}  pred {0}     → class 0 tp; class 2 fn
+    //   gold {}      pred {1}     → class 1 fp
+    //   gold {1}     pred {1, 2}  → class 1 tp; class 2 fp
+    //   gold {0, 1}  pred {0, 1}  → class 0 tp; class 1 tp (exact)
+    let gold = vec![vec![0, 2], vec![], vec![1], vec![0, 1]];
+    let pred = vec![vec![0], vec![1], vec![1, 2], vec![0, 1]];
+    // Micro: tp 4, fp 2, fn 1 → 8 / 11.
+    assert!((micro_f1(&pred, &gold) - 8.0 / 11.0).abs() < 1e-15);
+    // Per class: 0 → tp 2, fp 0, fn 0: 1; 1 → tp 2, fp 1, fn 0: 4/5; 2 → tp 0: 0.
+    assert!((macro_f1(&pred, &gold, 3) - (1.0 + 0.8 + 0.0) / 3.0).abs() < 1e-15);
+    // A fourth class nobody has or predicts counts 0 in the mean.
+    assert!((macro_f1(&pred, &gold, 4) - 1.8 / 4.0).abs() < 1e-15);
+    assert_eq!(subset_accuracy(&pred, &gold), 0.25);
+    // Predicting nothing: no true positive, F1 0; exact only where the gold set is empty.
+    let nothing = vec![Vec::new(); 4];
+    assert_eq!(micro_f1(&nothing, &gold), 0.0);
+    assert_eq!(subset_accuracy(&nothing, &gold), 0.25);
+    assert!(micro_f1(&pred[..3], &gold).is_nan() && subset_accuracy(&pred[..2], &gold).is_nan());
+
+    let preds = Predictions::LabelSets {
+        pred,
+        gold,
+        classes: 3,
+    };
+    let m = report(None, &preds, 3);
+    assert_eq!(
+        m.keys().collect::<Vec<_>>(),
+        ["macro_f1", "micro_f1", "subset_accuracy"]
+    );
+    assert_eq!(main_metric(None, &preds), "micro_f1");
+    let kind = spafit::data::TaskKind::MultiLabel {
+        labels: vec!["a".into(), "b".into()],
+    };
+    assert_eq!(
+        reported_names(None, &kind),
+        ["macro_f1", "micro_f1", "subset_accuracy"]
+    );
+    assert_eq!(main_metric_name(None, &kind), "micro_f1");
+}

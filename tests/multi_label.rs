@@ -1,0 +1,489 @@
+//! Multi-label classification: sets of classes read from CSV, TSV and JSONL, and the model
+//! against transformers' `multi_label_classification` in float64.
+
+mod common;
+
+use std::path::Path;
+
+use spafit::data::{OnMalformed, TableSpec, Target, TaskKind};
+
+fn emotions() -> TaskKind {
+    TaskKind::MultiLabel {
+        labels: vec!["joy".into(), "anger".into(), "fear".into()],
+    }
+}
+
+fn spec(path: &Path, kind: TaskKind) -> TableSpec {
+    TableSpec {
+        path: path.to_path_buf(),
+        text_column: "text".into(),
+        text_pair_column: None,
+        label_column: Some("labels".into()),
+        kind,
+        filter: None,
+    }
+}
+
+fn targets(path: &Path, kind: TaskKind) -> Vec<Target> {
+    let data = spec(path, kind).load(OnMalformed::Error).unwrap();
+    data.examples
+        .into_iter()
+        .map(|e| e.target.unwrap())
+        .collect()
+}
+
+fn sets(ids: &[&[u32]]) -> Vec<Target> {
+    ids.iter().map(|s| Target::LabelSet(s.to_vec())).collect()
+}
+
+#[test]
+fn label_sets_are_read_in_every_spelling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("train.csv");
+    std::fs::write(
+        &csv,
+        "text,labels\n\
+         a,\"joy,anger\"\n\
+         b,\n\
+         c,fear\n\
+         d,\"['fear', 'joy']\"\n\
+         e,[]\n\
+         f,\"[\"\"anger\"\"]\"\n\
+         g,\" anger , joy,joy \"\n\
+         h,\"1,0\"\n",
+    )
+    .unwrap();
+    // Ascending ids each once, the empty set where nothing applies; `1` names class
+    // `anger` by position only where a class is named so, which none is here: ids are read
+    // as names, and a numbered task gets them right (below).
+    let want = sets(&[&[0, 1], &[], &[2], &[0, 2], &[], &[1], &[0, 1]]);
+    let e = spec(&csv, emotions())
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 9") && e.contains("label `1` (in `1,0`)") && e.contains("joy, anger"),
+        "{e}"
+    );
+    let skipped = spec(&csv, emotions()).load(OnMalformed::Skip).unwrap();
+    let got: Vec<Target> = skipped
+        .examples
+        .into_iter()
+        .map(|e| e.target.unwrap())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(skipped.skipped.len(), 1);
+
+    let tsv = tmp.path().join("train.tsv");
+    std::fs::write(&tsv, "text\tlabels\na\t2,27\nb\t\nc\t0\n").unwrap();
+    let numbered = TaskKind::MultiLabel {
+        labels: (0..28).map(|i| i.to_string()).collect(),
+    };
+    assert_eq!(targets(&tsv, numbered), sets(&[&[2, 27], &[], &[0]]));
+
+    let jsonl = tmp.path().join("train.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"a\", \"labels\": [\"fear\", \"anger\"]}\n\
+         {\"text\": \"b\", \"labels\": []}\n\
+         {\"text\": \"c\", \"labels\": \"joy,fear\"}\n",
+    )
+    .unwrap();
+    assert_eq!(targets(&jsonl, emotions()), sets(&[&[1, 2], &[], &[0, 2]]));
+}
+
+#[test]
+fn broken_label_sets_name_their_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refused = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        spec(&path, emotions())
+            .load(OnMalformed::Error)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused("a.csv", "text,labels\na,joy\nb,\"[joy, fear\"\n");
+    assert!(e.contains("line 3") && e.contains("no closing `]`"), "{e}");
+    let e = refused("b.csv", "text,labels\na,\"joy,,fear\"\n");
+    assert!(e.contains("line 2") && e.contains("empty name"), "{e}");
+    let e = refused("c.jsonl", "{\"text\": \"a\", \"labels\": null}\n");
+    assert!(e.contains("line 1") && e.contains("null"), "{e}");
+    let e = refused("d.jsonl", "{\"text\": \"a\", \"labels\": [[\"joy\"]]}\n");
+    assert!(e.contains("line 1") && e.contains("a list holding"), "{e}");
+    let e = refused(
+        "e.jsonl",
+        "{\"text\": \"a\", \"labels\": [\"joy\", \"glee\"]}\n",
+    );
+    assert!(e.contains("line 1") && e.contains("label `glee`"), "{e}");
+    // A single-label task still wants one class per row, and says which classes.
+    let path = tmp.path().join("f.csv");
+    std::fs::write(&path, "text,labels\na,\"joy,fear\"\n").unwrap();
+    let single = TaskKind::Classification {
+        labels: vec!["joy".into(), "fear".into()],
+    };
+    let e = spec(&path, single)
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("label `joy,fear` is not one of the classes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn classes_are_inferred_from_every_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let infer = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        spec(&path, emotions()).infer_classes(OnMalformed::Error)
+    };
+    let names = |l: &[&str]| TaskKind::MultiLabel {
+        labels: l.iter().map(|s| s.to_string()).collect(),
+    };
+    // Names sorted, as for single-label data; a class seen only inside a set counts.
+    assert_eq!(
+        infer("a.csv", "text,labels\na,\"surprise,joy\"\nb,\nc,anger\n").unwrap(),
+        names(&["anger", "joy", "surprise"])
+    );
+    // Ids by value.
+    assert_eq!(
+        infer("b.tsv", "text\tlabels\na\t10,2\nb\t3\n").unwrap(),
+        names(&["2", "3", "10"])
+    );
+    let e = infer("c.csv", "text,labels\na,joy\nb,\"joy\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("only class") && e.contains("multi-label"), "{e}");
+    let e = infer("d.csv", "text,labels\na,\nb,[]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no example with a label"), "{e}");
+}
+
+/// Emotions in a few words each, any number of them (none included): a CSV of comma lists
+/// for training, a JSONL of arrays for evaluation.
+fn write_emotion_data(dir: &Path) {
+    let rows: [(&str, &[&str]); 12] = [
+        ("what a happy wonderful day", &["joy"]),
+        ("i am furious and scared", &["anger", "fear"]),
+        ("the weather is mild", &[]),
+        ("so glad, yet so afraid", &["fear", "joy"]),
+        ("mad, mad, mad", &["anger"]),
+        ("a calm evening at home", &[]),
+        ("terrified of the dark", &["fear"]),
+        ("great news and an angry boss", &["anger", "joy"]),
+        ("happy happy", &["joy"]),
+        ("nervous about tomorrow", &["fear"]),
+        ("so angry i could scream", &["anger"]),
+        (
+            "glad, furious and nervous at once",
+            &["anger", "fear", "joy"],
+        ),
+    ];
+    let csv: String = rows
+        .iter()
+        .map(|(text, labels)| format!("\"{text}\",\"{}\"\n", labels.join(",")))
+        .collect();
+    std::fs::write(dir.join("train.csv"), format!("text,labels\n{csv}")).unwrap();
+    let jsonl: String = rows[..6]
+        .iter()
+        .map(|(text, labels)| format!("{}\n", serde_json::json!({"text": text, "labels": labels})))
+        .collect();
+    std::fs::write(dir.join("dev.jsonl"), jsonl).unwrap();
+}
+
+fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn last_json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.lines().last().expect("no output")).unwrap()
+}
+
+fn losses(metrics: &Path) -> Vec<f64> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["type"] == "train" || l["type"] == "eval")
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// `spafit train --multi-label` on the real all-MiniLM-L6-v2: classes from the sets, the
+/// multi-label metrics, an adapter, a PEFT export and a merge that all say multi-label and
+/// evaluate alike, predictions whose sets are the classes of probability above one half, each
+/// probability the sigmoid of the model's logit; the same run on `cuda-emu` logs the same
+/// losses; a single-label adapter is not read as multi-label.
+#[test]
+fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_emotion_data(dir);
+    let model = common::minilm_dir().display().to_string();
+    let train = |device: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            &model,
+            "--train-file",
+            "train.csv",
+            "--dev-file",
+            "dev.jsonl",
+            "--label-column",
+            "labels",
+            "--method",
+            "spafit",
+            "--n1",
+            "2",
+            "--n2",
+            "4",
+            "--max-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--device",
+            device,
+            "--output",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = run(dir, &args);
+        assert!(ok, "{stderr}");
+        (last_json(&stdout), stderr)
+    };
+    let (result, stderr) = train(
+        "cpu",
+        "run",
+        &["--multi-label", "--epochs", "2", "--export-peft", "peft"],
+    );
+    assert!(
+        stderr.contains("classes from train.csv: anger, fear, joy"),
+        "{stderr}"
+    );
+    assert_eq!(result["best_metric"], "micro_f1");
+    for metric in ["dev_micro_f1", "dev_macro_f1", "dev_subset_accuracy"] {
+        let v = result[metric].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{metric}: {result}");
+    }
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/best/adapter.json")).unwrap())
+            .unwrap();
+    assert_eq!(adapter["multi_label"], true);
+    assert_eq!(
+        adapter["labels"],
+        serde_json::json!(["anger", "fear", "joy"])
+    );
+    let note: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("peft/spafit_export.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(note["multi_label"], true);
+
+    // The adapter says its head is multi-label: no flag needed to evaluate it.
+    let evaluate = |args: &[&str]| {
+        let mut all = vec![
+            "eval",
+            "--model",
+            &model,
+            "--dev-file",
+            "dev.jsonl",
+            "--label-column",
+            "labels",
+        ];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = run(dir, &all);
+        assert!(ok, "{args:?}: {stderr}");
+        last_json(&stdout)
+    };
+    let by_adapter = evaluate(&["--adapter", "run/best"]);
+    assert_eq!(by_adapter["loss"], result["dev_loss"]);
+    assert_eq!(by_adapter["micro_f1"], result["dev_micro_f1"]);
+    let by_export = evaluate(&["--adapter", "peft"]);
+    assert_eq!(by_export["loss"], result["dev_loss"]);
+    let (ok, _, stderr) = run(
+        dir,
+        &[
+            "merge",
+            "--model",
+            &model,
+            "--adapter",
+            "run/best",
+            "--output",
+            "merged",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("merged/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["problem_type"], "multi_label_classification");
+    assert_eq!(config["id2label"]["2"], "joy");
+    let merged = {
+        let (ok, stdout, stderr) = run(
+            dir,
+            &[
+                "eval",
+                "--model",
+                "merged",
+                "--dev-file",
+                "dev.jsonl",
+                "--label-column",
+                "labels",
+            ],
+        );
+        assert!(ok, "{stderr}");
+        last_json(&stdout)
+    };
+    let (a, b) = (
+        merged["loss"].as_f64().unwrap(),
+        result["dev_loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 1e-6 * b,
+        "merged {a} against the adapter's {b}"
+    );
+
+    // Predictions: the classes above one half, each probability the sigmoid of the logit.
+    let (ok, stdout, stderr) = run(
+        dir,
+        &[
+            "predict",
+            "--model",
+            &model,
+            "--adapter",
+            "run/best",
+            "--dev-file",
+            "dev.jsonl",
+            "--split",
+            "dev",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let ck = spafit::checkpoint::Checkpoint::open(common::minilm_dir()).unwrap();
+    let cpu = spafit::backend::cpu::CpuBackend::f32();
+    let opened = spafit::adapter::open_adapter(&dir.join("run/best"), &ck, &cpu).unwrap();
+    let texts = [
+        "what a happy wonderful day",
+        "i am furious and scared",
+        "the weather is mild",
+        "so glad, yet so afraid",
+        "mad, mad, mad",
+        "a calm evening at home",
+    ];
+    let logits = common::logits(&ck, &cpu, &opened.model, &texts, 16);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6);
+    for (i, line) in lines.iter().enumerate() {
+        let mut above = Vec::new();
+        for (c, name) in ["anger", "fear", "joy"].iter().enumerate() {
+            let p = line["probabilities"][name].as_f64().unwrap();
+            let z = logits[i * 3 + c];
+            assert!((p - 1.0 / (1.0 + (-z).exp())).abs() < 1e-6, "{line}: {z}");
+            if z > 0.0 {
+                above.push(*name);
+            }
+        }
+        assert_eq!(line["labels"], serde_json::json!(above), "{line}");
+    }
+
+    // The CUDA path (the CPU stand-in without a GPU) logs the CPU's losses.
+    train("cpu", "cpu", &["--multi-label", "--max-steps", "2"]);
+    train("cuda-emu", "cuda", &["--multi-label", "--max-steps", "2"]);
+    let (cpu_losses, cuda_losses) = (
+        losses(&dir.join("cpu/metrics.jsonl")),
+        losses(&dir.join("cuda/metrics.jsonl")),
+    );
+    assert!(!cpu_losses.is_empty() && cpu_losses.len() == cuda_losses.len());
+    for (a, b) in cpu_losses.iter().zip(&cuda_losses) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "{cpu_losses:?} against {cuda_losses:?}"
+        );
+    }
+
+    // A single-label adapter on the same classes is not read as multi-label, nor the other
+    // way round.
+    std::fs::write(
+        dir.join("single.csv"),
+        "text,labels\nhappy,joy\nangry,anger\nscared,fear\nglad,joy\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = run(
+        dir,
+        &[
+            "train",
+            "--model",
+            &model,
+            "--train-file",
+            "single.csv",
+            "--label-column",
+            "labels",
+            "--method",
+            "bitfit",
+            "--max-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "1",
+            "--output",
+            "single",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = run(
+        dir,
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--adapter",
+            "single/best",
+            "--dev-file",
+            "dev.jsonl",
+            "--label-column",
+            "labels",
+            "--multi-label",
+        ],
+    );
+    assert!(
+        !ok && stderr.contains("trained as a classifier of one class"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(
+        dir,
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--adapter",
+            "run/best",
+            "--dev-file",
+            "single.csv",
+            "--label-column",
+            "labels",
+        ],
+    );
+    assert!(
+        ok,
+        "a multi-label adapter reads one class as a set of one: {stderr}"
+    );
+}
