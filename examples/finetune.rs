@@ -82,20 +82,14 @@ fn main() -> spafit::Result<()> {
         &checkpoint.weights,
         // The class names travel with the adapter: whoever opens it reads them, and
         // `OpenedAdapter::align_classes` lines the head up with data that lists them otherwise.
-        match &train.kind {
-            TaskKind::Classification { labels } => Some(labels.as_slice()),
-            TaskKind::Regression => None,
-        },
+        train.kind.class_names(),
         // Whether the texts were pairs and where they were cut, as the run saw them.
         report.training_inputs(),
     )?;
     // Texts held in memory straight to answers: class ids, indexing the dataset's labels
     // (after six steps on eight examples the probabilities have barely left 0.5).
     let texts = ["witty and moving", "dull and lifeless"];
-    let names = match &train.kind {
-        TaskKind::Classification { labels } => labels.clone(),
-        TaskKind::Regression => Vec::new(),
-    };
+    let names = train.kind.class_names().unwrap_or_default().to_vec();
     for (text, answer) in texts
         .iter()
         .zip(predict_texts(&backend, &model, &tokenizer, &texts, 8)?)

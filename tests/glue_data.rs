@@ -444,7 +444,10 @@ fn custom_csv_tsv_jsonl() {
     };
     let ds = spec("ids.jsonl", ids).load(OnMalformed::Skip).unwrap();
     assert_eq!(
-        ds.examples.iter().map(|e| e.target).collect::<Vec<_>>(),
+        ds.examples
+            .iter()
+            .map(|e| e.target.clone())
+            .collect::<Vec<_>>(),
         vec![Some(Target::Class(1)), Some(Target::Class(0))]
     );
     assert_eq!(ds.skipped.len(), 2);
@@ -459,7 +462,10 @@ fn custom_csv_tsv_jsonl() {
         .load(OnMalformed::Skip)
         .unwrap();
     assert_eq!(
-        ds.examples.iter().map(|e| e.target).collect::<Vec<_>>(),
+        ds.examples
+            .iter()
+            .map(|e| e.target.clone())
+            .collect::<Vec<_>>(),
         vec![Some(Target::Score(0.5)), Some(Target::Score(-1.0))]
     );
     assert_eq!(ds.skipped.len(), 2);
@@ -806,7 +812,7 @@ fn classes_are_inferred_from_a_training_file() {
     let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
     assert!(e.contains("line 6"), "{e}");
     let data = spec.load(OnMalformed::Skip).unwrap();
-    let targets: Vec<_> = data.examples.iter().map(|e| e.target).collect();
+    let targets: Vec<_> = data.examples.iter().map(|e| e.target.clone()).collect();
     assert_eq!(
         targets,
         [2, 1, 0, 2].map(|c| Some(Target::Class(c))).to_vec()

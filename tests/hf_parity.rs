@@ -615,6 +615,7 @@ fn predictions_for_texts_in_memory_match_transformers() {
                     assert_eq!(want[*class], top, "{name} row {i}");
                     assert_eq!(*probability, probabilities[*class]);
                 }
+                Prediction::LabelSet { .. } => panic!("{name}: no fixture head is multi-label"),
             }
         }
     }
