@@ -51,7 +51,7 @@ cd "$(dirname "$0")/.."
 # release bundle a developer made for the GPU.
 archive=${GPU_CHECK_ARCHIVE:-gpu-bundle/bundle.tar.xz}
 profile=${GPU_CHECK_PROFILE:-release}
-programs="tensor_core cross_backend cuda_model roberta electra distilbert gpu_gemm spafit"
+programs="tensor_core cross_backend cuda_model roberta electra distilbert multi_label gpu_gemm spafit"
 
 executables() {  # cargo --message-format=json on stdin → "name path" per executable
     python3 -c 'import json,sys
@@ -73,7 +73,7 @@ build() {
     staging=$(mktemp -d)
     trap "rm -rf '$staging'" EXIT
     local errors="$staging/cargo.err"
-    local tests=(--test tensor_core --test cross_backend --test cuda_model --test roberta --test electra --test distilbert)
+    local tests=(--test tensor_core --test cross_backend --test cuda_model --test roberta --test electra --test distilbert --test multi_label)
     {
         if [ "$profile" = release ]; then
             cargo test --release --locked --no-run --message-format=json "${tests[@]}"
@@ -214,6 +214,9 @@ run() {
     # DistilBERT (full fine-tuning and SPAFIT; no segment table, the ReLU head).
     stage "tiny DistilBERT, full and SPAFIT" 60 env SPAFIT_DISTILBERT_FIXTURE="$PWD/tests/fixtures/tiny-distilbert" \
         "$bin/distilbert" --test-threads 1 --nocapture --exact distilbert_on_cuda_matches_the_f64_reference
+    # A multi-label head (a sigmoid per class, binary cross-entropy), full and SPAFIT.
+    stage "tiny multi-label BERT, full and SPAFIT" 60 env SPAFIT_MULTILABEL_FIXTURE="$PWD/tests/fixtures/tiny-multilabel" \
+        "$bin/multi_label" --test-threads 1 --nocapture --exact multi_label_on_cuda_matches_the_f64_reference
     if [ "$mode" = gpu ] && command -v compute-sanitizer >/dev/null 2>&1; then
         # Some of the machines refuse the tools ("Device not supported"): noted, not failed.
         may_be_unsupported=1

@@ -1,11 +1,111 @@
-//! Multi-label classification: sets of classes read from CSV, TSV and JSONL, and the model
-//! against transformers' `multi_label_classification` in float64.
+//! Multi-label classification: sets of classes read from CSV, TSV and JSONL; the model
+//! against transformers' `multi_label_classification` and PEFT in float64 on a tiny random
+//! BERT of four classes (`tests/fixtures/tiny-multilabel/`, written by its `make_fixture.py`),
+//! on the CPU and the CUDA backend (through the stand-in where there is no GPU); the command
+//! line end to end on all-MiniLM-L6-v2.
 
 mod common;
 
 use std::path::Path;
 
+use common::family_fixture::{read, FamilyFixture};
+use spafit::backend::cpu::CpuBackend;
+use spafit::checkpoint::EncoderFamily;
 use spafit::data::{OnMalformed, TableSpec, Target, TaskKind};
+use spafit::model::BertClassifier;
+use spafit::peft::{Boundary, Method, PeftConfig};
+use spafit::train::Prediction;
+
+/// `tests/fixtures/tiny-multilabel` (a BERT of four classes, `problem_type`
+/// `multi_label_classification`), or where `SPAFIT_MULTILABEL_FIXTURE` says.
+fn fixture() -> FamilyFixture {
+    FamilyFixture::new(
+        "tiny-multilabel",
+        "SPAFIT_MULTILABEL_FIXTURE",
+        EncoderFamily::Bert,
+    )
+}
+
+/// Logits, loss (binary cross-entropy over every example and class) and the gradient of
+/// every parameter in full fine-tuning, f64, as transformers computes them, on single texts
+/// and pairs whose label sets include an empty and a full one.
+#[test]
+fn logits_loss_and_every_gradient_match_transformers() {
+    let f = fixture();
+    let ck = f.checkpoint("model");
+    assert!(ck.is_multi_label());
+    f.check_tokens(&ck);
+    f.check_every_gradient(&ck);
+}
+
+/// The checkpoint's own head evaluates as multi-label: its predictions are the classes of
+/// positive logits, each probability the sigmoid of transformers' logit; PEFT's adapter on
+/// it (which transformers trained as multi-label, the base's `problem_type`) is read as
+/// multi-label and gives PEFT's logits, and merges into a multi-label checkpoint.
+#[test]
+fn the_fine_tuned_head_and_peft_adapter_are_read_as_multi_label() {
+    let f = fixture();
+    let ck = f.checkpoint("model");
+    let cpu = CpuBackend::f64();
+    let model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+    assert!(model.is_multi_label());
+    let expected = f.expected();
+    let texts: Vec<String> = expected["inputs"]["singles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let max_len = expected["inputs"]["max_len"].as_u64().unwrap() as usize;
+    let tokenizer = ck.tokenizer(max_len).unwrap();
+    let predictions = spafit::train::predict_texts(&cpu, &model, &tokenizer, &texts, 3).unwrap();
+    let logits = read(&f.reference(), "singles.logits");
+    let mut classes_seen = 0;
+    for (i, p) in predictions.iter().enumerate() {
+        let Prediction::LabelSet {
+            classes,
+            probabilities,
+        } = p
+        else {
+            panic!("{p:?}")
+        };
+        let row = &logits[i * 4..(i + 1) * 4];
+        let above: Vec<usize> = (0..4).filter(|&c| row[c] > 0.0).collect();
+        assert_eq!(classes, &above, "row {i}");
+        classes_seen += classes.len();
+        for (p, z) in probabilities.iter().zip(row) {
+            assert!(
+                (p - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12,
+                "{p} vs σ({z})"
+            );
+        }
+    }
+    // Random weights still give some sets that are neither empty nor everything.
+    assert!(classes_seen > 0 && classes_seen < 16, "{predictions:?}");
+
+    f.check_peft_adapter(&ck);
+    let opened = spafit::adapter::open_adapter(&f.dir().join("peft-lora"), &ck, &cpu).unwrap();
+    assert_eq!(opened.multi_label, Some(true));
+    assert!(opened.warnings.is_empty(), "{:?}", opened.warnings);
+    assert!(matches!(
+        opened.head().default_kind(),
+        TaskKind::MultiLabel { labels } if labels.len() == 4
+    ));
+    let config = f.check_merge_of_peft_adapter("BertForSequenceClassification");
+    assert_eq!(config["problem_type"], "multi_label_classification");
+}
+
+/// Full fine-tuning and SPAFIT on the CUDA backend (the CPU stand-in without a GPU), f32,
+/// with dropout on: logits, the binary cross-entropy and every trainable gradient as the f64
+/// CPU reference gives them.
+#[test]
+fn multi_label_on_cuda_matches_the_f64_reference() {
+    let mut spafit_config = PeftConfig::new(Method::Spafit);
+    spafit_config.n1 = Boundary::Layer(1);
+    spafit_config.n2 = Boundary::Layer(2);
+    spafit_config.lora.rank = 4;
+    fixture().check_on_cuda(&[PeftConfig::new(Method::Full), spafit_config]);
+}
 
 fn emotions() -> TaskKind {
     TaskKind::MultiLabel {

@@ -74,12 +74,24 @@ impl FamilyFixture {
         ck.tokenizer(max_len).unwrap().encode_batch(&batch).unwrap()
     }
 
-    /// The labels of `singles` or `pairs`.
+    /// The labels of `singles` or `pairs`: class ids, or one 0/1 per class (multi-label).
     pub fn labels<B: Backend>(&self, backend: &B, inputs: &str) -> Labels<B> {
-        let y = u32_matrix(&Value::Array(vec![self.expected()["inputs"]["labels"]
-            [inputs]
-            .clone()]));
+        let given = self.expected()["inputs"]["labels"][inputs].clone();
+        if let Some(rows) = given.as_array().filter(|r| r.iter().all(Value::is_array)) {
+            let multi_hot: Vec<f64> = rows
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+                .collect();
+            let shape = Shape::new([rows.len(), multi_hot.len() / rows.len()]);
+            return Labels::MultiHot(backend.tensor_from_f64(shape, &multi_hot).unwrap());
+        }
+        let y = u32_matrix(&Value::Array(vec![given]));
         Labels::Classes(backend.tensor_from_u32(Shape::new([y.len()]), &y).unwrap())
+    }
+
+    /// The outputs of the fixture's classifier.
+    pub fn classes(&self) -> usize {
+        self.checkpoint("model").classifier_outputs().unwrap()
     }
 
     /// `model`'s logits on `singles` or `pairs`, in eval mode.
@@ -138,7 +150,7 @@ impl FamilyFixture {
         let layers = ck.config.num_hidden_layers;
         let mut all = Vec::new();
         for inputs in ["singles", "pairs"] {
-            let mut model = BertClassifier::from_checkpoint(ck, &cpu, 3, 0).unwrap();
+            let mut model = BertClassifier::from_checkpoint(ck, &cpu, self.classes(), 0).unwrap();
             let plan = PeftPlan::new(&PeftConfig::new(Method::Full), layers).unwrap();
             model.apply_plan(&plan, &mut |_, s| cpu.zeros(s)).unwrap();
             let input = ModelInput::for_model(&cpu, &self.encode(ck, inputs), &ck.config).unwrap();
@@ -269,7 +281,7 @@ impl FamilyFixture {
         let ck = self.checkpoint("model");
         let cpu = CpuBackend::f64();
         let plan = self.lora_plan();
-        let model = super::trained(&ck, &cpu, &plan, 3);
+        let model = super::trained(&ck, &cpu, &plan, self.classes());
         let dir = tempfile::tempdir().unwrap();
         let config = self.export(dir.path(), &model, &plan);
         let ours = WeightsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
@@ -389,7 +401,7 @@ impl FamilyFixture {
         backend: &B,
         plan: &PeftPlan,
     ) -> Vec<Vec<f64>> {
-        let model = super::trained(ck, backend, plan, 3);
+        let model = super::trained(ck, backend, plan, self.classes());
         let input = ModelInput::for_model(backend, &self.encode(ck, "pairs"), &ck.config).unwrap();
         let mut tape = Tape::new(backend.clone());
         let mut dropouts = DropoutPlan::train(0.1, 0.1, 0.1, 7);
