@@ -1,7 +1,8 @@
 //! Whole-model finite differences: a tiny random BERT (3 layers, odd sizes) under every PEFT
-//! method, classification and regression, in f64 with dropout on (fixed seeds), every
-//! trainable tensor sampled; and the same model as an ELECTRA (embeddings narrower than the
-//! hidden size with their projection, the GELU head).
+//! method, classification and regression (and multi-label classification under full
+//! fine-tuning and SPAFIT), in f64 with dropout on (fixed seeds), every trainable tensor
+//! sampled; and the same model as an ELECTRA (embeddings narrower than the hidden size with
+//! their projection, the GELU head).
 
 mod common;
 
@@ -56,6 +57,11 @@ fn check(method: Method, num_labels: usize) {
 }
 
 fn check_model(config: BertConfig, method: Method, num_labels: usize) {
+    check_with_targets(config, method, num_labels, false)
+}
+
+/// `multi_label`: the labels are sets of classes (one 0/1 per class, binary cross-entropy).
+fn check_with_targets(config: BertConfig, method: Method, num_labels: usize, multi_label: bool) {
     let cpu = CpuBackend::f64();
     let tensors = tiny_bert::tensors(&config, 42);
     let mut source = tiny_bert::source(&cpu, &tensors);
@@ -76,7 +82,12 @@ fn check_model(config: BertConfig, method: Method, num_labels: usize) {
         .apply_plan(&plan, &mut tiny_bert::random_init(&cpu, 9))
         .unwrap();
     let input = ModelInput::new(&cpu, &batch()).unwrap();
-    let labels = if num_labels == 1 {
+    let labels = if multi_label {
+        let multi_hot: Vec<f64> = (0..2 * num_labels)
+            .map(|i| f64::from(u8::from(i % 3 == 0)))
+            .collect();
+        Labels::MultiHot(tensor(&cpu, &[2, num_labels], &multi_hot))
+    } else if num_labels == 1 {
         Labels::Scores(tensor(&cpu, &[2], &[0.7, -1.2]))
     } else {
         Labels::Classes(cpu.tensor_from_u32(Shape::new([2]), &[2, 0]).unwrap())
@@ -136,8 +147,9 @@ fn check_model(config: BertConfig, method: Method, num_labels: usize) {
         worst = worst.max(err);
     }
     println!(
-        "{} FD {method} {num_labels}-label: {} trainable tensors, worst rel err {worst:.3e}",
+        "{} FD {method} {num_labels}-label{}: {} trainable tensors, worst rel err {worst:.3e}",
         config.family().display(),
+        if multi_label { " multi-label" } else { "" },
         names.len()
     );
 }
@@ -166,6 +178,14 @@ fn relu_feed_forward_gradients() {
     };
     for method in [Method::Full, Method::Spafit] {
         check_model(config.clone(), method, 3);
+    }
+}
+
+/// A multi-label head: a sigmoid per class and binary cross-entropy over every class.
+#[test]
+fn multi_label_gradients() {
+    for method in [Method::Full, Method::Spafit] {
+        check_with_targets(tiny_bert::config(3), method, 3, true);
     }
 }
 
