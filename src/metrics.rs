@@ -4,6 +4,19 @@ use std::collections::BTreeMap;
 
 use crate::data::GlueTask;
 
+/// Every metric name [`report`] gives, for any task: what a saved evaluation's main metric
+/// is looked up among when a run resumes.
+pub const METRIC_NAMES: [&str; 8] = [
+    "accuracy",
+    "f1",
+    "matthews_correlation",
+    "pearson",
+    "spearman",
+    "micro_f1",
+    "macro_f1",
+    "subset_accuracy",
+];
+
 /// Fraction of equal predictions; NaN when the slices differ in length (no pairing).
 pub fn accuracy(pred: &[u32], gold: &[u32]) -> f64 {
     if pred.len() != gold.len() {

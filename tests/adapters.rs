@@ -83,7 +83,6 @@ fn saved(
         &ck.weights,
         Some(labels),
         TrainingInputs {
-            multi_label: false,
             text_pairs: Some(false),
             max_len: Some(24),
         },
@@ -109,7 +108,6 @@ fn adapter_round_trip_and_refusals() {
         let before = (inode(WEIGHTS_FILE), inode(MANIFEST_FILE));
         let save = |max_len| {
             let inputs = TrainingInputs {
-                multi_label: false,
                 text_pairs: Some(false),
                 max_len: Some(max_len),
             };
@@ -332,7 +330,6 @@ fn peft_export_names_and_config() {
             base_model_name_or_path: "sentence-transformers/all-MiniLM-L6-v2",
             labels: Some(&names),
             inputs: TrainingInputs {
-                multi_label: false,
                 max_len: Some(40),
                 text_pairs: Some(false),
             },
@@ -573,7 +570,6 @@ fn adapters_the_loader_would_refuse_are_never_written() {
             &ck.weights,
             labels,
             TrainingInputs {
-                multi_label: false,
                 text_pairs: Some(false),
                 max_len: None,
             },
@@ -640,7 +636,6 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     let e = refused_save(
         dir.path(),
         TrainingInputs {
-            multi_label: false,
             text_pairs: None,
             max_len: Some(0),
         },
@@ -654,7 +649,6 @@ fn adapters_the_loader_would_refuse_are_never_written() {
         &PeftExportRecord {
             base_model_name_or_path: "x",
             inputs: TrainingInputs {
-                multi_label: false,
                 max_len: Some(100_000),
                 ..TrainingInputs::default()
             },

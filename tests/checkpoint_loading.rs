@@ -696,6 +696,17 @@ fn a_fine_tuned_head_agrees_with_its_config() {
     assert_eq!(ck.classifier_outputs(), Some(2));
     let own = BertClassifier::from_checkpoint(&ck, &cpu, 2, 7).unwrap();
     assert_ne!(host(&own.classifier.bias.value), vec![0.0; 2]);
+    // One output under multi-label is a single yes-or-no class, which no spafit head is.
+    let (_, model) = open(
+        "multi-label-1",
+        r#""problem_type": "multi_label_classification","#,
+        1,
+    );
+    let e = model.expect_err("multi-label-1").to_string();
+    assert!(
+        e.contains("multi_label_classification") && e.contains("1 output"),
+        "{e}"
+    );
     let (plain, model) = open("single-label-2", "", 2);
     assert!(!plain.is_multi_label() && !model.unwrap().is_multi_label());
     let dir = tmp.path().join("no-head");
@@ -767,7 +778,6 @@ fn a_fine_tuned_head_agrees_with_its_config() {
         &clean.weights,
         None,
         spafit::adapter::TrainingInputs {
-            multi_label: false,
             text_pairs: Some(false),
             max_len: Some(8),
         },

@@ -161,3 +161,26 @@ fn multi_label_metrics_by_hand() {
     );
     assert_eq!(main_metric_name(None, &kind), "micro_f1");
 }
+
+/// Every name a report gives is among `METRIC_NAMES`, which a resumed run looks its best
+/// evaluation's main metric up in.
+#[test]
+fn every_reported_metric_is_a_known_name() {
+    use spafit::data::TaskKind;
+    let names = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>();
+    let kinds = [
+        TaskKind::Classification { labels: names(2) },
+        TaskKind::Classification { labels: names(3) },
+        TaskKind::MultiLabel { labels: names(3) },
+        TaskKind::Regression,
+    ];
+    let tasks = GlueTask::ALL.into_iter().map(Some).chain([None]);
+    for task in tasks {
+        for kind in &kinds {
+            for name in reported_names(task, kind) {
+                assert!(METRIC_NAMES.contains(&name.as_str()), "{name}");
+            }
+            assert!(METRIC_NAMES.contains(&main_metric_name(task, kind)));
+        }
+    }
+}

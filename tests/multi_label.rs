@@ -89,10 +89,105 @@ fn the_fine_tuned_head_and_peft_adapter_are_read_as_multi_label() {
     assert!(opened.warnings.is_empty(), "{:?}", opened.warnings);
     assert!(matches!(
         opened.head().default_kind(),
-        TaskKind::MultiLabel { labels } if labels.len() == 4
+        TaskKind::MultiLabel { labels } if labels == ["joy", "anger", "fear", "surprise"]
     ));
     let config = f.check_merge_of_peft_adapter("BertForSequenceClassification");
     assert_eq!(config["problem_type"], "multi_label_classification");
+}
+
+/// What a checkpoint's `problem_type` says decides how its own head is read: a multi-label
+/// checkpoint trains on data of one class each as a softmax unless `--multi-label` is given
+/// (with a note), and a head whose `problem_type` names one class per example is not read as
+/// multi-label, while one without a `problem_type` may be.
+#[test]
+fn a_checkpoints_problem_type_decides_how_its_head_reads() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let copy = |name: &str, problem_type: Option<&str>| {
+        let to = dir.join(name);
+        f.copy_model(&to, |_| true);
+        let path = to.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        match problem_type {
+            Some(p) => config["problem_type"] = p.into(),
+            None => {
+                config.as_object_mut().unwrap().remove("problem_type");
+            }
+        }
+        std::fs::write(&path, config.to_string()).unwrap();
+        to.display().to_string()
+    };
+    let single = "text,label\nthe cat sat,joy\na bad sign,anger\nwhat plot,fear\nso-so,surprise\n";
+    std::fs::write(dir.join("single.csv"), single).unwrap();
+    std::fs::write(
+        dir.join("sets.jsonl"),
+        "{\"text\": \"the cat sat\", \"label\": [\"joy\", \"fear\"]}\n\
+         {\"text\": \"so-so\", \"label\": []}\n",
+    )
+    .unwrap();
+    let multi = copy("multi", Some("multi_label_classification"));
+    let (ok, stdout, stderr) = run(
+        dir,
+        &[
+            "train",
+            "--model",
+            &multi,
+            "--train-file",
+            "single.csv",
+            "--dev-file",
+            "single.csv",
+            "--method",
+            "bitfit",
+            "--max-len",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "1",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("the checkpoint's head is multi-label"),
+        "{stderr}"
+    );
+    let result = last_json(&stdout);
+    assert!(
+        result.get("dev_accuracy").is_some() && result.get("dev_micro_f1").is_none(),
+        "{result}"
+    );
+    let evaluate = |model: &str| {
+        run(
+            dir,
+            &[
+                "eval",
+                "--model",
+                model,
+                "--dev-file",
+                "sets.jsonl",
+                "--multi-label",
+                "--max-len",
+                "16",
+            ],
+        )
+    };
+    let (ok, stdout, stderr) = evaluate(&multi);
+    assert!(
+        ok && last_json(&stdout).get("micro_f1").is_some(),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = evaluate(&copy("single", Some("single_label_classification")));
+    assert!(
+        !ok && stderr.contains("trained as a classifier of one class per example"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = evaluate(&copy("unsaid", None));
+    assert!(
+        ok,
+        "no problem_type says nothing of how the head trained: {stderr}"
+    );
 }
 
 /// Full fine-tuning and SPAFIT on the CUDA backend (the CPU stand-in without a GPU), f32,
@@ -216,6 +311,55 @@ fn broken_label_sets_name_their_line() {
         "{\"text\": \"a\", \"labels\": [\"joy\", \"glee\"]}\n",
     );
     assert!(e.contains("line 1") && e.contains("label `glee`"), "{e}");
+    // Names are read whole from a list's quotes, escapes undone; a name holding a comma is
+    // refused (commas separate a set's names where spafit writes one), not split in two.
+    let e = refused(
+        "g.jsonl",
+        "{\"text\": \"a\", \"labels\": [\"joy\", \"x,y\"]}\n",
+    );
+    assert!(
+        e.contains("line 1") && e.contains("`x,y`") && e.contains("holds a comma"),
+        "{e}"
+    );
+    let e = refused("h.csv", "text,labels\na,\"['joy', 'p, q']\"\n");
+    assert!(
+        e.contains("line 2") && e.contains("`p, q`") && e.contains("holds a comma"),
+        "{e}"
+    );
+    let quoted = TaskKind::MultiLabel {
+        labels: vec!["it's".into(), "say \"hi\"".into(), "a\tb".into()],
+    };
+    let path = tmp.path().join("quotes.jsonl");
+    std::fs::write(
+        &path,
+        "{\"text\": \"a\", \"labels\": [\"say \\\"hi\\\"\", \"it's\"]}\n\
+         {\"text\": \"b\", \"labels\": \"['it\\\\'s', 'a\\\\tb']\"}\n",
+    )
+    .unwrap();
+    assert_eq!(targets(&path, quoted), sets(&[&[0, 1], &[0, 2]]));
+    // Classes are not invented from a name's pieces either.
+    let path = tmp.path().join("comma.jsonl");
+    std::fs::write(&path, "{\"text\": \"a\", \"labels\": [\"x,y\"]}\n").unwrap();
+    let e = spec(&path, emotions())
+        .infer_classes(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds a comma"), "{e}");
+    // Data of sets read as one class each says how to read it as sets.
+    let e = spec(
+        &path,
+        TaskKind::Classification {
+            labels: vec!["x".into(), "y".into()],
+        },
+    )
+    .load(OnMalformed::Error)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("holds the list") && e.contains("--multi-label"),
+        "{e}"
+    );
+
     // A single-label task still wants one class per row, and says which classes.
     let path = tmp.path().join("f.csv");
     std::fs::write(&path, "text,labels\na,\"joy,fear\"\n").unwrap();
@@ -227,7 +371,7 @@ fn broken_label_sets_name_their_line() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("label `joy,fear` is not one of the classes"),
+        e.contains("label `joy,fear` is not one of the classes") && e.contains("--multi-label"),
         "{e}"
     );
 }
@@ -375,6 +519,13 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
         stderr.contains("classes from train.csv: anger, fear, joy"),
         "{stderr}"
     );
+    // MiniLM's config sets no problem_type: transformers would read the export's head as a
+    // softmax unless told.
+    assert!(
+        stderr.contains("sets no `problem_type`")
+            && stderr.contains("problem_type=\"multi_label_classification\""),
+        "{stderr}"
+    );
     assert_eq!(result["best_metric"], "micro_f1");
     for metric in ["dev_micro_f1", "dev_macro_f1", "dev_subset_accuracy"] {
         let v = result[metric].as_f64().unwrap();
@@ -384,6 +535,9 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("run/best/adapter.json")).unwrap())
             .unwrap();
     assert_eq!(adapter["multi_label"], true);
+    // Version 2: an older spafit, which reads version 1, refuses it rather than reading a
+    // softmax head.
+    assert_eq!(adapter["version"], 2);
     assert_eq!(
         adapter["labels"],
         serde_json::json!(["anger", "fear", "joy"])

@@ -641,6 +641,14 @@ fn bce_with_logits_gradient() {
     let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
     let want = (-sigmoid(-3.0).ln() - (1.0 - sigmoid(0.5)).ln() + 40.0 + 745.5) / 4.0;
     assert!((loss - want).abs() < 1e-13 * want, "{loss} vs {want}");
+    // A loss far below 1 keeps its digits: ln(1 + e^−40) is e^−40 to 2e-18 relative, where
+    // 1 + e^−40 rounds to 1.
+    let tiny = host(
+        &c.bce_with_logits_forward(&tensor(&c, &[1, 1], &[-40.0]), &tensor(&c, &[1, 1], &[0.0]))
+            .unwrap(),
+    )[0];
+    let want = (-40f64).exp();
+    assert!((tiny - want).abs() < 1e-15 * want, "{tiny} vs {want}");
 }
 
 // ---- tape nodes ----------------------------------------------------------------------------

@@ -1833,7 +1833,6 @@ fn the_report_carries_the_training_inputs_for_save_adapter() {
         assert_eq!(
             report.training_inputs(),
             spafit::adapter::TrainingInputs {
-                multi_label: false,
                 text_pairs: Some(text_pairs),
                 max_len: Some(16),
             }

@@ -32,7 +32,7 @@ pub struct OpenedAdapter<B: Backend> {
     /// The plan the model is under.
     pub plan: PeftPlan,
     /// Class names, when the adapter records them (spafit's do, and its PEFT exports in
-    /// `spafit_export.json`; PEFT's own do not).
+    /// `spafit_export.json`; PEFT's own take the base's `id2label`, where it names them).
     pub labels: Option<Vec<String>>,
     /// Whether it was trained on text pairs, when it records that (spafit's adapters and
     /// its PEFT exports do).
@@ -155,17 +155,21 @@ impl AdapterHead {
         // A head trained with a sigmoid per class scores each class on its own; read with a
         // softmax (or the other way round) its outputs would mean something else.
         if let Some(trained) = self.multi_label.filter(|&m| m != kind.is_multi_label()) {
-            let head = |multi: bool| match multi {
-                true => "a multi-label classifier (a sigmoid per class)",
-                false => "a classifier of one class per example (softmax) or a regression",
+            let head = match (trained, outputs) {
+                (true, _) => "a multi-label classifier (a sigmoid per class)",
+                (false, 1) => "a regression (one output)",
+                (false, _) => "a classifier of one class per example (softmax)",
+            };
+            let data = match kind {
+                TaskKind::MultiLabel { .. } => "sets of classes (--multi-label)",
+                TaskKind::Classification { .. } => "one class per example",
+                TaskKind::Regression => "scores (--regression)",
             };
             return Err(Error::Mismatch {
                 path: dir.to_path_buf(),
                 detail: format!(
-                    "the classifier head was trained as {} but {data_name} is read as {} \
-                     (for custom data, --multi-label reads each label as a set of classes)",
-                    head(trained),
-                    head(!trained)
+                    "the classifier head was trained as {head} but {data_name} is read as \
+                     {data}: its outputs would mean something else"
                 ),
             });
         }

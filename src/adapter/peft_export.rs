@@ -206,7 +206,7 @@ pub fn export_peft<B: Backend>(
         "labels": labels,
         "max_len": max_len,
         "text_pairs": inputs.text_pairs,
-        "multi_label": inputs.multi_label,
+        "multi_label": model.is_multi_label(),
         "adapter_model_sha256": super::sha256_hex(&bytes),
         "base_encoder_sha256": base.map(WeightsFile::encoder_sha256),
         "run": run_dir.map(run_identity),

@@ -46,7 +46,8 @@ pub struct PeftImport {
     /// store (they start from the base model).
     pub notes: Vec<String>,
     /// The head's class names, when `spafit_export.json` (written beside a spafit export)
-    /// records them; PEFT itself records none.
+    /// records them; PEFT itself records none, and its adapter's model takes the base's
+    /// (`config.json`'s `id2label`, where it names as many classes as the head has outputs).
     pub labels: Option<Vec<String>>,
     /// The tokens per example the training texts were cut to, when `spafit_export.json`
     /// records it (a spafit export does); PEFT itself records none.
@@ -686,10 +687,9 @@ pub fn import_peft<B: Backend>(
     // spafit reads as such.
     let multi_label = match note.describes_weights {
         true => Some(note.multi_label),
-        false => (checkpoint.config.problem_type.as_deref()
-            == Some(crate::checkpoint::MULTI_LABEL)
-            && num_labels >= 2)
-            .then_some(true),
+        false => checkpoint
+            .problem_is_multi_label()
+            .map(|multi| multi && num_labels >= 2),
     };
     let trained_as = checkpoint
         .config
@@ -709,7 +709,13 @@ pub fn import_peft<B: Backend>(
     Ok((
         model,
         PeftImport {
-            labels: note.labels,
+            // PEFT keeps the class names in the base's config, which transformers gives the
+            // adapter's model with its problem_type.
+            labels: note.labels.or_else(|| {
+                (!note.describes_weights && num_labels >= 2)
+                    .then(|| checkpoint.config.class_names(num_labels))
+                    .flatten()
+            }),
             max_len: note.max_len,
             text_pairs: note.text_pairs,
             multi_label,

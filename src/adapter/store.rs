@@ -82,9 +82,6 @@ pub struct TrainingInputs {
     pub text_pairs: Option<bool>,
     /// The tokens per example (special tokens included) they were cut to.
     pub max_len: Option<usize>,
-    /// Whether each example was labelled with a set of classes (multi-label: a sigmoid per
-    /// class) rather than one class or a score.
-    pub multi_label: bool,
 }
 
 /// What a loader would refuse is refused before anything is written: a plan other than the
@@ -177,7 +174,12 @@ pub fn save_adapter<B: Backend>(
     let (method, strata, lora) = AdapterManifest::describe(plan);
     let manifest = AdapterManifest {
         format: "spafit-adapter".into(),
-        version: MANIFEST_VERSION,
+        // An older spafit, which reads version 1 only, would read a multi-label head as a
+        // softmax: it refuses the adapter instead.
+        version: match model.is_multi_label() {
+            true => MULTI_LABEL_VERSION,
+            false => MANIFEST_VERSION,
+        },
         method,
         strata,
         boundaries: plan.boundaries,
@@ -189,7 +191,7 @@ pub fn save_adapter<B: Backend>(
         labels: labels.map(<[String]>::to_vec),
         base_model_sha256: base.sha256().to_string(),
         base_encoder_sha256: Some(base.encoder_sha256().to_string()),
-        multi_label: inputs.multi_label,
+        multi_label: model.is_multi_label(),
         text_pairs: inputs.text_pairs,
         max_len: inputs.max_len,
         weights_sha256: sha256_hex(&bytes),
@@ -232,6 +234,9 @@ fn holds_exactly(path: &Path, bytes: &[u8]) -> bool {
 
 /// The `adapter.json` version this code writes and reads.
 const MANIFEST_VERSION: u32 = 1;
+
+/// The version of a multi-label adapter's `adapter.json` (version 1 with `multi_label`).
+const MULTI_LABEL_VERSION: u32 = 2;
 
 /// Reads an adapter's manifest.
 pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
@@ -289,11 +294,17 @@ fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifes
             detail: format!("not a spafit adapter (format `{}`)", m.format),
         });
     }
-    if m.version != MANIFEST_VERSION {
+    // Version 2 is version 1 with a multi-label head, which it must say.
+    let expected = match m.multi_label {
+        true => MULTI_LABEL_VERSION,
+        false => MANIFEST_VERSION,
+    };
+    if m.version != expected {
         return Err(Error::Format {
             path,
             detail: format!(
-                "`version` {}: this spafit reads version {MANIFEST_VERSION} adapters",
+                "`version` {}: this spafit reads version {MANIFEST_VERSION} adapters, and \
+                 version {MULTI_LABEL_VERSION} for a multi-label head (`multi_label: true`)",
                 m.version
             ),
         });

@@ -89,6 +89,14 @@ impl Checkpoint {
         self.config.problem_type.as_deref() == Some(MULTI_LABEL)
     }
 
+    /// Whether `problem_type` says multi-label (`true`) or names another problem, a
+    /// single-label classification or a regression (`false`); `None` without one (transformers
+    /// then reads several outputs as a softmax, and a model trained on the checkpoint may have
+    /// been told otherwise).
+    pub fn problem_is_multi_label(&self) -> Option<bool> {
+        self.config.problem_type.as_ref().map(|p| p == MULTI_LABEL)
+    }
+
     /// The architecture that saved the checkpoint's `classifier`, when `config.json`'s
     /// `architectures` says it is not a sequence classifier's: `BertForMultipleChoice` (one
     /// score per answer choice, which would read as a regression head) or

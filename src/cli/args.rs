@@ -638,6 +638,20 @@ impl DataArgs {
             return Ok(Some(TaskKind::Regression));
         }
         let kind = inferred?;
+        if let TaskKind::Classification { labels } = &kind {
+            let sets: Vec<&String> = labels
+                .iter()
+                .filter(|l| spafit::data::looks_like_a_set(l))
+                .collect();
+            if let Some(first) = sets.first() {
+                note!(
+                    "note: {} of the classes of {} look like sets of classes (`{first}`): each \
+                     such label is one class of its own unless --multi-label reads it as a set",
+                    sets.len(),
+                    file.display()
+                );
+            }
+        }
         if let Some(labels) = kind.class_names() {
             let scores = match regressor_head && labels.iter().all(|l| l.parse::<f64>().is_ok()) {
                 true => ", or --regression to train them as the checkpoint's regressor's scores",

@@ -35,6 +35,7 @@ pub fn checkpoint_head_kind(checkpoint: &Checkpoint) -> Option<TaskKind> {
 /// a regression unless `problem_type` says it is a (one-class) classifier.
 pub fn has_regressor_head(checkpoint: &Checkpoint) -> bool {
     checkpoint.classifier_outputs() == Some(1)
+        && !checkpoint.is_multi_label()
         && checkpoint.config.problem_type.as_deref() != Some("single_label_classification")
 }
 

@@ -56,9 +56,9 @@ fn load<B: Backend>(
             let head = AdapterHead {
                 labels: None,
                 text_pairs: None,
-                // Known from problem_type when multi-label; a plain head may be read as
-                // either (transformers' default problem_type is no record of training).
-                multi_label: classifier.is_multi_label().then_some(true),
+                // As problem_type says; without one a head may be read as either
+                // (transformers' default is no record of how it trained).
+                multi_label: checkpoint.problem_is_multi_label(),
                 outputs: classifier.num_labels(),
             };
             let default_kind = super::checkpoint_classes::checkpoint_head_kind(&checkpoint)

@@ -5,7 +5,7 @@ use serde_json::json;
 use spafit::adapter::{export_peft, open_adapter, AdapterHead};
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
-use spafit::data::Dataset;
+use spafit::data::{Dataset, TaskKind};
 use spafit::model::BertClassifier;
 use spafit::peft::{peft_lora_init, PeftPlan};
 use spafit::train::{TrainConfig, TrainReport, Trainer};
@@ -58,7 +58,8 @@ pub struct TrainArgs {
     pub early_stopping_patience: Option<usize>,
     /// The dev metric that picks best/ (and that early stopping watches): `loss` (lowest) or
     /// one the task reports, highest (`accuracy`, `f1`, `matthews_correlation`, `pearson`,
-    /// `spearman`) [default: the task's main metric: GLUE's, else accuracy or Pearson].
+    /// `spearman`; multi-label: `micro_f1`, `macro_f1`, `subset_accuracy`) [default: the
+    /// task's main metric: GLUE's, else accuracy, micro_f1 or Pearson].
     #[arg(long)]
     pub best_metric: Option<String>,
     /// Examples per evaluation batch (the dev set's batches, sorted by length; less memory
@@ -380,7 +381,6 @@ pub fn fit<B: Backend>(
             inputs: spafit::adapter::TrainingInputs {
                 text_pairs: Some(report.text_pairs),
                 max_len: Some(tokenizer.max_len()),
-                multi_label: train.kind.is_multi_label(),
             },
             run_dir: args.output.as_deref(),
             base: Some(&run.checkpoint.weights),
@@ -397,6 +397,14 @@ pub fn fit<B: Backend>(
                  gives the model this adapter loads onto: load it with \
                  `problem_type=\"{ours}\"` and `num_labels={outputs}` to get the head spafit \
                  trained"
+            );
+        } else if train.kind.is_multi_label() && run.checkpoint.config.problem_type.is_none() {
+            // transformers reads a head of several outputs as a softmax unless told.
+            note!(
+                "note: the base's config.json sets no `problem_type`, so transformers reads the \
+                 adapter's head as one class per example (softmax): load it with \
+                 `problem_type=\"multi_label_classification\"` and `num_labels={outputs}` to \
+                 get the multi-label head spafit trained"
             );
         }
     }
@@ -531,7 +539,21 @@ impl TrainCommand {
             None => {
                 let checkpoint = Checkpoint::open(&self.model.model)?;
                 self.model.check_max_len(&checkpoint)?;
-                let own_classes = super::checkpoint_classes::checkpoint_head_kind(&checkpoint);
+                let mut own_classes = super::checkpoint_classes::checkpoint_head_kind(&checkpoint);
+                // Training reads sets of classes only when asked: data of one class each,
+                // the common case, would otherwise train a sigmoid per class unasked.
+                if let (Some(TaskKind::MultiLabel { labels }), false) =
+                    (&own_classes, self.data.multi_label)
+                {
+                    note!(
+                        "note: the checkpoint's head is multi-label (`problem_type` \
+                         `multi_label_classification`); the data is read as one class per \
+                         example: give --multi-label to train on sets of classes"
+                    );
+                    own_classes = Some(TaskKind::Classification {
+                        labels: labels.clone(),
+                    });
+                }
                 let regressor = super::checkpoint_classes::has_regressor_head(&checkpoint);
                 let (train, devs) = self.load_data(task, own_classes.as_ref(), regressor)?;
                 super::checkpoint_classes::note_replaced_head(&checkpoint, train.kind.num_labels());
@@ -654,7 +676,7 @@ impl TrainCommand {
                 line[format!("dev_{k}")] = json!(v);
             }
             // As `eval` says: F1 is that of class id 1, whichever class the labels put there.
-            if let (Some(_), spafit::data::TaskKind::Classification { labels }) =
+            if let (Some(_), TaskKind::Classification { labels }) =
                 (eval.metrics.get("f1"), &train.kind)
             {
                 line["f1_positive_class"] = json!(labels.get(1));

@@ -184,7 +184,7 @@ impl Dataset {
     /// before a run, so a bad target is named by example (and line) instead of failing a
     /// batch midway. `op` names the caller.
     pub fn check_targets(&self, op: &'static str) -> Result<()> {
-        if let TaskKind::Classification { labels } = &self.kind {
+        if let Some(labels) = self.kind.class_names() {
             // One output is what a regression head has: a one-class head would be read as one.
             if labels.len() < 2 {
                 return Err(Error::invalid(
@@ -192,6 +192,18 @@ impl Dataset {
                     format!(
                         "{}: class names {labels:?}: a classification task needs at least two \
                          classes",
+                        self.name
+                    ),
+                ));
+            }
+            // Commas separate the names of a set where one is written or read.
+            let multi_label = self.kind.is_multi_label();
+            if let Some(name) = labels.iter().find(|l| multi_label && l.contains(',')) {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "{}: class name `{name}` holds a comma, which separates the names of a \
+                         set of classes",
                         self.name
                     ),
                 ));

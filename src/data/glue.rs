@@ -439,8 +439,9 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
                 .map(|item| {
                     class_of(&item, labels).ok_or_else(|| {
                         format!(
-                            "label `{}` (in `{shown}`) is not one of the classes {}",
-                            item.escape_debug(),
+                            "label `{}` (in `{}`) is not one of the classes {}",
+                            shown_plainly(&item),
+                            shown_plainly(field),
                             labels.join(", ")
                         )
                     })
@@ -509,36 +510,103 @@ fn class_of(field: &str, labels: &[String]) -> Option<u32> {
 
 /// The class names of a multi-label field: comma-separated (`joy,anger`, as GoEmotions
 /// writes ids: `2,27`), or a list as JSON or Python writes one (`["joy", "anger"]`,
-/// `['joy', 'anger']`: pandas' CSV of a column of lists, a JSONL array); an empty field or
-/// list is the empty set (no class applies).
+/// `['joy', 'anger']`: pandas' CSV of a column of lists, a JSONL array), whose quoted items
+/// are read whole, escapes included; an empty field or list is the empty set (no class
+/// applies). A name holding a comma is refused: commas separate the names of a set where it
+/// is written back (`predict`'s CSV, `--labels`).
 pub(crate) fn label_set_items(field: &str) -> std::result::Result<Vec<String>, String> {
     let field = field.trim();
-    let shown = || field.escape_debug().to_string();
-    let inner = match (field.strip_prefix('['), field.ends_with(']')) {
-        (Some(rest), true) => &rest[..rest.len() - 1],
-        (Some(_), false) => return Err(format!("label list `{}` has no closing `]`", shown())),
-        (None, _) => field,
+    let shown = || shown_plainly(field);
+    let items = match field.strip_prefix('[') {
+        None if field.is_empty() => return Ok(Vec::new()),
+        None => field.split(',').map(|i| i.trim().to_string()).collect(),
+        Some(_) if !field.ends_with(']') => {
+            return Err(format!("label list `{}` has no closing `]`", shown()))
+        }
+        Some(_) => match serde_json::from_str::<Vec<serde_json::Value>>(field) {
+            Ok(values) => values
+                .into_iter()
+                .map(|v| match v {
+                    serde_json::Value::String(name) => Ok(name.trim().to_string()),
+                    serde_json::Value::Number(id) => Ok(id.to_string()),
+                    other => Err(format!(
+                        "label list `{}` holds {other}, not a class name or id",
+                        shown()
+                    )),
+                })
+                .collect::<std::result::Result<Vec<String>, String>>()?,
+            Err(_) => python_list_items(&field[1..field.len() - 1])
+                .ok_or_else(|| format!("label list `{}` is not a list of names", shown()))?,
+        },
     };
-    if inner.trim().is_empty() {
-        return Ok(Vec::new());
+    if let Some(name) = items.iter().find(|i| i.contains(',')) {
+        return Err(format!(
+            "class name `{}` in `{}` holds a comma, which separates the names of a set",
+            shown_plainly(name),
+            shown()
+        ));
     }
-    inner
-        .split(',')
-        .map(|item| {
-            let item = item.trim();
-            let unquoted = ['"', '\'']
-                .iter()
-                .find_map(|&q| item.strip_prefix(q).and_then(|i| i.strip_suffix(q)))
-                .unwrap_or(item)
-                .trim();
-            match unquoted.is_empty() {
-                true => Err(format!(
-                    "label list `{}` holds an empty name (two commas in a row, or one at an \
-                     end)",
-                    shown()
-                )),
-                false => Ok(unquoted.to_string()),
+    if items.iter().any(String::is_empty) {
+        return Err(format!(
+            "label list `{}` holds an empty name (two commas in a row, or one at an end)",
+            shown()
+        ));
+    }
+    Ok(items)
+}
+
+/// The items of a list's inside as Python writes one (`'joy', "it's"`, numbers bare), each
+/// quoted item whole with its backslash escapes undone; `None` where the text is not such a
+/// list (an unclosed quote, text beside a quoted item).
+fn python_list_items(inside: &str) -> Option<Vec<String>> {
+    let mut items = Vec::new();
+    let mut chars = inside.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let Some(&first) = chars.peek() else {
+            // `[]`, or a trailing comma after the last item (Python allows one).
+            return Some(items);
+        };
+        let item = if first == '\'' || first == '"' {
+            chars.next();
+            let mut name = String::new();
+            loop {
+                match chars.next()? {
+                    // Python's escapes of a string's repr that a class name may hold.
+                    '\\' => name.push(match chars.next()? {
+                        'n' => '\n',
+                        't' => '\t',
+                        'r' => '\r',
+                        other => other,
+                    }),
+                    c if c == first => break,
+                    c => name.push(c),
+                }
             }
+            name
+        } else {
+            let mut bare = String::new();
+            while let Some(c) = chars.next_if(|&c| c != ',') {
+                bare.push(c);
+            }
+            bare.trim().to_string()
+        };
+        items.push(item.trim().to_string());
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        match chars.next() {
+            None => return Some(items),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
+/// `text` as a message shows it: control characters escaped, quotes as they are.
+pub(crate) fn shown_plainly(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
         })
         .collect()
 }

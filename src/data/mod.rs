@@ -14,7 +14,7 @@ pub use example::{
 };
 pub use glue::GlueTask;
 pub use rotten_tomatoes::rotten_tomatoes;
-pub use table::{csv_quoting_in_tsv, TableFormat, TableSpec};
+pub use table::{csv_quoting_in_tsv, looks_like_a_set, TableFormat, TableSpec};
 
 /// For each of the data's class names `labels`, the position of the same class among a
 /// head's `names`, when both list the same distinct classes: matched exactly, else ignoring

@@ -152,6 +152,14 @@ impl Row for JsonRow {
     }
 }
 
+/// Whether a single-label field looks like a set of classes: a list in brackets, or names
+/// between commas (`joy,anger`), which a multi-label task reads as several classes.
+pub fn looks_like_a_set(label: &str) -> bool {
+    let label = label.trim();
+    (label.starts_with('[') && label.ends_with(']'))
+        || (label.contains(',') && label.split(',').all(|name| !name.trim().is_empty()))
+}
+
 /// For a table read as TSV: its texts that look quoted by a CSV writer (`"he said ""no"""`,
 /// as pandas' `to_csv(sep="\t")` and Python's csv module write a field holding a quote),
 /// whose quotes a TSV keeps as text. A note naming the first one and their count.
@@ -210,20 +218,36 @@ impl TableSpec {
             Some(c) => {
                 let label = match self.kind.is_multi_label() {
                     true => present(c, row.get_label_set(c)?)?,
-                    false => text(c)?,
+                    // A JSON array is text to no task but a multi-label one.
+                    false => text(c).map_err(|why| match row.get_label_set(c) {
+                        Ok(Some(list)) => format!(
+                            "`{c}` holds the list {list}: a set of classes per example is read \
+                             with --multi-label"
+                        ),
+                        _ => why,
+                    })?,
                 };
                 Some(parse_target(&label, &self.kind).map_err(|why| {
+                    let unknown_class = why.contains("is not one of the classes");
                     match (&self.kind, label.trim().is_empty()) {
                         // How to skip such rows follows in every malformed row's message.
                         (_, true) => format!("{why}: fill it in or delete the row"),
-                        (TaskKind::Classification { .. } | TaskKind::MultiLabel { .. }, false) => {
+                        (TaskKind::Classification { .. }, false) if looks_like_a_set(&label) => {
+                            format!(
+                                "{why} (it reads as a set of classes: --multi-label reads each \
+                                 label as one)"
+                            )
+                        }
+                        (TaskKind::Classification { .. } | TaskKind::MultiLabel { .. }, false)
+                            if unknown_class =>
+                        {
                             format!(
                                 "{why} (--labels names a custom task's classes; without it they \
                              are those an adapter or the checkpoint's id2label records, else \
                              the training file's)"
                             )
                         }
-                        (TaskKind::Regression, false) => why,
+                        _ => why,
                     }
                 })?)
             }
@@ -373,10 +397,16 @@ impl TableSpec {
                 if let Some((_, (label, line))) =
                     values.iter().zip(&seen).find(|(v, _)| v.fract() != 0.0)
                 {
+                    let remedy = match multi_label {
+                        true => "give --labels to name the classes",
+                        false => {
+                            "give --regression to fit them as scores, or --labels to name the \
+                             classes"
+                        }
+                    };
                     return Err(refuse(format!(
                         "line {line}: label `{label}` is a real number, and every label in \
-                         `{column}` is a number: give --regression to fit them as scores, or \
-                         --labels to name the classes"
+                         `{column}` is a number: {remedy}"
                     )));
                 }
                 // By value; a whole number written as an integer (`1.0` is class `1`, as

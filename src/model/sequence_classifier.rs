@@ -132,7 +132,8 @@ impl<B: Backend> BertClassifier<B> {
         };
         let bert = BertModel::load(config, &mut source)?;
         let h = config.hidden_size;
-        let classifier = if checkpoint.classifier_outputs() == Some(num_labels) {
+        let own_head = checkpoint.classifier_outputs() == Some(num_labels);
+        let classifier = if own_head {
             Linear::new(
                 "classifier",
                 checkpoint.tensor(backend, "classifier.weight", Shape::new([num_labels, h]))?,
@@ -143,6 +144,7 @@ impl<B: Backend> BertClassifier<B> {
         };
         let mut model = Self::new(bert, classifier, num_labels)?;
         model.fresh_pooler = fresh_pooler;
+        model.multi_label = own_head && checkpoint.is_multi_label();
         Ok(model)
     }
 
@@ -150,8 +152,10 @@ impl<B: Backend> BertClassifier<B> {
     /// classifier head, with as many outputs as `classifier.weight` has rows, for evaluating
     /// or predicting without an adapter. Everything is frozen (then
     /// [`BertClassifier::store_frozen_weights`] halves its memory on a bf16 device). Refused
-    /// when the checkpoint has no head, a head but no pooler to feed it, or a head another
-    /// architecture saved or a multi-label one ([`Checkpoint::other_kind_of_head`]). The
+    /// when the checkpoint has no head, a head but no pooler to feed it, a head another
+    /// architecture saved ([`Checkpoint::other_kind_of_head`]), or one output under a
+    /// `problem_type` of classes. A multi-label head (`problem_type`
+    /// `multi_label_classification`) loads as one ([`BertClassifier::is_multi_label`]). The
     /// outputs keep the checkpoint's
     /// class order (`id2label`); [`BertClassifier::align_classes`] lines them up with data
     /// that orders the same classes otherwise.
@@ -212,6 +216,17 @@ impl<B: Backend> BertClassifier<B> {
         }
         // transformers reads one output as regression unless problem_type says otherwise
         // (a regression of several outputs is another kind of head, refused above).
+        if num_labels == 1 && checkpoint.is_multi_label() {
+            return Err(Error::Format {
+                path: checkpoint.dir().join("config.json"),
+                detail: format!(
+                    "`problem_type` is `multi_label_classification` but the head \
+                     (`{head_weight}`) has 1 output, a single yes-or-no class, which spafit \
+                     reads as a classification of two classes or a regression: if the head is \
+                     a regressor, make `problem_type` `regression` (or remove it)"
+                ),
+            });
+        }
         if num_labels == 1
             && checkpoint.config.problem_type.as_deref() == Some("single_label_classification")
         {
@@ -229,7 +244,6 @@ impl<B: Backend> BertClassifier<B> {
         for p in model.params_mut() {
             p.trainable = false;
         }
-        model.multi_label = checkpoint.is_multi_label() && num_labels >= 2;
         Ok(model)
     }
 

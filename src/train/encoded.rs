@@ -153,6 +153,9 @@ fn labels<B: Backend>(backend: &B, kind: &TaskKind, targets: &[&Target]) -> Resu
         }
         TaskKind::MultiLabel { .. } => {
             let classes = kind.num_labels();
+            if classes == 0 {
+                return Err(Error::invalid("labels", "a multi-label task of no classes"));
+            }
             let mut multi_hot = vec![0.0; targets.len() * classes];
             for (row, t) in multi_hot.chunks_exact_mut(classes).zip(targets) {
                 let Target::LabelSet(ids) = t else {

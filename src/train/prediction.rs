@@ -47,7 +47,7 @@ pub(crate) fn sigmoid(z: f64) -> f64 {
 }
 
 /// Refuses logits that are not whole rows of a head that fits `kind`: `num_labels` outputs,
-/// one for regression, one per class (at least two) otherwise.
+/// one for regression, one per class otherwise (at least two for one class per example).
 pub fn check_logits(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result<()> {
     let problem = if num_labels == 0 || !logits.len().is_multiple_of(num_labels) {
         Some(format!(

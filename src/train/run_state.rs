@@ -117,16 +117,10 @@ impl SavedBest {
     }
 
     pub fn evaluation(&self) -> Evaluation {
-        let main_metric = [
-            "accuracy",
-            "f1",
-            "matthews_correlation",
-            "pearson",
-            "spearman",
-        ]
-        .into_iter()
-        .find(|m| *m == self.main_metric)
-        .unwrap_or("accuracy");
+        let main_metric = crate::metrics::METRIC_NAMES
+            .into_iter()
+            .find(|m| *m == self.main_metric)
+            .unwrap_or("accuracy");
         let mut metrics = self.metrics.clone();
         metrics.insert(main_metric.to_string(), f64::from_bits(self.value_bits));
         Evaluation {
@@ -618,6 +612,38 @@ pub(crate) fn metrics_path(output_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The best evaluation of every kind of task comes back from a saved state as it was:
+    /// its main metric (a multi-label run's `micro_f1` fell back to `accuracy`), its value
+    /// and every other metric.
+    #[test]
+    fn a_saved_best_evaluation_keeps_its_main_metric() {
+        use crate::data::TaskKind;
+        let names = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>();
+        let kinds = [
+            TaskKind::Classification { labels: names(2) },
+            TaskKind::MultiLabel { labels: names(3) },
+            TaskKind::Regression,
+        ];
+        for kind in kinds {
+            let reported = crate::metrics::reported_names(None, &kind);
+            let metrics: BTreeMap<String, f64> = reported
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.clone(), 0.25 + i as f64 / 10.0))
+                .collect();
+            let evaluation = Evaluation {
+                metrics,
+                main_metric: crate::metrics::main_metric_name(None, &kind),
+                loss: 0.5,
+                seconds: 1.0,
+            };
+            let back = SavedBest::new(4, &evaluation).evaluation();
+            assert_eq!(back.main_metric, evaluation.main_metric, "{kind:?}");
+            assert_eq!(back.metrics, evaluation.metrics, "{kind:?}");
+            assert_eq!(back.loss, evaluation.loss);
+        }
+    }
 
     /// A state whose header was damaged in a key (serde would pass the key over as unknown
     /// and resume from its default) is refused; the state as written loads.

@@ -59,7 +59,8 @@ pub struct TrainConfig {
     pub early_stopping_patience: Option<usize>,
     /// The dev metric that picks the best evaluation (`best/`, early stopping): `loss`
     /// (lowest), or one the task reports (`accuracy`, `f1`, `matthews_correlation`,
-    /// `pearson`, `spearman`: highest). `None`: the task's main metric.
+    /// `pearson`, `spearman`, and for multi-label tasks `micro_f1`, `macro_f1`,
+    /// `subset_accuracy`: highest). `None`: the task's main metric.
     pub best_metric: Option<String>,
     /// Global gradient-norm clip; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
@@ -288,8 +289,6 @@ pub struct TrainReport {
     pub max_len: usize,
     /// Whether the training examples were text pairs.
     pub text_pairs: bool,
-    /// Whether each training example had a set of classes (multi-label).
-    pub multi_label: bool,
     /// Whether early stopping ended the run before its last step
     /// ([`TrainConfig::early_stopping_patience`]).
     pub early_stopped: bool,
@@ -309,7 +308,6 @@ impl TrainReport {
         TrainingInputs {
             text_pairs: Some(self.text_pairs),
             max_len: Some(self.max_len),
-            multi_label: self.multi_label,
         }
     }
 }
@@ -369,8 +367,6 @@ struct RunPlan {
     dropout: DropoutRates,
     settings: RunSettings,
     labels: Option<Vec<String>>,
-    /// Whether each example has a set of classes (recorded with the adapter).
-    multi_label: bool,
     /// Whether the examples are text pairs (recorded with the adapter).
     text_pairs: bool,
     /// The tokenizer's cut (recorded with the adapter).
@@ -947,7 +943,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
             dropout,
             settings,
             labels: train.kind.class_names().map(<[String]>::to_vec),
-            multi_label: train.kind.is_multi_label(),
             text_pairs: train.has_text_pairs(),
             max_len: tokenizer.max_len(),
         })
@@ -1673,7 +1668,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
             best: run.best.map(|b| (b.step, b.evaluation)),
             max_len: plan.max_len,
             text_pairs: plan.text_pairs,
-            multi_label: plan.multi_label,
             early_stopped,
             notices: progress.into_notices(),
             stopped_by_observer,
@@ -1752,7 +1746,6 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 TrainingInputs {
                     text_pairs: Some(plan.text_pairs),
                     max_len: Some(plan.max_len),
-                    multi_label: plan.multi_label,
                 },
             ),
             None => Ok(()),

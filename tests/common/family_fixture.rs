@@ -259,7 +259,6 @@ impl FamilyFixture {
                 base_model_name_or_path: "tiny",
                 labels: None,
                 inputs: spafit::adapter::TrainingInputs {
-                    multi_label: false,
                     max_len: Some(24),
                     text_pairs: Some(false),
                 },

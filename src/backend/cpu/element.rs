@@ -80,6 +80,8 @@ pub trait Element:
     fn exp(self) -> Self;
     /// Natural logarithm.
     fn ln(self) -> Self;
+    /// `ln(1 + x)`, exact for small `x`.
+    fn ln_1p(self) -> Self;
     /// Square root.
     fn sqrt(self) -> Self;
     /// Hyperbolic tangent.
@@ -227,6 +229,10 @@ macro_rules! impl_element {
             #[inline]
             fn ln(self) -> Self {
                 <$t>::ln(self)
+            }
+            #[inline]
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
             }
             #[inline]
             fn sqrt(self) -> Self {

@@ -1,5 +1,5 @@
-//! Softmax cross-entropy, binary cross-entropy with logits and mean squared error on the CPU
-//! (mean over the batch).
+//! Softmax cross-entropy and mean squared error (means over the batch) and binary
+//! cross-entropy with logits (a mean over every element) on the CPU.
 
 use super::element::Element;
 
@@ -72,7 +72,7 @@ pub fn bce_with_logits<T: Element>(logits: &[T], targets: &[T]) -> T {
     for (&z, &t) in logits.iter().zip(targets) {
         let positive = if z > T::ZERO { z } else { T::ZERO };
         let magnitude = if z < T::ZERO { T::ZERO - z } else { z };
-        total += positive - z * t + (T::ONE + (T::ZERO - magnitude).exp()).ln();
+        total += positive - z * t + (T::ZERO - magnitude).exp().ln_1p();
     }
     total / T::from_f64(logits.len() as f64)
 }
