@@ -345,7 +345,45 @@ fn broken_label_sets_name_their_line() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("holds a comma"), "{e}");
-    // Data of sets read as one class each says how to read it as sets.
+    // Python's escapes as `ast.literal_eval` reads them; one it cannot undo is refused.
+    let escaped = TaskKind::MultiLabel {
+        labels: vec!["café".into(), "été".into(), "a\\qb".into(), "A".into()],
+    };
+    let path = tmp.path().join("escapes.csv");
+    std::fs::write(
+        &path,
+        "text,labels\na,\"['caf\\xe9', '\\u00e9t\\u00e9']\"\nb,\"['a\\qb', '\\101']\"\n",
+    )
+    .unwrap();
+    assert_eq!(targets(&path, escaped), sets(&[&[0, 1], &[2, 3]]));
+    let e = refused("i.csv", "text,labels\na,\"['\\N{EM DASH}']\"\n");
+    assert!(
+        e.contains("line 2") && e.contains("not a list of names"),
+        "{e}"
+    );
+    // Data of sets read as one class each says how to read it as sets, inferring the
+    // classes as loading.
+    let two = TaskKind::Classification {
+        labels: vec!["x".into(), "y".into()],
+    };
+    let e = spec(&path, two)
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("label `['caf\\xe9', '\\u00e9t\\u00e9']` is not one of the classes")
+            && e.contains("--multi-label"),
+        "quotes shown as written: {e}"
+    );
+    let path = tmp.path().join("comma.jsonl");
+    let e = spec(&path, TaskKind::Classification { labels: vec![] })
+        .infer_classes(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("holds the list") && e.contains("--multi-label"),
+        "{e}"
+    );
     let e = spec(
         &path,
         TaskKind::Classification {

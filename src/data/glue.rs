@@ -428,7 +428,7 @@ fn parse_row(
 pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<Target, String> {
     let field = field.trim();
     // Control characters (a NUL, an escape) are shown escaped, not written to the terminal.
-    let shown = field.escape_debug().to_string();
+    let shown = shown_plainly(field);
     if field.is_empty() && !kind.is_multi_label() {
         return Err("the label is empty".into());
     }
@@ -572,13 +572,7 @@ fn python_list_items(inside: &str) -> Option<Vec<String>> {
             let mut name = String::new();
             loop {
                 match chars.next()? {
-                    // Python's escapes of a string's repr that a class name may hold.
-                    '\\' => name.push(match chars.next()? {
-                        'n' => '\n',
-                        't' => '\t',
-                        'r' => '\r',
-                        other => other,
-                    }),
+                    '\\' => python_escape(&mut chars, &mut name)?,
                     c if c == first => break,
                     c => name.push(c),
                 }
@@ -599,6 +593,54 @@ fn python_list_items(inside: &str) -> Option<Vec<String>> {
             Some(_) => return None,
         }
     }
+}
+
+/// Undoes one escape of a Python string literal after its backslash, as `ast.literal_eval`
+/// reads it (`\n`, `\x41`, `\u00e9`, octal `\101`; an unknown escape keeps its backslash);
+/// `None` for one it cannot undo here (`\N{...}`, a code that is no character).
+fn python_escape(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    name: &mut String,
+) -> Option<()> {
+    fn code(
+        chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+        digits: usize,
+        radix: u32,
+        first: Option<char>,
+    ) -> Option<char> {
+        let mut text: String = first.into_iter().collect();
+        while text.len() < digits {
+            match chars.next_if(|c| c.is_digit(radix)) {
+                Some(c) => text.push(c),
+                // Octal takes one to three digits; the others exactly their count.
+                None if radix == 8 => break,
+                None => return None,
+            }
+        }
+        char::from_u32(u32::from_str_radix(&text, radix).ok()?)
+    }
+    let c = match chars.next()? {
+        'n' => '\n',
+        't' => '\t',
+        'r' => '\r',
+        'a' => '\u{7}',
+        'b' => '\u{8}',
+        'f' => '\u{c}',
+        'v' => '\u{b}',
+        'x' => code(chars, 2, 16, None)?,
+        'u' => code(chars, 4, 16, None)?,
+        'U' => code(chars, 8, 16, None)?,
+        d @ '0'..='7' => code(chars, 3, 8, Some(d))?,
+        'N' => return None,
+        c @ ('\\' | '\'' | '"') => c,
+        '\n' => return Some(()),
+        other => {
+            name.push('\\');
+            other
+        }
+    };
+    name.push(c);
+    Some(())
 }
 
 /// `text` as a message shows it: control characters escaped, quotes as they are.

@@ -152,6 +152,27 @@ impl Row for JsonRow {
     }
 }
 
+/// The label field of `row`: a multi-label column may hold a list (a JSON array), which in
+/// another task's column is refused with a pointer to --multi-label.
+fn label_field(
+    row: &dyn Row,
+    column: &str,
+    multi_label: bool,
+) -> std::result::Result<Option<String>, String> {
+    match multi_label {
+        true => row.get_label_set(column),
+        false => row
+            .get(column)
+            .map_err(|why| match row.get_label_set(column) {
+                Ok(Some(list)) => format!(
+                    "`{column}` holds the list {list}: a set of classes per example is read with \
+                 --multi-label"
+                ),
+                _ => why,
+            }),
+    }
+}
+
 /// Whether a single-label field looks like a set of classes: a list in brackets, or names
 /// between commas (`joy,anger`), which a multi-label task reads as several classes.
 pub fn looks_like_a_set(label: &str) -> bool {
@@ -216,17 +237,7 @@ impl TableSpec {
         let target = match &self.label_column {
             None => None,
             Some(c) => {
-                let label = match self.kind.is_multi_label() {
-                    true => present(c, row.get_label_set(c)?)?,
-                    // A JSON array is text to no task but a multi-label one.
-                    false => text(c).map_err(|why| match row.get_label_set(c) {
-                        Ok(Some(list)) => format!(
-                            "`{c}` holds the list {list}: a set of classes per example is read \
-                             with --multi-label"
-                        ),
-                        _ => why,
-                    })?,
-                };
+                let label = present(c, label_field(row, c, self.kind.is_multi_label())?)?;
                 Some(parse_target(&label, &self.kind).map_err(|why| {
                     let unknown_class = why.contains("is not one of the classes");
                     match (&self.kind, label.trim().is_empty()) {
@@ -316,11 +327,7 @@ impl TableSpec {
                 Ok(None) => return Ok(()),
                 Err(why) => return sink.take(Err(why), path, line),
             }
-            let field = match multi_label {
-                true => row.get_label_set(column),
-                false => row.get(column),
-            };
-            let label = match field {
+            let label = match label_field(row, column, multi_label) {
                 Ok(Some(label)) => label.trim().to_string(),
                 // A null label is left to `load` to report, as an empty one is.
                 Ok(None) if row.is_null(column) => return Ok(()),
