@@ -86,11 +86,23 @@ fn the_fine_tuned_head_and_peft_adapter_are_read_as_multi_label() {
     f.check_peft_adapter(&ck);
     let opened = spafit::adapter::open_adapter(&f.dir().join("peft-lora"), &ck, &cpu).unwrap();
     assert_eq!(opened.multi_label, Some(true));
+    assert!(opened.model.is_multi_label());
     assert!(opened.warnings.is_empty(), "{:?}", opened.warnings);
+    // PEFT records no class names: the base's name them, as transformers gives them to the
+    // adapter's model, and data naming them otherwise still matches by position.
+    assert_eq!(opened.labels, None);
+    let head = opened.head();
     assert!(matches!(
-        opened.head().default_kind(),
+        head.default_kind_naming(ck.config.class_names(4)),
         TaskKind::MultiLabel { labels } if labels == ["joy", "anger", "fear", "surprise"]
     ));
+    let numbered = TaskKind::MultiLabel {
+        labels: (0..4).map(|i| i.to_string()).collect(),
+    };
+    head.check(&numbered, "numbered data", f.dir()).unwrap();
+    let (imported, _) =
+        spafit::adapter::import_peft(&f.dir().join("peft-lora"), &ck, &cpu).unwrap();
+    assert!(imported.is_multi_label());
     let config = f.check_merge_of_peft_adapter("BertForSequenceClassification");
     assert_eq!(config["problem_type"], "multi_label_classification");
 }
@@ -174,6 +186,26 @@ fn a_checkpoints_problem_type_decides_how_its_head_reads() {
         )
     };
     let (ok, stdout, stderr) = evaluate(&multi);
+    assert!(
+        ok && last_json(&stdout).get("micro_f1").is_some(),
+        "{stderr}"
+    );
+    // PEFT's adapter on it reads the data in the base's class names, without --labels.
+    let peft = f.dir().join("peft-lora").display().to_string();
+    let (ok, stdout, stderr) = run(
+        dir,
+        &[
+            "eval",
+            "--model",
+            &multi,
+            "--adapter",
+            &peft,
+            "--dev-file",
+            "sets.jsonl",
+            "--max-len",
+            "16",
+        ],
+    );
     assert!(
         ok && last_json(&stdout).get("micro_f1").is_some(),
         "{stderr}"
@@ -268,6 +300,16 @@ fn label_sets_are_read_in_every_spelling() {
         .collect();
     assert_eq!(got, want);
     assert_eq!(skipped.skipped.len(), 1);
+
+    // numpy's print of an array, as pandas writes a column of them.
+    let numpy = tmp.path().join("numpy.csv");
+    std::fs::write(&numpy, "text,labels\na,[ 2 27]\nb,\"['joy' 'fear']\"\n").unwrap();
+    let mut labels: Vec<String> = (0..28).map(|i| i.to_string()).collect();
+    labels.extend(["joy".to_string(), "fear".to_string()]);
+    assert_eq!(
+        targets(&numpy, TaskKind::MultiLabel { labels }),
+        sets(&[&[2, 27], &[28, 29]])
+    );
 
     let tsv = tmp.path().join("train.tsv");
     std::fs::write(&tsv, "text\tlabels\na\t2,27\nb\t\nc\t0\n").unwrap();

@@ -32,7 +32,7 @@ pub struct OpenedAdapter<B: Backend> {
     /// The plan the model is under.
     pub plan: PeftPlan,
     /// Class names, when the adapter records them (spafit's do, and its PEFT exports in
-    /// `spafit_export.json`; PEFT's own take the base's `id2label`, where it names them).
+    /// `spafit_export.json`; PEFT's own do not: their outputs match data by position).
     pub labels: Option<Vec<String>>,
     /// Whether it was trained on text pairs, when it records that (spafit's adapters and
     /// its PEFT exports do).
@@ -74,8 +74,18 @@ impl AdapterHead {
     /// (a PEFT classifier records no names; data naming its classes otherwise needs
     /// --labels); a multi-label task where the adapter records a multi-label head.
     pub fn default_kind(&self) -> TaskKind {
+        self.default_kind_naming(None)
+    }
+
+    /// [`AdapterHead::default_kind`], with `base_names` (the base's `id2label` names, which
+    /// transformers gives a PEFT adapter's model) naming the classes of a head that records
+    /// none, where there are as many as it has outputs. Data in other names still matches
+    /// such a head by position ([`AdapterHead::check`]).
+    pub fn default_kind_naming(&self, base_names: Option<Vec<String>>) -> TaskKind {
+        let base_names = base_names.filter(|n| n.len() == self.outputs && self.outputs >= 2);
         let labels = match (&self.labels, self.outputs) {
             (Some(labels), _) => labels.clone(),
+            (None, _) if base_names.is_some() => base_names.unwrap_or_default(),
             (None, 1) if self.multi_label != Some(true) => return TaskKind::Regression,
             (None, n) => (0..n).map(|i| i.to_string()).collect(),
         };
@@ -333,8 +343,7 @@ pub fn open_adapter<B: Backend>(
     // Weights without their manifest: a first save killed between its two renames, which
     // `load_adapter` completes from the manifest staged beside them.
     if spafit_adapter {
-        let (mut model, manifest) = load_adapter(dir, checkpoint, backend)?;
-        model.set_multi_label(manifest.multi_label);
+        let (model, manifest) = load_adapter(dir, checkpoint, backend)?;
         let plan = manifest.plan(&dir.join(MANIFEST_FILE))?;
         check_finite(dir, backend, &model)?;
         return Ok(OpenedAdapter {
@@ -351,8 +360,7 @@ pub fn open_adapter<B: Backend>(
         });
     }
     if is_peft_adapter(dir) {
-        let (mut model, import) = import_peft(dir, checkpoint, backend)?;
-        model.set_multi_label(import.multi_label == Some(true));
+        let (model, import) = import_peft(dir, checkpoint, backend)?;
         check_finite(dir, backend, &model)?;
         return Ok(OpenedAdapter {
             model,

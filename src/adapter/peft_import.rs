@@ -46,8 +46,10 @@ pub struct PeftImport {
     /// store (they start from the base model).
     pub notes: Vec<String>,
     /// The head's class names, when `spafit_export.json` (written beside a spafit export)
-    /// records them; PEFT itself records none, and its adapter's model takes the base's
-    /// (`config.json`'s `id2label`, where it names as many classes as the head has outputs).
+    /// records them; PEFT itself records none (its adapter's model takes the base's
+    /// `id2label`, which [`AdapterHead::default_kind_naming`] can be given).
+    ///
+    /// [`AdapterHead::default_kind_naming`]: super::AdapterHead::default_kind_naming
     pub labels: Option<Vec<String>>,
     /// The tokens per example the training texts were cut to, when `spafit_export.json`
     /// records it (a spafit export does); PEFT itself records none.
@@ -706,16 +708,12 @@ pub fn import_peft<B: Backend>(
             }
         ));
     }
+    // The adapter's head, as transformers trained it, not the base's own.
+    model.set_multi_label(multi_label == Some(true));
     Ok((
         model,
         PeftImport {
-            // PEFT keeps the class names in the base's config, which transformers gives the
-            // adapter's model with its problem_type.
-            labels: note.labels.or_else(|| {
-                (!note.describes_weights && num_labels >= 2)
-                    .then(|| checkpoint.config.class_names(num_labels))
-                    .flatten()
-            }),
+            labels: note.labels,
             max_len: note.max_len,
             text_pairs: note.text_pairs,
             multi_label,

@@ -303,9 +303,10 @@ fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifes
         return Err(Error::Format {
             path,
             detail: format!(
-                "`version` {}: this spafit reads version {MANIFEST_VERSION} adapters, and \
-                 version {MULTI_LABEL_VERSION} for a multi-label head (`multi_label: true`)",
-                m.version
+                "`version` {} with `multi_label` {}: this spafit reads version \
+                 {MANIFEST_VERSION} adapters (one class per example, or a regression) and \
+                 version {MULTI_LABEL_VERSION} ones (multi-label)",
+                m.version, m.multi_label
             ),
         });
     }
@@ -499,5 +500,7 @@ pub fn load_adapter<B: Backend>(
         p.value = file.tensor(backend, &p.name, p.value.shape().clone())?;
     }
     model.store_frozen_weights(backend)?;
+    // The adapter's head, not the base's, says how its outputs read.
+    model.set_multi_label(manifest.multi_label);
     Ok((model, manifest))
 }

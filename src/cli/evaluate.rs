@@ -44,7 +44,9 @@ fn load<B: Backend>(
                 note!("note: {warning}");
             }
             let head = opened.head();
-            let default_kind = Some(head.default_kind());
+            // A PEFT adapter's model takes its base's class names, as in transformers.
+            let default_kind =
+                Some(head.default_kind_naming(checkpoint.config.class_names(head.outputs)));
             let cut = TrainedCut::of_adapter(opened.max_len);
             (opened.model, head, default_kind, dir.to_path_buf(), cut)
         }

@@ -71,7 +71,8 @@ impl MergeCommand {
         for warning in &opened.warnings {
             note!("note: {warning}");
         }
-        let kind = opened.head().default_kind();
+        let head = opened.head();
+        let kind = head.default_kind_naming(checkpoint.config.class_names(head.outputs));
         let max_len = opened.max_len;
         // Ctrl-C or SIGTERM waits for the writes: the merge is whole or was never renamed
         // into place, and a second signal quits at once.

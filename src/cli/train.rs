@@ -525,7 +525,9 @@ impl TrainCommand {
         let (mut run, train, devs) = match &self.adapter {
             Some(dir) => {
                 let (mut run, head) = setup_from_adapter(backend, &self.model, dir)?;
-                let (train, devs) = self.load_data(task, Some(&head.default_kind()), false)?;
+                let names = run.checkpoint.config.class_names(head.outputs);
+                let default_kind = head.default_kind_naming(names);
+                let (train, devs) = self.load_data(task, Some(&default_kind), false)?;
                 head.check_texts(&train, dir)?;
                 head.check(&train.kind, &train.name, dir)?;
                 super::checkpoint_classes::match_adapter_classes(
@@ -542,8 +544,9 @@ impl TrainCommand {
                 let mut own_classes = super::checkpoint_classes::checkpoint_head_kind(&checkpoint);
                 // Training reads sets of classes only when asked: data of one class each,
                 // the common case, would otherwise train a sigmoid per class unasked.
-                if let (Some(TaskKind::MultiLabel { labels }), false) =
-                    (&own_classes, self.data.multi_label)
+                let one_class_data = !self.data.multi_label && !self.data.regression;
+                if let (Some(TaskKind::MultiLabel { labels }), true, None) =
+                    (&own_classes, one_class_data, task)
                 {
                     note!(
                         "note: the checkpoint's head is multi-label (`problem_type` \

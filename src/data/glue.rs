@@ -555,9 +555,10 @@ pub(crate) fn label_set_items(field: &str) -> std::result::Result<Vec<String>, S
     Ok(items)
 }
 
-/// The items of a list's inside as Python writes one (`'joy', "it's"`, numbers bare), each
-/// quoted item whole with its backslash escapes undone; `None` where the text is not such a
-/// list (an unclosed quote, text beside a quoted item).
+/// The items of a list's inside as Python writes one (`'joy', "it's"`, numbers bare) or
+/// numpy prints one (`2 27`, `'joy' 'anger'`), each quoted item whole with its backslash
+/// escapes undone; `None` where the text is not such a list (an unclosed quote, an escape
+/// that cannot be undone).
 fn python_list_items(inside: &str) -> Option<Vec<String>> {
     let mut items = Vec::new();
     let mut chars = inside.chars().peekable();
@@ -580,18 +581,19 @@ fn python_list_items(inside: &str) -> Option<Vec<String>> {
             name
         } else {
             let mut bare = String::new();
-            while let Some(c) = chars.next_if(|&c| c != ',') {
+            while let Some(c) = chars.next_if(|&c| c != ',' && !c.is_whitespace()) {
                 bare.push(c);
             }
-            bare.trim().to_string()
+            bare
         };
         items.push(item.trim().to_string());
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        match chars.next() {
-            None => return Some(items),
-            Some(',') => {}
-            Some(_) => return None,
+        // Items end at a comma, or, as numpy prints an array (`[ 2 27]`, pandas' CSV of a
+        // column of arrays), at the spaces before the next one.
+        if chars.peek().is_none() {
+            return Some(items);
         }
+        chars.next_if_eq(&',');
     }
 }
 
@@ -643,12 +645,13 @@ fn python_escape(
     Some(())
 }
 
-/// `text` as a message shows it: control characters escaped, quotes as they are.
+/// `text` as a message shows it: what is unprintable escaped (control characters, invisible
+/// and direction-changing marks), quotes and backslashes as they are.
 pub(crate) fn shown_plainly(text: &str) -> String {
     text.chars()
-        .flat_map(|c| match c.is_control() {
-            true => c.escape_default().collect::<Vec<_>>(),
-            false => vec![c],
+        .flat_map(|c| match c {
+            '\'' | '"' | '\\' => vec![c],
+            _ => c.escape_debug().collect::<Vec<_>>(),
         })
         .collect()
 }
