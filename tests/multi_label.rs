@@ -738,6 +738,73 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
         assert_eq!(line["labels"], serde_json::json!(above), "{line}");
     }
 
+    // Another threshold: the sets hold the classes of probability above it, and eval's
+    // metrics score those sets.
+    let at = |command: &str, extra: &[&str]| {
+        let mut args = vec![
+            command,
+            "--model",
+            &model,
+            "--adapter",
+            "run/best",
+            "--dev-file",
+            "dev.jsonl",
+            "--label-column",
+            "labels",
+            "--threshold",
+            "0.45",
+        ];
+        args.extend_from_slice(extra);
+        run(dir, &args)
+    };
+    let (ok, stdout, stderr) = at("predict", &["--split", "dev"]);
+    assert!(ok, "{stderr}");
+    let names = ["anger", "fear", "joy"];
+    let mut predicted: Vec<Vec<u32>> = Vec::new();
+    for (i, line) in stdout.lines().enumerate() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let above: Vec<u32> = (0..3u32)
+            .filter(|&c| 1.0 / (1.0 + (-logits[i * 3 + c as usize]).exp()) > 0.45)
+            .collect();
+        let named: Vec<&str> = above.iter().map(|&c| names[c as usize]).collect();
+        assert_eq!(line["labels"], serde_json::json!(named), "{line}");
+        predicted.push(above);
+    }
+    let gold: Vec<Vec<u32>> = [&[2][..], &[0, 1], &[], &[1, 2], &[0], &[]]
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+    let (ok, stdout, stderr) = at("eval", &[]);
+    assert!(ok, "{stderr}");
+    let scored = last_json(&stdout);
+    assert_eq!(
+        scored["micro_f1"].as_f64().unwrap(),
+        spafit::metrics::micro_f1(&predicted, &gold)
+    );
+    assert_eq!(
+        scored["loss"], by_adapter["loss"],
+        "the loss has no threshold"
+    );
+    for bad in ["1", "0", "nan", "-0.2"] {
+        let (ok, _, stderr) = run(
+            dir,
+            &[
+                "eval",
+                "--model",
+                &model,
+                "--adapter",
+                "run/best",
+                "--dev-file",
+                "dev.jsonl",
+                "--label-column",
+                "labels",
+                "--threshold",
+                bad,
+            ],
+        );
+        assert!(!ok && stderr.contains("--threshold"), "{bad}: {stderr}");
+    }
+
     // The CUDA path (the CPU stand-in without a GPU) logs the CPU's losses.
     train("cpu", "cpu", &["--multi-label", "--max-steps", "2"]);
     train("cuda-emu", "cuda", &["--multi-label", "--max-steps", "2"]);
@@ -800,6 +867,26 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
     );
     assert!(
         !ok && stderr.contains("trained as a classifier of one class"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(
+        dir,
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--adapter",
+            "single/best",
+            "--dev-file",
+            "single.csv",
+            "--label-column",
+            "labels",
+            "--threshold",
+            "0.3",
+        ],
+    );
+    assert!(
+        !ok && stderr.contains("--threshold") && stderr.contains("one class per example"),
         "{stderr}"
     );
     let (ok, _, stderr) = run(

@@ -521,12 +521,39 @@ pub struct DataArgs {
     /// predicted where its probability is above 0.5.
     #[arg(long, conflicts_with = "regression")]
     pub multi_label: bool,
+    /// Multi-label: the probability above which a class is predicted, for eval's metrics,
+    /// predict's sets and the evaluations that pick train's best/ [default: 0.5; not saved
+    /// with the adapter: give it to eval and predict too].
+    #[arg(long, allow_hyphen_values = true)]
+    pub threshold: Option<f64>,
     /// Skip malformed rows (reported with their file and line) instead of stopping.
     #[arg(long)]
     pub skip_malformed: bool,
 }
 
 impl DataArgs {
+    /// Gives `model` the --threshold, refused for data of `kind` that is not multi-label
+    /// (its predictions have no threshold).
+    pub fn apply_threshold<B: spafit::backend::Backend>(
+        &self,
+        model: &mut spafit::model::BertClassifier<B>,
+        kind: &TaskKind,
+    ) -> Result<()> {
+        let Some(threshold) = self.threshold else {
+            return Ok(());
+        };
+        if !kind.is_multi_label() {
+            return Err(Error::invalid(
+                "--threshold",
+                "it is the probability above which a multi-label head predicts a class; this \
+                 task's head predicts one class per example (the most probable) or a score",
+            ));
+        }
+        model
+            .set_decision_threshold(threshold)
+            .map_err(for_flag("--threshold"))
+    }
+
     /// Every data file the flags name: --train-file, --dev-file, and each split file of
     /// every GLUE task under --glue-dir, not only the one named (outputs must not replace
     /// any of them: the next run of that task would read a prediction file as its data).

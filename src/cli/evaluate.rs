@@ -8,7 +8,7 @@ use spafit::adapter::{open_adapter, AdapterHead};
 use spafit::checkpoint::Checkpoint;
 use spafit::data::{GlueTask, TaskKind};
 use spafit::model::BertClassifier;
-use spafit::train::{evaluate, infer, scored_predictions, EncodedDataset};
+use spafit::train::{evaluate, infer, scored_predictions_at, EncodedDataset};
 use spafit::{Error, Result};
 
 use spafit::backend::Backend;
@@ -165,7 +165,7 @@ impl EvalCommand {
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         let Loaded {
             backend,
-            model,
+            mut model,
             data,
             encoded,
             max_len,
@@ -183,6 +183,7 @@ impl EvalCommand {
                 detail: "no examples to evaluate".into(),
             });
         }
+        self.data.apply_threshold(&mut model, &data.kind)?;
         if let Some((count, first)) = data.unlabeled() {
             return Err(Error::Format {
                 path: data.name.clone().into(),
@@ -282,7 +283,7 @@ impl PredictCommand {
         let split = self.split()?;
         let Loaded {
             backend,
-            model,
+            mut model,
             data,
             encoded,
             ..
@@ -301,10 +302,16 @@ impl PredictCommand {
                 detail: "no examples to predict".into(),
             });
         }
+        self.data.apply_threshold(&mut model, &data.kind)?;
         let out = infer(&backend, &model, &encoded, self.batch_size)?;
         // `load` checked that the data's label space is the head's.
         let labels = data.kind.class_names();
-        let predictions = scored_predictions(&data.kind, &out.logits, model.num_labels())?;
+        let predictions = scored_predictions_at(
+            &data.kind,
+            &out.logits,
+            model.num_labels(),
+            model.decision_threshold(),
+        )?;
         let glue = self.data.glue_task()?;
         let format = PredictionFormat::choose(self.format, self.output.as_deref());
         // A GLUE submission answers every test row: one skipped would leave a hole.

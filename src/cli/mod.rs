@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Fine-tune on a GLUE task or custom CSV/TSV/JSONL data; saves the best adapter.
-    Train(train::TrainCommand),
+    Train(Box<train::TrainCommand>),
     /// Evaluate a saved adapter, or a fine-tuned checkpoint's own head, on a labeled split (ends with one JSON line).
     Eval(evaluate::EvalCommand),
     /// Predict labels with their probabilities, or scores, for a split with a saved adapter or a fine-tuned checkpoint's own head (JSON lines, CSV, TSV or GLUE's submission TSV).
@@ -60,7 +60,7 @@ enum Command {
     /// Fold an adapter into its base model and save a fine-tuned checkpoint of its own, which transformers and `spafit eval --model` read without the adapter (one JSON line).
     Merge(merge::MergeCommand),
     /// Fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes and print dev accuracy (one JSON line).
-    Demo(demo::DemoCommand),
+    Demo(Box<demo::DemoCommand>),
 }
 
 impl Cli {

@@ -576,6 +576,7 @@ impl TrainCommand {
                 (run, train, devs)
             }
         };
+        self.data.apply_threshold(&mut run.model, &train.kind)?;
         let dev = devs.first();
         let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, dev, task, true)?;
         if report.stopped_by_observer {

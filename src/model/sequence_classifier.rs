@@ -50,6 +50,8 @@ pub struct BertClassifier<B: Backend> {
     plan_applied: bool,
     /// The head scores each class on its own (see [`BertClassifier::is_multi_label`]).
     multi_label: bool,
+    /// See [`BertClassifier::decision_threshold`].
+    decision_threshold: f64,
 }
 
 /// A summary (the weights are on the backend): shape, head, plan and what trains, so that a
@@ -344,7 +346,24 @@ impl<B: Backend> BertClassifier<B> {
             lora_merged: false,
             plan_applied: false,
             multi_label: false,
+            decision_threshold: 0.5,
         })
+    }
+
+    /// The probability above which a multi-label head predicts a class (0.5 unless set):
+    /// what evaluation's metrics, the trainer's choice of its best evaluation and predictions
+    /// use. It is not saved with an adapter.
+    pub fn decision_threshold(&self) -> f64 {
+        self.decision_threshold
+    }
+
+    /// Sets [`BertClassifier::decision_threshold`]; refused outside (0, 1).
+    pub fn set_decision_threshold(&mut self, threshold: f64) -> Result<()> {
+        if let Some(problem) = crate::train::threshold_problem(threshold) {
+            return Err(Error::invalid("threshold", problem));
+        }
+        self.decision_threshold = threshold;
+        Ok(())
     }
 
     /// Whether the head is a multi-label classifier's: a sigmoid per class, each example of

@@ -110,16 +110,26 @@ pub fn infer<B: Backend>(
     })
 }
 
-/// Class ids (argmax), sets of class ids (positive logits) or scores from logits,
-/// `num_labels` per example.
+/// Class ids (argmax), sets of class ids (positive logits: probability above one half) or
+/// scores from logits, `num_labels` per example.
 pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result<Vec<Target>> {
+    predictions_at(kind, logits, num_labels, 0.5)
+}
+
+/// [`predictions`], a set holding the classes of probability above `threshold`.
+fn predictions_at(
+    kind: &TaskKind,
+    logits: &[f64],
+    num_labels: usize,
+    threshold: f64,
+) -> Result<Vec<Target>> {
     super::prediction::check_logits(kind, logits, num_labels)?;
     Ok(logits
         .chunks_exact(num_labels)
         .map(|row| match kind {
             TaskKind::Regression => Target::Score(row[0]),
             TaskKind::MultiLabel { .. } => Target::LabelSet(
-                super::prediction::predicted_set(row)
+                super::prediction::predicted_set(row, threshold)
                     .into_iter()
                     .map(|c| c as u32)
                     .collect(),
@@ -207,7 +217,8 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
         ));
     }
     let out = infer(backend, model, data, batch_size)?;
-    let pred = predictions(&data.kind, &out.logits, model.num_labels())?;
+    let threshold = model.decision_threshold();
+    let pred = predictions_at(&data.kind, &out.logits, model.num_labels(), threshold)?;
     let preds = match data.kind {
         TaskKind::Regression => Predictions::Scores {
             pred: pred.iter().map(score).collect(),

@@ -21,7 +21,7 @@ pub use evaluate::{evaluate, infer, predictions, Evaluation, ModelOutputs};
 pub use micro_batches::{check_size as check_micro_batch_size, in_use as micro_batches_in_use};
 pub use observer::{Control, StepReport, TrainEvent};
 pub use optimizer::{no_decay, AdamW};
-pub use prediction::{scored_predictions, Prediction};
+pub use prediction::{scored_predictions, scored_predictions_at, threshold_problem, Prediction};
 pub use progress::Progress;
 pub use run_lock::{lock_existing_run_dir, lock_run_dir, lock_run_dirs_around, RunLock, LOCK_FILE};
 pub use run_state::STATE_FILE;

@@ -30,10 +30,18 @@ pub enum Prediction {
 }
 
 /// The classes a multi-label head predicts from one row of logits: those whose sigmoid is
-/// above one half, which is a positive logit (compared as such, not through a rounded
-/// sigmoid).
-pub(crate) fn predicted_set(row: &[f64]) -> Vec<usize> {
-    (0..row.len()).filter(|&c| row[c] > 0.0).collect()
+/// above `threshold`, which is a logit above `ln(t / (1 − t))` (compared as such, not
+/// through a rounded sigmoid: one half is a positive logit).
+pub(crate) fn predicted_set(row: &[f64], threshold: f64) -> Vec<usize> {
+    let cutoff = (threshold / (1.0 - threshold)).ln();
+    (0..row.len()).filter(|&c| row[c] > cutoff).collect()
+}
+
+/// Why `threshold` cannot be a multi-label head's decision threshold, if it cannot: it must
+/// lie strictly between 0 and 1.
+pub fn threshold_problem(threshold: f64) -> Option<String> {
+    (!(threshold > 0.0 && threshold < 1.0))
+        .then(|| format!("{threshold} is not a probability strictly between 0 and 1"))
 }
 
 /// `1 / (1 + e^−z)`, through `e^z` for negative `z` so that neither side overflows.
@@ -83,12 +91,29 @@ pub(crate) fn non_finite_logit(logits: &[f64], num_labels: usize) -> Option<Stri
     ))
 }
 
-/// One prediction per row of `logits` (`[n, num_labels]`, row-major).
+/// One prediction per row of `logits` (`[n, num_labels]`, row-major); a multi-label task's
+/// sets hold the classes of probability above one half.
 pub fn scored_predictions(
     kind: &TaskKind,
     logits: &[f64],
     num_labels: usize,
 ) -> Result<Vec<Prediction>> {
+    scored_predictions_at(kind, logits, num_labels, 0.5)
+}
+
+/// [`scored_predictions`], a multi-label task's sets holding the classes of probability
+/// above `threshold` (a model's [`BertClassifier::decision_threshold`]).
+///
+/// [`BertClassifier::decision_threshold`]: crate::model::BertClassifier::decision_threshold
+pub fn scored_predictions_at(
+    kind: &TaskKind,
+    logits: &[f64],
+    num_labels: usize,
+    threshold: f64,
+) -> Result<Vec<Prediction>> {
+    if let Some(problem) = threshold_problem(threshold) {
+        return Err(Error::invalid("threshold", problem));
+    }
     check_logits(kind, logits, num_labels)?;
     // Probabilities from an infinite or NaN logit would be NaN: named instead.
     if let Some(why) = non_finite_logit(logits, num_labels) {
@@ -99,7 +124,7 @@ pub fn scored_predictions(
         .map(|row| match kind {
             TaskKind::Regression => Prediction::Score(row[0]),
             TaskKind::MultiLabel { .. } => Prediction::LabelSet {
-                classes: predicted_set(row),
+                classes: predicted_set(row, threshold),
                 probabilities: row.iter().map(|&z| sigmoid(z)).collect(),
             },
             TaskKind::Classification { .. } => {
@@ -198,6 +223,16 @@ mod tests {
         };
         assert_eq!(classes, &[1, 2]);
         assert_eq!(probabilities[..2], [0.0, 1.0]);
+        // Another threshold: the classes above it, compared in logits (σ(2) ≈ 0.881).
+        let p = scored_predictions_at(&multi, &[2.0, -1.0, 0.0], 3, 0.88).unwrap();
+        assert!(matches!(&p[0], Prediction::LabelSet { classes, .. } if classes == &[0]));
+        let p = scored_predictions_at(&multi, &[2.0, -1.0, 0.0], 3, 0.89).unwrap();
+        assert!(matches!(&p[0], Prediction::LabelSet { classes, .. } if classes.is_empty()));
+        let p = scored_predictions_at(&multi, &[2.0, -1.0, 0.0], 3, 0.25).unwrap();
+        assert!(matches!(&p[0], Prediction::LabelSet { classes, .. } if classes == &[0, 1, 2]));
+        for bad in [0.0, 1.0, f64::NAN, -0.5] {
+            assert!(scored_predictions_at(&multi, &[2.0, -1.0, 0.0], 3, bad).is_err());
+        }
         // Non-finite logits have no probabilities: named, not NaN.
         let e = scored_predictions(&kind, &[1.0, 2.0, 3.0, f64::INFINITY, 0.0, 1.0], 3)
             .unwrap_err()

@@ -1,7 +1,7 @@
 //! Predictions for texts held in memory, the shortest way from strings to answers for a
 //! program that embeds a trained model.
 
-use super::{infer, scored_predictions, EncodedDataset, Prediction};
+use super::{infer, scored_predictions_at, EncodedDataset, Prediction};
 use crate::backend::Backend;
 use crate::data::{Dataset, Example, TaskKind};
 use crate::error::Result;
@@ -69,5 +69,10 @@ fn predict_examples<B: Backend>(
     }
     let encoded = EncodedDataset::new(tokenizer, &data)?;
     let outputs = infer(backend, model, &encoded, batch_size)?;
-    scored_predictions(&encoded.kind, &outputs.logits, k)
+    scored_predictions_at(
+        &encoded.kind,
+        &outputs.logits,
+        k,
+        model.decision_threshold(),
+    )
 }

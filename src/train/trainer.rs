@@ -929,9 +929,19 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 dev: dev.as_ref().map(|(d, _)| d),
                 max_len: tokenizer.max_len(),
                 device: self.backend.name(),
-                best_metric: self.config.best_metric.clone().unwrap_or_else(|| {
-                    crate::metrics::main_metric_name(c.task, &train.kind).to_string()
-                }),
+                best_metric: {
+                    let name = self.config.best_metric.clone().unwrap_or_else(|| {
+                        crate::metrics::main_metric_name(c.task, &train.kind).to_string()
+                    });
+                    // Another threshold scores other sets, and may pick another best: a
+                    // setting of its own where it is not the default.
+                    match self.model.decision_threshold() {
+                        t if train.kind.is_multi_label() && t != 0.5 => {
+                            format!("{name} (decision threshold {t})")
+                        }
+                        _ => name,
+                    }
+                },
             },
         );
         Ok(RunPlan {
