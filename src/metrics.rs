@@ -19,6 +19,12 @@ pub const METRIC_NAMES: [&str; 8] = [
 
 /// Fraction of equal predictions; NaN when the slices differ in length (no pairing).
 pub fn accuracy(pred: &[u32], gold: &[u32]) -> f64 {
+    fraction_equal(pred, gold)
+}
+
+/// Fraction of predictions equal to their gold value; NaN when the slices differ in length,
+/// 0 when empty.
+fn fraction_equal<T: PartialEq>(pred: &[T], gold: &[T]) -> f64 {
     if pred.len() != gold.len() {
         return f64::NAN;
     }
@@ -184,13 +190,7 @@ pub fn macro_f1(pred: &[Vec<u32>], gold: &[Vec<u32>], classes: usize) -> f64 {
 /// Fraction of examples whose predicted set of classes is exactly the true one (scikit-
 /// learn's `accuracy_score` on multi-label data); NaN when the slices differ in length.
 pub fn subset_accuracy(pred: &[Vec<u32>], gold: &[Vec<u32>]) -> f64 {
-    if pred.len() != gold.len() {
-        return f64::NAN;
-    }
-    if gold.is_empty() {
-        return 0.0;
-    }
-    pred.iter().zip(gold).filter(|(p, g)| p == g).count() as f64 / gold.len() as f64
+    fraction_equal(pred, gold)
 }
 
 /// Predictions of a model on a labeled split.

@@ -83,9 +83,8 @@ impl AdapterHead {
     /// such a head by position ([`AdapterHead::check`]).
     pub fn default_kind_naming(&self, base_names: Option<Vec<String>>) -> TaskKind {
         let base_names = base_names.filter(|n| n.len() == self.outputs && self.outputs >= 2);
-        let labels = match (&self.labels, self.outputs) {
-            (Some(labels), _) => labels.clone(),
-            (None, _) if base_names.is_some() => base_names.unwrap_or_default(),
+        let labels = match (self.labels.clone().or(base_names), self.outputs) {
+            (Some(labels), _) => labels,
             (None, 1) if self.multi_label != Some(true) => return TaskKind::Regression,
             (None, n) => (0..n).map(|i| i.to_string()).collect(),
         };

@@ -86,7 +86,7 @@ impl Checkpoint {
     /// Whether `config.json`'s `problem_type` is `multi_label_classification`: the head, if
     /// any, scores each class on its own (a sigmoid each, any number of them true).
     pub fn is_multi_label(&self) -> bool {
-        self.config.problem_type.as_deref() == Some(MULTI_LABEL)
+        self.problem_is_multi_label() == Some(true)
     }
 
     /// Whether `problem_type` says multi-label (`true`) or names another problem, a

@@ -518,7 +518,7 @@ pub struct DataArgs {
     /// names or ids separated by commas (`joy,anger`; an empty field is the empty set), or
     /// a list (`["joy", "anger"]`, a JSON array in JSONL). The head has a sigmoid per class
     /// (binary cross-entropy, as transformers' `multi_label_classification`); a class is
-    /// predicted where its probability is above 0.5.
+    /// predicted where its probability is above 0.5 (or --threshold).
     #[arg(long, conflicts_with = "regression")]
     pub multi_label: bool,
     /// Multi-label: the probability above which a class is predicted, for eval's metrics,

@@ -101,22 +101,26 @@ impl PredictionTable<'_> {
             if let Some(line) = self.line(i) {
                 out.push_str(&format!(",\"line\":{line}"));
             }
+            // Every class's probability, keyed by its name in class order.
+            let by_class = |probabilities: &[f64]| {
+                let all: Vec<String> = probabilities
+                    .iter()
+                    .enumerate()
+                    .map(|(c, v)| format!("{}:{}", quote(&self.label(c)), number(*v)))
+                    .collect();
+                all.join(",")
+            };
             match p {
                 Prediction::Class {
                     class,
                     probability,
                     probabilities,
                 } => {
-                    let all: Vec<String> = probabilities
-                        .iter()
-                        .enumerate()
-                        .map(|(c, v)| format!("{}:{}", quote(&self.label(c)), number(*v)))
-                        .collect();
                     out.push_str(&format!(
                         ",\"label\":{},\"probability\":{},\"probabilities\":{{{}}}}}\n",
                         quote(&self.label(*class)),
                         number(*probability),
-                        all.join(",")
+                        by_class(probabilities)
                     ));
                 }
                 Prediction::LabelSet {
@@ -125,15 +129,10 @@ impl PredictionTable<'_> {
                 } => {
                     let names: Vec<String> =
                         classes.iter().map(|&c| quote(&self.label(c))).collect();
-                    let all: Vec<String> = probabilities
-                        .iter()
-                        .enumerate()
-                        .map(|(c, v)| format!("{}:{}", quote(&self.label(c)), number(*v)))
-                        .collect();
                     out.push_str(&format!(
                         ",\"labels\":[{}],\"probabilities\":{{{}}}}}\n",
                         names.join(","),
-                        all.join(",")
+                        by_class(probabilities)
                     ));
                 }
                 Prediction::Score(s) => out.push_str(&format!(",\"score\":{}}}\n", number(*s))),
@@ -184,11 +183,11 @@ impl PredictionTable<'_> {
         if has_lines {
             header.push("line".into());
         }
-        if classes > 0 && self.multi_label {
-            header.push("labels".into());
-            header.extend((0..classes).map(|c| format!("probability_{}", self.label(c))));
-        } else if classes > 0 {
-            header.extend(["label".to_string(), "probability".to_string()]);
+        if classes > 0 {
+            match self.multi_label {
+                true => header.push("labels".into()),
+                false => header.extend(["label".to_string(), "probability".to_string()]),
+            }
             header.extend((0..classes).map(|c| format!("probability_{}", self.label(c))));
         } else {
             header.push("score".into());

@@ -17,8 +17,9 @@ pub enum Prediction {
         /// Every class's probability.
         probabilities: Vec<f64>,
     },
-    /// Multi-label classification: the classes whose sigmoid is above one half (a positive
-    /// logit), ascending, none included, and every class's sigmoid, in class-id order.
+    /// Multi-label classification: the classes whose sigmoid is above the decision threshold
+    /// (one half, a positive logit, unless set), ascending, none included, and every class's
+    /// sigmoid, in class-id order.
     LabelSet {
         /// The predicted class ids.
         classes: Vec<usize>,
@@ -42,16 +43,6 @@ pub(crate) fn predicted_set(row: &[f64], threshold: f64) -> Vec<usize> {
 pub fn threshold_problem(threshold: f64) -> Option<String> {
     (!(threshold > 0.0 && threshold < 1.0))
         .then(|| format!("{threshold} is not a probability strictly between 0 and 1"))
-}
-
-/// `1 / (1 + e^−z)`, through `e^z` for negative `z` so that neither side overflows.
-pub(crate) fn sigmoid(z: f64) -> f64 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (1.0 + e)
-    }
 }
 
 /// Refuses logits that are not whole rows of a head that fits `kind`: `num_labels` outputs,
@@ -125,7 +116,10 @@ pub fn scored_predictions_at(
             TaskKind::Regression => Prediction::Score(row[0]),
             TaskKind::MultiLabel { .. } => Prediction::LabelSet {
                 classes: predicted_set(row, threshold),
-                probabilities: row.iter().map(|&z| sigmoid(z)).collect(),
+                probabilities: row
+                    .iter()
+                    .map(|&z| crate::backend::cpu::loss::sigmoid(z))
+                    .collect(),
             },
             TaskKind::Classification { .. } => {
                 let class = row

@@ -87,8 +87,9 @@ pub fn bce_with_logits_backward<T: Element>(d_loss: T, logits: &[T], targets: &[
         .collect()
 }
 
-/// `1 / (1 + e^−z)`, through `e^z` for negative `z` so that neither side overflows.
-fn sigmoid<T: Element>(z: T) -> T {
+/// `1 / (1 + e^−z)`, through `e^z` for negative `z` so that neither side overflows (also
+/// what a multi-label prediction's probabilities are).
+pub(crate) fn sigmoid<T: Element>(z: T) -> T {
     if z >= T::ZERO {
         T::ONE / (T::ONE + (T::ZERO - z).exp())
     } else {

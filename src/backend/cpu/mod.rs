@@ -17,7 +17,7 @@ pub mod gemm;
 mod lanes;
 mod layernorm;
 mod linear;
-mod loss;
+pub(crate) mod loss;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
 
