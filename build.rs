@@ -447,6 +447,9 @@ fn build_emulator(
         cmd.args([
             "-std=c++17",
             "-O2",
+            // The host compiler must not fuse a·b + c where the PTX has two rounded operations
+            // (GCC fuses by default where the target has FMA, e.g. aarch64 or -march=native).
+            "-ffp-contract=off",
             "-fPIC",
             "-shared",
             "-fvisibility=hidden",

@@ -5,6 +5,12 @@
 // 1 − f32(β₂) would be off by 1.3e-5 relative), as the CPU reference and torch do. Parameters and moments are f32 (master
 // weights); the gradient may be f32 or bf16. Updates p, m, v in place; a grid-stride loop.
 // adamw_list_* updates a whole TensorList in one launch, element for element as adamw_*.
+//
+// Every operation is an explicitly rounded intrinsic, in the CPU backend's order: a plain
+// `a * b + c` in PTX (mul.f32, add.f32 without .rn) lets ptxas fuse it into an FMA wherever
+// its scheduling likes, and on an H200 it fused the two entries differently, so the list
+// launch and the per-tensor launch disagreed in the last bit. Now both, the CPU stand-in and
+// the CPU backend's f32 step give the same bits.
 #include "common.cuh"
 #include "tensor_list.cuh"
 
@@ -18,10 +24,11 @@ template <typename G>
 __device__ __forceinline__ void adamw_element(float* p, const G* g, float* m, float* v, long i, float decay,
                                               const AdamWConstants& c) {
     float gi = load(g, i);
-    float pi = p[i] * decay;
-    float mi = c.beta1 * m[i] + c.one_minus_beta1 * gi;
-    float vi = c.beta2 * v[i] + c.one_minus_beta2 * gi * gi;
-    p[i] = pi - c.step_size * mi / (sqrtf(vi) / c.bias2_sqrt + c.eps);
+    float pi = __fmul_rn(p[i], decay);
+    float mi = __fadd_rn(__fmul_rn(c.beta1, m[i]), __fmul_rn(c.one_minus_beta1, gi));
+    float vi = __fadd_rn(__fmul_rn(c.beta2, v[i]), __fmul_rn(__fmul_rn(c.one_minus_beta2, gi), gi));
+    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.bias2_sqrt), c.eps);
+    p[i] = __fsub_rn(pi, __fdiv_rn(__fmul_rn(c.step_size, mi), denom));
     m[i] = mi;
     v[i] = vi;
 }

@@ -306,6 +306,11 @@ PY
     echo "FAILURES: ${#failed[@]}"
     for f in "${failed[@]}"; do echo "  FAIL $f"; done
     for f in "${unsupported[@]}"; do echo "  NOT SUPPORTED $f"; done
+    # The device tool brings back files of at most 16 MB: a failing assertion that prints a
+    # whole tensor once made the log larger than that, and it stayed on the machine.
+    if [ -n "${OUT:-}" ] && [ "$(wc -c <"$log")" -gt 15000000 ]; then
+        gzip -9f "$log" && echo "the log was large: $log.gz"
+    fi
     rm -rf "$bin"
     [ "${#failed[@]}" -eq 0 ]
 }
