@@ -11,7 +11,7 @@ use std::time::Instant;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use half::bf16;
 use spafit::backend::cuda::{gemm, CudaBackend, CudaBuffer, Driver};
-use spafit::backend::{Backend, LoraWeights};
+use spafit::backend::{Backend, LinearBackwardInputs, LinearGradRequest, LoraWeights};
 use spafit::rng::SplitMix;
 use spafit::tensor::{DType, Shape, Tensor};
 
@@ -142,5 +142,90 @@ fn main() {
             best.0,
             cublas_tflops.map_or("-".into(), |t| format!("{:.2}", best.0 / t))
         );
+    }
+    step_sweep(on_gpu, rounds, iters);
+}
+
+/// The three GEMM kinds of a linear map's training step: the forward `Y = X·Wᵀ` (operands
+/// K-major), the input gradient `dX = dY·W` and the weight gradient `dW = dYᵀ·X` (a reduction
+/// over all rows into a small output: where split-K matters).
+#[derive(Clone, Copy, Debug)]
+enum StepGemm {
+    Forward,
+    InputGrad,
+    WeightGrad,
+}
+
+/// The GEMMs of a BERT-base training step at batch 32 × 128 (4096 rows; the 768 × 768
+/// attention maps and the two FFN maps), in the step's own precision (`--dtype bf16`: f32
+/// activations and gradients, bf16 weights, bf16 tensor-core math), for every tile and
+/// split-K factor beside what the default rule picks: the data the rule is set from.
+fn step_sweep(on_gpu: bool, rounds: usize, iters: usize) {
+    let b = CudaBackend::hardware_or_emulated(DType::BF16).expect("a CUDA backend");
+    let (rows, maps): (usize, &[(usize, usize)]) = if on_gpu {
+        (4096, &[(768, 768), (3072, 768), (768, 3072)])
+    } else {
+        (96, &[(40, 72)])
+    };
+    let splits: &[usize] = if on_gpu { &[1, 2, 4, 8] } else { &[1, 3] };
+    println!(
+        "training-step GEMMs on {} ({rows} rows, f32 activations, bf16 weights); TFLOP/s",
+        b.name()
+    );
+    let mut rng = SplitMix::new(5);
+    for &(out, input) in maps {
+        let x = random(&b, &[rows, input], &mut rng);
+        let dy = random(&b, &[rows, out], &mut rng);
+        let w = b
+            .cast(&random(&b, &[out, input], &mut rng), b.frozen_dtype())
+            .unwrap();
+        for kind in [StepGemm::Forward, StepGemm::InputGrad, StepGemm::WeightGrad] {
+            let run = |be: &CudaBackend| match kind {
+                StepGemm::Forward => {
+                    be.linear_forward(&x, &w, None, None, None).unwrap();
+                }
+                StepGemm::InputGrad | StepGemm::WeightGrad => {
+                    let dw = matches!(kind, StepGemm::WeightGrad);
+                    let want = LinearGradRequest {
+                        dx: !dw,
+                        dw,
+                        ..Default::default()
+                    };
+                    let inputs = LinearBackwardInputs {
+                        dy: &dy,
+                        x: Some(&x),
+                        w: Some(&w),
+                        lora: None,
+                        x_lora: None,
+                        h: None,
+                    };
+                    be.linear_backward(inputs, want).unwrap();
+                }
+            };
+            let tflops = |seconds: f64| 2.0 * (rows * out * input) as f64 / seconds / 1e12;
+            let shape = format!("{kind:?} {rows}x{out}x{input}");
+            let default = tflops(time(&b, rounds, iters, || run(&b)));
+            let mut best = (0.0f64, String::new());
+            for tile in gemm::TILES {
+                for &split in splits {
+                    let bt = b
+                        .with_gemm_tile(tile.name)
+                        .and_then(|bt| bt.with_gemm_split(split))
+                        .unwrap();
+                    let t = tflops(time(&bt, rounds, iters, || run(&bt)));
+                    println!(
+                        "GS {shape:<28} {:<22} split {split:<2} {t:>8.1} TF",
+                        tile.name
+                    );
+                    if t > best.0 {
+                        best = (t, format!("{} split {split}", tile.name));
+                    }
+                }
+            }
+            println!(
+                "GS best {shape:<23} {:<31} {:>8.1} TF; the default rule {default:.1} TF",
+                best.1, best.0
+            );
+        }
     }
 }

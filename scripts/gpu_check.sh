@@ -248,7 +248,25 @@ run() {
     else
         echo "PyTorch + PEFT: not importable by $python, side-by-side skipped" | tee -a "$log"
     fi
-    stage "GEMM sweep" 45 env LD_LIBRARY_PATH="$(cublas_path)" "$bin/gpu_gemm"
+    stage "GEMM sweep" 60 env LD_LIBRARY_PATH="$(cublas_path)" "$bin/gpu_gemm"
+    if [ "$mode" = gpu ] && command -v ncu >/dev/null 2>&1; then
+        # Where a GEMM's time goes: one launch each of the tile every large GEMM uses (bf16
+        # operands, 4096×1024×1024) and of the weight-gradient kernel of the bench's step
+        # (f32 activations), with warp stalls, pipes and memory traffic, each report in a
+        # file of its own beside the log. ncu reads the counters only where the machine lets
+        # it (Firecracker yes, gVisor no).
+        local dir
+        dir=$(dirname "$log")
+        may_be_unsupported=1
+        for kernel in kk_128x128x32_w2x4_s3 mn_64x64x32_w2x2_s4; do
+            stage "GEMM profile $kernel (ncu_$kernel.txt)" 60 bash -c \
+                'ncu --clock-control none --kernel-name "regex:gemm_tc_$1" --launch-skip 1 --launch-count 1 \
+                    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+                    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
+                    "$2" >"$3" 2>&1 || { tail -n 5 "$3"; exit 1; }' _ "$kernel" "$bin/gpu_gemm" "$dir/ncu_$kernel.txt"
+        done
+        may_be_unsupported=0
+    fi
 
     # The device tool returns the last 12,000 characters: the one-line-per-check table goes to
     # a file beside the log, and what decides the run comes last.
@@ -262,6 +280,7 @@ run() {
         grep -v " cpu-" | sort >>"$table"
     echo
     grep -h "^GG " "$log"
+    grep -h "^GS best" "$log"
     echo
     echo "train step, random BERT-$shape, batch $batch x $seq, bf16 (spafit on $device, PyTorch on $torch_device):"
     printf "%-8s %14s %14s %12s %12s %8s\n" method "spafit ms" "PyTorch ms" "spafit MiB" "PyTorch MiB" speedup

@@ -1562,6 +1562,46 @@ fn cuda_adamw_in_f32_gives_the_cpu_backends_bits() {
     }
 }
 
+/// Every compiled tensor-core tile, forced onto every GEMM of the linear op (forward, fused
+/// dX, dW, dA, dB; the three operand layouts; split-K where the output is small), against the
+/// f64 reference: the default rule sends only large shapes to the large tiles, so without
+/// this a tile could be wrong and every other test pass. Shapes span more than one block of
+/// the largest tile in M and N, with ragged edges; K aligned for cp.async (136) and not (75).
+#[test]
+fn cuda_every_gemm_tile_matches_the_reference() {
+    let cases = [
+        LinearCase {
+            rows: 300,
+            input: 136,
+            output: 270,
+            rank: 8,
+            separate_lora_input: false,
+            scale: 2.0,
+        },
+        LinearCase {
+            rows: 150,
+            input: 75,
+            output: 130,
+            rank: 3,
+            separate_lora_input: true,
+            scale: 0.5,
+        },
+    ];
+    for tile in spafit::backend::cuda::gemm::TILES {
+        for storage in [false, true] {
+            let b = cuda(DType::BF16);
+            let b = if storage { b.with_bf16_storage() } else { b };
+            println!("tile {} (bf16 storage: {storage})", tile.name);
+            linear_cases(
+                &b.with_gemm_tile(tile.name).unwrap(),
+                1e-2,
+                cases,
+                ErrorScale::OfResult,
+            );
+        }
+    }
+}
+
 /// Ids and labels are read on the host (the vocabulary check, the embedding backward's
 /// grouping of positions) from the copy they were uploaded from, without waiting for the
 /// device; a u32 tensor built from a device buffer has no such copy and is downloaded.

@@ -201,6 +201,8 @@ pub struct CudaBackend {
     poison: bool,
     /// A GEMM tile configuration forced for every GEMM (benchmarks sweep them).
     gemm_tile: Option<&'static str>,
+    /// A split-K factor forced for every GEMM (benchmarks sweep them).
+    gemm_split: Option<usize>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -557,6 +559,7 @@ impl CudaBackend {
             precision,
             poison: false,
             gemm_tile: None,
+            gemm_split: None,
         })
     }
 
