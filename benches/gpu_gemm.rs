@@ -205,6 +205,8 @@ fn step_sweep(on_gpu: bool, rounds: usize, iters: usize) {
             let tflops = |seconds: f64| 2.0 * (rows * out * input) as f64 / seconds / 1e12;
             let shape = format!("{kind:?} {rows}x{out}x{input}");
             let default = tflops(time(&b, rounds, iters, || run(&b)));
+            let direct = b.with_gemm_precast(false);
+            let no_precast = tflops(time(&direct, rounds, iters, || run(&direct)));
             let mut best = (0.0f64, String::new());
             for tile in gemm::TILES {
                 for &split in splits {
@@ -223,7 +225,8 @@ fn step_sweep(on_gpu: bool, rounds: usize, iters: usize) {
                 }
             }
             println!(
-                "GS best {shape:<23} {:<31} {:>8.1} TF; the default rule {default:.1} TF",
+                "GS best {shape:<23} {:<31} {:>8.1} TF; the default rule {default:.1} TF \
+                 ({no_precast:.1} without the precast)",
                 best.1, best.0
             );
         }

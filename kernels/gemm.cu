@@ -304,7 +304,9 @@ __device__ void gemm_f32(const GemmParams& p) {
 
 // ---------------------------------------------------------------- split-K reduction
 
-// out[i] = alpha · Σ_z ws[z][i] (+ bias[i % n]), z in increasing order.
+// out[i] = alpha · Σ_z ws[z][i] (+ bias[i % n]), z in increasing order. The 64-bit division
+// and remainder that place an element (a hundred-odd instructions, more than the element's
+// memory traffic costs) run only where needed: a bias, or output rows that are not packed.
 template <typename T>
 __device__ void gemm_reduce(const float* ws, int split, long long count, int n, float alpha, const T* bias, T* out,
                             long long ldc) {
@@ -312,9 +314,13 @@ __device__ void gemm_reduce(const float* ws, int split, long long count, int n, 
         float s = 0.f;
         for (int z = 0; z < split; ++z) s += ws[z * count + i];
         float v = alpha * s;
-        const int col = static_cast<int>(i % n);
-        if (bias) v += load(bias, col);
-        store(out, (i / n) * ldc + col, v);
+        if (bias || ldc != n) {
+            const int col = static_cast<int>(i % n);
+            if (bias) v += load(bias, col);
+            store(out, (i / n) * ldc + col, v);
+        } else {
+            store(out, i, v);
+        }
     }
 }
 

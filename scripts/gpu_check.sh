@@ -62,6 +62,15 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])'
 }
 
+# A hash of the sources the bundle is built from. The bundle's staleness is judged by it, not
+# by git: the device tool's copy of the repository carries the files as they are here but
+# its git metadata as it was when the session began.
+source_hash() {
+    find kernels src benches tests build.rs Cargo.toml Cargo.lock -type f \
+        \( -name '*.rs' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cpp' -o -name 'Cargo.*' \) |
+        LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16
+}
+
 build() {
     set -e
     scripts/install_nvcc.sh >/dev/null
@@ -90,7 +99,7 @@ build() {
     for f in $programs; do
         [ -x "$staging/$f" ] || { tail -n 30 "$errors" >&2; echo "could not build $f" >&2; exit 1; }
     done
-    echo "profile $profile, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes')" \
+    echo "profile $profile, commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes'), sources $(source_hash)" \
         >"$staging/BUILD"
     rm -f "$archive" && mkdir -p "$(dirname "$archive")"
     tar -C "$staging" -cf - $programs BUILD | xz -T2 -6 >"$archive"
@@ -169,10 +178,9 @@ run() {
     }
     local device shape batch seq steps warmup
     echo "bundle: $(cat "$bin/BUILD")" | tee -a "$log"
-    # The repository travels with its history only where git does; without it, trust BUILD.
-    local head stale=""
-    if head=$(git rev-parse --short HEAD 2>/dev/null) && ! grep -q "commit $head\b" "$bin/BUILD"; then
-        stale="STALE BUNDLE: built at $(sed 's/.*commit //' "$bin/BUILD"), the checkout is at $head; rebuild it"
+    local stale=""
+    if ! grep -q "sources $(source_hash)$" "$bin/BUILD"; then
+        stale="STALE BUNDLE: built from other sources than this checkout's ($(cat "$bin/BUILD")); rebuild it"
         echo "$stale" | tee -a "$log"
     fi
     if [ "$mode" = gpu ]; then
@@ -251,14 +259,14 @@ run() {
     stage "GEMM sweep" 60 env LD_LIBRARY_PATH="$(cublas_path)" "$bin/gpu_gemm"
     if [ "$mode" = gpu ] && command -v ncu >/dev/null 2>&1; then
         # Where a GEMM's time goes: one launch each of the tile every large GEMM uses (bf16
-        # operands, 4096×1024×1024) and of the weight-gradient kernel of the bench's step
-        # (f32 activations), with warp stalls, pipes and memory traffic, each report in a
+        # operands, 4096×1024×1024) and of the weight-gradient layout of the bench's step,
+        # with warp stalls, pipes and memory traffic, each report in a
         # file of its own beside the log. ncu reads the counters only where the machine lets
         # it (Firecracker yes, gVisor no).
         local dir
         dir=$(dirname "$log")
         may_be_unsupported=1
-        for kernel in kk_128x128x32_w2x4_s3 mn_64x64x32_w2x2_s4; do
+        for kernel in kk_128x128x64_w2x4_s3 mn_128x128x64_w2x4_s3; do
             stage "GEMM profile $kernel (ncu_$kernel.txt)" 60 bash -c \
                 'ncu --clock-control none --kernel-name "regex:gemm_tc_$1" --launch-skip 1 --launch-count 1 \
                     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \

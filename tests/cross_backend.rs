@@ -1562,6 +1562,53 @@ fn cuda_adamw_in_f32_gives_the_cpu_backends_bits() {
     }
 }
 
+/// A re-read f32 operand is rounded to bf16 by the cast kernel before the GEMM (so that the
+/// kernel streams it asynchronously) with the rounding the kernel itself applies when it stages
+/// f32: every result of the linear op, forward and backward, with LoRA, has the same bits
+/// either way. The shapes are large enough for the rounding pass to run (operands of 64 Ki
+/// elements or more, read by two or more blocks), which the launch count shows.
+#[test]
+fn cuda_gemm_precast_gives_the_same_bits() {
+    let mut rng = SplitMix::new(2024);
+    let b = cuda(DType::BF16);
+    let c = LinearCase {
+        rows: 384,
+        input: 256,
+        output: 272,
+        rank: 8,
+        separate_lora_input: true,
+        scale: 2.0,
+    };
+    let mut operand = |dims: &[usize]| stored(&b, dims, &nonzero(&mut rng, dims.iter().product()));
+    let o = LinearOperands {
+        case: c,
+        x: operand(&[c.rows, c.input]),
+        x_lora: operand(&[c.rows, c.input]),
+        w: operand(&[c.output, c.input]),
+        bias: operand(&[c.output]),
+        a: operand(&[c.rank, c.input]),
+        b: operand(&[c.output, c.rank]),
+        dy: operand(&[c.rows, c.output]),
+    };
+    let bits_of = |be: &CudaBackend| -> (Vec<Vec<u64>>, u64) {
+        let before = be.launches();
+        let results = linear_results(be, &o, None);
+        let launches = be.launches() - before;
+        let bits = results
+            .into_iter()
+            .map(|(_, v)| v.into_iter().map(f64::to_bits).collect())
+            .collect();
+        (bits, launches)
+    };
+    let (direct, direct_launches) = bits_of(&b.with_gemm_precast(false));
+    let (precast, precast_launches) = bits_of(&b);
+    assert!(
+        precast_launches > direct_launches,
+        "no operand was rounded first ({precast_launches} launches against {direct_launches})"
+    );
+    assert_eq!(bit_difference(&precast, &direct), None);
+}
+
 /// Every compiled tensor-core tile, forced onto every GEMM of the linear op (forward, fused
 /// dX, dW, dA, dB; the three operand layouts; split-K where the output is small), against the
 /// f64 reference: the default rule sends only large shapes to the large tiles, so without

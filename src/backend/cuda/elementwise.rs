@@ -1,7 +1,7 @@
 //! Launchers of `kernels/elementwise.cu`: GELU, tanh, ReLU, residual add, in-place accumulate and
 //! scale, sums of squares, dropout, f32 ↔ bf16 casts.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, SyncOnDrop};
 use half::bf16;
 
 use super::tensor_list::{self, ListEntry};
@@ -270,6 +270,26 @@ pub(super) fn dropout(
     })
 }
 
+/// The first `n` elements of `x` rounded to bf16 (nearest even): the rounding the GEMM
+/// applies to the f32 operands it stages itself.
+pub(super) fn round_to_bf16(
+    b: &CudaBackend,
+    x: &CudaSlice<f32>,
+    n: usize,
+) -> Result<CudaSlice<bf16>> {
+    let mut y = b.output::<bf16>(n)?;
+    launch!(
+        b,
+        MODULE,
+        "cast_f32_to_bf16",
+        grid_for(n),
+        x,
+        &mut y,
+        &(n as i64)
+    );
+    Ok(y)
+}
+
 /// `t` converted to `dtype` (f32 ↔ bf16; round to nearest even into bf16), on the device.
 pub(super) fn cast(
     b: &CudaBackend,
@@ -278,19 +298,7 @@ pub(super) fn cast(
 ) -> Result<Tensor<CudaBackend>> {
     let n = t.numel();
     let buf = match (t.buffer(), dtype) {
-        (CudaBuffer::F32(x), DType::BF16) => {
-            let mut y = b.output::<bf16>(n)?;
-            launch!(
-                b,
-                MODULE,
-                "cast_f32_to_bf16",
-                grid_for(n),
-                x,
-                &mut y,
-                &(n as i64)
-            );
-            CudaBuffer::BF16(y)
-        }
+        (CudaBuffer::F32(x), DType::BF16) => CudaBuffer::BF16(round_to_bf16(b, x, n)?),
         (CudaBuffer::BF16(x), DType::F32) => {
             let mut y = b.output::<f32>(n)?;
             launch!(

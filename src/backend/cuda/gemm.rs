@@ -196,17 +196,26 @@ pub fn tile(name: &str) -> Option<Tile> {
     TILES.iter().copied().find(|t| t.name == name)
 }
 
-/// The default tile for an `m × n` output: the largest tile that still gives one block per
-/// SM of an H100/H200 (132) or more, else the smallest. Until a GPU sweep has measured the
-/// candidates, this rule is a guess, and the GPU check's sweep is what should replace it.
+/// The tile every output of at least 128 × 128 gets: on an H200 (NOTES.md, 2026-12-04) it
+/// was the fastest, or within 4% of it, for every GEMM of a BERT-base step (forward, dX and,
+/// with split-K filling the GPU, dW) and in the square sweep.
+const LARGE_TILE: &str = "128x128x64_w2x4_s3";
+
+/// Block slots of an H100/H200 for the large tile: 132 SMs × 2 resident blocks (its
+/// registers and shared memory allow two; ncu on an H200). A constant rather than the
+/// device's SM count: the split, and so the rounding of a result, must not depend on the GPU.
+const LARGE_TILE_SLOTS: usize = 264;
+
+/// The default tile for an `m × n` output: the large tile when the output has its size,
+/// else the largest smaller tile that still gives one block per SM of an H100/H200 (132),
+/// else the smallest.
 fn default_tile(m: usize, n: usize) -> Tile {
     let blocks = |t: &Tile| m.div_ceil(t.bm) * n.div_ceil(t.bn);
     let pick = |name| tile(name).expect("a compiled tile");
-    for name in [
-        "128x128x32_w2x4_s3",
-        "128x64x32_w2x2_s4",
-        "64x128x32_w2x2_s4",
-    ] {
+    if m >= 128 && n >= 128 {
+        return pick(LARGE_TILE);
+    }
+    for name in ["128x64x32_w2x2_s4", "64x128x32_w2x2_s4"] {
         let t = pick(name);
         if m >= t.bm && n >= t.bn && blocks(&t) >= 132 {
             return t;
@@ -215,10 +224,32 @@ fn default_tile(m: usize, n: usize) -> Tile {
     pick("64x64x32_w2x2_s4")
 }
 
-/// Splits of the reduction for an output of `blocks` tiles over `k_tiles` k-tiles: only when
-/// the output alone would leave most of the GPU idle (the `dA`, `dB`, `dW` reductions over
-/// all rows). A function of the shape only, so results never depend on the device.
-fn split_for(blocks: usize, k_tiles: usize) -> usize {
+/// Splits of the reduction for an output of `blocks` tiles of `tile` over `k_tiles` k-tiles.
+/// A function of the shape only, so results never depend on the device.
+///
+/// The large tile splits a long reduction (32 k-tiles or more: the 4096-row weight gradients,
+/// K = 3072 products) whose output fills less than the GPU's block slots, into the 1, 2, 4 or 8
+/// slices that fill the slots' waves best, the fewer on a tie (each slice costs a pass over
+/// an f32 workspace). On an H200 this picked the measured best split for all nine GEMM shapes
+/// of a BERT-base step. Smaller tiles split only outputs of under 64 blocks (the `dA` and
+/// `dB` reductions over all rows).
+fn split_for(tile: Option<Tile>, blocks: usize, k_tiles: usize) -> usize {
+    if tile.is_some_and(|t| t.name == LARGE_TILE) {
+        if blocks >= LARGE_TILE_SLOTS || k_tiles < 32 {
+            return 1;
+        }
+        let filled = |split: usize| {
+            let n = blocks * split;
+            n as f64 / (n.div_ceil(LARGE_TILE_SLOTS) * LARGE_TILE_SLOTS) as f64
+        };
+        return [2, 4, 8].into_iter().fold(1, |best, split| {
+            if filled(split) > filled(best) * 1.01 {
+                split
+            } else {
+                best
+            }
+        });
+    }
     if blocks >= 64 {
         return 1;
     }
@@ -229,6 +260,9 @@ fn split_for(blocks: usize, k_tiles: usize) -> usize {
 
 /// The most slices a reduction is split into.
 const MAX_SPLIT: usize = 32;
+
+/// The fewest elements of an f32 operand worth rounding to bf16 in a launch of its own.
+const PRECAST_MIN_ELEMENTS: usize = 1 << 16;
 
 /// A float device buffer of either storage dtype.
 #[derive(Clone, Copy)]
@@ -324,6 +358,31 @@ impl Gemm<'_> {
                 None => default_tile(m, n),
             })
         };
+        // An f32 operand the kernel rounds to bf16 itself goes through registers with
+        // synchronous loads whose latency nothing hides (on an H200, 65% of the stall cycles of
+        // the bench step's weight-gradient GEMM). One that two or more blocks read (along the
+        // output's other dimension) is rounded to bf16 in a pass of its own first, with the
+        // same rounding, so the kernel streams it with cp.async and the result has the same
+        // bits. Not for small operands, whose extra launch would cost more than it saves.
+        let rounded = self
+            .segments
+            .iter()
+            .map(|(a, bo, _)| -> Result<_> {
+                let round = |o: &Operand<'_>, readers: usize| match (tile, o.buf) {
+                    (Some(_), Buf::F32(s))
+                        if b.gemm_precast
+                            && readers >= 2
+                            && o.ld.is_multiple_of(8)
+                            && s.len() >= PRECAST_MIN_ELEMENTS =>
+                    {
+                        super::elementwise::round_to_bf16(b, s, s.len()).map(Some)
+                    }
+                    _ => Ok(None),
+                };
+                let (bm, bn) = tile.map_or((1, 1), |t| (t.bm, t.bn));
+                Ok((round(a, n.div_ceil(bn))?, round(bo, m.div_ceil(bm))?))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let (bm, bn, bk, threads) = match tile {
             Some(t) => (t.bm, t.bn, t.bk, t.threads()),
             None => (64, 64, 16, 256),
@@ -334,7 +393,7 @@ impl Gemm<'_> {
         // lowered below it (SPAFIT_EMU_MAX_GRID_Z), and then fewer slices run.
         let split = b
             .gemm_split
-            .unwrap_or_else(|| split_for(blocks, k_tiles))
+            .unwrap_or_else(|| split_for(tile, blocks, k_tiles))
             .min(k_tiles.max(1))
             .min(b.device.max_grid_z);
         let mut out = b.output::<T>(m * n)?;
@@ -357,9 +416,13 @@ impl Gemm<'_> {
             // Raw pointers go into the parameter struct; the guards keep cudarc's stream
             // bookkeeping alive until the launch is queued.
             let mut guards = Vec::new();
-            for (i, (a, bo, k)) in self.segments.iter().enumerate() {
-                let (pa, ga) = a.buf.ptr(stream);
-                let (pb, gb) = bo.buf.ptr(stream);
+            for (i, ((a, bo, k), (a_rounded, b_rounded))) in
+                self.segments.iter().zip(&rounded).enumerate()
+            {
+                let a_buf = a_rounded.as_ref().map_or(a.buf, Buf::Bf16);
+                let b_buf = b_rounded.as_ref().map_or(bo.buf, Buf::Bf16);
+                let (pa, ga) = a_buf.ptr(stream);
+                let (pb, gb) = b_buf.ptr(stream);
                 guards.push(ga);
                 guards.push(gb);
                 p.a[i] = pa;
@@ -367,10 +430,10 @@ impl Gemm<'_> {
                 p.lda[i] = a.ld as i64;
                 p.ldb[i] = bo.ld as i64;
                 p.k[i] = *k as i32;
-                if a.buf.is_bf16() {
+                if a_buf.is_bf16() {
                     p.flags |= if i == 0 { A0_BF16 } else { A1_BF16 };
                 }
-                if bo.buf.is_bf16() {
+                if b_buf.is_bf16() {
                     p.flags |= if i == 0 { B0_BF16 } else { B1_BF16 };
                 }
             }
@@ -662,6 +725,16 @@ impl CudaBackend {
             gemm_tile: Some(t.name),
             ..self.clone()
         })
+    }
+
+    /// The same device with re-read f32 GEMM operands rounded to bf16 in a pass of their own
+    /// before the GEMM (`true`, the default) or rounded by the GEMM kernel as it stages them
+    /// (`false`): the same bits either way, and the GPU check's microbenchmark times both.
+    pub fn with_gemm_precast(&self, on: bool) -> Self {
+        CudaBackend {
+            gemm_precast: on,
+            ..self.clone()
+        }
     }
 
     /// The same device with every GEMM's reduction split `split` ways (1 to 32; never more

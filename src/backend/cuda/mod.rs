@@ -203,6 +203,8 @@ pub struct CudaBackend {
     gemm_tile: Option<&'static str>,
     /// A split-K factor forced for every GEMM (benchmarks sweep them).
     gemm_split: Option<usize>,
+    /// Whether GEMMs round re-read f32 operands to bf16 before they start (see gemm.rs).
+    gemm_precast: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -560,6 +562,7 @@ impl CudaBackend {
             poison: false,
             gemm_tile: None,
             gemm_split: None,
+            gemm_precast: true,
         })
     }
 
