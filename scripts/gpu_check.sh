@@ -26,6 +26,8 @@
 #                                  6. the fused-LoRA GEMM at 4096×1024×1024, 4096×4096×1024
 #                                     and 4096×1024×4096 for every tile configuration beside
 #                                     cuBLAS.
+#                                  7. ncu on two GEMM kernels (skipped with
+#                                     GPU_CHECK_NO_PROFILE=1, for a short last window).
 #                                  Every stage has its own time limit, and all of them together
 #                                  stay inside $GPU_CHECK_BUDGET seconds (default 420), so the
 #                                  call ends with its summary inside the device tool's 600 s
@@ -257,7 +259,7 @@ run() {
         echo "PyTorch + PEFT: not importable by $python, side-by-side skipped" | tee -a "$log"
     fi
     stage "GEMM sweep" 60 env LD_LIBRARY_PATH="$(cublas_path)" "$bin/gpu_gemm"
-    if [ "$mode" = gpu ] && command -v ncu >/dev/null 2>&1; then
+    if [ "$mode" = gpu ] && [ -z "${GPU_CHECK_NO_PROFILE:-}" ] && command -v ncu >/dev/null 2>&1; then
         # Where a GEMM's time goes: one launch each of the tile every large GEMM uses (bf16
         # operands, 4096×1024×1024) and of the weight-gradient layout of the bench's step,
         # with warp stalls, pipes and memory traffic, each report in a

@@ -20,8 +20,8 @@ use cudarc::driver::{
 use half::bf16;
 
 use super::{
-    columns, driver, grid_for, kernel_int, launch, tensor, view, with_float, CudaBackend,
-    CudaBuffer, CudaFloat, Precision,
+    columns, driver, grid_for, kernel_int, launch, tensor, view, with_float, CudaBackend, CudaBuffer,
+    CudaFloat, Precision,
 };
 use crate::backend::shapes::{self, LinearDims};
 use crate::backend::{
@@ -630,11 +630,28 @@ pub(super) fn linear_backward(
     };
     let wrap = |shape: Shape, buf| Tensor::from_buffer(shape, buf);
     let dy = inp.dy;
+    // dY feeds both dX and dW (and the LoRA products): where the GEMMs would round an f32 dY
+    // to bf16 (see `Gemm::run_into`), it is rounded once for all of them, with the same
+    // rounding, so the results keep their bits. The bias gradient sums the f32 dY.
+    let dy_rounded = match dy.buffer() {
+        CudaBuffer::F32(_)
+            if want.dx
+                && want.dw
+                && b.gemm_precast
+                && b.precision != Precision::F32
+                && output.is_multiple_of(8)
+                && dy.numel() >= PRECAST_MIN_ELEMENTS =>
+        {
+            Some(super::elementwise::cast(b, dy, DType::BF16)?)
+        }
+        _ => None,
+    };
+    let dy_gemm = dy_rounded.as_ref().unwrap_or(dy);
     let mut g = LinearGrads::default();
     // G = s·dY·B: [rows, r], the adapter's bottleneck gradient, shared by dX, dX_lora, dA.
     let bottleneck = match &inp.lora {
         Some(l) if want.dlora_a || want.dlora_input || fused_lora => {
-            let seg = vec![(operand(dy, output)?, operand(l.b, rank)?, output)];
+            let seg = vec![(operand(dy_gemm, output)?, operand(l.b, rank)?, output)];
             Some(wrap(
                 Shape::new([rows, rank]),
                 gemm(Layout::Kn, rows, rank, seg, l.scale).run(b)?,
@@ -644,7 +661,7 @@ pub(super) fn linear_backward(
     };
     if want.dx {
         let w = require("dX", "weight", inp.w)?;
-        let mut segments = vec![(operand(dy, output)?, operand(w, input)?, output)];
+        let mut segments = vec![(operand(dy_gemm, output)?, operand(w, input)?, output)];
         if fused_lora {
             let (l, gb) = (
                 inp.lora.as_ref().expect("checked"),
@@ -670,7 +687,7 @@ pub(super) fn linear_backward(
     }
     if want.dw {
         let x = require("dW", "x", inp.x)?;
-        let seg = vec![(operand(dy, output)?, operand(x, input)?, rows)];
+        let seg = vec![(operand(dy_gemm, output)?, operand(x, input)?, rows)];
         g.dw = Some(wrap(
             Shape::new([output, input]),
             gemm(Layout::Mn, output, input, seg, 1.0).run(b)?,
@@ -688,7 +705,7 @@ pub(super) fn linear_backward(
     if want.dlora_b {
         let l = inp.lora.as_ref().expect("checked");
         let h = require("dB", "h", inp.h)?;
-        let seg = vec![(operand(dy, output)?, operand(h, rank)?, rows)];
+        let seg = vec![(operand(dy_gemm, output)?, operand(h, rank)?, rows)];
         g.dlora_b = Some(wrap(
             Shape::new([output, rank]),
             gemm(Layout::Mn, output, rank, seg, l.scale).run(b)?,
