@@ -227,15 +227,18 @@ fn default_tile(m: usize, n: usize) -> Tile {
 /// Splits of the reduction for an output of `blocks` tiles of `tile` over `k_tiles` k-tiles.
 /// A function of the shape only, so results never depend on the device.
 ///
-/// The large tile splits a long reduction (32 k-tiles or more: the 4096-row weight gradients,
-/// K = 3072 products) whose output fills less than the GPU's block slots, into the 1, 2, 4 or 8
-/// slices that fill the slots' waves best, the fewer on a tie (each slice costs a pass over
-/// an f32 workspace). On an H200 this picked the measured best split for all nine GEMM shapes
-/// of a BERT-base step. Smaller tiles split only outputs of under 64 blocks (the `dA` and
-/// `dB` reductions over all rows).
+/// The large tile splits a long reduction (32 k-tiles or more) whose output is fewer blocks
+/// than the GPU has SMs into the 1, 2, 4 or 8 slices that fill the block slots' waves best,
+/// the fewer on a tie (each slice costs a pass over an f32 workspace). Measured on an H200
+/// (NOTES.md, 2026-12-04, the fourth call): outputs of 132 blocks or more ran fastest
+/// unsplit or within 3% of it (4096×768 from K = 3072: 155–170 TFLOP/s unsplit, 135 split 4),
+/// the 768×768 weight gradient from 4096 rows (36 blocks) best split 4 (76 against 50);
+/// on the nine GEMMs of a BERT-base step this rule is within 3% of the large tile's best
+/// split. Smaller tiles split only outputs of under 64 blocks (the `dA` and `dB` reductions
+/// over all rows).
 fn split_for(tile: Option<Tile>, blocks: usize, k_tiles: usize) -> usize {
     if tile.is_some_and(|t| t.name == LARGE_TILE) {
-        if blocks >= LARGE_TILE_SLOTS || k_tiles < 32 {
+        if blocks >= LARGE_TILE_SLOTS / 2 || k_tiles < 32 {
             return 1;
         }
         let filled = |split: usize| {
