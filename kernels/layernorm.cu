@@ -4,7 +4,7 @@
 // block_sum trees. Writes y, mean[row], rstd[row] (mean/rstd always f32).
 // Backward: dx — one block per row, two block sums (mean of g = dy·γ and of g·x̂);
 // dγ, dβ — column reductions over rows in the bias_grad pattern (32×8 threads per 32
-// columns, fixed order). Every output is assigned; no atomics.
+// columns and a fixed chunk of rows, fixed order). Every output is assigned; no atomics.
 #include "common.cuh"
 
 template <typename T>
@@ -52,19 +52,25 @@ __device__ void ln_backward_input(const T* dy, const T* x, const float* mean, co
     }
 }
 
-// dγ[c] = Σ_r dy[r,c]·x̂[r,c] and dβ[c] = Σ_r dy[r,c]; either output may be null.
+// dγ[c] = Σ_r dy[r,c]·x̂[r,c] and dβ[c] = Σ_r dy[r,c]; either output may be null. Rows come in
+// chunks (blockIdx.y) as in bias_grad.cu: with one chunk the block stores the sums, with several
+// it writes f32 partials per chunk ([chunk][n], part_g for dγ and part_b for dβ) that
+// column_chunks_sum_* adds in order.
 template <typename T>
 __device__ void ln_backward_params(const T* dy, const T* x, const float* mean, const float* rstd,
-                                   T* dgamma, T* dbeta, int rows, int n) {
+                                   T* dgamma, T* dbeta, float* part_g, float* part_b, int rows, int n,
+                                   int rows_per_chunk) {
     __shared__ float pg[8][33];
     __shared__ float pb[8][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    const int r0 = blockIdx.y * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
+    const bool want_g = dgamma || part_g;  // dγ requested: x, mean and rstd are read
     float ag = 0.f, ab = 0.f;
     if (c < n) {
-        for (int r = threadIdx.y; r < rows; r += 8) {
+        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
             float g = load(dy, (long)r * n + c);
             ab += g;
-            if (dgamma) ag += g * (load(x, (long)r * n + c) - mean[r]) * rstd[r];
+            if (want_g) ag += g * (load(x, (long)r * n + c) - mean[r]) * rstd[r];
         }
     }
     pg[threadIdx.y][threadIdx.x] = ag;
@@ -78,8 +84,15 @@ __device__ void ln_backward_params(const T* dy, const T* x, const float* mean, c
         __syncthreads();
     }
     if (threadIdx.y == 0 && c < n) {
-        if (dgamma) store(dgamma, c, pg[0][threadIdx.x]);
-        if (dbeta) store(dbeta, c, pb[0][threadIdx.x]);
+        const long at = (long)blockIdx.y * n + c;
+        if (part_g)
+            part_g[at] = pg[0][threadIdx.x];
+        else if (dgamma)
+            store(dgamma, c, pg[0][threadIdx.x]);
+        if (part_b)
+            part_b[at] = pb[0][threadIdx.x];
+        else if (dbeta)
+            store(dbeta, c, pb[0][threadIdx.x]);
     }
 }
 
@@ -97,8 +110,11 @@ __device__ void ln_backward_params(const T* dy, const T* x, const float* mean, c
     extern "C" __global__ void layernorm_backward_params_##S(const T* dy, const T* x,            \
                                                              const float* mean,                  \
                                                              const float* rstd, T* dgamma,       \
-                                                             T* dbeta, int rows, int n) {        \
-        ln_backward_params(dy, x, mean, rstd, dgamma, dbeta, rows, n);                           \
+                                                             T* dbeta, float* part_g,            \
+                                                             float* part_b, int rows, int n,     \
+                                                             int rows_per_chunk) {               \
+        ln_backward_params(dy, x, mean, rstd, dgamma, dbeta, part_g, part_b, rows, n,            \
+                           rows_per_chunk);                                                      \
     }
 
 LAYERNORM_ENTRIES(float, f32)

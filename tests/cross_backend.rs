@@ -144,84 +144,93 @@ fn assert_sums_of_squares_one_by_one<B: Backend>(
     );
 }
 
+/// Forward and backward on a short batch (one chunk of rows for dγ, dβ) and a taller one (its
+/// column sums in several chunks of rows, added by a second pass), where dβ is also asked for
+/// alone (BitFit trains a LayerNorm's β without its γ).
 fn layernorm<B: Backend>(b: &B, tol: f64) {
     let r = reference();
     let mut rng = SplitMix::new(1);
-    let (rows, n) = (37, 129);
-    let x = stored(b, &[rows, n], &nonzero(&mut rng, rows * n));
-    let g = stored(b, &[n], &nonzero(&mut rng, n));
-    let beta = stored(b, &[n], &nonzero(&mut rng, n));
-    let dy = stored(b, &[rows, n], &nonzero(&mut rng, rows * n));
-    let want = r
-        .layernorm_forward(
-            &up(&r, &[rows, n], &x),
-            &up(&r, &[n], &g),
-            &up(&r, &[n], &beta),
-            1e-5,
-        )
-        .unwrap();
-    let got = b
-        .layernorm_forward(
-            &up(b, &[rows, n], &x),
-            &up(b, &[n], &g),
-            &up(b, &[n], &beta),
-            1e-5,
-        )
-        .unwrap();
-    check(b, "layernorm.y", &down(b, &got.y), &down(&r, &want.y), tol);
-    check(
-        b,
-        "layernorm.rstd",
-        &down(b, &got.rstd),
-        &down(&r, &want.rstd),
-        tol,
-    );
-    let all = LayerNormGradRequest {
-        dx: true,
-        dgamma: true,
-        dbeta: true,
-    };
-    let wg = r
-        .layernorm_backward(
-            &up(&r, &[rows, n], &dy),
-            Some(&up(&r, &[rows, n], &x)),
-            Some(&want.mean),
-            Some(&want.rstd),
-            Some(&up(&r, &[n], &g)),
-            all,
-        )
-        .unwrap();
-    let gg = b
-        .layernorm_backward(
-            &up(b, &[rows, n], &dy),
-            Some(&up(b, &[rows, n], &x)),
-            Some(&got.mean),
-            Some(&got.rstd),
-            Some(&up(b, &[n], &g)),
-            all,
-        )
-        .unwrap();
-    check(
-        b,
-        "layernorm.dx",
-        &down(b, gg.dx.as_ref().unwrap()),
-        &down(&r, wg.dx.as_ref().unwrap()),
-        tol,
-    );
-    check(
-        b,
-        "layernorm.dgamma",
-        &down(b, gg.dgamma.as_ref().unwrap()),
-        &down(&r, wg.dgamma.as_ref().unwrap()),
-        tol,
-    );
-    check(
-        b,
-        "layernorm.dbeta",
-        &down(b, gg.dbeta.as_ref().unwrap()),
-        &down(&r, wg.dbeta.as_ref().unwrap()),
-        tol,
-    );
+    for (rows, n) in [(37, 129), (300, 77)] {
+        let tag = |what: &str| format!("layernorm.{what}/{rows}x{n}");
+        let x = stored(b, &[rows, n], &nonzero(&mut rng, rows * n));
+        let g = stored(b, &[n], &nonzero(&mut rng, n));
+        let beta = stored(b, &[n], &nonzero(&mut rng, n));
+        let dy = stored(b, &[rows, n], &nonzero(&mut rng, rows * n));
+        let want = r
+            .layernorm_forward(
+                &up(&r, &[rows, n], &x),
+                &up(&r, &[n], &g),
+                &up(&r, &[n], &beta),
+                1e-5,
+            )
+            .unwrap();
+        let got = b
+            .layernorm_forward(
+                &up(b, &[rows, n], &x),
+                &up(b, &[n], &g),
+                &up(b, &[n], &beta),
+                1e-5,
+            )
+            .unwrap();
+        check(b, &tag("y"), &down(b, &got.y), &down(&r, &want.y), tol);
+        check(
+            b,
+            &tag("rstd"),
+            &down(b, &got.rstd),
+            &down(&r, &want.rstd),
+            tol,
+        );
+        let all = LayerNormGradRequest {
+            dx: true,
+            dgamma: true,
+            dbeta: true,
+        };
+        let beta_only = LayerNormGradRequest {
+            dbeta: true,
+            ..Default::default()
+        };
+        let wg = r
+            .layernorm_backward(
+                &up(&r, &[rows, n], &dy),
+                Some(&up(&r, &[rows, n], &x)),
+                Some(&want.mean),
+                Some(&want.rstd),
+                Some(&up(&r, &[n], &g)),
+                all,
+            )
+            .unwrap();
+        let backward = |request| {
+            b.layernorm_backward(
+                &up(b, &[rows, n], &dy),
+                Some(&up(b, &[rows, n], &x)),
+                Some(&got.mean),
+                Some(&got.rstd),
+                Some(&up(b, &[n], &g)),
+                request,
+            )
+            .unwrap()
+        };
+        let gg = backward(all);
+        let gb = backward(beta_only);
+        assert!(
+            gb.dgamma.is_none() && gb.dx.is_none(),
+            "only dβ was asked for"
+        );
+        for (what, got, want) in [
+            ("dx", &gg.dx, &wg.dx),
+            ("dgamma", &gg.dgamma, &wg.dgamma),
+            ("dbeta", &gg.dbeta, &wg.dbeta),
+            ("dbeta_alone", &gb.dbeta, &wg.dbeta),
+        ] {
+            check(
+                b,
+                &tag(what),
+                &down(b, got.as_ref().unwrap()),
+                &down(&r, want.as_ref().unwrap()),
+                tol,
+            );
+        }
+    }
 }
 
 fn bias_gradient<B: Backend>(b: &B, tol: f64) {

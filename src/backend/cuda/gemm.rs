@@ -1,5 +1,5 @@
-//! Launchers of `kernels/gemm.cu` (and `kernels/bias_grad.cu`): the linear map with fused
-//! LoRA and every piece of its backward.
+//! Launchers of `kernels/gemm.cu`: the linear map with fused LoRA and every piece of its
+//! backward (the bias gradient through `bias_grad.rs`).
 //!
 //! Forward: `H = X_lora·Aᵀ` (a skinny GEMM, kept for `dB`), then ONE GEMM over
 //! `[X | H]·[W | s·B]ᵀ + b`: the LoRA term is `r` extra reduction columns. Backward, each only
@@ -20,7 +20,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use super::{
-    columns, driver, grid_for, kernel_int, launch, tensor, view, with_float, CudaBackend, CudaBuffer,
+    driver, grid_for, kernel_int, launch, tensor, view, with_float, CudaBackend, CudaBuffer,
     CudaFloat, Precision,
 };
 use crate::backend::shapes::{self, LinearDims};
@@ -715,14 +715,8 @@ pub(super) fn linear_backward(
         )?);
     }
     if want.dbias {
-        let (rows_i, output_i) = (
-            kernel_int(OP, "rows", rows)?,
-            kernel_int(OP, "outputs", output)?,
-        );
         g.dbias = Some(with_float!(dtype, OP, T => {
-            let mut db = b.output::<T>(output)?;
-            launch!(b, "bias_grad", format!("bias_grad_{}", T::SUFFIX), columns(output), view::<T>(dy), &mut db, &rows_i, &output_i);
-            tensor([output], db)
+            tensor([output], super::bias_grad::column_sums::<T>(b, OP, view::<T>(dy), rows, output)?)
         })?);
     }
     Ok(g)

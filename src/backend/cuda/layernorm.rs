@@ -2,7 +2,7 @@
 //! (dx per row; dγ, dβ as fixed-order column reductions).
 
 use super::{
-    block_reduce, columns, kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend,
+    block_reduce, kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend,
     CudaFloat, THREADS,
 };
 use crate::backend::{shapes, LayerNormGradRequest, LayerNormGrads, LayerNormOutput};
@@ -72,8 +72,15 @@ pub(super) fn backward(
             } else {
                 None
             };
-            let mut dgamma = if want.dgamma { Some(b.output::<T>(n)?) } else { None };
-            let mut dbeta = if want.dbeta { Some(b.output::<T>(n)?) } else { None };
+            // Rows in fixed chunks as the bias gradient's (bias_grad.rs): with several, each
+            // block writes f32 partials and a second pass adds them in order.
+            let (chunks, per_chunk) = super::bias_grad::row_chunks(rows, n, b.device.max_grid_y);
+            let per_chunk_i = kernel_int(OP, "rows per chunk", per_chunk)?;
+            let chunked = chunks > 1;
+            let mut dgamma = if want.dgamma && !chunked { Some(b.output::<T>(n)?) } else { None };
+            let mut dbeta = if want.dbeta && !chunked { Some(b.output::<T>(n)?) } else { None };
+            let mut part_g = if want.dgamma && chunked { Some(b.output::<f32>(chunks * n)?) } else { None };
+            let mut part_b = if want.dbeta && chunked { Some(b.output::<f32>(chunks * n)?) } else { None };
             // Absent operands are passed as null pointers; the kernel only reads them for dγ.
             let null = 0u64;
             let kernel = format!("layernorm_backward_params_{}", T::SUFFIX);
@@ -101,12 +108,30 @@ pub(super) fn backward(
                 Some(d) => l.arg(d),
                 None => l.arg(&null),
             };
+            match part_g.as_mut() {
+                Some(p) => l.arg(p),
+                None => l.arg(&null),
+            };
+            match part_b.as_mut() {
+                Some(p) => l.arg(p),
+                None => l.arg(&null),
+            };
             l.arg(&rows_i);
             l.arg(&n_i);
+            l.arg(&per_chunk_i);
             // SAFETY: matches layernorm_backward_params_* in kernels/layernorm.cu; null
             // pointers only where the kernel does not read (x, mean, rstd without dγ) or
-            // write (the gradient not requested).
-            b.launched(OP, &kernel, || unsafe { l.launch(columns(n)) })?;
+            // write (the gradient not requested; the outputs when chunked, where the kernel
+            // writes the partials of [chunks × n] f32 instead).
+            b.launched(OP, &kernel, || unsafe { l.launch(super::bias_grad::column_grid(n, chunks)) })?;
+            if chunked {
+                if let Some(p) = &part_g {
+                    dgamma = Some(super::bias_grad::sum_chunks::<T>(b, OP, p, chunks, n)?);
+                }
+                if let Some(p) = &part_b {
+                    dbeta = Some(super::bias_grad::sum_chunks::<T>(b, OP, p, chunks, n)?);
+                }
+            }
             g.dgamma = dgamma.map(|d| tensor([n], d)).transpose()?;
             g.dbeta = dbeta.map(|d| tensor([n], d)).transpose()?;
         }

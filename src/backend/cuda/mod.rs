@@ -18,6 +18,7 @@
 
 mod adamw;
 mod attention;
+mod bias_grad;
 mod buffer;
 mod compatibility;
 mod elementwise;
@@ -366,14 +367,6 @@ fn block_reduce(grid: u32, threads: u32) -> LaunchConfig {
         grid_dim: (grid, 1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: threads * 4,
-    }
-}
-
-fn columns(cols: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (cols.div_ceil(32) as u32, 1, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
     }
 }
 
