@@ -358,7 +358,8 @@ __device__ void gemm_reduce(const float* ws, int split, long long count, int n, 
     GEMM_TC(LAYOUT, AK, BK_, 64, 64, 32, 2, 2, 4)       \
     GEMM_TC(LAYOUT, AK, BK_, 64, 64, 64, 2, 2, 3)       \
     GEMM_TC(LAYOUT, AK, BK_, 128, 128, 64, 2, 4, 3)     \
-    GEMM_TC(LAYOUT, AK, BK_, 128, 128, 32, 2, 4, 4)
+    GEMM_TC(LAYOUT, AK, BK_, 128, 128, 32, 2, 4, 4)     \
+    GEMM_TC(LAYOUT, AK, BK_, 128, 128, 64, 2, 4, 2)
 
 GEMM_TC_CONFIGS(kk, true, true)
 GEMM_TC_CONFIGS(kn, true, false)

@@ -172,7 +172,7 @@ run() {
         [ -n "$(tail -c1 "$log")" ] && echo >>"$log"
         echo "=== $name: exit $rc in $((SECONDS - t0))s" | tee -a "$log"
         if [ "$rc" -ne 0 ] && [ "$may_be_unsupported" = 1 ] &&
-            tail -n +"$start" "$log" | grep -q "Device not supported"; then
+            tail -n +"$start" "$log" | grep -qE "Device not supported|ERR_NVGPUCTRPERM|LibraryNotLoaded"; then
             unsupported+=("$name (the tool does not support this machine's GPU)")
         elif [ "$rc" -ne 0 ]; then
             failed+=("$name (exit $rc$([ "$rc" -eq 124 ] && echo ', time limit'))")
@@ -264,7 +264,7 @@ run() {
         # operands, 4096×1024×1024) and of the weight-gradient layout of the bench's step,
         # with warp stalls, pipes and memory traffic, each report in a
         # file of its own beside the log. ncu reads the counters only where the machine lets
-        # it (Firecracker yes, gVisor no).
+        # it (Firecracker yes, gVisor no): a refusal is noted as not supported, not failed.
         local dir
         dir=$(dirname "$log")
         may_be_unsupported=1

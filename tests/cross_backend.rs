@@ -1618,6 +1618,54 @@ fn cuda_gemm_precast_gives_the_same_bits() {
     assert_eq!(bit_difference(&precast, &direct), None);
 }
 
+/// The large tile in two pipeline stages (for GPUs with 99 KiB of shared memory per block)
+/// runs the same k-tiles in the same order as in three: every result of the linear op has the
+/// same bits, unsplit and split three ways.
+#[test]
+fn cuda_large_tile_in_two_stages_gives_the_same_bits() {
+    let mut rng = SplitMix::new(99);
+    let b = cuda(DType::BF16);
+    let c = LinearCase {
+        rows: 260,
+        input: 200,
+        output: 136,
+        rank: 4,
+        separate_lora_input: false,
+        scale: 2.0,
+    };
+    let mut operand = |dims: &[usize]| stored(&b, dims, &nonzero(&mut rng, dims.iter().product()));
+    let o = LinearOperands {
+        case: c,
+        x: operand(&[c.rows, c.input]),
+        x_lora: operand(&[c.rows, c.input]),
+        w: operand(&[c.output, c.input]),
+        bias: operand(&[c.output]),
+        a: operand(&[c.rank, c.input]),
+        b: operand(&[c.output, c.rank]),
+        dy: operand(&[c.rows, c.output]),
+    };
+    let bits = |be: &CudaBackend| -> Vec<Vec<u64>> {
+        linear_results(be, &o, None)
+            .into_iter()
+            .map(|(_, v)| v.into_iter().map(f64::to_bits).collect())
+            .collect()
+    };
+    for split in [None, Some(3)] {
+        let on = |tile: &str| {
+            let t = b.with_gemm_tile(tile).unwrap();
+            split.map_or(t.clone(), |s| t.with_gemm_split(s).unwrap())
+        };
+        assert_eq!(
+            bit_difference(
+                &bits(&on("128x128x64_w2x4_s2")),
+                &bits(&on("128x128x64_w2x4_s3"))
+            ),
+            None,
+            "split {split:?}"
+        );
+    }
+}
+
 /// Every compiled tensor-core tile, forced onto every GEMM of the linear op (forward, fused
 /// dX, dW, dA, dB; the three operand layouts; split-K where the output is small), against the
 /// f64 reference: the default rule sends only large shapes to the large tiles, so without

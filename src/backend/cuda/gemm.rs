@@ -189,6 +189,16 @@ pub const TILES: &[Tile] = &[
         warps: (2, 4),
         stages: 4,
     },
+    // The large tile's geometry in two stages (72-74 KiB of shared memory instead of 102-108):
+    // for GPUs that let a block opt into 99 KiB only (sm_86, sm_89, sm_120).
+    Tile {
+        name: "128x128x64_w2x4_s2",
+        bm: 128,
+        bn: 128,
+        bk: 64,
+        warps: (2, 4),
+        stages: 2,
+    },
 ];
 
 /// A tile by name.
@@ -206,14 +216,25 @@ const LARGE_TILE: &str = "128x128x64_w2x4_s3";
 /// device's SM count: the split, and so the rounding of a result, must not depend on the GPU.
 const LARGE_TILE_SLOTS: usize = 264;
 
-/// The default tile for an `m × n` output: the large tile when the output has its size,
-/// else the largest smaller tile that still gives one block per SM of an H100/H200 (132),
-/// else the smallest.
-fn default_tile(m: usize, n: usize) -> Tile {
+/// The large tile in two pipeline stages, for GPUs whose blocks may not opt into the large
+/// tile's shared memory (up to 108 KiB; sm_86 and sm_89 allow 99). The same block and k-tile
+/// geometry, so the same split and the same sums in the same order: the same bits.
+const LARGE_TILE_TWO_STAGES: &str = "128x128x64_w2x4_s2";
+
+/// The default tile for an `m × n` output in `layout` on a device whose blocks may use
+/// `max_shared` bytes of shared memory: the large tile when the output has its size (in two
+/// stages where three do not fit), else the largest smaller tile that still gives one block
+/// per SM of an H100/H200 (132), else the smallest.
+fn default_tile(m: usize, n: usize, layout: Layout, max_shared: usize) -> Tile {
     let blocks = |t: &Tile| m.div_ceil(t.bm) * n.div_ceil(t.bn);
     let pick = |name| tile(name).expect("a compiled tile");
     if m >= 128 && n >= 128 {
-        return pick(LARGE_TILE);
+        let large = pick(LARGE_TILE);
+        return if large.shared_bytes(layout) <= max_shared {
+            large
+        } else {
+            pick(LARGE_TILE_TWO_STAGES)
+        };
     }
     for name in ["128x64x32_w2x2_s4", "64x128x32_w2x2_s4"] {
         let t = pick(name);
@@ -237,7 +258,8 @@ fn default_tile(m: usize, n: usize) -> Tile {
 /// split. Smaller tiles split only outputs of under 64 blocks (the `dA` and `dB` reductions
 /// over all rows).
 fn split_for(tile: Option<Tile>, blocks: usize, k_tiles: usize) -> usize {
-    if tile.is_some_and(|t| t.name == LARGE_TILE) {
+    // Both stage counts of the large tile: their splits must agree for their bits to.
+    if tile.is_some_and(|t| (t.bm, t.bn, t.bk) == (128, 128, 64)) {
         if blocks >= LARGE_TILE_SLOTS / 2 || k_tiles < 32 {
             return 1;
         }
@@ -358,7 +380,7 @@ impl Gemm<'_> {
             Some(match b.gemm_tile {
                 Some(name) => tile(name)
                     .ok_or_else(|| Error::invalid(OP, format!("no GEMM tile named `{name}`")))?,
-                None => default_tile(m, n),
+                None => default_tile(m, n, self.layout, b.device.max_shared_per_block as usize),
             })
         };
         // An f32 operand the kernel rounds to bf16 itself goes through registers with
@@ -765,5 +787,65 @@ impl CudaBackend {
             gemm_split: Some(split),
             ..self.clone()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{default_tile, split_for, Layout};
+
+    /// Shared memory a block may opt into: an H100/H200, and an sm_86/sm_89 GPU.
+    const H200_SHARED: usize = 232_448;
+    const SM89_SHARED: usize = 101_376;
+
+    /// Where three stages of the large tile do not fit a block's shared memory (RTX 30xx and
+    /// 40xx, A10, L4, L40), the two-stage one runs, in every layout, and splits as the large
+    /// tile does.
+    #[test]
+    fn a_gpu_with_less_shared_memory_gets_the_large_tile_in_two_stages() {
+        for layout in [Layout::Kk, Layout::Kn, Layout::Mn] {
+            let large = default_tile(4096, 768, layout, H200_SHARED);
+            assert_eq!(large.name, "128x128x64_w2x4_s3");
+            assert!(large.shared_bytes(layout) > SM89_SHARED, "{layout:?}");
+            let small = default_tile(4096, 768, layout, SM89_SHARED);
+            assert_eq!(small.name, "128x128x64_w2x4_s2", "{layout:?}");
+            assert!(small.shared_bytes(layout) <= SM89_SHARED, "{layout:?}");
+            for (blocks, k_tiles) in [(36, 64), (144, 64), (192, 48), (20, 40)] {
+                assert_eq!(
+                    split_for(Some(small), blocks, k_tiles),
+                    split_for(Some(large), blocks, k_tiles)
+                );
+            }
+        }
+    }
+
+    /// The nine GEMMs of a BERT-base training step at 4096 rows and what the fourth H200
+    /// sweep measured best for them (NOTES.md, 2026-12-04; TFLOP/s of the large tile by split
+    /// in brackets): the rule must keep choosing these, or a new sweep must justify the change.
+    #[test]
+    fn the_rule_picks_what_the_h200_sweep_measured_for_a_bert_base_step() {
+        // (what, M, N, K, split measured best for the large tile)
+        let step: [(&str, usize, usize, usize, usize); 9] = [
+            ("forward 768x768", 4096, 768, 768, 1),   // [122, 73, 58, 35]
+            ("dX 768x768", 4096, 768, 768, 1),        // [120, 72, 58, 36]
+            ("dW 768x768", 768, 768, 4096, 4),        // [50, 71, 76, 70]
+            ("forward FFN up", 4096, 3072, 768, 1),   // [171, 103, 81, 46]
+            ("dX FFN up", 4096, 768, 3072, 1),        // [157, 130, 134, 108]
+            ("dW FFN up", 3072, 768, 4096, 4),        // [123, 120, 126, 113]: 1 is within 3%
+            ("forward FFN down", 4096, 768, 3072, 1), // [155, 144, 135, 109]
+            ("dX FFN down", 4096, 3072, 768, 1),      // [170, 102, 81, 46]
+            ("dW FFN down", 768, 3072, 4096, 4),      // [123, 120, 126, 113]: 1 is within 3%
+        ];
+        for (what, m, n, k, best) in step {
+            let tile = default_tile(m, n, Layout::Kk, H200_SHARED);
+            assert_eq!(tile.name, "128x128x64_w2x4_s3", "{what}");
+            let blocks = m.div_ceil(tile.bm) * n.div_ceil(tile.bn);
+            let split = split_for(Some(tile), blocks, k.div_ceil(tile.bk));
+            let within_3_percent = (what.starts_with("dW FFN") && split == 1) || split == best;
+            assert!(
+                within_3_percent,
+                "{what}: split {split}, measured best {best}"
+            );
+        }
     }
 }
