@@ -353,6 +353,36 @@ struct LinearOperands {
 }
 
 impl LinearOperands {
+    /// Case `c`'s operands drawn from `rng`, as `b` stores them (the adapter's input is `x`
+    /// itself unless the case reads a separate one).
+    fn drawn<B: Backend>(b: &B, c: LinearCase, rng: &mut SplitMix) -> Self {
+        let mut operand = |dims: &[usize]| stored(b, dims, &nonzero(rng, dims.iter().product()));
+        let x = operand(&[c.rows, c.input]);
+        let x_lora = if c.separate_lora_input {
+            operand(&[c.rows, c.input])
+        } else {
+            x.clone()
+        };
+        LinearOperands {
+            case: c,
+            x,
+            x_lora,
+            w: operand(&[c.output, c.input]),
+            bias: operand(&[c.output]),
+            a: operand(&[c.rank, c.input]),
+            b: operand(&[c.output, c.rank]),
+            dy: operand(&[c.rows, c.output]),
+        }
+    }
+
+    /// Every result of the linear op on `be` (see [`linear_results`]) as raw bits.
+    fn result_bits<B: Backend>(&self, be: &B) -> Vec<Vec<u64>> {
+        linear_results(be, self, None)
+            .into_iter()
+            .map(|(_, v)| v.into_iter().map(f64::to_bits).collect())
+            .collect()
+    }
+
     fn magnitudes(&self) -> Self {
         let abs = |v: &[f64]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
         LinearOperands {
@@ -489,24 +519,7 @@ fn linear_cases<B: Backend>(
     let mut rng = SplitMix::new(21);
     for c in cases {
         let tag = format!("{}x{}x{}r{}", c.rows, c.input, c.output, c.rank);
-        let mut operand =
-            |dims: &[usize]| stored(b, dims, &nonzero(&mut rng, dims.iter().product()));
-        let x = operand(&[c.rows, c.input]);
-        let x_lora = if c.separate_lora_input {
-            operand(&[c.rows, c.input])
-        } else {
-            x.clone()
-        };
-        let o = LinearOperands {
-            case: c,
-            x,
-            x_lora,
-            w: operand(&[c.output, c.input]),
-            bias: operand(&[c.output]),
-            a: operand(&[c.rank, c.input]),
-            b: operand(&[c.output, c.rank]),
-            dy: operand(&[c.rows, c.output]),
-        };
+        let o = LinearOperands::drawn(b, c, &mut rng);
         // A frozen weight stored compactly (bf16 in bf16 mode): the reference multiplies the
         // same rounded values.
         let compact = b.frozen_dtype() != b.float_dtype();
@@ -1588,26 +1601,11 @@ fn cuda_gemm_precast_gives_the_same_bits() {
         separate_lora_input: true,
         scale: 2.0,
     };
-    let mut operand = |dims: &[usize]| stored(&b, dims, &nonzero(&mut rng, dims.iter().product()));
-    let o = LinearOperands {
-        case: c,
-        x: operand(&[c.rows, c.input]),
-        x_lora: operand(&[c.rows, c.input]),
-        w: operand(&[c.output, c.input]),
-        bias: operand(&[c.output]),
-        a: operand(&[c.rank, c.input]),
-        b: operand(&[c.output, c.rank]),
-        dy: operand(&[c.rows, c.output]),
-    };
+    let o = LinearOperands::drawn(&b, c, &mut rng);
     let bits_of = |be: &CudaBackend| -> (Vec<Vec<u64>>, u64) {
         let before = be.launches();
-        let results = linear_results(be, &o, None);
-        let launches = be.launches() - before;
-        let bits = results
-            .into_iter()
-            .map(|(_, v)| v.into_iter().map(f64::to_bits).collect())
-            .collect();
-        (bits, launches)
+        let bits = o.result_bits(be);
+        (bits, be.launches() - before)
     };
     let (direct, direct_launches) = bits_of(&b.with_gemm_precast(false));
     let (precast, precast_launches) = bits_of(&b);
@@ -1633,23 +1631,7 @@ fn cuda_large_tile_in_two_stages_gives_the_same_bits() {
         separate_lora_input: false,
         scale: 2.0,
     };
-    let mut operand = |dims: &[usize]| stored(&b, dims, &nonzero(&mut rng, dims.iter().product()));
-    let o = LinearOperands {
-        case: c,
-        x: operand(&[c.rows, c.input]),
-        x_lora: operand(&[c.rows, c.input]),
-        w: operand(&[c.output, c.input]),
-        bias: operand(&[c.output]),
-        a: operand(&[c.rank, c.input]),
-        b: operand(&[c.output, c.rank]),
-        dy: operand(&[c.rows, c.output]),
-    };
-    let bits = |be: &CudaBackend| -> Vec<Vec<u64>> {
-        linear_results(be, &o, None)
-            .into_iter()
-            .map(|(_, v)| v.into_iter().map(f64::to_bits).collect())
-            .collect()
-    };
+    let o = LinearOperands::drawn(&b, c, &mut rng);
     for split in [None, Some(3)] {
         let on = |tile: &str| {
             let t = b.with_gemm_tile(tile).unwrap();
@@ -1657,8 +1639,8 @@ fn cuda_large_tile_in_two_stages_gives_the_same_bits() {
         };
         assert_eq!(
             bit_difference(
-                &bits(&on("128x128x64_w2x4_s2")),
-                &bits(&on("128x128x64_w2x4_s3"))
+                &o.result_bits(&on("128x128x64_w2x4_s2")),
+                &o.result_bits(&on("128x128x64_w2x4_s3"))
             ),
             None,
             "split {split:?}"
