@@ -628,19 +628,23 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
     .unwrap();
     assert_eq!(note["multi_label"], true);
 
-    // The adapter says its head is multi-label: no flag needed to evaluate it.
-    let evaluate = |args: &[&str]| {
-        let mut all = vec![
-            "eval",
+    // `spafit <command>` on the base model with the labelled file `dev` and `extra` flags.
+    let labelled = |command: &str, dev: &str, extra: &[&str]| {
+        let mut args = vec![
+            command,
             "--model",
             &model,
             "--dev-file",
-            "dev.jsonl",
+            dev,
             "--label-column",
             "labels",
         ];
-        all.extend_from_slice(args);
-        let (ok, stdout, stderr) = run(dir, &all);
+        args.extend_from_slice(extra);
+        run(dir, &args)
+    };
+    // The adapter says its head is multi-label: no flag needed to evaluate it.
+    let evaluate = |args: &[&str]| {
+        let (ok, stdout, stderr) = labelled("eval", "dev.jsonl", args);
         assert!(ok, "{args:?}: {stderr}");
         last_json(&stdout)
     };
@@ -741,21 +745,9 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
     // Another threshold: the sets hold the classes of probability above it, and eval's
     // metrics score those sets.
     let at = |command: &str, extra: &[&str]| {
-        let mut args = vec![
-            command,
-            "--model",
-            &model,
-            "--adapter",
-            "run/best",
-            "--dev-file",
-            "dev.jsonl",
-            "--label-column",
-            "labels",
-            "--threshold",
-            "0.45",
-        ];
+        let mut args = vec!["--adapter", "run/best", "--threshold", "0.45"];
         args.extend_from_slice(extra);
-        run(dir, &args)
+        labelled(command, "dev.jsonl", &args)
     };
     let (ok, stdout, stderr) = at("predict", &["--split", "dev"]);
     assert!(ok, "{stderr}");
@@ -786,21 +778,10 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
         "the loss has no threshold"
     );
     for bad in ["1", "0", "nan", "-0.2"] {
-        let (ok, _, stderr) = run(
-            dir,
-            &[
-                "eval",
-                "--model",
-                &model,
-                "--adapter",
-                "run/best",
-                "--dev-file",
-                "dev.jsonl",
-                "--label-column",
-                "labels",
-                "--threshold",
-                bad,
-            ],
+        let (ok, _, stderr) = labelled(
+            "eval",
+            "dev.jsonl",
+            &["--adapter", "run/best", "--threshold", bad],
         );
         assert!(!ok && stderr.contains("--threshold"), "{bad}: {stderr}");
     }
@@ -850,59 +831,25 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
         ],
     );
     assert!(ok, "{stderr}");
-    let (ok, _, stderr) = run(
-        dir,
-        &[
-            "eval",
-            "--model",
-            &model,
-            "--adapter",
-            "single/best",
-            "--dev-file",
-            "dev.jsonl",
-            "--label-column",
-            "labels",
-            "--multi-label",
-        ],
+    let (ok, _, stderr) = labelled(
+        "eval",
+        "dev.jsonl",
+        &["--adapter", "single/best", "--multi-label"],
     );
     assert!(
         !ok && stderr.contains("trained as a classifier of one class"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(
-        dir,
-        &[
-            "eval",
-            "--model",
-            &model,
-            "--adapter",
-            "single/best",
-            "--dev-file",
-            "single.csv",
-            "--label-column",
-            "labels",
-            "--threshold",
-            "0.3",
-        ],
+    let (ok, _, stderr) = labelled(
+        "eval",
+        "single.csv",
+        &["--adapter", "single/best", "--threshold", "0.3"],
     );
     assert!(
         !ok && stderr.contains("--threshold") && stderr.contains("one class per example"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(
-        dir,
-        &[
-            "eval",
-            "--model",
-            &model,
-            "--adapter",
-            "run/best",
-            "--dev-file",
-            "single.csv",
-            "--label-column",
-            "labels",
-        ],
-    );
+    let (ok, _, stderr) = labelled("eval", "single.csv", &["--adapter", "run/best"]);
     assert!(
         ok,
         "a multi-label adapter reads one class as a set of one: {stderr}"
