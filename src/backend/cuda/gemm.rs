@@ -289,6 +289,13 @@ const MAX_SPLIT: usize = 32;
 /// The fewest elements of an f32 operand worth rounding to bf16 in a launch of its own.
 const PRECAST_MIN_ELEMENTS: usize = 1 << 16;
 
+/// Whether rounding an f32 operand of `elements` elements in rows of `ld` to bf16 before the
+/// GEMMs that read it pays on `b`: the backend allows it, the operand is large enough for the
+/// extra launch, and its rows are 16-byte aligned in bf16 so that `cp.async` can stream it.
+fn precast_pays(b: &CudaBackend, ld: usize, elements: usize) -> bool {
+    b.gemm_precast && ld.is_multiple_of(8) && elements >= PRECAST_MIN_ELEMENTS
+}
+
 /// A float device buffer of either storage dtype.
 #[derive(Clone, Copy)]
 enum Buf<'a> {
@@ -383,6 +390,10 @@ impl Gemm<'_> {
                 None => default_tile(m, n, self.layout, b.device.max_shared_per_block as usize),
             })
         };
+        let (bm, bn, bk, threads) = match tile {
+            Some(t) => (t.bm, t.bn, t.bk, t.threads()),
+            None => (64, 64, 16, 256),
+        };
         // An f32 operand the kernel rounds to bf16 itself goes through registers with
         // synchronous loads whose latency nothing hides (on an H200, 65% of the stall cycles of
         // the bench step's weight-gradient GEMM). One that two or more blocks read (along the
@@ -394,24 +405,14 @@ impl Gemm<'_> {
             .iter()
             .map(|(a, bo, _)| -> Result<_> {
                 let round = |o: &Operand<'_>, readers: usize| match (tile, o.buf) {
-                    (Some(_), Buf::F32(s))
-                        if b.gemm_precast
-                            && readers >= 2
-                            && o.ld.is_multiple_of(8)
-                            && s.len() >= PRECAST_MIN_ELEMENTS =>
-                    {
+                    (Some(_), Buf::F32(s)) if readers >= 2 && precast_pays(b, o.ld, s.len()) => {
                         super::elementwise::round_to_bf16(b, s, s.len()).map(Some)
                     }
                     _ => Ok(None),
                 };
-                let (bm, bn) = tile.map_or((1, 1), |t| (t.bm, t.bn));
                 Ok((round(a, n.div_ceil(bn))?, round(bo, m.div_ceil(bm))?))
             })
             .collect::<Result<Vec<_>>>()?;
-        let (bm, bn, bk, threads) = match tile {
-            Some(t) => (t.bm, t.bn, t.bk, t.threads()),
-            None => (64, 64, 16, 256),
-        };
         let k_tiles: usize = self.segments.iter().map(|s| s.2.div_ceil(bk)).sum();
         let blocks = m.div_ceil(bm) * n.div_ceil(bn);
         // Every GPU's z limit (65535) is far above split-K's 32 slices; the stand-in's may be
@@ -662,10 +663,8 @@ pub(super) fn linear_backward(
         CudaBuffer::F32(_)
             if want.dx
                 && want.dw
-                && b.gemm_precast
                 && b.precision != Precision::F32
-                && output.is_multiple_of(8)
-                && dy.numel() >= PRECAST_MIN_ELEMENTS =>
+                && precast_pays(b, output, dy.numel()) =>
         {
             Some(super::elementwise::cast(b, dy, DType::BF16)?)
         }
