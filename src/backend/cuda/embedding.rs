@@ -1,6 +1,7 @@
 //! Launchers of `kernels/embedding.cu`: row gather, and the scatter-add backward with the
-//! positions grouped by id on the host (a stable sort), so each table row is one block's
-//! fixed-order sum: deterministic without atomics.
+//! positions grouped by id on the host (a stable sort), so each table row is a fixed-order
+//! sum: deterministic without atomics. Groups longer than [`CHUNK`] positions are summed in
+//! chunks first, so that one frequent id does not leave a single block doing all the work.
 
 use cudarc::driver::LaunchConfig;
 
@@ -10,6 +11,24 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
 const MODULE: &str = "embedding";
+
+/// The most positions one block of the backward sums. A batch's token type (every position
+/// of a single-segment task) or its padding id is one group of thousands of positions.
+const CHUNK: usize = 64;
+
+/// Cuts each group `[starts[g], starts[g + 1])` of `order` into chunks of at most [`CHUNK`]
+/// positions: the chunks' starts (with the end appended) and each group's first chunk (with
+/// the chunk count appended), in the shape `starts` has.
+fn chunks_of(starts: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let (mut chunk_starts, mut first_chunk) = (Vec::new(), Vec::new());
+    for group in starts.windows(2) {
+        first_chunk.push(chunk_starts.len() as u32);
+        chunk_starts.extend((group[0]..group[1]).step_by(CHUNK));
+    }
+    first_chunk.push(chunk_starts.len() as u32);
+    chunk_starts.push(*starts.last().unwrap_or(&0));
+    (chunk_starts, first_chunk)
+}
 
 pub(super) fn forward(
     b: &CudaBackend,
@@ -55,11 +74,41 @@ pub(super) fn backward(
         }
     }
     starts.push(rows as u32);
-    let (order_d, starts_d, groups_d) = (b.upload(&order)?, b.upload(&starts)?, b.upload(&groups)?);
+    let longest = starts.windows(2).map(|g| g[1] - g[0]).max().unwrap_or(0);
+    let (order_d, groups_d) = (b.upload(&order)?, b.upload(&groups)?);
+    let blocks = |n: usize| LaunchConfig {
+        grid_dim: (n as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
     with_float!(dtype, OP, T => {
         let mut table = b.zeroed::<T>(vocab * dim)?;
-        let cfg = LaunchConfig { grid_dim: (groups.len() as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        launch!(b, MODULE, format!("embedding_backward_{}", T::SUFFIX), cfg, view::<T>(d_out), &order_d, &starts_d, &groups_d, &mut table, &dim_i);
+        if longest as usize <= CHUNK {
+            let starts_d = b.upload(&starts)?;
+            launch!(b, MODULE, format!("embedding_backward_{}", T::SUFFIX), blocks(groups.len()), view::<T>(d_out), &order_d, &starts_d, &groups_d, &mut table, &dim_i);
+        } else {
+            let (chunk_starts, first_chunk) = chunks_of(&starts);
+            let chunks = chunk_starts.len() - 1;
+            let chunk_ids: Vec<u32> = (0..chunks as u32).collect();
+            let (chunk_starts_d, first_chunk_d, chunk_ids_d) = (b.upload(&chunk_starts)?, b.upload(&first_chunk)?, b.upload(&chunk_ids)?);
+            let mut chunk_sums = b.output::<f32>(chunks * dim)?;
+            launch!(b, MODULE, format!("embedding_backward_partial_{}", T::SUFFIX), blocks(chunks), view::<T>(d_out), &order_d, &chunk_starts_d, &chunk_ids_d, &mut chunk_sums, &dim_i);
+            launch!(b, MODULE, format!("embedding_backward_combine_{}", T::SUFFIX), blocks(groups.len()), &chunk_sums, &chunk_ids_d, &first_chunk_d, &groups_d, &mut table, &dim_i);
+        }
         tensor([vocab, dim], table)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_groups_are_cut_into_chunks_in_order() {
+        // Groups of 3, 130 and 64 positions.
+        let starts = [0, 3, 133, 197];
+        let (chunk_starts, first_chunk) = chunks_of(&starts);
+        assert_eq!(chunk_starts, [0, 3, 67, 131, 133, 197]);
+        assert_eq!(first_chunk, [0, 1, 4, 5]);
+    }
 }
