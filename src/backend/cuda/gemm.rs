@@ -32,10 +32,10 @@ use crate::tensor::{DType, Shape, Tensor};
 
 const MODULE: &str = "gemm";
 
-/// One launch's operands; field for field the `GemmParams` of `kernels/gemm.cu`.
+/// One launch's operands; field for field the `GemmParams` of `kernels/gemm_params.cuh`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct GemmParams {
+pub(super) struct GemmParams {
     a: [u64; 2],
     b: [u64; 2],
     lda: [i64; 2],
@@ -43,12 +43,12 @@ struct GemmParams {
     k: [i32; 2],
     m: i32,
     n: i32,
-    c: u64,
+    pub(super) c: u64,
     ldc: i64,
     bias: u64,
     alpha: f32,
-    split: i32,
-    flags: i32,
+    pub(super) split: i32,
+    pub(super) flags: i32,
     m_block0: i32,
 }
 
@@ -57,7 +57,7 @@ unsafe impl DeviceRepr for GemmParams {}
 
 /// Which dimension of each operand is contiguous (the kernels' `A_KMAJOR` / `B_KMAJOR`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
+pub(super) enum Layout {
     /// `A[m, k]` at `a[m·lda + k]`, `B[k, n]` at `b[n·ldb + k]`: `X·Wᵀ`.
     Kk,
     /// `A[m, k]` at `a[m·lda + k]`, `B[k, n]` at `b[k·ldb + n]`: `dY·W`.
@@ -298,7 +298,7 @@ fn precast_pays(b: &CudaBackend, ld: usize, elements: usize) -> bool {
 
 /// A float device buffer of either storage dtype.
 #[derive(Clone, Copy)]
-enum Buf<'a> {
+pub(super) enum Buf<'a> {
     F32(&'a CudaSlice<f32>),
     Bf16(&'a CudaSlice<bf16>),
 }
@@ -316,7 +316,10 @@ impl<'a> Buf<'a> {
         matches!(self, Buf::Bf16(_))
     }
 
-    fn ptr(self, stream: &'a CudaStream) -> (u64, SyncOnDrop<'a>) {
+    fn ptr<'s>(self, stream: &'s CudaStream) -> (u64, SyncOnDrop<'s>)
+    where
+        'a: 's,
+    {
         match self {
             Buf::F32(s) => s.device_ptr(stream),
             Buf::Bf16(s) => s.device_ptr(stream),
@@ -325,8 +328,8 @@ impl<'a> Buf<'a> {
 }
 
 /// One operand: a device buffer read as a matrix with leading dimension `ld`.
-struct Operand<'a> {
-    buf: Buf<'a>,
+pub(super) struct Operand<'a> {
+    pub(super) buf: Buf<'a>,
     ld: usize,
 }
 
@@ -344,20 +347,23 @@ const B0_BF16: i32 = 4;
 const B1_BF16: i32 = 8;
 const C_BF16: i32 = 16;
 const BIAS_BF16: i32 = 32;
+/// Round every operand to bf16 before it multiplies (the CUDA-core kernels of
+/// `kernels/gemm_skinny.cu` in bf16 precision).
+pub(super) const ROUND_BF16: i32 = 64;
 
 /// `C[m, n] = alpha · Σ_segments A·B (+ bias)`, one or two segments of reduction length `k`,
 /// `C` in `out`.
-struct Gemm<'a> {
-    layout: Layout,
-    m: usize,
-    n: usize,
-    segments: Vec<(Operand<'a>, Operand<'a>, usize)>,
-    alpha: f64,
-    bias: Option<Buf<'a>>,
+pub(super) struct Gemm<'a> {
+    pub(super) layout: Layout,
+    pub(super) m: usize,
+    pub(super) n: usize,
+    pub(super) segments: Vec<(Operand<'a>, Operand<'a>, usize)>,
+    pub(super) alpha: f64,
+    pub(super) bias: Option<Buf<'a>>,
     out: DType,
 }
 
-impl Gemm<'_> {
+impl<'a> Gemm<'a> {
     fn run(&self, b: &CudaBackend) -> Result<CudaBuffer> {
         with_float!(self.out, "gemm", T => self.run_into::<T>(b).map(T::wrap))
     }
@@ -390,6 +396,13 @@ impl Gemm<'_> {
                 None => default_tile(m, n, self.layout, b.device.max_shared_per_block as usize),
             })
         };
+        // A narrow output of a tall GEMM goes to the CUDA-core kernels made for it, unless a
+        // tile is forced (how the tests and the sweep reach every tile).
+        if b.gemm_tile.is_none() {
+            if let Some(kind) = super::gemm_skinny::kind(self) {
+                return super::gemm_skinny::run(self, b, kind, tile.is_some());
+            }
+        }
         let (bm, bn, bk, threads) = match tile {
             Some(t) => (t.bm, t.bn, t.bk, t.threads()),
             None => (64, 64, 16, 256),
@@ -430,47 +443,19 @@ impl Gemm<'_> {
         };
         {
             let stream = &b.device.stream;
-            let mut p = GemmParams {
-                m: m as i32,
-                n: n as i32,
-                ldc: n as i64,
-                alpha: self.alpha as f32,
-                split: split as i32,
-                flags: if out_bf16 { C_BF16 } else { 0 },
-                ..Default::default()
-            };
-            // Raw pointers go into the parameter struct; the guards keep cudarc's stream
-            // bookkeeping alive until the launch is queued.
-            let mut guards = Vec::new();
-            for (i, ((a, bo, k), (a_rounded, b_rounded))) in
-                self.segments.iter().zip(&rounded).enumerate()
-            {
-                let a_buf = a_rounded.as_ref().map_or(a.buf, Buf::Bf16);
-                let b_buf = b_rounded.as_ref().map_or(bo.buf, Buf::Bf16);
-                let (pa, ga) = a_buf.ptr(stream);
-                let (pb, gb) = b_buf.ptr(stream);
-                guards.push(ga);
-                guards.push(gb);
-                p.a[i] = pa;
-                p.b[i] = pb;
-                p.lda[i] = a.ld as i64;
-                p.ldb[i] = bo.ld as i64;
-                p.k[i] = *k as i32;
-                if a_buf.is_bf16() {
-                    p.flags |= if i == 0 { A0_BF16 } else { A1_BF16 };
-                }
-                if b_buf.is_bf16() {
-                    p.flags |= if i == 0 { B0_BF16 } else { B1_BF16 };
-                }
-            }
-            if let Some(bias) = self.bias {
-                let (pb, g) = bias.ptr(stream);
-                guards.push(g);
-                p.bias = pb;
-                if bias.is_bf16() {
-                    p.flags |= BIAS_BF16;
-                }
-            }
+            let bufs: Vec<_> = self
+                .segments
+                .iter()
+                .zip(&rounded)
+                .map(|((a, bo, _), (a_rounded, b_rounded))| {
+                    (
+                        a_rounded.as_ref().map_or(a.buf, Buf::Bf16),
+                        b_rounded.as_ref().map_or(bo.buf, Buf::Bf16),
+                    )
+                })
+                .collect();
+            let (mut p, guards) = self.params(stream, &bufs, out_bf16);
+            p.split = split as i32;
             let (pc, gc) = match workspace.as_mut() {
                 Some(w) => w.device_ptr_mut(stream),
                 None => out.device_ptr_mut(stream),
@@ -508,27 +493,93 @@ impl Gemm<'_> {
             drop(guards);
         }
         if let Some(ws) = workspace {
-            let count = (m * n) as i64;
-            let reduce_kernel = format!("gemm_reduce_{}", T::SUFFIX);
-            let f = b.function(MODULE, &reduce_kernel)?;
-            let mut l = b.device.stream.launch_builder(&f);
-            let (split_i, n_i, alpha, ldc) = (split as i32, n as i32, self.alpha as f32, n as i64);
-            l.arg(&ws).arg(&split_i).arg(&count).arg(&n_i).arg(&alpha);
-            let (bias_ptr, bias_guard) = match self.bias {
-                Some(bias) => {
-                    let (pb, g) = bias.ptr(&b.device.stream);
-                    (pb, Some(g))
-                }
-                None => (0u64, None),
-            };
-            l.arg(&bias_ptr);
-            l.arg(&mut out).arg(&ldc);
-            // SAFETY: matches gemm_reduce_* in kernels/gemm.cu; ws holds split × m × n f32 and
-            // the bias (checked above) the output's dtype.
-            b.launched(OP, &reduce_kernel, || unsafe { l.launch(grid_for(m * n)) })?;
-            drop(bias_guard);
+            self.reduce(b, &ws, split, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// The launch's parameter block with operands `bufs` (per segment: the segment's own
+    /// buffers or bf16 copies of them), the output dtype, the bias, `alpha` and one slice:
+    /// the caller sets `c`, and `split` where it splits. Raw pointers go into the block; the
+    /// guards keep cudarc's stream bookkeeping alive until the launch is queued.
+    pub(super) fn params<'s>(
+        &self,
+        stream: &'s CudaStream,
+        bufs: &[(Buf<'s>, Buf<'s>)],
+        out_bf16: bool,
+    ) -> (GemmParams, Vec<SyncOnDrop<'s>>)
+    where
+        'a: 's,
+    {
+        let mut p = GemmParams {
+            m: self.m as i32,
+            n: self.n as i32,
+            ldc: self.n as i64,
+            alpha: self.alpha as f32,
+            split: 1,
+            flags: if out_bf16 { C_BF16 } else { 0 },
+            ..Default::default()
+        };
+        let mut guards = Vec::new();
+        for (i, ((a, bo, k), (a_buf, b_buf))) in self.segments.iter().zip(bufs).enumerate() {
+            let (pa, ga) = a_buf.ptr(stream);
+            let (pb, gb) = b_buf.ptr(stream);
+            guards.push(ga);
+            guards.push(gb);
+            p.a[i] = pa;
+            p.b[i] = pb;
+            p.lda[i] = a.ld as i64;
+            p.ldb[i] = bo.ld as i64;
+            p.k[i] = *k as i32;
+            if a_buf.is_bf16() {
+                p.flags |= if i == 0 { A0_BF16 } else { A1_BF16 };
+            }
+            if b_buf.is_bf16() {
+                p.flags |= if i == 0 { B0_BF16 } else { B1_BF16 };
+            }
+        }
+        if let Some(bias) = self.bias {
+            let (pb, g) = bias.ptr(stream);
+            guards.push(g);
+            p.bias = pb;
+            if bias.is_bf16() {
+                p.flags |= BIAS_BF16;
+            }
+        }
+        (p, guards)
+    }
+
+    /// `out = alpha · Σ_z ws[z] (+ bias)`: the slices of a split reduction, added in z order.
+    pub(super) fn reduce<T: CudaFloat>(
+        &self,
+        b: &CudaBackend,
+        ws: &CudaSlice<f32>,
+        split: usize,
+        out: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        let (m, n) = (self.m, self.n);
+        let count = (m * n) as i64;
+        let reduce_kernel = format!("gemm_reduce_{}", T::SUFFIX);
+        let f = b.function(MODULE, &reduce_kernel)?;
+        let mut l = b.device.stream.launch_builder(&f);
+        let (split_i, n_i, alpha, ldc) = (split as i32, n as i32, self.alpha as f32, n as i64);
+        l.arg(ws).arg(&split_i).arg(&count).arg(&n_i).arg(&alpha);
+        let (bias_ptr, bias_guard) = match self.bias {
+            Some(bias) => {
+                let (pb, g) = bias.ptr(&b.device.stream);
+                (pb, Some(g))
+            }
+            None => (0u64, None),
+        };
+        l.arg(&bias_ptr);
+        l.arg(out).arg(&ldc);
+        // SAFETY: matches gemm_reduce_* in kernels/gemm.cu; ws holds split × m × n f32 and
+        // the bias (checked by the caller) the output's dtype.
+        b.launched("gemm", &reduce_kernel, || unsafe {
+            l.launch(grid_for(m * n))
+        })?;
+        drop(bias_guard);
+        Ok(())
     }
 }
 

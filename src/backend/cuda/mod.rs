@@ -25,6 +25,7 @@ mod elementwise;
 mod embedding;
 pub mod emulator;
 pub mod gemm;
+mod gemm_skinny;
 mod host_ids;
 mod kernel_times;
 pub mod kernels;

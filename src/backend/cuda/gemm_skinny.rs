@@ -1,0 +1,157 @@
+//! Launchers of `kernels/gemm_skinny.cu`: GEMMs whose output is narrow (at most
+//! [`MAX_NARROW`] columns or rows) beside a long other side, on the CUDA cores: the LoRA
+//! bottleneck products `H = X·Aᵀ`, `G = s·dY·B`, `dA = Gᵀ·X`, `dB = s·dYᵀ·H` and a
+//! classifier's few outputs. [`super::gemm::Gemm`] sends them here unless a tile is forced.
+
+use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::gemm::{Gemm, Layout, ROUND_BF16};
+use super::{CudaBackend, CudaFloat};
+use crate::error::Result;
+
+const MODULE: &str = "gemm_skinny";
+
+/// The widest narrow side: two passes of the row kernels' 16 columns, four of the column
+/// kernels' 8. Past it a tensor-core tile is no longer mostly padding.
+const MAX_NARROW: usize = 32;
+
+/// The shortest long side worth the CUDA-core kernels: below it the output is a handful of
+/// tensor-core blocks anyway, and the tiny models of the tests keep running the tiles.
+const MIN_WIDE: usize = 64;
+
+/// Warps of every block, rows of a warp in the row kernels, long-side columns of a column
+/// kernel's block and narrow entries of its pass (`SKINNY_WARPS`, `SKINNY_ROWS_PER_WARP`,
+/// `SKINNY_COLUMNS`, `SKINNY_COLUMN_NC` in the kernel file).
+const WARPS: usize = 8;
+const ROWS_PER_WARP: usize = 2;
+const COLUMNS_PER_BLOCK: usize = 128;
+const COLUMN_PASS: usize = 8;
+
+/// The k a column kernel's chunk sums (`SKINNY_ROW_CHUNK`), and the most chunks (f32
+/// workspace slices): 4096 rows make 32 chunks, 192 blocks for a 768-wide output.
+const CHUNK: usize = 128;
+const MAX_CHUNKS: usize = 64;
+
+/// Which narrow-output kernel computes a GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Skinny {
+    /// `C[m, n]` with `n` narrow, A K-major (`X·Wᵀ`-like or `dY·W`-like): a warp per rows.
+    Rows,
+    /// Layout `mn` with `m` narrow (`dA = Gᵀ·X`): threads along `n`, chunks along k.
+    NarrowM,
+    /// Layout `mn` with `n` narrow (`dB = dYᵀ·H`): threads along `m`, chunks along k.
+    NarrowN,
+}
+
+/// The narrow-output kernel for `gemm`, if its output is narrow and tall.
+pub(super) fn kind(gemm: &Gemm<'_>) -> Option<Skinny> {
+    let (m, n) = (gemm.m, gemm.n);
+    match gemm.layout {
+        Layout::Kk | Layout::Kn if n <= MAX_NARROW && m >= MIN_WIDE => Some(Skinny::Rows),
+        // The column kernels take one segment (every `mn` GEMM of the linear map has one).
+        Layout::Mn if gemm.segments.len() == 1 => {
+            if m <= MAX_NARROW && n >= MIN_WIDE && m <= n {
+                Some(Skinny::NarrowM)
+            } else if n <= MAX_NARROW && m >= MIN_WIDE {
+                Some(Skinny::NarrowN)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `gemm`'s output by the `kind` kernel; `round`: multiply bf16-rounded operands (the
+/// tensor cores' precision) rather than the f32 values.
+pub(super) fn run<T: CudaFloat>(
+    gemm: &Gemm<'_>,
+    b: &CudaBackend,
+    kind: Skinny,
+    round: bool,
+) -> Result<CudaSlice<T>> {
+    const OP: &str = "gemm";
+    let (m, n) = (gemm.m, gemm.n);
+    let narrow = match kind {
+        Skinny::Rows | Skinny::NarrowN => n,
+        Skinny::NarrowM => m,
+    };
+    let (name, grid, split) = match kind {
+        Skinny::Rows => {
+            // Eight columns a pass where they suffice: a 16-wide pass would spend half its
+            // multiply-adds on nothing.
+            let per_pass = if narrow <= 8 { 8 } else { 16 };
+            let layout = if gemm.layout == Layout::Kk {
+                "kk"
+            } else {
+                "kn"
+            };
+            (
+                format!("gemm_skinny_rows_{layout}_c{per_pass}"),
+                (
+                    m.div_ceil(ROWS_PER_WARP * WARPS) as u32,
+                    narrow.div_ceil(per_pass) as u32,
+                    1,
+                ),
+                1,
+            )
+        }
+        Skinny::NarrowM | Skinny::NarrowN => {
+            let k = gemm.segments[0].2;
+            let wide = if kind == Skinny::NarrowM { n } else { m };
+            let split = k.div_ceil(CHUNK).min(MAX_CHUNKS).min(b.device.max_grid_z);
+            let side = if kind == Skinny::NarrowM { "m" } else { "n" };
+            (
+                format!("gemm_skinny_columns_{side}"),
+                (
+                    wide.div_ceil(COLUMNS_PER_BLOCK) as u32,
+                    narrow.div_ceil(COLUMN_PASS) as u32,
+                    split as u32,
+                ),
+                split,
+            )
+        }
+    };
+    let mut out = b.output::<T>(m * n)?;
+    let mut workspace = if split > 1 {
+        Some(b.output::<f32>(split * m * n)?)
+    } else {
+        None
+    };
+    {
+        let stream = &b.device.stream;
+        let bufs: Vec<_> = gemm
+            .segments
+            .iter()
+            .map(|(a, bo, _)| (a.buf, bo.buf))
+            .collect();
+        let (mut p, guards) = gemm.params(stream, &bufs, T::SUFFIX == "bf16");
+        p.split = split as i32;
+        if round {
+            p.flags |= ROUND_BF16;
+        }
+        let (pc, gc) = match workspace.as_mut() {
+            Some(w) => w.device_ptr_mut(stream),
+            None => out.device_ptr_mut(stream),
+        };
+        p.c = pc;
+        let f = b.function(MODULE, &name)?;
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (WARPS as u32 * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = stream.launch_builder(&f);
+        l.arg(&p);
+        // SAFETY: GemmParams mirrors the kernel's struct; every pointer is a live buffer
+        // holding the rows × ld elements the kernel reads (the callers' shape validation) in
+        // the dtype its flag names, and `c` holds m × n elements (split × m × n f32).
+        b.launched(OP, &name, || unsafe { l.launch(cfg) })?;
+        drop(gc);
+        drop(guards);
+    }
+    if let Some(ws) = workspace {
+        gemm.reduce(b, &ws, split, &mut out)?;
+    }
+    Ok(out)
+}
