@@ -26,8 +26,11 @@
 #                                  6. the fused-LoRA GEMM at 4096×1024×1024, 4096×4096×1024
 #                                     and 4096×1024×4096 for every tile configuration beside
 #                                     cuBLAS.
-#                                  7. ncu on two GEMM kernels (skipped with
-#                                     GPU_CHECK_NO_PROFILE=1, for a short last window).
+#                                  7. ncu on two GEMM kernels and on the attention forward
+#                                     and backward of the bench's step (GPU_CHECK_PROFILES
+#                                     picks the families, default "gemm attention";
+#                                     GPU_CHECK_NO_PROFILE=1 skips them all, for a short
+#                                     last window).
 #                                  Every stage has its own time limit, and all of them together
 #                                  stay inside $GPU_CHECK_BUDGET seconds (default 420), so the
 #                                  call ends with its summary inside the device tool's 600 s
@@ -265,16 +268,33 @@ run() {
         # with warp stalls, pipes and memory traffic, each report in a
         # file of its own beside the log. ncu reads the counters only where the machine lets
         # it (Firecracker yes, gVisor no): a refusal is noted as not supported, not failed.
-        local dir
+        local dir families=${GPU_CHECK_PROFILES:-gemm attention}
         dir=$(dirname "$log")
         may_be_unsupported=1
-        for kernel in kk_128x128x64_w2x4_s3 mn_128x128x64_w2x4_s3; do
-            stage "GEMM profile $kernel (ncu_$kernel.txt)" 60 bash -c \
-                'ncu --clock-control none --kernel-name "regex:gemm_tc_$1" --launch-skip 1 --launch-count 1 \
+        # profile NAME KERNEL-REGEX LAUNCHES-TO-SKIP PROGRAM ARGS...: one launch, its report in
+        # ncu_NAME.txt.
+        profile() {
+            local name=$1 kernel=$2 skip=$3
+            shift 3
+            stage "profile $name (ncu_$name.txt)" 60 bash -c \
+                'out=$1 kernel=$2 skip=$3; shift 3
+                ncu --clock-control none --kernel-name "regex:$kernel" --launch-skip "$skip" --launch-count 1 \
                     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
                     --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
-                    "$2" >"$3" 2>&1 || { tail -n 5 "$3"; exit 1; }' _ "$kernel" "$bin/gpu_gemm" "$dir/ncu_$kernel.txt"
-        done
+                    "$@" >"$out" 2>&1 || { tail -n 5 "$out"; exit 1; }' _ "$dir/ncu_$name.txt" "$kernel" "$skip" "$@"
+        }
+        if [[ " $families " == *" gemm "* ]]; then
+            for kernel in kk_128x128x64_w2x4_s3 mn_128x128x64_w2x4_s3; do
+                profile "$kernel" "gemm_tc_$kernel" 1 "$bin/gpu_gemm"
+            done
+        fi
+        if [[ " $families " == *" attention "* ]]; then
+            # Past the warm-up steps' launches (12 layers each), in the bench's full step.
+            for kernel in attention_forward_tc attention_backward_dkdv_tc; do
+                profile "$kernel" "$kernel" 24 "$bin/spafit" bench --device "$device" --dtype bf16 \
+                    --shape "$shape" --method full --batch-size "$batch" --seq-len "$seq" --steps 1 --warmup 2
+            done
+        fi
         may_be_unsupported=0
     fi
 
