@@ -45,12 +45,16 @@ pub(super) enum Skinny {
 
 /// The narrow-output kernel for `gemm`, if its output is narrow and tall.
 pub(super) fn kind(gemm: &Gemm<'_>) -> Option<Skinny> {
-    let (m, n) = (gemm.m, gemm.n);
-    match gemm.layout {
+    kind_for(gemm.layout, gemm.m, gemm.n, gemm.segments.len())
+}
+
+/// The narrow-output kernel for an `m × n` output in `layout` over `segments` segments.
+fn kind_for(layout: Layout, m: usize, n: usize, segments: usize) -> Option<Skinny> {
+    match layout {
         Layout::Kk | Layout::Kn if n <= MAX_NARROW && m >= MIN_WIDE => Some(Skinny::Rows),
         // The column kernels take one segment (every `mn` GEMM of the linear map has one).
-        Layout::Mn if gemm.segments.len() == 1 => {
-            if m <= MAX_NARROW && n >= MIN_WIDE && m <= n {
+        Layout::Mn if segments == 1 => {
+            if m <= MAX_NARROW && n >= MIN_WIDE {
                 Some(Skinny::NarrowM)
             } else if n <= MAX_NARROW && m >= MIN_WIDE {
                 Some(Skinny::NarrowN)
@@ -154,4 +158,35 @@ pub(super) fn run<T: CudaFloat>(
         gemm.reduce(b, &ws, split, &mut out)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lora_products_of_a_bert_base_step_are_narrow_and_the_rest_is_not() {
+        let rows = 32 * 128;
+        for (input, output) in [(768, 768), (768, 3072), (3072, 768)] {
+            // H = X·Aᵀ, G = s·dY·B, dA = Gᵀ·X, dB = s·dYᵀ·H at rank 8.
+            assert_eq!(kind_for(Layout::Kk, rows, 8, 1), Some(Skinny::Rows));
+            assert_eq!(kind_for(Layout::Kn, rows, 8, 1), Some(Skinny::Rows));
+            assert_eq!(kind_for(Layout::Mn, 8, input, 1), Some(Skinny::NarrowM));
+            assert_eq!(kind_for(Layout::Mn, output, 8, 1), Some(Skinny::NarrowN));
+            // Y = [X | H]·[W | s·B]ᵀ, dX = [dY | G]·[W ; A], dW = dYᵀ·X, dX_lora = G·A.
+            assert_eq!(kind_for(Layout::Kk, rows, output, 2), None);
+            assert_eq!(kind_for(Layout::Kn, rows, input, 2), None);
+            assert_eq!(kind_for(Layout::Mn, output, input, 1), None);
+            assert_eq!(kind_for(Layout::Kn, rows, input, 1), None);
+        }
+        // Rank 32 is still narrow (two passes), 33 is a tile's work.
+        assert_eq!(kind_for(Layout::Kk, rows, 32, 1), Some(Skinny::Rows));
+        assert_eq!(kind_for(Layout::Kk, rows, 33, 1), None);
+        assert_eq!(kind_for(Layout::Mn, 33, 768, 1), None);
+        // A classifier over a batch of 32 sentences: too short for the CUDA-core kernels.
+        assert_eq!(kind_for(Layout::Kk, 32, 2, 2), None);
+        assert_eq!(kind_for(Layout::Mn, 2, 768, 1), Some(Skinny::NarrowM));
+        // Both sides narrow: a handful of tensor-core blocks.
+        assert_eq!(kind_for(Layout::Mn, 8, 24, 1), None);
+    }
 }
