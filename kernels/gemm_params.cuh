@@ -26,6 +26,30 @@ struct GemmParams {
 #define GEMM_B1_BF16 8
 #define GEMM_C_BF16 16
 #define GEMM_BIAS_BF16 32
+// Segment `seg` (0 or 1) of a launch: its reduction length, operands, their leading
+// dimensions and storage.
+struct GemmSegment {
+    int k;
+    const void* a;
+    const void* b;
+    long long lda, ldb;
+    bool a_bf16, b_bf16;
+};
+
+__device__ __forceinline__ GemmSegment gemm_segment(const GemmParams& p, int seg) {
+    // Ternaries, not p.k[seg]: indexing the parameter struct with a variable would copy it to
+    // local memory.
+    GemmSegment s;
+    s.k = seg ? p.k[1] : p.k[0];
+    s.a = seg ? p.a[1] : p.a[0];
+    s.b = seg ? p.b[1] : p.b[0];
+    s.lda = seg ? p.lda[1] : p.lda[0];
+    s.ldb = seg ? p.ldb[1] : p.ldb[0];
+    s.a_bf16 = p.flags & (seg ? GEMM_A1_BF16 : GEMM_A0_BF16);
+    s.b_bf16 = p.flags & (seg ? GEMM_B1_BF16 : GEMM_B0_BF16);
+    return s;
+}
+
 // Every operand is rounded to bf16 before it multiplies (the tensor cores' precision), for
 // the kernels that multiply on the CUDA cores (gemm_skinny.cu).
 #define GEMM_ROUND_BF16 64

@@ -90,14 +90,11 @@ __device__ void skinny_rows(const GemmParams& p) {
         for (int j = 0; j < NC; ++j) acc[r][j] = 0.f;
 #pragma unroll
     for (int seg = 0; seg < 2; ++seg) {
-        // Ternaries, not p.k[seg]: indexing the parameter struct with a variable would copy it
-        // to local memory.
-        const int K = seg ? p.k[1] : p.k[0];
-        const void* a = seg ? p.a[1] : p.a[0];
-        const void* b = seg ? p.b[1] : p.b[0];
-        const long long lda = seg ? p.lda[1] : p.lda[0], ldb = seg ? p.ldb[1] : p.ldb[0];
-        const bool a_bf16 = p.flags & (seg ? GEMM_A1_BF16 : GEMM_A0_BF16);
-        const bool b_bf16 = p.flags & (seg ? GEMM_B1_BF16 : GEMM_B0_BF16);
+        const GemmSegment s = gemm_segment(p, seg);
+        const int K = s.k;
+        const void *a = s.a, *b = s.b;
+        const long long lda = s.lda, ldb = s.ldb;
+        const bool a_bf16 = s.a_bf16, b_bf16 = s.b_bf16;
         const bool a_vec = skinny_vector(a, a_bf16, lda);
         float x[R][4], next[R][4] = {};
         auto load_rows = [&](int kc, float (*dst)[4]) {

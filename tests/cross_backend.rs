@@ -1714,11 +1714,12 @@ fn cuda_every_gemm_tile_matches_the_reference() {
 #[test]
 fn cuda_narrow_gemms_run_on_their_own_kernels_and_match_the_reference() {
     let cases = [
-        // H, G (8 columns), dA [8, 136] and dB [270, 8] over 300 rows (split in 3 chunks).
+        // H, G (8 columns), dA [8, 136] and dB [260, 8] over 300 rows (split in 3 chunks);
+        // leading dimensions that are multiples of 4: every kernel's 16-byte loads.
         LinearCase {
             rows: 300,
             input: 136,
-            output: 270,
+            output: 260,
             rank: 8,
             separate_lora_input: false,
             scale: 2.0,
@@ -1734,7 +1735,8 @@ fn cuda_narrow_gemms_run_on_their_own_kernels_and_match_the_reference() {
             scale: 0.5,
         },
         // Two outputs (a classifier) with rank 32 (two passes): the forward's [X | H] and the
-        // fused dX's [dY | G] are two-segment narrow GEMMs; dB is [2, 32].
+        // fused dX's [dY | G] are two-segment narrow GEMMs (dW, dA and dB, narrow on both
+        // sides, stay on the tiles).
         LinearCase {
             rows: 130,
             input: 24,
@@ -1751,6 +1753,16 @@ fn cuda_narrow_gemms_run_on_their_own_kernels_and_match_the_reference() {
             rank: 1,
             separate_lora_input: true,
             scale: 0.7,
+        },
+        // 8400 rows: the column kernels' 64 chunks of 132 rows, each summed in two staged
+        // pieces (128 rows and 4).
+        LinearCase {
+            rows: 8400,
+            input: 68,
+            output: 64,
+            rank: 4,
+            separate_lora_input: false,
+            scale: 1.0,
         },
     ];
     for (dtype, storage, tol) in [
@@ -1842,7 +1854,9 @@ fn cuda_grids_beyond_65535_blocks_take_several_launches() {
     let b = cuda(DType::F32);
     let r = reference();
     let mut rng = SplitMix::new(65_535);
-    // The f32 GEMM's row block is 64 rows.
+    // The f32 GEMM's row block is 64 rows. A two-column output is narrow: the tile kernel,
+    // whose grid is the subject here, runs it only with the narrow kernels off (theirs put
+    // rows along x, whose limit is 2³¹ − 1).
     let (rows, input, output) = (65_535 * 64 + 37, 3, 2);
     let x = nonzero(&mut rng, rows * input);
     let w = nonzero(&mut rng, output * input);
@@ -1856,7 +1870,8 @@ fn cuda_grids_beyond_65535_blocks_take_several_launches() {
             None,
         )
         .unwrap();
-    let got = b
+    let tiles = b.with_gemm_skinny(false);
+    let got = tiles
         .linear_forward(
             &up(&b, &[rows, input], &x),
             &up(&b, &[output, input], &w),

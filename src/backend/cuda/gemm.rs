@@ -43,12 +43,12 @@ pub(super) struct GemmParams {
     k: [i32; 2],
     m: i32,
     n: i32,
-    pub(super) c: u64,
+    c: u64,
     ldc: i64,
     bias: u64,
     alpha: f32,
-    pub(super) split: i32,
-    pub(super) flags: i32,
+    split: i32,
+    flags: i32,
     m_block0: i32,
 }
 
@@ -397,9 +397,9 @@ impl<'a> Gemm<'a> {
             })
         };
         // A narrow output of a tall GEMM goes to the CUDA-core kernels made for it, unless a
-        // tile is forced (how the tests and the sweep reach every tile).
-        if b.gemm_tile.is_none() {
-            if let Some(kind) = super::gemm_skinny::kind(self) {
+        // tile is forced (how the tests and the sweep reach every tile) or they are off.
+        if b.gemm_skinny && b.gemm_tile.is_none() {
+            if let Some(kind) = super::gemm_skinny::kind(self, b) {
                 return super::gemm_skinny::run(self, b, kind, tile.is_some());
             }
         }
@@ -435,43 +435,28 @@ impl<'a> Gemm<'a> {
             .unwrap_or_else(|| split_for(tile, blocks, k_tiles))
             .min(k_tiles.max(1))
             .min(b.device.max_grid_z);
-        let mut out = b.output::<T>(m * n)?;
-        let mut workspace = if split > 1 {
-            Some(b.output::<f32>(split * m * n)?)
-        } else {
-            None
+        let bufs: Vec<_> = self
+            .segments
+            .iter()
+            .zip(&rounded)
+            .map(|((a, bo, _), (a_rounded, b_rounded))| {
+                (
+                    a_rounded.as_ref().map_or(a.buf, Buf::Bf16),
+                    b_rounded.as_ref().map_or(bo.buf, Buf::Bf16),
+                )
+            })
+            .collect();
+        let (name, smem) = match tile {
+            Some(t) => (
+                format!("gemm_tc_{}_{}", self.layout.suffix(), t.name),
+                t.shared_bytes(self.layout) as u32,
+            ),
+            None => (format!("gemm_f32_{}", self.layout.suffix()), 0),
         };
-        {
-            let stream = &b.device.stream;
-            let bufs: Vec<_> = self
-                .segments
-                .iter()
-                .zip(&rounded)
-                .map(|((a, bo, _), (a_rounded, b_rounded))| {
-                    (
-                        a_rounded.as_ref().map_or(a.buf, Buf::Bf16),
-                        b_rounded.as_ref().map_or(bo.buf, Buf::Bf16),
-                    )
-                })
-                .collect();
-            let (mut p, guards) = self.params(stream, &bufs, out_bf16);
-            p.split = split as i32;
-            let (pc, gc) = match workspace.as_mut() {
-                Some(w) => w.device_ptr_mut(stream),
-                None => out.device_ptr_mut(stream),
-            };
-            p.c = pc;
-            let m_blocks = m.div_ceil(bm);
-            let (name, smem) = match tile {
-                Some(t) => (
-                    format!("gemm_tc_{}_{}", self.layout.suffix(), t.name),
-                    t.shared_bytes(self.layout) as u32,
-                ),
-                None => (format!("gemm_f32_{}", self.layout.suffix()), 0),
-            };
-            let f = b.function_with_shared(MODULE, &name, smem)?;
+        let f = b.function_with_shared(MODULE, &name, smem)?;
+        self.run_with(b, &bufs, split, 0, |p| {
             // Row blocks beyond the grid's y limit go to further launches of the same kernel.
-            let max_grid_y = b.device.max_grid_y;
+            let (m_blocks, max_grid_y) = (m.div_ceil(bm), b.device.max_grid_y);
             for m_block0 in (0..m_blocks).step_by(max_grid_y) {
                 p.m_block0 = m_block0 as i32;
                 let rows = (m_blocks - m_block0).min(max_grid_y);
@@ -480,8 +465,8 @@ impl<'a> Gemm<'a> {
                     block_dim: (threads as u32, 1, 1),
                     shared_mem_bytes: smem,
                 };
-                let mut l = stream.launch_builder(&f);
-                l.arg(&p);
+                let mut l = b.device.stream.launch_builder(&f);
+                l.arg(&*p);
                 // SAFETY: GemmParams mirrors the kernel's struct; every pointer is a live
                 // buffer holding the rows × ld elements the kernel reads (checked by the
                 // callers' shape validation) in the dtype its flag names, and `c` holds m × n
@@ -489,6 +474,40 @@ impl<'a> Gemm<'a> {
                 // m_block0 .. m_block0 + rows, all inside m.
                 b.launched(OP, &name, || unsafe { l.launch(cfg) })?;
             }
+            Ok(())
+        })
+    }
+
+    /// The GEMM into a fresh output of its dtype: `launch` queues the kernel(s) with the
+    /// parameter block of operands `bufs` (per segment: the segment's own buffers or bf16
+    /// copies of them) and `flags` added, writing C itself or, with `split` > 1, an f32
+    /// workspace of `split` slices that are then added into C in order.
+    pub(super) fn run_with<T: CudaFloat>(
+        &self,
+        b: &CudaBackend,
+        bufs: &[(Buf<'_>, Buf<'_>)],
+        split: usize,
+        flags: i32,
+        launch: impl FnOnce(&mut GemmParams) -> Result<()>,
+    ) -> Result<CudaSlice<T>> {
+        let (m, n) = (self.m, self.n);
+        let mut out = b.output::<T>(m * n)?;
+        let mut workspace = if split > 1 {
+            Some(b.output::<f32>(split * m * n)?)
+        } else {
+            None
+        };
+        {
+            let stream = &b.device.stream;
+            let (mut p, guards) = self.params(stream, bufs, T::SUFFIX == "bf16");
+            p.split = split as i32;
+            p.flags |= flags;
+            let (pc, gc) = match workspace.as_mut() {
+                Some(w) => w.device_ptr_mut(stream),
+                None => out.device_ptr_mut(stream),
+            };
+            p.c = pc;
+            launch(&mut p)?;
             drop(gc);
             drop(guards);
         }
@@ -502,7 +521,7 @@ impl<'a> Gemm<'a> {
     /// buffers or bf16 copies of them), the output dtype, the bias, `alpha` and one slice:
     /// the caller sets `c`, and `split` where it splits. Raw pointers go into the block; the
     /// guards keep cudarc's stream bookkeeping alive until the launch is queued.
-    pub(super) fn params<'s>(
+    fn params<'s>(
         &self,
         stream: &'s CudaStream,
         bufs: &[(Buf<'s>, Buf<'s>)],
@@ -550,7 +569,7 @@ impl<'a> Gemm<'a> {
     }
 
     /// `out = alpha · Σ_z ws[z] (+ bias)`: the slices of a split reduction, added in z order.
-    pub(super) fn reduce<T: CudaFloat>(
+    fn reduce<T: CudaFloat>(
         &self,
         b: &CudaBackend,
         ws: &CudaSlice<f32>,
@@ -823,9 +842,22 @@ impl CudaBackend {
         }
     }
 
-    /// The same device with every GEMM's reduction split `split` ways (1 to 32; never more
-    /// than the reduction has k-tiles), each slice summed in its own f32 workspace and the
-    /// slices added in a fixed order: how the GPU check's microbenchmark compares splits.
+    /// The same device with narrow GEMM outputs (at most 32 columns or rows beside a long
+    /// side: the LoRA products) computed by the CUDA-core kernels of `kernels/gemm_skinny.cu`
+    /// (`true`, the default) or by the tiles like every other GEMM (`false`): how a test
+    /// reaches the tiles' own handling of a tall output.
+    pub fn with_gemm_skinny(&self, on: bool) -> Self {
+        CudaBackend {
+            gemm_skinny: on,
+            ..self.clone()
+        }
+    }
+
+    /// The same device with every tensor-core or f32 tile GEMM's reduction split `split` ways
+    /// (1 to 32; never more than the reduction has k-tiles), each slice summed in its own f32
+    /// workspace and the slices added in a fixed order: how the GPU check's microbenchmark
+    /// compares splits. The narrow GEMMs' kernels (`kernels/gemm_skinny.cu`) keep their own
+    /// split unless a tile is forced too ([`CudaBackend::with_gemm_tile`]).
     pub fn with_gemm_split(&self, split: usize) -> Result<Self> {
         if !(1..=MAX_SPLIT).contains(&split) {
             return Err(Error::invalid(

@@ -3,7 +3,7 @@
 //! bottleneck products `H = X·Aᵀ`, `G = s·dY·B`, `dA = Gᵀ·X`, `dB = s·dYᵀ·H` and a
 //! classifier's few outputs. [`super::gemm::Gemm`] sends them here unless a tile is forced.
 
-use cudarc::driver::{CudaSlice, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::gemm::{Gemm, Layout, ROUND_BF16};
 use super::{CudaBackend, CudaFloat};
@@ -43,9 +43,24 @@ pub(super) enum Skinny {
     NarrowN,
 }
 
-/// The narrow-output kernel for `gemm`, if its output is narrow and tall.
-pub(super) fn kind(gemm: &Gemm<'_>) -> Option<Skinny> {
+/// The narrow-output kernel for `gemm` on `b`, if its output is narrow and tall (and its
+/// passes fit the device's grid y limit, which only the stand-in lowers that far).
+pub(super) fn kind(gemm: &Gemm<'_>, b: &CudaBackend) -> Option<Skinny> {
     kind_for(gemm.layout, gemm.m, gemm.n, gemm.segments.len())
+        .filter(|&kind| passes(kind, gemm.m, gemm.n).1 <= b.device.max_grid_y)
+}
+
+/// The narrow side's entries a pass of `kind`'s kernel takes, and its passes (grid y) for an
+/// `m × n` output.
+fn passes(kind: Skinny, m: usize, n: usize) -> (usize, usize) {
+    let (narrow, per_pass) = match kind {
+        // Eight columns a pass where they suffice: a 16-wide pass would spend half its
+        // multiply-adds on nothing.
+        Skinny::Rows => (n, if n <= 8 { 8 } else { 16 }),
+        Skinny::NarrowM => (m, COLUMN_PASS),
+        Skinny::NarrowN => (n, COLUMN_PASS),
+    };
+    (per_pass, narrow.div_ceil(per_pass))
 }
 
 /// The narrow-output kernel for an `m × n` output in `layout` over `segments` segments.
@@ -76,15 +91,9 @@ pub(super) fn run<T: CudaFloat>(
 ) -> Result<CudaSlice<T>> {
     const OP: &str = "gemm";
     let (m, n) = (gemm.m, gemm.n);
-    let narrow = match kind {
-        Skinny::Rows | Skinny::NarrowN => n,
-        Skinny::NarrowM => m,
-    };
+    let (per_pass, passes) = passes(kind, m, n);
     let (name, grid, split) = match kind {
         Skinny::Rows => {
-            // Eight columns a pass where they suffice: a 16-wide pass would spend half its
-            // multiply-adds on nothing.
-            let per_pass = if narrow <= 8 { 8 } else { 16 };
             let layout = if gemm.layout == Layout::Kk {
                 "kk"
             } else {
@@ -92,11 +101,7 @@ pub(super) fn run<T: CudaFloat>(
             };
             (
                 format!("gemm_skinny_rows_{layout}_c{per_pass}"),
-                (
-                    m.div_ceil(ROWS_PER_WARP * WARPS) as u32,
-                    narrow.div_ceil(per_pass) as u32,
-                    1,
-                ),
+                (m.div_ceil(ROWS_PER_WARP * WARPS) as u32, passes as u32, 1),
                 1,
             )
         }
@@ -109,55 +114,33 @@ pub(super) fn run<T: CudaFloat>(
                 format!("gemm_skinny_columns_{side}"),
                 (
                     wide.div_ceil(COLUMNS_PER_BLOCK) as u32,
-                    narrow.div_ceil(COLUMN_PASS) as u32,
+                    passes as u32,
                     split as u32,
                 ),
                 split,
             )
         }
     };
-    let mut out = b.output::<T>(m * n)?;
-    let mut workspace = if split > 1 {
-        Some(b.output::<f32>(split * m * n)?)
-    } else {
-        None
-    };
-    {
-        let stream = &b.device.stream;
-        let bufs: Vec<_> = gemm
-            .segments
-            .iter()
-            .map(|(a, bo, _)| (a.buf, bo.buf))
-            .collect();
-        let (mut p, guards) = gemm.params(stream, &bufs, T::SUFFIX == "bf16");
-        p.split = split as i32;
-        if round {
-            p.flags |= ROUND_BF16;
-        }
-        let (pc, gc) = match workspace.as_mut() {
-            Some(w) => w.device_ptr_mut(stream),
-            None => out.device_ptr_mut(stream),
-        };
-        p.c = pc;
-        let f = b.function(MODULE, &name)?;
+    let bufs: Vec<_> = gemm
+        .segments
+        .iter()
+        .map(|(a, bo, _)| (a.buf, bo.buf))
+        .collect();
+    let f = b.function(MODULE, &name)?;
+    gemm.run_with(b, &bufs, split, if round { ROUND_BF16 } else { 0 }, |p| {
         let cfg = LaunchConfig {
             grid_dim: grid,
             block_dim: (WARPS as u32 * 32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = stream.launch_builder(&f);
-        l.arg(&p);
+        let mut l = b.device.stream.launch_builder(&f);
+        l.arg(&*p);
         // SAFETY: GemmParams mirrors the kernel's struct; every pointer is a live buffer
         // holding the rows × ld elements the kernel reads (the callers' shape validation) in
         // the dtype its flag names, and `c` holds m × n elements (split × m × n f32).
         b.launched(OP, &name, || unsafe { l.launch(cfg) })?;
-        drop(gc);
-        drop(guards);
-    }
-    if let Some(ws) = workspace {
-        gemm.reduce(b, &ws, split, &mut out)?;
-    }
-    Ok(out)
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -207,6 +207,8 @@ pub struct CudaBackend {
     gemm_split: Option<usize>,
     /// Whether GEMMs round re-read f32 operands to bf16 before they start (see gemm.rs).
     gemm_precast: bool,
+    /// Whether narrow outputs go to the CUDA-core kernels of gemm_skinny.rs.
+    gemm_skinny: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -557,6 +559,7 @@ impl CudaBackend {
             gemm_tile: None,
             gemm_split: None,
             gemm_precast: true,
+            gemm_skinny: true,
         })
     }
 
