@@ -21,13 +21,13 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return cdf + x * 0.39894228040143268f * expf(-0.5f * x * x);
 }
 
-// Every i < n of a grid-stride loop, four per thread per round a grid's stride apart:
-// value(i) for all four (their loads in flight together), then put(i, value) for each. A
-// loop of one element per round waits out each load's latency before the next (on an H200
+// out[i] = value(i) for every i < n of a grid-stride loop, four per thread per round a grid's
+// stride apart: value(i) for all four (their loads in flight together), then the four stores.
+// A loop of one element per round waits out each load's latency before the next (on an H200
 // these kernels moved their bytes at about half the memory's rate that way). Per element the
 // arithmetic is unchanged, so are the results.
-template <typename Value, typename Put>
-__device__ __forceinline__ void each_element(long n, Value value, Put put) {
+template <typename T, typename Value>
+__device__ __forceinline__ void each_element(long n, T* out, Value value) {
     const long stride = (long)gridDim.x * blockDim.x;
     for (long first = blockIdx.x * (long)blockDim.x + threadIdx.x; first < n; first += 4 * stride) {
         float v[4];
@@ -39,66 +39,51 @@ __device__ __forceinline__ void each_element(long n, Value value, Put put) {
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             const long i = first + k * stride;
-            if (i < n) put(i, v[k]);
+            if (i < n) store(out, i, v[k]);
         }
     }
 }
 
 #define ELEMENTWISE_ENTRIES(T, S)                                                                 \
     extern "C" __global__ void gelu_forward_##S(const T* x, T* y, long n) {                       \
-        each_element(                                                                             \
-            n, [&](long i) { return gelu(load(x, i)); }, [&](long i, float v) { store(y, i, v); }); \
+        each_element(n, y, [&](long i) { return gelu(load(x, i)); });                             \
     }                                                                                             \
     extern "C" __global__ void gelu_backward_##S(const T* dy, const T* x, T* dx, long n) {        \
-        each_element(                                                                             \
-            n, [&](long i) { return load(dy, i) * gelu_grad(load(x, i)); },                       \
-            [&](long i, float v) { store(dx, i, v); });                                           \
+        each_element(n, dx, [&](long i) { return load(dy, i) * gelu_grad(load(x, i)); });         \
     }                                                                                             \
     extern "C" __global__ void tanh_forward_##S(const T* x, T* y, long n) {                       \
-        each_element(                                                                             \
-            n, [&](long i) { return tanhf(load(x, i)); }, [&](long i, float v) { store(y, i, v); }); \
+        each_element(n, y, [&](long i) { return tanhf(load(x, i)); });                            \
     }                                                                                             \
     extern "C" __global__ void tanh_backward_##S(const T* dy, const T* y, T* dx, long n) {        \
-        each_element(                                                                             \
-            n,                                                                                    \
+        each_element(n, dx,                                                                       \
             [&](long i) {                                                                         \
                 float t = load(y, i);                                                             \
                 return load(dy, i) * (1.f - t * t);                                               \
-            },                                                                                    \
-            [&](long i, float v) { store(dx, i, v); });                                           \
+            });                                                                                   \
     }                                                                                             \
     extern "C" __global__ void relu_forward_##S(const T* x, T* y, long n) {                       \
-        each_element(                                                                             \
-            n,                                                                                    \
+        each_element(n, y,                                                                        \
             [&](long i) {                                                                         \
                 float v = load(x, i);                                                             \
                 return v <= 0.f ? 0.f : v;                                                        \
-            },                                                                                    \
-            [&](long i, float v) { store(y, i, v); });                                            \
+            });                                                                                   \
     }                                                                                             \
     extern "C" __global__ void relu_backward_##S(const T* dy, const T* y, T* dx, long n) {        \
-        each_element(                                                                             \
-            n, [&](long i) { return load(y, i) <= 0.f ? 0.f : load(dy, i); },                     \
-            [&](long i, float v) { store(dx, i, v); });                                           \
+        each_element(n, dx, [&](long i) { return load(y, i) <= 0.f ? 0.f : load(dy, i); });       \
     }                                                                                             \
     extern "C" __global__ void add_##S(const T* a, const T* b, T* c, long n) {                    \
-        each_element(                                                                             \
-            n, [&](long i) { return load(a, i) + load(b, i); }, [&](long i, float v) { store(c, i, v); }); \
+        each_element(n, c, [&](long i) { return load(a, i) + load(b, i); });                      \
     }                                                                                             \
     extern "C" __global__ void add_assign_##S(T* acc, const T* x, long n) {                       \
-        each_element(                                                                             \
-            n, [&](long i) { return load(acc, i) + load(x, i); },                                 \
-            [&](long i, float v) { store(acc, i, v); });                                          \
+        each_element(n, acc, [&](long i) { return load(acc, i) + load(x, i); });                  \
     }                                                                                             \
     extern "C" __global__ void scale_##S(T* t, float s, long n) {                                 \
-        each_element(                                                                             \
-            n, [&](long i) { return load(t, i) * s; }, [&](long i, float v) { store(t, i, v); }); \
+        each_element(n, t, [&](long i) { return load(t, i) * s; });                               \
     }                                                                                             \
     extern "C" __global__ void dropout_##S(const T* x, T* y, long n, unsigned long long seed,     \
                                            unsigned int threshold, float keep_scale) {            \
-        each_element(                                                                             \
-            n, [&](long i) { return spafit_keeps(seed, i, threshold) ? load(x, i) * keep_scale : 0.f; }, \
-            [&](long i, float v) { store(y, i, v); });                                            \
+        each_element(n, y,                                                                        \
+                     [&](long i) { return spafit_keeps(seed, i, threshold) ? load(x, i) * keep_scale : 0.f; }); \
     }                                                                                             \
     /* Per-block partial Σ x² (f32); the host adds the partials in order, in f64. */              \
     extern "C" __global__ void sum_squares_partial_##S(const T* x, float* partial, long n) {      \
@@ -141,8 +126,8 @@ ELEMENTWISE_ENTRIES(float, f32)
 ELEMENTWISE_ENTRIES(bf16, bf16)
 
 extern "C" __global__ void cast_f32_to_bf16(const float* x, bf16* y, long n) {
-    each_element(n, [&](long i) { return x[i]; }, [&](long i, float v) { y[i] = __float2bfloat16(v); });
+    each_element(n, y, [&](long i) { return x[i]; });
 }
 extern "C" __global__ void cast_bf16_to_f32(const bf16* x, float* y, long n) {
-    each_element(n, [&](long i) { return __bfloat162float(x[i]); }, [&](long i, float v) { y[i] = v; });
+    each_element(n, y, [&](long i) { return __bfloat162float(x[i]); });
 }
