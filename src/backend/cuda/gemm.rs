@@ -358,8 +358,8 @@ pub(super) struct Gemm<'a> {
     pub(super) m: usize,
     pub(super) n: usize,
     pub(super) segments: Vec<(Operand<'a>, Operand<'a>, usize)>,
-    pub(super) alpha: f64,
-    pub(super) bias: Option<Buf<'a>>,
+    alpha: f64,
+    bias: Option<Buf<'a>>,
     out: DType,
 }
 

@@ -1,7 +1,8 @@
 //! Launchers of `kernels/gemm_skinny.cu`: GEMMs whose output is narrow (at most
 //! [`MAX_NARROW`] columns or rows) beside a long other side, on the CUDA cores: the LoRA
 //! bottleneck products `H = X·Aᵀ`, `G = s·dY·B`, `dA = Gᵀ·X`, `dB = s·dYᵀ·H` and a
-//! classifier's few outputs. [`super::gemm::Gemm`] sends them here unless a tile is forced.
+//! classifier's few outputs. [`super::gemm::Gemm`] sends them here unless a tile is forced
+//! or [`CudaBackend::with_gemm_skinny`] turned them off.
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
