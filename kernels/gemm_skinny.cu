@@ -37,16 +37,22 @@ __device__ __forceinline__ float skinny_operand(const void* p, bool is_bf16, lon
     return round ? __bfloat162float(__float2bfloat16(v)) : v;
 }
 
-// Whether an operand's rows can be read four f32 at a time (16-byte loads: four times the
-// bytes in flight per instruction, which is what these memory-bound kernels live on).
+// Whether an operand's rows can be read four elements at a time (one 16-byte load of f32 or
+// 8-byte load of bf16: four times the bytes in flight per instruction, which is what these
+// memory-bound kernels live on).
 __device__ __forceinline__ bool skinny_vector(const void* p, bool is_bf16, long long ld) {
-    return !is_bf16 && ld % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+    return ld % 4 == 0 && reinterpret_cast<uintptr_t>(p) % (is_bf16 ? 8 : 16) == 0;
 }
 
 // Elements i .. i+3 of an operand (those past `valid` are 0), as the product will use them.
 __device__ __forceinline__ void skinny_operand4(const void* p, bool is_bf16, long long i, bool vec, int valid,
                                                 bool round, float v[4]) {
-    if (vec && valid >= 4) {
+    if (vec && valid >= 4 && is_bf16) {
+        // A bf16 is the high half of the f32 with the same value.
+        const uint2 u = *reinterpret_cast<const uint2*>(static_cast<const bf16*>(p) + i);
+        v[0] = __uint_as_float(u.x << 16), v[1] = __uint_as_float(u.x & 0xffff0000u);
+        v[2] = __uint_as_float(u.y << 16), v[3] = __uint_as_float(u.y & 0xffff0000u);
+    } else if (vec && valid >= 4) {
         const float4 f = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
         v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
         if (round)
@@ -95,7 +101,10 @@ __device__ void skinny_rows(const GemmParams& p) {
         const void *a = s.a, *b = s.b;
         const long long lda = s.lda, ldb = s.ldb;
         const bool a_bf16 = s.a_bf16, b_bf16 = s.b_bf16;
-        const bool a_vec = skinny_vector(a, a_bf16, lda);
+        // f32 rows only: with the 8-byte bf16 path too, ptxas gives the NC = 8 kernels 80
+        // registers a thread instead of 64 (3 blocks an SM instead of 4). The step's
+        // operands here are f32 (X, dY); bf16 ones come from the bf16-storage mode.
+        const bool a_vec = !a_bf16 && skinny_vector(a, a_bf16, lda);
         float x[R][4], next[R][4] = {};
         auto load_rows = [&](int kc, float (*dst)[4]) {
 #pragma unroll
@@ -152,8 +161,8 @@ __device__ void skinny_rows(const GemmParams& p) {
 // Column kernels. Block (x, y, z) owns SKINNY_COLUMNS columns of the long side, the narrow
 // entries j0 .. j0+NC (pass y) and the k range of chunk z. Per SKINNY_ROW_CHUNK rows the block
 // stages the narrow operand's rows (rounded once); warp w takes rows w, w+8, ... of them, lane
-// l the columns 4l .. 4l+3 (one 16-byte load per row). The warps' sums meet in shared memory,
-// added in warp order.
+// l the columns 4l .. 4l+3 (one load per row: 16 bytes of f32, 8 of bf16). The warps' sums
+// meet in shared memory, added in warp order.
 template <bool SMALL_M>
 __device__ void skinny_columns(const GemmParams& p) {
     constexpr int NC = SKINNY_COLUMN_NC, RC = SKINNY_ROW_CHUNK, BC = SKINNY_COLUMNS, W = SKINNY_WARPS;

@@ -1634,6 +1634,137 @@ fn cuda_gemm_precast_gives_the_same_bits() {
     assert_eq!(bit_difference(&precast, &direct), None);
 }
 
+/// The linear op from `x`'s copy rounded for the products (what the tape passes in bf16 mode):
+/// the forward from `linear_forward_rounded`, the backward with the copy as `x` and `x_lora`
+/// (dW on the tensor cores, the adapter's dA on the narrow kernels, which read the bf16 copy
+/// four elements at a time) — every result has the bits it has from `x` itself. In f32, and
+/// for an input too small to pay, there is no copy; a copy of another dtype or shape, or a
+/// bf16 input where the products do not round, is refused by name.
+#[test]
+fn cuda_linear_from_a_rounded_copy_gives_the_same_bits() {
+    let mut rng = SplitMix::new(77);
+    let be = cuda(DType::BF16);
+    let c = LinearCase {
+        rows: 384,
+        input: 256,
+        output: 272,
+        rank: 8,
+        separate_lora_input: false,
+        scale: 2.0,
+    };
+    let o = LinearOperands::drawn(&be, c, &mut rng);
+    let x = up(&be, &[c.rows, c.input], &o.x);
+    let w = up(&be, &[c.output, c.input], &o.w);
+    let bias = up(&be, &[c.output], &o.bias);
+    let a = up(&be, &[c.rank, c.input], &o.a);
+    let bl = up(&be, &[c.output, c.rank], &o.b);
+    let dy = up(&be, &[c.rows, c.output], &o.dy);
+    let lora = || LoraWeights {
+        a: &a,
+        b: &bl,
+        scale: c.scale,
+    };
+    let xr = be
+        .rounded_for_products(&x)
+        .unwrap()
+        .expect("bf16 mode rounds a large f32 input ahead");
+    assert_eq!(xr.dtype(), DType::BF16);
+    let bits = |ts: &[&Tensor<CudaBackend>]| -> Vec<Vec<u64>> {
+        ts.iter()
+            .map(|t| down(&be, t).into_iter().map(f64::to_bits).collect())
+            .collect()
+    };
+    let direct = be
+        .linear_forward(&x, &w, Some(&bias), Some(lora()), None)
+        .unwrap();
+    let from_copy = be
+        .linear_forward_rounded(&x, &xr, &w, Some(&bias), Some(lora()), None)
+        .unwrap();
+    assert_eq!(
+        from_copy.y.dtype(),
+        DType::F32,
+        "the output keeps x's dtype"
+    );
+    assert_eq!(
+        bit_difference(
+            &bits(&[&from_copy.y, from_copy.h.as_ref().unwrap()]),
+            &bits(&[&direct.y, direct.h.as_ref().unwrap()])
+        ),
+        None,
+        "forward"
+    );
+    let grads = |input: &Tensor<CudaBackend>| {
+        let g = be
+            .linear_backward(
+                LinearBackwardInputs {
+                    dy: &dy,
+                    x: Some(input),
+                    w: Some(&w),
+                    lora: Some(lora()),
+                    x_lora: Some(input),
+                    h: direct.h.as_ref(),
+                },
+                common::every_linear_grad(),
+            )
+            .unwrap();
+        let all = [g.dx, g.dw, g.dbias, g.dlora_a, g.dlora_b, g.dlora_input];
+        let all: Vec<Tensor<CudaBackend>> = all.into_iter().map(Option::unwrap).collect();
+        bits(&all.iter().collect::<Vec<_>>())
+    };
+    assert_eq!(bit_difference(&grads(&xr), &grads(&x)), None, "backward");
+
+    let small = up(&be, &[4, 16], &o.x[..64]);
+    assert!(
+        be.rounded_for_products(&small).unwrap().is_none(),
+        "too small to pay"
+    );
+    let exact = cuda(DType::F32);
+    let x32 = up(&exact, &[c.rows, c.input], &o.x);
+    assert!(
+        exact.rounded_for_products(&x32).unwrap().is_none(),
+        "f32 rounds nothing"
+    );
+    let refused = |e: spafit::Error, words: &[&str]| {
+        let m = e.to_string();
+        assert!(words.iter().all(|w| m.contains(w)), "{m}");
+    };
+    refused(
+        be.linear_forward_rounded(&x, &x, &w, None, None, None)
+            .unwrap_err(),
+        &["x_rounded", "f32", "bf16"],
+    );
+    let xr_short = be
+        .cast(&up(&be, &[8, c.input], &o.x[..8 * c.input]), DType::BF16)
+        .unwrap();
+    refused(
+        be.linear_forward_rounded(&x, &xr_short, &w, None, None, None)
+            .unwrap_err(),
+        &["x_rounded", "[8, 256]"],
+    );
+    let w32 = up(&exact, &[c.output, c.input], &o.w);
+    let dy32 = up(&exact, &[c.rows, c.output], &o.dy);
+    let x32_as_bf16 = exact.cast(&x32, DType::BF16).unwrap();
+    refused(
+        exact
+            .linear_backward(
+                LinearBackwardInputs {
+                    dy: &dy32,
+                    x: Some(&x32_as_bf16),
+                    w: Some(&w32),
+                    lora: None,
+                    x_lora: None,
+                    h: None,
+                },
+                LinearGradRequest {
+                    dw: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap_err(),
+        &["`x` is bf16", "`dy` is f32"],
+    );
+}
+
 /// The large tile in two pipeline stages (for GPUs with 99 KiB of shared memory per block)
 /// runs the same k-tiles in the same order as in three: every result of the linear op has the
 /// same bits, unsplit and split three ways.

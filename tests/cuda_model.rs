@@ -569,3 +569,128 @@ fn heads_too_wide_for_the_kernels_are_refused_when_the_model_is_built() {
     BertClassifier::random(&wider_than_tensor_cores, &f32_cuda, 2, 0).unwrap();
     BertClassifier::random(&wider, &CpuBackend::f32(), 2, 0).unwrap();
 }
+
+/// One step of `maps` linear maps (count, with LoRA and LoRA dropout where asked) that all
+/// read one trainable input `x` [512, 192] (as the query, key and value maps read one), summed
+/// into a multi-label loss. Returns the loss's and every gradient's bits, the `cast_*` launches
+/// of the forward and of the backward, and the tape's saved-activation bytes.
+struct SharedInputStep {
+    bits: Vec<Vec<u64>>,
+    forward_casts: u64,
+    backward_casts: u64,
+    saved_bytes: usize,
+}
+
+fn shared_input_step(b: &CudaBackend, lora: &[Option<f64>]) -> SharedInputStep {
+    // x large enough for rounding it ahead to pay (64 Ki elements), and read by several
+    // column blocks of each product; a weight below that size, so that only x is rounded.
+    let (rows, width, rank) = (512, 192, 4);
+    let mut rng = spafit::rng::SplitMix::new(31);
+    let mut draw = |dims: &[usize], scale: f64| {
+        let n = dims.iter().product();
+        let v: Vec<f64> = common::nonzero(&mut rng, n)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        tensor(b, dims, &v)
+    };
+    let x0 = draw(&[rows, width], 1.0);
+    let maps: Vec<_> = lora
+        .iter()
+        .map(|adapter| {
+            let w = draw(&[width, width], 0.1);
+            let bias = draw(&[width], 0.1);
+            let ab = adapter.map(|_| (draw(&[rank, width], 0.1), draw(&[width, rank], 0.1)));
+            (w, bias, ab)
+        })
+        .collect();
+    let targets: Vec<f64> = (0..rows * width).map(|i| (i % 3) as f64 / 2.0).collect();
+    let targets = tensor(b, &[rows, width], &targets);
+    let casts = |times: Option<Vec<spafit::backend::KernelTime>>| -> u64 {
+        let times = times.expect("the backend times its kernels");
+        times
+            .iter()
+            .filter(|t| t.kernel.starts_with("cast_"))
+            .map(|t| t.launches)
+            .sum()
+    };
+    let mut tape = Tape::new(b.clone());
+    let x = tape.param("x", &x0, true);
+    assert!(b.start_kernel_timing().unwrap());
+    let mut sum: Option<spafit::autograd::Var<CudaBackend>> = None;
+    for (i, ((w, bias, ab), adapter)) in maps.iter().zip(lora).enumerate() {
+        // Adapted maps keep their weight frozen (LoRA's own case); the others train it.
+        let w = tape.param(&format!("w{i}"), w, ab.is_none());
+        let bias = tape.param(&format!("b{i}"), bias, true);
+        let ab = ab.as_ref().map(|(a, bl)| {
+            (
+                tape.param(&format!("a{i}"), a, true),
+                tape.param(&format!("lb{i}"), bl, true),
+            )
+        });
+        let lora_vars = ab.as_ref().map(|(a, bl)| spafit::autograd::LoraVars {
+            a,
+            b: bl,
+            scale: 2.0,
+            dropout: adapter
+                .filter(|&p| p > 0.0)
+                .map(|p| spafit::backend::Dropout {
+                    p,
+                    seed: 5 + i as u64,
+                }),
+        });
+        let y = tape.linear(&x, &w, Some(&bias), lora_vars).unwrap();
+        sum = Some(match sum {
+            Some(s) => tape.add(&s, &y).unwrap(),
+            None => y,
+        });
+    }
+    let loss = tape.bce_with_logits(&sum.unwrap(), &targets).unwrap();
+    let forward_casts = casts(b.stop_kernel_timing().unwrap());
+    assert!(b.start_kernel_timing().unwrap());
+    let grads = tape.backward(&loss).unwrap();
+    let backward_casts = casts(b.stop_kernel_timing().unwrap());
+    let mut bits = vec![b.to_f64(loss.value()).unwrap()];
+    bits.extend(grads.iter().map(|(_, g)| b.to_f64(g).unwrap()));
+    SharedInputStep {
+        bits: bits
+            .into_iter()
+            .map(|v| v.into_iter().map(f64::to_bits).collect())
+            .collect(),
+        forward_casts,
+        backward_casts,
+        saved_bytes: tape.stats().saved_activation_bytes,
+    }
+}
+
+/// In bf16 mode a linear map's f32 input is rounded to bf16 for its products. Three maps of
+/// one input (the query, key and value maps) round it once — one cast launch in the forward —
+/// and the tape keeps that copy, half the bytes, for their weight gradients, which then round
+/// nothing more: the backward casts only each map's upstream gradient (three launches).
+/// Adapters read the same copy for their `A` gradient, except behind adapter dropout (which
+/// masks the unrounded input). Either way every gradient has the bits it has when each
+/// product rounds its own operands (precasts off).
+#[test]
+fn a_shared_linear_input_is_rounded_once_with_the_same_bits() {
+    let b = cuda(DType::BF16);
+    let f32 = cuda(DType::F32);
+    let trained = [None, None, None];
+    let s = shared_input_step(&b, &trained);
+    assert_eq!(s.forward_casts, 1, "casts in the forward");
+    assert_eq!(s.backward_casts, 3, "casts in the backward");
+    // The same step in f32 keeps the f32 input instead: 512 × 192 × (4 − 2) bytes more.
+    let exact = shared_input_step(&f32, &trained);
+    assert_eq!(exact.saved_bytes - s.saved_bytes, 512 * 192 * 2);
+    for maps in [&trained[..], &[None, Some(0.0), Some(0.25)]] {
+        let rounded_once = shared_input_step(&b, maps);
+        let each_its_own = shared_input_step(&b.with_gemm_precast(false), maps);
+        assert_eq!(each_its_own.forward_casts, 0, "precasts off");
+        assert_eq!(rounded_once.bits.len(), each_its_own.bits.len());
+        for (i, (got, want)) in rounded_once.bits.iter().zip(&each_its_own.bits).enumerate() {
+            assert!(
+                got == want,
+                "maps {maps:?}: value {i} (the loss, then gradients by name)"
+            );
+        }
+    }
+}

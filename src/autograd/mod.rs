@@ -130,6 +130,10 @@ pub struct Tape<B: Backend> {
     /// instead of returning gradients that silently miss that input's contribution.
     misuse: Option<String>,
     saved_storages: HashSet<usize>,
+    /// The last linear map's input and its copy from [`Backend::rounded_for_products`]: the
+    /// next map reading the same input (the query, key and value maps read one) takes the
+    /// copy instead of rounding again. One entry, so at most one copy is kept for this.
+    rounded_input: Option<(Tensor<B>, Tensor<B>)>,
     scope: usize,
     stats: TapeStats,
     tracking: bool,
@@ -157,6 +161,7 @@ impl<B: Backend> Tape<B> {
             known: HashSet::new(),
             misuse: None,
             saved_storages: HashSet::new(),
+            rounded_input: None,
             scope: 0,
             stats: TapeStats::new(),
             tracking: true,
@@ -298,6 +303,8 @@ impl<B: Backend> Tape<B> {
         scale: f64,
         into: Option<(&mut BTreeMap<String, Tensor<B>>, usize)>,
     ) -> Result<BTreeMap<String, Tensor<B>>> {
+        // Forward is over: the nodes hold what they need of it.
+        self.rounded_input = None;
         let Some(loss_id) = loss.id else {
             return Err(Error::Autograd(
                 "the loss does not depend on any trainable parameter".into(),

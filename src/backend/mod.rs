@@ -94,13 +94,13 @@ pub struct LinearGradRequest {
 pub struct LinearBackwardInputs<'a, B: Backend> {
     /// Upstream gradient `[rows, out]`.
     pub dy: &'a Tensor<B>,
-    /// Forward input, needed for `dW`.
+    /// Forward input, needed for `dW`: `x` or its copy from [`Backend::rounded_for_products`].
     pub x: Option<&'a Tensor<B>>,
     /// Weight `[out, in]`, needed for `dX`.
     pub w: Option<&'a Tensor<B>>,
     /// LoRA weights, needed for `dA`, `dX_lora`.
     pub lora: Option<LoraWeights<'a, B>>,
-    /// LoRA input (the possibly dropped-out `x`), needed for `dA`.
+    /// LoRA input (the possibly dropped-out `x`, or `x`'s rounded copy), needed for `dA`.
     pub x_lora: Option<&'a Tensor<B>>,
     /// `h` from the forward pass, needed for `dB`.
     pub h: Option<&'a Tensor<B>>,
@@ -346,6 +346,35 @@ pub trait Backend: Clone + Send + Sync + 'static {
         lora: Option<LoraWeights<'_, Self>>,
         x_lora: Option<&Tensor<Self>>,
     ) -> Result<LinearOutput<Self>>;
+
+    /// `x` as the products of [`Backend::linear_forward`] and [`Backend::linear_backward`] use
+    /// it, where this backend rounds their f32 operands to bf16 (CUDA's bf16 mode) and
+    /// rounding `x` once, ahead of them, pays: a bf16 copy, which
+    /// [`Backend::linear_forward_rounded`] and `linear_backward` (as `x` and `x_lora`) take in
+    /// `x`'s place with the same results, bit for bit. `None` where the products read `x` as
+    /// it is (the CPU; CUDA in f32) or `x` is too small to pay. The tape rounds a linear map's
+    /// input once for every map that reads it (the query, key and value maps) and keeps the
+    /// copy, half the bytes, for the weight gradient.
+    fn rounded_for_products(&self, x: &Tensor<Self>) -> Result<Option<Tensor<Self>>> {
+        let _ = x;
+        Ok(None)
+    }
+
+    /// [`Backend::linear_forward`] with `x_rounded`, `x`'s copy from
+    /// [`Backend::rounded_for_products`], read by the products in `x`'s place; the output
+    /// has `x`'s dtype. A backend that makes no copies computes from `x`.
+    fn linear_forward_rounded(
+        &self,
+        x: &Tensor<Self>,
+        x_rounded: &Tensor<Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        lora: Option<LoraWeights<'_, Self>>,
+        x_lora: Option<&Tensor<Self>>,
+    ) -> Result<LinearOutput<Self>> {
+        let _ = x_rounded;
+        self.linear_forward(x, w, bias, lora, x_lora)
+    }
 
     /// The requested gradients of [`Backend::linear_forward`].
     fn linear_backward(

@@ -42,6 +42,27 @@ pub fn require_float<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) ->
     Ok(())
 }
 
+/// Checks that a copy of `x` rounded for the products ([`Backend::rounded_for_products`]) has
+/// `x`'s shape and the dtype `rounded` of the backend's copies.
+pub fn rounded_input<B: Backend>(
+    op: &'static str,
+    x: &Tensor<B>,
+    x_rounded: &Tensor<B>,
+    rounded: DType,
+) -> Result<()> {
+    require_same_shape(op, ("x_rounded", x_rounded), ("x", x))?;
+    if x_rounded.dtype() != rounded {
+        return Err(Error::dtype(
+            op,
+            format!(
+                "`x_rounded` is {} but this backend's copies rounded for the products are {rounded}",
+                x_rounded.dtype()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that a linear map's weight is stored in `dtype` (the activations' dtype) or in
 /// `frozen`, the backend's compact storage for frozen weights.
 pub fn weight_dtype<B: Backend>(
@@ -262,25 +283,41 @@ impl AttentionDims {
 
 /// Validates the operands of [`Backend::linear_backward`]
 /// (each backend accepts and refuses the same inputs) and returns their dtype and sizes.
+///
+/// `x` and `x_lora` may also be in `rounded`, the dtype of the copies the backend's
+/// [`Backend::rounded_for_products`] makes (the float dtype where it makes none).
 pub fn linear_backward<B: Backend>(
     inp: &crate::backend::LinearBackwardInputs<'_, B>,
+    rounded: DType,
 ) -> Result<(DType, LinearDims)> {
     const OP: &str = "linear backward";
     let dy = inp.dy;
     let (rows, output) = matrix(OP, "dy", dy)?;
     let mut named = vec![("dy", dy)];
-    named.extend(inp.x.map(|t| ("x", t)));
     if let Some(w) = inp.w {
         // Stored in the backend's frozen dtype or the float dtype: each backend checks.
         require_float(OP, "weight", w)?;
     }
-    named.extend(inp.x_lora.map(|t| ("x_lora", t)));
     named.extend(inp.h.map(|t| ("h", t)));
     if let Some(l) = &inp.lora {
         named.push(("lora_A", l.a));
         named.push(("lora_B", l.b));
     }
     let dtype = common_float_dtype(OP, &named)?;
+    for (name, t) in [("x", inp.x), ("x_lora", inp.x_lora)] {
+        if let Some(t) = t {
+            if t.dtype() != dtype && t.dtype() != rounded {
+                let copies = match rounded == dtype {
+                    true => String::new(),
+                    false => format!(" (a copy rounded for the products may be {rounded})"),
+                };
+                return Err(Error::dtype(
+                    OP,
+                    format!("`{name}` is {} but `dy` is {dtype}{copies}", t.dtype()),
+                ));
+            }
+        }
+    }
     // The input width comes from whichever operand carries it.
     let input = inp
         .w

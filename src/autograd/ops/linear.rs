@@ -30,7 +30,8 @@ struct LinearNode<B: Backend> {
     /// The adapter's input dropout: its mask is redrawn from the seed in backward, so the
     /// dropped copy of `x` is never stored.
     lora_dropout: Option<Dropout>,
-    /// Kept only when `dW` or `dA` is needed.
+    /// Kept only when `dW` or `dA` is needed: the backend's copy rounded for the products
+    /// where it makes one and the adapter has no dropout (which masks the unrounded `x`).
     x: Option<Tensor<B>>,
     /// Kept only when `dB` is needed.
     h: Option<Tensor<B>>,
@@ -94,8 +95,26 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
 }
 
 impl<B: Backend> Tape<B> {
-    /// `y = x·Wᵀ + b (+ LoRA)`. Keeps `x` only if `W` or `A` trains and the bottleneck `h`
-    /// only if `B` trains; the adapter's dropout is redrawn in backward, never stored.
+    /// `x`'s copy from [`Backend::rounded_for_products`], made once for consecutive linear
+    /// maps of the same input.
+    fn rounded_input(&mut self, x: &Tensor<B>) -> Result<Option<Tensor<B>>> {
+        if let Some((source, copy)) = &self.rounded_input {
+            // The entry holds `source` alive, so its storage identity cannot be reused.
+            if source.storage_id() == x.storage_id() && source.shape() == x.shape() {
+                return Ok(Some(copy.clone()));
+            }
+        }
+        // Dropped before the next copy is made, so two are never held at once.
+        self.rounded_input = None;
+        let copy = self.backend.rounded_for_products(x)?;
+        self.rounded_input = copy.as_ref().map(|c| (x.clone(), c.clone()));
+        Ok(copy)
+    }
+
+    /// `y = x·Wᵀ + b (+ LoRA)`. Keeps `x` only if `W` or `A` trains (the bf16 copy the
+    /// products read, where the backend makes one: see [`Backend::rounded_for_products`]) and
+    /// the bottleneck `h` only if `B` trains; the adapter's dropout is redrawn in backward,
+    /// never stored.
     pub fn linear(
         &mut self,
         x: &Var<B>,
@@ -108,17 +127,27 @@ impl<B: Backend> Tape<B> {
             Some(d) => Some(self.backend.dropout(&x.value, d)?),
             None => None,
         };
-        let out = self.backend.linear_forward(
-            &x.value,
-            &w.value,
-            bias.map(|b| &b.value),
-            lora.as_ref().map(|l| LoraWeights {
-                a: &l.a.value,
-                b: &l.b.value,
-                scale: l.scale,
-            }),
-            dropped.as_ref(),
-        )?;
+        let x_rounded = self.rounded_input(&x.value)?;
+        let lora_weights = lora.as_ref().map(|l| LoraWeights {
+            a: &l.a.value,
+            b: &l.b.value,
+            scale: l.scale,
+        });
+        let (bias_value, x_lora) = (bias.map(|b| &b.value), dropped.as_ref());
+        let out = match &x_rounded {
+            Some(xr) => self.backend.linear_forward_rounded(
+                &x.value,
+                xr,
+                &w.value,
+                bias_value,
+                lora_weights,
+                x_lora,
+            )?,
+            None => {
+                self.backend
+                    .linear_forward(&x.value, &w.value, bias_value, lora_weights, x_lora)?
+            }
+        };
         let ids = vec![
             x.id,
             w.id,
@@ -134,7 +163,10 @@ impl<B: Backend> Tape<B> {
                     .as_ref()
                     .map(|l| (l.a.value.clone(), l.b.value.clone(), l.scale)),
                 lora_dropout,
-                x: (needs[W] || needs[A]).then(|| x.value.clone()),
+                x: (needs[W] || needs[A]).then(|| match (x_rounded, lora_dropout) {
+                    (Some(xr), None) => xr,
+                    _ => x.value.clone(),
+                }),
                 h: if needs[B_LORA] { h } else { None },
             })
         }))

@@ -334,7 +334,8 @@ impl Backend for CpuBackend {
     ) -> Result<LinearGrads<Self>> {
         const OP: &str = "linear backward";
         let dy = inp.dy;
-        let (dtype, d) = shapes::linear_backward(&inp)?;
+        // This backend makes no rounded copies: `x` has the activations' dtype.
+        let (dtype, d) = shapes::linear_backward(&inp, inp.dy.dtype())?;
         if let Some(w) = inp.w {
             shapes::weight_dtype(OP, w, dtype, self.frozen)?;
             if w.dtype() == DType::BF16 {

@@ -611,9 +611,42 @@ fn with_last_dim(shape: &Shape, last: usize) -> Shape {
     Shape::new(dims)
 }
 
+/// The dtype of the copies [`rounded_for_products`] makes: bf16 where the products round to
+/// it, else the activations' own (`dtype`).
+fn rounded_dtype(b: &CudaBackend, dtype: DType) -> DType {
+    match b.precision {
+        Precision::F32 => dtype,
+        _ => DType::BF16,
+    }
+}
+
+/// See [`crate::backend::Backend::rounded_for_products`]: an f32 `x` rounded to bf16 in the
+/// modes whose products round it anyway, when it is large enough for a precast to pay (the
+/// same test as a GEMM's own precast, whose rounding this is).
+pub(super) fn rounded_for_products(
+    b: &CudaBackend,
+    x: &Tensor<CudaBackend>,
+) -> Result<Option<Tensor<CudaBackend>>> {
+    match x.buffer() {
+        CudaBuffer::F32(s)
+            if b.precision != Precision::F32
+                && x.shape().rank() >= 1
+                && precast_pays(b, x.shape().last_dim(), s.len()) =>
+        {
+            super::elementwise::cast(b, x, DType::BF16).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `x_rounded`: `x`'s copy from [`rounded_for_products`], which the main product reads in its
+/// place. The adapter's bottleneck `H = x·Aᵀ` still reads the f32 `x`, which the narrow rows
+/// kernels read four elements a load (bf16 rows one at a time: gemm_skinny.cu) and round the
+/// same way.
 pub(super) fn linear_forward(
     b: &CudaBackend,
     x: &Tensor<CudaBackend>,
+    x_rounded: Option<&Tensor<CudaBackend>>,
     w: &Tensor<CudaBackend>,
     bias: Option<&Tensor<CudaBackend>>,
     lora: Option<LoraWeights<'_, CudaBackend>>,
@@ -623,6 +656,9 @@ pub(super) fn linear_forward(
     let d = shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
     let dtype = x.dtype();
     shapes::weight_dtype(OP, w, dtype, b.frozen_dtype())?;
+    if let Some(xr) = x_rounded {
+        shapes::rounded_input(OP, x, xr, rounded_dtype(b, dtype))?;
+    }
     let LinearDims {
         rows,
         input,
@@ -658,7 +694,11 @@ pub(super) fn linear_forward(
         }
         None => (None, None),
     };
-    let mut segments = vec![(operand(x, input)?, operand(w, input)?, input)];
+    let mut segments = vec![(
+        operand(x_rounded.unwrap_or(x), input)?,
+        operand(w, input)?,
+        input,
+    )];
     if let (Some(h), Some(sb)) = (&h, &scaled_b) {
         segments.push((operand(h, rank)?, operand(sb, rank)?, rank));
     }
@@ -697,7 +737,7 @@ pub(super) fn linear_backward(
     want: LinearGradRequest,
 ) -> Result<LinearGrads<CudaBackend>> {
     const OP: &str = "linear backward";
-    let (dtype, d) = shapes::linear_backward(&inp)?;
+    let (dtype, d) = shapes::linear_backward(&inp, rounded_dtype(b, inp.dy.dtype()))?;
     if let Some(w) = inp.w {
         shapes::weight_dtype(OP, w, dtype, b.frozen_dtype())?;
     }

@@ -1028,7 +1028,23 @@ impl Backend for CudaBackend {
         lora: Option<LoraWeights<'_, Self>>,
         x_lora: Option<&Tensor<Self>>,
     ) -> Result<LinearOutput<Self>> {
-        gemm::linear_forward(self, x, w, bias, lora, x_lora)
+        gemm::linear_forward(self, x, None, w, bias, lora, x_lora)
+    }
+
+    fn rounded_for_products(&self, x: &Tensor<Self>) -> Result<Option<Tensor<Self>>> {
+        gemm::rounded_for_products(self, x)
+    }
+
+    fn linear_forward_rounded(
+        &self,
+        x: &Tensor<Self>,
+        x_rounded: &Tensor<Self>,
+        w: &Tensor<Self>,
+        bias: Option<&Tensor<Self>>,
+        lora: Option<LoraWeights<'_, Self>>,
+        x_lora: Option<&Tensor<Self>>,
+    ) -> Result<LinearOutput<Self>> {
+        gemm::linear_forward(self, x, Some(x_rounded), w, bias, lora, x_lora)
     }
 
     fn linear_backward(
