@@ -111,12 +111,15 @@ __device__ __forceinline__ void frag_a_from_acc(uint32_t a[4], const float c0[4]
 
 // Rows [r0, r0 + 64) of head h, columns [0, DP) (zero past head_dim and past `limit` rows),
 // into shared [64][DP + 8] as bf16: bf16 rows by cp.async when 16-byte aligned, f32 rows
-// rounded on the way.
+// rounded on the way — eight elements by two 16-byte loads and one 16-byte store where
+// aligned (the synchronous loads are these kernels' main stall: NOTES.md, 2026-12-04).
 template <int DP, typename T>
 __device__ void stage_rows(bf16* dst, const T* src, const AttnParams& p, int start, int r0, int limit, int h) {
     constexpr int COLS = DP + 8, CHUNKS = 64 * DP / 8;
     constexpr bool BF16 = sizeof(T) == 2;
-    const bool vec = BF16 && p.ld % 8 == 0 && p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+    const bool aligned = p.ld % 8 == 0 && p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0;
+    const bool vec = BF16 && aligned;
+    const bool f32_vec = !BF16 && aligned;
     for (int c = threadIdx.x; c < CHUNKS; c += blockDim.x) {
         const int r = c / (DP / 8), cc = (c % (DP / 8)) * 8;
         const int valid = r0 + r < limit ? min(max(p.head_dim - cc, 0), 8) : 0;
@@ -124,6 +127,10 @@ __device__ void stage_rows(bf16* dst, const T* src, const AttnParams& p, int sta
         const T* s = src + (valid ? (long long)(start + r0 + r) * p.ld + (long long)h * p.head_dim + cc : 0);
         if (vec) {
             cp_async_16(d, s, valid * 2);
+        } else if (f32_vec && valid == 8) {
+            const float4 lo = *reinterpret_cast<const float4*>(s), hi = *reinterpret_cast<const float4*>(s + 4);
+            *reinterpret_cast<uint4*>(d) = make_uint4(pack_bf16(lo.x, lo.y), pack_bf16(lo.z, lo.w),
+                                                      pack_bf16(hi.x, hi.y), pack_bf16(hi.z, hi.w));
         } else {
 #pragma unroll
             for (int e = 0; e < 8; ++e) d[e] = __float2bfloat16(e < valid ? load(s, e) : 0.f);
