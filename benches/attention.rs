@@ -59,17 +59,7 @@ fn main() {
         ("backward", &mut || {
             std::hint::black_box(
                 backend
-                    .attention_backward(
-                        &d_out,
-                        &q,
-                        &k,
-                        Some(&v),
-                        &forward.out,
-                        &forward.lse,
-                        &mask,
-                        &config,
-                        all,
-                    )
+                    .attention_backward(&d_out, &q, &k, Some(&v), &forward.lse, &mask, &config, all)
                     .unwrap(),
             );
         }),

@@ -13,11 +13,12 @@
 // Dropout on the probabilities draws the CPU's mask (src/rng.rs) for element (b, h, i, j) at
 // counter ((b·heads + h)·max_seq + i)·max_seq + j.
 //
-// Backward: delta_i = Σ_j P_ij·dP̃_ij first (tensor cores: recomputed from the same rounded
-// operands dS uses, in the dQ kernel; exact f32: rowsum(dO_i ∘ O_i)); then one kernel per key
-// tile for dK, dV and one per query tile for dQ, each summing over the other dimension in a
-// fixed order inside one block: deterministic, no atomics (at the price of recomputing the
-// scores in each).
+// Backward: delta_i = Σ_j P_ij·dP̃_ij first, recomputed from the operands dS uses (tensor
+// cores: in the dQ kernel; exact f32: in a pass of the dQ kernel's loop of its own), so the
+// forward's output is never read and need not be kept; then one kernel per key tile for dK,
+// dV and one per query tile for dQ, each summing over the other dimension in a fixed order
+// inside one block: deterministic, no atomics (at the price of recomputing the scores in
+// each).
 //
 // Tensor cores (attention_*_tc_<storage>_d<DP>): mma.sync on bf16 with f32 accumulation, on
 // 64-row tiles, 4 warps of 16 rows; the head dim is padded to DP ∈ {32, 64, 128} with zeros.
@@ -624,7 +625,10 @@ __device__ void attention_dkdv_f32_impl(const AttnParams& p) {
     }
 }
 
-// dQ: thread i owns query q0 + i; keys stream through shared memory 16 at a time.
+// dQ: thread i owns query q0 + i; keys stream through shared memory 16 at a time. DELTA_ONLY:
+// the same pass computes delta_i = Σ_j P_ij·z_ij·dP̃_ij (z: the dropout factor) in key order
+// and writes it, which dQ and dK/dV then read: no kernel needs the forward's output.
+template <bool DELTA_ONLY>
 __device__ void attention_dq_f32_impl(const AttnParams& p) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int D = p.head_dim, pitch = D + 1;
@@ -642,7 +646,8 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
     load_rows_f32(dOs, pitch, static_cast<const float*>(p.dout), p, start, q0, F32Tiles::ROWS, len, h);
     for (int d = 0; d < D; ++d) dQs[i * pitch + d] = 0.f;
     const float lse = qi < len ? p.lse[stat_index(p, b, h, qi)] : 0.f;
-    const float delta = qi < len ? p.delta[stat_index(p, b, h, qi)] : 0.f;
+    const float delta = !DELTA_ONLY && qi < len ? p.delta[stat_index(p, b, h, qi)] : 0.f;
+    float delta_sum = 0.f;
     for (int k0 = 0; k0 < len; k0 += F32Tiles::OTHER) {
         __syncthreads();
         load_rows_f32(Ks, pitch, static_cast<const float*>(p.k), p, start, k0, F32Tiles::OTHER, len, h);
@@ -658,36 +663,23 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
                 dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
             }
             const float pr = expf(s * p.scale - lse);
-            const float ds = pr * (dp * drop_factor(p, b, h, qi, k0 + j) - delta);
+            const float z = drop_factor(p, b, h, qi, k0 + j);
+            if (DELTA_ONLY) {
+                delta_sum = fmaf(pr * z, dp, delta_sum);
+                continue;
+            }
+            const float ds = pr * (dp * z - delta);
             for (int d = 0; d < D; ++d) dQs[i * pitch + d] = fmaf(ds, Ks[j * pitch + d], dQs[i * pitch + d]);
         }
     }
     if (qi >= len) return;
+    if (DELTA_ONLY) {
+        p.delta[stat_index(p, b, h, qi)] = delta_sum;
+        return;
+    }
     const long long row = (long long)(start + qi) * p.ld + (long long)h * D;
     float* dq = static_cast<float*>(p.dq);
     for (int d = 0; d < D; ++d) dq[row + d] = p.scale * dQs[i * pitch + d];
-}
-
-// delta[b][h][i] = Σ_d dO[i, hD + d] · O[i, hD + d]: one warp per (row, head), fixed order.
-template <typename T>
-__device__ void attention_delta_impl(const AttnParams& p, int batch) {
-    const int lane = threadIdx.x % 32;
-    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
-    for (long long wi = blockIdx.x * (long long)(blockDim.x / 32) + threadIdx.x / 32;
-         wi < (long long)batch * p.heads * p.max_seq; wi += warps) {
-        const int i = static_cast<int>(wi % p.max_seq);
-        const int h = static_cast<int>(wi / p.max_seq % p.heads);
-        const int b = static_cast<int>(wi / ((long long)p.max_seq * p.heads));
-        const int start = p.starts[b], len = p.starts[b + 1] - start;
-        float acc = 0.f;
-        if (i < len) {
-            const long long row = (long long)(start + i) * p.ld + (long long)h * p.head_dim;
-            for (int d = lane; d < p.head_dim; d += 32)
-                acc += load(static_cast<const T*>(p.dout), row + d) * load(static_cast<const T*>(p.o), row + d);
-        }
-        for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        if (lane == 0 && i < len) p.delta[stat_index(p, b, h, i)] = acc;
-    }
 }
 
 // ---------------------------------------------------------------- entry points
@@ -712,6 +704,5 @@ ATTENTION_TC(128, float, f32)
 
 extern "C" __global__ void __launch_bounds__(32) attention_forward_exact(AttnParams p) { attention_forward_f32_impl(p); }
 extern "C" __global__ void __launch_bounds__(32) attention_backward_dkdv_exact(AttnParams p) { attention_dkdv_f32_impl(p); }
-extern "C" __global__ void __launch_bounds__(32) attention_backward_dq_exact(AttnParams p) { attention_dq_f32_impl(p); }
-extern "C" __global__ void attention_delta_f32(AttnParams p, int batch) { attention_delta_impl<float>(p, batch); }
-extern "C" __global__ void attention_delta_bf16(AttnParams p, int batch) { attention_delta_impl<bf16>(p, batch); }
+extern "C" __global__ void __launch_bounds__(32) attention_backward_dq_exact(AttnParams p) { attention_dq_f32_impl<false>(p); }
+extern "C" __global__ void __launch_bounds__(32) attention_backward_delta_exact(AttnParams p) { attention_dq_f32_impl<true>(p); }

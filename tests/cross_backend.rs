@@ -707,30 +707,10 @@ fn attention_cases<B: Backend>(b: &B, tol: f64, cases: impl IntoIterator<Item = 
             dv: true,
         };
         let gr = r
-            .attention_backward(
-                &dyr,
-                &qr,
-                &kr,
-                Some(&vr),
-                &want.out,
-                &want.lse,
-                &mr,
-                &config,
-                all,
-            )
+            .attention_backward(&dyr, &qr, &kr, Some(&vr), &want.lse, &mr, &config, all)
             .unwrap();
         let gb = b
-            .attention_backward(
-                &dyb,
-                &qb,
-                &kb,
-                Some(&vb),
-                &got.out,
-                &got.lse,
-                &mb,
-                &config,
-                all,
-            )
+            .attention_backward(&dyb, &qb, &kb, Some(&vb), &got.lse, &mb, &config, all)
             .unwrap();
         for (name, g, w) in [
             ("dq", &gb.dq, &gr.dq),
@@ -752,9 +732,7 @@ fn attention_cases<B: Backend>(b: &B, tol: f64, cases: impl IntoIterator<Item = 
         };
         // dV alone reads no v: none is given.
         let gv = b
-            .attention_backward(
-                &dyb, &qb, &kb, None, &got.out, &got.lse, &mb, &config, only_dv,
-            )
+            .attention_backward(&dyb, &qb, &kb, None, &got.lse, &mb, &config, only_dv)
             .unwrap();
         assert!(gv.dq.is_none() && gv.dk.is_none());
         let needs_v = AttentionGradRequest {
@@ -762,7 +740,7 @@ fn attention_cases<B: Backend>(b: &B, tol: f64, cases: impl IntoIterator<Item = 
             ..Default::default()
         };
         assert!(
-            b.attention_backward(&dyb, &qb, &kb, None, &got.out, &got.lse, &mb, &config, needs_v)
+            b.attention_backward(&dyb, &qb, &kb, None, &got.lse, &mb, &config, needs_v)
                 .is_err(),
             "dk without v must be refused"
         );
@@ -2048,30 +2026,10 @@ fn cuda_grids_beyond_65535_blocks_take_several_launches() {
         dv: true,
     };
     let gr = r
-        .attention_backward(
-            &dyr,
-            &qr,
-            &kr,
-            Some(&vr),
-            &want.out,
-            &want.lse,
-            &mr,
-            &config,
-            all,
-        )
+        .attention_backward(&dyr, &qr, &kr, Some(&vr), &want.lse, &mr, &config, all)
         .unwrap();
     let gb = b
-        .attention_backward(
-            &dyb,
-            &qb,
-            &kb,
-            Some(&vb),
-            &got.out,
-            &got.lse,
-            &mb,
-            &config,
-            all,
-        )
+        .attention_backward(&dyb, &qb, &kb, Some(&vb), &got.lse, &mb, &config, all)
         .unwrap();
     for (name, g, w) in [
         ("dq", &gb.dq, &gr.dq),

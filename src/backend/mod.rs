@@ -431,10 +431,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> Result<AttentionOutput<Self>>;
 
     /// The requested gradients of [`Backend::attention_forward`]; probabilities are
-    /// recomputed from `lse`. `out` is the forward's context: `rowsum(d_out ∘ out)` is the
-    /// softmax's correction term (FlashAttention-2), so backward needs no `[seq, seq]` pass for
-    /// it. `v` is read only for `dq` and `dk` (`dV = P̃ᵀ·d_out` needs none): pass `None` when
-    /// only `dv` is asked for.
+    /// recomputed from `lse`, and the softmax's correction term `Σ_j P_ij·dP_ij` from them,
+    /// not from the forward's output (`rowsum(d_out ∘ out)`, FlashAttention-2's shortcut), so
+    /// that the output need not be kept for backward. `v` is read only for `dq` and `dk`
+    /// (`dV = P̃ᵀ·d_out` needs none): pass `None` when only `dv` is asked for.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -442,7 +442,6 @@ pub trait Backend: Clone + Send + Sync + 'static {
         q: &Tensor<Self>,
         k: &Tensor<Self>,
         v: Option<&Tensor<Self>>,
-        out: &Tensor<Self>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
         config: &AttentionConfig,

@@ -443,7 +443,6 @@ pub fn attention_backward<B: Backend>(
     q: &Tensor<B>,
     k: &Tensor<B>,
     v: Option<&Tensor<B>>,
-    out: &Tensor<B>,
     mask: &Tensor<B>,
     config: &AttentionConfig,
     want: crate::backend::AttentionGradRequest,
@@ -461,9 +460,8 @@ pub fn attention_backward<B: Backend>(
         None => q,
     };
     let d = attention(q, k, v, mask, config)?;
-    let dtype = common_float_dtype(OP, &[("q", q), ("d_out", d_out), ("out", out)])?;
+    let dtype = common_float_dtype(OP, &[("q", q), ("d_out", d_out)])?;
     require_same_shape(OP, ("d_out", d_out), ("q", q))?;
-    require_same_shape(OP, ("out", out), ("q", q))?;
     Ok((dtype, d))
 }
 

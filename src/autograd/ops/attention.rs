@@ -8,8 +8,6 @@ struct AttentionNode<B: Backend> {
     k: Tensor<B>,
     /// Needed only for `dq`/`dk`.
     v: Option<Tensor<B>>,
-    /// The forward's output: backward's softmax correction is `rowsum(d_out ∘ out)`.
-    out: Tensor<B>,
     lse: Tensor<B>,
     mask: Tensor<B>,
     config: AttentionConfig,
@@ -27,7 +25,6 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
             &self.q,
             &self.k,
             self.v.as_ref(),
-            &self.out,
             &self.lse,
             &self.mask,
             &self.config,
@@ -41,7 +38,7 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {
-        let mut saved = vec![&self.q, &self.k, &self.out, &self.lse, &self.mask];
+        let mut saved = vec![&self.q, &self.k, &self.lse, &self.mask];
         saved.extend(self.v.as_ref());
         saved
     }
@@ -50,7 +47,7 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
 impl<B: Backend> Tape<B> {
     /// Multi-head self-attention over `[batch·seq, hidden]` projections with a key padding
     /// `mask` `[batch, seq]`. Keeps q, k (and v when q or k trains) and the per-row
-    /// log-sum-exp and the output, never the `seq × seq` probabilities.
+    /// log-sum-exp, never the output or the `seq × seq` probabilities.
     pub fn attention(
         &mut self,
         q: &Var<B>,
@@ -63,13 +60,11 @@ impl<B: Backend> Tape<B> {
             .backend
             .attention_forward(&q.value, &k.value, &v.value, mask, &config)?;
         let lse = out.lse;
-        let context = out.out.clone();
         Ok(self.record(out.out, vec![q.id, k.id, v.id], |needs| {
             Box::new(AttentionNode {
                 q: q.value.clone(),
                 k: k.value.clone(),
                 v: (needs[0] || needs[1]).then(|| v.value.clone()),
-                out: context,
                 lse,
                 mask: mask.clone(),
                 config,

@@ -489,15 +489,13 @@ impl Backend for CpuBackend {
         q: &Tensor<Self>,
         k: &Tensor<Self>,
         v: Option<&Tensor<Self>>,
-        out: &Tensor<Self>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
         config: &AttentionConfig,
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
         const OP: &str = "attention backward";
-        // The reference recomputes rowsum(dP ∘ P) from the probabilities and reads no `out`.
-        let (_, d) = shapes::attention_backward(d_out, q, k, v, out, mask, config, want)?;
+        let (_, d) = shapes::attention_backward(d_out, q, k, v, mask, config, want)?;
         shapes::common_float_dtype(OP, &[("q", q), ("lse", lse)])?;
         shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
         with_float!(q.dtype(), OP, T => {

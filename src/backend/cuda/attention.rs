@@ -258,14 +258,13 @@ pub(super) fn backward(
     q: &Tensor<CudaBackend>,
     k: &Tensor<CudaBackend>,
     v: Option<&Tensor<CudaBackend>>,
-    out: &Tensor<CudaBackend>,
     lse: &Tensor<CudaBackend>,
     mask: &Tensor<CudaBackend>,
     config: &AttentionConfig,
     want: AttentionGradRequest,
 ) -> Result<AttentionGrads<CudaBackend>> {
     const OP: &str = "attention backward";
-    let (dtype, d) = shapes::attention_backward(d_out, q, k, v, out, mask, config, want)?;
+    let (dtype, d) = shapes::attention_backward(d_out, q, k, v, mask, config, want)?;
     require_f32(OP, "lse", lse)?;
     shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
     let mut grads = AttentionGrads::default();
@@ -291,29 +290,20 @@ pub(super) fn backward(
                 None => (0, None),
             };
             let (pd, _gd) = view::<T>(d_out).device_ptr(stream);
-            let (po, _go) = view::<T>(out).device_ptr(stream);
             let (pl, _gl) = view::<f32>(lse).device_ptr(stream);
             let (pm, _gm) = ids(mask).device_ptr(stream);
             let (ps, _gs) = starts.device_ptr(stream);
             let (pdelta, _gdelta) = delta.device_ptr_mut(stream);
-            (p.q, p.k, p.v, p.dout, p.o, p.lse, p.mask, p.starts, p.delta) = (pq, pk, pv, pd, po, pl, pm, ps, pdelta);
+            (p.q, p.k, p.v, p.dout, p.lse, p.mask, p.starts, p.delta) = (pq, pk, pv, pd, pl, pm, ps, pdelta);
             let mut guards = Vec::new();
             if let Some(t) = dq.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dq = ptr; guards.push(g); }
             if let Some(t) = dk.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dk = ptr; guards.push(g); }
             if let Some(t) = dv.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dv = ptr; guards.push(g); }
             let needs_delta = want.dq || want.dk;
             if exact {
-                // delta = rowsum(dO ∘ O) in f32: one warp per (row, head).
-                let rows = d.batch * d.heads * d.seq;
-                let delta_kernel = format!("attention_delta_{}", T::SUFFIX);
-                let f = b.function(MODULE, &delta_kernel)?;
-                let cfg = LaunchConfig { grid_dim: (rows.div_ceil(8).min(65_535) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-                let batch = d.batch as i32;
+                // delta = Σ_j P·dP in f32, in the dQ kernel's loop (it reads what dQ reads).
                 if needs_delta {
-                    let mut l = stream.launch_builder(&f);
-                    l.arg(&p).arg(&batch);
-                    // SAFETY: as for launch_tiles; the delta kernel reads dout and o, writes delta.
-                    b.launched(OP, &delta_kernel, || unsafe { l.launch(cfg) })?;
+                    launch_tiles(b, OP, "attention_backward_delta_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[2], &p)?;
                 }
                 if want.dk || want.dv {
                     launch_tiles(b, OP, "attention_backward_dkdv_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[1], &p)?;

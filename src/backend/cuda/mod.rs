@@ -1098,13 +1098,12 @@ impl Backend for CudaBackend {
         q: &Tensor<Self>,
         k: &Tensor<Self>,
         v: Option<&Tensor<Self>>,
-        out: &Tensor<Self>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
         config: &AttentionConfig,
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
-        attention::backward(self, d_out, q, k, v, out, lse, mask, config, want)
+        attention::backward(self, d_out, q, k, v, lse, mask, config, want)
     }
 
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
