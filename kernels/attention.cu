@@ -139,7 +139,7 @@ __device__ void stage_rows(bf16* dst, const T* src, const AttnParams& p, int sta
     }
 }
 
-template <int DP, typename T>
+template <int DP, typename TIn, typename TOut>
 struct AttnTc {
     static constexpr int COLS = DP + 8, TILE = 64 * COLS, NT = DP / 8;
     // Dynamic shared memory: four bf16 tiles and four 64-float vectors.
@@ -157,18 +157,18 @@ struct AttnTc {
         zero_lse_past_end(p, b, h, max(q0, len), q0 + 64);
         if (q0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-        const T* q = static_cast<const T*>(p.q);
-        const T* k = static_cast<const T*>(p.k);
-        const T* v = static_cast<const T*>(p.v);
-        stage_rows<DP, T>(Qs, q, p, start, q0, len, h);
+        const TIn* q = static_cast<const TIn*>(p.q);
+        const TIn* k = static_cast<const TIn*>(p.k);
+        const TIn* v = static_cast<const TIn*>(p.v);
+        stage_rows<DP, TIn>(Qs, q, p, start, q0, len, h);
         float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
         float o[NT][4];
 #pragma unroll
         for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
         for (int k0 = 0; k0 < len; k0 += 64) {
             __syncthreads();  // the previous key tile is consumed
-            stage_rows<DP, T>(Ks, k, p, start, k0, len, h);
-            stage_rows<DP, T>(Vs, v, p, start, k0, len, h);
+            stage_rows<DP, TIn>(Ks, k, p, start, k0, len, h);
+            stage_rows<DP, TIn>(Vs, v, p, start, k0, len, h);
             for (int j = threadIdx.x; j < 64; j += blockDim.x) kbias[j] = key_valid(p, b, k0 + j, len) ? 0.f : -INFINITY;
             cp_async_commit();
             cp_async_wait<0>();
@@ -242,7 +242,7 @@ struct AttnTc {
                 }
             }
         }
-        T* out = static_cast<T*>(p.o);
+        TOut* out = static_cast<TOut*>(p.o);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int qi = q0 + 16 * w + g + 8 * r;
@@ -276,8 +276,8 @@ struct AttnTc {
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
         // dV alone needs neither V nor delta: dV = P̃ᵀ·dO (v and delta may be null then).
         const bool want_dk = p.dk != nullptr;
-        stage_rows<DP, T>(Ks, static_cast<const T*>(p.k), p, start, k0, len, h);
-        if (want_dk) stage_rows<DP, T>(Vs, static_cast<const T*>(p.v), p, start, k0, len, h);
+        stage_rows<DP, TIn>(Ks, static_cast<const TIn*>(p.k), p, start, k0, len, h);
+        if (want_dk) stage_rows<DP, TIn>(Vs, static_cast<const TIn*>(p.v), p, start, k0, len, h);
         for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
         float dk[NT][4], dv[NT][4];
 #pragma unroll
@@ -286,8 +286,8 @@ struct AttnTc {
             for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
         for (int q0 = 0; q0 < len; q0 += 64) {
             __syncthreads();
-            stage_rows<DP, T>(Qs, static_cast<const T*>(p.q), p, start, q0, len, h);
-            stage_rows<DP, T>(dOs, static_cast<const T*>(p.dout), p, start, q0, len, h);
+            stage_rows<DP, TIn>(Qs, static_cast<const TIn*>(p.q), p, start, q0, len, h);
+            stage_rows<DP, TOut>(dOs, static_cast<const TOut*>(p.dout), p, start, q0, len, h);
             for (int i = threadIdx.x; i < 64; i += blockDim.x) {
                 const bool in = q0 + i < len;
                 lse_s[i] = in ? p.lse[stat_index(p, b, h, q0 + i)] : 0.f;
@@ -352,8 +352,8 @@ struct AttnTc {
                 }
             }
         }
-        T* dk_out = static_cast<T*>(p.dk);
-        T* dv_out = static_cast<T*>(p.dv);
+        TOut* dk_out = static_cast<TOut*>(p.dk);
+        TOut* dv_out = static_cast<TOut*>(p.dv);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int kj = k0 + 16 * w + g + 8 * r;
@@ -415,8 +415,8 @@ struct AttnTc {
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (q0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-        stage_rows<DP, T>(Qs, static_cast<const T*>(p.q), p, start, q0, len, h);
-        stage_rows<DP, T>(dOs, static_cast<const T*>(p.dout), p, start, q0, len, h);
+        stage_rows<DP, TIn>(Qs, static_cast<const TIn*>(p.q), p, start, q0, len, h);
+        stage_rows<DP, TOut>(dOs, static_cast<const TOut*>(p.dout), p, start, q0, len, h);
         float lse_r[2], delta_r[2] = {0.f, 0.f};
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -430,8 +430,8 @@ struct AttnTc {
         for (int pass = 0; pass < passes; ++pass) {
             for (int k0 = 0; k0 < len; k0 += 64) {
                 __syncthreads();
-                stage_rows<DP, T>(Ks, static_cast<const T*>(p.k), p, start, k0, len, h);
-                stage_rows<DP, T>(Vs, static_cast<const T*>(p.v), p, start, k0, len, h);
+                stage_rows<DP, TIn>(Ks, static_cast<const TIn*>(p.k), p, start, k0, len, h);
+                stage_rows<DP, TIn>(Vs, static_cast<const TIn*>(p.v), p, start, k0, len, h);
                 for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
                 cp_async_commit();
                 cp_async_wait<0>();
@@ -477,7 +477,7 @@ struct AttnTc {
             }
         }
         if (!p.dq) return;
-        T* dq_out = static_cast<T*>(p.dq);
+        TOut* dq_out = static_cast<TOut*>(p.dq);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int qi = q0 + 16 * w + g + 8 * r;
@@ -684,23 +684,29 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
 
 // ---------------------------------------------------------------- entry points
 
-#define ATTENTION_TC(DP, T, S)                                                                                 \
+// S names the storage: bf16 or f32 for everything, or bf16qkv_f32 for q, k, v in bf16 (the
+// mixed-precision path's copies, which are what the products read: NOTES.md, 2026-12-04) with
+// f32 outputs and dO.
+#define ATTENTION_TC(DP, TIN, TOUT, S)                                                                         \
     extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_##S##_d##DP(AttnParams p) {         \
-        AttnTc<DP, T>::forward(p);                                                                             \
+        AttnTc<DP, TIN, TOUT>::forward(p);                                                                     \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_##S##_d##DP(AttnParams p) {   \
-        AttnTc<DP, T>::backward_dkdv(p);                                                                       \
+        AttnTc<DP, TIN, TOUT>::backward_dkdv(p);                                                               \
     }                                                                                                          \
     extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_tc_##S##_d##DP(AttnParams p) {     \
-        AttnTc<DP, T>::backward_dq(p);                                                                         \
+        AttnTc<DP, TIN, TOUT>::backward_dq(p);                                                                 \
     }
 
-ATTENTION_TC(32, bf16, bf16)
-ATTENTION_TC(64, bf16, bf16)
-ATTENTION_TC(128, bf16, bf16)
-ATTENTION_TC(32, float, f32)
-ATTENTION_TC(64, float, f32)
-ATTENTION_TC(128, float, f32)
+ATTENTION_TC(32, bf16, bf16, bf16)
+ATTENTION_TC(64, bf16, bf16, bf16)
+ATTENTION_TC(128, bf16, bf16, bf16)
+ATTENTION_TC(32, float, float, f32)
+ATTENTION_TC(64, float, float, f32)
+ATTENTION_TC(128, float, float, f32)
+ATTENTION_TC(32, bf16, float, bf16qkv_f32)
+ATTENTION_TC(64, bf16, float, bf16qkv_f32)
+ATTENTION_TC(128, bf16, float, bf16qkv_f32)
 
 extern "C" __global__ void __launch_bounds__(32) attention_forward_exact(AttnParams p) { attention_forward_f32_impl(p); }
 extern "C" __global__ void __launch_bounds__(32) attention_backward_dkdv_exact(AttnParams p) { attention_dkdv_f32_impl(p); }

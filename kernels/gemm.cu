@@ -302,8 +302,8 @@ __device__ void gemm_f32(const GemmParams& p) {
 // out[i] = alpha · Σ_z ws[z][i] (+ bias[i % n]), z in increasing order. The 64-bit division
 // and remainder that place an element (a hundred-odd instructions, more than the element's
 // memory traffic costs) run only where needed: a bias, or output rows that are not packed.
-template <typename T>
-__device__ void gemm_reduce(const float* ws, int split, long long count, int n, float alpha, const T* bias, T* out,
+template <typename T, typename TBias>
+__device__ void gemm_reduce(const float* ws, int split, long long count, int n, float alpha, const TBias* bias, T* out,
                             long long ldc) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x) {
         float s = 0.f;
@@ -353,5 +353,10 @@ extern "C" __global__ void gemm_reduce_f32(const float* ws, int split, long long
 }
 extern "C" __global__ void gemm_reduce_bf16(const float* ws, int split, long long count, int n, float alpha,
                                             const bf16* bias, bf16* out, long long ldc) {
+    gemm_reduce(ws, split, count, n, alpha, bias, out, ldc);
+}
+// f32 sums with an f32 bias, stored in bf16: an output for products (attention's inputs).
+extern "C" __global__ void gemm_reduce_bf16_bias_f32(const float* ws, int split, long long count, int n, float alpha,
+                                                     const float* bias, bf16* out, long long ldc) {
     gemm_reduce(ws, split, count, n, alpha, bias, out, ldc);
 }

@@ -15,7 +15,8 @@ use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::{CudaBackend, Driver};
 use spafit::backend::{
     AdamWStep, AdamWUpdate, AttentionConfig, AttentionGradRequest, Backend, Dropout,
-    LayerNormGradRequest, LinearBackwardInputs, LinearGradRequest, LoraWeights,
+    LayerNormGradRequest, LinearBackwardInputs, LinearForwardOptions, LinearGradRequest,
+    LoraWeights,
 };
 use spafit::rng::SplitMix;
 use spafit::tensor::{DType, Shape, Tensor};
@@ -1613,7 +1614,7 @@ fn cuda_gemm_precast_gives_the_same_bits() {
 }
 
 /// The linear op from `x`'s copy rounded for the products (what the tape passes in bf16 mode):
-/// the forward from `linear_forward_rounded`, the backward with the copy as `x` and `x_lora`
+/// the forward from `linear_forward_with`, the backward with the copy as `x` and `x_lora`
 /// (dW on the tensor cores, the adapter's dA on the narrow kernels, which read the bf16 copy
 /// four elements at a time) — every result has the bits it has from `x` itself. In f32, and
 /// for an input too small to pay, there is no copy; a copy of another dtype or shape, or a
@@ -1646,6 +1647,10 @@ fn cuda_linear_from_a_rounded_copy_gives_the_same_bits() {
         .rounded_for_products(&x)
         .unwrap()
         .expect("bf16 mode rounds a large f32 input ahead");
+    let rounded = |t| LinearForwardOptions {
+        x_rounded: Some(t),
+        output_for_products: false,
+    };
     assert_eq!(xr.dtype(), DType::BF16);
     let bits = |ts: &[&Tensor<CudaBackend>]| -> Vec<Vec<u64>> {
         ts.iter()
@@ -1656,7 +1661,7 @@ fn cuda_linear_from_a_rounded_copy_gives_the_same_bits() {
         .linear_forward(&x, &w, Some(&bias), Some(lora()), None)
         .unwrap();
     let from_copy = be
-        .linear_forward_rounded(&x, &xr, &w, Some(&bias), Some(lora()), None)
+        .linear_forward_with(&x, &w, Some(&bias), Some(lora()), None, rounded(&xr))
         .unwrap();
     assert_eq!(
         from_copy.y.dtype(),
@@ -1707,7 +1712,7 @@ fn cuda_linear_from_a_rounded_copy_gives_the_same_bits() {
         assert!(words.iter().all(|w| m.contains(w)), "{m}");
     };
     refused(
-        be.linear_forward_rounded(&x, &x, &w, None, None, None)
+        be.linear_forward_with(&x, &w, None, None, None, rounded(&x))
             .unwrap_err(),
         &["x_rounded", "f32", "bf16"],
     );
@@ -1715,7 +1720,7 @@ fn cuda_linear_from_a_rounded_copy_gives_the_same_bits() {
         .cast(&up(&be, &[8, c.input], &o.x[..8 * c.input]), DType::BF16)
         .unwrap();
     refused(
-        be.linear_forward_rounded(&x, &xr_short, &w, None, None, None)
+        be.linear_forward_with(&x, &w, None, None, None, rounded(&xr_short))
             .unwrap_err(),
         &["x_rounded", "[8, 256]"],
     );
@@ -1740,6 +1745,145 @@ fn cuda_linear_from_a_rounded_copy_gives_the_same_bits() {
             )
             .unwrap_err(),
         &["`x` is bf16", "`dy` is f32"],
+    );
+}
+
+/// A linear output stored for products (attention's query, key, value) in bf16 mode is the
+/// f32 output rounded to bf16, bit for bit — from the tensor-core tiles, split-K (its reduce
+/// adds the f32 bias before rounding) and the narrow kernels, with LoRA; in f32 mode, and
+/// with precasts off, it stays the f32 output.
+#[test]
+fn cuda_linear_output_for_products_is_the_rounded_output() {
+    let mut rng = SplitMix::new(5);
+    let be = cuda(DType::BF16);
+    let exact = cuda(DType::F32);
+    let for_products = LinearForwardOptions {
+        x_rounded: None,
+        output_for_products: true,
+    };
+    for (rows, input, output) in [(96, 64, 80), (64, 48, 8)] {
+        let mut draw = |b: &CudaBackend, dims: &[usize]| {
+            up(b, dims, &nonzero(&mut rng, dims.iter().product()))
+        };
+        let (x, w, bias) = (
+            draw(&be, &[rows, input]),
+            draw(&be, &[output, input]),
+            draw(&be, &[output]),
+        );
+        let (a, bl) = (draw(&be, &[4, input]), draw(&be, &[output, 4]));
+        let lora = || LoraWeights {
+            a: &a,
+            b: &bl,
+            scale: 1.5,
+        };
+        for split in [None, Some(3)] {
+            let b = split.map_or(be.clone(), |s| be.with_gemm_split(s).unwrap());
+            let f32_out = b
+                .linear_forward(&x, &w, Some(&bias), Some(lora()), None)
+                .unwrap();
+            let stored = b
+                .linear_forward_with(&x, &w, Some(&bias), Some(lora()), None, for_products)
+                .unwrap();
+            assert_eq!(stored.y.dtype(), DType::BF16);
+            let want = b.cast(&f32_out.y, DType::BF16).unwrap();
+            assert!(
+                down(&b, &stored.y)
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .eq(down(&b, &want).iter().map(|v| v.to_bits())),
+                "[{rows}, {input}] → {output}, split {split:?}"
+            );
+            let off = b.with_gemm_precast(false);
+            let kept = off
+                .linear_forward_with(&x, &w, Some(&bias), Some(lora()), None, for_products)
+                .unwrap();
+            assert_eq!(kept.y.dtype(), DType::F32, "precasts off");
+        }
+        let (x, w, bias) = (
+            draw(&exact, &[rows, input]),
+            draw(&exact, &[output, input]),
+            draw(&exact, &[output]),
+        );
+        let y = exact
+            .linear_forward_with(&x, &w, Some(&bias), None, None, for_products)
+            .unwrap();
+        assert_eq!(y.y.dtype(), DType::F32, "f32 mode");
+    }
+}
+
+/// Attention in bf16 mixed precision from q, k, v already rounded to bf16 (the copies the
+/// products read; d_out stays f32): the bf16qkv_f32 kernels stream them into shared memory
+/// and give f32 outputs with the bits the f32 inputs give, forward (output, lse) and backward
+/// (dq, dk, dv), for an aligned head dim (64: cp.async) and an odd one (20), with dropout and
+/// masked keys. A bf16 q beside an f32 d_out is refused where the products do not round.
+#[test]
+fn cuda_attention_from_rounded_copies_gives_the_same_bits() {
+    let be = cuda(DType::BF16);
+    let mut rng = SplitMix::new(12);
+    for (batch, seq, heads, hd) in [(2, 70, 2, 64), (2, 33, 3, 20)] {
+        let (rows, hidden) = (batch * seq, heads * hd);
+        let dims = [rows, hidden];
+        let mut draw = || up(&be, &dims, &nonzero(&mut rng, rows * hidden));
+        let (q, k, v, dy) = (draw(), draw(), draw(), draw());
+        let mask: Vec<u32> = (0..rows)
+            .map(|i| u32::from(i % seq < seq - 5 || i < seq))
+            .collect();
+        let mask = be.tensor_from_u32(Shape::new([batch, seq]), &mask).unwrap();
+        let config = AttentionConfig {
+            heads,
+            scale: 1.0 / (hd as f64).sqrt(),
+            dropout: Some(Dropout { p: 0.1, seed: 4 }),
+        };
+        let all = AttentionGradRequest {
+            dq: true,
+            dk: true,
+            dv: true,
+        };
+        let run = |q: &Tensor<CudaBackend>, k: &Tensor<CudaBackend>, v: &Tensor<CudaBackend>| {
+            let f = be.attention_forward(q, k, v, &mask, &config).unwrap();
+            let g = be
+                .attention_backward(&dy, q, k, Some(v), &f.lse, &mask, &config, all)
+                .unwrap();
+            let outs = [f.out, f.lse, g.dq.unwrap(), g.dk.unwrap(), g.dv.unwrap()];
+            assert!(outs.iter().all(|t| t.dtype() == DType::F32));
+            outs.iter()
+                .map(|t| down(&be, t).into_iter().map(f64::to_bits).collect())
+                .collect::<Vec<Vec<u64>>>()
+        };
+        let round = |t: &Tensor<CudaBackend>| be.cast(t, DType::BF16).unwrap();
+        assert_eq!(
+            bit_difference(&run(&round(&q), &round(&k), &round(&v)), &run(&q, &k, &v)),
+            None,
+            "head dim {hd}"
+        );
+    }
+    let exact = cuda(DType::F32);
+    let dims = [8, 16];
+    let q = up(&exact, &dims, &nonzero(&mut rng, 128));
+    let qr = exact.cast(&q, DType::BF16).unwrap();
+    let mask = exact.tensor_from_u32(Shape::new([2, 4]), &[1; 8]).unwrap();
+    let config = AttentionConfig {
+        heads: 2,
+        scale: 0.5,
+        dropout: None,
+    };
+    let f = exact.attention_forward(&q, &q, &q, &mask, &config).unwrap();
+    let e = exact
+        .attention_backward(
+            &q,
+            &qr,
+            &qr,
+            Some(&qr),
+            &f.lse,
+            &mask,
+            &config,
+            Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`q`, `k`, `v` are bf16 but `d_out` is f32"),
+        "{e}"
     );
 }
 

@@ -694,3 +694,31 @@ fn a_shared_linear_input_is_rounded_once_with_the_same_bits() {
         }
     }
 }
+
+/// In bf16 mode the query, key and value maps store their outputs in bf16 (attention rounds
+/// them to bf16 for its products anyway) and the linear maps' inputs are rounded once ahead:
+/// a whole training step — logits, loss, every gradient — has the bits it has when every
+/// product rounds its own f32 operands (precasts off), under all four methods, while the tape
+/// keeps fewer bytes (attention's q, k, v in bf16).
+#[test]
+fn operands_rounded_ahead_change_no_bit_of_a_step() {
+    let b = cuda(DType::BF16);
+    let off = b.with_gemm_precast(false);
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for method in [Method::Full, Method::BitFit, Method::Lora, Method::Spafit] {
+        let (logits, loss, grads, stats) = step(&b, &model(&b, method, 3), 3);
+        let (logits_off, loss_off, grads_off, stats_off) = step(&off, &model(&off, method, 3), 3);
+        assert_eq!(bits(&logits), bits(&logits_off), "{method}: logits");
+        assert_eq!(loss.to_bits(), loss_off.to_bits(), "{method}: loss");
+        assert_eq!(grads.len(), grads_off.len());
+        for ((name, g), (_, g_off)) in grads.iter().zip(&grads_off) {
+            assert_eq!(bits(g), bits(g_off), "{method}: gradient of {name}");
+        }
+        assert!(
+            stats.saved_activation_bytes < stats_off.saved_activation_bytes,
+            "{method}: {} bytes kept against {}",
+            stats.saved_activation_bytes,
+            stats_off.saved_activation_bytes
+        );
+    }
+}

@@ -88,6 +88,36 @@ pub struct LinearGradRequest {
     pub dx_includes_lora: bool,
 }
 
+/// What [`Backend::linear_forward_with`] does beyond [`Backend::linear_forward`].
+#[derive(Debug)]
+pub struct LinearForwardOptions<'a, B: Backend> {
+    /// `x`'s copy from [`Backend::rounded_for_products`], which the products read in `x`'s
+    /// place, with the same results bit for bit.
+    pub x_rounded: Option<&'a Tensor<B>>,
+    /// The output is read only by products that round it (attention's query, key and
+    /// value): the backend may store it as they read it, in the dtype of its rounded copies
+    /// (bf16 in CUDA's bf16 mode: half the bytes, the same results downstream). Its gradient
+    /// keeps the activations' dtype.
+    pub output_for_products: bool,
+}
+
+impl<B: Backend> Default for LinearForwardOptions<'_, B> {
+    fn default() -> Self {
+        LinearForwardOptions {
+            x_rounded: None,
+            output_for_products: false,
+        }
+    }
+}
+
+impl<B: Backend> Clone for LinearForwardOptions<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for LinearForwardOptions<'_, B> {}
+
 /// Inputs of [`Backend::linear_backward`]; each is needed only by some gradients (see
 /// [`LinearGradRequest`]) and may be `None` when those are not requested.
 #[derive(Debug)]
@@ -350,7 +380,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// `x` as the products of [`Backend::linear_forward`] and [`Backend::linear_backward`] use
     /// it, where this backend rounds their f32 operands to bf16 (CUDA's bf16 mode) and
     /// rounding `x` once, ahead of them, pays: a bf16 copy, which
-    /// [`Backend::linear_forward_rounded`] and `linear_backward` (as `x` and `x_lora`) take in
+    /// [`Backend::linear_forward_with`] and `linear_backward` (as `x` and `x_lora`) take in
     /// `x`'s place with the same results, bit for bit. `None` where the products read `x` as
     /// it is (the CPU; CUDA in f32) or `x` is too small to pay. The tape rounds a linear map's
     /// input once for every map that reads it (the query, key and value maps) and keeps the
@@ -360,20 +390,25 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Ok(None)
     }
 
-    /// [`Backend::linear_forward`] with `x_rounded`, `x`'s copy from
-    /// [`Backend::rounded_for_products`], read by the products in `x`'s place; the output
-    /// has `x`'s dtype. A backend that makes no copies computes from `x`.
-    fn linear_forward_rounded(
+    /// [`Backend::linear_forward`] with `options` (see [`LinearForwardOptions`]). This
+    /// default computes from `x` and rounds an output for products with
+    /// [`Backend::rounded_for_products`].
+    fn linear_forward_with(
         &self,
         x: &Tensor<Self>,
-        x_rounded: &Tensor<Self>,
         w: &Tensor<Self>,
         bias: Option<&Tensor<Self>>,
         lora: Option<LoraWeights<'_, Self>>,
         x_lora: Option<&Tensor<Self>>,
+        options: LinearForwardOptions<'_, Self>,
     ) -> Result<LinearOutput<Self>> {
-        let _ = x_rounded;
-        self.linear_forward(x, w, bias, lora, x_lora)
+        let mut out = self.linear_forward(x, w, bias, lora, x_lora)?;
+        if options.output_for_products {
+            if let Some(rounded) = self.rounded_for_products(&out.y)? {
+                out.y = rounded;
+            }
+        }
+        Ok(out)
     }
 
     /// The requested gradients of [`Backend::linear_forward`].
@@ -420,7 +455,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// Multi-head self-attention `softmax(scale·q·kᵀ + mask)·v` per head. `q, k, v:
     /// [batch*seq, hidden]`, `mask: [batch, seq]` `U32`, nonzero where a key may be attended.
-    /// A query whose keys are all masked gets a zero context.
+    /// A query whose keys are all masked gets a zero context. Where the backend rounds its
+    /// products' operands (CUDA's bf16 mode), q, k, v may be given rounded, in the dtype of
+    /// [`Backend::rounded_for_products`]'s copies, and the output keeps the activations'.
     fn attention_forward(
         &self,
         q: &Tensor<Self>,

@@ -436,7 +436,8 @@ pub fn attention<B: Backend>(
 }
 
 /// Validates the operands of attention's backward (`v` only where `dq` or `dk` is asked
-/// for) and returns the sizes.
+/// for) and returns the gradients' dtype (`d_out`'s) and the sizes. `q`, `k`, `v` have that
+/// dtype or `rounded`, that of the backend's copies rounded for the products.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<B: Backend>(
     d_out: &Tensor<B>,
@@ -446,6 +447,7 @@ pub fn attention_backward<B: Backend>(
     mask: &Tensor<B>,
     config: &AttentionConfig,
     want: crate::backend::AttentionGradRequest,
+    rounded: DType,
 ) -> Result<(DType, AttentionDims)> {
     const OP: &str = "attention backward";
     let v = match v {
@@ -460,7 +462,20 @@ pub fn attention_backward<B: Backend>(
         None => q,
     };
     let d = attention(q, k, v, mask, config)?;
-    let dtype = common_float_dtype(OP, &[("q", q), ("d_out", d_out)])?;
+    let dtype = common_float_dtype(OP, &[("d_out", d_out)])?;
+    if q.dtype() != dtype && q.dtype() != rounded {
+        let copies = match rounded == dtype {
+            true => String::new(),
+            false => format!(" (copies rounded for the products may be {rounded})"),
+        };
+        return Err(Error::dtype(
+            OP,
+            format!(
+                "`q`, `k`, `v` are {} but `d_out` is {dtype}{copies}",
+                q.dtype()
+            ),
+        ));
+    }
     require_same_shape(OP, ("d_out", d_out), ("q", q))?;
     Ok((dtype, d))
 }

@@ -249,9 +249,10 @@ impl<B: Backend> EncoderLayer<B> {
         dropouts: &mut DropoutPlan,
         rows: Option<&Tensor<B>>,
     ) -> Result<Var<B>> {
-        let q = self.query.forward(tape, x, dropouts)?;
-        let k = self.key.forward(tape, x, dropouts)?;
-        let v = self.value.forward(tape, x, dropouts)?;
+        // Only attention reads them, and it rounds them for its products.
+        let q = self.query.forward_for_products(tape, x, dropouts)?;
+        let k = self.key.forward_for_products(tape, x, dropouts)?;
+        let v = self.value.forward_for_products(tape, x, dropouts)?;
         let head_dim = self
             .config
             .hidden

@@ -81,20 +81,42 @@ impl<B: Backend> Linear<B> {
         x: &Var<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
+        self.forward_as(tape, x, dropouts, false)
+    }
+
+    /// [`Linear::forward`] for an output that only products read (attention's query, key
+    /// and value): see [`Tape::linear_for_products`].
+    pub fn forward_for_products(
+        &self,
+        tape: &mut Tape<B>,
+        x: &Var<B>,
+        dropouts: &mut DropoutPlan,
+    ) -> Result<Var<B>> {
+        self.forward_as(tape, x, dropouts, true)
+    }
+
+    fn forward_as(
+        &self,
+        tape: &mut Tape<B>,
+        x: &Var<B>,
+        dropouts: &mut DropoutPlan,
+        for_products: bool,
+    ) -> Result<Var<B>> {
         let w = self.weight.var(tape);
         let b = self.bias.var(tape);
-        match &self.lora {
-            None => tape.linear(x, &w, Some(&b), None),
-            Some(l) => {
-                let (a, bl) = (l.a.var(tape), l.b.var(tape));
-                let lora = LoraVars {
-                    a: &a,
-                    b: &bl,
-                    scale: l.scale,
-                    dropout: dropouts.next_lora(),
-                };
-                tape.linear(x, &w, Some(&b), Some(lora))
-            }
+        let lora_vars = self
+            .lora
+            .as_ref()
+            .map(|l| (l.a.var(tape), l.b.var(tape), l.scale));
+        let lora = lora_vars.as_ref().map(|(a, bl, scale)| LoraVars {
+            a,
+            b: bl,
+            scale: *scale,
+            dropout: dropouts.next_lora(),
+        });
+        match for_products {
+            true => tape.linear_for_products(x, &w, Some(&b), lora),
+            false => tape.linear(x, &w, Some(&b), lora),
         }
     }
 

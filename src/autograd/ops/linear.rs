@@ -1,6 +1,8 @@
 use super::super::{BackwardOp, Tape, Var};
 use super::id_of;
-use crate::backend::{Backend, Dropout, LinearBackwardInputs, LinearGradRequest, LoraWeights};
+use crate::backend::{
+    Backend, Dropout, LinearBackwardInputs, LinearForwardOptions, LinearGradRequest, LoraWeights,
+};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -122,6 +124,30 @@ impl<B: Backend> Tape<B> {
         bias: Option<&Var<B>>,
         lora: Option<LoraVars<'_, B>>,
     ) -> Result<Var<B>> {
+        self.linear_as(x, w, bias, lora, false)
+    }
+
+    /// [`Tape::linear`] whose output only products read, which round it (attention's query,
+    /// key and value): the backend may store it as they read it (bf16 in CUDA's bf16 mode,
+    /// see [`LinearForwardOptions::output_for_products`]), with the same results.
+    pub fn linear_for_products(
+        &mut self,
+        x: &Var<B>,
+        w: &Var<B>,
+        bias: Option<&Var<B>>,
+        lora: Option<LoraVars<'_, B>>,
+    ) -> Result<Var<B>> {
+        self.linear_as(x, w, bias, lora, true)
+    }
+
+    fn linear_as(
+        &mut self,
+        x: &Var<B>,
+        w: &Var<B>,
+        bias: Option<&Var<B>>,
+        lora: Option<LoraVars<'_, B>>,
+        output_for_products: bool,
+    ) -> Result<Var<B>> {
         let lora_dropout = lora.as_ref().and_then(|l| l.dropout).filter(|d| d.p > 0.0);
         let dropped = match lora_dropout {
             Some(d) => Some(self.backend.dropout(&x.value, d)?),
@@ -133,21 +159,17 @@ impl<B: Backend> Tape<B> {
             b: &l.b.value,
             scale: l.scale,
         });
-        let (bias_value, x_lora) = (bias.map(|b| &b.value), dropped.as_ref());
-        let out = match &x_rounded {
-            Some(xr) => self.backend.linear_forward_rounded(
-                &x.value,
-                xr,
-                &w.value,
-                bias_value,
-                lora_weights,
-                x_lora,
-            )?,
-            None => {
-                self.backend
-                    .linear_forward(&x.value, &w.value, bias_value, lora_weights, x_lora)?
-            }
-        };
+        let out = self.backend.linear_forward_with(
+            &x.value,
+            &w.value,
+            bias.map(|b| &b.value),
+            lora_weights,
+            dropped.as_ref(),
+            LinearForwardOptions {
+                x_rounded: x_rounded.as_ref(),
+                output_for_products,
+            },
+        )?;
         let ids = vec![
             x.id,
             w.id,

@@ -495,7 +495,8 @@ impl Backend for CpuBackend {
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
         const OP: &str = "attention backward";
-        let (_, d) = shapes::attention_backward(d_out, q, k, v, mask, config, want)?;
+        // This backend makes no rounded copies: q, k, v have d_out's dtype.
+        let (_, d) = shapes::attention_backward(d_out, q, k, v, mask, config, want, d_out.dtype())?;
         shapes::common_float_dtype(OP, &[("q", q), ("lse", lse)])?;
         shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
         with_float!(q.dtype(), OP, T => {

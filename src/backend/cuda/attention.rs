@@ -4,10 +4,13 @@
 //! varlen interface: today's callers pass a padded batch (offsets `0, S, 2S, …` plus the key
 //! mask); packed batches without padding rows need no kernel change. In bf16 precision the
 //! tensor-core kernels run (head dims up to 128, padded to 32, 64 or 128) on f32 or bf16
-//! storage; in f32 precision the exact one-thread-per-row kernels.
+//! storage, or on q, k, v in bf16 with f32 outputs and dO (mixed precision, where the query,
+//! key and value maps store their outputs for these products); in f32 precision the exact
+//! one-thread-per-row kernels.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
+use super::gemm::Buf;
 use super::{
     ids, kernel_int, require_f32, tensor, view, with_float, CudaBackend, CudaFloat, Precision,
 };
@@ -150,6 +153,15 @@ fn base_params(d: &AttentionDims, config: &AttentionConfig) -> AttentionParams {
     }
 }
 
+/// The tensor-core kernels' storage suffix for q, k, v in `inputs` and everything else in
+/// `others` (`f32`, `bf16`): bf16 inputs with f32 outputs are `bf16qkv_f32`.
+fn tc_storage(inputs: DType, others: &'static str) -> &'static str {
+    match (inputs, others) {
+        (DType::BF16, "f32") => "bf16qkv_f32",
+        (_, suffix) => suffix,
+    }
+}
+
 /// Start offsets of a padded batch: sequence b is rows [b·S, (b + 1)·S). The kernels
 /// take offsets, lengths, heads and head widths as `int`; this checks that they fit.
 fn padded_starts(b: &CudaBackend, op: &'static str, d: &AttentionDims) -> Result<CudaSlice<i32>> {
@@ -227,14 +239,20 @@ pub(super) fn forward(
     let d = shapes::attention(q, k, v, mask, config)?;
     let stream = &b.device.stream;
     let starts = padded_starts(b, OP, &d)?;
-    with_float!(q.dtype(), OP, T => {
+    // bf16 q, k, v in mixed precision are f32 activations' copies rounded for the products
+    // (see `rounded_for_products`): the output keeps the activations' f32.
+    let out_dtype = match (q.dtype(), b.precision) {
+        (DType::BF16, Precision::Bf16) => DType::F32,
+        (dtype, _) => dtype,
+    };
+    with_float!(out_dtype, OP, T => {
         let mut out = b.output::<T>(q.numel())?;
         let mut lse = b.output::<f32>(d.batch * d.heads * d.seq)?;
         let mut p = base_params(&d, config);
         {
-            let (pq, _gq) = view::<T>(q).device_ptr(stream);
-            let (pk, _gk) = view::<T>(k).device_ptr(stream);
-            let (pv, _gv) = view::<T>(v).device_ptr(stream);
+            let (pq, _gq) = Buf::of(OP, q)?.ptr(stream);
+            let (pk, _gk) = Buf::of(OP, k)?.ptr(stream);
+            let (pv, _gv) = Buf::of(OP, v)?.ptr(stream);
             let (pm, _gm) = ids(mask).device_ptr(stream);
             let (ps, _gs) = starts.device_ptr(stream);
             let (po, _go) = out.device_ptr_mut(stream);
@@ -244,7 +262,8 @@ pub(super) fn forward(
                 launch_tiles(b, OP, "attention_forward_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[0], &p)?;
             } else {
                 let dp = padded_head_dim(OP, d.head_dim)?;
-                launch_tiles(b, OP, &format!("attention_forward_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
+                let storage = tc_storage(q.dtype(), T::SUFFIX);
+                launch_tiles(b, OP, &format!("attention_forward_tc_{storage}_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
             }
         }
         Ok(AttentionOutput { out: tensor(q.shape().clone(), out)?, lse: tensor([d.batch, d.heads, d.seq], lse)? })
@@ -264,7 +283,8 @@ pub(super) fn backward(
     want: AttentionGradRequest,
 ) -> Result<AttentionGrads<CudaBackend>> {
     const OP: &str = "attention backward";
-    let (dtype, d) = shapes::attention_backward(d_out, q, k, v, mask, config, want)?;
+    let rounded = super::gemm::rounded_dtype(b, d_out.dtype());
+    let (dtype, d) = shapes::attention_backward(d_out, q, k, v, mask, config, want, rounded)?;
     require_f32(OP, "lse", lse)?;
     shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
     let mut grads = AttentionGrads::default();
@@ -282,11 +302,11 @@ pub(super) fn backward(
         let mut dv = if want.dv { Some(b.output::<T>(q.numel())?) } else { None };
         {
             let mut p = base_params(&d, config);
-            let (pq, _gq) = view::<T>(q).device_ptr(stream);
-            let (pk, _gk) = view::<T>(k).device_ptr(stream);
+            let (pq, _gq) = Buf::of(OP, q)?.ptr(stream);
+            let (pk, _gk) = Buf::of(OP, k)?.ptr(stream);
             // Only dq and dk read v (and delta); dV alone gets a null v.
             let (pv, _gv) = match v {
-                Some(v) => { let (p, g) = view::<T>(v).device_ptr(stream); (p, Some(g)) }
+                Some(v) => { let (p, g) = Buf::of(OP, v)?.ptr(stream); (p, Some(g)) }
                 None => (0, None),
             };
             let (pd, _gd) = view::<T>(d_out).device_ptr(stream);
@@ -313,11 +333,12 @@ pub(super) fn backward(
                 }
             } else {
                 // The dQ kernel writes delta first (with dq null it does only that).
+                let storage = tc_storage(q.dtype(), T::SUFFIX);
                 if needs_delta {
-                    launch_tiles(b, OP, &format!("attention_backward_dq_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
+                    launch_tiles(b, OP, &format!("attention_backward_dq_tc_{storage}_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
                 }
                 if want.dk || want.dv {
-                    launch_tiles(b, OP, &format!("attention_backward_dkdv_tc_{}_d{dp}", T::SUFFIX), &d, 64, 128, tc_shared(dp), &p)?;
+                    launch_tiles(b, OP, &format!("attention_backward_dkdv_tc_{storage}_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
                 }
             }
             drop(guards);

@@ -25,7 +25,8 @@ use super::{
 };
 use crate::backend::shapes::{self, LinearDims};
 use crate::backend::{
-    Backend, LinearBackwardInputs, LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
+    Backend, LinearBackwardInputs, LinearForwardOptions, LinearGradRequest, LinearGrads,
+    LinearOutput, LoraWeights,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
@@ -304,7 +305,7 @@ pub(super) enum Buf<'a> {
 }
 
 impl<'a> Buf<'a> {
-    fn of(op: &'static str, t: &'a Tensor<CudaBackend>) -> Result<Self> {
+    pub(super) fn of(op: &'static str, t: &'a Tensor<CudaBackend>) -> Result<Self> {
         match t.buffer() {
             CudaBuffer::F32(s) => Ok(Buf::F32(s)),
             CudaBuffer::BF16(s) => Ok(Buf::Bf16(s)),
@@ -316,7 +317,7 @@ impl<'a> Buf<'a> {
         matches!(self, Buf::Bf16(_))
     }
 
-    fn ptr<'s>(self, stream: &'s CudaStream) -> (u64, SyncOnDrop<'s>)
+    pub(super) fn ptr<'s>(self, stream: &'s CudaStream) -> (u64, SyncOnDrop<'s>)
     where
         'a: 's,
     {
@@ -377,8 +378,9 @@ impl<'a> Gemm<'a> {
         }
         let out_bf16 = T::SUFFIX == "bf16";
         if let Some(bias) = self.bias {
-            if bias.is_bf16() != out_bf16 {
-                return Err(Error::dtype(OP, "the bias must have the output's dtype"));
+            // An f32 bias may add to f32 sums stored in bf16 (an output for products).
+            if bias.is_bf16() && !out_bf16 {
+                return Err(Error::dtype(OP, "a bf16 bias needs a bf16 output"));
             }
         }
         let any_bf16 = out_bf16
@@ -578,7 +580,10 @@ impl<'a> Gemm<'a> {
     ) -> Result<()> {
         let (m, n) = (self.m, self.n);
         let count = (m * n) as i64;
-        let reduce_kernel = format!("gemm_reduce_{}", T::SUFFIX);
+        let reduce_kernel = match self.bias {
+            Some(Buf::F32(_)) if T::SUFFIX == "bf16" => "gemm_reduce_bf16_bias_f32".to_string(),
+            _ => format!("gemm_reduce_{}", T::SUFFIX),
+        };
         let f = b.function(MODULE, &reduce_kernel)?;
         let mut l = b.device.stream.launch_builder(&f);
         let (split_i, n_i, alpha, ldc) = (split as i32, n as i32, self.alpha as f32, n as i64);
@@ -613,7 +618,7 @@ fn with_last_dim(shape: &Shape, last: usize) -> Shape {
 
 /// The dtype of the copies [`rounded_for_products`] makes: bf16 where the products round to
 /// it, else the activations' own (`dtype`).
-fn rounded_dtype(b: &CudaBackend, dtype: DType) -> DType {
+pub(super) fn rounded_dtype(b: &CudaBackend, dtype: DType) -> DType {
     match b.precision {
         Precision::F32 => dtype,
         _ => DType::BF16,
@@ -639,26 +644,33 @@ pub(super) fn rounded_for_products(
     }
 }
 
-/// `x_rounded`: `x`'s copy from [`rounded_for_products`], which the main product reads in its
-/// place. The adapter's bottleneck `H = x·Aᵀ` still reads the f32 `x`, which the narrow rows
-/// kernels read four elements a load (bf16 rows one at a time: gemm_skinny.cu) and round the
-/// same way.
+/// `options.x_rounded`: `x`'s copy from [`rounded_for_products`], which the main product reads
+/// in its place. The adapter's bottleneck `H = x·Aᵀ` still reads the f32 `x`, which the narrow
+/// rows kernels read four elements a load (bf16 rows one at a time: gemm_skinny.cu) and round
+/// the same way. `options.output_for_products`: in bf16 mode the product stores its f32 sums
+/// (bias added) rounded to bf16, as the attention kernels would round them on their way in.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn linear_forward(
     b: &CudaBackend,
     x: &Tensor<CudaBackend>,
-    x_rounded: Option<&Tensor<CudaBackend>>,
     w: &Tensor<CudaBackend>,
     bias: Option<&Tensor<CudaBackend>>,
     lora: Option<LoraWeights<'_, CudaBackend>>,
     x_lora: Option<&Tensor<CudaBackend>>,
+    options: LinearForwardOptions<'_, CudaBackend>,
 ) -> Result<LinearOutput<CudaBackend>> {
     const OP: &str = "linear";
     let d = shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
     let dtype = x.dtype();
     shapes::weight_dtype(OP, w, dtype, b.frozen_dtype())?;
+    let x_rounded = options.x_rounded;
     if let Some(xr) = x_rounded {
         shapes::rounded_input(OP, x, xr, rounded_dtype(b, dtype))?;
     }
+    let y_dtype = match options.output_for_products && b.gemm_precast {
+        true => rounded_dtype(b, dtype),
+        false => dtype,
+    };
     let LinearDims {
         rows,
         input,
@@ -709,7 +721,7 @@ pub(super) fn linear_forward(
         segments,
         alpha: 1.0,
         bias: bias.map(|t| Buf::of(OP, t)).transpose()?,
-        out: dtype,
+        out: y_dtype,
     }
     .run(b)?;
     Ok(LinearOutput {
@@ -875,6 +887,9 @@ impl CudaBackend {
     /// The same device with re-read f32 GEMM operands rounded to bf16 in a pass of their own
     /// before the GEMM (`true`, the default) or rounded by the GEMM kernel as it stages them
     /// (`false`): the same bits either way, and the GPU check's microbenchmark times both.
+    /// `false` also turns off the copies of [`Backend::rounded_for_products`] and outputs
+    /// stored for products ([`LinearForwardOptions::output_for_products`]): every product
+    /// then rounds its own f32 operands, which is how the tests show those change no bit.
     pub fn with_gemm_precast(&self, on: bool) -> Self {
         CudaBackend {
             gemm_precast: on,

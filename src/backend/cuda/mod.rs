@@ -49,7 +49,7 @@ use half::bf16;
 use super::{
     AdamWStep, AdamWUpdate, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput,
     Backend, Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
-    LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
+    LinearForwardOptions, LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
@@ -205,7 +205,8 @@ pub struct CudaBackend {
     gemm_tile: Option<&'static str>,
     /// A split-K factor forced for every GEMM (benchmarks sweep them).
     gemm_split: Option<usize>,
-    /// Whether GEMMs round re-read f32 operands to bf16 before they start (see gemm.rs).
+    /// Whether f32 operands are rounded to bf16 ahead of the products that read them (see
+    /// gemm.rs): by the GEMMs, the tape's copies and outputs stored for products.
     gemm_precast: bool,
     /// Whether narrow outputs go to the CUDA-core kernels of gemm_skinny.rs.
     gemm_skinny: bool,
@@ -1028,23 +1029,23 @@ impl Backend for CudaBackend {
         lora: Option<LoraWeights<'_, Self>>,
         x_lora: Option<&Tensor<Self>>,
     ) -> Result<LinearOutput<Self>> {
-        gemm::linear_forward(self, x, None, w, bias, lora, x_lora)
+        gemm::linear_forward(self, x, w, bias, lora, x_lora, Default::default())
     }
 
     fn rounded_for_products(&self, x: &Tensor<Self>) -> Result<Option<Tensor<Self>>> {
         gemm::rounded_for_products(self, x)
     }
 
-    fn linear_forward_rounded(
+    fn linear_forward_with(
         &self,
         x: &Tensor<Self>,
-        x_rounded: &Tensor<Self>,
         w: &Tensor<Self>,
         bias: Option<&Tensor<Self>>,
         lora: Option<LoraWeights<'_, Self>>,
         x_lora: Option<&Tensor<Self>>,
+        options: LinearForwardOptions<'_, Self>,
     ) -> Result<LinearOutput<Self>> {
-        gemm::linear_forward(self, x, Some(x_rounded), w, bias, lora, x_lora)
+        gemm::linear_forward(self, x, w, bias, lora, x_lora, options)
     }
 
     fn linear_backward(
