@@ -617,7 +617,9 @@ fn shared_input_step(b: &CudaBackend, lora: &[Option<f64>]) -> SharedInputStep {
     let mut tape = Tape::new(b.clone());
     let x = tape.param("x", &x0, true);
     assert!(b.start_kernel_timing().unwrap());
-    let mut sum: Option<spafit::autograd::Var<CudaBackend>> = None;
+    // The maps run one after another, as the query, key and value maps do: another op in
+    // between ends the input's reuse.
+    let mut ys = Vec::new();
     for (i, ((w, bias, ab), adapter)) in maps.iter().zip(lora).enumerate() {
         // Adapted maps keep their weight frozen (LoRA's own case); the others train it.
         let w = tape.param(&format!("w{i}"), w, ab.is_none());
@@ -639,13 +641,13 @@ fn shared_input_step(b: &CudaBackend, lora: &[Option<f64>]) -> SharedInputStep {
                     seed: 5 + i as u64,
                 }),
         });
-        let y = tape.linear(&x, &w, Some(&bias), lora_vars).unwrap();
-        sum = Some(match sum {
-            Some(s) => tape.add(&s, &y).unwrap(),
-            None => y,
-        });
+        ys.push(tape.linear(&x, &w, Some(&bias), lora_vars).unwrap());
     }
-    let loss = tape.bce_with_logits(&sum.unwrap(), &targets).unwrap();
+    let mut sum = ys[0].clone();
+    for y in &ys[1..] {
+        sum = tape.add(&sum, y).unwrap();
+    }
+    let loss = tape.bce_with_logits(&sum, &targets).unwrap();
     let forward_casts = casts(b.stop_kernel_timing().unwrap());
     assert!(b.start_kernel_timing().unwrap());
     let grads = tape.backward(&loss).unwrap();

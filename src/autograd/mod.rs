@@ -132,7 +132,7 @@ pub struct Tape<B: Backend> {
     saved_storages: HashSet<usize>,
     /// The last linear map's input and its copy from [`Backend::rounded_for_products`]: the
     /// next map reading the same input (the query, key and value maps read one) takes the
-    /// copy instead of rounding again. One entry, so at most one copy is kept for this.
+    /// copy instead of rounding again. One entry, dropped by any other op.
     rounded_input: Option<(Tensor<B>, Tensor<B>)>,
     scope: usize,
     stats: TapeStats,
@@ -227,6 +227,8 @@ impl<B: Backend> Tape<B> {
         ids: Vec<Option<usize>>,
         op: impl FnOnce(&[bool]) -> Box<dyn BackwardOp<B>>,
     ) -> Var<B> {
+        // A linear map's rounded input is kept only up to the next op (see `rounded_input`).
+        self.rounded_input = None;
         if ids.iter().all(Option::is_none) {
             return self.constant(output);
         }

@@ -98,7 +98,8 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
 
 impl<B: Backend> Tape<B> {
     /// `x`'s copy from [`Backend::rounded_for_products`], made once for consecutive linear
-    /// maps of the same input.
+    /// maps of the same input: [`Tape::linear_as`] keeps it after each map, and every other
+    /// op the tape runs drops it (in `record`), so it lives no longer than a run of maps.
     fn rounded_input(&mut self, x: &Tensor<B>) -> Result<Option<Tensor<B>>> {
         if let Some((source, copy)) = &self.rounded_input {
             // The entry holds `source` alive, so its storage identity cannot be reused.
@@ -108,9 +109,7 @@ impl<B: Backend> Tape<B> {
         }
         // Dropped before the next copy is made, so two are never held at once.
         self.rounded_input = None;
-        let copy = self.backend.rounded_for_products(x)?;
-        self.rounded_input = copy.as_ref().map(|c| (x.clone(), c.clone()));
-        Ok(copy)
+        self.backend.rounded_for_products(x)
     }
 
     /// `y = x·Wᵀ + b (+ LoRA)`. Keeps `x` only if `W` or `A` trains (the bf16 copy the
@@ -178,7 +177,8 @@ impl<B: Backend> Tape<B> {
             id_of(lora.as_ref().map(|l| l.b)),
         ];
         let h = out.h;
-        Ok(self.record(out.y, ids, |needs| {
+        let keep = x_rounded.clone().map(|c| (x.value.clone(), c));
+        let y = self.record(out.y, ids, |needs| {
             Box::new(LinearNode {
                 w: w.value.clone(),
                 lora: lora
@@ -191,6 +191,9 @@ impl<B: Backend> Tape<B> {
                 }),
                 h: if needs[B_LORA] { h } else { None },
             })
-        }))
+        });
+        // After `record`, which drops the entry: the next map may read the same input.
+        self.rounded_input = keep;
+        Ok(y)
     }
 }
