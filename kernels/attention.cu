@@ -22,8 +22,9 @@
 //
 // Tensor cores (attention_*_tc_<storage>_d<DP>): mma.sync on bf16 with f32 accumulation, on
 // 64-row tiles, 4 warps of 16 rows; the head dim is padded to DP ∈ {32, 64, 128} with zeros.
-// Storage is bf16 or f32 (the mixed-precision path: f32 activations rounded to bf16 on their
-// way into shared memory). Exact f32 (attention_*_exact): one thread per query (or key) row,
+// Storage is bf16, f32 (f32 rows rounded to bf16 on their way into shared memory), or
+// bf16qkv_f32: q, k, v in bf16 and o, dO, dq, dk, dv in f32 (the mixed-precision path, whose
+// query, key and value maps store their outputs in bf16). Exact f32 (attention_*_exact): one thread per query (or key) row,
 // plain FMA, tiles of the other side in shared memory (for exactness, not speed). Outputs are
 // assigned.
 #include "common.cuh"
@@ -35,7 +36,7 @@ struct AttnParams {
     const void* k;
     const void* v;
     const void* dout;  // backward
-    void* o;           // forward output; backward reads it for delta
+    void* o;           // forward output
     void* dq;          // backward outputs, null when not requested
     void* dk;
     void* dv;

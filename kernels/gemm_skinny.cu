@@ -102,8 +102,9 @@ __device__ void skinny_rows(const GemmParams& p) {
         const long long lda = s.lda, ldb = s.ldb;
         const bool a_bf16 = s.a_bf16, b_bf16 = s.b_bf16;
         // f32 rows only: with the 8-byte bf16 path too, ptxas gives the NC = 8 kernels 80
-        // registers a thread instead of 64 (3 blocks an SM instead of 4). The step's
-        // operands here are f32 (X, dY); bf16 ones come from the bf16-storage mode.
+        // registers a thread instead of 64 (3 blocks an SM instead of 4). The mixed-precision
+        // step hands these kernels f32 rows (X, dY: gemm.rs keeps a narrow product off the
+        // rounded copies); bf16 ones come from the bf16-storage mode.
         const bool a_vec = !a_bf16 && skinny_vector(a, a_bf16, lda);
         float x[R][4], next[R][4] = {};
         auto load_rows = [&](int kc, float (*dst)[4]) {

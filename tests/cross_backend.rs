@@ -1814,19 +1814,21 @@ fn cuda_linear_output_for_products_is_the_rounded_output() {
 /// Attention in bf16 mixed precision from q, k, v already rounded to bf16 (the copies the
 /// products read; d_out stays f32): the bf16qkv_f32 kernels stream them into shared memory
 /// and give f32 outputs with the bits the f32 inputs give, forward (output, lse) and backward
-/// (dq, dk, dv), for an aligned head dim (64: cp.async) and an odd one (20), with dropout and
-/// masked keys. A bf16 q beside an f32 d_out is refused where the products do not round.
+/// (dq, dk, dv), for aligned head dims (64, 128: cp.async) and an odd one (20), with dropout,
+/// masked keys and a fully masked sequence. A bf16 q beside an f32 d_out is refused where the
+/// products do not round.
 #[test]
 fn cuda_attention_from_rounded_copies_gives_the_same_bits() {
     let be = cuda(DType::BF16);
     let mut rng = SplitMix::new(12);
-    for (batch, seq, heads, hd) in [(2, 70, 2, 64), (2, 33, 3, 20)] {
+    for (batch, seq, heads, hd) in [(2, 70, 2, 64), (2, 33, 3, 20), (2, 24, 1, 128)] {
         let (rows, hidden) = (batch * seq, heads * hd);
         let dims = [rows, hidden];
         let mut draw = || up(&be, &dims, &nonzero(&mut rng, rows * hidden));
         let (q, k, v, dy) = (draw(), draw(), draw(), draw());
+        // Sequence 0 whole, sequence 1 without its last 5 keys (none at all for head dim 128).
         let mask: Vec<u32> = (0..rows)
-            .map(|i| u32::from(i % seq < seq - 5 || i < seq))
+            .map(|i| u32::from(i < seq || (hd != 128 && i % seq < seq - 5)))
             .collect();
         let mask = be.tensor_from_u32(Shape::new([batch, seq]), &mask).unwrap();
         let config = AttentionConfig {

@@ -72,7 +72,17 @@ fn config_for(method: Method) -> PeftConfig {
 /// values a bf16 tensor holds exactly, so the bf16 comparison measures the computation, not
 /// the rounding of the weights into storage.
 fn model<B: Backend>(backend: &B, method: Method, num_labels: usize) -> BertClassifier<B> {
-    let config = tiny_bert::config(3);
+    model_of(backend, tiny_bert::config(3), method, num_labels)
+}
+
+/// [`model`] of another (3-layer) configuration.
+fn model_of<B: Backend>(
+    backend: &B,
+    config: spafit::checkpoint::BertConfig,
+    method: Method,
+    num_labels: usize,
+) -> BertClassifier<B> {
+    let hidden = config.hidden_size;
     let mut tensors = tiny_bert::tensors(&config, 42);
     for (_, values) in tensors.values_mut() {
         for v in values.iter_mut() {
@@ -85,8 +95,8 @@ fn model<B: Backend>(backend: &B, method: Method, num_labels: usize) -> BertClas
         "classifier",
         tensor(
             backend,
-            &[num_labels, 15],
-            &common::nonzero(&mut spafit::rng::SplitMix::new(7), num_labels * 15)
+            &[num_labels, hidden],
+            &common::nonzero(&mut spafit::rng::SplitMix::new(7), num_labels * hidden)
                 .iter()
                 .map(|&v| half::bf16::from_f64(v).to_f64())
                 .collect::<Vec<_>>(),
@@ -722,5 +732,131 @@ fn operands_rounded_ahead_change_no_bit_of_a_step() {
             stats.saved_activation_bytes,
             stats_off.saved_activation_bytes
         );
+    }
+}
+
+/// Where another node keeps a linear map's input itself (ReLU keeps its output), the map keeps
+/// that f32 tensor too rather than a bf16 copy beside it: the bf16 tape keeps the bytes the
+/// f32 tape keeps, and the weight's gradient has the bits of precasts off.
+#[test]
+fn an_input_kept_by_another_node_is_not_kept_twice() {
+    let (rows, width) = (512, 192);
+    let run = |b: &CudaBackend| {
+        let mut rng = spafit::rng::SplitMix::new(8);
+        let mut draw = |dims: &[usize]| {
+            let n = dims.iter().product();
+            tensor(b, dims, &common::nonzero(&mut rng, n))
+        };
+        let (x0, w0, t0) = (
+            draw(&[rows, width]),
+            draw(&[width, width]),
+            draw(&[rows, width]),
+        );
+        let mut tape = Tape::new(b.clone());
+        let x = tape.param("x", &x0, true);
+        let w = tape.param("w", &w0, true);
+        let r = tape.relu(&x).unwrap();
+        let y = tape.linear(&r, &w, None, None).unwrap();
+        let loss = tape.mse(&y, &t0).unwrap();
+        let kept = tape.stats().saved_activation_bytes;
+        let grads = tape.backward(&loss).unwrap();
+        let dw = b.to_f64(grads.get("w").unwrap()).unwrap();
+        (kept, dw.into_iter().map(f64::to_bits).collect::<Vec<_>>())
+    };
+    let bf16 = cuda(DType::BF16);
+    let (kept, dw) = run(&bf16);
+    let (kept_f32, _) = run(&cuda(DType::F32));
+    assert_eq!(kept, kept_f32, "bytes kept in bf16 and in f32 mode");
+    let (_, dw_off) = run(&bf16.with_gemm_precast(false));
+    assert!(dw == dw_off, "dW against precasts off");
+}
+
+/// [`operands_rounded_ahead_change_no_bit_of_a_step`] at sizes where every rounding-ahead path
+/// runs (the tiny model is too small for any): hidden 64 in 2 heads of 32 over 16 × 64 tokens,
+/// so linear inputs are rounded once ahead (64 Ki elements, rows of a multiple of 8) and
+/// attention streams its bf16 q, k, v by `cp.async`. Logits, loss and every gradient have the
+/// bits of precasts off, where each product rounds its own f32 operands.
+#[test]
+fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
+    let mut config = tiny_bert::config(3);
+    config.hidden_size = 64;
+    config.num_attention_heads = 2;
+    config.intermediate_size = 128;
+    config.max_position_embeddings = 64;
+    let (batch, seq) = (16, 64);
+    let mut rng = spafit::rng::SplitMix::new(3);
+    let lengths: Vec<usize> = (0..batch).map(|b| seq - 3 * (b % 4)).collect();
+    let encoded = EncodedBatch {
+        input_ids: (0..batch * seq)
+            .map(|i| match i % seq < lengths[i / seq] {
+                true => 1 + (rng.next_u64() % 28) as u32,
+                false => 0,
+            })
+            .collect(),
+        token_type_ids: vec![0; batch * seq],
+        attention_mask: (0..batch * seq)
+            .map(|i| u32::from(i % seq < lengths[i / seq]))
+            .collect(),
+        batch,
+        seq,
+    };
+    let run = |b: &CudaBackend, method: Method| {
+        let m = model_of(b, config.clone(), method, 3);
+        let input = ModelInput::new(b, &encoded).unwrap();
+        let labels = Labels::Classes(
+            b.tensor_from_u32(
+                Shape::new([batch]),
+                &(0..batch as u32).map(|i| i % 3).collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        );
+        assert!(b.start_kernel_timing().unwrap());
+        let mut tape = Tape::new(b.clone());
+        let mut dropouts = DropoutPlan::train(0.1, 0.1, 0.2, 77);
+        let logits = m.forward(&mut tape, &input, &mut dropouts).unwrap();
+        let loss = m.loss(&mut tape, &logits, &labels).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let kernels: Vec<String> = b
+            .stop_kernel_timing()
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.kernel)
+            .collect();
+        let mut bits = vec![
+            b.to_f64(logits.value()).unwrap(),
+            b.to_f64(loss.value()).unwrap(),
+        ];
+        bits.extend(grads.iter().map(|(_, g)| b.to_f64(g).unwrap()));
+        let bits: Vec<Vec<u64>> = bits
+            .into_iter()
+            .map(|v| v.into_iter().map(f64::to_bits).collect())
+            .collect();
+        (bits, kernels)
+    };
+    let b = cuda(DType::BF16);
+    for method in [Method::Full, Method::Spafit] {
+        let (on, kernels) = run(&b, method);
+        let (off, kernels_off) = run(&b.with_gemm_precast(false), method);
+        let has = |ks: &[String], k: &str| ks.iter().any(|n| n == k);
+        assert!(
+            has(&kernels, "attention_forward_tc_bf16qkv_f32_d32"),
+            "{method}: {kernels:?}"
+        );
+        assert!(
+            has(&kernels, "cast_f32_to_bf16"),
+            "{method}: nothing rounded ahead"
+        );
+        assert!(
+            has(&kernels_off, "attention_forward_tc_f32_d32"),
+            "{method}: {kernels_off:?}"
+        );
+        assert_eq!(on.len(), off.len());
+        for (i, (got, want)) in on.iter().zip(&off).enumerate() {
+            assert!(
+                got == want,
+                "{method}: value {i} (logits, loss, then gradients by name)"
+            );
+        }
     }
 }

@@ -281,8 +281,8 @@ impl AttentionDims {
     }
 }
 
-/// Validates the operands of [`Backend::linear_backward`]
-/// (each backend accepts and refuses the same inputs) and returns their dtype and sizes.
+/// Validates the operands of [`Backend::linear_backward`] and returns their dtype and sizes;
+/// backends differ only in `rounded`, and each checks the weight's dtype itself.
 ///
 /// `x` and `x_lora` may also be in `rounded`, the dtype of the copies the backend's
 /// [`Backend::rounded_for_products`] makes (the float dtype where it makes none).

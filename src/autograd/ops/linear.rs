@@ -178,6 +178,9 @@ impl<B: Backend> Tape<B> {
         ];
         let h = out.h;
         let keep = x_rounded.clone().map(|c| (x.value.clone(), c));
+        // Where another node keeps x itself (ReLU keeps its output), its copy would be bytes
+        // more, not fewer: the products then round x again.
+        let x_kept_elsewhere = self.saved_storages.contains(&x.value.storage_id());
         let y = self.record(out.y, ids, |needs| {
             Box::new(LinearNode {
                 w: w.value.clone(),
@@ -186,7 +189,7 @@ impl<B: Backend> Tape<B> {
                     .map(|l| (l.a.value.clone(), l.b.value.clone(), l.scale)),
                 lora_dropout,
                 x: (needs[W] || needs[A]).then(|| match (x_rounded, lora_dropout) {
-                    (Some(xr), None) => xr,
+                    (Some(xr), None) if !x_kept_elsewhere => xr,
                     _ => x.value.clone(),
                 }),
                 h: if needs[B_LORA] { h } else { None },

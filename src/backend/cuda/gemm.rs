@@ -598,7 +598,8 @@ impl<'a> Gemm<'a> {
         l.arg(&bias_ptr);
         l.arg(out).arg(&ldc);
         // SAFETY: matches gemm_reduce_* in kernels/gemm.cu; ws holds split × m × n f32 and
-        // the bias (checked by the caller) the output's dtype.
+        // the bias the dtype the kernel's name says (the output's, or f32 for
+        // gemm_reduce_bf16_bias_f32; checked in run_into).
         b.launched("gemm", &reduce_kernel, || unsafe {
             l.launch(grid_for(m * n))
         })?;
@@ -706,11 +707,13 @@ pub(super) fn linear_forward(
         }
         None => (None, None),
     };
-    let mut segments = vec![(
-        operand(x_rounded.unwrap_or(x), input)?,
-        operand(w, input)?,
-        input,
-    )];
+    // A narrow product's rows kernels read f32 rows four at a time and bf16 ones one at a time
+    // (gemm_skinny.cu): it reads x, and rounds it the same way.
+    let main_x = match x_rounded {
+        Some(xr) if !super::gemm_skinny::is_narrow(output) => xr,
+        _ => x,
+    };
+    let mut segments = vec![(operand(main_x, input)?, operand(w, input)?, input)];
     if let (Some(h), Some(sb)) = (&h, &scaled_b) {
         segments.push((operand(h, rank)?, operand(sb, rank)?, rank));
     }

@@ -16,6 +16,11 @@ const MODULE: &str = "gemm_skinny";
 /// kernels' 8. Past it a tensor-core tile is no longer mostly padding.
 const MAX_NARROW: usize = 32;
 
+/// Whether an output `n` wide is narrow enough for these kernels (beside a long side).
+pub(super) fn is_narrow(n: usize) -> bool {
+    n <= MAX_NARROW
+}
+
 /// The shortest long side worth the CUDA-core kernels: below it the output is a handful of
 /// tensor-core blocks anyway, and the tiny models of the tests keep running the tiles.
 const MIN_WIDE: usize = 64;
