@@ -23,10 +23,11 @@
 // Tensor cores (attention_*_tc_<storage>_d<DP>): mma.sync on bf16 with f32 accumulation, on
 // 64-row tiles, 4 warps of 16 rows; the head dim is padded to DP ∈ {32, 64, 128} with zeros.
 // Storage is bf16, f32 (f32 rows rounded to bf16 on their way into shared memory), or
-// bf16qkv_f32: q, k, v in bf16 and o, dO, dq, dk, dv in f32 (the mixed-precision path, whose
-// query, key and value maps store their outputs in bf16). Exact f32 (attention_*_exact): one thread per query (or key) row,
-// plain FMA, tiles of the other side in shared memory (for exactness, not speed). Outputs are
-// assigned.
+// bf16qkv_f32: the operands q, k, v and dO in bf16, the outputs o, dq, dk, dv in f32 (the
+// mixed-precision path: its query, key and value maps store their outputs in bf16, and the
+// launcher rounds dO once for the two backward kernels that stage it). Exact f32
+// (attention_*_exact): one thread per query (or key) row, plain FMA, tiles of the other side
+// in shared memory (for exactness, not speed). Outputs are assigned.
 #include "common.cuh"
 #include "tensor_core.cuh"
 
@@ -288,7 +289,7 @@ struct AttnTc {
         for (int q0 = 0; q0 < len; q0 += 64) {
             __syncthreads();
             stage_rows<DP, TIn>(Qs, static_cast<const TIn*>(p.q), p, start, q0, len, h);
-            stage_rows<DP, TOut>(dOs, static_cast<const TOut*>(p.dout), p, start, q0, len, h);
+            stage_rows<DP, TIn>(dOs, static_cast<const TIn*>(p.dout), p, start, q0, len, h);
             for (int i = threadIdx.x; i < 64; i += blockDim.x) {
                 const bool in = q0 + i < len;
                 lse_s[i] = in ? p.lse[stat_index(p, b, h, q0 + i)] : 0.f;
@@ -417,7 +418,7 @@ struct AttnTc {
         if (q0 >= len) return;
         const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, t = lane % 4;
         stage_rows<DP, TIn>(Qs, static_cast<const TIn*>(p.q), p, start, q0, len, h);
-        stage_rows<DP, TOut>(dOs, static_cast<const TOut*>(p.dout), p, start, q0, len, h);
+        stage_rows<DP, TIn>(dOs, static_cast<const TIn*>(p.dout), p, start, q0, len, h);
         float lse_r[2], delta_r[2] = {0.f, 0.f};
 #pragma unroll
         for (int r = 0; r < 2; ++r) {

@@ -4,9 +4,9 @@
 //! varlen interface: today's callers pass a padded batch (offsets `0, S, 2S, …` plus the key
 //! mask); packed batches without padding rows need no kernel change. In bf16 precision the
 //! tensor-core kernels run (head dims up to 128, padded to 32, 64 or 128) on f32 or bf16
-//! storage, or on q, k, v in bf16 with f32 outputs and dO (mixed precision, where the query,
-//! key and value maps store their outputs for these products); in f32 precision the exact
-//! one-thread-per-row kernels.
+//! storage, or on q, k, v and dO in bf16 with f32 outputs (mixed precision, where the query,
+//! key and value maps store their outputs for these products and dO is rounded once here);
+//! in f32 precision the exact one-thread-per-row kernels.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
@@ -300,6 +300,12 @@ pub(super) fn backward(
         let mut dq = if want.dq { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dk = if want.dk { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dv = if want.dv { Some(b.output::<T>(q.numel())?) } else { None };
+        // The bf16qkv_f32 kernels stage dO in bf16, as they stage q, k, v: rounded here once,
+        // with the rounding their f32 staging applied, for the two kernels that read it.
+        let d_out_rounded = match (q.dtype(), T::SUFFIX) {
+            (DType::BF16, "f32") => Some(super::elementwise::cast(b, d_out, DType::BF16)?),
+            _ => None,
+        };
         {
             let mut p = base_params(&d, config);
             let (pq, _gq) = Buf::of(OP, q)?.ptr(stream);
@@ -309,7 +315,7 @@ pub(super) fn backward(
                 Some(v) => { let (p, g) = Buf::of(OP, v)?.ptr(stream); (p, Some(g)) }
                 None => (0, None),
             };
-            let (pd, _gd) = view::<T>(d_out).device_ptr(stream);
+            let (pd, _gd) = Buf::of(OP, d_out_rounded.as_ref().unwrap_or(d_out))?.ptr(stream);
             let (pl, _gl) = view::<f32>(lse).device_ptr(stream);
             let (pm, _gm) = ids(mask).device_ptr(stream);
             let (ps, _gs) = starts.device_ptr(stream);
