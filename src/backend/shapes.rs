@@ -63,6 +63,29 @@ pub fn rounded_input<B: Backend>(
     Ok(())
 }
 
+/// Checks that an operand (`subject`, "`x` is") of dtype `found` has the dtype of
+/// `reference` (its name and dtype) or `rounded`, that of the backend's copies rounded for
+/// the products ([`Backend::rounded_for_products`]).
+fn own_or_rounded_dtype(
+    op: &'static str,
+    subject: &str,
+    found: DType,
+    (reference, dtype): (&str, DType),
+    rounded: DType,
+) -> Result<()> {
+    if found == dtype || found == rounded {
+        return Ok(());
+    }
+    let copies = match rounded == dtype {
+        true => String::new(),
+        false => format!(" (copies rounded for the products may be {rounded})"),
+    };
+    Err(Error::dtype(
+        op,
+        format!("{subject} {found} but `{reference}` is {dtype}{copies}"),
+    ))
+}
+
 /// Checks that a linear map's weight is stored in `dtype` (the activations' dtype) or in
 /// `frozen`, the backend's compact storage for frozen weights.
 pub fn weight_dtype<B: Backend>(
@@ -306,16 +329,13 @@ pub fn linear_backward<B: Backend>(
     let dtype = common_float_dtype(OP, &named)?;
     for (name, t) in [("x", inp.x), ("x_lora", inp.x_lora)] {
         if let Some(t) = t {
-            if t.dtype() != dtype && t.dtype() != rounded {
-                let copies = match rounded == dtype {
-                    true => String::new(),
-                    false => format!(" (a copy rounded for the products may be {rounded})"),
-                };
-                return Err(Error::dtype(
-                    OP,
-                    format!("`{name}` is {} but `dy` is {dtype}{copies}", t.dtype()),
-                ));
-            }
+            own_or_rounded_dtype(
+                OP,
+                &format!("`{name}` is"),
+                t.dtype(),
+                ("dy", dtype),
+                rounded,
+            )?;
         }
     }
     // The input width comes from whichever operand carries it.
@@ -463,19 +483,13 @@ pub fn attention_backward<B: Backend>(
     };
     let d = attention(q, k, v, mask, config)?;
     let dtype = common_float_dtype(OP, &[("d_out", d_out)])?;
-    if q.dtype() != dtype && q.dtype() != rounded {
-        let copies = match rounded == dtype {
-            true => String::new(),
-            false => format!(" (copies rounded for the products may be {rounded})"),
-        };
-        return Err(Error::dtype(
-            OP,
-            format!(
-                "`q`, `k`, `v` are {} but `d_out` is {dtype}{copies}",
-                q.dtype()
-            ),
-        ));
-    }
+    own_or_rounded_dtype(
+        OP,
+        "`q`, `k`, `v` are",
+        q.dtype(),
+        ("d_out", dtype),
+        rounded,
+    )?;
     require_same_shape(OP, ("d_out", d_out), ("q", q))?;
     Ok((dtype, d))
 }

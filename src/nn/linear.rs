@@ -114,10 +114,7 @@ impl<B: Backend> Linear<B> {
             scale: *scale,
             dropout: dropouts.next_lora(),
         });
-        match for_products {
-            true => tape.linear_for_products(x, &w, Some(&b), lora),
-            false => tape.linear(x, &w, Some(&b), lora),
-        }
+        tape.linear_as(x, &w, Some(&b), lora, for_products)
     }
 
     /// Folds the adapter into the weight, `W += scale · B·A`, and removes it: the same

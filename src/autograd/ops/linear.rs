@@ -139,7 +139,8 @@ impl<B: Backend> Tape<B> {
         self.linear_as(x, w, bias, lora, true)
     }
 
-    fn linear_as(
+    /// [`Tape::linear`] or, with `output_for_products`, [`Tape::linear_for_products`].
+    pub(crate) fn linear_as(
         &mut self,
         x: &Var<B>,
         w: &Var<B>,

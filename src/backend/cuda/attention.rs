@@ -300,10 +300,11 @@ pub(super) fn backward(
         let mut dq = if want.dq { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dk = if want.dk { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dv = if want.dv { Some(b.output::<T>(q.numel())?) } else { None };
+        let storage = tc_storage(q.dtype(), T::SUFFIX);
         // The bf16qkv_f32 kernels stage dO in bf16, as they stage q, k, v: rounded here once,
         // with the rounding their f32 staging applied, for the two kernels that read it.
-        let d_out_rounded = match (q.dtype(), T::SUFFIX) {
-            (DType::BF16, "f32") => Some(super::elementwise::cast(b, d_out, DType::BF16)?),
+        let d_out_rounded = match storage {
+            "bf16qkv_f32" => Some(super::elementwise::cast(b, d_out, DType::BF16)?),
             _ => None,
         };
         {
@@ -339,7 +340,6 @@ pub(super) fn backward(
                 }
             } else {
                 // The dQ kernel writes delta first (with dq null it does only that).
-                let storage = tc_storage(q.dtype(), T::SUFFIX);
                 if needs_delta {
                     launch_tiles(b, OP, &format!("attention_backward_dq_tc_{storage}_d{dp}"), &d, 64, 128, tc_shared(dp), &p)?;
                 }

@@ -784,16 +784,9 @@ pub(super) fn linear_backward(
     // dY feeds both dX and dW (and the LoRA products): where the GEMMs would round an f32 dY
     // to bf16 (see `Gemm::run_into`), it is rounded once for all of them, with the same
     // rounding, so the results keep their bits. The bias gradient sums the f32 dY.
-    let dy_rounded = match dy.buffer() {
-        CudaBuffer::F32(_)
-            if want.dx
-                && want.dw
-                && b.precision != Precision::F32
-                && precast_pays(b, output, dy.numel()) =>
-        {
-            Some(super::elementwise::cast(b, dy, DType::BF16)?)
-        }
-        _ => None,
+    let dy_rounded = match want.dx && want.dw {
+        true => rounded_for_products(b, dy)?,
+        false => None,
     };
     let dy_gemm = dy_rounded.as_ref().unwrap_or(dy);
     let mut g = LinearGrads::default();
