@@ -279,7 +279,7 @@ fn bias_gradient<B: Backend>(b: &B, tol: f64) {
 
 /// One linear-map case: rows, input, output, LoRA rank, whether the adapter reads a
 /// different input (adapter dropout), and LoRA scale.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct LinearCase {
     rows: usize,
     input: usize,
@@ -1889,35 +1889,65 @@ fn cuda_attention_from_rounded_copies_gives_the_same_bits() {
     );
 }
 
-/// The large tile in two pipeline stages (for GPUs with 99 KiB of shared memory per block)
-/// runs the same k-tiles in the same order as in three: every result of the linear op has the
-/// same bits, unsplit and split three ways.
+/// Tiles differ in how they cut an output among blocks and warps, not in what an element sums
+/// or in which order: each output element is one accumulator fed the reduction's 16-wide
+/// k-steps in increasing order, zero-filled past the end. So unsplit, every compiled tile gives
+/// every result of the linear op the same bits; and split three ways, so do the tiles that cut
+/// the reduction into the same k-tiles (the large tile's 128 × 128 × 64 in two stages, for
+/// GPUs with 99 KiB of shared memory per block, and on four warps). Both epilogues (f32 and
+/// bf16 outputs), on an even output and on an odd one (whose rows pair no columns).
 #[test]
-fn cuda_large_tile_in_two_stages_gives_the_same_bits() {
+fn cuda_gemm_tiles_give_the_same_bits() {
+    use spafit::backend::cuda::gemm::TILES;
+    const LARGE: &str = "128x128x64_w2x4_s3";
     let mut rng = SplitMix::new(99);
-    let b = cuda(DType::BF16);
-    let c = LinearCase {
-        rows: 260,
-        input: 200,
-        output: 136,
-        rank: 4,
-        separate_lora_input: false,
-        scale: 2.0,
-    };
-    let o = LinearOperands::drawn(&b, c, &mut rng);
-    for split in [None, Some(3)] {
-        let on = |tile: &str| {
-            let t = b.with_gemm_tile(tile).unwrap();
-            split.map_or(t.clone(), |s| t.with_gemm_split(s).unwrap())
+    let cases = [
+        LinearCase {
+            rows: 260,
+            input: 200,
+            output: 136,
+            rank: 4,
+            separate_lora_input: false,
+            scale: 2.0,
+        },
+        LinearCase {
+            rows: 140,
+            input: 131,
+            output: 75,
+            rank: 3,
+            separate_lora_input: true,
+            scale: 0.5,
+        },
+    ];
+    for bf16_storage in [false, true] {
+        let b = cuda(DType::BF16);
+        let b = if bf16_storage {
+            b.with_bf16_storage()
+        } else {
+            b
         };
-        assert_eq!(
-            bit_difference(
-                &o.result_bits(&on("128x128x64_w2x4_s2")),
-                &o.result_bits(&on("128x128x64_w2x4_s3"))
-            ),
-            None,
-            "split {split:?}"
-        );
+        let on = |tile: &str, split: usize| {
+            b.with_gemm_tile(tile)
+                .and_then(|t| t.with_gemm_split(split))
+                .unwrap()
+        };
+        for c in cases {
+            let o = LinearOperands::drawn(&b, c, &mut rng);
+            for split in [1, 3] {
+                let reference = o.result_bits(&on(LARGE, split));
+                for tile in TILES {
+                    if split > 1 && (tile.bm, tile.bn, tile.bk) != (128, 128, 64) {
+                        continue;
+                    }
+                    assert_eq!(
+                        bit_difference(&o.result_bits(&on(tile.name, split)), &reference),
+                        None,
+                        "{} against {LARGE}, split {split}, {c:?}, bf16 storage {bf16_storage}",
+                        tile.name
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -200,6 +200,28 @@ pub const TILES: &[Tile] = &[
         warps: (2, 4),
         stages: 2,
     },
+    // The large tile's geometry on four warps of 64 × 64 outputs each instead of eight of
+    // 64 × 32 (CUTLASS's classic Ampere shape): twice the MMAs per fragment loaded and per
+    // warp, so more independent work between a warp's stalls, at the price of ~2× the
+    // accumulator registers and half the warps. On an H200 the eight-warp tile kept its tensor
+    // cores waiting on instruction issue with 0.83 eligible warps per scheduler (ncu,
+    // 2026-12-04); whether fewer, busier warps do better is for the sweep to say.
+    Tile {
+        name: "128x128x64_w2x2_s3",
+        bm: 128,
+        bn: 128,
+        bk: 64,
+        warps: (2, 2),
+        stages: 3,
+    },
+    Tile {
+        name: "128x128x32_w2x2_s4",
+        bm: 128,
+        bn: 128,
+        bk: 32,
+        warps: (2, 2),
+        stages: 4,
+    },
 ];
 
 /// A tile by name.
