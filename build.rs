@@ -16,6 +16,12 @@
 //! messages. The PTX target is `compute_80` (Ampere and Hopper through the driver's JIT),
 //! overridable with `SPAFIT_CUDA_ARCH`.
 //!
+//! `SPAFIT_CUDA_SASS` (e.g. `80,90`) also assembles that PTX with ptxas into machine code
+//! for those GPUs (`SASS` in the generated file), which the backend loads instead of having
+//! the driver compile the PTX at first use (some 20 s for all kernels on an H200): for a
+//! release build aimed at known GPUs, and the GPU check. Off by default: ptxas costs about a
+//! minute per architecture on a 2-core machine.
+//!
 //! Outputs are cached by content in `target/spafit-kernels/`, so the check, test and release
 //! profiles (each its own `OUT_DIR`) compile a kernel once.
 
@@ -197,6 +203,62 @@ fn rewrite_shared(src: &str, file: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// The `SASS` table's entries: every module's PTX assembled by the `ptxas` beside nvcc for
+/// each architecture `SPAFIT_CUDA_SASS` lists (`80,90`; `sm_90` is read as 90). The PTX
+/// itself, not the source, so the machine code is what the driver's JIT would make of it.
+fn assemble_sass(
+    tc: &Toolchain,
+    ptx_of: &[(String, PathBuf)],
+    cache: &Cache,
+) -> Result<String, String> {
+    let Ok(list) = env::var("SPAFIT_CUDA_SASS") else {
+        return Ok(String::new());
+    };
+    let mut archs = Vec::new();
+    for word in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let digits = word.trim_start_matches("sm_");
+        match digits.parse::<u32>() {
+            Ok(sm) if sm >= 50 => archs.push(sm),
+            _ => {
+                return Err(format!(
+                    "SPAFIT_CUDA_SASS: `{word}` is not a GPU architecture (e.g. 80, 86, 90)"
+                ))
+            }
+        }
+    }
+    let ptxas = tc.nvcc.with_file_name("ptxas");
+    let mut entries = String::new();
+    for (name, ptx) in ptx_of {
+        let text = std::fs::read(ptx).map_err(|e| format!("read {}: {e}", ptx.display()))?;
+        for &sm in &archs {
+            let key = hash_of(&[
+                b"sass",
+                &text,
+                &sm.to_le_bytes(),
+                ptxas.to_string_lossy().as_bytes(),
+            ]);
+            let cubin = cache.get(key, ".cubin", |tmp| {
+                run(
+                    &format!("ptxas on {name} for sm_{sm}"),
+                    Command::new(&ptxas)
+                        .arg(format!("-arch=sm_{sm}"))
+                        .arg("-O3")
+                        .arg(ptx)
+                        .arg("-o")
+                        .arg(tmp),
+                )
+            })?;
+            writeln!(
+                entries,
+                "    ({name:?}, {sm}, include_bytes!({:?})),",
+                cubin.display().to_string()
+            )
+            .expect("write to String");
+        }
+    }
+    Ok(entries)
+}
+
 /// The `.entry` names of a PTX text (kernels are `extern "C"`, so these are the C++ names).
 fn ptx_entries(ptx: &str) -> Vec<String> {
     let mut names = Vec::new();
@@ -232,6 +294,7 @@ fn main() {
         "PATH",
         "CXX",
         "SPAFIT_CUDA_ARCH",
+        "SPAFIT_CUDA_SASS",
         "SPAFIT_REQUIRE_NVCC",
         "SPAFIT_REQUIRE_EMULATOR",
     ] {
@@ -280,6 +343,7 @@ fn main() {
         generated.push_str(
             "/// The nvcc that compiled the kernels (none: CPU-only build).\npub const NVCC: Option<&str> = None;\n\
              /// `(module, PTX)` of every kernel file.\npub const KERNELS: &[(&str, &str)] = &[];\n\
+             /// `(module, sm, machine code)` (none: no nvcc).\npub const SASS: &[(&str, u32, &[u8])] = &[];\n\
              /// Directory of the CPU stand-in driver and its kernel modules, when built.\npub const EMULATOR_DIR: Option<&str> = None;\n\
              /// Why there is no stand-in driver in this build.\npub const EMULATOR_MISSING: &str = \"nvcc (and the CUDA headers beside it) was not found when spafit was built; run scripts/install_nvcc.sh and rebuild\";\n",
         );
@@ -342,6 +406,14 @@ fn main() {
     writeln!(
         generated,
         "/// `(module, PTX)` of every kernel file.\npub const KERNELS: &[(&str, &str)] = &[\n{entries}];"
+    )
+    .expect("write to String");
+    let sass = assemble_sass(&tc, &ptx_of, &cache).unwrap_or_else(|e| panic!("{e}"));
+    writeln!(
+        generated,
+        "/// `(module, sm, machine code)`: the PTX of `KERNELS` assembled by ptxas for GPUs of \
+         compute capability sm / 10 (`SPAFIT_CUDA_SASS`; empty without it).\n\
+         pub const SASS: &[(&str, u32, &[u8])] = &[\n{sass}];"
     )
     .expect("write to String");
 

@@ -83,6 +83,9 @@ build() {
     # The pinned nvcc 13.0, whatever else is on PATH: the GPU machine's driver (580) refuses
     # PTX from a newer toolkit. CI's test-profile rehearsal keeps its build's environment.
     [ "$profile" = release ] && export SPAFIT_NVCC="$PWD/.cache/cuda/nvidia/cu13/bin/nvcc"
+    # Machine code for the lent GPU (an H200, sm_90), so its first process does not spend
+    # ~20 s of the window having the driver compile the PTX; another GPU still gets the PTX.
+    [ "$profile" = release ] && export SPAFIT_CUDA_SASS=${SPAFIT_CUDA_SASS:-90}
     local staging
     staging=$(mktemp -d)
     trap "rm -rf '$staging'" EXIT

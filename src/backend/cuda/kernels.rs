@@ -1,4 +1,5 @@
-//! The PTX that build.rs compiled from `kernels/*.cu`.
+//! The PTX that build.rs compiled from `kernels/*.cu`, and the machine code it assembled from
+//! that PTX for the GPUs `SPAFIT_CUDA_SASS` named.
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
@@ -8,4 +9,52 @@ pub fn ptx(module: &str) -> Option<&'static str> {
         .iter()
         .find(|(name, _)| *name == module)
         .map(|(_, ptx)| *ptx)
+}
+
+/// Machine code of `module` that a GPU of compute `capability` runs, if this build has some.
+pub fn sass(module: &str, capability: (u32, u32)) -> Option<&'static [u8]> {
+    pick_sass(SASS, module, capability)
+}
+
+/// From `table`'s `(module, sm, code)`: the code of `module` for the newest architecture a GPU
+/// of `capability` runs. Machine code runs on its own major generation at the same or a
+/// higher minor version only (sm_80's on an sm_86 or sm_89 GPU, sm_90's on sm_90 alone), so
+/// any other GPU gets `None` and the driver compiles the PTX instead.
+fn pick_sass<'a>(
+    table: &[(&str, u32, &'a [u8])],
+    module: &str,
+    capability: (u32, u32),
+) -> Option<&'a [u8]> {
+    let (major, minor) = capability;
+    table
+        .iter()
+        .filter(|(name, sm, _)| *name == module && sm / 10 == major && sm % 10 <= minor)
+        .max_by_key(|(_, sm, _)| *sm)
+        .map(|(_, _, code)| *code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_sass;
+
+    #[test]
+    fn machine_code_is_picked_only_for_a_gpu_that_runs_it() {
+        let table: &[(&str, u32, &[u8])] = &[
+            ("gemm", 80, b"gemm80"),
+            ("gemm", 86, b"gemm86"),
+            ("gemm", 90, b"gemm90"),
+            ("attention", 80, b"attention80"),
+        ];
+        let pick = |module, capability| pick_sass(table, module, capability);
+        assert_eq!(pick("gemm", (8, 0)), Some(&b"gemm80"[..]));
+        assert_eq!(pick("gemm", (8, 6)), Some(&b"gemm86"[..]));
+        assert_eq!(pick("gemm", (8, 9)), Some(&b"gemm86"[..]));
+        assert_eq!(pick("gemm", (9, 0)), Some(&b"gemm90"[..]));
+        assert_eq!(pick("attention", (8, 9)), Some(&b"attention80"[..]));
+        // Another generation (Hopper for sm_80 code, Blackwell for either) compiles the PTX.
+        assert_eq!(pick("attention", (9, 0)), None);
+        assert_eq!(pick("gemm", (10, 0)), None);
+        assert_eq!(pick("gemm", (12, 0)), None);
+        assert_eq!(pick("layernorm", (8, 0)), None);
+    }
 }

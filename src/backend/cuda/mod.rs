@@ -155,6 +155,9 @@ struct Device {
     opted_in: Mutex<HashMap<String, u32>>,
     /// The most shared memory one block may opt into on this device.
     max_shared_per_block: u32,
+    /// NVIDIA's GPU's compute capability, for the machine code of [`kernels::SASS`]; `None`
+    /// on the stand-in, which runs what it built from the PTX.
+    capability: Option<(u32, u32)>,
     /// The most blocks a launch grid takes in y, and in z (x takes 2³¹ − 1): larger grids
     /// go to several launches.
     max_grid_y: usize,
@@ -235,18 +238,25 @@ fn check_compatibility(ctx: &CudaContext, ordinal: usize) -> Result<()> {
     if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
         return Ok(());
     }
+    let Some(device) = capability_of(ctx) else {
+        return Ok(());
+    };
+    match compatibility::problem(ptx, target, driver_version, device) {
+        Some(why) => Err(unavailable(ordinal, why)),
+        None => Ok(()),
+    }
+}
+
+/// The GPU's compute capability `(major, minor)`, when the driver says.
+fn capability_of(ctx: &CudaContext) -> Option<(u32, u32)> {
     use cudarc::driver::sys::CUdevice_attribute::{
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
     };
     let (Ok(major), Ok(minor)) = (ctx.attribute(MAJOR), ctx.attribute(MINOR)) else {
-        return Ok(());
+        return None;
     };
-    let device = (major.max(0) as u32, minor.max(0) as u32);
-    match compatibility::problem(ptx, target, driver_version, device) {
-        Some(why) => Err(unavailable(ordinal, why)),
-        None => Ok(()),
-    }
+    Some((major.max(0) as u32, minor.max(0) as u32))
 }
 
 fn unavailable(ordinal: usize, reason: impl Into<String>) -> Error {
@@ -537,6 +547,10 @@ impl CudaBackend {
         };
         let max_grid_y = grid_dim(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y);
         let max_grid_z = grid_dim(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z);
+        let capability = match driver {
+            Driver::Hardware => capability_of(&ctx),
+            Driver::Emulator => None,
+        };
         Ok(CudaBackend {
             device: Arc::new(Device {
                 ordinal,
@@ -547,6 +561,7 @@ impl CudaBackend {
                 functions: Mutex::new(HashMap::new()),
                 opted_in: Mutex::new(HashMap::new()),
                 max_shared_per_block,
+                capability,
                 max_grid_y,
                 max_grid_z,
                 sync_after_launch: std::env::var_os(SYNC_AFTER_LAUNCH).is_some_and(|v| v == "1"),
@@ -710,17 +725,7 @@ impl CudaBackend {
         let m = match modules.get(module) {
             Some(m) => m.clone(),
             None => {
-                let ptx = kernels::ptx(module).ok_or_else(|| {
-                    unavailable(
-                        self.device.ordinal,
-                        format!("kernel module `{module}` is not in this build"),
-                    )
-                })?;
-                let m = self
-                    .device
-                    .ctx
-                    .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                    .map_err(|e| driver(module, e))?;
+                let m = self.load_module(module)?;
                 modules.insert(module, m.clone());
                 m
             }
@@ -732,6 +737,36 @@ impl CudaBackend {
             .bind_to_thread()
             .map_err(|e| driver(module, e))?;
         m.load_function(name).map_err(|e| driver(module, e))
+    }
+
+    /// Kernel file `module` on this device: its machine code where the build has some for
+    /// this GPU, else its PTX, which the driver compiles. Machine code the driver refuses (a
+    /// ptxas newer than the driver, say) costs only that compilation: the PTX is the same
+    /// program.
+    fn load_module(&self, module: &'static str) -> Result<Arc<CudaModule>> {
+        let sass = self
+            .device
+            .capability
+            .and_then(|capability| kernels::sass(module, capability));
+        if let Some(code) = sass {
+            if let Ok(m) = self
+                .device
+                .ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(code.to_vec()))
+            {
+                return Ok(m);
+            }
+        }
+        let ptx = kernels::ptx(module).ok_or_else(|| {
+            unavailable(
+                self.device.ordinal,
+                format!("kernel module `{module}` is not in this build"),
+            )
+        })?;
+        self.device
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| driver(module, e))
     }
 
     /// `function` with its dynamic shared memory limit raised to `bytes` when that exceeds
