@@ -1,31 +1,43 @@
 // LayerNorm over the last dimension: y = (x − mean) · rstd · γ + β, rstd = 1/sqrt(var + eps).
 //
-// Forward: one block per row; the row is read twice (mean, then centred variance) with
-// block_sum trees. Writes y, mean[row], rstd[row] (mean/rstd always f32).
-// Backward: dx — one block per row, two block sums (mean of g = dy·γ and of g·x̂);
+// Forward: one warp per row, LN_ROWS rows a block; the row is read twice (mean, then centred
+// variance), each sum a butterfly of shuffles that leaves every lane the same bits. Writes y,
+// mean[row], rstd[row] (mean/rstd always f32). No block barrier: a block of one thread per
+// element and two shared-memory trees (what this was) spent twenty barriers a row, which
+// made layernorm most of a whole-model test's time on the CPU stand-in.
+// Backward: dx — one warp per row, the two sums (of g = dy·γ and of g·x̂) in one butterfly;
 // dγ, dβ — column reductions over rows in the bias_grad pattern (32×8 threads per 32
 // columns and a fixed chunk of rows, fixed order). Every output is assigned; no atomics.
 #include "common.cuh"
 
+// Rows a block (one warp each): src/backend/cuda/layernorm.rs launches with the same.
+#define LN_ROWS 8
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
 template <typename T>
 __device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd,
-                           int n, float eps) {
-    extern __shared__ float scratch[];
-    long row = blockIdx.x;
+                           int rows, int n, float eps) {
+    const long row = (long)blockIdx.x * LN_ROWS + threadIdx.x / 32;
+    if (row >= rows) return;  // the whole warp: its shuffles stay full
+    const int lane = threadIdx.x % 32;
     const long base = row * n;
     float s = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) s += load(x, base + j);
-    float mu = block_sum(s, scratch) / n;
+    for (int j = lane; j < n; j += 32) s += load(x, base + j);
+    const float mu = warp_sum(s) / n;
     float v = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float d = load(x, base + j) - mu;
+    for (int j = lane; j < n; j += 32) {
+        const float d = load(x, base + j) - mu;
         v += d * d;
     }
-    float rs = rsqrtf(block_sum(v, scratch) / n + eps);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float rs = rsqrtf(warp_sum(v) / n + eps);
+    for (int j = lane; j < n; j += 32) {
         store(y, base + j, (load(x, base + j) - mu) * rs * load(gamma, j) + load(beta, j));
     }
-    if (threadIdx.x == 0) {
+    if (lane == 0) {
         mean[row] = mu;
         rstd[row] = rs;
     }
@@ -33,20 +45,21 @@ __device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, floa
 
 template <typename T>
 __device__ void ln_backward_input(const T* dy, const T* x, const float* mean, const float* rstd,
-                                  const T* gamma, T* dx, int n) {
-    extern __shared__ float scratch[];
-    long row = blockIdx.x;
+                                  const T* gamma, T* dx, int rows, int n) {
+    const long row = (long)blockIdx.x * LN_ROWS + threadIdx.x / 32;
+    if (row >= rows) return;  // the whole warp: its shuffles stay full
+    const int lane = threadIdx.x % 32;
     const long base = row * n;
-    float mu = mean[row], rs = rstd[row];
+    const float mu = mean[row], rs = rstd[row];
     float sg = 0.f, sgx = 0.f;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float g = load(dy, base + j) * load(gamma, j);
+    for (int j = lane; j < n; j += 32) {
+        const float g = load(dy, base + j) * load(gamma, j);
         sg += g;
         sgx += g * (load(x, base + j) - mu) * rs;
     }
-    float mean_g = block_sum(sg, scratch) / n;
-    float mean_gx = block_sum(sgx, scratch) / n;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    const float mean_g = warp_sum(sg) / n;
+    const float mean_gx = warp_sum(sgx) / n;
+    for (int j = lane; j < n; j += 32) {
         float xhat = (load(x, base + j) - mu) * rs;
         store(dx, base + j, rs * (load(dy, base + j) * load(gamma, j) - mean_g - xhat * mean_gx));
     }
@@ -98,14 +111,15 @@ __device__ void ln_backward_params(const T* dy, const T* x, const float* mean, c
 
 #define LAYERNORM_ENTRIES(T, S)                                                                  \
     extern "C" __global__ void layernorm_forward_##S(const T* x, const T* gamma, const T* beta,  \
-                                                     T* y, float* mean, float* rstd, int n,      \
-                                                     float eps) {                                \
-        ln_forward(x, gamma, beta, y, mean, rstd, n, eps);                                       \
+                                                     T* y, float* mean, float* rstd, int rows,   \
+                                                     int n, float eps) {                         \
+        ln_forward(x, gamma, beta, y, mean, rstd, rows, n, eps);                                 \
     }                                                                                            \
     extern "C" __global__ void layernorm_backward_input_##S(const T* dy, const T* x,             \
                                                             const float* mean, const float* rstd,\
-                                                            const T* gamma, T* dx, int n) {      \
-        ln_backward_input(dy, x, mean, rstd, gamma, dx, n);                                      \
+                                                            const T* gamma, T* dx, int rows,     \
+                                                            int n) {                             \
+        ln_backward_input(dy, x, mean, rstd, gamma, dx, rows, n);                                \
     }                                                                                            \
     extern "C" __global__ void layernorm_backward_params_##S(const T* dy, const T* x,            \
                                                              const float* mean,                  \

@@ -1,15 +1,26 @@
 //! Launchers of `kernels/layernorm.cu`: forward (y, mean, rstd per row) and backward
 //! (dx per row; dγ, dβ as fixed-order column reductions).
 
-use super::{
-    block_reduce, kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend,
-    CudaFloat, THREADS,
-};
+use cudarc::driver::LaunchConfig;
+
+use super::{kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend, CudaFloat};
 use crate::backend::{shapes, LayerNormGradRequest, LayerNormGrads, LayerNormOutput};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
 const MODULE: &str = "layernorm";
+
+/// Rows a block of the forward and dx kernels, one warp each (`LN_ROWS` in the kernel file).
+const ROWS_PER_BLOCK: u32 = 8;
+
+/// The forward's and dx's launch: a warp per row, no shared memory.
+fn warp_per_row(rows: i32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(ROWS_PER_BLOCK), 1, 1),
+        block_dim: (32 * ROWS_PER_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
 
 pub(super) fn forward(
     b: &CudaBackend,
@@ -28,8 +39,8 @@ pub(super) fn forward(
         let mut y = b.output::<T>(rows * n)?;
         let mut mean = b.output::<f32>(rows)?;
         let mut rstd = b.output::<f32>(rows)?;
-        launch!(b, MODULE, format!("layernorm_forward_{}", T::SUFFIX), block_reduce(rows_i as u32, THREADS),
-            view::<T>(x), view::<T>(gamma), view::<T>(beta), &mut y, &mut mean, &mut rstd, &n_i, &(eps as f32));
+        launch!(b, MODULE, format!("layernorm_forward_{}", T::SUFFIX), warp_per_row(rows_i),
+            view::<T>(x), view::<T>(gamma), view::<T>(beta), &mut y, &mut mean, &mut rstd, &rows_i, &n_i, &(eps as f32));
         Ok(LayerNormOutput { y: tensor(x.shape().clone(), y)?, mean: tensor([rows], mean)?, rstd: tensor([rows], rstd)? })
     })
 }
@@ -138,8 +149,8 @@ pub(super) fn backward(
         if want.dx {
             let (x, m, r, gm) = (x.ok_or_else(|| missing("x"))?, mean.ok_or_else(|| missing("mean"))?, rstd.ok_or_else(|| missing("rstd"))?, gamma.ok_or_else(|| missing("gamma"))?);
             let mut dx = b.output::<T>(rows * n)?;
-            launch!(b, MODULE, format!("layernorm_backward_input_{}", T::SUFFIX), block_reduce(rows_i as u32, THREADS),
-                view::<T>(dy), view::<T>(x), view::<f32>(m), view::<f32>(r), view::<T>(gm), &mut dx, &n_i);
+            launch!(b, MODULE, format!("layernorm_backward_input_{}", T::SUFFIX), warp_per_row(rows_i),
+                view::<T>(dy), view::<T>(x), view::<f32>(m), view::<f32>(r), view::<T>(gm), &mut dx, &rows_i, &n_i);
             g.dx = Some(tensor(dy.shape().clone(), dx)?);
         }
         Ok(g)
