@@ -1895,8 +1895,10 @@ fn cuda_attention_from_rounded_copies_gives_the_same_bits() {
 /// k-steps in increasing order, zero-filled past the end. So unsplit, every compiled tile gives
 /// every result of the linear op the same bits; and split three ways, so do the tiles that cut
 /// the reduction into the same k-tiles (the large tile's 128 × 128 × 64 in two stages, for
-/// GPUs with 99 KiB of shared memory per block, and on four warps). Both epilogues (f32 and
-/// bf16 outputs), on an even output and on an odd one (whose rows pair no columns).
+/// GPUs with 99 KiB of shared memory per block, and on four warps). Both epilogues: f32
+/// outputs of an even width (stored in column pairs), bf16 outputs of an odd one (whose rows
+/// pair no columns; the other two combinations meet the f64 reference in
+/// `cuda_every_gemm_tile_matches_the_reference`).
 #[test]
 fn cuda_gemm_tiles_give_the_same_bits() {
     use spafit::backend::cuda::gemm::TILES;
@@ -1920,7 +1922,7 @@ fn cuda_gemm_tiles_give_the_same_bits() {
             scale: 0.5,
         },
     ];
-    for bf16_storage in [false, true] {
+    for (c, bf16_storage) in cases.into_iter().zip([false, true]) {
         let b = cuda(DType::BF16);
         let b = if bf16_storage {
             b.with_bf16_storage()
@@ -1932,21 +1934,19 @@ fn cuda_gemm_tiles_give_the_same_bits() {
                 .and_then(|t| t.with_gemm_split(split))
                 .unwrap()
         };
-        for c in cases {
-            let o = LinearOperands::drawn(&b, c, &mut rng);
-            for split in [1, 3] {
-                let reference = o.result_bits(&on(LARGE, split));
-                for tile in TILES {
-                    if split > 1 && (tile.bm, tile.bn, tile.bk) != (128, 128, 64) {
-                        continue;
-                    }
-                    assert_eq!(
-                        bit_difference(&o.result_bits(&on(tile.name, split)), &reference),
-                        None,
-                        "{} against {LARGE}, split {split}, {c:?}, bf16 storage {bf16_storage}",
-                        tile.name
-                    );
+        let o = LinearOperands::drawn(&b, c, &mut rng);
+        for split in [1, 3] {
+            let reference = o.result_bits(&on(LARGE, split));
+            for tile in TILES {
+                if split > 1 && (tile.bm, tile.bn, tile.bk) != (128, 128, 64) {
+                    continue;
                 }
+                assert_eq!(
+                    bit_difference(&o.result_bits(&on(tile.name, split)), &reference),
+                    None,
+                    "{} against {LARGE}, split {split}, {c:?}, bf16 storage {bf16_storage}",
+                    tile.name
+                );
             }
         }
     }
