@@ -59,14 +59,21 @@ inline void combine_mma(Warp& w, unsigned parity, unsigned) {
         C[g + 8][2 * t] = in.c[2];
         C[g + 8][2 * t + 1] = in.c[3];
     }
+    // bf16 products are exact in f32; only the summation order is ours, not the GPU's: each
+    // element adds its products to C in k order. A row's eight sums run side by side (the
+    // loop over j innermost vectorises), which changes no element's order.
+    // (A vector type, so the eight sums stay in a register rather than on the stack.)
+    typedef float Row8 __attribute__((vector_size(32)));
     float D[16][8];
-    for (int i = 0; i < 16; ++i)
-        for (int j = 0; j < 8; ++j) {
-            // bf16 products are exact in f32; only the summation order is ours, not the GPU's.
-            float acc = C[i][j];
-            for (int k = 0; k < 16; ++k) acc += A[i][k] * B[k][j];
-            D[i][j] = acc;
+    for (int i = 0; i < 16; ++i) {
+        Row8 acc, b;
+        std::memcpy(&acc, C[i], sizeof acc);
+        for (int k = 0; k < 16; ++k) {
+            std::memcpy(&b, B[k], sizeof b);
+            acc += A[i][k] * b;
         }
+        std::memcpy(D[i], &acc, sizeof acc);
+    }
     for (int l = 0; l < 32; ++l) {
         int g = l / 4, t = l % 4;
         float d[4] = {D[g][2 * t], D[g][2 * t + 1], D[g + 8][2 * t], D[g + 8][2 * t + 1]};
