@@ -337,6 +337,10 @@ for m in ["full", "bitfit", "lora", "spafit"] + sorted(k for k in ours if "/" in
     ratio = f"{tm / om:.2f}x" if om and tm else "-"
     fmt = lambda v: f"{v:.1f}" if isinstance(v, (int, float)) else "-"
     print(f"{m:8} {fmt(om):>14} {fmt(tm):>14} {fmt(o.get('peak_device_mib')):>12} {fmt(t.get('peak_device_mib')):>12} {ratio:>8}")
+# Machine code built for this GPU (SPAFIT_CUDA_SASS), or PTX its driver had to compile.
+codes = sorted({r["kernel_code"] for r in ours.values() if r.get("kernel_code")})
+if codes:
+    print("spafit's kernels: " + "; ".join(codes))
 # Where a step's device time goes (one more step, each kernel between two events): the
 # kernels' share of the wall time says how launch-bound the step is.
 for m in ["full", "bitfit", "lora", "spafit"]:

@@ -1652,6 +1652,10 @@ fn train_eval_gradcheck_and_bench_on_cuda_emu_match_the_cpu() {
     assert!(ok, "{err}");
     let line = last_json(&stdout);
     assert!(line["peak_device_mib"].as_f64().unwrap() > 10.0, "{line}");
+    assert!(
+        line["kernel_code"].as_str().unwrap().contains("stand-in"),
+        "{line}"
+    );
     // Flags are case-insensitive; the line spells the dtype one way, for grouping results.
     assert_eq!(line["dtype"], "bf16", "{line}");
 }

@@ -336,6 +336,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Ok(None)
     }
 
+    /// How the kernels this backend has launched so far were loaded (machine code for the GPU
+    /// or PTX the driver compiled, see build.rs's `SPAFIT_CUDA_SASS`), where it launches any.
+    fn kernel_code(&self) -> Option<String> {
+        None
+    }
+
     /// The most device memory in use at once since the last [`Backend::reset_peak_memory`],
     /// in bytes, where the backend tracks it (CUDA's memory pool).
     fn peak_memory_bytes(&self) -> Option<u64> {

@@ -52,6 +52,8 @@ enum Command {
     /// `peak_mem_mib` (peak resident memory of the steps, the model included, Linux only) and
     /// `process_peak_mem_mib` (of the whole process, loading the checkpoint included, which
     /// may be the larger); `peak_device_mib` (CUDA: device memory of the timed steps);
+    /// `kernel_code` (CUDA: the kernels as machine code for the GPU or as PTX its driver
+    /// compiled, see `SPAFIT_CUDA_SASS` in the README);
     /// `trainable_params`; `autograd_nodes` and `saved_activation_bytes` (what one step's, or
     /// micro-batch's, tape records and keeps for backward); `host_threads` (the CPU's worker
     /// threads: RAYON_NUM_THREADS sets them); for SPAFIT `n1` and `n2` as resolved; for

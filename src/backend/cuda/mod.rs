@@ -158,6 +158,9 @@ struct Device {
     /// NVIDIA's GPU's compute capability, for the machine code of [`kernels::SASS`]; `None`
     /// on the stand-in, which runs what it built from the PTX.
     capability: Option<(u32, u32)>,
+    /// The kernel modules loaded so far, in order, each with whether it came from machine
+    /// code (else PTX): what [`Backend::kernel_code`] reports.
+    loaded_modules: Mutex<Vec<(&'static str, bool)>>,
     /// The most blocks a launch grid takes in y, and in z (x takes 2³¹ − 1): larger grids
     /// go to several launches.
     max_grid_y: usize,
@@ -562,6 +565,7 @@ impl CudaBackend {
                 opted_in: Mutex::new(HashMap::new()),
                 max_shared_per_block,
                 capability,
+                loaded_modules: Mutex::new(Vec::new()),
                 max_grid_y,
                 max_grid_z,
                 sync_after_launch: std::env::var_os(SYNC_AFTER_LAUNCH).is_some_and(|v| v == "1"),
@@ -748,12 +752,18 @@ impl CudaBackend {
             .device
             .capability
             .and_then(|capability| kernels::sass(module, capability));
+        let loaded = |from_machine_code: bool| {
+            if let Ok(mut modules) = self.device.loaded_modules.lock() {
+                modules.push((module, from_machine_code));
+            }
+        };
         if let Some(code) = sass {
             if let Ok(m) = self
                 .device
                 .ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(code.to_vec()))
             {
+                loaded(true);
                 return Ok(m);
             }
         }
@@ -763,10 +773,13 @@ impl CudaBackend {
                 format!("kernel module `{module}` is not in this build"),
             )
         })?;
-        self.device
+        let m = self
+            .device
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(|e| driver(module, e))
+            .map_err(|e| driver(module, e))?;
+        loaded(false);
+        Ok(m)
     }
 
     /// `function` with its dynamic shared memory limit raised to `bytes` when that exceeds
@@ -958,6 +971,34 @@ impl Backend for CudaBackend {
 
     fn stop_kernel_timing(&self) -> Result<Option<Vec<super::KernelTime>>> {
         self.device.kernel_timer.stop()
+    }
+
+    fn kernel_code(&self) -> Option<String> {
+        if self.device.driver == Driver::Emulator {
+            return Some("the stand-in's host build of the kernel sources".into());
+        }
+        let modules = self.device.loaded_modules.lock().ok()?;
+        let named = |from_machine_code: bool| {
+            modules
+                .iter()
+                .filter(|(_, m)| *m == from_machine_code)
+                .map(|(name, _)| *name)
+                .collect::<Vec<_>>()
+        };
+        let (machine, ptx) = (named(true), named(false));
+        let gpu = self.device.capability.map_or_else(
+            || "this GPU".into(),
+            |(major, minor)| format!("sm_{major}{minor}"),
+        );
+        Some(match (machine.is_empty(), ptx.is_empty()) {
+            (_, true) => format!("machine code for {gpu} ({} modules)", machine.len()),
+            (true, false) => format!("PTX compiled by the driver ({} modules)", ptx.len()),
+            (false, false) => format!(
+                "machine code for {gpu} ({}), PTX compiled by the driver ({})",
+                machine.join(", "),
+                ptx.join(", ")
+            ),
+        })
     }
 
     fn peak_memory_bytes(&self) -> Option<u64> {
