@@ -226,47 +226,86 @@ fn assemble_sass(
             }
         }
     }
-    let ptxas = tc.nvcc.with_file_name("ptxas");
+    // Beside the real nvcc (a link such as /usr/bin/nvcc may point into the toolkit), else
+    // on PATH.
+    let ptxas = std::fs::canonicalize(&tc.nvcc)
+        .unwrap_or_else(|_| tc.nvcc.clone())
+        .with_file_name("ptxas");
+    let ptxas = if ptxas.is_file() {
+        ptxas
+    } else {
+        PathBuf::from("ptxas")
+    };
+    let jobs: Vec<(&str, &Path, u32)> = ptx_of
+        .iter()
+        .flat_map(|(name, ptx)| {
+            archs
+                .iter()
+                .map(move |&sm| (name.as_str(), ptx.as_path(), sm))
+        })
+        .collect();
+    // One ptxas per module and architecture at once: the GEMM module alone takes half a
+    // minute, and the rest fit beside it.
+    let cubins: Vec<Result<PathBuf, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|&(name, ptx, sm)| {
+                let ptxas = &ptxas;
+                scope.spawn(move || {
+                    let text =
+                        std::fs::read(ptx).map_err(|e| format!("read {}: {e}", ptx.display()))?;
+                    let key = hash_of(&[
+                        b"sass",
+                        &text,
+                        &sm.to_le_bytes(),
+                        ptxas.to_string_lossy().as_bytes(),
+                    ]);
+                    cache.get(key, ".cubin", |tmp| {
+                        run(
+                            &format!("ptxas on {name} for sm_{sm}"),
+                            Command::new(ptxas)
+                                .arg(format!("-arch=sm_{sm}"))
+                                .arg("-O3")
+                                .arg(ptx)
+                                .arg("-o")
+                                .arg(tmp),
+                        )
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a ptxas job panicked".into()))
+            })
+            .collect()
+    });
     let mut entries = String::new();
-    for (name, ptx) in ptx_of {
-        let text = std::fs::read(ptx).map_err(|e| format!("read {}: {e}", ptx.display()))?;
-        for &sm in &archs {
-            let key = hash_of(&[
-                b"sass",
-                &text,
-                &sm.to_le_bytes(),
-                ptxas.to_string_lossy().as_bytes(),
-            ]);
-            let cubin = cache.get(key, ".cubin", |tmp| {
-                run(
-                    &format!("ptxas on {name} for sm_{sm}"),
-                    Command::new(&ptxas)
-                        .arg(format!("-arch=sm_{sm}"))
-                        .arg("-O3")
-                        .arg(ptx)
-                        .arg("-o")
-                        .arg(tmp),
-                )
-            })?;
-            writeln!(
-                entries,
-                "    ({name:?}, {sm}, include_bytes!({:?})),",
-                cubin.display().to_string()
-            )
-            .expect("write to String");
-        }
+    for ((name, _, sm), cubin) in jobs.iter().zip(cubins) {
+        writeln!(
+            entries,
+            "    ({name:?}, {sm}, include_bytes!({:?})),",
+            cubin?.display().to_string()
+        )
+        .expect("write to String");
     }
     Ok(entries)
 }
 
-/// Whether the machine building (and so running) the CPU stand-in has x86's FMA instructions.
+/// Whether the machine building (and so running) the CPU stand-in has x86's FMA instructions:
+/// an x86_64 build for an x86_64 target (the stand-in is built with the system compiler for
+/// the machine it runs on; a cross build gets no such flag).
 fn host_has_fma() -> bool {
+    let target_x86_64 = env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "x86_64");
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("fma")
+        target_x86_64 && std::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = target_x86_64;
         false
     }
 }

@@ -1,11 +1,11 @@
 // LayerNorm over the last dimension: y = (x − mean) · rstd · γ + β, rstd = 1/sqrt(var + eps).
 //
-// Forward: one warp per row, LN_ROWS rows a block; the row is read twice (mean, then centred
-// variance), each sum a butterfly of shuffles that leaves every lane the same bits. Writes y,
-// mean[row], rstd[row] (mean/rstd always f32). No block barrier: a block of one thread per
-// element and two shared-memory trees (what this was) spent twenty barriers a row, which
-// made layernorm most of a whole-model test's time on the CPU stand-in.
-// Backward: dx — one warp per row, the two sums (of g = dy·γ and of g·x̂) in one butterfly;
+// Forward: one warp per row, LN_ROWS rows a block, the row held in registers (LN_CACHED):
+// the mean, then the centred variance, each sum a butterfly of shuffles that leaves every
+// lane the same bits. Writes y, mean[row], rstd[row] (mean/rstd always f32). No block
+// barrier: a block of one thread per element and two shared-memory trees (what this was)
+// spent twenty barriers a row, most of a whole-model test's time on the CPU stand-in.
+// Backward: dx — one warp per row, likewise held, and two butterflies (of g = dy·γ and g·x̂);
 // dγ, dβ — column reductions over rows in the bias_grad pattern (32×8 threads per 32
 // columns and a fixed chunk of rows, fixed order). Every output is assigned; no atomics.
 #include "common.cuh"
@@ -18,6 +18,12 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// Elements a lane holds in registers: a row of up to 32 × LN_CACHED (BERT-large's 1024) is
+// read from memory once, every load issued before the first sum needs one; the rest of a
+// longer row is read again in each pass. A lane's elements are summed in increasing order
+// either way.
+#define LN_CACHED 32
+
 template <typename T>
 __device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd,
                            int rows, int n, float eps) {
@@ -25,16 +31,35 @@ __device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, floa
     if (row >= rows) return;  // the whole warp: its shuffles stay full
     const int lane = threadIdx.x % 32;
     const long base = row * n;
+    float held[LN_CACHED];
+#pragma unroll
+    for (int c = 0; c < LN_CACHED; ++c) {
+        const int j = lane + 32 * c;
+        held[c] = j < n ? load(x, base + j) : 0.f;
+    }
     float s = 0.f;
-    for (int j = lane; j < n; j += 32) s += load(x, base + j);
+#pragma unroll
+    for (int c = 0; c < LN_CACHED; ++c)
+        if (lane + 32 * c < n) s += held[c];
+    for (int j = lane + 32 * LN_CACHED; j < n; j += 32) s += load(x, base + j);
     const float mu = warp_sum(s) / n;
     float v = 0.f;
-    for (int j = lane; j < n; j += 32) {
+#pragma unroll
+    for (int c = 0; c < LN_CACHED; ++c) {
+        const float d = held[c] - mu;
+        if (lane + 32 * c < n) v += d * d;
+    }
+    for (int j = lane + 32 * LN_CACHED; j < n; j += 32) {
         const float d = load(x, base + j) - mu;
         v += d * d;
     }
     const float rs = rsqrtf(warp_sum(v) / n + eps);
-    for (int j = lane; j < n; j += 32) {
+#pragma unroll
+    for (int c = 0; c < LN_CACHED; ++c) {
+        const int j = lane + 32 * c;
+        if (j < n) store(y, base + j, (held[c] - mu) * rs * load(gamma, j) + load(beta, j));
+    }
+    for (int j = lane + 32 * LN_CACHED; j < n; j += 32) {
         store(y, base + j, (load(x, base + j) - mu) * rs * load(gamma, j) + load(beta, j));
     }
     if (lane == 0) {
@@ -43,6 +68,7 @@ __device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, floa
     }
 }
 
+// g = dy·γ and d = x − mean held per element as the forward holds x.
 template <typename T>
 __device__ void ln_backward_input(const T* dy, const T* x, const float* mean, const float* rstd,
                                   const T* gamma, T* dx, int rows, int n) {
@@ -51,15 +77,35 @@ __device__ void ln_backward_input(const T* dy, const T* x, const float* mean, co
     const int lane = threadIdx.x % 32;
     const long base = row * n;
     const float mu = mean[row], rs = rstd[row];
+    float g_held[LN_CACHED], d_held[LN_CACHED];
+#pragma unroll
+    for (int c = 0; c < LN_CACHED; ++c) {
+        const int j = lane + 32 * c;
+        const bool in = j < n;
+        g_held[c] = in ? load(dy, base + j) * load(gamma, j) : 0.f;
+        d_held[c] = in ? load(x, base + j) - mu : 0.f;
+    }
     float sg = 0.f, sgx = 0.f;
-    for (int j = lane; j < n; j += 32) {
+#pragma unroll
+    for (int c = 0; c < LN_CACHED; ++c) {
+        if (lane + 32 * c < n) {
+            sg += g_held[c];
+            sgx += g_held[c] * d_held[c] * rs;
+        }
+    }
+    for (int j = lane + 32 * LN_CACHED; j < n; j += 32) {
         const float g = load(dy, base + j) * load(gamma, j);
         sg += g;
         sgx += g * (load(x, base + j) - mu) * rs;
     }
     const float mean_g = warp_sum(sg) / n;
     const float mean_gx = warp_sum(sgx) / n;
-    for (int j = lane; j < n; j += 32) {
+#pragma unroll
+    for (int c = 0; c < LN_CACHED; ++c) {
+        const int j = lane + 32 * c;
+        if (j < n) store(dx, base + j, rs * (g_held[c] - mean_g - d_held[c] * rs * mean_gx));
+    }
+    for (int j = lane + 32 * LN_CACHED; j < n; j += 32) {
         float xhat = (load(x, base + j) - mu) * rs;
         store(dx, base + j, rs * (load(dy, base + j) * load(gamma, j) - mean_g - xhat * mean_gx));
     }

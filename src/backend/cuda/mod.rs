@@ -158,9 +158,9 @@ struct Device {
     /// NVIDIA's GPU's compute capability, for the machine code of [`kernels::SASS`]; `None`
     /// on the stand-in, which runs what it built from the PTX.
     capability: Option<(u32, u32)>,
-    /// The kernel modules loaded so far, in order, each with whether it came from machine
-    /// code (else PTX): what [`Backend::kernel_code`] reports.
-    loaded_modules: Mutex<Vec<(&'static str, bool)>>,
+    /// The kernel modules loaded so far, in order, each with where it came from: what
+    /// [`Backend::kernel_code`] reports.
+    loaded_modules: Mutex<Vec<(&'static str, ModuleSource)>>,
     /// The most blocks a launch grid takes in y, and in z (x takes 2³¹ − 1): larger grids
     /// go to several launches.
     max_grid_y: usize,
@@ -248,6 +248,32 @@ fn check_compatibility(ctx: &CudaContext, ordinal: usize) -> Result<()> {
         Some(why) => Err(unavailable(ordinal, why)),
         None => Ok(()),
     }
+}
+
+/// Where a loaded kernel module came from.
+#[derive(Clone, Debug, PartialEq)]
+enum ModuleSource {
+    /// Machine code built for this GPU (`SPAFIT_CUDA_SASS`).
+    MachineCode,
+    /// PTX the driver compiled: the build had no machine code for this GPU.
+    Ptx,
+    /// PTX the driver compiled after refusing the build's machine code, for this reason.
+    PtxAfterRefusal(String),
+}
+
+/// Whether the driver's refusal of a module image is about the image itself (a format,
+/// architecture or version it does not take), so that the same program as PTX may still load;
+/// any other error (memory, a fault from an earlier launch) is the caller's to see.
+fn image_refused(e: &cudarc::driver::DriverError) -> bool {
+    use cudarc::driver::sys::CUresult::*;
+    matches!(
+        e.0,
+        CUDA_ERROR_INVALID_IMAGE
+            | CUDA_ERROR_NO_BINARY_FOR_GPU
+            | CUDA_ERROR_INVALID_PTX
+            | CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+            | CUDA_ERROR_INVALID_SOURCE
+    )
 }
 
 /// The GPU's compute capability `(major, minor)`, when the driver says.
@@ -752,19 +778,29 @@ impl CudaBackend {
             .device
             .capability
             .and_then(|capability| kernels::sass(module, capability));
-        let loaded = |from_machine_code: bool| {
+        let loaded = |source: ModuleSource| {
             if let Ok(mut modules) = self.device.loaded_modules.lock() {
-                modules.push((module, from_machine_code));
+                modules.push((module, source));
             }
         };
+        let mut source = ModuleSource::Ptx;
         if let Some(code) = sass {
-            if let Ok(m) = self
+            // An error the context holds from before is this call's to report, not one for
+            // the fallback below to swallow with the machine code's.
+            self.device.ctx.check_err().map_err(|e| driver(module, e))?;
+            match self
                 .device
                 .ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(code.to_vec()))
             {
-                loaded(true);
-                return Ok(m);
+                Ok(m) => {
+                    loaded(ModuleSource::MachineCode);
+                    return Ok(m);
+                }
+                Err(e) if image_refused(&e) => {
+                    source = ModuleSource::PtxAfterRefusal(e.to_string())
+                }
+                Err(e) => return Err(driver(module, e)),
             }
         }
         let ptx = kernels::ptx(module).ok_or_else(|| {
@@ -778,7 +814,7 @@ impl CudaBackend {
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(|e| driver(module, e))?;
-        loaded(false);
+        loaded(source);
         Ok(m)
     }
 
@@ -978,27 +1014,37 @@ impl Backend for CudaBackend {
             return Some("the stand-in's host build of the kernel sources".into());
         }
         let modules = self.device.loaded_modules.lock().ok()?;
-        let named = |from_machine_code: bool| {
-            modules
-                .iter()
-                .filter(|(_, m)| *m == from_machine_code)
-                .map(|(name, _)| *name)
-                .collect::<Vec<_>>()
-        };
-        let (machine, ptx) = (named(true), named(false));
+        let machine: Vec<&str> = modules
+            .iter()
+            .filter(|(_, source)| *source == ModuleSource::MachineCode)
+            .map(|(name, _)| *name)
+            .collect();
+        let ptx: Vec<&str> = modules
+            .iter()
+            .filter(|(_, source)| *source != ModuleSource::MachineCode)
+            .map(|(name, _)| *name)
+            .collect();
+        let refused = modules.iter().find_map(|(name, source)| match source {
+            ModuleSource::PtxAfterRefusal(why) => {
+                Some(format!("; {name}'s machine code refused: {why}"))
+            }
+            _ => None,
+        });
         let gpu = self.device.capability.map_or_else(
             || "this GPU".into(),
             |(major, minor)| format!("sm_{major}{minor}"),
         );
-        Some(match (machine.is_empty(), ptx.is_empty()) {
-            (_, true) => format!("machine code for {gpu} ({} modules)", machine.len()),
+        let text = match (machine.is_empty(), ptx.is_empty()) {
+            (true, true) => "no kernel loaded yet".to_string(),
+            (false, true) => format!("machine code for {gpu} ({} modules)", machine.len()),
             (true, false) => format!("PTX compiled by the driver ({} modules)", ptx.len()),
             (false, false) => format!(
                 "machine code for {gpu} ({}), PTX compiled by the driver ({})",
                 machine.join(", "),
                 ptx.join(", ")
             ),
-        })
+        };
+        Some(text + refused.as_deref().unwrap_or(""))
     }
 
     fn peak_memory_bytes(&self) -> Option<u64> {
