@@ -148,7 +148,9 @@ struct Device {
     driver: Driver,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Kernel modules loaded so far, each with where it came from (what
+    /// [`Backend::kernel_code`] reports).
+    modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, ModuleSource)>>,
     /// Kernel handles by module, then name.
     functions: Mutex<HashMap<&'static str, HashMap<String, CudaFunction>>>,
     /// Kernels whose dynamic shared-memory limit was raised, with the limit set.
@@ -158,9 +160,6 @@ struct Device {
     /// NVIDIA's GPU's compute capability, for the machine code of [`kernels::SASS`]; `None`
     /// on the stand-in, which runs what it built from the PTX.
     capability: Option<(u32, u32)>,
-    /// The kernel modules loaded so far, in order, each with where it came from: what
-    /// [`Backend::kernel_code`] reports.
-    loaded_modules: Mutex<Vec<(&'static str, ModuleSource)>>,
     /// The most blocks a launch grid takes in y, and in z (x takes 2³¹ − 1): larger grids
     /// go to several launches.
     max_grid_y: usize,
@@ -591,7 +590,6 @@ impl CudaBackend {
                 opted_in: Mutex::new(HashMap::new()),
                 max_shared_per_block,
                 capability,
-                loaded_modules: Mutex::new(Vec::new()),
                 max_grid_y,
                 max_grid_z,
                 sync_after_launch: std::env::var_os(SYNC_AFTER_LAUNCH).is_some_and(|v| v == "1"),
@@ -753,10 +751,10 @@ impl CudaBackend {
             .lock()
             .map_err(|_| Error::invalid(module, "module cache poisoned"))?;
         let m = match modules.get(module) {
-            Some(m) => m.clone(),
+            Some((m, _)) => m.clone(),
             None => {
-                let m = self.load_module(module)?;
-                modules.insert(module, m.clone());
+                let (m, source) = self.load_module(module)?;
+                modules.insert(module, (m.clone(), source));
                 m
             }
         };
@@ -773,16 +771,11 @@ impl CudaBackend {
     /// this GPU, else its PTX, which the driver compiles. Machine code the driver refuses (a
     /// ptxas newer than the driver, say) costs only that compilation: the PTX is the same
     /// program.
-    fn load_module(&self, module: &'static str) -> Result<Arc<CudaModule>> {
+    fn load_module(&self, module: &'static str) -> Result<(Arc<CudaModule>, ModuleSource)> {
         let sass = self
             .device
             .capability
             .and_then(|capability| kernels::sass(module, capability));
-        let loaded = |source: ModuleSource| {
-            if let Ok(mut modules) = self.device.loaded_modules.lock() {
-                modules.push((module, source));
-            }
-        };
         let mut source = ModuleSource::Ptx;
         if let Some(code) = sass {
             // An error the context holds from before is this call's to report, not one for
@@ -793,10 +786,7 @@ impl CudaBackend {
                 .ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(code.to_vec()))
             {
-                Ok(m) => {
-                    loaded(ModuleSource::MachineCode);
-                    return Ok(m);
-                }
+                Ok(m) => return Ok((m, ModuleSource::MachineCode)),
                 Err(e) if image_refused(&e) => {
                     source = ModuleSource::PtxAfterRefusal(e.to_string())
                 }
@@ -814,8 +804,7 @@ impl CudaBackend {
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(|e| driver(module, e))?;
-        loaded(source);
-        Ok(m)
+        Ok((m, source))
     }
 
     /// `function` with its dynamic shared memory limit raised to `bytes` when that exceeds
@@ -1013,18 +1002,22 @@ impl Backend for CudaBackend {
         if self.device.driver == Driver::Emulator {
             return Some("the stand-in's host build of the kernel sources".into());
         }
-        let modules = self.device.loaded_modules.lock().ok()?;
-        let machine: Vec<&str> = modules
+        let modules = self.device.modules.lock().ok()?;
+        let mut loaded: Vec<(&str, &ModuleSource)> = modules
             .iter()
-            .filter(|(_, source)| *source == ModuleSource::MachineCode)
-            .map(|(name, _)| *name)
+            .map(|(name, (_, source))| (*name, source))
             .collect();
-        let ptx: Vec<&str> = modules
+        loaded.sort_by_key(|(name, _)| *name);
+        let (machine, ptx): (Vec<_>, Vec<_>) = loaded
             .iter()
-            .filter(|(_, source)| *source != ModuleSource::MachineCode)
-            .map(|(name, _)| *name)
-            .collect();
-        let refused = modules.iter().find_map(|(name, source)| match source {
+            .partition(|(_, source)| **source == ModuleSource::MachineCode);
+        let names = |of: &[&(&str, &ModuleSource)]| {
+            of.iter()
+                .map(|(name, _)| *name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let refused = loaded.iter().find_map(|(name, source)| match source {
             ModuleSource::PtxAfterRefusal(why) => {
                 Some(format!("; {name}'s machine code refused: {why}"))
             }
@@ -1040,8 +1033,8 @@ impl Backend for CudaBackend {
             (true, false) => format!("PTX compiled by the driver ({} modules)", ptx.len()),
             (false, false) => format!(
                 "machine code for {gpu} ({}), PTX compiled by the driver ({})",
-                machine.join(", "),
-                ptx.join(", ")
+                names(&machine),
+                names(&ptx)
             ),
         };
         Some(text + refused.as_deref().unwrap_or(""))
