@@ -2060,15 +2060,8 @@ fn cuda_narrow_gemms_run_on_their_own_kernels_and_match_the_reference() {
         let b = cuda(dtype);
         let b = if storage { b.with_bf16_storage() } else { b };
         println!("{dtype:?} (bf16 storage: {storage})");
-        assert!(b.start_kernel_timing().unwrap());
-        linear_cases(&b, tol, cases, ErrorScale::OfResult);
-        let ran: Vec<String> = b
-            .stop_kernel_timing()
-            .unwrap()
-            .unwrap()
-            .into_iter()
-            .map(|t| t.kernel)
-            .collect();
+        let ((), ran) =
+            common::with_kernel_names(&b, || linear_cases(&b, tol, cases, ErrorScale::OfResult));
         for kernel in [
             "gemm_skinny_rows_kk_c8",
             "gemm_skinny_rows_kk_c16",

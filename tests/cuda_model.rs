@@ -810,19 +810,14 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
             )
             .unwrap(),
         );
-        assert!(b.start_kernel_timing().unwrap());
-        let mut tape = Tape::new(b.clone());
-        let mut dropouts = DropoutPlan::train(0.1, 0.1, 0.2, 77);
-        let logits = m.forward(&mut tape, &input, &mut dropouts).unwrap();
-        let loss = m.loss(&mut tape, &logits, &labels).unwrap();
-        let grads = tape.backward(&loss).unwrap();
-        let kernels: Vec<String> = b
-            .stop_kernel_timing()
-            .unwrap()
-            .unwrap()
-            .into_iter()
-            .map(|t| t.kernel)
-            .collect();
+        let ((logits, loss, grads), kernels) = common::with_kernel_names(b, || {
+            let mut tape = Tape::new(b.clone());
+            let mut dropouts = DropoutPlan::train(0.1, 0.1, 0.2, 77);
+            let logits = m.forward(&mut tape, &input, &mut dropouts).unwrap();
+            let loss = m.loss(&mut tape, &logits, &labels).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            (logits, loss, grads)
+        });
         let mut bits = vec![
             b.to_f64(logits.value()).unwrap(),
             b.to_f64(loss.value()).unwrap(),

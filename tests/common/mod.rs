@@ -354,3 +354,22 @@ impl PeftReference {
             .collect()
     }
 }
+
+/// `f`'s result, and the names of the kernels `b` launched while it ran (most device time
+/// first): which kernels computed something.
+pub fn with_kernel_names<B: Backend, T>(b: &B, f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    assert!(
+        b.start_kernel_timing().unwrap(),
+        "{} launches no kernels to name",
+        b.name()
+    );
+    let result = f();
+    let names = b
+        .stop_kernel_timing()
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.kernel)
+        .collect();
+    (result, names)
+}
