@@ -30,6 +30,25 @@
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Two adjacent outputs in one store (the address aligned for it).
+__device__ __forceinline__ void store_pair(float* c, const float v[2]) {
+    *reinterpret_cast<float2*>(c) = make_float2(v[0], v[1]);
+}
+__device__ __forceinline__ void store_pair(bf16* c, const float v[2]) {
+    *reinterpret_cast<__nv_bfloat162*>(c) = __floats2bfloat162_rn(v[0], v[1]);
+}
+// v[0] at c[0] and, where the row has a second column (`both`), v[1] at c[1]: in one store
+// where `pair` says the address is aligned for it, rounded as store() rounds either way.
+template <typename T>
+__device__ __forceinline__ void store_two(T* c, const float v[2], bool pair, bool both) {
+    if (pair && both) {
+        store_pair(c, v);
+    } else {
+        store(c, 0, v[0]);
+        if (both) store(c, 1, v[1]);
+    }
+}
+
 // The k-tiles [begin, end) of block z over both segments.
 __device__ __forceinline__ void tile_range(const GemmParams& p, int bk, int* t0, int* begin, int* end) {
     *t0 = ceil_div(p.k[0], bk);
@@ -237,13 +256,8 @@ struct TcGemm {
                     if (row >= p.m) continue;
                     float v[2] = {acc[i][j][2 * h], acc[i][j][2 * h + 1]};
                     if (p.split > 1) {
-                        float* ws = static_cast<float*>(p.c) + ((long long)blockIdx.z * p.m + row) * p.n + col;
-                        if (pairs && both) {
-                            *reinterpret_cast<float2*>(ws) = make_float2(v[0], v[1]);
-                        } else {
-                            ws[0] = v[0];
-                            if (both) ws[1] = v[1];
-                        }
+                        store_two(static_cast<float*>(p.c) + ((long long)blockIdx.z * p.m + row) * p.n + col, v,
+                                  pairs, both);
                         continue;
                     }
                     #pragma unroll
@@ -252,23 +266,10 @@ struct TcGemm {
                         if (p.bias) v[e] += bias[e];
                     }
                     const long long at = row * p.ldc + col;
-                    if (c_bf16) {
-                        bf16* c = static_cast<bf16*>(p.c) + at;
-                        if (pairs && both) {
-                            *reinterpret_cast<__nv_bfloat162*>(c) = __floats2bfloat162_rn(v[0], v[1]);
-                        } else {
-                            c[0] = __float2bfloat16(v[0]);
-                            if (both) c[1] = __float2bfloat16(v[1]);
-                        }
-                    } else {
-                        float* c = static_cast<float*>(p.c) + at;
-                        if (pairs && both) {
-                            *reinterpret_cast<float2*>(c) = make_float2(v[0], v[1]);
-                        } else {
-                            c[0] = v[0];
-                            if (both) c[1] = v[1];
-                        }
-                    }
+                    if (c_bf16)
+                        store_two(static_cast<bf16*>(p.c) + at, v, pairs, both);
+                    else
+                        store_two(static_cast<float*>(p.c) + at, v, pairs, both);
                 }
         }
     }
