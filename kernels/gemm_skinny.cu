@@ -76,6 +76,30 @@ __device__ __forceinline__ void skinny_store(const GemmParams& p, long long at, 
         static_cast<float*>(p.c)[at] = out;
 }
 
+// The warp's sums of the first N of a lane's values, a power of two up to 32: at each step a
+// lane keeps half of its values and adds to them its partner's partials of the same values,
+// sending the other half (N/2 + N/4 + ... shuffles, not 5·N). Afterwards lane l holds the whole
+// sum of value l / (32 / N) in vals[0]. Bitwise the butterfly's sums (every
+// `v += shfl_xor(v, offset)`): the same partials meet in the same tree, and a + b == b + a.
+// Templates, not loops, so every index is a constant and the values stay in registers.
+template <int N, int OFFSET = 16, int V>
+__device__ __forceinline__ void warp_sums_scattered(float (&vals)[V], int lane) {
+    static_assert(N >= 1 && N <= V && N <= 2 * OFFSET && (N & (N - 1)) == 0, "a power of two up to a warp");
+    if constexpr (N > 1) {
+        constexpr int HALF = N / 2;
+        const bool upper = lane & OFFSET;
+#pragma unroll
+        for (int i = 0; i < HALF; ++i) {
+            const float keep = upper ? vals[i + HALF] : vals[i];
+            const float send = upper ? vals[i] : vals[i + HALF];
+            vals[i] = keep + __shfl_xor_sync(0xffffffffu, send, OFFSET);
+        }
+    } else {
+        vals[0] += __shfl_xor_sync(0xffffffffu, vals[0], OFFSET);
+    }
+    if constexpr (OFFSET > 1) warp_sums_scattered<(N > 1 ? N / 2 : 1), OFFSET / 2>(vals, lane);
+}
+
 // Rows kernels. Per chunk of SKINNY_K_CHUNK k, the block stages the narrow operand's
 // [NC][chunk] slice in shared memory, rounded once there, and lane l multiplies its rows'
 // k = 4l .. 4l+3 (one 16-byte load per row) into NC sums per row; the next chunk's rows are
@@ -146,17 +170,18 @@ __device__ void skinny_rows(const GemmParams& p) {
         }
     }
     // Every lane takes part in every shuffle, rows past m included, so the warp stays whole.
+    constexpr int V = R * NC;
+    static_assert(V <= 32, "a warp's sums fit its lanes");
+    float sums[V];
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int j = 0; j < NC; ++j) {
-            float v = acc[r][j];
-#pragma unroll
-            for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-            const int row = row0 + r, col = j0 + j;
-            if (lane == (r * NC + j) % 32 && row < p.m && col < p.n)
-                skinny_store(p, (long long)row * p.ldc + col, col, v);
-        }
+        for (int j = 0; j < NC; ++j) sums[r * NC + j] = acc[r][j];
+    warp_sums_scattered<V>(sums, lane);
+    constexpr int LANES_PER_SUM = 32 / V;
+    const int mine = lane / LANES_PER_SUM;
+    const int row = row0 + mine / NC, col = j0 + mine % NC;
+    if (lane % LANES_PER_SUM == 0 && row < p.m && col < p.n) skinny_store(p, (long long)row * p.ldc + col, col, sums[0]);
 }
 
 // Column kernels. Block (x, y, z) owns SKINNY_COLUMNS columns of the long side, the narrow
