@@ -97,8 +97,10 @@ build() {
             cargo bench --locked --no-run --message-format=json --bench gpu_gemm
             cargo build --release --locked --message-format=json --bin spafit
         else
+            # The spafit binary the integration tests were built with: `cargo build --profile
+            # test` compiles the library and the binary again under other hashes (2.5 minutes
+            # of CI on 2 cores).
             cargo test --locked --no-run --message-format=json "${tests[@]}" --bench gpu_gemm
-            cargo build --profile "$profile" --locked --message-format=json --bin spafit
         fi
     } 2>"$errors" | executables | while read -r name path; do
         cp "$path" "$staging/$name"
@@ -211,19 +213,24 @@ run() {
     # compiles the PTX on first load (~20 s for the GEMM and attention modules): one cache for
     # every stage, large enough to keep them all.
     export CUDA_CACHE_PATH=${CUDA_CACHE_PATH:-${TMPDIR:-/tmp}/spafit-cuda-cache} CUDA_CACHE_MAXSIZE=4294967296
+    # One test at a time on the GPU, so a fault's output is the failing test's alone; the
+    # rehearsal runs the same tests on every core (checking the stage, not the tests, which CI
+    # has just run twice).
+    local threads=1
+    [ "$mode" = gpu ] || threads=$(nproc 2>/dev/null || echo 1)
     stage "tensor-core wrappers" 45 "$bin/tensor_core" --test-threads 1 --nocapture
     # The correctness stages run as users run (launches queued, not waited for); one that
     # fails on the GPU runs again with every launch waiting for its kernel
     # (SPAFIT_CUDA_SYNC=1), so that a kernel fault is named by its kernel, not by whichever
     # call came next.
     local failures_before=${#failed[@]}
-    stage "ops vs f64" 90 "$bin/cross_backend" --test-threads 1 --nocapture cuda
+    stage "ops vs f64" 90 "$bin/cross_backend" --test-threads "$threads" --nocapture cuda
     if [ "${#failed[@]}" -gt "$failures_before" ] && [ "$mode" = gpu ]; then
         stage "ops vs f64, every launch waited for" 60 env SPAFIT_CUDA_SYNC=1 \
             "$bin/cross_backend" --test-threads 1 --nocapture cuda
     fi
     failures_before=${#failed[@]}
-    stage "tiny BERT, four methods" 90 "$bin/cuda_model" --test-threads 1 --nocapture
+    stage "tiny BERT, four methods" 90 "$bin/cuda_model" --test-threads "$threads" --nocapture
     if [ "${#failed[@]}" -gt "$failures_before" ] && [ "$mode" = gpu ]; then
         stage "tiny BERT, every launch waited for" 60 env SPAFIT_CUDA_SYNC=1 \
             "$bin/cuda_model" --test-threads 1 --nocapture
