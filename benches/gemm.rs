@@ -49,6 +49,7 @@ fn main() {
         }
     }
     step_shapes(threads);
+    small_batch_shapes();
     lora_shapes(threads);
     bf16_weight_shapes(threads);
 }
@@ -144,6 +145,69 @@ fn step_shapes(threads: usize) {
         ];
         for (name, a, b) in cases {
             report(name, a, b, threads);
+        }
+    }
+}
+
+/// A small batch's forward `x·Wᵀ` (8 to 128 token rows) on one thread: the backend's product
+/// beside `matrixmultiply::sgemm` on the same operands (which packs the transposed weight
+/// before multiplying), best of 30 each, alternating.
+fn small_batch_shapes() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for rows in [8, 16, 32, 64, 96, 128] {
+        for (out, inp) in [(384, 384), (1536, 384), (384, 1536)] {
+            let mut rng = SplitMix::new(4);
+            let mut values = |n: usize| -> Vec<f32> {
+                (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
+            };
+            let (x, w) = (values(rows * inp), values(out * inp));
+            let mut c = vec![0f32; rows * out];
+            let (mut ours, mut theirs) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..30 {
+                let t = Instant::now();
+                std::hint::black_box(one.install(|| {
+                    product(
+                        1.0f32,
+                        &x,
+                        Layout::row_major(rows, inp),
+                        &w,
+                        Layout::row_major(out, inp).t(),
+                    )
+                }));
+                ours = ours.min(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                // SAFETY: x is rows × inp, w is out × inp read as its transpose, c is rows × out.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        inp,
+                        out,
+                        1.0,
+                        x.as_ptr(),
+                        inp as isize,
+                        1,
+                        w.as_ptr(),
+                        1,
+                        inp as isize,
+                        0.0,
+                        c.as_mut_ptr(),
+                        out as isize,
+                        1,
+                    );
+                }
+                std::hint::black_box(&c);
+                theirs = theirs.min(t.elapsed().as_secs_f64());
+            }
+            let flops = 2.0 * (rows * inp * out) as f64;
+            println!(
+                "{{\"bench\":\"cpu_gemm_small_batch\",\"op\":\"x·Wt\",\"m\":{rows},\"k\":{inp},\"n\":{out},\"threads\":1,\"gflops\":{:.1},\"matrixmultiply_gflops\":{:.1},\"speedup\":{:.2}}}",
+                flops / ours / 1e9,
+                flops / theirs / 1e9,
+                theirs / ours
+            );
         }
     }
 }

@@ -324,11 +324,73 @@ fn exp_each<T: Element>(x: &mut [T]) {
 }
 
 // f32's GEMM is our AVX-512 kernel where the CPU has it (matrixmultiply otherwise, inside it
-// and on other architectures).
-#[cfg(target_arch = "x86_64")]
-use super::sgemm_avx512::{sgemm as f32_gemm, sgemm_plus_row as f32_gemm_plus_row};
+// and on other architectures), and where it has not, few rows times a transposed weight are
+// our dot products (no pack of the weight).
 #[cfg(not(target_arch = "x86_64"))]
 use matrixmultiply::sgemm as f32_gemm;
+
+/// Whether [`super::sgemm_dot`] takes an f32 product (AVX-512's kernel packs B differently and
+/// is not measured against it).
+#[cfg(target_arch = "x86_64")]
+fn f32_dot_applies(m: usize, alpha: f32, beta: f32, csa: isize, rsb: isize) -> bool {
+    super::sgemm_avx512::tile_rows_if_used().is_none()
+        && super::sgemm_dot::applies(m, alpha, beta, csa, rsb)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    // SAFETY (both): the caller's contract, which is both kernels'; dot checked its CPU.
+    if f32_dot_applies(m, alpha, beta, csa, rsb) {
+        unsafe { super::sgemm_dot::sgemm_dot(m, k, n, a, rsa, b, csb, None, c, rsc, csc) }
+    } else {
+        unsafe {
+            super::sgemm_avx512::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_gemm_plus_row(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    row: *const f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    // SAFETY (both): as in `f32_gemm`.
+    if f32_dot_applies(m, 1.0, 0.0, csa, rsb) {
+        unsafe { super::sgemm_dot::sgemm_dot(m, k, n, a, rsa, b, csb, Some(row), c, rsc, csc) }
+    } else {
+        unsafe {
+            super::sgemm_avx512::sgemm_plus_row(m, k, n, a, rsa, csa, b, rsb, csb, row, c, rsc, csc)
+        }
+    }
+}
 
 /// A multiple of every tile height matrixmultiply's kernels use (8, 12, 16).
 const MATRIXMULTIPLY_ROW_SPLIT: usize = 48;

@@ -20,6 +20,8 @@ mod linear;
 pub(crate) mod loss;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_dot;
 
 pub use element::{CpuBuffer, Element};
 
