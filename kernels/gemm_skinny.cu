@@ -9,8 +9,9 @@
 //
 // gemm_skinny_rows_{kk,kn}_c{8,16}: C[m, j] = Σ_k A[m, k]·B[k, j] with A K-major (X, dY) and
 // n ≤ 32, in passes of NC columns (grid.y). A warp owns SKINNY_ROWS_PER_WARP rows; the lanes'
-// partial sums meet in a butterfly of shuffles, after which every lane holds the same bits
-// (a + b == b + a in IEEE arithmetic). Both segments.
+// partial sums meet in a reduce-scatter of shuffles (warp_sums_scattered), one lane storing
+// each output, with the bits of a butterfly (a + b == b + a in IEEE arithmetic). Both
+// segments.
 // gemm_skinny_columns_{m,n}: layout mn (A[m, k] at a[k·lda + m], B[k, n] at b[k·ldb + n]: k
 // runs over the rows of activations) with m ≤ 32 (`m`: dA) or n ≤ 32 (`n`: dB), in passes of
 // SKINNY_COLUMN_NC narrow entries (grid.y). gridDim.z chunks split k evenly; with more than

@@ -130,6 +130,31 @@ pub trait Element:
         rsc: isize,
         csc: isize,
     );
+    /// Whether a product of `m` rows — all of them, before [`super::gemm`] splits it between
+    /// threads, so every block runs the same kernel — with A's rows and B's columns contiguous
+    /// (`csa`, `rsb` = 1), `alpha` and `beta` goes to [`Element::small_product_raw`].
+    fn small_product(m: usize, alpha: Self, beta: Self, csa: isize, rsb: isize) -> bool;
+    /// `c = a·b`, plus `row` (`n` values) or, with `add_to_c`, plus `c`'s own values, by the
+    /// type's kernel for products of few rows; A's rows and B's columns contiguous.
+    ///
+    /// # Safety
+    /// As [`Element::gemm_raw`] (and `row` valid for `n` reads), taken only where
+    /// [`Element::small_product`] said so.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn small_product_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        b: *const Self,
+        csb: isize,
+        row: Option<*const Self>,
+        add_to_c: bool,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
     /// `c = a·b + row`, `row` (`n` values) added to every row of the product (the linear
     /// layer's bias), on raw strided matrices.
     ///
@@ -209,7 +234,7 @@ pub(super) unsafe fn fill_then_gemm<T: Element>(
 }
 
 macro_rules! impl_element {
-    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $gemm_plus_row:path, $row_split:expr, $erf:path, $exp_block:path, $gelu:path, $gelu_backward:path) => {
+    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $gemm_plus_row:path, $small:path, $small_raw:path, $row_split:expr, $erf:path, $exp_block:path, $gelu:path, $gelu_backward:path) => {
         impl Element for $t {
             const DTYPE: DType = $dtype;
             const ZERO: Self = 0.0;
@@ -277,6 +302,25 @@ macro_rules! impl_element {
             fn gemm_row_split() -> usize {
                 $row_split
             }
+            fn small_product(m: usize, alpha: Self, beta: Self, csa: isize, rsb: isize) -> bool {
+                $small(m, alpha, beta, csa, rsb)
+            }
+            unsafe fn small_product_raw(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: *const Self,
+                rsa: isize,
+                b: *const Self,
+                csb: isize,
+                row: Option<*const Self>,
+                add_to_c: bool,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                $small_raw(m, k, n, a, rsa, b, csb, row, add_to_c, c, rsc, csc)
+            }
             unsafe fn gemm_raw(
                 m: usize,
                 k: usize,
@@ -324,73 +368,62 @@ fn exp_each<T: Element>(x: &mut [T]) {
 }
 
 // f32's GEMM is our AVX-512 kernel where the CPU has it (matrixmultiply otherwise, inside it
-// and on other architectures), and where it has not, few rows times a transposed weight are
-// our dot products (no pack of the weight).
+// and on other architectures).
+#[cfg(target_arch = "x86_64")]
+use super::sgemm_avx512::{sgemm as f32_gemm, sgemm_plus_row as f32_gemm_plus_row};
 #[cfg(not(target_arch = "x86_64"))]
 use matrixmultiply::sgemm as f32_gemm;
 
-/// Whether [`super::sgemm_dot`] takes an f32 product (AVX-512's kernel packs B differently and
-/// is not measured against it).
+/// Whether f32's small-product kernel takes a product of `m` rows: where the CPU runs
+/// matrixmultiply (AVX-512's kernel packs B its own way and was not measured against it),
+/// [`super::sgemm_dot`] for few rows times a transposed weight.
 #[cfg(target_arch = "x86_64")]
-fn f32_dot_applies(m: usize, alpha: f32, beta: f32, csa: isize, rsb: isize) -> bool {
+fn f32_small_product(m: usize, alpha: f32, beta: f32, csa: isize, rsb: isize) -> bool {
     super::sgemm_avx512::tile_rows_if_used().is_none()
         && super::sgemm_dot::applies(m, alpha, beta, csa, rsb)
 }
+#[cfg(not(target_arch = "x86_64"))]
+fn f32_small_product(_: usize, _: f32, _: f32, _: isize, _: isize) -> bool {
+    false
+}
 
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn f32_gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    // SAFETY (both): the caller's contract, which is both kernels'; dot checked its CPU.
-    if f32_dot_applies(m, alpha, beta, csa, rsb) {
-        unsafe { super::sgemm_dot::sgemm_dot(m, k, n, a, rsa, b, csb, None, c, rsc, csc) }
-    } else {
-        unsafe {
-            super::sgemm_avx512::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
-        }
-    }
+/// No small-product kernel: never taken (the type's `small_product` is false).
+fn no_small_product<T>(_: usize, _: T, _: T, _: isize, _: isize) -> bool {
+    false
 }
 
 #[cfg(target_arch = "x86_64")]
+use super::sgemm_dot::sgemm_dot as f32_small_product_raw;
+
+/// The small product by the type's general kernel (where it has no small-product kernel).
 #[allow(clippy::too_many_arguments)]
-unsafe fn f32_gemm_plus_row(
+unsafe fn small_product_by_gemm<T: Element>(
     m: usize,
     k: usize,
     n: usize,
-    a: *const f32,
+    a: *const T,
     rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
+    b: *const T,
     csb: isize,
-    row: *const f32,
-    c: *mut f32,
+    row: Option<*const T>,
+    add_to_c: bool,
+    c: *mut T,
     rsc: isize,
     csc: isize,
 ) {
-    // SAFETY (both): as in `f32_gemm`.
-    if f32_dot_applies(m, 1.0, 0.0, csa, rsb) {
-        unsafe { super::sgemm_dot::sgemm_dot(m, k, n, a, rsa, b, csb, Some(row), c, rsc, csc) }
-    } else {
-        unsafe {
-            super::sgemm_avx512::sgemm_plus_row(m, k, n, a, rsa, csa, b, rsb, csb, row, c, rsc, csc)
+    // SAFETY: the caller's contract, which is the general kernel's.
+    unsafe {
+        match row {
+            Some(row) => T::gemm_plus_row_raw(m, k, n, a, rsa, 1, b, 1, csb, row, c, rsc, csc),
+            None => {
+                let beta = if add_to_c { T::ONE } else { T::ZERO };
+                T::gemm_raw(m, k, n, T::ONE, a, rsa, 1, b, 1, csb, beta, c, rsc, csc)
+            }
         }
     }
 }
+#[cfg(not(target_arch = "x86_64"))]
+use small_product_by_gemm as f32_small_product_raw;
 
 /// A multiple of every tile height matrixmultiply's kernels use (8, 12, 16).
 const MATRIXMULTIPLY_ROW_SPLIT: usize = 48;
@@ -432,6 +465,8 @@ impl_element!(
     DType::F32,
     f32_gemm,
     f32_gemm_plus_row,
+    f32_small_product,
+    f32_small_product_raw,
     f32_row_split(),
     libm::erff,
     super::fast_math::exp_f32,
@@ -444,6 +479,8 @@ impl_element!(
     DType::F64,
     matrixmultiply::dgemm,
     fill_then_gemm::<f64>,
+    no_small_product::<f64>,
+    small_product_by_gemm::<f64>,
     MATRIXMULTIPLY_ROW_SPLIT,
     libm::erf,
     exp_each::<f64>,

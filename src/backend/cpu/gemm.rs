@@ -245,6 +245,24 @@ unsafe fn gemm_into<T: Element>(
         "gemm: the output layout {lc:?} overlaps itself"
     );
     let (m, k, n) = (la.rows, la.cols, lb.cols);
+    // Decided for the whole product, so that every block of a split runs the same kernel.
+    let small = if row.is_some() {
+        T::small_product(
+            m,
+            T::ONE,
+            T::ZERO,
+            la.col_stride as isize,
+            lb.row_stride as isize,
+        )
+    } else {
+        T::small_product(
+            m,
+            alpha,
+            beta,
+            la.col_stride as isize,
+            lb.row_stride as isize,
+        )
+    };
     let threads = rayon::current_num_threads();
     let split_rows = m >= n;
     let (along, align) = if split_rows {
@@ -291,12 +309,31 @@ unsafe fn gemm_into<T: Element>(
         // Blocks write disjoint rows (or columns) of `c`, whose layout does not overlap
         // itself (checked), and the caller guarantees `c` aliases neither `a` nor `b`.
         unsafe {
-            if let Some(row) = row {
-                let row = if split_rows {
+            let row = row.map(|row| {
+                if split_rows {
                     row.as_ptr()
                 } else {
                     row.as_ptr().add(start)
-                };
+                }
+            });
+            if small {
+                // `small_product` holds only for alpha = 1 and beta 0 or 1 (or a row).
+                return T::small_product_raw(
+                    ma,
+                    k,
+                    nb,
+                    p.a.wrapping_add(ao),
+                    la.row_stride as isize,
+                    p.b.wrapping_add(bo),
+                    lb.col_stride as isize,
+                    row,
+                    row.is_none() && beta == T::ONE,
+                    p.c.add(co),
+                    lc.row_stride as isize,
+                    lc.col_stride as isize,
+                );
+            }
+            if let Some(row) = row {
                 return T::gemm_plus_row_raw(
                     ma,
                     k,
@@ -476,6 +513,52 @@ mod tests {
         }
     }
 
+    /// Few rows times a transposed weight (the small-product kernel, where the CPU has one),
+    /// and more rows split so that the last thread's block is few: any thread count gives
+    /// the bits of one call, with the bias added in the kernel or not.
+    #[test]
+    fn products_of_a_transposed_weight_give_the_same_bits_on_any_thread_count() {
+        for (m, k, n) in [(20, 300, 100), (128, 64, 128), (100, 1100, 90)] {
+            let value = |i: usize, p: usize, q: usize| ((i * p) % q) as f32 * 1e-3 - 0.5;
+            let x: Vec<f32> = (0..m * k).map(|i| value(i, 7919, 1009)).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| value(i, 104_729, 997)).collect();
+            let bias: Vec<f32> = (0..n).map(|i| value(i, 31, 101)).collect();
+            let (lx, lw) = (Layout::row_major(m, k), Layout::row_major(n, k).t());
+            let products = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        (
+                            product(1.0f32, &x, lx, &w, lw),
+                            product_plus_row(&x, lx, &w, lw, &bias),
+                        )
+                    })
+            };
+            // The first element whose bits differ, if any.
+            let differs = |x: &[f32], y: &[f32]| {
+                x.iter()
+                    .zip(y)
+                    .position(|(a, b)| a.to_bits() != b.to_bits())
+            };
+            let one = products(1);
+            for threads in [2, 3] {
+                let (plain, biased) = products(threads);
+                assert_eq!(
+                    differs(&plain, &one.0),
+                    None,
+                    "{m}x{k}x{n}, {threads} threads"
+                );
+                assert_eq!(
+                    differs(&biased, &one.1),
+                    None,
+                    "{m}x{k}x{n} + row, {threads} threads"
+                );
+            }
+        }
+    }
+
     /// The bias added in the kernel gives the bits of filling the output with it and adding
     /// the product, for any thread count (blocks of rows read the whole row, blocks of
     /// columns their part of it), f32 and f64.
@@ -516,6 +599,8 @@ mod tests {
         // Rows split (m ≥ n) and columns split (m < n); sizes off every tile.
         case::<f32>(1000, 383, 97);
         case::<f32>(37, 129, 1001);
+        // Few rows: the small-product kernel where the CPU has one.
+        case::<f32>(8, 129, 50);
         case::<f64>(300, 200, 50);
         case::<f32>(5, 0, 7);
     }

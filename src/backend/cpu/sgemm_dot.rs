@@ -14,7 +14,10 @@
 //! Every element of C is the same operations wherever it lies in C and however the product
 //! is split: lane `l` of its accumulator sums the products at `k ≡ l (mod 8)` in ascending
 //! order (the last partial step masked), the eight lanes are added in one fixed tree, and
-//! `row` (the bias) last. So the splits of `super::gemm` give the bits of one call.
+//! `row` (the bias) or C's own value (`beta = 1`) last — one addition, so a row added in the
+//! kernel gives the bits of C filled with it and added to. `super::gemm` decides once per
+//! product, from all its rows, whether this kernel runs, so its splits give the bits of one
+//! call.
 
 use std::arch::x86_64::*;
 
@@ -28,20 +31,22 @@ pub const MAX_ROWS: usize = 32;
 const MB: usize = 4;
 const NB: usize = 3;
 
-/// Whether [`sgemm_dot`] computes `c = alpha·a·b + beta·c` here: few rows, `a`'s rows and
-/// `b`'s columns contiguous (`x·Wᵀ`), a plain product, and a CPU with AVX2 and FMA.
+/// Whether [`sgemm_dot`] computes `c = alpha·a·b + beta·c` here: few rows (all the product's,
+/// before any split), `a`'s rows and `b`'s columns contiguous (`x·Wᵀ`), `alpha = 1` and
+/// `beta` 0 or 1, and a CPU with AVX2 and FMA.
 pub fn applies(m: usize, alpha: f32, beta: f32, csa: isize, rsb: isize) -> bool {
     m <= MAX_ROWS
         && alpha == 1.0
-        && beta == 0.0
+        && (beta == 0.0 || beta == 1.0)
         && csa == 1
         && rsb == 1
         && std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
 }
 
-/// `c[i, j] = Σ_k a[i, k]·b[k, j] (+ row[j])` with `a[i, k]` at `a + i·rsa + k` and `b[k, j]`
-/// at `b + k + j·csb` (B's columns, the weight's rows, contiguous); `c` written, not read.
+/// `c[i, j] = Σ_k a[i, k]·b[k, j]`, plus `row[j]` or, with `add_to_c`, plus `c[i, j]`'s own
+/// value (else `c` is written, not read); `a[i, k]` at `a + i·rsa + k` and `b[k, j]` at
+/// `b + k + j·csb` (B's columns, the weight's rows, contiguous).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA ([`applies`]); every addressed element of `a`, `b`, `c` (and `n`
@@ -56,6 +61,7 @@ pub unsafe fn sgemm_dot(
     b: *const f32,
     csb: isize,
     row: Option<*const f32>,
+    add_to_c: bool,
     c: *mut f32,
     rsc: isize,
     csc: isize,
@@ -67,6 +73,7 @@ pub unsafe fn sgemm_dot(
         b,
         csb,
         row,
+        add_to_c,
         c,
         rsc,
         csc,
@@ -108,6 +115,7 @@ struct Operands {
     b: *const f32,
     csb: isize,
     row: Option<*const f32>,
+    add_to_c: bool,
     c: *mut f32,
     rsc: isize,
     csc: isize,
@@ -117,12 +125,15 @@ struct Operands {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block<const R: usize, const C: usize>(p: &Operands, i: usize, j: usize) {
     let k = p.k;
-    // SAFETY (all pointer arithmetic and loads below): rows i..i+R of a and columns j..j+C of
-    // b hold k elements each (the caller's bounds); the masked step reads only the lanes
-    // below k.
+    // SAFETY (all loads and stores below): rows i..i+R of a and columns j..j+C of b hold k
+    // elements each (the caller's bounds); the masked step reads only the lanes below k. The
+    // row starts are wrapping arithmetic: with k = 0 the caller's offsets need not be in
+    // bounds, and nothing is read through them.
     unsafe {
-        let rows: [*const f32; R] = std::array::from_fn(|r| p.a.offset((i + r) as isize * p.rsa));
-        let cols: [*const f32; C] = std::array::from_fn(|q| p.b.offset((j + q) as isize * p.csb));
+        let rows: [*const f32; R] =
+            std::array::from_fn(|r| p.a.wrapping_offset((i + r) as isize * p.rsa));
+        let cols: [*const f32; C] =
+            std::array::from_fn(|q| p.b.wrapping_offset((j + q) as isize * p.csb));
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         let whole = k - k % 8;
         let mut kk = 0;
@@ -150,10 +161,14 @@ unsafe fn block<const R: usize, const C: usize>(p: &Operands, i: usize, j: usize
         for (r, sums) in acc.iter().enumerate() {
             for (q, &sum) in sums.iter().enumerate() {
                 let mut v = lanes_sum(sum);
+                let at =
+                    p.c.offset((i + r) as isize * p.rsc + (j + q) as isize * p.csc);
                 if let Some(row) = p.row {
                     v += *row.add(j + q);
+                } else if p.add_to_c {
+                    v += *at;
                 }
-                *p.c.offset((i + r) as isize * p.rsc + (j + q) as isize * p.csc) = v;
+                *at = v;
             }
         }
     }
@@ -180,8 +195,8 @@ mod tests {
     use super::*;
 
     /// Every shape edge (rows and columns off the 4 × 3 block, k off the 8-lane step) against
-    /// the f64 sums, and the bits of a product split into row and column pieces equal to the
-    /// whole's.
+    /// the f64 sums; the bits of the bias added in the kernel equal to C filled with it and
+    /// added to, and those of a product split into row and column pieces to the whole's.
     #[test]
     fn dot_products_match_the_definition_and_any_split() {
         if !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")) {
@@ -217,6 +232,7 @@ mod tests {
                     w.as_ptr(),
                     k as isize,
                     Some(bias.as_ptr()),
+                    false,
                     c.as_mut_ptr(),
                     n as isize,
                     1,
@@ -235,6 +251,32 @@ mod tests {
                     );
                 }
             }
+            // C filled with the bias and added to: the bits of the bias added in the kernel.
+            let mut filled: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+            // SAFETY: as above; `filled` is m × n.
+            unsafe {
+                sgemm_dot(
+                    m,
+                    k,
+                    n,
+                    a.as_ptr(),
+                    lda as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    None,
+                    true,
+                    filled.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+            assert!(
+                filled
+                    .iter()
+                    .zip(&c)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}×{k}×{n}: C filled with the bias and added to"
+            );
             // Pieces: rows from 1, columns from 2, written into a transposed C.
             let mut pieces = vec![f32::NAN; m * n];
             let (i0, j0) = (m.min(1), n.min(2));
@@ -251,6 +293,7 @@ mod tests {
                             w.as_ptr().add(cj * k),
                             k as isize,
                             Some(bias.as_ptr().add(cj)),
+                            false,
                             pieces.as_mut_ptr().add(ri + cj * m),
                             1,
                             m as isize,
