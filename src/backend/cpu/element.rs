@@ -134,27 +134,12 @@ pub trait Element:
     /// threads, so every block runs the same kernel — with A's rows and B's columns contiguous
     /// (`csa`, `rsb` = 1), `alpha` and `beta` goes to [`Element::small_product_raw`].
     fn small_product(m: usize, alpha: Self, beta: Self, csa: isize, rsb: isize) -> bool;
-    /// `c = a·b`, plus `row` (`n` values) or, with `add_to_c`, plus `c`'s own values, by the
-    /// type's kernel for products of few rows; A's rows and B's columns contiguous.
+    /// `p`'s product by the type's kernel for products of few rows.
     ///
     /// # Safety
-    /// As [`Element::gemm_raw`] (and `row` valid for `n` reads), taken only where
-    /// [`Element::small_product`] said so.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn small_product_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        b: *const Self,
-        csb: isize,
-        row: Option<*const Self>,
-        add_to_c: bool,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
+    /// As [`Element::gemm_raw`] for `p`'s operands (and `row` valid for `n` reads), taken
+    /// only where [`Element::small_product`] said so.
+    unsafe fn small_product_raw(p: &SmallProduct<Self>);
     /// `c = a·b + row`, `row` (`n` values) added to every row of the product (the linear
     /// layer's bias), on raw strided matrices.
     ///
@@ -176,6 +161,36 @@ pub trait Element:
         rsc: isize,
         csc: isize,
     );
+}
+
+/// `c = a·b`, plus `row` (`n` values) or, with `add_to_c`, plus `c`'s own values: a product
+/// for [`Element::small_product_raw`], A's rows and B's columns contiguous (`a[i, k]` at
+/// `a + i·rsa + k`, `b[k, j]` at `b + k + j·csb`, `c[i, j]` at `c + i·rsc + j·csc`).
+pub struct SmallProduct<T> {
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of A, rows of B.
+    pub k: usize,
+    /// Columns of B and C.
+    pub n: usize,
+    /// A's first element.
+    pub a: *const T,
+    /// A's row stride.
+    pub rsa: isize,
+    /// B's first element.
+    pub b: *const T,
+    /// B's column stride.
+    pub csb: isize,
+    /// Values added to every row of the product, if any.
+    pub row: Option<*const T>,
+    /// Without `row`: add C's own values to the product (`beta = 1`) rather than overwrite.
+    pub add_to_c: bool,
+    /// C's first element.
+    pub c: *mut T,
+    /// C's row stride.
+    pub rsc: isize,
+    /// C's column stride.
+    pub csc: isize,
 }
 
 /// Every row of the `m × n` matrix `c` set to `row`.
@@ -305,21 +320,8 @@ macro_rules! impl_element {
             fn small_product(m: usize, alpha: Self, beta: Self, csa: isize, rsb: isize) -> bool {
                 $small(m, alpha, beta, csa, rsb)
             }
-            unsafe fn small_product_raw(
-                m: usize,
-                k: usize,
-                n: usize,
-                a: *const Self,
-                rsa: isize,
-                b: *const Self,
-                csb: isize,
-                row: Option<*const Self>,
-                add_to_c: bool,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
-            ) {
-                $small_raw(m, k, n, a, rsa, b, csb, row, add_to_c, c, rsc, csc)
+            unsafe fn small_product_raw(p: &SmallProduct<Self>) {
+                $small_raw(p)
             }
             unsafe fn gemm_raw(
                 m: usize,
@@ -382,48 +384,49 @@ fn f32_small_product(m: usize, alpha: f32, beta: f32, csa: isize, rsb: isize) ->
     super::sgemm_avx512::tile_rows_if_used().is_none()
         && super::sgemm_dot::applies(m, alpha, beta, csa, rsb)
 }
+#[cfg(target_arch = "x86_64")]
+use super::sgemm_dot::sgemm_dot as f32_small_product_raw;
 #[cfg(not(target_arch = "x86_64"))]
-fn f32_small_product(_: usize, _: f32, _: f32, _: isize, _: isize) -> bool {
-    false
-}
+use no_small_product as f32_small_product;
+#[cfg(not(target_arch = "x86_64"))]
+use small_product_by_gemm as f32_small_product_raw;
 
 /// No small-product kernel: never taken (the type's `small_product` is false).
 fn no_small_product<T>(_: usize, _: T, _: T, _: isize, _: isize) -> bool {
     false
 }
 
-#[cfg(target_arch = "x86_64")]
-use super::sgemm_dot::sgemm_dot as f32_small_product_raw;
-
 /// The small product by the type's general kernel (where it has no small-product kernel).
-#[allow(clippy::too_many_arguments)]
-unsafe fn small_product_by_gemm<T: Element>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const T,
-    rsa: isize,
-    b: *const T,
-    csb: isize,
-    row: Option<*const T>,
-    add_to_c: bool,
-    c: *mut T,
-    rsc: isize,
-    csc: isize,
-) {
+unsafe fn small_product_by_gemm<T: Element>(p: &SmallProduct<T>) {
+    let (a, b, c) = (p.a, p.b, p.c);
     // SAFETY: the caller's contract, which is the general kernel's.
     unsafe {
-        match row {
-            Some(row) => T::gemm_plus_row_raw(m, k, n, a, rsa, 1, b, 1, csb, row, c, rsc, csc),
+        match p.row {
+            Some(row) => T::gemm_plus_row_raw(
+                p.m, p.k, p.n, a, p.rsa, 1, b, 1, p.csb, row, c, p.rsc, p.csc,
+            ),
             None => {
-                let beta = if add_to_c { T::ONE } else { T::ZERO };
-                T::gemm_raw(m, k, n, T::ONE, a, rsa, 1, b, 1, csb, beta, c, rsc, csc)
+                let beta = if p.add_to_c { T::ONE } else { T::ZERO };
+                T::gemm_raw(
+                    p.m,
+                    p.k,
+                    p.n,
+                    T::ONE,
+                    a,
+                    p.rsa,
+                    1,
+                    b,
+                    1,
+                    p.csb,
+                    beta,
+                    c,
+                    p.rsc,
+                    p.csc,
+                )
             }
         }
     }
 }
-#[cfg(not(target_arch = "x86_64"))]
-use small_product_by_gemm as f32_small_product_raw;
 
 /// A multiple of every tile height matrixmultiply's kernels use (8, 12, 16).
 const MATRIXMULTIPLY_ROW_SPLIT: usize = 48;

@@ -8,7 +8,7 @@
 //! call over the full `K`, and an element's value does not depend on which
 //! block it falls in: results are bitwise the same for any number of threads.
 
-use super::element::Element;
+use super::element::{Element, SmallProduct};
 
 /// Where a matrix lies inside a slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,24 +245,20 @@ unsafe fn gemm_into<T: Element>(
         "gemm: the output layout {lc:?} overlaps itself"
     );
     let (m, k, n) = (la.rows, la.cols, lb.cols);
-    // Decided for the whole product, so that every block of a split runs the same kernel.
-    let small = if row.is_some() {
-        T::small_product(
-            m,
-            T::ONE,
-            T::ZERO,
-            la.col_stride as isize,
-            lb.row_stride as isize,
-        )
+    // Decided for the whole product, so that every block of a split runs the same kernel. A
+    // row is added to the plain product (the contract's alpha = beta = 1 say only that).
+    let (product_alpha, product_beta) = if row.is_some() {
+        (T::ONE, T::ZERO)
     } else {
-        T::small_product(
-            m,
-            alpha,
-            beta,
-            la.col_stride as isize,
-            lb.row_stride as isize,
-        )
+        (alpha, beta)
     };
+    let small = T::small_product(
+        m,
+        product_alpha,
+        product_beta,
+        la.col_stride as isize,
+        lb.row_stride as isize,
+    );
     let threads = rayon::current_num_threads();
     let split_rows = m >= n;
     let (along, align) = if split_rows {
@@ -318,20 +314,20 @@ unsafe fn gemm_into<T: Element>(
             });
             if small {
                 // `small_product` holds only for alpha = 1 and beta 0 or 1 (or a row).
-                return T::small_product_raw(
-                    ma,
+                return T::small_product_raw(&SmallProduct {
+                    m: ma,
                     k,
-                    nb,
-                    p.a.wrapping_add(ao),
-                    la.row_stride as isize,
-                    p.b.wrapping_add(bo),
-                    lb.col_stride as isize,
+                    n: nb,
+                    a: p.a.wrapping_add(ao),
+                    rsa: la.row_stride as isize,
+                    b: p.b.wrapping_add(bo),
+                    csb: lb.col_stride as isize,
                     row,
-                    row.is_none() && beta == T::ONE,
-                    p.c.add(co),
-                    lc.row_stride as isize,
-                    lc.col_stride as isize,
-                );
+                    add_to_c: row.is_none() && beta == T::ONE,
+                    c: p.c.add(co),
+                    rsc: lc.row_stride as isize,
+                    csc: lc.col_stride as isize,
+                });
             }
             if let Some(row) = row {
                 return T::gemm_plus_row_raw(

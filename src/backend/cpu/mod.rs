@@ -23,7 +23,7 @@ mod sgemm_avx512;
 #[cfg(target_arch = "x86_64")]
 mod sgemm_dot;
 
-pub use element::{CpuBuffer, Element};
+pub use element::{CpuBuffer, Element, SmallProduct};
 
 use super::shapes::{self, LinearDims};
 use super::{

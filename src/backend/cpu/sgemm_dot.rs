@@ -21,6 +21,8 @@
 
 use std::arch::x86_64::*;
 
+use super::element::SmallProduct;
+
 /// The most rows of `a` this kernel takes. On one core of the 2-core AMD EPYC VM without
 /// AVX-512 (`cargo bench --bench gemm`, `cpu_gemm_small_batch`: MiniLM's three weight shapes)
 /// it was 1.10–1.93× matrixmultiply at 8 rows, 1.25–1.45× at 16, 1.14–1.18× at 32, 1.02–1.09×
@@ -44,61 +46,34 @@ pub fn applies(m: usize, alpha: f32, beta: f32, csa: isize, rsb: isize) -> bool 
         && std::is_x86_feature_detected!("fma")
 }
 
-/// `c[i, j] = Σ_k a[i, k]·b[k, j]`, plus `row[j]` or, with `add_to_c`, plus `c[i, j]`'s own
-/// value (else `c` is written, not read); `a[i, k]` at `a + i·rsa + k` and `b[k, j]` at
-/// `b + k + j·csb` (B's columns, the weight's rows, contiguous).
+/// `p`'s product: `c[i, j] = Σ_k a[i, k]·b[k, j]`, plus `row[j]` or, with `add_to_c`, plus
+/// `c[i, j]`'s own value (else `c` is written, not read).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA ([`applies`]); every addressed element of `a`, `b`, `c` (and `n`
 /// values of `row`) in bounds; `c` aliases neither operand nor overlaps itself.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_dot(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    rsa: isize,
-    b: *const f32,
-    csb: isize,
-    row: Option<*const f32>,
-    add_to_c: bool,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    let at = Operands {
-        k,
-        a,
-        rsa,
-        b,
-        csb,
-        row,
-        add_to_c,
-        c,
-        rsc,
-        csc,
-    };
+pub unsafe fn sgemm_dot(at: &SmallProduct<f32>) {
     let mut j = 0;
-    while j < n {
-        let nb = NB.min(n - j);
+    while j < at.n {
+        let nb = NB.min(at.n - j);
         let mut i = 0;
-        while i < m {
-            let mb = MB.min(m - i);
+        while i < at.m {
+            let mb = MB.min(at.m - i);
             // SAFETY: rows i..i+mb and columns j..j+nb lie in the product (the caller's bounds).
             unsafe {
                 match (mb, nb) {
-                    (4, 3) => block::<4, 3>(&at, i, j),
-                    (4, 2) => block::<4, 2>(&at, i, j),
-                    (4, 1) => block::<4, 1>(&at, i, j),
-                    (3, 3) => block::<3, 3>(&at, i, j),
-                    (3, 2) => block::<3, 2>(&at, i, j),
-                    (3, 1) => block::<3, 1>(&at, i, j),
-                    (2, 3) => block::<2, 3>(&at, i, j),
-                    (2, 2) => block::<2, 2>(&at, i, j),
-                    (2, 1) => block::<2, 1>(&at, i, j),
-                    (1, 3) => block::<1, 3>(&at, i, j),
-                    (1, 2) => block::<1, 2>(&at, i, j),
-                    _ => block::<1, 1>(&at, i, j),
+                    (4, 3) => block::<4, 3>(at, i, j),
+                    (4, 2) => block::<4, 2>(at, i, j),
+                    (4, 1) => block::<4, 1>(at, i, j),
+                    (3, 3) => block::<3, 3>(at, i, j),
+                    (3, 2) => block::<3, 2>(at, i, j),
+                    (3, 1) => block::<3, 1>(at, i, j),
+                    (2, 3) => block::<2, 3>(at, i, j),
+                    (2, 2) => block::<2, 2>(at, i, j),
+                    (2, 1) => block::<2, 1>(at, i, j),
+                    (1, 3) => block::<1, 3>(at, i, j),
+                    (1, 2) => block::<1, 2>(at, i, j),
+                    _ => block::<1, 1>(at, i, j),
                 }
             }
             i += mb;
@@ -107,23 +82,9 @@ pub unsafe fn sgemm_dot(
     }
 }
 
-/// The product's operands, as [`sgemm_dot`] takes them.
-struct Operands {
-    k: usize,
-    a: *const f32,
-    rsa: isize,
-    b: *const f32,
-    csb: isize,
-    row: Option<*const f32>,
-    add_to_c: bool,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-}
-
 /// The `R × C` outputs at rows `i..`, columns `j..`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block<const R: usize, const C: usize>(p: &Operands, i: usize, j: usize) {
+unsafe fn block<const R: usize, const C: usize>(p: &SmallProduct<f32>, i: usize, j: usize) {
     let k = p.k;
     // SAFETY (all loads and stores below): rows i..i+R of a and columns j..j+C of b hold k
     // elements each (the caller's bounds); the masked step reads only the lanes below k. The
@@ -223,20 +184,20 @@ mod tests {
             let mut c = vec![f32::NAN; m * n];
             // SAFETY: AVX2 and FMA checked; a is m × lda, w is n × k, c is m × n.
             unsafe {
-                sgemm_dot(
+                sgemm_dot(&SmallProduct {
                     m,
                     k,
                     n,
-                    a.as_ptr(),
-                    lda as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    Some(bias.as_ptr()),
-                    false,
-                    c.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
+                    a: a.as_ptr(),
+                    rsa: lda as isize,
+                    b: w.as_ptr(),
+                    csb: k as isize,
+                    row: Some(bias.as_ptr()),
+                    add_to_c: false,
+                    c: c.as_mut_ptr(),
+                    rsc: n as isize,
+                    csc: 1,
+                });
             }
             for i in 0..m {
                 for j in 0..n {
@@ -255,20 +216,20 @@ mod tests {
             let mut filled: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
             // SAFETY: as above; `filled` is m × n.
             unsafe {
-                sgemm_dot(
+                sgemm_dot(&SmallProduct {
                     m,
                     k,
                     n,
-                    a.as_ptr(),
-                    lda as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    None,
-                    true,
-                    filled.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
+                    a: a.as_ptr(),
+                    rsa: lda as isize,
+                    b: w.as_ptr(),
+                    csb: k as isize,
+                    row: None,
+                    add_to_c: true,
+                    c: filled.as_mut_ptr(),
+                    rsc: n as isize,
+                    csc: 1,
+                });
             }
             assert!(
                 filled
@@ -284,20 +245,20 @@ mod tests {
                 for (cj, cn) in [(0, j0), (j0, n - j0)] {
                     // SAFETY: sub-blocks of the same operands; C transposed (row stride 1).
                     unsafe {
-                        sgemm_dot(
-                            rn,
+                        sgemm_dot(&SmallProduct {
+                            m: rn,
                             k,
-                            cn,
-                            a.as_ptr().add(ri * lda),
-                            lda as isize,
-                            w.as_ptr().add(cj * k),
-                            k as isize,
-                            Some(bias.as_ptr().add(cj)),
-                            false,
-                            pieces.as_mut_ptr().add(ri + cj * m),
-                            1,
-                            m as isize,
-                        );
+                            n: cn,
+                            a: a.as_ptr().add(ri * lda),
+                            rsa: lda as isize,
+                            b: w.as_ptr().add(cj * k),
+                            csb: k as isize,
+                            row: Some(bias.as_ptr().add(cj)),
+                            add_to_c: false,
+                            c: pieces.as_mut_ptr().add(ri + cj * m),
+                            rsc: 1,
+                            csc: m as isize,
+                        });
                     }
                 }
             }
