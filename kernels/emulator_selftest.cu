@@ -1,4 +1,4 @@
-// Kernels with deliberate bugs (and their fixed twins), for tests/cuda_emulator.rs: the CPU
+// Kernels with deliberate bugs (and their fixed twins), for tests/integration/cuda_emulator.rs: the CPU
 // stand-in must turn each bug into an error value or a visible difference, never a silent
 // pass or a crashed test process. They are compiled for the GPU too but never launched there.
 #include "common.cuh"

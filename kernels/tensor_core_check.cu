@@ -1,5 +1,5 @@
 // Checks of the tensor-core wrappers (tensor_core.cuh), one warp per case, for
-// tests/tensor_core.rs: the same kernels run on the CPU stand-in in CI and on the GPU in the
+// tests/integration/tensor_core.rs: the same kernels run on the CPU stand-in in CI and on the GPU in the
 // GPU check, so the hardware judges the fragment layouts the stand-in assumes.
 //
 // Matrices travel as raw bf16 bits (unsigned short). Every kernel handles case blockIdx.x:

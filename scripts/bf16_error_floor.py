@@ -1,9 +1,9 @@
 """The bf16 error floor: how far PyTorch's own bf16 autocast lands from float64 on the tiny
-random BERT of tests/cuda_model.rs (hidden 15, 3 heads, 3 layers), per method and quantity.
+random BERT of tests/integration/cuda_model.rs (hidden 15, 3 heads, 3 layers), per method and quantity.
 The flash-attention habit: a bf16 kernel passes when its error is at most about twice what a
 trusted implementation gets in the same precision; this measures the trusted side.
 
-    SPAFIT_DUMP_TINY_BERT=DIR cargo test --test cuda_model dump_tiny_bert -- --ignored
+    SPAFIT_DUMP_TINY_BERT=DIR cargo test --test integration cuda_model::dump_tiny_bert -- --ignored
     python bf16_error_floor.py DIR tests/fixtures/tiny-bert-bf16/torch_errors.json
 
 Needs torch and transformers (any venv; not part of CI). Dropout off on both sides. LoRA is

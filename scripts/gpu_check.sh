@@ -4,9 +4,10 @@
 # the output's tail), failures at the very end.
 #
 #   scripts/gpu_check.sh build     here (no GPU needed): compiles every kernel with the pinned
-#                                  nvcc and builds, release and stripped, the tensor-core
-#                                  wrapper tests, the cross-backend op tests, the whole-model
-#                                  tests, spafit and the GEMM microbenchmark into ONE archive,
+#                                  nvcc and builds, release and stripped, the integration
+#                                  tests (one binary: the tensor-core wrappers, the
+#                                  cross-backend ops, the whole models and the rest), spafit
+#                                  and the GEMM microbenchmark into ONE archive,
 #                                  gpu-bundle/bundle.tar.xz (ignored by git; ~7 MB, where the
 #                                  binaries themselves are ~280 MB: the device tool carries at
 #                                  most 64 MiB, the repository's own ~40 MB included).
@@ -56,7 +57,8 @@ cd "$(dirname "$0")/.."
 # release bundle a developer made for the GPU.
 archive=${GPU_CHECK_ARCHIVE:-gpu-bundle/bundle.tar.xz}
 profile=${GPU_CHECK_PROFILE:-release}
-programs="tensor_core cross_backend cuda_model roberta electra distilbert multi_label gpu_gemm spafit"
+# The integration tests (every tests/integration/*.rs in one binary), the GEMM sweep, spafit.
+programs="integration gpu_gemm spafit"
 
 executables() {  # cargo --message-format=json on stdin → "name path" per executable
     python3 -c 'import json,sys
@@ -90,7 +92,7 @@ build() {
     staging=$(mktemp -d)
     trap "rm -rf '$staging'" EXIT
     local errors="$staging/cargo.err"
-    local tests=(--test tensor_core --test cross_backend --test cuda_model --test roberta --test electra --test distilbert --test multi_label)
+    local tests=(--test integration)
     {
         if [ "$profile" = release ]; then
             cargo test --release --locked --no-run --message-format=json "${tests[@]}"
@@ -218,43 +220,57 @@ run() {
     # has just run twice).
     local threads=1
     [ "$mode" = gpu ] || threads=$(nproc 2>/dev/null || echo 1)
-    stage "tensor-core wrappers" 45 "$bin/tensor_core" --test-threads 1 --nocapture
+    # The integration tests whose names match an extended regular expression, as arguments
+    # for `--exact` (the harness's own filters match substrings and cannot say "cuda tests of
+    # cross_backend").
+    tests_matching() {
+        "$bin/integration" --list --format terse 2>/dev/null |
+            sed -n 's/: test$//p' | grep -E "$1"
+    }
+    local ops_on_cuda
+    mapfile -t ops_on_cuda < <(tests_matching '^cross_backend::.*cuda')
+    if [ "${#ops_on_cuda[@]}" -eq 0 ]; then
+        # `--exact` with no name would run every test in the binary.
+        failed+=("ops vs f64 (the test binary lists no CUDA test of cross_backend)")
+        ops_on_cuda=(no-such-test)
+    fi
+    stage "tensor-core wrappers" 45 "$bin/integration" --test-threads 1 --nocapture tensor_core::
     # The correctness stages run as users run (launches queued, not waited for); one that
     # fails on the GPU runs again with every launch waiting for its kernel
     # (SPAFIT_CUDA_SYNC=1), so that a kernel fault is named by its kernel, not by whichever
     # call came next.
     local failures_before=${#failed[@]}
-    stage "ops vs f64" 90 "$bin/cross_backend" --test-threads "$threads" --nocapture cuda
+    stage "ops vs f64" 90 "$bin/integration" --test-threads "$threads" --nocapture --exact "${ops_on_cuda[@]}"
     if [ "${#failed[@]}" -gt "$failures_before" ] && [ "$mode" = gpu ]; then
         stage "ops vs f64, every launch waited for" 60 env SPAFIT_CUDA_SYNC=1 \
-            "$bin/cross_backend" --test-threads 1 --nocapture cuda
+            "$bin/integration" --test-threads 1 --nocapture --exact "${ops_on_cuda[@]}"
     fi
     failures_before=${#failed[@]}
-    stage "tiny BERT, four methods" 90 "$bin/cuda_model" --test-threads "$threads" --nocapture
+    stage "tiny BERT, four methods" 90 "$bin/integration" --test-threads "$threads" --nocapture cuda_model::
     if [ "${#failed[@]}" -gt "$failures_before" ] && [ "$mode" = gpu ]; then
         stage "tiny BERT, every launch waited for" 60 env SPAFIT_CUDA_SYNC=1 \
-            "$bin/cuda_model" --test-threads 1 --nocapture
+            "$bin/integration" --test-threads 1 --nocapture cuda_model::
     fi
     # RoBERTa (SPAFIT, f32, dropout on) against the f64 CPU reference, from the fixture in
     # this checkout.
     stage "tiny RoBERTa, SPAFIT" 60 env SPAFIT_ROBERTA_FIXTURE="$PWD/tests/fixtures/tiny-roberta" \
-        "$bin/roberta" --test-threads 1 --nocapture --exact roberta_on_cuda_matches_the_f64_reference
+        "$bin/integration" --test-threads 1 --nocapture --exact roberta::roberta_on_cuda_matches_the_f64_reference
     # ELECTRA (full fine-tuning, its embeddings' projection included, and SPAFIT).
     stage "tiny ELECTRA, full and SPAFIT" 60 env SPAFIT_ELECTRA_FIXTURE="$PWD/tests/fixtures/tiny-electra" \
-        "$bin/electra" --test-threads 1 --nocapture --exact electra_on_cuda_matches_the_f64_reference
+        "$bin/integration" --test-threads 1 --nocapture --exact electra::electra_on_cuda_matches_the_f64_reference
     # DistilBERT (full fine-tuning and SPAFIT; no segment table, the ReLU head).
     stage "tiny DistilBERT, full and SPAFIT" 60 env SPAFIT_DISTILBERT_FIXTURE="$PWD/tests/fixtures/tiny-distilbert" \
-        "$bin/distilbert" --test-threads 1 --nocapture --exact distilbert_on_cuda_matches_the_f64_reference
+        "$bin/integration" --test-threads 1 --nocapture --exact distilbert::distilbert_on_cuda_matches_the_f64_reference
     # A multi-label head (a sigmoid per class, binary cross-entropy), full and SPAFIT.
     stage "tiny multi-label BERT, full and SPAFIT" 60 env SPAFIT_MULTILABEL_FIXTURE="$PWD/tests/fixtures/tiny-multilabel" \
-        "$bin/multi_label" --test-threads 1 --nocapture --exact multi_label_on_cuda_matches_the_f64_reference
+        "$bin/integration" --test-threads 1 --nocapture --exact multi_label::multi_label_on_cuda_matches_the_f64_reference
     if [ "$mode" = gpu ] && command -v compute-sanitizer >/dev/null 2>&1; then
         # Some of the machines refuse the tools ("Device not supported"): noted, not failed.
         may_be_unsupported=1
         stage "memcheck" 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
-            "$bin/cross_backend" --test-threads 1 cuda_bf16
+            "$bin/integration" --test-threads 1 --exact $(tests_matching '^cross_backend::.*cuda_bf16' || echo no-such-test)
         stage "racecheck" 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
-            "$bin/tensor_core" --test-threads 1
+            "$bin/integration" --test-threads 1 tensor_core::
         may_be_unsupported=0
     elif [ "$mode" = gpu ]; then
         echo "compute-sanitizer: not installed, memcheck and racecheck skipped" | tee -a "$log"

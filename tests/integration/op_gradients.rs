@@ -1,7 +1,7 @@
 //! Central finite differences in f64 for every backend op and every output of its backward,
 //! on random non-zero inputs at odd shapes, with padded attention masks.
 
-mod common;
+use crate::common;
 
 use common::{all, check_gradient, dot, host, nonzero, random, tensor};
 use spafit::backend::cpu::CpuBackend;

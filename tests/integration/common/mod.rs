@@ -176,11 +176,17 @@ pub fn minilm_with_problem_type(dir: &std::path::Path, problem_type: &str) -> Pa
     dir.to_path_buf()
 }
 
-/// Runs test `test` of the calling test binary once more, alone, in a child process with
-/// `env` set (a setting read once per process, or a crash the parent must survive), and
-/// asserts that it ran and passed; returns the child's stdout and stderr together.
-pub fn run_in_child(test: &str, env: &[(&str, &str)]) -> String {
-    let out = run_child(test, env);
+/// Tests that change the CPU stand-in's fiber schedule (process-wide) hold this, so they do
+/// not change it under each other.
+pub static EMULATOR_SCHEDULE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs test `test` of module `module` (the caller's `module_path!()`) once more, alone, in a
+/// child process with `env` set (a setting read once per process, a process-wide one such as
+/// the stand-in's device memory, a measurement of the process's device memory, or a crash the
+/// parent must survive), and asserts that it ran and passed; returns the child's stdout and
+/// stderr together.
+pub fn run_in_child(module: &str, test: &str, env: &[(&str, &str)]) -> String {
+    let out = run_child(module, test, env);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -194,11 +200,31 @@ pub fn run_in_child(test: &str, env: &[(&str, &str)]) -> String {
     text
 }
 
-/// Runs test `test` of this test binary alone in a child process with `env` set, whatever
-/// becomes of it (a test that must crash checks the status itself).
-pub fn run_child(test: &str, env: &[(&str, &str)]) -> std::process::Output {
+/// Whether this process is the child that runs test `test` of module `module` (the caller's
+/// `module_path!()`) alone; in any other process, runs that child (which must pass), prints
+/// its output and returns false. For a test that changes or measures something
+/// process-wide: the stand-in's device memory size, the device memory pool's peak.
+pub fn is_the_child_running(module: &str, test: &str) -> bool {
+    const CHILD: &str = "SPAFIT_TEST_CHILD";
+    if std::env::var(CHILD).as_deref() == Ok(test) {
+        return true;
+    }
+    println!("{}", run_in_child(module, test, &[(CHILD, test)]));
+    false
+}
+
+/// Runs test `test` of module `module` (the caller's `module_path!()`) alone in a child
+/// process with `env` set, whatever becomes of it (a test that must crash checks the status
+/// itself).
+pub fn run_child(module: &str, test: &str, env: &[(&str, &str)]) -> std::process::Output {
+    // The harness names a test by its path below the crate: `module_path!()` less its first
+    // part.
+    let name = match module.split_once("::") {
+        Some((_, below_the_crate)) => format!("{below_the_crate}::{test}"),
+        None => test.to_string(),
+    };
     std::process::Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .envs(env.iter().copied())
         .output()
         .expect("run the child test")

@@ -1,6 +1,6 @@
 //! Bad input comes back as an error value that names the operation and the tensor.
 
-mod common;
+use crate::common;
 
 use common::{random, tensor};
 use spafit::autograd::Tape;

@@ -1,6 +1,6 @@
 //! AdamW against closed-form consequences of its definition (torch.optim.AdamW semantics).
 
-mod common;
+use crate::common;
 
 use common::{host, tensor};
 use spafit::backend::cpu::CpuBackend;

@@ -1,6 +1,7 @@
-//! Device memory of gradient accumulation, alone in its test binary: the memory pool's peak
-//! is the process's, so a test running beside this one would count in it.
+//! Device memory of gradient accumulation, in a process of its own: the memory pool's peak is
+//! the process's, so a test running beside this one would count in it.
 
+use crate::common;
 use spafit::autograd::{Gradients, Tape, Var};
 use spafit::backend::cuda::CudaBackend;
 use spafit::backend::Backend;
@@ -11,6 +12,10 @@ use spafit::tensor::{DType, Tensor};
 /// and then adding them holds them all at once beside the sums; both give the same sums.
 #[test]
 fn a_backward_into_gradient_sums_holds_a_fraction_of_the_gradients() {
+    let test = "a_backward_into_gradient_sums_holds_a_fraction_of_the_gradients";
+    if !common::is_the_child_running(module_path!(), test) {
+        return;
+    }
     let cuda = CudaBackend::hardware_or_emulated(DType::F32).unwrap();
     // 16 parameters of 64 KiB: 1 MiB of gradients, added 128 KiB at a time.
     let (count, len) = (16, 1 << 14);

@@ -6,7 +6,7 @@
 //! run everywhere; a machine that has neither fails them. Each checked result prints an `XB`
 //! line for the GPU check table.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 
@@ -2248,7 +2248,7 @@ fn cuda_grids_past_a_lowered_limit_take_several_launches() {
             for limit in [Y, Z] {
                 // One block in z: every sequence, and split-K's one slice, alone.
                 let blocks = if limit == Z { "1" } else { "2" };
-                common::run_in_child(TEST, &[(limit, blocks)]);
+                common::run_in_child(module_path!(), TEST, &[(limit, blocks)]);
             }
         }
         (Some(_), None) => {

@@ -1,7 +1,7 @@
 //! Training: schedule, a real-model smoke run (CI), NaN handling that keeps checkpoints,
 //! and resumption that reproduces an uninterrupted run bit for bit.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -1848,7 +1848,7 @@ fn the_report_carries_the_training_inputs_for_save_adapter() {
 fn learning_rate_schedules_match_transformers() {
     use spafit::train::{LrSchedule, ScheduleKind};
     let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/lr-schedules/transformers.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/lr-schedules/transformers.json")).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
     let schedule = |case: &serde_json::Value| LrSchedule {
         kind: case["kind"]
@@ -2248,6 +2248,10 @@ fn edit_run_settings(
 fn micro_batches_train_as_the_whole_batch() {
     use spafit::backend::cuda::CudaBackend;
     use spafit::tensor::DType;
+    // Alone in a process: the device memory peak is the process's.
+    if !common::is_the_child_running(module_path!(), "micro_batches_train_as_the_whole_batch") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let ck = tiny_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
@@ -2512,12 +2516,7 @@ fn training_inputs_are_all_single_texts_or_all_pairs() {
 /// Whether this process is the child that runs `test` under a device memory size of its
 /// own (the stand-in's size is the process's); in the parent, runs that child first.
 fn in_memory_child(test: &str) -> bool {
-    if std::env::var("SPAFIT_OOM_CHILD").as_deref() == Ok(test) {
-        return true;
-    }
-    let out = common::run_in_child(test, &[("SPAFIT_OOM_CHILD", test)]);
-    println!("{out}");
-    false
+    common::is_the_child_running(module_path!(), test)
 }
 
 /// An evaluation that runs out of device memory keeps the step it followed: the state at

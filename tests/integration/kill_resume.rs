@@ -4,7 +4,7 @@
 //! with `--resume` to the same losses, the same final dev loss and the same files, bit for bit,
 //! as a run that was never interrupted.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -473,7 +473,7 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
     }
     // Stopped by signals: the first SIGINT or SIGTERM stops the run after its step, saving
     // the state at that step (saves are due at even steps only: the SIGTERM sent 30 ms after
-    // step 4's state is saved stops step 5 or, on a fast machine, 6; tests/training.rs stops
+    // step 4's state is saved stops step 5 or, on a fast machine, 6; tests/integration/training.rs stops
     // a step without a due save deterministically); a second one ends the process at once,
     // as the signal's default action does.
     let signalled = [

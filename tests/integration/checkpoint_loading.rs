@@ -1,7 +1,7 @@
 //! Loading Hugging Face checkpoints: dtypes, name prefixes, the hub cache layout, and every
 //! failure as an error naming the file and the tensor or field.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

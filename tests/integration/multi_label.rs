@@ -4,7 +4,7 @@
 //! on the CPU and the CUDA backend (through the stand-in where there is no GPU); the command
 //! line end to end on all-MiniLM-L6-v2.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! the model's logits on them, the same tokenizer beside a BERT-shaped model, pairs of long
 //! texts, and files that disagree.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! Adapters on disk: round trip, refusal of another base or a torn file, PEFT export, and
 //! merged LoRA equal to the unmerged model.
 
-mod common;
+use crate::common;
 
 use common::rel_err;
 use spafit::adapter::{

@@ -3,7 +3,7 @@
 //! `tests/fixtures/tiny-xlm-roberta/make_fixture.py OUT camembert`): ids under the shipped
 //! files and 25 variants of them at three max lengths, and the model's logits on them.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -7,9 +7,7 @@
 //! order must not change a single bit.
 //! Each compared quantity prints an `XM` line for the GPU check's table.
 
-mod common;
-
-use std::sync::Mutex;
+use crate::common;
 
 use common::{rel_err, tensor, tiny_bert};
 use spafit::autograd::{Gradients, Tape, TapeStats};
@@ -22,9 +20,6 @@ use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::{DType, Shape, Tensor};
 use spafit::text::EncodedBatch;
 use spafit::train::AdamW;
-
-/// Tests that change the stand-in's fiber order hold this.
-static SCHEDULE: Mutex<()> = Mutex::new(());
 
 fn cuda(dtype: DType) -> CudaBackend {
     CudaBackend::hardware_or_emulated(dtype)
@@ -194,7 +189,7 @@ fn torch_bf16_errors() -> &'static serde_json::Value {
     static ERRORS: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
     // Compiled in, so the test binary carried to a GPU machine has it too.
     ERRORS.get_or_init(|| {
-        serde_json::from_str(include_str!("fixtures/tiny-bert-bf16/torch_errors.json")).unwrap()
+        serde_json::from_str(include_str!("../fixtures/tiny-bert-bf16/torch_errors.json")).unwrap()
     })
 }
 
@@ -385,7 +380,9 @@ fn train(b: &CudaBackend) -> (Vec<u64>, Vec<Vec<f64>>) {
 
 #[test]
 fn two_identical_training_runs_give_the_same_bits() {
-    let _guard = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+    let _guard = common::EMULATOR_SCHEDULE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     for dtype in [DType::F32, DType::BF16] {
         let b = cuda(dtype);
         let (l1, v1) = train(&b);
@@ -427,11 +424,15 @@ fn waiting_after_every_launch_changes_no_bit() {
         return;
     }
     let runs = |value: &str| -> Vec<String> {
-        common::run_in_child(TEST, &[(SYNC, value), ("SPAFIT_SYNC_CHILD", value)])
-            .lines()
-            // The harness may print the test's name on the line before the first output.
-            .filter_map(|l| l.find("RUN ").map(|at| l[at..].to_string()))
-            .collect()
+        common::run_in_child(
+            module_path!(),
+            TEST,
+            &[(SYNC, value), ("SPAFIT_SYNC_CHILD", value)],
+        )
+        .lines()
+        // The harness may print the test's name on the line before the first output.
+        .filter_map(|l| l.find("RUN ").map(|at| l[at..].to_string()))
+        .collect()
     };
     let waiting = runs("1");
     assert_eq!(waiting.len(), 2, "{waiting:?}");
@@ -448,7 +449,9 @@ fn the_fiber_schedule_changes_no_bit() {
         // On a GPU the hardware schedules; the determinism test above covers it.
         return;
     }
-    let _guard = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+    let _guard = common::EMULATOR_SCHEDULE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let run = |schedule: &str| {
         emulator::set_schedule(schedule).unwrap();
         let out = step(&b, &model(&b, Method::Spafit, 3), 3);
@@ -482,7 +485,7 @@ fn the_fiber_schedule_changes_no_bit() {
 /// Writes the tiny model of every case (all tensors by name, trainable names, LoRA scale, the
 /// batch and labels) for `scripts/bf16_error_floor.py`, which measures the error PyTorch's own
 /// bf16 autocast has on the same models: the calibration of the bf16 tolerance. Run with
-/// `SPAFIT_DUMP_TINY_BERT=DIR cargo test --test cuda_model dump_tiny_bert -- --ignored`.
+/// `SPAFIT_DUMP_TINY_BERT=DIR cargo test --test integration cuda_model::dump_tiny_bert -- --ignored`.
 #[test]
 #[ignore = "writes calibration inputs; run by hand"]
 fn dump_tiny_bert() {

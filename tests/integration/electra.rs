@@ -5,7 +5,7 @@
 //! discriminator checkpoint as the base, the CUDA backend (through the stand-in where there
 //! is no GPU) against the f64 CPU reference, and the command line.
 
-mod common;
+use crate::common;
 
 use common::family_fixture::{
     identity_changes_with, read, read_tensors, remove_tokenizer_class, write_tensors, FamilyFixture,

@@ -1,7 +1,7 @@
 //! The `spafit` binary end to end: help, errors, train → eval → predict on GLUE-layout files,
 //! gradcheck and bench JSON.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

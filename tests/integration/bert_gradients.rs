@@ -4,7 +4,7 @@
 //! sampled; and the same model as an ELECTRA (embeddings narrower than the hidden size with
 //! their projection, the GELU head).
 
-mod common;
+use crate::common;
 
 use common::{check_gradient, host, sample, tensor, tiny_bert};
 use spafit::autograd::Tape;

@@ -4,7 +4,7 @@
 //! method; its config names the head's classes as transformers reads them; what cannot be
 //! stored is refused, and a refused merge leaves nothing behind.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

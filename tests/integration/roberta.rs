@@ -3,7 +3,7 @@
 //! and every parameter's gradient, PEFT adapters both ways, merged checkpoints, and the
 //! CUDA backend (through the stand-in where there is no GPU) against the f64 CPU reference.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

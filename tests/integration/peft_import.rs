@@ -3,7 +3,7 @@
 //! imports back to bitwise the same logits; what cannot be represented is refused, naming the
 //! field or tensor.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

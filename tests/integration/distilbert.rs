@@ -5,7 +5,7 @@
 //! checkpoint as the base, the CUDA backend (through the stand-in where there is no GPU)
 //! against the f64 CPU reference, and the command line.
 
-mod common;
+use crate::common;
 
 use common::family_fixture::{
     copy_folder, identity_changes_with, remove_tokenizer_class, FamilyFixture,

@@ -5,9 +5,9 @@
 //! A fault poisons the CUDA context for the rest of the process, as on hardware, so each
 //! faulting case runs in a child process (this test binary, filtered to that test).
 
-mod common;
+use crate::common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
@@ -15,9 +15,6 @@ use cudarc::driver::{
 };
 use spafit::backend::cuda::{emulator, kernels, CudaBackend, Driver};
 use spafit::tensor::DType;
-
-/// Tests that change the stand-in's schedule hold this, so they do not change it for each other.
-static SCHEDULE: Mutex<()> = Mutex::new(());
 
 struct Emu {
     stream: Arc<CudaStream>,
@@ -56,7 +53,11 @@ fn in_child(test: &str) -> Option<String> {
     if std::env::var("SPAFIT_EMU_CHILD").as_deref() == Ok(test) {
         return None;
     }
-    Some(common::run_in_child(test, &[("SPAFIT_EMU_CHILD", test)]))
+    Some(common::run_in_child(
+        module_path!(),
+        test,
+        &[("SPAFIT_EMU_CHILD", test)],
+    ))
 }
 
 /// In the child: the launch must fail with `code`, and so must every later call (sticky).
@@ -205,7 +206,7 @@ fn a_host_fault_outside_any_launch_is_not_taken_for_a_kernel_fault() {
         unsafe { wild.write_volatile(1) };
         unreachable!("the write must fault");
     }
-    let out = common::run_child(TEST, &[("SPAFIT_EMU_CHILD", TEST)]);
+    let out = common::run_child(module_path!(), TEST, &[("SPAFIT_EMU_CHILD", TEST)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(11), "{:?}: {stderr}", out.status);
@@ -284,7 +285,9 @@ fn use_after_free_is_an_illegal_address() {
 
 #[test]
 fn a_missing_barrier_changes_results_between_schedules() {
-    let _guard = SCHEDULE.lock().unwrap_or_else(|p| p.into_inner());
+    let _guard = common::EMULATOR_SCHEDULE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let e = emu();
     let input: Vec<f32> = (0..256).map(|i| i as f32).collect();
     let din = e.stream.clone_htod(&input).unwrap();

@@ -3,7 +3,7 @@
 //! same format (`SPAFIT_FIXTURE_DIR`) is checked the same way. The checkpoint comes from
 //! `scripts/fetch_assets.sh` (or `SPAFIT_MODEL_DIR`); without it these tests FAIL.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -2,7 +2,7 @@
 //! `tokenizer.json`) against the ids transformers gives for the same folder
 //! (`tests/fixtures/wordpiece-vocab/`, written by transformers' `AutoTokenizer`).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

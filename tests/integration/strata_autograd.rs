@@ -1,7 +1,7 @@
 //! The tape on a 6-layer stack with strata frozen [0, N1), bias-only [N1, N2), LoRA + bias
 //! [N2, 6): what it records, what it saves, which gradients exist, and that they are right.
 
-mod common;
+use crate::common;
 
 use common::stack::{self, Stack};
 use common::{check_gradient, host, sample, tensor};

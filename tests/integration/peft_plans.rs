@@ -1,6 +1,6 @@
 //! PEFT configurations resolve to the documented strata, and impossible ones are errors.
 
-mod common;
+use crate::common;
 
 use spafit::backend::cpu::CpuBackend;
 use spafit::model::BertClassifier;
