@@ -8,7 +8,7 @@
 #                                  tests (one binary: the tensor-core wrappers, the
 #                                  cross-backend ops, the whole models and the rest), spafit
 #                                  and the GEMM microbenchmark into ONE archive,
-#                                  gpu-bundle/bundle.tar.xz (ignored by git; ~7 MB, where the
+#                                  gpu-bundle/bundle.tar.xz (ignored by git; ~6 MB, where the
 #                                  binaries themselves are ~280 MB: the device tool carries at
 #                                  most 64 MiB, the repository's own ~40 MB included).
 #   scripts/gpu_check.sh run       on the GPU machine (x86_64, no Rust, no network), from the
