@@ -1,9 +1,11 @@
 //! Every integration test, in one test binary: one link of the library instead of one per
 //! file (28 of them cost CI's 2-core build minutes). Tests run side by side in this process,
-//! so a test that changes a process-wide setting (the CPU stand-in's schedule or device
-//! memory) or measures one (the device memory pool's peak) does so in a child process of its
-//! own (`common::run_in_child`) or under a lock shared by all (`common::EMULATOR_SCHEDULE`).
-//! One file's tests: `cargo test --test integration <file>::`.
+//! so a test that changes something process-wide (the CPU stand-in's schedule or device
+//! memory, or the process's CUDA driver: loading the stand-in) or measures it (the device
+//! memory pool's peak) runs alone in a child process of its own
+//! (`common::is_the_child_running`, `common::run_in_child`).
+//! One file's tests: `cargo test --test integration <file>::` (a substring filter:
+//! `roberta::` also runs `xlm_roberta::`'s tests; add `--skip xlm_roberta::`).
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! matrix products and the documented fragment layouts, on inputs that expose layout
 //! mistakes (iota and one-hot matrices, exact in bf16 and f32, so results must match
 //! exactly) as well as random ones. They run on a GPU when there is one (the GPU check runs
-//! this binary first, so the hardware judges the layouts) and on the CPU stand-in otherwise.
+//! these tests first, so the hardware judges the layouts) and on the CPU stand-in otherwise.
 //! Each checked result prints a `TC` line for the GPU check's table.
 
 use std::sync::Arc;

@@ -176,10 +176,6 @@ pub fn minilm_with_problem_type(dir: &std::path::Path, problem_type: &str) -> Pa
     dir.to_path_buf()
 }
 
-/// Tests that change the CPU stand-in's fiber schedule (process-wide) hold this, so they do
-/// not change it under each other.
-pub static EMULATOR_SCHEDULE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Runs test `test` of module `module` (the caller's `module_path!()`) once more, alone, in a
 /// child process with `env` set (a setting read once per process, a process-wide one such as
 /// the stand-in's device memory, a measurement of the process's device memory, or a crash the
