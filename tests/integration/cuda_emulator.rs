@@ -50,14 +50,7 @@ fn nan_buffer(e: &Emu, n: usize) -> CudaSlice<f32> {
 /// Runs the calling test's body in a child process; returns the child's combined output
 /// (the parent's view), or `None` in the child itself, which then runs the body.
 fn in_child(test: &str) -> Option<String> {
-    if std::env::var("SPAFIT_EMU_CHILD").as_deref() == Ok(test) {
-        return None;
-    }
-    Some(common::run_in_child(
-        module_path!(),
-        test,
-        &[("SPAFIT_EMU_CHILD", test)],
-    ))
+    common::child_output(module_path!(), test)
 }
 
 /// Whether this process is the child that runs `test` alone; in any other process, runs
@@ -200,7 +193,7 @@ fn after_a_kernel_fault_the_backend_reports_a_cuda_error() {
 #[test]
 fn a_host_fault_outside_any_launch_is_not_taken_for_a_kernel_fault() {
     const TEST: &str = "a_host_fault_outside_any_launch_is_not_taken_for_a_kernel_fault";
-    if std::env::var("SPAFIT_EMU_CHILD").as_deref() == Ok(TEST) {
+    if common::is_the_child(TEST) {
         let e = emu();
         // A launch first, so the handler has seen this thread, then a wild write in host code.
         let mut buf = nan_buffer(&e, 1024);
@@ -213,7 +206,7 @@ fn a_host_fault_outside_any_launch_is_not_taken_for_a_kernel_fault() {
         unsafe { wild.write_volatile(1) };
         unreachable!("the write must fault");
     }
-    let out = common::run_child(module_path!(), TEST, &[("SPAFIT_EMU_CHILD", TEST)]);
+    let out = common::run_child(module_path!(), TEST, &[(common::CHILD_TEST, TEST)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(11), "{:?}: {stderr}", out.status);

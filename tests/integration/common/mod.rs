@@ -196,17 +196,36 @@ pub fn run_in_child(module: &str, test: &str, env: &[(&str, &str)]) -> String {
     text
 }
 
+/// The variable naming the test a child process runs ([`child_output`]).
+pub const CHILD_TEST: &str = "SPAFIT_TEST_CHILD";
+
+/// Whether this process is the child that runs test `test` alone ([`CHILD_TEST`] names it).
+pub fn is_the_child(test: &str) -> bool {
+    std::env::var(CHILD_TEST).as_deref() == Ok(test)
+}
+
+/// `None` in the child that runs test `test` of module `module` (the caller's
+/// `module_path!()`) alone, which then runs the test's body; in any other process, runs that
+/// child (which must pass) and returns its output.
+pub fn child_output(module: &str, test: &str) -> Option<String> {
+    if is_the_child(test) {
+        return None;
+    }
+    Some(run_in_child(module, test, &[(CHILD_TEST, test)]))
+}
+
 /// Whether this process is the child that runs test `test` of module `module` (the caller's
 /// `module_path!()`) alone; in any other process, runs that child (which must pass), prints
 /// its output and returns false. For a test that changes or measures something
 /// process-wide: the stand-in's device memory size, the device memory pool's peak.
 pub fn is_the_child_running(module: &str, test: &str) -> bool {
-    const CHILD: &str = "SPAFIT_TEST_CHILD";
-    if std::env::var(CHILD).as_deref() == Ok(test) {
-        return true;
+    match child_output(module, test) {
+        None => true,
+        Some(out) => {
+            println!("{out}");
+            false
+        }
     }
-    println!("{}", run_in_child(module, test, &[(CHILD, test)]));
-    false
 }
 
 /// Runs test `test` of module `module` (the caller's `module_path!()`) alone in a child
