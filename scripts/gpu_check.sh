@@ -220,20 +220,21 @@ run() {
     # has just run twice).
     local threads=1
     [ "$mode" = gpu ] || threads=$(nproc 2>/dev/null || echo 1)
-    # The integration tests whose names match an extended regular expression, as arguments
-    # for `--exact` (the harness's own filters match substrings and cannot say "cuda tests of
-    # cross_backend").
-    tests_matching() {
-        "$bin/integration" --list --format terse 2>/dev/null |
-            sed -n 's/: test$//p' | grep -E "$1"
+    # select_tests ARRAY STAGE REGEX: the integration tests whose names match the extended
+    # regular expression, into ARRAY as arguments for `--exact` (the harness's own filters
+    # match substrings and cannot say "cuda tests of cross_backend"). None is STAGE's failure:
+    # `--exact` with no name would run every test in the binary.
+    select_tests() {
+        local -n into=$1
+        mapfile -t into < <("$bin/integration" --list --format terse 2>/dev/null |
+            sed -n 's/: test$//p' | grep -E "$3")
+        if [ "${#into[@]}" -eq 0 ]; then
+            failed+=("$2 (the test binary lists no test matching $3)")
+            into=(no-such-test)
+        fi
     }
     local ops_on_cuda
-    mapfile -t ops_on_cuda < <(tests_matching '^cross_backend::.*cuda')
-    if [ "${#ops_on_cuda[@]}" -eq 0 ]; then
-        # `--exact` with no name would run every test in the binary.
-        failed+=("ops vs f64 (the test binary lists no CUDA test of cross_backend)")
-        ops_on_cuda=(no-such-test)
-    fi
+    select_tests ops_on_cuda "ops vs f64" '^cross_backend::.*cuda'
     stage "tensor-core wrappers" 45 "$bin/integration" --test-threads 1 --nocapture tensor_core::
     # The correctness stages run as users run (launches queued, not waited for); one that
     # fails on the GPU runs again with every launch waiting for its kernel
@@ -268,11 +269,7 @@ run() {
         # Some of the machines refuse the tools ("Device not supported"): noted, not failed.
         may_be_unsupported=1
         local bf16_ops
-        mapfile -t bf16_ops < <(printf '%s\n' "${ops_on_cuda[@]}" | grep cuda_bf16)
-        if [ "${#bf16_ops[@]}" -eq 0 ]; then
-            failed+=("memcheck (the test binary lists no bf16 CUDA test of cross_backend)")
-            bf16_ops=(no-such-test)
-        fi
+        select_tests bf16_ops memcheck '^cross_backend::.*cuda_bf16'
         stage "memcheck" 60 compute-sanitizer --tool memcheck --error-exitcode 9 \
             "$bin/integration" --test-threads 1 --exact "${bf16_ops[@]}"
         stage "racecheck" 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
