@@ -4,9 +4,10 @@
 //! `cargo bench --bench gemm` (sizes via `SPAFIT_BENCH_SIZES=512,1024`; empty for none). Then
 //! the f32 products of a training step at the demo's shape (1024 token rows, MiniLM's 384 /
 //! 1536): the forward `x·Wᵀ`, the input gradient `dY·W` and the weight gradient `dYᵀ·X`, and
-//! the LoRA products of rank 8; and the bf16 mode's products with a frozen bf16 weight
-//! (`x·Wt bf16`, `dY·W bf16`: operands rounded to bf16, f32 sums; AVX-512 BF16 where the CPU
-//! has it), through the backend, at the same shapes.
+//! the LoRA products of rank 8, each on every thread and on one beside `matrixmultiply::sgemm`
+//! (the kernel ours replaces on AVX-512 CPUs); and the bf16 mode's products with a frozen bf16
+//! weight (`x·Wt bf16`, `dY·W bf16`: operands rounded to bf16, f32 sums; AVX-512 BF16 where the
+//! CPU has it), through the backend, at the same shapes.
 
 use std::time::Instant;
 
@@ -256,22 +257,57 @@ fn lora_shapes(threads: usize) {
     }
 }
 
-/// Prints the best of 30 runs of `product(a, b)` in GFLOP/s.
+/// Prints the best of 30 runs of `product(a, b)` in GFLOP/s on every thread, and on one
+/// thread beside `matrixmultiply::sgemm` on the same operands (alternating): what our
+/// kernels gain over the crate they replace, without the threads' shared caches in the way.
 fn report(name: &str, (a, la): Operand, (b, lb): Operand, threads: usize) {
     let flops = 2.0 * (la.rows * la.cols * lb.cols) as f64;
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut c = vec![0f32; la.rows * lb.cols];
     std::hint::black_box(product(1.0f32, a, la, b, lb));
-    let mut best = f64::INFINITY;
+    let (mut best, mut ours_one, mut theirs_one) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
     for _ in 0..30 {
         let t = Instant::now();
         std::hint::black_box(product(1.0f32, a, la, b, lb));
         best = best.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        std::hint::black_box(one.install(|| product(1.0f32, a, la, b, lb)));
+        ours_one = ours_one.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        // SAFETY: the layouts address their slices (as `product` checks); c is m × n.
+        unsafe {
+            matrixmultiply::sgemm(
+                la.rows,
+                la.cols,
+                lb.cols,
+                1.0,
+                a.as_ptr().add(la.offset),
+                la.row_stride as isize,
+                la.col_stride as isize,
+                b.as_ptr().add(lb.offset),
+                lb.row_stride as isize,
+                lb.col_stride as isize,
+                0.0,
+                c.as_mut_ptr(),
+                lb.cols as isize,
+                1,
+            );
+        }
+        std::hint::black_box(&c);
+        theirs_one = theirs_one.min(t.elapsed().as_secs_f64());
     }
     println!(
-        "{{\"bench\":\"cpu_gemm_step\",\"op\":\"{name}\",\"m\":{},\"k\":{},\"n\":{},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads}}}",
+        "{{\"bench\":\"cpu_gemm_step\",\"op\":\"{name}\",\"m\":{},\"k\":{},\"n\":{},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads},\"one_thread_gflops\":{:.1},\"matrixmultiply_one_thread_gflops\":{:.1},\"one_thread_speedup\":{:.2}}}",
         la.rows,
         la.cols,
         lb.cols,
         best * 1e3,
-        flops / best / 1e9
+        flops / best / 1e9,
+        flops / ours_one / 1e9,
+        flops / theirs_one / 1e9,
+        theirs_one / ours_one
     );
 }
