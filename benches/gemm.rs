@@ -154,10 +154,6 @@ fn step_shapes(threads: usize) {
 /// beside `matrixmultiply::sgemm` on the same operands (which packs the transposed weight
 /// before multiplying), best of 30 each, alternating.
 fn small_batch_shapes() {
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
     for rows in [8, 16, 32, 64, 96, 128] {
         for (out, inp) in [(384, 384), (1536, 384), (384, 1536)] {
             let mut rng = SplitMix::new(4);
@@ -165,43 +161,10 @@ fn small_batch_shapes() {
                 (0..n).map(|_| rng.uniform_in(-1.0, 1.0) as f32).collect()
             };
             let (x, w) = (values(rows * inp), values(out * inp));
-            let mut c = vec![0f32; rows * out];
-            let (mut ours, mut theirs) = (f64::INFINITY, f64::INFINITY);
-            for _ in 0..30 {
-                let t = Instant::now();
-                std::hint::black_box(one.install(|| {
-                    product(
-                        1.0f32,
-                        &x,
-                        Layout::row_major(rows, inp),
-                        &w,
-                        Layout::row_major(out, inp).t(),
-                    )
-                }));
-                ours = ours.min(t.elapsed().as_secs_f64());
-                let t = Instant::now();
-                // SAFETY: x is rows × inp, w is out × inp read as its transpose, c is rows × out.
-                unsafe {
-                    matrixmultiply::sgemm(
-                        rows,
-                        inp,
-                        out,
-                        1.0,
-                        x.as_ptr(),
-                        inp as isize,
-                        1,
-                        w.as_ptr(),
-                        1,
-                        inp as isize,
-                        0.0,
-                        c.as_mut_ptr(),
-                        out as isize,
-                        1,
-                    );
-                }
-                std::hint::black_box(&c);
-                theirs = theirs.min(t.elapsed().as_secs_f64());
-            }
+            let (ours, theirs) = one_thread_beside_matrixmultiply(
+                (&x, Layout::row_major(rows, inp)),
+                (&w, Layout::row_major(out, inp).t()),
+            );
             let flops = 2.0 * (rows * inp * out) as f64;
             println!(
                 "{{\"bench\":\"cpu_gemm_small_batch\",\"op\":\"x·Wt\",\"m\":{rows},\"k\":{inp},\"n\":{out},\"threads\":1,\"gflops\":{:.1},\"matrixmultiply_gflops\":{:.1},\"speedup\":{:.2}}}",
@@ -211,6 +174,49 @@ fn small_batch_shapes() {
             );
         }
     }
+}
+
+/// Best of 30 seconds of `product(a, b)` on one thread and of `matrixmultiply::sgemm` on the
+/// same operands, alternating: what our kernels gain over the crate they replace, without
+/// the threads' shared caches in the way.
+fn one_thread_beside_matrixmultiply((a, la): Operand, (b, lb): Operand) -> (f64, f64) {
+    static ONE: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    let one = ONE.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+    });
+    let mut c = vec![0f32; la.rows * lb.cols];
+    let (mut ours, mut theirs) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..30 {
+        let t = Instant::now();
+        std::hint::black_box(one.install(|| product(1.0f32, a, la, b, lb)));
+        ours = ours.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        // SAFETY: the layouts address their slices (as `product` checks); c is m × n.
+        unsafe {
+            matrixmultiply::sgemm(
+                la.rows,
+                la.cols,
+                lb.cols,
+                1.0,
+                a.as_ptr().add(la.offset),
+                la.row_stride as isize,
+                la.col_stride as isize,
+                b.as_ptr().add(lb.offset),
+                lb.row_stride as isize,
+                lb.col_stride as isize,
+                0.0,
+                c.as_mut_ptr(),
+                lb.cols as isize,
+                1,
+            );
+        }
+        std::hint::black_box(&c);
+        theirs = theirs.min(t.elapsed().as_secs_f64());
+    }
+    (ours, theirs)
 }
 
 /// The LoRA products of rank 8 at the same 1024 rows, for each map width: `h = x·Aᵀ`, the
@@ -258,47 +264,17 @@ fn lora_shapes(threads: usize) {
 }
 
 /// Prints the best of 30 runs of `product(a, b)` in GFLOP/s on every thread, and on one
-/// thread beside `matrixmultiply::sgemm` on the same operands (alternating): what our
-/// kernels gain over the crate they replace, without the threads' shared caches in the way.
+/// thread beside `matrixmultiply::sgemm` ([`one_thread_beside_matrixmultiply`]).
 fn report(name: &str, (a, la): Operand, (b, lb): Operand, threads: usize) {
     let flops = 2.0 * (la.rows * la.cols * lb.cols) as f64;
-    let one = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let mut c = vec![0f32; la.rows * lb.cols];
     std::hint::black_box(product(1.0f32, a, la, b, lb));
-    let (mut best, mut ours_one, mut theirs_one) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let mut best = f64::INFINITY;
     for _ in 0..30 {
         let t = Instant::now();
         std::hint::black_box(product(1.0f32, a, la, b, lb));
         best = best.min(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        std::hint::black_box(one.install(|| product(1.0f32, a, la, b, lb)));
-        ours_one = ours_one.min(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        // SAFETY: the layouts address their slices (as `product` checks); c is m × n.
-        unsafe {
-            matrixmultiply::sgemm(
-                la.rows,
-                la.cols,
-                lb.cols,
-                1.0,
-                a.as_ptr().add(la.offset),
-                la.row_stride as isize,
-                la.col_stride as isize,
-                b.as_ptr().add(lb.offset),
-                lb.row_stride as isize,
-                lb.col_stride as isize,
-                0.0,
-                c.as_mut_ptr(),
-                lb.cols as isize,
-                1,
-            );
-        }
-        std::hint::black_box(&c);
-        theirs_one = theirs_one.min(t.elapsed().as_secs_f64());
     }
+    let (ours_one, theirs_one) = one_thread_beside_matrixmultiply((a, la), (b, lb));
     println!(
         "{{\"bench\":\"cpu_gemm_step\",\"op\":\"{name}\",\"m\":{},\"k\":{},\"n\":{},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads},\"one_thread_gflops\":{:.1},\"matrixmultiply_one_thread_gflops\":{:.1},\"one_thread_speedup\":{:.2}}}",
         la.rows,
