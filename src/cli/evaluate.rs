@@ -303,15 +303,6 @@ impl PredictCommand {
             });
         }
         self.data.apply_threshold(&mut model, &data.kind)?;
-        let out = infer(&backend, &model, &encoded, self.batch_size)?;
-        // `load` checked that the data's label space is the head's.
-        let labels = data.kind.class_names();
-        let predictions = scored_predictions_at(
-            &data.kind,
-            &out.logits,
-            model.num_labels(),
-            model.decision_threshold(),
-        )?;
         let glue = self.data.glue_task()?;
         let format = PredictionFormat::choose(self.format, self.output.as_deref());
         // A GLUE submission answers every test row: one skipped would leave a hole.
@@ -332,6 +323,9 @@ impl PredictCommand {
             Some(task) => {
                 let dir = self.data.glue_dir.as_deref().unwrap_or(Path::new("."));
                 let ids = task.row_ids(dir, &split)?;
+                if format == PredictionFormat::Tsv {
+                    check_submission_ids(&task.file(dir, &split)?, &ids, &data.source_lines)?;
+                }
                 data.source_lines
                     .iter()
                     .map(|line| ids.get(line).cloned())
@@ -339,6 +333,15 @@ impl PredictCommand {
             }
             None => None,
         };
+        let out = infer(&backend, &model, &encoded, self.batch_size)?;
+        // `load` checked that the data's label space is the head's.
+        let labels = data.kind.class_names();
+        let predictions = scored_predictions_at(
+            &data.kind,
+            &out.logits,
+            model.num_labels(),
+            model.decision_threshold(),
+        )?;
         let text = PredictionTable {
             predictions: &predictions,
             labels,
@@ -361,4 +364,37 @@ impl PredictCommand {
         note!("{} predictions", data.len());
         Ok(())
     }
+}
+
+/// A GLUE submission names each row by its test file's id: an empty id or one given twice
+/// would be scored against the wrong rows, or none (before any work, naming both lines).
+fn check_submission_ids(
+    file: &Path,
+    ids: &std::collections::HashMap<usize, String>,
+    lines: &[usize],
+) -> Result<()> {
+    let mut first_line_of: std::collections::HashMap<&str, usize> = Default::default();
+    for &line in lines {
+        let refuse = |detail: String| Error::Format {
+            path: file.to_path_buf(),
+            detail: format!("line {line}: {detail}"),
+        };
+        let Some(id) = ids.get(&line) else {
+            continue;
+        };
+        if id.is_empty() {
+            return Err(refuse(
+                "the row's id (the `index` column; QQP's `id`) is empty, and a GLUE submission \
+                 names every row by it: give the row its id, or write --format jsonl or csv"
+                    .into(),
+            ));
+        }
+        if let Some(first) = first_line_of.insert(id, line) {
+            return Err(refuse(format!(
+                "id `{id}` was already given on line {first}, and a GLUE submission names every \
+                 row by its own id: fix the ids, or write --format jsonl or csv"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -162,8 +162,10 @@ fn check_output_file(
     inputs: &[std::path::PathBuf],
 ) -> spafit::Result<()> {
     let refuse = |detail: String| Err(spafit::Error::invalid(flag, detail));
-    check_creatable_file(flag, out)?;
-    if is_read_file(out, model, adapter) {
+    // Where the write lands: `new/../data.csv` is `data.csv` once `new/` is created, which
+    // no check on the path as written would see.
+    let target = resolved(out);
+    if is_read_file(&target, model, adapter) {
         return refuse(format!(
             "{} is a file of the model or adapter this command reads",
             out.display()
@@ -177,7 +179,9 @@ fn check_output_file(
             folder.display()
         ));
     }
-    if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
+    // A GLUE split that is missing now is read by the next run of its task all the same.
+    let is_input = |i: &&std::path::PathBuf| same_file(&target, i) || target == resolved(i);
+    if let Some(input) = inputs.iter().find(is_input) {
         return refuse(format!(
             "{} is an input of this command (or a split of another GLUE task under \
              --glue-dir); write the output elsewhere",
@@ -185,13 +189,14 @@ fn check_output_file(
         ));
     }
     // Through a link, the file that would be replaced is the link's target.
-    if out.exists() && (is_artifact_name(out) || is_artifact_name(&resolved(out))) {
+    if target.exists() && (is_artifact_name(out) || is_artifact_name(&target)) {
         return refuse(format!(
             "{} exists and is a model, adapter or run file; write the output elsewhere",
             out.display()
         ));
     }
-    Ok(())
+    // Last: it writes a probe file, which has no business in a folder refused above.
+    check_creatable_file(flag, out)
 }
 
 /// The model's or the adapter's folder when `path` lies inside it (through links, and for a
@@ -251,7 +256,7 @@ fn is_read_file(
     let is_shard = path.extension().is_some_and(|e| e == "safetensors")
         && path
             .parent()
-            .is_some_and(|dir| same_file(dir, model) || dir == model);
+            .is_some_and(|dir| same_file(dir, model) || resolved(dir) == resolved(model));
     if is_shard {
         return true;
     }
@@ -281,16 +286,29 @@ fn check_creatable_file(flag: &'static str, file: &std::path::Path) -> spafit::R
             format!("{} is a directory; give a file name", file.display()),
         ));
     }
-    let writable_in_place = |path: &std::path::Path| match may_access(path, libc::W_OK) {
+    // Write bits cleared for everyone say "keep this" even to root, whom access(2) lets
+    // write anything.
+    let writable_in_place = |path: &std::path::Path| match may_access(path, libc::W_OK)
+        && std::fs::metadata(path).is_ok_and(|m| !m.permissions().readonly())
+    {
         true => Ok(()),
         false => Err(spafit::Error::invalid(
             flag,
-            format!("{} exists and this user may not write it", file.display()),
+            format!(
+                "{} exists and this user may not write it (read-only); make it writable or \
+                 choose another file",
+                file.display()
+            ),
         )),
     };
-    // A device or a pipe (through /dev/stdout's links too) is always written in place.
-    if std::fs::metadata(file).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return writable_in_place(file);
+    // A device or a pipe (through /dev/stdout's links too) is always written in place; a
+    // file is replaced by a rename, which its own permissions would not stop, so they are
+    // asked here: a read-only file is one its owner meant to keep.
+    if std::fs::metadata(file).is_ok() {
+        writable_in_place(file)?;
+    }
+    if std::fs::metadata(file).is_ok_and(|m| !m.is_file()) {
+        return Ok(());
     }
     // The write follows a link to its target.
     let target = resolved(file);
@@ -333,23 +351,26 @@ fn check_writable_ancestor(
     }
     // Permissions are not the whole story (a pseudo file system such as /proc, a mount that
     // refuses new files): create and remove a file there, so the run cannot fail at the end.
-    let probe = nearest.join(format!(".spafit-write-check-{}", std::process::id()));
-    let created = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .map(drop);
-    match created {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
+    // A name already taken (left by another process) is not ours to remove: try the next.
+    let mut attempt = 0;
+    loop {
+        let probe = nearest.join(format!(
+            ".spafit-write-check-{}-{attempt}",
+            std::process::id()
+        ));
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map(drop);
+        match created {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&probe);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+            Err(e) => return refuse(format!("{} refuses new files ({e})", nearest.display())),
         }
-        // Left over by an earlier process of the same id: the folder takes files.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => refuse(format!("{} refuses new files ({e})", nearest.display())),
     }
 }
 
@@ -367,23 +388,30 @@ fn may_access(path: &std::path::Path, mode: libc::c_int) -> bool {
 /// `path` with links and relative parts resolved as far as it exists, the rest joined on:
 /// where a write to it would land, comparable with another path resolved the same way.
 pub(crate) fn resolved(path: &std::path::Path) -> std::path::PathBuf {
-    let mut missing: Vec<&std::ffi::OsStr> = Vec::new();
-    let mut existing = path;
-    loop {
-        if let Ok(real) = std::fs::canonicalize(existing) {
-            return missing.iter().rev().fold(real, |p, part| p.join(part));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name);
-                existing = match parent.as_os_str().is_empty() {
-                    true => std::path::Path::new("."),
-                    false => parent,
-                };
+    use std::path::Component;
+    let parts: Vec<Component> = path.components().collect();
+    for exists in (0..=parts.len()).rev() {
+        let prefix: std::path::PathBuf = parts[..exists].iter().collect();
+        let prefix = match prefix.as_os_str().is_empty() {
+            true => std::path::PathBuf::from("."),
+            false => prefix,
+        };
+        if let Ok(mut at) = std::fs::canonicalize(&prefix) {
+            // The rest does not exist, so it holds no link: a `..` there steps out of a
+            // folder the write creates first, and lands where a lexical step lands.
+            for part in &parts[exists..] {
+                match part {
+                    Component::ParentDir => {
+                        at.pop();
+                    }
+                    Component::CurDir => {}
+                    other => at.push(other.as_os_str()),
+                }
             }
-            _ => return path.to_path_buf(),
+            return at;
         }
     }
+    path.to_path_buf()
 }
 
 /// Files an output must never replace: a model's, an adapter's (spafit's or PEFT's) or a

@@ -949,6 +949,45 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
     for (i, (line, b)) in lines.zip(&mnli).enumerate() {
         assert_eq!(line, format!("{i}\t{}", b["label"].as_str().unwrap()));
     }
+    // A submission whose rows an id names twice, or not at all, would be scored against the
+    // wrong rows: refused, naming the lines; the other formats carry the ids as they are.
+    let kept_ax = ax.clone();
+    let (a, b) = (pairs[0].0, pairs[0].1);
+    for (rows, needle) in [
+        (
+            format!("0\t{a}\t{b}\n1\t{a}\t{b}\n0\t{a}\t{b}\n"),
+            "line 4: id `0` was already given on line 2",
+        ),
+        (format!("0\t{a}\t{b}\n\t{a}\t{b}\n"), "line 3: the row's id"),
+    ] {
+        write(
+            root,
+            "glue/diagnostic/diagnostic.tsv",
+            &format!("index\tsentence1\tsentence2\n{rows}"),
+        );
+        let (ok, _, err) = spafit(&[
+            "predict",
+            "--model",
+            &m,
+            "--adapter",
+            &adapter,
+            "--task",
+            "ax",
+            "--glue-dir",
+            &glue,
+            "--format",
+            "tsv",
+        ]);
+        assert!(
+            !ok && err.contains("diagnostic.tsv") && err.contains(needle),
+            "{err}"
+        );
+        assert_eq!(
+            jsonl(predict(&["--task", "ax", "--glue-dir", &glue])).len(),
+            rows.lines().count()
+        );
+    }
+    write(root, "glue/diagnostic/diagnostic.tsv", &kept_ax);
     let (ok, _, err) = spafit(&["train", "--model", &m, "--task", "ax", "--glue-dir", &glue]);
     assert!(
         !ok && err.contains("only predicted, with an MNLI model"),
@@ -962,8 +1001,10 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
         ("ax", "test", "glue/diagnostic/diagnostic.tsv"),
         ("mnli", "dev_matched", "glue/MNLI/dev_mismatched.tsv"),
         ("mnli", "dev_matched", "glue/diagnostic/diagnostic.tsv"),
+        // Missing now, read by the next run of its task all the same.
+        ("mnli", "dev_matched", "glue/MNLI/test_mismatched.tsv"),
     ] {
-        let before = std::fs::read(root.join(target)).unwrap();
+        let before = std::fs::read(root.join(target)).ok();
         let (ok, _, err) = spafit(&[
             "predict",
             "--model",
@@ -983,7 +1024,7 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
             !ok && err.contains("is an input of this command"),
             "{target}: {err}"
         );
-        assert_eq!(std::fs::read(root.join(target)).unwrap(), before);
+        assert_eq!(std::fs::read(root.join(target)).ok(), before);
     }
 }
 
@@ -2263,12 +2304,50 @@ fn bad_paths_and_labels_are_refused_before_training() {
     }
     let (ok, _, err) = predict(&[&unlabeled, "--output", &unlabeled]);
     assert!(!ok && err.contains("is an input of this command"), "{err}");
+    // Through a folder that does not exist yet (created, then stepped out of).
+    let via_missing = p("not_yet/../unlabeled.csv");
+    let (ok, _, err) = predict(&[&unlabeled, "--output", &via_missing]);
+    assert!(!ok && err.contains("is an input of this command"), "{err}");
+    assert!(!root.join("not_yet").exists());
     let manifest = format!("{adapter}/adapter.json");
-    let (ok, _, err) = predict(&[&unlabeled, "--output", &manifest]);
-    assert!(
-        !ok && err.contains("a file of the model or adapter"),
-        "{err}"
+    for manifest in [
+        manifest.clone(),
+        format!("{adapter}/not_yet/../adapter.json"),
+    ] {
+        let (ok, _, err) = predict(&[&unlabeled, "--output", &manifest]);
+        assert!(
+            !ok && err.contains("a file of the model or adapter"),
+            "{manifest}: {err}"
+        );
+    }
+    // Refused without a trace in the adapter's folder: not even the writability probe.
+    let entries = |dir: &str| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let adapter_entries = entries(&adapter);
+    let adapter_mtime = std::fs::metadata(&adapter).unwrap().modified().unwrap();
+    let (ok, _, _) = predict(&[&unlabeled, "--output", &format!("{adapter}/p.jsonl")]);
+    assert!(!ok);
+    assert_eq!(entries(&adapter), adapter_entries);
+    assert_eq!(
+        std::fs::metadata(&adapter).unwrap().modified().unwrap(),
+        adapter_mtime
     );
+    // A read-only file is one its owner meant to keep, though a rename would replace it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let kept = root.join("kept.jsonl");
+        std::fs::write(&kept, "keep\n").unwrap();
+        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let (ok, _, err) = predict(&[&unlabeled, "--output", kept.to_str().unwrap()]);
+        assert!(!ok && err.contains("may not write it (read-only)"), "{err}");
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep\n");
+    }
     assert_eq!(
         std::fs::read_to_string(&unlabeled).unwrap(),
         "text\nwhat a film\n"
