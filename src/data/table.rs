@@ -488,7 +488,7 @@ impl TableSpec {
         }
         match TableFormat::from_path(path)? {
             format @ (TableFormat::Csv | TableFormat::Tsv) => {
-                let bytes = crate::text_file::read_bytes(path)?;
+                let mut bytes = crate::text_file::read_bytes(path)?;
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     let what = match bytes.is_empty() {
                         true => "the file is empty",
@@ -501,35 +501,61 @@ impl TableSpec {
                         ),
                     });
                 }
-                let mut lines = LineCounter::new(&bytes);
-                // The csv reader would read an unclosed quote's field to the end of the file,
-                // swallowing every later row: those rows stop before it and it is reported.
-                let quotes = match format {
-                    TableFormat::Csv => scan_quotes(&bytes),
-                    _ => QuoteScan {
-                        unclosed: None,
-                        text_after_closing: Vec::new(),
-                    },
-                };
-                let unclosed = quotes.unclosed;
-                let readable = unclosed.map_or(&bytes[..], |(record, _)| &bytes[..record]);
-                let unclosed_why = |quote: usize| {
-                    let quote_line = LineCounter::new(&bytes).line_of(quote as u64);
+                // In a file of `\n` lines a lone `\r` is a character (a stray one from a
+                // pasted text), as editors, `wc -l` and the GLUE reader take it: ending a row
+                // there would cut it in two rows, the second one read as data.
+                let lone_cr_is_text = bytes.contains(&b'\n');
+                let unclosed_why = |quote_line: usize| {
                     format!(
                         "a quoted field opens on line {quote_line} and is never closed, so it \
                          would take in every line to the end of the file (close the quote, or \
                          double a quote meant as text: `\"\"`)"
                     )
                 };
-                // Only blank lines before it: the unclosed record is the header.
-                if let Some((_, quote)) = unclosed
-                    .filter(|&(record, _)| bytes[..record].iter().all(u8::is_ascii_whitespace))
-                {
-                    return Err(Error::Format {
-                        path: path.clone(),
-                        detail: format!("line 1 (the header): {}", unclosed_why(quote)),
-                    });
-                }
+                // The csv reader would read an unclosed quote's field to the end of the file,
+                // swallowing every later row: that record is reported where it stands and
+                // emptied to its quote's line end, and reading goes on after it.
+                let mut unclosed = Vec::new();
+                let quotes = loop {
+                    let scan = match format {
+                        TableFormat::Csv => scan_quotes(&bytes, lone_cr_is_text),
+                        _ => QuoteScan {
+                            unclosed: None,
+                            text_after_closing: Vec::new(),
+                        },
+                    };
+                    let Some((record, quote)) = scan.unclosed else {
+                        break scan;
+                    };
+                    let mut counter = LineCounter::new(&bytes);
+                    let (record_line, quote_line) = (
+                        counter.line_of(record as u64),
+                        counter.line_of(quote as u64),
+                    );
+                    // Only blank lines before it: the unclosed record is the header.
+                    if bytes[..record].iter().all(u8::is_ascii_whitespace) {
+                        return Err(Error::Format {
+                            path: path.clone(),
+                            detail: format!("line 1 (the header): {}", unclosed_why(quote_line)),
+                        });
+                    }
+                    unclosed.push((record_line, unclosed_why(quote_line)));
+                    let line_end = if lone_cr_is_text { b'\n' } else { b'\r' };
+                    let quote_line_end = bytes[quote..]
+                        .iter()
+                        .position(|&b| b == line_end)
+                        .map_or(bytes.len(), |i| quote + i);
+                    // Its line ends stay, so every later line keeps its number.
+                    let emptied = bytes[record..quote_line_end]
+                        .iter()
+                        .copied()
+                        .filter(|&b| b == line_end);
+                    let emptied: Vec<u8> = emptied.collect();
+                    bytes.splice(record..quote_line_end, emptied);
+                };
+                let mut unclosed = unclosed.into_iter().peekable();
+                let readable = &bytes[..];
+                let mut lines = LineCounter::new(readable);
                 let mut reader = csv::ReaderBuilder::new()
                     .delimiter(if format == TableFormat::Csv {
                         b','
@@ -538,15 +564,22 @@ impl TableSpec {
                     })
                     .quoting(format == TableFormat::Csv)
                     .flexible(true)
+                    .terminator(match lone_cr_is_text {
+                        true => csv::Terminator::Any(b'\n'),
+                        false => csv::Terminator::CRLF,
+                    })
                     .from_reader(readable);
                 let line_one = |detail: String| Error::Format {
                     path: path.clone(),
                     detail: format!("line 1 (the header): {detail}"),
                 };
-                let header_bytes = reader
+                let mut header_bytes = reader
                     .byte_headers()
                     .map_err(|e| line_one(e.to_string()))?
                     .clone();
+                if lone_cr_is_text {
+                    drop_cr_of_crlf(&mut header_bytes);
+                }
                 let header: Vec<String> = decode_record(header_bytes, &[])
                     .map_err(line_one)?
                     .iter()
@@ -606,7 +639,22 @@ impl TableSpec {
                 let mut strays = quotes.text_after_closing.iter().peekable();
                 loop {
                     let start = reader.position().byte();
-                    match reader.read_byte_record(&mut r) {
+                    let read = reader.read_byte_record(&mut r);
+                    if lone_cr_is_text && matches!(read, Ok(true)) {
+                        drop_cr_of_crlf(&mut r);
+                    }
+                    let line = match &read {
+                        Ok(_) => r.position().map(|p| p.byte()),
+                        Err(e) => e.position().map(|p| p.byte()),
+                    };
+                    let line = line.map_or(0, |byte| lines.line_of(byte));
+                    while let Some((at, why)) = unclosed.next_if(|(at, _)| match read {
+                        Ok(true) | Err(_) => *at < line,
+                        Ok(false) => true,
+                    }) {
+                        visit(at, Err(why))?;
+                    }
+                    match read {
                         Ok(false) => break,
                         // An empty line is no row (as for Python's csv and pandas). A line
                         // of spaces is one: the text of a one-column table, a row with too
@@ -614,12 +662,11 @@ impl TableSpec {
                         Ok(true)
                             if r.len() == 1
                                 && r[0].is_empty()
-                                && !starts_quoted(readable, r.position()) =>
+                                && !starts_quoted(readable, r.position(), lone_cr_is_text) =>
                         {
                             continue
                         }
                         Ok(true) => {
-                            let line = r.position().map_or(0, |p| lines.line_of(p.byte()));
                             let end = reader.position().byte();
                             while strays.next_if(|s| (s.text as u64) < start).is_some() {}
                             if let Some(stray) = strays.next_if(|s| (s.text as u64) < end) {
@@ -634,7 +681,7 @@ impl TableSpec {
                                     && r.iter().any(|field| field.contains(&b'"'));
                                 let spaces_only = r.len() == 1
                                     && r[0].trim_ascii().is_empty()
-                                    && !starts_quoted(readable, r.position());
+                                    && !starts_quoted(readable, r.position(), lone_cr_is_text);
                                 // Spaces after the last row are an editor's leftovers, no row.
                                 if spaces_only && readable[end as usize..].trim_ascii().is_empty() {
                                     continue;
@@ -679,14 +726,8 @@ impl TableSpec {
                                 Err(why) => visit(line, Err(why))?,
                             }
                         }
-                        Err(e) => {
-                            let line = e.position().map_or(0, |p| lines.line_of(p.byte()));
-                            visit(line, Err(e.to_string()))?;
-                        }
+                        Err(e) => visit(line, Err(e.to_string()))?,
                     }
-                }
-                if let Some((record, quote)) = unclosed {
-                    visit(lines.line_of(record as u64), Err(unclosed_why(quote)))?;
                 }
             }
             TableFormat::Jsonl => {
@@ -853,7 +894,8 @@ struct TextAfterQuote {
     text: usize,
 }
 
-fn scan_quotes(bytes: &[u8]) -> QuoteScan {
+/// `lone_cr_is_text`: a `\r` ends a line only before `\n` (see the reader).
+fn scan_quotes(bytes: &[u8], lone_cr_is_text: bool) -> QuoteScan {
     #[derive(PartialEq)]
     enum State {
         FieldStart,
@@ -868,7 +910,8 @@ fn scan_quotes(bytes: &[u8]) -> QuoteScan {
     let (mut state, mut record, mut quote) = (State::FieldStart, 0, 0);
     let mut text_after_closing = Vec::new();
     for (i, &b) in bytes.iter().enumerate() {
-        let line_end = b == b'\n' || b == b'\r';
+        let line_end =
+            b == b'\n' || (b == b'\r' && (!lone_cr_is_text || bytes.get(i + 1) == Some(&b'\n')));
         state = match state {
             State::Quoted if b == b'"' => State::Closed {
                 at: i,
@@ -940,11 +983,34 @@ fn text_after_quote_why(bytes: &[u8], stray: &TextAfterQuote) -> String {
 
 /// Whether the record at `position` starts with a quote (after the line ends the reader
 /// left before it).
-fn starts_quoted(bytes: &[u8], position: Option<&csv::Position>) -> bool {
+/// The `\r` of a `\r\n` line end, left on a record's last field by a reader that ends
+/// records at `\n` only.
+fn drop_cr_of_crlf(record: &mut csv::ByteRecord) {
+    let Some(last) = record.iter().last() else {
+        return;
+    };
+    let Some(kept) = last.strip_suffix(b"\r") else {
+        return;
+    };
+    let last = record.len() - 1;
+    let mut stripped: csv::ByteRecord = record
+        .iter()
+        .enumerate()
+        .map(|(i, field)| if i == last { kept } else { field })
+        .collect();
+    stripped.set_position(record.position().cloned());
+    *record = stripped;
+}
+
+/// Whether the record at `position` starts with a quote. The reader may place a record after
+/// the line ends it skipped; where a lone `\r` is text (`lone_cr_is_text`), a `\r` is the
+/// record's own (an empty line of a CRLF file), not one of them.
+fn starts_quoted(bytes: &[u8], position: Option<&csv::Position>, lone_cr_is_text: bool) -> bool {
     let start = position.map_or(0, |p| p.byte() as usize);
+    let skipped = |b: u8| b == b'\n' || (b == b'\r' && !lone_cr_is_text);
     bytes
         .get(start..)
-        .and_then(|rest| rest.iter().find(|&&b| b != b'\n' && b != b'\r'))
+        .and_then(|rest| rest.iter().find(|&&b| !skipped(b)))
         == Some(&b'"')
 }
 

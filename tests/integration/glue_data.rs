@@ -696,6 +696,31 @@ fn csv_rows_know_their_line_with_lf_crlf_and_cr_ends() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 3: label `7`"), "{e}");
+    // Outside quotes too, in CSV and TSV: a row cut at a stray `\r` would give a second row
+    // made of its tail, read as data.
+    for (name, text) in [
+        ("cr_in_row.csv", "text,label\nbroken\rhalf two,1\nc,0\n"),
+        ("cr_in_row.tsv", "text\tlabel\nbroken\rhalf two\t1\nc\t0\n"),
+        (
+            "cr_in_crlf.csv",
+            "text,label\r\nbroken\rhalf two,1\r\n\r\nc,0\r\n",
+        ),
+        (
+            "cr_in_crlf.tsv",
+            "text\tlabel\r\nbroken\rhalf two\t1\r\nc\t0\r\n",
+        ),
+    ] {
+        write(d.path(), name, text);
+        let ds = text_label_table(d.path().join(name))
+            .load(OnMalformed::Error)
+            .unwrap();
+        let texts: Vec<&str> = ds.examples.iter().map(|e| e.text_a.as_str()).collect();
+        assert_eq!(texts, ["broken\rhalf two", "c"], "{name}");
+        let end = if text.contains("\r\n\r\n") { 4 } else { 3 };
+        assert_eq!(ds.source_lines, [2, end], "{name}");
+        let labels: Vec<_> = ds.examples.iter().map(|e| e.target.clone()).collect();
+        assert_eq!(labels, [1, 0].map(|c| Some(Target::Class(c))), "{name}");
+    }
 }
 
 /// Without named classes, a training file's labels are its classes, sorted (numbers by value);
@@ -835,17 +860,36 @@ fn csv_rows_are_never_lost_silently() {
         e.contains("open.csv") && e.contains("line 3: a quoted field opens on line 3"),
         "{e}"
     );
+    // Skipped, that record alone: reading goes on at the next line.
     let data = spec.load(OnMalformed::Skip).unwrap();
     assert_eq!(
         data.examples,
-        vec![ex("good", None, Some(Target::Class(1)))]
+        vec![
+            ex("good", None, Some(Target::Class(1))),
+            ex("fine", None, Some(Target::Class(1))),
+            ex("nice", None, Some(Target::Class(0))),
+        ]
     );
+    assert_eq!(data.source_lines, [2, 4, 5]);
     assert_eq!(data.skipped.len(), 1);
     assert!(
-        data.skipped[0].contains("never closed"),
+        data.skipped[0].contains("open.csv:3: a quoted field opens on line 3")
+            && data.skipped[0].contains("never closed"),
         "{:?}",
         data.skipped
     );
+    // Between bad rows: each reported at its own line, in file order.
+    let spec = table("between.csv", "text,label\nx,7\n\"a,1\nb,0\nc,9\n");
+    let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(e.contains("line 2: label `7`"), "{e}");
+    let data = spec.load(OnMalformed::Skip).unwrap();
+    assert_eq!(data.source_lines, [4]);
+    let skipped_lines: Vec<&str> = data
+        .skipped
+        .iter()
+        .map(|s| s.split(':').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(skipped_lines, ["2", "3", "5"], "{:?}", data.skipped);
     // A quote opened in a later field of a multi-line record names the record's line.
     let spec = table("later.csv", "text,label\n\"two\nlines\",1\nb,\"0\nc,1\n");
     let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
