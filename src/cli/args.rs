@@ -765,6 +765,9 @@ impl DataArgs {
                     note!("  ... and {} more", d.skipped.len() - SHOWN);
                 }
             }
+            if let Some(warning) = d.empty_texts() {
+                note!("warning: {warning}");
+            }
             d
         };
         if let Some(task) = self.glue_task()? {

@@ -170,6 +170,24 @@ impl Dataset {
         Some((count, self.place_of(first)))
     }
 
+    /// A note when texts are empty or only spaces (a missing value the file wrote as ``,
+    /// a tab-only line): each is read as `[CLS] [SEP]` alone, which no model can tell
+    /// apart, so they are named rather than refused (an empty text is valid input).
+    pub fn empty_texts(&self) -> Option<String> {
+        let blank = |e: &Example| {
+            e.text_a.trim().is_empty() || e.text_b.as_deref().is_some_and(|b| b.trim().is_empty())
+        };
+        let first = self.examples.iter().position(blank)?;
+        let count = self.examples.iter().filter(|e| blank(e)).count();
+        Some(format!(
+            "{}: {count} example{} an empty text (first: {}); each is read as `[CLS] [SEP]` \
+             alone: drop such rows if they are not meant",
+            self.name,
+            if count == 1 { " has" } else { "s have" },
+            self.place_of(first)
+        ))
+    }
+
     /// Where example `i` is: its file line, or its index for data built in code.
     pub(crate) fn place_of(&self, i: usize) -> String {
         match self.source_lines.get(i) {

@@ -715,6 +715,18 @@ impl TableSpec {
                                 visit(line, Err(why))?;
                                 continue;
                             }
+                            // Files joined each with its header: that line would be read as
+                            // a row, its label column's name a class.
+                            if header.len() > 1 && r.iter().eq(header.iter().map(|h| h.as_bytes()))
+                            {
+                                visit(
+                                    line,
+                                    Err("the line repeats the header (files joined, each with \
+                                         its header?): delete the line"
+                                        .into()),
+                                )?;
+                                continue;
+                            }
                             match decode_record(std::mem::take(&mut r), &header) {
                                 Ok(record) => visit(
                                     line,

@@ -878,6 +878,22 @@ fn csv_rows_are_never_lost_silently() {
         "{:?}",
         data.skipped
     );
+    // Two files joined, each with its header: the second header is no row (its label
+    // column's name no class).
+    let spec = table("joined.csv", "text,label\na,1\ntext,label\nb,0\n");
+    let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(e.contains("line 3: the line repeats the header"), "{e}");
+    assert_eq!(spec.load(OnMalformed::Skip).unwrap().source_lines, [2, 4]);
+    // Empty texts are valid input, but named: each reads as `[CLS] [SEP]` alone.
+    let data = table("blank_texts.csv", "text,label\nok,1\n,1\n  ,0\n")
+        .load(OnMalformed::Error)
+        .unwrap();
+    let note = data.empty_texts().unwrap_or_default();
+    assert!(
+        note.contains("2 examples have an empty text (first: line 3)"),
+        "{note}"
+    );
+    assert_eq!(spec.load(OnMalformed::Skip).unwrap().empty_texts(), None);
     // Between bad rows: each reported at its own line, in file order.
     let spec = table("between.csv", "text,label\nx,7\n\"a,1\nb,0\nc,9\n");
     let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
