@@ -75,6 +75,12 @@ trait Row {
         false
     }
 
+    /// The row's own column names, where rows name them (JSON objects); a table's header
+    /// is checked once, before any row.
+    fn own_columns(&self) -> Vec<&str> {
+        Vec::new()
+    }
+
     /// [`Row::get`] for a multi-label column, which may also hold a list (a JSON array,
     /// given as its JSON text).
     fn get_label_set(&self, column: &str) -> std::result::Result<Option<String>, String> {
@@ -135,6 +141,10 @@ impl Row for JsonRow {
 
     fn is_null(&self, column: &str) -> bool {
         self.0.get(column) == Some(&serde_json::Value::Null)
+    }
+
+    fn own_columns(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
     }
 
     fn get_label_set(&self, column: &str) -> std::result::Result<Option<String>, String> {
@@ -230,7 +240,17 @@ impl TableSpec {
         let present = |c: &str, value: Option<String>| {
             value.ok_or_else(|| match row.is_null(c) {
                 true => format!("`{c}` is null: give the row a value, or drop it"),
-                false => format!("missing `{c}`"),
+                false => match row.own_columns().as_slice() {
+                    [] => format!("missing `{c}`"),
+                    has => format!(
+                        "missing `{c}` (the row has {}; --text-column, --text-pair-column and \
+                         --label-column name the columns)",
+                        has.iter()
+                            .map(|k| format!("`{}`", k.escape_debug()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
             })
         };
         let text = |c: &str| present(c, row.get(c)?);

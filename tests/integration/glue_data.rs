@@ -772,7 +772,10 @@ fn classes_are_inferred_from_a_training_file() {
         .infer_classes(OnMalformed::Error)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("line 2: missing `text`"), "{e}");
+    assert!(
+        e.contains("line 2: missing `text` (the row has `label`; --text-column"),
+        "{e}"
+    );
     // When the rows skipped leave one class, the refusal names them (it had said nothing
     // of them).
     write(
