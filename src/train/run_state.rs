@@ -336,6 +336,9 @@ pub(crate) struct RunInputs<'a> {
     /// What trains, in words ([`describe_plan`]), so a resume names a changed method flag.
     pub plan: String,
     pub base_sha256: &'a str,
+    /// A digest of the trainable tensors' values before the first step: the adapter a run
+    /// continues (--adapter), or what the seed drew.
+    pub starting_weights: String,
     pub train: &'a EncodedDataset,
     pub dev: Option<&'a EncodedDataset>,
     /// The tokenizer's cut: part of the data's digest too, named on its own so that a resume
@@ -367,7 +370,7 @@ pub(crate) const MICRO_BATCH_OFF: &str = "off";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 25] = [
+    let entries: [(&str, String); 26] = [
         (DEVICE_SETTING, inputs.device.clone()),
         (
             MICRO_BATCH_SETTING,
@@ -423,6 +426,12 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
         ),
         (TOTAL_STEPS_SETTING, inputs.total_steps.to_string()),
         ("base model (SHA-256)", inputs.base_sha256.to_string()),
+        // A resume takes its weights from `last/`: another --adapter would be ignored
+        // without a word (a state saved before this entry has none: not compared).
+        (
+            "starting weights (--adapter, or what --seed drew)",
+            inputs.starting_weights.clone(),
+        ),
         (
             "--lora-alpha",
             inputs

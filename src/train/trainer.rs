@@ -925,6 +925,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 lora_alpha: self.plan.lora.as_ref().map(|l| l.alpha),
                 plan: run_state::describe_plan(self.plan),
                 base_sha256: self.base.sha256(),
+                starting_weights: self.trainable_digest()?,
                 train: &train_data,
                 dev: dev.as_ref().map(|(d, _)| d),
                 max_len: tokenizer.max_len(),
@@ -1708,6 +1709,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let _ = f.set_len(before);
             })
             .map_err(io)
+    }
+
+    /// SHA-256 of the trainable tensors' names and values (as f64 bits), tensor by tensor.
+    fn trainable_digest(&self) -> Result<String> {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for (name, t) in self.trainable() {
+            hash.update((name.len() as u64).to_le_bytes());
+            hash.update(name.as_bytes());
+            let values = self.backend.to_f64(&t)?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            hash.update(&bytes);
+        }
+        Ok(crate::adapter::hex(&hash.finalize())[..16].to_string())
     }
 
     fn trainable(&self) -> Vec<(String, Tensor<B>)> {

@@ -1116,6 +1116,26 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("--max-len: saved 16, now 12"), "{e}");
+    // Other starting weights (another --adapter) would be replaced by `last/` without a word.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let param = model
+        .params_mut()
+        .into_iter()
+        .find(|p| p.trainable)
+        .unwrap();
+    let mut values = cpu.to_f64(&param.value).unwrap();
+    values[0] += 0.25;
+    param.value = cpu
+        .tensor_from_f64(param.value.shape().clone(), &values)
+        .unwrap();
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
+        .fit(&tok, &data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("starting weights (--adapter, or what --seed drew): saved "),
+        "{e}"
+    );
     // The same settings resume.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
