@@ -95,7 +95,15 @@ impl AdapterManifest {
             .collect::<Result<Vec<_>>>()?;
         let lora = self.lora.clone();
         if let Some(l) = &lora {
-            l.validate().map_err(|e| bad(e.to_string()))?;
+            let fields = crate::nn::LoraFields {
+                rank: "`lora.rank`",
+                alpha: "`lora.alpha`",
+                dropout: "`lora.dropout`",
+                targets: "`lora.targets`",
+            };
+            if let Some(problem) = l.problem(fields) {
+                return Err(bad(problem));
+            }
         }
         let plan = PeftPlan {
             method,

@@ -574,7 +574,18 @@ pub fn import_peft<B: Backend>(
         dropout: settings.dropout,
         targets: targets.into_iter().collect(),
     };
-    lora_config.validate()?;
+    let fields = crate::nn::LoraFields {
+        rank: "`r`",
+        alpha: "`lora_alpha`",
+        dropout: "`lora_dropout`",
+        targets: "`target_modules`",
+    };
+    if let Some(problem) = lora_config.problem(fields) {
+        return Err(Error::Format {
+            path: config_path.clone(),
+            detail: problem,
+        });
+    }
     let plan = PeftPlan {
         method,
         strata,

@@ -161,7 +161,7 @@ impl<B: Backend> EncoderLayer<B> {
                     return Err(Error::invalid(
                         "lora config",
                         format!(
-                            "rank r = {} (--lora-r) exceeds {} (the smaller side of `{prefix}`, [{out}, {inp}])",
+                            "rank r = {} exceeds {} (the smaller side of `{prefix}`, [{out}, {inp}])",
                             cfg.rank,
                             out.min(inp)
                         ),

@@ -143,6 +143,30 @@ impl FromStr for LoraTarget {
     }
 }
 
+/// Where [`LoraConfig`]'s settings come from, by the names the source gives them: errors
+/// name the flag or the file's field the user would change.
+#[derive(Clone, Copy, Debug)]
+pub struct LoraFields {
+    /// The rank's name.
+    pub rank: &'static str,
+    /// Alpha's name.
+    pub alpha: &'static str,
+    /// The dropout's name.
+    pub dropout: &'static str,
+    /// The targets' name.
+    pub targets: &'static str,
+}
+
+impl LoraFields {
+    /// The command line's flags.
+    pub const FLAGS: LoraFields = LoraFields {
+        rank: "--lora-r",
+        alpha: "--lora-alpha",
+        dropout: "--lora-dropout",
+        targets: "--lora-targets",
+    };
+}
+
 /// LoRA settings: `y += (alpha / r) · (dropout(x)·Aᵀ)·Bᵀ` on each target — what a plan
 /// asks for and what an adapter's manifest records. The other LoRA types each hold one
 /// adapter's tensors at one level: [`crate::nn::LoraAdapter`] its parameters in the model,
@@ -166,30 +190,51 @@ impl LoraConfig {
         self.alpha / self.rank as f64
     }
 
-    /// Checks rank, alpha, dropout and targets.
+    /// Checks rank, alpha, dropout and targets as the command line gives them (errors name
+    /// the flags).
     pub fn validate(&self) -> Result<(), Error> {
+        match self.problem(LoraFields::FLAGS) {
+            Some(detail) => Err(Error::invalid("lora config", detail)),
+            None => Ok(()),
+        }
+    }
+
+    /// What [`Self::validate`] refuses, naming the settings by `fields`: for settings read
+    /// from a file, whose caller names the file.
+    pub fn problem(&self, fields: LoraFields) -> Option<String> {
+        let LoraFields {
+            rank,
+            alpha,
+            dropout,
+            targets,
+        } = fields;
         let bad = if self.rank == 0 {
-            Some("rank r (--lora-r) must be at least 1".to_string())
+            Some(format!("rank r ({rank}) must be at least 1"))
         } else if !self.alpha.is_finite() {
             Some(format!(
-                "alpha (--lora-alpha) must be finite, got {}",
+                "alpha ({alpha}) must be finite, got {}",
+                self.alpha
+            ))
+        } else if self.alpha <= 0.0 {
+            // At 0 the adapters add nothing and their gradients are 0: they never train.
+            Some(format!(
+                "alpha ({alpha}) is {}: the LoRA scale α / r needs α > 0",
                 self.alpha
             ))
         } else if !((self.scale() as f32).is_finite()) {
             // Any product through the adapter would overflow to infinity, then NaN.
             Some(format!(
-                "alpha (--lora-alpha) {:e} gives the LoRA scale α / r = {:e}, beyond what \
-                 f32 holds",
+                "alpha ({alpha}) {:e} gives the LoRA scale α / r = {:e}, beyond what f32 holds",
                 self.alpha,
                 self.scale()
             ))
         } else if !(0.0..1.0).contains(&self.dropout) {
             Some(format!(
-                "dropout (--lora-dropout) must be in [0, 1), got {}",
+                "dropout ({dropout}) must be in [0, 1), got {}",
                 self.dropout
             ))
         } else if self.targets.is_empty() {
-            Some("at least one target module (--lora-targets) is needed".to_string())
+            Some(format!("at least one target module ({targets}) is needed"))
         } else {
             // A second adapter on the same map would replace the first under the same name.
             self.targets
@@ -198,9 +243,6 @@ impl LoraConfig {
                 .find_map(|(i, t)| self.targets[..i].contains(t).then_some(t))
                 .map(|t| format!("target `{}` is listed twice", t.module()))
         };
-        match bad {
-            Some(detail) => Err(Error::invalid("lora config", detail)),
-            None => Ok(()),
-        }
+        bad
     }
 }

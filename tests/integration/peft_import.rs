@@ -534,6 +534,18 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             "word_embeddings",
         ),
         ("lora_alpha", json!(null), "not a number"),
+        // The file's field, not a flag nobody gave, and the file named (below).
+        (
+            "lora_alpha",
+            json!(0),
+            "alpha (`lora_alpha`) is 0: the LoRA scale",
+        ),
+        ("lora_alpha", json!(-16), "needs α > 0"),
+        (
+            "lora_alpha",
+            json!(1e300),
+            "alpha (`lora_alpha`) 1e300 gives the LoRA scale",
+        ),
         ("r", json!(0), "positive rank"),
         ("r", json!(512), "exceeds 384"),
     ];
@@ -548,6 +560,10 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             "{field} = {value}: {e}"
         );
         assert!(e.contains(needle), "{field} = {value}: {e}");
+        assert!(!e.contains("--lora-"), "{field} = {value}: {e}");
+        if field == "lora_alpha" {
+            assert!(e.contains("adapter_config.json"), "{field} = {value}: {e}");
+        }
         println!("PEFT-REFUSED {field} = {value}: {e}");
     }
 
