@@ -379,6 +379,22 @@ impl PeftLoraSettings {
         self.layers_to_transform.as_deref()
     }
 
+    /// The config's fields that select modules, as a message names them: `target_modules`,
+    /// with `exclude_modules` and `layers_to_transform` where the config gives them.
+    pub fn selection_fields(&self) -> String {
+        let mut fields = vec!["`target_modules`".to_string()];
+        if self.exclude.is_some() {
+            fields.push("`exclude_modules`".into());
+        }
+        if let Some(layers) = self.layers_to_transform().filter(|l| !l.is_empty()) {
+            fields.push(format!("`layers_to_transform` {layers:?}"));
+        }
+        match fields.len() {
+            1 => fields.remove(0),
+            _ => format!("{} together", fields.join(", ")),
+        }
+    }
+
     /// Whether `module` is one `modules_to_save` names, or lies inside one: PEFT saves such
     /// a module whole and never puts an adapter on it (an entry matches a whole run of dotted
     /// name parts: `key` matches `...attention.self.key`, `layer.5` everything in layer 5).

@@ -381,8 +381,15 @@ pub fn import_peft<B: Backend>(
         if !selected.contains(module) {
             let module = family.hf_name(module);
             return Err(bad_tensor(format!(
-                "LoRA tensors for `{module}`, which `target_modules` in {PEFT_CONFIG_FILE} does not \
-                 select (or this model has no such module)"
+                "LoRA tensors for `{module}`, which {} in {PEFT_CONFIG_FILE} {} not select (or \
+                 this model has no such module; its encoder layers are 0 to {})",
+                settings.selection_fields(),
+                if settings.selection_fields().ends_with("together") {
+                    "do"
+                } else {
+                    "does"
+                },
+                layers.saturating_sub(1)
             )));
         }
         if pair.a.is_none() || pair.b.is_none() {

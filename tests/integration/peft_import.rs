@@ -547,6 +547,18 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             "alpha (`lora_alpha`) 1e300 gives the LoRA scale",
         ),
         ("r", json!(0), "positive rank"),
+        // Tensors the selection leaves out: the fields that select are named, not only
+        // `target_modules`.
+        (
+            "layers_to_transform",
+            json!([7]),
+            "`target_modules`, `layers_to_transform` [7] together in adapter_config.json do not select",
+        ),
+        (
+            "exclude_modules",
+            json!(["value"]),
+            "`target_modules`, `exclude_modules` together in adapter_config.json do not select",
+        ),
         ("r", json!(512), "exceeds 384"),
     ];
     for (field, value, needle) in config_cases {
