@@ -194,13 +194,31 @@ pub(crate) fn save_run<B: Backend>(
 /// Reads `<output_dir>/last/state.safetensors`; `None` when the run never saved a state.
 pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Option<SavedRun<B>>> {
     let path = output_dir.join("last").join(STATE_FILE);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+    // Something else under that name is no state, and not nothing either: starting over
+    // would clear the metrics of the run it was meant to hold.
+    let io = |error| Error::Io {
         path: path.clone(),
-        error: source,
-    })?;
+        error,
+    };
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+        Ok(_) => {}
+    }
+    // Through a link, what it points to; a dangling one is no file either.
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => {}
+        _ => {
+            return Err(Error::Format {
+                path: path.clone(),
+                detail: "is not a file, where a run keeps its saved state: remove it to start \
+                         over (the metrics of the earlier run are then cleared), or put the \
+                         state file back"
+                    .into(),
+            })
+        }
+    }
+    let bytes = std::fs::read(&path).map_err(io)?;
     let corrupt = |detail: String| Error::Format {
         path: path.clone(),
         detail,

@@ -1136,6 +1136,21 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
         e.contains("starting weights (--adapter, or what --seed drew): saved "),
         "{e}"
     );
+    // A folder where the state belongs is refused, the metrics kept (they were cleared as
+    // for a run with no state, and the write then failed).
+    let (state, aside) = (out.join("last/state.safetensors"), out.join("state.aside"));
+    let metrics = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    std::fs::rename(&state, &aside).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
+        .fit(&tok, &data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("state.safetensors: is not a file"), "{e}");
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), metrics);
+    std::fs::remove_dir(&state).unwrap();
+    std::fs::rename(&aside, &state).unwrap();
     // The same settings resume.
     let (mut model, plan) = tiny_model(&ck, &cpu);
     Trainer::new(&cpu, &mut model, &plan, &ck.weights, resume())
