@@ -273,6 +273,19 @@ fn is_read_file(
 /// it: the nearest of it and its ancestors that exists is a file, or a directory this user
 /// may not write into.
 fn check_creatable(flag: &'static str, dir: &std::path::Path) -> spafit::Result<()> {
+    // A link to nothing: creating the folder would fail on the link itself ("File exists").
+    if dir.is_symlink() && !dir.exists() {
+        let target = std::fs::read_link(dir).unwrap_or_default();
+        return Err(spafit::Error::invalid(
+            flag,
+            format!(
+                "{} is a link to {}, which does not exist: create that folder, or give \
+                 another one",
+                dir.display(),
+                target.display()
+            ),
+        ));
+    }
     check_writable_ancestor(flag, dir, dir)
 }
 

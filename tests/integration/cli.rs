@@ -1907,6 +1907,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
     write(root, "train.csv", &csv);
     write(root, "header_only.csv", "text,label\n");
     write(root, "a_file", "not a directory");
+    std::os::unix::fs::symlink(root.join("nowhere"), root.join("dangling")).unwrap();
     let p = |rel: &str| root.join(rel).display().to_string();
     let train = |extra: &[&str]| {
         let mut args = vec![
@@ -1925,6 +1926,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         spafit(&args)
     };
     let (t, out, file) = (p("train.csv"), p("out"), p("a_file"));
+    let dangling = p("dangling");
     let (header_only, glue_dir) = (p("header_only.csv"), p("glue"));
     let mut cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -1937,6 +1939,10 @@ fn bad_paths_and_labels_are_refused_before_training() {
         ),
         (vec!["--train-file", &t, "--labels", "1"], "at least two"),
         (vec!["--train-file", &t, "--output", &file], "is a file"),
+        (
+            vec!["--train-file", &t, "--output", &dangling],
+            "nowhere, which does not exist",
+        ),
         (
             vec![
                 "--train-file",
