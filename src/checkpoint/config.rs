@@ -603,6 +603,15 @@ impl BertConfig {
                  only"
             ));
         }
+        // The padding id names a row of the word embeddings (transformers' `padding_idx`,
+        // which it refuses out of range as well).
+        if let Some(pad) = self.pad_token_id.filter(|&p| p >= self.vocab_size) {
+            return Err(format!(
+                "`pad_token_id` {pad} is not below `vocab_size` {}: it names a row of the \
+                 word embeddings",
+                self.vocab_size
+            ));
+        }
         // A text needs `<s>`, one token and `</s>`.
         if self.family() == EncoderFamily::Roberta
             && self.roberta_padding_position().saturating_add(4) > self.max_position_embeddings

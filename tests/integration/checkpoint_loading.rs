@@ -485,7 +485,7 @@ fn other_model_families_and_decoders_are_refused_by_name() {
     // DistilBERT's own keys are read (and named in messages).
     let distilbert = r#"{"model_type": "distilbert", "vocab_size": 29, "dim": 15, "n_layers": 2,
         "n_heads": 3, "hidden_dim": 13, "max_position_embeddings": 11, "activation": "silu"}"#;
-    let cases: [(&str, String, &str); 17] = [
+    let cases: [(&str, String, &str); 18] = [
         (
             "unknown-problem",
             bert.replace(r#""gelu","#, r#""gelu", "problem_type": "ranking","#),
@@ -499,8 +499,13 @@ fn other_model_families_and_decoders_are_refused_by_name() {
         ),
         (
             "roberta-without-positions",
-            bert.replace(r#""bert""#, r#""roberta", "pad_token_id": 99999"#),
-            "`pad_token_id` 99999 leaves no RoBERTa positions",
+            bert.replace(r#""bert""#, r#""roberta", "pad_token_id": 20"#),
+            "`pad_token_id` 20 leaves no RoBERTa positions",
+        ),
+        (
+            "pad-beyond-vocab",
+            bert.replace(r#""bert""#, r#""bert", "pad_token_id": 99999"#),
+            "`pad_token_id` 99999 is not below `vocab_size` 29",
         ),
         (
             "deberta",
