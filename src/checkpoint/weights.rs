@@ -501,8 +501,18 @@ fn canonical_name(name: &str) -> String {
 /// names a neighbour when an offset is out of range).
 fn misfit_tensor(bytes: &[u8]) -> Option<String> {
     let header_len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header_bytes = bytes.get(8..8usize.checked_add(header_len)?)?;
+    // A JSON map keeps one of two entries of the same name: the other's bytes look missing.
+    let names = serde_json::from_slice::<HeaderNames>(header_bytes).ok()?.0;
+    if let Some(twice) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+    {
+        return Some(format!("the header lists tensor `{twice}` twice"));
+    }
     let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(bytes.get(8..8usize.checked_add(header_len)?)?).ok()?;
+        serde_json::from_slice(header_bytes).ok()?;
     let data_len = bytes.len() - 8 - header_len;
     let mut entries: Vec<(&String, usize, usize)> = Vec::new();
     for (name, info) in header.iter().filter(|(n, _)| *n != "__metadata__") {
@@ -561,10 +571,58 @@ fn misfit_tensor(bytes: &[u8]) -> Option<String> {
         entries.push((name, start, end));
     }
     entries.sort_by_key(|e| e.1);
-    entries.windows(2).find(|w| w[1].1 < w[0].2).map(|w| {
+    let overlap = entries.windows(2).find(|w| w[1].1 < w[0].2).map(|w| {
         format!(
             "tensors `{}` and `{}` overlap in the data (byte ranges {}..{} and {}..{})",
             w[0].0, w[1].0, w[0].1, w[0].2, w[1].1, w[1].2
         )
-    })
+    });
+    // The format packs the tensors end to end: bytes no entry claims are a tensor the
+    // header left out (or a file cut and patched).
+    let unclaimed = |from: usize, to: usize, place: String| {
+        format!(
+            "data bytes {from}..{to} ({place}) belong to no tensor in the header: an entry \
+             is missing, or its byte range is wrong"
+        )
+    };
+    let gap = || {
+        let first = entries.first()?;
+        if first.1 > 0 {
+            return Some(unclaimed(0, first.1, format!("before `{}`", first.0)));
+        }
+        if let Some(w) = entries.windows(2).find(|w| w[1].1 > w[0].2) {
+            let place = format!("between `{}` and `{}`", w[0].0, w[1].0);
+            return Some(unclaimed(w[0].2, w[1].1, place));
+        }
+        let last = entries.last()?;
+        (last.2 < data_len).then(|| unclaimed(last.2, data_len, format!("after `{}`", last.0)))
+    };
+    overlap.or_else(gap)
+}
+
+/// A safetensors header's entry names in the file's order, each as often as it appears.
+struct HeaderNames(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for HeaderNames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = HeaderNames;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<HeaderNames, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    names.push(name);
+                }
+                Ok(HeaderNames(names))
+            }
+        }
+        d.deserialize_map(Names)
+    }
 }

@@ -454,6 +454,43 @@ fn broken_files_are_errors() {
         );
     }
 
+    // An entry listed twice (a JSON map keeps one), or left out: said so, not blamed on a
+    // neighbour's offsets.
+    // The later entry wins in a JSON map: here one with another tensor's bytes.
+    let mut moved = header["pooler.dense.bias"].clone();
+    moved["data_offsets"] = serde_json::json!([0, 60]);
+    let whole = serde_json::to_string(&header).unwrap();
+    let twice = format!(
+        "{},\"pooler.dense.bias\":{moved}}}",
+        &whole[..whole.len() - 1]
+    );
+    let mut left_out = header.clone();
+    left_out.remove("pooler.dense.bias");
+    for (name, text, needle) in [
+        (
+            "twice",
+            twice,
+            "the header lists tensor `pooler.dense.bias` twice",
+        ),
+        (
+            "left-out",
+            serde_json::to_string(&left_out).unwrap(),
+            "belong to no tensor in the header",
+        ),
+    ] {
+        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.extend_from_slice(data);
+        let dir = tmp.path().join(name);
+        write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        let e = load_err(&dir).to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains(needle),
+            "{name}: {e}"
+        );
+    }
+
     let dir = tmp.path().join("no-weights");
     write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
