@@ -73,6 +73,10 @@ pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBu
         });
     }
     let detail = match spec.is_file() {
+        false if spec.join("config.json").exists() => {
+            "config.json here is not a file (a folder?): the model's configuration goes in a \
+             file of that name"
+        }
         true => {
             "a file, not a checkpoint folder: give the folder that holds config.json, \
                  model.safetensors and tokenizer.json"

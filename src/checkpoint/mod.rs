@@ -389,28 +389,41 @@ fn check_layer_count(config: &BertConfig, weights: &WeightsFile) -> Result<()> {
     // `encoder.layer` (`transformer.layer` in DistilBERT), with or without the prefix.
     let family = config.family();
     let container = family.hf_name_in_base_model("bert.encoder.layer");
-    let layers = weights
+    let found: std::collections::BTreeSet<usize> = weights
         .names()
         .iter()
         .filter_map(|name| {
             let rest = name.split_once(&format!("{container}."))?.1;
             rest.split('.').next()?.parse::<usize>().ok()
         })
-        .max()
-        .map_or(0, |last| last.saturating_add(1));
-    if layers == config.num_hidden_layers {
+        .collect();
+    let layers = found.last().map_or(0, |last| last.saturating_add(1));
+    if layers == config.num_hidden_layers && found.len() == layers {
         return Ok(());
     }
     let key = match family {
         EncoderFamily::DistilBert => "n_layers",
         _ => "num_hidden_layers",
     };
+    let held = match found.len() == layers {
+        true => format!(
+            "holds {layers} encoder layers (`{container}.0` to `{container}.{}`)",
+            layers.saturating_sub(1)
+        ),
+        // Numbers with holes: a layer's tensors are missing, or stray ones were added.
+        false => format!(
+            "holds encoder layers {} (`{container}.N`), not one run from 0",
+            found
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     Err(Error::Format {
         path: weights.path().to_path_buf(),
         detail: format!(
-            "holds {layers} encoder layers (`{container}.0` to `{container}.{}`) but \
-             config.json's `{key}` is {}",
-            layers.saturating_sub(1),
+            "{held} but config.json's `{key}` is {}",
             config.num_hidden_layers
         ),
     })

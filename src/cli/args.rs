@@ -117,7 +117,7 @@ impl ModelArgs {
                     "adapter",
                     format!(
                         "it was trained on inputs cut to {trained} tokens, which this model \
-                         cannot take ({detail}); give --max-len"
+                         cannot take ({detail})"
                     ),
                 ),
                 None => Error::invalid("--max-len", detail),

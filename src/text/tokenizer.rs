@@ -176,6 +176,11 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             detail,
         };
+        if path.is_dir() {
+            return Err(format(
+                "is a folder, where the tokenizer's file belongs".into(),
+            ));
+        }
         if !path.is_file() {
             return Err(Error::Io {
                 path: path.to_path_buf(),

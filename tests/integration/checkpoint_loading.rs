@@ -491,6 +491,31 @@ fn broken_files_are_errors() {
         );
     }
 
+    // A folder under the config's name, and layer tensors with a hole in their numbers.
+    let dir = tmp.path().join("config-folder");
+    write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    std::fs::create_dir(dir.join("config.json")).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(e.contains("config.json here is not a file"), "{e}");
+    let dir = tmp.path().join("layer-hole");
+    let mut holed = tensors.clone();
+    let layer_one: Vec<String> = holed
+        .keys()
+        .filter(|n| n.contains("encoder.layer.1."))
+        .cloned()
+        .collect();
+    for name in layer_one {
+        let t = holed.remove(&name).unwrap();
+        holed.insert(name.replace("layer.1.", "layer.4."), t);
+    }
+    write_checkpoint(&dir, &tiny_config_json(2), &holed, Dtype::F32, false);
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("holds encoder layers 0, 4 (`encoder.layer.N`), not one run from 0 but config.json's `num_hidden_layers` is 2"),
+        "{e}"
+    );
+
     let dir = tmp.path().join("no-weights");
     write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
@@ -1226,6 +1251,18 @@ fn tokenizer_must_fit_the_vocabulary() {
         Dtype::F32,
         false,
     );
+    // A folder under the tokenizer's name is said to be one, not "not found".
+    std::fs::create_dir(tmp.path().join("tokenizer.json")).unwrap();
+    let e = Checkpoint::open(tmp.path())
+        .unwrap()
+        .tokenizer(8)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("tokenizer.json: is a folder, where the tokenizer's file belongs"),
+        "{e}"
+    );
+    std::fs::remove_dir(tmp.path().join("tokenizer.json")).unwrap();
     std::fs::copy(&real, tmp.path().join("tokenizer.json")).unwrap();
     let ck = Checkpoint::open(tmp.path()).unwrap();
     let e = ck
