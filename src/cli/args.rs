@@ -816,7 +816,11 @@ fn class_list(labels: &[String]) -> String {
     labels
         .iter()
         .map(|l| {
-            let plain = !l.is_empty() && !l.contains([',', '"']) && l.trim() == l.as_str();
+            // Control characters are shown escaped, not written to the terminal.
+            let plain = !l.is_empty()
+                && !l.contains([',', '"'])
+                && l.trim() == l.as_str()
+                && !l.chars().any(char::is_control);
             if plain {
                 l.clone()
             } else {
@@ -838,6 +842,11 @@ mod tests {
         assert_eq!(
             class_list(&names(&["say \"no\"", "very, good", " x", "plain text"])),
             r#""say \"no\"", "very, good", " x", plain text"#
+        );
+        // A NUL or an escape would reach the terminal as it is.
+        assert_eq!(
+            class_list(&names(&["x\u{0}y", "a\u{1b}[31m"])),
+            r#""x\0y", "a\u{1b}[31m""#
         );
     }
 }

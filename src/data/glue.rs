@@ -379,7 +379,14 @@ impl GlueTask {
                 }
             };
             let fields: Vec<&str> = line.split('\t').collect();
-            let row = parse_row(&fields, width, a, b, label, &kind);
+            let mut row = parse_row(&fields, width, a, b, label, &kind);
+            // A header someone added to a header-less file (CoLA's train and dev).
+            if let (Err(why), 1, false) = (&mut row, line_no, has_header) {
+                why.push_str(
+                    " (in GLUE's layout this file has no header line: if line 1 is one, delete \
+                     it)",
+                );
+            }
             sink.take(row, &path, line_no)?;
         }
         Ok(Dataset {
@@ -403,14 +410,19 @@ fn parse_row(
     let needed = [Some(a), b, label].into_iter().flatten().max().unwrap_or(0) + 1;
     if let Some(w) = width {
         if fields.len() != w {
-            return Err(format!("{} fields, the header has {w}", fields.len()));
+            let plural = if fields.len() == 1 { "" } else { "s" };
+            return Err(format!(
+                "{} field{plural}, the header has {w}",
+                fields.len()
+            ));
         }
     } else if fields.len() != needed {
         // A file without a header (CoLA's train and dev) has exactly its layout's columns:
         // a tab more would cut the sentence at it without a word.
         return Err(format!(
-            "{} fields, the file's rows have {needed} (it has no header)",
-            fields.len()
+            "{} field{}, the file's rows have {needed} (it has no header)",
+            fields.len(),
+            if fields.len() == 1 { "" } else { "s" }
         ));
     }
     let target = match label {

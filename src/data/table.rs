@@ -646,10 +646,17 @@ impl TableSpec {
                                  --text-pair-column and --label-column name the columns",
                                 header
                                     .iter()
-                                    .map(|h| format!("`{h}`"))
+                                    .map(|h| format!("`{}`", h.escape_debug()))
                                     .collect::<Vec<_>>()
                                     .join(", "),
-                                separator_hint(&header, format)
+                                match header.iter().any(|h| h.contains('\0')) {
+                                    // UTF-16 without its byte-order mark: ASCII letters with
+                                    // a NUL byte beside each.
+                                    true => " (NUL bytes between the letters: the file looks \
+                                              like UTF-16; save it as UTF-8)"
+                                        .to_string(),
+                                    false => separator_hint(&header, format),
+                                }
                             ),
                         });
                     }
@@ -803,6 +810,8 @@ impl TableSpec {
                     refuse_single_object(path, &bytes)?;
                 }
                 for (line_no, line) in crate::text_file::utf8_lines(&bytes) {
+                    // Files joined each with its byte-order mark: the mark is no text.
+                    let line = line.map(|l| l.strip_prefix('\u{feff}').unwrap_or(l));
                     match line {
                         Ok(line) if line.trim().is_empty() => continue,
                         Ok(line) => match JsonRecord::parse(line) {

@@ -252,7 +252,9 @@ fn malformed_rows_name_file_and_line_or_are_counted() {
     assert!(matches!(e, Error::Format { .. }));
     let msg = e.to_string();
     assert!(
-        msg.contains("SST-2/dev.tsv") && msg.contains("line 3") && msg.contains("1 fields"),
+        msg.contains("SST-2/dev.tsv")
+            && msg.contains("line 3")
+            && msg.contains("1 field, the header has 2"),
         "{msg}"
     );
     let skipped = GlueTask::Sst2.load(r, "dev", OnMalformed::Skip).unwrap();
@@ -289,6 +291,21 @@ fn malformed_rows_name_file_and_line_or_are_counted() {
             .unwrap()
             .len(),
         1
+    );
+    // A header someone added is named as the likely cause.
+    write(
+        r,
+        "CoLA/dev.tsv",
+        "source\tlabel\tauthor\tsentence\ngj04\t1\t\tFine sentence.\n",
+    );
+    let msg = GlueTask::Cola
+        .load(r, "dev", OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("line 1: label `label`")
+            && msg.contains("this file has no header line: if line 1 is one, delete it"),
+        "{msg}"
     );
     // A line of spaces is a blank line, as an empty one is: no example, no error.
     write(
@@ -897,6 +914,28 @@ fn csv_rows_are_never_lost_silently() {
         "{note}"
     );
     assert_eq!(spec.load(OnMalformed::Skip).unwrap().empty_texts(), None);
+    // JSON Lines joined each with its byte-order mark read as one file.
+    let data = table(
+        "joined.jsonl",
+        "\u{feff}{\"text\": \"a\", \"label\": 1}\n\u{feff}{\"text\": \"b\", \"label\": 0}\n",
+    )
+    .load(OnMalformed::Error)
+    .unwrap();
+    assert_eq!(data.source_lines, [1, 2]);
+    // UTF-16 without its mark: named as such, its NUL bytes shown escaped.
+    let utf16: Vec<u8> = "text,label\na,1\n"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    std::fs::write(tmp.path().join("utf16.csv"), utf16).unwrap();
+    let e = text_label_table(tmp.path().join("utf16.csv"))
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("looks like UTF-16") && e.contains("t\\0e\\0") && !e.contains('\0'),
+        "{e}"
+    );
     // Between bad rows: each reported at its own line, in file order.
     let spec = table("between.csv", "text,label\nx,7\n\"a,1\nb,0\nc,9\n");
     let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
