@@ -233,8 +233,9 @@ pub struct PredictCommand {
     /// `dev` read --dev-file, `train` reads --train-file.
     #[arg(long)]
     pub split: Option<String>,
-    /// Write predictions here instead of standard output: an existing file is replaced whole
-    /// (written beside it, then renamed), and missing folders on the way are created.
+    /// Write predictions here instead of standard output (`-` is standard output): an
+    /// existing file is replaced whole (written beside it, then renamed), and missing folders
+    /// on the way are created.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Output format: jsonl (index, file line, label, its probability and every class's
@@ -270,8 +271,14 @@ impl PredictCommand {
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 
+    /// The file --output names; `None` for standard output (no flag, or `-` as the Unix
+    /// tools take it).
+    fn output_file(&self) -> Option<&Path> {
+        self.output.as_deref().filter(|p| *p != Path::new("-"))
+    }
+
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
-        if let Some(out) = &self.output {
+        if let Some(out) = self.output_file() {
             super::check_output_file(
                 "--output",
                 out,
@@ -304,7 +311,7 @@ impl PredictCommand {
         }
         self.data.apply_threshold(&mut model, &data.kind)?;
         let glue = self.data.glue_task()?;
-        let format = PredictionFormat::choose(self.format, self.output.as_deref());
+        let format = PredictionFormat::choose(self.format, self.output_file());
         // A GLUE submission answers every test row: one skipped would leave a hole.
         if glue.is_some() && format == PredictionFormat::Tsv && !data.skipped.is_empty() {
             return Err(Error::invalid(
@@ -351,7 +358,7 @@ impl PredictCommand {
             submission_ids: submission_ids.as_deref(),
         }
         .render(format)?;
-        match &self.output {
+        match self.output_file() {
             Some(path) => spafit::adapter::write_atomic(path, text.as_bytes())?,
             None => std::io::stdout()
                 .write_all(text.as_bytes())

@@ -293,6 +293,16 @@ fn check_creatable(flag: &'static str, dir: &std::path::Path) -> spafit::Result<
 /// it and renamed over it (a device or a pipe is written in place): it may not be a
 /// directory, and its folder (or the device) must be writable.
 fn check_creatable_file(flag: &'static str, file: &std::path::Path) -> spafit::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if file.as_os_str().as_bytes().ends_with(b"/") && !file.is_dir() {
+        return Err(spafit::Error::invalid(
+            flag,
+            format!(
+                "{} ends in `/`, which names a folder; give a file name",
+                file.display()
+            ),
+        ));
+    }
     if file.is_dir() {
         return Err(spafit::Error::invalid(
             flag,

@@ -2310,6 +2310,15 @@ fn bad_paths_and_labels_are_refused_before_training() {
     }
     let (ok, _, err) = predict(&[&unlabeled, "--output", &unlabeled]);
     assert!(!ok && err.contains("is an input of this command"), "{err}");
+    // `-` is standard output, as for the Unix tools; a name ending in `/` is a folder's.
+    let (ok, stdout, err) = predict(&[&unlabeled, "--output", "-", "--format", "jsonl"]);
+    assert!(ok && stdout.contains("\"probabilities\""), "{err}");
+    let (ok, _, err) = predict(&[&unlabeled, "--output", &p("new_folder/")]);
+    assert!(
+        !ok && err.contains("ends in `/`, which names a folder"),
+        "{err}"
+    );
+    assert!(!root.join("new_folder").exists());
     // Through a folder that does not exist yet (created, then stepped out of).
     let via_missing = p("not_yet/../unlabeled.csv");
     let (ok, _, err) = predict(&[&unlabeled, "--output", &via_missing]);
