@@ -1027,7 +1027,7 @@ fn text_after_quote_why(bytes: &[u8], stray: &TextAfterQuote) -> String {
 /// The `\r` of a `\r\n` line end, left on a record's last field by a reader that ends
 /// records at `\n` only.
 fn drop_cr_of_crlf(record: &mut csv::ByteRecord) {
-    let Some(last) = record.iter().last() else {
+    let Some(last) = record.iter().next_back() else {
         return;
     };
     let Some(kept) = last.strip_suffix(b"\r") else {
