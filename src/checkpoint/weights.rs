@@ -570,7 +570,8 @@ fn misfit_tensor(bytes: &[u8]) -> Option<String> {
         }
         entries.push((name, start, end));
     }
-    entries.sort_by_key(|e| e.1);
+    // By start, then end: an empty tensor at another's start overlaps nothing.
+    entries.sort_by_key(|e| (e.1, e.2));
     let overlap = entries.windows(2).find(|w| w[1].1 < w[0].2).map(|w| {
         format!(
             "tensors `{}` and `{}` overlap in the data (byte ranges {}..{} and {}..{})",

@@ -350,8 +350,8 @@ impl PeftArgs {
         }
         c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);
         c.lora.alpha = self.lora_alpha.unwrap_or(c.lora.alpha);
-        // PEFT accepts any alpha in a saved adapter (and spafit imports them), but a run
-        // trained from zero with α ≤ 0 has an adapter that is off or turned around.
+        // With α ≤ 0 an adapter is off (its gradients 0) or turned around; a saved adapter's
+        // alpha is refused the same way (`LoraConfig::problem`).
         if !(c.lora.alpha.is_finite() && c.lora.alpha > 0.0) {
             return Err(Error::invalid(
                 "--lora-alpha",

@@ -311,18 +311,21 @@ fn check_creatable_file(flag: &'static str, file: &std::path::Path) -> spafit::R
     }
     // Write bits cleared for everyone say "keep this" even to root, whom access(2) lets
     // write anything.
-    let writable_in_place = |path: &std::path::Path| match may_access(path, libc::W_OK)
-        && std::fs::metadata(path).is_ok_and(|m| !m.permissions().readonly())
-    {
-        true => Ok(()),
-        false => Err(spafit::Error::invalid(
+    let writable_in_place = |path: &std::path::Path| {
+        let why = if std::fs::metadata(path).is_ok_and(|m| m.permissions().readonly()) {
+            "is read-only"
+        } else if !may_access(path, libc::W_OK) {
+            "is one this user may not write"
+        } else {
+            return Ok(());
+        };
+        Err(spafit::Error::invalid(
             flag,
             format!(
-                "{} exists and this user may not write it (read-only); make it writable or \
-                 choose another file",
+                "{} exists and {why}; make it writable or choose another file",
                 file.display()
             ),
-        )),
+        ))
     };
     // A device or a pipe (through /dev/stdout's links too) is always written in place; a
     // file is replaced by a rename, which its own permissions would not stop, so they are

@@ -524,7 +524,7 @@ impl TableSpec {
                 // In a file of `\n` lines a lone `\r` is a character (a stray one from a
                 // pasted text), as editors, `wc -l` and the GLUE reader take it: ending a row
                 // there would cut it in two rows, the second one read as data.
-                let lone_cr_is_text = bytes.contains(&b'\n');
+                let lone_cr_is_text = !lone_cr_ends_lines(&bytes);
                 let unclosed_why = |quote_line: usize| {
                     format!(
                         "a quoted field opens on line {quote_line} and is never closed, so it \
@@ -588,17 +588,29 @@ impl TableSpec {
                         true => csv::Terminator::Any(b'\n'),
                         false => csv::Terminator::CRLF,
                     })
+                    // The header is the first line that is not blank, found below: ending
+                    // records at `\n`, the reader takes a CRLF file's blank line for a record.
+                    .has_headers(false)
                     .from_reader(readable);
                 let line_one = |detail: String| Error::Format {
                     path: path.clone(),
                     detail: format!("line 1 (the header): {detail}"),
                 };
-                let mut header_bytes = reader
-                    .byte_headers()
-                    .map_err(|e| line_one(e.to_string()))?
-                    .clone();
-                if lone_cr_is_text {
-                    drop_cr_of_crlf(&mut header_bytes);
+                let mut header_bytes = csv::ByteRecord::new();
+                loop {
+                    let read = reader
+                        .read_byte_record(&mut header_bytes)
+                        .map_err(|e| line_one(e.to_string()))?;
+                    if lone_cr_is_text {
+                        drop_cr_of_crlf(&mut header_bytes);
+                    }
+                    let blank = header_bytes.len() == 1
+                        && header_bytes[0].is_empty()
+                        && !starts_quoted(readable, header_bytes.position(), lone_cr_is_text);
+                    // Only blank lines: refused above, so a record comes first.
+                    if !read || !blank {
+                        break;
+                    }
                 }
                 let header: Vec<String> = decode_record(header_bytes, &[])
                     .map_err(line_one)?
@@ -935,6 +947,34 @@ struct TextAfterQuote {
     text: usize,
 }
 
+/// Whether a `\r` ends a line where no `\n` follows it: in old Mac files (as many such `\r`s
+/// as `\n`s or more, so a final `\n` an editor added or one inside a quoted field does not make
+/// it a file of `\n` lines). Elsewhere a lone `\r` is text; `\r`s before a `\n` are part of
+/// its line end either way.
+fn lone_cr_ends_lines(bytes: &[u8]) -> bool {
+    let (mut newlines, mut lone_crs) = (0usize, 0usize);
+    // Backwards, so each `\r` knows the first byte after its run of `\r`s.
+    let mut newline_next = false;
+    for &b in bytes.iter().rev() {
+        match b {
+            b'\r' if !newline_next => lone_crs += 1,
+            b'\r' => {}
+            b'\n' => {
+                newlines += 1;
+                newline_next = true;
+            }
+            _ => newline_next = false,
+        }
+    }
+    // A tie is a two-line old Mac file with the editor's final `\n`.
+    lone_crs > 0 && lone_crs >= newlines
+}
+
+/// Whether the `\r` at `i` is part of a line end `\r…\r\n`.
+fn cr_before_newline(bytes: &[u8], i: usize) -> bool {
+    bytes[i..].iter().find(|&&b| b != b'\r') == Some(&b'\n')
+}
+
 /// `lone_cr_is_text`: a `\r` ends a line only before `\n` (see the reader).
 fn scan_quotes(bytes: &[u8], lone_cr_is_text: bool) -> QuoteScan {
     #[derive(PartialEq)]
@@ -950,9 +990,14 @@ fn scan_quotes(bytes: &[u8], lone_cr_is_text: bool) -> QuoteScan {
     }
     let (mut state, mut record, mut quote) = (State::FieldStart, 0, 0);
     let mut text_after_closing = Vec::new();
+    // Whether the run of `\r`s ending before `cr_run_end` is a line end (`\r…\r\n`).
+    let (mut cr_run_end, mut cr_run_newline) = (0, false);
     for (i, &b) in bytes.iter().enumerate() {
-        let line_end =
-            b == b'\n' || (b == b'\r' && (!lone_cr_is_text || bytes.get(i + 1) == Some(&b'\n')));
+        if b == b'\r' && i >= cr_run_end {
+            cr_run_end = i + bytes[i..].iter().take_while(|&&c| c == b'\r').count();
+            cr_run_newline = cr_before_newline(bytes, i);
+        }
+        let line_end = b == b'\n' || (b == b'\r' && (!lone_cr_is_text || cr_run_newline));
         state = match state {
             State::Quoted if b == b'"' => State::Closed {
                 at: i,
@@ -1022,17 +1067,18 @@ fn text_after_quote_why(bytes: &[u8], stray: &TextAfterQuote) -> String {
     )
 }
 
-/// Whether the record at `position` starts with a quote (after the line ends the reader
-/// left before it).
-/// The `\r` of a `\r\n` line end, left on a record's last field by a reader that ends
-/// records at `\n` only.
+/// The `\r`s of a `\r\n` line end (`\r\r\n` where Python's csv writer ran on Windows
+/// without `newline=''`), left on a record's last field by a reader that ends records at
+/// `\n` only.
 fn drop_cr_of_crlf(record: &mut csv::ByteRecord) {
     let Some(last) = record.iter().next_back() else {
         return;
     };
-    let Some(kept) = last.strip_suffix(b"\r") else {
+    let kept_len = last.len() - last.iter().rev().take_while(|&&b| b == b'\r').count();
+    if kept_len == last.len() {
         return;
-    };
+    }
+    let kept = &last[..kept_len];
     let last = record.len() - 1;
     let mut stripped: csv::ByteRecord = record
         .iter()
@@ -1101,7 +1147,7 @@ impl<'a> LineCounter<'a> {
             bytes,
             counted_to: 0,
             line: 1,
-            lone_cr_ends_lines: !bytes.contains(&b'\n'),
+            lone_cr_ends_lines: lone_cr_ends_lines(bytes),
         }
     }
 

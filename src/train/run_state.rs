@@ -208,6 +208,7 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
     // Through a link, what it points to; a dangling one is no file either.
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => {}
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
         _ => {
             return Err(Error::Format {
                 path: path.clone(),

@@ -925,7 +925,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 lora_alpha: self.plan.lora.as_ref().map(|l| l.alpha),
                 plan: run_state::describe_plan(self.plan),
                 base_sha256: self.base.sha256(),
-                starting_weights: self.trainable_digest()?,
+                // Only a run that saves its state is ever compared with it.
+                starting_weights: match c.output_dir {
+                    Some(_) => self.trainable_digest()?,
+                    None => "not saved".into(),
+                },
                 train: &train_data,
                 dev: dev.as_ref().map(|(d, _)| d),
                 max_len: tokenizer.max_len(),
@@ -1711,16 +1715,22 @@ impl<'a, B: Backend> Trainer<'a, B> {
             .map_err(io)
     }
 
-    /// SHA-256 of the trainable tensors' names and values (as f64 bits), tensor by tensor.
+    /// SHA-256 of the trainable tensors' names and values, tensor by tensor. The values as
+    /// f32, what every backend but the f64 reference stores: a run may resume on another
+    /// device or precision, and its draws and files round the same there.
     fn trainable_digest(&self) -> Result<String> {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
         for (name, t) in self.trainable() {
             hash.update((name.len() as u64).to_le_bytes());
             hash.update(name.as_bytes());
-            let values = self.backend.to_f64(&t)?;
-            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            hash.update(&bytes);
+            for chunk in self.backend.to_f64(&t)?.chunks(4096) {
+                let bytes: Vec<u8> = chunk
+                    .iter()
+                    .flat_map(|&v| (v as f32).to_le_bytes())
+                    .collect();
+                hash.update(&bytes);
+            }
         }
         Ok(crate::adapter::hex(&hash.finalize())[..16].to_string())
     }

@@ -2360,7 +2360,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         std::fs::write(&kept, "keep\n").unwrap();
         std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o444)).unwrap();
         let (ok, _, err) = predict(&[&unlabeled, "--output", kept.to_str().unwrap()]);
-        assert!(!ok && err.contains("may not write it (read-only)"), "{err}");
+        assert!(!ok && err.contains("exists and is read-only"), "{err}");
         assert_eq!(std::fs::read_to_string(&kept).unwrap(), "keep\n");
     }
     assert_eq!(

@@ -738,6 +738,37 @@ fn csv_rows_know_their_line_with_lf_crlf_and_cr_ends() {
         let labels: Vec<_> = ds.examples.iter().map(|e| e.target.clone()).collect();
         assert_eq!(labels, [1, 0].map(|c| Some(Target::Class(c))), "{name}");
     }
+    // Line ends around that rule: a blank line before a CRLF header, `\r\r\n` (Python's csv
+    // writer on Windows without `newline=''`), a quoted last field before it, and an old Mac
+    // file whose editor added one `\n` at the end.
+    for (name, text, lines) in [
+        (
+            "blank_first.csv",
+            "\r\ntext,label\r\nx,1\r\ny,0\r\n",
+            [3, 4],
+        ),
+        (
+            "crcrlf.csv",
+            "text,label\r\r\nx,1\r\r\n\r\r\ny,0\r\r\n",
+            [2, 4],
+        ),
+        (
+            "crcrlf_quoted.csv",
+            "label,text\r\r\n1,\"x\"\r\r\n0,\"y\"\r\r\n",
+            [2, 3],
+        ),
+        ("mac_lf_end.csv", "text,label\rx,1\ry,0\n", [2, 3]),
+    ] {
+        write(d.path(), name, text);
+        let ds = text_label_table(d.path().join(name))
+            .load(OnMalformed::Error)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let texts: Vec<&str> = ds.examples.iter().map(|e| e.text_a.as_str()).collect();
+        assert_eq!(texts, ["x", "y"], "{name}");
+        assert_eq!(ds.source_lines, lines, "{name}");
+        let labels: Vec<_> = ds.examples.iter().map(|e| e.target.clone()).collect();
+        assert_eq!(labels, [1, 0].map(|c| Some(Target::Class(c))), "{name}");
+    }
 }
 
 /// Without named classes, a training file's labels are its classes, sorted (numbers by value);
