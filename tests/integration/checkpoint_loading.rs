@@ -407,6 +407,16 @@ fn broken_files_are_errors() {
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&good[8..8 + header_len]).unwrap();
     let data = &good[8 + header_len..];
+    // The load error of the checkpoint with `header` as its safetensors header.
+    let error_with_header = |name: &str, header: &[u8]| {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(data);
+        let dir = tmp.path().join(name);
+        write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        load_err(&dir).to_string()
+    };
     type Edit = fn(&mut serde_json::Value, usize);
     let edits: [(&str, Edit, &str); 5] = [
         (
@@ -438,14 +448,7 @@ fn broken_files_are_errors() {
     for (name, edit, needle) in edits {
         let mut h = header.clone();
         edit(h.get_mut("pooler.dense.bias").unwrap(), data.len());
-        let text = serde_json::to_vec(&h).unwrap();
-        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-        bytes.extend_from_slice(&text);
-        bytes.extend_from_slice(data);
-        let dir = tmp.path().join(name);
-        write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
-        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
-        let e = load_err(&dir).to_string();
+        let e = error_with_header(name, &serde_json::to_vec(&h).unwrap());
         assert!(
             e.contains("model.safetensors")
                 && e.contains("`pooler.dense.bias`")
@@ -478,13 +481,7 @@ fn broken_files_are_errors() {
             "belong to no tensor in the header",
         ),
     ] {
-        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-        bytes.extend_from_slice(text.as_bytes());
-        bytes.extend_from_slice(data);
-        let dir = tmp.path().join(name);
-        write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
-        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
-        let e = load_err(&dir).to_string();
+        let e = error_with_header(name, text.as_bytes());
         assert!(
             e.contains("model.safetensors") && e.contains(needle),
             "{name}: {e}"

@@ -891,7 +891,7 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
         serde_json::json!(["contradiction", "entailment", "neutral"])
     );
     let adapter = p("out/best");
-    let predict = |args: &[&str]| -> String {
+    let try_predict = |args: &[&str]| {
         let mut all = vec![
             "predict",
             "--model",
@@ -902,7 +902,10 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
             "24",
         ];
         all.extend_from_slice(args);
-        let (ok, stdout, err) = spafit(&all);
+        spafit(&all)
+    };
+    let predict = |args: &[&str]| -> String {
+        let (ok, stdout, err) = try_predict(args);
         assert!(ok, "{args:?}: {err}");
         stdout
     };
@@ -965,19 +968,7 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
             "glue/diagnostic/diagnostic.tsv",
             &format!("index\tsentence1\tsentence2\n{rows}"),
         );
-        let (ok, _, err) = spafit(&[
-            "predict",
-            "--model",
-            &m,
-            "--adapter",
-            &adapter,
-            "--task",
-            "ax",
-            "--glue-dir",
-            &glue,
-            "--format",
-            "tsv",
-        ]);
+        let (ok, _, err) = try_predict(&["--task", "ax", "--glue-dir", &glue, "--format", "tsv"]);
         assert!(
             !ok && err.contains("diagnostic.tsv") && err.contains(needle),
             "{err}"
@@ -1005,12 +996,7 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
         ("mnli", "dev_matched", "glue/MNLI/test_mismatched.tsv"),
     ] {
         let before = std::fs::read(root.join(target)).ok();
-        let (ok, _, err) = spafit(&[
-            "predict",
-            "--model",
-            &m,
-            "--adapter",
-            &adapter,
+        let (ok, _, err) = try_predict(&[
             "--task",
             task,
             "--split",

@@ -268,17 +268,17 @@ fn malformed_rows_name_file_and_line_or_are_counted() {
         skipped.skipped
     );
 
+    // The error of reading `text` as CoLA's dev file.
+    let cola_dev_error = |text: &str| {
+        write(r, "CoLA/dev.tsv", text);
+        GlueTask::Cola
+            .load(r, "dev", OnMalformed::Error)
+            .unwrap_err()
+            .to_string()
+    };
     // CoLA's header-less rows have exactly four columns: a tab in the sentence is a malformed
     // row, not a sentence cut short.
-    write(
-        r,
-        "CoLA/dev.tsv",
-        "gj04\t1\t\tFine sentence.\ngj04\t1\t\tCut\there.\n",
-    );
-    let msg = GlueTask::Cola
-        .load(r, "dev", OnMalformed::Error)
-        .unwrap_err()
-        .to_string();
+    let msg = cola_dev_error("gj04\t1\t\tFine sentence.\ngj04\t1\t\tCut\there.\n");
     assert!(
         msg.contains("CoLA/dev.tsv")
             && msg.contains("line 2")
@@ -293,15 +293,7 @@ fn malformed_rows_name_file_and_line_or_are_counted() {
         1
     );
     // A header someone added is named as the likely cause.
-    write(
-        r,
-        "CoLA/dev.tsv",
-        "source\tlabel\tauthor\tsentence\ngj04\t1\t\tFine sentence.\n",
-    );
-    let msg = GlueTask::Cola
-        .load(r, "dev", OnMalformed::Error)
-        .unwrap_err()
-        .to_string();
+    let msg = cola_dev_error("source\tlabel\tauthor\tsentence\ngj04\t1\t\tFine sentence.\n");
     assert!(
         msg.contains("line 1: label `label`")
             && msg.contains("this file has no header line: if line 1 is one, delete it"),
