@@ -1,7 +1,9 @@
 //! Text files read so that a decoding error names the line, the column and what to do, and
 //! one bad line of a data file can be skipped rather than sinking the whole file.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
@@ -17,10 +19,7 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
             error: std::io::Error::other("is a folder, where a text file was expected"),
         });
     }
-    let mut bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        error: source,
-    })?;
+    let mut bytes = read_once(path)?;
     if let Some(problem) = not_plain_text(&bytes) {
         return Err(Error::Format {
             path: path.to_path_buf(),
@@ -30,6 +29,39 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     if bytes.starts_with(b"\xef\xbb\xbf") {
         bytes.drain(..3);
     }
+    Ok(bytes)
+}
+
+/// The bytes of `path`. A pipe (a named FIFO, `/dev/stdin` on a pipe, a shell's `<(…)`) can
+/// be read only once, yet a data file is read more than once (a training file for its classes,
+/// then for its rows): what a pipe gave is kept for the process, by the pipe's identity, and
+/// given again where a second read would find it empty. Any other file is read anew each time.
+fn read_once(path: &Path) -> Result<Vec<u8>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    /// What each pipe gave, by (device, inode).
+    type PipesRead = HashMap<(u64, u64), Vec<u8>>;
+    static PIPES_READ: OnceLock<Mutex<PipesRead>> = OnceLock::new();
+    let io_error = |error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let metadata = std::fs::metadata(path).map_err(io_error)?;
+    if !metadata.file_type().is_fifo() {
+        return std::fs::read(path).map_err(io_error);
+    }
+    // Device and inode name the pipe itself, whatever link (`/dev/stdin`, `/proc/self/fd/0`)
+    // led to it; an anonymous pipe's inode number is not given again while the process lives.
+    let key = (metadata.dev(), metadata.ino());
+    let pipes = PIPES_READ.get_or_init(Default::default);
+    // A poisoned lock only means another thread panicked holding it; the map is still whole.
+    let mut pipes = pipes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(bytes) = pipes.get(&key) {
+        return Ok(bytes.clone());
+    }
+    let bytes = std::fs::read(path).map_err(io_error)?;
+    pipes.insert(key, bytes.clone());
     Ok(bytes)
 }
 
@@ -123,6 +155,28 @@ mod tests {
         assert!(e.contains("line 2, byte 10 of the line: 0xff"), "{e}");
         std::fs::write(&path, "é\n").unwrap();
         assert_eq!(read_utf8(&path).unwrap(), "é\n");
+    }
+
+    #[test]
+    fn a_pipe_read_twice_gives_its_bytes_twice() {
+        let mut ends = [0; 2];
+        // SAFETY: `ends` has room for the two descriptors pipe() writes.
+        assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+        let rows = b"text,label\nhi,1\n";
+        // SAFETY: the write end is open and the rows fit in a pipe's buffer; it is closed
+        // after, so a reader sees the end of the rows, as from `cat rows | spafit`.
+        unsafe {
+            assert_eq!(libc::write(ends[1], rows.as_ptr().cast(), rows.len()), 16);
+            libc::close(ends[1]);
+        }
+        // What `/dev/stdin` is when standard input is a pipe.
+        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", ends[0]));
+        let first = read_bytes(&path).unwrap();
+        let second = read_bytes(&path).unwrap();
+        // SAFETY: the read end is ours and no longer used.
+        unsafe { libc::close(ends[0]) };
+        assert_eq!(first, rows);
+        assert_eq!(second, first);
     }
 
     #[test]
