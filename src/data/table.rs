@@ -458,7 +458,24 @@ impl TableSpec {
                 names
             }
             None => {
-                let mut names: Vec<String> = seen.into_iter().map(|(l, _)| l).collect();
+                // Numbers among names are still classes by value: `1` and `1.0` are one class
+                // (`load` reads `1.0` as class `1`), spelt as an integer where whole, the
+                // first spelling seen otherwise.
+                let mut values: Vec<f64> = Vec::new();
+                let mut names: Vec<String> = Vec::new();
+                for (label, _) in seen {
+                    match numeric(&label).filter(|v| v.is_finite() && v.abs() < 9.0e15) {
+                        Some(v) if values.contains(&v) => {}
+                        Some(v) => {
+                            values.push(v);
+                            names.push(match v.fract() == 0.0 {
+                                true => format!("{}", v as i64),
+                                false => label,
+                            });
+                        }
+                        None => names.push(label),
+                    }
+                }
                 names.sort();
                 names
             }
@@ -791,28 +808,48 @@ impl TableSpec {
                 if json_extension && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
                 {
                     let text = crate::text_file::read_utf8(path)?;
-                    let rows: Vec<JsonRecord> =
-                        serde_json::from_str(&text).map_err(|e| Error::Format {
-                            path: path.clone(),
-                            detail: format!(
-                                "line {}: {}, in a file holding one JSON array",
-                                e.line(),
-                                json_problem(&e)
-                            ),
-                        })?;
-                    let starts = array_element_lines(text.as_bytes());
+                    let whole: serde_json::Result<Vec<JsonRecord>> = serde_json::from_str(&text);
+                    let elements = array_elements(text.as_bytes());
+                    type Parsed = std::result::Result<JsonRecord, (usize, String)>;
+                    let (rows, elements): (Vec<Parsed>, _) = match (whole, elements) {
+                        (Ok(rows), elements) => (rows.into_iter().map(Ok).collect(), elements),
+                        // An element that is not valid JSON (or repeats a key) is its own
+                        // row's fault, reported or skipped as such, where the array's
+                        // bounds still find every other element.
+                        (Err(_), Some(elements)) => {
+                            let rows = elements.iter().map(|e| parse_element(&text, e)).collect();
+                            (rows, Some(elements))
+                        }
+                        (Err(e), None) => {
+                            return Err(Error::Format {
+                                path: path.clone(),
+                                detail: format!(
+                                    "line {}: {}, in a file holding one JSON array",
+                                    e.line(),
+                                    json_problem(&e)
+                                ),
+                            })
+                        }
+                    };
                     for (i, row) in rows.into_iter().enumerate() {
                         // The scan agrees with the parser on valid JSON; element numbers
                         // stand in should it ever not.
-                        let line = starts.get(i).copied().unwrap_or(i + 1);
+                        let line = elements
+                            .as_ref()
+                            .and_then(|e| e.get(i))
+                            .map_or(i + 1, |e| e.line);
                         match row {
-                            JsonRecord::Row(map) => visit(line, Ok(&JsonRow(map)))?,
-                            JsonRecord::NotAnObject => visit(
+                            Ok(JsonRecord::Row(map)) => visit(line, Ok(&JsonRow(map)))?,
+                            Ok(JsonRecord::NotAnObject) => visit(
                                 line,
                                 Err(format!(
                                     "element {} of the array is not a JSON object",
                                     i + 1
                                 )),
+                            )?,
+                            Err((line, why)) => visit(
+                                line,
+                                Err(format!("{why}, in element {} of the array", i + 1)),
                             )?,
                         }
                     }
@@ -892,12 +929,41 @@ fn refuse_single_object(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// The 1-based line on which each element of the top-level JSON array in `text` starts
-/// (text already known to be valid JSON): a scan of nesting depth outside strings.
-fn array_element_lines(text: &[u8]) -> Vec<usize> {
-    let (mut lines, mut line, mut depth) = (Vec::new(), 1, 0usize);
-    let (mut in_string, mut escaped, mut expecting) = (false, false, false);
-    for &b in text {
+/// One element of the array in `text`, parsed alone: an error names the file's line, and a
+/// column counted in bytes from that line's start, as serde_json counts (the element's own
+/// line is padded to where it starts).
+fn parse_element(
+    text: &str,
+    element: &ArrayElement,
+) -> std::result::Result<JsonRecord, (usize, String)> {
+    let line_start = text[..element.start].rfind('\n').map_or(0, |i| i + 1);
+    let padded = format!(
+        "{}{}",
+        " ".repeat(element.start - line_start),
+        &text[element.start..element.end]
+    );
+    JsonRecord::parse(&padded).map_err(|e| (element.line + e.line() - 1, json_problem(&e)))
+}
+
+/// One element of a file's top-level JSON array: its bytes and the 1-based line it starts on.
+struct ArrayElement {
+    start: usize,
+    end: usize,
+    line: usize,
+}
+
+/// The elements of the top-level JSON array that `text` holds, found by nesting depth outside
+/// strings, so that an element that is not valid JSON has its bounds still: `None` where the
+/// array itself is broken (a bracket or string never closed, a missing or trailing comma
+/// between elements, text after the array), which no element's bounds can mend.
+fn array_elements(text: &[u8]) -> Option<Vec<ArrayElement>> {
+    let mut elements: Vec<ArrayElement> = Vec::new();
+    let (mut line, mut depth, mut closed) = (1, 0usize, false);
+    let (mut in_string, mut escaped) = (false, false);
+    // Between `[` or `,` and an element's first byte; after a comma, a `]` there is a
+    // trailing comma.
+    let (mut expecting, mut after_comma) = (false, false);
+    for (i, &b) in text.iter().enumerate() {
         if b == b'\n' {
             line += 1;
         }
@@ -908,24 +974,46 @@ fn array_element_lines(text: &[u8]) -> Vec<usize> {
                 (false, b'"') => in_string = false,
                 _ => {}
             }
+            if let Some(element) = elements.last_mut() {
+                element.end = i + 1;
+            }
             continue;
         }
-        if depth == 1 && expecting && !b.is_ascii_whitespace() && b != b']' {
-            lines.push(line);
-            expecting = false;
+        if b.is_ascii_whitespace() {
+            continue;
         }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                expecting = depth == 1;
+        match (depth, b) {
+            (_, _) if closed => return None,
+            (0, b'[') => (depth, expecting) = (1, true),
+            (0, _) => return None,
+            (1, b',') if expecting => return None,
+            (1, b',') => (expecting, after_comma) = (true, true),
+            (1, b']') if expecting && after_comma => return None,
+            (1, b']') => (depth, closed) = (0, true),
+            _ => {
+                if depth == 1 && expecting {
+                    elements.push(ArrayElement {
+                        start: i,
+                        end: i,
+                        line,
+                    });
+                    expecting = false;
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'[' | b'{' => depth += 1,
+                    // A stray closing bracket of an element at the array's own level is the
+                    // element's fault, found when the element is parsed.
+                    b']' | b'}' if depth > 1 => depth -= 1,
+                    _ => {}
+                }
+                if let Some(element) = elements.last_mut() {
+                    element.end = i + 1;
+                }
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            b',' if depth == 1 => expecting = true,
-            _ => {}
         }
     }
-    lines
+    closed.then_some(elements)
 }
 
 /// What the quotes of a CSV file do, as the csv reader parses them (RFC 4180: a quote opens

@@ -506,6 +506,76 @@ fn custom_csv_tsv_jsonl() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("line 3") && e.contains("one JSON array"), "{e}");
+    // An element that is not valid JSON, or repeats a key, is its row's fault: skipped and
+    // reported at its line (the column counted on that line), the rows around it kept.
+    let broken_row = "  {\"review\": \"b\", \"sentiment\": },";
+    write(
+        r,
+        "f.json",
+        &format!(
+            "[\n  {{\"review\": \"a\", \"sentiment\": 1}},\n{broken_row}\n  \
+             {{\"review\": \"c\",\n   \"sentiment\": 2, \"sentiment\": 3}}, {{\"review\": \"d\", \
+             \"sentiment\": 0.5}}\n]\n"
+        ),
+    );
+    let ds = spec("f.json", TaskKind::Regression)
+        .load(OnMalformed::Skip)
+        .unwrap();
+    assert_eq!(ds.source_lines, vec![2, 5]);
+    assert_eq!(ds.examples[1].text_a, "d");
+    assert_eq!(ds.skipped.len(), 2, "{:?}", ds.skipped);
+    let column = broken_row.find('}').unwrap() + 1;
+    assert!(
+        ds.skipped[0].contains("f.json:3:")
+            && ds.skipped[0].contains(&format!("column {column}"))
+            && ds.skipped[0].contains("element 2 of the array"),
+        "{:?}",
+        ds.skipped
+    );
+    assert!(
+        ds.skipped[1].contains("f.json:5:")
+            && ds.skipped[1].contains("`sentiment` appears twice")
+            && ds.skipped[1].contains("element 3 of the array"),
+        "{:?}",
+        ds.skipped
+    );
+    let e = spec("f.json", TaskKind::Regression)
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 3") && e.contains("element 2 of the array"),
+        "{e}"
+    );
+    // A broken array (a trailing comma, an element missing between commas, text after the
+    // array) has no elements to skip to: the file is refused, naming the line.
+    for (file, text, line) in [
+        (
+            "g.json",
+            "[{\"review\": \"a\", \"sentiment\": 1},\n]\n",
+            "line 2",
+        ),
+        (
+            "h.json",
+            "[{\"review\": \"a\", \"sentiment\": 1},\n,{}]\n",
+            "line 2",
+        ),
+        (
+            "i.json",
+            "[{\"review\": \"a\", \"sentiment\": 1}]\nx\n",
+            "line 2",
+        ),
+    ] {
+        write(r, file, text);
+        let e = spec(file, TaskKind::Regression)
+            .load(OnMalformed::Skip)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(line) && e.contains("one JSON array"),
+            "{file}: {e}"
+        );
+    }
     // One object holding the rows, or one object over several lines, is not rows; a .json
     // file of JSON Lines (one row, or several) still is.
     for (file, text, needle) in [
@@ -788,6 +858,22 @@ fn classes_are_inferred_from_a_training_file() {
         "{\"text\":\"a\",\"label\":10}\n{\"text\":\"b\",\"label\":1.0}\n{\"text\":\"c\",\"label\":9}\n",
     );
     assert_eq!(kind.unwrap(), classes(&["1", "9", "10"]));
+    // Among names too: `1` and `1.0` (and `1e0`) are one class, and their rows load as it.
+    let mixed = "text,label\na,1.0\nb,neg\nc,1\nd,0.50\ne,1e0\nf,.5\n";
+    assert_eq!(
+        infer("mixed.csv", mixed).unwrap(),
+        classes(&["0.50", "1", "neg"])
+    );
+    let mut spec = text_label_table(tmp.path().join("mixed.csv"));
+    spec.kind = classes(&["0.50", "1", "neg"]);
+    let targets: Vec<_> = spec
+        .load(OnMalformed::Error)
+        .unwrap()
+        .examples
+        .into_iter()
+        .map(|e| e.target)
+        .collect();
+    assert_eq!(targets, [1, 2, 1, 0, 1, 0].map(|c| Some(Target::Class(c))));
     // Binary data keeps two classes however few of them it shows.
     let kind = infer("ones.tsv", "text\tlabel\na\t1\nb\t1\n").unwrap();
     assert_eq!(kind, classes(&["0", "1"]));
