@@ -52,6 +52,23 @@ impl GradcheckReport {
     }
 }
 
+/// Where a [`gradcheck_with_progress`] run stands, given before each tensor is differenced:
+/// a check of many coordinates takes a while (each coordinate costs two or more f64 forward
+/// passes), and a caller may show how far it got.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradcheckProgress<'a> {
+    /// The tensor about to be checked, 1-based among `tensors`.
+    pub tensor: usize,
+    /// Tensors to check (the skipped key biases not counted).
+    pub tensors: usize,
+    /// Its name.
+    pub name: &'a str,
+    /// Coordinates it will difference: `samples`, or all of a smaller tensor.
+    pub coordinates: usize,
+    /// Coordinates of all the tensors together.
+    pub planned_coordinates: usize,
+}
+
 /// What is wrong with a tolerance for [`GradcheckReport::within`] (`None`: a positive number),
 /// for callers that refuse it before the check runs, naming their own setting.
 pub fn tolerance_problem(tolerance: f64) -> Option<String> {
@@ -225,6 +242,27 @@ pub fn gradcheck<B: Backend>(
     samples: usize,
     seed: u64,
 ) -> Result<GradcheckReport> {
+    gradcheck_with_progress(
+        device,
+        checkpoint,
+        config,
+        texts,
+        samples,
+        seed,
+        &mut |_| {},
+    )
+}
+
+/// [`gradcheck`], calling `progress` before each tensor is checked.
+pub fn gradcheck_with_progress<B: Backend>(
+    device: &B,
+    checkpoint: &Checkpoint,
+    config: &PeftConfig,
+    texts: &[&str],
+    samples: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(GradcheckProgress<'_>),
+) -> Result<GradcheckReport> {
     if texts.is_empty() || samples == 0 {
         return Err(Error::invalid(
             "gradcheck",
@@ -304,13 +342,37 @@ pub fn gradcheck<B: Backend>(
         worst_tensor: String::new(),
         skipped: Vec::new(),
     };
+    // The key biases, gradient exactly zero, are not differenced (see below).
+    let is_checked = |name: &str| !name.ends_with("attention.self.key.bias");
+    let checked: Vec<(&String, usize)> = names
+        .iter()
+        .filter(|n| is_checked(n))
+        .map(|n| {
+            let params = model.params();
+            let numel = params
+                .iter()
+                .find(|p| &p.name == n)
+                .map_or(0, |p| p.value.shape().numel());
+            (n, numel.min(samples))
+        })
+        .collect();
+    let planned_coordinates = checked.iter().map(|(_, c)| c).sum();
     for name in &names {
+        if let Some(k) = checked.iter().position(|(n, _)| *n == name) {
+            progress(GradcheckProgress {
+                tensor: k + 1,
+                tensors: checked.len(),
+                name,
+                coordinates: checked[k].1,
+                planned_coordinates,
+            });
+        }
         let g = device.to_f64(
             grads
                 .get(name)
                 .ok_or_else(|| Error::Autograd(format!("no gradient for {name}")))?,
         )?;
-        if name.ends_with("attention.self.key.bias") {
+        if !is_checked(name) {
             // Its gradient is exactly zero (softmax ignores a per-query shift): no ratio to
             // take, and finite differences would compare rounding noise with rounding noise.
             // A non-finite value there is still a failure.

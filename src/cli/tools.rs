@@ -2,7 +2,7 @@ use clap::Args;
 use serde_json::json;
 use spafit::bench::{bench_train_step_with, BenchSettings, StepKernelTimes};
 use spafit::checkpoint::{BertConfig, Checkpoint};
-use spafit::gradcheck::{gradcheck, tolerance_problem};
+use spafit::gradcheck::{gradcheck_with_progress, tolerance_problem, GradcheckProgress};
 use spafit::model::{check_batch_memory, BertClassifier, Pass};
 use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
 use spafit::Result;
@@ -13,6 +13,9 @@ use spafit::backend::Backend;
 use super::args::{on_backend, AnyBackend, ModelArgs, PeftArgs};
 use super::train::setup;
 
+/// Coordinates from which a gradcheck shows its progress.
+const LONG_GRADCHECK: usize = 1000;
+
 /// `spafit gradcheck`.
 #[derive(Args, Debug)]
 pub struct GradcheckCommand {
@@ -20,7 +23,8 @@ pub struct GradcheckCommand {
     pub model: ModelArgs,
     #[command(flatten)]
     pub peft: PeftArgs,
-    /// Coordinates per trainable tensor.
+    /// Coordinates per trainable tensor (all of a smaller one); a check of many shows its
+    /// progress on stderr.
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 2, allow_hyphen_values = true)]
     pub samples: usize,
     /// Seed of the adapters, dropout and sampled coordinates.
@@ -65,7 +69,38 @@ impl GradcheckCommand {
             "it is not bad at all",
             "so-so",
         ];
-        let r = gradcheck(&backend, &checkpoint, peft, &texts, self.samples, self.seed)?;
+        let mut show = |p: GradcheckProgress<'_>| {
+            // A short check says nothing until its result; a long one (a large --samples
+            // reaches every coordinate of big tensors) says what it will do and how far it got.
+            if p.planned_coordinates < LONG_GRADCHECK {
+                return;
+            }
+            if p.tensor == 1 {
+                note!(
+                    "checking {} coordinates of {} tensors, each two or more f64 forward passes \
+                     (--samples {} per tensor; fewer check faster)",
+                    p.planned_coordinates,
+                    p.tensors,
+                    self.samples
+                );
+            }
+            note!(
+                "tensor {}/{}: {} ({} coordinates)",
+                p.tensor,
+                p.tensors,
+                p.name,
+                p.coordinates
+            );
+        };
+        let r = gradcheck_with_progress(
+            &backend,
+            &checkpoint,
+            peft,
+            &texts,
+            self.samples,
+            self.seed,
+            &mut show,
+        )?;
         let skipped = match r.skipped.len() {
             0 => String::new(),
             n => format!(" ({n} attention key biases skipped: their gradient is exactly zero)"),

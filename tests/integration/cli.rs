@@ -1016,6 +1016,62 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
 
 const MNLI_COLUMNS: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
 
+/// A check of many coordinates says what it will do and shows each tensor as it starts;
+/// a short one says nothing before its result.
+#[test]
+fn a_long_gradcheck_shows_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny");
+    common::tiny_bert::write_checkpoint(&tiny);
+    let m = tiny.display().to_string();
+    // Full fine-tuning: the 30522 × 15 word embeddings alone give 1200 coordinates.
+    let (ok, stdout, err) = spafit(&[
+        "gradcheck",
+        "--model",
+        &m,
+        "--method",
+        "full",
+        "--samples",
+        "1200",
+    ]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    let (coordinates, tensors) = (
+        line["coordinates"].as_u64().unwrap(),
+        line["tensors"].as_u64().unwrap(),
+    );
+    assert!(coordinates > 1200, "{line}");
+    assert!(
+        err.contains(&format!(
+            "checking {coordinates} coordinates of {tensors} tensors"
+        )),
+        "{err}"
+    );
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("tensor ")).collect();
+    assert_eq!(progress.len() as u64, tensors, "{err}");
+    assert!(
+        progress[0].starts_with(&format!("tensor 1/{tensors}: ")),
+        "{err}"
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|l| l.contains("word_embeddings") && l.ends_with("(1200 coordinates)")),
+        "{err}"
+    );
+    let (ok, _, err) = spafit(&[
+        "gradcheck",
+        "--model",
+        &m,
+        "--method",
+        "bitfit",
+        "--samples",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("tensor 1/"), "{err}");
+}
+
 #[test]
 fn gradcheck_and_bench_print_json() {
     let m = model();

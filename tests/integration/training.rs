@@ -9,7 +9,7 @@ use common::{host, tiny_bert};
 use spafit::adapter::load_adapter;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
-use spafit::checkpoint::{BertConfig, Checkpoint, WeightsFile};
+use spafit::checkpoint::{Checkpoint, WeightsFile};
 use spafit::data::{rotten_tomatoes, training_batches, Dataset, Example, Target, TaskKind};
 use spafit::model::{BertClassifier, BertModel};
 use spafit::nn::Linear;
@@ -161,55 +161,6 @@ fn smoke_training_on_the_real_model_learns() {
     assert!(out.path().join("best/adapter.safetensors").is_file());
 }
 
-/// A tiny random BERT with the real tokenizer's vocabulary, written as a checkpoint.
-fn tiny_checkpoint(dir: &Path) -> Checkpoint {
-    tiny_checkpoint_holding(dir, |_| true)
-}
-
-/// [`tiny_checkpoint`] with only the tensors `keep` accepts.
-fn tiny_checkpoint_holding(dir: &Path, keep: impl Fn(&str) -> bool) -> Checkpoint {
-    let cache = assets();
-    let config = BertConfig {
-        vocab_size: 30522,
-        max_position_embeddings: 64,
-        ..tiny_bert::config(2)
-    };
-    let tensors = tiny_bert::tensors(&config, 11);
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .filter(|(n, _)| keep(n))
-        .map(|(n, (s, v))| {
-            (
-                n.clone(),
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    std::fs::create_dir_all(dir).unwrap();
-    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_string(&serde_json::json!({
-        "vocab_size": 30522, "hidden_size": 15, "num_hidden_layers": 2, "num_attention_heads": 3,
-        "intermediate_size": 13, "max_position_embeddings": 64, "type_vocab_size": 2
-    })).unwrap()).unwrap();
-    std::fs::copy(
-        cache.join("models/all-MiniLM-L6-v2/tokenizer.json"),
-        dir.join("tokenizer.json"),
-    )
-    .unwrap();
-    Checkpoint::open(dir).unwrap()
-}
-
 fn regression_data(n: usize, nan_from: Option<usize>) -> Dataset {
     let words = [
         "good", "bad", "fine", "awful", "great", "dull", "sharp", "slow",
@@ -317,7 +268,7 @@ fn file_tensors(path: &Path) -> Vec<(String, Vec<f64>)> {
 #[test]
 fn resume_reproduces_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let data = regression_data(40, None);
     let tok = tokenizer(&ck);
@@ -479,7 +430,7 @@ fn resume_reproduces_an_uninterrupted_run() {
 #[test]
 fn overflowing_outputs_are_refused_not_scored() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f32();
     let data = regression_data(12, None);
     let tok = tokenizer(&ck);
@@ -505,7 +456,7 @@ fn overflowing_outputs_are_refused_not_scored() {
 #[test]
 fn the_classifier_dropout_follows_the_config_as_in_transformers() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let mut ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let data = regression_data(24, None);
     let tok = tokenizer(&ck);
@@ -543,7 +494,7 @@ fn the_classifier_dropout_follows_the_config_as_in_transformers() {
 #[test]
 fn a_checkpoint_without_a_pooler_trains_a_fresh_one_and_saves_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint_holding(&tmp.path().join("ck"), |n| !n.contains("pooler"));
+    let ck = tiny_bert::write_checkpoint_holding(&tmp.path().join("ck"), |n| !n.contains("pooler"));
     let cpu = CpuBackend::f64();
     let data = regression_data(24, None);
     let tok = tokenizer(&ck);
@@ -588,7 +539,7 @@ fn a_checkpoint_without_a_pooler_trains_a_fresh_one_and_saves_it() {
 #[test]
 fn resume_keeps_the_best_evaluation_and_a_clean_log() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let (data, dev) = (regression_data(40, None), regression_data(12, None));
     let tok = tokenizer(&ck);
@@ -688,7 +639,7 @@ fn a_clone_shares_weights_until_it_trains<B: Backend>(backend: &B, ck: &Checkpoi
 #[test]
 fn a_cloned_model_shares_its_weights_until_one_copy_trains() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     a_clone_shares_weights_until_it_trains(&CpuBackend::f64(), &ck);
     let cuda = spafit::backend::cuda::CudaBackend::hardware_or_emulated(spafit::tensor::DType::F32)
         .unwrap();
@@ -717,7 +668,7 @@ fn an_observer_sees_the_run_and_stops_it_where_a_resume_continues() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let (data, dev) = (regression_data(40, None), regression_data(12, None));
     let tok = tokenizer(&ck);
@@ -900,7 +851,7 @@ fn data_overflowing_at_step(tok: &TextTokenizer, config: &TrainConfig, step: usi
 #[test]
 fn a_non_finite_loss_stops_with_the_step_and_keeps_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let out = tmp.path().join("run");
@@ -963,7 +914,7 @@ fn a_non_finite_loss_stops_with_the_step_and_keeps_checkpoints() {
 #[test]
 fn diverged_weights_and_evaluations_are_never_saved() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
     // One batch: the step that overflows is the last one.
     let data = regression_data(8, None);
@@ -1025,7 +976,7 @@ fn diverged_weights_and_evaluations_are_never_saved() {
 #[test]
 fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let out = tmp.path().join("run");
@@ -1163,7 +1114,7 @@ fn a_resume_with_other_data_or_settings_is_refused_naming_them() {
 #[test]
 fn a_finished_run_without_its_state_is_not_overwritten() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let out = tmp.path().join("run");
@@ -1203,7 +1154,7 @@ fn a_finished_run_without_its_state_is_not_overwritten() {
 #[test]
 fn unlabeled_examples_are_named() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let mut data = regression_data(8, None);
@@ -1248,7 +1199,7 @@ fn unlabeled_examples_are_named() {
 #[test]
 fn a_locked_run_folder_is_refused_to_its_own_thread_unless_passed_on() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let out = tmp.path().join("run");
@@ -1284,7 +1235,7 @@ fn a_locked_run_folder_is_refused_to_its_own_thread_unless_passed_on() {
 #[test]
 fn a_run_is_not_written_into_a_model_or_adapter_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let data = regression_data(8, None);
@@ -1402,7 +1353,7 @@ fn the_thread_count_changes_no_bit() {
 #[test]
 fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let data = regression_data(40, None);
     let tok = tokenizer(&ck);
@@ -1555,7 +1506,7 @@ fn the_batch_log_holds_each_steps_examples_and_their_tokens() {
 #[test]
 fn evaluation_data_and_step_counts_are_checked() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let (mut model, plan) = tiny_model(&ck, &cpu);
@@ -1716,7 +1667,7 @@ fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
     use spafit::backend::cuda::CudaBackend;
     use spafit::tensor::DType;
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
     for dtype in [DType::F32, DType::BF16] {
         let cuda = CudaBackend::hardware_or_emulated(dtype).unwrap();
@@ -1790,7 +1741,7 @@ fn a_cuda_training_step_waits_for_the_device_a_fixed_few_times() {
 #[test]
 fn the_library_values_print_as_summaries() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let data = regression_data(40, None);
@@ -1846,7 +1797,7 @@ fn the_library_values_print_as_summaries() {
 #[test]
 fn the_report_carries_the_training_inputs_for_save_adapter() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let tok = tokenizer(&ck);
     let single = regression_data(8, None);
@@ -1924,7 +1875,7 @@ fn learning_rate_schedules_match_transformers() {
         .find(|c| c["kind"] == "cosine" && c["total"] == 5 && c["warmup"] == 1)
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let cpu = CpuBackend::f64();
     let (mut model, plan) = tiny_model(&ck, &cpu);
     let out = tmp.path().join("cosine");
@@ -1971,7 +1922,7 @@ fn learning_rate_schedules_match_transformers() {
 #[test]
 fn a_resume_compares_the_warmup_steps_not_the_flags() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
     let cpu = CpuBackend::f64();
     let data = regression_data(20, None);
@@ -2049,7 +2000,7 @@ fn a_resume_compares_the_warmup_steps_not_the_flags() {
 #[test]
 fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
     let cpu = CpuBackend::f64();
     let (train, dev) = (regression_data(20, None), regression_data(7, None));
@@ -2136,7 +2087,7 @@ fn early_stopping_ends_the_run_and_a_resume_keeps_its_count() {
 #[test]
 fn the_best_metric_picks_the_best_evaluation() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
     let cpu = CpuBackend::f64();
     let train = regression_data(20, None);
@@ -2288,7 +2239,7 @@ fn micro_batches_train_as_the_whole_batch() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
     let data = regression_data(20, None);
     let no_dropout = |p: &mut PeftPlan| {
@@ -2504,7 +2455,7 @@ fn micro_batches_train_as_the_whole_batch() {
 #[test]
 fn training_inputs_are_all_single_texts_or_all_pairs() {
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = tokenizer(&ck);
     let cpu = CpuBackend::f64();
     let singles = regression_data(6, None);
@@ -2568,7 +2519,7 @@ fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = ck.tokenizer(64).unwrap();
     let cuda = CudaBackend::emulated(DType::F32).unwrap();
     let lengthen = |d: Dataset| Dataset {
@@ -2691,7 +2642,7 @@ fn a_step_out_of_device_memory_keeps_the_steps_before_it() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = ck.tokenizer(64).unwrap();
     let cuda = CudaBackend::emulated(DType::F32).unwrap();
     // Three long examples among short ones: the batches that hold one peak higher.
@@ -2885,7 +2836,7 @@ fn an_update_out_of_device_memory_keeps_the_steps_before_it() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let ck = tiny_checkpoint(&tmp.path().join("ck"));
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
     let tok = ck.tokenizer(64).unwrap();
     let cuda = CudaBackend::emulated(DType::F32).unwrap();
     let train = regression_data(24, None);

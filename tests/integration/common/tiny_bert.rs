@@ -1,9 +1,10 @@
 //! A tiny random BERT at odd sizes, as named tensors, to build models and checkpoints from.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use spafit::backend::Backend;
-use spafit::checkpoint::BertConfig;
+use spafit::checkpoint::{BertConfig, Checkpoint};
 use spafit::rng::SplitMix;
 use spafit::tensor::{Shape, Tensor};
 
@@ -128,4 +129,52 @@ pub fn random_init<B: Backend>(
             .collect();
         backend.tensor_from_f64(shape, &v)
     }
+}
+
+/// A tiny random BERT with the real tokenizer's vocabulary, written as a checkpoint.
+pub fn write_checkpoint(dir: &Path) -> Checkpoint {
+    write_checkpoint_holding(dir, |_| true)
+}
+
+/// [`write_checkpoint`] with only the tensors `keep` accepts.
+pub fn write_checkpoint_holding(dir: &Path, keep: impl Fn(&str) -> bool) -> Checkpoint {
+    let config = BertConfig {
+        vocab_size: 30522,
+        max_position_embeddings: 64,
+        ..config(2)
+    };
+    let tensors = tensors(&config, 11);
+    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .filter(|(n, _)| keep(n))
+        .map(|(n, (s, v))| {
+            (
+                n.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&serde_json::json!({
+        "vocab_size": 30522, "hidden_size": 15, "num_hidden_layers": 2, "num_attention_heads": 3,
+        "intermediate_size": 13, "max_position_embeddings": 64, "type_vocab_size": 2
+    })).unwrap()).unwrap();
+    std::fs::copy(
+        super::minilm_dir().join("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    Checkpoint::open(dir).unwrap()
 }
