@@ -37,10 +37,24 @@ impl TableFormat {
                          .jsonl or .json file"
                     .into(),
             }),
-            _ => Err(Error::Format {
-                path: path.to_path_buf(),
-                detail: "unknown table format: use a .csv, .tsv, .jsonl or .json file".into(),
-            }),
+            _ => {
+                use std::os::unix::fs::FileTypeExt;
+                // `<(…)` and `/dev/stdin` name a pipe without a format's extension.
+                let pipe = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+                let hint = match pipe {
+                    true => {
+                        " (this pipe's name says no format: give the pipe a name that does, \
+                         `mkfifo rows.csv`, or link one to it, `ln -s /dev/stdin rows.csv`)"
+                    }
+                    false => "",
+                };
+                Err(Error::Format {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "unknown table format: use a .csv, .tsv, .jsonl or .json file{hint}"
+                    ),
+                })
+            }
         }
     }
 }

@@ -618,6 +618,22 @@ fn custom_csv_tsv_jsonl() {
         .unwrap_err()
         .to_string()
         .contains("unknown table format"));
+    // A pipe's name (`<(cat rows.csv)`, here one of this process's own) says how to name it.
+    let mut ends = [0; 2];
+    // SAFETY: `ends` has room for the two descriptors pipe() writes.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    let mut piped = spec("x.csv", pn());
+    piped.path = format!("/proc/self/fd/{}", ends[0]).into();
+    let e = piped.load(OnMalformed::Error).unwrap_err().to_string();
+    // SAFETY: both ends are ours and no longer used.
+    unsafe {
+        libc::close(ends[0]);
+        libc::close(ends[1]);
+    }
+    assert!(
+        e.contains("unknown table format") && e.contains("mkfifo rows.csv"),
+        "{e}"
+    );
 }
 
 /// A row that is not UTF-8 names its file, line and what to do, in every reader; skipping
