@@ -452,21 +452,11 @@ impl Edited {
             })
             .collect();
         edit(&mut all);
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = all
+        let stored: Vec<common::family_fixture::Stored> = all
             .into_iter()
-            .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .map(|(n, s, v)| (n, safetensors::Dtype::F64, s, v))
             .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-            .iter()
-            .map(|(n, s, b)| {
-                (
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b)
-                        .unwrap(),
-                )
-            })
-            .collect();
-        safetensors::tensor::serialize_to_file(views, None, &path).unwrap();
+        common::family_fixture::write_tensors(&path, &stored);
     }
 
     fn error(&self) -> String {

@@ -144,29 +144,13 @@ pub fn write_checkpoint_holding(dir: &Path, keep: impl Fn(&str) -> bool) -> Chec
         ..config(2)
     };
     let tensors = tensors(&config, 11);
-    let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
+    let stored: Vec<super::family_fixture::Stored> = tensors
+        .into_iter()
         .filter(|(n, _)| keep(n))
-        .map(|(n, (s, v))| {
-            (
-                n.clone(),
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F64, s.clone(), b)
-                    .unwrap(),
-            )
-        })
+        .map(|(n, (s, v))| (n, safetensors::Dtype::F64, s, v))
         .collect();
     std::fs::create_dir_all(dir).unwrap();
-    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    super::family_fixture::write_tensors(&dir.join("model.safetensors"), &stored);
     std::fs::write(dir.join("config.json"), serde_json::to_string(&serde_json::json!({
         "vocab_size": 30522, "hidden_size": 15, "num_hidden_layers": 2, "num_attention_heads": 3,
         "intermediate_size": 13, "max_position_embeddings": 64, "type_vocab_size": 2
