@@ -169,6 +169,32 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             !ok && err.contains("cannot load") && reason.trim_start_matches(": ").len() > 5,
             "{err}"
         );
+        // A stand-in or kernel module cut short (a build still writing it) is named, where
+        // the loader would map it whole and die of SIGBUS past its end.
+        for (cut, keep) in [
+            ("libcuda.so", 5000),
+            ("kernels/gemm.so", 10_000),
+            ("kernels/emulator_selftest.so", 1000),
+        ] {
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::create_dir(copy.path().join("kernels")).unwrap();
+            for entry in std::fs::read_dir(stand_in.join("kernels")).unwrap() {
+                let from = entry.unwrap().path();
+                let to = copy.path().join("kernels").join(from.file_name().unwrap());
+                std::fs::copy(&from, &to).unwrap();
+            }
+            std::fs::copy(stand_in.join("libcuda.so"), copy.path().join("libcuda.so")).unwrap();
+            let bytes = std::fs::read(copy.path().join(cut)).unwrap();
+            std::fs::write(copy.path().join(cut), &bytes[..keep]).unwrap();
+            let (ok, _, err) = spafit_with_env(
+                &bench_on("cuda-emu"),
+                &[("SPAFIT_EMULATOR_DIR", copy.path().as_os_str())],
+            );
+            assert!(
+                !ok && err.contains(cut) && err.contains(&format!("cut short: {keep} bytes")),
+                "{cut}: {err}"
+            );
+        }
     }
     // A broken libcuda first on the library path is not "no driver": it is named.
     let broken = tempfile::tempdir().unwrap();

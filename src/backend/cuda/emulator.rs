@@ -107,6 +107,7 @@ pub fn use_emulator() -> Result<()> {
         }));
     }
     check_kernel_modules(&dir)?;
+    refuse_cut_short(&path)?;
     // SAFETY: loading our own library, whose initialisers only read environment variables.
     let lib = unsafe {
         libloading::os::unix::Library::open(
@@ -145,6 +146,16 @@ fn check_kernel_modules(dir: &std::path::Path) -> Result<()> {
         .filter(|file| !kernel_dir.join(file).is_file())
         .collect();
     if missing.is_empty() {
+        // The stand-in loads every module of the folder, this build's or not.
+        let modules = std::fs::read_dir(&kernel_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|e| e == "so"));
+        for module in modules {
+            refuse_cut_short(&module)?;
+        }
         return Ok(());
     }
     let hint = if from_variable.is_some() {
@@ -161,6 +172,65 @@ fn check_kernel_modules(dir: &std::path::Path) -> Result<()> {
         kernel_dir.display(),
         missing.join(", ")
     )))
+}
+
+/// Refuses a shared object shorter than its own ELF headers say (a build still writing it, a
+/// copy cut off): the loader maps such a file whole and the process dies of SIGBUS at the
+/// first page past its end, with no word of which file. What is not a 64-bit ELF file is
+/// left to the loader, which names its fault.
+fn refuse_cut_short(path: &std::path::Path) -> Result<()> {
+    match elf_bytes_needed(path) {
+        Some((len, needed)) if len < needed => Err(unavailable(format!(
+            "{} is cut short: {len} bytes where its ELF headers need {needed} (a build still \
+             writing it, or a damaged copy): rebuild spafit (build.rs makes it), or point \
+             SPAFIT_EMULATOR_DIR at a whole stand-in",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A 64-bit little-endian ELF file's length and the length its headers need: the end of its
+/// section header table and of every segment's file bytes. `None` for any other file, or
+/// one that cannot be read (the loader then says why).
+fn elf_bytes_needed(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut header = [0u8; 64];
+    if file.read_exact_at(&mut header, 0).is_err() {
+        // Shorter than an ELF header: cut short if it begins as one.
+        let mut magic = [0u8; 4];
+        return (file.read_exact_at(&mut magic, 0).is_ok() && magic == *b"\x7fELF")
+            .then_some((len, 64));
+    }
+    // ELFCLASS64, ELFDATA2LSB.
+    if header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], at: usize| u64::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("eight bytes"));
+    let (program_headers, entry_size, entries) = (
+        u64_at(&header, 0x20),
+        u16_at(&header, 0x36),
+        u16_at(&header, 0x38),
+    );
+    let sections_end =
+        u64_at(&header, 0x28).saturating_add(u16_at(&header, 0x3a) * u16_at(&header, 0x3c));
+    let table_end = program_headers.saturating_add(entry_size * entries);
+    let mut needed = sections_end.max(table_end);
+    if table_end > len || entry_size < 40 {
+        return Some((len, needed));
+    }
+    let mut entry = vec![0u8; entry_size as usize];
+    for i in 0..entries {
+        file.read_exact_at(&mut entry, program_headers + i * entry_size)
+            .ok()?;
+        // p_offset at 8, p_filesz at 32.
+        needed = needed.max(u64_at(&entry, 8).saturating_add(u64_at(&entry, 32)));
+    }
+    Some((len, needed))
 }
 
 /// The stand-in reads its settings from the environment when it loads, where it can only
