@@ -97,8 +97,9 @@ pub struct TrainArgs {
     /// whole if the run fails.
     #[arg(long)]
     pub write_batches: Option<PathBuf>,
-    /// No progress bar, and no per-evaluation or resume lines on stderr (warnings and the
-    /// final JSON line stay; metrics.jsonl under --output has every evaluation).
+    /// No progress bar and no per-evaluation lines on stderr (metrics.jsonl under --output
+    /// has every evaluation); the opening line, which says where a resumed run starts, the
+    /// notices and warnings, and the final JSON line stay.
     #[arg(long)]
     pub quiet: bool,
 }

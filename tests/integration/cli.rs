@@ -100,12 +100,17 @@ fn cuda_and_bad_arguments_are_clear_errors() {
     // it labelled cuda:0; and the stand-in's settings from the environment are checked, not
     // half-read.
     if let Ok(dir) = spafit::backend::cuda::emulator::emulator_dir() {
-        let (ok, _, err) =
-            spafit_with_env(&bench_on("cuda"), &[("LD_LIBRARY_PATH", dir.as_os_str())]);
-        assert!(
-            !ok && err.contains("CPU stand-in, not NVIDIA's driver"),
-            "{err}"
-        );
+        let preloaded = dir.join("libcuda.so");
+        for (variable, value) in [
+            ("LD_LIBRARY_PATH", dir.as_os_str()),
+            ("LD_PRELOAD", preloaded.as_os_str()),
+        ] {
+            let (ok, _, err) = spafit_with_env(&bench_on("cuda"), &[(variable, value)]);
+            assert!(
+                !ok && err.contains("CPU stand-in, not NVIDIA's driver") && err.contains(variable),
+                "{variable}: {err}"
+            );
+        }
     }
     // An empty SPAFIT_EMULATOR_DIR reads as unset (the stand-in this build made runs), and
     // the stand-in's failures are said once, in spafit's error, not echoed by it as well.

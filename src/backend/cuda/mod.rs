@@ -493,7 +493,10 @@ impl CudaBackend {
         if emulator::driver_library_is_stand_in() {
             return Err(unavailable(
                 ordinal,
-                "the libcuda.so found on the library path (LD_LIBRARY_PATH) is spafit's CPU stand-in, not NVIDIA's driver; `--device cuda-emu` runs on the stand-in by name, `--device cuda` needs NVIDIA's driver",
+                "the libcuda.so this process loads (through LD_LIBRARY_PATH, LD_PRELOAD or the \
+                 system's library path) is spafit's CPU stand-in, not NVIDIA's driver; \
+                 `--device cuda-emu` runs on the stand-in by name, `--device cuda` needs \
+                 NVIDIA's driver",
             ));
         }
         emulator::claim_hardware()?;
