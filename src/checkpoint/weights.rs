@@ -430,29 +430,32 @@ impl WeightsFile {
             )));
         }
         let data = view.data;
-        let values: Vec<f64> = match view.dtype {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect(),
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk")))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
-                .collect(),
+        let mut values = crate::tensor::reserve_host::<f64>(shape.numel(), "checkpoint", || {
+            format!("reading tensor `{stored}` {shape} as f64")
+        })?;
+        match view.dtype {
+            Dtype::F32 => values.extend(
+                data.chunks_exact(4)
+                    .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            ),
+            Dtype::F64 => values.extend(
+                data.chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk"))),
+            ),
+            Dtype::F16 => values.extend(
+                data.chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()),
+            ),
+            Dtype::BF16 => values.extend(
+                data.chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64()),
+            ),
             other => {
                 return Err(format(format!(
                     "tensor `{stored}` has dtype {other:?}; expected F32, F16, BF16 or F64"
                 )))
             }
-        };
+        }
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(format(format!(
                 "tensor `{stored}` holds {} at flat index {i}: {NON_FINITE_WEIGHTS}",

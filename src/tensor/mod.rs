@@ -8,10 +8,12 @@
 
 mod bf16_rounding;
 mod dtype;
+mod host_buffer;
 mod shape;
 
 pub use bf16_rounding::bf16_from_f64;
 pub use dtype::DType;
+pub(crate) use host_buffer::reserve_host;
 pub use shape::Shape;
 
 use std::sync::Arc;

@@ -201,14 +201,23 @@ impl Backend for CpuBackend {
     }
 
     fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>> {
+        let what = || format!("a {dtype} tensor {shape}");
         let buf = match dtype {
-            DType::F32 => CpuBuffer::F32(data.iter().map(|&v| v as f32).collect()),
-            DType::F64 => CpuBuffer::F64(data.to_vec()),
-            DType::BF16 => CpuBuffer::BF16(
-                data.iter()
-                    .map(|&v| crate::tensor::bf16_from_f64(v))
-                    .collect(),
-            ),
+            DType::F32 => {
+                let mut values = crate::tensor::reserve_host(data.len(), "tensor", what)?;
+                values.extend(data.iter().map(|&v| v as f32));
+                CpuBuffer::F32(values)
+            }
+            DType::F64 => {
+                let mut values = crate::tensor::reserve_host(data.len(), "tensor", what)?;
+                values.extend_from_slice(data);
+                CpuBuffer::F64(values)
+            }
+            DType::BF16 => {
+                let mut values = crate::tensor::reserve_host(data.len(), "tensor", what)?;
+                values.extend(data.iter().map(|&v| crate::tensor::bf16_from_f64(v)));
+                CpuBuffer::BF16(values)
+            }
             other => {
                 return Err(Error::dtype(
                     "tensor",
