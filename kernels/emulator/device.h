@@ -31,6 +31,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdarg>
 #include <cstdint>
@@ -118,8 +119,11 @@ struct Runtime {
     void (*body)(void*) = nullptr;
     void* body_arg = nullptr;
     bool failed = false;
-    // One reservation holds every fiber stack of this OS thread, guard pages between.
+    // One reservation holds every fiber stack of this OS thread, guard pages between: room
+    // for the largest block launched so far (a power of two), not for 1024 threads, since the
+    // reservation counts against an address-space limit (ulimit -v) however little is used.
     unsigned char* stacks = nullptr;
+    unsigned stacks_reserved = 0;
     unsigned stacks_ready = 0;
     // Dynamic shared memory ends at a guard page; static arrays each get such a region.
     unsigned char* dynamic_map = nullptr;
@@ -263,7 +267,7 @@ inline void poison_shared() {
 
 inline Runtime::~Runtime() {
     const size_t pg = page_size();
-    if (stacks) munmap(stacks, static_cast<size_t>(kMaxThreads) * (kStackBytes + pg));
+    if (stacks) munmap(stacks, static_cast<size_t>(stacks_reserved) * (kStackBytes + pg));
     if (dynamic_map) munmap(dynamic_map, dynamic_map_bytes);
     for (auto& r : statics) munmap(r.map, r.map_bytes);
 }
@@ -310,12 +314,19 @@ inline unsigned char* stack_of(unsigned i) {
     return t_rt->stacks + static_cast<size_t>(i) * (kStackBytes + page_size()) + page_size();
 }
 
+// Called between launches only: no fiber lives on the stacks a larger reservation replaces.
 inline bool ensure_stacks(unsigned n) {
     const size_t stride = kStackBytes + page_size();
-    if (!t_rt->stacks) {
-        void* m = mmap(nullptr, stride * kMaxThreads, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (n > t_rt->stacks_reserved) {
+        unsigned reserve = 32;
+        while (reserve < n) reserve *= 2;
+        if (t_rt->stacks) munmap(t_rt->stacks, stride * t_rt->stacks_reserved);
+        t_rt->stacks = nullptr;
+        t_rt->stacks_reserved = t_rt->stacks_ready = 0;
+        void* m = mmap(nullptr, stride * reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (m == MAP_FAILED) return false;
         t_rt->stacks = static_cast<unsigned char*>(m);
+        t_rt->stacks_reserved = reserve;
     }
     for (; t_rt->stacks_ready < n; ++t_rt->stacks_ready)
         if (mprotect(stack_of(t_rt->stacks_ready), kStackBytes, PROT_READ | PROT_WRITE) != 0) return false;
@@ -438,9 +449,13 @@ inline int run_grid(void (*body)(void*), void* arg, EmuLaunch* L) {
     t_rt->block_dim = dim3(L->block[0], L->block[1], L->block[2]);
     const unsigned n = L->block[0] * L->block[1] * L->block[2];
     if (n == 0 || n > kMaxThreads) return fail("%u threads per block", n);
-    if (!ensure_stacks(n)) return fail("cannot map fiber stacks");
+    if (!ensure_stacks(n))
+        return fail("cannot map fiber stacks (%s): a block of %u threads needs %zu MiB of address space for its "
+                    "fibers' stacks (%zu KiB each) on each host thread that runs blocks, which an address-space "
+                    "limit (ulimit -v) or the host's memory does not leave",
+                    strerror(errno), n, ((kStackBytes + page_size()) * n) >> 20, kStackBytes >> 10);
     L->stack_lo = t_rt->stacks;
-    L->stack_hi = t_rt->stacks + static_cast<size_t>(kMaxThreads) * (kStackBytes + page_size());
+    L->stack_hi = t_rt->stacks + static_cast<size_t>(t_rt->stacks_reserved) * (kStackBytes + page_size());
     // Dynamic shared memory: reuse the mapping while it is large enough.
     const size_t dyn = L->dynamic_smem_bytes;
     if (dyn > 0 && (!t_rt->dynamic_map || t_rt->dynamic_map_bytes < round_up(dyn, page_size()) + 2 * page_size())) {

@@ -231,19 +231,32 @@ CUresult do_alloc(CUdeviceptr* out, size_t n) {
         g_memory_used += n;
         if (g_memory_used > g_memory_high) g_memory_high = g_memory_used;
     }
+    // The stand-in's device memory is this process's host memory: where the host (or an
+    // address-space limit) has none left, say so rather than a bare out-of-memory.
+    auto no_host_memory = [&](int err) {
+        {
+            std::lock_guard<std::mutex> l(g_mu);
+            g_memory_used -= n;
+        }
+        return failure(CUDA_ERROR_OUT_OF_MEMORY,
+                       "out of host memory: %zu bytes of device memory asked for, which the stand-in keeps in "
+                       "this process's host memory (%s: the host's free memory, a container's limit or ulimit -v "
+                       "leaves no room)",
+                       n, strerror(err));
+    };
     if (g_guard) {
         // [guard][0xFF slack | user, 16-byte aligned, ending at the guard][16 guard pages]
         size_t body = round_up(n ? n : 1, 16), pages = round_up(body, PAGE);
         a.map_len = PAGE + pages + kTrailingGuard;
         void* m = mmap(nullptr, a.map_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+        if (m == MAP_FAILED) return no_host_memory(errno);
         a.map = static_cast<char*>(m);
         mprotect(a.map + PAGE, pages, PROT_READ | PROT_WRITE);
         a.user = a.map + PAGE + pages - body;
         memset(a.map + PAGE, 0xFF, pages);
     } else {
         a.user = static_cast<char*>(aligned_alloc(256, round_up(n ? n : 1, 256)));
-        if (!a.user) return CUDA_ERROR_OUT_OF_MEMORY;
+        if (!a.user) return no_host_memory(errno);
         memset(a.user, 0xFF, n);
     }
     std::lock_guard<std::mutex> l(g_mu);

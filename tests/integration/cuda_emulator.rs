@@ -578,6 +578,75 @@ fn mma_without_the_whole_warp_fails_the_launch() {
     );
 }
 
+/// The stand-in's device memory and its fibers' stacks are this process's host memory and
+/// address space: where an address-space limit leaves no room, an allocation fails as out of
+/// host memory, saying so, and gives back what it had counted; a launch whose block cannot
+/// reserve its stacks fails naming what it needed.
+#[test]
+fn host_memory_running_out_is_an_error_value() {
+    let Some(out) = in_child("host_memory_running_out_is_an_error_value") else {
+        let e = emu();
+        emulator::set_device_memory(300 << 20).unwrap();
+        let input = e.stream.clone_htod(&vec![1.0f32; 1024]).unwrap();
+        let mut output = nan_buffer(&e, 1024);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let mapped_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        let mut original = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct given.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut original) },
+            0
+        );
+        let tight = libc::rlimit {
+            rlim_cur: (mapped_kib << 10) + (48 << 20),
+            rlim_max: original.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct given.
+        let limit =
+            |to: &libc::rlimit| assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, to) }, 0);
+        limit(&tight);
+        let big = e.stream.alloc_zeros::<f32>(64 << 20).map(|_| ());
+        println!(
+            "ALLOC: {big:?} :: {}",
+            emulator::last_error().unwrap_or_default()
+        );
+        // The failed allocation's 256 MiB are no longer counted against the 300 MiB device.
+        limit(&original);
+        let again = e.stream.alloc_zeros::<f32>(64 << 20).map(|_| ());
+        println!("AGAIN: {again:?}");
+        limit(&tight);
+        // A block of 1024 threads needs 132 MiB of address space for its stacks.
+        let f = e.module.load_function("selftest_read").unwrap();
+        let mut l = e.stream.launch_builder(&f);
+        l.arg(&input).arg(&mut output).arg(&1024i32);
+        let launched = unsafe { l.launch(threads(1, 1024, 0)) }.map(|_| ());
+        println!(
+            "LAUNCH: {launched:?} :: {}",
+            emulator::last_error().unwrap_or_default()
+        );
+        return;
+    };
+    assert!(
+        out.contains("ALLOC: Err")
+            && out.contains("out of host memory: 268435456 bytes of device memory asked for"),
+        "{out}"
+    );
+    assert!(
+        out.contains("LAUNCH: Err")
+            && out.contains("cannot map fiber stacks")
+            && out.contains("a block of 1024 threads needs 132 MiB"),
+        "{out}"
+    );
+    assert!(out.contains("AGAIN: Ok(())"), "{out}");
+}
+
 #[test]
 fn out_of_device_memory_is_an_error_value() {
     let Some(out) = in_child("out_of_device_memory_is_an_error_value") else {
@@ -603,8 +672,7 @@ fn out_of_device_memory_is_an_error_value() {
     };
     assert!(
         out.contains("OOM: ")
-            && out.contains("OOM in place: scale: out of memory (GPU: ")
-            && out.contains("out of memory (GPU: ")
+            && out.contains("OOM in place: scale: out of memory (the CPU stand-in (cuda-emu): ")
             && out.contains("bytes asked for")
             && out.contains("smaller batch")
             && out.contains("--dtype bf16 keeps the frozen ones in half the memory")

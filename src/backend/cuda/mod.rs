@@ -328,11 +328,15 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
     if text.contains("OUT_OF_MEMORY") {
         // The stand-in's account says how much was asked for; the driver's alone, what.
         let driver = emulator::last_error().unwrap_or_else(|| "CUDA_ERROR_OUT_OF_MEMORY".into());
+        let device = match emulator::driver() {
+            Some(Driver::Emulator) => "the CPU stand-in (cuda-emu)",
+            _ => "GPU",
+        };
         Error::OutOfMemory {
             op,
             detail: format!(
-                "GPU: {driver}; the model's weights and one step's activations must fit on \
-                 the GPU: shorter sequences or a smaller batch need less, and in training \
+                "{device}: {driver}; the model's weights and one step's activations must fit on \
+                 the device: shorter sequences or a smaller batch need less, and in training \
                  so do smaller micro-batches of the same batch (--micro-batch-size); where \
                  the weights alone do not fit, --dtype bf16 keeps the frozen ones in half the \
                  memory"
