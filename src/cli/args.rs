@@ -619,6 +619,23 @@ impl DataArgs {
         if let Some(problem) = label_names_problem(&labels) {
             return Err(Error::invalid("--labels", format!("`{list}`: {problem}")));
         }
+        // Data reads `1.0` as class `1` (a float column's spelling): two names of one number
+        // would split its rows between them by spelling.
+        let number = |name: &str| name.parse::<f64>().ok().filter(|v| v.is_finite());
+        for (i, name) in labels.iter().enumerate() {
+            let same = labels[..i]
+                .iter()
+                .find(|earlier| number(name).is_some() && number(earlier) == number(name));
+            if let Some(earlier) = same {
+                return Err(Error::invalid(
+                    "--labels",
+                    format!(
+                        "`{list}`: `{earlier}` and `{name}` are one number, which data reads as \
+                         one class: name it once"
+                    ),
+                ));
+            }
+        }
         if labels.len() < 2 {
             return Err(Error::invalid(
                 "--labels",

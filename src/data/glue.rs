@@ -480,6 +480,17 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
         }
         TaskKind::Classification { labels } => {
             class_of(field, labels).map(Target::Class).ok_or_else(|| {
+                // `nan` or `inf` among numeric classes is a broken value, as the class
+                // inference says, not a class left out.
+                let number = |text: &str| text.trim().parse::<f64>().ok();
+                if number(field).is_some_and(|v| !v.is_finite())
+                    && labels.iter().all(|l| number(l).is_some_and(f64::is_finite))
+                {
+                    return format!(
+                        "label `{shown}` is not a finite number, and every class ({}) is one",
+                        labels.join(", ")
+                    );
+                }
                 format!(
                     "label `{shown}` is not one of the classes {}",
                     labels.join(", ")

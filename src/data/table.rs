@@ -39,12 +39,17 @@ impl TableFormat {
             }),
             _ => {
                 use std::os::unix::fs::FileTypeExt;
-                // `<(…)` and `/dev/stdin` name a pipe without a format's extension.
-                let pipe = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+                // `<(…)`, `/dev/stdin` and `-` name standard input or a pipe without a
+                // format's extension.
+                let pipe = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+                    || path.as_os_str() == "-"
+                    || path.starts_with("/dev/")
+                    || path.starts_with("/proc/self/fd/");
                 let hint = match pipe {
                     true => {
-                        " (this pipe's name says no format: give the pipe a name that does, \
-                         `mkfifo rows.csv`, or link one to it, `ln -s /dev/stdin rows.csv`)"
+                        " (standard input or a pipe by this name says no format: give it a \
+                         name that does, `mkfifo rows.csv`, or link one to it, \
+                         `ln -s /dev/stdin rows.csv`)"
                     }
                     false => "",
                 };
@@ -977,6 +982,10 @@ fn array_elements(text: &[u8]) -> Option<Vec<ArrayElement>> {
     // Between `[` or `,` and an element's first byte; after a comma, a `]` there is a
     // trailing comma.
     let (mut expecting, mut after_comma) = (false, false);
+    // The element's value has ended (its closing bracket or quote, or a space after a bare
+    // value): only `,` or `]` may follow; anything else is a missing comma, which leaves no
+    // way to tell where one element ends and the next begins.
+    let mut value_ended = false;
     for (i, &b) in text.iter().enumerate() {
         if b == b'\n' {
             line += 1;
@@ -985,7 +994,10 @@ fn array_elements(text: &[u8]) -> Option<Vec<ArrayElement>> {
             match (escaped, b) {
                 (true, _) => escaped = false,
                 (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
+                (false, b'"') => {
+                    in_string = false;
+                    value_ended = depth == 1;
+                }
                 _ => {}
             }
             if let Some(element) = elements.last_mut() {
@@ -994,6 +1006,9 @@ fn array_elements(text: &[u8]) -> Option<Vec<ArrayElement>> {
             continue;
         }
         if b.is_ascii_whitespace() {
+            if depth == 1 && !expecting && !elements.is_empty() {
+                value_ended = true;
+            }
             continue;
         }
         match (depth, b) {
@@ -1001,9 +1016,10 @@ fn array_elements(text: &[u8]) -> Option<Vec<ArrayElement>> {
             (0, b'[') => (depth, expecting) = (1, true),
             (0, _) => return None,
             (1, b',') if expecting => return None,
-            (1, b',') => (expecting, after_comma) = (true, true),
+            (1, b',') => (expecting, after_comma, value_ended) = (true, true, false),
             (1, b']') if expecting && after_comma => return None,
             (1, b']') => (depth, closed) = (0, true),
+            (1, _) if value_ended => return None,
             _ => {
                 if depth == 1 && expecting {
                     elements.push(ArrayElement {
@@ -1018,7 +1034,10 @@ fn array_elements(text: &[u8]) -> Option<Vec<ArrayElement>> {
                     b'[' | b'{' => depth += 1,
                     // A stray closing bracket of an element at the array's own level is the
                     // element's fault, found when the element is parsed.
-                    b']' | b'}' if depth > 1 => depth -= 1,
+                    b']' | b'}' if depth > 1 => {
+                        depth -= 1;
+                        value_ended = depth == 1;
+                    }
                     _ => {}
                 }
                 if let Some(element) = elements.last_mut() {

@@ -2010,6 +2010,14 @@ fn bad_paths_and_labels_are_refused_before_training() {
             vec!["--train-file", &t, "--labels", "0,1,"],
             "empty label name",
         ),
+        (
+            vec!["--train-file", &t, "--labels", "1,0,1.0"],
+            "`1` and `1.0` are one number",
+        ),
+        (
+            vec!["--train-file", &t, "--labels", "0,-0,1"],
+            "`0` and `-0` are one number",
+        ),
         (vec!["--train-file", &t, "--labels", "1"], "at least two"),
         (vec!["--train-file", &t, "--output", &file], "is a file"),
         (

@@ -547,8 +547,9 @@ fn custom_csv_tsv_jsonl() {
         e.contains("line 3") && e.contains("element 2 of the array"),
         "{e}"
     );
-    // A broken array (a trailing comma, an element missing between commas, text after the
-    // array) has no elements to skip to: the file is refused, naming the line.
+    // A broken array (a trailing comma, an element missing between commas, a comma missing
+    // between elements, text after the array) has no elements to skip to: the file is
+    // refused, naming the line.
     for (file, text, line) in [
         (
             "g.json",
@@ -565,6 +566,13 @@ fn custom_csv_tsv_jsonl() {
             "[{\"review\": \"a\", \"sentiment\": 1}]\nx\n",
             "line 2",
         ),
+        (
+            "j.json",
+            "[{\"review\": \"a\", \"sentiment\": 1},\n {\"review\": \"b\", \"sentiment\": 2}\n \
+             {\"review\": \"c\", \"sentiment\": 3}]\n",
+            "line 3",
+        ),
+        ("k.json", "[\"a\" \"b\", {}]\n", "line 1"),
     ] {
         write(r, file, text);
         let e = spec(file, TaskKind::Regression)
@@ -634,6 +642,10 @@ fn custom_csv_tsv_jsonl() {
         e.contains("unknown table format") && e.contains("mkfifo rows.csv"),
         "{e}"
     );
+    // `-` for standard input is told the same.
+    piped.path = "-".into();
+    let e = piped.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(e.contains("ln -s /dev/stdin rows.csv"), "{e}");
 }
 
 /// A row that is not UTF-8 names its file, line and what to do, in every reader; skipping
@@ -890,6 +902,15 @@ fn classes_are_inferred_from_a_training_file() {
         .map(|e| e.target)
         .collect();
     assert_eq!(targets, [1, 2, 1, 0, 1, 0].map(|c| Some(Target::Class(c))));
+    // `nan` among numeric classes is a broken value, skipped as such.
+    write(tmp.path(), "nan.csv", "text,label\na,1\nb,nan\nc,0\n");
+    let mut spec = text_label_table(tmp.path().join("nan.csv"));
+    spec.kind = classes(&["0", "1"]);
+    let skipped = spec.load(OnMalformed::Skip).unwrap().skipped;
+    assert!(
+        skipped.len() == 1 && skipped[0].contains("`nan` is not a finite number"),
+        "{skipped:?}"
+    );
     // Binary data keeps two classes however few of them it shows.
     let kind = infer("ones.tsv", "text\tlabel\na\t1\nb\t1\n").unwrap();
     assert_eq!(kind, classes(&["0", "1"]));
