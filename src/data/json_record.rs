@@ -23,15 +23,26 @@ impl JsonRecord {
 }
 
 /// What is wrong with a JSON text, without serde_json's own line number (the caller names the
-/// file's line): a syntax error says "invalid JSON", a repeated key says which.
-pub(super) fn json_problem(e: &serde_json::Error) -> String {
+/// file's line): a syntax error says "invalid JSON", a repeated key says which. `line` is the
+/// text of the line the error is on: serde_json counts its column in bytes, editors and
+/// Python's json module in characters, as this does.
+pub(super) fn json_problem(e: &serde_json::Error, line: &str) -> String {
     let message = e.to_string();
     let what = message
         .rsplit_once(" at line ")
         .map_or(message.as_str(), |(what, _)| what);
+    let column = match e.column() {
+        0 => 0,
+        bytes => {
+            line.char_indices()
+                .take_while(|(i, _)| *i < bytes - 1)
+                .count()
+                + 1
+        }
+    };
     match e.classify() {
-        serde_json::error::Category::Data => format!("{what} (column {})", e.column()),
-        _ => format!("invalid JSON at column {}: {what}", e.column()),
+        serde_json::error::Category::Data => format!("{what} (column {column})"),
+        _ => format!("invalid JSON at column {column}: {what}"),
     }
 }
 

@@ -845,7 +845,10 @@ impl TableSpec {
                                 detail: format!(
                                     "line {}: {}, in a file holding one JSON array",
                                     e.line(),
-                                    json_problem(&e)
+                                    json_problem(
+                                        &e,
+                                        text.lines().nth(e.line().saturating_sub(1)).unwrap_or("")
+                                    )
                                 ),
                             })
                         }
@@ -893,10 +896,10 @@ impl TableSpec {
                                     "{}: the line ends inside a JSON value, and JSON Lines \
                                      holds one whole object per line (a pretty-printed object \
                                      spans several; a .json file may hold one array of them)",
-                                    json_problem(&e)
+                                    json_problem(&e, line)
                                 )),
                             )?,
-                            Err(e) => visit(line_no, Err(json_problem(&e)))?,
+                            Err(e) => visit(line_no, Err(json_problem(&e, line)))?,
                         },
                         Err(why) => visit(line_no, Err(why))?,
                     }
@@ -961,7 +964,11 @@ fn parse_element(
         " ".repeat(element.start - line_start),
         &text[element.start..element.end]
     );
-    JsonRecord::parse(&padded).map_err(|e| (element.line + e.line() - 1, json_problem(&e)))
+    JsonRecord::parse(&padded).map_err(|e| {
+        let line = element.line + e.line() - 1;
+        let line_text = text.lines().nth(line - 1).unwrap_or("");
+        (line, json_problem(&e, line_text))
+    })
 }
 
 /// One element of a file's top-level JSON array: its bytes and the 1-based line it starts on.

@@ -547,6 +547,22 @@ fn custom_csv_tsv_jsonl() {
         e.contains("line 3") && e.contains("element 2 of the array"),
         "{e}"
     );
+    // Columns count characters, as editors and Python's json module do, not bytes.
+    let wide = "{\"review\": \"ééééé中中\", \"sentiment\" 1}";
+    write(
+        r,
+        "wide.jsonl",
+        &format!("{wide}\n{{\"review\": \"b\", \"sentiment\": 1}}\n"),
+    );
+    let skipped = spec("wide.jsonl", TaskKind::Regression)
+        .load(OnMalformed::Skip)
+        .unwrap()
+        .skipped;
+    let column = wide[..wide.find(" 1}").unwrap() + 1].chars().count() + 1;
+    assert!(
+        skipped.len() == 1 && skipped[0].contains(&format!("at column {column}:")),
+        "{column}: {skipped:?}"
+    );
     // A broken array (a trailing comma, an element missing between commas, a comma missing
     // between elements, text after the array) has no elements to skip to: the file is
     // refused, naming the line.
