@@ -58,6 +58,42 @@ pub struct ModelArgs {
     pub max_len: Option<usize>,
 }
 
+/// The class names of a `--labels` list, in id order.
+fn label_names(list: &str) -> Vec<String> {
+    list.split(',').map(|s| s.trim().to_string()).collect()
+}
+
+/// `--labels`: a list of two class names or more, each a name a prediction file can hold,
+/// none given twice — nor one number in two spellings, since data reads `1.0` as class `1`
+/// (a float column's spelling) and would split that class's rows between the two. A list that
+/// is not one is a command line that does not parse (exit status 2).
+fn label_list(list: &str) -> std::result::Result<String, String> {
+    let labels = label_names(list);
+    if let Some(problem) = label_names_problem(&labels) {
+        return Err(problem);
+    }
+    let number = |name: &str| name.parse::<f64>().ok().filter(|v| v.is_finite());
+    for (i, name) in labels.iter().enumerate() {
+        let same = labels[..i]
+            .iter()
+            .find(|earlier| number(name).is_some() && number(earlier) == number(name));
+        if let Some(earlier) = same {
+            return Err(format!(
+                "`{earlier}` and `{name}` are one number, which data reads as one class: name \
+                 it once"
+            ));
+        }
+    }
+    if labels.len() < 2 {
+        return Err(
+            "one class; classification needs at least two (or --regression for a \
+                    real-valued label)"
+                .into(),
+        );
+    }
+    Ok(list.to_string())
+}
+
 /// Tokens per example when neither --max-len nor an adapter says.
 pub const DEFAULT_MAX_LEN: usize = 64;
 
@@ -509,7 +545,7 @@ pub struct DataArgs {
     /// sorted order, numbers by value, or a regression where they are real numbers and the
     /// checkpoint's own head has one output; for eval and predict 0 to n-1 for a head of n
     /// outputs).
-    #[arg(long, conflicts_with = "regression")]
+    #[arg(long, conflicts_with = "regression", value_parser = label_list)]
     pub labels: Option<String>,
     /// Custom data: the label is a real number (regression, one output).
     #[arg(long)]
@@ -615,34 +651,8 @@ impl DataArgs {
                 (None, _) => of_kind(two()),
             });
         };
-        let labels: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
-        if let Some(problem) = label_names_problem(&labels) {
-            return Err(Error::invalid("--labels", format!("`{list}`: {problem}")));
-        }
-        // Data reads `1.0` as class `1` (a float column's spelling): two names of one number
-        // would split its rows between them by spelling.
-        let number = |name: &str| name.parse::<f64>().ok().filter(|v| v.is_finite());
-        for (i, name) in labels.iter().enumerate() {
-            let same = labels[..i]
-                .iter()
-                .find(|earlier| number(name).is_some() && number(earlier) == number(name));
-            if let Some(earlier) = same {
-                return Err(Error::invalid(
-                    "--labels",
-                    format!(
-                        "`{list}`: `{earlier}` and `{name}` are one number, which data reads as \
-                         one class: name it once"
-                    ),
-                ));
-            }
-        }
-        if labels.len() < 2 {
-            return Err(Error::invalid(
-                "--labels",
-                format!("`{list}` names one class; classification needs at least two (or --regression for a real-valued label)"),
-            ));
-        }
-        Ok(of_kind(labels))
+        // Checked by `label_list` as the command line was parsed.
+        Ok(of_kind(label_names(list)))
     }
 
     /// The label space of a run's training data when only the training file can give it

@@ -2168,6 +2168,16 @@ fn bad_paths_and_labels_are_refused_before_training() {
     for (args, needle) in cases {
         let (ok, _, err) = train(&args);
         assert!(!ok && err.contains(needle), "{args:?}: {err}");
+        // A --labels list that is no list of classes is a command line that does not parse.
+        let bad_list = [
+            "appears twice",
+            "empty label",
+            "at least two",
+            "are one number",
+        ];
+        if bad_list.iter().any(|n| needle.contains(n)) {
+            assert!(err.contains("invalid value"), "{args:?}: {err}");
+        }
         println!("REFUSED {args:?}: {}", err.trim());
     }
     assert!(
