@@ -430,32 +430,39 @@ impl WeightsFile {
             )));
         }
         let data = view.data;
-        let mut values = crate::tensor::reserve_host::<f64>(shape.numel(), "checkpoint", || {
-            format!("reading tensor `{stored}` {shape} as f64")
-        })?;
-        match view.dtype {
-            Dtype::F32 => values.extend(
+        use crate::tensor::collect_host;
+        let what = || format!("reading tensor `{stored}` {shape} as f64");
+        let values: Vec<f64> = match view.dtype {
+            Dtype::F32 => collect_host(
                 data.chunks_exact(4)
                     .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            ),
-            Dtype::F64 => values.extend(
+                "checkpoint",
+                what,
+            )?,
+            Dtype::F64 => collect_host(
                 data.chunks_exact(8)
                     .map(|b| f64::from_le_bytes(b.try_into().expect("8-byte chunk"))),
-            ),
-            Dtype::F16 => values.extend(
+                "checkpoint",
+                what,
+            )?,
+            Dtype::F16 => collect_host(
                 data.chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()),
-            ),
-            Dtype::BF16 => values.extend(
+                "checkpoint",
+                what,
+            )?,
+            Dtype::BF16 => collect_host(
                 data.chunks_exact(2)
                     .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64()),
-            ),
+                "checkpoint",
+                what,
+            )?,
             other => {
                 return Err(format(format!(
                     "tensor `{stored}` has dtype {other:?}; expected F32, F16, BF16 or F64"
                 )))
             }
-        }
+        };
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(format(format!(
                 "tensor `{stored}` holds {} at flat index {i}: {NON_FINITE_WEIGHTS}",

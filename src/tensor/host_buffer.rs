@@ -4,13 +4,21 @@
 
 use crate::error::{Error, Result};
 
-/// An empty vector with room for `len` values, or [`Error::OutOfMemory`] from `op` naming
-/// `what` the room was for and how much it was.
-pub(crate) fn reserve_host<T>(
-    len: usize,
+/// The values of `values` in a vector asked for whole before it is filled, or
+/// [`Error::OutOfMemory`] from `op` naming `what` the room was for and how much it was.
+pub(crate) fn collect_host<T>(
+    values: impl ExactSizeIterator<Item = T>,
     op: &'static str,
     what: impl FnOnce() -> String,
 ) -> Result<Vec<T>> {
+    let mut buffer = reserve_host(values.len(), op, what)?;
+    buffer.extend(values);
+    Ok(buffer)
+}
+
+/// An empty vector with room for `len` values, or [`Error::OutOfMemory`] from `op` naming
+/// `what` the room was for and how much it was.
+fn reserve_host<T>(len: usize, op: &'static str, what: impl FnOnce() -> String) -> Result<Vec<T>> {
     let mut values = Vec::new();
     values.try_reserve_exact(len).map_err(|_| {
         let mib = len.saturating_mul(std::mem::size_of::<T>()) as f64 / 1048576.0;
@@ -36,7 +44,7 @@ mod tests {
         let e = reserve_host::<f64>(usize::MAX / 16, "test", || "tensor `x`".into()).unwrap_err();
         assert!(matches!(e, Error::OutOfMemory { op: "test", .. }), "{e}");
         assert!(e.to_string().contains("host: tensor `x` needs"), "{e}");
-        let v = reserve_host::<f32>(10, "test", String::new).unwrap();
-        assert!(v.is_empty() && v.capacity() >= 10);
+        let v = collect_host([1.0f32, 2.0].into_iter(), "test", String::new).unwrap();
+        assert_eq!(v, [1.0, 2.0]);
     }
 }

@@ -13,7 +13,7 @@ mod shape;
 
 pub use bf16_rounding::bf16_from_f64;
 pub use dtype::DType;
-pub(crate) use host_buffer::reserve_host;
+pub(crate) use host_buffer::collect_host;
 pub use shape::Shape;
 
 use std::sync::Arc;

@@ -201,23 +201,20 @@ impl Backend for CpuBackend {
     }
 
     fn tensor_from_f64_as(&self, shape: Shape, data: &[f64], dtype: DType) -> Result<Tensor<Self>> {
+        use crate::tensor::collect_host;
         let what = || format!("a {dtype} tensor {shape}");
         let buf = match dtype {
-            DType::F32 => {
-                let mut values = crate::tensor::reserve_host(data.len(), "tensor", what)?;
-                values.extend(data.iter().map(|&v| v as f32));
-                CpuBuffer::F32(values)
-            }
-            DType::F64 => {
-                let mut values = crate::tensor::reserve_host(data.len(), "tensor", what)?;
-                values.extend_from_slice(data);
-                CpuBuffer::F64(values)
-            }
-            DType::BF16 => {
-                let mut values = crate::tensor::reserve_host(data.len(), "tensor", what)?;
-                values.extend(data.iter().map(|&v| crate::tensor::bf16_from_f64(v)));
-                CpuBuffer::BF16(values)
-            }
+            DType::F32 => CpuBuffer::F32(collect_host(
+                data.iter().map(|&v| v as f32),
+                "tensor",
+                what,
+            )?),
+            DType::F64 => CpuBuffer::F64(collect_host(data.iter().copied(), "tensor", what)?),
+            DType::BF16 => CpuBuffer::BF16(collect_host(
+                data.iter().map(|&v| crate::tensor::bf16_from_f64(v)),
+                "tensor",
+                what,
+            )?),
             other => {
                 return Err(Error::dtype(
                     "tensor",
