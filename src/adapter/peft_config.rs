@@ -379,9 +379,10 @@ impl PeftLoraSettings {
         self.layers_to_transform.as_deref()
     }
 
-    /// The config's fields that select modules, as a message names them: `target_modules`,
-    /// with `exclude_modules` and `layers_to_transform` where the config gives them.
-    pub fn selection_fields(&self) -> String {
+    /// The config's fields that select modules, as the subject of "… select": `target_modules`
+    /// (with "does"), or it with `exclude_modules` and `layers_to_transform` where the config
+    /// gives them ("… together", with "do").
+    pub fn selection_fields(&self) -> (String, &'static str) {
         let mut fields = vec!["`target_modules`".to_string()];
         if self.exclude.is_some() {
             fields.push("`exclude_modules`".into());
@@ -390,8 +391,8 @@ impl PeftLoraSettings {
             fields.push(format!("`layers_to_transform` {layers:?}"));
         }
         match fields.len() {
-            1 => fields.remove(0),
-            _ => format!("{} together", fields.join(", ")),
+            1 => (fields.remove(0), "does"),
+            _ => (format!("{} together", fields.join(", ")), "do"),
         }
     }
 

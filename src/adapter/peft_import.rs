@@ -380,15 +380,10 @@ pub fn import_peft<B: Backend>(
     for (module, pair) in &lora {
         if !selected.contains(module) {
             let module = family.hf_name(module);
+            let (fields, verb) = settings.selection_fields();
             return Err(bad_tensor(format!(
-                "LoRA tensors for `{module}`, which {} in {PEFT_CONFIG_FILE} {} not select (or \
-                 this model has no such module; its encoder layers are 0 to {})",
-                settings.selection_fields(),
-                if settings.selection_fields().ends_with("together") {
-                    "do"
-                } else {
-                    "does"
-                },
+                "LoRA tensors for `{module}`, which {fields} in {PEFT_CONFIG_FILE} {verb} not \
+                 select (or this model has no such module; its encoder layers are 0 to {})",
                 layers.saturating_sub(1)
             )));
         }
