@@ -309,32 +309,31 @@ fn check_creatable_file(flag: &'static str, file: &std::path::Path) -> spafit::R
             format!("{} is a directory; give a file name", file.display()),
         ));
     }
-    // Write bits cleared for everyone say "keep this" even to root, whom access(2) lets
-    // write anything.
-    let writable_in_place = |path: &std::path::Path| {
-        let why = if std::fs::metadata(path).is_ok_and(|m| m.permissions().readonly()) {
-            "is read-only"
-        } else if !may_access(path, libc::W_OK) {
-            "is one this user may not write"
-        } else {
-            return Ok(());
-        };
-        Err(spafit::Error::invalid(
-            flag,
-            format!(
-                "{} exists and {why}; make it writable or choose another file",
-                file.display()
-            ),
-        ))
-    };
     // A device or a pipe (through /dev/stdout's links too) is always written in place; a
     // file is replaced by a rename, which its own permissions would not stop, so they are
     // asked here: a read-only file is one its owner meant to keep.
-    if std::fs::metadata(file).is_ok() {
-        writable_in_place(file)?;
-    }
-    if std::fs::metadata(file).is_ok_and(|m| !m.is_file()) {
-        return Ok(());
+    if let Ok(existing) = std::fs::metadata(file) {
+        // Write bits cleared for everyone say "keep this" even to root, whom access(2) lets
+        // write anything.
+        let why = if existing.permissions().readonly() {
+            Some("is read-only")
+        } else if !may_access(file, libc::W_OK) {
+            Some("is one this user may not write")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(spafit::Error::invalid(
+                flag,
+                format!(
+                    "{} exists and {why}; make it writable or choose another file",
+                    file.display()
+                ),
+            ));
+        }
+        if !existing.is_file() {
+            return Ok(());
+        }
     }
     // The write follows a link to its target.
     let target = resolved(file);
