@@ -344,11 +344,11 @@ pub fn gradcheck_with_progress<B: Backend>(
     };
     // The key biases, gradient exactly zero, are not differenced (see below).
     let is_checked = |name: &str| !name.ends_with("attention.self.key.bias");
+    let params = model.params();
     let checked: Vec<(&String, usize)> = names
         .iter()
         .filter(|n| is_checked(n))
         .map(|n| {
-            let params = model.params();
             let numel = params
                 .iter()
                 .find(|p| &p.name == n)
@@ -356,6 +356,7 @@ pub fn gradcheck_with_progress<B: Backend>(
             (n, numel.min(samples))
         })
         .collect();
+    drop(params);
     let planned_coordinates = checked.iter().map(|(_, c)| c).sum();
     for name in &names {
         if let Some(k) = checked.iter().position(|(n, _)| *n == name) {

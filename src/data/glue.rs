@@ -500,6 +500,15 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
     }
 }
 
+/// The number a class name spells, where classes are compared by value (`1.0` is class `1`):
+/// finite, and below 9e15, past which neighbouring whole numbers round to one f64.
+pub(super) fn class_value(name: &str) -> Option<f64> {
+    name.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && v.abs() < 9.0e15)
+}
+
 /// The id of the class `field` names among `labels`, if any.
 fn class_of(field: &str, labels: &[String]) -> Option<u32> {
     // Tools that store class ids as floats write `1.0` for class `1` (pandas with a missing
@@ -507,19 +516,13 @@ fn class_of(field: &str, labels: &[String]) -> Option<u32> {
     // `1`: where no class has the field's very name, a number names the class spelt as its
     // integer, else the one class of its value, if only one (values past 2^53 are not
     // compared: neighbours round to one f64).
-    let number = |text: &str| {
-        text.trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && v.abs() < 9.0e15)
-    };
-    let value = number(field);
+    let value = class_value(field);
     let integral = value
         .filter(|v| v.fract() == 0.0)
         .map(|v| format!("{}", v as i64));
     let same_value = || {
         let v = value?;
-        let mut same = (0..labels.len()).filter(|&i| number(&labels[i]) == Some(v));
+        let mut same = (0..labels.len()).filter(|&i| class_value(&labels[i]) == Some(v));
         let first = same.next()?;
         same.next().is_none().then_some(first)
     };

@@ -483,7 +483,7 @@ impl TableSpec {
                 let mut values: Vec<f64> = Vec::new();
                 let mut names: Vec<String> = Vec::new();
                 for (label, _) in seen {
-                    match numeric(&label).filter(|v| v.is_finite() && v.abs() < 9.0e15) {
+                    match super::glue::class_value(&label) {
                         Some(v) if values.contains(&v) => {}
                         Some(v) => {
                             values.push(v);
@@ -951,9 +951,9 @@ fn refuse_single_object(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// One element of the array in `text`, parsed alone: an error names the file's line, and a
-/// column counted in bytes from that line's start, as serde_json counts (the element's own
-/// line is padded to where it starts).
+/// One element of the array in `text`, parsed alone: an error names the file's line and
+/// column (the element's own line is padded to where it starts, so serde_json's column is
+/// counted from the line's start).
 fn parse_element(
     text: &str,
     element: &ArrayElement,
