@@ -1,3 +1,5 @@
+use std::time::Instant;
+
 use clap::Args;
 use serde_json::json;
 use spafit::bench::{bench_train_step_with, BenchSettings, StepKernelTimes};
@@ -15,6 +17,18 @@ use super::train::setup;
 
 /// Coordinates from which a gradcheck shows its progress.
 const LONG_GRADCHECK: usize = 1000;
+
+/// A duration as a person reads an estimate: seconds under two minutes, then minutes, then
+/// hours with a decimal.
+fn rough_duration(seconds: f64) -> String {
+    if seconds < 120.0 {
+        format!("{} s", seconds.round())
+    } else if seconds < 7200.0 {
+        format!("{} min", (seconds / 60.0).round())
+    } else {
+        format!("{:.1} h", seconds / 3600.0)
+    }
+}
 
 /// `spafit gradcheck`.
 #[derive(Args, Debug)]
@@ -69,6 +83,8 @@ impl GradcheckCommand {
             "it is not bad at all",
             "so-so",
         ];
+        let started = Instant::now();
+        let mut coordinates_done = 0usize;
         let mut show = |p: GradcheckProgress<'_>| {
             // A short check says nothing until its result; a long one (a large --samples
             // reaches every coordinate of big tensors) says what it will do and how far it got.
@@ -84,13 +100,24 @@ impl GradcheckCommand {
                     self.samples
                 );
             }
+            // Every coordinate costs about the same forward passes, so the pace so far
+            // predicts the rest.
+            let time_left = match coordinates_done {
+                0 => String::new(),
+                done => {
+                    let per_coordinate = started.elapsed().as_secs_f64() / done as f64;
+                    let left = per_coordinate * (p.planned_coordinates - done) as f64;
+                    format!(", about {} left", rough_duration(left))
+                }
+            };
             note!(
-                "tensor {}/{}: {} ({} coordinates)",
+                "tensor {}/{}: {} ({} coordinates){time_left}",
                 p.tensor,
                 p.tensors,
                 p.name,
                 p.coordinates
             );
+            coordinates_done += p.coordinates;
         };
         let r = gradcheck_with_progress(
             &backend,

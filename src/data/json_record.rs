@@ -32,7 +32,9 @@ pub(super) fn json_problem(e: &serde_json::Error, line: &str) -> String {
         .rsplit_once(" at line ")
         .map_or(message.as_str(), |(what, _)| what);
     let column = match e.column() {
-        0 => 0,
+        // serde_json's column 0 is the start of a line (an end of file just after a newline);
+        // Python and editors number that column 1.
+        0 => 1,
         bytes => {
             line.char_indices()
                 .take_while(|(i, _)| *i < bytes - 1)

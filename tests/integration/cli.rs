@@ -1087,7 +1087,16 @@ fn a_long_gradcheck_shows_its_progress() {
     assert!(
         progress
             .iter()
-            .any(|l| l.contains("word_embeddings") && l.ends_with("(1200 coordinates)")),
+            .any(|l| l.contains("word_embeddings") && l.contains("(1200 coordinates)")),
+        "{err}"
+    );
+    // From the second tensor on, the pace so far estimates the time left.
+    assert!(!progress[0].contains(" left"), "{err}");
+    assert!(
+        progress[1..]
+            .iter()
+            .all(|l| l.contains("coordinates), about ")
+                && (l.ends_with(" s left") || l.ends_with(" min left") || l.ends_with(" h left"))),
         "{err}"
     );
     let (ok, _, err) = spafit(&[

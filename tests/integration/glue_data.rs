@@ -589,6 +589,12 @@ fn custom_csv_tsv_jsonl() {
             "line 3",
         ),
         ("k.json", "[\"a\" \"b\", {}]\n", "line 1"),
+        // Unclosed: the end of the file, after a newline, is line 3 column 1 (as Python says).
+        (
+            "l.json",
+            "[{\"review\": \"a\", \"sentiment\": 1},\n {\"review\": \"b\", \"sentiment\": 2}\n",
+            "line 3: invalid JSON at column 1:",
+        ),
     ] {
         write(r, file, text);
         let e = spec(file, TaskKind::Regression)
