@@ -509,6 +509,12 @@ pub(super) fn class_value(name: &str) -> Option<f64> {
         .filter(|v| v.is_finite() && v.abs() < 9.0e15)
 }
 
+/// A whole-number class value spelt as an integer (`1.0` is class `1`), where it is one
+/// exactly (below 9e15, as [`class_value`]).
+pub(super) fn integer_spelling(value: f64) -> Option<String> {
+    (value.fract() == 0.0 && value.abs() < 9.0e15).then(|| format!("{}", value as i64))
+}
+
 /// The id of the class `field` names among `labels`, if any.
 fn class_of(field: &str, labels: &[String]) -> Option<u32> {
     // Tools that store class ids as floats write `1.0` for class `1` (pandas with a missing
@@ -517,9 +523,7 @@ fn class_of(field: &str, labels: &[String]) -> Option<u32> {
     // integer, else the one class of its value, if only one (values past 2^53 are not
     // compared: neighbours round to one f64).
     let value = class_value(field);
-    let integral = value
-        .filter(|v| v.fract() == 0.0)
-        .map(|v| format!("{}", v as i64));
+    let integral = value.and_then(integer_spelling);
     let same_value = || {
         let v = value?;
         let mut same = (0..labels.len()).filter(|&i| class_value(&labels[i]) == Some(v));

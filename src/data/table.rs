@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::example::{Dataset, Example, OnMalformed, RowSink, TaskKind};
-use super::glue::parse_target;
+use super::glue::{class_value, integer_spelling, parse_target};
 use super::json_record::{json_problem, JsonRecord};
 use crate::error::{Error, Result};
 
@@ -460,9 +460,8 @@ impl TableSpec {
                 let mut by_value: Vec<(f64, String)> = values
                     .iter()
                     .zip(&seen)
-                    .map(|(&v, (label, _))| match v.abs() < 9.0e15 {
-                        true => (v, format!("{}", v as i64)),
-                        false => (v, label.clone()),
+                    .map(|(&v, (label, _))| {
+                        (v, integer_spelling(v).unwrap_or_else(|| label.clone()))
                     })
                     .collect();
                 // Whole numbers past 2^53 that round to one f64 still sort by exact value.
@@ -483,14 +482,11 @@ impl TableSpec {
                 let mut values: Vec<f64> = Vec::new();
                 let mut names: Vec<String> = Vec::new();
                 for (label, _) in seen {
-                    match super::glue::class_value(&label) {
+                    match class_value(&label) {
                         Some(v) if values.contains(&v) => {}
                         Some(v) => {
                             values.push(v);
-                            names.push(match v.fract() == 0.0 {
-                                true => format!("{}", v as i64),
-                                false => label,
-                            });
+                            names.push(integer_spelling(v).unwrap_or(label));
                         }
                         None => names.push(label),
                     }
