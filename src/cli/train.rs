@@ -73,7 +73,9 @@ pub struct TrainArgs {
     /// an evaluation); a killed run repeats at most the steps since the last save.
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub save_every: Option<usize>,
-    /// Write a metrics.jsonl line every N steps.
+    /// Write a metrics.jsonl line every N steps: `loss` is the mean training loss over the
+    /// steps since the previous line (as transformers' Trainer logs it), `lr` and `grad_norm`
+    /// (before clipping) are the logged step's own.
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 10, allow_hyphen_values = true)]
     pub log_every: usize,
     /// Stop after at most N steps in total (the schedule spans them); --epochs still ends the
