@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::config::DropoutRates;
 use super::micro_batches;
 use super::schedule::warmup_steps;
-use super::trainer::DropoutRates;
 use super::{EncodedDataset, Evaluation, TrainConfig};
 use crate::adapter::{sha256_hex, tensors_to_safetensors_with_metadata, write_atomic};
 use crate::backend::Backend;
