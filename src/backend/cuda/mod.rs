@@ -2,8 +2,10 @@
 //! GPU or on the CPU stand-in for the driver ([`emulator`], `cuda-emu`).
 //!
 //! Layout mirrors the kernels: one launcher file per kernel file (`gemm.rs` beside
-//! `kernels/gemm.cu`, `attention.rs` beside `kernels/attention.cu`, …); this file holds the
-//! device, buffers and the dispatch of the [`Backend`] methods to them.
+//! `kernels/gemm.cu`, `attention.rs` beside `kernels/attention.cu`, …); `device.rs` makes the
+//! backend on a GPU or the stand-in, `modules.rs` loads the kernels onto it, and this file
+//! holds the backend, its buffers and the dispatch of the [`Backend`] methods to the
+//! launchers.
 //!
 //! Precision ([`Precision`]): `F32` computes everything in f32 with exact FMA kernels; `Bf16`
 //! is mixed precision as AMP does it — activations, gradients, trainable weights and AdamW
@@ -21,6 +23,7 @@ mod attention;
 mod bias_grad;
 mod buffer;
 mod compatibility;
+mod device;
 mod elementwise;
 mod embedding;
 pub mod emulator;
@@ -31,19 +34,16 @@ mod kernel_times;
 pub mod kernels;
 mod layernorm;
 mod loss;
+mod modules;
 mod tensor_list;
 
 pub use buffer::CudaBuffer;
 pub use emulator::Driver;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
-    ValidAsZeroBits,
-};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use half::bf16;
 
 use super::{
@@ -53,8 +53,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
-use host_ids::HostIds;
-use kernel_times::KernelTimer;
+use device::{pool_attribute, Device};
+use modules::ModuleSource;
 
 /// A float storage type the kernels take.
 trait CudaFloat: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + 'static {
@@ -143,49 +143,6 @@ macro_rules! launch {
 }
 use launch;
 
-struct Device {
-    ordinal: usize,
-    driver: Driver,
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    /// Kernel modules loaded so far, each with where it came from (what
-    /// [`Backend::kernel_code`] reports).
-    modules: Mutex<HashMap<&'static str, (Arc<CudaModule>, ModuleSource)>>,
-    /// Kernel handles by module, then name.
-    functions: Mutex<HashMap<&'static str, HashMap<String, CudaFunction>>>,
-    /// Kernels whose dynamic shared-memory limit was raised, with the limit set.
-    opted_in: Mutex<HashMap<String, u32>>,
-    /// The most shared memory one block may opt into on this device.
-    max_shared_per_block: u32,
-    /// NVIDIA's GPU's compute capability, for the machine code of [`kernels::SASS`]; `None`
-    /// on the stand-in, which runs what it built from the PTX.
-    capability: Option<(u32, u32)>,
-    /// The most blocks a launch grid takes in y, and in z (x takes 2³¹ − 1): larger grids
-    /// go to several launches.
-    max_grid_y: usize,
-    max_grid_z: usize,
-    /// `SPAFIT_CUDA_SYNC=1`: wait for every launch, so that a kernel fault is reported by
-    /// the kernel that made it, not by whichever call comes next.
-    sync_after_launch: bool,
-    /// Device-to-host copies so far: each one waits for everything queued before it.
-    downloads: AtomicU64,
-    /// Kernels queued so far: each costs the host a few microseconds and, when small, leaves
-    /// most of the GPU idle while it runs.
-    launches: AtomicU64,
-    /// Device time per kernel while [`Backend::start_kernel_timing`] is on.
-    kernel_timer: KernelTimer,
-    /// Host copies of the u32 tensors uploaded, read instead of downloading them.
-    host_ids: HostIds,
-}
-
-/// The last backend of a device lets go of its modules: kernels still queued on the stream
-/// finish first, for a module must not be unloaded under a running kernel.
-impl Drop for Device {
-    fn drop(&mut self) {
-        let _ = self.stream.synchronize();
-    }
-}
-
 /// How a CUDA backend computes (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
@@ -226,65 +183,6 @@ impl std::fmt::Debug for CudaBackend {
             self.precision
         )
     }
-}
-
-/// Refuses a driver older than the nvcc that wrote the kernels' PTX, or a GPU older than its
-/// target, before any module is compiled (see [`compatibility`]).
-fn check_compatibility(ctx: &CudaContext, ordinal: usize) -> Result<()> {
-    let Some((ptx, target)) = compatibility::kernels_ptx() else {
-        return Ok(());
-    };
-    let mut driver_version = 0;
-    // SAFETY: writes one int; NVIDIA's driver (the only one asked) has had it since CUDA 2.2.
-    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
-    if status != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
-        return Ok(());
-    }
-    let Some(device) = capability_of(ctx) else {
-        return Ok(());
-    };
-    match compatibility::problem(ptx, target, driver_version, device) {
-        Some(why) => Err(unavailable(ordinal, why)),
-        None => Ok(()),
-    }
-}
-
-/// Where a loaded kernel module came from.
-#[derive(Clone, Debug, PartialEq)]
-enum ModuleSource {
-    /// Machine code built for this GPU (`SPAFIT_CUDA_SASS`).
-    MachineCode,
-    /// PTX the driver compiled: the build had no machine code for this GPU.
-    Ptx,
-    /// PTX the driver compiled after refusing the build's machine code, for this reason.
-    PtxAfterRefusal(String),
-}
-
-/// Whether the driver's refusal of a module image is about the image itself (a format,
-/// architecture or version it does not take), so that the same program as PTX may still load;
-/// any other error (memory, a fault from an earlier launch) is the caller's to see.
-fn image_refused(e: &cudarc::driver::DriverError) -> bool {
-    use cudarc::driver::sys::CUresult::*;
-    matches!(
-        e.0,
-        CUDA_ERROR_INVALID_IMAGE
-            | CUDA_ERROR_NO_BINARY_FOR_GPU
-            | CUDA_ERROR_INVALID_PTX
-            | CUDA_ERROR_UNSUPPORTED_PTX_VERSION
-            | CUDA_ERROR_INVALID_SOURCE
-    )
-}
-
-/// The GPU's compute capability `(major, minor)`, when the driver says.
-fn capability_of(ctx: &CudaContext) -> Option<(u32, u32)> {
-    use cudarc::driver::sys::CUdevice_attribute::{
-        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
-        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
-    };
-    let (Ok(major), Ok(minor)) = (ctx.attribute(MAJOR), ctx.attribute(MINOR)) else {
-        return None;
-    };
-    Some((major.max(0) as u32, minor.max(0) as u32))
 }
 
 fn unavailable(ordinal: usize, reason: impl Into<String>) -> Error {
@@ -428,192 +326,7 @@ fn precision_of(dtype: DType) -> Result<Precision> {
     }
 }
 
-fn check_kernels(backend: &str) -> Result<()> {
-    if kernels::KERNELS.is_empty() {
-        return Err(Error::BackendUnavailable {
-            backend: backend.into(),
-            reason: "this build has no CUDA kernels: nvcc was not found when it was built; run scripts/install_nvcc.sh and rebuild".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Why a libcuda that exists cannot be loaded (a broken or foreign file on the library
-/// path), or `None` when there is none to load: the two call for different remedies.
-fn driver_load_failure() -> Option<String> {
-    let mut failure = None;
-    for name in ["libcuda.so", "libcuda.so.1"] {
-        // SAFETY: probes the library the driver API would load anyway (dlopen runs its
-        // initialisers, as that load would); it is closed again at once, and nothing in it
-        // is called.
-        match unsafe {
-            libloading::os::unix::Library::open(Some(name), libloading::os::unix::RTLD_NOW)
-        } {
-            Ok(_) => return None,
-            Err(e) => {
-                // dlerror()'s words are the error's source.
-                let text =
-                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                // Only the library itself missing means no driver; a dependency of it
-                // missing is a driver that does not load.
-                if !text.starts_with(&format!("{name}: cannot open shared object file")) {
-                    failure.get_or_insert(text);
-                }
-            }
-        }
-    }
-    failure
-}
-
 impl CudaBackend {
-    /// The backend on GPU `ordinal` (NVIDIA's driver). Fails with a message (never a panic)
-    /// when this build has no kernels, the machine has no CUDA driver (the message names
-    /// `cuda-emu`), there is no such device, or this process already runs on the stand-in.
-    pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
-        let precision = precision_of(dtype)?;
-        check_kernels(&format!("cuda:{ordinal}"))?;
-        if emulator::driver() == Some(Driver::Emulator) {
-            return Err(unavailable(
-                ordinal,
-                "this process runs CUDA on the CPU stand-in (cuda-emu); a process uses one driver",
-            ));
-        }
-        // SAFETY: only probes whether the driver library can be loaded.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(unavailable(
-                ordinal,
-                match driver_load_failure() {
-                    Some(why) => format!(
-                        "a CUDA driver library was found but does not load ({why}); \
-                         `--device cuda-emu` runs the same kernels on the CPU stand-in"
-                    ),
-                    None => "no CUDA driver (libcuda) on this machine; `--device cuda-emu` \
-                             (`CudaBackend::emulated` in the library) runs the same kernels on \
-                             the CPU stand-in"
-                        .into(),
-                },
-            ));
-        }
-        if emulator::driver_library_is_stand_in() {
-            return Err(unavailable(
-                ordinal,
-                "the libcuda.so this process loads (through LD_LIBRARY_PATH, LD_PRELOAD or the \
-                 system's library path) is spafit's CPU stand-in, not NVIDIA's driver; \
-                 `--device cuda-emu` runs on the stand-in by name, `--device cuda` needs \
-                 NVIDIA's driver",
-            ));
-        }
-        emulator::claim_hardware()?;
-        let count = CudaContext::device_count().map_err(|e| unavailable(ordinal, e.to_string()))?;
-        if ordinal >= count as usize {
-            return Err(unavailable(
-                ordinal,
-                format!("no such device: this machine has {count} CUDA device(s)"),
-            ));
-        }
-        Self::on_context(ordinal, Driver::Hardware, precision)
-    }
-
-    /// The backend on the CPU stand-in for the CUDA driver (`cuda-emu`): the same kernels,
-    /// launch code and memory handling, run on the CPU with guard pages, NaN-poisoned memory
-    /// and checked barriers (see [`emulator`]). For tests and development without a GPU; it
-    /// says nothing about GPU speed or the hardware's rounding.
-    ///
-    /// Process-wide effects an embedding program should know of: to report a kernel's
-    /// out-of-bounds access as a launch error, the stand-in installs a SIGSEGV and SIGBUS
-    /// handler (once, here); a fault outside any launch prints one `emu: SIGSEGV at …` line
-    /// to stderr and then goes to the handler installed before it, or to the default action.
-    /// Each thread that launches gets an alternate signal stack of 64 KiB + `AT_MINSIGSTKSZ`
-    /// (freed at thread exit) unless its own is at least as large.
-    pub fn emulated(dtype: DType) -> Result<Self> {
-        let precision = precision_of(dtype)?;
-        check_kernels("cuda-emu")?;
-        emulator::use_emulator()?;
-        emulator::stop_echoing_failures();
-        Self::on_context(0, Driver::Emulator, precision)
-    }
-
-    /// A GPU when this machine has one, else the CPU stand-in: what the tests run on. Where
-    /// NVIDIA's driver loads but the GPU then fails (no device visible, a driver too old for
-    /// the kernels), the stand-in is tried; where it cannot follow (the process is bound to
-    /// NVIDIA's driver by then), the error names both failures.
-    pub fn hardware_or_emulated(dtype: DType) -> Result<Self> {
-        if emulator::driver() != Some(Driver::Emulator)
-            // SAFETY: only probes whether the driver library can be loaded.
-            && unsafe { cudarc::driver::sys::is_culib_present() }
-        {
-            match Self::new(0, dtype) {
-                Ok(b) => return Ok(b),
-                Err(hardware) => {
-                    return Self::emulated(dtype).map_err(|stand_in| {
-                        unavailable(
-                            0,
-                            format!("the GPU: {hardware}; the CPU stand-in: {stand_in}"),
-                        )
-                    })
-                }
-            }
-        }
-        Self::emulated(dtype)
-    }
-
-    fn on_context(ordinal: usize, driver: Driver, precision: Precision) -> Result<Self> {
-        let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(ordinal, e.to_string()))?;
-        if driver == Driver::Hardware {
-            check_compatibility(&ctx, ordinal)?;
-        }
-        // SAFETY: every allocation, copy, launch and free of a backend runs on this one
-        // stream, in order, so cudarc's per-allocation events (two created and destroyed
-        // with every buffer) order nothing. A second stream would have to be joined by hand.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
-        // Devices without stream-ordered allocation have no pool to configure: cudarc falls
-        // back to synchronous allocation there, so this is an optimisation, not a requirement.
-        let _ = keep_freed_memory(&ctx);
-        let max_shared_per_block = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .map_or(48 * 1024, |v| v.max(48 * 1024) as u32);
-        // CUDA's 65535 on every GPU; the stand-in may report less, to test the splitting of
-        // larger grids on small shapes.
-        use cudarc::driver::sys::CUdevice_attribute;
-        let grid_dim = |a| {
-            ctx.attribute(a)
-                .map_or(65_535, |v| v.clamp(1, 65_535) as usize)
-        };
-        let max_grid_y = grid_dim(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y);
-        let max_grid_z = grid_dim(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z);
-        let capability = match driver {
-            Driver::Hardware => capability_of(&ctx),
-            Driver::Emulator => None,
-        };
-        Ok(CudaBackend {
-            device: Arc::new(Device {
-                ordinal,
-                driver,
-                ctx,
-                stream,
-                modules: Mutex::new(HashMap::new()),
-                functions: Mutex::new(HashMap::new()),
-                opted_in: Mutex::new(HashMap::new()),
-                max_shared_per_block,
-                capability,
-                max_grid_y,
-                max_grid_z,
-                sync_after_launch: std::env::var_os(SYNC_AFTER_LAUNCH).is_some_and(|v| v == "1"),
-                downloads: AtomicU64::new(0),
-                launches: AtomicU64::new(0),
-                kernel_timer: KernelTimer::default(),
-                host_ids: HostIds::default(),
-            }),
-            precision,
-            poison: false,
-            gemm_tile: None,
-            gemm_split: None,
-            gemm_precast: true,
-            gemm_skinny: true,
-        })
-    }
-
     /// Whether this backend runs on NVIDIA's driver or the CPU stand-in.
     pub fn driver(&self) -> Driver {
         self.device.driver
@@ -731,131 +444,6 @@ impl CudaBackend {
         &self.device.stream
     }
 
-    fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
-        // Every launch asks: a handle found once is kept, not looked up by name in the driver
-        // again (the module cache alone still left one driver call per launch).
-        let functions = || {
-            self.device
-                .functions
-                .lock()
-                .map_err(|_| Error::invalid(module, "function cache poisoned"))
-        };
-        if let Some(f) = functions()?.get(module).and_then(|m| m.get(name)) {
-            return Ok(f.clone());
-        }
-        let f = self.load_function(module, name)?;
-        functions()?
-            .entry(module)
-            .or_default()
-            .insert(name.to_string(), f.clone());
-        Ok(f)
-    }
-
-    fn load_function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
-        let mut modules = self
-            .device
-            .modules
-            .lock()
-            .map_err(|_| Error::invalid(module, "module cache poisoned"))?;
-        let m = match modules.get(module) {
-            Some((m, _)) => m.clone(),
-            None => {
-                let (m, source) = self.load_module(module)?;
-                modules.insert(module, (m.clone(), source));
-                m
-            }
-        };
-        // Looking a function up (and setting its attributes) wants the context current on this
-        // thread, which cudarc binds only for module loads and launches.
-        self.device
-            .ctx
-            .bind_to_thread()
-            .map_err(|e| driver(module, e))?;
-        m.load_function(name).map_err(|e| driver(module, e))
-    }
-
-    /// Kernel file `module` on this device: its machine code where the build has some for
-    /// this GPU, else its PTX, which the driver compiles. Machine code the driver refuses (a
-    /// ptxas newer than the driver, say) costs only that compilation: the PTX is the same
-    /// program.
-    fn load_module(&self, module: &'static str) -> Result<(Arc<CudaModule>, ModuleSource)> {
-        let sass = self
-            .device
-            .capability
-            .and_then(|capability| kernels::sass(module, capability));
-        let mut source = ModuleSource::Ptx;
-        if let Some(code) = sass {
-            // An error the context holds from before is this call's to report, not one for
-            // the fallback below to swallow with the machine code's.
-            self.device.ctx.check_err().map_err(|e| driver(module, e))?;
-            match self
-                .device
-                .ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(code.to_vec()))
-            {
-                Ok(m) => return Ok((m, ModuleSource::MachineCode)),
-                Err(e) if image_refused(&e) => {
-                    source = ModuleSource::PtxAfterRefusal(e.to_string())
-                }
-                Err(e) => return Err(driver(module, e)),
-            }
-        }
-        let ptx = kernels::ptx(module).ok_or_else(|| {
-            unavailable(
-                self.device.ordinal,
-                format!("kernel module `{module}` is not in this build"),
-            )
-        })?;
-        let m = self
-            .device
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(|e| driver(module, e))?;
-        Ok((m, source))
-    }
-
-    /// `function` with its dynamic shared memory limit raised to `bytes` when that exceeds
-    /// the 48 KiB every kernel gets without asking.
-    fn function_with_shared(
-        &self,
-        module: &'static str,
-        name: &str,
-        bytes: u32,
-    ) -> Result<CudaFunction> {
-        if bytes > self.device.max_shared_per_block {
-            return Err(Error::invalid(
-                module,
-                format!(
-                    "kernel {name} needs {bytes} bytes of shared memory per block but {} allows {} \
-                     (a head dim or tile this device cannot hold)",
-                    self.device_name(),
-                    self.device.max_shared_per_block
-                ),
-            ));
-        }
-        let f = self.function(module, name)?;
-        if bytes > 48 * 1024 {
-            let mut opted = self
-                .device
-                .opted_in
-                .lock()
-                .map_err(|_| Error::invalid(module, "attribute cache poisoned"))?;
-            if opted.get(name).is_none_or(|&b| b < bytes) {
-                self.device
-                    .ctx
-                    .bind_to_thread()
-                    .map_err(|e| driver(module, e))?;
-                f.set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes as i32,
-                )
-                .map_err(|e| driver(module, e))?;
-                opted.insert(name.to_string(), bytes);
-            }
-        }
-        Ok(f)
-    }
-
     fn output<T: CudaFloat>(&self, n: usize) -> Result<CudaSlice<T>> {
         if n == 0 {
             return Err(Error::invalid(
@@ -888,51 +476,6 @@ impl CudaBackend {
             .clone_htod(v)
             .map_err(|e| driver("upload", e))
     }
-}
-
-/// Reads (or, with `set`, writes) a 64-bit attribute of the device's default memory pool.
-fn pool_attribute(
-    ctx: &Arc<CudaContext>,
-    attribute: cudarc::driver::sys::CUmemPool_attribute,
-    set: Option<u64>,
-) -> std::result::Result<u64, cudarc::driver::DriverError> {
-    use cudarc::driver::sys;
-    let mut pool = std::ptr::null_mut();
-    let mut value: u64 = set.unwrap_or(0);
-    // SAFETY: plain driver calls on the context's own device with valid out-pointers; the
-    // attributes used here are 64-bit values.
-    unsafe {
-        ctx.bind_to_thread()?;
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
-        let p = &mut value as *mut u64 as *mut std::ffi::c_void;
-        if set.is_some() {
-            sys::cuMemPoolSetAttribute(pool, attribute, p).result()?;
-        } else {
-            sys::cuMemPoolGetAttribute(pool, attribute, p).result()?;
-        }
-    }
-    Ok(value)
-}
-
-/// Raises the default memory pool's release threshold so freed memory stays cached.
-fn keep_freed_memory(
-    ctx: &Arc<CudaContext>,
-) -> std::result::Result<(), cudarc::driver::DriverError> {
-    use cudarc::driver::sys;
-    let mut pool = std::ptr::null_mut();
-    let mut threshold: u64 = u64::MAX;
-    // SAFETY: plain driver calls on the context's own device with valid out-pointers.
-    unsafe {
-        ctx.bind_to_thread()?;
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut threshold as *mut u64 as *mut std::ffi::c_void,
-        )
-        .result()?;
-    }
-    Ok(())
 }
 
 fn view<T: CudaFloat>(t: &Tensor<CudaBackend>) -> &CudaSlice<T> {
