@@ -1008,7 +1008,10 @@ fn classes_are_inferred_from_a_training_file() {
     let e = refused("single.csv", "text,label\na,yes\nb,yes\n");
     assert!(e.contains("every label in `label` is `yes`"), "{e}");
     let e = refused("nolabel.csv", "text,other\na,yes\n");
-    assert!(e.contains("no column `label`"), "{e}");
+    assert!(
+        e.contains("no column `label`") && e.contains("here likely `--label-column other`"),
+        "{e}"
+    );
     // A file without a labeled row names itself, not a default pair of classes.
     let e = refused("header_only.csv", "text,label\n");
     assert!(
@@ -1210,9 +1213,61 @@ fn csv_rows_are_never_lost_silently() {
     assert!(
         e.to_string()
             .contains("no column `text` (columns: `text;label`)")
-            && e.to_string().contains("separated by semicolons"),
+            && e.to_string().contains("separated by semicolons")
+            && !e.to_string().contains("here likely"),
         "{e}"
     );
+    // The one column no setting names (an id column apart) is likely the one meant; with
+    // two such, or none, nothing is guessed.
+    for (name, text, likely) in [
+        (
+            "sst.csv",
+            "sentence,label
+a,1
+",
+            Some("`--text-column sentence`"),
+        ),
+        (
+            "glue.csv",
+            "idx,sentence,label
+0,a,1
+",
+            Some("`--text-column sentence`"),
+        ),
+        (
+            "spaced.csv",
+            "my text,label
+a,1
+",
+            Some("`--text-column 'my text'`"),
+        ),
+        (
+            "two.csv",
+            "title,body,label
+a,b,1
+",
+            None,
+        ),
+        (
+            "rows.jsonl",
+            "{\"review\": \"a\", \"label\": 1}\n",
+            Some("`--text-column review`"),
+        ),
+        ("lone.jsonl", "{\"label\": 1}\n", None),
+    ] {
+        let e = table(name, text)
+            .load(OnMalformed::Error)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`text`"), "{name}: {e}");
+        match likely {
+            Some(likely) => assert!(
+                e.contains(&format!("; here likely {likely}")),
+                "{name}: {e}"
+            ),
+            None => assert!(!e.contains("here likely"), "{name}: {e}"),
+        }
+    }
 }
 
 /// Row errors say what to do and never echo raw control characters: an unknown class points

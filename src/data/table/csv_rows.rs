@@ -441,24 +441,32 @@ impl TableSpec {
         }
         for col in named {
             if !header.contains(col) {
+                let misread = match header.iter().any(|h| h.contains('\0')) {
+                    // UTF-16 without its byte-order mark: ASCII letters with a NUL byte
+                    // beside each.
+                    true => " (NUL bytes between the letters: the file looks like UTF-16; \
+                             save it as UTF-8)"
+                        .to_string(),
+                    false => separator_hint(&header, format),
+                };
+                // A header misread names no column worth suggesting.
+                let likely = match misread.is_empty() {
+                    true => {
+                        let columns: Vec<&str> = header.iter().map(String::as_str).collect();
+                        self.likely_column(col, &columns)
+                    }
+                    false => String::new(),
+                };
                 return Err(Error::Format {
                     path: path.clone(),
                     detail: format!(
-                        "line 1: no column `{col}` (columns: {}){}; --text-column, \
-                         --text-pair-column and --label-column name the columns",
+                        "line 1: no column `{col}` (columns: {}){misread}; --text-column, \
+                         --text-pair-column and --label-column name the columns{likely}",
                         header
                             .iter()
                             .map(|h| format!("`{}`", h.escape_debug()))
                             .collect::<Vec<_>>()
                             .join(", "),
-                        match header.iter().any(|h| h.contains('\0')) {
-                            // UTF-16 without its byte-order mark: ASCII letters with
-                            // a NUL byte beside each.
-                            true => " (NUL bytes between the letters: the file looks \
-                                      like UTF-16; save it as UTF-8)"
-                                .to_string(),
-                            false => separator_hint(&header, format),
-                        }
                     ),
                 });
             }

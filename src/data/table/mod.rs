@@ -172,6 +172,49 @@ pub fn csv_quoting_in_tsv(data: &Dataset) -> Option<String> {
 }
 
 impl TableSpec {
+    /// For a column this spec names that `columns` lack: where exactly one of `columns` is
+    /// named by no setting (an id column apart), it is likely the one meant, said as the
+    /// flag that names it, as "; here likely `--text-column sentence`"; else nothing.
+    fn likely_column(&self, missing: &str, columns: &[&str]) -> String {
+        let flag = if missing == self.text_column {
+            "--text-column"
+        } else if self.text_pair_column.as_deref() == Some(missing) {
+            "--text-pair-column"
+        } else if self.label_column.as_deref() == Some(missing) {
+            "--label-column"
+        } else {
+            return String::new();
+        };
+        let named = [
+            Some(self.text_column.as_str()),
+            self.text_pair_column.as_deref(),
+            self.label_column.as_deref(),
+            self.filter.as_ref().map(|(column, _)| column.as_str()),
+        ];
+        let is_id = |c: &str| {
+            matches!(
+                c.trim().to_ascii_lowercase().as_str(),
+                "" | "id" | "idx" | "index" | "guid" | "unnamed: 0"
+            )
+        };
+        let mut others = columns
+            .iter()
+            .filter(|c| !named.contains(&Some(**c)) && !is_id(c));
+        match (others.next(), others.next()) {
+            (Some(only), None) => {
+                // As a shell takes it: quoted where it holds more than letters and digits.
+                let plain = only
+                    .chars()
+                    .all(|ch| ch.is_alphanumeric() || "_-.".contains(ch));
+                match plain {
+                    true => format!("; here likely `{flag} {only}`"),
+                    false => format!("; here likely `{flag} '{}'`", only.replace('\'', "'\\''")),
+                }
+            }
+            _ => String::new(),
+        }
+    }
+
     /// Whether the filter keeps `row`.
     fn selected(&self, row: &dyn Row) -> std::result::Result<bool, String> {
         match &self.filter {
@@ -191,11 +234,12 @@ impl TableSpec {
                     [] => format!("missing `{c}`"),
                     has => format!(
                         "missing `{c}` (the row has {}; --text-column, --text-pair-column and \
-                         --label-column name the columns)",
+                         --label-column name the columns{})",
                         has.iter()
                             .map(|k| format!("`{}`", k.escape_debug()))
                             .collect::<Vec<_>>()
-                            .join(", ")
+                            .join(", "),
+                        self.likely_column(c, has)
                     ),
                 },
             })
