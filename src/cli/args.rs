@@ -51,7 +51,8 @@ pub struct ModelArgs {
     /// f32 activations and master weights for what trains).
     #[arg(long, default_value = "f32", value_parser = spelling(parse_dtype))]
     pub dtype: String,
-    /// Truncate inputs to this many tokens (special tokens included) [default: 64; eval,
+    /// Truncate inputs to this many tokens (special tokens included) [default: 64, or all the
+    /// model's positions where it has fewer; eval,
     /// predict and train with --adapter: the length the adapter was trained with, where it
     /// records one].
     #[arg(long, allow_hyphen_values = true)]
@@ -114,14 +115,28 @@ impl ModelArgs {
 
     /// The checkpoint's tokenizer, cutting inputs at --max-len when given (with a note where
     /// an adapter was trained on another cut: it then reads its inputs otherwise than it
-    /// learned them), else at the cut the adapter records, else at [`DEFAULT_MAX_LEN`] (with a
-    /// note for an adapter that records none). A length the checkpoint refuses is named by
+    /// learned them), else at the cut the adapter records, else at [`DEFAULT_MAX_LEN`] or the
+    /// model's positions where it has fewer (with a note for an adapter that records none, and
+    /// where the model's positions cut it). A length the checkpoint refuses is named by
     /// where it came from: the flag, or the adapter.
     pub fn tokenizer(
         &self,
         checkpoint: &spafit::checkpoint::Checkpoint,
         adapter: TrainedCut,
     ) -> Result<spafit::text::TextTokenizer> {
+        // The default, where the model has fewer positions, is all the model has: a cut
+        // nobody asked for is no reason to refuse the run.
+        let most = checkpoint.config.max_tokens();
+        let default_len = || {
+            if most < DEFAULT_MAX_LEN {
+                note!(
+                    "note: inputs are cut to {most} tokens, all the model's positions take \
+                     (config.json's `max_position_embeddings`), not the default \
+                     {DEFAULT_MAX_LEN}"
+                );
+            }
+            DEFAULT_MAX_LEN.min(most)
+        };
         // The length, and the adapter's recorded cut when the length is that.
         let (len, source) = match (self.max_len, adapter) {
             (Some(given), TrainedCut::Recorded(trained)) => {
@@ -138,11 +153,12 @@ impl ModelArgs {
             (None, TrainedCut::Unrecorded) => {
                 note!(
                     "note: the adapter does not record the length its training texts were cut \
-                     to; inputs are cut to {DEFAULT_MAX_LEN} tokens (--max-len sets it)"
+                     to; inputs are cut to {} tokens (--max-len sets it)",
+                    DEFAULT_MAX_LEN.min(most)
                 );
-                (DEFAULT_MAX_LEN, None)
+                (default_len(), None)
             }
-            (None, TrainedCut::NoAdapter) => (DEFAULT_MAX_LEN, None),
+            (None, TrainedCut::NoAdapter) => (default_len(), None),
         };
         checkpoint.tokenizer(len).map_err(|e| match e {
             Error::InvalidArgument {

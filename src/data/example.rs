@@ -171,8 +171,9 @@ impl Dataset {
     }
 
     /// A note when texts are empty or only spaces (a missing value the file wrote as ``,
-    /// a tab-only line): each is read as `[CLS] [SEP]` alone, which no model can tell
-    /// apart, so they are named rather than refused (an empty text is valid input).
+    /// a tab-only line): each adds no tokens, so an example of one empty text is its special
+    /// tokens alone, which no model can tell apart from another, and a pair keeps only its
+    /// other text; they are named rather than refused (an empty text is valid input).
     pub fn empty_texts(&self) -> Option<String> {
         let blank = |e: &Example| {
             e.text_a.trim().is_empty() || e.text_b.as_deref().is_some_and(|b| b.trim().is_empty())
@@ -180,8 +181,9 @@ impl Dataset {
         let first = self.examples.iter().position(blank)?;
         let count = self.examples.iter().filter(|e| blank(e)).count();
         Some(format!(
-            "{}: {count} example{} an empty text (first: {}); each is read as `[CLS] [SEP]` \
-             alone: drop such rows if they are not meant",
+            "{}: {count} example{} an empty text (first: {}); an empty text adds no tokens \
+             (one alone reads as `[CLS] [SEP]`, a pair's as its other text's only): drop such \
+             rows if they are not meant",
             self.name,
             if count == 1 { " has" } else { "s have" },
             self.place_of(first)

@@ -192,12 +192,20 @@ impl<B: Backend> BertClassifier<B> {
                     "`{head_weight}` has shape {other:?}, not [num_labels, {h}]"
                 ))
             }
-            None => {
-                return refuse(format!(
-                    "no classifier head (`{head_weight}`): the checkpoint was not fine-tuned \
-                     for sequence classification; give an --adapter trained on it"
-                ))
-            }
+            // Half a head is a damaged checkpoint, not one that was never fine-tuned.
+            None => match weights.shape("classifier.bias") {
+                Some(bias) => {
+                    return refuse(format!(
+                        "`{head_bias}` {bias:?} is there but `{head_weight}` is missing"
+                    ))
+                }
+                None => {
+                    return refuse(format!(
+                        "no classifier head (`{head_weight}`): the checkpoint was not \
+                         fine-tuned for sequence classification; give an --adapter trained on it"
+                    ))
+                }
+            },
         };
         if weights.shape("classifier.bias").as_deref() != Some(&[num_labels]) {
             return refuse(format!(

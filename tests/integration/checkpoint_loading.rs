@@ -811,6 +811,19 @@ fn a_fine_tuned_head_agrees_with_its_config() {
         t.remove("classifier.weight");
     });
     assert!(e.contains("`classifier.weight` is missing"), "{e}");
+    // Read as a fine-tuned checkpoint (eval, predict) it is named the same way, not as a
+    // checkpoint never fine-tuned.
+    let e = BertClassifier::from_fine_tuned(
+        &Checkpoint::open(&tmp.path().join("no-weight")).unwrap(),
+        &cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("`classifier.bias` [3] is there but `classifier.weight` is missing"),
+        "{e}"
+    );
     let e = damaged("rows", &|t| {
         t.insert("classifier.bias".into(), (vec![2], vec![0.0; 2]));
     });

@@ -3961,6 +3961,66 @@ fn a_max_len_past_the_positions_is_refused_before_the_data() {
     }
 }
 
+/// Where the model has fewer positions than the default cut and no --max-len is given,
+/// inputs are cut to the model's positions, with a note, for train, eval and predict alike;
+/// a --max-len past them is still refused.
+#[test]
+fn the_default_cut_is_at_most_the_models_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = tmp.path().join("tiny");
+    common::tiny_bert::write_checkpoint_with_positions(&tiny, 20);
+    let m = tiny.display().to_string();
+    let data = tmp.path().join("data.csv");
+    let long = "a long review that goes on and on well past twenty tokens of text and \
+                with more words after that and yet more after those";
+    std::fs::write(
+        &data,
+        format!("text,label\n{long},1\nshort,0\n{long},0\nok,1\n"),
+    )
+    .unwrap();
+    let d = data.display().to_string();
+    let out = tmp.path().join("run").display().to_string();
+    let (ok, stdout, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &d,
+        "--dev-file",
+        &d,
+        "--method",
+        "bitfit",
+        "--max-steps",
+        "1",
+        "--output",
+        &out,
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("inputs are cut to 20 tokens"), "{err}");
+    assert_eq!(last_json(&stdout)["max_len"], 20, "{stdout}");
+    let best = format!("{out}/best");
+    for command in ["eval", "predict"] {
+        let (ok, _, err) = spafit(&[command, "--model", &m, "--adapter", &best, "--dev-file", &d]);
+        assert!(ok, "{command}: {err}");
+    }
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &d,
+        "--max-len",
+        "21",
+        "--max-steps",
+        "1",
+    ]);
+    assert!(
+        !ok && err.contains("exceeds the model's 20 positions"),
+        "{err}"
+    );
+}
+
 /// `spafit merge` makes a checkpoint that `eval` reads as a fine-tuned one, without the
 /// adapter, to the adapter's own results; it refuses to write among the files it reads or
 /// into a folder that holds any.

@@ -1075,13 +1075,14 @@ fn csv_rows_are_never_lost_silently() {
     let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
     assert!(e.contains("line 3: the line repeats the header"), "{e}");
     assert_eq!(spec.load(OnMalformed::Skip).unwrap().source_lines, [2, 4]);
-    // Empty texts are valid input, but named: each reads as `[CLS] [SEP]` alone.
+    // Empty texts are valid input, but named: each adds no tokens.
     let data = table("blank_texts.csv", "text,label\nok,1\n,1\n  ,0\n")
         .load(OnMalformed::Error)
         .unwrap();
     let note = data.empty_texts().unwrap_or_default();
     assert!(
-        note.contains("2 examples have an empty text (first: line 3)"),
+        note.contains("2 examples have an empty text (first: line 3)")
+            && note.contains("an empty text adds no tokens"),
         "{note}"
     );
     assert_eq!(spec.load(OnMalformed::Skip).unwrap().empty_texts(), None);

@@ -138,9 +138,18 @@ pub fn write_checkpoint(dir: &Path) -> Checkpoint {
 
 /// [`write_checkpoint`] with only the tensors `keep` accepts.
 pub fn write_checkpoint_holding(dir: &Path, keep: impl Fn(&str) -> bool) -> Checkpoint {
+    write_checkpoint_with(dir, 64, keep)
+}
+
+/// [`write_checkpoint`] with a table of `positions` positions.
+pub fn write_checkpoint_with_positions(dir: &Path, positions: usize) -> Checkpoint {
+    write_checkpoint_with(dir, positions, |_| true)
+}
+
+fn write_checkpoint_with(dir: &Path, positions: usize, keep: impl Fn(&str) -> bool) -> Checkpoint {
     let config = BertConfig {
         vocab_size: 30522,
-        max_position_embeddings: 64,
+        max_position_embeddings: positions,
         ..config(2)
     };
     let tensors = tensors(&config, 11);
@@ -153,7 +162,7 @@ pub fn write_checkpoint_holding(dir: &Path, keep: impl Fn(&str) -> bool) -> Chec
     super::family_fixture::write_tensors(&dir.join("model.safetensors"), &stored);
     std::fs::write(dir.join("config.json"), serde_json::to_string(&serde_json::json!({
         "vocab_size": 30522, "hidden_size": 15, "num_hidden_layers": 2, "num_attention_heads": 3,
-        "intermediate_size": 13, "max_position_embeddings": 64, "type_vocab_size": 2
+        "intermediate_size": 13, "max_position_embeddings": positions, "type_vocab_size": 2
     })).unwrap()).unwrap();
     std::fs::copy(
         super::minilm_dir().join("tokenizer.json"),
