@@ -814,7 +814,7 @@ fn a_fine_tuned_head_agrees_with_its_config() {
     // Read as a fine-tuned checkpoint (eval, predict) it is named the same way, not as a
     // checkpoint never fine-tuned.
     let e = BertClassifier::from_fine_tuned(
-        &Checkpoint::open(&tmp.path().join("no-weight")).unwrap(),
+        &Checkpoint::open(tmp.path().join("no-weight")).unwrap(),
         &cpu,
     )
     .err()
