@@ -2,6 +2,8 @@
 //! unclosed or stray one would swallow rows), line endings, a header repeated, lines counted
 //! as editors count them.
 
+use std::path::Path;
+
 use super::{Row, RowVisitor, TableFormat, TableSpec};
 use crate::error::{Error, Result};
 
@@ -292,6 +294,65 @@ impl<'a> LineCounter<'a> {
     }
 }
 
+/// The csv reader would read an unclosed quote's field to the end of the file, swallowing
+/// every later row: each such record is emptied to its quote's line end (its line ends kept,
+/// so every later line keeps its number) and the file scanned again. Returns the last scan
+/// and the records emptied, by line, with why, to be reported where they stand; an unclosed
+/// header is an error.
+fn empty_unclosed_records(
+    path: &Path,
+    bytes: &mut Vec<u8>,
+    format: TableFormat,
+    lone_cr_is_text: bool,
+) -> Result<(QuoteScan, Vec<(usize, String)>)> {
+    let unclosed_why = |quote_line: usize| {
+        format!(
+            "a quoted field opens on line {quote_line} and is never closed, so it \
+             would take in every line to the end of the file (close the quote, or \
+             double a quote meant as text: `\"\"`)"
+        )
+    };
+    let mut unclosed = Vec::new();
+    let quotes = loop {
+        let scan = match format {
+            TableFormat::Csv => scan_quotes(bytes, lone_cr_is_text),
+            _ => QuoteScan {
+                unclosed: None,
+                text_after_closing: Vec::new(),
+            },
+        };
+        let Some((record, quote)) = scan.unclosed else {
+            break scan;
+        };
+        let mut counter = LineCounter::new(bytes);
+        let (record_line, quote_line) = (
+            counter.line_of(record as u64),
+            counter.line_of(quote as u64),
+        );
+        // Only blank lines before it: the unclosed record is the header.
+        if bytes[..record].iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::Format {
+                path: path.to_path_buf(),
+                detail: format!("line 1 (the header): {}", unclosed_why(quote_line)),
+            });
+        }
+        unclosed.push((record_line, unclosed_why(quote_line)));
+        let line_end = if lone_cr_is_text { b'\n' } else { b'\r' };
+        let quote_line_end = bytes[quote..]
+            .iter()
+            .position(|&b| b == line_end)
+            .map_or(bytes.len(), |i| quote + i);
+        // Its line ends stay, so every later line keeps its number.
+        let emptied = bytes[record..quote_line_end]
+            .iter()
+            .copied()
+            .filter(|&b| b == line_end);
+        let emptied: Vec<u8> = emptied.collect();
+        bytes.splice(record..quote_line_end, emptied);
+    };
+    Ok((quotes, unclosed))
+}
+
 impl TableSpec {
     /// The rows of a CSV or TSV table, each with its line, to `visit`.
     pub(super) fn for_each_csv_row(
@@ -315,54 +376,7 @@ impl TableSpec {
         // pasted text), as editors, `wc -l` and the GLUE reader take it: ending a row
         // there would cut it in two rows, the second one read as data.
         let lone_cr_is_text = !lone_cr_ends_lines(&bytes);
-        let unclosed_why = |quote_line: usize| {
-            format!(
-                "a quoted field opens on line {quote_line} and is never closed, so it \
-                 would take in every line to the end of the file (close the quote, or \
-                 double a quote meant as text: `\"\"`)"
-            )
-        };
-        // The csv reader would read an unclosed quote's field to the end of the file,
-        // swallowing every later row: that record is reported where it stands and
-        // emptied to its quote's line end, and reading goes on after it.
-        let mut unclosed = Vec::new();
-        let quotes = loop {
-            let scan = match format {
-                TableFormat::Csv => scan_quotes(&bytes, lone_cr_is_text),
-                _ => QuoteScan {
-                    unclosed: None,
-                    text_after_closing: Vec::new(),
-                },
-            };
-            let Some((record, quote)) = scan.unclosed else {
-                break scan;
-            };
-            let mut counter = LineCounter::new(&bytes);
-            let (record_line, quote_line) = (
-                counter.line_of(record as u64),
-                counter.line_of(quote as u64),
-            );
-            // Only blank lines before it: the unclosed record is the header.
-            if bytes[..record].iter().all(u8::is_ascii_whitespace) {
-                return Err(Error::Format {
-                    path: path.clone(),
-                    detail: format!("line 1 (the header): {}", unclosed_why(quote_line)),
-                });
-            }
-            unclosed.push((record_line, unclosed_why(quote_line)));
-            let line_end = if lone_cr_is_text { b'\n' } else { b'\r' };
-            let quote_line_end = bytes[quote..]
-                .iter()
-                .position(|&b| b == line_end)
-                .map_or(bytes.len(), |i| quote + i);
-            // Its line ends stay, so every later line keeps its number.
-            let emptied = bytes[record..quote_line_end]
-                .iter()
-                .copied()
-                .filter(|&b| b == line_end);
-            let emptied: Vec<u8> = emptied.collect();
-            bytes.splice(record..quote_line_end, emptied);
-        };
+        let (quotes, unclosed) = empty_unclosed_records(path, &mut bytes, format, lone_cr_is_text)?;
         let mut unclosed = unclosed.into_iter().peekable();
         let readable = &bytes[..];
         let mut lines = LineCounter::new(readable);
