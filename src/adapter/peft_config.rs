@@ -1,6 +1,7 @@
 //! `adapter_config.json` as Python PEFT writes it for LoRA: what spafit can represent, and a
 //! clear refusal, naming the field, for anything else.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
@@ -404,6 +405,34 @@ impl PeftLoraSettings {
         self.modules_to_save
             .iter()
             .any(|m| dotted.contains(&format!(".{m}.")))
+    }
+
+    /// Two modules `modules_to_save` matches, one inside the other, each with the entry that
+    /// matches it (`pooler` and `dense` in `bert.pooler.dense`; `embeddings` alone matches
+    /// `bert.embeddings` and its `word_embeddings`, for PEFT matches by the end of a module's
+    /// name, dots or not). PEFT wraps both, each keeping its own copy, and the saved file
+    /// cannot say which one the model ran with. `modules` are the model's module names.
+    pub fn nested_saved_modules<'m>(
+        &'m self,
+        modules: &'m BTreeSet<String>,
+    ) -> Option<[&'m str; 4]> {
+        let matched: Vec<(&str, &str)> = modules
+            .iter()
+            .flat_map(|module| {
+                self.modules_to_save
+                    .iter()
+                    .filter(move |entry| module.ends_with(entry.as_str()))
+                    .map(move |entry| (entry.as_str(), module.as_str()))
+            })
+            .collect();
+        matched.iter().find_map(|&(outer_entry, outer)| {
+            matched.iter().find_map(|&(inner_entry, inner)| {
+                let inside = inner
+                    .strip_prefix(outer)
+                    .is_some_and(|rest| rest.starts_with('.'));
+                inside.then_some([outer_entry, outer, inner_entry, inner])
+            })
+        })
     }
 
     /// The `rank_pattern` / `alpha_pattern` entries that give `module` another rank or alpha

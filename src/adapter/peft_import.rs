@@ -260,6 +260,61 @@ pub fn import_peft<B: Backend>(
     // The file names tensors as transformers does; the model as BERT does.
     let family = config.family();
 
+    // The model's modules, as PEFT's `modules_to_save` matching sees them: every dotted
+    // prefix of the base's tensor names (under the model's prefix, which a base saved as a
+    // bare encoder leaves out) and of the adapter's own (a head the base lacks).
+    let prefixed = |name: &String| -> String {
+        let first = name.split('.').next().unwrap_or("");
+        match [
+            "embeddings",
+            "encoder",
+            "pooler",
+            "transformer",
+            "embeddings_project",
+        ]
+        .contains(&first)
+        {
+            true => format!("{}.{name}", family.prefix()),
+            false => name.clone(),
+        }
+    };
+    let base_names: Vec<String> = checkpoint.weights.names().iter().map(prefixed).collect();
+    let module_names: BTreeSet<String> = base_names
+        .iter()
+        .map(String::as_str)
+        .chain(
+            file.names()
+                .iter()
+                .filter_map(|n| n.strip_prefix(PREFIX))
+                .filter(|key| !key.contains(".lora_") && !key.contains(".modules_to_save.")),
+        )
+        .flat_map(|name| {
+            let parts: Vec<&str> = name.split('.').collect();
+            (1..parts.len())
+                .map(|n| parts[..n].join("."))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if let Some([outer_entry, outer, inner_entry, inner]) =
+        settings.nested_saved_modules(&module_names)
+    {
+        let which = match outer_entry == inner_entry {
+            true => format!("`{outer_entry}` matches both `{outer}` and `{inner}` inside it"),
+            false => format!(
+                "`{outer_entry}` matches `{outer}` and `{inner_entry}` matches `{inner}` inside it"
+            ),
+        };
+        return Err(Error::Format {
+            path: config_path.clone(),
+            detail: format!(
+                "`modules_to_save`: {which} (PEFT matches by the end of a module's name): each \
+                 keeps its own copy, and the saved file cannot say which one the model ran \
+                 with (PEFT's own loader refuses it too); save the adapter again with modules \
+                 that do not lie inside one another"
+            ),
+        });
+    }
+
     // Sort the file's tensors into LoRA pairs and base-model parameters.
     let mut lora: BTreeMap<String, LoraPair> = BTreeMap::new();
     let mut others: BTreeMap<String, String> = BTreeMap::new();
@@ -294,6 +349,28 @@ pub fn import_peft<B: Backend>(
                 name.clone(),
             );
         }
+    }
+    // Two wrapper copies of one tensor come from `modules_to_save` naming modules inside one
+    // another (`pooler` and `dense`): each wrapper keeps its own copy and which one the model
+    // ran with cannot be told from the file (PEFT itself fails to load it).
+    let mut copies: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (plain, name) in &wrapped {
+        copies.entry(plain).or_default().push(name);
+    }
+    if let Some((plain, names)) = copies.iter().find(|(_, names)| names.len() > 1) {
+        return Err(bad_tensor(format!(
+            "`{}` is stored as {} copies saved whole ({}): the adapter's `modules_to_save` \
+             names modules inside one another, and which copy the model ran with cannot be \
+             told (PEFT's own loader refuses this file too); save it again with each module \
+             listed once, the outer one or the inner ones",
+            family.hf_name(plain),
+            names.len(),
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     }
     // `bias = "all"` also stores the wrapper's copy of a module saved whole; PEFT loads the
     // plain name, so the copy counts only where the plain name is absent.

@@ -706,6 +706,64 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         e.contains("classifier") && e.contains("modules_to_save"),
         "{e}"
     );
+    // `modules_to_save` entries matching modules inside one another (PEFT matches by the end
+    // of a name): each wrapper keeps a copy, and which the model ran with is unknowable.
+    for (entries, needle) in [
+        (
+            json!(["classifier", "pooler", "dense"]),
+            "`dense` matches `bert.pooler.dense`",
+        ),
+        (
+            json!(["classifier", "embeddings"]),
+            "`embeddings` matches both `bert.embeddings`",
+        ),
+        (
+            json!(["classifier", "layer.2.attention", "attention.output"]),
+            "inside it",
+        ),
+    ] {
+        let a = Edited::of("lora_qv");
+        a.config(|c| {
+            c.insert("modules_to_save".into(), entries.clone());
+        });
+        let e = a.error();
+        assert!(
+            e.contains("`modules_to_save`") && e.contains(needle),
+            "{entries}: {e}"
+        );
+    }
+    // Entries that do not nest still load (the pooler; every `dense` map, none inside
+    // another).
+    for entries in [
+        json!(["classifier", "pooler"]),
+        json!(["classifier", "dense"]),
+    ] {
+        let a = Edited::of("lora_qv");
+        a.config(|c| {
+            c.insert("modules_to_save".into(), entries.clone());
+        });
+        assert!(
+            open_adapter(a.path(), &checkpoint(), &CpuBackend::f64()).is_ok(),
+            "{entries}"
+        );
+    }
+    // Two wrapper copies of one tensor in the file are refused, naming both.
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| {
+        for name in [
+            "base_model.model.bert.pooler.dense.modules_to_save.bias",
+            "base_model.model.bert.pooler.modules_to_save.default.dense.bias",
+        ] {
+            t.push((name.into(), vec![384], vec![0.0; 384]));
+        }
+    });
+    let e = a.error();
+    assert!(
+        e.contains("`bert.pooler.dense.bias` is stored as 2 copies")
+            && e.contains("pooler.modules_to_save.default.dense.bias"),
+        "{e}"
+    );
+
     // Half a head is no head: PEFT refuses it too.
     let a = Edited::of("lora_qv");
     a.tensors(|t| t.retain(|(n, _, _)| !n.ends_with("classifier.bias")));
