@@ -65,6 +65,8 @@ pub struct GradcheckProgress<'a> {
     pub name: &'a str,
     /// Coordinates it will difference: `samples`, or all of a smaller tensor.
     pub coordinates: usize,
+    /// Coordinates of the tensors checked before it.
+    pub coordinates_done: usize,
     /// Coordinates of all the tensors together.
     pub planned_coordinates: usize,
 }
@@ -365,6 +367,7 @@ pub fn gradcheck_with_progress<B: Backend>(
                 tensors: checked.len(),
                 name,
                 coordinates: checked[k].1,
+                coordinates_done: checked[..k].iter().map(|(_, c)| c).sum(),
                 planned_coordinates,
             });
         }

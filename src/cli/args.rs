@@ -127,7 +127,8 @@ impl ModelArgs {
         // The default, where the model has fewer positions, is all the model has: a cut
         // nobody asked for is no reason to refuse the run.
         let most = checkpoint.config.max_tokens();
-        let default_len = || {
+        let default_len = DEFAULT_MAX_LEN.min(most);
+        let note_default_cut = || {
             if most < DEFAULT_MAX_LEN {
                 note!(
                     "note: inputs are cut to {most} tokens, all the model's positions take \
@@ -135,7 +136,6 @@ impl ModelArgs {
                      {DEFAULT_MAX_LEN}"
                 );
             }
-            DEFAULT_MAX_LEN.min(most)
         };
         // The length, and the adapter's recorded cut when the length is that.
         let (len, source) = match (self.max_len, adapter) {
@@ -153,12 +153,15 @@ impl ModelArgs {
             (None, TrainedCut::Unrecorded) => {
                 note!(
                     "note: the adapter does not record the length its training texts were cut \
-                     to; inputs are cut to {} tokens (--max-len sets it)",
-                    DEFAULT_MAX_LEN.min(most)
+                     to; inputs are cut to {default_len} tokens (--max-len sets it)"
                 );
-                (default_len(), None)
+                note_default_cut();
+                (default_len, None)
             }
-            (None, TrainedCut::NoAdapter) => (default_len(), None),
+            (None, TrainedCut::NoAdapter) => {
+                note_default_cut();
+                (default_len, None)
+            }
         };
         checkpoint.tokenizer(len).map_err(|e| match e {
             Error::InvalidArgument {

@@ -84,7 +84,6 @@ impl GradcheckCommand {
             "so-so",
         ];
         let started = Instant::now();
-        let mut coordinates_done = 0usize;
         let mut show = |p: GradcheckProgress<'_>| {
             // A short check says nothing until its result; a long one (a large --samples
             // reaches every coordinate of big tensors) says what it will do and how far it got.
@@ -102,7 +101,7 @@ impl GradcheckCommand {
             }
             // Every coordinate costs about the same forward passes, so the pace so far
             // predicts the rest.
-            let time_left = match coordinates_done {
+            let time_left = match p.coordinates_done {
                 0 => String::new(),
                 done => {
                     let per_coordinate = started.elapsed().as_secs_f64() / done as f64;
@@ -117,7 +116,6 @@ impl GradcheckCommand {
                 p.name,
                 p.coordinates
             );
-            coordinates_done += p.coordinates;
         };
         let r = gradcheck_with_progress(
             &backend,
