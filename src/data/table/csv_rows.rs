@@ -430,19 +430,16 @@ impl TableSpec {
             return Err(line_one(text_after_quote_why(&bytes, stray)));
         }
         // The columns the spec names (the filter's is looked up row by row).
-        let named: Vec<&String> = [
-            Some(&self.text_column),
-            self.text_pair_column.as_ref(),
-            self.label_column.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let named: Vec<&str> = self
+            .column_roles()
+            .into_iter()
+            .filter_map(|(_, _, column)| column)
+            .collect();
         // A name given twice is ambiguous only where the command reads it.
-        let filter = self.filter.as_ref().map(|(column, _)| column);
+        let filter = self.filter.as_ref().map(|(column, _)| column.as_str());
         let named_twice = header.iter().enumerate().find_map(|(i, name)| {
             let first = header[..i].iter().position(|m| m == name)?;
-            (named.contains(&name) || filter == Some(name)).then_some((first, i))
+            (named.contains(&name.as_str()) || filter == Some(name.as_str())).then_some((first, i))
         });
         if let Some((first, repeat)) = named_twice {
             return Err(line_one(format!(
@@ -454,7 +451,7 @@ impl TableSpec {
             )));
         }
         for col in named {
-            if !header.contains(col) {
+            if !header.iter().any(|h| h == col) {
                 let misread = match header.iter().any(|h| h.contains('\0')) {
                     // UTF-16 without its byte-order mark: ASCII letters with a NUL byte
                     // beside each.

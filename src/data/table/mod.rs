@@ -176,21 +176,15 @@ impl TableSpec {
     /// named by no setting (an id column apart), it is likely the one meant, said as the
     /// flag that names it, as "; here likely `--text-column sentence`"; else nothing.
     fn likely_column(&self, missing: &str, columns: &[&str]) -> String {
-        let flag = if missing == self.text_column {
-            "--text-column"
-        } else if self.text_pair_column.as_deref() == Some(missing) {
-            "--text-pair-column"
-        } else if self.label_column.as_deref() == Some(missing) {
-            "--label-column"
-        } else {
+        let roles = self.column_roles();
+        let Some((_, flag, _)) = roles.iter().find(|(_, _, c)| *c == Some(missing)) else {
             return String::new();
         };
-        let named = [
-            Some(self.text_column.as_str()),
-            self.text_pair_column.as_deref(),
-            self.label_column.as_deref(),
-            self.filter.as_ref().map(|(column, _)| column.as_str()),
-        ];
+        let named: Vec<Option<&str>> = roles
+            .iter()
+            .map(|(_, _, c)| *c)
+            .chain([self.filter.as_ref().map(|(column, _)| column.as_str())])
+            .collect();
         let is_id = |c: &str| {
             matches!(
                 c.trim().to_ascii_lowercase().as_str(),
@@ -213,6 +207,20 @@ impl TableSpec {
             }
             _ => String::new(),
         }
+    }
+
+    /// The columns this spec reads, each with its role and the flag that names it: the
+    /// text's, the second text's and the label's (`None` where the spec has none).
+    fn column_roles(&self) -> [(&'static str, &'static str, Option<&str>); 3] {
+        [
+            ("text", "--text-column", Some(self.text_column.as_str())),
+            (
+                "second text",
+                "--text-pair-column",
+                self.text_pair_column.as_deref(),
+            ),
+            ("label", "--label-column", self.label_column.as_deref()),
+        ]
     }
 
     /// Whether the filter keeps `row`.
@@ -490,16 +498,12 @@ impl TableSpec {
     /// read. A header without the spec's columns is an error before any row.
     fn for_each_row(&self, visit: &mut RowVisitor<'_>) -> Result<()> {
         let path = &self.path;
-        let roles = [
-            ("text", Some(&self.text_column)),
-            ("second text", self.text_pair_column.as_ref()),
-            ("label", self.label_column.as_ref()),
-        ];
-        for (i, (role, column)) in roles.iter().enumerate() {
+        let roles = self.column_roles();
+        for (i, (role, _, column)) in roles.iter().enumerate() {
             let again = roles[i + 1..]
                 .iter()
-                .find(|(_, other)| other.is_some() && other == column);
-            if let (Some(column), Some((other, _))) = (column, again) {
+                .find(|(_, _, other)| other.is_some() && other == column);
+            if let (Some(column), Some((other, _, _))) = (column, again) {
                 return Err(Error::invalid(
                     "columns",
                     format!(
