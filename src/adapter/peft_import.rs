@@ -551,25 +551,38 @@ pub fn import_peft<B: Backend>(
         });
     }
 
-    // The head PEFT saved (modules_to_save): it fixes the number of outputs.
-    let head_shape = others
-        .get("classifier.weight")
-        .and_then(|n| file.shape(n))
-        .ok_or_else(|| {
-            bad_tensor(format!(
-                "no `base_model.model.{}`: the adapter must carry its classifier \
-                 (modules_to_save)",
-                family.hf_name("classifier.weight")
-            ))
-        })?;
-    // A head without its bias would predict with one PEFT refuses to load (a KeyError there).
-    if !others.contains_key("classifier.bias") {
-        return Err(bad_tensor(format!(
-            "no `base_model.model.{}` beside the classifier's weight: the head is not in the \
-             base model, so the adapter must carry all of it",
-            family.hf_name("classifier.bias")
-        )));
-    }
+    // The head PEFT saved (modules_to_save) fixes the number of outputs; an adapter that
+    // saved none runs, in PEFT, on the base's own head, frozen.
+    let saved_head = ["classifier.weight", "classifier.bias"].map(|n| others.contains_key(n));
+    let head_shape = match saved_head {
+        [true, true] => others
+            .get("classifier.weight")
+            .and_then(|n| file.shape(n))
+            .unwrap_or_default(),
+        [false, false] => match checkpoint.classifier_outputs() {
+            Some(outputs) => vec![outputs, config.hidden_size],
+            None => {
+                return Err(bad_tensor(format!(
+                    "no `base_model.model.{}`, and the base model has no sequence classifier's \
+                     head of its own to run it on: the adapter must carry its classifier \
+                     (modules_to_save)",
+                    family.hf_name("classifier.weight")
+                )))
+            }
+        },
+        // Half a head would predict with one PEFT refuses to load (a KeyError there).
+        [weight, _] => {
+            let (has, lacks) = match weight {
+                true => ("weight", "classifier.bias"),
+                false => ("bias", "classifier.weight"),
+            };
+            return Err(bad_tensor(format!(
+                "no `base_model.model.{}` beside the classifier's {has}: PEFT saves a head \
+                 whole (modules_to_save), so the adapter must carry all of it or none",
+                family.hf_name(lacks)
+            )));
+        }
+    };
     if head_shape.len() != 2 || head_shape[1] != config.hidden_size || head_shape[0] == 0 {
         return Err(Error::Mismatch {
             path: weights_path,
@@ -750,6 +763,18 @@ pub fn import_peft<B: Backend>(
         )));
     }
     let mut notes = Vec::new();
+    if saved_head == [false, false] {
+        notes.push(format!(
+            "the adapter saved no classifier: the base's own head ({}) is used, and trains on \
+             from its values when training continues",
+            family.hf_name("classifier")
+        ));
+        let head = [
+            family.hf_name("classifier.weight"),
+            family.hf_name("classifier.bias"),
+        ];
+        untouched_trainable.retain(|n| !head.contains(n));
+    }
     if !untouched_trainable.is_empty() {
         notes.push(format!(
             "{} trainable tensors are not in the adapter and start from the base model (spafit \

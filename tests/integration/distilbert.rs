@@ -179,6 +179,15 @@ fn a_peft_distilbert_adapter_gives_peft_logits_on_either_checkpoint() {
     f.check_peft_adapter(&f.checkpoint("masked-lm"));
 }
 
+/// An adapter PEFT saved without its head runs on the sequence classifier's own
+/// (`pre_classifier`, `classifier`), as in PEFT; the masked LM has none to run it on.
+#[test]
+fn a_peft_distilbert_adapter_without_a_head_needs_the_checkpoints_own() {
+    let f = fixture();
+    f.check_base_head_adapter(&f.checkpoint("model"));
+    f.check_base_head_adapter_refused(&f.checkpoint("masked-lm"));
+}
+
 /// The masked LM (`DistilBertForMaskedLM`, as distilbert-base-uncased ships) is the same
 /// encoder: the same identity for adapters (which counts the layers, not the LM head), no
 /// classifier head of ours, a fresh head whose dense map (`pre_classifier`) trains.

@@ -66,12 +66,15 @@ fn electra_logits_loss_and_every_gradient_match_transformers() {
 
 /// A LoRA adapter written by PEFT's own `save_pretrained` loads and gives PEFT's logits, on
 /// the sequence classifier it was trained on and on the discriminator checkpoint, which holds
-/// the same encoder under another head (the adapter brings its own).
+/// the same encoder under another head (the adapter brings its own). One saved without a head
+/// runs on the sequence classifier's own, and is refused on the discriminator, which has none.
 #[test]
 fn a_peft_electra_adapter_gives_peft_logits_on_either_checkpoint() {
     let f = fixture();
     f.check_peft_adapter(&f.checkpoint("model"));
     f.check_peft_adapter(&f.checkpoint("discriminator"));
+    f.check_base_head_adapter(&f.checkpoint("model"));
+    f.check_base_head_adapter_refused(&f.checkpoint("discriminator"));
 }
 
 /// The discriminator checkpoint (`ElectraForPreTraining`) is the same encoder: the same

@@ -84,6 +84,12 @@ fn the_fine_tuned_head_and_peft_adapter_are_read_as_multi_label() {
     assert!(classes_seen > 0 && classes_seen < 16, "{predictions:?}");
 
     f.check_peft_adapter(&ck);
+    // Saved without its head, an adapter runs on the checkpoint's multi-label one.
+    f.check_base_head_adapter(&ck);
+    let headless =
+        spafit::adapter::open_adapter(&f.dir().join("peft-lora-base-head"), &ck, &cpu).unwrap();
+    assert_eq!(headless.multi_label, Some(true));
+    assert!(headless.model.is_multi_label());
     let opened = spafit::adapter::open_adapter(&f.dir().join("peft-lora"), &ck, &cpu).unwrap();
     assert_eq!(opened.multi_label, Some(true));
     assert!(opened.model.is_multi_label());

@@ -268,6 +268,13 @@ fn a_peft_roberta_adapter_gives_peft_logits() {
     fixture().check_peft_adapter(&checkpoint());
 }
 
+/// An adapter PEFT saved without its head (no `task_type`, so no `modules_to_save`) runs on
+/// the checkpoint's own two-layer head (`classifier.dense`, `classifier.out_proj`), as in PEFT.
+#[test]
+fn a_peft_roberta_adapter_without_a_head_runs_on_the_checkpoints_own() {
+    fixture().check_base_head_adapter(&checkpoint());
+}
+
 /// A LoRA plan like the PEFT fixture's (r 4 on query and value of layers 1 and 2).
 fn lora_plan() -> PeftPlan {
     fixture().lora_plan()

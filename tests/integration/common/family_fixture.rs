@@ -221,20 +221,58 @@ impl FamilyFixture {
     /// The LoRA adapter PEFT's own `save_pretrained` wrote (`peft-lora/`) gives PEFT's logits
     /// on `ck` (≤ 1e-12).
     pub fn check_peft_adapter(&self, ck: &Checkpoint) {
+        self.check_adapter_logits(ck, "peft-lora", &self.reference(), "peft.");
+    }
+
+    /// `peft-lora-base-head/`, a LoRA adapter PEFT saved without `modules_to_save`, gives
+    /// PEFT's logits on `ck`'s own head.
+    pub fn check_base_head_adapter(&self, ck: &Checkpoint) {
+        let reference =
+            WeightsFile::open(&self.dir.join("peft-lora-base-head/logits.safetensors")).unwrap();
+        let import = self.check_adapter_logits(ck, "peft-lora-base-head", &reference, "");
+        assert!(
+            import.notes.len() == 1 && import.notes[0].contains("saved no classifier"),
+            "{:?}",
+            import.notes
+        );
+    }
+
+    /// The same adapter on `ck`, a checkpoint without a sequence classifier's head, is refused:
+    /// there is no head to run it on.
+    pub fn check_base_head_adapter_refused(&self, ck: &Checkpoint) {
+        let adapter = self.dir.join("peft-lora-base-head");
+        let e = spafit::adapter::import_peft(&adapter, ck, &CpuBackend::f64())
+            .err()
+            .expect("an adapter without a head on a base without one")
+            .to_string();
+        assert!(
+            e.contains("no sequence classifier's head of its own") && e.contains("classifier"),
+            "{e}"
+        );
+    }
+
+    fn check_adapter_logits(
+        &self,
+        ck: &Checkpoint,
+        adapter: &str,
+        reference: &WeightsFile,
+        prefix: &str,
+    ) -> spafit::adapter::PeftImport {
         let cpu = CpuBackend::f64();
-        let (model, _) =
-            spafit::adapter::import_peft(&self.dir.join("peft-lora"), ck, &cpu).unwrap();
+        let (model, import) =
+            spafit::adapter::import_peft(&self.dir.join(adapter), ck, &cpu).unwrap();
         for inputs in ["singles", "pairs"] {
             let e = rel_err(
                 &self.logits_of(ck, &cpu, &model, inputs),
-                &read(&self.reference(), &format!("peft.{inputs}.logits")),
+                &read(reference, &format!("{prefix}{inputs}.logits")),
             );
             println!(
-                "PEFT adapter on {}, {inputs}: logits rel err {e:.2e}",
+                "{adapter} on {}, {inputs}: logits rel err {e:.2e}",
                 ck.dir().display()
             );
             assert!(e <= 1e-12, "{inputs}: {e:e}");
         }
+        import
     }
 
     /// A LoRA plan like the PEFT fixture's (r 4, alpha 8, query and value of layers 1 and 2).
