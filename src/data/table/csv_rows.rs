@@ -353,6 +353,135 @@ fn empty_unclosed_records(
     Ok((quotes, unclosed))
 }
 
+/// A CSV or TSV file's bytes, refused where it holds no header.
+fn table_bytes(path: &Path) -> Result<Vec<u8>> {
+    let bytes = crate::text_file::read_bytes(path)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        let what = match bytes.is_empty() {
+            true => "the file is empty",
+            false => "the file holds only blank lines",
+        };
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            detail: format!("{what}: a table starts with a header line naming its columns"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// A reader of `bytes` as `format`, which leaves the header to [`read_header`].
+fn csv_reader(bytes: &[u8], format: TableFormat, lone_cr_is_text: bool) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .delimiter(match format {
+            TableFormat::Csv => b',',
+            _ => b'\t',
+        })
+        .quoting(format == TableFormat::Csv)
+        .flexible(true)
+        .terminator(match lone_cr_is_text {
+            true => csv::Terminator::Any(b'\n'),
+            false => csv::Terminator::CRLF,
+        })
+        // The header is the first line that is not blank: ending records at `\n`, the
+        // reader takes a CRLF file's blank line for a record.
+        .has_headers(false)
+        .from_reader(bytes)
+}
+
+/// The column names: the first record of `bytes` that is not a blank line (the caller has
+/// refused a file of blank lines only, so one comes).
+fn read_header(
+    reader: &mut csv::Reader<&[u8]>,
+    bytes: &[u8],
+    lone_cr_is_text: bool,
+) -> std::result::Result<Vec<String>, String> {
+    let mut header = csv::ByteRecord::new();
+    loop {
+        let read = reader
+            .read_byte_record(&mut header)
+            .map_err(|e| e.to_string())?;
+        if lone_cr_is_text {
+            drop_cr_of_crlf(&mut header);
+        }
+        let blank = header.len() == 1
+            && header[0].is_empty()
+            && !starts_quoted(bytes, header.position(), lone_cr_is_text);
+        if !read || !blank {
+            break;
+        }
+    }
+    Ok(decode_record(header, &[])?
+        .iter()
+        .map(str::to_string)
+        .collect())
+}
+
+/// What a record read after the header is.
+enum Record {
+    /// A row to visit.
+    Row,
+    /// Nothing to visit: an empty line, or spaces after the last row (an editor's leftovers).
+    Skipped,
+    /// A line that is not a row, and why.
+    Malformed(String),
+}
+
+/// How the record `r`, ending at byte `end` of `bytes`, stands against the `header`: empty
+/// lines are no rows (as for Python's csv and pandas), while a line of spaces is one — the
+/// text of a one-column table, a row with too few fields in a wider one.
+fn classify_record(
+    r: &csv::ByteRecord,
+    header: &[String],
+    format: TableFormat,
+    (bytes, end): (&[u8], usize),
+    lone_cr_is_text: bool,
+) -> Record {
+    let first_field_blank = |blank: fn(&[u8]) -> bool| {
+        r.len() == 1 && blank(&r[0]) && !starts_quoted(bytes, r.position(), lone_cr_is_text)
+    };
+    if first_field_blank(<[u8]>::is_empty) {
+        return Record::Skipped;
+    }
+    if r.len() != header.len() {
+        if first_field_blank(|f| f.trim_ascii().is_empty()) {
+            return match bytes[end..].trim_ascii().is_empty() {
+                true => Record::Skipped,
+                false => Record::Malformed(format!(
+                    "the line holds only spaces or tabs, where a row of {} fields belongs: \
+                     delete the line, or --skip-malformed skips it",
+                    header.len()
+                )),
+            };
+        }
+        // A TSV saved by a CSV writer (pandas, Python's csv) quotes a field holding a tab
+        // or a line break.
+        let quoted = format == TableFormat::Tsv && r.iter().any(|field| field.contains(&b'"'));
+        return Record::Malformed(format!(
+            "{} field{}, the header has {}{}",
+            r.len(),
+            if r.len() == 1 { "" } else { "s" },
+            header.len(),
+            match quoted {
+                true =>
+                    " (a .tsv is read without quoting, as GLUE's files are: a quoted \
+                          field holding a tab or a line break is not one field here; save \
+                          the table as .csv to quote fields)",
+                false => "",
+            }
+        ));
+    }
+    // Files joined each with its header: that line would be read as a row, its label
+    // column's name a class.
+    if header.len() > 1 && r.iter().eq(header.iter().map(|h| h.as_bytes())) {
+        return Record::Malformed(
+            "the line repeats the header (files joined, each with its header?): delete the \
+             line"
+                .into(),
+        );
+    }
+    Record::Row
+}
+
 impl TableSpec {
     /// The rows of a CSV or TSV table, each with its line, to `visit`.
     pub(super) fn for_each_csv_row(
@@ -361,17 +490,7 @@ impl TableSpec {
         visit: &mut RowVisitor<'_>,
     ) -> Result<()> {
         let path = &self.path;
-        let mut bytes = crate::text_file::read_bytes(path)?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            let what = match bytes.is_empty() {
-                true => "the file is empty",
-                false => "the file holds only blank lines",
-            };
-            return Err(Error::Format {
-                path: path.clone(),
-                detail: format!("{what}: a table starts with a header line naming its columns"),
-            });
-        }
+        let mut bytes = table_bytes(path)?;
         // In a file of `\n` lines a lone `\r` is a character (a stray one from a
         // pasted text), as editors, `wc -l` and the GLUE reader take it: ending a row
         // there would cut it in two rows, the second one read as data.
@@ -380,47 +499,12 @@ impl TableSpec {
         let mut unclosed = unclosed.into_iter().peekable();
         let readable = &bytes[..];
         let mut lines = LineCounter::new(readable);
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(if format == TableFormat::Csv {
-                b','
-            } else {
-                b'\t'
-            })
-            .quoting(format == TableFormat::Csv)
-            .flexible(true)
-            .terminator(match lone_cr_is_text {
-                true => csv::Terminator::Any(b'\n'),
-                false => csv::Terminator::CRLF,
-            })
-            // The header is the first line that is not blank, found below: ending
-            // records at `\n`, the reader takes a CRLF file's blank line for a record.
-            .has_headers(false)
-            .from_reader(readable);
+        let mut reader = csv_reader(readable, format, lone_cr_is_text);
         let line_one = |detail: String| Error::Format {
             path: path.clone(),
             detail: format!("line 1 (the header): {detail}"),
         };
-        let mut header_bytes = csv::ByteRecord::new();
-        loop {
-            let read = reader
-                .read_byte_record(&mut header_bytes)
-                .map_err(|e| line_one(e.to_string()))?;
-            if lone_cr_is_text {
-                drop_cr_of_crlf(&mut header_bytes);
-            }
-            let blank = header_bytes.len() == 1
-                && header_bytes[0].is_empty()
-                && !starts_quoted(readable, header_bytes.position(), lone_cr_is_text);
-            // Only blank lines: refused above, so a record comes first.
-            if !read || !blank {
-                break;
-            }
-        }
-        let header: Vec<String> = decode_record(header_bytes, &[])
-            .map_err(line_one)?
-            .iter()
-            .map(str::to_string)
-            .collect();
+        let header = read_header(&mut reader, readable, lone_cr_is_text).map_err(line_one)?;
         let header_end = reader.position().byte();
         if let Some(stray) = quotes
             .text_after_closing
@@ -429,59 +513,7 @@ impl TableSpec {
         {
             return Err(line_one(text_after_quote_why(&bytes, stray)));
         }
-        // The columns the spec names (the filter's is looked up row by row).
-        let named: Vec<&str> = self
-            .column_roles()
-            .into_iter()
-            .filter_map(|(_, _, column)| column)
-            .collect();
-        // A name given twice is ambiguous only where the command reads it.
-        let filter = self.filter.as_ref().map(|(column, _)| column.as_str());
-        let named_twice = header.iter().enumerate().find_map(|(i, name)| {
-            let first = header[..i].iter().position(|m| m == name)?;
-            (named.contains(&name.as_str()) || filter == Some(name.as_str())).then_some((first, i))
-        });
-        if let Some((first, repeat)) = named_twice {
-            return Err(line_one(format!(
-                "column `{}` appears twice (columns {} and {}): rename one of them, \
-                 or delete the one that is not meant",
-                header[repeat],
-                first + 1,
-                repeat + 1
-            )));
-        }
-        for col in named {
-            if !header.iter().any(|h| h == col) {
-                let misread = match header.iter().any(|h| h.contains('\0')) {
-                    // UTF-16 without its byte-order mark: ASCII letters with a NUL byte
-                    // beside each.
-                    true => " (NUL bytes between the letters: the file looks like UTF-16; \
-                             save it as UTF-8)"
-                        .to_string(),
-                    false => separator_hint(&header, format),
-                };
-                // A header misread names no column worth suggesting.
-                let likely = match misread.is_empty() {
-                    true => {
-                        let columns: Vec<&str> = header.iter().map(String::as_str).collect();
-                        self.likely_column(col, &columns)
-                    }
-                    false => String::new(),
-                };
-                return Err(Error::Format {
-                    path: path.clone(),
-                    detail: format!(
-                        "line 1: no column `{col}` (columns: {}){misread}; --text-column, \
-                         --text-pair-column and --label-column name the columns{likely}",
-                        header
-                            .iter()
-                            .map(|h| format!("`{}`", h.escape_debug()))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ),
-                });
-            }
-        }
+        self.check_header(&header, format)?;
         let mut r = csv::ByteRecord::new();
         // Records and strays both go in file order: a cursor finds a record's strays.
         let mut strays = quotes.text_after_closing.iter().peekable();
@@ -504,16 +536,6 @@ impl TableSpec {
             }
             match read {
                 Ok(false) => break,
-                // An empty line is no row (as for Python's csv and pandas). A line
-                // of spaces is one: the text of a one-column table, a row with too
-                // few fields in a wider one.
-                Ok(true)
-                    if r.len() == 1
-                        && r[0].is_empty()
-                        && !starts_quoted(readable, r.position(), lone_cr_is_text) =>
-                {
-                    continue
-                }
                 Ok(true) => {
                     let end = reader.position().byte();
                     while strays.next_if(|s| (s.text as u64) < start).is_some() {}
@@ -522,72 +544,87 @@ impl TableSpec {
                         visit(line, Err(text_after_quote_why(&bytes, stray)))?;
                         continue;
                     }
-                    if r.len() != header.len() {
-                        // A TSV saved by a CSV writer (pandas, Python's csv) quotes
-                        // a field holding a tab or a line break.
-                        let quoted = format == TableFormat::Tsv
-                            && r.iter().any(|field| field.contains(&b'"'));
-                        let spaces_only = r.len() == 1
-                            && r[0].trim_ascii().is_empty()
-                            && !starts_quoted(readable, r.position(), lone_cr_is_text);
-                        // Spaces after the last row are an editor's leftovers, no row.
-                        if spaces_only && readable[end as usize..].trim_ascii().is_empty() {
-                            continue;
-                        }
-                        if spaces_only {
-                            visit(
+                    let layout = (readable, end as usize);
+                    match classify_record(&r, &header, format, layout, lone_cr_is_text) {
+                        Record::Skipped => {}
+                        Record::Malformed(why) => visit(line, Err(why))?,
+                        Record::Row => match decode_record(std::mem::take(&mut r), &header) {
+                            Ok(record) => visit(
                                 line,
-                                Err(format!(
-                                    "the line holds only spaces or tabs, where a row \
-                                     of {} fields belongs: delete the line, or \
-                                     --skip-malformed skips it",
-                                    header.len()
-                                )),
-                            )?;
-                            continue;
-                        }
-                        let why = format!(
-                            "{} field{}, the header has {}{}",
-                            r.len(),
-                            if r.len() == 1 { "" } else { "s" },
-                            header.len(),
-                            if quoted {
-                                " (a .tsv is read without quoting, as GLUE's files \
-                                 are: a quoted field holding a tab or a line break is \
-                                 not one field here; save the table as .csv to quote \
-                                 fields)"
-                            } else {
-                                ""
-                            }
-                        );
-                        visit(line, Err(why))?;
-                        continue;
-                    }
-                    // Files joined each with its header: that line would be read as
-                    // a row, its label column's name a class.
-                    if header.len() > 1 && r.iter().eq(header.iter().map(|h| h.as_bytes())) {
-                        visit(
-                            line,
-                            Err("the line repeats the header (files joined, each with \
-                                 its header?): delete the line"
-                                .into()),
-                        )?;
-                        continue;
-                    }
-                    match decode_record(std::mem::take(&mut r), &header) {
-                        Ok(record) => visit(
-                            line,
-                            Ok(&CsvRow {
-                                header: &header,
-                                record,
-                            }),
-                        )?,
-                        Err(why) => visit(line, Err(why))?,
+                                Ok(&CsvRow {
+                                    header: &header,
+                                    record,
+                                }),
+                            )?,
+                            Err(why) => visit(line, Err(why))?,
+                        },
                     }
                 }
                 Err(e) => visit(line, Err(e.to_string()))?,
             }
         }
         Ok(())
+    }
+
+    /// Refuses a header that repeats a column the spec reads, or lacks one it names.
+    fn check_header(&self, header: &[String], format: TableFormat) -> Result<()> {
+        let line_one = |detail: String| Error::Format {
+            path: self.path.clone(),
+            detail: format!("line 1 (the header): {detail}"),
+        };
+        // The columns the spec names (the filter's is looked up row by row).
+        let named: Vec<&str> = self
+            .column_roles()
+            .into_iter()
+            .filter_map(|(_, _, column)| column)
+            .collect();
+        // A name given twice is ambiguous only where the command reads it.
+        let filter = self.filter.as_ref().map(|(column, _)| column.as_str());
+        let named_twice = header.iter().enumerate().find_map(|(i, name)| {
+            let first = header[..i].iter().position(|m| m == name)?;
+            (named.contains(&name.as_str()) || filter == Some(name.as_str())).then_some((first, i))
+        });
+        if let Some((first, repeat)) = named_twice {
+            return Err(line_one(format!(
+                "column `{}` appears twice (columns {} and {}): rename one of them, \
+                 or delete the one that is not meant",
+                header[repeat],
+                first + 1,
+                repeat + 1
+            )));
+        }
+        let Some(col) = named
+            .into_iter()
+            .find(|col| !header.iter().any(|h| h == col))
+        else {
+            return Ok(());
+        };
+        let misread = match header.iter().any(|h| h.contains('\0')) {
+            // UTF-16 without its byte-order mark: ASCII letters with a NUL byte beside each.
+            true => " (NUL bytes between the letters: the file looks like UTF-16; save it as \
+                     UTF-8)"
+                .to_string(),
+            false => separator_hint(header, format),
+        };
+        // A header misread names no column worth suggesting.
+        let likely = match misread.is_empty() {
+            true => {
+                let columns: Vec<&str> = header.iter().map(String::as_str).collect();
+                self.likely_column(col, &columns)
+            }
+            false => String::new(),
+        };
+        Err(Error::Format {
+            path: self.path.clone(),
+            detail: format!(
+                "line 1: no column `{col}` (columns: {}){misread}; --text-column, \
+                 --text-pair-column and --label-column name the columns{likely}",
+                header
+                    .iter()
+                    .map(|h| format!("`{}`", h.escape_debug()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        })
     }
 }
