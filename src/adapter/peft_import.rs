@@ -265,15 +265,7 @@ pub fn import_peft<B: Backend>(
     // bare encoder leaves out) and of the adapter's own (a head the base lacks).
     let prefixed = |name: &String| -> String {
         let first = name.split('.').next().unwrap_or("");
-        match [
-            "embeddings",
-            "encoder",
-            "pooler",
-            "transformer",
-            "embeddings_project",
-        ]
-        .contains(&first)
-        {
+        match family.encoder_modules().contains(&first) {
             true => format!("{}.{name}", family.prefix()),
             false => name.clone(),
         }

@@ -119,6 +119,16 @@ impl EncoderFamily {
         }
     }
 
+    /// The top-level modules of the encoder, as a bare encoder's file names them (without
+    /// [`EncoderFamily::prefix`]: `BertModel.save_pretrained` writes `embeddings.…`).
+    pub fn encoder_modules(self) -> &'static [&'static str] {
+        match self {
+            EncoderFamily::Bert | EncoderFamily::Roberta => &["embeddings", "encoder", "pooler"],
+            EncoderFamily::Electra => &["embeddings", "embeddings_project", "encoder"],
+            EncoderFamily::DistilBert => &["embeddings", "transformer"],
+        }
+    }
+
     /// Whether the head's dense map (BERT's pooler) belongs to the classification head, so
     /// that it trains whenever the head does (RoBERTa's and ELECTRA's `classifier.dense`,
     /// DistilBERT's `pre_classifier`; PEFT saves it with `classifier`, whose name
