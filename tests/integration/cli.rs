@@ -4,7 +4,7 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 fn spafit(args: &[&str]) -> (bool, String, String) {
     spafit_with_env(args, &[])
@@ -3277,7 +3277,6 @@ fn unused_settings_and_bad_values_name_their_flag() {
 /// command quietly, with the status a shell shows for a tool SIGPIPE killed (141).
 #[test]
 fn predictions_to_a_reader_that_stopped_end_quietly() {
-    use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("texts.csv");
     std::fs::write(&data, "text\na fine film\na dull one\n").unwrap();
@@ -4123,4 +4122,66 @@ fn a_merged_adapter_evaluates_as_the_adapter_without_it() {
     }
     let half = eval(&["--model", &p("half")]);
     assert_eq!(half["accuracy"], with_adapter["accuracy"]);
+}
+
+/// Data on a named pipe: the note that reading it waits for a writer comes before the wait
+/// (which would otherwise look like a hang), and the rows written then are predicted.
+#[test]
+fn a_named_pipe_of_rows_is_announced_before_it_is_waited_on() {
+    use std::io::{BufRead, Write};
+    let root = tempfile::tempdir().unwrap();
+    let fifo = root.path().join("rows.csv");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `name` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .arg("predict")
+        .arg("--model")
+        .arg(fixture.join("model"))
+        .arg("--adapter")
+        .arg(fixture.join("peft-lora"))
+        .arg("--dev-file")
+        .arg(&fifo)
+        .args(["--format", "jsonl"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (lines, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(std::io::Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let write_rows = || {
+        let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        pipe.write_all(b"text\nso-so\na gorgeous movie\n").unwrap();
+    };
+    let mut before_the_rows = Vec::new();
+    loop {
+        match seen.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(line) if line.contains("is a named pipe") => break,
+            Ok(line) => before_the_rows.push(line),
+            Err(why) => {
+                // Unblocks the child, so the test fails instead of hanging.
+                write_rows();
+                panic!("no note before the wait ({why}); stderr: {before_the_rows:?}");
+            }
+        }
+    }
+    write_rows();
+    let out = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    assert!(out.status.success(), "{before_the_rows:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("\"probabilities\""))
+            .count(),
+        2,
+        "{stdout}"
+    );
 }
