@@ -228,6 +228,15 @@ impl LoraConfig {
                 self.alpha,
                 self.scale()
             ))
+        } else if (self.scale() as f32) < f32::MIN_POSITIVE {
+            // Rounded to nothing (or to a subnormal, flushed on the GPU) in f32, the adapters
+            // add nothing and their gradients vanish, as at α = 0.
+            Some(format!(
+                "alpha ({alpha}) {:e} gives the LoRA scale α / r = {:e}, too small for f32 to \
+                 hold: the adapters would add nothing",
+                self.alpha,
+                self.scale()
+            ))
         } else if !(0.0..1.0).contains(&self.dropout) {
             Some(format!(
                 "dropout ({dropout}) must be in [0, 1), got {}",
