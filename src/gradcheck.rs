@@ -23,10 +23,24 @@ pub struct GradcheckReport {
     /// Worst relative error over the checked tensors: per tensor the larger of
     /// `‖analytic − fd‖ / ‖fd‖` over its sampled coordinates and, along one random direction
     /// through all of its coordinates, `|analytic − fd|` over the larger of `|fd|` and the
-    /// gradient's root mean square.
+    /// gradient's root mean square. A difference within the finite differences' own rounding
+    /// (see [`GradcheckReport::resolution`]) counts as none: a right gradient scores 0 there.
     pub max_rel_err: f64,
     /// The tensor with that error.
     pub worst_tensor: String,
+    /// The smallest relative error the check could have seen, in the checked tensor where it
+    /// is largest: the finite differences' rounding over the size of that tensor's gradient
+    /// (about 3e-11 of the loss, over the gradient). Where it is above a tolerance, a right
+    /// gradient still passes, but an error smaller than it would pass too. Over the tensors
+    /// with a gradient to resolve (not those in [`GradcheckReport::unresolved`]).
+    pub resolution: f64,
+    /// The tensor with that resolution.
+    pub least_resolved_tensor: String,
+    /// Checked tensors whose gradient the finite differences saw as zero: every coordinate
+    /// and the random direction within their rounding. An analytic gradient larger than that
+    /// rounding fails there, but one smaller is no check of the backward pass (a head of
+    /// zeros leaves the encoder no gradient; so does a LoRA scale too small to matter).
+    pub unresolved: Vec<String>,
     /// Trainable tensors not checked: the attention key biases, whose gradient is exactly
     /// zero (softmax ignores a shift shared by all of a query's scores).
     pub skipped: Vec<String>,
@@ -102,11 +116,16 @@ const SHRINKS: [f64; 2] = [1e-2, 1e-4];
 /// loss piecewise smooth: a difference whose step reaches across a kink is no derivative, and
 /// its error can be 1e-2 on a right gradient; a smaller step misses the kink unless it lies
 /// closer still. A wrong gradient disagrees at every step, so it still fails.
-fn settled_derivative(h: f64, analytic: f64, mut f: impl FnMut(f64) -> Result<f64>) -> Result<f64> {
+fn settled_derivative(
+    h: f64,
+    analytic: f64,
+    floor: f64,
+    mut f: impl FnMut(f64) -> Result<f64>,
+) -> Result<f64> {
     let mut best = derivative(h, &mut f)?;
     for shrink in SHRINKS {
         let off = (analytic - best).abs();
-        if off.is_nan() || off <= 1e-9 * analytic.abs().max(best.abs()).max(NOISE) {
+        if off.is_nan() || off <= floor.max(1e-9 * analytic.abs().max(best.abs())) {
             break;
         }
         let closer = derivative(h * shrink, &mut f)?;
@@ -117,21 +136,32 @@ fn settled_derivative(h: f64, analytic: f64, mut f: impl FnMut(f64) -> Result<f6
     Ok(best)
 }
 
-/// Below this, a difference and the value it is relative to are both rounding noise of a
-/// loss of order one: an analytic zero against such a finite difference agrees.
-const NOISE: f64 = 1e-10;
+/// The rounding error of one evaluation of the loss, relative to its scale (`max(|L|, 1)`:
+/// the log-sum-exp of logits of order one rounds at that size even where the loss is small):
+/// a few ulps of each term summed into it, taken generously.
+const LOSS_ROUNDING: f64 = 4.0 * f64::EPSILON;
 
-/// `diff / scale`, where two values that are both noise agree (0), a difference from a
-/// scale that is noise is infinite, and a NaN on either side stays NaN.
-fn relative_error(diff: f64, scale: f64) -> f64 {
+/// How far [`derivative`] at step `h` can be off from rounding alone: each loss it takes off
+/// by [`LOSS_ROUNDING`], weighted as the extrapolation weighs them (4/3 of a difference over
+/// `h`, 1/3 of one over `2h`): 3 × that rounding / `h`. About 3e-11 at the step of 1e-4.
+fn rounding_floor(h: f64, loss_scale: f64) -> f64 {
+    3.0 * LOSS_ROUNDING * loss_scale / h
+}
+
+/// How far `diff` exceeds the finite differences' rounding `floor`, over `scale` (taken no
+/// smaller than the floor): a difference within rounding scores 0, a gradient against finite
+/// differences that saw nothing scores its size over that rounding, and a NaN on either side
+/// stays NaN.
+fn relative_error(diff: f64, scale: f64, floor: f64) -> f64 {
     if diff.is_nan() || scale.is_nan() {
         f64::NAN
-    } else if scale > NOISE {
-        diff / scale
-    } else if diff > NOISE {
-        f64::INFINITY
     } else {
-        0.0
+        let excess = (diff - floor).max(0.0);
+        if excess == 0.0 {
+            0.0
+        } else {
+            excess / scale.max(floor)
+        }
     }
 }
 
@@ -175,31 +205,56 @@ fn coordinates_to_check(g: &[f64], samples: usize, rng: &mut SplitMix) -> Vec<us
     chosen
 }
 
-/// One tensor's error (see [`GradcheckReport::max_rel_err`]) and how many coordinates it
-/// differenced: `g` is the analytic gradient at `x`, `loss_at` the loss at other values of the
-/// tensor (it is left at the last values tried).
+/// What the check of one tensor found.
+#[derive(Debug)]
+struct TensorCheck {
+    /// Its error (see [`GradcheckReport::max_rel_err`]).
+    err: f64,
+    /// Coordinates differenced.
+    coordinates: usize,
+    /// The smallest relative error the finite differences could see in it (see
+    /// [`GradcheckReport::resolution`]).
+    resolution: f64,
+    /// Whether the finite differences saw any gradient at all (see
+    /// [`GradcheckReport::unresolved`]).
+    resolved: bool,
+}
+
+/// The check of one tensor: `g` is the analytic gradient at `x`, `loss_at` the loss at other
+/// values of the tensor (it is left at the last values tried), whose value at `x` is of the
+/// size `loss_scale` (at least 1).
 fn tensor_error(
     g: &[f64],
     x: &[f64],
     samples: usize,
     rng: &mut SplitMix,
+    loss_scale: f64,
     loss_at: &mut impl FnMut(&[f64]) -> Result<f64>,
-) -> Result<(f64, usize)> {
+) -> Result<TensorCheck> {
     if x.is_empty() {
-        return Ok((0.0, 0));
+        return Ok(TensorCheck {
+            err: 0.0,
+            coordinates: 0,
+            resolution: 0.0,
+            resolved: true,
+        });
     }
     let coords = coordinates_to_check(g, samples, rng);
-    let (mut diff, mut norm) = (0.0, 0.0);
+    let (mut diff, mut norm, mut floor) = (0.0, 0.0, 0.0);
     for &i in &coords {
         let mut p = x.to_vec();
-        let fd = settled_derivative(STEP * x[i].abs().max(1.0), g[i], |d| {
+        let h = STEP * x[i].abs().max(1.0);
+        let rounding = rounding_floor(h, loss_scale);
+        let fd = settled_derivative(h, g[i], rounding, |d| {
             p[i] = x[i] + d;
             loss_at(&p)
         })?;
         diff += (g[i] - fd) * (g[i] - fd);
         norm += fd * fd;
+        floor += rounding * rounding;
     }
-    let coordinate_err = relative_error(diff.sqrt(), norm.sqrt());
+    let (norm, floor) = (norm.sqrt(), floor.sqrt());
+    let coordinate_err = relative_error(diff.sqrt(), norm, floor);
     // One random direction over every coordinate: the sampled coordinates see only a few
     // entries, so a gradient missing from part of a tensor (or all of it) shows here.
     let scale = (x.len() as f64).sqrt().recip();
@@ -218,14 +273,21 @@ fn tensor_error(
     let n = (x.len() as f64).sqrt();
     let t = STEP * x.iter().map(|a| a * a).sum::<f64>().sqrt().max(n);
     let analytic_along: f64 = g.iter().zip(&v).map(|(a, b)| a * b).sum();
-    let fd_along = settled_derivative(t, analytic_along, |d| {
+    let along_floor = rounding_floor(t, loss_scale);
+    let fd_along = settled_derivative(t, analytic_along, along_floor, |d| {
         let shifted: Vec<f64> = x.iter().zip(&v).map(|(a, b)| a + d * b).collect();
         loss_at(&shifted)
     })?;
     // A random direction's derivative is typically the gradient's root mean square.
     let rms = (g.iter().map(|a| a * a).sum::<f64>() / g.len() as f64).sqrt();
-    let direction_err = relative_error((analytic_along - fd_along).abs(), fd_along.abs().max(rms));
-    Ok((worse(coordinate_err, direction_err), coords.len()))
+    let along_scale = fd_along.abs().max(rms);
+    let direction_err = relative_error((analytic_along - fd_along).abs(), along_scale, along_floor);
+    Ok(TensorCheck {
+        err: worse(coordinate_err, direction_err),
+        coordinates: coords.len(),
+        resolution: (floor / norm).max(along_floor / along_scale),
+        resolved: norm > floor || fd_along.abs() > along_floor,
+    })
 }
 
 /// Checks the gradient of the loss on `texts` (labels alternate 0/1) with respect to every
@@ -342,8 +404,13 @@ pub fn gradcheck_with_progress<B: Backend>(
         coordinates: 0,
         max_rel_err: 0.0,
         worst_tensor: String::new(),
+        resolution: 0.0,
+        least_resolved_tensor: String::new(),
+        unresolved: Vec::new(),
         skipped: Vec::new(),
     };
+    // The size the loss's rounding scales with (see [`LOSS_ROUNDING`]).
+    let loss_scale = loss_of(&model)?.abs().max(1.0);
     // The key biases, gradient exactly zero, are not differenced (see below).
     let is_checked = |name: &str| !name.ends_with("attention.self.key.bias");
     let params = model.params();
@@ -399,15 +466,21 @@ pub fn gradcheck_with_progress<B: Backend>(
                 cpu.tensor_from_f64(Shape::new(dims.clone()), values)?;
             loss_of(&model)
         };
-        let (err, coordinates) = tensor_error(&g, &x, samples, &mut rng, &mut loss_at)?;
+        let check = tensor_error(&g, &x, samples, &mut rng, loss_scale, &mut loss_at)?;
         // Back to the weights every other tensor is checked at.
         model.params_mut()[idx].value = cpu.tensor_from_f64(Shape::new(dims), &x)?;
         report.tensors += 1;
-        report.coordinates += coordinates;
+        report.coordinates += check.coordinates;
         // A NaN (a NaN gradient or loss) is the worst error, never skipped by the comparison.
-        if err.is_nan() || err >= report.max_rel_err {
-            report.max_rel_err = err;
+        if check.err.is_nan() || check.err >= report.max_rel_err {
+            report.max_rel_err = check.err;
             report.worst_tensor = name.clone();
+        }
+        if !check.resolved {
+            report.unresolved.push(name.clone());
+        } else if check.resolution > report.resolution {
+            report.resolution = check.resolution;
+            report.least_resolved_tensor = name.clone();
         }
     }
     Ok(report)
@@ -438,10 +511,52 @@ mod tests {
     }
 
     fn error_of(g: &[f64], x: &[f64], samples: usize) -> f64 {
+        check_of(g, x, samples, 1.0).err
+    }
+
+    /// The check of `g` against `loss` times `size` (plus a constant, so that the loss stays
+    /// of order one while its gradient is `size` times [`gradient`]'s).
+    fn check_of(g: &[f64], x: &[f64], samples: usize, size: f64) -> TensorCheck {
         let mut rng = SplitMix::new(3);
-        tensor_error(g, x, samples, &mut rng, &mut |v: &[f64]| Ok(loss(v)))
-            .unwrap()
-            .0
+        let scaled = |v: &[f64]| 0.7 + size * loss(v);
+        let loss_scale = scaled(x).abs().max(1.0);
+        tensor_error(g, x, samples, &mut rng, loss_scale, &mut |v: &[f64]| {
+            Ok(scaled(v))
+        })
+        .unwrap()
+    }
+
+    /// A right gradient of 1e-8 per coordinate is one rounding (~1e-12 of a loss of order
+    /// one) away from its finite differences: it agrees, with a resolution that says how
+    /// little the check could see; a wrong one of that size still fails. A gradient below
+    /// the rounding is unresolved: zero agrees, a real gradient against it fails.
+    #[test]
+    fn small_gradients_are_judged_against_the_rounding_of_the_loss() {
+        let x: Vec<f64> = (0..200)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 80.0)
+            .collect();
+        assert!(loss(&x).is_finite());
+        let small: Vec<f64> = gradient(&x).iter().map(|a| a * 1e-8).collect();
+        let right = check_of(&small, &x, 4, 1e-8);
+        assert!(right.resolved && right.err < 1e-8, "{right:?}");
+        assert!(
+            right.resolution > 1e-4 && right.resolution < 0.1,
+            "{right:?}"
+        );
+        let doubled: Vec<f64> = small.iter().map(|a| 2.0 * a).collect();
+        let wrong = check_of(&doubled, &x, 4, 1e-8);
+        assert!(wrong.err > 0.5, "{wrong:?}");
+
+        let tiny: Vec<f64> = gradient(&x).iter().map(|a| a * 1e-14).collect();
+        let unseen = check_of(&tiny, &x, 4, 1e-14);
+        assert!(!unseen.resolved && unseen.err == 0.0, "{unseen:?}");
+        let zero = check_of(&vec![0.0; 200], &x, 4, 1e-14);
+        assert!(!zero.resolved && zero.err == 0.0, "{zero:?}");
+        let invented = check_of(&gradient(&x), &x, 4, 1e-14);
+        assert!(invented.err > 1e3, "{invented:?}");
+        // A normal gradient is resolved far below any tolerance.
+        let normal = check_of(&gradient(&x), &x, 4, 1.0);
+        assert!(normal.resolved && normal.resolution < 1e-8, "{normal:?}");
     }
 
     #[test]
@@ -491,7 +606,9 @@ mod tests {
         };
         let g: Vec<f64> = x.iter().zip(&kink).map(|(a, k)| f64::from(a > k)).collect();
         let mut rng = SplitMix::new(5);
-        let (right, _) = tensor_error(&g, &x, 40, &mut rng, &mut |v: &[f64]| relu_loss(v)).unwrap();
+        let right = tensor_error(&g, &x, 40, &mut rng, 1.0, &mut |v: &[f64]| relu_loss(v))
+            .unwrap()
+            .err;
         assert!(right < 1e-8, "a right gradient across kinks: {right:e}");
         // Without the retries a central difference across the kink is off by ~0.35.
         let plain = derivative(STEP, |d| {
@@ -504,8 +621,9 @@ mod tests {
         let mut wrong = g.clone();
         wrong[7] = 1.0 - wrong[7];
         let mut rng = SplitMix::new(5);
-        let (err, _) =
-            tensor_error(&wrong, &x, 40, &mut rng, &mut |v: &[f64]| relu_loss(v)).unwrap();
+        let err = tensor_error(&wrong, &x, 40, &mut rng, 1.0, &mut |v: &[f64]| relu_loss(v))
+            .unwrap()
+            .err;
         assert!(err > 0.1, "a wrong gradient: {err:e}");
     }
 
@@ -523,11 +641,14 @@ mod tests {
 
     #[test]
     fn noise_against_zero_agrees_and_a_real_difference_does_not() {
-        assert_eq!(relative_error(1e-12, 0.0), 0.0);
-        assert_eq!(relative_error(1e-3, 0.0), f64::INFINITY);
-        assert_eq!(relative_error(1e-3, 1e-1), 1e-2);
-        assert!(relative_error(f64::NAN, 1.0).is_nan());
-        assert!(relative_error(0.0, f64::NAN).is_nan());
+        let floor = rounding_floor(STEP, 1.0);
+        assert!(floor > 1e-11 && floor < 1e-9, "{floor:e}");
+        assert_eq!(relative_error(1e-12, 0.0, floor), 0.0);
+        assert_eq!(relative_error(1e-12, 1e-3, floor), 0.0);
+        assert!(relative_error(1e-3, 0.0, floor) > 1e6);
+        assert!((relative_error(1e-3, 1e-1, floor) - 1e-2).abs() < 1e-8);
+        assert!(relative_error(f64::NAN, 1.0, floor).is_nan());
+        assert!(relative_error(0.0, f64::NAN, floor).is_nan());
         assert!(worse(1e-9, f64::NAN).is_nan() && worse(f64::NAN, 1e-9).is_nan());
     }
 
@@ -538,16 +659,20 @@ mod tests {
         g[7] = f64::NAN;
         assert!(error_of(&g, &x, 2).is_nan(), "a NaN analytic gradient");
         let mut rng = SplitMix::new(1);
-        let (err, _) = tensor_error(&gradient(&x), &x, 2, &mut rng, &mut |_: &[f64]| {
+        let err = tensor_error(&gradient(&x), &x, 2, &mut rng, 1.0, &mut |_: &[f64]| {
             Ok(f64::NAN)
         })
-        .unwrap();
+        .unwrap()
+        .err;
         assert!(err.is_nan(), "a NaN loss: {err}");
         let report = GradcheckReport {
             tensors: 1,
             coordinates: 2,
             max_rel_err: err,
             worst_tensor: "t".into(),
+            resolution: 0.0,
+            least_resolved_tensor: String::new(),
+            unresolved: Vec::new(),
             skipped: Vec::new(),
         };
         assert!(report.within(1e300).is_err());
@@ -557,7 +682,7 @@ mod tests {
     fn empty_tensors_have_nothing_to_difference() {
         let mut rng = SplitMix::new(0);
         assert!(coordinates_to_check(&[], 3, &mut rng).is_empty());
-        let (err, n) = tensor_error(&[], &[], 3, &mut rng, &mut |_: &[f64]| Ok(0.0)).unwrap();
-        assert_eq!((err, n), (0.0, 0));
+        let check = tensor_error(&[], &[], 3, &mut rng, 1.0, &mut |_: &[f64]| Ok(0.0)).unwrap();
+        assert_eq!((check.err, check.coordinates), (0.0, 0));
     }
 }

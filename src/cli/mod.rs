@@ -40,6 +40,22 @@ enum Command {
     /// Predict labels with their probabilities, or scores, for a split with a saved adapter or a fine-tuned checkpoint's own head (JSON lines, CSV, TSV or GLUE's submission TSV).
     Predict(evaluate::PredictCommand),
     /// Finite-difference check of a real model's gradients under a method (prints max_rel_err); on the CPU it checks the f64 reference unless --dtype is given.
+    ///
+    /// What it differentiates: the cross-entropy of four fixed short sentences, labels
+    /// alternating 0/1, through the checkpoint's encoder and a fresh two-class head (whatever
+    /// head the checkpoint has), with training-mode dropout at 0.1 (the adapters at their own
+    /// --lora-dropout) under a fixed mask, and adapters drawn random (B not zero) so that every
+    /// gradient is non-trivial. The analytic gradients come from the device, the central
+    /// finite differences (Richardson-extrapolated) from the f64 CPU reference on the same
+    /// weights and masks. The JSON line: `max_rel_err` (the worst tensor's ‖analytic − fd‖ /
+    /// ‖fd‖ over its sampled coordinates, or along one random direction through all of them,
+    /// a difference within the finite differences' rounding — about 3e-11 of the loss —
+    /// counting as none) and `worst_tensor`; `resolution` (the smallest relative error the
+    /// check could see in its least resolved tensor, `least_resolved_tensor`: that rounding
+    /// over the tensor's gradient); `unresolved` (tensors whose gradient the finite
+    /// differences cannot tell from zero: unchecked beyond that, and warned of); `skipped`
+    /// (the attention key biases, whose gradient is exactly zero); `tensors` and
+    /// `coordinates` (the coordinates differenced, the random directions not counted).
     Gradcheck(tools::GradcheckCommand),
     /// Training-step throughput and memory for a method and batch shape (one JSON line).
     ///

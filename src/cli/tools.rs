@@ -18,6 +18,10 @@ use super::train::setup;
 /// Coordinates from which a gradcheck shows its progress.
 const LONG_GRADCHECK: usize = 1000;
 
+/// Without --tolerance, the resolution above which gradcheck says where the check was coarse:
+/// the tolerance the help suggests for f64 and f32 checks.
+const DEFAULT_RESOLUTION_NOTE: f64 = 1e-4;
+
 /// A duration as a person reads an estimate: seconds under two minutes, then minutes, then
 /// hours with a decimal.
 fn rough_duration(seconds: f64) -> String {
@@ -46,7 +50,8 @@ pub struct GradcheckCommand {
     pub seed: u64,
     /// Fail with exit status 3 (after the JSON line) when the worst relative error is above
     /// this, for scripts and CI (status 1 is an error that stopped the check); without it the
-    /// error is only reported. The f64 reference agrees to ~1e-8, f32 to ~1e-5, bf16 to 2–5e-2
+    /// error is only reported. The f64 reference agrees to within the finite differences'
+    /// rounding (0), f32 to ~1e-5, bf16 to 2–5e-2
     /// on real checkpoints; where a gradient nearly cancels over the batch, as the classifier
     /// bias's can, bf16's relative error is larger (~8e-2 seen on MiniLM, up to 0.5 on tiny
     /// random models): a bf16 tolerance catches gross errors only (0.1 on real checkpoints).
@@ -130,11 +135,36 @@ impl GradcheckCommand {
             0 => String::new(),
             n => format!(" ({n} attention key biases skipped: their gradient is exactly zero)"),
         };
+        let worst = match r.max_rel_err {
+            0.0 => "every difference within the finite differences' rounding".to_string(),
+            e => format!("worst relative error {e:.3e} ({})", r.worst_tensor),
+        };
         note!(
-            "checked {} coordinates and one random direction through each of {} tensors against f64 finite differences{skipped}; worst relative error {:.3e} ({})",
-            r.coordinates, r.tensors, r.max_rel_err, r.worst_tensor
+            "checked {} coordinates and one random direction through each of {} tensors against f64 finite differences{skipped}; {worst}",
+            r.coordinates, r.tensors
         );
-        let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor, "skipped": r.skipped});
+        if !r.unresolved.is_empty() {
+            note!(
+                "warning: {} of the tensors have a gradient the finite differences cannot tell \
+                 from zero (within the loss's rounding), so their backward pass went unchecked: \
+                 {} (a head of zeros leaves the encoder no gradient; so does a LoRA alpha too \
+                 small to matter)",
+                r.unresolved.len(),
+                r.unresolved.join(", ")
+            );
+        }
+        // An error under the resolution would pass unseen: worth saying where it is above
+        // what the check is asked to show.
+        let asked = self.tolerance.unwrap_or(DEFAULT_RESOLUTION_NOTE);
+        if r.resolution > asked {
+            note!(
+                "note: {}'s gradient is small against the loss's rounding: the check could \
+                 see relative errors there only above {:.1e}",
+                r.least_resolved_tensor,
+                r.resolution
+            );
+        }
+        let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": r.max_rel_err, "worst_tensor": r.worst_tensor, "resolution": r.resolution, "least_resolved_tensor": r.least_resolved_tensor, "unresolved": r.unresolved, "skipped": r.skipped});
         let verdict = self.tolerance.map(|t| r.within(t));
         if let Some(v) = &verdict {
             line["tolerance"] = json!(self.tolerance);

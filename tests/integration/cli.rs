@@ -312,6 +312,7 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         (&["--lora-alpha", "0"], "α > 0"),
         (&["--lora-alpha=-2"], "α > 0"),
         (&["--lora-alpha", "1e300"], "beyond what f32 holds"),
+        (&["--lora-alpha", "1e-300"], "too small for f32 to hold"),
         (
             &["--method", "lora", "--lora-layers", "1,1"],
             "layer 1 is listed twice",
@@ -1046,6 +1047,70 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
 }
 
 const MNLI_COLUMNS: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
+
+/// Gradients far below the loss's size are judged against the finite differences' rounding:
+/// with the pooler's weights scaled by 1e-7 the encoder's gradients are ~1e-9, right, and
+/// pass a tolerance of 1e-4 with a note of how little the check could see there; scaled by
+/// 1e-13 they are below that rounding, listed as unresolved and warned of. The pooler's own
+/// gradient stays resolved either way.
+#[test]
+fn gradcheck_judges_small_gradients_against_the_rounding_of_the_loss() {
+    use common::family_fixture::{read_tensors, write_tensors};
+    let dir = tempfile::tempdir().unwrap();
+    for (scale, resolved) in [(1e-7, true), (1e-13, false)] {
+        let tiny = dir.path().join(format!("pooler-{scale:e}"));
+        common::tiny_bert::write_checkpoint(&tiny);
+        let weights = tiny.join("model.safetensors");
+        let mut tensors = read_tensors(&weights);
+        for (name, _, _, values) in &mut tensors {
+            if name == "bert.pooler.dense.weight" {
+                values.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        write_tensors(&weights, &tensors);
+        let m = tiny.display().to_string();
+        let (ok, stdout, err) = spafit(&[
+            "gradcheck",
+            "--model",
+            &m,
+            "--method",
+            "bitfit",
+            "--tolerance",
+            "1e-4",
+        ]);
+        assert!(ok, "{scale:e}: {err}");
+        let line = last_json(&stdout);
+        assert_eq!(line["max_rel_err"].as_f64(), Some(0.0), "{line}");
+        let unresolved: Vec<&str> = line["unresolved"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        let resolution = line["resolution"].as_f64().unwrap();
+        if resolved {
+            assert!(unresolved.is_empty(), "{line}");
+            assert!(resolution > 1e-4 && resolution < 1.0, "{line}");
+            let least = line["least_resolved_tensor"].as_str().unwrap();
+            assert!(
+                least.starts_with("bert.encoder.") && err.contains(least),
+                "{err}"
+            );
+            assert!(!err.contains("warning:"), "{err}");
+        } else {
+            assert!(
+                unresolved.len() > 4 && unresolved.iter().all(|n| n.starts_with("bert.encoder.")),
+                "{line}"
+            );
+            assert!(
+                err.contains("cannot tell from zero") && err.contains(unresolved[0]),
+                "{err}"
+            );
+            // The pooler and the head are what is left to resolve.
+            assert!(resolution < 1e-4, "{line}");
+        }
+    }
+}
 
 /// A check of many coordinates says what it will do and shows each tensor as it starts;
 /// a short one says nothing before its result.
