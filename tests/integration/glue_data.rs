@@ -1269,6 +1269,11 @@ a,b,1
             None => assert!(!e.contains("here likely"), "{name}: {e}"),
         }
     }
+    // Read for predictions (no label column), a file's `label` column is still no text.
+    let mut unlabeled = table("predict.csv", "sentence,label\na,1\n");
+    unlabeled.label_column = None;
+    let e = unlabeled.load(OnMalformed::Error).unwrap_err().to_string();
+    assert!(e.contains("; here likely `--text-column sentence`"), "{e}");
 }
 
 /// Row errors say what to do and never echo raw control characters: an unknown class points

@@ -177,8 +177,12 @@ impl TableSpec {
     /// flag that names it, as "; here likely `--text-column sentence`"; else nothing.
     fn likely_column(&self, missing: &str, columns: &[&str]) -> String {
         let roles = self.column_roles();
-        let Some((_, flag, _)) = roles.iter().find(|(_, _, c)| *c == Some(missing)) else {
+        let Some((role, flag, _)) = roles.iter().find(|(_, _, c)| *c == Some(missing)) else {
             return String::new();
+        };
+        // A spec that reads no labels (predictions) still meets files that hold them.
+        let is_labels = |c: &str| {
+            *role != "label" && matches!(c.trim().to_ascii_lowercase().as_str(), "label" | "labels")
         };
         let named: Vec<Option<&str>> = roles
             .iter()
@@ -193,7 +197,7 @@ impl TableSpec {
         };
         let mut others = columns
             .iter()
-            .filter(|c| !named.contains(&Some(**c)) && !is_id(c));
+            .filter(|c| !named.contains(&Some(**c)) && !is_id(c) && !is_labels(c));
         match (others.next(), others.next()) {
             (Some(only), None) => {
                 // As a shell takes it: quoted where it holds more than letters and digits.
