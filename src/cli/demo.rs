@@ -58,7 +58,7 @@ impl DemoCommand {
         let checkpoint = Checkpoint::open(&self.model.model)?;
         let mut run = setup(backend, checkpoint, &self.peft, 2, self.train.seed)?;
         // The demo is one sitting: a signal ends it as signals always do.
-        let (report, _locks) = fit(
+        let (report, _hold) = fit(
             &mut run,
             &self.model,
             &self.train,

@@ -218,7 +218,7 @@ pub fn fit<B: Backend>(
     dev: Option<&Dataset>,
     task: Option<spafit::data::GlueTask>,
     stop_on_signal: bool,
-) -> Result<(TrainReport, Vec<spafit::train::RunLock>)> {
+) -> Result<(TrainReport, RunHold)> {
     if args.export_peft.is_some() && run.plan.lora.is_none() {
         return Err(spafit::Error::invalid(
             "--export-peft",
@@ -366,14 +366,14 @@ pub fn fit<B: Backend>(
     .holding(&mut locks)
     .observe(&mut stop_when_signalled)
     .fit(&tokenizer, train, dev)?;
-    drop(on_signal);
+    let hold = RunHold {
+        _locks: locks,
+        _signals: on_signal,
+    };
     if report.stopped_by_observer {
         // Neither the export nor result.json: they are the whole run's, written when a
         // resume ends it.
-        return Ok((report, locks));
-    }
-    if let Some((signal, _)) = super::interrupt::received() {
-        note!("spafit: the run had reached its end when {signal} came: its results are written");
+        return Ok((report, hold));
     }
     if let Some(dir) = &args.export_peft {
         let base_name = run.checkpoint.dir().display().to_string();
@@ -411,8 +411,15 @@ pub fn fit<B: Backend>(
             );
         }
     }
-    // Held by the caller while it writes the rest of the run folder (result.json).
-    Ok((report, locks))
+    Ok((report, hold))
+}
+
+/// What the caller of [`fit`] holds while it writes the rest of the run folder
+/// (result.json): the run's locks, and the signal handlers, so that a signal after the last
+/// step lets those writes finish rather than ending the process between them.
+pub struct RunHold {
+    _locks: Vec<spafit::train::RunLock>,
+    _signals: Option<super::interrupt::StopOnSignal>,
 }
 
 impl TrainArgs {
@@ -581,7 +588,7 @@ impl TrainCommand {
         };
         self.data.apply_threshold(&mut run.model, &train.kind)?;
         let dev = devs.first();
-        let (report, _locks) = fit(&mut run, &self.model, &self.train, &train, dev, task, true)?;
+        let (report, _hold) = fit(&mut run, &self.model, &self.train, &train, dev, task, true)?;
         if report.stopped_by_observer {
             let signal = super::interrupt::received().map_or("a signal", |(name, _)| name);
             let results = match &self.train.export_peft {
@@ -689,8 +696,26 @@ impl TrainCommand {
                 line["f1_positive_class"] = json!(labels.get(1));
             }
         }
-        // GLUE reports MNLI on both dev sets; the first one selected the model.
-        if let Some(t) = task.filter(|_| devs.len() > 1) {
+        // GLUE reports MNLI on both dev sets; the first one selected the model. A signal that
+        // came after the last step leaves the second out, which may take minutes, rather than
+        // keep a scheduler or a user waiting for it.
+        let signal = super::interrupt::received().map(|(name, _)| name);
+        if let (Some(t), Some(signal)) = (task.filter(|_| devs.len() > 1), signal) {
+            let adapter = self
+                .train
+                .output
+                .as_ref()
+                .map_or("DIR/best".into(), |d| d.join("best").display().to_string());
+            note!(
+                "spafit: {signal} came after the run's last step: its results are written \
+                 without {} (`spafit eval --task {} --split {} --adapter {adapter}` gives \
+                 them)",
+                t.dev_splits()[1..].join(", "),
+                t.dir_name().to_ascii_lowercase(),
+                t.dev_splits()[1]
+            );
+            super::interrupt::stopped_run();
+        } else if let Some(t) = task.filter(|_| devs.len() > 1) {
             let tokenizer = self.model.tokenizer(&run.checkpoint, run.trained_cut)?;
             for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
                 let encoded = spafit::train::EncodedDataset::new(&tokenizer, data)?;
@@ -710,6 +735,15 @@ impl TrainCommand {
         // Kept with the run: stdout may be gone, and MNLI's second dev split is only here.
         if let Some(dir) = &self.train.output {
             spafit::adapter::write_atomic(&dir.join(RESULT_FILE), format!("{line}\n").as_bytes())?;
+        }
+        // One that came during the writes, or during the second dev set's evaluation.
+        if let (Some((signal, _)), None) = (
+            super::interrupt::received(),
+            super::interrupt::exit_status(),
+        ) {
+            note!(
+                "spafit: the run had reached its end when {signal} came: its results are written"
+            );
         }
         super::print_line(&line)?;
         Ok(())

@@ -1048,6 +1048,101 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
 
 const MNLI_COLUMNS: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
 
+/// A SIGTERM after an MNLI run's last step, while its PEFT export is written (writes slowed):
+/// the export and result.json are written whole, without dev_mismatched's evaluation (which
+/// takes minutes on the real split), stderr says how to get it, and the command ends with the
+/// signal's status.
+#[test]
+fn a_signal_at_the_end_of_an_mnli_run_leaves_out_the_second_dev_set() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut rows = format!("{MNLI_COLUMNS}\tlabel1\tgold_label\n");
+    for (i, (a, b, label)) in [
+        ("A man plays a guitar.", "A man plays music.", "entailment"),
+        ("A man plays a guitar.", "A woman sleeps.", "contradiction"),
+        ("A child runs in a park.", "The child is happy.", "neutral"),
+        (
+            "Two dogs chase a ball.",
+            "The dogs are asleep.",
+            "contradiction",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        rows += &format!("{i}\t1\t1n\tfiction\t(a)\t(b)\t(A)\t(B)\t{a}\t{b}\t{label}\t{label}\n");
+    }
+    for split in ["train", "dev_matched", "dev_mismatched"] {
+        write(root, &format!("glue/MNLI/{split}.tsv"), &rows);
+    }
+    let (out, export) = (root.join("run"), root.join("run.peft"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args([
+            "train",
+            "--model",
+            &model(),
+            "--task",
+            "mnli",
+            "--method",
+            "lora",
+        ])
+        .arg("--glue-dir")
+        .arg(root.join("glue"))
+        .args([
+            "--max-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--quiet",
+        ])
+        .arg("--output")
+        .arg(&out)
+        .arg("--export-peft")
+        .arg(&export)
+        .env("SPAFIT_SLOW_WRITES_MS", "600")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let exporting = || {
+        std::fs::read_dir(&export).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        })
+    };
+    while !exporting() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        assert!(std::time::Instant::now() < deadline, "no export came");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SAFETY: kill(2) on our own child, which has not been waited for yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{:?}: {err}",
+        o.status.signal()
+    );
+    assert!(
+        err.contains("without dev_mismatched") && err.contains("--split dev_mismatched"),
+        "{err}"
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert!(result["dev_accuracy"].is_number(), "{result}");
+    assert!(result.get("dev_mismatched_accuracy").is_none(), "{result}");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(export.join(file).is_file(), "{file}: {err}");
+    }
+}
+
 /// Gradients far below the loss's size are judged against the finite differences' rounding:
 /// with the pooler's weights scaled by 1e-7 the encoder's gradients are ~1e-9, right, and
 /// pass a tolerance of 1e-4 with a note of how little the check could see there; scaled by

@@ -548,6 +548,33 @@ fn killed_runs_resume_to_the_uninterrupted_result() {
         }
         resume_as_uninterrupted(&out, what);
     }
+    // A SIGTERM after the last step, while the PEFT export is being written: the handlers
+    // stay until the results are written, so the export and result.json come whole and the
+    // command ends as a finished run (its default action here lost result.json and half the
+    // export, with exit status 143).
+    let out = task.dir.path().join("signalled-at-the-end");
+    let at_the_end = Signalling {
+        signals: vec![libc::SIGTERM],
+        what: "SIGTERM while the PEFT export is written",
+        moment: |o| has_temporary(o, "peft/"),
+        delay_ms: 0,
+        sigint_ignored: false,
+    };
+    let (status, err) = task.signal_when(&out, &at_the_end, slow);
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the run had reached its end when SIGTERM came"),
+        "{err}"
+    );
+    assert!(out.join("result.json").is_file(), "{err}");
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(export_dir(&out).join(file).is_file(), "{file}: {err}");
+    }
+    assert!(
+        temporary_files(&out).is_empty(),
+        "{:?}",
+        temporary_files(&out)
+    );
 }
 
 /// Early stopping across a kill. At a learning rate of 0 every evaluation equals the first,
