@@ -320,6 +320,24 @@ pub fn fit<B: Backend>(
     let resumes_state = |dir: &std::path::Path| {
         args.resume && dir.join("last").join(spafit::train::STATE_FILE).exists()
     };
+    // A finished run whose state was removed (it is the largest file) has nothing to resume:
+    // starting over, with whatever settings, would replace its results unasked, where a
+    // script passes --resume to every call.
+    if let Some(dir) = args
+        .output
+        .as_deref()
+        .filter(|dir| args.resume && !resumes_state(dir) && dir.join(RESULT_FILE).is_file())
+    {
+        return Err(spafit::Error::invalid(
+            "--resume",
+            format!(
+                "{} holds a finished run ({RESULT_FILE}) whose saved state (last/) is gone: \
+                 there is nothing to resume, and starting over would replace its results; use \
+                 another output directory, or remove its {RESULT_FILE} to start over there",
+                dir.display()
+            ),
+        ));
+    }
     if let Some(result) = args
         .output
         .as_deref()

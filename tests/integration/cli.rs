@@ -4345,3 +4345,58 @@ fn a_named_pipe_of_rows_is_announced_before_it_is_waited_on() {
         "{stdout}"
     );
 }
+
+/// `--resume` on a finished run whose saved state was removed has nothing to resume: it is
+/// refused (other settings here), and the run's result and best adapter stay as they were.
+#[test]
+fn resume_refuses_a_finished_run_without_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "t.csv",
+        "text,label\ngood,1\nbad,0\nfine,1\nawful,0\n",
+    );
+    let (m, t) = (model(), root.join("t.csv").display().to_string());
+    let out = root.join("run").display().to_string();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            &m,
+            "--train-file",
+            &t,
+            "--dev-file",
+            &t,
+            "--max-len",
+            "16",
+            "--epochs",
+            "1",
+            "--output",
+            &out,
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        spafit(&args)
+    };
+    let (ok, _, err) = train(&[]);
+    assert!(ok, "{err}");
+    let run = root.join("run");
+    let result = std::fs::read(run.join("result.json")).unwrap();
+    let best = std::fs::read(run.join("best/adapter.safetensors")).unwrap();
+    std::fs::remove_dir_all(run.join("last")).unwrap();
+    let (ok, _, err) = train(&["--method", "bitfit", "--lr", "1e-2", "--resume"]);
+    assert!(
+        !ok && err.contains("holds a finished run (result.json) whose saved state (last/) is gone"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("result.json")).unwrap(), result);
+    assert_eq!(
+        std::fs::read(run.join("best/adapter.safetensors")).unwrap(),
+        best
+    );
+    // Without its result, --resume starts over there, as it says it does.
+    std::fs::remove_file(run.join("result.json")).unwrap();
+    let (ok, _, err) = train(&["--resume"]);
+    assert!(ok && err.contains("no saved state"), "{err}");
+}
