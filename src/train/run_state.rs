@@ -379,6 +379,13 @@ pub(crate) const DEVICE_SETTING: &str = "device and precision";
 /// with smaller micro-batches, so [`changed_settings`] skips it too.
 pub(crate) const MICRO_BATCH_SETTING: &str = "--micro-batch-size";
 
+/// The settings key of how often the training loss is logged: it changes `metrics.jsonl`'s
+/// train lines, not the run, so [`changed_settings`] skips it and the trainer notes it.
+pub(crate) const LOG_EVERY_SETTING: &str = "--log-every";
+
+/// The settings a resumed run may change, each noted by the trainer.
+const MAY_CHANGE_ON_RESUME: [&str; 3] = [DEVICE_SETTING, MICRO_BATCH_SETTING, LOG_EVERY_SETTING];
+
 /// The micro-batch setting of a run that runs whole batches: every run before the setting
 /// was recorded.
 pub(crate) const MICRO_BATCH_OFF: &str = "off";
@@ -389,8 +396,10 @@ pub(crate) const MICRO_BATCH_OFF: &str = "off";
 pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSettings {
     let c = config;
     let shapes = format!("{:?}", inputs.trainable_shapes);
-    let entries: [(&str, String); 26] = [
+    let entries: [(&str, String); 27] = [
         (DEVICE_SETTING, inputs.device.clone()),
+        // A state saved before this entry has none: not noted.
+        (LOG_EVERY_SETTING, c.log_every.to_string()),
         (
             MICRO_BATCH_SETTING,
             micro_batches::in_use(c.micro_batch_size, c.batch_size, inputs.train.len())
@@ -558,9 +567,7 @@ pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<St
     let saved = &with_warmup_steps(saved);
     let keys: std::collections::BTreeSet<&String> = saved.keys().collect();
     keys.into_iter()
-        .filter(|k| {
-            *k != DEVICE_SETTING && *k != MICRO_BATCH_SETTING && saved.get(*k) != now.get(*k)
-        })
+        .filter(|k| !MAY_CHANGE_ON_RESUME.contains(&k.as_str()) && saved.get(*k) != now.get(*k))
         .map(|k| {
             let show = |v: Option<&String>| v.map_or("(not recorded)", |v| v.as_str()).to_string();
             format!(

@@ -354,6 +354,28 @@ fn resume_reproduces_an_uninterrupted_run() {
         .unwrap();
     assert_eq!(moved.steps, 10);
     assert_notice(&moved, "trained on cpu-f64 and resumes on cpu-f32");
+    // So may its logging pace: noted, since metrics.jsonl's train lines change pace.
+    let paced = tmp.path().join("paced");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let partial = TrainConfig {
+        stop_after_steps: Some(4),
+        ..tiny_config(&paced)
+    };
+    Trainer::new(&cpu, &mut model, &plan, &ck.weights, partial)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let every = tiny_config(&paced).log_every + 2;
+    let resumed = TrainConfig {
+        resume: true,
+        log_every: every,
+        ..tiny_config(&paced)
+    };
+    let paced = Trainer::new(&cpu, &mut model, &plan, &ck.weights, resumed)
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(paced.steps, 10);
+    assert_notice(&paced, &format!("resumes logging every {every}"));
     let fresh_run = |config: TrainConfig| {
         let (mut model, plan) = tiny_model(&ck, &cpu);
         Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)

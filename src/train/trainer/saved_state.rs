@@ -114,6 +114,13 @@ impl<B: Backend> Trainer<'_, B> {
                 micro(now)
             ));
         }
+        if let Some((then, now)) = changed(run_state::LOG_EVERY_SETTING, None) {
+            progress.notice(&format!(
+                "the saved run logged its training loss every {then} steps and resumes logging \
+                 every {now}: metrics.jsonl's train lines change pace after step {}",
+                saved.position.step
+            ));
+        }
         let position = saved.position;
         let batches_per_epoch = self.batches_per_epoch(plan.lengths.len());
         if position.step > plan.total_steps || position.next_batch >= batches_per_epoch {
