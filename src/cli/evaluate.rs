@@ -106,6 +106,7 @@ fn load<B: Backend>(
         )?;
         classifier.store_frozen_weights(&backend)?;
     }
+    super::release_loading_memory();
     let tokenizer = model.tokenizer(&checkpoint, trained_cut)?;
     let encoded = EncodedDataset::new(&tokenizer, &data)?;
     Ok(Loaded {

@@ -268,6 +268,7 @@ impl BenchCommand {
                 let mut m = BertClassifier::random(&config, &backend, 2, 0)?;
                 m.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
                 m.store_frozen_weights(&backend)?;
+                super::release_loading_memory();
                 (backend, m)
             }
             None => {

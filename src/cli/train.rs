@@ -154,6 +154,7 @@ pub fn setup<B: Backend>(
     let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
     m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
     m.store_frozen_weights(&backend)?;
+    super::release_loading_memory();
     Ok(Run {
         backend,
         checkpoint,
@@ -198,6 +199,7 @@ pub fn setup_from_adapter<B: Backend>(
         note!("note: {note}");
     }
     let head = opened.head();
+    super::release_loading_memory();
     Ok((
         Run {
             backend,
