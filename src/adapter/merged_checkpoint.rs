@@ -333,14 +333,23 @@ fn folder_name(dir: &Path) -> Result<String> {
 /// (one killed part way; a live one, in this process namespace or not, holds its lock).
 fn staging_folder(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
     let parent = super::atomic::parent_of(dir);
-    let in_parent = |error| Error::Io {
-        path: parent.to_path_buf(),
-        error,
+    let prefix = format!(".{name}.merging-");
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
+    // Named after the output asked for, with the step that failed: the bare parent (`/proc/self:
+    // No such file or directory`) said neither.
+    let in_parent = |error: std::io::Error| Error::Io {
+        path: dir.to_path_buf(),
+        error: std::io::Error::new(
+            error.kind(),
+            format!(
+                "cannot write the merge beside it, in {} (through {}): {error}",
+                parent.display(),
+                staging.display()
+            ),
+        ),
     };
     std::fs::create_dir_all(parent).map_err(in_parent)?;
-    let prefix = format!(".{name}.merging-");
     remove_abandoned_staging(parent, &prefix);
-    let staging = parent.join(format!("{prefix}{}", std::process::id()));
     // Left by an earlier merge of this process id that was killed: never a whole checkpoint.
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(in_parent)?;

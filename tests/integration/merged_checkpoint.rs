@@ -253,6 +253,17 @@ fn impossible_merges_are_refused_and_leave_nothing() {
             "{no_name}: {e}"
         );
     }
+    // A place no folder can be made in (root included) is named as the output, with why.
+    let e = merge(
+        Path::new("/proc/self/merged"),
+        model.clone(),
+        &kind,
+        MergedDType::F32,
+    );
+    assert!(
+        e.starts_with("/proc/self/merged: cannot write the merge beside it, in /proc/self"),
+        "{e}"
+    );
     assert_eq!(entries(tmp.path()), ["file", "occupied"]);
     assert_eq!(entries(&occupied), ["notes.txt"]);
     // What a merge no longer writing left goes; a merge still writing holds its folder's
