@@ -5,6 +5,7 @@
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// A JSON value read as a data record: a row object, or anything else (refused by the caller
@@ -48,6 +49,32 @@ pub(super) fn json_problem(e: &serde_json::Error, line: &str) -> String {
     }
 }
 
+/// The value of a row's field. An integer beyond serde_json's integers (past 64 bits) keeps
+/// its spelling, as text: as a number it would round to an f64 (`12345678901234567890123`
+/// read back as `1.2345678901234568e22`), naming another class than its spelling in a CSV.
+fn exact_value(raw: &RawValue) -> serde_json::Result<Value> {
+    let text = raw.get();
+    let value: Value = serde_json::from_str(text)?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    Ok(match &value {
+        Value::Number(n) if n.is_f64() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Value::String(text.to_string())
+        }
+        _ => value,
+    })
+}
+
+/// A field's own error without serde_json's position in the field's text, which would not be
+/// the file's (the record's reader adds the file's), said as invalid JSON as the file's own
+/// syntax errors are (a number out of range).
+fn without_position(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let what = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(what, _)| what);
+    format!("invalid JSON: {what}")
+}
+
 impl<'de> Deserialize<'de> for JsonRecord {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(RecordVisitor)
@@ -71,7 +98,8 @@ impl<'de> Visitor<'de> for RecordVisitor {
                     "key `{key}` appears twice in this object; give each column once"
                 )));
             }
-            let value = map.next_value::<Value>()?;
+            let raw = map.next_value::<Box<RawValue>>()?;
+            let value = exact_value(&raw).map_err(|e| de::Error::custom(without_position(&e)))?;
             row.insert(key, value);
         }
         Ok(JsonRecord::Row(row))

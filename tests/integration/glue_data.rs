@@ -942,6 +942,19 @@ fn classes_are_inferred_from_a_training_file() {
     // Whole numbers too large to be class ids exactly keep their own spelling.
     let kind = infer("big.csv", "text,label\na,1e16\nb,3\n").unwrap();
     assert_eq!(kind, classes(&["3", "1e16"]));
+    // So do JSON integers past 64 bits, which a JSON number would round to one f64: two such
+    // ids stay two classes, spelled as in the file (and as a CSV of them gives them).
+    let (a, b) = ("12345678901234567890123", "12345678901234567890124");
+    let kind = infer(
+        "big.jsonl",
+        &format!(
+            "{{\"text\":\"a\",\"label\":{a}}}\n{{\"text\":\"b\",\"label\":{b}}}\n{{\"text\":\"c\",\"label\":-1}}\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(kind, classes(&["-1", a, b]));
+    let csv = infer("big_ids.csv", &format!("text,label\na,{a}\nb,{b}\nc,-1\n")).unwrap();
+    assert_eq!(csv, kind);
     // A row `load` would skip names no class.
     write(
         tmp.path(),
