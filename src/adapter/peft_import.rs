@@ -544,36 +544,29 @@ pub fn import_peft<B: Backend>(
     }
 
     // The head PEFT saved (modules_to_save) fixes the number of outputs; an adapter that
-    // saved none runs, in PEFT, on the base's own head, frozen.
-    let saved_head = ["classifier.weight", "classifier.bias"].map(|n| others.contains_key(n));
-    let head_shape = match saved_head {
-        [true, true] => others
-            .get("classifier.weight")
-            .and_then(|n| file.shape(n))
-            .unwrap_or_default(),
-        [false, false] => match checkpoint.classifier_outputs() {
+    // saved none, or only part of one (`bias = "all"` saves the head's bias alone), runs in PEFT
+    // on the base's own head for the rest.
+    let head_parts = ["classifier.weight", "classifier.bias"];
+    let saved_head = head_parts.map(|n| others.contains_key(n));
+    let base_outputs = checkpoint.classifier_outputs();
+    // Why the base cannot supply what the adapter lacks of the head.
+    let base_head_missing = || match checkpoint.other_kind_of_head() {
+        Some(kind) => format!("the base model's own head is no sequence classifier's ({kind})"),
+        None => "the base model has no sequence classifier's head of its own".to_string(),
+    };
+    let head_shape = match others.get("classifier.weight").and_then(|n| file.shape(n)) {
+        Some(shape) => shape,
+        None => match base_outputs {
             Some(outputs) => vec![outputs, config.hidden_size],
             None => {
                 return Err(bad_tensor(format!(
-                    "no `base_model.model.{}`, and the base model has no sequence classifier's \
-                     head of its own to run it on: the adapter must carry its classifier \
-                     (modules_to_save)",
-                    family.hf_name("classifier.weight")
+                    "no `base_model.model.{}`, and {} to run it on: the adapter must carry its \
+                     classifier (modules_to_save)",
+                    family.hf_name("classifier.weight"),
+                    base_head_missing()
                 )))
             }
         },
-        // Half a head would predict with one PEFT refuses to load (a KeyError there).
-        [weight, _] => {
-            let (has, lacks) = match weight {
-                true => ("weight", "classifier.bias"),
-                false => ("bias", "classifier.weight"),
-            };
-            return Err(bad_tensor(format!(
-                "no `base_model.model.{}` beside the classifier's {has}: PEFT saves a head \
-                 whole (modules_to_save), so the adapter must carry all of it or none",
-                family.hf_name(lacks)
-            )));
-        }
     };
     if head_shape.len() != 2 || head_shape[1] != config.hidden_size || head_shape[0] == 0 {
         return Err(Error::Mismatch {
@@ -590,6 +583,17 @@ pub fn import_peft<B: Backend>(
         });
     }
     let num_labels = head_shape[0];
+    if saved_head == [true, false] && base_outputs != Some(num_labels) {
+        return Err(bad_tensor(format!(
+            "no `base_model.model.{}` beside the classifier's weight, and {}: the adapter must \
+             carry all of its classifier (modules_to_save)",
+            family.hf_name("classifier.bias"),
+            match base_outputs {
+                Some(n) => format!("the base model's own head has {n} outputs, not {num_labels}"),
+                None => base_head_missing(),
+            }
+        )));
+    }
 
     // Strata: LoRA where the file has it; biases train in a layer whose biases it stores. A
     // LayerNorm's bias alone does not count: a LayerNorm saved whole (its scale trains)
@@ -755,17 +759,21 @@ pub fn import_peft<B: Backend>(
         )));
     }
     let mut notes = Vec::new();
-    if saved_head == [false, false] {
+    let from_base: Vec<String> = head_parts
+        .iter()
+        .zip(saved_head)
+        .filter(|(_, saved)| !saved)
+        .map(|(n, _)| family.hf_name(n))
+        .collect();
+    if !from_base.is_empty() {
         notes.push(format!(
-            "the adapter saved no classifier: the base's own head ({}) is used, and trains on \
+            "the adapter did not save {}: the base's own head supplies {}, which train{} on \
              from its values when training continues",
-            family.hf_name("classifier")
+            from_base.join(" and "),
+            if from_base.len() == 1 { "it" } else { "them" },
+            if from_base.len() == 1 { "s" } else { "" }
         ));
-        let head = [
-            family.hf_name("classifier.weight"),
-            family.hf_name("classifier.bias"),
-        ];
-        untouched_trainable.retain(|n| !head.contains(n));
+        untouched_trainable.retain(|n| !from_base.contains(n));
     }
     if !untouched_trainable.is_empty() {
         notes.push(format!(

@@ -86,6 +86,7 @@ fn the_fine_tuned_head_and_peft_adapter_are_read_as_multi_label() {
     f.check_peft_adapter(&ck);
     // Saved without its head, an adapter runs on the checkpoint's multi-label one.
     f.check_base_head_adapter(&ck);
+    f.check_base_head_adapter_in(&ck, "peft-lora-base-head-bias-all", &["weight"]);
     let headless =
         spafit::adapter::open_adapter(&f.dir().join("peft-lora-base-head"), &ck, &cpu).unwrap();
     assert_eq!(headless.multi_label, Some(true));

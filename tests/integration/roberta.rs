@@ -273,6 +273,12 @@ fn a_peft_roberta_adapter_gives_peft_logits() {
 #[test]
 fn a_peft_roberta_adapter_without_a_head_runs_on_the_checkpoints_own() {
     fixture().check_base_head_adapter(&checkpoint());
+    // `bias = "all"` saves the head's biases alone: its weights are the checkpoint's.
+    fixture().check_base_head_adapter_in(
+        &checkpoint(),
+        "peft-lora-base-head-bias-all",
+        &["weight"],
+    );
 }
 
 /// A LoRA plan like the PEFT fixture's (r 4 on query and value of layers 1 and 2).

@@ -227,13 +227,30 @@ impl FamilyFixture {
     /// `peft-lora-base-head/`, a LoRA adapter PEFT saved without `modules_to_save`, gives
     /// PEFT's logits on `ck`'s own head.
     pub fn check_base_head_adapter(&self, ck: &Checkpoint) {
+        self.check_base_head_adapter_in(ck, "peft-lora-base-head", &["weight", "bias"]);
+    }
+
+    /// The adapter in `folder`, which saved of the classifier all but its `supplied` parts
+    /// (`weight`, `bias`), gives PEFT's logits on `ck`'s own head, and says which parts the
+    /// base supplies.
+    pub fn check_base_head_adapter_in(&self, ck: &Checkpoint, folder: &str, supplied: &[&str]) {
         let reference =
-            WeightsFile::open(&self.dir.join("peft-lora-base-head/logits.safetensors")).unwrap();
-        let import = self.check_adapter_logits(ck, "peft-lora-base-head", &reference, "");
+            WeightsFile::open(&self.dir.join(folder).join("logits.safetensors")).unwrap();
+        let import = self.check_adapter_logits(ck, folder, &reference, "");
+        let family = ck.config.family();
+        let named = |part: &&str| family.hf_name(&format!("classifier.{part}"));
+        let note = import
+            .notes
+            .iter()
+            .find(|n| n.contains("the base's own head supplies"))
+            .unwrap_or_else(|| panic!("{folder}: {:?}", import.notes));
         assert!(
-            import.notes.len() == 1 && import.notes[0].contains("saved no classifier"),
-            "{:?}",
-            import.notes
+            supplied.iter().all(|p| note.contains(&named(p)))
+                && ["weight", "bias"]
+                    .iter()
+                    .filter(|p| !supplied.contains(p))
+                    .all(|p| !note.contains(&named(p))),
+            "{folder}: {note}"
         );
     }
 
