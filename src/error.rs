@@ -124,6 +124,16 @@ pub enum Error {
         /// The largest error allowed.
         tolerance: f64,
     },
+    /// A gradient check that could not see errors as small as the tolerance: gradients too
+    /// small against the loss's rounding, or none at all to compare
+    /// ([`crate::gradcheck::GradcheckReport::within`]).
+    #[error("gradcheck: inconclusive at the tolerance {tolerance:e}: {detail}")]
+    GradcheckInconclusive {
+        /// The largest error allowed.
+        tolerance: f64,
+        /// What the check could not see, and where.
+        detail: String,
+    },
     /// An adapter or checkpoint that does not belong to this base model or plan.
     #[error("{path}: {detail}")]
     Mismatch {

@@ -26,7 +26,7 @@ pub struct GradcheckReport {
     /// gradient's root mean square. A difference within the finite differences' own rounding
     /// (see [`GradcheckReport::resolution`]) counts as none: a right gradient scores 0 there.
     pub max_rel_err: f64,
-    /// The tensor with that error.
+    /// The tensor with that error (empty where every error is 0).
     pub worst_tensor: String,
     /// The smallest relative error the check could have seen, in the checked tensor where it
     /// is largest: the finite differences' rounding over the size of that tensor's gradient
@@ -47,9 +47,11 @@ pub struct GradcheckReport {
 }
 
 impl GradcheckReport {
-    /// `Ok` when the worst relative error is at most `tolerance`, else
-    /// [`Error::GradientMismatch`] naming the tensor. A tolerance that is not a positive
-    /// number is refused.
+    /// `Ok` when the worst relative error is at most `tolerance` and the check could see
+    /// errors that small in every tensor; else [`Error::GradientMismatch`] naming the tensor,
+    /// or [`Error::GradcheckInconclusive`] where the resolution is above the tolerance or a
+    /// tensor's gradient was unresolved (a pass there would vouch for nothing). A tolerance
+    /// that is not a positive number is refused.
     pub fn within(&self, tolerance: f64) -> Result<()> {
         if let Some(why) = tolerance_problem(tolerance) {
             return Err(Error::invalid("gradcheck", why));
@@ -60,6 +62,31 @@ impl GradcheckReport {
                 worst: self.max_rel_err,
                 tensor: self.worst_tensor.clone(),
                 tolerance,
+            });
+        }
+        if self.resolution > tolerance {
+            return Err(Error::GradcheckInconclusive {
+                tolerance,
+                detail: format!(
+                    "{}'s gradient is so small against the loss's rounding that only relative \
+                     errors above {:.1e} show",
+                    self.least_resolved_tensor, self.resolution
+                ),
+            });
+        }
+        if let Some(first) = self.unresolved.first() {
+            return Err(Error::GradcheckInconclusive {
+                tolerance,
+                detail: format!(
+                    "{} tensor(s) have a gradient the finite differences cannot tell from zero \
+                     ({first}{})",
+                    self.unresolved.len(),
+                    if self.unresolved.len() > 1 {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                ),
             });
         }
         Ok(())
@@ -282,11 +309,18 @@ fn tensor_error(
     let rms = (g.iter().map(|a| a * a).sum::<f64>() / g.len() as f64).sqrt();
     let along_scale = fd_along.abs().max(rms);
     let direction_err = relative_error((analytic_along - fd_along).abs(), along_scale, along_floor);
+    // Each part resolves what its finite differences saw: coordinates that were all zero to
+    // rounding (a sparse gradient's) leave the direction to say how fine the check was.
+    let coordinate_resolution = (norm > floor).then(|| floor / norm);
+    let direction_resolution = (fd_along.abs() > along_floor).then(|| along_floor / along_scale);
+    let resolutions = coordinate_resolution
+        .into_iter()
+        .chain(direction_resolution);
     Ok(TensorCheck {
         err: worse(coordinate_err, direction_err),
         coordinates: coords.len(),
-        resolution: (floor / norm).max(along_floor / along_scale),
-        resolved: norm > floor || fd_along.abs() > along_floor,
+        resolution: resolutions.clone().fold(0.0, f64::max),
+        resolved: resolutions.count() > 0,
     })
 }
 
@@ -471,8 +505,9 @@ pub fn gradcheck_with_progress<B: Backend>(
         model.params_mut()[idx].value = cpu.tensor_from_f64(Shape::new(dims), &x)?;
         report.tensors += 1;
         report.coordinates += check.coordinates;
-        // A NaN (a NaN gradient or loss) is the worst error, never skipped by the comparison.
-        if check.err.is_nan() || check.err >= report.max_rel_err {
+        // A NaN (a NaN gradient or loss) is the worst error, never skipped by the comparison;
+        // where every error is 0 no tensor is the worst.
+        if check.err.is_nan() || check.err > report.max_rel_err {
             report.max_rel_err = check.err;
             report.worst_tensor = name.clone();
         }
@@ -676,6 +711,46 @@ mod tests {
             skipped: Vec::new(),
         };
         assert!(report.within(1e300).is_err());
+    }
+
+    /// A check that could not see errors as small as the tolerance vouches for nothing there:
+    /// neither a pass nor a mismatch.
+    #[test]
+    fn a_check_coarser_than_the_tolerance_is_inconclusive() {
+        let report = GradcheckReport {
+            tensors: 2,
+            coordinates: 4,
+            max_rel_err: 0.0,
+            worst_tensor: String::new(),
+            resolution: 1e-3,
+            least_resolved_tensor: "small".into(),
+            unresolved: Vec::new(),
+            skipped: Vec::new(),
+        };
+        assert!(matches!(
+            report.within(1e-4),
+            Err(Error::GradcheckInconclusive { .. })
+        ));
+        assert!(report.within(1e-2).is_ok());
+        let unresolved = GradcheckReport {
+            unresolved: vec!["zero".into()],
+            ..report.clone()
+        };
+        let e = unresolved.within(1e-2).unwrap_err();
+        assert!(
+            matches!(&e, Error::GradcheckInconclusive { detail, .. } if detail.contains("zero")),
+            "{e}"
+        );
+        // A mismatch is said as one, whatever the resolution.
+        let wrong = GradcheckReport {
+            max_rel_err: 0.5,
+            worst_tensor: "wrong".into(),
+            ..unresolved
+        };
+        assert!(matches!(
+            wrong.within(1e-2),
+            Err(Error::GradientMismatch { .. })
+        ));
     }
 
     #[test]

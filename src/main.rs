@@ -50,7 +50,8 @@ fn main() {
         let _ = writeln!(std::io::stderr(), "spafit: {e}");
         // A check that ran and failed is not a failure to run it: scripts tell them apart.
         let status = match e {
-            spafit::Error::GradientMismatch { .. } => 3,
+            spafit::Error::GradientMismatch { .. }
+            | spafit::Error::GradcheckInconclusive { .. } => 3,
             _ => 1,
         };
         std::process::exit(status);

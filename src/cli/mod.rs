@@ -55,7 +55,9 @@ enum Command {
     /// over the tensor's gradient); `unresolved` (tensors whose gradient the finite
     /// differences cannot tell from zero: unchecked beyond that, and warned of); `skipped`
     /// (the attention key biases, whose gradient is exactly zero); `tensors` and
-    /// `coordinates` (the coordinates differenced, the random directions not counted).
+    /// `coordinates` (the coordinates differenced, the random directions not counted); with
+    /// --tolerance, `passed` and `inconclusive` (the check could not see errors that small).
+    /// A NaN or infinite error is written as text ("NaN", "inf").
     Gradcheck(tools::GradcheckCommand),
     /// Training-step throughput and memory for a method and batch shape (one JSON line).
     ///
