@@ -19,7 +19,19 @@ pub const TRAINING_STOPS: &[u8] =
     b"\nspafit: stopping after this step and saving the run to resume (interrupt again to quit \
       at once)\n";
 
+/// What it says once the run's last step is done and only its results are left to write.
+pub const FINISHING: &[u8] =
+    b"\nspafit: the run is over: finishing its results (interrupt again to quit at once)\n";
+
 const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+/// Sets what the handler says on the first signal. Its length is cleared first, so a
+/// handler running meanwhile writes nothing rather than a mix.
+fn set_message(message: &'static [u8]) {
+    MESSAGE_LEN.store(0, Ordering::SeqCst);
+    MESSAGE.store(message.as_ptr().cast_mut(), Ordering::SeqCst);
+    MESSAGE_LEN.store(message.len(), Ordering::SeqCst);
+}
 
 /// Only what is async-signal-safe: an atomic, write(2), signal(2), raise(3).
 extern "C" fn on_signal(signal: libc::c_int) {
@@ -56,9 +68,7 @@ impl StopOnSignal {
     /// process was started ignoring (a job a script put in the background, `nohup`) stays
     /// ignored, as the shell meant.
     pub fn install(message: &'static [u8]) -> Option<Self> {
-        MESSAGE_LEN.store(0, Ordering::SeqCst);
-        MESSAGE.store(message.as_ptr().cast_mut(), Ordering::SeqCst);
-        MESSAGE_LEN.store(message.len(), Ordering::SeqCst);
+        set_message(message);
         let mut previous = Vec::new();
         for signal in SIGNALS {
             // SAFETY: a zeroed sigaction is a valid value to fill; the handler only does
@@ -84,6 +94,13 @@ impl StopOnSignal {
             }
         }
         Some(StopOnSignal { previous })
+    }
+}
+
+impl StopOnSignal {
+    /// Says `message` on a first signal from now on (the run's phase changed).
+    pub fn say(&self, message: &'static [u8]) {
+        set_message(message);
     }
 }
 

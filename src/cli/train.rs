@@ -386,6 +386,9 @@ pub fn fit<B: Backend>(
     .holding(&mut locks)
     .observe(&mut stop_when_signalled)
     .fit(&tokenizer, train, dev)?;
+    if let Some(handlers) = on_signal.as_ref().filter(|_| !report.stopped_by_observer) {
+        handlers.say(super::interrupt::FINISHING);
+    }
     let hold = RunHold {
         _locks: locks,
         _signals: on_signal,
@@ -719,33 +722,27 @@ impl TrainCommand {
         // GLUE reports MNLI on both dev sets; the first one selected the model. A signal that
         // came after the last step leaves the second out, which may take minutes, rather than
         // keep a scheduler or a user waiting for it.
-        let signal = super::interrupt::received().map(|(name, _)| name);
-        if let (Some(t), Some(signal)) = (task.filter(|_| devs.len() > 1), signal) {
-            let adapter = self
-                .train
-                .output
-                .as_ref()
-                .map_or("DIR/best".into(), |d| d.join("best").display().to_string());
-            note!(
-                "spafit: {signal} came after the run's last step: its results are written \
-                 without {} (`spafit eval --task {} --split {} --adapter {adapter}` gives \
-                 them)",
-                t.dev_splits()[1..].join(", "),
-                t.dir_name().to_ascii_lowercase(),
-                t.dev_splits()[1]
-            );
-            super::interrupt::stopped_run();
-        } else if let Some(t) = task.filter(|_| devs.len() > 1) {
+        let signalled = || super::interrupt::received().is_some();
+        if let Some(t) = task.filter(|_| devs.len() > 1) {
             let tokenizer = self.model.tokenizer(&run.checkpoint, run.trained_cut)?;
             for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
                 let encoded = spafit::train::EncodedDataset::new(&tokenizer, data)?;
-                let eval = spafit::train::evaluate(
-                    &run.backend,
-                    &run.model,
-                    &encoded,
-                    self.train.eval_batch_size(),
-                    task,
-                )?;
+                let evaluated = match signalled() {
+                    true => None,
+                    false => spafit::train::evaluate_until(
+                        &run.backend,
+                        &run.model,
+                        &encoded,
+                        self.train.eval_batch_size(),
+                        task,
+                        &signalled,
+                    )?,
+                };
+                let Some(eval) = evaluated else {
+                    self.note_split_left_out(t, split);
+                    super::interrupt::stopped_run();
+                    break;
+                };
                 line[format!("{split}_loss")] = json!(eval.loss);
                 for (k, v) in &eval.metrics {
                     line[format!("{split}_{k}")] = json!(v);
@@ -767,6 +764,38 @@ impl TrainCommand {
         }
         super::print_line(&line)?;
         Ok(())
+    }
+
+    /// Says that a signal after the run's last step left out the evaluation of `split`, and
+    /// the command that gives it.
+    fn note_split_left_out(&self, task: spafit::data::GlueTask, split: &str) {
+        let signal = super::interrupt::received().map_or("a signal", |(name, _)| name);
+        let quoted = |path: &std::path::Path| {
+            let text = path.display().to_string();
+            match text
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_-./:+@%".contains(c))
+            {
+                true => text,
+                false => format!("'{}'", text.replace('\'', "'\\''")),
+            }
+        };
+        let mut command = format!(
+            "spafit eval --model {} --task {}",
+            quoted(&self.model.model),
+            task.dir_name().to_ascii_lowercase()
+        );
+        if let Some(dir) = &self.data.glue_dir {
+            command += &format!(" --glue-dir {}", quoted(dir));
+        }
+        command += &format!(" --split {split}");
+        if let Some(out) = &self.train.output {
+            command += &format!(" --adapter {}", quoted(&out.join("best")));
+        }
+        note!(
+            "spafit: {signal} came after the run's last step: its results are written without \
+             {split}'s evaluation, which `{command}` gives"
+        );
     }
 }
 

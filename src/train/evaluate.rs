@@ -51,6 +51,19 @@ pub fn infer<B: Backend>(
     data: &EncodedDataset,
     batch_size: usize,
 ) -> Result<ModelOutputs> {
+    infer_until(backend, model, data, batch_size, &|| false)?.ok_or_else(|| {
+        crate::Error::invalid("evaluate", "stopped, though nothing asked it to stop")
+    })
+}
+
+/// [`infer`], asking `stop` before each batch: `None` once it says to stop.
+fn infer_until<B: Backend>(
+    backend: &B,
+    model: &BertClassifier<B>,
+    data: &EncodedDataset,
+    batch_size: usize,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<ModelOutputs>> {
     let n = data.texts.len();
     let k = model.num_labels();
     if batch_size == 0 {
@@ -89,6 +102,9 @@ pub fn infer<B: Backend>(
     let mut loss_sum = 0.0;
     let mut labeled = true;
     for rows in batches {
+        if stop() {
+            return Ok(None);
+        }
         let (input, labels, _) = data.tensors(backend, &rows, model.config())?;
         let mut tape = Tape::inference(backend.clone());
         let out = model.forward(&mut tape, &input, &mut DropoutPlan::eval())?;
@@ -104,10 +120,10 @@ pub fn infer<B: Backend>(
             None => labeled = false,
         }
     }
-    Ok(ModelOutputs {
+    Ok(Some(ModelOutputs {
         logits,
         loss: (labeled && n > 0).then(|| loss_sum / n as f64),
-    })
+    }))
 }
 
 /// Class ids (argmax), sets of class ids (positive logits: probability above one half) or
@@ -155,15 +171,34 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     task: Option<GlueTask>,
 ) -> Result<Evaluation> {
-    let (evaluation, non_finite) =
-        evaluate_with_logit_check(backend, model, data, batch_size, task)?;
+    evaluate_until(backend, model, data, batch_size, task, &|| false)?.ok_or_else(|| {
+        crate::Error::invalid("evaluate", "stopped, though nothing asked it to stop")
+    })
+}
+
+/// [`evaluate`], asking `stop` before each batch (a signal handler's flag, say): `None` once
+/// it says to stop, which a long evaluation (MNLI's 10,000 pairs on a CPU) otherwise keeps
+/// waiting for its end.
+pub fn evaluate_until<B: Backend>(
+    backend: &B,
+    model: &BertClassifier<B>,
+    data: &EncodedDataset,
+    batch_size: usize,
+    task: Option<GlueTask>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<Evaluation>> {
+    let Some((evaluation, non_finite)) =
+        evaluate_with_logit_check_until(backend, model, data, batch_size, task, stop)?
+    else {
+        return Ok(None);
+    };
     match non_finite {
         // Metrics of NaN or infinite outputs would look like a result.
         Some(why) => Err(crate::Error::invalid(
             "evaluate",
             format!("{why}; its metrics would mean nothing"),
         )),
-        None => Ok(evaluation),
+        None => Ok(Some(evaluation)),
     }
 }
 
@@ -176,6 +211,20 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
     batch_size: usize,
     task: Option<GlueTask>,
 ) -> Result<(Evaluation, Option<String>)> {
+    evaluate_with_logit_check_until(backend, model, data, batch_size, task, &|| false)?.ok_or_else(
+        || crate::Error::invalid("evaluate", "stopped, though nothing asked it to stop"),
+    )
+}
+
+/// [`evaluate_with_logit_check`], asking `stop` before each batch.
+fn evaluate_with_logit_check_until<B: Backend>(
+    backend: &B,
+    model: &BertClassifier<B>,
+    data: &EncodedDataset,
+    batch_size: usize,
+    task: Option<GlueTask>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<(Evaluation, Option<String>)>> {
     let start = Instant::now();
     if data.texts.is_empty() {
         return Err(crate::Error::invalid(
@@ -216,7 +265,9 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
             format!("{mismatch}: its metrics do not apply"),
         ));
     }
-    let out = infer(backend, model, data, batch_size)?;
+    let Some(out) = infer_until(backend, model, data, batch_size, stop)? else {
+        return Ok(None);
+    };
     let threshold = model.decision_threshold();
     let pred = predictions_at(&data.kind, &out.logits, model.num_labels(), threshold)?;
     let preds = match data.kind {
@@ -241,7 +292,7 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
         loss: out.loss.unwrap_or(f64::NAN),
         seconds: start.elapsed().as_secs_f64(),
     };
-    Ok((evaluation, non_finite))
+    Ok(Some((evaluation, non_finite)))
 }
 
 // Targets were checked against the task's kind above, so each helper sees its own kind.

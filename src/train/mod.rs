@@ -20,7 +20,7 @@ mod trainer;
 pub use batch_log::BatchLog;
 pub use config::TrainConfig;
 pub use encoded::EncodedDataset;
-pub use evaluate::{evaluate, infer, predictions, Evaluation, ModelOutputs};
+pub use evaluate::{evaluate, evaluate_until, infer, predictions, Evaluation, ModelOutputs};
 pub use micro_batches::{check_size as check_micro_batch_size, in_use as micro_batches_in_use};
 pub use observer::{Control, StepReport, TrainEvent};
 pub use optimizer::{no_decay, AdamW};

@@ -1048,17 +1048,17 @@ fn an_nli_adapter_follows_glue_class_order_on_mnli_and_ax() {
 
 const MNLI_COLUMNS: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2";
 
-/// A SIGTERM after an MNLI run's last step, while its PEFT export is written (writes slowed):
-/// the export and result.json are written whole, without dev_mismatched's evaluation (which
-/// takes minutes on the real split), stderr says how to get it, and the command ends with the
-/// signal's status.
+/// A SIGTERM after an MNLI run's last step, while its PEFT export is written (writes slowed),
+/// or while dev_mismatched is evaluated (10,000 pairs, as the real split: minutes on a
+/// CPU, stopped at its next batch): the export and result.json are written whole, without dev_mismatched's evaluation,
+/// stderr says which command gives it, and the command ends with the signal's status.
 #[test]
 fn a_signal_at_the_end_of_an_mnli_run_leaves_out_the_second_dev_set() {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let mut rows = format!("{MNLI_COLUMNS}\tlabel1\tgold_label\n");
-    for (i, (a, b, label)) in [
+    let header = format!("{MNLI_COLUMNS}\tlabel1\tgold_label\n");
+    let pairs = [
         ("A man plays a guitar.", "A man plays music.", "entailment"),
         ("A man plays a guitar.", "A woman sleeps.", "contradiction"),
         ("A child runs in a park.", "The child is happy.", "neutral"),
@@ -1067,79 +1067,121 @@ fn a_signal_at_the_end_of_an_mnli_run_leaves_out_the_second_dev_set() {
             "The dogs are asleep.",
             "contradiction",
         ),
-    ]
-    .iter()
-    .enumerate()
-    {
-        rows += &format!("{i}\t1\t1n\tfiction\t(a)\t(b)\t(A)\t(B)\t{a}\t{b}\t{label}\t{label}\n");
-    }
-    for split in ["train", "dev_matched", "dev_mismatched"] {
-        write(root, &format!("glue/MNLI/{split}.tsv"), &rows);
-    }
-    let (out, export) = (root.join("run"), root.join("run.peft"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
-        .args([
-            "train",
-            "--model",
-            &model(),
-            "--task",
-            "mnli",
-            "--method",
-            "lora",
-        ])
-        .arg("--glue-dir")
-        .arg(root.join("glue"))
-        .args([
-            "--max-len",
-            "32",
-            "--batch-size",
-            "2",
-            "--epochs",
-            "1",
-            "--quiet",
-        ])
-        .arg("--output")
-        .arg(&out)
-        .arg("--export-peft")
-        .arg(&export)
-        .env("SPAFIT_SLOW_WRITES_MS", "600")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let exporting = || {
-        std::fs::read_dir(&export).is_ok_and(|entries| {
+    ];
+    let rows = |n: usize| {
+        let mut text = header.clone();
+        for i in 0..n {
+            let (a, b, label) = pairs[i % pairs.len()];
+            text +=
+                &format!("{i}\t1\t1n\tfiction\t(a)\t(b)\t(A)\t(B)\t{a}\t{b}\t{label}\t{label}\n");
+        }
+        text
+    };
+    // `moment` holds for the export folder when the signal goes.
+    type Moment = fn(&Path) -> bool;
+    let exporting: Moment = |export| {
+        std::fs::read_dir(export).is_ok_and(|entries| {
             entries
                 .flatten()
                 .any(|e| e.file_name().to_string_lossy().contains(".tmp-"))
         })
     };
-    while !exporting() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
-        assert!(std::time::Instant::now() < deadline, "no export came");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    // SAFETY: kill(2) on our own child, which has not been waited for yet.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        o.status.code(),
-        Some(128 + libc::SIGTERM),
-        "{:?}: {err}",
-        o.status.signal()
-    );
-    assert!(
-        err.contains("without dev_mismatched") && err.contains("--split dev_mismatched"),
-        "{err}"
-    );
-    let result: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
-    assert!(result["dev_accuracy"].is_number(), "{result}");
-    assert!(result.get("dev_mismatched_accuracy").is_none(), "{result}");
-    for file in ["adapter_config.json", "adapter_model.safetensors"] {
-        assert!(export.join(file).is_file(), "{file}: {err}");
+    // The export's last file is there: the second dev set's evaluation comes next.
+    let exported: Moment = |export| export.join("spafit_export.json").is_file();
+    for (name, slow_writes_ms, mismatched, moment, delay_ms) in [
+        ("export", "600", 4, exporting, 0),
+        ("evaluation", "0", 10_000, exported, 300),
+    ] {
+        let glue = root.join(name).join("glue");
+        for (split, n) in [
+            ("train", 4),
+            ("dev_matched", 4),
+            ("dev_mismatched", mismatched),
+        ] {
+            std::fs::create_dir_all(glue.join("MNLI")).unwrap();
+            std::fs::write(glue.join(format!("MNLI/{split}.tsv")), rows(n)).unwrap();
+        }
+        let (out, export) = (
+            root.join(name).join("run"),
+            root.join(name).join("run.peft"),
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args([
+                "train",
+                "--model",
+                &model(),
+                "--task",
+                "mnli",
+                "--method",
+                "lora",
+            ])
+            .arg("--glue-dir")
+            .arg(&glue)
+            .args([
+                "--max-len",
+                "32",
+                "--batch-size",
+                "2",
+                "--max-steps",
+                "2",
+                "--quiet",
+            ])
+            .args(["--eval-batch-size", "8"])
+            .arg("--output")
+            .arg(&out)
+            .arg("--export-peft")
+            .arg(&export)
+            .env("SPAFIT_SLOW_WRITES_MS", slow_writes_ms)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !moment(&export) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{name}: the run ended first"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: the moment never came"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        // SAFETY: kill(2) on our own child, which has not been waited for yet.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(128 + libc::SIGTERM),
+            "{name}: {:?}: {err}",
+            o.status.signal()
+        );
+        assert!(
+            err.contains("the run is over: finishing its results")
+                && !err.contains("stopping after this step"),
+            "{name}: {err}"
+        );
+        let command = format!(
+            "`spafit eval --model {} --task mnli --glue-dir {} --split dev_mismatched --adapter {}`",
+            model(),
+            glue.display(),
+            out.join("best").display()
+        );
+        assert!(
+            err.contains("without dev_mismatched's evaluation") && err.contains(&command),
+            "{name}: {err}"
+        );
+        let result: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
+                .unwrap();
+        assert!(result["dev_accuracy"].is_number(), "{result}");
+        assert!(result.get("dev_mismatched_accuracy").is_none(), "{result}");
+        for file in ["adapter_config.json", "adapter_model.safetensors"] {
+            assert!(export.join(file).is_file(), "{name}: {file}: {err}");
+        }
     }
 }
 
