@@ -209,6 +209,11 @@ fn impossible_merges_are_refused_and_leave_nothing() {
     std::fs::write(&file, "mine").unwrap();
     let e = merge(&file, model.clone(), &kind, MergedDType::F32);
     assert!(e.contains("is a file"), "{e}");
+    let e = merge(&file.join("sub"), model.clone(), &kind, MergedDType::F32);
+    assert!(
+        e.contains(&format!("lies under {}, which is a file", file.display())),
+        "{e}"
+    );
     let three = TaskKind::Classification {
         labels: vec!["a".into(), "b".into(), "c".into()],
     };
