@@ -51,7 +51,17 @@ pub fn infer<B: Backend>(
     data: &EncodedDataset,
     batch_size: usize,
 ) -> Result<ModelOutputs> {
-    infer_until(backend, model, data, batch_size, &|| false)?.ok_or_else(|| {
+    unstopped(infer_until(backend, model, data, batch_size, &never)?)
+}
+
+/// A `stop` that never asks to stop.
+fn never() -> bool {
+    false
+}
+
+/// What a run with [`never`] for `stop` gave: always there.
+fn unstopped<T>(done: Option<T>) -> Result<T> {
+    done.ok_or_else(|| {
         crate::Error::invalid("evaluate", "stopped, though nothing asked it to stop")
     })
 }
@@ -171,9 +181,9 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     task: Option<GlueTask>,
 ) -> Result<Evaluation> {
-    evaluate_until(backend, model, data, batch_size, task, &|| false)?.ok_or_else(|| {
-        crate::Error::invalid("evaluate", "stopped, though nothing asked it to stop")
-    })
+    unstopped(evaluate_until(
+        backend, model, data, batch_size, task, &never,
+    )?)
 }
 
 /// [`evaluate`], asking `stop` before each batch (a signal handler's flag, say): `None` once
@@ -211,9 +221,9 @@ pub(crate) fn evaluate_with_logit_check<B: Backend>(
     batch_size: usize,
     task: Option<GlueTask>,
 ) -> Result<(Evaluation, Option<String>)> {
-    evaluate_with_logit_check_until(backend, model, data, batch_size, task, &|| false)?.ok_or_else(
-        || crate::Error::invalid("evaluate", "stopped, though nothing asked it to stop"),
-    )
+    unstopped(evaluate_with_logit_check_until(
+        backend, model, data, batch_size, task, &never,
+    )?)
 }
 
 /// [`evaluate_with_logit_check`], asking `stop` before each batch.

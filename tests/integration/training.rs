@@ -144,6 +144,19 @@ fn smoke_training_on_the_real_model_learns() {
     let losses = read_losses(out.path());
     let (first, last) = (losses[0], *losses.last().unwrap());
     let after = evaluate(&cpu, &model, &held, 64, None).unwrap();
+    // Asked to stop, an evaluation stops at its next batch; never asked, it is `evaluate`'s.
+    let batches_run = std::cell::Cell::new(0);
+    let stop_after_one = || {
+        batches_run.set(batches_run.get() + 1);
+        batches_run.get() > 1
+    };
+    let stopped =
+        spafit::train::evaluate_until(&cpu, &model, &held, 8, None, &stop_after_one).unwrap();
+    assert!(stopped.is_none() && batches_run.get() == 2);
+    let whole = spafit::train::evaluate_until(&cpu, &model, &held, 64, None, &|| false)
+        .unwrap()
+        .unwrap();
+    assert_eq!((whole.loss, &whole.metrics), (after.loss, &after.metrics));
     println!(
         "SMOKE: loss {first:.4} -> {last:.4}; held-out accuracy {:.3} -> {:.3} ({} examples)",
         before.metrics["accuracy"],
