@@ -88,10 +88,32 @@ pub fn match_checkpoint_classes<B: Backend>(
 /// data's order.
 pub fn match_adapter_classes<B: Backend>(
     head: &AdapterHead,
+    checkpoint: &Checkpoint,
     classifier: &mut BertClassifier<B>,
     backend: &B,
     kind: &TaskKind,
 ) -> Result<()> {
+    // A PEFT adapter records no class names: its model takes the base's id2label, as
+    // transformers gives it, so the base's names line its head up (GLUE's MNLI names in
+    // another order than a base fine-tuned on it).
+    if head.labels.is_none() {
+        let Some(labels) = kind.class_names() else {
+            return Ok(());
+        };
+        match classifier.align_classes(checkpoint, backend, kind)? {
+            ClassAlignment::NotNeeded | ClassAlignment::SameOrder => {}
+            ClassAlignment::Reordered { head_classes } => note!(
+                "the adapter's classes {head_classes:?} (the base's config.json id2label, which \
+                 a PEFT adapter's model takes) are the data's {labels:?} in another order: its \
+                 head is reordered to the data's"
+            ),
+            ClassAlignment::ByPosition { head_classes } => note!(
+                "the adapter's classes {head_classes:?} (the base's config.json id2label, which \
+                 a PEFT adapter's model takes) are not the data's {labels:?}: matched by position"
+            ),
+        }
+        return Ok(());
+    }
     let done = head.align(classifier, backend, kind)?;
     if let (ClassAlignment::Reordered { head_classes }, Some(labels)) = (done, kind.class_names()) {
         note!(

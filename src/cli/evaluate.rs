@@ -96,7 +96,13 @@ fn load<B: Backend>(
             (_, e) => e,
         })?;
     let mut classifier = classifier;
-    super::checkpoint_classes::match_adapter_classes(&head, &mut classifier, &backend, &data.kind)?;
+    super::checkpoint_classes::match_adapter_classes(
+        &head,
+        &checkpoint,
+        &mut classifier,
+        &backend,
+        &data.kind,
+    )?;
     if adapter.is_none() {
         super::checkpoint_classes::match_checkpoint_classes(
             &checkpoint,

@@ -565,6 +565,7 @@ impl TrainCommand {
                 head.check(&train.kind, &train.name, dir)?;
                 super::checkpoint_classes::match_adapter_classes(
                     &head,
+                    &run.checkpoint,
                     &mut run.model,
                     &run.backend,
                     &train.kind,

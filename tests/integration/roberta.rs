@@ -279,6 +279,106 @@ fn a_peft_roberta_adapter_without_a_head_runs_on_the_checkpoints_own() {
         "peft-lora-base-head-bias-all",
         &["weight"],
     );
+    // Where `modules_to_save` saves the head whole, half of it is a damaged file, not a part
+    // left to the base (PEFT's loader fails on it), though the base has a head to take from.
+    let tmp = tempfile::tempdir().unwrap();
+    common::family_fixture::copy_folder(&fixture_dir().join("peft-lora"), tmp.path(), |_| true);
+    let weights = tmp.path().join("adapter_model.safetensors");
+    let mut tensors = common::family_fixture::read_tensors(&weights);
+    tensors.retain(|(n, _, _, _)| !(n.contains("out_proj") && n.ends_with("bias")));
+    common::family_fixture::write_tensors(&weights, &tensors);
+    let e = match spafit::adapter::import_peft(tmp.path(), &checkpoint(), &CpuBackend::f64()) {
+        Ok(_) => panic!("half a head saved whole loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("classifier.out_proj.bias") && e.contains("saves `classifier.out_proj` whole"),
+        "{e}"
+    );
+}
+
+/// A PEFT adapter records no class names: its model takes the base's id2label, as
+/// transformers gives it. With MNLI's names in another order there than GLUE's, `predict
+/// --task mnli` names each probability as PEFT's model read by that id2label does (the head
+/// reordered to GLUE's order, not matched by position).
+#[test]
+fn a_peft_adapters_classes_are_named_by_the_bases_id2label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("model");
+    copy_model(&base, |_| true);
+    let names = ["neutral", "contradiction", "entailment"];
+    let config_path = base.join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["id2label"] = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), Value::from(*n)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    config["label2id"] = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), Value::from(i)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let pairs = expected()["inputs"]["pairs"].clone();
+    let mut tsv = String::from("sentence1\tsentence2\tgold_label\n");
+    for pair in pairs.as_array().unwrap() {
+        tsv += &format!(
+            "{}\t{}\tneutral\n",
+            pair[0].as_str().unwrap(),
+            pair[1].as_str().unwrap()
+        );
+    }
+    std::fs::create_dir_all(tmp.path().join("glue/MNLI")).unwrap();
+    std::fs::write(tmp.path().join("glue/MNLI/dev_matched.tsv"), tsv).unwrap();
+    let adapter = fixture_dir().join("peft-lora-base-head");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args([
+            "predict",
+            "--task",
+            "mnli",
+            "--split",
+            "dev_matched",
+            "--max-len",
+            "24",
+        ])
+        .args(["--dtype", "f64", "--format", "jsonl"])
+        .arg("--model")
+        .arg(&base)
+        .arg("--adapter")
+        .arg(&adapter)
+        .arg("--glue-dir")
+        .arg(tmp.path().join("glue"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("in another order: its head is reordered"),
+        "{err}"
+    );
+    let theirs = read(
+        &WeightsFile::open(&adapter.join("logits.safetensors")).unwrap(),
+        "pairs.logits",
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (line, logits) in lines.iter().zip(theirs.chunks(3)) {
+        let total: f64 = logits.iter().map(|z| z.exp()).sum();
+        for (name, z) in names.iter().zip(logits) {
+            let ours = line["probabilities"][name].as_f64().unwrap();
+            assert!(
+                (ours - z.exp() / total).abs() < 1e-9,
+                "{name}: {ours} vs {line}"
+            );
+        }
+    }
 }
 
 /// A LoRA plan like the PEFT fixture's (r 4 on query and value of layers 1 and 2).
