@@ -550,9 +550,17 @@ pub fn import_peft<B: Backend>(
     let saved_head = head_parts.map(|n| others.contains_key(n));
     let base_outputs = checkpoint.classifier_outputs();
     // Why the base cannot supply what the adapter lacks of the head.
+    // (RoBERTa's token classifier names its one linear map `classifier`, where its sequence
+    // classifier has `classifier.out_proj`: no head is read from it, but `architectures` says.)
     let base_head_missing = || match checkpoint.other_kind_of_head() {
         Some(kind) => format!("the base model's own head is no sequence classifier's ({kind})"),
-        None => "the base model has no sequence classifier's head of its own".to_string(),
+        None => match checkpoint.foreign_head() {
+            Some(architecture) => format!(
+                "the base model's own head is no sequence classifier's (`architectures` is \
+                 `{architecture}`)"
+            ),
+            None => "the base model has no sequence classifier's head of its own".to_string(),
+        },
     };
     let head_shape = match others.get("classifier.weight").and_then(|n| file.shape(n)) {
         Some(shape) => shape,
@@ -583,6 +591,20 @@ pub fn import_peft<B: Backend>(
         });
     }
     let num_labels = head_shape[0];
+    // A head `modules_to_save` names is saved whole: half of it is a damaged file (PEFT's
+    // loader fails on it with a KeyError), not a part left to the base.
+    let classifier_module = family.hf_name("classifier");
+    if saved_head[0] != saved_head[1] && settings.saved_whole(&classifier_module) {
+        let (has, lacks) = match saved_head[0] {
+            true => ("weight", "classifier.bias"),
+            false => ("bias", "classifier.weight"),
+        };
+        return Err(bad_tensor(format!(
+            "no `base_model.model.{}` beside the classifier's {has}, though `modules_to_save` \
+             saves `{classifier_module}` whole: the file is missing a tensor",
+            family.hf_name(lacks)
+        )));
+    }
     if saved_head == [true, false] && base_outputs != Some(num_labels) {
         return Err(bad_tensor(format!(
             "no `base_model.model.{}` beside the classifier's weight, and {}: the adapter must \

@@ -768,7 +768,10 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
     let a = Edited::of("lora_qv");
     a.tensors(|t| t.retain(|(n, _, _)| !n.ends_with("classifier.bias")));
     let e = a.error();
-    assert!(e.contains("classifier.bias"), "{e}");
+    assert!(
+        e.contains("classifier.bias") && e.contains("saves `classifier` whole"),
+        "{e}"
+    );
 
     let a = Edited::of("lora_qv");
     std::fs::write(
