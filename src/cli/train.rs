@@ -790,6 +790,13 @@ impl TrainCommand {
             command += &format!(" --glue-dir {}", quoted(dir));
         }
         command += &format!(" --split {split}");
+        // The run's own device and precision, so the numbers are those it would have given.
+        if self.model.device != "cpu" {
+            command += &format!(" --device {}", self.model.device);
+        }
+        if self.model.dtype != "f32" {
+            command += &format!(" --dtype {}", self.model.dtype);
+        }
         if let Some(out) = &self.train.output {
             command += &format!(" --adapter {}", quoted(&out.join("best")));
         }

@@ -1088,9 +1088,10 @@ fn a_signal_at_the_end_of_an_mnli_run_leaves_out_the_second_dev_set() {
     };
     // The export's last file is there: the second dev set's evaluation comes next.
     let exported: Moment = |export| export.join("spafit_export.json").is_file();
-    for (name, slow_writes_ms, mismatched, moment, delay_ms) in [
-        ("export", "600", 4, exporting, 0),
-        ("evaluation", "0", 10_000, exported, 300),
+    // The run's dtype, which the command that gives the left-out evaluation repeats.
+    for (name, slow_writes_ms, mismatched, moment, delay_ms, dtype) in [
+        ("export", "600", 4, exporting, 0, "f32"),
+        ("evaluation", "0", 10_000, exported, 300, "f64"),
     ] {
         let glue = root.join(name).join("glue");
         for (split, n) in [
@@ -1126,7 +1127,7 @@ fn a_signal_at_the_end_of_an_mnli_run_leaves_out_the_second_dev_set() {
                 "2",
                 "--quiet",
             ])
-            .args(["--eval-batch-size", "8"])
+            .args(["--eval-batch-size", "8", "--dtype", dtype])
             .arg("--output")
             .arg(&out)
             .arg("--export-peft")
@@ -1165,9 +1166,13 @@ fn a_signal_at_the_end_of_an_mnli_run_leaves_out_the_second_dev_set() {
             "{name}: {err}"
         );
         let command = format!(
-            "`spafit eval --model {} --task mnli --glue-dir {} --split dev_mismatched --adapter {}`",
+            "`spafit eval --model {} --task mnli --glue-dir {} --split dev_mismatched{} --adapter {}`",
             model(),
             glue.display(),
+            match dtype {
+                "f32" => String::new(),
+                other => format!(" --dtype {other}"),
+            },
             out.join("best").display()
         );
         assert!(
