@@ -85,7 +85,8 @@ pub fn match_checkpoint_classes<B: Backend>(
 /// Lines an adapter's head up with the data's classes when the adapter records the same
 /// names in another order (an MNLI adapter trained on custom data, whose classes were sorted,
 /// used with `--task mnli`), so its outputs, predictions and further training follow the
-/// data's order.
+/// data's order; a PEFT adapter, which records none, by its base's `id2label` names. For
+/// adapters only: a checkpoint's own head is [`match_checkpoint_classes`]'s.
 pub fn match_adapter_classes<B: Backend>(
     head: &AdapterHead,
     checkpoint: &Checkpoint,

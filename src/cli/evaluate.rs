@@ -96,21 +96,24 @@ fn load<B: Backend>(
             (_, e) => e,
         })?;
     let mut classifier = classifier;
-    super::checkpoint_classes::match_adapter_classes(
-        &head,
-        &checkpoint,
-        &mut classifier,
-        &backend,
-        &data.kind,
-    )?;
-    if adapter.is_none() {
-        super::checkpoint_classes::match_checkpoint_classes(
+    // Lined up with the data's classes once: by the adapter's names, or by the checkpoint's.
+    match adapter {
+        Some(_) => super::checkpoint_classes::match_adapter_classes(
+            &head,
             &checkpoint,
             &mut classifier,
             &backend,
             &data.kind,
-        )?;
-        classifier.store_frozen_weights(&backend)?;
+        )?,
+        None => {
+            super::checkpoint_classes::match_checkpoint_classes(
+                &checkpoint,
+                &mut classifier,
+                &backend,
+                &data.kind,
+            )?;
+            classifier.store_frozen_weights(&backend)?;
+        }
     }
     super::release_loading_memory();
     let tokenizer = model.tokenizer(&checkpoint, trained_cut)?;
