@@ -297,15 +297,10 @@ fn a_peft_roberta_adapter_without_a_head_runs_on_the_checkpoints_own() {
     );
 }
 
-/// A PEFT adapter records no class names: its model takes the base's id2label, as
-/// transformers gives it. With MNLI's names in another order there than GLUE's, `predict
-/// --task mnli` names each probability as PEFT's model read by that id2label does (the head
-/// reordered to GLUE's order, not matched by position).
-#[test]
-fn a_peft_adapters_classes_are_named_by_the_bases_id2label() {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("model");
-    copy_model(&base, |_| true);
+/// A copy of the fixture's model at `base` whose config.json names its three classes as an
+/// MNLI model might (`id2label`), in another order than GLUE's; the names.
+fn base_naming_mnli_classes(base: &std::path::Path) -> [&'static str; 3] {
+    copy_model(base, |_| true);
     let names = ["neutral", "contradiction", "entailment"];
     let config_path = base.join("config.json");
     let mut config: Value =
@@ -323,6 +318,18 @@ fn a_peft_adapters_classes_are_named_by_the_bases_id2label() {
         .collect::<serde_json::Map<_, _>>()
         .into();
     std::fs::write(&config_path, config.to_string()).unwrap();
+    names
+}
+
+/// A PEFT adapter records no class names: its model takes the base's id2label, as
+/// transformers gives it. With MNLI's names in another order there than GLUE's, `predict
+/// --task mnli` names each probability as PEFT's model read by that id2label does (the head
+/// reordered to GLUE's order, not matched by position).
+#[test]
+fn a_peft_adapters_classes_are_named_by_the_bases_id2label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("model");
+    let names = base_naming_mnli_classes(&base);
     let pairs = expected()["inputs"]["pairs"].clone();
     let mut tsv = String::from("sentence1\tsentence2\tgold_label\n");
     for pair in pairs.as_array().unwrap() {
@@ -378,6 +385,87 @@ fn a_peft_adapters_classes_are_named_by_the_bases_id2label() {
                 "{name}: {ours} vs {line}"
             );
         }
+    }
+}
+
+/// The other way: a head trained on GLUE's MNLI, whose class order is not the base's
+/// `id2label`, is exported for PEFT in the base's order, since transformers names a PEFT
+/// adapter's outputs by it: the export's head row of each base name is best/'s row of that
+/// name, and its note records the base's order.
+#[test]
+fn a_peft_export_follows_the_bases_id2label_order() {
+    use common::family_fixture::read_tensors;
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("model");
+    let names = base_naming_mnli_classes(&base);
+    let glue_names = ["entailment", "contradiction", "neutral"];
+    let pairs = expected()["inputs"]["pairs"].clone();
+    let mut tsv = String::from("sentence1\tsentence2\tgold_label\n");
+    for (i, pair) in pairs.as_array().unwrap().iter().enumerate() {
+        tsv += &format!(
+            "{}\t{}\t{}\n",
+            pair[0].as_str().unwrap(),
+            pair[1].as_str().unwrap(),
+            glue_names[i % 3]
+        );
+    }
+    let glue = tmp.path().join("glue");
+    std::fs::create_dir_all(glue.join("MNLI")).unwrap();
+    for split in ["train", "dev_matched", "dev_mismatched"] {
+        std::fs::write(glue.join(format!("MNLI/{split}.tsv")), &tsv).unwrap();
+    }
+    let (run, export) = (tmp.path().join("run"), tmp.path().join("run.peft"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args([
+            "train",
+            "--task",
+            "mnli",
+            "--method",
+            "lora",
+            "--max-len",
+            "24",
+        ])
+        .args(["--max-steps", "1", "--quiet"])
+        .arg("--model")
+        .arg(&base)
+        .arg("--glue-dir")
+        .arg(&glue)
+        .arg("--output")
+        .arg(&run)
+        .arg("--export-peft")
+        .arg(&export)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the export's head follows the base's id2label order"),
+        "{err}"
+    );
+    let note: Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("spafit_export.json")).unwrap())
+            .unwrap();
+    assert_eq!(note["labels"], serde_json::json!(names));
+    let best: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("best/adapter.json")).unwrap())
+            .unwrap();
+    let trained: Vec<String> = serde_json::from_value(best["labels"].clone()).unwrap();
+    assert_ne!(trained, names, "the data's order is GLUE's, not the base's");
+    let rows_of = |path: &std::path::Path, tensor: &str| -> Vec<Vec<f64>> {
+        let (_, _, shape, values) = read_tensors(path)
+            .into_iter()
+            .find(|(n, _, _, _)| n == tensor)
+            .unwrap_or_else(|| panic!("no {tensor} in {}", path.display()));
+        values.chunks(shape[1]).map(<[f64]>::to_vec).collect()
+    };
+    let exported = rows_of(
+        &export.join("adapter_model.safetensors"),
+        "base_model.model.classifier.out_proj.weight",
+    );
+    let saved = rows_of(&run.join("best/adapter.safetensors"), "classifier.weight");
+    for (i, name) in names.iter().enumerate() {
+        let j = trained.iter().position(|t| t == name).unwrap();
+        assert_eq!(exported[i], saved[j], "{name}");
     }
 }
 
