@@ -101,7 +101,12 @@ pub fn match_adapter_classes<B: Backend>(
         let Some(labels) = kind.class_names() else {
             return Ok(());
         };
-        match classifier.align_classes(checkpoint, backend, kind)? {
+        // Whether or not the base has a head of its own: transformers names the outputs by
+        // id2label either way.
+        let Some(names) = checkpoint.config.class_names(head.outputs) else {
+            return Ok(());
+        };
+        match classifier.align_classes_named(&names, backend, kind)? {
             ClassAlignment::NotNeeded | ClassAlignment::SameOrder => {}
             ClassAlignment::Reordered { head_classes } => note!(
                 "the adapter's classes {head_classes:?} (the base's config.json id2label, which \

@@ -42,17 +42,30 @@ impl<B: Backend> BertClassifier<B> {
         backend: &B,
         kind: &TaskKind,
     ) -> Result<ClassAlignment> {
-        let Some(labels) = kind.class_names() else {
-            return Ok(ClassAlignment::NotNeeded);
-        };
         let n = self.num_labels();
         // A head drawn fresh (the checkpoint has none of this size) has no classes to match.
         if checkpoint.classifier_outputs() != Some(n) {
             return Ok(ClassAlignment::NotNeeded);
         }
-        let Some(names) = checkpoint.config.class_names(n) else {
+        match checkpoint.config.class_names(n) {
+            Some(names) => self.align_classes_named(&names, backend, kind),
+            None => Ok(ClassAlignment::NotNeeded),
+        }
+    }
+
+    /// Lines the head up with the data's classes by `names`, the head's outputs' class names
+    /// in order (a PEFT adapter's, which its base's `id2label` gives, head or none): the same
+    /// names in another order reorder the head; other names leave it as it is.
+    pub fn align_classes_named(
+        &mut self,
+        names: &[String],
+        backend: &B,
+        kind: &TaskKind,
+    ) -> Result<ClassAlignment> {
+        let Some(labels) = kind.class_names() else {
             return Ok(ClassAlignment::NotNeeded);
         };
+        let names = names.to_vec();
         match class_order(labels, &names) {
             Some(order) if order.iter().enumerate().all(|(j, &i)| i == j) => {
                 Ok(ClassAlignment::SameOrder)

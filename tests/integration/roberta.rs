@@ -300,7 +300,15 @@ fn a_peft_roberta_adapter_without_a_head_runs_on_the_checkpoints_own() {
 /// A copy of the fixture's model at `base` whose config.json names its three classes as an
 /// MNLI model might (`id2label`), in another order than GLUE's; the names.
 fn base_naming_mnli_classes(base: &std::path::Path) -> [&'static str; 3] {
-    copy_model(base, |_| true);
+    base_naming_mnli_classes_holding(base, |_| true)
+}
+
+/// [`base_naming_mnli_classes`] with only the tensors `keep` accepts.
+fn base_naming_mnli_classes_holding(
+    base: &std::path::Path,
+    keep: impl Fn(&str) -> bool,
+) -> [&'static str; 3] {
+    copy_model(base, keep);
     let names = ["neutral", "contradiction", "entailment"];
     let config_path = base.join("config.json");
     let mut config: Value =
@@ -328,8 +336,6 @@ fn base_naming_mnli_classes(base: &std::path::Path) -> [&'static str; 3] {
 #[test]
 fn a_peft_adapters_classes_are_named_by_the_bases_id2label() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("model");
-    let names = base_naming_mnli_classes(&base);
     let pairs = expected()["inputs"]["pairs"].clone();
     let mut tsv = String::from("sentence1\tsentence2\tgold_label\n");
     for pair in pairs.as_array().unwrap() {
@@ -341,49 +347,56 @@ fn a_peft_adapters_classes_are_named_by_the_bases_id2label() {
     }
     std::fs::create_dir_all(tmp.path().join("glue/MNLI")).unwrap();
     std::fs::write(tmp.path().join("glue/MNLI/dev_matched.tsv"), tsv).unwrap();
-    let adapter = fixture_dir().join("peft-lora-base-head");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
-        .args([
-            "predict",
-            "--task",
-            "mnli",
-            "--split",
-            "dev_matched",
-            "--max-len",
-            "24",
-        ])
-        .args(["--dtype", "f64", "--format", "jsonl"])
-        .arg("--model")
-        .arg(&base)
-        .arg("--adapter")
-        .arg(&adapter)
-        .arg("--glue-dir")
-        .arg(tmp.path().join("glue"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("in another order: its head is reordered"),
-        "{err}"
-    );
-    let theirs = read(
-        &WeightsFile::open(&adapter.join("logits.safetensors")).unwrap(),
+    // On the base's own head (an adapter without one), and on a base holding no head, whose
+    // id2label still names the outputs (an adapter with its head): PEFT's logits for each.
+    let headless_logits = read(
+        &WeightsFile::open(&fixture_dir().join("peft-lora-base-head/logits.safetensors")).unwrap(),
         "pairs.logits",
     );
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 3);
-    for (line, logits) in lines.iter().zip(theirs.chunks(3)) {
-        let total: f64 = logits.iter().map(|z| z.exp()).sum();
-        for (name, z) in names.iter().zip(logits) {
-            let ours = line["probabilities"][name].as_f64().unwrap();
-            assert!(
-                (ours - z.exp() / total).abs() < 1e-9,
-                "{name}: {ours} vs {line}"
-            );
+    let cases = [
+        ("with-head", "peft-lora-base-head", headless_logits),
+        (
+            "bare",
+            "peft-lora",
+            read(&fixture().reference(), "peft.pairs.logits"),
+        ),
+    ];
+    for (name, adapter, theirs) in cases {
+        let base = tmp.path().join(name);
+        let names = base_naming_mnli_classes_holding(&base, |tensor| {
+            name == "with-head" || !tensor.starts_with("classifier.")
+        });
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(["predict", "--task", "mnli", "--split", "dev_matched"])
+            .args(["--max-len", "24", "--dtype", "f64", "--format", "jsonl"])
+            .arg("--model")
+            .arg(&base)
+            .arg("--adapter")
+            .arg(fixture_dir().join(adapter))
+            .arg("--glue-dir")
+            .arg(tmp.path().join("glue"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        assert!(
+            err.contains("in another order: its head is reordered"),
+            "{name}: {err}"
+        );
+        let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        for (line, logits) in lines.iter().zip(theirs.chunks(3)) {
+            let total: f64 = logits.iter().map(|z| z.exp()).sum();
+            for (class, z) in names.iter().zip(logits) {
+                let ours = line["probabilities"][class].as_f64().unwrap();
+                assert!(
+                    (ours - z.exp() / total).abs() < 1e-9,
+                    "{name}, {class}: {ours} vs {line}"
+                );
+            }
         }
     }
 }
