@@ -65,21 +65,28 @@ pub fn match_checkpoint_classes<B: Backend>(
     backend: &B,
     kind: &TaskKind,
 ) -> Result<()> {
+    let done = classifier.align_classes(checkpoint, backend, kind)?;
+    say_alignment(done, "the checkpoint's", " (config.json id2label)", kind);
+    Ok(())
+}
+
+/// Says how `whose` head (`source` saying where its class names come from) was lined up with
+/// `kind`'s classes, where it was reordered or matched by position.
+fn say_alignment(done: ClassAlignment, whose: &str, source: &str, kind: &TaskKind) {
     let Some(labels) = kind.class_names() else {
-        return Ok(());
+        return;
     };
-    match classifier.align_classes(checkpoint, backend, kind)? {
+    match done {
         ClassAlignment::NotNeeded | ClassAlignment::SameOrder => {}
         ClassAlignment::Reordered { head_classes } => note!(
-            "the checkpoint's classes {head_classes:?} (config.json id2label) are the \
-             data's {labels:?} in another order: its head is reordered to the data's"
+            "{whose} classes {head_classes:?}{source} are the data's {labels:?} in another \
+             order: its head is reordered to the data's"
         ),
         ClassAlignment::ByPosition { head_classes } => note!(
-            "the checkpoint's classes {head_classes:?} (config.json id2label) are not \
-             the data's {labels:?}: matched by position"
+            "{whose} classes {head_classes:?}{source} are not the data's {labels:?}: matched by \
+             position"
         ),
     }
-    Ok(())
 }
 
 /// Lines an adapter's head up with the data's classes when the adapter records the same
@@ -98,34 +105,19 @@ pub fn match_adapter_classes<B: Backend>(
     // transformers gives it, so the base's names line its head up (GLUE's MNLI names in
     // another order than a base fine-tuned on it).
     if head.labels.is_none() {
-        let Some(labels) = kind.class_names() else {
-            return Ok(());
-        };
         // Whether or not the base has a head of its own: transformers names the outputs by
         // id2label either way.
         let Some(names) = checkpoint.config.class_names(head.outputs) else {
             return Ok(());
         };
-        match classifier.align_classes_named(&names, backend, kind)? {
-            ClassAlignment::NotNeeded | ClassAlignment::SameOrder => {}
-            ClassAlignment::Reordered { head_classes } => note!(
-                "the adapter's classes {head_classes:?} (the base's config.json id2label, which \
-                 a PEFT adapter's model takes) are the data's {labels:?} in another order: its \
-                 head is reordered to the data's"
-            ),
-            ClassAlignment::ByPosition { head_classes } => note!(
-                "the adapter's classes {head_classes:?} (the base's config.json id2label, which \
-                 a PEFT adapter's model takes) are not the data's {labels:?}: matched by position"
-            ),
-        }
+        let done = classifier.align_classes_named(names, backend, kind)?;
+        let source = " (the base's config.json id2label, which a PEFT adapter's model takes)";
+        say_alignment(done, "the adapter's", source, kind);
         return Ok(());
     }
+    // An adapter that records its names refuses other ones (`AdapterHead::check`): it is
+    // reordered, never matched by position.
     let done = head.align(classifier, backend, kind)?;
-    if let (ClassAlignment::Reordered { head_classes }, Some(labels)) = (done, kind.class_names()) {
-        note!(
-            "the adapter's classes {head_classes:?} are the data's {labels:?} in another order: \
-             its head is reordered to the data's"
-        );
-    }
+    say_alignment(done, "the adapter's", "", kind);
     Ok(())
 }

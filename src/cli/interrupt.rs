@@ -95,9 +95,7 @@ impl StopOnSignal {
         }
         Some(StopOnSignal { previous })
     }
-}
 
-impl StopOnSignal {
     /// Says `message` on a first signal from now on (the run's phase changed).
     pub fn say(&self, message: &'static [u8]) {
         set_message(message);

@@ -48,7 +48,7 @@ impl<B: Backend> BertClassifier<B> {
             return Ok(ClassAlignment::NotNeeded);
         }
         match checkpoint.config.class_names(n) {
-            Some(names) => self.align_classes_named(&names, backend, kind),
+            Some(names) => self.align_classes_named(names, backend, kind),
             None => Ok(ClassAlignment::NotNeeded),
         }
     }
@@ -58,14 +58,13 @@ impl<B: Backend> BertClassifier<B> {
     /// names in another order reorder the head; other names leave it as it is.
     pub fn align_classes_named(
         &mut self,
-        names: &[String],
+        names: Vec<String>,
         backend: &B,
         kind: &TaskKind,
     ) -> Result<ClassAlignment> {
         let Some(labels) = kind.class_names() else {
             return Ok(ClassAlignment::NotNeeded);
         };
-        let names = names.to_vec();
         match class_order(labels, &names) {
             Some(order) if order.iter().enumerate().all(|(j, &i)| i == j) => {
                 Ok(ClassAlignment::SameOrder)

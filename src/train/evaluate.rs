@@ -55,12 +55,12 @@ pub fn infer<B: Backend>(
 }
 
 /// A `stop` that never asks to stop.
-fn never() -> bool {
+pub(crate) fn never() -> bool {
     false
 }
 
 /// What a run with [`never`] for `stop` gave: always there.
-fn unstopped<T>(done: Option<T>) -> Result<T> {
+pub(crate) fn unstopped<T>(done: Option<T>) -> Result<T> {
     done.ok_or_else(|| {
         crate::Error::invalid("evaluate", "stopped, though nothing asked it to stop")
     })
@@ -198,7 +198,7 @@ pub fn evaluate_until<B: Backend>(
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Evaluation>> {
     let Some((evaluation, non_finite)) =
-        evaluate_with_logit_check_until(backend, model, data, batch_size, task, stop)?
+        evaluate_with_logit_check(backend, model, data, batch_size, task, stop)?
     else {
         return Ok(None);
     };
@@ -213,21 +213,9 @@ pub fn evaluate_until<B: Backend>(
 }
 
 /// [`evaluate`], with its first NaN or infinite logit described beside the evaluation
-/// instead of refused (the trainer reports it as a diverged run, at its step).
+/// instead of refused (the trainer reports it as a diverged run, at its step), asking `stop`
+/// before each batch.
 pub(crate) fn evaluate_with_logit_check<B: Backend>(
-    backend: &B,
-    model: &BertClassifier<B>,
-    data: &EncodedDataset,
-    batch_size: usize,
-    task: Option<GlueTask>,
-) -> Result<(Evaluation, Option<String>)> {
-    unstopped(evaluate_with_logit_check_until(
-        backend, model, data, batch_size, task, &never,
-    )?)
-}
-
-/// [`evaluate_with_logit_check`], asking `stop` before each batch.
-fn evaluate_with_logit_check_until<B: Backend>(
     backend: &B,
     model: &BertClassifier<B>,
     data: &EncodedDataset,

@@ -9,7 +9,7 @@ use super::{Run, Trainer};
 use crate::adapter::{save_adapter, TrainingInputs};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::train::evaluate::evaluate_with_logit_check;
+use crate::train::evaluate::{evaluate_with_logit_check, never, unstopped};
 use crate::train::observer::TrainEvent;
 use crate::train::run_state::NamedTensors;
 use crate::train::{Evaluation, Progress};
@@ -63,7 +63,10 @@ impl<B: Backend> Trainer<'_, B> {
             dev,
             c.eval_batch_size,
             c.task,
-        ) {
+            &never,
+        )
+        .and_then(unstopped)
+        {
             Ok(evaluated) => evaluated,
             Err(Error::OutOfMemory { op, detail }) => {
                 let detail = self.keep_step_without_evaluation(plan, run, split, detail);
