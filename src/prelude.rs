@@ -6,7 +6,8 @@
 
 pub use crate::adapter::{
     export_peft, import_peft, load_adapter, open_adapter, save_adapter, save_merged, AdapterFormat,
-    AdapterManifest, MergedDType, OpenedAdapter, PeftExportRecord, TrainingInputs,
+    AdapterManifest, ExportedClassOrder, MergedDType, OpenedAdapter, PeftExportRecord,
+    TrainingInputs,
 };
 pub use crate::autograd::{Gradients, Tape, Var};
 pub use crate::backend::cpu::CpuBackend;

@@ -45,7 +45,9 @@ pub use merged_checkpoint::{
     merged_max_len, save_merged, MergedCheckpoint, MergedDType, MERGE_NOTE_FILE,
 };
 pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
-pub use peft_export::{export_peft, exported_by_run, spafit_file_in, PeftExportRecord};
+pub use peft_export::{
+    export_peft, exported_by_run, spafit_file_in, ExportedClassOrder, PeftExportRecord,
+};
 pub use peft_import::{
     import_peft, is_peft_adapter, PeftImport, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,
     SPAFIT_EXPORT_FILE,

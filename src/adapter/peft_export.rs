@@ -36,6 +36,20 @@ pub struct PeftExportRecord<'a> {
     pub base: Option<&'a WeightsFile>,
 }
 
+/// The order in which [`export_peft`] wrote the head's classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportedClassOrder {
+    /// As trained (the record's `labels`), or without names to order by.
+    AsTrained,
+    /// The base's `id2label` order, which names the trained classes in another order:
+    /// transformers names a PEFT adapter's outputs by its base's `id2label`, so the head's
+    /// rows were written in that order (the model itself is left as it is).
+    BaseOrder {
+        /// The classes in the export's output order (the base's).
+        exported: Vec<String>,
+    },
+}
+
 /// Writes `model`'s adapters as PEFT saves a `LoraConfig` model for sequence classification:
 /// LoRA tensors as `base_model.model.<module>.lora_A.weight`, the classifier (and any other
 /// trained non-LoRA tensor: SPAFIT's biases, a trained pooler, LayerNorms, embeddings) under
@@ -47,13 +61,18 @@ pub struct PeftExportRecord<'a> {
 /// was not trained (`output.dense` also ends `attention.output.dense`). An export already in
 /// `dir` is replaced (a resumed run writes its own again; the CLI refuses another's), but
 /// never one beside a spafit adapter or run.
+///
+/// transformers names the outputs of a PEFT adapter's model by its base's `id2label` (the
+/// model's config): a head trained on the same classes in another order (GLUE's MNLI on a
+/// base fine-tuned on it) is written in the base's order, and `spafit_export.json` records
+/// that order ([`ExportedClassOrder::BaseOrder`]).
 pub fn export_peft<B: Backend>(
     dir: &Path,
     backend: &B,
     model: &BertClassifier<B>,
     plan: &PeftPlan,
     record: &PeftExportRecord,
-) -> Result<()> {
+) -> Result<ExportedClassOrder> {
     let PeftExportRecord {
         base_model_name_or_path,
         labels,
@@ -84,6 +103,24 @@ pub fn export_peft<B: Backend>(
         )
     })?;
     super::store::check_savable(backend, model, plan, labels, max_len, "peft export")?;
+    let base_order = labels.and_then(|trained| {
+        let names = model.config().class_names(trained.len())?;
+        let order = crate::data::class_order(&names, trained)?;
+        (names.as_slice() != trained).then_some((names, order))
+    });
+    let head_in_base_order = match &base_order {
+        Some((_, order)) => Some(model.classifier_in_order(backend, order)?),
+        None => None,
+    };
+    let labels = base_order
+        .as_ref()
+        .map(|(names, _)| names.as_slice())
+        .or(labels);
+    let value_of = |p: &crate::nn::Param<B>| match (&head_in_base_order, p.name.as_str()) {
+        (Some((weight, _)), "classifier.weight") => weight.clone(),
+        (Some((_, bias)), "classifier.bias") => bias.clone(),
+        _ => p.value.clone(),
+    };
     let lora_layers = plan.lora_layers();
     let wrapped = |name: &str| {
         lora_layers.iter().any(|l| {
@@ -106,7 +143,7 @@ pub fn export_peft<B: Backend>(
         };
         tensors.push((
             format!("base_model.model.{}", family.hf_name(&key)),
-            p.value.clone(),
+            value_of(p),
         ));
     }
     let layers_alt = lora_layers
@@ -172,7 +209,7 @@ pub fn export_peft<B: Backend>(
     {
         tensors.push((
             format!("base_model.model.{}", family.hf_name(&p.name)),
-            p.value.clone(),
+            value_of(p),
         ));
     }
     let config = json!({
@@ -237,7 +274,10 @@ pub fn export_peft<B: Backend>(
     for file in staged {
         file.commit()?;
     }
-    Ok(())
+    Ok(match base_order {
+        Some((exported, _)) => ExportedClassOrder::BaseOrder { exported },
+        None => ExportedClassOrder::AsTrained,
+    })
 }
 
 /// The first file or folder in `dir` that belongs to a spafit adapter or training run

@@ -401,25 +401,9 @@ pub fn fit<B: Backend>(
     if let Some(dir) = &args.export_peft {
         let base_name = run.checkpoint.dir().display().to_string();
         let trained = train.kind.class_names();
-        // transformers names a PEFT adapter's outputs by its base's id2label: a head trained
-        // on the same classes in another order (GLUE's MNLI on a base fine-tuned on it) is
-        // exported in the base's order, and put back for what follows here.
-        let base_order = trained.and_then(|trained| {
-            let names = run.checkpoint.config.class_names(trained.len())?;
-            let order = spafit::data::class_order(&names, trained)?;
-            let back = spafit::data::class_order(trained, &names)?;
-            (names.as_slice() != trained).then_some((names, order, back))
-        });
-        if let Some((_, order, _)) = &base_order {
-            run.model.reorder_classes(&run.backend, order)?;
-        }
-        let labels = base_order
-            .as_ref()
-            .map(|(names, _, _)| names.as_slice())
-            .or(trained);
         let record = spafit::adapter::PeftExportRecord {
             base_model_name_or_path: &base_name,
-            labels,
+            labels: trained,
             inputs: spafit::adapter::TrainingInputs {
                 text_pairs: Some(report.text_pairs),
                 max_len: Some(tokenizer.max_len()),
@@ -427,15 +411,11 @@ pub fn fit<B: Backend>(
             run_dir: args.output.as_deref(),
             base: Some(&run.checkpoint.weights),
         };
-        let exported = export_peft(dir, &run.backend, &run.model, &run.plan, &record);
-        if let Some((_, _, back)) = &base_order {
-            run.model.reorder_classes(&run.backend, back)?;
-        }
-        exported?;
-        if let Some((names, _, _)) = &base_order {
+        let exported = export_peft(dir, &run.backend, &run.model, &run.plan, &record)?;
+        if let spafit::adapter::ExportedClassOrder::BaseOrder { exported } = exported {
             note!(
-                "note: the export's head follows the base's id2label order {names:?}, by which \
-                 transformers names a PEFT adapter's outputs (trained as {:?})",
+                "note: the export's head follows the base's id2label order {exported:?}, by \
+                 which transformers names a PEFT adapter's outputs (trained as {:?})",
                 trained.unwrap_or_default()
             );
         }

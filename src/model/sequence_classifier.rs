@@ -261,6 +261,19 @@ impl<B: Backend> BertClassifier<B> {
     /// data that numbers the same classes in another order). The head keeps its dtype, so it
     /// may run before or after [`BertClassifier::store_frozen_weights`].
     pub fn reorder_classes(&mut self, backend: &B, order: &[usize]) -> Result<()> {
+        let (weight, bias) = self.classifier_in_order(backend, order)?;
+        self.classifier.weight.value = weight;
+        self.classifier.bias.value = bias;
+        Ok(())
+    }
+
+    /// The classifier's weight and bias with their outputs in `order` (see
+    /// [`BertClassifier::reorder_classes`]), leaving the model as it is.
+    pub fn classifier_in_order(
+        &self,
+        backend: &B,
+        order: &[usize],
+    ) -> Result<(Tensor<B>, Tensor<B>)> {
         let n = self.num_labels();
         let mut seen = vec![false; n];
         let is_permutation = order.len() == n
@@ -292,12 +305,17 @@ impl<B: Backend> BertClassifier<B> {
             .flat_map(|&i| weight[i * inputs..(i + 1) * inputs].iter().copied())
             .collect();
         let biases: Vec<f64> = order.iter().map(|&i| bias[i]).collect();
-        let dtype = self.classifier.weight.value.dtype();
-        self.classifier.weight.value =
-            backend.tensor_from_f64_as(Shape::new([n, inputs]), &rows, dtype)?;
-        let dtype = self.classifier.bias.value.dtype();
-        self.classifier.bias.value = backend.tensor_from_f64_as(Shape::new([n]), &biases, dtype)?;
-        Ok(())
+        let weight = backend.tensor_from_f64_as(
+            Shape::new([n, inputs]),
+            &rows,
+            self.classifier.weight.value.dtype(),
+        )?;
+        let bias = backend.tensor_from_f64_as(
+            Shape::new([n]),
+            &biases,
+            self.classifier.bias.value.dtype(),
+        )?;
+        Ok((weight, bias))
     }
 
     /// A model of `config`'s shape with random weights as transformers initialises them

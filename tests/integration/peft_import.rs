@@ -416,6 +416,98 @@ fn export_holds_the_models_tensors_value_by_value() {
     }
 }
 
+/// transformers names a PEFT adapter's outputs by its base's `id2label`: a head trained on
+/// the base's classes in another order is written in the base's order (row by row, the model
+/// left as it was), its note records that order, and the import names every output's
+/// probability as the trained model did.
+#[test]
+fn export_writes_the_head_in_the_bases_id2label_order() {
+    let mut ck = checkpoint();
+    let base_names = ["contradiction", "entailment", "neutral"];
+    ck.config.id2label = base_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), serde_json::json!(n)))
+        .collect();
+    let cpu = CpuBackend::f64();
+    let (_, plan) = plans().into_iter().next().unwrap();
+    let model = common::trained(&ck, &cpu, &plan, 3);
+    let trained: Vec<String> = ["entailment", "neutral", "contradiction"]
+        .map(String::from)
+        .to_vec();
+    let head_before = cpu.to_f64(&model.classifier.weight.value).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let order = export_peft(
+        dir.path(),
+        &cpu,
+        &model,
+        &plan,
+        &PeftExportRecord {
+            base_model_name_or_path: "all-MiniLM-L6-v2",
+            labels: Some(&trained),
+            ..PeftExportRecord::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        order,
+        spafit::adapter::ExportedClassOrder::BaseOrder {
+            exported: base_names.map(String::from).to_vec()
+        }
+    );
+    let head_after = cpu.to_f64(&model.classifier.weight.value).unwrap();
+    assert_eq!(
+        head_before, head_after,
+        "the export changed the model's head"
+    );
+    let file = spafit::checkpoint::WeightsFile::open(&dir.path().join("adapter_model.safetensors"))
+        .unwrap();
+    let hidden = head_before.len() / 3;
+    let stored = file
+        .read_f64(
+            "base_model.model.classifier.weight",
+            &vec![3, hidden].into(),
+        )
+        .unwrap();
+    let bias = cpu.to_f64(&model.classifier.bias.value).unwrap();
+    let stored_bias = file
+        .read_f64("base_model.model.classifier.bias", &vec![3].into())
+        .unwrap();
+    for (row, name) in base_names.iter().enumerate() {
+        let was = trained.iter().position(|t| t == name).unwrap();
+        assert_eq!(
+            stored[row * hidden..(row + 1) * hidden],
+            head_before[was * hidden..(was + 1) * hidden],
+            "row {row} ({name})"
+        );
+        assert_eq!(stored_bias[row], bias[was], "bias {row} ({name})");
+    }
+    let note: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("spafit_export.json")).unwrap())
+            .unwrap();
+    assert_eq!(note["labels"], serde_json::json!(base_names));
+    // Read back, each class's logit is the trained model's for that class.
+    let opened = open_adapter(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!(
+        opened.labels.as_deref(),
+        Some(base_names.map(String::from).as_slice())
+    );
+    let texts = ["a first sentence", "and another, a little longer one"];
+    let want = common::logits(&ck, &cpu, &model, &texts, 16);
+    let got = common::logits(&ck, &cpu, &opened.model, &texts, 16);
+    for (example, (w, g)) in want.chunks(3).zip(got.chunks(3)).enumerate() {
+        for (row, name) in base_names.iter().enumerate() {
+            let was = trained.iter().position(|t| t == name).unwrap();
+            assert!(
+                (g[row] - w[was]).abs() < 1e-12,
+                "example {example}, {name}: {} against {}",
+                g[row],
+                w[was]
+            );
+        }
+    }
+}
+
 /// A copy of a fixture adapter, with its config and tensors open to edits.
 struct Edited {
     dir: tempfile::TempDir,
