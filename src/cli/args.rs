@@ -314,6 +314,19 @@ pub(super) fn spelling<T>(
     }
 }
 
+/// A flag's number, finite and where `holds` (refused as a usage error, with `expected`, before
+/// anything is loaded).
+pub(super) fn number_where(
+    holds: impl Fn(f64) -> bool + Clone + Send + Sync + 'static,
+    expected: &'static str,
+) -> impl Fn(&str) -> std::result::Result<f64, String> + Clone + Send + Sync + 'static {
+    move |given| match given.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && holds(x) => Ok(x),
+        Ok(_) => Err(expected.to_string()),
+        Err(_) => Err(format!("not a number; {expected}")),
+    }
+}
+
 /// Names the flag in a parse error of its value (the library names only what it parsed: a
 /// boundary, a target), so the message points at the command line.
 fn for_flag(flag: &'static str) -> impl Fn(Error) -> Error {
@@ -360,10 +373,18 @@ pub struct PeftArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub lora_r: Option<usize>,
     /// LoRA alpha (scale = alpha / r) [default: 16].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = number_where(
+        // With α ≤ 0 an adapter is off (its gradients 0) or turned around; a saved adapter's
+        // alpha is refused the same way (`LoraConfig::problem`).
+        |alpha| alpha > 0.0,
+        "the LoRA scale α / r needs α > 0",
+    ))]
     pub lora_alpha: Option<f64>,
     /// Dropout on the adapters' input during training [default: 0.1].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = number_where(
+        |p| (0.0..1.0).contains(&p),
+        "a dropout probability must be in [0, 1)",
+    ))]
     pub lora_dropout: Option<f64>,
     /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense (DistilBERT's q_lin, k_lin, v_lin, out_lin, lin1,
@@ -408,24 +429,7 @@ impl PeftArgs {
         }
         c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);
         c.lora.alpha = self.lora_alpha.unwrap_or(c.lora.alpha);
-        // With α ≤ 0 an adapter is off (its gradients 0) or turned around; a saved adapter's
-        // alpha is refused the same way (`LoraConfig::problem`).
-        if !(c.lora.alpha.is_finite() && c.lora.alpha > 0.0) {
-            return Err(Error::invalid(
-                "--lora-alpha",
-                format!("{}: the LoRA scale α / r needs α > 0", c.lora.alpha),
-            ));
-        }
         c.lora.dropout = self.lora_dropout.unwrap_or(c.lora.dropout);
-        if !(0.0..1.0).contains(&c.lora.dropout) {
-            return Err(Error::invalid(
-                "--lora-dropout",
-                format!(
-                    "{}: a dropout probability must be in [0, 1)",
-                    c.lora.dropout
-                ),
-            ));
-        }
         if c.lora.rank == 0 {
             return Err(Error::invalid("--lora-r", "0: the rank must be at least 1"));
         }

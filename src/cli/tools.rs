@@ -4,7 +4,7 @@ use clap::Args;
 use serde_json::json;
 use spafit::bench::{bench_train_step_with, BenchSettings, StepKernelTimes};
 use spafit::checkpoint::{BertConfig, Checkpoint};
-use spafit::gradcheck::{gradcheck_with_progress, tolerance_problem, GradcheckProgress};
+use spafit::gradcheck::{gradcheck_with_progress, GradcheckProgress};
 use spafit::model::{check_batch_memory, BertClassifier, Pass};
 use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
 use spafit::Result;
@@ -57,7 +57,10 @@ pub struct GradcheckCommand {
     /// on real checkpoints; where a gradient nearly cancels over the batch, as the classifier
     /// bias's can, bf16's relative error is larger (~8e-2 seen on MiniLM, up to 0.5 on tiny
     /// random models): a bf16 tolerance catches gross errors only (0.1 on real checkpoints).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = super::args::number_where(
+        |t| t > 0.0,
+        "expected a positive number, such as 1e-4",
+    ))]
     pub tolerance: Option<f64>,
     /// Whether --dtype was on the command line (not its default).
     #[arg(skip)]
@@ -67,10 +70,6 @@ pub struct GradcheckCommand {
 impl GradcheckCommand {
     pub fn run(&self) -> Result<()> {
         let peft = self.peft.config()?;
-        // Refused before the check, which takes a while, rather than after it.
-        if let Some(why) = self.tolerance.and_then(tolerance_problem) {
-            return Err(spafit::Error::invalid("--tolerance", why));
-        }
         // On the CPU the analytic gradients come from the f64 reference itself unless
         // --dtype asks for the f32 (or bf16) backend; on CUDA from the device, in its dtype;
         // all against the same f64 finite differences.

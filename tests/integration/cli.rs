@@ -1401,9 +1401,30 @@ fn gradcheck_and_bench_print_json() {
         err.contains("is above the tolerance 1e-12") && err.contains(tensor),
         "{err}"
     );
-    for bad in ["0", "-1e-3", "nan", "inf"] {
-        let (ok, _, err) = spafit(&["gradcheck", "--model", &m, "--tolerance", bad]);
-        assert!(!ok && err.contains("--tolerance"), "{bad}: {err}");
+    // A usage error (status 2, as clap's own), told before the check runs.
+    for bad in ["0", "-1e-3", "nan", "inf", "1e-4x"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(["gradcheck", "--model", &m, "--tolerance", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(2) && err.contains("--tolerance"),
+            "{bad}: {:?} {err}",
+            out.status
+        );
+    }
+    for (flag, bad) in [("--lora-alpha", "nan"), ("--lora-dropout", "nan")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(["bench", "--model", &m, flag, bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(2) && err.contains(flag),
+            "{flag} {bad}: {:?} {err}",
+            out.status
+        );
     }
 
     // Flags bench would ignore are refused, naming them.
