@@ -195,15 +195,17 @@ impl AdapterHead {
         if fits {
             return Ok(());
         }
+        let head = match (&self.labels, outputs) {
+            (Some(labels), 1) => format!("was trained for labels {labels:?} (1 output)"),
+            (Some(labels), _) => format!("was trained for labels {labels:?} ({outputs} outputs)"),
+            (None, 1) => "has 1 output (a regression's score)".to_string(),
+            (None, _) => format!("has {outputs} outputs (its classes not recorded with it)"),
+        };
         Err(Error::Mismatch {
             path: dir.to_path_buf(),
             detail: format!(
-                "the classifier head was trained for labels {} ({outputs} {}) but {data_name} has {} \
-                 (for custom data, --labels / --regression give the data's label space)",
-                self.labels
-                    .as_ref()
-                    .map_or("without names".to_string(), |l| format!("{l:?}")),
-                if outputs == 1 { "output" } else { "outputs" },
+                "the classifier head {head} but {data_name} has {} (for custom data, --labels / \
+                 --regression give the data's label space)",
                 match kind {
                     TaskKind::Classification { labels } => format!("labels {labels:?}"),
                     TaskKind::MultiLabel { labels } => format!("sets of the labels {labels:?}"),

@@ -57,6 +57,34 @@ pub fn note_replaced_head(checkpoint: &Checkpoint, outputs: usize) {
     }
 }
 
+/// [`AdapterHead::check`] for an adapter on `checkpoint`: a refused head that names no
+/// classes (a PEFT adapter's) is told by the names its model takes, the base's `id2label`.
+pub fn check_adapter_head(
+    head: &AdapterHead,
+    checkpoint: &Checkpoint,
+    kind: &TaskKind,
+    data_name: &str,
+    dir: &std::path::Path,
+) -> Result<()> {
+    head.check(kind, data_name, dir).map_err(|e| {
+        let base_names = head
+            .labels
+            .is_none()
+            .then(|| checkpoint.config.class_names(head.outputs))
+            .flatten();
+        match (e, base_names) {
+            (spafit::Error::Mismatch { path, detail }, Some(names)) => spafit::Error::Mismatch {
+                path,
+                detail: format!(
+                    "{detail}; its model takes the base's classes {names:?} (config.json's \
+                     id2label), as transformers gives a PEFT adapter's model"
+                ),
+            },
+            (e, _) => e,
+        }
+    })
+}
+
 /// Lines a fine-tuned checkpoint's own head up with the data's classes by name
 /// ([`BertClassifier::align_classes`]), saying what it did.
 pub fn match_checkpoint_classes<B: Backend>(

@@ -569,7 +569,13 @@ impl TrainCommand {
                 let default_kind = head.default_kind_naming(names);
                 let (train, devs) = self.load_data(task, Some(&default_kind), false)?;
                 head.check_texts(&train, dir)?;
-                head.check(&train.kind, &train.name, dir)?;
+                super::checkpoint_classes::check_adapter_head(
+                    &head,
+                    &run.checkpoint,
+                    &train.kind,
+                    &train.name,
+                    dir,
+                )?;
                 super::checkpoint_classes::match_adapter_classes(
                     &head,
                     &run.checkpoint,

@@ -399,6 +399,31 @@ fn a_peft_adapters_classes_are_named_by_the_bases_id2label() {
             }
         }
     }
+    // Refused for data of two classes, the head is told by the classes its model takes.
+    std::fs::create_dir_all(tmp.path().join("glue/SST-2")).unwrap();
+    std::fs::write(
+        tmp.path().join("glue/SST-2/dev.tsv"),
+        "sentence\tlabel\na fine film\t1\n",
+    )
+    .unwrap();
+    let names = base_naming_mnli_classes(&tmp.path().join("named"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args(["eval", "--task", "sst2", "--max-len", "24"])
+        .arg("--model")
+        .arg(tmp.path().join("named"))
+        .arg("--adapter")
+        .arg(fixture_dir().join("peft-lora"))
+        .arg("--glue-dir")
+        .arg(tmp.path().join("glue"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("has 3 outputs (its classes not recorded with it)")
+            && err.contains(&format!("its model takes the base's classes {names:?}")),
+        "{err}"
+    );
 }
 
 /// The other way: a head trained on GLUE's MNLI, whose class order is not the base's
