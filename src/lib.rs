@@ -19,7 +19,8 @@
 //! - [`adapter`]: saving and loading adapters, and PEFT's format both ways;
 //! - [`gradcheck`], [`bench`](mod@bench): finite-difference checks of the gradients, and the
 //!   training-step benchmark;
-//! - [`prelude`]: the names an embedding program usually needs, in one import.
+//! - [`prelude`]: the names an embedding program usually needs, in one import;
+//! - [`shell_word`](mod@shell_word): the words of the commands messages suggest.
 #![warn(missing_docs)]
 
 pub mod adapter;
@@ -36,6 +37,7 @@ pub mod nn;
 pub mod peft;
 pub mod prelude;
 pub mod rng;
+pub mod shell_word;
 pub mod tensor;
 pub mod text;
 mod text_file;

@@ -784,16 +784,8 @@ impl TrainCommand {
     /// the command that gives it.
     fn note_split_left_out(&self, task: spafit::data::GlueTask, split: &str) {
         let signal = super::interrupt::received().map_or("a signal", |(name, _)| name);
-        let quoted = |path: &std::path::Path| {
-            let text = path.display().to_string();
-            match text
-                .chars()
-                .all(|c| c.is_alphanumeric() || "_-./:+@%".contains(c))
-            {
-                true => text,
-                false => format!("'{}'", text.replace('\'', "'\\''")),
-            }
-        };
+        let quoted =
+            |path: &std::path::Path| spafit::shell_word::shell_word(&path.display().to_string());
         let mut command = format!(
             "spafit eval --model {} --task {}",
             quoted(&self.model.model),

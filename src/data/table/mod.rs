@@ -200,14 +200,10 @@ impl TableSpec {
             .filter(|c| !named.contains(&Some(**c)) && !is_id(c) && !is_labels(c));
         match (others.next(), others.next()) {
             (Some(only), None) => {
-                // As a shell takes it: quoted where it holds more than letters and digits.
-                let plain = only
-                    .chars()
-                    .all(|ch| ch.is_alphanumeric() || "_-.".contains(ch));
-                match plain {
-                    true => format!("; here likely `{flag} {only}`"),
-                    false => format!("; here likely `{flag} '{}'`", only.replace('\'', "'\\''")),
-                }
+                format!(
+                    "; here likely `{flag} {}`",
+                    crate::shell_word::shell_word(only)
+                )
             }
             _ => String::new(),
         }
