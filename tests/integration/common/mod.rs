@@ -2,6 +2,7 @@
 //! differences, error norms, and a tiny stratified encoder stack.
 #![allow(dead_code)]
 
+pub mod attention_magnitudes;
 pub mod family_fixture;
 pub mod stack;
 pub mod tiny_bert;
