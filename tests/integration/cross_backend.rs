@@ -712,6 +712,7 @@ fn attention_cases<B: Backend>(
         let got = b.attention_forward(&qb, &kb, &vb, &mb, &config).unwrap();
         if let Some(m) = &magnitudes {
             within("out", &down(&r, &want.out), &m.out);
+            within("lse", &down(&r, &want.lse), &m.lse);
         }
         check_against(
             b,
@@ -721,11 +722,12 @@ fn attention_cases<B: Backend>(
             magnitudes.as_ref().map_or(&down(&r, &want.out), |m| &m.out),
             tol,
         );
-        check(
+        check_against(
             b,
             &format!("attention.lse {tag}"),
             &down(b, &got.lse),
             &down(&r, &want.lse),
+            magnitudes.as_ref().map_or(&down(&r, &want.lse), |m| &m.lse),
             tol,
         );
         // A fully masked sequence has exactly zero context.

@@ -23,9 +23,14 @@ pub struct AttentionOperands<'a> {
     pub dropout: f64,
 }
 
-/// The magnitude bounds of the output and of the three gradients, in the operands' layout.
+/// The magnitude bounds of the output and of the three gradients, in the operands' layout,
+/// and the log-sum-exp's scale (`[batch, heads, seq]`).
 pub struct AttentionMagnitudes {
     pub out: Vec<f64>,
+    /// |lse| plus the probability-weighted magnitude of the logits (Σ_j P_ij · scale ·
+    /// Σ_d |q_id k_jd|), by which rounding q and k moves it: the lse of a single key is its
+    /// logit, which cancels to near 0 as a dot product of both signs does.
+    pub lse: Vec<f64>,
     pub dq: Vec<f64>,
     pub dk: Vec<f64>,
     pub dv: Vec<f64>,
@@ -42,6 +47,7 @@ pub fn attention_magnitudes(o: &AttentionOperands) -> AttentionMagnitudes {
     let keep = 1.0 / (1.0 - o.dropout);
     let mut m = AttentionMagnitudes {
         out: vec![0.0; size],
+        lse: vec![0.0; o.batch * o.heads * seq],
         dq: vec![0.0; size],
         dk: vec![0.0; size],
         dv: vec![0.0; size],
@@ -67,6 +73,16 @@ pub fn attention_magnitudes(o: &AttentionOperands) -> AttentionMagnitudes {
                     .map(|&j| abs_dot(dyi, &o.v[at(b, j, h)..at(b, j, h) + hd]))
                     .collect();
                 let d: f64 = p.iter().zip(&dp).map(|(p, dp)| p * dp).sum();
+                if !attended.is_empty() {
+                    let logit_sizes: f64 = attended
+                        .iter()
+                        .zip(&p)
+                        .map(|(&j, p)| {
+                            p * o.scale * abs_dot(qi, &o.k[at(b, j, h)..at(b, j, h) + hd])
+                        })
+                        .sum();
+                    m.lse[(b * o.heads + h) * seq + i] = (top + total.ln()).abs() + logit_sizes;
+                }
                 for (n, &j) in attended.iter().enumerate() {
                     let ds = p[n] * (dp[n] + d) * keep;
                     for c in 0..hd {
