@@ -67,7 +67,25 @@ fn config_for(method: Method) -> PeftConfig {
 /// values a bf16 tensor holds exactly, so the bf16 comparison measures the computation, not
 /// the rounding of the weights into storage.
 fn model<B: Backend>(backend: &B, method: Method, num_labels: usize) -> BertClassifier<B> {
-    model_of(backend, tiny_bert::config(3), method, num_labels)
+    model_of(
+        backend,
+        tiny_bert::config(3),
+        method,
+        num_labels,
+        Weights::AsDrawn,
+    )
+}
+
+/// How [`model_of`] sizes its weight matrices.
+#[derive(Clone, Copy)]
+enum Weights {
+    /// As `tiny_bert::tensors` draws them (±0.05 to ±0.5), for a 15-wide model.
+    AsDrawn,
+    /// Scaled by √(4 / fan-in), the classifier's too: a wider model's products then stay of
+    /// the tiny model's size, as initialisation keeps a real model's, where drawn as is they
+    /// grow with the width until softmax, tanh and the loss saturate and f32's rounding is
+    /// amplified far beyond what the kernels decide.
+    ByFanIn,
 }
 
 /// [`model`] of another (3-layer) configuration.
@@ -76,12 +94,19 @@ fn model_of<B: Backend>(
     config: spafit::checkpoint::BertConfig,
     method: Method,
     num_labels: usize,
+    weights: Weights,
 ) -> BertClassifier<B> {
     let hidden = config.hidden_size;
+    let scale = |fan_in: usize| match weights {
+        Weights::AsDrawn => 1.0,
+        Weights::ByFanIn => (4.0 / fan_in as f64).sqrt(),
+    };
     let mut tensors = tiny_bert::tensors(&config, 42);
-    for (_, values) in tensors.values_mut() {
+    for (name, (shape, values)) in tensors.iter_mut() {
+        let matrix = shape.len() == 2 && !name.contains("embeddings.");
+        let factor = if matrix { scale(shape[1]) } else { 1.0 };
         for v in values.iter_mut() {
-            *v = half::bf16::from_f64(*v).to_f64();
+            *v = half::bf16::from_f64(*v * factor).to_f64();
         }
     }
     let mut source = tiny_bert::source(backend, &tensors);
@@ -93,7 +118,7 @@ fn model_of<B: Backend>(
             &[num_labels, hidden],
             &common::nonzero(&mut spafit::rng::SplitMix::new(7), num_labels * hidden)
                 .iter()
-                .map(|&v| half::bf16::from_f64(v).to_f64())
+                .map(|&v| half::bf16::from_f64(v * scale(hidden)).to_f64())
                 .collect::<Vec<_>>(),
         ),
         tensor(backend, &[num_labels], &vec![0.05; num_labels]),
@@ -141,14 +166,29 @@ fn step_with<B: Backend>(
     backend: &B,
     model: &BertClassifier<B>,
     num_labels: usize,
+    dropouts: DropoutPlan,
+) -> Step {
+    step_on(
+        backend,
+        model,
+        &batch(),
+        &labels(backend, num_labels),
+        dropouts,
+    )
+}
+
+/// [`step_with`] on a batch and labels of one's own.
+fn step_on<B: Backend>(
+    backend: &B,
+    model: &BertClassifier<B>,
+    batch: &EncodedBatch,
+    labels: &Labels<B>,
     mut dropouts: DropoutPlan,
 ) -> Step {
-    let input = ModelInput::new(backend, &batch()).unwrap();
+    let input = ModelInput::new(backend, batch).unwrap();
     let mut tape = Tape::new(backend.clone());
     let logits = model.forward(&mut tape, &input, &mut dropouts).unwrap();
-    let loss = model
-        .loss(&mut tape, &logits, &labels(backend, num_labels))
-        .unwrap();
+    let loss = model.loss(&mut tape, &logits, labels).unwrap();
     let grads: Gradients<B> = tape.backward(&loss).unwrap();
     let stats = tape.stats().clone();
     (
@@ -338,6 +378,154 @@ parity_tests!(
 );
 
 /// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps.
+/// Seeded random models beyond the tiny one: hidden widths, head counts and dims,
+/// feed-forward widths, activations, vocabularies, positions, batches and padding drawn
+/// anew, under each method with one to four outputs; a training step on CUDA in f32
+/// (logits, loss and every gradient, with dropout) against the f64 reference, the weights
+/// scaled to their fan-in ([`Weights::ByFanIn`]). A drawn model may still amplify f32's
+/// rounding beyond the tiny model's: each quantity may err by 1e-4, or by ten times the
+/// CPU's own f32 error on the same step where that is larger.
+/// `SPAFIT_RANDOM_MODELS=N` draws N models (default 3), `SPAFIT_RANDOM_SEED=S` another draw;
+/// a failure names the model.
+#[test]
+fn drawn_models_match_the_f64_reference() {
+    let count = std::env::var("SPAFIT_RANDOM_MODELS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("SPAFIT_RANDOM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2026);
+    let mut rng = spafit::rng::SplitMix::new(seed.wrapping_add(0x6d6f_6465));
+    // 1..=hi, with the ends drawn more often than the rest.
+    let mut draw = |hi: usize| -> usize {
+        match rng.next_u64() % 8 {
+            0 => 1,
+            1 => hi,
+            _ => 1 + (rng.next_u64() % hi as u64) as usize,
+        }
+    };
+    let cpu = CpuBackend::f64();
+    let cpu_f32 = CpuBackend::f32();
+    let b = cuda(DType::F32);
+    for _ in 0..count {
+        let mut config = tiny_bert::config(3);
+        config.num_attention_heads = draw(4);
+        // LoRA's rank 2 needs maps of at least two rows and columns, and a LayerNorm over
+        // two features gives ±1 whatever its input: no gradient passes it (the reference's
+        // is rounding noise).
+        let head_dim = draw(48).max(3usize.div_ceil(config.num_attention_heads));
+        config.hidden_size = config.num_attention_heads * head_dim;
+        config.intermediate_size = 1 + draw(160);
+        config.vocab_size = 4 + draw(80);
+        config.max_position_embeddings = 1 + draw(48);
+        config.type_vocab_size = draw(2);
+        config.hidden_act = ["gelu", "gelu_python", "relu"][draw(3) - 1].into();
+        let method = [Method::Full, Method::BitFit, Method::Lora, Method::Spafit][draw(4) - 1];
+        let num_labels = draw(4);
+        let (rows, seq) = (draw(4), draw(config.max_position_embeddings));
+        let mut batch = EncodedBatch {
+            input_ids: Vec::new(),
+            token_type_ids: Vec::new(),
+            attention_mask: Vec::new(),
+            batch: rows,
+            seq,
+        };
+        for _ in 0..rows {
+            let length = draw(seq);
+            let second = match config.type_vocab_size {
+                2 => draw(length + 1) - 1,
+                _ => length,
+            };
+            for t in 0..seq {
+                let real = t < length;
+                batch.input_ids.push(match real {
+                    true => draw(config.vocab_size) as u32 - 1,
+                    false => 0,
+                });
+                batch.token_type_ids.push(u32::from(real && t >= second));
+                batch.attention_mask.push(u32::from(real));
+            }
+        }
+        let targets: Vec<usize> = (0..rows).map(|_| draw(num_labels) - 1).collect();
+        let tag = format!(
+            "{method}/{num_labels}-label, {} heads × {}, ffn {}, {}, vocab {}, {} types, batch {rows} × {seq} (seed {seed})",
+            config.num_attention_heads,
+            config.hidden_size / config.num_attention_heads,
+            config.intermediate_size,
+            config.hidden_act,
+            config.vocab_size,
+            config.type_vocab_size,
+        );
+        println!("model {tag}");
+        let dropouts = || DropoutPlan::train(0.1, 0.1, 0.2, 77);
+        let reference = step_on(
+            &cpu,
+            &model_of(&cpu, config.clone(), method, num_labels, Weights::ByFanIn),
+            &batch,
+            &drawn_labels(&cpu, num_labels, &targets),
+            dropouts(),
+        );
+        let rounded = step_on(
+            &cpu_f32,
+            &model_of(
+                &cpu_f32,
+                config.clone(),
+                method,
+                num_labels,
+                Weights::ByFanIn,
+            ),
+            &batch,
+            &drawn_labels(&cpu_f32, num_labels, &targets),
+            dropouts(),
+        );
+        let got = step_on(
+            &b,
+            &model_of(&b, config, method, num_labels, Weights::ByFanIn),
+            &batch,
+            &drawn_labels(&b, num_labels, &targets),
+            dropouts(),
+        );
+        let mut worst_margin = 0.0f64;
+        let mut check = |what: &str, got: &[f64], cpu_f32: &[f64], want: &[f64]| {
+            let allowed = (10.0 * common::rel_err(cpu_f32, want)).max(1e-4);
+            let e = compare(&b, &format!("{tag}: {what}"), got, want, allowed);
+            worst_margin = worst_margin.max(e / allowed);
+        };
+        check("logits", &got.0, &rounded.0, &reference.0);
+        check("loss", &[got.1], &[rounded.1], &[reference.1]);
+        assert_eq!(
+            got.2.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            reference.2.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "{tag}: the same trainable tensors get gradients"
+        );
+        for (((name, g), (_, r)), (_, w)) in got.2.iter().zip(&rounded.2).zip(&reference.2) {
+            check(name, g, r, w);
+        }
+        println!("  worst error / allowed {worst_margin:.2}");
+    }
+}
+
+/// Labels of a drawn batch: `targets` as classes, or as scores for a single output.
+fn drawn_labels<B: Backend>(backend: &B, num_labels: usize, targets: &[usize]) -> Labels<B> {
+    let rows = targets.len();
+    match num_labels {
+        1 => {
+            let scores: Vec<f64> = targets.iter().map(|&t| t as f64 * 0.7 - 0.4).collect();
+            Labels::Scores(tensor(backend, &[rows], &scores))
+        }
+        _ => {
+            let classes: Vec<u32> = targets.iter().map(|&t| t as u32).collect();
+            Labels::Classes(
+                backend
+                    .tensor_from_u32(Shape::new([rows]), &classes)
+                    .unwrap(),
+            )
+        }
+    }
+}
+
 #[test]
 fn f32_tape_keeps_the_same_bytes_as_the_cpu() {
     let cpu = CpuBackend::f32();
@@ -803,7 +991,7 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
         seq,
     };
     let run = |b: &CudaBackend, method: Method| {
-        let m = model_of(b, config.clone(), method, 3);
+        let m = model_of(b, config.clone(), method, 3, Weights::AsDrawn);
         let input = ModelInput::new(b, &encoded).unwrap();
         let labels = Labels::Classes(
             b.tensor_from_u32(
