@@ -95,10 +95,16 @@ pub fn weight_dtype<B: Backend>(
     frozen: DType,
 ) -> Result<()> {
     if w.dtype() != dtype && w.dtype() != frozen {
+        let compact = match frozen == dtype {
+            true => String::new(),
+            false => format!(" (frozen weights may be {frozen})"),
+        };
         return Err(Error::dtype(
             op,
             format!(
-                "`weight` is {} but the activations are {dtype} (frozen weights may be {frozen})",
+                "`weight` is {} but the activations are {dtype}{compact}: the model and its \
+                 inputs are of backends of other dtypes (build the model, store its frozen \
+                 weights and run it on one backend)",
                 w.dtype()
             ),
         ));

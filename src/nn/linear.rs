@@ -160,8 +160,22 @@ impl<B: Backend> Linear<B> {
     }
 
     /// Stores a frozen weight in `backend`'s [`Backend::frozen_dtype`] (bf16 in bf16 mode);
-    /// a trainable one stays as it is.
+    /// a trainable one stays as it is. A model built on a backend of another dtype (its bias
+    /// is in that dtype) is refused: its weights would no longer match its activations.
     pub fn store_frozen_weight(&mut self, backend: &B) -> Result<()> {
+        if self.bias.value.dtype() != backend.float_dtype() {
+            return Err(Error::dtype(
+                "store frozen weights",
+                format!(
+                    "`{}` is {} but {} computes in {}: build the model on the backend that \
+                     runs it",
+                    self.bias.name,
+                    self.bias.value.dtype(),
+                    backend.name(),
+                    backend.float_dtype()
+                ),
+            ));
+        }
         if !self.weight.trainable && self.weight.value.dtype() != backend.frozen_dtype() {
             self.weight.value = backend.cast(&self.weight.value, backend.frozen_dtype())?;
         }

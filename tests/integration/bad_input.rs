@@ -463,3 +463,79 @@ fn sizes_past_memory_and_inconsistent_parts_are_refused() {
     );
     assert!(e.to_string().contains("layers"), "{e}");
 }
+
+/// One model on two CPU backends of other dtypes (both `CpuBackend`: the types allow it) is
+/// an error naming the dtypes, never a panic: storing its frozen weights for the other
+/// backend, training on it, and a forward whose frozen weights the other backend stored.
+#[test]
+fn a_model_built_on_one_cpu_backend_and_run_on_another_is_refused() {
+    use spafit::prelude::*;
+    let ck = Checkpoint::open(common::minilm_dir()).unwrap();
+    let plan = PeftPlan::new(&PeftConfig::new(Method::Spafit), 6).unwrap();
+    let tokenizer = ck.tokenizer(16).unwrap();
+    let data = Dataset::from_examples(
+        "two",
+        TaskKind::Classification {
+            labels: vec!["a".into(), "b".into()],
+        },
+        vec![
+            Example {
+                text_a: "one text".into(),
+                text_b: None,
+                target: Some(Target::Class(0)),
+            },
+            Example {
+                text_a: "another".into(),
+                text_b: None,
+                target: Some(Target::Class(1)),
+            },
+        ],
+    );
+    for (built, other) in [
+        (CpuBackend::f32(), CpuBackend::f64()),
+        (CpuBackend::f64(), CpuBackend::f32()),
+        (CpuBackend::bf16(), CpuBackend::f64()),
+    ] {
+        let what = format!("built on {}, run on {}", built.name(), other.name());
+        let mut model = common::trained(&ck, &built, &plan, 2);
+        let e = expect_err(model.store_frozen_weights(&other), &what);
+        assert!(
+            matches!(e, Error::DType { .. })
+                && e.to_string()
+                    .contains("build the model on the backend that runs it"),
+            "{what}: {e}"
+        );
+        let config = TrainConfig {
+            batch_size: 2,
+            max_steps: Some(1),
+            ..TrainConfig::default()
+        };
+        let e = expect_err(
+            Trainer::new(&other, &mut model, &plan, &ck.weights, config)
+                .fit(&tokenizer, &data, None),
+            &what,
+        );
+        assert!(matches!(e, Error::DType { .. }), "{what}: {e}");
+        // The weights stored by a backend of another dtype beside the model's activations.
+        let mut stored = common::trained(&ck, &built, &plan, 2);
+        for p in stored.params_mut().into_iter().filter(|p| !p.trainable) {
+            if p.value.dims().len() == 2 && !p.name.contains("embeddings") {
+                let values = built.to_f64(&p.value).unwrap();
+                p.value = other
+                    .tensor_from_f64(p.value.shape().clone(), &values)
+                    .and_then(|t| {
+                        let bits = other.to_f64(&t)?;
+                        built.tensor_from_f64_as(t.shape().clone(), &bits, other.float_dtype())
+                    })
+                    .unwrap();
+            }
+        }
+        let encoded = EncodedDataset::new(&tokenizer, &data).unwrap();
+        let e = expect_err(evaluate(&other, &stored, &encoded, 2, None), &what);
+        assert!(
+            matches!(e, Error::DType { .. })
+                && e.to_string().contains("of backends of other dtypes"),
+            "{what}: {e}"
+        );
+    }
+}

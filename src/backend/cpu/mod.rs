@@ -96,6 +96,17 @@ impl CpuBackend {
     pub fn has_bf16_dot_products() -> bool {
         bf16_gemm::avx512_bf16()
     }
+
+    /// The dtype a linear map's weight may have besides the activations' `dtype`: bf16 in
+    /// the bf16 mode (its kernels read bf16 weights beside f32 activations), else none other:
+    /// an f64 backend's stored weights beside an f32 backend's activations (one model on
+    /// two `CpuBackend`s) are a mix no kernel here reads.
+    fn frozen_beside(&self, dtype: DType) -> DType {
+        match self.frozen {
+            DType::BF16 => DType::BF16,
+            _ => dtype,
+        }
+    }
 }
 
 /// Runs `$body` with `$t` bound to the Rust type of a float dtype.
@@ -289,7 +300,7 @@ impl Backend for CpuBackend {
         x_lora: Option<&Tensor<Self>>,
     ) -> Result<LinearOutput<Self>> {
         let d = shapes::linear(x, w, bias, lora.as_ref(), x_lora)?;
-        shapes::weight_dtype("linear", w, x.dtype(), self.frozen)?;
+        shapes::weight_dtype("linear", w, x.dtype(), self.frozen_beside(x.dtype()))?;
         if let CpuBuffer::BF16(wb) = w.buffer() {
             require_f32_with_bf16_weight("linear", x.dtype())?;
             let l = lora.as_ref().map(|l| linear::Lora {
@@ -345,7 +356,7 @@ impl Backend for CpuBackend {
         // This backend makes no rounded copies: `x` has the activations' dtype.
         let (dtype, d) = shapes::linear_backward(&inp, inp.dy.dtype())?;
         if let Some(w) = inp.w {
-            shapes::weight_dtype(OP, w, dtype, self.frozen)?;
+            shapes::weight_dtype(OP, w, dtype, self.frozen_beside(dtype))?;
             if w.dtype() == DType::BF16 {
                 require_f32_with_bf16_weight(OP, dtype)?;
             }
