@@ -165,6 +165,18 @@ pub fn save_merged<B: Backend>(
     max_len: Option<usize>,
 ) -> Result<MergedCheckpoint> {
     let invalid = |detail: String| Error::invalid("merge", detail);
+    // The merge is written with `checkpoint`'s config and tokenizer: a model of another
+    // encoder would be a checkpoint that loads as neither.
+    if let Some(difference) = model.config().encoder_difference(&checkpoint.config) {
+        return Err(invalid(format!(
+            "the model is not an encoder of {} ({difference}): merge it with the checkpoint it \
+             was built from",
+            checkpoint.dir().display()
+        )));
+    }
+    if let Some(problem) = super::store::max_len_problem(model.config(), max_len) {
+        return Err(invalid(problem));
+    }
     let outputs = kind.num_labels();
     if outputs != model.num_labels() {
         return Err(invalid(format!(

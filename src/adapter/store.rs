@@ -7,7 +7,7 @@ use safetensors::Dtype;
 use super::atomic::{sha256_hex, stage_atomic, staged_copies};
 use super::manifest::AdapterManifest;
 use crate::backend::Backend;
-use crate::checkpoint::{Checkpoint, WeightsFile};
+use crate::checkpoint::{BertConfig, Checkpoint, WeightsFile};
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
 use crate::peft::PeftPlan;
@@ -88,6 +88,16 @@ pub struct TrainingInputs {
 /// model's (or none applied, or LoRA merged away), class names the head cannot carry, a cut
 /// of the texts the model cannot take, and non-finite weights. `op` names the writer (a
 /// spafit adapter, a PEFT export).
+/// Why `max_len`, the cut of a model's training texts, cannot be recorded with it: 0, or
+/// more tokens than its positions hold.
+pub(crate) fn max_len_problem(config: &BertConfig, max_len: Option<usize>) -> Option<String> {
+    let positions = config.max_tokens();
+    let n = max_len.filter(|&n| n == 0 || n > positions)?;
+    Some(format!(
+        "max_len {n}: the training texts' cut is between 1 and the model's {positions} positions"
+    ))
+}
+
 pub(crate) fn check_savable<B: Backend>(
     backend: &B,
     model: &BertClassifier<B>,
@@ -109,15 +119,8 @@ pub(crate) fn check_savable<B: Backend>(
             ),
         ));
     }
-    let positions = model.config().max_tokens();
-    if let Some(n) = max_len.filter(|&n| n == 0 || n > positions) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "max_len {n}: the training texts' cut is between 1 and the model's {positions} \
-                 positions"
-            ),
-        ));
+    if let Some(problem) = max_len_problem(model.config(), max_len) {
+        return Err(Error::invalid(op, problem));
     }
     if let Some(problem) = labels.and_then(|l| labels_problem(l, model.num_labels())) {
         return Err(Error::invalid(op, problem));

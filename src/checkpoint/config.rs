@@ -284,6 +284,73 @@ impl BertConfig {
         self.classifier_dropout.unwrap_or(hidden)
     }
 
+    /// The first setting that gives `other`'s encoder other tensors or other computations
+    /// than this one's (family, widths, counts, activation, position embeddings), as
+    /// `name: this vs other`; `None` for the same encoder (heads, labels, dropout aside).
+    pub fn encoder_difference(&self, other: &BertConfig) -> Option<String> {
+        let settings: [(&str, String, String); 11] = [
+            (
+                "model_type",
+                format!("{:?}", self.family()),
+                format!("{:?}", other.family()),
+            ),
+            (
+                "hidden_size",
+                self.hidden_size.to_string(),
+                other.hidden_size.to_string(),
+            ),
+            (
+                "num_hidden_layers",
+                self.num_hidden_layers.to_string(),
+                other.num_hidden_layers.to_string(),
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads.to_string(),
+                other.num_attention_heads.to_string(),
+            ),
+            (
+                "intermediate_size",
+                self.intermediate_size.to_string(),
+                other.intermediate_size.to_string(),
+            ),
+            (
+                "vocab_size",
+                self.vocab_size.to_string(),
+                other.vocab_size.to_string(),
+            ),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings.to_string(),
+                other.max_position_embeddings.to_string(),
+            ),
+            (
+                "type_vocab_size",
+                self.type_vocab_size.to_string(),
+                other.type_vocab_size.to_string(),
+            ),
+            (
+                "embedding_size",
+                self.embedding_width().to_string(),
+                other.embedding_width().to_string(),
+            ),
+            (
+                "hidden_act",
+                self.hidden_act.clone(),
+                other.hidden_act.clone(),
+            ),
+            (
+                "layer_norm_eps",
+                format!("{:e}", self.layer_norm_eps),
+                format!("{:e}", other.layer_norm_eps),
+            ),
+        ];
+        settings
+            .into_iter()
+            .find(|(_, a, b)| a != b)
+            .map(|(name, a, b)| format!("{name}: {a} vs {b}"))
+    }
+
     /// The class names of `id2label` in id order, when they are strings naming ids
     /// `0..num_labels`, all distinct, and not transformers' placeholders (`LABEL_0`, ...).
     pub fn class_names(&self, num_labels: usize) -> Option<Vec<String>> {

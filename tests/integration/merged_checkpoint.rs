@@ -269,6 +269,46 @@ fn impossible_merges_are_refused_and_leave_nothing() {
         e.starts_with("/proc/self/merged: cannot write the merge beside it, in /proc/self"),
         "{e}"
     );
+    // Another encoder's checkpoint would give the merge its config and tokenizer.
+    let roberta = Checkpoint::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta/model"),
+    )
+    .unwrap();
+    let e = save_merged(
+        &tmp.path().join("elsewhere"),
+        &cpu,
+        model.clone(),
+        &kind,
+        &roberta,
+        MergedDType::F32,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("the model is not an encoder of") && e.contains("model_type: Bert vs Roberta"),
+        "{e}"
+    );
+    // A cut of the training texts the model's positions cannot hold.
+    for max_len in [0, 513, 1 << 40] {
+        let e = save_merged(
+            &tmp.path().join("cut"),
+            &cpu,
+            model.clone(),
+            &kind,
+            &ck,
+            MergedDType::F32,
+            Some(max_len),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(&format!(
+                "max_len {max_len}: the training texts' cut is between 1"
+            )),
+            "{e}"
+        );
+    }
     assert_eq!(entries(tmp.path()), ["file", "occupied"]);
     assert_eq!(entries(&occupied), ["notes.txt"]);
     // What a merge no longer writing left goes; a merge still writing holds its folder's
