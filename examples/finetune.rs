@@ -45,12 +45,12 @@ fn main() -> spafit::Result<()> {
     let backend = CpuBackend::f32();
     let checkpoint = Checkpoint::open(&model_dir)?;
     let plan = PeftPlan::new(
-        &PeftConfig::new(Method::Spafit),
+        &PeftConfig::new(Method::Spafit).for_family(checkpoint.config.family()),
         checkpoint.config.num_hidden_layers,
     )?;
     let mut model = BertClassifier::from_checkpoint(&checkpoint, &backend, 2, 0)?;
     model.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
-    let tokenizer = checkpoint.tokenizer(64)?;
+    let tokenizer = checkpoint.tokenizer(64.min(checkpoint.config.max_tokens()))?;
 
     let config = TrainConfig {
         batch_size: 4,

@@ -42,7 +42,10 @@ fn main() -> spafit::Result<()> {
     )?;
     let mut model = BertClassifier::from_checkpoint(&checkpoint, &backend, 2, 0)?;
     model.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
-    let encoded = EncodedDataset::new(&checkpoint.tokenizer(64)?, &train)?;
+    let encoded = EncodedDataset::new(
+        &checkpoint.tokenizer(64.min(checkpoint.config.max_tokens()))?,
+        &train,
+    )?;
 
     let steps = 8;
     let schedule = LrSchedule {

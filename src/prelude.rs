@@ -5,15 +5,15 @@
 //! that the glob does not shadow the standard `Result`.
 
 pub use crate::adapter::{
-    export_peft, import_peft, load_adapter, open_adapter, save_adapter, save_merged, AdapterFormat,
-    AdapterManifest, ExportedClassOrder, MergedDType, OpenedAdapter, PeftExportRecord,
-    TrainingInputs,
+    export_peft, import_peft, load_adapter, merged_max_len, open_adapter, save_adapter,
+    save_merged, AdapterFormat, AdapterHead, AdapterManifest, ExportedClassOrder, MergedDType,
+    OpenedAdapter, PeftExportRecord, TrainingInputs,
 };
 pub use crate::autograd::{Gradients, Tape, Var};
 pub use crate::backend::cpu::CpuBackend;
 pub use crate::backend::cuda::CudaBackend;
 pub use crate::backend::Backend;
-pub use crate::checkpoint::{Checkpoint, WeightsFile};
+pub use crate::checkpoint::{BertConfig, Checkpoint, WeightsFile};
 pub use crate::data::{
     Dataset, Example, GlueTask, OnMalformed, TableFormat, TableSpec, Target, TaskKind,
 };
@@ -23,7 +23,7 @@ pub use crate::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 pub use crate::tensor::{DType, Shape};
 pub use crate::text::TextTokenizer;
 pub use crate::train::{
-    evaluate, infer, predict_text_pairs, predict_texts, predictions, scored_predictions, AdamW,
-    EncodedDataset, Evaluation, LrSchedule, ModelOutputs, Prediction, ScheduleKind, TrainConfig,
-    TrainReport, Trainer,
+    evaluate, evaluate_until, infer, lock_run_dir, predict_text_pairs, predict_texts, predictions,
+    scored_predictions, AdamW, Control, EncodedDataset, Evaluation, LrSchedule, ModelOutputs,
+    Prediction, RunLock, ScheduleKind, StepReport, TrainConfig, TrainEvent, TrainReport, Trainer,
 };

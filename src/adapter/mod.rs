@@ -11,6 +11,7 @@ mod peft_export;
 mod peft_import;
 mod store;
 
+use crate::error::{Error, Result};
 pub(crate) use atomic::{hex, link_target};
 
 /// The first file in `dir` that makes it a model's or an adapter's folder (a checkpoint's
@@ -57,6 +58,42 @@ pub use store::{
     load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors,
     TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,
 };
+
+/// The adapter folder `dir` to read, refused as [`not_a_folder`] says when it is none.
+fn require_adapter_folder(dir: &std::path::Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(Error::Io {
+        path: dir.to_path_buf(),
+        error: std::io::Error::new(std::io::ErrorKind::NotFound, not_a_folder(dir)),
+    })
+}
+
+/// Refuses an output folder `dir` that is a file or lies under one, naming it: making the
+/// folder would fail with the system's bare "File exists" or "Not a directory". `what`
+/// says what goes into the folder.
+fn check_output_folder(dir: &std::path::Path, op: &'static str, what: &str) -> Result<()> {
+    let file = dir
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()));
+    match file {
+        None => Ok(()),
+        Some(file) if file == dir => Err(Error::invalid(
+            op,
+            format!("{} is a file: {what} goes into a folder", dir.display()),
+        )),
+        Some(file) => Err(Error::invalid(
+            op,
+            format!(
+                "{} lies under {}, which is a file: {what} goes into a folder",
+                dir.display(),
+                file.display()
+            ),
+        )),
+    }
+}
 
 /// Why an adapter path that is not a folder cannot be read: a file in one (`best/adapter.json`)
 /// names the folder to give instead.

@@ -322,12 +322,7 @@ pub fn open_adapter<B: Backend>(
     checkpoint: &Checkpoint,
     backend: &B,
 ) -> Result<OpenedAdapter<B>> {
-    if !dir.is_dir() {
-        return Err(Error::Io {
-            path: dir.to_path_buf(),
-            error: std::io::Error::new(std::io::ErrorKind::NotFound, super::not_a_folder(dir)),
-        });
-    }
+    super::require_adapter_folder(dir)?;
     let spafit_adapter =
         dir.join(MANIFEST_FILE).is_file() || dir.join(super::WEIGHTS_FILE).is_file();
     // Neither writer makes such a folder: which adapter was meant cannot be guessed.

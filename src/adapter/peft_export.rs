@@ -81,6 +81,7 @@ pub fn export_peft<B: Backend>(
         base,
     } = *record;
     let max_len = inputs.max_len;
+    super::check_output_folder(dir, "peft export", "a PEFT export")?;
     if let Some(found) = spafit_file_in(dir) {
         return Err(Error::invalid(
             "peft export",
@@ -88,6 +89,17 @@ pub fn export_peft<B: Backend>(
                 "{} holds a spafit adapter or run ({}); an export there would mix two \
                  adapters in one folder (and spafit would read its own one back): give a \
                  folder of its own",
+                dir.display(),
+                found.display()
+            ),
+        ));
+    }
+    // transformers reads a folder with a model's config.json as that model, not the adapter.
+    if let Some(found) = super::first_present(dir, &["config.json", "model.safetensors"]) {
+        return Err(Error::invalid(
+            "peft export",
+            format!(
+                "{} holds a model ({}): give the export a folder of its own",
                 dir.display(),
                 found.display()
             ),

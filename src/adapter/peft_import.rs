@@ -84,17 +84,46 @@ struct ExportNote {
     describes_weights: bool,
 }
 
+/// Refuses a spafit export onto another base than the one its note records (since spafit
+/// exports name their base; older notes pass unchecked), before anything else is read: on
+/// another base, what its tensors lack or the config does not select would be said instead.
+/// The note read is the one [`exported_note`] reads: the one describing these weights.
+fn check_recorded_base(
+    dir: &Path,
+    weights_sha256: &str,
+    base: &crate::checkpoint::WeightsFile,
+) -> Result<()> {
+    let committed = dir.join(SPAFIT_EXPORT_FILE);
+    let notes =
+        std::iter::once(committed).chain(super::atomic::staged_copies(dir, SPAFIT_EXPORT_FILE));
+    for path in notes {
+        let Some(json) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        else {
+            continue;
+        };
+        if json.get("adapter_model_sha256").and_then(|h| h.as_str()) != Some(weights_sha256) {
+            continue;
+        }
+        if let Some(trained_on) = json.get("base_encoder_sha256").and_then(|h| h.as_str()) {
+            super::store::check_encoder_identity(trained_on, &path, base)?;
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
 /// What `spafit_export.json` records for a head of `outputs` outputs, if the file is there and
 /// describes these weights (their SHA-256 `weights_sha256`: PEFT may have saved another
 /// adapter here since, leaving the note; then `stale` says what is ignored): class names (for
 /// a classifier), `max_len` and `text_pairs`. Names that do not fit the head, a `max_len` that
-/// is not a positive count, a `text_pairs` that is not a boolean, or a recorded base encoder
-/// other than `base`'s, are an error naming the file.
+/// is not a positive count, or a `text_pairs` that is not a boolean are an error naming the
+/// file (its recorded base, [`check_recorded_base`]'s).
 fn exported_note(
     dir: &Path,
     outputs: usize,
     weights_sha256: &str,
-    base: &crate::checkpoint::WeightsFile,
     stale: &mut Vec<String>,
 ) -> Result<ExportNote> {
     let committed = dir.join(SPAFIT_EXPORT_FILE);
@@ -160,10 +189,6 @@ fn exported_note(
             ));
         }
         return Ok(ExportNote::default());
-    }
-    // Recorded since spafit exports name their base; older notes pass unchecked.
-    if let Some(trained_on) = json.get("base_encoder_sha256").and_then(|h| h.as_str()) {
-        super::store::check_encoder_identity(trained_on, &path, base)?;
     }
     let max_len = match json.get("max_len") {
         None | Some(serde_json::Value::Null) => None,
@@ -239,6 +264,7 @@ pub fn import_peft<B: Backend>(
     checkpoint: &Checkpoint,
     backend: &B,
 ) -> Result<(BertClassifier<B>, PeftImport)> {
+    super::require_adapter_folder(dir)?;
     let config_path = dir.join(PEFT_CONFIG_FILE);
     let weights_path = dir.join(PEFT_WEIGHTS_FILE);
     if !weights_path.is_file() && dir.join("adapter_model.bin").is_file() {
@@ -251,6 +277,7 @@ pub fn import_peft<B: Backend>(
     }
     let settings = PeftLoraSettings::read(&config_path)?;
     let file = WeightsFile::open(&weights_path)?;
+    check_recorded_base(dir, file.sha256(), &checkpoint.weights)?;
     let bad_tensor = |detail: String| Error::Format {
         path: weights_path.clone(),
         detail,
@@ -814,13 +841,7 @@ pub fn import_peft<B: Backend>(
         .collect();
     model.store_frozen_weights(backend)?;
     let mut warnings = Vec::new();
-    let note = exported_note(
-        dir,
-        num_labels,
-        file.sha256(),
-        &checkpoint.weights,
-        &mut warnings,
-    )?;
+    let note = exported_note(dir, num_labels, file.sha256(), &mut warnings)?;
     // A spafit export's head was trained here, whatever the base's problem_type; PEFT's own
     // adapter's was trained as the base's problem_type made it, which a multi-label one
     // spafit reads as such.

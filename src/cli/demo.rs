@@ -9,7 +9,7 @@ use spafit::{Error, Result};
 use spafit::backend::Backend;
 
 use super::args::{on_backend, ModelArgs, PeftArgs};
-use super::train::{check_output_paths, default_lr, fit, setup, TrainArgs};
+use super::train::{check_output_paths, fit, setup, TrainArgs};
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.
 #[derive(Args, Debug)]
@@ -76,7 +76,7 @@ impl DemoCommand {
             "dev_accuracy": eval.metrics["accuracy"], "dev_f1": eval.metrics.get("f1"), "f1_positive_class": "1", "dev_loss": eval.loss,
             "max_len": report.max_len,
             "best_step": best_step, "steps": report.steps, "epochs": self.train.epochs,
-            "lr": self.train.lr.unwrap_or_else(|| default_lr(run.plan.method)),
+            "lr": self.train.lr.unwrap_or_else(|| run.plan.method.default_learning_rate()),
             "trainable_params": run.model.trainable_parameter_count(),
             "train_seconds": report.train_seconds, "eval_seconds": eval.seconds,
             "samples_per_s": report.samples_per_s, "tokens_per_s": report.tokens_per_s,

@@ -106,15 +106,6 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-/// The learning rate each method's reference run uses, when --lr is not given.
-pub fn default_lr(method: spafit::peft::Method) -> f64 {
-    match method {
-        spafit::peft::Method::Full => 5e-5,
-        spafit::peft::Method::BitFit => 1e-3,
-        _ => 5e-4,
-    }
-}
-
 /// Everything a run needs, set up from flags.
 pub struct Run<B: Backend> {
     pub backend: B,
@@ -285,7 +276,9 @@ pub fn fit<B: Backend>(
         epochs: args.epochs,
         batch_size: args.batch_size,
         micro_batch_size: args.micro_batch_size,
-        learning_rate: args.lr.unwrap_or_else(|| default_lr(run.plan.method)),
+        learning_rate: args
+            .lr
+            .unwrap_or_else(|| run.plan.method.default_learning_rate()),
         weight_decay: args.weight_decay,
         warmup_ratio: args.warmup_ratio,
         warmup_steps: args.warmup_steps,

@@ -48,6 +48,16 @@ impl<B: Backend> ModelInput<B> {
 
     fn with_positions(backend: &B, encoded: &EncodedBatch, first_position: usize) -> Result<Self> {
         let (batch, seq) = (encoded.batch, encoded.seq);
+        // No layer has anything to compute on, and each would say so in its own words.
+        if batch == 0 || seq == 0 {
+            return Err(Error::invalid(
+                "input",
+                format!(
+                    "a batch of {batch} × {seq} tokens holds none: a batch needs at least one \
+                     example of one token"
+                ),
+            ));
+        }
         // Positions and first-token rows are u32 on the device: the token count must fit.
         let tokens = batch
             .checked_mul(seq)

@@ -34,6 +34,19 @@ impl FromStr for Method {
     }
 }
 
+impl Method {
+    /// The peak learning rate each method's reference run uses, and `spafit train` unless
+    /// given `--lr`: 5e-5 for full fine-tuning, 1e-3 for BitFit, 5e-4 for LoRA and SPAFIT.
+    /// ([`crate::train::TrainConfig`]'s default is 5e-4 whatever the method.)
+    pub fn default_learning_rate(self) -> f64 {
+        match self {
+            Method::Full => 5e-5,
+            Method::BitFit => 1e-3,
+            Method::Lora | Method::Spafit => 5e-4,
+        }
+    }
+}
+
 impl fmt::Display for Method {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

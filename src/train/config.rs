@@ -27,7 +27,8 @@ pub struct TrainConfig {
     pub micro_batch_size: Option<usize>,
     /// Examples per evaluation batch.
     pub eval_batch_size: usize,
-    /// Peak learning rate.
+    /// Peak learning rate (default 5e-4; `spafit train` takes the method's own,
+    /// [`crate::peft::Method::default_learning_rate`]).
     pub learning_rate: f64,
     /// AdamW decoupled weight decay (none on biases and LayerNorm).
     pub weight_decay: f64,
@@ -47,7 +48,11 @@ pub struct TrainConfig {
     pub best_metric: Option<String>,
     /// Global gradient-norm clip; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
-    /// Seed of batch order, dropout and fresh weights.
+    /// Seed of the batch order and the dropout masks. The weights a run starts from are
+    /// drawn before it, with the seeds given to
+    /// [`crate::model::BertClassifier::from_checkpoint`] (a fresh head) and
+    /// [`crate::peft::peft_lora_init`] (the adapters): `spafit train --seed S` gives S to all
+    /// three, so a program does the same to get its run.
     pub seed: u64,
     /// Hidden-state dropout; `None` takes the checkpoint's `hidden_dropout_prob`. The pooled
     /// output before the classifier drops with this rate too, unless config.json sets

@@ -539,3 +539,27 @@ fn a_model_built_on_one_cpu_backend_and_run_on_another_is_refused() {
         );
     }
 }
+
+/// A batch of no example or no token is refused as such where it is uploaded, not by the
+/// first layer that finds an empty shape.
+#[test]
+fn a_batch_of_no_tokens_is_refused_as_such() {
+    for (batch, seq) in [(0, 8), (2, 0), (0, 0)] {
+        let encoded = spafit::text::EncodedBatch {
+            input_ids: vec![1; batch * seq],
+            token_type_ids: vec![0; batch * seq],
+            attention_mask: vec![1; batch * seq],
+            batch,
+            seq,
+        };
+        let e = expect_err(
+            spafit::model::ModelInput::new(&cpu(), &encoded),
+            "an empty batch",
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("a batch of {batch} × {seq} tokens holds none")),
+            "{e}"
+        );
+    }
+}

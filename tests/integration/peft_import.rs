@@ -508,6 +508,79 @@ fn export_writes_the_head_in_the_bases_id2label_order() {
     }
 }
 
+/// Folders that cannot hold an export or an adapter, or hold none to read, are named as
+/// such (the system said "File exists" or "Not a directory"): a path that is a file or lies
+/// under one, a model's folder; and a spafit export opened on another base says so before
+/// what of its tensors that base lacks.
+#[test]
+fn paths_that_cannot_hold_or_give_an_adapter_are_named() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let (_, plan) = plans().into_iter().next().unwrap();
+    let model = common::trained(&ck, &cpu, &plan, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "mine").unwrap();
+    let record = PeftExportRecord {
+        base_model_name_or_path: "all-MiniLM-L6-v2",
+        base: Some(&ck.weights),
+        ..PeftExportRecord::default()
+    };
+    for (dir, says) in [
+        (file.clone(), format!("{} is a file", file.display())),
+        (
+            file.join("sub"),
+            format!("lies under {}, which is a file", file.display()),
+        ),
+    ] {
+        let e = export_peft(&dir, &cpu, &model, &plan, &record).unwrap_err();
+        assert!(
+            e.to_string().contains(&says)
+                && e.to_string().contains("a PEFT export goes into a folder"),
+            "{e}"
+        );
+        let e = spafit::adapter::save_adapter(
+            &dir,
+            &cpu,
+            &model,
+            &plan,
+            &ck.weights,
+            None,
+            spafit::adapter::TrainingInputs::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(&says)
+                && e.to_string().contains("an adapter goes into a folder"),
+            "{e}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+    let e = import_peft(&file, &ck, &cpu).err().unwrap().to_string();
+    assert!(e.contains("a file, not an adapter folder"), "{e}");
+    // A model's folder: transformers would read it as the model.
+    let model_dir = tmp.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    std::fs::write(model_dir.join("config.json"), "{}").unwrap();
+    let e = export_peft(&model_dir, &cpu, &model, &plan, &record).unwrap_err();
+    assert!(e.to_string().contains("holds a model"), "{e}");
+    // Exported from MiniLM, opened on tiny RoBERTa: the recorded base is the first word.
+    let export = tmp.path().join("export");
+    export_peft(&export, &cpu, &model, &plan, &record).unwrap();
+    let roberta = Checkpoint::open(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta/model"),
+    )
+    .unwrap();
+    let e = open_adapter(&export, &roberta, &cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("the adapter was trained on a base whose encoder tensors have sha256"),
+        "{e}"
+    );
+}
+
 /// A copy of a fixture adapter, with its config and tensors open to edits.
 struct Edited {
     dir: tempfile::TempDir,
