@@ -55,7 +55,7 @@ pub struct ModelArgs {
     /// model's positions where it has fewer; eval,
     /// predict and train with --adapter: the length the adapter was trained with, where it
     /// records one].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one())]
     pub max_len: Option<usize>,
 }
 
@@ -370,7 +370,7 @@ pub struct PeftArgs {
     #[arg(long, allow_hyphen_values = true, value_parser = spelling(|b| b.parse::<Boundary>()))]
     pub n2: Option<String>,
     /// LoRA rank r [default: 8].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = at_least_one())]
     pub lora_r: Option<usize>,
     /// LoRA alpha (scale = alpha / r) [default: 16].
     #[arg(long, allow_hyphen_values = true, value_parser = number_where(
@@ -586,7 +586,10 @@ pub struct DataArgs {
     /// Multi-label: the probability above which a class is predicted, for eval's metrics,
     /// predict's sets and the evaluations that pick train's best/ [default: 0.5; not saved
     /// with the adapter: give it to eval and predict too].
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = number_where(
+        |t| t > 0.0 && t < 1.0,
+        "a probability strictly between 0 and 1",
+    ))]
     pub threshold: Option<f64>,
     /// Skip malformed rows (reported with their file and line) instead of stopping.
     #[arg(long)]

@@ -137,6 +137,11 @@ impl FromStr for Boundary {
                 ),
             )
         };
+        // 1.5 or 1/0 would be refused only once the model's depth is known.
+        let fraction = |f: f64| match (0.0..=1.0).contains(&f) {
+            true => Ok(Boundary::Fraction(f)),
+            false => Err(bad()),
+        };
         if s.trim_start().starts_with('-') {
             return Err(bad());
         }
@@ -155,9 +160,9 @@ impl FromStr for Boundary {
                 a.trim().parse().map_err(|_| bad())?,
                 b.trim().parse().map_err(|_| bad())?,
             );
-            return Ok(Boundary::Fraction(a / b));
+            return fraction(a / b);
         }
-        s.parse::<f64>().map(Boundary::Fraction).map_err(|_| bad())
+        fraction(s.parse::<f64>().map_err(|_| bad())?)
     }
 }
 
