@@ -424,29 +424,82 @@ pub fn fit<B: Backend>(
                 trained.unwrap_or_default()
             );
         }
-        let outputs = train.kind.num_labels();
-        if let Some((theirs, ours)) = run
-            .checkpoint
-            .config
-            .problem_type_unlike(outputs, train.kind.is_multi_label())
-        {
-            note!(
-                "note: the base's config.json has `problem_type` `{theirs}`, which transformers \
-                 gives the model this adapter loads onto: load it with \
-                 `problem_type=\"{ours}\"` and `num_labels={outputs}` to get the head spafit \
-                 trained"
-            );
-        } else if train.kind.is_multi_label() && run.checkpoint.config.problem_type.is_none() {
-            // transformers reads a head of several outputs as a softmax unless told.
-            note!(
-                "note: the base's config.json sets no `problem_type`, so transformers reads the \
-                 adapter's head as one class per example (softmax): load it with \
-                 `problem_type=\"multi_label_classification\"` and `num_labels={outputs}` to \
-                 get the multi-label head spafit trained"
-            );
+        if let Some(note) = transformers_loading_note(&run.checkpoint, &train.kind) {
+            note!("{note}");
         }
     }
     Ok((report, hold))
+}
+
+/// What a PEFT export of a head trained on `kind` needs to load in transformers as spafit
+/// trained it, where the base's config.json would give the model something else: the
+/// export holds the head, but transformers builds the model the adapter loads onto from the
+/// base's config (its `problem_type`, its number and names of outputs) and refuses a saved
+/// head of another size unless told to ignore it.
+fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option<String> {
+    let config = &checkpoint.config;
+    let outputs = kind.num_labels();
+    let (mut why, mut arguments) = (Vec::new(), Vec::new());
+    if let Some((theirs, ours)) = config.problem_type_unlike(outputs, kind.is_multi_label()) {
+        why.push(format!("its `problem_type` is `{theirs}`"));
+        arguments.push(format!("problem_type=\"{ours}\""));
+    } else if kind.is_multi_label() && config.problem_type.is_none() {
+        why.push(
+            "it sets no `problem_type`, so a head of several outputs reads as one class per \
+             example (softmax)"
+                .to_string(),
+        );
+        arguments.push("problem_type=\"multi_label_classification\"".to_string());
+    }
+    // transformers' default without id2label is two outputs.
+    let base_outputs = match config.id2label.len() {
+        0 => 2,
+        n => n,
+    };
+    let names_differ = match (kind.class_names(), config.class_names(outputs)) {
+        (Some(trained), Some(base)) => spafit::data::class_order(&base, trained).is_none(),
+        _ => false,
+    };
+    if base_outputs != outputs {
+        why.push(format!("it gives the model {base_outputs} outputs"));
+    } else if names_differ {
+        why.push(format!(
+            "it names the outputs {:?}",
+            config.class_names(outputs).unwrap_or_default()
+        ));
+    }
+    let mismatched_head = checkpoint.classifier_outputs().filter(|&n| n != outputs);
+    if let Some(theirs) = mismatched_head {
+        why.push(format!("its own head has {theirs} outputs"));
+    }
+    if why.is_empty() {
+        return None;
+    }
+    arguments.push(format!("num_labels={outputs}"));
+    // Classes named by their ids (data of 0s and 1s) are what transformers calls them anyway.
+    let named = kind
+        .class_names()
+        .filter(|names| names.iter().enumerate().any(|(i, n)| *n != i.to_string()));
+    if let Some(trained) = named {
+        let id2label = trained
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{i}: {}", serde_json::Value::from(name.as_str())))
+            .collect::<Vec<_>>()
+            .join(", ");
+        arguments.push(format!("id2label={{{id2label}}}"));
+    }
+    if mismatched_head.is_some() {
+        arguments.push("ignore_mismatched_sizes=True".to_string());
+    }
+    Some(format!(
+        "note: transformers builds the model a PEFT adapter loads onto from the base's \
+         config.json, and {}: load the base with \
+         `AutoModelForSequenceClassification.from_pretrained(BASE, {})` to get the head spafit \
+         trained",
+        why.join("; "),
+        arguments.join(", ")
+    ))
 }
 
 /// What the caller of [`fit`] holds while it writes the rest of the run folder
