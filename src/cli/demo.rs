@@ -38,12 +38,14 @@ impl DemoCommand {
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         for path in [&self.model.model, &self.data] {
             if !path.exists() {
+                // The script fills the default places; a path of the user's own is theirs.
+                let what = match path.starts_with(".cache") {
+                    true => "not found: run scripts/fetch_assets.sh first",
+                    false => "not found",
+                };
                 return Err(Error::Io {
                     path: path.clone(),
-                    error: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "not found: run scripts/fetch_assets.sh first",
-                    ),
+                    error: std::io::Error::new(std::io::ErrorKind::NotFound, what),
                 });
             }
         }

@@ -59,7 +59,7 @@ pub struct GradcheckCommand {
     /// random models): a bf16 tolerance catches gross errors only (0.1 on real checkpoints).
     #[arg(long, allow_hyphen_values = true, value_parser = super::args::number_where(
         |t| t > 0.0,
-        "expected a positive number, such as 1e-4",
+        "expected a positive finite number, such as 1e-4",
     ))]
     pub tolerance: Option<f64>,
     /// Whether --dtype was on the command line (not its default).
@@ -134,6 +134,7 @@ impl GradcheckCommand {
         )?;
         let skipped = match r.skipped.len() {
             0 => String::new(),
+            1 => " (1 attention key bias skipped: its gradient is exactly zero)".to_string(),
             n => format!(" ({n} attention key biases skipped: their gradient is exactly zero)"),
         };
         let worst = match r.max_rel_err {

@@ -842,15 +842,16 @@ impl TrainCommand {
     /// the command that gives it.
     fn note_split_left_out(&self, task: spafit::data::GlueTask, split: &str) {
         let signal = super::interrupt::received().map_or("a signal", |(name, _)| name);
-        let quoted =
-            |path: &std::path::Path| spafit::shell_word::shell_word(&path.display().to_string());
+        let flag = |flag: &str, path: &std::path::Path| {
+            spafit::shell_word::shell_flag(flag, path.as_os_str())
+        };
         let mut command = format!(
-            "spafit eval --model {} --task {}",
-            quoted(&self.model.model),
+            "spafit eval {} --task {}",
+            flag("--model", &self.model.model),
             task.dir_name().to_ascii_lowercase()
         );
         if let Some(dir) = &self.data.glue_dir {
-            command += &format!(" --glue-dir {}", quoted(dir));
+            command += &format!(" {}", flag("--glue-dir", dir));
         }
         command += &format!(" --split {split}");
         // The run's own device and precision, so the numbers are those it would have given.
@@ -861,7 +862,7 @@ impl TrainCommand {
             command += &format!(" --dtype {}", self.model.dtype);
         }
         if let Some(out) = &self.train.output {
-            command += &format!(" --adapter {}", quoted(&out.join("best")));
+            command += &format!(" {}", flag("--adapter", &out.join("best")));
         }
         note!(
             "spafit: {signal} came after the run's last step: its results are written without \

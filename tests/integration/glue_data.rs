@@ -1256,6 +1256,20 @@ a,1
             Some("`--text-column 'my text'`"),
         ),
         (
+            "quote.csv",
+            "it's text,label
+a,1
+",
+            Some("`--text-column 'it'\\''s text'`"),
+        ),
+        (
+            "dash.csv",
+            "-x,label
+a,1
+",
+            Some("`--text-column=-x`"),
+        ),
+        (
             "two.csv",
             "title,body,label
 a,b,1
@@ -1274,6 +1288,10 @@ a,b,1
             .unwrap_err()
             .to_string();
         assert!(e.contains("`text`"), "{name}: {e}");
+        // Each column as the file names it.
+        if name == "quote.csv" {
+            assert!(e.contains("(columns: `it's text`, `label`)"), "{e}");
+        }
         match likely {
             Some(likely) => assert!(
                 e.contains(&format!("; here likely {likely}")),

@@ -161,14 +161,12 @@ fn text_after_quote_why(bytes: &[u8], stray: &TextAfterQuote) -> String {
         .iter()
         .position(|&b| matches!(b, b',' | b'\n' | b'\r'))
         .unwrap_or(rest.len());
-    let text: String = String::from_utf8_lossy(&rest[..end])
-        .chars()
-        .take(40)
-        .flat_map(|c| match c.is_control() {
-            true => c.escape_default().collect::<Vec<_>>(),
-            false => vec![c],
-        })
-        .collect();
+    let text = super::visible(
+        &String::from_utf8_lossy(&rest[..end])
+            .chars()
+            .take(40)
+            .collect::<String>(),
+    );
     let (place, joined) = if opening == closing {
         (format!("the quoted field on line {opening} is"), "")
     } else {
@@ -621,7 +619,7 @@ impl TableSpec {
                  --text-pair-column and --label-column name the columns{likely}",
                 header
                     .iter()
-                    .map(|h| format!("`{}`", h.escape_debug()))
+                    .map(|h| format!("`{}`", super::visible(h)))
                     .collect::<Vec<_>>()
                     .join(", "),
             ),

@@ -200,10 +200,8 @@ impl TableSpec {
             .filter(|c| !named.contains(&Some(**c)) && !is_id(c) && !is_labels(c));
         match (others.next(), others.next()) {
             (Some(only), None) => {
-                format!(
-                    "; here likely `{flag} {}`",
-                    crate::shell_word::shell_word(only)
-                )
+                let words = crate::shell_word::shell_flag(flag, std::ffi::OsStr::new(only));
+                format!("; here likely `{words}`")
             }
             _ => String::new(),
         }
@@ -244,7 +242,7 @@ impl TableSpec {
                         "missing `{c}` (the row has {}; --text-column, --text-pair-column and \
                          --label-column name the columns{})",
                         has.iter()
-                            .map(|k| format!("`{}`", k.escape_debug()))
+                            .map(|k| format!("`{}`", visible(k)))
                             .collect::<Vec<_>>()
                             .join(", "),
                         self.likely_column(c, has)
@@ -365,7 +363,7 @@ impl TableSpec {
                     continue;
                 }
                 if let Some(problem) = super::label_names_problem(std::slice::from_ref(&label)) {
-                    let why = format!("label `{}`: {problem}", label.escape_debug());
+                    let why = format!("label `{}`: {problem}", visible(&label));
                     return sink.take(Err(why), path, line);
                 }
                 seen.push((label, line));
@@ -519,4 +517,16 @@ impl TableSpec {
             TableFormat::Jsonl => json_rows::for_each_json_row(path, visit),
         }
     }
+}
+
+/// `text` as a message shows a name from a file: control characters (a tab, a carriage
+/// return) written as escapes, everything else as it is (`escape_debug` also wrote `it's` as
+/// `it\'s`, a name no file has).
+pub(crate) fn visible(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_debug().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect()
 }
