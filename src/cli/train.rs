@@ -443,30 +443,48 @@ fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option
     if let Some((theirs, ours)) = config.problem_type_unlike(outputs, kind.is_multi_label()) {
         why.push(format!("its `problem_type` is `{theirs}`"));
         arguments.push(format!("problem_type=\"{ours}\""));
-    } else if kind.is_multi_label() && config.problem_type.is_none() {
-        why.push(
-            "it sets no `problem_type`, so a head of several outputs reads as one class per \
-             example (softmax)"
-                .to_string(),
-        );
-        arguments.push("problem_type=\"multi_label_classification\"".to_string());
+    } else if config.problem_type.is_none() {
+        let unsaid = match (kind.is_multi_label(), outputs) {
+            (true, _) => Some((
+                "a head of several outputs reads as one class per example (softmax)",
+                "multi_label_classification",
+            )),
+            (false, 1) => Some((
+                "transformers' pipelines read a single output as a probability (a sigmoid), \
+                 not a score",
+                "regression",
+            )),
+            (false, _) => None,
+        };
+        if let Some((reading, problem)) = unsaid {
+            why.push(format!("it sets no `problem_type`, so {reading}"));
+            arguments.push(format!("problem_type=\"{problem}\""));
+        }
     }
-    // transformers' default without id2label is two outputs.
+    // transformers' default without id2label is two outputs, named LABEL_0, LABEL_1, ...
     let base_outputs = match config.id2label.len() {
         0 => 2,
         n => n,
     };
-    let names_differ = match (kind.class_names(), config.class_names(outputs)) {
-        (Some(trained), Some(base)) => spafit::data::class_order(&base, trained).is_none(),
-        _ => false,
+    let base_names = config.class_names(outputs);
+    let trained = kind.class_names();
+    // Classes named by their ids in order (data of 0s and 1s) are what transformers calls
+    // them anyway, by position.
+    let by_id =
+        trained.is_some_and(|names| names.iter().enumerate().all(|(i, n)| *n == i.to_string()));
+    let names_differ = match (trained, &base_names) {
+        (Some(trained), Some(base)) => spafit::data::class_order(base, trained).is_none(),
+        (Some(_), None) => !by_id,
+        (None, _) => false,
     };
     if base_outputs != outputs {
         why.push(format!("it gives the model {base_outputs} outputs"));
     } else if names_differ {
-        why.push(format!(
-            "it names the outputs {:?}",
-            config.class_names(outputs).unwrap_or_default()
-        ));
+        why.push(match &base_names {
+            Some(base) => format!("it names the outputs {base:?}"),
+            None => "it names no classes (transformers calls the outputs LABEL_0, LABEL_1, …)"
+                .to_string(),
+        });
     }
     let mismatched_head = checkpoint.classifier_outputs().filter(|&n| n != outputs);
     if let Some(theirs) = mismatched_head {
@@ -476,18 +494,24 @@ fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option
         return None;
     }
     arguments.push(format!("num_labels={outputs}"));
-    // Classes named by their ids (data of 0s and 1s) are what transformers calls them anyway.
-    let named = kind
-        .class_names()
-        .filter(|names| names.iter().enumerate().any(|(i, n)| *n != i.to_string()));
-    if let Some(trained) = named {
-        let id2label = trained
-            .iter()
-            .enumerate()
-            .map(|(i, name)| format!("{i}: {}", serde_json::Value::from(name.as_str())))
-            .collect::<Vec<_>>()
-            .join(", ");
-        arguments.push(format!("id2label={{{id2label}}}"));
+    if let Some(trained) = trained.filter(|_| names_differ || !by_id) {
+        let name = |n: &String| serde_json::Value::from(n.as_str()).to_string();
+        let pairs = |pair: &dyn Fn(usize, String) -> String| {
+            trained
+                .iter()
+                .enumerate()
+                .map(|(i, n)| pair(i, name(n)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        arguments.push(format!(
+            "id2label={{{}}}",
+            pairs(&|i, n| format!("{i}: {n}"))
+        ));
+        arguments.push(format!(
+            "label2id={{{}}}",
+            pairs(&|i, n| format!("{n}: {i}"))
+        ));
     }
     if mismatched_head.is_some() {
         arguments.push("ignore_mismatched_sizes=True".to_string());
