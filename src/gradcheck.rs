@@ -116,7 +116,7 @@ pub struct GradcheckProgress<'a> {
 /// for callers that refuse it before the check runs, naming their own setting.
 pub fn tolerance_problem(tolerance: f64) -> Option<String> {
     (!(tolerance.is_finite() && tolerance > 0.0))
-        .then(|| format!("{tolerance}: expected a positive number, such as 1e-4"))
+        .then(|| format!("{tolerance}: expected a positive finite number, such as 1e-4"))
 }
 
 /// The finite differences' step, relative to a coordinate's size (at least 1). With

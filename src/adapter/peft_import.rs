@@ -8,7 +8,7 @@
 //! [`PeftImport::notes`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::peft_config::PeftLoraSettings;
 use crate::backend::Backend;
@@ -93,25 +93,28 @@ fn check_recorded_base(
     weights_sha256: &str,
     base: &crate::checkpoint::WeightsFile,
 ) -> Result<()> {
-    let committed = dir.join(SPAFIT_EXPORT_FILE);
-    let notes =
-        std::iter::once(committed).chain(super::atomic::staged_copies(dir, SPAFIT_EXPORT_FILE));
-    for path in notes {
-        let Some(json) = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        else {
-            continue;
-        };
-        if json.get("adapter_model_sha256").and_then(|h| h.as_str()) != Some(weights_sha256) {
-            continue;
-        }
-        if let Some(trained_on) = json.get("base_encoder_sha256").and_then(|h| h.as_str()) {
-            super::store::check_encoder_identity(trained_on, &path, base)?;
-        }
+    let Some((path, json)) = note_describing(dir, weights_sha256) else {
         return Ok(());
+    };
+    match json.get("base_encoder_sha256").and_then(|h| h.as_str()) {
+        Some(trained_on) => super::store::check_encoder_identity(trained_on, &path, base),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The `spafit_export.json` that describes the weights of SHA-256 `weights_sha256`, and its
+/// JSON: the committed one, else one staged by an export killed between its renames (the
+/// note is renamed last, so its staged copy is the one beside those weights).
+fn note_describing(dir: &Path, weights_sha256: &str) -> Option<(PathBuf, serde_json::Value)> {
+    std::iter::once(dir.join(SPAFIT_EXPORT_FILE))
+        .chain(super::atomic::staged_copies(dir, SPAFIT_EXPORT_FILE))
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(&path).ok()?;
+            Some((path, serde_json::from_str::<serde_json::Value>(&text).ok()?))
+        })
+        .find(|(_, json)| {
+            json.get("adapter_model_sha256").and_then(|h| h.as_str()) == Some(weights_sha256)
+        })
 }
 
 /// What `spafit_export.json` records for a head of `outputs` outputs, if the file is there and
@@ -128,22 +131,11 @@ fn exported_note(
 ) -> Result<ExportNote> {
     let committed = dir.join(SPAFIT_EXPORT_FILE);
     // An export killed between its renames leaves its note staged beside the weights it
-    // describes (the note is renamed last): that note is the one to read, as `best/` reads
-    // its staged manifest. Any other staged note is a leftover and is passed over.
-    let describes_weights = |path: &std::path::PathBuf| {
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .is_some_and(|json| {
-                json.get("adapter_model_sha256").and_then(|h| h.as_str()) == Some(weights_sha256)
-            })
-    };
-    let staged_note = match describes_weights(&committed) {
-        true => None,
-        false => super::atomic::staged_copies(dir, SPAFIT_EXPORT_FILE)
-            .into_iter()
-            .find(describes_weights),
-    };
+    // describes: that note is the one to read, as `best/` reads its staged manifest. Any
+    // other staged note is a leftover and is passed over.
+    let staged_note = note_describing(dir, weights_sha256)
+        .map(|(path, _)| path)
+        .filter(|path| *path != committed);
     // Killed before adapter_config.json was renamed too (weights, config and note go in that
     // order): the config in place is an earlier export's, whose alpha and targets need not
     // be these weights'.

@@ -84,10 +84,6 @@ pub struct TrainingInputs {
     pub max_len: Option<usize>,
 }
 
-/// What a loader would refuse is refused before anything is written: a plan other than the
-/// model's (or none applied, or LoRA merged away), class names the head cannot carry, a cut
-/// of the texts the model cannot take, and non-finite weights. `op` names the writer (a
-/// spafit adapter, a PEFT export).
 /// Why `max_len`, the cut of a model's training texts, cannot be recorded with it: 0, or
 /// more tokens than its positions hold.
 pub(crate) fn max_len_problem(config: &BertConfig, max_len: Option<usize>) -> Option<String> {
@@ -98,6 +94,10 @@ pub(crate) fn max_len_problem(config: &BertConfig, max_len: Option<usize>) -> Op
     ))
 }
 
+/// What a loader would refuse is refused before anything is written: a plan other than the
+/// model's (or none applied, or LoRA merged away), class names the head cannot carry, a cut
+/// of the texts the model cannot take, and non-finite weights. `op` names the writer (a
+/// spafit adapter, a PEFT export).
 pub(crate) fn check_savable<B: Backend>(
     backend: &B,
     model: &BertClassifier<B>,

@@ -290,7 +290,7 @@ impl BertConfig {
     pub fn encoder_difference(&self, other: &BertConfig) -> Option<String> {
         let settings: [(&str, String, String); 11] = [
             (
-                "model_type",
+                "family",
                 format!("{:?}", self.family()),
                 format!("{:?}", other.family()),
             ),
@@ -336,8 +336,8 @@ impl BertConfig {
             ),
             (
                 "hidden_act",
-                self.hidden_act.clone(),
-                other.hidden_act.clone(),
+                format!("{:?}", self.feed_forward_activation()),
+                format!("{:?}", other.feed_forward_activation()),
             ),
             (
                 "layer_norm_eps",

@@ -139,6 +139,16 @@ impl Checkpoint {
         self.classifier_head().err()
     }
 
+    /// The rows of the tensor a sequence classifier's head weight is read from (`classifier.weight`,
+    /// RoBERTa's `classifier.out_proj.weight`), whatever head saved it (a token classifier's
+    /// too): transformers refuses to load it into a head of another size unless told to
+    /// ignore the mismatch.
+    pub fn classifier_rows(&self) -> Option<usize> {
+        self.weights
+            .shape("classifier.weight")
+            .and_then(|shape| shape.first().copied())
+    }
+
     /// The head's outputs (`None` without a head), or what is wrong with it: one reading of
     /// the two tensors for both questions, so they cannot disagree.
     fn classifier_head(&self) -> std::result::Result<Option<usize>, String> {

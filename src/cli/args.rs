@@ -430,9 +430,6 @@ impl PeftArgs {
         c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);
         c.lora.alpha = self.lora_alpha.unwrap_or(c.lora.alpha);
         c.lora.dropout = self.lora_dropout.unwrap_or(c.lora.dropout);
-        if c.lora.rank == 0 {
-            return Err(Error::invalid("--lora-r", "0: the rank must be at least 1"));
-        }
         c.lora_layers = self.lora_layers.as_deref().map(lora_layers).transpose()?;
         if let Some(layers) = &c.lora_layers {
             let mut sorted = layers.clone();

@@ -486,7 +486,7 @@ fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option
                 .to_string(),
         });
     }
-    let mismatched_head = checkpoint.classifier_outputs().filter(|&n| n != outputs);
+    let mismatched_head = checkpoint.classifier_rows().filter(|&n| n != outputs);
     if let Some(theirs) = mismatched_head {
         why.push(format!("its own head has {theirs} outputs"));
     }
@@ -494,7 +494,10 @@ fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option
         return None;
     }
     arguments.push(format!("num_labels={outputs}"));
-    if let Some(trained) = trained.filter(|_| names_differ || !by_id) {
+    // Names the base gives in another order are the export's own (it is written in the
+    // base's order): only names it lacks, or other ones, are given.
+    let unnamed_by_base = base_names.is_none() && !by_id;
+    if let Some(trained) = trained.filter(|_| names_differ || unnamed_by_base) {
         let name = |n: &String| serde_json::Value::from(n.as_str()).to_string();
         let pairs = |pair: &dyn Fn(usize, String) -> String| {
             trained

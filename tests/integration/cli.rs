@@ -450,49 +450,141 @@ fn flags_a_method_does_not_read_are_refused() {
     );
 }
 
-/// An export whose head the base's config.json would not build in transformers (no class
-/// names there, so two outputs, where the head has three) says how to load it: the named
-/// arguments, checked against PEFT 0.21.2 by hand (5.6e-17 off spafit's probabilities by
-/// name; a base with a head of two outputs also needs `ignore_mismatched_sizes=True`).
+/// An export whose model the base's config.json would build otherwise in transformers says
+/// how to load it: the named arguments of one `from_pretrained` call (each kind checked
+/// against PEFT 0.21.2 by hand: 0 to 5.6e-17 off spafit's probabilities by name). No names
+/// there: two outputs, named LABEL_0 and LABEL_1; a regression without `problem_type`, which
+/// pipelines read through a sigmoid; a head of its own of another size; and names the base
+/// gives in another order are the export's own (it is written in that order), not given.
 #[test]
 fn an_export_the_bases_config_would_misbuild_says_how_to_load_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let rows: String = ["alpha", "beta", "gamma", "alpha", "beta", "gamma"]
-        .iter()
-        .enumerate()
-        .map(|(i, label)| format!("text number {i},{label}\n"))
-        .collect();
-    write(tmp.path(), "three.csv", &format!("text,label\n{rows}"));
-    let (t, o, e) = (
-        tmp.path().join("three.csv").display().to_string(),
-        tmp.path().join("run").display().to_string(),
-        tmp.path().join("export").display().to_string(),
+    let root = tmp.path();
+    let rows = |labels: &[&str]| -> String {
+        let rows: String = labels
+            .iter()
+            .enumerate()
+            .map(|(i, label)| format!("text number {i},{label}\n"))
+            .collect();
+        format!("text,label\n{rows}")
+    };
+    write(
+        root,
+        "three.csv",
+        &rows(&["alpha", "beta", "gamma", "alpha", "beta", "gamma"]),
     );
-    let (ok, _, err) = spafit(&[
-        "train",
-        "--model",
-        &model(),
-        "--train-file",
-        &t,
-        "--method",
-        "lora",
-        "--max-steps",
-        "1",
-        "--batch-size",
-        "6",
-        "--output",
-        &o,
-        "--export-peft",
-        &e,
-        "--quiet",
-    ]);
-    assert!(
-        ok && err.contains("it gives the model 2 outputs")
-            && err.contains(
-                r#"`AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=3, id2label={0: "alpha", 1: "beta", 2: "gamma"}, label2id={"alpha": 0, "beta": 1, "gamma": 2})`"#
-            ),
-        "{err}"
+    write(root, "two.csv", &rows(&["neg", "pos", "neg", "pos"]));
+    write(root, "ab.csv", &rows(&["a", "b", "a", "b"]));
+    write(root, "scores.csv", &rows(&["0.5", "-1.25", "2.0", "0.25"]));
+    // A base naming `b` and `a` in that order, fine-tuned as multi-label.
+    let named = common::minilm_with_problem_type(&root.join("named"), "multi_label_classification");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(named.join("config.json")).unwrap()).unwrap();
+    config["id2label"] = serde_json::json!({"0": "b", "1": "a"});
+    config["label2id"] = serde_json::json!({"b": 0, "a": 1});
+    std::fs::write(named.join("config.json"), config.to_string()).unwrap();
+    let multi_label =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-multilabel/model");
+    let (minilm, named, multi_label) = (
+        model(),
+        named.display().to_string(),
+        multi_label.display().to_string(),
     );
+    let id2label3 = r#"id2label={0: "alpha", 1: "beta", 2: "gamma"}, label2id={"alpha": 0, "beta": 1, "gamma": 2}"#;
+    // Base, data, further flags, what the notes say, what they must not say.
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a [&'a str],
+    );
+    let cases: [Case; 5] = [
+        (
+            &minilm,
+            "three.csv",
+            &[],
+            &[
+                "it gives the model 2 outputs",
+                &format!("(BASE, num_labels=3, {id2label3})`"),
+            ],
+            &["ignore_mismatched_sizes"],
+        ),
+        (
+            &minilm,
+            "two.csv",
+            &[],
+            &[
+                "it names no classes (transformers calls the outputs LABEL_0, LABEL_1, …)",
+                r#"(BASE, num_labels=2, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})`"#,
+            ],
+            &[],
+        ),
+        (
+            &minilm,
+            "scores.csv",
+            &["--regression"],
+            &[
+                "it sets no `problem_type`, so transformers' pipelines read a single output",
+                r#"(BASE, problem_type="regression", num_labels=1)`"#,
+            ],
+            &["id2label"],
+        ),
+        (
+            &named,
+            "ab.csv",
+            &["--labels", "a,b"],
+            &[
+                r#"the export's head follows the base's id2label order ["b", "a"]"#,
+                r#"(BASE, problem_type="single_label_classification", num_labels=2)`"#,
+            ],
+            &["id2label="],
+        ),
+        (
+            &multi_label,
+            "three.csv",
+            &["--max-len", "16", "--labels", "alpha,beta,gamma"],
+            &[
+                "its own head has 4 outputs",
+                &format!("num_labels=3, {id2label3}, ignore_mismatched_sizes=True)`"),
+            ],
+            &[],
+        ),
+    ];
+    for (i, (base, data, extra, said, unsaid)) in cases.into_iter().enumerate() {
+        let data = root.join(data).display().to_string();
+        let (out, export) = (
+            root.join(format!("run{i}")).display().to_string(),
+            root.join(format!("export{i}")).display().to_string(),
+        );
+        let mut args = vec![
+            "train",
+            "--model",
+            base,
+            "--train-file",
+            &data,
+            "--method",
+            "lora",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--output",
+            &out,
+            "--export-peft",
+            &export,
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = spafit(&args);
+        assert!(ok, "case {i}: {err}");
+        for needle in said {
+            assert!(err.contains(needle), "case {i}: no {needle:?} in {err}");
+        }
+        for needle in unsaid {
+            assert!(!err.contains(needle), "case {i}: {needle:?} in {err}");
+        }
+    }
 }
 
 fn write(root: &Path, rel: &str, text: &str) {

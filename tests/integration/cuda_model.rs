@@ -377,14 +377,15 @@ parity_tests!(
     spafit_strata: Method::Spafit,
 );
 
-/// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps.
 /// Seeded random models beyond the tiny one: hidden widths, head counts and dims,
 /// feed-forward widths, activations, vocabularies, positions, batches and padding drawn
 /// anew, under each method with one to four outputs; a training step on CUDA in f32
 /// (logits, loss and every gradient, with dropout) against the f64 reference, the weights
 /// scaled to their fan-in ([`Weights::ByFanIn`]). A drawn model may still amplify f32's
 /// rounding beyond the tiny model's: each quantity may err by 1e-4, or by ten times the
-/// CPU's own f32 error on the same step where that is larger.
+/// CPU's own f32 error on the same step where that is larger, never by more than 1e-2 (a
+/// gradient that cancels to rounding noise, as the key bias's does, would otherwise allow
+/// anything).
 /// `SPAFIT_RANDOM_MODELS=N` draws N models (default 3), `SPAFIT_RANDOM_SEED=S` another draw;
 /// a failure names the model.
 #[test]
@@ -489,7 +490,7 @@ fn drawn_models_match_the_f64_reference() {
         );
         let mut worst_margin = 0.0f64;
         let mut check = |what: &str, got: &[f64], cpu_f32: &[f64], want: &[f64]| {
-            let allowed = (10.0 * common::rel_err(cpu_f32, want)).max(1e-4);
+            let allowed = (10.0 * common::rel_err(cpu_f32, want)).clamp(1e-4, 1e-2);
             let e = compare(&b, &format!("{tag}: {what}"), got, want, allowed);
             worst_margin = worst_margin.max(e / allowed);
         };
@@ -526,6 +527,7 @@ fn drawn_labels<B: Backend>(backend: &B, num_labels: usize, targets: &[usize]) -
     }
 }
 
+/// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps.
 #[test]
 fn f32_tape_keeps_the_same_bytes_as_the_cpu() {
     let cpu = CpuBackend::f32();

@@ -286,7 +286,7 @@ fn impossible_merges_are_refused_and_leave_nothing() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("the model is not an encoder of") && e.contains("model_type: Bert vs Roberta"),
+        e.contains("the model is not an encoder of") && e.contains("family: Bert vs Roberta"),
         "{e}"
     );
     // A cut of the training texts the model's positions cannot hold.
