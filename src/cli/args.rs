@@ -327,6 +327,24 @@ pub(super) fn number_where(
     }
 }
 
+/// A flag's number, refused before anything loads where the library's own check of it
+/// (`problem`) finds one: one rule, in the same words, for the command line and a program
+/// that embeds the library.
+pub(super) fn number_passing(
+    problem: fn(f64) -> Option<String>,
+) -> impl Fn(&str) -> std::result::Result<f64, String> + Clone + Send + Sync + 'static {
+    move |given| {
+        let x = given
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| "not a number".to_string())?;
+        match problem(x) {
+            None => Ok(x),
+            Some(why) => Err(why),
+        }
+    }
+}
+
 /// Names the flag in a parse error of its value (the library names only what it parsed: a
 /// boundary, a target), so the message points at the command line.
 fn for_flag(flag: &'static str) -> impl Fn(Error) -> Error {
@@ -583,10 +601,7 @@ pub struct DataArgs {
     /// Multi-label: the probability above which a class is predicted, for eval's metrics,
     /// predict's sets and the evaluations that pick train's best/ [default: 0.5; not saved
     /// with the adapter: give it to eval and predict too].
-    #[arg(long, allow_hyphen_values = true, value_parser = number_where(
-        |t| t > 0.0 && t < 1.0,
-        "a probability strictly between 0 and 1",
-    ))]
+    #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::train::threshold_problem))]
     pub threshold: Option<f64>,
     /// Skip malformed rows (reported with their file and line) instead of stopping.
     #[arg(long)]

@@ -57,10 +57,7 @@ pub struct GradcheckCommand {
     /// on real checkpoints; where a gradient nearly cancels over the batch, as the classifier
     /// bias's can, bf16's relative error is larger (~8e-2 seen on MiniLM, up to 0.5 on tiny
     /// random models): a bf16 tolerance catches gross errors only (0.1 on real checkpoints).
-    #[arg(long, allow_hyphen_values = true, value_parser = super::args::number_where(
-        |t| t > 0.0,
-        "expected a positive finite number, such as 1e-4",
-    ))]
+    #[arg(long, allow_hyphen_values = true, value_parser = super::args::number_passing(spafit::gradcheck::tolerance_problem))]
     pub tolerance: Option<f64>,
     /// Whether --dtype was on the command line (not its default).
     #[arg(skip)]
