@@ -285,27 +285,11 @@ pub fn save_merged<B: Backend>(
 /// Refuses a `dir` that holds anything (a merge never mixes its files with others) or is
 /// not a folder.
 fn check_new_folder(dir: &Path) -> Result<()> {
+    const GOES_INTO: &str = "a merged checkpoint goes into a new or empty folder";
+    super::check_output_folder(dir, "merge", GOES_INTO)?;
     let meta = match std::fs::symlink_metadata(dir) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        // Said as the file in the way, where the system says only "Not a directory".
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-            if let Some(file) = dir.ancestors().skip(1).find(|a| a.is_file()) {
-                return Err(Error::invalid(
-                    "merge",
-                    format!(
-                        "{} lies under {}, which is a file: a merged checkpoint goes into a \
-                         new or empty folder",
-                        dir.display(),
-                        file.display()
-                    ),
-                ));
-            }
-            return Err(Error::Io {
-                path: dir.to_path_buf(),
-                error: e,
-            });
-        }
         Err(error) => {
             return Err(Error::Io {
                 path: dir.to_path_buf(),
@@ -316,10 +300,7 @@ fn check_new_folder(dir: &Path) -> Result<()> {
     let refuse = |what: &str| {
         Err(Error::invalid(
             "merge",
-            format!(
-                "{} {what}: a merged checkpoint goes into a new or empty folder",
-                dir.display()
-            ),
+            format!("{} {what}: {GOES_INTO}", dir.display()),
         ))
     };
     if !meta.is_dir() {

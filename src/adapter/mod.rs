@@ -71,9 +71,9 @@ fn require_adapter_folder(dir: &std::path::Path) -> Result<()> {
 }
 
 /// Refuses an output folder `dir` that is a file or lies under one, naming it: making the
-/// folder would fail with the system's bare "File exists" or "Not a directory". `what`
-/// says what goes into the folder.
-fn check_output_folder(dir: &std::path::Path, op: &'static str, what: &str) -> Result<()> {
+/// folder would fail with the system's bare "File exists" or "Not a directory". `goes_into`
+/// says where what is written goes ("an adapter goes into a folder").
+fn check_output_folder(dir: &std::path::Path, op: &'static str, goes_into: &str) -> Result<()> {
     let file = dir
         .ancestors()
         .filter(|a| !a.as_os_str().is_empty())
@@ -82,12 +82,12 @@ fn check_output_folder(dir: &std::path::Path, op: &'static str, what: &str) -> R
         None => Ok(()),
         Some(file) if file == dir => Err(Error::invalid(
             op,
-            format!("{} is a file: {what} goes into a folder", dir.display()),
+            format!("{} is a file: {goes_into}", dir.display()),
         )),
         Some(file) => Err(Error::invalid(
             op,
             format!(
-                "{} lies under {}, which is a file: {what} goes into a folder",
+                "{} lies under {}, which is a file: {goes_into}",
                 dir.display(),
                 file.display()
             ),

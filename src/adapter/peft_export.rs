@@ -81,7 +81,7 @@ pub fn export_peft<B: Backend>(
         base,
     } = *record;
     let max_len = inputs.max_len;
-    super::check_output_folder(dir, "peft export", "a PEFT export")?;
+    super::check_output_folder(dir, "peft export", "a PEFT export goes into a folder")?;
     if let Some(found) = spafit_file_in(dir) {
         return Err(Error::invalid(
             "peft export",
