@@ -79,42 +79,43 @@ fn load<B: Backend>(
         false => data.load_with_default_kind(split, default_kind.as_ref())?,
     };
     head.check_texts(&data, &head_source)?;
-    let checked = match adapter {
-        Some(dir) => super::checkpoint_classes::check_adapter_head(
-            &head,
-            &checkpoint,
-            &data.kind,
-            &data.name,
-            dir,
-        ),
-        None => head.check(&data.kind, &data.name, &head_source),
-    };
-    checked.map_err(|e| match (adapter, e) {
-        (None, spafit::Error::Mismatch { path, detail }) => spafit::Error::Mismatch {
-            path,
-            detail: format!(
-                "{detail}; the checkpoint's head is its own (no --adapter){}",
-                checkpoint
-                    .config
-                    .class_names(classifier.num_labels())
-                    .map_or(String::new(), |n| format!(
-                        ", its classes {n:?} by config.json's id2label"
-                    ))
-            ),
-        },
-        (_, e) => e,
-    })?;
     let mut classifier = classifier;
-    // Lined up with the data's classes once: by the adapter's names, or by the checkpoint's.
+    // Checked against the data's classes, then lined up with them once: by the adapter's
+    // names, or by the checkpoint's.
     match adapter {
-        Some(_) => super::checkpoint_classes::match_adapter_classes(
-            &head,
-            &checkpoint,
-            &mut classifier,
-            &backend,
-            &data.kind,
-        )?,
+        Some(dir) => {
+            super::checkpoint_classes::check_adapter_head(
+                &head,
+                &checkpoint,
+                &data.kind,
+                &data.name,
+                dir,
+            )?;
+            super::checkpoint_classes::match_adapter_classes(
+                &head,
+                &checkpoint,
+                &mut classifier,
+                &backend,
+                &data.kind,
+            )?;
+        }
         None => {
+            head.check(&data.kind, &data.name, &head_source)
+                .map_err(|e| match e {
+                    spafit::Error::Mismatch { path, detail } => spafit::Error::Mismatch {
+                        path,
+                        detail: format!(
+                            "{detail}; the checkpoint's head is its own (no --adapter){}",
+                            checkpoint
+                                .config
+                                .class_names(classifier.num_labels())
+                                .map_or(String::new(), |n| format!(
+                                    ", its classes {n:?} by config.json's id2label"
+                                ))
+                        ),
+                    },
+                    e => e,
+                })?;
             super::checkpoint_classes::match_checkpoint_classes(
                 &checkpoint,
                 &mut classifier,
