@@ -320,24 +320,20 @@ pub(super) fn number_where(
     holds: impl Fn(f64) -> bool + Clone + Send + Sync + 'static,
     expected: &'static str,
 ) -> impl Fn(&str) -> std::result::Result<f64, String> + Clone + Send + Sync + 'static {
-    move |given| match given.trim().parse::<f64>() {
-        Ok(x) if x.is_finite() && holds(x) => Ok(x),
-        Ok(_) => Err(expected.to_string()),
-        Err(_) => Err(format!("not a number; {expected}")),
-    }
+    number_passing(move |x| (!(x.is_finite() && holds(x))).then(|| expected.to_string()))
 }
 
-/// A flag's number, refused before anything loads where the library's own check of it
-/// (`problem`) finds one: one rule, in the same words, for the command line and a program
-/// that embeds the library.
+/// A flag's number, refused before anything loads where `problem` finds one: the library's
+/// own check of it where it has one (one rule, in the same words, for the command line and a
+/// program that embeds the library). What is no number is told what `problem` says of NaN.
 pub(super) fn number_passing(
-    problem: fn(f64) -> Option<String>,
+    problem: impl Fn(f64) -> Option<String> + Clone + Send + Sync + 'static,
 ) -> impl Fn(&str) -> std::result::Result<f64, String> + Clone + Send + Sync + 'static {
     move |given| {
-        let x = given
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| "not a number".to_string())?;
+        let Ok(x) = given.trim().parse::<f64>() else {
+            let why = problem(f64::NAN).map_or(String::new(), |why| format!("; {why}"));
+            return Err(format!("not a number{why}"));
+        };
         match problem(x) {
             None => Ok(x),
             Some(why) => Err(why),
