@@ -498,23 +498,14 @@ fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option
     // base's order): only names it lacks, or other ones, are given.
     let unnamed_by_base = base_names.is_none() && !by_id;
     if let Some(trained) = trained.filter(|_| names_differ || unnamed_by_base) {
-        let name = |n: &String| serde_json::Value::from(n.as_str()).to_string();
-        let pairs = |pair: &dyn Fn(usize, String) -> String| {
-            trained
-                .iter()
-                .enumerate()
-                .map(|(i, n)| pair(i, name(n)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        arguments.push(format!(
-            "id2label={{{}}}",
-            pairs(&|i, n| format!("{i}: {n}"))
-        ));
-        arguments.push(format!(
-            "label2id={{{}}}",
-            pairs(&|i, n| format!("{n}: {i}"))
-        ));
+        // JSON's quoting of a string is Python's too.
+        let quoted = trained.iter().map(|n| serde_json::Value::from(n.as_str()));
+        let (id2label, label2id): (Vec<String>, Vec<String>) = quoted
+            .enumerate()
+            .map(|(i, n)| (format!("{i}: {n}"), format!("{n}: {i}")))
+            .unzip();
+        arguments.push(format!("id2label={{{}}}", id2label.join(", ")));
+        arguments.push(format!("label2id={{{}}}", label2id.join(", ")));
     }
     if mismatched_head.is_some() {
         arguments.push("ignore_mismatched_sizes=True".to_string());
