@@ -20,8 +20,9 @@
 // inside one block: deterministic, no atomics (at the price of recomputing the scores in
 // each).
 //
-// Tensor cores (attention_*_tc_<storage>_d<DP>): mma.sync on bf16 with f32 accumulation, on
-// 64-row tiles, 4 warps of 16 rows; the head dim is padded to DP ∈ {32, 64, 128} with zeros.
+// Tensor cores (attention_*_tc_<storage>_d<DP>_s<stages>): mma.sync on bf16 with f32
+// accumulation, on 64-row tiles, 4 warps of 16 rows; the head dim is padded to DP ∈ {32, 64,
+// 128} with zeros; the streamed tiles in one stage buffer or two (`stream_tiles`).
 // Storage is bf16, f32 (f32 rows rounded to bf16 on their way into shared memory), or
 // bf16qkv_f32: the operands q, k, v and dO in bf16, the outputs o, dq, dk, dv in f32 (the
 // mixed-precision path: its query, key and value maps store their outputs in bf16, and the
@@ -141,19 +142,59 @@ __device__ void stage_rows(bf16* dst, const T* src, const AttnParams& p, int sta
     }
 }
 
-template <int DP, typename TIn, typename TOut>
+// The loop over the tiles a block streams through shared memory: `stage(i, s)` issues step
+// i's copies into stage buffer s (cp.async where the rows allow it, plain stores otherwise)
+// and `compute(i, s)` reads them. One stage: each step waits for its own copies before its
+// products. Two: step i + 1's copies are in flight while step i computes (the buffer they
+// land in was last read by step i - 1), so the load latency can hide behind the tensor-core
+// work, at the price of a second set of streamed tiles in shared memory (fewer blocks per
+// SM). Copies by plain stores (f32 rows, unaligned rows) gain nothing from a second stage.
+// The tiles a block keeps (staged before the loop, not yet committed) land with step 0's.
+template <int STAGES, typename Stage, typename Compute>
+__device__ __forceinline__ void stream_tiles(int steps, Stage&& stage, Compute&& compute) {
+    static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
+    if (STAGES == 2 && steps > 0) {
+        __syncthreads();  // an earlier stream of the block (dQ's first pass) may still read it
+        stage(0, 0);
+        cp_async_commit();
+    }
+    for (int i = 0; i < steps; ++i) {
+        const int s = STAGES == 2 ? i % 2 : 0;
+        __syncthreads();  // the buffer refilled now was last read by step i - 1
+        if (STAGES == 1)
+            stage(i, 0);
+        else if (i + 1 < steps)
+            stage(i + 1, 1 - s);
+        cp_async_commit();  // an empty group on the last step of two stages keeps the count
+        cp_async_wait<STAGES - 1>();
+        __syncthreads();
+        compute(i, s);
+    }
+}
+
+template <int DP, typename TIn, typename TOut, int STAGES>
 struct AttnTc {
     static constexpr int COLS = DP + 8, TILE = 64 * COLS, NT = DP / 8;
-    // Dynamic shared memory: four bf16 tiles and four 64-float vectors.
-    static constexpr int SMEM_BYTES = 4 * TILE * 2 + 4 * 64 * 4;
+    // Dynamic shared memory: two bf16 tiles a block keeps through its loop, two streamed ones
+    // per stage, then four 64-float vectors per stage (the streamed tiles' mask and
+    // statistics; a kept tile's mask in stage 0's spare ones). src/backend/cuda/attention.rs
+    // computes the same size (`tc_shared`).
+    static constexpr int SMEM_BYTES = (2 + 2 * STAGES) * TILE * 2 + STAGES * 4 * 64 * 4;
+
+    static __device__ __forceinline__ bf16* kept(unsigned char* smem, int i) {
+        return reinterpret_cast<bf16*>(smem) + i * TILE;
+    }
+    static __device__ __forceinline__ bf16* streamed(unsigned char* smem, int s, int i) {
+        return reinterpret_cast<bf16*>(smem) + (2 + 2 * s + i) * TILE;
+    }
+    static __device__ __forceinline__ float* vectors(unsigned char* smem, int s) {
+        return reinterpret_cast<float*>(smem + (2 + 2 * STAGES) * TILE * 2) + s * 4 * 64;
+    }
 
     // ---- forward: block (query tile, head, sequence), warp w owns queries 16w .. 16w + 15.
     static __device__ void forward(const AttnParams& p) {
         extern __shared__ __align__(16) unsigned char smem[];
-        bf16* Qs = reinterpret_cast<bf16*>(smem);
-        bf16* Ks = Qs + TILE;
-        bf16* Vs = Ks + TILE;
-        float* kbias = reinterpret_cast<float*>(Vs + 2 * TILE);
+        bf16* Qs = kept(smem, 0);
         const int b = blockIdx.z + p.seq0, h = blockIdx.y, q0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         zero_lse_past_end(p, b, h, max(q0, len), q0 + 64);
@@ -167,14 +208,17 @@ struct AttnTc {
         float o[NT][4];
 #pragma unroll
         for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-        for (int k0 = 0; k0 < len; k0 += 64) {
-            __syncthreads();  // the previous key tile is consumed
-            stage_rows<DP, TIn>(Ks, k, p, start, k0, len, h);
-            stage_rows<DP, TIn>(Vs, v, p, start, k0, len, h);
-            for (int j = threadIdx.x; j < 64; j += blockDim.x) kbias[j] = key_valid(p, b, k0 + j, len) ? 0.f : -INFINITY;
-            cp_async_commit();
-            cp_async_wait<0>();
-            __syncthreads();
+        const auto stage_keys = [&](int i, int buf) {
+            stage_rows<DP, TIn>(streamed(smem, buf, 0), k, p, start, 64 * i, len, h);
+            stage_rows<DP, TIn>(streamed(smem, buf, 1), v, p, start, 64 * i, len, h);
+            float* kbias = vectors(smem, buf);
+            for (int j = threadIdx.x; j < 64; j += blockDim.x) kbias[j] = key_valid(p, b, 64 * i + j, len) ? 0.f : -INFINITY;
+        };
+        stream_tiles<STAGES>((len + 63) / 64, stage_keys, [&](int i, int buf) {
+            const int k0 = 64 * i;
+            const bf16* Ks = streamed(smem, buf, 0);
+            const bf16* Vs = streamed(smem, buf, 1);
+            const float* kbias = vectors(smem, buf);
             float s[8][4];
 #pragma unroll
             for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
@@ -243,7 +287,7 @@ struct AttnTc {
                     mma_m16n8k16_bf16(o[n + 1], a, b1, o[n + 1]);
                 }
             }
-        }
+        });
         TOut* out = static_cast<TOut*>(p.o);
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -265,13 +309,9 @@ struct AttnTc {
     // ---- dK, dV: block (key tile, head, sequence), warp w owns keys 16w .. 16w + 15.
     static __device__ void backward_dkdv(const AttnParams& p) {
         extern __shared__ __align__(16) unsigned char smem[];
-        bf16* Ks = reinterpret_cast<bf16*>(smem);
-        bf16* Vs = Ks + TILE;
-        bf16* Qs = Vs + TILE;
-        bf16* dOs = Qs + TILE;
-        float* lse_s = reinterpret_cast<float*>(dOs + TILE);
-        float* delta_s = lse_s + 64;
-        float* kvalid = delta_s + 64;
+        bf16* Ks = kept(smem, 0);
+        bf16* Vs = kept(smem, 1);
+        float* kvalid = vectors(smem, 0) + 2 * 64;
         const int b = blockIdx.z + p.seq0, h = blockIdx.y, k0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (k0 >= len) return;
@@ -286,18 +326,24 @@ struct AttnTc {
         for (int n = 0; n < NT; ++n)
 #pragma unroll
             for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
-        for (int q0 = 0; q0 < len; q0 += 64) {
-            __syncthreads();
-            stage_rows<DP, TIn>(Qs, static_cast<const TIn*>(p.q), p, start, q0, len, h);
-            stage_rows<DP, TIn>(dOs, static_cast<const TIn*>(p.dout), p, start, q0, len, h);
+        const auto stage_queries = [&](int step, int buf) {
+            const int q0 = 64 * step;
+            stage_rows<DP, TIn>(streamed(smem, buf, 0), static_cast<const TIn*>(p.q), p, start, q0, len, h);
+            stage_rows<DP, TIn>(streamed(smem, buf, 1), static_cast<const TIn*>(p.dout), p, start, q0, len, h);
+            float* lse_s = vectors(smem, buf);
+            float* delta_s = lse_s + 64;
             for (int i = threadIdx.x; i < 64; i += blockDim.x) {
                 const bool in = q0 + i < len;
                 lse_s[i] = in ? p.lse[stat_index(p, b, h, q0 + i)] : 0.f;
                 delta_s[i] = in && want_dk ? p.delta[stat_index(p, b, h, q0 + i)] : 0.f;
             }
-            cp_async_commit();
-            cp_async_wait<0>();
-            __syncthreads();
+        };
+        stream_tiles<STAGES>((len + 63) / 64, stage_queries, [&](int step, int buf) {
+            const int q0 = 64 * step;
+            const bf16* Qs = streamed(smem, buf, 0);
+            const bf16* dOs = streamed(smem, buf, 1);
+            const float* lse_s = vectors(smem, buf);
+            const float* delta_s = lse_s + 64;
             // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: 16 keys × 64 queries per warp.
             float st[8][4], dpt[8][4];
 #pragma unroll
@@ -353,7 +399,7 @@ struct AttnTc {
                     }
                 }
             }
-        }
+        });
         TOut* dk_out = static_cast<TOut*>(p.dk);
         TOut* dv_out = static_cast<TOut*>(p.dv);
 #pragma unroll
@@ -408,11 +454,8 @@ struct AttnTc {
     // Runs before the dK/dV kernel, which reads delta.
     static __device__ void backward_dq(const AttnParams& p) {
         extern __shared__ __align__(16) unsigned char smem[];
-        bf16* Qs = reinterpret_cast<bf16*>(smem);
-        bf16* dOs = Qs + TILE;
-        bf16* Ks = dOs + TILE;
-        bf16* Vs = Ks + TILE;
-        float* kvalid = reinterpret_cast<float*>(Vs + TILE);
+        bf16* Qs = kept(smem, 0);
+        bf16* dOs = kept(smem, 1);
         const int b = blockIdx.z + p.seq0, h = blockIdx.y, q0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (q0 >= len) return;
@@ -428,16 +471,23 @@ struct AttnTc {
         float dq[NT][4];
 #pragma unroll
         for (int n = 0; n < NT; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+        const auto stage_keys = [&](int i, int buf) {
+            const int k0 = 64 * i;
+            stage_rows<DP, TIn>(streamed(smem, buf, 0), static_cast<const TIn*>(p.k), p, start, k0, len, h);
+            stage_rows<DP, TIn>(streamed(smem, buf, 1), static_cast<const TIn*>(p.v), p, start, k0, len, h);
+            float* kvalid = vectors(smem, buf);
+            for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
+        };
+        // One stream of tiles per pass (one stream over both passes' tiles, which would stage
+        // pass 1's first tile during pass 0's last, took 248 registers for 167 at head dim 128
+        // on sm_90).
         const int passes = p.dq ? 2 : 1;
         for (int pass = 0; pass < passes; ++pass) {
-            for (int k0 = 0; k0 < len; k0 += 64) {
-                __syncthreads();
-                stage_rows<DP, TIn>(Ks, static_cast<const TIn*>(p.k), p, start, k0, len, h);
-                stage_rows<DP, TIn>(Vs, static_cast<const TIn*>(p.v), p, start, k0, len, h);
-                for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
-                cp_async_commit();
-                cp_async_wait<0>();
-                __syncthreads();
+            stream_tiles<STAGES>((len + 63) / 64, stage_keys, [&](int i, int buf) {
+                const int k0 = 64 * i;
+                const bf16* Ks = streamed(smem, buf, 0);
+                const bf16* Vs = streamed(smem, buf, 1);
+                const float* kvalid = vectors(smem, buf);
                 float s[8][4], dp[8][4];
                 scores_and_dp(Qs, dOs, Ks, Vs, s, dp);
 #pragma unroll
@@ -453,20 +503,21 @@ struct AttnTc {
                         else
                             dp[j][e] = pr * (dpz - delta_r[r]);
                     }
-                if (pass == 0) continue;
+                if (pass == 1) {
 #pragma unroll
-                for (int kc = 0; kc < 4; ++kc) {
-                    uint32_t a[4];
-                    frag_a_from_acc(a, dp[2 * kc], dp[2 * kc + 1]);
+                    for (int kc = 0; kc < 4; ++kc) {
+                        uint32_t a[4];
+                        frag_a_from_acc(a, dp[2 * kc], dp[2 * kc + 1]);
 #pragma unroll
-                    for (int n = 0; n < NT; n += 2) {
-                        uint32_t b0[2], b1[2];
-                        frag_b_kn(b0, b1, Ks, COLS, n * 8, kc * 16);
-                        mma_m16n8k16_bf16(dq[n], a, b0, dq[n]);
-                        mma_m16n8k16_bf16(dq[n + 1], a, b1, dq[n + 1]);
+                        for (int n = 0; n < NT; n += 2) {
+                            uint32_t b0[2], b1[2];
+                            frag_b_kn(b0, b1, Ks, COLS, n * 8, kc * 16);
+                            mma_m16n8k16_bf16(dq[n], a, b0, dq[n]);
+                            mma_m16n8k16_bf16(dq[n + 1], a, b1, dq[n + 1]);
+                        }
                     }
                 }
-            }
+            });
             if (pass == 0) {
                 // A row's 64 keys are spread over the quad of lanes g·4 .. g·4 + 3.
 #pragma unroll
@@ -689,26 +740,34 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
 // S names the storage: bf16 or f32 for everything, or bf16qkv_f32 for q, k, v in bf16 (the
 // mixed-precision path's copies, which are what the products read: NOTES.md, 2026-12-04) with
 // f32 outputs and dO.
-#define ATTENTION_TC(DP, TIN, TOUT, S)                                                                         \
-    extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_##S##_d##DP(AttnParams p) {         \
-        AttnTc<DP, TIN, TOUT>::forward(p);                                                                     \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_##S##_d##DP(AttnParams p) {   \
-        AttnTc<DP, TIN, TOUT>::backward_dkdv(p);                                                               \
-    }                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_tc_##S##_d##DP(AttnParams p) {     \
-        AttnTc<DP, TIN, TOUT>::backward_dq(p);                                                                 \
+// _s<STAGES>: streamed tiles in one stage buffer or two (`stream_tiles`). Two only where the
+// operands are bf16, which cp.async copies; f32 rows are rounded by the threads themselves.
+#define ATTENTION_TC(DP, TIN, TOUT, S, N)                                                                             \
+    extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_##S##_d##DP##_s##N(AttnParams p) {         \
+        AttnTc<DP, TIN, TOUT, N>::forward(p);                                                                         \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_##S##_d##DP##_s##N(AttnParams p) {   \
+        AttnTc<DP, TIN, TOUT, N>::backward_dkdv(p);                                                                   \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_tc_##S##_d##DP##_s##N(AttnParams p) {     \
+        AttnTc<DP, TIN, TOUT, N>::backward_dq(p);                                                                     \
     }
 
-ATTENTION_TC(32, bf16, bf16, bf16)
-ATTENTION_TC(64, bf16, bf16, bf16)
-ATTENTION_TC(128, bf16, bf16, bf16)
-ATTENTION_TC(32, float, float, f32)
-ATTENTION_TC(64, float, float, f32)
-ATTENTION_TC(128, float, float, f32)
-ATTENTION_TC(32, bf16, float, bf16qkv_f32)
-ATTENTION_TC(64, bf16, float, bf16qkv_f32)
-ATTENTION_TC(128, bf16, float, bf16qkv_f32)
+ATTENTION_TC(32, bf16, bf16, bf16, 1)
+ATTENTION_TC(64, bf16, bf16, bf16, 1)
+ATTENTION_TC(128, bf16, bf16, bf16, 1)
+ATTENTION_TC(32, float, float, f32, 1)
+ATTENTION_TC(64, float, float, f32, 1)
+ATTENTION_TC(128, float, float, f32, 1)
+ATTENTION_TC(32, bf16, float, bf16qkv_f32, 1)
+ATTENTION_TC(64, bf16, float, bf16qkv_f32, 1)
+ATTENTION_TC(128, bf16, float, bf16qkv_f32, 1)
+ATTENTION_TC(32, bf16, bf16, bf16, 2)
+ATTENTION_TC(64, bf16, bf16, bf16, 2)
+ATTENTION_TC(128, bf16, bf16, bf16, 2)
+ATTENTION_TC(32, bf16, float, bf16qkv_f32, 2)
+ATTENTION_TC(64, bf16, float, bf16qkv_f32, 2)
+ATTENTION_TC(128, bf16, float, bf16qkv_f32, 2)
 
 extern "C" __global__ void __launch_bounds__(32) attention_forward_exact(AttnParams p) { attention_forward_f32_impl(p); }
 extern "C" __global__ void __launch_bounds__(32) attention_backward_dkdv_exact(AttnParams p) { attention_dkdv_f32_impl(p); }

@@ -596,7 +596,12 @@ type AttentionCase = (
 );
 
 fn attention<B: Backend>(b: &B, tol: f64) {
-    let cases: [AttentionCase; 6] = [
+    attention_cases(b, tol, attention_suite(), ErrorScale::OfResult);
+}
+
+/// The cases of [`attention`].
+fn attention_suite() -> [AttentionCase; 6] {
+    [
         (3, 70, 3, 12, vec![70, 41, 0], false, None),
         // Head dim 32 fills the narrowest tensor-core tile exactly; 65 rows take two tiles.
         (
@@ -636,8 +641,7 @@ fn attention<B: Backend>(b: &B, tol: f64) {
             false,
             Some(Dropout { p: 0.5, seed: 7 }),
         ),
-    ];
-    attention_cases(b, tol, cases, ErrorScale::OfResult);
+    ]
 }
 
 /// Forward, backward and the dV-only path of each case against the f64 reference.
@@ -1933,6 +1937,92 @@ fn cuda_attention_from_rounded_copies_gives_the_same_bits() {
         e.contains("`q`, `k`, `v` are bf16 but `d_out` is f32"),
         "{e}"
     );
+}
+
+/// The tensor-core attention kernels with their streamed tiles in two stage buffers (the
+/// next tile's copies in flight while the current one computes) give the bits of one stage,
+/// forward and backward (every gradient; dQ alone; dK and dV without dQ, where the dQ kernel
+/// computes delta alone; dV alone, without v), on every case of [`attention`]: head dims 8
+/// and 12 (rows too narrow for cp.async, staged by plain stores), 32, 64 with 512 tokens
+/// (eight tiles a stream) and 128, masks with holes and a fully masked sequence, dropout. In
+/// bf16 storage and from bf16 q, k, v beside an f32 dO (the mixed-precision kernels), the
+/// two-stage kernels are the ones that ran; f32 rows (no two-stage kernels: the threads round
+/// them) run the one-stage kernels either way. One stage is held to the f64 reference by
+/// [`attention`]; these bits hold two to it too.
+#[test]
+fn cuda_attention_stages_give_the_same_bits() {
+    let mixed = cuda(DType::BF16);
+    let backends = [
+        (
+            "bf16 storage",
+            mixed.with_bf16_storage(),
+            DType::BF16,
+            "_s2",
+        ),
+        ("bf16 q, k, v", mixed.clone(), DType::BF16, "_s2"),
+        ("f32 q, k, v", mixed.clone(), DType::F32, "_s1"),
+    ];
+    let requests = [
+        (true, true, true),
+        (true, false, false),
+        (false, true, true),
+        (false, false, true),
+    ];
+    let mut rng = SplitMix::new(23);
+    for (what, one, qkv_dtype, two_runs) in backends {
+        let two = one.with_attention_stages(2).unwrap();
+        for (batch, seq, heads, hd, lengths, holes, dropout) in attention_suite() {
+            let tag = format!("{what}, b{batch}s{seq}h{heads}d{hd}");
+            let dims = [batch * seq, heads * hd];
+            let n = dims[0] * dims[1];
+            let mut draw = |dtype: DType| {
+                let t = up(&one, &dims, &nonzero(&mut rng, n));
+                match t.dtype() == dtype {
+                    true => t,
+                    false => one.cast(&t, dtype).unwrap(),
+                }
+            };
+            let (q, k, v) = (draw(qkv_dtype), draw(qkv_dtype), draw(qkv_dtype));
+            let dy = draw(one.float_dtype());
+            let mask: Vec<u32> = (0..batch * seq)
+                .map(|i| u32::from(i % seq < lengths[i / seq] && !(holes && i % seq % 5 == 3)))
+                .collect();
+            let mask = one
+                .tensor_from_u32(Shape::new([batch, seq]), &mask)
+                .unwrap();
+            let config = AttentionConfig {
+                heads,
+                scale: 1.0 / (hd as f64).sqrt(),
+                dropout,
+            };
+            let run = |be: &CudaBackend| {
+                common::with_kernel_names(be, || {
+                    let f = be.attention_forward(&q, &k, &v, &mask, &config).unwrap();
+                    let mut outs = vec![f.out.clone(), f.lse.clone()];
+                    for (dq, dk, dv) in requests {
+                        let want = AttentionGradRequest { dq, dk, dv };
+                        let v = (dq || dk).then_some(&v);
+                        let g = be
+                            .attention_backward(&dy, &q, &k, v, &f.lse, &mask, &config, want)
+                            .unwrap();
+                        outs.extend([g.dq, g.dk, g.dv].into_iter().flatten());
+                    }
+                    outs.iter()
+                        .map(|t| down(be, t).into_iter().map(f64::to_bits).collect())
+                        .collect::<Vec<Vec<u64>>>()
+                })
+            };
+            let (want, _) = run(&one);
+            let (got, kernels) = run(&two);
+            assert_eq!(bit_difference(&got, &want), None, "{tag}");
+            let tensor_core: Vec<&String> = kernels.iter().filter(|k| k.contains("_tc_")).collect();
+            // Head dim 8 and 12 pad to 32 as every other: the tensor-core kernels run for all.
+            assert!(
+                !tensor_core.is_empty() && tensor_core.iter().all(|k| k.ends_with(two_runs)),
+                "{tag}: {kernels:?}"
+            );
+        }
+    }
 }
 
 /// Tiles differ in how they cut an output among blocks and warps, not in what an element sums

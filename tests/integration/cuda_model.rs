@@ -1027,7 +1027,7 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
         let (off, kernels_off) = run(&b.with_gemm_precast(false), method);
         let has = |ks: &[String], k: &str| ks.iter().any(|n| n == k);
         assert!(
-            has(&kernels, "attention_forward_tc_bf16qkv_f32_d32"),
+            has(&kernels, "attention_forward_tc_bf16qkv_f32_d32_s1"),
             "{method}: {kernels:?}"
         );
         assert!(
@@ -1035,7 +1035,7 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
             "{method}: nothing rounded ahead"
         );
         assert!(
-            has(&kernels_off, "attention_forward_tc_f32_d32"),
+            has(&kernels_off, "attention_forward_tc_f32_d32_s1"),
             "{method}: {kernels_off:?}"
         );
         assert_eq!(on.len(), off.len());

@@ -322,6 +322,7 @@ impl CudaBackend {
             gemm_split: None,
             gemm_precast: true,
             gemm_skinny: true,
+            attention_stages: 1,
         })
     }
 }

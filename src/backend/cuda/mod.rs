@@ -37,6 +37,7 @@ mod loss;
 mod modules;
 mod tensor_list;
 
+pub use attention::ATTENTION_STAGES;
 pub use buffer::CudaBuffer;
 pub use emulator::Driver;
 
@@ -172,6 +173,8 @@ pub struct CudaBackend {
     gemm_precast: bool,
     /// Whether narrow outputs go to the CUDA-core kernels of gemm_skinny.rs.
     gemm_skinny: bool,
+    /// Stage buffers of the tensor-core attention kernels' streamed tiles (attention.rs).
+    attention_stages: usize,
 }
 
 impl std::fmt::Debug for CudaBackend {
