@@ -6,7 +6,9 @@
 //! `cargo bench --bench gpu_gemm` (the GPU check runs the built binary). On the CPU stand-in
 //! it runs one small shape once, to show the code path works; its times mean nothing there.
 
-use std::time::Instant;
+mod gpu_timing;
+
+use gpu_timing::seconds_per_call as time;
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use half::bf16;
@@ -19,22 +21,6 @@ fn random(b: &CudaBackend, dims: &[usize], rng: &mut SplitMix) -> Tensor<CudaBac
     let n: usize = dims.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect();
     b.tensor_from_f64(Shape::new(dims), &v).unwrap()
-}
-
-/// Seconds per call of `f`, the best of `rounds` rounds of `iters` calls (after a warm-up).
-fn time(b: &CudaBackend, rounds: usize, iters: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    b.synchronize().unwrap();
-    (0..rounds)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            b.synchronize().unwrap();
-            t.elapsed().as_secs_f64() / iters as f64
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn slice(t: &Tensor<CudaBackend>) -> &cudarc::driver::CudaSlice<bf16> {

@@ -26,7 +26,8 @@
 #                                     the same call, with the ratios;
 #                                  6. the fused-LoRA GEMM at 4096×1024×1024, 4096×4096×1024
 #                                     and 4096×1024×4096 for every tile configuration beside
-#                                     cuBLAS.
+#                                     cuBLAS; the fused attention, forward and backward, at
+#                                     a step's shapes for one stage buffer and two.
 #                                  7. ncu on two GEMM kernels and on the attention forward
 #                                     and backward of the bench's step (GPU_CHECK_PROFILES
 #                                     picks the families, default "gemm attention";
@@ -57,8 +58,9 @@ cd "$(dirname "$0")/.."
 # release bundle a developer made for the GPU.
 archive=${GPU_CHECK_ARCHIVE:-gpu-bundle/bundle.tar.xz}
 profile=${GPU_CHECK_PROFILE:-release}
-# The integration tests (every tests/integration/*.rs in one binary), the GEMM sweep, spafit.
-programs="integration gpu_gemm spafit"
+# The integration tests (every tests/integration/*.rs in one binary), the GEMM and attention
+# sweeps, spafit.
+programs="integration gpu_gemm gpu_attention spafit"
 
 executables() {  # cargo --message-format=json on stdin → "name path" per executable
     python3 -c 'import json,sys
@@ -96,13 +98,13 @@ build() {
     {
         if [ "$profile" = release ]; then
             cargo test --release --locked --no-run --message-format=json "${tests[@]}"
-            cargo bench --locked --no-run --message-format=json --bench gpu_gemm
+            cargo bench --locked --no-run --message-format=json --bench gpu_gemm --bench gpu_attention
             cargo build --release --locked --message-format=json --bin spafit
         else
             # The spafit binary the integration tests were built with: `cargo build --profile
             # test` compiles the library and the binary again under other hashes (2.5 minutes
             # of CI on 2 cores).
-            cargo test --locked --no-run --message-format=json "${tests[@]}" --bench gpu_gemm
+            cargo test --locked --no-run --message-format=json "${tests[@]}" --bench gpu_gemm --bench gpu_attention
         fi
     } 2>"$errors" | executables | while read -r name path; do
         cp "$path" "$staging/$name"
@@ -299,6 +301,7 @@ run() {
         echo "PyTorch + PEFT: not importable by $python, side-by-side skipped" | tee -a "$log"
     fi
     stage "GEMM sweep" 60 env LD_LIBRARY_PATH="$(cublas_path)" "$bin/gpu_gemm"
+    stage "attention sweep" 30 "$bin/gpu_attention"
     if [ "$mode" = gpu ] && [ -z "${GPU_CHECK_NO_PROFILE:-}" ] && command -v ncu >/dev/null 2>&1; then
         # Where a GEMM's time goes: one launch each of the tile every large GEMM uses (bf16
         # operands, 4096×1024×1024) and of the weight-gradient layout of the bench's step,
@@ -348,6 +351,7 @@ run() {
     echo
     grep -h "^GG " "$log"
     grep -h "^GS best" "$log"
+    grep -h "^GA " "$log"
     echo
     echo "train step, random BERT-$shape, batch $batch x $seq, bf16 (spafit on $device, PyTorch on $torch_device):"
     printf "%-8s %14s %14s %12s %12s %8s\n" method "spafit ms" "PyTorch ms" "spafit MiB" "PyTorch MiB" speedup
