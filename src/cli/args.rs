@@ -314,15 +314,6 @@ pub(super) fn spelling<T>(
     }
 }
 
-/// A flag's number, finite and where `holds` (refused as a usage error, with `expected`, before
-/// anything is loaded).
-pub(super) fn number_where(
-    holds: impl Fn(f64) -> bool + Clone + Send + Sync + 'static,
-    expected: &'static str,
-) -> impl Fn(&str) -> std::result::Result<f64, String> + Clone + Send + Sync + 'static {
-    number_passing(move |x| (!(x.is_finite() && holds(x))).then(|| expected.to_string()))
-}
-
 /// A flag's number, refused before anything loads where `problem` finds one: the library's
 /// own check of it where it has one (one rule, in the same words, for the command line and a
 /// program that embeds the library). What is no number is told what `problem` says of NaN.
@@ -387,18 +378,10 @@ pub struct PeftArgs {
     #[arg(long, allow_hyphen_values = true, value_parser = at_least_one())]
     pub lora_r: Option<usize>,
     /// LoRA alpha (scale = alpha / r) [default: 16].
-    #[arg(long, allow_hyphen_values = true, value_parser = number_where(
-        // With α ≤ 0 an adapter is off (its gradients 0) or turned around; a saved adapter's
-        // alpha is refused the same way (`LoraConfig::problem`).
-        |alpha| alpha > 0.0,
-        "the LoRA scale α / r needs α > 0",
-    ))]
+    #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::nn::LoraConfig::alpha_problem))]
     pub lora_alpha: Option<f64>,
     /// Dropout on the adapters' input during training [default: 0.1].
-    #[arg(long, allow_hyphen_values = true, value_parser = number_where(
-        |p| (0.0..1.0).contains(&p),
-        "a dropout probability must be in [0, 1)",
-    ))]
+    #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::nn::LoraConfig::dropout_problem))]
     pub lora_dropout: Option<f64>,
     /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense (DistilBERT's q_lin, k_lin, v_lin, out_lin, lin1,

@@ -30,22 +30,13 @@ pub struct TrainArgs {
     pub micro_batch_size: Option<usize>,
     /// Peak learning rate, reached after a linear warmup (then as --lr-schedule says)
     /// [default: 5e-5 for full, 1e-3 for bitfit, 5e-4 for lora and spafit].
-    #[arg(long, allow_hyphen_values = true, value_parser = super::args::number_where(
-        |lr| lr >= 0.0,
-        "a learning rate is a number ≥ 0, such as 5e-4",
-    ))]
+    #[arg(long, allow_hyphen_values = true, value_parser = super::args::number_passing(spafit::train::learning_rate_problem))]
     pub lr: Option<f64>,
     /// AdamW decoupled weight decay (never on biases or LayerNorm).
-    #[arg(long, default_value_t = 0.01, allow_hyphen_values = true, value_parser = super::args::number_where(
-        |d| d >= 0.0,
-        "a weight decay is a number ≥ 0, such as 0.01",
-    ))]
+    #[arg(long, default_value_t = 0.01, allow_hyphen_values = true, value_parser = super::args::number_passing(spafit::train::weight_decay_problem))]
     pub weight_decay: f64,
     /// Fraction of steps spent warming up (rounded up to whole steps).
-    #[arg(long, default_value_t = 0.06, allow_hyphen_values = true, value_parser = super::args::number_where(
-        |r| (0.0..=1.0).contains(&r),
-        "a share of the steps, in [0, 1]",
-    ))]
+    #[arg(long, default_value_t = 0.06, allow_hyphen_values = true, value_parser = super::args::number_passing(spafit::train::warmup_ratio_problem))]
     pub warmup_ratio: f64,
     /// Warmup steps, instead of --warmup-ratio's share of the run.
     #[arg(long, conflicts_with = "warmup_ratio", value_parser = clap::builder::RangedU64ValueParser::<usize>::new(), allow_hyphen_values = true)]
@@ -55,9 +46,11 @@ pub struct TrainArgs {
     #[arg(long, default_value = "linear", value_parser = super::args::spelling(|s: &str| s.parse::<spafit::train::ScheduleKind>()))]
     pub lr_schedule: String,
     /// Clip the global gradient norm to this (0 disables; negative is refused).
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = super::args::number_where(
-        |n| n >= 0.0,
-        "a norm ≥ 0 (0 disables clipping)",
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = super::args::number_passing(
+        |n| match n == 0.0 {
+            true => None,
+            false => spafit::train::max_grad_norm_problem(n).map(|why| format!("{why} (0 disables clipping)")),
+        },
     ))]
     pub max_grad_norm: f64,
     /// Seed of batch order, dropout, adapters and a fresh head.

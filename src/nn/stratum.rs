@@ -185,6 +185,19 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
+    /// Why `alpha` cannot be an adapter's α at any rank, if it cannot: one rule for
+    /// [`Self::problem`] and the command line's `--lora-alpha` (with α ≤ 0 an adapter is off,
+    /// its gradients 0, or turned around).
+    pub fn alpha_problem(alpha: f64) -> Option<String> {
+        (!(alpha.is_finite() && alpha > 0.0))
+            .then(|| "the LoRA scale α / r needs α > 0, and finite".to_string())
+    }
+
+    /// Why `p` cannot be the dropout on an adapter's input, if it cannot.
+    pub fn dropout_problem(p: f64) -> Option<String> {
+        (!(0.0..1.0).contains(&p)).then(|| "a dropout probability must be in [0, 1)".to_string())
+    }
+
     /// `alpha / r`.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
@@ -210,17 +223,8 @@ impl LoraConfig {
         } = fields;
         let bad = if self.rank == 0 {
             Some(format!("rank r ({rank}) must be at least 1"))
-        } else if !self.alpha.is_finite() {
-            Some(format!(
-                "alpha ({alpha}) must be finite, got {}",
-                self.alpha
-            ))
-        } else if self.alpha <= 0.0 {
-            // At 0 the adapters add nothing and their gradients are 0: they never train.
-            Some(format!(
-                "alpha ({alpha}) is {}: the LoRA scale α / r needs α > 0",
-                self.alpha
-            ))
+        } else if let Some(why) = Self::alpha_problem(self.alpha) {
+            Some(format!("alpha ({alpha}) is {}: {why}", self.alpha))
         } else if !((self.scale() as f32).is_finite()) {
             // Any product through the adapter would overflow to infinity, then NaN.
             Some(format!(
@@ -237,11 +241,8 @@ impl LoraConfig {
                 self.alpha,
                 self.scale()
             ))
-        } else if !(0.0..1.0).contains(&self.dropout) {
-            Some(format!(
-                "dropout ({dropout}) must be in [0, 1), got {}",
-                self.dropout
-            ))
+        } else if let Some(why) = Self::dropout_problem(self.dropout) {
+            Some(format!("dropout ({dropout}) is {}: {why}", self.dropout))
         } else if self.targets.is_empty() {
             Some(format!("at least one target module ({targets}) is needed"))
         } else {
@@ -253,5 +254,49 @@ impl LoraConfig {
                 .map(|t| format!("target `{}` is listed twice", t.module()))
         };
         bad
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A saved adapter's alpha and dropout are refused by the rules the command line's
+    /// `--lora-alpha` and `--lora-dropout` apply, named as the caller's fields name them.
+    #[test]
+    fn problem_applies_the_alpha_and_dropout_rules() {
+        let fields = LoraFields {
+            rank: "r",
+            alpha: "lora_alpha",
+            dropout: "lora_dropout",
+            targets: "target_modules",
+        };
+        let good = LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: vec![LoraTarget::Query],
+        };
+        assert_eq!(good.problem(fields), None);
+        for alpha in [0.0, -2.0, f64::NAN, f64::INFINITY] {
+            let c = LoraConfig {
+                alpha,
+                ..good.clone()
+            };
+            let e = c.problem(fields).unwrap();
+            let rule = LoraConfig::alpha_problem(alpha).unwrap();
+            assert!(e.contains("lora_alpha") && e.contains(&rule), "{e}");
+        }
+        for dropout in [1.0, -0.1, f64::NAN] {
+            let c = LoraConfig {
+                dropout,
+                ..good.clone()
+            };
+            let e = c.problem(fields).unwrap();
+            let rule = LoraConfig::dropout_problem(dropout).unwrap();
+            assert!(e.contains("lora_dropout") && e.contains(&rule), "{e}");
+        }
+        assert_eq!(LoraConfig::dropout_problem(0.0), None);
+        assert_eq!(LoraConfig::alpha_problem(1e-3), None);
     }
 }

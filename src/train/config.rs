@@ -131,6 +131,46 @@ impl Default for TrainConfig {
     }
 }
 
+/// What `value` must be where it breaks `rule` (a finite number that `holds`), for the
+/// `*_problem` checks below.
+fn finite_where(value: f64, holds: bool, rule: &str) -> Option<String> {
+    (!(value.is_finite() && holds)).then(|| rule.to_string())
+}
+
+/// Why `lr` cannot be a peak learning rate, if it cannot: one rule for
+/// [`TrainConfig::check`] and the command line's `--lr`.
+pub fn learning_rate_problem(lr: f64) -> Option<String> {
+    finite_where(
+        lr,
+        lr >= 0.0,
+        "a learning rate is a number ≥ 0, such as 5e-4",
+    )
+}
+
+/// Why `ratio` cannot be [`TrainConfig::warmup_ratio`], if it cannot.
+pub fn warmup_ratio_problem(ratio: f64) -> Option<String> {
+    finite_where(
+        ratio,
+        (0.0..=1.0).contains(&ratio),
+        "a share of the steps, in [0, 1]",
+    )
+}
+
+/// Why `decay` cannot be [`TrainConfig::weight_decay`], if it cannot.
+pub fn weight_decay_problem(decay: f64) -> Option<String> {
+    finite_where(
+        decay,
+        decay >= 0.0,
+        "a weight decay is a number ≥ 0, such as 0.01",
+    )
+}
+
+/// Why `norm` cannot be [`TrainConfig::max_grad_norm`]'s clipping norm, if it cannot (no
+/// clipping is `None`, which the command line spells 0).
+pub fn max_grad_norm_problem(norm: f64) -> Option<String> {
+    finite_where(norm, norm > 0.0, "a clipping norm is a number > 0")
+}
+
 impl TrainConfig {
     /// Why `output_dir` is not a run's to write in: it holds a model or an adapter.
     pub(super) fn foreign_output_dir(&self) -> Option<String> {
@@ -175,30 +215,30 @@ impl TrainConfig {
                     .into(),
             );
         }
-        if !(c.learning_rate >= 0.0 && c.learning_rate.is_finite()) {
-            return refuse(format!(
-                "learning rate {} (--lr) must be finite and ≥ 0",
-                c.learning_rate
-            ));
+        if let Some(why) = learning_rate_problem(c.learning_rate) {
+            return refuse(format!("learning rate {} (--lr): {why}", c.learning_rate));
         }
-        if !(0.0..=1.0).contains(&c.warmup_ratio) {
+        if let Some(why) = warmup_ratio_problem(c.warmup_ratio) {
             return refuse(format!(
-                "warmup ratio {} (--warmup-ratio) must be in [0, 1]",
+                "warmup ratio {} (--warmup-ratio): {why}",
                 c.warmup_ratio
             ));
         }
         if c.max_steps == Some(0) {
             return refuse("max_steps 0 (--max-steps): give a positive number of steps".into());
         }
-        if let Some(norm) = c.max_grad_norm.filter(|n| !(n.is_finite() && *n > 0.0)) {
+        if let Some((norm, why)) = c
+            .max_grad_norm
+            .and_then(|n| max_grad_norm_problem(n).map(|why| (n, why)))
+        {
             return refuse(format!(
-                "gradient clipping at norm {norm} (--max-grad-norm): give a positive finite \
-                 norm, or none for no clipping (--max-grad-norm 0)"
+                "gradient clipping at norm {norm} (--max-grad-norm): {why}, or none for no \
+                 clipping (--max-grad-norm 0)"
             ));
         }
-        if !(c.weight_decay.is_finite() && c.weight_decay >= 0.0) {
+        if let Some(why) = weight_decay_problem(c.weight_decay) {
             return refuse(format!(
-                "weight decay {} (--weight-decay) must be finite and ≥ 0",
+                "weight decay {} (--weight-decay): {why}",
                 c.weight_decay
             ));
         }
@@ -263,4 +303,48 @@ pub(crate) struct DropoutRates {
     pub attention: f64,
     pub lora: f64,
     pub classifier: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `check` refuses each number by the rule the command line's parser applies, in its
+    /// words (a program that embeds the library sets the fields itself), and the rules take
+    /// their edges and refuse NaN and infinities.
+    #[test]
+    fn check_refuses_each_number_by_its_rule() {
+        type Set = fn(&mut TrainConfig);
+        let cases: [(Set, Option<String>); 4] = [
+            (|c| c.learning_rate = -1e-9, learning_rate_problem(-1e-9)),
+            (|c| c.warmup_ratio = 1.5, warmup_ratio_problem(1.5)),
+            (
+                |c| c.weight_decay = f64::INFINITY,
+                weight_decay_problem(f64::INFINITY),
+            ),
+            (|c| c.max_grad_norm = Some(0.0), max_grad_norm_problem(0.0)),
+        ];
+        for (set, rule) in cases {
+            let rule = rule.expect("a refused value");
+            let mut c = TrainConfig::default();
+            set(&mut c);
+            let e = c.check().unwrap_err().to_string();
+            assert!(e.contains(&rule), "{e}");
+        }
+        assert!(TrainConfig::default().check().is_ok());
+        let rules: [fn(f64) -> Option<String>; 4] = [
+            learning_rate_problem,
+            warmup_ratio_problem,
+            weight_decay_problem,
+            max_grad_norm_problem,
+        ];
+        for rule in rules {
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0] {
+                assert!(rule(bad).is_some(), "{bad}");
+            }
+        }
+        assert!(learning_rate_problem(0.0).is_none() && weight_decay_problem(0.0).is_none());
+        assert!(warmup_ratio_problem(0.0).is_none() && warmup_ratio_problem(1.0).is_none());
+        assert!(max_grad_norm_problem(1e-12).is_none());
+    }
 }

@@ -18,7 +18,10 @@ mod text_predictions;
 mod trainer;
 
 pub use batch_log::BatchLog;
-pub use config::TrainConfig;
+pub use config::{
+    learning_rate_problem, max_grad_norm_problem, warmup_ratio_problem, weight_decay_problem,
+    TrainConfig,
+};
 pub use encoded::EncodedDataset;
 pub use evaluate::{evaluate, evaluate_until, infer, predictions, Evaluation, ModelOutputs};
 pub use micro_batches::{check_size as check_micro_batch_size, in_use as micro_batches_in_use};

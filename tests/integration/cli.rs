@@ -2485,7 +2485,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         ),
         (
             vec!["--train-file", &t, "--max-grad-norm", "NaN"],
-            "a norm ≥ 0 (0 disables clipping)",
+            "a clipping norm is a number > 0 (0 disables clipping)",
         ),
         (
             vec!["--train-file", &t, "--lora-r", "100000"],
