@@ -35,6 +35,24 @@ impl AttentionShape {
     }
 }
 
+/// The stage suffixes (`s1`, `s2`) of the tensor-core attention kernels `f` launches: what
+/// ran, where the launcher may fall back to one stage.
+fn stages_that_ran(b: &CudaBackend, f: impl FnOnce()) -> String {
+    b.start_kernel_timing().unwrap();
+    f();
+    let mut suffixes: Vec<String> = b
+        .stop_kernel_timing()
+        .unwrap()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t.kernel.starts_with("attention_") && t.kernel.contains("_tc_"))
+        .filter_map(|t| t.kernel.rsplit('_').next().map(str::to_string))
+        .collect();
+    suffixes.sort();
+    suffixes.dedup();
+    suffixes.join("+")
+}
+
 fn main() {
     let mixed = CudaBackend::hardware_or_emulated(DType::BF16).expect("a CUDA backend");
     let on_gpu = mixed.driver() == Driver::Hardware;
@@ -127,6 +145,11 @@ fn main() {
                     .attention_forward(&q, &k, &v, &mask, &config)
                     .unwrap()
                     .lse;
+                let ran = stages_that_ran(&bs, || {
+                    bs.attention_forward(&q, &k, &v, &mask, &config).unwrap();
+                    bs.attention_backward(&dy, &q, &k, Some(&v), &lse, &mask, &config, all)
+                        .unwrap();
+                });
                 let forward = time(&bs, rounds, iters, || {
                     bs.attention_forward(&q, &k, &v, &mask, &config).unwrap();
                 });
@@ -136,7 +159,7 @@ fn main() {
                 });
                 let flops = shape.forward_flops();
                 println!(
-                    "GA {:<16} {:<18} stages {stages}  forward {:>8.3} ms {:>6.1} TF  backward {:>8.3} ms {:>6.1} TF",
+                    "GA {:<16} {:<18} stages {stages} (ran {ran:<5}) forward {:>8.3} ms {:>6.1} TF  backward {:>8.3} ms {:>6.1} TF",
                     format!("{} {}x{}x{}x{}", shape.name, shape.batch, shape.seq, shape.heads, shape.head_dim),
                     storage,
                     forward * 1e3,

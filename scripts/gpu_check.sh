@@ -276,6 +276,11 @@ run() {
             "$bin/integration" --test-threads 1 --exact "${bf16_ops[@]}"
         stage "racecheck" 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
             "$bin/integration" --test-threads 1 tensor_core::
+        # The attention kernels' shared tiles, in one stage buffer and two (the second's
+        # copies in flight beside the products): the hazards a schedule of the stand-in may
+        # not expose.
+        stage "racecheck attention" 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
+            "$bin/integration" --test-threads 1 --exact cross_backend::cuda_attention_stages_give_the_same_bits
         may_be_unsupported=0
     elif [ "$mode" = gpu ]; then
         echo "compute-sanitizer: not installed, memcheck and racecheck skipped" | tee -a "$log"

@@ -1942,9 +1942,11 @@ fn cuda_attention_from_rounded_copies_gives_the_same_bits() {
 /// The tensor-core attention kernels with their streamed tiles in two stage buffers (the
 /// next tile's copies in flight while the current one computes) give the bits of one stage,
 /// forward and backward (every gradient; dQ alone; dK and dV without dQ, where the dQ kernel
-/// computes delta alone; dV alone, without v), on every case of [`attention`]: head dims 8
-/// and 12 (rows too narrow for cp.async, staged by plain stores), 32, 64 with 512 tokens
-/// (eight tiles a stream) and 128, masks with holes and a fully masked sequence, dropout. In
+/// computes delta alone; dV alone, without v), on every case of [`attention`] — head dim 12
+/// (rows not 16-byte aligned, staged by plain stores), 8 (zero-filled past the head), 32, 64
+/// with 512 tokens (eight tiles a stream) and 128, masks with holes and a fully masked
+/// sequence, dropout — and on three tiles a stream (the buffers alternate an odd number of
+/// times before dQ's second pass refills the first). In
 /// bf16 storage and from bf16 q, k, v beside an f32 dO (the mixed-precision kernels), the
 /// two-stage kernels are the ones that ran; f32 rows (no two-stage kernels: the threads round
 /// them) run the one-stage kernels either way. One stage is held to the f64 reference by
@@ -1971,7 +1973,17 @@ fn cuda_attention_stages_give_the_same_bits() {
     let mut rng = SplitMix::new(23);
     for (what, one, qkv_dtype, two_runs) in backends {
         let two = one.with_attention_stages(2).unwrap();
-        for (batch, seq, heads, hd, lengths, holes, dropout) in attention_suite() {
+        let three_tiles = (
+            2,
+            150,
+            2,
+            64,
+            vec![150, 97],
+            true,
+            Some(Dropout { p: 0.1, seed: 8 }),
+        );
+        let cases = attention_suite().into_iter().chain([three_tiles]);
+        for (batch, seq, heads, hd, lengths, holes, dropout) in cases {
             let tag = format!("{what}, b{batch}s{seq}h{heads}d{hd}");
             let dims = [batch * seq, heads * hd];
             let n = dims[0] * dims[1];

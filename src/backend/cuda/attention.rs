@@ -383,7 +383,8 @@ impl CudaBackend {
     /// products; 2 copies the next tile while the current one computes, in twice the streamed
     /// tiles' shared memory. The same bits either way (the products read the same tiles in
     /// the same order); where two are not compiled (f32 storage) or do not fit the device's
-    /// shared memory, one runs. How the GPU check's microbenchmark compares them.
+    /// shared memory, one runs. The GPU check's microbenchmark (`benches/gpu_attention.rs`)
+    /// times both.
     pub fn with_attention_stages(&self, stages: usize) -> Result<Self> {
         if !ATTENTION_STAGES.contains(&stages) {
             return Err(Error::invalid(
@@ -404,7 +405,7 @@ mod tests {
 
     /// Two stages where they are compiled and fit: not for f32 rows, and not at head dim 128
     /// on a GPU whose blocks may opt into 99 KiB (sm_86, sm_89: 101376 bytes), where one stage
-    /// (70 KiB) runs; an H100's 227 KiB hold them all.
+    /// (69 KiB) runs; an H100's 227 KiB hold them all.
     #[test]
     fn two_stages_where_compiled_and_within_shared_memory() {
         const SM89: u32 = 101_376;
