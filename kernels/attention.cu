@@ -175,26 +175,29 @@ __device__ __forceinline__ void stream_tiles(int steps, Stage&& stage, Compute&&
 template <int DP, typename TIn, typename TOut, int STAGES>
 struct AttnTc {
     static constexpr int COLS = DP + 8, TILE = 64 * COLS, NT = DP / 8;
-    // Dynamic shared memory: two bf16 tiles a block keeps through its loop, two streamed ones
-    // per stage, then four 64-float vectors per stage (the streamed tiles' mask and
-    // statistics; a kept tile's mask in stage 0's spare ones). src/backend/cuda/attention.rs
-    // computes the same size (`tc_shared`).
-    static constexpr int SMEM_BYTES = (2 + 2 * STAGES) * TILE * 2 + STAGES * 4 * 64 * 4;
-
-    static __device__ __forceinline__ bf16* kept(unsigned char* smem, int i) {
-        return reinterpret_cast<bf16*>(smem) + i * TILE;
-    }
-    static __device__ __forceinline__ bf16* streamed(unsigned char* smem, int s, int i) {
-        return reinterpret_cast<bf16*>(smem) + (2 + 2 * s + i) * TILE;
-    }
-    static __device__ __forceinline__ float* vectors(unsigned char* smem, int s) {
-        return reinterpret_cast<float*>(smem + (2 + 2 * STAGES) * TILE * 2) + s * 4 * 64;
-    }
+    // Dynamic shared memory of a kernel that keeps KEPT bf16 tiles through its loop (the
+    // forward its queries, the backward kernels two): those, two streamed tiles per stage,
+    // then four 64-float vectors per stage (the streamed tiles' mask and statistics; a kept
+    // tile's mask in stage 0's spare ones). src/backend/cuda/attention.rs computes the same
+    // size (`tc_shared`).
+    template <int KEPT>
+    struct Smem {
+        static constexpr int BYTES = (KEPT + 2 * STAGES) * TILE * 2 + STAGES * 4 * 64 * 4;
+        unsigned char* base;
+        __device__ __forceinline__ bf16* kept(int i) const { return reinterpret_cast<bf16*>(base) + i * TILE; }
+        __device__ __forceinline__ bf16* streamed(int s, int i) const {
+            return reinterpret_cast<bf16*>(base) + (KEPT + 2 * s + i) * TILE;
+        }
+        __device__ __forceinline__ float* vectors(int s) const {
+            return reinterpret_cast<float*>(base + (KEPT + 2 * STAGES) * TILE * 2) + s * 4 * 64;
+        }
+    };
 
     // ---- forward: block (query tile, head, sequence), warp w owns queries 16w .. 16w + 15.
     static __device__ void forward(const AttnParams& p) {
         extern __shared__ __align__(16) unsigned char smem[];
-        bf16* Qs = kept(smem, 0);
+        const Smem<1> sm{smem};
+        bf16* Qs = sm.kept(0);
         const int b = blockIdx.z + p.seq0, h = blockIdx.y, q0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         zero_lse_past_end(p, b, h, max(q0, len), q0 + 64);
@@ -209,16 +212,16 @@ struct AttnTc {
 #pragma unroll
         for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
         const auto stage_keys = [&](int i, int buf) {
-            stage_rows<DP, TIn>(streamed(smem, buf, 0), k, p, start, 64 * i, len, h);
-            stage_rows<DP, TIn>(streamed(smem, buf, 1), v, p, start, 64 * i, len, h);
-            float* kbias = vectors(smem, buf);
+            stage_rows<DP, TIn>(sm.streamed(buf, 0), k, p, start, 64 * i, len, h);
+            stage_rows<DP, TIn>(sm.streamed(buf, 1), v, p, start, 64 * i, len, h);
+            float* kbias = sm.vectors(buf);
             for (int j = threadIdx.x; j < 64; j += blockDim.x) kbias[j] = key_valid(p, b, 64 * i + j, len) ? 0.f : -INFINITY;
         };
         stream_tiles<STAGES>((len + 63) / 64, stage_keys, [&](int i, int buf) {
             const int k0 = 64 * i;
-            const bf16* Ks = streamed(smem, buf, 0);
-            const bf16* Vs = streamed(smem, buf, 1);
-            const float* kbias = vectors(smem, buf);
+            const bf16* Ks = sm.streamed(buf, 0);
+            const bf16* Vs = sm.streamed(buf, 1);
+            const float* kbias = sm.vectors(buf);
             float s[8][4];
 #pragma unroll
             for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
@@ -309,9 +312,10 @@ struct AttnTc {
     // ---- dK, dV: block (key tile, head, sequence), warp w owns keys 16w .. 16w + 15.
     static __device__ void backward_dkdv(const AttnParams& p) {
         extern __shared__ __align__(16) unsigned char smem[];
-        bf16* Ks = kept(smem, 0);
-        bf16* Vs = kept(smem, 1);
-        float* kvalid = vectors(smem, 0) + 2 * 64;
+        const Smem<2> sm{smem};
+        bf16* Ks = sm.kept(0);
+        bf16* Vs = sm.kept(1);
+        float* kvalid = sm.vectors(0) + 2 * 64;
         const int b = blockIdx.z + p.seq0, h = blockIdx.y, k0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (k0 >= len) return;
@@ -328,9 +332,9 @@ struct AttnTc {
             for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
         const auto stage_queries = [&](int step, int buf) {
             const int q0 = 64 * step;
-            stage_rows<DP, TIn>(streamed(smem, buf, 0), static_cast<const TIn*>(p.q), p, start, q0, len, h);
-            stage_rows<DP, TIn>(streamed(smem, buf, 1), static_cast<const TIn*>(p.dout), p, start, q0, len, h);
-            float* lse_s = vectors(smem, buf);
+            stage_rows<DP, TIn>(sm.streamed(buf, 0), static_cast<const TIn*>(p.q), p, start, q0, len, h);
+            stage_rows<DP, TIn>(sm.streamed(buf, 1), static_cast<const TIn*>(p.dout), p, start, q0, len, h);
+            float* lse_s = sm.vectors(buf);
             float* delta_s = lse_s + 64;
             for (int i = threadIdx.x; i < 64; i += blockDim.x) {
                 const bool in = q0 + i < len;
@@ -340,9 +344,9 @@ struct AttnTc {
         };
         stream_tiles<STAGES>((len + 63) / 64, stage_queries, [&](int step, int buf) {
             const int q0 = 64 * step;
-            const bf16* Qs = streamed(smem, buf, 0);
-            const bf16* dOs = streamed(smem, buf, 1);
-            const float* lse_s = vectors(smem, buf);
+            const bf16* Qs = sm.streamed(buf, 0);
+            const bf16* dOs = sm.streamed(buf, 1);
+            const float* lse_s = sm.vectors(buf);
             const float* delta_s = lse_s + 64;
             // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ: 16 keys × 64 queries per warp.
             float st[8][4], dpt[8][4];
@@ -454,8 +458,9 @@ struct AttnTc {
     // Runs before the dK/dV kernel, which reads delta.
     static __device__ void backward_dq(const AttnParams& p) {
         extern __shared__ __align__(16) unsigned char smem[];
-        bf16* Qs = kept(smem, 0);
-        bf16* dOs = kept(smem, 1);
+        const Smem<2> sm{smem};
+        bf16* Qs = sm.kept(0);
+        bf16* dOs = sm.kept(1);
         const int b = blockIdx.z + p.seq0, h = blockIdx.y, q0 = blockIdx.x * 64;
         const int start = p.starts[b], len = p.starts[b + 1] - start;
         if (q0 >= len) return;
@@ -473,9 +478,9 @@ struct AttnTc {
         for (int n = 0; n < NT; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
         const auto stage_keys = [&](int i, int buf) {
             const int k0 = 64 * i;
-            stage_rows<DP, TIn>(streamed(smem, buf, 0), static_cast<const TIn*>(p.k), p, start, k0, len, h);
-            stage_rows<DP, TIn>(streamed(smem, buf, 1), static_cast<const TIn*>(p.v), p, start, k0, len, h);
-            float* kvalid = vectors(smem, buf);
+            stage_rows<DP, TIn>(sm.streamed(buf, 0), static_cast<const TIn*>(p.k), p, start, k0, len, h);
+            stage_rows<DP, TIn>(sm.streamed(buf, 1), static_cast<const TIn*>(p.v), p, start, k0, len, h);
+            float* kvalid = sm.vectors(buf);
             for (int j = threadIdx.x; j < 64; j += blockDim.x) kvalid[j] = key_valid(p, b, k0 + j, len) ? 1.f : 0.f;
         };
         // One stream of tiles per pass (one stream over both passes' tiles, which would stage
@@ -485,9 +490,9 @@ struct AttnTc {
         for (int pass = 0; pass < passes; ++pass) {
             stream_tiles<STAGES>((len + 63) / 64, stage_keys, [&](int i, int buf) {
                 const int k0 = 64 * i;
-                const bf16* Ks = streamed(smem, buf, 0);
-                const bf16* Vs = streamed(smem, buf, 1);
-                const float* kvalid = vectors(smem, buf);
+                const bf16* Ks = sm.streamed(buf, 0);
+                const bf16* Vs = sm.streamed(buf, 1);
+                const float* kvalid = sm.vectors(buf);
                 float s[8][4], dp[8][4];
                 scores_and_dp(Qs, dOs, Ks, Vs, s, dp);
 #pragma unroll

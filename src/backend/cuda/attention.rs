@@ -74,23 +74,37 @@ fn padded_head_dim(op: &'static str, head_dim: usize) -> Result<usize> {
 /// [`CudaBackend::with_attention_stages`]).
 pub const ATTENTION_STAGES: [usize; 2] = [1, 2];
 
-/// Shared memory of the bf16 kernels with `stages` stage buffers: two kept and `2·stages`
-/// streamed [64][DP + 8] bf16 tiles, and four 64-float vectors per stage (`AttnTc::SMEM_BYTES`).
-fn tc_shared(dp: usize, stages: usize) -> u32 {
-    ((2 + 2 * stages) * 64 * (dp + 8) * 2 + stages * 4 * 64 * 4) as u32
+/// Tiles the forward kernel keeps through its loop (its queries) and the backward kernels
+/// (keys and values, or queries and dO).
+const FORWARD_KEPT: usize = 1;
+const BACKWARD_KEPT: usize = 2;
+
+/// Shared memory of a bf16 kernel that keeps `kept` [64][DP + 8] bf16 tiles and streams two
+/// per stage, with four 64-float vectors per stage (`AttnTc::Smem::BYTES`).
+fn tc_shared(dp: usize, stages: usize, kept: usize) -> u32 {
+    ((kept + 2 * stages) * 64 * (dp + 8) * 2 + stages * 4 * 64 * 4) as u32
 }
 
-/// The tensor-core kernels' name suffix and shared memory for storage `storage` and padded
-/// head dim `dp`: the stages the backend asks for where they are compiled (bf16 q, k, v:
-/// f32 rows are rounded by the threads, which a second stage would not overlap with the
-/// products) and fit this device's shared memory (two stages at head dim 128 take 104 KiB,
-/// more than an sm_86 or sm_89 block may have), else one.
-fn tc_variant(stages: usize, storage: &str, dp: usize, max_shared: u32) -> (String, u32) {
+/// A tensor-core kernel's name suffix and shared memory for storage `storage`, padded head
+/// dim `dp` and `kept` tiles: the stages the backend asks for where they are compiled (bf16
+/// q, k, v: f32 rows are rounded by the threads, which a second stage would not overlap with
+/// the products) and fit this device's shared memory (the backward's two stages at head dim
+/// 128 take 104 KiB, more than an sm_86 or sm_89 block may have), else one.
+fn tc_variant(
+    stages: usize,
+    storage: &str,
+    dp: usize,
+    kept: usize,
+    max_shared: u32,
+) -> (String, u32) {
     let stages = match stages {
-        2 if storage != "f32" && tc_shared(dp, 2) <= max_shared => 2,
+        2 if storage != "f32" && tc_shared(dp, 2, kept) <= max_shared => 2,
         _ => 1,
     };
-    (format!("{storage}_d{dp}_s{stages}"), tc_shared(dp, stages))
+    (
+        format!("{storage}_d{dp}_s{stages}"),
+        tc_shared(dp, stages, kept),
+    )
 }
 
 /// Shared memory of the f32 kernels: `own` rows of 32 and `streamed` rows of 16, padded to
@@ -121,7 +135,11 @@ pub(super) fn check_head_dim(b: &CudaBackend, head_dim: usize, backward: bool) -
     const OP: &str = "attention";
     let [forward, dkdv, dq] = match b.precision {
         Precision::F32 => f32_kernel_shared(head_dim),
-        _ => [tc_shared(padded_head_dim(OP, head_dim)?, 1); 3],
+        _ => {
+            let dp = padded_head_dim(OP, head_dim)?;
+            let backward = tc_shared(dp, 1, BACKWARD_KEPT);
+            [tc_shared(dp, 1, FORWARD_KEPT), backward, backward]
+        }
     };
     let limit = b.device.max_shared_per_block;
     let (pass, needed) = match backward {
@@ -281,7 +299,7 @@ pub(super) fn forward(
             } else {
                 let dp = padded_head_dim(OP, d.head_dim)?;
                 let storage = tc_storage(q.dtype(), T::SUFFIX);
-                let (variant, smem) = tc_variant(b.attention_stages, storage, dp, b.device.max_shared_per_block);
+                let (variant, smem) = tc_variant(b.attention_stages, storage, dp, FORWARD_KEPT, b.device.max_shared_per_block);
                 launch_tiles(b, OP, &format!("attention_forward_tc_{variant}"), &d, 64, 128, smem, &p)?;
             }
         }
@@ -358,7 +376,7 @@ pub(super) fn backward(
                     launch_tiles(b, OP, "attention_backward_dq_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[2], &p)?;
                 }
             } else {
-                let (variant, smem) = tc_variant(b.attention_stages, storage, dp, b.device.max_shared_per_block);
+                let (variant, smem) = tc_variant(b.attention_stages, storage, dp, BACKWARD_KEPT, b.device.max_shared_per_block);
                 // The dQ kernel writes delta first (with dq null it does only that).
                 if needs_delta {
                     launch_tiles(b, OP, &format!("attention_backward_dq_tc_{variant}"), &d, 64, 128, smem, &p)?;
@@ -403,25 +421,37 @@ impl CudaBackend {
 mod tests {
     use super::*;
 
-    /// Two stages where they are compiled and fit: not for f32 rows, and not at head dim 128
-    /// on a GPU whose blocks may opt into 99 KiB (sm_86, sm_89: 101376 bytes), where one stage
-    /// (69 KiB) runs; an H100's 227 KiB hold them all.
+    /// Two stages where they are compiled and fit: not for f32 rows, and not for the backward
+    /// kernels at head dim 128 on a GPU whose blocks may opt into 99 KiB (sm_86, sm_89: 101376
+    /// bytes), where one stage (69 KiB) runs, though the forward's two stages (87 KiB) fit; an
+    /// H100's 227 KiB hold them all.
     #[test]
     fn two_stages_where_compiled_and_within_shared_memory() {
         const SM89: u32 = 101_376;
         const H100: u32 = 232_448;
-        assert_eq!(tc_shared(64, 1), (4 * 64 * 72 * 2 + 4 * 64 * 4) as u32);
+        assert_eq!(tc_shared(64, 1, 2), (4 * 64 * 72 * 2 + 4 * 64 * 4) as u32);
         assert_eq!(
-            tc_shared(128, 2),
+            tc_shared(128, 2, 2),
             (6 * 64 * 136 * 2 + 2 * 4 * 64 * 4) as u32
         );
-        let name = |stages, storage, dp, max| tc_variant(stages, storage, dp, max).0;
-        assert_eq!(name(2, "bf16", 128, H100), "bf16_d128_s2");
-        assert_eq!(name(2, "bf16qkv_f32", 64, SM89), "bf16qkv_f32_d64_s2");
-        assert_eq!(name(2, "bf16", 128, SM89), "bf16_d128_s1");
-        assert_eq!(name(2, "f32", 32, H100), "f32_d32_s1");
-        assert_eq!(name(1, "bf16", 32, H100), "bf16_d32_s1");
-        assert_eq!(tc_variant(2, "bf16", 128, SM89).1, tc_shared(128, 1));
+        assert_eq!(
+            tc_shared(128, 2, 1),
+            (5 * 64 * 136 * 2 + 2 * 4 * 64 * 4) as u32
+        );
+        let name = |stages, storage, dp, kept, max| tc_variant(stages, storage, dp, kept, max).0;
+        assert_eq!(name(2, "bf16", 128, BACKWARD_KEPT, H100), "bf16_d128_s2");
+        assert_eq!(
+            name(2, "bf16qkv_f32", 64, BACKWARD_KEPT, SM89),
+            "bf16qkv_f32_d64_s2"
+        );
+        assert_eq!(name(2, "bf16", 128, BACKWARD_KEPT, SM89), "bf16_d128_s1");
+        assert_eq!(name(2, "bf16", 128, FORWARD_KEPT, SM89), "bf16_d128_s2");
+        assert_eq!(name(2, "f32", 32, FORWARD_KEPT, H100), "f32_d32_s1");
+        assert_eq!(name(1, "bf16", 32, BACKWARD_KEPT, H100), "bf16_d32_s1");
+        assert_eq!(
+            tc_variant(2, "bf16", 128, BACKWARD_KEPT, SM89).1,
+            tc_shared(128, 1, BACKWARD_KEPT)
+        );
     }
 
     /// A head dim whose shared memory passes 4 GiB reads as the most there is, so the limit
