@@ -277,19 +277,7 @@ struct AttnTc {
                 o[n][0] *= corr[0], o[n][1] *= corr[0];
                 o[n][2] *= corr[1], o[n][3] *= corr[1];
             }
-            // O += P·V over the tile's 64 keys.
-#pragma unroll
-            for (int kc = 0; kc < 4; ++kc) {
-                uint32_t a[4];
-                frag_a_from_acc(a, s[2 * kc], s[2 * kc + 1]);
-#pragma unroll
-                for (int n = 0; n < NT; n += 2) {
-                    uint32_t b0[2], b1[2];
-                    frag_b_kn(b0, b1, Vs, COLS, n * 8, kc * 16);
-                    mma_m16n8k16_bf16(o[n], a, b0, o[n]);
-                    mma_m16n8k16_bf16(o[n + 1], a, b1, o[n + 1]);
-                }
-            }
+            add_product(o, s, Vs);  // O += P·V over the tile's 64 keys
         });
         TOut* out = static_cast<TOut*>(p.o);
 #pragma unroll
@@ -423,6 +411,23 @@ struct AttnTc {
         }
     }
 
+    // acc += A·X over a tile's 64 rows: A the warp's 16 × 64 accumulator tiles (probabilities
+    // or score gradients, rounded to bf16 as mma operands), X the staged tile [64][COLS].
+    static __device__ __forceinline__ void add_product(float acc[NT][4], const float a_acc[8][4], const bf16* X) {
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc) {
+            uint32_t a[4];
+            frag_a_from_acc(a, a_acc[2 * kc], a_acc[2 * kc + 1]);
+#pragma unroll
+            for (int n = 0; n < NT; n += 2) {
+                uint32_t b0[2], b1[2];
+                frag_b_kn(b0, b1, X, COLS, n * 8, kc * 16);
+                mma_m16n8k16_bf16(acc[n], a, b0, acc[n]);
+                mma_m16n8k16_bf16(acc[n + 1], a, b1, acc[n + 1]);
+            }
+        }
+    }
+
     // S = Q·Kᵀ and dP = dO·Vᵀ of the staged tiles, 16 queries (warp w) × 64 keys.
     static __device__ __forceinline__ void scores_and_dp(const bf16* Qs, const bf16* dOs, const bf16* Ks,
                                                          const bf16* Vs, float s[8][4], float dp[8][4]) {
@@ -508,20 +513,7 @@ struct AttnTc {
                         else
                             dp[j][e] = pr * (dpz - delta_r[r]);
                     }
-                if (pass == 1) {
-#pragma unroll
-                    for (int kc = 0; kc < 4; ++kc) {
-                        uint32_t a[4];
-                        frag_a_from_acc(a, dp[2 * kc], dp[2 * kc + 1]);
-#pragma unroll
-                        for (int n = 0; n < NT; n += 2) {
-                            uint32_t b0[2], b1[2];
-                            frag_b_kn(b0, b1, Ks, COLS, n * 8, kc * 16);
-                            mma_m16n8k16_bf16(dq[n], a, b0, dq[n]);
-                            mma_m16n8k16_bf16(dq[n + 1], a, b1, dq[n + 1]);
-                        }
-                    }
-                }
+                if (pass == 1) add_product(dq, dp, Ks);  // dQ += dS·K
             });
             if (pass == 0) {
                 // A row's 64 keys are spread over the quad of lanes g·4 .. g·4 + 3.
