@@ -2616,6 +2616,14 @@ fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
             && e.contains("nothing is kept"),
         "{e}"
     );
+    // A batch size above the split's 64 examples evaluates them in one batch of 64: the
+    // message names that batch and a size below it, not the setting (a size between the
+    // two would change nothing).
+    let e = fit(config(None, 1000, false)).0.unwrap_err().to_string();
+    assert!(
+        e.contains("in batches of up to 64 examples") && e.contains("below 64 needs less"),
+        "{e}"
+    );
     let cut = tmp.path().join("cut");
     let e = fit(config(Some(&cut), large, false))
         .0
@@ -2913,7 +2921,9 @@ fn an_update_out_of_device_memory_keeps_the_steps_before_it() {
     assert!(
         e.contains("out of memory")
             && e.contains("step 2's optimizer update")
-            && e.contains("after step 1, the last step completed"),
+            && e.contains("whatever the batch or micro-batch size")
+            && e.contains("after step 1, the last step completed")
+            && !e.contains("--resume with a smaller --micro-batch-size"),
         "{e}"
     );
     assert_eq!(common::saved_step(&cut), Some(1), "{e}");

@@ -69,7 +69,8 @@ impl<B: Backend> Trainer<'_, B> {
         {
             Ok(evaluated) => evaluated,
             Err(Error::OutOfMemory { op, detail }) => {
-                let detail = self.keep_step_without_evaluation(plan, run, split, detail);
+                let largest = c.eval_batch_size.min(dev.len());
+                let detail = self.keep_step_without_evaluation(plan, run, split, largest, detail);
                 return Err(Error::OutOfMemory { op, detail });
             }
             Err(e) => return Err(e),
@@ -130,19 +131,28 @@ impl<B: Backend> Trainer<'_, B> {
     }
 
     /// Saves the state at `run`'s step with its evaluation still due, so that a resume with
-    /// a smaller evaluation batch loses no step, and says so after the device's `detail`.
+    /// a smaller evaluation batch loses no step, and says so after the device's `detail`;
+    /// `largest` is the evaluation's largest batch (the split may hold fewer examples than
+    /// `eval_batch_size`, so a size between them would change nothing).
     fn keep_step_without_evaluation(
         &mut self,
         plan: &RunPlan,
         run: &mut Run<B>,
         split: &str,
+        largest: usize,
         detail: String,
     ) -> String {
         // Not the training batch's memory: the evaluation's batch is the one to make smaller.
+        let smaller = match largest {
+            0 | 1 => "even one example at a time does not fit: this evaluation needs a device \
+                      with more memory"
+                .to_string(),
+            n => format!("an --eval-batch-size (eval_batch_size) below {n} needs less"),
+        };
         let what = format!(
-            "{detail}. This was the evaluation on {split} after step {}, in batches of up to {} \
-             examples: a smaller --eval-batch-size (eval_batch_size) needs less",
-            run.step, self.config.eval_batch_size
+            "{detail}. This was the evaluation on {split} after step {}, in batches of up to \
+             {largest} examples: {smaller}",
+            run.step
         );
         let kept = format!(
             "The state after step {} is saved in last/ with this evaluation still to run: \

@@ -150,17 +150,28 @@ impl<B: Backend> Trainer<'_, B> {
     ) -> String {
         let longest = rows.iter().map(|&i| plan.lengths[i]).max().unwrap_or(0);
         let batch = format!("batch of {} examples of up to {longest} tokens", rows.len());
-        let what = match phase {
-            StepPhase::Batch => format!("{detail}. This was step {}'s {batch}", run.step + 1),
-            StepPhase::Update => format!(
-                "{detail}. This was step {}'s optimizer update, after its {batch}",
-                run.step + 1
+        let more_memory = "--resume on a device of the same kind with more memory continues as \
+                           the run would have";
+        let (what, resume) = match phase {
+            StepPhase::Batch => (
+                format!("{detail}. This was step {}'s {batch}", run.step + 1),
+                format!(
+                    "{more_memory}; --resume with a smaller --micro-batch-size (the same \
+                     batches in smaller parts) continues with the same data and schedule"
+                ),
+            ),
+            // AdamW's moments and the gradients it reads are the trainable tensors' size,
+            // whatever the batch: neither a smaller batch nor micro-batches make room.
+            StepPhase::Update => (
+                format!(
+                    "{detail}. This was step {}'s optimizer update, after its {batch}: an \
+                     update needs room for the trainable tensors, their gradients and AdamW's \
+                     two moments, whatever the batch or micro-batch size",
+                    run.step + 1
+                ),
+                more_memory.to_string(),
             ),
         };
-        let resume = "--resume on a device of the same kind with more memory continues as the \
-                      run would have; \
-                      --resume with a smaller --micro-batch-size (the same batches in smaller \
-                      parts) continues with the same data and schedule";
         let kept = format!(
             "The state after step {}, the last step completed, is saved in last/: {resume}",
             run.step
