@@ -288,67 +288,29 @@ impl BertConfig {
     /// than this one's (family, widths, counts, activation, position embeddings), as
     /// `name: this vs other`; `None` for the same encoder (heads, labels, dropout aside).
     pub fn encoder_difference(&self, other: &BertConfig) -> Option<String> {
-        let settings: [(&str, String, String); 11] = [
-            (
-                "family",
-                format!("{:?}", self.family()),
-                format!("{:?}", other.family()),
-            ),
-            (
-                "hidden_size",
-                self.hidden_size.to_string(),
-                other.hidden_size.to_string(),
-            ),
-            (
-                "num_hidden_layers",
-                self.num_hidden_layers.to_string(),
-                other.num_hidden_layers.to_string(),
-            ),
-            (
-                "num_attention_heads",
-                self.num_attention_heads.to_string(),
-                other.num_attention_heads.to_string(),
-            ),
-            (
-                "intermediate_size",
-                self.intermediate_size.to_string(),
-                other.intermediate_size.to_string(),
-            ),
-            (
-                "vocab_size",
-                self.vocab_size.to_string(),
-                other.vocab_size.to_string(),
-            ),
-            (
-                "max_position_embeddings",
-                self.max_position_embeddings.to_string(),
-                other.max_position_embeddings.to_string(),
-            ),
-            (
-                "type_vocab_size",
-                self.type_vocab_size.to_string(),
-                other.type_vocab_size.to_string(),
-            ),
-            (
-                "embedding_size",
-                self.embedding_width().to_string(),
-                other.embedding_width().to_string(),
-            ),
-            (
-                "hidden_act",
-                format!("{:?}", self.feed_forward_activation()),
-                format!("{:?}", other.feed_forward_activation()),
-            ),
-            (
-                "layer_norm_eps",
-                format!("{:e}", self.layer_norm_eps),
-                format!("{:e}", other.layer_norm_eps),
-            ),
-        ];
-        settings
+        let settings = |c: &BertConfig| {
+            [
+                ("family", format!("{:?}", c.family())),
+                ("hidden_size", c.hidden_size.to_string()),
+                ("num_hidden_layers", c.num_hidden_layers.to_string()),
+                ("num_attention_heads", c.num_attention_heads.to_string()),
+                ("intermediate_size", c.intermediate_size.to_string()),
+                ("vocab_size", c.vocab_size.to_string()),
+                (
+                    "max_position_embeddings",
+                    c.max_position_embeddings.to_string(),
+                ),
+                ("type_vocab_size", c.type_vocab_size.to_string()),
+                ("embedding_size", c.embedding_width().to_string()),
+                ("hidden_act", format!("{:?}", c.feed_forward_activation())),
+                ("layer_norm_eps", format!("{:e}", c.layer_norm_eps)),
+            ]
+        };
+        settings(self)
             .into_iter()
-            .find(|(_, a, b)| a != b)
-            .map(|(name, a, b)| format!("{name}: {a} vs {b}"))
+            .zip(settings(other))
+            .find(|((_, a), (_, b))| a != b)
+            .map(|((name, a), (_, b))| format!("{name}: {a} vs {b}"))
     }
 
     /// The class names of `id2label` in id order, when they are strings naming ids
