@@ -52,6 +52,15 @@ pub fn shell_flag(flag: &str, value: &std::ffi::OsStr) -> String {
 mod tests {
     use super::{shell_flag, shell_word, shell_word_os};
 
+    /// What `shell` prints of `word` (`printf %s word`), and whether it ran.
+    fn printed_by(shell: &str, word: &str) -> std::process::Output {
+        std::process::Command::new(shell)
+            .arg("-c")
+            .arg(format!("printf %s {word}"))
+            .output()
+            .unwrap()
+    }
+
     /// What `sh` makes of the word is the text itself, for texts a shell would otherwise
     /// split, expand or end.
     #[test]
@@ -75,11 +84,7 @@ mod tests {
         ];
         for text in texts {
             let word = shell_word(text);
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("printf %s {word}"))
-                .output()
-                .unwrap();
+            let out = printed_by("sh", &word);
             assert!(out.status.success(), "{text:?} as {word}");
             assert_eq!(String::from_utf8_lossy(&out.stdout), text, "{word}");
         }
@@ -94,11 +99,7 @@ mod tests {
         use std::os::unix::ffi::OsStrExt;
         let latin1 = OsStr::from_bytes(b"caf\xe9 'n' \\ dir");
         let word = shell_word_os(latin1);
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!("printf %s {word}"))
-            .output()
-            .unwrap();
+        let out = printed_by("bash", &word);
         assert_eq!(out.stdout, latin1.as_bytes(), "{word}");
         assert_eq!(shell_flag("--glue-dir", OsStr::new("-g")), "--glue-dir=-g");
         assert_eq!(shell_flag("--glue-dir", OsStr::new("g")), "--glue-dir g");
