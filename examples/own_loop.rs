@@ -40,8 +40,9 @@ fn main() -> spafit::Result<()> {
         &PeftConfig::new(Method::Spafit).for_family(checkpoint.config.family()),
         checkpoint.config.num_hidden_layers,
     )?;
-    let mut model = BertClassifier::from_checkpoint(&checkpoint, &backend, 2, 0)?;
-    model.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
+    let init = &mut peft_lora_init(&backend, 0);
+    let mut model =
+        BertClassifier::from_checkpoint_for_plan(&checkpoint, &backend, 2, 0, &plan, init)?;
     let encoded = EncodedDataset::new(
         &checkpoint.tokenizer(64.min(checkpoint.config.max_tokens()))?,
         &train,

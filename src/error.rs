@@ -176,4 +176,17 @@ impl Error {
             detail: detail.into(),
         }
     }
+
+    /// `self` with `context` (what was running, what needs less) appended to an
+    /// [`Error::OutOfMemory`]'s detail as a sentence of its own; any other error as it is.
+    /// The backend knows only which allocation failed: the caller knows what it was for.
+    pub fn in_memory_context(self, context: impl FnOnce() -> String) -> Self {
+        match self {
+            Error::OutOfMemory { op, detail } => Error::OutOfMemory {
+                op,
+                detail: format!("{detail}. {}", context()),
+            },
+            other => other,
+        }
+    }
 }

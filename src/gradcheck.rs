@@ -405,19 +405,24 @@ pub fn gradcheck_with_progress<B: Backend>(
         .filter(|p| p.trainable)
         .map(|p| Ok((p.name.clone(), cpu.to_f64(&p.value)?)))
         .collect::<Result<_>>()?;
-    let mut on_device = BertClassifier::from_checkpoint(checkpoint, device, 2, seed)?;
-    on_device.apply_plan(&plan, &mut |name, shape: Shape| {
-        let v = reference_values.get(name).ok_or_else(|| {
-            Error::invalid("gradcheck", format!("no reference value for `{name}`"))
-        })?;
-        device.tensor_from_f64(shape, v)
-    })?;
+    let mut on_device = BertClassifier::from_checkpoint_for_plan(
+        checkpoint,
+        device,
+        2,
+        seed,
+        &plan,
+        &mut |name, shape: Shape| {
+            let v = reference_values.get(name).ok_or_else(|| {
+                Error::invalid("gradcheck", format!("no reference value for `{name}`"))
+            })?;
+            device.tensor_from_f64(shape, v)
+        },
+    )?;
     for p in on_device.params_mut().into_iter().filter(|p| p.trainable) {
         if let Some(v) = reference_values.get(&p.name) {
             p.value = device.tensor_from_f64(p.value.shape().clone(), v)?;
         }
     }
-    on_device.store_frozen_weights(device)?;
     let device_input = ModelInput::for_model(
         device,
         &tokenizer.encode_batch(&inputs)?,

@@ -725,7 +725,9 @@ pub fn import_peft<B: Backend>(
         train_layer_norm_weights,
     };
 
-    let mut model = BertClassifier::base_for_adapter(checkpoint, backend, num_labels)?;
+    // Loaded whole in the backend's dtype: a frozen tensor the adapter also stores counts as
+    // unchanged only if it equals the base's own values, not their bf16 rounding.
+    let mut model = BertClassifier::base_for_adapter(checkpoint, backend, num_labels, None)?;
     model
         .apply_plan(&plan, &mut |_, shape| backend.zeros(shape))
         .map_err(|e| match e {

@@ -472,7 +472,8 @@ pub fn load_adapter<B: Backend>(
             ),
         });
     }
-    let mut model = BertClassifier::base_for_adapter(checkpoint, backend, manifest.num_labels)?;
+    let mut model =
+        BertClassifier::base_for_adapter(checkpoint, backend, manifest.num_labels, Some(&plan))?;
     model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
     let expected = model.trainable_names();
     let mut stored = manifest.tensors.clone();

@@ -220,7 +220,12 @@ impl EvalCommand {
             &encoded,
             self.batch_size,
             self.data.glue_task()?,
-        )?;
+        )
+        .map_err(|e| {
+            e.in_memory_context(|| {
+                batch_memory_context(&backend, self.batch_size, data.len(), max_len)
+            })
+        })?;
         let mut line = json!({"split": data.name, "examples": data.len(), "max_len": max_len, "loss": eval.loss, "seconds": eval.seconds, "device": backend.name()});
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
@@ -313,7 +318,7 @@ impl PredictCommand {
             mut model,
             data,
             encoded,
-            ..
+            max_len,
         } = load(
             backend,
             &self.model,
@@ -360,7 +365,11 @@ impl PredictCommand {
             }
             None => None,
         };
-        let out = infer(&backend, &model, &encoded, self.batch_size)?;
+        let out = infer(&backend, &model, &encoded, self.batch_size).map_err(|e| {
+            e.in_memory_context(|| {
+                batch_memory_context(&backend, self.batch_size, data.len(), max_len)
+            })
+        })?;
         // `load` checked that the data's label space is the head's.
         let labels = data.kind.class_names();
         let predictions = scored_predictions_at(
@@ -391,6 +400,25 @@ impl PredictCommand {
         note!("{} predictions", data.len());
         Ok(())
     }
+}
+
+/// What ran out of memory in a batch of `examples` run `batch_size` at a time, texts cut to
+/// `max_len` tokens, and which settings need less (a batch size between the split's size and
+/// the setting would change nothing).
+fn batch_memory_context<B: Backend>(
+    backend: &B,
+    batch_size: usize,
+    examples: usize,
+    max_len: usize,
+) -> String {
+    let largest = batch_size.min(examples);
+    let smaller = format!("a --batch-size below {largest}");
+    let what = format!("This was a batch of up to {largest} examples of up to {max_len} tokens");
+    let changes = [
+        (max_len > 1).then_some("a shorter --max-len"),
+        (largest > 1).then_some(smaller.as_str()),
+    ];
+    super::out_of_memory_context(backend, what, &changes)
 }
 
 /// A GLUE submission names each row by its test file's id: an empty id or one given twice

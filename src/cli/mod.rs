@@ -170,6 +170,20 @@ pub(crate) fn release_loading_memory() {
 
 /// Prints one line on stdout (a command's result). A closed pipe or a full disk is an error
 /// naming stdout, where `println!` would panic.
+/// The sentence an out-of-memory error gets where a command ran out: `what` ran out, and
+/// which of `changes` (those that apply) or `--dtype bf16` needs less.
+fn out_of_memory_context<B: spafit::backend::Backend>(
+    backend: &B,
+    what: String,
+    changes: &[Option<&str>],
+) -> String {
+    let changes: Vec<&str> = changes.iter().flatten().copied().collect();
+    match spafit::model::memory_alternatives(backend, &changes) {
+        Some(less) => format!("{what}: {less} needs less"),
+        None => format!("{what}: it needs a device with more memory"),
+    }
+}
+
 fn print_line(line: &dyn std::fmt::Display) -> spafit::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

@@ -231,6 +231,25 @@ pub struct BenchCommand {
 const KERNELS_LISTED: usize = 12;
 
 impl BenchCommand {
+    /// What ran out of memory in a timed step, and which of the command's settings need less.
+    fn step_memory_context<B: Backend>(&self, backend: &B) -> String {
+        let micro = self.micro_batch_size.unwrap_or(self.batch_size);
+        let in_parts = match micro < self.batch_size {
+            true => format!(" in micro-batches of {micro}"),
+            false => String::new(),
+        };
+        let what = format!(
+            "This was a training step on a batch of {} × {} tokens{in_parts}",
+            self.batch_size, self.seq_len
+        );
+        let changes = [
+            (self.seq_len > 1).then_some("a shorter --seq-len"),
+            (micro > 1).then_some("a smaller --micro-batch-size (the same batch in parts)"),
+            (self.batch_size > 1).then_some("a smaller --batch-size"),
+        ];
+        super::out_of_memory_context(backend, what, &changes)
+    }
+
     pub fn run(&self) -> Result<()> {
         // Before a device is opened or a model read or drawn.
         if let Some(size) = self.micro_batch_size {
@@ -278,9 +297,14 @@ impl BenchCommand {
                     Pass::Inference,
                     "bench",
                 )?;
-                let mut m = BertClassifier::random(&config, &backend, 2, 0)?;
-                m.apply_plan(&plan, &mut peft_lora_init(&backend, 0))?;
-                m.store_frozen_weights(&backend)?;
+                let m = BertClassifier::random_for_plan(
+                    &config,
+                    &backend,
+                    2,
+                    0,
+                    &plan,
+                    &mut peft_lora_init(&backend, 0),
+                )?;
                 super::release_loading_memory();
                 (backend, m)
             }
@@ -309,7 +333,8 @@ impl BenchCommand {
             steps: self.steps,
             kernel_times: self.kernel_times,
         };
-        let r = bench_train_step_with(&backend, &mut model, &settings)?;
+        let r = bench_train_step_with(&backend, &mut model, &settings)
+            .map_err(|e| e.in_memory_context(|| self.step_memory_context(&backend)))?;
         let mut line = json!({
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),
             "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| match (s.strip_prefix("electra-"), s.strip_prefix("distilbert-")) {

@@ -147,9 +147,14 @@ pub fn setup<B: Backend>(
     if let Some(notice) = config.empty_strata_notice(layers) {
         note!("note: {notice}");
     }
-    let mut m = BertClassifier::from_checkpoint(&checkpoint, &backend, num_labels, seed)?;
-    m.apply_plan(&plan, &mut peft_lora_init(&backend, seed))?;
-    m.store_frozen_weights(&backend)?;
+    let m = BertClassifier::from_checkpoint_for_plan(
+        &checkpoint,
+        &backend,
+        num_labels,
+        seed,
+        &plan,
+        &mut peft_lora_init(&backend, seed),
+    )?;
     super::release_loading_memory();
     Ok(Run {
         backend,

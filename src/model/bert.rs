@@ -39,6 +39,17 @@ impl<B: Backend> BertModel<B> {
         config: &BertConfig,
         tensor: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<Self> {
+        Self::load_layer_by_layer(config, tensor, &mut |_, _| Ok(()))
+    }
+
+    /// [`BertModel::load`], handing each encoder layer to `loaded(index, layer)` as soon as it
+    /// is whole, before the next one loads: a layer whose weights stay frozen can be stored
+    /// compactly there, so that loading never holds every weight at full precision at once.
+    pub(crate) fn load_layer_by_layer(
+        config: &BertConfig,
+        tensor: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
+        loaded: &mut dyn FnMut(usize, &mut EncoderLayer<B>) -> Result<()>,
+    ) -> Result<Self> {
         // A config built in code has not been through `from_json`'s checks.
         config.validate()?;
         let embeddings = BertEmbeddings::load("bert.embeddings", config, tensor)?;
@@ -52,11 +63,13 @@ impl<B: Backend> BertModel<B> {
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                EncoderLayer::load(
+                let mut layer = EncoderLayer::load(
                     &format!("bert.encoder.layer.{i}"),
                     layer_config,
                     &mut *tensor,
-                )
+                )?;
+                loaded(i, &mut layer)?;
+                Ok(layer)
             })
             .collect::<Result<Vec<_>>>()?;
         let h = config.hidden_size;

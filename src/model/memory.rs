@@ -5,6 +5,23 @@
 use crate::backend::Backend;
 use crate::checkpoint::BertConfig;
 use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+/// What needs less memory, for an out-of-memory message: `changes` (settings of what ran
+/// out, e.g. "a smaller --batch-size") and, where `backend` stores frozen weights at full
+/// precision, `--dtype bf16`, as one list ("a, b or c"); `None` when there is nothing to
+/// change but the device.
+pub fn memory_alternatives<B: Backend>(backend: &B, changes: &[&str]) -> Option<String> {
+    let mut all = changes.to_vec();
+    if backend.frozen_dtype() != DType::BF16 {
+        all.push("--dtype bf16 (the frozen weights in half the memory)");
+    }
+    match all.split_last() {
+        None => None,
+        Some((only, [])) => Some(only.to_string()),
+        Some((last, rest)) => Some(format!("{} or {last}", rest.join(", "))),
+    }
+}
 
 /// What a batch goes through: training keeps activations for backward, inference does not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

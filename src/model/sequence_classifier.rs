@@ -85,31 +85,80 @@ impl<B: Backend> BertClassifier<B> {
         num_labels: usize,
         seed: u64,
     ) -> Result<Self> {
+        Self::with_checked_head(checkpoint, backend, num_labels, seed, &|_| false)
+    }
+
+    /// [`BertClassifier::from_checkpoint`], then [`BertClassifier::apply_plan`] (adapters from
+    /// `init`) and [`BertClassifier::store_frozen_weights`], in one: each encoder layer whose
+    /// weights `plan` keeps frozen is stored in the backend's frozen dtype as soon as it is
+    /// loaded. In bf16 mode loading then holds one layer's weights in f32 at a time beside the
+    /// others in bf16, where loading first and storing after holds all of them in f32: a
+    /// model whose f32 weights do not fit on the device loads in `--dtype bf16` if its bf16
+    /// weights do.
+    pub fn from_checkpoint_for_plan(
+        checkpoint: &Checkpoint,
+        backend: &B,
+        num_labels: usize,
+        seed: u64,
+        plan: &PeftPlan,
+        init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
+    ) -> Result<Self> {
+        let frozen = |layer: usize| keeps_weights_frozen(plan, layer);
+        let mut model = Self::with_checked_head(checkpoint, backend, num_labels, seed, &frozen)?;
+        model.apply_plan_and_store(backend, plan, init)?;
+        Ok(model)
+    }
+
+    fn with_checked_head(
+        checkpoint: &Checkpoint,
+        backend: &B,
+        num_labels: usize,
+        seed: u64,
+        frozen_weights: &dyn Fn(usize) -> bool,
+    ) -> Result<Self> {
         if let Some(problem) = checkpoint.classifier_head_problem() {
             return Err(Error::Format {
                 path: checkpoint.weights.path().to_path_buf(),
                 detail: problem,
             });
         }
-        Self::with_head_if_whole(checkpoint, backend, num_labels, seed)
+        Self::with_head_if_whole(checkpoint, backend, num_labels, seed, frozen_weights)
     }
 
     /// The base under an adapter, which brings its own head: the checkpoint's head, whole or
     /// damaged, is never used, so it is not checked (an adapter trained on such a base by an
-    /// earlier spafit still loads).
+    /// earlier spafit still loads). The layers whose weights `plan` (the adapter's) keeps
+    /// frozen are stored compactly as they load, as in
+    /// [`BertClassifier::from_checkpoint_for_plan`]; without a plan, none are.
     pub(crate) fn base_for_adapter(
         checkpoint: &Checkpoint,
         backend: &B,
         num_labels: usize,
+        plan: Option<&PeftPlan>,
     ) -> Result<Self> {
-        Self::with_head_if_whole(checkpoint, backend, num_labels, 0)
+        let frozen = |layer: usize| plan.is_some_and(|plan| keeps_weights_frozen(plan, layer));
+        Self::with_head_if_whole(checkpoint, backend, num_labels, 0, &frozen)
     }
 
+    /// Loads the checkpoint, storing the weights of each encoder layer `frozen_weights` names
+    /// (by index) in the backend's frozen dtype as soon as that layer is loaded.
     fn with_head_if_whole(
         checkpoint: &Checkpoint,
         backend: &B,
         num_labels: usize,
         seed: u64,
+        frozen_weights: &dyn Fn(usize) -> bool,
+    ) -> Result<Self> {
+        Self::load_whole_head(checkpoint, backend, num_labels, seed, frozen_weights)
+            .map_err(|e| e.in_memory_context(|| loading_context(backend)))
+    }
+
+    fn load_whole_head(
+        checkpoint: &Checkpoint,
+        backend: &B,
+        num_labels: usize,
+        seed: u64,
+        frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         let config = &checkpoint.config;
         backend.check_attention_head_dim(config.head_dim(), false)?;
@@ -132,7 +181,9 @@ impl<B: Backend> BertClassifier<B> {
             }
             checkpoint.tensor(backend, name, shape)
         };
-        let bert = BertModel::load(config, &mut source)?;
+        let bert = BertModel::load_layer_by_layer(config, &mut source, &mut |index, layer| {
+            store_if_frozen(backend, index, layer, frozen_weights)
+        })?;
         let h = config.hidden_size;
         let own_head = checkpoint.classifier_outputs() == Some(num_labels);
         let classifier = if own_head {
@@ -250,7 +301,7 @@ impl<B: Backend> BertClassifier<B> {
                 ),
             });
         }
-        let mut model = Self::from_checkpoint(checkpoint, backend, num_labels, 0)?;
+        let mut model = Self::with_checked_head(checkpoint, backend, num_labels, 0, &|_| true)?;
         for p in model.params_mut() {
             p.trainable = false;
         }
@@ -322,6 +373,55 @@ impl<B: Backend> BertClassifier<B> {
     /// (N(0, `initializer_range`) weights and embeddings, zero biases, unit LayerNorm scales): for
     /// throughput benchmarks, where values do not matter.
     pub fn random(config: &BertConfig, backend: &B, num_labels: usize, seed: u64) -> Result<Self> {
+        Self::random_storing(config, backend, num_labels, seed, &|_| false)
+    }
+
+    /// [`BertClassifier::random`] under `plan`, loaded as
+    /// [`BertClassifier::from_checkpoint_for_plan`] loads a checkpoint (frozen layers stored
+    /// compactly as they are drawn).
+    pub fn random_for_plan(
+        config: &BertConfig,
+        backend: &B,
+        num_labels: usize,
+        seed: u64,
+        plan: &PeftPlan,
+        init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
+    ) -> Result<Self> {
+        let frozen = |layer: usize| keeps_weights_frozen(plan, layer);
+        let mut model = Self::random_storing(config, backend, num_labels, seed, &frozen)?;
+        model.apply_plan_and_store(backend, plan, init)?;
+        Ok(model)
+    }
+
+    fn apply_plan_and_store(
+        &mut self,
+        backend: &B,
+        plan: &PeftPlan,
+        init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
+    ) -> Result<()> {
+        self.apply_plan(plan, init)
+            .and_then(|()| self.store_frozen_weights(backend))
+            .map_err(|e| e.in_memory_context(|| loading_context(backend)))
+    }
+
+    fn random_storing(
+        config: &BertConfig,
+        backend: &B,
+        num_labels: usize,
+        seed: u64,
+        frozen_weights: &dyn Fn(usize) -> bool,
+    ) -> Result<Self> {
+        Self::draw(config, backend, num_labels, seed, frozen_weights)
+            .map_err(|e| e.in_memory_context(|| loading_context(backend)))
+    }
+
+    fn draw(
+        config: &BertConfig,
+        backend: &B,
+        num_labels: usize,
+        seed: u64,
+        frozen_weights: &dyn Fn(usize) -> bool,
+    ) -> Result<Self> {
         config.validate()?;
         backend.check_attention_head_dim(config.head_dim(), false)?;
         let mut rng = SplitMix::new(seed);
@@ -338,7 +438,9 @@ impl<B: Backend> BertClassifier<B> {
             };
             backend.tensor_from_f64(shape, &values)
         };
-        let bert = BertModel::load(config, &mut source)?;
+        let bert = BertModel::load_layer_by_layer(config, &mut source, &mut |index, layer| {
+            store_if_frozen(backend, index, layer, frozen_weights)
+        })?;
         let classifier = fresh_head(backend, config, num_labels, seed)?;
         Self::new(bert, classifier, num_labels)
     }
@@ -662,6 +764,35 @@ impl<B: Backend> BertClassifier<B> {
             .zip(sums)
             .find(|(_, sum)| !sum.is_finite())
             .map(|(p, sum)| (p.name.clone(), sum)))
+    }
+}
+
+/// Layer `layer`'s linear weights stay frozen under `plan` (a plan for other layers than the
+/// model's is refused when applied, before anything trains).
+fn keeps_weights_frozen(plan: &PeftPlan, layer: usize) -> bool {
+    plan.strata
+        .get(layer)
+        .is_some_and(|stratum| !stratum.trains_weights())
+}
+
+/// What ran out of memory while a model loads: its weights, which no batch setting shrinks.
+fn loading_context<B: Backend>(backend: &B) -> String {
+    let what = "This was loading the model's weights, which must fit before any batch runs";
+    match super::memory_alternatives(backend, &[]) {
+        Some(less) => format!("{what}: {less} needs less"),
+        None => format!("{what} (the frozen ones are in bf16 already)"),
+    }
+}
+
+fn store_if_frozen<B: Backend>(
+    backend: &B,
+    index: usize,
+    layer: &mut crate::nn::EncoderLayer<B>,
+    frozen_weights: &dyn Fn(usize) -> bool,
+) -> Result<()> {
+    match frozen_weights(index) {
+        true => layer.store_frozen_weights(backend),
+        false => Ok(()),
     }
 }
 

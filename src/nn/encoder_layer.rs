@@ -143,6 +143,26 @@ impl<B: Backend> EncoderLayer<B> {
         lora: Option<&LoraConfig>,
         mut init: impl FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<()> {
+        // A weight stored compactly as frozen (bf16) has lost the precision a master copy
+        // needs: training it would update the rounded values.
+        if stratum.trains_weights() {
+            for target in LoraTarget::ALL {
+                let lin = self.linear(target);
+                if lin.weight.value.dtype() != lin.bias.value.dtype() {
+                    return Err(Error::dtype(
+                        "stratum",
+                        format!(
+                            "`{}` is stored in {} as a frozen weight, so a {} stratum cannot \
+                             train it: load the model for the plan that trains it \
+                             (`BertClassifier::from_checkpoint_for_plan`)",
+                            lin.weight.name,
+                            lin.weight.value.dtype(),
+                            stratum.name()
+                        ),
+                    ));
+                }
+            }
+        }
         for target in LoraTarget::ALL {
             self.linear_mut(target).lora = None;
         }

@@ -4657,3 +4657,124 @@ fn resume_refuses_a_finished_run_without_its_state() {
     let (ok, _, err) = train(&["--resume"]);
     assert!(ok && err.contains("no saved state"), "{err}");
 }
+
+/// A command that runs out of device memory on a batch names the batch and the settings of
+/// its own that need less: `eval` and `predict` their --batch-size (below the largest batch
+/// the split makes) and --max-len, `bench` its --seq-len, --micro-batch-size and
+/// --batch-size; in f32 each also offers --dtype bf16. The memory is set just below what the
+/// command needs, found by bisection on the CPU stand-in, where the batch is the peak.
+#[test]
+fn out_of_device_memory_names_the_batch_and_what_needs_less() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny");
+    common::tiny_bert::write_checkpoint(&tiny);
+    let m = tiny.display().to_string();
+    let csv = dir.path().join("data.csv");
+    let mut text = String::from("text,label\n");
+    for i in 0..12 {
+        let words = ["good", "bad", "film", "plot", "actor", "scene"];
+        let line: Vec<&str> = (0..60).map(|j| words[(i + j * 7) % words.len()]).collect();
+        text += &format!("{},{}\n", line.join(" "), i % 2);
+    }
+    std::fs::write(&csv, text).unwrap();
+    let data = csv.display().to_string();
+    let out = dir.path().join("run");
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--train-file",
+        &data,
+        "--dev-file",
+        &data,
+        "--method",
+        "bitfit",
+        "--max-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--quiet",
+        "--output",
+        &out.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let adapter = out.join("best").display().to_string();
+    // The most device memory under which `args` fails, and its error.
+    let just_too_little = |args: &[&str]| -> String {
+        let run = |bytes: u64| {
+            let bytes = std::ffi::OsString::from(bytes.to_string());
+            spafit_with_env(args, &[("SPAFIT_EMU_MEMORY", &bytes)])
+        };
+        let (mut fails, mut passes) = (1u64 << 10, 64u64 << 20);
+        assert!(
+            run(passes).0,
+            "{args:?} fails with 64 MiB: {}",
+            run(passes).2
+        );
+        while passes - fails > 4096 {
+            let mid = (fails + passes) / 2;
+            match run(mid).0 {
+                true => passes = mid,
+                false => fails = mid,
+            }
+        }
+        let (ok, _, err) = run(fails);
+        assert!(!ok, "{args:?} passed with {fails} bytes");
+        err
+    };
+    let on_data = ["--train-file", &data, "--dev-file", &data, "--split", "dev"];
+    for command in ["eval", "predict"] {
+        let mut args = vec![command, "--device", "cuda-emu", "--model", &m];
+        args.extend([
+            "--adapter",
+            &adapter,
+            "--max-len",
+            "64",
+            "--batch-size",
+            "100",
+        ]);
+        args.extend(on_data);
+        let err = just_too_little(&args);
+        assert!(
+            err.contains("out of memory")
+                && err.contains(
+                    "This was a batch of up to 12 examples of up to 64 tokens: a shorter \
+                     --max-len, a --batch-size below 12 or --dtype bf16 (the frozen weights in \
+                     half the memory) needs less"
+                ),
+            "{command}: {err}"
+        );
+    }
+    let bench = [
+        "bench",
+        "--device",
+        "cuda-emu",
+        "--dtype",
+        "bf16",
+        "--model",
+        &m,
+        "--method",
+        "bitfit",
+        "--batch-size",
+        "8",
+        "--micro-batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let err = just_too_little(&bench);
+    assert!(
+        err.contains(
+            "This was a training step on a batch of 8 × 64 tokens in micro-batches of 4: a \
+             shorter --seq-len, a smaller --micro-batch-size (the same batch in parts) or a \
+             smaller --batch-size needs less"
+        ),
+        "{err}"
+    );
+}

@@ -16,7 +16,7 @@ use spafit::backend::cuda::{emulator, CudaBackend, Driver};
 use spafit::backend::Backend;
 use spafit::model::{BertClassifier, BertModel, Labels, ModelInput};
 use spafit::nn::{DropoutPlan, Linear, LoraConfig, LoraTarget};
-use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::{DType, Shape, Tensor};
 use spafit::text::EncodedBatch;
 use spafit::train::AdamW;
@@ -1046,4 +1046,110 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
             );
         }
     }
+}
+
+/// Loaded in bf16 for a plan, each layer whose weights stay frozen is stored in bf16 as soon
+/// as it is loaded: the device never holds more than the finished model and one layer's
+/// weights in f32, where loading every weight first and storing after held them all in f32
+/// at once. Both ways build the same model: the same logits, bit for bit.
+#[test]
+fn loading_for_a_plan_stores_each_frozen_layer_as_it_loads() {
+    let b = cuda(DType::BF16);
+    let (layers, h, i) = (4, 48, 96);
+    let mut config = tiny_bert::config(layers);
+    config.hidden_size = h;
+    config.intermediate_size = i;
+    let layer_weights_f32 = (4 * h * h + 2 * h * i) as u64 * 4;
+    let input = ModelInput::new(&b, &batch()).unwrap();
+    let logits = |m: &BertClassifier<CudaBackend>| {
+        let mut tape = Tape::new(b.clone());
+        let out = m
+            .forward(&mut tape, &input, &mut DropoutPlan::eval())
+            .unwrap();
+        b.to_f64(out.value()).unwrap()
+    };
+    let with_peak = |build: &dyn Fn() -> BertClassifier<CudaBackend>| {
+        b.synchronize().unwrap();
+        b.reset_peak_memory();
+        let start = b.peak_memory_bytes().unwrap();
+        let model = build();
+        b.synchronize().unwrap();
+        (model, b.peak_memory_bytes().unwrap() - start)
+    };
+    for method in [Method::Full, Method::BitFit, Method::Lora, Method::Spafit] {
+        let plan = PeftPlan::new(&config_for(method), layers).unwrap();
+        let frozen_layers = plan.strata.iter().filter(|s| !s.trains_weights()).count() as u64;
+        let (compact, compact_peak) = with_peak(&|| {
+            let init = &mut peft_lora_init(&b, 5);
+            BertClassifier::random_for_plan(&config, &b, 3, 5, &plan, init).unwrap()
+        });
+        let (loose, loose_peak) = with_peak(&|| {
+            let mut m = BertClassifier::random(&config, &b, 3, 5).unwrap();
+            m.apply_plan(&plan, &mut peft_lora_init(&b, 5)).unwrap();
+            m.store_frozen_weights(&b).unwrap();
+            m
+        });
+        let model_bytes: u64 = compact
+            .params()
+            .iter()
+            .map(|p| p.value.size_in_bytes() as u64)
+            .sum();
+        println!(
+            "{method}: {frozen_layers} frozen layers, peak {compact_peak} bytes loaded for the \
+             plan, {loose_peak} loaded then stored; the model {model_bytes}, a layer's weights \
+             in f32 {layer_weights_f32}"
+        );
+        for (a, b) in compact.params().iter().zip(loose.params()) {
+            assert_eq!(a.name, b.name);
+            assert_eq!(a.value.dtype(), b.value.dtype(), "{method}: {}", a.name);
+            assert_eq!(a.trainable, b.trainable, "{method}: {}", a.name);
+        }
+        let bits = |v: Vec<f64>| v.into_iter().map(f64::to_bits).collect::<Vec<_>>();
+        assert_eq!(bits(logits(&compact)), bits(logits(&loose)), "{method}");
+        // A real GPU's pool may round allocations up; the stand-in counts bytes.
+        let rounding = match emulator::driver() {
+            Some(Driver::Emulator) => 0,
+            _ => 2 << 20,
+        };
+        assert!(
+            compact_peak <= model_bytes + layer_weights_f32 + rounding,
+            "{method}: {compact_peak} bytes at the peak, the model {model_bytes} and a \
+             layer's f32 weights {layer_weights_f32}"
+        );
+        let saved = loose_peak.saturating_sub(compact_peak);
+        let expected = frozen_layers.saturating_sub(1) * layer_weights_f32 / 2;
+        assert!(
+            saved + rounding >= expected,
+            "{method}: {saved} bytes saved, {expected} expected"
+        );
+    }
+}
+
+/// A layer stored compactly as frozen cannot be made to train its rounded weights.
+#[test]
+fn a_weight_stored_as_frozen_does_not_train() {
+    let cpu = CpuBackend::bf16();
+    let config = tiny_bert::config(1);
+    let tensors = tiny_bert::tensors(&config, 3);
+    let mut bert = BertModel::load(&config, &mut tiny_bert::source(&cpu, &tensors)).unwrap();
+    let layer = &mut bert.layers[0];
+    layer.store_frozen_weights(&cpu).unwrap();
+    let no_adapters = |_: &str, _: Shape| -> spafit::Result<Tensor<CpuBackend>> {
+        panic!("a full stratum asks for no adapter")
+    };
+    let err = layer
+        .set_stratum(spafit::nn::Stratum::Full, None, no_adapters)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bert.encoder.layer.0.attention.self.query.weight") && err.contains("bf16"),
+        "{err}"
+    );
+    assert!(
+        !layer.query.weight.trainable,
+        "the refused stratum changed the layer"
+    );
+    layer
+        .set_stratum(spafit::nn::Stratum::BiasOnly, None, no_adapters)
+        .unwrap();
 }

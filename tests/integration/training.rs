@@ -2540,6 +2540,49 @@ fn in_memory_child(test: &str) -> bool {
     common::is_the_child_running(module_path!(), test)
 }
 
+/// A model whose weights do not fit says so, and what makes room: in f32, storing the frozen
+/// weights in bf16; in bf16 (stored so already) nothing but the device, and no batch setting
+/// in either. Runs in a child process: the stand-in's memory size is the process's.
+#[test]
+fn loading_out_of_device_memory_says_the_weights_do_not_fit() {
+    use spafit::backend::cuda::{emulator, CudaBackend};
+    use spafit::tensor::DType;
+    let test = "loading_out_of_device_memory_says_the_weights_do_not_fit";
+    if !in_memory_child(test) {
+        return;
+    }
+    let config = tiny_bert::config(4);
+    let plan = PeftPlan::new(&PeftConfig::new(Method::BitFit), 4).unwrap();
+    for (dtype, says) in [
+        (
+            DType::F32,
+            ": --dtype bf16 (the frozen weights in half the memory) needs less",
+        ),
+        (DType::BF16, " (the frozen ones are in bf16 already)"),
+    ] {
+        let cuda = CudaBackend::emulated(dtype).unwrap();
+        cuda.synchronize().unwrap();
+        cuda.reset_peak_memory();
+        // Room for the embeddings and about half the layers.
+        let in_use = cuda.peak_memory_bytes().unwrap();
+        emulator::set_device_memory(in_use + 12_000).unwrap();
+        let init = &mut peft_lora_init(&cuda, 0);
+        let e = BertClassifier::random_for_plan(&config, &cuda, 2, 0, &plan, init)
+            .unwrap_err()
+            .to_string();
+        emulator::set_device_memory(16 << 30).unwrap();
+        assert!(
+            e.contains("out of memory")
+                && e.ends_with(&format!(
+                    "This was loading the model's weights, which must fit before any batch \
+                     runs{says})"
+                ))
+                && !e.contains("batch-size"),
+            "{dtype}: {e}"
+        );
+    }
+}
+
 /// An evaluation that runs out of device memory keeps the step it followed: the state at
 /// that step is saved with the evaluation still due, and a resume with a smaller evaluation
 /// batch runs it first and ends where the uninterrupted run ends, bit for bit (the same
@@ -2613,7 +2656,10 @@ fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
     assert!(
         e.contains("out of memory")
             && e.contains("--eval-batch-size")
-            && e.contains("nothing is kept"),
+            && e.contains("nothing is kept")
+            && e.ends_with(
+                "A new run needs less with --dtype bf16 (the frozen weights in half the memory))"
+            ),
         "{e}"
     );
     // A batch size above the split's 64 examples evaluates them in one batch of 64: the
@@ -2741,7 +2787,11 @@ fn a_step_out_of_device_memory_keeps_the_steps_before_it() {
     assert!(
         e.contains("out of memory")
             && e.contains(&format!("step {long}'s batch"))
-            && e.contains(&format!("after step {}, the last step completed", long - 1)),
+            && e.contains(&format!("after step {}, the last step completed", long - 1))
+            && e.ends_with(
+                "A new run needs less with shorter sequences (--max-len), a smaller \
+                 --batch-size or --dtype bf16 (the frozen weights in half the memory))"
+            ),
         "{e}"
     );
     assert_eq!(common::saved_step(&cut), Some(long as u64 - 1), "{e}");
@@ -2923,7 +2973,11 @@ fn an_update_out_of_device_memory_keeps_the_steps_before_it() {
             && e.contains("step 2's optimizer update")
             && e.contains("whatever the batch or micro-batch size")
             && e.contains("after step 1, the last step completed")
-            && !e.contains("--resume with a smaller --micro-batch-size"),
+            && !e.contains("--resume with a smaller --micro-batch-size")
+            && !e.contains("--max-len")
+            && e.ends_with(
+                "A new run needs less with --dtype bf16 (the frozen weights in half the memory))"
+            ),
         "{e}"
     );
     assert_eq!(common::saved_step(&cut), Some(1), "{e}");

@@ -233,15 +233,11 @@ fn driver(op: &'static str, e: cudarc::driver::DriverError) -> Error {
             Some(Driver::Emulator) => "the CPU stand-in (cuda-emu)",
             _ => "GPU",
         };
+        // What needs less depends on what ran out (loading, a training step, an update, an
+        // evaluation): the caller says (`Error::in_memory_context`).
         Error::OutOfMemory {
             op,
-            detail: format!(
-                "{device}: {driver}; the model's weights and one step's activations must fit on \
-                 the device: shorter sequences or a smaller batch need less, and in training \
-                 so do smaller micro-batches of the same batch (--micro-batch-size); where \
-                 the weights alone do not fit, --dtype bf16 keeps the frozen ones in half the \
-                 memory"
-            ),
+            detail: format!("{device}: {driver}"),
         }
     } else {
         Error::Device { op, detail: text }

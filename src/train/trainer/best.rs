@@ -9,6 +9,7 @@ use super::{Run, Trainer};
 use crate::adapter::{save_adapter, TrainingInputs};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::model::memory_alternatives;
 use crate::train::evaluate::{evaluate_with_logit_check, never, unstopped};
 use crate::train::observer::TrainEvent;
 use crate::train::run_state::NamedTensors;
@@ -163,7 +164,10 @@ impl<B: Backend> Trainer<'_, B> {
         run.evaluation_due = true;
         let told = self.save_after_out_of_memory(plan, run, what, &kept);
         run.evaluation_due = false;
-        told
+        match memory_alternatives(&self.backend, &[]) {
+            Some(less) => format!("{told}. A new run needs less with {less}"),
+            None => told,
+        }
     }
 
     /// What the best evaluation maximises: the task's main metric, the one

@@ -10,6 +10,7 @@ use super::{Run, Trainer};
 use crate::autograd::Tape;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::model::memory_alternatives;
 use crate::nn::DropoutPlan;
 use crate::rng;
 use crate::tensor::Tensor;
@@ -152,13 +153,16 @@ impl<B: Backend> Trainer<'_, B> {
         let batch = format!("batch of {} examples of up to {longest} tokens", rows.len());
         let more_memory = "--resume on a device of the same kind with more memory continues as \
                            the run would have";
-        let (what, resume) = match phase {
+        let shorter = (longest > 1).then_some("shorter sequences (--max-len)");
+        let fewer = (rows.len() > 1).then_some("a smaller --batch-size");
+        let (what, resume, changes) = match phase {
             StepPhase::Batch => (
                 format!("{detail}. This was step {}'s {batch}", run.step + 1),
                 format!(
                     "{more_memory}; --resume with a smaller --micro-batch-size (the same \
                      batches in smaller parts) continues with the same data and schedule"
                 ),
+                [shorter, fewer].into_iter().flatten().collect(),
             ),
             // AdamW's moments and the gradients it reads are the trainable tensors' size,
             // whatever the batch: neither a smaller batch nor micro-batches make room.
@@ -170,19 +174,24 @@ impl<B: Backend> Trainer<'_, B> {
                     run.step + 1
                 ),
                 more_memory.to_string(),
+                Vec::new(),
             ),
         };
         let kept = format!(
             "The state after step {}, the last step completed, is saved in last/: {resume}",
             run.step
         );
-        if run.step == 0 && self.config.output_dir.is_some() {
-            return format!("{what}, the first: there is no step to keep");
+        let told = if run.step == 0 && self.config.output_dir.is_some() {
+            format!("{what}, the first: there is no step to keep")
+        } else if run.saved_step == Some(run.step) {
+            format!("{what}. {kept}")
+        } else {
+            self.save_after_out_of_memory(plan, run, what, &kept)
+        };
+        match memory_alternatives(&self.backend, &changes) {
+            Some(less) => format!("{told}. A new run needs less with {less}"),
+            None => told,
         }
-        if run.saved_step == Some(run.step) {
-            return format!("{what}. {kept}");
-        }
-        self.save_after_out_of_memory(plan, run, what, &kept)
     }
 
     /// Saves the state at `run`'s step after the device ran out of memory (`what` says
@@ -203,6 +212,10 @@ impl<B: Backend> Trainer<'_, B> {
             Err(e) => {
                 // The device's advice is said once, above.
                 let why = match e {
+                    // Saving copies the state to the host, which may be what ran out.
+                    Error::OutOfMemory { detail, .. } if detail.starts_with("host:") => {
+                        "it ran out of host memory".to_string()
+                    }
                     Error::OutOfMemory { .. } => "it ran out of device memory too".to_string(),
                     e => e.to_string(),
                 };
