@@ -725,9 +725,7 @@ pub fn import_peft<B: Backend>(
         train_layer_norm_weights,
     };
 
-    // Loaded whole in the backend's dtype: a frozen tensor the adapter also stores counts as
-    // unchanged only if it equals the base's own values, not their bf16 rounding.
-    let mut model = BertClassifier::base_for_adapter(checkpoint, backend, num_labels, None)?;
+    let mut model = BertClassifier::base_for_adapter(checkpoint, backend, num_labels, Some(&plan))?;
     model
         .apply_plan(&plan, &mut |_, shape| backend.zeros(shape))
         .map_err(|e| match e {
@@ -760,9 +758,17 @@ pub fn import_peft<B: Backend>(
             // Shapes are checked on read: a LoRA pair for another hidden size, rank or
             // orientation is refused, naming the tensor.
             Some(stored) => {
-                let base = (!p.trainable)
-                    .then(|| backend.to_f64(&p.value))
-                    .transpose()?;
+                // A frozen weight stored in bf16 as it loaded is compared as the checkpoint
+                // holds it, read as the model first read it: a module saved whole equals
+                // that, not its bf16 rounding.
+                let base = match (p.trainable, p.value.dtype() == backend.float_dtype()) {
+                    (true, _) => None,
+                    (false, true) => Some(backend.to_f64(&p.value)?),
+                    (false, false) => {
+                        let read = checkpoint.tensor(backend, &p.name, p.value.shape().clone())?;
+                        Some(backend.to_f64(&read)?)
+                    }
+                };
                 p.value = file
                     .tensor(backend, &stored, p.value.shape().clone())
                     .map_err(|e| match e {

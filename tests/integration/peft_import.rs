@@ -72,6 +72,14 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
         // silently skipped tensor would change the logits above only if it mattered; count
         // them too).
         let (_, import) = import_peft(&dir, &ck, &cpu).unwrap();
+        // In bf16 the base's frozen layers are stored in bf16 as they load: what the file
+        // holds is still judged against the checkpoint's values, not their rounding.
+        let (_, in_bf16) = import_peft(&dir, &ck, &CpuBackend::bf16()).unwrap();
+        assert_eq!(
+            (&in_bf16.loaded, &in_bf16.kept_frozen, &in_bf16.ignored),
+            (&import.loaded, &import.kept_frozen, &import.ignored),
+            "{name}"
+        );
         let stored = spafit::checkpoint::WeightsFile::open(&dir.join("adapter_model.safetensors"))
             .unwrap()
             .names()
@@ -1057,6 +1065,54 @@ fn adapters_on_a_base_of_another_problem_type_are_warned_of() {
         assert_eq!(
             common::logits(&base, &cpu, &opened.model, &texts, 16),
             common::logits(&plain, &cpu, &unset.model, &texts, 16)
+        );
+    }
+}
+
+/// A module saved whole with its base's own values changes nothing, in bf16 too, where the
+/// base's frozen layers are stored in bf16 as they load: the file is judged against the
+/// checkpoint's values, not their rounding. Here `key_saved_not_adapted`'s key maps are
+/// rewritten with the base's values, except layer 0's (perturbed, so kept frozen).
+#[test]
+fn a_module_saved_with_its_base_values_is_not_kept_frozen_in_bf16() {
+    use common::family_fixture::{write_tensors, Stored};
+    let ck = checkpoint();
+    let source = wrapped_fixtures().join("key_saved_not_adapted");
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+    }
+    let weights = dir.path().join("adapter_model.safetensors");
+    let file = spafit::checkpoint::WeightsFile::open(&weights).unwrap();
+    // Every tensor as f64, which holds the file's f16 values exactly.
+    let tensors: Vec<Stored> = file
+        .names()
+        .iter()
+        .map(|name| {
+            let shape = file.shape(name).unwrap();
+            let base = name.strip_prefix("base_model.model.").unwrap_or(name);
+            let values = match base.contains(".self.key.") && !base.contains("layer.0.") {
+                true => ck.weights.read_f64(base, &shape.clone().into()),
+                false => file.read_f64(name, &shape.clone().into()),
+            };
+            let values = values.unwrap();
+            (name.clone(), safetensors::Dtype::F64, shape, values)
+        })
+        .collect();
+    drop(file);
+    write_tensors(&weights, &tensors);
+    for (precision, backend) in [("f32", CpuBackend::f32()), ("bf16", CpuBackend::bf16())] {
+        let (_, import) = import_peft(dir.path(), &ck, &backend).unwrap();
+        let keys: Vec<&String> = import
+            .kept_frozen
+            .iter()
+            .filter(|n| n.contains(".self.key."))
+            .collect();
+        // Layer 0's key weight keeps the fixture's perturbed values (its bias is the base's).
+        assert_eq!(
+            keys,
+            ["bert.encoder.layer.0.attention.self.key.weight"],
+            "{precision}"
         );
     }
 }
