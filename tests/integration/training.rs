@@ -2692,6 +2692,10 @@ fn an_evaluation_out_of_device_memory_keeps_its_step_for_the_resume() {
     // The evaluation at step 3 (within the first epoch), then step 4, with the small batch.
     let report = fit(stopping_after(1, &cut, small)).0.unwrap();
     assert_notice(&report, "step 3's evaluation ran out of device memory");
+    assert_notice(
+        &report,
+        "in batches of up to 8 examples (--eval-batch-size 8)",
+    );
     // Evaluations due at an epoch's end (step 5 of 5 per epoch) and at the run's (step 10).
     for (evaluated, steps_after) in [(5, 4), (10, 0)] {
         let e = fit(config(Some(&cut), large, true))

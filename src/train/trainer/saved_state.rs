@@ -133,11 +133,14 @@ impl<B: Backend> Trainer<'_, B> {
             });
         }
         if position.evaluation_due {
+            // The split may hold fewer examples than a batch: the largest batch is what ran.
+            let examples = plan.dev.as_ref().map_or(0, |(dev, _)| dev.len());
             progress.notice(&format!(
                 "step {}'s evaluation ran out of device memory in the run in {}: it runs \
-                 first, in batches of up to {} examples (--eval-batch-size)",
+                 first, in batches of up to {} examples (--eval-batch-size {})",
                 position.step,
                 dir.display(),
+                self.config.eval_batch_size.min(examples),
                 self.config.eval_batch_size
             ));
         } else if position.step == plan.total_steps {
