@@ -53,7 +53,7 @@ pub use peft_import::{
     import_peft, is_peft_adapter, PeftImport, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,
     SPAFIT_EXPORT_FILE,
 };
-pub(crate) use store::{complete_interrupted_save, tensors_to_safetensors_with_metadata};
+pub(crate) use store::{complete_interrupted_save, safetensors_entries, serialize_entries};
 pub use store::{
     load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors,
     TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,

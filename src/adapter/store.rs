@@ -23,15 +23,18 @@ pub fn tensors_to_safetensors<B: Backend>(
     backend: &B,
     tensors: &[(String, Tensor<B>)],
 ) -> Result<Vec<u8>> {
-    tensors_to_safetensors_with_metadata(backend, tensors, None)
+    serialize_entries(&safetensors_entries(backend, tensors)?, None)
 }
 
-/// [`tensors_to_safetensors`] with string metadata in the file's header.
-pub(crate) fn tensors_to_safetensors_with_metadata<B: Backend>(
+/// A tensor as a safetensors file stores it: name, dtype, dims and little-endian bytes.
+pub(crate) type SafetensorsEntry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// `tensors` as [`tensors_to_safetensors`] stores them (f64 tensors as F64, everything else
+/// as F32), on the host.
+pub(crate) fn safetensors_entries<B: Backend>(
     backend: &B,
     tensors: &[(String, Tensor<B>)],
-    metadata: Option<std::collections::HashMap<String, String>>,
-) -> Result<Vec<u8>> {
+) -> Result<Vec<SafetensorsEntry>> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let values = backend.to_f64(t)?;
@@ -51,7 +54,15 @@ pub(crate) fn tensors_to_safetensors_with_metadata<B: Backend>(
         };
         owned.push((name.clone(), dtype, t.dims().to_vec(), bytes));
     }
-    let views = owned
+    Ok(owned)
+}
+
+/// A safetensors file of `entries`, with string metadata in its header.
+pub(crate) fn serialize_entries(
+    entries: &[SafetensorsEntry],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let views = entries
         .iter()
         .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<std::result::Result<Vec<_>, _>>()

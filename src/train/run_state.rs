@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::DropoutRates;
+use super::host_copy::{copy_all, HostTensors};
 use super::micro_batches;
 use super::schedule::warmup_steps;
 use super::{EncodedDataset, Evaluation, TrainConfig};
-use crate::adapter::{sha256_hex, tensors_to_safetensors_with_metadata, write_atomic};
+use crate::adapter::{safetensors_entries, serialize_entries, sha256_hex, write_atomic};
 use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
 use crate::data::Target;
@@ -140,8 +141,8 @@ pub(crate) struct SavedRun<B: Backend> {
     pub position: RunPosition,
     pub trainable: NamedTensors<B>,
     pub moments: BTreeMap<String, (Tensor<B>, Tensor<B>)>,
-    /// The weights of `position.best`, when there is one.
-    pub best_weights: Option<NamedTensors<B>>,
+    /// The weights of `position.best`, when there is one, on the host (as a run keeps them).
+    pub best_weights: Option<HostTensors>,
 }
 
 /// What `output_dir` holds of an earlier run (`last/state.safetensors`, `best/`,
@@ -164,19 +165,23 @@ pub(crate) fn save_run<B: Backend>(
     position: &RunPosition,
     trainable: &[(String, Tensor<B>)],
     moments: &BTreeMap<String, (Tensor<B>, Tensor<B>)>,
-    best_weights: Option<&NamedTensors<B>>,
+    best_weights: Option<&HostTensors>,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Tensor<B>)> = trainable.to_vec();
     for (name, (m, v)) in moments {
         tensors.push((format!("{MOMENT_M}{name}"), m.clone()));
         tensors.push((format!("{MOMENT_V}{name}"), v.clone()));
     }
+    let mut entries = safetensors_entries(backend, &tensors)?;
     if let Some(best) = best_weights {
-        tensors.extend(best.iter().map(|(n, t)| (format!("{BEST}{n}"), t.clone())));
+        entries.extend(best.iter().map(|(n, t)| {
+            let (dtype, dims, bytes) = t.safetensors_entry();
+            (format!("{BEST}{n}"), dtype, dims, bytes)
+        }));
     }
     // The tensor bytes do not depend on the header, so a first serialization gives the
     // checksum the second one carries.
-    let plain = tensors_to_safetensors_with_metadata(backend, &tensors, None)?;
+    let plain = serialize_entries(&entries, None)?;
     let header = StateHeader {
         position: position.clone(),
         tensors_sha256: sha256_hex(data_section(&plain).unwrap_or(&[])),
@@ -187,7 +192,7 @@ pub(crate) fn save_run<B: Backend>(
     let header =
         serde_json::to_string(&header).map_err(|e| Error::invalid("state", e.to_string()))?;
     let metadata = HashMap::from([(HEADER_KEY.to_string(), header)]);
-    let bytes = tensors_to_safetensors_with_metadata(backend, &tensors, Some(metadata))?;
+    let bytes = serialize_entries(&entries, Some(metadata))?;
     write_atomic(&output_dir.join("last").join(STATE_FILE), &bytes)
 }
 
@@ -295,7 +300,7 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
                 "the state names a best evaluation but holds no best weights".into(),
             ))
         }
-        (Some(_), false) => Some(best),
+        (Some(_), false) => Some(copy_all(backend, &best)?),
         (None, _) => None,
     };
     Ok(Some(SavedRun {

@@ -11,15 +11,17 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::memory_alternatives;
 use crate::train::evaluate::{evaluate_with_logit_check, never, unstopped};
+use crate::train::host_copy::{copy_all, HostTensors};
 use crate::train::observer::TrainEvent;
 use crate::train::run_state::NamedTensors;
 use crate::train::{Evaluation, Progress};
 
-/// The best evaluation so far and the weights that gave it.
-pub(super) struct Best<B: Backend> {
+/// The best evaluation so far and the weights that gave it, on the host: on a device they
+/// would hold a second copy of every trained tensor there from the next update on.
+pub(super) struct Best {
     pub(super) step: usize,
     pub(super) evaluation: Evaluation,
-    pub(super) weights: NamedTensors<B>,
+    pub(super) weights: HostTensors,
 }
 
 impl<B: Backend> Trainer<'_, B> {
@@ -119,7 +121,7 @@ impl<B: Backend> Trainer<'_, B> {
             run.best = Some(Best {
                 step: run.step,
                 evaluation: eval.clone(),
-                weights: self.trainable().into_iter().collect(),
+                weights: copy_all(&self.backend, self.trainable().iter().map(|(n, t)| (n, t)))?,
             });
             self.save_best(plan)?;
         }

@@ -55,7 +55,7 @@ struct Run<B: Backend> {
     epoch: usize,
     next_batch: usize,
     optimizer: AdamW<B>,
-    best: Option<Best<B>>,
+    best: Option<Best>,
     meter: Meter,
     /// The step of the resumable state in `last/`, where one was saved or resumed from.
     saved_step: Option<usize>,

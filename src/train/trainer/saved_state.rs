@@ -1,6 +1,7 @@
 //! The resumable state in `last/`: a run started or resumed from it, saved to it, and the
 //! batch log written again on a resume.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::best::Best;
@@ -9,8 +10,9 @@ use super::{Meter, Run, Trainer};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use crate::train::host_copy::SavedValue;
 use crate::train::observer::TrainEvent;
-use crate::train::run_state::{self, LossWindow, NamedTensors, RunPosition, SavedBest, STATE_FILE};
+use crate::train::run_state::{self, LossWindow, RunPosition, SavedBest, STATE_FILE};
 use crate::train::{AdamW, BatchLog, Progress};
 
 impl<B: Backend> Trainer<'_, B> {
@@ -238,24 +240,29 @@ impl<B: Backend> Trainer<'_, B> {
     }
 
     /// Sets every trainable tensor from `saved` (read from `source`, named in errors).
-    pub(super) fn restore(&mut self, saved: &NamedTensors<B>, source: &Path) -> Result<()> {
+    pub(super) fn restore<T: SavedValue<B>>(
+        &mut self,
+        saved: &BTreeMap<String, T>,
+        source: &Path,
+    ) -> Result<()> {
+        let backend = &self.backend;
         for p in self.model.params_mut().into_iter().filter(|p| p.trainable) {
             let t = saved.get(&p.name).ok_or_else(|| Error::Mismatch {
                 path: source.to_path_buf(),
                 detail: format!("no saved value for trainable tensor `{}`", p.name),
             })?;
-            if t.shape() != p.value.shape() {
+            if t.saved_shape() != p.value.shape() {
                 return Err(Error::Mismatch {
                     path: source.to_path_buf(),
                     detail: format!(
                         "`{}` was saved as {} but the model has {}",
                         p.name,
-                        t.shape(),
+                        t.saved_shape(),
                         p.value.shape()
                     ),
                 });
             }
-            p.value = t.clone();
+            p.value = t.on(backend)?;
         }
         Ok(())
     }
