@@ -177,15 +177,18 @@ impl Error {
         }
     }
 
-    /// `self` with `context` (what was running, what needs less) appended to an
-    /// [`Error::OutOfMemory`]'s detail as a sentence of its own; any other error as it is.
-    /// The backend knows only which allocation failed: the caller knows what it was for.
+    /// `self` with `context` (a sentence "This was …": what was running, what needs less)
+    /// appended to an [`Error::OutOfMemory`]'s detail; any other error, or one that has its
+    /// context already, as it is. The backend knows only which allocation failed: the
+    /// innermost caller knows best what it was for.
     pub fn in_memory_context(self, context: impl FnOnce() -> String) -> Self {
         match self {
-            Error::OutOfMemory { op, detail } => Error::OutOfMemory {
-                op,
-                detail: format!("{detail}. {}", context()),
-            },
+            Error::OutOfMemory { op, detail } if !detail.contains(". This was ") => {
+                Error::OutOfMemory {
+                    op,
+                    detail: format!("{detail}. {}", context()),
+                }
+            }
             other => other,
         }
     }

@@ -256,6 +256,15 @@ pub fn import_peft<B: Backend>(
     checkpoint: &Checkpoint,
     backend: &B,
 ) -> Result<(BertClassifier<B>, PeftImport)> {
+    // A LoRA adapter's base keeps its weights frozen.
+    crate::model::while_loading(backend, true, import(dir, checkpoint, backend))
+}
+
+fn import<B: Backend>(
+    dir: &Path,
+    checkpoint: &Checkpoint,
+    backend: &B,
+) -> Result<(BertClassifier<B>, PeftImport)> {
     super::require_adapter_folder(dir)?;
     let config_path = dir.join(PEFT_CONFIG_FILE);
     let weights_path = dir.join(PEFT_WEIGHTS_FILE);

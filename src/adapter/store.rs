@@ -483,39 +483,47 @@ pub fn load_adapter<B: Backend>(
             ),
         });
     }
-    let mut model =
-        BertClassifier::base_for_adapter(checkpoint, backend, manifest.num_labels, Some(&plan))?;
-    model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
-    let expected = model.trainable_names();
-    let mut stored = manifest.tensors.clone();
-    stored.sort();
-    if expected != stored {
-        let missing: Vec<&String> = expected.iter().filter(|n| !stored.contains(n)).collect();
-        let extra: Vec<&String> = stored.iter().filter(|n| !expected.contains(n)).collect();
-        let mut why = Vec::new();
-        if !missing.is_empty() {
-            why.push(format!("the plan trains {missing:?}, which the list lacks"));
+    let loaded = (|| {
+        let mut model = BertClassifier::base_for_adapter(
+            checkpoint,
+            backend,
+            manifest.num_labels,
+            Some(&plan),
+        )?;
+        model.apply_plan(&plan, &mut |_, shape| backend.zeros(shape))?;
+        let expected = model.trainable_names();
+        let mut stored = manifest.tensors.clone();
+        stored.sort();
+        if expected != stored {
+            let missing: Vec<&String> = expected.iter().filter(|n| !stored.contains(n)).collect();
+            let extra: Vec<&String> = stored.iter().filter(|n| !expected.contains(n)).collect();
+            let mut why = Vec::new();
+            if !missing.is_empty() {
+                why.push(format!("the plan trains {missing:?}, which the list lacks"));
+            }
+            if !extra.is_empty() {
+                why.push(format!(
+                    "the list names {extra:?}, which the plan does not train"
+                ));
+            }
+            if let Some((_, repeat)) = crate::data::first_repeat(&stored) {
+                why.push(format!("the list names `{}` twice", stored[repeat]));
+            }
+            return Err(Error::Mismatch {
+                path: manifest_path,
+                detail: format!(
+                    "its list of stored tensors (`tensors`) is not what its plan trains: {}",
+                    why.join("; ")
+                ),
+            });
         }
-        if !extra.is_empty() {
-            why.push(format!(
-                "the list names {extra:?}, which the plan does not train"
-            ));
+        for p in model.params_mut().into_iter().filter(|p| p.trainable) {
+            p.value = file.tensor(backend, &p.name, p.value.shape().clone())?;
         }
-        if let Some((_, repeat)) = crate::data::first_repeat(&stored) {
-            why.push(format!("the list names `{}` twice", stored[repeat]));
-        }
-        return Err(Error::Mismatch {
-            path: manifest_path,
-            detail: format!(
-                "its list of stored tensors (`tensors`) is not what its plan trains: {}",
-                why.join("; ")
-            ),
-        });
-    }
-    for p in model.params_mut().into_iter().filter(|p| p.trainable) {
-        p.value = file.tensor(backend, &p.name, p.value.shape().clone())?;
-    }
-    model.store_frozen_weights(backend)?;
+        model.store_frozen_weights(backend)?;
+        Ok(model)
+    })();
+    let mut model = crate::model::while_loading(backend, plan.freezes_weights(), loaded)?;
     // The adapter's head, not the base's, says how its outputs read.
     model.set_multi_label(manifest.multi_label);
     Ok((model, manifest))

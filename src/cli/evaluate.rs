@@ -223,7 +223,7 @@ impl EvalCommand {
         )
         .map_err(|e| {
             e.in_memory_context(|| {
-                batch_memory_context(&backend, self.batch_size, data.len(), max_len)
+                batch_memory_context(&backend, &model, self.batch_size, &encoded, max_len)
             })
         })?;
         let mut line = json!({"split": data.name, "examples": data.len(), "max_len": max_len, "loss": eval.loss, "seconds": eval.seconds, "device": backend.name()});
@@ -367,7 +367,7 @@ impl PredictCommand {
         };
         let out = infer(&backend, &model, &encoded, self.batch_size).map_err(|e| {
             e.in_memory_context(|| {
-                batch_memory_context(&backend, self.batch_size, data.len(), max_len)
+                batch_memory_context(&backend, &model, self.batch_size, &encoded, max_len)
             })
         })?;
         // `load` checked that the data's label space is the head's.
@@ -402,23 +402,30 @@ impl PredictCommand {
     }
 }
 
-/// What ran out of memory in a batch of `examples` run `batch_size` at a time, texts cut to
+/// What ran out of memory in `encoded`'s examples run `batch_size` at a time, texts cut to
 /// `max_len` tokens, and which settings need less (a batch size between the split's size and
-/// the setting would change nothing).
+/// the setting, or a --max-len above its longest text, would change nothing).
 fn batch_memory_context<B: Backend>(
     backend: &B,
+    model: &BertClassifier<B>,
     batch_size: usize,
-    examples: usize,
+    encoded: &EncodedDataset,
     max_len: usize,
 ) -> String {
-    let largest = batch_size.min(examples);
+    let largest = batch_size.min(encoded.len());
+    let longest = encoded.texts.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+    let what = format!(
+        "This was a batch of up to {largest} examples of up to {longest} tokens (texts cut \
+         to {max_len})"
+    );
+    let shorter = format!("a --max-len below {longest}");
     let smaller = format!("a --batch-size below {largest}");
-    let what = format!("This was a batch of up to {largest} examples of up to {max_len} tokens");
     let changes = [
-        (max_len > 1).then_some("a shorter --max-len"),
+        (longest > 1).then_some(shorter.as_str()),
         (largest > 1).then_some(smaller.as_str()),
     ];
-    super::out_of_memory_context(backend, what, &changes)
+    let frozen = model.has_frozen_linear_weights();
+    super::out_of_memory_context(backend, what, &changes, frozen)
 }
 
 /// A GLUE submission names each row by its test file's id: an empty id or one given twice

@@ -171,14 +171,16 @@ pub(crate) fn release_loading_memory() {
 /// Prints one line on stdout (a command's result). A closed pipe or a full disk is an error
 /// naming stdout, where `println!` would panic.
 /// The sentence an out-of-memory error gets where a command ran out: `what` ran out, and
-/// which of `changes` (those that apply) or `--dtype bf16` needs less.
+/// which of `changes` (those that apply) or `--dtype bf16` (where the model has frozen
+/// weights, `frozen_weights`) needs less.
 fn out_of_memory_context<B: spafit::backend::Backend>(
     backend: &B,
     what: String,
     changes: &[Option<&str>],
+    frozen_weights: bool,
 ) -> String {
     let changes: Vec<&str> = changes.iter().flatten().copied().collect();
-    match spafit::model::memory_alternatives(backend, &changes) {
+    match spafit::model::memory_alternatives(backend, &changes, frozen_weights) {
         Some(less) => format!("{what}: {less} needs less"),
         None => format!("{what}: it needs a device with more memory"),
     }

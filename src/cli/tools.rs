@@ -128,7 +128,18 @@ impl GradcheckCommand {
             self.samples,
             self.seed,
             &mut show,
-        )?;
+        )
+        .map_err(|e| {
+            e.in_memory_context(|| {
+                let what = format!(
+                    "This was the check's passes on the device, over {} short texts",
+                    texts.len()
+                );
+                let frozen = PeftPlan::new(peft, checkpoint.config.num_hidden_layers)
+                    .is_ok_and(|plan| plan.freezes_weights());
+                super::out_of_memory_context(&backend, what, &[], frozen)
+            })
+        })?;
         let skipped = match r.skipped.len() {
             0 => String::new(),
             1 => " (1 attention key bias skipped: its gradient is exactly zero)".to_string(),
@@ -232,7 +243,7 @@ const KERNELS_LISTED: usize = 12;
 
 impl BenchCommand {
     /// What ran out of memory in a timed step, and which of the command's settings need less.
-    fn step_memory_context<B: Backend>(&self, backend: &B) -> String {
+    fn step_memory_context<B: Backend>(&self, backend: &B, frozen_weights: bool) -> String {
         let micro = self.micro_batch_size.unwrap_or(self.batch_size);
         let in_parts = match micro < self.batch_size {
             true => format!(" in micro-batches of {micro}"),
@@ -242,12 +253,13 @@ impl BenchCommand {
             "This was a training step on a batch of {} × {} tokens{in_parts}",
             self.batch_size, self.seq_len
         );
+        // In micro-batches the part, not the batch, is what the activations scale with.
         let changes = [
             (self.seq_len > 1).then_some("a shorter --seq-len"),
             (micro > 1).then_some("a smaller --micro-batch-size (the same batch in parts)"),
-            (self.batch_size > 1).then_some("a smaller --batch-size"),
+            (micro == self.batch_size && micro > 1).then_some("a smaller --batch-size"),
         ];
-        super::out_of_memory_context(backend, what, &changes)
+        super::out_of_memory_context(backend, what, &changes, frozen_weights)
     }
 
     pub fn run(&self) -> Result<()> {
@@ -333,8 +345,9 @@ impl BenchCommand {
             steps: self.steps,
             kernel_times: self.kernel_times,
         };
+        let frozen = model.has_frozen_linear_weights();
         let r = bench_train_step_with(&backend, &mut model, &settings)
-            .map_err(|e| e.in_memory_context(|| self.step_memory_context(&backend)))?;
+            .map_err(|e| e.in_memory_context(|| self.step_memory_context(&backend, frozen)))?;
         let mut line = json!({
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),
             "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| match (s.strip_prefix("electra-"), s.strip_prefix("distilbert-")) {

@@ -8,12 +8,17 @@ use crate::error::{Error, Result};
 use crate::tensor::DType;
 
 /// What needs less memory, for an out-of-memory message: `changes` (settings of what ran
-/// out, e.g. "a smaller --batch-size") and, where `backend` stores frozen weights at full
-/// precision, `--dtype bf16`, as one list ("a, b or c"); `None` when there is nothing to
+/// out, e.g. "a smaller --batch-size") and `--dtype bf16` where it stores frozen linear
+/// weights in half the memory (`frozen_weights`: the model has some, and `backend` keeps
+/// them at full precision), as one list ("a, b or c"); `None` when there is nothing to
 /// change but the device.
-pub fn memory_alternatives<B: Backend>(backend: &B, changes: &[&str]) -> Option<String> {
+pub fn memory_alternatives<B: Backend>(
+    backend: &B,
+    changes: &[&str],
+    frozen_weights: bool,
+) -> Option<String> {
     let mut all = changes.to_vec();
-    if backend.frozen_dtype() != DType::BF16 {
+    if frozen_weights && backend.frozen_dtype() != DType::BF16 {
         all.push("--dtype bf16 (the frozen weights in half the memory)");
     }
     match all.split_last() {
@@ -21,6 +26,26 @@ pub fn memory_alternatives<B: Backend>(backend: &B, changes: &[&str]) -> Option<
         Some((only, [])) => Some(only.to_string()),
         Some((last, rest)) => Some(format!("{} or {last}", rest.join(", "))),
     }
+}
+
+/// `loaded` (a model, an adapter), with an out-of-memory error saying that the weights ran
+/// out as they loaded, which no batch setting shrinks; `frozen_weights`: the model freezes
+/// some linear weights, which `--dtype bf16` would store in half the memory.
+pub fn while_loading<B: Backend, T>(
+    backend: &B,
+    frozen_weights: bool,
+    loaded: Result<T>,
+) -> Result<T> {
+    loaded.map_err(|e| {
+        e.in_memory_context(|| {
+            let what = "This was loading the model's weights, which must fit before any batch runs";
+            match memory_alternatives(backend, &[], frozen_weights) {
+                Some(less) => format!("{what}: {less} needs less"),
+                None if frozen_weights => format!("{what} (the frozen ones are in bf16 already)"),
+                None => what.to_string(),
+            }
+        })
+    })
 }
 
 /// What a batch goes through: training keeps activations for backward, inference does not.

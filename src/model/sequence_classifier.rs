@@ -7,6 +7,7 @@ use crate::peft::PeftPlan;
 use crate::rng::SplitMix;
 use crate::tensor::{Shape, Tensor};
 
+use super::memory::while_loading;
 use super::{BertModel, ModelInput};
 
 /// Targets of a batch: class ids for classification, the classes that apply for
@@ -85,7 +86,8 @@ impl<B: Backend> BertClassifier<B> {
         num_labels: usize,
         seed: u64,
     ) -> Result<Self> {
-        Self::with_checked_head(checkpoint, backend, num_labels, seed, &|_| false)
+        let loaded = Self::with_checked_head(checkpoint, backend, num_labels, seed, &|_| false);
+        while_loading(backend, false, loaded)
     }
 
     /// [`BertClassifier::from_checkpoint`], then [`BertClassifier::apply_plan`] (adapters from
@@ -104,9 +106,13 @@ impl<B: Backend> BertClassifier<B> {
         init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<Self> {
         let frozen = |layer: usize| keeps_weights_frozen(plan, layer);
-        let mut model = Self::with_checked_head(checkpoint, backend, num_labels, seed, &frozen)?;
-        model.apply_plan_and_store(backend, plan, init)?;
-        Ok(model)
+        let loaded = Self::with_checked_head(checkpoint, backend, num_labels, seed, &frozen)
+            .and_then(|mut model| {
+                model
+                    .apply_plan_and_store(backend, plan, init)
+                    .map(|()| model)
+            });
+        while_loading(backend, plan.freezes_weights(), loaded)
     }
 
     fn with_checked_head(
@@ -150,7 +156,6 @@ impl<B: Backend> BertClassifier<B> {
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         Self::load_whole_head(checkpoint, backend, num_labels, seed, frozen_weights)
-            .map_err(|e| e.in_memory_context(|| loading_context(backend)))
     }
 
     fn load_whole_head(
@@ -301,7 +306,8 @@ impl<B: Backend> BertClassifier<B> {
                 ),
             });
         }
-        let mut model = Self::with_checked_head(checkpoint, backend, num_labels, 0, &|_| true)?;
+        let loaded = Self::with_checked_head(checkpoint, backend, num_labels, 0, &|_| true);
+        let mut model = while_loading(backend, true, loaded)?;
         for p in model.params_mut() {
             p.trainable = false;
         }
@@ -373,7 +379,8 @@ impl<B: Backend> BertClassifier<B> {
     /// (N(0, `initializer_range`) weights and embeddings, zero biases, unit LayerNorm scales): for
     /// throughput benchmarks, where values do not matter.
     pub fn random(config: &BertConfig, backend: &B, num_labels: usize, seed: u64) -> Result<Self> {
-        Self::random_storing(config, backend, num_labels, seed, &|_| false)
+        let drawn = Self::random_storing(config, backend, num_labels, seed, &|_| false);
+        while_loading(backend, false, drawn)
     }
 
     /// [`BertClassifier::random`] under `plan`, loaded as
@@ -388,9 +395,14 @@ impl<B: Backend> BertClassifier<B> {
         init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<Self> {
         let frozen = |layer: usize| keeps_weights_frozen(plan, layer);
-        let mut model = Self::random_storing(config, backend, num_labels, seed, &frozen)?;
-        model.apply_plan_and_store(backend, plan, init)?;
-        Ok(model)
+        let drawn = Self::random_storing(config, backend, num_labels, seed, &frozen).and_then(
+            |mut model| {
+                model
+                    .apply_plan_and_store(backend, plan, init)
+                    .map(|()| model)
+            },
+        );
+        while_loading(backend, plan.freezes_weights(), drawn)
     }
 
     fn apply_plan_and_store(
@@ -399,9 +411,8 @@ impl<B: Backend> BertClassifier<B> {
         plan: &PeftPlan,
         init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<()> {
-        self.apply_plan(plan, init)
-            .and_then(|()| self.store_frozen_weights(backend))
-            .map_err(|e| e.in_memory_context(|| loading_context(backend)))
+        self.apply_plan(plan, init)?;
+        self.store_frozen_weights(backend)
     }
 
     fn random_storing(
@@ -412,7 +423,6 @@ impl<B: Backend> BertClassifier<B> {
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         Self::draw(config, backend, num_labels, seed, frozen_weights)
-            .map_err(|e| e.in_memory_context(|| loading_context(backend)))
     }
 
     fn draw(
@@ -717,6 +727,20 @@ impl<B: Backend> BertClassifier<B> {
         self.classifier.store_frozen_weight(backend)
     }
 
+    /// Whether any linear weight is frozen: what [`BertClassifier::store_frozen_weights`]
+    /// stores in bf16 in bf16 mode (full fine-tuning freezes none).
+    pub fn has_frozen_linear_weights(&self) -> bool {
+        let bert = &self.bert;
+        let layers = bert
+            .layers
+            .iter()
+            .flat_map(|layer| crate::nn::LoraTarget::ALL.map(|target| layer.linear(target)));
+        layers
+            .chain([&bert.pooler, &self.classifier])
+            .chain(&bert.embeddings.project)
+            .any(|linear| !linear.weight.trainable)
+    }
+
     /// Every parameter, mutably.
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
         let mut v = self.bert.params_mut();
@@ -773,15 +797,6 @@ fn keeps_weights_frozen(plan: &PeftPlan, layer: usize) -> bool {
     plan.strata
         .get(layer)
         .is_some_and(|stratum| !stratum.trains_weights())
-}
-
-/// What ran out of memory while a model loads: its weights, which no batch setting shrinks.
-fn loading_context<B: Backend>(backend: &B) -> String {
-    let what = "This was loading the model's weights, which must fit before any batch runs";
-    match super::memory_alternatives(backend, &[]) {
-        Some(less) => format!("{what}: {less} needs less"),
-        None => format!("{what} (the frozen ones are in bf16 already)"),
-    }
 }
 
 fn store_if_frozen<B: Backend>(

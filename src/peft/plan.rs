@@ -292,6 +292,12 @@ pub struct PeftPlan {
 const MAX_LAYERS: usize = 1 << 16;
 
 impl PeftPlan {
+    /// Whether any layer's linear weights stay frozen under the plan (all but full
+    /// fine-tuning's strata): what bf16 mode stores in half the memory.
+    pub fn freezes_weights(&self) -> bool {
+        self.strata.iter().any(|stratum| !stratum.trains_weights())
+    }
+
     /// Why the plan's method, strata, boundaries and LoRA settings cannot belong together
     /// (a plan built field by field, or an edited `adapter.json`), if they cannot: what
     /// [`PeftPlan::new`] builds always belongs together, and a saved adapter must load again.

@@ -4739,10 +4739,11 @@ fn out_of_device_memory_names_the_batch_and_what_needs_less() {
         let err = just_too_little(&args);
         assert!(
             err.contains("out of memory")
+                && err.contains("This was a batch of up to 12 examples of up to ")
+                && err.contains(" tokens (texts cut to 64): a --max-len below ")
                 && err.contains(
-                    "This was a batch of up to 12 examples of up to 64 tokens: a shorter \
-                     --max-len, a --batch-size below 12 or --dtype bf16 (the frozen weights in \
-                     half the memory) needs less"
+                    ", a --batch-size below 12 or --dtype bf16 (the frozen weights in half the \
+                     memory) needs less"
                 ),
             "{command}: {err}"
         );
@@ -4769,12 +4770,26 @@ fn out_of_device_memory_names_the_batch_and_what_needs_less() {
         "0",
     ];
     let err = just_too_little(&bench);
+    // In micro-batches a smaller batch changes nothing; in bf16 the frozen weights are
+    // stored in bf16 already.
     assert!(
         err.contains(
             "This was a training step on a batch of 8 × 64 tokens in micro-batches of 4: a \
-             shorter --seq-len, a smaller --micro-batch-size (the same batch in parts) or a \
-             smaller --batch-size needs less"
+             shorter --seq-len or a smaller --micro-batch-size (the same batch in parts) needs \
+             less"
         ),
+        "{err}"
+    );
+    // Full fine-tuning in f32 has no frozen weights for bf16 to halve.
+    let mut full = bench.to_vec();
+    full[4] = "f32";
+    full[8] = "full";
+    full.truncate(11);
+    full.extend(["--seq-len", "64", "--steps", "1", "--warmup", "0"]);
+    let err = just_too_little(&full);
+    assert!(
+        err.contains("This was a training step on a batch of 8 × 64 tokens: a shorter --seq-len")
+            && !err.contains("--dtype bf16"),
         "{err}"
     );
 }

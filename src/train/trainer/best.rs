@@ -166,7 +166,7 @@ impl<B: Backend> Trainer<'_, B> {
         run.evaluation_due = true;
         let told = self.save_after_out_of_memory(plan, run, what, &kept);
         run.evaluation_due = false;
-        match memory_alternatives(&self.backend, &[]) {
+        match memory_alternatives(&self.backend, &[], self.model.has_frozen_linear_weights()) {
             Some(less) => format!("{told}. A new run needs less with {less}"),
             None => told,
         }

@@ -150,45 +150,82 @@ impl<B: Backend> Trainer<'_, B> {
         phase: StepPhase,
     ) -> String {
         let longest = rows.iter().map(|&i| plan.lengths[i]).max().unwrap_or(0);
-        let batch = format!("batch of {} examples of up to {longest} tokens", rows.len());
+        // In micro-batches the part, not the batch, is what the activations scale with.
+        let micro = self.config.micro_batch_size.filter(|&m| m < rows.len());
+        let part = micro.unwrap_or(rows.len());
+        let parts = micro.map_or(String::new(), |m| format!(" in micro-batches of {m}"));
+        let batch = format!(
+            "batch of {} examples of up to {longest} tokens{parts}",
+            rows.len()
+        );
         let more_memory = "--resume on a device of the same kind with more memory continues as \
                            the run would have";
-        let shorter = (longest > 1).then_some("shorter sequences (--max-len)");
-        let fewer = (rows.len() > 1).then_some("a smaller --batch-size");
-        let (what, resume, changes) = match phase {
-            StepPhase::Batch => (
-                format!("{detail}. This was step {}'s {batch}", run.step + 1),
-                format!(
-                    "{more_memory}; --resume with a smaller --micro-batch-size (the same \
-                     batches in smaller parts) continues with the same data and schedule"
+        let shorter = format!("shorter sequences (a --max-len below {longest})");
+        let smaller = match micro {
+            Some(_) => "a smaller --micro-batch-size",
+            None => "a smaller --batch-size",
+        };
+        let gradient_bytes: usize = self
+            .model
+            .params()
+            .iter()
+            .filter(|p| p.trainable)
+            .map(|p| p.value.size_in_bytes())
+            .sum();
+        let (what, resume, changes) =
+            match phase {
+                StepPhase::Batch => {
+                    (
+                        format!(
+                    "{detail}. This was step {}'s {batch}: its activations shrink with the \
+                     sequences and the {}, its gradients ({:.1} MiB, the trained tensors' \
+                     size) do not",
+                    run.step + 1,
+                    if micro.is_some() { "micro-batches" } else { "batch" },
+                    gradient_bytes as f64 / 1048576.0
                 ),
-                [shorter, fewer].into_iter().flatten().collect(),
-            ),
-            // AdamW's moments and the gradients it reads are the trainable tensors' size,
-            // whatever the batch: neither a smaller batch nor micro-batches make room.
-            StepPhase::Update => (
-                format!(
-                    "{detail}. This was step {}'s optimizer update, after its {batch}: an \
+                        match part > 1 {
+                            true => format!(
+                        "{more_memory}; --resume with a smaller --micro-batch-size (the same \
+                         batches in smaller parts) continues with the same data and schedule"
+                    ),
+                            false => more_memory.to_string(),
+                        },
+                        [
+                            (longest > 1).then_some(shorter.as_str()),
+                            (part > 1).then_some(smaller),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                    )
+                }
+                // AdamW's moments and the gradients it reads are the trainable tensors' size,
+                // whatever the batch: neither a smaller batch nor micro-batches make room.
+                StepPhase::Update => (
+                    format!(
+                        "{detail}. This was step {}'s optimizer update, after its {batch}: an \
                      update needs room for the trainable tensors, their gradients and AdamW's \
                      two moments, whatever the batch or micro-batch size",
-                    run.step + 1
+                        run.step + 1
+                    ),
+                    more_memory.to_string(),
+                    Vec::new(),
                 ),
-                more_memory.to_string(),
-                Vec::new(),
-            ),
-        };
+            };
         let kept = format!(
             "The state after step {}, the last step completed, is saved in last/: {resume}",
             run.step
         );
         let told = if run.step == 0 && self.config.output_dir.is_some() {
-            format!("{what}, the first: there is no step to keep")
+            format!("{what}. It was the run's first step: there is no state to keep")
         } else if run.saved_step == Some(run.step) {
             format!("{what}. {kept}")
         } else {
             self.save_after_out_of_memory(plan, run, what, &kept)
         };
-        match memory_alternatives(&self.backend, &changes) {
+        let frozen = self.model.has_frozen_linear_weights();
+        match memory_alternatives(&self.backend, &changes, frozen) {
             Some(less) => format!("{told}. A new run needs less with {less}"),
             None => told,
         }
