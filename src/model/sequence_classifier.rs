@@ -105,14 +105,9 @@ impl<B: Backend> BertClassifier<B> {
         plan: &PeftPlan,
         init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<Self> {
-        let frozen = |layer: usize| keeps_weights_frozen(plan, layer);
-        let loaded = Self::with_checked_head(checkpoint, backend, num_labels, seed, &frozen)
-            .and_then(|mut model| {
-                model
-                    .apply_plan_and_store(backend, plan, init)
-                    .map(|()| model)
-            });
-        while_loading(backend, plan.freezes_weights(), loaded)
+        Self::for_plan(backend, plan, init, |frozen| {
+            Self::with_checked_head(checkpoint, backend, num_labels, seed, frozen)
+        })
     }
 
     fn with_checked_head(
@@ -394,25 +389,26 @@ impl<B: Backend> BertClassifier<B> {
         plan: &PeftPlan,
         init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
     ) -> Result<Self> {
-        let frozen = |layer: usize| keeps_weights_frozen(plan, layer);
-        let drawn = Self::random_storing(config, backend, num_labels, seed, &frozen).and_then(
-            |mut model| {
-                model
-                    .apply_plan_and_store(backend, plan, init)
-                    .map(|()| model)
-            },
-        );
-        while_loading(backend, plan.freezes_weights(), drawn)
+        Self::for_plan(backend, plan, init, |frozen| {
+            Self::random_storing(config, backend, num_labels, seed, frozen)
+        })
     }
 
-    fn apply_plan_and_store(
-        &mut self,
+    /// The model `load(frozen)` builds (storing the layers `frozen` names compactly as they
+    /// load), under `plan`, its frozen weights stored compactly.
+    fn for_plan(
         backend: &B,
         plan: &PeftPlan,
         init: &mut dyn FnMut(&str, Shape) -> Result<Tensor<B>>,
-    ) -> Result<()> {
-        self.apply_plan(plan, init)?;
-        self.store_frozen_weights(backend)
+        load: impl FnOnce(&dyn Fn(usize) -> bool) -> Result<Self>,
+    ) -> Result<Self> {
+        let frozen = |layer: usize| keeps_weights_frozen(plan, layer);
+        let loaded = load(&frozen).and_then(|mut model| {
+            model.apply_plan(plan, init)?;
+            model.store_frozen_weights(backend)?;
+            Ok(model)
+        });
+        while_loading(backend, plan.freezes_weights(), loaded)
     }
 
     fn random_storing(
