@@ -168,8 +168,6 @@ pub(crate) fn release_loading_memory() {
     }
 }
 
-/// Prints one line on stdout (a command's result). A closed pipe or a full disk is an error
-/// naming stdout, where `println!` would panic.
 /// The sentence an out-of-memory error gets where a command ran out: `what` ran out, and
 /// which of `changes` (those that apply) or `--dtype bf16` (where the model has frozen
 /// weights, `frozen_weights`) needs less.
@@ -186,6 +184,8 @@ fn out_of_memory_context<B: spafit::backend::Backend>(
     }
 }
 
+/// Prints one line on stdout (a command's result). A closed pipe or a full disk is an error
+/// naming stdout, where `println!` would panic.
 fn print_line(line: &dyn std::fmt::Display) -> spafit::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

@@ -132,7 +132,8 @@ impl GradcheckCommand {
         .map_err(|e| {
             e.in_memory_context(|| {
                 let what = format!(
-                    "This was the check's passes on the device, over {} short texts",
+                    "This was the gradient check (the model on the device, its f64 reference \
+                     on the host), over {} short texts",
                     texts.len()
                 );
                 let frozen = PeftPlan::new(peft, checkpoint.config.num_hidden_layers)

@@ -824,7 +824,26 @@ impl TrainCommand {
                         self.train.eval_batch_size(),
                         task,
                         &signalled,
-                    )?,
+                    )
+                    .map_err(|e| {
+                        e.in_memory_context(|| {
+                            let largest = self.train.eval_batch_size().min(encoded.len());
+                            let saved = match &self.train.output {
+                                Some(_) => format!(
+                                    "its best adapter is saved: `{} --batch-size {}` gives it",
+                                    self.eval_command(t, split),
+                                    (largest / 2).max(1)
+                                ),
+                                None => {
+                                    "without --output the trained adapter is not saved".to_string()
+                                }
+                            };
+                            format!(
+                                "This was the evaluation on {split} after the last step, in \
+                                 batches of up to {largest} examples; {saved}"
+                            )
+                        })
+                    })?,
                 };
                 let Some(eval) = evaluated else {
                     self.note_split_left_out(t, split);
@@ -858,6 +877,16 @@ impl TrainCommand {
     /// the command that gives it.
     fn note_split_left_out(&self, task: spafit::data::GlueTask, split: &str) {
         let signal = super::interrupt::received().map_or("a signal", |(name, _)| name);
+        let command = self.eval_command(task, split);
+        note!(
+            "spafit: {signal} came after the run's last step: its results are written without \
+             {split}'s evaluation, which `{command}` gives"
+        );
+    }
+
+    /// The `spafit eval` command that evaluates the run's best adapter on `split`, as the
+    /// run would have: the same model, data, device and precision.
+    fn eval_command(&self, task: spafit::data::GlueTask, split: &str) -> String {
         let flag = |flag: &str, path: &std::path::Path| {
             spafit::shell_word::shell_flag(flag, path.as_os_str())
         };
@@ -880,10 +909,7 @@ impl TrainCommand {
         if let Some(out) = &self.train.output {
             command += &format!(" {}", flag("--adapter", &out.join("best")));
         }
-        note!(
-            "spafit: {signal} came after the run's last step: its results are written without \
-             {split}'s evaluation, which `{command}` gives"
-        );
+        command
     }
 }
 

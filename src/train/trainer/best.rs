@@ -166,7 +166,8 @@ impl<B: Backend> Trainer<'_, B> {
         run.evaluation_due = true;
         let told = self.save_after_out_of_memory(plan, run, what, &kept);
         run.evaluation_due = false;
-        match memory_alternatives(&self.backend, &[], self.model.has_frozen_linear_weights()) {
+        let frozen = self.model.has_frozen_linear_weights();
+        match memory_alternatives(&self.backend, &[], frozen).filter(|_| largest > 1) {
             Some(less) => format!("{told}. A new run needs less with {less}"),
             None => told,
         }

@@ -52,8 +52,9 @@ impl<B: Backend> Trainer<'_, B> {
             }
             Err(e) => return Err(e),
         };
-        // An update that runs out of device memory (new moments, or a parameter's own copy
-        // where the kept best weights share its buffer) changes no value, moment or count.
+        // An update that runs out of device memory (the first step's new moments, or a
+        // parameter's own copy where an embedder's clone shares its buffer) changes no value,
+        // moment or count.
         match run
             .optimizer
             .update(&self.backend, self.model.params_mut(), &grads, lr)
@@ -151,9 +152,12 @@ impl<B: Backend> Trainer<'_, B> {
     ) -> String {
         let longest = rows.iter().map(|&i| plan.lengths[i]).max().unwrap_or(0);
         // In micro-batches the part, not the batch, is what the activations scale with.
-        let micro = self.config.micro_batch_size.filter(|&m| m < rows.len());
-        let part = micro.unwrap_or(rows.len());
-        let parts = micro.map_or(String::new(), |m| format!(" in micro-batches of {m}"));
+        let micro = self.config.micro_batch_size;
+        let part = micro.map_or(rows.len(), |m| m.min(rows.len()));
+        let parts = match micro {
+            Some(m) if m < rows.len() => format!(" in micro-batches of {m}"),
+            _ => String::new(),
+        };
         let batch = format!(
             "batch of {} examples of up to {longest} tokens{parts}",
             rows.len()
@@ -181,7 +185,7 @@ impl<B: Backend> Trainer<'_, B> {
                      sequences and the {}, its gradients ({:.1} MiB, the trained tensors' \
                      size) do not",
                     run.step + 1,
-                    if micro.is_some() { "micro-batches" } else { "batch" },
+                    if part < rows.len() { "micro-batches" } else { "batch" },
                     gradient_bytes as f64 / 1048576.0
                 ),
                         match part > 1 {
