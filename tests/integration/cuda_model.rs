@@ -1051,9 +1051,14 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
 /// Loaded in bf16 for a plan, each layer whose weights stay frozen is stored in bf16 as soon
 /// as it is loaded: the device never holds more than the finished model and one layer's
 /// weights in f32, where loading every weight first and storing after held them all in f32
-/// at once. Both ways build the same model: the same logits, bit for bit.
+/// at once. Both ways build the same model: the same logits, bit for bit. Runs in a child
+/// process: the device's peak memory is the process's, which other tests share.
 #[test]
 fn loading_for_a_plan_stores_each_frozen_layer_as_it_loads() {
+    let test = "loading_for_a_plan_stores_each_frozen_layer_as_it_loads";
+    if !common::is_the_child_running(module_path!(), test) {
+        return;
+    }
     let b = cuda(DType::BF16);
     let (layers, h, i) = (4, 48, 96);
     let mut config = tiny_bert::config(layers);
