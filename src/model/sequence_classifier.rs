@@ -150,16 +150,6 @@ impl<B: Backend> BertClassifier<B> {
         seed: u64,
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
-        Self::load_whole_head(checkpoint, backend, num_labels, seed, frozen_weights)
-    }
-
-    fn load_whole_head(
-        checkpoint: &Checkpoint,
-        backend: &B,
-        num_labels: usize,
-        seed: u64,
-        frozen_weights: &dyn Fn(usize) -> bool,
-    ) -> Result<Self> {
         let config = &checkpoint.config;
         backend.check_attention_head_dim(config.head_dim(), false)?;
         // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
@@ -411,17 +401,9 @@ impl<B: Backend> BertClassifier<B> {
         while_loading(backend, plan.freezes_weights(), loaded)
     }
 
+    /// A random model, storing the weights of each encoder layer `frozen_weights` names (by
+    /// index) in the backend's frozen dtype as soon as that layer is drawn.
     fn random_storing(
-        config: &BertConfig,
-        backend: &B,
-        num_labels: usize,
-        seed: u64,
-        frozen_weights: &dyn Fn(usize) -> bool,
-    ) -> Result<Self> {
-        Self::draw(config, backend, num_labels, seed, frozen_weights)
-    }
-
-    fn draw(
         config: &BertConfig,
         backend: &B,
         num_labels: usize,
