@@ -11,7 +11,7 @@ use crate::checkpoint::{BertConfig, Checkpoint, WeightsFile};
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
 use crate::peft::PeftPlan;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{HostTensor, Tensor};
 
 /// File of the trainable tensors inside an adapter directory.
 pub const WEIGHTS_FILE: &str = "adapter.safetensors";
@@ -35,26 +35,13 @@ pub(crate) fn safetensors_entries<B: Backend>(
     backend: &B,
     tensors: &[(String, Tensor<B>)],
 ) -> Result<Vec<SafetensorsEntry>> {
-    let mut owned = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let values = backend.to_f64(t)?;
-        let (dtype, bytes): (Dtype, Vec<u8>) = if t.dtype() == DType::F64 {
-            (
-                Dtype::F64,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        } else {
-            (
-                Dtype::F32,
-                values
-                    .iter()
-                    .flat_map(|&v| (v as f32).to_le_bytes())
-                    .collect(),
-            )
-        };
-        owned.push((name.clone(), dtype, t.dims().to_vec(), bytes));
-    }
-    Ok(owned)
+    tensors
+        .iter()
+        .map(|(name, t)| {
+            let (dtype, dims, bytes) = HostTensor::copy_of(backend, t)?.safetensors_entry();
+            Ok((name.clone(), dtype, dims, bytes))
+        })
+        .collect()
 }
 
 /// A safetensors file of `entries`, with string metadata in its header.

@@ -1,16 +1,17 @@
-//! Trainable tensors copied to host memory: the best weights a run keeps beside the ones it
-//! trains. Kept on the device they held a second copy of every trained tensor there from
-//! the first update after an evaluation (full fine-tuning of all-MiniLM-L6-v2 on the
-//! stand-in: 455 MB of device memory against 364 MB without evaluations); on the host they
-//! take what the copy took on the CPU backend anyway.
+//! Tensors copied to host memory in the precision they have on their backend: the best
+//! weights a training run keeps beside the ones it trains, and every tensor a safetensors
+//! file is written from. Kept on the device, the best weights held a second copy of every
+//! trained tensor there from the first update after an evaluation (full fine-tuning of
+//! all-MiniLM-L6-v2 on the stand-in: 455 MB of device memory against 364 MB without
+//! evaluations); on the host they take what the copy took on the CPU backend anyway.
 
 use std::collections::BTreeMap;
 
 use safetensors::Dtype;
 
+use super::{DType, Shape, Tensor};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::tensor::{DType, Shape, Tensor};
 
 /// One tensor's values on the host, in the precision it has on its backend (f64 for the
 /// f64 reference, f32 otherwise: trainable tensors are f32 masters elsewhere), so that it
@@ -45,6 +46,11 @@ impl HostTensor {
             dtype: t.dtype(),
             values,
         })
+    }
+
+    /// The shape it has.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
     }
 
     /// The tensor on `backend` again, in the dtype it had.
@@ -84,34 +90,4 @@ pub(crate) fn copy_all<'t, B: Backend + 't>(
         .into_iter()
         .map(|(name, t)| Ok((name.clone(), HostTensor::copy_of(backend, t)?)))
         .collect()
-}
-
-/// A trainable tensor's saved value, which [`crate::train`]'s trainer restores: on the
-/// backend (the state a run resumes from, the weights it trains now) or on the host (its
-/// best weights).
-pub(crate) trait SavedValue<B: Backend> {
-    /// The shape it was saved with.
-    fn saved_shape(&self) -> &Shape;
-    /// The value as a tensor on `backend`.
-    fn on(&self, backend: &B) -> Result<Tensor<B>>;
-}
-
-impl<B: Backend> SavedValue<B> for Tensor<B> {
-    fn saved_shape(&self) -> &Shape {
-        self.shape()
-    }
-
-    fn on(&self, _: &B) -> Result<Tensor<B>> {
-        Ok(self.clone())
-    }
-}
-
-impl<B: Backend> SavedValue<B> for HostTensor {
-    fn saved_shape(&self) -> &Shape {
-        &self.shape
-    }
-
-    fn on(&self, backend: &B) -> Result<Tensor<B>> {
-        self.upload(backend)
-    }
 }

@@ -9,11 +9,13 @@
 mod bf16_rounding;
 mod dtype;
 mod host_buffer;
+mod host_copy;
 mod shape;
 
 pub use bf16_rounding::bf16_from_f64;
 pub use dtype::DType;
 pub(crate) use host_buffer::collect_host;
+pub(crate) use host_copy::{copy_all, HostTensor, HostTensors};
 pub use shape::Shape;
 
 use std::sync::Arc;

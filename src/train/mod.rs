@@ -5,7 +5,6 @@ mod batch_log;
 mod config;
 mod encoded;
 mod evaluate;
-mod host_copy;
 pub(crate) mod micro_batches;
 mod observer;
 mod optimizer;

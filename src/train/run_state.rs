@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::config::DropoutRates;
-use super::host_copy::{copy_all, HostTensors};
 use super::micro_batches;
 use super::schedule::warmup_steps;
 use super::{EncodedDataset, Evaluation, TrainConfig};
@@ -22,6 +21,7 @@ use crate::checkpoint::WeightsFile;
 use crate::data::Target;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use crate::tensor::{copy_all, HostTensors};
 
 /// File of the resumable state inside `<output>/last/`.
 pub const STATE_FILE: &str = "state.safetensors";

@@ -9,8 +9,7 @@ use super::plan::{evaluations, RunPlan};
 use super::{Meter, Run, Trainer};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
-use crate::train::host_copy::SavedValue;
+use crate::tensor::{HostTensor, Shape, Tensor};
 use crate::train::observer::TrainEvent;
 use crate::train::run_state::{self, LossWindow, RunPosition, SavedBest, STATE_FILE};
 use crate::train::{AdamW, BatchLog, Progress};
@@ -317,5 +316,35 @@ impl<B: Backend> Trainer<'_, B> {
             }
         }
         Ok(())
+    }
+}
+
+/// A trainable tensor's saved value, which the trainer restores: on the
+/// backend (the state a run resumes from, the weights it trains now) or on the host (its
+/// best weights).
+pub(crate) trait SavedValue<B: Backend> {
+    /// The shape it was saved with.
+    fn saved_shape(&self) -> &Shape;
+    /// The value as a tensor on `backend`.
+    fn on(&self, backend: &B) -> Result<Tensor<B>>;
+}
+
+impl<B: Backend> SavedValue<B> for Tensor<B> {
+    fn saved_shape(&self) -> &Shape {
+        self.shape()
+    }
+
+    fn on(&self, _: &B) -> Result<Tensor<B>> {
+        Ok(self.clone())
+    }
+}
+
+impl<B: Backend> SavedValue<B> for HostTensor {
+    fn saved_shape(&self) -> &Shape {
+        self.shape()
+    }
+
+    fn on(&self, backend: &B) -> Result<Tensor<B>> {
+        self.upload(backend)
     }
 }
