@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_assets.sh
 cargo build --release --locked --bin spafit
-exec target/release/spafit demo "$@"
+exec "${CARGO_TARGET_DIR:-target}"/release/spafit demo "$@"

@@ -2,7 +2,10 @@
 # PyTorch + PEFT beside `spafit bench` on this machine's CPU, alternating in ONE run with the
 # same work: all-MiniLM-L6-v2 (or the checkpoint MODEL names), batch 16, fixed lengths 64 and 256, dropout on, AdamW; full,
 # BitFit, LoRA (query, value) and SPAFIT (N1 2, N2 4, r 8, six maps). Two rounds; the table
-# ends with the speed ratio (PyTorch ms / spafit ms: above 1 means spafit is faster).
+# ends with the speed ratio (PyTorch ms / spafit ms: above 1 means spafit is faster). A second
+# table gives each side's peak resident memory over the steps (Linux's VmHWM, started over once
+# the model is loaded; each method in a process of its own), what the steps added to the memory
+# resident before them, and the ratios PyTorch / spafit (above 1: spafit needs less).
 #
 # usage: scripts/side_by_side_cpu.sh [VENV]   (default .cache/torchenv; it needs torch,
 # transformers and peft, and is created with them when missing: about 5 GB, not part of CI)
@@ -40,20 +43,22 @@ for round in $(seq "$rounds"); do
                 "$threads" 2 4 "$method" 2>/dev/null | sed -n 's/^TORCH //p')
             strata=()
             [ "$method" = spafit ] && strata=(--n1 2 --n2 4)
-            s=$(target/release/spafit bench --model "$model" --method "$method" "${strata[@]}" \
+            s=$("${CARGO_TARGET_DIR:-target}"/release/spafit bench --model "$model" --method "$method" "${strata[@]}" \
                 --batch-size 16 --seq-len "$len" --steps "$steps" --warmup "$warmup" --dtype "$dtype")
-            tm=$(echo "$t" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')
-            sm=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms_per_step"])')
-            echo "$round $len $method $tm $sm" | tee -a "$results" >&2
+            fields='import json,sys; r = json.load(sys.stdin); print(r["ms_per_step"], r["peak_mem_mib"], r["resident_before_steps_mib"])'
+            echo "$round $len $method $(echo "$t" | python3 -c "$fields") $(echo "$s" | python3 -c "$fields")" \
+                | tee -a "$results" >&2
         done
     done
 done
 python3 - "$results" <<'PY'
 import sys, collections
 rows = collections.OrderedDict()
+memory = collections.OrderedDict()
 for line in open(sys.argv[1]):
-    r, length, method, t, s = line.split()
+    r, length, method, t, t_peak, t_before, s, s_peak, s_before = line.split()
     rows.setdefault((int(length), method), []).append((float(t), float(s)))
+    memory.setdefault((int(length), method), []).append((t_peak, t_before, s_peak, s_before))
 print("| batch × length | method | PyTorch + PEFT ms/step (rounds) | spafit ms/step (rounds) | speed ratio PyTorch/spafit |")
 print("|---|---|---|---|---|")
 for (length, method), v in rows.items():
@@ -61,5 +66,17 @@ for (length, method), v in rows.items():
     ss = " / ".join(f"{s:.0f}" for _, s in v)
     ratio = sum(t for t, _ in v) / sum(s for _, s in v)
     print(f"| 16 × {length} | {method} | {ts} | {ss} | {ratio:.2f}× |")
+print()
+print("| batch × length | method | PyTorch + PEFT peak MiB (added by the steps) | spafit peak MiB (added by the steps) | memory ratio PyTorch/spafit: peak, added |")
+print("|---|---|---|---|---|")
+for (length, method), v in memory.items():
+    if any("None" in m for m in v):
+        print(f"| 16 × {length} | {method} | (peak not measurable here: needs Linux's /proc/self/clear_refs) | | |")
+        continue
+    # The largest over the rounds: a peak is what a machine must have.
+    tp, tb, sp, sb = (max(float(m[i]) for m in v) for i in range(4))
+    t_added = max(float(m[0]) - float(m[1]) for m in v)
+    s_added = max(float(m[2]) - float(m[3]) for m in v)
+    print(f"| 16 × {length} | {method} | {tp:.0f} ({t_added:.0f}) | {sp:.0f} ({s_added:.0f}) | {tp / sp:.2f}×, {t_added / s_added:.2f}× |")
 PY
 rm -f "$results"

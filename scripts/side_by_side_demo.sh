@@ -33,7 +33,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for round in $(seq "$rounds"); do
 for method in $methods; do
-    s=$(target/release/spafit demo --method "$method" --quiet --write-batches "$work/batches.jsonl" | tail -1)
+    s=$("${CARGO_TARGET_DIR:-target}"/release/spafit demo --method "$method" --quiet --write-batches "$work/batches.jsonl" | tail -1)
     lr=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lr"])')
     t=$("$venv/bin/python" scripts/torch_peft_demo.py "$model" "$work/batches.jsonl" "$data" "$method" \
         "$lr" "$threads" 2 4 2>/dev/null | sed -n 's/^TORCH //p')

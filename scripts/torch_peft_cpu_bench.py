@@ -11,7 +11,11 @@ each method, in float32 on the CPU with `torch.set_num_threads(THREADS)` — the
           dropout 0.1 on all six linear maps (+ classifier)
 
 Training mode (dropout on), random token ids (the first one [CLS]), every token real, two
-labels. Prints one JSON line per method prefixed `TORCH`; the step time is the median.
+labels. Prints one JSON line per method prefixed `TORCH`; the step time is the median;
+`peak_mem_mib` is the process's peak resident memory over the steps (warm-up included), as
+`spafit bench` measures it: Linux's VmHWM, started over from the resident memory once the
+model, optimizer and batch exist (`resident_before_steps_mib`). Run one method per process
+for a peak of its own (the side-by-side script does).
 With TORCH_CPU_BENCH_DTYPE=bf16 the forward and loss run under `torch.autocast("cpu",
 torch.bfloat16)` (PyTorch's mixed precision; beside `spafit bench --dtype bf16`).
 usage: torch_peft_cpu_bench.py MODEL_DIR B T STEPS WARMUP THREADS N1 N2 METHOD...
@@ -61,6 +65,27 @@ def model_for(path, method, n1, n2):
     return model
 
 
+def proc_status_mib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_resident():
+    # Linux 4.0 on: the peak starts over from the current resident memory.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def bench(path, method, batch, seq, steps, warmup, n1, n2):
     model = model_for(path, method, n1, n2).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -71,6 +96,8 @@ def bench(path, method, batch, seq, steps, warmup, n1, n2):
     labels = torch.arange(batch) % 2
 
     bf16 = os.environ.get("TORCH_CPU_BENCH_DTYPE", "f32") == "bf16"
+    peak_reset = reset_peak_resident()
+    resident_before = proc_status_mib("VmRSS:")
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
@@ -86,11 +113,13 @@ def bench(path, method, batch, seq, steps, warmup, n1, n2):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
+    peak = proc_status_mib("VmHWM:") if peak_reset else None
     times.sort()
     ms = statistics.median(times) * 1e3  # an even count's: the mean of the middle two, as spafit bench
     line = {"method": method, "batch": batch, "seq_len": seq, "ms_per_step": round(ms, 3),
             "trainable_params": sum(p.numel() for p in params), "threads": torch.get_num_threads(),
             "dtype": "bf16" if bf16 else "f32",
+            "peak_mem_mib": peak, "resident_before_steps_mib": resident_before,
             "torch": torch.__version__}
     print("TORCH " + json.dumps(line), flush=True)
 

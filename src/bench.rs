@@ -38,6 +38,10 @@ pub struct BenchReport {
     /// included: Linux's `VmHWM`, reset after the model was loaded or drawn. `None` where
     /// the peak cannot be reset (not Linux, or `/proc/self/clear_refs` not writable).
     pub peak_mem_mib: Option<f64>,
+    /// Resident memory in MiB when the steps began (the model loaded, nothing trained yet):
+    /// `peak_mem_mib` less this is what the steps themselves added (activations, gradients,
+    /// optimizer moments, the allocator's slack). `None` elsewhere than Linux.
+    pub resident_before_steps_mib: Option<f64>,
     /// Peak resident memory of the whole process in MiB, loading the model included (which
     /// may need more than a small step: reading and converting the checkpoint); `None`
     /// elsewhere than Linux.
@@ -247,6 +251,7 @@ pub fn bench_train_step_with<B: Backend>(
     // What loading took is not what the steps take: the peak starts over here.
     let peak_before_steps = peak_resident_mib();
     let peak_reset = reset_peak_resident();
+    let resident_before_steps_mib = resident_mib();
     for i in 0..warmup + steps {
         backend.synchronize()?;
         if i == warmup {
@@ -290,6 +295,7 @@ pub fn bench_train_step_with<B: Backend>(
         samples_per_s: batch as f64 / median,
         tokens_per_s: (batch * seq_len) as f64 / median,
         peak_mem_mib: peak_steps,
+        resident_before_steps_mib,
         process_peak_mem_mib: match (peak_before_steps, peak_steps) {
             (Some(before), Some(steps)) => Some(before.max(steps)),
             _ => peak_resident_mib(),
@@ -305,6 +311,11 @@ pub fn bench_train_step_with<B: Backend>(
 /// Peak resident set size of this process in MiB, from `/proc/self/status` (Linux).
 pub fn peak_resident_mib() -> Option<f64> {
     crate::model::proc_kib("/proc/self/status", "VmHWM:").map(|kib| kib as f64 / 1024.0)
+}
+
+/// The process's resident memory in MiB (Linux's `VmRSS`); `None` elsewhere.
+pub fn resident_mib() -> Option<f64> {
+    crate::model::proc_kib("/proc/self/status", "VmRSS:").map(|kib| kib as f64 / 1024.0)
 }
 
 /// Starts the peak resident memory over from the current resident memory (Linux 4.0 on:

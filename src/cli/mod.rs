@@ -67,8 +67,9 @@ enum Command {
     /// steps) and `ms_per_step_min` (the fastest: the least disturbed on a shared machine);
     /// `samples_per_s` and `tokens_per_s` (batch, and batch × seq_len, over the median; every
     /// token counts, where `train`'s tokens_per_s counts only real tokens of padded batches);
-    /// `peak_mem_mib` (peak resident memory of the steps, the model included, Linux only) and
-    /// `process_peak_mem_mib` (of the whole process, loading the checkpoint included, which
+    /// `peak_mem_mib` (peak resident memory of the steps, the model included, Linux only),
+    /// `resident_before_steps_mib` (resident memory as the steps began: the peak less this is
+    /// what training added) and `process_peak_mem_mib` (of the whole process, loading the checkpoint included, which
     /// may be the larger); `peak_device_mib` (CUDA: device memory of the timed steps);
     /// `kernel_code` (CUDA: the kernels as machine code for the GPU or as PTX its driver
     /// compiled, see `SPAFIT_CUDA_SASS` in the README);

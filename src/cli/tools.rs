@@ -359,7 +359,7 @@ impl BenchCommand {
             "batch": r.batch, "micro_batch": r.micro_batch, "seq_len": r.seq_len, "steps": r.steps,
             "ms_per_step": r.ms_per_step, "ms_per_step_min": r.ms_per_step_min, "samples_per_s": r.samples_per_s, "tokens_per_s": r.tokens_per_s,
             "warmup": self.warmup, "host_threads": rayon::current_num_threads(),
-            "peak_mem_mib": r.peak_mem_mib, "process_peak_mem_mib": r.process_peak_mem_mib, "peak_device_mib": r.peak_device_mib,
+            "peak_mem_mib": r.peak_mem_mib, "resident_before_steps_mib": r.resident_before_steps_mib, "process_peak_mem_mib": r.process_peak_mem_mib, "peak_device_mib": r.peak_device_mib,
             "kernel_code": backend.kernel_code(),
             "trainable_params": r.trainable_params, "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
         });

@@ -1630,6 +1630,13 @@ fn gradcheck_and_bench_print_json() {
             true => assert!(line["peak_mem_mib"].as_f64().unwrap() < process, "{line}"),
             false => assert!(line["peak_mem_mib"].is_null(), "{line}"),
         }
+        // Before the steps the model's 87 MiB of f32 weights are resident, and the steps
+        // can only add to that.
+        let before = line["resident_before_steps_mib"].as_f64().unwrap();
+        assert!(before > 87.0, "{line}");
+        if resettable {
+            assert!(before <= line["peak_mem_mib"].as_f64().unwrap(), "{line}");
+        }
     }
     // SPAFIT's boundaries as resolved (a quarter of 6 layers rounds up to 2), and where the
     // adapters went.
