@@ -811,39 +811,32 @@ impl TrainCommand {
         // came after the last step leaves the second out, which may take minutes, rather than
         // keep a scheduler or a user waiting for it.
         let signalled = || super::interrupt::received().is_some();
+        // Out of memory there, the run's results are still written, without that split.
+        let mut left_out = None;
         if let Some(t) = task.filter(|_| devs.len() > 1) {
             let tokenizer = self.model.tokenizer(&run.checkpoint, run.trained_cut)?;
             for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
                 let encoded = spafit::train::EncodedDataset::new(&tokenizer, data)?;
                 let evaluated = match signalled() {
                     true => None,
-                    false => spafit::train::evaluate_until(
+                    false => match spafit::train::evaluate_until(
                         &run.backend,
                         &run.model,
                         &encoded,
                         self.train.eval_batch_size(),
                         task,
                         &signalled,
-                    )
-                    .map_err(|e| {
-                        e.in_memory_context(|| {
+                    ) {
+                        Ok(evaluated) => evaluated,
+                        Err(e @ spafit::Error::OutOfMemory { .. }) => {
                             let largest = self.train.eval_batch_size().min(encoded.len());
-                            let saved = match &self.train.output {
-                                Some(_) => format!(
-                                    "its best adapter is saved: `{} --batch-size {}` gives it",
-                                    self.eval_command(t, split),
-                                    (largest / 2).max(1)
-                                ),
-                                None => {
-                                    "without --output the trained adapter is not saved".to_string()
-                                }
-                            };
-                            format!(
-                                "This was the evaluation on {split} after the last step, in \
-                                 batches of up to {largest} examples; {saved}"
-                            )
-                        })
-                    })?,
+                            left_out = Some(e.in_memory_context(|| {
+                                self.split_out_of_memory_context(t, split, largest)
+                            }));
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
                 };
                 let Some(eval) = evaluated else {
                     self.note_split_left_out(t, split);
@@ -870,7 +863,44 @@ impl TrainCommand {
             );
         }
         super::print_line(&line)?;
-        Ok(())
+        match left_out {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// What a finished run's evaluation of its second dev split, `split`, in batches of up to
+    /// `largest` examples, was when it ran out of memory, and how to have it still.
+    fn split_out_of_memory_context(
+        &self,
+        task: spafit::data::GlueTask,
+        split: &str,
+        largest: usize,
+    ) -> String {
+        let (written, adapter) = match &self.train.output {
+            Some(dir) => (
+                format!("written to {} without it", dir.join(RESULT_FILE).display()),
+                match largest {
+                    0 | 1 => format!(
+                        "its best adapter is saved: `{}` gives it on a device with more memory",
+                        self.eval_command(task, split)
+                    ),
+                    n => format!(
+                        "its best adapter is saved: `{} --batch-size {}` gives it",
+                        self.eval_command(task, split),
+                        n / 2
+                    ),
+                },
+            ),
+            None => (
+                "printed without it".to_string(),
+                "without --output the trained adapter is not saved".to_string(),
+            ),
+        };
+        format!(
+            "This was the evaluation on {split} after the last step, in batches of up to \
+             {largest} examples: the run's results are {written}; {adapter}"
+        )
     }
 
     /// Says that a signal after the run's last step left out the evaluation of `split`, and

@@ -1327,6 +1327,137 @@ fn a_signal_at_the_end_of_an_mnli_run_leaves_out_the_second_dev_set() {
     }
 }
 
+/// An MNLI run whose second dev set (longer texts, larger batches) does not fit the device
+/// after training: the command fails with the split, its batch and the `spafit eval` command
+/// that gives it, and result.json is written all the same, without that split. The device's
+/// memory is the most under which the run fails, found by bisection on the stand-in.
+#[test]
+fn an_mnli_run_out_of_memory_on_its_second_dev_set_keeps_its_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny");
+    common::tiny_bert::write_checkpoint(&tiny);
+    let m = tiny.display().to_string();
+    let glue = dir.path().join("glue");
+    std::fs::create_dir_all(glue.join("MNLI")).unwrap();
+    let header = format!("{MNLI_COLUMNS}\tlabel1\tgold_label\n");
+    let labels = ["entailment", "neutral", "contradiction"];
+    let rows = |n: usize, words: usize| {
+        let mut text = header.clone();
+        for i in 0..n {
+            let sentence: Vec<&str> = (0..words)
+                .map(|j| ["a", "man", "plays", "music", "dog", "park"][(i + j) % 6])
+                .collect();
+            let s = sentence.join(" ");
+            let label = labels[i % 3];
+            text +=
+                &format!("{i}\t1\t1n\tfiction\t(a)\t(b)\t(A)\t(B)\t{s}\t{s}\t{label}\t{label}\n");
+        }
+        text
+    };
+    for (split, n, words) in [
+        ("train", 4, 3),
+        ("dev_matched", 4, 3),
+        ("dev_mismatched", 16, 40),
+    ] {
+        std::fs::write(glue.join(format!("MNLI/{split}.tsv")), rows(n, words)).unwrap();
+    }
+    let out = dir.path().join("run");
+    let (g, o) = (glue.display().to_string(), out.display().to_string());
+    let args = [
+        "train",
+        "--device",
+        "cuda-emu",
+        "--model",
+        &m,
+        "--task",
+        "mnli",
+        "--glue-dir",
+        &g,
+        "--method",
+        "bitfit",
+        "--max-len",
+        "64",
+        "--batch-size",
+        "2",
+        "--eval-batch-size",
+        "16",
+        "--max-steps",
+        "2",
+        "--quiet",
+        "--output",
+        &o,
+    ];
+    let run = |bytes: u64| {
+        // Each try starts over: a finished run in the folder would only be reported.
+        let _ = std::fs::remove_dir_all(&out);
+        let bytes = std::ffi::OsString::from(bytes.to_string());
+        spafit_with_env(&args, &[("SPAFIT_EMU_MEMORY", &bytes)])
+    };
+    let (mut fails, mut passes) = (1u64 << 10, 64u64 << 20);
+    let (ok, _, err) = run(passes);
+    assert!(ok, "fails with 64 MiB: {err}");
+    while passes - fails > 1024 {
+        let mid = (fails + passes) / 2;
+        match run(mid).0 {
+            true => passes = mid,
+            false => fails = mid,
+        }
+    }
+    let (ok, stdout, err) = run(fails);
+    assert!(!ok, "passed with {fails} bytes");
+    let command = format!(
+        "`spafit eval --model {m} --task mnli --glue-dir {g} --split dev_mismatched --device \
+         cuda-emu --adapter {} --batch-size 8` gives it",
+        out.join("best").display()
+    );
+    assert!(
+        err.contains("out of memory")
+            && err.contains(&format!(
+                "This was the evaluation on dev_mismatched after the last step, in batches of \
+                 up to 16 examples: the run's results are written to {} without it; its best \
+                 adapter is saved: ",
+                out.join("result.json").display()
+            ))
+            && err.contains(&command),
+        "{err}"
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert!(
+        result["steps"] == 2 && result["dev_accuracy"].is_number(),
+        "{result}"
+    );
+    assert!(result.get("dev_mismatched_accuracy").is_none(), "{result}");
+    // What stdout says is what the file holds.
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap(),
+        result
+    );
+    // The command named gives the evaluation on the same device.
+    let adapter = out.join("best").display().to_string();
+    let bytes = std::ffi::OsString::from(fails.to_string());
+    let eval = [
+        "eval",
+        "--model",
+        &m,
+        "--task",
+        "mnli",
+        "--glue-dir",
+        &g,
+        "--split",
+        "dev_mismatched",
+        "--device",
+        "cuda-emu",
+        "--adapter",
+        &adapter,
+        "--batch-size",
+        "8",
+    ];
+    let (ok, stdout, err) = spafit_with_env(&eval, &[("SPAFIT_EMU_MEMORY", &bytes)]);
+    let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_default();
+    assert!(ok && line["accuracy"].is_number(), "{stdout}{err}");
+}
+
 /// Gradients far below the loss's size are judged against the finite differences' rounding:
 /// with the pooler's weights scaled by 1e-7 the encoder's gradients are ~1e-9, right, and
 /// agree (error 0) with a note of how little the check could see there; scaled by 1e-13 they
