@@ -134,6 +134,11 @@ pub struct Tape<B: Backend> {
     /// next map reading the same input (the query, key and value maps read one) takes the
     /// copy instead of rounding again. One entry, dropped by any other op.
     rounded_input: Option<(Tensor<B>, Tensor<B>)>,
+    /// The last op's output and input where it was a GELU whose node keeps that input and
+    /// the backend recomputes GELU outputs ([`Backend::recomputes_gelu_outputs`]): a linear
+    /// map reading the output next keeps the input GELU keeps anyway, not the output. One
+    /// entry, dropped by any other op.
+    gelu_output: Option<(Tensor<B>, Tensor<B>)>,
     scope: usize,
     stats: TapeStats,
     tracking: bool,
@@ -162,6 +167,7 @@ impl<B: Backend> Tape<B> {
             misuse: None,
             saved_storages: HashSet::new(),
             rounded_input: None,
+            gelu_output: None,
             scope: 0,
             stats: TapeStats::new(),
             tracking: true,
@@ -227,8 +233,10 @@ impl<B: Backend> Tape<B> {
         ids: Vec<Option<usize>>,
         op: impl FnOnce(&[bool]) -> Box<dyn BackwardOp<B>>,
     ) -> Var<B> {
-        // A linear map's rounded input is kept only up to the next op (see `rounded_input`).
+        // A linear map's rounded input is kept only up to the next op (see `rounded_input`),
+        // and so is the last GELU's output (see `gelu_output`).
         self.rounded_input = None;
+        self.gelu_output = None;
         if ids.iter().all(Option::is_none) {
             return self.constant(output);
         }

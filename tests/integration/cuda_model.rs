@@ -527,11 +527,14 @@ fn drawn_labels<B: Backend>(backend: &B, num_labels: usize, targets: &[usize]) -
     }
 }
 
-/// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps.
+/// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps, where it keeps GELU
+/// outputs as the CPU does (by default it recomputes them: see
+/// [`gelu_outputs_recomputed_in_backward_change_no_bit_and_are_not_kept`]).
 #[test]
 fn f32_tape_keeps_the_same_bytes_as_the_cpu() {
     let cpu = CpuBackend::f32();
-    let b = cuda(DType::F32);
+    assert!(!cpu.recomputes_gelu_outputs());
+    let b = cuda(DType::F32).with_recomputed_gelu(false);
     for method in [Method::Full, Method::BitFit, Method::Lora, Method::Spafit] {
         let (.., sr) = step(&cpu, &model(&cpu, method, 3), 3);
         let (.., sb) = step(&b, &model(&b, method, 3), 3);
@@ -1044,6 +1047,103 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
                 got == want,
                 "{method}: value {i} (logits, loss, then gradients by name)"
             );
+        }
+    }
+}
+
+/// The feed-forward's GELU output, which the second map's weight (or adapter) gradient reads,
+/// is recomputed in backward from the pre-activation GELU's node keeps, not kept from
+/// forward: the same logits, loss and gradients, bit for bit, as keeping it, in f32 and bf16,
+/// with the weight trained (full), an adapter without dropout on the map (LoRA, layers 0 and
+/// 2: the rounded copy the fused adapter gradient reads) and with dropout (SPAFIT, layer 2:
+/// the f32 output the dropout masks); and the tape keeps exactly those outputs less. Layers
+/// before the last see all 16 × 64 tokens (rounded to bf16 in bf16 mode: 128 Ki elements in
+/// rows of 128), the last only the 16 `[CLS]` rows the pooler reads (too few to round ahead:
+/// kept in f32).
+#[test]
+fn gelu_outputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
+    let mut config = tiny_bert::config(3);
+    config.hidden_size = 64;
+    config.num_attention_heads = 2;
+    config.intermediate_size = 128;
+    config.max_position_embeddings = 64;
+    let (batch, seq, inter) = (16, 64, 128);
+    let mut rng = spafit::rng::SplitMix::new(5);
+    let lengths: Vec<usize> = (0..batch).map(|b| seq - 5 * (b % 3)).collect();
+    let encoded = EncodedBatch {
+        input_ids: (0..batch * seq)
+            .map(|i| match i % seq < lengths[i / seq] {
+                true => 1 + (rng.next_u64() % 28) as u32,
+                false => 0,
+            })
+            .collect(),
+        token_type_ids: vec![0; batch * seq],
+        attention_mask: (0..batch * seq)
+            .map(|i| u32::from(i % seq < lengths[i / seq]))
+            .collect(),
+        batch,
+        seq,
+    };
+    // LoRA's adapters without dropout, SPAFIT's with.
+    let run = |b: &CudaBackend, method: Method| {
+        let m = model_of(b, config.clone(), method, 3, Weights::ByFanIn);
+        let lora_dropout = match method {
+            Method::Lora => 0.0,
+            _ => 0.2,
+        };
+        let input = ModelInput::new(b, &encoded).unwrap();
+        let labels = Labels::Classes(
+            b.tensor_from_u32(
+                Shape::new([batch]),
+                &(0..batch as u32).map(|i| i % 3).collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        );
+        let mut tape = Tape::new(b.clone());
+        let mut dropouts = DropoutPlan::train(0.1, 0.1, lora_dropout, 31);
+        let logits = m.forward(&mut tape, &input, &mut dropouts).unwrap();
+        let loss = m.loss(&mut tape, &logits, &labels).unwrap();
+        let kept = tape.stats().saved_activation_bytes;
+        let grads = tape.backward(&loss).unwrap();
+        let mut values = vec![
+            b.to_f64(logits.value()).unwrap(),
+            b.to_f64(loss.value()).unwrap(),
+        ];
+        values.extend(grads.iter().map(|(_, g)| b.to_f64(g).unwrap()));
+        let bits: Vec<Vec<u64>> = values
+            .into_iter()
+            .map(|v| v.into_iter().map(f64::to_bits).collect())
+            .collect();
+        (bits, kept)
+    };
+    let all_tokens = |bytes: usize| batch * seq * inter * bytes;
+    let cls_rows = batch * inter * 4;
+    for dtype in [DType::F32, DType::BF16] {
+        let b = cuda(dtype);
+        assert!(b.recomputes_gelu_outputs(), "the default");
+        let copy = match dtype {
+            DType::BF16 => 2,
+            _ => 4,
+        };
+        for (method, not_kept) in [
+            (Method::Full, 2 * all_tokens(copy) + cls_rows),
+            (Method::Lora, all_tokens(copy) + cls_rows),
+            (Method::Spafit, cls_rows),
+        ] {
+            let (recomputed, kept_recomputing) = run(&b, method);
+            let (kept, kept_keeping) = run(&b.with_recomputed_gelu(false), method);
+            assert_eq!(
+                kept_keeping - kept_recomputing,
+                not_kept,
+                "{dtype} {method}: bytes kept from forward to backward"
+            );
+            assert_eq!(recomputed.len(), kept.len());
+            for (i, (got, want)) in recomputed.iter().zip(&kept).enumerate() {
+                assert!(
+                    got == want,
+                    "{dtype} {method}: value {i} (logits, loss, then gradients by name)"
+                );
+            }
         }
     }
 }

@@ -51,7 +51,12 @@ impl<B: Backend> Tape<B> {
     /// GELU (erf form).
     pub fn gelu(&mut self, x: &Var<B>) -> Result<Var<B>> {
         let y = self.backend.gelu_forward(&x.value)?;
-        Ok(self.record(y, vec![x.id], |_| Box::new(GeluNode { x: x.value.clone() })))
+        let y = self.record(y, vec![x.id], |_| Box::new(GeluNode { x: x.value.clone() }));
+        // Recorded, its node keeps x: the map that reads y next may recompute y from it.
+        if y.id.is_some() && self.backend.recomputes_gelu_outputs() {
+            self.gelu_output = Some((y.value.clone(), x.value.clone()));
+        }
+        Ok(y)
     }
 
     /// Hyperbolic tangent (BERT's pooler).

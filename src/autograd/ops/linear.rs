@@ -34,7 +34,7 @@ struct LinearNode<B: Backend> {
     lora_dropout: Option<Dropout>,
     /// Kept only when `dW` or `dA` is needed: the backend's copy rounded for the products
     /// where it makes one and the adapter has no dropout (which masks the unrounded `x`).
-    x: Option<Tensor<B>>,
+    x: Option<KeptInput<B>>,
     /// Kept only when `dB` is needed.
     h: Option<Tensor<B>>,
 }
@@ -58,21 +58,25 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
             dlora_input: needs[X] && has_lora && self.lora_dropout.is_some(),
             dx_includes_lora: needs[X] && has_lora && self.lora_dropout.is_none(),
         };
-        let x_lora = match (&self.x, self.lora_dropout) {
+        let x = match &self.x {
+            Some(kept) => Some(kept.value(backend)?),
+            None => None,
+        };
+        let x_lora = match (&x, self.lora_dropout) {
             (Some(x), Some(d)) if want.dlora_a => Some(backend.dropout(x, d)?),
             _ => None,
         };
         let g = backend.linear_backward(
             LinearBackwardInputs {
                 dy: d_out,
-                x: self.x.as_ref(),
+                x: x.as_ref(),
                 w: Some(&self.w),
                 lora: self.lora.as_ref().map(|(a, b, scale)| LoraWeights {
                     a,
                     b,
                     scale: *scale,
                 }),
-                x_lora: x_lora.as_ref().or(self.x.as_ref()),
+                x_lora: x_lora.as_ref().or(x.as_ref()),
                 h: self.h.as_ref(),
             },
             want,
@@ -92,7 +96,37 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {
-        [&self.x, &self.h].into_iter().flatten().collect()
+        let x = self.x.as_ref().map(|kept| match kept {
+            KeptInput::Value(x) => x,
+            KeptInput::GeluOf { pre, .. } => pre,
+        });
+        [x, self.h.as_ref()].into_iter().flatten().collect()
+    }
+}
+
+/// What a linear node keeps to give its weight and adapter gradients their input.
+enum KeptInput<B: Backend> {
+    /// The input, or its copy rounded for the products.
+    Value(Tensor<B>),
+    /// The input was `gelu(pre)`, whose node keeps `pre`: recomputed in backward with the
+    /// forward's kernels (and rounded for the products as the forward's copy was, where
+    /// `rounded`), so the same bits as keeping it ([`Backend::recomputes_gelu_outputs`]).
+    GeluOf { pre: Tensor<B>, rounded: bool },
+}
+
+impl<B: Backend> KeptInput<B> {
+    fn value(&self, backend: &B) -> Result<Tensor<B>> {
+        match self {
+            KeptInput::Value(x) => Ok(x.clone()),
+            KeptInput::GeluOf { pre, rounded } => {
+                let y = backend.gelu_forward(pre)?;
+                match rounded {
+                    // Where no copy pays, the products round y themselves: the same bits.
+                    true => Ok(backend.rounded_for_products(&y)?.unwrap_or(y)),
+                    false => Ok(y),
+                }
+            }
+        }
     }
 }
 
@@ -154,6 +188,15 @@ impl<B: Backend> Tape<B> {
             None => None,
         };
         let x_rounded = self.rounded_input(&x.value)?;
+        // Read before `record`, which drops the entry.
+        let gelu_input = match &self.gelu_output {
+            Some((y, pre))
+                if y.storage_id() == x.value.storage_id() && y.shape() == x.value.shape() =>
+            {
+                Some(pre.clone())
+            }
+            _ => None,
+        };
         let lora_weights = lora.as_ref().map(|l| LoraWeights {
             a: &l.a.value,
             b: &l.b.value,
@@ -189,9 +232,14 @@ impl<B: Backend> Tape<B> {
                     .as_ref()
                     .map(|l| (l.a.value.clone(), l.b.value.clone(), l.scale)),
                 lora_dropout,
-                x: (needs[W] || needs[A]).then(|| match (x_rounded, lora_dropout) {
-                    (Some(xr), None) if !x_kept_elsewhere => xr,
-                    _ => x.value.clone(),
+                x: (needs[W] || needs[A]).then(|| {
+                    let rounded = x_rounded.is_some() && lora_dropout.is_none();
+                    match (gelu_input, x_rounded) {
+                        // Kept elsewhere, x costs nothing more to keep than its input.
+                        (Some(pre), _) if !x_kept_elsewhere => KeptInput::GeluOf { pre, rounded },
+                        (_, Some(xr)) if rounded && !x_kept_elsewhere => KeptInput::Value(xr),
+                        _ => KeptInput::Value(x.value.clone()),
+                    }
                 }),
                 h: if needs[B_LORA] { h } else { None },
             })

@@ -323,6 +323,7 @@ impl CudaBackend {
             gemm_precast: true,
             gemm_skinny: true,
             attention_stages: 1,
+            recompute_gelu: true,
         })
     }
 }

@@ -175,6 +175,8 @@ pub struct CudaBackend {
     gemm_skinny: bool,
     /// Stage buffers of the tensor-core attention kernels' streamed tiles (attention.rs).
     attention_stages: usize,
+    /// See [`Backend::recomputes_gelu_outputs`].
+    recompute_gelu: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -360,6 +362,17 @@ impl CudaBackend {
     pub fn with_bf16_storage(&self) -> Self {
         CudaBackend {
             precision: Precision::Bf16Storage,
+            ..self.clone()
+        }
+    }
+
+    /// The same device with GELU outputs that a weight gradient reads recomputed in backward
+    /// (`true`, the default) or kept from forward (`false`): see
+    /// [`Backend::recomputes_gelu_outputs`]. The same bits either way, which is what tests
+    /// show by turning it off.
+    pub fn with_recomputed_gelu(&self, on: bool) -> Self {
+        CudaBackend {
+            recompute_gelu: on,
             ..self.clone()
         }
     }
@@ -698,6 +711,10 @@ impl Backend for CudaBackend {
 
     fn rounded_for_products(&self, x: &Tensor<Self>) -> Result<Option<Tensor<Self>>> {
         gemm::rounded_for_products(self, x)
+    }
+
+    fn recomputes_gelu_outputs(&self) -> bool {
+        self.recompute_gelu
     }
 
     fn linear_forward_with(
