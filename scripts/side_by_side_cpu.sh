@@ -46,8 +46,10 @@ for round in $(seq "$rounds"); do
             s=$("${CARGO_TARGET_DIR:-target}"/release/spafit bench --model "$model" --method "$method" "${strata[@]}" \
                 --batch-size 16 --seq-len "$len" --steps "$steps" --warmup "$warmup" --dtype "$dtype")
             fields='import json,sys; r = json.load(sys.stdin); print(r["ms_per_step"], r["peak_mem_mib"], r["resident_before_steps_mib"])'
-            echo "$round $len $method $(echo "$t" | python3 -c "$fields") $(echo "$s" | python3 -c "$fields")" \
-                | tee -a "$results" >&2
+            # Assigned first: a line that does not parse stops the run here (set -e).
+            torch_fields=$(echo "$t" | python3 -c "$fields")
+            spafit_fields=$(echo "$s" | python3 -c "$fields")
+            echo "$round $len $method $torch_fields $spafit_fields" | tee -a "$results" >&2
         done
     done
 done
@@ -74,7 +76,7 @@ for (length, method), v in memory.items():
         print(f"| 16 × {length} | {method} | (peak not measurable here: needs Linux's /proc/self/clear_refs) | | |")
         continue
     # The largest over the rounds: a peak is what a machine must have.
-    tp, tb, sp, sb = (max(float(m[i]) for m in v) for i in range(4))
+    tp, sp = (max(float(m[i]) for m in v) for i in (0, 2))
     t_added = max(float(m[0]) - float(m[1]) for m in v)
     s_added = max(float(m[2]) - float(m[3]) for m in v)
     print(f"| 16 × {length} | {method} | {tp:.0f} ({t_added:.0f}) | {sp:.0f} ({s_added:.0f}) | {tp / sp:.2f}×, {t_added / s_added:.2f}× |")

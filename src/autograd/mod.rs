@@ -315,6 +315,7 @@ impl<B: Backend> Tape<B> {
     ) -> Result<BTreeMap<String, Tensor<B>>> {
         // Forward is over: the nodes hold what they need of it.
         self.rounded_input = None;
+        self.gelu_output = None;
         let Some(loss_id) = loss.id else {
             return Err(Error::Autograd(
                 "the loss does not depend on any trainable parameter".into(),

@@ -396,14 +396,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Whether the tape recomputes a GELU output in backward, from the pre-activation GELU's
-    /// own node keeps, where a linear map's weight or adapter gradient reads it (the
+    /// Whether the tape recomputes a GELU output in backward, from the pre-activation that
+    /// GELU's own node keeps, where a linear map's weight or adapter gradient reads it (the
     /// feed-forward's second map), rather than keep that output (or its copy from
-    /// [`Backend::rounded_for_products`]) beside the pre-activation: one elementwise pass more
-    /// per layer and backward, one `[tokens, intermediate]` tensor less held from forward to
-    /// backward. The same kernels on the same input: the same bits either way. CUDA: yes
-    /// (the pass is memory-bound and small beside the layer's GEMMs; device memory is what
-    /// bounds the batch); the CPU: no (measured on all-MiniLM-L6-v2, full fine-tuning at
+    /// [`Backend::rounded_for_products`]) beside the pre-activation: one or two elementwise
+    /// passes more per layer and backward (GELU, and the rounding where the forward made a
+    /// copy), one `[tokens, intermediate]` tensor less held from forward to backward. The
+    /// same kernels on the same input: the same bits either way. CUDA: yes (the passes are
+    /// memory-bound and small beside the layer's GEMMs; device memory is what bounds the
+    /// batch); the CPU: no (measured on all-MiniLM-L6-v2, full fine-tuning at
     /// 16 × 256: 11% less memory added by the step, 1.4–2.7% slower steps; a CPU run is
     /// short of time before memory).
     fn recomputes_gelu_outputs(&self) -> bool {

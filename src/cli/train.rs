@@ -812,7 +812,7 @@ impl TrainCommand {
         // keep a scheduler or a user waiting for it.
         let signalled = || super::interrupt::received().is_some();
         // Out of memory there, the run's results are still written, without that split.
-        let mut left_out = None;
+        let mut out_of_memory = None;
         if let Some(t) = task.filter(|_| devs.len() > 1) {
             let tokenizer = self.model.tokenizer(&run.checkpoint, run.trained_cut)?;
             for (split, data) in t.dev_splits()[1..].iter().zip(&devs[1..]) {
@@ -830,7 +830,7 @@ impl TrainCommand {
                         Ok(evaluated) => evaluated,
                         Err(e @ spafit::Error::OutOfMemory { .. }) => {
                             let largest = self.train.eval_batch_size().min(encoded.len());
-                            left_out = Some(e.in_memory_context(|| {
+                            out_of_memory = Some(e.in_memory_context(|| {
                                 self.split_out_of_memory_context(t, split, largest)
                             }));
                             break;
@@ -863,7 +863,7 @@ impl TrainCommand {
             );
         }
         super::print_line(&line)?;
-        match left_out {
+        match out_of_memory {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -877,25 +877,29 @@ impl TrainCommand {
         split: &str,
         largest: usize,
     ) -> String {
-        let (written, adapter) = match &self.train.output {
-            Some(dir) => (
-                format!("written to {} without it", dir.join(RESULT_FILE).display()),
+        let written = match &self.train.output {
+            // A --resume finds the run complete and reports these results as they are.
+            Some(dir) => format!(
+                "written to {} without it (a --resume reports them as they are)",
+                dir.join(RESULT_FILE).display()
+            ),
+            None => "printed without it".to_string(),
+        };
+        let adapter = match self.saved_adapter() {
+            Some(_) => {
+                let command = self.eval_command(task, split);
                 match largest {
                     0 | 1 => format!(
-                        "its best adapter is saved: `{}` gives it on a device with more memory",
-                        self.eval_command(task, split)
+                        "the trained adapter is saved: `{command} --batch-size 1` gives it on a \
+                         device with more memory"
                     ),
                     n => format!(
-                        "its best adapter is saved: `{} --batch-size {}` gives it",
-                        self.eval_command(task, split),
+                        "the trained adapter is saved: `{command} --batch-size {}` gives it",
                         n / 2
                     ),
-                },
-            ),
-            None => (
-                "printed without it".to_string(),
-                "without --output the trained adapter is not saved".to_string(),
-            ),
+                }
+            }
+            None => "without --output or --export-peft the trained adapter is not saved".into(),
         };
         format!(
             "This was the evaluation on {split} after the last step, in batches of up to \
@@ -936,10 +940,19 @@ impl TrainCommand {
         if self.model.dtype != "f32" {
             command += &format!(" --dtype {}", self.model.dtype);
         }
-        if let Some(out) = &self.train.output {
-            command += &format!(" {}", flag("--adapter", &out.join("best")));
+        if let Some(adapter) = self.saved_adapter() {
+            command += &format!(" {}", flag("--adapter", &adapter));
         }
         command
+    }
+
+    /// Where the run's trained adapter is once it ends: `best/` under --output, else the
+    /// --export-peft folder (the same weights: the export is written from the best ones).
+    fn saved_adapter(&self) -> Option<PathBuf> {
+        match (&self.train.output, &self.train.export_peft) {
+            (Some(out), _) => Some(out.join("best")),
+            (None, export) => export.clone(),
+        }
     }
 }
 

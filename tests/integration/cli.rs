@@ -1329,7 +1329,8 @@ fn a_signal_at_the_end_of_an_mnli_run_leaves_out_the_second_dev_set() {
 
 /// An MNLI run whose second dev set (longer texts, larger batches) does not fit the device
 /// after training: the command fails with the split, its batch and the `spafit eval` command
-/// that gives it, and result.json is written all the same, without that split. The device's
+/// that gives it (from `best/`, or from the PEFT export without --output), and result.json is
+/// written all the same, without that split. The device's
 /// memory is the most under which the run fails, found by bisection on the stand-in.
 #[test]
 fn an_mnli_run_out_of_memory_on_its_second_dev_set_keeps_its_results() {
@@ -1374,7 +1375,7 @@ fn an_mnli_run_out_of_memory_on_its_second_dev_set_keeps_its_results() {
         "--glue-dir",
         &g,
         "--method",
-        "bitfit",
+        "lora",
         "--max-len",
         "64",
         "--batch-size",
@@ -1414,8 +1415,8 @@ fn an_mnli_run_out_of_memory_on_its_second_dev_set_keeps_its_results() {
         err.contains("out of memory")
             && err.contains(&format!(
                 "This was the evaluation on dev_mismatched after the last step, in batches of \
-                 up to 16 examples: the run's results are written to {} without it; its best \
-                 adapter is saved: ",
+                 up to 16 examples: the run's results are written to {} without it (a --resume \
+                 reports them as they are); the trained adapter is saved: ",
                 out.join("result.json").display()
             ))
             && err.contains(&command),
@@ -1456,6 +1457,26 @@ fn an_mnli_run_out_of_memory_on_its_second_dev_set_keeps_its_results() {
     let (ok, stdout, err) = spafit_with_env(&eval, &[("SPAFIT_EMU_MEMORY", &bytes)]);
     let line: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_default();
     assert!(ok && line["accuracy"].is_number(), "{stdout}{err}");
+
+    // Without --output the results are printed only, and the command reads the PEFT export.
+    let export = dir.path().join("export").display().to_string();
+    let mut exported = args[..args.len() - 2].to_vec();
+    exported.extend(["--export-peft", &export]);
+    let (ok, stdout, err) = spafit_with_env(&exported, &[("SPAFIT_EMU_MEMORY", &bytes)]);
+    assert!(!ok, "passed with {fails} bytes");
+    assert!(
+        err.contains(
+            "the run's results are printed without it; the trained adapter is saved: `spafit \
+             eval"
+        ) && err.contains(&format!("--adapter {export} --batch-size 8` gives it")),
+        "{err}"
+    );
+    let printed: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(printed["dev_accuracy"].is_number(), "{printed}");
+    let mut eval = eval.to_vec();
+    eval[12] = &export;
+    let (ok, stdout, err) = spafit_with_env(&eval, &[("SPAFIT_EMU_MEMORY", &bytes)]);
+    assert!(ok, "{stdout}{err}");
 }
 
 /// Gradients far below the loss's size are judged against the finite differences' rounding:

@@ -33,7 +33,8 @@ struct LinearNode<B: Backend> {
     /// dropped copy of `x` is never stored.
     lora_dropout: Option<Dropout>,
     /// Kept only when `dW` or `dA` is needed: the backend's copy rounded for the products
-    /// where it makes one and the adapter has no dropout (which masks the unrounded `x`).
+    /// where it makes one and the adapter has no dropout (which masks the unrounded `x`), or
+    /// what recomputes either from GELU's input (see [`KeptInput::GeluOf`]).
     x: Option<KeptInput<B>>,
     /// Kept only when `dB` is needed.
     h: Option<Tensor<B>>,
@@ -235,7 +236,7 @@ impl<B: Backend> Tape<B> {
                 x: (needs[W] || needs[A]).then(|| {
                     let rounded = x_rounded.is_some() && lora_dropout.is_none();
                     match (gelu_input, x_rounded) {
-                        // Kept elsewhere, x costs nothing more to keep than its input.
+                        // Unless another node keeps x itself: then keeping it costs nothing.
                         (Some(pre), _) if !x_kept_elsewhere => KeptInput::GeluOf { pre, rounded },
                         (_, Some(xr)) if rounded && !x_kept_elsewhere => KeptInput::Value(xr),
                         _ => KeptInput::Value(x.value.clone()),
