@@ -1,5 +1,7 @@
 // LayerNorm over the last dimension: y = (x − mean) · rstd · γ + β, rstd = 1/sqrt(var + eps).
 //
+// Apply: the forward's y again from x and the saved mean and rstd, for a backward that
+// recomputes it rather than keep it (see Backend::recomputes_layernorm_outputs).
 // Forward: one warp per row, LN_ROWS rows a block, the row held in registers (LN_CACHED):
 // the mean, then the centred variance, each sum a butterfly of shuffles that leaves every
 // lane the same bits. Writes y, mean[row], rstd[row] (mean/rstd always f32). No block
@@ -23,6 +25,13 @@ __device__ __forceinline__ float warp_sum(float v) {
 // longer row is read again in each pass. A lane's elements are summed in increasing order
 // either way.
 #define LN_CACHED 32
+
+// One output, rounded step by step as written (no contraction left to the compiler): the
+// forward and layernorm_apply, which recomputes an output from the saved mean and rstd for
+// backward, give the same bits on a GPU and on the CPU stand-in alike.
+__device__ __forceinline__ float ln_output(float v, float mu, float rs, float g, float b) {
+    return __fmaf_rn(__fmul_rn(__fsub_rn(v, mu), rs), g, b);
+}
 
 template <typename T>
 __device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd,
@@ -57,10 +66,10 @@ __device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, floa
 #pragma unroll
     for (int c = 0; c < LN_CACHED; ++c) {
         const int j = lane + 32 * c;
-        if (j < n) store(y, base + j, (held[c] - mu) * rs * load(gamma, j) + load(beta, j));
+        if (j < n) store(y, base + j, ln_output(held[c], mu, rs, load(gamma, j), load(beta, j)));
     }
     for (int j = lane + 32 * LN_CACHED; j < n; j += 32) {
-        store(y, base + j, (load(x, base + j) - mu) * rs * load(gamma, j) + load(beta, j));
+        store(y, base + j, ln_output(load(x, base + j), mu, rs, load(gamma, j), load(beta, j)));
     }
     if (lane == 0) {
         mean[row] = mu;
@@ -160,6 +169,17 @@ __device__ void ln_backward_params(const T* dy, const T* x, const float* mean, c
                                                      T* y, float* mean, float* rstd, int rows,   \
                                                      int n, float eps) {                         \
         ln_forward(x, gamma, beta, y, mean, rstd, rows, n, eps);                                 \
+    }                                                                                            \
+    /* The forward's y from its saved mean and rstd, an element a thread (grid-stride). */      \
+    extern "C" __global__ void layernorm_apply_##S(const T* x, const float* mean,                \
+                                                   const float* rstd, const T* gamma,            \
+                                                   const T* beta, T* y, long total, int n) {     \
+        for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;                    \
+             i += (long)gridDim.x * blockDim.x) {                                                \
+            const long row = i / n;                                                              \
+            const int j = (int)(i - row * n);                                                    \
+            store(y, i, ln_output(load(x, i), mean[row], rstd[row], load(gamma, j), load(beta, j))); \
+        }                                                                                        \
     }                                                                                            \
     extern "C" __global__ void layernorm_backward_input_##S(const T* dy, const T* x,             \
                                                             const float* mean, const float* rstd,\

@@ -134,11 +134,12 @@ pub struct Tape<B: Backend> {
     /// next map reading the same input (the query, key and value maps read one) takes the
     /// copy instead of rounding again. One entry, dropped by any other op.
     rounded_input: Option<(Tensor<B>, Tensor<B>)>,
-    /// The last op's output and input where it was a GELU whose node keeps that input and
-    /// the backend recomputes GELU outputs ([`Backend::recomputes_gelu_outputs`]): a linear
-    /// map reading the output next keeps the input GELU keeps anyway, not the output. One
-    /// entry, dropped by any other op.
-    gelu_output: Option<(Tensor<B>, Tensor<B>)>,
+    /// The last op's output and how to compute it again, where it was a GELU or a LayerNorm
+    /// whose node keeps what that takes and the backend recomputes such outputs
+    /// ([`Backend::recomputes_linear_inputs`]): the linear maps reading the output next keep
+    /// that recipe, not the output. One entry, kept across consecutive maps of that output
+    /// (query, key and value) and dropped by any other op.
+    recomputable: Option<(Tensor<B>, ops::Recompute<B>)>,
     scope: usize,
     stats: TapeStats,
     tracking: bool,
@@ -167,7 +168,7 @@ impl<B: Backend> Tape<B> {
             misuse: None,
             saved_storages: HashSet::new(),
             rounded_input: None,
-            gelu_output: None,
+            recomputable: None,
             scope: 0,
             stats: TapeStats::new(),
             tracking: true,
@@ -234,9 +235,9 @@ impl<B: Backend> Tape<B> {
         op: impl FnOnce(&[bool]) -> Box<dyn BackwardOp<B>>,
     ) -> Var<B> {
         // A linear map's rounded input is kept only up to the next op (see `rounded_input`),
-        // and so is the last GELU's output (see `gelu_output`).
+        // and so is the last output to recompute (see `recomputable`).
         self.rounded_input = None;
-        self.gelu_output = None;
+        self.recomputable = None;
         if ids.iter().all(Option::is_none) {
             return self.constant(output);
         }
@@ -315,7 +316,7 @@ impl<B: Backend> Tape<B> {
     ) -> Result<BTreeMap<String, Tensor<B>>> {
         // Forward is over: the nodes hold what they need of it.
         self.rounded_input = None;
-        self.gelu_output = None;
+        self.recomputable = None;
         let Some(loss_id) = loss.id else {
             return Err(Error::Autograd(
                 "the loss does not depend on any trainable parameter".into(),

@@ -396,18 +396,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Whether the tape recomputes a GELU output in backward, from the pre-activation that
-    /// GELU's own node keeps, where a linear map's weight or adapter gradient reads it (the
-    /// feed-forward's second map), rather than keep that output (or its copy from
-    /// [`Backend::rounded_for_products`]) beside the pre-activation: one or two elementwise
-    /// passes more per layer and backward (GELU, and the rounding where the forward made a
-    /// copy), one `[tokens, intermediate]` tensor less held from forward to backward. The
-    /// same kernels on the same input: the same bits either way. CUDA: yes (the passes are
-    /// memory-bound and small beside the layer's GEMMs; device memory is what bounds the
-    /// batch); the CPU: no (measured on all-MiniLM-L6-v2, full fine-tuning at
-    /// 16 × 256: 11% less memory added by the step, 1.4–2.7% slower steps; a CPU run is
-    /// short of time before memory).
-    fn recomputes_gelu_outputs(&self) -> bool {
+    /// Whether the tape recomputes in backward a linear map's input that its weight or
+    /// adapter gradient reads, where that input is the output of a GELU or a LayerNorm whose
+    /// own node keeps what it was computed from (the feed-forward's second map reads GELU's
+    /// output; the query, key, value and feed-forward's first maps read LayerNorms'), rather
+    /// than keep it (or its copy from [`Backend::rounded_for_products`]) beside that: one or
+    /// two elementwise passes more per map and backward (GELU or
+    /// [`Backend::layernorm_apply`], and the rounding where the forward made a copy), one
+    /// tensor of the map's input less held from forward to backward. The same kernels on the
+    /// same inputs: the same bits either way. CUDA: yes (the passes are memory-bound and small
+    /// beside the layer's GEMMs; device memory is what bounds the batch); the CPU: no
+    /// (measured for GELU's on all-MiniLM-L6-v2, full fine-tuning at 16 × 256: 11% less
+    /// memory added by the step, 1.4–2.7% slower steps; a CPU run is short of time before
+    /// memory).
+    fn recomputes_linear_inputs(&self) -> bool {
         false
     }
 
@@ -449,6 +451,18 @@ pub trait Backend: Clone + Send + Sync + 'static {
         beta: &Tensor<Self>,
         eps: f64,
     ) -> Result<LayerNormOutput<Self>>;
+
+    /// [`Backend::layernorm_forward`]'s `y` again, from its input `x` and the `mean` and
+    /// `rstd` it returned: the same bits, for a backward that recomputes a LayerNorm output
+    /// rather than keep it ([`Backend::recomputes_linear_inputs`]).
+    fn layernorm_apply(
+        &self,
+        x: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+    ) -> Result<Tensor<Self>>;
 
     /// The requested gradients of [`Backend::layernorm_forward`]. `x`, `mean`, `rstd` are
     /// needed for `dx`/`dgamma`, `gamma` for `dx`; pass `None` otherwise.

@@ -582,6 +582,29 @@ pub fn layernorm<B: Backend>(
     Ok((dtype, rows, n))
 }
 
+/// Validates a layernorm output recomputed from the forward's saved statistics (each backend
+/// checks their dtypes); returns `(dtype, rows, n)`.
+pub fn layernorm_apply<B: Backend>(
+    x: &Tensor<B>,
+    mean: &Tensor<B>,
+    rstd: &Tensor<B>,
+    gamma: &Tensor<B>,
+    beta: &Tensor<B>,
+) -> Result<(DType, usize, usize)> {
+    const OP: &str = "layernorm apply";
+    let dtype = common_float_dtype(OP, &[("x", x), ("gamma", gamma), ("beta", beta)])?;
+    let (rows, n) = matrix(OP, "x", x)?;
+    for (name, t, len) in [
+        ("mean", mean, rows),
+        ("rstd", rstd, rows),
+        ("gamma", gamma, n),
+        ("beta", beta, n),
+    ] {
+        require_dims(OP, name, t, &[len])?;
+    }
+    Ok((dtype, rows, n))
+}
+
 /// Validates the shapes of a layernorm backward (each backend checks the dtypes of its saved
 /// statistics); returns `(rows, n)`.
 pub fn layernorm_backward<B: Backend>(

@@ -177,6 +177,19 @@ fn layernorm<B: Backend>(b: &B, tol: f64) {
             )
             .unwrap();
         check(b, &tag("y"), &down(b, &got.y), &down(&r, &want.y), tol);
+        // y again from x and the saved statistics (a backward's recomputation): its bits.
+        let (xb, gb, bb) = (up(b, &[rows, n], &x), up(b, &[n], &g), up(b, &[n], &beta));
+        let again = b
+            .layernorm_apply(&xb, &got.mean, &got.rstd, &gb, &bb)
+            .unwrap();
+        let bits = |t: &Tensor<B>| down(b, t).into_iter().map(f64::to_bits).collect::<Vec<_>>();
+        assert!(bits(&again) == bits(&got.y), "{}", tag("apply"));
+        let refused = b.layernorm_apply(&xb, &gb, &got.rstd, &gb, &bb);
+        assert!(
+            refused.is_err(),
+            "{}: a mean per column, not per row",
+            tag("apply")
+        );
         check(
             b,
             &tag("rstd"),

@@ -529,12 +529,12 @@ fn drawn_labels<B: Backend>(backend: &B, num_labels: usize, targets: &[usize]) -
 
 /// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps, where it keeps GELU
 /// outputs as the CPU does (by default it recomputes them: see
-/// [`gelu_outputs_recomputed_in_backward_change_no_bit_and_are_not_kept`]).
+/// [`linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept`]).
 #[test]
 fn f32_tape_keeps_the_same_bytes_as_the_cpu() {
     let cpu = CpuBackend::f32();
-    assert!(!cpu.recomputes_gelu_outputs());
-    let b = cuda(DType::F32).with_recomputed_gelu(false);
+    assert!(!cpu.recomputes_linear_inputs());
+    let b = cuda(DType::F32).with_recomputed_linear_inputs(false);
     for method in [Method::Full, Method::BitFit, Method::Lora, Method::Spafit] {
         let (.., sr) = step(&cpu, &model(&cpu, method, 3), 3);
         let (.., sb) = step(&b, &model(&b, method, 3), 3);
@@ -1051,17 +1051,18 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
     }
 }
 
-/// The feed-forward's GELU output, which the second map's weight (or adapter) gradient reads,
-/// is recomputed in backward from the pre-activation GELU's node keeps, not kept from
-/// forward: the same logits, loss and gradients, bit for bit, as keeping it, in f32 and bf16,
-/// with the weight trained (full), an adapter without dropout on the map (LoRA, layers 0 and
-/// 2: the rounded copy the fused adapter gradient reads) and with dropout (SPAFIT, layer 2:
-/// the f32 output the dropout masks); and the tape keeps exactly those outputs less. Layers
-/// before the last see all 16 × 64 tokens (rounded to bf16 in bf16 mode: 128 Ki elements in
-/// rows of 128), the last only the 16 `[CLS]` rows the pooler reads (too few to round ahead:
-/// kept in f32).
+/// The inputs that linear maps' weight (or adapter) gradients read and that are a GELU's or a
+/// LayerNorm's output — the feed-forward's second map reads GELU's; the query, key, value and
+/// first feed-forward maps read LayerNorms' — are recomputed in backward from what those ops'
+/// nodes keep, not kept from forward: the same logits, loss and gradients, bit for bit, as
+/// keeping them, in f32 and bf16, with the weights trained (full), adapters without dropout
+/// (LoRA: the rounded copies the fused adapter gradient reads) and with dropout (SPAFIT: the
+/// f32 outputs the dropout masks); and the tape keeps exactly those outputs less. Layers
+/// before the last see all 16 × 64 tokens (rounded to bf16 in bf16 mode: 64 and 128 Ki
+/// elements in rows of 64 and 128), the last's attention output and feed-forward only the 16
+/// `[CLS]` rows the pooler reads (too few to round ahead: kept in f32).
 #[test]
-fn gelu_outputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
+fn linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
     let mut config = tiny_bert::config(3);
     config.hidden_size = 64;
     config.num_attention_heads = 2;
@@ -1116,22 +1117,39 @@ fn gelu_outputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
             .collect();
         (bits, kept)
     };
-    let all_tokens = |bytes: usize| batch * seq * inter * bytes;
-    let cls_rows = batch * inter * 4;
+    // GELU's outputs [tokens, intermediate] and LayerNorms' [tokens, hidden]: of every token
+    // in the layers before the last (rounded to bf16 in bf16 mode where no adapter dropout
+    // masks them), of the [CLS] rows in the last (too few to round: f32).
+    let hidden = 64;
+    let gelu = |bytes: usize| batch * seq * inter * bytes;
+    let gelu_cls = batch * inter * 4;
+    let norm = |bytes: usize| batch * seq * hidden * bytes;
+    let norm_cls = batch * hidden * 4;
     for dtype in [DType::F32, DType::BF16] {
         let b = cuda(dtype);
-        assert!(b.recomputes_gelu_outputs(), "the default");
+        assert!(b.recomputes_linear_inputs(), "the default");
         let copy = match dtype {
             DType::BF16 => 2,
             _ => 4,
         };
         for (method, not_kept) in [
-            (Method::Full, 2 * all_tokens(copy) + cls_rows),
-            (Method::Lora, all_tokens(copy) + cls_rows),
-            (Method::Spafit, cls_rows),
+            // Every map's weight trains: GELU's outputs in all three layers; both LayerNorms
+            // of layers 0 and 1, and of layer 2 (its [CLS] rows: the second feeds the
+            // pooler). Layer 0 reads the embeddings' dropout, not their LayerNorm.
+            (
+                Method::Full,
+                2 * gelu(copy) + gelu_cls + 4 * norm(copy) + 2 * norm_cls,
+            ),
+            // Adapters on layers 0 and 2 (query, value, feed-forward output; no dropout): the
+            // GELU outputs there, and layer 1's last LayerNorm, which layer 2's maps read.
+            (Method::Lora, gelu(copy) + gelu_cls + norm(copy)),
+            // Adapters with dropout on all six maps of layer 2, and the pooler trained: the
+            // layer's GELU output and the three LayerNorm outputs those maps read, in f32 (the
+            // dropout masks the unrounded input; the pooler's is too few rows to round).
+            (Method::Spafit, gelu_cls + norm(4) + 2 * norm_cls),
         ] {
             let (recomputed, kept_recomputing) = run(&b, method);
-            let (kept, kept_keeping) = run(&b.with_recomputed_gelu(false), method);
+            let (kept, kept_keeping) = run(&b.with_recomputed_linear_inputs(false), method);
             assert_eq!(
                 kept_keeping - kept_recomputing,
                 not_kept,

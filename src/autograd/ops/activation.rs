@@ -53,8 +53,9 @@ impl<B: Backend> Tape<B> {
         let y = self.backend.gelu_forward(&x.value)?;
         let y = self.record(y, vec![x.id], |_| Box::new(GeluNode { x: x.value.clone() }));
         // Recorded, its node keeps x: the map that reads y next may recompute y from it.
-        if y.id.is_some() && self.backend.recomputes_gelu_outputs() {
-            self.gelu_output = Some((y.value.clone(), x.value.clone()));
+        if y.id.is_some() && self.backend.recomputes_linear_inputs() {
+            let pre = x.value.clone();
+            self.recomputable = Some((y.value.clone(), super::Recompute::Gelu { pre }));
         }
         Ok(y)
     }

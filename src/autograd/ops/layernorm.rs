@@ -53,11 +53,26 @@ impl<B: Backend> Tape<B> {
             .backend
             .layernorm_forward(&x.value, &gamma.value, &beta.value, eps)?;
         let (mean, rstd) = (out.mean, out.rstd);
-        Ok(self.record(out.y, vec![x.id, gamma.id, beta.id], |needs| {
+        // The node keeps x and the statistics when dx or dγ is needed: then the maps that
+        // read y next may recompute it from them.
+        let recompute = (x.id.is_some() || gamma.id.is_some())
+            .then(|| super::Recompute::LayerNorm {
+                x: x.value.clone(),
+                mean: mean.clone(),
+                rstd: rstd.clone(),
+                gamma: gamma.value.clone(),
+                beta: beta.value.clone(),
+            })
+            .filter(|_| self.backend.recomputes_linear_inputs());
+        let y = self.record(out.y, vec![x.id, gamma.id, beta.id], |needs| {
             Box::new(LayerNormNode {
                 gamma: gamma.value.clone(),
                 stats: (needs[0] || needs[1]).then(|| (x.value.clone(), mean, rstd)),
             })
-        }))
+        });
+        if let Some(recompute) = recompute {
+            self.recomputable = Some((y.value.clone(), recompute));
+        }
+        Ok(y)
     }
 }

@@ -1,5 +1,6 @@
 use super::super::{BackwardOp, Tape, Var};
 use super::id_of;
+use super::Recompute;
 use crate::backend::{
     Backend, Dropout, LinearBackwardInputs, LinearForwardOptions, LinearGradRequest, LoraWeights,
 };
@@ -97,11 +98,13 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {
-        let x = self.x.as_ref().map(|kept| match kept {
-            KeptInput::Value(x) => x,
-            KeptInput::GeluOf { pre, .. } => pre,
-        });
-        [x, self.h.as_ref()].into_iter().flatten().collect()
+        let mut kept = match &self.x {
+            Some(KeptInput::Value(x)) => vec![x],
+            Some(KeptInput::Recomputed { from, .. }) => from.activations(),
+            None => vec![],
+        };
+        kept.extend(&self.h);
+        kept
     }
 }
 
@@ -109,18 +112,19 @@ impl<B: Backend> BackwardOp<B> for LinearNode<B> {
 enum KeptInput<B: Backend> {
     /// The input, or its copy rounded for the products.
     Value(Tensor<B>),
-    /// The input was `gelu(pre)`, whose node keeps `pre`: recomputed in backward with the
-    /// forward's kernels (and rounded for the products as the forward's copy was, where
-    /// `rounded`), so the same bits as keeping it ([`Backend::recomputes_gelu_outputs`]).
-    GeluOf { pre: Tensor<B>, rounded: bool },
+    /// The input was a GELU's or a LayerNorm's output, whose node keeps what it was computed
+    /// from: computed again in backward with the forward's kernels (and rounded for the
+    /// products as the forward's copy was, where `rounded`), so the same bits as keeping it
+    /// ([`Backend::recomputes_linear_inputs`]).
+    Recomputed { from: Recompute<B>, rounded: bool },
 }
 
 impl<B: Backend> KeptInput<B> {
     fn value(&self, backend: &B) -> Result<Tensor<B>> {
         match self {
             KeptInput::Value(x) => Ok(x.clone()),
-            KeptInput::GeluOf { pre, rounded } => {
-                let y = backend.gelu_forward(pre)?;
+            KeptInput::Recomputed { from, rounded } => {
+                let y = from.run(backend)?;
                 match rounded {
                     // Where no copy pays, the products round y themselves: the same bits.
                     true => Ok(backend.rounded_for_products(&y)?.unwrap_or(y)),
@@ -190,14 +194,10 @@ impl<B: Backend> Tape<B> {
         };
         let x_rounded = self.rounded_input(&x.value)?;
         // Read before `record`, which drops the entry.
-        let gelu_input = match &self.gelu_output {
-            Some((y, pre))
-                if y.storage_id() == x.value.storage_id() && y.shape() == x.value.shape() =>
-            {
-                Some(pre.clone())
-            }
-            _ => None,
-        };
+        let recomputable = self.recomputable.take().filter(|(y, _)| {
+            y.storage_id() == x.value.storage_id() && y.shape() == x.value.shape()
+        });
+        let recompute = recomputable.as_ref().map(|(_, from)| from.clone());
         let lora_weights = lora.as_ref().map(|l| LoraWeights {
             a: &l.a.value,
             b: &l.b.value,
@@ -235,9 +235,11 @@ impl<B: Backend> Tape<B> {
                 lora_dropout,
                 x: (needs[W] || needs[A]).then(|| {
                     let rounded = x_rounded.is_some() && lora_dropout.is_none();
-                    match (gelu_input, x_rounded) {
+                    match (recompute, x_rounded) {
                         // Unless another node keeps x itself: then keeping it costs nothing.
-                        (Some(pre), _) if !x_kept_elsewhere => KeptInput::GeluOf { pre, rounded },
+                        (Some(from), _) if !x_kept_elsewhere => {
+                            KeptInput::Recomputed { from, rounded }
+                        }
                         (_, Some(xr)) if rounded && !x_kept_elsewhere => KeptInput::Value(xr),
                         _ => KeptInput::Value(x.value.clone()),
                     }
@@ -245,8 +247,9 @@ impl<B: Backend> Tape<B> {
                 h: if needs[B_LORA] { h } else { None },
             })
         });
-        // After `record`, which drops the entry: the next map may read the same input.
+        // After `record`, which drops the entries: the next map may read the same input.
         self.rounded_input = keep;
+        self.recomputable = recomputable;
         Ok(y)
     }
 }

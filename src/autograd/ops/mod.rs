@@ -9,8 +9,10 @@ mod embedding;
 mod layernorm;
 mod linear;
 mod loss;
+mod recompute;
 
 pub use linear::LoraVars;
+pub(crate) use recompute::Recompute;
 
 use super::Var;
 use crate::backend::Backend;

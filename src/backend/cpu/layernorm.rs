@@ -75,6 +75,37 @@ pub fn forward<T: Element>(
     (y, mean, rstd)
 }
 
+/// The forward's `y` from `x` and its `mean` and `rstd`: the same expression, so the same
+/// bits (Rust contracts no multiply-add on its own).
+pub fn apply<T: Element>(
+    x: &[T],
+    mean: &[T],
+    rstd: &[T],
+    gamma: &[T],
+    beta: &[T],
+    n: usize,
+) -> Vec<T> {
+    let rows = mean.len();
+    assert!(
+        x.len() == rows * n && rstd.len() == rows && gamma.len() == n && beta.len() == n,
+        "layernorm apply: inconsistent lengths"
+    );
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(ROWS_PER_TASK * n)
+        .zip(x.par_chunks(ROWS_PER_TASK * n))
+        .enumerate()
+        .for_each(|(task, (y, x))| {
+            for (r, (yr, xr)) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
+                let row = task * ROWS_PER_TASK + r;
+                let (mu, rs) = (mean[row], rstd[row]);
+                for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                    *o = (v - mu) * rs * g + b;
+                }
+            }
+        });
+    y
+}
+
 /// `dβ = Σ_rows dY`.
 pub fn grad_beta<T: Element>(dy: &[T], n: usize) -> Vec<T> {
     super::linear::column_sum(dy, n)

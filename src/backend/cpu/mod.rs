@@ -438,6 +438,23 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn layernorm_apply(
+        &self,
+        x: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        const OP: &str = "layernorm apply";
+        let (dtype, _, n) = shapes::layernorm_apply(x, mean, rstd, gamma, beta)?;
+        shapes::common_float_dtype(OP, &[("x", x), ("mean", mean), ("rstd", rstd)])?;
+        with_float!(dtype, OP, T => {
+            let y = layernorm::apply(view::<T>(x), view::<T>(mean), view::<T>(rstd), view::<T>(gamma), view::<T>(beta), n);
+            tensor(x.shape().clone(), y)
+        })
+    }
+
     fn layernorm_backward(
         &self,
         dy: &Tensor<Self>,

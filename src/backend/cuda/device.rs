@@ -323,7 +323,7 @@ impl CudaBackend {
             gemm_precast: true,
             gemm_skinny: true,
             attention_stages: 1,
-            recompute_gelu: true,
+            recompute_linear_inputs: true,
         })
     }
 }

@@ -1,9 +1,11 @@
-//! Launchers of `kernels/layernorm.cu`: forward (y, mean, rstd per row) and backward
-//! (dx per row; dγ, dβ as fixed-order column reductions).
+//! Launchers of `kernels/layernorm.cu`: forward (y, mean, rstd per row), the forward's y again
+//! from them (apply), and backward (dx per row; dγ, dβ as fixed-order column reductions).
 
 use cudarc::driver::LaunchConfig;
 
-use super::{kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend, CudaFloat};
+use super::{
+    grid_for, kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend, CudaFloat,
+};
 use crate::backend::{shapes, LayerNormGradRequest, LayerNormGrads, LayerNormOutput};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -42,6 +44,28 @@ pub(super) fn forward(
         launch!(b, MODULE, format!("layernorm_forward_{}", T::SUFFIX), warp_per_row(rows_i),
             view::<T>(x), view::<T>(gamma), view::<T>(beta), &mut y, &mut mean, &mut rstd, &rows_i, &n_i, &(eps as f32));
         Ok(LayerNormOutput { y: tensor(x.shape().clone(), y)?, mean: tensor([rows], mean)?, rstd: tensor([rows], rstd)? })
+    })
+}
+
+pub(super) fn apply(
+    b: &CudaBackend,
+    x: &Tensor<CudaBackend>,
+    mean: &Tensor<CudaBackend>,
+    rstd: &Tensor<CudaBackend>,
+    gamma: &Tensor<CudaBackend>,
+    beta: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    const OP: &str = "layernorm apply";
+    let (dtype, rows, n) = shapes::layernorm_apply(x, mean, rstd, gamma, beta)?;
+    require_f32(OP, "mean", mean)?;
+    require_f32(OP, "rstd", rstd)?;
+    let n_i = kernel_int(OP, "a row length", n)?;
+    let total = rows * n;
+    with_float!(dtype, OP, T => {
+        let mut y = b.output::<T>(total)?;
+        launch!(b, MODULE, format!("layernorm_apply_{}", T::SUFFIX), grid_for(total),
+            view::<T>(x), view::<f32>(mean), view::<f32>(rstd), view::<T>(gamma), view::<T>(beta), &mut y, &(total as i64), &n_i);
+        tensor(x.shape().clone(), y)
     })
 }
 

@@ -175,8 +175,8 @@ pub struct CudaBackend {
     gemm_skinny: bool,
     /// Stage buffers of the tensor-core attention kernels' streamed tiles (attention.rs).
     attention_stages: usize,
-    /// See [`Backend::recomputes_gelu_outputs`].
-    recompute_gelu: bool,
+    /// See [`Backend::recomputes_linear_inputs`].
+    recompute_linear_inputs: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -366,13 +366,13 @@ impl CudaBackend {
         }
     }
 
-    /// The same device with GELU outputs that a weight gradient reads recomputed in backward
-    /// (`true`, the default) or kept from forward (`false`): see
-    /// [`Backend::recomputes_gelu_outputs`]. The same bits either way, which is what tests
-    /// show by turning it off.
-    pub fn with_recomputed_gelu(&self, on: bool) -> Self {
+    /// The same device with the GELU and LayerNorm outputs that a linear map's weight
+    /// gradient reads recomputed in backward (`true`, the default) or kept from forward
+    /// (`false`): see [`Backend::recomputes_linear_inputs`]. The same bits either way, which
+    /// is what tests show by turning it off.
+    pub fn with_recomputed_linear_inputs(&self, on: bool) -> Self {
         CudaBackend {
-            recompute_gelu: on,
+            recompute_linear_inputs: on,
             ..self.clone()
         }
     }
@@ -713,8 +713,8 @@ impl Backend for CudaBackend {
         gemm::rounded_for_products(self, x)
     }
 
-    fn recomputes_gelu_outputs(&self) -> bool {
-        self.recompute_gelu
+    fn recomputes_linear_inputs(&self) -> bool {
+        self.recompute_linear_inputs
     }
 
     fn linear_forward_with(
@@ -745,6 +745,17 @@ impl Backend for CudaBackend {
         eps: f64,
     ) -> Result<LayerNormOutput<Self>> {
         layernorm::forward(self, x, gamma, beta, eps)
+    }
+
+    fn layernorm_apply(
+        &self,
+        x: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        layernorm::apply(self, x, mean, rstd, gamma, beta)
     }
 
     fn layernorm_backward(
