@@ -1,7 +1,7 @@
 // LayerNorm over the last dimension: y = (x − mean) · rstd · γ + β, rstd = 1/sqrt(var + eps).
 //
 // Apply: the forward's y again from x and the saved mean and rstd, for a backward that
-// recomputes it rather than keep it (see Backend::recomputes_layernorm_outputs).
+// recomputes it rather than keep it (see Backend::recomputes_linear_inputs).
 // Forward: one warp per row, LN_ROWS rows a block, the row held in registers (LN_CACHED):
 // the mean, then the centred variance, each sum a butterfly of shuffles that leaves every
 // lane the same bits. Writes y, mean[row], rstd[row] (mean/rstd always f32). No block
@@ -26,9 +26,11 @@ __device__ __forceinline__ float warp_sum(float v) {
 // either way.
 #define LN_CACHED 32
 
-// One output, rounded step by step as written (no contraction left to the compiler): the
-// forward and layernorm_apply, which recomputes an output from the saved mean and rstd for
-// backward, give the same bits on a GPU and on the CPU stand-in alike.
+// One output, its roundings spelled out — (x − mean) and its product with rstd each rounded,
+// then one fused multiply-add with γ and β — rather than left to the compiler's contraction,
+// which nvcc applies and the CPU stand-in (-ffp-contract=off) does not: the forward and
+// layernorm_apply, which recomputes an output from the saved mean and rstd for backward, give
+// the same bits, and the stand-in those of a GPU.
 __device__ __forceinline__ float ln_output(float v, float mu, float rs, float g, float b) {
     return __fmaf_rn(__fmul_rn(__fsub_rn(v, mu), rs), g, b);
 }

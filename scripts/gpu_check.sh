@@ -292,6 +292,13 @@ run() {
             --shape "$shape" --method "$method" --batch-size "$batch" --seq-len "$seq" \
             --steps "$steps" --warmup "$warmup" --kernel-times
     done
+    # What recomputing the GELU and LayerNorm outputs linear maps' gradients read costs in
+    # time and saves in memory: the same steps keeping them (rows "/kept" in the table).
+    for method in full spafit; do
+        stage "spafit bench $method keeping linear inputs" 30 env SPAFIT_CUDA_KEEP_LINEAR_INPUTS=1 \
+            "$bin/spafit" bench --device "$device" --dtype bf16 --shape "$shape" --method "$method" \
+            --batch-size "$batch" --seq-len "$seq" --steps "$steps" --warmup "$warmup"
+    done
     # Gradient accumulation's price and saving on the device: the same SPAFIT step in four
     # micro-batches.
     stage "spafit bench spafit in micro-batches" 30 "$bin/spafit" bench --device "$device" \
@@ -370,7 +377,8 @@ for line in open(sys.argv[1]):
     elif line.startswith("{") and '"autograd_nodes"' in line:
         r = json.loads(line)
         micro = r.get("micro_batch", r["batch"])
-        ours[r["method"] if micro == r["batch"] else f'{r["method"]}/{micro}'] = r
+        key = r["method"] if micro == r["batch"] else f'{r["method"]}/{micro}'
+        ours[key + ("/kept" if r.get("linear_inputs") == "kept" else "")] = r
 for m in ["full", "bitfit", "lora", "spafit"] + sorted(k for k in ours if "/" in k):
     o, t = ours.get(m, {}), torch.get(m, {})
     om, tm = o.get("ms_per_step"), t.get("ms_per_step")

@@ -399,7 +399,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Whether the tape recomputes in backward a linear map's input that its weight or
     /// adapter gradient reads, where that input is the output of a GELU or a LayerNorm whose
     /// own node keeps what it was computed from (the feed-forward's second map reads GELU's
-    /// output; the query, key, value and feed-forward's first maps read LayerNorms'), rather
+    /// output; the query, key, value and feed-forward's first maps and the pooler read
+    /// LayerNorms'), rather
     /// than keep it (or its copy from [`Backend::rounded_for_products`]) beside that: one or
     /// two elementwise passes more per map and backward (GELU or
     /// [`Backend::layernorm_apply`], and the rounding where the forward made a copy), one

@@ -72,7 +72,10 @@ enum Command {
     /// what training added) and `process_peak_mem_mib` (of the whole process, loading the checkpoint included, which
     /// may be the larger); `peak_device_mib` (CUDA: device memory of the timed steps);
     /// `kernel_code` (CUDA: the kernels as machine code for the GPU or as PTX its driver
-    /// compiled, see `SPAFIT_CUDA_SASS` in the README);
+    /// compiled, see `SPAFIT_CUDA_SASS` in the README); `linear_inputs` (`recomputed`: the
+    /// GELU and LayerNorm outputs linear maps' gradients read are recomputed in backward,
+    /// CUDA's default; `kept`: kept from forward, the CPU's, and CUDA's under
+    /// SPAFIT_CUDA_KEEP_LINEAR_INPUTS=1);
     /// `trainable_params`; `autograd_nodes` and `saved_activation_bytes` (what one step's, or
     /// micro-batch's, tape records and keeps for backward); `host_threads` (the CPU's worker
     /// threads: RAYON_NUM_THREADS sets them); for SPAFIT `n1` and `n2` as resolved; for

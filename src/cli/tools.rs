@@ -361,6 +361,7 @@ impl BenchCommand {
             "warmup": self.warmup, "host_threads": rayon::current_num_threads(),
             "peak_mem_mib": r.peak_mem_mib, "resident_before_steps_mib": r.resident_before_steps_mib, "process_peak_mem_mib": r.process_peak_mem_mib, "peak_device_mib": r.peak_device_mib,
             "kernel_code": backend.kernel_code(),
+            "linear_inputs": match backend.recomputes_linear_inputs() { true => "recomputed", false => "kept" },
             "trainable_params": r.trainable_params, "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
         });
         // What the trainable parameters are: the resolved strata and adapters.

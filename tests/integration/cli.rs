@@ -3892,6 +3892,54 @@ fn predictions_to_a_reader_that_stopped_end_quietly() {
 /// every kernel with its launches and milliseconds, the GEMM and attention kernels among
 /// them, within the step's wall time; the CPU, which launches none, is refused before any
 /// step runs.
+/// `spafit bench` says whether the step recomputed the GELU and LayerNorm outputs that linear
+/// maps' gradients read (CUDA's default) or kept them (the CPU; CUDA under
+/// SPAFIT_CUDA_KEEP_LINEAR_INPUTS=1), and keeping them keeps more bytes for the backward.
+#[test]
+fn bench_says_whether_linear_inputs_were_recomputed() {
+    let args = |device: &'static str| {
+        [
+            "bench",
+            "--shape",
+            "tiny",
+            "--method",
+            "full",
+            "--device",
+            device,
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ]
+    };
+    let run = |device: &'static str, keep: &str| {
+        let keep = std::ffi::OsString::from(keep);
+        let (ok, stdout, err) =
+            spafit_with_env(&args(device), &[("SPAFIT_CUDA_KEEP_LINEAR_INPUTS", &keep)]);
+        assert!(ok, "{err}");
+        let line = last_json(&stdout);
+        let kept = line["saved_activation_bytes"].as_u64().unwrap();
+        (line["linear_inputs"].as_str().unwrap().to_string(), kept)
+    };
+    let (recomputed, fewer) = run("cuda-emu", "0");
+    let (kept, more) = run("cuda-emu", "1");
+    assert_eq!((recomputed.as_str(), kept.as_str()), ("recomputed", "kept"));
+    assert!(
+        fewer < more,
+        "{fewer} bytes kept recomputing, {more} keeping"
+    );
+    let (cpu, cpu_bytes) = run("cpu", "0");
+    assert_eq!(
+        (cpu.as_str(), cpu_bytes),
+        ("kept", more),
+        "the CPU keeps what CUDA keeps"
+    );
+}
+
 #[test]
 fn bench_times_the_kernels_of_a_step() {
     let args = |device: &'static str, dtype: &'static str| {

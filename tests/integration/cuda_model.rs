@@ -527,8 +527,8 @@ fn drawn_labels<B: Backend>(backend: &B, num_labels: usize, targets: &[usize]) -
     }
 }
 
-/// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps, where it keeps GELU
-/// outputs as the CPU does (by default it recomputes them: see
+/// The f32 CUDA tape keeps exactly the bytes the f32 CPU tape keeps, where it keeps GELU and
+/// LayerNorm outputs as the CPU does (by default it recomputes them: see
 /// [`linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept`]).
 #[test]
 fn f32_tape_keeps_the_same_bytes_as_the_cpu() {
@@ -1144,8 +1144,9 @@ fn linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
             // GELU outputs there, and layer 1's last LayerNorm, which layer 2's maps read.
             (Method::Lora, gelu(copy) + gelu_cls + norm(copy)),
             // Adapters with dropout on all six maps of layer 2, and the pooler trained: the
-            // layer's GELU output and the three LayerNorm outputs those maps read, in f32 (the
-            // dropout masks the unrounded input; the pooler's is too few rows to round).
+            // layer's GELU output, the two LayerNorm outputs its maps read and the one the
+            // pooler reads, in f32 (the dropout masks the unrounded input; the pooler's is
+            // too few rows to round).
             (Method::Spafit, gelu_cls + norm(4) + 2 * norm_cls),
         ] {
             let (recomputed, kept_recomputing) = run(&b, method);

@@ -35,7 +35,8 @@ struct LinearNode<B: Backend> {
     lora_dropout: Option<Dropout>,
     /// Kept only when `dW` or `dA` is needed: the backend's copy rounded for the products
     /// where it makes one and the adapter has no dropout (which masks the unrounded `x`), or
-    /// what recomputes either from GELU's input (see [`KeptInput::GeluOf`]).
+    /// how to recompute either from what a GELU's or a LayerNorm's node keeps (see
+    /// [`KeptInput::Recomputed`]).
     x: Option<KeptInput<B>>,
     /// Kept only when `dB` is needed.
     h: Option<Tensor<B>>,
@@ -113,7 +114,7 @@ enum KeptInput<B: Backend> {
     /// The input, or its copy rounded for the products.
     Value(Tensor<B>),
     /// The input was a GELU's or a LayerNorm's output, whose node keeps what it was computed
-    /// from: computed again in backward with the forward's kernels (and rounded for the
+    /// from: computed again in backward with the forward's arithmetic (and rounded for the
     /// products as the forward's copy was, where `rounded`), so the same bits as keeping it
     /// ([`Backend::recomputes_linear_inputs`]).
     Recomputed { from: Recompute<B>, rounded: bool },

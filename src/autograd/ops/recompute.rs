@@ -6,8 +6,8 @@ use crate::backend::Backend;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-/// How to compute an op's output again, with the forward's own kernels on the forward's own
-/// inputs: the same bits.
+/// How to compute an op's output again from the forward's own inputs with the forward's
+/// arithmetic (GELU's own kernel; LayerNorm's [`Backend::layernorm_apply`]): the same bits.
 #[derive(Clone)]
 pub(crate) enum Recompute<B: Backend> {
     /// `gelu(pre)`.

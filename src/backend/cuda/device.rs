@@ -13,7 +13,7 @@ use super::kernel_times::KernelTimer;
 use super::modules::ModuleSource;
 use super::{
     compatibility, emulator, kernels, precision_of, unavailable, CudaBackend, Driver, Precision,
-    SYNC_AFTER_LAUNCH,
+    KEEP_LINEAR_INPUTS, SYNC_AFTER_LAUNCH,
 };
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -323,7 +323,7 @@ impl CudaBackend {
             gemm_precast: true,
             gemm_skinny: true,
             attention_stages: 1,
-            recompute_linear_inputs: true,
+            recompute_linear_inputs: std::env::var_os(KEEP_LINEAR_INPUTS).is_none_or(|v| v != "1"),
         })
     }
 }

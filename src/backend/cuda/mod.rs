@@ -201,6 +201,11 @@ fn unavailable(ordinal: usize, reason: impl Into<String>) -> Error {
 /// made).
 pub const SYNC_AFTER_LAUNCH: &str = "SPAFIT_CUDA_SYNC";
 
+/// The variable that, set to 1, makes a [`CudaBackend`] keep the linear maps' inputs from
+/// forward to backward rather than recompute them ([`Backend::recomputes_linear_inputs`]): how
+/// a benchmark weighs the recomputation's time against its memory.
+pub const KEEP_LINEAR_INPUTS: &str = "SPAFIT_CUDA_KEEP_LINEAR_INPUTS";
+
 /// The driver's codes for a kernel that faulted: the context is lost from then on.
 const KERNEL_FAULTS: [&str; 6] = [
     "ILLEGAL_ADDRESS",
