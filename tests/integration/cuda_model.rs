@@ -966,22 +966,23 @@ fn an_input_kept_by_another_node_is_not_kept_twice() {
     assert!(dw == dw_off, "dW against precasts off");
 }
 
-/// [`operands_rounded_ahead_change_no_bit_of_a_step`] at sizes where every rounding-ahead path
-/// runs (the tiny model is too small for any): hidden 64 in 2 heads of 32 over 16 × 64 tokens,
-/// so linear inputs are rounded once ahead (64 Ki elements, rows of a multiple of 8) and
-/// attention streams its bf16 q, k, v by `cp.async`. Logits, loss and every gradient have the
-/// bits of precasts off, where each product rounds its own f32 operands.
-#[test]
-fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
+/// Three layers of hidden 64 in 2 heads of 32, feed-forward 128: large enough at 16 × 64
+/// tokens for every rounding-ahead path of the bf16 mode (see
+/// [`operands_rounded_ahead_change_no_bit_of_a_larger_step`]).
+fn larger_config() -> spafit::checkpoint::BertConfig {
     let mut config = tiny_bert::config(3);
     config.hidden_size = 64;
     config.num_attention_heads = 2;
     config.intermediate_size = 128;
     config.max_position_embeddings = 64;
-    let (batch, seq) = (16, 64);
-    let mut rng = spafit::rng::SplitMix::new(3);
-    let lengths: Vec<usize> = (0..batch).map(|b| seq - 3 * (b % 4)).collect();
-    let encoded = EncodedBatch {
+    config
+}
+
+/// `batch` sequences of `seq` random token ids, sequence `b` padded by `padding(b)` tokens.
+fn padded_batch(batch: usize, seq: usize, padding: fn(usize) -> usize, seed: u64) -> EncodedBatch {
+    let mut rng = spafit::rng::SplitMix::new(seed);
+    let lengths: Vec<usize> = (0..batch).map(|b| seq - padding(b)).collect();
+    EncodedBatch {
         input_ids: (0..batch * seq)
             .map(|i| match i % seq < lengths[i / seq] {
                 true => 1 + (rng.next_u64() % 28) as u32,
@@ -994,7 +995,19 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
             .collect(),
         batch,
         seq,
-    };
+    }
+}
+
+/// [`operands_rounded_ahead_change_no_bit_of_a_step`] at sizes where every rounding-ahead path
+/// runs (the tiny model is too small for any): hidden 64 in 2 heads of 32 over 16 × 64 tokens,
+/// so linear inputs are rounded once ahead (64 Ki elements, rows of a multiple of 8) and
+/// attention streams its bf16 q, k, v by `cp.async`. Logits, loss and every gradient have the
+/// bits of precasts off, where each product rounds its own f32 operands.
+#[test]
+fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
+    let config = larger_config();
+    let (batch, seq) = (16, 64);
+    let encoded = padded_batch(batch, seq, |b| 3 * (b % 4), 3);
     let run = |b: &CudaBackend, method: Method| {
         let m = model_of(b, config.clone(), method, 3, Weights::AsDrawn);
         let input = ModelInput::new(b, &encoded).unwrap();
@@ -1063,28 +1076,9 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
 /// `[CLS]` rows the pooler reads (too few to round ahead: kept in f32).
 #[test]
 fn linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
-    let mut config = tiny_bert::config(3);
-    config.hidden_size = 64;
-    config.num_attention_heads = 2;
-    config.intermediate_size = 128;
-    config.max_position_embeddings = 64;
+    let config = larger_config();
     let (batch, seq, inter) = (16, 64, 128);
-    let mut rng = spafit::rng::SplitMix::new(5);
-    let lengths: Vec<usize> = (0..batch).map(|b| seq - 5 * (b % 3)).collect();
-    let encoded = EncodedBatch {
-        input_ids: (0..batch * seq)
-            .map(|i| match i % seq < lengths[i / seq] {
-                true => 1 + (rng.next_u64() % 28) as u32,
-                false => 0,
-            })
-            .collect(),
-        token_type_ids: vec![0; batch * seq],
-        attention_mask: (0..batch * seq)
-            .map(|i| u32::from(i % seq < lengths[i / seq]))
-            .collect(),
-        batch,
-        seq,
-    };
+    let encoded = padded_batch(batch, seq, |b| 5 * (b % 3), 5);
     // LoRA's adapters without dropout, SPAFIT's with.
     let run = |b: &CudaBackend, method: Method| {
         let m = model_of(b, config.clone(), method, 3, Weights::ByFanIn);
@@ -1105,7 +1099,14 @@ fn linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
         let logits = m.forward(&mut tape, &input, &mut dropouts).unwrap();
         let loss = m.loss(&mut tape, &logits, &labels).unwrap();
         let kept = tape.stats().saved_activation_bytes;
+        assert!(b.start_kernel_timing().unwrap());
         let grads = tape.backward(&loss).unwrap();
+        let backward_kernels = b.stop_kernel_timing().unwrap().unwrap();
+        let applied = backward_kernels
+            .iter()
+            .filter(|k| k.kernel.starts_with("layernorm_apply"))
+            .map(|k| k.launches)
+            .sum::<u64>();
         let mut values = vec![
             b.to_f64(logits.value()).unwrap(),
             b.to_f64(loss.value()).unwrap(),
@@ -1115,7 +1116,7 @@ fn linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
             .into_iter()
             .map(|v| v.into_iter().map(f64::to_bits).collect())
             .collect();
-        (bits, kept)
+        (bits, kept, applied)
     };
     // GELU's outputs [tokens, intermediate] and LayerNorms' [tokens, hidden]: of every token
     // in the layers before the last (rounded to bf16 in bf16 mode where no adapter dropout
@@ -1132,25 +1133,33 @@ fn linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
             DType::BF16 => 2,
             _ => 4,
         };
-        for (method, not_kept) in [
+        // And each LayerNorm output recomputed once, however many maps read it (query, key
+        // and value share one).
+        for (method, not_kept, outputs) in [
             // Every map's weight trains: GELU's outputs in all three layers; both LayerNorms
             // of layers 0 and 1, and of layer 2 (its [CLS] rows: the second feeds the
             // pooler). Layer 0 reads the embeddings' dropout, not their LayerNorm.
             (
                 Method::Full,
                 2 * gelu(copy) + gelu_cls + 4 * norm(copy) + 2 * norm_cls,
+                6,
             ),
             // Adapters on layers 0 and 2 (query, value, feed-forward output; no dropout): the
             // GELU outputs there, and layer 1's last LayerNorm, which layer 2's maps read.
-            (Method::Lora, gelu(copy) + gelu_cls + norm(copy)),
+            (Method::Lora, gelu(copy) + gelu_cls + norm(copy), 1),
             // Adapters with dropout on all six maps of layer 2, and the pooler trained: the
             // layer's GELU output, the two LayerNorm outputs its maps read and the one the
             // pooler reads, in f32 (the dropout masks the unrounded input; the pooler's is
             // too few rows to round).
-            (Method::Spafit, gelu_cls + norm(4) + 2 * norm_cls),
+            (Method::Spafit, gelu_cls + norm(4) + 2 * norm_cls, 3),
         ] {
-            let (recomputed, kept_recomputing) = run(&b, method);
-            let (kept, kept_keeping) = run(&b.with_recomputed_linear_inputs(false), method);
+            let (recomputed, kept_recomputing, applied) = run(&b, method);
+            let (kept, kept_keeping, none) = run(&b.with_recomputed_linear_inputs(false), method);
+            assert_eq!(
+                (applied, none),
+                (outputs, 0),
+                "{dtype} {method}: LayerNorm outputs recomputed"
+            );
             assert_eq!(
                 kept_keeping - kept_recomputing,
                 not_kept,

@@ -55,7 +55,7 @@ impl<B: Backend> Tape<B> {
         // Recorded, its node keeps x: the map that reads y next may recompute y from it.
         if y.id.is_some() && self.backend.recomputes_linear_inputs() {
             let pre = x.value.clone();
-            self.recomputable = Some((y.value.clone(), super::Recompute::Gelu { pre }));
+            self.recomputable = Some((y.value.clone(), super::Recompute::gelu(pre)));
         }
         Ok(y)
     }

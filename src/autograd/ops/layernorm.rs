@@ -56,12 +56,14 @@ impl<B: Backend> Tape<B> {
         // The node keeps x and the statistics when dx or dγ is needed: then the maps that
         // read y next may recompute it from them.
         let recompute = (x.id.is_some() || gamma.id.is_some())
-            .then(|| super::Recompute::LayerNorm {
-                x: x.value.clone(),
-                mean: mean.clone(),
-                rstd: rstd.clone(),
-                gamma: gamma.value.clone(),
-                beta: beta.value.clone(),
+            .then(|| {
+                super::Recompute::layer_norm(
+                    x.value.clone(),
+                    mean.clone(),
+                    rstd.clone(),
+                    gamma.value.clone(),
+                    beta.value.clone(),
+                )
             })
             .filter(|_| self.backend.recomputes_linear_inputs());
         let y = self.record(out.y, vec![x.id, gamma.id, beta.id], |needs| {

@@ -124,14 +124,7 @@ impl<B: Backend> KeptInput<B> {
     fn value(&self, backend: &B) -> Result<Tensor<B>> {
         match self {
             KeptInput::Value(x) => Ok(x.clone()),
-            KeptInput::Recomputed { from, rounded } => {
-                let y = from.run(backend)?;
-                match rounded {
-                    // Where no copy pays, the products round y themselves: the same bits.
-                    true => Ok(backend.rounded_for_products(&y)?.unwrap_or(y)),
-                    false => Ok(y),
-                }
-            }
+            KeptInput::Recomputed { from, rounded } => from.value(backend, *rounded),
         }
     }
 }

@@ -2,17 +2,31 @@
 //! where a linear map's weight gradient reads it and the op's own node keeps what it was
 //! computed from anyway ([`Backend::recomputes_linear_inputs`]).
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// How to compute an op's output again from the forward's own inputs with the forward's
 /// arithmetic (GELU's own kernel; LayerNorm's [`Backend::layernorm_apply`]): the same bits.
+/// Clones share what the first of them computes: the query, key and value maps read one
+/// LayerNorm output, recomputed once for the three in backward, where their nodes run one
+/// after another and drop it with the last.
 #[derive(Clone)]
-pub(crate) enum Recompute<B: Backend> {
+pub(crate) struct Recompute<B: Backend> {
+    recipe: Recipe<B>,
+    done: Arc<Mutex<Computed<B>>>,
+}
+
+/// The outputs computed so far, each with whether it is the copy rounded for the products.
+type Computed<B> = Vec<(bool, Tensor<B>)>;
+
+#[derive(Clone)]
+enum Recipe<B: Backend> {
     /// `gelu(pre)`.
     Gelu { pre: Tensor<B> },
-    /// `(x − mean) · rstd · γ + β` ([`Backend::layernorm_apply`]).
+    /// `(x − mean) · rstd · γ + β`.
     LayerNorm {
         x: Tensor<B>,
         mean: Tensor<B>,
@@ -23,26 +37,67 @@ pub(crate) enum Recompute<B: Backend> {
 }
 
 impl<B: Backend> Recompute<B> {
-    /// The output.
-    pub(crate) fn run(&self, backend: &B) -> Result<Tensor<B>> {
-        match self {
-            Recompute::Gelu { pre } => backend.gelu_forward(pre),
-            Recompute::LayerNorm {
+    /// `gelu(pre)`.
+    pub(crate) fn gelu(pre: Tensor<B>) -> Self {
+        Self::of(Recipe::Gelu { pre })
+    }
+
+    /// A LayerNorm's output from its input, the forward's statistics and its parameters.
+    pub(crate) fn layer_norm(
+        x: Tensor<B>,
+        mean: Tensor<B>,
+        rstd: Tensor<B>,
+        gamma: Tensor<B>,
+        beta: Tensor<B>,
+    ) -> Self {
+        Self::of(Recipe::LayerNorm {
+            x,
+            mean,
+            rstd,
+            gamma,
+            beta,
+        })
+    }
+
+    fn of(recipe: Recipe<B>) -> Self {
+        Recompute {
+            recipe,
+            done: Arc::default(),
+        }
+    }
+
+    /// The output, or with `rounded` its copy rounded for the products where the backend
+    /// makes one (where it does not, the products round the output themselves: the same
+    /// bits).
+    pub(crate) fn value(&self, backend: &B, rounded: bool) -> Result<Tensor<B>> {
+        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, t)) = done.iter().find(|(r, _)| *r == rounded) {
+            return Ok(t.clone());
+        }
+        let y = match &self.recipe {
+            Recipe::Gelu { pre } => backend.gelu_forward(pre)?,
+            Recipe::LayerNorm {
                 x,
                 mean,
                 rstd,
                 gamma,
                 beta,
-            } => backend.layernorm_apply(x, mean, rstd, gamma, beta),
-        }
+            } => backend.layernorm_apply(x, mean, rstd, gamma, beta)?,
+        };
+        let t = match rounded {
+            true => backend.rounded_for_products(&y)?.unwrap_or(y),
+            false => y,
+        };
+        done.push((rounded, t.clone()));
+        Ok(t)
     }
 
     /// The activations it reads, which the op's own node keeps (so they count once).
     /// LayerNorm's γ and β are parameters, not activations.
     pub(crate) fn activations(&self) -> Vec<&Tensor<B>> {
-        match self {
-            Recompute::Gelu { pre } => vec![pre],
-            Recompute::LayerNorm { x, mean, rstd, .. } => vec![x, mean, rstd],
+        match &self.recipe {
+            Recipe::Gelu { pre } => vec![pre],
+            Recipe::LayerNorm { x, mean, rstd, .. } => vec![x, mean, rstd],
         }
     }
 }
