@@ -10,6 +10,29 @@ fn spafit(args: &[&str]) -> (bool, String, String) {
     spafit_with_env(args, &[])
 }
 
+/// The most device memory of the CPU stand-in (`SPAFIT_EMU_MEMORY`, found to `resolution`
+/// bytes by bisection) under which `run` (of the command `what`) fails, `run` passing with
+/// 64 MiB; and that failing run's stdout and stderr.
+fn most_memory_that_fails(
+    what: &str,
+    run: impl Fn(u64) -> (bool, String, String),
+    resolution: u64,
+) -> (u64, String, String) {
+    let (mut fails, mut passes) = (1u64 << 10, 64u64 << 20);
+    let (ok, _, err) = run(passes);
+    assert!(ok, "{what} fails with 64 MiB: {err}");
+    while passes - fails > resolution {
+        let mid = (fails + passes) / 2;
+        match run(mid).0 {
+            true => passes = mid,
+            false => fails = mid,
+        }
+    }
+    let (ok, stdout, err) = run(fails);
+    assert!(!ok, "{what} passed with {fails} bytes");
+    (fails, stdout, err)
+}
+
 /// [`spafit`] with environment variables set for the child.
 fn spafit_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
@@ -1394,18 +1417,7 @@ fn an_mnli_run_out_of_memory_on_its_second_dev_set_keeps_its_results() {
         let bytes = std::ffi::OsString::from(bytes.to_string());
         spafit_with_env(&args, &[("SPAFIT_EMU_MEMORY", &bytes)])
     };
-    let (mut fails, mut passes) = (1u64 << 10, 64u64 << 20);
-    let (ok, _, err) = run(passes);
-    assert!(ok, "fails with 64 MiB: {err}");
-    while passes - fails > 1024 {
-        let mid = (fails + passes) / 2;
-        match run(mid).0 {
-            true => passes = mid,
-            false => fails = mid,
-        }
-    }
-    let (ok, stdout, err) = run(fails);
-    assert!(!ok, "passed with {fails} bytes");
+    let (fails, stdout, err) = most_memory_that_fails("train", run, 1024);
     let command = format!(
         "`spafit eval --model {m} --task mnli --glue-dir {g} --split dev_mismatched --device \
          cuda-emu --adapter {} --batch-size 8` gives it",
@@ -4914,22 +4926,7 @@ fn out_of_device_memory_names_the_batch_and_what_needs_less() {
             let bytes = std::ffi::OsString::from(bytes.to_string());
             spafit_with_env(args, &[("SPAFIT_EMU_MEMORY", &bytes)])
         };
-        let (mut fails, mut passes) = (1u64 << 10, 64u64 << 20);
-        assert!(
-            run(passes).0,
-            "{args:?} fails with 64 MiB: {}",
-            run(passes).2
-        );
-        while passes - fails > 4096 {
-            let mid = (fails + passes) / 2;
-            match run(mid).0 {
-                true => passes = mid,
-                false => fails = mid,
-            }
-        }
-        let (ok, _, err) = run(fails);
-        assert!(!ok, "{args:?} passed with {fails} bytes");
-        err
+        most_memory_that_fails(&format!("{args:?}"), run, 4096).2
     };
     let on_data = ["--train-file", &data, "--dev-file", &data, "--split", "dev"];
     for command in ["eval", "predict"] {
