@@ -310,12 +310,17 @@ pub fn bench_train_step_with<B: Backend>(
 
 /// Peak resident set size of this process in MiB, from `/proc/self/status` (Linux).
 pub fn peak_resident_mib() -> Option<f64> {
-    crate::model::proc_kib("/proc/self/status", "VmHWM:").map(|kib| kib as f64 / 1024.0)
+    status_mib("VmHWM:")
 }
 
 /// The process's resident memory in MiB (Linux's `VmRSS`); `None` elsewhere.
 pub fn resident_mib() -> Option<f64> {
-    crate::model::proc_kib("/proc/self/status", "VmRSS:").map(|kib| kib as f64 / 1024.0)
+    status_mib("VmRSS:")
+}
+
+/// A memory line of `/proc/self/status` (in kiB there) in MiB.
+fn status_mib(field: &str) -> Option<f64> {
+    crate::model::proc_kib("/proc/self/status", field).map(|kib| kib as f64 / 1024.0)
 }
 
 /// Starts the peak resident memory over from the current resident memory (Linux 4.0 on:

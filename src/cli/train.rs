@@ -885,20 +885,16 @@ impl TrainCommand {
             ),
             None => "printed without it".to_string(),
         };
+        // Half the batch that ran out; one example where that was one already.
+        let (batch, device) = match largest {
+            0 | 1 => (1, " on a device with more memory"),
+            n => (n / 2, ""),
+        };
         let adapter = match self.saved_adapter() {
-            Some(_) => {
-                let command = self.eval_command(task, split);
-                match largest {
-                    0 | 1 => format!(
-                        "the trained adapter is saved: `{command} --batch-size 1` gives it on a \
-                         device with more memory"
-                    ),
-                    n => format!(
-                        "the trained adapter is saved: `{command} --batch-size {}` gives it",
-                        n / 2
-                    ),
-                }
-            }
+            Some(_) => format!(
+                "the trained adapter is saved: `{} --batch-size {batch}` gives it{device}",
+                self.eval_command(task, split)
+            ),
             None => "without --output or --export-peft the trained adapter is not saved".into(),
         };
         format!(
