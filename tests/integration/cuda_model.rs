@@ -978,6 +978,30 @@ fn larger_config() -> spafit::checkpoint::BertConfig {
     config
 }
 
+/// Class labels 0, 1, 2, 0, … for `batch` examples.
+fn three_classes<B: Backend>(b: &B, batch: usize) -> Labels<B> {
+    let classes: Vec<u32> = (0..batch as u32).map(|i| i % 3).collect();
+    Labels::Classes(b.tensor_from_u32(Shape::new([batch]), &classes).unwrap())
+}
+
+/// A step's logits, loss and gradients (by name) as bits, for comparing two ways of one step.
+fn step_bits<B: Backend>(
+    b: &B,
+    logits: &spafit::autograd::Var<B>,
+    loss: &spafit::autograd::Var<B>,
+    grads: &Gradients<B>,
+) -> Vec<Vec<u64>> {
+    let mut values = vec![
+        b.to_f64(logits.value()).unwrap(),
+        b.to_f64(loss.value()).unwrap(),
+    ];
+    values.extend(grads.iter().map(|(_, g)| b.to_f64(g).unwrap()));
+    values
+        .into_iter()
+        .map(|v| v.into_iter().map(f64::to_bits).collect())
+        .collect()
+}
+
 /// `batch` sequences of `seq` random token ids, sequence `b` padded by `padding(b)` tokens.
 fn padded_batch(batch: usize, seq: usize, padding: fn(usize) -> usize, seed: u64) -> EncodedBatch {
     let mut rng = spafit::rng::SplitMix::new(seed);
@@ -1011,13 +1035,7 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
     let run = |b: &CudaBackend, method: Method| {
         let m = model_of(b, config.clone(), method, 3, Weights::AsDrawn);
         let input = ModelInput::new(b, &encoded).unwrap();
-        let labels = Labels::Classes(
-            b.tensor_from_u32(
-                Shape::new([batch]),
-                &(0..batch as u32).map(|i| i % 3).collect::<Vec<_>>(),
-            )
-            .unwrap(),
-        );
+        let labels = three_classes(b, batch);
         let ((logits, loss, grads), kernels) = common::with_kernel_names(b, || {
             let mut tape = Tape::new(b.clone());
             let mut dropouts = DropoutPlan::train(0.1, 0.1, 0.2, 77);
@@ -1026,16 +1044,7 @@ fn operands_rounded_ahead_change_no_bit_of_a_larger_step() {
             let grads = tape.backward(&loss).unwrap();
             (logits, loss, grads)
         });
-        let mut bits = vec![
-            b.to_f64(logits.value()).unwrap(),
-            b.to_f64(loss.value()).unwrap(),
-        ];
-        bits.extend(grads.iter().map(|(_, g)| b.to_f64(g).unwrap()));
-        let bits: Vec<Vec<u64>> = bits
-            .into_iter()
-            .map(|v| v.into_iter().map(f64::to_bits).collect())
-            .collect();
-        (bits, kernels)
+        (step_bits(b, &logits, &loss, &grads), kernels)
     };
     let b = cuda(DType::BF16);
     for method in [Method::Full, Method::Spafit] {
@@ -1087,13 +1096,7 @@ fn linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
             _ => 0.2,
         };
         let input = ModelInput::new(b, &encoded).unwrap();
-        let labels = Labels::Classes(
-            b.tensor_from_u32(
-                Shape::new([batch]),
-                &(0..batch as u32).map(|i| i % 3).collect::<Vec<_>>(),
-            )
-            .unwrap(),
-        );
+        let labels = three_classes(b, batch);
         let mut tape = Tape::new(b.clone());
         let mut dropouts = DropoutPlan::train(0.1, 0.1, lora_dropout, 31);
         let logits = m.forward(&mut tape, &input, &mut dropouts).unwrap();
@@ -1107,16 +1110,7 @@ fn linear_inputs_recomputed_in_backward_change_no_bit_and_are_not_kept() {
             .filter(|k| k.kernel.starts_with("layernorm_apply"))
             .map(|k| k.launches)
             .sum::<u64>();
-        let mut values = vec![
-            b.to_f64(logits.value()).unwrap(),
-            b.to_f64(loss.value()).unwrap(),
-        ];
-        values.extend(grads.iter().map(|(_, g)| b.to_f64(g).unwrap()));
-        let bits: Vec<Vec<u64>> = values
-            .into_iter()
-            .map(|v| v.into_iter().map(f64::to_bits).collect())
-            .collect();
-        (bits, kept, applied)
+        (step_bits(b, &logits, &loss, &grads), kept, applied)
     };
     // GELU's outputs [tokens, intermediate] and LayerNorms' [tokens, hidden]: of every token
     // in the layers before the last (rounded to bf16 in bf16 mode where no adapter dropout
