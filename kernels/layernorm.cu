@@ -35,6 +35,17 @@ __device__ __forceinline__ float ln_output(float v, float mu, float rs, float g,
     return __fmaf_rn(__fmul_rn(__fsub_rn(v, mu), rs), g, b);
 }
 
+// The forward's y from its saved mean and rstd, an element a thread (grid-stride), stored as O.
+template <typename T, typename O>
+__device__ void ln_apply(const T* x, const float* mean, const float* rstd, const T* gamma,
+                         const T* beta, O* y, long total, int n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        const long row = i / n;
+        const int j = (int)(i - row * n);
+        store(y, i, ln_output(load(x, i), mean[row], rstd[row], load(gamma, j), load(beta, j)));
+    }
+}
+
 template <typename T>
 __device__ void ln_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd,
                            int rows, int n, float eps) {
@@ -172,16 +183,10 @@ __device__ void ln_backward_params(const T* dy, const T* x, const float* mean, c
                                                      int n, float eps) {                         \
         ln_forward(x, gamma, beta, y, mean, rstd, rows, n, eps);                                 \
     }                                                                                            \
-    /* The forward's y from its saved mean and rstd, an element a thread (grid-stride). */      \
     extern "C" __global__ void layernorm_apply_##S(const T* x, const float* mean,                \
                                                    const float* rstd, const T* gamma,            \
                                                    const T* beta, T* y, long total, int n) {     \
-        for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total;                    \
-             i += (long)gridDim.x * blockDim.x) {                                                \
-            const long row = i / n;                                                              \
-            const int j = (int)(i - row * n);                                                    \
-            store(y, i, ln_output(load(x, i), mean[row], rstd[row], load(gamma, j), load(beta, j))); \
-        }                                                                                        \
+        ln_apply(x, mean, rstd, gamma, beta, y, total, n);                                       \
     }                                                                                            \
     extern "C" __global__ void layernorm_backward_input_##S(const T* dy, const T* x,             \
                                                             const float* mean, const float* rstd,\
@@ -201,3 +206,13 @@ __device__ void ln_backward_params(const T* dy, const T* x, const float* mean, c
 
 LAYERNORM_ENTRIES(float, f32)
 LAYERNORM_ENTRIES(bf16, bf16)
+
+// layernorm_apply_f32's y stored rounded to bf16, as the cast the linear maps' products read
+// would round it (Backend::layernorm_apply_for_products): the cast's bits without the f32
+// tensor between, and a third of the bytes moved.
+extern "C" __global__ void layernorm_apply_for_products_f32(const float* x, const float* mean,
+                                                            const float* rstd, const float* gamma,
+                                                            const float* beta, bf16* y, long total,
+                                                            int n) {
+    ln_apply(x, mean, rstd, gamma, beta, y, total, n);
+}

@@ -465,6 +465,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
         beta: &Tensor<Self>,
     ) -> Result<Tensor<Self>>;
 
+    /// [`Backend::layernorm_apply`]'s `y` as [`Backend::rounded_for_products`] leaves it: its
+    /// bf16 copy where that makes one, else `y`. A backend may store the copy directly,
+    /// without the f32 `y` between (CUDA): the same bits.
+    fn layernorm_apply_for_products(
+        &self,
+        x: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        let y = self.layernorm_apply(x, mean, rstd, gamma, beta)?;
+        Ok(self.rounded_for_products(&y)?.unwrap_or(y))
+    }
+
     /// The requested gradients of [`Backend::layernorm_forward`]. `x`, `mean`, `rstd` are
     /// needed for `dx`/`dgamma`, `gamma` for `dx`; pass `None` otherwise.
     #[allow(clippy::too_many_arguments)]
@@ -525,6 +540,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// GELU, erf form: `x · Φ(x)`.
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>>;
+    /// [`Backend::gelu_forward`]'s output as [`Backend::rounded_for_products`] leaves it: its
+    /// bf16 copy where that makes one, else the output. A backend may store the copy
+    /// directly, without the f32 output between (CUDA): the same bits.
+    fn gelu_forward_for_products(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
+        let y = self.gelu_forward(x)?;
+        Ok(self.rounded_for_products(&y)?.unwrap_or(y))
+    }
     /// `dy · GELU'(x)`.
     fn gelu_backward(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>>;
     /// `tanh(x)`.

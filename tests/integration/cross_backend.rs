@@ -1811,6 +1811,63 @@ fn cuda_linear_from_a_rounded_copy_gives_the_same_bits() {
     );
 }
 
+/// The outputs a backward recomputes for the linear maps' products (GELU's, a LayerNorm's)
+/// stored rounded by their own kernels in bf16 mode, without the f32 output and its cast: the
+/// bits of the cast of the f32 output. Where `rounded_for_products` makes no copy (too small;
+/// f32 mode), the f32 output itself.
+#[test]
+fn cuda_recomputed_outputs_stored_rounded_have_the_cast_bits() {
+    let mut rng = SplitMix::new(78);
+    let (rows, n) = (300, 264);
+    let values = nonzero(&mut rng, rows * n);
+    let (g, beta) = (nonzero(&mut rng, n), nonzero(&mut rng, n));
+    let bits = |b: &CudaBackend, t: &Tensor<CudaBackend>| -> Vec<u64> {
+        down(b, t).into_iter().map(f64::to_bits).collect()
+    };
+    for (precision, rows) in [(DType::BF16, rows), (DType::BF16, 4), (DType::F32, rows)] {
+        let b = cuda(precision);
+        let tag = format!("{precision} mode, {rows} rows");
+        let x = up(&b, &[rows, n], &values[..rows * n]);
+        let (gb, bb) = (up(&b, &[n], &g), up(&b, &[n], &beta));
+        let norm = b.layernorm_forward(&x, &gb, &bb, 1e-5).unwrap();
+        let plain = [
+            b.gelu_forward(&x).unwrap(),
+            b.layernorm_apply(&x, &norm.mean, &norm.rstd, &gb, &bb)
+                .unwrap(),
+        ];
+        let (stored_rounded, kernels) = common::with_kernel_names(&b, || {
+            [
+                b.gelu_forward_for_products(&x).unwrap(),
+                b.layernorm_apply_for_products(&x, &norm.mean, &norm.rstd, &gb, &bb)
+                    .unwrap(),
+            ]
+        });
+        let copy = b.rounded_for_products(&x).unwrap();
+        for (what, got, want) in [
+            ("gelu", &stored_rounded[0], &plain[0]),
+            ("layernorm", &stored_rounded[1], &plain[1]),
+        ] {
+            let want = match &copy {
+                Some(_) => b.rounded_for_products(want).unwrap().unwrap(),
+                None => want.clone(),
+            };
+            assert_eq!(got.dtype(), want.dtype(), "{what}, {tag}");
+            assert!(bits(&b, got) == bits(&b, &want), "{what}, {tag}");
+        }
+        let direct = [
+            "gelu_forward_for_products_f32",
+            "layernorm_apply_for_products_f32",
+        ];
+        match copy {
+            Some(_) => assert_eq!(kernels, direct, "{tag}: one kernel each, no cast"),
+            None => assert!(
+                kernels.iter().all(|k| !direct.contains(&k.as_str())),
+                "{tag}: {kernels:?}"
+            ),
+        }
+    }
+}
+
 /// A linear output stored for products (attention's query, key, value) in bf16 mode is the
 /// f32 output rounded to bf16, bit for bit — from the tensor-core tiles, split-K (its reduce
 /// adds the f32 bias before rounding) and the narrow kernels, with LoRA; in f32 mode, and

@@ -74,7 +74,8 @@ impl<B: Backend> Recompute<B> {
         if let Some((_, t)) = done.iter().find(|(r, _)| *r == rounded) {
             return Ok(t.clone());
         }
-        let y = match &self.recipe {
+        let t = match &self.recipe {
+            Recipe::Gelu { pre } if rounded => backend.gelu_forward_for_products(pre)?,
             Recipe::Gelu { pre } => backend.gelu_forward(pre)?,
             Recipe::LayerNorm {
                 x,
@@ -82,11 +83,14 @@ impl<B: Backend> Recompute<B> {
                 rstd,
                 gamma,
                 beta,
+            } if rounded => backend.layernorm_apply_for_products(x, mean, rstd, gamma, beta)?,
+            Recipe::LayerNorm {
+                x,
+                mean,
+                rstd,
+                gamma,
+                beta,
             } => backend.layernorm_apply(x, mean, rstd, gamma, beta)?,
-        };
-        let t = match rounded {
-            true => backend.rounded_for_products(&y)?.unwrap_or(y),
-            false => y,
         };
         done.push((rounded, t.clone()));
         Ok(t)

@@ -31,6 +31,29 @@ pub(super) fn unary(
     })
 }
 
+/// GELU's output stored rounded to bf16 where [`super::gemm::rounded_for_products`] would
+/// round it (one kernel, no f32 output between: the cast's bits), else the output itself.
+pub(super) fn gelu_for_products(
+    b: &CudaBackend,
+    x: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    if !super::gemm::rounds_for_products(b, x) {
+        return unary(b, "gelu", "gelu_forward", x);
+    }
+    let n = x.numel();
+    let mut y = b.output::<bf16>(n)?;
+    launch!(
+        b,
+        MODULE,
+        "gelu_forward_for_products_f32",
+        grid_for(n),
+        view::<f32>(x),
+        &mut y,
+        &(n as i64)
+    );
+    tensor(x.shape().clone(), y)
+}
+
 pub(super) fn binary(
     b: &CudaBackend,
     op: &'static str,

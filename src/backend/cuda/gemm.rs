@@ -655,16 +655,19 @@ pub(super) fn rounded_for_products(
     b: &CudaBackend,
     x: &Tensor<CudaBackend>,
 ) -> Result<Option<Tensor<CudaBackend>>> {
-    match x.buffer() {
-        CudaBuffer::F32(s)
-            if b.precision != Precision::F32
-                && x.shape().rank() >= 1
-                && precast_pays(b, x.shape().last_dim(), s.len()) =>
-        {
-            super::elementwise::cast(b, x, DType::BF16).map(Some)
-        }
-        _ => Ok(None),
+    match rounds_for_products(b, x) {
+        true => super::elementwise::cast(b, x, DType::BF16).map(Some),
+        false => Ok(None),
     }
+}
+
+/// Whether [`rounded_for_products`] makes a copy of `x` (or of an output of `x`'s dtype and
+/// shape, which the recomputing kernels then store rounded themselves).
+pub(super) fn rounds_for_products(b: &CudaBackend, x: &Tensor<CudaBackend>) -> bool {
+    matches!(x.buffer(), CudaBuffer::F32(s)
+        if b.precision != Precision::F32
+            && x.shape().rank() >= 1
+            && precast_pays(b, x.shape().last_dim(), s.len()))
 }
 
 /// `options.x_rounded`: `x`'s copy from [`rounded_for_products`], which the main product reads

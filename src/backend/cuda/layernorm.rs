@@ -1,10 +1,13 @@
 //! Launchers of `kernels/layernorm.cu`: forward (y, mean, rstd per row), the forward's y again
-//! from them (apply), and backward (dx per row; dγ, dβ as fixed-order column reductions).
+//! from them (apply, or stored rounded for the linear maps' products), and backward (dx per row; dγ, dβ as fixed-order column reductions).
 
 use cudarc::driver::LaunchConfig;
 
+use half::bf16;
+
 use super::{
-    grid_for, kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend, CudaFloat,
+    gemm, grid_for, kernel_int, launch, require_f32, tensor, view, with_float, CudaBackend,
+    CudaFloat,
 };
 use crate::backend::{shapes, LayerNormGradRequest, LayerNormGrads, LayerNormOutput};
 use crate::error::{Error, Result};
@@ -67,6 +70,44 @@ pub(super) fn apply(
             view::<T>(x), view::<f32>(mean), view::<f32>(rstd), view::<T>(gamma), view::<T>(beta), &mut y, &(total as i64), &n_i);
         tensor(x.shape().clone(), y)
     })
+}
+
+/// [`apply`]'s `y` stored rounded to bf16 where [`gemm::rounded_for_products`] would round
+/// it (one kernel, no f32 `y` between: the cast's bits), else `y` itself.
+pub(super) fn apply_for_products(
+    b: &CudaBackend,
+    x: &Tensor<CudaBackend>,
+    mean: &Tensor<CudaBackend>,
+    rstd: &Tensor<CudaBackend>,
+    gamma: &Tensor<CudaBackend>,
+    beta: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    const OP: &str = "layernorm apply";
+    if !gemm::rounds_for_products(b, x) {
+        return apply(b, x, mean, rstd, gamma, beta);
+    }
+    // x is f32 (rounds_for_products), so are γ and β (the shapes' common dtype).
+    let (_, rows, n) = shapes::layernorm_apply(x, mean, rstd, gamma, beta)?;
+    require_f32(OP, "mean", mean)?;
+    require_f32(OP, "rstd", rstd)?;
+    let n_i = kernel_int(OP, "a row length", n)?;
+    let total = rows * n;
+    let mut y = b.output::<bf16>(total)?;
+    launch!(
+        b,
+        MODULE,
+        "layernorm_apply_for_products_f32",
+        grid_for(total),
+        view::<f32>(x),
+        view::<f32>(mean),
+        view::<f32>(rstd),
+        view::<f32>(gamma),
+        view::<f32>(beta),
+        &mut y,
+        &(total as i64),
+        &n_i
+    );
+    tensor(x.shape().clone(), y)
 }
 
 pub(super) fn backward(

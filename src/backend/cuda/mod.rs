@@ -763,6 +763,17 @@ impl Backend for CudaBackend {
         layernorm::apply(self, x, mean, rstd, gamma, beta)
     }
 
+    fn layernorm_apply_for_products(
+        &self,
+        x: &Tensor<Self>,
+        mean: &Tensor<Self>,
+        rstd: &Tensor<Self>,
+        gamma: &Tensor<Self>,
+        beta: &Tensor<Self>,
+    ) -> Result<Tensor<Self>> {
+        layernorm::apply_for_products(self, x, mean, rstd, gamma, beta)
+    }
+
     fn layernorm_backward(
         &self,
         dy: &Tensor<Self>,
@@ -806,6 +817,10 @@ impl Backend for CudaBackend {
 
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
         elementwise::unary(self, "gelu", "gelu_forward", x)
+    }
+
+    fn gelu_forward_for_products(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
+        elementwise::gelu_for_products(self, x)
     }
 
     fn gelu_backward(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>> {
