@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PyTorch + PEFT beside `spafit bench` on this machine's CPU, alternating in ONE run with the
-# same work: all-MiniLM-L6-v2 (or the checkpoint MODEL names), batch 16, fixed lengths 64 and 256, dropout on, AdamW; full,
+# same work: all-MiniLM-L6-v2 (or the checkpoint MODEL names), batch 16, fixed lengths 64 and 256, dropout on, AdamW
+# (or forward passes alone: PASS=inference); full,
 # BitFit, LoRA (query, value) and SPAFIT (N1 2, N2 4, r 8, six maps). Two rounds; the table
 # ends with the speed ratio (PyTorch ms / spafit ms: above 1 means spafit is faster). A second
 # table gives each side's peak resident memory over the steps (Linux's VmHWM, started over once
@@ -11,7 +12,9 @@
 # transformers and peft, and is created with them when missing: about 5 GB, not part of CI)
 # env: STEPS (5), WARMUP (2), ROUNDS (2), LENGTHS ("64 256"), METHODS ("full bitfit lora spafit"),
 # DTYPE (f32; bf16: `spafit bench --dtype bf16` beside PyTorch under CPU bf16 autocast),
-# MODEL (a checkpoint folder: BERT, RoBERTa, ELECTRA or DistilBERT)
+# MODEL (a checkpoint folder: BERT, RoBERTa, ELECTRA or DistilBERT), PASS (training; inference:
+# forward passes in evaluation mode, `spafit bench --inference` beside PyTorch's
+# `inference_mode`, as evaluation and prediction run them), BATCH (16) examples a step
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.cache/torchenv}
@@ -20,6 +23,12 @@ lengths=${LENGTHS:-"64 256"}; methods=${METHODS:-"full bitfit lora spafit"}
 dtype=${DTYPE:-f32}
 model=${MODEL:-.cache/models/all-MiniLM-L6-v2}
 threads=$(nproc)
+pass=${PASS:-training}; batch=${BATCH:-16}
+case $pass in
+    training) inference=() ;;
+    inference) inference=(--inference) ;;
+    *) echo "PASS is training or inference, not $pass" >&2; exit 2 ;;
+esac
 
 if ! "$venv/bin/python" -c "import torch, transformers, peft" 2>/dev/null; then
     # PyPI's torch (a CUDA build) where the CPU wheels' index cannot be reached: both run
@@ -33,18 +42,18 @@ fi
 scripts/fetch_assets.sh >/dev/null
 cargo build --release --quiet
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-echo "machine: $cpu, $threads cores; torch threads $threads; $dtype; $model; $(date -u +%FT%TZ)"
+echo "machine: $cpu, $threads cores; torch threads $threads; $dtype; $pass; $model; $(date -u +%FT%TZ)"
 
 results=$(mktemp)
 for round in $(seq "$rounds"); do
     for len in $lengths; do
         for method in $methods; do
-            t=$(TORCH_CPU_BENCH_DTYPE=$dtype "$venv/bin/python" scripts/torch_peft_cpu_bench.py "$model" 16 "$len" "$steps" "$warmup" \
+            t=$(TORCH_CPU_BENCH_DTYPE=$dtype TORCH_CPU_BENCH_PASS=$pass "$venv/bin/python" scripts/torch_peft_cpu_bench.py "$model" "$batch" "$len" "$steps" "$warmup" \
                 "$threads" 2 4 "$method" 2>/dev/null | sed -n 's/^TORCH //p')
             strata=()
             [ "$method" = spafit ] && strata=(--n1 2 --n2 4)
             s=$("${CARGO_TARGET_DIR:-target}"/release/spafit bench --model "$model" --method "$method" "${strata[@]}" \
-                --batch-size 16 --seq-len "$len" --steps "$steps" --warmup "$warmup" --dtype "$dtype")
+                --batch-size "$batch" --seq-len "$len" --steps "$steps" --warmup "$warmup" --dtype "$dtype" "${inference[@]}")
             fields='import json,sys; r = json.load(sys.stdin); print(r["ms_per_step"], r["peak_mem_mib"], r["resident_before_steps_mib"])'
             # Assigned first: a line that does not parse stops the run here (set -e).
             torch_fields=$(echo "$t" | python3 -c "$fields")
@@ -53,8 +62,9 @@ for round in $(seq "$rounds"); do
         done
     done
 done
-python3 - "$results" <<'PY'
+python3 - "$results" "$batch" <<'PY'
 import sys, collections
+batch = sys.argv[2]
 rows = collections.OrderedDict()
 memory = collections.OrderedDict()
 for line in open(sys.argv[1]):
@@ -67,18 +77,18 @@ for (length, method), v in rows.items():
     ts = " / ".join(f"{t:.0f}" for t, _ in v)
     ss = " / ".join(f"{s:.0f}" for _, s in v)
     ratio = sum(t for t, _ in v) / sum(s for _, s in v)
-    print(f"| 16 × {length} | {method} | {ts} | {ss} | {ratio:.2f}× |")
+    print(f"| {batch} × {length} | {method} | {ts} | {ss} | {ratio:.2f}× |")
 print()
 print("| batch × length | method | PyTorch + PEFT peak MiB (added by the steps) | spafit peak MiB (added by the steps) | memory ratio PyTorch/spafit: peak, added |")
 print("|---|---|---|---|---|")
 for (length, method), v in memory.items():
     if any("None" in m for m in v):
-        print(f"| 16 × {length} | {method} | (peak not measurable here: needs Linux's /proc/self/clear_refs) | | |")
+        print(f"| {batch} × {length} | {method} | (peak not measurable here: needs Linux's /proc/self/clear_refs) | | |")
         continue
     # The largest over the rounds: a peak is what a machine must have.
     tp, sp = (max(float(m[i]) for m in v) for i in (0, 2))
     t_added = max(float(m[0]) - float(m[1]) for m in v)
     s_added = max(float(m[2]) - float(m[3]) for m in v)
-    print(f"| 16 × {length} | {method} | {tp:.0f} ({t_added:.0f}) | {sp:.0f} ({s_added:.0f}) | {tp / sp:.2f}×, {t_added / s_added:.2f}× |")
+    print(f"| {batch} × {length} | {method} | {tp:.0f} ({t_added:.0f}) | {sp:.0f} ({s_added:.0f}) | {tp / sp:.2f}×, {t_added / s_added:.2f}× |")
 PY
 rm -f "$results"

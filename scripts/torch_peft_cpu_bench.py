@@ -18,6 +18,8 @@ model, optimizer and batch exist (`resident_before_steps_mib`). Run one method p
 for a peak of its own (the side-by-side script does).
 With TORCH_CPU_BENCH_DTYPE=bf16 the forward and loss run under `torch.autocast("cpu",
 torch.bfloat16)` (PyTorch's mixed precision; beside `spafit bench --dtype bf16`).
+With TORCH_CPU_BENCH_PASS=inference each step is a forward pass in evaluation mode under
+`torch.inference_mode()` to the logits (beside `spafit bench --inference`).
 usage: torch_peft_cpu_bench.py MODEL_DIR B T STEPS WARMUP THREADS N1 N2 METHOD...
 """
 import json
@@ -87,7 +89,9 @@ def reset_peak_resident():
 
 
 def bench(path, method, batch, seq, steps, warmup, n1, n2):
-    model = model_for(path, method, n1, n2).train()
+    inference = os.environ.get("TORCH_CPU_BENCH_PASS", "training") == "inference"
+    model = model_for(path, method, n1, n2)
+    model = model.eval() if inference else model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
     g = torch.Generator().manual_seed(7)
@@ -99,12 +103,18 @@ def bench(path, method, batch, seq, steps, warmup, n1, n2):
     peak_reset = reset_peak_resident()
     resident_before = proc_status_mib("VmRSS:")
 
-    def step():
+    def forward_only():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            model(input_ids=ids).logits.float().numpy()
+
+    def training_step():
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    step = forward_only if inference else training_step
 
     for _ in range(warmup):
         step()
@@ -118,7 +128,7 @@ def bench(path, method, batch, seq, steps, warmup, n1, n2):
     ms = statistics.median(times) * 1e3  # an even count's: the mean of the middle two, as spafit bench
     line = {"method": method, "batch": batch, "seq_len": seq, "ms_per_step": round(ms, 3),
             "trainable_params": sum(p.numel() for p in params), "threads": torch.get_num_threads(),
-            "dtype": "bf16" if bf16 else "f32",
+            "dtype": "bf16" if bf16 else "f32", "pass": "inference" if inference else "training",
             "peak_mem_mib": peak, "resident_before_steps_mib": resident_before,
             "torch": torch.__version__}
     print("TORCH " + json.dumps(line), flush=True)

@@ -1,4 +1,4 @@
-//! Training-step throughput on a synthetic batch: what `spafit bench` reports.
+//! Training-step (or inference) throughput on a synthetic batch: what `spafit bench` reports.
 
 use std::time::Instant;
 
@@ -26,7 +26,8 @@ pub struct BenchReport {
     pub seq_len: usize,
     /// Timed steps.
     pub steps: usize,
-    /// Median milliseconds per step (forward, backward, AdamW).
+    /// Median milliseconds per step (forward, backward, AdamW; in inference, the forward
+    /// pass and the logits read back to the host, as evaluation reads them).
     pub ms_per_step: f64,
     /// Fastest timed step: the least disturbed by other work on a shared machine.
     pub ms_per_step_min: f64,
@@ -91,6 +92,30 @@ pub fn bench_train_step_in_micro_batches<B: Backend>(
         warmup,
         steps,
         kernel_times: false,
+        inference: false,
+    };
+    bench_train_step_with(backend, model, &settings)
+}
+
+/// Times `steps` forward passes (after `warmup` untimed ones) of `model` in evaluation mode
+/// on a random batch of `batch × seq_len` tokens, as `spafit eval` and `predict` run them:
+/// nothing recorded on a tape, no dropout, the logits read back to the host.
+pub fn bench_inference<B: Backend>(
+    backend: &B,
+    model: &mut BertClassifier<B>,
+    batch: usize,
+    seq_len: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<BenchReport> {
+    let settings = BenchSettings {
+        batch,
+        micro_batch: batch,
+        seq_len,
+        warmup,
+        steps,
+        kernel_times: false,
+        inference: true,
     };
     bench_train_step_with(backend, model, &settings)
 }
@@ -112,6 +137,9 @@ pub struct BenchSettings {
     /// After the timed steps, one more step with the device time of each kernel taken
     /// ([`BenchReport::kernel_times`]; refused by a backend that launches no kernels).
     pub kernel_times: bool,
+    /// Each step a forward pass in evaluation mode instead ([`bench_inference`]):
+    /// `micro_batch` must be `batch`.
+    pub inference: bool,
 }
 
 /// The device time of each kernel of one training step, beside the step's wall time.
@@ -130,7 +158,8 @@ impl StepKernelTimes {
     }
 }
 
-/// [`bench_train_step_in_micro_batches`] with every setting, and kernel times on request.
+/// [`bench_train_step_in_micro_batches`] with every setting, kernel times on request, or
+/// [`bench_inference`]'s forward passes.
 ///
 /// On Linux the process's peak resident memory (`VmHWM`) is reset before the first step, so
 /// that [`BenchReport::peak_mem_mib`] is the steps' own: a program embedding the engine that
@@ -148,11 +177,21 @@ pub fn bench_train_step_with<B: Backend>(
         warmup,
         steps,
         kernel_times,
+        inference,
     } = *settings;
     if steps == 0 {
         return Err(Error::invalid("bench", "needs at least one timed step"));
     }
     micro_batches::check_size("bench", micro_batch, batch)?;
+    if inference && micro_batch < batch {
+        return Err(Error::invalid(
+            "bench",
+            format!(
+                "inference runs each batch of {batch} whole: micro-batches of {micro_batch} \
+                 split a training step's gradients, and a forward pass has none"
+            ),
+        ));
+    }
     // Refused before any step runs, not after the timed ones.
     if kernel_times {
         if !backend.start_kernel_timing()? {
@@ -170,14 +209,11 @@ pub fn bench_train_step_with<B: Backend>(
     // The plan's own adapter dropout, as training would apply it.
     let lora_dropout = model.plan().map_or(0.0, PeftPlan::lora_dropout);
     let layers_on_tape = model.layers_on_tape();
-    check_batch_memory(
-        backend,
-        model.config(),
-        micro_batch,
-        seq_len,
-        Pass::Training { layers_on_tape },
-        "bench",
-    )?;
+    let pass = match inference {
+        true => Pass::Inference,
+        false => Pass::Training { layers_on_tape },
+    };
+    check_batch_memory(backend, model.config(), micro_batch, seq_len, pass, "bench")?;
     let mut rng = SplitMix::new(7);
     let vocab = model.config().vocab_size as u64;
     // BERT's vocabularies put [CLS] at 101 and words from about 1000 on; a smaller
@@ -226,6 +262,15 @@ pub fn bench_train_step_with<B: Backend>(
     // loop (and in PyTorch's step). Returns its wall seconds.
     let mut step = |model: &mut BertClassifier<B>, i: usize| -> Result<f64> {
         let t = Instant::now();
+        if inference {
+            for (input, _, _) in &parts {
+                let mut tape = Tape::inference(backend.clone());
+                let logits = model.forward(&mut tape, input, &mut DropoutPlan::eval())?;
+                // As evaluation reads them; the read waits for the device.
+                backend.to_f64(logits.value())?;
+            }
+            return Ok(t.elapsed().as_secs_f64());
+        }
         let cfg = model.config();
         let (hidden, attention) = (cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob);
         let classifier = cfg.classifier_dropout_or(cfg.hidden_dropout_prob);

@@ -59,11 +59,14 @@ enum Command {
     /// --tolerance, `passed` and `inconclusive` (the check could not see errors that small).
     /// A NaN or infinite error is written as text ("NaN", "inf").
     Gradcheck(tools::GradcheckCommand),
-    /// Training-step throughput and memory for a method and batch shape (one JSON line).
+    /// Training-step (or, with --inference, forward-pass) throughput and memory for a method and batch shape (one JSON line).
     ///
     /// Every step is a whole training step (forward, backward, AdamW) on one random batch of
     /// --batch-size × --seq-len tokens, all real (no padding), with training-mode dropout;
-    /// --warmup steps run first, untimed. The JSON line: `ms_per_step` (median of the timed
+    /// with --inference, a forward pass of that batch as `eval` and `predict` run one (no
+    /// dropout, nothing kept for a backward, the logits read back to the host).
+    /// --warmup steps run first, untimed. The JSON line: `pass` (`training` or
+    /// `inference`); `ms_per_step` (median of the timed
     /// steps) and `ms_per_step_min` (the fastest: the least disturbed on a shared machine);
     /// `samples_per_s` and `tokens_per_s` (batch, and batch × seq_len, over the median; every
     /// token counts, where `train`'s tokens_per_s counts only real tokens of padded batches);

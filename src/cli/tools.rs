@@ -237,6 +237,11 @@ pub struct BenchCommand {
     /// and `kernel_times` in the JSON line (--device cuda or cuda-emu).
     #[arg(long)]
     pub kernel_times: bool,
+    /// Time inference instead of training: each step a forward pass of the batch in
+    /// evaluation mode, as `eval` and `predict` run it (nothing kept for a backward, no
+    /// dropout, the logits read back to the host). Not with --micro-batch-size.
+    #[arg(long, conflicts_with = "micro_batch_size")]
+    pub inference: bool,
 }
 
 /// Kernels listed by name on stderr; the rest are summed on one line.
@@ -251,13 +256,19 @@ impl BenchCommand {
             false => String::new(),
         };
         let what = format!(
-            "This was a training step on a batch of {} × {} tokens{in_parts}",
-            self.batch_size, self.seq_len
+            "This was {} on a batch of {} × {} tokens{in_parts}",
+            match self.inference {
+                true => "a forward pass in evaluation mode",
+                false => "a training step",
+            },
+            self.batch_size,
+            self.seq_len
         );
         // In micro-batches the part, not the batch, is what the activations scale with.
         let changes = [
             (self.seq_len > 1).then_some("a shorter --seq-len"),
-            (micro > 1).then_some("a smaller --micro-batch-size (the same batch in parts)"),
+            (micro > 1 && !self.inference)
+                .then_some("a smaller --micro-batch-size (the same batch in parts)"),
             (micro == self.batch_size && micro > 1).then_some("a smaller --batch-size"),
         ];
         super::out_of_memory_context(backend, what, &changes, frozen_weights)
@@ -345,11 +356,13 @@ impl BenchCommand {
             warmup: self.warmup,
             steps: self.steps,
             kernel_times: self.kernel_times,
+            inference: self.inference,
         };
         let frozen = model.has_frozen_linear_weights();
         let r = bench_train_step_with(&backend, &mut model, &settings)
             .map_err(|e| e.in_memory_context(|| self.step_memory_context(&backend, frozen)))?;
         let mut line = json!({
+            "pass": match self.inference { true => "inference", false => "training" },
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),
             "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| match (s.strip_prefix("electra-"), s.strip_prefix("distilbert-")) {
                 (Some(size), _) => format!("random ELECTRA-{size}"),

@@ -3908,6 +3908,69 @@ fn predictions_to_a_reader_that_stopped_end_quietly() {
 /// maps' gradients read (CUDA's default) or kept them (the CPU; CUDA under
 /// SPAFIT_CUDA_KEEP_LINEAR_INPUTS=1), and keeping them keeps more bytes for the backward.
 #[test]
+fn bench_times_inference_as_eval_runs_it() {
+    let args = |device: &'static str, pass: &'static str| {
+        let mut a = vec![
+            "bench",
+            "--shape",
+            "tiny",
+            "--method",
+            "spafit",
+            "--device",
+            device,
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ];
+        if pass == "inference" {
+            a.push("--inference");
+        }
+        a
+    };
+    for device in ["cpu", "cuda-emu"] {
+        let run = |pass| {
+            let (ok, stdout, err) = spafit(&args(device, pass));
+            assert!(ok, "{device} {pass}: {err}");
+            let line = last_json(&stdout);
+            assert_eq!(line["pass"], pass, "{device}");
+            line
+        };
+        let (training, inference) = (run("training"), run("inference"));
+        assert!(training["autograd_nodes"].as_u64().unwrap() > 0, "{device}");
+        assert_eq!(
+            (
+                &inference["autograd_nodes"],
+                &inference["saved_activation_bytes"]
+            ),
+            (&serde_json::json!(0), &serde_json::json!(0)),
+            "{device}: a forward pass records nothing"
+        );
+        if device == "cuda-emu" {
+            let peak = |l: &serde_json::Value| l["peak_device_mib"].as_f64().unwrap();
+            assert!(
+                peak(&inference) < peak(&training),
+                "{} MiB inference, {} training",
+                peak(&inference),
+                peak(&training)
+            );
+        }
+    }
+    let mut split = args("cpu", "inference");
+    split.extend(["--micro-batch-size", "2"]);
+    let (ok, _, err) = spafit(&split);
+    assert!(!ok);
+    assert!(
+        err.contains("--inference") && err.contains("--micro-batch-size"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bench_says_whether_linear_inputs_were_recomputed() {
     let args = |device: &'static str| {
         [
