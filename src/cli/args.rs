@@ -47,7 +47,7 @@ pub struct ModelArgs {
     pub device: String,
     /// Storage precision: f32; f64 (CPU only: the reference, slower); bf16 (mixed precision:
     /// frozen linear weights stored in bf16 and their products taken on bf16 operands with
-    /// f32 accumulation, on tensor cores on CUDA and with AVX-512 BF16 on CPUs that have it;
+    /// f32 accumulation, on tensor cores on CUDA and on AMX tiles or AVX-512 BF16 on CPUs that have them;
     /// f32 activations and master weights for what trains).
     #[arg(long, default_value = "f32", value_parser = spelling(parse_dtype))]
     pub dtype: String,

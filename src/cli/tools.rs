@@ -377,6 +377,9 @@ impl BenchCommand {
             "linear_inputs": match backend.recomputes_linear_inputs() { true => "recomputed", false => "kept" },
             "trainable_params": r.trainable_params, "autograd_nodes": r.nodes, "saved_activation_bytes": r.saved_activation_bytes,
         });
+        if backend.name() == "cpu-bf16" {
+            line["bf16_products"] = json!(spafit::backend::cpu::CpuBackend::bf16_products());
+        }
         // What the trainable parameters are: the resolved strata and adapters.
         if let Some(plan) = model.plan() {
             if let Some((n1, n2)) = plan.boundaries {

@@ -1,12 +1,15 @@
 //! Products with a frozen weight stored in bf16 (`--device cpu --dtype bf16`), as CUDA's bf16
 //! mode computes them: both operands rounded to bf16 (round to nearest even), products summed
-//! in f32. Where the CPU has AVX-512 BF16 (`vdpbf16ps`: per lane, two bf16 products added to
+//! in f32. Where the CPU has AMX tiles (`amx.rs`: Sapphire Rapids on) blocks of 32 × 32 run
+//! on them; else where it has AVX-512 BF16 (`vdpbf16ps`: per lane, two bf16 products added to
 //! an f32 sum) a register tile of 12 rows × 32 columns runs it, about twice the f32 FMA rate
-//! of the same core (NOTES.md); elsewhere the rounded operands go through the f32 GEMM.
+//! of a Zen 5 core, no faster than f32 on a Sapphire Rapids one (NOTES.md); elsewhere the
+//! rounded operands go through the f32 GEMM.
 //!
 //! Every element of the result is one row of A against one column of B, summed in ascending
 //! pairs of `k` in one accumulator (`vdpbf16ps` adds a pair's odd product before its even
-//! one), whatever the split over threads: bitwise reproducible. The kernel flushes denormal
+//! one; on tiles, ascending steps of 16 pairs, each step's order the hardware's), whatever
+//! the split over threads: bitwise reproducible on a given CPU. The kernels flush denormal
 //! inputs and sums to zero (below ~1e-38), as the instructions do; the fallback keeps them.
 
 use half::bf16;
@@ -33,14 +36,15 @@ impl WeightUse {
 }
 
 /// `A·Wᵀ` or `A·W` for a row-major f32 `a` of `rows` rows and a bf16 weight `w` of
-/// `[out, in]`, as a new row-major f32 matrix.
+/// `[out, in]`, as a new row-major f32 matrix, `bias` (one per column) added to each row
+/// after the sums (one f32 addition, wherever it is done).
 pub fn product_with_bf16_weight(
     a: &[f32],
     rows: usize,
     w: &[bf16],
-    out: usize,
-    input: usize,
+    (out, input): (usize, usize),
     use_: WeightUse,
+    bias: Option<&[f32]>,
 ) -> Vec<f32> {
     let (k, cols) = use_.depth_and_columns(out, input);
     assert_eq!(a.len(), rows * k, "bf16 product: A is not [{rows}, {k}]");
@@ -49,12 +53,34 @@ pub fn product_with_bf16_weight(
         out * input,
         "bf16 product: W is not [{out}, {input}]"
     );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), cols, "bf16 product: the bias is not [{cols}]");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if amx_tiles() && rows > 0 && cols > 0 && k > 0 {
+        // SAFETY: the CPU has the features the kernel is compiled for and the tiles; sizes
+        // checked above.
+        return unsafe { x86::product_on_tiles(a, rows, w, out, input, k, cols, use_, bias) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx512_bf16() && rows > 0 && cols > 0 && k > 0 {
         // SAFETY: the CPU has the features the kernel is compiled for; sizes checked above.
-        return unsafe { x86::product(a, rows, w, out, input, k, cols, use_) };
+        let c = unsafe { x86::product(a, rows, w, out, input, k, cols, use_) };
+        return plus_row(c, bias);
     }
-    product_by_rounding(a, rows, w, out, input, use_)
+    plus_row(product_by_rounding(a, rows, w, out, input, use_), bias)
+}
+
+/// `c` with `bias` added to each of its rows.
+fn plus_row(mut c: Vec<f32>, bias: Option<&[f32]>) -> Vec<f32> {
+    if let Some(b) = bias {
+        for row in c.chunks_exact_mut(b.len()) {
+            for (v, b) in row.iter_mut().zip(b) {
+                *v += b;
+            }
+        }
+    }
+    c
 }
 
 /// The product on any CPU: the operands rounded to bf16, widened back, through the f32 GEMM.
@@ -73,6 +99,18 @@ pub fn product_by_rounding(
         WeightUse::Transposed => product(1.0, &a, Layout::row_major(rows, input), &w, w_layout.t()),
         WeightUse::AsIs => product(1.0, &a, Layout::row_major(rows, out), &w, w_layout),
     }
+}
+
+/// Whether this CPU runs the products on AMX tiles (`tdpbf16ps`; with AVX-512 BF16 beside
+/// them for the rounding): Sapphire Rapids and later, where Linux grants the tiles, unless
+/// `SPAFIT_CPU_NO_AMX` is set (then AVX-512 BF16 takes them, with other bits).
+pub fn amx_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512_bf16() && super::amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether this CPU runs `vdpbf16ps` (and the AVX-512 it needs).
@@ -94,6 +132,9 @@ mod x86 {
     use half::bf16;
     use rayon::prelude::*;
 
+    use std::mem::MaybeUninit;
+
+    use super::super::amx::{self, Tiles};
     use super::WeightUse;
 
     /// Rows of the register tile.
@@ -119,7 +160,7 @@ mod x86 {
         let pairs = k.div_ceil(2);
         // A's rows in bf16, each padded to whole pairs: lane `p` of a row's u32 view holds
         // elements 2p (low half) and 2p + 1 (high half), as `vdpbf16ps` pairs them.
-        let packed_a = pack_a(a, rows, k, pairs);
+        let packed_a = pack_a(a, k, pairs, rows);
         let panels = pack_b(w, out, input, k, cols, pairs, use_);
         let mut c = vec![0f32; rows * cols];
         if rows <= ROWS_PER_TASK {
@@ -185,10 +226,115 @@ mod x86 {
         c
     }
 
-    /// A's rows rounded to bf16 (nearest even), `2 · pairs` per row (a zero pads an odd `k`).
+    /// [`product`] (`bias` added) on AMX tiles: blocks of 32 rows × 32 columns, each summed over all of `k`
+    /// in steps of 16 pairs by one tile sequence, whatever the split over threads (bitwise
+    /// reproducible on a given CPU). A is packed with its rows and pairs padded with zeros to
+    /// whole blocks and steps, B's panels with their pairs so.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn pack_a(a: &[f32], rows: usize, k: usize, pairs: usize) -> Vec<u32> {
-        let mut packed = vec![0u32; rows * pairs];
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn product_on_tiles(
+        a: &[f32],
+        rows: usize,
+        w: &[bf16],
+        out: usize,
+        input: usize,
+        k: usize,
+        cols: usize,
+        use_: WeightUse,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        const ROW_BLOCKS_PER_TASK: usize = 4;
+        let pairs = k.div_ceil(2).next_multiple_of(amx::PAIRS_PER_STEP);
+        let steps = pairs / amx::PAIRS_PER_STEP;
+        let packed_a = pack_a(a, k, pairs, rows.next_multiple_of(amx::BLOCK));
+        let panels = pack_b(w, out, input, k, cols, pairs, use_);
+        let row_blocks = rows.div_ceil(amx::BLOCK);
+        let col_blocks = cols.div_ceil(NR);
+        // The 32 × 32 block (rb, cb), the bias added, into `dst`, row-major with `ld`
+        // columns, whose cell (0, 0) is the product's (row0, col0). Every cell of the
+        // product is written by one block: the output needs no zeros first.
+        let block_into = |tiles: &Tiles,
+                          (rb, cb): (usize, usize),
+                          dst: &mut [MaybeUninit<f32>],
+                          ld: usize,
+                          (row0, col0): (usize, usize)| {
+            let mut sums = [0f32; amx::BLOCK * amx::BLOCK];
+            let a_rows = packed_a[rb * amx::BLOCK * pairs..].as_ptr();
+            let panel = panels[cb * pairs * NR..].as_ptr();
+            // SAFETY: A is padded to whole blocks of rows and both to whole steps of pairs:
+            // block `rb`'s 32 rows and panel `cb`'s `pairs` rows are inside them.
+            unsafe { tiles.block(a_rows, pairs * 4, panel, steps, &mut sums) };
+            let (r0, c0) = (rb * amx::BLOCK, cb * NR);
+            let (m, n) = (amx::BLOCK.min(rows - r0), NR.min(cols - c0));
+            for (i, src) in sums.chunks_exact(amx::BLOCK).take(m).enumerate() {
+                let at = (r0 - row0 + i) * ld + c0 - col0;
+                let dst = &mut dst[at..at + n];
+                match bias {
+                    Some(b) => {
+                        for ((d, &s), &b) in dst.iter_mut().zip(src).zip(&b[c0..c0 + n]) {
+                            d.write(s + b);
+                        }
+                    }
+                    None => {
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            d.write(s);
+                        }
+                    }
+                }
+            }
+        };
+        let mut c: Vec<f32> = Vec::with_capacity(rows * cols);
+        if row_blocks < 2 * ROW_BLOCKS_PER_TASK {
+            // Too few rows to share: the threads take the column panels, each into a strip
+            // of its own, copied into place.
+            let strips: Vec<Vec<MaybeUninit<f32>>> = (0..col_blocks)
+                .into_par_iter()
+                .map(|cb| {
+                    // SAFETY: the caller checked that the tiles are there.
+                    let tiles = unsafe { Tiles::configure() };
+                    let n = NR.min(cols - cb * NR);
+                    let mut strip = vec![MaybeUninit::uninit(); rows * n];
+                    for rb in 0..row_blocks {
+                        block_into(&tiles, (rb, cb), &mut strip, n, (0, cb * NR));
+                    }
+                    strip
+                })
+                .collect();
+            let dst = &mut c.spare_capacity_mut()[..rows * cols];
+            for (cb, strip) in strips.iter().enumerate() {
+                let n = NR.min(cols - cb * NR);
+                for (row, src) in dst.chunks_exact_mut(cols).zip(strip.chunks_exact(n)) {
+                    row[cb * NR..cb * NR + n].copy_from_slice(src);
+                }
+            }
+            // SAFETY: the strips cover every column of every row.
+            unsafe { c.set_len(rows * cols) };
+            return c;
+        }
+        let task_rows = ROW_BLOCKS_PER_TASK * amx::BLOCK;
+        c.spare_capacity_mut()[..rows * cols]
+            .par_chunks_mut(task_rows * cols)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                // SAFETY: the caller checked that the tiles are there.
+                let tiles = unsafe { Tiles::configure() };
+                let first = task * task_rows;
+                for rb in first / amx::BLOCK..(first + chunk.len() / cols).div_ceil(amx::BLOCK) {
+                    for cb in 0..col_blocks {
+                        block_into(&tiles, (rb, cb), chunk, cols, (first, 0));
+                    }
+                }
+            });
+        // SAFETY: the blocks of every task cover every cell of its rows.
+        unsafe { c.set_len(rows * cols) };
+        c
+    }
+
+    /// A's rows rounded to bf16 (nearest even), `2 · pairs` per row (zeros pad the row past
+    /// `k`), `rows_padded` rows (zeros past A's own).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pack_a(a: &[f32], k: usize, pairs: usize, rows_padded: usize) -> Vec<u32> {
+        let mut packed = vec![0u32; rows_padded * pairs];
         packed
             .par_chunks_mut(pairs.max(1) * 64)
             .zip(a.par_chunks(k.max(1) * 64))
@@ -221,8 +367,8 @@ mod x86 {
         }
     }
 
-    /// B in panels of `NR` columns: for each pair `p`, the panel's columns' (B[2p][n],
-    /// B[2p + 1][n]) as u32, zero past `cols` and past `k`.
+    /// B in panels of `NR` columns: for each of `pairs` pairs `p`, the panel's columns'
+    /// (B[2p][n], B[2p + 1][n]) as u32, zero past `cols` and past `k`.
     fn pack_b(
         w: &[bf16],
         out: usize,
@@ -253,13 +399,15 @@ mod x86 {
                                     u32::from(pair[0]) | (u32::from(pair[1]) << 16);
                             }
                             if let Some(&last) = odd.first() {
-                                panel[(pairs - 1) * NR + jj] = u32::from(last);
+                                panel[whole.len() / 2 * NR + jj] = u32::from(last);
                             }
                         }
                     }
                     // Rows 2p and 2p + 1 of W hold pair p of every column.
                     WeightUse::AsIs => {
-                        for (p, lanes) in panel.chunks_exact_mut(NR).enumerate() {
+                        // Past k's pairs (padded for whole tile steps) the panel stays zero.
+                        for (p, lanes) in panel.chunks_exact_mut(NR).take(k.div_ceil(2)).enumerate()
+                        {
                             let even = &bits[2 * p * input + j0..][..width];
                             let odd =
                                 (2 * p + 1 < k).then(|| &bits[(2 * p + 1) * input + j0..][..width]);
@@ -424,6 +572,10 @@ mod tests {
             (25, 40, 61),
             (97, 70, 130),
             (7, 3, 2),
+            // More than eight blocks of 32 rows (split by rows over threads on tiles), an
+            // odd depth past one step of 32.
+            (300, 70, 131),
+            (257, 33, 64),
         ] {
             for use_ in [WeightUse::Transposed, WeightUse::AsIs] {
                 let (k, cols) = use_.depth_and_columns(out, input);
@@ -438,8 +590,31 @@ mod tests {
                     let got = unsafe { x86::product(&a, rows, &w, out, input, k, cols, use_) };
                     paths.push(("kernel", got));
                 }
+                #[cfg(target_arch = "x86_64")]
+                if amx_tiles() {
+                    // SAFETY: as above, and the tiles are there.
+                    let got = unsafe {
+                        x86::product_on_tiles(&a, rows, &w, out, input, k, cols, use_, None)
+                    };
+                    paths.push(("tiles", got));
+                }
+                // The bias, added after the sums on every path: one f32 addition each.
+                let bias: Vec<f32> = (0..cols).map(|_| next()).collect();
+                let plain = product_with_bf16_weight(&a, rows, &w, (out, input), use_, None);
+                let biased =
+                    product_with_bf16_weight(&a, rows, &w, (out, input), use_, Some(&bias));
+                for (i, (got, sum)) in biased.iter().zip(&plain).enumerate() {
+                    let want = sum + bias[i % cols];
+                    assert!(
+                        got.to_bits() == want.to_bits(),
+                        "{use_:?} {rows}x{out}x{input} bias at {i}"
+                    );
+                }
                 if paths.len() == 1 {
                     println!("SKIPPED the AVX-512 BF16 kernel: this CPU lacks it");
+                } else if paths.len() == 2 {
+                    // The other two paths ran: not a skipped test.
+                    println!("note: the AMX kernel did not run: this CPU or OS lacks it");
                 }
                 for (path, got) in paths {
                     assert_eq!(got.len(), want.len());

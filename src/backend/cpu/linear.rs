@@ -47,14 +47,8 @@ pub fn forward_bf16(
     lora: Option<&Lora<'_, f32>>,
     x_lora: &[f32],
 ) -> (Vec<f32>, Option<Vec<f32>>) {
-    let mut y = product_with_bf16_weight(x, d.rows, w, d.output, d.input, WeightUse::Transposed);
-    if let Some(b) = bias {
-        for row in y.chunks_exact_mut(d.output) {
-            for (v, b) in row.iter_mut().zip(b) {
-                *v += b;
-            }
-        }
-    }
+    let dims = (d.output, d.input);
+    let mut y = product_with_bf16_weight(x, d.rows, w, dims, WeightUse::Transposed, bias);
     let h = add_lora(d, &mut y, lora, x_lora);
     (y, h)
 }
@@ -98,7 +92,7 @@ pub fn grad_input<T: Element>(d: LinearDims, dy: &[T], w: &[T]) -> Vec<T> {
 /// [`grad_input`] with a frozen weight stored in bf16: `dY·W` from the operands rounded to
 /// bf16.
 pub fn grad_input_bf16(d: LinearDims, dy: &[f32], w: &[bf16]) -> Vec<f32> {
-    product_with_bf16_weight(dy, d.rows, w, d.output, d.input, WeightUse::AsIs)
+    product_with_bf16_weight(dy, d.rows, w, (d.output, d.input), WeightUse::AsIs, None)
 }
 
 /// `dW = dYᵀ·X`: `[out, in]`.

@@ -5,6 +5,8 @@
 //! plain loops in a fixed order, so results are bitwise reproducible.
 
 mod adamw;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod attention;
 mod bf16_gemm;
 mod chains;
@@ -38,7 +40,7 @@ use crate::tensor::{DType, Shape, Tensor};
 /// in the dtype of their inputs. `frozen` is how frozen linear weights are stored: the same,
 /// or bf16 in bf16 mode (mixed precision as CUDA's: f32 activations, gradients and trainable
 /// weights; the products with a frozen weight take both operands rounded to bf16 and sum in
-/// f32, on AVX-512 BF16 where the CPU has it).
+/// f32, on AMX tiles or AVX-512 BF16 where the CPU has them: [`CpuBackend::bf16_products`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuBackend {
     dtype: DType,
@@ -95,6 +97,19 @@ impl CpuBackend {
     /// they go through the f32 GEMM, slower than f32 itself).
     pub fn has_bf16_dot_products() -> bool {
         bf16_gemm::avx512_bf16()
+    }
+
+    /// What runs the bf16 mode's products on this CPU: `amx` (Intel's AMX tiles,
+    /// `tdpbf16ps`: Sapphire Rapids on, where Linux grants them and `SPAFIT_CPU_NO_AMX` is
+    /// not set), `avx512_bf16` (`vdpbf16ps`), or `f32_gemm` (the operands rounded, then the
+    /// f32 GEMM). Each sums a product in f32 in its own order: their bits differ, within
+    /// f32 rounding of the sums.
+    pub fn bf16_products() -> &'static str {
+        match (bf16_gemm::amx_tiles(), bf16_gemm::avx512_bf16()) {
+            (true, _) => "amx",
+            (false, true) => "avx512_bf16",
+            (false, false) => "f32_gemm",
+        }
     }
 
     /// The dtype a linear map's weight may have besides the activations' `dtype`: bf16 in
