@@ -334,37 +334,53 @@ mod x86 {
     /// `k`), `rows_padded` rows (zeros past A's own).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_a(a: &[f32], k: usize, pairs: usize, rows_padded: usize) -> Vec<u32> {
-        let mut packed = vec![0u32; rows_padded * pairs];
-        packed
-            .par_chunks_mut(pairs.max(1) * 64)
-            .zip(a.par_chunks(k.max(1) * 64))
-            .for_each(|(dst, src)| {
-                for (drow, srow) in dst.chunks_exact_mut(pairs).zip(src.chunks_exact(k)) {
+        const ROWS_PER_TASK: usize = 64;
+        let rows = a.len() / k.max(1);
+        let mut packed: Vec<u32> = Vec::with_capacity(rows_padded * pairs);
+        // Every element written below, padding included: no zero fill first.
+        packed.spare_capacity_mut()[..rows_padded * pairs]
+            .par_chunks_mut(pairs.max(1) * ROWS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, dst)| {
+                let first = task * ROWS_PER_TASK;
+                for (i, drow) in dst.chunks_exact_mut(pairs.max(1)).enumerate() {
+                    let src = match first + i < rows {
+                        true => &a[(first + i) * k..(first + i + 1) * k],
+                        false => &[],
+                    };
                     // SAFETY: as the enclosing function's features.
-                    unsafe { round_row(srow, drow) };
+                    unsafe { round_row(src, drow) };
                 }
             });
+        // SAFETY: every row of the `rows_padded` was written whole.
+        unsafe { packed.set_len(rows_padded * pairs) };
         packed
     }
 
-    /// One row of f32 to bf16 pairs.
+    /// One row of f32 to bf16 pairs, zeros after it to the end of `dst` (which holds at least
+    /// `src.len()` bf16).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn round_row(src: &[f32], dst: &mut [u32]) {
-        let bits: &mut [u16] = bytemuck::cast_slice_mut(dst);
+    unsafe fn round_row(src: &[f32], dst: &mut [MaybeUninit<u32>]) {
+        let bits = dst.as_mut_ptr() as *mut u16;
+        let len = 2 * dst.len();
+        assert!(src.len() <= len);
         let mut i = 0;
         while i + 16 <= src.len() {
-            // SAFETY: 16 f32 read from `src[i..]`, 16 u16 written to `bits[i..]` (which
-            // holds at least `src.len()` elements).
+            // SAFETY: 16 f32 read from `src[i..]`, 16 u16 written at `bits + i` (inside
+            // `dst`: `i + 16 ≤ src.len() ≤ len`).
             unsafe {
                 let v = _mm512_loadu_ps(src.as_ptr().add(i));
                 let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-                _mm256_storeu_si256(bits.as_mut_ptr().add(i) as *mut __m256i, h);
+                _mm256_storeu_si256(bits.add(i) as *mut __m256i, h);
             }
             i += 16;
         }
-        for j in i..src.len() {
-            bits[j] = bf16::from_f32(src[j]).to_bits();
+        for (j, &v) in src.iter().enumerate().skip(i) {
+            // SAFETY: `j < src.len() ≤ len`.
+            unsafe { bits.add(j).write(bf16::from_f32(v).to_bits()) };
         }
+        // SAFETY: the rest of `dst`'s `len` u16.
+        unsafe { std::ptr::write_bytes(bits.add(src.len()), 0, len - src.len()) };
     }
 
     /// B in panels of `NR` columns: for each of `pairs` pairs `p`, the panel's columns'
