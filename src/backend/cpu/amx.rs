@@ -87,7 +87,7 @@ impl Tiles {
     }
 
     /// The 32 × 32 f32 sums of 32 rows of A times 32 columns of B over `steps` ×
-    /// [`PAIRS_PER_STEP`] pairs of `k`, stored row-major into `out`.
+    /// [`PAIRS_PER_STEP`] pairs of `k`, stored row-major into `out` (every element written).
     ///
     /// `a`: row 0 of the 32, each row `a_stride` bytes on (its pairs of bf16 as u32, `k`
     /// ascending). `b`: a panel of [`BLOCK`] columns, each pair `p` of `k` a row of 32 u32
@@ -102,11 +102,12 @@ impl Tiles {
         a_stride: usize,
         b: *const u32,
         steps: usize,
-        out: &mut [f32; BLOCK * BLOCK],
+        out: &mut std::mem::MaybeUninit<[f32; BLOCK * BLOCK]>,
     ) {
         debug_assert!(steps > 0);
         let a_lower = a.wrapping_byte_add(16 * a_stride);
-        let out_lower = out.as_mut_ptr().wrapping_add(16 * BLOCK);
+        let out = out.as_mut_ptr() as *mut f32;
+        let out_lower = out.wrapping_add(16 * BLOCK);
         // SAFETY: the caller's bounds: every load stays inside A's 32 rows and the panel's
         // `steps · 16` rows; the stores write `out`'s 32 rows of 128 bytes.
         unsafe {
@@ -140,7 +141,7 @@ impl Tiles {
                 a_stride = in(reg) a_stride,
                 // The panel's rows and the output's are both 32 × 4 bytes.
                 b_stride = in(reg) BLOCK * 4,
-                out = in(reg) out.as_mut_ptr(),
+                out = in(reg) out,
                 out_lower = in(reg) out_lower,
                 options(nostack),
             );

@@ -258,12 +258,15 @@ mod x86 {
                           dst: &mut [MaybeUninit<f32>],
                           ld: usize,
                           (row0, col0): (usize, usize)| {
-            let mut sums = [0f32; amx::BLOCK * amx::BLOCK];
+            // Written whole by the tiles: no zeros first (4 KiB a block).
+            let mut sums = MaybeUninit::uninit();
             let a_rows = packed_a[rb * amx::BLOCK * pairs..].as_ptr();
             let panel = panels[cb * pairs * NR..].as_ptr();
             // SAFETY: A is padded to whole blocks of rows and both to whole steps of pairs:
             // block `rb`'s 32 rows and panel `cb`'s `pairs` rows are inside them.
             unsafe { tiles.block(a_rows, pairs * 4, panel, steps, &mut sums) };
+            // SAFETY: `block` stored all of it.
+            let sums: &[f32; amx::BLOCK * amx::BLOCK] = unsafe { sums.assume_init_ref() };
             let (r0, c0) = (rb * amx::BLOCK, cb * NR);
             let (m, n) = (amx::BLOCK.min(rows - r0), NR.min(cols - c0));
             for (i, src) in sums.chunks_exact(amx::BLOCK).take(m).enumerate() {
