@@ -3900,13 +3900,10 @@ fn predictions_to_a_reader_that_stopped_end_quietly() {
     );
 }
 
-/// `bench --kernel-times` times one more step's kernels on the device: its JSON line lists
-/// every kernel with its launches and milliseconds, the GEMM and attention kernels among
-/// them, within the step's wall time; the CPU, which launches none, is refused before any
-/// step runs.
-/// `spafit bench` says whether the step recomputed the GELU and LayerNorm outputs that linear
-/// maps' gradients read (CUDA's default) or kept them (the CPU; CUDA under
-/// SPAFIT_CUDA_KEEP_LINEAR_INPUTS=1), and keeping them keeps more bytes for the backward.
+/// `bench --inference` times forward passes as `eval` runs them, on the CPU and the stand-in:
+/// its JSON line says `pass`, and the pass records no autograd node and keeps no byte (the
+/// training step does), with a smaller device peak than the step's; micro-batches, which
+/// split a step's gradients, are refused beside it.
 #[test]
 fn bench_times_inference_as_eval_runs_it() {
     let args = |device: &'static str, pass: &'static str| {
@@ -3970,6 +3967,9 @@ fn bench_times_inference_as_eval_runs_it() {
     );
 }
 
+/// `spafit bench` says whether the step recomputed the GELU and LayerNorm outputs that linear
+/// maps' gradients read (CUDA's default) or kept them (the CPU; CUDA under
+/// SPAFIT_CUDA_KEEP_LINEAR_INPUTS=1), and keeping them keeps more bytes for the backward.
 #[test]
 fn bench_says_whether_linear_inputs_were_recomputed() {
     let args = |device: &'static str| {
@@ -4015,6 +4015,10 @@ fn bench_says_whether_linear_inputs_were_recomputed() {
     );
 }
 
+/// `bench --kernel-times` times one more step's kernels on the device: its JSON line lists
+/// every kernel with its launches and milliseconds, the GEMM and attention kernels among
+/// them, within the step's wall time; the CPU, which launches none, is refused before any
+/// step runs.
 #[test]
 fn bench_times_the_kernels_of_a_step() {
     let args = |device: &'static str, dtype: &'static str| {

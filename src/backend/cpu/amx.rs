@@ -7,9 +7,15 @@
 //! (`ldtilecfg`) before the first tile instruction and releases them after (`tilerelease`),
 //! so that a thread that no longer uses them does not save them at every context switch.
 //! The instructions are written in `asm!`: Rust's AMX intrinsics are not stable.
+//!
+//! The permission is the process's: once granted, Linux refuses alternate signal stacks
+//! smaller than the tiles' state needs (about 11 KiB; Rust's own and the CUDA stand-in's are
+//! larger), and a process with a smaller one already installed is refused the tiles (then
+//! AVX-512 BF16 takes the products, with other bits, as under `SPAFIT_CPU_NO_AMX=1`, a
+//! seccomp filter that refuses `arch_prctl`, or a kernel before 5.16).
 
 use std::arch::asm;
-use std::arch::x86_64::__cpuid_count;
+use std::arch::x86_64::{__cpuid, __cpuid_count};
 use std::sync::OnceLock;
 
 /// Rows and columns of the block [`Tiles::block`] computes: two by two tiles of 16 × 16.
@@ -21,18 +27,22 @@ pub(super) const PAIRS_PER_STEP: usize = 16;
 pub(super) fn available() -> bool {
     static GRANTED: OnceLock<bool> = OnceLock::new();
     *GRANTED.get_or_init(|| {
-        // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE (a leaf the CPU does not have
-        // reads as zeros).
-        let edx = __cpuid_count(7, 0).edx;
-        let cpu = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
-        let refused =
-            std::env::var_os("SPAFIT_CPU_NO_AMX").is_some_and(|v| !v.is_empty() && v != "0");
+        // CPUID leaf 7, where the CPU has it (leaf 0's EAX: the highest): EDX bit 22
+        // AMX-BF16, bit 24 AMX-TILE. SAFETY: CPUID exists on every x86_64 CPU (safe to call
+        // in newer Rust, hence the allowance).
+        #[allow(unused_unsafe)]
+        let (highest, edx) = unsafe { (__cpuid(0).eax, __cpuid_count(7, 0).edx) };
+        let cpu = highest >= 7 && edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+        // As SPAFIT_CUDA_KEEP_LINEAR_INPUTS: exactly `1` sets it.
+        let refused = std::env::var_os("SPAFIT_CPU_NO_AMX").is_some_and(|v| v == "1");
         cpu && !refused && tile_data_granted()
     })
 }
 
 /// Linux's permission for the tile data state (XFEATURE_XTILEDATA, 18), process-wide: a
 /// kernel without AMX support (before 5.16) or a VM that hides it answers with an error.
+/// Other systems: not asked, not used.
+#[cfg(target_os = "linux")]
 fn tile_data_granted() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
@@ -44,6 +54,11 @@ fn tile_data_granted() -> bool {
             XFEATURE_XTILEDATA,
         ) == 0
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tile_data_granted() -> bool {
+    false
 }
 
 /// `ldtilecfg`'s 64 bytes: palette 1, eight tiles of 16 rows × 64 bytes.
@@ -65,7 +80,10 @@ pub(super) struct Tiles {
 
 impl Tiles {
     /// # Safety
-    /// [`available`] must have returned true.
+    /// [`available`] must have returned true; no other `Tiles` may be live on this thread,
+    /// and nothing that may run another task on it (a rayon call, say) may run while this one
+    /// is: a nested one's release would leave this one's tiles unconfigured (the next tile
+    /// instruction faults).
     pub(super) unsafe fn configure() -> Self {
         let mut config = TileConfig {
             palette: 1,
@@ -94,8 +112,8 @@ impl Tiles {
     /// (`(B[2p][n], B[2p + 1][n])` for column `n`), rows 128 bytes apart.
     ///
     /// # Safety
-    /// `a` must hold 32 rows of `steps · 64` bytes at `a_stride` apart, `b` `steps · 16` rows
-    /// of 128 bytes; the thread's tiles configured by [`Tiles::configure`].
+    /// `steps ≥ 1`; `a` must hold 32 rows of `steps · 64` bytes at `a_stride` apart, `b`
+    /// `steps · 16` rows of 128 bytes; the thread's tiles configured by [`Tiles::configure`].
     pub(super) unsafe fn block(
         &self,
         a: *const u32,
@@ -104,7 +122,8 @@ impl Tiles {
         steps: usize,
         out: &mut std::mem::MaybeUninit<[f32; BLOCK * BLOCK]>,
     ) {
-        debug_assert!(steps > 0);
+        // Zero would run the loop 2⁶⁴ times.
+        assert!(steps > 0, "a tile block needs at least one step");
         let a_lower = a.wrapping_byte_add(16 * a_stride);
         let out = out.as_mut_ptr() as *mut f32;
         let out_lower = out.wrapping_add(16 * BLOCK);

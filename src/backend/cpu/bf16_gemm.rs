@@ -9,8 +9,11 @@
 //! Every element of the result is one row of A against one column of B, summed in ascending
 //! pairs of `k` in one accumulator (`vdpbf16ps` adds a pair's odd product before its even
 //! one; on tiles, ascending steps of 16 pairs, each step's order the hardware's), whatever
-//! the split over threads: bitwise reproducible on a given CPU. The kernels flush denormal
-//! inputs and sums to zero (below ~1e-38), as the instructions do; the fallback keeps them.
+//! the split over threads: bitwise reproducible on a given CPU on the same path (which path
+//! runs also depends on the OS's grant of the tiles and `SPAFIT_CPU_NO_AMX`: `amx.rs`). The
+//! kernels flush denormal sums and operands to zero (below ~1e-38), as the instructions do,
+//! except A's last `k mod 16` elements of a row, which `half` rounds keeping them; the
+//! fallback keeps them all.
 
 use half::bf16;
 
@@ -103,7 +106,7 @@ pub fn product_by_rounding(
 
 /// Whether this CPU runs the products on AMX tiles (`tdpbf16ps`; with AVX-512 BF16 beside
 /// them for the rounding): Sapphire Rapids and later, where Linux grants the tiles, unless
-/// `SPAFIT_CPU_NO_AMX` is set (then AVX-512 BF16 takes them, with other bits).
+/// `SPAFIT_CPU_NO_AMX=1` (then AVX-512 BF16 takes them, with other bits).
 pub fn amx_tiles() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -287,6 +290,9 @@ mod x86 {
             }
         };
         let mut c: Vec<f32> = Vec::with_capacity(rows * cols);
+        // Tests and debug builds: NaN where no block wrote, rather than old heap bytes.
+        #[cfg(debug_assertions)]
+        c.spare_capacity_mut()[..rows * cols].fill(MaybeUninit::new(f32::NAN));
         if row_blocks < 2 * ROW_BLOCKS_PER_TASK {
             // Too few rows to share: the threads take the column panels, each into a strip
             // of its own, copied into place.
@@ -340,6 +346,9 @@ mod x86 {
         const ROWS_PER_TASK: usize = 64;
         let rows = a.len() / k.max(1);
         let mut packed: Vec<u32> = Vec::with_capacity(rows_padded * pairs);
+        // Tests and debug builds: bf16 NaN pairs where nothing wrote, rather than old bytes.
+        #[cfg(debug_assertions)]
+        packed.spare_capacity_mut()[..rows_padded * pairs].fill(MaybeUninit::new(0x7fc0_7fc0));
         // Every element written below, padding included: no zero fill first.
         packed.spare_capacity_mut()[..rows_padded * pairs]
             .par_chunks_mut(pairs.max(1) * ROWS_PER_TASK)
@@ -629,6 +638,20 @@ mod tests {
                         "{use_:?} {rows}x{out}x{input} bias at {i}"
                     );
                 }
+                // On one thread (other splits of rows or columns), the same bits.
+                let one_thread = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap();
+                let alone = one_thread
+                    .install(|| product_with_bf16_weight(&a, rows, &w, (out, input), use_, None));
+                assert!(
+                    alone
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .eq(plain.iter().map(|v| v.to_bits())),
+                    "{use_:?} {rows}x{out}x{input}: one thread's bits differ"
+                );
                 if paths.len() == 1 {
                     println!("SKIPPED the AVX-512 BF16 kernel: this CPU lacks it");
                 } else if paths.len() == 2 {

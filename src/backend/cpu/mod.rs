@@ -101,7 +101,7 @@ impl CpuBackend {
 
     /// What runs the bf16 mode's products on this CPU: `amx` (Intel's AMX tiles,
     /// `tdpbf16ps`: Sapphire Rapids on, where Linux grants them and `SPAFIT_CPU_NO_AMX` is
-    /// not set), `avx512_bf16` (`vdpbf16ps`), or `f32_gemm` (the operands rounded, then the
+    /// not `1`), `avx512_bf16` (`vdpbf16ps`), or `f32_gemm` (the operands rounded, then the
     /// f32 GEMM). Each sums a product in f32 in its own order: their bits differ, within
     /// f32 rounding of the sums.
     pub fn bf16_products() -> &'static str {
