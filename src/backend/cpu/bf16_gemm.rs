@@ -320,7 +320,11 @@ mod x86 {
             unsafe { c.set_len(rows * cols) };
             return c;
         }
-        let task_rows = ROW_BLOCKS_PER_TASK * amx::BLOCK;
+        // Up to ROW_BLOCKS_PER_TASK blocks of rows a task, fewer where that would leave
+        // threads without two tasks each (a 16 × 64 batch's 32 blocks on 16 threads).
+        let threads = rayon::current_num_threads().max(1);
+        let task_blocks = (row_blocks / (2 * threads)).clamp(1, ROW_BLOCKS_PER_TASK);
+        let task_rows = task_blocks * amx::BLOCK;
         c.spare_capacity_mut()[..rows * cols]
             .par_chunks_mut(task_rows * cols)
             .enumerate()
