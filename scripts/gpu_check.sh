@@ -21,7 +21,8 @@
 #                                     machine supports them;
 #                                  5. spafit bench --device cuda on a random BERT-base (batch
 #                                     32 × 128 tokens, bf16) for the four methods (SPAFIT also
-#                                     in micro-batches of 8: `spafit/8`), and the same
+#                                     in micro-batches of 8: `spafit/8`, and its forward
+#                                     pass alone: `spafit/inference`), and the same
 #                                     step in PyTorch + PEFT (scripts/torch_peft_bench.py) in
 #                                     the same call, with the ratios;
 #                                  6. the fused-LoRA GEMM at 4096×1024×1024, 4096×4096×1024
@@ -304,6 +305,11 @@ run() {
     stage "spafit bench spafit in micro-batches" 30 "$bin/spafit" bench --device "$device" \
         --dtype bf16 --shape "$shape" --method spafit --batch-size "$batch" --seq-len "$seq" \
         --micro-batch-size $((batch / 4)) --steps "$steps" --warmup "$warmup"
+    # Inference as eval and predict run it (forward passes in evaluation mode), beside
+    # PyTorch's (row "spafit/inference").
+    stage "spafit bench spafit inference" 30 "$bin/spafit" bench --device "$device" \
+        --dtype bf16 --shape "$shape" --method spafit --batch-size "$batch" --seq-len "$seq" \
+        --steps "$steps" --warmup "$warmup" --inference
     local python=${PYTHON:-python3} torch_device=cuda
     [ "$mode" = gpu ] || torch_device=cpu
     if "$python" -c "import torch, transformers, peft" >/dev/null 2>&1; then
@@ -365,7 +371,7 @@ run() {
     grep -h "^GS best" "$log"
     grep -h "^GA " "$log"
     echo
-    echo "train step, random BERT-$shape, batch $batch x $seq, bf16 (spafit on $device, PyTorch on $torch_device):"
+    echo "train step (/inference: a forward pass), random BERT-$shape, batch $batch x $seq, bf16 (spafit on $device, PyTorch on $torch_device):"
     printf "%-8s %14s %14s %12s %12s %8s\n" method "spafit ms" "PyTorch ms" "spafit MiB" "PyTorch MiB" speedup
     python3 - "$log" <<'PY'
 import json, sys
@@ -378,6 +384,7 @@ for line in open(sys.argv[1]):
         r = json.loads(line)
         micro = r.get("micro_batch", r["batch"])
         key = r["method"] if micro == r["batch"] else f'{r["method"]}/{micro}'
+        key += "/inference" if r.get("pass") == "inference" else ""
         ours[key + ("/kept" if r.get("linear_inputs") == "kept" else "")] = r
 for m in ["full", "bitfit", "lora", "spafit"] + sorted(k for k in ours if "/" in k):
     o, t = ours.get(m, {}), torch.get(m, {})

@@ -9,8 +9,11 @@ with the same work as `spafit bench --shape SHAPE --batch-size B --seq-len T`:
           maps (+ classifier), N1 and N2 the nearest whole numbers to L/3 and 2L/3 — spafit's
           defaults
 
-bf16 autocast, dropout on (training mode), random token ids, no padding. Prints one JSON line
-per method prefixed `TORCH`. usage: torch_peft_bench.py SHAPE B T STEPS WARMUP [METHOD...]
+bf16 autocast, dropout on (training mode), random token ids, no padding. A method written
+`M/inference` times forward passes instead, in evaluation mode under `inference_mode` and
+autocast, to the logits (beside `spafit bench --inference`). Prints one JSON line per method
+prefixed `TORCH`. usage: torch_peft_bench.py SHAPE B T STEPS WARMUP [METHOD...] (default: the
+four methods and spafit/inference)
 Runs on the GPU; TORCH_PEFT_BENCH_DEVICE=cpu runs it on the CPU (the GPU check's rehearsal).
 """
 import json
@@ -58,20 +61,29 @@ def model_for(shape, method):
     return model
 
 
-def bench(shape, method, batch, seq, steps, warmup):
-    model = model_for(shape, method).to(DEVICE).train()
+def bench(shape, key, batch, seq, steps, warmup):
+    method, _, pass_ = key.partition("/")
+    inference = pass_ == "inference"
+    model = model_for(shape, method).to(DEVICE)
+    model = model.eval() if inference else model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, fused=DEVICE == "cuda")
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(1000, 30522, (batch, seq), generator=g).to(DEVICE)
     labels = (torch.arange(batch) % 2).to(DEVICE)
 
-    def step():
+    def training_step():
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def forward_only():
+        with torch.inference_mode(), torch.autocast(DEVICE, dtype=torch.bfloat16):
+            model(input_ids=ids).logits.float().cpu()
+
+    step = forward_only if inference else training_step
 
     for _ in range(warmup):
         step()
@@ -86,7 +98,7 @@ def bench(shape, method, batch, seq, steps, warmup):
         times.append(time.perf_counter() - t)
     times.sort()
     ms = statistics.median(times) * 1e3  # an even count's: the mean of the middle two, as spafit bench
-    line = {"method": method, "shape": shape, "batch": batch, "seq_len": seq, "ms_per_step": round(ms, 3),
+    line = {"method": key, "pass": "inference" if inference else "training", "shape": shape, "batch": batch, "seq_len": seq, "ms_per_step": round(ms, 3),
             "samples_per_s": round(batch * 1e3 / ms, 1),
             "peak_device_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if DEVICE == "cuda" else None,
             "trainable_params": sum(p.numel() for p in params), "torch": torch.__version__}
@@ -98,5 +110,5 @@ def bench(shape, method, batch, seq, steps, warmup):
 
 if __name__ == "__main__":
     shape, batch, seq, steps, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    for method in sys.argv[6:] or ["full", "bitfit", "lora", "spafit"]:
+    for method in sys.argv[6:] or ["full", "bitfit", "lora", "spafit", "spafit/inference"]:
         bench(shape, method, batch, seq, steps, warmup)
