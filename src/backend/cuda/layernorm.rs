@@ -58,18 +58,7 @@ pub(super) fn apply(
     gamma: &Tensor<CudaBackend>,
     beta: &Tensor<CudaBackend>,
 ) -> Result<Tensor<CudaBackend>> {
-    const OP: &str = "layernorm apply";
-    let (dtype, rows, n) = shapes::layernorm_apply(x, mean, rstd, gamma, beta)?;
-    require_f32(OP, "mean", mean)?;
-    require_f32(OP, "rstd", rstd)?;
-    let n_i = kernel_int(OP, "a row length", n)?;
-    let total = rows * n;
-    with_float!(dtype, OP, T => {
-        let mut y = b.output::<T>(total)?;
-        launch!(b, MODULE, format!("layernorm_apply_{}", T::SUFFIX), grid_for(total),
-            view::<T>(x), view::<f32>(mean), view::<f32>(rstd), view::<T>(gamma), view::<T>(beta), &mut y, &(total as i64), &n_i);
-        tensor(x.shape().clone(), y)
-    })
+    apply_stored(b, [x, mean, rstd, gamma, beta], false)
 }
 
 /// [`apply`]'s `y` stored rounded to bf16 where [`gemm::rounded_for_products`] would round
@@ -82,32 +71,47 @@ pub(super) fn apply_for_products(
     gamma: &Tensor<CudaBackend>,
     beta: &Tensor<CudaBackend>,
 ) -> Result<Tensor<CudaBackend>> {
+    let rounded = gemm::rounds_for_products(b, x);
+    apply_stored(b, [x, mean, rstd, gamma, beta], rounded)
+}
+
+/// [`apply`] into `x`'s dtype, or with `rounded` (where `x` is f32, hence γ and β: the
+/// shapes' common dtype) into bf16.
+fn apply_stored(
+    b: &CudaBackend,
+    [x, mean, rstd, gamma, beta]: [&Tensor<CudaBackend>; 5],
+    rounded: bool,
+) -> Result<Tensor<CudaBackend>> {
     const OP: &str = "layernorm apply";
-    if !gemm::rounds_for_products(b, x) {
-        return apply(b, x, mean, rstd, gamma, beta);
-    }
-    // x is f32 (rounds_for_products), so are γ and β (the shapes' common dtype).
-    let (_, rows, n) = shapes::layernorm_apply(x, mean, rstd, gamma, beta)?;
+    let (dtype, rows, n) = shapes::layernorm_apply(x, mean, rstd, gamma, beta)?;
     require_f32(OP, "mean", mean)?;
     require_f32(OP, "rstd", rstd)?;
     let n_i = kernel_int(OP, "a row length", n)?;
     let total = rows * n;
-    let mut y = b.output::<bf16>(total)?;
-    launch!(
-        b,
-        MODULE,
-        "layernorm_apply_for_products_f32",
-        grid_for(total),
-        view::<f32>(x),
-        view::<f32>(mean),
-        view::<f32>(rstd),
-        view::<f32>(gamma),
-        view::<f32>(beta),
-        &mut y,
-        &(total as i64),
-        &n_i
-    );
-    tensor(x.shape().clone(), y)
+    if rounded {
+        let mut y = b.output::<bf16>(total)?;
+        launch!(
+            b,
+            MODULE,
+            "layernorm_apply_for_products_f32",
+            grid_for(total),
+            view::<f32>(x),
+            view::<f32>(mean),
+            view::<f32>(rstd),
+            view::<f32>(gamma),
+            view::<f32>(beta),
+            &mut y,
+            &(total as i64),
+            &n_i
+        );
+        return tensor(x.shape().clone(), y);
+    }
+    with_float!(dtype, OP, T => {
+        let mut y = b.output::<T>(total)?;
+        launch!(b, MODULE, format!("layernorm_apply_{}", T::SUFFIX), grid_for(total),
+            view::<T>(x), view::<f32>(mean), view::<f32>(rstd), view::<T>(gamma), view::<T>(beta), &mut y, &(total as i64), &n_i);
+        tensor(x.shape().clone(), y)
+    })
 }
 
 pub(super) fn backward(
