@@ -6,8 +6,9 @@
 //! 1536): the forward `x·Wᵀ`, the input gradient `dY·W` and the weight gradient `dYᵀ·X`, and
 //! the LoRA products of rank 8, each on every thread and on one beside `matrixmultiply::sgemm`
 //! (the kernel ours replaces on AVX-512 CPUs); and the bf16 mode's products with a frozen bf16
-//! weight (`x·Wt bf16`, `dY·W bf16`: operands rounded to bf16, f32 sums; AVX-512 BF16 where the
-//! CPU has it), through the backend, at the same shapes.
+//! weight (`x·Wt bf16`, `dY·W bf16`: operands rounded to bf16, f32 sums; on AMX tiles or
+//! AVX-512 BF16 where the CPU has them, `CpuBackend::bf16_products`), through the backend, at
+//! the same shapes.
 
 use std::time::Instant;
 

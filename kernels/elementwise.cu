@@ -127,7 +127,7 @@ ELEMENTWISE_ENTRIES(bf16, bf16)
 
 // gelu_forward_f32's output stored rounded to bf16, as the cast the linear maps' products read
 // would round it (Backend::gelu_forward_for_products): the cast's bits without the f32 tensor
-// between, and a third of the bytes moved.
+// between: 6 bytes an element where there were 14.
 extern "C" __global__ void gelu_forward_for_products_f32(const float* x, bf16* y, long n) {
     each_element(n, y, [&](long i) { return gelu(x[i]); });
 }

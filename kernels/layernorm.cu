@@ -209,7 +209,7 @@ LAYERNORM_ENTRIES(bf16, bf16)
 
 // layernorm_apply_f32's y stored rounded to bf16, as the cast the linear maps' products read
 // would round it (Backend::layernorm_apply_for_products): the cast's bits without the f32
-// tensor between, and a third of the bytes moved.
+// tensor between: 6 bytes an element where there were 14.
 extern "C" __global__ void layernorm_apply_for_products_f32(const float* x, const float* mean,
                                                             const float* rstd, const float* gamma,
                                                             const float* beta, bf16* y, long total,

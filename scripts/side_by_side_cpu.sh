@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PyTorch + PEFT beside `spafit bench` on this machine's CPU, alternating in ONE run with the
-# same work: all-MiniLM-L6-v2 (or the checkpoint MODEL names), batch 16, fixed lengths 64 and 256, dropout on, AdamW
+# same work: all-MiniLM-L6-v2 (or the checkpoint MODEL names), batch 16 (BATCH), fixed lengths 64 and 256, dropout on, AdamW
 # (or forward passes alone: PASS=inference); full,
 # BitFit, LoRA (query, value) and SPAFIT (N1 2, N2 4, r 8, six maps). Two rounds; the table
 # ends with the speed ratio (PyTorch ms / spafit ms: above 1 means spafit is faster). A second

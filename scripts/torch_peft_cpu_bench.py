@@ -1,5 +1,5 @@
 """The PyTorch + PEFT side of the CPU side-by-side benchmark (scripts/side_by_side_cpu.sh):
-one fine-tuning step (forward, cross-entropy, backward, AdamW) of a checkpoint (BERT, RoBERTa,
+one fine-tuning step (forward, cross-entropy, backward, AdamW; or a forward pass, below) of a checkpoint (BERT, RoBERTa,
 ELECTRA or DistilBERT: AutoModelForSequenceClassification, each family's module names) under
 each method, in float32 on the CPU with `torch.set_num_threads(THREADS)` — the same work as
 `spafit bench --model MODEL --batch-size B --seq-len T --method M`:

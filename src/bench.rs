@@ -14,7 +14,7 @@ use crate::text::EncodedBatch;
 use crate::train::micro_batches;
 use crate::train::AdamW;
 
-/// Results of [`bench_train_step`].
+/// Results of [`bench_train_step`] or [`bench_inference`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchReport {
     /// Examples per step.

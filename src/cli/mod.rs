@@ -76,8 +76,8 @@ enum Command {
     /// may be the larger); `peak_device_mib` (CUDA: device memory of the timed steps);
     /// `kernel_code` (CUDA: the kernels as machine code for the GPU or as PTX its driver
     /// compiled, see `SPAFIT_CUDA_SASS` in the README); `bf16_products` (`--device cpu
-    /// --dtype bf16`: `amx`, `avx512_bf16` or `f32_gemm`, what ran the products with frozen
-    /// weights); `linear_inputs` (`recomputed`: the
+    /// --dtype bf16`: `amx`, `avx512_bf16` or `f32_gemm`, what runs the products with frozen
+    /// weights on this CPU); `linear_inputs` (`recomputed`: the
     /// GELU and LayerNorm outputs linear maps' gradients read are recomputed in backward,
     /// CUDA's default; `kept`: kept from forward, the CPU's, and CUDA's under
     /// SPAFIT_CUDA_KEEP_LINEAR_INPUTS=1);

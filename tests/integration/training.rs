@@ -1689,6 +1689,10 @@ fn the_bench_runs_on_a_vocabulary_smaller_than_bert_s() {
     let report = spafit::bench::bench_train_step(&cpu, &mut model, 2, 5, 0, 1).unwrap();
     assert_eq!((report.batch, report.seq_len, report.steps), (2, 5, 1));
     assert!(report.nodes > 0 && report.ms_per_step.is_finite());
+    // Forward passes alone, as evaluation runs them: nothing recorded, nothing kept.
+    let report = spafit::bench::bench_inference(&cpu, &mut model, 2, 5, 0, 1).unwrap();
+    assert_eq!((report.nodes, report.saved_activation_bytes), (0, 0));
+    assert!(report.ms_per_step.is_finite());
 }
 
 /// Every device-to-host copy waits for all the work queued before it and leaves the GPU idle

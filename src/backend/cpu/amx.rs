@@ -1,6 +1,6 @@
 //! Intel AMX tiles for the bf16 mode's products (`bf16_gemm.rs`): on CPUs that have them
 //! (Sapphire Rapids and later), `tdpbf16ps` multiplies a 16 × 32 bf16 tile by a 32 × 16 one
-//! into 16 × 16 f32 sums in one instruction, where AVX-512 BF16 needs 32 `vdpbf16ps`.
+//! into 16 × 16 f32 sums in one instruction, where AVX-512 BF16 needs 256 `vdpbf16ps`.
 //!
 //! Linux hands a process the tiles' 8 KiB of register state only on request
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once; a thread describes its tiles

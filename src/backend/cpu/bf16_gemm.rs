@@ -3,7 +3,7 @@
 //! in f32. Where the CPU has AMX tiles (`amx.rs`: Sapphire Rapids on) blocks of 32 × 32 run
 //! on them; else where it has AVX-512 BF16 (`vdpbf16ps`: per lane, two bf16 products added to
 //! an f32 sum) a register tile of 12 rows × 32 columns runs it, about twice the f32 FMA rate
-//! of a Zen 5 core, no faster than f32 on a Sapphire Rapids one (NOTES.md); elsewhere the
+//! of a Zen 5 core, slower than f32 on the project's Intel Xeon VM with AMX (NOTES.md); elsewhere the
 //! rounded operands go through the f32 GEMM.
 //!
 //! Every element of the result is one row of A against one column of B, summed in ascending
@@ -11,9 +11,9 @@
 //! one; on tiles, ascending steps of 16 pairs, each step's order the hardware's), whatever
 //! the split over threads: bitwise reproducible on a given CPU on the same path (which path
 //! runs also depends on the OS's grant of the tiles and `SPAFIT_CPU_NO_AMX`: `amx.rs`). The
-//! kernels flush denormal sums and operands to zero (below ~1e-38), as the instructions do,
-//! except A's last `k mod 16` elements of a row, which `half` rounds keeping them; the
-//! fallback keeps them all.
+//! kernels flush denormal sums and operands to zero (below ~1e-38), as the instructions do
+//! (A's last `k mod 16` elements of a row are rounded by `half`, which keeps denormals, but
+//! the dot products read them as zero); the fallback keeps them.
 
 use half::bf16;
 
@@ -589,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn both_paths_sum_the_rounded_operands_at_every_edge() {
+    fn every_path_sums_the_rounded_operands_at_every_edge() {
         let mut seed = 12345u64;
         let mut next = || {
             seed = seed

@@ -93,8 +93,9 @@ impl CpuBackend {
         }
     }
 
-    /// Whether this CPU runs the bf16 mode's products on AVX-512 BF16 dot products (else
-    /// they go through the f32 GEMM, slower than f32 itself).
+    /// Whether this CPU has AVX-512 BF16 dot products, on which (or on AMX tiles beside them:
+    /// [`CpuBackend::bf16_products`]) the bf16 mode's products run; else they go through the
+    /// f32 GEMM, slower than f32 itself.
     pub fn has_bf16_dot_products() -> bool {
         bf16_gemm::avx512_bf16()
     }
