@@ -30,12 +30,27 @@ with_avx2! {
             let mu = sum_of3(xr, xr, xr, |v, _, _| v) * inv_n;
             let var = sum_of3(xr, xr, xr, |v, _, _| (v - mu) * (v - mu));
             let rs = T::ONE / (var * inv_n + eps).sqrt();
-            for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-                o.write((v - mu) * rs * g + b);
-            }
+            write_normalized(xr, yr, mu, rs, gamma, beta);
             mean[r].write(mu);
             rstd[r].write(rs);
         }
+    }
+}
+
+/// One row's outputs from its mean and rstd: the forward and [`apply`] both write them
+/// through this one expression, so with the same bits (Rust contracts no multiply-add on its
+/// own).
+#[inline(always)]
+fn write_normalized<T: Element>(
+    x: &[T],
+    y: &mut [MaybeUninit<T>],
+    mu: T,
+    rs: T,
+    gamma: &[T],
+    beta: &[T],
+) {
+    for (((o, &v), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+        o.write((v - mu) * rs * g + b);
     }
 }
 
@@ -75,8 +90,8 @@ pub fn forward<T: Element>(
     (y, mean, rstd)
 }
 
-/// The forward's `y` from `x` and its `mean` and `rstd`: the same expression, so the same
-/// bits (Rust contracts no multiply-add on its own).
+/// The forward's `y` from `x` and its `mean` and `rstd` ([`write_normalized`]: the same
+/// bits).
 pub fn apply<T: Element>(
     x: &[T],
     mean: &[T],
@@ -90,19 +105,20 @@ pub fn apply<T: Element>(
         x.len() == rows * n && rstd.len() == rows && gamma.len() == n && beta.len() == n,
         "layernorm apply: inconsistent lengths"
     );
-    let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(ROWS_PER_TASK * n)
+    // As the forward's: not zero-filled first, every row writes its `n` outputs.
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(ROWS_PER_TASK * n)
         .zip(x.par_chunks(ROWS_PER_TASK * n))
         .enumerate()
         .for_each(|(task, (y, x))| {
             for (r, (yr, xr)) in y.chunks_exact_mut(n).zip(x.chunks_exact(n)).enumerate() {
                 let row = task * ROWS_PER_TASK + r;
-                let (mu, rs) = (mean[row], rstd[row]);
-                for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-                    *o = (v - mu) * rs * g + b;
-                }
+                write_normalized(xr, yr, mean[row], rstd[row], gamma, beta);
             }
         });
+    // SAFETY: the tasks cover all rows (the lengths checked above), each written whole.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
