@@ -56,61 +56,63 @@ fn main() {
     bf16_weight_shapes(threads);
 }
 
-/// The bf16 mode's forward and input-gradient products at the step shapes, through
+/// The bf16 mode's forward and input-gradient products at MiniLM's weight shapes, from a
+/// single text's rows (8, 16: the few-row kernel below 49 rows) to a step's (1024), through
 /// [`Backend::linear_forward`] / [`Backend::linear_backward`] with a bf16 weight.
 fn bf16_weight_shapes(threads: usize) {
     use spafit::backend::{LinearBackwardInputs, LinearGradRequest};
     use spafit::tensor::DType;
     let b = CpuBackend::bf16();
-    let rows = 1024;
-    for (out, inp) in [(384, 384), (1536, 384), (384, 1536)] {
-        let mut rng = SplitMix::new(2);
-        let mut values =
-            |n: usize| -> Vec<f64> { (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect() };
-        let x = b
-            .tensor_from_f64(Shape::new([rows, inp]), &values(rows * inp))
-            .unwrap();
-        let dy = b
-            .tensor_from_f64(Shape::new([rows, out]), &values(rows * out))
-            .unwrap();
-        let w = b
-            .tensor_from_f64_as(Shape::new([out, inp]), &values(out * inp), DType::BF16)
-            .unwrap();
-        let flops = 2.0 * (rows * out * inp) as f64;
-        let forward = || {
-            std::hint::black_box(b.linear_forward(&x, &w, None, None, None).unwrap());
-        };
-        let backward = || {
-            let inputs = LinearBackwardInputs {
-                dy: &dy,
-                x: None,
-                w: Some(&w),
-                x_lora: None,
-                h: None,
-                lora: None,
+    for rows in [8, 16, 32, 48, 64, 1024] {
+        for (out, inp) in [(384, 384), (1536, 384), (384, 1536)] {
+            let mut rng = SplitMix::new(2);
+            let mut values =
+                |n: usize| -> Vec<f64> { (0..n).map(|_| rng.uniform_in(-1.0, 1.0)).collect() };
+            let x = b
+                .tensor_from_f64(Shape::new([rows, inp]), &values(rows * inp))
+                .unwrap();
+            let dy = b
+                .tensor_from_f64(Shape::new([rows, out]), &values(rows * out))
+                .unwrap();
+            let w = b
+                .tensor_from_f64_as(Shape::new([out, inp]), &values(out * inp), DType::BF16)
+                .unwrap();
+            let flops = 2.0 * (rows * out * inp) as f64;
+            let forward = || {
+                std::hint::black_box(b.linear_forward(&x, &w, None, None, None).unwrap());
             };
-            let want = LinearGradRequest {
-                dx: true,
-                ..LinearGradRequest::default()
+            let backward = || {
+                let inputs = LinearBackwardInputs {
+                    dy: &dy,
+                    x: None,
+                    w: Some(&w),
+                    x_lora: None,
+                    h: None,
+                    lora: None,
+                };
+                let want = LinearGradRequest {
+                    dx: true,
+                    ..LinearGradRequest::default()
+                };
+                std::hint::black_box(b.linear_backward(inputs, want).unwrap());
             };
-            std::hint::black_box(b.linear_backward(inputs, want).unwrap());
-        };
-        for (name, k, n, run) in [
-            ("x·Wt bf16", inp, out, &forward as &dyn Fn()),
-            ("dY·W bf16", out, inp, &backward),
-        ] {
-            run();
-            let mut best = f64::INFINITY;
-            for _ in 0..30 {
-                let t = Instant::now();
+            for (name, k, n, run) in [
+                ("x·Wt bf16", inp, out, &forward as &dyn Fn()),
+                ("dY·W bf16", out, inp, &backward),
+            ] {
                 run();
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            println!(
+                let mut best = f64::INFINITY;
+                for _ in 0..30 {
+                    let t = Instant::now();
+                    run();
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                println!(
                 "{{\"bench\":\"cpu_gemm_step\",\"op\":\"{name}\",\"m\":{rows},\"k\":{k},\"n\":{n},\"best_ms\":{:.3},\"gflops\":{:.1},\"threads_available\":{threads}}}",
                 best * 1e3,
                 flops / best / 1e9
             );
+            }
         }
     }
 }

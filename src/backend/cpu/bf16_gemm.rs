@@ -4,13 +4,16 @@
 //! on them; else where it has AVX-512 BF16 (`vdpbf16ps`: per lane, two bf16 products added to
 //! an f32 sum) a register tile of 12 rows × 32 columns runs it, about twice the f32 FMA rate
 //! of a Zen 5 core, slower than f32 on the project's Intel Xeon VM with AMX (NOTES.md); elsewhere the
-//! rounded operands go through the f32 GEMM.
+//! rounded operands go through the f32 GEMM. Both kernels pack the whole weight first; a
+//! forward `x·Wᵀ` of at most [`dot::MAX_ROWS`] rows (a single text, a small batch) reads it in
+//! place instead, as dot products (`dot.rs`), on any CPU with AVX-512 BF16.
 //!
 //! Every element of the result is one row of A against one column of B, summed in ascending
 //! pairs of `k` in one accumulator (`vdpbf16ps` adds a pair's odd product before its even
-//! one; on tiles, ascending steps of 16 pairs, each step's order the hardware's), whatever
-//! the split over threads: bitwise reproducible on a given CPU on the same path (which path
-//! runs also depends on the OS's grant of the tiles and `SPAFIT_CPU_NO_AMX`: `amx.rs`). The
+//! one; on tiles, ascending steps of 16 pairs, each step's order the hardware's; in the
+//! few-row kernel, sixteen lanes then a fixed tree), whatever the split over threads:
+//! bitwise reproducible on a given CPU on the same path (which path runs depends on the
+//! product's rows, and on the OS's grant of the tiles and `SPAFIT_CPU_NO_AMX`: `amx.rs`). The
 //! kernels flush denormal sums and operands to zero (below ~1e-38), as the instructions do
 //! (A's last `k mod 16` elements of a row are rounded by `half`, which keeps denormals, but
 //! the dot products read them as zero); the fallback keeps them.
@@ -58,6 +61,17 @@ pub fn product_with_bf16_weight(
     );
     if let Some(b) = bias {
         assert_eq!(b.len(), cols, "bf16 product: the bias is not [{cols}]");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if use_ == WeightUse::Transposed
+        && rows <= dot::MAX_ROWS
+        && avx512_bf16()
+        && rows > 0
+        && cols > 0
+        && k > 0
+    {
+        // SAFETY: the CPU has the features the kernel is compiled for; sizes checked above.
+        return unsafe { dot::product_transposed(a, rows, w, out, input, bias) };
     }
     #[cfg(target_arch = "x86_64")]
     if amx_tiles() && rows > 0 && cols > 0 && k > 0 {
@@ -127,6 +141,9 @@ pub fn avx512_bf16() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
+
+#[cfg(target_arch = "x86_64")]
+mod dot;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -346,7 +363,7 @@ mod x86 {
     /// A's rows rounded to bf16 (nearest even), `2 · pairs` per row (zeros pad the row past
     /// `k`), `rows_padded` rows (zeros past A's own).
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn pack_a(a: &[f32], k: usize, pairs: usize, rows_padded: usize) -> Vec<u32> {
+    pub(super) unsafe fn pack_a(a: &[f32], k: usize, pairs: usize, rows_padded: usize) -> Vec<u32> {
         const ROWS_PER_TASK: usize = 64;
         let rows = a.len() / k.max(1);
         let mut packed: Vec<u32> = Vec::with_capacity(rows_padded * pairs);
@@ -588,6 +605,78 @@ mod tests {
         (c, scale)
     }
 
+    /// The few-row kernel reads each row of W up to its own end only: an infinity in the next
+    /// row (or past the last, were it read) would turn a sum into NaN even against A's zero
+    /// padding.
+    #[test]
+    fn a_products_sums_read_no_weight_past_their_row() {
+        // Depths below, at and past one step of 32, odd and even.
+        for input in [1, 5, 31, 32, 33, 70] {
+            let (rows, out) = (3, 6);
+            let a: Vec<f32> = (0..rows * input)
+                .map(|i| (i % 7) as f32 * 0.25 - 0.5)
+                .collect();
+            // Rows 1 and 3 are all infinite: rows 0, 2, 4 and 5 lie beside them.
+            let w: Vec<bf16> = (0..out * input)
+                .map(|i| match (i / input) % 2 {
+                    1 if i / input < 4 => bf16::INFINITY,
+                    _ => bf16::from_f32((i % 5) as f32 * 0.5 - 1.0),
+                })
+                .collect();
+            let got =
+                product_with_bf16_weight(&a, rows, &w, (out, input), WeightUse::Transposed, None);
+            let (want, _) = reference(&a, rows, &w, out, input, WeightUse::Transposed);
+            for i in 0..rows {
+                for j in [0, 2, 4, 5] {
+                    let (g, e) = (got[i * out + j], want[i * out + j]);
+                    assert!(
+                        g.is_finite() && (f64::from(g) - e).abs() <= 1e-5 * e.abs().max(1.0),
+                        "depth {input}: cell ({i}, {j}) is {g}, want {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A cell of a few rows' product is the same operations wherever it lies, in a whole block
+    /// or at an edge: a row alone, or a weight's row alone, gives it the same bits.
+    #[test]
+    fn a_few_rows_cells_have_the_same_bits_anywhere_in_the_product() {
+        let (rows, out, input) = (11, 70, 45);
+        // Magnitudes over 2⁻⁶..2⁶, so that sums in other orders round differently.
+        let value = |i: usize, m: usize| {
+            ((i * m % 101) as f32 - 50.0) / 7.0 * 2f32.powi((i * 7 % 13) as i32 - 6)
+        };
+        let a: Vec<f32> = (0..rows * input).map(|i| value(i, 37)).collect();
+        let w: Vec<bf16> = (0..out * input)
+            .map(|i| bf16::from_f32(value(i, 53)))
+            .collect();
+        let t = WeightUse::Transposed;
+        let all = product_with_bf16_weight(&a, rows, &w, (out, input), t, None);
+        for i in 0..rows {
+            let row = &a[i * input..(i + 1) * input];
+            let alone = product_with_bf16_weight(row, 1, &w, (out, input), t, None);
+            for j in 0..out {
+                assert_eq!(
+                    alone[j].to_bits(),
+                    all[i * out + j].to_bits(),
+                    "row {i} col {j}"
+                );
+            }
+        }
+        for j in 0..out {
+            let w_row = &w[j * input..(j + 1) * input];
+            let alone = product_with_bf16_weight(&a, rows, w_row, (1, input), t, None);
+            for i in 0..rows {
+                assert_eq!(
+                    alone[i].to_bits(),
+                    all[i * out + j].to_bits(),
+                    "row {i} col {j}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_path_sums_the_rounded_operands_at_every_edge() {
         let mut seed = 12345u64;
@@ -608,6 +697,11 @@ mod tests {
             // odd depth past one step of 32.
             (300, 70, 131),
             (257, 33, 64),
+            // The few-row kernel's edges: rows past one block of 4, columns past a task of
+            // 64 and not whole blocks of 4, depths of whole steps of 32 and not.
+            (32, 130, 97),
+            (6, 67, 64),
+            (9, 5, 33),
         ] {
             for use_ in [WeightUse::Transposed, WeightUse::AsIs] {
                 let (k, cols) = use_.depth_and_columns(out, input);
@@ -621,6 +715,12 @@ mod tests {
                     // SAFETY: the CPU has the kernel's features; the sizes are consistent.
                     let got = unsafe { x86::product(&a, rows, &w, out, input, k, cols, use_) };
                     paths.push(("kernel", got));
+                }
+                #[cfg(target_arch = "x86_64")]
+                if avx512_bf16() && use_ == WeightUse::Transposed {
+                    // SAFETY: as above.
+                    let got = unsafe { dot::product_transposed(&a, rows, &w, out, input, None) };
+                    paths.push(("dot", got));
                 }
                 #[cfg(target_arch = "x86_64")]
                 if amx_tiles() {
@@ -658,8 +758,8 @@ mod tests {
                 );
                 if paths.len() == 1 {
                     println!("SKIPPED the AVX-512 BF16 kernel: this CPU lacks it");
-                } else if paths.len() == 2 {
-                    // The other two paths ran: not a skipped test.
+                } else if !paths.iter().any(|(path, _)| *path == "tiles") {
+                    // The other paths ran: not a skipped test.
                     println!("note: the AMX kernel did not run: this CPU or OS lacks it");
                 }
                 for (path, got) in paths {
