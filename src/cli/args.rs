@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::CudaBackend;
+use spafit::checkpoint::EncoderFamily;
 use spafit::data::{
     label_names_problem, Dataset, GlueTask, OnMalformed, TableSpec, Target, TaskKind,
 };
@@ -407,6 +408,26 @@ pub struct PeftArgs {
 
 impl PeftArgs {
     /// The configuration the flags describe.
+    /// [`PeftArgs::config`] for a model of `family`: where the dense map of the head (BERT's
+    /// pooler) always trains with it (DistilBERT, ELECTRA), that map trains, and
+    /// `--train-pooler`, which could add nothing, is refused. Every command that builds a
+    /// model from the flags goes through it (`train`, `gradcheck`, `bench` on a checkpoint or
+    /// a drawn `--shape`), so they train the same tensors.
+    pub fn config_for(&self, family: EncoderFamily) -> Result<PeftConfig> {
+        if self.train_pooler && family.pooler_is_head() {
+            return Err(Error::invalid(
+                "--train-pooler",
+                format!(
+                    "has no effect on this {} model: the dense map of its classification head \
+                     (`{}`, BERT's pooler) trains with the head anyway",
+                    family.display(),
+                    family.hf_name("bert.pooler.dense")
+                ),
+            ));
+        }
+        Ok(self.config()?.for_family(family))
+    }
+
     pub fn config(&self) -> Result<PeftConfig> {
         let method: Method = self.method.parse().map_err(for_flag("--method"))?;
         self.refuse_flags_without_effect(method)?;

@@ -78,6 +78,7 @@ impl GradcheckCommand {
 
     fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
         let checkpoint = Checkpoint::open(&self.model.model)?;
+        let peft = &self.peft.config_for(checkpoint.config.family())?;
         self.peft
             .check_flags_against_plan(&PeftPlan::new(peft, checkpoint.config.num_hidden_layers)?)?;
         let texts = [
@@ -305,6 +306,7 @@ impl BenchCommand {
                         ),
                     )
                 })?;
+                let peft = &self.peft.config_for(config.family())?;
                 let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
                 self.peft.check_flags_against_plan(&plan)?;
                 if let Some(notice) = peft.empty_strata_notice(config.num_hidden_layers) {

@@ -128,19 +128,7 @@ pub fn setup<B: Backend>(
     num_labels: usize,
     seed: u64,
 ) -> Result<Run<B>> {
-    let family = checkpoint.config.family();
-    if peft.train_pooler && family.pooler_is_head() {
-        return Err(spafit::Error::invalid(
-            "--train-pooler",
-            format!(
-                "has no effect on this {} model: the dense map of its classification head \
-                 (`{}`, BERT's pooler) trains with the head anyway",
-                family.display(),
-                family.hf_name("bert.pooler.dense")
-            ),
-        ));
-    }
-    let config = peft.config()?.for_family(family);
+    let config = peft.config_for(checkpoint.config.family())?;
     let layers = checkpoint.config.num_hidden_layers;
     let plan = PeftPlan::new(&config, layers)?;
     peft.check_flags_against_plan(&plan)?;

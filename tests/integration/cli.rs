@@ -1902,6 +1902,49 @@ fn gradcheck_and_bench_print_json() {
         };
         assert_eq!(line["model"], name, "{line}");
     }
+    // A drawn ELECTRA trains what `train` trains on an ELECTRA checkpoint: the head's dense
+    // map (BERT's pooler) with the head under every method, where BERT's stays frozen under
+    // BitFit; `--train-pooler`, which could add nothing there, is refused as by `train`.
+    for (shape, hidden, layers, dense_map_trains) in [
+        ("electra-small", 256u64, 12u64, true),
+        ("mini", 256, 4, false),
+    ] {
+        let bitfit = |extra: &[&str]| {
+            let mut args = vec![
+                "bench",
+                "--shape",
+                shape,
+                "--method",
+                "bitfit",
+                "--batch-size",
+                "1",
+                "--seq-len",
+                "4",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ];
+            args.extend(extra);
+            spafit(&args)
+        };
+        let (ok, stdout, err) = bitfit(&[]);
+        assert!(ok, "{shape}: {err}");
+        let (h, i) = (hidden, 4 * hidden);
+        // Each layer's biases: four attention maps, the FFN's two, both LayerNorms'.
+        let layer_biases = 4 * h + i + h + 2 * h;
+        let dense_map = if dense_map_trains { h * h + h } else { 0 };
+        let expected = layers * layer_biases + dense_map + (2 * h + 2);
+        assert_eq!(last_json(&stdout)["trainable_params"], expected, "{shape}");
+        let (ok, _, err) = bitfit(&["--train-pooler"]);
+        match dense_map_trains {
+            true => assert!(
+                !ok && err.contains("--train-pooler") && err.contains("classifier.dense"),
+                "{shape}: {err}"
+            ),
+            false => assert!(ok, "{shape}: {err}"),
+        }
+    }
     // bf16 halves the frozen weights in memory, and the steps' peak shows it: BitFit on
     // BERT-base freezes its 85 M linear weights, 163 MiB fewer in bf16 (the f32 ones the
     // narrowing freed stayed resident once, for the whole command: 28 MiB fewer).

@@ -542,29 +542,37 @@ impl FamilyFixture {
                 "--quiet",
             ]);
         }
-        let refused = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
-            .args([
-                "train",
-                "--model",
-                &model,
-                "--train-file",
-                "train.csv",
-                "--method",
-                "lora",
-                "--train-pooler",
-                "--output",
-                "pooler",
-            ])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(
-            !refused.status.success()
-                && stderr.contains("--train-pooler")
-                && stderr.contains(self.family.display()),
-            "{stderr}"
-        );
+        // Every command that builds a model from the flags refuses it alike.
+        let with_flag = ["--method", "lora", "--train-pooler"];
+        for command in [
+            &["train", "--train-file", "train.csv", "--output", "pooler"][..],
+            &["gradcheck"],
+            &[
+                "bench",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--batch-size",
+                "1",
+            ],
+        ] {
+            let refused = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+                .args(command)
+                .args(["--model", &model])
+                .args(with_flag)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            assert!(
+                !refused.status.success()
+                    && stderr.contains("--train-pooler")
+                    && stderr.contains(self.family.display()),
+                "{}: {stderr}",
+                command[0]
+            );
+        }
         let (cpu, emu) = (losses("cpu"), losses("cuda-emu"));
         // Four steps and two evaluations.
         assert_eq!(cpu.len(), 6, "{cpu:?}");
