@@ -101,7 +101,8 @@ pub struct TrainArgs {
     /// Write each step's examples (row indices, token ids, labels) as JSON lines to this
     /// file, so another trainer can replay the same batches (scripts/side_by_side_demo.sh);
     /// it is written as .NAME.partial beside it until the run ends, so a file there stays
-    /// whole if the run fails.
+    /// whole if the run fails (a failed or killed run leaves the steps it logged in the
+    /// .partial file; a --resume writes the whole log again).
     #[arg(long)]
     pub write_batches: Option<PathBuf>,
     /// No progress bar and no per-evaluation lines on stderr (metrics.jsonl under --output

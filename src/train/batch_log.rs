@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 /// replaying side pads each batch to its longest row).
 ///
 /// A file is written as `.NAME.partial` beside it and renamed into place when the run ends,
-/// so a run that fails or is killed leaves an earlier log at the path whole. A device or
-/// pipe is written in place.
+/// so a run that fails or is killed leaves an earlier log at the path whole (and the steps
+/// it logged in the partial file, for a look at what it trained on before it failed; a
+/// resume writes the log again from step 1). A device or pipe is written in place.
 #[derive(Debug)]
 pub struct BatchLog {
     /// Where the finished log goes.

@@ -27,11 +27,14 @@ fn held() -> std::sync::MutexGuard<'static, Option<HashMap<PathBuf, Option<std::
 }
 
 /// A held lock on a run directory, released when dropped (or when the process ends, however
-/// it ends).
+/// it ends). Dropped, it removes its lock file, and the directory too where the lock made it
+/// and nothing else was written there (a run that failed before its first file).
 #[derive(Debug)]
 pub struct RunLock {
     /// The directory, resolved.
     dir: PathBuf,
+    /// Whether locking created the directory.
+    created: bool,
 }
 
 impl RunLock {
@@ -43,17 +46,52 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        if let Some(map) = held().as_mut() {
-            // Closing the file releases the lock.
-            map.remove(&self.dir);
+        let file = held()
+            .as_mut()
+            .and_then(|map| map.remove(&self.dir))
+            .flatten();
+        // Removed while still locked, and only if it is still this lock's file: a locker
+        // that opened it before cannot hold it after (see `still_at`), so no two runs ever
+        // hold two files of that name. Where that cannot be told, the file stays.
+        if let Some(file) = &file {
+            let path = self.dir.join(LOCK_FILE);
+            if still_at(file, &path) {
+                let _ = std::fs::remove_file(&path);
+            }
         }
+        // Closing the file releases the lock.
+        drop(file);
+        if self.created {
+            // Fails, leaving it, unless it is empty.
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+/// Whether `path` is the file `file` has open (Unix: the same device and inode). A locker
+/// that opened a lock file just before its holder removed it and let go gets the lock of a
+/// file no longer there, while the next locker makes a new one: it must see this and try
+/// again.
+fn still_at(file: &std::fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::symlink_metadata(path)) {
+            (Ok(open), Ok(named)) => (open.dev(), open.ino()) == (named.dev(), named.ino()),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        false
     }
 }
 
 /// Locks `dir` (creating it): another run that locks it, in another process or in this
 /// one, gets an error saying the directory is in use. On a file system without locks only
-/// this process's runs are kept apart. The lock file stays behind: deleting it could let two
-/// processes each lock a different file of that name.
+/// this process's runs are kept apart. The lock file is removed when the lock is dropped
+/// (on Unix; elsewhere it stays), and `dir` with it if locking made it and it stayed empty.
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     let path = dir.join(LOCK_FILE);
     let io = |source| Error::Io {
@@ -65,6 +103,7 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         path: dir.to_path_buf(),
         error,
     };
+    let created = !dir.exists();
     std::fs::create_dir_all(dir).map_err(folder)?;
     let key = std::fs::canonicalize(dir).map_err(folder)?;
     let mut held = held();
@@ -109,23 +148,34 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
             .truncate(false)
             .open(&path)
     };
-    // A lock file this user may only read still takes a lock.
-    let file = match open(true) {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.exists() => open(false),
-        other => other,
-    }
-    .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(in_use()),
-        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-            map.insert(key.clone(), None);
-            return Ok(RunLock { dir: key });
+    // A holder that lets go between this open and the lock removes the file first: the
+    // lock taken is then of a file no longer there, and is taken again. A few tries: each
+    // needs another run to have come and gone in between.
+    for _ in 0..8 {
+        // A lock file this user may only read still takes a lock.
+        let file = match open(true) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.exists() => {
+                open(false)
+            }
+            other => other,
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use()),
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                map.insert(key.clone(), None);
+                return Ok(RunLock { dir: key, created });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        if cfg!(unix) && !still_at(&file, &path) {
+            continue;
+        }
+        map.insert(key.clone(), Some(file));
+        return Ok(RunLock { dir: key, created });
     }
-    map.insert(key.clone(), Some(file));
-    Ok(RunLock { dir: key })
+    Err(in_use())
 }
 
 /// Locks `dir` if it exists, without creating it: a directory in use by another run is
@@ -176,9 +226,10 @@ mod tests {
     fn the_lock_is_exclusive_even_to_its_own_thread() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("run");
-        let other = || {
-            let f = std::fs::File::open(dir.join(LOCK_FILE)).unwrap();
-            f.try_lock().is_ok()
+        // Whether another process could lock it now: no lock file, or one not locked.
+        let other = || match std::fs::File::open(dir.join(LOCK_FILE)) {
+            Ok(f) => f.try_lock().is_ok(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
         };
         let first = lock_run_dir(&dir).unwrap();
         assert!(first.covers(&dir) && first.covers(&tmp.path().join("run/../run")));
@@ -198,8 +249,27 @@ mod tests {
         // The same directory twice in one set is locked once.
         let e = lock_run_dirs_around(&[&dir], || Ok(())).err();
         in_use(e);
+        // A locker that opened the file before the holder let go.
+        let stale = std::fs::File::open(dir.join(LOCK_FILE)).unwrap();
         drop(first);
         assert!(other());
+        // The lock file is gone, and the folder the lock made, left empty.
+        assert!(!dir.exists());
+        // The stale opener gets the lock of a file no longer there, beside the next run's:
+        // it sees that its file is not the one at the path (and tries again).
+        let next = lock_run_dir(&dir).unwrap();
+        assert!(stale.try_lock().is_ok());
+        assert!(!still_at(&stale, &dir.join(LOCK_FILE)));
+        assert!(!other());
+        // A folder the run wrote into stays, without the lock file; so does an empty
+        // folder that was there before.
+        std::fs::write(dir.join("metrics.jsonl"), "").unwrap();
+        drop(next);
+        assert!(dir.join("metrics.jsonl").exists() && !dir.join(LOCK_FILE).exists());
+        let before = tmp.path().join("before");
+        std::fs::create_dir(&before).unwrap();
+        drop(lock_run_dir(&before).unwrap());
+        assert!(before.is_dir() && !before.join(LOCK_FILE).exists());
         let both = lock_run_dirs_around(&[&dir, &dir], || Ok(())).unwrap();
         assert_eq!(both.len(), 1);
         drop(both);

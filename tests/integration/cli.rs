@@ -601,6 +601,11 @@ fn an_export_the_bases_config_would_misbuild_says_how_to_load_it() {
         args.extend_from_slice(extra);
         let (ok, _, err) = spafit(&args);
         assert!(ok, "case {i}: {err}");
+        // The run's locks went with it: the export is the PEFT folder alone.
+        for dir in [&out, &export] {
+            let lock = Path::new(dir).join(spafit::train::LOCK_FILE);
+            assert!(!lock.exists(), "case {i}: {} stayed", lock.display());
+        }
         for needle in said {
             assert!(err.contains(needle), "case {i}: no {needle:?} in {err}");
         }
