@@ -66,17 +66,18 @@ pub struct GradcheckCommand {
 
 impl GradcheckCommand {
     pub fn run(&self) -> Result<()> {
-        let peft = self.peft.config()?;
+        // The flags are checked before a device is opened; the model's family completes them.
+        self.peft.config()?;
         // On the CPU the analytic gradients come from the f64 reference itself unless
         // --dtype asks for the f32 (or bf16) backend; on CUDA from the device, in its dtype;
         // all against the same f64 finite differences.
         match self.model.backend()? {
-            AnyBackend::Cpu(_) if !self.dtype_given => self.run_on(CpuBackend::f64(), &peft),
-            other => on_backend!(other, b => self.run_on(b, &peft)),
+            AnyBackend::Cpu(_) if !self.dtype_given => self.run_on(CpuBackend::f64()),
+            other => on_backend!(other, b => self.run_on(b)),
         }
     }
 
-    fn run_on<B: Backend>(&self, backend: B, peft: &PeftConfig) -> Result<()> {
+    fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         let checkpoint = Checkpoint::open(&self.model.model)?;
         let peft = &self.peft.config_for(checkpoint.config.family())?;
         self.peft
