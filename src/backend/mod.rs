@@ -547,6 +547,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
         let y = self.gelu_forward(x)?;
         Ok(self.rounded_for_products(&y)?.unwrap_or(y))
     }
+    /// [`Backend::gelu_forward`] of a tensor the caller gives up (a pass that keeps no
+    /// pre-activation: inference, a frozen layer): a backend may write the output over `x`
+    /// where no other tensor shares its buffer, sparing an activation-sized allocation. The
+    /// same values as `gelu_forward`.
+    fn gelu_forward_owned(&self, x: Tensor<Self>) -> Result<Tensor<Self>> {
+        self.gelu_forward(&x)
+    }
     /// `dy · GELU'(x)`.
     fn gelu_backward(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>>;
     /// `tanh(x)`.

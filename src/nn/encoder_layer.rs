@@ -302,7 +302,8 @@ impl<B: Backend> EncoderLayer<B> {
         let h = self.attention_norm.forward(tape, &a)?;
         let f = self.intermediate.forward(tape, &h, dropouts)?;
         let f = match self.config.activation {
-            FeedForwardActivation::Gelu => tape.gelu(&f)?,
+            // Nothing else reads the pre-activation where it is not recorded.
+            FeedForwardActivation::Gelu => tape.gelu_owned(f)?,
             FeedForwardActivation::Relu => tape.relu(&f)?,
         };
         let f = self.output.forward(tape, &f, dropouts)?;

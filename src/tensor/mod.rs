@@ -101,6 +101,12 @@ impl<B: Backend> Tensor<B> {
         Arc::make_mut(&mut self.buf)
     }
 
+    /// Mutable access to the buffer where no other tensor shares it (nor a weak reference
+    /// watches it); `None` otherwise.
+    pub(crate) fn buffer_if_unique(&mut self) -> Option<&mut B::Buffer> {
+        Arc::get_mut(&mut self.buf)
+    }
+
     /// Mutable access to the buffer, where copying it can fail (a device copy needs memory):
     /// when another tensor shares the buffer, `copy` makes this tensor's own first.
     pub(crate) fn buffer_mut_or_copy(

@@ -460,6 +460,48 @@ fn gelu_is_the_erf_form() {
     }
 }
 
+/// GELU of a variable given up: where nothing is recorded, over the input's own buffer when
+/// no other tensor shares it (an inference pass's FFN), else into a new one; the same bits as
+/// `gelu` either way, in f32 and f64 (sizes past one block of the kernels' split and not
+/// whole vectors), and recorded as `gelu` is where the input needs a gradient.
+#[test]
+fn gelu_of_a_given_up_input_is_gelu_in_place_where_nothing_shares_it() {
+    use spafit::autograd::Tape;
+    for backend in [CpuBackend::f32(), CpuBackend::f64()] {
+        let mut rng = SplitMix::new(7);
+        let values: Vec<f64> = (0..40_000).map(|_| rng.uniform_in(-6.0, 6.0)).collect();
+        let make = || tensor(&backend, &[200, 200], &values);
+        let want = host(&backend.gelu_forward(&make()).unwrap());
+        let mut tape = Tape::new(backend);
+        // Alone: written over.
+        let x = make();
+        let storage = x.storage_id();
+        let y = tape.gelu_owned(tape.constant(x)).unwrap();
+        assert_eq!(y.value().storage_id(), storage);
+        assert!(host(y.value())
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits()));
+        // Shared: the other tensor keeps its values.
+        let x = make();
+        let kept = x.clone();
+        let y = tape.gelu_owned(tape.constant(x)).unwrap();
+        assert_ne!(y.value().storage_id(), kept.storage_id());
+        assert_eq!(host(&kept), host(&make()));
+        assert!(host(y.value())
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits()));
+        // Recorded: as `gelu`, into a new buffer, its input kept for the backward.
+        let param = make();
+        let x = tape.param("x", &param, true);
+        let y = tape.gelu_owned(x).unwrap();
+        assert!(y.requires_grad());
+        assert_ne!(y.value().storage_id(), param.storage_id());
+        assert_eq!(host(&param), host(&make()));
+    }
+}
+
 #[test]
 fn tanh_gradient() {
     let c = cpu();

@@ -60,6 +60,21 @@ impl<B: Backend> Tape<B> {
         Ok(y)
     }
 
+    /// [`Tape::gelu`] of a variable the caller gives up. Where nothing is recorded (`x` needs
+    /// no gradient: inference, a frozen layer) the output may be written over `x`'s buffer
+    /// ([`Backend::gelu_forward_owned`]); else as `gelu`.
+    pub fn gelu_owned(&mut self, x: Var<B>) -> Result<Var<B>> {
+        if x.id.is_some() {
+            return self.gelu(&x);
+        }
+        let y = self.backend.gelu_forward_owned(x.value)?;
+        // As `record` does for any op: what was kept for the next op is not for this one's
+        // reader.
+        self.rounded_input = None;
+        self.recomputable = None;
+        Ok(self.constant(y))
+    }
+
     /// Hyperbolic tangent (BERT's pooler).
     pub fn tanh(&mut self, x: &Var<B>) -> Result<Var<B>> {
         self.differentiated_by_output(x, B::tanh_forward, B::tanh_backward)

@@ -57,6 +57,25 @@ pub fn gelu<T: Element>(x: &[T]) -> Vec<T> {
     unsafe { map_blocks(x.len(), |range, out| T::gelu_block(&x[range], out)) }
 }
 
+/// [`gelu`] written over `x`: the same bits, each element being computed on its own.
+pub fn gelu_in_place<T: Element>(x: &mut [T]) {
+    use rayon::prelude::*;
+    // The kernel reads one slice and writes another: a piece of `x` is copied aside first
+    // (4 KiB of f32 on the stack, in L1).
+    const PIECE: usize = 1024;
+    x.par_chunks_mut(BLOCK).for_each(|block| {
+        let mut aside = [T::ZERO; PIECE];
+        for piece in block.chunks_mut(PIECE) {
+            let input = &mut aside[..piece.len()];
+            input.copy_from_slice(piece);
+            // SAFETY: `MaybeUninit<T>` has `T`'s layout, and the kernel leaves every element
+            // written (initialised), as it found them.
+            let out = unsafe { &mut *(piece as *mut [T] as *mut [MaybeUninit<T>]) };
+            T::gelu_block(input, out);
+        }
+    });
+}
+
 /// `dy · (Φ(x) + x·φ(x))`.
 pub fn gelu_backward<T: Element>(dy: &[T], x: &[T]) -> Vec<T> {
     assert_eq!(dy.len(), x.len(), "gelu backward: lengths differ");

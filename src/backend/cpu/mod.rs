@@ -574,6 +574,23 @@ impl Backend for CpuBackend {
         with_float!(dtype, "gelu", T => tensor(x.shape().clone(), elementwise::gelu(view::<T>(x))))
     }
 
+    fn gelu_forward_owned(&self, mut x: Tensor<Self>) -> Result<Tensor<Self>> {
+        let dtype = shapes::common_float_dtype("gelu", &[("x", &x)])?;
+        // At 64 × 256 tokens on MiniLM the output took 100 MB of fresh pages per layer, each
+        // faulted in and zeroed by the kernel: over `x`, it takes none.
+        if let Some(buf) = x.buffer_if_unique() {
+            let done = match dtype {
+                DType::F32 => f32::slice_mut(buf).map(elementwise::gelu_in_place),
+                DType::F64 => f64::slice_mut(buf).map(elementwise::gelu_in_place),
+                _ => None,
+            };
+            if done.is_some() {
+                return Ok(x);
+            }
+        }
+        self.gelu_forward(&x)
+    }
+
     fn gelu_backward(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>> {
         const OP: &str = "gelu backward";
         let dtype = shapes::common_float_dtype(OP, &[("dy", dy), ("x", x)])?;
