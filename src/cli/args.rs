@@ -407,9 +407,8 @@ pub struct PeftArgs {
 }
 
 impl PeftArgs {
-    /// The configuration the flags describe.
     /// [`PeftArgs::config`] for a model of `family`: where the dense map of the head (BERT's
-    /// pooler) always trains with it (DistilBERT, ELECTRA), that map trains, and
+    /// pooler) always trains with it (RoBERTa, DistilBERT, ELECTRA), that map trains, and
     /// `--train-pooler`, which could add nothing, is refused. Every command that builds a
     /// model from the flags goes through it (`train`, `gradcheck`, `bench` on a checkpoint or
     /// a drawn `--shape`), so they train the same tensors.
@@ -428,6 +427,7 @@ impl PeftArgs {
         Ok(self.config()?.for_family(family))
     }
 
+    /// The configuration the flags describe.
     pub fn config(&self) -> Result<PeftConfig> {
         let method: Method = self.method.parse().map_err(for_flag("--method"))?;
         self.refuse_flags_without_effect(method)?;

@@ -10,31 +10,39 @@ use crate::error::{Error, Result};
 /// The lock file a run holds in each directory it writes.
 pub const LOCK_FILE: &str = ".spafit-run.lock";
 
-/// The directories this process holds, by resolved path, with their open lock files. A
-/// directory held here is refused to any other locker in this process as to another
-/// process, whatever thread asks: a thread is not a run (a rayon worker waiting inside one
-/// run's parallel work may start another). Code that already holds a run's lock passes it on
-/// ([`crate::train::Trainer::holding`]) instead of locking again.
-/// The file is `None` on a file system without locks, where only this process's runs are
-/// kept apart.
-static HELD: Mutex<Option<HashMap<PathBuf, Option<std::fs::File>>>> = Mutex::new(None);
+/// What this process's locks hold.
+#[derive(Default)]
+struct Held {
+    /// The directories held, by resolved path, with their open lock files. A directory held
+    /// here is refused to any other locker in this process as to another process, whatever
+    /// thread asks: a thread is not a run (a rayon worker waiting inside one run's parallel
+    /// work may start another). Code that already holds a run's lock passes it on
+    /// ([`crate::train::Trainer::holding`]) instead of locking again. The file is `None` on
+    /// a file system without locks, where only this process's runs are kept apart.
+    locks: HashMap<PathBuf, Option<std::fs::File>>,
+    /// The folders locking made (a run's folder and the parents it lacked), resolved: each is
+    /// removed, if empty, once no lock lies in it (`--output out --export-peft out/peft`: `out`
+    /// after `out/peft`, whichever lock goes first).
+    made: Vec<PathBuf>,
+}
 
-/// The table of held directories; a panic elsewhere while it was locked leaves it as it was
-/// (every change to it is one insert or remove), so it is used on, not given up.
-fn held() -> std::sync::MutexGuard<'static, Option<HashMap<PathBuf, Option<std::fs::File>>>> {
+static HELD: Mutex<Option<Held>> = Mutex::new(None);
+
+/// The locks held; a panic elsewhere while it was locked leaves it as it was (every change
+/// to it is one insert or remove), so it is used on, not given up.
+fn held() -> std::sync::MutexGuard<'static, Option<Held>> {
     HELD.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A held lock on a run directory, released when dropped (or when the process ends, however
-/// it ends). Dropped, it removes its lock file, and the directory too where the lock made it
-/// and nothing else was written there (a run that failed before its first file).
+/// it ends). Dropped, it removes its lock file (on Unix, where a lock was taken), and the
+/// folders locking made where nothing else was written into them (a run that failed before
+/// its first file).
 #[derive(Debug)]
 pub struct RunLock {
     /// The directory, resolved.
     dir: PathBuf,
-    /// Whether locking created the directory.
-    created: bool,
 }
 
 impl RunLock {
@@ -46,10 +54,11 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        let file = held()
-            .as_mut()
-            .and_then(|map| map.remove(&self.dir))
-            .flatten();
+        // All of it under the table's lock: another thread of this process that locks the
+        // folder meanwhile is told it is held here, not that another process holds it.
+        let mut guard = held();
+        let Held { locks, made } = guard.get_or_insert_with(Held::default);
+        let file = locks.remove(&self.dir).flatten();
         // Removed while still locked, and only if it is still this lock's file: a locker
         // that opened it before cannot hold it after (see `still_at`), so no two runs ever
         // hold two files of that name. Where that cannot be told, the file stays.
@@ -61,10 +70,15 @@ impl Drop for RunLock {
         }
         // Closing the file releases the lock.
         drop(file);
-        if self.created {
-            // Fails, leaving it, unless it is empty.
-            let _ = std::fs::remove_dir(&self.dir);
-        }
+        // Deepest first; each removal fails, leaving the folder, unless it is empty.
+        made.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        made.retain(|d| {
+            let in_use = locks.keys().any(|l| l.starts_with(d));
+            if !in_use {
+                let _ = std::fs::remove_dir(d);
+            }
+            in_use
+        });
     }
 }
 
@@ -91,7 +105,8 @@ fn still_at(file: &std::fs::File, path: &Path) -> bool {
 /// Locks `dir` (creating it): another run that locks it, in another process or in this
 /// one, gets an error saying the directory is in use. On a file system without locks only
 /// this process's runs are kept apart. The lock file is removed when the lock is dropped
-/// (on Unix; elsewhere it stays), and `dir` with it if locking made it and it stayed empty.
+/// (on Unix, where a lock was taken; else it stays), and the folders locking made with it
+/// where they stayed empty.
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
     let path = dir.join(LOCK_FILE);
     let io = |source| Error::Io {
@@ -103,11 +118,21 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
         path: dir.to_path_buf(),
         error,
     };
-    let created = !dir.exists();
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     std::fs::create_dir_all(dir).map_err(folder)?;
     let key = std::fs::canonicalize(dir).map_err(folder)?;
+    let mut made: Vec<PathBuf> = missing
+        .iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect();
     let mut held = held();
-    let map = held.get_or_insert_with(HashMap::new);
+    let Held {
+        locks: map,
+        made: all_made,
+    } = held.get_or_insert_with(Held::default);
     let in_use = || {
         Error::invalid(
             "run lock",
@@ -148,14 +173,24 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
             .truncate(false)
             .open(&path)
     };
-    // A holder that lets go between this open and the lock removes the file first: the
-    // lock taken is then of a file no longer there, and is taken again. A few tries: each
-    // needs another run to have come and gone in between.
-    for _ in 0..8 {
+    // A holder that lets go between this open and the lock removes the file first (and its
+    // folder, if it made it and left it empty): the folder is made again, and the lock
+    // taken again, of the file at the path. A few tries: each needs another run to have
+    // come and gone in between; then (a file system whose file identities do not compare)
+    // the lock is kept as taken.
+    const TRIES: usize = 8;
+    let mut tries = 0;
+    let file = loop {
+        tries += 1;
         // A lock file this user may only read still takes a lock.
         let file = match open(true) {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.exists() => {
                 open(false)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < TRIES => {
+                std::fs::create_dir_all(dir).map_err(folder)?;
+                made.push(key.clone());
+                continue;
             }
             other => other,
         }
@@ -164,18 +199,18 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(in_use()),
             Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
-                map.insert(key.clone(), None);
-                return Ok(RunLock { dir: key, created });
+                break None;
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        if cfg!(unix) && !still_at(&file, &path) {
+        if cfg!(unix) && tries < TRIES && !still_at(&file, &path) {
             continue;
         }
-        map.insert(key.clone(), Some(file));
-        return Ok(RunLock { dir: key, created });
-    }
-    Err(in_use())
+        break Some(file);
+    };
+    map.insert(key.clone(), file);
+    all_made.extend(made);
+    Ok(RunLock { dir: key })
 }
 
 /// Locks `dir` if it exists, without creating it: a directory in use by another run is
@@ -221,7 +256,9 @@ mod tests {
     /// A held directory is refused to every other locker: another process, another thread,
     /// and the same thread again (a rayon worker may run a second job inside the first's
     /// parallel work); the lock is released when dropped. A pipe where the lock file goes is
-    /// refused, not waited on.
+    /// refused, not waited on. Unix: the lock file and the folders locking made go with
+    /// the lock (elsewhere the file stays).
+    #[cfg(unix)]
     #[test]
     fn the_lock_is_exclusive_even_to_its_own_thread() {
         let tmp = tempfile::tempdir().unwrap();
@@ -270,6 +307,17 @@ mod tests {
         std::fs::create_dir(&before).unwrap();
         drop(lock_run_dir(&before).unwrap());
         assert!(before.is_dir() && !before.join(LOCK_FILE).exists());
+        // The parents locking made go too; a run folder inside another run's goes first,
+        // whichever lock is dropped first.
+        let nested = tmp.path().join("nested");
+        drop(lock_run_dir(&nested.join("a/b")).unwrap());
+        assert!(!nested.exists());
+        let outer = lock_run_dir(&nested).unwrap();
+        let inner = lock_run_dir(&nested.join("peft")).unwrap();
+        drop(outer);
+        assert!(nested.join("peft").is_dir());
+        drop(inner);
+        assert!(!nested.exists());
         let both = lock_run_dirs_around(&[&dir, &dir], || Ok(())).unwrap();
         assert_eq!(both.len(), 1);
         drop(both);

@@ -104,7 +104,10 @@ impl CpuBackend {
     /// `tdpbf16ps`: Sapphire Rapids on, where Linux grants them and `SPAFIT_CPU_NO_AMX` is
     /// not `1`), `avx512_bf16` (`vdpbf16ps`), or `f32_gemm` (the operands rounded, then the
     /// f32 GEMM). Each sums a product in f32 in its own order: their bits differ, within
-    /// f32 rounding of the sums.
+    /// f32 rounding of the sums. With `amx` or `avx512_bf16`, a forward product of at most
+    /// 48 rows (a single text, a small batch) runs on `vdpbf16ps` as dot products of the
+    /// weight's rows in place (no packing), in another order again: a text's bits then depend
+    /// on its batch's size (as in f32, whose few-row products have their own kernel too).
     pub fn bf16_products() -> &'static str {
         match (bf16_gemm::amx_tiles(), bf16_gemm::avx512_bf16()) {
             (true, _) => "amx",

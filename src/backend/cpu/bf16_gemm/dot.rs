@@ -210,7 +210,7 @@ unsafe fn lanes_sums(v: [__m512; 16]) -> __m512 {
             _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
         )
     });
-    // Within each 128-bit block `q`: [v(4j + q)'s two, v(4j + 4 + q)'s two].
+    // Within each 128-bit block `q`: [v(8j + q)'s two, v(8j + 4 + q)'s two].
     let pairs: [__m512; 2] = std::array::from_fn(|j| {
         let (a, b) = (quarters[2 * j], quarters[2 * j + 1]);
         _mm512_add_ps(
