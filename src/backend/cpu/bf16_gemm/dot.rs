@@ -159,11 +159,12 @@ unsafe fn block<const M: usize, const N: usize>(at: Block<'_>) {
         for (i, sums) in acc.iter_mut().enumerate() {
             // SAFETY: row `i` of packed A holds `pairs ≥ (s + 1) · 16` u32.
             let x = unsafe { _mm512_loadu_si512(ap.add(i * at.pairs + s * STEP / 2) as *const _) };
+            // SAFETY: a bit cast between 512-bit vector types.
+            let x = unsafe { std::mem::transmute::<__m512i, __m512bh>(x) };
             for (sum, &v) in sums.iter_mut().zip(&wv) {
-                // SAFETY: bit casts between 512-bit vector types.
-                *sum = unsafe {
-                    _mm512_dpbf16_ps(*sum, std::mem::transmute(x), std::mem::transmute(v))
-                };
+                // SAFETY: as above.
+                let v = unsafe { std::mem::transmute::<__m512i, __m512bh>(v) };
+                *sum = _mm512_dpbf16_ps(*sum, x, v);
             }
         }
     };
