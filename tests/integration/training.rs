@@ -2828,6 +2828,77 @@ fn a_step_out_of_device_memory_keeps_the_steps_before_it() {
     assert_ends_as(&cut, &whole);
 }
 
+/// Out of device memory after the last step — saving its state in last/, or writing best/ at
+/// the end — says what was being written and what a resume has; with the memory back, the
+/// resume ends as the uninterrupted run. Runs in a child process.
+#[test]
+fn out_of_device_memory_after_the_last_step_says_what_was_being_written() {
+    use spafit::backend::cuda::{emulator, CudaBackend};
+    use spafit::tensor::DType;
+    use spafit::train::TrainEvent;
+    if !in_memory_child("out_of_device_memory_after_the_last_step_says_what_was_being_written") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
+    let tok = ck.tokenizer(64).unwrap();
+    let cuda = CudaBackend::emulated(DType::F32).unwrap();
+    let train = regression_data(40, None);
+    // Two epochs of 5 steps, no dev split: states saved at steps 5 and 10, best/ at the end.
+    let config = |out: &Path, resume| TrainConfig {
+        resume,
+        eval_every: None,
+        output_dir: Some(out.to_path_buf()),
+        ..tiny_config(tmp.path())
+    };
+    // The memory taken away at `cut` (an event of the run), given back for the resume.
+    let fit = |out: &Path, resume, cut: Option<fn(&TrainEvent<'_>) -> bool>| {
+        let (mut model, plan) = tiny_model(&ck, &cuda);
+        let mut squeeze = |event: &TrainEvent<'_>| {
+            if cut.is_some_and(|cut| cut(event)) {
+                emulator::set_device_memory(1).unwrap();
+            }
+            std::ops::ControlFlow::Continue(())
+        };
+        let report = Trainer::new(&cuda, &mut model, &plan, &ck.weights, config(out, resume))
+            .observe(&mut squeeze)
+            .fit(&tok, &train, None);
+        emulator::set_device_memory(16 << 30).unwrap();
+        report
+    };
+    let whole = tmp.path().join("whole");
+    assert_eq!(fit(&whole, false, None).unwrap().steps, 10);
+    let cases: [(&str, fn(&TrainEvent<'_>) -> bool, &[&str]); 2] = [
+        (
+            "save",
+            |e| matches!(e, TrainEvent::Step(r) if r.step == 10),
+            &[
+                "This was saving the state after step 10 in last/",
+                "the state saved last, after step 5, stays in last/",
+            ],
+        ),
+        (
+            "end",
+            |e| matches!(e, TrainEvent::Saved { step: 10, .. }),
+            &[
+                "This was the end of the run after step 10: best/ being written",
+                "last/ holds the state after step 10",
+            ],
+        ),
+    ];
+    for (name, cut, says) in cases {
+        let out = tmp.path().join(name);
+        let e = fit(&out, false, Some(cut)).unwrap_err().to_string();
+        assert!(
+            e.contains("out of memory") && says.iter().all(|s| e.contains(s)),
+            "{name}: {e}"
+        );
+        let report = fit(&out, true, None).unwrap();
+        assert_eq!(report.steps, 10, "{name}");
+        assert_ends_as(&out, &whole);
+    }
+}
+
 /// An optimizer update that runs out of device memory changes nothing: not the parameters'
 /// values, not the moments, not the step count, whether the memory was for the first
 /// step's new moments or for a parameter's own copy where a kept clone shares its buffer;

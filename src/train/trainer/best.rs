@@ -42,7 +42,17 @@ impl<B: Backend> Trainer<'_, B> {
             self.evaluate_and_keep_best(plan, run, epoch, progress)?;
         }
         if save_now && self.config.output_dir.is_some() {
-            run.stop_requested |= self.save_and_tell(plan, run)?;
+            let (step, saved_before) = (run.step, run.saved_step);
+            run.stop_requested |= self.save_and_tell(plan, run).map_err(|e| {
+                e.in_memory_context(|| {
+                    format!(
+                        "This was saving the state after step {step} in last/ (a forward pass \
+                         of the first training batch checks the weights, then the trained \
+                         tensors and AdamW's moments are copied to host memory): {}",
+                        super::saved_state::what_a_resume_has(saved_before)
+                    )
+                })
+            })?;
         }
         Ok(())
     }

@@ -335,12 +335,36 @@ impl<'a, B: Backend> Trainer<'a, B> {
         progress: Progress,
         stopped_by_observer: bool,
     ) -> Result<TrainReport> {
+        // After the last step: what is left to write, and what a resume has for it.
+        let has_output = self.config.output_dir.is_some();
+        let context = || {
+            let written = match (has_output, run.saved_step) {
+                (true, Some(saved)) if saved == run.step => format!(
+                    "last/ holds the state after step {saved}: a --resume with more memory \
+                     writes the rest as the run would have"
+                ),
+                (true, saved) => saved_state::what_a_resume_has(saved),
+                (false, _) => "without an output directory nothing is kept to resume".into(),
+            };
+            format!(
+                "This was the end of the run after step {}: {}; {written}",
+                run.step,
+                match plan.dev {
+                    Some(_) => "the best weights going back onto the device for the report",
+                    None =>
+                        "best/ being written (a forward pass of the first training batch \
+                             checks the weights first)",
+                }
+            )
+        };
         if let Some(best) = &run.best {
-            self.restore(&best.weights, Path::new("the best weights"))?;
+            self.restore(&best.weights, Path::new("the best weights"))
+                .map_err(|e| e.in_memory_context(context))?;
         }
         if plan.dev.is_none() {
-            self.check_weights_finite(plan, run.step)?;
-            self.save_best(plan)?;
+            self.check_weights_finite(plan, run.step)
+                .and_then(|()| self.save_best(plan))
+                .map_err(|e| e.in_memory_context(context))?;
         }
         let early_stopped = self.ended_early(plan, &run);
         let m = &run.meter;

@@ -14,6 +14,18 @@ use crate::train::observer::TrainEvent;
 use crate::train::run_state::{self, LossWindow, RunPosition, SavedBest, STATE_FILE};
 use crate::train::{AdamW, BatchLog, Progress};
 
+/// What a resume has after a save that did not happen, the state saved last having been
+/// `saved_before`'s step.
+pub(super) fn what_a_resume_has(saved_before: Option<usize>) -> String {
+    match saved_before {
+        Some(step) => format!(
+            "the state saved last, after step {step}, stays in last/: a --resume with more \
+             memory takes the steps after it again and ends as the run would have"
+        ),
+        None => "no state was saved before, so a resume starts from step 0".into(),
+    }
+}
+
 impl<B: Backend> Trainer<'_, B> {
     /// A fresh run, or the one saved in `last/` with `resume`. Without a saved state the
     /// metrics of an earlier attempt are cleared; with one, the lines after it are.
