@@ -107,7 +107,8 @@ impl CpuBackend {
     /// f32 rounding of the sums. With `amx` or `avx512_bf16`, a forward product of at most
     /// 48 rows (a single text, a small batch) runs on `vdpbf16ps` as dot products of the
     /// weight's rows in place (no packing), in another order again: a text's bits then depend
-    /// on its batch's size (as in f32, whose few-row products have their own kernel too).
+    /// on its batch's size (as in f32 on CPUs with AVX2 but not AVX-512, whose few-row
+    /// products have their own kernel too).
     pub fn bf16_products() -> &'static str {
         match (bf16_gemm::amx_tiles(), bf16_gemm::avx512_bf16()) {
             (true, _) => "amx",

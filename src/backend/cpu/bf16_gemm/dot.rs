@@ -14,7 +14,8 @@
 //! masked to `k`), the sixteen lanes are added in one fixed tree, and the bias last, one f32
 //! addition. The order differs from the tiles' and the register tile's, so which path runs
 //! is decided from all of a product's rows ([`MAX_ROWS`]): an example's bits depend on the
-//! number of rows in its batch, as in f32 (`sgemm_dot.rs`), not on the thread count.
+//! number of rows in its batch, as in f32 on CPUs without AVX-512 (`sgemm_dot.rs`), not on
+//! the thread count.
 
 use std::arch::x86_64::*;
 
