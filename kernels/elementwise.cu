@@ -48,6 +48,10 @@ __device__ __forceinline__ void each_element(long n, T* out, Value value) {
     extern "C" __global__ void gelu_forward_##S(const T* x, T* y, long n) {                       \
         each_element(n, y, [&](long i) { return gelu(load(x, i)); });                             \
     }                                                                                             \
+    /* Over its input: each element is read, then written, by the same thread. */             \
+    extern "C" __global__ void gelu_in_place_##S(T* x, long n) {                                  \
+        each_element(n, x, [&](long i) { return gelu(load(x, i)); });                             \
+    }                                                                                             \
     extern "C" __global__ void gelu_backward_##S(const T* dy, const T* x, T* dx, long n) {        \
         each_element(n, dx, [&](long i) { return load(dy, i) * gelu_grad(load(x, i)); });         \
     }                                                                                             \

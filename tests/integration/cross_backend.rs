@@ -1811,6 +1811,35 @@ fn cuda_linear_from_a_rounded_copy_gives_the_same_bits() {
     );
 }
 
+/// GELU of a tensor given up on the device: written over it by an in-place kernel where no
+/// other tensor shares its buffer (no new output: an activation of device memory spared in
+/// an inference pass's FFN), else into a new output, the other tensor untouched; the bits of
+/// `gelu_forward` either way, in f32 and in bf16 storage.
+#[test]
+fn cuda_gelu_of_a_given_up_input_is_written_over_it_where_nothing_shares_it() {
+    let mut rng = SplitMix::new(79);
+    let values = nonzero(&mut rng, 199 * 201);
+    let bits = |v: Vec<f64>| -> Vec<u64> { v.into_iter().map(f64::to_bits).collect() };
+    for (tag, b) in [
+        ("f32", cuda(DType::F32)),
+        ("bf16 storage", cuda(DType::BF16).with_bf16_storage()),
+    ] {
+        let make = || up(&b, &[199, 201], &values);
+        let want = bits(down(&b, &b.gelu_forward(&make()).unwrap()));
+        let x = make();
+        let storage = x.storage_id();
+        let y = b.gelu_forward_owned(x).unwrap();
+        assert_eq!(y.storage_id(), storage, "{tag}");
+        assert!(bits(down(&b, &y)) == want, "{tag}");
+        let x = make();
+        let kept = x.clone();
+        let y = b.gelu_forward_owned(x).unwrap();
+        assert_ne!(y.storage_id(), kept.storage_id(), "{tag}");
+        assert_eq!(down(&b, &kept), down(&b, &make()), "{tag}");
+        assert!(bits(down(&b, &y)) == want, "{tag}");
+    }
+}
+
 /// The outputs a backward recomputes for the linear maps' products (GELU's, a LayerNorm's)
 /// stored rounded by their own kernels in bf16 mode, without the f32 output and its cast: the
 /// bits of the cast of the f32 output. Where `rounded_for_products` makes no copy (too small;
@@ -1858,6 +1887,9 @@ fn cuda_recomputed_outputs_stored_rounded_have_the_cast_bits() {
             "gelu_forward_for_products_f32",
             "layernorm_apply_for_products_f32",
         ];
+        // Listed by device time, which on a loaded machine can order the two either way.
+        let mut kernels = kernels;
+        kernels.sort();
         match copy {
             Some(_) => assert_eq!(kernels, direct, "{tag}: one kernel each, no cast"),
             None => assert!(

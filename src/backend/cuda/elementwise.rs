@@ -31,6 +31,26 @@ pub(super) fn unary(
     })
 }
 
+/// GELU written over `x` where no other tensor shares its buffer (the caller gave it up:
+/// an inference pass's FFN, a frozen layer's), sparing an activation of device memory; else
+/// into a new output, as [`unary`]. The same bits either way: one element's arithmetic.
+pub(super) fn gelu_owned(
+    b: &CudaBackend,
+    mut x: Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    let dtype = shapes::common_float_dtype("gelu", &[("x", &x)])?;
+    let n = x.numel();
+    let Some(buf) = x.buffer_if_unique() else {
+        return unary(b, "gelu", "gelu_forward", &x);
+    };
+    with_float!(dtype, "gelu", T => {
+        let x = T::slice_mut(buf).expect("dtype checked before dispatch");
+        launch!(b, MODULE, format!("gelu_in_place_{}", T::SUFFIX), grid_for(n), x, &(n as i64));
+        Ok(())
+    })?;
+    Ok(x)
+}
+
 /// GELU's output stored rounded to bf16 where [`super::gemm::rounded_for_products`] would
 /// round it (one kernel, no f32 output between: the cast's bits), else the output itself.
 pub(super) fn gelu_for_products(

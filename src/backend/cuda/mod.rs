@@ -823,6 +823,10 @@ impl Backend for CudaBackend {
         elementwise::gelu_for_products(self, x)
     }
 
+    fn gelu_forward_owned(&self, x: Tensor<Self>) -> Result<Tensor<Self>> {
+        elementwise::gelu_owned(self, x)
+    }
+
     fn gelu_backward(&self, dy: &Tensor<Self>, x: &Tensor<Self>) -> Result<Tensor<Self>> {
         elementwise::binary(self, "gelu backward", "gelu_backward", dy, x)
     }
