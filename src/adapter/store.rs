@@ -104,9 +104,9 @@ pub(crate) fn check_savable<B: Backend>(
     max_len: Option<usize>,
     op: &'static str,
 ) -> Result<()> {
-    model.check_plan(plan)?;
     // The model's parts are public fields: one changed by hand would save an adapter that
-    // its base, which the config describes, cannot take.
+    // its base, which the config describes, cannot take. (Said before the plan's check,
+    // which would list every tensor of the missing layers.)
     let (layers, configured) = (model.bert.layers.len(), model.config().num_hidden_layers);
     if layers != configured {
         return Err(Error::invalid(
@@ -117,6 +117,7 @@ pub(crate) fn check_savable<B: Backend>(
             ),
         ));
     }
+    model.check_plan(plan)?;
     if let Some(problem) = max_len_problem(model.config(), max_len) {
         return Err(Error::invalid(op, problem));
     }

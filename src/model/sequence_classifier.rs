@@ -45,6 +45,10 @@ pub struct BertClassifier<B: Backend> {
     fresh_pooler: bool,
     /// The plan [`BertClassifier::apply_plan`] applied last.
     plan: Option<PeftPlan>,
+    /// The trainable tensors as that plan left them, by name, with their shapes: the
+    /// parameters are public (`params_mut`), and one set trainable, frozen or reshaped by hand
+    /// afterwards would be trained and saved as an adapter that no load of the plan accepts.
+    planned: Vec<(String, Shape)>,
     /// LoRA adapters were folded into the weights: the model no longer has its plan's shape.
     lora_merged: bool,
     /// `apply_plan` was called (whether it succeeded or not): a model takes one plan.
@@ -459,6 +463,7 @@ impl<B: Backend> BertClassifier<B> {
             num_labels,
             fresh_pooler: false,
             plan: None,
+            planned: Vec::new(),
             lora_merged: false,
             plan_applied: false,
             multi_label: false,
@@ -511,8 +516,10 @@ impl<B: Backend> BertClassifier<B> {
         self.plan.as_ref()
     }
 
-    /// Refuses `plan` where the model was built under another one (a save or a training run
-    /// would record tensors the plan does not name, and the adapter could not be loaded).
+    /// Refuses `plan` where the model was built under another one, or where its trainable
+    /// tensors were changed after the plan was applied (set trainable, frozen or replaced by
+    /// another shape through `params_mut`): a save or a training run would record tensors
+    /// the plan does not name, and the adapter could not be loaded.
     pub fn check_plan(&self, plan: &PeftPlan) -> Result<()> {
         if self.lora_merged {
             return Err(Error::invalid(
@@ -530,7 +537,7 @@ impl<B: Backend> BertClassifier<B> {
                     applied.method, applied.strata, plan.method, plan.strata
                 ),
             )),
-            Some(_) => Ok(()),
+            Some(_) => self.check_trainables_as_planned(),
             // Without a plan every weight trains, whatever `plan` says: a save would record
             // tensors the plan does not name.
             None => Err(Error::invalid(
@@ -542,6 +549,45 @@ impl<B: Backend> BertClassifier<B> {
                 ),
             )),
         }
+    }
+
+    /// The trainable tensors still those, and of the shapes, the plan left (see `planned`).
+    fn check_trainables_as_planned(&self) -> Result<()> {
+        let now = self.trainable_shapes();
+        if now == self.planned {
+            return Ok(());
+        }
+        let mut why = Vec::new();
+        for (name, shape) in &now {
+            match self.planned.iter().find(|(n, _)| n == name) {
+                None => why.push(format!("`{name}` trains, which the plan freezes")),
+                Some((_, planned)) if planned != shape => why.push(format!(
+                    "`{name}` has shape {shape} where the plan made it {planned}"
+                )),
+                Some(_) => {}
+            }
+        }
+        for (name, _) in &self.planned {
+            if !now.iter().any(|(n, _)| n == name) {
+                why.push(format!("`{name}` is frozen, which the plan trains"));
+            }
+        }
+        const SAID: usize = 4;
+        if why.len() > SAID {
+            let more = why.len() - SAID;
+            why.truncate(SAID);
+            why.push(format!("and {more} more"));
+        }
+        Err(Error::invalid(
+            "peft plan",
+            format!(
+                "the model's trainable tensors are no longer those its plan trains ({}): \
+                 changed after `apply_plan` (through `params_mut`), they would train and save \
+                 as an adapter no load of the plan accepts; build the model again and apply \
+                 a plan that trains what is wanted",
+                why.join("; ")
+            ),
+        ))
     }
 
     /// The architecture.
@@ -632,9 +678,22 @@ impl<B: Backend> BertClassifier<B> {
         }
         self.classifier.weight.trainable = true;
         self.classifier.bias.trainable = true;
+        self.planned = self.trainable_shapes();
         self.plan = Some(plan.clone());
         self.lora_merged = false;
         Ok(())
+    }
+
+    /// The trainable tensors' names (sorted) and shapes.
+    fn trainable_shapes(&self) -> Vec<(String, Shape)> {
+        let mut v: Vec<(String, Shape)> = self
+            .params()
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| (p.name.clone(), p.value.shape().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Folds every LoRA adapter into its base weight (see [`Linear::merge_lora`]).

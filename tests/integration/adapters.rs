@@ -91,6 +91,90 @@ fn saved(
     dir
 }
 
+/// A model whose trainable tensors were changed by hand after its plan was applied (the
+/// parameters are public) is refused by the save, the PEFT export and the trainer alike,
+/// naming the tensor, and nothing is written: saved, it was an adapter no load accepted.
+#[test]
+fn trainables_changed_after_the_plan_are_refused_before_anything_is_written() {
+    use spafit::train::{TrainConfig, Trainer};
+    let ck = checkpoint();
+    let cpu = CpuBackend::f32();
+    let plan = spafit_plan();
+    type Change = fn(&mut BertClassifier<CpuBackend>, &CpuBackend);
+    let cases: [(Change, &str); 3] = [
+        (
+            |m, _| {
+                let p = m.params_mut().into_iter();
+                let mut p = p.filter(|p| p.name.ends_with("layer.0.attention.self.query.weight"));
+                p.next().unwrap().trainable = true;
+            },
+            "`bert.encoder.layer.0.attention.self.query.weight` trains, which the plan freezes",
+        ),
+        (
+            |m, _| m.classifier.weight.trainable = false,
+            "`classifier.weight` is frozen, which the plan trains",
+        ),
+        (
+            |m, cpu| m.classifier.bias.value = cpu.zeros([2].into()).unwrap(),
+            "`classifier.bias` has shape [2] where the plan made it [3]",
+        ),
+    ];
+    for (change, says) in cases {
+        let mut model = trained(&ck, &cpu, &plan);
+        change(&mut model, &cpu);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("adapter");
+        let e = save_adapter(
+            &out,
+            &cpu,
+            &model,
+            &plan,
+            &ck.weights,
+            None,
+            TrainingInputs::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(says), "{e}");
+        assert!(!out.exists(), "{e}");
+        let record = PeftExportRecord {
+            base_model_name_or_path: "x",
+            ..PeftExportRecord::default()
+        };
+        let e = export_peft(&out, &cpu, &model, &plan, &record)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{e}");
+        assert!(!out.exists(), "{e}");
+        let data = Dataset {
+            name: "two".into(),
+            kind: TaskKind::Classification {
+                labels: vec!["0".into(), "1".into(), "2".into()],
+            },
+            examples: ["fine", "dull"]
+                .map(|t| Example {
+                    text_a: t.into(),
+                    text_b: None,
+                    target: Some(spafit::data::Target::Class(1)),
+                })
+                .to_vec(),
+            skipped: Vec::new(),
+            source_lines: Vec::new(),
+        };
+        let config = TrainConfig {
+            output_dir: Some(dir.path().join("run")),
+            ..TrainConfig::default()
+        };
+        let tok = ck.tokenizer(16).unwrap();
+        let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+            .fit(&tok, &data, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{e}");
+        assert!(!dir.path().join("run").exists(), "{e}");
+    }
+}
+
 #[test]
 fn adapter_round_trip_and_refusals() {
     let ck = checkpoint();
