@@ -2371,6 +2371,29 @@ fn cuda_backend_refuses_what_it_does_not_store() {
     assert!(b
         .tensor_from_f64_as(Shape::new([2]), &[1.0, 2.0], DType::F64)
         .is_err());
+    // A product with an empty side (no rows, no outputs, no depth) is an error that says
+    // so, in f32 and bf16 mode, through the tile and the narrow kernels: not a fault, not a
+    // panic.
+    for b in [cuda(DType::F32), cuda(DType::BF16)] {
+        for skinny in [true, false] {
+            let b = b.with_gemm_skinny(skinny);
+            for (x_dims, w_dims) in [([3, 4], [0, 4]), ([0, 4], [2, 4]), ([3, 0], [2, 0])] {
+                let x = up(&b, &x_dims, &vec![0.25; x_dims[0] * x_dims[1]]);
+                let w = up(&b, &w_dims, &vec![0.5; w_dims[0] * w_dims[1]]);
+                let e = b
+                    .linear_forward(&x, &w, None, None, None)
+                    .err()
+                    .unwrap_or_else(|| panic!("{x_dims:?} × {w_dims:?}ᵀ was not refused"))
+                    .to_string();
+                // (No rows is refused by the shapes' check, as on the CPU.)
+                assert!(
+                    e.contains("empty tensors are not supported on CUDA")
+                        || e.contains("must be a non-empty tensor"),
+                    "{e}"
+                );
+            }
+        }
+    }
 }
 
 /// More row blocks than a grid's y dimension holds (GEMM) and more sequences than its z

@@ -398,6 +398,18 @@ impl<'a> Gemm<'a> {
         for d in [m, n].into_iter().chain(self.segments.iter().map(|s| s.2)) {
             kernel_int(OP, "a dimension", d)?;
         }
+        // A grid of no blocks (and the splits' arithmetic over it) has nothing to run: said
+        // as every empty tensor on CUDA is, not as a fault.
+        if m == 0 || n == 0 || self.segments.iter().any(|s| s.2 == 0) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "a product of {m} × {n} over depths {:?}: empty tensors are not supported \
+                     on CUDA (the CPU backend takes them)",
+                    self.segments.iter().map(|s| s.2).collect::<Vec<_>>()
+                ),
+            ));
+        }
         let out_bf16 = T::SUFFIX == "bf16";
         if let Some(bias) = self.bias {
             // An f32 bias may add to f32 sums stored in bf16 (an output for products).
