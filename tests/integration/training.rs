@@ -2868,7 +2868,8 @@ fn out_of_device_memory_after_the_last_step_says_what_was_being_written() {
     };
     let whole = tmp.path().join("whole");
     assert_eq!(fit(&whole, false, None).unwrap().steps, 10);
-    let cases: [(&str, fn(&TrainEvent<'_>) -> bool, &[&str]); 2] = [
+    type Cut = fn(&TrainEvent<'_>) -> bool;
+    let cases: [(&str, Cut, &[&str]); 2] = [
         (
             "save",
             |e| matches!(e, TrainEvent::Step(r) if r.step == 10),
