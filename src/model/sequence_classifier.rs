@@ -553,14 +553,43 @@ impl<B: Backend> BertClassifier<B> {
 
     /// The trainable tensors still those, and of the shapes, the plan left (see `planned`).
     fn check_trainables_as_planned(&self) -> Result<()> {
+        // Layers removed by hand (`bert.layers` is public) are that, not frozen tensors.
+        let (layers, configured) = (self.bert.layers.len(), self.config().num_hidden_layers);
+        if layers != configured {
+            return Err(Error::invalid(
+                "peft plan",
+                format!(
+                    "the model has {layers} encoder layers where its config (and its plan) has \
+                     {configured}"
+                ),
+            ));
+        }
         let now = self.trainable_shapes();
         if now == self.planned {
             return Ok(());
         }
+        // A head replaced whole by one of another class count (weight and bias agreeing, on
+        // the same width) saves and loads: the adapter's head sizes the model it loads into.
+        let dims = |list: &[(String, Shape)], name: &str| {
+            list.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| s.dims().to_vec())
+        };
+        let head_replaced_whole = match (
+            dims(&now, "classifier.weight"),
+            dims(&now, "classifier.bias"),
+            dims(&self.planned, "classifier.weight"),
+        ) {
+            (Some(w), Some(b), Some(planned)) => {
+                w.len() == 2 && planned.len() == 2 && w[1] == planned[1] && b == [w[0]]
+            }
+            _ => false,
+        };
         let mut why = Vec::new();
         for (name, shape) in &now {
             match self.planned.iter().find(|(n, _)| n == name) {
                 None => why.push(format!("`{name}` trains, which the plan freezes")),
+                Some(_) if head_replaced_whole && name.starts_with("classifier.") => {}
                 Some((_, planned)) if planned != shape => why.push(format!(
                     "`{name}` has shape {shape} where the plan made it {planned}"
                 )),
@@ -571,6 +600,9 @@ impl<B: Backend> BertClassifier<B> {
             if !now.iter().any(|(n, _)| n == name) {
                 why.push(format!("`{name}` is frozen, which the plan trains"));
             }
+        }
+        if why.is_empty() {
+            return Ok(());
         }
         const SAID: usize = 4;
         if why.len() > SAID {

@@ -101,7 +101,12 @@ fn trainables_changed_after_the_plan_are_refused_before_anything_is_written() {
     let cpu = CpuBackend::f32();
     let plan = spafit_plan();
     type Change = fn(&mut BertClassifier<CpuBackend>, &CpuBackend);
-    let cases: [(Change, &str); 3] = [
+    let cases: [(Change, &str); 4] = [
+        // Said as that, not as the missing layer's tensors frozen.
+        (
+            |m, _| drop(m.bert.layers.pop()),
+            "the model has 5 encoder layers where its config",
+        ),
         (
             |m, _| {
                 let p = m.params_mut().into_iter();
@@ -119,6 +124,27 @@ fn trainables_changed_after_the_plan_are_refused_before_anything_is_written() {
             "`classifier.bias` has shape [2] where the plan made it [3]",
         ),
     ];
+    // A head replaced whole by one of another class count is no such change: it saves, and
+    // the adapter loads with that head.
+    let mut model = trained(&ck, &cpu, &plan);
+    let hidden = model.classifier.weight.value.dims()[1];
+    model.classifier.weight.value = cpu.zeros([2, hidden].into()).unwrap();
+    model.classifier.bias.value = cpu.zeros([2].into()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_adapter(
+        dir.path(),
+        &cpu,
+        &model,
+        &plan,
+        &ck.weights,
+        None,
+        TrainingInputs::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        load_adapter(dir.path(), &ck, &cpu).unwrap().0.num_labels(),
+        2
+    );
     for (change, says) in cases {
         let mut model = trained(&ck, &cpu, &plan);
         change(&mut model, &cpu);

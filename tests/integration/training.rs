@@ -2844,15 +2844,18 @@ fn out_of_device_memory_after_the_last_step_says_what_was_being_written() {
     let tok = ck.tokenizer(64).unwrap();
     let cuda = CudaBackend::emulated(DType::F32).unwrap();
     let train = regression_data(40, None);
-    // Two epochs of 5 steps, no dev split: states saved at steps 5 and 10, best/ at the end.
+    // Two epochs of 5 steps: states saved at steps 5 and 10; without a dev split best/ is
+    // written at the end.
     let config = |out: &Path, resume| TrainConfig {
         resume,
         eval_every: None,
         output_dir: Some(out.to_path_buf()),
         ..tiny_config(tmp.path())
     };
+    // A dev split of its own: the best weights come back onto the device at the end.
+    let dev = regression_data(8, None);
     // The memory taken away at `cut` (an event of the run), given back for the resume.
-    let fit = |out: &Path, resume, cut: Option<fn(&TrainEvent<'_>) -> bool>| {
+    let fit = |out: &Path, resume, cut: Option<fn(&TrainEvent<'_>) -> bool>, with_dev: bool| {
         let (mut model, plan) = tiny_model(&ck, &cuda);
         let mut squeeze = |event: &TrainEvent<'_>| {
             if cut.is_some_and(|cut| cut(event)) {
@@ -2862,17 +2865,20 @@ fn out_of_device_memory_after_the_last_step_says_what_was_being_written() {
         };
         let report = Trainer::new(&cuda, &mut model, &plan, &ck.weights, config(out, resume))
             .observe(&mut squeeze)
-            .fit(&tok, &train, None);
+            .fit(&tok, &train, with_dev.then_some(&dev));
         emulator::set_device_memory(16 << 30).unwrap();
         report
     };
     let whole = tmp.path().join("whole");
-    assert_eq!(fit(&whole, false, None).unwrap().steps, 10);
+    assert_eq!(fit(&whole, false, None, false).unwrap().steps, 10);
+    let whole_dev = tmp.path().join("whole-dev");
+    assert_eq!(fit(&whole_dev, false, None, true).unwrap().steps, 10);
     type Cut = fn(&TrainEvent<'_>) -> bool;
-    let cases: [(&str, Cut, &[&str]); 2] = [
+    let cases: [(&str, Cut, bool, &[&str]); 3] = [
         (
             "save",
             |e| matches!(e, TrainEvent::Step(r) if r.step == 10),
+            false,
             &[
                 "This was saving the state after step 10 in last/",
                 "the state saved last, after step 5, stays in last/",
@@ -2881,22 +2887,35 @@ fn out_of_device_memory_after_the_last_step_says_what_was_being_written() {
         (
             "end",
             |e| matches!(e, TrainEvent::Saved { step: 10, .. }),
+            false,
             &[
                 "This was the end of the run after step 10: best/ being written",
                 "last/ holds the state after step 10",
             ],
         ),
+        (
+            "end-dev",
+            |e| matches!(e, TrainEvent::Saved { step: 10, .. }),
+            true,
+            &[
+                "This was the end of the run after step 10: the best weights going back onto \
+                 the device",
+                "last/ holds the state after step 10",
+            ],
+        ),
     ];
-    for (name, cut, says) in cases {
+    for (name, cut, with_dev, says) in cases {
         let out = tmp.path().join(name);
-        let e = fit(&out, false, Some(cut)).unwrap_err().to_string();
+        let e = fit(&out, false, Some(cut), with_dev)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("out of memory") && says.iter().all(|s| e.contains(s)),
             "{name}: {e}"
         );
-        let report = fit(&out, true, None).unwrap();
+        let report = fit(&out, true, None, with_dev).unwrap();
         assert_eq!(report.steps, 10, "{name}");
-        assert_ends_as(&out, &whole);
+        assert_ends_as(&out, if with_dev { &whole_dev } else { &whole });
     }
 }
 

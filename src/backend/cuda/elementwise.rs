@@ -40,7 +40,8 @@ pub(super) fn gelu_owned(
 ) -> Result<Tensor<CudaBackend>> {
     let dtype = shapes::common_float_dtype("gelu", &[("x", &x)])?;
     let n = x.numel();
-    let Some(buf) = x.buffer_if_unique() else {
+    // An empty tensor is refused by `unary`'s output, as by `gelu_forward`.
+    let Some(buf) = x.buffer_if_unique().filter(|_| n > 0) else {
         return unary(b, "gelu", "gelu_forward", &x);
     };
     with_float!(dtype, "gelu", T => {

@@ -128,12 +128,23 @@ impl<B: Backend> Trainer<'_, B> {
             false => run.evaluations_since_best + 1,
         };
         if improved {
+            let (step, saved_before) = (run.step, run.saved_step);
+            let context = || {
+                format!(
+                    "This was keeping step {step}'s weights as the best (copied to host \
+                     memory, then written to best/): {}",
+                    super::saved_state::what_a_resume_has(saved_before)
+                )
+            };
+            let weights = copy_all(&self.backend, self.trainable().iter().map(|(n, t)| (n, t)))
+                .map_err(|e| e.in_memory_context(context))?;
             run.best = Some(Best {
                 step: run.step,
                 evaluation: eval.clone(),
-                weights: copy_all(&self.backend, self.trainable().iter().map(|(n, t)| (n, t)))?,
+                weights,
             });
-            self.save_best(plan)?;
+            self.save_best(plan)
+                .map_err(|e| e.in_memory_context(context))?;
         }
         run.stop_requested |= self.tell(TrainEvent::Evaluation {
             step: run.step,

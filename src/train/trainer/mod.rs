@@ -338,23 +338,31 @@ impl<'a, B: Backend> Trainer<'a, B> {
         // After the last step: what is left to write, and what a resume has for it.
         let has_output = self.config.output_dir.is_some();
         let context = || {
-            let written = match (has_output, run.saved_step) {
+            let doing = match (plan.dev.is_some(), has_output) {
+                (true, _) => {
+                    "the best weights going back onto the device for the report (best/ was \
+                     written when they were evaluated)"
+                }
+                (false, true) => {
+                    "best/ being written (a forward pass of the first training batch checks \
+                     the weights first)"
+                }
+                (false, false) => {
+                    "the final weights being checked (a forward pass of the first training \
+                     batch)"
+                }
+            };
+            let left = match (has_output, run.saved_step) {
                 (true, Some(saved)) if saved == run.step => format!(
                     "last/ holds the state after step {saved}: a --resume with more memory \
-                     writes the rest as the run would have"
+                     ends the run as it would have"
                 ),
                 (true, saved) => saved_state::what_a_resume_has(saved),
                 (false, _) => "without an output directory nothing is kept to resume".into(),
             };
             format!(
-                "This was the end of the run after step {}: {}; {written}",
-                run.step,
-                match plan.dev {
-                    Some(_) => "the best weights going back onto the device for the report",
-                    None =>
-                        "best/ being written (a forward pass of the first training batch \
-                             checks the weights first)",
-                }
+                "This was the end of the run after step {}: {doing}; {left}",
+                run.step
             )
         };
         if let Some(best) = &run.best {
