@@ -225,6 +225,14 @@ impl<B: Backend> Tape<B> {
         }
     }
 
+    /// Drops what was kept for the next op only: a linear map's rounded input (see
+    /// `rounded_input`) and the last output to recompute (see `recomputable`). Every op
+    /// calls it, recorded or not.
+    fn forget_kept_for_next_op(&mut self) {
+        self.rounded_input = None;
+        self.recomputable = None;
+    }
+
     /// Records `op` producing `output` from the inputs with tape identities `ids` (one per
     /// input slot of the op), or returns a constant when no input
     /// requires a gradient (then `op` is never built and nothing is saved).
@@ -234,10 +242,7 @@ impl<B: Backend> Tape<B> {
         ids: Vec<Option<usize>>,
         op: impl FnOnce(&[bool]) -> Box<dyn BackwardOp<B>>,
     ) -> Var<B> {
-        // A linear map's rounded input is kept only up to the next op (see `rounded_input`),
-        // and so is the last output to recompute (see `recomputable`).
-        self.rounded_input = None;
-        self.recomputable = None;
+        self.forget_kept_for_next_op();
         if ids.iter().all(Option::is_none) {
             return self.constant(output);
         }
@@ -315,8 +320,7 @@ impl<B: Backend> Tape<B> {
         into: Option<(&mut BTreeMap<String, Tensor<B>>, usize)>,
     ) -> Result<BTreeMap<String, Tensor<B>>> {
         // Forward is over: the nodes hold what they need of it.
-        self.rounded_input = None;
-        self.recomputable = None;
+        self.forget_kept_for_next_op();
         let Some(loss_id) = loss.id else {
             return Err(Error::Autograd(
                 "the loss does not depend on any trainable parameter".into(),

@@ -68,10 +68,8 @@ impl<B: Backend> Tape<B> {
             return self.gelu(&x);
         }
         let y = self.backend.gelu_forward_owned(x.value)?;
-        // As `record` does for any op: what was kept for the next op is not for this one's
-        // reader.
-        self.rounded_input = None;
-        self.recomputable = None;
+        // As `record` does for any op, recorded or not.
+        self.forget_kept_for_next_op();
         Ok(self.constant(y))
     }
 
