@@ -93,7 +93,8 @@ pub(crate) fn max_len_problem(config: &BertConfig, max_len: Option<usize>) -> Op
 }
 
 /// What a loader would refuse is refused before anything is written: a plan other than the
-/// model's (or none applied, or LoRA merged away), class names the head cannot carry, a cut
+/// model's (or none applied, or LoRA merged away, or layers or trainable tensors changed by
+/// hand since: [`BertClassifier::check_plan`]), class names the head cannot carry, a cut
 /// of the texts the model cannot take, and non-finite weights. `op` names the writer (a
 /// spafit adapter, a PEFT export).
 pub(crate) fn check_savable<B: Backend>(
@@ -104,19 +105,8 @@ pub(crate) fn check_savable<B: Backend>(
     max_len: Option<usize>,
     op: &'static str,
 ) -> Result<()> {
-    // The model's parts are public fields: one changed by hand would save an adapter that
-    // its base, which the config describes, cannot take. (Said before the plan's check,
-    // which would list every tensor of the missing layers.)
-    let (layers, configured) = (model.bert.layers.len(), model.config().num_hidden_layers);
-    if layers != configured {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "the model has {layers} encoder layers where its config (and its base \
-                 checkpoint) has {configured}: the adapter would not load onto that base"
-            ),
-        ));
-    }
+    // The plan, and the model's parts (public fields) as the plan left them: layers and
+    // trainable tensors changed by hand would save an adapter its base cannot take.
     model.check_plan(plan)?;
     if let Some(problem) = max_len_problem(model.config(), max_len) {
         return Err(Error::invalid(op, problem));

@@ -559,8 +559,9 @@ impl<B: Backend> BertClassifier<B> {
             return Err(Error::invalid(
                 "peft plan",
                 format!(
-                    "the model has {layers} encoder layers where its config (and its plan) has \
-                     {configured}"
+                    "the model has {layers} encoder layers where its config (its base \
+                     checkpoint's, and its plan's) has {configured}: an adapter of it would \
+                     not load onto that base"
                 ),
             ));
         }
