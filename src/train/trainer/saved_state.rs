@@ -14,15 +14,24 @@ use crate::train::observer::TrainEvent;
 use crate::train::run_state::{self, LossWindow, RunPosition, SavedBest, STATE_FILE};
 use crate::train::{AdamW, BatchLog, Progress};
 
-/// What a resume has after a save that did not happen, the state saved last having been
+/// What `last/` holds after a save that did not happen, the state saved last having been
 /// `saved_before`'s step.
+pub(super) fn state_left(saved_before: Option<usize>) -> String {
+    match saved_before {
+        Some(step) => format!("the state saved last, after step {step}, stays in last/"),
+        None => "no state was saved before, so a resume starts from step 0".into(),
+    }
+}
+
+/// [`state_left`], and what a resume with more memory does from it.
 pub(super) fn what_a_resume_has(saved_before: Option<usize>) -> String {
     match saved_before {
-        Some(step) => format!(
-            "the state saved last, after step {step}, stays in last/: a --resume with more \
-             memory takes the steps after it again and ends as the run would have"
+        Some(_) => format!(
+            "{}: a --resume with more memory takes the steps after it again and ends as the \
+             run would have",
+            state_left(saved_before)
         ),
-        None => "no state was saved before, so a resume starts from step 0".into(),
+        None => state_left(saved_before),
     }
 }
 

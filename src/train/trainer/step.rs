@@ -260,12 +260,7 @@ impl<B: Backend> Trainer<'_, B> {
                     Error::OutOfMemory { .. } => "it ran out of device memory too".to_string(),
                     e => e.to_string(),
                 };
-                let left = match saved_before {
-                    Some(step) => {
-                        format!("the state saved last, after step {step}, stays in last/")
-                    }
-                    None => "no state was saved before, so a resume starts from step 0".into(),
-                };
+                let left = super::saved_state::state_left(saved_before);
                 format!(
                     "{what}. Saving the state after step {} failed as well ({why}): {left}",
                     run.step
