@@ -63,26 +63,20 @@ pub fn product_with_bf16_weight(
     if let Some(b) = bias {
         assert_eq!(b.len(), cols, "bf16 product: the bias is not [{cols}]");
     }
-    #[cfg(target_arch = "x86_64")]
-    if use_ == WeightUse::Transposed
-        && rows <= dot::MAX_ROWS
-        && avx512_bf16()
-        && rows > 0
-        && cols > 0
-        && k > 0
-    {
-        // SAFETY: the CPU has the features the kernel is compiled for; sizes checked above.
-        return unsafe { dot::product_transposed(a, rows, w, out, input, bias) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if amx_tiles() && rows > 0 && cols > 0 && k > 0 {
-        // SAFETY: the CPU has the features the kernel is compiled for and the tiles; sizes
-        // checked above.
-        return unsafe { x86::product_on_tiles(a, rows, w, out, input, k, cols, use_, bias) };
-    }
+    // Every kernel below needs AVX-512 BF16 (the tiles too, for the rounding) and no empty
+    // side.
     #[cfg(target_arch = "x86_64")]
     if avx512_bf16() && rows > 0 && cols > 0 && k > 0 {
-        // SAFETY: the CPU has the features the kernel is compiled for; sizes checked above.
+        if use_ == WeightUse::Transposed && rows <= dot::MAX_ROWS {
+            // SAFETY: the CPU has the features the kernel is compiled for; sizes checked
+            // above.
+            return unsafe { dot::product_transposed(a, rows, w, out, input, bias) };
+        }
+        if amx_tiles() {
+            // SAFETY: as above, and the tiles are there.
+            return unsafe { x86::product_on_tiles(a, rows, w, out, input, k, cols, use_, bias) };
+        }
+        // SAFETY: as above.
         let c = unsafe { x86::product(a, rows, w, out, input, k, cols, use_) };
         return plus_row(c, bias);
     }
