@@ -108,6 +108,12 @@ fn still_at(file: &std::fs::File, path: &Path) -> bool {
 /// (on Unix, where a lock was taken; else it stays), and the folders locking made with it
 /// where they stayed empty.
 pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
+    lock_run_dir_with(dir, |_| {})
+}
+
+/// [`lock_run_dir`], running `between_open_and_lock` with the lock file's path after each
+/// open, where another run may let go of the file (tests play that run there).
+fn lock_run_dir_with(dir: &Path, mut between_open_and_lock: impl FnMut(&Path)) -> Result<RunLock> {
     let path = dir.join(LOCK_FILE);
     let io = |source| Error::Io {
         path: path.clone(),
@@ -195,6 +201,7 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
             other => other,
         }
         .map_err(io)?;
+        between_open_and_lock(&path);
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(in_use()),
@@ -343,5 +350,37 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(!tmp.path().join("absent").exists());
+    }
+
+    /// A holder that lets go between this locker's open and its lock removes the file
+    /// (first try) and then its folder too (second try): the locker opens again and holds
+    /// the file at the path, which no other run can lock then.
+    #[cfg(unix)]
+    #[test]
+    fn a_lock_taken_of_a_removed_file_is_taken_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let mut opens = 0;
+        let lock = lock_run_dir_with(&dir, |path| {
+            opens += 1;
+            match opens {
+                1 => std::fs::remove_file(path).unwrap(),
+                2 => std::fs::remove_dir_all(path.parent().unwrap()).unwrap(),
+                _ => {}
+            }
+        })
+        .unwrap();
+        // The second removal took the folder, so the third try found none to open in and
+        // made it again before its open.
+        assert_eq!(opens, 3);
+        let other = std::fs::File::open(dir.join(LOCK_FILE)).unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(other);
+        // The folder made again is still one locking made: it goes with the lock.
+        drop(lock);
+        assert!(!dir.exists());
     }
 }
