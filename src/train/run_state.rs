@@ -229,8 +229,14 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
         path: path.clone(),
         detail,
     };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        // Written whole or not at all (a temporary file renamed): one that does not parse
+        // was cut short or damaged since.
+        corrupt(format!(
+            "not a valid safetensors file ({e}): the file was damaged or cut short after \
+                 it was saved; restore it or start another run"
+        ))
+    })?;
     let text = header
         .metadata()
         .as_ref()

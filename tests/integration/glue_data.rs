@@ -799,6 +799,15 @@ fn rotten_tomatoes_demo_split() {
             "{e}"
         );
     }
+    // A file without the filter's column is refused at its header, by the filter.
+    let path = tmp.path().join("unsourced.csv");
+    std::fs::write(&path, "text,label\na,1\nb,0\n").unwrap();
+    let e = rotten_tomatoes(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("line 1 (the header): no column `source` (columns: `text`, `label`)")
+            && e.contains("`source` is `rotten_tomatoes`"),
+        "{e}"
+    );
     // Two rows are enough: one dev, one train.
     let path = tmp.path().join("two.csv");
     std::fs::write(

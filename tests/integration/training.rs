@@ -454,10 +454,25 @@ fn resume_reproduces_an_uninterrupted_run() {
         resume: true,
         ..tiny_config(&parts)
     };
-    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, again)
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, again.clone())
         .fit(&tok, &data, None)
         .unwrap_err();
     assert!(e.to_string().contains("damaged"), "{e}");
+    // And one cut short, which no longer parses: the same advice.
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..100]).unwrap();
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, again)
+        .fit(&tok, &data, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not a valid safetensors file")
+            && e.contains(
+                "damaged or cut short after it was saved; restore it or start another run"
+            ),
+        "{e}"
+    );
 }
 
 /// Outputs that overflow give no metrics: `evaluate` names the example and the logit (it

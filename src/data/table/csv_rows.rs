@@ -570,7 +570,7 @@ impl TableSpec {
             path: self.path.clone(),
             detail: format!("line 1 (the header): {detail}"),
         };
-        // The columns the spec names (the filter's is looked up row by row).
+        // The columns the spec names (the filter's is checked on its own).
         let named: Vec<&str> = self
             .column_roles()
             .into_iter()
@@ -590,6 +590,22 @@ impl TableSpec {
                 first + 1,
                 repeat + 1
             )));
+        }
+        let columns = || {
+            header
+                .iter()
+                .map(|h| format!("`{}`", super::visible(h)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some((col, want)) = &self.filter {
+            if !header.contains(col) {
+                return Err(line_one(format!(
+                    "no column `{col}` (columns: {}), which selects the rows to read (those \
+                     whose `{col}` is `{want}`)",
+                    columns()
+                )));
+            }
         }
         let Some(col) = named
             .into_iter()
@@ -617,11 +633,7 @@ impl TableSpec {
             detail: format!(
                 "line 1: no column `{col}` (columns: {}){misread}; --text-column, \
                  --text-pair-column and --label-column name the columns{likely}",
-                header
-                    .iter()
-                    .map(|h| format!("`{}`", super::visible(h)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                columns(),
             ),
         })
     }
