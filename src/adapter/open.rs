@@ -53,6 +53,10 @@ pub struct OpenedAdapter<B: Backend> {
     /// Tensors set from the adapter that stay frozen under its plan (see
     /// [`super::PeftImport::kept_frozen`]); training cannot continue from it when any are.
     pub kept_frozen: Vec<String>,
+    /// The LoRA B matrices PEFT keeps frozen while it trains, with the initialisation that
+    /// says so (see [`super::PeftImport::frozen_in_peft_training`]); training cannot continue
+    /// from it when there are any.
+    pub frozen_in_peft_training: Option<(String, Vec<String>)>,
 }
 
 /// The label space an adapter's head was trained for.
@@ -353,6 +357,7 @@ pub fn open_adapter<B: Backend>(
             notes: Vec::new(),
             warnings: Vec::new(),
             kept_frozen: Vec::new(),
+            frozen_in_peft_training: None,
         });
     }
     if is_peft_adapter(dir) {
@@ -369,6 +374,7 @@ pub fn open_adapter<B: Backend>(
             notes: import.notes,
             warnings: import.warnings,
             kept_frozen: import.kept_frozen,
+            frozen_in_peft_training: import.frozen_in_peft_training,
         });
     }
     // PEFT saves an adapter with a name other than `default` in a folder of that name.

@@ -22,6 +22,8 @@ const INFORMATIONAL: &[&str] = &[
     "ensure_weight_tying",
     "auto_mapping",
     "bias",
+    // PEFT resets it to false for `nn.Linear` (with a warning): BERT's maps are all linear.
+    "fan_in_fan_out",
     // How EVA computed the initial A (a non-uniform rank it chose is refused through
     // `rank_pattern`); PEFT does not redo it on load.
     "eva_config",
@@ -41,7 +43,6 @@ const READ: &[&str] = &[
     "modules_to_save",
     "use_dora",
     "use_rslora",
-    "fan_in_fan_out",
     "rank_pattern",
     "alpha_pattern",
     "layer_replication",
@@ -54,6 +55,10 @@ const READ: &[&str] = &[
 /// it loads the adapter, so the stored A and B on the unchanged base would compute something
 /// else.
 const PLAIN_INITS: &[&str] = &["gaussian", "orthogonal", "eva"];
+/// `init_lora_weights` values that also keep B frozen in PEFT's training (MiCA: B from the
+/// base's minor singular vectors, A from zero; the base untouched): plain LoRA to compute
+/// with, but a continued spafit run would train B.
+const FROZEN_B_INITS: &[&str] = &["mica"];
 /// The initialisations PEFT can convert to a plain LoRA adapter.
 const CONVERTIBLE_INITS: &[&str] = &["pissa", "olora"];
 
@@ -140,6 +145,9 @@ pub(crate) struct PeftLoraSettings {
     pub rank_pattern: Vec<(String, f64)>,
     pub alpha_pattern: Vec<(String, f64)>,
     pub base_model_name_or_path: Option<String>,
+    /// The `init_lora_weights` that keeps B frozen in PEFT's training, if it is one
+    /// ([`FROZEN_B_INITS`]).
+    pub frozen_b_init: Option<String>,
 }
 
 fn field_error(path: &Path, field: &str, detail: String) -> Error {
@@ -199,10 +207,9 @@ impl PeftLoraSettings {
                 format!("`{task}`: spafit needs a sequence-classification adapter (SEQ_CLS) with its classifier"),
             ));
         }
-        let refusals: [(&str, &str); 4] = [
+        let refusals: [(&str, &str); 3] = [
             ("use_dora", "DoRA (weight-decomposed LoRA) is not supported"),
             ("use_rslora", "rank-stabilized LoRA (scale alpha/sqrt(r)) is not supported; spafit scales by alpha/r"),
-            ("fan_in_fan_out", "fan-in-fan-out (Conv1D) weights are not BERT's layout"),
             ("layer_replication", "replicated layers are not supported"),
         ];
         for (field, why) in refusals {
@@ -221,7 +228,10 @@ impl PeftLoraSettings {
             if !known && !is_unset(value) {
                 return Err(bad(
                     field,
-                    format!("{value}: this PEFT option changes what the adapter computes and spafit does not support it"),
+                    format!(
+                        "{value}: spafit does not support this PEFT option (or does not know \
+                         it), which may change what the adapter computes"
+                    ),
                 ));
             }
         }
@@ -236,9 +246,13 @@ impl PeftLoraSettings {
                 ))
             }
         }
+        let mut frozen_b_init = None;
         match get("init_lora_weights") {
             Value::Null | Value::Bool(_) => {}
             Value::String(s) if PLAIN_INITS.contains(&s.to_ascii_lowercase().as_str()) => {}
+            Value::String(s) if FROZEN_B_INITS.contains(&s.to_ascii_lowercase().as_str()) => {
+                frozen_b_init = Some(s.clone());
+            }
             other => {
                 let name = other.as_str().unwrap_or_default().to_ascii_lowercase();
                 let remedy = match CONVERTIBLE_INITS.iter().any(|c| name.starts_with(c)) {
@@ -264,10 +278,19 @@ impl PeftLoraSettings {
             v.as_str()
                 .is_some_and(|s| s == "layer" || s == "encoder.layer" || s == "transformer.layer")
         };
+        // PEFT tries a list's names in turn (`.*\.{name}\.(\d+)\.`): a plain word other
+        // than those above finds no numbered module in these models, so it is passed over.
+        let plain_word = |v: &Value| {
+            v.as_str().is_some_and(|s| {
+                !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+        };
         match get("layers_pattern") {
             Value::Null => {}
             v if names_bert_layers(v) => {}
-            Value::Array(a) if a.iter().all(names_bert_layers) => {}
+            Value::Array(a)
+                if a.iter().any(names_bert_layers)
+                    && a.iter().all(|v| names_bert_layers(v) || plain_word(v)) => {}
             other => {
                 return Err(bad(
                     "layers_pattern",
@@ -372,6 +395,7 @@ impl PeftLoraSettings {
             layers_to_transform,
             modules_to_save,
             base_model_name_or_path: get("base_model_name_or_path").as_str().map(str::to_string),
+            frozen_b_init,
         })
     }
 
@@ -438,7 +462,7 @@ impl PeftLoraSettings {
     /// The `rank_pattern` / `alpha_pattern` entries that give `module` another rank or alpha
     /// than the global one: for each, the first pattern matching the end of the name, as in
     /// PEFT's `get_pattern_key`.
-    pub fn per_module_overrides(&self, module: &str) -> Result<Vec<String>> {
+    pub fn per_module_overrides(&self, module: &str, path: &Path) -> Result<Vec<String>> {
         let mut found = Vec::new();
         for (field, patterns, global) in [
             ("rank_pattern", &self.rank_pattern, self.rank as f64),
@@ -446,9 +470,13 @@ impl PeftLoraSettings {
         ] {
             for (pattern, value) in patterns {
                 let re = Regex::new(&format!("^(?:.*\\.)?(?:{pattern})$")).map_err(|e| {
-                    Error::invalid(
-                        "adapter_config.json",
-                        format!("`{field}`: the pattern `{pattern}` does not compile here: {e}"),
+                    field_error(
+                        path,
+                        field,
+                        format!(
+                            "the pattern `{pattern}` does not compile here (Rust's regex has no \
+                             look-around or back-references): {e}"
+                        ),
                     )
                 })?;
                 if re.is_match(module) {

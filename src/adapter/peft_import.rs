@@ -64,6 +64,10 @@ pub struct PeftImport {
     /// What every use of the adapter should know: a `spafit_export.json` whose class names
     /// are left unused because it describes other weights (the adapter was saved again).
     pub warnings: Vec<String>,
+    /// The LoRA B matrices (named as the file names them) that PEFT keeps frozen while it
+    /// trains, with the `init_lora_weights` that says so (MiCA): they compute as any LoRA
+    /// adapter's, but a spafit run would train them, so training cannot continue from it.
+    pub frozen_in_peft_training: Option<(String, Vec<String>)>,
 }
 
 /// spafit's note beside an exported PEFT adapter: the plan it came from, the class names,
@@ -514,7 +518,7 @@ fn import<B: Backend>(
     }
     for module in &selected {
         let module = family.hf_name(module);
-        let overrides = settings.per_module_overrides(&module)?;
+        let overrides = settings.per_module_overrides(&module, &config_path)?;
         if !overrides.is_empty() {
             return Err(Error::Format {
                 path: config_path,
@@ -848,6 +852,10 @@ fn import<B: Backend>(
         .filter(|n| !trainable.contains(*n) && !same_as_base.contains(*n))
         .map(|n| family.hf_name(n))
         .collect();
+    let frozen_in_peft_training = settings.frozen_b_init.clone().map(|init| {
+        let b: Vec<String> = lora.values().filter_map(|pair| pair.b.clone()).collect();
+        (init, b)
+    });
     model.store_frozen_weights(backend)?;
     let mut warnings = Vec::new();
     let note = exported_note(dir, num_labels, file.sha256(), &mut warnings)?;
@@ -891,6 +899,7 @@ fn import<B: Backend>(
             kept_frozen,
             notes,
             warnings,
+            frozen_in_peft_training,
         },
     ))
 }

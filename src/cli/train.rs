@@ -176,6 +176,17 @@ pub fn setup_from_adapter<B: Backend>(
             ),
         });
     }
+    if let Some((init, frozen)) = &opened.frozen_in_peft_training {
+        return Err(spafit::Error::Mismatch {
+            path: adapter.to_path_buf(),
+            detail: format!(
+                "`init_lora_weights` {init:?}: PEFT keeps the adapter's {} lora_B matrices \
+                 frozen while it trains, where a spafit run would train them, so training \
+                 cannot continue from it (eval and predict use it as it is)",
+                frozen.len()
+            ),
+        });
+    }
     note!(
         "continuing from the {} adapter in {} ({} plan)",
         match opened.format {
@@ -347,6 +358,13 @@ pub fn fit<B: Backend>(
             }
             _ => {}
         }
+    }
+    // Training is the costly part; a run that keeps nothing should not end as a surprise.
+    if args.output.is_none() && args.export_peft.is_none() {
+        note!(
+            "note: no --output (nor --export-peft): the trained weights are not saved; give \
+             --output DIR to keep the best adapter, the metrics and a resumable state"
+        );
     }
     // The CPU's bf16 covers frozen weights only: where every weight trains, nothing changes.
     if run.backend.name() == "cpu-bf16" && run.plan.method == spafit::peft::Method::Full {

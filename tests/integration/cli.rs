@@ -2730,6 +2730,27 @@ fn bad_paths_and_labels_are_refused_before_training() {
         vec!["--train-file", &t, "--adapter", &saved_whole],
         "no spafit plan trains",
     ));
+    // MiCA: plain LoRA to compute with, but PEFT trains A alone.
+    let mica = root.join("mica");
+    std::fs::create_dir(&mica).unwrap();
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft-adapters/lora_qv");
+    std::fs::copy(
+        fixture.join("adapter_model.safetensors"),
+        mica.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    config["init_lora_weights"] = "mica".into();
+    std::fs::write(mica.join("adapter_config.json"), config.to_string()).unwrap();
+    let mica = mica.display().to_string();
+    cases.push((
+        vec!["--train-file", &t, "--adapter", &mica],
+        "`init_lora_weights` \"mica\": PEFT keeps the adapter's 12 lora_B matrices frozen",
+    ));
     let below_file = p("a_file/sub");
     cases.push((
         vec![
@@ -2852,9 +2873,12 @@ fn bad_paths_and_labels_are_refused_before_training() {
     drop(holder);
     let (ok, _, err) = train(&["--train-file", &t, "--output", &locked_dir]);
     assert!(ok && locked.join("metrics.jsonl").exists(), "{err}");
-    // A log opened in place may go to a device that takes writes.
+    let unsaved = "the trained weights are not saved";
+    assert!(!err.contains(unsaved), "{err}");
+    // A log opened in place may go to a device that takes writes. Without --output, a run
+    // says that it keeps nothing.
     let (ok, _, err) = train(&["--train-file", &t, "--write-batches", "/dev/null"]);
-    assert!(ok, "{err}");
+    assert!(ok && err.contains(unsaved), "{err}");
     // Training on the model copy, with `extra` flags.
     let train_copy = |extra: &[&str]| {
         let mut args = vec![

@@ -656,7 +656,6 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             json!("foo"),
             "PEFT knows \"none\", \"all\" and \"lora_only\"",
         ),
-        ("fan_in_fan_out", json!(true), "fan-in-fan-out"),
         ("rank_pattern", json!({"query": 4}), "per-module ranks"),
         (
             "alpha_pattern",
@@ -689,6 +688,14 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         ("use_qalora", json!(true), "does not support"),
         ("a_future_option", json!(3), "does not support"),
         ("layers_pattern", json!("h"), "BERT's layers"),
+        ("layers_pattern", json!(["layers", "h"]), "BERT's layers"),
+        ("layers_pattern", json!(["layer", "l.*"]), "BERT's layers"),
+        // A regex Rust's crate cannot compile, with the file named as every field's error.
+        (
+            "alpha_pattern",
+            json!({"(?!.*layer\\.0).*value": 4}),
+            "adapter_config.json: `alpha_pattern`: the pattern `(?!.*layer\\.0).*value` does not compile here",
+        ),
         ("target_modules", json!("(?=query).*"), "does not compile"),
         ("target_modules", json!(["dense"]), "bert.pooler.dense"),
         (
@@ -755,15 +762,28 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             json!({"rho": 1.0, "adjust_scaling_factors": true}),
         ),
         ("init_lora_weights", json!(false)),
+        // B frozen in PEFT's training, the base untouched: plain LoRA to compute with.
+        ("init_lora_weights", json!("mica")),
         ("layers_pattern", json!("encoder.layer")),
+        // PEFT tries the names in turn; `layers` names no numbered module here.
+        ("layers_pattern", json!(["layers", "layer"])),
+        // PEFT resets it to false for linear maps, as BERT's all are.
+        ("fan_in_fan_out", json!(true)),
     ];
     for (field, value) in harmless {
         let a = Edited::of("lora_qv");
         a.config(|c| {
             c.insert(field.to_string(), value.clone());
         });
-        import_peft(a.path(), &checkpoint(), &CpuBackend::f64())
+        let (_, import) = import_peft(a.path(), &checkpoint(), &CpuBackend::f64())
             .unwrap_or_else(|e| panic!("{field} = {value}: {e}"));
+        let frozen_b = import
+            .frozen_in_peft_training
+            .map(|(init, b)| (init, b.len()));
+        match value.as_str() {
+            Some("mica") => assert_eq!(frozen_b, Some(("mica".into(), 12))),
+            _ => assert_eq!(frozen_b, None, "{field} = {value}"),
+        }
     }
 
     // An adapter made for a base with more layers, or with fewer, says so.
