@@ -43,10 +43,29 @@ pub(super) fn json_problem(e: &serde_json::Error, line: &str) -> String {
                 + 1
         }
     };
+    // serde_json says "unexpected end of hex escape" for a high half before a closing quote.
+    let surrogate = what.contains("hex escape") && has_surrogate_escape(line);
+    let why = match surrogate {
+        true => {
+            "; a `\\uD800`-`\\uDFFF` escape is half of a UTF-16 surrogate pair, valid only \
+             as a high half followed by a low one: whatever wrote the file split a character"
+        }
+        false => "",
+    };
     match e.classify() {
-        serde_json::error::Category::Data => format!("{what} (column {column})"),
-        _ => format!("invalid JSON at column {column}: {what}"),
+        serde_json::error::Category::Data => format!("{what} (column {column}){why}"),
+        _ => format!("invalid JSON at column {column}: {what}{why}"),
     }
+}
+
+/// Whether `line` holds a `\uD800`-`\uDFFF` escape (a UTF-16 surrogate half).
+fn has_surrogate_escape(line: &str) -> bool {
+    line.as_bytes().windows(4).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && w[2].eq_ignore_ascii_case(&b'd')
+            && matches!(w[3].to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f')
+    })
 }
 
 /// The value of a row's field. An integer beyond serde_json's integers (past 64 bits) keeps

@@ -1385,6 +1385,29 @@ fn row_errors_say_what_to_do() {
             && !e.contains("at line 1 column"),
         "{e}"
     );
+    // Half a surrogate pair (a character split by whatever wrote the file) is said as such,
+    // before a closing quote and before another escape alike; another bad escape is not.
+    for (text, message) in [
+        ("bad \\ud800", "unexpected end of hex escape"),
+        ("bad \\uDBFF\\u0041", "lone leading surrogate"),
+    ] {
+        let e = load(
+            "surrogate.jsonl",
+            &format!("{{\"text\": \"a\", \"label\": 1}}\n{{\"text\": \"{text}\", \"label\": 1}}\n"),
+            binary(),
+        );
+        assert!(
+            e.contains(&format!("line 2: invalid JSON: {message}"))
+                && e.contains("half of a UTF-16 surrogate pair"),
+            "{e}"
+        );
+    }
+    let e = load(
+        "short.jsonl",
+        "{\"text\": \"\\u12\", \"label\": 1}\n",
+        binary(),
+    );
+    assert!(e.contains("invalid escape") && !e.contains("surrogate"), "{e}");
     // A key given twice would otherwise keep its last value unnoticed: refused by line and
     // key, in JSON Lines and in a file holding one array alike.
     let e = load(
