@@ -430,10 +430,21 @@ fn check_layer_count(config: &BertConfig, weights: &WeightsFile) -> Result<()> {
                 .join(", ")
         ),
     };
+    // A config cut short is a way to prune a model that transformers follows (it drops the
+    // other layers with a warning); which of the two was meant cannot be told here.
+    let remedy = match found.len() == layers && layers > config.num_hidden_layers {
+        true => format!(
+            "; transformers would run the first {} and leave the rest unused (with a \
+             warning): set `{key}` to {layers} to run them all, or save the weights without \
+             the layers past it to run {}",
+            config.num_hidden_layers, config.num_hidden_layers
+        ),
+        false => String::new(),
+    };
     Err(Error::Format {
         path: weights.path().to_path_buf(),
         detail: format!(
-            "{held} but config.json's `{key}` is {}",
+            "{held} but config.json's `{key}` is {}{remedy}",
             config.num_hidden_layers
         ),
     })

@@ -226,6 +226,10 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
                 && e.contains(&format!("`num_hidden_layers` is {layers}")),
             "{e}"
         );
+        // Only the config cut short (a pruning transformers follows) gets the two ways out.
+        let remedy = "set `num_hidden_layers` to 2 to run them all, or save the weights \
+                      without the layers past it to run 1";
+        assert_eq!(e.contains(remedy), layers == 1, "{e}");
     }
 
     // A vocabulary the config does not match.

@@ -1407,7 +1407,10 @@ fn row_errors_say_what_to_do() {
         "{\"text\": \"\\u12\", \"label\": 1}\n",
         binary(),
     );
-    assert!(e.contains("invalid escape") && !e.contains("surrogate"), "{e}");
+    assert!(
+        e.contains("invalid escape") && !e.contains("surrogate"),
+        "{e}"
+    );
     // A key given twice would otherwise keep its last value unnoticed: refused by line and
     // key, in JSON Lines and in a file holding one array alike.
     let e = load(
