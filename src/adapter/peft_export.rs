@@ -115,6 +115,9 @@ pub fn export_peft<B: Backend>(
         )
     })?;
     super::store::check_savable(backend, model, plan, labels, max_len, "peft export")?;
+    if let Some(base) = record.base {
+        model.check_base(base)?;
+    }
     let base_order = labels.and_then(|trained| {
         let names = model.config().class_names(trained.len())?;
         let order = crate::data::class_order(&names, trained)?;

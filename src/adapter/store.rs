@@ -138,6 +138,7 @@ pub fn save_adapter<B: Backend>(
     inputs: TrainingInputs,
 ) -> Result<()> {
     check_savable(backend, model, plan, labels, inputs.max_len, "adapter")?;
+    model.check_base(base)?;
     super::check_output_folder(dir, "adapter", "an adapter goes into a folder")?;
     // One adapter per folder: beside a PEFT adapter, `open_adapter` would read this one and
     // pass the other over without a word; in a model's folder, the files would mix.

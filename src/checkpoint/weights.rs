@@ -270,50 +270,64 @@ impl WeightsFile {
     /// shards, in another order, with other header metadata, beside other heads or buffers,
     /// and changes with any stored value or dtype.
     pub fn encoder_sha256(&self) -> &str {
-        self.encoder_sha256.get_or_init(|| {
-            use sha2::Digest;
-            let mut entries: Vec<(String, usize, &str)> = self
-                .names
-                .iter()
-                .zip(&self.shard_of)
-                .filter_map(|(name, &shard)| {
-                    let canonical = canonical_name(name);
-                    // RoBERTa's sequence classifiers never read the pooler its files may
-                    // hold (and transformers drops it when it saves one again).
-                    let parts: &[&str] = match self.family {
-                        EncoderFamily::Bert => &["embeddings.", "encoder.", "pooler."],
-                        EncoderFamily::Roberta => &["embeddings.", "encoder."],
-                        EncoderFamily::Electra => {
-                            &["embeddings.", "embeddings_project.", "encoder."]
-                        }
-                        EncoderFamily::DistilBert => &["embeddings.", "transformer."],
-                    };
-                    let encoder = parts.iter().any(|p| canonical.starts_with(p));
-                    encoder.then_some((canonical, shard, name.as_str()))
-                })
-                .collect();
-            entries.sort();
-            let mut hasher = sha2::Sha256::new();
-            for (canonical, shard, stored) in entries {
-                // Every name was read from its shard's header, so a miss cannot happen.
-                let Some(view) = self.shards[shard].tensor(stored) else {
-                    continue;
+        self.encoder_sha256
+            .get_or_init(|| self.hash_encoder(|_| true))
+    }
+
+    /// A cheap fingerprint of the tensors [`WeightsFile::encoder_sha256`] covers: each one's
+    /// canonical name, dtype and shape, and the values of the one-dimensional ones (biases,
+    /// LayerNorms: a few hundred KiB in BERT-base). It tells two checkpoints apart without
+    /// reading every weight: a model records its base's as it loads, and saving or training
+    /// against other base weights is refused ([`crate::model::BertClassifier::check_base`]).
+    pub fn encoder_fingerprint(&self) -> String {
+        self.hash_encoder(|shape| shape.len() <= 1)
+    }
+
+    /// SHA-256 (hex) of the encoder's tensors, as [`WeightsFile::encoder_sha256`] says, with
+    /// the values of those whose shape `with_values` accepts.
+    fn hash_encoder(&self, with_values: impl Fn(&[usize]) -> bool) -> String {
+        use sha2::Digest;
+        let mut entries: Vec<(String, usize, &str)> = self
+            .names
+            .iter()
+            .zip(&self.shard_of)
+            .filter_map(|(name, &shard)| {
+                let canonical = canonical_name(name);
+                // RoBERTa's sequence classifiers never read the pooler its files may
+                // hold (and transformers drops it when it saves one again).
+                let parts: &[&str] = match self.family {
+                    EncoderFamily::Bert => &["embeddings.", "encoder.", "pooler."],
+                    EncoderFamily::Roberta => &["embeddings.", "encoder."],
+                    EncoderFamily::Electra => &["embeddings.", "embeddings_project.", "encoder."],
+                    EncoderFamily::DistilBert => &["embeddings.", "transformer."],
                 };
-                // Spelled out, not `Debug`: the identity must not change with a dependency.
-                let dtype = match view.dtype {
-                    Dtype::F16 => "F16",
-                    Dtype::BF16 => "BF16",
-                    Dtype::F32 => "F32",
-                    Dtype::F64 => "F64",
-                    _ => continue,
-                };
-                let dims: Vec<String> = view.shape.iter().map(usize::to_string).collect();
-                let header = format!("{canonical} {dtype} [{}]\n", dims.join(", "));
-                hasher.update(header.as_bytes());
+                let encoder = parts.iter().any(|p| canonical.starts_with(p));
+                encoder.then_some((canonical, shard, name.as_str()))
+            })
+            .collect();
+        entries.sort();
+        let mut hasher = sha2::Sha256::new();
+        for (canonical, shard, stored) in entries {
+            // Every name was read from its shard's header, so a miss cannot happen.
+            let Some(view) = self.shards[shard].tensor(stored) else {
+                continue;
+            };
+            // Spelled out, not `Debug`: the identity must not change with a dependency.
+            let dtype = match view.dtype {
+                Dtype::F16 => "F16",
+                Dtype::BF16 => "BF16",
+                Dtype::F32 => "F32",
+                Dtype::F64 => "F64",
+                _ => continue,
+            };
+            let dims: Vec<String> = view.shape.iter().map(usize::to_string).collect();
+            let header = format!("{canonical} {dtype} [{}]\n", dims.join(", "));
+            hasher.update(header.as_bytes());
+            if with_values(view.shape) {
                 hasher.update(view.data);
             }
-            crate::adapter::hex(&hasher.finalize())
-        })
+        }
+        crate::adapter::hex(&hasher.finalize())
     }
 
     /// The file, or the index of a sharded checkpoint.

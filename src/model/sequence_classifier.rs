@@ -1,6 +1,6 @@
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
-use crate::checkpoint::{BertConfig, Checkpoint, EncoderFamily};
+use crate::checkpoint::{BertConfig, Checkpoint, EncoderFamily, WeightsFile};
 use crate::error::{Error, Result};
 use crate::nn::{DropoutPlan, Linear, Param, Stratum};
 use crate::peft::PeftPlan;
@@ -57,6 +57,9 @@ pub struct BertClassifier<B: Backend> {
     multi_label: bool,
     /// See [`BertClassifier::decision_threshold`].
     decision_threshold: f64,
+    /// The base checkpoint's [`WeightsFile::encoder_fingerprint`], for a model loaded from one
+    /// (see [`BertClassifier::check_base`]).
+    base_fingerprint: Option<String>,
 }
 
 /// A summary (the weights are on the backend): shape, head, plan and what trains, so that a
@@ -190,6 +193,7 @@ impl<B: Backend> BertClassifier<B> {
             fresh_head(backend, &checkpoint.config, num_labels, seed)?
         };
         let mut model = Self::new(bert, classifier, num_labels)?;
+        model.base_fingerprint = Some(checkpoint.weights.encoder_fingerprint());
         model.fresh_pooler = fresh_pooler;
         model.multi_label = own_head && checkpoint.is_multi_label();
         Ok(model)
@@ -468,6 +472,7 @@ impl<B: Backend> BertClassifier<B> {
             plan_applied: false,
             multi_label: false,
             decision_threshold: 0.5,
+            base_fingerprint: None,
         })
     }
 
@@ -514,6 +519,23 @@ impl<B: Backend> BertClassifier<B> {
     /// `apply_plan` that failed part way).
     pub fn plan(&self) -> Option<&PeftPlan> {
         self.plan.as_ref()
+    }
+
+    /// Refuses `base` where the model was loaded from a checkpoint with other weights (compared
+    /// by [`WeightsFile::encoder_fingerprint`]): an adapter saved or trained against it would
+    /// record a base it was not trained on, and load onto neither. A model built otherwise (by
+    /// hand) records no base and is not checked.
+    pub fn check_base(&self, base: &WeightsFile) -> Result<()> {
+        match &self.base_fingerprint {
+            Some(own) if *own != base.encoder_fingerprint() => Err(Error::Mismatch {
+                path: base.path().to_path_buf(),
+                detail: "not the weights the model was loaded from (the encoder's tensors \
+                         differ): an adapter records its base by them and loads onto that base \
+                         alone; give the weights of the checkpoint the model was built from"
+                    .into(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses `plan` where the model was built under another one, or where its trainable

@@ -940,3 +940,107 @@ fn what_serving_shares_is_send_and_sync() {
     shared::<PeftPlan>();
     shared::<Error>();
 }
+
+/// Base weights other than those the model was loaded from — another shape (a longer
+/// position table) or the same shapes with one bias changed — are refused by the save, the
+/// PEFT export and the trainer, before anything is written: the adapter would record a base
+/// it was not trained on and load onto neither. The same tensors saved again in another
+/// order pass.
+#[test]
+fn base_weights_other_than_the_models_are_refused_before_anything_is_written() {
+    use spafit::train::{TrainConfig, Trainer};
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = common::tiny_bert::write_checkpoint(&tmp.path().join("base"));
+    let longer = common::tiny_bert::write_checkpoint_with_positions(&tmp.path().join("long"), 80);
+    // The base's tensors written again, reversed, with `edit` applied.
+    let rewritten = |name: &str, edit: &dyn Fn(&str, &mut Vec<f64>)| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(ck.dir().join(f), dir.join(f)).unwrap();
+        }
+        let mut stored: Vec<common::family_fixture::Stored> = ck
+            .weights
+            .names()
+            .iter()
+            .rev()
+            .map(|n| {
+                let shape = ck.weights.shape(n).unwrap();
+                let mut v = ck.weights.read_f64(n, &shape.clone().into()).unwrap();
+                edit(n, &mut v);
+                (n.clone(), safetensors::Dtype::F64, shape, v)
+            })
+            .collect();
+        stored.sort_by(|a, b| b.0.cmp(&a.0));
+        common::family_fixture::write_tensors(&dir.join("model.safetensors"), &stored);
+        Checkpoint::open(&dir).unwrap()
+    };
+    let nudged = rewritten("nudged", &|n, v| {
+        if n.ends_with("layer.1.output.LayerNorm.bias") {
+            v[0] += 1e-3;
+        }
+    });
+    let resaved = rewritten("resaved", &|_, _| {});
+    let cpu = CpuBackend::f32();
+    let plan = PeftPlan::new(&PeftConfig::new(Method::Lora), 2).unwrap();
+    let mut model = BertClassifier::from_checkpoint(&ck, &cpu, 2, 0).unwrap();
+    model.apply_plan(&plan, &mut |_, s| cpu.zeros(s)).unwrap();
+    let inputs = TrainingInputs {
+        text_pairs: Some(false),
+        max_len: None,
+    };
+    let out = tmp.path().join("out");
+    for other in [&longer, &nudged] {
+        let e = save_adapter(&out, &cpu, &model, &plan, &other.weights, None, inputs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&other.weights.path().display().to_string())
+                && e.contains("not the weights the model was loaded from"),
+            "{e}"
+        );
+        let record = PeftExportRecord {
+            base_model_name_or_path: "x",
+            labels: None,
+            inputs,
+            run_dir: None,
+            base: Some(&other.weights),
+        };
+        let e = export_peft(&out, &cpu, &model, &plan, &record)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not the weights the model was loaded from"),
+            "{e}"
+        );
+        let examples = (0..4)
+            .map(|i| Example {
+                text_a: format!("text {i}"),
+                text_b: None,
+                target: Some(spafit::data::Target::Class(i % 2)),
+            })
+            .collect();
+        let kind = TaskKind::Classification {
+            labels: vec!["a".into(), "b".into()],
+        };
+        let data = Dataset::from_examples("in memory", kind, examples);
+        let config = TrainConfig {
+            output_dir: Some(out.clone()),
+            ..TrainConfig::default()
+        };
+        let e = Trainer::new(&cpu, &mut model, &plan, &other.weights, config)
+            .fit(&ck.tokenizer(16).unwrap(), &data, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not the weights the model was loaded from"),
+            "{e}"
+        );
+        assert!(
+            !out.exists(),
+            "written for {}",
+            other.weights.path().display()
+        );
+    }
+    save_adapter(&out, &cpu, &model, &plan, &resaved.weights, None, inputs).unwrap();
+}

@@ -188,6 +188,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         dev: Option<&Dataset>,
     ) -> Result<TrainReport> {
         self.model.check_plan(self.plan)?;
+        self.model.check_base(self.base)?;
         // Before the lock as well as under it: taking the lock writes its file, which must
         // not land in a model's folder.
         if let Some(problem) = self.config.foreign_output_dir() {
