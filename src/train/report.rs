@@ -16,7 +16,9 @@ pub struct TrainReport {
     pub samples_per_s: f64,
     /// Real (non-padding) training tokens per second.
     pub tokens_per_s: f64,
-    /// Mean training loss of the last logging window.
+    /// Mean training loss of the last logging window, or, where the run stopped before that
+    /// window closed (an observer, `stop_after_steps`, early stopping), of the steps it took
+    /// after the last one logged; NaN where no step was taken or logged.
     pub last_loss: f64,
     /// The best evaluation and its step; the model ends with those weights.
     pub best: Option<(usize, Evaluation)>,

@@ -303,6 +303,25 @@ fn resume_reproduces_an_uninterrupted_run() {
         .fit(&tok, &data, None)
         .unwrap();
     assert_eq!(stopped.steps, 4);
+    // Stopped inside a logging window, the report's loss is the mean of the steps taken
+    // since the last one logged (the whole run's first four steps here), not NaN.
+    let unlogged = tmp.path().join("unlogged");
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let sparse = TrainConfig {
+        stop_after_steps: Some(4),
+        log_every: 10,
+        ..tiny_config(&unlogged)
+    };
+    let r4 = Trainer::new(&cpu, &mut model, &plan, &ck.weights, sparse)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let first_four = &read_losses(&whole)[..4];
+    let mean = first_four.iter().sum::<f64>() / 4.0;
+    assert!(
+        (r4.last_loss - mean).abs() <= 1e-12 * mean.abs(),
+        "{} against {mean}",
+        r4.last_loss
+    );
     // The report says where a resume picks up: the state saved last, not the step it stopped at.
     assert!(
         stopped

@@ -383,7 +383,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             train_seconds: m.seconds,
             samples_per_s: m.samples_per_s(),
             tokens_per_s: m.tokens_per_s(),
-            last_loss: m.last_logged_loss.unwrap_or(f64::NAN),
+            // A run stopped before its window closed (an observer, `stop_after_steps`,
+            // early stopping) reports the steps it took since, not an older window.
+            last_loss: match m.window_steps {
+                0 => m.last_logged_loss.unwrap_or(f64::NAN),
+                _ => m.window_mean(),
+            },
             best: run.best.map(|b| (b.step, b.evaluation)),
             max_len: plan.max_len,
             text_pairs: plan.text_pairs,
