@@ -74,6 +74,13 @@ fn require_adapter_folder(dir: &std::path::Path) -> Result<()> {
 /// folder would fail with the system's bare "File exists" or "Not a directory". `goes_into`
 /// says where what is written goes ("an adapter goes into a folder").
 fn check_output_folder(dir: &std::path::Path, op: &'static str, goes_into: &str) -> Result<()> {
+    // Joined with a file name, an empty path would silently mean the working directory.
+    if dir.as_os_str().is_empty() {
+        return Err(Error::invalid(
+            op,
+            format!("the path is empty: {goes_into} (`.` for the working directory)"),
+        ));
+    }
     let file = dir
         .ancestors()
         .filter(|a| !a.as_os_str().is_empty())

@@ -114,6 +114,14 @@ pub fn lock_run_dir(dir: &Path) -> Result<RunLock> {
 /// [`lock_run_dir`], running `between_open_and_lock` with the lock file's path after each
 /// open, where another run may let go of the file (tests play that run there).
 fn lock_run_dir_with(dir: &Path, mut between_open_and_lock: impl FnMut(&Path)) -> Result<RunLock> {
+    // The working directory by another name: refused (see `check_output_folder`), not
+    // created as "" (a bare "No such file or directory" naming nothing).
+    if dir.as_os_str().is_empty() {
+        return Err(Error::invalid(
+            "run directory",
+            "the path is empty: give the run's folder (`.` for the working directory)",
+        ));
+    }
     let path = dir.join(LOCK_FILE);
     let io = |source| Error::Io {
         path: path.clone(),

@@ -945,7 +945,8 @@ fn what_serving_shares_is_send_and_sync() {
 /// position table) or the same shapes with one bias changed — are refused by the save, the
 /// PEFT export and the trainer, before anything is written: the adapter would record a base
 /// it was not trained on and load onto neither. The same tensors saved again in another
-/// order pass.
+/// order pass. An empty output path (the working directory by another name) is refused by
+/// all three.
 #[test]
 fn base_weights_other_than_the_models_are_refused_before_anything_is_written() {
     use spafit::train::{TrainConfig, Trainer};
@@ -1043,4 +1044,38 @@ fn base_weights_other_than_the_models_are_refused_before_anything_is_written() {
         );
     }
     save_adapter(&out, &cpu, &model, &plan, &resaved.weights, None, inputs).unwrap();
+    // An empty path would be the working directory by another name: refused by all three.
+    let empty = std::path::Path::new("");
+    let e = save_adapter(empty, &cpu, &model, &plan, &ck.weights, None, inputs).unwrap_err();
+    assert!(e.to_string().contains("the path is empty"), "{e}");
+    let record = PeftExportRecord {
+        base_model_name_or_path: "x",
+        labels: None,
+        inputs,
+        run_dir: None,
+        base: Some(&ck.weights),
+    };
+    let e = export_peft(empty, &cpu, &model, &plan, &record).unwrap_err();
+    assert!(e.to_string().contains("the path is empty"), "{e}");
+    let config = TrainConfig {
+        output_dir: Some(empty.to_path_buf()),
+        ..TrainConfig::default()
+    };
+    let data = Dataset::from_examples(
+        "in memory",
+        TaskKind::Classification {
+            labels: vec!["a".into(), "b".into()],
+        },
+        (0..2)
+            .map(|i| Example {
+                text_a: format!("text {i}"),
+                text_b: None,
+                target: Some(spafit::data::Target::Class(i)),
+            })
+            .collect(),
+    );
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, config)
+        .fit(&ck.tokenizer(16).unwrap(), &data, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("the path is empty"), "{e}");
 }
