@@ -23,9 +23,11 @@ impl Shape {
     }
 
     /// Total number of elements (1 for a scalar shape `[]`). Every tensor's shape passed
-    /// [`Shape::checked_numel`] when the tensor was made, so this cannot overflow for one.
+    /// [`Shape::checked_numel`] when the tensor was made, so this cannot overflow for one; a
+    /// shape built by hand whose product does not fit gives `usize::MAX`, which no buffer
+    /// matches (not a panic, nor a wrapped small count).
     pub fn numel(&self) -> usize {
-        self.0.iter().product()
+        self.checked_numel().unwrap_or(usize::MAX)
     }
 
     /// Total number of elements, or `None` when it, or the product of any leading dimensions

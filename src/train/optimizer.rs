@@ -57,7 +57,13 @@ impl<B: Backend> AdamW<B> {
         grads: &Gradients<B>,
         lr: f64,
     ) -> Result<()> {
-        let step_number = self.step + 1;
+        // `step` is public: a count set by hand to the last one cannot go on.
+        let step_number = self.step.checked_add(1).ok_or_else(|| {
+            Error::invalid(
+                "adamw",
+                "the step count is at its largest (u64::MAX): no step follows",
+            )
+        })?;
         shapes::adamw(&AdamWStep {
             lr,
             beta1: self.beta1,

@@ -163,4 +163,18 @@ fn a_refused_update_changes_nothing() {
     opt.update(&cpu, vec![&mut a], &only_a, 0.01).unwrap();
     assert_eq!(opt.step, 1);
     assert_ne!(host(&a.value), P0.to_vec());
+    // A step count set by hand (the field is public) to its largest has no next step.
+    let before = host(&a.value);
+    opt.step = u64::MAX;
+    let e = opt.update(&cpu, vec![&mut a], &only_a, 0.01).unwrap_err();
+    assert!(
+        e.to_string().contains("step count is at its largest"),
+        "{e}"
+    );
+    assert_eq!((opt.step, host(&a.value)), (u64::MAX, before));
+    // Nor does a shape built by hand whose element count does not fit panic: it matches no
+    // buffer.
+    let huge = spafit::tensor::Shape::new([usize::MAX, 2]);
+    assert_eq!((huge.checked_numel(), huge.numel()), (None, usize::MAX));
+    assert!(cpu.tensor_from_f64(huge, &[0.0; 2]).is_err());
 }
