@@ -132,6 +132,22 @@ impl<B: Backend> BertModel<B> {
         dropouts: &mut DropoutPlan,
         last_layer_rows: Option<&Tensor<B>>,
     ) -> Result<Var<B>> {
+        // A model built on a backend of another float dtype would run every op in its own
+        // (f32 weights on an f64 tape give f32 logits, not the f64 reference asked for).
+        let bias = &self.embeddings.norm.bias;
+        let computes = tape.backend().float_dtype();
+        if bias.value.dtype() != computes {
+            return Err(Error::dtype(
+                "bert",
+                format!(
+                    "`{}` is {} but {} computes in {computes}: build the model on the backend \
+                     that runs it",
+                    bias.name,
+                    bias.value.dtype(),
+                    tape.backend().name()
+                ),
+            ));
+        }
         if input.first_position() != self.config.first_position() {
             return Err(Error::invalid(
                 "bert",

@@ -946,9 +946,9 @@ fn what_serving_shares_is_send_and_sync() {
 /// PEFT export and the trainer, before anything is written: the adapter would record a base
 /// it was not trained on and load onto neither. The same tensors saved again in another
 /// order pass. An empty output path (the working directory by another name) is refused by
-/// all three.
+/// all three, and so is inference on a backend of another float dtype.
 #[test]
-fn base_weights_other_than_the_models_are_refused_before_anything_is_written() {
+fn other_base_weights_empty_paths_and_other_dtypes_are_refused() {
     use spafit::train::{TrainConfig, Trainer};
     let tmp = tempfile::tempdir().unwrap();
     let ck = common::tiny_bert::write_checkpoint(&tmp.path().join("base"));
@@ -1078,4 +1078,18 @@ fn base_weights_other_than_the_models_are_refused_before_anything_is_written() {
         .fit(&ck.tokenizer(16).unwrap(), &data, None)
         .unwrap_err();
     assert!(e.to_string().contains("the path is empty"), "{e}");
+    // Inference on a backend of another float dtype is refused, as training is, rather than
+    // run in the model's own (f32 logits where f64 ones were asked for).
+    let f64 = CpuBackend::f64();
+    let tok = ck.tokenizer(16).unwrap();
+    let enc = tok.encode_batch(&[TextInput::Single("a text")]).unwrap();
+    let input = ModelInput::new(&f64, &enc).unwrap();
+    let e = model
+        .forward(&mut Tape::new(f64), &input, &mut DropoutPlan::eval())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("is f32 but cpu-f64 computes in f64: build the model on the backend"),
+        "{e}"
+    );
 }
