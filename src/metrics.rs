@@ -77,9 +77,9 @@ pub fn matthews_correlation(pred: &[u32], gold: &[u32]) -> f64 {
 }
 
 /// Pearson correlation; 0 when either side is constant; NaN when the slices differ in
-/// length.
+/// length or hold a NaN.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    if x.len() != y.len() {
+    if x.len() != y.len() || x.iter().chain(y).any(|v| v.is_nan()) {
         return f64::NAN;
     }
     let n = x.len();
@@ -129,9 +129,9 @@ pub fn average_ranks(x: &[f64]) -> Vec<f64> {
 }
 
 /// Spearman correlation: Pearson of average ranks (ties handled); NaN when the slices differ
-/// in length.
+/// in length or hold a NaN (which has no rank).
 pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
-    if x.len() != y.len() {
+    if x.len() != y.len() || x.iter().chain(y).any(|v| v.is_nan()) {
         return f64::NAN;
     }
     pearson(&average_ranks(x), &average_ranks(y))

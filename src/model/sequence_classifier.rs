@@ -497,13 +497,14 @@ impl<B: Backend> BertClassifier<B> {
     /// than a softmax over the classes (or a regression, for one output). Set from a
     /// fine-tuned checkpoint's `problem_type`, from an adapter that records it, and by
     /// training on multi-label data; the loss follows the labels given
-    /// ([`BertClassifier::loss`]), not this.
+    /// ([`BertClassifier::loss`]), not this. A head of one output is never one (it is a
+    /// regression's, as spafit reads a checkpoint's), whatever was set.
     pub fn is_multi_label(&self) -> bool {
-        self.multi_label
+        self.multi_label && self.num_labels() >= 2
     }
 
     /// Marks the head as a multi-label classifier's, or not (see
-    /// [`BertClassifier::is_multi_label`]).
+    /// [`BertClassifier::is_multi_label`]: a head of one output stays a regression's).
     pub fn set_multi_label(&mut self, multi_label: bool) {
         self.multi_label = multi_label;
     }

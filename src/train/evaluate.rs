@@ -5,7 +5,7 @@ use super::EncodedDataset;
 use crate::autograd::Tape;
 use crate::backend::Backend;
 use crate::data::{evaluation_batches, GlueTask, Target, TaskKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::{main_metric, report, Predictions};
 use crate::model::{check_batch_memory, BertClassifier, Pass};
 use crate::nn::DropoutPlan;
@@ -137,8 +137,14 @@ fn infer_until<B: Backend>(
 }
 
 /// Class ids (argmax), sets of class ids (positive logits: probability above one half) or
-/// scores from logits, `num_labels` per example.
+/// scores from logits, `num_labels` per example. A NaN or infinite logit is refused, naming
+/// its example, as [`crate::train::scored_predictions`] refuses it (an argmax over NaN
+/// would name a class).
 pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result<Vec<Target>> {
+    super::prediction::check_logits(kind, logits, num_labels)?;
+    if let Some(why) = super::prediction::non_finite_logit(logits, num_labels) {
+        return Err(Error::invalid("predictions", why));
+    }
     predictions_at(kind, logits, num_labels, 0.5)
 }
 

@@ -79,9 +79,10 @@ fn glue_reports_the_right_metrics() {
     );
 }
 
-/// Slices of different lengths cannot be paired: NaN, never a value from a prefix.
+/// Slices of different lengths cannot be paired, and a NaN has no rank: NaN, never a value
+/// from a prefix or from NaN's place in a sort.
 #[test]
-fn unpaired_slices_give_nan() {
+fn unpaired_slices_and_nan_give_nan() {
     let (short, long) = ([1u32, 0], [1u32, 0, 1]);
     for value in [
         accuracy(&short, &long),
@@ -89,6 +90,8 @@ fn unpaired_slices_give_nan() {
         matthews_correlation(&short, &long),
         pearson(&[1.0, 2.0], &[1.0, 2.0, 3.0]),
         spearman(&[1.0, 2.0, 3.0], &[2.0, 1.0]),
+        spearman(&[1.0, f64::NAN, 3.0], &[1.0, 2.0, 3.0]),
+        pearson(&[1.0, 2.0, 3.0], &[1.0, f64::NAN, 3.0]),
     ] {
         assert!(value.is_nan(), "{value}");
     }
@@ -183,4 +186,23 @@ fn every_reported_metric_is_a_known_name() {
             assert!(METRIC_NAMES.contains(&main_metric_name(task, kind)));
         }
     }
+}
+
+/// Predictions from a NaN or infinite logit are refused, naming the example, as scored
+/// predictions are (an argmax over NaN named a class).
+#[test]
+fn predictions_from_non_finite_logits_are_refused() {
+    use spafit::data::{Target, TaskKind};
+    use spafit::train::predictions;
+    let kind = TaskKind::Classification {
+        labels: vec!["a".into(), "b".into()],
+    };
+    let e = predictions(&kind, &[0.1, 0.2, f64::NAN, 0.2], 2).unwrap_err();
+    assert!(e.to_string().contains("example 1 has the logit NaN"), "{e}");
+    let e = predictions(&TaskKind::Regression, &[f64::INFINITY], 1).unwrap_err();
+    assert!(e.to_string().contains("example 0 has the logit inf"), "{e}");
+    assert_eq!(
+        predictions(&kind, &[0.1, 0.2], 2).unwrap(),
+        vec![Target::Class(1)]
+    );
 }

@@ -862,3 +862,17 @@ fn the_command_line_trains_evaluates_predicts_and_merges_a_multi_label_model() {
         "a multi-label adapter reads one class as a set of one: {stderr}"
     );
 }
+
+/// A head of one output is a regression's: marking it multi-label leaves it so (its
+/// predictions were one-class sets); a head of two takes the mark.
+#[test]
+fn a_one_output_head_is_never_multi_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = common::tiny_bert::write_checkpoint(&tmp.path().join("base"));
+    let cpu = CpuBackend::f32();
+    for (outputs, multi) in [(1, false), (2, true)] {
+        let mut model = BertClassifier::from_checkpoint(&ck, &cpu, outputs, 0).unwrap();
+        model.set_multi_label(true);
+        assert_eq!(model.is_multi_label(), multi, "{outputs} outputs");
+    }
+}
