@@ -1651,3 +1651,49 @@ fn load_with_labels(dir: &Path, name: &str, text: &str) -> String {
         .unwrap_err()
         .to_string()
 }
+
+/// Classes no row could be matched against are refused once, before any row, naming the
+/// file: a name given twice, an empty name, fewer than two classes of one-class examples.
+#[test]
+fn a_specs_impossible_classes_are_refused_before_any_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("t.csv");
+    std::fs::write(&path, "text,label\na,pos\nb,neg\n").unwrap();
+    let names = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (kind, needle) in [
+        (
+            TaskKind::Classification {
+                labels: names(&["pos", "pos"]),
+            },
+            "`pos` appears twice",
+        ),
+        (
+            TaskKind::Classification { labels: names(&[]) },
+            "0 class(es): a classification needs at least two",
+        ),
+        (
+            TaskKind::MultiLabel {
+                labels: names(&["pos", ""]),
+            },
+            "an empty label name",
+        ),
+        (TaskKind::MultiLabel { labels: names(&[]) }, "no classes"),
+    ] {
+        let spec = TableSpec {
+            kind,
+            ..text_label_table(path.clone())
+        };
+        let e = spec.load(OnMalformed::Error).unwrap_err().to_string();
+        assert!(
+            e.contains("t.csv: the classes to read it by") && e.contains(needle),
+            "{e}"
+        );
+    }
+    let spec = TableSpec {
+        kind: TaskKind::Classification {
+            labels: names(&["neg", "pos"]),
+        },
+        ..text_label_table(path)
+    };
+    assert_eq!(spec.load(OnMalformed::Error).unwrap().len(), 2);
+}

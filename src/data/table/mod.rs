@@ -290,6 +290,24 @@ impl TableSpec {
     /// Reads the table.
     pub fn load(&self, on_malformed: OnMalformed) -> Result<Dataset> {
         let path = &self.path;
+        // Classes no row can be matched against are the spec's mistake, said once, not as
+        // every row's ("not one of the classes pos, pos").
+        if let Some(labels) = self.kind.class_names() {
+            let problem = match (&self.kind, labels.len()) {
+                (TaskKind::Classification { .. }, 0 | 1) => Some(format!(
+                    "{} class(es): a classification needs at least two",
+                    labels.len()
+                )),
+                (_, 0) => Some("no classes".to_string()),
+                _ => super::label_names_problem(labels),
+            };
+            if let Some(problem) = problem {
+                return Err(Error::invalid(
+                    "labels",
+                    format!("{}: the classes to read it by: {problem}", path.display()),
+                ));
+            }
+        }
         let mut sink = RowSink::new(on_malformed);
         self.for_each_row(&mut |line, row| match row.and_then(|r| self.example(r)) {
             Ok(Some(e)) => sink.take(Ok(e), path, line),
