@@ -177,4 +177,13 @@ fn a_refused_update_changes_nothing() {
     let huge = spafit::tensor::Shape::new([usize::MAX, 2]);
     assert_eq!((huge.checked_numel(), huge.numel()), (None, usize::MAX));
     assert!(cpu.tensor_from_f64(huge, &[0.0; 2]).is_err());
+    // Float values make float tensors; the message says where ids come from.
+    let e = cpu
+        .tensor_from_f64_as(
+            spafit::tensor::Shape::new([1]),
+            &[1.0],
+            spafit::tensor::DType::U32,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("(ids: tensor_from_u32)"), "{e}");
 }

@@ -249,7 +249,10 @@ impl Backend for CpuBackend {
             other => {
                 return Err(Error::dtype(
                     "tensor",
-                    format!("the CPU backend stores f32, f64 or bf16, not {other}"),
+                    format!(
+                        "float values make f32, f64 or bf16 tensors, not {other} (ids: \
+                         tensor_from_u32)"
+                    ),
                 ))
             }
         };

@@ -640,7 +640,10 @@ impl Backend for CudaBackend {
             other => {
                 return Err(Error::dtype(
                     "tensor",
-                    format!("the CUDA backend stores f32 or bf16, not {other}"),
+                    format!(
+                        "float values make f32 or bf16 tensors on CUDA, not {other} (ids: \
+                         tensor_from_u32)"
+                    ),
                 ))
             }
         };
