@@ -531,10 +531,18 @@ fn a_model_built_on_one_cpu_backend_and_run_on_another_is_refused() {
             }
         }
         let encoded = EncodedDataset::new(&tokenizer, &data).unwrap();
-        let e = expect_err(evaluate(&other, &stored, &encoded, 2, None), &what);
+        // Run on the backend whose dtype its activations have (on `other`, the encoder's
+        // dtype check refuses it before any matrix is read).
+        let e = expect_err(evaluate(&built, &stored, &encoded, 2, None), &what);
         assert!(
             matches!(e, Error::DType { .. })
                 && e.to_string().contains("of backends of other dtypes"),
+            "{what}: {e}"
+        );
+        let e = expect_err(evaluate(&other, &stored, &encoded, 2, None), &what);
+        assert!(
+            e.to_string()
+                .contains("build the model on the backend that runs it"),
             "{what}: {e}"
         );
     }

@@ -376,16 +376,28 @@ fn broken_label_sets_name_their_line() {
         "{e}"
     );
     let quoted = TaskKind::MultiLabel {
-        labels: vec!["it's".into(), "say \"hi\"".into(), "a\tb".into()],
+        labels: vec!["it's".into(), "say \"hi\"".into(), "a\\b".into()],
     };
     let path = tmp.path().join("quotes.jsonl");
     std::fs::write(
         &path,
         "{\"text\": \"a\", \"labels\": [\"say \\\"hi\\\"\", \"it's\"]}\n\
-         {\"text\": \"b\", \"labels\": \"['it\\\\'s', 'a\\\\tb']\"}\n",
+         {\"text\": \"b\", \"labels\": \"['it\\\\'s', 'a\\\\\\\\b']\"}\n",
     )
     .unwrap();
     assert_eq!(targets(&path, quoted), sets(&[&[0, 1], &[0, 2]]));
+    // A class name a prediction file could not hold in one field is refused before any row.
+    let tabbed = TaskKind::MultiLabel {
+        labels: vec!["it's".into(), "a\tb".into()],
+    };
+    let e = spec(&path, tabbed)
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("quotes.jsonl: the classes to read it by") && e.contains("holds a tab"),
+        "{e}"
+    );
     // Classes are not invented from a name's pieces either.
     let path = tmp.path().join("comma.jsonl");
     std::fs::write(&path, "{\"text\": \"a\", \"labels\": [\"x,y\"]}\n").unwrap();
