@@ -32,7 +32,8 @@ impl Shape {
 
     /// Total number of elements, or `None` when it, or the product of any leading dimensions
     /// (a row count), does not fit in `usize`: no buffer can have such a shape, and a
-    /// wrapped product would let one pass for a small buffer.
+    /// wrapped product would let one pass for a small buffer. (So `[huge, huge, 0]` is
+    /// `None` too: its row count would not fit.)
     pub fn checked_numel(&self) -> Option<usize> {
         self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
@@ -43,12 +44,10 @@ impl Shape {
     }
 
     /// Product of all dimensions but the last: the row count of the 2-D view the ops use.
+    /// Saturates at `usize::MAX` as [`Shape::numel`] does, for a shape built by hand.
     pub fn rows(&self) -> usize {
-        if self.0.is_empty() {
-            1
-        } else {
-            self.0[..self.0.len() - 1].iter().product()
-        }
+        let leading = &self.0[..self.0.len().saturating_sub(1)];
+        Shape(leading.to_vec()).numel()
     }
 }
 

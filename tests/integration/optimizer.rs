@@ -176,6 +176,16 @@ fn a_refused_update_changes_nothing() {
     // buffer.
     let huge = spafit::tensor::Shape::new([usize::MAX, 2]);
     assert_eq!((huge.checked_numel(), huge.numel()), (None, usize::MAX));
+    let rows = |dims: &[usize]| spafit::tensor::Shape::new(dims.to_vec()).rows();
+    assert_eq!(
+        (
+            rows(&[usize::MAX, 3, 4]),
+            rows(&[2, 3, 4]),
+            rows(&[5]),
+            rows(&[])
+        ),
+        (usize::MAX, 6, 1, 1)
+    );
     assert!(cpu.tensor_from_f64(huge, &[0.0; 2]).is_err());
     // Float values make float tensors; the message says where ids come from.
     let e = cpu
