@@ -58,14 +58,29 @@ pub(super) fn json_problem(e: &serde_json::Error, line: &str) -> String {
     }
 }
 
-/// Whether `line` holds a `\uD800`-`\uDFFF` escape (a UTF-16 surrogate half).
+/// Whether `line` holds a `\uD800`-`\uDFFF` escape (a UTF-16 surrogate half). Escapes are
+/// walked in order, so an escaped backslash before `uD800` (the text `\uD800`) is none.
 fn has_surrogate_escape(line: &str) -> bool {
-    line.as_bytes().windows(4).any(|w| {
-        w[0] == b'\\'
-            && w[1] == b'u'
-            && w[2].eq_ignore_ascii_case(&b'd')
-            && matches!(w[3].to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f')
-    })
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if bytes[i + 1] == b'u'
+            && bytes
+                .get(i + 2)
+                .is_some_and(|b| b.eq_ignore_ascii_case(&b'd'))
+            && bytes
+                .get(i + 3)
+                .is_some_and(|b| matches!(b.to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f'))
+        {
+            return true;
+        }
+        i += 2;
+    }
+    false
 }
 
 /// The value of a row's field. An integer beyond serde_json's integers (past 64 bits) keeps

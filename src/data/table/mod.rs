@@ -304,7 +304,11 @@ impl TableSpec {
             if let Some(problem) = problem {
                 return Err(Error::invalid(
                     "labels",
-                    format!("{}: the classes to read it by: {problem}", path.display()),
+                    format!(
+                        "{}: the classes to read it by ({labels:?}, as the task was given them: \
+                         its labels, an adapter's or a checkpoint's `id2label`): {problem}",
+                        path.display()
+                    ),
                 ));
             }
         }
