@@ -231,6 +231,39 @@ impl<B: Backend> OpenedAdapter<B> {
         }
     }
 
+    /// Whether training can continue from this adapter (opened from `dir`): not when it sets
+    /// tensors its plan keeps frozen ([`OpenedAdapter::kept_frozen`]; a continued run's
+    /// adapter would drop them) nor when PEFT trains it with its B matrices frozen
+    /// ([`OpenedAdapter::frozen_in_peft_training`]; a spafit run would train them). Eval and
+    /// predict use such an adapter as it is; call this before handing its model to a
+    /// [`crate::train::Trainer`], as the CLI's `train --adapter` does.
+    pub fn check_trainable(&self, dir: &Path) -> Result<()> {
+        if !self.kept_frozen.is_empty() {
+            return Err(Error::Mismatch {
+                path: dir.to_path_buf(),
+                detail: format!(
+                    "the adapter sets {} tensors that no spafit plan trains ({}); a continued \
+                     run's adapter would not carry them, so training cannot continue from it \
+                     (eval and predict use it as it is)",
+                    self.kept_frozen.len(),
+                    self.kept_frozen.join(", ")
+                ),
+            });
+        }
+        if let Some((init, frozen)) = &self.frozen_in_peft_training {
+            return Err(Error::Mismatch {
+                path: dir.to_path_buf(),
+                detail: format!(
+                    "`init_lora_weights` {init:?}: PEFT keeps the adapter's {} lora_B matrices \
+                     frozen while it trains, where a spafit run would train them, so training \
+                     cannot continue from it (eval and predict use it as it is)",
+                    frozen.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// [`AdapterHead::check`] for this adapter.
     pub fn check_labels(&self, kind: &TaskKind, data_name: &str, dir: &Path) -> Result<()> {
         self.head().check(kind, data_name, dir)

@@ -164,29 +164,7 @@ pub fn setup_from_adapter<B: Backend>(
     let checkpoint = Checkpoint::open(&model.model)?;
     model.check_max_len(&checkpoint)?;
     let opened = open_adapter(adapter, &checkpoint, &backend)?;
-    if !opened.kept_frozen.is_empty() {
-        return Err(spafit::Error::Mismatch {
-            path: adapter.to_path_buf(),
-            detail: format!(
-                "the adapter sets {} tensors that no spafit plan trains ({}); a continued run's \
-                 adapter would not carry them, so training cannot continue from it (eval and \
-                 predict use it as it is)",
-                opened.kept_frozen.len(),
-                opened.kept_frozen.join(", ")
-            ),
-        });
-    }
-    if let Some((init, frozen)) = &opened.frozen_in_peft_training {
-        return Err(spafit::Error::Mismatch {
-            path: adapter.to_path_buf(),
-            detail: format!(
-                "`init_lora_weights` {init:?}: PEFT keeps the adapter's {} lora_B matrices \
-                 frozen while it trains, where a spafit run would train them, so training \
-                 cannot continue from it (eval and predict use it as it is)",
-                frozen.len()
-            ),
-        });
-    }
+    opened.check_trainable(adapter)?;
     note!(
         "continuing from the {} adapter in {} ({} plan)",
         match opened.format {

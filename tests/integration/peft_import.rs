@@ -53,6 +53,15 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
         let dir = fixtures.join(name);
         let opened = open_adapter(&dir, &ck, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(opened.format, AdapterFormat::Peft);
+        // Training continues from it unless it sets tensors no plan trains.
+        match opened.check_trainable(&dir) {
+            Ok(()) => assert!(opened.kept_frozen.is_empty(), "{name}"),
+            Err(e) => assert!(
+                !opened.kept_frozen.is_empty()
+                    && e.to_string().contains("that no spafit plan trains"),
+                "{name}: {e}"
+            ),
+        }
         let labels = case["num_labels"].as_u64().unwrap() as usize;
         assert_eq!(opened.model.num_labels(), labels, "{name}");
         let want = common::PeftReference::logits(case);
@@ -780,9 +789,23 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         let frozen_b = import
             .frozen_in_peft_training
             .map(|(init, b)| (init, b.len()));
+        let trainable = open_adapter(a.path(), &checkpoint(), &CpuBackend::f64())
+            .unwrap()
+            .check_trainable(a.path())
+            .map_err(|e| e.to_string());
         match value.as_str() {
-            Some("mica") => assert_eq!(frozen_b, Some(("mica".into(), 12))),
-            _ => assert_eq!(frozen_b, None, "{field} = {value}"),
+            Some("mica") => {
+                assert_eq!(frozen_b, Some(("mica".into(), 12)));
+                let e = trainable.unwrap_err();
+                assert!(
+                    e.contains("PEFT keeps the adapter's 12 lora_B matrices"),
+                    "{e}"
+                );
+            }
+            _ => {
+                assert_eq!(frozen_b, None, "{field} = {value}");
+                assert_eq!(trainable, Ok(()), "{field} = {value}");
+            }
         }
     }
 
