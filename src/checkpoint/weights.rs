@@ -279,6 +279,9 @@ impl WeightsFile {
     /// LayerNorms: a few hundred KiB in BERT-base). It tells two checkpoints apart without
     /// reading every weight: a model records its base's as it loads, and saving or training
     /// against other base weights is refused ([`crate::model::BertClassifier::check_base`]).
+    /// Two files that differ only in the values of matrices (a base with a LoRA merged into
+    /// its query and value maps, say) share it: [`WeightsFile::encoder_sha256`] tells those
+    /// apart, at the cost of reading every weight.
     pub fn encoder_fingerprint(&self) -> String {
         self.hash_encoder(|shape| shape.len() <= 1)
     }
@@ -342,6 +345,12 @@ impl WeightsFile {
 
     fn position(&self, stored: &str) -> Option<usize> {
         self.position_of.get(stored).copied()
+    }
+
+    /// The family whose names the file is read by ([`WeightsFile::read_as`]; BERT unless
+    /// set, as [`crate::checkpoint::Checkpoint::open`] sets it from `config.json`).
+    pub fn family(&self) -> EncoderFamily {
+        self.family
     }
 
     /// Reads the file as a checkpoint of `family`: [`WeightsFile::resolve`] finds spafit's

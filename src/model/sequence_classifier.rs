@@ -525,9 +525,21 @@ impl<B: Backend> BertClassifier<B> {
     /// Refuses `base` where the model was loaded from a checkpoint with other weights (compared
     /// by [`WeightsFile::encoder_fingerprint`]): an adapter saved or trained against it would
     /// record a base it was not trained on, and load onto neither. A model built otherwise (by
-    /// hand) records no base and is not checked.
+    /// hand) records no base and is not checked. The check is the fingerprint's: base weights
+    /// that differ from the model's only in a matrix's values pass it.
     pub fn check_base(&self, base: &WeightsFile) -> Result<()> {
+        let family = self.config().family();
         match &self.base_fingerprint {
+            Some(_) if base.family() != family => Err(Error::Mismatch {
+                path: base.path().to_path_buf(),
+                detail: format!(
+                    "the weights are read by {} names where the model is a {} encoder: open \
+                     them with `Checkpoint::open` (which reads `config.json`) or \
+                     `WeightsFile::read_as`",
+                    base.family().display(),
+                    family.display()
+                ),
+            }),
             Some(own) if *own != base.encoder_fingerprint() => Err(Error::Mismatch {
                 path: base.path().to_path_buf(),
                 detail: "not the weights the model was loaded from (the encoder's tensors \

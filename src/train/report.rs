@@ -18,7 +18,8 @@ pub struct TrainReport {
     pub tokens_per_s: f64,
     /// Mean training loss of the last logging window, or, where the run stopped before that
     /// window closed (an observer, `stop_after_steps`, early stopping), of the steps it took
-    /// after the last one logged; NaN where no step was taken or logged.
+    /// after the last one logged (a resumed run counts the steps before its interruption);
+    /// NaN where no step was taken or logged.
     pub last_loss: f64,
     /// The best evaluation and its step; the model ends with those weights.
     pub best: Option<(usize, Evaluation)>,

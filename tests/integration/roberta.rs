@@ -595,3 +595,24 @@ fn long_roberta_texts_encode_as_transformers_encodes_them_whole() {
         u32_matrix(&Value::Array(vec![case["input_ids"].clone()]))
     );
 }
+
+/// Base weights opened without their config are read by BERT's names; checking a RoBERTa
+/// model against them says so rather than calling them other weights.
+#[test]
+fn a_roberta_base_read_by_bert_names_is_named_as_such() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let model = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
+    model.check_base(&ck.weights).unwrap();
+    let as_bert = WeightsFile::open(ck.weights.path()).unwrap();
+    assert_eq!(as_bert.family(), EncoderFamily::Bert);
+    let e = model.check_base(&as_bert).unwrap_err().to_string();
+    assert!(
+        e.contains("read by BERT names where the model is a RoBERTa encoder")
+            && e.contains("WeightsFile::read_as"),
+        "{e}"
+    );
+    model
+        .check_base(&as_bert.read_as(EncoderFamily::Roberta))
+        .unwrap();
+}
