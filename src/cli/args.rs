@@ -435,14 +435,21 @@ impl PeftArgs {
         if let Some(list) = &self.lora_targets {
             c.lora.targets = lora_targets(list)?;
             // A target named twice would get one adapter, not two: a typo to point out.
-            if let Some(i) = (0..c.lora.targets.len())
-                .find(|&i| c.lora.targets[..i].contains(&c.lora.targets[i]))
-            {
-                let name = list.split(',').nth(i).map_or("", str::trim);
-                return Err(Error::invalid(
-                    "--lora-targets",
-                    format!("`{name}` is named twice; name each map once"),
-                ));
+            let targets = &c.lora.targets;
+            if let Some((first, i)) = (0..targets.len()).find_map(|i| {
+                let first = targets[..i].iter().position(|t| *t == targets[i])?;
+                Some((first, i))
+            }) {
+                let spelled = |k: usize| list.split(',').nth(k).map_or("", str::trim);
+                let (name, earlier) = (spelled(i), spelled(first));
+                let why = match name == earlier {
+                    true => format!("`{name}` is named twice; name each map once"),
+                    false => format!(
+                        "`{earlier}` and `{name}` name the same map ({}); name each map once",
+                        targets[i]
+                    ),
+                };
+                return Err(Error::invalid("--lora-targets", why));
             }
         }
         c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);

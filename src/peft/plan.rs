@@ -108,6 +108,10 @@ impl Boundary {
 /// A fraction as a person writes it: `0.5`, `0.125`, `1e-9` as `0.000000001`, thirds as
 /// `1/3` and `2/3` (not `0.6666666666666666`); others to six significant digits.
 fn fraction_text(f: f64) -> String {
+    // `1.0 of 6 layers`, not `1 of 6 layers` (read as one layer).
+    if f.fract() == 0.0 {
+        return format!("{f:.1}");
+    }
     let shortest = f.to_string();
     if shortest.len() <= 12 {
         return shortest;

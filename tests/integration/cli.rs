@@ -1676,6 +1676,49 @@ fn gradcheck_and_bench_print_json() {
         .iter()
         .all(|n| n.as_str().unwrap().ends_with("attention.self.key.bias")));
     assert_eq!(line["passed"], true, "{line}");
+    // The line says what was checked: the plan, the seed and the samples.
+    assert_eq!(
+        (&line["n1"], &line["n2"], &line["lora"]["r"], &line["seed"]),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(5),
+            &serde_json::json!(8),
+            &serde_json::json!(0)
+        ),
+        "{line}"
+    );
+    assert_eq!(
+        (
+            &line["samples"],
+            &line["train_pooler"],
+            &line["lora"]["dropout"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(false),
+            &serde_json::json!(0.1)
+        ),
+        "{line}"
+    );
+    // A plan whose boundaries leave no layer training says so, as bench and train do.
+    let (ok, _, err) = spafit(&[
+        "gradcheck",
+        "--model",
+        &m,
+        "--method",
+        "spafit",
+        "--n1",
+        "1.0",
+        "--n2",
+        "1.0",
+        "--samples",
+        "1",
+    ]);
+    assert!(
+        ok && err.contains("N1 = 6 (1.0 of 6 layers) and N2 = 6 (1.0 of 6 layers) leave")
+            && err.contains("no layer that trains"),
+        "{err}"
+    );
     // Asked for, the f32 CPU backend is what gets checked, and its rounding is above a
     // tolerance of 1e-12: the JSON line still comes, then exit status 3 (a check that ran
     // and failed, not an error) and a message naming the tensor.
@@ -1744,6 +1787,10 @@ fn gradcheck_and_bench_print_json() {
             &["--lora-targets", "query,value, query", "--method", "lora"][..],
             "`query` is named twice",
         ),
+        (
+            &["--lora-targets", "value,v_lin", "--method", "lora"][..],
+            "`value` and `v_lin` name the same map (attention.self.value)",
+        ),
     ] {
         let mut all = vec!["bench", "--steps", "1", "--warmup", "0"];
         all.extend_from_slice(args);
@@ -1781,6 +1828,19 @@ fn gradcheck_and_bench_print_json() {
         assert!(line[key].is_number(), "bench JSON lacks {key}: {line}");
     }
     assert_eq!(line["trainable_params"], 26114);
+    assert_eq!(
+        (
+            &line["train_pooler"],
+            &line["train_layer_norm"],
+            &line["lora"]
+        ),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!(false),
+            &serde_json::Value::Null
+        ),
+        "{line}"
+    );
     assert_eq!(line["micro_batch"], 4);
     assert_eq!(line["warmup"], 1);
     assert!(line["host_threads"].as_u64().unwrap() >= 1, "{line}");
