@@ -41,9 +41,18 @@ pub struct GradcheckReport {
     /// rounding fails there, but one smaller is no check of the backward pass (a head of
     /// zeros leaves the encoder no gradient; so does a LoRA scale too small to matter).
     pub unresolved: Vec<String>,
-    /// Trainable tensors not checked: the attention key biases, whose gradient is exactly
-    /// zero (softmax ignores a shift shared by all of a query's scores).
+    /// Trainable tensors not differenced: the attention key biases, whose gradient is exactly
+    /// zero (softmax ignores a shift shared by all of a query's scores); see
+    /// [`GradcheckReport::key_bias_err`] for how they are judged.
     pub skipped: Vec<String>,
+    /// What the device gives for those zero gradients instead: the largest key-bias gradient's
+    /// root mean square over that of the same layer's query bias (rounding where the backward
+    /// pass is right; NaN for a non-finite one). It counts in
+    /// [`GradcheckReport::max_rel_err`] only where it is NaN, and fails
+    /// [`GradcheckReport::within`] above the tolerance. 0 without any.
+    pub key_bias_err: f64,
+    /// The key bias with that error (empty without any).
+    pub key_bias_tensor: String,
 }
 
 impl GradcheckReport {
@@ -61,6 +70,13 @@ impl GradcheckReport {
             return Err(Error::GradientMismatch {
                 worst: self.max_rel_err,
                 tensor: self.worst_tensor.clone(),
+                tolerance,
+            });
+        }
+        if self.key_bias_err > tolerance {
+            return Err(Error::GradientMismatch {
+                worst: self.key_bias_err,
+                tensor: self.key_bias_tensor.clone(),
                 tolerance,
             });
         }
@@ -447,6 +463,8 @@ pub fn gradcheck_with_progress<B: Backend>(
         least_resolved_tensor: String::new(),
         unresolved: Vec::new(),
         skipped: Vec::new(),
+        key_bias_err: 0.0,
+        key_bias_tensor: String::new(),
     };
     // The size the loss's rounding scales with (see [`LOSS_ROUNDING`]).
     let loss_scale = loss_of(&model)?.abs().max(1.0);
@@ -483,13 +501,27 @@ pub fn gradcheck_with_progress<B: Backend>(
                 .ok_or_else(|| Error::Autograd(format!("no gradient for {name}")))?,
         )?;
         if !is_checked(name) {
-            // Its gradient is exactly zero (softmax ignores a per-query shift): no ratio to
-            // take, and finite differences would compare rounding noise with rounding noise.
-            // A non-finite value there is still a failure.
+            // Its gradient is exactly zero (softmax ignores a per-query shift): finite
+            // differences would compare rounding noise with rounding noise. What the device
+            // gives is judged against its own scale instead: the same layer's query-bias
+            // gradient, summed over the same tokens through the same attention (a right
+            // backward pass cancels to rounding there; one that misses a term does not).
             report.skipped.push(name.clone());
-            if g.iter().any(|v| !v.is_finite()) {
+            let query = name.replace("attention.self.key.bias", "attention.self.query.bias");
+            let err = match grads.get(&query) {
+                Some(q) => key_bias_error(&g, &device.to_f64(q)?),
+                None if g.iter().all(|v| v.is_finite()) => 0.0,
+                None => f64::NAN,
+            };
+            // A non-finite gradient is the worst error of all; a finite one is judged apart
+            // from the differenced tensors (it has no finite differences' rounding to pass).
+            if err.is_nan() {
                 report.max_rel_err = f64::NAN;
                 report.worst_tensor = name.clone();
+            }
+            if !(err <= report.key_bias_err) {
+                report.key_bias_err = err;
+                report.key_bias_tensor = name.clone();
             }
             continue;
         }
@@ -526,9 +558,38 @@ pub fn gradcheck_with_progress<B: Backend>(
     Ok(report)
 }
 
+/// A key bias's gradient (exactly zero in exact arithmetic) over the root mean square of the
+/// same layer's query-bias gradient: rounding where the backward pass is right. NaN for a
+/// non-finite gradient; 0 where both are zero (no gradient reaches the layer).
+fn key_bias_error(key: &[f64], query: &[f64]) -> f64 {
+    let rms = |g: &[f64]| (g.iter().map(|v| v * v).sum::<f64>() / g.len().max(1) as f64).sqrt();
+    let (k, q) = (rms(key), rms(query));
+    match (k.is_finite() && q.is_finite(), k == 0.0) {
+        (false, _) => f64::NAN,
+        (true, true) => 0.0,
+        (true, false) => k / q,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key bias's gradient is judged against its layer's query bias: rounding passes, a
+    /// gradient of the query bias's size (a backward pass that lost softmax's row term)
+    /// scores about 1, a non-finite one NaN.
+    #[test]
+    fn key_bias_gradients_are_judged_against_the_query_bias() {
+        let query = [0.3, -0.4, 0.5, -0.1];
+        let rounding = [1e-9, -2e-9, 0.0, 1e-9];
+        assert!(key_bias_error(&rounding, &query) < 1e-8);
+        let lost_term = [0.2, 0.1, -0.5, 0.3];
+        assert!(key_bias_error(&lost_term, &query) > 0.5);
+        assert!(key_bias_error(&[f64::INFINITY, 0.0], &query).is_nan());
+        assert!(key_bias_error(&[f64::NAN, 0.0], &query).is_nan());
+        assert_eq!(key_bias_error(&[0.0; 4], &[0.0; 4]), 0.0);
+        assert!(key_bias_error(&[1e-3; 4], &[0.0; 4]).is_infinite());
+    }
 
     /// A smooth loss of 200 coordinates whose gradient is known in closed form.
     fn loss(x: &[f64]) -> f64 {
@@ -714,6 +775,8 @@ mod tests {
             least_resolved_tensor: String::new(),
             unresolved: Vec::new(),
             skipped: Vec::new(),
+            key_bias_err: 0.0,
+            key_bias_tensor: String::new(),
         };
         assert!(report.within(1e300).is_err());
     }
@@ -731,12 +794,24 @@ mod tests {
             least_resolved_tensor: "small".into(),
             unresolved: Vec::new(),
             skipped: Vec::new(),
+            key_bias_err: 0.0,
+            key_bias_tensor: String::new(),
         };
         assert!(matches!(
             report.within(1e-4),
             Err(Error::GradcheckInconclusive { .. })
         ));
         assert!(report.within(1e-2).is_ok());
+        // A key bias's gradient above the tolerance fails, named.
+        let key = GradcheckReport {
+            key_bias_err: 0.5,
+            key_bias_tensor: "k".into(),
+            ..report.clone()
+        };
+        assert!(matches!(
+            key.within(1e-2),
+            Err(Error::GradientMismatch { tensor, .. }) if tensor == "k"
+        ));
         let unresolved = GradcheckReport {
             unresolved: vec!["zero".into()],
             ..report.clone()

@@ -147,11 +147,19 @@ impl GradcheckCommand {
                 super::out_of_memory_context(&backend, what, &[], plan.freezes_weights())
             })
         })?;
-        let skipped = match r.skipped.len() {
-            0 => String::new(),
-            1 => " (1 attention key bias skipped: its gradient is exactly zero)".to_string(),
-            n => format!(" ({n} attention key biases skipped: their gradient is exactly zero)"),
-        };
+        let skipped =
+            match r.skipped.len() {
+                0 => String::new(),
+                n => {
+                    format!(
+                " ({n} attention key bias{} not differenced: {} exactly zero, and the device \
+                 gives at most {:.1e} of the query bias's)",
+                if n == 1 { "" } else { "es" },
+                if n == 1 { "its gradient is" } else { "their gradients are" },
+                r.key_bias_err
+            )
+                }
+            };
         let worst = match r.max_rel_err {
             0.0 => "every difference within the finite differences' rounding".to_string(),
             e => format!("worst relative error {e:.3e} ({})", r.worst_tensor),
@@ -190,7 +198,7 @@ impl GradcheckCommand {
             true => serde_json::Value::Null,
             false => json!(n),
         };
-        let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": number(r.max_rel_err), "worst_tensor": name(&r.worst_tensor), "resolution": number(r.resolution), "least_resolved_tensor": name(&r.least_resolved_tensor), "unresolved": r.unresolved, "skipped": r.skipped});
+        let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": number(r.max_rel_err), "worst_tensor": name(&r.worst_tensor), "resolution": number(r.resolution), "least_resolved_tensor": name(&r.least_resolved_tensor), "unresolved": r.unresolved, "skipped": r.skipped, "key_bias_err": number(r.key_bias_err), "key_bias_tensor": name(&r.key_bias_tensor)});
         line["seed"] = json!(self.seed);
         line["samples"] = json!(self.samples);
         describe_plan(&mut line, &plan);

@@ -1675,6 +1675,9 @@ fn gradcheck_and_bench_print_json() {
     assert!(skipped
         .iter()
         .all(|n| n.as_str().unwrap().ends_with("attention.self.key.bias")));
+    // ... and judged against their layer's query bias: f64 rounding.
+    let key_bias = line["key_bias_err"].as_f64().unwrap();
+    assert!(key_bias < 1e-12, "{line}");
     assert_eq!(line["passed"], true, "{line}");
     // The line says what was checked: the plan, the seed and the samples.
     assert_eq!(
