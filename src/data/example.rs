@@ -181,9 +181,10 @@ impl Dataset {
         let first = self.examples.iter().position(blank)?;
         let count = self.examples.iter().filter(|e| blank(e)).count();
         Some(format!(
-            "{}: {count} example{} an empty text (first: {}); an empty text adds no tokens \
-             (one alone reads as `[CLS] [SEP]`, a pair's as its other text's only): drop such \
-             rows if they are not meant",
+            "{}: {count} example{} an empty or blank text (first: {}); such a text adds no \
+             tokens (one alone reads as `[CLS] [SEP]`, a pair as its other text's tokens and \
+             both separators, as transformers' batched tokenization gives): drop such rows if \
+             they are not meant",
             self.name,
             if count == 1 { " has" } else { "s have" },
             self.place_of(first)

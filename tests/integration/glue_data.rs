@@ -1129,8 +1129,8 @@ fn csv_rows_are_never_lost_silently() {
         .unwrap();
     let note = data.empty_texts().unwrap_or_default();
     assert!(
-        note.contains("2 examples have an empty text (first: line 3)")
-            && note.contains("an empty text adds no tokens"),
+        note.contains("2 examples have an empty or blank text (first: line 3)")
+            && note.contains("such a text adds no tokens"),
         "{note}"
     );
     assert_eq!(spec.load(OnMalformed::Skip).unwrap().empty_texts(), None);
