@@ -519,7 +519,7 @@ pub fn gradcheck_with_progress<B: Backend>(
                 report.max_rel_err = f64::NAN;
                 report.worst_tensor = name.clone();
             }
-            if !(err <= report.key_bias_err) {
+            if err.is_nan() || err > report.key_bias_err {
                 report.key_bias_err = err;
                 report.key_bias_tensor = name.clone();
             }
