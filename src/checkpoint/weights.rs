@@ -29,6 +29,7 @@ pub struct WeightsFile {
     position_of: HashMap<String, usize>,
     sha256: std::sync::OnceLock<String>,
     encoder_sha256: std::sync::OnceLock<String>,
+    encoder_fingerprint: std::sync::OnceLock<String>,
     /// How the file names what spafit names the BERT way ([`WeightsFile::resolve`]).
     family: EncoderFamily,
 }
@@ -236,6 +237,7 @@ impl WeightsFile {
             position_of,
             sha256: std::sync::OnceLock::new(),
             encoder_sha256: std::sync::OnceLock::new(),
+            encoder_fingerprint: std::sync::OnceLock::new(),
             family: EncoderFamily::Bert,
         })
     }
@@ -282,8 +284,9 @@ impl WeightsFile {
     /// Two files that differ only in the values of matrices (a base with a LoRA merged into
     /// its query and value maps, say) share it: [`WeightsFile::encoder_sha256`] tells those
     /// apart, at the cost of reading every weight.
-    pub fn encoder_fingerprint(&self) -> String {
-        self.hash_encoder(|shape| shape.len() <= 1)
+    pub fn encoder_fingerprint(&self) -> &str {
+        self.encoder_fingerprint
+            .get_or_init(|| self.hash_encoder(|shape| shape.len() <= 1))
     }
 
     /// SHA-256 (hex) of the encoder's tensors, as [`WeightsFile::encoder_sha256`] says, with
@@ -357,6 +360,10 @@ impl WeightsFile {
     /// (BERT's) names under that family's names.
     pub fn read_as(mut self, family: EncoderFamily) -> Self {
         self.family = family;
+        // Which tensors are the encoder's depends on the family: hashes taken before are not
+        // this reading's.
+        self.encoder_sha256 = std::sync::OnceLock::new();
+        self.encoder_fingerprint = std::sync::OnceLock::new();
         self
     }
 

@@ -356,3 +356,29 @@ fn a_relu_feed_forward_gives_transformers_logits() {
         assert!(e <= 1e-12, "{inputs}: {e:e}");
     }
 }
+
+/// A file's encoder hashes follow the family it is read as: those taken under BERT's names
+/// (which miss DistilBERT's `transformer.` layers) are not kept once it is read as DistilBERT.
+#[test]
+fn encoder_hashes_taken_before_read_as_are_not_kept() {
+    let ck = fixture().checkpoint("model");
+    let as_bert = spafit::checkpoint::WeightsFile::open(ck.weights.path()).unwrap();
+    let bert_view = (
+        as_bert.encoder_sha256().to_string(),
+        as_bert.encoder_fingerprint().to_string(),
+    );
+    let own = (
+        ck.weights.encoder_sha256().to_string(),
+        ck.weights.encoder_fingerprint().to_string(),
+    );
+    assert_ne!(bert_view.0, own.0);
+    assert_ne!(bert_view.1, own.1);
+    let as_distilbert = as_bert.read_as(EncoderFamily::DistilBert);
+    assert_eq!(
+        (
+            as_distilbert.encoder_sha256(),
+            as_distilbert.encoder_fingerprint()
+        ),
+        (own.0.as_str(), own.1.as_str())
+    );
+}
