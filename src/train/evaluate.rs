@@ -141,11 +141,11 @@ fn infer_until<B: Backend>(
 /// its example, as [`crate::train::scored_predictions`] refuses it (an argmax over NaN
 /// would name a class).
 pub fn predictions(kind: &TaskKind, logits: &[f64], num_labels: usize) -> Result<Vec<Target>> {
-    super::prediction::check_logits(kind, logits, num_labels)?;
+    let targets = predictions_at(kind, logits, num_labels, 0.5)?;
     if let Some(why) = super::prediction::non_finite_logit(logits, num_labels) {
         return Err(Error::invalid("predictions", why));
     }
-    predictions_at(kind, logits, num_labels, 0.5)
+    Ok(targets)
 }
 
 /// [`predictions`], a set holding the classes of probability above `threshold`.
