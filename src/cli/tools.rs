@@ -147,19 +147,18 @@ impl GradcheckCommand {
                 super::out_of_memory_context(&backend, what, &[], plan.freezes_weights())
             })
         })?;
-        let skipped =
-            match r.skipped.len() {
-                0 => String::new(),
-                n => {
-                    format!(
-                " ({n} attention key bias{} not differenced: {} exactly zero, and the device \
-                 gives at most {:.1e} of the query bias's)",
-                if n == 1 { "" } else { "es" },
-                if n == 1 { "its gradient is" } else { "their gradients are" },
+        let key_biases = match r.skipped.len() {
+            1 => "1 attention key bias not differenced: its gradient is".to_string(),
+            n => format!("{n} attention key biases not differenced: their gradients are"),
+        };
+        let skipped = match r.skipped.len() {
+            0 => String::new(),
+            _ => format!(
+                " ({key_biases} exactly zero, and the device gives at most {:.1e} of the \
+                 query bias's)",
                 r.key_bias_err
-            )
-                }
-            };
+            ),
+        };
         let worst = match r.max_rel_err {
             0.0 => "every difference within the finite differences' rounding".to_string(),
             e => format!("worst relative error {e:.3e} ({})", r.worst_tensor),
