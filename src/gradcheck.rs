@@ -340,6 +340,100 @@ fn tensor_error(
     })
 }
 
+/// The loss a check differentiates: the head and the loss the trainer uses for one kind of
+/// task, with labels made up for the check's inputs (which only have to be fixed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradcheckObjective {
+    /// Cross-entropy over `n ≥ 2` classes; input `i` has class `i mod n`.
+    Classes(usize),
+    /// Mean squared error of a one-output head (a regression, as STS-B's), against scores
+    /// between 0 and 5.
+    Regression,
+    /// Binary cross-entropy of a sigmoid per class over `n ≥ 1` classes (multi-label); class
+    /// `j` applies to input `i` where `i + j` is even.
+    MultiLabel(usize),
+}
+
+/// More classes than a check's head needs: every class is the same code path, and the head's
+/// f64 reference (and its gradient, and each forward pass) grows with them.
+pub const MAX_GRADCHECK_LABELS: usize = 4096;
+
+impl GradcheckObjective {
+    /// The head's outputs.
+    pub fn num_labels(self) -> usize {
+        match self {
+            GradcheckObjective::Classes(n) | GradcheckObjective::MultiLabel(n) => n,
+            GradcheckObjective::Regression => 1,
+        }
+    }
+
+    /// Why the head cannot be checked (`None`: it can), for callers that refuse it before
+    /// the check runs, naming their own setting.
+    pub fn problem(self) -> Option<String> {
+        let n = self.num_labels();
+        match self {
+            GradcheckObjective::Classes(n) if n < 2 => Some(format!(
+                "{n}: a classification head has at least 2 classes (a regression head has one \
+                 output; so may a multi-label one)"
+            )),
+            GradcheckObjective::MultiLabel(0) => {
+                Some("0: a multi-label head has at least 1 class".into())
+            }
+            _ if n > MAX_GRADCHECK_LABELS => Some(format!(
+                "{n}: at most {MAX_GRADCHECK_LABELS} classes (every class is the same code \
+                 path; each costs the check memory and time)"
+            )),
+            _ => None,
+        }
+    }
+
+    /// The labels of `count` inputs on `backend`.
+    fn labels<B: Backend>(self, backend: &B, count: usize) -> Result<Labels<B>> {
+        Ok(match self {
+            GradcheckObjective::Classes(n) => {
+                let y: Vec<u32> = (0..count).map(|i| (i % n) as u32).collect();
+                Labels::Classes(backend.tensor_from_u32(Shape::new([count]), &y)?)
+            }
+            GradcheckObjective::Regression => {
+                // Spread over the range, none at the fresh head's output of about zero.
+                let y: Vec<f64> = (0..count)
+                    .map(|i| 0.5 + (i * 7 % 10) as f64 / 2.0)
+                    .collect();
+                Labels::Scores(backend.tensor_from_f64(Shape::new([count]), &y)?)
+            }
+            GradcheckObjective::MultiLabel(n) => {
+                let y: Vec<f64> = (0..count * n)
+                    .map(|k| f64::from(u8::from((k / n + k % n) % 2 == 0)))
+                    .collect();
+                Labels::MultiHot(backend.tensor_from_f64(Shape::new([count, n]), &y)?)
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for GradcheckObjective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GradcheckObjective::Classes(_) => "classification",
+            GradcheckObjective::Regression => "regression",
+            GradcheckObjective::MultiLabel(_) => "multi-label",
+        })
+    }
+}
+
+/// What [`gradcheck_case`] checks: the inputs (single texts or pairs), the loss, and how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GradcheckCase<'a> {
+    /// The batch, tokenized by the checkpoint's tokenizer (at most 32 tokens each).
+    pub inputs: Vec<TextInput<'a>>,
+    /// The head and loss.
+    pub objective: GradcheckObjective,
+    /// Coordinates differenced per trainable tensor (all of a smaller one).
+    pub samples: usize,
+    /// Seed of the adapters, the fresh head, dropout and the sampled coordinates.
+    pub seed: u64,
+}
+
 /// Checks the gradient of the loss on `texts` (labels alternate 0/1) with respect to every
 /// trainable tensor, with dropout on at a fixed seed: at `samples` coordinates of each (the
 /// largest analytic gradient, then random ones) and along one random direction through all of
@@ -377,16 +471,46 @@ pub fn gradcheck_with_progress<B: Backend>(
     seed: u64,
     progress: &mut dyn FnMut(GradcheckProgress<'_>),
 ) -> Result<GradcheckReport> {
-    if texts.is_empty() || samples == 0 {
+    let case = GradcheckCase {
+        inputs: texts.iter().map(|t| TextInput::Single(t)).collect(),
+        objective: GradcheckObjective::Classes(2),
+        samples,
+        seed,
+    };
+    gradcheck_case(device, checkpoint, config, &case, progress)
+}
+
+/// [`gradcheck_with_progress`] for any inputs and loss: sentence pairs (which reach the
+/// token-type embeddings and the second segment's attention), a regression head or a
+/// multi-label one, as the trainer would build them.
+pub fn gradcheck_case<B: Backend>(
+    device: &B,
+    checkpoint: &Checkpoint,
+    config: &PeftConfig,
+    case: &GradcheckCase<'_>,
+    progress: &mut dyn FnMut(GradcheckProgress<'_>),
+) -> Result<GradcheckReport> {
+    let GradcheckCase {
+        inputs,
+        objective,
+        samples,
+        seed,
+    } = case;
+    let (samples, seed, count) = (*samples, *seed, inputs.len());
+    if inputs.is_empty() || samples == 0 {
         return Err(Error::invalid(
             "gradcheck",
             "needs at least one text and one sample per tensor",
         ));
     }
+    if let Some(why) = objective.problem() {
+        return Err(Error::invalid("gradcheck", why));
+    }
+    let num_labels = objective.num_labels();
     // Before the f64 reference's work: the device runs the backward too.
     device.check_attention_head_dim(checkpoint.config.head_dim(), true)?;
     let cpu = CpuBackend::f64();
-    let mut model = BertClassifier::from_checkpoint(checkpoint, &cpu, 2, seed)?;
+    let mut model = BertClassifier::from_checkpoint(checkpoint, &cpu, num_labels, seed)?;
     let config = config.clone().for_family(checkpoint.config.family());
     let plan = PeftPlan::new(&config, checkpoint.config.num_hidden_layers)?;
     let mut rng = SplitMix::new(seed);
@@ -399,10 +523,8 @@ pub fn gradcheck_with_progress<B: Backend>(
     // The adapters' own dropout where the plan has adapters (BERT's 0.1 on the rest).
     let lora_dropout = plan.lora_dropout();
     let tokenizer = checkpoint.tokenizer(32)?;
-    let inputs: Vec<TextInput> = texts.iter().map(|t| TextInput::Single(t)).collect();
-    let input = ModelInput::for_model(&cpu, &tokenizer.encode_batch(&inputs)?, &checkpoint.config)?;
-    let y: Vec<u32> = (0..texts.len()).map(|i| (i % 2) as u32).collect();
-    let labels = Labels::Classes(cpu.tensor_from_u32(Shape::new([texts.len()]), &y)?);
+    let input = ModelInput::for_model(&cpu, &tokenizer.encode_batch(inputs)?, &checkpoint.config)?;
+    let labels = objective.labels(&cpu, count)?;
     let loss_of = |m: &BertClassifier<CpuBackend>| -> Result<f64> {
         let mut tape = Tape::new(cpu);
         let logits = m.forward(
@@ -424,7 +546,7 @@ pub fn gradcheck_with_progress<B: Backend>(
     let mut on_device = BertClassifier::from_checkpoint_for_plan(
         checkpoint,
         device,
-        2,
+        num_labels,
         seed,
         &plan,
         &mut |name, shape: Shape| {
@@ -439,12 +561,9 @@ pub fn gradcheck_with_progress<B: Backend>(
             p.value = device.tensor_from_f64(p.value.shape().clone(), v)?;
         }
     }
-    let device_input = ModelInput::for_model(
-        device,
-        &tokenizer.encode_batch(&inputs)?,
-        &checkpoint.config,
-    )?;
-    let device_labels = Labels::Classes(device.tensor_from_u32(Shape::new([texts.len()]), &y)?);
+    let device_input =
+        ModelInput::for_model(device, &tokenizer.encode_batch(inputs)?, &checkpoint.config)?;
+    let device_labels = objective.labels(device, count)?;
     let mut tape = Tape::new(device.clone());
     let logits = on_device.forward(
         &mut tape,
@@ -831,6 +950,36 @@ mod tests {
             wrong.within(1e-2),
             Err(Error::GradientMismatch { .. })
         ));
+    }
+
+    /// Each objective's head size and labels: the classes a head of that kind can have, and
+    /// labels that differ between inputs (a constant label would leave the check blind to a
+    /// loss that ignores them).
+    #[test]
+    fn objectives_give_their_heads_and_labels() {
+        use GradcheckObjective::*;
+        assert!(Classes(1).problem().is_some() && Classes(2).problem().is_none());
+        assert!(MultiLabel(0).problem().is_some() && MultiLabel(1).problem().is_none());
+        assert!(Regression.problem().is_none() && Regression.num_labels() == 1);
+        let too_many = MAX_GRADCHECK_LABELS + 1;
+        assert!(Classes(too_many).problem().is_some());
+        assert!(MultiLabel(too_many).problem().is_some());
+        let cpu = CpuBackend::f64();
+        let Labels::Classes(y) = Classes(3).labels(&cpu, 4).unwrap() else {
+            panic!("class ids")
+        };
+        assert_eq!(cpu.to_u32(&y).unwrap(), [0, 1, 2, 0]);
+        let Labels::Scores(y) = Regression.labels(&cpu, 4).unwrap() else {
+            panic!("scores")
+        };
+        let scores = cpu.to_f64(&y).unwrap();
+        assert!(scores.iter().all(|s| (0.0..=5.0).contains(s)), "{scores:?}");
+        assert!(scores.windows(2).all(|w| w[0] != w[1]), "{scores:?}");
+        let Labels::MultiHot(y) = MultiLabel(3).labels(&cpu, 2).unwrap() else {
+            panic!("multi-hot")
+        };
+        assert_eq!(y.dims(), [2, 3]);
+        assert_eq!(cpu.to_f64(&y).unwrap(), [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
     }
 
     #[test]

@@ -41,9 +41,11 @@ enum Command {
     Predict(evaluate::PredictCommand),
     /// Finite-difference check of a real model's gradients under a method (prints max_rel_err); on the CPU it checks the f64 reference unless --dtype is given.
     ///
-    /// What it differentiates: the cross-entropy of four fixed short sentences, labels
-    /// alternating 0/1, through the checkpoint's encoder and a fresh two-class head (whatever
-    /// head the checkpoint has), with training-mode dropout at 0.1 (the adapters at their own
+    /// What it differentiates: the cross-entropy of four fixed short sentences (--pairs: four
+    /// sentence pairs), labels alternating 0/1, through the checkpoint's encoder and a
+    /// two-class head (the checkpoint's own where it has two outputs, else a fresh one; the
+    /// mean squared error of a one-output head with --regression, a sigmoid per class with
+    /// --multi-label, --num-labels classes), with training-mode dropout at 0.1 (the adapters at their own
     /// --lora-dropout) under a fixed mask, and adapters drawn random (B not zero) so that every
     /// gradient is non-trivial. The analytic gradients come from the device, the central
     /// finite differences (Richardson-extrapolated) from the f64 CPU reference on the same
@@ -57,7 +59,8 @@ enum Command {
     /// (the attention key biases, whose gradient is exactly zero); `tensors` and
     /// `coordinates` (the coordinates differenced, the random directions not counted); with
     /// --tolerance, `passed` and `inconclusive` (the check could not see errors that small).
-    /// A NaN or infinite error is written as text ("NaN", "inf").
+    /// `objective`, `num_labels` and `pairs` say which loss was differentiated. A NaN or
+    /// infinite error is written as text ("NaN", "inf").
     Gradcheck(tools::GradcheckCommand),
     /// Training-step (or, with --inference, forward-pass) throughput and memory for a method and batch shape (one JSON line).
     ///
@@ -142,7 +145,7 @@ impl Cli {
                 if given("max_len") {
                     return Err(spafit::Error::invalid(
                         "--max-len",
-                        "gradcheck checks four fixed short sentences at their own length",
+                        "gradcheck checks four fixed short sentences (or pairs) at their own length",
                     ));
                 }
                 check.dtype_given = given("dtype");

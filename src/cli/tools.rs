@@ -4,9 +4,10 @@ use clap::Args;
 use serde_json::json;
 use spafit::bench::{bench_train_step_with, BenchSettings, StepKernelTimes};
 use spafit::checkpoint::{BertConfig, Checkpoint};
-use spafit::gradcheck::{gradcheck_with_progress, GradcheckProgress};
+use spafit::gradcheck::{gradcheck_case, GradcheckCase, GradcheckObjective, GradcheckProgress};
 use spafit::model::{check_batch_memory, BertClassifier, Pass};
 use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
+use spafit::text::TextInput;
 use spafit::Result;
 
 use spafit::backend::cpu::CpuBackend;
@@ -61,15 +62,71 @@ pub struct GradcheckCommand {
     /// a bf16 tolerance catches gross errors only (0.1 on real checkpoints).
     #[arg(long, allow_hyphen_values = true, value_parser = super::args::number_passing(spafit::gradcheck::tolerance_problem))]
     pub tolerance: Option<f64>,
+    /// Check four fixed sentence pairs instead of single sentences: the second segment's
+    /// tokens, and with --train-embeddings the token-type embeddings, get their gradient.
+    #[arg(long)]
+    pub pairs: bool,
+    /// Check a regression head's mean squared error (one output, scores 0 to 5) instead of
+    /// classes' cross-entropy.
+    #[arg(long, conflicts_with_all = ["multi_label", "num_labels"])]
+    pub regression: bool,
+    /// Check a multi-label head's binary cross-entropy (a sigmoid per class) instead of
+    /// classes' cross-entropy.
+    #[arg(long)]
+    pub multi_label: bool,
+    /// Classes of the checked head (2 to 4096; 1 will do for --multi-label).
+    #[arg(long, default_value_t = 2, value_parser = label_count, allow_hyphen_values = true)]
+    pub num_labels: usize,
     /// Whether --dtype was on the command line (not its default).
     #[arg(skip)]
     pub dtype_given: bool,
 }
 
+/// `--num-labels`: from 1 (a multi-label head's least) to the most any check takes, refused
+/// as a usage error whatever the other flags.
+fn label_count(text: &str) -> std::result::Result<usize, String> {
+    let n = super::args::at_least_one()(text)?;
+    match n > spafit::gradcheck::MAX_GRADCHECK_LABELS {
+        true => Err(format!(
+            "must be at most {} (every class is the same code path)",
+            spafit::gradcheck::MAX_GRADCHECK_LABELS
+        )),
+        false => Ok(n),
+    }
+}
+
+/// What gradcheck reads: four short sentences, or four pairs with --pairs.
+const GRADCHECK_TEXTS: [&str; 4] = [
+    "a gorgeous, witty, seductive movie.",
+    "unbelievably dull and overlong.",
+    "it is not bad at all",
+    "so-so",
+];
+const GRADCHECK_PAIRS: [(&str, &str); 4] = [
+    ("a cat sat on the mat.", "the mat had a cat sitting on it."),
+    (
+        "he called the film dull.",
+        "the film, he said, was brilliant!",
+    ),
+    ("it is raining", "the sun is out"),
+    ("so-so", "it was fine, i guess"),
+];
+
 impl GradcheckCommand {
+    fn objective(&self) -> GradcheckObjective {
+        match (self.regression, self.multi_label) {
+            (true, _) => GradcheckObjective::Regression,
+            (false, true) => GradcheckObjective::MultiLabel(self.num_labels),
+            (false, false) => GradcheckObjective::Classes(self.num_labels),
+        }
+    }
+
     pub fn run(&self) -> Result<()> {
         // The flags are checked before a device is opened; the model's family completes them.
         self.peft.config()?;
+        if let Some(why) = self.objective().problem() {
+            return Err(spafit::Error::invalid("--num-labels", why));
+        }
         // On the CPU the analytic gradients come from the f64 reference itself unless
         // --dtype asks for the f32 (or bf16) backend; on CUDA from the device, in its dtype;
         // all against the same f64 finite differences.
@@ -88,12 +145,22 @@ impl GradcheckCommand {
         if let Some(notice) = peft.empty_strata_notice(layers) {
             note!("note: {notice}");
         }
-        let texts = [
-            "a gorgeous, witty, seductive movie.",
-            "unbelievably dull and overlong.",
-            "it is not bad at all",
-            "so-so",
-        ];
+        let inputs: Vec<TextInput> = match self.pairs {
+            true => GRADCHECK_PAIRS
+                .iter()
+                .map(|(a, b)| TextInput::Pair(a, b))
+                .collect(),
+            false => GRADCHECK_TEXTS
+                .iter()
+                .map(|t| TextInput::Single(t))
+                .collect(),
+        };
+        let case = GradcheckCase {
+            inputs,
+            objective: self.objective(),
+            samples: self.samples,
+            seed: self.seed,
+        };
         let started = Instant::now();
         let mut show = |p: GradcheckProgress<'_>| {
             // A short check says nothing until its result; a long one (a large --samples
@@ -128,21 +195,13 @@ impl GradcheckCommand {
                 p.coordinates
             );
         };
-        let r = gradcheck_with_progress(
-            &backend,
-            &checkpoint,
-            peft,
-            &texts,
-            self.samples,
-            self.seed,
-            &mut show,
-        )
-        .map_err(|e| {
+        let r = gradcheck_case(&backend, &checkpoint, peft, &case, &mut show).map_err(|e| {
             e.in_memory_context(|| {
                 let what = format!(
                     "This was the gradient check (the model on the device, its f64 reference \
-                     on the host), over {} short texts",
-                    texts.len()
+                     on the host), over {} short {}",
+                    case.inputs.len(),
+                    if self.pairs { "pairs" } else { "texts" }
                 );
                 super::out_of_memory_context(&backend, what, &[], plan.freezes_weights())
             })
@@ -200,6 +259,9 @@ impl GradcheckCommand {
         let mut line = json!({"method": peft.method.to_string(), "device": backend.name(), "tensors": r.tensors, "coordinates": r.coordinates, "max_rel_err": number(r.max_rel_err), "worst_tensor": name(&r.worst_tensor), "resolution": number(r.resolution), "least_resolved_tensor": name(&r.least_resolved_tensor), "unresolved": r.unresolved, "skipped": r.skipped, "key_bias_err": number(r.key_bias_err), "key_bias_tensor": name(&r.key_bias_tensor)});
         line["seed"] = json!(self.seed);
         line["samples"] = json!(self.samples);
+        line["objective"] = json!(case.objective.to_string());
+        line["num_labels"] = json!(case.objective.num_labels());
+        line["pairs"] = json!(self.pairs);
         describe_plan(&mut line, &plan);
         let verdict = self.tolerance.map(|t| r.within(t));
         if let Some(v) = &verdict {

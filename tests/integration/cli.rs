@@ -5199,3 +5199,128 @@ fn out_of_device_memory_names_the_batch_and_what_needs_less() {
         "{err}"
     );
 }
+
+/// gradcheck differentiates the loss a task trains: sentence pairs, a regression head's mean
+/// squared error and a multi-label head's binary cross-entropy pass at the f64 reference's
+/// agreement (and the stand-in's f32 at f32's), and the JSON line says which loss it was. The
+/// head changes what is checked: a regression head's bias has one coordinate where a
+/// two-class head's has two. Class counts no head of that kind has are refused by the flag.
+#[test]
+fn gradcheck_checks_pairs_regression_and_multi_label_losses() {
+    let m = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-electra/model")
+        .display()
+        .to_string();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["gradcheck", "--model", &m, "--samples", "2"];
+        args.extend_from_slice(extra);
+        let (ok, stdout, err) = spafit(&args);
+        assert!(ok, "{extra:?}: {err}");
+        last_json(&stdout)
+    };
+    let tight = ["--tolerance", "1e-8"];
+    let classes = check(&[&["--method", "bitfit", "--pairs"][..], &tight].concat());
+    let regression = check(
+        &[
+            &["--method", "bitfit", "--pairs", "--regression"][..],
+            &tight,
+        ]
+        .concat(),
+    );
+    for (line, objective, labels) in [
+        (&classes, "classification", 2),
+        (&regression, "regression", 1),
+    ] {
+        assert_eq!(line["passed"], true, "{line}");
+        assert_eq!(
+            (&line["objective"], &line["num_labels"], &line["pairs"]),
+            (
+                &serde_json::json!(objective),
+                &serde_json::json!(labels),
+                &serde_json::json!(true)
+            ),
+            "{line}"
+        );
+    }
+    let coordinates = |line: &serde_json::Value| line["coordinates"].as_u64().unwrap();
+    assert_eq!(
+        coordinates(&classes),
+        coordinates(&regression) + 1,
+        "{classes}\n{regression}"
+    );
+    // Pairs are other inputs than single sentences: the gradients, and so how finely the
+    // check resolved them, differ.
+    let single = check(&[&["--method", "bitfit"][..], &tight].concat());
+    assert_eq!(single["pairs"], false, "{single}");
+    assert_ne!(
+        single["resolution"], classes["resolution"],
+        "{single}\n{classes}"
+    );
+    // Every tensor of the model, the embeddings' token types included, under full fine-tuning.
+    let full = check(
+        &[
+            &[
+                "--method",
+                "full",
+                "--pairs",
+                "--multi-label",
+                "--num-labels",
+                "3",
+            ][..],
+            &tight,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        (&full["passed"], &full["objective"], &full["num_labels"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!("multi-label"),
+            &serde_json::json!(3)
+        ),
+        "{full}"
+    );
+    // The stand-in's f32 kernels for the same losses.
+    for objective in [
+        &["--regression"][..],
+        &["--multi-label", "--num-labels", "1"],
+    ] {
+        let args = [
+            &[
+                "--device", "cuda-emu", "--dtype", "f32", "--method", "spafit", "--pairs",
+            ][..],
+            objective,
+            &["--tolerance", "1e-4"],
+        ]
+        .concat();
+        let line = check(&args);
+        assert_eq!(line["device"], "cuda-emu-f32", "{line}");
+        assert_eq!(line["passed"], true, "{line}");
+    }
+    for (args, expected) in [
+        (
+            &["--num-labels", "1"][..],
+            "--num-labels: invalid argument: 1: a classification head has at least 2 classes",
+        ),
+        (
+            &["--multi-label", "--num-labels", "5000"],
+            "invalid value '5000' for '--num-labels <NUM_LABELS>': must be at most 4096",
+        ),
+        (
+            &["--multi-label", "--num-labels", "0"],
+            "invalid value '0' for '--num-labels <NUM_LABELS>': must be at least 1",
+        ),
+    ] {
+        let (ok, _, err) = spafit(&[&["gradcheck", "--model", &m][..], args].concat());
+        assert!(!ok && err.contains(expected), "{args:?}: {err}");
+    }
+    let (ok, _, err) = spafit(&[
+        "gradcheck",
+        "--model",
+        &m,
+        "--regression",
+        "--num-labels",
+        "3",
+    ]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+}
