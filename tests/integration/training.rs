@@ -434,6 +434,17 @@ fn resume_reproduces_an_uninterrupted_run() {
         "{:?}",
         r.notices
     );
+    // Steps so large against the LoRA scale (2, α 16 over r 8) that training stalls: told
+    // (the runs above, at 1e-2, are below the limit: a fifth of it).
+    let r = fresh_run(TrainConfig {
+        learning_rate: 0.06,
+        ..tiny_config(&tmp.path().join("leaping"))
+    });
+    assert!(
+        matches!(&r.notices[..], [n] if n.contains("the LoRA scale α / r = 2 (--lora-alpha over --lora-r) times the learning rate 6e-2 is 0.120")),
+        "{:?}",
+        r.notices
+    );
 
     let (a, b) = (
         file_tensors(&whole.join("last/state.safetensors")),
