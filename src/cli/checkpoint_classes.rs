@@ -94,8 +94,21 @@ pub fn match_checkpoint_classes<B: Backend>(
     kind: &TaskKind,
 ) -> Result<()> {
     let done = classifier.align_classes(checkpoint, backend, kind)?;
-    say_alignment(done, "the checkpoint's", " (config.json id2label)", kind);
+    let source = match checkpoint.config.class_names(classifier.num_labels()) {
+        Some(_) => " (config.json id2label)".to_string(),
+        None => unnamed_outputs(classifier.num_labels()),
+    };
+    say_alignment(done, "the checkpoint's", &source, kind);
     Ok(())
+}
+
+/// Where the class names of a head whose outputs have none come from.
+fn unnamed_outputs(n: usize) -> String {
+    format!(
+        " (its outputs are unnamed, as transformers' LABEL_0, LABEL_1, …, so output i is class \
+         i, 0 to {})",
+        n - 1
+    )
 }
 
 /// Says how `whose` head (`source` saying where its class names come from) was lined up with
@@ -135,12 +148,18 @@ pub fn match_adapter_classes<B: Backend>(
     if head.labels.is_none() {
         // Whether or not the base has a head of its own: transformers names the outputs by
         // id2label either way.
-        let Some(names) = checkpoint.config.class_names(head.outputs) else {
-            return Ok(());
+        let (done, source) = match checkpoint.config.class_names(head.outputs) {
+            Some(names) => (
+                classifier.align_classes_named(names, backend, kind)?,
+                " (the base's config.json id2label, which a PEFT adapter's model takes)"
+                    .to_string(),
+            ),
+            None => (
+                classifier.align_numbered_classes(backend, kind)?,
+                unnamed_outputs(head.outputs),
+            ),
         };
-        let done = classifier.align_classes_named(names, backend, kind)?;
-        let source = " (the base's config.json id2label, which a PEFT adapter's model takes)";
-        say_alignment(done, "the adapter's", source, kind);
+        say_alignment(done, "the adapter's", &source, kind);
         return Ok(());
     }
     // An adapter that records its names refuses other ones (`AdapterHead::check`): it is

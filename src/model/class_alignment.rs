@@ -13,7 +13,8 @@ use crate::error::Result;
 pub enum ClassAlignment {
     /// Nothing to line up: regression, a head not taken from the checkpoint (another number
     /// of outputs, or drawn fresh), or an `id2label` that names no classes (placeholders
-    /// such as `LABEL_0`, or none at all).
+    /// such as `LABEL_0`, or none at all) against data whose classes are not the numbers 0
+    /// to n-1 ([`BertClassifier::align_numbered_classes`]).
     NotNeeded,
     /// The checkpoint (or adapter) names the data's classes in the data's order.
     SameOrder,
@@ -49,7 +50,26 @@ impl<B: Backend> BertClassifier<B> {
         }
         match checkpoint.config.class_names(n) {
             Some(names) => self.align_classes_named(names, backend, kind),
-            None => Ok(ClassAlignment::NotNeeded),
+            None => self.align_numbered_classes(backend, kind),
+        }
+    }
+
+    /// Lines up a head whose outputs have no names (transformers' placeholders `LABEL_0`,
+    /// `LABEL_1`, …, or no `id2label`) with data whose classes are the numbers 0 to n-1 in
+    /// some order: output `i` is class `i`, as transformers trained it from such data
+    /// (run_glue's label ids are the sorted labels, so `2` is id 2). Data with other classes
+    /// is left matched by position: nothing else says which output is which.
+    pub fn align_numbered_classes(
+        &mut self,
+        backend: &B,
+        kind: &TaskKind,
+    ) -> Result<ClassAlignment> {
+        let numbers: Vec<String> = (0..self.num_labels()).map(|i| i.to_string()).collect();
+        match kind.class_names() {
+            Some(labels) if class_order(labels, &numbers).is_some() => {
+                self.align_classes_named(numbers, backend, kind)
+            }
+            _ => Ok(ClassAlignment::NotNeeded),
         }
     }
 

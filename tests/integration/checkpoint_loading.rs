@@ -1473,6 +1473,37 @@ fn heads_follow_their_architecture_and_the_data_classes() {
     );
     assert_eq!(bias, vec![0.5, 1.5, 2.5]);
     assert_eq!(align(&TaskKind::Regression).0, ClassAlignment::NotNeeded);
+    // Unnamed outputs (transformers' placeholders, or no id2label) are the classes 0 to n-1,
+    // by number: data naming those numbers in another order reorders the head, as named
+    // classes do; other classes stay matched by position, with nothing to say otherwise.
+    let placeholders = r#""id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"},"#;
+    for (name, id2label) in [("placeholders", placeholders), ("unnamed", "")] {
+        let ck = write(name, "BertForSequenceClassification", id2label, 3);
+        let align = |kind: &TaskKind| {
+            let mut model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+            let done = model.align_classes(&ck, &cpu, kind).unwrap();
+            (done, host(&model.classifier.bias.value))
+        };
+        let (done, bias) = align(&classes(&["2", "0", "1"]));
+        assert_eq!(
+            done,
+            ClassAlignment::Reordered {
+                head_classes: vec!["0".into(), "1".into(), "2".into()]
+            },
+            "{name}"
+        );
+        assert_eq!(bias, vec![2.5, 0.5, 1.5], "{name}");
+        assert_eq!(
+            align(&classes(&["0", "1", "2"])),
+            (ClassAlignment::SameOrder, vec![0.5, 1.5, 2.5]),
+            "{name}"
+        );
+        assert_eq!(
+            align(&classes(&["b", "c", "a"])),
+            (ClassAlignment::NotNeeded, vec![0.5, 1.5, 2.5]),
+            "{name}"
+        );
+    }
     // A fresh head of the data's size has no classes to line up.
     let mut fresh = BertClassifier::from_checkpoint(&ck, &cpu, 2, 0).unwrap();
     assert_eq!(
