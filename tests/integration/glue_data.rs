@@ -759,6 +759,26 @@ fn rows_that_are_not_utf8_name_the_line_or_are_skipped() {
         msg.contains("line 1 (the header)") && msg.contains("0xff"),
         "{msg}"
     );
+    // A column nothing reads may hold such bytes: a note, or the labels of a file read
+    // for predictions; a column read names itself.
+    put(
+        "notes.csv",
+        b"text,label,note\ngood,1,caf\xe9\nbad,0\xff,ok\n",
+    );
+    let unlabeled = TableSpec {
+        label_column: None,
+        ..text_label_table(r.join("notes.csv"))
+    };
+    let ds = unlabeled.load(OnMalformed::Error).unwrap();
+    assert_eq!(ds.examples.len(), 2);
+    let msg = table("notes.csv")
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("line 3") && msg.contains("field `label`") && msg.contains("0xff"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -7,9 +7,11 @@ use std::path::Path;
 use super::{Row, RowVisitor, TableFormat, TableSpec};
 use crate::error::{Error, Result};
 
+/// A row as its bytes: each field is decoded when read, so a column no command reads (a
+/// note, or the labels `predict` ignores) may hold bytes that are not UTF-8.
 struct CsvRow<'a> {
     header: &'a [String],
-    record: csv::StringRecord,
+    record: csv::ByteRecord,
 }
 
 impl Row for CsvRow<'_> {
@@ -19,8 +21,28 @@ impl Row for CsvRow<'_> {
             .iter()
             .position(|h| h == column)
             .ok_or_else(|| format!("no column `{column}`"))?;
-        Ok(self.record.get(i).map(str::to_string))
+        self.record
+            .get(i)
+            .map(|bytes| {
+                std::str::from_utf8(bytes)
+                    .map(str::to_string)
+                    .map_err(|e| field_not_utf8(self.header, i, bytes, e.valid_up_to()))
+            })
+            .transpose()
     }
+}
+
+/// The message for field `field` (named by the header where it names it), whose byte `at`
+/// is not UTF-8.
+fn field_not_utf8(header: &[String], field: usize, bytes: &[u8], at: usize) -> String {
+    let name = header
+        .get(field)
+        .map_or(format!("field {}", field + 1), |h| format!("field `{h}`"));
+    format!(
+        "{name}, byte {} of the field: {}",
+        at + 1,
+        crate::text_file::invalid_utf8(bytes.get(at).copied().unwrap_or(0))
+    )
 }
 
 /// A CSV record as text; a field that is not UTF-8 is named (by column when the header
@@ -32,15 +54,7 @@ fn decode_record(
     csv::StringRecord::from_byte_record(record).map_err(|e| {
         let (field, at) = (e.utf8_error().field(), e.utf8_error().valid_up_to());
         let record = e.into_byte_record();
-        let bytes = record.get(field).unwrap_or_default();
-        let name = header
-            .get(field)
-            .map_or(format!("field {}", field + 1), |h| format!("field `{h}`"));
-        format!(
-            "{name}, byte {} of the field: {}",
-            at + 1,
-            crate::text_file::invalid_utf8(bytes.get(at).copied().unwrap_or(0))
-        )
+        field_not_utf8(header, field, record.get(field).unwrap_or_default(), at)
     })
 }
 
@@ -546,16 +560,13 @@ impl TableSpec {
                     match classify_record(&r, &header, format, layout, lone_cr_is_text) {
                         Record::Skipped => {}
                         Record::Malformed(why) => visit(line, Err(why))?,
-                        Record::Row => match decode_record(std::mem::take(&mut r), &header) {
-                            Ok(record) => visit(
-                                line,
-                                Ok(&CsvRow {
-                                    header: &header,
-                                    record,
-                                }),
-                            )?,
-                            Err(why) => visit(line, Err(why))?,
-                        },
+                        Record::Row => visit(
+                            line,
+                            Ok(&CsvRow {
+                                header: &header,
+                                record: std::mem::take(&mut r),
+                            }),
+                        )?,
                     }
                 }
                 Err(e) => visit(line, Err(e.to_string()))?,
