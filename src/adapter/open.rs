@@ -208,8 +208,8 @@ impl AdapterHead {
         Err(Error::Mismatch {
             path: dir.to_path_buf(),
             detail: format!(
-                "the classifier head {head} but {data_name} has {} (for custom data, --labels / \
-                 --regression give the data's label space)",
+                "the classifier head {head} but {data_name} is read with {} (for custom data, \
+                 --labels / --regression give the data's label space)",
                 match kind {
                     TaskKind::Classification { labels } => format!("labels {labels:?}"),
                     TaskKind::MultiLabel { labels } => format!("sets of the labels {labels:?}"),

@@ -797,6 +797,27 @@ impl DataArgs {
         })
     }
 
+    /// The label space and name of custom data for `split` where the flags alone give the
+    /// space (--labels, --regression), so that a head that cannot take it is refused before
+    /// any row is read; `None` for GLUE data, or where the data or `default_kind` give it.
+    pub fn given_label_space(
+        &self,
+        split: &str,
+        default_kind: Option<&TaskKind>,
+    ) -> Result<Option<(TaskKind, String)>> {
+        if self.glue_task()?.is_some() || (self.labels.is_none() && !self.regression) {
+            return Ok(None);
+        }
+        let file = match split {
+            "train" => &self.train_file,
+            _ => &self.dev_file,
+        };
+        // Named as the loaded table names itself.
+        file.as_ref()
+            .map(|f| Ok((self.kind(default_kind)?, f.display().to_string())))
+            .transpose()
+    }
+
     /// Loads a split: GLUE `split` (`train`, `dev`, `dev_matched`, `test`...) or the custom
     /// file for `train` / anything else.
     pub fn load(&self, split: &str) -> Result<Dataset> {

@@ -74,23 +74,44 @@ fn load<B: Backend>(
             (classifier, head, default_kind, source, cut)
         }
     };
+    // The head against the data's classes: by the adapter's names, or by the checkpoint's.
+    let check_head = |kind: &TaskKind, data_name: &str| match adapter {
+        Some(dir) => {
+            super::checkpoint_classes::check_adapter_head(&head, &checkpoint, kind, data_name, dir)
+        }
+        None => head
+            .check(kind, data_name, &head_source)
+            .map_err(|e| match e {
+                spafit::Error::Mismatch { path, detail } => spafit::Error::Mismatch {
+                    path,
+                    detail: format!(
+                        "{detail}; the checkpoint's head is its own (no --adapter){}",
+                        checkpoint
+                            .config
+                            .class_names(head.outputs)
+                            .map_or(String::new(), |n| format!(
+                                ", its classes {n:?} by config.json's id2label"
+                            ))
+                    ),
+                },
+                e => e,
+            }),
+    };
+    // Classes the flags give are checked before any row is read: a row's label outside
+    // them is no news when the head cannot take them at all.
+    if let Some((kind, name)) = data.given_label_space(split, default_kind.as_ref())? {
+        check_head(&kind, &name)?;
+    }
     let data = match for_prediction {
         true => data.load_for_prediction(split, default_kind.as_ref())?,
         false => data.load_with_default_kind(split, default_kind.as_ref())?,
     };
     head.check_texts(&data, &head_source)?;
+    check_head(&data.kind, &data.name)?;
     let mut classifier = classifier;
-    // Checked against the data's classes, then lined up with them once: by the adapter's
-    // names, or by the checkpoint's.
+    // Lined up with the data's classes once: by the adapter's names, or by the checkpoint's.
     match adapter {
-        Some(dir) => {
-            super::checkpoint_classes::check_adapter_head(
-                &head,
-                &checkpoint,
-                &data.kind,
-                &data.name,
-                dir,
-            )?;
+        Some(_) => {
             super::checkpoint_classes::match_adapter_classes(
                 &head,
                 &checkpoint,
@@ -100,22 +121,6 @@ fn load<B: Backend>(
             )?;
         }
         None => {
-            head.check(&data.kind, &data.name, &head_source)
-                .map_err(|e| match e {
-                    spafit::Error::Mismatch { path, detail } => spafit::Error::Mismatch {
-                        path,
-                        detail: format!(
-                            "{detail}; the checkpoint's head is its own (no --adapter){}",
-                            checkpoint
-                                .config
-                                .class_names(classifier.num_labels())
-                                .map_or(String::new(), |n| format!(
-                                    ", its classes {n:?} by config.json's id2label"
-                                ))
-                        ),
-                    },
-                    e => e,
-                })?;
             super::checkpoint_classes::match_checkpoint_classes(
                 &checkpoint,
                 &mut classifier,

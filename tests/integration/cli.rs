@@ -834,6 +834,25 @@ fn train_eval_predict_on_glue_layout() {
         &adapter,
     ]);
     assert!(!ok && err.contains("trained for labels"), "{err}");
+    // Classes the head cannot take are said before any row is read: not as a row whose
+    // label is not one of them.
+    let (ok, _, err) = spafit(&[
+        "eval",
+        "--model",
+        &m,
+        "--dev-file",
+        &custom,
+        "--labels",
+        "a,b,c",
+        "--adapter",
+        &adapter,
+    ]);
+    assert!(
+        !ok && err.contains("trained for labels")
+            && err.contains(r#"custom.tsv is read with labels ["a", "b", "c"]"#)
+            && !err.contains("line 2"),
+        "{err}"
+    );
 
     let (ok, stdout, err) = spafit(&[
         "predict",
