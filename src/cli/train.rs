@@ -1060,6 +1060,15 @@ pub(super) fn check_output_paths(
                 ),
             );
         }
+        // Nor one the saves cannot write into (a resumed run's `last/` made read-only): the
+        // first save would fail after the steps before it. A finished run (its result
+        // written) only says its result again.
+        let finished = dir.join(RESULT_FILE).is_file();
+        for sub in ["best", "last"].map(|name| dir.join(name)) {
+            if sub.is_dir() && !finished {
+                super::check_creatable("--output", &sub)?;
+            }
+        }
         // A run inside an adapter's folder (`runs/a/best`) would mix its files with it.
         if let Some(found) = spafit::adapter::model_or_adapter_file_in(dir) {
             return refuse(

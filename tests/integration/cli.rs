@@ -5343,3 +5343,92 @@ fn gradcheck_checks_pairs_regression_and_multi_label_losses() {
     ]);
     assert!(!ok && err.contains("cannot be used with"), "{err}");
 }
+
+/// A run whose saved state cannot be written (its `last/` made read-only) is refused when
+/// resumed, before any step: the first save would fail after the steps before it. Root may
+/// write anywhere, so as root the resume runs as `nobody` (through `setpriv`, where
+/// installed); a finished run, which writes nothing when resumed, is not refused.
+#[test]
+fn a_resume_that_could_not_save_is_refused_before_training() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mode = |path: &Path, bits: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(bits)).unwrap()
+    };
+    let model = root.join("model");
+    std::fs::create_dir(&model).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-electra/model");
+    for f in std::fs::read_dir(&fixture).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let rows: String = (0..8).map(|i| format!("text {i},{}\n", i % 2)).collect();
+    write(root, "train.csv", &format!("text,label\n{rows}"));
+    let out = root.join("run");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let fixed = ["train", "--model", "model", "--train-file", "train.csv"];
+        let fixed = fixed
+            .iter()
+            .chain(&["--max-steps", "2", "--batch-size", "4"]);
+        let fixed = fixed.chain(&["--save-every", "1", "--output", "run", "--quiet"]);
+        fixed.chain(extra).map(|s| s.to_string()).collect()
+    };
+    let (ok, _, err) = spafit_in(root, &args(&[]), false);
+    assert!(ok, "{err}");
+    // Everyone may read and write the run but its state.
+    for path in [root, &model, &out, &out.join("best")] {
+        mode(path, 0o777);
+    }
+    for f in ["train.csv", "run/metrics.jsonl", "run/result.json"] {
+        mode(&root.join(f), 0o666);
+    }
+    for f in std::fs::read_dir(&model).unwrap() {
+        mode(&f.unwrap().path(), 0o644);
+    }
+    mode(&out.join("last"), 0o555);
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    // As root, `nobody` must be able to run the binary where the build put it.
+    if as_root && !spafit_in(root, &["--version".to_string()], true).0 {
+        println!(
+            "SKIPPED a_resume_that_could_not_save_is_refused_before_training: as root, and \
+             `nobody` cannot run spafit here through setpriv"
+        );
+        return;
+    }
+    let (ok, stdout, err) = spafit_in(root, &args(&["--resume"]), as_root);
+    assert!(
+        ok && stdout.contains("\"steps\":2"),
+        "a finished run: {err}"
+    );
+    std::fs::remove_file(out.join("result.json")).unwrap();
+    let (ok, _, err) = spafit_in(root, &args(&["--resume"]), as_root);
+    assert!(
+        !ok && err.contains("run/last is a directory this user may not write into"),
+        "{err}"
+    );
+}
+
+/// `spafit` in `dir`, as `nobody` where `as_nobody` (through setpriv).
+fn spafit_in(dir: &Path, args: &[String], as_nobody: bool) -> (bool, String, String) {
+    let bin = env!("CARGO_BIN_EXE_spafit");
+    let mut command = match as_nobody {
+        true => {
+            let mut c = Command::new("/usr/bin/setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+            c
+        }
+        false => Command::new(bin),
+    };
+    // No setpriv to run: a failure, which the caller may take as a reason to skip.
+    let out = match command.args(args).current_dir(dir).output() {
+        Ok(out) => out,
+        Err(e) => return (false, String::new(), e.to_string()),
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
