@@ -373,7 +373,8 @@ pub fn fit<B: Backend>(
     )
     .holding(&mut locks)
     .observe(&mut stop_when_signalled)
-    .fit(&tokenizer, train, dev)?;
+    .fit(&tokenizer, train, dev)
+    .map_err(|e| resumable_after(e, args.output.as_deref()))?;
     if let Some(handlers) = on_signal.as_ref().filter(|_| !report.stopped_by_observer) {
         handlers.say(super::interrupt::FINISHING);
     }
@@ -978,6 +979,35 @@ fn note_classes_without_examples(train: &Dataset) {
     }
 }
 
+/// A write under the run's directory that failed for want of room (a full disk, a quota, a
+/// file size limit, a file system gone read-only) leaves what the run saved before whole
+/// (each file is written under a temporary name, then renamed): said with the error, and how
+/// to go on, where a user would otherwise take the run for lost.
+fn resumable_after(e: spafit::Error, output: Option<&std::path::Path>) -> spafit::Error {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    match (e, output) {
+        (spafit::Error::Io { path, error }, Some(dir))
+            if path.starts_with(dir)
+                && matches!(
+                    error.kind(),
+                    StorageFull | QuotaExceeded | FileTooLarge | ReadOnlyFilesystem
+                ) =>
+        {
+            let error = std::io::Error::new(
+                error.kind(),
+                format!(
+                    "{error}; what the run saved before is whole (each file is written under \
+                     a temporary name, then renamed): once there is room, the same command \
+                     with --resume goes on from its last saved state (last/), or starts over \
+                     where it saved none"
+                ),
+            );
+            spafit::Error::Io { path, error }
+        }
+        (e, _) => e,
+    }
+}
+
 /// The final JSON line of a run, kept in its output directory.
 pub(super) const RESULT_FILE: &str = "result.json";
 
@@ -1200,4 +1230,50 @@ fn among_run_files(path: &std::path::Path, run: &std::path::Path) -> bool {
         || written
             .iter()
             .any(|name| super::same_file(path, &run.join(name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resumable_after;
+    use std::io::{Error as IoError, ErrorKind};
+    use std::path::Path;
+
+    fn io(path: &str, kind: ErrorKind) -> spafit::Error {
+        spafit::Error::Io {
+            path: path.into(),
+            error: IoError::new(kind, "the OS's words"),
+        }
+    }
+
+    /// A save that ran out of room under the run's directory says how to go on; an error
+    /// elsewhere, or of another kind (a read), is left as it was.
+    #[test]
+    fn a_save_without_room_says_the_run_resumes() {
+        let out = Some(Path::new("runs/a"));
+        let said = resumable_after(
+            io("runs/a/last/state.safetensors", ErrorKind::StorageFull),
+            out,
+        );
+        let text = said.to_string();
+        assert!(
+            text.starts_with("runs/a/last/state.safetensors: the OS's words; ")
+                && text.contains("the same command with --resume goes on"),
+            "{text}"
+        );
+        assert!(
+            matches!(said, spafit::Error::Io { error, .. } if error.kind() == ErrorKind::StorageFull)
+        );
+        for (path, kind, output) in [
+            ("elsewhere/x", ErrorKind::StorageFull, out),
+            ("runs/a/last/state.safetensors", ErrorKind::NotFound, out),
+            (
+                "runs/a/last/state.safetensors",
+                ErrorKind::StorageFull,
+                None,
+            ),
+        ] {
+            let text = resumable_after(io(path, kind), output).to_string();
+            assert_eq!(text, format!("{path}: the OS's words"));
+        }
+    }
 }
