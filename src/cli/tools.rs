@@ -295,6 +295,17 @@ fn describe_plan(line: &mut serde_json::Value, plan: &PeftPlan) {
     line["train_layer_norm"] = json!(plan.train_layer_norm_weights);
 }
 
+/// A --shape that names a preset (any case), refused as a misspelling otherwise.
+fn shape_name(given: &str) -> std::result::Result<String, String> {
+    match BertConfig::preset(&given.to_ascii_lowercase()) {
+        Some(_) => Ok(given.to_string()),
+        None => Err(format!(
+            "`{given}`: expected tiny, mini, base, large, electra-small, electra-base, \
+             electra-large or distilbert-base"
+        )),
+    }
+}
+
 /// `spafit bench`.
 #[derive(Args, Debug)]
 pub struct BenchCommand {
@@ -325,7 +336,7 @@ pub struct BenchCommand {
     /// over 128-wide embeddings and their projection), `electra-base` or `electra-large`
     /// (BERT-base's and BERT-large's shapes under ELECTRA's head); `distilbert-base` (6
     /// layers, hidden 768, no segment table, the ReLU head).
-    #[arg(long)]
+    #[arg(long, value_parser = shape_name)]
     pub shape: Option<String>,
     /// After the timed steps, time one more step's CUDA kernels on the device: each kernel's
     /// launches and milliseconds on stderr, the busiest first, beside the step's wall time,
@@ -391,14 +402,7 @@ impl BenchCommand {
         let (backend, mut model) = match &shape {
             Some(shape) => {
                 let config = BertConfig::preset(shape).ok_or_else(|| {
-                    let given = self.shape.as_deref().unwrap_or_default();
-                    spafit::Error::invalid(
-                        "--shape",
-                        format!(
-                            "`{given}`: expected tiny, mini, base, large, electra-small, \
-                             electra-base, electra-large or distilbert-base"
-                        ),
-                    )
+                    spafit::Error::invalid("--shape", shape_name(shape).err().unwrap_or_default())
                 })?;
                 let peft = &self.peft.config_for(config.family())?;
                 let plan = PeftPlan::new(peft, config.num_hidden_layers)?;
