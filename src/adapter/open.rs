@@ -32,7 +32,9 @@ pub struct OpenedAdapter<B: Backend> {
     /// The plan the model is under.
     pub plan: PeftPlan,
     /// Class names, when the adapter records them (spafit's do, and its PEFT exports in
-    /// `spafit_export.json`; PEFT's own do not: their outputs match data by position).
+    /// `spafit_export.json`; PEFT's own do not: their outputs take the base's `id2label`
+    /// names, or are the classes 0 to n-1 where the base names none and the data's classes
+    /// are those numbers, else match data by position).
     pub labels: Option<Vec<String>>,
     /// Whether it was trained on text pairs, when it records that (spafit's adapters and
     /// its PEFT exports do).

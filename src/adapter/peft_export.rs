@@ -118,8 +118,11 @@ pub fn export_peft<B: Backend>(
     if let Some(base) = record.base {
         model.check_base(base)?;
     }
+    // A base that names no classes calls the outputs LABEL_0, LABEL_1, …: classes that are
+    // those numbers go out in number order, as an import reads them back.
     let base_order = labels.and_then(|trained| {
-        let names = model.config().class_names(trained.len())?;
+        let names = (model.config().class_names(trained.len()))
+            .or_else(|| crate::data::numbered_classes(trained))?;
         let order = crate::data::class_order(&names, trained)?;
         (names.as_slice() != trained).then_some((names, order))
     });

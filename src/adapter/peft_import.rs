@@ -168,7 +168,7 @@ fn exported_note(
     if json.get("adapter_model_sha256").and_then(|h| h.as_str()) != Some(weights_sha256) {
         let recorded = |key: &str| json.get(key).is_some_and(|v| !v.is_null());
         let ignored: Vec<String> = [
-            ("labels", format!("its class names (the {outputs} outputs are taken in the data's class order; custom data: --labels names them)")),
+            ("labels", format!("its class names (the {outputs} outputs take the base's id2label names, or, where it names none, are the classes 0 to {} where the data's are those numbers, else the data's classes in order; custom data: --labels names them)", outputs.saturating_sub(1))),
             ("max_len", "its cut of the texts (--max-len decides)".to_string()),
             ("text_pairs", "whether the texts were pairs".to_string()),
         ]

@@ -592,7 +592,10 @@ pub struct DataArgs {
     /// or a fine-tuned checkpoint records; else for train the training file's labels in
     /// sorted order, numbers by value, or a regression where they are real numbers and the
     /// checkpoint's own head has one output; for eval and predict 0 to n-1 for a head of n
-    /// outputs).
+    /// outputs). A head that names its classes (an adapter's, a checkpoint's id2label) is
+    /// reordered to this order by name; one whose outputs are unnamed (transformers'
+    /// LABEL_0, …) holds the classes 0 to n-1, reordered so where the names are those
+    /// numbers, else taken in this order.
     #[arg(long, conflicts_with = "regression", value_parser = label_list)]
     pub labels: Option<String>,
     /// Custom data: the label is a real number (regression, one output).

@@ -42,10 +42,10 @@ enum Command {
     /// Finite-difference check of a real model's gradients under a method (prints max_rel_err); on the CPU it checks the f64 reference unless --dtype is given.
     ///
     /// What it differentiates: the cross-entropy of four fixed short sentences (--pairs: four
-    /// sentence pairs), labels alternating 0/1, through the checkpoint's encoder and a
-    /// two-class head (the checkpoint's own where it has two outputs, else a fresh one; the
-    /// mean squared error of a one-output head with --regression, a sigmoid per class with
-    /// --multi-label, --num-labels classes), with training-mode dropout at 0.1 (the adapters at their own
+    /// sentence pairs), labels alternating 0/1 (input i has class i mod N with --num-labels
+    /// N), through the checkpoint's encoder and a two-class head (the checkpoint's own where
+    /// it has as many outputs as checked, else a fresh one; the mean squared error of a
+    /// one-output head with --regression, a sigmoid per class with --multi-label), with training-mode dropout at 0.1 (the adapters at their own
     /// --lora-dropout) under a fixed mask, and adapters drawn random (B not zero) so that every
     /// gradient is non-trivial. The analytic gradients come from the device, the central
     /// finite differences (Richardson-extrapolated) from the f64 CPU reference on the same

@@ -402,9 +402,16 @@ pub fn fit<B: Backend>(
         };
         let exported = export_peft(dir, &run.backend, &run.model, &run.plan, &record)?;
         if let spafit::adapter::ExportedClassOrder::BaseOrder { exported } = exported {
+            let order = match run.checkpoint.config.class_names(exported.len()) {
+                Some(_) => "the base's id2label order",
+                None => {
+                    "the order of the numbers (the base names no classes: transformers \
+                         calls output i LABEL_i)"
+                }
+            };
             note!(
-                "note: the export's head follows the base's id2label order {exported:?}, by \
-                 which transformers names a PEFT adapter's outputs (trained as {:?})",
+                "note: the export's head follows {order} {exported:?}, by which transformers \
+                 names a PEFT adapter's outputs (trained as {:?})",
                 trained.unwrap_or_default()
             );
         }
@@ -452,10 +459,9 @@ fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option
     };
     let base_names = config.class_names(outputs);
     let trained = kind.class_names();
-    // Classes named by their ids in order (data of 0s and 1s) are what transformers calls
-    // them anyway, by position.
-    let by_id =
-        trained.is_some_and(|names| names.iter().enumerate().all(|(i, n)| *n == i.to_string()));
+    // Classes that are the numbers of the outputs (data of 0s and 1s) are what transformers
+    // calls them anyway, by position: the export puts them in that order.
+    let by_id = trained.is_some_and(|names| spafit::data::numbered_classes(names).is_some());
     let names_differ = match (trained, &base_names) {
         (Some(trained), Some(base)) => spafit::data::class_order(base, trained).is_none(),
         (Some(_), None) => !by_id,

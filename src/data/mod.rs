@@ -34,6 +34,15 @@ pub fn class_order(labels: &[String], names: &[String]) -> Option<Vec<usize>> {
     exact(labels, names).or_else(|| exact(&lower(labels), &lower(names)))
 }
 
+/// The class names `0` to `n-1`, where `labels` are those numbers in some order: what a head
+/// whose outputs have no names (transformers' `LABEL_0`, `LABEL_1`, …) holds, output `i`
+/// class `i`, as transformers trains it from such data (its label ids are the sorted
+/// labels). `None` for other labels, which nothing ties to the outputs but their position.
+pub fn numbered_classes(labels: &[String]) -> Option<Vec<String>> {
+    let numbers: Vec<String> = (0..labels.len()).map(|i| i.to_string()).collect();
+    class_order(labels, &numbers).map(|_| numbers)
+}
+
 /// The first name given twice in `names`, as (its first index, the repeat's index).
 pub fn first_repeat<T: PartialEq>(names: &[T]) -> Option<(usize, usize)> {
     names.iter().enumerate().find_map(|(i, n)| {

@@ -5,7 +5,7 @@
 use super::BertClassifier;
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
-use crate::data::{class_order, TaskKind};
+use crate::data::{class_order, numbered_classes, TaskKind};
 use crate::error::Result;
 
 /// What [`BertClassifier::align_classes`] did.
@@ -64,12 +64,13 @@ impl<B: Backend> BertClassifier<B> {
         backend: &B,
         kind: &TaskKind,
     ) -> Result<ClassAlignment> {
-        let numbers: Vec<String> = (0..self.num_labels()).map(|i| i.to_string()).collect();
-        match kind.class_names() {
-            Some(labels) if class_order(labels, &numbers).is_some() => {
-                self.align_classes_named(numbers, backend, kind)
-            }
-            _ => Ok(ClassAlignment::NotNeeded),
+        let numbers = kind
+            .class_names()
+            .filter(|labels| labels.len() == self.num_labels())
+            .and_then(numbered_classes);
+        match numbers {
+            Some(numbers) => self.align_classes_named(numbers, backend, kind),
+            None => Ok(ClassAlignment::NotNeeded),
         }
     }
 

@@ -525,6 +525,56 @@ fn export_writes_the_head_in_the_bases_id2label_order() {
     }
 }
 
+/// A base that names no classes (transformers' `LABEL_0`, …) holds the classes 0 to n-1 by
+/// number: a head trained on those numbers in another order is written in number order, so
+/// that transformers' `LABEL_i` is class `i`; read back without the note that records the
+/// order (PEFT saved it again), the numbers line it up with the data as trained.
+#[test]
+fn export_writes_numbered_classes_in_number_order_on_an_unnamed_base() {
+    use spafit::data::TaskKind;
+    let mut ck = checkpoint();
+    ck.config.id2label = (0..3)
+        .map(|i| (i.to_string(), serde_json::json!(format!("LABEL_{i}"))))
+        .collect();
+    let cpu = CpuBackend::f64();
+    let (_, plan) = plans().into_iter().next().unwrap();
+    let model = common::trained(&ck, &cpu, &plan, 3);
+    let trained: Vec<String> = ["2", "0", "1"].map(String::from).to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let record = PeftExportRecord {
+        base_model_name_or_path: "all-MiniLM-L6-v2",
+        labels: Some(&trained),
+        ..PeftExportRecord::default()
+    };
+    let order = export_peft(dir.path(), &cpu, &model, &plan, &record).unwrap();
+    let numbers: Vec<String> = ["0", "1", "2"].map(String::from).to_vec();
+    assert_eq!(
+        order,
+        spafit::adapter::ExportedClassOrder::BaseOrder {
+            exported: numbers.clone()
+        }
+    );
+    std::fs::remove_file(dir.path().join("spafit_export.json")).unwrap();
+    let mut opened = open_adapter(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!(opened.labels, None);
+    let data = TaskKind::Classification {
+        labels: trained.clone(),
+    };
+    let done = opened.model.align_numbered_classes(&cpu, &data).unwrap();
+    assert_eq!(
+        done,
+        spafit::model::ClassAlignment::Reordered {
+            head_classes: numbers
+        }
+    );
+    let texts = ["a first sentence", "and another, a little longer one"];
+    let want = common::logits(&ck, &cpu, &model, &texts, 16);
+    let got = common::logits(&ck, &cpu, &opened.model, &texts, 16);
+    for (w, g) in want.iter().zip(&got) {
+        assert!((w - g).abs() < 1e-12, "{want:?} against {got:?}");
+    }
+}
+
 /// Folders that cannot hold an export or an adapter, or hold none to read, are named as
 /// such (the system said "File exists" or "Not a directory"): a path that is a file or lies
 /// under one, a model's folder; and a spafit export opened on another base says so before
