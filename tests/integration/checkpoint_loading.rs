@@ -1449,11 +1449,13 @@ fn heads_follow_their_architecture_and_the_data_classes() {
     let classes = |names: &[&str]| TaskKind::Classification {
         labels: names.iter().map(|s| s.to_string()).collect(),
     };
-    let align = |kind: &TaskKind| {
-        let mut model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
-        let done = model.align_classes(&ck, &cpu, kind).unwrap();
+    // What lining `ck`'s own head up with `kind` did, and the head's bias after it.
+    let align_on = |ck: &Checkpoint, kind: &TaskKind| {
+        let mut model = BertClassifier::from_fine_tuned(ck, &cpu).unwrap();
+        let done = model.align_classes(ck, &cpu, kind).unwrap();
         (done, host(&model.classifier.bias.value))
     };
+    let align = |kind: &TaskKind| align_on(&ck, kind);
     let (done, bias) = align(&classes(&["mixed", "neg", "pos"]));
     assert_eq!(
         done,
@@ -1479,11 +1481,7 @@ fn heads_follow_their_architecture_and_the_data_classes() {
     let placeholders = r#""id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"},"#;
     for (name, id2label) in [("placeholders", placeholders), ("unnamed", "")] {
         let ck = write(name, "BertForSequenceClassification", id2label, 3);
-        let align = |kind: &TaskKind| {
-            let mut model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
-            let done = model.align_classes(&ck, &cpu, kind).unwrap();
-            (done, host(&model.classifier.bias.value))
-        };
+        let align = |kind: &TaskKind| align_on(&ck, kind);
         let (done, bias) = align(&classes(&["2", "0", "1"]));
         assert_eq!(
             done,
