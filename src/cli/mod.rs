@@ -127,6 +127,7 @@ impl Cli {
         let given = |id: &str| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         match &mut cli.command {
             Command::Bench(bench) => {
+                bench.seq_len_given = given("seq_len");
                 if given("max_len") {
                     return Err(spafit::Error::invalid(
                         "--max-len",

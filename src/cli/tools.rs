@@ -321,9 +321,13 @@ pub struct BenchCommand {
     /// memory (N ≤ --batch-size).
     #[arg(long, value_parser = super::args::at_least_one(), allow_hyphen_values = true)]
     pub micro_batch_size: Option<usize>,
-    /// Tokens per example.
+    /// Tokens per example (without it, 64, or all the model's positions where it has fewer,
+    /// noted).
     #[arg(long, value_parser = super::args::at_least_one(), default_value_t = 64, allow_hyphen_values = true)]
     pub seq_len: usize,
+    /// Whether --seq-len was on the command line (not its default).
+    #[arg(skip)]
+    pub seq_len_given: bool,
     /// Timed steps (the median is reported).
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), default_value_t = 10, allow_hyphen_values = true)]
     pub steps: usize,
@@ -355,7 +359,12 @@ const KERNELS_LISTED: usize = 12;
 
 impl BenchCommand {
     /// What ran out of memory in a timed step, and which of the command's settings need less.
-    fn step_memory_context<B: Backend>(&self, backend: &B, frozen_weights: bool) -> String {
+    fn step_memory_context<B: Backend>(
+        &self,
+        backend: &B,
+        seq_len: usize,
+        frozen_weights: bool,
+    ) -> String {
         let micro = self.micro_batch_size.unwrap_or(self.batch_size);
         let in_parts = match micro < self.batch_size {
             true => format!(" in micro-batches of {micro}"),
@@ -368,11 +377,11 @@ impl BenchCommand {
                 false => "a training step",
             },
             self.batch_size,
-            self.seq_len
+            seq_len
         );
         // In micro-batches the part, not the batch, is what the activations scale with.
         let changes = [
-            (self.seq_len > 1).then_some("a shorter --seq-len"),
+            (seq_len > 1).then_some("a shorter --seq-len"),
             (micro > 1 && !self.inference)
                 .then_some("a smaller --micro-batch-size (the same batch in parts)"),
             (micro == self.batch_size && micro > 1).then_some("a smaller --batch-size"),
@@ -449,18 +458,33 @@ impl BenchCommand {
                  about a GPU's"
             );
         }
+        // As train, eval and predict cut to a small model's positions: only a length asked
+        // for is refused there.
+        let positions = model.config().max_tokens();
+        let seq_len = match !self.seq_len_given && positions < self.seq_len {
+            true => {
+                note!(
+                    "note: sequences of {positions} tokens, all the model's positions take \
+                     (config.json's `max_position_embeddings`), not the default {}",
+                    self.seq_len
+                );
+                positions
+            }
+            false => self.seq_len,
+        };
         let settings = BenchSettings {
             batch: self.batch_size,
             micro_batch: self.micro_batch_size.unwrap_or(self.batch_size),
-            seq_len: self.seq_len,
+            seq_len,
             warmup: self.warmup,
             steps: self.steps,
             kernel_times: self.kernel_times,
             inference: self.inference,
         };
         let frozen = model.has_frozen_linear_weights();
-        let r = bench_train_step_with(&backend, &mut model, &settings)
-            .map_err(|e| e.in_memory_context(|| self.step_memory_context(&backend, frozen)))?;
+        let r = bench_train_step_with(&backend, &mut model, &settings).map_err(|e| {
+            e.in_memory_context(|| self.step_memory_context(&backend, seq_len, frozen))
+        })?;
         let mut line = json!({
             "pass": match self.inference { true => "inference", false => "training" },
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),

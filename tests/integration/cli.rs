@@ -5450,3 +5450,32 @@ fn spafit_in(dir: &Path, args: &[String], as_nobody: bool) -> (bool, String, Str
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// bench's default length is cut to a small model's positions, noted, as train, eval and
+/// predict cut theirs; a length asked for beyond them is refused.
+#[test]
+fn bench_fits_its_default_length_to_a_small_model() {
+    let m = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny-roberta/model")
+        .display()
+        .to_string();
+    let bench = [
+        "bench",
+        "--model",
+        &m,
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ];
+    let (ok, stdout, err) = spafit(&bench);
+    assert!(ok && err.contains("note: sequences of 38 tokens"), "{err}");
+    assert_eq!(last_json(&stdout)["seq_len"], 38, "{stdout}");
+    let (ok, _, err) = spafit(&[&bench[..], &["--seq-len", "64"]].concat());
+    assert!(
+        !ok && err.contains("sequences of 64 tokens are longer than the model's 38 positions"),
+        "{err}"
+    );
+}
