@@ -322,8 +322,7 @@ fn tensor_error(
         loss_at(&shifted)
     })?;
     // A random direction's derivative is typically the gradient's root mean square.
-    let rms = (g.iter().map(|a| a * a).sum::<f64>() / g.len() as f64).sqrt();
-    let along_scale = fd_along.abs().max(rms);
+    let along_scale = fd_along.abs().max(root_mean_square(g));
     let direction_err = relative_error((analytic_along - fd_along).abs(), along_scale, along_floor);
     // Each part resolves what its finite differences saw: coordinates that were all zero to
     // rounding (a sparse gradient's) leave the direction to say how fine the check was.
@@ -523,7 +522,8 @@ pub fn gradcheck_case<B: Backend>(
     // The adapters' own dropout where the plan has adapters (BERT's 0.1 on the rest).
     let lora_dropout = plan.lora_dropout();
     let tokenizer = checkpoint.tokenizer(32)?;
-    let input = ModelInput::for_model(&cpu, &tokenizer.encode_batch(inputs)?, &checkpoint.config)?;
+    let encoded = tokenizer.encode_batch(inputs)?;
+    let input = ModelInput::for_model(&cpu, &encoded, &checkpoint.config)?;
     let labels = objective.labels(&cpu, count)?;
     let loss_of = |m: &BertClassifier<CpuBackend>| -> Result<f64> {
         let mut tape = Tape::new(cpu);
@@ -561,8 +561,7 @@ pub fn gradcheck_case<B: Backend>(
             p.value = device.tensor_from_f64(p.value.shape().clone(), v)?;
         }
     }
-    let device_input =
-        ModelInput::for_model(device, &tokenizer.encode_batch(inputs)?, &checkpoint.config)?;
+    let device_input = ModelInput::for_model(device, &encoded, &checkpoint.config)?;
     let device_labels = objective.labels(device, count)?;
     let mut tape = Tape::new(device.clone());
     let logits = on_device.forward(
@@ -677,12 +676,16 @@ pub fn gradcheck_case<B: Backend>(
     Ok(report)
 }
 
+/// The root mean square of `g` (0 for none).
+fn root_mean_square(g: &[f64]) -> f64 {
+    (g.iter().map(|v| v * v).sum::<f64>() / g.len().max(1) as f64).sqrt()
+}
+
 /// A key bias's gradient (exactly zero in exact arithmetic) over the root mean square of the
 /// same layer's query-bias gradient: rounding where the backward pass is right. NaN for a
 /// non-finite gradient; 0 where both are zero (no gradient reaches the layer).
 fn key_bias_error(key: &[f64], query: &[f64]) -> f64 {
-    let rms = |g: &[f64]| (g.iter().map(|v| v * v).sum::<f64>() / g.len().max(1) as f64).sqrt();
-    let (k, q) = (rms(key), rms(query));
+    let (k, q) = (root_mean_square(key), root_mean_square(query));
     match (k.is_finite() && q.is_finite(), k == 0.0) {
         (false, _) => f64::NAN,
         (true, true) => 0.0,

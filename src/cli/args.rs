@@ -811,14 +811,19 @@ impl DataArgs {
         if self.glue_task()?.is_some() || (self.labels.is_none() && !self.regression) {
             return Ok(None);
         }
-        let file = match split {
-            "train" => &self.train_file,
-            _ => &self.dev_file,
-        };
         // Named as the loaded table names itself.
-        file.as_ref()
+        self.custom_file(split)
             .map(|f| Ok((self.kind(default_kind)?, f.display().to_string())))
             .transpose()
+    }
+
+    /// The custom file of `split`: --train-file for `train`, --dev-file for `dev`, `test`
+    /// and anything else.
+    fn custom_file(&self, split: &str) -> Option<&PathBuf> {
+        match split {
+            "train" => self.train_file.as_ref(),
+            _ => self.dev_file.as_ref(),
+        }
     }
 
     /// Loads a split: GLUE `split` (`train`, `dev`, `dev_matched`, `test`...) or the custom
@@ -877,12 +882,7 @@ impl DataArgs {
                 .ok_or_else(|| Error::invalid("--task", "a GLUE task needs --glue-dir"))?;
             return task.load(dir, split, self.policy()).map(report);
         }
-        let file = if split == "train" {
-            &self.train_file
-        } else {
-            &self.dev_file
-        };
-        let file = file.as_ref().ok_or_else(|| {
+        let file = self.custom_file(split).ok_or_else(|| {
             let flag = if split == "train" {
                 "--train-file"
             } else {

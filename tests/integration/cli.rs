@@ -3,7 +3,6 @@
 
 use crate::common;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -5407,13 +5406,11 @@ fn a_resume_that_could_not_save_is_refused_before_training() {
     // where it cannot, the check is skipped, not failed.
     let (ok, stdout, err) = spafit_in(root, &args(&["--resume"]), as_root);
     if as_root && !ok {
-        // Past the harness's capture, so the test script counts it as skipped.
-        let _ = writeln!(
-            std::io::stdout(),
-            "SKIPPED a_resume_that_could_not_save_is_refused_before_training: as root, and \
-             `nobody` cannot run spafit here through setpriv ({})",
+        common::skipped(&format!(
+            "a_resume_that_could_not_save_is_refused_before_training: as root, and `nobody` \
+             cannot run spafit here through setpriv ({})",
             err.trim()
-        );
+        ));
         return;
     }
     assert!(

@@ -2513,11 +2513,9 @@ fn cuda_grids_past_a_lowered_limit_take_several_launches() {
     match (std::env::var_os(Y), std::env::var_os(Z)) {
         (None, None) => {
             if cuda(DType::F32).driver() != Driver::Emulator {
-                // Past the harness's capture, so the test script counts it as skipped.
-                let _ = writeln!(
-                    std::io::stdout(),
-                    "SKIPPED {TEST}: only the CPU stand-in lowers its grid limits"
-                );
+                common::skipped(&format!(
+                    "{TEST}: only the CPU stand-in lowers its grid limits"
+                ));
                 return;
             }
             for limit in [Y, Z] {

@@ -567,7 +567,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use crate::backend::cpu::skipped;
 
     /// Exact sums (in f64) of the bf16-rounded operands: the kernels may differ from them by
     /// the f32 rounding of their own sums only.
@@ -607,11 +607,7 @@ mod tests {
     #[test]
     fn a_products_sums_read_no_weight_past_their_row() {
         if !avx512_bf16() {
-            // Past the harness's capture, so the test script counts it as skipped.
-            let _ = writeln!(
-                std::io::stdout(),
-                "SKIPPED the few-row kernel: this CPU lacks AVX-512 BF16"
-            );
+            skipped("the few-row kernel: this CPU lacks AVX-512 BF16");
             return;
         }
         // Depths below, at and past one step of 32, odd and even.
@@ -647,11 +643,7 @@ mod tests {
     #[test]
     fn a_few_rows_cells_have_the_same_bits_anywhere_in_the_product() {
         if !avx512_bf16() {
-            // Past the harness's capture, so the test script counts it as skipped.
-            let _ = writeln!(
-                std::io::stdout(),
-                "SKIPPED the few-row kernel: this CPU lacks AVX-512 BF16"
-            );
+            skipped("the few-row kernel: this CPU lacks AVX-512 BF16");
             return;
         }
         let (rows, out, input) = (11, 70, 45);

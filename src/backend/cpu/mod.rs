@@ -807,3 +807,11 @@ fn check_cross_entropy(
     shapes::check_indices(op, "label", ids(labels), classes)?;
     Ok((dtype, classes))
 }
+
+/// Says a test did not run (a kernel this CPU lacks), past the harness's capture of its
+/// output, so the project's test script counts it as skipped rather than passed.
+#[cfg(test)]
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "SKIPPED {why}");
+}

@@ -415,3 +415,10 @@ pub fn with_kernel_names<B: Backend, T>(b: &B, f: impl FnOnce() -> T) -> (T, Vec
         .collect();
     (result, names)
 }
+
+/// Says a test did not run, past the harness's capture of its output, so the project's test
+/// script counts it as skipped rather than passed.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "SKIPPED {why}");
+}
