@@ -77,8 +77,7 @@ pub fn product_with_bf16_weight(
             return unsafe { x86::product_on_tiles(a, rows, w, out, input, k, cols, use_, bias) };
         }
         // SAFETY: as above.
-        let c = unsafe { x86::product(a, rows, w, out, input, k, cols, use_) };
-        return plus_row(c, bias);
+        return unsafe { x86::product(a, rows, w, out, input, k, cols, use_, bias) };
     }
     plus_row(product_by_rounding(a, rows, w, out, input, use_), bias)
 }
@@ -159,7 +158,7 @@ mod x86 {
     /// Rows per parallel task: whole tiles.
     const ROWS_PER_TASK: usize = 8 * MR;
 
-    /// `a` (`[rows, k]`) times `B` (`[k, cols]`, from `w` as `use_` says).
+    /// `a` (`[rows, k]`) times `B` (`[k, cols]`, from `w` as `use_` says), `bias` added.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn product(
@@ -171,73 +170,78 @@ mod x86 {
         k: usize,
         cols: usize,
         use_: WeightUse,
+        bias: Option<&[f32]>,
     ) -> Vec<f32> {
         let pairs = k.div_ceil(2);
         // A's rows in bf16, each padded to whole pairs: lane `p` of a row's u32 view holds
         // elements 2p (low half) and 2p + 1 (high half), as `vdpbf16ps` pairs them.
         let packed_a = pack_a(a, k, pairs, rows);
         let panels = pack_b(w, out, input, k, cols, pairs, use_);
-        let mut c = vec![0f32; rows * cols];
+        // The panel's bias columns from `j0`, if any.
+        let bias_at = |j0: usize| bias.map(|b| &b[j0..]);
+        // Every cell is written by one tile: the output needs no zeros first.
+        let mut c: Vec<f32> = Vec::with_capacity(rows * cols);
+        // Tests and debug builds: NaN where no tile wrote, rather than old heap bytes.
+        #[cfg(debug_assertions)]
+        c.spare_capacity_mut()[..rows * cols].fill(MaybeUninit::new(f32::NAN));
         if rows <= ROWS_PER_TASK {
             // Too few rows to share: the threads take the column panels instead, each into a
             // block of its own, copied into place.
-            let blocks: Vec<Vec<f32>> = panels
+            let blocks: Vec<Vec<MaybeUninit<f32>>> = panels
                 .par_chunks_exact(pairs * NR)
                 .enumerate()
                 .map(|(jb, panel)| {
                     let n = NR.min(cols - jb * NR);
-                    let mut block = vec![0f32; rows * NR];
+                    let mut block = vec![MaybeUninit::uninit(); rows * NR];
                     let mut r = 0;
                     while r < rows {
                         let m = MR.min(rows - r);
                         let a_rows = &packed_a[r * pairs..(r + m) * pairs];
+                        let cells = &mut block[r * NR..];
                         // SAFETY: as in the row split below, into a block of `rows × NR`.
-                        unsafe { tile(a_rows, m, pairs, panel, &mut block[r * NR..], NR, n) };
+                        unsafe { tile(a_rows, m, pairs, panel, cells, NR, n, bias_at(jb * NR)) };
                         r += m;
                     }
                     block
                 })
                 .collect();
+            let dst = &mut c.spare_capacity_mut()[..rows * cols];
             for (jb, block) in blocks.iter().enumerate() {
                 let j0 = jb * NR;
                 let n = NR.min(cols - j0);
-                for (row, src) in c.chunks_exact_mut(cols).zip(block.chunks_exact(NR)) {
+                for (row, src) in dst.chunks_exact_mut(cols).zip(block.chunks_exact(NR)) {
                     row[j0..j0 + n].copy_from_slice(&src[..n]);
                 }
             }
+            // SAFETY: the blocks' first `n` columns, written by their tiles, cover every
+            // column of every row.
+            unsafe { c.set_len(rows * cols) };
             return c;
         }
-        let tasks: Vec<(usize, &mut [f32])> = c
-            .chunks_mut(ROWS_PER_TASK * cols)
+        c.spare_capacity_mut()[..rows * cols]
+            .par_chunks_mut(ROWS_PER_TASK * cols)
             .enumerate()
-            .map(|(i, chunk)| (i * ROWS_PER_TASK, chunk))
-            .collect();
-        tasks.into_par_iter().for_each(|(row0, chunk)| {
-            let n_rows = chunk.len() / cols;
-            let mut r = 0;
-            while r < n_rows {
-                let m = MR.min(n_rows - r);
-                let a_rows = &packed_a[(row0 + r) * pairs..(row0 + r + m) * pairs];
-                for (jb, panel) in panels.chunks_exact(pairs * NR).enumerate() {
-                    let j0 = jb * NR;
-                    let n = NR.min(cols - j0);
-                    // SAFETY: features enabled on this function; the slices hold `m` rows of
-                    // `pairs` and a panel of `pairs × NR`; the tile's cells lie in `chunk`.
-                    unsafe {
-                        tile(
-                            a_rows,
-                            m,
-                            pairs,
-                            panel,
-                            &mut chunk[r * cols + j0..],
-                            cols,
-                            n,
-                        )
-                    };
+            .for_each(|(task, chunk)| {
+                let row0 = task * ROWS_PER_TASK;
+                let n_rows = chunk.len() / cols;
+                let mut r = 0;
+                while r < n_rows {
+                    let m = MR.min(n_rows - r);
+                    let a_rows = &packed_a[(row0 + r) * pairs..(row0 + r + m) * pairs];
+                    for (jb, panel) in panels.chunks_exact(pairs * NR).enumerate() {
+                        let j0 = jb * NR;
+                        let n = NR.min(cols - j0);
+                        let cells = &mut chunk[r * cols + j0..];
+                        // SAFETY: features enabled on this function; the slices hold `m`
+                        // rows of `pairs` and a panel of `pairs × NR`; the tile's cells lie
+                        // in `chunk`.
+                        unsafe { tile(a_rows, m, pairs, panel, cells, cols, n, bias_at(j0)) };
+                    }
+                    r += m;
                 }
-                r += m;
-            }
-        });
+            });
+        // SAFETY: the tiles of every task cover every cell of its rows.
+        unsafe { c.set_len(rows * cols) };
         c
     }
 
@@ -475,16 +479,18 @@ mod x86 {
     }
 
     /// `m` ≤ MR rows of packed A against one panel into `n` ≤ NR columns of C (row stride
-    /// `ldc`), overwriting them.
+    /// `ldc`), writing them whole, `bias` (the panel's columns on) added after the sums.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
         a: &[u32],
         m: usize,
         pairs: usize,
         panel: &[u32],
-        c: &mut [f32],
+        c: &mut [MaybeUninit<f32>],
         ldc: usize,
         n: usize,
+        bias: Option<&[f32]>,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let ap = a.as_ptr();
@@ -549,11 +555,28 @@ mod x86 {
         } else {
             0
         } as __mmask16;
+        if let Some(b) = bias {
+            assert!(b.len() >= n, "bf16 product: the bias ends inside the panel");
+            // SAFETY: the masks read no lane past the `n` columns `b` holds.
+            let (b0, b1) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(low, b.as_ptr()),
+                    match n > 16 {
+                        true => _mm512_maskz_loadu_ps(high, b.as_ptr().add(16)),
+                        false => _mm512_setzero_ps(),
+                    },
+                )
+            };
+            for row in acc.iter_mut().take(m) {
+                row[0] = _mm512_add_ps(row[0], b0);
+                row[1] = _mm512_add_ps(row[1], b1);
+            }
+        }
         for (i, row) in acc.iter().enumerate().take(m) {
             // SAFETY: row `i` of the tile starts at `i · ldc` in `c`, which holds its `n`
             // columns; the masks write no lane past them.
             unsafe {
-                let dst = c.as_mut_ptr().add(i * ldc);
+                let dst = c.as_mut_ptr().add(i * ldc) as *mut f32;
                 _mm512_mask_storeu_ps(dst, low, row[0]);
                 // Past 16 columns only: the pointer must stay inside the row's allocation.
                 if n > 16 {
@@ -717,7 +740,8 @@ mod tests {
                 #[cfg(target_arch = "x86_64")]
                 if avx512_bf16() {
                     // SAFETY: the CPU has the kernel's features; the sizes are consistent.
-                    let got = unsafe { x86::product(&a, rows, &w, out, input, k, cols, use_) };
+                    let got =
+                        unsafe { x86::product(&a, rows, &w, out, input, k, cols, use_, None) };
                     paths.push(("kernel", got));
                 }
                 #[cfg(target_arch = "x86_64")]
