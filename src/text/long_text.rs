@@ -15,6 +15,18 @@
 //! U+0600 (it joins the space after it into one cluster) would not promise. So a prefix
 //! holding at least `max_len` tokens encodes, after truncation from the right, to the very
 //! ids of the whole text. Other pipelines (custom normalizers and splits) tokenize whole.
+//!
+//! Texts without whitespace (minified JSON, URLs, base64) are cut before ASCII punctuation
+//! too, where the split isolates it. BERT's pre-tokenizer makes every punctuation character
+//! a word of its own, and its normalizer leaves ASCII punctuation as it is (a starter, so
+//! NFD reorders nothing across it): a prefix that ends before one, after a character that is
+//! not whitespace, gives the whole text's first tokens. GPT-2's split ends a run of letters
+//! or digits at any other character: the same holds before ASCII punctuation that follows an
+//! ASCII letter or digit. Not before `_`, a word character to the added tokens'
+//! `single_word` test; not where an added token's occurrence spans the cut (`[MASK]` cut
+//! before its `]`); not at all where an added token matched after BERT's normalization holds
+//! punctuation (its occurrences in the raw text are not its own bytes). SentencePiece's split
+//! is at whitespace only: its texts are cut there only.
 
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -30,15 +42,42 @@ const FIRST_CUT_BYTES_PER_TOKEN: usize = 8;
 /// The ASCII whitespace a cut falls before.
 const CUT_BEFORE: [u8; 4] = *b" \t\n\r";
 
+/// Added tokens holding punctuation past which no cut is made before punctuation: each such
+/// cut looks for each of them around it.
+const MAX_GUARDED_TOKENS: usize = 64;
+
 /// Where a long text may be cut (see the module's doc).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(super) struct CutRule {
+    before_space: SpaceCut,
+    /// Where the pipeline allows cuts before ASCII punctuation too.
+    before_punctuation: Option<PunctuationCut>,
+}
+
+/// What a cut before ASCII whitespace must follow.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum CutRule {
-    /// Before ASCII whitespace that follows a character that is not whitespace: BERT's and
-    /// RoBERTa's pipelines.
+enum SpaceCut {
+    /// A character that is not whitespace: BERT's and RoBERTa's pipelines.
     AfterNonSpace,
-    /// Before ASCII whitespace that follows an ASCII character that is not whitespace:
-    /// SentencePiece's pipeline, whose table maps grapheme clusters.
+    /// An ASCII character that is not whitespace: SentencePiece's pipeline, whose table maps
+    /// grapheme clusters.
     AfterAsciiNonSpace,
+}
+
+/// Cuts before ASCII punctuation other than `_`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct PunctuationCut {
+    /// Whether the character before the cut must be an ASCII letter or digit (GPT-2's
+    /// split), rather than any character that is not whitespace (BERT's).
+    after_alphanumeric: bool,
+    /// The added tokens (matched in the raw text) holding such punctuation: no cut falls
+    /// inside an occurrence of one.
+    guarded: Vec<Box<[u8]>>,
+}
+
+/// ASCII punctuation a cut may fall before: all but `_`, which `\w` counts as a letter.
+fn is_cut_punctuation(b: u8) -> bool {
+    b.is_ascii_punctuation() && b != b'_'
 }
 
 /// Where `tokenizer`'s pipeline allows cutting long texts (see the module's doc) when it
@@ -57,19 +96,85 @@ pub(super) fn cut_rule(tokenizer: &Tokenizer, direction: TruncationDirection) ->
         normalizer,
         None | Some(NormalizerWrapper::BertNormalizer(_))
     );
-    match tokenizer.get_pre_tokenizer() {
+    let (before_space, after_alphanumeric) = match tokenizer.get_pre_tokenizer() {
         Some(PreTokenizerWrapper::BertPreTokenizer(_)) if bert_normalizer => {
-            Some(CutRule::AfterNonSpace)
+            (SpaceCut::AfterNonSpace, Some(false))
         }
         Some(PreTokenizerWrapper::ByteLevel(b)) if normalizer.is_none() && b.use_regex => {
-            Some(CutRule::AfterNonSpace)
+            (SpaceCut::AfterNonSpace, Some(true))
         }
         Some(PreTokenizerWrapper::Sequence(s))
             if splits_at_whitespace_first(s.as_ref()) && keeps_whitespace_apart(normalizer) =>
         {
-            Some(CutRule::AfterAsciiNonSpace)
+            (SpaceCut::AfterAsciiNonSpace, None)
         }
-        _ => None,
+        _ => return None,
+    };
+    Some(CutRule {
+        before_space,
+        before_punctuation: after_alphanumeric.and_then(|after| punctuation_cut(tokenizer, after)),
+    })
+}
+
+/// Cuts before punctuation for a pipeline whose split isolates it (see the module's doc),
+/// unless an added token could straddle one unseen.
+fn punctuation_cut(tokenizer: &Tokenizer, after_alphanumeric: bool) -> Option<PunctuationCut> {
+    let holds_cut_punctuation = |s: &str| s.bytes().any(is_cut_punctuation);
+    let mut guarded = Vec::new();
+    for token in tokenizer.get_added_tokens_decoder().values() {
+        match (token.normalized, tokenizer.get_normalizer()) {
+            // Matched in the normalized text, where its occurrences are not its bytes.
+            (true, Some(normalizer)) => {
+                let mut content = NormalizedString::from(token.content.as_str());
+                if normalizer.normalize(&mut content).is_err()
+                    || holds_cut_punctuation(content.get())
+                {
+                    return None;
+                }
+            }
+            _ if holds_cut_punctuation(&token.content) => {
+                guarded.push(token.content.as_bytes().into())
+            }
+            _ => {}
+        }
+    }
+    guarded.sort();
+    (guarded.len() <= MAX_GUARDED_TOKENS).then_some(PunctuationCut {
+        after_alphanumeric,
+        guarded,
+    })
+}
+
+impl CutRule {
+    /// Whether `text` may be cut before its byte `i` (not the first).
+    fn allows(&self, text: &str, i: usize) -> bool {
+        let byte = text.as_bytes()[i];
+        // An ASCII byte starts a character: `i` is a boundary wherever a cut may fall.
+        let before = || text[..i].chars().next_back();
+        if CUT_BEFORE.contains(&byte) {
+            return before().is_some_and(|c| match self.before_space {
+                SpaceCut::AfterNonSpace => !c.is_whitespace(),
+                SpaceCut::AfterAsciiNonSpace => c.is_ascii() && !c.is_ascii_whitespace(),
+            });
+        }
+        let Some(punctuation) = &self.before_punctuation else {
+            return false;
+        };
+        is_cut_punctuation(byte)
+            && before().is_some_and(|c| match punctuation.after_alphanumeric {
+                true => c.is_ascii_alphanumeric(),
+                false => !c.is_whitespace(),
+            })
+            && !punctuation.straddled(text.as_bytes(), i)
+    }
+}
+
+impl PunctuationCut {
+    /// Whether an occurrence of a guarded added token starts before byte `i` and holds it.
+    fn straddled(&self, bytes: &[u8], i: usize) -> bool {
+        self.guarded.iter().any(|token| {
+            (i.saturating_sub(token.len() - 1)..i).any(|s| bytes[s..].starts_with(token))
+        })
     }
 }
 
@@ -105,7 +210,7 @@ fn keeps_whitespace_apart(normalizer: Option<&NormalizerWrapper>) -> bool {
 /// truncates nor pads), when `text` is long enough to be worth cutting and one exists.
 pub(super) fn prefix_with_tokens<'t>(
     tokenizer: &Tokenizer,
-    rule: CutRule,
+    rule: &CutRule,
     text: &'t str,
     max_len: usize,
 ) -> Option<&'t str> {
@@ -116,16 +221,7 @@ pub(super) fn prefix_with_tokens<'t>(
     debug_assert!(tokenizer.get_padding().is_none() && tokenizer.get_truncation().is_none());
     let mut budget = FIRST_CUT_BYTES_PER_TOKEN * max_len.max(64);
     loop {
-        // An ASCII byte is a character boundary; the first one after a character the rule
-        // allows.
-        let bytes = text.as_bytes();
-        let cut = (budget..bytes.len()).find(|&i| {
-            CUT_BEFORE.contains(&bytes[i])
-                && text[..i].chars().next_back().is_some_and(|c| match rule {
-                    CutRule::AfterNonSpace => !c.is_whitespace(),
-                    CutRule::AfterAsciiNonSpace => c.is_ascii() && !c.is_ascii_whitespace(),
-                })
-        })?;
+        let cut = (budget..text.len()).find(|&i| rule.allows(text, i))?;
         // Past half the text, the rest costs less than another try.
         if cut >= text.len() / 2 {
             return None;
@@ -137,5 +233,254 @@ pub(super) fn prefix_with_tokens<'t>(
         }
         // Never the same cut twice: past this one, four times as far.
         budget = (budget * 4).max(cut + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use tokenizers::{AddedToken, Tokenizer, TruncationDirection};
+
+    use super::{cut_rule, prefix_with_tokens, CutRule};
+
+    fn fixture(relative: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    }
+
+    fn open(path: &Path) -> Tokenizer {
+        let mut t = Tokenizer::from_file(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        t.with_truncation(None).unwrap();
+        t.with_padding(None);
+        t
+    }
+
+    /// Each token's id and where it lies in the text.
+    fn tokens(t: &Tokenizer, text: &str) -> Vec<(u32, (usize, usize))> {
+        let e = t.encode(text, false).unwrap();
+        e.get_ids()
+            .iter()
+            .copied()
+            .zip(e.get_offsets().iter().copied())
+            .collect()
+    }
+
+    /// `path`'s tokenizer with a model that knows only its added tokens: each word of the
+    /// split becomes one unknown token spanning it, so a cut that changes a word shows in
+    /// the offsets, whatever a small vocabulary would have merged.
+    fn words_only(path: &Path) -> Tokenizer {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut vocab = serde_json::Map::new();
+        for token in json["added_tokens"].as_array().unwrap() {
+            vocab.insert(
+                token["content"].as_str().unwrap().into(),
+                token["id"].clone(),
+            );
+        }
+        let unk = json["added_tokens"][0]["content"].clone();
+        json["model"] = serde_json::json!({"type": "WordLevel", "vocab": vocab, "unk_token": unk});
+        let mut t: Tokenizer = serde_json::from_value(json).unwrap();
+        t.with_truncation(None).unwrap();
+        t.with_padding(None);
+        t
+    }
+
+    /// Pieces that meet at cuts in every way the rules weigh: punctuation of every kind (and
+    /// `_`) after letters, digits, punctuation, whitespace, marks and CJK; added tokens that
+    /// hold punctuation; contractions GPT-2's split keeps whole; a character NFD maps to `;`.
+    const PIECES: &[&str] = &[
+        "a",
+        "Zq",
+        "7",
+        "42",
+        ".",
+        ",",
+        ";",
+        "!",
+        "?",
+        "'",
+        "\"",
+        "-",
+        "/",
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        "<",
+        ">",
+        "#",
+        "##",
+        "$",
+        "%",
+        "&",
+        "*",
+        "+",
+        "=",
+        "@",
+        "\\",
+        "^",
+        "`",
+        "|",
+        "~",
+        ":",
+        "_",
+        "__",
+        "'s",
+        "'ll",
+        "e\u{301}",
+        "é",
+        "\u{37e}",
+        "中",
+        "Σ",
+        "İ",
+        "🙂",
+        " ",
+        "\t",
+        "\n",
+        "  ",
+        "[MASK]",
+        "[CLS]",
+        "[SEP",
+        "<mask>",
+        "<s>",
+        "</s>",
+        "x.y",
+        "a-b",
+        "foo",
+        "http://e.com/a?b=c&d=e",
+        "{\"k\":[1,2]}",
+    ];
+
+    fn texts(count: usize, pieces: usize, seed: u64) -> Vec<String> {
+        let mut state = seed;
+        let mut next = move |n: usize| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as usize) % n
+        };
+        (0..count)
+            .map(|_| (0..pieces).map(|_| PIECES[next(PIECES.len())]).collect())
+            .collect()
+    }
+
+    /// Every cut the rule allows in `texts` gives a prefix whose tokens are the whole text's
+    /// first tokens; returns how many cuts were before punctuation.
+    fn check_every_cut(t: &Tokenizer, rule: &CutRule, texts: &[String], what: &str) -> usize {
+        let mut punctuation_cuts = 0;
+        for text in texts {
+            let whole = tokens(t, text);
+            for i in 1..text.len() {
+                if !rule.allows(text, i) {
+                    continue;
+                }
+                punctuation_cuts += usize::from(text.as_bytes()[i].is_ascii_punctuation());
+                let prefix = tokens(t, &text[..i]);
+                // The last token may end sooner: whitespace an added token strips on its
+                // right lies past the cut.
+                let same = prefix.len() <= whole.len()
+                    && prefix.iter().zip(&whole).enumerate().all(|(n, (p, w))| {
+                        p == w
+                            || (n + 1 == prefix.len()
+                                && (p.0, p.1 .0) == (w.0, w.1 .0)
+                                && text[p.1 .1..w.1 .1].chars().all(char::is_whitespace))
+                    });
+                assert!(
+                    same,
+                    "{what}: cut before byte {i} of {text:?}: {prefix:?} is not the start of \
+                     {whole:?}"
+                );
+            }
+        }
+        punctuation_cuts
+    }
+
+    fn rule(t: &Tokenizer) -> CutRule {
+        cut_rule(t, TruncationDirection::Right).expect("a pipeline that is cut")
+    }
+
+    #[test]
+    fn every_cut_before_punctuation_keeps_the_first_tokens() {
+        let minilm = fixture(".cache/models/all-MiniLM-L6-v2/tokenizer.json");
+        assert!(
+            minilm.is_file(),
+            "{}: run scripts/fetch_assets.sh first",
+            minilm.display()
+        );
+        let texts = texts(60, 40, 7);
+        let electra = fixture("tests/fixtures/tiny-electra/model/tokenizer.json");
+        let roberta = fixture("tests/fixtures/tiny-roberta/model/tokenizer.json");
+        for (what, mut t) in [
+            ("all-MiniLM-L6-v2 (BERT)", open(&minilm)),
+            ("tiny-electra (BERT)", open(&electra)),
+            ("tiny-electra's split (BERT)", words_only(&electra)),
+            ("tiny-roberta (GPT-2)", open(&roberta)),
+            ("tiny-roberta's split (GPT-2)", words_only(&roberta)),
+        ] {
+            let cuts = check_every_cut(&t, &rule(&t), &texts, what);
+            assert!(cuts > 500, "{what}: {cuts} cuts before punctuation tried");
+            // Added tokens matched in the raw text, holding punctuation or not, stripping
+            // whitespace, single words.
+            t.add_special_tokens(&[
+                AddedToken::from("x.y", true),
+                AddedToken::from("a-b", true).single_word(true),
+                AddedToken::from("<mask>", true).lstrip(true).rstrip(true),
+                AddedToken::from("&d=", true),
+            ]);
+            t.add_tokens(&[AddedToken::from("foo", false).single_word(true)]);
+            let with_added = rule(&t);
+            let cuts = check_every_cut(&t, &with_added, &texts, &format!("{what}, added tokens"));
+            assert!(
+                cuts > 500,
+                "{what}, added tokens: {cuts} cuts before punctuation tried"
+            );
+            // One matched after normalization: BERT's normalizer hides where it lies in the
+            // raw text; without a normalizer it is its bytes there.
+            t.add_tokens(&[AddedToken::from("Zq;", false)]);
+            let normalized = rule(&t);
+            check_every_cut(
+                &t,
+                &normalized,
+                &texts,
+                &format!("{what}, a normalized token"),
+            );
+            let bert = what.contains("BERT");
+            assert_eq!(normalized.before_punctuation.is_none(), bert, "{what}");
+        }
+    }
+
+    /// A long text without whitespace (minified JSON) is cut, to the whole text's first
+    /// tokens; before, it was tokenized whole (2.4 MB: 3 s and 0.9 GB).
+    #[test]
+    fn minified_json_is_cut() {
+        let minilm = fixture(".cache/models/all-MiniLM-L6-v2/tokenizer.json");
+        assert!(
+            minilm.is_file(),
+            "{}: run scripts/fetch_assets.sh first",
+            minilm.display()
+        );
+        let text: String = (0..400)
+            .map(|i| format!("{{\"id\":{i},\"url\":\"https://e.com/a?q={i}&x=y\"}},"))
+            .collect();
+        assert!(!text.contains(char::is_whitespace));
+        for path in [
+            minilm,
+            fixture("tests/fixtures/tiny-roberta/model/tokenizer.json"),
+        ] {
+            let t = open(&path);
+            let prefix = prefix_with_tokens(&t, &rule(&t), &text, 64)
+                .unwrap_or_else(|| panic!("{path:?}: not cut"));
+            assert!(
+                prefix.len() < text.len() / 8,
+                "{path:?}: cut at {}",
+                prefix.len()
+            );
+            let (cut, whole) = (tokens(&t, prefix), tokens(&t, &text));
+            assert!(cut.len() >= 64, "{path:?}");
+            assert_eq!(cut[..64], whole[..64], "{path:?}");
+        }
     }
 }

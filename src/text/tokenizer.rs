@@ -391,7 +391,7 @@ impl TextTokenizer {
 
     /// A prefix of a long `text` that encodes as the whole text does (`long_text`).
     fn cut<'t>(&self, text: &'t str) -> Option<&'t str> {
-        let rule = self.cut_rule?;
+        let rule = self.cut_rule.as_ref()?;
         super::long_text::prefix_with_tokens(&self.inner, rule, text, self.max_len)
     }
 
