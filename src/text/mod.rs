@@ -2,6 +2,7 @@
 
 mod added_tokens;
 mod long_text;
+mod long_words;
 mod roberta_tokenizer;
 mod tokenizer;
 mod tokenizer_class;

@@ -108,6 +108,9 @@ pub struct TextTokenizer {
     /// only as far as it keeps (`long_text`): BERT's, RoBERTa's and XLM-R's pipelines,
     /// truncated from the right.
     cut_rule: Option<super::long_text::CutRule>,
+    /// The length runs of ASCII letters and digits past WordPiece's word limit are cut to
+    /// before tokenizing (`long_words`), where that keeps the ids: BERT's pipeline.
+    shortened_run_length: Option<usize>,
 }
 
 /// The settings that decide the encoding (the vocabulary and its rules stay out of it).
@@ -254,6 +257,7 @@ impl TextTokenizer {
         segment_ids: bool,
     ) -> Result<Self> {
         let cut_rule = super::long_text::cut_rule(&inner, direction);
+        let shortened_run_length = super::long_words::shortened_run_length(&inner);
         let mut inner = inner;
         inner
             .with_truncation(None)
@@ -267,6 +271,7 @@ impl TextTokenizer {
             segment_ids,
             pairs_refused: None,
             cut_rule,
+            shortened_run_length,
         };
         tok.set_max_len(max_len)?;
         Ok(tok)
@@ -372,8 +377,13 @@ impl TextTokenizer {
             self.check_pairs()?;
         }
         let r = match input {
-            TextInput::Single(a) => self.encode_dropping_overflow(self.cut(a).unwrap_or(a), None),
-            TextInput::Pair(a, b) => self.encode_dropping_overflow(a, Some(b)),
+            TextInput::Single(a) => {
+                let a = self.shortened(a);
+                self.encode_dropping_overflow(self.cut(&a).unwrap_or(&a), None)
+            }
+            TextInput::Pair(a, b) => {
+                self.encode_dropping_overflow(&self.shortened(a), Some(&self.shortened(b)))
+            }
         };
         let e = r.map_err(|e| Error::Format {
             path: self.path.clone(),
@@ -387,6 +397,15 @@ impl TextTokenizer {
             ids: e.get_ids().to_vec(),
             type_ids,
         })
+    }
+
+    /// `text` with the runs of letters and digits past WordPiece's word limit shortened,
+    /// which encodes as `text` does (`long_words`).
+    fn shortened<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        match self.shortened_run_length {
+            Some(keep) => super::long_words::shorten_runs(text, keep),
+            None => std::borrow::Cow::Borrowed(text),
+        }
     }
 
     /// A prefix of a long `text` that encodes as the whole text does (`long_text`).
