@@ -8,7 +8,7 @@
 //! config's plain `"<mask>"` says).
 
 use serde_json::Value;
-use tokenizers::{AddedToken, AddedVocabulary, Tokenizer};
+use tokenizers::{AddedToken, AddedVocabulary, NormalizedString, Normalizer, Tokenizer};
 
 use super::tokenizer_config::TokenizerConfig;
 use crate::error::Result;
@@ -111,6 +111,46 @@ pub(crate) fn config_added_tokens(config: &TokenizerConfig) -> Result<Vec<AddedT
     let mut seen = std::collections::HashSet::new();
     tokens.retain(|t| seen.insert(t.content.clone()));
     Ok(tokens)
+}
+
+/// `tokenizer`'s added tokens as the input meets them: where the token is normalized and
+/// there is a normalizer, the normalized content, whether tokenizers looks for in the
+/// normalized text; else the content as written, which it looks for in the text as given.
+/// None where one cannot be normalized or normalizes to nothing (an empty token matches
+/// between every two characters).
+pub(crate) fn matched_tokens(tokenizer: &Tokenizer) -> Option<Vec<MatchedToken>> {
+    let normalizer = tokenizer.get_normalizer();
+    let mut tokens: Vec<MatchedToken> = tokenizer
+        .get_added_tokens_decoder()
+        .values()
+        .map(|token| match (token.normalized, normalizer) {
+            (true, Some(normalizer)) => {
+                let mut content = NormalizedString::from(token.content.as_str());
+                normalizer.normalize(&mut content).ok()?;
+                Some(MatchedToken {
+                    content: content.get().to_string(),
+                    in_normalized_text: true,
+                })
+            }
+            _ => Some(MatchedToken {
+                content: token.content.clone(),
+                in_normalized_text: false,
+            }),
+        })
+        .collect::<Option<_>>()?;
+    if tokens.iter().any(|t| t.content.is_empty()) {
+        return None;
+    }
+    // The decoder is a hash map: a fixed order for whoever keeps the list.
+    tokens.sort_by(|a, b| a.content.cmp(&b.content));
+    Some(tokens)
+}
+
+/// An added token as [`matched_tokens`] gives it.
+pub(crate) struct MatchedToken {
+    pub content: String,
+    /// Whether `content` is looked for in the normalized text (it is then normalized).
+    pub in_normalized_text: bool,
 }
 
 /// Adds those of `tokens` whose text no added token of `to` (nor an earlier one of

@@ -32,6 +32,8 @@ use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{NormalizedString, Normalizer, Tokenizer, TruncationDirection};
 
+use super::added_tokens::{matched_tokens, MatchedToken};
+
 /// Texts shorter than this many bytes per token kept are tokenized whole: cutting them saves
 /// little, and most texts are.
 const BYTES_PER_TOKEN_BEFORE_CUTTING: usize = 32;
@@ -84,9 +86,9 @@ fn is_cut_punctuation(b: u8) -> bool {
 /// truncates from `direction`, if it does.
 pub(super) fn cut_rule(tokenizer: &Tokenizer, direction: TruncationDirection) -> Option<CutRule> {
     // An added token that holds whitespace could straddle a cut.
-    let added_tokens_whole = tokenizer
-        .get_added_tokens_decoder()
-        .values()
+    let added = matched_tokens(tokenizer)?;
+    let added_tokens_whole = added
+        .iter()
         .all(|t| !t.content.contains(|c: char| c.is_whitespace()));
     if direction != TruncationDirection::Right || !added_tokens_whole {
         return None;
@@ -112,33 +114,24 @@ pub(super) fn cut_rule(tokenizer: &Tokenizer, direction: TruncationDirection) ->
     };
     Some(CutRule {
         before_space,
-        before_punctuation: after_alphanumeric.and_then(|after| punctuation_cut(tokenizer, after)),
+        before_punctuation: after_alphanumeric.and_then(|after| punctuation_cut(&added, after)),
     })
 }
 
 /// Cuts before punctuation for a pipeline whose split isolates it (see the module's doc),
 /// unless an added token could straddle one unseen.
-fn punctuation_cut(tokenizer: &Tokenizer, after_alphanumeric: bool) -> Option<PunctuationCut> {
-    let holds_cut_punctuation = |s: &str| s.bytes().any(is_cut_punctuation);
+fn punctuation_cut(added: &[MatchedToken], after_alphanumeric: bool) -> Option<PunctuationCut> {
     let mut guarded = Vec::new();
-    for token in tokenizer.get_added_tokens_decoder().values() {
-        match (token.normalized, tokenizer.get_normalizer()) {
-            // Matched in the normalized text, where its occurrences are not its bytes.
-            (true, Some(normalizer)) => {
-                let mut content = NormalizedString::from(token.content.as_str());
-                if normalizer.normalize(&mut content).is_err()
-                    || holds_cut_punctuation(content.get())
-                {
-                    return None;
-                }
-            }
-            _ if holds_cut_punctuation(&token.content) => {
-                guarded.push(token.content.as_bytes().into())
-            }
-            _ => {}
+    for token in added
+        .iter()
+        .filter(|t| t.content.bytes().any(is_cut_punctuation))
+    {
+        match token.in_normalized_text {
+            // Its occurrences in the normalized text are not its bytes in the raw one.
+            true => return None,
+            false => guarded.push(token.content.as_bytes().into()),
         }
     }
-    guarded.sort();
     (guarded.len() <= MAX_GUARDED_TOKENS).then_some(PunctuationCut {
         after_alphanumeric,
         guarded,
@@ -449,6 +442,10 @@ mod tests {
             );
             let bert = what.contains("BERT");
             assert_eq!(normalized.before_punctuation.is_none(), bert, "{what}");
+            // One BERT's normalizer empties matches between every two characters: no cuts.
+            t.add_tokens(&[AddedToken::from("\u{200b}", false)]);
+            let emptied = cut_rule(&t, TruncationDirection::Right);
+            assert_eq!(emptied.is_none(), bert, "{what}");
         }
     }
 

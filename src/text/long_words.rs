@@ -9,15 +9,18 @@
 //! than the limit lies in a word that is one unknown token, and still does when the run is
 //! shortened to one character past the limit: the words around it, and where it starts and
 //! ends, stay as they were. Unless an added token could match across the run's edge or inside
-//! it (one that starts or ends with a letter or digit, or holds a run as long), which the
-//! run's removed part could make or unmake: then texts are tokenized as they are.
+//! it (one that starts or ends with a letter or digit, or holds a run as long, or one the
+//! normalizer empties, which matches between every two characters), which the run's removed
+//! part could make or unmake: then texts are tokenized as they are.
 
 use std::borrow::Cow;
 
 use tokenizers::models::ModelWrapper;
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{NormalizedString, Normalizer, Tokenizer};
+use tokenizers::Tokenizer;
+
+use super::added_tokens::matched_tokens;
 
 /// The length runs of ASCII letters and digits are shortened to (one past WordPiece's limit),
 /// where `tokenizer`'s pipeline makes that exact (see the module's doc).
@@ -42,19 +45,9 @@ pub(super) fn shortened_run_length(tokenizer: &Tokenizer) -> Option<usize> {
             .any(|b| b.is_some_and(|b| b.is_ascii_alphanumeric()))
             || content.len() >= keep
     };
-    let tokens_stay_apart = tokenizer.get_added_tokens_decoder().values().all(|token| {
-        let normalized = match (token.normalized, normalizer) {
-            (true, Some(normalizer)) => {
-                let mut content = NormalizedString::from(token.content.as_str());
-                match normalizer.normalize(&mut content) {
-                    Ok(()) => content.get().to_string(),
-                    Err(_) => return false,
-                }
-            }
-            _ => token.content.clone(),
-        };
-        !reaches_into_runs(&token.content) && !reaches_into_runs(&normalized)
-    });
+    let tokens_stay_apart = matched_tokens(tokenizer)?
+        .iter()
+        .all(|token| !reaches_into_runs(&token.content));
     (bert_split && bert_normalizer && tokens_stay_apart).then_some(keep)
 }
 
@@ -191,6 +184,12 @@ mod tests {
                 t.add_special_tokens(&[AddedToken::from(token, true)]);
                 assert_eq!(shortened_run_length(&t), None, "{file}: {token}");
             }
+            // Nor one the normalizer empties (a zero-width space): it matches between every
+            // two characters, and each letter of a run becomes a word of its own.
+            t.add_tokens(&[AddedToken::from("\u{200b}", false)]);
+            assert_eq!(shortened_run_length(&t), None, "{file}");
+            let run = format!("x {} y", "ab".repeat(100));
+            assert_ne!(ids(&t, &shorten_runs(&run, keep)), ids(&t, &run), "{file}");
         }
         // Byte-level BPE has no length limit: its words are tokenized as they are.
         let roberta = open("tests/fixtures/tiny-roberta/model/tokenizer.json");
