@@ -231,22 +231,15 @@ pub(super) fn prefix_with_tokens<'t>(
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use tokenizers::{AddedToken, Tokenizer, TruncationDirection};
 
+    use super::super::test_texts::{open, random_texts, MINILM};
     use super::{cut_rule, prefix_with_tokens, CutRule};
 
-    fn fixture(relative: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-    }
-
-    fn open(path: &Path) -> Tokenizer {
-        let mut t = Tokenizer::from_file(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        t.with_truncation(None).unwrap();
-        t.with_padding(None);
-        t
-    }
+    const ELECTRA: &str = "tests/fixtures/tiny-electra/model/tokenizer.json";
+    const ROBERTA: &str = "tests/fixtures/tiny-roberta/model/tokenizer.json";
 
     /// Each token's id and where it lies in the text.
     fn tokens(t: &Tokenizer, text: &str) -> Vec<(u32, (usize, usize))> {
@@ -261,7 +254,8 @@ mod tests {
     /// `path`'s tokenizer with a model that knows only its added tokens: each word of the
     /// split becomes one unknown token spanning it, so a cut that changes a word shows in
     /// the offsets, whatever a small vocabulary would have merged.
-    fn words_only(path: &Path) -> Tokenizer {
+    fn words_only(relative: &str) -> Tokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
         let mut json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let mut vocab = serde_json::Map::new();
@@ -282,83 +276,14 @@ mod tests {
     /// Pieces that meet at cuts in every way the rules weigh: punctuation of every kind (and
     /// `_`) after letters, digits, punctuation, whitespace, marks and CJK; added tokens that
     /// hold punctuation; contractions GPT-2's split keeps whole; a character NFD maps to `;`.
+    #[rustfmt::skip]
     const PIECES: &[&str] = &[
-        "a",
-        "Zq",
-        "7",
-        "42",
-        ".",
-        ",",
-        ";",
-        "!",
-        "?",
-        "'",
-        "\"",
-        "-",
-        "/",
-        "(",
-        ")",
-        "[",
-        "]",
-        "{",
-        "}",
-        "<",
-        ">",
-        "#",
-        "##",
-        "$",
-        "%",
-        "&",
-        "*",
-        "+",
-        "=",
-        "@",
-        "\\",
-        "^",
-        "`",
-        "|",
-        "~",
-        ":",
-        "_",
-        "__",
-        "'s",
-        "'ll",
-        "e\u{301}",
-        "é",
-        "\u{37e}",
-        "中",
-        "Σ",
-        "İ",
-        "🙂",
-        " ",
-        "\t",
-        "\n",
-        "  ",
-        "[MASK]",
-        "[CLS]",
-        "[SEP",
-        "<mask>",
-        "<s>",
-        "</s>",
-        "x.y",
-        "a-b",
-        "foo",
-        "http://e.com/a?b=c&d=e",
-        "{\"k\":[1,2]}",
+        "a", "Zq", "7", "42", ".", ",", ";", "!", "?", "'", "\"", "-", "/", "(", ")", "[", "]",
+        "{", "}", "<", ">", "#", "##", "$", "%", "&", "*", "+", "=", "@", "\\", "^", "`", "|",
+        "~", ":", "_", "__", "'s", "'ll", "e\u{301}", "é", "\u{37e}", "中", "Σ", "İ", "🙂",
+        " ", "\t", "\n", "  ", "[MASK]", "[CLS]", "[SEP", "<mask>", "<s>", "</s>", "x.y",
+        "a-b", "foo", "http://e.com/a?b=c&d=e", "{\"k\":[1,2]}",
     ];
-
-    fn texts(count: usize, pieces: usize, seed: u64) -> Vec<String> {
-        let mut state = seed;
-        let mut next = move |n: usize| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as usize) % n
-        };
-        (0..count)
-            .map(|_| (0..pieces).map(|_| PIECES[next(PIECES.len())]).collect())
-            .collect()
-    }
 
     /// Every cut the rule allows in `texts` gives a prefix whose tokens are the whole text's
     /// first tokens; returns how many cuts were before punctuation.
@@ -397,21 +322,13 @@ mod tests {
 
     #[test]
     fn every_cut_before_punctuation_keeps_the_first_tokens() {
-        let minilm = fixture(".cache/models/all-MiniLM-L6-v2/tokenizer.json");
-        assert!(
-            minilm.is_file(),
-            "{}: run scripts/fetch_assets.sh first",
-            minilm.display()
-        );
-        let texts = texts(60, 40, 7);
-        let electra = fixture("tests/fixtures/tiny-electra/model/tokenizer.json");
-        let roberta = fixture("tests/fixtures/tiny-roberta/model/tokenizer.json");
+        let texts = random_texts(PIECES, 60, 40, 7);
         for (what, mut t) in [
-            ("all-MiniLM-L6-v2 (BERT)", open(&minilm)),
-            ("tiny-electra (BERT)", open(&electra)),
-            ("tiny-electra's split (BERT)", words_only(&electra)),
-            ("tiny-roberta (GPT-2)", open(&roberta)),
-            ("tiny-roberta's split (GPT-2)", words_only(&roberta)),
+            ("all-MiniLM-L6-v2 (BERT)", open(MINILM)),
+            ("tiny-electra (BERT)", open(ELECTRA)),
+            ("tiny-electra's split (BERT)", words_only(ELECTRA)),
+            ("tiny-roberta (GPT-2)", open(ROBERTA)),
+            ("tiny-roberta's split (GPT-2)", words_only(ROBERTA)),
         ] {
             let cuts = check_every_cut(&t, &rule(&t), &texts, what);
             assert!(cuts > 500, "{what}: {cuts} cuts before punctuation tried");
@@ -453,21 +370,12 @@ mod tests {
     /// tokens; before, it was tokenized whole (2.4 MB: 3 s and 0.9 GB).
     #[test]
     fn minified_json_is_cut() {
-        let minilm = fixture(".cache/models/all-MiniLM-L6-v2/tokenizer.json");
-        assert!(
-            minilm.is_file(),
-            "{}: run scripts/fetch_assets.sh first",
-            minilm.display()
-        );
         let text: String = (0..400)
             .map(|i| format!("{{\"id\":{i},\"url\":\"https://e.com/a?q={i}&x=y\"}},"))
             .collect();
         assert!(!text.contains(char::is_whitespace));
-        for path in [
-            minilm,
-            fixture("tests/fixtures/tiny-roberta/model/tokenizer.json"),
-        ] {
-            let t = open(&path);
+        for path in [MINILM, ROBERTA] {
+            let t = open(path);
             let prefix = prefix_with_tokens(&t, &rule(&t), &text, 64)
                 .unwrap_or_else(|| panic!("{path:?}: not cut"));
             assert!(

@@ -85,24 +85,10 @@ pub(super) fn shorten_runs(text: &str, keep: usize) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use tokenizers::{AddedToken, Tokenizer};
 
+    use super::super::test_texts::{open, random_texts, MINILM};
     use super::{shorten_runs, shortened_run_length};
-
-    fn open(relative: &str) -> Tokenizer {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-        assert!(
-            path.is_file(),
-            "{}: run scripts/fetch_assets.sh first",
-            path.display()
-        );
-        let mut t = Tokenizer::from_file(&path).unwrap();
-        t.with_truncation(None).unwrap();
-        t.with_padding(None);
-        t
-    }
 
     fn ids(t: &Tokenizer, text: &str) -> Vec<u32> {
         t.encode(text, false).unwrap().get_ids().to_vec()
@@ -130,29 +116,13 @@ mod tests {
                 .map(String::from),
             )
             .collect();
-        let mut state = seed;
-        let mut next = move |n: usize| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as usize) % n
-        };
-        (0..count)
-            .map(|_| {
-                (0..12)
-                    .map(|_| pieces[next(pieces.len())].as_str())
-                    .collect()
-            })
-            .collect()
+        random_texts(&pieces, count, 12, seed)
     }
 
     #[test]
     fn shortened_runs_encode_as_the_whole_runs() {
         let texts = texts(300, 11);
-        for file in [
-            ".cache/models/all-MiniLM-L6-v2/tokenizer.json",
-            "tests/fixtures/tiny-electra/model/tokenizer.json",
-        ] {
+        for file in [MINILM, "tests/fixtures/tiny-electra/model/tokenizer.json"] {
             let mut t = open(file);
             let keep = shortened_run_length(&t).unwrap_or_else(|| panic!("{file}"));
             assert_eq!(keep, 101, "{file}");

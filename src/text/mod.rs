@@ -4,6 +4,8 @@ mod added_tokens;
 mod long_text;
 mod long_words;
 mod roberta_tokenizer;
+#[cfg(test)]
+mod test_texts;
 mod tokenizer;
 mod tokenizer_class;
 mod tokenizer_config;
