@@ -1098,10 +1098,13 @@ pub(super) fn check_output_paths(
         }
         // Nor one the saves cannot write into (a resumed run's `last/` made read-only): the
         // first save would fail after the steps before it. A finished run (its result
-        // written) only says its result again.
+        // written) only says its result again; one killed after its last step but before
+        // its result saves nothing in `last/` again.
         let finished = dir.join(RESULT_FILE).is_file();
-        for sub in ["best", "last"].map(|name| dir.join(name)) {
-            if sub.is_dir() && !finished {
+        let over = finished || spafit::train::saved_run_is_over(dir);
+        for (name, done) in [("best", finished), ("last", over)] {
+            let sub = dir.join(name);
+            if sub.is_dir() && !done {
                 super::check_creatable("--output", &sub)?;
             }
         }

@@ -31,7 +31,7 @@ pub use prediction::{scored_predictions, scored_predictions_at, threshold_proble
 pub use progress::Progress;
 pub use report::TrainReport;
 pub use run_lock::{lock_existing_run_dir, lock_run_dir, lock_run_dirs_around, RunLock, LOCK_FILE};
-pub use run_state::STATE_FILE;
+pub use run_state::{saved_run_is_over, STATE_FILE};
 pub use schedule::{warmup_steps, LinearSchedule, LrSchedule, ScheduleKind};
 pub use text_predictions::{predict_text_pairs, predict_texts};
 pub use trainer::Trainer;

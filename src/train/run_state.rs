@@ -317,6 +317,39 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
     }))
 }
 
+/// Whether `output_dir/last/` holds the state of a run that is over: every step taken (or
+/// its early stopping's patience spent), no evaluation owed. A resume of it trains nothing
+/// and saves nothing there; it only reports (and, without a dev set, writes `best/`). Only
+/// the header is read, and not checked: false for anything that is not such a state, which
+/// the resume then reads in full and judges.
+pub fn saved_run_is_over(output_dir: &Path) -> bool {
+    let read_position = || -> Option<RunPosition> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(output_dir.join("last").join(STATE_FILE)).ok()?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).ok()?;
+        // A header past this is no state of ours (and not worth reading to find out).
+        const MAX_HEADER: u64 = 64 << 20;
+        let len = u64::from_le_bytes(len);
+        let mut header = Vec::new();
+        file.take(len.min(MAX_HEADER))
+            .read_to_end(&mut header)
+            .ok()?;
+        let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+        let text = header.get("__metadata__")?.get(HEADER_KEY)?.as_str()?;
+        let StateHeader { position, .. } = serde_json::from_str(text).ok()?;
+        Some(position)
+    };
+    read_position().is_some_and(|p| {
+        let patience_spent = p
+            .settings
+            .get("--early-stopping-patience")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|n| p.evaluations_since_best >= n);
+        !p.evaluation_due && (p.step >= p.total_steps || patience_spent)
+    })
+}
+
 /// The bytes after a safetensors header.
 fn data_section(bytes: &[u8]) -> Option<&[u8]> {
     let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);

@@ -5350,7 +5350,8 @@ fn gradcheck_checks_pairs_regression_and_multi_label_losses() {
 /// A run whose saved state cannot be written (its `last/` made read-only) is refused when
 /// resumed, before any step: the first save would fail after the steps before it. Root may
 /// write anywhere, so as root the resume runs as `nobody` (through `setpriv`, where
-/// installed); a finished run, which writes nothing when resumed, is not refused.
+/// installed). A finished run, which writes nothing there when resumed, is not refused:
+/// whether its result was written or it was killed after its last step before writing it.
 #[test]
 fn a_resume_that_could_not_save_is_refused_before_training() {
     use std::os::unix::fs::PermissionsExt;
@@ -5369,16 +5370,64 @@ fn a_resume_that_could_not_save_is_refused_before_training() {
     let rows: String = (0..8).map(|i| format!("text {i},{}\n", i % 2)).collect();
     write(root, "train.csv", &format!("text,label\n{rows}"));
     let out = root.join("run");
-    let args = |extra: &[&str]| -> Vec<String> {
-        let fixed = ["train", "--model", "model", "--train-file", "train.csv"];
-        let fixed = fixed
-            .iter()
-            .chain(&["--max-steps", "2", "--batch-size", "4"]);
-        let fixed = fixed.chain(&["--save-every", "1", "--output", "run", "--quiet"]);
-        fixed.chain(extra).map(|s| s.to_string()).collect()
+    let run_args = |output: &str, steps: &str, extra: &[&str]| -> Vec<String> {
+        let fixed = [
+            "train",
+            "--model",
+            "model",
+            "--train-file",
+            "train.csv",
+            "--max-steps",
+            steps,
+            "--batch-size",
+            "4",
+            "--save-every",
+            "1",
+            "--output",
+            output,
+            "--quiet",
+        ];
+        fixed.iter().chain(extra).map(|s| s.to_string()).collect()
     };
+    let args = |extra: &[&str]| run_args("run", "2", extra);
     let (ok, _, err) = spafit_in(root, &args(&[]), false);
     assert!(ok, "{err}");
+    // A run stopped early (nothing improves at a zero learning rate), its result written.
+    write(root, "dev.csv", &format!("text,label\n{rows}"));
+    let early = [
+        "--dev-file",
+        "dev.csv",
+        "--eval-every",
+        "1",
+        "--early-stopping-patience",
+        "1",
+        "--lr",
+        "0",
+        "--epochs",
+        "10",
+    ];
+    let stopped_args = |extra: &[&str]| run_args("stopped", "10", &[&early[..], extra].concat());
+    let (ok, stdout, err) = spafit_in(root, &stopped_args(&[]), false);
+    assert!(
+        ok && stdout.contains("\"early_stopped\":true"),
+        "{stdout}{err}"
+    );
+    // A run killed once its first state is saved, long before its last step.
+    let unfinished = root.join("unfinished");
+    let long_run = run_args("unfinished", "100000", &["--epochs", "50000"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args(&long_run)
+        .current_dir(root)
+        .spawn()
+        .unwrap();
+    let state = unfinished.join("last").join(spafit::train::STATE_FILE);
+    let started = std::time::Instant::now();
+    while !state.is_file() && started.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(state.is_file(), "no state saved in two minutes");
     // Everyone may read and write all of it (whatever the umask) but the run's state.
     fn open_to_all(path: &Path) {
         let bits = if path.is_dir() { 0o777 } else { 0o666 };
@@ -5390,7 +5439,10 @@ fn a_resume_that_could_not_save_is_refused_before_training() {
         }
     }
     open_to_all(root);
-    mode(&out.join("last"), 0o555);
+    let stopped = root.join("stopped");
+    for run in [&out, &unfinished, &stopped] {
+        mode(&run.join("last"), 0o555);
+    }
     // Writable again at the end, so the temporary folder can be removed whatever happens.
     struct Reopen(PathBuf);
     impl Drop for Reopen {
@@ -5398,7 +5450,7 @@ fn a_resume_that_could_not_save_is_refused_before_training() {
             let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o777));
         }
     }
-    let _reopen = Reopen(out.join("last"));
+    let _reopen = [&out, &unfinished, &stopped].map(|run| Reopen(run.join("last")));
     // SAFETY: geteuid has no preconditions.
     let as_root = unsafe { libc::geteuid() } == 0;
     // The finished run says its result again, writing nothing. As root it runs as `nobody`,
@@ -5417,10 +5469,24 @@ fn a_resume_that_could_not_save_is_refused_before_training() {
         ok && stdout.contains("\"steps\":2"),
         "a finished run: {err}"
     );
+    // Killed after its last save, before its result: the resume writes the result.
     std::fs::remove_file(out.join("result.json")).unwrap();
-    let (ok, _, err) = spafit_in(root, &args(&["--resume"]), as_root);
+    let (ok, stdout, err) = spafit_in(root, &args(&["--resume"]), as_root);
     assert!(
-        !ok && err.contains("run/last is a directory this user may not write into"),
+        ok && stdout.contains("\"steps\":2") && out.join("result.json").is_file(),
+        "a run over but for its result: {err}"
+    );
+    // And so is one stopped early.
+    std::fs::remove_file(stopped.join("result.json")).unwrap();
+    let (ok, stdout, err) = spafit_in(root, &stopped_args(&["--resume"]), as_root);
+    assert!(
+        ok && stdout.contains("\"early_stopped\":true") && stopped.join("result.json").is_file(),
+        "a run stopped early but for its result: {err}"
+    );
+    let resume_long = [long_run, vec!["--resume".to_string()]].concat();
+    let (ok, _, err) = spafit_in(root, &resume_long, as_root);
+    assert!(
+        !ok && err.contains("unfinished/last is a directory this user may not write into"),
         "{err}"
     );
 }
