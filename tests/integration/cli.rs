@@ -5418,6 +5418,8 @@ fn a_resume_that_could_not_save_is_refused_before_training() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
         .args(&long_run)
         .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let state = unfinished.join("last").join(spafit::train::STATE_FILE);
