@@ -114,7 +114,7 @@ pub(crate) fn config_added_tokens(config: &TokenizerConfig) -> Result<Vec<AddedT
 }
 
 /// `tokenizer`'s added tokens as the input meets them: where the token is normalized and
-/// there is a normalizer, the normalized content, whether tokenizers looks for in the
+/// there is a normalizer, the normalized content, which tokenizers looks for in the
 /// normalized text; else the content as written, which it looks for in the text as given.
 /// None where one cannot be normalized or normalizes to nothing (an empty token matches
 /// between every two characters).

@@ -319,22 +319,32 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
 
 /// Whether `output_dir/last/` holds the state of a run that is over: every step taken (or
 /// its early stopping's patience spent), no evaluation owed. A resume of it trains nothing
-/// and saves nothing there; it only reports (and, without a dev set, writes `best/`). Only
-/// the header is read, and not checked: false for anything that is not such a state, which
-/// the resume then reads in full and judges.
+/// and saves nothing there; it only reports (and may write `best/` again). Only the header
+/// is read, and not checked: false for anything that is not such a state, which the resume
+/// then reads in full and judges.
 pub fn saved_run_is_over(output_dir: &Path) -> bool {
     let read_position = || -> Option<RunPosition> {
         use std::io::Read;
-        let mut file = std::fs::File::open(output_dir.join("last").join(STATE_FILE)).ok()?;
+        let path = output_dir.join("last").join(STATE_FILE);
+        // Not a pipe or a device, which a read could wait on forever.
+        if !std::fs::metadata(&path).ok()?.is_file() {
+            return None;
+        }
+        let mut file = std::fs::File::open(&path).ok()?;
         let mut len = [0u8; 8];
         file.read_exact(&mut len).ok()?;
         // A header past this is no state of ours (and not worth reading to find out).
         const MAX_HEADER: u64 = 64 << 20;
         let len = u64::from_le_bytes(len);
+        if len > MAX_HEADER {
+            return None;
+        }
         let mut header = Vec::new();
-        file.take(len.min(MAX_HEADER))
-            .read_to_end(&mut header)
-            .ok()?;
+        file.take(len).read_to_end(&mut header).ok()?;
+        // Cut short: the resume says so.
+        if header.len() as u64 != len {
+            return None;
+        }
         let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
         let text = header.get("__metadata__")?.get(HEADER_KEY)?.as_str()?;
         let StateHeader { position, .. } = serde_json::from_str(text).ok()?;
@@ -691,6 +701,72 @@ pub(crate) fn metrics_path(output_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state file holding only a header (`position`, and the checksums as written), as
+    /// `saved_run_is_over` reads it; `header_len` overrides the length it says it has.
+    fn write_state(dir: &Path, position: &RunPosition, header_len: Option<u64>) {
+        let header = StateHeader {
+            position: position.clone(),
+            tensors_sha256: sha256_hex(&[]),
+            position_sha256: None,
+        };
+        let text = serde_json::to_string(&header).unwrap();
+        let json = serde_json::json!({ "__metadata__": { HEADER_KEY: text } }).to_string();
+        let len = header_len.unwrap_or(json.len() as u64);
+        let last = dir.join("last");
+        std::fs::create_dir_all(&last).unwrap();
+        let bytes = [&len.to_le_bytes()[..], json.as_bytes()].concat();
+        std::fs::write(last.join(STATE_FILE), bytes).unwrap();
+    }
+
+    /// Over: every step taken, or the patience spent; not over: steps left, an evaluation
+    /// owed, patience left or off, and whatever is not such a state.
+    #[test]
+    fn a_state_is_over_when_its_steps_or_its_patience_are_spent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let position = |step: usize, since_best: usize, patience: &str| RunPosition {
+            step,
+            epoch: 0,
+            next_batch: 0,
+            total_steps: 10,
+            best: None,
+            settings: BTreeMap::from([("--early-stopping-patience".into(), patience.into())]),
+            evaluations_since_best: since_best,
+            loss_window: LossWindow::default(),
+            evaluation_due: false,
+        };
+        assert!(!saved_run_is_over(dir), "no state");
+        for (p, over) in [
+            (position(10, 0, "off"), true),
+            (position(9, 0, "off"), false),
+            (position(4, 2, "2"), true),
+            (position(4, 1, "2"), false),
+            (position(4, 5, "off"), false),
+            (
+                RunPosition {
+                    evaluation_due: true,
+                    ..position(10, 0, "off")
+                },
+                false,
+            ),
+        ] {
+            write_state(dir, &p, None);
+            assert_eq!(saved_run_is_over(dir), over, "{p:?}");
+        }
+        // A length past the bound, or past the file: not read as a state.
+        write_state(dir, &position(10, 0, "off"), Some(1 << 40));
+        assert!(!saved_run_is_over(dir));
+        let real = std::fs::read(dir.join("last").join(STATE_FILE))
+            .unwrap()
+            .len() as u64;
+        write_state(dir, &position(10, 0, "off"), Some(real));
+        assert!(!saved_run_is_over(dir));
+        // Not a file.
+        std::fs::remove_file(dir.join("last").join(STATE_FILE)).unwrap();
+        std::fs::create_dir(dir.join("last").join(STATE_FILE)).unwrap();
+        assert!(!saved_run_is_over(dir));
+    }
 
     /// The best evaluation of every kind of task comes back from a saved state as it was:
     /// its main metric (a multi-label run's `micro_f1` fell back to `accuracy`), its value

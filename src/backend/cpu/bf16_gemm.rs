@@ -742,6 +742,20 @@ mod tests {
                     // SAFETY: the CPU has the kernel's features; the sizes are consistent.
                     let got =
                         unsafe { x86::product(&a, rows, &w, out, input, k, cols, use_, None) };
+                    // Its bias, added in the tile (the public path takes the tiles instead
+                    // where the CPU has them): one f32 addition after the sums.
+                    let bias: Vec<f32> = (0..cols).map(|j| j as f32 * 0.37 - 5.0).collect();
+                    // SAFETY: as above.
+                    let biased = unsafe {
+                        x86::product(&a, rows, &w, out, input, k, cols, use_, Some(&bias))
+                    };
+                    for (i, (b, s)) in biased.iter().zip(&got).enumerate() {
+                        let want = s + bias[i % cols];
+                        assert!(
+                            b.to_bits() == want.to_bits(),
+                            "{use_:?} {rows}x{out}x{input}: the kernel's bias at {i}"
+                        );
+                    }
                     paths.push(("kernel", got));
                 }
                 #[cfg(target_arch = "x86_64")]
