@@ -130,11 +130,13 @@ pub(crate) fn matched_tokens(tokenizer: &Tokenizer) -> Option<Vec<MatchedToken>>
                 Some(MatchedToken {
                     content: content.get().to_string(),
                     in_normalized_text: true,
+                    single_word: token.single_word,
                 })
             }
             _ => Some(MatchedToken {
                 content: token.content.clone(),
                 in_normalized_text: false,
+                single_word: token.single_word,
             }),
         })
         .collect::<Option<_>>()?;
@@ -151,6 +153,9 @@ pub(crate) struct MatchedToken {
     pub content: String,
     /// Whether `content` is looked for in the normalized text (it is then normalized).
     pub in_normalized_text: bool,
+    /// Whether a match counts only between characters that are not `\w` (or the text's
+    /// ends).
+    pub single_word: bool,
 }
 
 /// Adds those of `tokens` whose text no added token of `to` (nor an earlier one of

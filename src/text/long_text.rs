@@ -25,8 +25,12 @@
 //! ASCII letter or digit. Not before `_`, a word character to the added tokens'
 //! `single_word` test; not where an added token's occurrence spans the cut (`[MASK]` cut
 //! before its `]`); not at all where an added token matched after BERT's normalization holds
-//! punctuation (its occurrences in the raw text are not its own bytes). SentencePiece's split
-//! is at whitespace only: its texts are cut there only.
+//! punctuation (its occurrences in the raw text are not its own bytes). Where BERT's
+//! normalizer spaces Chinese characters apart (`handle_chinese_chars`), before those too (a
+//! starter each, as ASCII punctuation), unless a `single_word` added token is matched in the
+//! raw text (one ending just before such a character, a `\w` one, is no match there, but is
+//! at the end of a prefix). SentencePiece's split is at whitespace only: its texts are cut
+//! there only.
 
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -66,15 +70,34 @@ enum SpaceCut {
     AfterAsciiNonSpace,
 }
 
-/// Cuts before ASCII punctuation other than `_`.
+/// Cuts before ASCII punctuation other than `_` (and, under BERT's pipeline, before the
+/// Chinese characters its normalizer spaces apart).
 #[derive(Clone, PartialEq, Eq, Debug)]
 struct PunctuationCut {
     /// Whether the character before the cut must be an ASCII letter or digit (GPT-2's
     /// split), rather than any character that is not whitespace (BERT's).
     after_alphanumeric: bool,
-    /// The added tokens (matched in the raw text) holding such punctuation: no cut falls
-    /// inside an occurrence of one.
+    /// Whether cuts before Chinese characters are allowed too.
+    before_chinese: bool,
+    /// The added tokens (matched in the raw text) holding a character a cut may fall
+    /// before: no cut falls inside an occurrence of one.
     guarded: Vec<Box<[u8]>>,
+}
+
+/// The characters BERT's normalizer puts spaces around (`handle_chinese_chars`), as
+/// tokenizers' `is_chinese_char` lists them.
+fn is_chinese(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x4E00..=0x9FFF
+            | 0x3400..=0x4DBF
+            | 0x20000..=0x2A6DF
+            | 0x2A700..=0x2B73F
+            | 0x2B740..=0x2B81F
+            | 0x2B920..=0x2CEAF
+            | 0xF900..=0xFAFF
+            | 0x2F800..=0x2FA1F
+    )
 }
 
 /// ASCII punctuation a cut may fall before: all but `_`, which `\w` counts as a letter.
@@ -98,6 +121,10 @@ pub(super) fn cut_rule(tokenizer: &Tokenizer, direction: TruncationDirection) ->
         normalizer,
         None | Some(NormalizerWrapper::BertNormalizer(_))
     );
+    let spaces_chinese = matches!(
+        normalizer,
+        Some(NormalizerWrapper::BertNormalizer(n)) if n.handle_chinese_chars
+    );
     let (before_space, after_alphanumeric) = match tokenizer.get_pre_tokenizer() {
         Some(PreTokenizerWrapper::BertPreTokenizer(_)) if bert_normalizer => {
             (SpaceCut::AfterNonSpace, Some(false))
@@ -114,18 +141,31 @@ pub(super) fn cut_rule(tokenizer: &Tokenizer, direction: TruncationDirection) ->
     };
     Some(CutRule {
         before_space,
-        before_punctuation: after_alphanumeric.and_then(|after| punctuation_cut(&added, after)),
+        before_punctuation: after_alphanumeric.and_then(|after| {
+            // BERT's split (`after` false) sees the spaces its normalizer put around them.
+            punctuation_cut(&added, after, !after && spaces_chinese)
+        }),
     })
 }
 
-/// Cuts before punctuation for a pipeline whose split isolates it (see the module's doc),
-/// unless an added token could straddle one unseen.
-fn punctuation_cut(added: &[MatchedToken], after_alphanumeric: bool) -> Option<PunctuationCut> {
+/// Cuts before punctuation (and Chinese characters, where `before_chinese`) for a pipeline
+/// whose split isolates them (see the module's doc), unless an added token could straddle
+/// one unseen.
+fn punctuation_cut(
+    added: &[MatchedToken],
+    after_alphanumeric: bool,
+    before_chinese: bool,
+) -> Option<PunctuationCut> {
+    // A word-only token matched in the raw text just before a Chinese character (`\w`)
+    // is no match there, but is at the end of a prefix cut before it.
+    let before_chinese =
+        before_chinese && !added.iter().any(|t| t.single_word && !t.in_normalized_text);
+    let holds_cut_character = |t: &MatchedToken| {
+        t.content.bytes().any(is_cut_punctuation)
+            || (before_chinese && t.content.chars().any(is_chinese))
+    };
     let mut guarded = Vec::new();
-    for token in added
-        .iter()
-        .filter(|t| t.content.bytes().any(is_cut_punctuation))
-    {
+    for token in added.iter().filter(|t| holds_cut_character(t)) {
         match token.in_normalized_text {
             // Its occurrences in the normalized text are not its bytes in the raw one.
             true => return None,
@@ -134,6 +174,7 @@ fn punctuation_cut(added: &[MatchedToken], after_alphanumeric: bool) -> Option<P
     }
     (guarded.len() <= MAX_GUARDED_TOKENS).then_some(PunctuationCut {
         after_alphanumeric,
+        before_chinese,
         guarded,
     })
 }
@@ -141,8 +182,10 @@ fn punctuation_cut(added: &[MatchedToken], after_alphanumeric: bool) -> Option<P
 impl CutRule {
     /// Whether `text` may be cut before its byte `i` (not the first).
     fn allows(&self, text: &str, i: usize) -> bool {
+        if !text.is_char_boundary(i) {
+            return false;
+        }
         let byte = text.as_bytes()[i];
-        // An ASCII byte starts a character: `i` is a boundary wherever a cut may fall.
         let before = || text[..i].chars().next_back();
         if CUT_BEFORE.contains(&byte) {
             return before().is_some_and(|c| match self.before_space {
@@ -153,7 +196,9 @@ impl CutRule {
         let Some(punctuation) = &self.before_punctuation else {
             return false;
         };
-        is_cut_punctuation(byte)
+        let chinese =
+            || punctuation.before_chinese && text[i..].chars().next().is_some_and(is_chinese);
+        (is_cut_punctuation(byte) || (!byte.is_ascii() && chinese()))
             && before().is_some_and(|c| match punctuation.after_alphanumeric {
                 true => c.is_ascii_alphanumeric(),
                 false => !c.is_whitespace(),
@@ -163,7 +208,8 @@ impl CutRule {
 }
 
 impl PunctuationCut {
-    /// Whether an occurrence of a guarded added token starts before byte `i` and holds it.
+    /// Whether an occurrence of a guarded added token starts before byte `i` and holds it
+    /// (occurrences of valid UTF-8 start at character boundaries: no false ones).
     fn straddled(&self, bytes: &[u8], i: usize) -> bool {
         self.guarded.iter().any(|token| {
             (i.saturating_sub(token.len() - 1)..i).any(|s| bytes[s..].starts_with(token))
@@ -255,9 +301,15 @@ mod tests {
     /// split becomes one unknown token spanning it, so a cut that changes a word shows in
     /// the offsets, whatever a small vocabulary would have merged.
     fn words_only(relative: &str) -> Tokenizer {
+        words_only_with(relative, |_| {})
+    }
+
+    /// [`words_only`] with `change` made to the tokenizer's JSON first.
+    fn words_only_with(relative: &str, change: impl Fn(&mut serde_json::Value)) -> Tokenizer {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
         let mut json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        change(&mut json);
         let mut vocab = serde_json::Map::new();
         for token in json["added_tokens"].as_array().unwrap() {
             vocab.insert(
@@ -282,13 +334,20 @@ mod tests {
         "{", "}", "<", ">", "#", "##", "$", "%", "&", "*", "+", "=", "@", "\\", "^", "`", "|",
         "~", ":", "_", "__", "'s", "'ll", "e\u{301}", "é", "\u{37e}", "中", "Σ", "İ", "🙂",
         " ", "\t", "\n", "  ", "[MASK]", "[CLS]", "[SEP", "<mask>", "<s>", "</s>", "x.y",
-        "a-b", "foo", "http://e.com/a?b=c&d=e", "{\"k\":[1,2]}",
+        "a-b", "foo", "http://e.com/a?b=c&d=e", "{\"k\":[1,2]}", "北京", "京", "\u{f900}",
+        "中\u{301}", "\u{20000}", "한", "ア", "，", "。",
     ];
 
     /// Every cut the rule allows in `texts` gives a prefix whose tokens are the whole text's
-    /// first tokens; returns how many cuts were before punctuation.
-    fn check_every_cut(t: &Tokenizer, rule: &CutRule, texts: &[String], what: &str) -> usize {
-        let mut punctuation_cuts = 0;
+    /// first tokens; returns how many cuts were before punctuation, and before other than
+    /// ASCII (Chinese characters).
+    fn check_every_cut(
+        t: &Tokenizer,
+        rule: &CutRule,
+        texts: &[String],
+        what: &str,
+    ) -> (usize, usize) {
+        let (mut punctuation_cuts, mut chinese_cuts) = (0, 0);
         for text in texts {
             let whole = tokens(t, text);
             for i in 1..text.len() {
@@ -296,6 +355,7 @@ mod tests {
                     continue;
                 }
                 punctuation_cuts += usize::from(text.as_bytes()[i].is_ascii_punctuation());
+                chinese_cuts += usize::from(!text.as_bytes()[i].is_ascii());
                 let prefix = tokens(t, &text[..i]);
                 // The last token may end sooner: whitespace an added token strips on its
                 // right lies past the cut.
@@ -313,7 +373,7 @@ mod tests {
                 );
             }
         }
-        punctuation_cuts
+        (punctuation_cuts, chinese_cuts)
     }
 
     fn rule(t: &Tokenizer) -> CutRule {
@@ -330,22 +390,39 @@ mod tests {
             ("tiny-roberta (GPT-2)", open(ROBERTA)),
             ("tiny-roberta's split (GPT-2)", words_only(ROBERTA)),
         ] {
-            let cuts = check_every_cut(&t, &rule(&t), &texts, what);
-            assert!(cuts > 500, "{what}: {cuts} cuts before punctuation tried");
-            // Added tokens matched in the raw text, holding punctuation or not, stripping
-            // whitespace, single words.
+            let bert = what.contains("BERT");
+            // BERT's cuts before Chinese characters, GPT-2's none.
+            let enough = |(punctuation, chinese): (usize, usize), what: &str| {
+                assert!(
+                    punctuation > 500,
+                    "{what}: {punctuation} cuts before punctuation"
+                );
+                assert_eq!(
+                    chinese > 100,
+                    bert,
+                    "{what}: {chinese} before Chinese characters"
+                );
+            };
+            enough(check_every_cut(&t, &rule(&t), &texts, what), what);
+            // Added tokens matched in the raw text, holding punctuation, Chinese characters
+            // or neither, stripping whitespace, single words matched after normalization.
             t.add_special_tokens(&[
                 AddedToken::from("x.y", true),
-                AddedToken::from("a-b", true).single_word(true),
                 AddedToken::from("<mask>", true).lstrip(true).rstrip(true),
                 AddedToken::from("&d=", true),
+                AddedToken::from("北京", true),
             ]);
             t.add_tokens(&[AddedToken::from("foo", false).single_word(true)]);
-            let with_added = rule(&t);
-            let cuts = check_every_cut(&t, &with_added, &texts, &format!("{what}, added tokens"));
+            let added = format!("{what}, added tokens");
+            enough(check_every_cut(&t, &rule(&t), &texts, &added), &added);
+            // A single word matched in the raw text ends no match before a Chinese
+            // character (`\w`), but does at the end of a prefix: no cuts before them.
+            t.add_special_tokens(&[AddedToken::from("a-b", true).single_word(true)]);
+            let word = format!("{what}, a single word");
+            let (punctuation, chinese) = check_every_cut(&t, &rule(&t), &texts, &word);
             assert!(
-                cuts > 500,
-                "{what}, added tokens: {cuts} cuts before punctuation tried"
+                punctuation > 500 && chinese == 0,
+                "{word}: {punctuation}, {chinese}"
             );
             // One matched after normalization: BERT's normalizer hides where it lies in the
             // raw text; without a normalizer it is its bytes there.
@@ -364,6 +441,16 @@ mod tests {
             let emptied = cut_rule(&t, TruncationDirection::Right);
             assert_eq!(emptied.is_none(), bert, "{what}");
         }
+        // Where BERT's normalizer leaves Chinese characters unspaced, they join words: no
+        // cuts before them.
+        let t = words_only_with(ELECTRA, |json| {
+            json["normalizer"]["handle_chinese_chars"] = false.into();
+        });
+        let (punctuation, chinese) = check_every_cut(&t, &rule(&t), &texts, "unspaced");
+        assert!(
+            punctuation > 500 && chinese == 0,
+            "unspaced: {punctuation}, {chinese}"
+        );
     }
 
     /// A long text without whitespace (minified JSON) is cut, to the whole text's first
