@@ -36,7 +36,7 @@ use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{NormalizedString, Normalizer, Tokenizer, TruncationDirection};
 
-use super::added_tokens::{matched_tokens, MatchedToken};
+use super::added_tokens::MatchedToken;
 
 /// Texts shorter than this many bytes per token kept are tokenized whole: cutting them saves
 /// little, and most texts are.
@@ -105,11 +105,26 @@ fn is_cut_punctuation(b: u8) -> bool {
     b.is_ascii_punctuation() && b != b'_'
 }
 
-/// Where `tokenizer`'s pipeline allows cutting long texts (see the module's doc) when it
-/// truncates from `direction`, if it does.
-pub(super) fn cut_rule(tokenizer: &Tokenizer, direction: TruncationDirection) -> Option<CutRule> {
+/// Whether `tokenizer`'s pipeline is BERT's: its normalizer (or none) and its split.
+pub(super) fn is_bert_pipeline(tokenizer: &Tokenizer) -> bool {
+    matches!(
+        tokenizer.get_normalizer(),
+        None | Some(NormalizerWrapper::BertNormalizer(_))
+    ) && matches!(
+        tokenizer.get_pre_tokenizer(),
+        Some(PreTokenizerWrapper::BertPreTokenizer(_))
+    )
+}
+
+/// Where `tokenizer`'s pipeline, with `added` its added tokens as `matched_tokens` gives
+/// them, allows cutting long texts (see the module's doc) when it truncates from
+/// `direction`, if it does.
+pub(super) fn cut_rule(
+    tokenizer: &Tokenizer,
+    direction: TruncationDirection,
+    added: &[MatchedToken],
+) -> Option<CutRule> {
     // An added token that holds whitespace could straddle a cut.
-    let added = matched_tokens(tokenizer)?;
     let added_tokens_whole = added
         .iter()
         .all(|t| !t.content.contains(|c: char| c.is_whitespace()));
@@ -117,18 +132,12 @@ pub(super) fn cut_rule(tokenizer: &Tokenizer, direction: TruncationDirection) ->
         return None;
     }
     let normalizer = tokenizer.get_normalizer();
-    let bert_normalizer = matches!(
-        normalizer,
-        None | Some(NormalizerWrapper::BertNormalizer(_))
-    );
     let spaces_chinese = matches!(
         normalizer,
         Some(NormalizerWrapper::BertNormalizer(n)) if n.handle_chinese_chars
     );
     let (before_space, after_alphanumeric) = match tokenizer.get_pre_tokenizer() {
-        Some(PreTokenizerWrapper::BertPreTokenizer(_)) if bert_normalizer => {
-            (SpaceCut::AfterNonSpace, Some(false))
-        }
+        _ if is_bert_pipeline(tokenizer) => (SpaceCut::AfterNonSpace, Some(false)),
         Some(PreTokenizerWrapper::ByteLevel(b)) if normalizer.is_none() && b.use_regex => {
             (SpaceCut::AfterNonSpace, Some(true))
         }
@@ -143,7 +152,7 @@ pub(super) fn cut_rule(tokenizer: &Tokenizer, direction: TruncationDirection) ->
         before_space,
         before_punctuation: after_alphanumeric.and_then(|after| {
             // BERT's split (`after` false) sees the spaces its normalizer put around them.
-            punctuation_cut(&added, after, !after && spaces_chinese)
+            punctuation_cut(added, after, !after && spaces_chinese)
         }),
     })
 }
@@ -281,6 +290,7 @@ mod tests {
 
     use tokenizers::{AddedToken, Tokenizer, TruncationDirection};
 
+    use super::super::added_tokens::matched_tokens;
     use super::super::test_texts::{open, random_texts, MINILM};
     use super::{cut_rule, prefix_with_tokens, CutRule};
 
@@ -376,8 +386,13 @@ mod tests {
         (punctuation_cuts, chinese_cuts)
     }
 
+    /// The rule `t` gets, as `TextTokenizer` builds it (right truncation).
+    fn rule_of(t: &Tokenizer) -> Option<CutRule> {
+        matched_tokens(t).and_then(|added| cut_rule(t, TruncationDirection::Right, &added))
+    }
+
     fn rule(t: &Tokenizer) -> CutRule {
-        cut_rule(t, TruncationDirection::Right).expect("a pipeline that is cut")
+        rule_of(t).expect("a pipeline that is cut")
     }
 
     #[test]
@@ -438,7 +453,7 @@ mod tests {
             assert_eq!(normalized.before_punctuation.is_none(), bert, "{what}");
             // One BERT's normalizer empties matches between every two characters: no cuts.
             t.add_tokens(&[AddedToken::from("\u{200b}", false)]);
-            let emptied = cut_rule(&t, TruncationDirection::Right);
+            let emptied = rule_of(&t);
             assert_eq!(emptied.is_none(), bert, "{what}");
         }
         // Where BERT's normalizer leaves Chinese characters unspaced, they join words: no

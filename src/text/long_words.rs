@@ -16,24 +16,15 @@
 use std::borrow::Cow;
 
 use tokenizers::models::ModelWrapper;
-use tokenizers::normalizers::NormalizerWrapper;
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::Tokenizer;
 
-use super::added_tokens::matched_tokens;
+use super::added_tokens::MatchedToken;
+use super::long_text::is_bert_pipeline;
 
 /// The length runs of ASCII letters and digits are shortened to (one past WordPiece's limit),
-/// where `tokenizer`'s pipeline makes that exact (see the module's doc).
-pub(super) fn shortened_run_length(tokenizer: &Tokenizer) -> Option<usize> {
-    let normalizer = tokenizer.get_normalizer();
-    let bert_split = matches!(
-        tokenizer.get_pre_tokenizer(),
-        Some(PreTokenizerWrapper::BertPreTokenizer(_))
-    );
-    let bert_normalizer = matches!(
-        normalizer,
-        None | Some(NormalizerWrapper::BertNormalizer(_))
-    );
+/// where `tokenizer`'s pipeline, with `added` its added tokens as `matched_tokens` gives
+/// them, makes that exact (see the module's doc).
+pub(super) fn shortened_run_length(tokenizer: &Tokenizer, added: &[MatchedToken]) -> Option<usize> {
     let ModelWrapper::WordPiece(model) = tokenizer.get_model() else {
         return None;
     };
@@ -45,10 +36,8 @@ pub(super) fn shortened_run_length(tokenizer: &Tokenizer) -> Option<usize> {
             .any(|b| b.is_some_and(|b| b.is_ascii_alphanumeric()))
             || content.len() >= keep
     };
-    let tokens_stay_apart = matched_tokens(tokenizer)?
-        .iter()
-        .all(|token| !reaches_into_runs(&token.content));
-    (bert_split && bert_normalizer && tokens_stay_apart).then_some(keep)
+    let tokens_stay_apart = added.iter().all(|token| !reaches_into_runs(&token.content));
+    (is_bert_pipeline(tokenizer) && tokens_stay_apart).then_some(keep)
 }
 
 /// `text` with every run of ASCII letters and digits longer than `keep` cut to its first
@@ -87,8 +76,14 @@ pub(super) fn shorten_runs(text: &str, keep: usize) -> Cow<'_, str> {
 mod tests {
     use tokenizers::{AddedToken, Tokenizer};
 
+    use super::super::added_tokens::matched_tokens;
     use super::super::test_texts::{open, random_texts, MINILM};
     use super::{shorten_runs, shortened_run_length};
+
+    /// The length `t` gets, as `TextTokenizer` builds it.
+    fn run_length(t: &Tokenizer) -> Option<usize> {
+        matched_tokens(t).and_then(|added| shortened_run_length(t, &added))
+    }
 
     fn ids(t: &Tokenizer, text: &str) -> Vec<u32> {
         t.encode(text, false).unwrap().get_ids().to_vec()
@@ -124,7 +119,7 @@ mod tests {
         let texts = texts(300, 11);
         for file in [MINILM, "tests/fixtures/tiny-electra/model/tokenizer.json"] {
             let mut t = open(file);
-            let keep = shortened_run_length(&t).unwrap_or_else(|| panic!("{file}"));
+            let keep = run_length(&t).unwrap_or_else(|| panic!("{file}"));
             assert_eq!(keep, 101, "{file}");
             let mut shortened = 0;
             for text in &texts {
@@ -148,22 +143,22 @@ mod tests {
             // off.
             t.add_special_tokens(&[AddedToken::from("<x.y>", true)]);
             t.add_tokens(&[AddedToken::from("[é]", false)]);
-            assert_eq!(shortened_run_length(&t), Some(keep), "{file}");
+            assert_eq!(run_length(&t), Some(keep), "{file}");
             for token in ["#ab", "9)", &"#".repeat(keep)] {
                 let mut t = t.clone();
                 t.add_special_tokens(&[AddedToken::from(token, true)]);
-                assert_eq!(shortened_run_length(&t), None, "{file}: {token}");
+                assert_eq!(run_length(&t), None, "{file}: {token}");
             }
             // Nor one the normalizer empties (a zero-width space): it matches between every
             // two characters, and each letter of a run becomes a word of its own.
             t.add_tokens(&[AddedToken::from("\u{200b}", false)]);
-            assert_eq!(shortened_run_length(&t), None, "{file}");
+            assert_eq!(run_length(&t), None, "{file}");
             let run = format!("x {} y", "ab".repeat(100));
             assert_ne!(ids(&t, &shorten_runs(&run, keep)), ids(&t, &run), "{file}");
         }
         // Byte-level BPE has no length limit: its words are tokenized as they are.
         let roberta = open("tests/fixtures/tiny-roberta/model/tokenizer.json");
-        assert_eq!(shortened_run_length(&roberta), None);
+        assert_eq!(run_length(&roberta), None);
     }
 
     #[test]

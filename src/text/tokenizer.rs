@@ -256,8 +256,15 @@ impl TextTokenizer {
         direction: TruncationDirection,
         segment_ids: bool,
     ) -> Result<Self> {
-        let cut_rule = super::long_text::cut_rule(&inner, direction);
-        let shortened_run_length = super::long_words::shortened_run_length(&inner);
+        // The added tokens as the input meets them, for both shortcuts (neither where one
+        // matches everywhere).
+        let added = super::added_tokens::matched_tokens(&inner);
+        let cut_rule = added
+            .as_deref()
+            .and_then(|added| super::long_text::cut_rule(&inner, direction, added));
+        let shortened_run_length = added
+            .as_deref()
+            .and_then(|added| super::long_words::shortened_run_length(&inner, added));
         let mut inner = inner;
         inner
             .with_truncation(None)
