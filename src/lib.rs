@@ -21,6 +21,29 @@
 //!   training-step benchmark;
 //! - [`prelude`]: the names an embedding program usually needs, in one import;
 //! - [`shell_word`](mod@shell_word): the words of the commands messages suggest.
+//!
+//! # Settings named in messages
+//!
+//! Errors and notices name a setting by the `spafit` command's flag, the words most readers
+//! of a message typed. An embedding program sets the same thing here:
+//!
+//! | flag | library |
+//! |---|---|
+//! | `--epochs`, `--batch-size`, `--micro-batch-size`, `--eval-batch-size`, `--weight-decay`, `--warmup-ratio`, `--warmup-steps`, `--lr-schedule`, `--early-stopping-patience`, `--best-metric`, `--max-grad-norm`, `--seed`, `--eval-every`, `--save-every`, `--log-every`, `--max-steps`, `--resume` | the [`TrainConfig`](train::TrainConfig) field of the same name, dashes as underscores |
+//! | `--lr` | [`TrainConfig::learning_rate`](train::TrainConfig::learning_rate) |
+//! | `--output` | [`TrainConfig::output_dir`](train::TrainConfig::output_dir) |
+//! | `--train-file`, `--dev-file` | the datasets given to [`Trainer::fit`](train::Trainer::fit) |
+//! | `--method`, `--n1`, `--n2`, `--lora-layers`, `--train-pooler`, `--train-embeddings` | the [`PeftConfig`](peft::PeftConfig) field of the same name |
+//! | `--train-layernorm` | [`PeftConfig::train_layer_norm_weights`](peft::PeftConfig::train_layer_norm_weights) |
+//! | `--lora-r`, `--lora-alpha`, `--lora-dropout`, `--lora-targets` | [`LoraConfig`](nn::LoraConfig)'s [`rank`](nn::LoraConfig::rank), [`alpha`](nn::LoraConfig::alpha), [`dropout`](nn::LoraConfig::dropout), [`targets`](nn::LoraConfig::targets) |
+//! | `--text-column`, `--text-pair-column`, `--label-column` | the [`TableSpec`](data::TableSpec) field of the same name |
+//! | `--labels`, `--multi-label`, `--regression` | [`TaskKind`](data::TaskKind)'s [`Classification`](data::TaskKind::Classification), [`MultiLabel`](data::TaskKind::MultiLabel), [`Regression`](data::TaskKind::Regression) |
+//! | `--skip-malformed` | [`OnMalformed::Skip`](data::OnMalformed::Skip) |
+//! | `--glue-dir`, `--task` | [`GlueTask::load`](data::GlueTask::load)'s folder, and the task |
+//! | `--max-len` | [`TextTokenizer::set_max_len`](text::TextTokenizer::set_max_len) (or the tokenizer constructors' `max_len`) |
+//! | `--adapter` | [`open_adapter`](adapter::open_adapter), [`load_adapter`](adapter::load_adapter) |
+//! | `--device cpu`, `--device cuda`, `--device cuda-emu` | [`CpuBackend::new`](backend::cpu::CpuBackend::new), [`CudaBackend::new`](backend::cuda::CudaBackend::new), [`CudaBackend::emulated`](backend::cuda::CudaBackend::emulated) |
+//! | `--dtype` | the [`DType`](tensor::DType) those constructors take |
 #![warn(missing_docs)]
 
 pub mod adapter;
