@@ -19,7 +19,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `predict` stopped by SIGKILL, say), once a write to it has succeeded: a writer no longer
 /// running (Linux's `/proc`) will never rename them. Only those untouched for an hour: a
 /// process this one cannot see (another PID namespace sharing the folder, another host on a
-/// network file system) may still be writing or renaming its own. Those of running
+/// network file system) may still be writing or renaming its own. Those of an earlier process
+/// that had this one's PID go too (their random number is not this process's). Those of running
 /// processes, this one included, stay, as does anything that cannot be removed.
 fn remove_leftovers_of_dead_writers(path: &Path) {
     const UNTOUCHED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -34,14 +35,25 @@ fn remove_leftovers_of_dead_writers(path: &Path) {
     };
     let prefix = staged_prefix(name);
     for leftover in staged_copies(parent_of(&resolved), name) {
+        // `PID-NONCE-N`; `PID-N` from builds before the nonce.
         let writer = leftover
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
-        let dead =
-            |pid: u32| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+            .and_then(|rest| {
+                let parts: Vec<&str> = rest.split('-').collect();
+                let pid = parts.first()?.parse::<u32>().ok()?;
+                let nonce = match parts.len() {
+                    3 => Some(u64::from_str_radix(parts[1], 16).ok()?),
+                    _ => None,
+                };
+                Some((pid, nonce))
+            });
+        // This PID with another nonce: an earlier process the PID was given to again.
+        let dead = |(pid, nonce): (u32, Option<u64>)| match pid == std::process::id() {
+            true => nonce.is_some_and(|n| n != process_nonce()),
+            false => !Path::new(&format!("/proc/{pid}")).exists(),
+        };
         let stale = std::fs::metadata(&leftover)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNTOUCHED_FOR));
@@ -84,18 +96,8 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     let dir = parent_of(path);
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    // One name per write, not per process: two threads saving to one destination must not
-    // share (and truncate) each other's temporary. A leftover of a killed process with the
-    // same PID (PID 1 in every container) is truncated and reused, not a reason to fail.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        "{}{}-{write}",
-        staged_prefix(name),
-        std::process::id()
-    ));
+    let (tmp, mut f) = create_staged_file(dir, name, permissions.as_ref()).map_err(io)?;
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
         let pause = slow_write_pause();
         if pause.is_zero() {
             f.write_all(bytes)?;
@@ -106,11 +108,7 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
             std::thread::sleep(pause);
             f.write_all(tail)?;
         }
-        f.sync_all()?;
-        if let Some(p) = permissions {
-            std::fs::set_permissions(&tmp, p)?;
-        }
-        Ok(())
+        f.sync_all()
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -118,6 +116,71 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     }
     Ok(StagedWrite {
         rename: Some((tmp, path.to_path_buf())),
+    })
+}
+
+/// A new temporary file for `name` in `dir`, `.name.tmp-PID-NONCE-N`, that no other writer
+/// holds: created exclusively, so a writer with the same PID (PID 1 in every container, or a
+/// process on another host sharing the folder) moves on to the next name instead of
+/// truncating this one's half-written file. One name per write, not per process: two threads
+/// saving to one destination each get their own. With `permissions`, those of the file it
+/// replaces, set before a byte is written: a private file's new content is never readable by
+/// others while it is staged.
+fn create_staged_file(
+    dir: &Path,
+    name: &str,
+    permissions: Option<&std::fs::Permissions>,
+) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // Names taken by others are skipped; a folder where thousands are taken in a row has
+    // something else wrong with it.
+    const TRIES: usize = 1000;
+    let mut last_error = None;
+    for _ in 0..TRIES {
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            "{}{}-{:016x}-{write}",
+            staged_prefix(name),
+            std::process::id(),
+            process_nonce()
+        ));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        if let Some(p) = permissions {
+            // The umask may narrow this, never widen it; the exact mode is set just below.
+            options.mode(p.mode() & 0o7777);
+        }
+        match options.open(&tmp) {
+            Ok(file) => {
+                if let Some(p) = permissions {
+                    if let Err(e) = file.set_permissions(p.clone()) {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                }
+                return Ok((tmp, file));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+/// Writes staged by this process: the last part of their temporaries' names.
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A random number drawn once per process, in the names of its temporaries and staging
+/// folders: a leftover with this process's PID but another number is another process's
+/// (an earlier one that PID was reused for, or one in another PID namespace).
+pub(crate) fn process_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    // The standard library seeds its hash keys from the operating system's randomness.
+    *NONCE.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
     })
 }
 
@@ -271,10 +334,16 @@ mod tests {
         let ours = std::process::id();
         let leftover = dir.path().join(format!(".p.jsonl.tmp-{dead}-0"));
         let recent = dir.path().join(format!(".p.jsonl.tmp-{dead}-1"));
-        let running = dir.path().join(format!(".p.jsonl.tmp-{ours}-999999"));
+        let nonce = process_nonce();
+        let running = dir
+            .path()
+            .join(format!(".p.jsonl.tmp-{ours}-{nonce:016x}-999999"));
+        let reused = dir
+            .path()
+            .join(format!(".p.jsonl.tmp-{ours}-{:016x}-3", nonce ^ 1));
         let other = dir.path().join(format!(".q.jsonl.tmp-{dead}-0"));
         let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
-        for f in [&leftover, &recent, &running, &other] {
+        for f in [&leftover, &recent, &running, &reused, &other] {
             std::fs::write(f, "half").unwrap();
             if f != &recent {
                 let file = std::fs::File::options().write(true).open(f).unwrap();
@@ -284,6 +353,8 @@ mod tests {
         write_atomic(&path, b"whole").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
         assert!(!leftover.exists());
+        // This PID, another process's number: one that had the PID before.
+        assert!(!reused.exists());
         // Touched in the last hour: perhaps a writer this process cannot see.
         assert!(recent.exists());
         assert!(running.exists() && other.exists());
@@ -310,6 +381,41 @@ mod tests {
         assert_eq!(bytes.len(), size);
         assert!(bytes.iter().all(|&b| b == bytes[0]));
         assert!(staged_copies(dir.path(), "adapter.safetensors").is_empty());
+    }
+
+    /// A temporary name another writer holds (one with the same PID and count: PID 1 of
+    /// another container writing to a shared folder) is skipped, never truncated; the
+    /// temporary takes the destination's permissions before its content is written.
+    #[test]
+    fn a_temporary_name_in_use_is_skipped_and_the_mode_is_set_first() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.jsonl");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let next = WRITES.load(std::sync::atomic::Ordering::Relaxed);
+        let taken: Vec<_> = (next..next + 16)
+            .map(|n| {
+                let name = format!(
+                    ".private.jsonl.tmp-{}-{:016x}-{n}",
+                    std::process::id(),
+                    process_nonce()
+                );
+                let taken = dir.path().join(name);
+                std::fs::write(&taken, "another writer's").unwrap();
+                taken
+            })
+            .collect();
+        let staged = stage_atomic(&path, b"new").unwrap();
+        let (tmp, _) = staged.rename.as_ref().unwrap();
+        assert!(!taken.contains(tmp), "{}", tmp.display());
+        let mode = std::fs::metadata(tmp).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        for t in &taken {
+            assert_eq!(std::fs::read(t).unwrap(), b"another writer's");
+        }
     }
 
     /// A failed rename removes the temporary, except for the last file of a set whose first

@@ -96,8 +96,16 @@ impl BatchLog {
         };
         self.out.flush().map_err(|e| io(&self.writing, e))?;
         if run_complete && self.writing != self.path {
+            // Synced before and after the rename, as every atomic write is: after a power
+            // cut the log is the whole one or the one it replaced, never an empty file.
+            let file = self.out.get_ref();
+            file.sync_all().map_err(|e| io(&self.writing, e))?;
             let target = crate::adapter::link_target(&self.path).map_err(|e| io(&self.path, e))?;
             std::fs::rename(&self.writing, &target).map_err(|e| io(&target, e))?;
+            let dir = crate::adapter::parent_of(&target);
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io(dir, e))?;
         }
         Ok(())
     }
