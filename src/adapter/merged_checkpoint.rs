@@ -253,8 +253,17 @@ pub fn save_merged<B: Backend>(
                 copied.push(name.to_string());
             }
         }
-        // An empty folder at `dir` (checked above) gives way to the merge.
+        // Its entries must survive a power cut too, before the folder is renamed into place.
+        sync(&staging)?;
+        // An empty folder at `dir` (checked above) gives way to the merge, which takes its
+        // permissions: one a user made private stays private.
         if dir.is_dir() {
+            let mode = std::fs::metadata(dir).map(|m| m.permissions());
+            mode.and_then(|m| std::fs::set_permissions(&staging, m))
+                .map_err(|error| Error::Io {
+                    path: staging.clone(),
+                    error,
+                })?;
             std::fs::remove_dir(dir).map_err(|error| Error::Io {
                 path: dir.to_path_buf(),
                 error,
@@ -339,16 +348,24 @@ fn folder_name(dir: &Path) -> Result<String> {
     }
 }
 
-/// A fresh folder beside `dir` (`.NAME.merging-PID`) to write the merge in, locked for as
-/// long as the returned file lives, once the folders of merges no longer writing are removed
-/// (one killed part way; a live one, in this process namespace or not, holds its lock).
+/// A fresh folder beside `dir` (`.NAME.merging-PID-NONCE-N`) to write the merge in, locked
+/// for as long as the returned file lives, once the folders of merges no longer writing are
+/// removed (one killed part way; a live one, in this process namespace or not, holds its
+/// lock). Created exclusively: a name another merge holds (the same PID in another
+/// container) is skipped, never emptied.
 fn staging_folder(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
     let parent = super::atomic::parent_of(dir);
     let prefix = format!(".{name}.merging-");
-    let staging = parent.join(format!("{prefix}{}", std::process::id()));
+    let named = |n: usize| {
+        parent.join(format!(
+            "{prefix}{}-{:016x}-{n}",
+            std::process::id(),
+            super::atomic::process_nonce()
+        ))
+    };
     // Named after the output asked for, with the step that failed: the bare parent (`/proc/self:
     // No such file or directory`) said neither.
-    let in_parent = |error: std::io::Error| Error::Io {
+    let in_parent = |staging: &Path, error: std::io::Error| Error::Io {
         path: dir.to_path_buf(),
         error: std::io::Error::new(
             error.kind(),
@@ -359,20 +376,28 @@ fn staging_folder(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
             ),
         ),
     };
-    std::fs::create_dir_all(parent).map_err(in_parent)?;
+    let mut staging = named(0);
+    std::fs::create_dir_all(parent).map_err(|e| in_parent(&staging, e))?;
     remove_abandoned_staging(parent, &prefix);
-    // Left by an earlier merge of this process id that was killed: never a whole checkpoint.
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(in_parent)?;
+    const TRIES: usize = 1000;
+    for n in 1..=TRIES {
+        match std::fs::create_dir(&staging) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < TRIES => {
+                staging = named(n);
+            }
+            created => {
+                created.map_err(|e| in_parent(&staging, e))?;
+                break;
+            }
+        }
     }
-    std::fs::create_dir(&staging).map_err(in_parent)?;
-    let lock = std::fs::File::open(&staging).map_err(in_parent)?;
-    lock.lock().map_err(in_parent)?;
+    let lock = std::fs::File::open(&staging).map_err(|e| in_parent(&staging, e))?;
+    lock.lock().map_err(|e| in_parent(&staging, e))?;
     Ok((staging, lock))
 }
 
-/// Removes the staging folders (`PREFIX<digits>`) in `parent` whose lock can be taken: their
-/// merges no longer run.
+/// Removes the staging folders (`PREFIX` then `PID-NONCE-N`, or the bare PID of older
+/// builds) in `parent` whose lock can be taken: their merges no longer run.
 fn remove_abandoned_staging(parent: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -382,7 +407,9 @@ fn remove_abandoned_staging(parent: &Path, prefix: &str) {
         let is_staging = file_name
             .to_str()
             .and_then(|n| n.strip_prefix(prefix))
-            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            .is_some_and(|rest| {
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+            });
         let path = entry.path();
         if !is_staging || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
@@ -461,4 +488,31 @@ fn merged_config(checkpoint: &Checkpoint, kind: &TaskKind, dtype: MergedDType) -
             s
         })
         .map_err(|e| Error::invalid("merge", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A staging folder of the name this process would take first, held by another merge
+    /// (the same PID in another container), is skipped: its lock and files are left alone.
+    #[test]
+    fn a_staging_folder_another_merge_holds_is_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("merged");
+        let held = tmp.path().join(format!(
+            ".merged.merging-{}-{:016x}-0",
+            std::process::id(),
+            super::super::atomic::process_nonce()
+        ));
+        std::fs::create_dir(&held).unwrap();
+        std::fs::write(held.join("model.safetensors"), "another merge's").unwrap();
+        let lock = std::fs::File::open(&held).unwrap();
+        lock.lock().unwrap();
+        let (staging, _ours) = staging_folder(&out, "merged").unwrap();
+        assert_ne!(staging, held);
+        assert!(staging.is_dir() && std::fs::read_dir(&staging).unwrap().next().is_none());
+        let kept = std::fs::read(held.join("model.safetensors")).unwrap();
+        assert_eq!(kept, b"another merge's");
+    }
 }
