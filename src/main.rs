@@ -25,9 +25,21 @@ fn keep_freed_memory() {
     }
 }
 
+/// A write past the process's file-size limit (`ulimit -f`, a container's) fails with "File
+/// too large", as one to a full disk does: the command then names the file, removes its
+/// temporary and keeps what it saved before. SIGXFSZ's default action killed it mid-write,
+/// without a word, leaving the temporary and a torn log line behind.
+fn fail_writes_past_the_file_size_limit() {
+    // SAFETY: setting a signal's disposition to ignored, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn main() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     keep_freed_memory();
+    fail_writes_past_the_file_size_limit();
     let run = || cli::Cli::from_env().and_then(cli::Cli::run);
     // The command runs on a worker of the pool every op splits its work over, so an op's
     // fork and join stay among threads that are awake: called from outside the pool, each op

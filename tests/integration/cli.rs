@@ -4672,9 +4672,8 @@ fn a_log_line_the_disk_cuts_short_leaves_whole_lines() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "train.csv", &sentiment_csv(&SENTIMENT_ROWS));
     let out = dir.path().join("out");
-    // SIGXFSZ ignored, so the write past the limit fails with EFBIG instead of killing.
-    let status = Command::new("bash")
-        .args(["-c", "trap '' XFSZ; ulimit -f 1; exec \"$0\" \"$@\""])
+    // SIGXFSZ at its default action: the command itself must keep it from killing.
+    let status = past_the_file_size_limit(1)
         .arg(env!("CARGO_BIN_EXE_spafit"))
         .args(["train", "--model", &model(), "--train-file"])
         .arg(dir.path().join("train.csv"))
@@ -4696,6 +4695,68 @@ fn a_log_line_the_disk_cuts_short_leaves_whole_lines() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert!(lines.len() >= 2, "{text}");
+}
+
+/// bash running its arguments under `ulimit -f BLOCKS` (512-byte blocks), with SIGXFSZ at its
+/// default action (killing), whatever this process inherited.
+#[cfg(target_os = "linux")]
+fn past_the_file_size_limit(blocks: usize) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("bash");
+    command.args(["-c", &format!("ulimit -f {blocks}; exec \"$0\" \"$@\"")]);
+    // SAFETY: signal(2) is async-signal-safe, as a pre_exec hook must be.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    command
+}
+
+/// Predictions larger than the file-size limit allows: the command says so, naming the file,
+/// and the predictions written before stay whole, with no temporary left beside them.
+#[cfg(target_os = "linux")]
+#[test]
+fn predictions_past_the_file_size_limit_keep_the_old_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("texts.csv");
+    let rows: String = (0..200)
+        .map(|i| format!("film number {i} was fine\n"))
+        .collect();
+    std::fs::write(&data, format!("text\n{rows}")).unwrap();
+    let output = tmp.path().join("predictions.jsonl");
+    std::fs::write(&output, "earlier predictions\n").unwrap();
+    let adapter = format!(
+        "{}/tests/fixtures/peft-adapters/lora_qv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    // 4 KiB: far less than 200 predictions with their probabilities.
+    let out = past_the_file_size_limit(8)
+        .arg(env!("CARGO_BIN_EXE_spafit"))
+        .args(["predict", "--model", &model(), "--adapter", &adapter])
+        .args(["--max-len", "16", "--dev-file"])
+        .arg(&data)
+        .arg("--output")
+        .arg(&output)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("predictions.jsonl") && err.contains("File too large"),
+        "{err}"
+    );
+    let left: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "earlier predictions\n"
+    );
 }
 
 /// A process held to less memory than the host has free (`ulimit -v`, as a container's
