@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use super::class_lookup::ClassLookup;
 use super::example::{Dataset, Example, OnMalformed, RowSink, Target, TaskKind};
 use crate::error::{Error, Result};
 
@@ -367,6 +368,8 @@ impl GlueTask {
         };
         let width = if has_header { Some(header.len()) } else { None };
         let kind = self.kind();
+        let class_names = kind.class_names().unwrap_or_default();
+        let classes = ClassLookup::new(class_names);
         let mut sink = RowSink::new(on_malformed);
         for (line_no, line) in lines {
             let line = match line {
@@ -379,7 +382,7 @@ impl GlueTask {
                 }
             };
             let fields: Vec<&str> = line.split('\t').collect();
-            let mut row = parse_row(&fields, width, a, b, label, &kind);
+            let mut row = parse_row(&fields, width, a, b, label, &kind, &classes);
             // A header someone added to a header-less file (CoLA's train and dev).
             if let (Err(why), 1, false) = (&mut row, line_no, has_header) {
                 why.push_str(
@@ -406,6 +409,7 @@ fn parse_row(
     b: Option<usize>,
     label: Option<usize>,
     kind: &TaskKind,
+    classes: &ClassLookup,
 ) -> std::result::Result<Example, String> {
     let needed = [Some(a), b, label].into_iter().flatten().max().unwrap_or(0) + 1;
     if let Some(w) = width {
@@ -427,7 +431,7 @@ fn parse_row(
     }
     let target = match label {
         None => None,
-        Some(i) => Some(parse_target(fields[i], kind)?),
+        Some(i) => Some(parse_target(fields[i], kind, classes)?),
     };
     Ok(Example {
         text_a: fields[a].to_string(),
@@ -436,8 +440,12 @@ fn parse_row(
     })
 }
 
-/// A label field as a target of `kind`.
-pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<Target, String> {
+/// A label field as a target of `kind`, whose classes `classes` looks up.
+pub(crate) fn parse_target(
+    field: &str,
+    kind: &TaskKind,
+    classes: &ClassLookup,
+) -> std::result::Result<Target, String> {
     let field = field.trim();
     // Control characters (a NUL, an escape) are shown escaped, not written to the terminal.
     let shown = shown_plainly(field);
@@ -449,7 +457,7 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
             let mut ids = label_set_items(field)?
                 .into_iter()
                 .map(|item| {
-                    class_of(&item, labels).ok_or_else(|| {
+                    classes.class_of(&item).ok_or_else(|| {
                         format!(
                             "label `{}` (in `{}`) is not one of the classes {}",
                             shown_plainly(&item),
@@ -479,7 +487,7 @@ pub(crate) fn parse_target(field: &str, kind: &TaskKind) -> std::result::Result<
             Ok(Target::Score(value))
         }
         TaskKind::Classification { labels } => {
-            class_of(field, labels).map(Target::Class).ok_or_else(|| {
+            classes.class_of(field).map(Target::Class).ok_or_else(|| {
                 // `nan` or `inf` among numeric classes is a broken value, as the class
                 // inference says, not a class left out.
                 let number = |text: &str| text.trim().parse::<f64>().ok();
@@ -513,29 +521,6 @@ pub(super) fn class_value(name: &str) -> Option<f64> {
 /// exactly (below 9e15, as [`class_value`]).
 pub(super) fn integer_spelling(value: f64) -> Option<String> {
     (value.fract() == 0.0 && value.abs() < 9.0e15).then(|| format!("{}", value as i64))
-}
-
-/// The id of the class `field` names among `labels`, if any.
-fn class_of(field: &str, labels: &[String]) -> Option<u32> {
-    // Tools that store class ids as floats write `1.0` for class `1` (pandas with a missing
-    // value in the column, JSON numbers), and a class may be named `1.0` for data that says
-    // `1`: where no class has the field's very name, a number names the class spelt as its
-    // integer, else the one class of its value, if only one (values past 2^53 are not
-    // compared: neighbours round to one f64).
-    let value = class_value(field);
-    let integral = value.and_then(integer_spelling);
-    let same_value = || {
-        let v = value?;
-        let mut same = (0..labels.len()).filter(|&i| class_value(&labels[i]) == Some(v));
-        let first = same.next()?;
-        same.next().is_none().then_some(first)
-    };
-    labels
-        .iter()
-        .position(|l| l == field)
-        .or_else(|| labels.iter().position(|l| Some(l) == integral.as_ref()))
-        .or_else(same_value)
-        .map(|i| i as u32)
 }
 
 /// The class names of a multi-label field: comma-separated (`joy,anger`, as GoEmotions

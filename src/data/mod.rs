@@ -2,6 +2,7 @@
 //! split, and batching.
 
 mod batches;
+mod class_lookup;
 mod example;
 mod glue;
 mod json_record;
@@ -25,10 +26,9 @@ pub fn class_order(labels: &[String], names: &[String]) -> Option<Vec<usize>> {
         if labels.len() != names.len() || !distinct(labels) || !distinct(names) {
             return None;
         }
-        labels
-            .iter()
-            .map(|l| names.iter().position(|n| n == l))
-            .collect()
+        let position: std::collections::HashMap<&String, usize> =
+            names.iter().enumerate().map(|(i, n)| (n, i)).collect();
+        labels.iter().map(|l| position.get(l).copied()).collect()
     };
     let lower = |v: &[String]| v.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>();
     exact(labels, names).or_else(|| exact(&lower(labels), &lower(names)))
@@ -44,11 +44,12 @@ pub fn numbered_classes(labels: &[String]) -> Option<Vec<String>> {
 }
 
 /// The first name given twice in `names`, as (its first index, the repeat's index).
-pub fn first_repeat<T: PartialEq>(names: &[T]) -> Option<(usize, usize)> {
-    names.iter().enumerate().find_map(|(i, n)| {
-        let first = names[..i].iter().position(|m| m == n)?;
-        Some((first, i))
-    })
+pub fn first_repeat<T: std::hash::Hash + Eq>(names: &[T]) -> Option<(usize, usize)> {
+    let mut first = std::collections::HashMap::with_capacity(names.len());
+    names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| first.insert(n, i).map(|earlier| (earlier, i)))
 }
 
 #[cfg(test)]

@@ -589,9 +589,11 @@ impl TableSpec {
             .collect();
         // A name given twice is ambiguous only where the command reads it.
         let filter = self.filter.as_ref().map(|(column, _)| column.as_str());
+        let mut first_of = std::collections::HashMap::with_capacity(header.len());
         let named_twice = header.iter().enumerate().find_map(|(i, name)| {
-            let first = header[..i].iter().position(|m| m == name)?;
-            (named.contains(&name.as_str()) || filter == Some(name.as_str())).then_some((first, i))
+            let first = *first_of.entry(name.as_str()).or_insert(i);
+            let read = named.contains(&name.as_str()) || filter == Some(name.as_str());
+            (first != i && read).then_some((first, i))
         });
         if let Some((first, repeat)) = named_twice {
             return Err(line_one(format!(

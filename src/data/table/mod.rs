@@ -5,6 +5,7 @@ mod json_rows;
 
 use std::path::{Path, PathBuf};
 
+use super::class_lookup::{value_key, ClassLookup};
 use super::example::{Dataset, Example, OnMalformed, RowSink, TaskKind};
 use super::glue::{class_value, integer_spelling, parse_target};
 use crate::error::{Error, Result};
@@ -229,7 +230,13 @@ impl TableSpec {
         }
     }
 
-    fn example(&self, row: &dyn Row) -> std::result::Result<Option<Example>, String> {
+    /// The example `row` holds, its label read as one of `classes` (the spec's own), or
+    /// `None` where the filter leaves it out.
+    fn example(
+        &self,
+        row: &dyn Row,
+        classes: &ClassLookup,
+    ) -> std::result::Result<Option<Example>, String> {
         if !self.selected(row)? {
             return Ok(None);
         }
@@ -255,7 +262,7 @@ impl TableSpec {
             None => None,
             Some(c) => {
                 let label = present(c, label_field(row, c, self.kind.is_multi_label())?)?;
-                Some(parse_target(&label, &self.kind).map_err(|why| {
+                Some(parse_target(&label, &self.kind, classes).map_err(|why| {
                     let unknown_class = why.contains("is not one of the classes");
                     match (&self.kind, label.trim().is_empty()) {
                         // How to skip such rows follows in every malformed row's message.
@@ -313,11 +320,14 @@ impl TableSpec {
             }
         }
         let mut sink = RowSink::new(on_malformed);
-        self.for_each_row(&mut |line, row| match row.and_then(|r| self.example(r)) {
-            Ok(Some(e)) => sink.take(Ok(e), path, line),
-            Ok(None) => Ok(()),
-            Err(why) => sink.take(Err(why), path, line),
-        })?;
+        let classes = ClassLookup::new(self.kind.class_names().unwrap_or_default());
+        self.for_each_row(
+            &mut |line, row| match row.and_then(|r| self.example(r, &classes)) {
+                Ok(Some(e)) => sink.take(Ok(e), path, line),
+                Ok(None) => Ok(()),
+                Err(why) => sink.take(Err(why), path, line),
+            },
+        )?;
         Ok(Dataset {
             name: path.display().to_string(),
             kind: self.kind.clone(),
@@ -348,6 +358,7 @@ impl TableSpec {
         };
         let multi_label = self.kind.is_multi_label();
         let mut seen: Vec<(String, usize)> = Vec::new();
+        let mut seen_names = std::collections::HashSet::new();
         // A malformed row is the error `load` would give, or skipped as `load` would skip it.
         let mut sink = RowSink::new(on_malformed);
         // Only a row `load` keeps names a class: one the filter selects, with its texts, and
@@ -361,7 +372,7 @@ impl TableSpec {
                 Ok(row) => row,
                 Err(why) => return sink.take(Err(why), path, line),
             };
-            match texts_only.example(row) {
+            match texts_only.example(row, &ClassLookup::new(&[])) {
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(()),
                 Err(why) => return sink.take(Err(why), path, line),
@@ -381,13 +392,14 @@ impl TableSpec {
                 false => vec![label],
             };
             for label in names {
-                if label.is_empty() || seen.iter().any(|(l, _)| *l == label) {
+                if label.is_empty() || seen_names.contains(&label) {
                     continue;
                 }
                 if let Some(problem) = super::label_names_problem(std::slice::from_ref(&label)) {
                     let why = format!("label `{}`: {problem}", visible(&label));
                     return sink.take(Err(why), path, line);
                 }
+                seen_names.insert(label.clone());
                 seen.push((label, line));
             }
             Ok(())
@@ -479,15 +491,12 @@ impl TableSpec {
                 // Numbers among names are still classes by value: `1` and `1.0` are one class
                 // (`load` reads `1.0` as class `1`), spelt as an integer where whole, the
                 // first spelling seen otherwise.
-                let mut values: Vec<f64> = Vec::new();
+                let mut values = std::collections::HashSet::new();
                 let mut names: Vec<String> = Vec::new();
                 for (label, _) in seen {
                     match class_value(&label) {
-                        Some(v) if values.contains(&v) => {}
-                        Some(v) => {
-                            values.push(v);
-                            names.push(integer_spelling(v).unwrap_or(label));
-                        }
+                        Some(v) if !values.insert(value_key(v)) => {}
+                        Some(v) => names.push(integer_spelling(v).unwrap_or(label)),
                         None => names.push(label),
                     }
                 }
