@@ -502,9 +502,29 @@ impl WeightsFile {
         Ok(values)
     }
 
-    /// Tensor `name` on `backend`, checked against `shape`.
+    /// Tensor `name` on `backend`, checked against `shape` and the backend's float range.
     pub fn tensor<B: Backend>(&self, backend: &B, name: &str, shape: Shape) -> Result<Tensor<B>> {
         let values = self.read_f64(name, &shape)?;
+        // An F64 checkpoint's value past f32's range would become an infinity, and every
+        // output NaN, without a word of where it came from.
+        let dtype = backend.float_dtype();
+        if let Some(i) = values.iter().position(|&v| !dtype.holds_finite(v)) {
+            let path = self
+                .resolve(name)
+                .and_then(|stored| self.stored(stored))
+                .map_or_else(|| self.path.clone(), |(shard, _)| shard.path.clone());
+            return Err(Error::Format {
+                path,
+                detail: format!(
+                    "tensor `{}` holds {:e} at flat index {i}, beyond the range of {dtype} \
+                     that {} computes in (a model with infinite weights gives no usable \
+                     outputs): --dtype f64 on the CPU holds it",
+                    self.resolve(name).unwrap_or(name),
+                    values[i],
+                    backend.name()
+                ),
+            });
+        }
         backend.tensor_from_f64(shape, &values)
     }
 }

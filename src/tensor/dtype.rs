@@ -34,6 +34,17 @@ impl DType {
     pub fn is_float(self) -> bool {
         !matches!(self, DType::U32)
     }
+
+    /// Whether the finite `value`, stored in this type, stays finite (rounds to a value
+    /// within its range). Always true for `U32`, which holds no floats.
+    pub fn holds_finite(self, value: f64) -> bool {
+        match self {
+            DType::F64 | DType::U32 => value.is_finite(),
+            DType::F32 => (value as f32).is_finite(),
+            DType::BF16 => half::bf16::from_f64(value).is_finite(),
+            DType::F16 => half::f16::from_f64(value).is_finite(),
+        }
+    }
 }
 
 impl fmt::Display for DType {

@@ -318,6 +318,25 @@ fn missing_misshapen_and_wrongly_typed_tensors_are_named() {
         );
     }
 
+    // An F64 value past f32's range loads on the f64 reference, and is refused by name on an
+    // f32 backend, where it would be an infinity.
+    let mut huge = full.clone();
+    let name = "bert.encoder.layer.0.attention.self.query.weight";
+    huge.get_mut(name).unwrap().1[3] = -1e300;
+    let dir = tmp.path().join("past-f32");
+    write_checkpoint(&dir, &tiny_config_json(2), &huge, Dtype::F64, false);
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert!(BertClassifier::from_checkpoint(&ck, &CpuBackend::f64(), 2, 0).is_ok());
+    let e = BertClassifier::from_checkpoint(&ck, &CpuBackend::f32(), 2, 0)
+        .expect_err("-1e300 in f32")
+        .to_string();
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains(name.trim_start_matches("bert."))
+            && e.contains("holds -1e300 at flat index 3, beyond the range of f32"),
+        "{e}"
+    );
+
     // Integer data where floats belong.
     let dir = tmp.path().join("int");
     write_checkpoint(&dir, &tiny_config_json(2), &full, Dtype::I64, false);
