@@ -32,6 +32,29 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The bytes of the file at `path`, refusing a device other than a terminal: `/dev/zero` or
+/// `/dev/urandom` (a link to one, made by mistake) never ends, and reading it would take all
+/// the memory there is. A terminal (`/dev/stdin` typed into) ends where its user ends it.
+pub(crate) fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path)?.file_type();
+    if !(kind.is_char_device() || kind.is_block_device()) {
+        return std::fs::read(path);
+    }
+    let mut file = std::fs::File::open(path)?;
+    // SAFETY: isatty only inspects the descriptor, which `file` keeps open.
+    if unsafe { libc::isatty(file.as_raw_fd()) } != 1 {
+        return Err(std::io::Error::other(
+            "is a device, not a file (one such as /dev/zero would be read without end)",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The bytes of `path`. A pipe (a named FIFO, `/dev/stdin` on a pipe, a shell's `<(…)`) can
 /// be read only once, yet a data file is read more than once (a training file for its classes,
 /// then for its rows): what a pipe gave is kept for the process, by the pipe's identity, and
@@ -47,7 +70,7 @@ fn read_once(path: &Path) -> Result<Vec<u8>> {
     };
     let metadata = std::fs::metadata(path).map_err(io_error)?;
     if !metadata.file_type().is_fifo() {
-        return std::fs::read(path).map_err(io_error);
+        return read_file(path).map_err(io_error);
     }
     // Device and inode name the pipe itself, whatever link (`/dev/stdin`, `/proc/self/fd/0`)
     // led to it; an anonymous pipe's inode number is not given again while the process lives.

