@@ -152,7 +152,7 @@ pub fn check_batch_memory<B: Backend>(
 /// the allocator holds freed (a training step's activations, kept for the next step) counts
 /// as room: the next allocations reuse it. Lenient where unsure: the check refuses only what
 /// cannot fit.
-fn available_host_memory() -> Option<(usize, &'static str)> {
+pub(crate) fn available_host_memory() -> Option<(usize, &'static str)> {
     let host = proc_kib("/proc/meminfo", "MemAvailable:").and_then(|k| k.checked_mul(1024));
     let reusable = allocator_free_bytes();
     [

@@ -11,6 +11,6 @@ pub use bert::{BertModel, BertOutput};
 pub use class_alignment::ClassAlignment;
 pub use embeddings::BertEmbeddings;
 pub use input::ModelInput;
-pub(crate) use memory::proc_kib;
+pub(crate) use memory::{available_host_memory, proc_kib};
 pub use memory::{check_batch_memory, memory_alternatives, while_loading, Pass};
 pub use sequence_classifier::{BertClassifier, Labels};

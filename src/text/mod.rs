@@ -9,6 +9,7 @@ mod test_texts;
 mod tokenizer;
 mod tokenizer_class;
 mod tokenizer_config;
+mod tokenizer_memory;
 mod wordpiece_vocab;
 mod xlm_roberta_tokenizer;
 

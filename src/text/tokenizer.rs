@@ -383,18 +383,34 @@ impl TextTokenizer {
         if let TextInput::Pair(..) = input {
             self.check_pairs()?;
         }
-        let r = match input {
-            TextInput::Single(a) => {
-                let a = self.shortened(a);
-                self.encode_dropping_overflow(self.cut(&a).unwrap_or(&a), None)
-            }
-            TextInput::Pair(a, b) => {
-                self.encode_dropping_overflow(&self.shortened(a), Some(&self.shortened(b)))
+        let room_for = |bytes: usize| -> tokenizers::Result<()> {
+            let model = self.inner.get_model();
+            match super::tokenizer_memory::too_long_for_memory(model, bytes) {
+                Some(problem) => Err(problem.into()),
+                None => Ok(()),
             }
         };
+        let encode = || match input {
+            TextInput::Single(a) => {
+                let a = self.shortened(a);
+                let text = self.cut(&a).unwrap_or(&a);
+                room_for(text.len())?;
+                self.encode_dropping_overflow(text, None)
+            }
+            TextInput::Pair(a, b) => {
+                let (a, b) = (self.shortened(a), self.shortened(b));
+                room_for(a.len().max(b.len()))?;
+                self.encode_dropping_overflow(&a, Some(&b))
+            }
+        };
+        // tokenizers' regex engine panics where it cannot get memory (a word of 100 MB under
+        // a byte-level BPE, in a process held to a few GB): an error naming the input, not a
+        // crashed process. Nothing the closure touches outlives a failed encoding.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
+            .unwrap_or_else(|panic| Err(tokenizer_failure(panic).into()));
         let e = r.map_err(|e| Error::Format {
             path: self.path.clone(),
-            detail: format!("cannot encode {input:?}: {e}"),
+            detail: format!("cannot encode {}: {e}", excerpt_of(input)),
         })?;
         let type_ids = match self.segment_ids {
             true => e.get_type_ids().to_vec(),
@@ -464,6 +480,29 @@ impl TextTokenizer {
             .map(|&input| self.encode(input))
             .collect::<Result<Vec<_>>>()?;
         EncodedBatch::pad(&rows.iter().collect::<Vec<_>>(), self.pad_id)
+    }
+}
+
+/// What a panic inside tokenizers said, as an error's words.
+fn tokenizer_failure(panic: Box<dyn std::any::Any + Send>) -> String {
+    let said = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message");
+    format!("the tokenizer failed: {said}")
+}
+
+/// `input` as a message shows it: each text whole when short, else its start and its length.
+fn excerpt_of(input: TextInput<'_>) -> String {
+    const SHOWN_CHARS: usize = 80;
+    let excerpt = |text: &str| match text.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
+    };
+    match input {
+        TextInput::Single(a) => excerpt(a),
+        TextInput::Pair(a, b) => format!("the pair {} and {}", excerpt(a), excerpt(b)),
     }
 }
 

@@ -36,10 +36,24 @@ impl std::fmt::Debug for EncodedDataset {
 impl EncodedDataset {
     /// Tokenizes every example of `data`.
     pub fn new(tokenizer: &TextTokenizer, data: &Dataset) -> Result<Self> {
+        let line = |i: usize| match data.source_lines.get(i) {
+            Some(line) if data.source_lines.len() == data.examples.len() => format!("line {line}"),
+            _ => format!("example {i}"),
+        };
         let texts = data
             .examples
             .iter()
-            .map(|e| tokenizer.encode(e.input()))
+            .enumerate()
+            .map(|(i, e)| {
+                // A text the tokenizer could not take is named by its place in the data.
+                tokenizer.encode(e.input()).map_err(|error| match error {
+                    Error::Format { .. } => Error::Format {
+                        path: data.name.clone().into(),
+                        detail: format!("{}: {error}", line(i)),
+                    },
+                    other => other,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(EncodedDataset {
             texts,

@@ -4759,6 +4759,46 @@ fn predictions_past_the_file_size_limit_keep_the_old_file() {
     );
 }
 
+/// A word of megabytes under a byte-level BPE, more than a process held to 1.5 GB could
+/// tokenize (tokenizers takes about 200 bytes per byte): refused before the attempt, naming
+/// the file and line, where the allocation's failure aborted the process.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_text_too_long_to_tokenize_in_the_memory_left_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.csv");
+    let word = "a".repeat(12 << 20);
+    std::fs::write(&data, format!("text,label\nshort,0\n{word},1\n")).unwrap();
+    let roberta = format!(
+        "{}/tests/fixtures/tiny-roberta/model",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new("bash")
+        .args(["-c", "ulimit -v 1500000; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_spafit"))
+        .env("RAYON_NUM_THREADS", "2")
+        .args([
+            "train",
+            "--model",
+            &roberta,
+            "--max-steps",
+            "1",
+            "--train-file",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("train.csv: line 3:")
+            && err.contains("tokenizing 12 MB of text takes about")
+            && err.contains("under the address-space limit (ulimit -v)")
+            && err.contains("… (12582912 bytes)"),
+        "{err}"
+    );
+}
+
 /// A process held to less memory than the host has free (`ulimit -v`, as a container's
 /// limit holds it) is refused a batch that cannot fit under that limit, with the limit's
 /// figure, instead of aborting when an allocation fails.
