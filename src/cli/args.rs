@@ -749,6 +749,7 @@ impl DataArgs {
                 .filter(|l| spafit::data::looks_like_a_set(l))
                 .collect();
             if let Some(first) = sets.first() {
+                let first = class_list(std::slice::from_ref(*first));
                 note!(
                     "note: {} of the classes of {} look like sets of classes (`{first}`): each \
                      such label is one class of its own unless --multi-label reads it as a set",
@@ -911,24 +912,24 @@ impl DataArgs {
 }
 
 /// Class names joined by `, `, each quoted where a comma, a quote or an edge space would make
-/// the list read as other classes (`neg, pos`; `"very, good", bad`).
+/// the list read as other classes (`neg, pos`; `"very, good", bad`); only the first of many.
 fn class_list(labels: &[String]) -> String {
-    labels
-        .iter()
-        .map(|l| {
-            // Control characters are shown escaped, not written to the terminal.
-            let plain = !l.is_empty()
-                && !l.contains([',', '"'])
-                && l.trim() == l.as_str()
-                && !l.chars().any(char::is_control);
-            if plain {
-                l.clone()
-            } else {
-                format!("{l:?}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    spafit::data::brief_list(labels.iter().map(|l| {
+        // Control characters are shown escaped, not written to the terminal.
+        let plain = !l.is_empty()
+            && !l.contains([',', '"'])
+            && l.trim() == l.as_str()
+            && !l.chars().any(char::is_control);
+        let quoted = match plain {
+            true => l.clone(),
+            false => format!("{l:?}"),
+        };
+        // A name of 700 KB (a whole set read as one class) by its start and its length.
+        match quoted.char_indices().nth(200) {
+            Some((end, _)) => format!("{}… ({} bytes)", &quoted[..end], l.len()),
+            None => quoted,
+        }
+    }))
 }
 
 /// Says once per path that a named pipe is read when a program writes to it: opening one

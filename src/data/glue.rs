@@ -462,7 +462,7 @@ pub(crate) fn parse_target(
                             "label `{}` (in `{}`) is not one of the classes {}",
                             shown_plainly(&item),
                             shown_plainly(field),
-                            labels.join(", ")
+                            super::brief_list(labels.iter())
                         )
                     })
                 })
@@ -496,12 +496,12 @@ pub(crate) fn parse_target(
                 {
                     return format!(
                         "label `{shown}` is not a finite number, and every class ({}) is one",
-                        labels.join(", ")
+                        super::brief_list(labels.iter())
                     );
                 }
                 format!(
                     "label `{shown}` is not one of the classes {}",
-                    labels.join(", ")
+                    super::brief_list(labels.iter())
                 )
             })
         }
@@ -663,12 +663,27 @@ fn python_escape(
 /// `text` as a message shows it: what is unprintable escaped (control characters, invisible
 /// and direction-changing marks), quotes and backslashes as they are.
 pub(crate) fn shown_plainly(text: &str) -> String {
-    text.chars()
+    let shown: String = text
+        .chars()
+        .take(SHOWN_CHARS)
         .flat_map(|c| match c {
             '\'' | '"' | '\\' => vec![c],
             _ => c.escape_debug().collect::<Vec<_>>(),
         })
-        .collect()
+        .collect();
+    with_length_if_cut(shown, text)
+}
+
+/// The characters of a field a message shows: a label of 700 KB (a whole set read as one
+/// class) is named by its start and its length.
+pub(crate) const SHOWN_CHARS: usize = 200;
+
+/// `shown`, the start of `text`, with `text`'s length where it is not all of it.
+pub(crate) fn with_length_if_cut(shown: String, text: &str) -> String {
+    match text.chars().nth(SHOWN_CHARS) {
+        Some(_) => format!("{shown}… ({} bytes)", text.len()),
+        None => shown,
+    }
 }
 
 impl FromStr for GlueTask {

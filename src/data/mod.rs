@@ -43,6 +43,24 @@ pub fn numbered_classes(labels: &[String]) -> Option<Vec<String>> {
     class_order(labels, &numbers).map(|_| numbers)
 }
 
+/// `items` joined with ", ", only the first 20 of more, then how many there are: a message
+/// naming a task's classes or a file's columns stays a line however many the data has.
+pub fn brief_list<I>(items: I) -> String
+where
+    I: IntoIterator,
+    I::IntoIter: ExactSizeIterator,
+    I::Item: std::fmt::Display,
+{
+    const SHOWN: usize = 20;
+    let items = items.into_iter();
+    let count = items.len();
+    let shown: Vec<String> = items.take(SHOWN).map(|i| i.to_string()).collect();
+    match count > SHOWN {
+        true => format!("{}, … ({count} in all)", shown.join(", ")),
+        false => shown.join(", "),
+    }
+}
+
 /// The first name given twice in `names`, as (its first index, the repeat's index).
 pub fn first_repeat<T: std::hash::Hash + Eq>(names: &[T]) -> Option<(usize, usize)> {
     let mut first = std::collections::HashMap::with_capacity(names.len());
@@ -54,7 +72,29 @@ pub fn first_repeat<T: std::hash::Hash + Eq>(names: &[T]) -> Option<(usize, usiz
 
 #[cfg(test)]
 mod tests {
-    use super::class_order;
+    use super::{brief_list, class_order, first_repeat};
+
+    #[test]
+    fn long_lists_and_fields_are_shown_by_their_start_and_size() {
+        let few: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        assert_eq!(brief_list(few.iter()), few.join(", "));
+        let many: Vec<String> = (0..25).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            brief_list(many.iter()),
+            format!("{}, … (25 in all)", few.join(", "))
+        );
+        let label = format!("é{}", "x".repeat(300));
+        let shown = super::glue::shown_plainly(&label);
+        assert_eq!(shown, format!("é{}… (302 bytes)", "x".repeat(199)));
+        assert_eq!(super::glue::shown_plainly("a\tb"), "a\\tb");
+    }
+
+    #[test]
+    fn the_first_repeat_is_found_with_its_first_place() {
+        assert_eq!(first_repeat(&["a", "b", "c"]), None);
+        assert_eq!(first_repeat(&["a", "b", "a", "b", "b"]), Some((0, 2)));
+        assert_eq!(first_repeat(&["x", "b", "c", "b", "x"]), Some((1, 3)));
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

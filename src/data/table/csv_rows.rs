@@ -604,13 +604,8 @@ impl TableSpec {
                 repeat + 1
             )));
         }
-        let columns = || {
-            header
-                .iter()
-                .map(|h| format!("`{}`", super::visible(h)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let columns =
+            || crate::data::brief_list(header.iter().map(|h| format!("`{}`", super::visible(h))));
         if let Some((col, want)) = &self.filter {
             if !header.contains(col) {
                 return Err(line_one(format!(

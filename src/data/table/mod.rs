@@ -554,10 +554,13 @@ impl TableSpec {
 /// return) written as escapes, everything else as it is (`escape_debug` also wrote `it's` as
 /// `it\'s`, a name no file has).
 pub(crate) fn visible(text: &str) -> String {
-    text.chars()
+    let shown: String = text
+        .chars()
+        .take(super::glue::SHOWN_CHARS)
         .flat_map(|c| match c.is_control() {
             true => c.escape_debug().collect::<Vec<_>>(),
             false => vec![c],
         })
-        .collect()
+        .collect();
+    super::glue::with_length_if_cut(shown, text)
 }
