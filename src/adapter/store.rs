@@ -496,6 +496,17 @@ pub fn load_adapter<B: Backend>(
                 ),
             });
         }
+        // A tensor the list does not name would be left out without a word: what it was to
+        // change would not be changed.
+        if let Some(unlisted) = file.names().iter().find(|n| !stored.contains(n)) {
+            return Err(Error::Mismatch {
+                path: weights_path.clone(),
+                detail: format!(
+                    "it holds `{unlisted}`, which the manifest's list of stored tensors \
+                     (`tensors`) does not name: an adapter of another plan, or edited"
+                ),
+            });
+        }
         for p in model.params_mut().into_iter().filter(|p| p.trainable) {
             p.value = file.tensor(backend, &p.name, p.value.shape().clone())?;
         }

@@ -5,8 +5,8 @@ use crate::common;
 
 use common::rel_err;
 use spafit::adapter::{
-    export_peft, import_peft, load_adapter, open_adapter, read_tensors, save_adapter,
-    PeftExportRecord, TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,
+    export_peft, import_peft, load_adapter, open_adapter, read_tensors, save_adapter, sha256_hex,
+    tensors_to_safetensors, PeftExportRecord, TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,
 };
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
@@ -381,6 +381,30 @@ fn adapter_round_trip_and_refusals() {
             "{e}"
         );
     }
+
+    // Weights holding a tensor the manifest does not list, the hash made to match: refused,
+    // naming it, not loaded without it.
+    let weights = dir.path().join(WEIGHTS_FILE);
+    let good = std::fs::read(&weights).unwrap();
+    let mut tensors: Vec<_> = read_tensors(&cpu, &weights).unwrap().into_iter().collect();
+    tensors.push((
+        "encoder.layer.0.output.dense.bias".into(),
+        cpu.zeros(vec![8].into()).unwrap(),
+    ));
+    std::fs::write(&weights, tensors_to_safetensors(&cpu, &tensors).unwrap()).unwrap();
+    let hash = sha256_hex(&std::fs::read(&weights).unwrap());
+    let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    json["weights_sha256"] = hash.into();
+    std::fs::write(&manifest_path, json.to_string()).unwrap();
+    let e = load_adapter(dir.path(), &ck, &cpu).expect_err("an unlisted tensor");
+    assert!(
+        e.to_string()
+            .contains("holds `encoder.layer.0.output.dense.bias`, which the manifest"),
+        "{e}"
+    );
+    std::fs::write(&weights, &good).unwrap();
+    std::fs::write(&manifest_path, &original).unwrap();
+    load_adapter(dir.path(), &ck, &cpu).expect("restored");
 
     // Weights that do not match the manifest (a torn write or an edit): refused.
     let mut bytes = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
