@@ -275,6 +275,17 @@ pub(super) fn prefix_with_tokens<'t>(
             return None;
         }
         let prefix = &text[..cut];
+        // One the memory left cannot take is not tried: the whole text is then checked, and
+        // refused, where the caller encodes it.
+        if super::tokenizer_memory::too_long_for_memory(
+            tokenizer.get_model(),
+            prefix.len(),
+            max_len,
+        )
+        .is_some()
+        {
+            return None;
+        }
         let tokens = tokenizer.encode(prefix, false).ok()?.len();
         if tokens >= max_len {
             return Some(prefix);

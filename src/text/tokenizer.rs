@@ -9,6 +9,7 @@ use tokenizers::{
 };
 
 use super::tokenizer_config::TokenizerConfig;
+use super::tokenizer_memory::TooLongForMemory;
 use crate::error::{Error, Result};
 
 /// One example's text: a sentence or a sentence pair.
@@ -385,21 +386,28 @@ impl TextTokenizer {
         }
         let room_for = |bytes: usize| -> tokenizers::Result<()> {
             let model = self.inner.get_model();
-            match super::tokenizer_memory::too_long_for_memory(model, bytes) {
-                Some(problem) => Err(problem.into()),
+            match super::tokenizer_memory::too_long_for_memory(model, bytes, self.max_len) {
+                Some(problem) => Err(Box::new(TooLongForMemory(problem))),
                 None => Ok(()),
             }
         };
         let encode = || match input {
             TextInput::Single(a) => {
                 let a = self.shortened(a);
-                let text = self.cut(&a).unwrap_or(&a);
-                room_for(text.len())?;
+                // A prefix the cut found was checked, and tokenized, before.
+                let text = match self.cut(&a) {
+                    Some(prefix) => prefix,
+                    None => {
+                        room_for(a.len())?;
+                        &a
+                    }
+                };
                 self.encode_dropping_overflow(text, None)
             }
             TextInput::Pair(a, b) => {
                 let (a, b) = (self.shortened(a), self.shortened(b));
-                room_for(a.len().max(b.len()))?;
+                // The first text's encoding is held while the second is tokenized.
+                room_for(a.len() + b.len())?;
                 self.encode_dropping_overflow(&a, Some(&b))
             }
         };
@@ -408,9 +416,15 @@ impl TextTokenizer {
         // crashed process. Nothing the closure touches outlives a failed encoding.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode))
             .unwrap_or_else(|panic| Err(tokenizer_failure(panic).into()));
-        let e = r.map_err(|e| Error::Format {
-            path: self.path.clone(),
-            detail: format!("cannot encode {}: {e}", excerpt_of(input)),
+        let e = r.map_err(|e| match e.downcast_ref::<TooLongForMemory>() {
+            Some(_) => Error::OutOfMemory {
+                op: "tokenize",
+                detail: format!("{}: {e}", excerpt_of(input)),
+            },
+            None => Error::Format {
+                path: self.path.clone(),
+                detail: format!("cannot encode {}: {e}", excerpt_of(input)),
+            },
         })?;
         let type_ids = match self.segment_ids {
             true => e.get_type_ids().to_vec(),

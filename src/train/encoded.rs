@@ -51,6 +51,10 @@ impl EncodedDataset {
                         path: data.name.clone().into(),
                         detail: format!("{}: {error}", line(i)),
                     },
+                    Error::OutOfMemory { op, detail } => Error::OutOfMemory {
+                        op,
+                        detail: format!("{}, {}: {detail}", data.name, line(i)),
+                    },
                     other => other,
                 })
             })

@@ -4768,35 +4768,37 @@ fn a_text_too_long_to_tokenize_in_the_memory_left_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("train.csv");
     let word = "a".repeat(12 << 20);
-    std::fs::write(&data, format!("text,label\nshort,0\n{word},1\n")).unwrap();
     let roberta = format!(
         "{}/tests/fixtures/tiny-roberta/model",
         env!("CARGO_MANIFEST_DIR")
     );
-    let out = Command::new("bash")
-        .args(["-c", "ulimit -v 1500000; exec \"$0\" \"$@\""])
-        .arg(env!("CARGO_BIN_EXE_spafit"))
-        .env("RAYON_NUM_THREADS", "2")
-        .args([
-            "train",
-            "--model",
-            &roberta,
-            "--max-steps",
-            "1",
-            "--train-file",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("train.csv: line 3:")
-            && err.contains("tokenizing 12 MB of text takes about")
-            && err.contains("under the address-space limit (ulimit -v)")
-            && err.contains("… (12582912 bytes)"),
-        "{err}"
-    );
+    // The word alone, and followed by many short words, where the long-text cut tries
+    // prefixes first (each checked before it is tokenized too).
+    for (text, megabytes) in [
+        (word.clone(), 12),
+        (word.clone() + &" b".repeat(7 << 20), 26),
+    ] {
+        std::fs::write(&data, format!("text,label\nshort,0\n{text},1\n")).unwrap();
+        let out = Command::new("bash")
+            .args(["-c", "ulimit -v 1500000; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_spafit"))
+            .env("RAYON_NUM_THREADS", "2")
+            .args(["train", "--model", &roberta, "--max-steps", "1"])
+            .arg("--train-file")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("tokenize: out of memory (")
+                && err.contains("train.csv, line 3: ")
+                && err.contains(&format!("tokenizing {megabytes} MB of text takes about"))
+                && err.contains("under the address-space limit (ulimit -v)")
+                && err.contains(&format!("… ({} bytes)", text.len())),
+            "{err}"
+        );
+    }
 }
 
 /// A process held to less memory than the host has free (`ulimit -v`, as a container's
