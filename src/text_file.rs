@@ -39,8 +39,12 @@ pub(crate) fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileTypeExt;
-    let kind = std::fs::metadata(path)?.file_type();
-    if !(kind.is_char_device() || kind.is_block_device()) {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)?;
+    let kind = metadata.file_type();
+    // `/dev/null` ends at once (stdin of a job run without input): it reads as empty.
+    let null = std::fs::metadata("/dev/null").is_ok_and(|n| n.rdev() == metadata.rdev());
+    if !(kind.is_char_device() || kind.is_block_device()) || null {
         return std::fs::read(path);
     }
     let mut file = std::fs::File::open(path)?;

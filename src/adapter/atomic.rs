@@ -35,29 +35,15 @@ fn remove_leftovers_of_dead_writers(path: &Path) {
     };
     let prefix = staged_prefix(name);
     for leftover in staged_copies(parent_of(&resolved), name) {
-        // `PID-NONCE-N`; `PID-N` from builds before the nonce.
         let writer = leftover
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|rest| {
-                let parts: Vec<&str> = rest.split('-').collect();
-                let pid = parts.first()?.parse::<u32>().ok()?;
-                let nonce = match parts.len() {
-                    3 => Some(u64::from_str_radix(parts[1], 16).ok()?),
-                    _ => None,
-                };
-                Some((pid, nonce))
-            });
-        // This PID with another nonce: an earlier process the PID was given to again.
-        let dead = |(pid, nonce): (u32, Option<u64>)| match pid == std::process::id() {
-            true => nonce.is_some_and(|n| n != process_nonce()),
-            false => !Path::new(&format!("/proc/{pid}")).exists(),
-        };
+            .and_then(writer_of);
         let stale = std::fs::metadata(&leftover)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNTOUCHED_FOR));
-        if writer.is_some_and(dead) && stale {
+        if writer.is_some_and(writer_is_gone) && stale {
             let _ = std::fs::remove_file(&leftover);
         }
     }
@@ -132,43 +118,94 @@ fn create_staged_file(
     permissions: Option<&std::fs::Permissions>,
 ) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    // Names taken by others are skipped; a folder where thousands are taken in a row has
-    // something else wrong with it.
-    const TRIES: usize = 1000;
-    let mut last_error = None;
-    for _ in 0..TRIES {
-        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!(
-            "{}{}-{:016x}-{write}",
-            staged_prefix(name),
-            std::process::id(),
-            process_nonce()
-        ));
+    let (tmp, file) = create_unique(dir, &staged_prefix(name), |tmp| {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         if let Some(p) = permissions {
             // The umask may narrow this, never widen it; the exact mode is set just below.
             options.mode(p.mode() & 0o7777);
         }
-        match options.open(&tmp) {
-            Ok(file) => {
-                if let Some(p) = permissions {
-                    if let Err(e) = file.set_permissions(p.clone()) {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                }
-                return Ok((tmp, file));
-            }
+        options.open(tmp)
+    })?;
+    if let Some(p) = permissions {
+        if let Err(e) = file.set_permissions(p.clone()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    }
+    Ok((tmp, file))
+}
+
+/// Makes a new entry `PREFIX` + `PID-NONCE-N` in `dir` with `create`, which fails with
+/// `AlreadyExists` where the name is taken: then the next N is tried. Nothing another
+/// writer holds (the same PID in another container, the same name by chance) is touched.
+pub(crate) fn create_unique<T>(
+    dir: &Path,
+    prefix: &str,
+    mut create: impl FnMut(&Path) -> std::io::Result<T>,
+) -> std::io::Result<(std::path::PathBuf, T)> {
+    // A folder where thousands of names are taken in a row has something else wrong with it.
+    const TRIES: usize = 1000;
+    let mut last_error = None;
+    for _ in 0..TRIES {
+        let n = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(unique_name(prefix, n));
+        match create(&path) {
+            Ok(made) => return Ok((path, made)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last_error = Some(e),
             Err(e) => return Err(e),
         }
     }
-    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free name")))
 }
 
-/// Writes staged by this process: the last part of their temporaries' names.
-static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Entries [`create_unique`] made in this process: the last part of their names.
+static CREATED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The `n`th name [`create_unique`] tries for `prefix` in this process.
+fn unique_name(prefix: &str, n: u64) -> String {
+    format!(
+        "{prefix}{}-{:016x}-{n}",
+        std::process::id(),
+        process_nonce()
+    )
+}
+
+/// The names [`create_unique`] tries next for `prefix`, the first `count` of them (for tests
+/// that take them first).
+#[cfg(test)]
+pub(crate) fn next_unique_names(prefix: &str, count: u64) -> Vec<String> {
+    let next = CREATED.load(std::sync::atomic::Ordering::Relaxed);
+    (next..next + count)
+        .map(|n| unique_name(prefix, n))
+        .collect()
+}
+
+/// The writer a name after its prefix records: `PID-NONCE-N` ([`create_unique`]), or
+/// `PID-N` and a bare `PID` from builds before the nonce; `None` for anything else.
+pub(crate) fn writer_of(rest: &str) -> Option<(u32, Option<u64>)> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = rest.split('-').collect();
+    let pid = parts.first().filter(|p| digits(p))?.parse().ok()?;
+    match parts.as_slice() {
+        [_] => Some((pid, None)),
+        [_, n] if digits(n) => Some((pid, None)),
+        [_, nonce, n] if nonce.len() == 16 && digits(n) => {
+            Some((pid, Some(u64::from_str_radix(nonce, 16).ok()?)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether the process `writer_of` read from a name is gone: another PID that `/proc` no
+/// longer lists, or this PID with another number or none (an earlier process the PID was
+/// given to again: this one always records its number).
+pub(crate) fn writer_is_gone((pid, nonce): (u32, Option<u64>)) -> bool {
+    match pid == std::process::id() {
+        true => nonce != Some(process_nonce()),
+        false => !Path::new(&format!("/proc/{pid}")).exists(),
+    }
+}
 
 /// A random number drawn once per process, in the names of its temporaries and staging
 /// folders: a leftover with this process's PID but another number is another process's
@@ -341,9 +378,10 @@ mod tests {
         let reused = dir
             .path()
             .join(format!(".p.jsonl.tmp-{ours}-{:016x}-3", nonce ^ 1));
+        let older_build = dir.path().join(format!(".p.jsonl.tmp-{ours}-5"));
         let other = dir.path().join(format!(".q.jsonl.tmp-{dead}-0"));
         let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
-        for f in [&leftover, &recent, &running, &reused, &other] {
+        for f in [&leftover, &recent, &running, &reused, &older_build, &other] {
             std::fs::write(f, "half").unwrap();
             if f != &recent {
                 let file = std::fs::File::options().write(true).open(f).unwrap();
@@ -353,8 +391,9 @@ mod tests {
         write_atomic(&path, b"whole").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
         assert!(!leftover.exists());
-        // This PID, another process's number: one that had the PID before.
-        assert!(!reused.exists());
+        // This PID with another process's number, or none (an older build's, which the PID
+        // had before: PID 1 of every container): one that had the PID before.
+        assert!(!reused.exists() && !older_build.exists());
         // Touched in the last hour: perhaps a writer this process cannot see.
         assert!(recent.exists());
         assert!(running.exists() && other.exists());
@@ -383,6 +422,25 @@ mod tests {
         assert!(staged_copies(dir.path(), "adapter.safetensors").is_empty());
     }
 
+    #[test]
+    fn writers_are_read_from_names_of_every_build() {
+        assert_eq!(writer_of("12"), Some((12, None)));
+        assert_eq!(writer_of("12-3"), Some((12, None)));
+        assert_eq!(writer_of("12-00000000000000ab-3"), Some((12, Some(0xab))));
+        for other in [
+            "",
+            "x",
+            "+12",
+            "12-",
+            "12-ab-3",
+            "12-00000000000000ag-3",
+            "cafe",
+            "1-2-3-4",
+        ] {
+            assert_eq!(writer_of(other), None, "{other:?}");
+        }
+    }
+
     /// A temporary name another writer holds (one with the same PID and count: PID 1 of
     /// another container writing to a shared folder) is skipped, never truncated; the
     /// temporary takes the destination's permissions before its content is written.
@@ -393,14 +451,9 @@ mod tests {
         let path = dir.path().join("private.jsonl");
         std::fs::write(&path, "old").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let next = WRITES.load(std::sync::atomic::Ordering::Relaxed);
-        let taken: Vec<_> = (next..next + 16)
-            .map(|n| {
-                let name = format!(
-                    ".private.jsonl.tmp-{}-{:016x}-{n}",
-                    std::process::id(),
-                    process_nonce()
-                );
+        let taken: Vec<_> = next_unique_names(".private.jsonl.tmp-", 16)
+            .into_iter()
+            .map(|name| {
                 let taken = dir.path().join(name);
                 std::fs::write(&taken, "another writer's").unwrap();
                 taken

@@ -224,6 +224,24 @@ pub fn save_merged<B: Backend>(
     let config = merged_config(checkpoint, kind, dtype)?;
 
     let (staging, _lock) = staging_folder(dir, &name)?;
+    // An empty folder at `dir` gives way to the merge, which takes its permissions: one a user
+    // made private stays private, while the merge is written too (with the owner's access
+    // kept until it is in place, so a failed merge can still be cleaned up).
+    let kept_mode = std::fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| m.permissions());
+    if let Some(mode) = &kept_mode {
+        use std::os::unix::fs::PermissionsExt;
+        let writable = std::fs::Permissions::from_mode(mode.mode() | 0o700);
+        if let Err(error) = std::fs::set_permissions(&staging, writable) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(Error::Io {
+                path: staging,
+                error,
+            });
+        }
+    }
     let written = (|| -> Result<Vec<String>> {
         // Straight to the file: one more copy of a large model's bytes is not held.
         let weights = staging.join("model.safetensors");
@@ -255,15 +273,8 @@ pub fn save_merged<B: Backend>(
         }
         // Its entries must survive a power cut too, before the folder is renamed into place.
         sync(&staging)?;
-        // An empty folder at `dir` (checked above) gives way to the merge, which takes its
-        // permissions: one a user made private stays private.
+        // An empty folder at `dir` (checked above) gives way to the merge.
         if dir.is_dir() {
-            let mode = std::fs::metadata(dir).map(|m| m.permissions());
-            mode.and_then(|m| std::fs::set_permissions(&staging, m))
-                .map_err(|error| Error::Io {
-                    path: staging.clone(),
-                    error,
-                })?;
             std::fs::remove_dir(dir).map_err(|error| Error::Io {
                 path: dir.to_path_buf(),
                 error,
@@ -273,6 +284,12 @@ pub fn save_merged<B: Backend>(
             path: dir.to_path_buf(),
             error,
         })?;
+        if let Some(mode) = kept_mode {
+            std::fs::set_permissions(dir, mode).map_err(|error| Error::Io {
+                path: dir.to_path_buf(),
+                error,
+            })?;
+        }
         // The rename itself must survive a power cut, not only a killed process.
         sync(super::atomic::parent_of(dir))?;
         Ok(copied)
@@ -356,13 +373,6 @@ fn folder_name(dir: &Path) -> Result<String> {
 fn staging_folder(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
     let parent = super::atomic::parent_of(dir);
     let prefix = format!(".{name}.merging-");
-    let named = |n: usize| {
-        parent.join(format!(
-            "{prefix}{}-{:016x}-{n}",
-            std::process::id(),
-            super::atomic::process_nonce()
-        ))
-    };
     // Named after the output asked for, with the step that failed: the bare parent (`/proc/self:
     // No such file or directory`) said neither.
     let in_parent = |staging: &Path, error: std::io::Error| Error::Io {
@@ -376,21 +386,11 @@ fn staging_folder(dir: &Path, name: &str) -> Result<(PathBuf, std::fs::File)> {
             ),
         ),
     };
-    let mut staging = named(0);
-    std::fs::create_dir_all(parent).map_err(|e| in_parent(&staging, e))?;
+    let pattern = parent.join(format!("{prefix}PID-NONCE-N"));
+    std::fs::create_dir_all(parent).map_err(|e| in_parent(&pattern, e))?;
     remove_abandoned_staging(parent, &prefix);
-    const TRIES: usize = 1000;
-    for n in 1..=TRIES {
-        match std::fs::create_dir(&staging) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < TRIES => {
-                staging = named(n);
-            }
-            created => {
-                created.map_err(|e| in_parent(&staging, e))?;
-                break;
-            }
-        }
-    }
+    let (staging, ()) = super::atomic::create_unique(parent, &prefix, |p| std::fs::create_dir(p))
+        .map_err(|e| in_parent(&pattern, e))?;
     let lock = std::fs::File::open(&staging).map_err(|e| in_parent(&staging, e))?;
     lock.lock().map_err(|e| in_parent(&staging, e))?;
     Ok((staging, lock))
@@ -407,9 +407,8 @@ fn remove_abandoned_staging(parent: &Path, prefix: &str) {
         let is_staging = file_name
             .to_str()
             .and_then(|n| n.strip_prefix(prefix))
-            .is_some_and(|rest| {
-                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
-            });
+            .and_then(super::atomic::writer_of)
+            .is_some();
         let path = entry.path();
         if !is_staging || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
@@ -500,19 +499,25 @@ mod tests {
     fn a_staging_folder_another_merge_holds_is_skipped() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("merged");
-        let held = tmp.path().join(format!(
-            ".merged.merging-{}-{:016x}-0",
-            std::process::id(),
-            super::super::atomic::process_nonce()
-        ));
-        std::fs::create_dir(&held).unwrap();
-        std::fs::write(held.join("model.safetensors"), "another merge's").unwrap();
-        let lock = std::fs::File::open(&held).unwrap();
-        lock.lock().unwrap();
+        let mut locks = Vec::new();
+        let held: Vec<PathBuf> = super::super::atomic::next_unique_names(".merged.merging-", 4)
+            .into_iter()
+            .map(|name| {
+                let held = tmp.path().join(name);
+                std::fs::create_dir(&held).unwrap();
+                std::fs::write(held.join("model.safetensors"), "another merge's").unwrap();
+                let lock = std::fs::File::open(&held).unwrap();
+                lock.lock().unwrap();
+                locks.push(lock);
+                held
+            })
+            .collect();
         let (staging, _ours) = staging_folder(&out, "merged").unwrap();
-        assert_ne!(staging, held);
+        assert!(!held.contains(&staging), "{}", staging.display());
         assert!(staging.is_dir() && std::fs::read_dir(&staging).unwrap().next().is_none());
-        let kept = std::fs::read(held.join("model.safetensors")).unwrap();
-        assert_eq!(kept, b"another merge's");
+        for h in &held {
+            let kept = std::fs::read(h.join("model.safetensors")).unwrap();
+            assert_eq!(kept, b"another merge's");
+        }
     }
 }

@@ -794,6 +794,14 @@ fn a_data_file_linked_to_an_endless_device_is_refused() {
         e.contains("dev.csv") && e.contains("is a device, not a file"),
         "{e}"
     );
+    // `/dev/null` ends at once: an empty file, refused as one.
+    std::fs::remove_file(&tmp.path().join("dev.csv")).unwrap();
+    std::os::unix::fs::symlink("/dev/null", tmp.path().join("dev.csv")).unwrap();
+    let e = text_label_table(tmp.path().join("dev.csv"))
+        .load(OnMalformed::Error)
+        .expect_err("an empty file")
+        .to_string();
+    assert!(e.contains("dev.csv") && !e.contains("is a device"), "{e}");
 }
 
 #[test]

@@ -321,14 +321,15 @@ fn impossible_merges_are_refused_and_leave_nothing() {
     std::fs::create_dir(&live).unwrap();
     let live_lock = std::fs::File::open(&live).unwrap();
     live_lock.lock().unwrap();
-    // bf16 has f32's range; an empty folder takes the merge, keeping its permissions.
+    // bf16 has f32's range; an empty folder takes the merge, keeping its permissions (0750:
+    // neither the umask's 0755 nor a 077 umask's 0700).
     use std::os::unix::fs::PermissionsExt;
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o750)).unwrap();
     save_merged(&empty, &cpu, large, &kind, &ck, MergedDType::BF16, None).unwrap();
     let mode = std::fs::metadata(&empty).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    assert_eq!(mode & 0o777, 0o750, "{mode:o}");
     assert!(!abandoned.exists() && live.is_dir());
     drop(live_lock);
     std::fs::remove_dir(&live).unwrap();
