@@ -920,15 +920,10 @@ fn class_list(labels: &[String]) -> String {
             && !l.contains([',', '"'])
             && l.trim() == l.as_str()
             && !l.chars().any(char::is_control);
-        let quoted = match plain {
-            true => l.clone(),
-            false => format!("{l:?}"),
-        };
-        // A name of 700 KB (a whole set read as one class) by its start and its length.
-        match quoted.char_indices().nth(200) {
-            Some((end, _)) => format!("{}… ({} bytes)", &quoted[..end], l.len()),
-            None => quoted,
-        }
+        spafit::data::shown_briefly(l, 200, |start| match plain {
+            true => start.to_string(),
+            false => format!("{start:?}"),
+        })
     }))
 }
 

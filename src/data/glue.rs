@@ -347,7 +347,7 @@ impl GlueTask {
                             path: path.clone(),
                             detail: format!(
                                 "line 1: the header has no `{name}` column (it has: {})",
-                                header.join(", ")
+                                super::brief_list(header.iter())
                             ),
                         })
                 }
@@ -663,28 +663,19 @@ fn python_escape(
 /// `text` as a message shows it: what is unprintable escaped (control characters, invisible
 /// and direction-changing marks), quotes and backslashes as they are.
 pub(crate) fn shown_plainly(text: &str) -> String {
-    let shown: String = text
-        .chars()
-        .take(SHOWN_CHARS)
-        .flat_map(|c| match c {
-            '\'' | '"' | '\\' => vec![c],
-            _ => c.escape_debug().collect::<Vec<_>>(),
-        })
-        .collect();
-    with_length_if_cut(shown, text)
+    super::shown_briefly(text, SHOWN_CHARS, |start| {
+        start
+            .chars()
+            .flat_map(|c| match c {
+                '\'' | '"' | '\\' => vec![c],
+                _ => c.escape_debug().collect::<Vec<_>>(),
+            })
+            .collect()
+    })
 }
 
-/// The characters of a field a message shows: a label of 700 KB (a whole set read as one
-/// class) is named by its start and its length.
+/// The characters of a field a message shows.
 pub(crate) const SHOWN_CHARS: usize = 200;
-
-/// `shown`, the start of `text`, with `text`'s length where it is not all of it.
-pub(crate) fn with_length_if_cut(shown: String, text: &str) -> String {
-    match text.chars().nth(SHOWN_CHARS) {
-        Some(_) => format!("{shown}… ({} bytes)", text.len()),
-        None => shown,
-    }
-}
 
 impl FromStr for GlueTask {
     type Err = Error;

@@ -43,21 +43,32 @@ pub fn numbered_classes(labels: &[String]) -> Option<Vec<String>> {
     class_order(labels, &numbers).map(|_| numbers)
 }
 
-/// `items` joined with ", ", only the first 20 of more, then how many there are: a message
-/// naming a task's classes or a file's columns stays a line however many the data has.
+/// `items` joined with ", ", only the first 50 of more, then how many there are: a message
+/// naming a task's classes or a file's columns stays a line however many the data has (and
+/// GoEmotions' 28 classes are listed whole).
 pub fn brief_list<I>(items: I) -> String
 where
     I: IntoIterator,
     I::IntoIter: ExactSizeIterator,
     I::Item: std::fmt::Display,
 {
-    const SHOWN: usize = 20;
+    const SHOWN: usize = 50;
     let items = items.into_iter();
     let count = items.len();
     let shown: Vec<String> = items.take(SHOWN).map(|i| i.to_string()).collect();
     match count > SHOWN {
         true => format!("{}, … ({count} in all)", shown.join(", ")),
         false => shown.join(", "),
+    }
+}
+
+/// `text` as a message shows it: `show` of its first `chars` characters, and where that is not
+/// all of it, `text`'s length (a label of 700 KB, a whole set read as one class, or a text of
+/// megabytes is named by its start).
+pub fn shown_briefly(text: &str, chars: usize, show: impl Fn(&str) -> String) -> String {
+    match text.char_indices().nth(chars) {
+        Some((end, _)) => format!("{}… ({} bytes)", show(&text[..end]), text.len()),
+        None => show(text),
     }
 }
 
@@ -76,12 +87,12 @@ mod tests {
 
     #[test]
     fn long_lists_and_fields_are_shown_by_their_start_and_size() {
-        let few: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        let few: Vec<String> = (0..50).map(|i| format!("c{i}")).collect();
         assert_eq!(brief_list(few.iter()), few.join(", "));
-        let many: Vec<String> = (0..25).map(|i| format!("c{i}")).collect();
+        let many: Vec<String> = (0..51).map(|i| format!("c{i}")).collect();
         assert_eq!(
             brief_list(many.iter()),
-            format!("{}, … (25 in all)", few.join(", "))
+            format!("{}, … (51 in all)", few.join(", "))
         );
         let label = format!("é{}", "x".repeat(300));
         let shown = super::glue::shown_plainly(&label);

@@ -509,11 +509,7 @@ fn tokenizer_failure(panic: Box<dyn std::any::Any + Send>) -> String {
 
 /// `input` as a message shows it: each text whole when short, else its start and its length.
 fn excerpt_of(input: TextInput<'_>) -> String {
-    const SHOWN_CHARS: usize = 80;
-    let excerpt = |text: &str| match text.char_indices().nth(SHOWN_CHARS) {
-        None => format!("{text:?}"),
-        Some((end, _)) => format!("{:?}… ({} bytes)", &text[..end], text.len()),
-    };
+    let excerpt = |text: &str| crate::data::shown_briefly(text, 80, |start| format!("{start:?}"));
     match input {
         TextInput::Single(a) => excerpt(a),
         TextInput::Pair(a, b) => format!("the pair {} and {}", excerpt(a), excerpt(b)),

@@ -795,7 +795,7 @@ fn a_data_file_linked_to_an_endless_device_is_refused() {
         "{e}"
     );
     // `/dev/null` ends at once: an empty file, refused as one.
-    std::fs::remove_file(&tmp.path().join("dev.csv")).unwrap();
+    std::fs::remove_file(tmp.path().join("dev.csv")).unwrap();
     std::os::unix::fs::symlink("/dev/null", tmp.path().join("dev.csv")).unwrap();
     let e = text_label_table(tmp.path().join("dev.csv"))
         .load(OnMalformed::Error)

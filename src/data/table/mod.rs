@@ -248,10 +248,7 @@ impl TableSpec {
                     has => format!(
                         "missing `{c}` (the row has {}; --text-column, --text-pair-column and \
                          --label-column name the columns{})",
-                        has.iter()
-                            .map(|k| format!("`{}`", visible(k)))
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        crate::data::brief_list(has.iter().map(|k| format!("`{}`", visible(k)))),
                         self.likely_column(c, has)
                     ),
                 },
@@ -554,13 +551,13 @@ impl TableSpec {
 /// return) written as escapes, everything else as it is (`escape_debug` also wrote `it's` as
 /// `it\'s`, a name no file has).
 pub(crate) fn visible(text: &str) -> String {
-    let shown: String = text
-        .chars()
-        .take(super::glue::SHOWN_CHARS)
-        .flat_map(|c| match c.is_control() {
-            true => c.escape_debug().collect::<Vec<_>>(),
-            false => vec![c],
-        })
-        .collect();
-    super::glue::with_length_if_cut(shown, text)
+    super::shown_briefly(text, super::glue::SHOWN_CHARS, |start| {
+        start
+            .chars()
+            .flat_map(|c| match c.is_control() {
+                true => c.escape_debug().collect::<Vec<_>>(),
+                false => vec![c],
+            })
+            .collect()
+    })
 }
