@@ -402,13 +402,11 @@ impl TextTokenizer {
                         &a
                     }
                 };
-                self.encode_dropping_overflow(text, None)
+                self.encode_dropping_overflow(text)
             }
             TextInput::Pair(a, b) => {
                 let (a, b) = (self.shortened(a), self.shortened(b));
-                // The first text's encoding is held while the second is tokenized.
-                room_for(a.len() + b.len())?;
-                self.encode_dropping_overflow(&a, Some(&b))
+                self.encode_pair(&a, &b, &room_for)
             }
         };
         // tokenizers' regex engine panics where it cannot get memory (a word of 100 MB under
@@ -451,29 +449,80 @@ impl TextTokenizer {
         super::long_text::prefix_with_tokens(&self.inner, rule, text, self.max_len)
     }
 
-    /// A text or pair encoded as `Tokenizer::encode` encodes it under longest-first
-    /// truncation to the max length, without the tokens it truncates away: those it keeps
-    /// as overflow windows, and for a pair every window of one text's dropped tokens beside
-    /// every window of the other's, a product of the two lengths (two 50 KB texts at 64 tokens
-    /// took more than 6 GB). Each text is tokenized whole (as `encode_single_sequence` does,
-    /// a second one with segment 1), truncated by tokenizers' own rule less the special
-    /// tokens, its overflow dropped, and post-processed.
-    fn encode_dropping_overflow(
+    /// A pair encoded as [`Self::truncate_encodings`] encodes it whole, each long text cut
+    /// first (`long_text`) where that gives the same tokens. Longest-first truncation to a
+    /// budget of M tokens keeps at most M of either text and depends on their lengths only
+    /// through the shorter one's (where below M) and which is longer; with both at M or more
+    /// each keeps M / 2, the longer (the second, where equal) one more when M is odd. So a text
+    /// cut to a prefix of M tokens or more keeps its tokens when M is even, or when the other,
+    /// whole, text is shorter than the prefix; two cut texts of an odd M, whose order is
+    /// unknown, are tokenized whole. `room_for` checks the memory of what is tokenized whole.
+    fn encode_pair(
         &self,
         a: &str,
-        b: Option<&str>,
+        b: &str,
+        room_for: &dyn Fn(usize) -> tokenizers::Result<()>,
     ) -> tokenizers::Result<tokenizers::Encoding> {
-        let first = self.inner.encode(a, false)?;
-        let second = match b {
-            Some(b) => {
-                let mut second = self.inner.encode(b, false)?;
-                second.set_type_ids(vec![1; second.len()]);
-                Some(second)
-            }
-            None => None,
+        let budget = self.max_len.saturating_sub(self.special_tokens(true));
+        fn cut<'t>(tokenizer: &TextTokenizer, text: &'t str, budget: usize) -> Option<&'t str> {
+            let rule = tokenizer.cut_rule.as_ref()?;
+            super::long_text::prefix_with_tokens(&tokenizer.inner, rule, text, budget.max(1))
+        }
+        let encode = |text: &str| -> tokenizers::Result<tokenizers::Encoding> {
+            room_for(text.len())?;
+            self.inner.encode(text, false)
         };
+        let even = budget.is_multiple_of(2);
+        let (first, second) = match (cut(self, a, budget), cut(self, b, budget)) {
+            (Some(a), Some(b)) if even => (encode(a)?, encode(b)?),
+            (None, Some(b_cut)) => {
+                let first = encode(a)?;
+                let second = encode(b_cut)?;
+                match even || first.len() < second.len() {
+                    true => (first, second),
+                    false => (first, encode(b)?),
+                }
+            }
+            (Some(a_cut), None) => {
+                let second = encode(b)?;
+                let first = encode(a_cut)?;
+                match even || second.len() < first.len() {
+                    true => (first, second),
+                    false => (encode(a)?, second),
+                }
+            }
+            _ => {
+                // The first text's encoding is held while the second is tokenized.
+                room_for(a.len() + b.len())?;
+                (self.inner.encode(a, false)?, self.inner.encode(b, false)?)
+            }
+        };
+        self.truncate_encodings(first, Some(second))
+    }
+
+    /// A text encoded as `Tokenizer::encode` encodes it under truncation to the max length
+    /// ([`Self::truncate_encodings`]).
+    fn encode_dropping_overflow(&self, text: &str) -> tokenizers::Result<tokenizers::Encoding> {
+        self.truncate_encodings(self.inner.encode(text, false)?, None)
+    }
+
+    /// `first` and `second` (a pair's second text, in segment 1), each tokenized whole, as
+    /// `Tokenizer::encode` gives them under longest-first truncation to the max length, without
+    /// the tokens it truncates away: those it keeps as overflow windows, and for a pair every
+    /// window of one text's dropped tokens beside every window of the other's, a product of the
+    /// two lengths (two 50 KB texts at 64 tokens took more than 6 GB). They are truncated by
+    /// tokenizers' own rule less the special tokens, the overflow dropped, and post-processed.
+    fn truncate_encodings(
+        &self,
+        first: tokenizers::Encoding,
+        mut second: Option<tokenizers::Encoding>,
+    ) -> tokenizers::Result<tokenizers::Encoding> {
+        let pair = second.is_some();
+        if let Some(second) = second.as_mut() {
+            second.set_type_ids(vec![1; second.len()]);
+        }
         let params = TruncationParams {
-            max_length: self.max_len - self.special_tokens(b.is_some()),
+            max_length: self.max_len - self.special_tokens(pair),
             strategy: TruncationStrategy::LongestFirst,
             stride: 0,
             direction: self.direction,
@@ -553,5 +602,72 @@ fn folder_of(file: &Path) -> &Path {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::test_texts::{random_texts, MINILM};
+    use super::{TextInput, TextTokenizer};
+
+    const ROBERTA: &str = "tests/fixtures/tiny-roberta/model/tokenizer.json";
+
+    /// Pairs with long texts give the ids they give tokenized whole: one text cut or both,
+    /// budgets odd and even, the whole text shorter and longer than the other's cut prefix.
+    #[test]
+    fn pairs_with_long_texts_encode_as_whole_pairs() {
+        let pieces = [
+            "the ",
+            "film ",
+            "was ",
+            "fine",
+            ", ",
+            ". ",
+            "and ",
+            "dull",
+            "; ",
+            "quite ",
+            "(really) ",
+            "ok? ",
+        ];
+        let long = random_texts(&pieces, 2, 4000, 7);
+        let medium = random_texts(&pieces, 1, 300, 8).remove(0);
+        let texts = [
+            "a fine film".to_string(),
+            medium,
+            long[0].clone(),
+            long[1].clone(),
+        ];
+        for relative in [MINILM, ROBERTA] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+            // Budgets (the max length less a pair's special tokens) odd and even.
+            for max_len in [16, 17, 64, 65] {
+                let tokenizer = TextTokenizer::from_file(&path, max_len).unwrap();
+                let budget = max_len - tokenizer.special_tokens(true);
+                let rule = tokenizer.cut_rule.as_ref().expect("a pipeline that cuts");
+                let cut = |t: &str| {
+                    super::super::long_text::prefix_with_tokens(&tokenizer.inner, rule, t, budget)
+                        .is_some()
+                };
+                assert!(!cut(&texts[0]) && !cut(&texts[1]));
+                assert!(cut(&texts[2]) && cut(&texts[3]));
+                let mut whole = tokenizer.clone();
+                whole.cut_rule = None;
+                for a in &texts {
+                    for b in &texts {
+                        let pair = TextInput::Pair(a, b);
+                        assert_eq!(
+                            tokenizer.encode(pair).unwrap(),
+                            whole.encode(pair).unwrap(),
+                            "{relative} at {max_len}: {} and {} bytes",
+                            a.len(),
+                            b.len()
+                        );
+                    }
+                }
+            }
+        }
     }
 }
