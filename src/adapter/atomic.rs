@@ -210,7 +210,7 @@ pub(crate) fn writer_is_gone((pid, nonce): (u32, Option<u64>)) -> bool {
 /// A random number drawn once per process, in the names of its temporaries and staging
 /// folders: a leftover with this process's PID but another number is another process's
 /// (an earlier one that PID was reused for, or one in another PID namespace).
-pub(crate) fn process_nonce() -> u64 {
+fn process_nonce() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     // The standard library seeds its hash keys from the operating system's randomness.
@@ -262,7 +262,7 @@ impl StagedWrite {
             let _ = std::fs::remove_file(&tmp);
         }
         // The rename itself must survive a power cut, not only a killed process.
-        let result = renamed.and_then(|()| std::fs::File::open(parent_of(&path))?.sync_all());
+        let result = renamed.and_then(|()| sync_path(parent_of(&path)));
         result.map_err(|source| Error::Io {
             path,
             error: source,
@@ -276,6 +276,11 @@ impl Drop for StagedWrite {
             let _ = std::fs::remove_file(tmp);
         }
     }
+}
+
+/// Flushes a file or a folder (a folder: the names in it, a rename among them) to the disk.
+pub(crate) fn sync_path(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
 }
 
 pub(crate) fn parent_of(path: &Path) -> &Path {

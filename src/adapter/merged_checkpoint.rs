@@ -231,18 +231,15 @@ pub fn save_merged<B: Backend>(
         .ok()
         .filter(|m| m.is_dir())
         .map(|m| m.permissions());
-    if let Some(mode) = &kept_mode {
-        use std::os::unix::fs::PermissionsExt;
-        let writable = std::fs::Permissions::from_mode(mode.mode() | 0o700);
-        if let Err(error) = std::fs::set_permissions(&staging, writable) {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(Error::Io {
-                path: staging,
-                error,
-            });
-        }
-    }
     let written = (|| -> Result<Vec<String>> {
+        if let Some(mode) = &kept_mode {
+            use std::os::unix::fs::PermissionsExt;
+            let writable = std::fs::Permissions::from_mode(mode.mode() | 0o700);
+            std::fs::set_permissions(&staging, writable).map_err(|error| Error::Io {
+                path: staging.clone(),
+                error,
+            })?;
+        }
         // Straight to the file: one more copy of a large model's bytes is not held.
         let weights = staging.join("model.safetensors");
         safetensors::tensor::serialize_to_file(views, Some(metadata), &weights)
@@ -433,12 +430,10 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Flushes a file or folder (a folder: the names in it) to the disk.
 fn sync(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|error| Error::Io {
-            path: path.to_path_buf(),
-            error,
-        })
+    super::atomic::sync_path(path).map_err(|error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 /// The base's `config.json`, as transformers reads a sequence classifier's: its

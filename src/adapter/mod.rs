@@ -12,7 +12,7 @@ mod peft_import;
 mod store;
 
 use crate::error::{Error, Result};
-pub(crate) use atomic::{hex, link_target, parent_of};
+pub(crate) use atomic::{hex, link_target, parent_of, sync_path};
 
 /// The first file in `dir` that makes it a model's or an adapter's folder (a checkpoint's
 /// config and weights, a PEFT adapter, a spafit adapter), if any: no run or adapter writes

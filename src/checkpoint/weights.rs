@@ -509,9 +509,10 @@ impl WeightsFile {
         // output NaN, without a word of where it came from.
         let dtype = backend.float_dtype();
         if let Some(i) = values.iter().position(|&v| !dtype.holds_finite(v)) {
+            // `read_f64` found the tensor: it resolves.
+            let stored = self.resolve(name).unwrap_or(name);
             let path = self
-                .resolve(name)
-                .and_then(|stored| self.stored(stored))
+                .stored(stored)
                 .map_or_else(|| self.path.clone(), |(shard, _)| shard.path.clone());
             return Err(Error::Format {
                 path,
@@ -519,7 +520,7 @@ impl WeightsFile {
                     "tensor `{}` holds {:e} at flat index {i}, beyond the range of {dtype} \
                      that {} computes in (a model with infinite weights gives no usable \
                      outputs): --dtype f64 on the CPU holds it",
-                    self.resolve(name).unwrap_or(name),
+                    stored,
                     values[i],
                     backend.name()
                 ),

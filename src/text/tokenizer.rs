@@ -384,30 +384,20 @@ impl TextTokenizer {
         if let TextInput::Pair(..) = input {
             self.check_pairs()?;
         }
-        let room_for = |bytes: usize| -> tokenizers::Result<()> {
-            let model = self.inner.get_model();
-            match super::tokenizer_memory::too_long_for_memory(model, bytes, self.max_len) {
-                Some(problem) => Err(Box::new(TooLongForMemory(problem))),
-                None => Ok(()),
-            }
-        };
         let encode = || match input {
             TextInput::Single(a) => {
                 let a = self.shortened(a);
                 // A prefix the cut found was checked, and tokenized, before.
-                let text = match self.cut(&a) {
+                let text = match self.cut(&a, self.max_len) {
                     Some(prefix) => prefix,
                     None => {
-                        room_for(a.len())?;
+                        self.room_for(a.len())?;
                         &a
                     }
                 };
                 self.encode_dropping_overflow(text)
             }
-            TextInput::Pair(a, b) => {
-                let (a, b) = (self.shortened(a), self.shortened(b));
-                self.encode_pair(&a, &b, &room_for)
-            }
+            TextInput::Pair(a, b) => self.encode_pair(&self.shortened(a), &self.shortened(b)),
         };
         // tokenizers' regex engine panics where it cannot get memory (a word of 100 MB under
         // a byte-level BPE, in a process held to a few GB): an error naming the input, not a
@@ -443,10 +433,27 @@ impl TextTokenizer {
         }
     }
 
-    /// A prefix of a long `text` that encodes as the whole text does (`long_text`).
-    fn cut<'t>(&self, text: &'t str) -> Option<&'t str> {
+    /// A prefix of a long `text`, of `tokens` tokens or more, that encodes as the whole text
+    /// does (`long_text`).
+    fn cut<'t>(&self, text: &'t str, tokens: usize) -> Option<&'t str> {
         let rule = self.cut_rule.as_ref()?;
-        super::long_text::prefix_with_tokens(&self.inner, rule, text, self.max_len)
+        super::long_text::prefix_with_tokens(&self.inner, rule, text, tokens.max(1))
+    }
+
+    /// An error where tokenizing `bytes` of text needs more memory than is left
+    /// (`tokenizer_memory`).
+    fn room_for(&self, bytes: usize) -> tokenizers::Result<()> {
+        let model = self.inner.get_model();
+        match super::tokenizer_memory::too_long_for_memory(model, bytes, self.max_len) {
+            Some(problem) => Err(Box::new(TooLongForMemory(problem))),
+            None => Ok(()),
+        }
+    }
+
+    /// The tokens truncation leaves to the text (or the pair's two texts together): the max
+    /// length less the special tokens.
+    fn budget(&self, pair: bool) -> usize {
+        self.max_len.saturating_sub(self.special_tokens(pair))
     }
 
     /// A pair encoded as [`Self::truncate_encodings`] encodes it whole, each long text cut
@@ -456,24 +463,15 @@ impl TextTokenizer {
     /// each keeps M / 2, the longer (the second, where equal) one more when M is odd. So a text
     /// cut to a prefix of M tokens or more keeps its tokens when M is even, or when the other,
     /// whole, text is shorter than the prefix; two cut texts of an odd M, whose order is
-    /// unknown, are tokenized whole. `room_for` checks the memory of what is tokenized whole.
-    fn encode_pair(
-        &self,
-        a: &str,
-        b: &str,
-        room_for: &dyn Fn(usize) -> tokenizers::Result<()>,
-    ) -> tokenizers::Result<tokenizers::Encoding> {
-        let budget = self.max_len.saturating_sub(self.special_tokens(true));
-        fn cut<'t>(tokenizer: &TextTokenizer, text: &'t str, budget: usize) -> Option<&'t str> {
-            let rule = tokenizer.cut_rule.as_ref()?;
-            super::long_text::prefix_with_tokens(&tokenizer.inner, rule, text, budget.max(1))
-        }
+    /// unknown, are tokenized whole, as much as the memory left takes.
+    fn encode_pair(&self, a: &str, b: &str) -> tokenizers::Result<tokenizers::Encoding> {
+        let budget = self.budget(true);
         let encode = |text: &str| -> tokenizers::Result<tokenizers::Encoding> {
-            room_for(text.len())?;
+            self.room_for(text.len())?;
             self.inner.encode(text, false)
         };
         let even = budget.is_multiple_of(2);
-        let (first, second) = match (cut(self, a, budget), cut(self, b, budget)) {
+        let (first, second) = match (self.cut(a, budget), self.cut(b, budget)) {
             (Some(a), Some(b)) if even => (encode(a)?, encode(b)?),
             (None, Some(b_cut)) => {
                 let first = encode(a)?;
@@ -493,7 +491,7 @@ impl TextTokenizer {
             }
             _ => {
                 // The first text's encoding is held while the second is tokenized.
-                room_for(a.len() + b.len())?;
+                self.room_for(a.len() + b.len())?;
                 (self.inner.encode(a, false)?, self.inner.encode(b, false)?)
             }
         };
@@ -522,7 +520,7 @@ impl TextTokenizer {
             second.set_type_ids(vec![1; second.len()]);
         }
         let params = TruncationParams {
-            max_length: self.max_len - self.special_tokens(pair),
+            max_length: self.budget(pair),
             strategy: TruncationStrategy::LongestFirst,
             stride: 0,
             direction: self.direction,

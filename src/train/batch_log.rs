@@ -103,9 +103,7 @@ impl BatchLog {
             let target = crate::adapter::link_target(&self.path).map_err(|e| io(&self.path, e))?;
             std::fs::rename(&self.writing, &target).map_err(|e| io(&target, e))?;
             let dir = crate::adapter::parent_of(&target);
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io(dir, e))?;
+            crate::adapter::sync_path(dir).map_err(|e| io(dir, e))?;
         }
         Ok(())
     }

@@ -36,9 +36,15 @@ impl std::fmt::Debug for EncodedDataset {
 impl EncodedDataset {
     /// Tokenizes every example of `data`.
     pub fn new(tokenizer: &TextTokenizer, data: &Dataset) -> Result<Self> {
-        let line = |i: usize| match data.source_lines.get(i) {
-            Some(line) if data.source_lines.len() == data.examples.len() => format!("line {line}"),
-            _ => format!("example {i}"),
+        // Lines out of step with the examples (a dataset built by hand) would name wrong
+        // ones: none rather than those.
+        let source_lines = match data.source_lines.len() == data.examples.len() {
+            true => data.source_lines.clone(),
+            false => Vec::new(),
+        };
+        let line = |i: usize| match source_lines.get(i) {
+            Some(line) => format!("line {line}"),
+            None => format!("example {i}"),
         };
         let texts = data
             .examples
@@ -64,12 +70,7 @@ impl EncodedDataset {
             targets: data.examples.iter().map(|e| e.target.clone()).collect(),
             kind: data.kind.clone(),
             pad_id: tokenizer.pad_id(),
-            // Lines out of step with the examples (a dataset built by hand) would name
-            // wrong ones: none rather than those.
-            source_lines: match data.source_lines.len() == data.examples.len() {
-                true => data.source_lines.clone(),
-                false => Vec::new(),
-            },
+            source_lines,
         })
     }
 
