@@ -105,7 +105,8 @@ pub enum OnMalformed {
 /// A loaded split.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
-    /// Where it came from (`SST-2/dev.tsv`, a path...).
+    /// Where it came from: the file's path as given (GLUE's `glue/SST-2/dev.tsv` too), or a
+    /// name for data made in memory.
     pub name: String,
     /// Label space.
     pub kind: TaskKind,

@@ -393,7 +393,8 @@ impl GlueTask {
             sink.take(row, &path, line_no)?;
         }
         Ok(Dataset {
-            name: format!("{}/{split}", self.dir_name()),
+            // The file, as every other message about the split names it.
+            name: path.display().to_string(),
             kind,
             examples: sink.examples,
             skipped: sink.skipped,

@@ -100,6 +100,8 @@ fn all_nine_tasks_in_glue_layout() {
     );
 
     let sst = load(GlueTask::Sst2, "train");
+    // Messages about the split (a text the tokenizer refuses, a class no row has) name it so.
+    assert_eq!(sst.name, r.join("SST-2/train.tsv").display().to_string());
     assert_eq!(
         sst.examples[2],
         ex("that loves its characters ", None, Some(Target::Class(1)))
