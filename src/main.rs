@@ -36,11 +36,26 @@ fn fail_writes_past_the_file_size_limit() {
     }
 }
 
+/// Writes `e` on stderr: not with `eprintln!`, which panics when stderr is closed or full.
+fn report(e: &spafit::Error) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "spafit: {e}");
+}
+
 fn main() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     keep_freed_memory();
     fail_writes_past_the_file_size_limit();
-    let run = || cli::Cli::from_env().and_then(cli::Cli::run);
+    // A command line the parser or its checks refuse exits as clap's own refusals do (2), so
+    // a script can tell a wrong call from a run that failed (1).
+    let cli = match cli::Cli::from_env() {
+        Ok(cli) => cli,
+        Err(e) => {
+            report(&e);
+            std::process::exit(2);
+        }
+    };
+    let run = || cli.run();
     // The command runs on a worker of the pool every op splits its work over, so an op's
     // fork and join stay among threads that are awake: called from outside the pool, each op
     // put its caller to sleep and woke it again (a training step on the CPU: 4x the context
@@ -64,9 +79,7 @@ fn main() {
                 std::process::exit(KILLED_BY_SIGPIPE);
             }
         }
-        // Not `eprintln!`, which panics when stderr is closed or full.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "spafit: {e}");
+        report(&e);
         // A check that ran and failed is not a failure to run it: scripts tell them apart.
         let status = match e {
             spafit::Error::GradientMismatch { .. }

@@ -232,11 +232,24 @@ impl ModelArgs {
         Ok(parse_device(&self.device)? != Device::Cpu)
     }
 
-    /// The backend the flags name.
-    pub fn backend(&self) -> Result<AnyBackend> {
+    /// The device and dtype the flags name, refusing a pair that does not go together: the
+    /// command line alone decides it (see `Cli::from_env`).
+    pub fn device_and_dtype(&self) -> Result<(Device, DType)> {
         // Case-insensitive, as --method is (`CPU`, `F32`).
         let device = parse_device(&self.device)?;
         let dtype = self.dtype()?;
+        if device != Device::Cpu && dtype == DType::F64 {
+            return Err(Error::invalid(
+                "--dtype",
+                "f64 is the CPU reference; CUDA stores f32 or bf16",
+            ));
+        }
+        Ok((device, dtype))
+    }
+
+    /// The backend the flags name.
+    pub fn backend(&self) -> Result<AnyBackend> {
+        let (device, dtype) = self.device_and_dtype()?;
         match device {
             Device::Cpu => {
                 if dtype == DType::BF16 && !CpuBackend::has_bf16_dot_products() {
@@ -248,10 +261,6 @@ impl ModelArgs {
                 }
                 Ok(AnyBackend::Cpu(CpuBackend::new(dtype)?))
             }
-            _ if dtype == DType::F64 => Err(Error::invalid(
-                "--dtype",
-                "f64 is the CPU reference; CUDA stores f32 or bf16",
-            )),
             Device::CudaEmu => Ok(AnyBackend::Cuda(CudaBackend::emulated(dtype)?)),
             Device::Cuda(ordinal) => Ok(AnyBackend::Cuda(CudaBackend::new(ordinal, dtype)?)),
         }
@@ -260,7 +269,7 @@ impl ModelArgs {
 
 /// A `--device` value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Device {
+pub enum Device {
     Cpu,
     Cuda(usize),
     CudaEmu,

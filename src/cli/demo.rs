@@ -29,9 +29,15 @@ pub struct DemoCommand {
 }
 
 impl DemoCommand {
-    pub fn run(&self) -> Result<()> {
-        // Settings first: a refused flag costs no model load.
+    /// The refusals the command line alone decides (see [`super::Cli::from_env`]).
+    pub fn check_command_line(&self) -> Result<()> {
+        self.model.device_and_dtype()?;
         self.peft.config()?;
+        // The demo always evaluates on its held-out reviews.
+        self.train.check_command_line(true)
+    }
+
+    pub fn run(&self) -> Result<()> {
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 

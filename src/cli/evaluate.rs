@@ -183,6 +183,12 @@ impl EvalCommand {
         })
     }
 
+    /// The refusals the command line alone decides (see [`super::Cli::from_env`]).
+    pub fn check_command_line(&self) -> Result<()> {
+        self.model.device_and_dtype()?;
+        self.split().map(drop)
+    }
+
     pub fn run(&self) -> Result<()> {
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
@@ -295,6 +301,12 @@ impl PredictCommand {
             (None, Some(GlueTask::Mnli)) => "test_matched".to_string(),
             (None, _) => "test".to_string(),
         })
+    }
+
+    /// The refusals the command line alone decides (see [`super::Cli::from_env`]).
+    pub fn check_command_line(&self) -> Result<()> {
+        self.model.device_and_dtype()?;
+        self.split().map(drop)
     }
 
     pub fn run(&self) -> Result<()> {

@@ -49,6 +49,11 @@ fn parse_merged_dtype(given: &str) -> Result<MergedDType> {
 }
 
 impl MergeCommand {
+    /// The refusals the command line alone decides (see [`super::Cli::from_env`]).
+    pub fn check_command_line(&self) -> Result<()> {
+        parse_merged_dtype(&self.dtype).map(drop)
+    }
+
     pub fn run(&self) -> Result<()> {
         let dtype = parse_merged_dtype(&self.dtype)?;
         if let Some(folder) =

@@ -97,8 +97,11 @@ enum Command {
 
 impl Cli {
     /// Parses the process's arguments (exiting with clap's message on a syntax error), then
-    /// refuses flags that parse but the command would ignore, which only the parser can tell
-    /// from their defaults.
+    /// refuses flags that parse but the command would ignore (which only the parser can tell
+    /// from their defaults) and every other refusal the command line alone decides: a flag
+    /// the method never reads, one that needs another. `main` exits with clap's status 2 on
+    /// these, before any file is read; what depends on the model or the data is refused
+    /// later, with status 1.
     pub fn from_env() -> spafit::Result<Self> {
         use clap::{CommandFactory, FromArgMatches};
         // bench makes its own token ids, so the shared --max-len is refused there (below)
@@ -153,6 +156,15 @@ impl Cli {
             }
             _ => {}
         }
+        match &cli.command {
+            Command::Train(c) => c.check_command_line(),
+            Command::Eval(c) => c.check_command_line(),
+            Command::Predict(c) => c.check_command_line(),
+            Command::Gradcheck(c) => c.check_command_line(),
+            Command::Bench(c) => c.check_command_line(),
+            Command::Merge(c) => c.check_command_line(),
+            Command::Demo(c) => c.check_command_line(),
+        }?;
         Ok(cli)
     }
 

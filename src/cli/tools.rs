@@ -121,12 +121,18 @@ impl GradcheckCommand {
         }
     }
 
-    pub fn run(&self) -> Result<()> {
-        // The flags are checked before a device is opened; the model's family completes them.
+    /// The refusals the command line alone decides (see [`super::Cli::from_env`]); the
+    /// model's family completes the PEFT flags' checks.
+    pub fn check_command_line(&self) -> Result<()> {
+        self.model.device_and_dtype()?;
         self.peft.config()?;
-        if let Some(why) = self.objective().problem() {
-            return Err(spafit::Error::invalid("--num-labels", why));
+        match self.objective().problem() {
+            Some(why) => Err(spafit::Error::invalid("--num-labels", why)),
+            None => Ok(()),
         }
+    }
+
+    pub fn run(&self) -> Result<()> {
         // On the CPU the analytic gradients come from the f64 reference itself unless
         // --dtype asks for the f32 (or bf16) backend; on CUDA from the device, in its dtype;
         // all against the same f64 finite differences.
@@ -389,8 +395,9 @@ impl BenchCommand {
         super::out_of_memory_context(backend, what, &changes, frozen_weights)
     }
 
-    pub fn run(&self) -> Result<()> {
-        // Before a device is opened or a model read or drawn.
+    /// The refusals the command line alone decides (see [`super::Cli::from_env`]).
+    pub fn check_command_line(&self) -> Result<()> {
+        self.model.device_and_dtype()?;
         if let Some(size) = self.micro_batch_size {
             spafit::train::check_micro_batch_size("bench", size, self.batch_size)?;
         }
@@ -401,6 +408,10 @@ impl BenchCommand {
                  backend launches none)",
             ));
         }
+        self.peft.config().map(drop)
+    }
+
+    pub fn run(&self) -> Result<()> {
         let peft = self.peft.config()?;
         on_backend!(self.model.backend()?, b => self.run_on(b, &peft))
     }

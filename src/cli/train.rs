@@ -7,7 +7,7 @@ use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::{Dataset, TaskKind};
 use spafit::model::BertClassifier;
-use spafit::peft::{peft_lora_init, PeftPlan};
+use spafit::peft::{peft_lora_init, Method, PeftPlan};
 use spafit::train::{TrainConfig, TrainReport, Trainer};
 use spafit::Result;
 
@@ -112,6 +112,26 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+/// The refusal of `--export-peft` for a plan of `method` (with SPAFIT's `boundaries`) that has
+/// no LoRA adapter.
+fn no_adapter_to_export(method: Method, boundaries: Option<(usize, usize)>) -> spafit::Error {
+    spafit::Error::invalid(
+        "--export-peft",
+        format!(
+            "the {method} plan has no LoRA adapter{}, and PEFT's LoRA format needs one (only \
+             lora and spafit export); refused before training: --output saves any method's \
+             adapter in spafit's format",
+            match boundaries {
+                Some((_, n2)) => format!(
+                    " (N2 = {n2} is the model's depth: no LoRA + bias layer, which a plan \
+                     with a lower --n2 has)"
+                ),
+                None => String::new(),
+            }
+        ),
+    )
+}
+
 /// Everything a run needs, set up from flags.
 pub struct Run<B: Backend> {
     pub backend: B,
@@ -201,55 +221,11 @@ pub fn fit<B: Backend>(
     stop_on_signal: bool,
 ) -> Result<(TrainReport, RunHold)> {
     if args.export_peft.is_some() && run.plan.lora.is_none() {
-        return Err(spafit::Error::invalid(
-            "--export-peft",
-            format!(
-                "the {} plan has no LoRA adapter{}, and PEFT's LoRA format needs one (only lora \
-                 and spafit export); refused before training: --output saves any method's \
-                 adapter in spafit's format",
-                run.plan.method,
-                match run.plan.boundaries {
-                    Some((_, n2)) => format!(
-                        " (N2 = {n2} is the model's depth: no LoRA + bias layer, which a plan \
-                         with a lower --n2 has)"
-                    ),
-                    None => String::new(),
-                }
-            ),
-        ));
+        return Err(no_adapter_to_export(run.plan.method, run.plan.boundaries));
     }
-    if let (Some(n), None) = (args.early_stopping_patience, dev) {
-        return Err(spafit::Error::invalid(
-            "--early-stopping-patience",
-            format!(
-                "{n}: early stopping counts evaluations on a dev set, and there is none (give \
-                 --dev-file)"
-            ),
-        ));
-    }
-    if let Some(name) = &args.best_metric {
-        let Some(dev) = dev else {
-            return Err(spafit::Error::invalid(
-                "--best-metric",
-                format!("`{name}`: there is no dev set to evaluate (give --dev-file)"),
-            ));
-        };
+    args.check_command_line(dev.is_some())?;
+    if let (Some(name), Some(dev)) = (&args.best_metric, dev) {
         spafit::metrics::check_best_metric(&name.to_ascii_lowercase(), task, &dev.kind, &dev.name)?;
-    }
-    if let (Some(n), None) = (args.eval_batch_size, dev) {
-        return Err(spafit::Error::invalid(
-            "--eval-batch-size",
-            format!("{n}: there is no dev set to evaluate (give --dev-file)"),
-        ));
-    }
-    if let (Some(n), None) = (args.eval_every, dev) {
-        return Err(spafit::Error::invalid(
-            "--eval-every",
-            format!(
-                "{n}: there is no dev set to evaluate (give --dev-file); --save-every N saves \
-                 the resumable state every N steps"
-            ),
-        ));
     }
     let tokenizer = model.tokenizer(&run.checkpoint, run.trained_cut)?;
     // Before the banner: pair data the model or --max-len cannot take is refused first.
@@ -519,6 +495,60 @@ pub struct RunHold {
 }
 
 impl TrainArgs {
+    /// Refuses what the command line alone rules out, before anything is read: a flag that
+    /// needs --output, or one that needs a dev set where `has_dev` says there is none.
+    pub fn check_command_line(&self, has_dev: bool) -> Result<()> {
+        let refuse = |flag, detail: String| Err(spafit::Error::invalid(flag, detail));
+        if self.output.is_none() {
+            if let Some(n) = self.save_every {
+                return refuse(
+                    "--save-every",
+                    format!("{n}: saving needs an output directory (--output)"),
+                );
+            }
+            if self.resume {
+                return refuse(
+                    "--resume",
+                    "needs the output directory to resume (--output)".into(),
+                );
+            }
+        }
+        if has_dev {
+            return Ok(());
+        }
+        if let Some(n) = self.early_stopping_patience {
+            return refuse(
+                "--early-stopping-patience",
+                format!(
+                    "{n}: early stopping counts evaluations on a dev set, and there is none \
+                     (give --dev-file)"
+                ),
+            );
+        }
+        if let Some(name) = &self.best_metric {
+            return refuse(
+                "--best-metric",
+                format!("`{name}`: there is no dev set to evaluate (give --dev-file)"),
+            );
+        }
+        if let Some(n) = self.eval_batch_size {
+            return refuse(
+                "--eval-batch-size",
+                format!("{n}: there is no dev set to evaluate (give --dev-file)"),
+            );
+        }
+        if let Some(n) = self.eval_every {
+            return refuse(
+                "--eval-every",
+                format!(
+                    "{n}: there is no dev set to evaluate (give --dev-file); --save-every N \
+                     saves the resumable state every N steps"
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// `--eval-batch-size`, or the trainer's default.
     fn eval_batch_size(&self) -> usize {
         self.eval_batch_size
@@ -619,9 +649,22 @@ impl TrainCommand {
         )
     }
 
+    /// The refusals the command line alone decides (see [`super::Cli::from_env`]).
+    pub fn check_command_line(&self) -> Result<()> {
+        self.model.device_and_dtype()?;
+        let method = self.peft.config()?.method;
+        let task = self.data.glue_task()?;
+        self.train
+            .check_command_line(task.is_some() || self.data.dev_file.is_some())?;
+        // Where the method has no adapter at all; a SPAFIT plan without one depends on the
+        // model's depth, refused once it is read.
+        if self.train.export_peft.is_some() && matches!(method, Method::Full | Method::BitFit) {
+            return Err(no_adapter_to_export(method, None));
+        }
+        Ok(())
+    }
+
     pub fn run(&self) -> Result<()> {
-        // Settings first: a refused flag costs no model load.
-        self.peft.config()?;
         on_backend!(self.model.backend()?, b => self.run_on(b))
     }
 

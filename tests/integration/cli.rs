@@ -259,12 +259,12 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         (out.status.code(), err)
     };
-    // A misspelt value is a command line that does not parse (status 2, before anything
-    // loads); values that do not go together are refused when the run starts (status 1).
+    // A misspelt value, or values that do not go together, is a command line refused as
+    // one that does not parse (status 2, before anything loads).
     for (device, dtype, method, status, needle) in [
-        ("cuda-emu", "f64", "spafit", 1, "f64 is the CPU reference"),
+        ("cuda-emu", "f64", "spafit", 2, "f64 is the CPU reference"),
         // Read without regard to case, as --method is.
-        ("CUDA-EMU", "F64", "SPAFIT", 1, "f64 is the CPU reference"),
+        ("CUDA-EMU", "F64", "SPAFIT", 2, "f64 is the CPU reference"),
         ("tpu", "f32", "spafit", 2, "unknown device `tpu`"),
         ("cuda:x", "f32", "spafit", 2, "cuda:N"),
         (
@@ -282,8 +282,9 @@ fn cuda_and_bad_arguments_are_clear_errors() {
             "--device {device} --dtype {dtype} --method {method}: {code:?} {err}"
         );
     }
-    // The same for the plan's flags: text that is no boundary, layer or target exits 2; a
-    // boundary or a list that parses but does not fit exits 1.
+    // The same for the plan's flags: text that is no boundary, layer or target, or a target
+    // named twice, exits 2; a boundary or a list that parses but does not fit the model exits
+    // 1.
     for (args, status, needle) in [
         (&["--n1", "abc"][..], 2, "neither a layer index"),
         (&["--n2", "-1"], 2, "neither a layer index"),
@@ -300,7 +301,7 @@ fn cuda_and_bad_arguments_are_clear_errors() {
         ),
         (
             &["--method", "lora", "--lora-targets", "query,query"],
-            1,
+            2,
             "named twice",
         ),
     ] {
@@ -1803,6 +1804,122 @@ fn gradcheck_and_bench_print_json() {
             out.status
         );
     }
+
+    // Flags the command line itself rules out (one the method never reads, one that needs
+    // another) are usage errors too: status 2, before anything is read — the model, the
+    // data and the adapter named here do not exist.
+    let nowhere = ["--model", "/nonexistent/model"];
+    let custom = ["--train-file", "/nonexistent/train.csv"];
+    for (args, needle) in [
+        (&["train", "--method", "bitfit", "--n1", "1"][..], "--n1"),
+        (
+            &["train", "--method", "full", "--lora-r", "4"][..],
+            "--lora-r",
+        ),
+        (
+            &["train", "--method", "spafit", "--lora-layers", "1"][..],
+            "--lora-layers",
+        ),
+        (&["train", "--save-every", "2"][..], "--save-every"),
+        (&["train", "--resume"][..], "--resume"),
+        (&["train", "--eval-every", "2"][..], "--eval-every"),
+        (
+            &["train", "--early-stopping-patience", "2"][..],
+            "--early-stopping-patience",
+        ),
+        (&["train", "--best-metric", "loss"][..], "--best-metric"),
+        (
+            &["train", "--eval-batch-size", "8"][..],
+            "--eval-batch-size",
+        ),
+        (
+            &[
+                "train",
+                "--method",
+                "bitfit",
+                "--export-peft",
+                "/nonexistent/peft",
+            ][..],
+            "--export-peft",
+        ),
+        (&["gradcheck", "--num-labels", "1"][..], "--num-labels"),
+        (
+            &["bench", "--batch-size", "4", "--micro-batch-size", "8"][..],
+            "--micro-batch-size",
+        ),
+        (&["bench", "--kernel-times"][..], "--kernel-times"),
+        (
+            &[
+                "eval",
+                "--split",
+                "valid",
+                "--dev-file",
+                "/nonexistent/dev.csv",
+            ][..],
+            "--split",
+        ),
+        (
+            &[
+                "predict",
+                "--split",
+                "valid",
+                "--dev-file",
+                "/nonexistent/dev.csv",
+            ][..],
+            "--split",
+        ),
+        (
+            &[
+                "merge",
+                "--adapter",
+                "/nonexistent/a",
+                "--output",
+                "/nonexistent/o",
+                "--dtype",
+                "int8",
+            ][..],
+            "--dtype",
+        ),
+        (
+            &["demo", "--method", "full", "--lora-r", "4"][..],
+            "--lora-r",
+        ),
+    ] {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&nowhere);
+        if args[0] == "train" {
+            all.extend_from_slice(&custom);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(&all)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(2) && err.contains(needle) && !err.contains("nonexistent"),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+    // With a dev set the dev-set flags pass this stage, and the missing files are what stop it.
+    let out = Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args([
+            "train",
+            "--eval-every",
+            "2",
+            "--dev-file",
+            "/nonexistent/dev.csv",
+        ])
+        .args(nowhere)
+        .args(custom)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("nonexistent"),
+        "{:?} {err}",
+        out.status
+    );
 
     // Flags bench would ignore are refused, naming them.
     for (args, needle) in [
