@@ -581,8 +581,8 @@ pub struct DataArgs {
     /// Root of the GLUE distribution (holding CoLA/, SST-2/, ...).
     #[arg(long)]
     pub glue_dir: Option<PathBuf>,
-    /// Custom data: training file (.csv, .tsv or .jsonl); eval and predict read it only with
-    /// --split train.
+    /// Custom data: training file (.csv, .tsv, .jsonl, or .json: JSON Lines or one array of
+    /// row objects); eval and predict read it only with --split train.
     #[arg(long)]
     pub train_file: Option<PathBuf>,
     /// Custom data: evaluation file.

@@ -4959,6 +4959,53 @@ fn a_batch_over_the_process_memory_limit_is_refused() {
 /// trains: a class of --labels no training example has, texts of a TSV quoted by a CSV
 /// writer.
 #[test]
+fn a_tsv_written_with_every_field_quoted_is_pointed_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let path = path.display().to_string();
+        spafit(&[
+            "train",
+            "--model",
+            &model(),
+            "--train-file",
+            &path,
+            "--max-len",
+            "16",
+            "--max-steps",
+            "1",
+            "--quiet",
+        ])
+    };
+    // Every string quoted (csv.QUOTE_NONNUMERIC, QUOTE_ALL): the header's names too.
+    let (ok, _, err) = train(
+        "all.tsv",
+        "\"text\"\t\"label\"\n\"a fine film\"\t1\n\"dull\"\t0\n",
+    );
+    assert!(
+        !ok && err.contains("no column `text`")
+            && err.contains("the header has `\"text\"` in quotes")
+            && err.contains("QUOTE_NONE"),
+        "{err}"
+    );
+    // Quoted texts under a plain header train, with the quotes in the text, and a warning.
+    let (ok, _, err) = train(
+        "texts.tsv",
+        "text\tlabel\n\"a fine film\"\t1\n\"dull\"\t0\n\"so-so\"\t0\n",
+    );
+    assert!(
+        ok && err.contains(
+            "3 texts look quoted as CSV writes them (first: line 2; every text is in quotes)"
+        ),
+        "{err}"
+    );
+    // One quotation among plain texts is text: no warning.
+    let (ok, _, err) = train("one.tsv", "text\tlabel\n\"Wow.\"\t1\ndull\t0\nso-so\t0\n");
+    assert!(ok && !err.contains("quoted as CSV"), "{err}");
+}
+
+#[test]
 fn train_notes_classes_without_examples_and_csv_quoting_in_a_tsv() {
     let tmp = tempfile::tempdir().unwrap();
     let train = tmp.path().join("train.tsv");

@@ -255,6 +255,20 @@ fn separator_hint(header: &[String], format: TableFormat) -> String {
     })
 }
 
+/// For a TSV whose header holds `col` in quotes (`"text"`, as a CSV writer quoting all
+/// fields or every string writes it), why: a TSV is read without quoting.
+fn quoted_header_hint(header: &[String], col: &str, format: TableFormat) -> String {
+    let in_quotes = |h: &String| h.strip_prefix('"').and_then(|h| h.strip_suffix('"')) == Some(col);
+    match format == TableFormat::Tsv && header.iter().any(in_quotes) {
+        true => format!(
+            "; the header has `\"{col}\"` in quotes, as a CSV writer quotes it: a .tsv is read \
+             without quoting, as GLUE's files are, so the quotes stay in the names and texts: \
+             save the table as .csv, or write the TSV unquoted (quoting=csv.QUOTE_NONE)"
+        ),
+        false => String::new(),
+    }
+}
+
 /// 1-based line numbers of the byte offsets where records start, counted forward through
 /// the file once (records come in order). The csv crate's own `Position::line` is one short
 /// in files with CRLF line ends, where a record's position is the `\n` left over from the
@@ -626,7 +640,7 @@ impl TableSpec {
             true => " (NUL bytes between the letters: the file looks like UTF-16; save it as \
                      UTF-8)"
                 .to_string(),
-            false => separator_hint(header, format),
+            false => separator_hint(header, format) + &quoted_header_hint(header, col, format),
         };
         // A header misread names no column worth suggesting.
         let likely = match misread.is_empty() {

@@ -139,30 +139,42 @@ pub fn looks_like_a_set(label: &str) -> bool {
         || (label.contains(',') && label.split(',').all(|name| !name.trim().is_empty()))
 }
 
-/// For a table read as TSV: its texts that look quoted by a CSV writer (`"he said ""no"""`,
-/// as pandas' `to_csv(sep="\t")` and Python's csv module write a field holding a quote),
-/// whose quotes a TSV keeps as text. A note naming the first one and their count.
+/// For a table read as TSV: its texts that look quoted by a CSV writer, whose quotes a TSV
+/// keeps as text — each text in quotes with its own quotes doubled (`"he said ""no"""`, as
+/// pandas' `to_csv(sep="\t")` and Python's csv module write a field holding a quote), or,
+/// where every text of two or more is in quotes, all of them (a writer quoting all fields
+/// or every string). A note naming the first one and their count.
 pub fn csv_quoting_in_tsv(data: &Dataset) -> Option<String> {
-    let quoted = |text: &str| {
-        let inner = text
-            .strip_prefix('"')
+    let inside_quotes = |text: &str| {
+        text.strip_prefix('"')
             .and_then(|t| t.strip_suffix('"'))
-            .unwrap_or("");
-        inner.contains("\"\"") && !inner.replace("\"\"", "").contains('"')
+            .map(str::to_owned)
     };
-    let mut found = data
-        .examples
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| quoted(&e.text_a) || e.text_b.as_deref().is_some_and(quoted));
-    let (first, _) = found.next()?;
+    let quotes_doubled = |text: &str| {
+        inside_quotes(text)
+            .is_some_and(|inner| inner.contains("\"\"") && !inner.replace("\"\"", "").contains('"'))
+    };
+    let texts = || {
+        data.examples.iter().enumerate().flat_map(|(i, e)| {
+            std::iter::once((i, &e.text_a)).chain(e.text_b.iter().map(move |b| (i, b)))
+        })
+    };
+    let all_in_quotes =
+        texts().nth(1).is_some() && texts().all(|(_, t)| inside_quotes(t).is_some());
+    let (why, mut found): (_, Box<dyn Iterator<Item = usize>>) = match all_in_quotes {
+        true => ("every text is in quotes", Box::new(texts().map(|(i, _)| i))),
+        false => (
+            "in quotes with its own quotes doubled",
+            Box::new(texts().filter(|(_, t)| quotes_doubled(t)).map(|(i, _)| i)),
+        ),
+    };
+    let first = found.next()?;
     let count = 1 + found.count();
     let place = data.place_of(first);
     Some(format!(
-        "{}: {count} {} quoted as CSV writes them (first: {place}, in quotes with its \
-         own quotes doubled); a .tsv is read without quoting, as GLUE's files are, so those \
-         quotes stay in the text: save the table as .csv, or write the TSV unquoted \
-         (quoting=csv.QUOTE_NONE)",
+        "{}: {count} {} quoted as CSV writes them (first: {place}; {why}); a .tsv is read \
+         without quoting, as GLUE's files are, so those quotes stay in the text: save the \
+         table as .csv, or write the TSV unquoted (quoting=csv.QUOTE_NONE)",
         data.name,
         if count == 1 {
             "text looks"
