@@ -10,10 +10,11 @@ use crate::error::{Error, Result};
 /// What the learning rate does after warmup.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ScheduleKind {
-    /// Falls linearly to 0 at the last step.
+    /// Falls linearly to 0 one step past the last (as transformers' schedule: the last step
+    /// keeps peak / decay steps).
     #[default]
     Linear,
-    /// Falls along half a cosine to 0 at the last step.
+    /// Falls along half a cosine to 0 one step past the last.
     Cosine,
     /// Stays at the peak.
     Constant,
