@@ -47,6 +47,8 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+#[cfg(test)]
+mod allocation_peak;
 pub mod autograd;
 pub mod backend;
 pub mod bench;

@@ -15,6 +15,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// [`write_atomic`] of what `write` writes into the file (from its start; it may seek back):
+/// a file too large to hold in memory whole, made piece by piece. An error from `write`
+/// leaves the old file as it was.
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
+    stage_atomic_with(path, write)?.commit()?;
+    remove_leftovers_of_dead_writers(path);
+    Ok(())
+}
+
 /// Removes the temporaries of `path` that writers killed before their rename left behind (a
 /// `predict` stopped by SIGKILL, say), once a write to it has succeeded: a writer no longer
 /// running (Linux's `/proc`) will never rename them. Only those untouched for an hour: a
@@ -61,6 +73,23 @@ pub(crate) struct StagedWrite {
 /// Writes `bytes` to a temporary sibling of `path` (see [`write_atomic`] for links, devices
 /// and permissions), ready to be committed.
 pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
+    stage_atomic_with(path, |f| {
+        let (head, tail) = bytes.split_at(bytes.len() / 2);
+        f.write_all(head)
+            .and_then(|()| pause_mid_write(f))
+            .and_then(|()| f.write_all(tail))
+            .map_err(|error| Error::Io {
+                path: path.to_path_buf(),
+                error,
+            })
+    })
+}
+
+/// [`stage_atomic`] of what `write` writes into the file (see [`write_atomic_with`]).
+pub(crate) fn stage_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<StagedWrite> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         error: source,
@@ -69,11 +98,12 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     // replace the device itself with a plain file. Opened by the path as given: the kernel
     // follows /proc's links to a pipe, which have no name to resolve here.
     if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        std::fs::OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.flush()))
             .map_err(io)?;
+        write(&mut f)?;
+        f.flush().map_err(io)?;
         return Ok(StagedWrite { rename: None });
     }
     let resolved = link_target(path).map_err(io)?;
@@ -83,26 +113,26 @@ pub(crate) fn stage_atomic(path: &Path, bytes: &[u8]) -> Result<StagedWrite> {
     std::fs::create_dir_all(dir).map_err(io)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let (tmp, mut f) = create_staged_file(dir, name, permissions.as_ref()).map_err(io)?;
-    let result = (|| {
-        let pause = slow_write_pause();
-        if pause.is_zero() {
-            f.write_all(bytes)?;
-        } else {
-            let (head, tail) = bytes.split_at(bytes.len() / 2);
-            f.write_all(head)?;
-            f.sync_all()?;
-            std::thread::sleep(pause);
-            f.write_all(tail)?;
-        }
-        f.sync_all()
-    })();
+    let result = write(&mut f).and_then(|()| f.sync_all().map_err(io));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
+        return Err(e);
     }
     Ok(StagedWrite {
         rename: Some((tmp, path.to_path_buf())),
     })
+}
+
+/// Where a test asks for slow writes (`SPAFIT_SLOW_WRITES_MS`, so that a kill lands inside
+/// one), syncs what `f` holds so far and waits: a writer calls it halfway through a file
+/// (a staged one: a device written in place does not wait).
+pub(crate) fn pause_mid_write(f: &mut std::fs::File) -> std::io::Result<()> {
+    let pause = slow_write_pause();
+    if !pause.is_zero() && f.metadata()?.is_file() {
+        f.sync_all()?;
+        std::thread::sleep(pause);
+    }
+    Ok(())
 }
 
 /// A new temporary file for `name` in `dir`, `.name.tmp-PID-NONCE-N`, that no other writer

@@ -10,9 +10,11 @@ mod peft_config;
 mod peft_export;
 mod peft_import;
 mod store;
+mod streamed_safetensors;
 
 use crate::error::{Error, Result};
 pub(crate) use atomic::{hex, link_target, parent_of, sync_path};
+pub(crate) use streamed_safetensors::{write_streamed, StreamedTensor};
 
 /// The first file in `dir` that makes it a model's or an adapter's folder (a checkpoint's
 /// config and weights, a PEFT adapter, a spafit adapter), if any: no run or adapter writes
@@ -53,7 +55,7 @@ pub use peft_import::{
     import_peft, is_peft_adapter, PeftImport, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,
     SPAFIT_EXPORT_FILE,
 };
-pub(crate) use store::{complete_interrupted_save, safetensors_entries, serialize_entries};
+pub(crate) use store::complete_interrupted_save;
 pub use store::{
     load_adapter, read_manifest, read_tensors, save_adapter, tensors_to_safetensors,
     TrainingInputs, MANIFEST_FILE, WEIGHTS_FILE,

@@ -62,6 +62,11 @@ impl HostTensor {
         backend.tensor_from_f64_as(self.shape.clone(), &wide, self.dtype)
     }
 
+    /// The dtype a safetensors file stores it in ([`stored_dtype`]).
+    pub fn stored_dtype(&self) -> Dtype {
+        stored_dtype(self.dtype)
+    }
+
     /// The tensor as a safetensors file stores a backend's tensor (f64 for f64, f32
     /// otherwise): its dtype, dims and little-endian bytes.
     pub fn safetensors_entry(&self) -> (Dtype, Vec<usize>, Vec<u8>) {
@@ -78,6 +83,15 @@ impl HostTensor {
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
         }
+    }
+}
+
+/// The dtype a safetensors file stores a backend's tensor of `dtype` in: f64 for f64, f32
+/// for every other (their values are f32 values).
+pub(crate) fn stored_dtype(dtype: DType) -> Dtype {
+    match dtype {
+        DType::F64 => Dtype::F64,
+        _ => Dtype::F32,
     }
 }
 

@@ -15,7 +15,7 @@ mod shape;
 pub use bf16_rounding::bf16_from_f64;
 pub use dtype::DType;
 pub(crate) use host_buffer::collect_host;
-pub(crate) use host_copy::{copy_all, HostTensor, HostTensors};
+pub(crate) use host_copy::{copy_all, stored_dtype, HostTensor, HostTensors};
 pub use shape::Shape;
 
 use std::sync::Arc;

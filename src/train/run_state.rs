@@ -15,13 +15,13 @@ use super::config::DropoutRates;
 use super::micro_batches;
 use super::schedule::warmup_steps;
 use super::{EncodedDataset, Evaluation, TrainConfig};
-use crate::adapter::{safetensors_entries, serialize_entries, sha256_hex, write_atomic};
+use crate::adapter::{sha256_hex, write_atomic, write_streamed, StreamedTensor};
 use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
 use crate::data::Target;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use crate::tensor::{copy_all, HostTensors};
+use crate::tensor::{copy_all, stored_dtype, HostTensor, HostTensors};
 
 /// File of the resumable state inside `<output>/last/`.
 pub const STATE_FILE: &str = "state.safetensors";
@@ -167,33 +167,53 @@ pub(crate) fn save_run<B: Backend>(
     moments: &BTreeMap<String, (Tensor<B>, Tensor<B>)>,
     best_weights: Option<&HostTensors>,
 ) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor<B>)> = trainable.to_vec();
+    // Each tensor is copied off the backend only as it is written: the state is several
+    // times the trained weights, and whole in memory it would sit beside them.
+    let on_backend = |name, t| streamed_from(backend, name, t);
+    let mut tensors: Vec<StreamedTensor> = trainable
+        .iter()
+        .map(|(name, t)| on_backend(name.clone(), t))
+        .collect();
     for (name, (m, v)) in moments {
-        tensors.push((format!("{MOMENT_M}{name}"), m.clone()));
-        tensors.push((format!("{MOMENT_V}{name}"), v.clone()));
+        tensors.push(on_backend(format!("{MOMENT_M}{name}"), m));
+        tensors.push(on_backend(format!("{MOMENT_V}{name}"), v));
     }
-    let mut entries = safetensors_entries(backend, &tensors)?;
-    if let Some(best) = best_weights {
-        entries.extend(best.iter().map(|(n, t)| {
-            let (dtype, dims, bytes) = t.safetensors_entry();
-            (format!("{BEST}{n}"), dtype, dims, bytes)
-        }));
+    for (name, t) in best_weights.into_iter().flatten() {
+        tensors.push(StreamedTensor {
+            name: format!("{BEST}{name}"),
+            dtype: t.stored_dtype(),
+            dims: t.shape().dims().to_vec(),
+            bytes: Box::new(|| Ok(t.safetensors_entry().2)),
+        });
     }
-    // The tensor bytes do not depend on the header, so a first serialization gives the
-    // checksum the second one carries.
-    let plain = serialize_entries(&entries, None)?;
-    let header = StateHeader {
-        position: position.clone(),
-        tensors_sha256: sha256_hex(data_section(&plain).unwrap_or(&[])),
-        position_sha256: Some(position_sha256(
-            serde_json::to_value(position).map_err(|e| Error::invalid("state", e.to_string()))?,
-        )),
+    let position_sha256 = Some(position_sha256(
+        serde_json::to_value(position).map_err(|e| Error::invalid("state", e.to_string()))?,
+    ));
+    let metadata = |tensors_sha256: &str| {
+        let header = StateHeader {
+            position: position.clone(),
+            tensors_sha256: tensors_sha256.to_string(),
+            position_sha256: position_sha256.clone(),
+        };
+        let header =
+            serde_json::to_string(&header).map_err(|e| Error::invalid("state", e.to_string()))?;
+        Ok(HashMap::from([(HEADER_KEY.to_string(), header)]))
     };
-    let header =
-        serde_json::to_string(&header).map_err(|e| Error::invalid("state", e.to_string()))?;
-    let metadata = HashMap::from([(HEADER_KEY.to_string(), header)]);
-    let bytes = serialize_entries(&entries, Some(metadata))?;
-    write_atomic(&output_dir.join("last").join(STATE_FILE), &bytes)
+    write_streamed(&output_dir.join("last").join(STATE_FILE), tensors, metadata)
+}
+
+/// `t` on `backend`, to be written as `name`, copied to the host when it is.
+fn streamed_from<'a, B: Backend>(
+    backend: &'a B,
+    name: String,
+    t: &'a Tensor<B>,
+) -> StreamedTensor<'a> {
+    StreamedTensor {
+        name,
+        dtype: stored_dtype(t.dtype()),
+        dims: t.shape().dims().to_vec(),
+        bytes: Box::new(move || Ok(HostTensor::copy_of(backend, t)?.safetensors_entry().2)),
+    }
 }
 
 /// Reads `<output_dir>/last/state.safetensors`; `None` when the run never saved a state.
@@ -798,6 +818,58 @@ mod tests {
             assert_eq!(back.metrics, evaluation.metrics, "{kind:?}");
             assert_eq!(back.loss, evaluation.loss);
         }
+    }
+
+    /// The state is written a tensor at a time: saving it holds a few copies of its largest
+    /// tensor at most (the host copy passes through f64), never the whole state (weights,
+    /// moments and best weights: 64 MiB here), which building the file in memory held three
+    /// times over.
+    #[test]
+    fn a_state_is_saved_without_holding_it_whole() {
+        let cpu = crate::backend::cpu::CpuBackend::f32();
+        let dir = tempfile::tempdir().unwrap();
+        let position = RunPosition {
+            step: 3,
+            epoch: 0,
+            next_batch: 3,
+            total_steps: 8,
+            best: None,
+            settings: RunSettings::new(),
+            evaluations_since_best: 0,
+            loss_window: LossWindow::default(),
+            evaluation_due: false,
+        };
+        const ELEMENTS: usize = 4 << 20;
+        let tensor = |v: f64| {
+            cpu.tensor_from_f64(crate::tensor::Shape::new([ELEMENTS]), &vec![v; ELEMENTS])
+                .unwrap()
+        };
+        let trainable = [("w".to_string(), tensor(1.0))];
+        let moments = BTreeMap::from([("w".to_string(), (tensor(0.5), tensor(0.25)))]);
+        let best = copy_all(&cpu, trainable.iter().map(|(n, t)| (n, t))).unwrap();
+        let (saved, peak) = crate::allocation_peak::peak_allocation_of(|| {
+            save_run(
+                &cpu,
+                dir.path(),
+                &position,
+                &trainable,
+                &moments,
+                Some(&best),
+            )
+        });
+        saved.unwrap();
+        let largest = ELEMENTS * 4;
+        assert!(
+            peak <= 3 * largest + (1 << 20),
+            "saving a state of {} MiB held {} MiB at once",
+            (4 * largest) >> 20,
+            peak >> 20
+        );
+        let loaded = load_run(&cpu, dir.path()).unwrap().unwrap();
+        assert_eq!(
+            cpu.to_f64(&loaded.moments["w"].1).unwrap()[ELEMENTS - 1],
+            0.25
+        );
     }
 
     /// A state whose header was damaged in a key (serde would pass the key over as unknown
