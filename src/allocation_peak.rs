@@ -58,6 +58,11 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 }
 
+/// The bytes this thread holds allocated (those it allocated, less those it freed).
+pub(crate) fn held_bytes() -> isize {
+    HELD.with(Cell::get)
+}
+
 /// What `f` returns, and the most bytes this thread held allocated while it ran beyond what
 /// it held before.
 pub(crate) fn peak_allocation_of<T>(f: impl FnOnce() -> T) -> (T, usize) {

@@ -36,7 +36,9 @@ pub struct WeightsFile {
 
 struct Shard {
     path: PathBuf,
+    /// The file's bytes; empty once given back ([`WeightsFile::release_tensor_data`]).
     bytes: Vec<u8>,
+    released: bool,
     /// The header, parsed and validated once (its offsets fit `bytes`): parsing it again per
     /// tensor would make loading quadratic in the header's size.
     header: Metadata,
@@ -71,6 +73,7 @@ impl Shard {
         Ok(Shard {
             path: path.to_path_buf(),
             bytes,
+            released: false,
             header,
             data_start: 8 + header_len,
         })
@@ -89,16 +92,18 @@ impl Shard {
             dtype: info.dtype,
             shape: &info.shape,
             // In bounds: `read_metadata` checked every offset against the file's length.
-            data: &self.bytes[self.data_start + start..self.data_start + end],
+            data: (!self.released)
+                .then(|| &self.bytes[self.data_start + start..self.data_start + end]),
         })
     }
 }
 
-/// One tensor as stored: its dtype, shape and little-endian bytes.
+/// One tensor as stored: its dtype, shape and little-endian bytes (`None` once the file's
+/// bytes were given back).
 struct StoredTensor<'a> {
     dtype: Dtype,
     shape: &'a [usize],
-    data: &'a [u8],
+    data: Option<&'a [u8]>,
 }
 
 /// A summary (the tensors' bytes stay out of it): the file, its shards and tensor count.
@@ -329,11 +334,27 @@ impl WeightsFile {
             let dims: Vec<String> = view.shape.iter().map(usize::to_string).collect();
             let header = format!("{canonical} {dtype} [{}]\n", dims.join(", "));
             hasher.update(header.as_bytes());
-            if with_values(view.shape) {
-                hasher.update(view.data);
+            // Both hashes are made before the bytes are given back (`release_tensor_data`).
+            if let (true, Some(data)) = (with_values(view.shape), view.data) {
+                hasher.update(data);
             }
         }
         crate::adapter::hex(&hasher.finalize())
+    }
+
+    /// Gives back the memory holding the file's bytes once the model is loaded from them,
+    /// keeping what a run asks of its base later: names, shapes and the three identities
+    /// ([`WeightsFile::sha256`], [`WeightsFile::encoder_sha256`],
+    /// [`WeightsFile::encoder_fingerprint`]), computed first. Held for the whole of a run, the
+    /// bytes doubled the model's weights in memory. Reading a tensor afterwards is an error.
+    pub fn release_tensor_data(&mut self) {
+        self.sha256();
+        self.encoder_sha256();
+        self.encoder_fingerprint();
+        for shard in &mut self.shards {
+            shard.bytes = Vec::new();
+            shard.released = true;
+        }
     }
 
     /// The file, or the index of a sharded checkpoint.
@@ -459,7 +480,12 @@ impl WeightsFile {
                 view.shape
             )));
         }
-        let data = view.data;
+        let data = view.data.ok_or_else(|| {
+            format(format!(
+                "tensor `{stored}` cannot be read: the file's bytes were given back once the \
+                 model was loaded"
+            ))
+        })?;
         use crate::tensor::collect_host;
         let what = || format!("reading tensor `{stored}` {shape} as f64");
         let values: Vec<f64> = match view.dtype {
@@ -686,5 +712,45 @@ impl<'de> serde::Deserialize<'de> for HeaderNames {
             }
         }
         d.deserialize_map(Names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Given back, the file's bytes leave memory; the names, shapes and identities stay as
+    /// they were, and a tensor read afterwards is an error that says why.
+    #[test]
+    fn the_bytes_given_back_leave_shapes_and_identities() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-roberta/model/model.safetensors"
+        ));
+        let size = std::fs::metadata(path).unwrap().len() as isize;
+        let fresh = WeightsFile::open(path)
+            .unwrap()
+            .read_as(EncoderFamily::Roberta);
+        let mut file = WeightsFile::open(path)
+            .unwrap()
+            .read_as(EncoderFamily::Roberta);
+        let name = "bert.embeddings.word_embeddings.weight";
+        let shape = file.shape(name).unwrap();
+        assert!(file.read_f64(name, &Shape::new(shape.clone())).is_ok());
+        let held = crate::allocation_peak::held_bytes();
+        file.release_tensor_data();
+        let freed = held - crate::allocation_peak::held_bytes();
+        // Less the identities' few hundred bytes, made first.
+        assert!(
+            freed >= size - 4096,
+            "{freed} bytes given back of a {size}-byte file"
+        );
+        assert_eq!(file.shape(name), Some(shape.clone()));
+        assert_eq!(file.names(), fresh.names());
+        assert_eq!(file.sha256(), fresh.sha256());
+        assert_eq!(file.encoder_sha256(), fresh.encoder_sha256());
+        assert_eq!(file.encoder_fingerprint(), fresh.encoder_fingerprint());
+        let e = file.read_f64(name, &Shape::new(shape)).unwrap_err();
+        assert!(e.to_string().contains("bytes were given back"), "{e}");
     }
 }

@@ -144,7 +144,7 @@ pub struct Run<B: Backend> {
 
 pub fn setup<B: Backend>(
     backend: B,
-    checkpoint: Checkpoint,
+    mut checkpoint: Checkpoint,
     peft: &PeftArgs,
     num_labels: usize,
     seed: u64,
@@ -164,6 +164,8 @@ pub fn setup<B: Backend>(
         &plan,
         &mut peft_lora_init(&backend, seed),
     )?;
+    // The run keeps the checkpoint for its identity, not its bytes: the model holds them.
+    checkpoint.weights.release_tensor_data();
     super::release_loading_memory();
     Ok(Run {
         backend,
@@ -181,7 +183,7 @@ pub fn setup_from_adapter<B: Backend>(
     model: &ModelArgs,
     adapter: &std::path::Path,
 ) -> Result<(Run<B>, AdapterHead)> {
-    let checkpoint = Checkpoint::open(&model.model)?;
+    let mut checkpoint = Checkpoint::open(&model.model)?;
     model.check_max_len(&checkpoint)?;
     let opened = open_adapter(adapter, &checkpoint, &backend)?;
     opened.check_trainable(adapter)?;
@@ -198,6 +200,7 @@ pub fn setup_from_adapter<B: Backend>(
         note!("note: {note}");
     }
     let head = opened.head();
+    checkpoint.weights.release_tensor_data();
     super::release_loading_memory();
     Ok((
         Run {
