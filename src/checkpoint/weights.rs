@@ -36,15 +36,31 @@ pub struct WeightsFile {
 
 struct Shard {
     path: PathBuf,
-    /// The file's bytes; empty once given back ([`WeightsFile::release_tensor_data`]).
-    bytes: Vec<u8>,
-    released: bool,
+    data: ShardData,
+    /// SHA-256 (hex) of the whole file, where it was streamed to compute it.
+    file_sha256: Option<String>,
     /// The header, parsed and validated once (its offsets fit `bytes`): parsing it again per
     /// tensor would make loading quadratic in the header's size.
     header: Metadata,
     /// Where the data section starts in `bytes`.
     data_start: usize,
 }
+
+/// Where a shard's tensor bytes are.
+enum ShardData {
+    /// The whole file, read into memory (a pipe, a file that did not parse, bytes given).
+    InMemory(Vec<u8>),
+    /// On disk, each tensor read when asked for: a model loads holding its file's bytes
+    /// one tensor at a time, not beside all its weights.
+    OnDisk(std::fs::File),
+    /// Given back ([`WeightsFile::release_tensor_data`]).
+    Released,
+}
+
+/// The most bytes of header read from disk before the file is read whole (and its header
+/// judged by safetensors' own reader, whose messages say what is wrong with it).
+/// safetensors' own limit (`MAX_HEADER_SIZE`).
+const MAX_HEADER_ON_DISK: u64 = 100_000_000;
 
 impl Shard {
     fn read(path: &Path) -> Result<Shard> {
@@ -53,6 +69,9 @@ impl Shard {
                 path: path.to_path_buf(),
                 detail: "a folder where a safetensors file should be".into(),
             });
+        }
+        if let Some(shard) = Shard::on_disk(path) {
+            return Ok(shard);
         }
         let bytes = crate::text_file::read_file(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
@@ -72,11 +91,75 @@ impl Shard {
             })?;
         Ok(Shard {
             path: path.to_path_buf(),
-            bytes,
-            released: false,
+            data: ShardData::InMemory(bytes),
+            file_sha256: None,
             header,
             data_start: 8 + header_len,
         })
+    }
+
+    /// A regular file whose header parses and whose length is what the header says, read
+    /// no further than its header (and once through, for its SHA-256); `None` for anything
+    /// else, which is then read whole.
+    fn on_disk(path: &Path) -> Option<Shard> {
+        use std::os::unix::fs::FileExt;
+        // Not opened unless a regular file: opening a pipe takes what its writer gives.
+        std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+        let file = std::fs::File::open(path).ok()?;
+        let len = file.metadata().ok().filter(|m| m.is_file())?.len();
+        let mut n = [0u8; 8];
+        file.read_exact_at(&mut n, 0).ok()?;
+        let n = u64::from_le_bytes(n);
+        if n > MAX_HEADER_ON_DISK || n > len.checked_sub(8)? {
+            return None;
+        }
+        let mut header = vec![0u8; usize::try_from(n).ok()?];
+        file.read_exact_at(&mut header, 8).ok()?;
+        // Deserialized, the header is validated as `SafeTensors::read_metadata` validates it;
+        // the file's length is checked here.
+        let header: Metadata = serde_json::from_slice(&header).ok()?;
+        if u64::try_from(header.data_len()).ok()?.checked_add(8 + n)? != len {
+            return None;
+        }
+        let file_sha256 = Some(streamed_sha256(&file, len).ok()?);
+        Some(Shard {
+            path: path.to_path_buf(),
+            data: ShardData::OnDisk(file),
+            file_sha256,
+            header,
+            data_start: usize::try_from(8 + n).ok()?,
+        })
+    }
+
+    /// The stored bytes of `view` (a tensor of this shard).
+    fn data_of(&self, view: &StoredTensor<'_>) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        use std::os::unix::fs::FileExt;
+        let (start, end) = (
+            self.data_start + view.offsets.0,
+            self.data_start + view.offsets.1,
+        );
+        match &self.data {
+            // In bounds: the header's offsets were checked against the file's length.
+            ShardData::InMemory(bytes) => Ok(std::borrow::Cow::Borrowed(&bytes[start..end])),
+            ShardData::OnDisk(file) => {
+                let mut bytes = vec![0u8; end - start];
+                file.read_exact_at(&mut bytes, start as u64)?;
+                Ok(std::borrow::Cow::Owned(bytes))
+            }
+            ShardData::Released => Err(std::io::Error::other(
+                "the file's bytes were given back once the model was loaded",
+            )),
+        }
+    }
+
+    /// SHA-256 (hex) of the whole file.
+    fn sha256(&self) -> String {
+        match (&self.file_sha256, &self.data) {
+            (Some(sha), _) => sha.clone(),
+            (None, ShardData::InMemory(bytes)) => crate::adapter::sha256_hex(bytes),
+            // A shard is given back only after its hash is made (`release_tensor_data`).
+            (None, _) => String::new(),
+        }
     }
 
     /// The tensor names, in the order of their data.
@@ -91,19 +174,33 @@ impl Shard {
         Some(StoredTensor {
             dtype: info.dtype,
             shape: &info.shape,
-            // In bounds: `read_metadata` checked every offset against the file's length.
-            data: (!self.released)
-                .then(|| &self.bytes[self.data_start + start..self.data_start + end]),
+            offsets: (start, end),
         })
     }
 }
 
-/// One tensor as stored: its dtype, shape and little-endian bytes (`None` once the file's
-/// bytes were given back).
+/// SHA-256 (hex) of the `len` bytes of `file`, read a piece at a time.
+fn streamed_sha256(file: &std::fs::File, len: u64) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    let mut hasher = sha2::Sha256::new();
+    let mut piece = vec![0u8; 4 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = usize::try_from((len - at).min(piece.len() as u64)).unwrap_or(piece.len());
+        file.read_exact_at(&mut piece[..n], at)?;
+        hasher.update(&piece[..n]);
+        at += n as u64;
+    }
+    Ok(crate::adapter::hex(&hasher.finalize()))
+}
+
+/// One tensor as stored: its dtype, shape and where its little-endian bytes lie in the data
+/// section ([`Shard::data_of`] reads them).
 struct StoredTensor<'a> {
     dtype: Dtype,
     shape: &'a [usize],
-    data: Option<&'a [u8]>,
+    offsets: (usize, usize),
 }
 
 /// A summary (the tensors' bytes stay out of it): the file, its shards and tensor count.
@@ -251,16 +348,12 @@ impl WeightsFile {
     /// bytes; for a sharded checkpoint, that of its shards' names and SHA-256s in name order.
     pub fn sha256(&self) -> &str {
         self.sha256.get_or_init(|| match self.shards.as_slice() {
-            [one] => crate::adapter::sha256_hex(&one.bytes),
+            [one] => one.sha256(),
             shards => {
                 let mut listing = String::new();
                 for shard in shards {
                     let name = shard.path.file_name().unwrap_or_default();
-                    listing.push_str(&format!(
-                        "{} {}\n",
-                        name.to_string_lossy(),
-                        crate::adapter::sha256_hex(&shard.bytes)
-                    ));
+                    listing.push_str(&format!("{} {}\n", name.to_string_lossy(), shard.sha256()));
                 }
                 crate::adapter::sha256_hex(listing.as_bytes())
             }
@@ -334,9 +427,14 @@ impl WeightsFile {
             let dims: Vec<String> = view.shape.iter().map(usize::to_string).collect();
             let header = format!("{canonical} {dtype} [{}]\n", dims.join(", "));
             hasher.update(header.as_bytes());
-            // Both hashes are made before the bytes are given back (`release_tensor_data`).
-            if let (true, Some(data)) = (with_values(view.shape), view.data) {
-                hasher.update(data);
+            if with_values(view.shape) {
+                // Both hashes are made before the bytes are given back
+                // (`release_tensor_data`), and a file that was just read whole does not
+                // fail a read: where it does, the identity says so, and matches no other.
+                match self.shards[shard].data_of(&view) {
+                    Ok(data) => hasher.update(&data),
+                    Err(e) => hasher.update(format!("unreadable: {e}").as_bytes()),
+                }
             }
         }
         crate::adapter::hex(&hasher.finalize())
@@ -352,8 +450,7 @@ impl WeightsFile {
         self.encoder_sha256();
         self.encoder_fingerprint();
         for shard in &mut self.shards {
-            shard.bytes = Vec::new();
-            shard.released = true;
+            shard.data = ShardData::Released;
         }
     }
 
@@ -480,12 +577,9 @@ impl WeightsFile {
                 view.shape
             )));
         }
-        let data = view.data.ok_or_else(|| {
-            format(format!(
-                "tensor `{stored}` cannot be read: the file's bytes were given back once the \
-                 model was loaded"
-            ))
-        })?;
+        let data = shard
+            .data_of(&view)
+            .map_err(|e| format(format!("tensor `{stored}` cannot be read: {e}")))?;
         use crate::tensor::collect_host;
         let what = || format!("reading tensor `{stored}` {shape} as f64");
         let values: Vec<f64> = match view.dtype {
@@ -728,10 +822,11 @@ mod tests {
             "/tests/fixtures/tiny-roberta/model/model.safetensors"
         ));
         let size = std::fs::metadata(path).unwrap().len() as isize;
-        let fresh = WeightsFile::open(path)
+        let bytes = std::fs::read(path).unwrap();
+        let fresh = WeightsFile::from_bytes(path, bytes.clone())
             .unwrap()
             .read_as(EncoderFamily::Roberta);
-        let mut file = WeightsFile::open(path)
+        let mut file = WeightsFile::from_bytes(path, bytes)
             .unwrap()
             .read_as(EncoderFamily::Roberta);
         let name = "bert.embeddings.word_embeddings.weight";
@@ -752,5 +847,55 @@ mod tests {
         assert_eq!(file.encoder_fingerprint(), fresh.encoder_fingerprint());
         let e = file.read_f64(name, &Shape::new(shape)).unwrap_err();
         assert!(e.to_string().contains("bytes were given back"), "{e}");
+    }
+
+    /// A file opened from disk holds no more than its header in memory, reads each tensor
+    /// as the same values, and has the same identities, as the file read whole.
+    #[test]
+    fn a_file_on_disk_is_read_a_tensor_at_a_time_as_the_whole_file_is() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-roberta/model/model.safetensors"
+        ));
+        let size = std::fs::metadata(path).unwrap().len() as isize;
+        let whole = WeightsFile::from_bytes(path, std::fs::read(path).unwrap())
+            .unwrap()
+            .read_as(EncoderFamily::Roberta);
+        let before = crate::allocation_peak::held_bytes();
+        let on_disk = WeightsFile::open(path)
+            .unwrap()
+            .read_as(EncoderFamily::Roberta);
+        let held = crate::allocation_peak::held_bytes() - before;
+        assert!(held < size / 4, "{held} bytes held for a {size}-byte file");
+        assert!(matches!(on_disk.shards[0].data, ShardData::OnDisk(_)));
+        assert_eq!(on_disk.names(), whole.names());
+        let bytes_of = |file: &WeightsFile, name: &str| {
+            let shard = &file.shards[0];
+            shard
+                .data_of(&shard.tensor(name).unwrap())
+                .unwrap()
+                .into_owned()
+        };
+        for name in whole.names() {
+            assert_eq!(bytes_of(&on_disk, name), bytes_of(&whole, name), "{name}");
+        }
+        let shape = Shape::new(
+            on_disk
+                .shape("bert.embeddings.word_embeddings.weight")
+                .unwrap(),
+        );
+        assert_eq!(
+            on_disk
+                .read_f64("bert.embeddings.word_embeddings.weight", &shape)
+                .unwrap(),
+            whole
+                .read_f64("bert.embeddings.word_embeddings.weight", &shape)
+                .unwrap()
+        );
+        let file_sha = crate::adapter::sha256_hex(&std::fs::read(path).unwrap());
+        assert_eq!(on_disk.sha256(), whole.sha256());
+        assert_eq!(on_disk.sha256(), file_sha);
+        assert_eq!(on_disk.encoder_sha256(), whole.encoder_sha256());
+        assert_eq!(on_disk.encoder_fingerprint(), whole.encoder_fingerprint());
     }
 }
