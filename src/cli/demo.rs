@@ -32,9 +32,9 @@ impl DemoCommand {
     /// The refusals the command line alone decides (see [`super::Cli::from_env`]).
     pub fn check_command_line(&self) -> Result<()> {
         self.model.device_and_dtype()?;
-        self.peft.config()?;
+        let method = self.peft.config()?.method;
         // The demo always evaluates on its held-out reviews.
-        self.train.check_command_line(true)
+        self.train.check_command_line(true, method)
     }
 
     pub fn run(&self) -> Result<()> {

@@ -226,7 +226,7 @@ pub fn fit<B: Backend>(
     if args.export_peft.is_some() && run.plan.lora.is_none() {
         return Err(no_adapter_to_export(run.plan.method, run.plan.boundaries));
     }
-    args.check_command_line(dev.is_some())?;
+    args.check_command_line(dev.is_some(), run.plan.method)?;
     if let (Some(name), Some(dev)) = (&args.best_metric, dev) {
         spafit::metrics::check_best_metric(&name.to_ascii_lowercase(), task, &dev.kind, &dev.name)?;
     }
@@ -499,9 +499,14 @@ pub struct RunHold {
 
 impl TrainArgs {
     /// Refuses what the command line alone rules out, before anything is read: a flag that
-    /// needs --output, or one that needs a dev set where `has_dev` says there is none.
-    pub fn check_command_line(&self, has_dev: bool) -> Result<()> {
+    /// needs --output, one that needs a dev set where `has_dev` says there is none, and
+    /// --export-peft for a `method` that has no adapter at all (a SPAFIT plan without one
+    /// depends on the model's depth, and is refused once the model is read).
+    pub fn check_command_line(&self, has_dev: bool, method: Method) -> Result<()> {
         let refuse = |flag, detail: String| Err(spafit::Error::invalid(flag, detail));
+        if self.export_peft.is_some() && matches!(method, Method::Full | Method::BitFit) {
+            return Err(no_adapter_to_export(method, None));
+        }
         if self.output.is_none() {
             if let Some(n) = self.save_every {
                 return refuse(
@@ -657,14 +662,8 @@ impl TrainCommand {
         self.model.device_and_dtype()?;
         let method = self.peft.config()?.method;
         let task = self.data.glue_task()?;
-        self.train
-            .check_command_line(task.is_some() || self.data.dev_file.is_some())?;
-        // Where the method has no adapter at all; a SPAFIT plan without one depends on the
-        // model's depth, refused once it is read.
-        if self.train.export_peft.is_some() && matches!(method, Method::Full | Method::BitFit) {
-            return Err(no_adapter_to_export(method, None));
-        }
-        Ok(())
+        let has_dev = task.is_some() || self.data.dev_file.is_some();
+        self.train.check_command_line(has_dev, method)
     }
 
     pub fn run(&self) -> Result<()> {

@@ -1884,6 +1884,16 @@ fn gradcheck_and_bench_print_json() {
             &["demo", "--method", "full", "--lora-r", "4"][..],
             "--lora-r",
         ),
+        (
+            &[
+                "demo",
+                "--method",
+                "bitfit",
+                "--export-peft",
+                "/nonexistent/peft",
+            ][..],
+            "--export-peft",
+        ),
     ] {
         let mut all = args.to_vec();
         all.extend_from_slice(&nowhere);
