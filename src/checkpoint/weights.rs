@@ -121,7 +121,7 @@ impl Shard {
         if u64::try_from(header.data_len()).ok()?.checked_add(8 + n)? != len {
             return None;
         }
-        let file_sha256 = Some(streamed_sha256(&file, len).ok()?);
+        let file_sha256 = Some(streamed_sha256(&file, 0, len).ok()?);
         Some(Shard {
             path: path.to_path_buf(),
             data: ShardData::OnDisk(file),
@@ -145,6 +145,19 @@ impl Shard {
                 let mut bytes = vec![0u8; end - start];
                 file.read_exact_at(&mut bytes, start as u64)?;
                 Ok(std::borrow::Cow::Owned(bytes))
+            }
+            ShardData::Released => Err(std::io::Error::other(
+                "the file's bytes were given back once the model was loaded",
+            )),
+        }
+    }
+
+    /// SHA-256 (hex) of the data section (the bytes after the header).
+    fn data_sha256(&self) -> std::io::Result<String> {
+        match &self.data {
+            ShardData::InMemory(bytes) => Ok(crate::adapter::sha256_hex(&bytes[self.data_start..])),
+            ShardData::OnDisk(file) => {
+                streamed_sha256(file, self.data_start as u64, file.metadata()?.len())
             }
             ShardData::Released => Err(std::io::Error::other(
                 "the file's bytes were given back once the model was loaded",
@@ -179,13 +192,12 @@ impl Shard {
     }
 }
 
-/// SHA-256 (hex) of the `len` bytes of `file`, read a piece at a time.
-fn streamed_sha256(file: &std::fs::File, len: u64) -> std::io::Result<String> {
+/// SHA-256 (hex) of the bytes of `file` from `at` to `len`, read a piece at a time.
+fn streamed_sha256(file: &std::fs::File, mut at: u64, len: u64) -> std::io::Result<String> {
     use sha2::Digest;
     use std::os::unix::fs::FileExt;
     let mut hasher = sha2::Sha256::new();
     let mut piece = vec![0u8; 4 << 20];
-    let mut at = 0u64;
     while at < len {
         let n = usize::try_from((len - at).min(piece.len() as u64)).unwrap_or(piece.len());
         file.read_exact_at(&mut piece[..n], at)?;
@@ -438,6 +450,25 @@ impl WeightsFile {
             }
         }
         crate::adapter::hex(&hasher.finalize())
+    }
+
+    /// The string metadata in the header of a single file (`__metadata__`).
+    pub(crate) fn header_metadata(&self) -> Option<&HashMap<String, String>> {
+        match self.shards.as_slice() {
+            [one] => one.header.metadata().as_ref(),
+            _ => None,
+        }
+    }
+
+    /// SHA-256 (hex) of a single file's data section (the bytes after its header), read from
+    /// disk a piece at a time where it was not read whole.
+    pub(crate) fn data_sha256(&self) -> std::io::Result<String> {
+        match self.shards.as_slice() {
+            [one] => one.data_sha256(),
+            _ => Err(std::io::Error::other(
+                "a sharded checkpoint has no one data section",
+            )),
+        }
     }
 
     /// Gives back the memory holding the file's bytes once the model is loaded from them,

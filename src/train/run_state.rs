@@ -244,22 +244,22 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
             })
         }
     }
-    let bytes = std::fs::read(&path).map_err(io)?;
     let corrupt = |detail: String| Error::Format {
         path: path.clone(),
         detail,
     };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+    // Read a tensor at a time: the state is several times the trained weights.
+    let file = WeightsFile::open(&path).map_err(|e| match e {
         // Written whole or not at all (a temporary file renamed): one that does not parse
         // was cut short or damaged since.
-        corrupt(format!(
-            "not a valid safetensors file ({e}): the file was damaged or cut short after \
-                 it was saved; restore it or start another run"
-        ))
+        Error::Format { detail, .. } => corrupt(format!(
+            "{detail}: the file was damaged or cut short after it was saved; restore it or \
+             start another run"
+        )),
+        other => other,
     })?;
-    let text = header
-        .metadata()
-        .as_ref()
+    let text = file
+        .header_metadata()
         .and_then(|m| m.get(HEADER_KEY))
         .ok_or_else(|| {
             corrupt(format!(
@@ -282,7 +282,7 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
                 .into(),
         });
     }
-    if sha256_hex(data_section(&bytes).unwrap_or(&[])) != tensors_sha256 {
+    if file.data_sha256().map_err(io)? != tensors_sha256 {
         return Err(Error::Mismatch {
             path,
             detail: "the tensors do not match the checksum written with them: the file was \
@@ -290,7 +290,6 @@ pub(crate) fn load_run<B: Backend>(backend: &B, output_dir: &Path) -> Result<Opt
                 .into(),
         });
     }
-    let file = WeightsFile::from_bytes(&path, bytes)?;
     let mut trainable = BTreeMap::new();
     let mut m_parts = BTreeMap::new();
     let mut v_parts = BTreeMap::new();
@@ -378,12 +377,6 @@ pub fn saved_run_is_over(output_dir: &Path) -> bool {
             .is_some_and(|n| p.evaluations_since_best >= n);
         !p.evaluation_due && (p.step >= p.total_steps || patience_spent)
     })
-}
-
-/// The bytes after a safetensors header.
-fn data_section(bytes: &[u8]) -> Option<&[u8]> {
-    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    bytes.get(8usize.checked_add(usize::try_from(len).ok()?)?..)
 }
 
 /// Completes a save of `best/` killed between its two renames (its new manifest staged
@@ -820,10 +813,11 @@ mod tests {
         }
     }
 
-    /// The state is written a tensor at a time: saving it holds a few copies of its largest
-    /// tensor at most (the host copy passes through f64), never the whole state (weights,
-    /// moments and best weights: 64 MiB here), which building the file in memory held three
-    /// times over.
+    /// The state is written, and read back, a tensor at a time: saving it holds a few copies
+    /// of its largest tensor at most (the host copy passes through f64), never the whole
+    /// state (weights, moments and best weights: 64 MiB here), which building the file in
+    /// memory held three times over; loading holds the state it returns and a tensor's
+    /// passage, not the file beside them (160 MiB when it was read whole).
     #[test]
     fn a_state_is_saved_without_holding_it_whole() {
         let cpu = crate::backend::cpu::CpuBackend::f32();
@@ -865,7 +859,17 @@ mod tests {
             (4 * largest) >> 20,
             peak >> 20
         );
-        let loaded = load_run(&cpu, dir.path()).unwrap().unwrap();
+        // Read back a tensor at a time too: what it holds beyond the state it returns is
+        // a tensor's passage through f64, not the file.
+        let (loaded, peak) =
+            crate::allocation_peak::peak_allocation_of(|| load_run(&cpu, dir.path()));
+        let loaded = loaded.unwrap().unwrap();
+        assert!(
+            peak <= 4 * largest + 3 * largest,
+            "loading a state of {} MiB held {} MiB at once",
+            (4 * largest) >> 20,
+            peak >> 20
+        );
         assert_eq!(
             cpu.to_f64(&loaded.moments["w"].1).unwrap()[ELEMENTS - 1],
             0.25
