@@ -844,14 +844,16 @@ impl<'de> serde::Deserialize<'de> for HeaderNames {
 mod tests {
     use super::*;
 
+    const TINY_ROBERTA: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-roberta/model/model.safetensors"
+    );
+
     /// Given back, the file's bytes leave memory; the names, shapes and identities stay as
     /// they were, and a tensor read afterwards is an error that says why.
     #[test]
     fn the_bytes_given_back_leave_shapes_and_identities() {
-        let path = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/tiny-roberta/model/model.safetensors"
-        ));
+        let path = Path::new(TINY_ROBERTA);
         let size = std::fs::metadata(path).unwrap().len() as isize;
         let bytes = std::fs::read(path).unwrap();
         let fresh = WeightsFile::from_bytes(path, bytes.clone())
@@ -884,10 +886,7 @@ mod tests {
     /// as the same values, and has the same identities, as the file read whole.
     #[test]
     fn a_file_on_disk_is_read_a_tensor_at_a_time_as_the_whole_file_is() {
-        let path = Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/tiny-roberta/model/model.safetensors"
-        ));
+        let path = Path::new(TINY_ROBERTA);
         let size = std::fs::metadata(path).unwrap().len() as isize;
         let whole = WeightsFile::from_bytes(path, std::fs::read(path).unwrap())
             .unwrap()

@@ -813,6 +813,21 @@ mod tests {
         }
     }
 
+    /// A run's position after step 3 of 8, `since_best` evaluations after its best.
+    fn step_3_of_8(since_best: usize) -> RunPosition {
+        RunPosition {
+            step: 3,
+            epoch: 0,
+            next_batch: 3,
+            total_steps: 8,
+            best: None,
+            settings: RunSettings::new(),
+            evaluations_since_best: since_best,
+            loss_window: LossWindow::default(),
+            evaluation_due: false,
+        }
+    }
+
     /// The state is written, and read back, a tensor at a time: saving it holds a few copies
     /// of its largest tensor at most (the host copy passes through f64), never the whole
     /// state (weights, moments and best weights: 64 MiB here), which building the file in
@@ -822,17 +837,7 @@ mod tests {
     fn a_state_is_saved_without_holding_it_whole() {
         let cpu = crate::backend::cpu::CpuBackend::f32();
         let dir = tempfile::tempdir().unwrap();
-        let position = RunPosition {
-            step: 3,
-            epoch: 0,
-            next_batch: 3,
-            total_steps: 8,
-            best: None,
-            settings: RunSettings::new(),
-            evaluations_since_best: 0,
-            loss_window: LossWindow::default(),
-            evaluation_due: false,
-        };
+        let position = step_3_of_8(0);
         const ELEMENTS: usize = 4 << 20;
         let tensor = |v: f64| {
             cpu.tensor_from_f64(crate::tensor::Shape::new([ELEMENTS]), &vec![v; ELEMENTS])
@@ -882,17 +887,7 @@ mod tests {
     fn a_damaged_position_in_the_header_is_refused() {
         let cpu = crate::backend::cpu::CpuBackend::f32();
         let dir = tempfile::tempdir().unwrap();
-        let position = RunPosition {
-            step: 3,
-            epoch: 0,
-            next_batch: 3,
-            total_steps: 8,
-            best: None,
-            settings: RunSettings::new(),
-            evaluations_since_best: 2,
-            loss_window: LossWindow::default(),
-            evaluation_due: false,
-        };
+        let position = step_3_of_8(2);
         let weight = cpu
             .tensor_from_f64(crate::tensor::Shape::new([2]), &[1.0, 2.0])
             .unwrap();
