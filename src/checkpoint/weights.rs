@@ -37,8 +37,6 @@ pub struct WeightsFile {
 struct Shard {
     path: PathBuf,
     data: ShardData,
-    /// SHA-256 (hex) of the whole file, where it was streamed to compute it.
-    file_sha256: Option<String>,
     /// The header, parsed and validated once (its offsets fit `bytes`): parsing it again per
     /// tensor would make loading quadratic in the header's size.
     header: Metadata,
@@ -57,9 +55,9 @@ enum ShardData {
     Released,
 }
 
-/// The most bytes of header read from disk before the file is read whole (and its header
-/// judged by safetensors' own reader, whose messages say what is wrong with it).
-/// safetensors' own limit (`MAX_HEADER_SIZE`).
+/// The most bytes of header read from disk, safetensors' own limit (`MAX_HEADER_SIZE`): a
+/// larger one is read whole, and judged by safetensors' reader, whose messages say what is
+/// wrong with it.
 const MAX_HEADER_ON_DISK: u64 = 100_000_000;
 
 impl Shard {
@@ -92,15 +90,13 @@ impl Shard {
         Ok(Shard {
             path: path.to_path_buf(),
             data: ShardData::InMemory(bytes),
-            file_sha256: None,
             header,
             data_start: 8 + header_len,
         })
     }
 
     /// A regular file whose header parses and whose length is what the header says, read
-    /// no further than its header (and once through, for its SHA-256); `None` for anything
-    /// else, which is then read whole.
+    /// no further than its header; `None` for anything else, which is then read whole.
     fn on_disk(path: &Path) -> Option<Shard> {
         use std::os::unix::fs::FileExt;
         // Not opened unless a regular file: opening a pipe takes what its writer gives.
@@ -121,11 +117,9 @@ impl Shard {
         if u64::try_from(header.data_len()).ok()?.checked_add(8 + n)? != len {
             return None;
         }
-        let file_sha256 = Some(streamed_sha256(&file, 0, len).ok()?);
         Some(Shard {
             path: path.to_path_buf(),
             data: ShardData::OnDisk(file),
-            file_sha256,
             header,
             data_start: usize::try_from(8 + n).ok()?,
         })
@@ -146,33 +140,26 @@ impl Shard {
                 file.read_exact_at(&mut bytes, start as u64)?;
                 Ok(std::borrow::Cow::Owned(bytes))
             }
-            ShardData::Released => Err(std::io::Error::other(
-                "the file's bytes were given back once the model was loaded",
-            )),
+            ShardData::Released => Err(given_back()),
         }
     }
 
-    /// SHA-256 (hex) of the data section (the bytes after the header).
-    fn data_sha256(&self) -> std::io::Result<String> {
+    /// SHA-256 (hex) of the file's bytes from `at` to its end, read from disk a piece at a
+    /// time where it was not read whole.
+    fn sha256_from(&self, at: usize) -> std::io::Result<String> {
         match &self.data {
-            ShardData::InMemory(bytes) => Ok(crate::adapter::sha256_hex(&bytes[self.data_start..])),
-            ShardData::OnDisk(file) => {
-                streamed_sha256(file, self.data_start as u64, file.metadata()?.len())
-            }
-            ShardData::Released => Err(std::io::Error::other(
-                "the file's bytes were given back once the model was loaded",
-            )),
+            ShardData::InMemory(bytes) => Ok(crate::adapter::sha256_hex(&bytes[at..])),
+            ShardData::OnDisk(file) => streamed_sha256(file, at as u64, file.metadata()?.len()),
+            ShardData::Released => Err(given_back()),
         }
     }
 
-    /// SHA-256 (hex) of the whole file.
+    /// SHA-256 (hex) of the whole file. Made before the bytes are given back
+    /// (`release_tensor_data`); a file that was just read does not fail a read, and where it
+    /// does, the identity says so, and matches no other.
     fn sha256(&self) -> String {
-        match (&self.file_sha256, &self.data) {
-            (Some(sha), _) => sha.clone(),
-            (None, ShardData::InMemory(bytes)) => crate::adapter::sha256_hex(bytes),
-            // A shard is given back only after its hash is made (`release_tensor_data`).
-            (None, _) => String::new(),
-        }
+        self.sha256_from(0)
+            .unwrap_or_else(|e| format!("unreadable: {e}"))
     }
 
     /// The tensor names, in the order of their data.
@@ -190,6 +177,11 @@ impl Shard {
             offsets: (start, end),
         })
     }
+}
+
+/// Why a tensor of a file given back ([`WeightsFile::release_tensor_data`]) cannot be read.
+fn given_back() -> std::io::Error {
+    std::io::Error::other("the file's bytes were given back once the model was loaded")
 }
 
 /// SHA-256 (hex) of the bytes of `file` from `at` to `len`, read a piece at a time.
@@ -464,7 +456,7 @@ impl WeightsFile {
     /// disk a piece at a time where it was not read whole.
     pub(crate) fn data_sha256(&self) -> std::io::Result<String> {
         match self.shards.as_slice() {
-            [one] => one.data_sha256(),
+            [one] => one.sha256_from(one.data_start),
             _ => Err(std::io::Error::other(
                 "a sharded checkpoint has no one data section",
             )),
