@@ -226,7 +226,7 @@ pub fn fit<B: Backend>(
     if args.export_peft.is_some() && run.plan.lora.is_none() {
         return Err(no_adapter_to_export(run.plan.method, run.plan.boundaries));
     }
-    args.check_command_line(dev.is_some(), run.plan.method)?;
+    // The flags' other refusals were made from the command line (`check_command_line`).
     if let (Some(name), Some(dev)) = (&args.best_metric, dev) {
         spafit::metrics::check_best_metric(&name.to_ascii_lowercase(), task, &dev.kind, &dev.name)?;
     }
