@@ -145,11 +145,9 @@ pub fn looks_like_a_set(label: &str) -> bool {
 /// where every text of two or more is in quotes, all of them (a writer quoting all fields
 /// or every string). A note naming the first one and their count.
 pub fn csv_quoting_in_tsv(data: &Dataset) -> Option<String> {
-    let inside_quotes = |text: &str| {
-        text.strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .map(str::to_owned)
-    };
+    fn inside_quotes(text: &str) -> Option<&str> {
+        text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+    }
     let quotes_doubled = |text: &str| {
         inside_quotes(text)
             .is_some_and(|inner| inner.contains("\"\"") && !inner.replace("\"\"", "").contains('"'))
