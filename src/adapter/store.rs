@@ -6,6 +6,7 @@ use safetensors::Dtype;
 
 use super::atomic::{sha256_hex, stage_atomic, staged_copies};
 use super::manifest::AdapterManifest;
+use super::streamed_safetensors::{stage_streamed, streamed_file_sha256, StreamedTensor};
 use crate::backend::Backend;
 use crate::checkpoint::{BertConfig, Checkpoint, WeightsFile};
 use crate::error::{Error, Result};
@@ -164,9 +165,16 @@ pub fn save_adapter<B: Backend>(
         .filter(|p| p.trainable)
         .map(|p| (p.name.clone(), p.value.clone()))
         .collect();
-    let bytes = tensors_to_safetensors(backend, &trainable)?;
+    // The weights of a full fine-tuning are a model's size: made and written a tensor at a
+    // time, never whole in memory beside the model.
+    let streamed = || {
+        trainable
+            .iter()
+            .map(|(name, t)| StreamedTensor::on_backend(backend, name.clone(), t))
+            .collect()
+    };
     let (method, strata, lora) = AdapterManifest::describe(plan);
-    let manifest = AdapterManifest {
+    let manifest = |weights_sha256: String| AdapterManifest {
         format: "spafit-adapter".into(),
         // An older spafit, which reads version 1 only, would read a multi-label head as a
         // softmax: it refuses the adapter instead.
@@ -188,42 +196,28 @@ pub fn save_adapter<B: Backend>(
         multi_label: model.is_multi_label(),
         text_pairs: inputs.text_pairs,
         max_len: inputs.max_len,
-        weights_sha256: sha256_hex(&bytes),
+        weights_sha256,
         tensors: trainable.iter().map(|(n, _)| n.clone()).collect(),
     };
-    let json = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::invalid("adapter", e.to_string()))?;
+    let json = |weights_sha256| {
+        serde_json::to_vec_pretty(&manifest(weights_sha256))
+            .map_err(|e| Error::invalid("adapter", e.to_string()))
+    };
     // Already in place byte for byte (a resumed run saves again the best it restored): left
-    // as it is, so a resume that changes nothing needs no free disk. The manifest holds the
-    // weights' hash, so the weights are read only when it matches.
-    let unchanged = |name: &str, new: &[u8]| holds_exactly(&dir.join(name), new);
-    if unchanged(MANIFEST_FILE, &json) && unchanged(WEIGHTS_FILE, &bytes) {
+    // as it is, so a resume that changes nothing needs no free disk. Compared a tensor at a
+    // time, up to the first difference (the first tensor, when training moved it).
+    let weights_path = dir.join(WEIGHTS_FILE);
+    if let Some(sha) = streamed_file_sha256(&weights_path, streamed())? {
+        let json = json(sha)?;
+        if std::fs::read(dir.join(MANIFEST_FILE)).ok().as_deref() != Some(&json[..]) {
+            stage_atomic(&dir.join(MANIFEST_FILE), &json)?.commit()?;
+        }
         return Ok(());
     }
-    let weights = stage_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
-    let manifest = stage_atomic(&dir.join(MANIFEST_FILE), &json)?;
+    let (weights, sha) = stage_streamed(&weights_path, streamed())?;
+    let manifest = stage_atomic(&dir.join(MANIFEST_FILE), &json(sha)?)?;
     weights.commit()?;
     manifest.commit_or_leave_staged()
-}
-
-/// Whether the file at `path` holds `bytes` and nothing else, read a piece at a time (the
-/// weights of a full fine-tuning are a model's size).
-fn holds_exactly(path: &Path, bytes: &[u8]) -> bool {
-    use std::io::Read;
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return false;
-    };
-    if file.metadata().map(|m| m.len()).ok() != u64::try_from(bytes.len()).ok() {
-        return false;
-    }
-    let mut piece = vec![0u8; 1 << 20];
-    for expected in bytes.chunks(piece.len()) {
-        let got = &mut piece[..expected.len()];
-        if file.read_exact(got).is_err() || got != expected {
-            return false;
-        }
-    }
-    true
 }
 
 /// The `adapter.json` version this code writes and reads.
@@ -517,4 +511,90 @@ pub fn load_adapter<B: Backend>(
     // The adapter's head, not the base's, says how its outputs read.
     model.set_multi_label(manifest.multi_label);
     Ok((model, manifest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::peft::{peft_lora_init, Method, PeftConfig};
+
+    /// The adapter of a full fine-tuning is the whole model (13 MiB here): saved, it is made
+    /// and written a tensor at a time, holding a few copies of its largest tensor (1 MiB) at
+    /// most, where building the file whole held it twice over; the manifest records the
+    /// file's hash and the file reads back as the model's weights. Saved again as it is, the
+    /// file is compared and kept (the same inode); after a change to one tensor, it is
+    /// replaced and reads back as the new weights.
+    #[test]
+    fn a_full_fine_tuning_adapter_is_saved_a_tensor_at_a_time() {
+        use std::os::unix::fs::MetadataExt;
+        let cpu = CpuBackend::f32();
+        let config = BertConfig::from_json(
+            r#"{"model_type": "bert", "vocab_size": 1024, "hidden_size": 256,
+                "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
+                "max_position_embeddings": 64, "type_vocab_size": 2}"#,
+            Path::new("config.json"),
+        )
+        .unwrap();
+        let plan = PeftPlan::new(&PeftConfig::new(Method::Full), 4).unwrap();
+        let init = &mut peft_lora_init(&cpu, 7);
+        let mut model = BertClassifier::random_for_plan(&config, &cpu, 2, 7, &plan, init).unwrap();
+        let base_bytes =
+            tensors_to_safetensors(&cpu, &[("x".into(), cpu.zeros([1].into()).unwrap())]).unwrap();
+        let base = WeightsFile::from_bytes(Path::new("base.safetensors"), base_bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let save = |model: &BertClassifier<CpuBackend>| {
+            save_adapter(
+                dir.path(),
+                &cpu,
+                model,
+                &plan,
+                &base,
+                None,
+                TrainingInputs::default(),
+            )
+        };
+        let weights_path = dir.path().join(WEIGHTS_FILE);
+        let reads_back_as = |model: &BertClassifier<CpuBackend>| {
+            let manifest = read_manifest(dir.path()).unwrap();
+            let bytes = std::fs::read(&weights_path).unwrap();
+            assert_eq!(manifest.weights_sha256, sha256_hex(&bytes));
+            let read = read_tensors(&cpu, &weights_path).unwrap();
+            let trainable: Vec<_> = model.params().into_iter().filter(|p| p.trainable).collect();
+            assert_eq!(read.len(), trainable.len());
+            for p in trainable {
+                let values = cpu.to_f64(&p.value).unwrap();
+                assert_eq!(cpu.to_f64(&read[&p.name]).unwrap(), values, "{}", p.name);
+            }
+        };
+        let (saved, peak) = crate::allocation_peak::peak_allocation_of(|| save(&model));
+        saved.unwrap();
+        let largest = 1024 * 256 * 4;
+        let file_len = std::fs::metadata(&weights_path).unwrap().len() as usize;
+        assert!(file_len > 12 * largest, "{file_len} bytes");
+        assert!(
+            peak <= 4 * largest,
+            "saving an adapter of {} MiB held {} MiB at once",
+            file_len >> 20,
+            peak >> 20
+        );
+        reads_back_as(&model);
+        let inode = || std::fs::metadata(&weights_path).unwrap().ino();
+        let first = inode();
+        save(&model).unwrap();
+        assert_eq!(inode(), first, "an unchanged adapter was written again");
+        let last = model
+            .params_mut()
+            .into_iter()
+            .rfind(|p| p.trainable)
+            .unwrap();
+        let mut values = cpu.to_f64(&last.value).unwrap();
+        values[0] += 1.0;
+        last.value = cpu
+            .tensor_from_f64(last.value.shape().clone(), &values)
+            .unwrap();
+        save(&model).unwrap();
+        assert_ne!(inode(), first, "a changed adapter was kept");
+        reads_back_as(&model);
+    }
 }

@@ -1,19 +1,20 @@
 //! A safetensors file written one tensor at a time. A run's saved state (the trained weights,
-//! AdamW's two moments, the best weights) is three to four times the trained weights, and
-//! building it whole in memory, once to hash its tensors and once more with the hash in the
-//! header, held three copies of it beside the run while it was saved. Here each tensor is
-//! made (copied to the host), hashed and written in turn; the header, whose metadata holds
-//! the hash, is written first around a stand-in of the same length and again at the end.
+//! AdamW's two moments, the best weights) is three to four times the trained weights, and an
+//! adapter of a full fine-tuning is a whole model: built whole in memory, each held copies of
+//! itself beside the run while it was saved. Here each tensor is made (copied to the host),
+//! hashed and written in turn, so that at most one tensor's bytes are in memory at a time.
 
 use std::collections::HashMap;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use safetensors::Dtype;
 use sha2::Digest;
 
-use super::atomic::{hex, pause_mid_write, write_atomic_with};
+use super::atomic::{hex, pause_mid_write, stage_atomic_with, write_atomic_with, StagedWrite};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::tensor::{stored_dtype, HostTensor, Tensor};
 
 /// A tensor's bytes (little-endian, as the file stores them), made when it is written.
 pub(crate) type TensorBytes<'a> = Box<dyn FnOnce() -> Result<Vec<u8>> + 'a>;
@@ -26,46 +27,109 @@ pub(crate) struct StreamedTensor<'a> {
     pub bytes: TensorBytes<'a>,
 }
 
-/// Writes `tensors` to `path` atomically (see `write_atomic`) as a safetensors file whose
-/// header holds the metadata `metadata` makes from the SHA-256 (lowercase hex) of the data
-/// section. At most one tensor's bytes are in memory at a time.
-pub(crate) fn write_streamed(
-    path: &Path,
-    mut tensors: Vec<StreamedTensor<'_>>,
-    metadata: impl Fn(&str) -> Result<HashMap<String, String>>,
-) -> Result<()> {
-    // safetensors' own order: the widest dtype first, so that each tensor starts aligned to
-    // its elements; then by name.
-    tensors.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
-    let mut entries = serde_json::Map::new();
-    let mut makers = Vec::with_capacity(tensors.len());
-    let mut end = 0usize;
-    for t in tensors {
-        let len = t
-            .dims
-            .iter()
-            .try_fold(t.dtype.bitsize(), |n, &d| n.checked_mul(d))
-            .map(|bits| bits.div_ceil(8))
-            .ok_or_else(|| Error::invalid("safetensors", format!("`{}` is too large", t.name)))?;
-        let offsets = [end, end + len];
-        entries.insert(
-            t.name,
-            serde_json::json!({"dtype": t.dtype, "shape": t.dims, "data_offsets": offsets}),
-        );
-        makers.push((len, t.bytes));
-        end += len;
+impl<'a> StreamedTensor<'a> {
+    /// `t` on `backend`, stored as `name` (f64 as F64, every other dtype as F32), copied to
+    /// the host only when it is written.
+    pub(crate) fn on_backend<B: Backend>(backend: &'a B, name: String, t: &'a Tensor<B>) -> Self {
+        StreamedTensor {
+            name,
+            dtype: stored_dtype(t.dtype()),
+            dims: t.shape().dims().to_vec(),
+            bytes: Box::new(move || Ok(HostTensor::copy_of(backend, t)?.safetensors_entry().2)),
+        }
     }
-    let header = |sha: &str| -> Result<Vec<u8>> {
-        let mut all = entries.clone();
-        all.insert("__metadata__".into(), serde_json::json!(metadata(sha)?));
+}
+
+/// Where each tensor goes in the data section, in the file's order.
+struct Layout<'a> {
+    /// The header's entries, without metadata.
+    entries: serde_json::Map<String, serde_json::Value>,
+    /// Each tensor's length in bytes and its maker, in the order of the data section.
+    makers: Vec<(usize, TensorBytes<'a>)>,
+    /// The data section's length.
+    end: usize,
+}
+
+impl<'a> Layout<'a> {
+    fn of(mut tensors: Vec<StreamedTensor<'a>>) -> Result<Self> {
+        // safetensors' own order: the widest dtype first, so that each tensor starts aligned
+        // to its elements; then by name.
+        tensors.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
+        let mut entries = serde_json::Map::new();
+        let mut makers = Vec::with_capacity(tensors.len());
+        let mut end = 0usize;
+        for t in tensors {
+            let len = t
+                .dims
+                .iter()
+                .try_fold(t.dtype.bitsize(), |n, &d| n.checked_mul(d))
+                .map(|bits| bits.div_ceil(8))
+                .ok_or_else(|| {
+                    Error::invalid("safetensors", format!("`{}` is too large", t.name))
+                })?;
+            let offsets = [end, end + len];
+            entries.insert(
+                t.name,
+                serde_json::json!({"dtype": t.dtype, "shape": t.dims, "data_offsets": offsets}),
+            );
+            makers.push((len, t.bytes));
+            end += len;
+        }
+        Ok(Layout {
+            entries,
+            makers,
+            end,
+        })
+    }
+
+    /// The header (without its 8-byte length), with `metadata`.
+    fn header(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+        let mut all = self.entries.clone();
+        if let Some(metadata) = metadata {
+            all.insert("__metadata__".into(), serde_json::json!(metadata));
+        }
         let mut text =
             serde_json::to_vec(&all).map_err(|e| Error::invalid("safetensors", e.to_string()))?;
         // The data section starts 8-byte aligned, the header padded with spaces to it, as
         // safetensors pads it.
         text.resize(text.len().next_multiple_of(8), b' ');
         Ok(text)
-    };
-    let stand_in = header(&"0".repeat(64))?;
+    }
+
+    /// Makes each tensor in turn and gives its bytes to `take`, with whether the data
+    /// section is half made, until `take` answers `false` (then `false`, else `true`).
+    fn stream(&mut self, mut take: impl FnMut(&[u8], bool) -> Result<bool>) -> Result<bool> {
+        let (mut made, mut halfway_told) = (0usize, false);
+        for (len, make) in std::mem::take(&mut self.makers) {
+            let bytes = make()?;
+            if bytes.len() != len {
+                return Err(Error::invalid(
+                    "safetensors",
+                    format!("a tensor gave {} bytes for its {len}", bytes.len()),
+                ));
+            }
+            made += len;
+            let halfway = !halfway_told && made * 2 >= self.end;
+            halfway_told |= halfway;
+            if !take(&bytes, halfway)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Writes `tensors` to `path` atomically (see `write_atomic`) as a safetensors file whose
+/// header holds the metadata `metadata` makes from the SHA-256 (lowercase hex) of the data
+/// section. The header is written first around a stand-in hash of the same length and again
+/// at the end.
+pub(crate) fn write_streamed(
+    path: &Path,
+    tensors: Vec<StreamedTensor<'_>>,
+    metadata: impl Fn(&str) -> Result<HashMap<String, String>>,
+) -> Result<()> {
+    let mut layout = Layout::of(tensors)?;
+    let stand_in = layout.header(Some(metadata(&"0".repeat(64))?))?;
     write_atomic_with(path, |f| {
         let io = |error| Error::Io {
             path: path.to_path_buf(),
@@ -75,24 +139,15 @@ pub(crate) fn write_streamed(
             .and_then(|()| f.write_all(&stand_in))
             .map_err(io)?;
         let mut hasher = sha2::Sha256::new();
-        let (mut written, mut paused) = (0usize, false);
-        for (len, make) in makers {
-            let bytes = make()?;
-            if bytes.len() != len {
-                return Err(Error::invalid(
-                    "safetensors",
-                    format!("a tensor gave {} bytes for its {len}", bytes.len()),
-                ));
-            }
-            hasher.update(&bytes);
-            f.write_all(&bytes).map_err(io)?;
-            written += len;
-            if !paused && written * 2 >= end {
+        layout.stream(|bytes, halfway| {
+            hasher.update(bytes);
+            f.write_all(bytes).map_err(io)?;
+            if halfway {
                 pause_mid_write(f).map_err(io)?;
-                paused = true;
             }
-        }
-        let header = header(&hex(&hasher.finalize()))?;
+            Ok(true)
+        })?;
+        let header = layout.header(Some(metadata(&hex(&hasher.finalize()))?))?;
         if header.len() != stand_in.len() {
             return Err(Error::invalid(
                 "safetensors",
@@ -103,6 +158,72 @@ pub(crate) fn write_streamed(
             .and_then(|_| f.write_all(&header))
             .map_err(io)
     })
+}
+
+/// Writes `tensors` beside `path` as a safetensors file without metadata, ready to be
+/// committed (see `stage_atomic`), and gives the SHA-256 (lowercase hex) of the whole file.
+pub(crate) fn stage_streamed(
+    path: &Path,
+    tensors: Vec<StreamedTensor<'_>>,
+) -> Result<(StagedWrite, String)> {
+    let mut layout = Layout::of(tensors)?;
+    let header = layout.header(None)?;
+    let mut hasher = sha2::Sha256::new();
+    let staged = stage_atomic_with(path, |f| {
+        let io = |error| Error::Io {
+            path: path.to_path_buf(),
+            error,
+        };
+        let length = (header.len() as u64).to_le_bytes();
+        for piece in [&length[..], &header] {
+            hasher.update(piece);
+            f.write_all(piece).map_err(io)?;
+        }
+        layout
+            .stream(|bytes, halfway| {
+                hasher.update(bytes);
+                f.write_all(bytes).map_err(io)?;
+                if halfway {
+                    pause_mid_write(f).map_err(io)?;
+                }
+                Ok(true)
+            })
+            .map(|_| ())
+    })?;
+    Ok((staged, hex(&hasher.finalize())))
+}
+
+/// The SHA-256 (lowercase hex) of the file at `path` when it holds exactly what
+/// [`stage_streamed`] would write of `tensors`; `None` when it holds anything else or cannot
+/// be read. Tensors are made one at a time and only until the first difference.
+pub(crate) fn streamed_file_sha256(
+    path: &Path,
+    tensors: Vec<StreamedTensor<'_>>,
+) -> Result<Option<String>> {
+    let mut layout = Layout::of(tensors)?;
+    let header = layout.header(None)?;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
+    let length = 8 + header.len() + layout.end;
+    if file.metadata().map(|m| m.len()).ok() != u64::try_from(length).ok() {
+        return Ok(None);
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut read = Vec::new();
+    let mut same = |expected: &[u8]| {
+        read.resize(expected.len(), 0);
+        let same = file.read_exact(&mut read).is_ok() && read == expected;
+        if same {
+            hasher.update(expected);
+        }
+        same
+    };
+    if !same(&(header.len() as u64).to_le_bytes()) || !same(&header) {
+        return Ok(None);
+    }
+    let whole = layout.stream(|bytes, _| Ok(same(bytes)))?;
+    Ok(whole.then(|| hex(&hasher.finalize())))
 }
 
 #[cfg(test)]
@@ -173,5 +294,53 @@ mod tests {
         assert!(e.to_string().contains("the device is gone"), "{e}");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A staged file is hashed whole (header included, as the adapter's manifest records it)
+    /// and compared back a tensor at a time: the same tensors give that hash; a difference
+    /// in a tensor gives none, and the tensors after it are not made (one that would fail
+    /// is never asked); a file of another length is not read at all.
+    #[test]
+    fn a_staged_file_is_hashed_whole_and_compared_up_to_its_first_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("adapter.safetensors");
+        let tensor = |name: &str, values: &[f32]| {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            StreamedTensor {
+                name: name.into(),
+                dtype: Dtype::F32,
+                dims: vec![values.len()],
+                bytes: Box::new(move || Ok(bytes)),
+            }
+        };
+        let failing = |name: &str, len: usize| StreamedTensor {
+            name: name.into(),
+            dtype: Dtype::F32,
+            dims: vec![len],
+            bytes: Box::new(|| Err(Error::invalid("copy", "the device is gone"))),
+        };
+        let (staged, sha) =
+            stage_streamed(&path, vec![tensor("b", &[3.0, 4.0]), tensor("a", &[1.0])]).unwrap();
+        staged.commit().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(sha, super::super::atomic::sha256_hex(&bytes));
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(file.tensor("b").unwrap().data(), &bytes[bytes.len() - 8..]);
+        let same = vec![tensor("a", &[1.0]), tensor("b", &[3.0, 4.0])];
+        assert_eq!(streamed_file_sha256(&path, same).unwrap(), Some(sha));
+        // "a" comes first in the file: its difference ends the comparison.
+        let first_differs = vec![tensor("a", &[1.5]), failing("b", 2)];
+        assert_eq!(streamed_file_sha256(&path, first_differs).unwrap(), None);
+        let longer = vec![failing("a", 2), failing("b", 2)];
+        assert_eq!(streamed_file_sha256(&path, longer).unwrap(), None);
+        // Up to the failing tensor all is the same: its error is the caller's.
+        let fails = vec![tensor("a", &[1.0]), failing("b", 2)];
+        let e = streamed_file_sha256(&path, fails).unwrap_err();
+        assert!(e.to_string().contains("the device is gone"), "{e}");
+        let missing = dir.path().join("none.safetensors");
+        assert_eq!(
+            streamed_file_sha256(&missing, vec![tensor("a", &[1.0])]).unwrap(),
+            None
+        );
     }
 }

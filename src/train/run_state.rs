@@ -21,7 +21,7 @@ use crate::checkpoint::WeightsFile;
 use crate::data::Target;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use crate::tensor::{copy_all, stored_dtype, HostTensor, HostTensors};
+use crate::tensor::{copy_all, HostTensors};
 
 /// File of the resumable state inside `<output>/last/`.
 pub const STATE_FILE: &str = "state.safetensors";
@@ -169,7 +169,7 @@ pub(crate) fn save_run<B: Backend>(
 ) -> Result<()> {
     // Each tensor is copied off the backend only as it is written: the state is several
     // times the trained weights, and whole in memory it would sit beside them.
-    let on_backend = |name, t| streamed_from(backend, name, t);
+    let on_backend = |name, t| StreamedTensor::on_backend(backend, name, t);
     let mut tensors: Vec<StreamedTensor> = trainable
         .iter()
         .map(|(name, t)| on_backend(name.clone(), t))
@@ -200,20 +200,6 @@ pub(crate) fn save_run<B: Backend>(
         Ok(HashMap::from([(HEADER_KEY.to_string(), header)]))
     };
     write_streamed(&output_dir.join("last").join(STATE_FILE), tensors, metadata)
-}
-
-/// `t` on `backend`, to be written as `name`, copied to the host when it is.
-fn streamed_from<'a, B: Backend>(
-    backend: &'a B,
-    name: String,
-    t: &'a Tensor<B>,
-) -> StreamedTensor<'a> {
-    StreamedTensor {
-        name,
-        dtype: stored_dtype(t.dtype()),
-        dims: t.shape().dims().to_vec(),
-        bytes: Box::new(move || Ok(HostTensor::copy_of(backend, t)?.safetensors_entry().2)),
-    }
 }
 
 /// Reads `<output_dir>/last/state.safetensors`; `None` when the run never saved a state.
