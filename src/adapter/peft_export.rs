@@ -263,7 +263,7 @@ pub fn export_peft<B: Backend>(
         "text_pairs": inputs.text_pairs,
         "multi_label": model.is_multi_label(),
         "adapter_model_sha256": super::sha256_hex(&bytes),
-        "base_encoder_sha256": base.map(WeightsFile::encoder_sha256),
+        "base_encoder_sha256": base.map(WeightsFile::encoder_sha256).transpose()?,
         "run": run_dir.map(run_identity),
     });
     let config = serde_json::to_vec_pretty(&config)

@@ -282,7 +282,7 @@ fn import<B: Backend>(
     }
     let settings = PeftLoraSettings::read(&config_path)?;
     let file = WeightsFile::open(&weights_path)?;
-    check_recorded_base(dir, file.sha256(), &checkpoint.weights)?;
+    check_recorded_base(dir, file.sha256()?, &checkpoint.weights)?;
     let bad_tensor = |detail: String| Error::Format {
         path: weights_path.clone(),
         detail,
@@ -858,7 +858,7 @@ fn import<B: Backend>(
     });
     model.store_frozen_weights(backend)?;
     let mut warnings = Vec::new();
-    let note = exported_note(dir, num_labels, file.sha256(), &mut warnings)?;
+    let note = exported_note(dir, num_labels, file.sha256()?, &mut warnings)?;
     // A spafit export's head was trained here, whatever the base's problem_type; PEFT's own
     // adapter's was trained as the base's problem_type made it, which a multi-label one
     // spafit reads as such.

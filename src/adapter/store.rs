@@ -173,6 +173,7 @@ pub fn save_adapter<B: Backend>(
             .map(|(name, t)| StreamedTensor::on_backend(backend, name.clone(), t))
             .collect()
     };
+    let (base_model_sha256, base_encoder_sha256) = (base.sha256()?, base.encoder_sha256()?);
     let (method, strata, lora) = AdapterManifest::describe(plan);
     let manifest = |weights_sha256: String| AdapterManifest {
         format: "spafit-adapter".into(),
@@ -191,8 +192,8 @@ pub fn save_adapter<B: Backend>(
         train_layer_norm_weights: plan.train_layer_norm_weights,
         num_labels: model.num_labels(),
         labels: labels.map(<[String]>::to_vec),
-        base_model_sha256: base.sha256().to_string(),
-        base_encoder_sha256: Some(base.encoder_sha256().to_string()),
+        base_model_sha256: base_model_sha256.to_string(),
+        base_encoder_sha256: Some(base_encoder_sha256.to_string()),
         multi_label: model.is_multi_label(),
         text_pairs: inputs.text_pairs,
         max_len: inputs.max_len,
@@ -342,13 +343,14 @@ fn check_base(manifest: &AdapterManifest, manifest_path: &Path, base: &WeightsFi
     };
     match &manifest.base_encoder_sha256 {
         Some(trained_on) => check_encoder_identity(trained_on, manifest_path, base),
-        None if manifest.base_model_sha256 != base.sha256() => refuse(format!(
-            "the adapter was trained on base model sha256 {} but {} has sha256 {}",
-            manifest.base_model_sha256,
-            base.path().display(),
-            base.sha256()
-        )),
-        None => Ok(()),
+        None => match base.sha256()? {
+            same if manifest.base_model_sha256 == same => Ok(()),
+            other => refuse(format!(
+                "the adapter was trained on base model sha256 {} but {} has sha256 {other}",
+                manifest.base_model_sha256,
+                base.path().display(),
+            )),
+        },
     }
 }
 
@@ -359,7 +361,8 @@ pub(crate) fn check_encoder_identity(
     record: &Path,
     base: &WeightsFile,
 ) -> Result<()> {
-    if trained_on == base.encoder_sha256() {
+    let encoder = base.encoder_sha256()?;
+    if trained_on == encoder {
         return Ok(());
     }
     Err(Error::Mismatch {
@@ -369,7 +372,7 @@ pub(crate) fn check_encoder_identity(
              but those of {} have sha256 {}: another model, or the same one saved with other \
              values or in another dtype",
             base.path().display(),
-            base.encoder_sha256()
+            encoder
         ),
     })
 }

@@ -27,9 +27,9 @@ pub struct WeightsFile {
     /// Name → index into `names`: a file of many tensors is looked up once per tensor, so
     /// linear scans would make loading quadratic in the tensor count.
     position_of: HashMap<String, usize>,
-    sha256: std::sync::OnceLock<String>,
-    encoder_sha256: std::sync::OnceLock<String>,
-    encoder_fingerprint: std::sync::OnceLock<String>,
+    sha256: Identity,
+    encoder_sha256: Identity,
+    encoder_fingerprint: Identity,
     /// How the file names what spafit names the BERT way ([`WeightsFile::resolve`]).
     family: EncoderFamily,
 }
@@ -50,9 +50,95 @@ enum ShardData {
     InMemory(Vec<u8>),
     /// On disk, each tensor read when asked for: a model loads holding its file's bytes
     /// one tensor at a time, not beside all its weights.
-    OnDisk(std::fs::File),
+    OnDisk(OpenFile),
     /// Given back ([`WeightsFile::release_tensor_data`]).
     Released,
+}
+
+/// A file read a piece at a time, and what it was like when it was opened: a file written
+/// over in place while it is read (a copy onto it, another run saving there) would mix two
+/// files' tensors, or hash one and load the other; every read checks it is still as opened.
+struct OpenFile {
+    file: std::fs::File,
+    opened_as: FileStamp,
+}
+
+/// A file's length and time of last change.
+#[derive(PartialEq, Eq, Debug)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(file: &std::fs::File) -> std::io::Result<Self> {
+        let m = file.metadata()?;
+        Ok(FileStamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+impl OpenFile {
+    /// Reads `buf.len()` bytes at `at`, when the file is as it was opened before and after.
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.check_unchanged()?;
+        self.file.read_exact_at(buf, at)?;
+        self.check_unchanged()
+    }
+
+    fn check_unchanged(&self) -> std::io::Result<()> {
+        if FileStamp::of(&self.file)? == self.opened_as {
+            return Ok(());
+        }
+        Err(std::io::Error::other(
+            "the file changed on disk after it was opened (written over while it was read?): \
+             its tensors and identity would mix two files; open it again once it is written",
+        ))
+    }
+}
+
+/// An identity of the file ([`WeightsFile::sha256`] and its kin), made when first asked
+/// for: the hash, or why the file could not be read for it (kept, and told at every ask: an
+/// identity made of an error would be recorded with an adapter and match no base).
+type Identity = std::sync::OnceLock<std::result::Result<String, UnreadForIdentity>>;
+
+/// A read that failed while a file was hashed, kept to be told again.
+#[derive(Clone, Debug)]
+struct UnreadForIdentity {
+    path: PathBuf,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl UnreadForIdentity {
+    fn new(path: &Path, error: &std::io::Error) -> Self {
+        UnreadForIdentity {
+            path: path.to_path_buf(),
+            kind: error.kind(),
+            message: format!("could not be read to make its identity (SHA-256): {error}"),
+        }
+    }
+
+    fn to_error(&self) -> Error {
+        Error::Io {
+            path: self.path.clone(),
+            error: std::io::Error::new(self.kind, self.message.clone()),
+        }
+    }
+}
+
+/// The identity `cell` holds, made by `make` the first time.
+fn identity(
+    cell: &Identity,
+    make: impl FnOnce() -> std::result::Result<String, UnreadForIdentity>,
+) -> Result<&str> {
+    match cell.get_or_init(make) {
+        Ok(hash) => Ok(hash),
+        Err(unread) => Err(unread.to_error()),
+    }
 }
 
 /// The most bytes of header read from disk, safetensors' own limit (`MAX_HEADER_SIZE`): a
@@ -98,11 +184,15 @@ impl Shard {
     /// A regular file whose header parses and whose length is what the header says, read
     /// no further than its header; `None` for anything else, which is then read whole.
     fn on_disk(path: &Path) -> Option<Shard> {
-        use std::os::unix::fs::FileExt;
         // Not opened unless a regular file: opening a pipe takes what its writer gives.
         std::fs::metadata(path).ok().filter(|m| m.is_file())?;
         let file = std::fs::File::open(path).ok()?;
-        let len = file.metadata().ok().filter(|m| m.is_file())?.len();
+        file.metadata().ok().filter(|m| m.is_file())?;
+        let file = OpenFile {
+            opened_as: FileStamp::of(&file).ok()?,
+            file,
+        };
+        let len = file.opened_as.len;
         let mut n = [0u8; 8];
         file.read_exact_at(&mut n, 0).ok()?;
         let n = u64::from_le_bytes(n);
@@ -127,7 +217,6 @@ impl Shard {
 
     /// The stored bytes of `view` (a tensor of this shard).
     fn data_of(&self, view: &StoredTensor<'_>) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
-        use std::os::unix::fs::FileExt;
         let (start, end) = (
             self.data_start + view.offsets.0,
             self.data_start + view.offsets.1,
@@ -149,17 +238,15 @@ impl Shard {
     fn sha256_from(&self, at: usize) -> std::io::Result<String> {
         match &self.data {
             ShardData::InMemory(bytes) => Ok(crate::adapter::sha256_hex(&bytes[at..])),
-            ShardData::OnDisk(file) => streamed_sha256(file, at as u64, file.metadata()?.len()),
+            ShardData::OnDisk(file) => streamed_sha256(file, at as u64, file.opened_as.len),
             ShardData::Released => Err(given_back()),
         }
     }
 
-    /// SHA-256 (hex) of the whole file. Made before the bytes are given back
-    /// (`release_tensor_data`); a file that was just read does not fail a read, and where it
-    /// does, the identity says so, and matches no other.
-    fn sha256(&self) -> String {
+    /// SHA-256 (hex) of the whole file.
+    fn sha256(&self) -> std::result::Result<String, UnreadForIdentity> {
         self.sha256_from(0)
-            .unwrap_or_else(|e| format!("unreadable: {e}"))
+            .map_err(|e| UnreadForIdentity::new(&self.path, &e))
     }
 
     /// The tensor names, in the order of their data.
@@ -185,9 +272,8 @@ fn given_back() -> std::io::Error {
 }
 
 /// SHA-256 (hex) of the bytes of `file` from `at` to `len`, read a piece at a time.
-fn streamed_sha256(file: &std::fs::File, mut at: u64, len: u64) -> std::io::Result<String> {
+fn streamed_sha256(file: &OpenFile, mut at: u64, len: u64) -> std::io::Result<String> {
     use sha2::Digest;
-    use std::os::unix::fs::FileExt;
     let mut hasher = sha2::Sha256::new();
     let mut piece = vec![0u8; 4 << 20];
     while at < len {
@@ -341,25 +427,27 @@ impl WeightsFile {
             names,
             shard_of,
             position_of,
-            sha256: std::sync::OnceLock::new(),
-            encoder_sha256: std::sync::OnceLock::new(),
-            encoder_fingerprint: std::sync::OnceLock::new(),
+            sha256: Identity::new(),
+            encoder_sha256: Identity::new(),
+            encoder_fingerprint: Identity::new(),
             family: EncoderFamily::Bert,
         })
     }
 
     /// SHA-256 (hex), computed once: the identity of a base model. For one file, that of its
     /// bytes; for a sharded checkpoint, that of its shards' names and SHA-256s in name order.
-    pub fn sha256(&self) -> &str {
-        self.sha256.get_or_init(|| match self.shards.as_slice() {
+    /// A file read from disk is read again for it; an error reading it is this call's error,
+    /// and every later call's.
+    pub fn sha256(&self) -> Result<&str> {
+        identity(&self.sha256, || match self.shards.as_slice() {
             [one] => one.sha256(),
             shards => {
                 let mut listing = String::new();
                 for shard in shards {
                     let name = shard.path.file_name().unwrap_or_default();
-                    listing.push_str(&format!("{} {}\n", name.to_string_lossy(), shard.sha256()));
+                    listing.push_str(&format!("{} {}\n", name.to_string_lossy(), shard.sha256()?));
                 }
-                crate::adapter::sha256_hex(listing.as_bytes())
+                Ok(crate::adapter::sha256_hex(listing.as_bytes()))
             }
         })
     }
@@ -372,10 +460,10 @@ impl WeightsFile {
     /// shape and bytes. The identity of the base an adapter was trained on: unlike
     /// [`WeightsFile::sha256`] it stays the same when the same tensors are saved again in
     /// shards, in another order, with other header metadata, beside other heads or buffers,
-    /// and changes with any stored value or dtype.
-    pub fn encoder_sha256(&self) -> &str {
-        self.encoder_sha256
-            .get_or_init(|| self.hash_encoder(|_| true))
+    /// and changes with any stored value or dtype. An error reading the file is this call's
+    /// error, and every later call's.
+    pub fn encoder_sha256(&self) -> Result<&str> {
+        identity(&self.encoder_sha256, || self.hash_encoder(|_| true))
     }
 
     /// A cheap fingerprint of the tensors [`WeightsFile::encoder_sha256`] covers: each one's
@@ -386,14 +474,18 @@ impl WeightsFile {
     /// Two files that differ only in the values of matrices (a base with a LoRA merged into
     /// its query and value maps, say) share it: [`WeightsFile::encoder_sha256`] tells those
     /// apart, at the cost of reading every weight.
-    pub fn encoder_fingerprint(&self) -> &str {
-        self.encoder_fingerprint
-            .get_or_init(|| self.hash_encoder(|shape| shape.len() <= 1))
+    pub fn encoder_fingerprint(&self) -> Result<&str> {
+        identity(&self.encoder_fingerprint, || {
+            self.hash_encoder(|shape| shape.len() <= 1)
+        })
     }
 
     /// SHA-256 (hex) of the encoder's tensors, as [`WeightsFile::encoder_sha256`] says, with
     /// the values of those whose shape `with_values` accepts.
-    fn hash_encoder(&self, with_values: impl Fn(&[usize]) -> bool) -> String {
+    fn hash_encoder(
+        &self,
+        with_values: impl Fn(&[usize]) -> bool,
+    ) -> std::result::Result<String, UnreadForIdentity> {
         use sha2::Digest;
         let mut entries: Vec<(String, usize, &str)> = self
             .names
@@ -432,16 +524,14 @@ impl WeightsFile {
             let header = format!("{canonical} {dtype} [{}]\n", dims.join(", "));
             hasher.update(header.as_bytes());
             if with_values(view.shape) {
-                // Both hashes are made before the bytes are given back
-                // (`release_tensor_data`), and a file that was just read whole does not
-                // fail a read: where it does, the identity says so, and matches no other.
-                match self.shards[shard].data_of(&view) {
-                    Ok(data) => hasher.update(&data),
-                    Err(e) => hasher.update(format!("unreadable: {e}").as_bytes()),
-                }
+                let shard = &self.shards[shard];
+                let data = shard
+                    .data_of(&view)
+                    .map_err(|e| UnreadForIdentity::new(&shard.path, &e))?;
+                hasher.update(&data);
             }
         }
-        crate::adapter::hex(&hasher.finalize())
+        Ok(crate::adapter::hex(&hasher.finalize()))
     }
 
     /// The string metadata in the header of a single file (`__metadata__`).
@@ -468,13 +558,15 @@ impl WeightsFile {
     /// ([`WeightsFile::sha256`], [`WeightsFile::encoder_sha256`],
     /// [`WeightsFile::encoder_fingerprint`]), computed first. Held for the whole of a run, the
     /// bytes doubled the model's weights in memory. Reading a tensor afterwards is an error.
-    pub fn release_tensor_data(&mut self) {
-        self.sha256();
-        self.encoder_sha256();
-        self.encoder_fingerprint();
+    /// An error reading the file for its identities is returned, the bytes kept.
+    pub fn release_tensor_data(&mut self) -> Result<()> {
+        self.sha256()?;
+        self.encoder_sha256()?;
+        self.encoder_fingerprint()?;
         for shard in &mut self.shards {
             shard.data = ShardData::Released;
         }
+        Ok(())
     }
 
     /// The file, or the index of a sharded checkpoint.
@@ -503,8 +595,8 @@ impl WeightsFile {
         self.family = family;
         // Which tensors are the encoder's depends on the family: hashes taken before are not
         // this reading's.
-        self.encoder_sha256 = std::sync::OnceLock::new();
-        self.encoder_fingerprint = std::sync::OnceLock::new();
+        self.encoder_sha256 = Identity::new();
+        self.encoder_fingerprint = Identity::new();
         self
     }
 
@@ -858,7 +950,7 @@ mod tests {
         let shape = file.shape(name).unwrap();
         assert!(file.read_f64(name, &Shape::new(shape.clone())).is_ok());
         let held = crate::allocation_peak::held_bytes();
-        file.release_tensor_data();
+        file.release_tensor_data().unwrap();
         let freed = held - crate::allocation_peak::held_bytes();
         // Less the identities' few hundred bytes, made first.
         assert!(
@@ -867,9 +959,15 @@ mod tests {
         );
         assert_eq!(file.shape(name), Some(shape.clone()));
         assert_eq!(file.names(), fresh.names());
-        assert_eq!(file.sha256(), fresh.sha256());
-        assert_eq!(file.encoder_sha256(), fresh.encoder_sha256());
-        assert_eq!(file.encoder_fingerprint(), fresh.encoder_fingerprint());
+        assert_eq!(file.sha256().unwrap(), fresh.sha256().unwrap());
+        assert_eq!(
+            file.encoder_sha256().unwrap(),
+            fresh.encoder_sha256().unwrap()
+        );
+        assert_eq!(
+            file.encoder_fingerprint().unwrap(),
+            fresh.encoder_fingerprint().unwrap()
+        );
         let e = file.read_f64(name, &Shape::new(shape)).unwrap_err();
         assert!(e.to_string().contains("bytes were given back"), "{e}");
     }
@@ -915,9 +1013,81 @@ mod tests {
                 .unwrap()
         );
         let file_sha = crate::adapter::sha256_hex(&std::fs::read(path).unwrap());
-        assert_eq!(on_disk.sha256(), whole.sha256());
-        assert_eq!(on_disk.sha256(), file_sha);
-        assert_eq!(on_disk.encoder_sha256(), whole.encoder_sha256());
-        assert_eq!(on_disk.encoder_fingerprint(), whole.encoder_fingerprint());
+        assert_eq!(on_disk.sha256().unwrap(), whole.sha256().unwrap());
+        assert_eq!(on_disk.sha256().unwrap(), file_sha);
+        assert_eq!(
+            on_disk.encoder_sha256().unwrap(),
+            whole.encoder_sha256().unwrap()
+        );
+        assert_eq!(
+            on_disk.encoder_fingerprint().unwrap(),
+            whole.encoder_fingerprint().unwrap()
+        );
+    }
+
+    /// A file that cannot be read when it is hashed (cut short after it was opened) has no
+    /// identity: asking for one is an error naming the file and saying why, each time it is
+    /// asked, never a hash of the error that an adapter would record as its base; giving
+    /// its bytes back is refused with the same error.
+    #[test]
+    fn a_file_unreadable_while_hashed_has_no_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::copy(TINY_ROBERTA, &path).unwrap();
+        let mut file = WeightsFile::open(&path)
+            .unwrap()
+            .read_as(EncoderFamily::Roberta);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let says = |e: Error| {
+            let text = e.to_string();
+            assert!(matches!(e, Error::Io { .. }), "{text}");
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(
+                text.contains("could not be read to make its identity"),
+                "{text}"
+            );
+        };
+        says(file.sha256().unwrap_err());
+        says(file.sha256().unwrap_err());
+        says(file.encoder_sha256().unwrap_err());
+        says(file.release_tensor_data().unwrap_err());
+        assert!(matches!(file.shards[0].data, ShardData::OnDisk(_)));
+    }
+
+    /// A file written over in place, at its length, after it was opened (another writer
+    /// copying onto it) is noticed at the next read: a tensor or the identity read then is
+    /// an error saying so, never a mix of the two files.
+    #[test]
+    fn a_file_written_over_after_it_was_opened_is_read_no_further() {
+        use std::io::{Seek, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::copy(TINY_ROBERTA, &path).unwrap();
+        // Set well back: a write in the same clock tick as the copy would keep its time.
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(old).unwrap();
+        let file = WeightsFile::open(&path)
+            .unwrap()
+            .read_as(EncoderFamily::Roberta);
+        let name = "bert.embeddings.word_embeddings.weight";
+        let shape = Shape::new(file.shape(name).unwrap());
+        assert!(file.read_f64(name, &shape).is_ok());
+        let len = std::fs::metadata(&path).unwrap().len();
+        let mut f = f;
+        f.seek(std::io::SeekFrom::Start(len - 4)).unwrap();
+        f.write_all(&[0, 0, 0, 0]).unwrap();
+        f.sync_all().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        let e = file.read_f64(name, &shape).unwrap_err().to_string();
+        assert!(e.contains("changed on disk after it was opened"), "{e}");
+        let e = file.sha256().unwrap_err().to_string();
+        assert!(e.contains("changed on disk after it was opened"), "{e}");
     }
 }

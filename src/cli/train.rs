@@ -165,7 +165,7 @@ pub fn setup<B: Backend>(
         &mut peft_lora_init(&backend, seed),
     )?;
     // The run keeps the checkpoint for its identity, not its bytes: the model holds them.
-    checkpoint.weights.release_tensor_data();
+    checkpoint.weights.release_tensor_data()?;
     super::release_loading_memory();
     Ok(Run {
         backend,
@@ -200,7 +200,7 @@ pub fn setup_from_adapter<B: Backend>(
         note!("note: {note}");
     }
     let head = opened.head();
-    checkpoint.weights.release_tensor_data();
+    checkpoint.weights.release_tensor_data()?;
     super::release_loading_memory();
     Ok((
         Run {

@@ -193,7 +193,7 @@ impl<B: Backend> BertClassifier<B> {
             fresh_head(backend, &checkpoint.config, num_labels, seed)?
         };
         let mut model = Self::new(bert, classifier, num_labels)?;
-        model.base_fingerprint = Some(checkpoint.weights.encoder_fingerprint().to_string());
+        model.base_fingerprint = Some(checkpoint.weights.encoder_fingerprint()?.to_string());
         model.fresh_pooler = fresh_pooler;
         model.multi_label = own_head && checkpoint.is_multi_label();
         Ok(model)
@@ -540,7 +540,7 @@ impl<B: Backend> BertClassifier<B> {
                     family.display()
                 ),
             }),
-            Some(own) if own != base.encoder_fingerprint() => Err(Error::Mismatch {
+            Some(own) if own != base.encoder_fingerprint()? => Err(Error::Mismatch {
                 path: base.path().to_path_buf(),
                 detail: "not the weights the model was loaded from (the encoder's tensors \
                          differ): an adapter records its base by them and loads onto that base \

@@ -338,7 +338,7 @@ impl<B: Backend> Trainer<'_, B> {
                 trainable_shapes: &shapes,
                 lora_alpha: self.plan.lora.as_ref().map(|l| l.alpha),
                 plan: run_state::describe_plan(self.plan),
-                base_sha256: self.base.sha256(),
+                base_sha256: self.base.sha256()?,
                 // Only a run that saves its state is ever compared with it.
                 starting_weights: match c.output_dir {
                     Some(_) => self.trainable_digest()?,
