@@ -1,6 +1,7 @@
 //! Texts far longer than the truncation length, tokenized only as far as the truncation
 //! keeps: a 15 MB text cut to 64 tokens cost seconds and gigabytes, tokenized whole. (A
-//! pair's texts are tokenized whole, its truncated tokens dropped: `TextTokenizer`.)
+//! pair's texts are cut where longest-first truncation keeps the same tokens:
+//! `TextTokenizer::encode_pair`.)
 //!
 //! Where the pipeline is BERT's (its normalizer, which maps each character on its own, and
 //! its pre-tokenizer, which splits at whitespace), or RoBERTa's (no normalizer, and GPT-2's

@@ -461,38 +461,44 @@ impl TextTokenizer {
     /// budget of M tokens keeps at most M of either text and depends on their lengths only
     /// through the shorter one's (where below M) and which is longer; with both at M or more
     /// each keeps M / 2, the longer (the second, where equal) one more when M is odd. So a text
-    /// cut to a prefix of M tokens or more keeps its tokens when M is even, or when the other,
-    /// whole, text is shorter than the prefix; two cut texts of an odd M, whose order is
-    /// unknown, are tokenized whole, as much as the memory left takes.
+    /// cut to a prefix of M tokens or more keeps its tokens when M is even. When M is odd (BERT's
+    /// 128 tokens less a pair's 3 special ones), one text (the one not worth cutting, else the
+    /// one of fewer bytes) is counted whole, and the other cut to a prefix of M tokens or more
+    /// that is as long (the second) or longer (the first), which truncation then weighs as it
+    /// weighs the whole text: a question beside a long passage tokenizes the question and the
+    /// passage's start. Where no such prefix is found, the other text is tokenized whole too,
+    /// as much as the memory left takes.
     fn encode_pair(&self, a: &str, b: &str) -> tokenizers::Result<tokenizers::Encoding> {
         let budget = self.budget(true);
         let encode = |text: &str| -> tokenizers::Result<tokenizers::Encoding> {
             self.room_for(text.len())?;
             self.inner.encode(text, false)
         };
-        let even = budget.is_multiple_of(2);
+        // A prefix of `text` of `tokens` tokens or more, or the whole text; `cut` has
+        // `budget` or more.
+        let at_least = |text, cut: Option<&str>, tokens: usize| match cut {
+            Some(cut) if tokens <= budget => encode(cut),
+            Some(_) => encode(self.cut(text, tokens).unwrap_or(text)),
+            None => encode(text),
+        };
         let (first, second) = match (self.cut(a, budget), self.cut(b, budget)) {
-            (Some(a), Some(b)) if even => (encode(a)?, encode(b)?),
-            (None, Some(b_cut)) => {
-                let first = encode(a)?;
-                let second = encode(b_cut)?;
-                match even || first.len() < second.len() {
-                    true => (first, second),
-                    false => (first, encode(b)?),
-                }
-            }
-            (Some(a_cut), None) => {
-                let second = encode(b)?;
-                let first = encode(a_cut)?;
-                match even || second.len() < first.len() {
-                    true => (first, second),
-                    false => (encode(a)?, second),
-                }
-            }
-            _ => {
+            (None, None) => {
                 // The first text's encoding is held while the second is tokenized.
                 self.room_for(a.len() + b.len())?;
                 (self.inner.encode(a, false)?, self.inner.encode(b, false)?)
+            }
+            (a_cut, b_cut) if budget.is_multiple_of(2) => {
+                (encode(a_cut.unwrap_or(a))?, encode(b_cut.unwrap_or(b))?)
+            }
+            (a_cut, b_cut) if a_cut.is_none() || (b_cut.is_some() && a.len() <= b.len()) => {
+                let first = encode(a)?;
+                let second = at_least(b, b_cut, first.len())?;
+                (first, second)
+            }
+            (a_cut, _) => {
+                let second = encode(b)?;
+                let first = at_least(a, a_cut, second.len() + 1)?;
+                (first, second)
             }
         };
         self.truncate_encodings(first, Some(second))
@@ -613,7 +619,8 @@ mod tests {
     const ROBERTA: &str = "tests/fixtures/tiny-roberta/model/tokenizer.json";
 
     /// Pairs with long texts give the ids they give tokenized whole: one text cut or both,
-    /// budgets odd and even, the whole text shorter and longer than the other's cut prefix.
+    /// budgets odd and even, the whole text shorter and longer than the other's cut prefix,
+    /// two long texts of one token's difference (which keeps the odd token) and of many.
     #[test]
     fn pairs_with_long_texts_encode_as_whole_pairs() {
         let pieces = [
@@ -632,11 +639,16 @@ mod tests {
         ];
         let long = random_texts(&pieces, 2, 4000, 7);
         let medium = random_texts(&pieces, 1, 300, 8).remove(0);
+        let mid = random_texts(&pieces, 1, 700, 9).remove(0);
+        let very_long = random_texts(&pieces, 1, 40_000, 10).remove(0);
         let texts = [
             "a fine film".to_string(),
             medium,
+            mid,
             long[0].clone(),
             long[1].clone(),
+            format!("{} film", long[0]),
+            very_long,
         ];
         for relative in [MINILM, ROBERTA] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -650,22 +662,89 @@ mod tests {
                         .is_some()
                 };
                 assert!(!cut(&texts[0]) && !cut(&texts[1]));
-                assert!(cut(&texts[2]) && cut(&texts[3]));
+                assert!(texts[2..].iter().all(|t| cut(t)));
                 let mut whole = tokenizer.clone();
                 whole.cut_rule = None;
-                for a in &texts {
-                    for b in &texts {
-                        let pair = TextInput::Pair(a, b);
-                        assert_eq!(
-                            tokenizer.encode(pair).unwrap(),
-                            whole.encode(pair).unwrap(),
-                            "{relative} at {max_len}: {} and {} bytes",
-                            a.len(),
-                            b.len()
-                        );
-                    }
+                // The longest text beside the two it is cut against (its whole tokenization
+                // is the test's cost), every other pair both ways.
+                let (others, longest) = texts.split_at(texts.len() - 1);
+                let pairs = others
+                    .iter()
+                    .flat_map(|a| others.iter().map(move |b| (a, b)));
+                let beside_longest = [&texts[2], &texts[3]]
+                    .into_iter()
+                    .flat_map(|t| [(t, &longest[0]), (&longest[0], t)]);
+                for (a, b) in pairs.chain(beside_longest) {
+                    let pair = TextInput::Pair(a, b);
+                    assert_eq!(
+                        tokenizer.encode(pair).unwrap(),
+                        whole.encode(pair).unwrap(),
+                        "{relative} at {max_len}: {} and {} bytes",
+                        a.len(),
+                        b.len()
+                    );
                 }
             }
         }
+    }
+
+    /// Under an odd budget, a pair of a text and a passage far longer than it tokenizes the
+    /// text and the passage's start, not the passage whole (which held tens of MiB here),
+    /// in either order, and gives the ids of the pair tokenized whole.
+    #[test]
+    fn a_long_passage_beside_a_shorter_text_is_not_tokenized_whole() {
+        let pieces = [
+            "the ", "film ", "was ", "fine", ", ", ". ", "quite ", "dull",
+        ];
+        let question = random_texts(&pieces, 1, 700, 11).remove(0);
+        let passage = random_texts(&pieces, 1, 400_000, 12).remove(0);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(MINILM);
+        let tokenizer = TextTokenizer::from_file(&path, 64).unwrap();
+        assert_eq!(
+            (64 - tokenizer.special_tokens(true)) % 2,
+            1,
+            "an odd budget"
+        );
+        let mut whole = tokenizer.clone();
+        whole.cut_rule = None;
+        for (a, b) in [(&question, &passage), (&passage, &question)] {
+            let pair = TextInput::Pair(a, b);
+            let (encoded, peak) =
+                crate::allocation_peak::peak_allocation_of(|| tokenizer.encode(pair));
+            assert!(
+                peak < passage.len(),
+                "{peak} bytes held at once for a {}-byte passage",
+                passage.len()
+            );
+            assert_eq!(encoded.unwrap(), whole.encode(pair).unwrap());
+        }
+    }
+
+    /// Under an odd budget, the first text keeps the odd token only where it is longer than
+    /// the second: a prefix of it as long as the second would tie, and give the token to
+    /// the second. Here the first text's first cut (at eight bytes a token, before
+    /// whitespace) holds exactly as many tokens as it is asked for, so a prefix asked for as
+    /// many tokens as the second text holds would tie.
+    #[test]
+    fn a_cut_first_text_outnumbers_the_second_to_keep_the_odd_token() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(MINILM);
+        let tokenizer = TextTokenizer::from_file(&path, 64).unwrap();
+        let budget = 64 - tokenizer.special_tokens(true);
+        assert_eq!(budget % 2, 1, "an odd budget");
+        let tokens = |text: &str| tokenizer.inner.encode(text, false).unwrap().len();
+        // Eight bytes a token with its space: the first cut past 8 × 100 bytes ends after
+        // "probably", the 100th token.
+        let second = "film ".repeat(100);
+        assert_eq!(tokens(&second), 100);
+        let first = format!(
+            "{}probably {}",
+            "between ".repeat(99),
+            "between ".repeat(2000)
+        );
+        assert_eq!(tokens(&first), 2100);
+        let mut whole = tokenizer.clone();
+        whole.cut_rule = None;
+        let pair = TextInput::Pair(&first, &second);
+        assert_eq!(tokenizer.encode(pair).unwrap(), whole.encode(pair).unwrap());
     }
 }
