@@ -9,10 +9,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Map, Value};
 
+use super::streamed_safetensors::{write_streamed_into, StreamedTensor};
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::TaskKind;
@@ -69,9 +69,19 @@ impl MergedDType {
         }
     }
 
+    /// The dtype the file stores.
+    fn stored(self) -> Dtype {
+        match self {
+            MergedDType::F64 => Dtype::F64,
+            MergedDType::F32 => Dtype::F32,
+            MergedDType::BF16 => Dtype::BF16,
+            MergedDType::F16 => Dtype::F16,
+        }
+    }
+
     /// `values` in this dtype's little-endian bytes, or the first value it cannot hold (NaN,
     /// infinite, or beyond its range).
-    fn encode(self, values: &[f64]) -> std::result::Result<(Dtype, Vec<u8>), f64> {
+    fn encode(self, values: &[f64]) -> std::result::Result<Vec<u8>, f64> {
         if let Some(&v) = values
             .iter()
             .find(|v| !v.is_finite() || v.abs() > self.largest())
@@ -79,31 +89,19 @@ impl MergedDType {
             return Err(v);
         }
         Ok(match self {
-            MergedDType::F64 => (
-                Dtype::F64,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ),
-            MergedDType::F32 => (
-                Dtype::F32,
-                values
-                    .iter()
-                    .flat_map(|&v| (v as f32).to_le_bytes())
-                    .collect(),
-            ),
-            MergedDType::BF16 => (
-                Dtype::BF16,
-                values
-                    .iter()
-                    .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
-                    .collect(),
-            ),
-            MergedDType::F16 => (
-                Dtype::F16,
-                values
-                    .iter()
-                    .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
-                    .collect(),
-            ),
+            MergedDType::F64 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            MergedDType::F32 => values
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect(),
+            MergedDType::BF16 => values
+                .iter()
+                .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+                .collect(),
+            MergedDType::F16 => values
+                .iter()
+                .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+                .collect(),
         })
     }
 }
@@ -192,33 +190,34 @@ pub fn save_merged<B: Backend>(
     check_new_folder(dir)?;
     model.merge_lora(backend)?;
     let family = model.config().family();
-    let mut owned = Vec::new();
-    for p in model.params() {
-        let values = backend.to_f64(&p.value)?;
-        let (stored, bytes) = dtype.encode(&values).map_err(|value| {
-            invalid(format!(
-                "tensor `{}` holds {value:e}, which {} cannot store (largest {:e}){}",
-                p.name,
-                dtype.torch_name(),
-                dtype.largest(),
-                match dtype {
-                    MergedDType::F16 => ": store the merge as bf16 or f32",
-                    _ => "",
-                }
-            ))
-        })?;
-        owned.push((
-            family.hf_name(&p.name),
-            stored,
-            p.value.dims().to_vec(),
-            bytes,
-        ));
-    }
-    let views = owned
-        .iter()
-        .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
+    let params = model.params();
+    // Each tensor is stored as it is written: a merge is a whole model, and its bytes held
+    // whole beside it were half again its size on the f64 backend `spafit merge` uses.
+    let tensors = || {
+        params
+            .iter()
+            .map(|p| StreamedTensor {
+                name: family.hf_name(&p.name),
+                dtype: dtype.stored(),
+                dims: p.value.dims().to_vec(),
+                bytes: Box::new(move || {
+                    let values = backend.to_f64(&p.value)?;
+                    dtype.encode(&values).map_err(|value| {
+                        invalid(format!(
+                            "tensor `{}` holds {value:e}, which {} cannot store (largest {:e}){}",
+                            p.name,
+                            dtype.torch_name(),
+                            dtype.largest(),
+                            match dtype {
+                                MergedDType::F16 => ": store the merge as bf16 or f32",
+                                _ => "",
+                            }
+                        ))
+                    })
+                }),
+            })
+            .collect()
+    };
     // transformers refuses a safetensors file whose header names no framework.
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let config = merged_config(checkpoint, kind, dtype)?;
@@ -240,11 +239,16 @@ pub fn save_merged<B: Backend>(
                 error,
             })?;
         }
-        // Straight to the file: one more copy of a large model's bytes is not held.
         let weights = staging.join("model.safetensors");
-        safetensors::tensor::serialize_to_file(views, Some(metadata), &weights)
-            .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
-        sync(&weights)?;
+        let mut file = std::fs::File::create(&weights).map_err(|error| Error::Io {
+            path: weights.clone(),
+            error,
+        })?;
+        write_streamed_into(&mut file, &weights, tensors(), metadata)?;
+        file.sync_all().map_err(|error| Error::Io {
+            path: weights.clone(),
+            error,
+        })?;
         write_synced(&staging.join("config.json"), config.as_bytes())?;
         let note = json!({
             "max_len": max_len,
@@ -295,7 +299,7 @@ pub fn save_merged<B: Backend>(
     match written {
         Ok(tokenizer_files) => Ok(MergedCheckpoint {
             dir: dir.to_path_buf(),
-            tensors: owned.len(),
+            tensors: params.len(),
             tokenizer_files,
         }),
         Err(e) => {
@@ -513,6 +517,64 @@ mod tests {
         for h in &held {
             let kept = std::fs::read(h.join("model.safetensors")).unwrap();
             assert_eq!(kept, b"another merge's");
+        }
+    }
+
+    /// A merge is written a tensor at a time: it holds a few copies of the largest tensor
+    /// (1 MiB here, passing through f64) beside the model, not the 13 MiB file, which the
+    /// merge held whole; the file reads back as the model's tensors, under their names.
+    #[test]
+    fn a_merge_is_written_a_tensor_at_a_time() {
+        use crate::backend::cpu::CpuBackend;
+        let cpu = CpuBackend::f32();
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        let config = r#"{"model_type": "bert", "vocab_size": 1024, "hidden_size": 256,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
+            "max_position_embeddings": 64, "type_vocab_size": 2}"#;
+        std::fs::write(base.join("config.json"), config).unwrap();
+        let bert = crate::checkpoint::BertConfig::from_json(config, &base).unwrap();
+        let model = BertClassifier::random(&bert, &cpu, 2, 3).unwrap();
+        let stored: Vec<(String, crate::tensor::Tensor<CpuBackend>)> = model
+            .params()
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        let bytes = super::super::tensors_to_safetensors(&cpu, &stored).unwrap();
+        std::fs::write(base.join("model.safetensors"), bytes).unwrap();
+        let checkpoint = Checkpoint::open(&base).unwrap();
+        let kind = TaskKind::Classification {
+            labels: vec!["no".into(), "yes".into()],
+        };
+        let out = tmp.path().join("merged");
+        let (merged, peak) = crate::allocation_peak::peak_allocation_of(|| {
+            save_merged(
+                &out,
+                &cpu,
+                model,
+                &kind,
+                &checkpoint,
+                MergedDType::F32,
+                None,
+            )
+        });
+        assert_eq!(merged.unwrap().tensors, stored.len());
+        let largest = 1024 * 256 * 4;
+        let file = out.join("model.safetensors");
+        let len = std::fs::metadata(&file).unwrap().len() as usize;
+        assert!(len > 12 * largest, "{len} bytes");
+        assert!(
+            peak <= 4 * largest,
+            "merging a model of {} MiB held {} MiB at once",
+            len >> 20,
+            peak >> 20
+        );
+        let read = crate::checkpoint::WeightsFile::open(&file).unwrap();
+        assert_eq!(read.header_metadata().unwrap()["format"], "pt");
+        for (name, t) in &stored {
+            let values = read.read_f64(name, t.shape()).unwrap();
+            assert_eq!(values, cpu.to_f64(t).unwrap(), "{name}");
         }
     }
 }

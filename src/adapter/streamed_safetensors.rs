@@ -42,8 +42,8 @@ impl<'a> StreamedTensor<'a> {
 
 /// Where each tensor goes in the data section, in the file's order.
 struct Layout<'a> {
-    /// The header's entries, without metadata.
-    entries: serde_json::Map<String, serde_json::Value>,
+    /// The header's entries (`"name":{…}`), without metadata, in the order of the data.
+    entries: Vec<String>,
     /// Each tensor's length in bytes and its maker, in the order of the data section.
     makers: Vec<(usize, TensorBytes<'a>)>,
     /// The data section's length.
@@ -55,7 +55,7 @@ impl<'a> Layout<'a> {
         // safetensors' own order: the widest dtype first, so that each tensor starts aligned
         // to its elements; then by name.
         tensors.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
-        let mut entries = serde_json::Map::new();
+        let mut entries = Vec::with_capacity(tensors.len());
         let mut makers = Vec::with_capacity(tensors.len());
         let mut end = 0usize;
         for t in tensors {
@@ -68,10 +68,18 @@ impl<'a> Layout<'a> {
                     Error::invalid("safetensors", format!("`{}` is too large", t.name))
                 })?;
             let offsets = [end, end + len];
-            entries.insert(
-                t.name,
-                serde_json::json!({"dtype": t.dtype, "shape": t.dims, "data_offsets": offsets}),
-            );
+            // Spelled as safetensors' own writer spells it (the order of the data, each
+            // entry's fields in this order), so that the same tensors give the same bytes
+            // and hash whichever wrote them.
+            let entry = serde_json::to_string(&t.name).and_then(|name| {
+                Ok(format!(
+                    "{name}:{{\"dtype\":{},\"shape\":{},\"data_offsets\":{}}}",
+                    serde_json::to_string(&t.dtype)?,
+                    serde_json::to_string(&t.dims)?,
+                    serde_json::to_string(&offsets)?,
+                ))
+            });
+            entries.push(entry.map_err(|e| Error::invalid("safetensors", e.to_string()))?);
             makers.push((len, t.bytes));
             end += len;
         }
@@ -84,12 +92,16 @@ impl<'a> Layout<'a> {
 
     /// The header (without its 8-byte length), with `metadata`.
     fn header(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-        let mut all = self.entries.clone();
+        let mut parts = Vec::with_capacity(self.entries.len() + 1);
         if let Some(metadata) = metadata {
-            all.insert("__metadata__".into(), serde_json::json!(metadata));
+            // In the order of its keys: the same metadata gives the same bytes.
+            let sorted: std::collections::BTreeMap<_, _> = metadata.into_iter().collect();
+            let json = serde_json::to_string(&sorted)
+                .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
+            parts.push(format!("\"__metadata__\":{json}"));
         }
-        let mut text =
-            serde_json::to_vec(&all).map_err(|e| Error::invalid("safetensors", e.to_string()))?;
+        parts.extend(self.entries.iter().cloned());
+        let mut text = format!("{{{}}}", parts.join(",")).into_bytes();
         // The data section starts 8-byte aligned, the header padded with spaces to it, as
         // safetensors pads it.
         text.resize(text.len().next_multiple_of(8), b' ');
@@ -166,31 +178,59 @@ pub(crate) fn stage_streamed(
     path: &Path,
     tensors: Vec<StreamedTensor<'_>>,
 ) -> Result<(StagedWrite, String)> {
-    let mut layout = Layout::of(tensors)?;
+    let layout = Layout::of(tensors)?;
     let header = layout.header(None)?;
     let mut hasher = sha2::Sha256::new();
     let staged = stage_atomic_with(path, |f| {
-        let io = |error| Error::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        let length = (header.len() as u64).to_le_bytes();
-        for piece in [&length[..], &header] {
-            hasher.update(piece);
-            f.write_all(piece).map_err(io)?;
-        }
-        layout
-            .stream(|bytes, halfway| {
-                hasher.update(bytes);
-                f.write_all(bytes).map_err(io)?;
-                if halfway {
-                    pause_mid_write(f).map_err(io)?;
-                }
-                Ok(true)
-            })
-            .map(|_| ())
+        write_layout(f, path, layout, &header, Some(&mut hasher))
     })?;
     Ok((staged, hex(&hasher.finalize())))
+}
+
+/// Writes `tensors` into `f`, from its start, as a safetensors file with `metadata` in its
+/// header: a file whose safety against kills is its writer's (a merge's staging folder).
+/// `path` names `f` in errors.
+pub(crate) fn write_streamed_into(
+    f: &mut std::fs::File,
+    path: &Path,
+    tensors: Vec<StreamedTensor<'_>>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let layout = Layout::of(tensors)?;
+    let header = layout.header(Some(metadata))?;
+    write_layout(f, path, layout, &header, None)
+}
+
+/// Writes a safetensors file of `header` and the tensors of `layout` into `f`, feeding its
+/// every byte to `hasher` where there is one.
+fn write_layout(
+    f: &mut std::fs::File,
+    path: &Path,
+    mut layout: Layout<'_>,
+    header: &[u8],
+    mut hasher: Option<&mut sha2::Sha256>,
+) -> Result<()> {
+    let io = |error| Error::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut write = |f: &mut std::fs::File, bytes: &[u8]| {
+        if let Some(hasher) = hasher.as_deref_mut() {
+            hasher.update(bytes);
+        }
+        f.write_all(bytes).map_err(io)
+    };
+    write(f, &(header.len() as u64).to_le_bytes())?;
+    write(f, header)?;
+    layout
+        .stream(|bytes, halfway| {
+            write(f, bytes)?;
+            if halfway {
+                pause_mid_write(f).map_err(io)?;
+            }
+            Ok(true)
+        })
+        .map(|_| ())
 }
 
 /// The SHA-256 (lowercase hex) of the file at `path` when it holds exactly what
@@ -342,5 +382,49 @@ mod tests {
             streamed_file_sha256(&missing, vec![tensor("a", &[1.0])]).unwrap(),
             None
         );
+    }
+
+    /// The same tensors give the bytes safetensors' own writer gives, with metadata and
+    /// without: a file written by either is recognised as unchanged by the other, and its
+    /// hash is the same.
+    #[test]
+    fn a_streamed_file_is_the_file_safetensors_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+            ("b.weight", Dtype::F32, vec![2, 3], (0..24).collect()),
+            ("a.bias", Dtype::F32, vec![3], (24..36).collect()),
+            ("a\"quoted\u{e9}", Dtype::F64, vec![1], (36..44).collect()),
+            ("half", Dtype::BF16, vec![3], (44..50).collect()),
+            ("empty", Dtype::F32, vec![0, 2], Vec::new()),
+        ];
+        let streamed = || {
+            data.iter()
+                .map(|(name, dtype, dims, bytes)| StreamedTensor {
+                    name: name.to_string(),
+                    dtype: *dtype,
+                    dims: dims.clone(),
+                    bytes: Box::new(move || Ok(bytes.clone())),
+                })
+                .collect()
+        };
+        let views = || {
+            data.iter()
+                .map(|(name, dtype, dims, bytes)| {
+                    let view = safetensors::tensor::TensorView::new(*dtype, dims.clone(), bytes);
+                    (name.to_string(), view.unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let path = dir.path().join("plain.safetensors");
+        let (staged, _) = stage_streamed(&path, streamed()).unwrap();
+        staged.commit().unwrap();
+        let theirs = safetensors::tensor::serialize(views(), None).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), theirs);
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let path = dir.path().join("with_metadata.safetensors");
+        let mut f = std::fs::File::create(&path).unwrap();
+        write_streamed_into(&mut f, &path, streamed(), metadata.clone()).unwrap();
+        let theirs = safetensors::tensor::serialize(views(), Some(metadata)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), theirs);
     }
 }
