@@ -255,10 +255,11 @@ fn staged_manifest(
 /// manifest staged beside the new weights is renamed into place. Anything else is left as
 /// it is.
 pub(crate) fn complete_interrupted_save(dir: &Path) -> Result<()> {
-    let Ok(bytes) = std::fs::read(dir.join(WEIGHTS_FILE)) else {
+    // Hashed a piece at a time: the weights of a full fine-tuning are a model's size.
+    let weights = WeightsFile::open(&dir.join(WEIGHTS_FILE)).ok();
+    let Some(hash) = weights.and_then(|w| w.sha256().ok().map(str::to_string)) else {
         return Ok(());
     };
-    let hash = sha256_hex(&bytes);
     if read_manifest(dir).is_ok_and(|m| m.weights_sha256 == hash) {
         return Ok(());
     }
@@ -401,18 +402,24 @@ pub fn load_adapter<B: Backend>(
         });
     }
     let read = read_manifest(dir);
-    let bytes = match crate::text_file::read_file(&weights_path) {
-        Ok(bytes) => bytes,
-        Err(source) => {
-            // A folder that is no adapter at all is told so by its missing manifest.
-            read?;
-            return Err(Error::Io {
-                path: weights_path,
-                error: source,
-            });
-        }
+    // Read from disk a tensor at a time where it parses (the weights of a full fine-tuning
+    // are a model's size), and hashed from the file it was opened as; a file that does not
+    // parse is hashed whole, to be told torn or edited unless its manifest says it is whole.
+    let opened = WeightsFile::open(&weights_path);
+    let hash = match &opened {
+        Ok(file) => file.sha256()?.to_string(),
+        Err(_) => match crate::text_file::read_file(&weights_path) {
+            Ok(bytes) => sha256_hex(&bytes),
+            Err(source) => {
+                // A folder that is no adapter at all is told so by its missing manifest.
+                read?;
+                return Err(Error::Io {
+                    path: weights_path,
+                    error: source,
+                });
+            }
+        },
     };
-    let hash = sha256_hex(&bytes);
     // A save killed between its renames left its manifest staged beside the new weights
     // (with the old manifest, or none yet, in place).
     let manifest = match read {
@@ -441,7 +448,7 @@ pub fn load_adapter<B: Backend>(
             ),
         });
     }
-    let file = WeightsFile::from_bytes(&weights_path, bytes)?;
+    let file = opened?;
     // The hash covers the weights, not the manifest: a head size edited in the manifest must
     // not size the model (a huge one would exhaust memory before any tensor is compared).
     let stored_head = file
