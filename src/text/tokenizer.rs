@@ -617,8 +617,10 @@ mod tests {
     use super::{TextInput, TextTokenizer};
 
     const ROBERTA: &str = "tests/fixtures/tiny-roberta/model/tokenizer.json";
+    const XLM_ROBERTA: &str = "tests/fixtures/tiny-xlm-roberta/model/tokenizer.json";
 
-    /// Pairs with long texts give the ids they give tokenized whole: one text cut or both,
+    /// Pairs with long texts give the ids they give tokenized whole (BERT's, RoBERTa's and
+    /// XLM-R's pipelines): one text cut or both,
     /// budgets odd and even, the whole text shorter and longer than the other's cut prefix,
     /// two long texts of one token's difference (which keeps the odd token) and of many.
     #[test]
@@ -650,9 +652,9 @@ mod tests {
             format!("{} film", long[0]),
             very_long,
         ];
-        for relative in [MINILM, ROBERTA] {
+        for relative in [MINILM, ROBERTA, XLM_ROBERTA] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-            // Budgets (the max length less a pair's special tokens) odd and even.
+            // Budgets (the max length less a pair's special tokens, 3 or 4) odd and even.
             for max_len in [16, 17, 64, 65] {
                 let tokenizer = TextTokenizer::from_file(&path, max_len).unwrap();
                 let budget = max_len - tokenizer.special_tokens(true);
