@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::atomic::{stage_atomic, staged_copies};
-use super::store::{tensors_to_safetensors, TrainingInputs};
+use super::store::TrainingInputs;
+use super::streamed_safetensors::{stage_streamed, StreamedTensor};
 use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
 use crate::error::{Error, Result};
@@ -249,7 +250,27 @@ pub fn export_peft<B: Backend>(
         "use_rslora": false,
         "use_dora": false,
     });
-    let bytes = tensors_to_safetensors(backend, &tensors)?;
+    let names = [
+        super::peft_import::PEFT_WEIGHTS_FILE,
+        super::peft_import::PEFT_CONFIG_FILE,
+        super::peft_import::SPAFIT_EXPORT_FILE,
+    ];
+    // What a killed export left staged here is replaced (the folder is this run's: the
+    // caller checked that, and holds its lock).
+    for path in names.iter().flat_map(|name| staged_copies(dir, name)) {
+        std::fs::remove_file(&path).map_err(|source| Error::Io {
+            path,
+            error: source,
+        })?;
+    }
+    // All three written in full before any is renamed into place: a full disk or a kill
+    // while writing leaves the folder as it was, and the renames themselves take moments.
+    // The weights (the embeddings, where they train) a tensor at a time.
+    let streamed = tensors
+        .iter()
+        .map(|(name, t)| StreamedTensor::on_backend(backend, name.clone(), t))
+        .collect();
+    let (weights, weights_sha256) = stage_streamed(&dir.join(names[0]), streamed)?;
     // Kept out of adapter_config.json: older PEFT versions reject unknown keys there. The
     // class names live here because PEFT keeps them in the base model's config, which an
     // adapter does not carry; spafit's import reads them back. The weights' hash ties the
@@ -262,7 +283,7 @@ pub fn export_peft<B: Backend>(
         "max_len": max_len,
         "text_pairs": inputs.text_pairs,
         "multi_label": model.is_multi_label(),
-        "adapter_model_sha256": super::sha256_hex(&bytes),
+        "adapter_model_sha256": weights_sha256,
         "base_encoder_sha256": base.map(WeightsFile::encoder_sha256).transpose()?,
         "run": run_dir.map(run_identity),
     });
@@ -270,26 +291,9 @@ pub fn export_peft<B: Backend>(
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
     let provenance = serde_json::to_vec_pretty(&provenance)
         .map_err(|e| Error::invalid("peft export", e.to_string()))?;
-    let files: [(&str, &[u8]); 3] = [
-        (super::peft_import::PEFT_WEIGHTS_FILE, &bytes),
-        (super::peft_import::PEFT_CONFIG_FILE, &config),
-        (super::peft_import::SPAFIT_EXPORT_FILE, &provenance),
-    ];
-    // What a killed export left staged here is replaced (the folder is this run's: the
-    // caller checked that, and holds its lock).
-    for path in files.iter().flat_map(|(name, _)| staged_copies(dir, name)) {
-        std::fs::remove_file(&path).map_err(|source| Error::Io {
-            path,
-            error: source,
-        })?;
-    }
-    // All three written in full before any is renamed into place: a full disk or a kill
-    // while writing leaves the folder as it was, and the renames themselves take moments.
-    let staged = files
-        .iter()
-        .map(|(name, bytes)| stage_atomic(&dir.join(name), bytes))
-        .collect::<Result<Vec<_>>>()?;
-    for file in staged {
+    let config = stage_atomic(&dir.join(names[1]), &config)?;
+    let provenance = stage_atomic(&dir.join(names[2]), &provenance)?;
+    for file in [weights, config, provenance] {
         file.commit()?;
     }
     Ok(match base_order {
