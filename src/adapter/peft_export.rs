@@ -347,10 +347,11 @@ pub fn exported_by_run(dir: &Path, run_dir: &Path) -> bool {
     let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
         return false;
     };
-    let Ok(weights) = std::fs::read(dir.join(super::peft_import::PEFT_WEIGHTS_FILE)) else {
+    let weights = dir.join(super::peft_import::PEFT_WEIGHTS_FILE);
+    let Ok(weights_sha256) = super::atomic::file_sha256(&weights) else {
         return false;
     };
     json.get("run").and_then(|r| r.as_str()) == Some(identity.as_str())
         && json.get("adapter_model_sha256").and_then(|h| h.as_str())
-            == Some(super::sha256_hex(&weights).as_str())
+            == Some(weights_sha256.as_str())
 }

@@ -256,8 +256,7 @@ fn staged_manifest(
 /// it is.
 pub(crate) fn complete_interrupted_save(dir: &Path) -> Result<()> {
     // Hashed a piece at a time: the weights of a full fine-tuning are a model's size.
-    let weights = WeightsFile::open(&dir.join(WEIGHTS_FILE)).ok();
-    let Some(hash) = weights.and_then(|w| w.sha256().ok().map(str::to_string)) else {
+    let Ok(hash) = super::atomic::file_sha256(&dir.join(WEIGHTS_FILE)) else {
         return Ok(());
     };
     if read_manifest(dir).is_ok_and(|m| m.weights_sha256 == hash) {
