@@ -274,17 +274,26 @@ pub fn save_merged<B: Backend>(
         }
         // Its entries must survive a power cut too, before the folder is renamed into place.
         sync(&staging)?;
-        // An empty folder at `dir` (checked above) gives way to the merge.
-        if dir.is_dir() {
-            std::fs::remove_dir(dir).map_err(|error| Error::Io {
+        // An empty folder at `dir` (checked above) gives way to the merge; one another
+        // process filled since (a second merge into it) is its, and this merge is not saved.
+        let filled_meanwhile = |error: std::io::Error| match error.kind() {
+            std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists => {
+                invalid(format!(
+                    "{} was filled by another process while this merge was written (a second \
+                     merge into it?); it is left as that process wrote it and this merge is not \
+                     saved: give this one a new folder",
+                    dir.display()
+                ))
+            }
+            _ => Error::Io {
                 path: dir.to_path_buf(),
                 error,
-            })?;
+            },
+        };
+        if dir.is_dir() {
+            std::fs::remove_dir(dir).map_err(filled_meanwhile)?;
         }
-        std::fs::rename(&staging, dir).map_err(|error| Error::Io {
-            path: dir.to_path_buf(),
-            error,
-        })?;
+        std::fs::rename(&staging, dir).map_err(filled_meanwhile)?;
         if let Some(mode) = kept_mode {
             std::fs::set_permissions(dir, mode).map_err(|error| Error::Io {
                 path: dir.to_path_buf(),

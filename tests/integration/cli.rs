@@ -5260,6 +5260,42 @@ fn a_merged_adapter_evaluates_as_the_adapter_without_it() {
     }
     let half = eval(&["--model", &p("half")]);
     assert_eq!(half["accuracy"], with_adapter["accuracy"]);
+    // A folder another process fills while the merge is written (a second merge into it)
+    // stays as that process left it; this merge says so and leaves nothing behind.
+    let raced = root.join("raced");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
+        .args(["merge", "--model", &m, "--adapter", &adapter, "--output"])
+        .arg(&raced)
+        .env("SPAFIT_SLOW_WRITES_MS", "1500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = || {
+        std::fs::read_dir(root)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".raced.merging-")
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !staging() {
+        assert!(child.try_wait().unwrap().is_none(), "the merge ended first");
+        assert!(std::time::Instant::now() < deadline, "no staging folder");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::create_dir(&raced).unwrap();
+    std::fs::write(raced.join("model.safetensors"), "another merge's").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("was filled by another process"), "{err}");
+    let kept = std::fs::read(raced.join("model.safetensors")).unwrap();
+    assert_eq!(kept, b"another merge's");
+    assert!(!staging(), "the merge's staging folder was left");
 }
 
 /// Data on a named pipe: the note that reading it waits for a writer comes before the wait
