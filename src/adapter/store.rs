@@ -529,7 +529,7 @@ mod tests {
     use crate::peft::{peft_lora_init, Method, PeftConfig};
 
     /// The adapter of a full fine-tuning is the whole model (13 MiB here): saved, it is made
-    /// and written a tensor at a time, holding a few copies of its largest tensor (1 MiB) at
+    /// and written a tensor at a time, holding two copies of its largest tensor (1 MiB) at
     /// most, where building the file whole held it twice over; the manifest records the
     /// file's hash and the file reads back as the model's weights. Saved again as it is, the
     /// file is compared and kept (the same inode); after a change to one tensor, it is
@@ -582,7 +582,7 @@ mod tests {
         let file_len = std::fs::metadata(&weights_path).unwrap().len() as usize;
         assert!(file_len > 12 * largest, "{file_len} bytes");
         assert!(
-            peak <= 4 * largest,
+            peak <= 2 * largest + largest / 4,
             "saving an adapter of {} MiB held {} MiB at once",
             file_len >> 20,
             peak >> 20

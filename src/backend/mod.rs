@@ -367,6 +367,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn zeros(&self, shape: Shape) -> Result<Tensor<Self>>;
     /// Copies a float tensor to the host as f64.
     fn to_f64(&self, t: &Tensor<Self>) -> Result<Vec<f64>>;
+    /// Copies a float tensor to the host as f32 (an f64 one rounded to nearest): half the
+    /// host memory of [`Backend::to_f64`] where the values are f32 values (f32 and bf16
+    /// tensors, which files store as f32).
+    fn to_f32(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
+        Ok(self.to_f64(t)?.into_iter().map(|v| v as f32).collect())
+    }
     /// Copies a `U32` tensor to the host.
     fn to_u32(&self, t: &Tensor<Self>) -> Result<Vec<u32>>;
 

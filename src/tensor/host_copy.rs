@@ -35,11 +35,10 @@ pub(crate) type HostTensors = BTreeMap<String, HostTensor>;
 impl HostTensor {
     /// `t`'s values, copied to the host.
     pub fn copy_of<B: Backend>(backend: &B, t: &Tensor<B>) -> Result<Self> {
-        let wide = backend.to_f64(t)?;
         let values = match t.dtype() {
-            DType::F64 => HostValues::F64(wide),
+            DType::F64 => HostValues::F64(backend.to_f64(t)?),
             // Exact: every other float dtype's values are f32 values.
-            _ => HostValues::F32(wide.into_iter().map(|v| v as f32).collect()),
+            _ => HostValues::F32(backend.to_f32(t)?),
         };
         Ok(HostTensor {
             shape: t.shape().clone(),
@@ -80,7 +79,11 @@ impl HostTensor {
             HostValues::F32(v) => (
                 Dtype::F32,
                 dims,
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                match cfg!(target_endian = "little") {
+                    // A copy of the values' own bytes: the whole of a save's per-tensor work.
+                    true => bytemuck::cast_slice(v).to_vec(),
+                    false => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                },
             ),
         }
     }

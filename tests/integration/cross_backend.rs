@@ -1224,6 +1224,16 @@ fn casts_between_f32_and_bf16<B: Backend>(b: &B) {
     );
     let back = b.cast(&half, DType::F32).unwrap();
     check(b, "cast", &down(b, &back), &want, 0.0);
+    // Copied to the host as f32 (as files store them): the values `to_f64` gives, exactly.
+    for tensor in [&t, &half] {
+        let narrow: Vec<f64> = b
+            .to_f32(tensor)
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        assert_eq!(narrow, down(b, tensor), "to_f32 of {}", tensor.dtype());
+    }
 }
 
 /// The sums of squares of many tensors in one call (the trainer's gradient norm): the bits

@@ -301,6 +301,15 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn to_f32(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
+        match t.buffer() {
+            CpuBuffer::F32(v) => Ok(v.clone()),
+            CpuBuffer::F64(v) => Ok(v.iter().map(|&x| x as f32).collect()),
+            CpuBuffer::BF16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
+            CpuBuffer::U32(_) => Err(Error::dtype("to_f32", "tensor holds u32, not floats")),
+        }
+    }
+
     fn to_u32(&self, t: &Tensor<Self>) -> Result<Vec<u32>> {
         match t.buffer() {
             CpuBuffer::U32(v) => Ok(v.clone()),

@@ -693,6 +693,18 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn to_f32(&self, t: &Tensor<Self>) -> Result<Vec<f32>> {
+        match t.buffer() {
+            CudaBuffer::F32(b) => self.download("download", b),
+            CudaBuffer::BF16(b) => Ok(self
+                .download("download", b)?
+                .into_iter()
+                .map(bf16::to_f32)
+                .collect()),
+            CudaBuffer::U32(_) => Err(Error::dtype("to_f32", "tensor holds u32, not floats")),
+        }
+    }
+
     fn to_u32(&self, t: &Tensor<Self>) -> Result<Vec<u32>> {
         match t.buffer() {
             CudaBuffer::U32(b) => match self.device.host_ids.get(t) {
