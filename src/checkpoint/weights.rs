@@ -72,11 +72,16 @@ struct FileStamp {
 
 impl FileStamp {
     fn of(file: &std::fs::File) -> std::io::Result<Self> {
-        let m = file.metadata()?;
-        Ok(FileStamp {
+        file.metadata().map(|m| Self::from(&m))
+    }
+}
+
+impl From<&std::fs::Metadata> for FileStamp {
+    fn from(m: &std::fs::Metadata) -> Self {
+        FileStamp {
             len: m.len(),
             modified: m.modified().ok(),
-        })
+        }
     }
 }
 
@@ -187,9 +192,9 @@ impl Shard {
         // Not opened unless a regular file: opening a pipe takes what its writer gives.
         std::fs::metadata(path).ok().filter(|m| m.is_file())?;
         let file = std::fs::File::open(path).ok()?;
-        file.metadata().ok().filter(|m| m.is_file())?;
+        let opened = file.metadata().ok().filter(|m| m.is_file())?;
         let file = OpenFile {
-            opened_as: FileStamp::of(&file).ok()?,
+            opened_as: FileStamp::from(&opened),
             file,
         };
         let len = file.opened_as.len;
