@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use safetensors::Dtype;
 use serde_json::{json, Map, Value};
 
-use super::streamed_safetensors::{write_streamed_into, StreamedTensor};
+use super::streamed_safetensors::{write_streamed_synced, StreamedTensor};
 use crate::backend::Backend;
 use crate::checkpoint::Checkpoint;
 use crate::data::TaskKind;
@@ -193,31 +193,29 @@ pub fn save_merged<B: Backend>(
     let params = model.params();
     // Each tensor is stored as it is written: a merge is a whole model, and its bytes held
     // whole beside it were half again its size on the f64 backend `spafit merge` uses.
-    let tensors = || {
-        params
-            .iter()
-            .map(|p| StreamedTensor {
-                name: family.hf_name(&p.name),
-                dtype: dtype.stored(),
-                dims: p.value.dims().to_vec(),
-                bytes: Box::new(move || {
-                    let values = backend.to_f64(&p.value)?;
-                    dtype.encode(&values).map_err(|value| {
-                        invalid(format!(
-                            "tensor `{}` holds {value:e}, which {} cannot store (largest {:e}){}",
-                            p.name,
-                            dtype.torch_name(),
-                            dtype.largest(),
-                            match dtype {
-                                MergedDType::F16 => ": store the merge as bf16 or f32",
-                                _ => "",
-                            }
-                        ))
-                    })
-                }),
-            })
-            .collect()
-    };
+    let tensors: Vec<StreamedTensor> = params
+        .iter()
+        .map(|p| StreamedTensor {
+            name: family.hf_name(&p.name),
+            dtype: dtype.stored(),
+            dims: p.value.dims().to_vec(),
+            bytes: Box::new(move || {
+                let values = backend.to_f64(&p.value)?;
+                dtype.encode(&values).map_err(|value| {
+                    invalid(format!(
+                        "tensor `{}` holds {value:e}, which {} cannot store (largest {:e}){}",
+                        p.name,
+                        dtype.torch_name(),
+                        dtype.largest(),
+                        match dtype {
+                            MergedDType::F16 => ": store the merge as bf16 or f32",
+                            _ => "",
+                        }
+                    ))
+                })
+            }),
+        })
+        .collect();
     // transformers refuses a safetensors file whose header names no framework.
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let config = merged_config(checkpoint, kind, dtype)?;
@@ -239,16 +237,7 @@ pub fn save_merged<B: Backend>(
                 error,
             })?;
         }
-        let weights = staging.join("model.safetensors");
-        let mut file = std::fs::File::create(&weights).map_err(|error| Error::Io {
-            path: weights.clone(),
-            error,
-        })?;
-        write_streamed_into(&mut file, &weights, tensors(), metadata)?;
-        file.sync_all().map_err(|error| Error::Io {
-            path: weights.clone(),
-            error,
-        })?;
+        write_streamed_synced(&staging.join("model.safetensors"), tensors, metadata)?;
         write_synced(&staging.join("config.json"), config.as_bytes())?;
         let note = json!({
             "max_len": max_len,

@@ -1,62 +1,35 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::TensorView;
-use safetensors::Dtype;
-
 use super::atomic::{sha256_hex, stage_atomic, staged_copies};
 use super::manifest::AdapterManifest;
-use super::streamed_safetensors::{stage_streamed, streamed_file_sha256, StreamedTensor};
+use super::streamed_safetensors::{
+    stage_streamed, streamed_bytes, streamed_file_sha256, StreamedTensor,
+};
 use crate::backend::Backend;
 use crate::checkpoint::{BertConfig, Checkpoint, WeightsFile};
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
 use crate::peft::PeftPlan;
-use crate::tensor::{HostTensor, Tensor};
+use crate::tensor::Tensor;
 
 /// File of the trainable tensors inside an adapter directory.
 pub const WEIGHTS_FILE: &str = "adapter.safetensors";
 /// Manifest inside an adapter directory.
 pub const MANIFEST_FILE: &str = "adapter.json";
 
-/// Serializes named tensors (f64 tensors as F64, everything else as F32).
+/// Serializes named tensors (f64 tensors as F64, everything else as F32), as safetensors'
+/// own writer would.
 pub fn tensors_to_safetensors<B: Backend>(
     backend: &B,
     tensors: &[(String, Tensor<B>)],
 ) -> Result<Vec<u8>> {
-    serialize_entries(&safetensors_entries(backend, tensors)?, None)
-}
-
-/// A tensor as a safetensors file stores it: name, dtype, dims and little-endian bytes.
-pub(crate) type SafetensorsEntry = (String, Dtype, Vec<usize>, Vec<u8>);
-
-/// `tensors` as [`tensors_to_safetensors`] stores them (f64 tensors as F64, everything else
-/// as F32), on the host.
-pub(crate) fn safetensors_entries<B: Backend>(
-    backend: &B,
-    tensors: &[(String, Tensor<B>)],
-) -> Result<Vec<SafetensorsEntry>> {
-    tensors
-        .iter()
-        .map(|(name, t)| {
-            let (dtype, dims, bytes) = HostTensor::copy_of(backend, t)?.safetensors_entry();
-            Ok((name.clone(), dtype, dims, bytes))
-        })
-        .collect()
-}
-
-/// A safetensors file of `entries`, with string metadata in its header.
-pub(crate) fn serialize_entries(
-    entries: &[SafetensorsEntry],
-    metadata: Option<std::collections::HashMap<String, String>>,
-) -> Result<Vec<u8>> {
-    let views = entries
-        .iter()
-        .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::invalid("safetensors", e.to_string()))?;
-    safetensors::tensor::serialize(views, metadata)
-        .map_err(|e| Error::invalid("safetensors", e.to_string()))
+    streamed_bytes(
+        tensors
+            .iter()
+            .map(|(name, t)| StreamedTensor::on_backend(backend, name.clone(), t))
+            .collect(),
+    )
 }
 
 /// Reads every tensor of a safetensors file onto `backend`.

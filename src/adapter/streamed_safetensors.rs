@@ -35,7 +35,17 @@ impl<'a> StreamedTensor<'a> {
             name,
             dtype: stored_dtype(t.dtype()),
             dims: t.shape().dims().to_vec(),
-            bytes: Box::new(move || Ok(HostTensor::copy_of(backend, t)?.safetensors_entry().2)),
+            bytes: Box::new(move || Ok(HostTensor::copy_of(backend, t)?.stored_bytes())),
+        }
+    }
+
+    /// `t`, a host copy, stored as `name`.
+    pub(crate) fn on_host(name: String, t: &'a HostTensor) -> Self {
+        StreamedTensor {
+            name,
+            dtype: t.stored_dtype(),
+            dims: t.shape().dims().to_vec(),
+            bytes: Box::new(|| Ok(t.stored_bytes())),
         }
     }
 }
@@ -143,23 +153,9 @@ pub(crate) fn write_streamed(
     let mut layout = Layout::of(tensors)?;
     let stand_in = layout.header(Some(metadata(&"0".repeat(64))?))?;
     write_atomic_with(path, |f| {
-        let io = |error| Error::Io {
-            path: path.to_path_buf(),
-            error,
-        };
-        f.write_all(&(stand_in.len() as u64).to_le_bytes())
-            .and_then(|()| f.write_all(&stand_in))
-            .map_err(io)?;
-        let mut hasher = sha2::Sha256::new();
-        layout.stream(|bytes, halfway| {
-            hasher.update(bytes);
-            f.write_all(bytes).map_err(io)?;
-            if halfway {
-                pause_mid_write(f).map_err(io)?;
-            }
-            Ok(true)
-        })?;
-        let header = layout.header(Some(metadata(&hex(&hasher.finalize()))?))?;
+        let mut data = sha2::Sha256::new();
+        write_layout(f, path, &mut layout, &stand_in, Some(&mut data))?;
+        let header = layout.header(Some(metadata(&hex(&data.finalize()))?))?;
         if header.len() != stand_in.len() {
             return Err(Error::invalid(
                 "safetensors",
@@ -168,7 +164,10 @@ pub(crate) fn write_streamed(
         }
         f.seek(SeekFrom::Start(8))
             .and_then(|_| f.write_all(&header))
-            .map_err(io)
+            .map_err(|error| Error::Io {
+                path: path.to_path_buf(),
+                error,
+            })
     })
 }
 
@@ -178,53 +177,73 @@ pub(crate) fn stage_streamed(
     path: &Path,
     tensors: Vec<StreamedTensor<'_>>,
 ) -> Result<(StagedWrite, String)> {
-    let layout = Layout::of(tensors)?;
+    let mut layout = Layout::of(tensors)?;
     let header = layout.header(None)?;
-    let mut hasher = sha2::Sha256::new();
+    let mut file = sha2::Sha256::new();
+    file.update((header.len() as u64).to_le_bytes());
+    file.update(&header);
     let staged = stage_atomic_with(path, |f| {
-        write_layout(f, path, layout, &header, Some(&mut hasher))
+        write_layout(f, path, &mut layout, &header, Some(&mut file))
     })?;
-    Ok((staged, hex(&hasher.finalize())))
+    Ok((staged, hex(&file.finalize())))
 }
 
-/// Writes `tensors` into `f`, from its start, as a safetensors file with `metadata` in its
-/// header: a file whose safety against kills is its writer's (a merge's staging folder).
-/// `path` names `f` in errors.
-pub(crate) fn write_streamed_into(
-    f: &mut std::fs::File,
+/// Creates `path` holding `tensors` as a safetensors file with `metadata` in its header,
+/// synced: a file whose safety against kills is its writer's (a merge's staging folder).
+pub(crate) fn write_streamed_synced(
     path: &Path,
     tensors: Vec<StreamedTensor<'_>>,
     metadata: HashMap<String, String>,
-) -> Result<()> {
-    let layout = Layout::of(tensors)?;
-    let header = layout.header(Some(metadata))?;
-    write_layout(f, path, layout, &header, None)
-}
-
-/// Writes a safetensors file of `header` and the tensors of `layout` into `f`, feeding its
-/// every byte to `hasher` where there is one.
-fn write_layout(
-    f: &mut std::fs::File,
-    path: &Path,
-    mut layout: Layout<'_>,
-    header: &[u8],
-    mut hasher: Option<&mut sha2::Sha256>,
 ) -> Result<()> {
     let io = |error| Error::Io {
         path: path.to_path_buf(),
         error,
     };
-    let mut write = |f: &mut std::fs::File, bytes: &[u8]| {
-        if let Some(hasher) = hasher.as_deref_mut() {
-            hasher.update(bytes);
-        }
-        f.write_all(bytes).map_err(io)
+    let mut layout = Layout::of(tensors)?;
+    let header = layout.header(Some(metadata))?;
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    write_layout(&mut f, path, &mut layout, &header, None)?;
+    f.sync_all().map_err(io)
+}
+
+/// `tensors` as a safetensors file without metadata, in memory: the bytes [`stage_streamed`]
+/// writes.
+pub(crate) fn streamed_bytes(tensors: Vec<StreamedTensor<'_>>) -> Result<Vec<u8>> {
+    let mut layout = Layout::of(tensors)?;
+    let header = layout.header(None)?;
+    let mut bytes = Vec::with_capacity(8 + header.len() + layout.end);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    layout.stream(|tensor, _| {
+        bytes.extend_from_slice(tensor);
+        Ok(true)
+    })?;
+    Ok(bytes)
+}
+
+/// Writes the length of `header`, `header` and the tensors of `layout` into `f`, feeding the
+/// tensors' bytes to `data` where there is one, and pausing halfway where a test asks
+/// (`pause_mid_write`).
+fn write_layout(
+    f: &mut std::fs::File,
+    path: &Path,
+    layout: &mut Layout<'_>,
+    header: &[u8],
+    mut data: Option<&mut sha2::Sha256>,
+) -> Result<()> {
+    let io = |error| Error::Io {
+        path: path.to_path_buf(),
+        error,
     };
-    write(f, &(header.len() as u64).to_le_bytes())?;
-    write(f, header)?;
+    f.write_all(&(header.len() as u64).to_le_bytes())
+        .and_then(|()| f.write_all(header))
+        .map_err(io)?;
     layout
         .stream(|bytes, halfway| {
-            write(f, bytes)?;
+            if let Some(data) = data.as_deref_mut() {
+                data.update(bytes);
+            }
+            f.write_all(bytes).map_err(io)?;
             if halfway {
                 pause_mid_write(f).map_err(io)?;
             }
@@ -385,8 +404,8 @@ mod tests {
     }
 
     /// The same tensors give the bytes safetensors' own writer gives, with metadata and
-    /// without: a file written by either is recognised as unchanged by the other, and its
-    /// hash is the same.
+    /// without, on disk and in memory: a file written by either is recognised as unchanged
+    /// by the other, and its hash is the same.
     #[test]
     fn a_streamed_file_is_the_file_safetensors_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -420,10 +439,10 @@ mod tests {
         staged.commit().unwrap();
         let theirs = safetensors::tensor::serialize(views(), None).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), theirs);
+        assert_eq!(streamed_bytes(streamed()).unwrap(), theirs);
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         let path = dir.path().join("with_metadata.safetensors");
-        let mut f = std::fs::File::create(&path).unwrap();
-        write_streamed_into(&mut f, &path, streamed(), metadata.clone()).unwrap();
+        write_streamed_synced(&path, streamed(), metadata.clone()).unwrap();
         let theirs = safetensors::tensor::serialize(views(), Some(metadata)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), theirs);
     }

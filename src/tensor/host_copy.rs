@@ -66,25 +66,16 @@ impl HostTensor {
         stored_dtype(self.dtype)
     }
 
-    /// The tensor as a safetensors file stores a backend's tensor (f64 for f64, f32
-    /// otherwise): its dtype, dims and little-endian bytes.
-    pub fn safetensors_entry(&self) -> (Dtype, Vec<usize>, Vec<u8>) {
-        let dims = self.shape.dims().to_vec();
+    /// Its values as a safetensors file stores them, in [`HostTensor::stored_dtype`]: their
+    /// little-endian bytes.
+    pub fn stored_bytes(&self) -> Vec<u8> {
         match &self.values {
-            HostValues::F64(v) => (
-                Dtype::F64,
-                dims,
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-            HostValues::F32(v) => (
-                Dtype::F32,
-                dims,
-                match cfg!(target_endian = "little") {
-                    // A copy of the values' own bytes: the whole of a save's per-tensor work.
-                    true => bytemuck::cast_slice(v).to_vec(),
-                    false => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                },
-            ),
+            HostValues::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            HostValues::F32(v) => match cfg!(target_endian = "little") {
+                // A copy of the values' own bytes: the whole of a save's per-tensor work.
+                true => bytemuck::cast_slice(v).to_vec(),
+                false => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            },
         }
     }
 }

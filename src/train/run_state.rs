@@ -179,12 +179,7 @@ pub(crate) fn save_run<B: Backend>(
         tensors.push(on_backend(format!("{MOMENT_V}{name}"), v));
     }
     for (name, t) in best_weights.into_iter().flatten() {
-        tensors.push(StreamedTensor {
-            name: format!("{BEST}{name}"),
-            dtype: t.stored_dtype(),
-            dims: t.shape().dims().to_vec(),
-            bytes: Box::new(|| Ok(t.safetensors_entry().2)),
-        });
+        tensors.push(StreamedTensor::on_host(format!("{BEST}{name}"), t));
     }
     let position_sha256 = Some(position_sha256(
         serde_json::to_value(position).map_err(|e| Error::invalid("state", e.to_string()))?,
