@@ -799,7 +799,7 @@ impl DataArgs {
         labeled: bool,
         default_kind: Option<&TaskKind>,
     ) -> Result<TableSpec> {
-        note_named_pipe(path);
+        super::named_pipes::note_named_pipe(path);
         Ok(TableSpec {
             path: path.to_path_buf(),
             text_column: self.text_column.clone(),
@@ -934,26 +934,6 @@ fn class_list(labels: &[String]) -> String {
             false => format!("{start:?}"),
         })
     }))
-}
-
-/// Says once per path that a named pipe is read when a program writes to it: opening one
-/// blocks until a writer comes, which would otherwise look like a hang. Pipes a shell made
-/// (`/dev/stdin`, `<(…)`) have their writer already and go unnoted.
-fn note_named_pipe(path: &std::path::Path) {
-    use std::os::unix::fs::FileTypeExt;
-    static NOTED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-    let named_pipe = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo());
-    let mut noted = NOTED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if named_pipe && !noted.iter().any(|p| p == path) {
-        noted.push(path.to_path_buf());
-        note!(
-            "note: {} is a named pipe: it is read when a program writes to it (waiting until \
-             then), and what it gives serves the whole run",
-            path.display()
-        );
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 
+use super::named_pipes::open_checkpoint;
 use clap::Args;
 use serde_json::json;
-use spafit::checkpoint::Checkpoint;
 use spafit::data::rotten_tomatoes;
 use spafit::{Error, Result};
 
@@ -63,7 +63,7 @@ impl DemoCommand {
             std::slice::from_ref(&self.data),
         )?;
         let (train, dev) = rotten_tomatoes(&self.data)?;
-        let checkpoint = Checkpoint::open(&self.model.model)?;
+        let checkpoint = open_checkpoint(&self.model.model)?;
         let mut run = setup(backend, checkpoint, &self.peft, 2, self.train.seed)?;
         // The demo is one sitting: a signal ends it as signals always do.
         let (report, _hold) = fit(

@@ -1,11 +1,11 @@
+use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use spafit::adapter::{open_adapter, AdapterHead};
-use spafit::checkpoint::Checkpoint;
+use spafit::adapter::AdapterHead;
 use spafit::data::{GlueTask, TaskKind};
 use spafit::model::BertClassifier;
 use spafit::train::{evaluate, infer, scored_predictions_at, EncodedDataset};
@@ -35,11 +35,11 @@ fn load<B: Backend>(
     split: &str,
     for_prediction: bool,
 ) -> Result<Loaded<B>> {
-    let checkpoint = Checkpoint::open(&model.model)?;
+    let checkpoint = open_checkpoint(&model.model)?;
     model.check_max_len(&checkpoint)?;
     let (classifier, head, default_kind, head_source, trained_cut) = match adapter {
         Some(dir) => {
-            let opened = open_adapter(dir, &checkpoint, &backend)?;
+            let opened = open_adapter_noting_pipes(dir, &checkpoint, &backend)?;
             for warning in &opened.warnings {
                 note!("note: {warning}");
             }

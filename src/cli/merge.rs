@@ -1,12 +1,12 @@
 //! `spafit merge`: an adapter folded into its base, saved as a fine-tuned checkpoint.
 
+use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
-use spafit::adapter::{open_adapter, save_merged, MergedDType, MERGE_NOTE_FILE};
+use spafit::adapter::{save_merged, MergedDType, MERGE_NOTE_FILE};
 use spafit::backend::cpu::CpuBackend;
-use spafit::checkpoint::Checkpoint;
 use spafit::data::TaskKind;
 use spafit::{Error, Result};
 
@@ -69,10 +69,10 @@ impl MergeCommand {
                 ),
             ));
         }
-        let checkpoint = Checkpoint::open(&self.model)?;
+        let checkpoint = open_checkpoint(&self.model)?;
         // In f64, so the merged weights are the adapter's sums rounded once, on storing.
         let backend = CpuBackend::f64();
-        let opened = open_adapter(&self.adapter, &checkpoint, &backend)?;
+        let opened = open_adapter_noting_pipes(&self.adapter, &checkpoint, &backend)?;
         for warning in &opened.warnings {
             note!("note: {warning}");
         }

@@ -16,6 +16,7 @@ mod demo;
 mod evaluate;
 pub mod interrupt;
 mod merge;
+mod named_pipes;
 mod prediction_output;
 mod tools;
 mod train;

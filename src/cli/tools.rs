@@ -1,9 +1,10 @@
 use std::time::Instant;
 
+use super::named_pipes::open_checkpoint;
 use clap::Args;
 use serde_json::json;
 use spafit::bench::{bench_train_step_with, BenchSettings, StepKernelTimes};
-use spafit::checkpoint::{BertConfig, Checkpoint};
+use spafit::checkpoint::BertConfig;
 use spafit::gradcheck::{gradcheck_case, GradcheckCase, GradcheckObjective, GradcheckProgress};
 use spafit::model::{check_batch_memory, BertClassifier, Pass};
 use spafit::peft::{peft_lora_init, PeftConfig, PeftPlan};
@@ -143,7 +144,7 @@ impl GradcheckCommand {
     }
 
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
-        let checkpoint = Checkpoint::open(&self.model.model)?;
+        let checkpoint = open_checkpoint(&self.model.model)?;
         let peft = &self.peft.config_for(checkpoint.config.family())?;
         let layers = checkpoint.config.num_hidden_layers;
         let plan = PeftPlan::new(peft, layers)?;
@@ -455,7 +456,7 @@ impl BenchCommand {
             None => {
                 let run = setup(
                     backend,
-                    Checkpoint::open(&self.model.model)?,
+                    open_checkpoint(&self.model.model)?,
                     &self.peft,
                     2,
                     0,

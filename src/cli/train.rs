@@ -1,8 +1,9 @@
 use std::path::PathBuf;
 
+use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 use clap::Args;
 use serde_json::json;
-use spafit::adapter::{export_peft, open_adapter, AdapterHead};
+use spafit::adapter::{export_peft, AdapterHead};
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
 use spafit::data::{Dataset, TaskKind};
@@ -183,9 +184,9 @@ pub fn setup_from_adapter<B: Backend>(
     model: &ModelArgs,
     adapter: &std::path::Path,
 ) -> Result<(Run<B>, AdapterHead)> {
-    let mut checkpoint = Checkpoint::open(&model.model)?;
+    let mut checkpoint = open_checkpoint(&model.model)?;
     model.check_max_len(&checkpoint)?;
-    let opened = open_adapter(adapter, &checkpoint, &backend)?;
+    let opened = open_adapter_noting_pipes(adapter, &checkpoint, &backend)?;
     opened.check_trainable(adapter)?;
     note!(
         "continuing from the {} adapter in {} ({} plan)",
@@ -697,7 +698,7 @@ impl TrainCommand {
                 (run, train, devs)
             }
             None => {
-                let checkpoint = Checkpoint::open(&self.model.model)?;
+                let checkpoint = open_checkpoint(&self.model.model)?;
                 self.model.check_max_len(&checkpoint)?;
                 let mut own_classes = super::checkpoint_classes::checkpoint_head_kind(&checkpoint);
                 // Training reads sets of classes only when asked: data of one class each,

@@ -5298,25 +5298,17 @@ fn a_merged_adapter_evaluates_as_the_adapter_without_it() {
     assert!(!staging(), "the merge's staging folder was left");
 }
 
-/// Data on a named pipe: the note that reading it waits for a writer comes before the wait
-/// (which would otherwise look like a hang), and the rows written then are predicted.
-#[test]
-fn a_named_pipe_of_rows_is_announced_before_it_is_waited_on() {
+/// Runs `spafit predict` with `args` while `fifo` is a named pipe that no program writes to
+/// yet: asserts that its note comes before the wait (which would otherwise look like a hang),
+/// then writes `content` into it and returns the run's predictions (stdout).
+fn predict_announcing_the_pipe(fifo: &Path, content: &[u8], args: &[&str]) -> String {
     use std::io::{BufRead, Write};
-    let root = tempfile::tempdir().unwrap();
-    let fifo = root.path().join("rows.csv");
     let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: `name` is a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta");
     let mut child = Command::new(env!("CARGO_BIN_EXE_spafit"))
         .arg("predict")
-        .arg("--model")
-        .arg(fixture.join("model"))
-        .arg("--adapter")
-        .arg(fixture.join("peft-lora"))
-        .arg("--dev-file")
-        .arg(&fifo)
+        .args(args)
         .args(["--format", "jsonl"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -5329,27 +5321,50 @@ fn a_named_pipe_of_rows_is_announced_before_it_is_waited_on() {
             let _ = lines.send(line);
         }
     });
-    let write_rows = || {
-        let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-        pipe.write_all(b"text\nso-so\na gorgeous movie\n").unwrap();
+    let write_content = || {
+        let mut pipe = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+        pipe.write_all(content).unwrap();
     };
-    let mut before_the_rows = Vec::new();
+    let note = format!("{} is a named pipe", fifo.display());
+    let mut before_the_content = Vec::new();
     loop {
         match seen.recv_timeout(std::time::Duration::from_secs(120)) {
-            Ok(line) if line.contains("is a named pipe") => break,
-            Ok(line) => before_the_rows.push(line),
+            Ok(line) if line.contains(&note) => break,
+            Ok(line) => before_the_content.push(line),
             Err(why) => {
                 // Unblocks the child, so the test fails instead of hanging.
-                write_rows();
-                panic!("no note before the wait ({why}); stderr: {before_the_rows:?}");
+                write_content();
+                panic!("no note before the wait ({why}); stderr: {before_the_content:?}");
             }
         }
     }
-    write_rows();
+    write_content();
     let out = child.wait_with_output().unwrap();
     reader.join().unwrap();
-    assert!(out.status.success(), "{before_the_rows:?}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{before_the_content:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Data on a named pipe is announced before it is waited on, and the rows written then are
+/// predicted.
+#[test]
+fn a_named_pipe_of_rows_is_announced_before_it_is_waited_on() {
+    let root = tempfile::tempdir().unwrap();
+    let fifo = root.path().join("rows.csv");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta");
+    let (model, adapter) = (fixture.join("model"), fixture.join("peft-lora"));
+    let stdout = predict_announcing_the_pipe(
+        &fifo,
+        b"text\nso-so\na gorgeous movie\n",
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--dev-file",
+            fifo.to_str().unwrap(),
+        ],
+    );
     assert_eq!(
         stdout
             .lines()
@@ -5358,6 +5373,48 @@ fn a_named_pipe_of_rows_is_announced_before_it_is_waited_on() {
         2,
         "{stdout}"
     );
+}
+
+/// A checkpoint's or an adapter's weights on a named pipe are announced before they are
+/// waited on, as data is, and the weights written then give the predictions of the files
+/// they came from.
+#[test]
+fn named_pipes_of_weights_are_announced_before_they_are_waited_on() {
+    let root = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta");
+    let copy = |from: &str, to: &str| {
+        let to = root.path().join(to);
+        std::fs::create_dir(&to).unwrap();
+        for entry in std::fs::read_dir(fixture.join(from)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+        to
+    };
+    let (model, adapter) = (copy("model", "model"), copy("peft-lora", "adapter"));
+    let rows = root.path().join("rows.csv");
+    std::fs::write(&rows, "text\nso-so\na gorgeous movie\n").unwrap();
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--dev-file",
+        rows.to_str().unwrap(),
+    ];
+    let (ok, from_files, err) = spafit(&[&["predict"][..], &args, &["--format", "jsonl"]].concat());
+    assert!(ok, "{err}");
+    for weights in [
+        model.join("model.safetensors"),
+        adapter.join("adapter_model.safetensors"),
+    ] {
+        let bytes = std::fs::read(&weights).unwrap();
+        std::fs::remove_file(&weights).unwrap();
+        let stdout = predict_announcing_the_pipe(&weights, &bytes, &args);
+        assert_eq!(stdout, from_files, "{}", weights.display());
+        std::fs::remove_file(&weights).unwrap();
+        std::fs::write(&weights, &bytes).unwrap();
+    }
 }
 
 /// `--resume` on a finished run whose saved state was removed has nothing to resume: it is
