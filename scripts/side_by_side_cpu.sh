@@ -42,7 +42,7 @@ fi
 scripts/fetch_assets.sh >/dev/null
 cargo build --release --quiet
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-echo "machine: $cpu, $threads cores; torch threads $threads; $dtype; $pass; $model; $(date -u +%FT%TZ)"
+echo "machine: $cpu, $threads cores; torch and spafit threads $threads; $dtype; $pass; $model; $(date -u +%FT%TZ)"
 
 results=$(mktemp)
 for round in $(seq "$rounds"); do
@@ -52,7 +52,7 @@ for round in $(seq "$rounds"); do
                 "$threads" 2 4 "$method" 2>/dev/null | sed -n 's/^TORCH //p')
             strata=()
             [ "$method" = spafit ] && strata=(--n1 2 --n2 4)
-            s=$("${CARGO_TARGET_DIR:-target}"/release/spafit bench --model "$model" --method "$method" "${strata[@]}" \
+            s=$("${CARGO_TARGET_DIR:-target}"/release/spafit bench --threads "$threads" --model "$model" --method "$method" "${strata[@]}" \
                 --batch-size "$batch" --seq-len "$len" --steps "$steps" --warmup "$warmup" --dtype "$dtype" "${inference[@]}")
             fields='import json,sys; r = json.load(sys.stdin); print(r["ms_per_step"], r["peak_mem_mib"], r["resident_before_steps_mib"])'
             # Assigned first: a line that does not parse stops the run here (set -e).

@@ -27,13 +27,13 @@ fi
 scripts/fetch_assets.sh >/dev/null
 cargo build --release --quiet --bin spafit
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-echo "machine: $cpu, $threads cores; torch threads $threads; $(date -u +%FT%TZ)"
+echo "machine: $cpu, $threads cores; torch and spafit threads $threads; $(date -u +%FT%TZ)"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for round in $(seq "$rounds"); do
 for method in $methods; do
-    s=$("${CARGO_TARGET_DIR:-target}"/release/spafit demo --method "$method" --quiet --write-batches "$work/batches.jsonl" | tail -1)
+    s=$("${CARGO_TARGET_DIR:-target}"/release/spafit demo --threads "$threads" --method "$method" --quiet --write-batches "$work/batches.jsonl" | tail -1)
     lr=$(echo "$s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lr"])')
     t=$("$venv/bin/python" scripts/torch_peft_demo.py "$model" "$work/batches.jsonl" "$data" "$method" \
         "$lr" "$threads" 2 4 2>/dev/null | sed -n 's/^TORCH //p')

@@ -55,12 +55,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let threads = cli.threads();
     let run = || cli.run();
     // The command runs on a worker of the pool every op splits its work over, so an op's
     // fork and join stay among threads that are awake: called from outside the pool, each op
     // put its caller to sleep and woke it again (a training step on the CPU: 4x the context
     // switches). 8 MiB: the main thread's stack, which the command had before.
-    let pool = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .stack_size(8 << 20)
+        .build();
     let result = match pool {
         Ok(pool) => pool.install(run),
         Err(_) => run(),

@@ -30,6 +30,10 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU worker threads for the command's work (default: RAYON_NUM_THREADS where set, else
+    /// one per core). Results are the same bits for any count
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,7 +91,7 @@ enum Command {
     /// SPAFIT_CUDA_KEEP_LINEAR_INPUTS=1);
     /// `trainable_params`; `autograd_nodes` and `saved_activation_bytes` (what one step's, or
     /// micro-batch's, tape records and keeps for backward); `host_threads` (the CPU's worker
-    /// threads: RAYON_NUM_THREADS sets them); for SPAFIT `n1` and `n2` as resolved; for
+    /// threads: --threads or RAYON_NUM_THREADS sets them); for SPAFIT `n1` and `n2` as resolved; for
     /// adapters `lora` (rank, alpha, targets, layers).
     Bench(tools::BenchCommand),
     /// Fold an adapter into its base model and save a fine-tuned checkpoint of its own, which transformers and `spafit eval --model` read without the adapter (one JSON line).
@@ -167,6 +171,11 @@ impl Cli {
             Command::Demo(c) => c.check_command_line(),
         }?;
         Ok(cli)
+    }
+
+    /// The worker threads `--threads` asks for; 0 where it is not given (rayon's default).
+    pub fn threads(&self) -> usize {
+        self.threads.map_or(0, std::num::NonZeroUsize::get)
     }
 
     pub fn run(self) -> spafit::Result<()> {

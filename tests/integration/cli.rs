@@ -5915,3 +5915,72 @@ fn bench_fits_its_default_length_to_a_small_model() {
         "{err}"
     );
 }
+
+/// `--threads N` (before or after the command) sets the CPU worker threads, and a run gives
+/// the same bits on one thread as on three.
+#[test]
+fn the_thread_count_flag_sets_the_workers_and_changes_no_bit() {
+    let m = model();
+    let bench = |threads: &[&str]| {
+        let args = [
+            "bench",
+            "--model",
+            &m,
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "8",
+        ];
+        let steps = ["--steps", "1", "--warmup", "0"];
+        let (ok, out, err) = spafit(&[threads, &args[..], &steps[..]].concat());
+        assert!(ok, "{err}");
+        let line: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        line["host_threads"].as_u64().unwrap()
+    };
+    assert_eq!(bench(&["--threads", "3"]), 3);
+    // Without the flag, rayon's default: RAYON_NUM_THREADS where the test runs with it set.
+    let default = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(std::thread::available_parallelism().unwrap().get() as u64);
+    assert_eq!(bench(&[]), default);
+    let (ok, out, err) = spafit(&["bench", "--model", &m, "--threads", "1", "--steps", "1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"host_threads\":1"), "{out}");
+    let (ok, _, err) = spafit(&["bench", "--model", &m, "--threads", "0"]);
+    assert!(!ok && err.contains("--threads"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "t.csv",
+        "text,label\ngood,1\nbad,0\nfine film,1\nawful,0\ngreat,1\ndull plot,0\n",
+    );
+    let data = dir.path().join("t.csv").display().to_string();
+    let dev_loss = |threads: &str| {
+        let (ok, out, err) = spafit(&[
+            "train",
+            "--model",
+            &m,
+            "--train-file",
+            &data,
+            "--dev-file",
+            &data,
+            "--method",
+            "spafit",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "2",
+            "--seed",
+            "7",
+            "--threads",
+            threads,
+        ]);
+        assert!(ok, "{err}");
+        let line: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        line["dev_loss"].as_f64().unwrap().to_bits()
+    };
+    assert_eq!(dev_loss("1"), dev_loss("3"));
+}
