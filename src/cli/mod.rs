@@ -23,6 +23,10 @@ mod train;
 
 use clap::{Parser, Subcommand};
 
+/// The most worker threads `--threads` takes: far past any CPU's cores, and below the counts
+/// whose stacks and start-up (hundreds of thousands of threads) made the process hang.
+pub const MAX_THREADS: usize = 1024;
+
 /// Parameter-efficient fine-tuning of BERT-style encoders: SPAFIT (frozen / bias-only /
 /// LoRA + bias strata), BitFit, LoRA and full fine-tuning.
 #[derive(Parser, Debug)]
@@ -129,6 +133,16 @@ impl Cli {
             })
             .get_matches();
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if cli.threads() > MAX_THREADS {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            return Err(spafit::Error::invalid(
+                "--threads",
+                format!(
+                    "{} worker threads: at most {MAX_THREADS} (this machine has {cores} cores)",
+                    cli.threads()
+                ),
+            ));
+        }
         let Some((_, sub)) = matches.subcommand() else {
             return Ok(cli);
         };
@@ -174,6 +188,7 @@ impl Cli {
     }
 
     /// The worker threads `--threads` asks for; 0 where it is not given (rayon's default).
+    /// [`Cli::from_env`] refuses more than [`MAX_THREADS`].
     pub fn threads(&self) -> usize {
         self.threads.map_or(0, std::num::NonZeroUsize::get)
     }

@@ -5950,6 +5950,12 @@ fn the_thread_count_flag_sets_the_workers_and_changes_no_bit() {
     assert!(out.contains("\"host_threads\":1"), "{out}");
     let (ok, _, err) = spafit(&["bench", "--model", &m, "--threads", "0"]);
     assert!(!ok && err.contains("--threads"), "{err}");
+    // Hundreds of thousands of threads hung the process starting them.
+    let (ok, _, err) = spafit(&["bench", "--model", &m, "--threads", "1025"]);
+    assert!(
+        !ok && err.contains("1025 worker threads: at most 1024"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     write(
