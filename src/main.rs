@@ -68,10 +68,10 @@ fn main() {
     let result = match pool {
         Ok(pool) => pool.install(run),
         // Asked for: a run on other threads than given would be another run than asked for.
-        Err(e) if threads > 0 => Err(spafit::Error::invalid(
-            "--threads",
-            format!("could not start {threads} worker threads: {e}"),
-        )),
+        Err(e) if threads > 0 => Err(spafit::Error::BackendUnavailable {
+            backend: "cpu".into(),
+            reason: format!("could not start the {threads} worker threads --threads asks for: {e}"),
+        }),
         Err(_) => run(),
     };
     // A run a signal stopped saved its state and said so: the status is the signal's, as

@@ -72,7 +72,14 @@ pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBu
             ),
         });
     }
+    use std::os::unix::fs::FileTypeExt;
+    let config_is_pipe =
+        std::fs::metadata(spec.join("config.json")).is_ok_and(|m| m.file_type().is_fifo());
     let detail = match spec.is_file() {
+        false if config_is_pipe => {
+            "config.json here is a named pipe: the model's configuration is read from a \
+             regular file"
+        }
         false if spec.join("config.json").exists() => {
             "config.json here is not a file (a folder?): the model's configuration goes in a \
              file of that name"

@@ -34,8 +34,8 @@ pub const MAX_THREADS: usize = 1024;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// CPU worker threads for the command's work (default: RAYON_NUM_THREADS where set, else
-    /// one per core). Results are the same bits for any count
+    /// CPU worker threads for the command's work, 1 to 1024 (default: RAYON_NUM_THREADS where
+    /// set, else one per core). Results are the same bits for any count
     #[arg(long, global = true, value_name = "N")]
     threads: Option<std::num::NonZeroUsize>,
 }
@@ -133,13 +133,21 @@ impl Cli {
             })
             .get_matches();
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        if cli.threads() > MAX_THREADS {
+        // RAYON_NUM_THREADS sets the count where the flag does not, under the same bound.
+        let from_env = || {
+            let value = std::env::var("RAYON_NUM_THREADS").ok()?;
+            value.trim().parse::<usize>().ok()
+        };
+        let (asked, source) = match cli.threads() {
+            0 => (from_env().unwrap_or(0), "RAYON_NUM_THREADS"),
+            n => (n, "--threads"),
+        };
+        if asked > MAX_THREADS {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             return Err(spafit::Error::invalid(
-                "--threads",
+                source,
                 format!(
-                    "{} worker threads: at most {MAX_THREADS} (this machine has {cores} cores)",
-                    cli.threads()
+                    "{asked} worker threads: at most {MAX_THREADS} (this machine has {cores} cores)"
                 ),
             ));
         }

@@ -185,6 +185,11 @@ impl TextTokenizer {
                 "is a folder, where the tokenizer's file belongs".into(),
             ));
         }
+        if path.exists() && !path.is_file() {
+            return Err(format(
+                "is not a regular file (a named pipe?): the tokenizer is read from one".into(),
+            ));
+        }
         if !path.is_file() {
             return Err(Error::Io {
                 path: path.to_path_buf(),

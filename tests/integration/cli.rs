@@ -5299,9 +5299,10 @@ fn a_merged_adapter_evaluates_as_the_adapter_without_it() {
 }
 
 /// Runs `spafit predict` with `args` while `fifo` is a named pipe that no program writes to
-/// yet: asserts that its note comes before the wait (which would otherwise look like a hang),
-/// then writes `content` into it and returns the run's predictions (stdout).
-fn predict_announcing_the_pipe(fifo: &Path, content: &[u8], args: &[&str]) -> String {
+/// yet: asserts that its note, naming `noted` (the pipe or a link to it), comes before the
+/// wait (which would otherwise look like a hang), then writes `content` into it and returns
+/// the run's predictions (stdout).
+fn predict_announcing_the_pipe(fifo: &Path, noted: &Path, content: &[u8], args: &[&str]) -> String {
     use std::io::{BufRead, Write};
     let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: `name` is a NUL-terminated path that outlives the call.
@@ -5325,7 +5326,7 @@ fn predict_announcing_the_pipe(fifo: &Path, content: &[u8], args: &[&str]) -> St
         let mut pipe = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
         pipe.write_all(content).unwrap();
     };
-    let note = format!("{} is a named pipe", fifo.display());
+    let note = format!("{} is a named pipe", noted.display());
     let mut before_the_content = Vec::new();
     loop {
         match seen.recv_timeout(std::time::Duration::from_secs(120)) {
@@ -5354,6 +5355,7 @@ fn a_named_pipe_of_rows_is_announced_before_it_is_waited_on() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta");
     let (model, adapter) = (fixture.join("model"), fixture.join("peft-lora"));
     let stdout = predict_announcing_the_pipe(
+        &fifo,
         &fifo,
         b"text\nso-so\na gorgeous movie\n",
         &[
@@ -5410,10 +5412,37 @@ fn named_pipes_of_weights_are_announced_before_they_are_waited_on() {
     ] {
         let bytes = std::fs::read(&weights).unwrap();
         std::fs::remove_file(&weights).unwrap();
-        let stdout = predict_announcing_the_pipe(&weights, &bytes, &args);
+        let stdout = predict_announcing_the_pipe(&weights, &weights, &bytes, &args);
         assert_eq!(stdout, from_files, "{}", weights.display());
         std::fs::remove_file(&weights).unwrap();
         std::fs::write(&weights, &bytes).unwrap();
+    }
+    // Linked to a pipe elsewhere, as a Hugging Face cache's snapshot links to its blobs.
+    let weights = model.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::remove_file(&weights).unwrap();
+    let blob = root.path().join("blob");
+    std::os::unix::fs::symlink(&blob, &weights).unwrap();
+    let stdout = predict_announcing_the_pipe(&blob, &weights, &bytes, &args);
+    assert_eq!(stdout, from_files, "linked");
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::write(&weights, &bytes).unwrap();
+    // The configuration and the tokenizer are read from regular files only: a pipe is
+    // refused at once, saying so, not waited on.
+    for (file, said) in [
+        ("config.json", "config.json here is a named pipe"),
+        ("tokenizer.json", "is not a regular file (a named pipe?)"),
+    ] {
+        let path = model.join(file);
+        let kept = root.path().join(file);
+        std::fs::rename(&path, &kept).unwrap();
+        let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let (ok, _, err) = spafit(&[&["predict"][..], &args].concat());
+        assert!(!ok && err.contains(said), "{file}: {err}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::rename(&kept, &path).unwrap();
     }
 }
 
@@ -5927,7 +5956,7 @@ fn the_thread_count_flag_sets_the_workers_and_changes_no_bit() {
             "--model",
             &m,
             "--batch-size",
-            "2",
+            "8",
             "--seq-len",
             "8",
         ];
@@ -5956,12 +5985,28 @@ fn the_thread_count_flag_sets_the_workers_and_changes_no_bit() {
         !ok && err.contains("1025 worker threads: at most 1024"),
         "{err}"
     );
+    let (ok, _, err) = spafit_with_env(
+        &["bench", "--model", &m, "--steps", "1"],
+        &[("RAYON_NUM_THREADS", "5000".as_ref())],
+    );
+    assert!(
+        !ok && err.contains("RAYON_NUM_THREADS") && err.contains("at most 1024"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
         "t.csv",
-        "text,label\ngood,1\nbad,0\nfine film,1\nawful,0\ngreat,1\ndull plot,0\n",
+        &(0..24)
+            .map(|i| {
+                let words = [
+                    "good", "bad", "fine", "film", "awful", "great", "dull", "plot",
+                ];
+                let text: Vec<&str> = (0..20).map(|j| words[(i * 3 + j * 5) % 8]).collect();
+                format!("{},{}\n", text.join(" "), i % 2)
+            })
+            .fold("text,label\n".to_string(), |all, row| all + &row),
     );
     let data = dir.path().join("t.csv").display().to_string();
     let dev_loss = |threads: &str| {
