@@ -47,7 +47,7 @@ pub use manifest::AdapterManifest;
 pub use merged_checkpoint::{
     merged_max_len, save_merged, MergedCheckpoint, MergedDType, MERGE_NOTE_FILE,
 };
-pub use open::{open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
+pub use open::{is_spafit_adapter, open_adapter, AdapterFormat, AdapterHead, OpenedAdapter};
 pub use peft_export::{
     export_peft, exported_by_run, spafit_file_in, ExportedClassOrder, PeftExportRecord,
 };

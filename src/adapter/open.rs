@@ -355,6 +355,12 @@ fn texts(pairs: bool) -> &'static str {
     }
 }
 
+/// Whether `dir` holds a spafit adapter: its manifest or its weights as a regular file (a
+/// save killed between its renames can leave the weights without their manifest).
+pub fn is_spafit_adapter(dir: &Path) -> bool {
+    dir.join(MANIFEST_FILE).is_file() || dir.join(super::WEIGHTS_FILE).is_file()
+}
+
 /// Loads the adapter in `dir` onto `checkpoint`, recognizing its format by its files.
 pub fn open_adapter<B: Backend>(
     dir: &Path,
@@ -362,8 +368,7 @@ pub fn open_adapter<B: Backend>(
     backend: &B,
 ) -> Result<OpenedAdapter<B>> {
     super::require_adapter_folder(dir)?;
-    let spafit_adapter =
-        dir.join(MANIFEST_FILE).is_file() || dir.join(super::WEIGHTS_FILE).is_file();
+    let spafit_adapter = is_spafit_adapter(dir);
     // Neither writer makes such a folder: which adapter was meant cannot be guessed.
     if spafit_adapter && is_peft_adapter(dir) {
         return Err(Error::Format {

@@ -133,10 +133,13 @@ impl Cli {
             })
             .get_matches();
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        // RAYON_NUM_THREADS sets the count where the flag does not, under the same bound.
+        // RAYON_NUM_THREADS sets the count where the flag does not, under the same bound;
+        // read as rayon reads it (a value it cannot parse it ignores).
         let from_env = || {
-            let value = std::env::var("RAYON_NUM_THREADS").ok()?;
-            value.trim().parse::<usize>().ok()
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()?
+                .parse::<usize>()
+                .ok()
         };
         let (asked, source) = match cli.threads() {
             0 => (from_env().unwrap_or(0), "RAYON_NUM_THREADS"),

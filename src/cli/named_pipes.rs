@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use spafit::adapter::{
-    is_peft_adapter, open_adapter, OpenedAdapter, MANIFEST_FILE, PEFT_WEIGHTS_FILE, WEIGHTS_FILE,
+    is_peft_adapter, is_spafit_adapter, open_adapter, OpenedAdapter, MANIFEST_FILE,
+    PEFT_WEIGHTS_FILE, WEIGHTS_FILE,
 };
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
@@ -62,10 +63,9 @@ pub(super) fn open_adapter_noting_pipes<B: Backend>(
     checkpoint: &Checkpoint,
     backend: &B,
 ) -> Result<OpenedAdapter<B>> {
-    let (manifest, weights) = (dir.join(MANIFEST_FILE), dir.join(WEIGHTS_FILE));
-    if manifest.is_file() || weights.is_file() {
-        note_named_pipe(&manifest);
-        note_named_pipe(&weights);
+    if is_spafit_adapter(dir) {
+        note_named_pipe(&dir.join(MANIFEST_FILE));
+        note_named_pipe(&dir.join(WEIGHTS_FILE));
     } else if is_peft_adapter(dir) {
         note_named_pipe(&dir.join(PEFT_WEIGHTS_FILE));
     }

@@ -185,12 +185,7 @@ impl TextTokenizer {
                 "is a folder, where the tokenizer's file belongs".into(),
             ));
         }
-        if path.exists() && !path.is_file() {
-            return Err(format(
-                "is not a regular file (a named pipe?): the tokenizer is read from one".into(),
-            ));
-        }
-        if !path.is_file() {
+        if !path.exists() {
             return Err(Error::Io {
                 path: path.to_path_buf(),
                 error: std::io::Error::new(
@@ -198,6 +193,11 @@ impl TextTokenizer {
                     "tokenizer file not found",
                 ),
             });
+        }
+        if !path.is_file() {
+            return Err(format(
+                "is not a regular file (a named pipe?): the tokenizer is read from one".into(),
+            ));
         }
         let text = crate::text_file::read_utf8(path)?;
         check_sentencepiece_tables(&text).map_err(format)?;
