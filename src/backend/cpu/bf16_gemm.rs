@@ -21,6 +21,7 @@
 
 use half::bf16;
 
+use super::bf16_copies;
 use super::gemm::{product, Layout};
 
 /// How the weight `W` (`[out, in]`, row-major) enters the product with `A` (`[rows, k]`).
@@ -79,19 +80,7 @@ pub fn product_with_bf16_weight(
         // SAFETY: as above.
         return unsafe { x86::product(a, rows, w, out, input, k, cols, use_, bias) };
     }
-    plus_row(product_by_rounding(a, rows, w, out, input, use_), bias)
-}
-
-/// `c` with `bias` added to each of its rows.
-fn plus_row(mut c: Vec<f32>, bias: Option<&[f32]>) -> Vec<f32> {
-    if let Some(b) = bias {
-        for row in c.chunks_exact_mut(b.len()) {
-            for (v, b) in row.iter_mut().zip(b) {
-                *v += b;
-            }
-        }
-    }
-    c
+    bf16_copies::plus_row(product_by_rounding(a, rows, w, out, input, use_), bias)
 }
 
 /// The product on any CPU: the operands rounded to bf16, widened back, through the f32 GEMM.
@@ -103,8 +92,8 @@ pub fn product_by_rounding(
     input: usize,
     use_: WeightUse,
 ) -> Vec<f32> {
-    let a: Vec<f32> = a.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
-    let w: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+    let a = bf16_copies::rounded_to_bf16(a);
+    let w = bf16_copies::widened(w);
     let w_layout = Layout::row_major(out, input);
     match use_ {
         WeightUse::Transposed => product(1.0, &a, Layout::row_major(rows, input), &w, w_layout.t()),

@@ -8,6 +8,7 @@ mod adamw;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod attention;
+mod bf16_copies;
 mod bf16_gemm;
 mod chains;
 mod dropout;
