@@ -571,6 +571,12 @@ fn build_emulator(
     // cross-backend tests. The stand-in runs where it is built, so the build machine's CPU
     // decides; contraction stays off, so only the kernels' explicit fmaf fuse.
     let fma_flag: &[&str] = if host_has_fma() { &["-mfma"] } else { &[] };
+    // Every load and store of the kernels' host build checks that its address is aligned to
+    // its type (a `float4` to 16 bytes), trapping where it is not: the GPU faults on such an
+    // access (CUDA_ERROR_MISALIGNED_ADDRESS) where x86 reads it silently, so without the check
+    // a vector access the kernels' alignment tests let through would first fail on hardware.
+    // The trap is the driver's to report (driver.cpp, SIGILL); no sanitizer runtime is linked.
+    const MODULE_CHECKS: &[&str] = &["-fsanitize=alignment", "-fsanitize-undefined-trap-on-error"];
     let common_flags = |cmd: &mut Command| {
         cmd.args(fma_flag);
         cmd.args([
@@ -638,6 +644,7 @@ fn build_emulator(
                                 emulator_text,
                                 ptx_text.as_bytes(),
                                 cxx_id.as_bytes(),
+                                MODULE_CHECKS.join(" ").as_bytes(),
                             ]);
                             let so = cache.get(key, ".so", |tmp| {
                                 let mut tu = format!("#include \"{name}.cu\"\n");
@@ -659,7 +666,8 @@ fn build_emulator(
                                 std::fs::write(&tu_path, tu).map_err(|e| e.to_string())?;
                                 let mut cmd = Command::new(&cxx);
                                 common_flags(&mut cmd);
-                                cmd.arg("-I")
+                                cmd.args(MODULE_CHECKS)
+                                    .arg("-I")
                                     .arg(&gen)
                                     .arg("-include")
                                     .arg(emu_dir.join("device.h"))

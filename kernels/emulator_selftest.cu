@@ -96,6 +96,12 @@ extern "C" __global__ void selftest_misaligned_cp_async(const float* in) {
     cp_async_wait<0>();
 }
 
+// A float4 load from an address 4 bytes past a 16-byte boundary.
+extern "C" __global__ void selftest_misaligned_vector_load(float* data) {
+    const float4 v = *reinterpret_cast<const float4*>(data + 1 + 4 * threadIdx.x);
+    data[4 * threadIdx.x] = v.x + v.w;
+}
+
 // mma.sync with only 16 lanes: the instruction needs the whole warp.
 extern "C" __global__ void selftest_mma_half_warp(float* out) {
     uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};

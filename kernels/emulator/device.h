@@ -13,8 +13,10 @@
 // __syncthreads; lanes of a warp at different collectives, with different masks, with a mask
 // that leaves out a live lane (partial masks are not emulated), or reading an exited lane;
 // warp-wide tensor-core instructions without all 32 lanes; ldmatrix / cp.async addresses that
-// are misaligned or outside shared memory; and shared memory (static and dynamic) that is
-// NaN bytes at the start of every block and ends at a guard page.
+// are misaligned or outside shared memory; any other load or store through a pointer not
+// aligned to its type (build.rs compiles the modules with the compiler's alignment checks);
+// and shared memory (static and dynamic) that is NaN bytes at the start of every block and
+// ends at a guard page.
 #pragma once
 
 // Our definitions first: CUDA's host_defines.h keeps a keyword it finds already defined.

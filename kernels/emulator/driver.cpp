@@ -405,6 +405,7 @@ const int kSharedOptIn = 227 * 1024;
 struct FaultLanding {
     EmuLaunch* launch;
     sigjmp_buf jmp;
+    CUresult code;
     char text[512];
 };
 // The one thread-local the fault handler reads, in the initial-exec model: a dlopen'ed
@@ -414,7 +415,9 @@ struct FaultLanding {
 // libraries loaded later (512 bytes by default, shared with the kernel modules' ~20 each); if
 // it ever ran out, dlopen would say "cannot allocate memory in static TLS block".
 thread_local FaultLanding* t_landing __attribute__((tls_model("initial-exec"))) = nullptr;
-struct sigaction g_old_segv, g_old_bus;
+struct sigaction g_old_segv, g_old_bus, g_old_ill;
+
+const char* signal_name(int sig) { return sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : "SIGILL"; }
 
 // Names what lies at `addr` (inside a signal handler: try-lock, never block).
 void describe(uintptr_t addr, const EmuLaunch* L, char* buf, size_t n) {
@@ -449,15 +452,26 @@ void on_fault(int sig, siginfo_t* si, void* uc) {
     if (!F) {  // not ours: say where it hit, then behave as if we were not here
         char note[160];
         int n = snprintf(note, sizeof note, "emu: %s at %p outside any kernel launch (host code, not a kernel)\n",
-                         sig == SIGSEGV ? "SIGSEGV" : "SIGBUS", si->si_addr);
+                         signal_name(sig), si->si_addr);
         if (n > 0) (void)!write(2, note, size_t(n) < sizeof note ? size_t(n) : sizeof note - 1);
-        struct sigaction* old = sig == SIGSEGV ? &g_old_segv : &g_old_bus;
+        struct sigaction* old = sig == SIGSEGV ? &g_old_segv : sig == SIGBUS ? &g_old_bus : &g_old_ill;
         if ((old->sa_flags & SA_SIGINFO) && old->sa_sigaction) return old->sa_sigaction(sig, si, uc);
         if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN) return old->sa_handler(sig);
         signal(sig, SIG_DFL);  // the faulting instruction runs again and kills the process as it would have
         return;
     }
     const EmuLaunch* L = F->launch;
+    if (sig == SIGILL) {
+        // The modules' alignment checks (build.rs) trap; nothing else in a kernel does.
+        F->code = CUDA_ERROR_MISALIGNED_ADDRESS;
+        snprintf(F->text, sizeof F->text,
+                 "misaligned address in kernel %s, block (%u,%u,%u), thread (%u,%u,%u): a load or store through a "
+                 "pointer not aligned to its type's size (the instruction at %p)",
+                 L->name, L->cur_block[0], L->cur_block[1], L->cur_block[2], L->cur_thread[0], L->cur_thread[1],
+                 L->cur_thread[2], si->si_addr);
+        siglongjmp(F->jmp, 1);
+    }
+    F->code = CUDA_ERROR_ILLEGAL_ADDRESS;
     char what[256];
     describe(uintptr_t(si->si_addr), L, what, sizeof what);
     snprintf(F->text, sizeof F->text, "illegal address in kernel %s, block (%u,%u,%u), thread (%u,%u,%u): access to %p, %s",
@@ -478,8 +492,10 @@ void install_fault_handler() {
         sigemptyset(&sa.sa_mask);
         sigaddset(&sa.sa_mask, SIGSEGV);
         sigaddset(&sa.sa_mask, SIGBUS);
+        sigaddset(&sa.sa_mask, SIGILL);
         sigaction(SIGSEGV, &sa, &g_old_segv);
         sigaction(SIGBUS, &sa, &g_old_bus);
+        sigaction(SIGILL, &sa, &g_old_ill);
     });
 }
 
@@ -1026,8 +1042,8 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
         rc = fn->entry->launch(&L);
     } else {
         t_landing = nullptr;
-        g_sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
-        return failure(CUDA_ERROR_ILLEGAL_ADDRESS, "%s", landing.text);
+        g_sticky = landing.code;
+        return failure(landing.code, "%s", landing.text);
     }
     t_landing = nullptr;
     if (rc) {

@@ -556,6 +556,22 @@ fn misaligned_cp_async_fails_the_launch() {
     );
 }
 
+/// A vector access the GPU faults on, which x86 would read silently: the kernels' host build
+/// checks every access's alignment.
+#[test]
+fn a_misaligned_vector_load_fails_the_launch() {
+    failing_kernel(
+        "a_misaligned_vector_load_fails_the_launch",
+        "selftest_misaligned_vector_load",
+        32,
+        "MISALIGNED_ADDRESS",
+        &[
+            "misaligned address in kernel selftest_misaligned_vector_load",
+            "thread (0,0,0)",
+        ],
+    );
+}
+
 #[test]
 fn writing_a_cp_async_source_before_its_wait_fails_the_launch() {
     failing_kernel(
