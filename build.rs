@@ -402,7 +402,11 @@ fn main() {
         return;
     };
 
-    // 1. PTX.
+    // 1. PTX. No multiply-add is fused unless the source writes fmaf: nvcc's plain multiplies
+    // and adds leave ptxas free to fuse them, and it fused the same inlined code differently in
+    // two kernels that must agree bit for bit (NOTES.md, 2026-12-04). Unfused, the GPU's
+    // arithmetic is also the stand-in's, whose host build fuses nothing.
+    const NVCC_FLAGS: &[&str] = &["-O3", "--fmad=false", "-std=c++17"];
     let mut ptx_of = Vec::new();
     for src in &cu {
         let name = src
@@ -417,19 +421,16 @@ fn main() {
             &headers,
             tc.nvcc.to_string_lossy().as_bytes(),
             tc.arch.as_bytes(),
+            NVCC_FLAGS.join(" ").as_bytes(),
         ]);
         let ptx = cache
             .get(key, ".ptx", |tmp| {
                 run(
                     &format!("nvcc on {}", src.display()),
                     Command::new(&tc.nvcc)
-                        .args([
-                            "-ptx",
-                            &format!("-arch={}", tc.arch),
-                            "-O3",
-                            "-std=c++17",
-                            "-I",
-                        ])
+                        .args(["-ptx", &format!("-arch={}", tc.arch)])
+                        .args(NVCC_FLAGS)
+                        .arg("-I")
                         .arg(&kernels)
                         .arg("-o")
                         .arg(tmp)

@@ -243,7 +243,7 @@ struct AttnTc {
             for (int j = 0; j < 8; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    s[j][e] = s[j][e] * p.scale + kbias[j * 8 + 2 * t + (e & 1)];
+                    s[j][e] = fmaf(s[j][e], p.scale, kbias[j * 8 + 2 * t + (e & 1)]);
                     mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
                 }
             float corr[2], mu[2];
@@ -367,7 +367,7 @@ struct AttnTc {
                 for (int e = 0; e < 4; ++e) {
                     const int kr = 16 * w + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1);
                     const bool live = kvalid[kr] != 0.f && q0 + qc < len;
-                    const float pt = live ? __expf(st[j][e] * p.scale - lse_s[qc]) : 0.f;
+                    const float pt = live ? __expf(fmaf(st[j][e], p.scale, -lse_s[qc])) : 0.f;
                     const float z = drop_factor(p, b, h, q0 + qc, k0 + kr);
                     dpt[j][e] = pt * (dpt[j][e] * z - delta_s[qc]);
                     st[j][e] = pt * z;
@@ -508,7 +508,7 @@ struct AttnTc {
                     for (int e = 0; e < 4; ++e) {
                         const int r = e >> 1, kc = j * 8 + 2 * t + (e & 1);
                         const int qi = q0 + 16 * w + g + 8 * r;
-                        const float pr = kvalid[kc] != 0.f && qi < len ? __expf(s[j][e] * p.scale - lse_r[r]) : 0.f;
+                        const float pr = kvalid[kc] != 0.f && qi < len ? __expf(fmaf(s[j][e], p.scale, -lse_r[r])) : 0.f;
                         const float dpz = dp[j][e] * drop_factor(p, b, h, qi, k0 + kc);
                         if (pass == 0)
                             delta_r[r] += pr * dpz;
@@ -657,7 +657,7 @@ __device__ void attention_dkdv_f32_impl(const AttnParams& p) {
                 s = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], s);
                 if (want_dk) dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
             }
-            const float pr = expf(s * p.scale - stat[i]);
+            const float pr = expf(fmaf(s, p.scale, -stat[i]));
             const float z = drop_factor(p, b, h, q0 + i, kj);
             const float ds = pr * (dp * z - stat[F32Tiles::OTHER + i]);
             const float pd = pr * z;
@@ -714,7 +714,7 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
                 s = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], s);
                 dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
             }
-            const float pr = expf(s * p.scale - lse);
+            const float pr = expf(fmaf(s, p.scale, -lse));
             const float z = drop_factor(p, b, h, qi, k0 + j);
             if (DELTA_ONLY) {
                 delta_sum = fmaf(pr * z, dp, delta_sum);

@@ -35,7 +35,35 @@ fn pick_sass<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::pick_sass;
+    use super::{pick_sass, KERNELS};
+
+    /// The PTX's float multiplies, adds and subtracts are all `.rn` (build.rs: `--fmad=false`),
+    /// which ptxas never fuses: a plain `mul.f32` or `add.f32` beside its neighbour could become
+    /// an FMA in one kernel and not in another, and the GPU's bits would differ from the
+    /// stand-in's and between kernels that must agree. (`fma.rn` is written where fusion is
+    /// meant.)
+    #[test]
+    fn no_float_multiply_or_add_is_left_for_ptxas_to_fuse() {
+        if KERNELS.is_empty() {
+            println!("SKIPPED the PTX's rounding modes: this build has no nvcc");
+            return;
+        }
+        for (module, ptx) in KERNELS {
+            for (i, line) in ptx.lines().enumerate() {
+                let op = line.split_whitespace().next().unwrap_or("");
+                let mut parts = op.split('.');
+                let (name, modifiers): (_, Vec<_>) = (parts.next(), parts.collect());
+                let float = modifiers.iter().any(|m| matches!(*m, "f32" | "f64"));
+                assert!(
+                    !(matches!(name, Some("mul" | "add" | "sub")) && float)
+                        || modifiers.iter().any(|m| m.starts_with('r')),
+                    "{module}.ptx line {}: `{}` has no rounding mode, so ptxas may fuse it",
+                    i + 1,
+                    line.trim()
+                );
+            }
+        }
+    }
 
     #[test]
     fn machine_code_is_picked_only_for_a_gpu_that_runs_it() {
