@@ -541,10 +541,10 @@ fn build_emulator(
         .try_get_compiler()
         .map_err(|e| format!("no C++ compiler: {e}"))?;
     let cxx = compiler.path().to_path_buf();
-    let probe = Command::new(&cxx).arg("--version").output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        return Err(format!("no working C++ compiler at {}", cxx.display()));
-    }
+    let version = match Command::new(&cxx).arg("--version").output() {
+        Ok(o) if o.status.success() => o.stdout,
+        _ => return Err(format!("no working C++ compiler at {}", cxx.display())),
+    };
     let emu_dir = kernels.join("emulator");
     let gen = out.join("emulator-src");
     let dir = out.join("emulator");
@@ -578,27 +578,35 @@ fn build_emulator(
     // a vector access the kernels' alignment tests let through would first fail on hardware.
     // The trap is the driver's to report (driver.cpp, SIGILL); no sanitizer runtime is linked.
     const MODULE_CHECKS: &[&str] = &["-fsanitize=alignment", "-fsanitize-undefined-trap-on-error"];
+    const COMMON_FLAGS: &[&str] = &[
+        "-std=c++17",
+        "-O2",
+        // The host compiler must not fuse a·b + c where the PTX has two rounded operations
+        // (GCC fuses by default where the target has FMA, e.g. aarch64 or -march=native).
+        "-ffp-contract=off",
+        "-fPIC",
+        "-shared",
+        "-fvisibility=hidden",
+        "-Wall",
+        "-Wno-unused-function",
+        "-Wno-unknown-pragmas",
+    ];
     let common_flags = |cmd: &mut Command| {
-        cmd.args(fma_flag);
-        cmd.args([
-            "-std=c++17",
-            "-O2",
-            // The host compiler must not fuse a·b + c where the PTX has two rounded operations
-            // (GCC fuses by default where the target has FMA, e.g. aarch64 or -march=native).
-            "-ffp-contract=off",
-            "-fPIC",
-            "-shared",
-            "-fvisibility=hidden",
-            "-Wall",
-            "-Wno-unused-function",
-            "-Wno-unknown-pragmas",
-        ])
-        .arg("-I")
-        .arg(&emu_dir)
-        .arg("-I")
-        .arg(include);
+        cmd.args(fma_flag)
+            .args(COMMON_FLAGS)
+            .arg("-I")
+            .arg(&emu_dir)
+            .arg("-I")
+            .arg(include);
     };
-    let cxx_id = format!("{} {}", cxx.to_string_lossy(), fma_flag.join(" "));
+    // Whatever decides the objects' code: the compiler (path and version) and the flags.
+    let cxx_id = format!(
+        "{} {} {} {}",
+        cxx.to_string_lossy(),
+        String::from_utf8_lossy(&version),
+        fma_flag.join(" "),
+        COMMON_FLAGS.join(" ")
+    );
 
     let driver_key = hash_of(&[b"driver", emulator_text, cxx_id.as_bytes()]);
     let driver = cache

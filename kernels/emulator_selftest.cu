@@ -96,9 +96,10 @@ extern "C" __global__ void selftest_misaligned_cp_async(const float* in) {
     cp_async_wait<0>();
 }
 
-// A float4 load from an address 4 bytes past a 16-byte boundary.
+// Thread 5 loads a float4 from an address 4 bytes past a 16-byte boundary, the others from
+// aligned ones.
 extern "C" __global__ void selftest_misaligned_vector_load(float* data) {
-    const float4 v = *reinterpret_cast<const float4*>(data + 1 + 4 * threadIdx.x);
+    const float4 v = *reinterpret_cast<const float4*>(data + (threadIdx.x == 5) + 4 * threadIdx.x);
     data[4 * threadIdx.x] = v.x + v.w;
 }
 

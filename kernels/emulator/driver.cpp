@@ -462,13 +462,17 @@ void on_fault(int sig, siginfo_t* si, void* uc) {
     }
     const EmuLaunch* L = F->launch;
     if (sig == SIGILL) {
-        // The modules' alignment checks (build.rs) trap; nothing else in a kernel does.
-        F->code = CUDA_ERROR_MISALIGNED_ADDRESS;
-        snprintf(F->text, sizeof F->text,
-                 "misaligned address in kernel %s, block (%u,%u,%u), thread (%u,%u,%u): a load or store through a "
-                 "pointer not aligned to its type's size (the instruction at %p)",
-                 L->name, L->cur_block[0], L->cur_block[1], L->cur_block[2], L->cur_thread[0], L->cur_thread[1],
-                 L->cur_thread[2], si->si_addr);
+        // A `ud2` is the modules' alignment check (build.rs; the emulator's own can't-happen
+        // paths abort instead); any other illegal instruction is a module built for another CPU.
+        const unsigned char* insn = static_cast<const unsigned char*>(si->si_addr);
+        const bool check = insn && insn[0] == 0x0f && insn[1] == 0x0b;
+        F->code = check ? CUDA_ERROR_MISALIGNED_ADDRESS : CUDA_ERROR_LAUNCH_FAILED;
+        snprintf(F->text, sizeof F->text, "%s in kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s (the instruction at %p)",
+                 check ? "misaligned address" : "illegal instruction", L->name, L->cur_block[0], L->cur_block[1],
+                 L->cur_block[2], L->cur_thread[0], L->cur_thread[1], L->cur_thread[2],
+                 check ? "a load or store through a pointer not aligned to its type's size"
+                       : "this CPU lacks an instruction the stand-in's host build used (built on another machine?)",
+                 si->si_addr);
         siglongjmp(F->jmp, 1);
     }
     F->code = CUDA_ERROR_ILLEGAL_ADDRESS;

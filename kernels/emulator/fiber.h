@@ -46,7 +46,7 @@ emu_fiber_switch:
 emu_fiber_trampoline:
     movq %r13, %rdi
     callq *%r12
-    ud2
+    call abort@PLT
     .size emu_fiber_trampoline, .-emu_fiber_trampoline
 )");
 
@@ -97,7 +97,7 @@ inline void fiber_prepare(FiberContext& f, void* lo, size_t size, void (*entry)(
     makecontext(&f.ctx, reinterpret_cast<void (*)()>(+[](unsigned e_lo, unsigned e_hi, unsigned a_lo, unsigned a_hi) {
                     auto fn = reinterpret_cast<void (*)(void*)>((uintptr_t(e_hi) << 32) | e_lo);
                     fn(reinterpret_cast<void*>((uintptr_t(a_hi) << 32) | a_lo));
-                    __builtin_trap();
+                    abort();
                 }),
                 4, unsigned(e), unsigned(e >> 32), unsigned(a), unsigned(a >> 32));
 }

@@ -557,7 +557,7 @@ fn misaligned_cp_async_fails_the_launch() {
 }
 
 /// A vector access the GPU faults on, which x86 would read silently: the kernels' host build
-/// checks every access's alignment.
+/// checks every access's alignment, and the failure names the one thread that made it.
 #[test]
 fn a_misaligned_vector_load_fails_the_launch() {
     failing_kernel(
@@ -567,7 +567,7 @@ fn a_misaligned_vector_load_fails_the_launch() {
         "MISALIGNED_ADDRESS",
         &[
             "misaligned address in kernel selftest_misaligned_vector_load",
-            "thread (0,0,0)",
+            "thread (5,0,0)",
         ],
     );
 }

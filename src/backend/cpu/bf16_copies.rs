@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// enough that a batch's activations split over the cores.
 const TASK: usize = 1 << 16;
 
-/// `v`'s bits rounded to the nearest bf16 and widened back to f32.
+/// An f32's bits `x` rounded to the nearest bf16 and widened back to f32.
 #[inline(always)]
 fn rounded_bits(x: u32) -> u32 {
     if x & 0x7fff_ffff > 0x7f80_0000 {

@@ -48,15 +48,34 @@ mod tests {
             println!("SKIPPED the PTX's rounding modes: this build has no nvcc");
             return;
         }
+        let fusable = |statement: &str| {
+            // `@%p mul.f32 …` (predicated) and `{ add.bf16x2 … }` (the CUDA headers' inline
+            // assembly) too.
+            let mut words = statement
+                .trim_matches(|c: char| c.is_whitespace() || c == '{' || c == '}')
+                .split_whitespace()
+                .skip_while(|w| w.starts_with('@'));
+            let mut parts = words.next().unwrap_or("").split('.');
+            let name = parts.next();
+            let modifiers: Vec<&str> = parts.collect();
+            let float = modifiers.iter().any(|m| {
+                let m = m.strip_prefix('b').unwrap_or(m);
+                matches!(m, "f16" | "f32" | "f64" | "f16x2" | "f32x2")
+            });
+            let rounded = modifiers
+                .iter()
+                .any(|m| matches!(*m, "rn" | "rz" | "rm" | "rp"));
+            matches!(name, Some("mul" | "add" | "sub")) && float && !rounded
+        };
+        assert!(fusable("mul.f32 %f1, %f2, %f3;"));
+        assert!(fusable("@%p1 add.ftz.f32 %f1, %f2, %f3;"));
+        assert!(fusable("{ add.bf16x2 %r1,%r2,%r3; }"));
+        assert!(!fusable("mul.rn.f32 %f1, %f2, %f3;"));
+        assert!(!fusable("mul.wide.u32 %rd1, %r2, 4;"));
         for (module, ptx) in KERNELS {
             for (i, line) in ptx.lines().enumerate() {
-                let op = line.split_whitespace().next().unwrap_or("");
-                let mut parts = op.split('.');
-                let (name, modifiers): (_, Vec<_>) = (parts.next(), parts.collect());
-                let float = modifiers.iter().any(|m| matches!(*m, "f32" | "f64"));
                 assert!(
-                    !(matches!(name, Some("mul" | "add" | "sub")) && float)
-                        || modifiers.iter().any(|m| m.starts_with('r')),
+                    !line.split(';').any(fusable),
                     "{module}.ptx line {}: `{}` has no rounding mode, so ptxas may fuse it",
                     i + 1,
                     line.trim()
