@@ -1,6 +1,5 @@
 use std::path::PathBuf;
 
-use super::named_pipes::open_checkpoint;
 use clap::Args;
 use serde_json::json;
 use spafit::data::rotten_tomatoes;
@@ -9,6 +8,7 @@ use spafit::{Error, Result};
 use spafit::backend::Backend;
 
 use super::args::{on_backend, ModelArgs, PeftArgs};
+use super::named_pipes::open_checkpoint;
 use super::train::{check_output_paths, fit, setup, TrainArgs};
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.

@@ -1,4 +1,3 @@
-use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
@@ -14,6 +13,7 @@ use spafit::{Error, Result};
 use spafit::backend::Backend;
 
 use super::args::{on_backend, DataArgs, ModelArgs, TrainedCut};
+use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 use super::prediction_output::{PredictionFormat, PredictionTable};
 
 /// The model (the base with a saved adapter, or a fine-tuned checkpoint as it is), a split

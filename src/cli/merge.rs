@@ -1,6 +1,5 @@
 //! `spafit merge`: an adapter folded into its base, saved as a fine-tuned checkpoint.
 
-use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 use std::path::PathBuf;
 
 use clap::Args;
@@ -11,6 +10,7 @@ use spafit::data::TaskKind;
 use spafit::{Error, Result};
 
 use super::args::spelling;
+use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 
 /// `spafit merge`.
 #[derive(Args, Debug)]

@@ -1,6 +1,5 @@
 use std::time::Instant;
 
-use super::named_pipes::open_checkpoint;
 use clap::Args;
 use serde_json::json;
 use spafit::bench::{bench_train_step_with, BenchSettings, StepKernelTimes};
@@ -15,6 +14,7 @@ use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 
 use super::args::{on_backend, AnyBackend, ModelArgs, PeftArgs};
+use super::named_pipes::open_checkpoint;
 use super::train::setup;
 
 /// Coordinates from which a gradcheck shows its progress.

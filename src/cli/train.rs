@@ -1,6 +1,5 @@
 use std::path::PathBuf;
 
-use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 use clap::Args;
 use serde_json::json;
 use spafit::adapter::{export_peft, AdapterHead};
@@ -13,6 +12,7 @@ use spafit::train::{TrainConfig, TrainReport, Trainer};
 use spafit::Result;
 
 use super::args::{on_backend, DataArgs, ModelArgs, PeftArgs, TrainedCut};
+use super::named_pipes::{open_adapter_noting_pipes, open_checkpoint};
 
 /// Optimizer, schedule and run bookkeeping.
 #[derive(Args, Debug, Clone)]
