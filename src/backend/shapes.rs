@@ -461,6 +461,32 @@ pub fn attention<B: Backend>(
     })
 }
 
+/// Validates a relative position bias of attention over `d` (see
+/// [`Backend::attention_forward_with_position_bias`]): `[2·seq − 1, heads]` in `dtype`.
+pub fn attention_position_bias<B: Backend>(
+    op: &'static str,
+    bias: &Tensor<B>,
+    d: &AttentionDims,
+    dtype: DType,
+) -> Result<()> {
+    require_dims(
+        op,
+        "position_bias",
+        bias,
+        &[(2 * d.seq).max(1) - 1, d.heads],
+    )?;
+    if bias.dtype() != dtype {
+        return Err(Error::dtype(
+            op,
+            format!(
+                "`position_bias` is {} but the attention computes in {dtype}",
+                bias.dtype()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates the operands of attention's backward (`v` only where `dq` or `dk` is asked
 /// for) and returns the gradients' dtype (`d_out`'s) and the sizes. `q`, `k`, `v` have that
 /// dtype or `rounded`, that of the backend's copies rounded for the products.

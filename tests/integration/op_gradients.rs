@@ -416,6 +416,195 @@ fn attention_matches_direct_softmax() {
     }
 }
 
+/// Attention with MPNet's relative position bias: every gradient, the bias's included,
+/// against finite differences, with padded and fully padded sequences.
+fn position_bias_check(dropout: Option<Dropout>, label: &str) {
+    let (batch, seq, heads, hidden) = (3, 6, 3, 12);
+    let lengths = [6usize, 3, 0];
+    let mut rng = SplitMix::new(23);
+    let q = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let k = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let v = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let bias = random(&mut rng, &[2 * seq - 1, heads], 1.5);
+    let r = nonzero(&mut rng, batch * seq * hidden);
+    let c = cpu();
+    let mask_values: Vec<u32> = lengths
+        .iter()
+        .flat_map(|&l| (0..seq).map(move |t| u32::from(t < l)))
+        .collect();
+    let mask = c
+        .tensor_from_u32(Shape::new([batch, seq]), &mask_values)
+        .unwrap();
+    let config = AttentionConfig {
+        heads,
+        scale: 0.5,
+        dropout,
+    };
+    let loss = |q: &T, k: &T, v: &T, b: &T| {
+        let out = c
+            .attention_forward_with_position_bias(q, k, v, &mask, b, &config)
+            .unwrap();
+        dot(&host(&out.out), &r)
+    };
+    let out = c
+        .attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, &config)
+        .unwrap();
+    let dy = tensor(&c, out.out.dims(), &r);
+    let every = AttentionGradRequest {
+        dq: true,
+        dk: true,
+        dv: true,
+    };
+    let (g, d_bias) = c
+        .attention_backward_with_position_bias(
+            &dy,
+            &q,
+            &k,
+            Some(&v),
+            &out.lse,
+            &mask,
+            &bias,
+            &config,
+            every,
+            true,
+        )
+        .unwrap();
+    let n = q.numel();
+    let cases: [(&str, &T, Vec<f64>); 4] = [
+        ("dq", &q, host(g.dq.as_ref().unwrap())),
+        ("dk", &k, host(g.dk.as_ref().unwrap())),
+        ("dv", &v, host(g.dv.as_ref().unwrap())),
+        ("d_position_bias", &bias, host(d_bias.as_ref().unwrap())),
+    ];
+    for (i, (name, at, analytic)) in cases.iter().enumerate() {
+        let count = if i == 3 { bias.numel() } else { n };
+        check_gradient(
+            &format!("attention with position bias{label} {name}"),
+            analytic,
+            &host(at),
+            &all(count),
+            TOL,
+            |x| {
+                with(at, x, |t| {
+                    let mut args = [&q, &k, &v, &bias];
+                    args[i] = t;
+                    loss(args[0], args[1], args[2], args[3])
+                })
+            },
+        );
+    }
+    // Without the bias's gradient asked for, the others are the same bits.
+    let (again, none) = c
+        .attention_backward_with_position_bias(
+            &dy,
+            &q,
+            &k,
+            Some(&v),
+            &out.lse,
+            &mask,
+            &bias,
+            &config,
+            every,
+            false,
+        )
+        .unwrap();
+    assert!(none.is_none());
+    assert_eq!(host(again.dq.as_ref().unwrap()), cases[0].2);
+    // The bias's gradient alone still needs `v` (dS needs dP = dO·Vᵀ).
+    let only_bias = c.attention_backward_with_position_bias(
+        &dy,
+        &q,
+        &k,
+        None,
+        &out.lse,
+        &mask,
+        &bias,
+        &config,
+        AttentionGradRequest::default(),
+        true,
+    );
+    assert!(only_bias.is_err(), "the bias's gradient without v");
+}
+
+#[test]
+fn attention_with_position_bias_every_gradient() {
+    position_bias_check(None, "");
+}
+
+#[test]
+fn attention_with_position_bias_every_gradient_with_dropout() {
+    position_bias_check(Some(Dropout { p: 0.25, seed: 5 }), "+dropout");
+}
+
+/// The bias's place, checked independently: softmax written out per query with
+/// `bias[seq − 1 + j − i][h]` added, against the backend's forward; and a bias of the wrong
+/// shape is refused by name.
+#[test]
+fn attention_with_position_bias_matches_direct_softmax() {
+    let (batch, seq, heads, dim) = (2, 5, 2, 3);
+    let hidden = heads * dim;
+    let mut rng = SplitMix::new(24);
+    let q = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let k = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let v = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let bias = random(&mut rng, &[2 * seq - 1, heads], 2.0);
+    let lengths = [5usize, 3];
+    let c = cpu();
+    let mask_values: Vec<u32> = lengths
+        .iter()
+        .flat_map(|&l| (0..seq).map(move |t| u32::from(t < l)))
+        .collect();
+    let mask = c
+        .tensor_from_u32(Shape::new([batch, seq]), &mask_values)
+        .unwrap();
+    let (scale, config) = (
+        0.6,
+        AttentionConfig {
+            heads,
+            scale: 0.6,
+            dropout: None,
+        },
+    );
+    let out = host(
+        &c.attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, &config)
+            .unwrap()
+            .out,
+    );
+    let (qh, kh, vh, bh) = (host(&q), host(&k), host(&v), host(&bias));
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..seq {
+                let at = |m: &[f64], t: usize, e: usize| m[(b * seq + t) * hidden + h * dim + e];
+                let s: Vec<f64> = (0..lengths[b])
+                    .map(|j| {
+                        let qk: f64 = (0..dim).map(|e| at(&qh, i, e) * at(&kh, j, e)).sum();
+                        scale * qk + bh[(seq - 1 + j - i) * heads + h]
+                    })
+                    .collect();
+                let z: f64 = s.iter().map(|x| x.exp()).sum();
+                for e in 0..dim {
+                    let want: f64 = s
+                        .iter()
+                        .enumerate()
+                        .map(|(j, x)| x.exp() / z * at(&vh, j, e))
+                        .sum();
+                    let got = out[(b * seq + i) * hidden + h * dim + e];
+                    assert!(
+                        (got - want).abs() < 1e-12,
+                        "b{b} h{h} i{i} e{e}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+    let short = random(&mut rng, &[seq, heads], 1.0);
+    let e = c
+        .attention_forward_with_position_bias(&q, &k, &v, &mask, &short, &config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("position_bias"), "{e}");
+}
+
 // ---- elementwise ---------------------------------------------------------------------------
 
 fn unary_check(name: &str, forward: impl Fn(&T) -> T, backward: impl Fn(&T, &T, &T) -> T) {

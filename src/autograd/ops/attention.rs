@@ -6,10 +6,12 @@ use crate::tensor::Tensor;
 struct AttentionNode<B: Backend> {
     q: Tensor<B>,
     k: Tensor<B>,
-    /// Needed only for `dq`/`dk`.
+    /// Needed only for `dq`/`dk` (and the position bias's gradient).
     v: Option<Tensor<B>>,
     lse: Tensor<B>,
     mask: Tensor<B>,
+    /// MPNet's relative position bias `[2·seq − 1, heads]`, the node's fourth input.
+    position_bias: Option<Tensor<B>>,
     config: AttentionConfig,
 }
 
@@ -20,21 +22,41 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
         d_out: &Tensor<B>,
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor<B>>>> {
-        let g = backend.attention_backward(
-            d_out,
-            &self.q,
-            &self.k,
-            self.v.as_ref(),
-            &self.lse,
-            &self.mask,
-            &self.config,
-            AttentionGradRequest {
-                dq: needs[0],
-                dk: needs[1],
-                dv: needs[2],
-            },
-        )?;
-        Ok(vec![g.dq, g.dk, g.dv])
+        let want = AttentionGradRequest {
+            dq: needs[0],
+            dk: needs[1],
+            dv: needs[2],
+        };
+        match &self.position_bias {
+            None => {
+                let g = backend.attention_backward(
+                    d_out,
+                    &self.q,
+                    &self.k,
+                    self.v.as_ref(),
+                    &self.lse,
+                    &self.mask,
+                    &self.config,
+                    want,
+                )?;
+                Ok(vec![g.dq, g.dk, g.dv])
+            }
+            Some(bias) => {
+                let (g, d_bias) = backend.attention_backward_with_position_bias(
+                    d_out,
+                    &self.q,
+                    &self.k,
+                    self.v.as_ref(),
+                    &self.lse,
+                    &self.mask,
+                    bias,
+                    &self.config,
+                    want,
+                    needs[3],
+                )?;
+                Ok(vec![g.dq, g.dk, g.dv, d_bias])
+            }
+        }
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {
@@ -67,6 +89,43 @@ impl<B: Backend> Tape<B> {
                 v: (needs[0] || needs[1]).then(|| v.value.clone()),
                 lse,
                 mask: mask.clone(),
+                position_bias: None,
+                config,
+            })
+        }))
+    }
+
+    /// [`Tape::attention`] with MPNet's relative position bias `[2·seq − 1, heads]` added to
+    /// the scores (see [`Backend::attention_forward_with_position_bias`]); the bias is a
+    /// variable, so a trained position table gets its gradient through it.
+    pub fn attention_with_position_bias(
+        &mut self,
+        q: &Var<B>,
+        k: &Var<B>,
+        v: &Var<B>,
+        mask: &Tensor<B>,
+        position_bias: &Var<B>,
+        config: AttentionConfig,
+    ) -> Result<Var<B>> {
+        let out = self.backend.attention_forward_with_position_bias(
+            &q.value,
+            &k.value,
+            &v.value,
+            mask,
+            &position_bias.value,
+            &config,
+        )?;
+        let lse = out.lse;
+        let inputs = vec![q.id, k.id, v.id, position_bias.id];
+        Ok(self.record(out.out, inputs, |needs| {
+            Box::new(AttentionNode {
+                q: q.value.clone(),
+                k: k.value.clone(),
+                // The bias's gradient is dS, which needs dP = dO·Vᵀ as dq and dk do.
+                v: (needs[0] || needs[1] || needs[3]).then(|| v.value.clone()),
+                lse,
+                mask: mask.clone(),
+                position_bias: Some(position_bias.value.clone()),
                 config,
             })
         }))

@@ -8,6 +8,10 @@
 //! probabilities from it (as flash attention does), so memory per layer is O(seq), not
 //! O(seq²). Every pair computes exactly what it would alone, so the result does not depend
 //! on the number of threads.
+//!
+//! A relative position bias (MPNet's: one value per head and relative distance) is added to
+//! the scaled scores; its gradient is each pair's dS summed along the diagonals, then over
+//! the batch in order, so it too is the same for any number of threads.
 
 use super::element::Element;
 use super::gemm::{gemm, DisjointWindows, Layout};
@@ -24,6 +28,8 @@ struct Head {
     counter: u64,
     /// First row of this sequence in the mask.
     mask_row: usize,
+    /// Which head of the sequence.
+    head: usize,
 }
 
 fn heads(d: &AttentionDims) -> impl Iterator<Item = Head> + '_ {
@@ -32,6 +38,7 @@ fn heads(d: &AttentionDims) -> impl Iterator<Item = Head> + '_ {
             base: b * d.seq * d.hidden() + h * d.head_dim,
             counter: ((b * d.heads + h) * d.seq * d.seq) as u64,
             mask_row: b * d.seq,
+            head: h,
         })
     })
 }
@@ -173,18 +180,44 @@ with_avx2! {
     }
 }
 
+/// Adds the head's relative position bias to its `[seq, seq]` scores: `bias` is
+/// `[2·seq − 1, heads]`, row `seq − 1 + j − i` holding the value for query `i` and key `j`.
+fn add_position_bias<T: Element>(d: &AttentionDims, head: &Head, bias: &[T], s: &mut [T]) {
+    let n = d.seq;
+    for (i, row) in s.chunks_exact_mut(n).enumerate() {
+        let first = (n - 1 - i) * d.heads + head.head;
+        for (v, &b) in row.iter_mut().zip(bias[first..].iter().step_by(d.heads)) {
+            *v += b;
+        }
+    }
+}
+
+/// The gradient of the head's position bias from its score gradient `ds` `[seq, seq]`:
+/// `out[seq − 1 + j − i] = Σ ds[i][j]` along each diagonal, rows in order.
+fn position_bias_gradient<T: Element>(n: usize, ds: &[T], out: &mut [T]) {
+    out.fill(T::ZERO);
+    for (i, row) in ds.chunks_exact(n).enumerate() {
+        for (o, &g) in out[n - 1 - i..].iter_mut().zip(row) {
+            *o += g;
+        }
+    }
+}
+
 /// Multiplies by the dropout mask scaled by `1/(1−p)`, in place.
 fn apply_dropout<T: Element>(m: &mut [T], counter: u64, dropout: &Dropout) {
     super::dropout::apply_in_place(m, counter, dropout)
 }
 
-/// Returns the context `[batch·seq, hidden]` and the log-sum-exp `[batch, heads, seq]`.
+/// Returns the context `[batch·seq, hidden]` and the log-sum-exp `[batch, heads, seq]`;
+/// `position_bias` (`[2·seq − 1, heads]`) is added to the scaled scores where given.
+#[allow(clippy::too_many_arguments)]
 pub fn forward<T: Element>(
     d: AttentionDims,
     q: &[T],
     k: &[T],
     v: &[T],
     mask: &[u32],
+    position_bias: Option<&[T]>,
     scale: T,
     dropout: Option<&Dropout>,
 ) -> (Vec<T>, Vec<T>) {
@@ -198,6 +231,9 @@ pub fn forward<T: Element>(
             || vec![T::ZERO; d.seq * d.seq],
             |p, (lse, head)| {
                 scores(&d, head, q, k, scale, p);
+                if let Some(bias) = position_bias {
+                    add_position_bias(&d, head, bias, p);
+                }
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
                 probabilities(p, valid, None, Some(lse));
                 if let Some(dr) = dropout {
@@ -218,8 +254,17 @@ struct BackwardScratch<T> {
     keep: Vec<T>,
 }
 
-/// Requested gradients of [`forward`] as `(dq, dk, dv)`.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+/// Requested gradients of [`forward`]: `dq`, `dk`, `dv`, and the position bias's
+/// `[2·seq − 1, heads]` where `want_bias` (a bias must then be given).
+pub struct Gradients<T> {
+    pub dq: Option<Vec<T>>,
+    pub dk: Option<Vec<T>>,
+    pub dv: Option<Vec<T>>,
+    pub d_position_bias: Option<Vec<T>>,
+}
+
+/// Requested gradients of [`forward`]; `want` is `(dq, dk, dv, position bias)`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward<T: Element>(
     d: AttentionDims,
     d_out: &[T],
@@ -228,82 +273,114 @@ pub fn backward<T: Element>(
     v: Option<&[T]>,
     lse: &[T],
     mask: &[u32],
+    position_bias: Option<&[T]>,
     scale: T,
     dropout: Option<&Dropout>,
-    (want_dq, want_dk, want_dv): (bool, bool, bool),
-) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
+    (want_dq, want_dk, want_dv, want_bias): (bool, bool, bool, bool),
+) -> Gradients<T> {
     let tt = Layout::row_major(d.seq, d.seq);
     let all: Vec<Head> = heads(&d).collect();
     let dq = want_dq.then(|| HeadOutputs::new(&d));
     let dk = want_dk.then(|| HeadOutputs::new(&d));
     let dv = want_dv.then(|| HeadOutputs::new(&d));
-    all.par_iter().enumerate().for_each_init(
-        || BackwardScratch {
-            p: vec![T::ZERO; d.seq * d.seq],
-            p_dropped: vec![T::ZERO; d.seq * d.seq],
-            dp: vec![T::ZERO; d.seq * d.seq],
-            keep: Vec::new(),
-        },
-        |scratch, (idx, head)| {
-            let BackwardScratch {
-                p,
-                p_dropped,
-                dp,
-                keep,
-            } = scratch;
-            let w = window(&d, head);
-            scores(&d, head, q, k, scale, p);
-            let valid = &mask[head.mask_row..head.mask_row + d.seq];
-            probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
-            // The mask scaled by 1/(1−p): `x·keep` has the bits of the mask applied to x.
-            if let Some(dr) = dropout {
-                keep.clear();
-                keep.resize(d.seq * d.seq, T::ONE);
-                apply_dropout(keep, head.counter, dr);
-            }
-            if let Some(dv) = &dv {
-                let pd: &[T] = match dropout {
-                    Some(_) => {
-                        for ((o, &pv), &m) in p_dropped.iter_mut().zip(p.iter()).zip(keep.iter()) {
-                            *o = pv * m;
+    let want_bias = want_bias && position_bias.is_some();
+    let diagonals = (2 * d.seq).max(1) - 1;
+    // Each pair's bias gradient, in the pairs' order, summed over the batch after.
+    let bias_parts: Vec<Option<Vec<T>>> = all
+        .par_iter()
+        .enumerate()
+        .map_init(
+            || BackwardScratch {
+                p: vec![T::ZERO; d.seq * d.seq],
+                p_dropped: vec![T::ZERO; d.seq * d.seq],
+                dp: vec![T::ZERO; d.seq * d.seq],
+                keep: Vec::new(),
+            },
+            |scratch, (idx, head)| {
+                let BackwardScratch {
+                    p,
+                    p_dropped,
+                    dp,
+                    keep,
+                } = scratch;
+                let w = window(&d, head);
+                scores(&d, head, q, k, scale, p);
+                if let Some(bias) = position_bias {
+                    add_position_bias(&d, head, bias, p);
+                }
+                let valid = &mask[head.mask_row..head.mask_row + d.seq];
+                probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
+                // The mask scaled by 1/(1−p): `x·keep` has the bits of the mask applied to x.
+                if let Some(dr) = dropout {
+                    keep.clear();
+                    keep.resize(d.seq * d.seq, T::ONE);
+                    apply_dropout(keep, head.counter, dr);
+                }
+                if let Some(dv) = &dv {
+                    let pd: &[T] = match dropout {
+                        Some(_) => {
+                            for ((o, &pv), &m) in
+                                p_dropped.iter_mut().zip(p.iter()).zip(keep.iter())
+                            {
+                                *o = pv * m;
+                            }
+                            p_dropped
                         }
-                        p_dropped
+                        None => p,
+                    };
+                    dv.write(&d, head, T::ONE, (pd, tt.t()), d_out);
+                }
+                if !(want_dq || want_dk || want_bias) {
+                    return None;
+                }
+                // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
+                let v = v.expect(
+                    "v is given whenever dq, dk or the bias is asked for (checked by the caller)",
+                );
+                gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, dp, tt);
+                if dropout.is_some() {
+                    for (g, &m) in dp.iter_mut().zip(keep.iter()) {
+                        *g = *g * m;
                     }
-                    None => p,
-                };
-                dv.write(&d, head, T::ONE, (pd, tt.t()), d_out);
-            }
-            if !(want_dq || want_dk) {
-                return;
-            }
-            // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
-            let v = v.expect("v is given whenever dq or dk is asked for (checked by the caller)");
-            gemm(T::ONE, d_out, w, v, w.t(), T::ZERO, dp, tt);
-            if dropout.is_some() {
-                for (g, &m) in dp.iter_mut().zip(keep.iter()) {
-                    *g = *g * m;
                 }
-            }
-            for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
-                // By lanes, not one chain of dependent adds.
-                let dot = sum_of3(prow, dprow, prow, |pv, g, _| pv * g);
-                for (g, &pv) in dprow.iter_mut().zip(prow.iter()) {
-                    *g = pv * (*g - dot);
+                for (prow, dprow) in p.chunks_exact(d.seq).zip(dp.chunks_exact_mut(d.seq)) {
+                    // By lanes, not one chain of dependent adds.
+                    let dot = sum_of3(prow, dprow, prow, |pv, g, _| pv * g);
+                    for (g, &pv) in dprow.iter_mut().zip(prow.iter()) {
+                        *g = pv * (*g - dot);
+                    }
                 }
+                if let Some(dq) = &dq {
+                    dq.write(&d, head, scale, (dp, tt), k);
+                }
+                if let Some(dk) = &dk {
+                    dk.write(&d, head, scale, (dp, tt.t()), q);
+                }
+                want_bias.then(|| {
+                    let mut part = vec![T::ZERO; diagonals];
+                    position_bias_gradient(d.seq, dp, &mut part);
+                    part
+                })
+            },
+        )
+        .collect();
+    let d_position_bias = want_bias.then(|| {
+        // Pair (b, h) holds head h of sequence b: out[t][h] = Σ_b part[b][h][t].
+        let mut out = vec![T::ZERO; diagonals * d.heads];
+        for (pair, part) in bias_parts.iter().enumerate() {
+            let h = pair % d.heads.max(1);
+            for (t, &g) in part.iter().flatten().enumerate() {
+                out[t * d.heads + h] += g;
             }
-            if let Some(dq) = &dq {
-                dq.write(&d, head, scale, (dp, tt), k);
-            }
-            if let Some(dk) = &dk {
-                dk.write(&d, head, scale, (dp, tt.t()), q);
-            }
-        },
-    );
-    (
-        dq.map(HeadOutputs::finish),
-        dk.map(HeadOutputs::finish),
-        dv.map(HeadOutputs::finish),
-    )
+        }
+        out
+    });
+    Gradients {
+        dq: dq.map(HeadOutputs::finish),
+        dk: dk.map(HeadOutputs::finish),
+        dv: dv.map(HeadOutputs::finish),
+        d_position_bias,
+    }
 }
 
 #[cfg(test)]

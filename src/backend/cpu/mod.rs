@@ -534,22 +534,7 @@ impl Backend for CpuBackend {
         mask: &Tensor<Self>,
         config: &AttentionConfig,
     ) -> Result<AttentionOutput<Self>> {
-        let d = shapes::attention(q, k, v, mask, config)?;
-        with_float!(q.dtype(), "attention", T => {
-            let (out, lse) = attention::forward(
-                d,
-                view::<T>(q),
-                view::<T>(k),
-                view::<T>(v),
-                ids(mask),
-                T::from_f64(config.scale),
-                config.dropout.as_ref(),
-            );
-            Ok(AttentionOutput {
-                out: tensor(q.shape().clone(), out)?,
-                lse: tensor([d.batch, d.heads, d.seq], lse)?,
-            })
-        })
+        self.attention_forward_biased(q, k, v, mask, None, config)
     }
 
     fn attention_backward(
@@ -563,27 +548,52 @@ impl Backend for CpuBackend {
         config: &AttentionConfig,
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
-        const OP: &str = "attention backward";
-        // This backend makes no rounded copies: q, k, v have d_out's dtype.
-        let (_, d) = shapes::attention_backward(d_out, q, k, v, mask, config, want, d_out.dtype())?;
-        shapes::common_float_dtype(OP, &[("q", q), ("lse", lse)])?;
-        shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
-        with_float!(q.dtype(), OP, T => {
-            let (dq, dk, dv) = attention::backward(
-                d,
-                view::<T>(d_out),
-                view::<T>(q),
-                view::<T>(k),
-                v.map(view::<T>),
-                view::<T>(lse),
-                ids(mask),
-                T::from_f64(config.scale),
-                config.dropout.as_ref(),
-                (want.dq, want.dk, want.dv),
-            );
-            let wrap = |g: Option<Vec<T>>| g.map(|g| tensor(q.shape().clone(), g)).transpose();
-            Ok(AttentionGrads { dq: wrap(dq)?, dk: wrap(dk)?, dv: wrap(dv)? })
-        })
+        let (grads, _) =
+            self.attention_backward_biased(d_out, q, k, v, lse, mask, None, config, want, false)?;
+        Ok(grads)
+    }
+
+    fn check_attention_position_bias(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn attention_forward_with_position_bias(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        position_bias: &Tensor<Self>,
+        config: &AttentionConfig,
+    ) -> Result<AttentionOutput<Self>> {
+        self.attention_forward_biased(q, k, v, mask, Some(position_bias), config)
+    }
+
+    fn attention_backward_with_position_bias(
+        &self,
+        d_out: &Tensor<Self>,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
+        lse: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        position_bias: &Tensor<Self>,
+        config: &AttentionConfig,
+        want: AttentionGradRequest,
+        want_position_bias: bool,
+    ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)> {
+        self.attention_backward_biased(
+            d_out,
+            q,
+            k,
+            v,
+            lse,
+            mask,
+            Some(position_bias),
+            config,
+            want,
+            want_position_bias,
+        )
     }
 
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
@@ -788,6 +798,93 @@ impl Backend for CpuBackend {
         updates
             .iter_mut()
             .try_for_each(|u| self.adamw_step(u.param, u.grad, u.m, u.v, &u.step))
+    }
+}
+
+impl CpuBackend {
+    /// Attention forward, with the relative position bias where one is given.
+    fn attention_forward_biased(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        position_bias: Option<&Tensor<Self>>,
+        config: &AttentionConfig,
+    ) -> Result<AttentionOutput<Self>> {
+        let d = shapes::attention(q, k, v, mask, config)?;
+        if let Some(bias) = position_bias {
+            shapes::attention_position_bias("attention", bias, &d, q.dtype())?;
+        }
+        with_float!(q.dtype(), "attention", T => {
+            let (out, lse) = attention::forward(
+                d,
+                view::<T>(q),
+                view::<T>(k),
+                view::<T>(v),
+                ids(mask),
+                position_bias.map(view::<T>),
+                T::from_f64(config.scale),
+                config.dropout.as_ref(),
+            );
+            Ok(AttentionOutput {
+                out: tensor(q.shape().clone(), out)?,
+                lse: tensor([d.batch, d.heads, d.seq], lse)?,
+            })
+        })
+    }
+
+    /// Attention backward, with the relative position bias where one is given and its
+    /// gradient where `want_position_bias`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_biased(
+        &self,
+        d_out: &Tensor<Self>,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
+        lse: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        position_bias: Option<&Tensor<Self>>,
+        config: &AttentionConfig,
+        want: AttentionGradRequest,
+        want_position_bias: bool,
+    ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)> {
+        const OP: &str = "attention backward";
+        // The bias's gradient is dS summed, and dS needs dP = dO·Vᵀ.
+        let v_needed = AttentionGradRequest {
+            dq: want.dq || want_position_bias,
+            ..want
+        };
+        // This backend makes no rounded copies: q, k, v have d_out's dtype.
+        let (_, d) =
+            shapes::attention_backward(d_out, q, k, v, mask, config, v_needed, d_out.dtype())?;
+        shapes::common_float_dtype(OP, &[("q", q), ("lse", lse)])?;
+        shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
+        if let Some(bias) = position_bias {
+            shapes::attention_position_bias(OP, bias, &d, q.dtype())?;
+        }
+        with_float!(q.dtype(), OP, T => {
+            let g = attention::backward(
+                d,
+                view::<T>(d_out),
+                view::<T>(q),
+                view::<T>(k),
+                v.map(view::<T>),
+                view::<T>(lse),
+                ids(mask),
+                position_bias.map(view::<T>),
+                T::from_f64(config.scale),
+                config.dropout.as_ref(),
+                (want.dq, want.dk, want.dv, want_position_bias),
+            );
+            let wrap = |g: Option<Vec<T>>| g.map(|g| tensor(q.shape().clone(), g)).transpose();
+            let d_bias = g
+                .d_position_bias
+                .map(|g| tensor([(2 * d.seq).max(1) - 1, d.heads], g))
+                .transpose()?;
+            Ok((AttentionGrads { dq: wrap(g.dq)?, dk: wrap(g.dk)?, dv: wrap(g.dv)? }, d_bias))
+        })
     }
 }
 
