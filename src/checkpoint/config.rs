@@ -69,6 +69,11 @@ pub struct BertConfig {
     /// (transformers' default there: 1); BERT does not read it.
     #[serde(default)]
     pub pad_token_id: Option<usize>,
+    /// Rows of MPNet's relative position table (`relative_attention_num_buckets`,
+    /// transformers' default 32 when absent); other families ignore it. transformers buckets
+    /// distances into 32 whatever the table's size: see [`BertConfig::relative_position_rows`].
+    #[serde(default)]
+    pub relative_attention_num_buckets: Option<usize>,
     /// Must be false: a decoder's attention is causal.
     #[serde(default)]
     pub is_decoder: bool,
@@ -128,6 +133,10 @@ fn name_the_field(value: &serde_json::Value, error: serde_json::Error) -> String
         None => message,
     }
 }
+
+/// MPNet's padding id, which transformers' `MPNetEmbeddings` hard-codes (`padding_idx = 1`)
+/// for its word and position tables and for counting positions, whatever `pad_token_id` says.
+const MPNET_PADDING_ID: usize = 1;
 
 /// DistilBERT's keys beside BERT's, with DistilBertConfig's defaults (transformers 5.24).
 const DISTILBERT_KEYS: [(&str, &str, f64); 7] = [
@@ -267,6 +276,7 @@ impl BertConfig {
             model_type: Some(model_type.into()),
             tokenizer_class: None,
             pad_token_id: None,
+            relative_attention_num_buckets: None,
             is_decoder: false,
             problem_type: None,
             id2label: BTreeMap::new(),
@@ -348,9 +358,10 @@ impl BertConfig {
     pub fn embedding_width(&self) -> usize {
         match self.family() {
             EncoderFamily::Electra => self.embedding_size.unwrap_or(128),
-            EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::DistilBert => {
-                self.hidden_size
-            }
+            EncoderFamily::Bert
+            | EncoderFamily::Roberta
+            | EncoderFamily::DistilBert
+            | EncoderFamily::Mpnet => self.hidden_size,
         }
     }
 
@@ -371,11 +382,13 @@ impl BertConfig {
     }
 
     /// The position id of a sequence's first token: 0 for BERT, ELECTRA and DistilBERT,
-    /// `pad_token_id + 1` for RoBERTa (whose padding tokens sit at `pad_token_id`).
+    /// `pad_token_id + 1` for RoBERTa (whose padding tokens sit at `pad_token_id`), 2 for
+    /// MPNet (transformers hard-codes its padding position, 1).
     pub fn first_position(&self) -> usize {
         match self.family() {
             EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert => 0,
             EncoderFamily::Roberta => self.roberta_padding_position().saturating_add(1),
+            EncoderFamily::Mpnet => MPNET_PADDING_ID + 1,
         }
     }
 
@@ -384,13 +397,24 @@ impl BertConfig {
     }
 
     /// The padding token's id (`pad_token_id`; transformers' defaults without it: 0 for
-    /// BERT, ELECTRA and DistilBERT, 1 for RoBERTa), whose word-embedding row transformers
-    /// never trains.
+    /// BERT, ELECTRA and DistilBERT, 1 for RoBERTa; MPNet's is 1 whatever the config says,
+    /// as transformers hard-codes it), whose word-embedding row transformers never trains.
     pub fn padding_id(&self) -> usize {
+        if self.family() == EncoderFamily::Mpnet {
+            return MPNET_PADDING_ID;
+        }
         self.pad_token_id.unwrap_or(match self.family() {
             EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert => 0,
-            EncoderFamily::Roberta => 1,
+            EncoderFamily::Roberta | EncoderFamily::Mpnet => 1,
         })
+    }
+
+    /// The rows of MPNet's relative position table (`relative_attention_num_buckets`, 32
+    /// when absent); `None` for the families without one.
+    pub fn relative_position_rows(&self) -> Option<usize> {
+        self.family()
+            .has_relative_position_bias()
+            .then(|| self.relative_attention_num_buckets.unwrap_or(32))
     }
 
     /// The longest sequence the position table holds: `max_position_embeddings` for BERT,
@@ -628,8 +652,8 @@ impl BertConfig {
         {
             return Err(format!(
                 "`model_type` is `{t}`; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
-                 `xlm-roberta`, `camembert`), ELECTRA (`electra`) and DistilBERT (`distilbert`) checkpoints \
-                 only"
+                 `xlm-roberta`, `camembert`), ELECTRA (`electra`), DistilBERT (`distilbert`) \
+                 and MPNet (`mpnet`) checkpoints only"
             ));
         }
         // The padding id names a row of the word embeddings (transformers' `padding_idx`,
@@ -651,6 +675,27 @@ impl BertConfig {
                 self.roberta_padding_position(),
                 self.max_position_embeddings
             ));
+        }
+        // transformers looks up buckets 0 to 31 whatever the table's size: a smaller table
+        // fails there on the first long enough text.
+        if let Some(rows) = self.relative_position_rows() {
+            if rows < crate::model::RELATIVE_POSITION_BUCKETS {
+                return Err(format!(
+                    "`relative_attention_num_buckets` is {rows}, but MPNet looks up {} \
+                     relative position buckets in that table",
+                    crate::model::RELATIVE_POSITION_BUCKETS
+                ));
+            }
+            if rows
+                .checked_mul(self.num_attention_heads)
+                .is_none_or(|n| n > isize::MAX as usize / 8)
+            {
+                return Err(format!(
+                    "`relative_attention_num_buckets` {rows} × `num_attention_heads` {} is \
+                     more values than memory can address",
+                    self.num_attention_heads
+                ));
+            }
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(

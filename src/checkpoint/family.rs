@@ -18,6 +18,13 @@
 //! after the attention's output map, and a head of `pre_classifier → ReLU → dropout →
 //! classifier` (no dropout before `pre_classifier`, BERT's pooler here). Its config names the
 //! sizes otherwise too (`dim`, `n_layers`, ...: see `BertConfig::from_json`).
+//!
+//! MPNet is BERT's post-LN layer under other names (`attention.attn.q`, ...,
+//! `attention.attn.o`, `attention.LayerNorm`), RoBERTa's positions (its padding id, 1, is
+//! hard-coded in transformers) and head, no segment embeddings, and one thing of its own: a
+//! relative position bias added to every layer's attention scores, looked up by bucketed
+//! distance in a table the layers share (`mpnet.encoder.relative_attention_bias`,
+//! `bert.encoder.relative_attention_bias` here: see `crate::model::relative_position`).
 
 /// A family of BERT-shaped encoders (`config.json`'s `model_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +38,18 @@ pub enum EncoderFamily {
     Electra,
     /// `distilbert`.
     DistilBert,
+    /// `mpnet`.
+    Mpnet,
 }
+
+/// MPNet's names of the modules of a layer, beside BERT's (relative to the layer).
+const MPNET_LAYER_MODULES: [(&str, &str); 5] = [
+    ("attention.self.query", "attention.attn.q"),
+    ("attention.self.key", "attention.attn.k"),
+    ("attention.self.value", "attention.attn.v"),
+    ("attention.output.dense", "attention.attn.o"),
+    ("attention.output.LayerNorm", "attention.LayerNorm"),
+];
 
 /// DistilBERT's names of the modules of a layer, beside BERT's (relative to the layer).
 const DISTILBERT_LAYER_MODULES: [(&str, &str); 8] = [
@@ -65,6 +83,7 @@ impl EncoderFamily {
             "roberta" | "xlm-roberta" | "camembert" => Some(EncoderFamily::Roberta),
             "electra" => Some(EncoderFamily::Electra),
             "distilbert" => Some(EncoderFamily::DistilBert),
+            "mpnet" => Some(EncoderFamily::Mpnet),
             _ => None,
         }
     }
@@ -82,6 +101,8 @@ impl EncoderFamily {
             Some(EncoderFamily::Electra)
         } else if class.starts_with("DistilBert") {
             Some(EncoderFamily::DistilBert)
+        } else if class.starts_with("MPNet") {
+            Some(EncoderFamily::Mpnet)
         } else {
             None
         }
@@ -96,6 +117,7 @@ impl EncoderFamily {
             (EncoderFamily::Roberta, _) => "RobertaForSequenceClassification",
             (EncoderFamily::Electra, _) => "ElectraForSequenceClassification",
             (EncoderFamily::DistilBert, _) => "DistilBertForSequenceClassification",
+            (EncoderFamily::Mpnet, _) => "MPNetForSequenceClassification",
         }
     }
 
@@ -106,6 +128,7 @@ impl EncoderFamily {
             EncoderFamily::Roberta => "RoBERTa",
             EncoderFamily::Electra => "ELECTRA",
             EncoderFamily::DistilBert => "DistilBERT",
+            EncoderFamily::Mpnet => "MPNet",
         }
     }
 
@@ -116,6 +139,7 @@ impl EncoderFamily {
             EncoderFamily::Roberta => "roberta",
             EncoderFamily::Electra => "electra",
             EncoderFamily::DistilBert => "distilbert",
+            EncoderFamily::Mpnet => "mpnet",
         }
     }
 
@@ -123,7 +147,9 @@ impl EncoderFamily {
     /// [`EncoderFamily::prefix`]: `BertModel.save_pretrained` writes `embeddings.…`).
     pub fn encoder_modules(self) -> &'static [&'static str] {
         match self {
-            EncoderFamily::Bert | EncoderFamily::Roberta => &["embeddings", "encoder", "pooler"],
+            EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Mpnet => {
+                &["embeddings", "encoder", "pooler"]
+            }
             EncoderFamily::Electra => &["embeddings", "embeddings_project", "encoder"],
             EncoderFamily::DistilBert => &["embeddings", "transformer"],
         }
@@ -137,24 +163,40 @@ impl EncoderFamily {
         self != EncoderFamily::Bert
     }
 
-    /// Whether the head drops out its input before the dense map (RoBERTa's and ELECTRA's
-    /// heads do; BERT's pooler and DistilBERT's `pre_classifier` do not).
+    /// Whether the head drops out its input before the dense map (RoBERTa's, ELECTRA's and
+    /// MPNet's heads do; BERT's pooler and DistilBERT's `pre_classifier` do not).
     pub fn dropout_before_pooler(self) -> bool {
-        matches!(self, EncoderFamily::Roberta | EncoderFamily::Electra)
+        matches!(
+            self,
+            EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet
+        )
     }
 
     /// The activation after the head's dense map (BERT's pooler).
     pub fn pooler_activation(self) -> PoolerActivation {
         match self {
-            EncoderFamily::Bert | EncoderFamily::Roberta => PoolerActivation::Tanh,
+            EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Mpnet => {
+                PoolerActivation::Tanh
+            }
             EncoderFamily::Electra => PoolerActivation::Gelu,
             EncoderFamily::DistilBert => PoolerActivation::Relu,
         }
     }
 
-    /// Whether the embeddings add a segment (token-type) table: all but DistilBERT's.
+    /// Whether the embeddings add a segment (token-type) table: all but DistilBERT's and
+    /// MPNet's.
     pub fn has_token_types(self) -> bool {
-        self != EncoderFamily::DistilBert
+        !matches!(self, EncoderFamily::DistilBert | EncoderFamily::Mpnet)
+    }
+
+    /// Whether the layers add a relative position bias to their attention scores (MPNet).
+    pub fn has_relative_position_bias(self) -> bool {
+        self == EncoderFamily::Mpnet
+    }
+
+    /// Whether positions count from after the padding id, as RoBERTa's and MPNet's do.
+    pub fn positions_follow_padding(self) -> bool {
+        matches!(self, EncoderFamily::Roberta | EncoderFamily::Mpnet)
     }
 
     /// Whether a layer drops out its attention's output map before the residual add (BERT's
@@ -185,7 +227,7 @@ impl EncoderFamily {
         match self {
             EncoderFamily::Bert => return name.to_string(),
             EncoderFamily::DistilBert => return rename(name, &BERT_NAMING, &DISTILBERT_NAMING),
-            EncoderFamily::Roberta | EncoderFamily::Electra => {}
+            EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {}
         }
         if let Some(rest) = under(name, "bert.pooler.dense") {
             return format!("classifier.dense{rest}");
@@ -194,6 +236,9 @@ impl EncoderFamily {
             return format!("classifier.out_proj{rest}");
         }
         match under(name, "bert") {
+            Some(rest) if self == EncoderFamily::Mpnet => {
+                rename_layer_module(&format!("mpnet{rest}"), "mpnet.encoder.layer.", 0, 1)
+            }
             Some(rest) => format!("{}{rest}", self.prefix()),
             None => name.to_string(),
         }
@@ -205,7 +250,7 @@ impl EncoderFamily {
         match self {
             EncoderFamily::Bert => return name.to_string(),
             EncoderFamily::DistilBert => return rename(name, &DISTILBERT_NAMING, &BERT_NAMING),
-            EncoderFamily::Roberta | EncoderFamily::Electra => {}
+            EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {}
         }
         if let Some(rest) = under(name, "classifier.dense") {
             return format!("bert.pooler.dense{rest}");
@@ -214,6 +259,10 @@ impl EncoderFamily {
             return format!("classifier{rest}");
         }
         match under(name, self.prefix()) {
+            Some(_) if self == EncoderFamily::Mpnet => {
+                let ours = rename_layer_module(name, "mpnet.encoder.layer.", 1, 0);
+                format!("bert{}", &ours["mpnet".len()..])
+            }
             Some(rest) => format!("bert{rest}"),
             None => name.to_string(),
         }
@@ -278,6 +327,28 @@ fn rename(name: &str, from: &Naming, to: &Naming) -> String {
     }
 }
 
+/// `name` with the module of a layer under `layers` (`mpnet.encoder.layer.`) named by side
+/// `to` of [`MPNET_LAYER_MODULES`] where side `from` names it; other names as they are.
+fn rename_layer_module(name: &str, layers: &str, from: usize, to: usize) -> String {
+    let Some((index, module)) = name
+        .strip_prefix(layers)
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return name.to_string();
+    };
+    MPNET_LAYER_MODULES
+        .iter()
+        .find_map(|pair| {
+            let names = [pair.0, pair.1];
+            Some(format!(
+                "{layers}{index}.{}{}",
+                names[to],
+                under(module, names[from])?
+            ))
+        })
+        .unwrap_or_else(|| name.to_string())
+}
+
 /// What follows module `module` in `name` (empty, or starting with a dot) when `name` is
 /// the module or one of its tensors.
 fn under<'a>(name: &'a str, module: &str) -> Option<&'a str> {
@@ -287,7 +358,56 @@ fn under<'a>(name: &'a str, module: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use super::EncoderFamily::{Bert, DistilBert, Electra, Roberta};
+    use super::EncoderFamily::{Bert, DistilBert, Electra, Mpnet, Roberta};
+
+    #[test]
+    fn mpnet_names_translate_both_ways() {
+        for (ours, theirs) in [
+            (
+                "bert.encoder.layer.2.attention.self.query.lora_A.weight",
+                "mpnet.encoder.layer.2.attention.attn.q.lora_A.weight",
+            ),
+            (
+                "bert.encoder.layer.0.attention.self.key.bias",
+                "mpnet.encoder.layer.0.attention.attn.k.bias",
+            ),
+            (
+                "bert.encoder.layer.1.attention.self.value",
+                "mpnet.encoder.layer.1.attention.attn.v",
+            ),
+            (
+                "bert.encoder.layer.0.attention.output.dense.base_layer.bias",
+                "mpnet.encoder.layer.0.attention.attn.o.base_layer.bias",
+            ),
+            (
+                "bert.encoder.layer.11.attention.output.LayerNorm.weight",
+                "mpnet.encoder.layer.11.attention.LayerNorm.weight",
+            ),
+            (
+                "bert.encoder.layer.3.intermediate.dense.weight",
+                "mpnet.encoder.layer.3.intermediate.dense.weight",
+            ),
+            (
+                "bert.encoder.layer.3.output.LayerNorm.bias",
+                "mpnet.encoder.layer.3.output.LayerNorm.bias",
+            ),
+            ("bert.encoder.layer.2", "mpnet.encoder.layer.2"),
+            (
+                "bert.encoder.relative_attention_bias.weight",
+                "mpnet.encoder.relative_attention_bias.weight",
+            ),
+            (
+                "bert.embeddings.LayerNorm.bias",
+                "mpnet.embeddings.LayerNorm.bias",
+            ),
+            ("bert.pooler.dense.weight", "classifier.dense.weight"),
+            ("classifier.bias", "classifier.out_proj.bias"),
+            ("lm_head.dense.weight", "lm_head.dense.weight"),
+        ] {
+            assert_eq!(Mpnet.hf_name(ours), theirs);
+            assert_eq!(Mpnet.internal_name(theirs), ours);
+        }
+    }
 
     #[test]
     fn roberta_names_translate_both_ways() {
@@ -370,6 +490,10 @@ mod tests {
             assert_eq!(DistilBert.internal_name(theirs), ours);
         }
         assert_eq!(DistilBert.hf_layer_module("intermediate.dense"), "ffn.lin1");
+        assert_eq!(
+            Mpnet.hf_layer_module("attention.output.dense"),
+            "attention.attn.o"
+        );
         assert_eq!(
             Roberta.hf_layer_module("attention.self.value"),
             "attention.self.value"

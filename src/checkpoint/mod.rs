@@ -103,7 +103,7 @@ impl Checkpoint {
     /// `BertForTokenClassification` (one prediction per token). Such a head is neither
     /// evaluated nor trained on; a fresh one replaces it.
     pub fn foreign_head(&self) -> Option<&str> {
-        const OTHER_HEADS: [&str; 12] = [
+        const OTHER_HEADS: [&str; 14] = [
             "BertForMultipleChoice",
             "BertForTokenClassification",
             "RobertaForMultipleChoice",
@@ -116,6 +116,8 @@ impl Checkpoint {
             "DistilBertForTokenClassification",
             "CamembertForMultipleChoice",
             "CamembertForTokenClassification",
+            "MPNetForMultipleChoice",
+            "MPNetForTokenClassification",
         ];
         let names = &self.architectures;
         let ours = self
@@ -255,6 +257,7 @@ impl Checkpoint {
                 (EncoderFamily::Roberta, Some("xlm-roberta")) => Some("XLMRobertaTokenizer"),
                 (EncoderFamily::Roberta, Some("camembert")) => Some("CamembertTokenizer"),
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
+                (EncoderFamily::Mpnet, _) => Some("MPNetTokenizer"),
                 // transformers maps electra and distilbert to BertTokenizer itself (so a
                 // DistilBERT folder naming no class gets segment ids, which it never reads).
                 (EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert, _) => {

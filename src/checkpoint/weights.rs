@@ -502,7 +502,7 @@ impl WeightsFile {
                 // hold (and transformers drops it when it saves one again).
                 let parts: &[&str] = match self.family {
                     EncoderFamily::Bert => &["embeddings.", "encoder.", "pooler."],
-                    EncoderFamily::Roberta => &["embeddings.", "encoder."],
+                    EncoderFamily::Roberta | EncoderFamily::Mpnet => &["embeddings.", "encoder."],
                     EncoderFamily::Electra => &["embeddings.", "embeddings_project.", "encoder."],
                     EncoderFamily::DistilBert => &["embeddings.", "transformer."],
                 };
@@ -778,8 +778,8 @@ const LEGACY_LAYER_NORM_NAMES: [(&str, &str); 2] = [
     ("LayerNorm.bias", "LayerNorm.beta"),
 ];
 
-/// `name` as transformers names it inside `BertModel` (or `RobertaModel`, `ElectraModel`):
-/// without the `bert.` (`roberta.`, `electra.`) prefix, and LayerNorm parameters as
+/// `name` as transformers names it inside `BertModel` (or `RobertaModel`, `ElectraModel`,
+/// ...): without the `bert.` (`roberta.`, `electra.`, ...) prefix, and LayerNorm parameters as
 /// `weight` / `bias` rather than
 /// TensorFlow's `gamma` / `beta`.
 fn canonical_name(name: &str) -> String {
@@ -788,6 +788,7 @@ fn canonical_name(name: &str) -> String {
         .or_else(|| name.strip_prefix("roberta."))
         .or_else(|| name.strip_prefix("electra."))
         .or_else(|| name.strip_prefix("distilbert."))
+        .or_else(|| name.strip_prefix("mpnet."))
         .unwrap_or(name);
     for (modern, old) in LEGACY_LAYER_NORM_NAMES {
         if let Some(stem) = name.strip_suffix(old) {

@@ -7,6 +7,21 @@ use crate::tensor::{Shape, Tensor};
 
 use super::{BertEmbeddings, ModelInput};
 
+/// Refuses a model whose attention `backend` cannot run (forward, and with `backward`
+/// backward too): its head dim, or MPNet's relative position bias where the backend has no
+/// attention that adds one. Called where a model loads and before training, not at a launch.
+pub(crate) fn check_attention_runs<B: Backend>(
+    config: &BertConfig,
+    backend: &B,
+    backward: bool,
+) -> Result<()> {
+    backend.check_attention_head_dim(config.head_dim(), backward)?;
+    if config.family().has_relative_position_bias() {
+        backend.check_attention_position_bias()?;
+    }
+    Ok(())
+}
+
 /// Outputs of [`BertModel::forward`].
 #[derive(Debug)]
 pub struct BertOutput<B: Backend> {
@@ -31,6 +46,10 @@ pub struct BertModel<B: Backend> {
     pub layers: Vec<EncoderLayer<B>>,
     /// `bert.pooler.dense`.
     pub pooler: Linear<B>,
+    /// MPNet's relative position table `[rows, heads]`
+    /// (`bert.encoder.relative_attention_bias.weight`), shared by every layer; it trains
+    /// under full fine-tuning only.
+    pub relative_position: Option<Param<B>>,
 }
 
 impl<B: Backend> BertModel<B> {
@@ -72,6 +91,14 @@ impl<B: Backend> BertModel<B> {
                 Ok(layer)
             })
             .collect::<Result<Vec<_>>>()?;
+        let relative_position = match config.relative_position_rows() {
+            Some(rows) => {
+                let name = "bert.encoder.relative_attention_bias.weight";
+                let shape = Shape::new([rows, config.num_attention_heads]);
+                Some(Param::new(name.to_string(), tensor(name, shape)?, false))
+            }
+            None => None,
+        };
         let h = config.hidden_size;
         let pooler = Linear::new(
             "bert.pooler.dense",
@@ -83,6 +110,7 @@ impl<B: Backend> BertModel<B> {
             embeddings,
             layers,
             pooler,
+            relative_position,
         })
     }
 
@@ -172,16 +200,18 @@ impl<B: Backend> BertModel<B> {
         }
         tape.set_scope("embeddings");
         let mut hidden = self.embeddings.forward(tape, input, dropouts)?;
+        // Computed once, as transformers does, and read by every layer.
+        let position_bias = match &self.relative_position {
+            Some(table) => Some(super::position_bias(tape, table, input.seq)?),
+            None => None,
+        };
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             tape.set_scope(&format!("layer.{i}"));
+            let rows = last_layer_rows.filter(|_| i == last);
             let mask = &input.attention_mask;
-            hidden = match last_layer_rows {
-                Some(rows) if i == last => {
-                    layer.forward_at_rows(tape, &hidden, mask, dropouts, rows)?
-                }
-                _ => layer.forward(tape, &hidden, mask, dropouts)?,
-            };
+            hidden =
+                layer.forward_rows(tape, &hidden, mask, position_bias.as_ref(), dropouts, rows)?;
         }
         Ok(hidden)
     }
@@ -215,6 +245,7 @@ impl<B: Backend> BertModel<B> {
         for layer in &self.layers {
             v.extend(layer.params());
         }
+        v.extend(&self.relative_position);
         v.extend(self.pooler.params());
         v
     }
@@ -225,6 +256,7 @@ impl<B: Backend> BertModel<B> {
         for layer in &mut self.layers {
             v.extend(layer.params_mut());
         }
+        v.extend(&mut self.relative_position);
         v.extend(self.pooler.params_mut());
         v
     }

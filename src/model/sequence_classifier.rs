@@ -158,7 +158,7 @@ impl<B: Backend> BertClassifier<B> {
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         let config = &checkpoint.config;
-        backend.check_attention_head_dim(config.head_dim(), false)?;
+        super::bert::check_attention_runs(config, backend, false)?;
         // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
         // fresh one, as transformers gives it; one pooler tensor alone is a broken file.
         let pooler = ["bert.pooler.dense.weight", "bert.pooler.dense.bias"];
@@ -419,7 +419,7 @@ impl<B: Backend> BertClassifier<B> {
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         config.validate()?;
-        backend.check_attention_head_dim(config.head_dim(), false)?;
+        super::bert::check_attention_runs(config, backend, false)?;
         let mut rng = SplitMix::new(seed);
         let mut source = |name: &str, shape: Shape| {
             let n = shape.numel();
@@ -694,7 +694,7 @@ impl<B: Backend> BertClassifier<B> {
                      add --train-pooler (the pooler is then saved with the adapter); an \
                      adapter to load must hold a pooler"
                 }
-                EncoderFamily::Roberta | EncoderFamily::Electra => {
+                EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {
                     "the checkpoint has no classification head (`classifier.dense`), so the \
                      head's dense map starts random and must train, and this plan does not \
                      train it: build the plan from `PeftConfig::for_family` (the CLI does), \
@@ -740,6 +740,11 @@ impl<B: Backend> BertClassifier<B> {
         }
         for p in self.bert.embeddings.params_mut() {
             p.trainable = plan.train_embeddings;
+        }
+        // Part of the encoder, not of any layer or stratum: full fine-tuning trains it, as
+        // transformers does; the parameter-efficient methods keep it.
+        if let Some(table) = &mut self.bert.relative_position {
+            table.trainable = plan.method == crate::peft::Method::Full;
         }
         for p in self.bert.pooler.params_mut() {
             p.trainable = plan.train_pooler;

@@ -241,7 +241,7 @@ impl<B: Backend> EncoderLayer<B> {
         mask: &Tensor<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
-        self.forward_rows(tape, x, mask, dropouts, None)
+        self.forward_rows(tape, x, mask, None, dropouts, None)
     }
 
     /// The layer's output at rows `rows` of `x` only (`[rows.len(), hidden]`). Every token
@@ -258,14 +258,18 @@ impl<B: Backend> EncoderLayer<B> {
         dropouts: &mut DropoutPlan,
         rows: &Tensor<B>,
     ) -> Result<Var<B>> {
-        self.forward_rows(tape, x, mask, dropouts, Some(rows))
+        self.forward_rows(tape, x, mask, None, dropouts, Some(rows))
     }
 
-    fn forward_rows(
+    /// [`EncoderLayer::forward`], or [`EncoderLayer::forward_at_rows`] where `rows` are given,
+    /// with MPNet's relative position bias `[2·seq − 1, heads]` added to the attention scores
+    /// where one is given ([`crate::model::position_bias`]).
+    pub fn forward_rows(
         &self,
         tape: &mut Tape<B>,
         x: &Var<B>,
         mask: &Tensor<B>,
+        position_bias: Option<&Var<B>>,
         dropouts: &mut DropoutPlan,
         rows: Option<&Tensor<B>>,
     ) -> Result<Var<B>> {
@@ -288,7 +292,10 @@ impl<B: Backend> EncoderLayer<B> {
             scale: 1.0 / (head_dim as f64).sqrt(),
             dropout: dropouts.next_attention(),
         };
-        let context = tape.attention(&q, &k, &v, mask, attention)?;
+        let context = match position_bias {
+            Some(bias) => tape.attention_with_position_bias(&q, &k, &v, mask, bias, attention)?,
+            None => tape.attention(&q, &k, &v, mask, attention)?,
+        };
         let (context, x) = match rows {
             Some(rows) => (tape.embedding(&context, rows)?, tape.embedding(x, rows)?),
             None => (context, x.clone()),

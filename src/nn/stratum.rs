@@ -119,13 +119,20 @@ impl FromStr for LoraTarget {
 
     /// Accepts the module path or its last part where unambiguous (`query`, `key`, `value`),
     /// and DistilBERT's names of the same maps (`q_lin`, `k_lin`, `v_lin`, `out_lin`, `lin1`,
-    /// `lin2`, with or without `attention.` / `ffn.`).
+    /// `lin2`, with or without `attention.` / `ffn.`) and MPNet's (`q`, `k`, `v`, `o`, with
+    /// or without `attention.attn.`).
     fn from_str(s: &str) -> Result<Self, Error> {
         let found = match s {
-            "query" | "q_lin" | "attention.q_lin" => Some(LoraTarget::Query),
-            "key" | "k_lin" | "attention.k_lin" => Some(LoraTarget::Key),
-            "value" | "v_lin" | "attention.v_lin" => Some(LoraTarget::Value),
-            "out_lin" | "attention.out_lin" => Some(LoraTarget::AttentionOutput),
+            "query" | "q_lin" | "attention.q_lin" | "q" | "attention.attn.q" => {
+                Some(LoraTarget::Query)
+            }
+            "key" | "k_lin" | "attention.k_lin" | "k" | "attention.attn.k" => Some(LoraTarget::Key),
+            "value" | "v_lin" | "attention.v_lin" | "v" | "attention.attn.v" => {
+                Some(LoraTarget::Value)
+            }
+            "out_lin" | "attention.out_lin" | "o" | "attention.attn.o" => {
+                Some(LoraTarget::AttentionOutput)
+            }
             "lin1" | "ffn.lin1" => Some(LoraTarget::Intermediate),
             "lin2" | "ffn.lin2" => Some(LoraTarget::Output),
             _ => LoraTarget::ALL.into_iter().find(|t| t.module() == s),
@@ -136,7 +143,8 @@ impl FromStr for LoraTarget {
                 format!(
                     "unknown target `{s}`; expected one of query, key, value, \
                      attention.output.dense, intermediate.dense, output.dense (DistilBERT's \
-                     q_lin, k_lin, v_lin, out_lin, lin1, lin2 name the same maps)"
+                     q_lin, k_lin, v_lin, out_lin, lin1, lin2 and MPNet's q, k, v, o name the \
+                     same maps)"
                 ),
             )
         })

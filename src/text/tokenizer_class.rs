@@ -1,7 +1,8 @@
 //! Which tokenizer transformers 5.24's AutoTokenizer builds from a checkpoint's
 //! tokenizer.json, by the class `tokenizer_config.json` names (or the model type implies):
-//! BERT's, RoBERTa's, XLM-R's and CamemBERT's classes rebuild their own pipelines around the file's
-//! vocabulary (`wordpiece_vocab`, `roberta_tokenizer`, `xlm_roberta_tokenizer`);
+//! BERT's, MPNet's, RoBERTa's, XLM-R's and CamemBERT's classes rebuild their own pipelines
+//! around the file's vocabulary (`wordpiece_vocab`, `roberta_tokenizer`,
+//! `xlm_roberta_tokenizer`);
 //! `PreTrainedTokenizerFast` / `TokenizersBackend` take the file as it is; any other class is
 //! refused by name rather than guessed.
 
@@ -12,6 +13,7 @@ use tokenizers::Tokenizer;
 
 use super::added_tokens::{add_missing, config_token_list, extra_tokens, NAMED_TOKENS};
 use super::tokenizer_config::TokenizerConfig;
+use super::wordpiece_vocab::WordPieceClass;
 use super::xlm_roberta_tokenizer::SentencePieceClass;
 use crate::error::{Error, Result};
 
@@ -31,6 +33,15 @@ pub(crate) fn as_transformers_loads(
         None | Some(Value::Null) => false,
         Some(Value::String(class)) => match class_rule(class) {
             ClassRule::Bert => true,
+            ClassRule::Mpnet => {
+                return super::wordpiece_vocab::as_bert_tokenizer(
+                    from,
+                    source,
+                    config,
+                    true,
+                    WordPieceClass::Mpnet,
+                )
+            }
             ClassRule::AsItIs => return as_it_is(from, pad, config),
             ClassRule::Roberta => {
                 return super::roberta_tokenizer::as_roberta_tokenizer(from, source, config)
@@ -72,7 +83,7 @@ pub(crate) fn as_transformers_loads(
             })
         }
     };
-    super::wordpiece_vocab::as_bert_tokenizer(from, source, config, named)
+    super::wordpiece_vocab::as_bert_tokenizer(from, source, config, named, WordPieceClass::Bert)
 }
 
 /// tokenizer.json's own pipeline (`PreTrainedTokenizerFast`), with the config's token list
@@ -128,7 +139,11 @@ pub(crate) fn class_gives_segment_ids(config: &TokenizerConfig) -> bool {
         Some(class) if is_distilbert_tokenizer(class) => false,
         Some(class) => !matches!(
             class_rule(class),
-            ClassRule::AsItIs | ClassRule::Roberta | ClassRule::XlmRoberta | ClassRule::Camembert
+            ClassRule::AsItIs
+                | ClassRule::Roberta
+                | ClassRule::XlmRoberta
+                | ClassRule::Camembert
+                | ClassRule::Mpnet
         ),
         None => true,
     }
@@ -155,7 +170,10 @@ pub(crate) enum ClassRule {
     /// It builds `CamembertTokenizer` (XLM-R's pipeline with CamemBERT's unknown id and extra
     /// tokens: see `xlm_roberta_tokenizer`), which gives no segment ids.
     Camembert,
-    /// It builds a tokenizer of that class by rules of its own (MPNet's, Funnel's, ...),
+    /// It builds `MPNetTokenizer`: BERT's pipeline with RoBERTa's template and its own
+    /// special tokens (see `wordpiece_vocab`), which gives no segment ids.
+    Mpnet,
+    /// It builds a tokenizer of that class by rules of its own (Funnel's, ...),
     /// which give other ids than any of the above.
     Unsupported,
 }
@@ -180,6 +198,7 @@ pub(crate) fn class_rule(class: &str) -> ClassRule {
         "RobertaTokenizer" => ClassRule::Roberta,
         "XLMRobertaTokenizer" => ClassRule::XlmRoberta,
         "CamembertTokenizer" => ClassRule::Camembert,
+        "MPNetTokenizer" => ClassRule::Mpnet,
         _ => ClassRule::Unsupported,
     }
 }

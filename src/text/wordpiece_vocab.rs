@@ -1,7 +1,9 @@
 //! A BERT tokenizer built from `vocab.txt` (+ `tokenizer_config.json`) for checkpoints
 //! saved before `tokenizer.json` existed: the same pipeline transformers' converter builds
 //! for `BertTokenizerFast` (BERT normalizer, BERT pre-tokenizer, WordPiece with `##`
-//! continuations, `[CLS] A [SEP] B [SEP]` with segment ids 0 then 1).
+//! continuations, `[CLS] A [SEP] B [SEP]` with segment ids 0 then 1). The same pipeline
+//! around a tokenizer.json's vocabulary is what transformers' `BertTokenizer` rebuilds, and,
+//! with RoBERTa's template and its own special tokens, `MPNetTokenizer`.
 
 use std::path::Path;
 
@@ -10,7 +12,9 @@ use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, Model, ModelWrapper, Tokenizer};
 
 use super::added_tokens::{add_missing, config_added_tokens, token_list};
@@ -18,12 +22,32 @@ use super::tokenizer_class::{class_rule, ClassRule};
 use super::tokenizer_config::{read_json, TokenizerConfig};
 use crate::error::{Error, Result};
 
+/// The transformers classes that rebuild a WordPiece pipeline around the vocabulary.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum WordPieceClass {
+    /// `BertTokenizer`: `[CLS] A [SEP] B [SEP]`.
+    Bert,
+    /// `MPNetTokenizer`: RoBERTa's `<s> A </s></s> B </s>`, with `<s>`, `</s>`, `<pad>`,
+    /// `<mask>` (which takes the space before it) and BERT's `[UNK]` by default.
+    Mpnet,
+}
+
+impl WordPieceClass {
+    fn name(self) -> &'static str {
+        match self {
+            WordPieceClass::Bert => "BERT's",
+            WordPieceClass::Mpnet => "MPNet's",
+        }
+    }
+}
+
 /// The settings of `tokenizer_config.json` that change the ids, with `BertTokenizer`'s
-/// defaults.
+/// defaults (`MPNetTokenizer`'s for MPNet).
 struct BertTokenizerSettings {
     lowercase: bool,
     strip_accents: Option<bool>,
     chinese_chars: bool,
+    class: WordPieceClass,
     unk: String,
     sep: String,
     pad: String,
@@ -53,34 +77,48 @@ impl BertTokenizerSettings {
                 ))
             }
         }
-        Self::from_json(config)
+        Self::from_json(config, WordPieceClass::Bert)
     }
 
-    /// The id-changing settings in `config`, with `BertTokenizer`'s defaults for what it
-    /// leaves out.
-    fn from_json(config: &TokenizerConfig) -> Result<Self> {
+    /// The id-changing settings in `config`, with `class`'s defaults for what it leaves
+    /// out.
+    fn from_json(config: &TokenizerConfig, class: WordPieceClass) -> Result<Self> {
         let json = &config.json;
-        // BERT's five, with the class's defaults; without its unknown, separator or
+        // The five, with the class's defaults; without its unknown, separator or
         // classifier token transformers' BertTokenizer makes ids of the word `None`.
         let token = |key: &str, default: &str| -> Result<AddedToken> {
             if config.is_null(key) && matches!(key, "unk_token" | "sep_token" | "cls_token") {
-                return Err(
-                    config.error(key, format!("`{key}` is null: BERT's tokenizer needs one"))
-                );
+                return Err(config.error(
+                    key,
+                    format!("`{key}` is null: {} tokenizer needs one", class.name()),
+                ));
             }
             Ok(config
                 .token(key)?
                 .unwrap_or_else(|| AddedToken::from(default.to_string(), true)))
         };
+        let defaults = match class {
+            WordPieceClass::Bert => ["[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"],
+            WordPieceClass::Mpnet => ["[UNK]", "</s>", "<pad>", "<s>", "<mask>"],
+        };
         let [unk, sep, pad, cls, mask] = [
-            ("unk_token", "[UNK]"),
-            ("sep_token", "[SEP]"),
-            ("pad_token", "[PAD]"),
-            ("cls_token", "[CLS]"),
-            ("mask_token", "[MASK]"),
+            "unk_token",
+            "sep_token",
+            "pad_token",
+            "cls_token",
+            "mask_token",
         ]
-        .map(|(key, default)| token(key, default));
-        let [unk, sep, pad, cls, mask] = [unk?, sep?, pad?, cls?, mask?];
+        .iter()
+        .zip(defaults)
+        .map(|(key, default)| token(key, default))
+        .collect::<Result<Vec<_>>>()?
+        .try_into()
+        .expect("five keys");
+        // MPNetTokenizer makes a mask token given as a string take the space before it.
+        let mask = match (class, json.get("mask_token")) {
+            (WordPieceClass::Mpnet, None | Some(Value::String(_))) => mask.lstrip(true),
+            _ => mask,
+        };
         let mut specials = vec![
             pad.clone(),
             unk.clone(),
@@ -102,6 +140,7 @@ impl BertTokenizerSettings {
                 }
             },
             chinese_chars: config.flag("tokenize_chinese_chars", true)?,
+            class,
             unk: unk.content,
             sep: sep.content,
             pad: pad.content,
@@ -232,13 +271,21 @@ fn bert_pipeline(
     id_of(&settings.unk, "unk_token")?;
     id_of(&settings.mask, "mask_token")?;
     let (c, s) = (settings.cls.as_str(), settings.sep.as_str());
-    let template = TemplateProcessing::builder()
-        .try_single(format!("{c}:0 $A:0 {s}:0"))
-        .and_then(|b| b.try_pair(format!("{c}:0 $A:0 {s}:0 $B:1 {s}:1")))
-        .map_err(|e| format(format!("special tokens `{c}`, `{s}`: {e}")))?
-        .special_tokens(vec![(c, cls), (s, sep)])
-        .build()
-        .map_err(|e| format(format!("special tokens `{c}`, `{s}`: {e}")))?;
+    let template: PostProcessorWrapper = match settings.class {
+        WordPieceClass::Bert => TemplateProcessing::builder()
+            .try_single(format!("{c}:0 $A:0 {s}:0"))
+            .and_then(|b| b.try_pair(format!("{c}:0 $A:0 {s}:0 $B:1 {s}:1")))
+            .map_err(|e| format(format!("special tokens `{c}`, `{s}`: {e}")))?
+            .special_tokens(vec![(c, cls), (s, sep)])
+            .build()
+            .map_err(|e| format(format!("special tokens `{c}`, `{s}`: {e}")))?
+            .into(),
+        // As MPNetTokenizer sets it: offsets trimmed, no prefix space.
+        WordPieceClass::Mpnet => RobertaProcessing::new((s.to_string(), sep), (c.to_string(), cls))
+            .trim_offsets(true)
+            .add_prefix_space(false)
+            .into(),
+    };
     let mut tokenizer = Tokenizer::new(model);
     tokenizer
         .with_normalizer(Some(BertNormalizer::new(
@@ -264,15 +311,20 @@ pub(crate) fn as_bert_tokenizer(
     source: &Path,
     config: &TokenizerConfig,
     named: bool,
+    class: WordPieceClass,
 ) -> Result<(Tokenizer, u32)> {
-    let settings = BertTokenizerSettings::from_json(config)?;
+    let settings = BertTokenizerSettings::from_json(config, class)?;
     let ModelWrapper::WordPiece(existing) = from.get_model() else {
         if named {
+            let class = match class {
+                WordPieceClass::Bert => "BertTokenizer",
+                WordPieceClass::Mpnet => "MPNetTokenizer",
+            };
             return Err(super::tokenizer_class::model_disagrees(
                 source,
                 config,
                 "WordPiece",
-                "BertTokenizer",
+                class,
                 "WordPiece",
             ));
         }

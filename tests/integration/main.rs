@@ -26,6 +26,7 @@ mod hf_parity;
 mod kill_resume;
 mod merged_checkpoint;
 mod metrics;
+mod mpnet;
 mod multi_label;
 mod op_gradients;
 mod optimizer;

@@ -30,6 +30,7 @@ pub fn config(layers: usize) -> BertConfig {
         model_type: Some("bert".into()),
         tokenizer_class: None,
         pad_token_id: None,
+        relative_attention_num_buckets: None,
         is_decoder: false,
         problem_type: None,
         id2label: Default::default(),

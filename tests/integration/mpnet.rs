@@ -1,0 +1,202 @@
+//! MPNet checkpoints, against transformers + PEFT in float64 on a tiny random MPNet
+//! (`tests/fixtures/tiny-mpnet/`, written by its `make_fixture.py`): MPNetTokenizer's ids,
+//! the relative position buckets, logits, loss and every parameter's gradient (the shared
+//! relative position table's included), PEFT adapters both ways, merged checkpoints, the
+//! command line, and the CUDA backend's refusal (its attention adds no position bias yet).
+
+use crate::common;
+
+use common::family_fixture::FamilyFixture;
+use serde_json::Value;
+use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
+use spafit::checkpoint::EncoderFamily;
+use spafit::model::{bucket_ids, relative_position_bucket, BertClassifier};
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+
+const TABLE: &str = "bert.encoder.relative_attention_bias.weight";
+
+/// The fixture, or where `SPAFIT_MPNET_FIXTURE` says.
+fn fixture() -> FamilyFixture {
+    FamilyFixture::new("tiny-mpnet", "SPAFIT_MPNET_FIXTURE", EncoderFamily::Mpnet)
+}
+
+/// MPNetTokenizer is BERT's WordPiece pipeline with RoBERTa's `<s> A </s></s> B </s>` and
+/// no segment ids: the ids and attention mask transformers gives.
+#[test]
+fn mpnet_tokens_match_transformers() {
+    let f = fixture();
+    // `--lora-targets` takes MPNet's names of the attention's maps too.
+    for (name, module) in [
+        ("q", "attention.attn.q"),
+        ("attention.attn.k", "attention.attn.k"),
+        ("v", "attention.attn.v"),
+        ("o", "attention.attn.o"),
+    ] {
+        let target: spafit::nn::LoraTarget = name.parse().unwrap();
+        assert_eq!(
+            EncoderFamily::Mpnet.hf_layer_module(target.module()),
+            module
+        );
+    }
+    assert!(f.expected()["inputs"]["tokens_pairs"]
+        .get("token_type_ids")
+        .is_none());
+    f.check_tokens(&f.checkpoint("model"));
+}
+
+/// Every distance from −1100 to 1100 falls in transformers' bucket (`buckets.json`, printed
+/// by torch), the edges its f32 logarithm decides included; the bias rows run from the
+/// longest distance back to the longest forward.
+#[test]
+fn relative_position_buckets_match_transformers() {
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().dir().join("buckets.json")).unwrap(),
+    )
+    .unwrap();
+    let first = json["first_distance"].as_i64().unwrap();
+    let buckets = json["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 2201);
+    for (i, want) in buckets.iter().enumerate() {
+        let distance = first + i as i64;
+        assert_eq!(
+            u64::from(relative_position_bucket(distance)),
+            want.as_u64().unwrap(),
+            "distance {distance}"
+        );
+    }
+    let ids = bucket_ids(4);
+    let at = |d: i64| u32::try_from(buckets[(d - first) as usize].as_u64().unwrap()).unwrap();
+    assert_eq!(ids, (-3..=3).map(at).collect::<Vec<_>>());
+}
+
+/// Full fine-tuning in f64 without dropout: logits, loss and the gradient of every parameter
+/// transformers differentiates, under its names (`attention.attn.q`, `attention.LayerNorm`,
+/// `mpnet.encoder.relative_attention_bias`, `classifier.dense`, ...), for single texts and
+/// pairs.
+#[test]
+fn mpnet_logits_loss_and_every_gradient_match_transformers() {
+    let f = fixture();
+    let grads = f.check_every_gradient(&f.checkpoint("model"));
+    let table = grads
+        .iter()
+        .find(|(n, _)| n == TABLE)
+        .expect("the relative position table's gradient");
+    assert!(table.1.iter().any(|&g| g != 0.0));
+}
+
+/// The table is the encoder's, in no stratum: full fine-tuning trains it, SPAFIT, LoRA and
+/// BitFit keep it; and it moves the logits (zeroed, they change).
+#[test]
+fn the_relative_position_table_trains_under_full_fine_tuning_only() {
+    let f = fixture();
+    let ck = f.checkpoint("model");
+    let cpu = CpuBackend::f64();
+    for method in [Method::Full, Method::Spafit, Method::Lora, Method::BitFit] {
+        let mut config = PeftConfig::new(method).for_family(EncoderFamily::Mpnet);
+        config.n1 = Boundary::Layer(1);
+        config.n2 = Boundary::Layer(2);
+        let plan = PeftPlan::new(&config, 3).unwrap();
+        let model = common::trained(&ck, &cpu, &plan, 3);
+        assert_eq!(
+            model.trainable_names().iter().any(|n| n == TABLE),
+            method == Method::Full,
+            "{method}"
+        );
+    }
+    let model = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+    let mut flat = model.clone();
+    let table = flat.bert.relative_position.as_mut().unwrap();
+    let zeros = vec![0.0; table.value.numel()];
+    table.value = cpu
+        .tensor_from_f64(table.value.shape().clone(), &zeros)
+        .unwrap();
+    assert_ne!(
+        f.logits_of(&ck, &cpu, &model, "pairs"),
+        f.logits_of(&ck, &cpu, &flat, "pairs")
+    );
+}
+
+/// A LoRA adapter written by PEFT's own `save_pretrained` (on `q` and `v`, the head saved
+/// whole) gives PEFT's logits; spafit's export holds exactly PEFT's tensors under MPNet's
+/// names and imports back bit for bit; PEFT's adapter merged into the base is an
+/// `MPNetForSequenceClassification` giving PEFT's logits.
+#[test]
+fn mpnet_adapters_import_export_and_merge_as_peft() {
+    let f = fixture();
+    f.check_peft_adapter(&f.checkpoint("model"));
+    f.check_export_beside_peft();
+    let config = f.check_merge_of_peft_adapter("MPNetForSequenceClassification");
+    assert_eq!(config["model_type"], "mpnet");
+}
+
+/// `spafit train`, `eval` and `predict` on MPNet on the CPU; on the CUDA backend the model is
+/// refused when it loads, with the reason and the way out.
+#[test]
+fn mpnet_runs_from_the_command_line_and_cuda_refuses_it_by_name() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = "text,label\na gorgeous movie,1\nunbelievably dull,0\nthe rock is great,1\n\
+                what plot?,0\n";
+    std::fs::write(dir.path().join("train.csv"), rows).unwrap();
+    let model = f.dir().join("model").display().to_string();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let train = |device: &str| {
+        run(&[
+            "train",
+            "--model",
+            &model,
+            "--train-file",
+            "train.csv",
+            "--dev-file",
+            "train.csv",
+            "--method",
+            "full",
+            "--max-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--device",
+            device,
+            "--output",
+            device,
+            "--quiet",
+        ])
+    };
+    let out = train("cpu");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let predicted = run(&[
+        "predict",
+        "--model",
+        &model,
+        "--adapter",
+        "cpu/best",
+        "--dev-file",
+        "train.csv",
+    ]);
+    let stdout = String::from_utf8_lossy(&predicted.stdout);
+    assert!(
+        predicted.status.success() && stdout.lines().count() >= 4,
+        "{stdout}"
+    );
+    let refused = train("cuda-emu");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("relative position bias")
+            && stderr.contains("--device cpu"),
+        "{stderr}"
+    );
+}
