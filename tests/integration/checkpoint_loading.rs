@@ -567,8 +567,8 @@ fn broken_files_are_errors() {
 }
 
 /// Configs whose tensor names may match BERT's but whose forward is another: other model
-/// families (ALBERT shares its layers' weights and projects its embeddings, MPNet has
-/// relative positions; a RoBERTa without positions, a DistilBERT with a SiLU feed-forward)
+/// families (ALBERT shares its layers' weights and projects its embeddings, Funnel pools
+/// its sequence; a RoBERTa without positions, a DistilBERT with a SiLU feed-forward)
 /// and causal decoders. Each is refused
 /// naming the field, before any tensor is read.
 #[test]
@@ -622,9 +622,9 @@ fn other_model_families_and_decoders_are_refused_by_name() {
             "`dim` 15 is not divisible by `n_heads` 4",
         ),
         (
-            "mpnet",
-            bert.replace(r#""bert""#, r#""mpnet""#),
-            r#"`model_type` is "mpnet""#,
+            "funnel",
+            bert.replace(r#""bert""#, r#""funnel""#),
+            r#"`model_type` is "funnel""#,
         ),
         (
             "decoder",

@@ -297,10 +297,19 @@ fn tokenizer_json_beside_a_bert_config_follows_the_config() {
     let alias =
         serde_json::json!({"tokenizer_class": "DistilBertTokenizer", "do_lower_case": false});
     assert_eq!(folder("distilbert", true, Some(alias))[1..3], [unk, unk]);
+    let own = serde_json::json!({"tokenizer_class": "FunnelTokenizer", "do_lower_case": false});
+    let e = folder_result("funnel", true, Some(own)).unwrap_err();
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("`FunnelTokenizer`"),
+        "{e}"
+    );
+    // MPNetTokenizer is BERT's pipeline with `<s>`, `</s>`: a vocabulary without them is
+    // refused, naming the token and the file that names it.
     let own = serde_json::json!({"tokenizer_class": "MPNetTokenizer", "do_lower_case": false});
     let e = folder_result("mpnet", true, Some(own)).unwrap_err();
     assert!(
-        e.contains("tokenizer_config.json") && e.contains("`MPNetTokenizer`"),
+        e.contains("the cls_token `<s>` is not in the vocabulary")
+            && e.contains("tokenizer_config.json"),
         "{e}"
     );
 }
