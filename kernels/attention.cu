@@ -13,6 +13,12 @@
 // Dropout on the probabilities draws the CPU's mask (src/rng.rs) for element (b, h, i, j) at
 // counter ((b·heads + h)·max_seq + i)·max_seq + j.
 //
+// A relative position bias (MPNet's; pos_bias, may be null) [2·max_seq − 1][heads] f32 adds
+// pos_bias[max_seq − 1 + j − i][h] to head h's scaled score of query i for key j, in every
+// kernel that computes a score, as one fused multiply-add with the scale: s·scale + (bias +
+// key bias) forward, s·scale + (bias − lse) backward (with no bias, the same bits as
+// without one). Its gradient has a kernel of its own (attention_position_bias_grad_*).
+//
 // Backward: delta_i = Σ_j P_ij·dP̃_ij first, recomputed from the operands dS uses (tensor
 // cores: in the dQ kernel; exact f32: in a pass of the dQ kernel's loop of its own), so the
 // forward's output is never read and need not be kept; then one kernel per key tile for dK,
@@ -46,6 +52,8 @@ struct AttnParams {
     float* delta;
     const int* starts;
     const unsigned* mask;
+    const float* pos_bias;  // null: none
+    float* d_pos_bias;      // attention_position_bias_grad_*'s output
     unsigned long long seed;
     long long ld;
     int heads, head_dim, max_seq, mask_stride;
@@ -54,10 +62,18 @@ struct AttnParams {
     float keep_scale;
     int seq0;  // sequence of blockIdx.z = 0: more sequences than a grid's z dimension (65535)
                // holds take several launches
+    int sequences;  // the batch's sequences (attention_position_bias_grad_* reads it)
 };
 
 __device__ __forceinline__ bool key_valid(const AttnParams& p, int b, int j, int len) {
     return j < len && (p.mask == nullptr || p.mask[(long long)b * p.mask_stride + j] != 0u);
+}
+
+// The position bias of head h for query i and key j of a sequence of `len` tokens; 0 without
+// a bias, and outside the sequence (a tile's rows past its end would read past the table).
+__device__ __forceinline__ float position_bias(const AttnParams& p, int h, int i, int j, int len) {
+    if (p.pos_bias == nullptr || i >= len || j >= len) return 0.f;
+    return p.pos_bias[(long long)(p.max_seq - 1 + j - i) * p.heads + h];
 }
 
 __device__ __forceinline__ float drop_factor(const AttnParams& p, int b, int h, int i, int j) {
@@ -243,7 +259,9 @@ struct AttnTc {
             for (int j = 0; j < 8; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    s[j][e] = fmaf(s[j][e], p.scale, kbias[j * 8 + 2 * t + (e & 1)]);
+                    const int qi = q0 + 16 * w + g + 8 * (e >> 1), kc = j * 8 + 2 * t + (e & 1);
+                    const float bias = kbias[kc] + position_bias(p, h, qi, k0 + kc, len);
+                    s[j][e] = fmaf(s[j][e], p.scale, bias);
                     mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
                 }
             float corr[2], mu[2];
@@ -367,7 +385,8 @@ struct AttnTc {
                 for (int e = 0; e < 4; ++e) {
                     const int kr = 16 * w + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1);
                     const bool live = kvalid[kr] != 0.f && q0 + qc < len;
-                    const float pt = live ? __expf(fmaf(st[j][e], p.scale, -lse_s[qc])) : 0.f;
+                    const float shift = position_bias(p, h, q0 + qc, k0 + kr, len) - lse_s[qc];
+                    const float pt = live ? __expf(fmaf(st[j][e], p.scale, shift)) : 0.f;
                     const float z = drop_factor(p, b, h, q0 + qc, k0 + kr);
                     dpt[j][e] = pt * (dpt[j][e] * z - delta_s[qc]);
                     st[j][e] = pt * z;
@@ -508,7 +527,8 @@ struct AttnTc {
                     for (int e = 0; e < 4; ++e) {
                         const int r = e >> 1, kc = j * 8 + 2 * t + (e & 1);
                         const int qi = q0 + 16 * w + g + 8 * r;
-                        const float pr = kvalid[kc] != 0.f && qi < len ? __expf(fmaf(s[j][e], p.scale, -lse_r[r])) : 0.f;
+                        const float shift = position_bias(p, h, qi, k0 + kc, len) - lse_r[r];
+                        const float pr = kvalid[kc] != 0.f && qi < len ? __expf(fmaf(s[j][e], p.scale, shift)) : 0.f;
                         const float dpz = dp[j][e] * drop_factor(p, b, h, qi, k0 + kc);
                         if (pass == 0)
                             delta_r[r] += pr * dpz;
@@ -591,7 +611,7 @@ __device__ void attention_forward_f32_impl(const AttnParams& p) {
         for (int j = 0; j < F32Tiles::OTHER; ++j) {
             float acc = 0.f;
             for (int d = 0; d < D; ++d) acc = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], acc);
-            s[j] = kvalid[j] != 0.f ? acc * p.scale : -INFINITY;
+            s[j] = kvalid[j] != 0.f ? acc * p.scale + position_bias(p, h, qi, k0 + j, len) : -INFINITY;
             mx = fmaxf(mx, s[j]);
         }
         const float m_new = fmaxf(m, mx);
@@ -657,7 +677,7 @@ __device__ void attention_dkdv_f32_impl(const AttnParams& p) {
                 s = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], s);
                 if (want_dk) dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
             }
-            const float pr = expf(fmaf(s, p.scale, -stat[i]));
+            const float pr = expf(fmaf(s, p.scale, position_bias(p, h, q0 + i, kj, len) - stat[i]));
             const float z = drop_factor(p, b, h, q0 + i, kj);
             const float ds = pr * (dp * z - stat[F32Tiles::OTHER + i]);
             const float pd = pr * z;
@@ -714,7 +734,7 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
                 s = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], s);
                 dp = fmaf(dOs[i * pitch + d], Vs[j * pitch + d], dp);
             }
-            const float pr = expf(fmaf(s, p.scale, -lse));
+            const float pr = expf(fmaf(s, p.scale, position_bias(p, h, qi, k0 + j, len) - lse));
             const float z = drop_factor(p, b, h, qi, k0 + j);
             if (DELTA_ONLY) {
                 delta_sum = fmaf(pr * z, dp, delta_sum);
@@ -732,6 +752,44 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
     const long long row = (long long)(start + qi) * p.ld + (long long)h * D;
     float* dq = static_cast<float*>(p.dq);
     for (int d = 0; d < D; ++d) dq[row + d] = p.scale * dQs[i * pitch + d];
+}
+
+// ---------------------------------------------------------------- position bias gradient
+
+// d pos_bias[t][h] = Σ over the sequences b and queries i, with key j = i + t − (max_seq − 1)
+// attended, of dS_ij = P_ij·(z_ij·dP_ij − delta_i): one block of 128 threads per (t, h), grid
+// (2·max_seq − 1, heads). P and dP are recomputed from q, k, v, dO (as stored, in f32
+// arithmetic), lse and the delta the dQ kernel wrote; each thread takes the rows r ≡
+// threadIdx.x (mod 128) in order, then block_sum's fixed tree: deterministic, no atomics.
+// Only full fine-tuning trains MPNet's table, so this simple kernel (no tensor cores, each
+// score's two dot products from global memory) serves it.
+template <typename T>
+__device__ void position_bias_grad_impl(const AttnParams& p) {
+    __shared__ float scratch[128];
+    const int t = blockIdx.x, h = blockIdx.y, offset = t - (p.max_seq - 1);
+    const T* q = static_cast<const T*>(p.q);
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    const T* dout = static_cast<const T*>(p.dout);
+    float acc = 0.f;
+    const long long rows = (long long)p.sequences * p.max_seq;
+    for (long long r = threadIdx.x; r < rows; r += blockDim.x) {
+        const int b = (int)(r / p.max_seq), i = (int)(r % p.max_seq), j = i + offset;
+        const int start = p.starts[b], len = p.starts[b + 1] - start;
+        if (i >= len || j < 0 || !key_valid(p, b, j, len)) continue;
+        const long long qrow = (long long)(start + i) * p.ld + (long long)h * p.head_dim;
+        const long long krow = (long long)(start + j) * p.ld + (long long)h * p.head_dim;
+        float s = 0.f, dp = 0.f;
+        for (int d = 0; d < p.head_dim; ++d) {
+            s = fmaf(load(q, qrow + d), load(k, krow + d), s);
+            dp = fmaf(load(dout, qrow + d), load(v, krow + d), dp);
+        }
+        const long long at = stat_index(p, b, h, i);
+        const float pr = expf(fmaf(s, p.scale, position_bias(p, h, i, j, len) - p.lse[at]));
+        acc += pr * (dp * drop_factor(p, b, h, i, j) - p.delta[at]);
+    }
+    const float total = block_sum(acc, scratch);
+    if (threadIdx.x == 0) p.d_pos_bias[(long long)t * p.heads + h] = total;
 }
 
 // ---------------------------------------------------------------- entry points
@@ -772,3 +830,7 @@ extern "C" __global__ void __launch_bounds__(32) attention_forward_exact(AttnPar
 extern "C" __global__ void __launch_bounds__(32) attention_backward_dkdv_exact(AttnParams p) { attention_dkdv_f32_impl(p); }
 extern "C" __global__ void __launch_bounds__(32) attention_backward_dq_exact(AttnParams p) { attention_dq_f32_impl<false>(p); }
 extern "C" __global__ void __launch_bounds__(32) attention_backward_delta_exact(AttnParams p) { attention_dq_f32_impl<true>(p); }
+// T: how q, k, v and dO are stored (bf16: the tensor-core kernels' bf16 and bf16qkv_f32
+// storages, whose dO the launcher rounds; f32 otherwise).
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_f32(AttnParams p) { position_bias_grad_impl<float>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_bf16(AttnParams p) { position_bias_grad_impl<bf16>(p); }

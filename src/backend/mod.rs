@@ -544,13 +544,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// Refuses a relative position bias ([`Backend::attention_forward_with_position_bias`])
     /// where this backend has no attention that adds one, so that a model that needs it
-    /// (MPNet) is refused when it loads rather than at its first step. The CPU has one.
+    /// (MPNet) is refused when it loads rather than at its first step. The CPU and CUDA
+    /// backends have one.
     fn check_attention_position_bias(&self) -> Result<()> {
         Err(Error::invalid(
             "attention",
             format!(
                 "{} has no attention with a relative position bias (MPNet's): run the model \
-                 on the CPU (`--device cpu`)",
+                 on the CPU (`--device cpu`) or CUDA",
                 self.name()
             ),
         ))

@@ -818,6 +818,105 @@ fn attention_cases<B: Backend>(
     }
 }
 
+/// Attention with MPNet's relative position bias: the context, lse, dq, dk, dv and the bias's
+/// gradient against the f64 reference, over two tensor-core tiles of keys with a padded tail,
+/// and with dropout and a fully padded sequence.
+fn attention_position_bias<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(37);
+    let cases = [
+        (2, 70, 3, 12, vec![70, 41], None),
+        (
+            3,
+            20,
+            2,
+            32,
+            vec![20, 0, 7],
+            Some(Dropout { p: 0.2, seed: 9 }),
+        ),
+    ];
+    for (batch, seq, heads, hd, lengths, dropout) in cases {
+        let tag = format!("b{batch}s{seq}h{heads}d{hd}");
+        let (rows, hidden) = (batch * seq, heads * hd);
+        let mask: Vec<u32> = (0..batch)
+            .flat_map(|bi| (0..seq).map(move |j| (bi, j)))
+            .map(|(bi, j)| u32::from(j < lengths[bi]))
+            .collect();
+        let operands: Vec<Vec<f64>> = (0..4)
+            .map(|_| stored(b, &[rows, hidden], &nonzero(&mut rng, rows * hidden)))
+            .collect();
+        let diagonals = 2 * seq - 1;
+        let bias: Vec<f64> = nonzero(&mut rng, diagonals * heads)
+            .iter()
+            .map(|v| 1.5 * v)
+            .collect();
+        let bias = stored(b, &[diagonals, heads], &bias);
+        let config = AttentionConfig {
+            heads,
+            scale: 1.0 / (hd as f64).sqrt(),
+            dropout,
+        };
+        let shapes = ([batch, seq], [rows, hidden], [diagonals, heads]);
+        let want = biased_attention(&r, &operands, &bias, &mask, shapes, &config);
+        let got = biased_attention(b, &operands, &bias, &mask, shapes, &config);
+        for (i, name) in ["out", "lse", "dq", "dk", "dv", "d_position_bias"]
+            .iter()
+            .enumerate()
+        {
+            check_against(
+                b,
+                &format!("attention_position_bias.{name} {tag}"),
+                &got[i],
+                &want[i],
+                &want[i],
+                tol,
+            );
+        }
+    }
+}
+
+/// The context, lse, dq, dk, dv and the bias's gradient of attention with a position bias on
+/// `be`, from q, k, v, dO in `operands`.
+fn biased_attention<B: Backend>(
+    be: &B,
+    operands: &[Vec<f64>],
+    bias: &[f64],
+    mask: &[u32],
+    (mask_dims, dims, bias_dims): ([usize; 2], [usize; 2], [usize; 2]),
+    config: &AttentionConfig,
+) -> Vec<Vec<f64>> {
+    let [q, k, v, dy] = [0, 1, 2, 3].map(|i| up(be, &dims, &operands[i]));
+    let bias = up(be, &bias_dims, bias);
+    let mask = be.tensor_from_u32(Shape::new(mask_dims), mask).unwrap();
+    let f = be
+        .attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, config)
+        .unwrap();
+    let all = AttentionGradRequest {
+        dq: true,
+        dk: true,
+        dv: true,
+    };
+    let (g, d_bias) = be
+        .attention_backward_with_position_bias(
+            &dy,
+            &q,
+            &k,
+            Some(&v),
+            &f.lse,
+            &mask,
+            &bias,
+            config,
+            all,
+            true,
+        )
+        .unwrap();
+    let mut outputs = vec![down(be, &f.out), down(be, &f.lse)];
+    for t in [g.dq, g.dk, g.dv, d_bias] {
+        outputs.push(down(be, &t.unwrap()));
+    }
+    outputs
+}
+
 fn elementwise<B: Backend>(b: &B, tol: f64) {
     let r = reference();
     let mut rng = SplitMix::new(3);
@@ -1187,6 +1286,7 @@ macro_rules! on_every_backend {
 on_every_backend!(
     linear,
     attention,
+    attention_position_bias,
     random_shapes,
     layernorm,
     bias_gradient,

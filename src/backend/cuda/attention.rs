@@ -6,7 +6,8 @@
 //! tensor-core kernels run (head dims up to 128, padded to 32, 64 or 128) on f32 or bf16
 //! storage, or on q, k, v and dO in bf16 with f32 outputs (mixed precision, where the query,
 //! key and value maps store their outputs for these products and dO is rounded once here);
-//! in f32 precision the exact one-thread-per-row kernels.
+//! in f32 precision the exact one-thread-per-row kernels. MPNet's relative position bias is
+//! added by every one of them, and its gradient has a kernel of its own.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
@@ -38,6 +39,8 @@ struct AttentionParams {
     delta: u64,
     starts: u64,
     mask: u64,
+    pos_bias: u64,
+    d_pos_bias: u64,
     seed: u64,
     ld: i64,
     heads: i32,
@@ -48,6 +51,7 @@ struct AttentionParams {
     drop_threshold: u32,
     keep_scale: f32,
     seq0: i32,
+    sequences: i32,
 }
 
 // SAFETY: a plain C struct of integers and floats, laid out as the kernel's.
@@ -185,7 +189,32 @@ fn base_params(d: &AttentionDims, config: &AttentionConfig) -> AttentionParams {
         scale: config.scale as f32,
         drop_threshold: threshold,
         keep_scale: keep,
+        sequences: d.batch as i32,
         ..Default::default()
+    }
+}
+
+/// The position bias `[2·seq − 1, heads]` checked against `d`, as the f32 the kernels read
+/// (a bf16 one is widened once here).
+fn position_bias_f32(
+    b: &CudaBackend,
+    op: &'static str,
+    bias: &Tensor<CudaBackend>,
+    d: &AttentionDims,
+) -> Result<Tensor<CudaBackend>> {
+    shapes::require_dims(
+        op,
+        "position_bias",
+        bias,
+        &[(2 * d.seq).max(1) - 1, d.heads],
+    )?;
+    match bias.dtype() {
+        DType::F32 => Ok(bias.clone()),
+        DType::BF16 => super::elementwise::cast(b, bias, DType::F32),
+        other => Err(Error::dtype(
+            op,
+            format!("`position_bias` is {other}; the attention kernels read f32 or bf16"),
+        )),
     }
 }
 
@@ -269,10 +298,14 @@ pub(super) fn forward(
     k: &Tensor<CudaBackend>,
     v: &Tensor<CudaBackend>,
     mask: &Tensor<CudaBackend>,
+    position_bias: Option<&Tensor<CudaBackend>>,
     config: &AttentionConfig,
 ) -> Result<AttentionOutput<CudaBackend>> {
     const OP: &str = "attention";
     let d = shapes::attention(q, k, v, mask, config)?;
+    let position_bias = position_bias
+        .map(|bias| position_bias_f32(b, OP, bias, &d))
+        .transpose()?;
     let stream = &b.device.stream;
     let starts = padded_starts(b, OP, &d)?;
     // bf16 q, k, v in mixed precision are f32 activations' copies rounded for the products
@@ -294,6 +327,11 @@ pub(super) fn forward(
             let (po, _go) = out.device_ptr_mut(stream);
             let (pl, _gl) = lse.device_ptr_mut(stream);
             (p.q, p.k, p.v, p.mask, p.starts, p.o, p.lse) = (pq, pk, pv, pm, ps, po, pl);
+            let (pb, _gb) = match &position_bias {
+                Some(bias) => { let (ptr, g) = view::<f32>(bias).device_ptr(stream); (ptr, Some(g)) }
+                None => (0, None),
+            };
+            p.pos_bias = pb;
             if b.precision == Precision::F32 && T::SUFFIX == "f32" {
                 launch_tiles(b, OP, "attention_forward_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[0], &p)?;
             } else {
@@ -307,7 +345,9 @@ pub(super) fn forward(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The requested gradients of [`forward`], and the position bias's where
+/// `want_position_bias` (a bias must then be given; `v` too, as for `dq` and `dk`).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(super) fn backward(
     b: &CudaBackend,
     d_out: &Tensor<CudaBackend>,
@@ -316,17 +356,30 @@ pub(super) fn backward(
     v: Option<&Tensor<CudaBackend>>,
     lse: &Tensor<CudaBackend>,
     mask: &Tensor<CudaBackend>,
+    position_bias: Option<&Tensor<CudaBackend>>,
     config: &AttentionConfig,
     want: AttentionGradRequest,
-) -> Result<AttentionGrads<CudaBackend>> {
+    want_position_bias: bool,
+) -> Result<(AttentionGrads<CudaBackend>, Option<Tensor<CudaBackend>>)> {
     const OP: &str = "attention backward";
+    let want_position_bias = want_position_bias && position_bias.is_some();
+    // The bias's gradient is dS summed, and dS needs dP = dO·Vᵀ and delta, as dq does.
+    let v_needed = AttentionGradRequest {
+        dq: want.dq || want_position_bias,
+        ..want
+    };
     let rounded = super::gemm::rounded_dtype(b, d_out.dtype());
-    let (dtype, d) = shapes::attention_backward(d_out, q, k, v, mask, config, want, rounded)?;
+    let (dtype, d) = shapes::attention_backward(d_out, q, k, v, mask, config, v_needed, rounded)?;
     require_f32(OP, "lse", lse)?;
     shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
+    // The gradient goes back in the bias's own dtype.
+    let bias_dtype = position_bias.map(Tensor::dtype);
+    let position_bias = position_bias
+        .map(|bias| position_bias_f32(b, OP, bias, &d))
+        .transpose()?;
     let mut grads = AttentionGrads::default();
-    if !(want.dq || want.dk || want.dv) {
-        return Ok(grads);
+    if !(want.dq || want.dk || want.dv || want_position_bias) {
+        return Ok((grads, None));
     }
     let stream = &b.device.stream;
     let starts = padded_starts(b, OP, &d)?;
@@ -337,6 +390,8 @@ pub(super) fn backward(
         let mut dq = if want.dq { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dk = if want.dk { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dv = if want.dv { Some(b.output::<T>(q.numel())?) } else { None };
+        let diagonals = (2 * d.seq).max(1) - 1;
+        let mut d_bias = if want_position_bias { Some(b.output::<f32>(diagonals * d.heads)?) } else { None };
         let storage = tc_storage(q.dtype(), T::SUFFIX);
         // The bf16qkv_f32 kernels stage dO in bf16, as they stage q, k, v: rounded here once,
         // with the rounding their f32 staging applied, for the two kernels that read it.
@@ -363,7 +418,13 @@ pub(super) fn backward(
             if let Some(t) = dq.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dq = ptr; guards.push(g); }
             if let Some(t) = dk.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dk = ptr; guards.push(g); }
             if let Some(t) = dv.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.dv = ptr; guards.push(g); }
-            let needs_delta = want.dq || want.dk;
+            if let Some(t) = d_bias.as_mut() { let (ptr, g) = t.device_ptr_mut(stream); p.d_pos_bias = ptr; guards.push(g); }
+            let (pb, _gb) = match &position_bias {
+                Some(bias) => { let (ptr, g) = view::<f32>(bias).device_ptr(stream); (ptr, Some(g)) }
+                None => (0, None),
+            };
+            p.pos_bias = pb;
+            let needs_delta = want.dq || want.dk || want_position_bias;
             if exact {
                 // delta = Σ_j P·dP in f32, in the dQ kernel's loop (it reads what dQ reads).
                 if needs_delta {
@@ -385,13 +446,63 @@ pub(super) fn backward(
                     launch_tiles(b, OP, &format!("attention_backward_dkdv_tc_{variant}"), &d, 64, 128, smem, &p)?;
                 }
             }
+            if want_position_bias {
+                // What the other kernels read: bf16 q, k, v and dO in the bf16 storages.
+                let kernel = match storage {
+                    "bf16" | "bf16qkv_f32" => "attention_position_bias_grad_bf16",
+                    _ => "attention_position_bias_grad_f32",
+                };
+                launch_position_bias_grad(b, OP, kernel, &d, &p)?;
+            }
             drop(guards);
         }
         grads.dq = dq.map(|t| tensor(q.shape().clone(), t)).transpose()?;
         grads.dk = dk.map(|t| tensor(q.shape().clone(), t)).transpose()?;
         grads.dv = dv.map(|t| tensor(q.shape().clone(), t)).transpose()?;
-        Ok(grads)
+        let d_bias = match (d_bias, bias_dtype) {
+            (Some(t), Some(dtype)) => {
+                let t = tensor([diagonals, d.heads], t)?;
+                Some(if dtype == DType::F32 { t } else { super::elementwise::cast(b, &t, dtype)? })
+            }
+            _ => None,
+        };
+        Ok((grads, d_bias))
     })
+}
+
+/// Launches the position bias's gradient kernel `kernel`: one block of 128 threads per
+/// (relative distance, head).
+fn launch_position_bias_grad(
+    b: &CudaBackend,
+    op: &'static str,
+    kernel: &str,
+    d: &AttentionDims,
+    p: &AttentionParams,
+) -> Result<()> {
+    let f = b.function(MODULE, kernel)?;
+    if d.heads > b.device.max_grid_y {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{} heads: the position bias's gradient launches one block row per head, and \
+                 {}'s grid takes at most {} in y",
+                d.heads,
+                b.device_name(),
+                b.device.max_grid_y
+            ),
+        ));
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (((2 * d.seq).max(1) - 1) as u32, d.heads as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut l = b.device.stream.launch_builder(&f);
+    l.arg(p);
+    // SAFETY: AttentionParams mirrors the kernel's struct; its pointers (q, k, v, dO, lse,
+    // delta, starts, mask, the bias and its gradient) were taken from live buffers of the
+    // validated shapes by the caller and stay alive past this call.
+    b.launched(op, kernel, || unsafe { l.launch(cfg) })
 }
 
 impl CudaBackend {

@@ -813,7 +813,7 @@ impl Backend for CudaBackend {
         mask: &Tensor<Self>,
         config: &AttentionConfig,
     ) -> Result<AttentionOutput<Self>> {
-        attention::forward(self, q, k, v, mask, config)
+        attention::forward(self, q, k, v, mask, None, config)
     }
 
     fn attention_backward(
@@ -827,7 +827,53 @@ impl Backend for CudaBackend {
         config: &AttentionConfig,
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
-        attention::backward(self, d_out, q, k, v, lse, mask, config, want)
+        let (grads, _) =
+            attention::backward(self, d_out, q, k, v, lse, mask, None, config, want, false)?;
+        Ok(grads)
+    }
+
+    fn check_attention_position_bias(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn attention_forward_with_position_bias(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        position_bias: &Tensor<Self>,
+        config: &AttentionConfig,
+    ) -> Result<AttentionOutput<Self>> {
+        attention::forward(self, q, k, v, mask, Some(position_bias), config)
+    }
+
+    fn attention_backward_with_position_bias(
+        &self,
+        d_out: &Tensor<Self>,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
+        lse: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        position_bias: &Tensor<Self>,
+        config: &AttentionConfig,
+        want: AttentionGradRequest,
+        want_position_bias: bool,
+    ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)> {
+        attention::backward(
+            self,
+            d_out,
+            q,
+            k,
+            v,
+            lse,
+            mask,
+            Some(position_bias),
+            config,
+            want,
+            want_position_bias,
+        )
     }
 
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
