@@ -241,8 +241,9 @@ impl BertConfig {
     /// (`mini`: 4 layers, hidden 256, 4 heads), BERT-base (`base`: 12 layers, hidden 768) or
     /// BERT-large (`large`: 24 layers, hidden 1024), or of ELECTRA's discriminators
     /// (`electra-small`: 12 layers, hidden 256 over 128-wide embeddings, 4 heads;
-    /// `electra-base` and `electra-large`: BERT-base's and BERT-large's), or DistilBERT's
-    /// (`distilbert-base`: 6 layers, hidden 768), uncased vocabulary: for benchmarks on random
+    /// `electra-base` and `electra-large`: BERT-base's and BERT-large's), DistilBERT's
+    /// (`distilbert-base`: 6 layers, hidden 768) or MPNet's (`mpnet-base`: BERT-base's with
+    /// MPNet's relative position table), uncased vocabulary: for benchmarks on random
     /// weights.
     pub fn preset(name: &str) -> Option<BertConfig> {
         let (hidden, layers, heads, embedding_size, model_type) = match name {
@@ -254,18 +255,24 @@ impl BertConfig {
             "electra-base" => (768, 12, 12, Some(768), "electra"),
             "electra-large" => (1024, 24, 16, Some(1024), "electra"),
             "distilbert-base" => (768, 6, 12, None, "distilbert"),
+            "mpnet-base" => (768, 12, 12, None, "mpnet"),
             _ => return None,
         };
         Some(BertConfig {
-            vocab_size: 30522,
+            vocab_size: if model_type == "mpnet" { 30527 } else { 30522 },
             hidden_size: hidden,
             embedding_size,
             num_hidden_layers: layers,
             num_attention_heads: heads,
             intermediate_size: 4 * hidden,
             max_position_embeddings: 512,
-            // DistilBERT has no segment table (and its own default head dropout).
-            type_vocab_size: if model_type == "distilbert" { 1 } else { 2 },
+            // DistilBERT and MPNet have no segment table (DistilBERT its own default head
+            // dropout).
+            type_vocab_size: if matches!(model_type, "distilbert" | "mpnet") {
+                1
+            } else {
+                2
+            },
             layer_norm_eps: 1e-12,
             hidden_act: "gelu".into(),
             hidden_dropout_prob: 0.1,

@@ -308,7 +308,7 @@ fn shape_name(given: &str) -> std::result::Result<String, String> {
         Some(_) => Ok(given.to_string()),
         None => Err(format!(
             "`{given}`: expected tiny, mini, base, large, electra-small, electra-base, \
-             electra-large or distilbert-base"
+             electra-large, distilbert-base or mpnet-base"
         )),
     }
 }
@@ -346,7 +346,8 @@ pub struct BenchCommand {
     /// hidden 768) or `large` (24 layers, hidden 1024); `electra-small` (12 layers, hidden 256
     /// over 128-wide embeddings and their projection), `electra-base` or `electra-large`
     /// (BERT-base's and BERT-large's shapes under ELECTRA's head); `distilbert-base` (6
-    /// layers, hidden 768, no segment table, the ReLU head).
+    /// layers, hidden 768, no segment table, the ReLU head); `mpnet-base` (BERT-base's shape
+    /// with MPNet's relative position bias, no segment table).
     #[arg(long, value_parser = shape_name)]
     pub shape: Option<String>,
     /// After the timed steps, time one more step's CUDA kernels on the device: each kernel's
@@ -500,9 +501,10 @@ impl BenchCommand {
         let mut line = json!({
             "pass": match self.inference { true => "inference", false => "training" },
             "method": peft.method.to_string(), "device": backend.name(), "dtype": self.model.dtype()?.to_string(),
-            "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| match (s.strip_prefix("electra-"), s.strip_prefix("distilbert-")) {
-                (Some(size), _) => format!("random ELECTRA-{size}"),
-                (_, Some(size)) => format!("random DistilBERT-{size}"),
+            "model": shape.map_or_else(|| self.model.model.display().to_string(), |s| match (s.strip_prefix("electra-"), s.strip_prefix("distilbert-"), s.strip_prefix("mpnet-")) {
+                (Some(size), _, _) => format!("random ELECTRA-{size}"),
+                (_, Some(size), _) => format!("random DistilBERT-{size}"),
+                (_, _, Some(size)) => format!("random MPNet-{size}"),
                 _ => format!("random BERT-{s}"),
             }),
             "batch": r.batch, "micro_batch": r.micro_batch, "seq_len": r.seq_len, "steps": r.steps,
