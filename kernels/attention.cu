@@ -16,8 +16,11 @@
 // A relative position bias (MPNet's; pos_bias, may be null) [2·max_seq − 1][heads] f32 adds
 // pos_bias[max_seq − 1 + j − i][h] to head h's scaled score of query i for key j, in every
 // kernel that computes a score, as one fused multiply-add with the scale: s·scale + (bias +
-// key bias) forward, s·scale + (bias − lse) backward (with no bias, the same bits as
-// without one). Its gradient has a kernel of its own (attention_position_bias_grad_*).
+// key bias) forward, s·scale + (bias − lse) backward. The tensor-core kernels add it only in
+// their `_pb` instantiations (one stage buffer): the index arithmetic and loads in their
+// unrolled loops cost up to 88 registers and spills at head dim 128 (ptxas -v, sm_90), which
+// the kernels of every other model must not pay. The exact kernels test pos_bias at run time
+// (one register). Its gradient has a kernel of its own (attention_position_bias_grad_*).
 //
 // Backward: delta_i = Σ_j P_ij·dP̃_ij first, recomputed from the operands dS uses (tensor
 // cores: in the dQ kernel; exact f32: in a pass of the dQ kernel's loop of its own), so the
@@ -188,7 +191,7 @@ __device__ __forceinline__ void stream_tiles(int steps, Stage&& stage, Compute&&
     }
 }
 
-template <int DP, typename TIn, typename TOut, int STAGES>
+template <int DP, typename TIn, typename TOut, int STAGES, bool BIAS>
 struct AttnTc {
     static constexpr int COLS = DP + 8, TILE = 64 * COLS, NT = DP / 8;
     // Dynamic shared memory of a kernel that keeps KEPT bf16 tiles through its loop (the
@@ -260,7 +263,7 @@ struct AttnTc {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int qi = q0 + 16 * w + g + 8 * (e >> 1), kc = j * 8 + 2 * t + (e & 1);
-                    const float bias = kbias[kc] + position_bias(p, h, qi, k0 + kc, len);
+                    const float bias = BIAS ? kbias[kc] + position_bias(p, h, qi, k0 + kc, len) : kbias[kc];
                     s[j][e] = fmaf(s[j][e], p.scale, bias);
                     mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
                 }
@@ -385,7 +388,7 @@ struct AttnTc {
                 for (int e = 0; e < 4; ++e) {
                     const int kr = 16 * w + g + 8 * (e >> 1), qc = j * 8 + 2 * t + (e & 1);
                     const bool live = kvalid[kr] != 0.f && q0 + qc < len;
-                    const float shift = position_bias(p, h, q0 + qc, k0 + kr, len) - lse_s[qc];
+                    const float shift = BIAS ? position_bias(p, h, q0 + qc, k0 + kr, len) - lse_s[qc] : -lse_s[qc];
                     const float pt = live ? __expf(fmaf(st[j][e], p.scale, shift)) : 0.f;
                     const float z = drop_factor(p, b, h, q0 + qc, k0 + kr);
                     dpt[j][e] = pt * (dpt[j][e] * z - delta_s[qc]);
@@ -527,7 +530,7 @@ struct AttnTc {
                     for (int e = 0; e < 4; ++e) {
                         const int r = e >> 1, kc = j * 8 + 2 * t + (e & 1);
                         const int qi = q0 + 16 * w + g + 8 * r;
-                        const float shift = position_bias(p, h, qi, k0 + kc, len) - lse_r[r];
+                        const float shift = BIAS ? position_bias(p, h, qi, k0 + kc, len) - lse_r[r] : -lse_r[r];
                         const float pr = kvalid[kc] != 0.f && qi < len ? __expf(fmaf(s[j][e], p.scale, shift)) : 0.f;
                         const float dpz = dp[j][e] * drop_factor(p, b, h, qi, k0 + kc);
                         if (pass == 0)
@@ -611,7 +614,7 @@ __device__ void attention_forward_f32_impl(const AttnParams& p) {
         for (int j = 0; j < F32Tiles::OTHER; ++j) {
             float acc = 0.f;
             for (int d = 0; d < D; ++d) acc = fmaf(Qs[i * pitch + d], Ks[j * pitch + d], acc);
-            s[j] = kvalid[j] != 0.f ? acc * p.scale + position_bias(p, h, qi, k0 + j, len) : -INFINITY;
+            s[j] = kvalid[j] != 0.f ? fmaf(acc, p.scale, position_bias(p, h, qi, k0 + j, len)) : -INFINITY;
             mx = fmaxf(mx, s[j]);
         }
         const float m_new = fmaxf(m, mx);
@@ -759,11 +762,12 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
 // d pos_bias[t][h] = Σ over the sequences b and queries i, with key j = i + t − (max_seq − 1)
 // attended, of dS_ij = P_ij·(z_ij·dP_ij − delta_i): one block of 128 threads per (t, h), grid
 // (2·max_seq − 1, heads). P and dP are recomputed from q, k, v, dO (as stored, in f32
-// arithmetic), lse and the delta the dQ kernel wrote; each thread takes the rows r ≡
+// arithmetic, rounded to bf16 first where ROUND: what the tensor-core kernels stage from f32
+// rows), lse and the delta the dQ kernel wrote; each thread takes the rows r ≡
 // threadIdx.x (mod 128) in order, then block_sum's fixed tree: deterministic, no atomics.
 // Only full fine-tuning trains MPNet's table, so this simple kernel (no tensor cores, each
 // score's two dot products from global memory) serves it.
-template <typename T>
+template <typename T, bool ROUND>
 __device__ void position_bias_grad_impl(const AttnParams& p) {
     __shared__ float scratch[128];
     const int t = blockIdx.x, h = blockIdx.y, offset = t - (p.max_seq - 1);
@@ -779,10 +783,14 @@ __device__ void position_bias_grad_impl(const AttnParams& p) {
         if (i >= len || j < 0 || !key_valid(p, b, j, len)) continue;
         const long long qrow = (long long)(start + i) * p.ld + (long long)h * p.head_dim;
         const long long krow = (long long)(start + j) * p.ld + (long long)h * p.head_dim;
+        const auto read = [](const T* x, long long e) {
+            const float f = load(x, e);
+            return ROUND ? __bfloat162float(__float2bfloat16(f)) : f;
+        };
         float s = 0.f, dp = 0.f;
         for (int d = 0; d < p.head_dim; ++d) {
-            s = fmaf(load(q, qrow + d), load(k, krow + d), s);
-            dp = fmaf(load(dout, qrow + d), load(v, krow + d), dp);
+            s = fmaf(read(q, qrow + d), read(k, krow + d), s);
+            dp = fmaf(read(dout, qrow + d), read(v, krow + d), dp);
         }
         const long long at = stat_index(p, b, h, i);
         const float pr = expf(fmaf(s, p.scale, position_bias(p, h, i, j, len) - p.lse[at]));
@@ -799,16 +807,19 @@ __device__ void position_bias_grad_impl(const AttnParams& p) {
 // f32 outputs and dO.
 // _s<STAGES>: streamed tiles in one stage buffer or two (`stream_tiles`). Two only where the
 // operands are bf16, which cp.async copies; f32 rows are rounded by the threads themselves.
-#define ATTENTION_TC(DP, TIN, TOUT, S, N)                                                                             \
-    extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_##S##_d##DP##_s##N(AttnParams p) {         \
-        AttnTc<DP, TIN, TOUT, N>::forward(p);                                                                         \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_##S##_d##DP##_s##N(AttnParams p) {   \
-        AttnTc<DP, TIN, TOUT, N>::backward_dkdv(p);                                                                   \
-    }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_tc_##S##_d##DP##_s##N(AttnParams p) {     \
-        AttnTc<DP, TIN, TOUT, N>::backward_dq(p);                                                                     \
+// _pb: with the position bias (BIAS; one stage only).
+#define ATTENTION_TC_OF(DP, TIN, TOUT, S, N, BIAS, PB)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_##S##_d##DP##_s##N##PB(AttnParams p) {         \
+        AttnTc<DP, TIN, TOUT, N, BIAS>::forward(p);                                                                       \
+    }                                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_tc_##S##_d##DP##_s##N##PB(AttnParams p) {   \
+        AttnTc<DP, TIN, TOUT, N, BIAS>::backward_dkdv(p);                                                                 \
+    }                                                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_tc_##S##_d##DP##_s##N##PB(AttnParams p) {     \
+        AttnTc<DP, TIN, TOUT, N, BIAS>::backward_dq(p);                                                                   \
     }
+#define ATTENTION_TC(DP, TIN, TOUT, S, N) ATTENTION_TC_OF(DP, TIN, TOUT, S, N, false, )
+#define ATTENTION_TC_PB(DP, TIN, TOUT, S) ATTENTION_TC_OF(DP, TIN, TOUT, S, 1, true, _pb)
 
 ATTENTION_TC(32, bf16, bf16, bf16, 1)
 ATTENTION_TC(64, bf16, bf16, bf16, 1)
@@ -825,12 +836,23 @@ ATTENTION_TC(128, bf16, bf16, bf16, 2)
 ATTENTION_TC(32, bf16, float, bf16qkv_f32, 2)
 ATTENTION_TC(64, bf16, float, bf16qkv_f32, 2)
 ATTENTION_TC(128, bf16, float, bf16qkv_f32, 2)
+ATTENTION_TC_PB(32, bf16, bf16, bf16)
+ATTENTION_TC_PB(64, bf16, bf16, bf16)
+ATTENTION_TC_PB(128, bf16, bf16, bf16)
+ATTENTION_TC_PB(32, float, float, f32)
+ATTENTION_TC_PB(64, float, float, f32)
+ATTENTION_TC_PB(128, float, float, f32)
+ATTENTION_TC_PB(32, bf16, float, bf16qkv_f32)
+ATTENTION_TC_PB(64, bf16, float, bf16qkv_f32)
+ATTENTION_TC_PB(128, bf16, float, bf16qkv_f32)
 
 extern "C" __global__ void __launch_bounds__(32) attention_forward_exact(AttnParams p) { attention_forward_f32_impl(p); }
 extern "C" __global__ void __launch_bounds__(32) attention_backward_dkdv_exact(AttnParams p) { attention_dkdv_f32_impl(p); }
 extern "C" __global__ void __launch_bounds__(32) attention_backward_dq_exact(AttnParams p) { attention_dq_f32_impl<false>(p); }
 extern "C" __global__ void __launch_bounds__(32) attention_backward_delta_exact(AttnParams p) { attention_dq_f32_impl<true>(p); }
-// T: how q, k, v and dO are stored (bf16: the tensor-core kernels' bf16 and bf16qkv_f32
-// storages, whose dO the launcher rounds; f32 otherwise).
-extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_f32(AttnParams p) { position_bias_grad_impl<float>(p); }
-extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_bf16(AttnParams p) { position_bias_grad_impl<bf16>(p); }
+// How q, k, v and dO are stored and read: f32 (the exact kernels), bf16 (the tensor-core
+// kernels' bf16 and bf16qkv_f32 storages, whose dO the launcher rounds), or f32 rounded to
+// bf16 on reading (the tensor-core kernels' f32 storage, rounded as they stage it).
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_f32(AttnParams p) { position_bias_grad_impl<float, false>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_bf16(AttnParams p) { position_bias_grad_impl<bf16, false>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_f32_rounded(AttnParams p) { position_bias_grad_impl<float, true>(p); }

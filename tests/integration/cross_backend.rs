@@ -834,6 +834,8 @@ fn attention_position_bias<B: Backend>(b: &B, tol: f64) {
             vec![20, 0, 7],
             Some(Dropout { p: 0.2, seed: 9 }),
         ),
+        // mpnet-base's head width.
+        (1, 23, 2, 64, vec![23], None),
     ];
     for (batch, seq, heads, hd, lengths, dropout) in cases {
         let tag = format!("b{batch}s{seq}h{heads}d{hd}");
@@ -910,10 +912,30 @@ fn biased_attention<B: Backend>(
             true,
         )
         .unwrap();
+    // The bias's gradient alone (no dq, dk, dv: a frozen layer's attention under a trained
+    // table) is the same bits.
+    let (none, alone) = be
+        .attention_backward_with_position_bias(
+            &dy,
+            &q,
+            &k,
+            Some(&v),
+            &f.lse,
+            &mask,
+            &bias,
+            config,
+            AttentionGradRequest::default(),
+            true,
+        )
+        .unwrap();
+    assert!(none.dq.is_none() && none.dk.is_none() && none.dv.is_none());
+    let d_bias = down(be, &d_bias.unwrap());
+    assert_eq!(down(be, &alone.unwrap()), d_bias, "{}", be.name());
     let mut outputs = vec![down(be, &f.out), down(be, &f.lse)];
-    for t in [g.dq, g.dk, g.dv, d_bias] {
+    for t in [g.dq, g.dk, g.dv] {
         outputs.push(down(be, &t.unwrap()));
     }
+    outputs.push(d_bias);
     outputs
 }
 

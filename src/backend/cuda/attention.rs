@@ -111,6 +111,25 @@ fn tc_variant(
     )
 }
 
+/// [`tc_variant`] on `b`'s stages, or, with a position bias, the `_pb` instantiation (one
+/// stage: kernels/attention.cu says why the bias has kernels of its own).
+fn biased_tc_variant(
+    b: &CudaBackend,
+    biased: bool,
+    storage: &str,
+    dp: usize,
+    kept: usize,
+) -> (String, u32) {
+    let max_shared = b.device.max_shared_per_block;
+    match biased {
+        false => tc_variant(b.attention_stages, storage, dp, kept, max_shared),
+        true => {
+            let (variant, smem) = tc_variant(1, storage, dp, kept, max_shared);
+            (format!("{variant}_pb"), smem)
+        }
+    }
+}
+
 /// Shared memory of the f32 kernels: `own` rows of 32 and `streamed` rows of 16, padded to
 /// head_dim + 1 floats, plus `extra` floats.
 fn f32_shared(head_dim: usize, own: usize, streamed: usize, extra: usize) -> u32 {
@@ -337,7 +356,7 @@ pub(super) fn forward(
             } else {
                 let dp = padded_head_dim(OP, d.head_dim)?;
                 let storage = tc_storage(q.dtype(), T::SUFFIX);
-                let (variant, smem) = tc_variant(b.attention_stages, storage, dp, FORWARD_KEPT, b.device.max_shared_per_block);
+                let (variant, smem) = biased_tc_variant(b, position_bias.is_some(), storage, dp, FORWARD_KEPT);
                 launch_tiles(b, OP, &format!("attention_forward_tc_{variant}"), &d, 64, 128, smem, &p)?;
             }
         }
@@ -437,7 +456,7 @@ pub(super) fn backward(
                     launch_tiles(b, OP, "attention_backward_dq_exact", &d, 32, 32, f32_kernel_shared(d.head_dim)[2], &p)?;
                 }
             } else {
-                let (variant, smem) = tc_variant(b.attention_stages, storage, dp, BACKWARD_KEPT, b.device.max_shared_per_block);
+                let (variant, smem) = biased_tc_variant(b, position_bias.is_some(), storage, dp, BACKWARD_KEPT);
                 // The dQ kernel writes delta first (with dq null it does only that).
                 if needs_delta {
                     launch_tiles(b, OP, &format!("attention_backward_dq_tc_{variant}"), &d, 64, 128, smem, &p)?;
@@ -447,10 +466,13 @@ pub(super) fn backward(
                 }
             }
             if want_position_bias {
-                // What the other kernels read: bf16 q, k, v and dO in the bf16 storages.
-                let kernel = match storage {
-                    "bf16" | "bf16qkv_f32" => "attention_position_bias_grad_bf16",
-                    _ => "attention_position_bias_grad_f32",
+                // What the other kernels read: f32 in the exact ones; bf16 q, k, v and dO in
+                // the bf16 storages; f32 rows rounded to bf16 where the tensor-core kernels
+                // stage them so.
+                let kernel = match (exact, storage) {
+                    (true, _) => "attention_position_bias_grad_f32",
+                    (false, "bf16" | "bf16qkv_f32") => "attention_position_bias_grad_bf16",
+                    (false, _) => "attention_position_bias_grad_f32_rounded",
                 };
                 launch_position_bias_grad(b, OP, kernel, &d, &p)?;
             }
