@@ -296,9 +296,13 @@ impl BertConfig {
     }
 
     /// The dropout on the pooled output when hidden states drop with `hidden`:
-    /// `classifier_dropout` when the config sets it, else `hidden`.
+    /// `classifier_dropout` when the config sets it, else `hidden` (always `hidden` for
+    /// MPNet, whose head transformers drops out with `hidden_dropout_prob` alone).
     pub fn classifier_dropout_or(&self, hidden: f64) -> f64 {
-        self.classifier_dropout.unwrap_or(hidden)
+        match self.family() {
+            EncoderFamily::Mpnet => hidden,
+            _ => self.classifier_dropout.unwrap_or(hidden),
+        }
     }
 
     /// The first setting that gives `other`'s encoder other tensors or other computations

@@ -194,11 +194,6 @@ impl EncoderFamily {
         self == EncoderFamily::Mpnet
     }
 
-    /// Whether positions count from after the padding id, as RoBERTa's and MPNet's do.
-    pub fn positions_follow_padding(self) -> bool {
-        matches!(self, EncoderFamily::Roberta | EncoderFamily::Mpnet)
-    }
-
     /// Whether a layer drops out its attention's output map before the residual add (BERT's
     /// `attention.output.dropout`; DistilBERT's layer has none there).
     pub fn dropout_after_attention_output(self) -> bool {

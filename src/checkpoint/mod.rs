@@ -227,7 +227,11 @@ impl Checkpoint {
             TextTokenizer::from_bpe_vocab(&path, &merges, config.as_deref(), max_len)?
         } else if !path.exists() && vocab.is_file() {
             path = vocab;
-            TextTokenizer::from_vocab(&path, config.as_deref(), max_len)?
+            // An MPNet's class, which AutoTokenizer builds from vocab.txt as it does from
+            // tokenizer.json: config.json's, else the model type's.
+            let implied = (self.config.family() == EncoderFamily::Mpnet)
+                .then(|| (self.config.tokenizer_class.as_deref()).unwrap_or("MPNetTokenizer"));
+            TextTokenizer::from_vocab_of_class(&path, config.as_deref(), max_len, implied)?
         } else if !path.exists() {
             // XLM-R and CamemBERT checkpoints ship tokenizer.json beside the SentencePiece model they were
             // converted from; the model alone would need SentencePiece's own reader.

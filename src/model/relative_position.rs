@@ -4,9 +4,9 @@
 //! The buckets are T5's, bidirectional, as transformers' `MPNetEncoder` computes them: 32 in
 //! all whatever the table's size (its `compute_position_bias` never passes the config's
 //! count), 16 per direction, distances below 8 exact, longer ones logarithmic up to 128 and
-//! beyond. The logarithm is taken in f32, as transformers takes it: where a distance sits on a
-//! bucket's edge (16, 32, 64) the rounding of f32 decides the side, so the f64 formula would
-//! not give transformers' buckets.
+//! beyond. The logarithm is taken in f32, as transformers takes it: at a bucket's edge (16, 32,
+//! 64) the side is decided by roundings, so the code follows torch's arithmetic rather than
+//! the formula (which, in f64, happens to give the same buckets over ±5000).
 
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;

@@ -220,7 +220,20 @@ impl TextTokenizer {
     /// [`TextTokenizer::from_files`]), as transformers converts them for `BertTokenizerFast`:
     /// for checkpoints without a `tokenizer.json`. Truncates as [`TextTokenizer::from_file`].
     pub fn from_vocab(vocab: &Path, config: Option<&Path>, max_len: usize) -> Result<Self> {
-        let settings = TokenizerConfig::read(config, folder_of(vocab))?;
+        Self::from_vocab_of_class(vocab, config, max_len, None)
+    }
+
+    /// [`TextTokenizer::from_vocab`] with `implied_class` taken where the config names no
+    /// class, as AutoTokenizer takes config.json's or the model type's (`MPNetTokenizer`:
+    /// BERT's pipeline with MPNet's template and special tokens).
+    pub(crate) fn from_vocab_of_class(
+        vocab: &Path,
+        config: Option<&Path>,
+        max_len: usize,
+        implied_class: Option<&str>,
+    ) -> Result<Self> {
+        let mut settings = TokenizerConfig::read(config, folder_of(vocab))?;
+        settings.imply_class(implied_class);
         let (mut inner, pad_id) =
             super::wordpiece_vocab::bert_tokenizer_from_vocab(vocab, &settings)?;
         inner.set_encode_special_tokens(settings.split_special_tokens()?);

@@ -61,23 +61,27 @@ struct BertTokenizerSettings {
 }
 
 impl BertTokenizerSettings {
-    /// The settings `config` gives, refused for a class other than BERT's: without a
-    /// tokenizer.json only BERT's pipeline can be built.
+    /// The settings `config` gives, refused for a class other than BERT's or MPNet's: without
+    /// a tokenizer.json only their WordPiece pipelines can be built.
     fn read(config: &TokenizerConfig) -> Result<Self> {
-        match config.json.get("tokenizer_class").and_then(Value::as_str) {
-            None => {}
-            Some(class) if class_rule(class) == ClassRule::Bert => {}
-            Some(other) => {
-                return Err(config.error(
-                    "tokenizer_class",
-                    format!(
-                        "`tokenizer_class` is `{other}`; without a tokenizer.json spafit builds \
-                         only BERT's WordPiece tokenizer (`BertTokenizer`) from vocab.txt"
-                    ),
-                ))
-            }
-        }
-        Self::from_json(config, WordPieceClass::Bert)
+        let class = match config.json.get("tokenizer_class").and_then(Value::as_str) {
+            None => WordPieceClass::Bert,
+            Some(class) => match class_rule(class) {
+                ClassRule::Bert => WordPieceClass::Bert,
+                ClassRule::Mpnet => WordPieceClass::Mpnet,
+                _ => {
+                    return Err(config.error(
+                        "tokenizer_class",
+                        format!(
+                            "`tokenizer_class` is `{class}`; without a tokenizer.json spafit \
+                             builds only BERT's and MPNet's WordPiece tokenizers \
+                             (`BertTokenizer`, `MPNetTokenizer`) from vocab.txt"
+                        ),
+                    ))
+                }
+            },
+        };
+        Self::from_json(config, class)
     }
 
     /// The id-changing settings in `config`, with `class`'s defaults for what it leaves

@@ -23,9 +23,11 @@ pub struct AdamW<B: Backend> {
     moments: BTreeMap<String, (Tensor<B>, Tensor<B>)>,
 }
 
-/// Whether a parameter is exempt from weight decay.
+/// Whether a parameter is exempt from weight decay: as transformers' Trainer decides
+/// (`get_decay_parameter_names`), a name that holds `bias` (MPNet's
+/// `relative_attention_bias.weight` too) or a LayerNorm's.
 pub fn no_decay(name: &str) -> bool {
-    name.ends_with(".bias") || name.contains("LayerNorm")
+    name.contains("bias") || name.contains("LayerNorm")
 }
 
 impl<B: Backend> AdamW<B> {

@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use common::family_fixture::FamilyFixture;
+use common::family_fixture::{remove_tokenizer_class, FamilyFixture};
 use serde_json::Value;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
@@ -44,6 +44,30 @@ fn mpnet_tokens_match_transformers() {
         .get("token_type_ids")
         .is_none());
     f.check_tokens(&f.checkpoint("model"));
+    // From vocab.txt alone (tokenizer.json's vocabulary in id order), with the class named
+    // and with none named: AutoTokenizer builds MPNetTokenizer by the model type either way.
+    let tmp = tempfile::tempdir().unwrap();
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(f.dir().join("model/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let mut vocab: Vec<(u64, &str)> = json["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(token, id)| (id.as_u64().unwrap(), token.as_str()))
+        .collect();
+    vocab.sort();
+    let lines: Vec<&str> = vocab.iter().map(|(_, token)| *token).collect();
+    for named in [true, false] {
+        let dir = tmp.path().join(format!("vocab-named-{named}"));
+        f.copy_model(&dir, |name| name != "tokenizer.json");
+        std::fs::write(dir.join("vocab.txt"), lines.join("\n") + "\n").unwrap();
+        if !named {
+            assert_eq!(remove_tokenizer_class(&dir), Some("MPNetTokenizer".into()));
+        }
+        f.check_tokens(&spafit::checkpoint::Checkpoint::open(&dir).unwrap());
+    }
 }
 
 /// Every distance from −1100 to 1100 falls in transformers' bucket (`buckets.json`, printed

@@ -509,7 +509,9 @@ fn position_bias_check(dropout: Option<Dropout>, label: &str) {
         )
         .unwrap();
     assert!(none.is_none());
-    assert_eq!(host(again.dq.as_ref().unwrap()), cases[0].2);
+    for (g, (name, _, want)) in [&again.dq, &again.dk, &again.dv].iter().zip(&cases) {
+        assert_eq!(&host(g.as_ref().unwrap()), want, "{name}");
+    }
     // The bias's gradient alone still needs `v` (dS needs dP = dO·Vᵀ).
     let only_bias = c.attention_backward_with_position_bias(
         &dy,
@@ -603,6 +605,18 @@ fn attention_with_position_bias_matches_direct_softmax() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("position_bias"), "{e}");
+    let narrow = c
+        .tensor_from_f64_as(
+            bias.shape().clone(),
+            &host(&bias),
+            spafit::tensor::DType::F32,
+        )
+        .unwrap();
+    let e = c
+        .attention_forward_with_position_bias(&q, &k, &v, &mask, &narrow, &config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`position_bias` is f32"), "{e}");
 }
 
 // ---- elementwise ---------------------------------------------------------------------------

@@ -53,6 +53,8 @@ fn schedule_matches_transformers_linear_warmup() {
     );
     assert!(no_decay("bert.encoder.layer.0.output.dense.bias"));
     assert!(no_decay("bert.encoder.layer.0.output.LayerNorm.weight"));
+    // transformers' Trainer exempts every name holding `bias`: MPNet's position table too.
+    assert!(no_decay("bert.encoder.relative_attention_bias.weight"));
     assert!(!no_decay("bert.encoder.layer.0.output.dense.weight"));
     assert!(!no_decay("bert.encoder.layer.0.output.dense.lora_A.weight"));
 }

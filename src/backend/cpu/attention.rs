@@ -278,6 +278,16 @@ pub fn backward<T: Element>(
     dropout: Option<&Dropout>,
     (want_dq, want_dk, want_dv, want_bias): (bool, bool, bool, bool),
 ) -> Gradients<T> {
+    // Empty sequences: every gradient is empty (the row loops below take rows of `seq`).
+    if d.seq == 0 || d.batch == 0 {
+        let empty = |want: bool| want.then(Vec::new);
+        return Gradients {
+            dq: empty(want_dq),
+            dk: empty(want_dk),
+            dv: empty(want_dv),
+            d_position_bias: empty(want_bias && position_bias.is_some()),
+        };
+    }
     let tt = Layout::row_major(d.seq, d.seq);
     let all: Vec<Head> = heads(&d).collect();
     let dq = want_dq.then(|| HeadOutputs::new(&d));
