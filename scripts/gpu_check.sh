@@ -265,6 +265,10 @@ run() {
     # DistilBERT (full fine-tuning and SPAFIT; no segment table, the ReLU head).
     stage "tiny DistilBERT, full and SPAFIT" 60 env SPAFIT_DISTILBERT_FIXTURE="$PWD/tests/fixtures/tiny-distilbert" \
         "$bin/integration" --test-threads 1 --nocapture --exact distilbert::distilbert_on_cuda_matches_the_f64_reference
+    # MPNet (full fine-tuning, whose relative position table trains through the bias's own
+    # gradient kernel, and SPAFIT): every attention kernel adding the position bias.
+    stage "tiny MPNet, full and SPAFIT" 60 env SPAFIT_MPNET_FIXTURE="$PWD/tests/fixtures/tiny-mpnet" \
+        "$bin/integration" --test-threads 1 --nocapture --exact mpnet::mpnet_on_cuda_matches_the_f64_reference
     # A multi-label head (a sigmoid per class, binary cross-entropy), full and SPAFIT.
     stage "tiny multi-label BERT, full and SPAFIT" 60 env SPAFIT_MULTILABEL_FIXTURE="$PWD/tests/fixtures/tiny-multilabel" \
         "$bin/integration" --test-threads 1 --nocapture --exact multi_label::multi_label_on_cuda_matches_the_f64_reference
