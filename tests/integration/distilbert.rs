@@ -44,20 +44,7 @@ fn distilbert_tokens_match_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     // vocab.txt from tokenizer.json's vocabulary, in id order, in place of tokenizer.json.
     let from_vocab = tmp.path().join("vocab");
-    f.copy_model(&from_vocab, |name| name != "tokenizer.json");
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(f.dir().join("model/tokenizer.json")).unwrap(),
-    )
-    .unwrap();
-    let mut vocab: Vec<(u64, &str)> = json["model"]["vocab"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(token, id)| (id.as_u64().unwrap(), token.as_str()))
-        .collect();
-    vocab.sort();
-    let lines: Vec<&str> = vocab.iter().map(|(_, token)| *token).collect();
-    std::fs::write(from_vocab.join("vocab.txt"), lines.join("\n") + "\n").unwrap();
+    f.copy_model_with_vocab_txt(&from_vocab);
     f.check_tokens(&Checkpoint::open(&from_vocab).unwrap());
     for dir in [tmp.path().join("unnamed"), tmp.path().join("vocab-unnamed")] {
         let source = if dir.ends_with("unnamed") {
@@ -276,11 +263,7 @@ fn a_merged_distilbert_adapter_is_a_distilbert_sequence_classifier() {
 /// reference gives them.
 #[test]
 fn distilbert_on_cuda_matches_the_f64_reference() {
-    let mut spafit_config = PeftConfig::new(Method::Spafit);
-    spafit_config.n1 = Boundary::Layer(1);
-    spafit_config.n2 = Boundary::Layer(2);
-    spafit_config.lora.rank = 4;
-    fixture().check_on_cuda(&[PeftConfig::new(Method::Full), spafit_config]);
+    fixture().check_full_and_spafit_on_cuda();
 }
 
 /// `spafit train`, `eval`, `predict`, `merge` from the masked LM, as a user starts from

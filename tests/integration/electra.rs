@@ -199,11 +199,7 @@ fn a_merged_electra_adapter_is_an_electra_sequence_classifier() {
 /// trainable gradient as the f64 CPU reference gives them.
 #[test]
 fn electra_on_cuda_matches_the_f64_reference() {
-    let mut spafit_config = PeftConfig::new(Method::Spafit);
-    spafit_config.n1 = spafit::peft::Boundary::Layer(1);
-    spafit_config.n2 = spafit::peft::Boundary::Layer(2);
-    spafit_config.lora.rank = 4;
-    fixture().check_on_cuda(&[PeftConfig::new(Method::Full), spafit_config]);
+    fixture().check_full_and_spafit_on_cuda();
 }
 
 /// `spafit train`, `eval`, `predict`, `merge` from the discriminator checkpoint, as a user

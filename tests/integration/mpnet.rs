@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use common::family_fixture::{remove_tokenizer_class, FamilyFixture};
+use common::family_fixture::{logged_losses, remove_tokenizer_class, sentiment_csv, FamilyFixture};
 use serde_json::Value;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
@@ -47,22 +47,9 @@ fn mpnet_tokens_match_transformers() {
     // From vocab.txt alone (tokenizer.json's vocabulary in id order), with the class named
     // and with none named: AutoTokenizer builds MPNetTokenizer by the model type either way.
     let tmp = tempfile::tempdir().unwrap();
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(f.dir().join("model/tokenizer.json")).unwrap(),
-    )
-    .unwrap();
-    let mut vocab: Vec<(u64, &str)> = json["model"]["vocab"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(token, id)| (id.as_u64().unwrap(), token.as_str()))
-        .collect();
-    vocab.sort();
-    let lines: Vec<&str> = vocab.iter().map(|(_, token)| *token).collect();
     for named in [true, false] {
         let dir = tmp.path().join(format!("vocab-named-{named}"));
-        f.copy_model(&dir, |name| name != "tokenizer.json");
-        std::fs::write(dir.join("vocab.txt"), lines.join("\n") + "\n").unwrap();
+        f.copy_model_with_vocab_txt(&dir);
         if !named {
             assert_eq!(remove_tokenizer_class(&dir), Some("MPNetTokenizer".into()));
         }
@@ -180,90 +167,49 @@ fn mpnet_adapters_import_export_and_merge_as_peft() {
 /// the f64 CPU reference gives them.
 #[test]
 fn mpnet_on_cuda_matches_the_f64_reference() {
-    let mut spafit_config = PeftConfig::new(Method::Spafit);
-    spafit_config.n1 = Boundary::Layer(1);
-    spafit_config.n2 = Boundary::Layer(2);
-    spafit_config.lora.rank = 4;
-    fixture().check_on_cuda(&[PeftConfig::new(Method::Full), spafit_config]);
+    fixture().check_full_and_spafit_on_cuda();
 }
 
-/// `spafit train` (full fine-tuning, so the table trains) on the CPU and on `cuda-emu` with
-/// the same losses, then `predict` with what it saved.
+/// The family's command-line check (SPAFIT 1/2 on the CPU and on `cuda-emu` to the same
+/// losses, `--train-pooler` refused, `eval`, `predict`, `merge`), and full fine-tuning, whose
+/// table trains through the bias's gradient kernel, on both devices to the same losses.
 #[test]
-fn mpnet_trains_on_either_device_and_predicts_from_the_command_line() {
+fn mpnet_trains_evaluates_predicts_and_merges_from_the_command_line() {
     let f = fixture();
+    let model_dir = f.dir().join("model");
+    f.check_command_line(&model_dir);
     let dir = tempfile::tempdir().unwrap();
-    let rows = "text,label\na gorgeous movie,1\nunbelievably dull,0\nthe rock is great,1\n\
-                what plot?,0\n";
-    std::fs::write(dir.path().join("train.csv"), rows).unwrap();
-    let model = f.dir().join("model").display().to_string();
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
-            .args(args)
+    let rows = [
+        ("a gorgeous movie", 1),
+        ("unbelievably dull", 0),
+        ("what plot?", 0),
+    ];
+    std::fs::write(dir.path().join("train.csv"), sentiment_csv(&rows)).unwrap();
+    for device in ["cpu", "cuda-emu"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
+            .args(["train", "--model", &model_dir.display().to_string()])
+            .args(["--train-file", "train.csv", "--dev-file", "train.csv"])
+            .args(["--method", "full", "--max-len", "16", "--batch-size", "2"])
+            .args([
+                "--max-steps",
+                "2",
+                "--device",
+                device,
+                "--output",
+                device,
+                "--quiet",
+            ])
             .current_dir(dir.path())
             .output()
-            .unwrap()
-    };
-    let train = |device: &str| {
-        run(&[
-            "train",
-            "--model",
-            &model,
-            "--train-file",
-            "train.csv",
-            "--dev-file",
-            "train.csv",
-            "--method",
-            "full",
-            "--max-len",
-            "16",
-            "--batch-size",
-            "2",
-            "--max-steps",
-            "2",
-            "--device",
-            device,
-            "--output",
-            device,
-            "--quiet",
-        ])
-    };
-    let out = train("cpu");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let predicted = run(&[
-        "predict",
-        "--model",
-        &model,
-        "--adapter",
-        "cpu/best",
-        "--dev-file",
-        "train.csv",
-    ]);
-    let stdout = String::from_utf8_lossy(&predicted.stdout);
-    assert!(
-        predicted.status.success() && stdout.lines().count() >= 4,
-        "{stdout}"
-    );
-    let on_device = train("cuda-emu");
-    assert!(
-        on_device.status.success(),
-        "{}",
-        String::from_utf8_lossy(&on_device.stderr)
-    );
-    let losses = |out: &str| -> Vec<f64> {
-        std::fs::read_to_string(dir.path().join(out).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|l| l["type"] == "train" || l["type"] == "eval")
-            .map(|l| l["loss"].as_f64().unwrap())
-            .collect()
-    };
-    let (cpu, emu) = (losses("cpu"), losses("cuda-emu"));
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cpu = logged_losses(&dir.path().join("cpu"));
+    let emu = logged_losses(&dir.path().join("cuda-emu"));
     assert!(!cpu.is_empty() && cpu.len() == emu.len(), "{cpu:?} {emu:?}");
     for (a, b) in cpu.iter().zip(&emu) {
         assert!((a - b).abs() <= 1e-4 * b.abs(), "{cpu:?} vs {emu:?}");

@@ -13,7 +13,6 @@ use spafit::backend::cpu::CpuBackend;
 use spafit::checkpoint::EncoderFamily;
 use spafit::data::{OnMalformed, TableSpec, Target, TaskKind};
 use spafit::model::BertClassifier;
-use spafit::peft::{Boundary, Method, PeftConfig};
 use spafit::train::Prediction;
 
 /// `tests/fixtures/tiny-multilabel` (a BERT of four classes, `problem_type`
@@ -234,11 +233,7 @@ fn a_checkpoints_problem_type_decides_how_its_head_reads() {
 /// CPU reference gives them.
 #[test]
 fn multi_label_on_cuda_matches_the_f64_reference() {
-    let mut spafit_config = PeftConfig::new(Method::Spafit);
-    spafit_config.n1 = Boundary::Layer(1);
-    spafit_config.n2 = Boundary::Layer(2);
-    spafit_config.lora.rank = 4;
-    fixture().check_on_cuda(&[PeftConfig::new(Method::Full), spafit_config]);
+    fixture().check_full_and_spafit_on_cuda();
 }
 
 fn emotions() -> TaskKind {

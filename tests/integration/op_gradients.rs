@@ -358,13 +358,21 @@ fn attention_every_gradient_with_dropout() {
 
 #[test]
 fn attention_matches_direct_softmax() {
-    // An independent check of the forward values: softmax written out per query.
+    direct_softmax_check(false);
+}
+
+/// The context of attention (with a relative position bias `bias[seq − 1 + j − i][h]` added
+/// to the scores where `with_bias`), checked independently: softmax written out per query,
+/// against the backend's forward. Returns q (as k and v too), the mask, the bias and the
+/// config, for further checks.
+fn direct_softmax_check(with_bias: bool) -> (T, T, T, AttentionConfig) {
     let (batch, seq, heads, dim) = (2, 5, 2, 3);
     let hidden = heads * dim;
     let mut rng = SplitMix::new(14);
     let q = random(&mut rng, &[batch * seq, hidden], 1.0);
     let k = random(&mut rng, &[batch * seq, hidden], 1.0);
     let v = random(&mut rng, &[batch * seq, hidden], 1.0);
+    let bias = random(&mut rng, &[2 * seq - 1, heads], 2.0);
     let lengths = [5usize, 3];
     let c = cpu();
     let mask_values: Vec<u32> = lengths
@@ -375,28 +383,31 @@ fn attention_matches_direct_softmax() {
         .tensor_from_u32(Shape::new([batch, seq]), &mask_values)
         .unwrap();
     let scale = 0.6;
-    let out = host(
-        &c.attention_forward(
-            &q,
-            &k,
-            &v,
-            &mask,
-            &AttentionConfig {
-                heads,
-                scale,
-                dropout: None,
-            },
-        )
-        .unwrap()
-        .out,
-    );
-    let (qh, kh, vh) = (host(&q), host(&k), host(&v));
+    let config = AttentionConfig {
+        heads,
+        scale,
+        dropout: None,
+    };
+    let forward = match with_bias {
+        true => c.attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, &config),
+        false => c.attention_forward(&q, &k, &v, &mask, &config),
+    };
+    let out = host(&forward.unwrap().out);
+    let (qh, kh, vh, bh) = (host(&q), host(&k), host(&v), host(&bias));
     for b in 0..batch {
         for h in 0..heads {
             for i in 0..seq {
                 let at = |m: &[f64], t: usize, e: usize| m[(b * seq + t) * hidden + h * dim + e];
                 let s: Vec<f64> = (0..lengths[b])
-                    .map(|j| scale * (0..dim).map(|e| at(&qh, i, e) * at(&kh, j, e)).sum::<f64>())
+                    .map(|j| {
+                        let qk: f64 = (0..dim).map(|e| at(&qh, i, e) * at(&kh, j, e)).sum();
+                        let shift = if with_bias {
+                            bh[(seq - 1 + j - i) * heads + h]
+                        } else {
+                            0.0
+                        };
+                        scale * qk + shift
+                    })
                     .collect();
                 let z: f64 = s.iter().map(|x| x.exp()).sum();
                 for e in 0..dim {
@@ -414,6 +425,7 @@ fn attention_matches_direct_softmax() {
             }
         }
     }
+    (q, mask, bias, config)
 }
 
 /// Attention with MPNet's relative position bias: every gradient, the bias's included,
@@ -538,70 +550,17 @@ fn attention_with_position_bias_every_gradient_with_dropout() {
     position_bias_check(Some(Dropout { p: 0.25, seed: 5 }), "+dropout");
 }
 
-/// The bias's place, checked independently: softmax written out per query with
-/// `bias[seq − 1 + j − i][h]` added, against the backend's forward; and a bias of the wrong
-/// shape is refused by name.
+/// The bias's place, checked independently (see [`direct_softmax_check`]); and a bias of the
+/// wrong shape or dtype is refused by name.
 #[test]
 fn attention_with_position_bias_matches_direct_softmax() {
-    let (batch, seq, heads, dim) = (2, 5, 2, 3);
-    let hidden = heads * dim;
-    let mut rng = SplitMix::new(24);
-    let q = random(&mut rng, &[batch * seq, hidden], 1.0);
-    let k = random(&mut rng, &[batch * seq, hidden], 1.0);
-    let v = random(&mut rng, &[batch * seq, hidden], 1.0);
-    let bias = random(&mut rng, &[2 * seq - 1, heads], 2.0);
-    let lengths = [5usize, 3];
+    let (q, mask, bias, config) = direct_softmax_check(true);
     let c = cpu();
-    let mask_values: Vec<u32> = lengths
-        .iter()
-        .flat_map(|&l| (0..seq).map(move |t| u32::from(t < l)))
-        .collect();
-    let mask = c
-        .tensor_from_u32(Shape::new([batch, seq]), &mask_values)
-        .unwrap();
-    let (scale, config) = (
-        0.6,
-        AttentionConfig {
-            heads,
-            scale: 0.6,
-            dropout: None,
-        },
-    );
-    let out = host(
-        &c.attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, &config)
-            .unwrap()
-            .out,
-    );
-    let (qh, kh, vh, bh) = (host(&q), host(&k), host(&v), host(&bias));
-    for b in 0..batch {
-        for h in 0..heads {
-            for i in 0..seq {
-                let at = |m: &[f64], t: usize, e: usize| m[(b * seq + t) * hidden + h * dim + e];
-                let s: Vec<f64> = (0..lengths[b])
-                    .map(|j| {
-                        let qk: f64 = (0..dim).map(|e| at(&qh, i, e) * at(&kh, j, e)).sum();
-                        scale * qk + bh[(seq - 1 + j - i) * heads + h]
-                    })
-                    .collect();
-                let z: f64 = s.iter().map(|x| x.exp()).sum();
-                for e in 0..dim {
-                    let want: f64 = s
-                        .iter()
-                        .enumerate()
-                        .map(|(j, x)| x.exp() / z * at(&vh, j, e))
-                        .sum();
-                    let got = out[(b * seq + i) * hidden + h * dim + e];
-                    assert!(
-                        (got - want).abs() < 1e-12,
-                        "b{b} h{h} i{i} e{e}: {got} vs {want}"
-                    );
-                }
-            }
-        }
-    }
-    let short = random(&mut rng, &[seq, heads], 1.0);
+    // One row short of `2·seq − 1`.
+    let (rows, heads) = (bias.dims()[0], bias.dims()[1]);
+    let short = tensor(&c, &[rows - 1, heads], &vec![0.5; (rows - 1) * heads]);
     let e = c
-        .attention_forward_with_position_bias(&q, &k, &v, &mask, &short, &config)
+        .attention_forward_with_position_bias(&q, &q, &q, &mask, &short, &config)
         .unwrap_err()
         .to_string();
     assert!(e.contains("position_bias"), "{e}");
@@ -613,7 +572,7 @@ fn attention_with_position_bias_matches_direct_softmax() {
         )
         .unwrap();
     let e = c
-        .attention_forward_with_position_bias(&q, &k, &v, &mask, &narrow, &config)
+        .attention_forward_with_position_bias(&q, &q, &q, &mask, &narrow, &config)
         .unwrap_err()
         .to_string();
     assert!(e.contains("`position_bias` is f32"), "{e}");

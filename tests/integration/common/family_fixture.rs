@@ -14,7 +14,7 @@ use spafit::backend::Backend;
 use spafit::checkpoint::{Checkpoint, EncoderFamily, WeightsFile};
 use spafit::model::{BertClassifier, Labels, ModelInput};
 use spafit::nn::DropoutPlan;
-use spafit::peft::{Method, PeftConfig, PeftPlan};
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::Shape;
 use spafit::text::EncodedBatch;
 
@@ -474,6 +474,35 @@ impl FamilyFixture {
         out
     }
 
+    /// The fixture's `model/` copied to `to` with a vocab.txt (tokenizer.json's vocabulary in
+    /// id order) in place of its tokenizer.json.
+    pub fn copy_model_with_vocab_txt(&self, to: &Path) {
+        self.copy_model(to, |name| name != "tokenizer.json");
+        let json: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.dir().join("model/tokenizer.json")).unwrap(),
+        )
+        .unwrap();
+        let mut vocab: Vec<(u64, &str)> = json["model"]["vocab"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(token, id)| (id.as_u64().unwrap(), token.as_str()))
+            .collect();
+        vocab.sort();
+        let lines: Vec<&str> = vocab.iter().map(|(_, token)| *token).collect();
+        std::fs::write(to.join("vocab.txt"), lines.join("\n") + "\n").unwrap();
+    }
+
+    /// [`FamilyFixture::check_on_cuda`] for full fine-tuning and SPAFIT (layer 0 frozen,
+    /// layer 1 bias-only, layer 2 LoRA of rank 4 + bias): every family's CUDA check.
+    pub fn check_full_and_spafit_on_cuda(&self) {
+        let mut spafit_config = PeftConfig::new(Method::Spafit);
+        spafit_config.n1 = Boundary::Layer(1);
+        spafit_config.n2 = Boundary::Layer(2);
+        spafit_config.lora.rank = 4;
+        self.check_on_cuda(&[PeftConfig::new(Method::Full), spafit_config]);
+    }
+
     /// `spafit train` (SPAFIT 1/2) from `model_dir` on the CPU and on `cuda-emu`, whose
     /// logged losses agree (f32, ≤ 1e-4 relative); `--train-pooler` refused naming the family
     /// (its head's dense map trains anyway); `eval`, `predict` and `merge` of the CPU's
@@ -503,15 +532,7 @@ impl FamilyFixture {
             assert!(out.status.success(), "{args:?}: {stderr}");
             String::from_utf8_lossy(&out.stdout).to_string()
         };
-        let losses = |out: &str| -> Vec<f64> {
-            std::fs::read_to_string(dir.path().join(out).join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .filter(|l| l["type"] == "train" || l["type"] == "eval")
-                .map(|l| l["loss"].as_f64().unwrap())
-                .collect()
-        };
+        let losses = |out: &str| logged_losses(&dir.path().join(out));
         for device in ["cpu", "cuda-emu"] {
             spafit(&[
                 "train",
@@ -627,6 +648,18 @@ pub fn copy_folder(from: &Path, to: &Path, keep: impl Fn(&str) -> bool) {
             std::fs::copy(entry.path(), to.join(&name)).unwrap();
         }
     }
+}
+
+/// The losses a run logged in `run/metrics.jsonl`: its training and evaluation lines', in
+/// order.
+pub fn logged_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["type"] == "train" || l["type"] == "eval")
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect()
 }
 
 /// Removes `tokenizer_class` from `dir`'s tokenizer_config.json; the class it named.
