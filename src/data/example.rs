@@ -183,8 +183,9 @@ impl Dataset {
         let count = self.examples.iter().filter(|e| blank(e)).count();
         Some(format!(
             "{}: {count} example{} an empty or blank text (first: {}); such a text adds no \
-             tokens (one alone reads as `[CLS] [SEP]`, a pair as its other text's tokens and \
-             both separators, as transformers' batched tokenization gives): drop such rows if \
+             tokens (one alone reads as the special tokens alone, `[CLS] [SEP]` or `<s> </s>`, \
+             a pair as its other text's tokens and the separators, as transformers' batched \
+             tokenization gives): drop such rows if \
              they are not meant",
             self.name,
             if count == 1 { " has" } else { "s have" },
