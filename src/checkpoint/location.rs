@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// Resolves `spec` to a directory holding `config.json`:
-/// - a directory with `config.json` is used as is;
+/// - a directory with `config.json` is used as is; a sentence-transformers folder without
+///   one, whose `modules.json` names its Transformer module's folder (`0_Transformer`, the
+///   older layout), resolves to that folder;
 /// - a hub cache repository folder (`…/models--org--name`) resolves to the snapshot named by
 ///   `refs/main`, or to its only snapshot;
 /// - a hub id (`org/name`, or a bare `name` such as `bert-base-uncased`) is looked up in
@@ -25,8 +27,8 @@ pub fn resolve_with_caches(spec: &Path, hub_caches: &[PathBuf]) -> Result<PathBu
              tokenizer.json) or a hub id",
         ));
     }
-    if spec.join("config.json").is_file() {
-        return Ok(spec.to_path_buf());
+    if let Some(dir) = checkpoint_in(spec) {
+        return Ok(dir);
     }
     if spec.join("snapshots").is_dir() {
         return snapshot(spec);
@@ -142,7 +144,7 @@ fn snapshot(repo: &Path) -> Result<PathBuf> {
             });
         }
         let dir = snapshots.join(main.trim());
-        if dir.join("config.json").is_file() {
+        if let Some(dir) = checkpoint_in(&dir) {
             return Ok(dir);
         }
         // Another snapshot would be another revision than the one the cache calls current.
@@ -161,7 +163,7 @@ fn snapshot(repo: &Path) -> Result<PathBuf> {
     })?;
     let found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").is_file())
+        .filter_map(|p| checkpoint_in(&p))
         .collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
@@ -188,6 +190,33 @@ fn snapshot(repo: &Path) -> Result<PathBuf> {
             detail: "several snapshots and no refs/main to choose one".into(),
         }),
     }
+}
+
+/// The checkpoint folder `dir` holds: `dir` itself where it has a config.json, else the
+/// folder its sentence-transformers `modules.json` names for the Transformer module (the
+/// older layout keeps the model in `0_Transformer/`; the newer at the top, with
+/// `"path": ""`), where that has one.
+fn checkpoint_in(dir: &Path) -> Option<PathBuf> {
+    if dir.join("config.json").is_file() {
+        return Some(dir.to_path_buf());
+    }
+    // A small file of a few entries; anything unreadable is no sentence-transformers folder.
+    let text = std::fs::read_to_string(dir.join("modules.json")).ok()?;
+    let modules: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let module = modules.as_array()?.iter().find(|m| {
+        m.get("type")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|t| t.ends_with(".Transformer"))
+    })?;
+    let folder = module.get("path")?.as_str()?;
+    // One plain folder name: `..` or an absolute path would leave the model's folder.
+    let mut parts = Path::new(folder).components();
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(_)), None) => {}
+        _ => return None,
+    }
+    let inner = dir.join(folder);
+    inner.join("config.json").is_file().then_some(inner)
 }
 
 /// Why snapshot `dir` has no usable config.json, in words.

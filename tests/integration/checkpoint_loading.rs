@@ -1144,6 +1144,59 @@ fn the_encoder_identity_follows_the_tensors_not_the_file() {
     });
 }
 
+/// A sentence-transformers folder of the older layout (the model in `0_Transformer/`, named
+/// by `modules.json`) resolves to that folder, here and in a hub cache snapshot; a
+/// `modules.json` whose Transformer path leaves the folder, or names a folder without a
+/// config.json, is not followed.
+#[test]
+fn a_sentence_transformers_folder_resolves_to_its_transformer_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tensors = tiny_bert::tensors(&tiny_bert::config(2), 5);
+    let modules = |path: &str| {
+        serde_json::json!([
+            {"idx": 0, "name": "0", "path": path, "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+        ])
+        .to_string()
+    };
+    let st = tmp.path().join("hub/models--acme--st/snapshots/abc");
+    write_checkpoint(
+        &st.join("0_Transformer"),
+        &tiny_config_json(2),
+        &tensors,
+        Dtype::F32,
+        true,
+    );
+    std::fs::write(st.join("modules.json"), modules("0_Transformer")).unwrap();
+    let inner = st.join("0_Transformer");
+    let caches = vec![tmp.path().join("hub")];
+    assert_eq!(resolve_with_caches(&st, &caches).unwrap(), inner);
+    assert_eq!(
+        resolve_with_caches(Path::new("acme/st"), &caches).unwrap(),
+        inner
+    );
+    let ck = Checkpoint::open(&st).unwrap();
+    assert_eq!(ck.config.num_hidden_layers, 2);
+    // A model beside the folder, which `../0_Transformer` would reach.
+    write_checkpoint(
+        &tmp.path().join("0_Transformer"),
+        &tiny_config_json(2),
+        &tensors,
+        Dtype::F32,
+        true,
+    );
+    for (name, path) in [
+        ("escape", "../0_Transformer"),
+        ("empty-module", "1_Pooling"),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+        std::fs::write(dir.join("modules.json"), modules(path)).unwrap();
+        let e = resolve_with_caches(&dir, &[]).unwrap_err().to_string();
+        assert!(e.contains("no config.json"), "{name}: {e}");
+    }
+}
+
 #[test]
 fn hugging_face_hub_cache_layout_resolves_offline() {
     let tmp = tempfile::tempdir().unwrap();
