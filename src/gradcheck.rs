@@ -507,7 +507,7 @@ pub fn gradcheck_case<B: Backend>(
     }
     let num_labels = objective.num_labels();
     // Before the f64 reference's work: the device runs the backward too.
-    crate::model::check_attention_runs(&checkpoint.config, device, true)?;
+    device.check_attention_head_dim(checkpoint.config.head_dim(), true)?;
     let cpu = CpuBackend::f64();
     let mut model = BertClassifier::from_checkpoint(checkpoint, &cpu, num_labels, seed)?;
     let config = config.clone().for_family(checkpoint.config.family());

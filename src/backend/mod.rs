@@ -19,7 +19,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod shapes;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::{DType, Shape, Tensor};
 
 /// A backend's storage for one tensor.
@@ -542,21 +542,6 @@ pub trait Backend: Clone + Send + Sync + 'static {
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>>;
 
-    /// Refuses a relative position bias ([`Backend::attention_forward_with_position_bias`])
-    /// where this backend has no attention that adds one, so that a model that needs it
-    /// (MPNet) is refused when it loads rather than at its first step. The CPU and CUDA
-    /// backends have one.
-    fn check_attention_position_bias(&self) -> Result<()> {
-        Err(Error::invalid(
-            "attention",
-            format!(
-                "{} has no attention with a relative position bias (MPNet's): run the model \
-                 on the CPU (`--device cpu`) or CUDA",
-                self.name()
-            ),
-        ))
-    }
-
     /// [`Backend::attention_forward`] with a relative position bias added to every score:
     /// `position_bias` `[2·seq − 1, heads]`, whose element `(seq − 1 + j − i, h)` is added
     /// to head `h`'s scaled score of query `i` for key `j` before the mask and the softmax
@@ -570,14 +555,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         mask: &Tensor<Self>,
         position_bias: &Tensor<Self>,
         config: &AttentionConfig,
-    ) -> Result<AttentionOutput<Self>> {
-        let _ = (q, k, v, mask, position_bias, config);
-        self.check_attention_position_bias()?;
-        Err(Error::invalid(
-            "attention",
-            "the backend accepts a position bias but does not add it",
-        ))
-    }
+    ) -> Result<AttentionOutput<Self>>;
 
     /// The requested gradients of [`Backend::attention_forward_with_position_bias`], and the
     /// position bias's `[2·seq − 1, heads]` gradient where `want_position_bias` (the sum
@@ -595,15 +573,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         config: &AttentionConfig,
         want: AttentionGradRequest,
         want_position_bias: bool,
-    ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)> {
-        let _ = (d_out, q, k, v, lse, mask, position_bias, config);
-        let _ = (want, want_position_bias);
-        self.check_attention_position_bias()?;
-        Err(Error::invalid(
-            "attention backward",
-            "the backend accepts a position bias but does not add it",
-        ))
-    }
+    ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)>;
 
     // ---- elementwise ---------------------------------------------------------------------
 

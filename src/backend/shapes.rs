@@ -461,30 +461,26 @@ pub fn attention<B: Backend>(
     })
 }
 
-/// Validates a relative position bias of attention over `d` (see
-/// [`Backend::attention_forward_with_position_bias`]): `[2·seq − 1, heads]` in `dtype`.
+/// The rows of a relative position bias over `seq`-token sequences: one per distance from
+/// `−(seq − 1)` to `seq − 1` (none for empty sequences).
+pub fn position_bias_rows(seq: usize) -> usize {
+    (2 * seq).max(1) - 1
+}
+
+/// Validates the shape of a relative position bias of attention over `d` (see
+/// [`Backend::attention_forward_with_position_bias`]): `[2·seq − 1, heads]`; each backend
+/// checks the dtypes it reads.
 pub fn attention_position_bias<B: Backend>(
     op: &'static str,
     bias: &Tensor<B>,
     d: &AttentionDims,
-    dtype: DType,
 ) -> Result<()> {
     require_dims(
         op,
         "position_bias",
         bias,
-        &[(2 * d.seq).max(1) - 1, d.heads],
-    )?;
-    if bias.dtype() != dtype {
-        return Err(Error::dtype(
-            op,
-            format!(
-                "`position_bias` is {} but the attention computes in {dtype}",
-                bias.dtype()
-            ),
-        ));
-    }
-    Ok(())
+        &[position_bias_rows(d.seq), d.heads],
+    )
 }
 
 /// Validates the operands of attention's backward (`v` only where `dq` or `dk` is asked

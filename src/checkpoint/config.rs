@@ -411,13 +411,13 @@ impl BertConfig {
     /// BERT, ELECTRA and DistilBERT, 1 for RoBERTa; MPNet's is 1 whatever the config says,
     /// as transformers hard-codes it), whose word-embedding row transformers never trains.
     pub fn padding_id(&self) -> usize {
-        if self.family() == EncoderFamily::Mpnet {
-            return MPNET_PADDING_ID;
+        match self.family() {
+            EncoderFamily::Mpnet => MPNET_PADDING_ID,
+            EncoderFamily::Roberta => self.pad_token_id.unwrap_or(1),
+            EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert => {
+                self.pad_token_id.unwrap_or(0)
+            }
         }
-        self.pad_token_id.unwrap_or(match self.family() {
-            EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert => 0,
-            EncoderFamily::Roberta | EncoderFamily::Mpnet => 1,
-        })
     }
 
     /// The rows of MPNet's relative position table (`relative_attention_num_buckets`, 32

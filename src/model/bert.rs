@@ -7,21 +7,6 @@ use crate::tensor::{Shape, Tensor};
 
 use super::{BertEmbeddings, ModelInput};
 
-/// Refuses a model whose attention `backend` cannot run (forward, and with `backward`
-/// backward too): its head dim, or MPNet's relative position bias where the backend has no
-/// attention that adds one. Called where a model loads and before training, not at a launch.
-pub(crate) fn check_attention_runs<B: Backend>(
-    config: &BertConfig,
-    backend: &B,
-    backward: bool,
-) -> Result<()> {
-    backend.check_attention_head_dim(config.head_dim(), backward)?;
-    if config.family().has_relative_position_bias() {
-        backend.check_attention_position_bias()?;
-    }
-    Ok(())
-}
-
 /// Outputs of [`BertModel::forward`].
 #[derive(Debug)]
 pub struct BertOutput<B: Backend> {

@@ -80,7 +80,7 @@ pub fn check_batch_memory<B: Backend>(
     // Training runs the attention's backward, whose kernels may need more than the forward
     // the model was checked for when it loaded.
     if matches!(pass, Pass::Training { .. }) {
-        super::bert::check_attention_runs(config, backend, true)?;
+        backend.check_attention_head_dim(config.head_dim(), true)?;
     }
     if seq_len > config.max_tokens() {
         return Err(Error::invalid(

@@ -8,7 +8,6 @@ mod memory;
 mod relative_position;
 mod sequence_classifier;
 
-pub(crate) use bert::check_attention_runs;
 pub use bert::{BertModel, BertOutput};
 pub use class_alignment::ClassAlignment;
 pub use embeddings::BertEmbeddings;

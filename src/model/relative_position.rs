@@ -46,7 +46,7 @@ pub fn relative_position_bucket(distance: i64) -> u32 {
 /// attention's position bias takes its rows: row `t` for distance `t − (seq − 1)`.
 pub fn bucket_ids(seq: usize) -> Vec<u32> {
     let last = seq as i64 - 1;
-    (0..(2 * seq).max(1) - 1)
+    (0..crate::backend::shapes::position_bias_rows(seq))
         .map(|t| relative_position_bucket(t as i64 - last))
         .collect()
 }

@@ -158,7 +158,7 @@ impl<B: Backend> BertClassifier<B> {
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         let config = &checkpoint.config;
-        super::bert::check_attention_runs(config, backend, false)?;
+        backend.check_attention_head_dim(config.head_dim(), false)?;
         // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
         // fresh one, as transformers gives it; one pooler tensor alone is a broken file.
         let pooler = ["bert.pooler.dense.weight", "bert.pooler.dense.bias"];
@@ -419,7 +419,7 @@ impl<B: Backend> BertClassifier<B> {
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         config.validate()?;
-        super::bert::check_attention_runs(config, backend, false)?;
+        backend.check_attention_head_dim(config.head_dim(), false)?;
         let mut rng = SplitMix::new(seed);
         let mut source = |name: &str, shape: Shape| {
             let n = shape.numel();

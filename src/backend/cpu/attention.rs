@@ -278,6 +278,7 @@ pub fn backward<T: Element>(
     dropout: Option<&Dropout>,
     (want_dq, want_dk, want_dv, want_bias): (bool, bool, bool, bool),
 ) -> Gradients<T> {
+    let want_bias = want_bias && position_bias.is_some();
     // Empty sequences: every gradient is empty (the row loops below take rows of `seq`).
     if d.seq == 0 || d.batch == 0 {
         let empty = |want: bool| want.then(Vec::new);
@@ -285,7 +286,7 @@ pub fn backward<T: Element>(
             dq: empty(want_dq),
             dk: empty(want_dk),
             dv: empty(want_dv),
-            d_position_bias: empty(want_bias && position_bias.is_some()),
+            d_position_bias: empty(want_bias),
         };
     }
     let tt = Layout::row_major(d.seq, d.seq);
@@ -293,8 +294,7 @@ pub fn backward<T: Element>(
     let dq = want_dq.then(|| HeadOutputs::new(&d));
     let dk = want_dk.then(|| HeadOutputs::new(&d));
     let dv = want_dv.then(|| HeadOutputs::new(&d));
-    let want_bias = want_bias && position_bias.is_some();
-    let diagonals = (2 * d.seq).max(1) - 1;
+    let diagonals = crate::backend::shapes::position_bias_rows(d.seq);
     // Each pair's bias gradient, in the pairs' order, summed over the batch after.
     let bias_parts: Vec<Option<Vec<T>>> = all
         .par_iter()

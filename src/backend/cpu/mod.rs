@@ -553,10 +553,6 @@ impl Backend for CpuBackend {
         Ok(grads)
     }
 
-    fn check_attention_position_bias(&self) -> Result<()> {
-        Ok(())
-    }
-
     fn attention_forward_with_position_bias(
         &self,
         q: &Tensor<Self>,
@@ -814,7 +810,8 @@ impl CpuBackend {
     ) -> Result<AttentionOutput<Self>> {
         let d = shapes::attention(q, k, v, mask, config)?;
         if let Some(bias) = position_bias {
-            shapes::attention_position_bias("attention", bias, &d, q.dtype())?;
+            shapes::attention_position_bias("attention", bias, &d)?;
+            shapes::common_float_dtype("attention", &[("q", q), ("position_bias", bias)])?;
         }
         with_float!(q.dtype(), "attention", T => {
             let (out, lse) = attention::forward(
@@ -862,7 +859,8 @@ impl CpuBackend {
         shapes::common_float_dtype(OP, &[("q", q), ("lse", lse)])?;
         shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
         if let Some(bias) = position_bias {
-            shapes::attention_position_bias(OP, bias, &d, q.dtype())?;
+            shapes::attention_position_bias(OP, bias, &d)?;
+            shapes::common_float_dtype(OP, &[("q", q), ("position_bias", bias)])?;
         }
         with_float!(q.dtype(), OP, T => {
             let g = attention::backward(
@@ -881,7 +879,7 @@ impl CpuBackend {
             let wrap = |g: Option<Vec<T>>| g.map(|g| tensor(q.shape().clone(), g)).transpose();
             let d_bias = g
                 .d_position_bias
-                .map(|g| tensor([(2 * d.seq).max(1) - 1, d.heads], g))
+                .map(|g| tensor([shapes::position_bias_rows(d.seq), d.heads], g))
                 .transpose()?;
             Ok((AttentionGrads { dq: wrap(g.dq)?, dk: wrap(g.dk)?, dv: wrap(g.dv)? }, d_bias))
         })

@@ -221,12 +221,7 @@ fn position_bias_f32(
     bias: &Tensor<CudaBackend>,
     d: &AttentionDims,
 ) -> Result<Tensor<CudaBackend>> {
-    shapes::require_dims(
-        op,
-        "position_bias",
-        bias,
-        &[(2 * d.seq).max(1) - 1, d.heads],
-    )?;
+    shapes::attention_position_bias(op, bias, d)?;
     match bias.dtype() {
         DType::F32 => Ok(bias.clone()),
         DType::BF16 => super::elementwise::cast(b, bias, DType::F32),
@@ -409,7 +404,7 @@ pub(super) fn backward(
         let mut dq = if want.dq { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dk = if want.dk { Some(b.output::<T>(q.numel())?) } else { None };
         let mut dv = if want.dv { Some(b.output::<T>(q.numel())?) } else { None };
-        let diagonals = (2 * d.seq).max(1) - 1;
+        let diagonals = shapes::position_bias_rows(d.seq);
         let mut d_bias = if want_position_bias { Some(b.output::<f32>(diagonals * d.heads)?) } else { None };
         let storage = tc_storage(q.dtype(), T::SUFFIX);
         // The bf16qkv_f32 kernels stage dO in bf16, as they stage q, k, v: rounded here once,
@@ -515,7 +510,7 @@ fn launch_position_bias_grad(
         ));
     }
     let cfg = LaunchConfig {
-        grid_dim: (((2 * d.seq).max(1) - 1) as u32, d.heads as u32, 1),
+        grid_dim: (shapes::position_bias_rows(d.seq) as u32, d.heads as u32, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };

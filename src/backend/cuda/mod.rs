@@ -832,10 +832,6 @@ impl Backend for CudaBackend {
         Ok(grads)
     }
 
-    fn check_attention_position_bias(&self) -> Result<()> {
-        Ok(())
-    }
-
     fn attention_forward_with_position_bias(
         &self,
         q: &Tensor<Self>,
