@@ -435,6 +435,21 @@ impl BertConfig {
             .saturating_sub(self.first_position())
     }
 
+    /// Where [`BertConfig::max_tokens`] comes from, for messages: config.json's
+    /// `max_position_embeddings`, less the positions the family skips (RoBERTa's up to its
+    /// padding id, MPNet's two).
+    pub fn max_tokens_source(&self) -> String {
+        match self.first_position() {
+            0 => "config.json's `max_position_embeddings`".to_string(),
+            skipped => format!(
+                "config.json's `max_position_embeddings` {}, less the {skipped} that {}'s \
+                 positions skip",
+                self.max_position_embeddings,
+                self.family().display()
+            ),
+        }
+    }
+
     /// Why `id2label` names no classes for a head of `num_labels` outputs although it is
     /// neither empty nor transformers' placeholders: a count, an id, a name that is not a
     /// string, or a repeated name. `None` when it is usable, empty or placeholders.

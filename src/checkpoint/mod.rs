@@ -193,16 +193,12 @@ impl Checkpoint {
     pub fn check_max_len(&self, max_len: usize) -> Result<()> {
         let most = self.config.max_tokens();
         if max_len > most {
-            let table = match self.config.first_position() {
-                0 => String::new(),
-                skipped => format!(", less the {skipped} that RoBERTa's positions skip"),
-            };
             return Err(Error::invalid(
                 "tokenizer",
                 format!(
-                    "max length {max_len} exceeds the model's {most} positions \
-                     (config.json's `max_position_embeddings`{table}): give --max-len {most} or \
-                     less"
+                    "max length {max_len} exceeds the model's {most} positions ({}): give \
+                     --max-len {most} or less",
+                    self.config.max_tokens_source()
                 ),
             ));
         }

@@ -133,12 +133,12 @@ impl ModelArgs {
             if most < DEFAULT_MAX_LEN {
                 note!(
                     "note: inputs are cut to {most} tokens, all the model's positions take \
-                     (config.json's `max_position_embeddings`), not the default \
-                     {DEFAULT_MAX_LEN}"
+                     ({}), not the default {DEFAULT_MAX_LEN}",
+                    checkpoint.config.max_tokens_source()
                 );
             }
         };
-        // The length, and the adapter's recorded cut when the length is that.
+        // The length, and where it came from when a flag did not give it.
         let (len, source) = match (self.max_len, adapter) {
             (Some(given), TrainedCut::Recorded(trained)) => {
                 if given != trained {
@@ -150,18 +150,18 @@ impl ModelArgs {
                 (given, None)
             }
             (Some(given), _) => (given, None),
-            (None, TrainedCut::Recorded(trained)) => (trained, Some(trained)),
+            (None, TrainedCut::Recorded(trained)) => (trained, Some(CutSource::Adapter(trained))),
             (None, TrainedCut::Unrecorded) => {
                 note!(
                     "note: the adapter does not record the length its training texts were cut \
                      to; inputs are cut to {default_len} tokens (--max-len sets it)"
                 );
                 note_default_cut();
-                (default_len, None)
+                (default_len, Some(CutSource::Default))
             }
             (None, TrainedCut::NoAdapter) => {
                 note_default_cut();
-                (default_len, None)
+                (default_len, Some(CutSource::Default))
             }
         };
         checkpoint.tokenizer(len).map_err(|e| match e {
@@ -169,11 +169,23 @@ impl ModelArgs {
                 op: "tokenizer",
                 detail,
             } => match source {
-                Some(trained) => Error::invalid(
+                Some(CutSource::Adapter(trained)) => Error::invalid(
                     "adapter",
                     format!(
                         "it was trained on inputs cut to {trained} tokens, which this model \
                          cannot take ({detail})"
+                    ),
+                ),
+                // Only a model with fewer positions than the default cuts to fewer than
+                // the default: no flag to blame, and none that would help.
+                Some(CutSource::Default) => Error::invalid(
+                    "model",
+                    format!(
+                        "{}: the model has {most} position{} for a text ({}), and {detail}: no \
+                         text fits",
+                        checkpoint.dir().display(),
+                        if most == 1 { "" } else { "s" },
+                        checkpoint.config.max_tokens_source()
                     ),
                 ),
                 None => Error::invalid("--max-len", detail),
@@ -181,6 +193,15 @@ impl ModelArgs {
             e => e,
         })
     }
+}
+
+/// Where a cut no flag gave comes from.
+#[derive(Clone, Copy)]
+enum CutSource {
+    /// The cut the adapter was trained on.
+    Adapter(usize),
+    /// [`DEFAULT_MAX_LEN`], or the model's positions where it has fewer.
+    Default,
 }
 
 /// What the adapter a command uses says about the cut of its training texts.

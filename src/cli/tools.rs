@@ -477,8 +477,9 @@ impl BenchCommand {
         let seq_len = match !self.seq_len_given && positions < self.seq_len {
             true => {
                 note!(
-                    "note: sequences of {positions} tokens, all the model's positions take \
-                     (config.json's `max_position_embeddings`), not the default {}",
+                    "note: sequences of {positions} tokens, all the model's positions take ({}), \
+                     not the default {}",
+                    model.config().max_tokens_source(),
                     self.seq_len
                 );
                 positions

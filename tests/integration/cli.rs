@@ -5156,6 +5156,17 @@ fn the_default_cut_is_at_most_the_models_positions() {
         !ok && err.contains("exceeds the model's 20 positions"),
         "{err}"
     );
+    // Positions for the special tokens alone: the model is at fault, not a flag nobody gave.
+    let two = tmp.path().join("two");
+    common::tiny_bert::write_checkpoint_with_positions(&two, 2);
+    let m = two.display().to_string();
+    let (ok, _, err) = spafit(&["train", "--model", &m, "--train-file", &d, "--output", &out]);
+    assert!(
+        !ok && !err.contains("--max-len:")
+            && err.contains("the model has 2 positions for a text")
+            && err.contains("no text fits"),
+        "{err}"
+    );
 }
 
 /// `spafit merge` makes a checkpoint that `eval` reads as a fine-tuned one, without the
