@@ -55,10 +55,9 @@ pub struct BertConfig {
     /// Must be `absolute` when present.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
-    /// `bert`, `roberta`, `xlm-roberta`, `camembert`, `electra` or `distilbert` when present
-    /// ([`BertConfig::family`]): the other
-    /// families that share BERT's tensor names (ALBERT, ERNIE, ...) differ in their
-    /// positions, embeddings or layers.
+    /// `bert`, `roberta`, `xlm-roberta`, `camembert`, `electra`, `distilbert`, `mpnet` or
+    /// `ernie` when present ([`BertConfig::family`]): the other families that share BERT's
+    /// tensor names (ALBERT, ...) differ in their positions, embeddings or layers.
     #[serde(default)]
     pub model_type: Option<String>,
     /// The tokenizer class, where config.json names one: transformers' AutoTokenizer takes it
@@ -74,6 +73,14 @@ pub struct BertConfig {
     /// distances into 32 whatever the table's size: see [`BertConfig::relative_position_rows`].
     #[serde(default)]
     pub relative_attention_num_buckets: Option<usize>,
+    /// ERNIE's `use_task_id`: the embeddings add row 0 of a task-type table
+    /// (`embeddings.task_type_embeddings`) to every token. Other families ignore it, as
+    /// transformers does.
+    #[serde(default)]
+    pub use_task_id: bool,
+    /// Rows of ERNIE's task-type table (transformers' default 3 when absent).
+    #[serde(default)]
+    pub task_type_vocab_size: Option<usize>,
     /// Must be false: a decoder's attention is causal.
     #[serde(default)]
     pub is_decoder: bool,
@@ -284,6 +291,8 @@ impl BertConfig {
             tokenizer_class: None,
             pad_token_id: None,
             relative_attention_num_buckets: None,
+            use_task_id: false,
+            task_type_vocab_size: None,
             is_decoder: false,
             problem_type: None,
             id2label: BTreeMap::new(),
@@ -306,9 +315,11 @@ impl BertConfig {
     }
 
     /// The first setting that gives `other`'s encoder other tensors or other computations
-    /// than this one's (family, widths, counts, activation, position embeddings), as
+    /// than this one's (family, widths, counts, activation, position embeddings, the tables
+    /// of MPNet's relative positions and ERNIE's task types), as
     /// `name: this vs other`; `None` for the same encoder (heads, labels, dropout aside).
     pub fn encoder_difference(&self, other: &BertConfig) -> Option<String> {
+        let rows = |rows: Option<usize>| rows.map_or("none".to_string(), |r| r.to_string());
         let settings = |c: &BertConfig| {
             [
                 ("family", format!("{:?}", c.family())),
@@ -325,6 +336,11 @@ impl BertConfig {
                 ("embedding_size", c.embedding_width().to_string()),
                 ("hidden_act", format!("{:?}", c.feed_forward_activation())),
                 ("layer_norm_eps", format!("{:e}", c.layer_norm_eps)),
+                (
+                    "relative_attention_num_buckets",
+                    rows(c.relative_position_rows()),
+                ),
+                ("task_type_vocab_size", rows(c.task_type_rows())),
             ]
         };
         settings(self)
@@ -372,7 +388,8 @@ impl BertConfig {
             EncoderFamily::Bert
             | EncoderFamily::Roberta
             | EncoderFamily::DistilBert
-            | EncoderFamily::Mpnet => self.hidden_size,
+            | EncoderFamily::Mpnet
+            | EncoderFamily::Ernie => self.hidden_size,
         }
     }
 
@@ -392,12 +409,15 @@ impl BertConfig {
         self.embedding_width() != self.hidden_size
     }
 
-    /// The position id of a sequence's first token: 0 for BERT, ELECTRA and DistilBERT,
+    /// The position id of a sequence's first token: 0 for BERT, ELECTRA, DistilBERT and ERNIE,
     /// `pad_token_id + 1` for RoBERTa (whose padding tokens sit at `pad_token_id`), 2 for
     /// MPNet (transformers hard-codes its padding position, 1).
     pub fn first_position(&self) -> usize {
         match self.family() {
-            EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert => 0,
+            EncoderFamily::Bert
+            | EncoderFamily::Electra
+            | EncoderFamily::DistilBert
+            | EncoderFamily::Ernie => 0,
             EncoderFamily::Roberta => self.roberta_padding_position().saturating_add(1),
             EncoderFamily::Mpnet => MPNET_PADDING_ID + 1,
         }
@@ -408,16 +428,25 @@ impl BertConfig {
     }
 
     /// The padding token's id (`pad_token_id`; transformers' defaults without it: 0 for
-    /// BERT, ELECTRA and DistilBERT, 1 for RoBERTa; MPNet's is 1 whatever the config says,
+    /// BERT, ELECTRA, DistilBERT and ERNIE, 1 for RoBERTa; MPNet's is 1 whatever the config says,
     /// as transformers hard-codes it), whose word-embedding row transformers never trains.
     pub fn padding_id(&self) -> usize {
         match self.family() {
             EncoderFamily::Mpnet => MPNET_PADDING_ID,
             EncoderFamily::Roberta => self.pad_token_id.unwrap_or(1),
-            EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert => {
-                self.pad_token_id.unwrap_or(0)
-            }
+            EncoderFamily::Bert
+            | EncoderFamily::Electra
+            | EncoderFamily::DistilBert
+            | EncoderFamily::Ernie => self.pad_token_id.unwrap_or(0),
         }
+    }
+
+    /// The rows of ERNIE's task-type table where its embeddings add one
+    /// (`task_type_vocab_size`, 3 when absent); `None` for other families and for ERNIE
+    /// without `use_task_id`.
+    pub fn task_type_rows(&self) -> Option<usize> {
+        (self.family() == EncoderFamily::Ernie && self.use_task_id)
+            .then(|| self.task_type_vocab_size.unwrap_or(3))
     }
 
     /// The rows of MPNet's relative position table (`relative_attention_num_buckets`, 32
@@ -542,19 +571,20 @@ impl BertConfig {
                 {
                     return Err(format(format!(
                         "no `model_type`, and `architectures` ({}) names no BERT class; spafit \
-                         runs BERT checkpoints, and RoBERTa, ELECTRA and DistilBERT ones that \
-                         say `model_type`",
-                        names.join(", ")
+                         runs BERT checkpoints, and those of the other families it runs where \
+                         they say `model_type`: {}",
+                        names.join(", "),
+                        super::family::FAMILIES_RUN
                     )));
                 }
             }
             Some(serde_json::Value::String(t)) if EncoderFamily::of_model_type(t).is_some() => {}
             Some(other) => {
                 return Err(format(format!(
-                    "`model_type` is {other}; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
-                     `xlm-roberta`, `camembert`), ELECTRA (`electra`) and DistilBERT (`distilbert`) \
-                     checkpoints only: other families differ in their position ids, embeddings \
-                     or layers even where their tensor names match BERT's"
+                    "`model_type` is {other}; spafit runs {} checkpoints only: other families \
+                     differ in their position ids, embeddings or layers even where their \
+                     tensor names match BERT's",
+                    super::family::FAMILIES_RUN
                 )))
             }
         }
@@ -633,6 +663,10 @@ impl BertConfig {
         if self.embedding_width() == 0 {
             return Err("`embedding_size` must be positive".into());
         }
+        // Row 0 is the one added to every token.
+        if self.task_type_rows() == Some(0) {
+            return Err("`task_type_vocab_size` is 0, but `use_task_id` adds its row 0".into());
+        }
         let (width_field, width) = match self.family() {
             EncoderFamily::Electra => ("embedding_size", self.embedding_width()),
             _ => ("hidden_size", self.hidden_size),
@@ -677,9 +711,8 @@ impl BertConfig {
             .filter(|t| EncoderFamily::of_model_type(t).is_none())
         {
             return Err(format!(
-                "`model_type` is `{t}`; spafit runs BERT (`bert`), RoBERTa (`roberta`, \
-                 `xlm-roberta`, `camembert`), ELECTRA (`electra`), DistilBERT (`distilbert`) \
-                 and MPNet (`mpnet`) checkpoints only"
+                "`model_type` is `{t}`; spafit runs {} checkpoints only",
+                super::family::FAMILIES_RUN
             ));
         }
         // The padding id names a row of the word embeddings (transformers' `padding_idx`,

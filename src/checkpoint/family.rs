@@ -25,6 +25,11 @@
 //! relative position bias added to every layer's attention scores, looked up by bucketed
 //! distance in a table the layers share (`mpnet.encoder.relative_attention_bias`,
 //! `bert.encoder.relative_attention_bias` here: see `crate::model::relative_position`).
+//!
+//! ERNIE is BERT under the prefix `ernie`, with one addition where its config sets
+//! `use_task_id` (ERNIE 3.0's checkpoints do): a task-type table
+//! (`ernie.embeddings.task_type_embeddings`) whose row 0 — transformers' task id when none is
+//! given, and spafit's always — is added to every token's embedding.
 
 /// A family of BERT-shaped encoders (`config.json`'s `model_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +45,8 @@ pub enum EncoderFamily {
     DistilBert,
     /// `mpnet`.
     Mpnet,
+    /// `ernie` (ERNIE 1.0 to 3.0 as transformers runs them).
+    Ernie,
 }
 
 /// MPNet's names of the modules of a layer, beside BERT's (relative to the layer).
@@ -75,7 +82,22 @@ pub enum PoolerActivation {
     Relu,
 }
 
+/// The families spafit runs, by name and `model_type`, for messages.
+pub const FAMILIES_RUN: &str = "BERT (`bert`), RoBERTa (`roberta`, `xlm-roberta`, \
+     `camembert`), ELECTRA (`electra`), DistilBERT (`distilbert`), MPNet (`mpnet`) and ERNIE \
+     (`ernie`)";
+
 impl EncoderFamily {
+    /// Every family.
+    pub const ALL: [EncoderFamily; 6] = [
+        EncoderFamily::Bert,
+        EncoderFamily::Roberta,
+        EncoderFamily::Electra,
+        EncoderFamily::DistilBert,
+        EncoderFamily::Mpnet,
+        EncoderFamily::Ernie,
+    ];
+
     /// The family of a `model_type`, `None` for one spafit does not run.
     pub fn of_model_type(model_type: &str) -> Option<Self> {
         match model_type {
@@ -84,6 +106,7 @@ impl EncoderFamily {
             "electra" => Some(EncoderFamily::Electra),
             "distilbert" => Some(EncoderFamily::DistilBert),
             "mpnet" => Some(EncoderFamily::Mpnet),
+            "ernie" => Some(EncoderFamily::Ernie),
             _ => None,
         }
     }
@@ -103,6 +126,8 @@ impl EncoderFamily {
             Some(EncoderFamily::DistilBert)
         } else if class.starts_with("MPNet") {
             Some(EncoderFamily::Mpnet)
+        } else if class.starts_with("Ernie") && !class.starts_with("ErnieM") {
+            Some(EncoderFamily::Ernie)
         } else {
             None
         }
@@ -118,6 +143,7 @@ impl EncoderFamily {
             (EncoderFamily::Electra, _) => "ElectraForSequenceClassification",
             (EncoderFamily::DistilBert, _) => "DistilBertForSequenceClassification",
             (EncoderFamily::Mpnet, _) => "MPNetForSequenceClassification",
+            (EncoderFamily::Ernie, _) => "ErnieForSequenceClassification",
         }
     }
 
@@ -129,6 +155,7 @@ impl EncoderFamily {
             EncoderFamily::Electra => "ELECTRA",
             EncoderFamily::DistilBert => "DistilBERT",
             EncoderFamily::Mpnet => "MPNet",
+            EncoderFamily::Ernie => "ERNIE",
         }
     }
 
@@ -140,6 +167,7 @@ impl EncoderFamily {
             EncoderFamily::Electra => "electra",
             EncoderFamily::DistilBert => "distilbert",
             EncoderFamily::Mpnet => "mpnet",
+            EncoderFamily::Ernie => "ernie",
         }
     }
 
@@ -147,9 +175,10 @@ impl EncoderFamily {
     /// [`EncoderFamily::prefix`]: `BertModel.save_pretrained` writes `embeddings.…`).
     pub fn encoder_modules(self) -> &'static [&'static str] {
         match self {
-            EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Mpnet => {
-                &["embeddings", "encoder", "pooler"]
-            }
+            EncoderFamily::Bert
+            | EncoderFamily::Roberta
+            | EncoderFamily::Mpnet
+            | EncoderFamily::Ernie => &["embeddings", "encoder", "pooler"],
             EncoderFamily::Electra => &["embeddings", "embeddings_project", "encoder"],
             EncoderFamily::DistilBert => &["embeddings", "transformer"],
         }
@@ -158,9 +187,9 @@ impl EncoderFamily {
     /// Whether the head's dense map (BERT's pooler) belongs to the classification head, so
     /// that it trains whenever the head does (RoBERTa's and ELECTRA's `classifier.dense`,
     /// DistilBERT's `pre_classifier`; PEFT saves it with `classifier`, whose name
-    /// `pre_classifier` ends with).
+    /// `pre_classifier` ends with). BERT's and ERNIE's pooler is the encoder's.
     pub fn pooler_is_head(self) -> bool {
-        self != EncoderFamily::Bert
+        !matches!(self, EncoderFamily::Bert | EncoderFamily::Ernie)
     }
 
     /// Whether the head drops out its input before the dense map (RoBERTa's, ELECTRA's and
@@ -175,9 +204,10 @@ impl EncoderFamily {
     /// The activation after the head's dense map (BERT's pooler).
     pub fn pooler_activation(self) -> PoolerActivation {
         match self {
-            EncoderFamily::Bert | EncoderFamily::Roberta | EncoderFamily::Mpnet => {
-                PoolerActivation::Tanh
-            }
+            EncoderFamily::Bert
+            | EncoderFamily::Roberta
+            | EncoderFamily::Mpnet
+            | EncoderFamily::Ernie => PoolerActivation::Tanh,
             EncoderFamily::Electra => PoolerActivation::Gelu,
             EncoderFamily::DistilBert => PoolerActivation::Relu,
         }
@@ -221,6 +251,7 @@ impl EncoderFamily {
     pub fn hf_name(self, name: &str) -> String {
         match self {
             EncoderFamily::Bert => return name.to_string(),
+            EncoderFamily::Ernie => return renamed_base(name, "bert", "ernie"),
             EncoderFamily::DistilBert => return rename(name, &BERT_NAMING, &DISTILBERT_NAMING),
             EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {}
         }
@@ -244,6 +275,7 @@ impl EncoderFamily {
     pub fn internal_name(self, name: &str) -> String {
         match self {
             EncoderFamily::Bert => return name.to_string(),
+            EncoderFamily::Ernie => return renamed_base(name, "ernie", "bert"),
             EncoderFamily::DistilBert => return rename(name, &DISTILBERT_NAMING, &BERT_NAMING),
             EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {}
         }
@@ -344,6 +376,14 @@ fn rename_layer_module(name: &str, layers: &str, from: usize, to: usize) -> Stri
         .unwrap_or_else(|| name.to_string())
 }
 
+/// `name` with the base model's prefix `from` spelled `to`; names outside it as they are.
+fn renamed_base(name: &str, from: &str, to: &str) -> String {
+    match under(name, from) {
+        Some(rest) => format!("{to}{rest}"),
+        None => name.to_string(),
+    }
+}
+
 /// What follows module `module` in `name` (empty, or starting with a dot) when `name` is
 /// the module or one of its tensors.
 fn under<'a>(name: &'a str, module: &str) -> Option<&'a str> {
@@ -353,7 +393,32 @@ fn under<'a>(name: &'a str, module: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use super::EncoderFamily::{Bert, DistilBert, Electra, Mpnet, Roberta};
+    use super::EncoderFamily::{Bert, DistilBert, Electra, Ernie, Mpnet, Roberta};
+
+    #[test]
+    fn ernie_names_translate_both_ways() {
+        for (ours, theirs) in [
+            (
+                "bert.encoder.layer.2.attention.self.query.lora_A.weight",
+                "ernie.encoder.layer.2.attention.self.query.lora_A.weight",
+            ),
+            (
+                "bert.embeddings.task_type_embeddings.weight",
+                "ernie.embeddings.task_type_embeddings.weight",
+            ),
+            ("bert.pooler.dense.bias", "ernie.pooler.dense.bias"),
+            ("bert", "ernie"),
+            ("classifier.weight", "classifier.weight"),
+            ("bertology.x", "bertology.x"),
+        ] {
+            assert_eq!(Ernie.hf_name(ours), theirs);
+            assert_eq!(Ernie.internal_name(theirs), ours);
+        }
+        assert_eq!(
+            Ernie.hf_name_in_base_model("bert.encoder.layer.0.output.dense.weight"),
+            "encoder.layer.0.output.dense.weight"
+        );
+    }
 
     #[test]
     fn mpnet_names_translate_both_ways() {

@@ -260,9 +260,14 @@ impl Checkpoint {
                 (EncoderFamily::Mpnet, _) => Some("MPNetTokenizer"),
                 // transformers maps electra and distilbert to BertTokenizer itself (so a
                 // DistilBERT folder naming no class gets segment ids, which it never reads).
-                (EncoderFamily::Bert | EncoderFamily::Electra | EncoderFamily::DistilBert, _) => {
-                    None
-                }
+                // ernie too.
+                (
+                    EncoderFamily::Bert
+                    | EncoderFamily::Electra
+                    | EncoderFamily::DistilBert
+                    | EncoderFamily::Ernie,
+                    _,
+                ) => None,
             };
             let implied = self.config.tokenizer_class.as_deref().or(by_type);
             TextTokenizer::from_files_of_class(&path, config.as_deref(), max_len, implied)?

@@ -501,7 +501,9 @@ impl WeightsFile {
                 // RoBERTa's sequence classifiers never read the pooler its files may
                 // hold (and transformers drops it when it saves one again).
                 let parts: &[&str] = match self.family {
-                    EncoderFamily::Bert => &["embeddings.", "encoder.", "pooler."],
+                    EncoderFamily::Bert | EncoderFamily::Ernie => {
+                        &["embeddings.", "encoder.", "pooler."]
+                    }
                     EncoderFamily::Roberta | EncoderFamily::Mpnet => &["embeddings.", "encoder."],
                     EncoderFamily::Electra => &["embeddings.", "embeddings_project.", "encoder."],
                     EncoderFamily::DistilBert => &["embeddings.", "transformer."],
@@ -783,12 +785,9 @@ const LEGACY_LAYER_NORM_NAMES: [(&str, &str); 2] = [
 /// `weight` / `bias` rather than
 /// TensorFlow's `gamma` / `beta`.
 fn canonical_name(name: &str) -> String {
-    let name = name
-        .strip_prefix("bert.")
-        .or_else(|| name.strip_prefix("roberta."))
-        .or_else(|| name.strip_prefix("electra."))
-        .or_else(|| name.strip_prefix("distilbert."))
-        .or_else(|| name.strip_prefix("mpnet."))
+    let name = EncoderFamily::ALL
+        .iter()
+        .find_map(|f| name.strip_prefix(f.prefix())?.strip_prefix('.'))
         .unwrap_or(name);
     for (modern, old) in LEGACY_LAYER_NORM_NAMES {
         if let Some(stem) = name.strip_suffix(old) {

@@ -7,8 +7,9 @@ use crate::tensor::{Shape, Tensor};
 
 use super::ModelInput;
 
-/// Word + position + token-type embeddings, LayerNorm, dropout; for an ELECTRA whose
-/// embeddings are narrower than its hidden size, then the linear map up to it.
+/// Word + position + token-type embeddings (+ an ERNIE's task type), LayerNorm, dropout; for
+/// an ELECTRA whose embeddings are narrower than its hidden size, then the linear map up to
+/// it.
 #[derive(Clone, Debug)]
 pub struct BertEmbeddings<B: Backend> {
     /// `[vocab, width]` (width: [`BertConfig::embedding_width`], the hidden size but in
@@ -18,6 +19,10 @@ pub struct BertEmbeddings<B: Backend> {
     pub position: Param<B>,
     /// `[type_vocab, width]`; none in DistilBERT, which reads no segments.
     pub token_type: Option<Param<B>>,
+    /// ERNIE's `[task_type_vocab, width]` task-type table where its config sets
+    /// `use_task_id` ([`BertConfig::task_type_rows`]): row 0, the task id transformers
+    /// gives when none is given, is added to every token. It trains with the embeddings.
+    pub task_type: Option<Param<B>>,
     /// `embeddings.LayerNorm`.
     pub norm: LayerNorm<B>,
     /// ELECTRA's `embeddings_project` (`bert.embeddings_project` here), `[hidden, width]`,
@@ -74,6 +79,10 @@ impl<B: Backend> BertEmbeddings<B> {
             )?),
             false => None,
         };
+        let task_type = match c.task_type_rows() {
+            Some(rows) => Some(param("task_type_embeddings.weight", [rows, width])?),
+            None => None,
+        };
         let norm_name = format!("{prefix}.LayerNorm");
         let gamma = tensor(&format!("{norm_name}.weight"), Shape::new([width]))?;
         let beta = tensor(&format!("{norm_name}.bias"), Shape::new([width]))?;
@@ -93,6 +102,7 @@ impl<B: Backend> BertEmbeddings<B> {
             word,
             position,
             token_type,
+            task_type,
             norm: LayerNorm::new(&norm_name, gamma, beta, c.layer_norm_eps),
             project,
             padding_id: c.padding_id(),
@@ -122,6 +132,15 @@ impl<B: Backend> BertEmbeddings<B> {
             let t = tape.embedding(&table, &input.token_type_ids)?;
             sum = tape.add(&sum, &t)?;
         }
+        if let Some(task_type) = &self.task_type {
+            let table = task_type.var(tape);
+            let rows = input.input_ids.shape().clone();
+            let first_task = tape
+                .backend()
+                .tensor_from_u32(rows.clone(), &vec![0; rows.numel()])?;
+            let t = tape.embedding(&table, &first_task)?;
+            sum = tape.add(&sum, &t)?;
+        }
         let normed = self.norm.forward(tape, &sum)?;
         let dropped = tape.dropout(&normed, dropouts.next_hidden())?;
         match &self.project {
@@ -134,6 +153,7 @@ impl<B: Backend> BertEmbeddings<B> {
     pub fn params(&self) -> Vec<&Param<B>> {
         let mut v = vec![&self.word, &self.position];
         v.extend(&self.token_type);
+        v.extend(&self.task_type);
         v.extend([&self.norm.weight, &self.norm.bias]);
         v.extend(self.project.iter().flat_map(Linear::params));
         v
@@ -143,6 +163,7 @@ impl<B: Backend> BertEmbeddings<B> {
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
         let mut v = vec![&mut self.word, &mut self.position];
         v.extend(&mut self.token_type);
+        v.extend(&mut self.task_type);
         v.extend([&mut self.norm.weight, &mut self.norm.bias]);
         v.extend(self.project.iter_mut().flat_map(Linear::params_mut));
         v

@@ -686,14 +686,16 @@ impl<B: Backend> BertClassifier<B> {
             ));
         }
         if self.fresh_pooler && !plan.train_pooler {
-            let why = match self.config().family() {
-                EncoderFamily::Bert => {
-                    "the checkpoint has no pooler (`bert.pooler.dense`; saved without one, e.g. \
+            let family = self.config().family();
+            let why = match family {
+                EncoderFamily::Bert | EncoderFamily::Ernie => &*format!(
+                    "the checkpoint has no pooler (`{}.pooler.dense`; saved without one, e.g. \
                      `BertModel(add_pooling_layer=False)`), so the classifier's pooler starts \
                      random and must train, and this plan does not train it: when training, \
                      add --train-pooler (the pooler is then saved with the adapter); an \
-                     adapter to load must hold a pooler"
-                }
+                     adapter to load must hold a pooler",
+                    family.prefix()
+                ),
                 EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {
                     "the checkpoint has no classification head (`classifier.dense`), so the \
                      head's dense map starts random and must train, and this plan does not \

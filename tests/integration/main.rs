@@ -20,6 +20,7 @@ mod cuda_emulator;
 mod cuda_model;
 mod distilbert;
 mod electra;
+mod ernie;
 mod glue_data;
 mod gradient_memory;
 mod hf_parity;

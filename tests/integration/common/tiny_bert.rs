@@ -31,6 +31,8 @@ pub fn config(layers: usize) -> BertConfig {
         tokenizer_class: None,
         pad_token_id: None,
         relative_attention_num_buckets: None,
+        use_task_id: false,
+        task_type_vocab_size: None,
         is_decoder: false,
         problem_type: None,
         id2label: Default::default(),

@@ -1,0 +1,149 @@
+//! ERNIE checkpoints, against transformers + PEFT in float64 on a tiny random ERNIE with
+//! `use_task_id`, as ERNIE 3.0's checkpoints are (`tests/fixtures/tiny-ernie/`, written by its
+//! `make_fixture.py`): tokens, logits, loss and every parameter's gradient (the task-type
+//! table's row 0 included), PEFT adapters both ways, merged checkpoints, the command line, and
+//! the CUDA backend (through the stand-in where there is no GPU) against the f64 CPU reference.
+
+use crate::common;
+
+use common::family_fixture::{identity_changes_with, remove_tokenizer_class, FamilyFixture};
+use serde_json::Value;
+use spafit::backend::cpu::CpuBackend;
+use spafit::checkpoint::{BertConfig, Checkpoint, EncoderFamily};
+use spafit::model::BertClassifier;
+use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+
+const TASK_TYPES: &str = "bert.embeddings.task_type_embeddings.weight";
+
+/// The fixture, or where `SPAFIT_ERNIE_FIXTURE` says.
+fn fixture() -> FamilyFixture {
+    FamilyFixture::new("tiny-ernie", "SPAFIT_ERNIE_FIXTURE", EncoderFamily::Ernie)
+}
+
+/// ERNIE's tokenizer is BERT's (transformers maps the model type to `BertTokenizer`): ids,
+/// attention mask and segment ids as transformers gives them, from tokenizer.json and from
+/// vocab.txt alone with no class named (as the published ERNIE 3.0 folders ship it).
+#[test]
+fn ernie_tokens_match_transformers() {
+    let f = fixture();
+    let ck = f.checkpoint("model");
+    assert_eq!(ck.config.task_type_rows(), Some(3));
+    assert!(f.expected()["inputs"]["tokens_pairs"]
+        .get("token_type_ids")
+        .is_some());
+    f.check_tokens(&ck);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vocab");
+    f.copy_model_with_vocab_txt(&dir);
+    assert!(remove_tokenizer_class(&dir).is_some());
+    f.check_tokens(&Checkpoint::open(&dir).unwrap());
+}
+
+/// Full fine-tuning in f64 without dropout: logits, loss and the gradient of every parameter
+/// transformers differentiates under its names (`ernie.…`), for single texts and pairs; the
+/// task-type table's gradient is row 0's alone, the row every token adds.
+#[test]
+fn ernie_logits_loss_and_every_gradient_match_transformers() {
+    let f = fixture();
+    let grads = f.check_every_gradient(&f.checkpoint("model"));
+    let (_, table) = grads
+        .iter()
+        .find(|(n, _)| n == TASK_TYPES)
+        .expect("the task-type table's gradient");
+    let width = table.len() / 3;
+    assert!(table[..width].iter().all(|&g| g != 0.0));
+    assert!(table[width..].iter().all(|&g| g == 0.0));
+}
+
+/// The task-type table is part of the embeddings: it trains where they do (full
+/// fine-tuning, --train-embeddings) and changes the adapter's identity of the base; without
+/// `use_task_id` the table is not read, and the logits change (row 0 is not zero here).
+#[test]
+fn the_task_type_table_is_the_embeddings_and_only_with_use_task_id() {
+    let f = fixture();
+    let ck = f.checkpoint("model");
+    let cpu = CpuBackend::f64();
+    for (method, embeddings) in [
+        (Method::Full, false),
+        (Method::Spafit, false),
+        (Method::Lora, true),
+    ] {
+        let mut config = PeftConfig::new(method).for_family(EncoderFamily::Ernie);
+        config.n1 = Boundary::Layer(1);
+        config.n2 = Boundary::Layer(2);
+        config.train_embeddings = embeddings;
+        let plan = PeftPlan::new(&config, 3).unwrap();
+        let model = common::trained(&ck, &cpu, &plan, 3);
+        assert_eq!(
+            model.trainable_names().iter().any(|n| n == TASK_TYPES),
+            method == Method::Full || embeddings,
+            "{method}"
+        );
+    }
+    assert!(identity_changes_with(
+        &f.dir().join("model"),
+        "ernie.embeddings.task_type_embeddings.weight"
+    ));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let without = tmp.path().join("model");
+    f.copy_model(&without, |_| true);
+    let path = without.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["use_task_id"] = Value::Bool(false);
+    std::fs::write(&path, config.to_string()).unwrap();
+    let plain = Checkpoint::open(&without).unwrap();
+    assert_eq!(plain.config.task_type_rows(), None);
+    let with = BertClassifier::from_fine_tuned(&ck, &cpu).unwrap();
+    let read_without = BertClassifier::from_fine_tuned(&plain, &cpu).unwrap();
+    assert!(read_without.bert.embeddings.task_type.is_none());
+    assert_ne!(
+        f.logits_of(&ck, &cpu, &with, "singles"),
+        f.logits_of(&plain, &cpu, &read_without, "singles")
+    );
+
+    let c = BertConfig {
+        task_type_vocab_size: Some(0),
+        ..ck.config.clone()
+    };
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.contains("`task_type_vocab_size` is 0"), "{e}");
+    let other = BertConfig {
+        task_type_vocab_size: Some(4),
+        ..ck.config.clone()
+    };
+    assert_eq!(
+        ck.config.encoder_difference(&other).as_deref(),
+        Some("task_type_vocab_size: 3 vs 4")
+    );
+}
+
+/// A LoRA adapter written by PEFT's own `save_pretrained` gives PEFT's logits; spafit's
+/// export holds exactly PEFT's tensors under ERNIE's names and imports back bit for bit;
+/// PEFT's adapter merged into the base is an `ErnieForSequenceClassification` (the task-type
+/// table kept) giving PEFT's logits.
+#[test]
+fn ernie_adapters_import_export_and_merge_as_peft() {
+    let f = fixture();
+    f.check_peft_adapter(&f.checkpoint("model"));
+    f.check_export_beside_peft();
+    let config = f.check_merge_of_peft_adapter("ErnieForSequenceClassification");
+    assert_eq!(config["model_type"], "ernie");
+    assert_eq!(config["use_task_id"], true);
+}
+
+/// Full fine-tuning (the task-type table trains) and SPAFIT on ERNIE on the CUDA backend
+/// (the CPU stand-in without a GPU), f32, with dropout on: logits, loss and every trainable
+/// gradient as the f64 CPU reference gives them.
+#[test]
+fn ernie_on_cuda_matches_the_f64_reference() {
+    fixture().check_full_and_spafit_on_cuda();
+}
+
+/// The family's command-line check: SPAFIT on the CPU and on `cuda-emu` to the same losses,
+/// `eval`, `predict` and `merge`.
+#[test]
+fn ernie_trains_evaluates_predicts_and_merges_from_the_command_line() {
+    let f = fixture();
+    f.check_command_line(&f.dir().join("model"));
+}
