@@ -269,6 +269,9 @@ run() {
     # gradient kernel, and SPAFIT): every attention kernel adding the position bias.
     stage "tiny MPNet, full and SPAFIT" 60 env SPAFIT_MPNET_FIXTURE="$PWD/tests/fixtures/tiny-mpnet" \
         "$bin/integration" --test-threads 1 --nocapture --exact mpnet::mpnet_on_cuda_matches_the_f64_reference
+    # ERNIE (full fine-tuning, with the task-type table's row 0 added to every token, and SPAFIT).
+    stage "tiny ERNIE, full and SPAFIT" 60 env SPAFIT_ERNIE_FIXTURE="$PWD/tests/fixtures/tiny-ernie" \
+        "$bin/integration" --test-threads 1 --nocapture --exact ernie::ernie_on_cuda_matches_the_f64_reference
     # A multi-label head (a sigmoid per class, binary cross-entropy), full and SPAFIT.
     stage "tiny multi-label BERT, full and SPAFIT" 60 env SPAFIT_MULTILABEL_FIXTURE="$PWD/tests/fixtures/tiny-multilabel" \
         "$bin/integration" --test-threads 1 --nocapture --exact multi_label::multi_label_on_cuda_matches_the_f64_reference
