@@ -3,7 +3,10 @@
 //! ([`ATTENTION_STAGES`]: the streamed tiles' copies waited for before each tile's products,
 //! or the next tile's in flight during them), in the bf16 mixed-precision step's own storage
 //! (bf16 q, k, v, f32 outputs and dO) and in bf16 storage. One line per configuration, the
-//! best stage count per shape last: the data the default is set from.
+//! best stage count per shape last: the data the default is set from. Then, per shape, MPNet's
+//! attention with a relative position bias (the `_pb` kernels) in the mixed-precision
+//! storage: forward, backward, and backward with the bias's gradient (full fine-tuning's,
+//! its two kernels of their own), the last two apart so the gradient's cost shows.
 //!
 //! `cargo bench --bench gpu_attention` (the GPU check runs the built binary). On the CPU
 //! stand-in it runs one small shape once, to show the code path works; its times mean
@@ -178,5 +181,75 @@ fn main() {
             best.1,
             best.0 * 1e3
         );
+        time_position_bias(&mixed, shape, &config, rounds, iters, &mut rng);
     }
+}
+
+/// MPNet's attention on `shape` in the mixed-precision storage: forward, backward, and
+/// backward with the position bias's gradient.
+fn time_position_bias(
+    b: &CudaBackend,
+    shape: &AttentionShape,
+    config: &AttentionConfig,
+    rounds: usize,
+    iters: usize,
+    rng: &mut SplitMix,
+) {
+    let dims = [shape.batch * shape.seq, shape.heads * shape.head_dim];
+    let mut draw = |dims: [usize; 2], dtype: DType| -> Tensor<CudaBackend> {
+        let v: Vec<f64> = (0..dims[0] * dims[1])
+            .map(|_| rng.uniform_in(-1.0, 1.0))
+            .collect();
+        let t = b.tensor_from_f64(Shape::new(dims), &v).unwrap();
+        b.cast(&t, dtype).unwrap()
+    };
+    let (q, k, v) = (
+        draw(dims, DType::BF16),
+        draw(dims, DType::BF16),
+        draw(dims, DType::BF16),
+    );
+    let dy = draw(dims, DType::F32);
+    let bias = draw([2 * shape.seq - 1, shape.heads], DType::F32);
+    let mask = b
+        .tensor_from_u32(Shape::new([shape.batch, shape.seq]), &vec![1; dims[0]])
+        .unwrap();
+    let all = AttentionGradRequest {
+        dq: true,
+        dk: true,
+        dv: true,
+    };
+    let lse = b
+        .attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, config)
+        .unwrap()
+        .lse;
+    let forward = time(b, rounds, iters, || {
+        b.attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, config)
+            .unwrap();
+    });
+    let backward = |with_bias_grad: bool| {
+        time(b, rounds, iters, || {
+            b.attention_backward_with_position_bias(
+                &dy,
+                &q,
+                &k,
+                Some(&v),
+                &lse,
+                &mask,
+                &bias,
+                config,
+                all,
+                with_bias_grad,
+            )
+            .unwrap();
+        })
+    };
+    let (plain, with_grad) = (backward(false), backward(true));
+    println!(
+        "GA position bias {:<16} forward {:>8.3} ms  backward {:>8.3} ms  backward with the bias's gradient {:>8.3} ms (+{:.3})",
+        shape.name,
+        forward * 1e3,
+        plain * 1e3,
+        with_grad * 1e3,
+        (with_grad - plain) * 1e3
+    );
 }

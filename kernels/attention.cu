@@ -20,7 +20,7 @@
 // their `_pb` instantiations (one stage buffer): the index arithmetic and loads in their
 // unrolled loops cost up to 88 registers and spills at head dim 128 (ptxas -v, sm_90), which
 // the kernels of every other model must not pay. The exact kernels test pos_bias at run time
-// (one register). Its gradient has a kernel of its own (attention_position_bias_grad_*).
+// (one register). Its gradient has two kernels of their own (attention_position_bias_*).
 //
 // Backward: delta_i = Σ_j P_ij·dP̃_ij first, recomputed from the operands dS uses (tensor
 // cores: in the dQ kernel; exact f32: in a pass of the dQ kernel's loop of its own), so the
@@ -56,7 +56,8 @@ struct AttnParams {
     const int* starts;
     const unsigned* mask;
     const float* pos_bias;  // null: none
-    float* d_pos_bias;      // attention_position_bias_grad_*'s output
+    float* d_pos_bias;      // attention_position_bias_sum's output
+    float* bias_tiles;      // attention_position_bias_tiles_*'s output, the sum's input
     unsigned long long seed;
     long long ld;
     int heads, head_dim, max_seq, mask_stride;
@@ -65,7 +66,7 @@ struct AttnParams {
     float keep_scale;
     int seq0;  // sequence of blockIdx.z = 0: more sequences than a grid's z dimension (65535)
                // holds take several launches
-    int sequences;  // the batch's sequences (attention_position_bias_grad_* reads it)
+    int sequences;  // the batch's sequences (attention_position_bias_sum reads it)
 };
 
 __device__ __forceinline__ bool key_valid(const AttnParams& p, int b, int j, int len) {
@@ -760,41 +761,120 @@ __device__ void attention_dq_f32_impl(const AttnParams& p) {
 // ---------------------------------------------------------------- position bias gradient
 
 // d pos_bias[t][h] = Σ over the sequences b and queries i, with key j = i + t − (max_seq − 1)
-// attended, of dS_ij = P_ij·(z_ij·dP_ij − delta_i): one block of 128 threads per (t, h), grid
-// (2·max_seq − 1, heads). P and dP are recomputed from q, k, v, dO (as stored, in f32
-// arithmetic, rounded to bf16 first where ROUND: what the tensor-core kernels stage from f32
-// rows), lse and the delta the dQ kernel wrote; each thread takes the rows r ≡
-// threadIdx.x (mod 128) in order, then block_sum's fixed tree: deterministic, no atomics.
-// Only full fine-tuning trains MPNet's table, so this simple kernel (no tensor cores, each
-// score's two dot products from global memory) serves it.
+// attended, of dS_ij = P_ij·(z_ij·dP_ij − delta_i), in two kernels, deterministic and without
+// atomics. P and dP are recomputed from q, k, v, dO (as stored, in f32 arithmetic, rounded to
+// bf16 first where ROUND: what the tensor-core kernels stage from f32 rows), lse and the delta
+// the dQ kernel wrote.
+//
+// attention_position_bias_tiles_*: one block of 128 threads per (query tile, key tile) of
+// BIAS_TILE × BIAS_TILE scores, head and sequence (grid: tile pairs, heads, sequences). The
+// four operand tiles are staged in shared memory BIAS_TILE columns of the head dim at a time,
+// so each element loaded from global memory serves BIAS_TILE scores (a kernel reading both
+// dot products' operands from global memory per score moved ~4·D·4 bytes per score); each
+// thread keeps 8 scores' two sums over the head dim in order, as fused multiply-adds. The
+// tile's dS goes to shared memory, and one thread per diagonal (2·BIAS_TILE − 1 of them) sums
+// it along the diagonal in row order into bias_tiles[sequence][head][query tile][key tile]
+// [diagonal].
+// attention_position_bias_sum: one block of 128 threads per (distance, head), grid
+// (2·max_seq − 1, heads): the diagonals of every (sequence, query tile) that fall on the
+// distance (two key tiles hold a part of it, one where it is a multiple of BIAS_TILE), each
+// thread a fixed stride of them in order, then block_sum's fixed tree.
+#define BIAS_TILE 32
+#define BIAS_DIAGONALS (2 * BIAS_TILE - 1)
+
+__device__ __forceinline__ int bias_tiles(const AttnParams& p) { return (p.max_seq + BIAS_TILE - 1) / BIAS_TILE; }
+
 template <typename T, bool ROUND>
-__device__ void position_bias_grad_impl(const AttnParams& p) {
-    __shared__ float scratch[128];
-    const int t = blockIdx.x, h = blockIdx.y, offset = t - (p.max_seq - 1);
+__device__ void position_bias_tiles_impl(const AttnParams& p) {
+    constexpr int PITCH = BIAS_TILE + 1;  // a column's reads fall in distinct banks
+    __shared__ float Qs[BIAS_TILE * PITCH];
+    __shared__ float Ks[BIAS_TILE * PITCH];
+    __shared__ float Os[BIAS_TILE * PITCH];
+    __shared__ float Vs[BIAS_TILE * PITCH];
+    __shared__ float dS[BIAS_TILE * PITCH];
+    const int tiles = bias_tiles(p);
+    const int qt = blockIdx.x / tiles, kt = blockIdx.x % tiles, h = blockIdx.y, b = p.seq0 + blockIdx.z;
+    const int q0 = qt * BIAS_TILE, k0 = kt * BIAS_TILE;
+    const int start = p.starts[b], len = p.starts[b + 1] - start;
+    float* out = p.bias_tiles + ((((long long)b * p.heads + h) * tiles + qt) * tiles + kt) * BIAS_DIAGONALS;
+    if (q0 >= len || k0 >= len) {
+        for (int t = threadIdx.x; t < BIAS_DIAGONALS; t += blockDim.x) out[t] = 0.f;
+        return;
+    }
     const T* q = static_cast<const T*>(p.q);
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
     const T* dout = static_cast<const T*>(p.dout);
-    float acc = 0.f;
-    const long long rows = (long long)p.sequences * p.max_seq;
-    for (long long r = threadIdx.x; r < rows; r += blockDim.x) {
-        const int b = (int)(r / p.max_seq), i = (int)(r % p.max_seq), j = i + offset;
-        const int start = p.starts[b], len = p.starts[b + 1] - start;
-        if (i >= len || j < 0 || !key_valid(p, b, j, len)) continue;
-        const long long qrow = (long long)(start + i) * p.ld + (long long)h * p.head_dim;
-        const long long krow = (long long)(start + j) * p.ld + (long long)h * p.head_dim;
-        const auto read = [](const T* x, long long e) {
-            const float f = load(x, e);
-            return ROUND ? __bfloat162float(__float2bfloat16(f)) : f;
-        };
-        float s = 0.f, dp = 0.f;
-        for (int d = 0; d < p.head_dim; ++d) {
-            s = fmaf(read(q, qrow + d), read(k, krow + d), s);
-            dp = fmaf(read(dout, qrow + d), read(v, krow + d), dp);
+    const auto read = [&](const T* x, int row, int d) {
+        if (row >= len || d >= p.head_dim) return 0.f;
+        const float f = load(x, (long long)(start + row) * p.ld + (long long)h * p.head_dim + d);
+        return ROUND ? __bfloat162float(__float2bfloat16(f)) : f;
+    };
+    // Thread t: query row t / 4 of the tile, key columns t % 4 + 4·m.
+    const int ii = threadIdx.x / 4, jj0 = threadIdx.x % 4;
+    float s[8] = {}, dp[8] = {};
+    for (int c0 = 0; c0 < p.head_dim; c0 += BIAS_TILE) {
+        for (int e = threadIdx.x; e < BIAS_TILE * BIAS_TILE; e += blockDim.x) {
+            const int r = e / BIAS_TILE, c = e % BIAS_TILE;
+            Qs[r * PITCH + c] = read(q, q0 + r, c0 + c);
+            Os[r * PITCH + c] = read(dout, q0 + r, c0 + c);
+            Ks[r * PITCH + c] = read(k, k0 + r, c0 + c);
+            Vs[r * PITCH + c] = read(v, k0 + r, c0 + c);
         }
-        const long long at = stat_index(p, b, h, i);
-        const float pr = expf(fmaf(s, p.scale, position_bias(p, h, i, j, len) - p.lse[at]));
-        acc += pr * (dp * drop_factor(p, b, h, i, j) - p.delta[at]);
+        __syncthreads();
+        const int width = min(BIAS_TILE, p.head_dim - c0);
+        for (int d = 0; d < width; ++d) {
+            const float a = Qs[ii * PITCH + d], o = Os[ii * PITCH + d];
+#pragma unroll
+            for (int m = 0; m < 8; ++m) {
+                const int jj = jj0 + 4 * m;
+                s[m] = fmaf(a, Ks[jj * PITCH + d], s[m]);
+                dp[m] = fmaf(o, Vs[jj * PITCH + d], dp[m]);
+            }
+        }
+        __syncthreads();
+    }
+    const int i = q0 + ii;
+    const bool row_valid = i < len;
+    const long long at = stat_index(p, b, h, min(i, p.max_seq - 1));
+    const float lse = row_valid ? p.lse[at] : 0.f, delta = row_valid ? p.delta[at] : 0.f;
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+        const int jj = jj0 + 4 * m, j = k0 + jj;
+        float ds = 0.f;
+        if (row_valid && key_valid(p, b, j, len)) {
+            const float pr = expf(fmaf(s[m], p.scale, position_bias(p, h, i, j, len) - lse));
+            ds = pr * (dp[m] * drop_factor(p, b, h, i, j) - delta);
+        }
+        dS[ii * PITCH + jj] = ds;
+    }
+    __syncthreads();
+    if (threadIdx.x < BIAS_DIAGONALS) {
+        const int diagonal = threadIdx.x - (BIAS_TILE - 1);  // jj − ii
+        float sum = 0.f;
+        for (int r = max(0, -diagonal); r < min(BIAS_TILE, BIAS_TILE - diagonal); ++r) sum += dS[r * PITCH + r + diagonal];
+        out[threadIdx.x] = sum;
+    }
+}
+
+__device__ void position_bias_sum_impl(const AttnParams& p) {
+    __shared__ float scratch[128];
+    const int t = blockIdx.x, h = blockIdx.y, offset = t - (p.max_seq - 1);  // j − i
+    const int tiles = bias_tiles(p);
+    // offset = (kt − qt)·BIAS_TILE + diagonal: key tile qt + near at the diagonal offset −
+    // near·BIAS_TILE ∈ [0, BIAS_TILE), and qt + near + 1 at that less BIAS_TILE where it is
+    // not −BIAS_TILE.
+    const int near = (offset >= 0 ? offset : offset - (BIAS_TILE - 1)) / BIAS_TILE;
+    const int rest = offset - near * BIAS_TILE;
+    float acc = 0.f;
+    const long long items = (long long)p.sequences * tiles * 2;
+    for (long long e = threadIdx.x; e < items; e += blockDim.x) {
+        const int which = (int)(e % 2);
+        const long long pair = e / 2;
+        const int b = (int)(pair / tiles), qt = (int)(pair % tiles);
+        const int kt = qt + near + which, diagonal = rest - which * BIAS_TILE;
+        if (kt < 0 || kt >= tiles || diagonal <= -BIAS_TILE) continue;
+        acc += p.bias_tiles[((((long long)b * p.heads + h) * tiles + qt) * tiles + kt) * BIAS_DIAGONALS + diagonal + BIAS_TILE - 1];
     }
     const float total = block_sum(acc, scratch);
     if (threadIdx.x == 0) p.d_pos_bias[(long long)t * p.heads + h] = total;
@@ -853,6 +933,7 @@ extern "C" __global__ void __launch_bounds__(32) attention_backward_delta_exact(
 // How q, k, v and dO are stored and read: f32 (the exact kernels), bf16 (the tensor-core
 // kernels' bf16 and bf16qkv_f32 storages, whose dO the launcher rounds), or f32 rounded to
 // bf16 on reading (the tensor-core kernels' f32 storage, rounded as they stage it).
-extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_f32(AttnParams p) { position_bias_grad_impl<float, false>(p); }
-extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_bf16(AttnParams p) { position_bias_grad_impl<bf16, false>(p); }
-extern "C" __global__ void __launch_bounds__(128) attention_position_bias_grad_f32_rounded(AttnParams p) { position_bias_grad_impl<float, true>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_tiles_f32(AttnParams p) { position_bias_tiles_impl<float, false>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_tiles_bf16(AttnParams p) { position_bias_tiles_impl<bf16, false>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_tiles_f32_rounded(AttnParams p) { position_bias_tiles_impl<float, true>(p); }
+extern "C" __global__ void __launch_bounds__(128) attention_position_bias_sum(AttnParams p) { position_bias_sum_impl(p); }

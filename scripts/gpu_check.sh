@@ -266,7 +266,7 @@ run() {
     stage "tiny DistilBERT, full and SPAFIT" 60 env SPAFIT_DISTILBERT_FIXTURE="$PWD/tests/fixtures/tiny-distilbert" \
         "$bin/integration" --test-threads 1 --nocapture --exact distilbert::distilbert_on_cuda_matches_the_f64_reference
     # MPNet (full fine-tuning, whose relative position table trains through the bias's own
-    # gradient kernel, and SPAFIT): every attention kernel adding the position bias.
+    # gradient kernels, and SPAFIT): every attention kernel adding the position bias.
     stage "tiny MPNet, full and SPAFIT" 60 env SPAFIT_MPNET_FIXTURE="$PWD/tests/fixtures/tiny-mpnet" \
         "$bin/integration" --test-threads 1 --nocapture --exact mpnet::mpnet_on_cuda_matches_the_f64_reference
     # ERNIE (full fine-tuning, with the task-type table's row 0 added to every token, and SPAFIT).

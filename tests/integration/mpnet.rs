@@ -172,7 +172,7 @@ fn mpnet_on_cuda_matches_the_f64_reference() {
 
 /// The family's command-line check (SPAFIT 1/2 on the CPU and on `cuda-emu` to the same
 /// losses, `--train-pooler` refused, `eval`, `predict`, `merge`), and full fine-tuning, whose
-/// table trains through the bias's gradient kernel, on both devices to the same losses.
+/// table trains through the bias's gradient kernels, on both devices to the same losses.
 #[test]
 fn mpnet_trains_evaluates_predicts_and_merges_from_the_command_line() {
     let f = fixture();

@@ -41,6 +41,7 @@ struct AttentionParams {
     mask: u64,
     pos_bias: u64,
     d_pos_bias: u64,
+    bias_tiles: u64,
     seed: u64,
     ld: i64,
     heads: i32,
@@ -465,9 +466,9 @@ pub(super) fn backward(
                 // the bf16 storages; f32 rows rounded to bf16 where the tensor-core kernels
                 // stage them so.
                 let kernel = match (exact, storage) {
-                    (true, _) => "attention_position_bias_grad_f32",
-                    (false, "bf16" | "bf16qkv_f32") => "attention_position_bias_grad_bf16",
-                    (false, _) => "attention_position_bias_grad_f32_rounded",
+                    (true, _) => "attention_position_bias_tiles_f32",
+                    (false, "bf16" | "bf16qkv_f32") => "attention_position_bias_tiles_bf16",
+                    (false, _) => "attention_position_bias_tiles_f32_rounded",
                 };
                 launch_position_bias_grad(b, OP, kernel, &d, &p)?;
             }
@@ -487,15 +488,63 @@ pub(super) fn backward(
     })
 }
 
-/// Launches the position bias's gradient kernel `kernel`: one block of 128 threads per
-/// (relative distance, head).
+/// Scores per side of the tiles whose diagonal sums `attention_position_bias_tiles_*` writes
+/// (`BIAS_TILE` in kernels/attention.cu).
+const BIAS_TILE: usize = 32;
+
+/// Launches the position bias's gradient: `tiles_kernel` (one block of 128 threads per
+/// tile pair of `BIAS_TILE` × `BIAS_TILE` scores, head and sequence, writing the tiles'
+/// diagonal sums), then `attention_position_bias_sum` (one block per relative distance and
+/// head, adding them up in a fixed order).
 fn launch_position_bias_grad(
     b: &CudaBackend,
     op: &'static str,
-    kernel: &str,
+    tiles_kernel: &str,
     d: &AttentionDims,
     p: &AttentionParams,
 ) -> Result<()> {
+    // A grid's x dimension takes 2^31 − 1 blocks on every device CUDA 13 runs on.
+    const MAX_GRID_X: usize = (1 << 31) - 1;
+    let tiles = d.seq.div_ceil(BIAS_TILE);
+    let pairs = tiles * tiles;
+    if pairs > MAX_GRID_X {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "sequences of {} tokens: the position bias's gradient launches one block per \
+                 pair of {BIAS_TILE}-token tiles ({pairs}), more than a grid takes",
+                d.seq
+            ),
+        ));
+    }
+    let mut diagonal_sums = b.output::<f32>(d.batch * d.heads * pairs * (2 * BIAS_TILE - 1))?;
+    let stream = &b.device.stream;
+    let (sums_ptr, _sums_guard) = diagonal_sums.device_ptr_mut(stream);
+    let p = AttentionParams {
+        bias_tiles: sums_ptr,
+        ..*p
+    };
+    let f = b.function(MODULE, tiles_kernel)?;
+    for seq0 in (0..d.batch).step_by(b.device.max_grid_z) {
+        let sequences = (d.batch - seq0).min(b.device.max_grid_z);
+        let cfg = LaunchConfig {
+            grid_dim: (pairs as u32, d.heads as u32, sequences as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let p = AttentionParams {
+            seq0: seq0 as i32,
+            ..p
+        };
+        let mut l = stream.launch_builder(&f);
+        l.arg(&p);
+        // SAFETY: AttentionParams mirrors the kernel's struct; its pointers (q, k, v, dO, lse,
+        // delta, starts, mask, the bias) were taken from live buffers of the validated shapes
+        // by the caller, the diagonal sums' just above, and stay alive past this call; this
+        // launch's sequences seq0 .. seq0 + sequences lie inside the batch.
+        b.launched(op, tiles_kernel, || unsafe { l.launch(cfg) })?;
+    }
+    let kernel = "attention_position_bias_sum";
     let f = b.function(MODULE, kernel)?;
     if d.heads > b.device.max_grid_y {
         return Err(Error::invalid(
@@ -514,11 +563,11 @@ fn launch_position_bias_grad(
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut l = b.device.stream.launch_builder(&f);
-    l.arg(p);
-    // SAFETY: AttentionParams mirrors the kernel's struct; its pointers (q, k, v, dO, lse,
-    // delta, starts, mask, the bias and its gradient) were taken from live buffers of the
-    // validated shapes by the caller and stay alive past this call.
+    let mut l = stream.launch_builder(&f);
+    l.arg(&p);
+    // SAFETY: AttentionParams mirrors the kernel's struct; the diagonal sums it reads were
+    // written above for every (sequence, head, tile pair), and its output, the bias's
+    // gradient, was taken from a live buffer by the caller; both stay alive past this call.
     b.launched(op, kernel, || unsafe { l.launch(cfg) })
 }
 
