@@ -616,16 +616,34 @@ impl BertConfig {
                 in_its_terms(name_the_field(&as_bert, e))
             ))
         })?;
-        // serde reads null as absent; transformers' ElectraConfig refuses it rather than
-        // take its default width.
-        if family == EncoderFamily::Electra
-            && value.get("embedding_size") == Some(&serde_json::Value::Null)
-        {
-            return Err(format(
-                "`embedding_size` is null, which transformers refuses: give the embeddings' \
-                 width, or remove the key for transformers' default of 128"
-                    .into(),
-            ));
+        // serde reads null as absent; transformers refuses it rather than take the default.
+        let defaults_for_absent = [
+            (
+                EncoderFamily::Electra,
+                "embedding_size",
+                "the embeddings' width",
+                128,
+            ),
+            (
+                EncoderFamily::Mpnet,
+                "relative_attention_num_buckets",
+                "the relative position table's rows",
+                32,
+            ),
+            (
+                EncoderFamily::Ernie,
+                "task_type_vocab_size",
+                "the task-type table's rows",
+                3,
+            ),
+        ];
+        for (of, key, what, default) in defaults_for_absent {
+            if family == of && value.get(key) == Some(&serde_json::Value::Null) {
+                return Err(format(format!(
+                    "`{key}` is null, which transformers refuses: give {what}, or remove the \
+                     key for transformers' default of {default}"
+                )));
+            }
         }
         config
             .problem()

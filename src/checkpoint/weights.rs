@@ -640,6 +640,23 @@ impl WeightsFile {
         let translated = self.family.hf_name(name);
         let name = translated.as_str();
         let canonical = canonical_name(name);
+        // The same tensor under another family's prefix (an ERNIE's saved as `bert.…`):
+        // the config's model type and the file disagree.
+        let under_other_prefix = self.names.iter().find(|n| {
+            canonical_name(n) == canonical
+                && EncoderFamily::ALL.iter().any(|f| {
+                    f.prefix() != self.family.prefix() && n.starts_with(&format!("{}.", f.prefix()))
+                })
+        });
+        if let Some(other) = under_other_prefix {
+            return format!(
+                "tensor `{name}` is missing; the file has `{other}`, under another family's \
+                 prefix: config.json's `model_type` makes this a {} checkpoint, whose names \
+                 start with `{}.` or with none",
+                self.family.display(),
+                self.family.prefix()
+            );
+        }
         let suffix = format!(".{canonical}");
         match self
             .names

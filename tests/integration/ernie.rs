@@ -6,7 +6,9 @@
 
 use crate::common;
 
-use common::family_fixture::{identity_changes_with, remove_tokenizer_class, FamilyFixture};
+use common::family_fixture::{
+    identity_changes_with, read_tensors, remove_tokenizer_class, write_tensors, FamilyFixture,
+};
 use serde_json::Value;
 use spafit::backend::cpu::CpuBackend;
 use spafit::checkpoint::{BertConfig, Checkpoint, EncoderFamily};
@@ -102,6 +104,14 @@ fn the_task_type_table_is_the_embeddings_and_only_with_use_task_id() {
         f.logits_of(&plain, &cpu, &read_without, "singles")
     );
 
+    // A null count is refused as transformers refuses it, not read as its default.
+    config["use_task_id"] = Value::Bool(true);
+    config["task_type_vocab_size"] = Value::Null;
+    let e = BertConfig::from_json(&config.to_string(), &path).unwrap_err();
+    assert!(
+        e.to_string().contains("`task_type_vocab_size` is null"),
+        "{e}"
+    );
     let c = BertConfig {
         task_type_vocab_size: Some(0),
         ..ck.config.clone()
@@ -115,6 +125,39 @@ fn the_task_type_table_is_the_embeddings_and_only_with_use_task_id() {
     assert_eq!(
         ck.config.encoder_difference(&other).as_deref(),
         Some("task_type_vocab_size: 3 vs 4")
+    );
+}
+
+/// An ERNIE's tensors saved under BERT's prefix are refused with what the file holds instead
+/// (transformers would draw every one of them afresh).
+#[test]
+fn ernie_weights_under_bert_names_are_refused_naming_the_prefix() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    f.copy_model(&dir, |_| true);
+    let path = dir.join("model.safetensors");
+    let renamed: Vec<_> = read_tensors(&path)
+        .into_iter()
+        .map(|(name, dtype, shape, values)| {
+            let name = match name.strip_prefix("ernie.") {
+                Some(rest) => format!("bert.{rest}"),
+                None => name,
+            };
+            (name, dtype, shape, values)
+        })
+        .collect();
+    write_tensors(&path, &renamed);
+    let ck = Checkpoint::open(&dir).unwrap();
+    let e = BertClassifier::from_fine_tuned(&ck, &CpuBackend::f64())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tensor `ernie.embeddings.word_embeddings.weight` is missing")
+            && e.contains(
+                "`bert.embeddings.word_embeddings.weight`, under another family's prefix"
+            ),
+        "{e}"
     );
 }
 
