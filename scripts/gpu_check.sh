@@ -289,6 +289,9 @@ run() {
         # not expose.
         stage "racecheck attention" 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
             "$bin/integration" --test-threads 1 --exact cross_backend::cuda_attention_stages_give_the_same_bits
+        # The _pb kernels and the position bias's gradient (its dS tile in shared memory).
+        stage "racecheck position bias" 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
+            "$bin/integration" --test-threads 1 --exact cross_backend::attention_position_bias::cuda_bf16
         may_be_unsupported=0
     elif [ "$mode" = gpu ]; then
         echo "compute-sanitizer: not installed, memcheck and racecheck skipped" | tee -a "$log"

@@ -210,14 +210,11 @@ pub fn export_peft<B: Backend>(
     // PEFT restores a module in `modules_to_save` whole: a tensor of it that does not train
     // (a LayerNorm's bias under LoRA, whose scale trains) is written with its base value,
     // or PEFT's load fails on the missing key.
+    let pooler = family.hf_name("bert.pooler");
     let saved_whole = |name: &str| {
         let name = family.hf_name(name);
         modules_to_save.iter().any(|m| {
-            let m = if m == "pooler" {
-                "bert.pooler"
-            } else {
-                m.as_str()
-            };
+            let m = if m == "pooler" { &pooler } else { m };
             name.starts_with(&format!("{m}."))
         })
     };

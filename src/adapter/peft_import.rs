@@ -697,6 +697,8 @@ fn import<B: Backend>(
     let projection = &projection[..if config.projects_embeddings() { 2 } else { 0 }];
     let segments = ["token_type_embeddings.weight"];
     let segments = &segments[..usize::from(family.has_token_types())];
+    let task_types = ["task_type_embeddings.weight"];
+    let task_types = &task_types[..usize::from(config.task_type_rows().is_some())];
     let train_embeddings = [
         "word_embeddings.weight",
         "position_embeddings.weight",
@@ -705,6 +707,7 @@ fn import<B: Backend>(
     ]
     .iter()
     .chain(segments)
+    .chain(task_types)
     .map(|n| format!("bert.embeddings.{n}"))
     .chain(projection.iter().map(|n| n.to_string()))
     .all(|n| others.contains_key(&n));

@@ -126,7 +126,7 @@ impl EncoderFamily {
             Some(EncoderFamily::DistilBert)
         } else if class.starts_with("MPNet") {
             Some(EncoderFamily::Mpnet)
-        } else if class.starts_with("Ernie") && !class.starts_with("ErnieM") {
+        } else if class.starts_with("ErnieFor") || class == "ErnieModel" {
             Some(EncoderFamily::Ernie)
         } else {
             None

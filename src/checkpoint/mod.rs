@@ -100,25 +100,11 @@ impl Checkpoint {
     /// The architecture that saved the checkpoint's `classifier`, when `config.json`'s
     /// `architectures` says it is not a sequence classifier's: `BertForMultipleChoice` (one
     /// score per answer choice, which would read as a regression head) or
-    /// `BertForTokenClassification` (one prediction per token). Such a head is neither
+    /// `BertForTokenClassification` (one prediction per token), or another family's class
+    /// of those two kinds, all of which name their head `classifier`. Such a head is neither
     /// evaluated nor trained on; a fresh one replaces it.
     pub fn foreign_head(&self) -> Option<&str> {
-        const OTHER_HEADS: [&str; 14] = [
-            "BertForMultipleChoice",
-            "BertForTokenClassification",
-            "RobertaForMultipleChoice",
-            "RobertaForTokenClassification",
-            "XLMRobertaForMultipleChoice",
-            "XLMRobertaForTokenClassification",
-            "ElectraForMultipleChoice",
-            "ElectraForTokenClassification",
-            "DistilBertForMultipleChoice",
-            "DistilBertForTokenClassification",
-            "CamembertForMultipleChoice",
-            "CamembertForTokenClassification",
-            "MPNetForMultipleChoice",
-            "MPNetForTokenClassification",
-        ];
+        const OTHER_HEADS: [&str; 2] = ["ForMultipleChoice", "ForTokenClassification"];
         let names = &self.architectures;
         let ours = self
             .config
@@ -129,7 +115,7 @@ impl Checkpoint {
         }
         names
             .iter()
-            .find(|a| OTHER_HEADS.contains(&a.as_str()))
+            .find(|a| OTHER_HEADS.iter().any(|kind| a.ends_with(kind)))
             .map(String::as_str)
     }
 

@@ -119,7 +119,8 @@ impl ModelArgs {
     /// learned them), else at the cut the adapter records, else at [`DEFAULT_MAX_LEN`] or the
     /// model's positions where it has fewer (with a note for an adapter that records none, and
     /// where the model's positions cut it). A length the checkpoint refuses is named by
-    /// where it came from: the flag, or the adapter.
+    /// where it came from: the flag, the adapter, or the model (whose positions leave no room
+    /// for a text).
     pub fn tokenizer(
         &self,
         checkpoint: &spafit::checkpoint::Checkpoint,

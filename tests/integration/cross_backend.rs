@@ -836,6 +836,8 @@ fn attention_position_bias<B: Backend>(b: &B, tol: f64) {
         ),
         // mpnet-base's head width.
         (1, 23, 2, 64, vec![23], None),
+        // A head dim whose last 32-column chunk is partial; a sequence ending inside a tile.
+        (2, 45, 2, 40, vec![45, 33], None),
     ];
     for (batch, seq, heads, hd, lengths, dropout) in cases {
         let tag = format!("b{batch}s{seq}h{heads}d{hd}");
@@ -2688,6 +2690,8 @@ fn cuda_grids_past_a_lowered_limit_take_several_launches() {
                     ],
                     ErrorScale::OfResult,
                 );
+                // The position bias's tile kernel: a launch per sequence.
+                attention_position_bias(&b, tol);
             }
         }
         (Some(_), Some(_)) => panic!("lower one limit at a time"),

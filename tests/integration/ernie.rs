@@ -128,6 +128,26 @@ fn the_task_type_table_is_the_embeddings_and_only_with_use_task_id() {
     );
 }
 
+/// ERNIE's multiple-choice and token-classification heads (named `classifier` too) are
+/// another model's head, not a sequence classifier's: a fresh one replaces them.
+#[test]
+fn other_ernie_heads_are_foreign() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    for architecture in ["ErnieForMultipleChoice", "ErnieForTokenClassification"] {
+        let dir = tmp.path().join(architecture);
+        f.copy_model(&dir, |_| true);
+        let path = dir.join("config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config["architectures"] = serde_json::json!([architecture]);
+        std::fs::write(&path, config.to_string()).unwrap();
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert_eq!(ck.foreign_head(), Some(architecture));
+        assert_eq!(ck.classifier_outputs(), None);
+    }
+}
+
 /// An ERNIE's tensors saved under BERT's prefix are refused with what the file holds instead
 /// (transformers would draw every one of them afresh).
 #[test]

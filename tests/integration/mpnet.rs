@@ -109,6 +109,12 @@ fn the_mpnet_base_preset_and_a_short_table() {
         (30527, 1, Some(32))
     );
     c.validate().unwrap();
+    // Messages citing the positions say which ones MPNet skips.
+    assert_eq!(
+        c.max_tokens_source(),
+        "config.json's `max_position_embeddings` 512, less the 2 that MPNet's positions skip"
+    );
+    assert_eq!(c.max_tokens(), 510);
     let short = BertConfig {
         relative_attention_num_buckets: Some(16),
         ..c

@@ -517,6 +517,18 @@ fn launch_position_bias_grad(
             ),
         ));
     }
+    if d.heads > b.device.max_grid_y {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{} heads: the position bias's gradient launches one block row per head, and \
+                 {}'s grid takes at most {} in y",
+                d.heads,
+                b.device_name(),
+                b.device.max_grid_y
+            ),
+        ));
+    }
     let mut diagonal_sums = b.output::<f32>(d.batch * d.heads * pairs * (2 * BIAS_TILE - 1))?;
     let stream = &b.device.stream;
     let (sums_ptr, _sums_guard) = diagonal_sums.device_ptr_mut(stream);
@@ -546,18 +558,6 @@ fn launch_position_bias_grad(
     }
     let kernel = "attention_position_bias_sum";
     let f = b.function(MODULE, kernel)?;
-    if d.heads > b.device.max_grid_y {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "{} heads: the position bias's gradient launches one block row per head, and \
-                 {}'s grid takes at most {} in y",
-                d.heads,
-                b.device_name(),
-                b.device.max_grid_y
-            ),
-        ));
-    }
     let cfg = LaunchConfig {
         grid_dim: (shapes::position_bias_rows(d.seq) as u32, d.heads as u32, 1),
         block_dim: (128, 1, 1),
