@@ -64,10 +64,12 @@ pub struct BertConfig {
     /// when `tokenizer_config.json` names none, before the model type's own class.
     #[serde(default)]
     pub tokenizer_class: Option<String>,
-    /// The padding token's id. RoBERTa's position ids count from the one after it
-    /// (transformers' default there: 1); BERT does not read it.
-    #[serde(default)]
-    pub pad_token_id: Option<usize>,
+    /// The padding token's id: `None` where config.json has no `pad_token_id`, `Some(None)`
+    /// where it is null (transformers then gives the word embeddings no padding row; RoBERTa
+    /// cannot count its positions without one). RoBERTa's position ids count from the one
+    /// after it (transformers' default there: 1). See [`BertConfig::padding_id`].
+    #[serde(default, deserialize_with = "present")]
+    pub pad_token_id: Option<Option<usize>>,
     /// Rows of MPNet's relative position table (`relative_attention_num_buckets`,
     /// transformers' default 32 when absent); other families ignore it. transformers buckets
     /// distances into 32 whatever the table's size: see [`BertConfig::relative_position_rows`].
@@ -107,6 +109,13 @@ pub(crate) fn architectures(config_json: &serde_json::Value) -> Vec<String> {
         .flatten()
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect()
+}
+
+/// A key that is present, null or not (absent is the field's default, `None`).
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<usize>>, D::Error> {
+    Option::deserialize(d).map(Some)
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(
@@ -423,21 +432,24 @@ impl BertConfig {
         }
     }
 
+    /// RoBERTa's padding id (a null one is refused by validation: transformers cannot count
+    /// positions without it).
     fn roberta_padding_position(&self) -> usize {
-        self.padding_id()
+        self.pad_token_id.flatten().unwrap_or(1)
     }
 
     /// The padding token's id (`pad_token_id`; transformers' defaults without it: 0 for
     /// BERT, ELECTRA, DistilBERT and ERNIE, 1 for RoBERTa; MPNet's is 1 whatever the config says,
-    /// as transformers hard-codes it), whose word-embedding row transformers never trains.
-    pub fn padding_id(&self) -> usize {
+    /// as transformers hard-codes it), whose word-embedding row transformers never trains;
+    /// `None` where config.json sets it to null, as transformers reads that: no padding row.
+    pub fn padding_id(&self) -> Option<usize> {
         match self.family() {
-            EncoderFamily::Mpnet => MPNET_PADDING_ID,
-            EncoderFamily::Roberta => self.pad_token_id.unwrap_or(1),
+            EncoderFamily::Mpnet => Some(MPNET_PADDING_ID),
+            EncoderFamily::Roberta => Some(self.roberta_padding_position()),
             EncoderFamily::Bert
             | EncoderFamily::Electra
             | EncoderFamily::DistilBert
-            | EncoderFamily::Ernie => self.pad_token_id.unwrap_or(0),
+            | EncoderFamily::Ernie => self.pad_token_id.unwrap_or(Some(0)),
         }
     }
 
@@ -735,7 +747,19 @@ impl BertConfig {
         }
         // The padding id names a row of the word embeddings (transformers' `padding_idx`,
         // which it refuses out of range as well).
-        if let Some(pad) = self.pad_token_id.filter(|&p| p >= self.vocab_size) {
+        if self.family() == EncoderFamily::Roberta && self.pad_token_id == Some(None) {
+            return Err(
+                "`pad_token_id` is null, but RoBERTa's positions count from it \
+                        (transformers fails on it too): give the padding token's id, or remove \
+                        the key for transformers' default of 1"
+                    .into(),
+            );
+        }
+        if let Some(pad) = self
+            .pad_token_id
+            .flatten()
+            .filter(|&p| p >= self.vocab_size)
+        {
             return Err(format!(
                 "`pad_token_id` {pad} is not below `vocab_size` {}: it names a row of the \
                  word embeddings",

@@ -28,8 +28,9 @@ pub struct BertEmbeddings<B: Backend> {
     /// ELECTRA's `embeddings_project` (`bert.embeddings_project` here), `[hidden, width]`,
     /// where the width is not the hidden size. It trains with the embeddings.
     pub project: Option<Linear<B>>,
-    /// The padding token's id, whose row gets no gradient ([`BertConfig::padding_id`]).
-    padding_id: usize,
+    /// The padding token's id, whose row gets no gradient ([`BertConfig::padding_id`]); none
+    /// where the config sets `pad_token_id` to null.
+    padding_id: Option<usize>,
     /// The first token's position ([`BertConfig::first_position`]); RoBERTa's padding
     /// position, the one before, gets no gradient.
     first_position: usize,
@@ -122,7 +123,7 @@ impl<B: Backend> BertEmbeddings<B> {
 
         // transformers' `padding_idx`: the padding token's row, and RoBERTa's padding
         // position, never train.
-        let pad = Some(self.padding_id);
+        let pad = self.padding_id;
         let w = tape.embedding_with_padding(&word, &input.input_ids, pad)?;
         let padding_position = (self.first_position > 0).then(|| self.first_position - 1);
         let p = tape.embedding_with_padding(&position, &input.position_ids, padding_position)?;

@@ -1625,7 +1625,7 @@ fn configs_built_in_code_are_validated_as_loaded_ones() {
     assert!(e.contains("`embedding_size`"), "{e}");
     let roberta = BertConfig {
         model_type: Some("roberta".into()),
-        pad_token_id: Some(tiny_bert::config(2).max_position_embeddings - 1),
+        pad_token_id: Some(Some(tiny_bert::config(2).max_position_embeddings - 1)),
         ..tiny_bert::config(2)
     };
     let e = roberta.validate().unwrap_err().to_string();

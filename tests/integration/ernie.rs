@@ -10,10 +10,15 @@ use common::family_fixture::{
     identity_changes_with, read_tensors, remove_tokenizer_class, write_tensors, FamilyFixture,
 };
 use serde_json::Value;
+use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
+use spafit::backend::Backend;
 use spafit::checkpoint::{BertConfig, Checkpoint, EncoderFamily};
-use spafit::model::BertClassifier;
+use spafit::model::{BertClassifier, Labels, ModelInput};
+use spafit::nn::DropoutPlan;
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
+use spafit::tensor::Shape;
+use spafit::text::TextInput;
 
 const TASK_TYPES: &str = "bert.embeddings.task_type_embeddings.weight";
 
@@ -209,4 +214,66 @@ fn ernie_on_cuda_matches_the_f64_reference() {
 fn ernie_trains_evaluates_predicts_and_merges_from_the_command_line() {
     let f = fixture();
     f.check_command_line(&f.dir().join("model"));
+}
+
+/// `pad_token_id: null` is transformers' "no padding row" (`padding_idx=None`): the row of
+/// id 0 then trains where the token stands inside a text, as it does not under the default
+/// (absent: 0). RoBERTa, which counts positions from the padding id, refuses a null one, as
+/// transformers fails on it.
+#[test]
+fn a_null_padding_id_leaves_no_row_untrained() {
+    let f = fixture();
+    let cpu = CpuBackend::f64();
+    let word_row_0 = |pad_token_id: Option<Value>| -> Vec<f64> {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("model");
+        f.copy_model(&dir, |_| true);
+        let path = dir.join("config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        match pad_token_id {
+            Some(v) => config["pad_token_id"] = v,
+            None => {
+                config.as_object_mut().unwrap().remove("pad_token_id");
+            }
+        }
+        std::fs::write(&path, config.to_string()).unwrap();
+        let ck = Checkpoint::open(&dir).unwrap();
+        let encoded = ck
+            .tokenizer(16)
+            .unwrap()
+            .encode_batch(&[TextInput::Single("a [PAD] movie")])
+            .unwrap();
+        assert!(
+            encoded.input_ids[1..].contains(&0),
+            "{:?}",
+            encoded.input_ids
+        );
+        let mut model = BertClassifier::from_checkpoint(&ck, &cpu, 3, 0).unwrap();
+        let plan = PeftPlan::new(&PeftConfig::new(Method::Full), 3).unwrap();
+        model.apply_plan(&plan, &mut |_, s| cpu.zeros(s)).unwrap();
+        let input = ModelInput::for_model(&cpu, &encoded, &ck.config).unwrap();
+        let mut tape = Tape::new(cpu);
+        let logits = model
+            .forward(&mut tape, &input, &mut DropoutPlan::eval())
+            .unwrap();
+        let y = cpu.tensor_from_u32(Shape::new([1]), &[2]).unwrap();
+        let loss = model.loss(&mut tape, &logits, &Labels::Classes(y)).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let words = grads.get("bert.embeddings.word_embeddings.weight").unwrap();
+        cpu.to_f64(words).unwrap()[..40].to_vec()
+    };
+    assert!(word_row_0(None).iter().all(|&g| g == 0.0));
+    assert!(word_row_0(Some(Value::from(0))).iter().all(|&g| g == 0.0));
+    assert!(word_row_0(Some(Value::Null)).iter().any(|&g| g != 0.0));
+
+    let json = serde_json::json!({
+        "model_type": "roberta", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 20,
+        "pad_token_id": null
+    });
+    let e = BertConfig::from_json(&json.to_string(), std::path::Path::new("config.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`pad_token_id` is null"), "{e}");
 }
