@@ -38,6 +38,20 @@ impl AttentionShape {
     }
 }
 
+/// Every gradient of q, k and v.
+const ALL: AttentionGradRequest = AttentionGradRequest {
+    dq: true,
+    dk: true,
+    dv: true,
+};
+
+/// A key mask of `shape` that pads nothing (a step's fixed-length batch).
+fn no_padding(b: &CudaBackend, shape: &AttentionShape) -> Tensor<CudaBackend> {
+    let ones = vec![1; shape.batch * shape.seq];
+    b.tensor_from_u32(Shape::new([shape.batch, shape.seq]), &ones)
+        .unwrap()
+}
+
 /// The stage suffixes (`s1`, `s2`) of the tensor-core attention kernels `f` launches: what
 /// ran, where the launcher may fall back to one stage.
 fn stages_that_ran(b: &CudaBackend, f: impl FnOnce()) -> String {
@@ -134,14 +148,7 @@ fn main() {
             };
             let (q, k, v) = (draw(DType::BF16), draw(DType::BF16), draw(DType::BF16));
             let dy = draw(*out_dtype);
-            let mask = b
-                .tensor_from_u32(Shape::new([shape.batch, shape.seq]), &vec![1; dims[0]])
-                .unwrap();
-            let all = AttentionGradRequest {
-                dq: true,
-                dk: true,
-                dv: true,
-            };
+            let mask = no_padding(b, shape);
             for stages in ATTENTION_STAGES {
                 let bs = b.with_attention_stages(stages).unwrap();
                 let lse = bs
@@ -150,14 +157,14 @@ fn main() {
                     .lse;
                 let ran = stages_that_ran(&bs, || {
                     bs.attention_forward(&q, &k, &v, &mask, &config).unwrap();
-                    bs.attention_backward(&dy, &q, &k, Some(&v), &lse, &mask, &config, all)
+                    bs.attention_backward(&dy, &q, &k, Some(&v), &lse, &mask, &config, ALL)
                         .unwrap();
                 });
                 let forward = time(&bs, rounds, iters, || {
                     bs.attention_forward(&q, &k, &v, &mask, &config).unwrap();
                 });
                 let backward = time(&bs, rounds, iters, || {
-                    bs.attention_backward(&dy, &q, &k, Some(&v), &lse, &mask, &config, all)
+                    bs.attention_backward(&dy, &q, &k, Some(&v), &lse, &mask, &config, ALL)
                         .unwrap();
                 });
                 let flops = shape.forward_flops();
@@ -210,14 +217,7 @@ fn time_position_bias(
     );
     let dy = draw(dims, DType::F32);
     let bias = draw([2 * shape.seq - 1, shape.heads], DType::F32);
-    let mask = b
-        .tensor_from_u32(Shape::new([shape.batch, shape.seq]), &vec![1; dims[0]])
-        .unwrap();
-    let all = AttentionGradRequest {
-        dq: true,
-        dk: true,
-        dv: true,
-    };
+    let mask = no_padding(b, shape);
     let lse = b
         .attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, config)
         .unwrap()
@@ -237,7 +237,7 @@ fn time_position_bias(
                 &mask,
                 &bias,
                 config,
-                all,
+                ALL,
                 with_bias_grad,
             )
             .unwrap();
