@@ -244,9 +244,8 @@ impl Checkpoint {
                 (EncoderFamily::Roberta, Some("camembert")) => Some("CamembertTokenizer"),
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
                 (EncoderFamily::Mpnet, _) => Some("MPNetTokenizer"),
-                // transformers maps electra and distilbert to BertTokenizer itself (so a
-                // DistilBERT folder naming no class gets segment ids, which it never reads).
-                // ernie too.
+                // transformers maps electra, distilbert and ernie to BertTokenizer itself (so
+                // a DistilBERT folder naming no class gets segment ids, which it never reads).
                 (
                     EncoderFamily::Bert
                     | EncoderFamily::Electra
