@@ -629,7 +629,7 @@ impl BertConfig {
             ))
         })?;
         // serde reads null as absent; transformers refuses it rather than take the default.
-        let defaults_for_absent = [
+        let nulls_refused = [
             (
                 EncoderFamily::Electra,
                 "embedding_size",
@@ -649,7 +649,7 @@ impl BertConfig {
                 3,
             ),
         ];
-        for (of, key, what, default) in defaults_for_absent {
+        for (of, key, what, default) in nulls_refused {
             if family == of && value.get(key) == Some(&serde_json::Value::Null) {
                 return Err(format(format!(
                     "`{key}` is null, which transformers refuses: give {what}, or remove the \

@@ -895,41 +895,29 @@ fn biased_attention<B: Backend>(
     let f = be
         .attention_forward_with_position_bias(&q, &k, &v, &mask, &bias, config)
         .unwrap();
-    let all = AttentionGradRequest {
+    let backward = |want| {
+        be.attention_backward_with_position_bias(
+            &dy,
+            &q,
+            &k,
+            Some(&v),
+            &f.lse,
+            &mask,
+            &bias,
+            config,
+            want,
+            true,
+        )
+        .unwrap()
+    };
+    let (g, d_bias) = backward(AttentionGradRequest {
         dq: true,
         dk: true,
         dv: true,
-    };
-    let (g, d_bias) = be
-        .attention_backward_with_position_bias(
-            &dy,
-            &q,
-            &k,
-            Some(&v),
-            &f.lse,
-            &mask,
-            &bias,
-            config,
-            all,
-            true,
-        )
-        .unwrap();
+    });
     // The bias's gradient alone (no dq, dk, dv: a frozen layer's attention under a trained
     // table) is the same bits.
-    let (none, alone) = be
-        .attention_backward_with_position_bias(
-            &dy,
-            &q,
-            &k,
-            Some(&v),
-            &f.lse,
-            &mask,
-            &bias,
-            config,
-            AttentionGradRequest::default(),
-            true,
-        )
-        .unwrap();
+    let (none, alone) = backward(AttentionGradRequest::default());
     assert!(none.dq.is_none() && none.dk.is_none() && none.dv.is_none());
     let d_bias = down(be, &d_bias.unwrap());
     assert_eq!(down(be, &alone.unwrap()), d_bias, "{}", be.name());

@@ -268,6 +268,21 @@ fn launch_tiles(
     smem: u32,
     p: &AttentionParams,
 ) -> Result<()> {
+    launch_per_head_and_sequence(b, op, kernel, d, d.seq.div_ceil(tile), threads, smem, p)
+}
+
+/// Launches `kernel` over (`blocks` per head and sequence, heads, sequences).
+#[allow(clippy::too_many_arguments)]
+fn launch_per_head_and_sequence(
+    b: &CudaBackend,
+    op: &'static str,
+    kernel: &str,
+    d: &AttentionDims,
+    blocks: usize,
+    threads: u32,
+    smem: u32,
+    p: &AttentionParams,
+) -> Result<()> {
     let f = b.function_with_shared(MODULE, kernel, smem)?;
     let (max_heads, max_sequences) = (b.device.max_grid_y, b.device.max_grid_z);
     if d.heads > max_heads {
@@ -285,11 +300,7 @@ fn launch_tiles(
     for seq0 in (0..d.batch).step_by(max_sequences) {
         let sequences = (d.batch - seq0).min(max_sequences);
         let cfg = LaunchConfig {
-            grid_dim: (
-                d.seq.div_ceil(tile) as u32,
-                d.heads as u32,
-                sequences as u32,
-            ),
+            grid_dim: (blocks as u32, d.heads as u32, sequences as u32),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: smem,
         };
@@ -517,18 +528,6 @@ fn launch_position_bias_grad(
             ),
         ));
     }
-    if d.heads > b.device.max_grid_y {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "{} heads: the position bias's gradient launches one block row per head, and \
-                 {}'s grid takes at most {} in y",
-                d.heads,
-                b.device_name(),
-                b.device.max_grid_y
-            ),
-        ));
-    }
     let mut diagonal_sums = b.output::<f32>(d.batch * d.heads * pairs * (2 * BIAS_TILE - 1))?;
     let stream = &b.device.stream;
     let (sums_ptr, _sums_guard) = diagonal_sums.device_ptr_mut(stream);
@@ -536,26 +535,8 @@ fn launch_position_bias_grad(
         bias_tiles: sums_ptr,
         ..*p
     };
-    let f = b.function(MODULE, tiles_kernel)?;
-    for seq0 in (0..d.batch).step_by(b.device.max_grid_z) {
-        let sequences = (d.batch - seq0).min(b.device.max_grid_z);
-        let cfg = LaunchConfig {
-            grid_dim: (pairs as u32, d.heads as u32, sequences as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let p = AttentionParams {
-            seq0: seq0 as i32,
-            ..p
-        };
-        let mut l = stream.launch_builder(&f);
-        l.arg(&p);
-        // SAFETY: AttentionParams mirrors the kernel's struct; its pointers (q, k, v, dO, lse,
-        // delta, starts, mask, the bias) were taken from live buffers of the validated shapes
-        // by the caller, the diagonal sums' just above, and stay alive past this call; this
-        // launch's sequences seq0 .. seq0 + sequences lie inside the batch.
-        b.launched(op, tiles_kernel, || unsafe { l.launch(cfg) })?;
-    }
+    // This checks the heads against the grid's y limit before either launch.
+    launch_per_head_and_sequence(b, op, tiles_kernel, d, pairs, 128, 0, &p)?;
     let kernel = "attention_position_bias_sum";
     let f = b.function(MODULE, kernel)?;
     let cfg = LaunchConfig {
