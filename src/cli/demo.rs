@@ -9,7 +9,7 @@ use spafit::backend::Backend;
 
 use super::args::{on_backend, ModelArgs, PeftArgs};
 use super::named_pipes::open_checkpoint;
-use super::train::{check_output_paths, fit, setup, TrainArgs};
+use super::train::{check_output_paths, fit, keep_result, setup, TrainArgs};
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.
 #[derive(Args, Debug)]
@@ -79,7 +79,7 @@ impl DemoCommand {
             .best
             .as_ref()
             .ok_or_else(|| Error::invalid("demo", "no evaluation ran"))?;
-        super::print_line(&json!({
+        let line = json!({
             "task": "rotten_tomatoes", "method": run.plan.method.to_string(),
             "dev_accuracy": eval.metrics["accuracy"], "dev_f1": eval.metrics.get("f1"), "f1_positive_class": "1", "dev_loss": eval.loss,
             "max_len": report.max_len,
@@ -89,7 +89,9 @@ impl DemoCommand {
             "train_seconds": report.train_seconds, "eval_seconds": eval.seconds,
             "samples_per_s": report.samples_per_s, "tokens_per_s": report.tokens_per_s,
             "train_examples": train.len(), "dev_examples": dev.len(), "device": run.backend.name(),
-        }))?;
-        Ok(())
+        });
+        // Written while the run's lock is still held, as `train` writes its own.
+        keep_result(self.train.output.as_deref(), &line)?;
+        super::print_line(&line)
     }
 }

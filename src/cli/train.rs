@@ -887,10 +887,8 @@ impl TrainCommand {
                 }
             }
         }
-        // Kept with the run: stdout may be gone, and MNLI's second dev split is only here.
-        if let Some(dir) = &self.train.output {
-            spafit::adapter::write_atomic(&dir.join(RESULT_FILE), format!("{line}\n").as_bytes())?;
-        }
+        // MNLI's second dev split is only here.
+        keep_result(self.train.output.as_deref(), &line)?;
         // One that came during the writes, or during the second dev set's evaluation.
         if let (Some((signal, _)), None) = (
             super::interrupt::received(),
@@ -1062,6 +1060,20 @@ fn resumable_after(e: spafit::Error, output: Option<&std::path::Path>) -> spafit
 
 /// The final JSON line of a run, kept in its output directory.
 pub(super) const RESULT_FILE: &str = "result.json";
+
+/// Keeps a finished run's final JSON `line` as `RESULT_FILE` in its output directory, where
+/// it has one: stdout may be gone by the time the run is looked at.
+pub(super) fn keep_result(
+    output: Option<&std::path::Path>,
+    line: &serde_json::Value,
+) -> Result<()> {
+    match output {
+        Some(dir) => {
+            spafit::adapter::write_atomic(&dir.join(RESULT_FILE), format!("{line}\n").as_bytes())
+        }
+        None => Ok(()),
+    }
+}
 
 /// Refuses output paths that would fail only after training (a file where a directory goes)
 /// or overwrite an input: the run's model folder, its adapter, or one of `inputs` (the data).

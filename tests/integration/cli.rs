@@ -4146,6 +4146,40 @@ fn unused_settings_and_bad_values_name_their_flag() {
     assert_eq!(std::fs::metadata(&weights).unwrap().len(), before);
 }
 
+/// The demo keeps its final JSON line in `--output`'s result.json, as `train` does.
+#[test]
+fn the_demo_keeps_its_result_in_the_output_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("reviews.csv");
+    let mut csv = String::from("text,label,source\n");
+    for i in 0..20 {
+        csv += &format!("review number {i},{},rotten_tomatoes\n", i % 2);
+    }
+    std::fs::write(&data, csv).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-ernie/model");
+    let out = tmp.path().join("run");
+    let (ok, stdout, err) = spafit(&[
+        "demo",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--quiet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let printed = last_json(&stdout);
+    assert_eq!(printed["task"], "rotten_tomatoes", "{printed}");
+    let kept = std::fs::read_to_string(out.join("result.json")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&kept).unwrap(),
+        printed
+    );
+}
+
 /// Predictions go to stdout without --output: a reader that stops early (`| head`) ends the
 /// command quietly, with the status a shell shows for a tool SIGPIPE killed (141).
 #[test]
