@@ -115,9 +115,12 @@ pub enum Error {
     },
     /// Analytic gradients that disagree with finite differences beyond what was allowed
     /// ([`crate::gradcheck::GradcheckReport::within`]).
-    #[error("gradcheck: worst relative error {worst:.3e} ({tensor}) is above the tolerance {tolerance:e}")]
+    #[error("gradcheck: {measure} {worst:.3e} ({tensor}) is above the tolerance {tolerance:e}")]
     GradientMismatch {
-        /// The worst relative error over the checked tensors.
+        /// What `worst` measures: the worst relative error against finite differences, or a
+        /// key bias's gradient (zero in exact arithmetic) over its layer's query bias's.
+        measure: &'static str,
+        /// The worst value of that measure over the checked tensors.
         worst: f64,
         /// The tensor with that error.
         tensor: String,

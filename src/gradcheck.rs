@@ -68,13 +68,17 @@ impl GradcheckReport {
         // A NaN error (a NaN gradient) fails too.
         if self.max_rel_err.is_nan() || self.max_rel_err > tolerance {
             return Err(Error::GradientMismatch {
+                measure: "worst relative error",
                 worst: self.max_rel_err,
                 tensor: self.worst_tensor.clone(),
                 tolerance,
             });
         }
         if self.key_bias_err > tolerance {
+            // Not a relative error: the report's max_rel_err may be 0 beside it.
             return Err(Error::GradientMismatch {
+                measure: "key-bias gradient (exactly zero where the backward pass is right) \
+                          over its layer's query bias's",
                 worst: self.key_bias_err,
                 tensor: self.key_bias_tensor.clone(),
                 tolerance,
@@ -930,10 +934,12 @@ mod tests {
             key_bias_tensor: "k".into(),
             ..report.clone()
         };
-        assert!(matches!(
-            key.within(1e-2),
-            Err(Error::GradientMismatch { tensor, .. }) if tensor == "k"
-        ));
+        let e = key.within(1e-2).unwrap_err();
+        assert!(
+            matches!(&e, Error::GradientMismatch { tensor, .. } if tensor == "k"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("key-bias gradient"), "{e}");
         let unresolved = GradcheckReport {
             unresolved: vec!["zero".into()],
             ..report.clone()

@@ -36,8 +36,25 @@ pub struct Cli {
     command: Command,
     /// CPU worker threads for the command's work, 1 to 1024 (default: RAYON_NUM_THREADS where
     /// set, else one per core). Results are the same bits for any count
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, value_name = "N", value_parser = thread_count)]
     threads: Option<std::num::NonZeroUsize>,
+}
+
+/// `--threads`: clap's own message for 0 ("number would be zero for non-zero type") says
+/// nothing of what to give.
+fn thread_count(given: &str) -> std::result::Result<std::num::NonZeroUsize, String> {
+    let range = format!("1 to {MAX_THREADS}");
+    match given
+        .trim()
+        .parse::<usize>()
+        .map(std::num::NonZeroUsize::new)
+    {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(format!(
+            "0 worker threads: give {range}, or leave --threads out for one per core"
+        )),
+        Err(_) => Err(format!("not a whole number of worker threads ({range})")),
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -335,10 +335,10 @@ pub struct BenchCommand {
     /// Whether --seq-len was on the command line (not its default).
     #[arg(skip)]
     pub seq_len_given: bool,
-    /// Timed steps (the median is reported).
+    /// Timed steps, 1 to 1000000 (the median is reported).
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), default_value_t = 10, allow_hyphen_values = true)]
     pub steps: usize,
-    /// Untimed steps first.
+    /// Untimed steps first, 0 to 1000000.
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000), default_value_t = 2, allow_hyphen_values = true)]
     pub warmup: usize,
     /// Benchmark a model of this shape with random weights instead of --model: `tiny` (2

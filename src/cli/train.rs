@@ -50,7 +50,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = super::args::number_passing(
         |n| match n == 0.0 {
             true => None,
-            false => spafit::train::max_grad_norm_problem(n).map(|why| format!("{why} (0 disables clipping)")),
+            false => spafit::train::max_grad_norm_problem(n).map(|why| format!("{why}, or 0 for no clipping")),
         },
     ))]
     pub max_grad_norm: f64,
@@ -99,7 +99,8 @@ pub struct TrainArgs {
     /// Also export the best adapter in PEFT's format (LoRA and SPAFIT) to this directory.
     #[arg(long)]
     pub export_peft: Option<PathBuf>,
-    /// Write each step's examples (row indices, token ids, labels) as JSON lines to this
+    /// Write each step's examples (step, epoch, rows, source lines, input_ids,
+    /// token_type_ids, labels) as JSON lines to this
     /// file, so another trainer can replay the same batches (scripts/side_by_side_demo.sh);
     /// it is written as .NAME.partial beside it until the run ends, so a file there stays
     /// whole if the run fails (a failed or killed run leaves the steps it logged in the

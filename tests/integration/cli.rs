@@ -2917,7 +2917,7 @@ fn bad_paths_and_labels_are_refused_before_training() {
         ),
         (
             vec!["--train-file", &t, "--max-grad-norm", "NaN"],
-            "a clipping norm is a number > 0 (0 disables clipping)",
+            "a clipping norm is a number > 0, or 0 for no clipping",
         ),
         (
             vec!["--train-file", &t, "--lora-r", "100000"],
@@ -6023,7 +6023,10 @@ fn the_thread_count_flag_sets_the_workers_and_changes_no_bit() {
     assert!(ok, "{err}");
     assert!(out.contains("\"host_threads\":1"), "{out}");
     let (ok, _, err) = spafit(&["bench", "--model", &m, "--threads", "0"]);
-    assert!(!ok && err.contains("--threads"), "{err}");
+    assert!(
+        !ok && err.contains("--threads") && err.contains("0 worker threads: give 1 to 1024"),
+        "{err}"
+    );
     // Hundreds of thousands of threads hung the process starting them.
     let (ok, _, err) = spafit(&["bench", "--model", &m, "--threads", "1025"]);
     assert!(
