@@ -9,7 +9,9 @@ use spafit::backend::Backend;
 
 use super::args::{on_backend, ModelArgs, PeftArgs};
 use super::named_pipes::open_checkpoint;
-use super::train::{check_output_paths, fit, keep_result, setup, TrainArgs};
+use super::train::{
+    check_output_paths, fit, keep_result, print_recorded_result, setup, timings_unknown, TrainArgs,
+};
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.
 #[derive(Args, Debug)]
@@ -75,6 +77,14 @@ impl DemoCommand {
             None,
             false,
         )?;
+        if print_recorded_result(self.train.output.as_deref(), &report, &run.backend)? {
+            return Ok(());
+        }
+        let unknown_timings = timings_unknown(&report);
+        let timing = |v: f64| match unknown_timings {
+            true => serde_json::Value::Null,
+            false => json!(v),
+        };
         let (best_step, eval) = report
             .best
             .as_ref()
@@ -86,8 +96,8 @@ impl DemoCommand {
             "best_step": best_step, "steps": report.steps, "epochs": self.train.epochs,
             "lr": self.train.lr.unwrap_or_else(|| run.plan.method.default_learning_rate()),
             "trainable_params": run.model.trainable_parameter_count(),
-            "train_seconds": report.train_seconds, "eval_seconds": eval.seconds,
-            "samples_per_s": report.samples_per_s, "tokens_per_s": report.tokens_per_s,
+            "train_seconds": timing(report.train_seconds), "eval_seconds": timing(eval.seconds),
+            "samples_per_s": timing(report.samples_per_s), "tokens_per_s": timing(report.tokens_per_s),
             "train_examples": train.len(), "dev_examples": dev.len(), "device": run.backend.name(),
         });
         // Written while the run's lock is still held, as `train` writes its own.

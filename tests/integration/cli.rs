@@ -4146,7 +4146,8 @@ fn unused_settings_and_bad_values_name_their_flag() {
     assert_eq!(std::fs::metadata(&weights).unwrap().len(), before);
 }
 
-/// The demo keeps its final JSON line in `--output`'s result.json, as `train` does.
+/// The demo keeps its final JSON line in `--output`'s result.json, as `train` does; a
+/// `--resume` of the finished run prints that record with null timings and keeps it.
 #[test]
 fn the_demo_keeps_its_result_in_the_output_folder() {
     let tmp = tempfile::tempdir().unwrap();
@@ -4158,7 +4159,7 @@ fn the_demo_keeps_its_result_in_the_output_folder() {
     std::fs::write(&data, csv).unwrap();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-ernie/model");
     let out = tmp.path().join("run");
-    let (ok, stdout, err) = spafit(&[
+    let mut args = vec![
         "demo",
         "--model",
         model.to_str().unwrap(),
@@ -4169,14 +4170,37 @@ fn the_demo_keeps_its_result_in_the_output_folder() {
         "--quiet",
         "--output",
         out.to_str().unwrap(),
-    ]);
+    ];
+    let (ok, stdout, err) = spafit(&args);
     assert!(ok, "{err}");
     let printed = last_json(&stdout);
     assert_eq!(printed["task"], "rotten_tomatoes", "{printed}");
+    assert!(
+        printed["train_seconds"].as_f64().unwrap() > 0.0,
+        "{printed}"
+    );
     let kept = std::fs::read_to_string(out.join("result.json")).unwrap();
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&kept).unwrap(),
         printed
+    );
+
+    args.push("--resume");
+    let (ok, stdout, err) = spafit(&args);
+    assert!(ok && err.contains("already complete"), "{err}");
+    let again = last_json(&stdout);
+    assert_eq!(again["dev_accuracy"], printed["dev_accuracy"], "{again}");
+    for timing in [
+        "train_seconds",
+        "samples_per_s",
+        "tokens_per_s",
+        "eval_seconds",
+    ] {
+        assert!(again[timing].is_null(), "{timing}: {again}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("result.json")).unwrap(),
+        kept
     );
 }
 
