@@ -237,7 +237,9 @@ impl EvalCommand {
                 batch_memory_context(&backend, &model, self.batch_size, &encoded, max_len)
             })
         })?;
-        let mut line = json!({"split": data.name, "examples": data.len(), "max_len": max_len, "loss": eval.loss, "seconds": eval.seconds, "device": backend.name()});
+        // The rows --skip-malformed left out are listed on stderr; a script reading this line
+        // alone would take the metrics for the whole file's.
+        let mut line = json!({"split": data.name, "examples": data.len(), "skipped_rows": data.skipped.len(), "max_len": max_len, "loss": eval.loss, "seconds": eval.seconds, "device": backend.name()});
         for (k, v) in &eval.metrics {
             line[k] = json!(v);
         }

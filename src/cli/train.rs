@@ -449,7 +449,9 @@ fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option
         (None, _) => false,
     };
     if base_outputs != outputs {
-        why.push(format!("it gives the model {base_outputs} outputs"));
+        why.push(format!(
+            "it gives the model {base_outputs} outputs, where spafit trained {outputs}"
+        ));
     } else if names_differ {
         why.push(match &base_names {
             Some(base) => format!("it names the outputs {base:?}"),
@@ -459,7 +461,9 @@ fn transformers_loading_note(checkpoint: &Checkpoint, kind: &TaskKind) -> Option
     }
     let mismatched_head = checkpoint.classifier_rows().filter(|&n| n != outputs);
     if let Some(theirs) = mismatched_head {
-        why.push(format!("its own head has {theirs} outputs"));
+        why.push(format!(
+            "its own head has {theirs} outputs, which ignore_mismatched_sizes replaces"
+        ));
     }
     if why.is_empty() {
         return None;

@@ -500,8 +500,21 @@ pub(crate) fn parse_target(
                         super::brief_list(labels.iter())
                     );
                 }
+                // transformers' name for an unnamed output, where the classes are numbers.
+                let placeholder = field
+                    .strip_prefix("LABEL_")
+                    .and_then(|k| k.parse::<usize>().ok())
+                    .filter(|_| labels.iter().all(|l| number(l).is_some()));
+                let hint = match placeholder {
+                    Some(k) => format!(
+                        " (transformers' name for output {k} of a head whose classes are \
+                         unnamed: write the labels as the numbers, or give --labels \
+                         LABEL_0,LABEL_1,… in the outputs' order)"
+                    ),
+                    None => String::new(),
+                };
                 format!(
-                    "label `{shown}` is not one of the classes {}",
+                    "label `{shown}` is not one of the classes {}{hint}",
                     super::brief_list(labels.iter())
                 )
             })

@@ -45,7 +45,8 @@ pub fn numbered_classes(labels: &[String]) -> Option<Vec<String>> {
 
 /// `items` joined with ", ", only the first 50 of more, then how many there are: a message
 /// naming a task's classes or a file's columns stays a line however many the data has (and
-/// GoEmotions' 28 classes are listed whole).
+/// GoEmotions' 28 classes are listed whole). Where an item holds a comma or is empty, every
+/// item is shown in backticks, so that `pos, strong` reads as one.
 pub fn brief_list<I>(items: I) -> String
 where
     I: IntoIterator,
@@ -55,7 +56,10 @@ where
     const SHOWN: usize = 50;
     let items = items.into_iter();
     let count = items.len();
-    let shown: Vec<String> = items.take(SHOWN).map(|i| i.to_string()).collect();
+    let mut shown: Vec<String> = items.take(SHOWN).map(|i| i.to_string()).collect();
+    if shown.iter().any(|s| s.is_empty() || s.contains(',')) {
+        shown = shown.iter().map(|s| format!("`{s}`")).collect();
+    }
     match count > SHOWN {
         true => format!("{}, … ({count} in all)", shown.join(", ")),
         false => shown.join(", "),
@@ -94,6 +98,8 @@ mod tests {
             brief_list(many.iter()),
             format!("{}, … (51 in all)", few.join(", "))
         );
+        assert_eq!(brief_list(["pos, strong", "neg"]), "`pos, strong`, `neg`");
+        assert_eq!(brief_list(["", "a"]), "``, `a`");
         let label = format!("é{}", "x".repeat(300));
         let shown = super::glue::shown_plainly(&label);
         assert_eq!(shown, format!("é{}… (302 bytes)", "x".repeat(199)));

@@ -529,7 +529,7 @@ fn an_export_the_bases_config_would_misbuild_says_how_to_load_it() {
             "three.csv",
             &[],
             &[
-                "it gives the model 2 outputs",
+                "it gives the model 2 outputs, where spafit trained 3",
                 &format!("(BASE, num_labels=3, {id2label3})`"),
             ],
             &["ignore_mismatched_sizes"],
@@ -569,7 +569,7 @@ fn an_export_the_bases_config_would_misbuild_says_how_to_load_it() {
             "three.csv",
             &["--max-len", "16", "--labels", "alpha,beta,gamma"],
             &[
-                "its own head has 4 outputs",
+                "its own head has 4 outputs, which ignore_mismatched_sizes replaces",
                 &format!("num_labels=3, {id2label3}, ignore_mismatched_sizes=True)`"),
             ],
             &[],
@@ -4144,6 +4144,41 @@ fn unused_settings_and_bad_values_name_their_flag() {
         "text,label,source\n\"good\",1,rotten_tomatoes\n"
     );
     assert_eq!(std::fs::metadata(&weights).unwrap().len(), before);
+}
+
+/// `eval --skip-malformed` counts the rows it left out in its JSON line, beside the examples
+/// its metrics are of.
+#[test]
+fn eval_counts_the_rows_it_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-electra");
+    let eval = |rows: &str| {
+        let data = tmp.path().join("dev.csv");
+        std::fs::write(&data, format!("text,label\n{rows}")).unwrap();
+        let (ok, stdout, err) = spafit(&[
+            "eval",
+            "--model",
+            fixture.join("model").to_str().unwrap(),
+            "--adapter",
+            fixture.join("peft-lora").to_str().unwrap(),
+            "--dev-file",
+            data.to_str().unwrap(),
+            "--skip-malformed",
+        ]);
+        assert!(ok, "{err}");
+        last_json(&stdout)
+    };
+    let whole = eval("a fine film,0\na dull one,2\n");
+    assert_eq!(
+        (whole["examples"].as_u64(), whole["skipped_rows"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let cut = eval("a fine film,0\nno label\na dull one,2\nthree,fields,here\n");
+    assert_eq!(
+        (cut["examples"].as_u64(), cut["skipped_rows"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(cut["loss"], whole["loss"]);
 }
 
 /// The demo keeps its final JSON line in `--output`'s result.json, as `train` does; a

@@ -930,6 +930,17 @@ fn csv_rows_know_their_line_with_lf_crlf_and_cr_ends() {
         let labels: Vec<_> = ds.examples.iter().map(|e| e.target.clone()).collect();
         assert_eq!(labels, [1, 0].map(|c| Some(Target::Class(c))), "{name}");
     }
+    // Two rows joined by one (where Python's csv module sees two) are one row too wide, and
+    // the refusal says why.
+    write(d.path(), "joined_by_cr.csv", "text,label\r\na,1\rb,0\r\n");
+    let e = text_label_table(d.path().join("joined_by_cr.csv"))
+        .load(OnMalformed::Error)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 2: 3 fields, the header has 2 (the row holds a carriage return \\r"),
+        "{e}"
+    );
     // Line ends around that rule: a blank line before a CRLF header, `\r\r\n` (Python's csv
     // writer on Windows without `newline=''`), a quoted last field before it, and an old Mac
     // file whose editor added one `\n` at the end.
@@ -1405,6 +1416,22 @@ fn row_errors_say_what_to_do() {
     let e = load("unknown.csv", "text,label\na,1\nb,2\n", binary());
     assert!(
         e.contains("line 3: label `2` is not one of the classes 0, 1") && e.contains("--labels"),
+        "{e}"
+    );
+    // transformers' names for unnamed outputs are not the numbers, but say how to use them.
+    let e = load("placeholder.csv", "text,label\na,LABEL_1\n", binary());
+    assert!(
+        e.contains(
+            "label `LABEL_1` is not one of the classes 0, 1 (transformers' name for output 1"
+        ),
+        "{e}"
+    );
+    let named = TaskKind::Classification {
+        labels: vec!["neg".into(), "pos, strong".into()],
+    };
+    let e = load("named.csv", "text,label\na,LABEL_1\n", named);
+    assert!(
+        e.contains("is not one of the classes `neg`, `pos, strong`") && !e.contains("output 1"),
         "{e}"
     );
     let mut same = text_label_table(tmp.path().join("unknown.csv"));

@@ -482,8 +482,11 @@ fn classify_record(
         // A TSV saved by a CSV writer (pandas, Python's csv) quotes a field holding a tab
         // or a line break.
         let quoted = format == TableFormat::Tsv && r.iter().any(|field| field.contains(&b'"'));
+        // Python's csv module ends a row at any `\r`; here one alone is text (see
+        // `lone_cr_ends_lines`), so two rows joined by one read as one row too wide.
+        let lone_cr = lone_cr_is_text && r.iter().any(|field| field.contains(&b'\r'));
         return Record::Malformed(format!(
-            "{} field{}, the header has {}{}",
+            "{} field{}, the header has {}{}{}",
             r.len(),
             if r.len() == 1 { "" } else { "s" },
             header.len(),
@@ -492,6 +495,13 @@ fn classify_record(
                     " (a .tsv is read without quoting, as GLUE's files are: a quoted \
                           field holding a tab or a line break is not one field here; save \
                           the table as .csv to quote fields)",
+                false => "",
+            },
+            match lone_cr {
+                true =>
+                    " (the row holds a carriage return \\r not followed by \\n, which is \
+                          text in a file of \\n or \\r\\n lines, not a line's end: replace \
+                          it by a line break where it ends a row)",
                 false => "",
             }
         ));
