@@ -115,16 +115,29 @@ pub enum Error {
     },
     /// Analytic gradients that disagree with finite differences beyond what was allowed
     /// ([`crate::gradcheck::GradcheckReport::within`]).
-    #[error("gradcheck: {measure} {worst:.3e} ({tensor}) is above the tolerance {tolerance:e}")]
+    #[error("gradcheck: worst relative error {worst:.3e} ({tensor}) is above the tolerance {tolerance:e}")]
     GradientMismatch {
-        /// What `worst` measures: the worst relative error against finite differences, or a
-        /// key bias's gradient (zero in exact arithmetic) over its layer's query bias's.
-        measure: &'static str,
-        /// The worst value of that measure over the checked tensors.
+        /// The worst relative error over the checked tensors.
         worst: f64,
         /// The tensor with that error.
         tensor: String,
         /// The largest error allowed.
+        tolerance: f64,
+    },
+    /// An attention key bias's gradient, zero in exact arithmetic (softmax ignores a shift of
+    /// all of a query's scores), larger than rounding allows
+    /// ([`crate::gradcheck::GradcheckReport::key_bias_err`]).
+    #[error(
+        "gradcheck: {tensor}'s gradient is {ratio:.3e} of its layer's query bias's (root mean \
+         squares), above the tolerance {tolerance:e}: a key bias's gradient is zero where the \
+         backward pass is right"
+    )]
+    KeyBiasGradient {
+        /// The key bias's gradient's root mean square over its layer's query bias's.
+        ratio: f64,
+        /// The key bias.
+        tensor: String,
+        /// The largest ratio allowed.
         tolerance: f64,
     },
     /// A gradient check that could not see errors as small as the tolerance: gradients too

@@ -92,6 +92,7 @@ fn main() {
         // A check that ran and failed is not a failure to run it: scripts tell them apart.
         let status = match e {
             spafit::Error::GradientMismatch { .. }
+            | spafit::Error::KeyBiasGradient { .. }
             | spafit::Error::GradcheckInconclusive { .. } => 3,
             _ => 1,
         };

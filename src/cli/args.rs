@@ -644,7 +644,8 @@ pub struct DataArgs {
     /// with the adapter: give it to eval and predict too].
     #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::train::threshold_problem))]
     pub threshold: Option<f64>,
-    /// Skip malformed rows (reported with their file and line) instead of stopping.
+    /// Skip malformed rows (reported on stderr with their file and line; eval's JSON line
+    /// counts them as skipped_rows) instead of stopping.
     #[arg(long)]
     pub skip_malformed: bool,
 }
@@ -780,7 +781,7 @@ impl DataArgs {
                 .filter(|l| spafit::data::looks_like_a_set(l))
                 .collect();
             if let Some(first) = sets.first() {
-                let first = class_list(std::slice::from_ref(*first));
+                let first = spafit::data::class_list(std::slice::from_ref(*first));
                 note!(
                     "note: {} of the classes of {} look like sets of classes (`{first}`): each \
                      such label is one class of its own unless --multi-label reads it as a set",
@@ -797,7 +798,7 @@ impl DataArgs {
             note!(
                 "classes from {}: {} (give --labels to name them in another order{scores})",
                 file.display(),
-                class_list(labels)
+                spafit::data::class_list(labels)
             );
         }
         Ok(Some(kind))
@@ -939,41 +940,5 @@ impl DataArgs {
             }
         }
         Ok(data)
-    }
-}
-
-/// Class names joined by `, `, each quoted where a comma, a quote or an edge space would make
-/// the list read as other classes (`neg, pos`; `"very, good", bad`); only the first of many.
-fn class_list(labels: &[String]) -> String {
-    spafit::data::brief_list(labels.iter().map(|l| {
-        // Control characters are shown escaped, not written to the terminal.
-        let plain = !l.is_empty()
-            && !l.contains([',', '"'])
-            && l.trim() == l.as_str()
-            && !l.chars().any(char::is_control);
-        spafit::data::shown_briefly(l, 200, |start| match plain {
-            true => start.to_string(),
-            false => format!("{start:?}"),
-        })
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::class_list;
-
-    #[test]
-    fn class_lists_quote_only_names_that_would_read_as_others() {
-        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(class_list(&names(&["neg", "pos"])), "neg, pos");
-        assert_eq!(
-            class_list(&names(&["say \"no\"", "very, good", " x", "plain text"])),
-            r#""say \"no\"", "very, good", " x", plain text"#
-        );
-        // A NUL or an escape would reach the terminal as it is.
-        assert_eq!(
-            class_list(&names(&["x\u{0}y", "a\u{1b}[31m"])),
-            r#""x\0y", "a\u{1b}[31m""#
-        );
     }
 }

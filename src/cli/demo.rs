@@ -10,7 +10,7 @@ use spafit::backend::Backend;
 use super::args::{on_backend, ModelArgs, PeftArgs};
 use super::named_pipes::open_checkpoint;
 use super::train::{
-    check_output_paths, fit, keep_result, print_recorded_result, setup, timings_unknown, TrainArgs,
+    check_output_paths, fit, keep_result, print_recorded_result, setup, timing_or_null, TrainArgs,
 };
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.
@@ -80,11 +80,7 @@ impl DemoCommand {
         if print_recorded_result(self.train.output.as_deref(), &report, &run.backend)? {
             return Ok(());
         }
-        let unknown_timings = timings_unknown(&report);
-        let timing = |v: f64| match unknown_timings {
-            true => serde_json::Value::Null,
-            false => json!(v),
-        };
+        let timing = timing_or_null(&report);
         let (best_step, eval) = report
             .best
             .as_ref()

@@ -51,9 +51,10 @@ fn thread_count(given: &str) -> std::result::Result<std::num::NonZeroUsize, Stri
     {
         Ok(Some(n)) => Ok(n),
         Ok(None) => Err(format!(
-            "0 worker threads: give {range}, or leave --threads out for one per core"
+            "0 worker threads: give {range}, or leave --threads out for the default \
+             (RAYON_NUM_THREADS where set, else one per core)"
         )),
-        Err(_) => Err(format!("not a whole number of worker threads ({range})")),
+        Err(_) => Err(format!("not a count of worker threads ({range})")),
     }
 }
 

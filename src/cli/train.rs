@@ -767,11 +767,7 @@ impl TrainCommand {
         if print_recorded_result(self.train.output.as_deref(), &report, &run.backend)? {
             return Ok(());
         }
-        let unknown_timings = timings_unknown(&report);
-        let timing = |v: f64| match unknown_timings {
-            true => serde_json::Value::Null,
-            false => json!(v),
-        };
+        let timing = timing_or_null(&report);
         let mut line = json!({
             "task": task.map_or_else(|| train.name.clone(), |t| t.dir_name().to_string()),
             "method": run.plan.method.to_string(),
@@ -1084,15 +1080,18 @@ const TIMINGS: [&str; 4] = [
     "eval_seconds",
 ];
 
-/// Whether a finished run's timings are unknown: complete before this call, with no
-/// recorded result (killed after its last save, or run by an older spafit); they read null,
-/// not 0.
-pub(super) fn timings_unknown(report: &TrainReport) -> bool {
+/// How the final JSON line gives this call's timings: as numbers, or as null (noted once)
+/// for a run complete before this call with no recorded result (killed after its last
+/// save, or run by an older spafit), whose timings are unknown, not 0.
+pub(super) fn timing_or_null(report: &TrainReport) -> impl Fn(f64) -> serde_json::Value {
     let unknown = report.steps_this_call == 0;
     if unknown {
         note!("the run's timings were not recorded before this call; they read null");
     }
-    unknown
+    move |seconds_or_rate| match unknown {
+        true => serde_json::Value::Null,
+        false => json!(seconds_or_rate),
+    }
 }
 
 /// Keeps a finished run's final JSON `line` as `RESULT_FILE` in its output directory, where

@@ -463,7 +463,7 @@ pub(crate) fn parse_target(
                             "label `{}` (in `{}`) is not one of the classes {}",
                             shown_plainly(&item),
                             shown_plainly(field),
-                            super::brief_list(labels.iter())
+                            super::class_list(labels)
                         )
                     })
                 })
@@ -497,25 +497,25 @@ pub(crate) fn parse_target(
                 {
                     return format!(
                         "label `{shown}` is not a finite number, and every class ({}) is one",
-                        super::brief_list(labels.iter())
+                        super::class_list(labels)
                     );
                 }
-                // transformers' name for an unnamed output, where the classes are numbers.
+                // transformers' name for output k of a head whose classes are unnamed (as its
+                // pipelines write predictions): class id k is the class at k.
                 let placeholder = field
                     .strip_prefix("LABEL_")
                     .and_then(|k| k.parse::<usize>().ok())
-                    .filter(|_| labels.iter().all(|l| number(l).is_some()));
+                    .and_then(|k| Some((k, labels.get(k)?)));
                 let hint = match placeholder {
-                    Some(k) => format!(
-                        " (transformers' name for output {k} of a head whose classes are \
-                         unnamed: write the labels as the numbers, or give --labels \
-                         LABEL_0,LABEL_1,… in the outputs' order)"
+                    Some((k, class)) => format!(
+                        " (transformers' name for output {k}, which is class {} here: write that)",
+                        super::class_list(std::slice::from_ref(class))
                     ),
                     None => String::new(),
                 };
                 format!(
                     "label `{shown}` is not one of the classes {}{hint}",
-                    super::brief_list(labels.iter())
+                    super::class_list(labels)
                 )
             })
         }

@@ -45,8 +45,7 @@ pub fn numbered_classes(labels: &[String]) -> Option<Vec<String>> {
 
 /// `items` joined with ", ", only the first 50 of more, then how many there are: a message
 /// naming a task's classes or a file's columns stays a line however many the data has (and
-/// GoEmotions' 28 classes are listed whole). Where an item holds a comma or is empty, every
-/// item is shown in backticks, so that `pos, strong` reads as one.
+/// GoEmotions' 28 classes are listed whole).
 pub fn brief_list<I>(items: I) -> String
 where
     I: IntoIterator,
@@ -56,14 +55,27 @@ where
     const SHOWN: usize = 50;
     let items = items.into_iter();
     let count = items.len();
-    let mut shown: Vec<String> = items.take(SHOWN).map(|i| i.to_string()).collect();
-    if shown.iter().any(|s| s.is_empty() || s.contains(',')) {
-        shown = shown.iter().map(|s| format!("`{s}`")).collect();
-    }
+    let shown: Vec<String> = items.take(SHOWN).map(|i| i.to_string()).collect();
     match count > SHOWN {
         true => format!("{}, … ({count} in all)", shown.join(", ")),
         false => shown.join(", "),
     }
+}
+
+/// Class names joined by `, `, each quoted where a comma, a quote or an edge space would make
+/// the list read as other classes (`neg, pos`; `"very, good", bad`); only the first of many.
+pub fn class_list(labels: &[String]) -> String {
+    brief_list(labels.iter().map(|l| {
+        // Control characters are shown escaped, not written to the terminal.
+        let plain = !l.is_empty()
+            && !l.contains([',', '"'])
+            && l.trim() == l.as_str()
+            && !l.chars().any(char::is_control);
+        shown_briefly(l, 200, |start| match plain {
+            true => start.to_string(),
+            false => format!("{start:?}"),
+        })
+    }))
 }
 
 /// `text` as a message shows it: `show` of its first `chars` characters, and where that is not
@@ -87,7 +99,22 @@ pub fn first_repeat<T: std::hash::Hash + Eq>(names: &[T]) -> Option<(usize, usiz
 
 #[cfg(test)]
 mod tests {
-    use super::{brief_list, class_order, first_repeat};
+    use super::{brief_list, class_list, class_order, first_repeat};
+
+    #[test]
+    fn class_lists_quote_only_names_that_would_read_as_others() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(class_list(&names(&["neg", "pos"])), "neg, pos");
+        assert_eq!(
+            class_list(&names(&["say \"no\"", "very, good", " x", "plain text"])),
+            r#""say \"no\"", "very, good", " x", plain text"#
+        );
+        // A NUL or an escape would reach the terminal as it is.
+        assert_eq!(
+            class_list(&names(&["x\u{0}y", "a\u{1b}[31m"])),
+            r#""x\0y", "a\u{1b}[31m""#
+        );
+    }
 
     #[test]
     fn long_lists_and_fields_are_shown_by_their_start_and_size() {
@@ -98,8 +125,6 @@ mod tests {
             brief_list(many.iter()),
             format!("{}, … (51 in all)", few.join(", "))
         );
-        assert_eq!(brief_list(["pos, strong", "neg"]), "`pos, strong`, `neg`");
-        assert_eq!(brief_list(["", "a"]), "``, `a`");
         let label = format!("é{}", "x".repeat(300));
         let shown = super::glue::shown_plainly(&label);
         assert_eq!(shown, format!("é{}… (302 bytes)", "x".repeat(199)));

@@ -932,15 +932,36 @@ fn csv_rows_know_their_line_with_lf_crlf_and_cr_ends() {
     }
     // Two rows joined by one (where Python's csv module sees two) are one row too wide, and
     // the refusal says why.
-    write(d.path(), "joined_by_cr.csv", "text,label\r\na,1\rb,0\r\n");
-    let e = text_label_table(d.path().join("joined_by_cr.csv"))
-        .load(OnMalformed::Error)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("line 2: 3 fields, the header has 2 (the row holds a carriage return \\r"),
-        "{e}"
-    );
+    let refusal = |name: &str, text: &str| {
+        write(d.path(), name, text);
+        text_label_table(d.path().join(name))
+            .load(OnMalformed::Error)
+            .unwrap_err()
+            .to_string()
+    };
+    let hint = "(the row holds a carriage return \\r";
+    for (name, text) in [
+        ("joined_by_cr.csv", "text,label\r\na,1\rb,0\r\n"),
+        ("joined_by_cr.tsv", "text\tlabel\na\t1\rb\t0\n"),
+    ] {
+        let e = refusal(name, text);
+        assert!(
+            e.contains(&format!("line 2: 3 fields, the header has 2 {hint}")),
+            "{e}"
+        );
+    }
+    // Not where the `\r` is a quoted text's or a line end's, nor in a row too narrow.
+    for (name, text) in [
+        ("quoted_crlf.csv", "text,label\r\n\"x\r\ny\",1,extra\r\n"),
+        ("quoted_cr.csv", "text,label\n\"x\ry\",1,extra\n"),
+        ("narrow.csv", "text,label,more\na\rb,1\n"),
+    ] {
+        let e = refusal(name, text);
+        assert!(
+            e.contains("fields, the header has") && !e.contains(hint),
+            "{name}: {e}"
+        );
+    }
     // Line ends around that rule: a blank line before a CRLF header, `\r\r\n` (Python's csv
     // writer on Windows without `newline=''`), a quoted last field before it, and an old Mac
     // file whose editor added one `\n` at the end.
@@ -1418,20 +1439,27 @@ fn row_errors_say_what_to_do() {
         e.contains("line 3: label `2` is not one of the classes 0, 1") && e.contains("--labels"),
         "{e}"
     );
-    // transformers' names for unnamed outputs are not the numbers, but say how to use them.
+    // transformers' name for an output (LABEL_k) is no class, but the refusal names the class.
     let e = load("placeholder.csv", "text,label\na,LABEL_1\n", binary());
     assert!(
         e.contains(
-            "label `LABEL_1` is not one of the classes 0, 1 (transformers' name for output 1"
+            "label `LABEL_1` is not one of the classes 0, 1 (transformers' name for output 1, \
+             which is class 1 here: write that)"
         ),
         "{e}"
     );
-    let named = TaskKind::Classification {
+    let named = || TaskKind::Classification {
         labels: vec!["neg".into(), "pos, strong".into()],
     };
-    let e = load("named.csv", "text,label\na,LABEL_1\n", named);
+    let e = load("named.csv", "text,label\na,LABEL_1\n", named());
     assert!(
-        e.contains("is not one of the classes `neg`, `pos, strong`") && !e.contains("output 1"),
+        e.contains(r#"is not one of the classes neg, "pos, strong" (transformers' name for output 1, which is class "pos, strong" here"#),
+        "{e}"
+    );
+    // No such output: no hint.
+    let e = load("past.csv", "text,label\na,LABEL_2\n", named());
+    assert!(
+        e.contains("`LABEL_2` is not one of") && !e.contains("output 2"),
         "{e}"
     );
     let mut same = text_label_table(tmp.path().join("unknown.csv"));

@@ -105,6 +105,26 @@ fn cr_before_newline(bytes: &[u8], i: usize) -> bool {
     bytes[i..].iter().find(|&&b| b != b'\r') == Some(&b'\n')
 }
 
+/// Whether the record in `bytes[record]` holds a `\r` outside quotes (a CSV's; a TSV has
+/// none) that is not part of a line end.
+fn lone_cr_outside_quotes(
+    bytes: &[u8],
+    record: std::ops::Range<usize>,
+    format: TableFormat,
+) -> bool {
+    let mut quoted = false;
+    let start = record.start;
+    bytes[record].iter().enumerate().any(|(i, &b)| match b {
+        // A doubled quote inside quotes turns the state twice: no change.
+        b'"' if format == TableFormat::Csv => {
+            quoted = !quoted;
+            false
+        }
+        b'\r' => !quoted && !cr_before_newline(bytes, start + i),
+        _ => false,
+    })
+}
+
 /// `lone_cr_is_text`: a `\r` ends a line only before `\n` (see the reader).
 fn scan_quotes(bytes: &[u8], lone_cr_is_text: bool) -> QuoteScan {
     #[derive(PartialEq)]
@@ -482,9 +502,12 @@ fn classify_record(
         // A TSV saved by a CSV writer (pandas, Python's csv) quotes a field holding a tab
         // or a line break.
         let quoted = format == TableFormat::Tsv && r.iter().any(|field| field.contains(&b'"'));
-        // Python's csv module ends a row at any `\r`; here one alone is text (see
-        // `lone_cr_ends_lines`), so two rows joined by one read as one row too wide.
-        let lone_cr = lone_cr_is_text && r.iter().any(|field| field.contains(&b'\r'));
+        // Python's csv module ends a row at any `\r` outside quotes; here one alone is text
+        // (see `lone_cr_ends_lines`), so two rows joined by one read as one row too wide.
+        let start = r.position().map_or(0, |p| p.byte() as usize);
+        let lone_cr = lone_cr_is_text
+            && r.len() > header.len()
+            && lone_cr_outside_quotes(bytes, start..end, format);
         return Record::Malformed(format!(
             "{} field{}, the header has {}{}{}",
             r.len(),
