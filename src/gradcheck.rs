@@ -421,10 +421,14 @@ impl std::fmt::Display for GradcheckObjective {
     }
 }
 
+/// The most tokens of an input [`gradcheck_case`] checks.
+pub const GRADCHECK_MAX_TOKENS: usize = 32;
+
 /// What [`gradcheck_case`] checks: the inputs (single texts or pairs), the loss, and how.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GradcheckCase<'a> {
-    /// The batch, tokenized by the checkpoint's tokenizer (at most 32 tokens each).
+    /// The batch, tokenized by the checkpoint's tokenizer (at most [`GRADCHECK_MAX_TOKENS`]
+    /// tokens each, or the model's positions where it has fewer).
     pub inputs: Vec<TextInput<'a>>,
     /// The head and loss.
     pub objective: GradcheckObjective,
@@ -522,7 +526,10 @@ pub fn gradcheck_case<B: Backend>(
     })?;
     // The adapters' own dropout where the plan has adapters (BERT's 0.1 on the rest).
     let lora_dropout = plan.lora_dropout();
-    let tokenizer = checkpoint.tokenizer(32)?;
+    // A model of fewer positions checks the sentences cut to its table: gradcheck takes no
+    // --max-len to say so.
+    let cut = GRADCHECK_MAX_TOKENS.min(checkpoint.config.max_tokens());
+    let tokenizer = checkpoint.tokenizer(cut)?;
     let encoded = tokenizer.encode_batch(inputs)?;
     let input = ModelInput::for_model(&cpu, &encoded, &checkpoint.config)?;
     let labels = objective.labels(&cpu, count)?;

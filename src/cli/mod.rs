@@ -197,7 +197,8 @@ impl Cli {
                 if given("max_len") {
                     return Err(spafit::Error::invalid(
                         "--max-len",
-                        "gradcheck checks four fixed short sentences (or pairs) at their own length",
+                        "gradcheck checks four fixed short sentences (or pairs) at their own \
+                         length, cut to the model's positions where it has fewer than 32",
                     ));
                 }
                 check.dtype_given = given("dtype");

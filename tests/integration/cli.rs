@@ -5727,6 +5727,29 @@ fn out_of_device_memory_names_the_batch_and_what_needs_less() {
     );
 }
 
+/// A model of fewer positions than gradcheck's 32 tokens is checked on its sentences cut to
+/// its table (it was refused with advice to give --max-len, which gradcheck refuses).
+#[test]
+fn gradcheck_cuts_its_sentences_to_a_short_position_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("short");
+    common::tiny_bert::write_checkpoint_with_positions(&dir, 8);
+    for extra in [&[][..], &["--pairs"][..]] {
+        let mut args = vec![
+            "gradcheck",
+            "--model",
+            dir.to_str().unwrap(),
+            "--method",
+            "lora",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--samples", "2", "--tolerance", "1e-6"]);
+        let (ok, stdout, err) = spafit(&args);
+        assert!(ok, "{extra:?}: {err}");
+        assert_eq!(last_json(&stdout)["passed"], true, "{stdout}");
+    }
+}
+
 /// gradcheck differentiates the loss a task trains: sentence pairs, a regression head's mean
 /// squared error and a multi-label head's binary cross-entropy pass at the f64 reference's
 /// agreement (and the stand-in's f32 at f32's), and the JSON line says which loss it was. The
