@@ -644,8 +644,9 @@ pub struct DataArgs {
     /// with the adapter: give it to eval and predict too].
     #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::train::threshold_problem))]
     pub threshold: Option<f64>,
-    /// Skip malformed rows (reported on stderr with their file and line; eval's JSON line
-    /// counts them as skipped_rows) instead of stopping.
+    /// Skip malformed rows (reported on stderr with their file and line; the final JSON line
+    /// counts them: eval's skipped_rows, train's train_skipped_rows and dev_skipped_rows)
+    /// instead of stopping.
     #[arg(long)]
     pub skip_malformed: bool,
 }

@@ -781,6 +781,12 @@ impl TrainCommand {
             "device": run.backend.name(),
         });
         line["max_len"] = json!(report.max_len);
+        // What --skip-malformed left out of the examples trained and evaluated on (stderr
+        // lists them); the second dev split's, with its metrics below.
+        line["train_skipped_rows"] = json!(train.skipped.len());
+        if let Some(dev) = dev {
+            line["dev_skipped_rows"] = json!(dev.skipped.len());
+        }
         line["batch_size"] = json!(self.train.batch_size);
         line["early_stopped"] = json!(report.early_stopped);
         // This call's: a resumed run may have changed it.
@@ -844,6 +850,7 @@ impl TrainCommand {
                     break;
                 };
                 line[format!("{split}_loss")] = json!(eval.loss);
+                line[format!("{split}_skipped_rows")] = json!(data.skipped.len());
                 for (k, v) in &eval.metrics {
                     line[format!("{split}_{k}")] = json!(v);
                 }

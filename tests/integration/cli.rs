@@ -4147,9 +4147,9 @@ fn unused_settings_and_bad_values_name_their_flag() {
 }
 
 /// `eval --skip-malformed` counts the rows it left out in its JSON line, beside the examples
-/// its metrics are of.
+/// its metrics are of; `train` counts each file's.
 #[test]
-fn eval_counts_the_rows_it_skipped() {
+fn the_final_line_counts_the_rows_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-electra");
     let eval = |rows: &str| {
@@ -4179,6 +4179,33 @@ fn eval_counts_the_rows_it_skipped() {
         (Some(2), Some(2))
     );
     assert_eq!(cut["loss"], whole["loss"]);
+
+    let (train, dev) = (tmp.path().join("train.csv"), tmp.path().join("dev.csv"));
+    std::fs::write(&train, "text,label\ngood,0\nbad\nfine,2\n,,\nok,1\n").unwrap();
+    std::fs::write(&dev, "text,label\na fine film,0\nno label\na dull one,2\n").unwrap();
+    let (ok, stdout, err) = spafit(&[
+        "train",
+        "--model",
+        fixture.join("model").to_str().unwrap(),
+        "--train-file",
+        train.to_str().unwrap(),
+        "--dev-file",
+        dev.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--quiet",
+        "--skip-malformed",
+    ]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert_eq!(
+        (
+            line["train_skipped_rows"].as_u64(),
+            line["dev_skipped_rows"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{line}"
+    );
 }
 
 /// The demo keeps its final JSON line in `--output`'s result.json, as `train` does; a
