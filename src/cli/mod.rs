@@ -328,16 +328,27 @@ fn check_output_file(
 /// The model's or the adapter's folder when `path` lies inside it (through links, and for a
 /// path that does not exist yet): nothing a command writes belongs there, whatever the file
 /// is called (a sentence-transformers model has files of its own, `modules.json`, `1_Pooling/`).
-fn read_folder_holding<'a>(
+/// A model given as a hub id is the cache snapshot it resolves to.
+fn read_folder_holding(
     path: &std::path::Path,
-    model: &'a std::path::Path,
-    adapter: Option<&'a std::path::Path>,
-) -> Option<&'a std::path::Path> {
+    model: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+) -> Option<std::path::PathBuf> {
     let at = resolved(path);
-    std::iter::once(model)
-        .chain(adapter)
+    std::iter::once(model.to_path_buf())
+        .chain(hub_snapshot(model))
+        .chain(adapter.map(std::path::Path::to_path_buf))
         .filter(|dir| dir.is_dir())
         .find(|dir| at.starts_with(resolved(dir)))
+}
+
+/// The Hugging Face cache snapshot a model given as a hub id (`org/name`, no such folder
+/// here) reads from: a run written there would sit among the cache's files.
+fn hub_snapshot(model: &std::path::Path) -> Option<std::path::PathBuf> {
+    match model.exists() {
+        true => None,
+        false => spafit::checkpoint::resolve(model).ok(),
+    }
 }
 
 /// Whether two paths name the same existing file (through links, relative parts and hard
@@ -377,6 +388,8 @@ fn is_read_file(
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
 ) -> bool {
+    let snapshot = hub_snapshot(model);
+    let model = snapshot.as_deref().unwrap_or(model);
     let model_files = MODEL_FILES.map(|f| model.join(f));
     // The shards an index lists may have any name.
     let is_shard = path.extension().is_some_and(|e| e == "safetensors")

@@ -4208,6 +4208,57 @@ fn the_final_line_counts_the_rows_skipped() {
     );
 }
 
+/// A model given as a hub id reads from its cache snapshot: no output goes there either (a
+/// run was written among the cache's files).
+#[test]
+fn nothing_is_written_into_the_hub_snapshot_a_model_is_read_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hub");
+    let repo = hub.join("models--org--tiny");
+    let snapshot = repo.join("snapshots").join("abc");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), "abc").unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-ernie/model");
+    // As the hub lays it out: the snapshot's files are links into blobs/.
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        let blob = repo.join("blobs").join(format!("sha-{name}"));
+        std::fs::copy(fixture.join(name), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snapshot.join(name)).unwrap();
+    }
+    let data = tmp.path().join("train.csv");
+    std::fs::write(&data, "text,label\ngood,1\nbad,0\n").unwrap();
+    let env = [("HF_HUB_CACHE", hub.as_os_str())];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train", "--model", "org/tiny", "--train-file"];
+        args.push(data.to_str().unwrap());
+        args.extend_from_slice(&["--max-steps", "1", "--quiet"]);
+        args.extend_from_slice(extra);
+        spafit_with_env(&args, &env)
+    };
+    let (ok, _, err) = run(&[]);
+    assert!(ok, "the hub id resolves: {err}");
+    let inside = snapshot.join("run").display().to_string();
+    let batches = snapshot.join("batches.jsonl").display().to_string();
+    for extra in [
+        ["--output", inside.as_str()],
+        ["--write-batches", batches.as_str()],
+    ] {
+        let (ok, _, err) = run(&extra);
+        assert!(
+            !ok && err.contains("lies in") && err.contains("snapshots"),
+            "{extra:?}: {err}"
+        );
+    }
+    assert!(!snapshot.join("run").exists() && !snapshot.join("batches.jsonl").exists());
+}
+
 /// The demo keeps its final JSON line in `--output`'s result.json, as `train` does; a
 /// `--resume` of the finished run prints that record with null timings and keeps it.
 #[test]
