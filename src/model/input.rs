@@ -36,8 +36,29 @@ impl<B: Backend> ModelInput<B> {
         Self::with_positions(backend, encoded, 0)
     }
 
-    /// Uploads an encoded batch with the position ids of `config`'s family.
+    /// Uploads an encoded batch with the position ids of `config`'s family. A token id past
+    /// its vocabulary is refused here, where it can be said what likely went wrong (the
+    /// embedding would only say the id is out of range).
     pub fn for_model(backend: &B, encoded: &EncodedBatch, config: &BertConfig) -> Result<Self> {
+        let seq = encoded.seq.max(1);
+        if let Some(at) = encoded
+            .input_ids
+            .iter()
+            .position(|&id| id as usize >= config.vocab_size)
+        {
+            return Err(Error::invalid(
+                "input",
+                format!(
+                    "token id {} (example {} of the batch, token {}) is past the model's \
+                     vocabulary of {} tokens: were the texts tokenized by another model's \
+                     tokenizer? Take the checkpoint's own (`Checkpoint::tokenizer`)",
+                    encoded.input_ids[at],
+                    at / seq,
+                    at % seq,
+                    config.vocab_size
+                ),
+            ));
+        }
         Self::with_positions(backend, encoded, config.first_position())
     }
 

@@ -132,11 +132,19 @@ fn lock_run_dir_with(dir: &Path, mut between_open_and_lock: impl FnMut(&Path)) -
         path: dir.to_path_buf(),
         error,
     };
+    // Creating it may fail with "No such file or directory" (under /proc), which alone
+    // reads as if the folder should have been there.
+    let creating = |error: std::io::Error| {
+        folder(std::io::Error::new(
+            error.kind(),
+            format!("the run's folder cannot be created: {error}"),
+        ))
+    };
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
         .collect();
-    std::fs::create_dir_all(dir).map_err(folder)?;
+    std::fs::create_dir_all(dir).map_err(creating)?;
     let key = std::fs::canonicalize(dir).map_err(folder)?;
     let mut made: Vec<PathBuf> = missing
         .iter()
@@ -202,7 +210,7 @@ fn lock_run_dir_with(dir: &Path, mut between_open_and_lock: impl FnMut(&Path)) -
                 open(false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < TRIES => {
-                std::fs::create_dir_all(dir).map_err(folder)?;
+                std::fs::create_dir_all(dir).map_err(creating)?;
                 made.push(key.clone());
                 continue;
             }

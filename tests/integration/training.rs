@@ -1999,6 +1999,76 @@ fn learning_rate_schedules_match_transformers() {
         .fit(&tokenizer(&ck), &regression_data(20, None), None)
         .unwrap();
     assert_notice(&report, "warmup of 5 steps spans the whole run of 5");
+    // A run of one step in its warmup trains nothing: said so, as the default ratio makes it
+    // for a set of one batch.
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let values = |m: &BertClassifier<CpuBackend>| -> Vec<Vec<f64>> {
+        m.params()
+            .iter()
+            .map(|p| cpu.to_f64(&p.value).unwrap())
+            .collect()
+    };
+    let before = values(&model);
+    let one_step = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        ..TrainConfig::default()
+    };
+    let report = Trainer::new(&cpu, &mut model, &plan, &ck.weights, one_step)
+        .fit(&tokenizer(&ck), &regression_data(20, None), None)
+        .unwrap();
+    assert_notice(&report, "the run's only step is in its warmup");
+    assert_eq!(values(&model), before);
+}
+
+/// Mistakes an embedder makes that the command line cannot: texts tokenized by another
+/// model's tokenizer are refused as that (the embedding said only "id 2204 is out of
+/// range"), and an output folder that cannot be created says it could not be created.
+#[test]
+fn a_foreign_tokenizer_and_an_uncreatable_folder_are_said_as_such() {
+    let cpu = CpuBackend::f32();
+    let roberta = Checkpoint::open(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta/model"),
+    )
+    .unwrap();
+    let plan = PeftPlan::new(
+        &PeftConfig::new(Method::BitFit),
+        roberta.config.num_hidden_layers,
+    )
+    .unwrap();
+    let init = &mut spafit::peft::peft_lora_init(&cpu, 0);
+    let mut model =
+        BertClassifier::from_checkpoint_for_plan(&roberta, &cpu, 1, 0, &plan, init).unwrap();
+    let minilm = Checkpoint::open(common::minilm_dir()).unwrap();
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let e = Trainer::new(&cpu, &mut model, &plan, &roberta.weights, config.clone())
+        .fit(&tokenizer(&minilm), &regression_data(8, None), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("past the model's vocabulary") && e.contains("another model's tokenizer"),
+        "{e}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
+    let (mut model, plan) = tiny_model(&ck, &cpu);
+    let nowhere = TrainConfig {
+        output_dir: Some("/proc/spafit-run".into()),
+        ..config
+    };
+    let e = Trainer::new(&cpu, &mut model, &plan, &ck.weights, nowhere)
+        .fit(&tokenizer(&ck), &regression_data(8, None), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/proc/spafit-run: the run's folder cannot be created"),
+        "{e}"
+    );
 }
 
 /// A run's warmup is compared on resume as the steps it makes, not as the flag that gave

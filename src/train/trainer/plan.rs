@@ -306,7 +306,14 @@ impl<B: Backend> Trainer<'_, B> {
                 .unwrap_or_else(|| warmup_steps(c.warmup_ratio, total_steps)),
             total: total_steps,
         };
-        if schedule.warmup >= total_steps && c.learning_rate > 0.0 {
+        if schedule.warmup >= 1 && total_steps == 1 && c.learning_rate > 0.0 {
+            // transformers' warmup starts at 0: a run of one step in it changes nothing.
+            progress.notice(
+                "the run's only step is in its warmup, which starts at learning rate 0 (as \
+                 transformers' schedules do): nothing trains; give no warmup (--warmup-ratio 0 \
+                 or --warmup-steps 0), or data for more steps",
+            );
+        } else if schedule.warmup >= total_steps && c.learning_rate > 0.0 {
             progress.notice(&format!(
                 "the warmup of {} spans the whole run of {total_steps}: the learning rate \
                  never reaches {:e} (--lr); give fewer warmup steps (--warmup-steps, \
