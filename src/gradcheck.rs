@@ -422,12 +422,12 @@ impl std::fmt::Display for GradcheckObjective {
 }
 
 /// The most tokens of an input [`gradcheck_case`] checks.
-pub const GRADCHECK_MAX_TOKENS: usize = 32;
+pub const MAX_GRADCHECK_TOKENS: usize = 32;
 
 /// What [`gradcheck_case`] checks: the inputs (single texts or pairs), the loss, and how.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GradcheckCase<'a> {
-    /// The batch, tokenized by the checkpoint's tokenizer (at most [`GRADCHECK_MAX_TOKENS`]
+    /// The batch, tokenized by the checkpoint's tokenizer (at most [`MAX_GRADCHECK_TOKENS`]
     /// tokens each, or the model's positions where it has fewer).
     pub inputs: Vec<TextInput<'a>>,
     /// The head and loss.
@@ -528,8 +528,20 @@ pub fn gradcheck_case<B: Backend>(
     let lora_dropout = plan.lora_dropout();
     // A model of fewer positions checks the sentences cut to its table: gradcheck takes no
     // --max-len to say so.
-    let cut = GRADCHECK_MAX_TOKENS.min(checkpoint.config.max_tokens());
+    let cut = MAX_GRADCHECK_TOKENS.min(checkpoint.config.max_tokens());
     let tokenizer = checkpoint.tokenizer(cut)?;
+    // Both texts of a pair keep a token only where the cut leaves two beside the special
+    // tokens (the tokenizer's own refusal would point to a --max-len gradcheck refuses).
+    let least = tokenizer.special_tokens(true) + 2;
+    if inputs.iter().any(|i| matches!(i, TextInput::Pair(..))) && cut < least {
+        return Err(Error::invalid(
+            "gradcheck",
+            format!(
+                "the model's {cut} positions leave no room for both texts of a pair beside its \
+                 special tokens: checking pairs needs {least} or more"
+            ),
+        ));
+    }
     let encoded = tokenizer.encode_batch(inputs)?;
     let input = ModelInput::for_model(&cpu, &encoded, &checkpoint.config)?;
     let labels = objective.labels(&cpu, count)?;

@@ -645,7 +645,8 @@ pub struct DataArgs {
     #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::train::threshold_problem))]
     pub threshold: Option<f64>,
     /// Skip malformed rows (reported on stderr with their file and line; the final JSON line
-    /// counts them: eval's skipped_rows, train's train_skipped_rows and dev_skipped_rows)
+    /// counts them: eval's skipped_rows, train's train_skipped_rows and dev_skipped_rows, and
+    /// MNLI's dev_mismatched_skipped_rows)
     /// instead of stopping.
     #[arg(long)]
     pub skip_malformed: bool,

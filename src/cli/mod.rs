@@ -197,8 +197,11 @@ impl Cli {
                 if given("max_len") {
                     return Err(spafit::Error::invalid(
                         "--max-len",
-                        "gradcheck checks four fixed short sentences (or pairs) at their own \
-                         length, cut to the model's positions where it has fewer than 32",
+                        format!(
+                            "gradcheck checks four fixed short sentences (or pairs) at their own \
+                             length, cut to the model's positions where it has fewer than {}",
+                            spafit::gradcheck::MAX_GRADCHECK_TOKENS
+                        ),
                     ));
                 }
                 check.dtype_given = given("dtype");
@@ -328,7 +331,8 @@ fn check_output_file(
 /// The model's or the adapter's folder when `path` lies inside it (through links, and for a
 /// path that does not exist yet): nothing a command writes belongs there, whatever the file
 /// is called (a sentence-transformers model has files of its own, `modules.json`, `1_Pooling/`).
-/// A model given as a hub id is the cache snapshot it resolves to.
+/// A model given as a hub id is its whole cache repository (`models--org--name`: snapshots,
+/// blobs, refs).
 fn read_folder_holding(
     path: &std::path::Path,
     model: &std::path::Path,
@@ -336,19 +340,29 @@ fn read_folder_holding(
 ) -> Option<std::path::PathBuf> {
     let at = resolved(path);
     std::iter::once(model.to_path_buf())
-        .chain(hub_snapshot(model))
+        .chain(hub_checkpoint(model).and_then(|dir| hub_repository(&dir)))
         .chain(adapter.map(std::path::Path::to_path_buf))
         .filter(|dir| dir.is_dir())
         .find(|dir| at.starts_with(resolved(dir)))
 }
 
-/// The Hugging Face cache snapshot a model given as a hub id (`org/name`, no such folder
-/// here) reads from: a run written there would sit among the cache's files.
-fn hub_snapshot(model: &std::path::Path) -> Option<std::path::PathBuf> {
+/// The folder in a Hugging Face cache a model given as a hub id (`org/name`, no such folder
+/// here) reads its files from: a snapshot, or a sentence-transformers model's
+/// `0_Transformer` in one.
+fn hub_checkpoint(model: &std::path::Path) -> Option<std::path::PathBuf> {
     match model.exists() {
         true => None,
         false => spafit::checkpoint::resolve(model).ok(),
     }
+}
+
+/// The cache repository (`…/models--org--name`) holding `checkpoint`, a folder under its
+/// `snapshots/`.
+fn hub_repository(checkpoint: &std::path::Path) -> Option<std::path::PathBuf> {
+    checkpoint
+        .ancestors()
+        .find(|dir| dir.parent().and_then(|p| p.file_name()) == Some("snapshots".as_ref()))
+        .and_then(|snapshot| Some(snapshot.parent()?.parent()?.to_path_buf()))
 }
 
 /// Whether two paths name the same existing file (through links, relative parts and hard
@@ -388,8 +402,8 @@ fn is_read_file(
     model: &std::path::Path,
     adapter: Option<&std::path::Path>,
 ) -> bool {
-    let snapshot = hub_snapshot(model);
-    let model = snapshot.as_deref().unwrap_or(model);
+    let in_hub = hub_checkpoint(model);
+    let model = in_hub.as_deref().unwrap_or(model);
     let model_files = MODEL_FILES.map(|f| model.join(f));
     // The shards an index lists may have any name.
     let is_shard = path.extension().is_some_and(|e| e == "safetensors")

@@ -29,9 +29,25 @@ pub struct ModelInput<B: Backend> {
     first_position: usize,
 }
 
+/// A token id past `config`'s vocabulary, in `example`: most likely another model's
+/// tokenizer made it.
+pub(crate) fn past_vocabulary(example: &str, id: u32, config: &BertConfig) -> Error {
+    Error::invalid(
+        "input",
+        format!(
+            "{example}: token id {id} is past the model's vocabulary of {} tokens: were the \
+             texts tokenized by another model's tokenizer? Take the checkpoint's own \
+             (`Checkpoint::tokenizer`)",
+            config.vocab_size
+        ),
+    )
+}
+
 impl<B: Backend> ModelInput<B> {
     /// Uploads an encoded batch for a BERT model (positions `0..seq`); see
-    /// [`ModelInput::for_model`] for any family.
+    /// [`ModelInput::for_model`] for any family, which also checks the token ids against the
+    /// model's vocabulary (this one does not know it: the embedding refuses an id past it,
+    /// saying only that it is out of range).
     pub fn new(backend: &B, encoded: &EncodedBatch) -> Result<Self> {
         Self::with_positions(backend, encoded, 0)
     }
@@ -40,26 +56,37 @@ impl<B: Backend> ModelInput<B> {
     /// its vocabulary is refused here, where it can be said what likely went wrong (the
     /// embedding would only say the id is out of range).
     pub fn for_model(backend: &B, encoded: &EncodedBatch, config: &BertConfig) -> Result<Self> {
+        let input = Self::with_positions(backend, encoded, config.first_position())?;
         let seq = encoded.seq.max(1);
         if let Some(at) = encoded
             .input_ids
             .iter()
             .position(|&id| id as usize >= config.vocab_size)
         {
+            let row = format!("row {} of the batch", at / seq);
+            return Err(past_vocabulary(&row, encoded.input_ids[at], config));
+        }
+        // So are segment ids past the segment table (a BERT tokenizer's pairs for a RoBERTa,
+        // whose table has one row), where the family reads them.
+        let rows = config.type_vocab_size;
+        if let Some(at) = encoded
+            .token_type_ids
+            .iter()
+            .position(|&t| t as usize >= rows)
+            .filter(|_| config.family().has_token_types())
+        {
             return Err(Error::invalid(
                 "input",
                 format!(
-                    "token id {} (example {} of the batch, token {}) is past the model's \
-                     vocabulary of {} tokens: were the texts tokenized by another model's \
+                    "row {} of the batch: segment id {} is past the model's {rows} segment \
+                     type(s) (`type_vocab_size`): were the texts tokenized by another model's \
                      tokenizer? Take the checkpoint's own (`Checkpoint::tokenizer`)",
-                    encoded.input_ids[at],
                     at / seq,
-                    at % seq,
-                    config.vocab_size
+                    encoded.token_type_ids[at]
                 ),
             ));
         }
-        Self::with_positions(backend, encoded, config.first_position())
+        Ok(input)
     }
 
     /// The position id of a row's first token these inputs were built with.

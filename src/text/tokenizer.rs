@@ -317,7 +317,7 @@ impl TextTokenizer {
     }
 
     /// Special tokens the post-processor adds to one sentence, or to a pair.
-    fn special_tokens(&self, pair: bool) -> usize {
+    pub(crate) fn special_tokens(&self, pair: bool) -> usize {
         self.inner
             .get_post_processor()
             .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, pair))

@@ -134,6 +134,23 @@ impl EncodedDataset {
         rows: &[usize],
         config: &BertConfig,
     ) -> Result<(ModelInput<B>, Option<Labels<B>>, usize)> {
+        // Named by its place in the data, which a batch's row is not once batches shuffle.
+        let past = rows.iter().find_map(|&i| {
+            let id = self
+                .texts
+                .get(i)?
+                .ids
+                .iter()
+                .find(|&&id| id as usize >= config.vocab_size)?;
+            Some((i, *id))
+        });
+        if let Some((i, id)) = past {
+            let example = match self.source_line(i) {
+                Some(line) => format!("line {line}"),
+                None => format!("example {i}"),
+            };
+            return Err(crate::model::past_vocabulary(&example, id, config));
+        }
         let enc = self.batch(rows)?;
         let tokens = enc.attention_mask.iter().filter(|&&m| m == 1).count();
         let input = ModelInput::for_model(backend, &enc, config)?;

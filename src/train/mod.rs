@@ -25,7 +25,7 @@ pub use config::{
 pub use encoded::EncodedDataset;
 pub use evaluate::{evaluate, evaluate_until, infer, predictions, Evaluation, ModelOutputs};
 pub use micro_batches::{check_size as check_micro_batch_size, in_use as micro_batches_in_use};
-pub use observer::{Control, StepReport, TrainEvent};
+pub use observer::{Control, Observer, StepReport, TrainEvent};
 pub use optimizer::{no_decay, AdamW};
 pub use prediction::{scored_predictions, scored_predictions_at, threshold_problem, Prediction};
 pub use progress::Progress;

@@ -71,4 +71,4 @@ pub type Control = ControlFlow<()>;
 /// The callback of [`crate::train::Trainer::observe`], borrowed: a boxed one would give the
 /// trainer a destructor that holds its borrows to the end of the caller's statement.
 /// `Send`, so that a trainer moves into the thread that runs it, as it did without one.
-pub(crate) type Observer<'a> = &'a mut (dyn FnMut(&TrainEvent<'_>) -> Control + Send);
+pub type Observer<'a> = &'a mut (dyn FnMut(&TrainEvent<'_>) -> Control + Send);

@@ -4246,16 +4246,20 @@ fn nothing_is_written_into_the_hub_snapshot_a_model_is_read_from() {
     assert!(ok, "the hub id resolves: {err}");
     let inside = snapshot.join("run").display().to_string();
     let batches = snapshot.join("batches.jsonl").display().to_string();
+    let beside = repo.join("refs").join("run").display().to_string();
+    let lies_in = format!("lies in {}", repo.canonicalize().unwrap().display());
     for extra in [
         ["--output", inside.as_str()],
         ["--write-batches", batches.as_str()],
+        ["--output", beside.as_str()],
     ] {
         let (ok, _, err) = run(&extra);
-        assert!(
-            !ok && err.contains("lies in") && err.contains("snapshots"),
-            "{extra:?}: {err}"
-        );
+        assert!(!ok && err.contains(&lies_in), "{extra:?}: {err}");
     }
+    // A blob the snapshot links to is one of the model's files.
+    let blob = repo.join("blobs").join("sha-config.json");
+    let (ok, _, err) = run(&["--write-batches", blob.to_str().unwrap()]);
+    assert!(!ok && err.contains("is a file of the model"), "{err}");
     assert!(!snapshot.join("run").exists() && !snapshot.join("batches.jsonl").exists());
 }
 
@@ -5826,6 +5830,23 @@ fn gradcheck_cuts_its_sentences_to_a_short_position_table() {
         assert!(ok, "{extra:?}: {err}");
         assert_eq!(last_json(&stdout)["passed"], true, "{stdout}");
     }
+    // Four positions take a sentence, not a pair's two texts beside three special tokens.
+    let four = tmp.path().join("four");
+    common::tiny_bert::write_checkpoint_with_positions(&four, 4);
+    let args = [
+        "gradcheck",
+        "--model",
+        four.to_str().unwrap(),
+        "--samples",
+        "1",
+    ];
+    let (ok, _, err) = spafit(&args);
+    assert!(ok, "{err}");
+    let (ok, _, err) = spafit(&[&args[..], &["--pairs"]].concat());
+    assert!(
+        !ok && err.contains("checking pairs needs 5 or more"),
+        "{err}"
+    );
 }
 
 /// gradcheck differentiates the loss a task trains: sentence pairs, a regression head's mean

@@ -24,16 +24,12 @@ const MNLI_HEAD: &str = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\
 
 /// A table with columns `text` and `label`, labels `0` and `1`.
 fn text_label_table(path: PathBuf) -> TableSpec {
-    TableSpec {
+    TableSpec::new(
         path,
-        text_column: "text".into(),
-        text_pair_column: None,
-        label_column: Some("label".into()),
-        kind: TaskKind::Classification {
+        TaskKind::Classification {
             labels: vec!["0".into(), "1".into()],
         },
-        filter: None,
-    }
+    )
 }
 
 fn glue_dir() -> tempfile::TempDir {

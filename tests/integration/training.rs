@@ -2050,7 +2050,26 @@ fn a_foreign_tokenizer_and_an_uncreatable_folder_are_said_as_such() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("past the model's vocabulary") && e.contains("another model's tokenizer"),
+        e.contains("input: invalid argument: example ")
+            && e.contains(": token id ")
+            && e.contains("another model's tokenizer"),
+        "{e}"
+    );
+
+    // A BERT pair's second segment, for a RoBERTa's table of one segment type.
+    let pair = spafit::text::EncodedBatch {
+        input_ids: vec![0, 5, 2, 2, 6, 2],
+        token_type_ids: vec![0, 0, 0, 1, 1, 1],
+        attention_mask: vec![1; 6],
+        batch: 1,
+        seq: 6,
+    };
+    let e = spafit::model::ModelInput::for_model(&cpu, &pair, &roberta.config)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("row 0 of the batch: segment id 1 is past the model's 1 segment"),
         "{e}"
     );
 

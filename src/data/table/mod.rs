@@ -183,6 +183,20 @@ pub fn csv_quoting_in_tsv(data: &Dataset) -> Option<String> {
 }
 
 impl TableSpec {
+    /// The table at `path` with the command line's default columns: the text in `text`, the
+    /// label in `label`, no second text and every row; set the fields to read others
+    /// (`spec.text_pair_column = Some("hypothesis".into())`).
+    pub fn new(path: impl Into<PathBuf>, kind: TaskKind) -> Self {
+        TableSpec {
+            path: path.into(),
+            text_column: "text".into(),
+            text_pair_column: None,
+            label_column: Some("label".into()),
+            kind,
+            filter: None,
+        }
+    }
+
     /// For a column this spec names that `columns` lack: where exactly one of `columns` is
     /// named by no setting (an id column apart), it is likely the one meant, said as the
     /// flag that names it, as "; here likely `--text-column sentence`"; else nothing.

@@ -306,23 +306,23 @@ impl<B: Backend> Trainer<'_, B> {
                 .unwrap_or_else(|| warmup_steps(c.warmup_ratio, total_steps)),
             total: total_steps,
         };
+        // The flag that made the warmup is the one to change.
+        let warmup_flag = match c.warmup_steps {
+            Some(_) => "--warmup-steps",
+            None => "--warmup-ratio",
+        };
         if schedule.warmup >= 1 && total_steps == 1 && c.learning_rate > 0.0 {
             // transformers' warmup starts at 0: a run of one step in it changes nothing.
-            progress.notice(
+            progress.notice(&format!(
                 "the run's only step is in its warmup, which starts at learning rate 0 (as \
-                 transformers' schedules do): nothing trains; give no warmup (--warmup-ratio 0 \
-                 or --warmup-steps 0), or data for more steps",
-            );
+                 transformers' schedules do): nothing trains; give {warmup_flag} 0, or more \
+                 steps (more data, --epochs, --max-steps)"
+            ));
         } else if schedule.warmup >= total_steps && c.learning_rate > 0.0 {
             progress.notice(&format!(
-                "the warmup of {} spans the whole run of {total_steps}: the learning rate \
-                 never reaches {:e} (--lr); give fewer warmup steps (--warmup-steps, \
-                 --warmup-ratio)",
-                match schedule.warmup {
-                    1 => "1 step".to_string(),
-                    n => format!("{n} steps"),
-                },
-                c.learning_rate
+                "the warmup of {} steps spans the whole run of {total_steps}: the learning \
+                 rate never reaches {:e} (--lr); give fewer warmup steps ({warmup_flag})",
+                schedule.warmup, c.learning_rate
             ));
         }
         if let Some(patience) = c.early_stopping_patience.filter(|_| dev.is_some()) {
