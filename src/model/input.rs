@@ -29,20 +29,6 @@ pub struct ModelInput<B: Backend> {
     first_position: usize,
 }
 
-/// A token id past `config`'s vocabulary, in `example`: most likely another model's
-/// tokenizer made it.
-pub(crate) fn past_vocabulary(example: &str, id: u32, config: &BertConfig) -> Error {
-    Error::invalid(
-        "input",
-        format!(
-            "{example}: token id {id} is past the model's vocabulary of {} tokens: were the \
-             texts tokenized by another model's tokenizer? Take the checkpoint's own \
-             (`Checkpoint::tokenizer`)",
-            config.vocab_size
-        ),
-    )
-}
-
 impl<B: Backend> ModelInput<B> {
     /// Uploads an encoded batch for a BERT model (positions `0..seq`); see
     /// [`ModelInput::for_model`] for any family, which also checks the token ids against the
@@ -56,6 +42,19 @@ impl<B: Backend> ModelInput<B> {
     /// its vocabulary is refused here, where it can be said what likely went wrong (the
     /// embedding would only say the id is out of range).
     pub fn for_model(backend: &B, encoded: &EncodedBatch, config: &BertConfig) -> Result<Self> {
+        Self::for_model_naming_rows(backend, encoded, config, &|row| {
+            format!("row {row} of the batch")
+        })
+    }
+
+    /// [`ModelInput::for_model`], a refused id's row of the batch named by `row_name` (a
+    /// caller that knows where the rows came from names them by their place in the data).
+    pub(crate) fn for_model_naming_rows(
+        backend: &B,
+        encoded: &EncodedBatch,
+        config: &BertConfig,
+        row_name: &dyn Fn(usize) -> String,
+    ) -> Result<Self> {
         let input = Self::with_positions(backend, encoded, config.first_position())?;
         let seq = encoded.seq.max(1);
         if let Some(at) = encoded
@@ -63,8 +62,17 @@ impl<B: Backend> ModelInput<B> {
             .iter()
             .position(|&id| id as usize >= config.vocab_size)
         {
-            let row = format!("row {} of the batch", at / seq);
-            return Err(past_vocabulary(&row, encoded.input_ids[at], config));
+            return Err(Error::invalid(
+                "input",
+                format!(
+                    "{}: token id {} is past the model's vocabulary of {} tokens: were the \
+                     texts tokenized by another model's tokenizer? Take the checkpoint's own \
+                     (`Checkpoint::tokenizer`)",
+                    row_name(at / seq),
+                    encoded.input_ids[at],
+                    config.vocab_size
+                ),
+            ));
         }
         // So are segment ids past the segment table (a BERT tokenizer's pairs for a RoBERTa,
         // whose table has one row), where the family reads them.
@@ -78,10 +86,10 @@ impl<B: Backend> ModelInput<B> {
             return Err(Error::invalid(
                 "input",
                 format!(
-                    "row {} of the batch: segment id {} is past the model's {rows} segment \
-                     type(s) (`type_vocab_size`): were the texts tokenized by another model's \
+                    "{}: segment id {} is past the model's {rows} segment type(s) \
+                     (`type_vocab_size`): were the texts tokenized by another model's \
                      tokenizer? Take the checkpoint's own (`Checkpoint::tokenizer`)",
-                    at / seq,
+                    row_name(at / seq),
                     encoded.token_type_ids[at]
                 ),
             ));

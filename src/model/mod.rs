@@ -11,7 +11,6 @@ mod sequence_classifier;
 pub use bert::{BertModel, BertOutput};
 pub use class_alignment::ClassAlignment;
 pub use embeddings::BertEmbeddings;
-pub(crate) use input::past_vocabulary;
 pub use input::ModelInput;
 pub(crate) use memory::{available_host_memory, proc_kib};
 pub use memory::{check_batch_memory, memory_alternatives, while_loading, Pass};

@@ -134,26 +134,16 @@ impl EncodedDataset {
         rows: &[usize],
         config: &BertConfig,
     ) -> Result<(ModelInput<B>, Option<Labels<B>>, usize)> {
-        // Named by its place in the data, which a batch's row is not once batches shuffle.
-        let past = rows.iter().find_map(|&i| {
-            let id = self
-                .texts
-                .get(i)?
-                .ids
-                .iter()
-                .find(|&&id| id as usize >= config.vocab_size)?;
-            Some((i, *id))
-        });
-        if let Some((i, id)) = past {
-            let example = match self.source_line(i) {
-                Some(line) => format!("line {line}"),
-                None => format!("example {i}"),
-            };
-            return Err(crate::model::past_vocabulary(&example, id, config));
-        }
         let enc = self.batch(rows)?;
         let tokens = enc.attention_mask.iter().filter(|&&m| m == 1).count();
-        let input = ModelInput::for_model(backend, &enc, config)?;
+        // A refused id's example is named by its place in the data, which a batch's row is
+        // not once batches shuffle.
+        let example = |row: usize| match rows.get(row).map(|&i| (i, self.source_line(i))) {
+            Some((_, Some(line))) => format!("line {line}"),
+            Some((i, None)) => format!("example {i}"),
+            None => format!("row {row} of the batch"),
+        };
+        let input = ModelInput::for_model_naming_rows(backend, &enc, config, &example)?;
         let targets: Option<Vec<&Target>> = rows
             .iter()
             .map(|&i| self.target(i))
