@@ -4208,6 +4208,66 @@ fn the_final_line_counts_the_rows_skipped() {
     );
 }
 
+/// MNLI's second dev set is evaluated after training, and its own count of skipped rows sits
+/// beside its metrics, apart from the first dev set's.
+#[test]
+fn an_mnli_run_counts_the_rows_skipped_in_each_dev_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let glue = tmp.path().join("glue");
+    std::fs::create_dir_all(glue.join("MNLI")).unwrap();
+    let header = format!("{MNLI_COLUMNS}\tlabel1\tgold_label\n");
+    let row = |i: usize, label: &str| {
+        format!(
+            "{i}\t1\t1n\tfiction\t(a)\t(b)\t(A)\t(B)\tA man plays.\tHe sleeps.\t{label}\t{label}\n"
+        )
+    };
+    // A row cut short (four fields) is malformed in every split.
+    let short = "9\t1\t1n\tfiction\n";
+    let split = |good: usize, bad: usize| {
+        let mut text = header.clone();
+        for i in 0..good {
+            text += &row(i, ["entailment", "neutral", "contradiction"][i % 3]);
+        }
+        text + &short.repeat(bad)
+    };
+    for (name, good, bad) in [
+        ("train", 4, 1),
+        ("dev_matched", 3, 2),
+        ("dev_mismatched", 2, 3),
+    ] {
+        std::fs::write(glue.join(format!("MNLI/{name}.tsv")), split(good, bad)).unwrap();
+    }
+    let (ok, stdout, err) = spafit(&[
+        "train",
+        "--model",
+        &model(),
+        "--task",
+        "mnli",
+        "--glue-dir",
+        glue.to_str().unwrap(),
+        "--max-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--quiet",
+        "--skip-malformed",
+    ]);
+    assert!(ok, "{err}");
+    let line = last_json(&stdout);
+    assert_eq!(
+        (
+            line["train_skipped_rows"].as_u64(),
+            line["dev_skipped_rows"].as_u64(),
+            line["dev_mismatched_skipped_rows"].as_u64()
+        ),
+        (Some(1), Some(2), Some(3)),
+        "{line}"
+    );
+    assert!(line["dev_mismatched_loss"].is_number(), "{line}");
+}
+
 /// A model given as a hub id reads from its cache snapshot: no output goes there either (a
 /// run was written among the cache's files).
 #[test]
@@ -4261,6 +4321,53 @@ fn nothing_is_written_into_the_hub_snapshot_a_model_is_read_from() {
     let (ok, _, err) = run(&["--write-batches", blob.to_str().unwrap()]);
     assert!(!ok && err.contains("is a file of the model"), "{err}");
     assert!(!snapshot.join("run").exists() && !snapshot.join("batches.jsonl").exists());
+}
+
+/// The older sentence-transformers layout under a hub id keeps the model in the snapshot's
+/// `0_Transformer/`: the whole cache repository is still the folder read, not that subfolder.
+#[test]
+fn nothing_is_written_into_an_older_sentence_transformers_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hub");
+    let repo = hub.join("models--org--older");
+    let snapshot = repo.join("snapshots").join("abc");
+    let transformer = snapshot.join("0_Transformer");
+    std::fs::create_dir_all(&transformer).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-ernie/model");
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        let blob = repo.join("blobs").join(format!("sha-{name}"));
+        std::fs::copy(fixture.join(name), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, transformer.join(name)).unwrap();
+    }
+    std::fs::write(
+        snapshot.join("modules.json"),
+        r#"[{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]"#,
+    )
+    .unwrap();
+    let data = tmp.path().join("train.csv");
+    std::fs::write(&data, "text,label\ngood,1\nbad,0\n").unwrap();
+    let env = [("HF_HUB_CACHE", hub.as_os_str())];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train", "--model", "org/older", "--train-file"];
+        args.push(data.to_str().unwrap());
+        args.extend_from_slice(&["--max-steps", "1", "--quiet"]);
+        args.extend_from_slice(extra);
+        spafit_with_env(&args, &env)
+    };
+    let (ok, _, err) = run(&[]);
+    assert!(ok, "the hub id resolves to 0_Transformer: {err}");
+    let lies_in = format!("lies in {}", repo.canonicalize().unwrap().display());
+    for output in [snapshot.join("run"), transformer.join("run")] {
+        let (ok, _, err) = run(&["--output", output.to_str().unwrap()]);
+        assert!(!ok && err.contains(&lies_in), "{output:?}: {err}");
+        assert!(!output.exists());
+    }
 }
 
 /// The demo keeps its final JSON line in `--output`'s result.json, as `train` does; a
