@@ -9,9 +9,9 @@ use spafit::backend::Backend;
 
 use super::args::{on_backend, ModelArgs, PeftArgs};
 use super::named_pipes::open_checkpoint;
-use super::train::{
-    check_output_paths, fit, keep_result, print_recorded_result, setup, timing_or_null, TrainArgs,
-};
+use super::output_paths::check_output_paths;
+use super::run_result::{keep_result, print_recorded_result, timing_or_null};
+use super::train::{fit, setup, TrainArgs};
 
 /// `spafit demo`: fine-tune on Rotten Tomatoes and report dev accuracy.
 #[derive(Args, Debug)]

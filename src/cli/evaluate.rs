@@ -323,7 +323,7 @@ impl PredictCommand {
 
     fn run_on<B: Backend>(&self, backend: B) -> Result<()> {
         if let Some(out) = self.output_file() {
-            super::check_output_file(
+            super::output_paths::check_output_file(
                 "--output",
                 out,
                 &self.model.model,

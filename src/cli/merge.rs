@@ -57,7 +57,7 @@ impl MergeCommand {
     pub fn run(&self) -> Result<()> {
         let dtype = parse_merged_dtype(&self.dtype)?;
         if let Some(folder) =
-            super::read_folder_holding(&self.output, &self.model, Some(&self.adapter))
+            super::output_paths::read_folder_holding(&self.output, &self.model, Some(&self.adapter))
         {
             return Err(Error::invalid(
                 "--output",
