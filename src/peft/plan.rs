@@ -377,9 +377,9 @@ impl PeftPlan {
     /// Resolves and validates `config` for a model with `layers` encoder layers.
     pub fn new(config: &PeftConfig, layers: usize) -> Result<Self> {
         let invalid = |detail: String| Error::invalid("peft plan", detail);
-        if layers > MAX_LAYERS {
+        if layers == 0 || layers > MAX_LAYERS {
             return Err(invalid(format!(
-                "{layers} layers: an encoder has at most {MAX_LAYERS} here"
+                "{layers} layers: an encoder has 1 to {MAX_LAYERS} here"
             )));
         }
         if config.lora_layers.is_some() && config.method != Method::Lora {

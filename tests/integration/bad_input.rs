@@ -457,11 +457,13 @@ fn sizes_past_memory_and_inconsistent_parts_are_refused() {
     .is_err());
     assert!(Linear::new("dense", w, tensor(&cpu(), &[3], &[0.0; 3])).is_ok());
 
-    let e = expect_err(
-        PeftPlan::new(&PeftConfig::new(Method::BitFit), usize::MAX),
-        "layers",
-    );
-    assert!(e.to_string().contains("layers"), "{e}");
+    for layers in [0, usize::MAX] {
+        let e = expect_err(
+            PeftPlan::new(&PeftConfig::new(Method::BitFit), layers),
+            "layers",
+        );
+        assert!(e.to_string().contains(&format!("{layers} layers")), "{e}");
+    }
 }
 
 /// One model on two CPU backends of other dtypes (both `CpuBackend`: the types allow it) is
