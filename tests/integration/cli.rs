@@ -4268,57 +4268,99 @@ fn an_mnli_run_counts_the_rows_skipped_in_each_dev_set() {
     assert!(line["dev_mismatched_loss"].is_number(), "{line}");
 }
 
+/// A Hugging Face cache under `root/hub` holding the tiny ERNIE as `org/<name>` at snapshot
+/// `abc`, its files links into `blobs/` as the hub lays them out, in the snapshot itself or
+/// (the older sentence-transformers layout) in its `0_Transformer/` beside a `modules.json`;
+/// and `train` of two rows on it, given more flags.
+struct HubCache {
+    hub: std::path::PathBuf,
+    repo: std::path::PathBuf,
+    snapshot: std::path::PathBuf,
+    data: std::path::PathBuf,
+    id: String,
+}
+
+impl HubCache {
+    fn new(root: &Path, name: &str, in_transformer_folder: bool) -> Self {
+        let hub = root.join("hub");
+        let repo = hub.join(format!("models--org--{name}"));
+        let snapshot = repo.join("snapshots").join("abc");
+        let model = match in_transformer_folder {
+            true => snapshot.join("0_Transformer"),
+            false => snapshot.clone(),
+        };
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs").join("main"), "abc").unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-ernie/model");
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            let blob = repo.join("blobs").join(format!("sha-{file}"));
+            std::fs::copy(fixture.join(file), &blob).unwrap();
+            std::os::unix::fs::symlink(&blob, model.join(file)).unwrap();
+        }
+        if in_transformer_folder {
+            std::fs::write(
+                snapshot.join("modules.json"),
+                r#"[{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]"#,
+            )
+            .unwrap();
+        }
+        let data = root.join("train.csv");
+        std::fs::write(&data, "text,label\ngood,1\nbad,0\n").unwrap();
+        let id = format!("org/{name}");
+        HubCache {
+            hub,
+            repo,
+            snapshot,
+            data,
+            id,
+        }
+    }
+
+    fn train(&self, extra: &[&str]) -> (bool, String, String) {
+        let mut args = vec!["train", "--model", &self.id, "--train-file"];
+        args.push(self.data.to_str().unwrap());
+        args.extend_from_slice(&["--max-steps", "1", "--quiet"]);
+        args.extend_from_slice(extra);
+        spafit_with_env(&args, &[("HF_HUB_CACHE", self.hub.as_os_str())])
+    }
+
+    /// The words a refused output's message gives for the folder it lies in: the whole
+    /// cache repository.
+    fn lies_in(&self) -> String {
+        format!("lies in {}", self.repo.canonicalize().unwrap().display())
+    }
+}
+
 /// A model given as a hub id reads from its cache snapshot: no output goes there either (a
 /// run was written among the cache's files).
 #[test]
 fn nothing_is_written_into_the_hub_snapshot_a_model_is_read_from() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = tmp.path().join("hub");
-    let repo = hub.join("models--org--tiny");
-    let snapshot = repo.join("snapshots").join("abc");
-    std::fs::create_dir_all(&snapshot).unwrap();
-    std::fs::create_dir_all(repo.join("blobs")).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs").join("main"), "abc").unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-ernie/model");
-    // As the hub lays it out: the snapshot's files are links into blobs/.
-    for name in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        let blob = repo.join("blobs").join(format!("sha-{name}"));
-        std::fs::copy(fixture.join(name), &blob).unwrap();
-        std::os::unix::fs::symlink(&blob, snapshot.join(name)).unwrap();
-    }
-    let data = tmp.path().join("train.csv");
-    std::fs::write(&data, "text,label\ngood,1\nbad,0\n").unwrap();
-    let env = [("HF_HUB_CACHE", hub.as_os_str())];
-    let run = |extra: &[&str]| {
-        let mut args = vec!["train", "--model", "org/tiny", "--train-file"];
-        args.push(data.to_str().unwrap());
-        args.extend_from_slice(&["--max-steps", "1", "--quiet"]);
-        args.extend_from_slice(extra);
-        spafit_with_env(&args, &env)
-    };
-    let (ok, _, err) = run(&[]);
+    let cache = HubCache::new(tmp.path(), "tiny", false);
+    let (ok, _, err) = cache.train(&[]);
     assert!(ok, "the hub id resolves: {err}");
+    let snapshot = &cache.snapshot;
     let inside = snapshot.join("run").display().to_string();
     let batches = snapshot.join("batches.jsonl").display().to_string();
-    let beside = repo.join("refs").join("run").display().to_string();
-    let lies_in = format!("lies in {}", repo.canonicalize().unwrap().display());
+    let beside = cache.repo.join("refs").join("run").display().to_string();
     for extra in [
         ["--output", inside.as_str()],
         ["--write-batches", batches.as_str()],
         ["--output", beside.as_str()],
     ] {
-        let (ok, _, err) = run(&extra);
-        assert!(!ok && err.contains(&lies_in), "{extra:?}: {err}");
+        let (ok, _, err) = cache.train(&extra);
+        assert!(!ok && err.contains(&cache.lies_in()), "{extra:?}: {err}");
     }
     // A blob the snapshot links to is one of the model's files.
-    let blob = repo.join("blobs").join("sha-config.json");
-    let (ok, _, err) = run(&["--write-batches", blob.to_str().unwrap()]);
+    let blob = cache.repo.join("blobs").join("sha-config.json");
+    let (ok, _, err) = cache.train(&["--write-batches", blob.to_str().unwrap()]);
     assert!(!ok && err.contains("is a file of the model"), "{err}");
     assert!(!snapshot.join("run").exists() && !snapshot.join("batches.jsonl").exists());
 }
@@ -4328,44 +4370,13 @@ fn nothing_is_written_into_the_hub_snapshot_a_model_is_read_from() {
 #[test]
 fn nothing_is_written_into_an_older_sentence_transformers_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let hub = tmp.path().join("hub");
-    let repo = hub.join("models--org--older");
-    let snapshot = repo.join("snapshots").join("abc");
-    let transformer = snapshot.join("0_Transformer");
-    std::fs::create_dir_all(&transformer).unwrap();
-    std::fs::create_dir_all(repo.join("blobs")).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-ernie/model");
-    for name in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        let blob = repo.join("blobs").join(format!("sha-{name}"));
-        std::fs::copy(fixture.join(name), &blob).unwrap();
-        std::os::unix::fs::symlink(&blob, transformer.join(name)).unwrap();
-    }
-    std::fs::write(
-        snapshot.join("modules.json"),
-        r#"[{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]"#,
-    )
-    .unwrap();
-    let data = tmp.path().join("train.csv");
-    std::fs::write(&data, "text,label\ngood,1\nbad,0\n").unwrap();
-    let env = [("HF_HUB_CACHE", hub.as_os_str())];
-    let run = |extra: &[&str]| {
-        let mut args = vec!["train", "--model", "org/older", "--train-file"];
-        args.push(data.to_str().unwrap());
-        args.extend_from_slice(&["--max-steps", "1", "--quiet"]);
-        args.extend_from_slice(extra);
-        spafit_with_env(&args, &env)
-    };
-    let (ok, _, err) = run(&[]);
+    let cache = HubCache::new(tmp.path(), "older", true);
+    let (ok, _, err) = cache.train(&[]);
     assert!(ok, "the hub id resolves to 0_Transformer: {err}");
-    let lies_in = format!("lies in {}", repo.canonicalize().unwrap().display());
-    for output in [snapshot.join("run"), transformer.join("run")] {
-        let (ok, _, err) = run(&["--output", output.to_str().unwrap()]);
-        assert!(!ok && err.contains(&lies_in), "{output:?}: {err}");
+    let transformer = cache.snapshot.join("0_Transformer");
+    for output in [cache.snapshot.join("run"), transformer.join("run")] {
+        let (ok, _, err) = cache.train(&["--output", output.to_str().unwrap()]);
+        assert!(!ok && err.contains(&cache.lies_in()), "{output:?}: {err}");
         assert!(!output.exists());
     }
 }
