@@ -713,6 +713,7 @@ fn attention_cases<B: Backend>(
             dy: &dy,
             scale: config.scale,
             dropout: config.dropout.as_ref().map_or(0.0, |d| d.p),
+            position_bias: None,
         };
         let magnitudes =
             (error_scale == ErrorScale::OfMagnitudes).then(|| attention_magnitudes(&operands));
@@ -822,8 +823,6 @@ fn attention_cases<B: Backend>(
 /// gradient against the f64 reference, over two tensor-core tiles of keys with a padded tail,
 /// and with dropout and a fully padded sequence.
 fn attention_position_bias<B: Backend>(b: &B, tol: f64) {
-    let r = reference();
-    let mut rng = SplitMix::new(37);
     let cases = [
         (2, 70, 3, 12, vec![70, 41], None),
         (
@@ -839,8 +838,27 @@ fn attention_position_bias<B: Backend>(b: &B, tol: f64) {
         // A head dim whose last 32-column chunk is partial; a sequence ending inside a tile.
         (2, 45, 2, 40, vec![45, 33], None),
     ];
+    position_bias_cases(b, tol, cases, ErrorScale::OfResult);
+}
+
+/// An attention case with a position bias: batch, sequence length, heads, head dim, each
+/// sequence's length, dropout.
+type PositionBiasCase = (usize, usize, usize, usize, Vec<usize>, Option<Dropout>);
+
+/// [`attention_position_bias`]'s checks on `cases`, each result held to `error_scale`.
+fn position_bias_cases<B: Backend>(
+    b: &B,
+    tol: f64,
+    cases: impl IntoIterator<Item = PositionBiasCase>,
+    error_scale: ErrorScale,
+) {
+    let r = reference();
+    let mut rng = SplitMix::new(37);
     for (batch, seq, heads, hd, lengths, dropout) in cases {
-        let tag = format!("b{batch}s{seq}h{heads}d{hd}");
+        let tag = format!(
+            "b{batch}s{seq}h{heads}d{hd}{}",
+            if dropout.is_some() { "drop" } else { "" }
+        );
         let (rows, hidden) = (batch * seq, heads * hd);
         let mask: Vec<u32> = (0..batch)
             .flat_map(|bi| (0..seq).map(move |j| (bi, j)))
@@ -863,18 +881,40 @@ fn attention_position_bias<B: Backend>(b: &B, tol: f64) {
         let shapes = ([batch, seq], [rows, hidden], [diagonals, heads]);
         let want = biased_attention(&r, &operands, &bias, &mask, shapes, &config);
         let got = biased_attention(b, &operands, &bias, &mask, shapes, &config);
+        let magnitudes = (error_scale == ErrorScale::OfMagnitudes).then(|| {
+            let m = attention_magnitudes(&AttentionOperands {
+                batch,
+                seq,
+                heads,
+                head_dim: hd,
+                mask: &mask,
+                q: &operands[0],
+                k: &operands[1],
+                v: &operands[2],
+                dy: &operands[3],
+                scale: config.scale,
+                dropout: config.dropout.as_ref().map_or(0.0, |d| d.p),
+                position_bias: Some(&bias),
+            });
+            [m.out, m.lse, m.dq, m.dk, m.dv, m.d_position_bias]
+        });
         for (i, name) in ["out", "lse", "dq", "dk", "dv", "d_position_bias"]
             .iter()
             .enumerate()
         {
-            check_against(
-                b,
-                &format!("attention_position_bias.{name} {tag}"),
-                &got[i],
-                &want[i],
-                &want[i],
-                tol,
-            );
+            let what = format!("attention_position_bias.{name} {tag}");
+            let Some(m) = &magnitudes else {
+                check_against(b, &what, &got[i], &want[i], &want[i], tol);
+                continue;
+            };
+            // A bound the exact result exceeds would be no bound (and could hide errors).
+            if let Some(at) = (0..m[i].len()).find(|&e| want[i][e].abs() > m[i][e] * (1.0 + 1e-9)) {
+                panic!(
+                    "{what}: |{}| above its magnitude {} at {at}",
+                    want[i][at], m[i][at]
+                );
+            }
+            check_against(b, &what, &got[i], &want[i], &m[i], tol);
         }
     }
 }
@@ -1192,7 +1232,8 @@ fn adamw<B: Backend>(b: &B, tol: f64) {
 
 /// Seeded random shapes beyond the hand-picked ones: every dimension drawn anew, so tile
 /// edges, ranks, head dims that are not powers of two and padding patterns nobody chose get
-/// tried. `SPAFIT_RANDOM_SHAPES=N` runs N cases of each kind (default: 6 linear, 3 attention)
+/// tried. `SPAFIT_RANDOM_SHAPES=N` runs N cases of each kind (default: 6 linear, 3 attention, 2
+/// attention with MPNet's position bias)
 /// and `SPAFIT_RANDOM_SEED=S` another draw; a failure's message names the shape and the
 /// norms. The linear results are held to the norm of the same products over the operands'
 /// magnitudes, which bounds a rounded product's error however much it cancels; attention's
@@ -1242,6 +1283,18 @@ fn random_shapes<B: Backend>(b: &B, tol: f64) {
             (batch, seq, heads, head_dim, lengths, holes, dropout)
         })
         .collect();
+    // MPNet's: a prefix of keys attended (its masks are padding), up to 100 tokens.
+    let biased: Vec<PositionBiasCase> = (0..count(2))
+        .map(|_| {
+            let (batch, seq, heads, head_dim) = (draw(3), draw(100), draw(3), draw(128));
+            let lengths = (0..batch).map(|_| draw(seq + 1) - 1).collect();
+            let dropout = (draw(2) == 2).then(|| Dropout {
+                p: draw(5) as f64 / 10.0,
+                seed: draw(1000) as u64,
+            });
+            (batch, seq, heads, head_dim, lengths, dropout)
+        })
+        .collect();
     for c in &linear {
         println!(
             "linear {}x{}x{} r{} separate {} scale {}",
@@ -1251,8 +1304,12 @@ fn random_shapes<B: Backend>(b: &B, tol: f64) {
     for c in &attention {
         println!("attention {c:?}");
     }
+    for c in &biased {
+        println!("attention with a position bias {c:?}");
+    }
     linear_cases(b, tol, linear, ErrorScale::OfMagnitudes);
     attention_cases(b, tol, attention, ErrorScale::OfMagnitudes);
+    position_bias_cases(b, tol, biased, ErrorScale::OfMagnitudes);
 }
 
 /// Instantiates each test body for the CPU (f32, f64, bf16 frozen weights) and CUDA (f32,

@@ -21,6 +21,9 @@ pub struct AttentionOperands<'a> {
     pub scale: f64,
     /// The dropout probability on the attention probabilities (0 without dropout).
     pub dropout: f64,
+    /// MPNet's relative position bias, `[2·seq − 1, heads]`: row `seq − 1 + j − i` is added
+    /// to the logit of query i and key j.
+    pub position_bias: Option<&'a [f64]>,
 }
 
 /// The magnitude bounds of the output and of the three gradients, in the operands' layout,
@@ -34,6 +37,9 @@ pub struct AttentionMagnitudes {
     pub dq: Vec<f64>,
     pub dk: Vec<f64>,
     pub dv: Vec<f64>,
+    /// The position bias's gradient, `[2·seq − 1, heads]` (zeros without a bias): each
+    /// diagonal's Σ dS_ij over its magnitudes.
+    pub d_position_bias: Vec<f64>,
 }
 
 /// With P the probabilities (a row with no key attended has none: its context is 0) and
@@ -51,7 +57,9 @@ pub fn attention_magnitudes(o: &AttentionOperands) -> AttentionMagnitudes {
         dq: vec![0.0; size],
         dk: vec![0.0; size],
         dv: vec![0.0; size],
+        d_position_bias: vec![0.0; (2 * seq - 1) * o.heads],
     };
+    let bias_row = |i: usize, j: usize| (seq - 1 + j - i) * o.heads;
     let at = |b: usize, t: usize, h: usize| (b * seq + t) * width + h * hd;
     let abs_dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| (a * b).abs()).sum::<f64>();
     for b in 0..o.batch {
@@ -60,9 +68,10 @@ pub fn attention_magnitudes(o: &AttentionOperands) -> AttentionMagnitudes {
                 let qi = &o.q[at(b, i, h)..at(b, i, h) + hd];
                 let dyi = &o.dy[at(b, i, h)..at(b, i, h) + hd];
                 let attended: Vec<usize> = (0..seq).filter(|&j| o.mask[b * seq + j] != 0).collect();
+                let bias = |j: usize| o.position_bias.map_or(0.0, |t| t[bias_row(i, j) + h]);
                 let logits: Vec<f64> = attended
                     .iter()
-                    .map(|&j| o.scale * dot(qi, &o.k[at(b, j, h)..at(b, j, h) + hd]))
+                    .map(|&j| o.scale * dot(qi, &o.k[at(b, j, h)..at(b, j, h) + hd]) + bias(j))
                     .collect();
                 let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let weights: Vec<f64> = logits.iter().map(|l| (l - top).exp()).collect();
@@ -78,13 +87,17 @@ pub fn attention_magnitudes(o: &AttentionOperands) -> AttentionMagnitudes {
                         .iter()
                         .zip(&p)
                         .map(|(&j, p)| {
-                            p * o.scale * abs_dot(qi, &o.k[at(b, j, h)..at(b, j, h) + hd])
+                            p * (o.scale * abs_dot(qi, &o.k[at(b, j, h)..at(b, j, h) + hd])
+                                + bias(j).abs())
                         })
                         .sum();
                     m.lse[(b * o.heads + h) * seq + i] = (top + total.ln()).abs() + logit_sizes;
                 }
                 for (n, &j) in attended.iter().enumerate() {
                     let ds = p[n] * (dp[n] + d) * keep;
+                    if o.position_bias.is_some() {
+                        m.d_position_bias[bias_row(i, j) + h] += ds;
+                    }
                     for c in 0..hd {
                         let (row_i, row_j) = (at(b, i, h) + c, at(b, j, h) + c);
                         m.out[row_i] += p[n] * keep * o.v[row_j].abs();
