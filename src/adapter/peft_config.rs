@@ -133,7 +133,10 @@ enum Match {
 #[derive(Clone, Debug)]
 pub(crate) struct PeftLoraSettings {
     pub rank: usize,
+    /// `lora_alpha` as the file gives it (the patterns' alphas are compared with it).
     pub alpha: f64,
+    /// `use_rslora`: the scale is `alpha / √r` (rank-stabilized LoRA), not `alpha / r`.
+    pub rank_stabilized: bool,
     pub dropout: f64,
     targets: ModuleSelector,
     exclude: Option<ModuleSelector>,
@@ -207,9 +210,8 @@ impl PeftLoraSettings {
                 format!("`{task}`: spafit needs a sequence-classification adapter (SEQ_CLS) with its classifier"),
             ));
         }
-        let refusals: [(&str, &str); 3] = [
+        let refusals: [(&str, &str); 2] = [
             ("use_dora", "DoRA (weight-decomposed LoRA) is not supported"),
-            ("use_rslora", "rank-stabilized LoRA (scale alpha/sqrt(r)) is not supported; spafit scales by alpha/r"),
             ("layer_replication", "replicated layers are not supported"),
         ];
         for (field, why) in refusals {
@@ -311,6 +313,11 @@ impl PeftLoraSettings {
                 .filter(|a| a.is_finite())
                 .ok_or_else(|| bad("lora_alpha", format!("{v} is not a number")))?,
         };
+        let rank_stabilized = match get("use_rslora") {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            other => return Err(bad("use_rslora", format!("{other} is not true or false"))),
+        };
         let dropout = match get("lora_dropout") {
             Value::Null => 0.0,
             v => v
@@ -389,6 +396,7 @@ impl PeftLoraSettings {
             alpha_pattern,
             rank,
             alpha,
+            rank_stabilized,
             dropout,
             targets,
             exclude,
@@ -397,6 +405,16 @@ impl PeftLoraSettings {
             base_model_name_or_path: get("base_model_name_or_path").as_str().map(str::to_string),
             frozen_b_init,
         })
+    }
+
+    /// The alpha that gives this adapter's scale as spafit computes every LoRA scale,
+    /// `alpha / r`: `lora_alpha` itself, or `lora_alpha · √r` for rank-stabilized LoRA, whose
+    /// scale `lora_alpha / √r` is the same number.
+    pub fn alpha_over_rank(&self) -> f64 {
+        match self.rank_stabilized {
+            true => self.alpha * (self.rank as f64).sqrt(),
+            false => self.alpha,
+        }
     }
 
     /// The layers `layers_to_transform` names, when given (empty: every layer).

@@ -715,13 +715,16 @@ fn import<B: Backend>(
         spafit_shape(&strata).map_or((Method::Lora, None), |b| (Method::Spafit, Some(b)));
     let lora_config = LoraConfig {
         rank: settings.rank,
-        alpha: settings.alpha,
+        alpha: settings.alpha_over_rank(),
         dropout: settings.dropout,
         targets: targets.into_iter().collect(),
     };
     let fields = crate::nn::LoraFields {
         rank: "`r`",
-        alpha: "`lora_alpha`",
+        alpha: match settings.rank_stabilized {
+            true => "`lora_alpha` × √`r` (`use_rslora`)",
+            false => "`lora_alpha`",
+        },
         dropout: "`lora_dropout`",
         targets: "`target_modules`",
     };
@@ -846,6 +849,16 @@ fn import<B: Backend>(
              trains every bias of a layer whose biases train): {}",
             untouched_trainable.len(),
             untouched_trainable.join(", ")
+        ));
+    }
+    if settings.rank_stabilized {
+        notes.push(format!(
+            "rank-stabilized LoRA (`use_rslora`): its scale `lora_alpha` / √`r` = {} / √{} is \
+             spafit's alpha / r with alpha {}, which an adapter or a PEFT export saved from it \
+             records (with `use_rslora` false: the same scale)",
+            settings.alpha,
+            settings.rank,
+            settings.alpha_over_rank()
         ));
     }
     let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();

@@ -37,7 +37,7 @@ fn adapters_written_by_peft_give_peft_logits() {
 
 #[test]
 fn adapters_with_peft_wrappers_and_saved_modules_give_peft_logits() {
-    check_peft_written_set(&wrapped_fixtures(), 4);
+    check_peft_written_set(&wrapped_fixtures(), 5);
 }
 
 /// Every case of a PEFT-written fixture set loads to PEFT's float64 logits, every stored
@@ -177,6 +177,15 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
             }
             "empty_layers_list" => {
                 assert_eq!(plan.strata, vec![Stratum::LoraOnly; 6]);
+            }
+            "rank_stabilized" => {
+                // lora_alpha 2 over √4: spafit's alpha / r with alpha 2·√4.
+                assert_eq!((lora.rank, lora.alpha), (4, 4.0));
+                assert!(
+                    opened.notes.len() == 1 && opened.notes[0].contains("use_rslora"),
+                    "{:?}",
+                    opened.notes
+                );
             }
             other => panic!("unknown case {other}"),
         }
@@ -709,7 +718,7 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
     use serde_json::json;
     let config_cases: Vec<(&str, serde_json::Value, &str)> = vec![
         ("use_dora", json!(true), "DoRA"),
-        ("use_rslora", json!(true), "rank-stabilized"),
+        ("use_rslora", json!("yes"), "is not true or false"),
         (
             "bias",
             json!("foo"),
