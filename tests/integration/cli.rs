@@ -4332,9 +4332,10 @@ impl HubCache {
     }
 
     /// The words a refused output's message gives for the folder it lies in: the whole
-    /// cache repository.
+    /// cache repository, to the comma that ends its name (a folder inside it would pass a
+    /// check without it).
     fn lies_in(&self) -> String {
-        format!("lies in {}", self.repo.canonicalize().unwrap().display())
+        format!("lies in {}, ", self.repo.canonicalize().unwrap().display())
     }
 }
 
@@ -4374,7 +4375,11 @@ fn nothing_is_written_into_an_older_sentence_transformers_snapshot() {
     let (ok, _, err) = cache.train(&[]);
     assert!(ok, "the hub id resolves to 0_Transformer: {err}");
     let transformer = cache.snapshot.join("0_Transformer");
-    for output in [cache.snapshot.join("run"), transformer.join("run")] {
+    for output in [
+        cache.snapshot.join("run"),
+        transformer.join("run"),
+        cache.repo.join("refs").join("run"),
+    ] {
         let (ok, _, err) = cache.train(&["--output", output.to_str().unwrap()]);
         assert!(!ok && err.contains(&cache.lies_in()), "{output:?}: {err}");
         assert!(!output.exists());

@@ -845,7 +845,10 @@ fn attention_position_bias<B: Backend>(b: &B, tol: f64) {
 /// sequence's length, dropout.
 type PositionBiasCase = (usize, usize, usize, usize, Vec<usize>, Option<Dropout>);
 
-/// [`attention_position_bias`]'s checks on `cases`, each result held to `error_scale`.
+/// [`attention_position_bias`]'s checks on `cases`, each result held to `error_scale`. Held
+/// to its magnitudes, the bias's gradient (each diagonal a sum of up to batch × seq terms that
+/// cancel) is held loosely, by up to the square root of that count against its own norm: the
+/// hand-picked cases hold it to its result.
 fn position_bias_cases<B: Backend>(
     b: &B,
     tol: f64,

@@ -238,6 +238,52 @@ fn plans() -> Vec<(&'static str, PeftPlan)> {
 }
 
 /// Export → import gives bitwise the same logits and the same plan, in f64 and f32.
+/// A rank-stabilized adapter's export declares plain LoRA (`use_rslora` false) with the alpha
+/// that gives the same scale, `lora_alpha · √r`, and imports back to bitwise its logits.
+#[test]
+fn a_rank_stabilized_adapter_exports_as_plain_lora_of_the_same_scale() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let texts = ["a gorgeous, witty movie", "dull"];
+    let opened = open_adapter(&wrapped_fixtures().join("rank_stabilized"), &ck, &cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    export_peft(
+        dir.path(),
+        &cpu,
+        &opened.model,
+        &opened.plan,
+        &PeftExportRecord {
+            base_model_name_or_path: "all-MiniLM-L6-v2",
+            ..PeftExportRecord::default()
+        },
+    )
+    .unwrap();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    // The fixture's lora_alpha 2 over √4 is alpha 4 over 4.
+    assert_eq!(
+        (&config["use_rslora"], &config["r"], &config["lora_alpha"]),
+        (
+            &serde_json::json!(false),
+            &serde_json::json!(4),
+            &serde_json::json!(4.0)
+        ),
+        "{config}"
+    );
+    let (back, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
+    assert!(import.notes.is_empty(), "{:?}", import.notes);
+    let (a, b) = (
+        common::logits(&ck, &cpu, &opened.model, &texts, 32),
+        common::logits(&ck, &cpu, &back, &texts, 32),
+    );
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{a:?} vs {b:?}"
+    );
+}
+
 #[test]
 fn export_then_import_gives_bitwise_the_same_logits() {
     let ck = checkpoint();

@@ -30,9 +30,9 @@ pub struct AttentionOperands<'a> {
 /// and the log-sum-exp's scale (`[batch, heads, seq]`).
 pub struct AttentionMagnitudes {
     pub out: Vec<f64>,
-    /// |lse| plus the probability-weighted magnitude of the logits (Σ_j P_ij · scale ·
-    /// Σ_d |q_id k_jd|), by which rounding q and k moves it: the lse of a single key is its
-    /// logit, which cancels to near 0 as a dot product of both signs does.
+    /// |lse| plus the probability-weighted magnitude of the logits (Σ_j P_ij · (scale ·
+    /// Σ_d |q_id k_jd| + |bias_ij|)), by which rounding q, k and the bias moves it: the lse of
+    /// a single key is its logit, which cancels to near 0 as a dot product of both signs does.
     pub lse: Vec<f64>,
     pub dq: Vec<f64>,
     pub dk: Vec<f64>,
@@ -45,7 +45,9 @@ pub struct AttentionMagnitudes {
 /// With P the probabilities (a row with no key attended has none: its context is 0) and
 /// dP_ij = dy_i · v_j, the backward pass's dS_ij = P_ij (dP_ij − Σ_l P_il dP_il) is bounded by
 /// P_ij (|dy_i|·|v_j| + Σ_l P_il |dy_i|·|v_l|). Dropout keeps a probability or zeroes it and
-/// divides the kept ones by 1 − p, so dividing every bound by 1 − p covers any mask.
+/// divides the kept ones by 1 − p, so dividing every bound by 1 − p covers any mask. A
+/// position bias's gradient sums dS_ij along each diagonal j − i over the batch: its bound is
+/// the sum of those dS bounds.
 pub fn attention_magnitudes(o: &AttentionOperands) -> AttentionMagnitudes {
     let (seq, hd) = (o.seq, o.head_dim);
     let width = o.heads * hd;
