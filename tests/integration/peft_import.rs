@@ -238,6 +238,28 @@ fn plans() -> Vec<(&'static str, PeftPlan)> {
 }
 
 /// Export → import gives bitwise the same logits and the same plan, in f64 and f32.
+/// Exports `model` under `plan` as a PEFT adapter into `dir`; its `adapter_config.json`.
+fn exported_config<B: Backend>(
+    dir: &Path,
+    backend: &B,
+    model: &spafit::model::BertClassifier<B>,
+    plan: &PeftPlan,
+) -> serde_json::Value {
+    export_peft(
+        dir,
+        backend,
+        model,
+        plan,
+        &PeftExportRecord {
+            base_model_name_or_path: "all-MiniLM-L6-v2",
+            ..PeftExportRecord::default()
+        },
+    )
+    .unwrap();
+    serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+        .unwrap()
+}
+
 /// A rank-stabilized adapter's export declares plain LoRA (`use_rslora` false) with the alpha
 /// that gives the same scale, `lora_alpha · √r`, and imports back to bitwise its logits.
 #[test]
@@ -247,21 +269,7 @@ fn a_rank_stabilized_adapter_exports_as_plain_lora_of_the_same_scale() {
     let texts = ["a gorgeous, witty movie", "dull"];
     let opened = open_adapter(&wrapped_fixtures().join("rank_stabilized"), &ck, &cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    export_peft(
-        dir.path(),
-        &cpu,
-        &opened.model,
-        &opened.plan,
-        &PeftExportRecord {
-            base_model_name_or_path: "all-MiniLM-L6-v2",
-            ..PeftExportRecord::default()
-        },
-    )
-    .unwrap();
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let config = exported_config(dir.path(), &cpu, &opened.model, &opened.plan);
     // The fixture's lora_alpha 2 over √4 is alpha 4 over 4.
     assert_eq!(
         (&config["use_rslora"], &config["r"], &config["lora_alpha"]),
@@ -296,23 +304,9 @@ fn export_then_import_gives_bitwise_the_same_logits() {
         for (name, plan) in plans() {
             let model = common::trained(&ck, &backend, &plan, 3);
             let dir = tempfile::tempdir().unwrap();
-            export_peft(
-                dir.path(),
-                &backend,
-                &model,
-                &plan,
-                &PeftExportRecord {
-                    base_model_name_or_path: "all-MiniLM-L6-v2",
-                    ..PeftExportRecord::default()
-                },
-            )
-            .unwrap();
+            let config = exported_config(dir.path(), &backend, &model, &plan);
             // PEFT restores every module in `modules_to_save` whole, and fails on a key it
             // lacks: each such module's every tensor must be in the file.
-            let config: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
-            )
-            .unwrap();
             let bytes = std::fs::read(dir.path().join("adapter_model.safetensors")).unwrap();
             let keys: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
                 .unwrap()
