@@ -210,14 +210,26 @@ impl PeftLoraSettings {
                 format!("`{task}`: spafit needs a sequence-classification adapter (SEQ_CLS) with its classifier"),
             ));
         }
-        let refusals: [(&str, &str); 2] = [
-            ("use_dora", "DoRA (weight-decomposed LoRA) is not supported"),
-            ("layer_replication", "replicated layers are not supported"),
-        ];
-        for (field, why) in refusals {
-            if !is_unset(get(field)) {
-                return Err(bad(field, format!("{} — {why}", get(field))));
-            }
+        // PEFT's switches are booleans; any other value is refused as such, not read as set.
+        let switch = |field: &str| match get(field) {
+            Value::Null => Ok(false),
+            Value::Bool(b) => Ok(*b),
+            other => Err(bad(field, format!("{other} is not true or false"))),
+        };
+        if switch("use_dora")? {
+            return Err(bad(
+                "use_dora",
+                "true — DoRA (weight-decomposed LoRA) is not supported".into(),
+            ));
+        }
+        if !is_unset(get("layer_replication")) {
+            return Err(bad(
+                "layer_replication",
+                format!(
+                    "{} — replicated layers are not supported",
+                    get("layer_replication")
+                ),
+            ));
         }
         if !is_unset(get("lora_bias")) {
             return Err(bad(
@@ -313,11 +325,7 @@ impl PeftLoraSettings {
                 .filter(|a| a.is_finite())
                 .ok_or_else(|| bad("lora_alpha", format!("{v} is not a number")))?,
         };
-        let rank_stabilized = match get("use_rslora") {
-            Value::Null => false,
-            Value::Bool(b) => *b,
-            other => return Err(bad("use_rslora", format!("{other} is not true or false"))),
-        };
+        let rank_stabilized = switch("use_rslora")?;
         let dropout = match get("lora_dropout") {
             Value::Null => 0.0,
             v => v

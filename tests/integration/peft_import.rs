@@ -759,6 +759,7 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
     let config_cases: Vec<(&str, serde_json::Value, &str)> = vec![
         ("use_dora", json!(true), "DoRA"),
         ("use_rslora", json!("yes"), "is not true or false"),
+        ("use_dora", json!("false"), "is not true or false"),
         (
             "bias",
             json!("foo"),
