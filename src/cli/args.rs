@@ -409,7 +409,8 @@ pub struct PeftArgs {
     /// LoRA rank r [default: 8].
     #[arg(long, allow_hyphen_values = true, value_parser = at_least_one())]
     pub lora_r: Option<usize>,
-    /// LoRA alpha (scale = alpha / r) [default: 16].
+    /// LoRA alpha (scale = alpha / r) [default: 16]. Rank-stabilized LoRA's scale alpha / √r
+    /// (PEFT's use_rslora) is --lora-alpha alpha·√r.
     #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::nn::LoraConfig::alpha_problem))]
     pub lora_alpha: Option<f64>,
     /// Dropout on the adapters' input during training [default: 0.1].
