@@ -416,9 +416,9 @@ impl PeftLoraSettings {
     }
 
     /// The alpha that gives this adapter's scale as spafit computes every LoRA scale,
-    /// `alpha / r`: `lora_alpha` itself, or `lora_alpha · √r` for rank-stabilized LoRA, whose
-    /// scale `lora_alpha / √r` is the same number.
-    pub fn alpha_over_rank(&self) -> f64 {
+    /// `alpha / r`: `lora_alpha` itself, or `lora_alpha · √r` for rank-stabilized LoRA (its
+    /// scale `lora_alpha / √r` is that alpha over r).
+    pub fn spafit_alpha(&self) -> f64 {
         match self.rank_stabilized {
             true => self.alpha * (self.rank as f64).sqrt(),
             false => self.alpha,

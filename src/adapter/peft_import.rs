@@ -715,7 +715,7 @@ fn import<B: Backend>(
         spafit_shape(&strata).map_or((Method::Lora, None), |b| (Method::Spafit, Some(b)));
     let lora_config = LoraConfig {
         rank: settings.rank,
-        alpha: settings.alpha_over_rank(),
+        alpha: settings.spafit_alpha(),
         dropout: settings.dropout,
         targets: targets.into_iter().collect(),
     };
@@ -858,7 +858,7 @@ fn import<B: Backend>(
              records (with `use_rslora` false: the same scale)",
             settings.alpha,
             settings.rank,
-            settings.alpha_over_rank()
+            settings.spafit_alpha()
         ));
     }
     let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();
