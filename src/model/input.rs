@@ -55,7 +55,8 @@ impl<B: Backend> ModelInput<B> {
         config: &BertConfig,
         row_name: &dyn Fn(usize) -> String,
     ) -> Result<Self> {
-        let input = Self::with_positions(backend, encoded, config.first_position())?;
+        // The batch's shape is checked first, and the ids before anything is uploaded.
+        let tokens = Self::checked_tokens(encoded)?;
         let seq = encoded.seq.max(1);
         if let Some(at) = encoded
             .input_ids
@@ -94,7 +95,7 @@ impl<B: Backend> ModelInput<B> {
                 ),
             ));
         }
-        Ok(input)
+        Self::upload(backend, encoded, tokens, config.first_position())
     }
 
     /// The position id of a row's first token these inputs were built with.
@@ -103,6 +104,13 @@ impl<B: Backend> ModelInput<B> {
     }
 
     fn with_positions(backend: &B, encoded: &EncodedBatch, first_position: usize) -> Result<Self> {
+        let tokens = Self::checked_tokens(encoded)?;
+        Self::upload(backend, encoded, tokens, first_position)
+    }
+
+    /// The batch's token count, where its shape holds at least one token, fits the device's
+    /// u32 indices, and matches every field's length.
+    fn checked_tokens(encoded: &EncodedBatch) -> Result<usize> {
         let (batch, seq) = (encoded.batch, encoded.seq);
         // No layer has anything to compute on, and each would say so in its own words.
         if batch == 0 || seq == 0 {
@@ -136,6 +144,17 @@ impl<B: Backend> ModelInput<B> {
                 ));
             }
         }
+        Ok(tokens)
+    }
+
+    /// Uploads a batch [`ModelInput::checked_tokens`] passed, of `tokens` tokens.
+    fn upload(
+        backend: &B,
+        encoded: &EncodedBatch,
+        tokens: usize,
+        first_position: usize,
+    ) -> Result<Self> {
+        let (batch, seq) = (encoded.batch, encoded.seq);
         let flat = Shape::new([tokens]);
         let positions: Vec<u32> = match first_position {
             0 => (0..batch).flat_map(|_| 0..seq as u32).collect(),
