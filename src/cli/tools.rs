@@ -296,6 +296,9 @@ fn describe_plan(line: &mut serde_json::Value, plan: &PeftPlan) {
         let layers = plan.lora_layers();
         let targets: Vec<String> = lora.targets.iter().map(|t| t.to_string()).collect();
         line["lora"] = json!({"r": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout, "targets": targets, "layers": layers});
+        if !lora.overrides.is_empty() {
+            line["lora"]["overrides"] = json!(lora.overrides);
+        }
     }
     line["train_embeddings"] = json!(plan.train_embeddings);
     line["train_pooler"] = json!(plan.train_pooler);

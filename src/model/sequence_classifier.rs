@@ -733,8 +733,9 @@ impl<B: Backend> BertClassifier<B> {
         // leaves it refused by `check_plan`, not passing for the plan it had before.
         self.plan = None;
         self.plan_applied = true;
-        for (layer, &stratum) in self.bert.layers.iter_mut().zip(&plan.strata) {
-            layer.set_stratum(stratum, plan.lora.as_ref(), &mut *init)?;
+        for (index, (layer, &stratum)) in self.bert.layers.iter_mut().zip(&plan.strata).enumerate()
+        {
+            layer.set_stratum(index, stratum, plan.lora.as_ref(), &mut *init)?;
             if plan.train_layer_norm_weights && stratum != Stratum::Frozen {
                 layer.attention_norm.weight.trainable = true;
                 layer.output_norm.weight.trainable = true;

@@ -136,9 +136,10 @@ impl<B: Backend> EncoderLayer<B> {
 
     /// Puts the layer in `stratum`: sets which tensors train and, for LoRA strata, attaches
     /// adapters to `lora.targets` with `A`, `B` from `init(name, shape)` (removing any
-    /// others).
+    /// others), each of the rank and alpha `lora` gives it as encoder layer `index`.
     pub fn set_stratum(
         &mut self,
+        index: usize,
         stratum: Stratum,
         lora: Option<&LoraConfig>,
         mut init: impl FnMut(&str, Shape) -> Result<Tensor<B>>,
@@ -172,17 +173,17 @@ impl<B: Backend> EncoderLayer<B> {
             })?;
             cfg.validate()?;
             for &target in &cfg.targets {
+                let (rank, alpha) = cfg.rank_and_alpha(index, target);
                 let lin = self.linear_mut(target);
                 let (out, inp) = lin.out_in();
                 let prefix = lin.prefix.clone();
                 // Beyond min(out, in) a rank adds parameters and memory but no expressive
                 // power; refusing it also stops a mistyped rank from exhausting memory.
-                if cfg.rank > out.min(inp) {
+                if rank > out.min(inp) {
                     return Err(Error::invalid(
                         "lora config",
                         format!(
-                            "rank r = {} exceeds {} (the smaller side of `{prefix}`, [{out}, {inp}])",
-                            cfg.rank,
+                            "rank r = {rank} exceeds {} (the smaller side of `{prefix}`, [{out}, {inp}])",
                             out.min(inp)
                         ),
                     ));
@@ -215,9 +216,9 @@ impl<B: Backend> EncoderLayer<B> {
                     }
                     Ok(t)
                 };
-                let a = init_checked("lora_A", [cfg.rank, inp])?;
-                let b = init_checked("lora_B", [out, cfg.rank])?;
-                lin.attach_lora(a, b, cfg.scale());
+                let a = init_checked("lora_A", [rank, inp])?;
+                let b = init_checked("lora_B", [out, rank])?;
+                lin.attach_lora(a, b, alpha / rank as f64);
             }
         }
         for target in LoraTarget::ALL {

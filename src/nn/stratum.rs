@@ -190,6 +190,24 @@ pub struct LoraConfig {
     pub dropout: f64,
     /// The linear maps that get adapters.
     pub targets: Vec<LoraTarget>,
+    /// Adapters whose rank or alpha differ from `rank` and `alpha`: what PEFT's
+    /// `rank_pattern` and `alpha_pattern` give an imported adapter. The command line never
+    /// makes any; manifests without the field have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<LoraOverride>,
+}
+
+/// The rank and alpha of one adapter that differ from its [`LoraConfig`]'s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraOverride {
+    /// The encoder layer (0-based).
+    pub layer: usize,
+    /// The linear map of that layer.
+    pub target: LoraTarget,
+    /// Its rank r ≥ 1.
+    pub rank: usize,
+    /// Its alpha; its scale is `alpha / rank`.
+    pub alpha: f64,
 }
 
 impl LoraConfig {
@@ -211,6 +229,54 @@ impl LoraConfig {
         self.alpha / self.rank as f64
     }
 
+    /// The rank and alpha of the adapter on `target` in encoder layer `layer`: its override's,
+    /// or the config's.
+    pub fn rank_and_alpha(&self, layer: usize, target: LoraTarget) -> (usize, f64) {
+        self.overrides
+            .iter()
+            .find(|o| o.layer == layer && o.target == target)
+            .map_or((self.rank, self.alpha), |o| (o.rank, o.alpha))
+    }
+
+    /// The largest scale `alpha / r` of any adapter: the config's, or an override's.
+    pub fn largest_scale(&self) -> f64 {
+        self.overrides
+            .iter()
+            .map(|o| o.alpha / o.rank as f64)
+            .fold(self.scale(), f64::max)
+    }
+
+    /// Why an adapter of `rank` and `alpha` cannot be, if it cannot; `rank_name` and
+    /// `alpha_name` name the settings.
+    fn rank_alpha_problem(
+        rank: usize,
+        alpha: f64,
+        rank_name: &str,
+        alpha_name: &str,
+    ) -> Option<String> {
+        let scale = alpha / rank as f64;
+        if rank == 0 {
+            Some(format!("rank r ({rank_name}) must be at least 1"))
+        } else if let Some(why) = Self::alpha_problem(alpha) {
+            Some(format!("alpha ({alpha_name}) is {alpha}: {why}"))
+        } else if !((scale as f32).is_finite()) {
+            // Any product through the adapter would overflow to infinity, then NaN.
+            Some(format!(
+                "alpha ({alpha_name}) {alpha:e} gives the LoRA scale α / r = {scale:e}, beyond \
+                 what f32 holds"
+            ))
+        } else if (scale as f32) < f32::MIN_POSITIVE {
+            // Rounded to nothing (or to a subnormal, flushed on the GPU) in f32, the adapters
+            // add nothing and their gradients vanish, as at α = 0.
+            Some(format!(
+                "alpha ({alpha_name}) {alpha:e} gives the LoRA scale α / r = {scale:e}, too \
+                 small for f32 to hold: the adapters would add nothing"
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Checks rank, alpha, dropout and targets as the command line gives them (errors name
     /// the flags).
     pub fn validate(&self) -> Result<(), Error> {
@@ -229,39 +295,42 @@ impl LoraConfig {
             dropout,
             targets,
         } = fields;
-        let bad = if self.rank == 0 {
-            Some(format!("rank r ({rank}) must be at least 1"))
-        } else if let Some(why) = Self::alpha_problem(self.alpha) {
-            Some(format!("alpha ({alpha}) is {}: {why}", self.alpha))
-        } else if !((self.scale() as f32).is_finite()) {
-            // Any product through the adapter would overflow to infinity, then NaN.
-            Some(format!(
-                "alpha ({alpha}) {:e} gives the LoRA scale α / r = {:e}, beyond what f32 holds",
-                self.alpha,
-                self.scale()
-            ))
-        } else if (self.scale() as f32) < f32::MIN_POSITIVE {
-            // Rounded to nothing (or to a subnormal, flushed on the GPU) in f32, the adapters
-            // add nothing and their gradients vanish, as at α = 0.
-            Some(format!(
-                "alpha ({alpha}) {:e} gives the LoRA scale α / r = {:e}, too small for f32 to \
-                 hold: the adapters would add nothing",
-                self.alpha,
-                self.scale()
-            ))
-        } else if let Some(why) = Self::dropout_problem(self.dropout) {
-            Some(format!("dropout ({dropout}) is {}: {why}", self.dropout))
-        } else if self.targets.is_empty() {
-            Some(format!("at least one target module ({targets}) is needed"))
-        } else {
-            // A second adapter on the same map would replace the first under the same name.
-            self.targets
+        if let Some(bad) = Self::rank_alpha_problem(self.rank, self.alpha, rank, alpha) {
+            return Some(bad);
+        }
+        if let Some(why) = Self::dropout_problem(self.dropout) {
+            return Some(format!("dropout ({dropout}) is {}: {why}", self.dropout));
+        }
+        if self.targets.is_empty() {
+            return Some(format!("at least one target module ({targets}) is needed"));
+        }
+        // A second adapter on the same map would replace the first under the same name.
+        let twice = self
+            .targets
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| self.targets[..i].contains(t).then_some(t));
+        if let Some(t) = twice {
+            return Some(format!("target `{}` is listed twice", t.module()));
+        }
+        self.overrides.iter().enumerate().find_map(|(i, o)| {
+            let at = format!("the adapter on layer {}'s `{}`", o.layer, o.target.module());
+            if !self.targets.contains(&o.target) {
+                Some(format!(
+                    "{at} has a rank and alpha of its own, but `{}` is not among the targets \
+                     ({targets})",
+                    o.target.module()
+                ))
+            } else if self.overrides[..i]
                 .iter()
-                .enumerate()
-                .find_map(|(i, t)| self.targets[..i].contains(t).then_some(t))
-                .map(|t| format!("target `{}` is listed twice", t.module()))
-        };
-        bad
+                .any(|p| p.layer == o.layer && p.target == o.target)
+            {
+                Some(format!("{at} is given a rank and alpha twice"))
+            } else {
+                Self::rank_alpha_problem(o.rank, o.alpha, rank, alpha)
+                    .map(|why| format!("{at}: {why}"))
+            }
+        })
     }
 }
 
@@ -284,6 +353,7 @@ mod tests {
             alpha: 16.0,
             dropout: 0.0,
             targets: vec![LoraTarget::Query],
+            overrides: Vec::new(),
         };
         assert_eq!(good.problem(fields), None);
         for alpha in [0.0, -2.0, f64::NAN, f64::INFINITY] {

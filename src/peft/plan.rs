@@ -207,6 +207,7 @@ impl PeftConfig {
                 alpha: 16.0,
                 dropout: 0.1,
                 targets,
+                overrides: Vec::new(),
             },
             lora_layers: None,
             n1: Boundary::Fraction(1.0 / 3.0),
@@ -337,6 +338,23 @@ impl PeftPlan {
                 "`lora`: the strata {} LoRA layers but the LoRA settings are {}",
                 if needs_lora { "have" } else { "have no" },
                 if has_lora { "present" } else { "missing" }
+            ));
+        }
+        // An override names an adapter; a layer without adapters would silently drop it.
+        let stray = self
+            .lora
+            .iter()
+            .flat_map(|l| &l.overrides)
+            .find(|o| !strata.get(o.layer).is_some_and(|s| s.has_lora()));
+        if let Some(o) = stray {
+            return Some(format!(
+                "`lora.overrides`: layer {}'s `{}` has a rank and alpha of its own, but {}",
+                o.layer,
+                o.target.module(),
+                match strata.get(o.layer) {
+                    Some(s) => format!("that layer's stratum `{}` has no LoRA", s.name()),
+                    None => format!("the plan has {} layers", strata.len()),
+                }
             ));
         }
         match (method, boundaries) {

@@ -555,7 +555,18 @@ pub(crate) fn describe_plan(plan: &crate::peft::PeftPlan) -> String {
         || "no LoRA".to_string(),
         |l| {
             let targets: Vec<&str> = l.targets.iter().map(|t| t.module()).collect();
-            format!("LoRA r {} on {}", l.rank, targets.join(","))
+            // Added only where there are overrides: states saved before them still resume.
+            let overrides: String = l
+                .overrides
+                .iter()
+                .map(|o| {
+                    format!(
+                        ", layer {} {} r {} alpha {}",
+                        o.layer, o.target, o.rank, o.alpha
+                    )
+                })
+                .collect();
+            format!("LoRA r {} on {}{overrides}", l.rank, targets.join(","))
         },
     );
     format!(

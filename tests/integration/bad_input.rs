@@ -6,7 +6,7 @@ use common::{random, tensor};
 use spafit::autograd::Tape;
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::{AdamWStep, AttentionConfig, Backend, Dropout};
-use spafit::nn::{EncoderLayer, EncoderLayerConfig, LoraConfig, LoraTarget, Stratum};
+use spafit::nn::{EncoderLayer, EncoderLayerConfig, LoraConfig, LoraOverride, LoraTarget, Stratum};
 use spafit::rng::SplitMix;
 use spafit::tensor::{DType, Shape, Tensor};
 use spafit::Error;
@@ -321,7 +321,7 @@ fn strata_and_lora_configuration() {
     let config = EncoderLayerConfig { heads: 2, ..config };
     let mut layer = EncoderLayer::load("encoder.layer.0", config, make).unwrap();
     let e = expect_err(
-        layer.set_stratum(Stratum::LoraAndBias, None, make),
+        layer.set_stratum(0, Stratum::LoraAndBias, None, make),
         "no lora config",
     );
     assert!(e.to_string().contains("LoRA configuration"), "{e}");
@@ -330,9 +330,10 @@ fn strata_and_lora_configuration() {
         alpha: 8.0,
         dropout: 0.0,
         targets: vec![LoraTarget::Query],
+        overrides: Vec::new(),
     };
     let e = expect_err(
-        layer.set_stratum(Stratum::LoraAndBias, Some(&rank0), make),
+        layer.set_stratum(0, Stratum::LoraAndBias, Some(&rank0), make),
         "rank 0",
     );
     assert!(e.to_string().contains("rank"), "{e}");
@@ -343,6 +344,84 @@ fn strata_and_lora_configuration() {
     };
     let e = expect_err(twice.validate(), "a target twice");
     assert!(e.to_string().contains("listed twice"), "{e}");
+    // An adapter's own rank and alpha (an imported `rank_pattern` / `alpha_pattern`) obey
+    // the config's rules, on a map the config adapts, once.
+    let good = LoraConfig {
+        rank: 2,
+        targets: vec![LoraTarget::Query, LoraTarget::Value],
+        ..twice.clone()
+    };
+    let own = |target, rank, alpha| LoraOverride {
+        layer: 0,
+        target,
+        rank,
+        alpha,
+    };
+    let with = |overrides: Vec<LoraOverride>| LoraConfig {
+        overrides,
+        ..good.clone()
+    };
+    with(vec![own(LoraTarget::Value, 5, 1.5)])
+        .validate()
+        .unwrap();
+    for (overrides, wanted) in [
+        (
+            vec![own(LoraTarget::Key, 4, 8.0)],
+            "`attention.self.key` is not among the targets",
+        ),
+        (
+            vec![own(LoraTarget::Value, 0, 8.0)],
+            "layer 0's `attention.self.value`: rank r",
+        ),
+        (
+            vec![own(LoraTarget::Value, 4, f64::NAN)],
+            "layer 0's `attention.self.value`: alpha",
+        ),
+        (vec![own(LoraTarget::Value, 4, 1e-40)], "too small for f32"),
+        (
+            vec![
+                own(LoraTarget::Value, 4, 8.0),
+                own(LoraTarget::Value, 3, 8.0),
+            ],
+            "given a rank and alpha twice",
+        ),
+    ] {
+        let e = expect_err(with(overrides).validate(), wanted);
+        assert!(e.to_string().contains(wanted), "{e}");
+    }
+    // Attached, the override's rank is what the layer's adapter has; beyond the map's
+    // smaller side it is refused, naming the map.
+    layer
+        .set_stratum(
+            0,
+            Stratum::LoraAndBias,
+            Some(&with(vec![own(LoraTarget::Value, 5, 1.5)])),
+            make,
+        )
+        .unwrap();
+    assert_eq!(layer.value.lora.as_ref().unwrap().a.value.dims(), [5, 10]);
+    assert_eq!(layer.value.lora.as_ref().unwrap().scale, 1.5 / 5.0);
+    assert_eq!(layer.query.lora.as_ref().unwrap().a.value.dims(), [2, 10]);
+    // The override is layer 0's: layer 1 of the same config has the config's rank.
+    layer
+        .set_stratum(
+            1,
+            Stratum::LoraAndBias,
+            Some(&with(vec![own(LoraTarget::Value, 5, 1.5)])),
+            make,
+        )
+        .unwrap();
+    assert_eq!(layer.value.lora.as_ref().unwrap().a.value.dims(), [2, 10]);
+    let e = expect_err(
+        layer.set_stratum(
+            0,
+            Stratum::LoraAndBias,
+            Some(&with(vec![own(LoraTarget::Value, 11, 1.5)])),
+            make,
+        ),
+        "rank beyond the map",
+    );
+    assert!(e.to_string().contains("rank r = 11 exceeds 10"), "{e}");
     let e = expect_err("attention.query".parse::<LoraTarget>(), "unknown target");
     assert!(
         e.to_string().contains("unknown target `attention.query`"),

@@ -15,7 +15,7 @@ use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::{emulator, CudaBackend, Driver};
 use spafit::backend::Backend;
 use spafit::model::{BertClassifier, BertModel, Labels, ModelInput};
-use spafit::nn::{DropoutPlan, Linear, LoraConfig, LoraTarget};
+use spafit::nn::{DropoutPlan, Linear, LoraConfig, LoraOverride, LoraTarget};
 use spafit::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::{DType, Shape, Tensor};
 use spafit::text::EncodedBatch;
@@ -48,9 +48,26 @@ fn config_for(method: Method) -> PeftConfig {
             Method::Lora => vec![LoraTarget::Query, LoraTarget::Value, LoraTarget::Output],
             _ => LoraTarget::ALL.to_vec(),
         },
+        overrides: Vec::new(),
     };
     if method == Method::Lora {
         c.lora_layers = Some(vec![0, 2]);
+        // Adapters of other ranks and scales beside the config's (an imported PEFT
+        // adapter's `rank_pattern` / `alpha_pattern`).
+        c.lora.overrides = vec![
+            LoraOverride {
+                layer: 0,
+                target: LoraTarget::Value,
+                rank: 3,
+                alpha: 1.0,
+            },
+            LoraOverride {
+                layer: 2,
+                target: LoraTarget::Output,
+                rank: 1,
+                alpha: 4.0,
+            },
+        ];
         // Without adapter dropout the fused dX path (LoRA term as extra K columns) runs.
         c.lora.dropout = 0.0;
     }
@@ -1265,7 +1282,7 @@ fn a_weight_stored_as_frozen_does_not_train() {
         panic!("a full stratum asks for no adapter")
     };
     let err = layer
-        .set_stratum(spafit::nn::Stratum::Full, None, no_adapters)
+        .set_stratum(0, spafit::nn::Stratum::Full, None, no_adapters)
         .unwrap_err()
         .to_string();
     assert!(
@@ -1277,6 +1294,6 @@ fn a_weight_stored_as_frozen_does_not_train() {
         "the refused stratum changed the layer"
     );
     layer
-        .set_stratum(spafit::nn::Stratum::BiasOnly, None, no_adapters)
+        .set_stratum(0, spafit::nn::Stratum::BiasOnly, None, no_adapters)
         .unwrap();
 }

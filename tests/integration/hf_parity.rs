@@ -167,6 +167,7 @@ fn case_config(case: &Value) -> PeftConfig {
             alpha: case["lora_alpha"].as_f64().unwrap(),
             dropout: 0.0,
             targets,
+            overrides: Vec::new(),
         };
         // SPAFIT places its adapters from N2 up itself (and refuses a list); the fixture's
         // list is checked against its plan in `build_case`.

@@ -300,6 +300,24 @@ fn plans_built_by_hand_must_belong_together() {
         l.rank = 0;
     }
     assert!(refused(&rank0).contains("rank"));
+    // An adapter's own rank and alpha on a layer without adapters (layer 0 of the default
+    // thirds on 4 layers is frozen), or past the last layer, names nothing the model has.
+    for (layer, wanted) in [
+        (0, "layer 0's `attention.self.query` has a rank and alpha of its own, but that layer's stratum `frozen` has no LoRA"),
+        (4, "the plan has 4 layers"),
+    ] {
+        let mut stray = spafit_plan.clone();
+        if let Some(l) = stray.lora.as_mut() {
+            l.overrides = vec![spafit::nn::LoraOverride {
+                layer,
+                target: spafit::nn::LoraTarget::Query,
+                rank: 3,
+                alpha: 2.0,
+            }];
+        }
+        let e = refused(&stray);
+        assert!(e.contains(wanted), "{e}");
+    }
 }
 
 /// An initialiser is the caller's code: LoRA tensors of another shape or dtype than the layer

@@ -103,7 +103,7 @@ fn saved_bytes_follow_trainable_depth_not_total_depth() {
         let cpu = CpuBackend::f64();
         let mut st = stack::build(&cpu, 6, 0, 4, 3);
         st.layers[4]
-            .set_stratum(spafit::nn::Stratum::Full, None, |_, _| unreachable!())
+            .set_stratum(4, spafit::nn::Stratum::Full, None, |_, _| unreachable!())
             .unwrap();
         run(&st, stack::train_dropouts()).0
     };

@@ -280,7 +280,7 @@ impl<B: Backend> Trainer<'_, B> {
             .plan
             .lora
             .as_ref()
-            .and_then(|lora| lora_step_notice(lora.scale(), c.learning_rate))
+            .and_then(|lora| lora_step_notice(lora.largest_scale(), c.learning_rate))
         {
             progress.notice(&notice);
         }

@@ -62,6 +62,7 @@ pub fn lora_config(dropout: f64) -> LoraConfig {
         alpha: 5.0,
         dropout,
         targets: LoraTarget::ALL.to_vec(),
+        overrides: Vec::new(),
     }
 }
 
@@ -90,7 +91,7 @@ pub fn build<B: Backend>(backend: &B, layers: usize, n1: usize, n2: usize, seed:
             let prefix = format!("encoder.layer.{i}");
             let mut layer = EncoderLayer::load(&prefix, config, init(backend, seed)).unwrap();
             layer
-                .set_stratum(stratum(i, n1, n2), Some(&lora), init(backend, seed))
+                .set_stratum(i, stratum(i, n1, n2), Some(&lora), init(backend, seed))
                 .unwrap();
             layer
         })
