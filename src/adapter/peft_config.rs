@@ -485,36 +485,61 @@ impl PeftLoraSettings {
         })
     }
 
-    /// The `rank_pattern` / `alpha_pattern` entries that give `module` another rank or alpha
-    /// than the global one: for each, the first pattern matching the end of the name, as in
-    /// PEFT's `get_pattern_key`.
-    pub fn per_module_overrides(&self, module: &str, path: &Path) -> Result<Vec<String>> {
-        let mut found = Vec::new();
-        for (field, patterns, global) in [
-            ("rank_pattern", &self.rank_pattern, self.rank as f64),
-            ("alpha_pattern", &self.alpha_pattern, self.alpha),
-        ] {
-            for (pattern, value) in patterns {
-                let re = Regex::new(&format!("^(?:.*\\.)?(?:{pattern})$")).map_err(|e| {
-                    field_error(
-                        path,
-                        field,
-                        format!(
+    /// The rank and alpha of the adapter on `module` (its full name in the base model), the
+    /// alpha as [`Self::spafit_alpha`] gives it: for each of `rank_pattern` and
+    /// `alpha_pattern`, the value of the first pattern matching the end of the name, as in
+    /// PEFT's `get_pattern_key`, else `r` or `lora_alpha`.
+    pub fn module_rank_and_alpha(&self, module: &str, path: &Path) -> Result<(usize, f64)> {
+        let first_match =
+            |field: &str, patterns: &[(String, f64)]| -> Result<Option<(String, f64)>> {
+                for (pattern, value) in patterns {
+                    let re = Regex::new(&format!("^(?:.*\\.)?(?:{pattern})$")).map_err(|e| {
+                        field_error(
+                            path,
+                            field,
+                            format!(
                             "the pattern `{pattern}` does not compile here (Rust's regex has no \
                              look-around or back-references): {e}"
                         ),
-                    )
-                })?;
-                if re.is_match(module) {
-                    if *value != global {
-                        found.push(format!("{field} `{pattern}`: {value}"));
-                    }
+                        )
+                    })?;
                     // Later patterns never apply to this module.
-                    break;
+                    if re.is_match(module) {
+                        return Ok(Some((pattern.clone(), *value)));
+                    }
                 }
+                Ok(None)
+            };
+        let rank = match first_match("rank_pattern", &self.rank_pattern)? {
+            None => self.rank,
+            Some((_, r)) if r >= 1.0 && r.fract() == 0.0 && r <= f64::from(u32::MAX) => r as usize,
+            Some((pattern, r)) => {
+                return Err(field_error(
+                    path,
+                    "rank_pattern",
+                    format!(
+                        "`{pattern}` gives `{module}` the rank {r}, not a positive whole number"
+                    ),
+                ))
             }
-        }
-        Ok(found)
+        };
+        let alpha = match first_match("alpha_pattern", &self.alpha_pattern)? {
+            None => self.alpha,
+            Some((pattern, a)) => match crate::nn::LoraConfig::alpha_problem(a) {
+                None => a,
+                Some(why) => {
+                    return Err(field_error(
+                        path,
+                        "alpha_pattern",
+                        format!("`{pattern}` gives `{module}` the alpha {a}: {why}"),
+                    ))
+                }
+            },
+        };
+        Ok(match self.rank_stabilized {
+            true => (rank, alpha * (rank as f64).sqrt()),
+            false => (rank, alpha),
+        })
     }
 
     /// Whether PEFT would put an adapter on `module` (in encoder layer `layer`, if any).
@@ -587,4 +612,45 @@ fn in_key_order(entries: &mut [(String, f64)], order: Option<KeysInFileOrder>) {
     };
     let position = |k: &str| keys.iter().position(|o| o == k).unwrap_or(usize::MAX);
     entries.sort_by_key(|(k, _)| position(k));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rank-stabilized LoRA with patterns: each adapter's scale is its own alpha over the
+    /// square root of its own rank (PEFT 0.21.2's `LoraLayer.update_layer`), which spafit
+    /// holds as alpha·√r over r.
+    #[test]
+    fn rank_stabilized_patterns_scale_by_each_adapters_own_rank() {
+        let path = Path::new("adapter_config.json");
+        let settings = PeftLoraSettings::from_json(
+            r#"{"peft_type": "LORA", "r": 4, "lora_alpha": 2, "use_rslora": true,
+                "target_modules": ["query", "value"],
+                "rank_pattern": {"layer.1.attention.self.query": 9},
+                "alpha_pattern": {"value": 6}}"#,
+            path,
+        )
+        .unwrap();
+        let scale = |module: &str| {
+            let (rank, alpha) = settings.module_rank_and_alpha(module, path).unwrap();
+            (rank, alpha / rank as f64)
+        };
+        // 2 / √9, 2 / √4, 6 / √4.
+        let close = |(rank, s): (usize, f64), (want_rank, want): (usize, f64)| {
+            rank == want_rank && (s - want).abs() < 1e-15
+        };
+        assert!(close(
+            scale("bert.encoder.layer.1.attention.self.query"),
+            (9, 2.0 / 3.0)
+        ));
+        assert!(close(
+            scale("bert.encoder.layer.0.attention.self.query"),
+            (4, 1.0)
+        ));
+        assert!(close(
+            scale("bert.encoder.layer.1.attention.self.value"),
+            (4, 3.0)
+        ));
+    }
 }

@@ -11,7 +11,7 @@ use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
-use crate::nn::Stratum;
+use crate::nn::{LoraOverride, Stratum};
 use crate::peft::PeftPlan;
 use crate::tensor::Tensor;
 
@@ -228,6 +228,29 @@ pub fn export_peft<B: Backend>(
             value_of(p),
         ));
     }
+    // PEFT matches each key against the end of a module's name, as a regular expression:
+    // the whole name, dots escaped, picks out that one map.
+    let pattern_key = |o: &LoraOverride| {
+        family
+            .hf_name(&format!(
+                "bert.encoder.layer.{}.{}",
+                o.layer,
+                o.target.module()
+            ))
+            .replace('.', "\\.")
+    };
+    let rank_pattern: serde_json::Map<String, serde_json::Value> = lora
+        .overrides
+        .iter()
+        .filter(|o| o.rank != lora.rank)
+        .map(|o| (pattern_key(o), json!(o.rank)))
+        .collect();
+    let alpha_pattern: serde_json::Map<String, serde_json::Value> = lora
+        .overrides
+        .iter()
+        .filter(|o| o.alpha != lora.alpha)
+        .map(|o| (pattern_key(o), json!(o.alpha)))
+        .collect();
     let config = json!({
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
@@ -246,6 +269,8 @@ pub fn export_peft<B: Backend>(
         "init_lora_weights": true,
         "use_rslora": false,
         "use_dora": false,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
     });
     let names = [
         super::peft_import::PEFT_WEIGHTS_FILE,

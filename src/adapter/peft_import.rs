@@ -15,7 +15,7 @@ use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, WeightsFile};
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
-use crate::nn::{LoraConfig, LoraTarget, Stratum};
+use crate::nn::{LoraConfig, LoraOverride, LoraTarget, Stratum};
 use crate::peft::{Method, PeftPlan};
 
 /// PEFT's adapter config file.
@@ -516,20 +516,6 @@ fn import<B: Backend>(
             family.hf_name(module)
         )));
     }
-    for module in &selected {
-        let module = family.hf_name(module);
-        let overrides = settings.per_module_overrides(&module, &config_path)?;
-        if !overrides.is_empty() {
-            return Err(Error::Format {
-                path: config_path,
-                detail: format!(
-                    "{} for `{module}`: per-module ranks and alphas are not supported (one rank \
-                     and alpha for every adapter)",
-                    overrides.join(", ")
-                ),
-            });
-        }
-    }
     if selected.is_empty() {
         return Err(Error::Format {
             path: config_path,
@@ -556,6 +542,24 @@ fn import<B: Backend>(
         }
     }
     let targets = per_layer.values().next().cloned().unwrap_or_default();
+    // `rank_pattern` and `alpha_pattern`: the adapters whose rank or scale is not the
+    // config's own.
+    let global = (settings.rank, settings.spafit_alpha());
+    let mut overrides = Vec::new();
+    for (&layer, layer_targets) in &per_layer {
+        for &target in layer_targets {
+            let module = family.hf_name(&format!("bert.encoder.layer.{layer}.{}", target.module()));
+            let (rank, alpha) = settings.module_rank_and_alpha(&module, &config_path)?;
+            if (rank, alpha) != global {
+                overrides.push(LoraOverride {
+                    layer,
+                    target,
+                    rank,
+                    alpha,
+                });
+            }
+        }
+    }
     if let Some((l, other)) = per_layer.iter().find(|(_, t)| **t != targets) {
         return Err(Error::Format {
             path: config_path,
@@ -718,6 +722,7 @@ fn import<B: Backend>(
         alpha: settings.spafit_alpha(),
         dropout: settings.dropout,
         targets: targets.into_iter().collect(),
+        overrides,
     };
     let fields = crate::nn::LoraFields {
         rank: "`r`",
@@ -734,6 +739,14 @@ fn import<B: Backend>(
             detail: problem,
         });
     }
+    let rank_fields = match lora_config
+        .overrides
+        .iter()
+        .any(|o| o.rank != settings.rank)
+    {
+        true => format!("`r` = {} and `rank_pattern`", settings.rank),
+        false => format!("`r` = {}", settings.rank),
+    };
     let plan = PeftPlan {
         method,
         strata,
@@ -748,13 +761,14 @@ fn import<B: Backend>(
     model
         .apply_plan(&plan, &mut |_, shape| backend.zeros(shape))
         .map_err(|e| match e {
-            // The plan's LoRA settings are the config's: a rank spafit refuses is its `r`.
+            // The plan's LoRA settings are the config's: a rank spafit refuses is its `r`
+            // (or one its `rank_pattern` gives).
             Error::InvalidArgument {
                 op: "lora config",
                 detail,
             } => Error::Format {
                 path: config_path.clone(),
-                detail: format!("`r` = {}: {detail}", settings.rank),
+                detail: format!("{rank_fields}: {detail}"),
             },
             e => e,
         })?;
@@ -788,23 +802,39 @@ fn import<B: Backend>(
                         Some(backend.to_f64(&read)?)
                     }
                 };
-                p.value = file
-                    .tensor(backend, &stored, p.value.shape().clone())
-                    .map_err(|e| match e {
-                        // Values that are not finite are the file's own fault, not the base's.
-                        Error::Format { path, detail }
-                            if !detail.contains(crate::checkpoint::NON_FINITE_WEIGHTS) =>
-                        {
-                            Error::Mismatch {
-                            path,
-                            detail: format!(
-                                "{detail} (does the adapter belong to this base model? it names {})",
-                                settings.base_model_name_or_path.as_deref().unwrap_or("none")
-                            ),
+                // A LoRA pair of the base's sizes but another rank disagrees with the config,
+                // not with the base.
+                let rank_in_file = lora_rank(&p.name, p.value.dims(), file.shape(&stored));
+                p.value =
+                    file.tensor(backend, &stored, p.value.shape().clone())
+                        .map_err(|e| match e {
+                            // Values that are not finite are the file's own fault, not the base's.
+                            Error::Format { path, detail }
+                                if !detail.contains(crate::checkpoint::NON_FINITE_WEIGHTS) =>
+                            {
+                                let why =
+                                    match rank_in_file {
+                                        Some((wanted, found)) => format!(
+                                    "the file's adapter has rank {found}, where {} give{} it \
+                                     rank {wanted}",
+                                    match settings.rank_pattern.is_empty() {
+                                        true => "`r` in adapter_config.json",
+                                        false => "`r` and `rank_pattern` in adapter_config.json",
+                                    },
+                                    if settings.rank_pattern.is_empty() { "s" } else { "" }
+                                ),
+                                        None => format!(
+                                    "does the adapter belong to this base model? it names {}",
+                                    settings.base_model_name_or_path.as_deref().unwrap_or("none")
+                                ),
+                                    };
+                                Error::Mismatch {
+                                    path,
+                                    detail: format!("{detail} ({why})"),
+                                }
                             }
-                        }
-                        e => e,
-                    })?;
+                            e => e,
+                        })?;
                 // A frozen tensor stored with its base value (a module saved whole) changes
                 // nothing, and does not keep the adapter from training on.
                 if base.is_some_and(|b| backend.to_f64(&p.value).is_ok_and(|v| v == b)) {
@@ -936,6 +966,24 @@ fn unwrap_saved_module(key: &str) -> String {
 
 /// SPAFIT's boundaries when the strata are frozen, then bias-only, then LoRA + bias (with
 /// at least one LoRA + bias layer).
+/// For a LoRA tensor `name` the model holds as `dims` and the file as `stored`: the two
+/// ranks, when the file's tensor differs from the model's in its rank alone.
+fn lora_rank(name: &str, dims: &[usize], stored: Option<Vec<usize>>) -> Option<(usize, usize)> {
+    // `lora_A` is [r, in], `lora_B` [out, r].
+    let rank_axis = match name {
+        n if n.ends_with(".lora_A.weight") => 0,
+        n if n.ends_with(".lora_B.weight") => 1,
+        _ => return None,
+    };
+    let stored = stored?;
+    let other = 1 - rank_axis;
+    (dims.len() == 2
+        && stored.len() == 2
+        && stored[other] == dims[other]
+        && stored[rank_axis] != dims[rank_axis])
+        .then(|| (dims[rank_axis], stored[rank_axis]))
+}
+
 fn spafit_shape(strata: &[Stratum]) -> Option<(usize, usize)> {
     let n1 = strata.iter().take_while(|s| **s == Stratum::Frozen).count();
     let n2 = n1

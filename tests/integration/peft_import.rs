@@ -12,7 +12,7 @@ use spafit::adapter::{export_peft, import_peft, open_adapter, AdapterFormat, Pef
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
-use spafit::nn::{LoraTarget, Stratum};
+use spafit::nn::{LoraOverride, LoraTarget, Stratum};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::Error;
 
@@ -37,7 +37,7 @@ fn adapters_written_by_peft_give_peft_logits() {
 
 #[test]
 fn adapters_with_peft_wrappers_and_saved_modules_give_peft_logits() {
-    check_peft_written_set(&wrapped_fixtures(), 5);
+    check_peft_written_set(&wrapped_fixtures(), 6);
 }
 
 /// Every case of a PEFT-written fixture set loads to PEFT's float64 logits, every stored
@@ -105,6 +105,9 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
         // The plan spafit continues training with.
         let plan = &opened.plan;
         let lora = plan.lora.as_ref().unwrap();
+        if name != "rank_and_alpha_patterns" {
+            assert!(lora.overrides.is_empty(), "{name}: {:?}", lora.overrides);
+        }
         match name.as_str() {
             "lora_qv" => {
                 assert_eq!(plan.method, Method::Lora);
@@ -186,6 +189,37 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
                     "{:?}",
                     opened.notes
                 );
+            }
+            "rank_and_alpha_patterns" => {
+                // r 2, alpha 4; the first `rank_pattern` key matching a name's end gives
+                // layer 1's query rank 3 and every other query 1, layer 4's feed-forward
+                // output 5; `alpha_pattern` gives every attention output alpha 7 and layer
+                // 2's value 1.5.
+                assert_eq!((lora.rank, lora.alpha), (2, 4.0));
+                let own = |layer, target, rank, alpha| LoraOverride {
+                    layer,
+                    target,
+                    rank,
+                    alpha,
+                };
+                let mut want = Vec::new();
+                for layer in 0..6 {
+                    want.push(own(
+                        layer,
+                        LoraTarget::Query,
+                        if layer == 1 { 3 } else { 1 },
+                        4.0,
+                    ));
+                    if layer == 2 {
+                        want.push(own(layer, LoraTarget::Value, 2, 1.5));
+                    }
+                    want.push(own(layer, LoraTarget::AttentionOutput, 2, 7.0));
+                    if layer == 4 {
+                        want.push(own(layer, LoraTarget::Output, 5, 4.0));
+                    }
+                }
+                assert_eq!(lora.overrides, want);
+                assert_eq!(plan.strata, vec![Stratum::LoraOnly; 6]);
             }
             other => panic!("unknown case {other}"),
         }
@@ -289,6 +323,88 @@ fn a_rank_stabilized_adapter_exports_as_plain_lora_of_the_same_scale() {
     assert!(
         a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
         "{a:?} vs {b:?}"
+    );
+}
+
+/// An adapter of per-module ranks and alphas exports them as `rank_pattern` and
+/// `alpha_pattern` keys that each name one module whole (dots escaped, so `layer.1` is not
+/// `layer.11`'s end), only where they differ from `r` and `lora_alpha`, and imports back to
+/// the same plan and bitwise its logits.
+#[test]
+fn per_module_ranks_and_alphas_export_as_patterns() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let texts = ["a gorgeous, witty movie", "dull"];
+    let opened = open_adapter(
+        &wrapped_fixtures().join("rank_and_alpha_patterns"),
+        &ck,
+        &cpu,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exported_config(dir.path(), &cpu, &opened.model, &opened.plan);
+    let key = |layer: usize, module: &str| {
+        format!("bert.encoder.layer.{layer}.{module}").replace('.', "\\.")
+    };
+    let mut ranks = serde_json::Map::new();
+    let mut alphas = serde_json::Map::new();
+    for layer in 0..6 {
+        ranks.insert(
+            key(layer, "attention.self.query"),
+            serde_json::json!(if layer == 1 { 3 } else { 1 }),
+        );
+        alphas.insert(key(layer, "attention.output.dense"), serde_json::json!(7.0));
+    }
+    ranks.insert(key(4, "output.dense"), serde_json::json!(5));
+    alphas.insert(key(2, "attention.self.value"), serde_json::json!(1.5));
+    assert_eq!(
+        (&config["r"], &config["lora_alpha"]),
+        (&serde_json::json!(2), &serde_json::json!(4.0))
+    );
+    assert_eq!(config["rank_pattern"], serde_json::Value::Object(ranks));
+    assert_eq!(config["alpha_pattern"], serde_json::Value::Object(alphas));
+    let (back, _) = import_peft(dir.path(), &ck, &cpu).unwrap();
+    let reopened = open_adapter(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!(reopened.plan.lora, opened.plan.lora);
+    let (a, b) = (
+        common::logits(&ck, &cpu, &opened.model, &texts, 32),
+        common::logits(&ck, &cpu, &back, &texts, 32),
+    );
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{a:?} vs {b:?}"
+    );
+}
+
+/// An `alpha_pattern` alone (the tensors' ranks unchanged) scales the adapters it names and
+/// no others.
+#[test]
+fn an_alpha_pattern_scales_the_adapters_it_names() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let texts = ["a gorgeous, witty movie", "dull"];
+    let plain = open_adapter(&fixtures().join("lora_qv"), &ck, &cpu).unwrap();
+    let a = Edited::of("lora_qv");
+    a.config(|c| {
+        c.insert(
+            "alpha_pattern".into(),
+            serde_json::json!({"layer.3.attention.self.value": 48}),
+        );
+    });
+    let edited = open_adapter(a.path(), &ck, &cpu).unwrap();
+    for (l, layer) in edited.model.bert.layers.iter().enumerate() {
+        let scale = |lin: &spafit::nn::Linear<CpuBackend>| lin.lora.as_ref().unwrap().scale;
+        // lora_qv: r 8, lora_alpha 16.
+        assert_eq!(scale(&layer.query), 2.0);
+        assert_eq!(scale(&layer.value), if l == 3 { 6.0 } else { 2.0 });
+    }
+    let (x, y) = (
+        common::logits(&ck, &cpu, &plain.model, &texts, 32),
+        common::logits(&ck, &cpu, &edited.model, &texts, 32),
+    );
+    assert!(
+        x.iter().zip(&y).any(|(p, q)| (p - q).abs() > 1e-6),
+        "{x:?} vs {y:?}"
     );
 }
 
@@ -765,11 +881,31 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             json!("foo"),
             "PEFT knows \"none\", \"all\" and \"lora_only\"",
         ),
-        ("rank_pattern", json!({"query": 4}), "per-module ranks"),
+        // The file's tensors have rank 8: the pattern's rank 4 is not theirs.
+        (
+            "rank_pattern",
+            json!({"query": 4}),
+            "the file's adapter has rank 8, where `r` and `rank_pattern` in adapter_config.json give it rank 4",
+        ),
+        (
+            "rank_pattern",
+            json!({"value": 2.5}),
+            "`value` gives `bert.encoder.layer.0.attention.self.value` the rank 2.5, not a positive whole number",
+        ),
+        (
+            "rank_pattern",
+            json!({"value": 0}),
+            "the rank 0, not a positive whole number",
+        ),
         (
             "alpha_pattern",
-            json!({"value": 32}),
-            "alpha_pattern `value`",
+            json!({"layer.3.attention.self.value": -1}),
+            "`layer.3.attention.self.value` gives `bert.encoder.layer.3.attention.self.value` the alpha -1",
+        ),
+        (
+            "alpha_pattern",
+            json!({"(?<=self).value": 1}),
+            "does not compile here",
         ),
         (
             "init_lora_weights",
@@ -1135,7 +1271,8 @@ fn b_name_for_nan() -> &'static str {
 fn the_first_matching_rank_pattern_decides_as_in_peft() {
     // PEFT 0.21.2 walks `rank_pattern` in the file's order and stops at the first match:
     // with these two configs its layer-0 query gets rank 8 and 4 (checked there with
-    // `get_peft_model`). lora_qv's tensors have rank 8 everywhere.
+    // `get_peft_model`). lora_qv's tensors have rank 8 everywhere, so the second config
+    // does not describe them.
     for (patterns, accepted) in [
         (r#"{"query": 8, "layer.0.attention.self.query": 4}"#, true),
         (r#"{"layer.0.attention.self.query": 4, "query": 8}"#, false),
@@ -1155,8 +1292,8 @@ fn the_first_matching_rank_pattern_decides_as_in_peft() {
                 let e = e.to_string();
                 assert!(!accepted, "{patterns}: {e}");
                 assert!(
-                    e.contains("rank_pattern `layer.0.attention.self.query`: 4")
-                        && e.contains("bert.encoder.layer.0.attention.self.query"),
+                    e.contains("has rank 8, where `r` and `rank_pattern` in adapter_config.json give it rank 4")
+                        && e.contains("bert.encoder.layer.0.attention.self.query.lora_A"),
                     "{e}"
                 );
             }
