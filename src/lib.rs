@@ -36,6 +36,7 @@
 //! | `--method`, `--n1`, `--n2`, `--lora-layers`, `--train-pooler`, `--train-embeddings` | the [`PeftConfig`](peft::PeftConfig) field of the same name |
 //! | `--train-layernorm` | [`PeftConfig::train_layer_norm_weights`](peft::PeftConfig::train_layer_norm_weights) |
 //! | `--lora-r`, `--lora-alpha`, `--lora-dropout`, `--lora-targets` | [`LoraConfig`](nn::LoraConfig)'s [`rank`](nn::LoraConfig::rank), [`alpha`](nn::LoraConfig::alpha), [`dropout`](nn::LoraConfig::dropout), [`targets`](nn::LoraConfig::targets) |
+//! | `--rslora` | [`LoraConfig::alpha`](nn::LoraConfig::alpha) set to alpha·√r (the scale alpha / √r) |
 //! | `--text-column`, `--text-pair-column`, `--label-column` | the [`TableSpec`](data::TableSpec) field of the same name |
 //! | `--labels`, `--multi-label`, `--regression` | [`TaskKind`](data::TaskKind)'s [`Classification`](data::TaskKind::Classification), [`MultiLabel`](data::TaskKind::MultiLabel), [`Regression`](data::TaskKind::Regression) |
 //! | `--skip-malformed` | [`OnMalformed::Skip`](data::OnMalformed::Skip) |

@@ -409,10 +409,13 @@ pub struct PeftArgs {
     /// LoRA rank r [default: 8].
     #[arg(long, allow_hyphen_values = true, value_parser = at_least_one())]
     pub lora_r: Option<usize>,
-    /// LoRA alpha (scale = alpha / r) [default: 16]. Rank-stabilized LoRA's scale alpha / √r
-    /// (PEFT's use_rslora) is --lora-alpha alpha·√r.
+    /// LoRA alpha (scale = alpha / r, or alpha / √r with --rslora) [default: 16].
     #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::nn::LoraConfig::alpha_problem))]
     pub lora_alpha: Option<f64>,
+    /// Rank-stabilized LoRA (PEFT's use_rslora): the scale is alpha / √r, not alpha / r. Kept
+    /// and exported as plain LoRA of the same scale (alpha·√r over r).
+    #[arg(long)]
+    pub rslora: bool,
     /// Dropout on the adapters' input during training [default: 0.1].
     #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::nn::LoraConfig::dropout_problem))]
     pub lora_dropout: Option<f64>,
@@ -486,6 +489,10 @@ impl PeftArgs {
         }
         c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);
         c.lora.alpha = self.lora_alpha.unwrap_or(c.lora.alpha);
+        if self.rslora {
+            // α / √r is α·√r over r, the one form every adapter's scale takes here.
+            c.lora.alpha *= (c.lora.rank as f64).sqrt();
+        }
         c.lora.dropout = self.lora_dropout.unwrap_or(c.lora.dropout);
         c.lora_layers = self.lora_layers.as_deref().map(lora_layers).transpose()?;
         if let Some(layers) = &c.lora_layers {
@@ -530,6 +537,7 @@ impl PeftArgs {
         let given = [
             ("--lora-r", self.lora_r.is_some()),
             ("--lora-alpha", self.lora_alpha.is_some()),
+            ("--rslora", self.rslora),
             ("--lora-dropout", self.lora_dropout.is_some()),
             ("--lora-targets", self.lora_targets.is_some()),
         ];
@@ -559,6 +567,7 @@ impl PeftArgs {
             ("--n2", self.n2.is_some(), SPAFIT),
             ("--lora-r", self.lora_r.is_some(), WITH_ADAPTERS),
             ("--lora-alpha", self.lora_alpha.is_some(), WITH_ADAPTERS),
+            ("--rslora", self.rslora, WITH_ADAPTERS),
             ("--lora-dropout", self.lora_dropout.is_some(), WITH_ADAPTERS),
             ("--lora-targets", self.lora_targets.is_some(), WITH_ADAPTERS),
             ("--lora-layers", self.lora_layers.is_some(), &[Lora]),

@@ -6388,3 +6388,109 @@ fn the_thread_count_flag_sets_the_workers_and_changes_no_bit() {
     };
     assert_eq!(dev_loss("1"), dev_loss("3"));
 }
+
+/// `--rslora` scales each adapter by alpha / √r: `--lora-r 4 --lora-alpha 2 --rslora` is the
+/// run `--lora-alpha 4` gives (2 / √4 = 4 / 4), bit for bit, and records and exports that
+/// alpha; a method without adapters, or an adapter's own settings, refuse it.
+#[test]
+fn rslora_is_alpha_over_the_square_root_of_the_rank() {
+    let glue = tempfile::tempdir().unwrap();
+    let mut train = String::from("sentence\tlabel\n");
+    for (i, text) in ["a joy", "dull", "witty and sharp", "a tedious mess"]
+        .iter()
+        .enumerate()
+    {
+        train += &format!("{text}\t{}\n", 1 - i % 2);
+    }
+    write(glue.path(), "SST-2/train.tsv", &train);
+    write(
+        glue.path(),
+        "SST-2/dev.tsv",
+        "sentence\tlabel\nwitty\t1\nslow\t0\n",
+    );
+    let (g, m) = (glue.path().display().to_string(), model());
+    let out = tempfile::tempdir().unwrap();
+    let run = |name: &str, alpha: &[&str]| {
+        let o = out.path().join(name).display().to_string();
+        let mut args = vec![
+            "train",
+            "--model",
+            &m,
+            "--task",
+            "sst2",
+            "--glue-dir",
+            &g,
+            "--method",
+            "lora",
+            "--lora-r",
+            "4",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+            "--quiet",
+            "--output",
+            &o,
+        ];
+        args.extend_from_slice(alpha);
+        let export = format!("{o}-peft");
+        args.extend_from_slice(&["--export-peft", &export]);
+        let (ok, _, err) = spafit(&args);
+        assert!(ok, "{name}: {err}");
+        let read = |p: PathBuf| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        let manifest = read(out.path().join(name).join("best/adapter.json"));
+        let exported = read(PathBuf::from(&export).join("adapter_config.json"));
+        let metrics = std::fs::read_to_string(out.path().join(name).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                // Timings differ between runs; everything else must not.
+                if let Some(o) = v.as_object_mut() {
+                    o.retain(|k, _| !k.contains("per_s") && !k.contains("seconds"));
+                }
+                v
+            })
+            .collect::<Vec<_>>();
+        (
+            manifest["lora"]["alpha"].clone(),
+            exported["lora_alpha"].clone(),
+            metrics,
+        )
+    };
+    let stabilized = run("rslora", &["--lora-alpha", "2", "--rslora"]);
+    let plain = run("plain", &["--lora-alpha", "4"]);
+    assert_eq!(stabilized.0, serde_json::json!(4.0));
+    assert_eq!(stabilized.1, serde_json::json!(4.0));
+    assert!(stabilized.2.len() >= 2, "{:?}", stabilized.2);
+    assert_eq!(stabilized, plain);
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--task",
+        "sst2",
+        "--glue-dir",
+        &g,
+        "--method",
+        "bitfit",
+        "--rslora",
+    ]);
+    assert!(!ok && err.contains("--rslora"), "{err}");
+    let best = out.path().join("plain/best").display().to_string();
+    let (ok, _, err) = spafit(&[
+        "train",
+        "--model",
+        &m,
+        "--task",
+        "sst2",
+        "--glue-dir",
+        &g,
+        "--adapter",
+        &best,
+        "--rslora",
+    ]);
+    assert!(!ok && err.contains("--rslora"), "{err}");
+}

@@ -46,7 +46,7 @@ fn lora_step_notice(scale: f64, learning_rate: f64) -> Option<String> {
     let step = scale * learning_rate;
     (step > LORA_STEP_LIMIT).then(|| {
         format!(
-            "the LoRA scale α / r = {scale} (--lora-alpha over --lora-r) times the learning \
+            "the LoRA scale α / r = {scale} (--lora-alpha over --lora-r, or over √r with --rslora) times the learning \
              rate {learning_rate:e} is {step:.3}: each step moves the adapters' outputs by \
              about that share of their inputs, and above {LORA_STEP_LIMIT} runs were seen to \
              stall at chance (attention and LayerNorm saturate, with no NaN to stop them); a \
