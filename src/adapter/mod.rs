@@ -9,6 +9,7 @@ mod open;
 mod peft_config;
 mod peft_export;
 mod peft_import;
+mod python_regex;
 mod store;
 mod streamed_safetensors;
 

@@ -9,6 +9,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::python_regex::compile_python_pattern;
 use crate::error::{Error, Result};
 
 /// Fields whose value never changes what the adapter computes.
@@ -24,8 +25,8 @@ const INFORMATIONAL: &[&str] = &[
     "bias",
     // PEFT resets it to false for `nn.Linear` (with a warning): BERT's maps are all linear.
     "fan_in_fan_out",
-    // How EVA computed the initial A (a non-uniform rank it chose is refused through
-    // `rank_pattern`); PEFT does not redo it on load.
+    // How EVA computed the initial A (the ranks it chose are in `rank_pattern`); PEFT does
+    // not redo it on load.
     "eva_config",
 ];
 
@@ -79,14 +80,9 @@ impl ModuleSelector {
         match value {
             Value::Null => Ok(None),
             Value::String(s) if s == "all-linear" => Ok(Some(ModuleSelector::AllLinear)),
-            Value::String(s) => Regex::new(&format!("^(?:{s})$"))
+            Value::String(s) => compile_python_pattern(s, "^(?:{})$")
                 .map(|r| Some(ModuleSelector::FullMatch(r)))
-                .map_err(|e| {
-                    bad(format!(
-                        "the regular expression `{s}` does not compile here (Rust's regex has no \
-                         look-around or back-references): {e}"
-                    ))
-                }),
+                .map_err(|why| bad(format!("the regular expression {why}"))),
             Value::Array(items) => items
                 .iter()
                 .map(|v| {
@@ -142,15 +138,45 @@ pub(crate) struct PeftLoraSettings {
     exclude: Option<ModuleSelector>,
     layers_to_transform: Option<Vec<usize>>,
     pub modules_to_save: Vec<String>,
-    /// `rank_pattern` and `alpha_pattern` entries (pattern → value), in the file's order: PEFT
-    /// gives a module the value of the FIRST pattern that matches it. Harmless only where
-    /// that value is the global one (checked by the import).
-    pub rank_pattern: Vec<(String, f64)>,
-    pub alpha_pattern: Vec<(String, f64)>,
+    /// `rank_pattern` and `alpha_pattern` entries, in the file's order: PEFT gives a module
+    /// the value of the FIRST pattern that matches it.
+    pub rank_pattern: Vec<ModulePattern>,
+    pub alpha_pattern: Vec<ModulePattern>,
     pub base_model_name_or_path: Option<String>,
     /// The `init_lora_weights` that keeps B frozen in PEFT's training, if it is one
     /// ([`FROZEN_B_INITS`]).
     pub frozen_b_init: Option<String>,
+}
+
+/// A `rank_pattern` or `alpha_pattern` entry: a key and its value, with the key compiled as
+/// PEFT's `get_pattern_key` matches it against a module's full name.
+#[derive(Clone, Debug)]
+pub(crate) struct ModulePattern {
+    pub key: String,
+    matches_end: Regex,
+    pub value: f64,
+}
+
+impl ModulePattern {
+    fn new(field: &str, key: &str, value: f64, path: &Path) -> Result<Self> {
+        let matches_end = compile_python_pattern(key, "^(?:.*\\.)?(?:{})$")
+            .map_err(|why| field_error(path, field, format!("the pattern {why}")))?;
+        Ok(ModulePattern {
+            key: key.to_string(),
+            matches_end,
+            value,
+        })
+    }
+
+    /// Whether the key matches the end of `module` (a whole run of its dotted parts).
+    pub fn matches(&self, module: &str) -> bool {
+        self.matches_end.is_match(module)
+    }
+}
+
+/// The value of the first of `patterns` that matches `module`.
+fn first_match(patterns: &[ModulePattern], module: &str) -> Option<f64> {
+    patterns.iter().find(|p| p.matches(module)).map(|p| p.value)
 }
 
 fn field_error(path: &Path, field: &str, detail: String) -> Error {
@@ -377,28 +403,47 @@ impl PeftLoraSettings {
                 .collect::<Result<Vec<_>>>()?,
             other => return Err(bad("modules_to_save", format!("{other} is not a list"))),
         };
-        let pattern = |field: &str, order: Option<KeysInFileOrder>| -> Result<Vec<(String, f64)>> {
+        // Each value is checked as `r` and `lora_alpha` are, matched or not: PEFT would fail
+        // on a rank of 2.5 where it applies.
+        let pattern = |field: &str,
+                       order: Option<KeysInFileOrder>,
+                       value_of: &dyn Fn(&Value) -> std::result::Result<f64, String>|
+         -> Result<Vec<ModulePattern>> {
             match get(field) {
                 Value::Null => Ok(Vec::new()),
                 Value::Object(map) => {
                     let mut entries = map
                         .iter()
                         .map(|(k, v)| {
-                            v.as_f64()
+                            value_of(v)
                                 .map(|v| (k.clone(), v))
-                                .ok_or_else(|| bad(field, format!("`{k}`: {v} is not a number")))
+                                .map_err(|why| bad(field, format!("`{k}`: {v} {why}")))
                         })
                         .collect::<Result<Vec<_>>>()?;
                     in_key_order(&mut entries, order);
-                    Ok(entries)
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| ModulePattern::new(field, &k, v, &path))
+                        .collect()
                 }
                 other => Err(bad(field, format!("{other} is not a map of patterns"))),
             }
         };
+        let positive_rank = |v: &Value| match v.as_u64() {
+            Some(r) if r > 0 && r <= u64::from(u32::MAX) => Ok(r as f64),
+            _ => Err("is not a positive rank".to_string()),
+        };
+        let usable_alpha = |v: &Value| match v.as_f64() {
+            None => Err("is not a number".to_string()),
+            Some(a) => match crate::nn::LoraConfig::alpha_problem(a) {
+                Some(why) => Err(format!("is no adapter's alpha: {why}")),
+                None => Ok(a),
+            },
+        };
         let (rank_order, alpha_order) =
             file_order.map_or((None, None), |o| (o.rank_pattern, o.alpha_pattern));
-        let rank_pattern = pattern("rank_pattern", rank_order)?;
-        let alpha_pattern = pattern("alpha_pattern", alpha_order)?;
+        let rank_pattern = pattern("rank_pattern", rank_order, &positive_rank)?;
+        let alpha_pattern = pattern("alpha_pattern", alpha_order, &usable_alpha)?;
         Ok(PeftLoraSettings {
             rank_pattern,
             alpha_pattern,
@@ -489,57 +534,31 @@ impl PeftLoraSettings {
     /// alpha as [`Self::spafit_alpha`] gives it: for each of `rank_pattern` and
     /// `alpha_pattern`, the value of the first pattern matching the end of the name, as in
     /// PEFT's `get_pattern_key`, else `r` or `lora_alpha`.
-    pub fn module_rank_and_alpha(&self, module: &str, path: &Path) -> Result<(usize, f64)> {
-        let first_match =
-            |field: &str, patterns: &[(String, f64)]| -> Result<Option<(String, f64)>> {
-                for (pattern, value) in patterns {
-                    let re = Regex::new(&format!("^(?:.*\\.)?(?:{pattern})$")).map_err(|e| {
-                        field_error(
-                            path,
-                            field,
-                            format!(
-                            "the pattern `{pattern}` does not compile here (Rust's regex has no \
-                             look-around or back-references): {e}"
-                        ),
-                        )
-                    })?;
-                    // Later patterns never apply to this module.
-                    if re.is_match(module) {
-                        return Ok(Some((pattern.clone(), *value)));
-                    }
-                }
-                Ok(None)
-            };
-        let rank = match first_match("rank_pattern", &self.rank_pattern)? {
-            None => self.rank,
-            Some((_, r)) if r >= 1.0 && r.fract() == 0.0 && r <= f64::from(u32::MAX) => r as usize,
-            Some((pattern, r)) => {
-                return Err(field_error(
-                    path,
-                    "rank_pattern",
-                    format!(
-                        "`{pattern}` gives `{module}` the rank {r}, not a positive whole number"
-                    ),
-                ))
-            }
-        };
-        let alpha = match first_match("alpha_pattern", &self.alpha_pattern)? {
-            None => self.alpha,
-            Some((pattern, a)) => match crate::nn::LoraConfig::alpha_problem(a) {
-                None => a,
-                Some(why) => {
-                    return Err(field_error(
-                        path,
-                        "alpha_pattern",
-                        format!("`{pattern}` gives `{module}` the alpha {a}: {why}"),
-                    ))
-                }
-            },
-        };
-        Ok(match self.rank_stabilized {
+    pub fn module_rank_and_alpha(&self, module: &str) -> (usize, f64) {
+        // Parsing let only whole ranks from 1 to u32::MAX through.
+        let rank = first_match(&self.rank_pattern, module).map_or(self.rank, |r| r as usize);
+        let alpha = first_match(&self.alpha_pattern, module).unwrap_or(self.alpha);
+        match self.rank_stabilized {
             true => (rank, alpha * (rank as f64).sqrt()),
             false => (rank, alpha),
+        }
+    }
+
+    /// The `rank_pattern` and `alpha_pattern` keys (with their field) that match none of
+    /// `modules`, each matched as PEFT matches it (which warns of them too).
+    pub fn unmatched_patterns<'s>(&'s self, modules: &[String]) -> Vec<(&'static str, &'s str)> {
+        [
+            ("rank_pattern", &self.rank_pattern),
+            ("alpha_pattern", &self.alpha_pattern),
+        ]
+        .into_iter()
+        .flat_map(|(field, patterns)| {
+            patterns
+                .iter()
+                .filter(|p| !modules.iter().any(|m| p.matches(m)))
+                .map(move |p| (field, p.key.as_str()))
         })
+        .collect()
     }
 
     /// Whether PEFT would put an adapter on `module` (in encoder layer `layer`, if any).
@@ -633,7 +652,7 @@ mod tests {
         )
         .unwrap();
         let scale = |module: &str| {
-            let (rank, alpha) = settings.module_rank_and_alpha(module, path).unwrap();
+            let (rank, alpha) = settings.module_rank_and_alpha(module);
             (rank, alpha / rank as f64)
         };
         // 2 / √9, 2 / √4, 6 / √4.
