@@ -100,6 +100,8 @@ impl AdapterManifest {
                 alpha: "`lora.alpha`",
                 dropout: "`lora.dropout`",
                 targets: "`lora.targets`",
+                override_rank: "`lora.overrides`",
+                override_alpha: "`lora.overrides`",
             };
             if let Some(problem) = l.problem(fields) {
                 return Err(bad(problem));

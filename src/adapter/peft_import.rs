@@ -546,10 +546,12 @@ fn import<B: Backend>(
     // config's own.
     let global = (settings.rank, settings.spafit_alpha());
     let mut overrides = Vec::new();
+    let mut adapted_modules = Vec::new();
     for (&layer, layer_targets) in &per_layer {
         for &target in layer_targets {
             let module = family.hf_name(&format!("bert.encoder.layer.{layer}.{}", target.module()));
-            let (rank, alpha) = settings.module_rank_and_alpha(&module, &config_path)?;
+            let (rank, alpha) = settings.module_rank_and_alpha(&module);
+            adapted_modules.push(module);
             if (rank, alpha) != global {
                 overrides.push(LoraOverride {
                     layer,
@@ -732,6 +734,11 @@ fn import<B: Backend>(
         },
         dropout: "`lora_dropout`",
         targets: "`target_modules`",
+        override_rank: "`rank_pattern`",
+        override_alpha: match settings.rank_stabilized {
+            true => "`alpha_pattern` or `lora_alpha`, × √ its rank (`use_rslora`)",
+            false => "`alpha_pattern` or `lora_alpha`",
+        },
     };
     if let Some(problem) = lora_config.problem(fields) {
         return Err(Error::Format {
@@ -885,10 +892,30 @@ fn import<B: Backend>(
         notes.push(format!(
             "rank-stabilized LoRA (`use_rslora`): its scale `lora_alpha` / √`r` = {} / √{} is \
              spafit's alpha / r with alpha {}, which an adapter or a PEFT export saved from it \
-             records (with `use_rslora` false: the same scale)",
+             records (with `use_rslora` false: the same scale){}",
             settings.alpha,
             settings.rank,
-            settings.spafit_alpha()
+            settings.spafit_alpha(),
+            match plan.lora.as_ref().is_some_and(|l| !l.overrides.is_empty()) {
+                true =>
+                    "; so does each adapter `rank_pattern` or `alpha_pattern` sets apart, \
+                         its alpha times the square root of its own rank",
+                false => "",
+            }
+        ));
+    }
+    let unmatched = settings.unmatched_patterns(&adapted_modules);
+    if !unmatched.is_empty() {
+        let keys: Vec<String> = unmatched
+            .iter()
+            .map(|(field, key)| format!("`{field}` key `{key}`"))
+            .collect();
+        notes.push(format!(
+            "{} match{} no adapted module and change{} nothing (PEFT warns of {} too)",
+            keys.join(", "),
+            if keys.len() == 1 { "es" } else { "" },
+            if keys.len() == 1 { "s" } else { "" },
+            if keys.len() == 1 { "it" } else { "them" },
         ));
     }
     let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();
@@ -964,8 +991,6 @@ fn unwrap_saved_module(key: &str) -> String {
     format!("{head}.{tail}")
 }
 
-/// SPAFIT's boundaries when the strata are frozen, then bias-only, then LoRA + bias (with
-/// at least one LoRA + bias layer).
 /// For a LoRA tensor `name` the model holds as `dims` and the file as `stored`: the two
 /// ranks, when the file's tensor differs from the model's in its rank alone.
 fn lora_rank(name: &str, dims: &[usize], stored: Option<Vec<usize>>) -> Option<(usize, usize)> {
@@ -984,6 +1009,8 @@ fn lora_rank(name: &str, dims: &[usize], stored: Option<Vec<usize>>) -> Option<(
         .then(|| (dims[rank_axis], stored[rank_axis]))
 }
 
+/// SPAFIT's boundaries when the strata are frozen, then bias-only, then LoRA + bias (with
+/// at least one LoRA + bias layer).
 fn spafit_shape(strata: &[Stratum]) -> Option<(usize, usize)> {
     let n1 = strata.iter().take_while(|s| **s == Stratum::Frozen).count();
     let n2 = n1

@@ -150,12 +150,13 @@ pub fn save_adapter<B: Backend>(
     let (method, strata, lora) = AdapterManifest::describe(plan);
     let manifest = |weights_sha256: String| AdapterManifest {
         format: "spafit-adapter".into(),
-        // An older spafit, which reads version 1 only, would read a multi-label head as a
-        // softmax: it refuses the adapter instead.
-        version: match model.is_multi_label() {
-            true => MULTI_LABEL_VERSION,
-            false => MANIFEST_VERSION,
-        },
+        // An older spafit would read a multi-label head as a softmax, and pass over adapters
+        // of their own rank or alpha (computing with the wrong scale): it refuses the
+        // adapter instead.
+        version: manifest_version(
+            model.is_multi_label(),
+            lora.as_ref().is_some_and(|l| !l.overrides.is_empty()),
+        ),
         method,
         strata,
         boundaries: plan.boundaries,
@@ -194,11 +195,22 @@ pub fn save_adapter<B: Backend>(
     manifest.commit_or_leave_staged()
 }
 
-/// The `adapter.json` version this code writes and reads.
+/// The `adapter.json` version of an adapter with neither a multi-label head nor adapters of
+/// their own rank or alpha; each adds to it what an older spafit must not read past.
 const MANIFEST_VERSION: u32 = 1;
 
-/// The version of a multi-label adapter's `adapter.json` (version 1 with `multi_label`).
-const MULTI_LABEL_VERSION: u32 = 2;
+/// What a multi-label head (`multi_label`) adds to the version: 2 and 4.
+const MULTI_LABEL_VERSION_STEP: u32 = 1;
+
+/// What adapters of their own rank or alpha (`lora.overrides`) add to the version: 3 and 4.
+const OVERRIDES_VERSION_STEP: u32 = 2;
+
+/// The version of a manifest with a multi-label head or not, and LoRA overrides or not.
+fn manifest_version(multi_label: bool, overrides: bool) -> u32 {
+    MANIFEST_VERSION
+        + u32::from(multi_label) * MULTI_LABEL_VERSION_STEP
+        + u32::from(overrides) * OVERRIDES_VERSION_STEP
+}
 
 /// Reads an adapter's manifest.
 pub fn read_manifest(dir: &Path) -> Result<AdapterManifest> {
@@ -256,19 +268,23 @@ fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifes
             detail: format!("not a spafit adapter (format `{}`)", m.format),
         });
     }
-    // Version 2 is version 1 with a multi-label head, which it must say.
-    let expected = match m.multi_label {
-        true => MULTI_LABEL_VERSION,
-        false => MANIFEST_VERSION,
-    };
-    if m.version != expected {
+    // Versions 2 to 4 are version 1 with a multi-label head, LoRA overrides or both, which
+    // the manifest must say.
+    let overrides = m.lora.as_ref().is_some_and(|l| !l.overrides.is_empty());
+    if m.version != manifest_version(m.multi_label, overrides) {
         return Err(Error::Format {
             path,
             detail: format!(
-                "`version` {} with `multi_label` {}: this spafit reads version \
-                 {MANIFEST_VERSION} adapters (one class per example, or a regression) and \
-                 version {MULTI_LABEL_VERSION} ones (multi-label)",
-                m.version, m.multi_label
+                "`version` {} with `multi_label` {} and {} `lora.overrides`: this spafit reads \
+                 version {} adapters (one class per example, or a regression), {} (multi-label), \
+                 {} (adapters of their own rank or alpha) and {} (both)",
+                m.version,
+                m.multi_label,
+                if overrides { "some" } else { "no" },
+                manifest_version(false, false),
+                manifest_version(true, false),
+                manifest_version(false, true),
+                manifest_version(true, true),
             ),
         });
     }

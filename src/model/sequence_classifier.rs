@@ -566,11 +566,26 @@ impl<B: Backend> BertClassifier<B> {
         match &self.plan {
             Some(applied) if applied != plan => Err(Error::invalid(
                 "peft plan",
-                format!(
-                    "the model was built under another plan ({} with strata {:?}) than the one \
-                     given ({} with strata {:?})",
-                    applied.method, applied.strata, plan.method, plan.strata
-                ),
+                match (applied.method, &applied.strata) == (plan.method, &plan.strata) {
+                    // The same method and strata: name the part that differs.
+                    true => format!(
+                        "the model was built under another plan than the one given: the same \
+                         {} with strata {:?}, but LoRA {} there and {} here{}",
+                        plan.method,
+                        plan.strata,
+                        describe_lora(applied.lora.as_ref()),
+                        describe_lora(plan.lora.as_ref()),
+                        match applied.lora == plan.lora {
+                            true => " (and what else trains differs)",
+                            false => "",
+                        }
+                    ),
+                    false => format!(
+                        "the model was built under another plan ({} with strata {:?}) than the \
+                         one given ({} with strata {:?})",
+                        applied.method, applied.strata, plan.method, plan.strata
+                    ),
+                },
             )),
             Some(_) => self.check_trainables_as_planned(),
             // Without a plan every weight trains, whatever `plan` says: a save would record
@@ -957,4 +972,22 @@ fn fresh_head<B: Backend>(
         backend.tensor_from_f64(Shape::new([num_labels, hidden]), &w)?,
         backend.zeros(Shape::new([num_labels]))?,
     )
+}
+
+/// A plan's LoRA settings in words, overrides included, for an error that compares two.
+fn describe_lora(lora: Option<&crate::nn::LoraConfig>) -> String {
+    match lora {
+        None => "none".into(),
+        Some(l) => {
+            let overrides: String = l.overrides.iter().map(|o| format!(", {o}")).collect();
+            let targets: Vec<&str> = l.targets.iter().map(|t| t.module()).collect();
+            format!(
+                "r {} alpha {} dropout {} on {}{overrides}",
+                l.rank,
+                l.alpha,
+                l.dropout,
+                targets.join(",")
+            )
+        }
+    }
 }

@@ -163,15 +163,22 @@ pub struct LoraFields {
     pub dropout: &'static str,
     /// The targets' name.
     pub targets: &'static str,
+    /// The name of an override's rank ([`LoraConfig::overrides`]).
+    pub override_rank: &'static str,
+    /// The name of an override's alpha.
+    pub override_alpha: &'static str,
 }
 
 impl LoraFields {
-    /// The command line's flags.
+    /// The command line's flags (which make no overrides: a library caller's are named as
+    /// the field).
     pub const FLAGS: LoraFields = LoraFields {
         rank: "--lora-r",
         alpha: "--lora-alpha",
         dropout: "--lora-dropout",
         targets: "--lora-targets",
+        override_rank: "`LoraConfig::overrides`",
+        override_alpha: "`LoraConfig::overrides`",
     };
 }
 
@@ -208,6 +215,17 @@ pub struct LoraOverride {
     pub rank: usize,
     /// Its alpha; its scale is `alpha / rank`.
     pub alpha: f64,
+}
+
+impl fmt::Display for LoraOverride {
+    /// `layer 2 attention.self.value r 4 alpha 1.5`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "layer {} {} r {} alpha {}",
+            self.layer, self.target, self.rank, self.alpha
+        )
+    }
 }
 
 impl LoraConfig {
@@ -294,6 +312,8 @@ impl LoraConfig {
             alpha,
             dropout,
             targets,
+            override_rank,
+            override_alpha,
         } = fields;
         if let Some(bad) = Self::rank_alpha_problem(self.rank, self.alpha, rank, alpha) {
             return Some(bad);
@@ -327,7 +347,7 @@ impl LoraConfig {
             {
                 Some(format!("{at} is given a rank and alpha twice"))
             } else {
-                Self::rank_alpha_problem(o.rank, o.alpha, rank, alpha)
+                Self::rank_alpha_problem(o.rank, o.alpha, override_rank, override_alpha)
                     .map(|why| format!("{at}: {why}"))
             }
         })
@@ -347,6 +367,8 @@ mod tests {
             alpha: "lora_alpha",
             dropout: "lora_dropout",
             targets: "target_modules",
+            override_rank: "rank_pattern",
+            override_alpha: "alpha_pattern",
         };
         let good = LoraConfig {
             rank: 8,

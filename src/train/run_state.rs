@@ -509,7 +509,7 @@ pub(crate) fn run_settings(config: &TrainConfig, inputs: &RunInputs) -> RunSetti
             inputs.starting_weights.clone(),
         ),
         (
-            "--lora-alpha",
+            LORA_ALPHA_SETTING,
             inputs
                 .lora_alpha
                 .map_or_else(|| "no LoRA".into(), |a| a.to_string()),
@@ -556,16 +556,7 @@ pub(crate) fn describe_plan(plan: &crate::peft::PeftPlan) -> String {
         |l| {
             let targets: Vec<&str> = l.targets.iter().map(|t| t.module()).collect();
             // Added only where there are overrides: states saved before them still resume.
-            let overrides: String = l
-                .overrides
-                .iter()
-                .map(|o| {
-                    format!(
-                        ", layer {} {} r {} alpha {}",
-                        o.layer, o.target, o.rank, o.alpha
-                    )
-                })
-                .collect();
+            let overrides: String = l.overrides.iter().map(|o| format!(", {o}")).collect();
             format!("LoRA r {} on {}{overrides}", l.rank, targets.join(","))
         },
     );
@@ -629,14 +620,23 @@ pub(crate) fn changed_settings(saved: &RunSettings, now: &RunSettings) -> Vec<St
         .filter(|k| !MAY_CHANGE_ON_RESUME.contains(&k.as_str()) && saved.get(*k) != now.get(*k))
         .map(|k| {
             let show = |v: Option<&String>| v.map_or("(not recorded)", |v| v.as_str()).to_string();
+            // The value is the alpha over r every adapter's scale is held as: --rslora's
+            // alpha times √r.
+            let held_as = match k.as_str() {
+                LORA_ALPHA_SETTING => " (the alpha of alpha / r: with --rslora, --lora-alpha × √r)",
+                _ => "",
+            };
             format!(
-                "{k}: saved {}, now {}",
+                "{k}: saved {}, now {}{held_as}",
                 show(saved.get(k)),
                 show(now.get(k))
             )
         })
         .collect()
 }
+
+/// The LoRA alpha of a run's state.
+const LORA_ALPHA_SETTING: &str = "--lora-alpha";
 
 /// The length of the run's schedule in a run's state.
 const TOTAL_STEPS_SETTING: &str = "steps in the schedule";

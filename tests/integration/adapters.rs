@@ -741,6 +741,24 @@ fn adapters_the_loader_would_refuse_are_never_written() {
     let model = trained(&ck, &cpu, &plan);
     let lora = PeftPlan::new(&PeftConfig::new(Method::Lora), 6).unwrap();
     refused(&model, &lora, None, "another plan");
+    // The same method and strata with other LoRA settings: the message names them.
+    let mut other_rank = plan.clone();
+    if let Some(l) = other_rank.lora.as_mut() {
+        l.overrides = vec![spafit::nn::LoraOverride {
+            layer: 5,
+            target: spafit::nn::LoraTarget::Query,
+            rank: 2,
+            alpha: 3.0,
+        }];
+    }
+    refused(
+        &model,
+        &other_rank,
+        None,
+        "output.dense there and r 8 alpha 16 dropout 0.1 on attention.self.query,\
+         attention.self.key,attention.self.value,attention.output.dense,intermediate.dense,\
+         output.dense, layer 5 attention.self.query r 2 alpha 3 here",
+    );
     refused(
         &model,
         &plan,

@@ -6389,8 +6389,8 @@ fn the_thread_count_flag_sets_the_workers_and_changes_no_bit() {
     assert_eq!(dev_loss("1"), dev_loss("3"));
 }
 
-/// `--rslora` scales each adapter by alpha / √r: `--lora-r 4 --lora-alpha 2 --rslora` is the
-/// run `--lora-alpha 4` gives (2 / √4 = 4 / 4), bit for bit, and records and exports that
+/// `--rslora` scales each adapter by alpha / √r: `--lora-r 9 --lora-alpha 2 --rslora` is the
+/// run `--lora-alpha 6` gives (2 / √9 = 6 / 9), bit for bit, and records and exports that
 /// alpha; a method without adapters, or an adapter's own settings, refuse it.
 #[test]
 fn rslora_is_alpha_over_the_square_root_of_the_rank() {
@@ -6423,7 +6423,7 @@ fn rslora_is_alpha_over_the_square_root_of_the_rank() {
             "--method",
             "lora",
             "--lora-r",
-            "4",
+            "9",
             "--batch-size",
             "2",
             "--max-steps",
@@ -6461,9 +6461,9 @@ fn rslora_is_alpha_over_the_square_root_of_the_rank() {
         )
     };
     let stabilized = run("rslora", &["--lora-alpha", "2", "--rslora"]);
-    let plain = run("plain", &["--lora-alpha", "4"]);
-    assert_eq!(stabilized.0, serde_json::json!(4.0));
-    assert_eq!(stabilized.1, serde_json::json!(4.0));
+    let plain = run("plain", &["--lora-alpha", "6"]);
+    assert_eq!(stabilized.0, serde_json::json!(6.0));
+    assert_eq!(stabilized.1, serde_json::json!(6.0));
     assert!(stabilized.2.len() >= 2, "{:?}", stabilized.2);
     assert_eq!(stabilized, plain);
     let (ok, _, err) = spafit(&[

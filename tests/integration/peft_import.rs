@@ -374,6 +374,40 @@ fn per_module_ranks_and_alphas_export_as_patterns() {
         a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
         "{a:?} vs {b:?}"
     );
+
+    // Saved as spafit's own adapter, the overrides make it version 3, which an older spafit
+    // (reading 1 and 2) refuses rather than computing with the config's rank and alpha.
+    let own = tempfile::tempdir().unwrap();
+    spafit::adapter::save_adapter(
+        own.path(),
+        &cpu,
+        &opened.model,
+        &opened.plan,
+        &ck.weights,
+        None,
+        spafit::adapter::TrainingInputs::default(),
+    )
+    .unwrap();
+    let manifest_path = own.path().join("adapter.json");
+    let text = std::fs::read_to_string(&manifest_path).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(manifest["version"], 3);
+    let (loaded, _) = spafit::adapter::load_adapter(own.path(), &ck, &cpu).unwrap();
+    let c = common::logits(&ck, &cpu, &loaded, &texts, 32);
+    assert!(
+        a.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "{a:?} vs {c:?}"
+    );
+    manifest["version"] = 1.into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let e = spafit::adapter::load_adapter(own.path(), &ck, &cpu)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`version` 1 with `multi_label` false and some `lora.overrides`"),
+        "{e}"
+    );
 }
 
 /// An `alpha_pattern` alone (the tensors' ranks unchanged) scales the adapters it names and
@@ -887,20 +921,31 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
             json!({"query": 4}),
             "the file's adapter has rank 8, where `r` and `rank_pattern` in adapter_config.json give it rank 4",
         ),
-        (
-            "rank_pattern",
-            json!({"value": 2.5}),
-            "`value` gives `bert.encoder.layer.0.attention.self.value` the rank 2.5, not a positive whole number",
-        ),
-        (
-            "rank_pattern",
-            json!({"value": 0}),
-            "the rank 0, not a positive whole number",
-        ),
+        ("rank_pattern", json!({"value": 2.5}), "`value`: 2.5 is not a positive rank"),
+        // PEFT fails on a float rank too, whole or not, as spafit refuses `r` 4.0.
+        ("rank_pattern", json!({"value": 4.0}), "`value`: 4.0 is not a positive rank"),
+        ("rank_pattern", json!({"value": 0}), "`value`: 0 is not a positive rank"),
+        ("rank_pattern", json!({"value": "4"}), "`value`: \"4\" is not a positive rank"),
         (
             "alpha_pattern",
             json!({"layer.3.attention.self.value": -1}),
-            "`layer.3.attention.self.value` gives `bert.encoder.layer.3.attention.self.value` the alpha -1",
+            "`layer.3.attention.self.value`: -1 is no adapter's alpha",
+        ),
+        // Sets Python's `re` reads otherwise than Rust's regex: the wrong modules, silently.
+        (
+            "alpha_pattern",
+            json!({"layer\\.[[3]]\\.attention\\.self\\.query": 7}),
+            "would match other modules here than in Python",
+        ),
+        (
+            "rank_pattern",
+            json!({"layer\\.[0-5&&3]\\.attention\\.self\\.query": 8}),
+            "`&&` inside a character class",
+        ),
+        (
+            "target_modules",
+            json!(".*layer\\.[0-5--3]\\.attention\\.self\\.(query|value)"),
+            "`--` inside a character class",
         ),
         (
             "alpha_pattern",
@@ -1022,6 +1067,27 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         });
         let (_, import) = import_peft(a.path(), &checkpoint(), &CpuBackend::f64())
             .unwrap_or_else(|e| panic!("{field} = {value}: {e}"));
+        // A pattern key that matches no adapted module is noted, as PEFT warns of it.
+        let unmatched = match value.as_object().and_then(|o| o.keys().next()) {
+            Some(key) if field.ends_with("_pattern") && key != "query" => {
+                vec![format!("`{field}` key `{key}` matches no adapted module")]
+            }
+            _ => Vec::new(),
+        };
+        let noted: Vec<&String> = import
+            .notes
+            .iter()
+            .filter(|n| n.contains("matches no adapted module"))
+            .collect();
+        assert_eq!(
+            noted.len(),
+            unmatched.len(),
+            "{field} = {value}: {:?}",
+            import.notes
+        );
+        for (note, want) in noted.iter().zip(&unmatched) {
+            assert!(note.contains(want.as_str()), "{note}");
+        }
         let frozen_b = import
             .frozen_in_peft_training
             .map(|(init, b)| (init, b.len()));

@@ -370,6 +370,49 @@ impl FamilyFixture {
                 "{inputs}"
             );
         }
+
+        // Adapters of their own rank and alpha export as `rank_pattern` / `alpha_pattern`
+        // keys in the family's own module names (PEFT matches them against those), and
+        // import back to the same plan and logits.
+        let mut plan = self.lora_plan();
+        if let Some(lora) = plan.lora.as_mut() {
+            lora.overrides = vec![spafit::nn::LoraOverride {
+                layer: 2,
+                target: spafit::nn::LoraTarget::Value,
+                rank: 2,
+                alpha: 3.0,
+            }];
+        }
+        let model = super::trained(&ck, &cpu, &plan, self.classes());
+        let dir = tempfile::tempdir().unwrap();
+        let config = self.export(dir.path(), &model, &plan);
+        let key = self
+            .family
+            .hf_name("bert.encoder.layer.2.attention.self.value")
+            .replace('.', "\\.");
+        assert_eq!(
+            config["rank_pattern"],
+            serde_json::json!({ key.clone(): 2 })
+        );
+        assert_eq!(config["alpha_pattern"], serde_json::json!({ key: 3.0 }));
+        let (back, import) = spafit::adapter::import_peft(dir.path(), &ck, &cpu).unwrap();
+        assert!(
+            !import
+                .notes
+                .iter()
+                .any(|n| n.contains("matches no adapted module")),
+            "{:?}",
+            import.notes
+        );
+        let reopened = spafit::adapter::open_adapter(dir.path(), &ck, &cpu).unwrap();
+        assert_eq!(reopened.plan.lora, plan.lora);
+        for inputs in ["singles", "pairs"] {
+            assert_eq!(
+                self.logits_of(&ck, &cpu, &back, inputs),
+                self.logits_of(&ck, &cpu, &model, inputs),
+                "{inputs}"
+            );
+        }
     }
 
     /// PEFT's adapter merged into `model/` is `architecture` (the family's sequence
