@@ -443,7 +443,7 @@ fn resume_reproduces_an_uninterrupted_run() {
         ..tiny_config(&tmp.path().join("leaping"))
     });
     assert!(
-        matches!(&r.notices[..], [n] if n.contains("the LoRA scale α / r = 2 (--lora-alpha over --lora-r) times the learning rate 6e-2 is 0.120")),
+        matches!(&r.notices[..], [n] if n.contains("the LoRA scale α / r = 2 (--lora-alpha over --lora-r, or over √r with --rslora) times the learning rate 6e-2 is 0.120")),
         "{:?}",
         r.notices
     );
