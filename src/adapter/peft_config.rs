@@ -133,6 +133,9 @@ pub(crate) struct PeftLoraSettings {
     pub alpha: f64,
     /// `use_rslora`: the scale is `alpha / √r` (rank-stabilized LoRA), not `alpha / r`.
     pub rank_stabilized: bool,
+    /// `use_dora`: each adapted map's output rows are scaled to the file's magnitudes
+    /// (weight-decomposed LoRA).
+    pub dora: bool,
     pub dropout: f64,
     targets: ModuleSelector,
     exclude: Option<ModuleSelector>,
@@ -242,12 +245,7 @@ impl PeftLoraSettings {
             Value::Bool(b) => Ok(*b),
             other => Err(bad(field, format!("{other} is not true or false"))),
         };
-        if switch("use_dora")? {
-            return Err(bad(
-                "use_dora",
-                "true — DoRA (weight-decomposed LoRA) is not supported".into(),
-            ));
-        }
+        let dora = switch("use_dora")?;
         if !is_unset(get("layer_replication")) {
             return Err(bad(
                 "layer_replication",
@@ -450,6 +448,7 @@ impl PeftLoraSettings {
             rank,
             alpha,
             rank_stabilized,
+            dora,
             dropout,
             targets,
             exclude,

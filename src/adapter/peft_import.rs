@@ -31,7 +31,8 @@ pub struct PeftImport {
     pub plan: PeftPlan,
     /// `base_model_name_or_path` from the config: informational (PEFT stores no hash).
     pub base_model_name_or_path: Option<String>,
-    /// Model parameters set from the file, by spafit name.
+    /// Model parameters set from the file, by spafit name (and DoRA's magnitudes, folded into
+    /// their weights, as `<module>.lora_magnitude_vector`).
     pub loaded: Vec<String>,
     /// Tensors of the file that PEFT itself does not use either: the frozen originals of
     /// modules saved whole (`...original_module...`) and the wrapper's copies
@@ -68,6 +69,10 @@ pub struct PeftImport {
     /// trains, with the `init_lora_weights` that says so (MiCA): they compute as any LoRA
     /// adapter's, but a spafit run would train them, so training cannot continue from it.
     pub frozen_in_peft_training: Option<(String, Vec<String>)>,
+    /// The modules (named as PEFT names them) whose DoRA adapters (`use_dora`) were folded
+    /// into their base weights: the model computes what PEFT's does in evaluation, but
+    /// holds no adapter to train, so training cannot continue from it.
+    pub dora_folded: Vec<String>,
 }
 
 /// spafit's note beside an exported PEFT adapter: the plan it came from, the class names,
@@ -252,6 +257,8 @@ pub fn is_peft_adapter(dir: &Path) -> bool {
 struct LoraPair {
     a: Option<String>,
     b: Option<String>,
+    /// DoRA's magnitudes, one per output row (`use_dora`).
+    magnitude: Option<String>,
 }
 
 /// Loads the PEFT adapter in `dir` onto the base `checkpoint`.
@@ -354,10 +361,24 @@ fn import<B: Backend>(
             lora.entry(family.internal_name(module)).or_default().a = Some(name.clone());
         } else if let Some(module) = key.strip_suffix(".lora_B.weight") {
             lora.entry(family.internal_name(module)).or_default().b = Some(name.clone());
+        } else if let Some(module) = key
+            .strip_suffix(".lora_magnitude_vector")
+            .or_else(|| key.strip_suffix(".lora_magnitude_vector.weight"))
+        {
+            // Without `use_dora` PEFT would compute plain LoRA and ignore them.
+            if !settings.dora {
+                return Err(bad_tensor(format!(
+                    "tensor `{name}` is a DoRA magnitude, but `use_dora` is not true in \
+                     {PEFT_CONFIG_FILE}: which adapter was this file saved from?"
+                )));
+            }
+            lora.entry(family.internal_name(module))
+                .or_default()
+                .magnitude = Some(name.clone());
         } else if key.contains(".lora_") {
             return Err(bad_tensor(format!(
-                "tensor `{name}`: spafit supports LoRA's A and B matrices only (not embedding \
-                 adapters, DoRA magnitudes or LoRA biases)"
+                "tensor `{name}`: spafit supports LoRA's A and B matrices and DoRA's magnitudes \
+                 only (not embedding adapters or LoRA biases)"
             )));
         } else if key.contains(".original_module.") {
             ignored.push(name.clone());
@@ -493,6 +514,13 @@ fn import<B: Backend>(
             let module = family.hf_name(module);
             return Err(bad_tensor(format!(
                 "`{PREFIX}{module}.{missing}.weight` is missing"
+            )));
+        }
+        if settings.dora && pair.magnitude.is_none() {
+            let module = family.hf_name(module);
+            return Err(bad_tensor(format!(
+                "`{PREFIX}{module}.lora_magnitude_vector` is missing: `use_dora` is true in \
+                 {PEFT_CONFIG_FILE}, and each DoRA adapter scales its rows to its magnitudes"
             )));
         }
     }
@@ -863,6 +891,23 @@ fn import<B: Backend>(
                 .unwrap_or("the one it was made for")
         )));
     }
+    let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();
+    // Named as the file names them.
+    let kept_frozen: Vec<String> = loaded
+        .iter()
+        .filter(|n| !trainable.contains(*n) && !same_as_base.contains(*n))
+        .map(|n| family.hf_name(n))
+        .collect();
+    // After what trains is read off the plan's tensors: the fold removes the adapters.
+    let dora_folded = match settings.dora {
+        true => fold_dora(&mut model, backend, &file, &per_layer, &lora, family)?,
+        false => Vec::new(),
+    };
+    loaded.extend(
+        lora.iter()
+            .filter(|(_, pair)| pair.magnitude.is_some())
+            .map(|(module, _)| format!("{module}.lora_magnitude_vector")),
+    );
     let mut notes = Vec::new();
     let from_base: Vec<String> = head_parts
         .iter()
@@ -904,6 +949,14 @@ fn import<B: Backend>(
             }
         ));
     }
+    if !dora_folded.is_empty() {
+        notes.push(format!(
+            "DoRA (`use_dora`): its {} adapters are folded into their base weights, each \
+             output row scaled to its magnitude, which is what PEFT computes in evaluation; \
+             eval, predict and merge use them so, and training cannot continue from it",
+            dora_folded.len()
+        ));
+    }
     let unmatched = settings.unmatched_patterns(&adapted_modules);
     if !unmatched.is_empty() {
         let keys: Vec<String> = unmatched
@@ -918,13 +971,6 @@ fn import<B: Backend>(
             if keys.len() == 1 { "it" } else { "them" },
         ));
     }
-    let trainable: BTreeSet<String> = model.trainable_names().into_iter().collect();
-    // Named as the file names them.
-    let kept_frozen: Vec<String> = loaded
-        .iter()
-        .filter(|n| !trainable.contains(*n) && !same_as_base.contains(*n))
-        .map(|n| family.hf_name(n))
-        .collect();
     let frozen_in_peft_training = settings.frozen_b_init.clone().map(|init| {
         let b: Vec<String> = lora.values().filter_map(|pair| pair.b.clone()).collect();
         (init, b)
@@ -973,6 +1019,7 @@ fn import<B: Backend>(
             notes,
             warnings,
             frozen_in_peft_training,
+            dora_folded,
         },
     ))
 }
@@ -989,6 +1036,36 @@ fn unwrap_saved_module(key: &str) -> String {
         None => tail,
     };
     format!("{head}.{tail}")
+}
+
+/// Folds each adapter's DoRA magnitudes (`use_dora`) into its base weight, as PEFT merges
+/// them: what the model computes in evaluation. The adapted modules, as PEFT names them.
+fn fold_dora<B: Backend>(
+    model: &mut BertClassifier<B>,
+    backend: &B,
+    file: &WeightsFile,
+    per_layer: &BTreeMap<usize, BTreeSet<LoraTarget>>,
+    lora: &BTreeMap<String, LoraPair>,
+    family: crate::checkpoint::EncoderFamily,
+) -> Result<Vec<String>> {
+    let mut magnitudes = Vec::new();
+    let mut folded = Vec::new();
+    for (&layer, targets) in per_layer {
+        for &target in targets {
+            let module = format!("bert.encoder.layer.{layer}.{}", target.module());
+            // Every adapted module has its pair, magnitudes included (checked on reading).
+            let Some(name) = lora.get(&module).and_then(|p| p.magnitude.as_ref()) else {
+                continue;
+            };
+            let rows = model.bert.layers[layer].linear(target).out_in().0;
+            // Refused, naming the tensor, where not finite or of another length.
+            let magnitude = file.read_f64(name, &crate::tensor::Shape::new([rows]))?;
+            magnitudes.push((layer, target, magnitude));
+            folded.push(family.hf_name(&module));
+        }
+    }
+    model.merge_dora(backend, &magnitudes)?;
+    Ok(folded)
 }
 
 /// For a LoRA tensor `name` the model holds as `dims` and the file as `stored`: the two

@@ -117,11 +117,61 @@ impl<B: Backend> Linear<B> {
         tape.linear_as(x, &w, Some(&b), lora, for_products)
     }
 
+    /// Folds a DoRA adapter (weight-decomposed LoRA, PEFT's `use_dora`) into the weight and
+    /// removes it: `W ← m ⊙ (W + scale·B·A) / ‖W + scale·B·A‖`, each output row of the
+    /// adapted weight scaled to its norm `magnitude[row]`, as PEFT merges one. That is what
+    /// the layer computes in evaluation, where no dropout splits the input of the two terms.
+    /// On an error the layer is left as it was.
+    pub fn merge_dora(&mut self, backend: &B, magnitude: &[f64]) -> Result<()> {
+        let (out, inp) = self.out_in();
+        if magnitude.len() != out {
+            return Err(Error::shape(
+                "merge_dora",
+                format!(
+                    "`{}`: {} magnitudes for {out} output rows",
+                    self.prefix,
+                    magnitude.len()
+                ),
+            ));
+        }
+        let mut w = self.adapted_weight(backend)?;
+        for (row, (values, m)) in w.chunks_mut(inp.max(1)).zip(magnitude).enumerate() {
+            let norm = values.iter().map(|v| v * v).sum::<f64>().sqrt();
+            // A zero row has no direction to scale: PEFT's outputs would be NaN.
+            if !(norm > 0.0 && norm.is_finite()) {
+                return Err(Error::invalid(
+                    "merge_dora",
+                    format!(
+                        "`{}`: row {row} of the adapted weight has norm {norm}, so DoRA's \
+                         magnitude {m} has no direction to scale",
+                        self.prefix
+                    ),
+                ));
+            }
+            values.iter_mut().for_each(|v| *v *= m / norm);
+        }
+        self.weight.value = backend.tensor_from_f64(self.weight.value.shape().clone(), &w)?;
+        self.lora = None;
+        Ok(())
+    }
+
     /// Folds the adapter into the weight, `W += scale · B·A`, and removes it: the same
     /// outputs with no LoRA cost at inference.
     pub fn merge_lora(&mut self, backend: &B) -> Result<()> {
-        let Some(l) = self.lora.take() else {
+        if self.lora.is_none() {
             return Ok(());
+        }
+        let w = self.adapted_weight(backend)?;
+        self.weight.value = backend.tensor_from_f64(self.weight.value.shape().clone(), &w)?;
+        self.lora = None;
+        Ok(())
+    }
+
+    /// `W + scale · B·A` (the weight alone without an adapter), row-major `[out, in]`.
+    fn adapted_weight(&self, backend: &B) -> Result<Vec<f64>> {
+        let mut w = backend.to_f64(&self.weight.value)?;
+        let Some(l) = &self.lora else {
+            return Ok(w);
         };
         let (out, inp) = self.out_in();
         let rank = l.a.value.dims().first().copied().unwrap_or(0);
@@ -138,10 +188,8 @@ impl<B: Backend> Linear<B> {
                 want[0],
                 want[1]
             );
-            self.lora = Some(l);
             return Err(Error::shape("merge_lora", detail));
         }
-        let mut w = backend.to_f64(&self.weight.value)?;
         let a = backend.to_f64(&l.a.value)?;
         let b = backend.to_f64(&l.b.value)?;
         for o in 0..out {
@@ -155,8 +203,7 @@ impl<B: Backend> Linear<B> {
                 }
             }
         }
-        self.weight.value = backend.tensor_from_f64(self.weight.value.shape().clone(), &w)?;
-        Ok(())
+        Ok(w)
     }
 
     /// Stores a frozen weight in `backend`'s [`Backend::frozen_dtype`] (bf16 in bf16 mode);

@@ -37,7 +37,7 @@ fn adapters_written_by_peft_give_peft_logits() {
 
 #[test]
 fn adapters_with_peft_wrappers_and_saved_modules_give_peft_logits() {
-    check_peft_written_set(&wrapped_fixtures(), 6);
+    check_peft_written_set(&wrapped_fixtures(), 7);
 }
 
 /// Every case of a PEFT-written fixture set loads to PEFT's float64 logits, every stored
@@ -53,12 +53,17 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
         let dir = fixtures.join(name);
         let opened = open_adapter(&dir, &ck, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(opened.format, AdapterFormat::Peft);
-        // Training continues from it unless it sets tensors no plan trains.
+        // Training continues from it unless it sets tensors no plan trains, or is DoRA.
         match opened.check_trainable(&dir) {
-            Ok(()) => assert!(opened.kept_frozen.is_empty(), "{name}"),
+            Ok(()) => assert!(
+                opened.kept_frozen.is_empty() && opened.dora_folded.is_empty(),
+                "{name}"
+            ),
             Err(e) => assert!(
-                !opened.kept_frozen.is_empty()
-                    && e.to_string().contains("that no spafit plan trains"),
+                (!opened.kept_frozen.is_empty()
+                    && e.to_string().contains("that no spafit plan trains"))
+                    || (!opened.dora_folded.is_empty()
+                        && e.to_string().contains("does not train DoRA")),
                 "{name}: {e}"
             ),
         }
@@ -220,6 +225,23 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
                 }
                 assert_eq!(lora.overrides, want);
                 assert_eq!(plan.strata, vec![Stratum::LoraOnly; 6]);
+            }
+            "dora" => {
+                // Folded into the base weights: PEFT's evaluation outputs, nothing to train.
+                assert_eq!(opened.dora_folded.len(), 12, "{:?}", opened.dora_folded);
+                assert!(opened
+                    .dora_folded
+                    .contains(&"bert.encoder.layer.5.attention.self.value".to_string()));
+                assert!(
+                    opened
+                        .notes
+                        .iter()
+                        .any(|n| n.contains("DoRA (`use_dora`): its 12 adapters")),
+                    "{:?}",
+                    opened.notes
+                );
+                let e = opened.check_trainable(&dir).unwrap_err().to_string();
+                assert!(e.contains("does not train DoRA"), "{e}");
             }
             other => panic!("unknown case {other}"),
         }
@@ -408,6 +430,88 @@ fn per_module_ranks_and_alphas_export_as_patterns() {
         e.contains("`version` 1 with `multi_label` false and some `lora.overrides`"),
         "{e}"
     );
+}
+
+/// A DoRA adapter folds into its base weights with each adapted row's norm the file's
+/// magnitude for it (and the maps it does not adapt untouched); magnitudes without
+/// `use_dora`, a missing one, one of another length or not finite are refused, naming the
+/// tensor.
+#[test]
+fn dora_rows_take_the_files_magnitudes() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let fixture = wrapped_fixtures().join("dora");
+    let opened = open_adapter(&fixture, &ck, &cpu).unwrap();
+    let file =
+        spafit::checkpoint::WeightsFile::open(&fixture.join("adapter_model.safetensors")).unwrap();
+    let name = |l: usize, module: &str| {
+        format!(
+            "base_model.model.bert.encoder.layer.{l}.attention.self.{module}.lora_magnitude_vector"
+        )
+    };
+    let magnitude = |l: usize, module: &str| {
+        file.read_f64(&name(l, module), &spafit::tensor::Shape::new([384]))
+            .unwrap()
+    };
+    // Another adapter on query and value: its key maps are the base's.
+    let base = open_adapter(&wrapped_fixtures().join("rank_stabilized"), &ck, &cpu)
+        .unwrap()
+        .model;
+    for (l, layer) in opened.model.bert.layers.iter().enumerate() {
+        for (linear, module) in [(&layer.query, "query"), (&layer.value, "value")] {
+            assert!(linear.lora.is_none());
+            let w = cpu.to_f64(&linear.weight.value).unwrap();
+            for (row, want) in w.chunks(384).zip(magnitude(l, module)) {
+                let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+                assert!(
+                    (norm - want).abs() <= 1e-13 * want,
+                    "layer {l} {module}: {norm} vs {want}"
+                );
+            }
+        }
+        let untouched = &base.bert.layers[l].key.weight.value;
+        assert_eq!(
+            cpu.to_f64(&layer.key.weight.value).unwrap(),
+            cpu.to_f64(untouched).unwrap()
+        );
+    }
+
+    let first = name(0, "query");
+    let refused = |edited: &Edited| match import_peft(edited.path(), &ck, &cpu) {
+        Ok(_) => panic!("imported"),
+        Err(e) => e.to_string(),
+    };
+    let a = Edited::copy_of(&fixture);
+    a.config(|c| {
+        c.insert("use_dora".into(), serde_json::json!(false));
+    });
+    let e = refused(&a);
+    assert!(
+        e.contains("is a DoRA magnitude, but `use_dora` is not true") && e.contains(&first),
+        "{e}"
+    );
+    for (edit, wanted) in [
+        ("drop", "lora_magnitude_vector` is missing"),
+        ("shorten", "shape"),
+        ("nan", "holds NaN at flat index 7"),
+    ] {
+        let a = Edited::copy_of(&fixture);
+        a.tensors(|all| match edit {
+            "drop" => all.retain(|(n, _, _)| *n != first),
+            _ => {
+                let t = all.iter_mut().find(|(n, _, _)| *n == first).unwrap();
+                match edit {
+                    "shorten" => {
+                        t.1 = vec![383];
+                        t.2.truncate(383);
+                    }
+                    _ => t.2[7] = f64::NAN,
+                }
+            }
+        });
+        let e = refused(&a);
+        assert!(e.contains(wanted) && e.contains(&first), "{edit}: {e}");
+    }
 }
 
 /// An `alpha_pattern` alone (the tensors' ranks unchanged) scales the adapters it names and
@@ -854,9 +958,13 @@ struct Edited {
 
 impl Edited {
     fn of(case: &str) -> Self {
+        Self::copy_of(&fixtures().join(case))
+    }
+
+    fn copy_of(adapter: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         for f in ["adapter_config.json", "adapter_model.safetensors"] {
-            std::fs::copy(fixtures().join(case).join(f), dir.path().join(f)).unwrap();
+            std::fs::copy(adapter.join(f), dir.path().join(f)).unwrap();
         }
         Edited { dir }
     }
@@ -907,7 +1015,12 @@ impl Edited {
 fn what_spafit_cannot_represent_is_refused_naming_the_field() {
     use serde_json::json;
     let config_cases: Vec<(&str, serde_json::Value, &str)> = vec![
-        ("use_dora", json!(true), "DoRA"),
+        // lora_qv holds no DoRA magnitudes.
+        (
+            "use_dora",
+            json!(true),
+            "attention.self.query.lora_magnitude_vector` is missing: `use_dora` is true",
+        ),
         ("use_rslora", json!("yes"), "is not true or false"),
         ("use_dora", json!("false"), "is not true or false"),
         (
