@@ -239,18 +239,15 @@ pub fn export_peft<B: Backend>(
             ))
             .replace('.', "\\.")
     };
-    let rank_pattern: serde_json::Map<String, serde_json::Value> = lora
-        .overrides
-        .iter()
-        .filter(|o| o.rank != lora.rank)
-        .map(|o| (pattern_key(o), json!(o.rank)))
-        .collect();
-    let alpha_pattern: serde_json::Map<String, serde_json::Value> = lora
-        .overrides
-        .iter()
-        .filter(|o| o.alpha != lora.alpha)
-        .map(|o| (pattern_key(o), json!(o.alpha)))
-        .collect();
+    // Each names the maps whose value differs from the config's.
+    let patterns = |value: &dyn Fn(&LoraOverride) -> Option<serde_json::Value>| {
+        lora.overrides
+            .iter()
+            .filter_map(|o| value(o).map(|v| (pattern_key(o), v)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let rank_pattern = patterns(&|o| (o.rank != lora.rank).then(|| json!(o.rank)));
+    let alpha_pattern = patterns(&|o| (o.alpha != lora.alpha).then(|| json!(o.alpha)));
     let config = json!({
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",

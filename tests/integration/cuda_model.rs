@@ -15,7 +15,7 @@ use spafit::backend::cpu::CpuBackend;
 use spafit::backend::cuda::{emulator, CudaBackend, Driver};
 use spafit::backend::Backend;
 use spafit::model::{BertClassifier, BertModel, Labels, ModelInput};
-use spafit::nn::{DropoutPlan, Linear, LoraConfig, LoraOverride, LoraTarget};
+use spafit::nn::{DropoutPlan, Linear, LoraConfig, LoraTarget};
 use spafit::peft::{peft_lora_init, Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::{DType, Shape, Tensor};
 use spafit::text::EncodedBatch;
@@ -52,22 +52,7 @@ fn config_for(method: Method) -> PeftConfig {
     };
     if method == Method::Lora {
         c.lora_layers = Some(vec![0, 2]);
-        // Adapters of other ranks and scales beside the config's (an imported PEFT
-        // adapter's `rank_pattern` / `alpha_pattern`).
-        c.lora.overrides = vec![
-            LoraOverride {
-                layer: 0,
-                target: LoraTarget::Value,
-                rank: 3,
-                alpha: 1.0,
-            },
-            LoraOverride {
-                layer: 2,
-                target: LoraTarget::Output,
-                rank: 1,
-                alpha: 4.0,
-            },
-        ];
+        c.lora.overrides = tiny_bert::mixed_rank_overrides();
         // Without adapter dropout the fused dX path (LoRA term as extra K columns) runs.
         c.lora.dropout = 0.0;
     }

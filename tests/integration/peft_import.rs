@@ -316,6 +316,24 @@ fn exported_config<B: Backend>(
         .unwrap()
 }
 
+/// `a` and `b` give the same logits on `texts`, bit for bit.
+fn same_logits_bitwise(
+    ck: &Checkpoint,
+    cpu: &CpuBackend,
+    a: &spafit::model::BertClassifier<CpuBackend>,
+    b: &spafit::model::BertClassifier<CpuBackend>,
+    texts: &[&str],
+) {
+    let (x, y) = (
+        common::logits(ck, cpu, a, texts, 32),
+        common::logits(ck, cpu, b, texts, 32),
+    );
+    assert!(
+        x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+        "{x:?} vs {y:?}"
+    );
+}
+
 /// A rank-stabilized adapter's export declares plain LoRA (`use_rslora` false) with the alpha
 /// that gives the same scale, `lora_alpha · √r`, and imports back to bitwise its logits.
 #[test]
@@ -338,14 +356,7 @@ fn a_rank_stabilized_adapter_exports_as_plain_lora_of_the_same_scale() {
     );
     let (back, import) = import_peft(dir.path(), &ck, &cpu).unwrap();
     assert!(import.notes.is_empty(), "{:?}", import.notes);
-    let (a, b) = (
-        common::logits(&ck, &cpu, &opened.model, &texts, 32),
-        common::logits(&ck, &cpu, &back, &texts, 32),
-    );
-    assert!(
-        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "{a:?} vs {b:?}"
-    );
+    same_logits_bitwise(&ck, &cpu, &opened.model, &back, &texts);
 }
 
 /// An adapter of per-module ranks and alphas exports them as `rank_pattern` and
@@ -388,14 +399,7 @@ fn per_module_ranks_and_alphas_export_as_patterns() {
     let (back, _) = import_peft(dir.path(), &ck, &cpu).unwrap();
     let reopened = open_adapter(dir.path(), &ck, &cpu).unwrap();
     assert_eq!(reopened.plan.lora, opened.plan.lora);
-    let (a, b) = (
-        common::logits(&ck, &cpu, &opened.model, &texts, 32),
-        common::logits(&ck, &cpu, &back, &texts, 32),
-    );
-    assert!(
-        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "{a:?} vs {b:?}"
-    );
+    same_logits_bitwise(&ck, &cpu, &opened.model, &back, &texts);
 
     // Saved as spafit's own adapter, the overrides make it version 3, which an older spafit
     // (reading 1 and 2) refuses rather than computing with the config's rank and alpha.
@@ -415,11 +419,7 @@ fn per_module_ranks_and_alphas_export_as_patterns() {
     let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(manifest["version"], 3);
     let (loaded, _) = spafit::adapter::load_adapter(own.path(), &ck, &cpu).unwrap();
-    let c = common::logits(&ck, &cpu, &loaded, &texts, 32);
-    assert!(
-        a.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "{a:?} vs {c:?}"
-    );
+    same_logits_bitwise(&ck, &cpu, &opened.model, &loaded, &texts);
     manifest["version"] = 1.into();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
     let e = spafit::adapter::load_adapter(own.path(), &ck, &cpu)

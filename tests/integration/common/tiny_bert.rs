@@ -174,3 +174,24 @@ fn write_checkpoint_with(dir: &Path, positions: usize, keep: impl Fn(&str) -> bo
     .unwrap();
     Checkpoint::open(dir).unwrap()
 }
+
+/// Adapters of other ranks and scales beside a LoRA config's (an imported PEFT adapter's
+/// `rank_pattern` / `alpha_pattern`): layer 0's value at rank 3, layer 2's feed-forward
+/// output at rank 1, for a plan with adapters there.
+pub fn mixed_rank_overrides() -> Vec<spafit::nn::LoraOverride> {
+    use spafit::nn::{LoraOverride, LoraTarget};
+    vec![
+        LoraOverride {
+            layer: 0,
+            target: LoraTarget::Value,
+            rank: 3,
+            alpha: 1.0,
+        },
+        LoraOverride {
+            layer: 2,
+            target: LoraTarget::Output,
+            rank: 1,
+            alpha: 4.0,
+        },
+    ]
+}
