@@ -1,5 +1,6 @@
 //! Export to PEFT's on-disk format: `adapter_model.safetensors` + `adapter_config.json`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -11,7 +12,7 @@ use crate::backend::Backend;
 use crate::checkpoint::WeightsFile;
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
-use crate::nn::{LoraOverride, Stratum};
+use crate::nn::{LoraOverride, LoraTarget, Stratum};
 use crate::peft::PeftPlan;
 use crate::tensor::Tensor;
 
@@ -142,9 +143,10 @@ pub fn export_peft<B: Backend>(
     };
     let lora_layers = plan.lora_layers();
     let wrapped = |name: &str| {
-        lora_layers.iter().any(|l| {
+        lora_layers.iter().any(|&l| {
             lora.targets
                 .iter()
+                .filter(|&&t| !lora.leaves_out(l, t))
                 .any(|t| name.starts_with(&format!("bert.encoder.layer.{l}.{}.", t.module())))
         })
     };
@@ -165,15 +167,33 @@ pub fn export_peft<B: Backend>(
             value_of(p),
         ));
     }
-    let layers_alt = lora_layers
+    // The layers grouped by the maps they adapt (one group unless some leave maps out), each
+    // group one alternative of the pattern PEFT matches whole module names against.
+    let mut groups: BTreeMap<Vec<LoraTarget>, Vec<usize>> = BTreeMap::new();
+    for &l in &lora_layers {
+        let adapted = lora
+            .targets
+            .iter()
+            .copied()
+            .filter(|&t| !lora.leaves_out(l, t));
+        groups.entry(adapted.collect()).or_default().push(l);
+    }
+    let layer_prefix = family.hf_name("bert.encoder.layer").replace('.', "\\.");
+    let target_modules = groups
         .iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join("|");
-    let modules_alt = lora
-        .targets
-        .iter()
-        .map(|t| family.hf_layer_module(t.module()).replace('.', "\\."))
+        .map(|(targets, layers)| {
+            let layers_alt = layers
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("|");
+            let modules_alt = targets
+                .iter()
+                .map(|t| family.hf_layer_module(t.module()).replace('.', "\\."))
+                .collect::<Vec<_>>()
+                .join("|");
+            format!("{layer_prefix}\\.({layers_alt})\\.({modules_alt})")
+        })
         .collect::<Vec<_>>()
         .join("|");
     let trains_biases = plan
@@ -255,10 +275,7 @@ pub fn export_peft<B: Backend>(
         "r": lora.rank,
         "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout,
-        "target_modules": format!(
-            "{}\\.({layers_alt})\\.({modules_alt})",
-            family.hf_name("bert.encoder.layer").replace('.', "\\.")
-        ),
+        "target_modules": target_modules,
         "bias": if trains_biases { "all" } else { "none" },
         "modules_to_save": modules_to_save,
         "fan_in_fan_out": false,

@@ -15,7 +15,7 @@ use crate::backend::Backend;
 use crate::checkpoint::{Checkpoint, WeightsFile};
 use crate::error::{Error, Result};
 use crate::model::BertClassifier;
-use crate::nn::{LoraConfig, LoraOverride, LoraTarget, Stratum};
+use crate::nn::{LoraConfig, LoraOverride, LoraSite, LoraTarget, Stratum};
 use crate::peft::{Method, PeftPlan};
 
 /// PEFT's adapter config file.
@@ -560,7 +560,7 @@ fn import<B: Backend>(
         });
     }
 
-    // One set of targets for every adapted layer: spafit's plan has one LoRA configuration.
+    // The targets are every map adapted in some layer.
     let mut per_layer: BTreeMap<usize, BTreeSet<LoraTarget>> = BTreeMap::new();
     for l in 0..layers {
         for t in LoraTarget::ALL {
@@ -569,7 +569,7 @@ fn import<B: Backend>(
             }
         }
     }
-    let targets = per_layer.values().next().cloned().unwrap_or_default();
+    let targets: BTreeSet<LoraTarget> = per_layer.values().flatten().copied().collect();
     // `rank_pattern` and `alpha_pattern`: the adapters whose rank or scale is not the
     // config's own.
     let global = (settings.rank, settings.spafit_alpha());
@@ -590,24 +590,16 @@ fn import<B: Backend>(
             }
         }
     }
-    if let Some((l, other)) = per_layer.iter().find(|(_, t)| **t != targets) {
-        return Err(Error::Format {
-            path: config_path,
-            detail: format!(
-                "`target_modules` adapts {:?} in layer {l} but {:?} in layer {}; spafit applies the \
-                 same targets in every adapted layer",
-                other
-                    .iter()
-                    .map(|t| family.hf_layer_module(t.module()))
-                    .collect::<Vec<_>>(),
-                targets
-                    .iter()
-                    .map(|t| family.hf_layer_module(t.module()))
-                    .collect::<Vec<_>>(),
-                per_layer.keys().next().unwrap_or(&0)
-            ),
-        });
-    }
+    // Maps adapted in some layers but not in others are left out where they are not.
+    let unadapted: Vec<LoraSite> = per_layer
+        .iter()
+        .flat_map(|(&layer, layer_targets)| {
+            targets
+                .iter()
+                .filter(|t| !layer_targets.contains(t))
+                .map(move |&target| LoraSite { layer, target })
+        })
+        .collect();
 
     // The head PEFT saved (modules_to_save) fixes the number of outputs; an adapter that
     // saved none, or only part of one (`bias = "all"` saves the head's bias alone), runs in PEFT
@@ -753,6 +745,7 @@ fn import<B: Backend>(
         dropout: settings.dropout,
         targets: targets.into_iter().collect(),
         overrides,
+        unadapted,
     };
     let fields = crate::nn::LoraFields {
         rank: "`r`",

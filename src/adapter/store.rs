@@ -155,7 +155,7 @@ pub fn save_adapter<B: Backend>(
         // adapter instead.
         version: manifest_version(
             model.is_multi_label(),
-            lora.as_ref().is_some_and(|l| !l.overrides.is_empty()),
+            lora.as_ref().is_some_and(|l| l.varies_by_site()),
         ),
         method,
         strata,
@@ -202,7 +202,8 @@ const MANIFEST_VERSION: u32 = 1;
 /// What a multi-label head (`multi_label`) adds to the version: 2 and 4.
 const MULTI_LABEL_VERSION_STEP: u32 = 1;
 
-/// What adapters of their own rank or alpha (`lora.overrides`) add to the version: 3 and 4.
+/// What adapters of their own rank or alpha (`lora.overrides`), or maps left without one
+/// (`lora.unadapted`), add to the version: 3 and 4.
 const OVERRIDES_VERSION_STEP: u32 = 2;
 
 /// The version of a manifest with a multi-label head or not, and LoRA overrides or not.
@@ -270,14 +271,15 @@ fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifes
     }
     // Versions 2 to 4 are version 1 with a multi-label head, LoRA overrides or both, which
     // the manifest must say.
-    let overrides = m.lora.as_ref().is_some_and(|l| !l.overrides.is_empty());
+    let overrides = m.lora.as_ref().is_some_and(|l| l.varies_by_site());
     if m.version != manifest_version(m.multi_label, overrides) {
         return Err(Error::Format {
             path,
             detail: format!(
-                "`version` {} with `multi_label` {} and {} `lora.overrides`: this spafit reads \
-                 version {} adapters (one class per example, or a regression), {} (multi-label), \
-                 {} (adapters of their own rank or alpha) and {} (both)",
+                "`version` {} with `multi_label` {} and {} `lora.overrides` or \
+                 `lora.unadapted`: this spafit reads version {} adapters (one class per \
+                 example, or a regression), {} (multi-label), {} (adapters of their own rank or \
+                 alpha, or maps left without one) and {} (both)",
                 m.version,
                 m.multi_label,
                 if overrides { "some" } else { "no" },

@@ -299,6 +299,9 @@ fn describe_plan(line: &mut serde_json::Value, plan: &PeftPlan) {
         if !lora.overrides.is_empty() {
             line["lora"]["overrides"] = json!(lora.overrides);
         }
+        if !lora.unadapted.is_empty() {
+            line["lora"]["unadapted"] = json!(lora.unadapted);
+        }
     }
     line["train_embeddings"] = json!(plan.train_embeddings);
     line["train_pooler"] = json!(plan.train_pooler);

@@ -1003,19 +1003,20 @@ fn fresh_head<B: Backend>(
     )
 }
 
-/// A plan's LoRA settings in words, overrides included, for an error that compares two.
+/// A plan's LoRA settings in words, adapters that differ included, for an error that
+/// compares two.
 fn describe_lora(lora: Option<&crate::nn::LoraConfig>) -> String {
     match lora {
         None => "none".into(),
         Some(l) => {
-            let overrides: String = l.overrides.iter().map(|o| format!(", {o}")).collect();
             let targets: Vec<&str> = l.targets.iter().map(|t| t.module()).collect();
             format!(
-                "r {} alpha {} dropout {} on {}{overrides}",
+                "r {} alpha {} dropout {} on {}{}",
                 l.rank,
                 l.alpha,
                 l.dropout,
-                targets.join(",")
+                targets.join(","),
+                l.site_differences()
             )
         }
     }

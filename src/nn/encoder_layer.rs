@@ -172,7 +172,7 @@ impl<B: Backend> EncoderLayer<B> {
                 Error::invalid("stratum", format!("{stratum:?} needs a LoRA configuration"))
             })?;
             cfg.validate()?;
-            for &target in &cfg.targets {
+            for &target in cfg.targets.iter().filter(|&&t| !cfg.leaves_out(index, t)) {
                 let (rank, alpha) = cfg.rank_and_alpha(index, target);
                 let lin = self.linear_mut(target);
                 let (out, inp) = lin.out_in();

@@ -14,4 +14,4 @@ pub use encoder_layer::{EncoderLayer, EncoderLayerConfig, FeedForwardActivation}
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, LoraAdapter};
 pub use param::{trainable_names, Param};
-pub use stratum::{LoraConfig, LoraFields, LoraOverride, LoraTarget, Stratum};
+pub use stratum::{LoraConfig, LoraFields, LoraOverride, LoraSite, LoraTarget, Stratum};

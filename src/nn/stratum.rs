@@ -202,6 +202,20 @@ pub struct LoraConfig {
     /// makes any; manifests without the field have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<LoraOverride>,
+    /// Maps among `targets` that a layer with adapters leaves without one: what an imported
+    /// PEFT adapter whose `target_modules` adapt other maps in other layers gives. The
+    /// command line never makes any; manifests without the field have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unadapted: Vec<LoraSite>,
+}
+
+/// One linear map of one encoder layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LoraSite {
+    /// The encoder layer (0-based).
+    pub layer: usize,
+    /// The linear map of that layer.
+    pub target: LoraTarget,
 }
 
 /// The rank and alpha of one adapter that differ from its [`LoraConfig`]'s.
@@ -254,6 +268,30 @@ impl LoraConfig {
             .iter()
             .find(|o| o.layer == layer && o.target == target)
             .map_or((self.rank, self.alpha), |o| (o.rank, o.alpha))
+    }
+
+    /// Whether the adapter on `target` in encoder layer `layer` is left out
+    /// ([`LoraConfig::unadapted`]) though `target` is among the targets.
+    pub fn leaves_out(&self, layer: usize, target: LoraTarget) -> bool {
+        self.unadapted.contains(&LoraSite { layer, target })
+    }
+
+    /// Whether some adapters differ from the config's own (an override or a map left out):
+    /// what an older spafit would not read.
+    pub fn varies_by_site(&self) -> bool {
+        !self.overrides.is_empty() || !self.unadapted.is_empty()
+    }
+
+    /// The adapters that differ from the config's, in words, each after `, `: `, layer 2
+    /// attention.self.value r 4 alpha 1.5, layer 3 output.dense left out` (empty where none
+    /// do).
+    pub fn site_differences(&self) -> String {
+        let overrides = self.overrides.iter().map(|o| format!(", {o}"));
+        let left_out = self
+            .unadapted
+            .iter()
+            .map(|s| format!(", layer {} {} left out", s.layer, s.target));
+        overrides.chain(left_out).collect()
     }
 
     /// The largest scale `alpha / r` of any adapter: the config's, or an override's.
@@ -333,6 +371,31 @@ impl LoraConfig {
         if let Some(t) = twice {
             return Some(format!("target `{}` is listed twice", t.module()));
         }
+        let stray = self.unadapted.iter().enumerate().find_map(|(i, s)| {
+            let at = format!("layer {}'s `{}`", s.layer, s.target.module());
+            if !self.targets.contains(&s.target) {
+                Some(format!(
+                    "{at} is left without an adapter, but `{}` is not among the targets \
+                     ({targets})",
+                    s.target.module()
+                ))
+            } else if self.unadapted[..i].contains(s) {
+                Some(format!("{at} is left without an adapter twice"))
+            } else if self
+                .overrides
+                .iter()
+                .any(|o| o.layer == s.layer && o.target == s.target)
+            {
+                Some(format!(
+                    "{at} is left without an adapter and given a rank and alpha of its own"
+                ))
+            } else {
+                None
+            }
+        });
+        if stray.is_some() {
+            return stray;
+        }
         self.overrides.iter().enumerate().find_map(|(i, o)| {
             let at = format!("the adapter on layer {}'s `{}`", o.layer, o.target.module());
             if !self.targets.contains(&o.target) {
@@ -376,6 +439,7 @@ mod tests {
             dropout: 0.0,
             targets: vec![LoraTarget::Query],
             overrides: Vec::new(),
+            unadapted: Vec::new(),
         };
         assert_eq!(good.problem(fields), None);
         for alpha in [0.0, -2.0, f64::NAN, f64::INFINITY] {

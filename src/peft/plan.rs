@@ -208,6 +208,7 @@ impl PeftConfig {
                 dropout: 0.1,
                 targets,
                 overrides: Vec::new(),
+                unadapted: Vec::new(),
             },
             lora_layers: None,
             n1: Boundary::Fraction(1.0 / 3.0),
@@ -356,6 +357,34 @@ impl PeftPlan {
                     None => format!("the plan has {} layers", strata.len()),
                 }
             ));
+        }
+        if let Some(lora) = &self.lora {
+            let stray = lora
+                .unadapted
+                .iter()
+                .find(|s| !strata.get(s.layer).is_some_and(|st| st.has_lora()));
+            if let Some(s) = stray {
+                return Some(format!(
+                    "`lora.unadapted`: layer {}'s `{}` is left without an adapter, but {}",
+                    s.layer,
+                    s.target.module(),
+                    match strata.get(s.layer) {
+                        Some(st) => format!("that layer's stratum `{}` has no LoRA", st.name()),
+                        None => format!("the plan has {} layers", strata.len()),
+                    }
+                ));
+            }
+            // A LoRA layer left with no adapter would be a bias-only or frozen one saved
+            // under another name.
+            let bare = (0..strata.len()).find(|&l| {
+                strata[l].has_lora() && lora.targets.iter().all(|&t| lora.leaves_out(l, t))
+            });
+            if let Some(l) = bare {
+                return Some(format!(
+                    "`lora.unadapted`: layer {l} ({}) is left without any adapter",
+                    strata[l].name()
+                ));
+            }
         }
         match (method, boundaries) {
             (Method::Spafit, Some((n1, n2))) => {

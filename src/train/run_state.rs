@@ -555,9 +555,14 @@ pub(crate) fn describe_plan(plan: &crate::peft::PeftPlan) -> String {
         || "no LoRA".to_string(),
         |l| {
             let targets: Vec<&str> = l.targets.iter().map(|t| t.module()).collect();
-            // Added only where there are overrides: states saved before them still resume.
-            let overrides: String = l.overrides.iter().map(|o| format!(", {o}")).collect();
-            format!("LoRA r {} on {}{overrides}", l.rank, targets.join(","))
+            // Empty where every adapter is the config's: states saved before there were
+            // others still resume.
+            format!(
+                "LoRA r {} on {}{}",
+                l.rank,
+                targets.join(","),
+                l.site_differences()
+            )
         },
     );
     format!(

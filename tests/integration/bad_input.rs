@@ -331,6 +331,7 @@ fn strata_and_lora_configuration() {
         dropout: 0.0,
         targets: vec![LoraTarget::Query],
         overrides: Vec::new(),
+        unadapted: Vec::new(),
     };
     let e = expect_err(
         layer.set_stratum(0, Stratum::LoraAndBias, Some(&rank0), make),
@@ -364,6 +365,47 @@ fn strata_and_lora_configuration() {
     with(vec![own(LoraTarget::Value, 5, 1.5)])
         .validate()
         .unwrap();
+    // A map left without an adapter is one of the targets, named once, with no rank of its
+    // own.
+    let site = |target| spafit::nn::LoraSite { layer: 0, target };
+    let leaving = |unadapted: Vec<spafit::nn::LoraSite>, overrides: Vec<LoraOverride>| LoraConfig {
+        unadapted,
+        overrides,
+        ..good.clone()
+    };
+    for (config, wanted) in [
+        (
+            leaving(vec![site(LoraTarget::Key)], vec![]),
+            "`attention.self.key` is left without an adapter, but",
+        ),
+        (
+            leaving(
+                vec![site(LoraTarget::Value), site(LoraTarget::Value)],
+                vec![],
+            ),
+            "left without an adapter twice",
+        ),
+        (
+            leaving(
+                vec![site(LoraTarget::Value)],
+                vec![own(LoraTarget::Value, 4, 8.0)],
+            ),
+            "left without an adapter and given a rank and alpha of its own",
+        ),
+    ] {
+        let e = expect_err(config.validate(), wanted);
+        assert!(e.to_string().contains(wanted), "{e}");
+    }
+    // Attached, the map left out has no adapter in that layer alone.
+    let left = leaving(vec![site(LoraTarget::Value)], vec![]);
+    layer
+        .set_stratum(0, Stratum::LoraAndBias, Some(&left), make)
+        .unwrap();
+    assert!(layer.value.lora.is_none() && layer.query.lora.is_some());
+    layer
+        .set_stratum(1, Stratum::LoraAndBias, Some(&left), make)
+        .unwrap();
+    assert!(layer.value.lora.is_some());
     for (overrides, wanted) in [
         (
             vec![own(LoraTarget::Key, 4, 8.0)],

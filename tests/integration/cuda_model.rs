@@ -49,6 +49,7 @@ fn config_for(method: Method) -> PeftConfig {
             _ => LoraTarget::ALL.to_vec(),
         },
         overrides: Vec::new(),
+        unadapted: Vec::new(),
     };
     if method == Method::Lora {
         c.lora_layers = Some(vec![0, 2]);

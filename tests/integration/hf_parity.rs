@@ -168,6 +168,7 @@ fn case_config(case: &Value) -> PeftConfig {
             dropout: 0.0,
             targets,
             overrides: Vec::new(),
+            unadapted: Vec::new(),
         };
         // SPAFIT places its adapters from N2 up itself (and refuses a list); the fixture's
         // list is checked against its plan in `build_case`.

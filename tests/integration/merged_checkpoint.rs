@@ -115,7 +115,7 @@ fn adapters_written_by_peft_merge_to_peft_logits() {
             cases += 1;
         }
     }
-    assert_eq!(cases, 11);
+    assert_eq!(cases, 12);
 }
 
 /// Under every method the merged checkpoint computes what the adapter computes (in f64: the

@@ -12,7 +12,7 @@ use spafit::adapter::{export_peft, import_peft, open_adapter, AdapterFormat, Pef
 use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::checkpoint::Checkpoint;
-use spafit::nn::{LoraOverride, LoraTarget, Stratum};
+use spafit::nn::{LoraOverride, LoraSite, LoraTarget, Stratum};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::Error;
 
@@ -37,7 +37,7 @@ fn adapters_written_by_peft_give_peft_logits() {
 
 #[test]
 fn adapters_with_peft_wrappers_and_saved_modules_give_peft_logits() {
-    check_peft_written_set(&wrapped_fixtures(), 7);
+    check_peft_written_set(&wrapped_fixtures(), 8);
 }
 
 /// Every case of a PEFT-written fixture set loads to PEFT's float64 logits, every stored
@@ -112,6 +112,9 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
         let lora = plan.lora.as_ref().unwrap();
         if name != "rank_and_alpha_patterns" {
             assert!(lora.overrides.is_empty(), "{name}: {:?}", lora.overrides);
+        }
+        if name != "layer_dependent_targets" {
+            assert!(lora.unadapted.is_empty(), "{name}: {:?}", lora.unadapted);
         }
         match name.as_str() {
             "lora_qv" => {
@@ -225,6 +228,22 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
                 }
                 assert_eq!(lora.overrides, want);
                 assert_eq!(plan.strata, vec![Stratum::LoraOnly; 6]);
+            }
+            "layer_dependent_targets" => {
+                // Query and value in layers 0-2, query and the feed-forward output in 3-5:
+                // the union, each layer leaving out what it does not adapt.
+                assert_eq!(
+                    lora.targets,
+                    [LoraTarget::Query, LoraTarget::Value, LoraTarget::Output]
+                );
+                let site = |layer, target| LoraSite { layer, target };
+                let mut want: Vec<LoraSite> = (0..3).map(|l| site(l, LoraTarget::Output)).collect();
+                want.extend((3..6).map(|l| site(l, LoraTarget::Value)));
+                assert_eq!(lora.unadapted, want);
+                assert_eq!(plan.strata, vec![Stratum::LoraOnly; 6]);
+                let layers = &opened.model.bert.layers;
+                assert!(layers[1].output.lora.is_none() && layers[1].value.lora.is_some());
+                assert!(layers[4].output.lora.is_some() && layers[4].value.lora.is_none());
             }
             "dora" => {
                 // Folded into the base weights: PEFT's evaluation outputs, nothing to train.
@@ -430,6 +449,52 @@ fn per_module_ranks_and_alphas_export_as_patterns() {
         e.contains("`version` 1 with `multi_label` false and some `lora.overrides`"),
         "{e}"
     );
+}
+
+/// Other maps in other layers export as one `target_modules` alternative per group of layers
+/// adapting the same maps (PEFT matches the whole pattern against each module's name), and
+/// import back to the same plan and bitwise the same logits; saved as spafit's own adapter it
+/// is version 3, as adapters of their own rank are.
+#[test]
+fn layer_dependent_targets_export_as_one_alternative_per_group() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let texts = ["a gorgeous, witty movie", "dull"];
+    let opened = open_adapter(
+        &wrapped_fixtures().join("layer_dependent_targets"),
+        &ck,
+        &cpu,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = exported_config(dir.path(), &cpu, &opened.model, &opened.plan);
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(
+            r"bert\.encoder\.layer\.(0|1|2)\.(attention\.self\.query|attention\.self\.value)|bert\.encoder\.layer\.(3|4|5)\.(attention\.self\.query|output\.dense)"
+        )
+    );
+    let (back, _) = import_peft(dir.path(), &ck, &cpu).unwrap();
+    let reopened = open_adapter(dir.path(), &ck, &cpu).unwrap();
+    assert_eq!(reopened.plan, opened.plan);
+    same_logits_bitwise(&ck, &cpu, &opened.model, &back, &texts);
+    let own = tempfile::tempdir().unwrap();
+    spafit::adapter::save_adapter(
+        own.path(),
+        &cpu,
+        &opened.model,
+        &opened.plan,
+        &ck.weights,
+        None,
+        spafit::adapter::TrainingInputs::default(),
+    )
+    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(own.path().join("adapter.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["version"], 3);
+    let (loaded, _) = spafit::adapter::load_adapter(own.path(), &ck, &cpu).unwrap();
+    same_logits_bitwise(&ck, &cpu, &opened.model, &loaded, &texts);
 }
 
 /// A DoRA adapter folds into its base weights with each adapted row's norm the file's
@@ -1286,12 +1351,37 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         );
     });
     a.tensors(|t| t.retain(|(n, _, _)| n.contains("layer.0.") || !n.contains(".value.lora_")));
-    let e = a.error();
-    assert!(
-        e.contains("`target_modules`") && e.contains("same targets in every adapted layer"),
-        "{e}"
+    // Read as every layer's query and value with the values of layers 1-5 left out: the
+    // outputs of lora_qv with those values' B zero (their adapters adding nothing).
+    let cpu = CpuBackend::f64();
+    let opened = open_adapter(a.path(), &checkpoint(), &cpu).unwrap();
+    let lora = opened.plan.lora.as_ref().unwrap();
+    assert_eq!(lora.targets, [LoraTarget::Query, LoraTarget::Value]);
+    let left_out: Vec<LoraSite> = (1..6)
+        .map(|layer| LoraSite {
+            layer,
+            target: LoraTarget::Value,
+        })
+        .collect();
+    assert_eq!(lora.unadapted, left_out);
+    let zeroed = Edited::of("lora_qv");
+    zeroed.tensors(|t| {
+        for (n, _, v) in t.iter_mut() {
+            if !n.contains("layer.0.") && n.contains(".value.lora_B") {
+                v.iter_mut().for_each(|x| *x = 0.0);
+            }
+        }
+    });
+    let reference = open_adapter(zeroed.path(), &checkpoint(), &cpu).unwrap();
+    let texts = ["a gorgeous, witty movie", "dull"];
+    let (x, y) = (
+        common::logits(&checkpoint(), &cpu, &opened.model, &texts, 32),
+        common::logits(&checkpoint(), &cpu, &reference.model, &texts, 32),
     );
-    println!("PEFT-REFUSED per-layer targets: {e}");
+    assert!(
+        x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= 1e-15),
+        "{x:?} vs {y:?}"
+    );
 
     // Tensors that do not fit: a transposed lora_B, a missing one, one for a module the
     // config does not target, a tensor the model does not have, no classifier.

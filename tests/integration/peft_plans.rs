@@ -318,6 +318,26 @@ fn plans_built_by_hand_must_belong_together() {
         let e = refused(&stray);
         assert!(e.contains(wanted), "{e}");
     }
+    // Maps left without an adapter: only in a layer with adapters, and not all of them.
+    let site = |layer, target| spafit::nn::LoraSite { layer, target };
+    let leaving = |unadapted: Vec<spafit::nn::LoraSite>| {
+        let mut plan = spafit_plan.clone();
+        if let Some(l) = plan.lora.as_mut() {
+            l.unadapted = unadapted;
+        }
+        plan
+    };
+    let e = refused(&leaving(vec![site(1, spafit::nn::LoraTarget::Key)]));
+    assert!(
+        e.contains("layer 1's `attention.self.key` is left without an adapter, but that layer's stratum `bias_only` has no LoRA"),
+        "{e}"
+    );
+    let every_map = spafit::nn::LoraTarget::ALL.map(|t| site(3, t)).to_vec();
+    let e = refused(&leaving(every_map));
+    assert!(
+        e.contains("layer 3 (lora_and_bias) is left without any adapter"),
+        "{e}"
+    );
 }
 
 /// An initialiser is the caller's code: LoRA tensors of another shape or dtype than the layer

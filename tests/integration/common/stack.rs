@@ -63,6 +63,7 @@ pub fn lora_config(dropout: f64) -> LoraConfig {
         dropout,
         targets: LoraTarget::ALL.to_vec(),
         overrides: Vec::new(),
+        unadapted: Vec::new(),
     }
 }
 
