@@ -530,8 +530,13 @@ fn import<B: Backend>(
         .filter(|m| !lora.contains_key(*m))
         .min_by_key(|m| (layer_of(m), m.as_str()));
     if let Some(module) = first_missing {
+        // An adapter made for fewer layers leaves every layer past its own without tensors,
+        // where the config selects maps in each of them; a config that skips some of those
+        // layers points elsewhere (tensors missing from the file).
+        let selects_every_layer_from =
+            |n: usize| (n..layers).all(|l| selected.iter().any(|m| layer_of(m) == Some(l)));
         let fewer_layers = match (layer_of(module), file_layers) {
-            (Some(l), Some(n)) if l >= n => format!(
+            (Some(l), Some(n)) if l >= n && selects_every_layer_from(n) => format!(
                 "; the adapter's tensors stop at layer {} of this {layers}-layer base model: was \
                  it made for {} with fewer layers?",
                 n - 1,

@@ -1383,6 +1383,38 @@ fn what_spafit_cannot_represent_is_refused_naming_the_field() {
         "{x:?} vs {y:?}"
     );
 
+    // Tensors that stop short of the layers the config selects: an adapter made for a
+    // smaller model, where the config selects maps in every layer past the file's last...
+    let a = Edited::of("lora_qv");
+    a.tensors(|t| {
+        t.retain(|(n, _, _)| {
+            !["layer.3.", "layer.4.", "layer.5."]
+                .iter()
+                .any(|l| n.contains(l))
+        })
+    });
+    let e = a.error();
+    assert!(
+        e.contains("no LoRA tensors for `bert.encoder.layer.3.attention.self.query`")
+            && e.contains("the adapter's tensors stop at layer 2 of this 6-layer base model"),
+        "{e}"
+    );
+    // ...but tensors missing from the file where the config skips a later layer.
+    let a = Edited::of("lora_qv");
+    a.config(|c| {
+        c.insert(
+            "target_modules".into(),
+            json!(r".*\.layer\.[0-4]\.attention\.self\.(query|value)"),
+        );
+    });
+    a.tensors(|t| t.retain(|(n, _, _)| !n.contains("layer.4.") && !n.contains("layer.5.")));
+    let e = a.error();
+    assert!(
+        e.contains("no LoRA tensors for `bert.encoder.layer.4.attention.self.query`")
+            && !e.contains("fewer layers"),
+        "{e}"
+    );
+
     // Tensors that do not fit: a transposed lora_B, a missing one, one for a module the
     // config does not target, a tensor the model does not have, no classifier.
     let b_name = "base_model.model.bert.encoder.layer.2.attention.self.value.lora_B.weight";
