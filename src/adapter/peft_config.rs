@@ -463,9 +463,14 @@ impl PeftLoraSettings {
     /// `alpha / r`: `lora_alpha` itself, or `lora_alpha · √r` for rank-stabilized LoRA (its
     /// scale `lora_alpha / √r` is that alpha over r).
     pub fn spafit_alpha(&self) -> f64 {
+        self.held_alpha(self.alpha, self.rank)
+    }
+
+    /// `alpha` of an adapter of `rank` as spafit holds it: itself, or rank-stabilized.
+    fn held_alpha(&self, alpha: f64, rank: usize) -> f64 {
         match self.rank_stabilized {
-            true => self.alpha * (self.rank as f64).sqrt(),
-            false => self.alpha,
+            true => crate::nn::LoraConfig::rank_stabilized_alpha(alpha, rank),
+            false => alpha,
         }
     }
 
@@ -537,10 +542,7 @@ impl PeftLoraSettings {
         // Parsing let only whole ranks from 1 to u32::MAX through.
         let rank = first_match(&self.rank_pattern, module).map_or(self.rank, |r| r as usize);
         let alpha = first_match(&self.alpha_pattern, module).unwrap_or(self.alpha);
-        match self.rank_stabilized {
-            true => (rank, alpha * (rank as f64).sqrt()),
-            false => (rank, alpha),
-        }
+        (rank, self.held_alpha(alpha, rank))
     }
 
     /// The `rank_pattern` and `alpha_pattern` keys (with their field) that match none of

@@ -490,8 +490,7 @@ impl PeftArgs {
         c.lora.rank = self.lora_r.unwrap_or(c.lora.rank);
         c.lora.alpha = self.lora_alpha.unwrap_or(c.lora.alpha);
         if self.rslora {
-            // α / √r is α·√r over r, the one form every adapter's scale takes here.
-            c.lora.alpha *= (c.lora.rank as f64).sqrt();
+            c.lora.alpha = spafit::nn::LoraConfig::rank_stabilized_alpha(c.lora.alpha, c.lora.rank);
         }
         c.lora.dropout = self.lora_dropout.unwrap_or(c.lora.dropout);
         c.lora_layers = self.lora_layers.as_deref().map(lora_layers).transpose()?;

@@ -231,6 +231,16 @@ pub struct LoraOverride {
     pub alpha: f64,
 }
 
+impl LoraOverride {
+    /// The map it sets apart.
+    pub fn site(&self) -> LoraSite {
+        LoraSite {
+            layer: self.layer,
+            target: self.target,
+        }
+    }
+}
+
 impl fmt::Display for LoraOverride {
     /// `layer 2 attention.self.value r 4 alpha 1.5`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -256,6 +266,12 @@ impl LoraConfig {
         (!(0.0..1.0).contains(&p)).then(|| "a dropout probability must be in [0, 1)".to_string())
     }
 
+    /// The alpha whose `alpha / r` is rank-stabilized LoRA's scale `alpha / √r` at `rank`
+    /// (PEFT's `use_rslora`, `--rslora`): `alpha · √r`, the one form every scale takes here.
+    pub fn rank_stabilized_alpha(alpha: f64, rank: usize) -> f64 {
+        alpha * (rank as f64).sqrt()
+    }
+
     /// `alpha / r`.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
@@ -264,9 +280,10 @@ impl LoraConfig {
     /// The rank and alpha of the adapter on `target` in encoder layer `layer`: its override's,
     /// or the config's.
     pub fn rank_and_alpha(&self, layer: usize, target: LoraTarget) -> (usize, f64) {
+        let site = LoraSite { layer, target };
         self.overrides
             .iter()
-            .find(|o| o.layer == layer && o.target == target)
+            .find(|o| o.site() == site)
             .map_or((self.rank, self.alpha), |o| (o.rank, o.alpha))
     }
 
@@ -381,11 +398,7 @@ impl LoraConfig {
                 ))
             } else if self.unadapted[..i].contains(s) {
                 Some(format!("{at} is left without an adapter twice"))
-            } else if self
-                .overrides
-                .iter()
-                .any(|o| o.layer == s.layer && o.target == s.target)
-            {
+            } else if self.overrides.iter().any(|o| o.site() == *s) {
                 Some(format!(
                     "{at} is left without an adapter and given a rank and alpha of its own"
                 ))
@@ -404,10 +417,7 @@ impl LoraConfig {
                      ({targets})",
                     o.target.module()
                 ))
-            } else if self.overrides[..i]
-                .iter()
-                .any(|p| p.layer == o.layer && p.target == o.target)
-            {
+            } else if self.overrides[..i].iter().any(|p| p.site() == o.site()) {
                 Some(format!("{at} is given a rank and alpha twice"))
             } else {
                 Self::rank_alpha_problem(o.rank, o.alpha, override_rank, override_alpha)
