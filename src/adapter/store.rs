@@ -206,11 +206,12 @@ const MULTI_LABEL_VERSION_STEP: u32 = 1;
 /// (`lora.unadapted`), add to the version: 3 and 4.
 const OVERRIDES_VERSION_STEP: u32 = 2;
 
-/// The version of a manifest with a multi-label head or not, and LoRA overrides or not.
-fn manifest_version(multi_label: bool, overrides: bool) -> u32 {
+/// The version of a manifest with a multi-label head or not, and adapters that vary by site
+/// ([`crate::nn::LoraConfig::varies_by_site`]) or not.
+fn manifest_version(multi_label: bool, varies_by_site: bool) -> u32 {
     MANIFEST_VERSION
         + u32::from(multi_label) * MULTI_LABEL_VERSION_STEP
-        + u32::from(overrides) * OVERRIDES_VERSION_STEP
+        + u32::from(varies_by_site) * OVERRIDES_VERSION_STEP
 }
 
 /// Reads an adapter's manifest.

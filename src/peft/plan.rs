@@ -341,31 +341,26 @@ impl PeftPlan {
                 if has_lora { "present" } else { "missing" }
             ));
         }
-        // An override names an adapter; a layer without adapters would silently drop it.
-        let stray = self
-            .lora
-            .iter()
-            .flat_map(|l| &l.overrides)
-            .find(|o| !strata.get(o.layer).is_some_and(|s| s.has_lora()));
-        if let Some(o) = stray {
-            return Some(format!(
-                "`lora.overrides`: layer {}'s `{}` has a rank and alpha of its own, but {}",
-                o.layer,
-                o.target.module(),
-                match strata.get(o.layer) {
-                    Some(s) => format!("that layer's stratum `{}` has no LoRA", s.name()),
-                    None => format!("the plan has {} layers", strata.len()),
-                }
-            ));
-        }
         if let Some(lora) = &self.lora {
-            let stray = lora
+            // An override or a map left out names an adapter; a layer without adapters would
+            // silently drop it.
+            let overridden = lora.overrides.iter().map(|o| {
+                (
+                    "lora.overrides",
+                    o.site(),
+                    "has a rank and alpha of its own",
+                )
+            });
+            let left_out = lora
                 .unadapted
                 .iter()
-                .find(|s| !strata.get(s.layer).is_some_and(|st| st.has_lora()));
-            if let Some(s) = stray {
+                .map(|&s| ("lora.unadapted", s, "is left without an adapter"));
+            let stray = overridden
+                .chain(left_out)
+                .find(|(_, s, _)| !strata.get(s.layer).is_some_and(|st| st.has_lora()));
+            if let Some((field, s, what)) = stray {
                 return Some(format!(
-                    "`lora.unadapted`: layer {}'s `{}` is left without an adapter, but {}",
+                    "`{field}`: layer {}'s `{}` {what}, but {}",
                     s.layer,
                     s.target.module(),
                     match strata.get(s.layer) {
