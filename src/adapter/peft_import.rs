@@ -838,36 +838,20 @@ fn import<B: Backend>(
                 // A LoRA pair of the base's sizes but another rank disagrees with the config,
                 // not with the base.
                 let rank_in_file = lora_rank(&p.name, p.value.dims(), file.shape(&stored));
-                p.value =
-                    file.tensor(backend, &stored, p.value.shape().clone())
-                        .map_err(|e| match e {
-                            // Values that are not finite are the file's own fault, not the base's.
-                            Error::Format { path, detail }
-                                if !detail.contains(crate::checkpoint::NON_FINITE_WEIGHTS) =>
-                            {
-                                let why =
-                                    match rank_in_file {
-                                        Some((wanted, found)) => format!(
-                                    "the file's adapter has rank {found}, where {} give{} it \
-                                     rank {wanted}",
-                                    match settings.rank_pattern.is_empty() {
-                                        true => "`r` in adapter_config.json",
-                                        false => "`r` and `rank_pattern` in adapter_config.json",
-                                    },
-                                    if settings.rank_pattern.is_empty() { "s" } else { "" }
-                                ),
-                                        None => format!(
-                                    "does the adapter belong to this base model? it names {}",
-                                    settings.base_model_name_or_path.as_deref().unwrap_or("none")
-                                ),
-                                    };
-                                Error::Mismatch {
-                                    path,
-                                    detail: format!("{detail} ({why})"),
-                                }
+                p.value = file
+                    .tensor(backend, &stored, p.value.shape().clone())
+                    .map_err(|e| match e {
+                        // Values that are not finite are the file's own fault, not the base's.
+                        Error::Format { path, detail }
+                            if !detail.contains(crate::checkpoint::NON_FINITE_WEIGHTS) =>
+                        {
+                            Error::Mismatch {
+                                path,
+                                detail: format!("{detail} ({})", misfit(&settings, rank_in_file)),
                             }
-                            e => e,
-                        })?;
+                        }
+                        e => e,
+                    })?;
                 // A frozen tensor stored with its base value (a module saved whole) changes
                 // nothing, and does not keep the adapter from training on.
                 if base.is_some_and(|b| backend.to_f64(&p.value).is_ok_and(|v| v == b)) {
@@ -1064,6 +1048,31 @@ fn fold_dora<B: Backend>(
     }
     model.merge_dora(backend, &magnitudes)?;
     Ok(folded)
+}
+
+/// Why a tensor of the file does not fit the model: a LoRA pair of another rank than the
+/// config gives it (`ranks`: the model's, the file's), else another base.
+fn misfit(settings: &PeftLoraSettings, ranks: Option<(usize, usize)>) -> String {
+    match ranks {
+        Some((wanted, found)) => {
+            format!(
+            "the file's adapter has rank {found}, where {} in {PEFT_CONFIG_FILE} give{} it rank \
+             {wanted}",
+            match settings.rank_pattern.is_empty() {
+                true => "`r`",
+                false => "`r` and `rank_pattern`",
+            },
+            if settings.rank_pattern.is_empty() { "s" } else { "" }
+        )
+        }
+        None => format!(
+            "does the adapter belong to this base model? it names {}",
+            settings
+                .base_model_name_or_path
+                .as_deref()
+                .unwrap_or("none")
+        ),
+    }
 }
 
 /// For a LoRA tensor `name` the model holds as `dims` and the file as `stored`: the two
