@@ -433,25 +433,16 @@ fn strata_and_lora_configuration() {
     }
     // Attached, the override's rank is what the layer's adapter has; beyond the map's
     // smaller side it is refused, naming the map.
+    let value_at_5 = with(vec![own(LoraTarget::Value, 5, 1.5)]);
     layer
-        .set_stratum(
-            0,
-            Stratum::LoraAndBias,
-            Some(&with(vec![own(LoraTarget::Value, 5, 1.5)])),
-            make,
-        )
+        .set_stratum(0, Stratum::LoraAndBias, Some(&value_at_5), make)
         .unwrap();
     assert_eq!(layer.value.lora.as_ref().unwrap().a.value.dims(), [5, 10]);
     assert_eq!(layer.value.lora.as_ref().unwrap().scale, 1.5 / 5.0);
     assert_eq!(layer.query.lora.as_ref().unwrap().a.value.dims(), [2, 10]);
     // The override is layer 0's: layer 1 of the same config has the config's rank.
     layer
-        .set_stratum(
-            1,
-            Stratum::LoraAndBias,
-            Some(&with(vec![own(LoraTarget::Value, 5, 1.5)])),
-            make,
-        )
+        .set_stratum(1, Stratum::LoraAndBias, Some(&value_at_5), make)
         .unwrap();
     assert_eq!(layer.value.lora.as_ref().unwrap().a.value.dims(), [2, 10]);
     let e = expect_err(

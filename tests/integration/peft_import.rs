@@ -422,23 +422,8 @@ fn per_module_ranks_and_alphas_export_as_patterns() {
 
     // Saved as spafit's own adapter, the overrides make it version 3, which an older spafit
     // (reading 1 and 2) refuses rather than computing with the config's rank and alpha.
-    let own = tempfile::tempdir().unwrap();
-    spafit::adapter::save_adapter(
-        own.path(),
-        &cpu,
-        &opened.model,
-        &opened.plan,
-        &ck.weights,
-        None,
-        spafit::adapter::TrainingInputs::default(),
-    )
-    .unwrap();
+    let (own, mut manifest) = saved_as_version_3(&ck, &cpu, &opened, &texts);
     let manifest_path = own.path().join("adapter.json");
-    let text = std::fs::read_to_string(&manifest_path).unwrap();
-    let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(manifest["version"], 3);
-    let (loaded, _) = spafit::adapter::load_adapter(own.path(), &ck, &cpu).unwrap();
-    same_logits_bitwise(&ck, &cpu, &opened.model, &loaded, &texts);
     manifest["version"] = 1.into();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
     let e = spafit::adapter::load_adapter(own.path(), &ck, &cpu)
@@ -478,10 +463,21 @@ fn layer_dependent_targets_export_as_one_alternative_per_group() {
     let reopened = open_adapter(dir.path(), &ck, &cpu).unwrap();
     assert_eq!(reopened.plan, opened.plan);
     same_logits_bitwise(&ck, &cpu, &opened.model, &back, &texts);
+    saved_as_version_3(&ck, &cpu, &opened, &texts);
+}
+
+/// `opened` saved as spafit's own adapter: its `adapter.json` says version 3 (adapters that
+/// vary by site), and it loads back to bitwise the same logits. The folder and the manifest.
+fn saved_as_version_3(
+    ck: &Checkpoint,
+    cpu: &CpuBackend,
+    opened: &spafit::adapter::OpenedAdapter<CpuBackend>,
+    texts: &[&str],
+) -> (tempfile::TempDir, serde_json::Value) {
     let own = tempfile::tempdir().unwrap();
     spafit::adapter::save_adapter(
         own.path(),
-        &cpu,
+        cpu,
         &opened.model,
         &opened.plan,
         &ck.weights,
@@ -489,12 +485,12 @@ fn layer_dependent_targets_export_as_one_alternative_per_group() {
         spafit::adapter::TrainingInputs::default(),
     )
     .unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(own.path().join("adapter.json")).unwrap())
-            .unwrap();
+    let text = std::fs::read_to_string(own.path().join("adapter.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(manifest["version"], 3);
-    let (loaded, _) = spafit::adapter::load_adapter(own.path(), &ck, &cpu).unwrap();
-    same_logits_bitwise(&ck, &cpu, &opened.model, &loaded, &texts);
+    let (loaded, _) = spafit::adapter::load_adapter(own.path(), ck, cpu).unwrap();
+    same_logits_bitwise(ck, cpu, &opened.model, &loaded, texts);
+    (own, manifest)
 }
 
 /// A DoRA adapter folds into its base weights with each adapted row's norm the file's
