@@ -1,6 +1,6 @@
 // Elementwise ops: GELU (erf form) and its derivative, tanh and ReLU and their derivatives
-// from the output (ReLU keeps NaN, as PyTorch's does), residual add, in-place accumulate and scale, dropout, f32 ↔ bf16 casts, and the
-// per-block partial sums of squares behind gradient norms.
+// from the output (ReLU keeps NaN, as PyTorch's does), residual add, in-place accumulate and scale, dropout, f32 ↔ bf16 casts, the
+// per-block partial sums of squares behind gradient norms, and per-column scaling (DoRA).
 //
 // Decomposition: a grid-stride loop; the maps take four elements per thread per round
 // (each_element), the sums of squares one (their per-thread order fixes their bits). Outputs are
@@ -83,6 +83,15 @@ __device__ __forceinline__ void each_element(long n, T* out, Value value) {
     }                                                                                             \
     extern "C" __global__ void scale_##S(T* t, float s, long n) {                                 \
         each_element(n, t, [&](long i) { return load(t, i) * s; });                               \
+    }                                                                                             \
+    /* y[i] = z[i]·scale[c] (+ bias[c]), c = i mod cols: DoRA's rescaled output columns. */     \
+    extern "C" __global__ void scale_columns_##S(const T* z, const float* scale, const T* bias, T* y, \
+                                                 long n, int cols) {                              \
+        each_element(n, y, [&](long i) {                                                          \
+            const int c = (int)(i % cols);                                                        \
+            const float v = load(z, i) * scale[c];                                                \
+            return bias ? v + load(bias, c) : v;                                                  \
+        });                                                                                       \
     }                                                                                             \
     extern "C" __global__ void dropout_##S(const T* x, T* y, long n, unsigned long long seed,     \
                                            unsigned int threshold, float keep_scale) {            \

@@ -751,6 +751,7 @@ fn import<B: Backend>(
         targets: targets.into_iter().collect(),
         overrides,
         unadapted,
+        dora: false,
     };
     let fields = crate::nn::LoraFields {
         rank: "`r`",

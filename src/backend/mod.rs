@@ -636,6 +636,24 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// same [`Dropout`] and shape.
     fn dropout(&self, x: &Tensor<Self>, dropout: Dropout) -> Result<Tensor<Self>>;
 
+    // ---- per-column scales and sums (DoRA) ------------------------------------------------
+
+    /// `y[…, c] = z[…, c]·scale[c] (+ bias[c])`: a DoRA adapter's output, each column scaled by
+    /// its row's magnitude over the norm of its adapted weight row, and the gradient that
+    /// flows back through that scaling (no bias). `scale` holds one value per column of `z`.
+    fn scale_columns(
+        &self,
+        z: &Tensor<Self>,
+        scale: &[f64],
+        bias: Option<&Tensor<Self>>,
+    ) -> Result<Tensor<Self>>;
+    /// `Σ_r a[r, c]·b[r, c]` per column of two tensors of one shape `[…, cols]`, on the host:
+    /// a DoRA magnitude's gradient. Summed in an order fixed by the shape alone.
+    fn column_dots(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Vec<f64>>;
+    /// `Σ_r a[r, c]` per column of `a` `[…, cols]`, a `[cols]` tensor of `a`'s dtype (a bias's
+    /// gradient), summed in an order fixed by the shape alone.
+    fn column_sums(&self, a: &Tensor<Self>) -> Result<Tensor<Self>>;
+
     // ---- embeddings ----------------------------------------------------------------------
 
     /// `out[i] = table[ids[i]]`: `table: [vocab, dim]`, `ids: [n]` `U32` → `[n, dim]`.

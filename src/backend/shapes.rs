@@ -158,6 +158,52 @@ pub fn require_same_shape<B: Backend>(
     Ok(())
 }
 
+/// The operands of [`Backend::scale_columns`]: a float `z` of at least one dimension whose last
+/// is `scale`'s length, and a bias of that length in `z`'s dtype. Returns the dtype and the
+/// number of columns.
+pub fn scale_columns<B: Backend>(
+    op: &'static str,
+    z: &Tensor<B>,
+    scale: &[f64],
+    bias: Option<&Tensor<B>>,
+) -> Result<(DType, usize)> {
+    let mut named = vec![("z", z)];
+    named.extend(bias.map(|b| ("bias", b)));
+    let dtype = common_float_dtype(op, &named)?;
+    let cols = columns(op, "z", z)?;
+    if scale.len() != cols {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{} scales for `z` {} of {cols} columns",
+                scale.len(),
+                z.shape()
+            ),
+        ));
+    }
+    if let Some(b) = bias.filter(|b| b.dims() != [cols]) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`bias` {} must be [{cols}] for `z` {}",
+                b.shape(),
+                z.shape()
+            ),
+        ));
+    }
+    Ok((dtype, cols))
+}
+
+/// The last dimension of `t`, which must have one.
+pub fn columns<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) -> Result<usize> {
+    t.dims().last().copied().ok_or_else(|| {
+        Error::shape(
+            op,
+            format!("`{name}` {} has no columns to scale or sum", t.shape()),
+        )
+    })
+}
+
 /// The pairs of [`Backend::add_assign_each`]: as many accumulators as addends, each pair one
 /// float dtype and one shape, as [`Backend::add_assign`] requires. Returns their dtypes.
 pub fn add_assign_pairs<B: Backend>(

@@ -404,6 +404,7 @@ impl<B: Backend> BertClassifier<B> {
         let loaded = load(&frozen).and_then(|mut model| {
             model.apply_plan(plan, init)?;
             model.store_frozen_weights(backend)?;
+            model.initialise_dora_magnitudes(backend)?;
             Ok(model)
         });
         while_loading(backend, plan.freezes_weights(), loaded)
@@ -785,6 +786,35 @@ impl<B: Backend> BertClassifier<B> {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// Sets every DoRA adapter's magnitudes to the norms of its adapted weight's rows, as PEFT
+    /// initialises them (see [`Linear::initialise_dora_magnitude`]): a fresh DoRA adapter
+    /// then computes what its LoRA adapter alone would.
+    pub fn initialise_dora_magnitudes(&mut self, backend: &B) -> Result<()> {
+        for layer in &mut self.bert.layers {
+            for target in crate::nn::LoraTarget::ALL {
+                layer
+                    .linear_mut(target)
+                    .initialise_dora_magnitude(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds every DoRA adapter's norms at their current values (see
+    /// [`Linear::hold_dora_norms`]), or, with `hold` false, releases them.
+    pub fn hold_dora_norms(&mut self, backend: &B, hold: bool) -> Result<()> {
+        for layer in &mut self.bert.layers {
+            for target in crate::nn::LoraTarget::ALL {
+                let linear = layer.linear_mut(target);
+                match hold {
+                    true => linear.hold_dora_norms(backend)?,
+                    false => linear.release_dora_norms(),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Folds the DoRA adapters of `magnitudes` (encoder layer, map, one magnitude per output

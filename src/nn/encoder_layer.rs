@@ -219,6 +219,20 @@ impl<B: Backend> EncoderLayer<B> {
                 let a = init_checked("lora_A", [rank, inp])?;
                 let b = init_checked("lora_B", [out, rank])?;
                 lin.attach_lora(a, b, alpha / rank as f64);
+                if cfg.dora {
+                    let name = format!("{prefix}.lora_magnitude_vector");
+                    let m = init(&name, Shape::new([out]))?;
+                    if m.dtype() != dtype {
+                        return Err(Error::dtype(
+                            "lora init",
+                            format!(
+                                "`{name}` was initialised as {} but the layer computes in {dtype}",
+                                m.dtype()
+                            ),
+                        ));
+                    }
+                    lin.attach_dora(m)?;
+                }
             }
         }
         for target in LoraTarget::ALL {

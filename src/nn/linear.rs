@@ -1,4 +1,4 @@
-use super::{DropoutPlan, Param};
+use super::{DoraMagnitude, DropoutPlan, Param};
 use crate::autograd::{LoraVars, Tape, Var};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -13,6 +13,8 @@ pub struct LoraAdapter<B: Backend> {
     pub b: Param<B>,
     /// `alpha / r`.
     pub scale: f64,
+    /// Present on DoRA adapters (see [`Linear::attach_dora`]).
+    pub dora: Option<DoraMagnitude<B>>,
 }
 
 /// A linear map with bias (`prefix.weight` `[out, in]`, `prefix.bias` `[out]`) and an
@@ -71,6 +73,7 @@ impl<B: Backend> Linear<B> {
             a: Param::new(format!("{p}.lora_A.weight"), a, true),
             b: Param::new(format!("{p}.lora_B.weight"), b, true),
             scale,
+            dora: None,
         });
     }
 
@@ -102,6 +105,13 @@ impl<B: Backend> Linear<B> {
         dropouts: &mut DropoutPlan,
         for_products: bool,
     ) -> Result<Var<B>> {
+        if let Some((lora, dora)) = self
+            .lora
+            .as_ref()
+            .and_then(|l| l.dora.as_ref().map(|d| (l, d)))
+        {
+            return self.forward_dora(tape, x, dropouts, lora, dora);
+        }
         let w = self.weight.var(tape);
         let b = self.bias.var(tape);
         let lora_vars = self
@@ -134,7 +144,7 @@ impl<B: Backend> Linear<B> {
                 ),
             ));
         }
-        let mut w = self.adapted_weight(backend)?;
+        let mut w = self.adapted_weight(backend, "merge_dora")?;
         for (row, (values, m)) in w.chunks_mut(inp.max(1)).zip(magnitude).enumerate() {
             let norm = values.iter().map(|v| v * v).sum::<f64>().sqrt();
             // A zero row has no direction to scale: PEFT's outputs would be NaN.
@@ -157,21 +167,49 @@ impl<B: Backend> Linear<B> {
 
     /// Folds the adapter into the weight, `W += scale · B·A`, and removes it: the same
     /// outputs with no LoRA cost at inference.
+    /// A DoRA adapter folds with its current magnitudes, as [`Linear::merge_dora`].
     pub fn merge_lora(&mut self, backend: &B) -> Result<()> {
         if self.lora.is_none() {
             return Ok(());
         }
-        let w = self.adapted_weight(backend)?;
+        if let Some(dora) = self.dora() {
+            let magnitude = backend.to_f64(&dora.magnitude.value)?;
+            return self.merge_dora(backend, &magnitude);
+        }
+        let w = self.adapted_weight(backend, "merge_lora")?;
         self.weight.value = backend.tensor_from_f64(self.weight.value.shape().clone(), &w)?;
         self.lora = None;
         Ok(())
     }
 
     /// `W + scale · B·A` (the weight alone without an adapter), row-major `[out, in]`.
-    fn adapted_weight(&self, backend: &B) -> Result<Vec<f64>> {
+    fn adapted_weight(&self, backend: &B, op: &'static str) -> Result<Vec<f64>> {
         let mut w = backend.to_f64(&self.weight.value)?;
         let Some(l) = &self.lora else {
             return Ok(w);
+        };
+        let (out, inp) = self.out_in();
+        let rank = self.check_adapter_shapes(op)?;
+        let a = backend.to_f64(&l.a.value)?;
+        let b = backend.to_f64(&l.b.value)?;
+        for o in 0..out {
+            for k in 0..rank {
+                let s = l.scale * b[o * rank + k];
+                for (wi, ai) in w[o * inp..(o + 1) * inp]
+                    .iter_mut()
+                    .zip(&a[k * inp..(k + 1) * inp])
+                {
+                    *wi += s * ai;
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    /// The adapter's rank, once the weight is `[out, in]`, `A` `[r, in]` and `B` `[out, r]`.
+    pub(super) fn check_adapter_shapes(&self, op: &'static str) -> Result<usize> {
+        let Some(l) = &self.lora else {
+            return Ok(0);
         };
         let (out, inp) = self.out_in();
         let rank = l.a.value.dims().first().copied().unwrap_or(0);
@@ -188,22 +226,9 @@ impl<B: Backend> Linear<B> {
                 want[0],
                 want[1]
             );
-            return Err(Error::shape("merge_lora", detail));
+            return Err(Error::shape(op, detail));
         }
-        let a = backend.to_f64(&l.a.value)?;
-        let b = backend.to_f64(&l.b.value)?;
-        for o in 0..out {
-            for k in 0..rank {
-                let s = l.scale * b[o * rank + k];
-                for (wi, ai) in w[o * inp..(o + 1) * inp]
-                    .iter_mut()
-                    .zip(&a[k * inp..(k + 1) * inp])
-                {
-                    *wi += s * ai;
-                }
-            }
-        }
-        Ok(w)
+        Ok(rank)
     }
 
     /// Stores a frozen weight in `backend`'s [`Backend::frozen_dtype`] (bf16 in bf16 mode);
@@ -234,6 +259,7 @@ impl<B: Backend> Linear<B> {
         let mut v = vec![&self.weight, &self.bias];
         if let Some(l) = &self.lora {
             v.extend([&l.a, &l.b]);
+            v.extend(l.dora.as_ref().map(|d| &d.magnitude));
         }
         v
     }
@@ -243,6 +269,7 @@ impl<B: Backend> Linear<B> {
         let mut v = vec![&mut self.weight, &mut self.bias];
         if let Some(l) = &mut self.lora {
             v.extend([&mut l.a, &mut l.b]);
+            v.extend(l.dora.as_mut().map(|d| &mut d.magnitude));
         }
         v
     }

@@ -2,6 +2,7 @@
 //! linear maps with optional LoRA adapters, layernorm, the post-LN encoder layer, and the
 //! stratum that decides which of a layer's tensors train.
 
+mod dora;
 mod dropout_plan;
 mod encoder_layer;
 mod layer_norm;
@@ -9,6 +10,7 @@ mod linear;
 mod param;
 mod stratum;
 
+pub use dora::DoraMagnitude;
 pub use dropout_plan::DropoutPlan;
 pub use encoder_layer::{EncoderLayer, EncoderLayerConfig, FeedForwardActivation};
 pub use layer_norm::LayerNorm;

@@ -207,6 +207,10 @@ pub struct LoraConfig {
     /// command line never makes any; manifests without the field have none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unadapted: Vec<LoraSite>,
+    /// DoRA (PEFT's `use_dora`): each adapted weight row rescaled to a trained magnitude
+    /// (see [`crate::nn::DoraMagnitude`]). Manifests without the field have plain LoRA.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dora: bool,
 }
 
 /// One linear map of one encoder layer.
@@ -299,11 +303,14 @@ impl LoraConfig {
         !self.overrides.is_empty() || !self.unadapted.is_empty()
     }
 
-    /// The adapters that differ from the config's, in words, each after `, `: `, layer 2
-    /// attention.self.value r 4 alpha 1.5, layer 3 output.dense left out` (empty where none
-    /// do).
+    /// What sets the adapters apart from plain LoRA adapters of the config's rank and alpha,
+    /// in words, each after `, `: `, DoRA, layer 2 attention.self.value r 4 alpha 1.5, layer 3
+    /// output.dense left out` (empty where nothing does).
     pub fn site_differences(&self) -> String {
-        let overrides = self.overrides.iter().map(|o| format!(", {o}"));
+        let dora = self.dora.then(|| ", DoRA".to_string());
+        let overrides = dora
+            .into_iter()
+            .chain(self.overrides.iter().map(|o| format!(", {o}")));
         let left_out = self
             .unadapted
             .iter()
@@ -450,6 +457,7 @@ mod tests {
             targets: vec![LoraTarget::Query],
             overrides: Vec::new(),
             unadapted: Vec::new(),
+            dora: false,
         };
         assert_eq!(good.problem(fields), None);
         for alpha in [0.0, -2.0, f64::NAN, f64::INFINITY] {

@@ -6,6 +6,9 @@ use crate::tensor::{Shape, Tensor};
 /// PEFT's default adapter initialisation: `A` from kaiming-uniform with `a = √5` (uniform in
 /// `±1/√in`), `B` zero, so a fresh adapter leaves the model unchanged. Each tensor draws from
 /// `(seed, name)`, so the same seed gives the same adapters whatever the creation order.
+/// DoRA's magnitudes start at one here: PEFT's, the norms of the weight's rows, need the
+/// weight, and [`crate::model::BertClassifier::initialise_dora_magnitudes`] sets them (the
+/// `*_for_plan` constructors call it).
 pub fn peft_lora_init<B: Backend>(
     backend: &B,
     seed: u64,
@@ -13,6 +16,9 @@ pub fn peft_lora_init<B: Backend>(
     move |name, shape| {
         if name.ends_with("lora_B.weight") {
             return backend.zeros(shape);
+        }
+        if name.ends_with("lora_magnitude_vector") {
+            return backend.tensor_from_f64(shape.clone(), &vec![1.0; shape.numel()]);
         }
         let fan_in = shape.last_dim().max(1) as f64;
         let bound = 1.0 / fan_in.sqrt();

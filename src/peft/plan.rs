@@ -209,6 +209,7 @@ impl PeftConfig {
                 targets,
                 overrides: Vec::new(),
                 unadapted: Vec::new(),
+                dora: false,
             },
             lora_layers: None,
             n1: Boundary::Fraction(1.0 / 3.0),

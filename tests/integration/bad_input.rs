@@ -332,6 +332,7 @@ fn strata_and_lora_configuration() {
         targets: vec![LoraTarget::Query],
         overrides: Vec::new(),
         unadapted: Vec::new(),
+        dora: false,
     };
     let e = expect_err(
         layer.set_stratum(0, Stratum::LoraAndBias, Some(&rank0), make),

@@ -40,6 +40,7 @@ fn config_for(method: Method) -> PeftConfig {
         },
         overrides: Vec::new(),
         unadapted: Vec::new(),
+        dora: false,
     };
     if method == Method::Lora {
         c.lora_layers = Some(vec![0, 2]);
@@ -65,6 +66,13 @@ fn check_model(config: BertConfig, method: Method, num_labels: usize) {
 
 /// `multi_label`: the labels are sets of classes (one 0/1 per class, binary cross-entropy).
 fn check_with_targets(config: BertConfig, method: Method, num_labels: usize, multi_label: bool) {
+    check_plan(config, config_for(method), num_labels, multi_label)
+}
+
+fn check_plan(config: BertConfig, peft: PeftConfig, num_labels: usize, multi_label: bool) {
+    let method = peft.method;
+    let dora = if peft.lora.dora { " DoRA" } else { "" };
+    let lora_dropout = peft.lora.dropout;
     let cpu = CpuBackend::f64();
     let tensors = tiny_bert::tensors(&config, 42);
     let mut source = tiny_bert::source(&cpu, &tensors);
@@ -80,10 +88,26 @@ fn check_with_targets(config: BertConfig, method: Method, num_labels: usize, mul
     )
     .unwrap();
     let mut model = BertClassifier::new(bert, head, num_labels).unwrap();
-    let plan = PeftPlan::new(&config_for(method).for_family(config.family()), 3).unwrap();
+    let plan = PeftPlan::new(&peft.for_family(config.family()), 3).unwrap();
     model
         .apply_plan(&plan, &mut tiny_bert::random_init(&cpu, 9))
         .unwrap();
+    // DoRA's magnitudes about its rows' norms, each row's off by its own factor (PEFT's
+    // start, where every scale is one, would hide a scale applied to the wrong column).
+    model.initialise_dora_magnitudes(&cpu).unwrap();
+    let mut rng = spafit::rng::SplitMix::new(5);
+    for p in model.params_mut() {
+        if p.name.ends_with("lora_magnitude_vector") {
+            let m: Vec<f64> = host(&p.value)
+                .iter()
+                .map(|m| m * rng.uniform_in(0.6, 1.4))
+                .collect();
+            p.value = tensor(&cpu, &[m.len()], &m);
+        }
+    }
+    // The tape's gradient treats DoRA's norms as constants (PEFT detaches them): the
+    // differences must see the same function.
+    model.hold_dora_norms(&cpu, true).unwrap();
     let input = ModelInput::new(&cpu, &batch()).unwrap();
     let labels = if multi_label {
         let multi_hot: Vec<f64> = (0..2 * num_labels)
@@ -95,7 +119,7 @@ fn check_with_targets(config: BertConfig, method: Method, num_labels: usize, mul
     } else {
         Labels::Classes(cpu.tensor_from_u32(Shape::new([2]), &[2, 0]).unwrap())
     };
-    let dropouts = || DropoutPlan::train(0.1, 0.1, 0.2, 77);
+    let dropouts = || DropoutPlan::train(0.1, 0.1, lora_dropout, 77);
     let loss_of = |model: &BertClassifier<CpuBackend>, tape: &mut Tape<CpuBackend>| {
         let logits = model.forward(tape, &input, &mut dropouts()).unwrap();
         model.loss(tape, &logits, &labels).unwrap()
@@ -134,7 +158,7 @@ fn check_with_targets(config: BertConfig, method: Method, num_labels: usize, mul
             sample(x.len(), 6)
         };
         let err = check_gradient(
-            &format!("{method} {num_labels}-label {name}"),
+            &format!("{method}{dora} {num_labels}-label {name}"),
             &g,
             &x,
             &coords,
@@ -150,7 +174,7 @@ fn check_with_targets(config: BertConfig, method: Method, num_labels: usize, mul
         worst = worst.max(err);
     }
     println!(
-        "{} FD {method} {num_labels}-label{}: {} trainable tensors, worst rel err {worst:.3e}",
+        "{} FD {method}{dora} {num_labels}-label{}: {} trainable tensors, worst rel err {worst:.3e}",
         config.family().display(),
         if multi_label { " multi-label" } else { "" },
         names.len()
@@ -208,6 +232,25 @@ fn bitfit_gradients() {
 fn lora_gradients() {
     check(Method::Lora, 3);
     check(Method::Lora, 1);
+}
+
+/// DoRA adapters (random magnitudes) under LoRA and SPAFIT, with dropout on the adapters'
+/// input (the base map of the rest beside the scaled map of the dropped input) and without.
+#[test]
+fn dora_gradients() {
+    for (method, dropout) in [
+        (Method::Lora, 0.2),
+        (Method::Spafit, 0.0),
+        (Method::Spafit, 0.3),
+    ] {
+        let mut peft = config_for(method);
+        peft.lora.dora = true;
+        peft.lora.dropout = dropout;
+        check_plan(tiny_bert::config(3), peft, 3, false);
+    }
+    let mut peft = config_for(Method::Lora);
+    peft.lora.dora = true;
+    check_plan(tiny_bert::config(3), peft, 1, false);
 }
 
 #[test]

@@ -50,6 +50,7 @@ fn config_for(method: Method) -> PeftConfig {
         },
         overrides: Vec::new(),
         unadapted: Vec::new(),
+        dora: false,
     };
     if method == Method::Lora {
         c.lora_layers = Some(vec![0, 2]);

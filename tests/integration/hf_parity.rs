@@ -169,6 +169,7 @@ fn case_config(case: &Value) -> PeftConfig {
             targets,
             overrides: Vec::new(),
             unadapted: Vec::new(),
+            dora: false,
         };
         // SPAFIT places its adapters from N2 up itself (and refuses a list); the fixture's
         // list is checked against its plan in `build_case`.

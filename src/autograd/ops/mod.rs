@@ -4,6 +4,7 @@
 mod activation;
 mod add;
 mod attention;
+mod dora;
 mod dropout;
 mod embedding;
 mod layernorm;

@@ -11,6 +11,7 @@ mod attention;
 mod bf16_copies;
 mod bf16_gemm;
 mod chains;
+mod columns;
 mod dropout;
 mod element;
 mod elementwise;
@@ -671,6 +672,44 @@ impl Backend for CpuBackend {
     fn sum_squares(&self, t: &Tensor<Self>) -> Result<f64> {
         let dtype = shapes::common_float_dtype("sum_squares", &[("t", t)])?;
         with_float!(dtype, "sum_squares", T => Ok(elementwise::sum_squares(view::<T>(t))))
+    }
+
+    fn scale_columns(
+        &self,
+        z: &Tensor<Self>,
+        scale: &[f64],
+        bias: Option<&Tensor<Self>>,
+    ) -> Result<Tensor<Self>> {
+        const OP: &str = "scale columns";
+        let (dtype, _) = shapes::scale_columns(OP, z, scale, bias)?;
+        with_float!(dtype, OP, T => {
+            let scale: Vec<T> = scale.iter().map(|&s| T::from_f64(s)).collect();
+            tensor(z.shape().clone(), columns::scale(view::<T>(z), &scale, bias.map(view::<T>)))
+        })
+    }
+
+    fn column_dots(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Vec<f64>> {
+        const OP: &str = "column dots";
+        let dtype = shapes::common_float_dtype(OP, &[("a", a), ("b", b)])?;
+        shapes::require_same_shape(OP, ("a", a), ("b", b))?;
+        let cols = shapes::columns(OP, "a", a)?;
+        if cols == 0 {
+            return Ok(Vec::new());
+        }
+        with_float!(dtype, OP, T => Ok(columns::dots(view::<T>(a), view::<T>(b), cols)
+            .into_iter()
+            .map(T::to_f64)
+            .collect()))
+    }
+
+    fn column_sums(&self, a: &Tensor<Self>) -> Result<Tensor<Self>> {
+        const OP: &str = "column sums";
+        let dtype = shapes::common_float_dtype(OP, &[("a", a)])?;
+        let cols = shapes::columns(OP, "a", a)?;
+        if cols == 0 {
+            return self.zeros(Shape::new([0]));
+        }
+        with_float!(dtype, OP, T => tensor([cols], linear::column_sum(view::<T>(a), cols)))
     }
 
     fn dropout(&self, x: &Tensor<Self>, dropout: Dropout) -> Result<Tensor<Self>> {

@@ -1,11 +1,14 @@
 //! Launchers of `kernels/bias_grad.cu`: column sums over the rows of a matrix (the linear
-//! map's bias gradient) in fixed chunks of rows, and the fixed-order sum of per-chunk partials
-//! that the layernorm's parameter gradients share.
+//! map's bias gradient) and column dots of two (a DoRA magnitude's gradient) in fixed chunks
+//! of rows, and the fixed-order sum of per-chunk partials that the layernorm's parameter
+//! gradients share.
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-use super::{kernel_int, launch, CudaBackend, CudaFloat};
-use crate::error::Result;
+use super::{kernel_int, launch, tensor, view, with_float, CudaBackend, CudaFloat};
+use crate::backend::shapes;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
 
 const MODULE: &str = "bias_grad";
 
@@ -119,6 +122,65 @@ pub(super) fn column_sums<T: CudaFloat>(
         &per_chunk_i
     );
     sum_chunks::<T>(b, op, &partial, chunks, cols)
+}
+
+/// `Σ_r a[r][c]·b[r][c]` of two `rows × cols` matrices, in f32 over the chunks of
+/// [`row_chunks`] added in order, on the host.
+pub(super) fn column_dots<T: CudaFloat>(
+    b: &CudaBackend,
+    op: &'static str,
+    x: &CudaSlice<T>,
+    y: &CudaSlice<T>,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<f64>> {
+    let (rows_i, cols_i) = (
+        kernel_int(op, "rows", rows)?,
+        kernel_int(op, "columns", cols)?,
+    );
+    let (chunks, per_chunk) = row_chunks(rows, cols, b.device.max_grid_y);
+    let per_chunk_i = kernel_int(op, "rows per chunk", per_chunk)?;
+    let mut partial = b.output::<f32>(chunks * cols)?;
+    launch!(
+        b,
+        MODULE,
+        format!("column_dots_{}", T::SUFFIX),
+        column_grid(cols, chunks),
+        x,
+        y,
+        &mut partial,
+        &rows_i,
+        &cols_i,
+        &per_chunk_i
+    );
+    let sums = sum_chunks::<f32>(b, op, &partial, chunks, cols)?;
+    Ok(b.download(op, &sums)?.into_iter().map(f64::from).collect())
+}
+
+/// [`crate::backend::Backend::column_dots`].
+pub(super) fn column_dots_of(
+    b: &CudaBackend,
+    x: &Tensor<CudaBackend>,
+    y: &Tensor<CudaBackend>,
+) -> Result<Vec<f64>> {
+    const OP: &str = "column dots";
+    let dtype = shapes::common_float_dtype(OP, &[("a", x), ("b", y)])?;
+    shapes::require_same_shape(OP, ("a", x), ("b", y))?;
+    let cols = shapes::columns(OP, "a", x)?;
+    let rows = x.numel() / cols.max(1);
+    with_float!(dtype, OP, T => column_dots::<T>(b, OP, view::<T>(x), view::<T>(y), rows, cols))
+}
+
+/// [`crate::backend::Backend::column_sums`].
+pub(super) fn column_sums_of(
+    b: &CudaBackend,
+    x: &Tensor<CudaBackend>,
+) -> Result<Tensor<CudaBackend>> {
+    const OP: &str = "column sums";
+    let dtype = shapes::common_float_dtype(OP, &[("a", x)])?;
+    let cols = shapes::columns(OP, "a", x)?;
+    let rows = x.numel() / cols.max(1);
+    with_float!(dtype, OP, T => tensor([cols], column_sums::<T>(b, OP, view::<T>(x), rows, cols)?))
 }
 
 #[cfg(test)]

@@ -366,3 +366,29 @@ pub(super) fn cast(
     };
     Tensor::from_buffer(t.shape().clone(), buf)
 }
+
+/// `y[…, c] = z[…, c]·scale[c] (+ bias[c])` (see [`crate::backend::Backend::scale_columns`]):
+/// the scales go up as f32, one per column.
+pub(super) fn scale_columns(
+    b: &CudaBackend,
+    z: &Tensor<CudaBackend>,
+    scale: &[f64],
+    bias: Option<&Tensor<CudaBackend>>,
+) -> Result<Tensor<CudaBackend>> {
+    const OP: &str = "scale columns";
+    let (dtype, cols) = shapes::scale_columns(OP, z, scale, bias)?;
+    let n = z.numel();
+    let cols_i = super::kernel_int(OP, "columns", cols)?;
+    let scale: Vec<f32> = scale.iter().map(|&s| s as f32).collect();
+    let scale = b.upload(&scale)?;
+    with_float!(dtype, OP, T => {
+        let mut y = b.output::<T>(n)?;
+        let kernel = format!("scale_columns_{}", T::SUFFIX);
+        match bias {
+            Some(bias) => launch!(b, MODULE, kernel, grid_for(n), view::<T>(z), &scale, view::<T>(bias), &mut y, &(n as i64), &cols_i),
+            // A null bias: the kernel adds none.
+            None => launch!(b, MODULE, kernel, grid_for(n), view::<T>(z), &scale, &0u64, &mut y, &(n as i64), &cols_i),
+        }
+        tensor(z.shape().clone(), y)
+    })
+}

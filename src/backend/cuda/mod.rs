@@ -932,6 +932,23 @@ impl Backend for CudaBackend {
         elementwise::sum_squares_each(self, ts)
     }
 
+    fn scale_columns(
+        &self,
+        z: &Tensor<Self>,
+        scale: &[f64],
+        bias: Option<&Tensor<Self>>,
+    ) -> Result<Tensor<Self>> {
+        elementwise::scale_columns(self, z, scale, bias)
+    }
+
+    fn column_dots(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Vec<f64>> {
+        bias_grad::column_dots_of(self, a, b)
+    }
+
+    fn column_sums(&self, a: &Tensor<Self>) -> Result<Tensor<Self>> {
+        bias_grad::column_sums_of(self, a)
+    }
+
     fn dropout(&self, x: &Tensor<Self>, dropout: Dropout) -> Result<Tensor<Self>> {
         elementwise::dropout(self, x, dropout)
     }

@@ -119,7 +119,10 @@ pub fn check_gradient(
             coords[k]
         );
     }
-    assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
+    assert!(
+        err <= tol,
+        "{what}: relative error {err:e} > {tol:e} (analytic {picked:?}, differences {fd:?})"
+    );
     assert!(
         fd.iter().any(|&v| v.abs() > 1e-6),
         "{what}: gradient is trivially zero"

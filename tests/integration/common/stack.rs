@@ -64,6 +64,7 @@ pub fn lora_config(dropout: f64) -> LoraConfig {
         targets: LoraTarget::ALL.to_vec(),
         overrides: Vec::new(),
         unadapted: Vec::new(),
+        dora: false,
     }
 }
 
