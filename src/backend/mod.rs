@@ -420,6 +420,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
         false
     }
 
+    /// `y` stored as a linear map's output for products is
+    /// ([`LinearForwardOptions::output_for_products`]: bf16 in CUDA's bf16 mode), for such an
+    /// output computed another way (a DoRA adapter's scaled columns), so that attention finds
+    /// its query, key and value in one dtype. This default keeps `y` as it is, as this
+    /// default [`Backend::linear_forward_with`] keeps an output it does not round.
+    fn stored_for_products(&self, y: Tensor<Self>) -> Result<Tensor<Self>> {
+        Ok(y)
+    }
+
     /// [`Backend::linear_forward`] with `options` (see [`LinearForwardOptions`]). This
     /// default computes from `x` and rounds an output for products with
     /// [`Backend::rounded_for_products`].

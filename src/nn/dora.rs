@@ -198,14 +198,14 @@ impl<B: Backend> Linear<B> {
     /// With dropout on the adapter's input, PEFT scales the dropped input's whole map and
     /// keeps the base map of the rest: `y = x·Wᵀ + b + (m/n − 1) ⊙ (d·Wᵀ) + (m/n) ⊙ s·d·Aᵀ·Bᵀ`
     /// with `d` the dropped `x`, computed as `W·(x − d) + b` plus the scaled map of `d`: two
-    /// products with `W`, as PEFT's.
+    /// products with `W`, as PEFT's. `for_products`: see [`Linear::forward_for_products`].
     pub(super) fn forward_dora(
         &self,
         tape: &mut Tape<B>,
         x: &Var<B>,
         dropouts: &mut DropoutPlan,
-        lora: &LoraAdapter<B>,
-        dora: &DoraMagnitude<B>,
+        (lora, dora): (&LoraAdapter<B>, &DoraMagnitude<B>),
+        for_products: bool,
     ) -> Result<Var<B>> {
         let inverse_norms = match &dora.held_inverse_norms {
             Some(held) => held.clone(),
@@ -225,14 +225,26 @@ impl<B: Backend> Linear<B> {
         match dropouts.next_lora().filter(|d| d.p > 0.0) {
             None => {
                 let z = tape.linear(x, &w, None, Some(adapter()))?;
-                tape.magnitude_scale(&z, &magnitude, inverse_norms, Some(&bias), None)
+                tape.magnitude_scale(
+                    &z,
+                    &magnitude,
+                    inverse_norms,
+                    (Some(&bias), None),
+                    for_products,
+                )
             }
             Some(d) => {
                 let dropped = tape.dropout(x, Some(d))?;
                 let z = tape.linear(&dropped, &w, None, Some(adapter()))?;
                 let rest = tape.dropped_part(x, d)?;
                 let base = tape.linear(&rest, &w, Some(&bias), None)?;
-                tape.magnitude_scale(&z, &magnitude, inverse_norms, None, Some(&base))
+                tape.magnitude_scale(
+                    &z,
+                    &magnitude,
+                    inverse_norms,
+                    (None, Some(&base)),
+                    for_products,
+                )
             }
         }
     }

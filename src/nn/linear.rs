@@ -110,7 +110,7 @@ impl<B: Backend> Linear<B> {
             .as_ref()
             .and_then(|l| l.dora.as_ref().map(|d| (l, d)))
         {
-            return self.forward_dora(tape, x, dropouts, lora, dora);
+            return self.forward_dora(tape, x, dropouts, (lora, dora), for_products);
         }
         let w = self.weight.var(tape);
         let b = self.bias.var(tape);

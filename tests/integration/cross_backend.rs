@@ -293,6 +293,63 @@ fn bias_gradient<B: Backend>(b: &B, tol: f64) {
     );
 }
 
+/// DoRA's per-column ops: columns scaled (with a bias, and without: its gradient), and the
+/// column dots and sums of its magnitude's and bias's gradients, over one block of rows, several
+/// (the chunked reduction's second pass) and a tensor of three dimensions.
+fn column_scales_and_sums<B: Backend>(b: &B, tol: f64) {
+    let r = reference();
+    let mut rng = SplitMix::new(4);
+    for dims in [vec![5, 3], vec![301, 67], vec![2, 7, 33], vec![700, 2]] {
+        let cols = *dims.last().unwrap();
+        let n: usize = dims.iter().product();
+        let z = stored(b, &dims, &nonzero(&mut rng, n));
+        let y = stored(b, &dims, &nonzero(&mut rng, n));
+        let bias = stored(b, &[cols], &nonzero(&mut rng, cols));
+        let scale: Vec<f64> = (0..cols).map(|c| 0.5 + 0.01 * c as f64).collect();
+        let shape: Vec<String> = dims.iter().map(usize::to_string).collect();
+        let what = |op: &str| format!("{op} {}", shape.join("x"));
+        for with_bias in [false, true] {
+            let got = b
+                .scale_columns(
+                    &up(b, &dims, &z),
+                    &scale,
+                    with_bias.then(|| up(b, &[cols], &bias)).as_ref(),
+                )
+                .unwrap();
+            let want = r
+                .scale_columns(
+                    &up(&r, &dims, &z),
+                    &scale,
+                    with_bias.then(|| up(&r, &[cols], &bias)).as_ref(),
+                )
+                .unwrap();
+            assert_eq!(got.dims(), &dims[..]);
+            check(
+                b,
+                &what("scale_columns"),
+                &down(b, &got),
+                &down(&r, &want),
+                tol,
+            );
+        }
+        let got = b.column_dots(&up(b, &dims, &z), &up(b, &dims, &y)).unwrap();
+        let want: Vec<f64> = (0..cols)
+            .map(|c| (c..n).step_by(cols).map(|i| z[i] * y[i]).sum())
+            .collect();
+        check(b, &what("column_dots"), &got, &want, tol);
+        let got = b.column_sums(&up(b, &dims, &z)).unwrap();
+        let want: Vec<f64> = (0..cols)
+            .map(|c| (c..n).step_by(cols).map(|i| z[i]).sum())
+            .collect();
+        assert_eq!(got.dims(), &[cols]);
+        check(b, &what("column_sums"), &down(b, &got), &want, tol);
+    }
+    // The scales must be one per column.
+    let z = up(b, &[4, 3], &[1.0; 12]);
+    let e = b.scale_columns(&z, &[1.0, 2.0], None).unwrap_err();
+    assert!(e.to_string().contains("2 scales"), "{e}");
+}
+
 /// One linear-map case: rows, input, output, LoRA rank, whether the adapter reads a
 /// different input (adapter dropout), and LoRA scale.
 #[derive(Clone, Copy, Debug)]
@@ -1362,6 +1419,7 @@ on_every_backend!(
     random_shapes,
     layernorm,
     bias_gradient,
+    column_scales_and_sums,
     elementwise,
     embedding,
     losses,

@@ -91,14 +91,16 @@ fn dropped_part<B: Backend>(backend: &B, x: &Tensor<B>, dropout: Dropout) -> Res
 impl<B: Backend> Tape<B> {
     /// DoRA's output: `z`'s columns scaled by `magnitude[c] · inverse_norms[c]` (each
     /// adapted weight row's magnitude over its norm, the norm held constant, as PEFT detaches
-    /// it), plus `bias` `[cols]` and `addend` (`z`'s shape) where given.
+    /// it), plus `bias` `[cols]` and `addend` (`z`'s shape) where given. With
+    /// `output_for_products`, the output is stored as products read it (see
+    /// [`Tape::linear_for_products`]).
     pub fn magnitude_scale(
         &mut self,
         z: &Var<B>,
         magnitude: &Var<B>,
         inverse_norms: Vec<f64>,
-        bias: Option<&Var<B>>,
-        addend: Option<&Var<B>>,
+        (bias, addend): (Option<&Var<B>>, Option<&Var<B>>),
+        output_for_products: bool,
     ) -> Result<Var<B>> {
         const OP: &str = "magnitude scale";
         let m = self.backend.to_f64(&magnitude.value)?;
@@ -119,6 +121,9 @@ impl<B: Backend> Tape<B> {
         if let Some(a) = addend {
             self.backend.add_assign(&mut y, &a.value)?;
         }
+        if output_for_products {
+            y = self.backend.stored_for_products(y)?;
+        }
         let ids = vec![z.id, magnitude.id, id_of(bias), id_of(addend)];
         Ok(self.record(y, ids, |needs| {
             Box::new(MagnitudeScaleNode {
@@ -132,7 +137,7 @@ impl<B: Backend> Tape<B> {
 
     /// `x − dropout(x)`: with it, a map of `x` and one of `dropout(x)` share a weight as
     /// `W·(x − dropout(x)) + W·dropout(x)`, DoRA's frozen base beside its scaled dropped
-    /// input. `None` or `p = 0` gives zeros' place to the caller: it is refused here.
+    /// input. The caller's dropout has `p > 0`: with none, the part is zero.
     pub fn dropped_part(&mut self, x: &Var<B>, dropout: Dropout) -> Result<Var<B>> {
         let y = dropped_part(&self.backend, &x.value, dropout)?;
         Ok(self.record(y, vec![x.id], |_| Box::new(DroppedPartNode { dropout })))

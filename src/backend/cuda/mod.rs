@@ -737,6 +737,15 @@ impl Backend for CudaBackend {
         self.recompute_linear_inputs
     }
 
+    fn stored_for_products(&self, y: Tensor<Self>) -> Result<Tensor<Self>> {
+        // As `gemm::linear_forward` picks its output's dtype for products.
+        let dtype = gemm::rounded_dtype(self, y.dtype());
+        match self.gemm_precast && dtype != y.dtype() {
+            true => self.cast(&y, dtype),
+            false => Ok(y),
+        }
+    }
+
     fn linear_forward_with(
         &self,
         x: &Tensor<Self>,
