@@ -59,10 +59,6 @@ pub struct OpenedAdapter<B: Backend> {
     /// says so (see [`super::PeftImport::frozen_in_peft_training`]); training cannot continue
     /// from it when there are any.
     pub frozen_in_peft_training: Option<(String, Vec<String>)>,
-    /// The modules whose DoRA adapters were folded into their base weights (see
-    /// [`super::PeftImport::dora_folded`]); training cannot continue from it when there are
-    /// any.
-    pub dora_folded: Vec<String>,
 }
 
 /// The label space an adapter's head was trained for.
@@ -239,8 +235,7 @@ impl<B: Backend> OpenedAdapter<B> {
 
     /// Whether training can continue from this adapter (opened from `dir`): not when it sets
     /// tensors its plan keeps frozen ([`OpenedAdapter::kept_frozen`]; a continued run's
-    /// adapter would drop them), when its DoRA adapters were folded into the base
-    /// ([`OpenedAdapter::dora_folded`]; spafit does not train DoRA), nor when PEFT trains it
+    /// adapter would drop them), nor when PEFT trains it
     /// with its B matrices frozen ([`OpenedAdapter::frozen_in_peft_training`]; a spafit run
     /// would train them). Eval and
     /// predict use such an adapter as it is; call this before handing its model to a
@@ -255,17 +250,6 @@ impl<B: Backend> OpenedAdapter<B> {
                      (eval and predict use it as it is)",
                     self.kept_frozen.len(),
                     self.kept_frozen.join(", ")
-                ),
-            });
-        }
-        if !self.dora_folded.is_empty() {
-            return Err(Error::Mismatch {
-                path: dir.to_path_buf(),
-                detail: format!(
-                    "DoRA (`use_dora`): spafit folds the adapter's {} DoRA adapters into their \
-                     base weights for eval, predict and merge, but does not train DoRA, so \
-                     training cannot continue from it",
-                    self.dora_folded.len()
                 ),
             });
         }
@@ -415,7 +399,6 @@ pub fn open_adapter<B: Backend>(
             warnings: Vec::new(),
             kept_frozen: Vec::new(),
             frozen_in_peft_training: None,
-            dora_folded: Vec::new(),
         });
     }
     if is_peft_adapter(dir) {
@@ -433,7 +416,6 @@ pub fn open_adapter<B: Backend>(
             warnings: import.warnings,
             kept_frozen: import.kept_frozen,
             frozen_in_peft_training: import.frozen_in_peft_training,
-            dora_folded: import.dora_folded,
         });
     }
     // PEFT saves an adapter with a name other than `default` in a folder of that name.

@@ -31,8 +31,8 @@ pub struct PeftImport {
     pub plan: PeftPlan,
     /// `base_model_name_or_path` from the config: informational (PEFT stores no hash).
     pub base_model_name_or_path: Option<String>,
-    /// Model parameters set from the file, by spafit name (and DoRA's magnitudes, folded into
-    /// their weights, as `<module>.lora_magnitude_vector`).
+    /// Model parameters set from the file, by spafit name (DoRA's magnitudes as
+    /// `<module>.lora_magnitude_vector`).
     pub loaded: Vec<String>,
     /// Tensors of the file that PEFT itself does not use either: the frozen originals of
     /// modules saved whole (`...original_module...`) and the wrapper's copies
@@ -69,10 +69,6 @@ pub struct PeftImport {
     /// trains, with the `init_lora_weights` that says so (MiCA): they compute as any LoRA
     /// adapter's, but a spafit run would train them, so training cannot continue from it.
     pub frozen_in_peft_training: Option<(String, Vec<String>)>,
-    /// The modules (named as PEFT names them) whose DoRA adapters (`use_dora`) were folded
-    /// into their base weights: the model computes what PEFT's does in evaluation, but
-    /// holds no adapter to train, so training cannot continue from it.
-    pub dora_folded: Vec<String>,
 }
 
 /// spafit's note beside an exported PEFT adapter: the plan it came from, the class names,
@@ -751,7 +747,7 @@ fn import<B: Backend>(
         targets: targets.into_iter().collect(),
         overrides,
         unadapted,
-        dora: false,
+        dora: settings.dora,
     };
     let fields = crate::nn::LoraFields {
         rank: "`r`",
@@ -816,6 +812,9 @@ fn import<B: Backend>(
             format!("{module}.lora_B.weight"),
             pair.b.clone().unwrap_or_default(),
         );
+        if let Some(magnitude) = &pair.magnitude {
+            sources.insert(format!("{module}.lora_magnitude_vector"), magnitude.clone());
+        }
     }
     let mut loaded = Vec::new();
     let mut untouched_trainable = Vec::new();
@@ -881,16 +880,6 @@ fn import<B: Backend>(
         .filter(|n| !trainable.contains(*n) && !same_as_base.contains(*n))
         .map(|n| family.hf_name(n))
         .collect();
-    // After what trains is read off the plan's tensors: the fold removes the adapters.
-    let dora_folded = match settings.dora {
-        true => fold_dora(&mut model, backend, &file, &per_layer, &lora, family)?,
-        false => Vec::new(),
-    };
-    loaded.extend(
-        lora.iter()
-            .filter(|(_, pair)| pair.magnitude.is_some())
-            .map(|(module, _)| format!("{module}.lora_magnitude_vector")),
-    );
     let mut notes = Vec::new();
     let from_base: Vec<String> = head_parts
         .iter()
@@ -930,14 +919,6 @@ fn import<B: Backend>(
                          its alpha times the square root of its own rank",
                 false => "",
             }
-        ));
-    }
-    if !dora_folded.is_empty() {
-        notes.push(format!(
-            "DoRA (`use_dora`): its {} adapters are folded into their base weights, each \
-             output row scaled to its magnitude, which is what PEFT computes in evaluation; \
-             eval, predict and merge use them so, and training cannot continue from it",
-            dora_folded.len()
         ));
     }
     let unmatched = settings.unmatched_patterns(&adapted_modules);
@@ -1002,7 +983,6 @@ fn import<B: Backend>(
             notes,
             warnings,
             frozen_in_peft_training,
-            dora_folded,
         },
     ))
 }
@@ -1019,36 +999,6 @@ fn unwrap_saved_module(key: &str) -> String {
         None => tail,
     };
     format!("{head}.{tail}")
-}
-
-/// Folds each adapter's DoRA magnitudes (`use_dora`) into its base weight, as PEFT merges
-/// them: what the model computes in evaluation. The adapted modules, as PEFT names them.
-fn fold_dora<B: Backend>(
-    model: &mut BertClassifier<B>,
-    backend: &B,
-    file: &WeightsFile,
-    per_layer: &BTreeMap<usize, BTreeSet<LoraTarget>>,
-    lora: &BTreeMap<String, LoraPair>,
-    family: crate::checkpoint::EncoderFamily,
-) -> Result<Vec<String>> {
-    let mut magnitudes = Vec::new();
-    let mut folded = Vec::new();
-    for (&layer, targets) in per_layer {
-        for &target in targets {
-            let module = format!("bert.encoder.layer.{layer}.{}", target.module());
-            // Every adapted module has its pair, magnitudes included (checked on reading).
-            let Some(name) = lora.get(&module).and_then(|p| p.magnitude.as_ref()) else {
-                continue;
-            };
-            let rows = model.bert.layers[layer].linear(target).out_in().0;
-            // Refused, naming the tensor, where not finite or of another length.
-            let magnitude = file.read_f64(name, &crate::tensor::Shape::new([rows]))?;
-            magnitudes.push((layer, target, magnitude));
-            folded.push(family.hf_name(&module));
-        }
-    }
-    model.merge_dora(backend, &magnitudes)?;
-    Ok(folded)
 }
 
 /// Why a tensor of the file does not fit the model: a LoRA pair of another rank than the

@@ -817,36 +817,8 @@ impl<B: Backend> BertClassifier<B> {
         Ok(())
     }
 
-    /// Folds the DoRA adapters of `magnitudes` (encoder layer, map, one magnitude per output
-    /// row) into their base weights (see [`Linear::merge_dora`]), as
-    /// [`BertClassifier::merge_lora`] folds LoRA ones: the model no longer has its plan's
-    /// tensors, and is for evaluation, prediction or a merged checkpoint.
-    pub fn merge_dora(
-        &mut self,
-        backend: &B,
-        magnitudes: &[(usize, crate::nn::LoraTarget, Vec<f64>)],
-    ) -> Result<()> {
-        for (layer, target, magnitude) in magnitudes {
-            let count = self.bert.layers.len();
-            let linear = self
-                .bert
-                .layers
-                .get_mut(*layer)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        "merge_dora",
-                        format!("layer {layer} of a model of {count} layers"),
-                    )
-                })?
-                .linear_mut(*target);
-            linear.merge_dora(backend, magnitude)?;
-            self.lora_merged = true;
-            self.plan = None;
-        }
-        Ok(())
-    }
-
-    /// Folds every LoRA adapter into its base weight (see [`Linear::merge_lora`]).
+    /// Folds every LoRA adapter into its base weight (see [`Linear::merge_lora`]), a DoRA
+    /// adapter with its magnitudes (see [`Linear::merge_dora`]).
     pub fn merge_lora(&mut self, backend: &B) -> Result<()> {
         for layer in &mut self.bert.layers {
             for target in crate::nn::LoraTarget::ALL {

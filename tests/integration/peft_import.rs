@@ -53,17 +53,12 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
         let dir = fixtures.join(name);
         let opened = open_adapter(&dir, &ck, &cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(opened.format, AdapterFormat::Peft);
-        // Training continues from it unless it sets tensors no plan trains, or is DoRA.
+        // Training continues from it unless it sets tensors no plan trains.
         match opened.check_trainable(&dir) {
-            Ok(()) => assert!(
-                opened.kept_frozen.is_empty() && opened.dora_folded.is_empty(),
-                "{name}"
-            ),
+            Ok(()) => assert!(opened.kept_frozen.is_empty(), "{name}"),
             Err(e) => assert!(
-                (!opened.kept_frozen.is_empty()
-                    && e.to_string().contains("that no spafit plan trains"))
-                    || (!opened.dora_folded.is_empty()
-                        && e.to_string().contains("does not train DoRA")),
+                !opened.kept_frozen.is_empty()
+                    && e.to_string().contains("that no spafit plan trains"),
                 "{name}: {e}"
             ),
         }
@@ -246,21 +241,19 @@ fn check_peft_written_set(fixtures: &Path, cases_expected: usize) {
                 assert!(layers[4].output.lora.is_some() && layers[4].value.lora.is_none());
             }
             "dora" => {
-                // Folded into the base weights: PEFT's evaluation outputs, nothing to train.
-                assert_eq!(opened.dora_folded.len(), 12, "{:?}", opened.dora_folded);
-                assert!(opened
-                    .dora_folded
-                    .contains(&"bert.encoder.layer.5.attention.self.value".to_string()));
-                assert!(
-                    opened
-                        .notes
-                        .iter()
-                        .any(|n| n.contains("DoRA (`use_dora`): its 12 adapters")),
-                    "{:?}",
-                    opened.notes
-                );
-                let e = opened.check_trainable(&dir).unwrap_err().to_string();
-                assert!(e.contains("does not train DoRA"), "{e}");
+                // DoRA adapters on query and value of every layer, their magnitudes trainable.
+                assert!(plan.lora.as_ref().unwrap().dora);
+                let magnitudes: Vec<String> = opened
+                    .model
+                    .trainable_names()
+                    .into_iter()
+                    .filter(|n| n.ends_with("lora_magnitude_vector"))
+                    .collect();
+                assert_eq!(magnitudes.len(), 12, "{magnitudes:?}");
+                assert!(magnitudes.contains(
+                    &"bert.encoder.layer.5.attention.self.value.lora_magnitude_vector".to_string()
+                ));
+                opened.check_trainable(&dir).unwrap();
             }
             other => panic!("unknown case {other}"),
         }
@@ -493,8 +486,8 @@ fn saved_as_version_3(
     (own, manifest)
 }
 
-/// A DoRA adapter folds into its base weights with each adapted row's norm the file's
-/// magnitude for it (and the maps it does not adapt untouched); magnitudes without
+/// A DoRA adapter's magnitudes are the file's, and merged, each adapted row's norm is the
+/// file's magnitude for it (and the maps it does not adapt are untouched); magnitudes without
 /// `use_dora`, a missing one, one of another length or not finite are refused, naming the
 /// tensor.
 #[test]
@@ -502,7 +495,7 @@ fn dora_rows_take_the_files_magnitudes() {
     let ck = checkpoint();
     let cpu = CpuBackend::f64();
     let fixture = wrapped_fixtures().join("dora");
-    let opened = open_adapter(&fixture, &ck, &cpu).unwrap();
+    let mut opened = open_adapter(&fixture, &ck, &cpu).unwrap();
     let file =
         spafit::checkpoint::WeightsFile::open(&fixture.join("adapter_model.safetensors")).unwrap();
     let name = |l: usize, module: &str| {
@@ -518,6 +511,14 @@ fn dora_rows_take_the_files_magnitudes() {
     let base = open_adapter(&wrapped_fixtures().join("rank_stabilized"), &ck, &cpu)
         .unwrap()
         .model;
+    for (l, layer) in opened.model.bert.layers.iter().enumerate() {
+        for (linear, module) in [(&layer.query, "query"), (&layer.value, "value")] {
+            let dora = linear.dora().unwrap_or_else(|| panic!("layer {l} {module}"));
+            let m = cpu.to_f64(&dora.magnitude.value).unwrap();
+            assert_eq!(m, magnitude(l, module), "{}", name(l, module));
+        }
+    }
+    opened.model.merge_lora(&cpu).unwrap();
     for (l, layer) in opened.model.bert.layers.iter().enumerate() {
         for (linear, module) in [(&layer.query, "query"), (&layer.value, "value")] {
             assert!(linear.lora.is_none());
