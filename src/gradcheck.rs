@@ -524,6 +524,10 @@ pub fn gradcheck_case<B: Backend>(
             .collect();
         cpu.tensor_from_f64(shape, &v)
     })?;
+    // DoRA's magnitudes start as PEFT starts them; the gradient the tape takes holds the
+    // adapted rows' norms constant (PEFT detaches them), so the differences do too.
+    model.initialise_dora_magnitudes(&cpu)?;
+    model.hold_dora_norms(&cpu, true)?;
     // The adapters' own dropout where the plan has adapters (BERT's 0.1 on the rest).
     let lora_dropout = plan.lora_dropout();
     // A model of fewer positions checks the sentences cut to its table: gradcheck takes no

@@ -282,7 +282,7 @@ pub fn export_peft<B: Backend>(
         "inference_mode": true,
         "init_lora_weights": true,
         "use_rslora": false,
-        "use_dora": false,
+        "use_dora": lora.dora,
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
     });

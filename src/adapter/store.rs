@@ -156,6 +156,7 @@ pub fn save_adapter<B: Backend>(
         version: manifest_version(
             model.is_multi_label(),
             lora.as_ref().is_some_and(|l| l.varies_by_site()),
+            lora.as_ref().is_some_and(|l| l.dora),
         ),
         method,
         strata,
@@ -206,12 +207,16 @@ const MULTI_LABEL_VERSION_STEP: u32 = 1;
 /// (`lora.unadapted`), add to the version: 3 and 4.
 const OVERRIDES_VERSION_STEP: u32 = 2;
 
-/// The version of a manifest with a multi-label head or not, and adapters that vary by site
-/// ([`crate::nn::LoraConfig::varies_by_site`]) or not.
-fn manifest_version(multi_label: bool, varies_by_site: bool) -> u32 {
+/// What DoRA adapters (`lora.dora`) add to the version: 5 to 8.
+const DORA_VERSION_STEP: u32 = 4;
+
+/// The version of a manifest with a multi-label head or not, adapters that vary by site
+/// ([`crate::nn::LoraConfig::varies_by_site`]) or not, and DoRA adapters or not.
+fn manifest_version(multi_label: bool, varies_by_site: bool, dora: bool) -> u32 {
     MANIFEST_VERSION
         + u32::from(multi_label) * MULTI_LABEL_VERSION_STEP
         + u32::from(varies_by_site) * OVERRIDES_VERSION_STEP
+        + u32::from(dora) * DORA_VERSION_STEP
 }
 
 /// Reads an adapter's manifest.
@@ -270,24 +275,25 @@ fn parse_manifest(path: std::path::PathBuf, text: &str) -> Result<AdapterManifes
             detail: format!("not a spafit adapter (format `{}`)", m.format),
         });
     }
-    // Versions 2 to 4 are version 1 with a multi-label head, LoRA overrides or both, which
-    // the manifest must say.
+    // Versions 2 to 8 are version 1 with a multi-label head, LoRA overrides, DoRA or some of
+    // them, which the manifest must say.
     let overrides = m.lora.as_ref().is_some_and(|l| l.varies_by_site());
-    if m.version != manifest_version(m.multi_label, overrides) {
+    let dora = m.lora.as_ref().is_some_and(|l| l.dora);
+    if m.version != manifest_version(m.multi_label, overrides, dora) {
         return Err(Error::Format {
             path,
             detail: format!(
-                "`version` {} with `multi_label` {} and {} `lora.overrides` or \
-                 `lora.unadapted`: this spafit reads version {} adapters (one class per \
-                 example, or a regression), {} (multi-label), {} (adapters of their own rank or \
-                 alpha, or maps left without one) and {} (both)",
+                "`version` {} with `multi_label` {}, {} `lora.overrides` or `lora.unadapted` \
+                 and `lora.dora` {dora}: this spafit reads version {} adapters (one class per \
+                 example, or a regression), plus {} for a multi-label head, {} for adapters of \
+                 their own rank or alpha, or maps left without one, and {} for DoRA adapters",
                 m.version,
                 m.multi_label,
                 if overrides { "some" } else { "no" },
-                manifest_version(false, false),
-                manifest_version(true, false),
-                manifest_version(false, true),
-                manifest_version(true, true),
+                MANIFEST_VERSION,
+                MULTI_LABEL_VERSION_STEP,
+                OVERRIDES_VERSION_STEP,
+                DORA_VERSION_STEP,
             ),
         });
     }

@@ -416,6 +416,11 @@ pub struct PeftArgs {
     /// and exported as plain LoRA of the same scale (alpha·√r over r).
     #[arg(long)]
     pub rslora: bool,
+    /// DoRA (PEFT's use_dora): each adapted weight row is rescaled to a trained magnitude,
+    /// started at the row's norm; the row norms are held constant in backward, as PEFT's.
+    /// Saved, exported (`use_dora`) and merged with the adapters.
+    #[arg(long)]
+    pub dora: bool,
     /// Dropout on the adapters' input during training [default: 0.1].
     #[arg(long, allow_hyphen_values = true, value_parser = number_passing(spafit::nn::LoraConfig::dropout_problem))]
     pub lora_dropout: Option<f64>,
@@ -493,6 +498,7 @@ impl PeftArgs {
             c.lora.alpha = spafit::nn::LoraConfig::rank_stabilized_alpha(c.lora.alpha, c.lora.rank);
         }
         c.lora.dropout = self.lora_dropout.unwrap_or(c.lora.dropout);
+        c.lora.dora = self.dora;
         c.lora_layers = self.lora_layers.as_deref().map(lora_layers).transpose()?;
         if let Some(layers) = &c.lora_layers {
             let mut sorted = layers.clone();
@@ -537,6 +543,7 @@ impl PeftArgs {
             ("--lora-r", self.lora_r.is_some()),
             ("--lora-alpha", self.lora_alpha.is_some()),
             ("--rslora", self.rslora),
+            ("--dora", self.dora),
             ("--lora-dropout", self.lora_dropout.is_some()),
             ("--lora-targets", self.lora_targets.is_some()),
         ];
@@ -567,6 +574,7 @@ impl PeftArgs {
             ("--lora-r", self.lora_r.is_some(), WITH_ADAPTERS),
             ("--lora-alpha", self.lora_alpha.is_some(), WITH_ADAPTERS),
             ("--rslora", self.rslora, WITH_ADAPTERS),
+            ("--dora", self.dora, WITH_ADAPTERS),
             ("--lora-dropout", self.lora_dropout.is_some(), WITH_ADAPTERS),
             ("--lora-targets", self.lora_targets.is_some(), WITH_ADAPTERS),
             ("--lora-layers", self.lora_layers.is_some(), &[Lora]),

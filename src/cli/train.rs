@@ -587,7 +587,7 @@ pub struct TrainCommand {
     /// adapter_config.json + adapter_model.safetensors): its plan, LoRA settings and head
     /// come from it, so the method flags cannot be given with it.
     #[arg(long, conflicts_with_all = [
-        "method", "n1", "n2", "lora_r", "lora_alpha", "rslora", "lora_dropout", "lora_targets",
+        "method", "n1", "n2", "lora_r", "lora_alpha", "rslora", "dora", "lora_dropout", "lora_targets",
         "lora_layers", "train_pooler", "train_embeddings", "train_layernorm",
     ])]
     pub adapter: Option<PathBuf>,

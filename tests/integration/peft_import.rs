@@ -513,7 +513,9 @@ fn dora_rows_take_the_files_magnitudes() {
         .model;
     for (l, layer) in opened.model.bert.layers.iter().enumerate() {
         for (linear, module) in [(&layer.query, "query"), (&layer.value, "value")] {
-            let dora = linear.dora().unwrap_or_else(|| panic!("layer {l} {module}"));
+            let dora = linear
+                .dora()
+                .unwrap_or_else(|| panic!("layer {l} {module}"));
             let m = cpu.to_f64(&dora.magnitude.value).unwrap();
             assert_eq!(m, magnitude(l, module), "{}", name(l, module));
         }
@@ -574,6 +576,83 @@ fn dora_rows_take_the_files_magnitudes() {
         let e = refused(&a);
         assert!(e.contains(wanted) && e.contains(&first), "{edit}: {e}");
     }
+}
+
+/// A DoRA adapter trains with PEFT's gradients: `dora_gradients.json` (made by
+/// `make_dora_gradients.py`) holds the loss PEFT's own backward started from, and each
+/// trainable tensor's gradient norm and twelve of its elements, the rows' norms detached as
+/// PEFT detaches them; dropout off.
+#[test]
+fn dora_gradients_are_pefts() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let fixtures = wrapped_fixtures();
+    let oracle: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("dora_gradients.json")).unwrap(),
+    )
+    .unwrap();
+    let reference = common::PeftReference::read(&fixtures);
+    let opened = open_adapter(&fixtures.join("dora"), &ck, &cpu).unwrap();
+    let inputs: Vec<spafit::text::TextInput> = reference
+        .texts()
+        .into_iter()
+        .map(spafit::text::TextInput::Single)
+        .collect();
+    let encoded = ck
+        .tokenizer(reference.max_len)
+        .unwrap()
+        .encode_batch(&inputs)
+        .unwrap();
+    let input = spafit::model::ModelInput::for_model(&cpu, &encoded, &ck.config).unwrap();
+    let labels: Vec<u32> = oracle["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let labels = spafit::model::Labels::Classes(
+        cpu.tensor_from_u32(spafit::tensor::Shape::new([labels.len()]), &labels)
+            .unwrap(),
+    );
+    let mut tape = spafit::autograd::Tape::new(cpu);
+    let logits = opened
+        .model
+        .forward(&mut tape, &input, &mut spafit::nn::DropoutPlan::eval())
+        .unwrap();
+    let loss = opened.model.loss(&mut tape, &logits, &labels).unwrap();
+    let want_loss = oracle["loss"].as_f64().unwrap();
+    let got_loss = cpu.to_f64(loss.value()).unwrap()[0];
+    assert!(
+        (got_loss - want_loss).abs() <= 1e-12,
+        "loss {got_loss} vs PEFT's {want_loss}"
+    );
+    let grads = tape.backward(&loss).unwrap();
+    let tensors = oracle["tensors"].as_object().unwrap();
+    let ours: Vec<&str> = grads.iter().map(|(n, _)| n).collect();
+    let theirs: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    assert_eq!(ours, theirs, "the trainable tensors");
+    let mut worst: f64 = 0.0;
+    for (name, g) in grads.iter() {
+        let g = cpu.to_f64(g).unwrap();
+        let want = &tensors[name];
+        let norm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let want_norm = want["norm"].as_f64().unwrap();
+        let mut error = (norm - want_norm).abs() / want_norm;
+        for element in want["elements"].as_array().unwrap() {
+            let (i, v) = (
+                element[0].as_u64().unwrap() as usize,
+                element[1].as_f64().unwrap(),
+            );
+            error = error.max((g[i] - v).abs() / want_norm);
+        }
+        assert!(error <= 1e-9, "{name}: {error:e} from PEFT's gradient");
+        worst = worst.max(error);
+    }
+    println!(
+        "DORA-GRADIENTS {} tensors: loss {:.1e} from PEFT's, worst gradient {worst:.1e} (of its norm)",
+        ours.len(),
+        (got_loss - want_loss).abs()
+    );
 }
 
 /// An `alpha_pattern` alone (the tensors' ranks unchanged) scales the adapters it names and
