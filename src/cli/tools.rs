@@ -302,6 +302,9 @@ fn describe_plan(line: &mut serde_json::Value, plan: &PeftPlan) {
         if !lora.unadapted.is_empty() {
             line["lora"]["unadapted"] = json!(lora.unadapted);
         }
+        if lora.dora {
+            line["lora"]["dora"] = json!(true);
+        }
     }
     line["train_embeddings"] = json!(plan.train_embeddings);
     line["train_pooler"] = json!(plan.train_pooler);

@@ -12,6 +12,9 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// `‖W_o‖²` of a weight's rows, with the weight (held, so its storage identity stays its own).
+type KeptRowNorms<B> = (Tensor<B>, Vec<f64>);
+
 /// The trainable magnitudes of a DoRA adapter, one per output row.
 #[derive(Clone, Debug)]
 pub struct DoraMagnitude<B: Backend> {
@@ -19,7 +22,7 @@ pub struct DoraMagnitude<B: Backend> {
     pub magnitude: Param<B>,
     /// `‖W_o‖²` of the base weight's rows and the weight they were computed from: the frozen
     /// base is read once, not at every step (kept while that weight is the layer's).
-    base_row_norms: Arc<Mutex<Option<(Tensor<B>, Vec<f64>)>>>,
+    base_row_norms: Arc<Mutex<Option<KeptRowNorms<B>>>>,
     /// `1 / ‖W + s·B·A‖` per row, where held (see [`Linear::hold_dora_norms`]).
     held_inverse_norms: Option<Vec<f64>>,
 }

@@ -6494,3 +6494,110 @@ fn rslora_is_alpha_over_the_square_root_of_the_rank() {
     ]);
     assert!(!ok && err.contains("--rslora"), "{err}");
 }
+
+/// `--dora` end to end: SPAFIT trains DoRA adapters on its top layers, saves them as a
+/// version 5 adapter that says so, exports PEFT's `use_dora` with one magnitude per adapted
+/// row, and evaluates from the export with bitwise its own dev loss; training continues from
+/// the export as DoRA; a method without adapters refuses the flag.
+#[test]
+fn dora_trains_saves_exports_and_continues() {
+    let glue = tempfile::tempdir().unwrap();
+    let mut train = String::from("sentence\tlabel\n");
+    for (i, text) in ["a joy", "dull", "witty and sharp", "a tedious mess"]
+        .iter()
+        .enumerate()
+    {
+        train += &format!("{text}\t{}\n", 1 - i % 2);
+    }
+    write(glue.path(), "SST-2/train.tsv", &train);
+    write(
+        glue.path(),
+        "SST-2/dev.tsv",
+        "sentence\tlabel\nwitty\t1\nslow\t0\n",
+    );
+    let (g, m) = (glue.path().display().to_string(), model());
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run").display().to_string();
+    let export = out.path().join("peft").display().to_string();
+    let task = ["--model", &m, "--task", "sst2", "--glue-dir", &g];
+    let mut args = vec!["train"];
+    args.extend_from_slice(&task);
+    args.extend_from_slice(&[
+        "--method",
+        "spafit",
+        "--n1",
+        "2",
+        "--n2",
+        "4",
+        "--dora",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--quiet",
+        "--output",
+        &run,
+        "--export-peft",
+        &export,
+    ]);
+    let (ok, _, err) = spafit(&args);
+    assert!(ok, "{err}");
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let manifest = read(PathBuf::from(&run).join("best/adapter.json"));
+    assert_eq!(manifest["version"], 5);
+    assert_eq!(manifest["lora"]["dora"], true);
+    let config = read(PathBuf::from(&export).join("adapter_config.json"));
+    assert_eq!(config["use_dora"], true);
+    let file = spafit::checkpoint::WeightsFile::open(
+        &PathBuf::from(&export).join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let magnitudes: Vec<&String> = file
+        .names()
+        .iter()
+        .filter(|n| n.ends_with("lora_magnitude_vector"))
+        .collect();
+    // Layers 4 and 5, six maps each, 384 rows each.
+    assert_eq!(magnitudes.len(), 12, "{magnitudes:?}");
+    assert!(magnitudes
+        .iter()
+        .any(|n| *n == "base_model.model.bert.encoder.layer.5.output.dense.lora_magnitude_vector"));
+    let dev_loss = |adapter: &str| {
+        let mut args = vec!["eval"];
+        args.extend_from_slice(&task);
+        args.extend_from_slice(&["--adapter", adapter]);
+        let (ok, out, err) = spafit(&args);
+        assert!(ok, "{err}");
+        let line: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        line["loss"].as_f64().unwrap().to_bits()
+    };
+    let best = format!("{run}/best");
+    assert_eq!(dev_loss(&best), dev_loss(&export));
+    let again = out.path().join("again").display().to_string();
+    let mut args = vec!["train"];
+    args.extend_from_slice(&task);
+    args.extend_from_slice(&[
+        "--adapter",
+        &export,
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--quiet",
+        "--output",
+        &again,
+    ]);
+    let (ok, _, err) = spafit(&args);
+    assert!(ok, "{err}");
+    assert_eq!(
+        read(PathBuf::from(&again).join("best/adapter.json"))["lora"]["dora"],
+        true
+    );
+    let mut args = vec!["train"];
+    args.extend_from_slice(&task);
+    args.extend_from_slice(&["--method", "bitfit", "--dora"]);
+    let (ok, _, err) = spafit(&args);
+    assert!(!ok && err.contains("--dora"), "{err}");
+}

@@ -413,6 +413,10 @@ impl<B: Backend> Trainer<'_, B> {
             ),
             None => self.plan.method.to_string(),
         };
+        let method = match self.plan.lora.as_ref().is_some_and(|l| l.dora) {
+            true => format!("{method}, DoRA adapters"),
+            false => method,
+        };
         progress.headline(&format!(
             "training {method} ({} trainable parameters) on {examples} examples, {} epoch(s), \
              batch {}{micro}, lr {:e}{resuming}",
