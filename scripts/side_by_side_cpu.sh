@@ -10,7 +10,8 @@
 #
 # usage: scripts/side_by_side_cpu.sh [VENV]   (default .cache/torchenv; it needs torch,
 # transformers and peft, and is created with them when missing: about 5 GB, not part of CI)
-# env: STEPS (5), WARMUP (2), ROUNDS (2), LENGTHS ("64 256"), METHODS ("full bitfit lora spafit"),
+# env: STEPS (5), WARMUP (2), ROUNDS (2), LENGTHS ("64 256"), METHODS ("full bitfit lora spafit";
+# also lora-dora and spafit-dora: DoRA adapters, PEFT's use_dora beside `spafit bench --dora`),
 # DTYPE (f32; bf16: `spafit bench --dtype bf16` beside PyTorch under CPU bf16 autocast),
 # MODEL (a checkpoint folder: BERT, RoBERTa, ELECTRA or DistilBERT), PASS (training; inference:
 # forward passes in evaluation mode, `spafit bench --inference` beside PyTorch's
@@ -50,9 +51,11 @@ for round in $(seq "$rounds"); do
         for method in $methods; do
             t=$(TORCH_CPU_BENCH_DTYPE=$dtype TORCH_CPU_BENCH_PASS=$pass "$venv/bin/python" scripts/torch_peft_cpu_bench.py "$model" "$batch" "$len" "$steps" "$warmup" \
                 "$threads" 2 4 "$method" 2>/dev/null | sed -n 's/^TORCH //p')
-            strata=()
-            [ "$method" = spafit ] && strata=(--n1 2 --n2 4)
-            s=$("${CARGO_TARGET_DIR:-target}"/release/spafit bench --threads "$threads" --model "$model" --method "$method" "${strata[@]}" \
+            # lora-dora and spafit-dora: the method with `--dora`.
+            adapters=${method%-dora}; strata=()
+            [ "$adapters" != "$method" ] && strata=(--dora)
+            [ "$adapters" = spafit ] && strata+=(--n1 2 --n2 4)
+            s=$("${CARGO_TARGET_DIR:-target}"/release/spafit bench --threads "$threads" --model "$model" --method "$adapters" "${strata[@]}" \
                 --batch-size "$batch" --seq-len "$len" --steps "$steps" --warmup "$warmup" --dtype "$dtype" "${inference[@]}")
             fields='import json,sys; r = json.load(sys.stdin); print(r["ms_per_step"], r["peak_mem_mib"], r["resident_before_steps_mib"])'
             # Assigned first: a line that does not parse stops the run here (set -e).

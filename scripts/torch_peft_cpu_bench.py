@@ -9,6 +9,7 @@ each method, in float32 on the CPU with `torch.set_num_threads(THREADS)` — the
   lora    r 8, alpha 16, dropout 0.1 on query and value of every layer (+ classifier)
   spafit  layers [0, N1) frozen, [N1, N2) biases, [N2, L) biases + LoRA r 8, alpha 16,
           dropout 0.1 on all six linear maps (+ classifier)
+  lora-dora, spafit-dora   lora and spafit with DoRA adapters (use_dora; `spafit bench --dora`)
 
 Training mode (dropout on), random token ids (the first one [CLS]), every token real, two
 labels. Prints one JSON line per method prefixed `TORCH`; the step time is the median;
@@ -55,12 +56,14 @@ def model_for(path, method, n1, n2):
     if method == "bitfit":
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith(head) or (name.startswith(encoder) and name.endswith(".bias"))
-    elif method in ("lora", "spafit"):
+    elif method in ("lora", "spafit", "lora-dora", "spafit-dora"):
         from peft import LoraConfig, get_peft_model
-        targets, lora_layers = (six[:3:2], list(range(layers))) if method == "lora" else (six, list(range(n2, layers)))
+        adapters = method.removesuffix("-dora")
+        targets, lora_layers = (six[:3:2], list(range(layers))) if adapters == "lora" else (six, list(range(n2, layers)))
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=targets,
-                                                 layers_to_transform=lora_layers, modules_to_save=["classifier"]))
-        if method == "spafit":
+                                                 layers_to_transform=lora_layers, modules_to_save=["classifier"],
+                                                 use_dora=method.endswith("-dora")))
+        if adapters == "spafit":
             for name, p in model.named_parameters():
                 if name.endswith(".bias") and ".layer." in name and layer_of(name) >= n1:
                     p.requires_grad = True

@@ -358,52 +358,50 @@ fn parity<B: Backend>(method: Method, num_labels: usize, b: B, tolerance: Tolera
 /// with the adapters' dropout on (the base map of the input's kept part beside the scaled
 /// map of its dropped copy) and off: a step on CUDA against the f64 reference (f32 ≤ 1e-4;
 /// bf16 mixed precision, dropout off, within the bounds calibrated on PyTorch's autocast for
-/// the method's plain LoRA adapters), the tape recording the same nodes.
+/// the method's plain LoRA adapters; the CPU's bf16 mode too), the tape recording the same
+/// nodes.
 #[test]
 fn dora_matches_the_f64_reference() {
+    dora_parity(&cuda(DType::F32), Tolerance::Fixed(1e-4), 0.0);
+    dora_parity(&cuda(DType::F32), Tolerance::Fixed(1e-4), 0.2);
+    dora_parity(&cuda(DType::BF16), Tolerance::Bf16, 0.0);
+    dora_parity(&CpuBackend::bf16(), Tolerance::Bf16, 0.0);
+}
+
+fn dora_parity<B: Backend>(b: &B, tolerance: Tolerance, lora_dropout: f64) {
     let cpu = CpuBackend::f64();
-    let runs = [
-        (cuda(DType::F32), Tolerance::Fixed(1e-4), 0.0),
-        (cuda(DType::F32), Tolerance::Fixed(1e-4), 0.2),
-        (cuda(DType::BF16), Tolerance::Bf16, 0.0),
-    ];
-    for (b, tolerance, lora_dropout) in runs {
-        for method in [Method::Lora, Method::Spafit] {
-            {
-                let mut peft = config_for(method);
-                peft.lora.dora = true;
-                let config = tiny_bert::config(3);
-                let reference = model_under(&cpu, config.clone(), &peft, 3, Weights::AsDrawn);
-                let tested = model_under(&b, config, &peft, 3, Weights::AsDrawn);
-                let dropouts = || match tolerance {
-                    Tolerance::Fixed(_) => DropoutPlan::train(0.1, 0.1, lora_dropout, 77),
-                    Tolerance::Bf16 => DropoutPlan::eval(),
-                };
-                let case = format!("{method}_3");
-                let tol = |what: &str| tolerance.for_quantity(&case, what).0;
-                let (lr, lossr, gr, sr) = step_with(&cpu, &reference, 3, dropouts());
-                let (lb, lossb, gb, sb) = step_with(&b, &tested, 3, dropouts());
-                let tag = format!("{method} DoRA, adapter dropout {lora_dropout}");
-                let mut worst = compare(&b, &format!("{tag} logits"), &lb, &lr, tol("logits"));
-                let loss_error =
-                    compare(&b, &format!("{tag} loss"), &[lossb], &[lossr], tol("loss"));
-                worst = worst.max(loss_error);
-                assert_eq!(
-                    gb.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-                    gr.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-                    "{tag}: the same trainable tensors get gradients"
-                );
-                assert!(gr.iter().any(|(n, _)| n.ends_with("lora_magnitude_vector")));
-                for ((name, g), (_, w)) in gb.iter().zip(&gr) {
-                    // DoRA's magnitudes have no calibration of their own: their map's `B`'s
-                    // (every gradient's bound is the method's worst gradient's).
-                    let bound = tol(&name.replace("lora_magnitude_vector", "lora_B.weight"));
-                    worst = worst.max(compare(&b, &format!("{tag} {name}"), g, w, bound));
-                }
-                assert_eq!(sb.nodes, sr.nodes, "{tag}: nodes");
-                println!("XM {tag} {} {worst:.3e} PASS", b.name());
-            }
+    for method in [Method::Lora, Method::Spafit] {
+        let mut peft = config_for(method);
+        peft.lora.dora = true;
+        let config = tiny_bert::config(3);
+        let reference = model_under(&cpu, config.clone(), &peft, 3, Weights::AsDrawn);
+        let tested = model_under(b, config, &peft, 3, Weights::AsDrawn);
+        let dropouts = || match tolerance {
+            Tolerance::Fixed(_) => DropoutPlan::train(0.1, 0.1, lora_dropout, 77),
+            Tolerance::Bf16 => DropoutPlan::eval(),
+        };
+        let case = format!("{method}_3");
+        let tol = |what: &str| tolerance.for_quantity(&case, what).0;
+        let (lr, lossr, gr, sr) = step_with(&cpu, &reference, 3, dropouts());
+        let (lb, lossb, gb, sb) = step_with(b, &tested, 3, dropouts());
+        let tag = format!("{method} DoRA, adapter dropout {lora_dropout}");
+        let mut worst = compare(b, &format!("{tag} logits"), &lb, &lr, tol("logits"));
+        let loss_error = compare(b, &format!("{tag} loss"), &[lossb], &[lossr], tol("loss"));
+        worst = worst.max(loss_error);
+        assert_eq!(
+            gb.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            gr.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "{tag}: the same trainable tensors get gradients"
+        );
+        assert!(gr.iter().any(|(n, _)| n.ends_with("lora_magnitude_vector")));
+        for ((name, g), (_, w)) in gb.iter().zip(&gr) {
+            // DoRA's magnitudes have no calibration of their own: their map's `B`'s (every
+            // gradient's bound is the method's worst gradient's).
+            let bound = tol(&name.replace("lora_magnitude_vector", "lora_B.weight"));
+            worst = worst.max(compare(b, &format!("{tag} {name}"), g, w, bound));
         }
+        assert_eq!(sb.nodes, sr.nodes, "{tag}: nodes");
+        println!("XM {tag} {} {worst:.3e} PASS", b.name());
     }
 }
 

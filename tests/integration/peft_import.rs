@@ -415,7 +415,7 @@ fn per_module_ranks_and_alphas_export_as_patterns() {
 
     // Saved as spafit's own adapter, the overrides make it version 3, which an older spafit
     // (reading 1 and 2) refuses rather than computing with the config's rank and alpha.
-    let (own, mut manifest) = saved_as_version_3(&ck, &cpu, &opened, &texts);
+    let (own, mut manifest) = saved_as_version(&ck, &cpu, &opened, &texts, 3);
     let manifest_path = own.path().join("adapter.json");
     manifest["version"] = 1.into();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
@@ -424,7 +424,7 @@ fn per_module_ranks_and_alphas_export_as_patterns() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("`version` 1 with `multi_label` false and some `lora.overrides`"),
+        e.contains("`version` 1 with `multi_label` false, some `lora.overrides`"),
         "{e}"
     );
 }
@@ -456,16 +456,17 @@ fn layer_dependent_targets_export_as_one_alternative_per_group() {
     let reopened = open_adapter(dir.path(), &ck, &cpu).unwrap();
     assert_eq!(reopened.plan, opened.plan);
     same_logits_bitwise(&ck, &cpu, &opened.model, &back, &texts);
-    saved_as_version_3(&ck, &cpu, &opened, &texts);
+    saved_as_version(&ck, &cpu, &opened, &texts, 3);
 }
 
 /// `opened` saved as spafit's own adapter: its `adapter.json` says version 3 (adapters that
 /// vary by site), and it loads back to bitwise the same logits. The folder and the manifest.
-fn saved_as_version_3(
+fn saved_as_version(
     ck: &Checkpoint,
     cpu: &CpuBackend,
     opened: &spafit::adapter::OpenedAdapter<CpuBackend>,
     texts: &[&str],
+    version: u32,
 ) -> (tempfile::TempDir, serde_json::Value) {
     let own = tempfile::tempdir().unwrap();
     spafit::adapter::save_adapter(
@@ -480,7 +481,7 @@ fn saved_as_version_3(
     .unwrap();
     let text = std::fs::read_to_string(own.path().join("adapter.json")).unwrap();
     let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(manifest["version"], 3);
+    assert_eq!(manifest["version"], version);
     let (loaded, _) = spafit::adapter::load_adapter(own.path(), ck, cpu).unwrap();
     same_logits_bitwise(ck, cpu, &opened.model, &loaded, texts);
     (own, manifest)
@@ -576,6 +577,35 @@ fn dora_rows_take_the_files_magnitudes() {
         let e = refused(&a);
         assert!(e.contains(wanted) && e.contains(&first), "{edit}: {e}");
     }
+}
+
+/// A DoRA adapter saved as spafit's own is version 5 (`lora.dora` true), which loads back to
+/// bitwise its logits and which an older spafit (reading 1 to 4) refuses rather than
+/// computing plain LoRA; exported, it declares `use_dora` and imports back to bitwise its
+/// logits.
+#[test]
+fn dora_saves_as_version_5_and_exports_as_use_dora() {
+    let ck = checkpoint();
+    let cpu = CpuBackend::f64();
+    let opened = open_adapter(&wrapped_fixtures().join("dora"), &ck, &cpu).unwrap();
+    let texts = ["a gorgeous, witty movie", "dull"];
+    let (own, mut manifest) = saved_as_version(&ck, &cpu, &opened, &texts, 5);
+    assert_eq!(manifest["lora"]["dora"], true);
+    manifest["version"] = 1.into();
+    std::fs::write(own.path().join("adapter.json"), manifest.to_string()).unwrap();
+    let e = spafit::adapter::load_adapter(own.path(), &ck, &cpu)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`lora.dora` true") && e.contains("4 for DoRA"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = exported_config(dir.path(), &cpu, &opened.model, &opened.plan);
+    assert_eq!(config["use_dora"], true);
+    let (back, _) = import_peft(dir.path(), &ck, &cpu).unwrap();
+    same_logits_bitwise(&ck, &cpu, &opened.model, &back, &texts);
 }
 
 /// A DoRA adapter trains with PEFT's gradients: `dora_gradients.json` (made by

@@ -13,7 +13,7 @@ use spafit::backend::cpu::CpuBackend;
 use spafit::backend::Backend;
 use spafit::checkpoint::{Checkpoint, EncoderFamily, WeightsFile};
 use spafit::model::{BertClassifier, Labels, ModelInput};
-use spafit::nn::DropoutPlan;
+use spafit::nn::{DropoutPlan, Param};
 use spafit::peft::{Boundary, Method, PeftConfig, PeftPlan};
 use spafit::tensor::Shape;
 use spafit::text::EncodedBatch;
@@ -411,6 +411,41 @@ impl FamilyFixture {
                 self.logits_of(&ck, &cpu, &back, inputs),
                 self.logits_of(&ck, &cpu, &model, inputs),
                 "{inputs}"
+            );
+        }
+
+        // DoRA adapters export `use_dora` with a magnitude per adapted map under the
+        // family's own module names, and import back to the same plan and logits.
+        let mut plan = self.lora_plan();
+        if let Some(lora) = plan.lora.as_mut() {
+            lora.dora = true;
+        }
+        let model = super::trained(&ck, &cpu, &plan, self.classes());
+        let dir = tempfile::tempdir().unwrap();
+        let config = self.export(dir.path(), &model, &plan);
+        assert_eq!(config["use_dora"], true);
+        let ours = WeightsFile::open(&dir.path().join("adapter_model.safetensors")).unwrap();
+        let magnitudes: Vec<&Param<CpuBackend>> = model
+            .params()
+            .into_iter()
+            .filter(|p| p.name.ends_with("lora_magnitude_vector"))
+            .collect();
+        assert!(!magnitudes.is_empty());
+        for p in magnitudes {
+            let theirs = format!("base_model.model.{}", self.family.hf_name(&p.name));
+            assert_eq!(
+                ours.read_f64(&theirs, p.value.shape()).unwrap(),
+                cpu.to_f64(&p.value).unwrap(),
+                "{theirs}"
+            );
+        }
+        let reopened = spafit::adapter::open_adapter(dir.path(), &ck, &cpu).unwrap();
+        assert_eq!(reopened.plan.lora, plan.lora);
+        for inputs in ["singles", "pairs"] {
+            assert_eq!(
+                self.logits_of(&ck, &cpu, &reopened.model, inputs),
+                self.logits_of(&ck, &cpu, &model, inputs),
+                "DoRA {inputs}"
             );
         }
     }

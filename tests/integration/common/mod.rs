@@ -273,6 +273,8 @@ pub fn trained<B: Backend>(
     model
         .apply_plan(plan, &mut |_, s| backend.zeros(s))
         .unwrap();
+    // DoRA's magnitudes about their rows' norms, as PEFT starts them.
+    model.initialise_dora_magnitudes(backend).unwrap();
     let mut rng = SplitMix::new(17);
     for p in model.params_mut().into_iter().filter(|p| p.trainable) {
         let base = backend.to_f64(&p.value).unwrap();
