@@ -194,6 +194,18 @@ pub fn scale_columns<B: Backend>(
     Ok((dtype, cols))
 }
 
+/// The operands of [`Backend::column_dots`]: two float tensors of one dtype and one shape
+/// with a last dimension. Returns the dtype and the number of columns.
+pub fn column_dots<B: Backend>(
+    op: &'static str,
+    a: &Tensor<B>,
+    b: &Tensor<B>,
+) -> Result<(DType, usize)> {
+    let dtype = common_float_dtype(op, &[("a", a), ("b", b)])?;
+    require_same_shape(op, ("a", a), ("b", b))?;
+    Ok((dtype, columns(op, "a", a)?))
+}
+
 /// The last dimension of `t`, which must have one.
 pub fn columns<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) -> Result<usize> {
     t.dims().last().copied().ok_or_else(|| {

@@ -6389,11 +6389,8 @@ fn the_thread_count_flag_sets_the_workers_and_changes_no_bit() {
     assert_eq!(dev_loss("1"), dev_loss("3"));
 }
 
-/// `--rslora` scales each adapter by alpha / √r: `--lora-r 9 --lora-alpha 2 --rslora` is the
-/// run `--lora-alpha 6` gives (2 / √9 = 6 / 9), bit for bit, and records and exports that
-/// alpha; a method without adapters, or an adapter's own settings, refuse it.
-#[test]
-fn rslora_is_alpha_over_the_square_root_of_the_rank() {
+/// A GLUE folder with an SST-2 of four training sentences and two dev sentences.
+fn four_reviews_sst2() -> tempfile::TempDir {
     let glue = tempfile::tempdir().unwrap();
     let mut train = String::from("sentence\tlabel\n");
     for (i, text) in ["a joy", "dull", "witty and sharp", "a tedious mess"]
@@ -6408,6 +6405,15 @@ fn rslora_is_alpha_over_the_square_root_of_the_rank() {
         "SST-2/dev.tsv",
         "sentence\tlabel\nwitty\t1\nslow\t0\n",
     );
+    glue
+}
+
+/// `--rslora` scales each adapter by alpha / √r: `--lora-r 9 --lora-alpha 2 --rslora` is the
+/// run `--lora-alpha 6` gives (2 / √9 = 6 / 9), bit for bit, and records and exports that
+/// alpha; a method without adapters, or an adapter's own settings, refuse it.
+#[test]
+fn rslora_is_alpha_over_the_square_root_of_the_rank() {
+    let glue = four_reviews_sst2();
     let (g, m) = (glue.path().display().to_string(), model());
     let out = tempfile::tempdir().unwrap();
     let run = |name: &str, alpha: &[&str]| {
@@ -6501,20 +6507,7 @@ fn rslora_is_alpha_over_the_square_root_of_the_rank() {
 /// the export as DoRA; a method without adapters refuses the flag.
 #[test]
 fn dora_trains_saves_exports_and_continues() {
-    let glue = tempfile::tempdir().unwrap();
-    let mut train = String::from("sentence\tlabel\n");
-    for (i, text) in ["a joy", "dull", "witty and sharp", "a tedious mess"]
-        .iter()
-        .enumerate()
-    {
-        train += &format!("{text}\t{}\n", 1 - i % 2);
-    }
-    write(glue.path(), "SST-2/train.tsv", &train);
-    write(
-        glue.path(),
-        "SST-2/dev.tsv",
-        "sentence\tlabel\nwitty\t1\nslow\t0\n",
-    );
+    let glue = four_reviews_sst2();
     let (g, m) = (glue.path().display().to_string(), model());
     let out = tempfile::tempdir().unwrap();
     let run = out.path().join("run").display().to_string();

@@ -2,7 +2,7 @@ use super::super::{BackwardOp, Tape, Var};
 use super::id_of;
 use crate::backend::{Backend, Dropout};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Shape, Tensor};
 
 // Input slots of the scaling node.
 const Z: usize = 0;
@@ -16,8 +16,8 @@ struct MagnitudeScaleNode<B: Backend> {
     scale: Vec<f64>,
     /// `1 / n[c]`: the magnitude's gradient is `Σ_r dy⊙z / n`.
     inverse_norms: Vec<f64>,
-    /// The magnitude's dtype, for its gradient.
-    magnitude: Tensor<B>,
+    /// The magnitude's shape and dtype, its gradient's.
+    magnitude: (Shape, DType),
     /// Kept only when the magnitude trains.
     z: Option<Tensor<B>>,
 }
@@ -41,8 +41,8 @@ impl<B: Backend> BackwardOp<B> for MagnitudeScaleNode<B> {
                     .zip(&self.inverse_norms)
                     .map(|(d, inv)| d * inv)
                     .collect();
-                let m = &self.magnitude;
-                Some(backend.tensor_from_f64_as(m.shape().clone(), &dm, m.dtype())?)
+                let (shape, dtype) = &self.magnitude;
+                Some(backend.tensor_from_f64_as(shape.clone(), &dm, *dtype)?)
             }
             _ => None,
         };
@@ -129,7 +129,7 @@ impl<B: Backend> Tape<B> {
             Box::new(MagnitudeScaleNode {
                 scale,
                 inverse_norms,
-                magnitude: magnitude.value.clone(),
+                magnitude: (magnitude.value.shape().clone(), magnitude.value.dtype()),
                 z: needs[MAGNITUDE].then(|| z.value.clone()),
             })
         }))

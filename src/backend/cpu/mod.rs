@@ -690,9 +690,7 @@ impl Backend for CpuBackend {
 
     fn column_dots(&self, a: &Tensor<Self>, b: &Tensor<Self>) -> Result<Vec<f64>> {
         const OP: &str = "column dots";
-        let dtype = shapes::common_float_dtype(OP, &[("a", a), ("b", b)])?;
-        shapes::require_same_shape(OP, ("a", a), ("b", b))?;
-        let cols = shapes::columns(OP, "a", a)?;
+        let (dtype, cols) = shapes::column_dots(OP, a, b)?;
         if cols == 0 {
             return Ok(Vec::new());
         }

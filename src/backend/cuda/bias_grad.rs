@@ -164,9 +164,7 @@ pub(super) fn column_dots_of(
     y: &Tensor<CudaBackend>,
 ) -> Result<Vec<f64>> {
     const OP: &str = "column dots";
-    let dtype = shapes::common_float_dtype(OP, &[("a", x), ("b", y)])?;
-    shapes::require_same_shape(OP, ("a", x), ("b", y))?;
-    let cols = shapes::columns(OP, "a", x)?;
+    let (dtype, cols) = shapes::column_dots(OP, x, y)?;
     let rows = x.numel() / cols.max(1);
     with_float!(dtype, OP, T => column_dots::<T>(b, OP, view::<T>(x), view::<T>(y), rows, cols))
 }
