@@ -280,6 +280,51 @@ fn file_tensors(path: &Path) -> Vec<(String, Vec<f64>)> {
     v
 }
 
+/// [`tiny_model`] with DoRA adapters, its frozen weights stored as `backend` stores them and
+/// its magnitudes started as PEFT starts them (as the `*_for_plan` constructors do).
+fn tiny_dora_model<B: Backend>(ck: &Checkpoint, backend: &B) -> (BertClassifier<B>, PeftPlan) {
+    let (mut model, plan) = tiny_model_with(ck, backend, &|p| {
+        if let Some(lora) = p.lora.as_mut() {
+            lora.dora = true;
+        }
+    });
+    model.store_frozen_weights(backend).unwrap();
+    model.initialise_dora_magnitudes(backend).unwrap();
+    (model, plan)
+}
+
+/// A DoRA run started in bf16 resumes in f32, as other runs may: its magnitudes start as the
+/// norms of the base's rows rounded to bf16, which the check of the starting weights leaves
+/// to the base's hash.
+#[test]
+fn a_dora_run_resumes_in_another_precision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tiny_bert::write_checkpoint(&tmp.path().join("ck"));
+    let data = regression_data(40, None);
+    let tok = tokenizer(&ck);
+    let dir = tmp.path().join("run");
+    let bf16 = CpuBackend::bf16();
+    let (mut model, plan) = tiny_dora_model(&ck, &bf16);
+    let first = TrainConfig {
+        stop_after_steps: Some(4),
+        ..tiny_config(&dir)
+    };
+    Trainer::new(&bf16, &mut model, &plan, &ck.weights, first)
+        .fit(&tok, &data, None)
+        .unwrap();
+    let f32_backend = CpuBackend::f32();
+    let (mut model, plan) = tiny_dora_model(&ck, &f32_backend);
+    let rest = TrainConfig {
+        resume: true,
+        ..tiny_config(&dir)
+    };
+    let resumed = Trainer::new(&f32_backend, &mut model, &plan, &ck.weights, rest)
+        .fit(&tok, &data, None)
+        .unwrap();
+    assert_eq!(resumed.steps, 10);
+    assert_notice(&resumed, "resumes on cpu-f32");
+}
+
 #[test]
 fn resume_reproduces_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();

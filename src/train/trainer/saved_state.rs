@@ -289,11 +289,15 @@ impl<B: Backend> Trainer<'_, B> {
 
     /// SHA-256 of the trainable tensors' names and values, tensor by tensor. The values as
     /// f32, what every backend but the f64 reference stores: a run may resume on another
-    /// device or precision, and its draws and files round the same there.
+    /// device or precision, and its draws and files round the same there. DoRA's magnitudes
+    /// are left out: they start as the norms of the base's rows (which the base's hash
+    /// covers), and in bf16 those are the norms of the rows rounded to bf16, so they would
+    /// refuse a resume in another precision that the rest allows.
     pub(super) fn trainable_digest(&self) -> Result<String> {
         use sha2::Digest;
         let mut hash = sha2::Sha256::new();
-        for (name, t) in self.trainable() {
+        let trainable = self.trainable().into_iter();
+        for (name, t) in trainable.filter(|(n, _)| !n.ends_with(".lora_magnitude_vector")) {
             hash.update((name.len() as u64).to_le_bytes());
             hash.update(name.as_bytes());
             for chunk in self.backend.to_f64(&t)?.chunks(4096) {
