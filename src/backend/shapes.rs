@@ -206,6 +206,13 @@ pub fn column_dots<B: Backend>(
     Ok((dtype, columns(op, "a", a)?))
 }
 
+/// The operand of [`Backend::column_sums`]: a float tensor with a last dimension. Returns its
+/// dtype and the number of columns.
+pub fn column_sums<B: Backend>(op: &'static str, a: &Tensor<B>) -> Result<(DType, usize)> {
+    let dtype = common_float_dtype(op, &[("a", a)])?;
+    Ok((dtype, columns(op, "a", a)?))
+}
+
 /// The last dimension of `t`, which must have one.
 pub fn columns<B: Backend>(op: &'static str, name: &str, t: &Tensor<B>) -> Result<usize> {
     t.dims().last().copied().ok_or_else(|| {

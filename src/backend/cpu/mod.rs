@@ -702,8 +702,7 @@ impl Backend for CpuBackend {
 
     fn column_sums(&self, a: &Tensor<Self>) -> Result<Tensor<Self>> {
         const OP: &str = "column sums";
-        let dtype = shapes::common_float_dtype(OP, &[("a", a)])?;
-        let cols = shapes::columns(OP, "a", a)?;
+        let (dtype, cols) = shapes::column_sums(OP, a)?;
         if cols == 0 {
             return self.zeros(Shape::new([0]));
         }

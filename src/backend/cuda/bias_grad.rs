@@ -175,8 +175,7 @@ pub(super) fn column_sums_of(
     x: &Tensor<CudaBackend>,
 ) -> Result<Tensor<CudaBackend>> {
     const OP: &str = "column sums";
-    let dtype = shapes::common_float_dtype(OP, &[("a", x)])?;
-    let cols = shapes::columns(OP, "a", x)?;
+    let (dtype, cols) = shapes::column_sums(OP, x)?;
     let rows = x.numel() / cols.max(1);
     with_float!(dtype, OP, T => tensor([cols], column_sums::<T>(b, OP, view::<T>(x), rows, cols)?))
 }

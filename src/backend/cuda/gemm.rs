@@ -660,6 +660,16 @@ pub(super) fn rounded_dtype(b: &CudaBackend, dtype: DType) -> DType {
     }
 }
 
+/// The dtype an output of `dtype` that only products read is stored in
+/// ([`LinearForwardOptions::output_for_products`]): as the products round it where operands
+/// are rounded ahead of them, else as computed.
+pub(super) fn products_output_dtype(b: &CudaBackend, dtype: DType) -> DType {
+    match b.gemm_precast {
+        true => rounded_dtype(b, dtype),
+        false => dtype,
+    }
+}
+
 /// See [`crate::backend::Backend::rounded_for_products`]: an f32 `x` rounded to bf16 in the
 /// modes whose products round it anyway, when it is large enough for a precast to pay (the
 /// same test as a GEMM's own precast, whose rounding this is).
@@ -705,8 +715,8 @@ pub(super) fn linear_forward(
     if let Some(xr) = x_rounded {
         shapes::rounded_input(OP, x, xr, rounded_dtype(b, dtype))?;
     }
-    let y_dtype = match options.output_for_products && b.gemm_precast {
-        true => rounded_dtype(b, dtype),
+    let y_dtype = match options.output_for_products {
+        true => products_output_dtype(b, dtype),
         false => dtype,
     };
     let LinearDims {

@@ -738,11 +738,10 @@ impl Backend for CudaBackend {
     }
 
     fn stored_for_products(&self, y: Tensor<Self>) -> Result<Tensor<Self>> {
-        // As `gemm::linear_forward` picks its output's dtype for products.
-        let dtype = gemm::rounded_dtype(self, y.dtype());
-        match self.gemm_precast && dtype != y.dtype() {
-            true => self.cast(&y, dtype),
-            false => Ok(y),
+        let dtype = gemm::products_output_dtype(self, y.dtype());
+        match dtype == y.dtype() {
+            true => Ok(y),
+            false => self.cast(&y, dtype),
         }
     }
 
