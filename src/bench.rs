@@ -274,12 +274,14 @@ pub fn bench_train_step_with<B: Backend>(
         let cfg = model.config();
         let (hidden, attention) = (cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob);
         let classifier = cfg.classifier_dropout_or(cfg.hidden_dropout_prob);
+        let pooler_input = cfg.pooler_input_dropout_or(cfg.hidden_dropout_prob);
         let mut sums = None;
         for (index, (input, labels, weight)) in parts.iter().enumerate() {
             let mut tape = Tape::new(backend.clone());
             let seed = micro_batches::dropout_seed(i as u64, index);
             let mut dropouts = DropoutPlan::train(hidden, attention, lora_dropout, seed)
-                .with_classifier(classifier);
+                .with_classifier(classifier)
+                .with_pooler_input(pooler_input);
             let logits = model.forward(&mut tape, input, &mut dropouts)?;
             let loss = model.loss(&mut tape, &logits, labels)?;
             if index == 0 {

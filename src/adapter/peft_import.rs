@@ -475,7 +475,7 @@ fn import<B: Backend>(
     let family_has = [
         (
             ("bert.embeddings.token_type_embeddings", false, false),
-            family.has_token_types(),
+            config.has_token_types(),
         ),
         (
             ("bert.embeddings_project", true, false),
@@ -723,16 +723,18 @@ fn import<B: Backend>(
     ];
     let projection = &projection[..if config.projects_embeddings() { 2 } else { 0 }];
     let segments = ["token_type_embeddings.weight"];
-    let segments = &segments[..usize::from(family.has_token_types())];
+    let segments = &segments[..usize::from(config.has_token_types())];
+    let positions = ["position_embeddings.weight"];
+    let positions = &positions[..usize::from(config.has_position_table())];
     let task_types = ["task_type_embeddings.weight"];
     let task_types = &task_types[..usize::from(config.task_type_rows().is_some())];
     let train_embeddings = [
         "word_embeddings.weight",
-        "position_embeddings.weight",
         "LayerNorm.weight",
         "LayerNorm.bias",
     ]
     .iter()
+    .chain(positions)
     .chain(segments)
     .chain(task_types)
     .map(|n| format!("bert.embeddings.{n}"))

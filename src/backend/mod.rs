@@ -19,7 +19,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod shapes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
 
 /// A backend's storage for one tensor.
@@ -207,6 +207,17 @@ pub struct AttentionOutput<B: Backend> {
     pub lse: Tensor<B>,
 }
 
+/// Gradients from [`Backend::attention_backward_disentangled`].
+#[derive(Debug)]
+pub struct DisentangledGrads<B: Backend> {
+    /// Those of the queries, keys and values.
+    pub attention: AttentionGrads<B>,
+    /// `[rows, hidden]`: that of [`RelativeTerms::key`], where asked and given.
+    pub key_terms: Option<Tensor<B>>,
+    /// `[rows, hidden]`: that of [`RelativeTerms::query`], where asked and given.
+    pub query_terms: Option<Tensor<B>>,
+}
+
 /// Which gradients [`Backend::attention_backward`] must produce.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttentionGradRequest {
@@ -227,6 +238,23 @@ pub struct AttentionGrads<B: Backend> {
     pub dk: Option<Tensor<B>>,
     /// `[batch * seq, hidden]`.
     pub dv: Option<Tensor<B>>,
+}
+
+/// The relative-position operands of DeBERTa's disentangled attention
+/// ([`Backend::attention_forward_disentangled`]): `rows` rows of relative embeddings mapped
+/// by the layer's key and query maps, and which row each (query, key) pair reads.
+#[derive(Debug)]
+pub struct RelativeTerms<'a, B: Backend> {
+    /// `[rows, hidden]`: the relative embeddings under the key map, for the
+    /// content-to-position term (query `i` against the row of its distance to key `j`);
+    /// none without that term.
+    pub key: Option<&'a Tensor<B>>,
+    /// `[rows, hidden]`: the relative embeddings under the query map, for the
+    /// position-to-content term (key `j` against the row of the same distance); none without
+    /// it.
+    pub query: Option<&'a Tensor<B>>,
+    /// `[seq, seq]` `U32`: the row, below `rows`, that query `i` and key `j` read.
+    pub rows: &'a Tensor<B>,
 }
 
 /// The device time of one kernel over a timed stretch ([`Backend::start_kernel_timing`]).
@@ -583,6 +611,62 @@ pub trait Backend: Clone + Send + Sync + 'static {
         want: AttentionGradRequest,
         want_position_bias: bool,
     ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)>;
+
+    /// [`Backend::attention_forward`] with DeBERTa's disentangled terms added to every
+    /// score before the mask and the softmax: head `h`'s score of query `i` for key `j` is
+    /// `scale · (q_i·k_j + q_i·kr_r + k_j·qr_r)` with `r = terms.rows[i][j]`, `kr` and `qr`
+    /// head `h`'s columns of `terms.key` and `terms.query` (each term only where given). A
+    /// backend without these kernels refuses by name.
+    fn attention_forward_disentangled(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        terms: &RelativeTerms<'_, Self>,
+        config: &AttentionConfig,
+    ) -> Result<AttentionOutput<Self>> {
+        let _ = (q, k, v, mask, terms, config);
+        Err(self.refuses_disentangled_attention())
+    }
+
+    /// The requested gradients of [`Backend::attention_forward_disentangled`], and where
+    /// `want_terms` those of `terms.key` and `terms.query` (each `[rows, hidden]`, summed over
+    /// the batch in a fixed order) for the terms given.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_disentangled(
+        &self,
+        d_out: &Tensor<Self>,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
+        lse: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        terms: &RelativeTerms<'_, Self>,
+        config: &AttentionConfig,
+        want: AttentionGradRequest,
+        want_terms: bool,
+    ) -> Result<DisentangledGrads<Self>> {
+        let _ = (d_out, q, k, v, lse, mask, terms, config, want, want_terms);
+        Err(self.refuses_disentangled_attention())
+    }
+
+    /// Why this backend cannot run DeBERTa's disentangled attention.
+    fn refuses_disentangled_attention(&self) -> Error {
+        Error::invalid(
+            "attention",
+            format!(
+                "DeBERTa-v2's disentangled attention has no kernels on {} yet: run DeBERTa \
+                 models with --device cpu",
+                self.name()
+            ),
+        )
+    }
+
+    /// Whether [`Backend::attention_forward_disentangled`] runs here.
+    fn runs_disentangled_attention(&self) -> bool {
+        false
+    }
 
     // ---- elementwise ---------------------------------------------------------------------
 

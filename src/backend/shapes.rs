@@ -548,6 +548,46 @@ pub fn attention_position_bias<B: Backend>(
     )
 }
 
+/// Validates the relative terms of DeBERTa's attention over `d` (see
+/// [`Backend::attention_forward_disentangled`]) and returns their rows: `key` and `query`
+/// `[rows, hidden]` in `q`'s dtype (at least one of them), `rows` `[seq, seq]` `U32`; each
+/// backend checks the row indices it reads.
+pub fn attention_relative_terms<B: Backend>(
+    op: &'static str,
+    q: &Tensor<B>,
+    terms: &crate::backend::RelativeTerms<'_, B>,
+    d: &AttentionDims,
+) -> Result<usize> {
+    let given: Vec<(&str, &Tensor<B>)> = [("key terms", terms.key), ("query terms", terms.query)]
+        .into_iter()
+        .filter_map(|(name, t)| Some((name, t?)))
+        .collect();
+    let Some(&(first_name, first)) = given.first() else {
+        return Err(Error::invalid(
+            op,
+            "disentangled attention without a key or query term: call attention instead",
+        ));
+    };
+    let (rows, hidden) = matrix(op, first_name, first)?;
+    if hidden != d.hidden() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "`{first_name}` has shape {} but must be [rows, {}] (q's width)",
+                first.shape(),
+                d.hidden()
+            ),
+        ));
+    }
+    for &(name, t) in &given {
+        require_dims(op, name, t, &[rows, d.hidden()])?;
+        common_float_dtype(op, &[("q", q), (name, t)])?;
+    }
+    require_u32(op, "rows", terms.rows)?;
+    require_dims(op, "rows", terms.rows, &[d.seq, d.seq])?;
+    Ok(rows)
+}
+
 /// Validates the operands of attention's backward (`v` only where `dq` or `dk` is asked
 /// for) and returns the gradients' dtype (`d_out`'s) and the sizes. `q`, `k`, `v` have that
 /// dtype or `rounded`, that of the backend's copies rounded for the products.

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::deberta::{DebertaKeys, DebertaSettings};
 use super::EncoderFamily;
 use crate::error::{Error, Result};
 
@@ -96,6 +97,10 @@ pub struct BertConfig {
     /// transformers reads it.
     #[serde(default, deserialize_with = "null_as_empty")]
     pub id2label: BTreeMap<String, serde_json::Value>,
+    /// DeBERTa-v2's own keys (`relative_attention`, `pos_att_type`, ...), read for that
+    /// family alone: see [`BertConfig::deberta`].
+    #[serde(flatten)]
+    pub deberta_keys: DebertaKeys,
 }
 
 /// The classes a `config.json` says the checkpoint was saved from (`architectures`:
@@ -216,6 +221,35 @@ fn in_distilbert_terms(message: &str) -> String {
     message.replace("`hidden_act`", "`activation`")
 }
 
+/// DebertaV2Config's defaults (transformers 5.24) where BertConfig's differ.
+const DEBERTA_DEFAULTS: [(&str, f64); 2] = [("type_vocab_size", 0.0), ("layer_norm_eps", 1e-7)];
+
+/// `value` with `defaults` for the keys it lacks.
+fn with_defaults(value: serde_json::Value, defaults: &[(&str, f64)]) -> serde_json::Value {
+    let mut value = value;
+    if let Some(object) = value.as_object_mut() {
+        for &(key, default) in defaults {
+            let default = match default.fract() == 0.0 {
+                true => serde_json::json!(default as u64),
+                false => serde_json::json!(default),
+            };
+            object.entry(key).or_insert(default);
+        }
+    }
+    value
+}
+
+/// DeBERTa-v2's attention in a few words, for [`BertConfig::encoder_difference`].
+fn deberta_attention(c: &BertConfig) -> String {
+    match c.deberta() {
+        None => "none".into(),
+        Some(d) => format!(
+            "terms c2p {} p2c {}, relative {:?}",
+            d.c2p, d.p2c, d.relative
+        ),
+    }
+}
+
 fn default_type_vocab() -> usize {
     2
 }
@@ -305,6 +339,7 @@ impl BertConfig {
             is_decoder: false,
             problem_type: None,
             id2label: BTreeMap::new(),
+            deberta_keys: DebertaKeys::default(),
         })
     }
 
@@ -319,8 +354,61 @@ impl BertConfig {
     pub fn classifier_dropout_or(&self, hidden: f64) -> f64 {
         match self.family() {
             EncoderFamily::Mpnet => hidden,
+            // DebertaV2ForSequenceClassification reads `cls_dropout`, never
+            // `classifier_dropout`.
+            EncoderFamily::DebertaV2 => {
+                self.deberta().and_then(|d| d.cls_dropout).unwrap_or(hidden)
+            }
             _ => self.classifier_dropout.unwrap_or(hidden),
         }
+    }
+
+    /// DeBERTa-v2's settings (`None` for the other families). A config that passed
+    /// validation has usable ones.
+    pub fn deberta(&self) -> Option<DebertaSettings> {
+        (self.family() == EncoderFamily::DebertaV2)
+            .then(|| {
+                self.deberta_keys.settings(
+                    self.hidden_size,
+                    self.num_attention_heads,
+                    self.max_position_embeddings,
+                )
+            })
+            .and_then(|s| s.ok())
+    }
+
+    /// Dropout on the head's input before its dense map (BERT's pooler) when the family
+    /// drops it out there: the classifier's for RoBERTa, ELECTRA and MPNet, DeBERTa-v2's
+    /// `pooler_dropout` (0 when absent).
+    pub fn pooler_input_dropout_or(&self, hidden: f64) -> f64 {
+        match self.deberta() {
+            Some(d) => d.pooler_dropout,
+            None => self.classifier_dropout_or(hidden),
+        }
+    }
+
+    /// The activation after the head's dense map: the family's, DeBERTa-v2's
+    /// `pooler_hidden_act`.
+    pub fn pooler_activation(&self) -> super::PoolerActivation {
+        match self.deberta() {
+            Some(d) => d.pooler_activation,
+            None => self.family().pooler_activation(),
+        }
+    }
+
+    /// Whether the embeddings add a segment (token-type) table: the family's, and for
+    /// DeBERTa-v2 where `type_vocab_size` is not 0 (DeBERTa-v3 has none).
+    pub fn has_token_types(&self) -> bool {
+        match self.family() {
+            EncoderFamily::DebertaV2 => self.type_vocab_size > 0,
+            family => family.has_token_types(),
+        }
+    }
+
+    /// Whether the embeddings add a position table: all families but DeBERTa-v2 without
+    /// `position_biased_input` (DeBERTa-v3's positions are relative alone).
+    pub fn has_position_table(&self) -> bool {
+        self.deberta().is_none_or(|d| d.position_biased_input)
     }
 
     /// The first setting that gives `other`'s encoder other tensors or other computations
@@ -350,6 +438,8 @@ impl BertConfig {
                     rows(c.relative_position_rows()),
                 ),
                 ("task_type_vocab_size", rows(c.task_type_rows())),
+                ("DeBERTa-v2 attention", deberta_attention(c)),
+                ("position_biased_input", c.has_position_table().to_string()),
             ]
         };
         settings(self)
@@ -398,7 +488,8 @@ impl BertConfig {
             | EncoderFamily::Roberta
             | EncoderFamily::DistilBert
             | EncoderFamily::Mpnet
-            | EncoderFamily::Ernie => self.hidden_size,
+            | EncoderFamily::Ernie
+            | EncoderFamily::DebertaV2 => self.hidden_size,
         }
     }
 
@@ -426,7 +517,8 @@ impl BertConfig {
             EncoderFamily::Bert
             | EncoderFamily::Electra
             | EncoderFamily::DistilBert
-            | EncoderFamily::Ernie => 0,
+            | EncoderFamily::Ernie
+            | EncoderFamily::DebertaV2 => 0,
             EncoderFamily::Roberta => self.roberta_padding_position().saturating_add(1),
             EncoderFamily::Mpnet => MPNET_PADDING_ID + 1,
         }
@@ -449,7 +541,8 @@ impl BertConfig {
             EncoderFamily::Bert
             | EncoderFamily::Electra
             | EncoderFamily::DistilBert
-            | EncoderFamily::Ernie => self.pad_token_id.unwrap_or(Some(0)),
+            | EncoderFamily::Ernie
+            | EncoderFamily::DebertaV2 => self.pad_token_id.unwrap_or(Some(0)),
         }
     }
 
@@ -606,6 +699,11 @@ impl BertConfig {
             .and_then(EncoderFamily::of_model_type)
             .unwrap_or(EncoderFamily::Bert);
         let distilbert = family == EncoderFamily::DistilBert;
+        // DebertaV2Config's defaults where they are not BertConfig's.
+        let value = match family {
+            EncoderFamily::DebertaV2 => with_defaults(value, &DEBERTA_DEFAULTS),
+            _ => value,
+        };
         // DistilBERT names its sizes otherwise; messages name its keys.
         if let Some(key) = distilbert.then(|| distilbert_null(&value)).flatten() {
             return Err(format(format!(
@@ -686,12 +784,29 @@ impl BertConfig {
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
         ] {
-            if v == 0 {
+            // DeBERTa-v3's 0 is no segment table at all.
+            let may_be_zero =
+                field == "type_vocab_size" && self.family() == EncoderFamily::DebertaV2;
+            if v == 0 && !may_be_zero {
                 return Err(format!("`{field}` must be positive"));
             }
         }
         if self.embedding_width() == 0 {
             return Err("`embedding_size` must be positive".into());
+        }
+        if self.family() == EncoderFamily::DebertaV2 {
+            self.deberta_keys.settings(
+                self.hidden_size,
+                self.num_attention_heads,
+                self.max_position_embeddings,
+            )?;
+            if let Some(width) = self.embedding_size.filter(|&w| w != self.hidden_size) {
+                return Err(format!(
+                    "`embedding_size` {width} is not `hidden_size` {}: DeBERTa-v2's map from \
+                     narrower embeddings (`embed_proj`) is not run by spafit",
+                    self.hidden_size
+                ));
+            }
         }
         // Row 0 is the one added to every token.
         if self.task_type_rows() == Some(0) {

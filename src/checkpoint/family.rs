@@ -26,6 +26,12 @@
 //! distance in a table the layers share (`mpnet.encoder.relative_attention_bias`,
 //! `bert.encoder.relative_attention_bias` here: see `crate::model::relative_position`).
 //!
+//! DeBERTa-v2 (and -v3) is BERT's post-LN layer under the prefix `deberta` with the
+//! attention's maps named `query_proj`, `key_proj`, `value_proj`, a context pooler at the top
+//! level (`pooler.dense`, GELU by default, `pooler_dropout` before it), segment and position
+//! tables only where its config keeps them, and disentangled attention: see `super::deberta`
+//! (`deberta.encoder.rel_embeddings` and `deberta.encoder.LayerNorm` are `bert.encoder.…` here).
+//!
 //! ERNIE is BERT under the prefix `ernie`, with one addition where its config sets
 //! `use_task_id` (ERNIE 3.0's checkpoints do): a task-type table
 //! (`ernie.embeddings.task_type_embeddings`) whose row 0 — transformers' task id when none is
@@ -47,7 +53,16 @@ pub enum EncoderFamily {
     Mpnet,
     /// `ernie` (ERNIE 1.0 to 3.0 as transformers runs them).
     Ernie,
+    /// `deberta-v2` (DeBERTa-v2 and -v3).
+    DebertaV2,
 }
+
+/// DeBERTa-v2's names of the modules of a layer, beside BERT's (relative to the layer).
+const DEBERTA_LAYER_MODULES: [(&str, &str); 3] = [
+    ("attention.self.query", "attention.self.query_proj"),
+    ("attention.self.key", "attention.self.key_proj"),
+    ("attention.self.value", "attention.self.value_proj"),
+];
 
 /// MPNet's names of the modules of a layer, beside BERT's (relative to the layer).
 const MPNET_LAYER_MODULES: [(&str, &str); 5] = [
@@ -84,18 +99,19 @@ pub enum PoolerActivation {
 
 /// The families spafit runs, by name and `model_type`, for messages.
 pub const FAMILIES_RUN: &str = "BERT (`bert`), RoBERTa (`roberta`, `xlm-roberta`, \
-     `camembert`), ELECTRA (`electra`), DistilBERT (`distilbert`), MPNet (`mpnet`) and ERNIE \
-     (`ernie`)";
+     `camembert`), ELECTRA (`electra`), DistilBERT (`distilbert`), MPNet (`mpnet`), ERNIE \
+     (`ernie`) and DeBERTa-v2/v3 (`deberta-v2`)";
 
 impl EncoderFamily {
     /// Every family.
-    pub const ALL: [EncoderFamily; 6] = [
+    pub const ALL: [EncoderFamily; 7] = [
         EncoderFamily::Bert,
         EncoderFamily::Roberta,
         EncoderFamily::Electra,
         EncoderFamily::DistilBert,
         EncoderFamily::Mpnet,
         EncoderFamily::Ernie,
+        EncoderFamily::DebertaV2,
     ];
 
     /// The family of a `model_type`, `None` for one spafit does not run.
@@ -107,6 +123,7 @@ impl EncoderFamily {
             "distilbert" => Some(EncoderFamily::DistilBert),
             "mpnet" => Some(EncoderFamily::Mpnet),
             "ernie" => Some(EncoderFamily::Ernie),
+            "deberta-v2" => Some(EncoderFamily::DebertaV2),
             _ => None,
         }
     }
@@ -128,6 +145,8 @@ impl EncoderFamily {
             Some(EncoderFamily::Mpnet)
         } else if class.starts_with("ErnieFor") || class == "ErnieModel" {
             Some(EncoderFamily::Ernie)
+        } else if class.starts_with("DebertaV2") {
+            Some(EncoderFamily::DebertaV2)
         } else {
             None
         }
@@ -144,6 +163,7 @@ impl EncoderFamily {
             (EncoderFamily::DistilBert, _) => "DistilBertForSequenceClassification",
             (EncoderFamily::Mpnet, _) => "MPNetForSequenceClassification",
             (EncoderFamily::Ernie, _) => "ErnieForSequenceClassification",
+            (EncoderFamily::DebertaV2, _) => "DebertaV2ForSequenceClassification",
         }
     }
 
@@ -156,6 +176,7 @@ impl EncoderFamily {
             EncoderFamily::DistilBert => "DistilBERT",
             EncoderFamily::Mpnet => "MPNet",
             EncoderFamily::Ernie => "ERNIE",
+            EncoderFamily::DebertaV2 => "DeBERTa-v2",
         }
     }
 
@@ -168,6 +189,7 @@ impl EncoderFamily {
             EncoderFamily::DistilBert => "distilbert",
             EncoderFamily::Mpnet => "mpnet",
             EncoderFamily::Ernie => "ernie",
+            EncoderFamily::DebertaV2 => "deberta",
         }
     }
 
@@ -181,40 +203,52 @@ impl EncoderFamily {
             | EncoderFamily::Ernie => &["embeddings", "encoder", "pooler"],
             EncoderFamily::Electra => &["embeddings", "embeddings_project", "encoder"],
             EncoderFamily::DistilBert => &["embeddings", "transformer"],
+            EncoderFamily::DebertaV2 => &["embeddings", "encoder"],
         }
     }
 
     /// Whether the head's dense map (BERT's pooler) belongs to the classification head, so
     /// that it trains whenever the head does (RoBERTa's and ELECTRA's `classifier.dense`,
     /// DistilBERT's `pre_classifier`; PEFT saves it with `classifier`, whose name
-    /// `pre_classifier` ends with). BERT's and ERNIE's pooler is the encoder's.
+    /// `pre_classifier` ends with). BERT's and ERNIE's pooler is the encoder's, and so is
+    /// DeBERTa-v2's context pooler here (`pooler.dense`: PEFT's sequence-classification
+    /// task saves `classifier` alone, and a base without one draws it fresh).
     pub fn pooler_is_head(self) -> bool {
-        !matches!(self, EncoderFamily::Bert | EncoderFamily::Ernie)
-    }
-
-    /// Whether the head drops out its input before the dense map (RoBERTa's, ELECTRA's and
-    /// MPNet's heads do; BERT's pooler and DistilBERT's `pre_classifier` do not).
-    pub fn dropout_before_pooler(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet
+            EncoderFamily::Bert | EncoderFamily::Ernie | EncoderFamily::DebertaV2
         )
     }
 
-    /// The activation after the head's dense map (BERT's pooler).
+    /// Whether the head drops out its input before the dense map (RoBERTa's, ELECTRA's and
+    /// MPNet's heads do, with the classifier's dropout, and DeBERTa-v2's context pooler with
+    /// `pooler_dropout`; BERT's pooler and DistilBERT's `pre_classifier` do not).
+    pub fn dropout_before_pooler(self) -> bool {
+        matches!(
+            self,
+            EncoderFamily::Roberta
+                | EncoderFamily::Electra
+                | EncoderFamily::Mpnet
+                | EncoderFamily::DebertaV2
+        )
+    }
+
+    /// The activation after the head's dense map (BERT's pooler); DeBERTa-v2's default
+    /// (its config may name another: [`crate::checkpoint::BertConfig::pooler_activation`]).
     pub fn pooler_activation(self) -> PoolerActivation {
         match self {
             EncoderFamily::Bert
             | EncoderFamily::Roberta
             | EncoderFamily::Mpnet
             | EncoderFamily::Ernie => PoolerActivation::Tanh,
-            EncoderFamily::Electra => PoolerActivation::Gelu,
+            EncoderFamily::Electra | EncoderFamily::DebertaV2 => PoolerActivation::Gelu,
             EncoderFamily::DistilBert => PoolerActivation::Relu,
         }
     }
 
-    /// Whether the embeddings add a segment (token-type) table: all but DistilBERT's and
-    /// MPNet's.
+    /// Whether the embeddings may add a segment (token-type) table: all but DistilBERT's and
+    /// MPNet's (DeBERTa-v2's where `type_vocab_size` is not 0:
+    /// [`crate::checkpoint::BertConfig::has_token_types`]).
     pub fn has_token_types(self) -> bool {
         !matches!(self, EncoderFamily::DistilBert | EncoderFamily::Mpnet)
     }
@@ -253,6 +287,18 @@ impl EncoderFamily {
             EncoderFamily::Bert => return name.to_string(),
             EncoderFamily::Ernie => return renamed_base(name, "bert", "ernie"),
             EncoderFamily::DistilBert => return rename(name, &BERT_NAMING, &DISTILBERT_NAMING),
+            EncoderFamily::DebertaV2 => {
+                if let Some(rest) = under(name, "bert.pooler") {
+                    return format!("pooler{rest}");
+                }
+                let renamed = renamed_base(name, "bert", "deberta");
+                return rename_layer_module(
+                    &renamed,
+                    "deberta.encoder.layer.",
+                    &DEBERTA_LAYER_MODULES,
+                    (0, 1),
+                );
+            }
             EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {}
         }
         if let Some(rest) = under(name, "bert.pooler.dense") {
@@ -262,9 +308,12 @@ impl EncoderFamily {
             return format!("classifier.out_proj{rest}");
         }
         match under(name, "bert") {
-            Some(rest) if self == EncoderFamily::Mpnet => {
-                rename_layer_module(&format!("mpnet{rest}"), "mpnet.encoder.layer.", 0, 1)
-            }
+            Some(rest) if self == EncoderFamily::Mpnet => rename_layer_module(
+                &format!("mpnet{rest}"),
+                "mpnet.encoder.layer.",
+                &MPNET_LAYER_MODULES,
+                (0, 1),
+            ),
             Some(rest) => format!("{}{rest}", self.prefix()),
             None => name.to_string(),
         }
@@ -277,6 +326,18 @@ impl EncoderFamily {
             EncoderFamily::Bert => return name.to_string(),
             EncoderFamily::Ernie => return renamed_base(name, "ernie", "bert"),
             EncoderFamily::DistilBert => return rename(name, &DISTILBERT_NAMING, &BERT_NAMING),
+            EncoderFamily::DebertaV2 => {
+                if let Some(rest) = under(name, "pooler") {
+                    return format!("bert.pooler{rest}");
+                }
+                let ours = rename_layer_module(
+                    name,
+                    "deberta.encoder.layer.",
+                    &DEBERTA_LAYER_MODULES,
+                    (1, 0),
+                );
+                return renamed_base(&ours, "deberta", "bert");
+            }
             EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {}
         }
         if let Some(rest) = under(name, "classifier.dense") {
@@ -287,7 +348,8 @@ impl EncoderFamily {
         }
         match under(name, self.prefix()) {
             Some(_) if self == EncoderFamily::Mpnet => {
-                let ours = rename_layer_module(name, "mpnet.encoder.layer.", 1, 0);
+                let ours =
+                    rename_layer_module(name, "mpnet.encoder.layer.", &MPNET_LAYER_MODULES, (1, 0));
                 format!("bert{}", &ours["mpnet".len()..])
             }
             Some(rest) => format!("bert{rest}"),
@@ -355,15 +417,21 @@ fn rename(name: &str, from: &Naming, to: &Naming) -> String {
 }
 
 /// `name` with the module of a layer under `layers` (`mpnet.encoder.layer.`) named by side
-/// `to` of [`MPNET_LAYER_MODULES`] where side `from` names it; other names as they are.
-fn rename_layer_module(name: &str, layers: &str, from: usize, to: usize) -> String {
+/// `to` of `modules` ([`MPNET_LAYER_MODULES`], ...) where side `from` names it; other names
+/// as they are.
+fn rename_layer_module(
+    name: &str,
+    layers: &str,
+    modules: &[(&str, &str)],
+    (from, to): (usize, usize),
+) -> String {
     let Some((index, module)) = name
         .strip_prefix(layers)
         .and_then(|rest| rest.split_once('.'))
     else {
         return name.to_string();
     };
-    MPNET_LAYER_MODULES
+    modules
         .iter()
         .find_map(|pair| {
             let names = [pair.0, pair.1];

@@ -1,11 +1,13 @@
 //! Hugging Face BERT checkpoints: `config.json`, `model.safetensors`, `tokenizer.json`.
 
 mod config;
+mod deberta;
 mod family;
 mod location;
 mod weights;
 
 pub use config::BertConfig;
+pub use deberta::{DebertaKeys, DebertaSettings, RelativePositions};
 pub use family::{EncoderFamily, PoolerActivation};
 pub use location::{hub_cache_roots, resolve, resolve_with_caches};
 pub use weights::{WeightsFile, NON_FINITE_WEIGHTS};
@@ -217,15 +219,20 @@ impl Checkpoint {
         } else if !path.exists() {
             // XLM-R and CamemBERT checkpoints ship tokenizer.json beside the SentencePiece model they were
             // converted from; the model alone would need SentencePiece's own reader.
-            let spm = ["sentencepiece.bpe.model", "spiece.model", "tokenizer.model"]
-                .into_iter()
-                .find(|f| self.dir.join(f).is_file())
-                .map_or(String::new(), |f| {
-                    format!(
-                        "; {f} is a SentencePiece model, which spafit reads only as converted \
+            let spm = [
+                "sentencepiece.bpe.model",
+                "spiece.model",
+                "tokenizer.model",
+                "spm.model",
+            ]
+            .into_iter()
+            .find(|f| self.dir.join(f).is_file())
+            .map_or(String::new(), |f| {
+                format!(
+                    "; {f} is a SentencePiece model, which spafit reads only as converted \
                          to tokenizer.json (transformers' save_pretrained writes one)"
-                    )
-                });
+                )
+            });
             return Err(Error::Io {
                 path,
                 error: std::io::Error::new(
@@ -244,6 +251,7 @@ impl Checkpoint {
                 (EncoderFamily::Roberta, Some("camembert")) => Some("CamembertTokenizer"),
                 (EncoderFamily::Roberta, _) => Some("RobertaTokenizer"),
                 (EncoderFamily::Mpnet, _) => Some("MPNetTokenizer"),
+                (EncoderFamily::DebertaV2, _) => Some("DebertaV2Tokenizer"),
                 // transformers maps electra, distilbert and ernie to BertTokenizer itself (so
                 // a DistilBERT folder naming no class gets segment ids, which it never reads).
                 (
@@ -309,7 +317,7 @@ impl Checkpoint {
         // sentences; only pairs need the second.
         // DistilBERT reads no segments at all.
         let types = probe.iter().flat_map(|e| &e.type_ids).copied();
-        let read = self.config.family().has_token_types();
+        let read = self.config.has_token_types();
         if let Some(t) = types
             .into_iter()
             .find(|&t| read && t as usize >= self.config.type_vocab_size)

@@ -501,7 +501,9 @@ impl WeightsFile {
                 // RoBERTa's sequence classifiers never read the pooler its files may
                 // hold (and transformers drops it when it saves one again).
                 let parts: &[&str] = match self.family {
-                    EncoderFamily::Bert | EncoderFamily::Ernie => {
+                    // DeBERTa-v2's context pooler sits outside the base's prefix
+                    // (`pooler.dense`), but is the encoder's as BERT's is.
+                    EncoderFamily::Bert | EncoderFamily::Ernie | EncoderFamily::DebertaV2 => {
                         &["embeddings.", "encoder.", "pooler."]
                     }
                     EncoderFamily::Roberta | EncoderFamily::Mpnet => &["embeddings.", "encoder."],

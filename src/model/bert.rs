@@ -2,10 +2,10 @@ use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
 use crate::checkpoint::{BertConfig, PoolerActivation};
 use crate::error::{Error, Result};
-use crate::nn::{DropoutPlan, EncoderLayer, EncoderLayerConfig, Linear, Param};
+use crate::nn::{DropoutPlan, EncoderLayer, EncoderLayerConfig, Linear, Param, ScoreBias};
 use crate::tensor::{Shape, Tensor};
 
-use super::{BertEmbeddings, ModelInput};
+use super::{BertEmbeddings, ModelInput, RelativeEmbeddings};
 
 /// Outputs of [`BertModel::forward`].
 #[derive(Debug)]
@@ -35,6 +35,10 @@ pub struct BertModel<B: Backend> {
     /// (`bert.encoder.relative_attention_bias.weight`), shared by every layer; it trains
     /// under full fine-tuning only.
     pub relative_position: Option<Param<B>>,
+    /// DeBERTa-v2's relative embeddings (`bert.encoder.rel_embeddings`, with their
+    /// LayerNorm), shared by every layer's disentangled attention; they train under full
+    /// fine-tuning only.
+    pub relative_embeddings: Option<RelativeEmbeddings<B>>,
 }
 
 impl<B: Backend> BertModel<B> {
@@ -64,6 +68,7 @@ impl<B: Backend> BertModel<B> {
             layer_norm_eps: config.layer_norm_eps,
             dropout_after_attention_output: config.family().dropout_after_attention_output(),
             activation: config.feed_forward_activation(),
+            attention_scale: config.deberta().map(|d| d.score_scale(config.head_dim())),
         };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -84,6 +89,7 @@ impl<B: Backend> BertModel<B> {
             }
             None => None,
         };
+        let relative_embeddings = RelativeEmbeddings::load(config, tensor)?;
         let h = config.hidden_size;
         let pooler = Linear::new(
             "bert.pooler.dense",
@@ -96,6 +102,7 @@ impl<B: Backend> BertModel<B> {
             layers,
             pooler,
             relative_position,
+            relative_embeddings,
         })
     }
 
@@ -190,13 +197,27 @@ impl<B: Backend> BertModel<B> {
             Some(table) => Some(super::position_bias(tape, table, input.seq)?),
             None => None,
         };
+        let band = match &self.relative_embeddings {
+            Some(relative) => Some(relative.band(tape, input.seq)?),
+            None => None,
+        };
+        let terms = self.config.deberta();
+        let bias = match (&position_bias, &band, terms) {
+            (Some(bias), _, _) => ScoreBias::Position(bias),
+            (None, Some(band), Some(terms)) => ScoreBias::Disentangled {
+                embeddings: &band.embeddings,
+                rows: &band.rows,
+                c2p: terms.c2p,
+                p2c: terms.p2c,
+            },
+            _ => ScoreBias::None,
+        };
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             tape.set_scope(&format!("layer.{i}"));
             let rows = last_layer_rows.filter(|_| i == last);
             let mask = &input.attention_mask;
-            hidden =
-                layer.forward_rows(tape, &hidden, mask, position_bias.as_ref(), dropouts, rows)?;
+            hidden = layer.forward_rows(tape, &hidden, mask, bias, dropouts, rows)?;
         }
         Ok(hidden)
     }
@@ -212,12 +233,12 @@ impl<B: Backend> BertModel<B> {
     ) -> Result<Var<B>> {
         let family = self.config.family();
         let pooled = if family.dropout_before_pooler() {
-            let dropped = tape.dropout(first, dropouts.next_classifier())?;
+            let dropped = tape.dropout(first, dropouts.next_pooler_input())?;
             self.pooler.forward(tape, &dropped, dropouts)?
         } else {
             self.pooler.forward(tape, first, dropouts)?
         };
-        match family.pooler_activation() {
+        match self.config.pooler_activation() {
             PoolerActivation::Tanh => tape.tanh(&pooled),
             PoolerActivation::Gelu => tape.gelu(&pooled),
             PoolerActivation::Relu => tape.relu(&pooled),
@@ -231,6 +252,11 @@ impl<B: Backend> BertModel<B> {
             v.extend(layer.params());
         }
         v.extend(&self.relative_position);
+        v.extend(
+            self.relative_embeddings
+                .iter()
+                .flat_map(RelativeEmbeddings::params),
+        );
         v.extend(self.pooler.params());
         v
     }
@@ -242,6 +268,11 @@ impl<B: Backend> BertModel<B> {
             v.extend(layer.params_mut());
         }
         v.extend(&mut self.relative_position);
+        v.extend(
+            self.relative_embeddings
+                .iter_mut()
+                .flat_map(RelativeEmbeddings::params_mut),
+        );
         v.extend(self.pooler.params_mut());
         v
     }

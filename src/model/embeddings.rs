@@ -15,8 +15,9 @@ pub struct BertEmbeddings<B: Backend> {
     /// `[vocab, width]` (width: [`BertConfig::embedding_width`], the hidden size but in
     /// ELECTRA).
     pub word: Param<B>,
-    /// `[max_positions, width]`.
-    pub position: Param<B>,
+    /// `[max_positions, width]`; none in DeBERTa-v2 without `position_biased_input`
+    /// (DeBERTa-v3), whose positions are relative alone.
+    pub position: Option<Param<B>>,
     /// `[type_vocab, width]`; none in DistilBERT, which reads no segments.
     pub token_type: Option<Param<B>>,
     /// ERNIE's `[task_type_vocab, width]` task-type table where its config sets
@@ -69,11 +70,14 @@ impl<B: Backend> BertEmbeddings<B> {
             ))
         };
         let word = param("word_embeddings.weight", [c.vocab_size, width])?;
-        let position = param(
-            "position_embeddings.weight",
-            [c.max_position_embeddings, width],
-        )?;
-        let token_type = match c.family().has_token_types() {
+        let position = match c.has_position_table() {
+            true => Some(param(
+                "position_embeddings.weight",
+                [c.max_position_embeddings, width],
+            )?),
+            false => None,
+        };
+        let token_type = match c.has_token_types() {
             true => Some(param(
                 "token_type_embeddings.weight",
                 [c.type_vocab_size, width],
@@ -119,15 +123,18 @@ impl<B: Backend> BertEmbeddings<B> {
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
         let word = self.word.var(tape);
-        let position = self.position.var(tape);
 
         // transformers' `padding_idx`: the padding token's row, and RoBERTa's padding
         // position, never train.
         let pad = self.padding_id;
-        let w = tape.embedding_with_padding(&word, &input.input_ids, pad)?;
-        let padding_position = (self.first_position > 0).then(|| self.first_position - 1);
-        let p = tape.embedding_with_padding(&position, &input.position_ids, padding_position)?;
-        let mut sum = tape.add(&w, &p)?;
+        let mut sum = tape.embedding_with_padding(&word, &input.input_ids, pad)?;
+        if let Some(position) = &self.position {
+            let position = position.var(tape);
+            let padding_position = (self.first_position > 0).then(|| self.first_position - 1);
+            let p =
+                tape.embedding_with_padding(&position, &input.position_ids, padding_position)?;
+            sum = tape.add(&sum, &p)?;
+        }
         if let Some(token_type) = &self.token_type {
             let table = token_type.var(tape);
             let t = tape.embedding(&table, &input.token_type_ids)?;
@@ -152,7 +159,8 @@ impl<B: Backend> BertEmbeddings<B> {
 
     /// Every parameter.
     pub fn params(&self) -> Vec<&Param<B>> {
-        let mut v = vec![&self.word, &self.position];
+        let mut v = vec![&self.word];
+        v.extend(&self.position);
         v.extend(&self.token_type);
         v.extend(&self.task_type);
         v.extend([&self.norm.weight, &self.norm.bias]);
@@ -162,7 +170,8 @@ impl<B: Backend> BertEmbeddings<B> {
 
     /// Every parameter, mutably.
     pub fn params_mut(&mut self) -> Vec<&mut Param<B>> {
-        let mut v = vec![&mut self.word, &mut self.position];
+        let mut v = vec![&mut self.word];
+        v.extend(&mut self.position);
         v.extend(&mut self.token_type);
         v.extend(&mut self.task_type);
         v.extend([&mut self.norm.weight, &mut self.norm.bias]);

@@ -82,7 +82,7 @@ impl<B: Backend> ModelInput<B> {
             .token_type_ids
             .iter()
             .position(|&t| t as usize >= rows)
-            .filter(|_| config.family().has_token_types())
+            .filter(|_| config.has_token_types())
         {
             return Err(Error::invalid(
                 "input",

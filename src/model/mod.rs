@@ -2,6 +2,7 @@
 
 mod bert;
 mod class_alignment;
+mod disentangled_position;
 mod embeddings;
 mod input;
 mod memory;
@@ -10,6 +11,9 @@ mod sequence_classifier;
 
 pub use bert::{BertModel, BertOutput};
 pub use class_alignment::ClassAlignment;
+pub use disentangled_position::{
+    log_bucket, relative_band, relative_row, RelativeBand, RelativeEmbeddings,
+};
 pub use embeddings::BertEmbeddings;
 pub use input::ModelInput;
 pub(crate) use memory::{available_host_memory, proc_kib};

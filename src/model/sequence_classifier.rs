@@ -704,13 +704,18 @@ impl<B: Backend> BertClassifier<B> {
         if self.fresh_pooler && !plan.train_pooler {
             let family = self.config().family();
             let why = match family {
-                EncoderFamily::Bert | EncoderFamily::Ernie => &*format!(
-                    "the checkpoint has no pooler (`{}.pooler.dense`; saved without one, e.g. \
-                     `BertModel(add_pooling_layer=False)`), so the classifier's pooler starts \
-                     random and must train, and this plan does not train it: when training, \
-                     add --train-pooler (the pooler is then saved with the adapter); an \
-                     adapter to load must hold a pooler",
-                    family.prefix()
+                EncoderFamily::Bert | EncoderFamily::Ernie | EncoderFamily::DebertaV2 => &*format!(
+                    "the checkpoint has no pooler (`{}`; saved without one, e.g. {}), so the \
+                     classifier's pooler starts random and must train, and this plan does not \
+                     train it: when training, add --train-pooler (the pooler is then saved \
+                     with the adapter); an adapter to load must hold a pooler",
+                    family.hf_name("bert.pooler.dense"),
+                    match family {
+                        EncoderFamily::DebertaV2 =>
+                            "a bare `DebertaV2Model`, as DeBERTa-v3's \
+                                                     published checkpoints are",
+                        _ => "`BertModel(add_pooling_layer=False)`",
+                    }
                 ),
                 EncoderFamily::Roberta | EncoderFamily::Electra | EncoderFamily::Mpnet => {
                     "the checkpoint has no classification head (`classifier.dense`), so the \
@@ -762,8 +767,17 @@ impl<B: Backend> BertClassifier<B> {
         }
         // Part of the encoder, not of any layer or stratum: full fine-tuning trains it, as
         // transformers does; the parameter-efficient methods keep it.
+        let full = plan.method == crate::peft::Method::Full;
         if let Some(table) = &mut self.bert.relative_position {
-            table.trainable = plan.method == crate::peft::Method::Full;
+            table.trainable = full;
+        }
+        for p in self
+            .bert
+            .relative_embeddings
+            .iter_mut()
+            .flat_map(|r| r.params_mut())
+        {
+            p.trainable = full;
         }
         for p in self.bert.pooler.params_mut() {
             p.trainable = plan.train_pooler;

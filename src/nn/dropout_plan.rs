@@ -16,6 +16,10 @@ pub struct DropoutPlan {
     /// On the pooled output before the classifier (BERT's `classifier_dropout`, which
     /// defaults to `hidden_dropout_prob`).
     pub classifier: f64,
+    /// On the head's input before its dense map, where the family drops it out there
+    /// ([`crate::checkpoint::BertConfig::pooler_input_dropout_or`]): the classifier's unless
+    /// set apart (DeBERTa-v2's `pooler_dropout`).
+    pub pooler_input: Option<f64>,
     seed: u64,
     calls: u64,
 }
@@ -34,6 +38,7 @@ impl DropoutPlan {
             attention,
             lora,
             classifier: hidden,
+            pooler_input: None,
             seed,
             calls: 0,
         }
@@ -43,6 +48,14 @@ impl DropoutPlan {
     pub fn with_classifier(self, p: f64) -> Self {
         DropoutPlan {
             classifier: p,
+            ..self
+        }
+    }
+
+    /// The same plan with `p` on the head's input before its dense map.
+    pub fn with_pooler_input(self, p: f64) -> Self {
+        DropoutPlan {
+            pooler_input: Some(p),
             ..self
         }
     }
@@ -71,6 +84,11 @@ impl DropoutPlan {
     /// The classifier's dropout on the pooled output.
     pub fn next_classifier(&mut self) -> Option<Dropout> {
         self.draw(self.classifier)
+    }
+
+    /// The dropout on the head's input before its dense map.
+    pub fn next_pooler_input(&mut self) -> Option<Dropout> {
+        self.draw(self.pooler_input.unwrap_or(self.classifier))
     }
 
     /// The next LoRA-input dropout.

@@ -20,7 +20,41 @@ pub struct EncoderLayerConfig {
     pub dropout_after_attention_output: bool,
     /// The feed-forward's activation (`hidden_act`, DistilBERT's `activation`).
     pub activation: FeedForwardActivation,
+    /// The factor on the attention scores where it is not `1/√head_dim` (DeBERTa-v2's
+    /// `1/√(head_dim · terms)`).
+    pub attention_scale: Option<f64>,
 }
+
+/// What a layer's attention adds to its scores.
+#[derive(Debug)]
+pub enum ScoreBias<'a, B: Backend> {
+    /// Nothing: BERT's attention.
+    None,
+    /// MPNet's relative position bias `[2·seq − 1, heads]` ([`crate::model::position_bias`]).
+    Position(&'a Var<B>),
+    /// DeBERTa-v2's relative embeddings `[rows, hidden]` and the row each (query, key) pair
+    /// reads (`[seq, seq]`): the content-to-position term maps them with the layer's key
+    /// map, the position-to-content term with its query map.
+    Disentangled {
+        /// The band of relative embeddings the batch reads.
+        embeddings: &'a Var<B>,
+        /// `[seq, seq]` `U32`.
+        rows: &'a Tensor<B>,
+        /// Whether the content-to-position term is added.
+        c2p: bool,
+        /// Whether the position-to-content term is added.
+        p2c: bool,
+    },
+}
+
+// Written out: a derive would ask the backend itself to be `Copy`.
+impl<B: Backend> Clone for ScoreBias<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend> Copy for ScoreBias<'_, B> {}
 
 /// The activation between a layer's two feed-forward maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -256,7 +290,7 @@ impl<B: Backend> EncoderLayer<B> {
         mask: &Tensor<B>,
         dropouts: &mut DropoutPlan,
     ) -> Result<Var<B>> {
-        self.forward_rows(tape, x, mask, None, dropouts, None)
+        self.forward_rows(tape, x, mask, ScoreBias::None, dropouts, None)
     }
 
     /// The layer's output at rows `rows` of `x` only (`[rows.len(), hidden]`). Every token
@@ -273,18 +307,18 @@ impl<B: Backend> EncoderLayer<B> {
         dropouts: &mut DropoutPlan,
         rows: &Tensor<B>,
     ) -> Result<Var<B>> {
-        self.forward_rows(tape, x, mask, None, dropouts, Some(rows))
+        self.forward_rows(tape, x, mask, ScoreBias::None, dropouts, Some(rows))
     }
 
     /// [`EncoderLayer::forward`], or [`EncoderLayer::forward_at_rows`] where `rows` are given,
-    /// with MPNet's relative position bias `[2·seq − 1, heads]` added to the attention scores
-    /// where one is given ([`crate::model::position_bias`]).
+    /// with `bias` added to the attention scores (MPNet's relative position bias,
+    /// DeBERTa-v2's disentangled terms).
     pub fn forward_rows(
         &self,
         tape: &mut Tape<B>,
         x: &Var<B>,
         mask: &Tensor<B>,
-        position_bias: Option<&Var<B>>,
+        bias: ScoreBias<'_, B>,
         dropouts: &mut DropoutPlan,
         rows: Option<&Tensor<B>>,
     ) -> Result<Var<B>> {
@@ -302,14 +336,52 @@ impl<B: Backend> EncoderLayer<B> {
                     "the layer's config has 0 heads (`config.heads`)",
                 )
             })?;
+        let scale = self
+            .config
+            .attention_scale
+            .unwrap_or(1.0 / (head_dim as f64).sqrt());
+        // transformers maps the relative embeddings (dropped out in each layer, with the
+        // hidden states' rate) after the tokens and before the attention's dropout.
+        let relative = match bias {
+            ScoreBias::Disentangled {
+                embeddings,
+                c2p,
+                p2c,
+                ..
+            } => {
+                let dropped = tape.dropout(embeddings, dropouts.next_hidden())?;
+                let key = match c2p {
+                    true => Some(self.key.forward_for_products(tape, &dropped, dropouts)?),
+                    false => None,
+                };
+                let query = match p2c {
+                    true => Some(self.query.forward_for_products(tape, &dropped, dropouts)?),
+                    false => None,
+                };
+                (key, query)
+            }
+            _ => (None, None),
+        };
         let attention = AttentionConfig {
             heads: self.config.heads,
-            scale: 1.0 / (head_dim as f64).sqrt(),
+            scale,
             dropout: dropouts.next_attention(),
         };
-        let context = match position_bias {
-            Some(bias) => tape.attention_with_position_bias(&q, &k, &v, mask, bias, attention)?,
-            None => tape.attention(&q, &k, &v, mask, attention)?,
+        let context = match bias {
+            ScoreBias::None => tape.attention(&q, &k, &v, mask, attention)?,
+            ScoreBias::Position(bias) => {
+                tape.attention_with_position_bias(&q, &k, &v, mask, bias, attention)?
+            }
+            ScoreBias::Disentangled { rows: pairs, .. } => tape.attention_disentangled(
+                &q,
+                &k,
+                &v,
+                mask,
+                relative.0.as_ref(),
+                relative.1.as_ref(),
+                pairs,
+                attention,
+            )?,
         };
         let (context, x) = match rows {
             Some(rows) => (tape.embedding(&context, rows)?, tape.embedding(x, rows)?),

@@ -12,7 +12,7 @@ mod stratum;
 
 pub use dora::DoraMagnitude;
 pub use dropout_plan::DropoutPlan;
-pub use encoder_layer::{EncoderLayer, EncoderLayerConfig, FeedForwardActivation};
+pub use encoder_layer::{EncoderLayer, EncoderLayerConfig, FeedForwardActivation, ScoreBias};
 pub use layer_norm::LayerNorm;
 pub use linear::{Linear, LoraAdapter};
 pub use param::{trainable_names, Param};

@@ -1,6 +1,7 @@
 //! Text to model inputs.
 
 mod added_tokens;
+mod deberta_tokenizer;
 mod long_text;
 mod long_words;
 mod roberta_tokenizer;

@@ -54,6 +54,9 @@ pub(crate) fn as_transformers_loads(
                     SentencePieceClass::XlmRoberta,
                 )
             }
+            ClassRule::DebertaV2 => {
+                return super::deberta_tokenizer::as_deberta_tokenizer(from, source, config)
+            }
             ClassRule::Camembert => {
                 return super::xlm_roberta_tokenizer::as_sentencepiece_tokenizer(
                     from,
@@ -173,6 +176,8 @@ pub(crate) enum ClassRule {
     /// It builds `MPNetTokenizer`: BERT's pipeline with RoBERTa's template and its own
     /// special tokens (see `wordpiece_vocab`), which gives no segment ids.
     Mpnet,
+    /// It builds `DebertaV2Tokenizer` (see `deberta_tokenizer`), which gives segment ids.
+    DebertaV2,
     /// It builds a tokenizer of that class by rules of its own (Funnel's, ...),
     /// which give other ids than any of the above.
     Unsupported,
@@ -199,6 +204,7 @@ pub(crate) fn class_rule(class: &str) -> ClassRule {
         "XLMRobertaTokenizer" => ClassRule::XlmRoberta,
         "CamembertTokenizer" => ClassRule::Camembert,
         "MPNetTokenizer" => ClassRule::Mpnet,
+        "DebertaV2Tokenizer" => ClassRule::DebertaV2,
         _ => ClassRule::Unsupported,
     }
 }

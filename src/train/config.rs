@@ -303,6 +303,8 @@ pub(crate) struct DropoutRates {
     pub attention: f64,
     pub lora: f64,
     pub classifier: f64,
+    /// On the head's input before its dense map (the classifier's but for DeBERTa-v2).
+    pub pooler_input: f64,
 }
 
 #[cfg(test)]

@@ -572,14 +572,18 @@ pub(crate) fn describe_plan(plan: &crate::peft::PeftPlan) -> String {
 }
 
 /// The dropout rates; the classifier's only where a config's `classifier_dropout` sets it
-/// apart from the hidden one, so the states of runs without one still resume.
+/// apart from the hidden one, and the pooler input's only where it differs from the
+/// classifier's (DeBERTa-v2's `pooler_dropout`), so the states of runs without them still
+/// resume.
 fn dropout_setting(d: &DropoutRates) -> String {
-    let shared = format!("{}, {}, {}", d.hidden, d.attention, d.lora);
-    if d.classifier == d.hidden {
-        shared
-    } else {
-        format!("{shared}; classifier {}", d.classifier)
+    let mut setting = format!("{}, {}, {}", d.hidden, d.attention, d.lora);
+    if d.classifier != d.hidden {
+        setting.push_str(&format!("; classifier {}", d.classifier));
     }
+    if d.pooler_input != d.classifier {
+        setting.push_str(&format!("; pooler input {}", d.pooler_input));
+    }
+    setting
 }
 
 /// `N examples, SHA-256 …` of a tokenized dataset: its token ids, segment ids and labels.
@@ -942,8 +946,14 @@ mod tests {
             attention: 0.1,
             lora: 0.0,
             classifier,
+            pooler_input: classifier,
         };
         assert_eq!(dropout_setting(&rates(0.1)), "0.1, 0.1, 0");
         assert_eq!(dropout_setting(&rates(0.0)), "0.1, 0.1, 0; classifier 0");
+        let deberta = DropoutRates {
+            pooler_input: 0.0,
+            ..rates(0.1)
+        };
+        assert_eq!(dropout_setting(&deberta), "0.1, 0.1, 0; pooler input 0");
     }
 }

@@ -313,6 +313,7 @@ fn strata_and_lora_configuration() {
         layer_norm_eps: 1e-12,
         dropout_after_attention_output: true,
         activation: spafit::nn::FeedForwardActivation::Gelu,
+        attention_scale: None,
     };
     let make = |_: &str, s: Shape| cpu().tensor_from_f64(s.clone(), &vec![0.5; s.numel()]);
     let e = expect_err(EncoderLayer::load("encoder.layer.0", config, make), "heads");

@@ -18,6 +18,7 @@ mod cli;
 mod cross_backend;
 mod cuda_emulator;
 mod cuda_model;
+mod deberta;
 mod distilbert;
 mod electra;
 mod ernie;

@@ -1,5 +1,5 @@
 use super::super::{BackwardOp, Tape, Var};
-use crate::backend::{AttentionConfig, AttentionGradRequest, Backend};
+use crate::backend::{AttentionConfig, AttentionGradRequest, Backend, RelativeTerms};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -126,6 +126,116 @@ impl<B: Backend> Tape<B> {
                 lse,
                 mask: mask.clone(),
                 position_bias: Some(position_bias.value.clone()),
+                config,
+            })
+        }))
+    }
+}
+
+/// DeBERTa's disentangled attention: q, k, v, then the key terms and the query terms where
+/// given.
+struct DisentangledAttentionNode<B: Backend> {
+    q: Tensor<B>,
+    k: Tensor<B>,
+    /// Needed for every gradient but `dv`'s alone.
+    v: Option<Tensor<B>>,
+    lse: Tensor<B>,
+    mask: Tensor<B>,
+    key_terms: Option<Tensor<B>>,
+    query_terms: Option<Tensor<B>>,
+    rows: Tensor<B>,
+    config: AttentionConfig,
+}
+
+impl<B: Backend> BackwardOp<B> for DisentangledAttentionNode<B> {
+    fn backward(
+        &self,
+        backend: &B,
+        d_out: &Tensor<B>,
+        needs: &[bool],
+    ) -> Result<Vec<Option<Tensor<B>>>> {
+        let want = AttentionGradRequest {
+            dq: needs[0],
+            dk: needs[1],
+            dv: needs[2],
+        };
+        let terms = RelativeTerms {
+            key: self.key_terms.as_ref(),
+            query: self.query_terms.as_ref(),
+            rows: &self.rows,
+        };
+        let g = backend.attention_backward_disentangled(
+            d_out,
+            &self.q,
+            &self.k,
+            self.v.as_ref(),
+            &self.lse,
+            &self.mask,
+            &terms,
+            &self.config,
+            want,
+            needs[3..].iter().any(|&n| n),
+        )?;
+        let mut grads = vec![g.attention.dq, g.attention.dk, g.attention.dv];
+        if self.key_terms.is_some() {
+            grads.push(g.key_terms);
+        }
+        if self.query_terms.is_some() {
+            grads.push(g.query_terms);
+        }
+        Ok(grads)
+    }
+
+    fn saved_activations(&self) -> Vec<&Tensor<B>> {
+        let mut saved = vec![&self.q, &self.k, &self.lse, &self.mask, &self.rows];
+        saved.extend(self.v.as_ref());
+        saved.extend(self.key_terms.as_ref());
+        saved.extend(self.query_terms.as_ref());
+        saved
+    }
+}
+
+impl<B: Backend> Tape<B> {
+    /// [`Tape::attention`] with DeBERTa's disentangled terms added to the scores (see
+    /// [`Backend::attention_forward_disentangled`]): `key_terms` and `query_terms`
+    /// (`[rows, hidden]`, the relative embeddings under the layer's key and query maps) are
+    /// variables, so the maps and the embeddings get their gradients through them; `rows`
+    /// `[seq, seq]` says which row each (query, key) pair reads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_disentangled(
+        &mut self,
+        q: &Var<B>,
+        k: &Var<B>,
+        v: &Var<B>,
+        mask: &Tensor<B>,
+        key_terms: Option<&Var<B>>,
+        query_terms: Option<&Var<B>>,
+        rows: &Tensor<B>,
+        config: AttentionConfig,
+    ) -> Result<Var<B>> {
+        let terms = RelativeTerms {
+            key: key_terms.map(|t| &t.value),
+            query: query_terms.map(|t| &t.value),
+            rows,
+        };
+        let out = self
+            .backend
+            .attention_forward_disentangled(&q.value, &k.value, &v.value, mask, &terms, &config)?;
+        let lse = out.lse;
+        let mut inputs = vec![q.id, k.id, v.id];
+        inputs.extend(key_terms.map(|t| t.id));
+        inputs.extend(query_terms.map(|t| t.id));
+        Ok(self.record(out.out, inputs, |needs| {
+            Box::new(DisentangledAttentionNode {
+                q: q.value.clone(),
+                k: k.value.clone(),
+                // Every gradient but dv's needs dS, and dS needs dP = dO·Vᵀ.
+                v: (needs[0] || needs[1] || needs[3..].iter().any(|&n| n)).then(|| v.value.clone()),
+                lse,
+                mask: mask.clone(),
+                key_terms: key_terms.map(|t| t.value.clone()),
+                query_terms: query_terms.map(|t| t.value.clone()),
+                rows: rows.clone(),
                 config,
             })
         }))

@@ -12,6 +12,12 @@
 //! A relative position bias (MPNet's: one value per head and relative distance) is added to
 //! the scaled scores; its gradient is each pair's dS summed along the diagonals, then over
 //! the batch in order, so it too is the same for any number of threads.
+//!
+//! DeBERTa's disentangled terms are added likewise: each pair multiplies its queries (and
+//! keys) by its head's columns of the relative rows, `[seq, rows]`, and each score reads the
+//! product at its distance's row. Backward scatters dS back onto those rows (a fixed order
+//! per pair) and multiplies out; the relative rows' gradients are summed over the batch in
+//! order after.
 
 use super::element::Element;
 use super::gemm::{gemm, DisjointWindows, Layout};
@@ -68,6 +74,21 @@ impl<T: Element> HeadOutputs<T> {
         // SAFETY: `data` lives in `self`; each pair writes only its own window, and the
         // windows of distinct pairs do not overlap.
         unsafe { self.windows.product(alpha, a, la, b, w, w) }
+    }
+
+    /// `head's window += alpha·a·b`, once [`HeadOutputs::write`] has written it; `b`'s
+    /// layout is its own (relative rows, not activations).
+    fn add(
+        &self,
+        d: &AttentionDims,
+        head: &Head,
+        alpha: T,
+        (a, la): (&[T], Layout),
+        (b, lb): (&[T], Layout),
+    ) {
+        let w = window(d, head);
+        // SAFETY: as in `write`; the window was written by this pair before.
+        unsafe { self.windows.accumulate(alpha, a, la, b, lb, w) }
     }
 
     /// The filled output, once every pair has written its window.
@@ -180,6 +201,125 @@ with_avx2! {
     }
 }
 
+/// What the scores add to `scale·q·kᵀ`.
+#[derive(Clone, Copy)]
+pub enum ScoreBias<'a, T> {
+    /// Nothing.
+    None,
+    /// MPNet's relative position bias `[2·seq − 1, heads]`.
+    Position(&'a [T]),
+    /// DeBERTa's disentangled terms.
+    Relative(RelativeSlices<'a, T>),
+}
+
+impl<'a, T> ScoreBias<'a, T> {
+    fn position(&self) -> Option<&'a [T]> {
+        match *self {
+            ScoreBias::Position(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn relative(&self) -> Option<&RelativeSlices<'a, T>> {
+        match self {
+            ScoreBias::Relative(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// DeBERTa's relative rows under the key map (`key`) and the query map (`query`), each
+/// `[rows, hidden]` where given, and the row `index[i·seq + j]` that query `i` and key `j`
+/// read (below `rows`, checked by the caller).
+#[derive(Clone, Copy)]
+pub struct RelativeSlices<'a, T> {
+    pub key: Option<&'a [T]>,
+    pub query: Option<&'a [T]>,
+    pub rows: usize,
+    pub index: &'a [u32],
+}
+
+/// `out = a_h · terms_hᵀ` `[seq, rows]`: the head's window of `a` (queries or keys) against
+/// its columns of the relative rows `terms` `[rows, hidden]`.
+fn relative_products<T: Element>(
+    d: &AttentionDims,
+    head: &Head,
+    a: &[T],
+    terms: &[T],
+    rows: usize,
+    out: &mut [T],
+) {
+    let columns = Layout::window(head.head * d.head_dim, rows, d.head_dim, d.hidden());
+    gemm(
+        T::ONE,
+        a,
+        window(d, head),
+        terms,
+        columns.t(),
+        T::ZERO,
+        out,
+        Layout::row_major(d.seq, rows),
+    );
+}
+
+/// Adds DeBERTa's terms to the head's `[seq, seq]` scores: `scale·(q_i·kr_r + k_j·qr_r)`
+/// with `r` the row of `(i, j)`.
+#[allow(clippy::too_many_arguments)]
+fn add_relative_terms<T: Element>(
+    d: &AttentionDims,
+    head: &Head,
+    q: &[T],
+    k: &[T],
+    r: &RelativeSlices<'_, T>,
+    scale: T,
+    s: &mut [T],
+    products: &mut Vec<T>,
+) {
+    let (n, rows) = (d.seq, r.rows);
+    products.resize(n * rows, T::ZERO);
+    if let Some(kr) = r.key {
+        relative_products(d, head, q, kr, rows, products);
+        for (i, (row, index)) in s
+            .chunks_exact_mut(n)
+            .zip(r.index.chunks_exact(n))
+            .enumerate()
+        {
+            let at = &products[i * rows..(i + 1) * rows];
+            for (v, &x) in row.iter_mut().zip(index) {
+                *v += scale * at[x as usize];
+            }
+        }
+    }
+    if let Some(qr) = r.query {
+        relative_products(d, head, k, qr, rows, products);
+        for (row, index) in s.chunks_exact_mut(n).zip(r.index.chunks_exact(n)) {
+            for (j, (v, &x)) in row.iter_mut().zip(index).enumerate() {
+                *v += scale * products[j * rows + x as usize];
+            }
+        }
+    }
+}
+
+/// dS `[seq, seq]` gathered onto the relative rows: `out[a·rows + r]` sums `ds[i][j]` over
+/// the pairs of row `r` whose query (`by_query`) or key is `a`, in row order.
+fn scatter_to_rows<T: Element>(
+    ds: &[T],
+    index: &[u32],
+    n: usize,
+    rows: usize,
+    by_query: bool,
+    out: &mut Vec<T>,
+) {
+    out.clear();
+    out.resize(n * rows, T::ZERO);
+    for (i, (g_row, index)) in ds.chunks_exact(n).zip(index.chunks_exact(n)).enumerate() {
+        for (j, (&g, &x)) in g_row.iter().zip(index).enumerate() {
+            let a = if by_query { i } else { j };
+            out[a * rows + x as usize] += g;
+        }
+    }
+}
+
 /// Adds the head's relative position bias to its `[seq, seq]` scores: `bias` is
 /// `[2·seq − 1, heads]`, row `seq − 1 + j − i` holding the value for query `i` and key `j`.
 fn add_position_bias<T: Element>(d: &AttentionDims, head: &Head, bias: &[T], s: &mut [T]) {
@@ -209,7 +349,7 @@ fn apply_dropout<T: Element>(m: &mut [T], counter: u64, dropout: &Dropout) {
 }
 
 /// Returns the context `[batch·seq, hidden]` and the log-sum-exp `[batch, heads, seq]`;
-/// `position_bias` (`[2·seq − 1, heads]`) is added to the scaled scores where given.
+/// `bias` is added to the scaled scores.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<T: Element>(
     d: AttentionDims,
@@ -217,7 +357,7 @@ pub fn forward<T: Element>(
     k: &[T],
     v: &[T],
     mask: &[u32],
-    position_bias: Option<&[T]>,
+    bias: ScoreBias<'_, T>,
     scale: T,
     dropout: Option<&Dropout>,
 ) -> (Vec<T>, Vec<T>) {
@@ -228,11 +368,15 @@ pub fn forward<T: Element>(
     lse.par_chunks_mut(d.seq.max(1))
         .zip(all.par_iter())
         .for_each_init(
-            || vec![T::ZERO; d.seq * d.seq],
-            |p, (lse, head)| {
+            || (vec![T::ZERO; d.seq * d.seq], Vec::new()),
+            |(p, products), (lse, head)| {
                 scores(&d, head, q, k, scale, p);
-                if let Some(bias) = position_bias {
-                    add_position_bias(&d, head, bias, p);
+                match &bias {
+                    ScoreBias::None => {}
+                    ScoreBias::Position(b) => add_position_bias(&d, head, b, p),
+                    ScoreBias::Relative(r) => {
+                        add_relative_terms(&d, head, q, k, r, scale, p, products)
+                    }
                 }
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
                 probabilities(p, valid, None, Some(lse));
@@ -252,18 +396,30 @@ struct BackwardScratch<T> {
     p_dropped: Vec<T>,
     dp: Vec<T>,
     keep: Vec<T>,
+    /// dS gathered onto DeBERTa's relative rows.
+    on_rows: Vec<T>,
 }
 
-/// Requested gradients of [`forward`]: `dq`, `dk`, `dv`, and the position bias's
-/// `[2·seq − 1, heads]` where `want_bias` (a bias must then be given).
+/// Requested gradients of [`forward`]: `dq`, `dk`, `dv`, and the bias's where `want_bias`:
+/// the position bias's `[2·seq − 1, heads]`, or the relative rows' `[rows, hidden]` of each
+/// term given.
 pub struct Gradients<T> {
     pub dq: Option<Vec<T>>,
     pub dk: Option<Vec<T>>,
     pub dv: Option<Vec<T>>,
     pub d_position_bias: Option<Vec<T>>,
+    pub d_key_terms: Option<Vec<T>>,
+    pub d_query_terms: Option<Vec<T>>,
 }
 
-/// Requested gradients of [`forward`]; `want` is `(dq, dk, dv, position bias)`.
+/// One pair's share of the bias's gradient, summed over the batch after.
+struct PairParts<T> {
+    position: Option<Vec<T>>,
+    key_terms: Option<Vec<T>>,
+    query_terms: Option<Vec<T>>,
+}
+
+/// Requested gradients of [`forward`]; `want` is `(dq, dk, dv, bias)`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Element>(
     d: AttentionDims,
@@ -273,20 +429,28 @@ pub fn backward<T: Element>(
     v: Option<&[T]>,
     lse: &[T],
     mask: &[u32],
-    position_bias: Option<&[T]>,
+    bias: ScoreBias<'_, T>,
     scale: T,
     dropout: Option<&Dropout>,
     (want_dq, want_dk, want_dv, want_bias): (bool, bool, bool, bool),
 ) -> Gradients<T> {
+    let position_bias = bias.position();
+    let relative = bias.relative();
+    let want_terms = want_bias && relative.is_some();
     let want_bias = want_bias && position_bias.is_some();
-    // Empty sequences: every gradient is empty (the row loops below take rows of `seq`).
+    let (hidden, rows) = (d.hidden(), relative.map_or(0, |r| r.rows));
+    // Empty sequences: every gradient is empty, or zero for the relative rows (the row loops
+    // below take rows of `seq`).
     if d.seq == 0 || d.batch == 0 {
         let empty = |want: bool| want.then(Vec::new);
+        let zeros = |given: bool| (want_terms && given).then(|| vec![T::ZERO; rows * hidden]);
         return Gradients {
             dq: empty(want_dq),
             dk: empty(want_dk),
             dv: empty(want_dv),
             d_position_bias: empty(want_bias),
+            d_key_terms: zeros(relative.is_some_and(|r| r.key.is_some())),
+            d_query_terms: zeros(relative.is_some_and(|r| r.query.is_some())),
         };
     }
     let tt = Layout::row_major(d.seq, d.seq);
@@ -296,7 +460,7 @@ pub fn backward<T: Element>(
     let dv = want_dv.then(|| HeadOutputs::new(&d));
     let diagonals = crate::backend::shapes::position_bias_rows(d.seq);
     // Each pair's bias gradient, in the pairs' order, summed over the batch after.
-    let bias_parts: Vec<Option<Vec<T>>> = all
+    let bias_parts: Vec<Option<PairParts<T>>> = all
         .par_iter()
         .enumerate()
         .map_init(
@@ -305,6 +469,7 @@ pub fn backward<T: Element>(
                 p_dropped: vec![T::ZERO; d.seq * d.seq],
                 dp: vec![T::ZERO; d.seq * d.seq],
                 keep: Vec::new(),
+                on_rows: Vec::new(),
             },
             |scratch, (idx, head)| {
                 let BackwardScratch {
@@ -312,11 +477,17 @@ pub fn backward<T: Element>(
                     p_dropped,
                     dp,
                     keep,
+                    on_rows,
                 } = scratch;
                 let w = window(&d, head);
                 scores(&d, head, q, k, scale, p);
-                if let Some(bias) = position_bias {
-                    add_position_bias(&d, head, bias, p);
+                match &bias {
+                    ScoreBias::None => {}
+                    ScoreBias::Position(b) => add_position_bias(&d, head, b, p),
+                    // `on_rows` is free until dS exists.
+                    ScoreBias::Relative(r) => {
+                        add_relative_terms(&d, head, q, k, r, scale, p, on_rows)
+                    }
                 }
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
                 probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
@@ -340,7 +511,7 @@ pub fn backward<T: Element>(
                     };
                     dv.write(&d, head, T::ONE, (pd, tt.t()), d_out);
                 }
-                if !(want_dq || want_dk || want_bias) {
+                if !(want_dq || want_dk || want_bias || want_terms) {
                     return None;
                 }
                 // dP = (dO·Vᵀ) ∘ dropout mask; dS = P ∘ (dP − rowsum(dP ∘ P)).
@@ -366,30 +537,103 @@ pub fn backward<T: Element>(
                 if let Some(dk) = &dk {
                     dk.write(&d, head, scale, (dp, tt.t()), q);
                 }
-                want_bias.then(|| {
-                    let mut part = vec![T::ZERO; diagonals];
-                    position_bias_gradient(d.seq, dp, &mut part);
-                    part
-                })
+                let mut parts = PairParts {
+                    position: want_bias.then(|| {
+                        let mut part = vec![T::ZERO; diagonals];
+                        position_bias_gradient(d.seq, dp, &mut part);
+                        part
+                    }),
+                    key_terms: None,
+                    query_terms: None,
+                };
+                if let Some(r) = relative {
+                    let n = d.seq;
+                    let columns =
+                        Layout::window(head.head * d.head_dim, r.rows, d.head_dim, hidden);
+                    let on = Layout::row_major(n, r.rows);
+                    // Query i's score for key j read row r of q_i·kr: dq_i += scale·dS·kr,
+                    // dkr_r += scale·dSᵀ·q_i (and the same with keys and qr).
+                    for (given, by_query, out, other, part) in [
+                        (r.key, true, &dq, q, &mut parts.key_terms),
+                        (r.query, false, &dk, k, &mut parts.query_terms),
+                    ] {
+                        let Some(terms) = given else { continue };
+                        if out.is_none() && !want_terms {
+                            continue;
+                        }
+                        scatter_to_rows(dp, r.index, n, r.rows, by_query, on_rows);
+                        if let Some(out) = out {
+                            out.add(&d, head, scale, (on_rows, on), (terms, columns));
+                        }
+                        if want_terms {
+                            let mut g = vec![T::ZERO; r.rows * d.head_dim];
+                            gemm(
+                                scale,
+                                on_rows,
+                                on.t(),
+                                other,
+                                w,
+                                T::ZERO,
+                                &mut g,
+                                Layout::row_major(r.rows, d.head_dim),
+                            );
+                            *part = Some(g);
+                        }
+                    }
+                }
+                Some(parts)
             },
         )
         .collect();
     let d_position_bias = want_bias.then(|| {
         // Pair (b, h) holds head h of sequence b: out[t][h] = Σ_b part[b][h][t].
         let mut out = vec![T::ZERO; diagonals * d.heads];
-        for (pair, part) in bias_parts.iter().enumerate() {
+        for (pair, parts) in bias_parts.iter().enumerate() {
             let h = pair % d.heads.max(1);
-            for (t, &g) in part.iter().flatten().enumerate() {
+            let part = parts.as_ref().and_then(|p| p.position.as_ref());
+            for (t, &g) in part.into_iter().flatten().enumerate() {
                 out[t * d.heads + h] += g;
             }
         }
         out
+    });
+    // Pair (b, h) holds head h's columns: out[r][h·dh + c] = Σ_b part[b][h][r][c].
+    let terms_gradient = |given: bool, pick: fn(&PairParts<T>) -> Option<&Vec<T>>| {
+        (want_terms && given).then(|| {
+            let mut out = vec![T::ZERO; rows * hidden];
+            for (pair, parts) in bias_parts.iter().enumerate() {
+                let h = pair % d.heads.max(1);
+                let Some(part) = parts.as_ref().and_then(pick) else {
+                    continue;
+                };
+                for (out_row, part_row) in out
+                    .chunks_exact_mut(hidden)
+                    .zip(part.chunks_exact(d.head_dim))
+                {
+                    for (o, &g) in out_row[h * d.head_dim..(h + 1) * d.head_dim]
+                        .iter_mut()
+                        .zip(part_row)
+                    {
+                        *o += g;
+                    }
+                }
+            }
+            out
+        })
+    };
+    let d_key_terms = terms_gradient(relative.is_some_and(|r| r.key.is_some()), |p| {
+        p.key_terms.as_ref()
+    });
+    let d_query_terms = terms_gradient(relative.is_some_and(|r| r.query.is_some()), |p| {
+        p.query_terms.as_ref()
     });
     Gradients {
         dq: dq.map(HeadOutputs::finish),
         dk: dk.map(HeadOutputs::finish),
         dv: dv.map(HeadOutputs::finish),
         d_position_bias,
+        d_key_terms,
+        d_query_terms,
     }
 }
 

@@ -197,6 +197,35 @@ impl<T: Element> DisjointWindows<T> {
     }
 }
 
+impl<T: Element> DisjointWindows<T> {
+    /// `window += alpha·a·b`.
+    ///
+    /// # Safety
+    /// As [`DisjointWindows::product`]'s, and the window must have been written before.
+    pub(super) unsafe fn accumulate(
+        &self,
+        alpha: T,
+        a: &[T],
+        la: Layout,
+        b: &[T],
+        lb: Layout,
+        window: Layout,
+    ) {
+        gemm_into(
+            alpha,
+            a,
+            la,
+            b,
+            lb,
+            T::ONE,
+            None,
+            self.ptr,
+            self.len,
+            window,
+        )
+    }
+}
+
 /// [`gemm`] into `c_len` elements at `c`, which must be valid for writes (and for reads
 /// unless `beta` is zero) and alias neither `a` nor `b`.
 ///

@@ -29,11 +29,11 @@ mod sgemm_dot;
 
 pub use element::{CpuBuffer, Element, SmallProduct};
 
-use super::shapes::{self, LinearDims};
+use super::shapes::{self, AttentionDims, LinearDims};
 use super::{
     AdamWStep, AdamWUpdate, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput,
-    Backend, Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
-    LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
+    Backend, DisentangledGrads, Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput,
+    LinearBackwardInputs, LinearGradRequest, LinearGrads, LinearOutput, LoraWeights, RelativeTerms,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
@@ -535,7 +535,7 @@ impl Backend for CpuBackend {
         mask: &Tensor<Self>,
         config: &AttentionConfig,
     ) -> Result<AttentionOutput<Self>> {
-        self.attention_forward_biased(q, k, v, mask, None, config)
+        self.attention_forward_biased(q, k, v, mask, Bias::None, config)
     }
 
     fn attention_backward(
@@ -549,9 +549,19 @@ impl Backend for CpuBackend {
         config: &AttentionConfig,
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
-        let (grads, _) =
-            self.attention_backward_biased(d_out, q, k, v, lse, mask, None, config, want, false)?;
-        Ok(grads)
+        let g = self.attention_backward_biased(
+            d_out,
+            q,
+            k,
+            v,
+            lse,
+            mask,
+            Bias::None,
+            config,
+            want,
+            false,
+        )?;
+        Ok(g.attention)
     }
 
     fn attention_forward_with_position_bias(
@@ -563,7 +573,7 @@ impl Backend for CpuBackend {
         position_bias: &Tensor<Self>,
         config: &AttentionConfig,
     ) -> Result<AttentionOutput<Self>> {
-        self.attention_forward_biased(q, k, v, mask, Some(position_bias), config)
+        self.attention_forward_biased(q, k, v, mask, Bias::Position(position_bias), config)
     }
 
     fn attention_backward_with_position_bias(
@@ -579,6 +589,46 @@ impl Backend for CpuBackend {
         want: AttentionGradRequest,
         want_position_bias: bool,
     ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)> {
+        let g = self.attention_backward_biased(
+            d_out,
+            q,
+            k,
+            v,
+            lse,
+            mask,
+            Bias::Position(position_bias),
+            config,
+            want,
+            want_position_bias,
+        )?;
+        Ok((g.attention, g.key_terms))
+    }
+
+    fn attention_forward_disentangled(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        terms: &RelativeTerms<'_, Self>,
+        config: &AttentionConfig,
+    ) -> Result<AttentionOutput<Self>> {
+        self.attention_forward_biased(q, k, v, mask, Bias::Relative(terms), config)
+    }
+
+    fn attention_backward_disentangled(
+        &self,
+        d_out: &Tensor<Self>,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
+        lse: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        terms: &RelativeTerms<'_, Self>,
+        config: &AttentionConfig,
+        want: AttentionGradRequest,
+        want_terms: bool,
+    ) -> Result<DisentangledGrads<Self>> {
         self.attention_backward_biased(
             d_out,
             q,
@@ -586,11 +636,15 @@ impl Backend for CpuBackend {
             v,
             lse,
             mask,
-            Some(position_bias),
+            Bias::Relative(terms),
             config,
             want,
-            want_position_bias,
+            want_terms,
         )
+    }
+
+    fn runs_disentangled_attention(&self) -> bool {
+        true
     }
 
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
@@ -833,22 +887,60 @@ impl Backend for CpuBackend {
     }
 }
 
+/// What an attention call adds to its scores (see [`attention::ScoreBias`]).
+#[derive(Clone, Copy)]
+enum Bias<'a> {
+    None,
+    Position(&'a Tensor<CpuBackend>),
+    Relative(&'a RelativeTerms<'a, CpuBackend>),
+}
+
+impl<'a> Bias<'a> {
+    /// Checks the bias's operands against `d`; returns the relative rows (0 for the others).
+    fn check(&self, op: &'static str, q: &Tensor<CpuBackend>, d: &AttentionDims) -> Result<usize> {
+        match *self {
+            Bias::None => Ok(0),
+            Bias::Position(bias) => {
+                shapes::attention_position_bias(op, bias, d)?;
+                shapes::common_float_dtype(op, &[("q", q), ("position_bias", bias)])?;
+                Ok(0)
+            }
+            Bias::Relative(terms) => {
+                let rows = shapes::attention_relative_terms(op, q, terms, d)?;
+                shapes::check_indices(op, "relative row", ids(terms.rows), rows)?;
+                Ok(rows)
+            }
+        }
+    }
+
+    /// The bias as the kernels read it, in dtype `T` (checked by [`Bias::check`]).
+    fn view<T: Element>(&self, rows: usize) -> attention::ScoreBias<'a, T> {
+        match *self {
+            Bias::None => attention::ScoreBias::None,
+            Bias::Position(bias) => attention::ScoreBias::Position(view::<T>(bias)),
+            Bias::Relative(terms) => attention::ScoreBias::Relative(attention::RelativeSlices {
+                key: terms.key.map(view::<T>),
+                query: terms.query.map(view::<T>),
+                rows,
+                index: ids(terms.rows),
+            }),
+        }
+    }
+}
+
 impl CpuBackend {
-    /// Attention forward, with the relative position bias where one is given.
+    /// Attention forward, with the bias added to its scores.
     fn attention_forward_biased(
         &self,
         q: &Tensor<Self>,
         k: &Tensor<Self>,
         v: &Tensor<Self>,
         mask: &Tensor<Self>,
-        position_bias: Option<&Tensor<Self>>,
+        bias: Bias<'_>,
         config: &AttentionConfig,
     ) -> Result<AttentionOutput<Self>> {
         let d = shapes::attention(q, k, v, mask, config)?;
-        if let Some(bias) = position_bias {
-            shapes::attention_position_bias("attention", bias, &d)?;
-            shapes::common_float_dtype("attention", &[("q", q), ("position_bias", bias)])?;
-        }
+        let rows = bias.check("attention", q, &d)?;
         with_float!(q.dtype(), "attention", T => {
             let (out, lse) = attention::forward(
                 d,
@@ -856,7 +948,7 @@ impl CpuBackend {
                 view::<T>(k),
                 view::<T>(v),
                 ids(mask),
-                position_bias.map(view::<T>),
+                bias.view::<T>(rows),
                 T::from_f64(config.scale),
                 config.dropout.as_ref(),
             );
@@ -867,8 +959,8 @@ impl CpuBackend {
         })
     }
 
-    /// Attention backward, with the relative position bias where one is given and its
-    /// gradient where `want_position_bias`.
+    /// Attention backward, with the bias added to its scores and the bias's gradient where
+    /// `want_bias` (the position bias's in `key_terms`, or the relative rows').
     #[allow(clippy::too_many_arguments)]
     fn attention_backward_biased(
         &self,
@@ -878,15 +970,15 @@ impl CpuBackend {
         v: Option<&Tensor<Self>>,
         lse: &Tensor<Self>,
         mask: &Tensor<Self>,
-        position_bias: Option<&Tensor<Self>>,
+        bias: Bias<'_>,
         config: &AttentionConfig,
         want: AttentionGradRequest,
-        want_position_bias: bool,
-    ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)> {
+        want_bias: bool,
+    ) -> Result<DisentangledGrads<Self>> {
         const OP: &str = "attention backward";
         // The bias's gradient is dS summed, and dS needs dP = dO·Vᵀ.
         let v_needed = AttentionGradRequest {
-            dq: want.dq || want_position_bias,
+            dq: want.dq || want_bias,
             ..want
         };
         // This backend makes no rounded copies: q, k, v have d_out's dtype.
@@ -894,10 +986,7 @@ impl CpuBackend {
             shapes::attention_backward(d_out, q, k, v, mask, config, v_needed, d_out.dtype())?;
         shapes::common_float_dtype(OP, &[("q", q), ("lse", lse)])?;
         shapes::require_dims(OP, "lse", lse, &[d.batch, d.heads, d.seq])?;
-        if let Some(bias) = position_bias {
-            shapes::attention_position_bias(OP, bias, &d)?;
-            shapes::common_float_dtype(OP, &[("q", q), ("position_bias", bias)])?;
-        }
+        let rows = bias.check(OP, q, &d)?;
         with_float!(q.dtype(), OP, T => {
             let g = attention::backward(
                 d,
@@ -907,17 +996,25 @@ impl CpuBackend {
                 v.map(view::<T>),
                 view::<T>(lse),
                 ids(mask),
-                position_bias.map(view::<T>),
+                bias.view::<T>(rows),
                 T::from_f64(config.scale),
                 config.dropout.as_ref(),
-                (want.dq, want.dk, want.dv, want_position_bias),
+                (want.dq, want.dk, want.dv, want_bias),
             );
             let wrap = |g: Option<Vec<T>>| g.map(|g| tensor(q.shape().clone(), g)).transpose();
             let d_bias = g
                 .d_position_bias
                 .map(|g| tensor([shapes::position_bias_rows(d.seq), d.heads], g))
                 .transpose()?;
-            Ok((AttentionGrads { dq: wrap(g.dq)?, dk: wrap(g.dk)?, dv: wrap(g.dv)? }, d_bias))
+            let terms = |g: Option<Vec<T>>| g.map(|g| tensor([rows, d.hidden()], g)).transpose();
+            Ok(DisentangledGrads {
+                attention: AttentionGrads { dq: wrap(g.dq)?, dk: wrap(g.dk)?, dv: wrap(g.dv)? },
+                key_terms: match d_bias {
+                    Some(b) => Some(b),
+                    None => terms(g.d_key_terms)?,
+                },
+                query_terms: terms(g.d_query_terms)?,
+            })
         })
     }
 }

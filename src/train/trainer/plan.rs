@@ -292,6 +292,7 @@ impl<B: Backend> Trainer<'_, B> {
                 .unwrap_or(cfg.attention_probs_dropout_prob),
             lora: self.plan.lora_dropout(),
             classifier: cfg.classifier_dropout_or(hidden),
+            pooler_input: cfg.pooler_input_dropout_or(hidden),
         };
         let shapes: Vec<(String, Vec<usize>)> = self
             .trainable()

@@ -95,7 +95,8 @@ impl<B: Backend> Trainer<'_, B> {
                 plan.dropout.lora,
                 micro_batches::dropout_seed(step_seed, index),
             )
-            .with_classifier(plan.dropout.classifier);
+            .with_classifier(plan.dropout.classifier)
+            .with_pooler_input(plan.dropout.pooler_input);
             let mut tape = Tape::new(self.backend.clone());
             let logits = self.model.forward(&mut tape, &input, &mut dropouts)?;
             let loss = self.model.loss(&mut tape, &logits, &labels)?;

@@ -86,6 +86,7 @@ pub fn build<B: Backend>(backend: &B, layers: usize, n1: usize, n2: usize, seed:
         layer_norm_eps: 1e-12,
         dropout_after_attention_output: true,
         activation: spafit::nn::FeedForwardActivation::Gelu,
+        attention_scale: None,
     };
     let lora = lora_config(0.1);
     let layers = (0..layers)

@@ -36,6 +36,7 @@ pub fn config(layers: usize) -> BertConfig {
         is_decoder: false,
         problem_type: None,
         id2label: Default::default(),
+        deberta_keys: Default::default(),
     }
 }
 
