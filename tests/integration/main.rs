@@ -19,6 +19,7 @@ mod cross_backend;
 mod cuda_emulator;
 mod cuda_model;
 mod deberta;
+mod disentangled_attention;
 mod distilbert;
 mod electra;
 mod ernie;
