@@ -35,8 +35,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 SIX = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
-# DistilBERT's names of the same maps.
+# DistilBERT's and DeBERTa-v2's names of the same maps.
 SIX_DISTILBERT = ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]
+SIX_DEBERTA = ["query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense",
+               "output.dense"]
 
 
 def layer_of(name):
@@ -45,14 +47,18 @@ def layer_of(name):
 
 def model_for(path, method, n1, n2):
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="sdpa")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="sdpa")
+    except ValueError:
+        # DeBERTa's disentangled attention has no SDPA path in transformers.
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     layers = model.config.num_hidden_layers
     distilbert = model.config.model_type == "distilbert"
     # The encoder's layers, and the head (with the dense map spafit trains with it: RoBERTa's
     # and ELECTRA's classifier.dense, DistilBERT's pre_classifier).
     encoder = "distilbert.transformer." if distilbert else f"{model.base_model_prefix}.encoder."
     head = ("classifier", "pre_classifier")
-    six = SIX_DISTILBERT if distilbert else SIX
+    six = SIX_DISTILBERT if distilbert else SIX_DEBERTA if model.config.model_type == "deberta-v2" else SIX
     if method == "bitfit":
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith(head) or (name.startswith(encoder) and name.endswith(".bias"))

@@ -610,8 +610,15 @@ pub fn gradcheck_case<B: Backend>(
     };
     // The size the loss's rounding scales with (see [`LOSS_ROUNDING`]).
     let loss_scale = loss_of(&model)?.abs().max(1.0);
-    // The key biases, gradient exactly zero, are not differenced (see below).
-    let is_checked = |name: &str| !name.ends_with("attention.self.key.bias");
+    // The key biases, gradient exactly zero, are not differenced (see below): but where
+    // DeBERTa's position-to-content term reads each key against its distance's row, a key
+    // bias moves the scores of a query unequally, and its gradient is differenced as any.
+    let keys_read_by_position = model
+        .config()
+        .deberta()
+        .is_some_and(|d| d.disentangles() && d.p2c);
+    let is_checked =
+        |name: &str| keys_read_by_position || !name.ends_with("attention.self.key.bias");
     let params = model.params();
     let checked: Vec<(&String, usize)> = names
         .iter()

@@ -293,9 +293,13 @@ impl BertConfig {
     /// (`electra-small`: 12 layers, hidden 256 over 128-wide embeddings, 4 heads;
     /// `electra-base` and `electra-large`: BERT-base's and BERT-large's), DistilBERT's
     /// (`distilbert-base`: 6 layers, hidden 768) or MPNet's (`mpnet-base`: BERT-base's with
-    /// MPNet's relative position table), uncased vocabulary: for benchmarks on random
-    /// weights.
+    /// MPNet's relative position table), uncased vocabulary; or DeBERTa-v3-base's
+    /// (`deberta-v3-base`: 12 layers, hidden 768, its 128,100-piece vocabulary, relative
+    /// positions alone in 256 logarithmic buckets): for benchmarks on random weights.
     pub fn preset(name: &str) -> Option<BertConfig> {
+        if name == "deberta-v3-base" {
+            return Some(Self::deberta_v3_base());
+        }
         let (hidden, layers, heads, embedding_size, model_type) = match name {
             "tiny" => (128, 2, 2, None, "bert"),
             "mini" => (256, 4, 4, None, "bert"),
@@ -341,6 +345,20 @@ impl BertConfig {
             id2label: BTreeMap::new(),
             deberta_keys: DebertaKeys::default(),
         })
+    }
+
+    /// DeBERTa-v3-base's shape, as its config.json gives it.
+    fn deberta_v3_base() -> BertConfig {
+        let json = serde_json::json!({
+            "model_type": "deberta-v2", "vocab_size": 128100, "hidden_size": 768,
+            "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+            "max_position_embeddings": 512, "type_vocab_size": 0, "layer_norm_eps": 1e-7,
+            "relative_attention": true, "pos_att_type": ["p2c", "c2p"], "position_buckets": 256,
+            "max_relative_positions": -1, "share_att_key": true, "norm_rel_ebd": "layer_norm",
+            "position_biased_input": false, "pooler_dropout": 0, "pooler_hidden_act": "gelu",
+            "pad_token_id": 0
+        });
+        serde_json::from_value(json).expect("DeBERTa-v3-base's settings are a valid config")
     }
 
     /// Reads and validates `path`.

@@ -426,7 +426,8 @@ pub struct PeftArgs {
     pub lora_dropout: Option<f64>,
     /// Comma-separated LoRA targets among query, key, value, attention.output.dense,
     /// intermediate.dense, output.dense (DistilBERT's q_lin, k_lin, v_lin, out_lin, lin1,
-    /// lin2 and MPNet's q, k, v, o name the same maps). Default: query,value for lora; all six for spafit. Each names
+    /// lin2, MPNet's q, k, v, o and DeBERTa-v2's query_proj, key_proj, value_proj name the
+    /// same maps). Default: query,value for lora; all six for spafit. Each names
     /// one map: `output.dense` is the feed-forward's output, not `attention.output.dense`
     /// (PEFT's `target_modules=["output.dense"]` matches both by suffix; `--export-peft`
     /// writes a pattern that names exactly the maps trained).

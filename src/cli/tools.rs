@@ -317,7 +317,7 @@ fn shape_name(given: &str) -> std::result::Result<String, String> {
         Some(_) => Ok(given.to_string()),
         None => Err(format!(
             "`{given}`: expected tiny, mini, base, large, electra-small, electra-base, \
-             electra-large, distilbert-base or mpnet-base"
+             electra-large, distilbert-base, mpnet-base or deberta-v3-base"
         )),
     }
 }
@@ -356,7 +356,8 @@ pub struct BenchCommand {
     /// over 128-wide embeddings and their projection), `electra-base` or `electra-large`
     /// (BERT-base's and BERT-large's shapes under ELECTRA's head); `distilbert-base` (6
     /// layers, hidden 768, no segment table, the ReLU head); `mpnet-base` (BERT-base's shape
-    /// with MPNet's relative position bias, no segment table).
+    /// with MPNet's relative position bias, no segment table); `deberta-v3-base` (12 layers,
+    /// hidden 768, disentangled attention over 256 relative buckets, CPU only).
     #[arg(long, value_parser = shape_name)]
     pub shape: Option<String>,
     /// After the timed steps, time one more step's CUDA kernels on the device: each kernel's
@@ -515,6 +516,7 @@ impl BenchCommand {
                 (Some(size), _, _) => format!("random ELECTRA-{size}"),
                 (_, Some(size), _) => format!("random DistilBERT-{size}"),
                 (_, _, Some(size)) => format!("random MPNet-{size}"),
+                _ if s.starts_with("deberta-") => format!("random DeBERTa-{}", &s["deberta-".len()..]),
                 _ => format!("random BERT-{s}"),
             }),
             "batch": r.batch, "micro_batch": r.micro_batch, "seq_len": r.seq_len, "steps": r.steps,

@@ -119,17 +119,32 @@ impl FromStr for LoraTarget {
 
     /// Accepts the module path or its last part where unambiguous (`query`, `key`, `value`),
     /// and DistilBERT's names of the same maps (`q_lin`, `k_lin`, `v_lin`, `out_lin`, `lin1`,
-    /// `lin2`, with or without `attention.` / `ffn.`) and MPNet's (`q`, `k`, `v`, `o`, with
-    /// or without `attention.attn.`).
+    /// `lin2`, with or without `attention.` / `ffn.`), MPNet's (`q`, `k`, `v`, `o`, with
+    /// or without `attention.attn.`) and DeBERTa-v2's (`query_proj`, `key_proj`,
+    /// `value_proj`, with or without `attention.self.`).
     fn from_str(s: &str) -> Result<Self, Error> {
         let found = match s {
-            "query" | "q_lin" | "attention.q_lin" | "q" | "attention.attn.q" => {
-                Some(LoraTarget::Query)
-            }
-            "key" | "k_lin" | "attention.k_lin" | "k" | "attention.attn.k" => Some(LoraTarget::Key),
-            "value" | "v_lin" | "attention.v_lin" | "v" | "attention.attn.v" => {
-                Some(LoraTarget::Value)
-            }
+            "query"
+            | "q_lin"
+            | "attention.q_lin"
+            | "q"
+            | "attention.attn.q"
+            | "query_proj"
+            | "attention.self.query_proj" => Some(LoraTarget::Query),
+            "key"
+            | "k_lin"
+            | "attention.k_lin"
+            | "k"
+            | "attention.attn.k"
+            | "key_proj"
+            | "attention.self.key_proj" => Some(LoraTarget::Key),
+            "value"
+            | "v_lin"
+            | "attention.v_lin"
+            | "v"
+            | "attention.attn.v"
+            | "value_proj"
+            | "attention.self.value_proj" => Some(LoraTarget::Value),
             "out_lin" | "attention.out_lin" | "o" | "attention.attn.o" => {
                 Some(LoraTarget::AttentionOutput)
             }
@@ -143,8 +158,8 @@ impl FromStr for LoraTarget {
                 format!(
                     "unknown target `{s}`; expected one of query, key, value, \
                      attention.output.dense, intermediate.dense, output.dense (DistilBERT's \
-                     q_lin, k_lin, v_lin, out_lin, lin1, lin2 and MPNet's q, k, v, o name the \
-                     same maps)"
+                     q_lin, k_lin, v_lin, out_lin, lin1, lin2, MPNet's q, k, v, o and \
+                     DeBERTa-v2's query_proj, key_proj, value_proj name the same maps)"
                 ),
             )
         })

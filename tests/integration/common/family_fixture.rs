@@ -501,28 +501,35 @@ impl FamilyFixture {
     pub fn check_on_cuda(&self, configs: &[PeftConfig]) {
         use spafit::backend::cuda::CudaBackend;
         use spafit::tensor::DType;
-        let ck = self.checkpoint("model");
         let cuda = CudaBackend::hardware_or_emulated(DType::F32)
             .map(CudaBackend::with_poisoned_outputs)
             .unwrap_or_else(|e| panic!("no CUDA backend, not even the CPU stand-in: {e}"));
+        self.check_on(&cuda, configs, 1e-4);
+    }
+
+    /// Each config's plan on `backend`, with dropout on: logits, loss and every trainable
+    /// gradient of the pairs as the f64 CPU reference gives them (≤ `tolerance` relative).
+    pub fn check_on<B: Backend>(&self, backend: &B, configs: &[PeftConfig], tolerance: f64) {
+        let ck = self.checkpoint("model");
         for config in configs {
             let plan = PeftPlan::new(&config.clone().for_family(self.family), 3).unwrap();
             let reference = self.trained_outputs(&ck, &CpuBackend::f64(), &plan);
-            let device = self.trained_outputs(&ck, &cuda, &plan);
+            let device = self.trained_outputs(&ck, backend, &plan);
             assert_eq!(reference.len(), device.len());
             let mut worst: f64 = 0.0;
             for (i, (ours, want)) in device.iter().zip(&reference).enumerate() {
                 let e = rel_err(ours, want);
                 // The key biases' gradients are zero up to rounding; the rest is compared.
                 if want.iter().any(|v| v.abs() > 1e-9) {
-                    assert!(e <= 1e-4, "{}: output {i}: {e:e}", plan.method);
+                    assert!(e <= tolerance, "{}: output {i}: {e:e}", plan.method);
                     worst = worst.max(e);
                 }
             }
             println!(
-                "{}: CUDA f32 against the f64 CPU: worst rel err {worst:.2e} over the logits, \
+                "{}: {} against the f64 CPU: worst rel err {worst:.2e} over the logits, \
                  the loss and {} gradients",
                 plan.method,
+                backend.name(),
                 device.len() - 2
             );
         }
@@ -576,11 +583,17 @@ impl FamilyFixture {
     /// [`FamilyFixture::check_on_cuda`] for full fine-tuning and SPAFIT (layer 0 frozen,
     /// layer 1 bias-only, layer 2 LoRA of rank 4 + bias): every family's CUDA check.
     pub fn check_full_and_spafit_on_cuda(&self) {
+        self.check_on_cuda(&Self::full_and_spafit());
+    }
+
+    /// Full fine-tuning and SPAFIT (layer 0 frozen, layer 1 bias-only, layer 2 LoRA of rank
+    /// 4 + bias).
+    pub fn full_and_spafit() -> [PeftConfig; 2] {
         let mut spafit_config = PeftConfig::new(Method::Spafit);
         spafit_config.n1 = Boundary::Layer(1);
         spafit_config.n2 = Boundary::Layer(2);
         spafit_config.lora.rank = 4;
-        self.check_on_cuda(&[PeftConfig::new(Method::Full), spafit_config]);
+        [PeftConfig::new(Method::Full), spafit_config]
     }
 
     /// `spafit train` (SPAFIT 1/2) from `model_dir` on the CPU and on `cuda-emu`, whose
@@ -589,6 +602,12 @@ impl FamilyFixture {
     /// `merge` of the CPU's
     /// adapter, the merge evaluating as the adapter does.
     pub fn check_command_line(&self, model_dir: &Path) {
+        self.check_command_line_on(model_dir, &["cpu", "cuda-emu"]);
+    }
+
+    /// [`FamilyFixture::check_command_line`] training on `devices` alone (the CPU first),
+    /// their losses compared where there are two.
+    pub fn check_command_line_on(&self, model_dir: &Path, devices: &[&str]) {
         let dir = tempfile::tempdir().unwrap();
         let rows = [
             ("a gorgeous, witty, seductive movie.", 1),
@@ -614,7 +633,7 @@ impl FamilyFixture {
             String::from_utf8_lossy(&out.stdout).to_string()
         };
         let losses = |out: &str| logged_losses(&dir.path().join(out));
-        for device in ["cpu", "cuda-emu"] {
+        for &device in devices {
             spafit(&[
                 "train",
                 "--model",
@@ -680,12 +699,15 @@ impl FamilyFixture {
                 command[0]
             );
         }
-        let (cpu, emu) = (losses("cpu"), losses("cuda-emu"));
+        let cpu = losses(devices[0]);
         // Four steps and two evaluations.
         assert_eq!(cpu.len(), 6, "{cpu:?}");
-        assert_eq!(cpu.len(), emu.len());
-        for (a, b) in cpu.iter().zip(&emu) {
-            assert!((a - b).abs() <= 1e-4 * b.abs(), "{cpu:?} vs {emu:?}");
+        for &device in &devices[1..] {
+            let other = losses(device);
+            assert_eq!(cpu.len(), other.len());
+            for (a, b) in cpu.iter().zip(&other) {
+                assert!((a - b).abs() <= 1e-4 * b.abs(), "{cpu:?} vs {other:?}");
+            }
         }
         let eval = spafit(&[
             "eval",

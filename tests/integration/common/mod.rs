@@ -269,10 +269,17 @@ pub fn trained<B: Backend>(
     plan: &spafit::peft::PeftPlan,
     labels: usize,
 ) -> spafit::model::BertClassifier<B> {
-    let mut model = spafit::model::BertClassifier::from_checkpoint(ck, backend, labels, 0).unwrap();
-    model
-        .apply_plan(plan, &mut |_, s| backend.zeros(s))
-        .unwrap();
+    // Built for the plan, so that a backend's compact frozen dtype (the CPU's bf16 mode)
+    // stores the weights the plan freezes in it.
+    let mut model = spafit::model::BertClassifier::from_checkpoint_for_plan(
+        ck,
+        backend,
+        labels,
+        0,
+        plan,
+        &mut |_, s| backend.zeros(s),
+    )
+    .unwrap();
     // DoRA's magnitudes about their rows' norms, as PEFT starts them.
     model.initialise_dora_magnitudes(backend).unwrap();
     let mut rng = SplitMix::new(17);
