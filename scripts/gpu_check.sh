@@ -272,6 +272,13 @@ run() {
     # ERNIE (full fine-tuning, with the task-type table's row 0 added to every token, and SPAFIT).
     stage "tiny ERNIE, full and SPAFIT" 60 env SPAFIT_ERNIE_FIXTURE="$PWD/tests/fixtures/tiny-ernie" \
         "$bin/integration" --test-threads 1 --nocapture --exact ernie::ernie_on_cuda_matches_the_f64_reference
+    # DeBERTa (v3's and v2's shapes, full fine-tuning and SPAFIT, f32 and mixed precision):
+    # the disentangled-attention kernels, first alone against the f64 CPU.
+    stage "disentangled attention" 30 "$bin/integration" --test-threads 1 --nocapture --exact \
+        disentangled_attention::disentangled_attention_on_cuda_matches_the_f64_cpu
+    stage "tiny DeBERTa, full and SPAFIT" 90 env SPAFIT_DEBERTA_FIXTURE="$PWD/tests/fixtures/tiny-deberta" \
+        SPAFIT_DEBERTA_V2_FIXTURE="$PWD/tests/fixtures/tiny-deberta-v2" \
+        "$bin/integration" --test-threads 1 --nocapture --exact deberta::deberta_on_cuda_matches_the_f64_reference
     # A multi-label head (a sigmoid per class, binary cross-entropy), full and SPAFIT.
     stage "tiny multi-label BERT, full and SPAFIT" 60 env SPAFIT_MULTILABEL_FIXTURE="$PWD/tests/fixtures/tiny-multilabel" \
         "$bin/integration" --test-threads 1 --nocapture --exact multi_label::multi_label_on_cuda_matches_the_f64_reference

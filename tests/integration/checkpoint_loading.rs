@@ -603,8 +603,8 @@ fn other_model_families_and_decoders_are_refused_by_name() {
         ),
         (
             "deberta",
-            bert.replace(r#""bert""#, r#""deberta-v2""#),
-            r#"`model_type` is "deberta-v2""#,
+            bert.replace(r#""bert""#, r#""deberta""#),
+            r#"`model_type` is "deberta""#,
         ),
         (
             "albert",

@@ -5,7 +5,7 @@
 //! positions too, exact distances clamped within the texts, a segment table, a tanh pooler,
 //! `cls_dropout`; each written by its `make_fixture.py`): tokens, logits, loss and every
 //! parameter's gradient, the buckets, PEFT adapters both ways, merged checkpoints, the
-//! command line, and the CUDA backend's refusal.
+//! command line, and the CUDA backend (the CPU stand-in where there is no GPU) against the f64 CPU.
 
 use crate::common;
 
@@ -116,40 +116,31 @@ fn deberta_in_f32_and_bf16_matches_the_f64_reference() {
     }
 }
 
-/// The CUDA backend (the CPU stand-in without a GPU) has no disentangled-attention kernels
-/// yet: a DeBERTa model is refused before a weight is read, saying to run it on the CPU; a
-/// DeBERTa without relative attention is BERT's attention and is not refused.
+/// Full fine-tuning and SPAFIT on the CUDA backend (the CPU stand-in without a GPU), f32,
+/// dropout on: logits, loss and every trainable gradient as the f64 CPU reference gives them;
+/// and in mixed precision (frozen weights in bf16, products on tensor cores, the disentangled
+/// attention exact f32) within bf16's bound.
 #[test]
-fn deberta_on_cuda_is_refused_by_name() {
+fn deberta_on_cuda_matches_the_f64_reference() {
     use spafit::backend::cuda::CudaBackend;
     use spafit::tensor::DType;
-    let cuda = CudaBackend::hardware_or_emulated(DType::F32)
-        .unwrap_or_else(|e| panic!("no CUDA backend, not even the CPU stand-in: {e}"));
-    let f = v3();
-    let e = BertClassifier::from_fine_tuned(&f.checkpoint("model"), &cuda)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("disentangled attention") && e.contains("--device cpu"),
-        "{e}"
-    );
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("plain");
-    f.copy_model(&dir, |_| true);
-    edit_config(&dir, |c| c["relative_attention"] = Value::Bool(false));
-    let plain = Checkpoint::open(&dir).unwrap();
-    assert!(BertClassifier::from_fine_tuned(&plain, &cuda).is_ok());
+    for f in [v3(), v2()] {
+        f.check_full_and_spafit_on_cuda();
+        let bf16 = CudaBackend::hardware_or_emulated(DType::BF16)
+            .unwrap_or_else(|e| panic!("no CUDA backend, not even the CPU stand-in: {e}"));
+        f.check_on(&bf16, &FamilyFixture::full_and_spafit(), 0.1);
+    }
 }
 
-/// The family's command-line check on the CPU (SPAFIT, eval, predict, merge); `gradcheck`
-/// passing at 1e-6 with the key biases differenced like any tensor (the position-to-content
-/// term gives them a gradient, where BERT's are exactly zero and set apart); and
-/// `--device cuda-emu` refused naming the attention and the way out.
+/// The family's command-line check (SPAFIT on the CPU and on `cuda-emu` to the same losses,
+/// eval, predict, merge); `gradcheck` passing at 1e-6 with the key biases differenced like
+/// any tensor (the position-to-content term gives them a gradient, where BERT's are exactly
+/// zero and set apart).
 #[test]
 fn deberta_trains_evaluates_predicts_and_merges_from_the_command_line() {
     let f = v3();
     let model = f.dir().join("model");
-    f.check_command_line_on(&model, &["cpu"]);
+    f.check_command_line(&model);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
         .args([
             "gradcheck",
@@ -171,26 +162,6 @@ fn deberta_trains_evaluates_predicts_and_merges_from_the_command_line() {
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(report["skipped"], json!([]), "{report}");
     assert_eq!(report["tensors"], 58, "{report}");
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(
-        tmp.path().join("train.csv"),
-        common::family_fixture::sentiment_csv(&[("a fine movie", 1), ("dull", 0)]),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spafit"))
-        .args(["train", "--model"])
-        .arg(&model)
-        .args(["--train-file", "train.csv", "--device", "cuda-emu"])
-        .args(["--output", "run", "--quiet"])
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("disentangled attention"),
-        "{stderr}"
-    );
-    assert!(!tmp.path().join("run").exists(), "{stderr}");
 }
 
 /// `config.json` of the checkpoint in `dir`, edited by `change`.

@@ -342,3 +342,141 @@ fn bad_relative_terms_are_refused() {
     });
     assert!(e.contains("rows"), "{e}");
 }
+
+/// The context, the lse and every gradient of the op on `backend` against the f64 CPU's,
+/// for each set of terms, with and without dropout (the same masks: the counter-based
+/// stream of `spafit::rng`), within `tolerance` of each output's largest magnitude.
+fn matches_the_f64_cpu<B: Backend>(backend: &B, tolerance: f64) {
+    let f = case();
+    let cpu = CpuBackend::f64();
+    let up = |t: &T| {
+        backend
+            .tensor_from_f64(t.shape().clone(), &host(t))
+            .unwrap()
+    };
+    let (q, k, v, kr, qr) = (
+        up(&f.q),
+        up(&f.k),
+        up(&f.v),
+        up(&f.key_terms),
+        up(&f.query_terms),
+    );
+    let rows = backend
+        .tensor_from_u32(Shape::new([SEQ, SEQ]), &f.row_of)
+        .unwrap();
+    let mask_values = cpu.to_u32(&f.mask).unwrap();
+    let mask = backend
+        .tensor_from_u32(Shape::new([BATCH, SEQ]), &mask_values)
+        .unwrap();
+    let dy_values = f.r.clone();
+    let all_grads = AttentionGradRequest {
+        dq: true,
+        dk: true,
+        dv: true,
+    };
+    let mut compared = 0;
+    for dropout in [None, Some(Dropout { p: 0.3, seed: 11 })] {
+        let cfg = config(dropout);
+        for (c2p, p2c) in [(true, true), (true, false), (false, true)] {
+            let reference = {
+                let terms = RelativeTerms {
+                    key: c2p.then_some(&f.key_terms),
+                    query: p2c.then_some(&f.query_terms),
+                    rows: &f.rows,
+                };
+                let out = cpu
+                    .attention_forward_disentangled(&f.q, &f.k, &f.v, &f.mask, &terms, &cfg)
+                    .unwrap();
+                let dy = tensor(&cpu, out.out.dims(), &dy_values);
+                let g = cpu
+                    .attention_backward_disentangled(
+                        &dy,
+                        &f.q,
+                        &f.k,
+                        Some(&f.v),
+                        &out.lse,
+                        &f.mask,
+                        &terms,
+                        &cfg,
+                        all_grads,
+                        true,
+                    )
+                    .unwrap();
+                let mut v = vec![host(&out.out), host(&out.lse)];
+                v.extend(
+                    [g.attention.dq, g.attention.dk, g.attention.dv]
+                        .iter()
+                        .map(|t| host(t.as_ref().unwrap())),
+                );
+                v.extend(g.key_terms.iter().chain(&g.query_terms).map(host));
+                v
+            };
+            let terms = RelativeTerms {
+                key: c2p.then_some(&kr),
+                query: p2c.then_some(&qr),
+                rows: &rows,
+            };
+            let out = backend
+                .attention_forward_disentangled(&q, &k, &v, &mask, &terms, &cfg)
+                .unwrap();
+            let dy = tensor(backend, out.out.dims(), &dy_values);
+            let g = backend
+                .attention_backward_disentangled(
+                    &dy,
+                    &q,
+                    &k,
+                    Some(&v),
+                    &out.lse,
+                    &mask,
+                    &terms,
+                    &cfg,
+                    all_grads,
+                    true,
+                )
+                .unwrap();
+            let down = |t: &Tensor<B>| backend.to_f64(t).unwrap();
+            let mut got = vec![down(&out.out), down(&out.lse)];
+            got.extend(
+                [g.attention.dq, g.attention.dk, g.attention.dv]
+                    .iter()
+                    .map(|t| down(t.as_ref().unwrap())),
+            );
+            got.extend(g.key_terms.iter().chain(&g.query_terms).map(down));
+            assert_eq!(got.len(), reference.len());
+            for (n, (ours, want)) in got.iter().zip(&reference).enumerate() {
+                let largest = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let worst = ours
+                    .iter()
+                    .zip(want)
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    worst.is_finite() && worst <= tolerance * largest.max(1e-30),
+                    "{} c2p {c2p} p2c {p2c} dropout {}: output {n}: {worst:e} of {largest:e}",
+                    backend.name(),
+                    dropout.is_some()
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 2 * (7 + 6 + 6));
+}
+
+#[test]
+fn disentangled_attention_in_f32_matches_the_f64_cpu() {
+    matches_the_f64_cpu(&CpuBackend::f32(), 1e-5);
+}
+
+/// The CUDA kernels (the CPU stand-in without a GPU, outputs poisoned so that an unwritten
+/// element shows) in f32 and in mixed precision.
+#[test]
+fn disentangled_attention_on_cuda_matches_the_f64_cpu() {
+    use spafit::backend::cuda::CudaBackend;
+    use spafit::tensor::DType;
+    for dtype in [DType::F32, DType::BF16] {
+        let cuda = CudaBackend::hardware_or_emulated(dtype)
+            .map(CudaBackend::with_poisoned_outputs)
+            .unwrap_or_else(|e| panic!("no CUDA backend, not even the CPU stand-in: {e}"));
+        matches_the_f64_cpu(&cuda, 1e-5);
+    }
+}

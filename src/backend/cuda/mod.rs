@@ -24,6 +24,7 @@ mod bias_grad;
 mod buffer;
 mod compatibility;
 mod device;
+mod disentangled_attention;
 mod elementwise;
 mod embedding;
 pub mod emulator;
@@ -49,8 +50,9 @@ use half::bf16;
 
 use super::{
     AdamWStep, AdamWUpdate, AttentionConfig, AttentionGradRequest, AttentionGrads, AttentionOutput,
-    Backend, Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput, LinearBackwardInputs,
-    LinearForwardOptions, LinearGradRequest, LinearGrads, LinearOutput, LoraWeights,
+    Backend, DisentangledGrads, Dropout, LayerNormGradRequest, LayerNormGrads, LayerNormOutput,
+    LinearBackwardInputs, LinearForwardOptions, LinearGradRequest, LinearGrads, LinearOutput,
+    LoraWeights, RelativeTerms,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
@@ -850,6 +852,48 @@ impl Backend for CudaBackend {
         config: &AttentionConfig,
     ) -> Result<AttentionOutput<Self>> {
         attention::forward(self, q, k, v, mask, Some(position_bias), config)
+    }
+
+    fn attention_forward_disentangled(
+        &self,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        terms: &RelativeTerms<'_, Self>,
+        config: &AttentionConfig,
+    ) -> Result<AttentionOutput<Self>> {
+        disentangled_attention::forward(self, (q, k, v), mask, terms, config)
+    }
+
+    fn attention_backward_disentangled(
+        &self,
+        d_out: &Tensor<Self>,
+        q: &Tensor<Self>,
+        k: &Tensor<Self>,
+        v: Option<&Tensor<Self>>,
+        lse: &Tensor<Self>,
+        mask: &Tensor<Self>,
+        terms: &RelativeTerms<'_, Self>,
+        config: &AttentionConfig,
+        want: AttentionGradRequest,
+        want_terms: bool,
+    ) -> Result<DisentangledGrads<Self>> {
+        disentangled_attention::backward(
+            self,
+            d_out,
+            (q, k, v),
+            lse,
+            mask,
+            terms,
+            config,
+            want,
+            want_terms,
+        )
+    }
+
+    fn runs_disentangled_attention(&self) -> bool {
+        true
     }
 
     fn attention_backward_with_position_bias(
