@@ -357,7 +357,7 @@ pub struct BenchCommand {
     /// (BERT-base's and BERT-large's shapes under ELECTRA's head); `distilbert-base` (6
     /// layers, hidden 768, no segment table, the ReLU head); `mpnet-base` (BERT-base's shape
     /// with MPNet's relative position bias, no segment table); `deberta-v3-base` (12 layers,
-    /// hidden 768, disentangled attention over 256 relative buckets, CPU only).
+    /// hidden 768, disentangled attention over 256 relative buckets).
     #[arg(long, value_parser = shape_name)]
     pub shape: Option<String>,
     /// After the timed steps, time one more step's CUDA kernels on the device: each kernel's
