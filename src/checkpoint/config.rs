@@ -221,6 +221,20 @@ fn in_distilbert_terms(message: &str) -> String {
     message.replace("`hidden_act`", "`activation`")
 }
 
+/// DeBERTa-v2's keys that may not be null (see `from_json_keeping_value`).
+const DEBERTA_NOT_NULL: [&str; 10] = [
+    "relative_attention",
+    "max_relative_positions",
+    "position_biased_input",
+    "position_buckets",
+    "norm_rel_ebd",
+    "conv_kernel_size",
+    "pooler_hidden_size",
+    "pooler_hidden_act",
+    "pooler_dropout",
+    "attention_head_size",
+];
+
 /// DebertaV2Config's defaults (transformers 5.24) where BertConfig's differ.
 const DEBERTA_DEFAULTS: [(&str, f64); 2] = [("type_vocab_size", 0.0), ("layer_norm_eps", 1e-7)];
 
@@ -765,6 +779,20 @@ impl BertConfig {
                 3,
             ),
         ];
+        // DeBERTa-v2's keys transformers 5.24 fails on as null (its config's typed fields, and
+        // the attention's and encoder's arithmetic on the others); `pos_att_type` and
+        // `cls_dropout` take null as "none".
+        if family == EncoderFamily::DebertaV2 {
+            if let Some(key) = DEBERTA_NOT_NULL
+                .iter()
+                .find(|key| value.get(**key) == Some(&serde_json::Value::Null))
+            {
+                return Err(format(format!(
+                    "`{key}` is null, which transformers refuses: give a value, or remove the \
+                     key for transformers' default"
+                )));
+            }
+        }
         for (of, key, what, default) in nulls_refused {
             if family == of && value.get(key) == Some(&serde_json::Value::Null) {
                 return Err(format(format!(

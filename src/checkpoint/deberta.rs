@@ -151,7 +151,7 @@ fn probability(keys: &Option<Value>, key: &str) -> Result<Option<f64>, String> {
 
 /// `|`-separated names (`"p2c|c2p"`), lower-cased as transformers splits them; a list is
 /// taken as it is.
-fn names(keys: &Option<Value>, key: &str, lower_list: bool) -> Result<Vec<String>, String> {
+fn names(keys: &Option<Value>, key: &str) -> Result<Vec<String>, String> {
     match keys {
         None => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(s
@@ -162,7 +162,6 @@ fn names(keys: &Option<Value>, key: &str, lower_list: bool) -> Result<Vec<String
         Some(Value::Array(items)) => items
             .iter()
             .map(|item| match item.as_str() {
-                Some(s) if lower_list => Ok(s.trim().to_lowercase()),
                 Some(s) => Ok(s.to_string()),
                 None => Err(format!(
                     "`{key}` holds {item}, where DeBERTa-v2 takes names"
@@ -186,7 +185,7 @@ impl DebertaKeys {
     ) -> Result<DebertaSettings, String> {
         let relative_attention = boolean(&self.relative_attention, "relative_attention", false)?;
         // transformers tests membership only: other names (v1's `p2p`) are ignored.
-        let terms = names(&self.pos_att_type, "pos_att_type", false)?;
+        let terms = names(&self.pos_att_type, "pos_att_type")?;
         let (c2p, p2c) = (
             terms.iter().any(|t| t == "c2p"),
             terms.iter().any(|t| t == "p2c"),
@@ -196,8 +195,22 @@ impl DebertaKeys {
         if max_relative < 1 {
             max_relative = max_positions as i64;
         }
-        let norm = names(&self.norm_rel_ebd, "norm_rel_ebd", true)?;
+        // transformers lower-cases and splits a string; anything else fails there.
+        if let Some(v) = self.norm_rel_ebd.as_ref().filter(|v| !v.is_string()) {
+            return Err(format!(
+                "`norm_rel_ebd` is {v}, where DeBERTa-v2 takes a string (`layer_norm`, `none`)"
+            ));
+        }
+        let norm = names(&self.norm_rel_ebd, "norm_rel_ebd")?;
         let relative = if relative_attention {
+            // transformers divides by half the buckets (`make_log_bucket_position`).
+            if buckets == 1 {
+                return Err(
+                    "`position_buckets` is 1: transformers divides by half the buckets, 0 \
+                     (give 2 or more, or -1 for exact distances)"
+                        .into(),
+                );
+            }
             let span = if buckets > 0 { buckets } else { max_relative };
             let span = usize::try_from(span)
                 .ok()

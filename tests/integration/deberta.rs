@@ -198,6 +198,19 @@ fn deberta_variants_spafit_does_not_run_are_refused_by_key() {
         ("pooler_hidden_act", json!("swish"), "`pooler_hidden_act`"),
         ("relative_attention", json!("yes"), "`relative_attention`"),
         ("pooler_dropout", json!(1.5), "`pooler_dropout`"),
+        // transformers divides by half the buckets, and fails on these as null or a list.
+        ("position_buckets", json!(1), "`position_buckets` is 1"),
+        (
+            "relative_attention",
+            Value::Null,
+            "`relative_attention` is null",
+        ),
+        ("norm_rel_ebd", Value::Null, "`norm_rel_ebd` is null"),
+        (
+            "norm_rel_ebd",
+            json!(["layer_norm"]),
+            "`norm_rel_ebd` is [\"layer_norm\"]",
+        ),
     ] {
         let e = refused(&|c| c[key] = value.clone());
         assert!(e.contains(says), "{key}: {e}");
