@@ -783,8 +783,11 @@ impl BertConfig {
         // the attention's and encoder's arithmetic on the others); `pos_att_type` and
         // `cls_dropout` take null as "none".
         if family == EncoderFamily::DebertaV2 {
+            // `position_buckets` is read only with relative attention.
+            let relative = value.get("relative_attention") == Some(&serde_json::Value::Bool(true));
             if let Some(key) = DEBERTA_NOT_NULL
                 .iter()
+                .filter(|key| relative || **key != "position_buckets")
                 .find(|key| value.get(**key) == Some(&serde_json::Value::Null))
             {
                 return Err(format(format!(

@@ -211,11 +211,31 @@ impl DebertaKeys {
                         .into(),
                 );
             }
-            let span = if buckets > 0 { buckets } else { max_relative };
+            // At `max_relative_positions − 1` equal to half the buckets (in f32), the
+            // logarithm's range is ln 1 = 0 and transformers' buckets divide by it.
+            if buckets > 0 {
+                let range = ((max_relative - 1) as f64 / (buckets / 2) as f64) as f32;
+                if range == 1.0 {
+                    return Err(format!(
+                        "`max_relative_positions` {max_relative} is one past half of \
+                         `position_buckets` {buckets}: transformers' logarithmic buckets then \
+                         divide by ln 1 = 0"
+                    ));
+                }
+            }
+            let (span, key) = match buckets > 0 {
+                true => (buckets, "position_buckets"),
+                false => (max_relative, "max_relative_positions"),
+            };
             let span = usize::try_from(span)
                 .ok()
-                .filter(|&s| s.checked_mul(2 * hidden).is_some_and(|n| n <= isize::MAX as usize / 8))
-                .ok_or_else(|| format!("`position_buckets` {buckets} gives no table of relative embeddings memory can hold"))?;
+                .filter(|&s| {
+                    s.checked_mul(2 * hidden)
+                        .is_some_and(|n| n <= isize::MAX as usize / 8)
+                })
+                .ok_or_else(|| {
+                    format!("`{key}` {span} gives no table of relative embeddings memory can hold")
+                })?;
             Some(RelativePositions {
                 span,
                 buckets: (buckets > 0).then_some((buckets as usize, max_relative as usize)),
@@ -229,7 +249,7 @@ impl DebertaKeys {
             && !boolean(&self.share_att_key, "share_att_key", false)?
         {
             return Err(
-                "`share_att_key` is false: the relative embeddings then go through maps of \
+                "`share_att_key` is not true: the relative embeddings then go through maps of \
                  their own (`pos_key_proj`, `pos_query_proj`, DeBERTa-v2's first checkpoints), \
                  which spafit does not run; DeBERTa-v2 and -v3 checkpoints set it true"
                     .into(),

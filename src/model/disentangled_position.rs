@@ -6,8 +6,8 @@
 //! f32 as torch computes it), and reads row `clamp(bucket + span, 0, 2·span − 1)`, for the
 //! content-to-position and the position-to-content term alike (the bucket of `j − i` is the
 //! negation of that of `i − j`). A sequence of `seq` tokens reads a contiguous band of rows,
-//! so only those go through the layers' maps: `2·seq − 1` rows where transformers maps all
-//! `2·span`.
+//! so only those go through the layers' maps: at most `2·seq − 1` rows (and at most
+//! `2·span`), where transformers maps all `2·span`.
 
 use crate::autograd::{Tape, Var};
 use crate::backend::Backend;
@@ -37,7 +37,7 @@ pub fn relative_row(distance: i64, positions: &RelativePositions) -> usize {
         None => distance,
     };
     let last = positions.table_rows() as i64 - 1;
-    (bucket + positions.span as i64).clamp(0, last) as usize
+    bucket.saturating_add(positions.span as i64).clamp(0, last) as usize
 }
 
 /// The band of rows a `seq`-token sequence reads: its first row and, for each query `i` and

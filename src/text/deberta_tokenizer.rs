@@ -70,7 +70,19 @@ pub(crate) fn as_deberta_tokenizer(
     let unknown_id = match pieces.iter().position(|(p, s)| *p == unk && *s == 0.0) {
         Some(at) => at,
         None => match config.json.get("unk_id") {
-            None | Some(Value::Null) => DEFAULT_UNKNOWN_ID,
+            None => DEFAULT_UNKNOWN_ID,
+            // transformers then builds a Unigram without an unknown id, which fails on the
+            // first character it has no piece for.
+            Some(Value::Null) => {
+                return Err(config.error(
+                    "unk_id",
+                    format!(
+                        "`unk_id` is null and no piece is `{unk}` with score 0: \
+                         DebertaV2Tokenizer then has no unknown id (transformers fails on the \
+                         first unknown character); give `unk_id`"
+                    ),
+                ))
+            }
             Some(v) => v
                 .as_u64()
                 .map(|id| id as usize)

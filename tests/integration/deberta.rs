@@ -44,6 +44,22 @@ fn deberta_tokens_match_transformers() {
     for f in [v3(), v2()] {
         f.check_tokens(&f.checkpoint("model"));
     }
+    // An unknown token no piece is, with `unk_id` null: transformers' Unigram has no unknown
+    // id then and fails on the first unknown character; refused here by name.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    v3().copy_model(&dir, |_| true);
+    let path = dir.join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["unk_token"] = json!("[XX]");
+    config["unk_id"] = Value::Null;
+    std::fs::write(&path, config.to_string()).unwrap();
+    let e = Checkpoint::open(&dir)
+        .unwrap()
+        .tokenizer(16)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`unk_id` is null"), "{e}");
 }
 
 /// Full fine-tuning in f64 without dropout: logits, loss and the gradient of every parameter
@@ -190,7 +206,7 @@ fn deberta_variants_spafit_does_not_run_are_refused_by_key() {
             .to_string()
     };
     for (key, value, says) in [
-        ("share_att_key", json!(false), "`share_att_key` is false"),
+        ("share_att_key", json!(false), "`share_att_key` is not true"),
         ("conv_kernel_size", json!(3), "`conv_kernel_size`"),
         ("embedding_size", json!(24), "`embedding_size` 24"),
         ("pooler_hidden_size", json!(24), "`pooler_hidden_size` 24"),
@@ -211,10 +227,17 @@ fn deberta_variants_spafit_does_not_run_are_refused_by_key() {
             json!(["layer_norm"]),
             "`norm_rel_ebd` is [\"layer_norm\"]",
         ),
+        // 5 − 1 is half the 8 buckets: ln 1 = 0 divides the logarithmic buckets.
+        ("max_relative_positions", json!(5), "divide by ln 1 = 0"),
     ] {
         let e = refused(&|c| c[key] = value.clone());
         assert!(e.contains(says), "{key}: {e}");
     }
+    // Without relative attention transformers never reads the buckets: null is no fault.
+    let mut c = base.clone();
+    c["relative_attention"] = json!(false);
+    c["position_buckets"] = Value::Null;
+    assert!(BertConfig::from_json(&c.to_string(), path).is_ok());
     let e = refused(&|c| c["model_type"] = json!("deberta"));
     assert!(
         e.contains("`model_type` is \"deberta\"") && e.contains("deberta-v2"),
