@@ -19,7 +19,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod shapes;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::{DType, Shape, Tensor};
 
 /// A backend's storage for one tensor.
@@ -615,8 +615,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// [`Backend::attention_forward`] with DeBERTa's disentangled terms added to every
     /// score before the mask and the softmax: head `h`'s score of query `i` for key `j` is
     /// `scale · (q_i·k_j + q_i·kr_r + k_j·qr_r)` with `r = terms.rows[i][j]`, `kr` and `qr`
-    /// head `h`'s columns of `terms.key` and `terms.query` (each term only where given). A
-    /// backend without these kernels refuses by name.
+    /// head `h`'s columns of `terms.key` and `terms.query` (each term only where given).
     fn attention_forward_disentangled(
         &self,
         q: &Tensor<Self>,
@@ -625,10 +624,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         mask: &Tensor<Self>,
         terms: &RelativeTerms<'_, Self>,
         config: &AttentionConfig,
-    ) -> Result<AttentionOutput<Self>> {
-        let _ = (q, k, v, mask, terms, config);
-        Err(self.refuses_disentangled_attention())
-    }
+    ) -> Result<AttentionOutput<Self>>;
 
     /// The requested gradients of [`Backend::attention_forward_disentangled`], and where
     /// `want_terms` those of `terms.key` and `terms.query` (each `[rows, hidden]`, summed over
@@ -646,27 +642,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         config: &AttentionConfig,
         want: AttentionGradRequest,
         want_terms: bool,
-    ) -> Result<DisentangledGrads<Self>> {
-        let _ = (d_out, q, k, v, lse, mask, terms, config, want, want_terms);
-        Err(self.refuses_disentangled_attention())
-    }
-
-    /// Why this backend cannot run DeBERTa's disentangled attention.
-    fn refuses_disentangled_attention(&self) -> Error {
-        Error::invalid(
-            "attention",
-            format!(
-                "DeBERTa-v2's disentangled attention has no kernels on {} yet: run DeBERTa \
-                 models with --device cpu",
-                self.name()
-            ),
-        )
-    }
-
-    /// Whether [`Backend::attention_forward_disentangled`] runs here.
-    fn runs_disentangled_attention(&self) -> bool {
-        false
-    }
+    ) -> Result<DisentangledGrads<Self>>;
 
     // ---- elementwise ---------------------------------------------------------------------
 

@@ -158,7 +158,7 @@ impl<B: Backend> BertClassifier<B> {
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         let config = &checkpoint.config;
-        check_backend_runs(config, backend)?;
+        backend.check_attention_head_dim(config.head_dim(), false)?;
         // A checkpoint saved without a pooler (`BertModel(add_pooling_layer=False)`) gets a
         // fresh one, as transformers gives it; one pooler tensor alone is a broken file.
         let pooler = ["bert.pooler.dense.weight", "bert.pooler.dense.bias"];
@@ -420,7 +420,7 @@ impl<B: Backend> BertClassifier<B> {
         frozen_weights: &dyn Fn(usize) -> bool,
     ) -> Result<Self> {
         config.validate()?;
-        check_backend_runs(config, backend)?;
+        backend.check_attention_head_dim(config.head_dim(), false)?;
         let mut rng = SplitMix::new(seed);
         let mut source = |name: &str, shape: Shape| {
             let n = shape.numel();
@@ -1036,16 +1036,4 @@ fn describe_lora(lora: Option<&crate::nn::LoraConfig>) -> String {
             )
         }
     }
-}
-
-/// Refuses, before any weight is read, a model `backend` cannot run: a head size its
-/// attention kernels lack, or DeBERTa-v2's disentangled attention where it has no kernels
-/// for it (named with the way out).
-fn check_backend_runs<B: Backend>(config: &BertConfig, backend: &B) -> Result<()> {
-    backend.check_attention_head_dim(config.head_dim(), false)?;
-    let disentangled = config.deberta().is_some_and(|d| d.disentangles());
-    if disentangled && !backend.runs_disentangled_attention() {
-        return Err(backend.refuses_disentangled_attention());
-    }
-    Ok(())
 }

@@ -643,10 +643,6 @@ impl Backend for CpuBackend {
         )
     }
 
-    fn runs_disentangled_attention(&self) -> bool {
-        true
-    }
-
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
         let dtype = shapes::common_float_dtype("gelu", &[("x", x)])?;
         with_float!(dtype, "gelu", T => tensor(x.shape().clone(), elementwise::gelu(view::<T>(x))))

@@ -892,10 +892,6 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn runs_disentangled_attention(&self) -> bool {
-        true
-    }
-
     fn attention_backward_with_position_bias(
         &self,
         d_out: &Tensor<Self>,
