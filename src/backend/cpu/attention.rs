@@ -228,6 +228,27 @@ impl<'a, T> ScoreBias<'a, T> {
     }
 }
 
+impl<T: Element> ScoreBias<'_, T> {
+    /// Adds the bias to head `head`'s scaled `[seq, seq]` scores `s`; `products` is scratch
+    /// for DeBERTa's terms.
+    #[allow(clippy::too_many_arguments)]
+    fn add_to(
+        &self,
+        d: &AttentionDims,
+        head: &Head,
+        (q, k): (&[T], &[T]),
+        scale: T,
+        s: &mut [T],
+        products: &mut Vec<T>,
+    ) {
+        match self {
+            ScoreBias::None => {}
+            ScoreBias::Position(b) => add_position_bias(d, head, b, s),
+            ScoreBias::Relative(r) => add_relative_terms(d, head, q, k, r, scale, s, products),
+        }
+    }
+}
+
 /// DeBERTa's relative rows under the key map (`key`) and the query map (`query`), each
 /// `[rows, hidden]` where given, and the row `index[i·seq + j]` that query `i` and key `j`
 /// read (below `rows`, checked by the caller).
@@ -371,13 +392,7 @@ pub fn forward<T: Element>(
             || (vec![T::ZERO; d.seq * d.seq], Vec::new()),
             |(p, products), (lse, head)| {
                 scores(&d, head, q, k, scale, p);
-                match &bias {
-                    ScoreBias::None => {}
-                    ScoreBias::Position(b) => add_position_bias(&d, head, b, p),
-                    ScoreBias::Relative(r) => {
-                        add_relative_terms(&d, head, q, k, r, scale, p, products)
-                    }
-                }
+                bias.add_to(&d, head, (q, k), scale, p, products);
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
                 probabilities(p, valid, None, Some(lse));
                 if let Some(dr) = dropout {
@@ -481,14 +496,8 @@ pub fn backward<T: Element>(
                 } = scratch;
                 let w = window(&d, head);
                 scores(&d, head, q, k, scale, p);
-                match &bias {
-                    ScoreBias::None => {}
-                    ScoreBias::Position(b) => add_position_bias(&d, head, b, p),
-                    // `on_rows` is free until dS exists.
-                    ScoreBias::Relative(r) => {
-                        add_relative_terms(&d, head, q, k, r, scale, p, on_rows)
-                    }
-                }
+                // `on_rows` is free until dS exists.
+                bias.add_to(&d, head, (q, k), scale, p, on_rows);
                 let valid = &mask[head.mask_row..head.mask_row + d.seq];
                 probabilities(p, valid, Some(&lse[idx * d.seq..(idx + 1) * d.seq]), None);
                 // The mask scaled by 1/(1−p): `x·keep` has the bits of the mask applied to x.

@@ -549,7 +549,7 @@ impl Backend for CpuBackend {
         config: &AttentionConfig,
         want: AttentionGradRequest,
     ) -> Result<AttentionGrads<Self>> {
-        let g = self.attention_backward_biased(
+        let (g, _) = self.attention_backward_biased(
             d_out,
             q,
             k,
@@ -589,7 +589,7 @@ impl Backend for CpuBackend {
         want: AttentionGradRequest,
         want_position_bias: bool,
     ) -> Result<(AttentionGrads<Self>, Option<Tensor<Self>>)> {
-        let g = self.attention_backward_biased(
+        let (g, d_bias) = self.attention_backward_biased(
             d_out,
             q,
             k,
@@ -601,7 +601,7 @@ impl Backend for CpuBackend {
             want,
             want_position_bias,
         )?;
-        Ok((g.attention, g.key_terms))
+        Ok((g.attention, d_bias))
     }
 
     fn attention_forward_disentangled(
@@ -629,7 +629,7 @@ impl Backend for CpuBackend {
         want: AttentionGradRequest,
         want_terms: bool,
     ) -> Result<DisentangledGrads<Self>> {
-        self.attention_backward_biased(
+        let (g, _) = self.attention_backward_biased(
             d_out,
             q,
             k,
@@ -640,7 +640,8 @@ impl Backend for CpuBackend {
             config,
             want,
             want_terms,
-        )
+        )?;
+        Ok(g)
     }
 
     fn gelu_forward(&self, x: &Tensor<Self>) -> Result<Tensor<Self>> {
@@ -956,7 +957,7 @@ impl CpuBackend {
     }
 
     /// Attention backward, with the bias added to its scores and the bias's gradient where
-    /// `want_bias` (the position bias's in `key_terms`, or the relative rows').
+    /// `want_bias`: the relative rows' in the grads, the position bias's beside them.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward_biased(
         &self,
@@ -970,7 +971,7 @@ impl CpuBackend {
         config: &AttentionConfig,
         want: AttentionGradRequest,
         want_bias: bool,
-    ) -> Result<DisentangledGrads<Self>> {
+    ) -> Result<(DisentangledGrads<Self>, Option<Tensor<Self>>)> {
         const OP: &str = "attention backward";
         // The bias's gradient is dS summed, and dS needs dP = dO·Vᵀ.
         let v_needed = AttentionGradRequest {
@@ -1003,14 +1004,12 @@ impl CpuBackend {
                 .map(|g| tensor([shapes::position_bias_rows(d.seq), d.heads], g))
                 .transpose()?;
             let terms = |g: Option<Vec<T>>| g.map(|g| tensor([rows, d.hidden()], g)).transpose();
-            Ok(DisentangledGrads {
+            let grads = DisentangledGrads {
                 attention: AttentionGrads { dq: wrap(g.dq)?, dk: wrap(g.dk)?, dv: wrap(g.dv)? },
-                key_terms: match d_bias {
-                    Some(b) => Some(b),
-                    None => terms(g.d_key_terms)?,
-                },
+                key_terms: terms(g.d_key_terms)?,
                 query_terms: terms(g.d_query_terms)?,
-            })
+            };
+            Ok((grads, d_bias))
         })
     }
 }
