@@ -18,6 +18,21 @@ use crate::tensor::{DType, Tensor};
 
 const MODULE: &str = "disentangled_attention";
 
+/// `launch!` of kernel `$name` with the operands every kernel of the file takes first
+/// (`DISENTANGLED_PARAMS`: q, k, v, both terms, the rows and mask, sizes, scale, dropout),
+/// then `$rest`.
+macro_rules! launch_with_operands {
+    ($b:expr, $name:expr, $cfg:expr, $o:expr, ($rows:expr, $mask:expr), $($rest:expr),+ $(,)?) => {{
+        let o: &Operands = $o;
+        launch!(
+            $b, MODULE, $name, $cfg,
+            view::<f32>(&o.q), view::<f32>(&o.k), view::<f32>(&o.v), view::<f32>(&o.key_terms),
+            view::<f32>(&o.query_terms), ids($rows), ids($mask), &o.seq, &o.heads, &o.head_dim,
+            &o.c2p, &o.p2c, &o.scale, &o.seed, &o.threshold, &o.keep, $($rest),+
+        )
+    }};
+}
+
 /// Threads of a row's block (a power of two, as `block_sum` takes).
 const THREADS: u32 = 128;
 
@@ -135,27 +150,12 @@ pub(super) fn forward(
     let (o, d, _, _) = operands(b, OP, (q, k, v), mask, terms, config)?;
     let mut out = b.output::<f32>(q.numel())?;
     let mut lse = b.output::<f32>(d.batch * d.heads * d.seq)?;
-    launch!(
+    launch_with_operands!(
         b,
-        MODULE,
         "disentangled_attention_forward",
         row_grid(&d, d.seq + THREADS as usize),
-        view::<f32>(&o.q),
-        view::<f32>(&o.k),
-        view::<f32>(&o.v),
-        view::<f32>(&o.key_terms),
-        view::<f32>(&o.query_terms),
-        ids(terms.rows),
-        ids(mask),
-        &o.seq,
-        &o.heads,
-        &o.head_dim,
-        &o.c2p,
-        &o.p2c,
-        &o.scale,
-        &o.seed,
-        &o.threshold,
-        &o.keep,
+        &o,
+        (terms.rows, mask),
         &mut out,
         &mut lse
     );
@@ -233,54 +233,24 @@ pub(super) fn backward(
         b.output::<f32>(n)?,
         b.output::<f32>(n)?,
     );
-    launch!(
+    launch_with_operands!(
         b,
-        MODULE,
         "disentangled_attention_backward_rows",
         row_grid(&d, 2 * d.seq + THREADS as usize),
-        view::<f32>(&o.q),
-        view::<f32>(&o.k),
-        view::<f32>(&o.v),
-        view::<f32>(&o.key_terms),
-        view::<f32>(&o.query_terms),
-        ids(terms.rows),
-        ids(mask),
-        &o.seq,
-        &o.heads,
-        &o.head_dim,
-        &o.c2p,
-        &o.p2c,
-        &o.scale,
-        &o.seed,
-        &o.threshold,
-        &o.keep,
+        &o,
+        (terms.rows, mask),
         view::<f32>(&dout),
         view::<f32>(lse),
         &mut ds,
         &mut dropped,
         &mut dq
     );
-    launch!(
+    launch_with_operands!(
         b,
-        MODULE,
         "disentangled_attention_backward_columns",
         row_grid(&d, 0),
-        view::<f32>(&o.q),
-        view::<f32>(&o.k),
-        view::<f32>(&o.v),
-        view::<f32>(&o.key_terms),
-        view::<f32>(&o.query_terms),
-        ids(terms.rows),
-        ids(mask),
-        &o.seq,
-        &o.heads,
-        &o.head_dim,
-        &o.c2p,
-        &o.p2c,
-        &o.scale,
-        &o.seed,
-        &o.threshold,
-        &o.keep,
+        &o,
+        (terms.rows, mask),
         view::<f32>(&dout),
         &ds,
         &dropped,
@@ -300,27 +270,12 @@ pub(super) fn backward(
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        launch!(
+        launch_with_operands!(
             b,
-            MODULE,
             "disentangled_attention_backward_terms",
             grid,
-            view::<f32>(&o.q),
-            view::<f32>(&o.k),
-            view::<f32>(&o.v),
-            view::<f32>(&o.key_terms),
-            view::<f32>(&o.query_terms),
-            ids(terms.rows),
-            ids(mask),
-            &o.seq,
-            &o.heads,
-            &o.head_dim,
-            &o.c2p,
-            &o.p2c,
-            &o.scale,
-            &o.seed,
-            &o.threshold,
-            &o.keep,
+            &o,
+            (terms.rows, mask),
             &batch,
             &ds,
             &pairs,
