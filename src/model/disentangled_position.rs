@@ -44,11 +44,16 @@ pub fn relative_row(distance: i64, positions: &RelativePositions) -> usize {
 /// key `j`, the row less that first one (`[seq·seq]`, query-major); the band's length is
 /// one past the largest.
 pub fn relative_band(seq: usize, positions: &RelativePositions) -> (usize, Vec<u32>) {
-    let rows: Vec<usize> = (0..seq * seq)
-        .map(|at| relative_row((at / seq) as i64 - (at % seq) as i64, positions))
+    // One logarithm per distance (`i − j + seq − 1`), not per pair.
+    let last = seq as i64 - 1;
+    let by_distance: Vec<usize> = (-last..=last)
+        .map(|distance| relative_row(distance, positions))
         .collect();
-    let first = rows.iter().copied().min().unwrap_or(0);
-    (first, rows.iter().map(|&r| (r - first) as u32).collect())
+    let first = by_distance.iter().copied().min().unwrap_or(0);
+    let index = (0..seq * seq)
+        .map(|at| (by_distance[at / seq + last as usize - at % seq] - first) as u32)
+        .collect();
+    (first, index)
 }
 
 /// The relative embeddings a layer's attention reads for one batch: the band's rows
