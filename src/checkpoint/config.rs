@@ -183,11 +183,7 @@ fn distilbert_as_bert(value: &serde_json::Value) -> serde_json::Value {
             continue;
         }
         let given = value.get(theirs).cloned();
-        let default = match default.fract() == 0.0 {
-            true => json!(default as u64),
-            false => json!(default),
-        };
-        object.insert(ours.into(), given.unwrap_or(default));
+        object.insert(ours.into(), given.unwrap_or_else(|| json_number(default)));
     }
     let activation = value.get("activation").cloned();
     object.insert("hidden_act".into(), activation.unwrap_or(json!("gelu")));
@@ -243,14 +239,19 @@ fn with_defaults(value: serde_json::Value, defaults: &[(&str, f64)]) -> serde_js
     let mut value = value;
     if let Some(object) = value.as_object_mut() {
         for &(key, default) in defaults {
-            let default = match default.fract() == 0.0 {
-                true => serde_json::json!(default as u64),
-                false => serde_json::json!(default),
-            };
-            object.entry(key).or_insert(default);
+            object.entry(key).or_insert_with(|| json_number(default));
         }
     }
     value
+}
+
+/// A default as config.json would write it: an integer where it is whole (the sizes'
+/// fields take no `2.0`).
+fn json_number(default: f64) -> serde_json::Value {
+    match default.fract() == 0.0 {
+        true => serde_json::json!(default as u64),
+        false => serde_json::json!(default),
+    }
 }
 
 /// DeBERTa-v2's attention in a few words, for [`BertConfig::encoder_difference`].
