@@ -6,13 +6,26 @@ use crate::tensor::Tensor;
 struct AttentionNode<B: Backend> {
     q: Tensor<B>,
     k: Tensor<B>,
-    /// Needed only for `dq`/`dk` (and the position bias's gradient).
+    /// Needed only for `dq`/`dk` (and the bias's gradient).
     v: Option<Tensor<B>>,
     lse: Tensor<B>,
     mask: Tensor<B>,
-    /// MPNet's relative position bias `[2·seq − 1, heads]`, the node's fourth input.
-    position_bias: Option<Tensor<B>>,
+    bias: NodeBias<B>,
     config: AttentionConfig,
+}
+
+/// What the node's scores added, its inputs after q, k, v.
+enum NodeBias<B: Backend> {
+    None,
+    /// MPNet's relative position bias `[2·seq − 1, heads]`, the fourth input.
+    Position(Tensor<B>),
+    /// DeBERTa's key terms and query terms (inputs where given, in that order) and the row
+    /// each (query, key) pair reads.
+    Disentangled {
+        key_terms: Option<Tensor<B>>,
+        query_terms: Option<Tensor<B>>,
+        rows: Tensor<B>,
+    },
 }
 
 impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
@@ -27,8 +40,8 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
             dk: needs[1],
             dv: needs[2],
         };
-        match &self.position_bias {
-            None => {
+        match &self.bias {
+            NodeBias::None => {
                 let g = backend.attention_backward(
                     d_out,
                     &self.q,
@@ -41,7 +54,7 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
                 )?;
                 Ok(vec![g.dq, g.dk, g.dv])
             }
-            Some(bias) => {
+            NodeBias::Position(bias) => {
                 let (g, d_bias) = backend.attention_backward_with_position_bias(
                     d_out,
                     &self.q,
@@ -56,12 +69,55 @@ impl<B: Backend> BackwardOp<B> for AttentionNode<B> {
                 )?;
                 Ok(vec![g.dq, g.dk, g.dv, d_bias])
             }
+            NodeBias::Disentangled {
+                key_terms,
+                query_terms,
+                rows,
+            } => {
+                let terms = RelativeTerms {
+                    key: key_terms.as_ref(),
+                    query: query_terms.as_ref(),
+                    rows,
+                };
+                let g = backend.attention_backward_disentangled(
+                    d_out,
+                    &self.q,
+                    &self.k,
+                    self.v.as_ref(),
+                    &self.lse,
+                    &self.mask,
+                    &terms,
+                    &self.config,
+                    want,
+                    needs[3..].iter().any(|&n| n),
+                )?;
+                let mut grads = vec![g.attention.dq, g.attention.dk, g.attention.dv];
+                if key_terms.is_some() {
+                    grads.push(g.key_terms);
+                }
+                if query_terms.is_some() {
+                    grads.push(g.query_terms);
+                }
+                Ok(grads)
+            }
         }
     }
 
     fn saved_activations(&self) -> Vec<&Tensor<B>> {
         let mut saved = vec![&self.q, &self.k, &self.lse, &self.mask];
         saved.extend(self.v.as_ref());
+        match &self.bias {
+            NodeBias::None | NodeBias::Position(_) => {}
+            NodeBias::Disentangled {
+                key_terms,
+                query_terms,
+                rows,
+            } => {
+                saved.push(rows);
+                saved.extend(key_terms.as_ref());
+                saved.extend(query_terms.as_ref());
+            }
+        }
         saved
     }
 }
@@ -89,7 +145,7 @@ impl<B: Backend> Tape<B> {
                 v: (needs[0] || needs[1]).then(|| v.value.clone()),
                 lse,
                 mask: mask.clone(),
-                position_bias: None,
+                bias: NodeBias::None,
                 config,
             })
         }))
@@ -125,73 +181,10 @@ impl<B: Backend> Tape<B> {
                 v: (needs[0] || needs[1] || needs[3]).then(|| v.value.clone()),
                 lse,
                 mask: mask.clone(),
-                position_bias: Some(position_bias.value.clone()),
+                bias: NodeBias::Position(position_bias.value.clone()),
                 config,
             })
         }))
-    }
-}
-
-/// DeBERTa's disentangled attention: q, k, v, then the key terms and the query terms where
-/// given.
-struct DisentangledAttentionNode<B: Backend> {
-    q: Tensor<B>,
-    k: Tensor<B>,
-    /// Needed for every gradient but `dv`'s alone.
-    v: Option<Tensor<B>>,
-    lse: Tensor<B>,
-    mask: Tensor<B>,
-    key_terms: Option<Tensor<B>>,
-    query_terms: Option<Tensor<B>>,
-    rows: Tensor<B>,
-    config: AttentionConfig,
-}
-
-impl<B: Backend> BackwardOp<B> for DisentangledAttentionNode<B> {
-    fn backward(
-        &self,
-        backend: &B,
-        d_out: &Tensor<B>,
-        needs: &[bool],
-    ) -> Result<Vec<Option<Tensor<B>>>> {
-        let want = AttentionGradRequest {
-            dq: needs[0],
-            dk: needs[1],
-            dv: needs[2],
-        };
-        let terms = RelativeTerms {
-            key: self.key_terms.as_ref(),
-            query: self.query_terms.as_ref(),
-            rows: &self.rows,
-        };
-        let g = backend.attention_backward_disentangled(
-            d_out,
-            &self.q,
-            &self.k,
-            self.v.as_ref(),
-            &self.lse,
-            &self.mask,
-            &terms,
-            &self.config,
-            want,
-            needs[3..].iter().any(|&n| n),
-        )?;
-        let mut grads = vec![g.attention.dq, g.attention.dk, g.attention.dv];
-        if self.key_terms.is_some() {
-            grads.push(g.key_terms);
-        }
-        if self.query_terms.is_some() {
-            grads.push(g.query_terms);
-        }
-        Ok(grads)
-    }
-
-    fn saved_activations(&self) -> Vec<&Tensor<B>> {
-        let mut saved = vec![&self.q, &self.k, &self.lse, &self.mask, &self.rows];
-        saved.extend(self.v.as_ref());
-        saved.extend(self.key_terms.as_ref());
-        saved.extend(self.query_terms.as_ref());
-        saved
     }
 }
 
@@ -226,16 +219,18 @@ impl<B: Backend> Tape<B> {
         inputs.extend(key_terms.map(|t| t.id));
         inputs.extend(query_terms.map(|t| t.id));
         Ok(self.record(out.out, inputs, |needs| {
-            Box::new(DisentangledAttentionNode {
+            Box::new(AttentionNode {
                 q: q.value.clone(),
                 k: k.value.clone(),
                 // Every gradient but dv's needs dS, and dS needs dP = dO·Vᵀ.
                 v: (needs[0] || needs[1] || needs[3..].iter().any(|&n| n)).then(|| v.value.clone()),
                 lse,
                 mask: mask.clone(),
-                key_terms: key_terms.map(|t| t.value.clone()),
-                query_terms: query_terms.map(|t| t.value.clone()),
-                rows: rows.clone(),
+                bias: NodeBias::Disentangled {
+                    key_terms: key_terms.map(|t| t.value.clone()),
+                    query_terms: query_terms.map(|t| t.value.clone()),
+                    rows: rows.clone(),
+                },
                 config,
             })
         }))
